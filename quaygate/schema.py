@@ -1,0 +1,297 @@
+"""Every table of the service, as SQLAlchemy Core metadata.
+
+The schema is made only by Alembic (migrations/); this module is what adapters query and what the
+migration drift test compares against. Times are stored with their zone (UTCDateTime below).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone: we put it back)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused: quaygate stores aware UTC times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSON = sa.JSON().with_variant(sa.dialects.postgresql.JSONB(), "postgresql")
+UUID = sa.Uuid(as_uuid=True)
+
+# ---- parties -----------------------------------------------------------------------------------
+
+organisations = sa.Table(
+    "organisations",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("eori", sa.String(17), unique=True),
+    sa.Column("vat", sa.String(20), unique=True),
+    sa.Column("terminal_code", sa.String(32), unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+persons = sa.Table(
+    "persons",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("given_name", sa.String(100), nullable=False),
+    sa.Column("family_name", sa.String(100), nullable=False),
+    sa.Column("employer_organisation_id", UUID, sa.ForeignKey("organisations.id")),
+    # The national register number is never stored in clear: a keyed hash (HMAC-SHA256).
+    sa.Column("national_id_hash", sa.String(64), unique=True),
+    sa.Column("upstream_sub", sa.String(255), unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+badges = sa.Table(
+    "badges",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("person_id", UUID, sa.ForeignKey("persons.id"), nullable=False, index=True),
+    sa.Column("scheme", sa.String(16), nullable=False),
+    sa.Column("number", sa.String(32), nullable=False),
+    sa.Column("card_uid", sa.String(32), unique=True),
+    sa.Column("employer_organisation_id", UUID, sa.ForeignKey("organisations.id")),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("valid_from", UTCDateTime, nullable=False),
+    sa.Column("valid_until", UTCDateTime, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("scheme", "number", name="uq_badges_scheme_number"),
+)
+
+trucks = sa.Table(
+    "trucks",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("plate_text", sa.String(12), nullable=False),
+    sa.Column("plate_country", sa.String(2), nullable=False),
+    sa.Column("operator_organisation_id", UUID, sa.ForeignKey("organisations.id")),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("plate_country", "plate_text", name="uq_trucks_plate"),
+)
+
+# ---- release rights ----------------------------------------------------------------------------
+
+releases = sa.Table(
+    "releases",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("container_number", sa.String(11), nullable=False, index=True),
+    sa.Column("bill_of_lading", sa.String(64), nullable=False),
+    sa.Column("vessel_call", sa.String(64), nullable=False),
+    sa.Column("terminal", sa.String(32), nullable=False, index=True),
+    sa.Column("issuer_organisation_id", UUID, sa.ForeignKey("organisations.id"), nullable=False, index=True),
+    sa.Column("first_party_organisation_id", UUID, sa.ForeignKey("organisations.id"), nullable=False),
+    sa.Column("holder_organisation_id", UUID, sa.ForeignKey("organisations.id"), nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("blocked", sa.Boolean, nullable=False, default=False),
+    # "container|vessel call" while the right is live, NULL once ended: a unique index on it keeps
+    # at most one live right per container and vessel call on every backend (NULLs never collide).
+    sa.Column("active_key", sa.String(80), unique=True),
+    sa.Column("commercial_status", sa.String(8), nullable=False),
+    sa.Column("commercial_reason", sa.String(500)),
+    sa.Column("commercial_at", UTCDateTime),
+    sa.Column("customs_status", sa.String(8), nullable=False),
+    sa.Column("customs_reason", sa.String(500)),
+    sa.Column("customs_at", UTCDateTime),
+    sa.Column("terminal_status", sa.String(8), nullable=False),
+    sa.Column("terminal_reason", sa.String(500)),
+    sa.Column("terminal_at", UTCDateTime),
+    sa.Column("valid_from", UTCDateTime, nullable=False),
+    sa.Column("valid_until", UTCDateTime, nullable=False, index=True),
+    sa.Column("driver_person_id", UUID, sa.ForeignKey("persons.id"), index=True),
+    sa.Column("plate_text", sa.String(12)),
+    sa.Column("plate_country", sa.String(2)),
+    sa.Column("trailer_plate_text", sa.String(12)),
+    sa.Column("trailer_plate_country", sa.String(2)),
+    sa.Column("slot_start", UTCDateTime),
+    sa.Column("slot_end", UTCDateTime),
+    sa.Column("nominated_by", UUID),
+    sa.Column("nominated_at", UTCDateTime),
+    sa.Column("gate_in_at", UTCDateTime),
+    sa.Column("gate_out_at", UTCDateTime),
+    sa.Column("version", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+release_parties = sa.Table(
+    "release_parties",
+    metadata,
+    # Who may see a right: issuer, every holder it has had, every party a transfer was offered to.
+    sa.Column("organisation_id", UUID, primary_key=True),
+    sa.Column("release_id", UUID, sa.ForeignKey("releases.id"), primary_key=True),
+    sa.Column("relation", sa.String(16), nullable=False),
+)
+
+transfers = sa.Table(
+    "transfers",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("release_id", UUID, sa.ForeignKey("releases.id"), nullable=False, index=True),
+    sa.Column("from_organisation_id", UUID, nullable=False),
+    sa.Column("to_organisation_id", UUID, nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    # release id while pending, NULL after: one pending transfer per right, enforced by the database.
+    sa.Column("pending_key", UUID, unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("decided_at", UTCDateTime),
+)
+
+release_events = sa.Table(
+    "release_events",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("release_id", UUID, sa.ForeignKey("releases.id"), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("actor", JSON, nullable=False),
+    sa.Column("data", JSON, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("release_id", "seq", name="uq_release_events_release_seq"),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("client_id", sa.String(100), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("body", JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+)
+
+# ---- webhooks (transactional outbox) -----------------------------------------------------------
+
+webhook_subscriptions = sa.Table(
+    "webhook_subscriptions",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("organisation_id", UUID, sa.ForeignKey("organisations.id"), nullable=False, index=True),
+    sa.Column("url", sa.String(2000), nullable=False),
+    sa.Column("secret_enc", sa.Text, nullable=False),  # AES-GCM under the service's data key
+    sa.Column("event_types", JSON, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("subscription_id", UUID, sa.ForeignKey("webhook_subscriptions.id"), nullable=False),
+    sa.Column("event_id", UUID, nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("payload", JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | dead
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("last_error", sa.String(500)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime),
+    sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+)
+
+# ---- audit trail -------------------------------------------------------------------------------
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("kind", sa.String(80), nullable=False),
+    sa.Column("actor", JSON, nullable=False),
+    sa.Column("subject", sa.String(100)),
+    sa.Column("data", JSON, nullable=False),
+    # PostgreSQL transaction id of the writer: the sealer only chains rows whose writers have all
+    # finished (txid below the snapshot's xmin), so a late commit can never slip in behind a seal.
+    sa.Column("txid", sa.BigInteger),
+    # Filled by the sealer, in chain order (release_service/adapters/audit.py).
+    sa.Column("chain_seq", sa.BigInteger, unique=True),
+    sa.Column("prev_hash", sa.String(64)),
+    sa.Column("hash", sa.String(64)),
+)
+
+audit_checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("chain_seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("signature", sa.Text, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
+# ---- identity ----------------------------------------------------------------------------------
+
+oauth_clients = sa.Table(
+    "oauth_clients",
+    metadata,
+    sa.Column("client_id", sa.String(100), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("organisation_id", UUID, sa.ForeignKey("organisations.id")),
+    sa.Column("role", sa.String(32), nullable=False),  # shipping_line, terminal_gate, driver_app, ...
+    sa.Column("secret_hash", sa.String(200)),
+    sa.Column("token_endpoint_auth_method", sa.String(40), nullable=False),
+    sa.Column("grant_types", JSON, nullable=False),
+    sa.Column("redirect_uris", JSON, nullable=False),
+    sa.Column("scopes", JSON, nullable=False),
+    sa.Column("jwks", JSON),
+    sa.Column("jwks_uri", sa.String(2000)),
+    sa.Column("terminal_code", sa.String(32)),
+    sa.Column("dpop_bound", sa.Boolean, nullable=False, default=False),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+signing_keys = sa.Table(
+    "signing_keys",
+    metadata,
+    sa.Column("kid", sa.String(64), primary_key=True),
+    sa.Column("alg", sa.String(10), nullable=False),
+    sa.Column("use", sa.String(8), nullable=False),  # sig | enc
+    sa.Column("public_jwk", JSON, nullable=False),
+    sa.Column("private_enc", sa.Text, nullable=False),  # AES-GCM under the service's key-encryption key
+    sa.Column("status", sa.String(16), nullable=False),  # active | retiring | retired
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("retired_at", UTCDateTime),
+    sa.Column("publish_until", UTCDateTime),
+)
+
+revoked_tokens = sa.Table(
+    "revoked_tokens",
+    metadata,
+    sa.Column("jti", sa.String(64), primary_key=True),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("revoked_at", UTCDateTime, nullable=False),
+)

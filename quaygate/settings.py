@@ -1,0 +1,97 @@
+"""Settings of the whole service, read from the environment with the QUAYGATE_ prefix.
+
+Secrets are SecretStr. Outside dev/demo mode the service refuses to start on an insecure default
+(STYLE.md #8); in dev mode the missing secrets are generated once into ``var/dev-secrets.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Mode(StrEnum):
+    DEV = "dev"
+    DEMO = "demo"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QUAYGATE_", extra="ignore")
+
+    mode: Mode = Mode.DEV
+    var_dir: Path = Path("var")
+    database_url: str = ""
+    redis_url: str | None = None
+    issuer: str = "http://127.0.0.1:8000"
+    api_audience: str = "quaygate-api"
+    gate_audience: str = "quaygate-gate"
+    # 32 bytes, urlsafe base64: wraps private keys, webhook secrets and face templates at rest.
+    data_key: SecretStr | None = None
+    # HMAC key for national register numbers (never stored in clear).
+    pepper: SecretStr | None = None
+    access_token_ttl: int = 600
+    db_pool_size: int = 10
+    db_max_overflow: int = 20
+    audit_seal_interval: float = 1.0
+    webhook_interval: float = 1.0
+    background_workers: bool = True
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.var_dir / 'quaygate.db'}"
+        if self.mode is Mode.PRODUCTION:
+            missing = [n for n in ("data_key", "pepper") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"production mode needs QUAYGATE_{'/QUAYGATE_'.join(m.upper() for m in missing)}")
+            if self.database_url.startswith("sqlite"):
+                raise ValueError("production mode needs PostgreSQL (QUAYGATE_DATABASE_URL)")
+            if not self.issuer.startswith("https://"):
+                raise ValueError("production mode needs an https issuer (QUAYGATE_ISSUER)")
+        else:
+            dev = _dev_secrets(self.var_dir)
+            if self.data_key is None:
+                self.data_key = SecretStr(dev["data_key"])
+            if self.pepper is None:
+                self.pepper = SecretStr(dev["pepper"])
+        return self
+
+    def data_key_bytes(self) -> bytes:
+        assert self.data_key is not None
+        raw = base64.urlsafe_b64decode(self.data_key.get_secret_value() + "==")
+        if len(raw) != 32:
+            raise ValueError("QUAYGATE_DATA_KEY must be 32 bytes in urlsafe base64")
+        return raw
+
+    def pepper_bytes(self) -> bytes:
+        assert self.pepper is not None
+        return self.pepper.get_secret_value().encode()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _dev_secrets(var_dir: Path) -> dict[str, str]:
+    path = var_dir / "dev-secrets.json"
+    if path.exists():
+        data: dict[str, str] = json.loads(path.read_text())
+        return data
+    var_dir.mkdir(parents=True, exist_ok=True)
+    data = {
+        "data_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="),
+        "pepper": secrets.token_urlsafe(32),
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    return data

@@ -1,0 +1,80 @@
+"""Organisations, persons and badges, read for the release engine."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from quaygate.schema import badges, organisations, persons
+from release_service.domain.parties import Organisation, OrgKind
+from release_service.domain.release import Screening
+from release_service.ports import BadgeRef, Directory, PersonRef
+
+
+class SqlDirectory:
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    def organisation(self, organisation_id: uuid.UUID) -> Organisation | None:
+        row = self._conn.execute(
+            sa.select(organisations).where(organisations.c.id == organisation_id)
+        ).mappings().first()
+        if row is None:
+            return None
+        return Organisation(row["id"], row["name"], OrgKind(row["kind"]), row["eori"], row["vat"], row["terminal_code"])
+
+    def person(self, person_id: uuid.UUID) -> PersonRef | None:
+        row = self._conn.execute(sa.select(persons).where(persons.c.id == person_id)).mappings().first()
+        if row is None:
+            return None
+        return PersonRef(row["id"], row["given_name"], row["family_name"], row["employer_organisation_id"])
+
+    def badge(self, *, scheme: str, number: str | None, card_uid: str | None) -> BadgeRef | None:
+        stmt = sa.select(badges).where(badges.c.scheme == scheme)
+        if number:
+            stmt = stmt.where(badges.c.number == number)
+        if card_uid:
+            stmt = stmt.where(badges.c.card_uid == card_uid.upper())
+        if not number and not card_uid:
+            return None
+        row = self._conn.execute(stmt).mappings().first()
+        return _badge(row) if row else None
+
+    def badges_of(self, person_id: uuid.UUID) -> list[BadgeRef]:
+        rows = self._conn.execute(sa.select(badges).where(badges.c.person_id == person_id)).mappings()
+        return [_badge(r) for r in rows]
+
+
+def _badge(row: Any) -> BadgeRef:
+    return BadgeRef(row["id"], row["person_id"], row["scheme"], row["number"], row["card_uid"], row["status"],
+                    row["valid_from"], row["valid_until"])
+
+
+class BadgeScreening:
+    """Screening at nomination: the driver holds a badge that is active and in date.
+
+    Port-ban screening joins here when the ban register lands (issue 4); until then a driver with a
+    valid badge screens ``clear``.
+    """
+
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+
+    def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> Screening:
+        held = self._directory.badges_of(person_id)
+        if not held:
+            return Screening("refused", ("badge_unknown",))
+        usable = [b for b in held if b.status == "active" and b.valid_from <= now < b.valid_until]
+        if usable:
+            return Screening("clear")
+        reasons = sorted({_badge_reason(b, now) for b in held})
+        return Screening("refused", tuple(reasons))
+
+
+def _badge_reason(b: BadgeRef, now: datetime) -> str:
+    if b.status != "active":
+        return f"badge_{b.status}"
+    return "badge_expired" if now >= b.valid_until else "badge_not_yet_valid"

@@ -1,0 +1,365 @@
+"""Release rights in SQL (SQLAlchemy Core). Repositories flush; only the unit of work commits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from quaygate.schema import release_events, release_parties, releases, transfers
+from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.iso6346 import ContainerNumber
+from release_service.domain.parties import Actor, OrgKind
+from release_service.domain.plates import Plate
+from release_service.domain.release import (
+    Event,
+    Light,
+    LightStatus,
+    Nomination,
+    ReleaseRight,
+    Slot,
+    State,
+    Transfer,
+    TransferState,
+)
+from release_service.ports import ReleaseFilter, StoredEvent
+
+# Kinds that see every right in their remit rather than only those they are party to.
+_SEE_BY_TERMINAL = OrgKind.TERMINAL
+
+
+class StaleRight(Exception):
+    """The row changed under us although we held its lock: a bug, never a user error."""
+
+
+class SqlReleaseStore:
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+        self._dialect = conn.dialect.name
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def get(self, release_id: uuid.UUID, *, for_update: bool = False) -> ReleaseRight | None:
+        stmt = sa.select(releases).where(releases.c.id == release_id)
+        if for_update and self._dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        row = self._conn.execute(stmt).mappings().first()
+        if row is None:
+            return None
+        return self._hydrate(row)
+
+    def get_by_transfer(self, transfer_id: uuid.UUID, *, for_update: bool = False) -> ReleaseRight | None:
+        release_id = self._conn.execute(
+            sa.select(transfers.c.release_id).where(transfers.c.id == transfer_id)
+        ).scalar_one_or_none()
+        return None if release_id is None else self.get(release_id, for_update=for_update)
+
+    def _hydrate(self, row: Any) -> ReleaseRight:
+        pending = self._conn.execute(
+            sa.select(transfers).where(transfers.c.pending_key == row["id"])
+        ).mappings().first()
+        return _right_from_row(row, _transfer_from_row(pending) if pending else None)
+
+    def list_visible(self, actor: Actor, flt: ReleaseFilter) -> list[ReleaseRight]:
+        stmt = sa.select(releases)
+        if actor.person_id is not None and actor.organisation_id is None:
+            stmt = stmt.where(releases.c.driver_person_id == actor.person_id)
+        elif actor.is_admin or actor.kind is OrgKind.CUSTOMS:
+            pass
+        elif actor.kind is _SEE_BY_TERMINAL:
+            stmt = stmt.where(releases.c.terminal == (actor.terminal_code or ""))
+        else:
+            parties = sa.select(release_parties.c.release_id).where(
+                release_parties.c.organisation_id == actor.organisation_id
+            )
+            stmt = stmt.where(releases.c.id.in_(parties))
+        if flt.state is not None:
+            stmt = stmt.where(releases.c.state == flt.state.value)
+        if flt.container_number:
+            stmt = stmt.where(releases.c.container_number == flt.container_number)
+        if flt.vessel_call:
+            stmt = stmt.where(releases.c.vessel_call == flt.vessel_call)
+        if flt.terminal:
+            stmt = stmt.where(releases.c.terminal == flt.terminal)
+        if flt.bill_of_lading:
+            stmt = stmt.where(releases.c.bill_of_lading == flt.bill_of_lading)
+        if flt.cursor is not None:
+            at, last_id = flt.cursor
+            stmt = stmt.where(
+                sa.or_(releases.c.created_at > at, sa.and_(releases.c.created_at == at, releases.c.id > last_id))
+            )
+        stmt = stmt.order_by(releases.c.created_at, releases.c.id).limit(flt.limit)
+        rows = self._conn.execute(stmt).mappings().all()
+        ids = [r["id"] for r in rows]
+        pending = {}
+        if ids:
+            for t in self._conn.execute(sa.select(transfers).where(transfers.c.pending_key.in_(ids))).mappings():
+                pending[t["release_id"]] = _transfer_from_row(t)
+        return [_right_from_row(r, pending.get(r["id"])) for r in rows]
+
+    def events(self, release_id: uuid.UUID) -> list[StoredEvent]:
+        rows = self._conn.execute(
+            sa.select(release_events).where(release_events.c.release_id == release_id).order_by(release_events.c.seq)
+        ).mappings()
+        return [StoredEvent(r["id"], r["release_id"], r["seq"], r["type"], r["actor"], r["data"], r["at"]) for r in rows]
+
+    def transfers(self, release_id: uuid.UUID) -> list[Transfer]:
+        rows = self._conn.execute(
+            sa.select(transfers).where(transfers.c.release_id == release_id).order_by(transfers.c.created_at)
+        ).mappings()
+        return [_transfer_from_row(r) for r in rows]
+
+    def holders_chain(self, release_id: uuid.UUID) -> list[uuid.UUID]:
+        right = self.get(release_id)
+        if right is None:
+            return []
+        chain = [right.first_party_organisation_id]
+        for t in self.transfers(release_id):
+            if t.state is TransferState.ACCEPTED:
+                chain.append(t.to_organisation_id)
+        return chain
+
+    def has_been_party(self, release_id: uuid.UUID, organisation_id: uuid.UUID) -> bool:
+        return self._conn.execute(
+            sa.select(sa.literal(1)).where(
+                release_parties.c.release_id == release_id, release_parties.c.organisation_id == organisation_id
+            )
+        ).first() is not None
+
+    def due_to_lapse(self, now: datetime, limit: int) -> list[uuid.UUID]:
+        return list(
+            self._conn.execute(
+                sa.select(releases.c.id)
+                .where(releases.c.state.in_([State.ACTIVE.value, State.NOMINATED.value]))
+                .where(releases.c.valid_until <= now)
+                .limit(limit)
+            ).scalars()
+        )
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def add(self, right: ReleaseRight) -> list[StoredEvent]:
+        created, events = self.add_many([right])
+        if right.id not in created:
+            raise DomainError(
+                ErrorCode.ACTIVE_RIGHT_EXISTS,
+                f"A live release right already exists for {right.container.value} on vessel call {right.vessel_call}.",
+            )
+        return events
+
+    def add_many(self, rights: Sequence[ReleaseRight]) -> tuple[set[uuid.UUID], list[StoredEvent]]:
+        if not rights:
+            return set(), []
+        rows = [_row_from_right(r) for r in rights]
+        # INSERT .. ON CONFLICT DO NOTHING RETURNING: the unique active_key decides, atomically,
+        # which of several concurrent issuers gets the container (no check-then-act).
+        insert = postgresql.insert(releases) if self._dialect == "postgresql" else sqlite.insert(releases)
+        stmt = insert.on_conflict_do_nothing().returning(releases.c.id)
+        created: set[uuid.UUID] = set()
+        for chunk in _chunks(rows, 1000):
+            created.update(self._conn.execute(stmt, chunk).scalars().all())
+        kept = [r for r in rights if r.id in created]
+        parties: list[dict[str, Any]] = []
+        for r in kept:
+            parties.append({"organisation_id": r.issuer_organisation_id, "release_id": r.id, "relation": "issuer"})
+            if r.holder_organisation_id != r.issuer_organisation_id:
+                parties.append({"organisation_id": r.holder_organisation_id, "release_id": r.id, "relation": "holder"})
+        for chunk in _chunks(parties, 2000):
+            self._conn.execute(release_parties.insert(), chunk)
+        events = self._insert_events(kept, start_seq={r.id: 0 for r in kept})
+        return created, events
+
+    def save(self, right: ReleaseRight) -> list[StoredEvent]:
+        values = _row_from_right(right)
+        values.pop("id")
+        values.pop("created_at")
+        values["version"] = right.version + 1
+        result = self._conn.execute(
+            releases.update()
+            .where(releases.c.id == right.id, releases.c.version == right.version)
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            raise StaleRight(str(right.id))
+        right.version += 1
+        for t in right.changed_transfers:
+            self._upsert_transfer(t)
+            self._add_party(right.id, t.to_organisation_id, "recipient")
+        self._add_party(right.id, right.holder_organisation_id, "holder")
+        seq = self._conn.execute(
+            sa.select(sa.func.coalesce(sa.func.max(release_events.c.seq), 0)).where(
+                release_events.c.release_id == right.id
+            )
+        ).scalar_one()
+        events = self._insert_events([right], start_seq={right.id: seq})
+        right.changed_transfers.clear()
+        return events
+
+    def claim_gate_in(self, right: ReleaseRight, *, expected: State) -> list[StoredEvent] | None:
+        """Single use (STYLE.md #4): ``UPDATE .. WHERE state = :expected``; one caller wins."""
+        result = self._conn.execute(
+            releases.update()
+            .where(releases.c.id == right.id, releases.c.state == expected.value)
+            .values(state=State.GATED_IN.value, gate_in_at=right.gate_in_at, updated_at=right.gate_in_at,
+                    version=releases.c.version + 1)
+        )
+        if result.rowcount != 1:
+            return None
+        right.version += 1
+        seq = self._conn.execute(
+            sa.select(sa.func.coalesce(sa.func.max(release_events.c.seq), 0)).where(
+                release_events.c.release_id == right.id
+            )
+        ).scalar_one()
+        return self._insert_events([right], start_seq={right.id: seq})
+
+    def _upsert_transfer(self, t: Transfer) -> None:
+        values = {
+            "release_id": t.release_id,
+            "from_organisation_id": t.from_organisation_id,
+            "to_organisation_id": t.to_organisation_id,
+            "state": t.state.value,
+            "pending_key": t.release_id if t.state is TransferState.PENDING else None,
+            "created_at": t.created_at,
+            "decided_at": t.decided_at,
+        }
+        updated = self._conn.execute(transfers.update().where(transfers.c.id == t.id).values(**values))
+        if updated.rowcount == 0:
+            try:
+                with self._conn.begin_nested():
+                    self._conn.execute(transfers.insert().values(id=t.id, **values))
+            except sa.exc.IntegrityError as exc:
+                raise DomainError(ErrorCode.TRANSFER_PENDING, "A transfer of this right is already pending.") from exc
+
+    def _add_party(self, release_id: uuid.UUID, organisation_id: uuid.UUID, relation: str) -> None:
+        insert = postgresql.insert(release_parties) if self._dialect == "postgresql" else sqlite.insert(release_parties)
+        self._conn.execute(
+            insert.values(organisation_id=organisation_id, release_id=release_id, relation=relation)
+            .on_conflict_do_nothing()
+        )
+
+    def _insert_events(self, rights: Sequence[ReleaseRight], start_seq: dict[uuid.UUID, int]) -> list[StoredEvent]:
+        stored: list[StoredEvent] = []
+        for r in rights:
+            seq = start_seq[r.id]
+            for e in r.pending_events:
+                seq += 1
+                stored.append(StoredEvent(uuid.uuid4(), r.id, seq, e.type, e.actor, e.data, e.at))
+            r.pending_events.clear()
+        rows = [
+            {"id": s.id, "release_id": s.release_id, "seq": s.seq, "type": s.type, "actor": s.actor,
+             "data": s.data, "at": s.at}
+            for s in stored
+        ]
+        for chunk in _chunks(rows, 2000):
+            self._conn.execute(release_events.insert(), chunk)
+        return stored
+
+
+def _chunks(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def _row_from_right(r: ReleaseRight) -> dict[str, Any]:
+    n = r.nomination
+    return {
+        "id": r.id,
+        "container_number": r.container.value,
+        "bill_of_lading": r.bill_of_lading,
+        "vessel_call": r.vessel_call,
+        "terminal": r.terminal,
+        "issuer_organisation_id": r.issuer_organisation_id,
+        "first_party_organisation_id": r.first_party_organisation_id,
+        "holder_organisation_id": r.holder_organisation_id,
+        "state": r.state.value,
+        "blocked": r.blocked,
+        "active_key": r.active_key,
+        "commercial_status": r.commercial.status.value,
+        "commercial_reason": r.commercial.reason,
+        "commercial_at": r.commercial.set_at,
+        "customs_status": r.customs.status.value,
+        "customs_reason": r.customs.reason,
+        "customs_at": r.customs.set_at,
+        "terminal_status": r.terminal_light.status.value,
+        "terminal_reason": r.terminal_light.reason,
+        "terminal_at": r.terminal_light.set_at,
+        "valid_from": r.valid_from,
+        "valid_until": r.valid_until,
+        "driver_person_id": n.driver_person_id if n else None,
+        "plate_text": n.plate.text if n else None,
+        "plate_country": n.plate.country if n else None,
+        "trailer_plate_text": n.trailer_plate.text if n and n.trailer_plate else None,
+        "trailer_plate_country": n.trailer_plate.country if n and n.trailer_plate else None,
+        "slot_start": n.slot.start if n and n.slot else None,
+        "slot_end": n.slot.end if n and n.slot else None,
+        "nominated_by": n.nominated_by if n else None,
+        "nominated_at": n.nominated_at if n else None,
+        "gate_in_at": r.gate_in_at,
+        "gate_out_at": r.gate_out_at,
+        "version": r.version,
+        "created_at": r.created_at,
+        "updated_at": _last_change(r),
+    }
+
+
+def _last_change(r: ReleaseRight) -> datetime:
+    return r.pending_events[-1].at if r.pending_events else r.created_at
+
+
+def _right_from_row(row: Any, pending: Transfer | None) -> ReleaseRight:
+    nomination = None
+    if row["driver_person_id"] is not None:
+        trailer = None
+        if row["trailer_plate_text"]:
+            trailer = Plate(row["trailer_plate_text"], row["trailer_plate_country"])
+        slot = Slot(row["slot_start"], row["slot_end"]) if row["slot_start"] else None
+        nomination = Nomination(
+            driver_person_id=row["driver_person_id"],
+            plate=Plate(row["plate_text"], row["plate_country"]),
+            trailer_plate=trailer,
+            slot=slot,
+            nominated_by=row["nominated_by"],
+            nominated_at=row["nominated_at"],
+        )
+    return ReleaseRight(
+        id=row["id"],
+        container=ContainerNumber(row["container_number"]),
+        bill_of_lading=row["bill_of_lading"],
+        vessel_call=row["vessel_call"],
+        terminal=row["terminal"],
+        issuer_organisation_id=row["issuer_organisation_id"],
+        first_party_organisation_id=row["first_party_organisation_id"],
+        holder_organisation_id=row["holder_organisation_id"],
+        state=State(row["state"]),
+        blocked=row["blocked"],
+        commercial=Light(LightStatus(row["commercial_status"]), row["commercial_reason"], row["commercial_at"]),
+        customs=Light(LightStatus(row["customs_status"]), row["customs_reason"], row["customs_at"]),
+        terminal_light=Light(LightStatus(row["terminal_status"]), row["terminal_reason"], row["terminal_at"]),
+        valid_from=row["valid_from"],
+        valid_until=row["valid_until"],
+        created_at=row["created_at"],
+        nomination=nomination,
+        pending_transfer=pending,
+        gate_in_at=row["gate_in_at"],
+        gate_out_at=row["gate_out_at"],
+        version=row["version"],
+    )
+
+
+def _transfer_from_row(row: Any) -> Transfer:
+    return Transfer(
+        id=row["id"],
+        release_id=row["release_id"],
+        from_organisation_id=row["from_organisation_id"],
+        to_organisation_id=row["to_organisation_id"],
+        state=TransferState(row["state"]),
+        created_at=row["created_at"],
+        decided_at=row["decided_at"],
+    )
+
+
+__all__ = ["SqlReleaseStore", "StaleRight", "Event"]

@@ -1,0 +1,55 @@
+"""The unit of work: one connection, one transaction, one commit per use case (STYLE.md #5)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from release_service.adapters.audit import SqlAuditLog
+from release_service.adapters.outbox import SqlOutbox
+
+from .directory import BadgeScreening, SqlDirectory
+from .idempotency import SqlIdempotency
+from .store import SqlReleaseStore
+
+
+class SqlUnitOfWork:
+    def __init__(self, engine: sa.Engine, *, readonly: bool = False) -> None:
+        self._engine = engine
+        self._readonly = readonly
+        self._conn: sa.Connection | None = None
+        self._tx: sa.RootTransaction | None = None
+
+    def __enter__(self) -> SqlUnitOfWork:
+        conn = self._engine.connect()
+        if self._readonly:
+            conn = conn.execution_options(sqlite_begin="DEFERRED")
+        self._conn = conn
+        self._tx = conn.begin()
+        self.releases = SqlReleaseStore(conn)
+        self.directory = SqlDirectory(conn)
+        self.screening = BadgeScreening(self.directory)
+        self.audit = SqlAuditLog(conn)
+        self.outbox = SqlOutbox(conn)
+        self.idempotency = SqlIdempotency(conn)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._conn is not None and self._tx is not None
+        try:
+            if self._tx.is_active:
+                self._tx.rollback()
+        finally:
+            self._conn.close()
+
+    @property
+    def connection(self) -> sa.Connection:
+        assert self._conn is not None
+        return self._conn
+
+    def commit(self) -> None:
+        assert self._tx is not None
+        self._tx.commit()
+
+    def rollback(self) -> None:
+        assert self._tx is not None
+        self._tx.rollback()

@@ -1,0 +1,53 @@
+"""Error codes of the release engine. They carry no HTTP status: each edge maps them (STYLE.md #6)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    # input
+    CONTAINER_NUMBER_MALFORMED = "container_number_malformed"
+    CONTAINER_CHECK_DIGIT = "container_check_digit"
+    INVALID_VALIDITY_WINDOW = "invalid_validity_window"
+    INVALID_PLATE = "invalid_plate"
+    INVALID_SLOT = "invalid_slot"
+    BATCH_TOO_LARGE = "batch_too_large"
+    BATCH_EMPTY = "batch_empty"
+    INVALID_LIGHT = "invalid_light"
+    # parties and permissions
+    UNKNOWN_ORGANISATION = "unknown_organisation"
+    UNKNOWN_PERSON = "unknown_person"
+    UNKNOWN_BADGE = "unknown_badge"
+    WRONG_ORGANISATION_KIND = "wrong_organisation_kind"
+    NOT_ISSUER = "not_issuer"
+    NOT_HOLDER = "not_holder"
+    NOT_RECIPIENT = "not_recipient"
+    NOT_SENDER = "not_sender"
+    NOT_LIGHT_OWNER = "not_light_owner"
+    NOT_TERMINAL = "not_terminal"
+    FORBIDDEN = "forbidden"
+    # state
+    NOT_FOUND = "not_found"
+    ACTIVE_RIGHT_EXISTS = "active_right_exists"
+    ILLEGAL_TRANSITION = "illegal_transition"
+    RIGHT_EXPIRED = "right_expired"
+    RIGHT_NOT_YET_VALID = "right_not_yet_valid"
+    RIGHT_BLOCKED = "right_blocked"
+    TRANSFER_PENDING = "transfer_pending"
+    TRANSFER_NOT_PENDING = "transfer_not_pending"
+    SELF_TRANSFER = "self_transfer"
+    DRIVER_SCREENING_FAILED = "driver_screening_failed"
+    ALREADY_USED = "already_used"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    REASON_REQUIRED = "reason_required"
+
+
+class DomainError(Exception):
+    """A refused action: a machine code and a message safe to show the caller."""
+
+    def __init__(self, code: ErrorCode, message: str, **context: object) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.context = context

@@ -1,0 +1,55 @@
+"""Who acts: organisations by kind, and the actor behind a call."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class OrgKind(StrEnum):
+    SHIPPING_LINE = "shipping_line"
+    RELEASE_PARTY = "release_party"
+    TRANSPORT_OPERATOR = "transport_operator"
+    TERMINAL = "terminal"
+    CUSTOMS = "customs"
+    PORT_AUTHORITY = "port_authority"
+
+
+# Kinds that may hold a release right and pass it on (SPEC.md "Who uses it").
+HOLDER_KINDS = frozenset({OrgKind.RELEASE_PARTY, OrgKind.TRANSPORT_OPERATOR})
+
+
+@dataclass(frozen=True, slots=True)
+class Organisation:
+    id: uuid.UUID
+    name: str
+    kind: OrgKind
+    eori: str | None = None
+    vat: str | None = None
+    terminal_code: str | None = None  # for kind terminal: the facility it runs
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """The caller, as the access token says: a client acting for an organisation, or a person."""
+
+    client_id: str
+    organisation_id: uuid.UUID | None
+    kind: OrgKind | None
+    person_id: uuid.UUID | None = None
+    terminal_code: str | None = None  # gate and terminal clients are bound to one terminal
+    scopes: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+
+    @property
+    def is_admin(self) -> bool:
+        return self.kind is OrgKind.PORT_AUTHORITY or "port_security_admin" in self.roles
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "client_id": self.client_id,
+            "organisation_id": str(self.organisation_id) if self.organisation_id else None,
+            "kind": self.kind.value if self.kind else None,
+            "person_id": str(self.person_id) if self.person_id else None,
+        }

@@ -1,0 +1,594 @@
+"""The release right and its lifecycle (SPEC.md "The release right").
+
+States and transitions; every arrow has one guarded method below and yields one event::
+
+                      transfer / accept / decline / withdraw (holder changes on accept)
+                     +-------+
+                     v       |
+    issue ------> ACTIVE ----+----- nominate -----> NOMINATED --(re-nominate, transfer)--+
+                     |  ^                             |   |  ^                          |
+                     |  +---- accept of a transfer ---+   |  +--------------------------+
+                     |        clears the nomination       |
+                     |                                    +-- gate_in (once) --> GATED_IN -- gate_out --> COMPLETED
+                     |                                    |                          |
+                     +-- override_gate_in (terminal) -----+--------------------------+
+                     |
+      revoke (line, from any live state) ----------> REVOKED
+      lapse (valid_until passed, not yet gated in) -> EXPIRED
+      delete (line, before any onward transfer) ---> DELETED
+
+``blocked`` is the line's flag on a live right: it freezes transfers, acceptance, nomination and gate
+use until unblocked; revoke, delete, lights and unblock stay open. The three lights are independent;
+a right is pickable only when all three are green. Only the line touches the commercial light,
+customs the customs light, the right's own terminal the terminal light.
+
+The model is mutable inside one unit of work; each method appends to ``pending_events``, which the
+service hands to the store with the new state in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from .errors import DomainError, ErrorCode
+from .iso6346 import ContainerNumber
+from .parties import HOLDER_KINDS, Actor, OrgKind
+from .plates import Plate
+
+MAX_BATCH = 10_000
+
+
+class State(StrEnum):
+    ACTIVE = "active"
+    NOMINATED = "nominated"
+    GATED_IN = "gated_in"
+    COMPLETED = "completed"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    DELETED = "deleted"
+
+
+LIVE_STATES = frozenset({State.ACTIVE, State.NOMINATED, State.GATED_IN})
+PRE_GATE_STATES = frozenset({State.ACTIVE, State.NOMINATED})
+TERMINAL_STATES = frozenset({State.COMPLETED, State.REVOKED, State.EXPIRED, State.DELETED})
+
+
+class LightKind(StrEnum):
+    COMMERCIAL = "commercial"
+    CUSTOMS = "customs"
+    TERMINAL = "terminal"
+
+
+class LightStatus(StrEnum):
+    GREEN = "green"
+    RED = "red"
+    SCAN = "scan"  # customs only: selected for scan
+
+
+# Who owns each light (SPEC.md "three independent lights").
+LIGHT_OWNER = {
+    LightKind.COMMERCIAL: OrgKind.SHIPPING_LINE,
+    LightKind.CUSTOMS: OrgKind.CUSTOMS,
+    LightKind.TERMINAL: OrgKind.TERMINAL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Light:
+    status: LightStatus
+    reason: str | None = None
+    set_at: datetime | None = None
+
+    @property
+    def green(self) -> bool:
+        return self.status is LightStatus.GREEN
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise DomainError(ErrorCode.INVALID_SLOT, "A slot ends after it starts.")
+
+
+@dataclass(frozen=True, slots=True)
+class Nomination:
+    driver_person_id: uuid.UUID
+    plate: Plate
+    trailer_plate: Plate | None
+    slot: Slot | None
+    nominated_by: uuid.UUID
+    nominated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    actor: dict[str, str | None]
+    at: datetime
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Screening:
+    """What the driver's screening said at nomination (badge and port-ban checks)."""
+
+    result: str  # clear | banned | unavailable
+    reasons: tuple[str, ...] = ()
+
+
+class TransferState(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    WITHDRAWN = "withdrawn"
+    CANCELLED = "cancelled"  # the right ended (revoked, deleted, lapsed) while pending
+
+
+@dataclass(slots=True)
+class Transfer:
+    id: uuid.UUID
+    release_id: uuid.UUID
+    from_organisation_id: uuid.UUID
+    to_organisation_id: uuid.UUID
+    state: TransferState
+    created_at: datetime
+    decided_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class ReleaseRight:
+    id: uuid.UUID
+    container: ContainerNumber
+    bill_of_lading: str
+    vessel_call: str
+    terminal: str
+    issuer_organisation_id: uuid.UUID
+    first_party_organisation_id: uuid.UUID
+    holder_organisation_id: uuid.UUID
+    state: State
+    blocked: bool
+    commercial: Light
+    customs: Light
+    terminal_light: Light
+    valid_from: datetime
+    valid_until: datetime
+    created_at: datetime
+    nomination: Nomination | None = None
+    pending_transfer: Transfer | None = None
+    gate_in_at: datetime | None = None
+    gate_out_at: datetime | None = None
+    version: int = 0
+    pending_events: list[Event] = field(default_factory=list)
+    changed_transfers: list[Transfer] = field(default_factory=list)
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def issue(
+        cls,
+        *,
+        id: uuid.UUID,
+        container: ContainerNumber,
+        bill_of_lading: str,
+        vessel_call: str,
+        terminal: str,
+        by: Actor,
+        release_to: uuid.UUID,
+        release_to_kind: OrgKind,
+        valid_from: datetime,
+        valid_until: datetime,
+        now: datetime,
+        commercial: LightStatus = LightStatus.GREEN,
+    ) -> ReleaseRight:
+        _require_kind(by, OrgKind.SHIPPING_LINE, "Only a shipping line issues release rights.")
+        if release_to_kind not in HOLDER_KINDS:
+            raise DomainError(
+                ErrorCode.WRONG_ORGANISATION_KIND,
+                "A right is released to a release party or a transport operator.",
+            )
+        check_window(valid_from, valid_until, now)
+        if not bill_of_lading.strip() or not vessel_call.strip() or not terminal.strip():
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "B/L, vessel call and terminal are required.")
+        assert by.organisation_id is not None
+        right = cls(
+            id=id,
+            container=container,
+            bill_of_lading=bill_of_lading.strip(),
+            vessel_call=vessel_call.strip(),
+            terminal=terminal.strip().upper(),
+            issuer_organisation_id=by.organisation_id,
+            first_party_organisation_id=release_to,
+            holder_organisation_id=release_to,
+            state=State.ACTIVE,
+            blocked=False,
+            commercial=Light(commercial, None, now),
+            # Customs and the terminal speak for themselves: until they do, their lights are red.
+            customs=Light(LightStatus.RED, "awaiting customs release", now),
+            terminal_light=Light(LightStatus.RED, "awaiting discharge", now),
+            valid_from=valid_from,
+            valid_until=valid_until,
+            created_at=now,
+        )
+        right._emit("release.issued", by, now, {"holder": str(release_to), **right._summary()})
+        return right
+
+    # ---- derived ------------------------------------------------------------------------------
+
+    @property
+    def active_key(self) -> str | None:
+        """At most one live right per container and vessel call (SPEC.md); None once it has ended."""
+        if self.state in TERMINAL_STATES:
+            return None
+        return f"{self.container.value}|{self.vessel_call}"
+
+    def effective_state(self, now: datetime) -> State:
+        """What the state is now: a right past its window has lapsed even before the sweeper writes it."""
+        if self.state in PRE_GATE_STATES and now >= self.valid_until:
+            return State.EXPIRED
+        return self.state
+
+    @property
+    def pickable(self) -> bool:
+        return self.commercial.green and self.customs.green and self.terminal_light.green
+
+    def light(self, kind: LightKind) -> Light:
+        return {
+            LightKind.COMMERCIAL: self.commercial,
+            LightKind.CUSTOMS: self.customs,
+            LightKind.TERMINAL: self.terminal_light,
+        }[kind]
+
+    def is_party(self, organisation_id: uuid.UUID) -> bool:
+        return organisation_id in (self.issuer_organisation_id, self.holder_organisation_id)
+
+    # ---- transitions --------------------------------------------------------------------------
+
+    def update(
+        self,
+        *,
+        by: Actor,
+        now: datetime,
+        valid_from: datetime | None = None,
+        valid_until: datetime | None = None,
+        bill_of_lading: str | None = None,
+    ) -> None:
+        self._require_issuer(by)
+        self._require_state(PRE_GATE_STATES, "update")
+        new_from = valid_from or self.valid_from
+        new_until = valid_until or self.valid_until
+        check_window(new_from, new_until, now)
+        changes: dict[str, Any] = {}
+        if new_from != self.valid_from:
+            changes["valid_from"] = new_from.isoformat()
+        if new_until != self.valid_until:
+            changes["valid_until"] = new_until.isoformat()
+        if bill_of_lading is not None and bill_of_lading.strip() != self.bill_of_lading:
+            changes["bill_of_lading"] = bill_of_lading.strip()
+            self.bill_of_lading = bill_of_lading.strip()
+        self.valid_from, self.valid_until = new_from, new_until
+        self._emit("release.updated", by, now, changes)
+
+    def block(self, *, by: Actor, now: datetime, reason: str | None) -> None:
+        self._require_issuer(by)
+        self._require_state(LIVE_STATES, "block")
+        if self.blocked:
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "The right is already blocked.")
+        self.blocked = True
+        self._emit("release.blocked", by, now, {"reason": reason})
+
+    def unblock(self, *, by: Actor, now: datetime, reason: str | None) -> None:
+        self._require_issuer(by)
+        self._require_state(LIVE_STATES, "unblock")
+        if not self.blocked:
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "The right is not blocked.")
+        self.blocked = False
+        self._emit("release.unblocked", by, now, {"reason": reason})
+
+    def revoke(self, *, by: Actor, now: datetime, reason: str | None) -> None:
+        """The line ends the right; every downstream hold and pending transfer ends with it."""
+        self._require_issuer(by)
+        self._require_state(LIVE_STATES, "revoke")
+        self._cancel_pending_transfer(now)
+        self.state = State.REVOKED
+        self._emit("release.revoked", by, now, {"reason": reason, "holder": str(self.holder_organisation_id)})
+
+    def delete(self, *, by: Actor, now: datetime, reason: str | None) -> None:
+        """Withdraw a right issued in error, before it has travelled beyond the first party."""
+        self._require_issuer(by)
+        self._require_state(frozenset({State.ACTIVE}), "delete")
+        if self.holder_organisation_id != self.first_party_organisation_id:
+            raise DomainError(
+                ErrorCode.ILLEGAL_TRANSITION,
+                "A right that has been transferred onward can be revoked, not deleted.",
+            )
+        self._cancel_pending_transfer(now)
+        self.state = State.DELETED
+        self._emit("release.deleted", by, now, {"reason": reason})
+
+    def lapse_if_due(self, now: datetime) -> bool:
+        """Past its validity window a right not yet gated in lapses by itself."""
+        if self.state in PRE_GATE_STATES and now >= self.valid_until:
+            self._cancel_pending_transfer(now)
+            self.state = State.EXPIRED
+            self._emit("release.expired", _SYSTEM, now, {"valid_until": self.valid_until.isoformat()})
+            return True
+        return False
+
+    def start_transfer(
+        self,
+        *,
+        transfer_id: uuid.UUID,
+        by: Actor,
+        to_organisation_id: uuid.UUID,
+        to_kind: OrgKind,
+        now: datetime,
+    ) -> Transfer:
+        self._require_holder(by)
+        self._require_state(PRE_GATE_STATES, "transfer")
+        self._require_not_blocked()
+        self._require_valid_now(now)
+        if self.pending_transfer is not None:
+            raise DomainError(ErrorCode.TRANSFER_PENDING, "A transfer of this right is already pending.")
+        if to_organisation_id == self.holder_organisation_id:
+            raise DomainError(ErrorCode.SELF_TRANSFER, "A holder cannot transfer a right to itself.")
+        if to_kind not in HOLDER_KINDS:
+            raise DomainError(
+                ErrorCode.WRONG_ORGANISATION_KIND,
+                "A right passes only to a release party or a transport operator.",
+            )
+        transfer = Transfer(
+            id=transfer_id,
+            release_id=self.id,
+            from_organisation_id=self.holder_organisation_id,
+            to_organisation_id=to_organisation_id,
+            state=TransferState.PENDING,
+            created_at=now,
+        )
+        self.pending_transfer = transfer
+        self.changed_transfers.append(transfer)
+        self._emit(
+            "release.transfer.requested",
+            by,
+            now,
+            {"transfer_id": str(transfer_id), "from": str(transfer.from_organisation_id), "to": str(to_organisation_id)},
+        )
+        return transfer
+
+    def accept_transfer(self, *, transfer_id: uuid.UUID, by: Actor, now: datetime) -> Transfer:
+        transfer = self._require_pending(transfer_id)
+        if by.organisation_id != transfer.to_organisation_id:
+            raise DomainError(ErrorCode.NOT_RECIPIENT, "Only the recipient accepts a transfer.")
+        self._require_state(PRE_GATE_STATES, "accept")
+        self._require_not_blocked()
+        self._require_valid_now(now)
+        previous = self.holder_organisation_id
+        self.holder_organisation_id = transfer.to_organisation_id
+        # The new holder picks its own driver: a nomination by the previous holder does not travel.
+        cleared = self.nomination is not None
+        self.nomination = None
+        self.state = State.ACTIVE
+        self._close_transfer(transfer, TransferState.ACCEPTED, now)
+        self._emit(
+            "release.transfer.accepted",
+            by,
+            now,
+            {"transfer_id": str(transfer.id), "from": str(previous), "to": str(transfer.to_organisation_id),
+             "nomination_cleared": cleared},
+        )
+        return transfer
+
+    def decline_transfer(self, *, transfer_id: uuid.UUID, by: Actor, now: datetime, reason: str | None) -> Transfer:
+        transfer = self._require_pending(transfer_id)
+        if by.organisation_id != transfer.to_organisation_id:
+            raise DomainError(ErrorCode.NOT_RECIPIENT, "Only the recipient declines a transfer.")
+        self._close_transfer(transfer, TransferState.DECLINED, now)
+        self._emit("release.transfer.declined", by, now, {"transfer_id": str(transfer.id), "reason": reason})
+        return transfer
+
+    def withdraw_transfer(self, *, transfer_id: uuid.UUID, by: Actor, now: datetime) -> Transfer:
+        transfer = self._require_pending(transfer_id)
+        if by.organisation_id != transfer.from_organisation_id:
+            raise DomainError(ErrorCode.NOT_SENDER, "Only the sender withdraws a transfer.")
+        self._close_transfer(transfer, TransferState.WITHDRAWN, now)
+        self._emit("release.transfer.withdrawn", by, now, {"transfer_id": str(transfer.id)})
+        return transfer
+
+    def nominate(
+        self,
+        *,
+        by: Actor,
+        driver_person_id: uuid.UUID,
+        plate: Plate,
+        trailer_plate: Plate | None,
+        slot: Slot | None,
+        screening: Screening,
+        now: datetime,
+    ) -> None:
+        """The transport operator holding the right names a driver and a truck; again until gate-in."""
+        if by.kind is not OrgKind.TRANSPORT_OPERATOR:
+            raise DomainError(ErrorCode.WRONG_ORGANISATION_KIND, "Only a transport operator nominates.")
+        self._require_holder(by)
+        self._require_state(PRE_GATE_STATES, "nominate")
+        self._require_not_blocked()
+        self._require_valid_now(now)
+        if self.pending_transfer is not None:
+            raise DomainError(ErrorCode.TRANSFER_PENDING, "Withdraw the pending transfer before nominating.")
+        if slot is not None and (slot.end <= now or slot.start >= self.valid_until or slot.end <= self.valid_from):
+            raise DomainError(ErrorCode.INVALID_SLOT, "The slot must lie in the future and inside the validity window.")
+        if screening.result != "clear":
+            raise DomainError(
+                ErrorCode.DRIVER_SCREENING_FAILED,
+                "The driver cannot be nominated: " + (", ".join(screening.reasons) or screening.result),
+                screening=screening.result,
+                reasons=list(screening.reasons),
+            )
+        assert by.organisation_id is not None
+        renominated = self.nomination is not None
+        self.nomination = Nomination(
+            driver_person_id=driver_person_id,
+            plate=plate,
+            trailer_plate=trailer_plate,
+            slot=slot,
+            nominated_by=by.organisation_id,
+            nominated_at=now,
+        )
+        self.state = State.NOMINATED
+        self._emit(
+            "release.renominated" if renominated else "release.nominated",
+            by,
+            now,
+            {
+                "driver_person_id": str(driver_person_id),
+                "plate": plate.as_dict(),
+                "trailer_plate": trailer_plate.as_dict() if trailer_plate else None,
+                "slot": {"start": slot.start.isoformat(), "end": slot.end.isoformat()} if slot else None,
+                "screening": screening.result,
+            },
+        )
+
+    def set_light(
+        self, *, kind: LightKind, status: LightStatus, reason: str | None, by: Actor, now: datetime
+    ) -> None:
+        owner = LIGHT_OWNER[kind]
+        if by.kind is not owner:
+            raise DomainError(ErrorCode.NOT_LIGHT_OWNER, f"The {kind.value} light is set by the {owner.value}.")
+        if kind is LightKind.COMMERCIAL and by.organisation_id != self.issuer_organisation_id:
+            raise DomainError(ErrorCode.NOT_LIGHT_OWNER, "Only the issuing line sets the commercial light.")
+        if kind is LightKind.TERMINAL and by.terminal_code != self.terminal:
+            raise DomainError(ErrorCode.NOT_LIGHT_OWNER, "Only the right's own terminal sets the terminal light.")
+        if status is LightStatus.SCAN and kind is not LightKind.CUSTOMS:
+            raise DomainError(ErrorCode.INVALID_LIGHT, "Only customs selects a container for scan.")
+        self._require_state(LIVE_STATES, "set a light on")
+        new = Light(status, reason, now)
+        if kind is LightKind.COMMERCIAL:
+            self.commercial = new
+        elif kind is LightKind.CUSTOMS:
+            self.customs = new
+        else:
+            self.terminal_light = new
+        self._emit(f"release.light.{kind.value}", by, now, {"status": status.value, "reason": reason})
+
+    def gate_in(self, *, by: Actor, now: datetime, decision_id: uuid.UUID) -> None:
+        """Gate-in uses the right once. The store persists it with a conditional update (STYLE.md #4)."""
+        self._require_gate(by)
+        if self.state is State.GATED_IN or self.state is State.COMPLETED:
+            raise DomainError(ErrorCode.ALREADY_USED, "This right has already been used at the gate.")
+        self._require_state(frozenset({State.NOMINATED}), "gate in")
+        self._require_not_blocked()
+        self._require_valid_now(now)
+        if not self.pickable:
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "All three lights must be green.")
+        self.state = State.GATED_IN
+        self.gate_in_at = now
+        self._emit("release.gated_in", by, now, {"decision_id": str(decision_id)})
+
+    def override_gate_in(self, *, by: Actor, now: datetime, reason: str, decision_id: uuid.UUID) -> None:
+        """A terminal releases a refused truck; it must say why, and it is audited."""
+        self._require_gate(by)
+        if not reason or not reason.strip():
+            raise DomainError(ErrorCode.REASON_REQUIRED, "An override needs a reason.")
+        if self.state in (State.GATED_IN, State.COMPLETED):
+            raise DomainError(ErrorCode.ALREADY_USED, "This right has already been used at the gate.")
+        self._require_state(PRE_GATE_STATES, "override")
+        self.state = State.GATED_IN
+        self.gate_in_at = now
+        self._emit("release.gate_override", by, now, {"reason": reason.strip(), "decision_id": str(decision_id)})
+
+    def gate_out(self, *, by: Actor, now: datetime, decision_id: uuid.UUID) -> None:
+        self._require_gate(by)
+        self._require_state(frozenset({State.GATED_IN}), "gate out")
+        self.state = State.COMPLETED
+        self.gate_out_at = now
+        self._emit("release.completed", by, now, {"decision_id": str(decision_id)})
+
+    # ---- guards -------------------------------------------------------------------------------
+
+    def _require_issuer(self, by: Actor) -> None:
+        if by.kind is not OrgKind.SHIPPING_LINE or by.organisation_id != self.issuer_organisation_id:
+            raise DomainError(ErrorCode.NOT_ISSUER, "Only the issuing shipping line may do this.")
+
+    def _require_holder(self, by: Actor) -> None:
+        if by.organisation_id != self.holder_organisation_id:
+            raise DomainError(ErrorCode.NOT_HOLDER, "Only the current holder may do this.")
+
+    def _require_gate(self, by: Actor) -> None:
+        if by.kind is not OrgKind.TERMINAL or by.terminal_code != self.terminal:
+            raise DomainError(ErrorCode.NOT_TERMINAL, "Only the right's own terminal records gate moves.")
+
+    def _require_state(self, allowed: frozenset[State], action: str) -> None:
+        if self.state not in allowed:
+            raise DomainError(
+                ErrorCode.ILLEGAL_TRANSITION,
+                f"Cannot {action} a right that is {self.state.value}.",
+                state=self.state.value,
+            )
+
+    def _require_not_blocked(self) -> None:
+        if self.blocked:
+            raise DomainError(ErrorCode.RIGHT_BLOCKED, "The shipping line has blocked this right.")
+
+    def _require_valid_now(self, now: datetime) -> None:
+        if now < self.valid_from:
+            raise DomainError(ErrorCode.RIGHT_NOT_YET_VALID, "The right is not valid yet.")
+        if now >= self.valid_until:
+            raise DomainError(ErrorCode.RIGHT_EXPIRED, "The right's validity window has passed.")
+
+    def _require_pending(self, transfer_id: uuid.UUID) -> Transfer:
+        transfer = self.pending_transfer
+        if transfer is None or transfer.id != transfer_id:
+            raise DomainError(ErrorCode.TRANSFER_NOT_PENDING, "That transfer is no longer pending.")
+        return transfer
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _close_transfer(self, transfer: Transfer, state: TransferState, now: datetime) -> None:
+        transfer.state = state
+        transfer.decided_at = now
+        self.pending_transfer = None
+        if transfer not in self.changed_transfers:
+            self.changed_transfers.append(transfer)
+
+    def _cancel_pending_transfer(self, now: datetime) -> None:
+        if self.pending_transfer is not None:
+            self._close_transfer(self.pending_transfer, TransferState.CANCELLED, now)
+
+    def _summary(self) -> dict[str, Any]:
+        return {
+            "container_number": self.container.value,
+            "bill_of_lading": self.bill_of_lading,
+            "vessel_call": self.vessel_call,
+            "terminal": self.terminal,
+            "valid_from": self.valid_from.isoformat(),
+            "valid_until": self.valid_until.isoformat(),
+        }
+
+    def _emit(self, type_: str, by: Actor | dict[str, str | None], now: datetime, data: dict[str, Any]) -> None:
+        actor = by.as_dict() if isinstance(by, Actor) else by
+        self.pending_events.append(Event(type_, actor, now, {**data, "state": self.state.value}))
+
+
+_SYSTEM: dict[str, str | None] = {"client_id": "quaygate", "organisation_id": None, "kind": "system", "person_id": None}
+
+MAX_VALIDITY_DAYS = 120
+
+
+def check_window(valid_from: datetime, valid_until: datetime, now: datetime) -> None:
+    if valid_from.tzinfo is None or valid_until.tzinfo is None:
+        raise DomainError(ErrorCode.INVALID_VALIDITY_WINDOW, "Validity times need a time zone offset.")
+    if valid_until <= valid_from:
+        raise DomainError(ErrorCode.INVALID_VALIDITY_WINDOW, "valid_until must come after valid_from.")
+    if valid_until <= now:
+        raise DomainError(ErrorCode.INVALID_VALIDITY_WINDOW, "valid_until is already past.")
+    if (valid_until - valid_from).days > MAX_VALIDITY_DAYS:
+        raise DomainError(
+            ErrorCode.INVALID_VALIDITY_WINDOW, f"A validity window is at most {MAX_VALIDITY_DAYS} days."
+        )
+

@@ -1,0 +1,166 @@
+"""The release engine's ports: small protocols named by role (STYLE.md). Adapters implement them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from .domain.parties import Actor, Organisation
+from .domain.release import ReleaseRight, Screening, State, Transfer
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRef:
+    id: uuid.UUID
+    given_name: str
+    family_name: str
+    employer_organisation_id: uuid.UUID | None
+
+
+@dataclass(frozen=True, slots=True)
+class BadgeRef:
+    id: uuid.UUID
+    person_id: uuid.UUID
+    scheme: str
+    number: str
+    card_uid: str | None
+    status: str
+    valid_from: datetime
+    valid_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: uuid.UUID
+    release_id: uuid.UUID
+    seq: int
+    type: str
+    actor: dict[str, Any]
+    data: dict[str, Any]
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseFilter:
+    state: State | None = None
+    container_number: str | None = None
+    vessel_call: str | None = None
+    terminal: str | None = None
+    bill_of_lading: str | None = None
+    limit: int = 50
+    cursor: tuple[datetime, uuid.UUID] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedEvent:
+    """An event leaving the unit of work for webhooks: who may hear it, and what it says."""
+
+    id: uuid.UUID
+    type: str
+    release_id: uuid.UUID
+    at: datetime
+    audience: frozenset[uuid.UUID]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+class ReleaseRightStore(Protocol):
+    def get(self, release_id: uuid.UUID, *, for_update: bool = False) -> ReleaseRight | None: ...
+
+    def get_by_transfer(self, transfer_id: uuid.UUID, *, for_update: bool = False) -> ReleaseRight | None: ...
+
+    def add(self, right: ReleaseRight) -> list[StoredEvent]:
+        """Insert a new right; raises DomainError(ACTIVE_RIGHT_EXISTS) on a live duplicate."""
+        ...
+
+    def add_many(self, rights: Sequence[ReleaseRight]) -> tuple[set[uuid.UUID], list[StoredEvent]]:
+        """Insert many; those colliding with a live right are skipped. Returns the ids inserted."""
+        ...
+
+    def save(self, right: ReleaseRight) -> list[StoredEvent]:
+        """Persist a changed right, its changed transfers and its pending events (flush only)."""
+        ...
+
+    def claim_gate_in(self, right: ReleaseRight, *, expected: State) -> list[StoredEvent] | None:
+        """Conditional update: events for the one caller that moved it from ``expected``, else None."""
+        ...
+
+    def list_visible(self, actor: Actor, flt: ReleaseFilter) -> list[ReleaseRight]: ...
+
+    def events(self, release_id: uuid.UUID) -> list[StoredEvent]: ...
+
+    def transfers(self, release_id: uuid.UUID) -> list[Transfer]: ...
+
+    def holders_chain(self, release_id: uuid.UUID) -> list[uuid.UUID]: ...
+
+    def has_been_party(self, release_id: uuid.UUID, organisation_id: uuid.UUID) -> bool: ...
+
+    def due_to_lapse(self, now: datetime, limit: int) -> list[uuid.UUID]: ...
+
+
+class Directory(Protocol):
+    """Organisations, persons and badges as the release engine needs to see them."""
+
+    def organisation(self, organisation_id: uuid.UUID) -> Organisation | None: ...
+
+    def person(self, person_id: uuid.UUID) -> PersonRef | None: ...
+
+    def badge(self, *, scheme: str, number: str | None, card_uid: str | None) -> BadgeRef | None: ...
+
+    def badges_of(self, person_id: uuid.UUID) -> list[BadgeRef]: ...
+
+
+class DriverScreening(Protocol):
+    """Screens a driver at nomination: a valid badge and no port ban (SPEC.md, issue 4)."""
+
+    def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> Screening: ...
+
+
+class AuditLog(Protocol):
+    """Appends to the tamper-evident trail in the caller's transaction."""
+
+    def append(self, kind: str, *, actor: dict[str, Any], subject: str | None, data: dict[str, Any],
+               at: datetime) -> None: ...
+
+    def append_many(self, entries: Iterable[tuple[str, dict[str, Any], str | None, dict[str, Any], datetime]]) -> None:
+        ...
+
+
+class Outbox(Protocol):
+    """Queues webhook deliveries in the caller's transaction (transactional outbox)."""
+
+    def publish(self, events: Sequence[PublishedEvent]) -> None: ...
+
+
+class IdempotencyStore(Protocol):
+    def claim(self, client_id: str, key: str, fingerprint: str, now: datetime) -> tuple[int, Any] | None:
+        """Reserve ``key`` in this transaction, or return the stored (status, body) of its first use.
+
+        Raises DomainError(IDEMPOTENCY_KEY_REUSED) when the key was used for a different request.
+        """
+        ...
+
+    def complete(self, client_id: str, key: str, status_code: int, body: Any) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    releases: ReleaseRightStore
+    directory: Directory
+    screening: DriverScreening
+    audit: AuditLog
+    outbox: Outbox
+    idempotency: IdempotencyStore
+
+    def __enter__(self) -> UnitOfWork: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...

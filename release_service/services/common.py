@@ -1,0 +1,140 @@
+"""What every use case shares: running in one unit of work, idempotency, persisting with receipts."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.parties import Actor, OrgKind
+from release_service.domain.release import ReleaseRight
+from release_service.ports import PublishedEvent, StoredEvent, UnitOfWork
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRequest:
+    client_id: str
+    key: str
+    fingerprint: str  # hash of method, path and body: the same key with another request is refused
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What each action returns: proof of what was recorded, and where it sits in the right's history."""
+
+    receipt_id: uuid.UUID
+    release_id: uuid.UUID
+    action: str
+    seq: int
+    state: str
+    at: datetime
+    organisation_id: uuid.UUID | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "receipt_id": str(self.receipt_id),
+            "release_id": str(self.release_id),
+            "action": self.action,
+            "seq": self.seq,
+            "state": self.state,
+            "at": self.at.isoformat(),
+            "organisation_id": str(self.organisation_id) if self.organisation_id else None,
+        }
+
+
+def run(
+    uow: UnitOfWork,
+    action: Callable[[UnitOfWork], T],
+    render: Callable[[T], tuple[int, Any]],
+    *,
+    idempotency: IdempotencyRequest | None,
+    now: datetime,
+) -> tuple[int, Any]:
+    """Run one use case in one transaction; with an Idempotency-Key, the same key gives the same answer.
+
+    The key is claimed inside the same transaction as the effect, so a failure rolls both back, and a
+    concurrent twin waits for the first and then replays its answer (no second effect).
+    """
+    with uow:
+        if idempotency is not None:
+            stored = uow.idempotency.claim(idempotency.client_id, idempotency.key, idempotency.fingerprint, now)
+            if stored is not None:
+                return stored
+        result = action(uow)
+        status, body = render(result)
+        if idempotency is not None:
+            uow.idempotency.complete(idempotency.client_id, idempotency.key, status, body)
+        uow.commit()
+        return status, body
+
+
+def load(uow: UnitOfWork, release_id: uuid.UUID, actor: Actor) -> ReleaseRight:
+    """Load a right for change (row lock) that the actor may see; otherwise it does not exist for them."""
+    right = uow.releases.get(release_id, for_update=True)
+    if right is None or not can_see(uow, right, actor):
+        raise DomainError(ErrorCode.NOT_FOUND, "No such release right.")
+    return right
+
+
+def can_see(uow: UnitOfWork, right: ReleaseRight, actor: Actor) -> bool:
+    """A party sees the rights it holds or held, by kind; a driver only his own nominations."""
+    if actor.is_admin or actor.kind is OrgKind.CUSTOMS:
+        return True
+    if actor.kind is OrgKind.TERMINAL:
+        return actor.terminal_code == right.terminal
+    if actor.organisation_id is None:
+        return actor.person_id is not None and right.nomination is not None and (
+            right.nomination.driver_person_id == actor.person_id
+        )
+    if actor.organisation_id in (right.issuer_organisation_id, right.holder_organisation_id):
+        return True
+    if right.pending_transfer is not None and right.pending_transfer.to_organisation_id == actor.organisation_id:
+        return True
+    return uow.releases.has_been_party(right.id, actor.organisation_id)
+
+
+def persist(uow: UnitOfWork, right: ReleaseRight) -> Receipt:
+    """Save the right; its events go to the audit trail and the webhook outbox in the same transaction."""
+    events = uow.releases.save(right)
+    record_events(uow, right, events)
+    return receipt(right, events[-1])
+
+
+def record_events(uow: UnitOfWork, right: ReleaseRight, events: list[StoredEvent]) -> None:
+    uow.audit.append_many(
+        (e.type, e.actor, str(e.release_id), {"seq": e.seq, **e.data}, e.at) for e in events
+    )
+    uow.outbox.publish([PublishedEvent(e.id, e.type, e.release_id, e.at, audience(right, e), e.data) for e in events])
+
+
+def audience(right: ReleaseRight, event: StoredEvent) -> frozenset[uuid.UUID]:
+    """Who hears of an event: the issuer, the holder, and both ends of a transfer it concerns."""
+    ids = {right.issuer_organisation_id, right.holder_organisation_id}
+    for key in ("from", "to", "holder"):
+        value = event.data.get(key)
+        if isinstance(value, str):
+            try:
+                ids.add(uuid.UUID(value))
+            except ValueError:
+                pass
+    if right.nomination is not None:
+        ids.add(right.nomination.nominated_by)
+    return frozenset(ids)
+
+
+def receipt(right: ReleaseRight, event: StoredEvent) -> Receipt:
+    org = event.actor.get("organisation_id")
+    return Receipt(event.id, right.id, event.type, event.seq, right.state.value, event.at,
+                   uuid.UUID(org) if org else None)
+
+
+def organisation_kind(uow: UnitOfWork, organisation_id: uuid.UUID) -> OrgKind:
+    org = uow.directory.organisation(organisation_id)
+    if org is None:
+        raise DomainError(ErrorCode.UNKNOWN_ORGANISATION, f"No organisation {organisation_id}.")
+    return org.kind

@@ -1,0 +1,49 @@
+"""Gate moves on a right: gate-in (once), gate-out, and the terminal's audited override.
+
+The full gate decision (badge, plate, face, screening) is issue 5; these are the state changes it
+commits.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.parties import Actor
+from release_service.domain.release import ReleaseRight, State
+from release_service.ports import UnitOfWork
+
+from .common import Receipt, load, persist, receipt, record_events
+
+
+def gate_in(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, decision_id: uuid.UUID,
+            now: datetime) -> tuple[ReleaseRight, Receipt]:
+    """Use the right once: the conditional update picks one winner among racing gates."""
+    right = uow.releases.get(release_id)
+    if right is None:
+        raise DomainError(ErrorCode.NOT_FOUND, "No such release right.")
+    expected = right.state
+    right.gate_in(by=actor, now=now, decision_id=decision_id)
+    events = uow.releases.claim_gate_in(right, expected=expected)
+    if not events:
+        raise DomainError(ErrorCode.ALREADY_USED, "This right has already been used at the gate.")
+    record_events(uow, right, events)
+    return right, receipt(right, events[-1])
+
+
+def gate_out(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, decision_id: uuid.UUID,
+             now: datetime) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor)
+    right.gate_out(by=actor, now=now, decision_id=decision_id)
+    return right, persist(uow, right)
+
+
+def override(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str, decision_id: uuid.UUID,
+             now: datetime) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor)
+    if right.state not in (State.ACTIVE, State.NOMINATED):
+        raise DomainError(ErrorCode.ALREADY_USED if right.state is State.GATED_IN else ErrorCode.ILLEGAL_TRANSITION,
+                          f"Cannot override a right that is {right.state.value}.")
+    right.override_gate_in(by=actor, now=now, reason=reason, decision_id=decision_id)
+    return right, persist(uow, right)

@@ -1,0 +1,105 @@
+"""Issue a release right, or a vessel call's worth in one batch (up to 10 000)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.iso6346 import ContainerNumber
+from release_service.domain.parties import Actor, OrgKind
+from release_service.domain.release import MAX_BATCH, LightStatus, ReleaseRight
+from release_service.ports import UnitOfWork
+
+from .common import Receipt, organisation_kind, receipt, record_events
+
+
+@dataclass(frozen=True, slots=True)
+class IssueCommand:
+    container_number: str
+    bill_of_lading: str
+    vessel_call: str
+    terminal: str
+    release_to_organisation_id: uuid.UUID
+    valid_from: datetime
+    valid_until: datetime
+    commercial: LightStatus = LightStatus.GREEN
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItemResult:
+    index: int
+    container_number: str
+    release_id: uuid.UUID | None
+    error: DomainError | None
+
+
+def _build(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime,
+           kinds: dict[uuid.UUID, OrgKind]) -> ReleaseRight:
+    container = ContainerNumber.parse(cmd.container_number)
+    if cmd.release_to_organisation_id not in kinds:
+        kinds[cmd.release_to_organisation_id] = organisation_kind(uow, cmd.release_to_organisation_id)
+    return ReleaseRight.issue(
+        id=uuid.uuid4(),
+        container=container,
+        bill_of_lading=cmd.bill_of_lading,
+        vessel_call=cmd.vessel_call,
+        terminal=cmd.terminal,
+        by=actor,
+        release_to=cmd.release_to_organisation_id,
+        release_to_kind=kinds[cmd.release_to_organisation_id],
+        valid_from=cmd.valid_from,
+        valid_until=cmd.valid_until,
+        now=now,
+        commercial=cmd.commercial,
+    )
+
+
+def issue(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime) -> tuple[ReleaseRight, Receipt]:
+    right = _build(uow, actor, cmd, now, {})
+    events = uow.releases.add(right)
+    record_events(uow, right, events)
+    return right, receipt(right, events[-1])
+
+
+def issue_batch(
+    uow: UnitOfWork, actor: Actor, commands: Sequence[IssueCommand], now: datetime
+) -> list[BatchItemResult]:
+    """Every item is judged on its own: valid ones are issued, the rest come back with their error.
+
+    A container already holding a live right for the vessel call (from an earlier or a concurrent
+    batch, or twice in this one) is refused by the database's unique key, never by a prior read.
+    """
+    if actor.kind is not OrgKind.SHIPPING_LINE:
+        raise DomainError(ErrorCode.WRONG_ORGANISATION_KIND, "Only a shipping line issues release rights.")
+    if not commands:
+        raise DomainError(ErrorCode.BATCH_EMPTY, "A batch holds at least one right.")
+    if len(commands) > MAX_BATCH:
+        raise DomainError(ErrorCode.BATCH_TOO_LARGE, f"A batch holds at most {MAX_BATCH} rights.")
+    kinds: dict[uuid.UUID, OrgKind] = {}
+    results: list[BatchItemResult] = []
+    built: list[tuple[int, ReleaseRight]] = []
+    for index, cmd in enumerate(commands):
+        try:
+            right = _build(uow, actor, cmd, now, kinds)
+        except DomainError as exc:
+            results.append(BatchItemResult(index, cmd.container_number, None, exc))
+            continue
+        built.append((index, right))
+    created, events = uow.releases.add_many([r for _, r in built])
+    by_release: dict[uuid.UUID, list] = {}
+    for e in events:
+        by_release.setdefault(e.release_id, []).append(e)
+    for index, right in built:
+        if right.id in created:
+            record_events(uow, right, by_release[right.id])
+            results.append(BatchItemResult(index, right.container.value, right.id, None))
+        else:
+            results.append(BatchItemResult(index, right.container.value, None, DomainError(
+                ErrorCode.ACTIVE_RIGHT_EXISTS,
+                f"A live release right already exists for {right.container.value} on {right.vessel_call}.",
+            )))
+    results.sort(key=lambda r: r.index)
+    return results

@@ -1,0 +1,66 @@
+"""The line's own actions on a right: update, block, unblock, revoke, delete; and the lights."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from release_service.domain.parties import Actor
+from release_service.domain.release import LightKind, LightStatus, ReleaseRight
+from release_service.ports import UnitOfWork
+
+from .common import Receipt, load, persist
+
+
+def update(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, now: datetime, *,
+           valid_from: datetime | None, valid_until: datetime | None,
+           bill_of_lading: str | None) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor)
+    right.update(by=actor, now=now, valid_from=valid_from, valid_until=valid_until, bill_of_lading=bill_of_lading)
+    return right, persist(uow, right)
+
+
+def block(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | None,
+          now: datetime) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor)
+    right.block(by=actor, now=now, reason=reason)
+    return right, persist(uow, right)
+
+
+def unblock(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | None,
+            now: datetime) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor)
+    right.unblock(by=actor, now=now, reason=reason)
+    return right, persist(uow, right)
+
+
+def revoke(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | None,
+           now: datetime) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor)
+    right.revoke(by=actor, now=now, reason=reason)
+    return right, persist(uow, right)
+
+
+def delete(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | None,
+           now: datetime) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor)
+    right.delete(by=actor, now=now, reason=reason)
+    return right, persist(uow, right)
+
+
+def set_light(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, kind: LightKind, status: LightStatus,
+              reason: str | None, now: datetime) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor)
+    right.set_light(kind=kind, status=status, reason=reason, by=actor, now=now)
+    return right, persist(uow, right)
+
+
+def lapse_due(uow: UnitOfWork, now: datetime, limit: int = 500) -> int:
+    """The sweeper: write down the rights whose window has passed (reads already show them expired)."""
+    count = 0
+    for release_id in uow.releases.due_to_lapse(now, limit):
+        right = uow.releases.get(release_id, for_update=True)
+        if right is not None and right.lapse_if_due(now):
+            persist(uow, right)
+            count += 1
+    return count

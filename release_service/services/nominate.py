@@ -1,0 +1,59 @@
+"""Nominate (or re-nominate) a driver and a truck, with optional trailer and slot."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.parties import Actor
+from release_service.domain.plates import Plate
+from release_service.domain.release import ReleaseRight, Slot
+from release_service.ports import UnitOfWork
+
+from .common import Receipt, load, persist
+
+
+@dataclass(frozen=True, slots=True)
+class NominateCommand:
+    plate_text: str
+    plate_country: str
+    driver_person_id: uuid.UUID | None = None
+    badge_scheme: str | None = None
+    badge_number: str | None = None
+    badge_card_uid: str | None = None
+    trailer_text: str | None = None
+    trailer_country: str | None = None
+    slot_start: datetime | None = None
+    slot_end: datetime | None = None
+
+
+def nominate(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, cmd: NominateCommand,
+             now: datetime) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor)
+    driver = _driver(uow, cmd)
+    plate = Plate.parse(cmd.plate_text, cmd.plate_country)
+    trailer = Plate.parse(cmd.trailer_text, cmd.trailer_country or cmd.plate_country) if cmd.trailer_text else None
+    slot = None
+    if cmd.slot_start or cmd.slot_end:
+        if not (cmd.slot_start and cmd.slot_end):
+            raise DomainError(ErrorCode.INVALID_SLOT, "A slot has a start and an end.")
+        slot = Slot(cmd.slot_start, cmd.slot_end)
+    screening = uow.screening.screen(driver, terminal=right.terminal, now=now)
+    right.nominate(by=actor, driver_person_id=driver, plate=plate, trailer_plate=trailer, slot=slot,
+                   screening=screening, now=now)
+    return right, persist(uow, right)
+
+
+def _driver(uow: UnitOfWork, cmd: NominateCommand) -> uuid.UUID:
+    if cmd.driver_person_id is not None:
+        if uow.directory.person(cmd.driver_person_id) is None:
+            raise DomainError(ErrorCode.UNKNOWN_PERSON, "No such driver.")
+        return cmd.driver_person_id
+    if cmd.badge_scheme and (cmd.badge_number or cmd.badge_card_uid):
+        badge = uow.directory.badge(scheme=cmd.badge_scheme, number=cmd.badge_number, card_uid=cmd.badge_card_uid)
+        if badge is None:
+            raise DomainError(ErrorCode.UNKNOWN_BADGE, "No such badge.")
+        return badge.person_id
+    raise DomainError(ErrorCode.UNKNOWN_PERSON, "Name the driver by driver_person_id or by badge.")

@@ -1,0 +1,134 @@
+"""Shared fixtures: real SQLite and real PostgreSQL (and Redis) with the schema built by Alembic.
+
+PostgreSQL and Redis come from QUAYGATE_TEST_DATABASE_URL and QUAYGATE_TEST_REDIS_URL. Without them
+the tests that need them are skipped and listed at the end of the run; under CI (CI=true) a missing
+service is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from quaygate.db import make_engine, normalise_url
+from quaygate.migrate import upgrade
+from quaygate.schema import metadata
+
+PG_URL = os.environ.get("QUAYGATE_TEST_DATABASE_URL")
+REDIS_URL = os.environ.get("QUAYGATE_TEST_REDIS_URL")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+_skipped_services: set[str] = set()
+
+
+def need_service(name: str, url: str | None) -> str:
+    """The service's URL, or skip (fail under CI) when it is not configured."""
+    if url:
+        return url
+    if IN_CI:
+        pytest.fail(f"{name} is required under CI but its test URL is not set")
+    _skipped_services.add(name)
+    pytest.skip(f"{name} not configured (set QUAYGATE_TEST_{'DATABASE' if name == 'PostgreSQL' else 'REDIS'}_URL)")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _skipped_services:
+        terminalreporter.write_line(
+            "SKIPPED for lack of a service: " + ", ".join(sorted(_skipped_services))
+            + ". Set QUAYGATE_TEST_DATABASE_URL / QUAYGATE_TEST_REDIS_URL to run them.",
+            yellow=True,
+            bold=True,
+        )
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+@pytest.fixture(scope="session")
+def pg_database_url() -> Iterator[str]:
+    """A fresh PostgreSQL database per test worker, migrated by Alembic, dropped at the end."""
+    base = need_service("PostgreSQL", PG_URL)
+    name = f"qg_test_{_worker()}_{os.getpid()}"
+    admin = sa.create_engine(normalise_url(base), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.make_url(normalise_url(base)).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = Path(tmp_path_factory.mktemp("sqlite")) / "quaygate.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    return url
+
+
+def _truncate(engine: sa.Engine) -> None:
+    tables = [t.name for t in reversed(metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+        else:
+            for t in tables:
+                conn.exec_driver_sql(f'DELETE FROM "{t}"')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Both backends: every storage test runs on SQLite and on real PostgreSQL."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("pg_database_url")
+    else:
+        url = request.getfixturevalue("sqlite_database_url")
+    return url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    eng = make_engine(database_url, pool_size=20, max_overflow=40)
+    _truncate(eng)
+    yield eng
+    _truncate(eng)
+    eng.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_database_url: str) -> Iterator[sa.Engine]:
+    eng = make_engine(pg_database_url, pool_size=30, max_overflow=80)
+    _truncate(eng)
+    yield eng
+    _truncate(eng)
+    eng.dispose()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real Redis, on a database index of its own per worker, flushed around each test."""
+    import redis
+
+    base = need_service("Redis", REDIS_URL)
+    worker = _worker()
+    index = 1 + (int(worker[2:]) % 15 if worker.startswith("gw") else 0)
+    url = f"{base.rstrip('/')}/{index}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()
