@@ -1,0 +1,42 @@
+"""The composition root's wiring: what the lifespan builds once and every part borrows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from .cache import Cache, make_cache
+from .crypto import DataCipher
+from .db import make_engine
+from .settings import Settings
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@dataclass
+class Container:
+    settings: Settings
+    engine: sa.Engine
+    cache: Cache
+    cipher: DataCipher
+    clock: SystemClock
+
+    @classmethod
+    def build(cls, settings: Settings) -> Container:
+        return cls(
+            settings=settings,
+            engine=make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                               max_overflow=settings.db_max_overflow),
+            cache=make_cache(settings.redis_url),
+            cipher=DataCipher(settings.data_key_bytes()),
+            clock=SystemClock(),
+        )
+
+    def close(self) -> None:
+        self.cache.close()
+        self.engine.dispose()
