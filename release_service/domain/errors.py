@@ -15,6 +15,7 @@ class ErrorCode(StrEnum):
     BATCH_TOO_LARGE = "batch_too_large"
     BATCH_EMPTY = "batch_empty"
     INVALID_LIGHT = "invalid_light"
+    INVALID_CURSOR = "invalid_cursor"
     # parties and permissions
     UNKNOWN_ORGANISATION = "unknown_organisation"
     UNKNOWN_PERSON = "unknown_person"

@@ -592,3 +592,8 @@ def check_window(valid_from: datetime, valid_until: datetime, now: datetime) -> 
             ErrorCode.INVALID_VALIDITY_WINDOW, f"A validity window is at most {MAX_VALIDITY_DAYS} days."
         )
 
+
+
+def _require_kind(by: Actor, kind: OrgKind, message: str) -> None:
+    if by.kind is not kind or by.organisation_id is None:
+        raise DomainError(ErrorCode.WRONG_ORGANISATION_KIND, message)

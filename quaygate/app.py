@@ -1,0 +1,106 @@
+"""The application factory: mounts the identity provider and the release API in one process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from identity.api.routes import build_router as identity_router
+from identity.keys import KeyStore
+from identity.tokens import AccessTokenVerifier
+from release_service.api import problems
+from release_service.api.routes import router as release_router
+from release_service.api.webhooks import router as webhook_router
+
+from .container import Container
+from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event
+from .settings import Mode, Settings
+from .workers import BackgroundWorkers
+
+log = logging.getLogger("quaygate")
+
+VERSION = "0.1.0"
+
+
+def create_app(settings: Settings | None = None, *, container: Container | None = None) -> FastAPI:
+    settings = settings or (container.settings if container else Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        built = container or Container.build(settings)
+        keys = KeyStore(built.engine, built.cipher)
+        await run_in_threadpool(keys.ensure_active, built.clock.now())
+        app.state.container = built
+        app.state.keys = keys
+        app.state.token_verifier = AccessTokenVerifier(keys, settings.issuer)
+        workers = BackgroundWorkers(built) if settings.background_workers else None
+        if workers:
+            workers.start()
+        if settings.mode is not Mode.PRODUCTION:
+            log_event(log, "quaygate.start.dev_mode", mode=settings.mode.value,
+                      warning="NOT FOR PRODUCTION: dev secrets in var/, demo data")
+        log_event(log, "quaygate.start", database=built.engine.dialect.name,
+                  cache="redis" if settings.redis_url else "memory")
+        try:
+            yield
+        finally:
+            if workers:
+                workers.stop()
+            if container is None:
+                built.close()
+
+    app = FastAPI(
+        title="quaygate",
+        version=VERSION,
+        summary="Identity-bound container release: release rights, identity provider, gate verify.",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+    )
+    metrics = Metrics()
+    app.state.metrics = metrics
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    problems.install(app)
+    app.include_router(identity_router())
+    app.include_router(release_router)
+    app.include_router(webhook_router)
+
+    @app.get("/healthz", tags=["operations"], operation_id="healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], operation_id="readyz",
+             responses=problems.problem_responses(503))
+    def readyz(request: Request) -> JSONResponse:
+        c: Container = request.app.state.container
+        checks: dict[str, str] = {}
+        try:
+            with c.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            checks["database"] = "ok"
+        except sa.exc.SQLAlchemyError:
+            checks["database"] = "unavailable"
+        checks["cache"] = "ok" if c.cache.ping() else "unavailable"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                            status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], operation_id="metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def app_from_env() -> Any:
+    """The ASGI entry point for uvicorn/granian (``quaygate.app:app_from_env`` with --factory)."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

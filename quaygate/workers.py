@@ -1,0 +1,67 @@
+"""Background loops each replica runs: audit sealing, webhook delivery, lapsing rights.
+
+Each loop is safe to run in every replica at once: the sealer takes an advisory lock, the dispatcher
+claims deliveries with SKIP LOCKED, the sweeper locks each right it lapses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import httpx
+
+from release_service.adapters.audit import AuditSealer
+from release_service.adapters.sqla.uow import SqlUnitOfWork
+from release_service.adapters.webhook_dispatcher import WebhookDispatcher
+from release_service.services.lifecycle import lapse_due
+
+from .container import Container
+
+log = logging.getLogger("quaygate.workers")
+
+
+class BackgroundWorkers:
+    def __init__(self, container: Container) -> None:
+        self._c = container
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        c = self._c
+        sealer = AuditSealer(c.engine, c.cipher)
+        dispatcher = WebhookDispatcher(
+            c.engine, c.cipher, http_client_factory=lambda: httpx.Client(timeout=5.0, follow_redirects=False),
+            clock=c.clock,
+        )
+        self._loop("audit-sealer", c.settings.audit_seal_interval, lambda: sealer.seal_once(c.clock.now()))
+        self._loop("webhook-dispatcher", c.settings.webhook_interval, dispatcher.run_once)
+        self._loop("lapse-sweeper", 5.0, self._lapse)
+
+    def _lapse(self) -> int:
+        uow = SqlUnitOfWork(self._c.engine)
+        with uow:
+            count = lapse_due(uow, self._c.clock.now())
+            uow.commit()
+        return count
+
+    def _loop(self, name: str, interval: float, step: Callable[[], int]) -> None:
+        def body() -> None:
+            while not self._stop.is_set():
+                try:
+                    busy = step()
+                except Exception:  # noqa: BLE001 - a loop must survive a passing fault and say so
+                    log.exception("quaygate.worker.failed", extra={"fields": {"worker": name}})
+                    busy = 0
+                if not busy:
+                    self._stop.wait(interval)
+
+        thread = threading.Thread(target=body, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)

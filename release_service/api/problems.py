@@ -1,0 +1,151 @@
+"""RFC 9457 problem details: the one table mapping error codes to HTTP statuses (STYLE.md #6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from release_service.domain.errors import DomainError, ErrorCode
+
+PROBLEM_BASE = "https://quaygate.eu/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.CONTAINER_NUMBER_MALFORMED: 422,
+    ErrorCode.CONTAINER_CHECK_DIGIT: 422,
+    ErrorCode.INVALID_VALIDITY_WINDOW: 422,
+    ErrorCode.INVALID_PLATE: 422,
+    ErrorCode.INVALID_SLOT: 422,
+    ErrorCode.INVALID_LIGHT: 422,
+    ErrorCode.INVALID_CURSOR: 422,
+    ErrorCode.BATCH_TOO_LARGE: 413,
+    ErrorCode.BATCH_EMPTY: 422,
+    ErrorCode.UNKNOWN_ORGANISATION: 422,
+    ErrorCode.UNKNOWN_PERSON: 422,
+    ErrorCode.UNKNOWN_BADGE: 422,
+    ErrorCode.WRONG_ORGANISATION_KIND: 403,
+    ErrorCode.NOT_ISSUER: 403,
+    ErrorCode.NOT_HOLDER: 403,
+    ErrorCode.NOT_RECIPIENT: 403,
+    ErrorCode.NOT_SENDER: 403,
+    ErrorCode.NOT_LIGHT_OWNER: 403,
+    ErrorCode.NOT_TERMINAL: 403,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.ACTIVE_RIGHT_EXISTS: 409,
+    ErrorCode.ILLEGAL_TRANSITION: 409,
+    ErrorCode.RIGHT_EXPIRED: 409,
+    ErrorCode.RIGHT_NOT_YET_VALID: 409,
+    ErrorCode.RIGHT_BLOCKED: 409,
+    ErrorCode.TRANSFER_PENDING: 409,
+    ErrorCode.TRANSFER_NOT_PENDING: 409,
+    ErrorCode.SELF_TRANSFER: 422,
+    ErrorCode.DRIVER_SCREENING_FAILED: 409,
+    ErrorCode.ALREADY_USED: 409,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: 422,
+    ErrorCode.REASON_REQUIRED: 422,
+}
+
+TITLES: dict[int, str] = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Content too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    429: "Too many requests",
+    503: "Service unavailable",
+}
+
+
+class Problem(BaseModel):
+    """RFC 9457 §3.1 members, plus ``code``: the stable machine code integrators switch on."""
+
+    type: str = Field(examples=[PROBLEM_BASE + "not_holder"])
+    title: str
+    status: int
+    detail: str | None = None
+    code: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+def problem(status: int, code: str, detail: str | None, *, instance: str | None = None,
+            headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + code,
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def domain_problem(exc: DomainError, instance: str | None = None) -> JSONResponse:
+    extra = {k: v for k, v in exc.context.items() if isinstance(v, str | int | list)}
+    return problem(STATUS.get(exc.code, 400), exc.code.value, exc.message, instance=instance, **extra)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: every declared error is a problem document."""
+    return {
+        s: {"model": Problem, "description": TITLES.get(s, "Error"), "content": {MEDIA_TYPE: {}}}
+        for s in statuses
+    }
+
+
+class AuthError(Exception):
+    """Missing, invalid or insufficient credentials (RFC 6750 §3)."""
+
+    def __init__(self, status: int, error: str, description: str, *, scope: str | None = None) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.scope = scope
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    def _domain(request: Request, exc: DomainError) -> JSONResponse:
+        return domain_problem(exc, request.url.path)
+
+    @app.exception_handler(AuthError)
+    def _auth(request: Request, exc: AuthError) -> JSONResponse:
+        challenge = f'Bearer error="{exc.error}", error_description="{exc.description}"'
+        if exc.scope:
+            challenge += f', scope="{exc.scope}"'
+        return problem(exc.status, exc.error, exc.description, instance=request.url.path,
+                       headers={"WWW-Authenticate": challenge})
+
+    @app.exception_handler(RequestValidationError)
+    def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        malformed = any(e["type"] == "json_invalid" for e in errors)
+        if malformed:
+            return problem(400, "malformed_json", "The body is not valid JSON.", instance=request.url.path)
+        return problem(422, "invalid_request", "The request does not match the schema.",
+                       instance=request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}.get(
+            exc.status_code, "http_error"
+        )
+        return problem(exc.status_code, code, str(exc.detail), instance=request.url.path,
+                       headers=getattr(exc, "headers", None))

@@ -1,0 +1,245 @@
+"""The party API under /api/v1: thin routes; rules live in the domain, transactions in the services."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from release_service.adapters.sqla.uow import SqlUnitOfWork
+from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.parties import Actor
+from release_service.domain.release import LightKind, LightStatus, State
+from release_service.ports import ReleaseFilter, UnitOfWork
+from release_service.services import issue, lifecycle, nominate, queries, transfers
+from release_service.services.common import IdempotencyRequest, run
+
+from . import schemas as s
+from .auth import require
+from .problems import problem_responses
+
+T = TypeVar("T")
+
+READ = require("releases:read")
+WRITE = require("releases:write")
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255,
+           description="Repeat a POST or PUT safely: the same key gives the same answer and no second effect."),
+]
+ReleaseId = Annotated[uuid.UUID, Path(description="The release right's id.")]
+TransferId = Annotated[uuid.UUID, Path(description="The transfer's id.")]
+WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 422)
+
+router = APIRouter(prefix="/api/v1", tags=["releases"])
+
+
+def _execute(request: Request, actor: Actor, key: str | None, body: BaseModel | None,
+             action: Callable[[UnitOfWork, datetime], T], render: Callable[[T, datetime], tuple[int, Any]]) -> JSONResponse:
+    container = request.app.state.container
+    now = container.clock.now()
+    idem = None
+    if key is not None:
+        payload = body.model_dump_json() if body is not None else ""
+        digest = hashlib.sha256(f"{request.method} {request.url.path}\n{payload}".encode()).hexdigest()
+        idem = IdempotencyRequest(actor.client_id, key, digest)
+    status, content = run(SqlUnitOfWork(container.engine), lambda uow: action(uow, now),
+                          lambda result: render(result, now), idempotency=idem, now=now)
+    return JSONResponse(content, status_code=status)
+
+
+def _read(request: Request, fn: Callable[[UnitOfWork, datetime], Any]) -> Any:
+    container = request.app.state.container
+    with SqlUnitOfWork(container.engine, readonly=True) as uow:
+        return fn(uow, container.clock.now())
+
+
+def _with_receipt(result: tuple[Any, Any], now: datetime, status: int = 200) -> tuple[int, Any]:
+    right, receipt = result
+    return status, {"release": s.release_out(right, now), "receipt": receipt.as_dict()}
+
+
+def _transfer_receipt(result: tuple[Any, Any], now: datetime, status: int = 200) -> tuple[int, Any]:
+    t, receipt = result
+    return status, {"transfer": s.transfer_out(t), "receipt": receipt.as_dict()}
+
+
+def _issue_cmd(b: s.IssueRequest) -> issue.IssueCommand:
+    return issue.IssueCommand(b.container_number, b.bill_of_lading, b.vessel_call, b.terminal,
+                              b.release_to_organisation_id, b.valid_from, b.valid_until, LightStatus(b.commercial))
+
+
+@router.post("/releases", operation_id="issueRelease", status_code=201, response_model=s.ReleaseWithReceipt,
+             responses=WRITE_ERRORS, summary="Issue a release right to a first release party")
+def issue_release(request: Request, body: s.IssueRequest, actor: Actor = Depends(WRITE),
+                  idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    return _execute(request, actor, idempotency_key, body,
+                    lambda uow, now: issue.issue(uow, actor, _issue_cmd(body), now),
+                    lambda r, now: _with_receipt(r, now, 201))
+
+
+@router.post("/releases:batch", operation_id="issueReleaseBatch", status_code=200, response_model=s.BatchOut,
+             responses=problem_responses(400, 401, 403, 413, 422),
+             summary="Issue up to 10 000 rights for a vessel call; each item succeeds or fails on its own")
+def issue_batch(request: Request, body: s.BatchRequest, actor: Actor = Depends(WRITE),
+                idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    def render(results: list[issue.BatchItemResult], now: datetime) -> tuple[int, Any]:
+        items = [{"index": r.index, "container_number": r.container_number,
+                  "release_id": str(r.release_id) if r.release_id else None,
+                  "error": {"code": r.error.code.value, "detail": r.error.message} if r.error else None}
+                 for r in results]
+        created = sum(1 for r in results if r.release_id)
+        return 200, {"created": created, "refused": len(results) - created, "items": items}
+
+    return _execute(request, actor, idempotency_key, body,
+                    lambda uow, now: issue.issue_batch(uow, actor, [_issue_cmd(b) for b in body.releases], now),
+                    render)
+
+
+@router.get("/releases", operation_id="listReleases", response_model=s.ReleasePage,
+            responses=problem_responses(401, 403, 422), summary="Rights this caller holds, held or oversees")
+def list_releases(
+    request: Request,
+    actor: Actor = Depends(READ),
+    state: State | None = None,
+    container_number: str | None = Query(default=None, max_length=20),
+    vessel_call: str | None = Query(default=None, max_length=64),
+    terminal: str | None = Query(default=None, max_length=32),
+    bill_of_lading: str | None = Query(default=None, max_length=64),
+    limit: int = Query(default=50, ge=1, le=500),
+    cursor: str | None = Query(default=None, max_length=200),
+) -> dict[str, Any]:
+    flt = ReleaseFilter(state, container_number, vessel_call, terminal, bill_of_lading, limit + 1, _cursor(cursor))
+    rights, now = _read(request, lambda uow, now: (queries.search(uow, actor, flt), now))
+    page = rights[:limit]
+    next_cursor = _encode_cursor(page[-1].created_at, page[-1].id) if len(rights) > limit else None
+    return {"items": [s.release_out(r, now) for r in page], "next_cursor": next_cursor}
+
+
+@router.get("/releases/{release_id}", operation_id="getRelease", response_model=s.ReleaseOut,
+            responses=problem_responses(401, 403, 404))
+def get_release(request: Request, release_id: ReleaseId, actor: Actor = Depends(READ)) -> dict[str, Any]:
+    def fn(uow: UnitOfWork, now: datetime) -> dict[str, Any]:
+        right, chain = queries.get(uow, actor, release_id)
+        return s.release_out(right, now, chain)
+
+    return _read(request, fn)
+
+
+@router.get("/releases/{release_id}/events", operation_id="listReleaseEvents", response_model=s.EventList,
+            responses=problem_responses(401, 403, 404))
+def release_events(request: Request, release_id: ReleaseId, actor: Actor = Depends(READ)) -> dict[str, Any]:
+    events = _read(request, lambda uow, now: queries.events(uow, actor, release_id))
+    return {"items": [s.event_out(e) for e in events]}
+
+
+@router.post("/releases/{release_id}/transfers", operation_id="transferRelease", status_code=201,
+             response_model=s.TransferWithReceipt, responses=WRITE_ERRORS)
+def transfer_release(request: Request, release_id: ReleaseId, body: s.TransferRequest,
+                     actor: Actor = Depends(WRITE), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    return _execute(request, actor, idempotency_key, body,
+                    lambda uow, now: transfers.transfer(uow, actor, release_id, body.to_organisation_id, now),
+                    lambda r, now: _transfer_receipt(r, now, 201))
+
+
+@router.post("/transfers/{transfer_id}/accept", operation_id="acceptTransfer",
+             response_model=s.TransferWithReceipt, responses=WRITE_ERRORS)
+def accept_transfer(request: Request, transfer_id: TransferId, actor: Actor = Depends(WRITE),
+                    idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    return _execute(request, actor, idempotency_key, None,
+                    lambda uow, now: transfers.accept(uow, actor, transfer_id, now), _transfer_receipt)
+
+
+@router.post("/transfers/{transfer_id}/decline", operation_id="declineTransfer",
+             response_model=s.TransferWithReceipt, responses=WRITE_ERRORS)
+def decline_transfer(request: Request, transfer_id: TransferId, body: s.ReasonRequest | None = None,
+                     actor: Actor = Depends(WRITE), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    reason = body.reason if body else None
+    return _execute(request, actor, idempotency_key, body,
+                    lambda uow, now: transfers.decline(uow, actor, transfer_id, reason, now), _transfer_receipt)
+
+
+@router.post("/transfers/{transfer_id}/withdraw", operation_id="withdrawTransfer",
+             response_model=s.TransferWithReceipt, responses=WRITE_ERRORS)
+def withdraw_transfer(request: Request, transfer_id: TransferId, actor: Actor = Depends(WRITE),
+                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    return _execute(request, actor, idempotency_key, None,
+                    lambda uow, now: transfers.withdraw(uow, actor, transfer_id, now), _transfer_receipt)
+
+
+@router.put("/releases/{release_id}/nomination", operation_id="nominateDriver",
+            response_model=s.ReleaseWithReceipt, responses=WRITE_ERRORS)
+def nominate_driver(request: Request, release_id: ReleaseId, body: s.NominationRequest,
+                    actor: Actor = Depends(WRITE), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    cmd = nominate.NominateCommand(
+        plate_text=body.plate.text, plate_country=body.plate.country, driver_person_id=body.driver_person_id,
+        badge_scheme=body.badge.scheme if body.badge else None,
+        badge_number=body.badge.number if body.badge else None,
+        badge_card_uid=body.badge.card_uid if body.badge else None,
+        trailer_text=body.trailer_plate.text if body.trailer_plate else None,
+        trailer_country=body.trailer_plate.country if body.trailer_plate else None,
+        slot_start=body.slot.start if body.slot else None, slot_end=body.slot.end if body.slot else None)
+    return _execute(request, actor, idempotency_key, body,
+                    lambda uow, now: nominate.nominate(uow, actor, release_id, cmd, now), _with_receipt)
+
+
+@router.patch("/releases/{release_id}", operation_id="updateRelease", response_model=s.ReleaseWithReceipt,
+              responses=WRITE_ERRORS, summary="The line changes the validity window or the B/L")
+def update_release(request: Request, release_id: ReleaseId, body: s.UpdateRequest,
+                   actor: Actor = Depends(WRITE), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    return _execute(request, actor, idempotency_key, body,
+                    lambda uow, now: lifecycle.update(uow, actor, release_id, now, valid_from=body.valid_from,
+                                                      valid_until=body.valid_until,
+                                                      bill_of_lading=body.bill_of_lading),
+                    _with_receipt)
+
+
+def _line_action(name: str, fn: Callable[..., Any], summary: str) -> None:
+    def endpoint(request: Request, release_id: ReleaseId, body: s.ReasonRequest | None = None,
+                 actor: Actor = Depends(WRITE), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+        reason = body.reason if body else None
+        return _execute(request, actor, idempotency_key, body,
+                        lambda uow, now: fn(uow, actor, release_id, reason, now), _with_receipt)
+
+    router.add_api_route(f"/releases/{{release_id}}/{name}", endpoint, methods=["POST"],
+                         operation_id=f"{name}Release", response_model=s.ReleaseWithReceipt,
+                         responses=WRITE_ERRORS, summary=summary, name=f"{name}_release")
+
+
+_line_action("block", lifecycle.block, "The line freezes the right")
+_line_action("unblock", lifecycle.unblock, "The line lifts its block")
+_line_action("revoke", lifecycle.revoke, "The line ends the right and every downstream hold")
+_line_action("delete", lifecycle.delete, "The line withdraws a right issued in error")
+
+
+@router.put("/releases/{release_id}/lights/{light}", operation_id="setLight",
+            response_model=s.ReleaseWithReceipt, responses=WRITE_ERRORS,
+            summary="Set the commercial (line), customs (customs) or terminal (terminal) light")
+def set_light(request: Request, release_id: ReleaseId, light: LightKind, body: s.LightRequest,
+              actor: Actor = Depends(WRITE), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    return _execute(request, actor, idempotency_key, body,
+                    lambda uow, now: lifecycle.set_light(uow, actor, release_id, light, LightStatus(body.status),
+                                                         body.reason, now),
+                    _with_receipt)
+
+
+def _cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
+    if raw is None:
+        return None
+    try:
+        at, _, rid = base64.urlsafe_b64decode(raw.encode() + b"==").decode().partition("|")
+        return datetime.fromisoformat(at), uuid.UUID(rid)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DomainError(ErrorCode.INVALID_CURSOR, "The cursor is not one this API gave out.") from exc
+
+
+def _encode_cursor(at: datetime, rid: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{rid}".encode()).decode().rstrip("=")
+

@@ -1,0 +1,244 @@
+"""Wire schemas of the party API. Separate from the domain model and the tables (STYLE.md)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from release_service.domain.release import Light, ReleaseRight, Transfer
+from release_service.ports import StoredEvent
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+
+
+class IssueRequest(Strict):
+    container_number: str = Field(min_length=11, max_length=20, examples=["MSCU1234566"])
+    bill_of_lading: str = Field(min_length=1, max_length=64)
+    vessel_call: str = Field(min_length=1, max_length=64, description="The vessel call (stay) number.")
+    terminal: str = Field(min_length=1, max_length=32, description="Terminal code, e.g. BEANR-K1700.")
+    release_to_organisation_id: uuid.UUID
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
+    commercial: Literal["green", "red"] = "green"
+
+    model_config = ConfigDict(extra="forbid", strict=False, str_strip_whitespace=True)
+
+
+class BatchRequest(Strict):
+    releases: list[IssueRequest] = Field(description="At most 10 000 rights.")
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class TransferRequest(Strict):
+    to_organisation_id: uuid.UUID
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class ReasonRequest(Strict):
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class PlateIn(Strict):
+    text: str = Field(min_length=2, max_length=20)
+    country: str = Field(min_length=2, max_length=2, description="ISO 3166-1 alpha-2")
+
+
+class BadgeIn(Strict):
+    scheme: Literal["alfapass", "portpass"]
+    number: str | None = Field(default=None, max_length=32)
+    card_uid: str | None = Field(default=None, max_length=32)
+
+
+class SlotIn(Strict):
+    start: AwareDatetime
+    end: AwareDatetime
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class NominationRequest(Strict):
+    driver_person_id: uuid.UUID | None = None
+    badge: BadgeIn | None = None
+    plate: PlateIn
+    trailer_plate: PlateIn | None = None
+    slot: SlotIn | None = None
+
+    model_config = ConfigDict(extra="forbid", strict=False, str_strip_whitespace=True)
+
+
+class LightRequest(Strict):
+    status: Literal["green", "red", "scan"]
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class UpdateRequest(Strict):
+    valid_from: AwareDatetime | None = None
+    valid_until: AwareDatetime | None = None
+    bill_of_lading: str | None = Field(default=None, min_length=1, max_length=64)
+
+    model_config = ConfigDict(extra="forbid", strict=False, str_strip_whitespace=True)
+
+
+class LightOut(BaseModel):
+    status: str
+    reason: str | None
+    set_at: datetime | None
+
+
+class TransferOut(BaseModel):
+    id: uuid.UUID
+    release_id: uuid.UUID
+    from_organisation_id: uuid.UUID
+    to_organisation_id: uuid.UUID
+    state: str
+    created_at: datetime
+    decided_at: datetime | None
+
+
+class NominationOut(BaseModel):
+    driver_person_id: uuid.UUID
+    plate: dict[str, str]
+    trailer_plate: dict[str, str] | None
+    slot: dict[str, datetime] | None
+    nominated_by: uuid.UUID
+    nominated_at: datetime
+
+
+class ReleaseOut(BaseModel):
+    id: uuid.UUID
+    container_number: str
+    bill_of_lading: str
+    vessel_call: str
+    terminal: str
+    state: str
+    blocked: bool
+    pickable: bool
+    lights: dict[str, LightOut]
+    issuer_organisation_id: uuid.UUID
+    holder_organisation_id: uuid.UUID
+    holders_chain: list[uuid.UUID] | None = None
+    pending_transfer: TransferOut | None
+    nomination: NominationOut | None
+    valid_from: datetime
+    valid_until: datetime
+    gate_in_at: datetime | None
+    gate_out_at: datetime | None
+    created_at: datetime
+    version: int
+
+
+class ReceiptOut(BaseModel):
+    receipt_id: uuid.UUID
+    release_id: uuid.UUID
+    action: str
+    seq: int
+    state: str
+    at: datetime
+    organisation_id: uuid.UUID | None
+
+
+class ReleaseWithReceipt(BaseModel):
+    release: ReleaseOut
+    receipt: ReceiptOut
+
+
+class TransferWithReceipt(BaseModel):
+    transfer: TransferOut
+    receipt: ReceiptOut
+
+
+class BatchItemOut(BaseModel):
+    index: int
+    container_number: str
+    release_id: uuid.UUID | None
+    error: dict[str, str] | None
+
+
+class BatchOut(BaseModel):
+    created: int
+    refused: int
+    items: list[BatchItemOut]
+
+
+class ReleasePage(BaseModel):
+    items: list[ReleaseOut]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    id: uuid.UUID
+    seq: int
+    type: str
+    actor: dict[str, Any]
+    data: dict[str, Any]
+    at: datetime
+
+
+class EventList(BaseModel):
+    items: list[EventOut]
+
+
+# ---- renderers (domain -> JSON-ready dicts) ----------------------------------------------------
+
+
+def _light(light: Light) -> dict[str, Any]:
+    return {"status": light.status.value, "reason": light.reason,
+            "set_at": light.set_at.isoformat() if light.set_at else None}
+
+
+def transfer_out(t: Transfer) -> dict[str, Any]:
+    return {
+        "id": str(t.id),
+        "release_id": str(t.release_id),
+        "from_organisation_id": str(t.from_organisation_id),
+        "to_organisation_id": str(t.to_organisation_id),
+        "state": t.state.value,
+        "created_at": t.created_at.isoformat(),
+        "decided_at": t.decided_at.isoformat() if t.decided_at else None,
+    }
+
+
+def release_out(r: ReleaseRight, now: datetime, chain: list[uuid.UUID] | None = None) -> dict[str, Any]:
+    n = r.nomination
+    return {
+        "id": str(r.id),
+        "container_number": r.container.value,
+        "bill_of_lading": r.bill_of_lading,
+        "vessel_call": r.vessel_call,
+        "terminal": r.terminal,
+        "state": r.effective_state(now).value,
+        "blocked": r.blocked,
+        "pickable": r.pickable,
+        "lights": {"commercial": _light(r.commercial), "customs": _light(r.customs),
+                   "terminal": _light(r.terminal_light)},
+        "issuer_organisation_id": str(r.issuer_organisation_id),
+        "holder_organisation_id": str(r.holder_organisation_id),
+        "holders_chain": [str(c) for c in chain] if chain is not None else None,
+        "pending_transfer": transfer_out(r.pending_transfer) if r.pending_transfer else None,
+        "nomination": None if n is None else {
+            "driver_person_id": str(n.driver_person_id),
+            "plate": n.plate.as_dict(),
+            "trailer_plate": n.trailer_plate.as_dict() if n.trailer_plate else None,
+            "slot": {"start": n.slot.start.isoformat(), "end": n.slot.end.isoformat()} if n.slot else None,
+            "nominated_by": str(n.nominated_by),
+            "nominated_at": n.nominated_at.isoformat(),
+        },
+        "valid_from": r.valid_from.isoformat(),
+        "valid_until": r.valid_until.isoformat(),
+        "gate_in_at": r.gate_in_at.isoformat() if r.gate_in_at else None,
+        "gate_out_at": r.gate_out_at.isoformat() if r.gate_out_at else None,
+        "created_at": r.created_at.isoformat(),
+        "version": r.version,
+    }
+
+
+def event_out(e: StoredEvent) -> dict[str, Any]:
+    return {"id": str(e.id), "seq": e.seq, "type": e.type, "actor": e.actor, "data": e.data,
+            "at": e.at.isoformat()}

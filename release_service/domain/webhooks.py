@@ -1,0 +1,282 @@
+"""Webhooks as integrators see them: Standard Webhooks 1.0.0 signing, the retry schedule, the rules.
+
+Integrators verify with off-the-shelf Standard Webhooks code, so every detail below follows the spec
+(https://www.standardwebhooks.com, spec/standard-webhooks.md):
+
+- secrets are ``whsec_`` + base64 of 24..64 random bytes; the HMAC key is the decoded bytes;
+- the signed content is ``{webhook-id}.{webhook-timestamp}.{body}``, HMAC-SHA256, base64, as ``v1,<sig>``;
+- ``webhook-signature`` is a space-delimited list, so during a secret rotation we sign with the new
+  and the previous secret and the receiver accepts either ("zero downtime secret rotation");
+- ``webhook-id`` stays the same across retries (the receiver's idempotency key), the timestamp is
+  the attempt's, and the receiver refuses timestamps outside a tolerance (replay protection).
+
+Standard library only (STYLE.md #1).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from secrets import token_bytes
+from urllib.parse import urlsplit
+
+from .errors import DomainError, ErrorCode
+
+# errors.py has no code for a malformed subscription; FORBIDDEN stands in (the edge maps it to 403)
+# until an INVALID_WEBHOOK_SUBSCRIPTION code exists. The offending field travels in the context.
+INVALID_SUBSCRIPTION = ErrorCode.FORBIDDEN
+
+# ---- signing (Standard Webhooks "Signature scheme" and "Webhook headers") ----------------------------
+
+SECRET_PREFIX = "whsec_"
+SECRET_BYTES = 32  # the spec asks for 24..64 bytes
+DEFAULT_TOLERANCE = timedelta(minutes=5)  # what the reference libraries use
+
+
+class SignatureError(Exception):
+    """A delivery a receiver must refuse; ``reason`` is a short machine word."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(token_bytes(SECRET_BYTES)).decode()
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key inside a ``whsec_`` secret."""
+    raw = secret.removeprefix(SECRET_PREFIX)
+    try:
+        key = base64.b64decode(raw, validate=True)
+    except binascii.Error as exc:
+        raise ValueError("a webhook secret is whsec_ followed by base64") from exc
+    if not 24 <= len(key) <= 64:
+        raise ValueError("a webhook secret holds 24 to 64 bytes")
+    return key
+
+
+def sign(secret: str, *, msg_id: str, timestamp: int, body: bytes) -> str:
+    """One ``v1,<base64 HMAC-SHA256>`` signature of ``{msg_id}.{timestamp}.{body}``."""
+    if "." in msg_id:  # the spec: ids must not contain the delimiter, or content could be shifted
+        raise ValueError("a webhook id must not contain '.'")
+    content = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_key(secret), content, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(secrets: Sequence[str], *, msg_id: str, at: datetime, body: bytes) -> dict[str, str]:
+    """The three ``webhook-*`` headers, signed with every secret currently valid."""
+    timestamp = int(at.timestamp())
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(sign(s, msg_id=msg_id, timestamp=timestamp, body=body) for s in secrets),
+    }
+
+
+def verify(secret: str, *, body: bytes, headers: Mapping[str, str], now: datetime,
+           tolerance: timedelta = DEFAULT_TOLERANCE) -> None:
+    """Check a delivery as a receiver would; raises SignatureError. Header names are case-insensitive."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    msg_id, stamp, sigs = (lowered.get(h) for h in ("webhook-id", "webhook-timestamp", "webhook-signature"))
+    if not (msg_id and stamp and sigs):
+        raise SignatureError("missing_headers")
+    try:
+        timestamp = int(stamp)
+    except ValueError:
+        raise SignatureError("bad_timestamp") from None
+    if timestamp < (now - tolerance).timestamp():
+        raise SignatureError("timestamp_too_old")
+    if timestamp > (now + tolerance).timestamp():
+        raise SignatureError("timestamp_too_new")
+    expected = sign(secret, msg_id=msg_id, timestamp=timestamp, body=body).encode()
+    # Constant-time comparison of each offered v1 signature (spec, "Verifying signatures").
+    if not any(hmac.compare_digest(expected, s.encode()) for s in sigs.split(" ") if s.startswith("v1,")):
+        raise SignatureError("no_matching_signature")
+
+
+def encode_body(payload: Mapping[str, object]) -> bytes:
+    """Minified ASCII JSON: what we sign is byte for byte what we send, and decodes as UTF-8 anywhere."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class SigningSecrets:
+    """What is sealed in ``secret_enc``: the current secret, and the previous one during a rotation."""
+
+    current: str
+    previous: str | None = None
+    previous_until: datetime | None = None
+
+    def active(self, now: datetime) -> tuple[str, ...]:
+        if self.previous and self.previous_until and now < self.previous_until:
+            return (self.current, self.previous)
+        return (self.current,)
+
+    def rotated(self, new: str, *, now: datetime, overlap: timedelta) -> SigningSecrets:
+        return SigningSecrets(new, self.current, now + overlap) if overlap > timedelta(0) else SigningSecrets(new)
+
+    def to_bytes(self) -> bytes:
+        until = self.previous_until.isoformat() if self.previous_until else None
+        return json.dumps({"current": self.current, "previous": self.previous, "previous_until": until}).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SigningSecrets:
+        data = json.loads(raw)
+        until = data.get("previous_until")
+        return cls(data["current"], data.get("previous"), datetime.fromisoformat(until) if until else None)
+
+
+def secret_aad(subscription_id: uuid.UUID) -> bytes:
+    """Associated data binding a sealed secret to its subscription row (and to this use of the key)."""
+    return f"webhook-secret:{subscription_id}".encode()
+
+
+# ---- retries (Standard Webhooks "Deliverability and reliability") -----------------------------------
+
+RETRY_DELAYS = (
+    timedelta(seconds=5), timedelta(seconds=30), timedelta(minutes=2), timedelta(minutes=10),
+    timedelta(minutes=30), timedelta(hours=1), timedelta(hours=3), timedelta(hours=6),
+)
+MAX_ATTEMPTS = len(RETRY_DELAYS) + 1  # the first try, then one per delay; then the delivery is dead
+MAX_JITTER = 0.2  # a delay grows by up to 20%, so failing endpoints are not retried in lockstep
+MAX_RETRY_AFTER = timedelta(hours=6)
+
+
+def retry_delay(failed_attempts: int, *, jitter: float, retry_after: timedelta | None = None) -> timedelta | None:
+    """How long after the ``failed_attempts``-th failure to try again; None once the last has failed.
+
+    ``jitter`` is a draw in [0, 1] supplied by the caller (0 gives the bare schedule). A receiver's
+    ``Retry-After`` may push the next try later, never earlier, and is capped.
+    """
+    if failed_attempts < 1:
+        raise ValueError("failed_attempts starts at 1")
+    if not 0.0 <= jitter <= 1.0:
+        raise ValueError("jitter is a draw in [0, 1]")
+    if failed_attempts >= MAX_ATTEMPTS:
+        return None
+    delay = RETRY_DELAYS[failed_attempts - 1] * (1 + MAX_JITTER * jitter)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return delay
+
+
+def parse_retry_after(value: str | None) -> timedelta | None:
+    """``Retry-After`` in delta-seconds (RFC 9110 §10.2.3); the HTTP-date form is ignored (clock skew)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return timedelta(seconds=int(value.strip()))
+
+
+# ---- subscriptions -----------------------------------------------------------------------------
+
+# Every event type the release engine emits (release.py ``_emit``); tests guard against drift.
+KNOWN_EVENT_TYPES = frozenset({
+    "release.issued", "release.updated", "release.blocked", "release.unblocked", "release.revoked",
+    "release.deleted", "release.expired",
+    "release.transfer.requested", "release.transfer.accepted", "release.transfer.declined",
+    "release.transfer.withdrawn",
+    "release.nominated", "release.renominated",
+    "release.light.commercial", "release.light.customs", "release.light.terminal",
+    "release.gated_in", "release.gate_override", "release.completed",
+})
+_PREFIXES = frozenset(".".join(t.split(".")[:n]) for t in KNOWN_EVENT_TYPES for n in range(1, t.count(".") + 1))
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+MAX_EVENT_PATTERNS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: uuid.UUID
+    organisation_id: uuid.UUID
+    url: str
+    event_types: tuple[str, ...]
+    active: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: uuid.UUID  # also the ``webhook-id`` header: the same for every attempt
+    subscription_id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    status: str  # pending | delivered | dead
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    payload: dict[str, object] = field(default_factory=dict)
+
+
+def matches(patterns: Iterable[str], event_type: str) -> bool:
+    """A pattern is an exact type or ``prefix.*`` (``release.transfer.*`` is not ``release.issued``)."""
+    for pattern in patterns:
+        if pattern == event_type:
+            return True
+        if pattern.endswith(".*") and event_type.startswith(pattern[:-1]):
+            return True
+    return False
+
+
+def validate_event_types(patterns: Iterable[str]) -> tuple[str, ...]:
+    """Known types or ``prefix.*`` of known types: a typo must fail now, not silently receive nothing."""
+    cleaned = sorted({p.strip() for p in patterns})
+    if not cleaned:
+        raise DomainError(INVALID_SUBSCRIPTION, "Choose at least one event type.", field="event_types")
+    if len(cleaned) > MAX_EVENT_PATTERNS:
+        raise DomainError(INVALID_SUBSCRIPTION, "Too many event types.", field="event_types")
+    for p in cleaned:
+        if p not in KNOWN_EVENT_TYPES and not (p.endswith(".*") and p[:-2] in _PREFIXES):
+            raise DomainError(INVALID_SUBSCRIPTION, f"Unknown event type {p[:80]!r}.", field="event_types")
+    return tuple(cleaned)
+
+
+def validate_url(url: str, *, allow_insecure_localhost: bool = False) -> str:
+    """An https URL to a public host; plain http only to this machine, and only when allowed (dev).
+
+    Payloads name companies and containers, so they travel only over TLS (spec, "Enforcing HTTPS").
+    Literal private, loopback and link-local addresses are refused as a first guard against SSRF
+    (spec, "Server side request forgery"); host names are resolved by the egress path, not here.
+    """
+    url = url.strip()
+    if len(url) > 2000:
+        raise DomainError(INVALID_SUBSCRIPTION, "The URL is too long.", field="url")
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise DomainError(INVALID_SUBSCRIPTION, "The URL is malformed.", field="url") from None
+    if not host or parts.username is not None or parts.password is not None or parts.fragment:
+        raise DomainError(INVALID_SUBSCRIPTION, "The URL needs a host, and no credentials or fragment.",
+                          field="url")
+    local = host in _LOCAL_HOSTS
+    if parts.scheme == "http" and not (local and allow_insecure_localhost):
+        raise DomainError(INVALID_SUBSCRIPTION, "Webhook URLs must use https.", field="url")
+    if parts.scheme not in ("http", "https"):
+        raise DomainError(INVALID_SUBSCRIPTION, "Webhook URLs must use https.", field="url")
+    if local and not allow_insecure_localhost:
+        raise DomainError(INVALID_SUBSCRIPTION, "Webhook URLs must reach a public host.", field="url")
+    if not local and _is_internal_ip(host):
+        raise DomainError(INVALID_SUBSCRIPTION, "Webhook URLs must reach a public host.", field="url")
+    return url
+
+
+def _is_internal_ip(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name, not a literal address
+    return not ip.is_global
