@@ -1,14 +1,25 @@
-"""Transactional outbox: webhook deliveries are queued in the same transaction as the change."""
+"""Webhook storage: the transactional outbox, and the subscription and delivery rows behind the use cases.
+
+``SqlOutbox`` queues deliveries in the caller's transaction, so a change and its webhooks commit or
+roll back together; the dispatcher (webhook_dispatcher.py) sends them later. ``SqlWebhookStore`` is
+the ``WebhookStore`` port of services/webhooks.py; it only flushes, the unit of work commits.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
 from quaygate.schema import webhook_deliveries, webhook_subscriptions
+from release_service.domain.webhooks import Delivery, Subscription, matches
 from release_service.ports import PublishedEvent
+
+_subs = webhook_subscriptions
+_dels = webhook_deliveries
 
 
 class SqlOutbox:
@@ -20,43 +31,137 @@ class SqlOutbox:
             return
         audience = set().union(*(e.audience for e in events))
         subs = self._conn.execute(
-            sa.select(webhook_subscriptions.c.id, webhook_subscriptions.c.organisation_id,
-                      webhook_subscriptions.c.event_types)
-            .where(webhook_subscriptions.c.active.is_(True))
-            .where(webhook_subscriptions.c.organisation_id.in_(audience))
+            sa.select(_subs.c.id, _subs.c.organisation_id, _subs.c.event_types)
+            .where(_subs.c.active.is_(True))
+            .where(_subs.c.organisation_id.in_(audience))
         ).all()
-        if not subs:
-            return
-        rows = []
-        for event in events:
-            for sub in subs:
-                if sub.organisation_id in event.audience and _wants(sub.event_types, event.type):
-                    rows.append({
-                        "id": uuid.uuid4(),
-                        "subscription_id": sub.id,
-                        "event_id": event.id,
-                        "event_type": event.type,
-                        "payload": {
-                            "id": str(event.id),
-                            "type": event.type,
-                            "release_id": str(event.release_id),
-                            "at": event.at.isoformat(),
-                            "data": event.payload,
-                        },
-                        "status": "pending",
-                        "attempts": 0,
-                        "next_attempt_at": event.at,
-                        "created_at": event.at,
-                    })
+        rows = [
+            _delivery_row(event, sub.id)
+            for event in events
+            for sub in subs
+            if sub.organisation_id in event.audience and matches(sub.event_types, event.type)
+        ]
         if rows:
-            self._conn.execute(webhook_deliveries.insert(), rows)
+            self._conn.execute(_dels.insert(), rows)
 
 
-def _wants(event_types: list[str], event_type: str) -> bool:
-    """A subscription names event types exactly, or by prefix with a trailing ``*``."""
-    for pattern in event_types:
-        if pattern == "*" or pattern == event_type:
-            return True
-        if pattern.endswith("*") and event_type.startswith(pattern[:-1]):
-            return True
-    return False
+def _delivery_row(event: PublishedEvent, subscription_id: uuid.UUID) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),  # also the webhook-id header: one per endpoint and event, kept across retries
+        "subscription_id": subscription_id,
+        "event_id": event.id,
+        "event_type": event.type,
+        # Standard Webhooks' recommended shape (type, timestamp, data) plus our identifiers.
+        "payload": {
+            "id": str(event.id),
+            "type": event.type,
+            "timestamp": event.at.isoformat(),
+            "release_id": str(event.release_id),
+            "data": event.payload,
+        },
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": event.at,
+        "created_at": event.at,
+    }
+
+
+class SqlWebhookStore:
+    """Subscriptions and deliveries, always scoped to the calling organisation."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    def add_subscription(self, sub: Subscription, secret_enc: str) -> None:
+        self._conn.execute(_subs.insert().values(
+            id=sub.id, organisation_id=sub.organisation_id, url=sub.url, event_types=list(sub.event_types),
+            secret_enc=secret_enc, active=sub.active, created_at=sub.created_at,
+        ))
+
+    def subscriptions(self, organisation_id: uuid.UUID) -> list[Subscription]:
+        rows = self._conn.execute(
+            sa.select(_subs).where(_subs.c.organisation_id == organisation_id, _subs.c.active.is_(True))
+            .order_by(_subs.c.created_at, _subs.c.id)
+        ).all()
+        return [_subscription(r) for r in rows]
+
+    def subscription(self, organisation_id: uuid.UUID, subscription_id: uuid.UUID, *,
+                     for_update: bool = False) -> Subscription | None:
+        """An active subscription of this organisation; another's is None, as if it did not exist."""
+        q = sa.select(_subs).where(_subs.c.id == subscription_id, _subs.c.organisation_id == organisation_id,
+                                   _subs.c.active.is_(True))
+        row = self._conn.execute(q.with_for_update() if for_update else q).first()
+        return _subscription(row) if row else None
+
+    def sealed_secret(self, subscription_id: uuid.UUID) -> str:
+        return str(self._conn.execute(
+            sa.select(_subs.c.secret_enc).where(_subs.c.id == subscription_id)).scalar_one())
+
+    def set_sealed_secret(self, subscription_id: uuid.UUID, secret_enc: str) -> None:
+        self._conn.execute(_subs.update().where(_subs.c.id == subscription_id).values(secret_enc=secret_enc))
+
+    def deactivate(self, subscription_id: uuid.UUID) -> None:
+        """Deleting keeps the row (deliveries point at it, and history stays readable); nothing more is sent."""
+        self._conn.execute(_subs.update().where(_subs.c.id == subscription_id).values(active=False))
+
+    def dead_letters(self, organisation_id: uuid.UUID, limit: int) -> list[Delivery]:
+        rows = self._conn.execute(
+            sa.select(_dels).where(_dels.c.status == "dead", _dels.c.subscription_id.in_(self._own(organisation_id)))
+            .order_by(_dels.c.created_at.desc(), _dels.c.id).limit(limit)
+        ).all()
+        return [_delivery(r) for r in rows]
+
+    def delivery(self, organisation_id: uuid.UUID, delivery_id: uuid.UUID) -> Delivery | None:
+        row = self._conn.execute(
+            sa.select(_dels).where(_dels.c.id == delivery_id, _dels.c.subscription_id.in_(self._own(organisation_id)))
+        ).first()
+        return _delivery(row) if row else None
+
+    def requeue_dead(self, organisation_id: uuid.UUID, delivery_id: uuid.UUID, now: datetime) -> bool:
+        """Dead back to pending with a fresh schedule: one conditional UPDATE, so two clicks requeue once."""
+        result = self._conn.execute(
+            _dels.update()
+            .where(_dels.c.id == delivery_id, _dels.c.status == "dead",
+                   _dels.c.subscription_id.in_(self._own(organisation_id)))
+            .values(status="pending", attempts=0, next_attempt_at=now)
+        )
+        return result.rowcount == 1
+
+    def _own(self, organisation_id: uuid.UUID) -> sa.Select[tuple[uuid.UUID]]:
+        return sa.select(_subs.c.id).where(_subs.c.organisation_id == organisation_id, _subs.c.active.is_(True))
+
+
+def _subscription(row: sa.Row[Any]) -> Subscription:
+    return Subscription(row.id, row.organisation_id, row.url, tuple(row.event_types), row.active, row.created_at)
+
+
+def _delivery(row: sa.Row[Any]) -> Delivery:
+    return Delivery(row.id, row.subscription_id, row.event_id, row.event_type, row.status, row.attempts,
+                    row.next_attempt_at, row.last_error, row.created_at, row.delivered_at, dict(row.payload))
+
+
+class SqlWebhookUnitOfWork:
+    """One connection, one transaction, one commit per webhook use case (STYLE.md #5)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._conn: sa.Connection | None = None
+        self._tx: sa.RootTransaction | None = None
+
+    def __enter__(self) -> SqlWebhookUnitOfWork:
+        self._conn = self._engine.connect()
+        self._tx = self._conn.begin()
+        self.webhooks = SqlWebhookStore(self._conn)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._conn is not None and self._tx is not None
+        try:
+            if self._tx.is_active:
+                self._tx.rollback()
+        finally:
+            self._conn.close()
+
+    def commit(self) -> None:
+        assert self._tx is not None
+        self._tx.commit()

@@ -1,0 +1,42 @@
+# quaygate: `make run` and `make test` do every install step on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: run serve install test test-deps lint bench openapi clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test,bench]' 2>&1 | grep -v 'is ignored' || true
+	@$(PY) -c 'import quaygate, fastapi, authlib, joserfc, webauthn' || (echo "install failed" >&2; exit 1)
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m quaygate.cli migrate
+	$(PY) -m quaygate.cli demo
+	$(PY) -m quaygate.cli serve --host 127.0.0.1 --port 8000
+
+serve: install
+	$(PY) -m quaygate.cli serve
+
+test-deps: install
+
+test: install test-deps
+	$(PY) -m pytest -n 2 --dist loadgroup -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+bench: install
+	$(PY) loadtests/bench.py
+
+openapi: install
+	$(PY) -m quaygate.openapi_export
+
+clean:
+	rm -rf var/ .pytest_cache

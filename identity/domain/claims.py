@@ -1,0 +1,103 @@
+"""Access token claims: their names and how a token's claim set is built (RFC 9068 §2.2).
+
+Standard library only. The release API maps these claims to an Actor; keep the names stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .roles import TERMINAL_ROLES, ClientRole
+
+# Registered claims (RFC 7519 §4.1), required in a JWT access token by RFC 9068 §2.2.
+ISS = "iss"
+SUB = "sub"  # client_id for machine clients, the person's id for people (later slices)
+AUD = "aud"
+EXP = "exp"
+IAT = "iat"
+NBF = "nbf"
+JTI = "jti"
+CLIENT_ID = "client_id"  # RFC 8693 §4.3
+SCOPE = "scope"  # RFC 8693 §4.2, space separated
+# Private claims (RFC 7519 §4.3): the organisation behind the client and how it is bound.
+ORG = "org"  # organisation id, a UUID string
+ORG_KIND = "org_kind"  # release_service OrgKind value
+ROLE = "role"  # ClientRole value
+TERMINAL = "terminal"  # terminal code, terminal clients only
+
+REQUIRED = (ISS, SUB, AUD, EXP, IAT, JTI, CLIENT_ID)  # RFC 9068 §2.2
+
+# Header "typ" of a JWT access token (RFC 9068 §2.1); "application/at+jwt" is the long form.
+ACCESS_TOKEN_TYP = "at+jwt"
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+
+
+def audiences_for(role: ClientRole, *, api_audience: str, gate_audience: str) -> list[str]:
+    """Gates call the gate verify service as well as the release API."""
+    if role is ClientRole.TERMINAL_GATE:
+        return [api_audience, gate_audience]
+    return [api_audience]
+
+
+def access_token_claims(
+    *,
+    issuer: str,
+    client_id: str,
+    role: ClientRole,
+    organisation_id: str | None,
+    org_kind: str | None,
+    terminal_code: str | None,
+    scope: str,
+    audiences: list[str],
+    now: int,
+    ttl: int,
+    jti: str,
+    subject: str | None = None,
+) -> dict[str, Any]:
+    """The claim set of a JWT access token; ``now`` in seconds since the epoch."""
+    claims: dict[str, Any] = {
+        ISS: issuer,
+        SUB: subject or client_id,  # RFC 9068 §2.2: the client itself when no person is involved
+        AUD: audiences[0] if len(audiences) == 1 else list(audiences),
+        EXP: now + ttl,
+        IAT: now,
+        NBF: now,
+        JTI: jti,
+        CLIENT_ID: client_id,
+        SCOPE: scope,
+        ROLE: role.value,
+    }
+    if organisation_id is not None:
+        claims[ORG] = organisation_id
+        claims[ORG_KIND] = org_kind
+    if role in TERMINAL_ROLES and terminal_code:
+        claims[TERMINAL] = terminal_code
+    return claims
+
+
+@dataclass(frozen=True, slots=True)
+class TokenIdentity:
+    """Who a verified access token speaks for, in plain types (the release API builds its Actor)."""
+
+    client_id: str
+    subject: str
+    role: str | None
+    organisation_id: str | None
+    org_kind: str | None
+    terminal_code: str | None
+    scopes: frozenset[str]
+
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, Any]) -> TokenIdentity:
+        scope = claims.get(SCOPE)
+        return cls(
+            client_id=str(claims[CLIENT_ID]),
+            subject=str(claims[SUB]),
+            role=claims.get(ROLE),
+            organisation_id=claims.get(ORG),
+            org_kind=claims.get(ORG_KIND),
+            terminal_code=claims.get(TERMINAL),
+            scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
+        )

@@ -1,0 +1,75 @@
+"""Scopes: what a token lets its holder ask for, by client role (RFC 6749 §3.3).
+
+Standard library only. The set is small on purpose; finer rules (which party may transfer which
+right, which terminal a gate may verify at) are decided by the release service from the token's
+``org``, ``org_kind``, ``role`` and ``terminal`` claims, not by more scopes.
+
+| scope            | lets the client                                                          |
+|------------------|--------------------------------------------------------------------------|
+| `releases:read`  | read the release rights its organisation can see                         |
+| `releases:write` | act on rights as its organisation's kind allows: issue, transfer, accept, |
+|                  | nominate, revoke, set the commercial light                               |
+| `lights:write`   | set the customs light (customs) or the terminal light (terminal)         |
+| `gate:verify`    | call the gate verify and confirm endpoints for its terminal              |
+| `admin`          | use the admin API (badges, persons, organisations, clients, policies)    |
+| `openid`         | OpenID Connect sign-in (driver app and consoles; later slices)           |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .roles import ClientRole
+
+RELEASES_READ = "releases:read"
+RELEASES_WRITE = "releases:write"
+LIGHTS_WRITE = "lights:write"
+GATE_VERIFY = "gate:verify"
+ADMIN = "admin"
+OPENID = "openid"
+
+ALL_SCOPES = frozenset({RELEASES_READ, RELEASES_WRITE, LIGHTS_WRITE, GATE_VERIFY, ADMIN, OPENID})
+
+SCOPES_BY_ROLE: dict[ClientRole, frozenset[str]] = {
+    ClientRole.SHIPPING_LINE: frozenset({RELEASES_READ, RELEASES_WRITE}),
+    ClientRole.RELEASE_PARTY: frozenset({RELEASES_READ, RELEASES_WRITE}),
+    ClientRole.TRANSPORT_OPERATOR: frozenset({RELEASES_READ, RELEASES_WRITE}),
+    ClientRole.TERMINAL_OPERATOR: frozenset({RELEASES_READ, LIGHTS_WRITE}),
+    ClientRole.TERMINAL_GATE: frozenset({GATE_VERIFY}),
+    ClientRole.CUSTOMS: frozenset({RELEASES_READ, LIGHTS_WRITE}),
+    ClientRole.ADMIN: frozenset({ADMIN, RELEASES_READ}),
+    ClientRole.DRIVER_APP: frozenset({OPENID, RELEASES_READ}),
+    ClientRole.CONSOLE: frozenset({OPENID, RELEASES_READ, RELEASES_WRITE}),
+}
+
+
+class ScopeRefused(ValueError):
+    """A scope outside what the client may have: the token endpoint answers invalid_scope."""
+
+
+def parse(scope: str | None) -> tuple[str, ...]:
+    """RFC 6749 §3.3: space-delimited, case-sensitive, order does not matter, no duplicates kept."""
+    return tuple(sorted(set((scope or "").split())))
+
+
+def registrable(role: ClientRole, requested: Iterable[str] | None) -> tuple[str, ...]:
+    """The scopes a new client of ``role`` is registered with (all of its role's by default)."""
+    allowed = SCOPES_BY_ROLE[role]
+    chosen = allowed if requested is None else frozenset(requested)
+    extra = chosen - allowed
+    if extra:
+        raise ScopeRefused(f"not for a {role} client: {' '.join(sorted(extra))}")
+    return tuple(sorted(chosen))
+
+
+def grant(requested: str | None, registered: Iterable[str]) -> str:
+    """The scope of a token: the client's registered scopes when none is asked (RFC 6749 §3.3),
+    else exactly what is asked, refused whole when any asked scope is not registered."""
+    allowed = frozenset(registered)
+    asked = parse(requested)
+    if not asked:
+        return " ".join(sorted(allowed))
+    extra = set(asked) - allowed
+    if extra:
+        raise ScopeRefused(f"scope not granted to this client: {' '.join(sorted(extra))}")
+    return " ".join(asked)

@@ -1,0 +1,215 @@
+"""The ``quaygate`` command line: serve, migrate, demo, audit, keys, and the admin tasks.
+
+Errors are plain messages on stderr with a non-zero exit, never a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+
+from .settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .observability import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    if args.migrate:
+        cmd_migrate(args)
+    uvicorn.run("quaygate.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
+                access_log=False, log_config=None)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .migrate import upgrade
+
+    settings = _settings()
+    if settings.is_sqlite:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    print(f"database migrated to the latest schema ({settings.database_url.split('@')[-1]})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .container import Container
+    from .demo import seed, seeded, write_credentials
+
+    settings = _settings()
+    path = settings.var_dir / "demo-credentials.json"
+    container = Container.build(settings)
+    try:
+        if seeded(container.engine) and path.exists():
+            print(f"demo data already present; credentials in {path}")
+            return 0
+        if seeded(container.engine):
+            print(f"demo data is present but {path} is gone: delete the database to seed again", file=sys.stderr)
+            return 1
+        from identity.keys import KeyStore
+
+        KeyStore(container.engine, container.cipher).ensure_active(container.clock.now())
+        data = seed(container.engine, settings, container.clock.now())
+        write_credentials(path, data)
+    finally:
+        container.close()
+    print("=" * 72)
+    print("DEMO MODE: demo organisations, drivers, clients and release rights were created.")
+    print(f"Demo credentials: {path}")
+    print("=" * 72)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from . import audit_cli
+
+    settings = _settings()
+    if args.audit_cmd == "verify":
+        return audit_cli.cmd_verify(settings, args.public_key)
+    if args.audit_cmd == "seal":
+        return audit_cli.cmd_seal(settings)
+    return audit_cli.cmd_export_key(settings)
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from identity.keys import KeyStore
+
+    from .container import Container
+
+    container = Container.build(_settings())
+    try:
+        kid = KeyStore(container.engine, container.cipher).rotate(container.clock.now())
+    finally:
+        container.close()
+    print(f"new signing key {kid} is active; older keys stay published until their tokens expire")
+    return 0
+
+
+def cmd_org_create(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from release_service.domain.parties import OrgKind
+
+    from .container import Container
+    from .schema import organisations
+
+    try:
+        kind = OrgKind(args.kind)
+    except ValueError:
+        print(f"unknown kind {args.kind!r}: one of {', '.join(k.value for k in OrgKind)}", file=sys.stderr)
+        return 2
+    if not (args.eori or args.vat):
+        print("an organisation is identified by --eori and/or --vat", file=sys.stderr)
+        return 2
+    container = Container.build(_settings())
+    org_id = uuid.uuid4()
+    try:
+        with container.engine.begin() as conn:
+            conn.execute(organisations.insert().values(
+                id=org_id, name=args.name, kind=kind.value, eori=args.eori, vat=args.vat,
+                terminal_code=args.terminal_code, created_at=datetime.now(UTC)))
+    except sa.exc.IntegrityError:
+        print("an organisation with that EORI, VAT number or terminal code already exists", file=sys.stderr)
+        return 1
+    finally:
+        container.close()
+    print(org_id)
+    return 0
+
+
+def cmd_client_create(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from identity.bootstrap import create_client
+
+    from .container import Container
+
+    container = Container.build(_settings())
+    try:
+        client_id, secret = create_client(
+            container.engine, name=args.name, role=args.role,
+            organisation_id=uuid.UUID(args.organisation) if args.organisation else None,
+            terminal_code=args.terminal_code, now=datetime.now(UTC))
+    except ValueError as exc:
+        print(f"cannot create the client: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        container.close()
+    print(f"client_id={client_id}")
+    if secret:
+        print(f"client_secret={secret}   (shown once: store it now)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quaygate", description="Identity-bound container release service.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the API (identity, release, gate)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--migrate", action="store_true", help="migrate the database first")
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
+    sub.add_parser("demo", help="seed demo data and write var/demo-credentials.json").set_defaults(func=cmd_demo)
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_cmd", required=True)
+    verify = audit_sub.add_parser("verify", help="check the whole chain and its signed checkpoints")
+    verify.add_argument("--public-key", help="a JWK file with the audit public key (else the one in the database)")
+    audit_sub.add_parser("seal", help="chain and sign the entries written since the last seal")
+    audit_sub.add_parser("export-key", help="print the audit public key (JWK) for an authority")
+    audit.set_defaults(func=cmd_audit)
+
+    keys = sub.add_parser("keys", help="token signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    keys_sub.add_parser("rotate", help="add a new signing key and start signing with it").set_defaults(
+        func=cmd_keys_rotate)
+
+    org = sub.add_parser("org", help="organisations")
+    org_sub = org.add_subparsers(dest="org_cmd", required=True)
+    org_create = org_sub.add_parser("create", help="register an organisation")
+    org_create.add_argument("--name", required=True)
+    org_create.add_argument("--kind", required=True)
+    org_create.add_argument("--eori")
+    org_create.add_argument("--vat")
+    org_create.add_argument("--terminal-code")
+    org_create.set_defaults(func=cmd_org_create)
+
+    client = sub.add_parser("client", help="OAuth clients")
+    client_sub = client.add_subparsers(dest="client_cmd", required=True)
+    client_create = client_sub.add_parser("create", help="register a confidential client")
+    client_create.add_argument("--name", required=True)
+    client_create.add_argument("--role", required=True)
+    client_create.add_argument("--organisation")
+    client_create.add_argument("--terminal-code")
+    client_create.set_defaults(func=cmd_client_create)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ValueError as exc:  # settings refused (e.g. insecure defaults outside dev mode)
+        print(f"quaygate: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

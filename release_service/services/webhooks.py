@@ -1,0 +1,176 @@
+"""Webhook subscriptions and their dead letters, as use cases a thin router calls.
+
+Each function takes a unit of work (entered here, committed once), plain arguments, and returns the
+frozen dataclasses of domain/webhooks.py. Everything is scoped to the caller's organisation: another
+organisation's subscription or delivery is NOT_FOUND, never FORBIDDEN, so ids reveal nothing.
+A caller with no organisation (a driver, a bare admin token) cannot own webhooks: FORBIDDEN.
+
+Secrets are returned in clear exactly once (on create and on rotate) and stored sealed, with the
+subscription id as associated data, so a ciphertext copied onto another row does not open.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.webhooks import (
+    Delivery,
+    SigningSecrets,
+    Subscription,
+    new_secret,
+    secret_aad,
+    validate_event_types,
+    validate_url,
+)
+
+log = logging.getLogger("quaygate.webhooks")
+
+DEFAULT_ROTATION_OVERLAP = timedelta(hours=24)
+
+
+# ---- ports (to move into release_service/ports.py with the next change there) ----------------------
+
+class Sealer(Protocol):
+    """Encryption at rest with associated data (quaygate.crypto.DataCipher)."""
+
+    def seal(self, plaintext: bytes, aad: bytes) -> str: ...
+
+    def open(self, sealed: str, aad: bytes) -> bytes: ...
+
+
+class WebhookStore(Protocol):
+    def add_subscription(self, sub: Subscription, secret_enc: str) -> None: ...
+
+    def subscriptions(self, organisation_id: uuid.UUID) -> list[Subscription]: ...
+
+    def subscription(self, organisation_id: uuid.UUID, subscription_id: uuid.UUID, *,
+                     for_update: bool = False) -> Subscription | None: ...
+
+    def sealed_secret(self, subscription_id: uuid.UUID) -> str: ...
+
+    def set_sealed_secret(self, subscription_id: uuid.UUID, secret_enc: str) -> None: ...
+
+    def deactivate(self, subscription_id: uuid.UUID) -> None: ...
+
+    def dead_letters(self, organisation_id: uuid.UUID, limit: int) -> list[Delivery]: ...
+
+    def delivery(self, organisation_id: uuid.UUID, delivery_id: uuid.UUID) -> Delivery | None: ...
+
+    def requeue_dead(self, organisation_id: uuid.UUID, delivery_id: uuid.UUID, now: datetime) -> bool: ...
+
+
+class WebhookUnitOfWork(Protocol):
+    webhooks: WebhookStore
+
+    def __enter__(self) -> WebhookUnitOfWork: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+# ---- use cases ---------------------------------------------------------------------------------
+
+def create_subscription(uow: WebhookUnitOfWork, cipher: Sealer, organisation_id: uuid.UUID | None, *,
+                        url: str, event_types: list[str], now: datetime,
+                        allow_insecure_localhost: bool = False) -> tuple[Subscription, str]:
+    """A new endpoint for the organisation; returns it and its ``whsec_`` secret, shown only now."""
+    org = _own_org(organisation_id)
+    sub = Subscription(
+        id=uuid.uuid4(), organisation_id=org, active=True, created_at=now,
+        url=validate_url(url, allow_insecure_localhost=allow_insecure_localhost),
+        event_types=validate_event_types(event_types),
+    )
+    secret = new_secret()
+    with uow:
+        uow.webhooks.add_subscription(sub, cipher.seal(SigningSecrets(secret).to_bytes(), secret_aad(sub.id)))
+        uow.commit()
+    log.info("release.webhook.subscription.created", extra={"fields": {"subscription_id": str(sub.id)}})
+    return sub, secret
+
+
+def list_subscriptions(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None) -> list[Subscription]:
+    org = _own_org(organisation_id)
+    with uow:
+        return uow.webhooks.subscriptions(org)
+
+
+def get_subscription(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None,
+                     subscription_id: uuid.UUID) -> Subscription:
+    org = _own_org(organisation_id)
+    with uow:
+        return _load(uow, org, subscription_id)
+
+
+def delete_subscription(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None,
+                        subscription_id: uuid.UUID) -> None:
+    """Stops every delivery to the endpoint, pending ones included; the rows stay for the record."""
+    org = _own_org(organisation_id)
+    with uow:
+        _load(uow, org, subscription_id, for_update=True)
+        uow.webhooks.deactivate(subscription_id)
+        uow.commit()
+    log.info("release.webhook.subscription.deleted", extra={"fields": {"subscription_id": str(subscription_id)}})
+
+
+def rotate_secret(uow: WebhookUnitOfWork, cipher: Sealer, organisation_id: uuid.UUID | None,
+                  subscription_id: uuid.UUID, *, now: datetime,
+                  overlap: timedelta = DEFAULT_ROTATION_OVERLAP) -> tuple[Subscription, str]:
+    """A new secret; the old one keeps signing alongside it for ``overlap`` (zero-downtime rotation).
+
+    Pass ``overlap=timedelta(0)`` after a leak: the old secret stops signing at once.
+    """
+    org = _own_org(organisation_id)
+    secret = new_secret()
+    aad = secret_aad(subscription_id)
+    with uow:
+        sub = _load(uow, org, subscription_id, for_update=True)  # row lock: two rotations cannot interleave
+        current = SigningSecrets.from_bytes(cipher.open(uow.webhooks.sealed_secret(sub.id), aad))
+        rotated = current.rotated(secret, now=now, overlap=overlap)
+        uow.webhooks.set_sealed_secret(sub.id, cipher.seal(rotated.to_bytes(), aad))
+        uow.commit()
+    log.info("release.webhook.secret.rotated", extra={"fields": {"subscription_id": str(subscription_id)}})
+    return sub, secret
+
+
+def list_dead_letters(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None, *,
+                      limit: int = 100) -> list[Delivery]:
+    """Deliveries that exhausted their retries (or whose endpoint answered 410), newest first."""
+    org = _own_org(organisation_id)
+    with uow:
+        return uow.webhooks.dead_letters(org, max(1, min(limit, 500)))
+
+
+def redeliver(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None, delivery_id: uuid.UUID, *,
+              now: datetime) -> Delivery:
+    """Put a dead delivery back in the queue, due now, with the whole retry schedule ahead of it."""
+    org = _own_org(organisation_id)
+    with uow:
+        requeued = uow.webhooks.requeue_dead(org, delivery_id, now)
+        delivery = uow.webhooks.delivery(org, delivery_id)
+        if delivery is None:
+            raise DomainError(ErrorCode.NOT_FOUND, "No such webhook delivery.")
+        if not requeued:
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "Only a dead delivery can be redelivered.",
+                              status=delivery.status)
+        uow.commit()
+    log.info("release.webhook.delivery.requeued", extra={"fields": {"delivery_id": str(delivery_id)}})
+    return delivery
+
+
+def _own_org(organisation_id: uuid.UUID | None) -> uuid.UUID:
+    if organisation_id is None:
+        raise DomainError(ErrorCode.FORBIDDEN, "Only an organisation can subscribe to webhooks.")
+    return organisation_id
+
+
+def _load(uow: WebhookUnitOfWork, organisation_id: uuid.UUID, subscription_id: uuid.UUID, *,
+          for_update: bool = False) -> Subscription:
+    sub = uow.webhooks.subscription(organisation_id, subscription_id, for_update=for_update)
+    if sub is None:
+        raise DomainError(ErrorCode.NOT_FOUND, "No such webhook subscription.")
+    return sub
