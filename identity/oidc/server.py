@@ -1,0 +1,341 @@
+"""Authlib's OAuth 2.0 protocol engine, glued to Starlette and to our stores (STYLE.md #7).
+
+Authlib is synchronous: the routes that call this module are plain ``def`` routes (STYLE.md #11).
+This slice serves the token endpoint for the client credentials grant (RFC 6749 §4.4) with
+client_secret_basic / client_secret_post (RFC 6749 §2.3.1) and private_key_jwt (RFC 7523 §2.2,
+OIDC Core §9), and issues RFC 9068 JWT access tokens signed with our rotating keys.
+
+Token request, as handled here::
+
+    form parsed + checked (FormRequest) -> client authenticated (one method) -> grant allowed?
+      -> scope granted (domain.scopes) -> claims built (domain.claims) -> signed (tokens) -> 200 JSON
+    any failure -> RFC 6749 §5.2 error JSON, Cache-Control: no-store
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from authlib.oauth2.rfc6749 import AuthorizationServer as _AuthorizationServer
+from authlib.oauth2.rfc6749 import (
+    ClientMixin,
+    InvalidClientError,
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuth2Error,
+    OAuth2Request,
+)
+from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from joserfc.jws import JWSRegistry
+from starlette.responses import JSONResponse
+
+from quaygate.cache import Cache
+
+from ..clients import ClientRecord, ClientRegistry, verify_secret
+from ..domain import claims as token_claims
+from ..domain import scopes as scope_rules
+from ..domain.roles import AuthMethod
+from ..keys import KeyStore
+from ..tokens import AccessTokenVerifier, sign_access_token
+
+if TYPE_CHECKING:
+    from quaygate.container import Container, SystemClock
+    from quaygate.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TOKEN_PATH = "/oauth2/token"
+JWKS_PATH = "/oauth2/jwks"
+# Client assertions: asymmetric only (no client_secret_jwt, no "none"), RFC 7523 §3 and RFC 8725 §3.1.
+ASSERTION_ALGORITHMS = ("RS256", "PS256", "ES256")
+MAX_ASSERTION_LIFETIME = 300  # seconds from now to exp; a client assertion is for one request
+ASSERTION_LEEWAY = 30
+AUTH_METHODS = [AuthMethod.CLIENT_SECRET_BASIC, AuthMethod.CLIENT_SECRET_POST, AuthMethod.PRIVATE_KEY_JWT]
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass(frozen=True)
+class FormRequest:
+    """A token request as read by the (async) route: Authlib then works on it synchronously."""
+
+    method: str
+    headers: Mapping[str, str]
+    content_type: str
+    body: bytes
+
+
+class OAuthClient(ClientMixin):  # type: ignore[misc]
+    """Authlib's view of a registered client (authlib.oauth2.rfc6749.ClientMixin)."""
+
+    def __init__(self, record: ClientRecord) -> None:
+        self.record = record
+
+    def get_client_id(self) -> str:
+        return self.record.client_id
+
+    def get_default_redirect_uri(self) -> None:
+        return None
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return False  # no redirect-based flow in this slice
+
+    def get_allowed_scope(self, scope: str | None) -> str | None:
+        try:
+            return scope_rules.grant(scope, self.record.scopes)
+        except scope_rules.ScopeRefused:
+            return None  # Authlib answers invalid_scope (RFC 6749 §5.2)
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return verify_secret(client_secret, self.record.secret_hash)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        # The one method the client registered (RFC 7591 §2 token_endpoint_auth_method).
+        return endpoint == "token" and method == self.record.auth_method.value
+
+    def check_response_type(self, response_type: str) -> bool:
+        return False
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.record.grant_types
+
+
+class _Request(OAuth2Request):  # type: ignore[misc]
+    def __init__(self, method: str, uri: str, headers: Mapping[str, str], form: dict[str, str]) -> None:
+        super().__init__(method, uri, headers=headers)
+        self.payload = BasicOAuth2Payload(form)
+        self._form = form
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self._form
+
+    @property
+    def args(self) -> dict[str, str]:
+        return {}
+
+
+class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
+    """RFC 7523 §2.2 / §3 client assertion, stricter than Authlib's defaults:
+    explicit algorithms, ``aud`` only our token endpoint or our issuer (FAPI 2.0 §5.3.2.1 asks for
+    the issuer), a short ``exp``, and a ``jti`` claimed once through the shared cache (§3 item 7)."""
+
+    CLIENT_AUTH_METHOD = AuthMethod.PRIVATE_KEY_JWT.value
+
+    def __init__(self, *, token_endpoint: str, issuer: str, cache: Cache, clock: SystemClock) -> None:
+        super().__init__(validate_jti=True, leeway=ASSERTION_LEEWAY)
+        self._audiences = [token_endpoint, issuer]
+        self._cache = cache
+        self._clock = clock
+        self._registry = JWSRegistry(algorithms=list(ASSERTION_ALGORITHMS))
+
+    def __call__(self, query_client: Any, request: OAuth2Request) -> OAuthClient | None:
+        client = super().__call__(query_client, request)
+        form_client_id = request.form.get("client_id")
+        if client is not None and form_client_id and form_client_id != client.get_client_id():
+            raise InvalidClientError(description="client_id does not match the assertion")  # RFC 7521 §4.2
+        return client  # type: ignore[no-any-return]
+
+    def get_audiences(self) -> list[str]:
+        return list(self._audiences)
+
+    def resolve_client_public_key(self, client: OAuthClient) -> KeySet:
+        if not client.record.jwks:
+            raise InvalidClientError(description="The client has no registered keys.")
+        return KeySet.import_key_set(client.record.jwks)  # type: ignore[arg-type]
+
+    def process_assertion_claims(self, assertion: str, resolve_key: Any) -> dict[str, Any]:
+        try:
+            token = jwt.decode(assertion, resolve_key, registry=self._registry)
+        except (JoseError, ValueError) as exc:
+            log.info("identity.client_auth.refused.assertion_signature")
+            raise InvalidClientError(description="Invalid client assertion.") from exc
+        self.verify_claims(token.claims)
+        return token.claims
+
+    def verify_claims(self, claims: dict[str, Any]) -> None:
+        aud = claims.get("aud")
+        auds = [aud] if isinstance(aud, str) else aud
+        if not isinstance(auds, list) or not auds or any(a not in self._audiences for a in auds):
+            log.info("identity.client_auth.refused.assertion_audience")
+            raise InvalidClientError(description="Invalid audience: use the issuer or the token endpoint.")
+        exp = claims.get("exp")
+        now = self._clock.now().timestamp()
+        if isinstance(exp, int | float) and not isinstance(exp, bool) and exp - now > MAX_ASSERTION_LIFETIME:
+            log.info("identity.client_auth.refused.assertion_lifetime")
+            raise InvalidClientError(description="Client assertion lifetime too long.")
+        super().verify_claims(claims)  # iss = sub, exp present and not passed, then jti (below)
+
+    def validate_jti(self, claims: dict[str, Any], jti: Any) -> bool:
+        if not isinstance(jti, str) or not jti:
+            return False
+        ttl = max(1.0, float(claims["exp"]) + ASSERTION_LEEWAY - self._clock.now().timestamp())
+        digest = hashlib.sha256(f"{claims['sub']}\x00{jti}".encode()).hexdigest()
+        if self._cache.claim(f"identity:assertion-jti:{digest}", ttl):
+            return True
+        log.info("identity.client_auth.refused.assertion_replayed")
+        return False
+
+
+class ClientCredentials(ClientCredentialsGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = [m.value for m in AUTH_METHODS]
+
+    def validate_requested_scope(self) -> None:
+        super().validate_requested_scope()  # every scope known to the server
+        try:
+            scope_rules.grant(self.request.payload.scope, self.request.client.record.scopes)
+        except scope_rules.ScopeRefused as exc:
+            raise InvalidScopeError(description=str(exc)) from exc
+
+
+class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
+    """RFC 9068 tokens with our claims; signs through tokens.sign_access_token (explicit registry,
+    kid in the header) and takes time from our clock rather than Authlib's time.time()."""
+
+    def __init__(self, *, settings: Settings, keys: KeyStore, clock: SystemClock) -> None:
+        super().__init__(issuer=settings.issuer, alg="RS256", expires_generator=self._expires_in)
+        self._settings = settings
+        self._keys = keys
+        self._clock = clock
+
+    def _expires_in(self, client: OAuthClient, grant_type: str) -> int:
+        return self._settings.access_token_ttl
+
+    def get_jti(self, client: OAuthClient, grant_type: str, user: Any, scope: str) -> str:
+        return secrets.token_urlsafe(24)
+
+    def access_token_generator(self, client: OAuthClient, grant_type: str, user: Any, scope: str) -> str:
+        rec, s = client.record, self._settings
+        claims = token_claims.access_token_claims(
+            issuer=s.issuer,
+            client_id=rec.client_id,
+            role=rec.role,
+            organisation_id=str(rec.organisation_id) if rec.organisation_id else None,
+            org_kind=rec.org_kind,
+            terminal_code=rec.terminal_code,
+            scope=scope,
+            audiences=token_claims.audiences_for(rec.role, api_audience=s.api_audience, gate_audience=s.gate_audience),
+            now=int(self._clock.now().timestamp()),
+            ttl=s.access_token_ttl,
+            jti=self.get_jti(client, grant_type, user, scope),
+        )
+        return sign_access_token(claims, self._keys.signing_key())
+
+
+class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
+    def __init__(self, *, settings: Settings, clients: ClientRegistry, keys: KeyStore, cache: Cache,
+                 clock: SystemClock) -> None:
+        super().__init__(scopes_supported=sorted(scope_rules.ALL_SCOPES))
+        self._clients = clients
+        base = settings.issuer.rstrip("/")
+        self.token_endpoint = base + TOKEN_PATH
+        self.register_client_auth_method(
+            AuthMethod.PRIVATE_KEY_JWT.value,
+            PrivateKeyJWT(token_endpoint=self.token_endpoint, issuer=settings.issuer, cache=cache, clock=clock),
+        )
+        self.register_grant(ClientCredentials)
+        self.register_token_generator("default", AccessTokenGenerator(settings=settings, keys=keys, clock=clock))
+
+    def token_response(self, raw: FormRequest) -> JSONResponse:
+        """The token endpoint (RFC 6749 §3.2): a response for every request, errors per §5.2."""
+        try:
+            request = self.create_oauth2_request(raw)
+        except OAuth2Error as error:
+            return self.handle_error_response(None, error)  # type: ignore[no-any-return]
+        return self.create_token_response(request)  # type: ignore[no-any-return]
+
+    def query_client(self, client_id: str) -> OAuthClient | None:
+        record = self._clients.find(client_id)
+        if record is None or not record.active:
+            return None
+        return OAuthClient(record)
+
+    def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
+        # RFC 9068 tokens are self-contained: nothing to store. Revocation (later) lists jtis.
+        log.info("identity.token.issued", extra={"client_id": request.client.get_client_id()})
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        log.debug("identity.oauth.%s", name)
+
+    def create_oauth2_request(self, request: FormRequest | OAuth2Request) -> OAuth2Request:
+        if isinstance(request, OAuth2Request):
+            return request
+        form = _parse_form(request)
+        return _Request(request.method, self.token_endpoint, request.headers, form)
+
+    def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]) -> JSONResponse:
+        extra = {k: v for k, v in headers if k.lower() != "content-type"}
+        # RFC 6749 §5.1 / §5.2: token responses and their errors are never cached.
+        extra.setdefault("Cache-Control", "no-store")
+        extra.setdefault("Pragma", "no-cache")
+        return JSONResponse(body, status_code=status, headers=extra)
+
+
+def _parse_form(raw: FormRequest) -> dict[str, str]:
+    """RFC 6749 §3.2 and §2.3: a form body, each parameter once, one client authentication method."""
+    if raw.content_type.split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+        raise InvalidRequestError(description="Use application/x-www-form-urlencoded.")
+    try:
+        pairs = parse_qsl(raw.body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw.body))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequestError(description="Malformed form body.") from exc
+    form = dict(pairs)
+    if len(form) != len(pairs):
+        raise InvalidRequestError(description="A parameter is repeated.")  # RFC 6749 §3.2
+    basic = raw.headers.get("authorization", "").lower().startswith("basic ")
+    used = [basic, "client_secret" in form, "client_assertion" in form]
+    if sum(used) > 1:
+        raise InvalidRequestError(description="Use one client authentication method.")  # RFC 6749 §2.3
+    if "client_assertion" in form and form.get("client_assertion_type") != ASSERTION_TYPE:
+        raise InvalidRequestError(description="Unsupported client_assertion_type.")  # RFC 7521 §4.2
+    return form
+
+
+@dataclass
+class IdentityProvider:
+    """Everything the identity routes and the release API borrow, built once per app."""
+
+    settings: Settings
+    keys: KeyStore
+    clients: ClientRegistry
+    server: AuthorizationServer
+    verifier: AccessTokenVerifier
+
+    @classmethod
+    def build(cls, container: Container) -> IdentityProvider:
+        s = container.settings
+        keys = KeyStore(container.engine, container.cipher, token_ttl=s.access_token_ttl)
+        keys.ensure_active(container.clock.now())
+        clients = ClientRegistry(container.engine)
+        server = AuthorizationServer(settings=s, clients=clients, keys=keys, cache=container.cache,
+                                     clock=container.clock)
+        return cls(s, keys, clients, server, AccessTokenVerifier(keys, s.issuer))
+
+
+_build_lock = threading.Lock()
+
+
+def provider_for(app: Any) -> IdentityProvider:
+    """The app's IdentityProvider: ``app.state.identity`` if the lifespan built one, else built on
+    first use from ``app.state.container`` (creating the first signing key if there is none)."""
+    provider: IdentityProvider | None = getattr(app.state, "identity", None)
+    if provider is None:
+        with _build_lock:
+            provider = getattr(app.state, "identity", None)
+            if provider is None:
+                provider = IdentityProvider.build(app.state.container)
+                app.state.identity = provider
+    return provider
+

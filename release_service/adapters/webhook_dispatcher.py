@@ -1,0 +1,201 @@
+"""Sends queued webhook deliveries: claim, send, record, with no transaction open across the HTTP call.
+
+One round (``run_once``)::
+
+    claim   (short transaction)  due pending rows of active subscriptions, FOR UPDATE SKIP LOCKED on
+                                 PostgreSQL (SQLite's single writer serialises), and push their
+                                 next_attempt_at to a lease: other replicas no longer see them as due
+    send    (no transaction)     sign per Standard Webhooks and POST; redirects are not followed
+    record  (short transaction)  delivered on 2xx; 410 Gone disables the endpoint; anything else
+                                 schedules the next try from the backoff, or marks the delivery dead
+
+The outcome is written only if the row still carries our lease (a fencing token): if a send outlived
+the lease and another replica re-claimed the row, the late outcome is dropped, not written twice.
+Delivery is at least once (a crash between send and record resends after the lease); receivers
+de-duplicate on ``webhook-id``, as the spec tells them to.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from quaygate.crypto import DataCipher
+from quaygate.schema import webhook_deliveries, webhook_subscriptions
+from release_service.domain.webhooks import (
+    SigningSecrets,
+    encode_body,
+    parse_retry_after,
+    retry_delay,
+    secret_aad,
+    signed_headers,
+)
+from release_service.ports import Clock
+
+log = logging.getLogger("quaygate.webhooks")
+
+_dels = webhook_deliveries
+_subs = webhook_subscriptions
+SEND_TIMEOUT = 5.0
+USER_AGENT = "quaygate-webhooks/1"
+
+
+def default_http_client() -> httpx.Client:
+    """Short timeout, no redirects: a 3xx is a failure and the integrator should fix the URL (spec)."""
+    return httpx.Client(timeout=SEND_TIMEOUT, follow_redirects=False, headers={"user-agent": USER_AGENT})
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    id: Any
+    subscription_id: Any
+    url: str
+    secret_enc: str
+    payload: dict[str, Any]
+    attempts: int
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    claimed: _Claimed
+    status_code: int | None
+    error: str | None
+    retry_after: timedelta | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class WebhookDispatcher:
+    def __init__(self, engine: sa.Engine, cipher: DataCipher, *,
+                 http_client_factory: Callable[[], httpx.Client] = default_http_client, clock: Clock,
+                 batch: int = 100, workers: int = 8, jitter: Callable[[], float] = random.random,
+                 send_timeout: float = SEND_TIMEOUT) -> None:
+        self._engine = engine
+        self._cipher = cipher
+        self._client_factory = http_client_factory
+        self._clock = clock
+        self._batch = batch
+        self._workers = max(1, workers)
+        self._jitter = jitter
+        # The lease must outlast the slowest round: every send of the batch timing out, pool-wide.
+        self._lease = timedelta(seconds=send_timeout * math.ceil(batch / self._workers) + 30)
+        self._pg = engine.dialect.name == "postgresql"
+
+    def run_once(self) -> int:
+        """Claim, send and record one batch; returns how many deliveries were attempted."""
+        claimed = self._claim(self._clock.now())
+        if not claimed:
+            return 0
+        with self._client_factory() as client:
+            if len(claimed) == 1 or self._workers == 1:
+                outcomes = [self._send(client, c) for c in claimed]
+            else:
+                with ThreadPoolExecutor(max_workers=min(self._workers, len(claimed))) as pool:
+                    outcomes = list(pool.map(lambda c: self._send(client, c), claimed))
+        self._record(outcomes)
+        return len(claimed)
+
+    def run_forever(self, stop_event: threading.Event, interval: float) -> None:
+        """The lifespan thread's loop: drain while there is work, else wait ``interval`` or until stopped."""
+        while not stop_event.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # noqa: BLE001 - the loop must outlive a database or network blip, and say so
+                log.exception("release.webhook.dispatch.failed")
+                busy = 0
+            if busy < self._batch:
+                stop_event.wait(interval)
+
+    # ---- claim ---------------------------------------------------------------------------------
+
+    def _claim(self, now: datetime) -> list[_Claimed]:
+        lease_until = now + self._lease
+        q = (
+            sa.select(_dels.c.id, _dels.c.subscription_id, _dels.c.payload, _dels.c.attempts,
+                      _subs.c.url, _subs.c.secret_enc)
+            .join(_subs, _subs.c.id == _dels.c.subscription_id)
+            .where(_dels.c.status == "pending", _dels.c.next_attempt_at <= now, _subs.c.active.is_(True))
+            .order_by(_dels.c.next_attempt_at)
+            .limit(self._batch)
+        )
+        if self._pg:
+            # Replicas share the queue: each takes rows no one else holds, and never waits for them.
+            q = q.with_for_update(of=_dels, skip_locked=True)
+        with self._engine.begin() as conn:
+            rows = conn.execute(q).all()
+            if not rows:
+                return []
+            conn.execute(_dels.update().where(_dels.c.id.in_([r.id for r in rows]))
+                         .values(next_attempt_at=lease_until))
+        return [_Claimed(r.id, r.subscription_id, r.url, r.secret_enc, dict(r.payload), r.attempts, lease_until)
+                for r in rows]
+
+    # ---- send ----------------------------------------------------------------------------------
+
+    def _send(self, client: httpx.Client, c: _Claimed) -> _Outcome:
+        try:
+            secrets = SigningSecrets.from_bytes(self._cipher.open(c.secret_enc, secret_aad(c.subscription_id)))
+        except Exception:  # noqa: BLE001 - a secret that will not open is this delivery's failure, not the batch's
+            return _Outcome(c, None, "secret unreadable")
+        body = encode_body(c.payload)
+        at = self._clock.now()  # the attempt's time, not the event's: a retry is signed afresh (spec)
+        headers = signed_headers(secrets.active(at), msg_id=str(c.id), at=at, body=body)
+        headers["content-type"] = "application/json"
+        try:
+            # Streamed and closed unread: a receiver cannot make us buffer a large response body.
+            with client.stream("POST", c.url, content=body, headers=headers) as response:
+                return _Outcome(c, response.status_code, None if response.is_success else f"HTTP {response.status_code}",
+                                parse_retry_after(response.headers.get("retry-after")))
+        except httpx.TimeoutException:
+            return _Outcome(c, None, "timeout")
+        except httpx.HTTPError as exc:
+            return _Outcome(c, None, type(exc).__name__)  # the class only: messages may echo internal hosts
+
+    # ---- record --------------------------------------------------------------------------------
+
+    def _record(self, outcomes: list[_Outcome]) -> None:
+        now = self._clock.now()
+        with self._engine.begin() as conn:
+            for o in outcomes:
+                c = o.claimed
+                attempts = c.attempts + 1
+                values: dict[str, Any]
+                if o.delivered:
+                    values = {"status": "delivered", "delivered_at": now, "last_error": None}
+                    event = "release.webhook.delivered"
+                elif o.status_code == 410:
+                    # "410 Gone: the sender should disable the webhook endpoint" (spec, delivery failure).
+                    values = {"status": "dead", "last_error": "HTTP 410: endpoint disabled"}
+                    event = "release.webhook.endpoint_gone"
+                else:
+                    delay = retry_delay(attempts, jitter=self._jitter(), retry_after=o.retry_after)
+                    if delay is None:
+                        values = {"status": "dead", "last_error": o.error}
+                        event = "release.webhook.dead"
+                    else:
+                        values = {"next_attempt_at": now + delay, "last_error": o.error}
+                        event = "release.webhook.retry_scheduled"
+                fenced = conn.execute(
+                    _dels.update()
+                    .where(_dels.c.id == c.id, _dels.c.status == "pending", _dels.c.next_attempt_at == c.lease_until)
+                    .values(attempts=attempts, **values)
+                )
+                if fenced.rowcount != 1:
+                    event = "release.webhook.lease_lost"
+                elif o.status_code == 410:
+                    conn.execute(_subs.update().where(_subs.c.id == c.subscription_id).values(active=False))
+                log.info(event, extra={"fields": {"delivery_id": str(c.id), "attempts": attempts,
+                                                  "status_code": o.status_code}})

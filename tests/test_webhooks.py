@@ -1,0 +1,388 @@
+"""Webhooks end to end: a real HTTP receiver on 127.0.0.1, real SQLite and PostgreSQL, a moved clock.
+
+The receiver checks signatures with its own code written from the Standard Webhooks spec, never with
+our signer, so a mistake shared by signer and verifier cannot hide.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
+
+from quaygate.crypto import DataCipher
+from quaygate.schema import organisations, webhook_deliveries, webhook_subscriptions
+from release_service.adapters.outbox import SqlOutbox, SqlWebhookUnitOfWork
+from release_service.adapters.webhook_dispatcher import WebhookDispatcher
+from release_service.domain import webhooks as wh
+from release_service.domain.errors import DomainError, ErrorCode
+from release_service.ports import PublishedEvent
+from release_service.services import webhooks as svc
+
+CIPHER = DataCipher(bytes(range(32)))
+T0 = datetime.now(UTC).replace(microsecond=0)
+
+
+class FakeClock:
+    def __init__(self, at: datetime = T0) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, delta: timedelta) -> None:
+        self.at += delta
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Receiver:
+    """A tiny HTTP server: records every request, answers with the status set for its path."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.status: dict[str, int] = {}
+        self.extra_headers: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with owner._lock:
+                    owner.requests.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(owner.status.get(self.path, 200))
+                for k, v in owner.extra_headers.get(self.path, {}).items():
+                    self.send_header(k, v)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def at(self, path: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.requests if r.path == path]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    r.thread.start()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+def independent_verify(secret: str, headers: dict[str, str], body: bytes, now: datetime,
+                       tolerance: int = 300) -> bool:
+    """The receiver's check, straight from the spec (not our signer)."""
+    msg_id, ts, sigs = headers["webhook-id"], headers["webhook-timestamp"], headers["webhook-signature"]
+    if abs(now.timestamp() - int(ts)) > tolerance:
+        return False
+    key = base64.b64decode(secret.split("_", 1)[1])
+    expected = base64.b64encode(hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest())
+    return any(version == "v1" and hmac.compare_digest(sig.encode(), expected)
+               for version, sig in (s.split(",", 1) for s in sigs.split(" ")))
+
+
+def make_org(engine: sa.Engine) -> uuid.UUID:
+    org = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(organisations.insert().values(id=org, name="Forwarder NV", kind="release_party", created_at=T0))
+    return org
+
+
+def subscribe(engine: sa.Engine, org: uuid.UUID, url: str, types: list[str]) -> tuple[wh.Subscription, str]:
+    return svc.create_subscription(SqlWebhookUnitOfWork(engine), CIPHER, org, url=url, event_types=types, now=T0,
+                                   allow_insecure_localhost=True)
+
+
+def publish(engine: sa.Engine, audience: set[uuid.UUID], event_type: str, at: datetime = T0) -> uuid.UUID:
+    event = PublishedEvent(uuid.uuid4(), event_type, uuid.uuid4(), at, frozenset(audience), {"container": "MSCU1234566"})
+    with engine.begin() as conn:
+        SqlOutbox(conn).publish([event])
+    return event.id
+
+
+def dispatcher(engine: sa.Engine, clock: FakeClock, **kw: object) -> WebhookDispatcher:
+    return WebhookDispatcher(engine, CIPHER, clock=clock, jitter=lambda: 0.0, **kw)  # type: ignore[arg-type]
+
+
+def delivery_rows(engine: sa.Engine) -> list[sa.Row[object]]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(webhook_deliveries)).all())
+
+
+def test_delivery_is_signed_so_an_independent_receiver_accepts_it(engine: sa.Engine, receiver: Receiver) -> None:
+    org, clock = make_org(engine), FakeClock()
+    sub, secret = subscribe(engine, org, receiver.url("/hook"), ["release.*"])
+    assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
+    event_id = publish(engine, {org}, "release.issued")
+
+    assert dispatcher(engine, clock).run_once() == 1
+    [got] = receiver.at("/hook")
+    assert got.headers["content-type"] == "application/json"
+    assert independent_verify(secret, got.headers, got.body, clock.now())
+    payload = json.loads(got.body)
+    assert payload["type"] == "release.issued" and payload["id"] == str(event_id)
+    assert payload["timestamp"] == T0.isoformat() and payload["data"] == {"container": "MSCU1234566"}
+
+    tampered = got.body.replace(b"MSCU1234566", b"MSCU7654321")
+    assert not independent_verify(secret, got.headers, tampered, clock.now())
+    assert not independent_verify(secret, got.headers, got.body, clock.now() + timedelta(minutes=6))
+    # Our own verifier (offered to integrators) agrees with the independent one.
+    wh.verify(secret, body=got.body, headers=got.headers, now=clock.now())
+    for body, now, reason in ((tampered, clock.now(), "no_matching_signature"),
+                              (got.body, clock.now() + timedelta(minutes=6), "timestamp_too_old")):
+        with pytest.raises(wh.SignatureError) as err:
+            wh.verify(secret, body=body, headers=got.headers, now=now)
+        assert err.value.reason == reason
+
+    assert dispatcher(engine, clock).run_once() == 0  # delivered is never sent again
+    [row] = delivery_rows(engine)
+    assert (row.status, row.attempts, row.delivered_at, str(row.id)) == ("delivered", 1, T0, got.headers["webhook-id"])
+
+
+def test_failures_retry_on_the_schedule_then_dead_letter_and_redeliver(engine: sa.Engine,
+                                                                       receiver: Receiver) -> None:
+    org, other, clock = make_org(engine), make_org(engine), FakeClock()
+    subscribe(engine, org, receiver.url("/down"), ["release.issued"])
+    receiver.status["/down"] = 500
+    publish(engine, {org}, "release.issued")
+    d = dispatcher(engine, clock)
+
+    assert d.run_once() == 1
+    for delay in wh.RETRY_DELAYS:
+        clock.advance(delay - timedelta(seconds=1))
+        assert d.run_once() == 0, "retried before its time"
+        clock.advance(timedelta(seconds=1))
+        assert d.run_once() == 1
+    got = receiver.at("/down")
+    assert len(got) == wh.MAX_ATTEMPTS == 9
+    assert len({r.headers["webhook-id"] for r in got}) == 1  # the receiver's idempotency key holds
+    offsets = [int(r.headers["webhook-timestamp"]) - int(T0.timestamp()) for r in got]
+    assert offsets == [0, 5, 35, 155, 755, 2555, 6155, 16955, 38555]
+
+    clock.advance(timedelta(days=2))
+    assert d.run_once() == 0  # dead: no tenth attempt
+    uow = SqlWebhookUnitOfWork(engine)
+    [dead] = svc.list_dead_letters(uow, org)
+    assert (dead.status, dead.attempts, dead.last_error) == ("dead", 9, "HTTP 500")
+    assert svc.list_dead_letters(uow, other) == []
+    with pytest.raises(DomainError) as err:
+        svc.redeliver(uow, other, dead.id, now=clock.now())
+    assert err.value.code is ErrorCode.NOT_FOUND
+
+    receiver.status["/down"] = 204
+    again = svc.redeliver(uow, org, dead.id, now=clock.now())
+    assert (again.status, again.attempts) == ("pending", 0)
+    assert d.run_once() == 1
+    assert svc.list_dead_letters(uow, org) == []
+    assert delivery_rows(engine)[0].status == "delivered"
+    with pytest.raises(DomainError) as err:
+        svc.redeliver(uow, org, dead.id, now=clock.now())
+    assert err.value.code is ErrorCode.ILLEGAL_TRANSITION
+
+
+def test_redirects_are_failures_and_retry_after_is_honoured(engine: sa.Engine, receiver: Receiver) -> None:
+    org, clock = make_org(engine), FakeClock()
+    subscribe(engine, org, receiver.url("/moved"), ["release.issued"])
+    subscribe(engine, org, receiver.url("/busy"), ["release.issued"])
+    receiver.status.update({"/moved": 302, "/busy": 503})
+    receiver.extra_headers.update({"/moved": {"location": receiver.url("/elsewhere")}, "/busy": {"retry-after": "600"}})
+    publish(engine, {org}, "release.issued")
+
+    assert dispatcher(engine, clock).run_once() == 2
+    assert receiver.at("/elsewhere") == []
+    by_error = {r.last_error: r for r in delivery_rows(engine)}
+    assert by_error["HTTP 302"].next_attempt_at == T0 + timedelta(seconds=5)
+    assert by_error["HTTP 503"].next_attempt_at == T0 + timedelta(seconds=600)
+
+
+def test_gone_disables_the_endpoint(engine: sa.Engine, receiver: Receiver) -> None:
+    org, clock = make_org(engine), FakeClock()
+    sub, _ = subscribe(engine, org, receiver.url("/gone"), ["release.*"])
+    receiver.status["/gone"] = 410
+    publish(engine, {org}, "release.issued")
+    assert dispatcher(engine, clock).run_once() == 1
+    assert svc.list_subscriptions(SqlWebhookUnitOfWork(engine), org) == []
+    publish(engine, {org}, "release.revoked")
+    assert [r.status for r in delivery_rows(engine)] == ["dead"]
+
+
+def test_subscribers_get_only_the_event_types_they_chose(engine: sa.Engine, receiver: Receiver) -> None:
+    org, stranger, clock = make_org(engine), make_org(engine), FakeClock()
+    subscribe(engine, org, receiver.url("/transfers"), ["release.transfer.*"])
+    subscribe(engine, org, receiver.url("/issued"), ["release.issued"])
+    subscribe(engine, stranger, receiver.url("/stranger"), ["release.*"])
+    publish(engine, {org}, "release.issued")
+    publish(engine, {org}, "release.transfer.requested")
+
+    assert dispatcher(engine, clock).run_once() == 2
+    assert [json.loads(r.body)["type"] for r in receiver.at("/transfers")] == ["release.transfer.requested"]
+    assert [json.loads(r.body)["type"] for r in receiver.at("/issued")] == ["release.issued"]
+    assert receiver.at("/stranger") == []  # not in the event's audience
+
+
+def test_secret_rotation_signs_with_both_secrets_during_the_overlap(engine: sa.Engine, receiver: Receiver) -> None:
+    org, clock = make_org(engine), FakeClock()
+    sub, old = subscribe(engine, org, receiver.url("/hook"), ["release.*"])
+    _, new = svc.rotate_secret(SqlWebhookUnitOfWork(engine), CIPHER, org, sub.id, now=clock.now(),
+                               overlap=timedelta(hours=1))
+    publish(engine, {org}, "release.issued")
+    dispatcher(engine, clock).run_once()
+    clock.advance(timedelta(hours=2))
+    publish(engine, {org}, "release.revoked", at=clock.now())
+    dispatcher(engine, clock).run_once()
+
+    during, after = receiver.at("/hook")
+    assert independent_verify(old, during.headers, during.body, T0)
+    assert independent_verify(new, during.headers, during.body, T0)
+    assert independent_verify(new, after.headers, after.body, clock.now())
+    assert not independent_verify(old, after.headers, after.body, clock.now())
+
+
+def test_secrets_are_stored_sealed_and_bound_to_their_row(engine: sa.Engine) -> None:
+    org = make_org(engine)
+    sub, secret = subscribe(engine, org, "https://hooks.example.com/quaygate", ["release.issued"])
+    other, _ = subscribe(engine, org, "https://hooks.example.com/other", ["release.issued"])
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(webhook_subscriptions.c.secret_enc)
+                              .where(webhook_subscriptions.c.id == sub.id)).scalar_one()
+        dump = " ".join(str(v) for row in conn.execute(sa.select(webhook_subscriptions)).all() for v in row)
+    assert secret not in dump and secret[6:] not in dump and "whsec_" not in dump
+    assert wh.SigningSecrets.from_bytes(CIPHER.open(stored, wh.secret_aad(sub.id))).current == secret
+    with pytest.raises(InvalidTag):
+        CIPHER.open(stored, wh.secret_aad(other.id))  # copied onto another row, it does not open
+
+
+def test_subscriptions_belong_to_their_organisation(engine: sa.Engine, receiver: Receiver) -> None:
+    org, other, clock = make_org(engine), make_org(engine), FakeClock()
+    sub, _ = subscribe(engine, org, receiver.url("/hook"), ["release.*"])
+    uow = SqlWebhookUnitOfWork(engine)
+    for call in (lambda: svc.delete_subscription(uow, other, sub.id),
+                 lambda: svc.rotate_secret(uow, CIPHER, other, sub.id, now=T0),
+                 lambda: svc.get_subscription(uow, other, sub.id)):
+        with pytest.raises(DomainError) as err:
+            call()
+        assert err.value.code is ErrorCode.NOT_FOUND
+    with pytest.raises(DomainError) as err:
+        svc.list_subscriptions(uow, None)
+    assert err.value.code is ErrorCode.FORBIDDEN
+    assert [s.id for s in svc.list_subscriptions(uow, org)] == [sub.id]
+
+    publish(engine, {org}, "release.issued")
+    svc.delete_subscription(uow, org, sub.id)
+    assert svc.list_subscriptions(uow, org) == []
+    assert dispatcher(engine, clock).run_once() == 0  # its pending delivery is not sent
+    assert receiver.requests == []
+
+
+@pytest.mark.postgres
+def test_two_dispatchers_on_postgres_deliver_each_delivery_exactly_once(pg_engine: sa.Engine,
+                                                                         receiver: Receiver) -> None:
+    org, clock = make_org(pg_engine), FakeClock()
+    subscribe(pg_engine, org, receiver.url("/hook"), ["release.*"])
+    for _ in range(80):
+        publish(pg_engine, {org}, "release.issued")
+    start = threading.Barrier(2)
+    sent: list[int] = []
+
+    def work() -> None:
+        d = dispatcher(pg_engine, clock, batch=5, workers=2)
+        start.wait()
+        total = 0
+        while n := d.run_once():
+            total += n
+        sent.append(total)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    ids = Counter(r.headers["webhook-id"] for r in receiver.at("/hook"))
+    assert len(ids) == 80 and set(ids.values()) == {1}
+    assert sum(sent) == 80
+    assert {r.status for r in delivery_rows(pg_engine)} == {"delivered"}
+
+
+# ---- the pure rules ----------------------------------------------------------------------------
+
+def test_retry_schedule_and_jitter() -> None:
+    assert [wh.retry_delay(n, jitter=0.0) for n in range(1, 9)] == list(wh.RETRY_DELAYS)
+    assert wh.retry_delay(9, jitter=0.0) is None
+    assert wh.retry_delay(1, jitter=1.0) == timedelta(seconds=6)
+    assert wh.retry_delay(8, jitter=0.0, retry_after=timedelta(days=3)) == timedelta(hours=6)
+    for bad in ({"failed_attempts": 0, "jitter": 0.0}, {"failed_attempts": 1, "jitter": 1.5}):
+        with pytest.raises(ValueError):
+            wh.retry_delay(**bad)  # type: ignore[arg-type]
+    assert wh.parse_retry_after(" 120 ") == timedelta(minutes=2)
+    assert wh.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
+
+
+@pytest.mark.parametrize(("url", "local_ok", "ok"), [
+    ("https://hooks.example.com/x", False, True),
+    ("http://hooks.example.com/x", True, False),
+    ("http://localhost:8080/x", False, False),
+    ("http://localhost:8080/x", True, True),
+    ("http://127.0.0.1:9/x", True, True),
+    ("https://10.0.0.5/x", False, False),
+    ("https://169.254.169.254/latest", False, False),
+    ("https://user:pw@hooks.example.com/x", False, False),
+    ("ftp://hooks.example.com/x", True, False),
+    ("https://hooks.example.com:99999/x", False, False),
+    ("https:///nohost", False, False),
+])
+def test_subscription_url_rules(url: str, local_ok: bool, ok: bool) -> None:
+    if ok:
+        assert wh.validate_url(url, allow_insecure_localhost=local_ok) == url
+    else:
+        with pytest.raises(DomainError) as err:
+            wh.validate_url(url, allow_insecure_localhost=local_ok)
+        assert err.value.context["field"] == "url"
+
+
+def test_event_type_patterns() -> None:
+    assert wh.validate_event_types(["release.transfer.*", "release.issued", "release.issued"]) == (
+        "release.issued", "release.transfer.*")
+    for bad in ([], ["release.isued"], ["relase.*"], ["*"], ["release.transfer"]):
+        with pytest.raises(DomainError):
+            wh.validate_event_types(bad)
+    assert wh.matches(["release.transfer.*"], "release.transfer.accepted")
+    assert not wh.matches(["release.transfer.*"], "release.issued")
+
+
+def test_known_event_types_cover_what_the_domain_emits() -> None:
+    import re
+
+    from release_service.domain.release import LightKind
+
+    source = (Path(__file__).parents[1] / "release_service/domain/release.py").read_text()
+    emitted = set(re.findall(r'"(release\.[a-z_.]+)"', source)) | {f"release.light.{k.value}" for k in LightKind}
+    assert emitted <= wh.KNOWN_EVENT_TYPES
