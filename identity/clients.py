@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.postgresql  # noqa: F401 - quaygate.schema reads sa.dialects.postgresql
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
@@ -54,7 +55,11 @@ def verify_secret(secret: str, encoded: str | None) -> bool:
             return False
         expected = base64.urlsafe_b64decode(digest + "==")
         actual = hashlib.scrypt(
-            secret.encode(), salt=base64.urlsafe_b64decode(salt + "=="), n=int(n), r=int(r), p=int(p),
+            secret.encode(),
+            salt=base64.urlsafe_b64decode(salt + "=="),
+            n=int(n),
+            r=int(r),
+            p=int(p),
             dklen=len(expected),
         )
     except ValueError:
@@ -161,10 +166,12 @@ class ClientRegistry:
             return None
         query = (
             sa.select(oauth_clients, organisations.c.kind.label("org_kind"))
-            .select_from(oauth_clients.outerjoin(organisations, organisations.c.id == oauth_clients.c.organisation_id))
+            .select_from(
+                oauth_clients.outerjoin(organisations, organisations.c.id == oauth_clients.c.organisation_id)
+            )
             .where(oauth_clients.c.client_id == client_id)
         )
-        with self._engine.connect() as conn:
+        with self._engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
             row = conn.execute(query).first()
         if row is None:
             return None

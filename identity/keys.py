@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.postgresql  # noqa: F401 - quaygate.schema reads sa.dialects.postgresql
 from joserfc.jwk import KeySet, RSAKey
 
 from quaygate.crypto import DataCipher
@@ -88,14 +89,18 @@ class KeyStore:
 
     def ensure_active(self, now: datetime) -> str:
         """The active key's kid, creating the first key when there is none."""
-        with self._engine.connect() as conn:
-            kid = conn.execute(sa.select(signing_keys.c.kid).where(signing_keys.c.status == "active")).scalar()
+        with self._read() as conn:
+            kid = conn.execute(
+                sa.select(signing_keys.c.kid).where(signing_keys.c.status == "active")
+            ).scalar()
         if kid is not None:
             return str(kid)
         key = self._generate()  # outside the lock: key generation is the slow part
         with self._engine.begin() as conn:
             self._take_lock(conn)
-            kid = conn.execute(sa.select(signing_keys.c.kid).where(signing_keys.c.status == "active")).scalar()
+            kid = conn.execute(
+                sa.select(signing_keys.c.kid).where(signing_keys.c.status == "active")
+            ).scalar()
             if kid is not None:
                 return str(kid)
             self._insert(conn, key, now)
@@ -173,11 +178,14 @@ class KeyStore:
             return snap
 
     def _load(self, previous: _Snapshot | None) -> _Snapshot:
-        with self._engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(
-                    signing_keys.c.kid, signing_keys.c.public_jwk, signing_keys.c.status,
-                    signing_keys.c.publish_until, signing_keys.c.created_at,
+                    signing_keys.c.kid,
+                    signing_keys.c.public_jwk,
+                    signing_keys.c.status,
+                    signing_keys.c.publish_until,
+                    signing_keys.c.created_at,
                 )
                 .where(signing_keys.c.status.in_(("active", "retiring")), signing_keys.c.use == "sig")
                 .order_by(signing_keys.c.created_at)
@@ -189,12 +197,17 @@ class KeyStore:
         return _Snapshot(time.monotonic(), active[-1] if active else None, published, kept)
 
     def _exists(self, kid: str) -> bool:
-        with self._engine.connect() as conn:
-            return conn.execute(sa.select(signing_keys.c.kid).where(signing_keys.c.kid == kid)).first() is not None
+        with self._read() as conn:
+            return (
+                conn.execute(sa.select(signing_keys.c.kid).where(signing_keys.c.kid == kid)).first()
+                is not None
+            )
 
     def _open(self, kid: str) -> RSAKey:
-        with self._engine.connect() as conn:
-            sealed = conn.execute(sa.select(signing_keys.c.private_enc).where(signing_keys.c.kid == kid)).scalar_one()
+        with self._read() as conn:
+            sealed = conn.execute(
+                sa.select(signing_keys.c.private_enc).where(signing_keys.c.kid == kid)
+            ).scalar_one()
         key = RSAKey.import_key(json.loads(self._cipher.open(sealed, kid.encode())))
         if key.kid != kid:
             raise ValueError("sealed key does not match its kid")
@@ -218,6 +231,10 @@ class KeyStore:
                 created_at=now,
             )
         )
+
+    def _read(self) -> sa.Connection:
+        # A read: on SQLite a deferred BEGIN, not the writers' BEGIN IMMEDIATE (quaygate/db.py).
+        return self._engine.connect().execution_options(sqlite_begin="DEFERRED")
 
     def _take_lock(self, conn: sa.Connection) -> None:
         if conn.dialect.name == "postgresql":

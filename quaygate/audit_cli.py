@@ -29,23 +29,32 @@ def load_public_jwks(path: str) -> list[dict[str, Any]]:
     return keys
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def describe(report: Report) -> str:
-    unsealed = f"; {report.unsealed} newer entries not sealed yet" if report.unsealed else ""
+    unsealed = f"; {_count(report.unsealed, 'entry', 'entries')} not sealed yet" if report.unsealed else ""
     if report.problem is not None:
         p = report.problem
-        return (f"audit trail BROKEN at entry {p.chain_seq}: {p.message}. "
-                f"Entries 1 to {report.entries} verified before it{unsealed}.")
+        before = (f"entries 1 to {report.entries} verified before it" if report.entries
+                  else "nothing verified before it")
+        return f"audit trail BROKEN at entry {p.chain_seq}: {p.message}; {before}{unsealed}"
     last = report.last_checkpoint
     signed = (f", last checkpoint #{last.chain_seq} signed by key {last.key_id} at "
               f"{last.at.isoformat()}" if last is not None else "")
-    return f"audit trail intact: {report.entries} entries, {report.checkpoints} checkpoints{signed}{unsealed}"
+    return (f"audit trail intact: {_count(report.entries, 'entry', 'entries')}, "
+            f"{_count(report.checkpoints, 'checkpoint', 'checkpoints')}{signed}{unsealed}")
 
 
 def cmd_verify(settings: Settings, public_key_file: str | None) -> int:
-    jwks = load_public_jwks(public_key_file) if public_key_file else None
     engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
     try:
+        jwks = load_public_jwks(public_key_file) if public_key_file else None
         report = verify_trail(engine, jwks)
+    except (OSError, ValueError, KeyError) as exc:  # an unreadable or malformed key file
+        print(f"audit verify: cannot use the public key: {exc}", file=sys.stderr)
+        return 2
     finally:
         engine.dispose()
     print(describe(report))

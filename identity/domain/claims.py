@@ -30,7 +30,7 @@ TERMINAL = "terminal"  # terminal code, terminal clients only
 REQUIRED = (ISS, SUB, AUD, EXP, IAT, JTI, CLIENT_ID)  # RFC 9068 §2.2
 
 # Header "typ" of a JWT access token (RFC 9068 §2.1); "application/at+jwt" is the long form.
-ACCESS_TOKEN_TYP = "at+jwt"
+ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a media type, not a secret
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 
 

@@ -39,8 +39,8 @@ class ClientRole(StrEnum):
 class AuthMethod(StrEnum):
     """Token endpoint client authentication methods (RFC 7591 §2, OIDC Core §9)."""
 
-    CLIENT_SECRET_BASIC = "client_secret_basic"  # RFC 6749 §2.3.1, HTTP Basic
-    CLIENT_SECRET_POST = "client_secret_post"  # RFC 6749 §2.3.1, form parameters
+    CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105 - RFC 6749 §2.3.1, HTTP Basic
+    CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105 - RFC 6749 §2.3.1, form parameters
     PRIVATE_KEY_JWT = "private_key_jwt"  # RFC 7523 §2.2, a signed assertion
     NONE = "none"  # public client (the driver app), RFC 7636 PKCE protects it
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,15 +48,15 @@ from ..domain import claims as token_claims
 from ..domain import scopes as scope_rules
 from ..domain.roles import AuthMethod
 from ..keys import KeyStore
-from ..tokens import AccessTokenVerifier, sign_access_token
+from ..tokens import sign_access_token
 
 if TYPE_CHECKING:
-    from quaygate.container import Container, SystemClock
+    from quaygate.container import SystemClock
     from quaygate.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TOKEN_PATH = "/oauth2/token"
+TOKEN_PATH = "/oauth2/token"  # noqa: S105 - a path
 JWKS_PATH = "/oauth2/jwks"
 # Client assertions: asymmetric only (no client_secret_jwt, no "none"), RFC 7523 §3 and RFC 8725 §3.1.
 ASSERTION_ALGORITHMS = ("RS256", "PS256", "ES256")
@@ -74,7 +73,7 @@ class FormRequest:
     method: str
     headers: Mapping[str, str]
     content_type: str
-    body: bytes
+    body: bytes | None  # None: larger than a token request may be
 
 
 class OAuthClient(ClientMixin):  # type: ignore[misc]
@@ -226,7 +225,9 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
             org_kind=rec.org_kind,
             terminal_code=rec.terminal_code,
             scope=scope,
-            audiences=token_claims.audiences_for(rec.role, api_audience=s.api_audience, gate_audience=s.gate_audience),
+            audiences=token_claims.audiences_for(
+                rec.role, api_audience=s.api_audience, gate_audience=s.gate_audience
+            ),
             now=int(self._clock.now().timestamp()),
             ttl=s.access_token_ttl,
             jti=self.get_jti(client, grant_type, user, scope),
@@ -235,18 +236,23 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
 
 
 class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, *, settings: Settings, clients: ClientRegistry, keys: KeyStore, cache: Cache,
-                 clock: SystemClock) -> None:
+    def __init__(
+        self, *, settings: Settings, clients: ClientRegistry, keys: KeyStore, cache: Cache, clock: SystemClock
+    ) -> None:
         super().__init__(scopes_supported=sorted(scope_rules.ALL_SCOPES))
         self._clients = clients
         base = settings.issuer.rstrip("/")
         self.token_endpoint = base + TOKEN_PATH
         self.register_client_auth_method(
             AuthMethod.PRIVATE_KEY_JWT.value,
-            PrivateKeyJWT(token_endpoint=self.token_endpoint, issuer=settings.issuer, cache=cache, clock=clock),
+            PrivateKeyJWT(
+                token_endpoint=self.token_endpoint, issuer=settings.issuer, cache=cache, clock=clock
+            ),
         )
         self.register_grant(ClientCredentials)
-        self.register_token_generator("default", AccessTokenGenerator(settings=settings, keys=keys, clock=clock))
+        self.register_token_generator(
+            "default", AccessTokenGenerator(settings=settings, keys=keys, clock=clock)
+        )
 
     def token_response(self, raw: FormRequest) -> JSONResponse:
         """The token endpoint (RFC 6749 §3.2): a response for every request, errors per §5.2."""
@@ -285,6 +291,8 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
 
 def _parse_form(raw: FormRequest) -> dict[str, str]:
     """RFC 6749 §3.2 and §2.3: a form body, each parameter once, one client authentication method."""
+    if raw.body is None:
+        raise InvalidRequestError(description="Request body too large.")
     if raw.content_type.split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
         raise InvalidRequestError(description="Use application/x-www-form-urlencoded.")
     try:
@@ -301,41 +309,3 @@ def _parse_form(raw: FormRequest) -> dict[str, str]:
     if "client_assertion" in form and form.get("client_assertion_type") != ASSERTION_TYPE:
         raise InvalidRequestError(description="Unsupported client_assertion_type.")  # RFC 7521 §4.2
     return form
-
-
-@dataclass
-class IdentityProvider:
-    """Everything the identity routes and the release API borrow, built once per app."""
-
-    settings: Settings
-    keys: KeyStore
-    clients: ClientRegistry
-    server: AuthorizationServer
-    verifier: AccessTokenVerifier
-
-    @classmethod
-    def build(cls, container: Container) -> IdentityProvider:
-        s = container.settings
-        keys = KeyStore(container.engine, container.cipher, token_ttl=s.access_token_ttl)
-        keys.ensure_active(container.clock.now())
-        clients = ClientRegistry(container.engine)
-        server = AuthorizationServer(settings=s, clients=clients, keys=keys, cache=container.cache,
-                                     clock=container.clock)
-        return cls(s, keys, clients, server, AccessTokenVerifier(keys, s.issuer))
-
-
-_build_lock = threading.Lock()
-
-
-def provider_for(app: Any) -> IdentityProvider:
-    """The app's IdentityProvider: ``app.state.identity`` if the lifespan built one, else built on
-    first use from ``app.state.container`` (creating the first signing key if there is none)."""
-    provider: IdentityProvider | None = getattr(app.state, "identity", None)
-    if provider is None:
-        with _build_lock:
-            provider = getattr(app.state, "identity", None)
-            if provider is None:
-                provider = IdentityProvider.build(app.state.container)
-                app.state.identity = provider
-    return provider
-

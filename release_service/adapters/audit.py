@@ -5,6 +5,8 @@ Writers never contend on a chain head: ``SqlAuditLog`` only inserts, with the ch
 PostgreSQL; on SQLite the BEGIN IMMEDIATE write transaction already serialises), and seals only rows
 no late commit can precede: on PostgreSQL those whose writer's txid is below the snapshot's xmin
 (every transaction that could still insert has a txid at or above it), on SQLite every committed row.
+The xmin horizon is cluster-wide: any write transaction left open on the server holds sealing back
+(never correctness), so production sets ``idle_in_transaction_session_timeout``.
 Each sealed batch ends with a checkpoint signed by the Ed25519 audit key, in the same transaction, so
 every sealed entry is always vouched for. The chain rules live in release_service/domain/audit_chain.py.
 """
@@ -55,7 +57,9 @@ class SqlAuditLog:
                at: datetime) -> None:
         self.append_many([(kind, actor, subject, data, at)])
 
-    def append_many(self, entries: Iterable[tuple[str, dict[str, Any], str | None, dict[str, Any], datetime]]) -> None:
+    def append_many(
+        self, entries: Iterable[tuple[str, dict[str, Any], str | None, dict[str, Any], datetime]]
+    ) -> None:
         rows = [
             {"kind": kind, "actor": actor, "subject": subject, "data": data, "at": at}
             for kind, actor, subject, data, at in entries
@@ -256,7 +260,8 @@ def verify_trail(engine: sa.Engine, public_jwks: list[dict[str, Any]] | None = N
 def _stream(conn: sa.Connection) -> Iterator[Entry]:
     # yield_per: a server-side cursor on PostgreSQL, fetched PAGE rows at a time, never all in memory.
     paged = conn.execution_options(yield_per=PAGE)
-    sealed = sa.select(*_ENTRY_COLUMNS).where(audit_log.c.chain_seq.is_not(None)).order_by(audit_log.c.chain_seq)
+    sealed = (sa.select(*_ENTRY_COLUMNS).where(audit_log.c.chain_seq.is_not(None))
+              .order_by(audit_log.c.chain_seq))
     for row in paged.execute(sealed):
         yield Entry(*row)
     unsealed = sa.select(*_ENTRY_COLUMNS).where(audit_log.c.chain_seq.is_(None))

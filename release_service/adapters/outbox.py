@@ -101,19 +101,21 @@ class SqlWebhookStore:
         self._conn.execute(_subs.update().where(_subs.c.id == subscription_id).values(secret_enc=secret_enc))
 
     def deactivate(self, subscription_id: uuid.UUID) -> None:
-        """Deleting keeps the row (deliveries point at it, and history stays readable); nothing more is sent."""
+        """Deletion keeps the row (deliveries point at it, history stays readable); nothing more is sent."""
         self._conn.execute(_subs.update().where(_subs.c.id == subscription_id).values(active=False))
 
     def dead_letters(self, organisation_id: uuid.UUID, limit: int) -> list[Delivery]:
         rows = self._conn.execute(
-            sa.select(_dels).where(_dels.c.status == "dead", _dels.c.subscription_id.in_(self._own(organisation_id)))
+            sa.select(_dels)
+            .where(_dels.c.status == "dead", _dels.c.subscription_id.in_(self._own(organisation_id)))
             .order_by(_dels.c.created_at.desc(), _dels.c.id).limit(limit)
         ).all()
         return [_delivery(r) for r in rows]
 
     def delivery(self, organisation_id: uuid.UUID, delivery_id: uuid.UUID) -> Delivery | None:
         row = self._conn.execute(
-            sa.select(_dels).where(_dels.c.id == delivery_id, _dels.c.subscription_id.in_(self._own(organisation_id)))
+            sa.select(_dels)
+            .where(_dels.c.id == delivery_id, _dels.c.subscription_id.in_(self._own(organisation_id)))
         ).first()
         return _delivery(row) if row else None
 
@@ -128,11 +130,13 @@ class SqlWebhookStore:
         return result.rowcount == 1
 
     def _own(self, organisation_id: uuid.UUID) -> sa.Select[tuple[uuid.UUID]]:
-        return sa.select(_subs.c.id).where(_subs.c.organisation_id == organisation_id, _subs.c.active.is_(True))
+        return sa.select(_subs.c.id).where(_subs.c.organisation_id == organisation_id,
+                                           _subs.c.active.is_(True))
 
 
 def _subscription(row: sa.Row[Any]) -> Subscription:
-    return Subscription(row.id, row.organisation_id, row.url, tuple(row.event_types), row.active, row.created_at)
+    return Subscription(row.id, row.organisation_id, row.url, tuple(row.event_types), row.active,
+                        row.created_at)
 
 
 def _delivery(row: sa.Row[Any]) -> Delivery:

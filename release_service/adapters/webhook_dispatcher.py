@@ -140,14 +140,15 @@ class WebhookDispatcher:
                 return []
             conn.execute(_dels.update().where(_dels.c.id.in_([r.id for r in rows]))
                          .values(next_attempt_at=lease_until))
-        return [_Claimed(r.id, r.subscription_id, r.url, r.secret_enc, dict(r.payload), r.attempts, lease_until)
-                for r in rows]
+        return [_Claimed(r.id, r.subscription_id, r.url, r.secret_enc, dict(r.payload), r.attempts,
+                         lease_until) for r in rows]
 
     # ---- send ----------------------------------------------------------------------------------
 
     def _send(self, client: httpx.Client, c: _Claimed) -> _Outcome:
         try:
-            secrets = SigningSecrets.from_bytes(self._cipher.open(c.secret_enc, secret_aad(c.subscription_id)))
+            sealed = self._cipher.open(c.secret_enc, secret_aad(c.subscription_id))
+            secrets = SigningSecrets.from_bytes(sealed)
         except Exception:  # noqa: BLE001 - a secret that will not open is this delivery's failure, not the batch's
             return _Outcome(c, None, "secret unreadable")
         body = encode_body(c.payload)
@@ -157,8 +158,9 @@ class WebhookDispatcher:
         try:
             # Streamed and closed unread: a receiver cannot make us buffer a large response body.
             with client.stream("POST", c.url, content=body, headers=headers) as response:
-                return _Outcome(c, response.status_code, None if response.is_success else f"HTTP {response.status_code}",
-                                parse_retry_after(response.headers.get("retry-after")))
+                error = None if response.is_success else f"HTTP {response.status_code}"
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                return _Outcome(c, response.status_code, error, retry_after)
         except httpx.TimeoutException:
             return _Outcome(c, None, "timeout")
         except httpx.HTTPError as exc:
@@ -190,7 +192,8 @@ class WebhookDispatcher:
                         event = "release.webhook.retry_scheduled"
                 fenced = conn.execute(
                     _dels.update()
-                    .where(_dels.c.id == c.id, _dels.c.status == "pending", _dels.c.next_attempt_at == c.lease_until)
+                    .where(_dels.c.id == c.id, _dels.c.status == "pending",
+                           _dels.c.next_attempt_at == c.lease_until)
                     .values(attempts=attempts, **values)
                 )
                 if fenced.rowcount != 1:

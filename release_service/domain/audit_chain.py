@@ -136,8 +136,8 @@ class _Walk:
                 f"entries {self.expected} to {seq - 1} are missing")
             return Problem(ProblemKind.MISSING, self.expected, f"{gap} (deleted from the trail)")
         if seq < self.expected:  # the database's unique index forbids it; an exported copy may not
-            return Problem(ProblemKind.MISLINKED, seq, f"entry {seq} (row {e.id}) appears twice or out of order",
-                           e.id)
+            return Problem(ProblemKind.MISLINKED, seq,
+                           f"entry {seq} (row {e.id}) appears twice or out of order", e.id)
         if e.prev_hash != self.prev:
             return Problem(ProblemKind.MISLINKED, seq, (
                 f"entry {seq} (row {e.id}) does not follow entry {seq - 1}: its prev_hash is not the hash "

@@ -114,7 +114,8 @@ def delete_subscription(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | Non
         _load(uow, org, subscription_id, for_update=True)
         uow.webhooks.deactivate(subscription_id)
         uow.commit()
-    log.info("release.webhook.subscription.deleted", extra={"fields": {"subscription_id": str(subscription_id)}})
+    log.info("release.webhook.subscription.deleted",
+             extra={"fields": {"subscription_id": str(subscription_id)}})
 
 
 def rotate_secret(uow: WebhookUnitOfWork, cipher: Sealer, organisation_id: uuid.UUID | None,

@@ -1,0 +1,89 @@
+"""Wiring the identity provider: the per-app IdentityProvider the routes and the release API borrow,
+and client creation for the demo seeding and the CLI (``quaygate client create``)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from .clients import ClientRegistry
+from .domain.roles import AuthMethod, ClientRole
+from .keys import KeyStore
+from .oidc.server import AuthorizationServer
+from .tokens import AccessTokenVerifier
+
+if TYPE_CHECKING:
+    from quaygate.container import Container
+    from quaygate.settings import Settings
+
+
+def create_client(
+    engine: sa.Engine,
+    *,
+    name: str,
+    role: ClientRole | str,
+    organisation_id: uuid.UUID | None,
+    terminal_code: str | None = None,
+    auth_method: AuthMethod | str = AuthMethod.CLIENT_SECRET_BASIC,
+    jwks: dict[str, Any] | None = None,
+    scopes: list[str] | None = None,
+    now: datetime,
+) -> tuple[str, str | None]:
+    """Register a client; return (client_id, clear secret or None for private_key_jwt / public).
+
+    The secret is shown once: only its hash is stored. Raises RegistrationRefused (a ValueError) when
+    the role, organisation kind, terminal, method, keys or scopes do not fit together.
+    """
+    return ClientRegistry(engine).register(
+        name=name,
+        role=role,
+        organisation_id=organisation_id,
+        terminal_code=terminal_code,
+        auth_method=auth_method,
+        jwks=jwks,
+        scopes=scopes,
+        now=now,
+    )
+
+
+@dataclass
+class IdentityProvider:
+    """Everything the identity routes and the release API borrow, built once per app."""
+
+    settings: Settings
+    keys: KeyStore
+    clients: ClientRegistry
+    server: AuthorizationServer
+    verifier: AccessTokenVerifier
+
+    @classmethod
+    def build(cls, container: Container) -> IdentityProvider:
+        s = container.settings
+        keys = KeyStore(container.engine, container.cipher, token_ttl=s.access_token_ttl)
+        keys.ensure_active(container.clock.now())
+        clients = ClientRegistry(container.engine)
+        server = AuthorizationServer(
+            settings=s, clients=clients, keys=keys, cache=container.cache, clock=container.clock
+        )
+        return cls(s, keys, clients, server, AccessTokenVerifier(keys, s.issuer))
+
+
+_build_lock = threading.Lock()
+
+
+def provider_for(app: Any) -> IdentityProvider:
+    """The app's IdentityProvider: ``app.state.identity`` if the lifespan built one, else built on
+    first use from ``app.state.container`` (creating the first signing key if there is none)."""
+    provider: IdentityProvider | None = getattr(app.state, "identity", None)
+    if provider is None:
+        with _build_lock:
+            provider = getattr(app.state, "identity", None)
+            if provider is None:
+                provider = IdentityProvider.build(app.state.container)
+                app.state.identity = provider
+    return provider

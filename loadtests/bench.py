@@ -1,0 +1,32 @@
+"""`make bench`: every benchmark of the project, each printing its own figures.
+
+PostgreSQL comes from QUAYGATE_TEST_DATABASE_URL (default: the machine's local server).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PG = os.environ.get("QUAYGATE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+BENCHES = [
+    ("release batch issue (issue 2)", [str(HERE / "bench_issue.py"), "--database-url", PG, "--count", "10000"]),
+    ("audit trail verify (issue 2)", [str(HERE / "bench_audit.py"), "--database-url", PG, "--events", "100000"]),
+]
+
+
+def main() -> int:
+    failed = 0
+    for title, argv in BENCHES:
+        print(f"== {title}", flush=True)
+        result = subprocess.run([sys.executable, *argv], check=False)
+        failed += result.returncode != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

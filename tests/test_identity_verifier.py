@@ -1,0 +1,183 @@
+"""AccessTokenVerifier: what an RFC 9068 resource server must refuse (RFC 9068 §4, RFC 8725)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from joserfc import jws
+from joserfc.jwk import RSAKey
+from joserfc.jws import JWSRegistry
+
+from identity.keys import KeyStore
+from identity.tokens import AccessTokenVerifier, InvalidToken, require_scope, sign_access_token
+from tests.test_identity_support import ISSUER, Env, basic, make_env, rsa_key
+
+
+@pytest.fixture
+def env(engine: sa.Engine, tmp_path: Path) -> Iterator[Env]:
+    yield from make_env(engine, tmp_path)
+
+
+AUD = "quaygate-api"
+
+
+def _claims(**over: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "sub": "qg-c",
+        "aud": AUD,
+        "exp": now + 300,
+        "iat": now,
+        "nbf": now,
+        "jti": "j-1",
+        "client_id": "qg-c",
+        "scope": "releases:read",
+        "role": "shipping_line",
+    }
+    claims.update(over)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _sign(env: Env, claims: dict[str, Any] | None = None, **header: Any) -> str:
+    """Sign with our real active key (through the raw JWS API, so any header can be set)."""
+    key = env.provider.keys.signing_key()
+    hdr = {"alg": "RS256", "typ": "at+jwt", "kid": key.kid, **header}
+    return jws.serialize_compact(
+        hdr, json.dumps(claims or _claims()), key, registry=JWSRegistry(algorithms=["RS256"])
+    )
+
+
+def _refused(env: Env, token: str, *, audience: str = AUD, says: str = "") -> InvalidToken:
+    with pytest.raises(InvalidToken) as exc:
+        env.provider.verifier.verify(token, audience=audience)
+    assert exc.value.error == "invalid_token"
+    assert says in exc.value.description
+    return exc.value
+
+
+def test_a_well_formed_token_is_accepted(env: Env) -> None:
+    assert env.provider.verifier.verify(_sign(env), audience=AUD)["client_id"] == "qg-c"
+
+
+def test_alg_none_is_refused(env: Env) -> None:
+    kid = env.provider.keys.signing_key().kid
+    header = _b64(json.dumps({"alg": "none", "typ": "at+jwt", "kid": kid}).encode())
+    _refused(env, f"{header}.{_b64(json.dumps(_claims()).encode())}.", says="algorithm")
+
+
+def test_hs256_signed_with_our_public_key_is_refused(env: Env) -> None:
+    """The RS/HS confusion attack: HMAC keyed with the bytes of our published public key."""
+    ours = env.provider.keys.signing_key()
+    header = _b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": ours.kid}).encode())
+    signing_input = f"{header}.{_b64(json.dumps(_claims()).encode())}"
+    # joserfc itself refuses a PEM public key as an HMAC secret, so the forger computes it by hand.
+    mac = hmac.new(ours.as_pem(private=False), signing_input.encode(), hashlib.sha256).digest()
+    forged = f"{signing_input}.{_b64(mac)}"
+    _refused(env, forged, says="algorithm")
+
+
+def test_unknown_kid_is_refused(env: Env) -> None:
+    stranger = rsa_key()
+    forged = jws.serialize_compact(
+        {"alg": "RS256", "typ": "at+jwt", "kid": stranger.kid},
+        json.dumps(_claims()),
+        stranger,
+        registry=JWSRegistry(algorithms=["RS256"]),
+    )
+    _refused(env, forged, says="unknown key")
+
+
+def test_our_kid_with_another_key_is_a_bad_signature(env: Env) -> None:
+    forged = jws.serialize_compact(
+        {"alg": "RS256", "typ": "at+jwt", "kid": env.provider.keys.signing_key().kid},
+        json.dumps(_claims()),
+        rsa_key(),
+        registry=JWSRegistry(algorithms=["RS256"]),
+    )
+    _refused(env, forged, says="signature")
+
+
+def test_wrong_typ_is_refused(env: Env) -> None:
+    _refused(env, _sign(env, typ="JWT"), says="typ")  # an id token or another JWT with our key
+    env.provider.verifier.verify(
+        _sign(env, typ="application/at+jwt"), audience=AUD
+    )  # RFC 9068 §2.1 long form
+
+
+@pytest.mark.parametrize(
+    ("claims", "audience", "says"),
+    [
+        (_claims(exp=int(time.time()) - 120), AUD, "expired"),
+        (_claims(), "quaygate-gate", "aud"),
+        (_claims(iss="https://evil.example"), AUD, "iss"),
+        (_claims(nbf=int(time.time()) + 600), AUD, "not yet valid"),
+        (_claims(iat=int(time.time()) + 600), AUD, "in the future"),
+        (_claims(jti=None), AUD, "jti"),
+        (_claims(exp=None), AUD, "exp"),
+    ],
+    ids=["expired", "wrong-aud", "wrong-iss", "not-yet-valid", "issued-in-future", "no-jti", "no-exp"],
+)
+def test_claims_are_checked(env: Env, claims: dict[str, Any], audience: str, says: str) -> None:
+    _refused(env, _sign(env, claims), audience=audience, says=says)
+
+
+def test_small_clock_skew_is_tolerated(env: Env) -> None:
+    now = int(time.time())
+    token = _sign(env, _claims(iat=now + 10, nbf=now + 10, exp=now + 300))
+    assert env.provider.verifier.verify(token, audience=AUD)["jti"] == "j-1"
+
+
+def test_garbage_is_invalid_token(env: Env) -> None:
+    for token in ["", "abc", "a.b.c", "é.b.c", "x" * 10000]:
+        _refused(env, token)
+
+
+def test_a_key_rotated_in_by_another_replica_is_found_by_one_refresh(env: Env) -> None:
+    verifier = env.provider.verifier
+    assert verifier.verify(_sign(env), audience=AUD)  # loads and caches the key set
+    other = KeyStore(env.container.engine, env.container.cipher)  # another replica
+    other.rotate(env.container.clock.now())
+    token = sign_access_token(_claims(), other.signing_key())
+    assert verifier.verify(token, audience=AUD)["jti"] == "j-1"
+
+
+def test_issued_token_and_scope_helper(env: Env) -> None:
+    client_id, secret, _ = env.client("terminal_gate")
+    token = env.token({"grant_type": "client_credentials"}, headers=basic(client_id, secret)).json()[
+        "access_token"
+    ]
+    claims = env.provider.verifier.verify(token, audience="quaygate-gate")
+    require_scope(claims, "gate:verify")
+    with pytest.raises(InvalidToken) as exc:
+        require_scope(claims, "releases:write")
+    assert exc.value.error == "insufficient_scope"
+
+
+def test_verifier_refuses_symmetric_or_none_allow_lists() -> None:
+    for algs in (["HS256"], ["RS256", "none"], []):
+        with pytest.raises(ValueError):
+            AccessTokenVerifier(_NoKeys(), ISSUER, algorithms=algs)
+
+
+class _NoKeys:
+    def public_key_set(self, *, refresh: bool = False, kid: str | None = None) -> Any:
+        raise AssertionError("not reached")
+
+
+def test_sign_access_token_needs_a_kid() -> None:
+    with pytest.raises(ValueError):
+        sign_access_token(_claims(), RSAKey.generate_key(2048))

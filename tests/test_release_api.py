@@ -1,0 +1,243 @@
+"""The party API over HTTP with real tokens from our provider: the README's session, and bad input."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from identity.bootstrap import create_client
+from quaygate.app import create_app
+from quaygate.cache import MemoryCache
+from quaygate.container import Container, SystemClock
+from quaygate.crypto import DataCipher
+from quaygate.schema import release_events, releases
+from quaygate.settings import Settings
+from release_service.domain.parties import OrgKind
+
+from .factories import TERMINAL, add_org, container, port
+
+
+class Api:
+    def __init__(self, http: TestClient, engine: sa.Engine) -> None:
+        self.http = http
+        self.engine = engine
+        self.p = port(engine)
+        self.tokens: dict[str, str] = {}
+
+    def token_for(self, role: str, organisation_id: uuid.UUID | None, terminal: str | None = None) -> str:
+        client_id, secret = create_client(self.engine, name=role, role=role, organisation_id=organisation_id,
+                                          terminal_code=terminal, now=datetime.now(UTC))
+        r = self.http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret or ""))
+        assert r.status_code == 200, r.text
+        return str(r.json()["access_token"])
+
+    def as_(self, who: str) -> dict[str, str]:
+        if who not in self.tokens:
+            p = self.p
+            org = {"line": p.line, "fwd": p.fwd, "haul": p.haul, "haul2": p.haul2, "customs": p.customs,
+                   "terminal": p.terminal}[who]
+            role = {"line": "shipping_line", "fwd": "release_party", "haul": "transport_operator",
+                    "haul2": "transport_operator", "customs": "customs", "terminal": "terminal_operator"}[who]
+            self.tokens[who] = self.token_for(role, org.organisation_id, org.terminal_code)
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+    def issue(self, n: int = 1, **extra: Any) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        body = {"container_number": container(n), "bill_of_lading": f"BL-{n}", "vessel_call": "VC-1",
+                "terminal": TERMINAL, "release_to_organisation_id": str(self.p.fwd.organisation_id),
+                "valid_from": (now - timedelta(hours=1)).isoformat(),
+                "valid_until": (now + timedelta(days=3)).isoformat(), **extra}
+        r = self.http.post("/api/v1/releases", json=body, headers=self.as_("line"))
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def api(engine: sa.Engine, tmp_path: Path) -> Iterator[Api]:
+    settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
+                        background_workers=False)
+    c = Container(settings=settings, engine=engine, cache=MemoryCache(),
+                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
+    with TestClient(create_app(settings, container=c)) as http:
+        yield Api(http, engine)
+
+
+def assert_problem(r: Any, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json"), r.headers
+    body = r.json()
+    assert body["code"] == code and body["status"] == status and body["type"].endswith(code), body
+
+
+def test_readme_session(api: Api) -> None:
+    p = api.p
+    issued = api.issue()
+    rid = issued["release"]["id"]
+    assert issued["release"]["state"] == "active" and issued["receipt"]["action"] == "release.issued"
+    t = api.http.post(f"/api/v1/releases/{rid}/transfers", json={"to_organisation_id": str(p.haul.organisation_id)},
+                      headers=api.as_("fwd"))
+    assert t.status_code == 201, t.text
+    tid = t.json()["transfer"]["id"]
+    # the haulier sees the pending transfer in its list
+    listed = api.http.get("/api/v1/releases", headers=api.as_("haul")).json()["items"]
+    assert [x["pending_transfer"]["id"] for x in listed] == [tid]
+    a = api.http.post(f"/api/v1/transfers/{tid}/accept", headers=api.as_("haul"))
+    assert a.status_code == 200 and a.json()["transfer"]["state"] == "accepted"
+    n = api.http.put(f"/api/v1/releases/{rid}/nomination", headers=api.as_("haul"),
+                     json={"driver_person_id": str(p.driver), "plate": {"text": "1-ABC-123", "country": "BE"}})
+    assert n.status_code == 200, n.text
+    assert n.json()["release"]["state"] == "nominated"
+    assert n.json()["release"]["nomination"]["plate"] == {"text": "1ABC123", "country": "BE"}
+    for who, light in (("customs", "customs"), ("terminal", "terminal")):
+        r = api.http.put(f"/api/v1/releases/{rid}/lights/{light}", json={"status": "green"}, headers=api.as_(who))
+        assert r.status_code == 200, r.text
+    got = api.http.get(f"/api/v1/releases/{rid}", headers=api.as_("line")).json()
+    assert got["pickable"] is True
+    assert got["holders_chain"] == [str(p.fwd.organisation_id), str(p.haul.organisation_id)]
+    events = api.http.get(f"/api/v1/releases/{rid}/events", headers=api.as_("fwd")).json()["items"]
+    assert [e["seq"] for e in events] == list(range(1, 7))
+
+
+def test_idempotency_key_over_http(api: Api) -> None:
+    now = datetime.now(UTC)
+    body = {"container_number": container(9), "bill_of_lading": "BL", "vessel_call": "VC", "terminal": TERMINAL,
+            "release_to_organisation_id": str(api.p.fwd.organisation_id), "valid_from": now.isoformat(),
+            "valid_until": (now + timedelta(days=1)).isoformat()}
+    headers = {**api.as_("line"), "Idempotency-Key": "abc-123"}
+    first = api.http.post("/api/v1/releases", json=body, headers=headers)
+    second = api.http.post("/api/v1/releases", json=body, headers=headers)
+    assert first.status_code == second.status_code == 201 and first.json() == second.json()
+    assert_problem(api.http.post("/api/v1/releases", json={**body, "bill_of_lading": "other"}, headers=headers),
+                   422, "idempotency_key_reused")
+    with api.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(releases)).scalar_one() == 1
+
+
+@pytest.mark.parametrize(
+    "field,value,code",
+    [("container_number", "CSQU3054384", "container_check_digit"),
+     ("container_number", "CSQX3054383", "container_number_malformed"),
+     ("release_to_organisation_id", str(uuid.UUID(int=1)), "unknown_organisation"),
+     ("valid_until", "2020-01-01T00:00:00+00:00", "invalid_validity_window"),
+     ("valid_from", "2026-01-01T00:00:00", "invalid_request")],
+)
+def test_bad_issue_input(api: Api, field: str, value: str, code: str) -> None:
+    now = datetime.now(UTC)
+    body = {"container_number": container(1), "bill_of_lading": "BL", "vessel_call": "VC", "terminal": TERMINAL,
+            "release_to_organisation_id": str(api.p.fwd.organisation_id), "valid_from": now.isoformat(),
+            "valid_until": (now + timedelta(days=1)).isoformat(), field: value}
+    assert_problem(api.http.post("/api/v1/releases", json=body, headers=api.as_("line")), 422, code)
+    with api.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(releases)).scalar_one() == 0
+
+
+def test_malformed_json_and_unknown_fields(api: Api) -> None:
+    r = api.http.post("/api/v1/releases", content=b"{not json", headers={**api.as_("line"),
+                                                                         "Content-Type": "application/json"})
+    assert_problem(r, 400, "malformed_json")
+    r = api.http.post("/api/v1/releases:batch", json={"releases": [], "extra": 1}, headers=api.as_("line"))
+    assert_problem(r, 422, "invalid_request")
+
+
+def test_wrong_party_actions(api: Api) -> None:
+    p = api.p
+    rid = api.issue()["release"]["id"]
+    assert_problem(api.http.post(f"/api/v1/releases/{rid}/transfers", headers=api.as_("line"),
+                                 json={"to_organisation_id": str(p.haul.organisation_id)}), 403, "not_holder")
+    tid = api.http.post(f"/api/v1/releases/{rid}/transfers", headers=api.as_("fwd"),
+                        json={"to_organisation_id": str(p.haul.organisation_id)}).json()["transfer"]["id"]
+    assert_problem(api.http.post(f"/api/v1/transfers/{tid}/accept", headers=api.as_("fwd")), 403, "not_recipient")
+    assert_problem(api.http.post(f"/api/v1/transfers/{tid}/accept", headers=api.as_("haul2")), 404, "not_found")
+    assert api.http.post(f"/api/v1/transfers/{tid}/accept", headers=api.as_("haul")).status_code == 200
+    assert_problem(api.http.post(f"/api/v1/transfers/{tid}/withdraw", headers=api.as_("fwd")), 409,
+                   "transfer_not_pending")
+    assert_problem(api.http.put(f"/api/v1/releases/{rid}/nomination", headers=api.as_("fwd"),
+                                json={"driver_person_id": str(p.driver), "plate": {"text": "1ABC123", "country": "BE"}}),
+                   403, "wrong_organisation_kind")
+    assert_problem(api.http.post(f"/api/v1/releases/{rid}/revoke", headers=api.as_("haul")), 403, "not_issuer")
+    assert_problem(api.http.put(f"/api/v1/releases/{rid}/lights/customs", headers=api.as_("line"),
+                                json={"status": "green"}), 403, "not_light_owner")
+    assert api.http.post(f"/api/v1/releases/{rid}/revoke", headers=api.as_("line"), json={"reason": "x"}).status_code == 200
+    assert_problem(api.http.post(f"/api/v1/releases/{rid}/block", headers=api.as_("line")), 409, "illegal_transition")
+    with api.engine.connect() as conn:
+        types = conn.execute(sa.select(release_events.c.type).order_by(release_events.c.seq)).scalars().all()
+    assert types == ["release.issued", "release.transfer.requested", "release.transfer.accepted", "release.revoked"]
+
+
+def test_oversized_batch(api: Api) -> None:
+    now = datetime.now(UTC)
+    item = {"container_number": container(1), "bill_of_lading": "BL", "vessel_call": "VC", "terminal": TERMINAL,
+            "release_to_organisation_id": str(api.p.fwd.organisation_id), "valid_from": now.isoformat(),
+            "valid_until": (now + timedelta(days=1)).isoformat()}
+    r = api.http.post("/api/v1/releases:batch", json={"releases": [item] * 10_001}, headers=api.as_("line"))
+    assert_problem(r, 413, "batch_too_large")
+
+
+def test_missing_and_foreign_tokens(api: Api) -> None:
+    rid = api.issue()["release"]["id"]
+    for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Basic dXNlcjpwYXNz"},
+                    {"Authorization": "Bearer not.a.jwt"}):
+        r = api.http.get(f"/api/v1/releases/{rid}", headers=headers)
+        assert r.status_code == 401 and r.json()["code"] in ("invalid_request", "invalid_token"), r.text
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    # a token signed by somebody else's key, with our claims
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
+
+    foreign = RSAKey.generate_key(2048, parameters={"kid": "foreign"})
+    now = int(datetime.now(UTC).timestamp())
+    forged = jwt.encode({"alg": "RS256", "kid": "foreign", "typ": "at+jwt"},
+                        {"iss": "http://127.0.0.1:8000", "aud": "quaygate-api", "sub": "x", "client_id": "x",
+                         "exp": now + 300, "iat": now, "jti": "j", "scope": "releases:read releases:write",
+                         "org": str(api.p.line.organisation_id), "org_kind": "shipping_line"}, foreign)
+    assert_problem(api.http.get(f"/api/v1/releases/{rid}", headers={"Authorization": f"Bearer {forged}"}),
+                   401, "invalid_token")
+
+
+def test_gate_token_cannot_use_the_party_api(api: Api) -> None:
+    token = api.token_for("terminal_gate", api.p.terminal.organisation_id, TERMINAL)
+    r = api.http.post("/api/v1/releases:batch", json={"releases": []}, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code in (401, 403), r.text
+
+
+def test_cursor_pagination(api: Api) -> None:
+    ids = {api.issue(n)["release"]["id"] for n in range(1, 8)}
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        page = api.http.get("/api/v1/releases", params=params, headers=api.as_("line")).json()
+        seen += [x["id"] for x in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == 7 and set(seen) == ids
+    assert_problem(api.http.get("/api/v1/releases", params={"cursor": "garbage!"}, headers=api.as_("line")),
+                   422, "invalid_cursor")
+
+
+def test_health_ready_metrics(api: Api) -> None:
+    assert api.http.get("/healthz").json() == {"status": "ok"}
+    ready = api.http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "cache": "ok"}
+    assert ready.headers["x-request-id"]
+    metrics = api.http.get("/metrics").text
+    assert 'quaygate_http_requests_total{method="GET",route="/readyz",status="200"}' in metrics
+
+
+def test_terminal_sees_only_its_terminal(api: Api) -> None:
+    api.issue(1)
+    other = add_org(api.engine, OrgKind.TERMINAL, terminal_code="BEANR-K913")
+    token = api.token_for("terminal_operator", other.organisation_id, "BEANR-K913")
+    r = api.http.get("/api/v1/releases", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200 and r.json()["items"] == []
+    assert len(api.http.get("/api/v1/releases", headers=api.as_("terminal")).json()["items"]) == 1
