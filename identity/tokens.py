@@ -137,7 +137,7 @@ class AccessTokenVerifier:
         except JoseError as exc:
             log.info("identity.token.refused.claims")
             raise InvalidToken("invalid_token", _describe(exc)) from exc
-        if not isinstance(claims[c.CLIENT_ID], str):
+        if not isinstance(claims.get(c.CLIENT_ID), str):
             raise InvalidToken("invalid_token", "invalid client_id")
 
 

@@ -3,6 +3,11 @@ RFC 7523), its OAuth error form (RFC 6749 §5.2), discovery and the JWKS."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,8 +103,11 @@ def test_gate_token_has_both_audiences_and_its_terminal(env: Env) -> None:
 
 def test_scope_outside_the_clients_is_invalid_scope(env: Env) -> None:
     client_id, secret, _ = env.client("terminal_gate")
+    refused = env.token({**CC, "scope": "releases:write"}, headers=basic(client_id, secret))
+    _assert_oauth_error(refused, 400, "invalid_scope")
+    assert "releases:write" in refused.json()["error_description"]  # the scope the client may not have
     _assert_oauth_error(
-        env.token({**CC, "scope": "releases:write"}, headers=basic(client_id, secret)), 400, "invalid_scope"
+        env.token({**CC, "scope": "no-such"}, headers=basic(client_id, secret)), 400, "invalid_scope"
     )
     ok = env.token({**CC, "scope": "gate:verify"}, headers=basic(client_id, secret))
     assert ok.json()["scope"] == "gate:verify"
@@ -197,6 +205,20 @@ def test_private_key_jwt_unknown_client_or_foreign_key_is_refused(env: Env) -> N
     )
 
 
+@pytest.mark.parametrize("alg", ["none", "HS256"])
+def test_private_key_jwt_symmetric_or_unsigned_assertion_is_refused(env: Env, alg: str) -> None:
+    """alg none, and HMAC keyed with the client's own public key (what a thief of nothing can make)."""
+    key = rsa_key()
+    client_id, _, _ = env.client("shipping_line", auth_method="private_key_jwt", jwks=public_jwks(key))
+    now = int(time.time())
+    claims = {"iss": client_id, "sub": client_id, "aud": ISSUER, "exp": now + 60, "jti": uuid.uuid4().hex}
+    head = _b64(json.dumps({"alg": alg, "kid": key.kid}).encode())
+    signing_input = f"{head}.{_b64(json.dumps(claims).encode())}"
+    mac = hmac.new(key.as_pem(private=False), signing_input.encode(), hashlib.sha256).digest()
+    forged = signing_input + "." + ("" if alg == "none" else _b64(mac))
+    _assert_oauth_error(env.token(assertion_form(forged)), 400, "invalid_client")
+
+
 def test_private_key_jwt_client_id_must_match_the_assertion(env: Env) -> None:
     key = rsa_key()
     client_id, _, _ = env.client("shipping_line", auth_method="private_key_jwt", jwks=public_jwks(key))
@@ -249,9 +271,10 @@ def test_jwks_is_public_and_cacheable(env: Env) -> None:
     assert not {"d", "p", "q", "dp", "dq", "qi"} & set(keys[0])
 
 
-def _jti(token: str) -> str:
-    import base64
-    import json
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
+
+def _jti(token: str) -> str:
     payload = token.split(".")[1]
     return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"])

@@ -128,8 +128,22 @@ def test_wrong_typ_is_refused(env: Env) -> None:
         (_claims(iat=int(time.time()) + 600), AUD, "in the future"),
         (_claims(jti=None), AUD, "jti"),
         (_claims(exp=None), AUD, "exp"),
+        (_claims(client_id=None), AUD, "client_id"),
+        (_claims(client_id=7), AUD, "client_id"),
+        (_claims(sub=None), AUD, "sub"),
     ],
-    ids=["expired", "wrong-aud", "wrong-iss", "not-yet-valid", "issued-in-future", "no-jti", "no-exp"],
+    ids=[
+        "expired",
+        "wrong-aud",
+        "wrong-iss",
+        "not-yet-valid",
+        "issued-in-future",
+        "no-jti",
+        "no-exp",
+        "no-client_id",
+        "int-client_id",
+        "no-sub",
+    ],
 )
 def test_claims_are_checked(env: Env, claims: dict[str, Any], audience: str, says: str) -> None:
     _refused(env, _sign(env, claims), audience=audience, says=says)

@@ -23,6 +23,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_SLOT: 422,
     ErrorCode.INVALID_LIGHT: 422,
     ErrorCode.INVALID_CURSOR: 422,
+    ErrorCode.INVALID_WEBHOOK_SUBSCRIPTION: 422,
     ErrorCode.BATCH_TOO_LARGE: 413,
     ErrorCode.BATCH_EMPTY: 422,
     ErrorCode.UNKNOWN_ORGANISATION: 422,

@@ -16,6 +16,7 @@ class ErrorCode(StrEnum):
     BATCH_EMPTY = "batch_empty"
     INVALID_LIGHT = "invalid_light"
     INVALID_CURSOR = "invalid_cursor"
+    INVALID_WEBHOOK_SUBSCRIPTION = "invalid_webhook_subscription"
     # parties and permissions
     UNKNOWN_ORGANISATION = "unknown_organisation"
     UNKNOWN_PERSON = "unknown_person"

@@ -30,9 +30,8 @@ from urllib.parse import urlsplit
 
 from .errors import DomainError, ErrorCode
 
-# errors.py has no code for a malformed subscription; FORBIDDEN stands in (the edge maps it to 403)
 # until an INVALID_WEBHOOK_SUBSCRIPTION code exists. The offending field travels in the context.
-INVALID_SUBSCRIPTION = ErrorCode.FORBIDDEN
+INVALID_SUBSCRIPTION = ErrorCode.INVALID_WEBHOOK_SUBSCRIPTION
 
 # ---- signing (Standard Webhooks "Signature scheme" and "Webhook headers") ----------------------------
 

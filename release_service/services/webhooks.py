@@ -64,7 +64,8 @@ class WebhookStore(Protocol):
 
 
 class WebhookUnitOfWork(Protocol):
-    webhooks: WebhookStore
+    @property
+    def webhooks(self) -> WebhookStore: ...  # read-only, so an adapter's own store type satisfies it
 
     def __enter__(self) -> WebhookUnitOfWork: ...
 

@@ -1,0 +1,107 @@
+"""Webhook subscriptions and dead letters under /api/v1/webhooks (Standard Webhooks signatures)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from release_service.adapters.outbox import SqlWebhookUnitOfWork
+from release_service.domain.parties import Actor
+from release_service.domain.webhooks import Delivery, Subscription
+from release_service.services import webhooks as svc
+
+from .auth import require
+from .problems import problem_responses
+
+router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
+MANAGE = require("releases:write")
+ERRORS = problem_responses(400, 401, 403, 404, 409, 422)
+
+
+class SubscriptionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=2000, examples=["https://hooks.example.com/quaygate"])
+    event_types: list[str] = Field(min_length=1, max_length=50, examples=[["release.*"]])
+
+
+class SubscriptionOut(BaseModel):
+    id: uuid.UUID
+    url: str
+    event_types: list[str]
+    active: bool
+    created_at: datetime
+    secret: str | None = Field(default=None, description="Shown once, on create and on rotate (whsec_...).")
+
+
+class DeliveryOut(BaseModel):
+    id: uuid.UUID
+    subscription_id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+
+
+def _sub(s: Subscription, secret: str | None = None) -> dict[str, Any]:
+    return {"id": str(s.id), "url": s.url, "event_types": list(s.event_types), "active": s.active,
+            "created_at": s.created_at.isoformat(), "secret": secret}
+
+
+def _delivery(d: Delivery) -> dict[str, Any]:
+    return {"id": str(d.id), "subscription_id": str(d.subscription_id), "event_id": str(d.event_id),
+            "event_type": d.event_type, "status": d.status, "attempts": d.attempts,
+            "next_attempt_at": d.next_attempt_at.isoformat(), "last_error": d.last_error}
+
+
+def _uow(request: Request) -> SqlWebhookUnitOfWork:
+    return SqlWebhookUnitOfWork(request.app.state.container.engine)
+
+
+@router.post("", operation_id="createWebhookSubscription", status_code=201, response_model=SubscriptionOut,
+             responses=ERRORS)
+def create(request: Request, body: SubscriptionIn, actor: Actor = Depends(MANAGE)) -> dict[str, Any]:
+    c = request.app.state.container
+    sub, secret = svc.create_subscription(_uow(request), c.cipher, actor.organisation_id, url=body.url,
+                                          event_types=body.event_types, now=c.clock.now(),
+                                          allow_insecure_localhost=c.settings.mode.value != "production")
+    return _sub(sub, secret)
+
+
+@router.get("", operation_id="listWebhookSubscriptions", response_model=list[SubscriptionOut],
+            responses=problem_responses(401, 403))
+def list_all(request: Request, actor: Actor = Depends(MANAGE)) -> list[dict[str, Any]]:
+    return [_sub(s) for s in svc.list_subscriptions(_uow(request), actor.organisation_id)]
+
+
+@router.delete("/{subscription_id}", operation_id="deleteWebhookSubscription", status_code=204, responses=ERRORS)
+def delete(request: Request, subscription_id: uuid.UUID, actor: Actor = Depends(MANAGE)) -> Response:
+    svc.delete_subscription(_uow(request), actor.organisation_id, subscription_id)
+    return Response(status_code=204)
+
+
+@router.post("/{subscription_id}/rotate-secret", operation_id="rotateWebhookSecret",
+             response_model=SubscriptionOut, responses=ERRORS)
+def rotate(request: Request, subscription_id: uuid.UUID, actor: Actor = Depends(MANAGE)) -> dict[str, Any]:
+    c = request.app.state.container
+    sub, secret = svc.rotate_secret(_uow(request), c.cipher, actor.organisation_id, subscription_id,
+                                    now=c.clock.now())
+    return _sub(sub, secret)
+
+
+@router.get("/dead-letters", operation_id="listWebhookDeadLetters", response_model=list[DeliveryOut],
+            responses=problem_responses(401, 403))
+def dead_letters(request: Request, actor: Actor = Depends(MANAGE)) -> list[dict[str, Any]]:
+    return [_delivery(d) for d in svc.list_dead_letters(_uow(request), actor.organisation_id)]
+
+
+@router.post("/dead-letters/{delivery_id}/redeliver", operation_id="redeliverWebhook",
+             response_model=DeliveryOut, responses=ERRORS)
+def redeliver(request: Request, delivery_id: uuid.UUID, actor: Actor = Depends(MANAGE)) -> dict[str, Any]:
+    c = request.app.state.container
+    return _delivery(svc.redeliver(_uow(request), actor.organisation_id, delivery_id, now=c.clock.now()))
