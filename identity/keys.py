@@ -49,6 +49,7 @@ def _utcnow() -> datetime:
 @dataclass(frozen=True)
 class _Published:
     jwk: dict[str, Any]
+    key: RSAKey  # imported once per load, not per verification
     status: str
     publish_until: datetime | None
 
@@ -154,7 +155,7 @@ class KeyStore:
         snap = self._snapshot()
         if refresh and (kid is None or (kid not in snap.published and self._exists(kid))):
             snap = self._snapshot(force=True)
-        return KeySet([RSAKey.import_key(p.jwk) for p in self._published(snap, self._clock())])
+        return KeySet([p.key for p in self._published(snap, self._clock())])
 
     def invalidate(self) -> None:
         with self._lock:
@@ -190,7 +191,10 @@ class KeyStore:
                 .where(signing_keys.c.status.in_(("active", "retiring")), signing_keys.c.use == "sig")
                 .order_by(signing_keys.c.created_at)
             ).all()
-        published = {r.kid: _Published(dict(r.public_jwk), r.status, r.publish_until) for r in rows}
+        published = {
+            r.kid: _Published(dict(r.public_jwk), RSAKey.import_key(r.public_jwk), r.status, r.publish_until)
+            for r in rows
+        }
         active = [r.kid for r in rows if r.status == "active"]
         # Opened private keys never change under their kid: keep them across reloads.
         kept = {k: v for k, v in (previous.private if previous else {}).items() if k in published}

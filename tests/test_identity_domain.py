@@ -93,7 +93,7 @@ def test_scope_grant() -> None:
         scopes.grant("releases:read admin", registered)
     with pytest.raises(scopes.ScopeRefused):
         scopes.registrable(ClientRole.TERMINAL_GATE, ["releases:write"])
-    assert scopes.registrable(ClientRole.CUSTOMS, None) == ("lights:write", "releases:read")
+    assert scopes.registrable(ClientRole.CUSTOMS, None) == ("releases:read", "releases:write")
 
 
 def test_access_token_claims() -> None:

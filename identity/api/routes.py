@@ -44,29 +44,24 @@ _OAUTH_ERROR = {
         }
     },
 }
+_FORM_FIELDS = (
+    "grant_type",
+    "scope",
+    "client_id",
+    "client_secret",
+    "client_assertion_type",
+    "client_assertion",
+)
+_FORM_SCHEMA = {
+    "type": "object",
+    "required": ["grant_type"],
+    "properties": {f: {"type": "string"} for f in _FORM_FIELDS},
+}
 _TOKEN_FORM = {
     "requestBody": {
         "required": True,
-        "content": {
-            "application/x-www-form-urlencoded": {
-                "schema": {
-                    "type": "object",
-                    "required": ["grant_type"],
-                    "properties": {
-                        name: {"type": "string"}
-                        for name in (
-                            "grant_type",
-                            "scope",
-                            "client_id",
-                            "client_secret",
-                            "client_assertion_type",
-                            "client_assertion",
-                        )
-                    },
-                }
-            }
-        },
-    },
+        "content": {"application/x-www-form-urlencoded": {"schema": _FORM_SCHEMA}},
+    }
 }
 
 

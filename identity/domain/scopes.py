@@ -7,9 +7,9 @@ right, which terminal a gate may verify at) are decided by the release service f
 | scope            | lets the client                                                          |
 |------------------|--------------------------------------------------------------------------|
 | `releases:read`  | read the release rights its organisation can see                         |
-| `releases:write` | act on rights as its organisation's kind allows: issue, transfer, accept, |
-|                  | nominate, revoke, set the commercial light                               |
-| `lights:write`   | set the customs light (customs) or the terminal light (terminal)         |
+| `releases:write` | act on rights as its organisation's kind allows: the line issues,        |
+|                  | revokes and sets the commercial light; parties transfer, accept and      |
+|                  | nominate; customs sets the customs light, a terminal the terminal light  |
 | `gate:verify`    | call the gate verify and confirm endpoints for its terminal              |
 | `admin`          | use the admin API (badges, persons, organisations, clients, policies)    |
 | `openid`         | OpenID Connect sign-in (driver app and consoles; later slices)           |
@@ -23,20 +23,19 @@ from .roles import ClientRole
 
 RELEASES_READ = "releases:read"
 RELEASES_WRITE = "releases:write"
-LIGHTS_WRITE = "lights:write"
 GATE_VERIFY = "gate:verify"
 ADMIN = "admin"
 OPENID = "openid"
 
-ALL_SCOPES = frozenset({RELEASES_READ, RELEASES_WRITE, LIGHTS_WRITE, GATE_VERIFY, ADMIN, OPENID})
+ALL_SCOPES = frozenset({RELEASES_READ, RELEASES_WRITE, GATE_VERIFY, ADMIN, OPENID})
 
 SCOPES_BY_ROLE: dict[ClientRole, frozenset[str]] = {
     ClientRole.SHIPPING_LINE: frozenset({RELEASES_READ, RELEASES_WRITE}),
     ClientRole.RELEASE_PARTY: frozenset({RELEASES_READ, RELEASES_WRITE}),
     ClientRole.TRANSPORT_OPERATOR: frozenset({RELEASES_READ, RELEASES_WRITE}),
-    ClientRole.TERMINAL_OPERATOR: frozenset({RELEASES_READ, LIGHTS_WRITE}),
+    ClientRole.TERMINAL_OPERATOR: frozenset({RELEASES_READ, RELEASES_WRITE}),
     ClientRole.TERMINAL_GATE: frozenset({GATE_VERIFY}),
-    ClientRole.CUSTOMS: frozenset({RELEASES_READ, LIGHTS_WRITE}),
+    ClientRole.CUSTOMS: frozenset({RELEASES_READ, RELEASES_WRITE}),
     ClientRole.ADMIN: frozenset({ADMIN, RELEASES_READ}),
     ClientRole.DRIVER_APP: frozenset({OPENID, RELEASES_READ}),
     ClientRole.CONSOLE: frozenset({OPENID, RELEASES_READ, RELEASES_WRITE}),
