@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-import sqlalchemy.dialects.postgresql  # noqa: F401 - quaygate.schema reads sa.dialects.postgresql
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 

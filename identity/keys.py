@@ -29,12 +29,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-import sqlalchemy.dialects.postgresql  # noqa: F401 - quaygate.schema reads sa.dialects.postgresql
 from joserfc.jwk import KeySet, RSAKey
 
 from quaygate.crypto import DataCipher
 from quaygate.schema import signing_keys
 
+# The table also holds the audit trail's Ed25519 key (use "audit"): token keys are use "sig".
+_TOKEN_KEYS = signing_keys.c.use == "sig"
 log = logging.getLogger(__name__)
 
 SIGNING_ALG = "RS256"  # RFC 7518 §3.3; what OIDC Core §15.1 requires every provider to support
@@ -92,7 +93,7 @@ class KeyStore:
         """The active key's kid, creating the first key when there is none."""
         with self._read() as conn:
             kid = conn.execute(
-                sa.select(signing_keys.c.kid).where(signing_keys.c.status == "active")
+                sa.select(signing_keys.c.kid).where(signing_keys.c.status == "active", _TOKEN_KEYS)
             ).scalar()
         if kid is not None:
             return str(kid)
@@ -100,7 +101,7 @@ class KeyStore:
         with self._engine.begin() as conn:
             self._take_lock(conn)
             kid = conn.execute(
-                sa.select(signing_keys.c.kid).where(signing_keys.c.status == "active")
+                sa.select(signing_keys.c.kid).where(signing_keys.c.status == "active", _TOKEN_KEYS)
             ).scalar()
             if kid is not None:
                 return str(kid)
@@ -119,12 +120,12 @@ class KeyStore:
             self._take_lock(conn)
             conn.execute(
                 signing_keys.update()
-                .where(signing_keys.c.status == "retiring", signing_keys.c.publish_until <= now)
+                .where(signing_keys.c.status == "retiring", signing_keys.c.publish_until <= now, _TOKEN_KEYS)
                 .values(status="retired")
             )
             conn.execute(
                 signing_keys.update()
-                .where(signing_keys.c.status == "active")
+                .where(signing_keys.c.status == "active", _TOKEN_KEYS)
                 .values(status="retiring", retired_at=now, publish_until=publish_until)
             )
             self._insert(conn, key, now)

@@ -14,8 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from identity.api.routes import build_router as identity_router
-from identity.keys import KeyStore
-from identity.tokens import AccessTokenVerifier
+from identity.bootstrap import IdentityProvider
 from release_service.api import problems
 from release_service.api.routes import router as release_router
 from release_service.api.webhooks import router as webhook_router
@@ -36,11 +35,10 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = container or Container.build(settings)
-        keys = KeyStore(built.engine, built.cipher)
-        await run_in_threadpool(keys.ensure_active, built.clock.now())
+        identity = await run_in_threadpool(IdentityProvider.build, built)
         app.state.container = built
-        app.state.keys = keys
-        app.state.token_verifier = AccessTokenVerifier(keys, settings.issuer)
+        app.state.identity = identity
+        app.state.token_verifier = identity.verifier
         workers = BackgroundWorkers(built) if settings.background_workers else None
         if workers:
             workers.start()

@@ -86,9 +86,11 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
     from .container import Container
 
-    container = Container.build(_settings())
+    settings = _settings()
+    container = Container.build(settings)
     try:
-        kid = KeyStore(container.engine, container.cipher).rotate(container.clock.now())
+        kid = KeyStore(container.engine, container.cipher, token_ttl=settings.access_token_ttl).rotate(
+            container.clock.now())
     finally:
         container.close()
     print(f"new signing key {kid} is active; older keys stay published until their tokens expire")

@@ -186,3 +186,20 @@ def test_concurrent_replicas_leave_exactly_one_active_key(pg_engine: sa.Engine, 
     statuses = [r.status for r in _rows(pg_engine)]
     assert statuses.count("active") == 1
     assert len(statuses) == (1 if operation == "ensure_active" else 7)
+
+
+def test_audit_key_in_the_same_table_is_never_a_token_key(engine: sa.Engine) -> None:
+    """The audit trail's Ed25519 key lives in signing_keys too: tokens must never pick or retire it."""
+    from release_service.adapters.audit import ensure_audit_key
+
+    cipher = DataCipher(b"\x01" * 32)
+    now = utcnow()
+    audit = ensure_audit_key(engine, cipher, now)
+    keys = KeyStore(engine, cipher)
+    kid = keys.ensure_active(now)
+    assert kid != audit.kid and keys.signing_key().kid == kid
+    keys.rotate(now + timedelta(seconds=1))
+    with engine.connect() as conn:
+        audit_row = conn.execute(sa.select(signing_keys).where(signing_keys.c.kid == audit.kid)).one()
+    assert audit_row.status == "active"
+    assert audit.kid not in {k["kid"] for k in keys.jwks()["keys"]}
