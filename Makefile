@@ -26,7 +26,9 @@ serve: install
 test-deps: install
 
 test: install test-deps
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -n 2 -q
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -159,12 +159,14 @@ def test_wrong_party_actions(api: Api) -> None:
     assert_problem(api.http.post(f"/api/v1/transfers/{tid}/withdraw", headers=api.as_("fwd")), 409,
                    "transfer_not_pending")
     assert_problem(api.http.put(f"/api/v1/releases/{rid}/nomination", headers=api.as_("fwd"),
-                                json={"driver_person_id": str(p.driver), "plate": {"text": "1ABC123", "country": "BE"}}),
+                                json={"driver_person_id": str(p.driver),
+                                      "plate": {"text": "1ABC123", "country": "BE"}}),
                    403, "wrong_organisation_kind")
     assert_problem(api.http.post(f"/api/v1/releases/{rid}/revoke", headers=api.as_("haul")), 403, "not_issuer")
     assert_problem(api.http.put(f"/api/v1/releases/{rid}/lights/customs", headers=api.as_("line"),
                                 json={"status": "green"}), 403, "not_light_owner")
-    assert api.http.post(f"/api/v1/releases/{rid}/revoke", headers=api.as_("line"), json={"reason": "x"}).status_code == 200
+    revoked = api.http.post(f"/api/v1/releases/{rid}/revoke", headers=api.as_("line"), json={"reason": "x"})
+    assert revoked.status_code == 200
     assert_problem(api.http.post(f"/api/v1/releases/{rid}/block", headers=api.as_("line")), 409, "illegal_transition")
     with api.engine.connect() as conn:
         types = conn.execute(sa.select(release_events.c.type).order_by(release_events.c.seq)).scalars().all()

@@ -42,7 +42,8 @@ router = APIRouter(prefix="/api/v1", tags=["releases"])
 
 
 def _execute(request: Request, actor: Actor, key: str | None, body: BaseModel | None,
-             action: Callable[[UnitOfWork, datetime], T], render: Callable[[T, datetime], tuple[int, Any]]) -> JSONResponse:
+             action: Callable[[UnitOfWork, datetime], T],
+             render: Callable[[T, datetime], tuple[int, Any]]) -> JSONResponse:
     container = request.app.state.container
     now = container.clock.now()
     idem = None

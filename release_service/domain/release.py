@@ -358,7 +358,8 @@ class ReleaseRight:
             "release.transfer.requested",
             by,
             now,
-            {"transfer_id": str(transfer_id), "from": str(transfer.from_organisation_id), "to": str(to_organisation_id)},
+            {"transfer_id": str(transfer_id), "from": str(transfer.from_organisation_id),
+             "to": str(to_organisation_id)},
         )
         return transfer
 

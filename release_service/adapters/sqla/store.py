@@ -105,7 +105,8 @@ class SqlReleaseStore:
         rows = self._conn.execute(
             sa.select(release_events).where(release_events.c.release_id == release_id).order_by(release_events.c.seq)
         ).mappings()
-        return [StoredEvent(r["id"], r["release_id"], r["seq"], r["type"], r["actor"], r["data"], r["at"]) for r in rows]
+        return [StoredEvent(r["id"], r["release_id"], r["seq"], r["type"], r["actor"], r["data"], r["at"])
+                for r in rows]
 
     def transfers(self, release_id: uuid.UUID) -> list[Transfer]:
         rows = self._conn.execute(
