@@ -13,7 +13,7 @@ from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.release import MAX_BATCH, LightStatus, ReleaseRight
 from release_service.ports import UnitOfWork
 
-from .common import Receipt, organisation_kind, receipt, record_events
+from .common import Receipt, organisation_kind, receipt, record_events, record_many
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +92,9 @@ def issue_batch(
     by_release: dict[uuid.UUID, list] = {}
     for e in events:
         by_release.setdefault(e.release_id, []).append(e)
+    record_many(uow, [(right, by_release[right.id]) for _, right in built if right.id in created])
     for index, right in built:
         if right.id in created:
-            record_events(uow, right, by_release[right.id])
             results.append(BatchItemResult(index, right.container.value, right.id, None))
         else:
             results.append(BatchItemResult(index, right.container.value, None, DomainError(
