@@ -1,0 +1,62 @@
+"""The command line: plain messages and exit codes, never a traceback for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from quaygate.cli import main
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("QUAYGATE_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("QUAYGATE_DATABASE_URL", f"sqlite:///{tmp_path / 'q.db'}")
+    monkeypatch.delenv("QUAYGATE_MODE", raising=False)
+    assert main(["migrate"]) == 0
+    return tmp_path
+
+
+def test_demo_writes_credentials_once(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "DEMO MODE" in out and "demo-credentials.json" in out
+    data = json.loads((env / "demo-credentials.json").read_text())
+    assert set(data["clients"]) == {"shipping_line", "release_party", "transport_operator", "terminal_operator",
+                                    "terminal_gate", "customs", "admin"}
+    assert all({"client_id", "client_secret", "organisation_id"} <= set(c) for c in data["clients"].values())
+    driver = data["drivers"][0]
+    assert set(driver["badge"]) == {"scheme", "number", "card_uid"} and set(driver["plate"]) == {"text", "country"}
+    assert data["terminal"] == "BEANR-K1700" and data["base_url"].startswith("http")
+    assert main(["demo"]) == 0 and "already present" in capsys.readouterr().out
+
+
+def test_bad_organisation_kind_is_a_plain_message(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["org", "create", "--name", "X", "--kind", "pirate", "--eori", "BE1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown kind 'pirate'" in err and "Traceback" not in err
+    assert main(["org", "create", "--name", "X", "--kind", "release_party"]) == 2
+    assert "--eori" in capsys.readouterr().err
+
+
+def test_duplicate_organisation(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["org", "create", "--name", "X", "--kind", "release_party", "--eori", "BE0123"]) == 0
+    assert main(["org", "create", "--name", "Y", "--kind", "release_party", "--eori", "BE0123"]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_production_refuses_insecure_defaults(env: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("QUAYGATE_MODE", "production")
+    assert main(["migrate"]) == 2
+    assert "production mode needs" in capsys.readouterr().err
+
+
+def test_audit_verify_after_demo(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    assert main(["audit", "seal"]) == 0
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 0
+    assert "audit trail intact" in capsys.readouterr().out
