@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,23 +24,28 @@ PG_URL = os.environ.get("QUAYGATE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("QUAYGATE_TEST_REDIS_URL")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-_skipped_services: set[str] = set()
-
-
 def need_service(name: str, url: str | None) -> str:
     """The service's URL, or skip (fail under CI) when it is not configured."""
     if url:
         return url
     if IN_CI:
         pytest.fail(f"{name} is required under CI but its test URL is not set")
-    _skipped_services.add(name)
     pytest.skip(f"{name} not configured (set QUAYGATE_TEST_{'DATABASE' if name == 'PostgreSQL' else 'REDIS'}_URL)")
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _skipped_services:
+    """Say plainly which tests did not run for lack of a service (works under xdist too)."""
+    missing: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        text = str(report.longrepr)
+        for name in ("PostgreSQL", "Redis"):
+            if f"{name} not configured" in text:
+                missing[name] += 1
+    if missing:
         terminalreporter.write_line(
-            "SKIPPED for lack of a service: " + ", ".join(sorted(_skipped_services))
+            "SKIPPED for lack of a service: "
+            + ", ".join(f"{count} tests need {name}" for name, count in sorted(missing.items()))
             + ". Set QUAYGATE_TEST_DATABASE_URL / QUAYGATE_TEST_REDIS_URL to run them.",
             yellow=True,
             bold=True,
