@@ -25,7 +25,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from quaygate.crypto import DataCipher  # noqa: E402
-from quaygate.db import make_engine, normalise_url  # noqa: E402
+from quaygate.db import create_database, drop_database, make_engine  # noqa: E402
 from quaygate.migrate import upgrade  # noqa: E402
 from release_service.adapters.audit import (  # noqa: E402
     AuditSealer,
@@ -39,20 +39,7 @@ KINDS = ("release.issued", "release.transfer_offered", "release.transfer_accepte
 
 
 def scratch_database(base: str) -> str:
-    name = f"qg_bench_audit_{os.getpid()}"
-    admin = sa.create_engine(normalise_url(base), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    admin.dispose()
-    return sa.make_url(normalise_url(base)).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(base: str, url: str) -> None:
-    admin = sa.create_engine(normalise_url(base), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)')
-    admin.dispose()
+    return create_database(base, f"qg_bench_audit_{os.getpid()}")
 
 
 def event(n: int, t0: datetime) -> tuple[str, dict[str, str], str, dict[str, object], datetime]:

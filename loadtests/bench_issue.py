@@ -18,8 +18,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import sqlalchemy as sa
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastapi.testclient import TestClient  # noqa: E402
@@ -27,28 +25,11 @@ from fastapi.testclient import TestClient  # noqa: E402
 from identity.bootstrap import create_client  # noqa: E402
 from quaygate.app import create_app  # noqa: E402
 from quaygate.container import Container  # noqa: E402
-from quaygate.db import normalise_url  # noqa: E402
+from quaygate.db import create_database, drop_database  # noqa: E402
 from quaygate.migrate import upgrade  # noqa: E402
 from quaygate.schema import organisations  # noqa: E402
 from quaygate.settings import Settings  # noqa: E402
 from release_service.domain.iso6346 import with_check_digit  # noqa: E402
-
-
-def scratch_database(base: str) -> str:
-    name = f"qg_bench_{os.getpid()}"
-    admin = sa.create_engine(normalise_url(base), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    admin.dispose()
-    return sa.make_url(normalise_url(base)).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(base: str, url: str) -> None:
-    admin = sa.create_engine(normalise_url(base), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)')
-    admin.dispose()
 
 
 def main() -> int:
@@ -57,7 +38,7 @@ def main() -> int:
                                                                 "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--count", type=int, default=10_000)
     args = parser.parse_args()
-    url = scratch_database(args.database_url)
+    url = create_database(args.database_url, f"qg_bench_{os.getpid()}")
     try:
         upgrade(url)
         with tempfile.TemporaryDirectory() as tmp:

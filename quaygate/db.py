@@ -56,3 +56,20 @@ def _sqlite_pragmas(engine: sa.Engine) -> None:
     def _begin(conn: sa.Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def create_database(server_url: str, name: str) -> str:
+    """Create (or re-create) a scratch PostgreSQL database beside ``server_url``; returns its URL."""
+    admin = sa.create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    return sa.make_url(normalise_url(server_url)).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(server_url: str, url: str) -> None:
+    admin = sa.create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)')
+    admin.dispose()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from quaygate.db import make_engine, normalise_url
+from quaygate.db import create_database, drop_database, make_engine
 from quaygate.migrate import upgrade
 from quaygate.schema import metadata
 
@@ -60,17 +60,10 @@ def _worker() -> str:
 def pg_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database per test worker, migrated by Alembic, dropped at the end."""
     base = need_service("PostgreSQL", PG_URL)
-    name = f"qg_test_{_worker()}_{os.getpid()}"
-    admin = sa.create_engine(normalise_url(base), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(normalise_url(base)).set(database=name).render_as_string(hide_password=False)
+    url = create_database(base, f"qg_test_{_worker()}_{os.getpid()}")
     upgrade(url)
     yield url
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    drop_database(base, url)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from quaygate.db import normalise_url
+from quaygate.db import create_database, drop_database
 from quaygate.migrate import downgrade, upgrade
 from quaygate.schema import metadata
 
@@ -22,15 +22,9 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 def scratch_pg() -> Iterator[str]:
     base = need_service("PostgreSQL", PG_URL)
-    name = f"qg_migrate_{os.getpid()}"
-    admin = sa.create_engine(normalise_url(base), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield sa.make_url(normalise_url(base)).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    url = create_database(base, f"qg_migrate_{os.getpid()}")
+    yield url
+    drop_database(base, url)
 
 
 def _tables(url: str) -> set[str]:
