@@ -206,3 +206,21 @@ def test_lapse_sweeper(engine: sa.Engine) -> None:
         r = uow.releases.get(right.id)
     assert r is not None and r.state is State.EXPIRED and r.active_key is None
     assert do(engine, lambda uow: lifecycle.lapse_due(uow, later)) == 0
+
+
+def test_a_driver_sees_only_his_nominations(engine: sa.Engine) -> None:
+    from release_service.domain.parties import Actor
+
+    p = port(engine)
+    other_driver = add_driver(engine, p.haul.organisation_id, number="AP-777777")
+    mine, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, 1, to=p.haul.organisation_id), now()))
+    theirs, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, 2, to=p.haul.organisation_id), now()))
+    do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, 3, to=p.haul.organisation_id), now()))
+    for rid, driver in ((mine.id, p.driver), (theirs.id, other_driver)):
+        do(engine, lambda uow, rid=rid, driver=driver: nominate.nominate(
+            uow, p.haul, rid, nominate.NominateCommand("1ABC123", "BE", driver), now()))
+    me = Actor("driver-app", None, None, person_id=p.driver)
+    with SqlUnitOfWork(engine, readonly=True) as uow:
+        assert [r.id for r in queries.search(uow, me, ReleaseFilter())] == [mine.id]
+        assert queries.get(uow, me, mine.id)[0].id == mine.id
+        assert _code(lambda: queries.get(uow, me, theirs.id)) is ErrorCode.NOT_FOUND
