@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from .domain.parties import Actor, Organisation
 from .domain.release import ReleaseRight, Screening, State, Transfer
+from .domain.webhooks import Delivery, Subscription
 
 
 class Clock(Protocol):
@@ -147,6 +148,48 @@ class IdempotencyStore(Protocol):
         ...
 
     def complete(self, client_id: str, key: str, status_code: int, body: Any) -> None: ...
+
+
+# ---- webhooks --------------------------------------------------------------------------------
+
+class Sealer(Protocol):
+    """Encryption at rest with associated data (quaygate.crypto.DataCipher)."""
+
+    def seal(self, plaintext: bytes, aad: bytes) -> str: ...
+
+    def open(self, sealed: str, aad: bytes) -> bytes: ...
+
+
+class WebhookStore(Protocol):
+    def add_subscription(self, sub: Subscription, secret_enc: str) -> None: ...
+
+    def subscriptions(self, organisation_id: uuid.UUID) -> list[Subscription]: ...
+
+    def subscription(self, organisation_id: uuid.UUID, subscription_id: uuid.UUID, *,
+                     for_update: bool = False) -> Subscription | None: ...
+
+    def sealed_secret(self, subscription_id: uuid.UUID) -> str: ...
+
+    def set_sealed_secret(self, subscription_id: uuid.UUID, secret_enc: str) -> None: ...
+
+    def deactivate(self, subscription_id: uuid.UUID) -> None: ...
+
+    def dead_letters(self, organisation_id: uuid.UUID, limit: int) -> list[Delivery]: ...
+
+    def delivery(self, organisation_id: uuid.UUID, delivery_id: uuid.UUID) -> Delivery | None: ...
+
+    def requeue_dead(self, organisation_id: uuid.UUID, delivery_id: uuid.UUID, now: datetime) -> bool: ...
+
+
+class WebhookUnitOfWork(Protocol):
+    @property
+    def webhooks(self) -> WebhookStore: ...  # read-only, so an adapter's own store type satisfies it
+
+    def __enter__(self) -> WebhookUnitOfWork: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def commit(self) -> None: ...
 
 
 class UnitOfWork(Protocol):

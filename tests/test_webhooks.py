@@ -26,7 +26,8 @@ from cryptography.exceptions import InvalidTag
 
 from quaygate.crypto import DataCipher
 from quaygate.schema import organisations, webhook_deliveries, webhook_subscriptions
-from release_service.adapters.outbox import SqlOutbox, SqlWebhookUnitOfWork
+from release_service.adapters.outbox import SqlOutbox
+from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.adapters.webhook_dispatcher import WebhookDispatcher
 from release_service.domain import webhooks as wh
 from release_service.domain.errors import DomainError, ErrorCode
@@ -122,7 +123,7 @@ def make_org(engine: sa.Engine) -> uuid.UUID:
 
 
 def subscribe(engine: sa.Engine, org: uuid.UUID, url: str, types: list[str]) -> tuple[wh.Subscription, str]:
-    return svc.create_subscription(SqlWebhookUnitOfWork(engine), CIPHER, org, url=url, event_types=types,
+    return svc.create_subscription(SqlUnitOfWork(engine), CIPHER, org, url=url, event_types=types,
                                    now=T0, allow_insecure_localhost=True)
 
 
@@ -197,7 +198,7 @@ def test_failures_retry_on_the_schedule_then_dead_letter_and_redeliver(engine: s
 
     clock.advance(timedelta(days=2))
     assert d.run_once() == 0  # dead: no tenth attempt
-    uow = SqlWebhookUnitOfWork(engine)
+    uow = SqlUnitOfWork(engine)
     [dead] = svc.list_dead_letters(uow, org)
     assert (dead.status, dead.attempts, dead.last_error) == ("dead", 9, "HTTP 500")
     assert svc.list_dead_letters(uow, other) == []
@@ -231,7 +232,7 @@ def test_http_etiquette_redirects_retry_after_and_gone(engine: sa.Engine, receiv
     assert by_error["HTTP 302"].next_attempt_at == T0 + timedelta(seconds=5)
     assert by_error["HTTP 503"].next_attempt_at == T0 + timedelta(seconds=600)
     assert by_error["HTTP 410: endpoint disabled"].status == "dead"
-    assert {s.url for s in svc.list_subscriptions(SqlWebhookUnitOfWork(engine), org)} == {
+    assert {s.url for s in svc.list_subscriptions(SqlUnitOfWork(engine), org)} == {
         receiver.url("/moved"), receiver.url("/busy")}
 
 
@@ -252,7 +253,7 @@ def test_subscribers_get_only_the_event_types_they_chose(engine: sa.Engine, rece
 def test_rotation_signs_with_both_secrets_during_the_overlap(engine: sa.Engine, receiver: Receiver) -> None:
     org, clock = make_org(engine), FakeClock()
     sub, old = subscribe(engine, org, receiver.url("/hook"), ["release.*"])
-    _, new = svc.rotate_secret(SqlWebhookUnitOfWork(engine), CIPHER, org, sub.id, now=clock.now(),
+    _, new = svc.rotate_secret(SqlUnitOfWork(engine), CIPHER, org, sub.id, now=clock.now(),
                                overlap=timedelta(hours=1))
     publish(engine, {org}, "release.issued")
     dispatcher(engine, clock).run_once()
@@ -284,7 +285,7 @@ def test_secrets_are_stored_sealed_and_bound_to_their_row(engine: sa.Engine) -> 
 def test_subscriptions_belong_to_their_organisation(engine: sa.Engine, receiver: Receiver) -> None:
     org, other, clock = make_org(engine), make_org(engine), FakeClock()
     sub, _ = subscribe(engine, org, receiver.url("/hook"), ["release.*"])
-    uow = SqlWebhookUnitOfWork(engine)
+    uow = SqlUnitOfWork(engine)
     for call in (lambda: svc.delete_subscription(uow, other, sub.id),
                  lambda: svc.rotate_secret(uow, CIPHER, other, sub.id, now=T0),
                  lambda: svc.get_subscription(uow, other, sub.id)):

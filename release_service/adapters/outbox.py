@@ -142,30 +142,3 @@ def _subscription(row: sa.Row[Any]) -> Subscription:
 def _delivery(row: sa.Row[Any]) -> Delivery:
     return Delivery(row.id, row.subscription_id, row.event_id, row.event_type, row.status, row.attempts,
                     row.next_attempt_at, row.last_error, row.created_at, row.delivered_at, dict(row.payload))
-
-
-class SqlWebhookUnitOfWork:
-    """One connection, one transaction, one commit per webhook use case (STYLE.md #5)."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self._engine = engine
-        self._conn: sa.Connection | None = None
-        self._tx: sa.RootTransaction | None = None
-
-    def __enter__(self) -> SqlWebhookUnitOfWork:
-        self._conn = self._engine.connect()
-        self._tx = self._conn.begin()
-        self.webhooks = SqlWebhookStore(self._conn)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._conn is not None and self._tx is not None
-        try:
-            if self._tx.is_active:
-                self._tx.rollback()
-        finally:
-            self._conn.close()
-
-    def commit(self) -> None:
-        assert self._tx is not None
-        self._tx.commit()

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from release_service.adapters.outbox import SqlWebhookUnitOfWork
+from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.parties import Actor
 from release_service.domain.webhooks import Delivery, Subscription
 from release_service.services import webhooks as svc
@@ -59,8 +59,8 @@ def _delivery(d: Delivery) -> dict[str, Any]:
             "next_attempt_at": d.next_attempt_at.isoformat(), "last_error": d.last_error}
 
 
-def _uow(request: Request) -> SqlWebhookUnitOfWork:
-    return SqlWebhookUnitOfWork(request.app.state.container.engine)
+def _uow(request: Request) -> SqlUnitOfWork:
+    return SqlUnitOfWork(request.app.state.container.engine)
 
 
 @router.post("", operation_id="createWebhookSubscription", status_code=201, response_model=SubscriptionOut,

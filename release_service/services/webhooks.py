@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.webhooks import (
@@ -26,52 +25,11 @@ from release_service.domain.webhooks import (
     validate_event_types,
     validate_url,
 )
+from release_service.ports import Sealer, WebhookUnitOfWork
 
 log = logging.getLogger("quaygate.webhooks")
 
 DEFAULT_ROTATION_OVERLAP = timedelta(hours=24)
-
-
-# ---- ports (to move into release_service/ports.py with the next change there) ----------------------
-
-class Sealer(Protocol):
-    """Encryption at rest with associated data (quaygate.crypto.DataCipher)."""
-
-    def seal(self, plaintext: bytes, aad: bytes) -> str: ...
-
-    def open(self, sealed: str, aad: bytes) -> bytes: ...
-
-
-class WebhookStore(Protocol):
-    def add_subscription(self, sub: Subscription, secret_enc: str) -> None: ...
-
-    def subscriptions(self, organisation_id: uuid.UUID) -> list[Subscription]: ...
-
-    def subscription(self, organisation_id: uuid.UUID, subscription_id: uuid.UUID, *,
-                     for_update: bool = False) -> Subscription | None: ...
-
-    def sealed_secret(self, subscription_id: uuid.UUID) -> str: ...
-
-    def set_sealed_secret(self, subscription_id: uuid.UUID, secret_enc: str) -> None: ...
-
-    def deactivate(self, subscription_id: uuid.UUID) -> None: ...
-
-    def dead_letters(self, organisation_id: uuid.UUID, limit: int) -> list[Delivery]: ...
-
-    def delivery(self, organisation_id: uuid.UUID, delivery_id: uuid.UUID) -> Delivery | None: ...
-
-    def requeue_dead(self, organisation_id: uuid.UUID, delivery_id: uuid.UUID, now: datetime) -> bool: ...
-
-
-class WebhookUnitOfWork(Protocol):
-    @property
-    def webhooks(self) -> WebhookStore: ...  # read-only, so an adapter's own store type satisfies it
-
-    def __enter__(self) -> WebhookUnitOfWork: ...
-
-    def __exit__(self, *exc: object) -> None: ...
-
-    def commit(self) -> None: ...
 
 
 # ---- use cases ---------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from release_service.adapters.audit import SqlAuditLog
-from release_service.adapters.outbox import SqlOutbox
+from release_service.adapters.outbox import SqlOutbox, SqlWebhookStore
 
 from .directory import BadgeScreening, SqlDirectory
 from .idempotency import SqlIdempotency
@@ -30,6 +30,7 @@ class SqlUnitOfWork:
         self.screening = BadgeScreening(self.directory)
         self.audit = SqlAuditLog(conn)
         self.outbox = SqlOutbox(conn)
+        self.webhooks = SqlWebhookStore(conn)
         self.idempotency = SqlIdempotency(conn)
         return self
 
