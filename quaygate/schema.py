@@ -71,6 +71,19 @@ persons = sa.Table(
     sa.Column("national_id_hash", sa.String(64), unique=True),
     sa.Column("upstream_sub", sa.String(255), unique=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # Preferred language of the person's pages (nl, fr, de, en); None: from the browser.
+    sa.Column("locale", sa.String(8)),
+    sa.Column("status", sa.String(16), nullable=False, server_default="active"),  # active | suspended
+)
+
+# A person's roles in an organisation: driver, dispatcher, org_admin, port_security_admin.
+memberships = sa.Table(
+    "memberships",
+    metadata,
+    sa.Column("person_id", UUID, sa.ForeignKey("persons.id"), primary_key=True),
+    sa.Column("organisation_id", UUID, sa.ForeignKey("organisations.id"), primary_key=True),
+    sa.Column("role", sa.String(32), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
 badges = sa.Table(
@@ -273,6 +286,138 @@ oauth_clients = sa.Table(
     sa.Column("dpop_bound", sa.Boolean, nullable=False, default=False),
     sa.Column("active", sa.Boolean, nullable=False, default=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("post_logout_redirect_uris", JSON, nullable=False, server_default="[]"),
+    # RFC 9126 §6 require_pushed_authorization_requests (always true for confidential web clients).
+    sa.Column("require_par", sa.Boolean, nullable=False, server_default=sa.false()),
+    # OIDC Core §2 default_acr_values: the minimum acr this client accepts for its users.
+    sa.Column("min_acr", sa.String(64)),
+    # RFC 7592: the registration access token (hashed) that manages a dynamically registered client.
+    sa.Column("registration_token_hash", sa.String(64)),
+    # The remaining RFC 7591 §2 metadata (client_name, client_uri, logo_uri, contacts, ...), as given.
+    sa.Column("extra_metadata", JSON, nullable=False, server_default="{}"),
+    sa.Column("updated_at", UTCDateTime),
+)
+
+# Login sessions at the provider (the browser's cookie holds the clear id; we keep its SHA-256).
+login_sessions = sa.Table(
+    "login_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("sid", sa.String(64), nullable=False, unique=True),  # OIDC front/back-channel session id
+    sa.Column("person_id", UUID, sa.ForeignKey("persons.id"), nullable=False, index=True),
+    sa.Column("acr", sa.String(64), nullable=False),
+    sa.Column("amr", JSON, nullable=False),
+    sa.Column("auth_time", UTCDateTime, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime),
+)
+
+# Authorization codes (RFC 6749 §4.1.2): marked used, never deleted, so a reuse is detected (§4.1.2,
+# "the authorization server SHOULD revoke all tokens previously issued based on that code").
+authorization_codes = sa.Table(
+    "authorization_codes",
+    metadata,
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("client_id", sa.String(100), sa.ForeignKey("oauth_clients.client_id"), nullable=False),
+    sa.Column("person_id", UUID, sa.ForeignKey("persons.id"), nullable=False),
+    sa.Column("sid", sa.String(64)),
+    sa.Column("redirect_uri", sa.String(2000), nullable=False),
+    sa.Column("scope", sa.String(1000), nullable=False),
+    sa.Column("nonce", sa.String(255)),
+    sa.Column("code_challenge", sa.String(128), nullable=False),
+    sa.Column("acr", sa.String(64), nullable=False),
+    sa.Column("amr", JSON, nullable=False),
+    sa.Column("auth_time", UTCDateTime, nullable=False),
+    sa.Column("dpop_jkt", sa.String(64)),
+    sa.Column("grant_id", UUID, nullable=False),  # what this code issued: tokens carry it
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("used_at", UTCDateTime),
+)
+
+# One grant: everything issued from one authorization code (refresh tokens rotate within it).
+# Revoking a grant ends its refresh tokens and lists its access tokens' jtis in revoked_tokens.
+grants = sa.Table(
+    "grants",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("client_id", sa.String(100), sa.ForeignKey("oauth_clients.client_id"), nullable=False, index=True),
+    sa.Column("person_id", UUID, sa.ForeignKey("persons.id"), index=True),
+    sa.Column("sid", sa.String(64), index=True),
+    sa.Column("scope", sa.String(1000), nullable=False),
+    sa.Column("acr", sa.String(64)),
+    sa.Column("amr", JSON),
+    sa.Column("auth_time", UTCDateTime),
+    sa.Column("dpop_jkt", sa.String(64)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+    sa.Column("revoked_reason", sa.String(32)),
+)
+
+# Refresh tokens (RFC 6749 §6, OAuth 2.0 Security BCP §4.14): rotated on every use; a rotated one
+# presented again revokes the whole grant (its "family").
+refresh_tokens = sa.Table(
+    "refresh_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("grant_id", UUID, sa.ForeignKey("grants.id"), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),  # active | rotated | revoked
+    sa.Column("issued_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("used_at", UTCDateTime),
+)
+
+# Access tokens issued within a grant, so revoking the grant can list them (they are JWTs).
+issued_access_tokens = sa.Table(
+    "issued_access_tokens",
+    metadata,
+    sa.Column("jti", sa.String(64), primary_key=True),
+    sa.Column("grant_id", UUID, sa.ForeignKey("grants.id"), nullable=False, index=True),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# Passkeys (WebAuthn Level 3 §4 "public key credential source"), several per person.
+webauthn_credentials = sa.Table(
+    "webauthn_credentials",
+    metadata,
+    sa.Column("credential_id", sa.String(1400), primary_key=True),  # base64url, up to 1023 bytes raw
+    sa.Column("person_id", UUID, sa.ForeignKey("persons.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("public_key", sa.LargeBinary, nullable=False),  # COSE_Key
+    sa.Column("sign_count", sa.BigInteger, nullable=False),
+    sa.Column("transports", JSON, nullable=False),
+    sa.Column("aaguid", sa.String(36)),
+    sa.Column("backup_eligible", sa.Boolean, nullable=False),
+    sa.Column("backed_up", sa.Boolean, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # active | suspended | removed
+    sa.Column("status_reason", sa.String(64)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_used_at", UTCDateTime),
+)
+
+# One-time enrolment codes handed out by the badge office: register a first passkey.
+enrolment_codes = sa.Table(
+    "enrolment_codes",
+    metadata,
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("person_id", UUID, sa.ForeignKey("persons.id"), nullable=False, index=True),
+    sa.Column("created_by", sa.String(100), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("used_at", UTCDateTime),
+)
+
+# RFC 7591 §3: initial access tokens an admin obtains to let an integrator register a client.
+initial_access_tokens = sa.Table(
+    "initial_access_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("organisation_id", UUID, sa.ForeignKey("organisations.id")),  # registered clients act for it
+    sa.Column("created_by", sa.String(100), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("used_at", UTCDateTime),
 )
 
 signing_keys = sa.Table(

@@ -38,6 +38,21 @@ class Settings(BaseSettings):
     # HMAC key for national register numbers (never stored in clear).
     pepper: SecretStr | None = None
     access_token_ttl: int = 600
+    # ---- identity provider (issue 3) ----
+    id_token_ttl: int = 600
+    refresh_token_ttl: int = 14 * 24 * 3600  # a driver stays signed in on his phone for two weeks
+    authorization_code_ttl: int = 60  # RFC 6749 §4.1.2: short-lived, ten minutes at most
+    par_ttl: int = 60  # RFC 9126 §2.2 expires_in
+    session_ttl: int = 12 * 3600  # a login session at the provider (one shift)
+    session_cookie: str = "qg_session"
+    # WebAuthn relying party: the id defaults to the issuer's host, the origin to the issuer's origin.
+    webauthn_rp_id: str | None = None
+    webauthn_rp_name: str = "quaygate"
+    webauthn_origins: list[str] = []
+    # The driver app's Android origin(s), "android:apk-key-hash:<base64url sha256 of the signing cert>".
+    webauthn_android_origins: list[str] = []
+    webauthn_challenge_ttl: int = 300
+    dpop_max_age: int = 60  # seconds a DPoP proof's iat may be from now (RFC 9449 §11.1)
     db_pool_size: int = 10
     db_max_overflow: int = 20
     audit_seal_interval: float = 1.0

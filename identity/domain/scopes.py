@@ -12,7 +12,10 @@ right, which terminal a gate may verify at) are decided by the release service f
 |                  | nominate; customs sets the customs light, a terminal the terminal light  |
 | `gate:verify`    | call the gate verify and confirm endpoints for its terminal              |
 | `admin`          | use the admin API (badges, persons, organisations, clients, policies)    |
-| `openid`         | OpenID Connect sign-in (driver app and consoles; later slices)           |
+| `openid`         | OpenID Connect sign-in (driver app and consoles)                         |
+| `profile`        | the person's name in the id token and userinfo (OIDC Core §5.4)          |
+| `offline_access` | a refresh token (OIDC Core §11)                                          |
+| `nominations:respond` | a driver accepts or refuses a pickup nominated to him               |
 """
 
 from __future__ import annotations
@@ -26,8 +29,13 @@ RELEASES_WRITE = "releases:write"
 GATE_VERIFY = "gate:verify"
 ADMIN = "admin"
 OPENID = "openid"
+PROFILE = "profile"
+OFFLINE_ACCESS = "offline_access"
+NOMINATIONS_RESPOND = "nominations:respond"
 
-ALL_SCOPES = frozenset({RELEASES_READ, RELEASES_WRITE, GATE_VERIFY, ADMIN, OPENID})
+ALL_SCOPES = frozenset(
+    {RELEASES_READ, RELEASES_WRITE, GATE_VERIFY, ADMIN, OPENID, PROFILE, OFFLINE_ACCESS, NOMINATIONS_RESPOND}
+)
 
 SCOPES_BY_ROLE: dict[ClientRole, frozenset[str]] = {
     ClientRole.SHIPPING_LINE: frozenset({RELEASES_READ, RELEASES_WRITE}),
@@ -37,8 +45,8 @@ SCOPES_BY_ROLE: dict[ClientRole, frozenset[str]] = {
     ClientRole.TERMINAL_GATE: frozenset({GATE_VERIFY}),
     ClientRole.CUSTOMS: frozenset({RELEASES_READ, RELEASES_WRITE}),
     ClientRole.ADMIN: frozenset({ADMIN, RELEASES_READ}),
-    ClientRole.DRIVER_APP: frozenset({OPENID, RELEASES_READ}),
-    ClientRole.CONSOLE: frozenset({OPENID, RELEASES_READ, RELEASES_WRITE}),
+    ClientRole.DRIVER_APP: frozenset({OPENID, PROFILE, OFFLINE_ACCESS, RELEASES_READ, NOMINATIONS_RESPOND}),
+    ClientRole.CONSOLE: frozenset({OPENID, PROFILE, OFFLINE_ACCESS, RELEASES_READ, RELEASES_WRITE}),
 }
 
 

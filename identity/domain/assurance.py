@@ -1,0 +1,50 @@
+"""How strongly a person logged in: ``acr`` values, ``amr`` values and their order.
+
+Standard library only. OIDC Core §2 ``acr`` (Authentication Context Class Reference) and RFC 8176
+``amr`` (Authentication Method Reference) values. A client may ask for a minimum ``acr``
+(``acr_values``, ``max_age``) and an API may demand one (RFC 9470 step-up); both compare with
+``satisfies`` below, never by string equality, so a stronger login always passes a weaker demand.
+
+| acr                              | how the person logged in                               |
+|----------------------------------|--------------------------------------------------------|
+| urn:quaygate:acr:passkey         | a passkey with user verification (WebAuthn UV flag)    |
+| urn:quaygate:acr:upstream        | the national mobile ID (itsme-style, issue 6)          |
+| urn:quaygate:acr:face            | one of the above, plus a face match step-up (issue 6)  |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+ACR_PASSKEY = "urn:quaygate:acr:passkey"
+ACR_UPSTREAM = "urn:quaygate:acr:upstream"
+ACR_FACE = "urn:quaygate:acr:face"
+
+# Ascending strength. A passkey with user verification and the national ID are both two factors
+# (possession + knowledge/inherence); the face step-up adds a check of the person in front of the gate.
+ORDER: tuple[str, ...] = (ACR_PASSKEY, ACR_UPSTREAM, ACR_FACE)
+LEVEL = {acr: i for i, acr in enumerate(ORDER)}
+
+# RFC 8176 §2 values.
+AMR_HWK = "hwk"  # proof of possession of a hardware-secured key
+AMR_USER = "user"  # user presence test
+AMR_MFA = "mfa"  # multiple factors (WebAuthn UV: the authenticator verified the person)
+AMR_FACE = "face"  # facial biometric
+
+AMR_PASSKEY = (AMR_HWK, AMR_USER, AMR_MFA)
+
+
+def satisfies(acr: str | None, minimum: str | None) -> bool:
+    """True when a login of class ``acr`` meets ``minimum`` (None: no demand)."""
+    if minimum is None:
+        return True
+    if acr not in LEVEL or minimum not in LEVEL:
+        return False
+    return LEVEL[acr] >= LEVEL[minimum]
+
+
+def weakest_acceptable(requested: Iterable[str]) -> str | None:
+    """OIDC Core §3.1.2.1 ``acr_values``: space-separated, in order of preference; we honour the
+    weakest known one as the floor (any stronger login also satisfies it). None if none is known."""
+    known = [a for a in requested if a in LEVEL]
+    return min(known, key=LEVEL.__getitem__) if known else None

@@ -1,0 +1,117 @@
+"""Login sessions at the provider: who is logged in in this browser, since when, and how strongly.
+
+The browser holds a random session id in an HttpOnly, SameSite=Lax cookie (``settings.session_cookie``);
+the table ``login_sessions`` keeps only its SHA-256, so a leaked table opens no session. Each session
+also has a public ``sid`` (OIDC Front-Channel/Back-Channel Logout §2) that goes into id tokens and
+names it at RP-initiated logout.
+
+Lifecycle::
+
+    create (passkey login, enrolment, upstream login) --> live --expires_at--> expired
+                                                           |
+                                                           +--end() (logout, step-down)--> ended
+
+A stronger login in the same browser (face step-up) replaces the session: ``create`` again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from quaygate.schema import login_sessions
+
+
+@dataclass(frozen=True, slots=True)
+class LoginSession:
+    sid: str
+    person_id: uuid.UUID
+    acr: str
+    amr: tuple[str, ...]
+    auth_time: datetime
+    expires_at: datetime
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class SessionStore:
+    def __init__(self, engine: sa.Engine, *, ttl_seconds: int) -> None:
+        self._engine = engine
+        self._ttl = timedelta(seconds=ttl_seconds)
+
+    def create(
+        self,
+        person_id: uuid.UUID,
+        *,
+        acr: str,
+        amr: tuple[str, ...] | list[str],
+        now: datetime,
+        conn: sa.Connection | None = None,
+    ) -> tuple[str, LoginSession]:
+        """A new session; returns (the cookie value, shown once, and the session).
+
+        Pass ``conn`` to create it in the caller's transaction (the login's audit entry commits with it).
+        """
+        cookie = secrets.token_urlsafe(32)
+        session = LoginSession(
+            sid=secrets.token_urlsafe(16),
+            person_id=person_id,
+            acr=acr,
+            amr=tuple(amr),
+            auth_time=now,
+            expires_at=now + self._ttl,
+        )
+        row = {
+            "id_hash": _hash(cookie),
+            "sid": session.sid,
+            "person_id": person_id,
+            "acr": acr,
+            "amr": list(session.amr),
+            "auth_time": now,
+            "created_at": now,
+            "expires_at": session.expires_at,
+        }
+        if conn is not None:
+            conn.execute(login_sessions.insert().values(**row))
+        else:
+            with self._engine.begin() as own:
+                own.execute(login_sessions.insert().values(**row))
+        return cookie, session
+
+    def get(self, cookie: str | None, *, now: datetime) -> LoginSession | None:
+        """The live session behind a cookie value, or None (unknown, expired or ended)."""
+        if not cookie or len(cookie) > 100:
+            return None
+        with self._engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            row = conn.execute(
+                sa.select(login_sessions).where(login_sessions.c.id_hash == _hash(cookie))
+            ).first()
+        if row is None or row.ended_at is not None or row.expires_at <= now:
+            return None
+        return LoginSession(
+            sid=row.sid,
+            person_id=row.person_id,
+            acr=row.acr,
+            amr=tuple(row.amr),
+            auth_time=row.auth_time,
+            expires_at=row.expires_at,
+        )
+
+    def end(self, sid: str, *, now: datetime, conn: sa.Connection | None = None) -> bool:
+        """End a session by its sid; True if it was live."""
+        stmt = (
+            login_sessions.update()
+            .where(login_sessions.c.sid == sid, login_sessions.c.ended_at.is_(None))
+            .values(ended_at=now)
+        )
+        if conn is not None:
+            return conn.execute(stmt).rowcount == 1
+        with self._engine.begin() as own:
+            return own.execute(stmt).rowcount == 1
