@@ -13,7 +13,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from identity.api.management import router as identity_management_router
+from identity.api.passkeys import router as passkey_router
 from identity.api.routes import build_router as identity_router
+from identity.web.routes import router as web_router
 from identity.bootstrap import IdentityProvider
 from release_service.api import problems
 from release_service.api.routes import router as release_router
@@ -67,6 +70,9 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     problems.install(app)
     app.include_router(identity_router())
+    app.include_router(identity_management_router)
+    app.include_router(passkey_router)
+    app.include_router(web_router)
     app.include_router(release_router)
     app.include_router(webhook_router)
 

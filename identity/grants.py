@@ -1,0 +1,263 @@
+"""Grants, refresh tokens and the revocation list.
+
+A *grant* is everything issued from one authorization code (or, for machine clients, nothing: their
+access tokens stand alone). Refresh tokens rotate inside their grant (OAuth 2.0 Security BCP
+RFC 9700 §4.14.2): each use marks the presented token ``rotated`` and issues a new one. Presenting a
+rotated (or revoked) token again means it was stolen or replayed, so the whole grant -- the token's
+"family" -- is revoked: its refresh tokens, and the access tokens it issued (listed by jti).
+
+Refresh token lifecycle::
+
+    active --rotate()--> rotated --presented again--> grant revoked (reuse detected)
+      |
+      +--revoke_grant() (logout, revocation endpoint, code reuse, reuse detected)--> revoked
+
+Refresh tokens are random strings; only their SHA-256 is stored. Rows are marked, never deleted,
+so a reuse is recognised (STYLE.md #4). Rotation is one conditional UPDATE ... WHERE status='active',
+so two concurrent uses of one token give one new token and one reuse.
+
+Access tokens are self-contained JWTs: revoking one lists its jti in ``revoked_tokens`` (the record)
+and in the cache (what resource servers check on every call, ``RevocationList.is_revoked``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from quaygate.cache import Cache
+from quaygate.schema import grants, issued_access_tokens, refresh_tokens, revoked_tokens
+
+REFRESH_PREFIX = "qgr_"  # recognisable in logs and secret scanners, like GitHub's ghr_
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Who and what a grant is for: what refreshed tokens are built from."""
+
+    id: uuid.UUID
+    client_id: str
+    person_id: uuid.UUID | None
+    sid: str | None
+    scope: str
+    acr: str | None
+    amr: tuple[str, ...]
+    auth_time: datetime | None
+    dpop_jkt: str | None  # RFC 9449 §5: refresh tokens of a public DPoP client are bound to its key
+    revoked: bool
+
+
+class RefreshRefused(Exception):
+    """``reason``: unknown, expired, revoked, reused (the family has now been revoked), wrong_client."""
+
+    def __init__(self, reason: str, grant_id: uuid.UUID | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.grant_id = grant_id
+
+
+class RevocationList:
+    """Revoked access-token jtis: recorded in ``revoked_tokens``, checked in the cache (fast path)."""
+
+    PREFIX = "identity:revoked-jti:"
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+
+    def add(self, conn: sa.Connection, items: Iterable[tuple[str, datetime]], *, now: datetime) -> int:
+        """Revoke (jti, expires_at) pairs in the caller's transaction; returns how many were new."""
+        rows = [{"jti": jti, "expires_at": exp, "revoked_at": now} for jti, exp in items if exp > now]
+        if not rows:
+            return 0
+        known = set(
+            conn.execute(
+                sa.select(revoked_tokens.c.jti).where(revoked_tokens.c.jti.in_([r["jti"] for r in rows]))
+            ).scalars()
+        )
+        fresh = [r for r in rows if r["jti"] not in known]
+        if fresh:
+            conn.execute(revoked_tokens.insert(), fresh)
+        for r in rows:
+            self._cache.set(self.PREFIX + r["jti"], b"1", (r["expires_at"] - now).total_seconds() + 60)
+        return len(fresh)
+
+    def is_revoked(self, jti: str) -> bool:
+        return self._cache.get(self.PREFIX + jti) is not None
+
+    def reload(self, engine: sa.Engine, *, now: datetime) -> int:
+        """Put the unexpired revocations back into the cache (after a cache flush or at start-up)."""
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(revoked_tokens.c.jti, revoked_tokens.c.expires_at).where(revoked_tokens.c.expires_at > now)
+            ).all()
+        for jti, exp in rows:
+            self._cache.set(self.PREFIX + jti, b"1", (exp - now).total_seconds() + 60)
+        return len(rows)
+
+
+class GrantStore:
+    def __init__(self, engine: sa.Engine, revocations: RevocationList, *, refresh_ttl: int) -> None:
+        self._engine = engine
+        self._revocations = revocations
+        self._refresh_ttl = timedelta(seconds=refresh_ttl)
+
+    # ---- creating ----------------------------------------------------------------------------
+
+    def create(
+        self,
+        conn: sa.Connection,
+        *,
+        client_id: str,
+        person_id: uuid.UUID | None,
+        sid: str | None,
+        scope: str,
+        acr: str | None,
+        amr: Iterable[str],
+        auth_time: datetime | None,
+        dpop_jkt: str | None,
+        now: datetime,
+        grant_id: uuid.UUID | None = None,
+    ) -> uuid.UUID:
+        """A new grant, in the caller's transaction (the code exchange)."""
+        gid = grant_id or uuid.uuid4()
+        conn.execute(
+            grants.insert().values(
+                id=gid,
+                client_id=client_id,
+                person_id=person_id,
+                sid=sid,
+                scope=scope,
+                acr=acr,
+                amr=list(amr),
+                auth_time=auth_time,
+                dpop_jkt=dpop_jkt,
+                created_at=now,
+            )
+        )
+        return gid
+
+    def issue_refresh(self, conn: sa.Connection, grant_id: uuid.UUID, *, now: datetime) -> str:
+        """A new active refresh token in the grant; the clear token is returned once."""
+        token = REFRESH_PREFIX + secrets.token_urlsafe(32)
+        conn.execute(
+            refresh_tokens.insert().values(
+                token_hash=token_hash(token),
+                grant_id=grant_id,
+                status="active",
+                issued_at=now,
+                expires_at=now + self._refresh_ttl,
+            )
+        )
+        return token
+
+    def record_access(self, conn: sa.Connection, grant_id: uuid.UUID, jti: str, expires_at: datetime) -> None:
+        """Remember an access token issued within the grant, so revoking the grant revokes it."""
+        conn.execute(issued_access_tokens.insert().values(jti=jti, grant_id=grant_id, expires_at=expires_at))
+
+    # ---- using -------------------------------------------------------------------------------
+
+    def rotate(self, conn: sa.Connection, token: str, *, client_id: str, now: datetime) -> tuple[Grant, str]:
+        """Use a refresh token: mark it rotated and return its grant and a new token.
+
+        Raises RefreshRefused; on ``reused`` the grant has been revoked in ``conn``'s transaction,
+        which the caller must commit (the refusal is the point: RFC 9700 §4.14.2).
+        """
+        h = token_hash(token) if token.startswith(REFRESH_PREFIX) else None
+        row = None
+        if h is not None:
+            row = conn.execute(
+                sa.select(refresh_tokens, grants.c.client_id, grants.c.revoked_at)
+                .select_from(refresh_tokens.join(grants, grants.c.id == refresh_tokens.c.grant_id))
+                .where(refresh_tokens.c.token_hash == h)
+            ).first()
+        if row is None:
+            raise RefreshRefused("unknown")
+        if row.client_id != client_id:
+            # RFC 6749 §6: the token was issued to another client. Treat as theft of that client's token.
+            self.revoke_grant(conn, row.grant_id, reason="refresh_wrong_client", now=now)
+            raise RefreshRefused("wrong_client", row.grant_id)
+        if row.revoked_at is not None or row.status == "revoked":
+            raise RefreshRefused("revoked", row.grant_id)
+        if row.expires_at <= now:
+            raise RefreshRefused("expired", row.grant_id)
+        used = conn.execute(
+            refresh_tokens.update()
+            .where(refresh_tokens.c.token_hash == h, refresh_tokens.c.status == "active")
+            .values(status="rotated", used_at=now)
+        ).rowcount
+        if used != 1:  # rotated before: a replay, or the loser of a race with the thief
+            self.revoke_grant(conn, row.grant_id, reason="refresh_reuse", now=now)
+            raise RefreshRefused("reused", row.grant_id)
+        grant = self.get(conn, row.grant_id)
+        assert grant is not None
+        return grant, self.issue_refresh(conn, row.grant_id, now=now)
+
+    def get(self, conn: sa.Connection, grant_id: uuid.UUID) -> Grant | None:
+        row = conn.execute(sa.select(grants).where(grants.c.id == grant_id)).first()
+        if row is None:
+            return None
+        return Grant(
+            id=row.id,
+            client_id=row.client_id,
+            person_id=row.person_id,
+            sid=row.sid,
+            scope=row.scope,
+            acr=row.acr,
+            amr=tuple(row.amr or ()),
+            auth_time=row.auth_time,
+            dpop_jkt=row.dpop_jkt,
+            revoked=row.revoked_at is not None,
+        )
+
+    def find_by_refresh(self, conn: sa.Connection, token: str) -> tuple[Grant, str, datetime] | None:
+        """(grant, token status, expires_at) for a refresh token, for introspection and revocation."""
+        if not token.startswith(REFRESH_PREFIX):
+            return None
+        row = conn.execute(
+            sa.select(refresh_tokens.c.grant_id, refresh_tokens.c.status, refresh_tokens.c.expires_at).where(
+                refresh_tokens.c.token_hash == token_hash(token)
+            )
+        ).first()
+        if row is None:
+            return None
+        grant = self.get(conn, row.grant_id)
+        return (grant, row.status, row.expires_at) if grant else None
+
+    # ---- ending ------------------------------------------------------------------------------
+
+    def revoke_grant(self, conn: sa.Connection, grant_id: uuid.UUID, *, reason: str, now: datetime) -> int:
+        """Revoke a grant: its refresh tokens and its unexpired access tokens. Returns the number of
+        access tokens newly revoked. Idempotent."""
+        conn.execute(
+            grants.update()
+            .where(grants.c.id == grant_id, grants.c.revoked_at.is_(None))
+            .values(revoked_at=now, revoked_reason=reason)
+        )
+        conn.execute(
+            refresh_tokens.update()
+            .where(refresh_tokens.c.grant_id == grant_id, refresh_tokens.c.status != "revoked")
+            .values(status="revoked")
+        )
+        issued = conn.execute(
+            sa.select(issued_access_tokens.c.jti, issued_access_tokens.c.expires_at).where(
+                issued_access_tokens.c.grant_id == grant_id, issued_access_tokens.c.expires_at > now
+            )
+        ).all()
+        return self._revocations.add(conn, [(r.jti, r.expires_at) for r in issued], now=now)
+
+    def revoke_session(self, conn: sa.Connection, sid: str, *, reason: str, now: datetime) -> int:
+        """Revoke every grant made in one login session (RP-initiated logout)."""
+        ids = conn.execute(
+            sa.select(grants.c.id).where(grants.c.sid == sid, grants.c.revoked_at.is_(None))
+        ).scalars().all()
+        return sum(self.revoke_grant(conn, gid, reason=reason, now=now) for gid in ids)

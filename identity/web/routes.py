@@ -1,0 +1,7 @@
+"""(Being built in issue 3.)"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["identity"])
