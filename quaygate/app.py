@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from identity.api.management import router as identity_management_router
 from identity.api.passkeys import router as passkey_router
 from identity.api.routes import build_router as identity_router
-from identity.web.routes import router as web_router
 from identity.bootstrap import IdentityProvider
+from identity.web.routes import router as web_router
 from release_service.api import problems
 from release_service.api.routes import router as release_router
 from release_service.api.webhooks import router as webhook_router
