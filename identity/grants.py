@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -261,3 +262,20 @@ class GrantStore:
             sa.select(grants.c.id).where(grants.c.sid == sid, grants.c.revoked_at.is_(None))
         ).scalars().all()
         return sum(self.revoke_grant(conn, gid, reason=reason, now=now) for gid in ids)
+
+
+def grants_for(app: Any) -> GrantStore:
+    """The app's GrantStore (and its RevocationList on ``app.state.identity_revocations``)."""
+    store: GrantStore | None = getattr(app.state, "identity_grants", None)
+    if store is None:
+        c = app.state.container
+        app.state.identity_revocations = RevocationList(c.cache)
+        store = GrantStore(c.engine, app.state.identity_revocations, refresh_ttl=c.settings.refresh_token_ttl)
+        app.state.identity_grants = store
+    return store
+
+
+def revocations_for(app: Any) -> RevocationList:
+    grants_for(app)
+    revocations: RevocationList = app.state.identity_revocations
+    return revocations

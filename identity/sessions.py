@@ -21,6 +21,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -115,3 +116,13 @@ class SessionStore:
             return conn.execute(stmt).rowcount == 1
         with self._engine.begin() as own:
             return own.execute(stmt).rowcount == 1
+
+
+def sessions_for(app: Any) -> SessionStore:
+    """The app's SessionStore, built once from ``app.state.container``."""
+    store: SessionStore | None = getattr(app.state, "identity_sessions", None)
+    if store is None:
+        c = app.state.container
+        store = SessionStore(c.engine, ttl_seconds=c.settings.session_ttl)
+        app.state.identity_sessions = store
+    return store
