@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run serve install test test-deps lint bench openapi clean
+.PHONY: run serve install test test-deps browser interop-deps lint bench openapi clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,27 @@ run: install
 serve: install
 	$(PY) -m quaygate.cli serve
 
-test-deps: install
+# The browser tests drive Debian's Chromium (never `playwright install`: it cannot download here).
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	else echo "chromium is missing: run 'sudo apt-get install -y chromium' (the browser tests skip without it)"; fi
+
+# The certified relying party (openid-client, pinned in tests/interop/package-lock.json).
+interop-deps:
+	@if [ -d tests/interop/node_modules/openid-client ]; then :; \
+	elif command -v npm >/dev/null; then npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error; \
+	else echo "npm is missing: install Node.js 20 and npm (the interop tests skip without them, and fail under CI)"; fi
+
+test-deps: install browser interop-deps
 
 test: install test-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist loadgroup -q
 
 lint: install
 	$(VENV)/bin/ruff check .

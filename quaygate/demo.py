@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from identity.authn.enrolment import issue_code
 from identity.bootstrap import create_client
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.iso6346 import with_check_digit
@@ -23,7 +24,7 @@ from release_service.domain.release import LightKind, LightStatus
 from release_service.services import issue, lifecycle, nominate, transfers
 from release_service.services.gate import gate_in
 
-from .schema import badges, organisations, persons
+from .schema import badges, memberships, organisations, persons
 from .settings import Settings
 
 TERMINAL = "BEANR-K1700"
@@ -47,6 +48,8 @@ CLIENTS = {
     "customs": "customs",
     "admin": "admin",
 }
+DISPATCHER = ("Els", "Janssens")
+ENROLMENT_TTL = timedelta(days=30)
 DRIVERS = [
     ("Jan", "Peeters", "alfapass", "AP-100234", "04A1B2C3D4E5F6", "1-ABC-123"),
     ("Fatima", "El Amrani", "alfapass", "AP-100235", "04A1B2C3D4E5F7", "1-XYZ-789"),
@@ -75,12 +78,30 @@ def seed(engine: sa.Engine, settings: Settings, now: datetime) -> dict[str, Any]
                 id=uuid.uuid4(), person_id=pid, scheme=scheme, number=number, card_uid=uid,
                 employer_organisation_id=org_ids["transport_operator"], status="active",
                 valid_from=now - timedelta(days=30), valid_until=now + timedelta(days=365 * 3), created_at=now))
+            conn.execute(memberships.insert().values(person_id=pid, organisation_id=org_ids["transport_operator"],
+                                                     role="driver", created_at=now))
+        dispatcher_id = uuid.uuid4()
+        conn.execute(persons.insert().values(id=dispatcher_id, given_name=DISPATCHER[0], family_name=DISPATCHER[1],
+                                             employer_organisation_id=org_ids["transport_operator"], created_at=now))
+        conn.execute(memberships.insert().values(person_id=dispatcher_id, organisation_id=org_ids["transport_operator"],
+                                                 role="dispatcher", created_at=now))
+    base = settings.issuer.rstrip("/")
     clients = {}
     for role, org_key in CLIENTS.items():
         client_id, secret = create_client(
             engine, name=f"demo {role}", role=role, organisation_id=org_ids[org_key],
             terminal_code=TERMINAL if org_key == "terminal_operator" else None, now=now)
         clients[role] = {"client_id": client_id, "client_secret": secret, "organisation_id": str(org_ids[org_key])}
+    # The driver app: a public client (PKCE) served by the service itself at /app/.
+    app_id, _ = create_client(
+        engine, name="quaygate driver app", role="driver_app", organisation_id=None, auth_method="none", now=now,
+        redirect_uris=[f"{base}/app/callback"], post_logout_redirect_uris=[f"{base}/app/"])
+    clients["driver_app"] = {"client_id": app_id, "client_secret": None, "organisation_id": None,
+                             "redirect_uri": f"{base}/app/callback"}
+    # One-time enrolment codes, as the badge office would hand them out: each driver registers a passkey
+    # at /enrol with his code, then logs in at /app/ with it.
+    enrolment = {str(pid): issue_code(engine, pid, created_by="demo", now=now, ttl=ENROLMENT_TTL)[0]
+                 for pid in [*driver_ids, dispatcher_id]}
     releases = _seed_rights(engine, org_ids, driver_ids, now)
     return {
         "warning": "DEMO MODE: these credentials and this data are for trying quaygate out, never for production.",
@@ -89,8 +110,12 @@ def seed(engine: sa.Engine, settings: Settings, now: datetime) -> dict[str, Any]
         "terminal": TERMINAL,
         "organisations": {key: str(v) for key, v in org_ids.items()},
         "clients": clients,
+        "driver_app": f"{base}/app/",
+        "enrolment": f"{base}/enrol",
+        "dispatcher": {"person_id": str(dispatcher_id), "name": " ".join(DISPATCHER),
+                       "enrolment_code": enrolment[str(dispatcher_id)]},
         "drivers": [
-            {"person_id": str(pid), "name": f"{given} {family}",
+            {"person_id": str(pid), "name": f"{given} {family}", "enrolment_code": enrolment[str(pid)],
              "badge": {"scheme": scheme, "number": number, "card_uid": uid},
              "plate": {"text": plate, "country": "BE"}}
             for pid, (given, family, scheme, number, uid, plate) in zip(driver_ids, DRIVERS, strict=True)

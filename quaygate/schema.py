@@ -151,6 +151,10 @@ releases = sa.Table(
     sa.Column("slot_end", UTCDateTime),
     sa.Column("nominated_by", UUID),
     sa.Column("nominated_at", UTCDateTime),
+    # The nominated driver's answer: pending | accepted | refused (gate-in refuses a refused one).
+    sa.Column("nomination_response", sa.String(16)),
+    sa.Column("nomination_response_reason", sa.String(32)),
+    sa.Column("nomination_responded_at", UTCDateTime),
     sa.Column("gate_in_at", UTCDateTime),
     sa.Column("gate_out_at", UTCDateTime),
     sa.Column("version", sa.Integer, nullable=False, default=0),

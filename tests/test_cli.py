@@ -25,9 +25,12 @@ def test_demo_writes_credentials_once(env: Path, capsys: pytest.CaptureFixture[s
     assert "DEMO MODE" in out and "demo-credentials.json" in out
     data = json.loads((env / "demo-credentials.json").read_text())
     assert set(data["clients"]) == {"shipping_line", "release_party", "transport_operator", "terminal_operator",
-                                    "terminal_gate", "customs", "admin"}
+                                    "terminal_gate", "customs", "admin", "driver_app"}
     assert all({"client_id", "client_secret", "organisation_id"} <= set(c) for c in data["clients"].values())
+    assert data["clients"]["driver_app"]["client_secret"] is None  # a public client (PKCE)
+    assert data["clients"]["driver_app"]["redirect_uri"].endswith("/app/callback")
     driver = data["drivers"][0]
+    assert len(driver["enrolment_code"]) >= 12 and driver["enrolment_code"] != data["drivers"][1]["enrolment_code"]
     assert set(driver["badge"]) == {"scheme", "number", "card_uid"} and set(driver["plate"]) == {"text", "country"}
     assert data["terminal"] == "BEANR-K1700" and data["base_url"].startswith("http")
     assert main(["demo"]) == 0 and "already present" in capsys.readouterr().out

@@ -24,6 +24,8 @@ def test_contract_routes_and_operation_ids_are_stable() -> None:
         ("/api/v1/transfers/{transfer_id}/decline", "post"): "declineTransfer",
         ("/api/v1/transfers/{transfer_id}/withdraw", "post"): "withdrawTransfer",
         ("/api/v1/releases/{release_id}/nomination", "put"): "nominateDriver",
+        ("/api/v1/releases/{release_id}/nomination:accept", "post"): "acceptNomination",
+        ("/api/v1/releases/{release_id}/nomination:refuse", "post"): "refuseNomination",
         ("/api/v1/releases/{release_id}/block", "post"): "blockRelease",
         ("/api/v1/releases/{release_id}/unblock", "post"): "unblockRelease",
         ("/api/v1/releases/{release_id}/revoke", "post"): "revokeRelease",

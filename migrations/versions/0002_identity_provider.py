@@ -151,11 +151,18 @@ def upgrade() -> None:
     op.add_column('oauth_clients', sa.Column('registration_token_hash', sa.String(length=64), nullable=True))
     op.add_column('oauth_clients', sa.Column('extra_metadata', JSON, server_default='{}', nullable=False))
     op.add_column('oauth_clients', sa.Column('updated_at', sa.DateTime(timezone=True), nullable=True))
+    op.add_column('releases', sa.Column('nomination_response', sa.String(length=16), nullable=True))
+    op.add_column('releases', sa.Column('nomination_response_reason', sa.String(length=32), nullable=True))
+    op.add_column('releases', sa.Column('nomination_responded_at', sa.DateTime(timezone=True), nullable=True))
     op.add_column('persons', sa.Column('locale', sa.String(length=8), nullable=True))
     op.add_column('persons', sa.Column('status', sa.String(length=16), server_default='active', nullable=False))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('releases') as batch:
+        batch.drop_column('nomination_responded_at')
+        batch.drop_column('nomination_response_reason')
+        batch.drop_column('nomination_response')
     with op.batch_alter_table('persons') as batch:
         batch.drop_column('status')
     with op.batch_alter_table('persons') as batch:

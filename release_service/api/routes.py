@@ -13,12 +13,13 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from identity.domain.assurance import ACR_PASSKEY
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor
-from release_service.domain.release import LightKind, LightStatus, State
+from release_service.domain.release import LightKind, LightStatus, RefusalReason, State
 from release_service.ports import ReleaseFilter, UnitOfWork
-from release_service.services import issue, lifecycle, nominate, queries, transfers
+from release_service.services import issue, lifecycle, nominate, queries, respond, transfers
 from release_service.services.common import IdempotencyRequest, run
 
 from . import schemas as s
@@ -29,6 +30,8 @@ T = TypeVar("T")
 
 READ = require("releases:read")
 WRITE = require("releases:write")
+# A driver answers for himself, so the token must come from a passkey login or stronger (RFC 9470).
+RESPOND = require("nominations:respond", min_acr=ACR_PASSKEY)
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", max_length=255,
@@ -189,6 +192,25 @@ def nominate_driver(request: Request, release_id: ReleaseId, body: s.NominationR
         slot_start=body.slot.start if body.slot else None, slot_end=body.slot.end if body.slot else None)
     return _execute(request, actor, idempotency_key, body,
                     lambda uow, now: nominate.nominate(uow, actor, release_id, cmd, now), _with_receipt)
+
+
+@router.post("/releases/{release_id}/nomination:accept", operation_id="acceptNomination",
+             response_model=s.ReleaseWithReceipt, responses=WRITE_ERRORS,
+             summary="The nominated driver confirms the pickup")
+def accept_nomination(request: Request, release_id: ReleaseId, actor: Actor = Depends(RESPOND),
+                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    return _execute(request, actor, idempotency_key, None,
+                    lambda uow, now: respond.accept(uow, actor, release_id, now), _with_receipt)
+
+
+@router.post("/releases/{release_id}/nomination:refuse", operation_id="refuseNomination",
+             response_model=s.ReleaseWithReceipt, responses=WRITE_ERRORS,
+             summary="The nominated driver refuses the pickup; the operator must nominate again")
+def refuse_nomination(request: Request, release_id: ReleaseId, body: s.RefusalRequest | None = None,
+                      actor: Actor = Depends(RESPOND), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    reason = RefusalReason(body.reason) if body and body.reason else None
+    return _execute(request, actor, idempotency_key, body,
+                    lambda uow, now: respond.refuse(uow, actor, release_id, reason, now), _with_receipt)
 
 
 @router.patch("/releases/{release_id}", operation_id="updateRelease", response_model=s.ReleaseWithReceipt,

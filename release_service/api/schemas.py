@@ -73,6 +73,11 @@ class NominationRequest(Strict):
     model_config = ConfigDict(extra="forbid", strict=False, str_strip_whitespace=True)
 
 
+class RefusalRequest(Strict):
+    reason: Literal["unavailable", "wrong_truck", "other"] | None = Field(
+        default=None, description="Why the driver refuses (a closed list; no free text). Defaults to other.")
+
+
 class LightRequest(Strict):
     status: Literal["green", "red", "scan"]
     reason: str | None = Field(default=None, max_length=500)
@@ -102,6 +107,13 @@ class TransferOut(BaseModel):
     decided_at: datetime | None
 
 
+class DriverResponseOut(BaseModel):
+    status: Literal["pending", "accepted", "refused"] = Field(
+        description="The nominated driver's answer; a refused nomination does not admit the truck at the gate.")
+    reason: Literal["unavailable", "wrong_truck", "other"] | None
+    at: datetime | None
+
+
 class NominationOut(BaseModel):
     driver_person_id: uuid.UUID
     plate: dict[str, str]
@@ -109,6 +121,13 @@ class NominationOut(BaseModel):
     slot: dict[str, datetime] | None
     nominated_by: uuid.UUID
     nominated_at: datetime
+    driver_response: DriverResponseOut
+
+
+class GateOut(BaseModel):
+    status: Literal["not_yet", "in", "out"] = Field(description="Where the pickup stands at the terminal gate.")
+    gate_in_at: datetime | None
+    gate_out_at: datetime | None
 
 
 class ReleaseOut(BaseModel):
@@ -130,6 +149,7 @@ class ReleaseOut(BaseModel):
     valid_until: datetime
     gate_in_at: datetime | None
     gate_out_at: datetime | None
+    gate: GateOut
     created_at: datetime
     version: int
 
@@ -229,11 +249,21 @@ def release_out(r: ReleaseRight, now: datetime, chain: list[uuid.UUID] | None = 
             "slot": {"start": n.slot.start.isoformat(), "end": n.slot.end.isoformat()} if n.slot else None,
             "nominated_by": str(n.nominated_by),
             "nominated_at": n.nominated_at.isoformat(),
+            "driver_response": {
+                "status": n.response.value,
+                "reason": n.response_reason.value if n.response_reason else None,
+                "at": n.responded_at.isoformat() if n.responded_at else None,
+            },
         },
         "valid_from": r.valid_from.isoformat(),
         "valid_until": r.valid_until.isoformat(),
         "gate_in_at": r.gate_in_at.isoformat() if r.gate_in_at else None,
         "gate_out_at": r.gate_out_at.isoformat() if r.gate_out_at else None,
+        "gate": {
+            "status": "out" if r.gate_out_at else "in" if r.gate_in_at else "not_yet",
+            "gate_in_at": r.gate_in_at.isoformat() if r.gate_in_at else None,
+            "gate_out_at": r.gate_out_at.isoformat() if r.gate_out_at else None,
+        },
         "created_at": r.created_at.isoformat(),
         "version": r.version,
     }

@@ -17,6 +17,20 @@ States and transitions; every arrow has one guarded method below and yields one 
       lapse (valid_until passed, not yet gated in) -> EXPIRED
       delete (line, before any onward transfer) ---> DELETED
 
+The nomination has its own small lifecycle, the driver's answer (one guarded method per arrow)::
+
+    (nominate / re-nominate) --> PENDING --accept_nomination--> ACCEPTED --refuse_nomination--> REFUSED
+                                    |                                                            ^
+                                    +-------------------refuse_nomination------------------------+
+
+Only the nominated driver answers (a person acting for himself, no organisation), only while the right
+is nominated and in its window (never after gate-in). A refused nomination stays on the right, so the
+transport operator sees who refused and why, but it no longer admits the truck: ``gate_in`` refuses it
+(gate reason ``nomination_refused``, for the verify of issue 5) until the operator nominates again,
+which resets the answer to PENDING. A pending answer does not stop gate-in: drivers without the app
+must still get through. ACCEPTED may still turn into REFUSED (the truck breaks down after accepting);
+REFUSED is final for that nomination, because the operator may already be planning another driver.
+
 ``blocked`` is the line's flag on a live right: it freezes transfers, acceptance, nomination and gate
 use until unblocked; revoke, delete, lights and unblock stay open. The three lights are independent;
 a right is pickable only when all three are green. Only the line touches the commercial light,
@@ -29,7 +43,7 @@ service hands to the store with the new state in the same transaction.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -98,6 +112,24 @@ class Slot:
             raise DomainError(ErrorCode.INVALID_SLOT, "A slot ends after it starts.")
 
 
+class DriverResponse(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+
+
+class RefusalReason(StrEnum):
+    """Why a driver refuses: a closed list, so no free text (and no personal data) reaches the operator."""
+
+    UNAVAILABLE = "unavailable"
+    WRONG_TRUCK = "wrong_truck"
+    OTHER = "other"
+
+
+# The gate reason a refused nomination yields (SPEC.md gate reason codes; used by the verify of issue 5).
+NOMINATION_REFUSED = "nomination_refused"
+
+
 @dataclass(frozen=True, slots=True)
 class Nomination:
     driver_person_id: uuid.UUID
@@ -106,6 +138,9 @@ class Nomination:
     slot: Slot | None
     nominated_by: uuid.UUID
     nominated_at: datetime
+    response: DriverResponse = DriverResponse.PENDING
+    response_reason: RefusalReason | None = None
+    responded_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +490,28 @@ class ReleaseRight:
             },
         )
 
+    def accept_nomination(self, *, by: Actor, now: datetime) -> None:
+        """The nominated driver confirms he will make the pickup: PENDING -> ACCEPTED."""
+        nomination = self._require_nominated_driver(by, now)
+        if nomination.response is not DriverResponse.PENDING:
+            raise DomainError(
+                ErrorCode.ILLEGAL_TRANSITION,
+                f"This nomination has already been {nomination.response.value}.",
+                state=nomination.response.value,
+            )
+        self._answer(by, now, DriverResponse.ACCEPTED, None)
+
+    def refuse_nomination(self, *, by: Actor, now: datetime, reason: RefusalReason | None) -> None:
+        """The nominated driver will not make the pickup: PENDING or ACCEPTED -> REFUSED.
+
+        The nomination stays (the operator sees who refused and why) but no longer admits the truck.
+        """
+        nomination = self._require_nominated_driver(by, now)
+        if nomination.response is DriverResponse.REFUSED:
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "This nomination has already been refused.",
+                              state=nomination.response.value)
+        self._answer(by, now, DriverResponse.REFUSED, reason or RefusalReason.OTHER)
+
     def set_light(
         self, *, kind: LightKind, status: LightStatus, reason: str | None, by: Actor, now: datetime
     ) -> None:
@@ -487,6 +544,14 @@ class ReleaseRight:
         self._require_valid_now(now)
         if not self.pickable:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "All three lights must be green.")
+        if self.nomination is not None and self.nomination.response is DriverResponse.REFUSED:
+            # The driver said he will not come: a truck under his nomination is not admitted (see the
+            # module docstring). The terminal's audited override stays possible.
+            raise DomainError(
+                ErrorCode.ILLEGAL_TRANSITION,
+                "The nominated driver refused this pickup; the transport operator must nominate again.",
+                reason=NOMINATION_REFUSED,
+            )
         self.state = State.GATED_IN
         self.gate_in_at = now
         self._emit("release.gated_in", by, now, {"decision_id": str(decision_id)})
@@ -542,6 +607,19 @@ class ReleaseRight:
         if now >= self.valid_until:
             raise DomainError(ErrorCode.RIGHT_EXPIRED, "The right's validity window has passed.")
 
+    def _require_nominated_driver(self, by: Actor, now: datetime) -> Nomination:
+        """Only the person nominated, acting for himself, answers; only before gate-in and in the window."""
+        nomination = self.nomination
+        if (by.organisation_id is not None or by.person_id is None or nomination is None
+                or nomination.driver_person_id != by.person_id):
+            raise DomainError(ErrorCode.FORBIDDEN, "Only the nominated driver answers a nomination.")
+        if self.state in (State.GATED_IN, State.COMPLETED):
+            raise DomainError(ErrorCode.ALREADY_USED, "This right has already been used at the gate.",
+                              state=self.state.value)
+        self._require_state(frozenset({State.NOMINATED}), "answer a nomination on")
+        self._require_valid_now(now)
+        return nomination
+
     def _require_pending(self, transfer_id: uuid.UUID) -> Transfer:
         transfer = self.pending_transfer
         if transfer is None or transfer.id != transfer_id:
@@ -549,6 +627,18 @@ class ReleaseRight:
         return transfer
 
     # ---- helpers ------------------------------------------------------------------------------
+
+    def _answer(self, by: Actor, now: datetime, response: DriverResponse, reason: RefusalReason | None) -> None:
+        assert self.nomination is not None
+        self.nomination = replace(self.nomination, response=response, response_reason=reason, responded_at=now)
+        self._emit(
+            "release.nomination.accepted" if response is DriverResponse.ACCEPTED else "release.nomination.refused",
+            by,
+            now,
+            {"response": response.value, "reason": reason.value if reason else None,
+             "driver_person_id": str(self.nomination.driver_person_id),
+             "nominated_at": self.nomination.nominated_at.isoformat()},
+        )
 
     def _close_transfer(self, transfer: Transfer, state: TransferState, now: datetime) -> None:
         transfer.state = state

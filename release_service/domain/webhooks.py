@@ -190,7 +190,7 @@ KNOWN_EVENT_TYPES = frozenset({
     "release.deleted", "release.expired",
     "release.transfer.requested", "release.transfer.accepted", "release.transfer.declined",
     "release.transfer.withdrawn",
-    "release.nominated", "release.renominated",
+    "release.nominated", "release.renominated", "release.nomination.accepted", "release.nomination.refused",
     "release.light.commercial", "release.light.customs", "release.light.terminal",
     "release.gated_in", "release.gate_override", "release.completed",
 })

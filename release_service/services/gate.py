@@ -27,6 +27,11 @@ def gate_in(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, decision_id: u
     right.gate_in(by=actor, now=now, decision_id=decision_id)
     events = uow.releases.claim_gate_in(right, expected=expected)
     if not events:
+        now_stored = uow.releases.get(release_id)
+        if now_stored is not None and now_stored.state is expected:
+            # Same state, so the loser is not another gate: the driver's refusal committed in between.
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION,
+                              "The nominated driver refused this pickup; the transport operator must nominate again.")
         raise DomainError(ErrorCode.ALREADY_USED, "This right has already been used at the gate.")
     record_events(uow, right, events)
     return right, receipt(right, events[-1])

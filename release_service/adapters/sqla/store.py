@@ -16,10 +16,12 @@ from release_service.domain.iso6346 import ContainerNumber
 from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.plates import Plate
 from release_service.domain.release import (
+    DriverResponse,
     Event,
     Light,
     LightStatus,
     Nomination,
+    RefusalReason,
     ReleaseRight,
     Slot,
     State,
@@ -209,7 +211,13 @@ class SqlReleaseStore:
         """Single use (STYLE.md #4): ``UPDATE .. WHERE state = :expected``; one caller wins."""
         result = self._conn.execute(
             releases.update()
-            .where(releases.c.id == right.id, releases.c.state == expected.value)
+            .where(
+                releases.c.id == right.id,
+                releases.c.state == expected.value,
+                # A refusal committed after this gate read the right still wins (no check-then-act).
+                sa.or_(releases.c.nomination_response.is_(None),
+                       releases.c.nomination_response != DriverResponse.REFUSED.value),
+            )
             .values(state=State.GATED_IN.value, gate_in_at=right.gate_in_at, updated_at=right.gate_in_at,
                     version=releases.c.version + 1)
         )
@@ -304,6 +312,9 @@ def _row_from_right(r: ReleaseRight) -> dict[str, Any]:
         "slot_end": n.slot.end if n and n.slot else None,
         "nominated_by": n.nominated_by if n else None,
         "nominated_at": n.nominated_at if n else None,
+        "nomination_response": n.response.value if n else None,
+        "nomination_response_reason": n.response_reason.value if n and n.response_reason else None,
+        "nomination_responded_at": n.responded_at if n else None,
         "gate_in_at": r.gate_in_at,
         "gate_out_at": r.gate_out_at,
         "version": r.version,
@@ -330,6 +341,10 @@ def _right_from_row(row: Any, pending: Transfer | None) -> ReleaseRight:
             slot=slot,
             nominated_by=row["nominated_by"],
             nominated_at=row["nominated_at"],
+            response=DriverResponse(row["nomination_response"] or DriverResponse.PENDING.value),
+            response_reason=RefusalReason(row["nomination_response_reason"])
+            if row["nomination_response_reason"] else None,
+            responded_at=row["nomination_responded_at"],
         )
     return ReleaseRight(
         id=row["id"],

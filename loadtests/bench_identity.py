@@ -1,0 +1,244 @@
+"""Identity provider throughput with Locust against a real server on PostgreSQL and Redis (issue 3).
+
+    python loadtests/bench_identity.py [--seconds 20] [--users 32] [--workers 1]
+
+Creates a scratch database, migrates it, seeds private_key_jwt clients (ES256 keys), refresh-token
+chains (grants seeded directly with GrantStore, no code flow needed) and passkeys (registered through
+the real enrolment-code ceremony), serves the app with uvicorn (--no-access-log, as NOTES.md asks), and
+runs Locust headless in a separate process, one user class after another: the bare endpoint first, then
+client-credentials grants, refresh grants and passkey logins. Each figure is printed in requests per
+second and per CPU core, beside the bare endpoint's rate measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from joserfc.jwk import ECKey
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from soft_passkey import SoftPasskey  # noqa: E402
+
+from identity.authn import enrolment  # noqa: E402
+from identity.clients import ClientRegistry  # noqa: E402
+from identity.domain.assurance import ACR_PASSKEY, AMR_PASSKEY  # noqa: E402
+from identity.grants import GrantStore, RevocationList  # noqa: E402
+from quaygate.cache import MemoryCache  # noqa: E402
+from quaygate.db import create_database, drop_database, make_engine  # noqa: E402
+from quaygate.migrate import upgrade  # noqa: E402
+from quaygate.schema import organisations, persons  # noqa: E402
+
+# (label, Locust user class, the request name that counts, target per core, Keycloak's sizing per vCPU)
+SCENARIOS = [
+    ("client_credentials grants (private_key_jwt)", "ClientCredentialsUser", "client_credentials (private_key_jwt)",
+     600, 120),
+    ("refresh grants (rotation)", "RefreshUser", "refresh_token (rotation)", 600, 120),
+    ("passkey logins (options + verify)", "PasskeyUser", "passkey login (verify)", 300, 15),
+]
+# Keycloak's published sizing ("Concepts for sizing CPU and memory resources", Keycloak 26): per vCPU,
+# 15 password-based user logins/s, 120 client-credentials grants/s and 120 refresh-token requests/s.
+# The rate limits would otherwise cap a single load generator's address within a second.
+NO_LIMITS = {"QUAYGATE_RATE_LIMIT_PER_ADDRESS": "1000000000", "QUAYGATE_RATE_LIMIT_PER_CLIENT": "1000000000",
+             "QUAYGATE_LOGIN_ATTEMPTS_PER_ADDRESS": "1000000000"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def seed(database_url: str, issuer: str, users: int) -> tuple[dict[str, Any], list[uuid.UUID]]:
+    """Clients with keys, grants with refresh tokens, and the persons the passkeys will belong to."""
+    engine = make_engine(database_url)
+    now = datetime.now(UTC)
+    line = uuid.uuid4()
+    people = [uuid.uuid4() for _ in range(users)]
+    with engine.begin() as conn:
+        conn.execute(organisations.insert().values(id=line, name="bench line", kind="shipping_line",
+                                                   eori="BE0000000901", created_at=now))
+        conn.execute(persons.insert(), [{"id": p, "given_name": "Bench", "family_name": f"Driver {i}",
+                                         "created_at": now} for i, p in enumerate(people)])
+    registry = ClientRegistry(engine)
+    clients = []
+    for i in range(users):  # one client per Locust user: the per-client limits and caches see many clients
+        key = ECKey.generate_key("P-256", parameters={"kid": f"bench-{i}", "use": "sig", "alg": "ES256"})
+        client_id, _ = registry.register(name=f"bench line {i}", role="shipping_line", organisation_id=line,
+                                         auth_method="private_key_jwt",
+                                         jwks={"keys": [key.as_dict(private=False)]}, now=now)
+        pem = key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()).decode()
+        clients.append({"client_id": client_id, "kid": f"bench-{i}", "private_key": pem})
+    app_id, _ = registry.register(name="bench driver app", role="driver_app", organisation_id=None,
+                                  auth_method="none", redirect_uris=[f"{issuer}/bench/callback"], now=now)
+    store = GrantStore(engine, RevocationList(MemoryCache()), refresh_ttl=3600)
+    refresh = []
+    with engine.begin() as conn:
+        for person in people:
+            grant = store.create(conn, client_id=app_id, person_id=person, sid=None,
+                                 scope="openid offline_access releases:read", acr=ACR_PASSKEY, amr=AMR_PASSKEY,
+                                 auth_time=now, dpop_jkt=None, now=now)
+            refresh.append(store.issue_refresh(conn, grant, now=now))
+    engine.dispose()
+    return {"token_endpoint": f"{issuer}/oauth2/token", "driver_app": app_id, "clients": clients,
+            "refresh": refresh}, people
+
+
+def register_passkeys(database_url: str, base: str, origin: str, people: list[uuid.UUID]) -> tuple[list[Any], str]:
+    """One passkey per person, through the badge office's enrolment code and the real ceremony."""
+    engine = make_engine(database_url)
+    done: list[Any] = []
+    try:
+        with httpx.Client(base_url=base, headers={"Origin": origin}, timeout=30) as http:
+            for person in people:
+                code, _ = enrolment.issue_code(engine, person, created_by="bench", now=datetime.now(UTC),
+                                               ttl=timedelta(hours=1))
+                http.cookies.clear()
+                r = http.post("/webauthn/registration/options", json={"enrolment_code": code})
+                if r.status_code != 200:
+                    return done, f"registration options: {r.status_code} {r.text[:200]}"
+                options = r.json()
+                passkey, credential = SoftPasskey.register(options["publicKey"], origin=origin)
+                r = http.post("/webauthn/registration/verify",
+                              json={"flow": options["flow"], "credential": credential, "name": "bench"})
+                if r.status_code not in (200, 201):
+                    return done, f"registration verify: {r.status_code} {r.text[:200]}"
+                done.append(passkey.to_json())
+    finally:
+        engine.dispose()
+    return done, ""
+
+
+def run_locust(user_class: str, base: str, seed_path: Path, users: int, seconds: int, out: Path) -> dict[str, Any]:
+    prefix = out / user_class
+    env = {**os.environ, "QG_BENCH_SEED": str(seed_path)}
+    subprocess.run(  # noqa: S603 - our locust, our file
+        [sys.executable, "-m", "locust", "-f", str(HERE / "locust_identity.py"), "--headless", "--users", str(users),
+         "--spawn-rate", str(users), "--run-time", f"{seconds}s", "--host", base, "--csv", str(prefix),
+         "--only-summary", "--loglevel", "ERROR", "--stop-timeout", "5", user_class],
+        env=env, cwd=ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rows: dict[str, Any] = {}
+    stats = Path(f"{prefix}_stats.csv")
+    if stats.exists():
+        with stats.open() as f:
+            for row in csv.DictReader(f):
+                rows[row["Name"]] = row
+    failures = Path(f"{prefix}_failures.csv")
+    errors = []
+    if failures.exists():
+        with failures.open() as f:
+            errors = [f"{r['Occurrences']}x {r['Error'][:160]}" for r in csv.DictReader(f)]
+    return {"rows": rows, "errors": errors}
+
+
+def rate(result: dict[str, Any], name: str) -> tuple[float, int, int]:
+    row = result["rows"].get(name)
+    if row is None:
+        return 0.0, 0, 0
+    total, failed = int(row["Request Count"]), int(row["Failure Count"])
+    rps = float(row["Requests/s"])
+    good = rps * (total - failed) / total if total else 0.0
+    return good, total, failed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--database-url", default=os.environ.get("QUAYGATE_TEST_DATABASE_URL",
+                                                                "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--redis-url", default=os.environ.get("QUAYGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379"))
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    url = create_database(args.database_url, f"qg_bench_identity_{os.getpid()}")
+    port = _free_port()
+    issuer = f"http://localhost:{port}"
+    base = f"http://127.0.0.1:{port}"
+    server = None
+    try:
+        upgrade(url)
+        with tempfile.TemporaryDirectory() as tmp:
+            seed_data, people = seed(url, issuer, args.users)
+            env = {**os.environ, **NO_LIMITS, "QUAYGATE_DATABASE_URL": url, "QUAYGATE_REDIS_URL": args.redis_url,
+                   "QUAYGATE_ISSUER": issuer, "QUAYGATE_VAR_DIR": tmp, "QUAYGATE_BACKGROUND_WORKERS": "false",
+                   "QUAYGATE_LOG_LEVEL": "WARNING"}
+            log = Path(tmp) / "server.log"
+            with log.open("wb") as log_file:
+                server = subprocess.Popen(  # noqa: S603 - our interpreter, our app
+                    [sys.executable, "-m", "uvicorn", "quaygate.app:app_from_env", "--factory", "--host", "127.0.0.1",
+                     "--port", str(port), "--workers", str(args.workers), "--no-access-log"],
+                    cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+                if not _wait(base, server):
+                    print("identity bench FAILED: the server did not start\n" + log.read_text()[-2000:])
+                    return 1
+                passkeys, why = register_passkeys(url, base, issuer, people)
+                seed_data["passkeys"] = passkeys
+                seed_path = Path(tmp) / "seed.json"
+                seed_path.write_text(json.dumps(seed_data))
+                return report(args, cores, base, seed_path, Path(tmp), why)
+    finally:
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        drop_database(args.database_url, url)
+
+
+def _wait(base: str, server: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return False
+
+
+def report(args: argparse.Namespace, cores: int, base: str, seed_path: Path, out: Path, passkey_setup: str) -> int:
+    print(f"identity provider on PostgreSQL + Redis, uvicorn {args.workers} worker(s) --no-access-log, "
+          f"{cores} CPU cores, Locust FastHttpUser x {args.users}, {args.seconds} s per figure", flush=True)
+    bare, _, _ = rate(run_locust("BareUser", base, seed_path, args.users, args.seconds, out), "bare /healthz")
+    print(f"  bare endpoint GET /healthz: {bare:,.0f} req/s ({bare / cores:,.0f} per core)", flush=True)
+    failed_any = False
+    for label, user_class, name, target, keycloak in SCENARIOS:
+        if user_class == "PasskeyUser" and passkey_setup:
+            print(f"  {label}: NOT RUN, passkey registration failed: {passkey_setup}")
+            failed_any = True
+            continue
+        result = run_locust(user_class, base, seed_path, args.users, args.seconds, out)
+        good, total, failed = rate(result, name)
+        per_core = good / cores
+        verdict = "OK" if per_core >= target else "UNDER TARGET"
+        print(f"  {label}: {good:,.0f} /s, {per_core:,.0f} per core; {good / bare if bare else 0:.1%} of bare; "
+              f"target {target}/core: {verdict}; {per_core / keycloak:.1f}x Keycloak's {keycloak}/vCPU"
+              + (f"; {failed} of {total} requests FAILED" if failed else ""), flush=True)
+        for error in result["errors"][:3]:
+            print(f"      {error}")
+        failed_any |= failed > 0 or total == 0
+    return 1 if failed_any else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
