@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     webauthn_android_origins: list[str] = []
     webauthn_challenge_ttl: int = 300
     dpop_max_age: int = 60  # seconds a DPoP proof's iat may be from now (RFC 9449 §11.1)
+    # Rate limits and lockout (identity/ratelimit.py), counted in the cache (Redis: shared by replicas).
+    rate_limit_enabled: bool = True
+    rate_limit_window: int = 60
+    rate_limit_per_address: int = 600  # POSTs to the OAuth endpoints per address and window
+    rate_limit_per_client: int = 1200  # per client_id and window
+    login_attempts_per_address: int = 60
+    login_failures_before_lockout: int = 5  # failures of one person within login_failure_window
+    login_failure_window: int = 900
+    lockout_seconds: int = 300  # doubled on each further lockout, up to lockout_max_seconds
+    lockout_max_seconds: int = 3600
     db_pool_size: int = 10
     db_max_overflow: int = 20
     audit_seal_interval: float = 1.0

@@ -1,7 +1,245 @@
-"""(Being built in issue 3.)"""
+"""Passkey routes (WebAuthn Level 3): the JSON contract the login, enrolment and account pages use.
+
+Thin routes (STYLE.md #9): the use cases and every check are in ``identity.authn.service``. Bodies are
+JSON. Every state-changing call must carry an ``Origin`` header naming one of our own origins (the
+issuer's origin and ``QUAYGATE_WEBAUTHN_ORIGINS``): the login session is a cookie, so this is the CSRF
+guard. Errors are RFC 9457 problem documents with a stable ``code``.
+
+Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
+
+    POST /webauthn/authentication/options   {}
+      200 {"flow", "publicKey": PublicKeyCredentialRequestOptionsJSON}   (allowCredentials [], UV required)
+    POST /webauthn/authentication/verify    {"flow", "credential": <cred>, "return_to"?}
+      200 {"ok": true, "return_to"}  + Set-Cookie session      return_to: a path under /oauth2/, /app/
+                                                               or /account, anything else -> "/app/"
+      400 challenge_expired | invalid_request   401 passkey_unknown | passkey_invalid | passkey_suspended
+      403 person_suspended | origin_refused     429 rate_limited (+ Retry-After; the login guard locks a
+                                                credential out after repeated failures)
+    POST /webauthn/registration/options     {"enrolment_code"?}   (else a login session of < 15 min)
+      200 {"flow", "publicKey": PublicKeyCredentialCreationOptionsJSON}
+      400 enrolment_code_unknown | enrolment_code_expired | enrolment_code_used
+      401 login_required | reauthentication_required   403 person_suspended | origin_refused
+      429 rate_limited (with a code: the per-address login attempt limit)
+    POST /webauthn/registration/verify      {"flow", "credential": <cred>, "name"?}
+      201 {"credential_id", "name", "created_at"}  + Set-Cookie session when enrolled with a code
+          (with a session, the existing session stays)
+      400 challenge_expired | enrolment_code_* | invalid_name   401 passkey_invalid | login_required
+      409 passkey_already_registered
+    GET    /account/passkeys                 200 [{"credential_id", "name", "created_at", "last_used_at",
+                                                   "status"}]  (active and suspended; removed ones hidden)
+    PATCH  /account/passkeys/{credential_id} {"name"}  200 {"credential_id", "name"}
+    DELETE /account/passkeys/{credential_id}           200 {"credential_id", "status": "removed",
+                                                            "active_remaining"}
+      Removing the last active passkey is allowed (a lost phone must go at once): the page should
+      confirm first; ``active_remaining: 0`` means the next login needs a new enrolment code.
+    POST /admin/v1/persons/{person_id}/enrolment-codes  {"ttl_seconds"?}  (bearer token, scope admin)
+      201 {"code", "person_id", "expires_at"}   the code is shown once; default TTL 72 h
+
+The user handle given to authenticators is an HMAC of the person id (``identity.authn.passkeys.
+user_handle``), never the person id itself.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from release_service.api.auth import require
+from release_service.api.problems import problem, problem_responses
+from release_service.domain.parties import Actor
+
+from ..authn.service import PasskeyError, passkeys_for
+from ..domain import scopes
 
 router = APIRouter(tags=["identity"])
+
+# The one table from our error codes to HTTP statuses (STYLE.md #6).
+STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "challenge_expired": 400,
+    "enrolment_code_unknown": 400,
+    "enrolment_code_expired": 400,
+    "enrolment_code_used": 400,
+    "invalid_name": 400,
+    "passkey_unknown": 401,
+    "passkey_invalid": 401,
+    "passkey_suspended": 401,
+    "login_required": 401,
+    "reauthentication_required": 401,
+    "person_suspended": 403,
+    "origin_refused": 403,
+    "not_found": 404,
+    "person_unknown": 404,
+    "passkey_already_registered": 409,
+    "person_not_active": 409,
+    "rate_limited": 429,
+}
+HINT: dict[str, str] = {
+    "challenge_expired": "This login attempt expired or was already used. Please try again.",
+    "passkey_unknown": "This passkey is not registered here.",
+    "passkey_invalid": "The passkey could not be verified.",
+    "passkey_suspended": "This passkey is suspended. Please contact the badge office.",
+    "person_suspended": "Your account is suspended. Please contact the badge office.",
+    "origin_refused": "This request did not come from a quaygate page.",
+    "login_required": "Please log in first.",
+    "reauthentication_required": "Please log in again to add a passkey.",
+    "rate_limited": "Too many attempts. Please wait a moment and try again.",
+}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class OptionsRequest(_Body):
+    enrolment_code: str | None = Field(default=None, max_length=64)
+
+
+class VerifyRequest(_Body):
+    flow: str = Field(max_length=100)
+    credential: dict[str, Any]
+    return_to: str | None = Field(default=None, max_length=2000)
+    name: str | None = Field(default=None, max_length=200)
+
+
+class RenameRequest(_Body):
+    name: str = Field(max_length=200)
+
+
+class EnrolmentCodeRequest(_Body):
+    ttl_seconds: int = Field(default=72 * 3600, gt=0, le=30 * 24 * 3600)
+
+
+def _refused(request: Request, exc: PasskeyError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return problem(STATUS.get(exc.code, 400), exc.code, HINT.get(exc.code), instance=request.url.path,
+                   headers=headers)
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _with_session(request: Request, body: dict[str, Any], status: int, cookie: str | None) -> JSONResponse:
+    response = JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+    if cookie is not None:
+        s = request.app.state.container.settings
+        response.set_cookie(s.session_cookie, cookie, max_age=s.session_ttl, path="/", httponly=True,
+                            samesite="lax", secure=s.issuer.startswith("https://"))
+    return response
+
+
+def _cookie(request: Request) -> str | None:
+    return request.cookies.get(request.app.state.container.settings.session_cookie)
+
+
+@router.post("/webauthn/authentication/options", operation_id="passkeyAuthenticationOptions",
+             responses=problem_responses(403))
+def authentication_options(request: Request) -> JSONResponse:
+    try:
+        flow, options = passkeys_for(request.app).begin_authentication(origin=request.headers.get("origin"))
+    except PasskeyError as exc:
+        return _refused(request, exc)
+    return JSONResponse({"flow": flow, "publicKey": options}, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/webauthn/authentication/verify", operation_id="passkeyAuthenticationVerify",
+             responses=problem_responses(400, 401, 403, 429))
+def authentication_verify(request: Request, body: VerifyRequest) -> JSONResponse:
+    try:
+        result = passkeys_for(request.app).finish_authentication(
+            origin=request.headers.get("origin"), flow=body.flow, credential=body.credential,
+            return_to=body.return_to, address=_address(request),
+        )
+    except PasskeyError as exc:
+        return _refused(request, exc)
+    return _with_session(request, {"ok": True, "return_to": result.return_to}, 200, result.cookie)
+
+
+@router.post("/webauthn/registration/options", operation_id="passkeyRegistrationOptions",
+             responses=problem_responses(400, 401, 403, 429))
+def registration_options(request: Request, body: OptionsRequest | None = None) -> JSONResponse:
+    try:
+        flow, options = passkeys_for(request.app).begin_registration(
+            origin=request.headers.get("origin"), session_cookie=_cookie(request),
+            enrolment_code=body.enrolment_code if body else None, address=_address(request),
+        )
+    except PasskeyError as exc:
+        return _refused(request, exc)
+    return JSONResponse({"flow": flow, "publicKey": options}, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/webauthn/registration/verify", operation_id="passkeyRegistrationVerify", status_code=201,
+             responses=problem_responses(400, 401, 403, 409))
+def registration_verify(request: Request, body: VerifyRequest) -> JSONResponse:
+    try:
+        result = passkeys_for(request.app).finish_registration(
+            origin=request.headers.get("origin"), flow=body.flow, credential=body.credential, name=body.name,
+            session_cookie=_cookie(request),
+        )
+    except PasskeyError as exc:
+        return _refused(request, exc)
+    out = {"credential_id": result.credential_id, "name": result.name, "created_at": result.created_at.isoformat()}
+    return _with_session(request, out, 201, result.cookie)
+
+
+@router.get("/account/passkeys", operation_id="listMyPasskeys", responses=problem_responses(401))
+def list_passkeys(request: Request) -> JSONResponse:
+    try:
+        found = passkeys_for(request.app).list_passkeys(session_cookie=_cookie(request))
+    except PasskeyError as exc:
+        return _refused(request, exc)
+    return JSONResponse(
+        [
+            {"credential_id": c.credential_id, "name": c.name, "created_at": c.created_at.isoformat(),
+             "last_used_at": c.last_used_at.isoformat() if c.last_used_at else None, "status": c.status}
+            for c in found
+        ],
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.patch("/account/passkeys/{credential_id}", operation_id="renameMyPasskey",
+              responses=problem_responses(400, 401, 403, 404))
+def rename_passkey(request: Request, credential_id: str, body: RenameRequest) -> JSONResponse:
+    try:
+        name = passkeys_for(request.app).rename(origin=request.headers.get("origin"),
+                                                session_cookie=_cookie(request),
+                                                credential_id=credential_id, name=body.name)
+    except PasskeyError as exc:
+        return _refused(request, exc)
+    return JSONResponse({"credential_id": credential_id, "name": name})
+
+
+@router.delete("/account/passkeys/{credential_id}", operation_id="removeMyPasskey",
+               responses=problem_responses(401, 403, 404))
+def remove_passkey(request: Request, credential_id: str) -> JSONResponse:
+    try:
+        remaining = passkeys_for(request.app).remove(origin=request.headers.get("origin"),
+                                                     session_cookie=_cookie(request), credential_id=credential_id)
+    except PasskeyError as exc:
+        return _refused(request, exc)
+    return JSONResponse({"credential_id": credential_id, "status": "removed", "active_remaining": remaining})
+
+
+@router.post("/admin/v1/persons/{person_id}/enrolment-codes", operation_id="issueEnrolmentCode",
+             status_code=201, responses=problem_responses(401, 403, 404, 409, 422))
+def issue_enrolment_code(
+    request: Request,
+    person_id: uuid.UUID,
+    body: EnrolmentCodeRequest | None = None,
+    actor: Actor = Depends(require(scopes.ADMIN)),  # noqa: B008
+) -> JSONResponse:
+    ttl = timedelta(seconds=body.ttl_seconds if body else 72 * 3600)
+    try:
+        code, expires_at = passkeys_for(request.app).issue_enrolment_code(person_id, client_id=actor.client_id,
+                                                                          ttl=ttl)
+    except PasskeyError as exc:
+        return _refused(request, exc)
+    return JSONResponse({"code": code, "person_id": str(person_id), "expires_at": expires_at.isoformat()},
+                        status_code=201, headers={"Cache-Control": "no-store"})

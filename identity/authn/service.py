@@ -1,0 +1,580 @@
+"""Passkey use cases: log in, register (after a login or with an enrolment code), manage, enrol.
+
+One method per use case, one transaction each (STYLE.md #5); the routers in ``identity.api.passkeys``
+only translate HTTP. Every refusal raises :class:`PasskeyError` with a stable code (mapped to a status
+in the router's one table) and is written to the audit trail and the log with its reason.
+
+A ceremony ("flow") is two calls: ``begin_*`` makes a random challenge, keeps it in the cache under a
+random flow id for ``webauthn_challenge_ttl`` seconds and returns the options; ``finish_*`` claims the
+flow id with one atomic ``SET NX`` (WebAuthn §13.4.3: a challenge is used once) before anything else,
+so the same flow, replayed or raced, verifies at most once, whatever the outcome of the first try.
+
+    begin_authentication --> flow (challenge, exp) --finish_authentication (claim)--> session | refused
+    begin_registration   --> flow (challenge, person, sid | enrolment code hash)
+                                                    --finish_registration (claim)--> credential (+ session)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+
+from quaygate.schema import persons
+
+from .. import audit
+from ..domain import assurance
+from ..ratelimit import LoginGuard, login_guard_for
+from ..sessions import LoginSession, SessionStore, sessions_for
+from . import enrolment, passkeys
+from .credentials import ACTIVE, REMOVED, SUSPENDED, CredentialStore, StoredCredential
+
+if TYPE_CHECKING:
+    from quaygate.cache import Cache
+    from quaygate.settings import Settings
+
+log = logging.getLogger(__name__)
+
+AUTHENTICATION = "authentication"
+REGISTRATION = "registration"
+# Adding a passkey to an existing account is what an attacker with a stolen session would do first:
+# it needs a login this recent (Keycloak's "max auth age" for credential setup is 5 minutes; a driver
+# adding his second phone from the account page a little later should not have to log in again).
+REGISTRATION_MAX_AUTH_AGE = timedelta(minutes=15)
+DEFAULT_RETURN_TO = "/app/"
+_RETURN_PREFIXES = ("/oauth2/", "/app/")
+_NAME_MAX = 100
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FLOW_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+class PasskeyError(Exception):
+    """A refused passkey call. ``code`` is public (problem ``code``); ``detail`` is for the audit log;
+    ``retry_after`` (seconds) comes with ``rate_limited``."""
+
+    def __init__(self, code: str, detail: str = "", *, retry_after: int | None = None) -> None:
+        super().__init__(code)
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One login attempt: when, from where, and (once the assertion is read) which credential."""
+
+    now: datetime
+    address: str | None
+    subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    cookie: str
+    session: LoginSession
+    return_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationResult:
+    credential_id: str
+    name: str
+    created_at: datetime
+    cookie: str | None  # a new session when the registration was an enrolment (no session before)
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    purpose: str
+    challenge: bytes
+    expires_at: datetime
+    person_id: uuid.UUID | None = None
+    sid: str | None = None
+    code_hash: str | None = None
+
+
+def safe_return_to(value: Any) -> str:
+    """Where to send the browser after a login: a relative path into our own authorization endpoint,
+    app or account pages, else ``/app/`` (OAuth 2.0 Security BCP §4.11: no open redirector). Refuses
+    absolute URLs, scheme-relative ``//host`` and ``/\\host`` (browsers read both as another host),
+    control characters and dot segments."""
+    if not isinstance(value, str) or not value or len(value) > 2000:
+        return DEFAULT_RETURN_TO
+    if not value.startswith("/") or value.startswith("//") or "\\" in value or _CONTROL.search(value):
+        return DEFAULT_RETURN_TO
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return DEFAULT_RETURN_TO
+    if any(seg in ("..", ".") for seg in parts.path.split("/")) or "%2e" in parts.path.lower():
+        return DEFAULT_RETURN_TO
+    path = parts.path
+    if path.startswith(_RETURN_PREFIXES) or path == "/account" or path.startswith("/account/"):
+        return value
+    return DEFAULT_RETURN_TO
+
+
+def _ref(credential_id: str) -> str:
+    """A credential id as an audit subject (at most 100 characters; ids may be up to 1023 bytes)."""
+    if len(credential_id) <= 100:
+        return credential_id
+    return "sha256:" + hashlib.sha256(credential_id.encode()).hexdigest()
+
+
+def clean_name(value: Any, *, default: str | None = None) -> str:
+    """A passkey's display name: 1-100 characters, no control characters. Raises invalid_name."""
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, str):
+        raise PasskeyError("invalid_name", "name is not a string")
+    name = " ".join(_CONTROL.sub(" ", value).split())
+    if not 0 < len(name) <= _NAME_MAX:
+        raise PasskeyError("invalid_name", "name must have 1 to 100 characters")
+    return name
+
+
+class PasskeyService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: sa.Engine,
+        cache: Cache,
+        clock: Any,
+        sessions: SessionStore,
+        guard: LoginGuard | None = None,
+    ) -> None:
+        self._guard = guard
+        self._settings = settings
+        self._engine = engine
+        self._cache = cache
+        self._clock = clock
+        self._sessions = sessions
+        self.credentials = CredentialStore(engine)
+        self.rp = passkeys.relying_party(
+            issuer=settings.issuer,
+            rp_id=settings.webauthn_rp_id,
+            name=settings.webauthn_rp_name,
+            origins=settings.webauthn_origins,
+            android_origins=settings.webauthn_android_origins,
+        )
+        issuer = urlsplit(settings.issuer)
+        # CSRF: the browser origins our own pages are served from (never the android: origins, which
+        # no browser sends in an Origin header).
+        self.allowed_origins = frozenset([f"{issuer.scheme}://{issuer.netloc}", *settings.webauthn_origins])
+        self._handle_key = settings.pepper_bytes()
+        self._ttl = settings.webauthn_challenge_ttl
+
+    # ---- authentication -------------------------------------------------------------------------
+
+    def begin_authentication(self, *, origin: str | None) -> tuple[str, dict[str, Any]]:
+        self.check_origin(origin)
+        now = self._clock.now()
+        challenge = secrets.token_bytes(32)
+        flow = self._store_flow(Flow(AUTHENTICATION, challenge, now + timedelta(seconds=self._ttl)))
+        return flow, passkeys.authentication_options(self.rp, challenge=challenge, timeout_ms=self._ttl * 1000)
+
+    def finish_authentication(
+        self, *, origin: str | None, flow: Any, credential: Any, return_to: Any = None, address: str | None = None
+    ) -> LoginResult:
+        """WebAuthn §7.2. The order matters: nothing about the credential's or person's state is told
+        before the signature holds, and the counter is judged only on a signed response.
+
+        The login guard (``identity.ratelimit.LoginGuard``) is asked before the verification, keyed by
+        the credential the assertion names (``cred:<id>``: its owner is not known before the signature
+        holds), and told each failure and the success after it.
+        """
+        attempt = _Attempt(self._clock.now(), address)
+        try:
+            self.check_origin(origin)
+            state = self._claim_flow(flow, AUTHENTICATION, attempt.now)
+            claim = passkeys.read_assertion(credential)
+        except passkeys.CeremonyRefused as exc:
+            self._refuse_login(exc.reason, exc.detail, attempt)
+        except PasskeyError as exc:
+            self._refuse_login(exc.code, exc.detail, attempt)
+        if self._guard is not None:
+            retry = self._guard.check(f"cred:{claim.credential_id}", address)
+            if retry is not None:
+                self._refuse_login("rate_limited", "login guard", attempt, retry_after=retry)
+        attempt.subject = f"cred:{claim.credential_id}"
+        stored = self.credentials.get(claim.credential_id)
+        if stored is None:
+            self._refuse_login("passkey_unknown", "no such credential", attempt)
+        try:
+            verified = passkeys.verify_assertion(
+                self.rp, credential=credential, challenge=state.challenge, public_key=stored.public_key
+            )
+        except passkeys.CeremonyRefused as exc:
+            self._refuse_login("passkey_invalid", exc.detail, attempt, stored)
+        if not passkeys.user_handle_matches(claim.user_handle, self._user_handle(stored.person_id)):
+            self._refuse_login("passkey_invalid", "user_handle_mismatch", attempt, stored)
+        if stored.status == REMOVED:
+            self._refuse_login("passkey_unknown", "removed", attempt, stored)
+        if stored.status == SUSPENDED:
+            self._refuse_login("passkey_suspended", stored.status_reason or "suspended", attempt, stored)
+        if stored.person_status != "active":
+            self._refuse_login("person_suspended", "person not active", attempt, stored)
+        if passkeys.sign_count_regressed(stored.sign_count, verified.sign_count):
+            self._suspend_for_counter(stored, verified.sign_count, attempt)
+        now = attempt.now
+        with self._engine.begin() as conn:
+            used = self.credentials.record_use(
+                conn, stored.credential_id, sign_count=verified.sign_count, backed_up=verified.backed_up, now=now
+            )
+            if used:
+                cookie, session = self._sessions.create(
+                    stored.person_id, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY, now=now, conn=conn
+                )
+                audit.record(
+                    "identity.login.passkey.succeeded",
+                    at=now,
+                    actor={"person_id": str(stored.person_id)},
+                    subject=session.sid,
+                    data={"credential_id": _ref(stored.credential_id), "acr": assurance.ACR_PASSKEY},
+                    conn=conn,
+                )
+        if not used:
+            # Another login moved the counter past this one, or the credential was suspended or removed
+            # between our read and our write: the same rule, judged atomically by the UPDATE.
+            self._suspend_for_counter(stored, verified.sign_count, attempt)
+        if self._guard is not None:
+            self._guard.succeeded(attempt.subject, address)
+        log.info("identity.login.passkey.succeeded")
+        return LoginResult(cookie, session, safe_return_to(return_to))
+
+    def _suspend_for_counter(self, stored: StoredCredential, presented: int, attempt: _Attempt) -> NoReturn:
+        with self._engine.begin() as conn:
+            suspended = self.credentials.suspend(conn, stored.credential_id, reason="counter_regression")
+            if suspended:
+                audit.record(
+                    "identity.passkey.suspended.counter_regression",
+                    at=attempt.now,
+                    actor={"person_id": str(stored.person_id)},
+                    subject=_ref(stored.credential_id),
+                    data={"stored_sign_count": stored.sign_count, "presented_sign_count": presented},
+                    conn=conn,
+                )
+        if suspended:
+            log.warning("identity.passkey.suspended.counter_regression")
+        self._refuse_login("passkey_suspended", "counter_regression", attempt, stored)
+
+    def _refuse_login(
+        self,
+        code: str,
+        detail: str,
+        attempt: _Attempt,
+        stored: StoredCredential | None = None,
+        *,
+        retry_after: int | None = None,
+    ) -> NoReturn:
+        reason = detail if detail in ("counter_regression", "user_handle_mismatch", "removed") else code
+        audit.record(
+            f"identity.login.passkey.refused.{reason}",
+            at=attempt.now,
+            actor={"person_id": str(stored.person_id)} if stored else {},
+            subject=_ref(stored.credential_id) if stored else None,
+            data={"code": code, "detail": detail[:200]},
+            engine=self._engine,
+        )
+        log.info("identity.login.passkey.refused.%s", reason)
+        if self._guard is not None and attempt.subject is not None:
+            self._guard.failed(attempt.subject, attempt.address)
+        raise PasskeyError(code, detail, retry_after=retry_after)
+
+    # ---- registration ---------------------------------------------------------------------------
+
+    def begin_registration(
+        self,
+        *,
+        origin: str | None,
+        session_cookie: str | None,
+        enrolment_code: Any = None,
+        address: str | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """Options to create a passkey: for the holder of a live enrolment code (the badge office's
+        identity proofing), else for the person of a recent login session. The code wins when both
+        are present; it is checked here and used only by a successful :meth:`finish_registration`."""
+        self.check_origin(origin)
+        now = self._clock.now()
+        sid: str | None = None
+        digest: str | None = None
+        if enrolment_code is not None:
+            # Codes have 80 bits, so guessing is hopeless; the per-address attempt limit still applies.
+            retry = self._guard.check(None, address) if self._guard is not None else None
+            if retry is not None:
+                self._refuse_registration("rate_limited", "login guard", now=now, retry_after=retry)
+            try:
+                code = enrolment.check(self._engine, enrolment_code, now=now)
+            except enrolment.EnrolmentRefused as exc:
+                self._refuse_registration(exc.reason, "options", now=now)
+            person_id, digest = code.person_id, code.code_hash
+        else:
+            session = self._recent_session(session_cookie, now=now)
+            person_id, sid = session.person_id, session.sid
+        given, family, status = self._person(person_id)
+        if status != "active":
+            self._refuse_registration("person_suspended", "options", now=now, person_id=person_id)
+        challenge = secrets.token_bytes(32)
+        flow = self._store_flow(
+            Flow(REGISTRATION, challenge, now + timedelta(seconds=self._ttl), person_id, sid, digest)
+        )
+        existing = [(c.credential_id, list(c.transports)) for c in self.credentials.for_person(person_id)
+                    if c.status == ACTIVE]
+        display = f"{given} {family}".strip()
+        options = passkeys.registration_options(
+            self.rp,
+            challenge=challenge,
+            user_id=self._user_handle(person_id),
+            user_name=display,
+            display_name=display,
+            exclude=existing,
+            timeout_ms=self._ttl * 1000,
+        )
+        return flow, options
+
+    def finish_registration(
+        self, *, origin: str | None, flow: Any, credential: Any, name: Any, session_cookie: str | None
+    ) -> RegistrationResult:
+        """WebAuthn §7.1, then in one transaction: use the enrolment code (once), store the credential,
+        audit, and (for an enrolment) open a session."""
+        now = self._clock.now()
+        try:
+            self.check_origin(origin)
+            state = self._claim_flow(flow, REGISTRATION, now)
+            label = clean_name(name, default="Passkey")
+        except PasskeyError as exc:
+            self._refuse_registration(exc.code, exc.detail, now=now)
+        assert state.person_id is not None
+        person_id = state.person_id
+        if state.sid is not None:
+            # Added from an account page: the same live session must still be there.
+            session = self._sessions.get(session_cookie, now=now)
+            if session is None or session.sid != state.sid:
+                self._refuse_registration("login_required", "session gone", now=now, person_id=person_id)
+        try:
+            passkey = passkeys.verify_registration(self.rp, credential=credential, challenge=state.challenge)
+        except passkeys.CeremonyRefused as exc:
+            self._refuse_registration("passkey_invalid", exc.detail, now=now, person_id=person_id)
+        if self._person(person_id)[2] != "active":
+            self._refuse_registration("person_suspended", "verify", now=now, person_id=person_id)
+        cookie: str | None = None
+        try:
+            with self._engine.begin() as conn:
+                if state.code_hash is not None:
+                    enrolment.consume(conn, state.code_hash, person_id=person_id, now=now)
+                if self.credentials.exists(conn, passkey.credential_id):
+                    raise PasskeyError("passkey_already_registered", "credential id taken")
+                self.credentials.add(conn, person_id, passkey, name=label, now=now)
+                audit.record(
+                    "identity.passkey.registered",
+                    at=now,
+                    actor={"person_id": str(person_id)},
+                    subject=_ref(passkey.credential_id),
+                    data={
+                        "via": "enrolment_code" if state.code_hash else "session",
+                        "aaguid": passkey.aaguid,
+                        "backup_eligible": passkey.backup_eligible,
+                    },
+                    conn=conn,
+                )
+                if state.code_hash is not None:
+                    cookie, session = self._sessions.create(
+                        person_id, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY, now=now, conn=conn
+                    )
+                    audit.record(
+                        "identity.login.passkey.succeeded",
+                        at=now,
+                        actor={"person_id": str(person_id)},
+                        subject=session.sid,
+                        data={"credential_id": _ref(passkey.credential_id), "via": "enrolment"},
+                        conn=conn,
+                    )
+        except enrolment.EnrolmentRefused as exc:
+            self._refuse_registration(exc.reason, "verify", now=now, person_id=person_id)
+        except PasskeyError as exc:
+            self._refuse_registration(exc.code, exc.detail, now=now, person_id=person_id)
+        except sa.exc.IntegrityError:  # a concurrent registration of the same credential id
+            self._refuse_registration("passkey_already_registered", "race", now=now, person_id=person_id)
+        log.info("identity.passkey.registered")
+        return RegistrationResult(passkey.credential_id, label, now, cookie)
+
+    def _refuse_registration(
+        self,
+        code: str,
+        detail: str,
+        *,
+        now: datetime,
+        person_id: uuid.UUID | None = None,
+        retry_after: int | None = None,
+    ) -> NoReturn:
+        audit.record(
+            f"identity.passkey.registration.refused.{code}",
+            at=now,
+            actor={"person_id": str(person_id)} if person_id else {},
+            data={"code": code, "detail": detail[:200]},
+            engine=self._engine,
+        )
+        log.info("identity.passkey.registration.refused.%s", code)
+        raise PasskeyError(code, detail, retry_after=retry_after)
+
+    # ---- the person's own passkeys --------------------------------------------------------------
+
+    def list_passkeys(self, *, session_cookie: str | None) -> list[StoredCredential]:
+        session = self._session(session_cookie)
+        return self.credentials.for_person(session.person_id)
+
+    def rename(self, *, origin: str | None, session_cookie: str | None, credential_id: str, name: Any) -> str:
+        self.check_origin(origin)
+        session = self._session(session_cookie)
+        label = clean_name(name)
+        now = self._clock.now()
+        with self._engine.begin() as conn:
+            if not self.credentials.rename(conn, session.person_id, credential_id, label):
+                raise PasskeyError("not_found", "no such passkey of this person")
+            audit.record("identity.passkey.renamed", at=now, actor={"person_id": str(session.person_id)},
+                         subject=_ref(credential_id), conn=conn)
+        log.info("identity.passkey.renamed")
+        return label
+
+    def remove(self, *, origin: str | None, session_cookie: str | None, credential_id: str) -> int:
+        """Mark the passkey removed; returns how many active passkeys the person has left.
+
+        Removing the last one is allowed (a lost phone must be removable at once, and the badge office
+        can always hand out a new enrolment code); the pages warn before, and the answer's
+        ``active_remaining`` of 0 says it. The current session is not ended.
+        """
+        self.check_origin(origin)
+        session = self._session(session_cookie)
+        now = self._clock.now()
+        with self._engine.begin() as conn:
+            if not self.credentials.remove(conn, session.person_id, credential_id):
+                raise PasskeyError("not_found", "no such passkey of this person")
+            remaining = self.credentials.count_active(conn, session.person_id)
+            audit.record("identity.passkey.removed", at=now, actor={"person_id": str(session.person_id)},
+                         subject=_ref(credential_id), data={"active_remaining": remaining}, conn=conn)
+        log.info("identity.passkey.removed")
+        return remaining
+
+    # ---- badge office ---------------------------------------------------------------------------
+
+    def issue_enrolment_code(
+        self, person_id: uuid.UUID, *, client_id: str, ttl: timedelta = enrolment.DEFAULT_TTL
+    ) -> tuple[str, datetime]:
+        now = self._clock.now()
+        try:
+            with self._engine.begin() as conn:
+                code, expires_at = enrolment.issue_code(
+                    self._engine, person_id, created_by=client_id, now=now, ttl=ttl, conn=conn
+                )
+                audit.record("identity.enrolment_code.issued", at=now, actor={"client_id": client_id},
+                             subject=str(person_id), data={"expires_at": expires_at.isoformat()}, conn=conn)
+        except enrolment.EnrolmentRefused as exc:
+            raise PasskeyError(exc.reason) from exc
+        log.info("identity.enrolment_code.issued")
+        return code, expires_at
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    def check_origin(self, origin: str | None) -> None:
+        """CSRF (Fetch §3.2 Origin header): the login session is a cookie, so every state-changing
+        call must come from a page of ours. Browsers send Origin on every POST/PATCH/DELETE fetch;
+        a missing one is refused too."""
+        if origin is None or origin not in self.allowed_origins:
+            log.info("identity.passkey.refused.origin")
+            raise PasskeyError("origin_refused", f"origin {str(origin)[:100]!r} not allowed")
+
+    def _user_handle(self, person_id: uuid.UUID) -> bytes:
+        return passkeys.user_handle(person_id, self._handle_key)
+
+    def _person(self, person_id: uuid.UUID) -> tuple[str, str, str]:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(persons.c.given_name, persons.c.family_name, persons.c.status).where(
+                    persons.c.id == person_id
+                )
+            ).first()
+        if row is None:
+            raise PasskeyError("person_unknown")
+        return row.given_name, row.family_name, row.status
+
+    def _session(self, cookie: str | None) -> LoginSession:
+        session = self._sessions.get(cookie, now=self._clock.now())
+        if session is None:
+            raise PasskeyError("login_required", "no live session")
+        return session
+
+    def _recent_session(self, cookie: str | None, *, now: datetime) -> LoginSession:
+        session = self._sessions.get(cookie, now=now)
+        if session is None:
+            self._refuse_registration("login_required", "no live session", now=now)
+        if now - session.auth_time > REGISTRATION_MAX_AUTH_AGE:
+            self._refuse_registration("reauthentication_required", "login too old", now=now,
+                                      person_id=session.person_id)
+        return session
+
+    def _store_flow(self, flow: Flow) -> str:
+        flow_id = secrets.token_urlsafe(24)
+        value = {
+            "p": flow.purpose,
+            "c": base64.urlsafe_b64encode(flow.challenge).decode(),
+            "exp": flow.expires_at.isoformat(),
+            "person": str(flow.person_id) if flow.person_id else None,
+            "sid": flow.sid,
+            "code": flow.code_hash,
+        }
+        self._cache.set(f"webauthn:flow:{flow_id}", json.dumps(value).encode(), ttl_seconds=self._ttl)
+        return flow_id
+
+    def _claim_flow(self, flow_id: Any, purpose: str, now: datetime) -> Flow:
+        """Single use (WebAuthn §13.4.3): claim the flow id with SET NX first, then read it. A replay,
+        a race or an expired flow all answer challenge_expired."""
+        if not isinstance(flow_id, str) or not _FLOW_ID.match(flow_id):
+            raise PasskeyError("challenge_expired", "malformed flow id")
+        if not self._cache.claim(f"webauthn:used:{flow_id}", self._ttl + 60):
+            raise PasskeyError("challenge_expired", "flow already used")
+        key = f"webauthn:flow:{flow_id}"
+        raw = self._cache.get(key)
+        self._cache.delete(key)
+        if raw is None:
+            raise PasskeyError("challenge_expired", "unknown or expired flow")
+        value = json.loads(raw)
+        flow = Flow(
+            purpose=value["p"],
+            challenge=base64.urlsafe_b64decode(value["c"]),
+            expires_at=datetime.fromisoformat(value["exp"]),
+            person_id=uuid.UUID(value["person"]) if value.get("person") else None,
+            sid=value.get("sid"),
+            code_hash=value.get("code"),
+        )
+        if flow.purpose != purpose:
+            raise PasskeyError("challenge_expired", "flow of another ceremony")
+        if now >= flow.expires_at:
+            raise PasskeyError("challenge_expired", "flow expired")
+        return flow
+
+
+def passkeys_for(app: Any) -> PasskeyService:
+    """The app's PasskeyService, built once from ``app.state.container``."""
+    service: PasskeyService | None = getattr(app.state, "identity_passkeys", None)
+    if service is None:
+        c = app.state.container
+        service = PasskeyService(
+            settings=c.settings,
+            engine=c.engine,
+            cache=c.cache,
+            clock=c.clock,
+            sessions=sessions_for(app),
+            guard=login_guard_for(app),
+        )
+        app.state.identity_passkeys = service
+    return service

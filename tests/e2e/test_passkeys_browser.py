@@ -1,0 +1,281 @@
+"""Passkey enrolment and login in a real browser, then the driver app's code flow and its pickups.
+
+Chromium's virtual authenticator (CDP ``WebAuthn.addVirtualAuthenticator``: CTAP2, internal,
+resident keys, user verification) plays the phone; py_webauthn on the server verifies what it made.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from identity.authn.enrolment import issue_code
+from identity.bootstrap import create_client
+from quaygate.schema import login_sessions, memberships, release_events, webauthn_credentials
+from release_service.domain.release import LightKind, LightStatus
+from release_service.services import issue, lifecycle, nominate
+from tests.factories import do, issue_cmd, port
+
+from .conftest import Live
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+TIMEOUT = 20_000  # ms for one navigation or element (a slow CI machine), not a timing assertion
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Seed:
+    person_id: uuid.UUID
+    code: str
+    container: str
+    release_id: uuid.UUID
+    client_id: str
+
+
+def seed(live: Live) -> Seed:
+    """A haulier, a driver with a badge and a driver membership, the driver app, an enrolment code and
+    one right nominated to the driver (issued by the line to the haulier, all lights green)."""
+    engine = live.engine
+    p = port(engine)
+    with engine.begin() as conn:
+        conn.execute(memberships.insert().values(person_id=p.driver, organisation_id=p.haul.organisation_id,
+                                                 role="driver", created_at=now()))
+    client_id, _ = create_client(
+        engine, name="quaygate driver app", role="driver_app", organisation_id=None, auth_method="none",
+        redirect_uris=[live.base + "/app/callback"], post_logout_redirect_uris=[live.base + "/app/"], now=now(),
+    )
+    code, _ = issue_code(engine, p.driver, created_by="e2e", now=now())
+    cmd = issue_cmd(p, 7, to=p.haul.organisation_id)
+    right = do(engine, lambda uow: issue.issue(uow, p.line, cmd, now())[0])
+    do(engine, lambda uow: lifecycle.set_light(uow, p.customs, right.id, LightKind.CUSTOMS, LightStatus.GREEN,
+                                               None, now()))
+    do(engine, lambda uow: lifecycle.set_light(uow, p.terminal, right.id, LightKind.TERMINAL, LightStatus.GREEN,
+                                               None, now()))
+    start = now() + timedelta(hours=2)
+    do(engine, lambda uow: nominate.nominate(
+        uow, p.haul, right.id,
+        nominate.NominateCommand("1ABC123", "BE", p.driver, slot_start=start, slot_end=start + timedelta(hours=1)),
+        now()))
+    return Seed(p.driver, code, cmd.container_number, right.id, client_id)
+
+
+class Phone:
+    """One browser tab with a virtual platform authenticator, recording page errors and CSP reports."""
+
+    def __init__(self, browser: Any, *, verified: bool = True, locale: str = "en-GB") -> None:
+        self.context = browser.new_context(locale=locale)
+        self.context.set_default_timeout(TIMEOUT)
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        self.page.on("console", self._console)
+        self.cdp = self.context.new_cdp_session(self.page)
+        self.cdp.send("WebAuthn.enable")
+        self.authenticator = self.cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+            "protocol": "ctap2", "transport": "internal", "hasResidentKey": True, "hasUserVerification": True,
+            "isUserVerified": verified, "automaticPresenceSimulation": True,
+        }})["authenticatorId"]
+
+    def _console(self, msg: Any) -> None:
+        if msg.type == "error" and "Content Security Policy" in msg.text:
+            self.errors.append(f"csp: {msg.text}")
+
+    def credentials(self) -> list[dict[str, Any]]:
+        return list(self.cdp.send("WebAuthn.getCredentials", {"authenticatorId": self.authenticator})["credentials"])
+
+    def user_verified(self, value: bool) -> None:
+        self.cdp.send("WebAuthn.setUserVerified", {"authenticatorId": self.authenticator, "isUserVerified": value})
+
+    def session_cookie(self, name: str) -> str | None:
+        return next((c["value"] for c in self.context.cookies() if c["name"] == name), None)
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def enrol(phone: Phone, live: Live, code: str, name: str = "Pixel 8") -> None:
+    page = phone.page
+    page.goto(live.base + "/enrol")
+    page.fill("#code", code)
+    page.fill("#name", name)
+    page.click("#enrol")
+
+
+def live_sessions(live: Live, person_id: uuid.UUID) -> int:
+    with live.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(login_sessions).where(
+            login_sessions.c.person_id == person_id, login_sessions.c.ended_at.is_(None))).scalar_one())
+
+
+def test_enrol_use_the_app_log_out_and_log_in_again_with_the_passkey(browser: Any, live: Live) -> None:
+    s = seed(live)
+    phone = Phone(browser)
+    page = phone.page
+    try:
+        # 1. Enrolment with the badge office's code: a discoverable credential made with UV.
+        enrol(phone, live, s.code)
+        card = page.locator(f'[data-container="{s.container}"]')
+        card.wait_for()  # /app/ ran the code flow (authorize -> callback -> token) and listed the pickup
+        assert page.url == live.base + "/app/", "the code left the address bar"
+        creds = phone.credentials()
+        assert len(creds) == 1 and creds[0]["isResidentCredential"] is True
+        with live.engine.connect() as conn:
+            stored = conn.execute(sa.select(webauthn_credentials.c.name, webauthn_credentials.c.person_id)).all()
+        assert [(r.name, r.person_id) for r in stored] == [("Pixel 8", s.person_id)]
+
+        # 2. The card: container, terminal, slot, validity, the three lights with words, the gate.
+        text = card.inner_text()
+        assert s.container[:4] in text and "BEANR-K1700" in text
+        for kind in ("commercial", "customs", "terminal"):
+            light = card.locator(f'[data-light="{kind}"]')
+            assert light.get_attribute("data-status") == "green"
+            assert light.inner_text().strip().endswith("cleared")
+        assert "Nominated to you" in text and "Ready for pickup" in text and "Not at the gate yet" in text
+        tokens = page.evaluate("() => JSON.parse(sessionStorage.getItem('qg.app.tokens'))")
+        assert tokens["access_token"] and tokens["refresh_token"] and tokens["id_token"]
+        assert page.evaluate("() => Object.keys(localStorage).filter(k => k.indexOf('token') >= 0)") == []
+
+        # 3. RP-initiated logout ends the provider session and comes back to /app/, logged out.
+        page.click("#logout")
+        page.locator("#signin").wait_for()
+        assert page.url.startswith(live.base + "/app/")
+        assert live_sessions(live, s.person_id) == 0
+        assert page.evaluate("() => sessionStorage.getItem('qg.app.tokens')") is None
+
+        # 4. Log in again: no session, so /oauth2/authorize sends the browser to /login; the passkey logs
+        #    in; return_to resumes the authorization request; the app lists the pickup again.
+        page.click("#signin")
+        page.wait_for_url(re.compile(re.escape(live.base) + r"/login\?return_to="))
+        assert page.locator("html").get_attribute("lang") == "en"
+        page.click("#login")
+        card.wait_for()
+        assert live_sessions(live, s.person_id) == 1
+        assert phone.errors == []
+    finally:
+        phone.close()
+
+
+def test_without_user_verification_the_login_fails_and_no_session_is_set(browser: Any, live: Live) -> None:
+    s = seed(live)
+    phone = Phone(browser)
+    page = phone.page
+    cookie = live.settings.session_cookie
+    try:
+        enrol(phone, live, s.code)
+        page.locator(f'[data-container="{s.container}"]').wait_for()
+        phone.context.clear_cookies()
+        with live.engine.begin() as conn:  # the enrolment's own session ends: start from nothing
+            conn.execute(login_sessions.update().values(ended_at=now()))
+
+        phone.user_verified(False)
+        page.goto(live.base + "/login")
+        page.click("#login")
+        msg = page.locator("#msg")
+        msg.wait_for()
+        assert "The passkey was not used" in msg.inner_text()
+        assert page.url == live.base + "/login"
+        assert phone.session_cookie(cookie) is None
+        assert live_sessions(live, s.person_id) == 0
+
+        # The same passkey with user verification works: the failure above was the missing UV.
+        phone.user_verified(True)
+        page.click("#login")
+        page.wait_for_url(live.base + "/app/**")
+        assert phone.session_cookie(cookie) is not None
+        assert live_sessions(live, s.person_id) == 1
+    finally:
+        phone.close()
+
+
+def test_pages_follow_the_language_menu_and_the_browser(browser: Any, live: Live) -> None:
+    phone = Phone(browser, locale="de-DE")
+    page = phone.page
+    try:
+        page.goto(live.base + "/login")
+        assert page.locator("html").get_attribute("lang") == "de"
+        assert page.locator("#login").inner_text() == "Mit Passkey anmelden"
+        page.click(".lang summary")
+        page.click('.lang button[value="nl"]')
+        page.wait_for_url(live.base + "/login")
+        assert page.locator("html").get_attribute("lang") == "nl"
+        assert page.locator("#login").inner_text() == "Aanmelden met toegangssleutel"
+        assert phone.errors == []
+    finally:
+        phone.close()
+
+
+def last_event(live: Live, release_id: uuid.UUID) -> tuple[str, dict[str, Any]]:
+    with live.engine.connect() as conn:
+        row = conn.execute(sa.select(release_events.c.type, release_events.c.actor, release_events.c.data)
+                           .where(release_events.c.release_id == release_id)
+                           .order_by(release_events.c.seq.desc()).limit(1)).one()
+    return row.type, {**row.data, "actor_person_id": row.actor.get("person_id")}
+
+
+def test_the_driver_accepts_a_nomination(browser: Any, live: Live) -> None:
+    s = seed(live)
+    phone = Phone(browser)
+    page = phone.page
+    try:
+        enrol(phone, live, s.code)
+        card = page.locator(f'[data-container="{s.container}"]')
+        card.wait_for()
+        card.locator('[data-action="accept"]').click()
+        card.locator('[data-response="accepted"]').wait_for()  # the list reloaded from the API
+        assert page.locator("#msg").inner_text() == "You accepted this pickup."
+        kind, data = last_event(live, s.release_id)
+        assert kind == "release.nomination.accepted" and data["actor_person_id"] == str(s.person_id)
+        assert phone.errors == []
+    finally:
+        phone.close()
+
+
+def test_the_driver_refuses_a_nomination_with_a_reason(browser: Any, live: Live) -> None:
+    s = seed(live)
+    phone = Phone(browser, locale="fr-BE")
+    page = phone.page
+    try:
+        enrol(phone, live, s.code)
+        card = page.locator(f'[data-container="{s.container}"]')
+        card.wait_for()
+        card.locator('[data-action="refuse"]').click()
+        card.locator('[data-reason="wrong_truck"]').click()
+        card.locator('[data-response="refused"]').wait_for()
+        assert page.locator("#msg").inner_text() == "Vous avez refusé cet enlèvement."
+        kind, data = last_event(live, s.release_id)
+        assert kind == "release.nomination.refused" and data.get("reason") == "wrong_truck"
+        assert phone.errors == []
+    finally:
+        phone.close()
+
+
+def test_account_page_lists_renames_and_adds_passkeys(browser: Any, live: Live) -> None:
+    s = seed(live)
+    phone = Phone(browser)
+    page = phone.page
+    try:
+        enrol(phone, live, s.code)
+        page.locator(f'[data-container="{s.container}"]').wait_for()
+        page.goto(live.base + "/account")
+        item = page.locator(".pk").first
+        item.wait_for()
+        assert item.locator(".pk-name").inner_text() == "Pixel 8"
+        item.locator('[data-action="rename"]').click()
+        item.locator("input").fill("Work phone")
+        item.locator('button[type="submit"]').click()
+        page.locator("#msg.ok").wait_for()
+        assert item.locator(".pk-name").inner_text() == "Work phone"
+        with live.engine.connect() as conn:
+            assert conn.execute(sa.select(webauthn_credentials.c.name)).scalar_one() == "Work phone"
+    finally:
+        phone.close()
