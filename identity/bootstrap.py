@@ -13,7 +13,11 @@ import sqlalchemy as sa
 
 from .clients import ClientRegistry
 from .domain.roles import AuthMethod, ClientRole
+from .dpop import DPoPVerifier
+from .grants import GrantStore, RevocationList
 from .keys import KeyStore
+from .oidc.authorize import PendingRequests
+from .oidc.par import PushedRequests
 from .oidc.server import AuthorizationServer
 from .tokens import AccessTokenVerifier
 
@@ -33,11 +37,14 @@ def create_client(
     jwks: dict[str, Any] | None = None,
     scopes: list[str] | None = None,
     now: datetime,
+    **options: Any,
 ) -> tuple[str, str | None]:
     """Register a client; return (client_id, clear secret or None for private_key_jwt / public).
 
     The secret is shown once: only its hash is stored. Raises RegistrationRefused (a ValueError) when
-    the role, organisation kind, terminal, method, keys or scopes do not fit together.
+    the role, organisation kind, terminal, method, keys or scopes do not fit together. ``options``:
+    redirect_uris, post_logout_redirect_uris, require_par, min_acr, dpop_bound, extra_metadata
+    (ClientRegistry.register).
     """
     return ClientRegistry(engine).register(
         name=name,
@@ -48,6 +55,7 @@ def create_client(
         jwks=jwks,
         scopes=scopes,
         now=now,
+        **options,
     )
 
 
@@ -60,17 +68,43 @@ class IdentityProvider:
     clients: ClientRegistry
     server: AuthorizationServer
     verifier: AccessTokenVerifier
+    grants: GrantStore
+    dpop: DPoPVerifier
+    pending: PendingRequests
+    pushed: PushedRequests
 
     @classmethod
     def build(cls, container: Container) -> IdentityProvider:
-        s = container.settings
-        keys = KeyStore(container.engine, container.cipher, token_ttl=s.access_token_ttl)
-        keys.ensure_active(container.clock.now())
+        s, clock = container.settings, container.clock
+        keys = KeyStore(container.engine, container.cipher, token_ttl=max(s.access_token_ttl, s.id_token_ttl))
+        keys.ensure_active(clock.now())
         clients = ClientRegistry(container.engine)
+        # Stateless over the shared cache and database: equivalent to grants.grants_for(app) and
+        # dpop.dpop_verifier_for(app), which other parts build on the app.
+        revocations = RevocationList(container.cache)
+        grants = GrantStore(container.engine, revocations, refresh_ttl=s.refresh_token_ttl)
+        dpop = DPoPVerifier(container.cache, max_age=s.dpop_max_age, now=lambda: clock.now().timestamp())
         server = AuthorizationServer(
-            settings=s, clients=clients, keys=keys, cache=container.cache, clock=container.clock
+            settings=s,
+            clients=clients,
+            keys=keys,
+            cache=container.cache,
+            clock=clock,
+            engine=container.engine,
+            grants=grants,
+            dpop=dpop,
         )
-        return cls(s, keys, clients, server, AccessTokenVerifier(keys, s.issuer))
+        return cls(
+            s,
+            keys,
+            clients,
+            server,
+            AccessTokenVerifier(keys, s.issuer, revoked=revocations.is_revoked),
+            grants,
+            dpop,
+            PendingRequests(container.cache),
+            PushedRequests(container.cache, ttl=s.par_ttl),
+        )
 
 
 _build_lock = threading.Lock()

@@ -23,15 +23,20 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from quaygate.schema import oauth_clients, organisations
 
 from .domain import scopes as scope_rules
+from .domain.assurance import LEVEL as ACR_LEVEL
 from .domain.roles import (
     SECRET_METHODS,
     AuthMethod,
     ClientRole,
     RegistrationRefused,
+    check_redirect_uris,
     check_registration,
     grant_types_for,
+    requires_par,
 )
 
+# OIDC Registration §2 id_token_signed_response_alg values we sign with (oidc.issue.ID_TOKEN_ALGORITHMS).
+ID_TOKEN_ALGS = ("RS256",)
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 _SALT_BYTES = 16
 
@@ -94,6 +99,22 @@ class ClientRecord:
     jwks: dict[str, Any] | None
     secret_hash: str | None
     active: bool
+    redirect_uris: tuple[str, ...] = ()
+    post_logout_redirect_uris: tuple[str, ...] = ()
+    require_par: bool = False
+    min_acr: str | None = None
+    dpop_bound: bool = False
+    extra_metadata: dict[str, Any] | None = None
+
+    @property
+    def is_public(self) -> bool:
+        return self.auth_method is AuthMethod.NONE
+
+    @property
+    def id_token_alg(self) -> str:
+        """OIDC Registration §2 id_token_signed_response_alg; RS256 by default."""
+        alg = (self.extra_metadata or {}).get("id_token_signed_response_alg")
+        return alg if isinstance(alg, str) else "RS256"
 
 
 class ClientRegistry:
@@ -111,13 +132,31 @@ class ClientRegistry:
         auth_method: AuthMethod | str = AuthMethod.CLIENT_SECRET_BASIC,
         jwks: dict[str, Any] | None = None,
         scopes: list[str] | tuple[str, ...] | None = None,
+        redirect_uris: list[str] | tuple[str, ...] = (),
+        post_logout_redirect_uris: list[str] | tuple[str, ...] = (),
+        require_par: bool = False,
+        min_acr: str | None = None,
+        dpop_bound: bool = False,
+        extra_metadata: dict[str, Any] | None = None,
     ) -> tuple[str, str | None]:
-        """Register a client; return its client_id and, for secret methods, the clear secret (once)."""
+        """Register a client; return its client_id and, for secret methods, the clear secret (once).
+
+        Redirect URIs follow identity.domain.roles.check_redirect_uris; a confidential console always
+        requires pushed authorization requests (RFC 9126 §6), whatever ``require_par`` says.
+        """
         try:
             role, method = ClientRole(role), AuthMethod(auth_method)
             granted = scope_rules.registrable(role, scopes)
         except ValueError as exc:  # unknown role or method, or ScopeRefused
             raise RegistrationRefused("invalid_metadata", str(exc)) from exc
+        redirects = check_redirect_uris(role, list(redirect_uris))
+        logout_redirects = check_redirect_uris(role, list(post_logout_redirect_uris))
+        if min_acr is not None and min_acr not in ACR_LEVEL:
+            raise RegistrationRefused("invalid_metadata", "unknown min_acr")
+        metadata = dict(extra_metadata or {})
+        alg = metadata.get("id_token_signed_response_alg", "RS256")
+        if alg not in ID_TOKEN_ALGS:
+            raise RegistrationRefused("invalid_metadata", "id_token_signed_response_alg not supported")
         stored_jwks = public_jwks(jwks) if jwks is not None else None
         with self._engine.begin() as conn:
             org = None
@@ -148,11 +187,15 @@ class ClientRegistry:
                     secret_hash=hash_secret(secret) if secret else None,
                     token_endpoint_auth_method=method.value,
                     grant_types=list(grant_types_for(role)),
-                    redirect_uris=[],
+                    redirect_uris=list(redirects),
+                    post_logout_redirect_uris=list(logout_redirects),
+                    require_par=requires_par(role, method, require_par),
+                    min_acr=min_acr,
+                    extra_metadata=metadata,
                     scopes=list(granted),
                     jwks=stored_jwks,
                     terminal_code=bound,
-                    dpop_bound=False,
+                    dpop_bound=dpop_bound,
                     active=True,
                     created_at=now,
                 )
@@ -187,6 +230,12 @@ class ClientRegistry:
             jwks=row.jwks,
             secret_hash=row.secret_hash,
             active=bool(row.active),
+            redirect_uris=tuple(row.redirect_uris or ()),
+            post_logout_redirect_uris=tuple(row.post_logout_redirect_uris or ()),
+            require_par=bool(row.require_par),
+            min_acr=row.min_acr,
+            dpop_bound=bool(row.dpop_bound),
+            extra_metadata=dict(row.extra_metadata or {}),
         )
 
 

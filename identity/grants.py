@@ -110,6 +110,7 @@ class GrantStore:
     def __init__(self, engine: sa.Engine, revocations: RevocationList, *, refresh_ttl: int) -> None:
         self._engine = engine
         self._revocations = revocations
+        self.revocations = revocations
         self._refresh_ttl = timedelta(seconds=refresh_ttl)
 
     # ---- creating ----------------------------------------------------------------------------
@@ -265,17 +266,12 @@ class GrantStore:
 
 
 def grants_for(app: Any) -> GrantStore:
-    """The app's GrantStore (and its RevocationList on ``app.state.identity_revocations``)."""
-    store: GrantStore | None = getattr(app.state, "identity_grants", None)
-    if store is None:
-        c = app.state.container
-        app.state.identity_revocations = RevocationList(c.cache)
-        store = GrantStore(c.engine, app.state.identity_revocations, refresh_ttl=c.settings.refresh_token_ttl)
-        app.state.identity_grants = store
+    """The app's GrantStore: the identity provider's (its RevocationList is the verifier's hook)."""
+    from .bootstrap import provider_for  # the provider owns the one instance per app
+
+    store: GrantStore = provider_for(app).grants
     return store
 
 
 def revocations_for(app: Any) -> RevocationList:
-    grants_for(app)
-    revocations: RevocationList = app.state.identity_revocations
-    return revocations
+    return grants_for(app).revocations

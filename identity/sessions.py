@@ -118,6 +118,14 @@ class SessionStore:
             return own.execute(stmt).rowcount == 1
 
 
+def session_live(conn: sa.Connection, sid: str, *, now: datetime) -> bool:
+    """True while the session named by ``sid`` is neither ended nor expired (in the caller's transaction)."""
+    row = conn.execute(
+        sa.select(login_sessions.c.ended_at, login_sessions.c.expires_at).where(login_sessions.c.sid == sid)
+    ).first()
+    return row is not None and row.ended_at is None and row.expires_at > now
+
+
 def sessions_for(app: Any) -> SessionStore:
     """The app's SessionStore, built once from ``app.state.container``."""
     store: SessionStore | None = getattr(app.state, "identity_sessions", None)

@@ -1,8 +1,13 @@
 """JWT access tokens (RFC 9068): signing ours, and verifying them at the resource servers.
 
-joserfc is always called with an explicit registry: RS256 only. Never its defaults (which also allow
-HS256), never "none", never an HMAC algorithm, whose "secret" an attacker could take to be our public
-key (the RS/HS confusion attack).
+joserfc is always called with an explicit registry: RS256, PS256 and ES256 only. Never its defaults
+(which also allow HS256), never "none", never an HMAC algorithm, whose "secret" an attacker could take
+to be our public key (the RS/HS confusion attack). The key named by ``kid`` must also be of the type
+its algorithm needs (RSA for RS256/PS256, EC P-256 for ES256, RFC 7518 §3.1), so the token's header
+can never pick how our key is used.
+
+A verified token may still have been revoked (RFC 7009, a refresh-token family revoked on reuse):
+the verifier asks the revocation list, when it is given one, after the signature and the claims.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any, Protocol
 
 from joserfc import jws
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet, RSAKey
+from joserfc.jwk import ECKey, KeySet, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.jwt import JWTClaimsRegistry
 
@@ -23,23 +28,43 @@ from .domain import claims as c
 
 log = logging.getLogger(__name__)
 
-ACCESS_TOKEN_ALGORITHMS = ("RS256",)
+ACCESS_TOKEN_ALGORITHMS = ("RS256", "PS256", "ES256")
 MAX_TOKEN_LENGTH = 8192
+# RFC 7518 §3.1: the key type each allowed algorithm needs (and the curve, for ECDSA).
+_KEY_TYPES: dict[str, tuple[type[RSAKey] | type[ECKey], str | None]] = {
+    "RS256": (RSAKey, None),
+    "PS256": (RSAKey, None),
+    "ES256": (ECKey, "P-256"),
+}
 
 
 def _registry(algorithms: Collection[str]) -> JWSRegistry:
-    if not algorithms or "none" in algorithms or any(a.startswith("HS") for a in algorithms):
-        raise ValueError("access tokens use asymmetric algorithms only")
+    if not algorithms or any(a not in _KEY_TYPES for a in algorithms):
+        raise ValueError(f"access tokens use {', '.join(_KEY_TYPES)} only (never none, never HS*)")
     return JWSRegistry(algorithms=list(algorithms))
+
+
+def _fits(key: Any, alg: str) -> bool:
+    """True when ``key`` may verify (or make) an ``alg`` signature: its type, its curve, and the
+    ``alg`` the key itself names, if any (RFC 7517 §4.4)."""
+    kind, curve = _KEY_TYPES.get(alg, (None, None))
+    if kind is None or not isinstance(key, kind):
+        return False
+    if curve is not None and key.curve_name != curve:
+        return False
+    named = key.get("alg")
+    return named is None or named == alg
 
 
 _SIGNING_REGISTRY = _registry(ACCESS_TOKEN_ALGORITHMS)
 
 
-def sign_access_token(claims: dict[str, Any], key: RSAKey, *, alg: str = "RS256") -> str:
+def sign_access_token(claims: dict[str, Any], key: RSAKey | ECKey, *, alg: str = "RS256") -> str:
     """Sign a claim set as a JWT access token: header typ ``at+jwt`` (RFC 9068 §2.1) and our kid."""
     if not key.kid:
         raise ValueError("signing key without kid")
+    if not _fits(key, alg):
+        raise ValueError(f"a {type(key).__name__} cannot sign {alg}")
     header = {"alg": alg, "typ": c.ACCESS_TOKEN_TYP, "kid": key.kid}
     payload = json.dumps(claims, separators=(",", ":"))
     return jws.serialize_compact(header, payload, key, registry=_SIGNING_REGISTRY)
@@ -75,8 +100,11 @@ class AccessTokenVerifier:
         algorithms: Collection[str] = ACCESS_TOKEN_ALGORITHMS,
         leeway: int = 30,
         now: Callable[[], float] = time.time,
+        revoked: Callable[[str], bool] | None = None,
     ) -> None:
+        """``revoked``: is this jti revoked? (``grants.RevocationList.is_revoked``); None: not checked."""
         self._keys = key_source
+        self._revoked = revoked
         self._issuer = issuer
         self._algorithms = frozenset(algorithms)
         self._registry = _registry(self._algorithms)
@@ -102,7 +130,7 @@ class AccessTokenVerifier:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("invalid_token", "no key id")
-        key = self._key(kid)
+        key = self._key(kid, header["alg"])
         try:
             valid = jws.validate_compact(obj, key, registry=self._registry)
         except JoseError as exc:
@@ -116,14 +144,23 @@ class AccessTokenVerifier:
         if not isinstance(claims, dict):
             raise InvalidToken("invalid_token", "malformed claims")
         self._check_claims(claims, audience)
+        # RFC 7009 §2 / RFC 9700 §4.14.2: revoked on its own, or with its grant's family. Checked
+        # last, so an unsigned token can never make us look a jti up.
+        if self._revoked is not None and self._revoked(str(claims[c.JTI])):
+            log.info("identity.token.refused.revoked")
+            raise InvalidToken("invalid_token", "token revoked")
         return claims
 
-    def _key(self, kid: str) -> RSAKey:
-        """The key named by kid; on a miss, refresh the key set once (a key rotated in elsewhere)."""
+    def _key(self, kid: str, alg: str) -> RSAKey | ECKey:
+        """The key named by kid; on a miss, refresh the key set once (a key rotated in elsewhere).
+        The key must suit the token's algorithm (an EC key never checks an RS256 signature)."""
         for refresh in (False, True):
             for key in self._keys.public_key_set(refresh=refresh, kid=kid):
-                if key.kid == kid and isinstance(key, RSAKey):
-                    return key
+                if key.kid == kid:
+                    if not _fits(key, alg):
+                        log.info("identity.token.refused.key_type")
+                        raise InvalidToken("invalid_token", "algorithm does not fit the key")
+                    return key  # type: ignore[return-value]
         log.info("identity.token.refused.unknown_kid")
         raise InvalidToken("invalid_token", "unknown key")
 

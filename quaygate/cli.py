@@ -155,6 +155,36 @@ def cmd_client_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_iat_create(args: argparse.Namespace) -> int:
+    """An initial access token for RFC 7591 dynamic client registration, printed once."""
+    from datetime import UTC, datetime
+
+    from identity.grants import GrantStore, RevocationList
+    from identity.registration import ClientManagement, RegistrationError
+
+    from .container import Container
+
+    try:
+        org = uuid.UUID(args.org) if args.org else None
+    except ValueError:
+        print("--org is an organisation id (a UUID)", file=sys.stderr)
+        return 2
+    settings = _settings()
+    container = Container.build(settings)
+    try:
+        grants = GrantStore(container.engine, RevocationList(container.cache), refresh_ttl=settings.refresh_token_ttl)
+        manager = ClientManagement(container.engine, grants, issuer=settings.issuer)
+        token, expires_at = manager.create_initial_access_token(
+            organisation_id=org, created_by="cli", ttl=args.ttl, now=datetime.now(UTC))
+    except RegistrationError as exc:
+        print(f"cannot create the token: {exc.description}", file=sys.stderr)
+        return 2
+    finally:
+        container.close()
+    print(f"initial_access_token={token}   (single use, expires {expires_at.isoformat()}; shown once)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quaygate", description="Identity-bound container release service.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -200,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     client_create.add_argument("--organisation")
     client_create.add_argument("--terminal-code")
     client_create.set_defaults(func=cmd_client_create)
+
+    iat = sub.add_parser("iat", help="initial access tokens for dynamic client registration (RFC 7591)")
+    iat_sub = iat.add_subparsers(dest="iat_cmd", required=True)
+    iat_create = iat_sub.add_parser("create", help="create a single-use initial access token")
+    iat_create.add_argument("--org", help="the organisation the registered client will act for")
+    iat_create.add_argument("--ttl", type=int, help="seconds until it expires (default one day)")
+    iat_create.set_defaults(func=cmd_iat_create)
     return p
 
 

@@ -249,12 +249,18 @@ def test_discovery_document(env: Env) -> None:
     doc = resp.json()
     assert doc["issuer"] == ISSUER and doc["token_endpoint"] == TOKEN_ENDPOINT
     assert doc["jwks_uri"] == ISSUER + "/oauth2/jwks"
-    assert doc["grant_types_supported"] == ["client_credentials"]
+    assert set(doc["grant_types_supported"]) == {"authorization_code", "refresh_token", "client_credentials"}
     assert set(doc["token_endpoint_auth_methods_supported"]) == {
         "client_secret_basic",
         "client_secret_post",
         "private_key_jwt",
+        "none",  # public clients (the driver app) at the code grant, with PKCE
     }
+    assert doc["authorization_endpoint"] == ISSUER + "/oauth2/authorize"
+    assert doc["response_types_supported"] == ["code"]
+    assert doc["code_challenge_methods_supported"] == ["S256"]  # never plain
+    assert doc["pushed_authorization_request_endpoint"] == ISSUER + "/oauth2/par"
+    assert doc["authorization_response_iss_parameter_supported"] is True
     assert "none" not in doc["token_endpoint_auth_signing_alg_values_supported"]
     assert not any(a.startswith("HS") for a in doc["token_endpoint_auth_signing_alg_values_supported"])
     assert doc["id_token_signing_alg_values_supported"] == ["RS256"]

@@ -1,4 +1,4 @@
-"""Identity HTTP routes: the token endpoint, discovery and the JWKS.
+"""Identity HTTP routes: authorization (+ PAR), token, userinfo, logout, discovery and the JWKS.
 
 Thin routes (STYLE.md #9). The token endpoint answers OAuth errors in the RFC 6749 §5.2 JSON form,
 not problem+json: OAuth clients parse that form. Authlib is synchronous, so the routes that reach it
@@ -7,14 +7,24 @@ are plain ``def`` routes run in the thread pool (STYLE.md #11); only the body is
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
+from authlib.oauth2.rfc6749 import OAuth2Error
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from ..bootstrap import provider_for
+from ..domain import assurance
 from ..domain import claims as token_claims
 from ..domain import scopes as scope_rules
+from ..domain.roles import AuthMethod
+from ..dpop import DPOP_ALGORITHMS
+from ..grants import grants_for, revocations_for
+from ..oidc import authorize as authz
+from ..oidc.issue import ID_TOKEN_ALGORITHMS
+from ..oidc.logout import LOGOUT_PATH, logout
 from ..oidc.server import (
     ASSERTION_ALGORITHMS,
     AUTH_METHODS,
@@ -22,11 +32,19 @@ from ..oidc.server import (
     TOKEN_PATH,
     FormRequest,
 )
+from ..oidc.userinfo import USERINFO_PATH, UserInfoError, userinfo
+from ..sessions import sessions_for
 
 if TYPE_CHECKING:
     from quaygate.settings import Settings
 
 MAX_FORM_BYTES = 16 * 1024
+PAR_PATH = "/oauth2/par"
+# Built by the token-lifecycle helper (RFC 7662, RFC 7009, RFC 7591): advertised here.
+INTROSPECTION_PATH = "/oauth2/introspect"
+REVOCATION_PATH = "/oauth2/revoke"
+REGISTRATION_PATH = "/oauth2/register"
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 DISCOVERY_CACHE = "public, max-age=3600"
 # Short: a rotated-in key signs at once, and a verifier that refetches on an unknown kid must not be
 # served a stale set by an HTTP cache for long.
@@ -47,11 +65,48 @@ _OAUTH_ERROR = {
 _FORM_FIELDS = (
     "grant_type",
     "scope",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "refresh_token",
     "client_id",
     "client_secret",
     "client_assertion_type",
     "client_assertion",
 )
+_PAGE = {"description": "Error page (no redirect)", "content": {"text/html": {"schema": {"type": "string"}}}}
+_AUTH_PARAMS = frozenset({"client_secret", "client_assertion", "client_assertion_type"})
+_PAR_FIELDS = (
+    "client_id",
+    "response_type",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "prompt",
+    "max_age",
+    "acr_values",
+    "dpop_jkt",
+    "client_secret",
+    "client_assertion_type",
+    "client_assertion",
+)
+_PAR_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["response_type", "redirect_uri", "code_challenge"],
+                    "properties": {f: {"type": "string"} for f in _PAR_FIELDS},
+                }
+            }
+        },
+    }
+}
 _FORM_SCHEMA = {
     "type": "object",
     "required": ["grant_type"],
@@ -86,9 +141,149 @@ def build_router() -> APIRouter:
         responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR},
     )
     def token(request: Request, body: bytes | None = Depends(_form_body)) -> JSONResponse:
-        """RFC 6749 §3.2 token endpoint: client credentials grant (§4.4)."""
+        """RFC 6749 §3.2 token endpoint: authorization code (§4.1.3, PKCE), client credentials (§4.4)."""
         raw = FormRequest(request.method, request.headers, request.headers.get("content-type", ""), body)
         return provider_for(request.app).server.token_response(raw)
+
+    @router.post(
+        authz.AUTHORIZE_PATH,
+        operation_id="identity_authorize_post",
+        response_class=Response,
+        responses={302: {"description": "To the client (code or error) or to the login page"}, 400: _PAGE},
+    )
+    @router.get(
+        authz.AUTHORIZE_PATH,
+        operation_id="identity_authorize",
+        response_class=Response,
+        responses={302: {"description": "To the client (code or error) or to the login page"}, 400: _PAGE},
+    )
+    def authorize(request: Request, body: bytes | None = Depends(_form_body)) -> Response:
+        """OIDC Core §3.1.2 authorization endpoint (GET, or POST per §3.1.2.1): code flow, PKCE S256."""
+        try:
+            params = authz.parse_params(_params(request, body))
+            location = authz.start(
+                provider_for(request.app), sessions_for(request.app), params, _cookie(request), now=_now(request)
+            )
+        except authz.PageError as error:
+            return _error_page(error.error, error.description)
+        return _redirect(location)
+
+    @router.get(
+        authz.RESUME_PATH,
+        operation_id="identity_authorize_resume",
+        response_class=Response,
+        responses={302: {"description": "To the client, or back to the login page"}, 400: _PAGE},
+    )
+    def authorize_resume(request: Request, id: str | None = None) -> Response:  # noqa: A002 - the query name
+        """Where the login page returns to: the stored authorization request, continued."""
+        try:
+            location = authz.resume(
+                provider_for(request.app), sessions_for(request.app), id, _cookie(request), now=_now(request)
+            )
+        except authz.PageError as error:
+            return _error_page(error.error, error.description)
+        return _redirect(location)
+
+    @router.post(
+        PAR_PATH,
+        operation_id="identity_par",
+        status_code=201,
+        openapi_extra=_PAR_FORM,
+        responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR},
+    )
+    def par(request: Request, body: bytes | None = Depends(_form_body)) -> JSONResponse:
+        """RFC 9126 §2 pushed authorization request: validated now, used once by /authorize."""
+        provider = provider_for(request.app)
+        raw = FormRequest(request.method, request.headers, request.headers.get("content-type", ""), body)
+        try:
+            record, form = provider.server.authenticate_par_client(raw)
+        except OAuth2Error as error:
+            return provider.server.handle_error_response(None, error)  # type: ignore[no-any-return]
+        params = {k: v for k, v in form.items() if k not in _AUTH_PARAMS and v != ""}
+        try:
+            if params.get("client_id", record.client_id) != record.client_id:
+                raise authz.PageError("invalid_request", "client_id does not match the authenticated client.")
+            params["client_id"] = record.client_id
+            client, redirect_uri = authz.check_client_and_redirect(provider.clients, params)
+            req = authz.validate(client, redirect_uri, params, now=_now(request), pushed=True)
+        except (authz.PageError, authz.RedirectError) as error:
+            # RFC 9126 §2.3: errors as at the token endpoint, never a redirect.
+            return JSONResponse(
+                {"error": error.error, "error_description": error.description}, status_code=400, headers=_NO_STORE
+            )
+        request_uri = provider.pushed.push(req)
+        return JSONResponse(
+            {"request_uri": request_uri, "expires_in": provider.pushed.ttl}, status_code=201, headers=_NO_STORE
+        )
+
+    @router.post(
+        USERINFO_PATH,
+        operation_id="identity_userinfo_post",
+        responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR, 403: _OAUTH_ERROR},
+    )
+    @router.get(
+        USERINFO_PATH,
+        operation_id="identity_userinfo",
+        responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR, 403: _OAUTH_ERROR},
+    )
+    def userinfo_endpoint(request: Request, body: bytes | None = Depends(_form_body)) -> JSONResponse:
+        """OIDC Core §5.3 UserInfo: the person behind the access token."""
+        form_token = None
+        if request.method == "POST" and body:
+            form_token = dict(parse_qsl(body.decode("utf-8", "replace"))).get("access_token")
+        try:
+            claims = userinfo(
+                provider_for(request.app),
+                revocations_for(request.app),
+                method=request.method,
+                headers=request.headers,
+                form_token=form_token,
+            )
+        except UserInfoError as error:
+            return JSONResponse(
+                {"error": error.error, "error_description": error.description},
+                status_code=error.status,
+                headers={**_NO_STORE, "WWW-Authenticate": error.challenge()},
+            )
+        return JSONResponse(claims, headers=_NO_STORE)
+
+    @router.post(
+        LOGOUT_PATH,
+        operation_id="identity_logout_post",
+        response_class=Response,
+        responses={302: {"description": "To the registered post_logout_redirect_uri"}, 400: _PAGE},
+    )
+    @router.get(
+        LOGOUT_PATH,
+        operation_id="identity_logout",
+        response_class=Response,
+        responses={302: {"description": "To the registered post_logout_redirect_uri"}, 400: _PAGE},
+    )
+    def end_session(request: Request, body: bytes | None = Depends(_form_body)) -> Response:
+        """OpenID Connect RP-Initiated Logout 1.0: end the login session and its grants."""
+        settings = request.app.state.container.settings
+        try:
+            params = authz.parse_params(_params(request, body))
+            outcome = logout(
+                provider_for(request.app),
+                sessions_for(request.app),
+                grants_for(request.app),
+                params,
+                _cookie(request),
+                method=request.method,
+                now=_now(request),
+            )
+        except authz.PageError as error:
+            return _error_page(error.error, error.description)
+        if outcome.confirm:
+            response: Response = HTMLResponse(_CONFIRM_PAGE, headers=_NO_STORE)
+        elif outcome.location:
+            response = _redirect(outcome.location)
+        else:
+            response = HTMLResponse(_page("Signed out", "You are signed out."), headers=_NO_STORE)
+        if outcome.ended:
+            response.delete_cookie(settings.session_cookie, path="/", httponly=True, samesite="lax")
+        return response
 
     @router.get("/.well-known/openid-configuration", operation_id="identity_discovery")
     def discovery(request: Request) -> JSONResponse:
@@ -113,19 +308,42 @@ def build_router() -> APIRouter:
 
 
 def metadata(settings: Settings) -> dict[str, Any]:
-    """Discovery (OIDC Discovery 1.0 §3, RFC 8414 §2): only what this server really does."""
+    """Discovery (OIDC Discovery 1.0 §3, RFC 8414 §2, RFC 9126 §5, RFC 9449 §5.1, RFC 9207 §3):
+    only what this server really does."""
     base = settings.issuer.rstrip("/")
+    auth_methods = [m.value for m in AUTH_METHODS] + [AuthMethod.NONE.value]
     return {
         "issuer": settings.issuer,
+        "authorization_endpoint": base + authz.AUTHORIZE_PATH,
         "token_endpoint": base + TOKEN_PATH,
+        "userinfo_endpoint": base + USERINFO_PATH,
         "jwks_uri": base + JWKS_PATH,
-        "grant_types_supported": ["client_credentials"],
-        # No authorization endpoint yet (the code flow is a later slice): no response type either.
-        "response_types_supported": [],
+        "end_session_endpoint": base + LOGOUT_PATH,
+        "pushed_authorization_request_endpoint": base + PAR_PATH,
+        "introspection_endpoint": base + INTROSPECTION_PATH,
+        "revocation_endpoint": base + REVOCATION_PATH,
+        "registration_endpoint": base + REGISTRATION_PATH,
+        # Required per client (confidential consoles always); not for every client.
+        "require_pushed_authorization_requests": False,
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": [authz.PKCE_S256],
+        "authorization_response_iss_parameter_supported": True,
+        "prompt_values_supported": sorted(authz.PROMPTS),
         "subject_types_supported": ["public"],
-        "token_endpoint_auth_methods_supported": [m.value for m in AUTH_METHODS],
+        "token_endpoint_auth_methods_supported": auth_methods,
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
-        "id_token_signing_alg_values_supported": ["RS256"],
+        "introspection_endpoint_auth_methods_supported": [m.value for m in AUTH_METHODS],
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "id_token_signing_alg_values_supported": list(ID_TOKEN_ALGORITHMS),
+        "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
+        "acr_values_supported": list(assurance.ORDER),
+        "claims_parameter_supported": False,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "frontchannel_logout_supported": False,
+        "backchannel_logout_supported": False,
         "scopes_supported": sorted(scope_rules.ALL_SCOPES),
         "claims_supported": [
             token_claims.ISS,
@@ -141,5 +359,63 @@ def metadata(settings: Settings) -> dict[str, Any]:
             token_claims.ORG_KIND,
             token_claims.ROLE,
             token_claims.TERMINAL,
+            token_claims.PERSON_ID,
+            token_claims.ROLES,
+            token_claims.ACR,
+            token_claims.AMR,
+            token_claims.AUTH_TIME,
+            token_claims.SID,
+            token_claims.NONCE,
+            token_claims.AT_HASH,
+            token_claims.AZP,
+            token_claims.CNF,
+            token_claims.NAME,
+            token_claims.GIVEN_NAME,
+            token_claims.FAMILY_NAME,
         ],
     }
+
+
+def _params(request: Request, body: bytes | None) -> list[tuple[str, str]]:
+    """The query (GET) or the form body (POST, OIDC Core §3.1.2.1)."""
+    if request.method == "POST":
+        if body is None:
+            raise authz.PageError("invalid_request", "Request body too large.")
+        try:
+            return parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+        except UnicodeDecodeError as exc:
+            raise authz.PageError("invalid_request", "Malformed form body.") from exc
+    return list(request.query_params.multi_items())
+
+
+def _cookie(request: Request) -> str | None:
+    return request.cookies.get(request.app.state.container.settings.session_cookie)
+
+
+def _now(request: Request) -> Any:
+    return request.app.state.container.clock.now()
+
+
+def _redirect(location: str) -> Response:
+    return RedirectResponse(location, status_code=302, headers=_NO_STORE)
+
+
+def _page(title: str, text: str) -> str:
+    return (
+        '<!doctype html><html lang="en"><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></html>"
+    )
+
+
+def _error_page(error: str, description: str) -> HTMLResponse:
+    """RFC 6749 §4.1.2.1: no trustworthy redirect_uri, so the person is told here."""
+    return HTMLResponse(_page("Sign-in error", f"{description} ({error})"), status_code=400, headers=_NO_STORE)
+
+
+_CONFIRM_PAGE = (
+    '<!doctype html><html lang="en"><meta charset="utf-8">'
+    '<meta name="viewport" content="width=device-width, initial-scale=1"><title>Sign out</title>'
+    f'<h1>Sign out?</h1><form method="post" action="{LOGOUT_PATH}"><button type="submit">Sign out</button>'
+    "</form></html>"
+)

@@ -26,6 +26,27 @@ ORG = "org"  # organisation id, a UUID string
 ORG_KIND = "org_kind"  # release_service OrgKind value
 ROLE = "role"  # ClientRole value
 TERMINAL = "terminal"  # terminal code, terminal clients only
+# A person behind the token (authorization code and refresh grants).
+PERSON_ID = "person_id"  # the person's id; the release API's Actor.person_id
+ROLES = "roles"  # the person's membership roles that count for this client
+ACR = "acr"  # OIDC Core §2, identity.domain.assurance
+AMR = "amr"  # RFC 8176
+AUTH_TIME = "auth_time"  # OIDC Core §2, seconds since the epoch
+SID = "sid"  # OIDC Front-Channel Logout §3: the login session at the provider
+CNF = "cnf"  # RFC 7800 §3.1; {"jkt": ...} for a DPoP-bound token (RFC 9449 §6.1)
+# ID token only (OIDC Core §2).
+NONCE = "nonce"
+AT_HASH = "at_hash"
+AZP = "azp"
+NAME = "name"
+GIVEN_NAME = "given_name"
+FAMILY_NAME = "family_name"
+
+# Membership roles of a person in an organisation (memberships.role).
+MEMBER_ROLES = frozenset({"driver", "dispatcher", "org_admin", "port_security_admin"})
+# What a person's token may carry through the driver app: never an administrative role, which the
+# release API honours (Actor.is_admin); a driver app token sees only the driver's own nominations.
+DRIVER_APP_ROLES = frozenset({"driver"})
 
 REQUIRED = (ISS, SUB, AUD, EXP, IAT, JTI, CLIENT_ID)  # RFC 9068 §2.2
 
@@ -74,6 +95,68 @@ def access_token_claims(
         claims[ORG_KIND] = org_kind
     if role in TERMINAL_ROLES and terminal_code:
         claims[TERMINAL] = terminal_code
+    return claims
+
+
+def person_claims(
+    base: dict[str, Any],
+    *,
+    person_id: str,
+    roles: list[str] | tuple[str, ...],
+    acr: str | None,
+    amr: list[str] | tuple[str, ...],
+    auth_time: int | None,
+    sid: str | None,
+    dpop_jkt: str | None,
+) -> dict[str, Any]:
+    """A person's access token: ``base`` (access_token_claims with subject = person id) plus who
+    logged in and how (RFC 9068 §2.2.1 auth_time/acr/amr, RFC 9068 §2.2.3.1 roles)."""
+    claims = dict(base)
+    claims[SUB] = person_id
+    claims[PERSON_ID] = person_id
+    claims[ROLES] = sorted(set(roles))
+    if acr is not None:
+        claims[ACR] = acr
+    claims[AMR] = list(amr)
+    if auth_time is not None:
+        claims[AUTH_TIME] = auth_time
+    if sid is not None:
+        claims[SID] = sid
+    if dpop_jkt is not None:
+        claims[CNF] = {"jkt": dpop_jkt}
+    return claims
+
+
+def id_token_claims(
+    *,
+    issuer: str,
+    person_id: str,
+    client_id: str,
+    now: int,
+    ttl: int,
+    auth_time: int | None,
+    nonce: str | None,
+    acr: str | None,
+    amr: list[str] | tuple[str, ...],
+    sid: str | None,
+    at_hash: str | None,
+    names: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """OIDC Core §2 ID token claims (§3.1.3.6 at_hash, §2 azp for the one audience)."""
+    claims: dict[str, Any] = {
+        ISS: issuer,
+        SUB: person_id,
+        AUD: client_id,
+        AZP: client_id,
+        EXP: now + ttl,
+        IAT: now,
+        AMR: list(amr),
+    }
+    optional = {AUTH_TIME: auth_time, NONCE: nonce, ACR: acr, SID: sid, AT_HASH: at_hash}
+    claims.update({k: v for k, v in optional.items() if v is not None})
+    if names is not None:
+        claims[GIVEN_NAME], claims[FAMILY_NAME] = names
+        claims[NAME] = f"{names[0]} {names[1]}"
     return claims
 
 

@@ -15,13 +15,20 @@ never be registered as a gate:
 | terminal_gate      | terminal           | private_key_jwt or client_secret | client_credentials        |
 | customs            | customs            | private_key_jwt or client_secret | client_credentials        |
 | admin              | port_authority     | private_key_jwt or client_secret | client_credentials        |
-| driver_app         | (none)             | none (public client, PKCE later) | authorization_code (later)|
-| console            | any, or none       | private_key_jwt or client_secret | authorization_code (later)|
+| driver_app         | (none)             | none (public client, PKCE S256) | authorization_code, refresh|
+| console            | any, or none       | private_key_jwt or client_secret | authorization_code, refresh|
+
+Redirect URIs (RFC 6749 §3.1.2, RFC 8252 §7, RFC 9700 §4.1): absolute, no fragment, compared by
+exact string at the authorization endpoint; https, or http only on a loopback host (127.0.0.1,
+[::1], localhost) for development; the driver app may also use a private-use scheme with a dot
+(RFC 8252 §7.1, e.g. ``be.quaygate.driver:/callback``). Machine clients have no redirect URIs.
+A confidential console always requires pushed authorization requests (RFC 9126 §6).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 
 class ClientRole(StrEnum):
@@ -121,3 +128,49 @@ def check_registration(
     if org_terminal_code is not None and bound != org_terminal_code:
         raise RegistrationRefused("terminal_mismatch", "the terminal is not the organisation's terminal")
     return bound
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+MAX_REDIRECT_URIS = 10
+MAX_URI_LENGTH = 2000
+
+
+def check_redirect_uri(role: ClientRole, uri: str) -> str:
+    """One redirect URI, checked; returned unchanged (it is compared by exact string later)."""
+    if not isinstance(uri, str) or not uri or len(uri) > MAX_URI_LENGTH or uri.strip() != uri:
+        raise RegistrationRefused("invalid_redirect_uri", "a redirect URI must be a non-empty string")
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:
+        raise RegistrationRefused("invalid_redirect_uri", "unreadable redirect URI") from exc
+    if "#" in uri:  # RFC 6749 §3.1.2: MUST NOT include a fragment component
+        raise RegistrationRefused("invalid_redirect_uri", "a redirect URI has no fragment")
+    scheme = parts.scheme.lower()
+    if scheme == "https":
+        if not parts.hostname:
+            raise RegistrationRefused("invalid_redirect_uri", "https redirect URI without host")
+        return uri
+    if scheme == "http":
+        if parts.hostname in LOOPBACK_HOSTS and "@" not in parts.netloc:
+            return uri  # RFC 8252 §7.3 loopback redirection
+        raise RegistrationRefused("invalid_redirect_uri", "http only for loopback hosts")
+    if role is ClientRole.DRIVER_APP and "." in scheme and scheme not in ("javascript", "data", "file"):
+        return uri  # RFC 8252 §7.1 private-use URI scheme (reverse domain name)
+    raise RegistrationRefused("invalid_redirect_uri", f"scheme {scheme!r} not allowed")
+
+
+def check_redirect_uris(role: ClientRole, uris: list[str]) -> tuple[str, ...]:
+    """The client's redirect URIs (or post-logout redirect URIs), each checked, no duplicates."""
+    if uris and role in MACHINE_ROLES:
+        raise RegistrationRefused("redirect_uri_not_allowed", f"{role} clients use no redirects")
+    if len(uris) > MAX_REDIRECT_URIS:
+        raise RegistrationRefused("invalid_redirect_uri", "too many redirect URIs")
+    checked = tuple(check_redirect_uri(role, u) for u in uris)
+    if len(set(checked)) != len(checked):
+        raise RegistrationRefused("invalid_redirect_uri", "a redirect URI is repeated")
+    return checked
+
+
+def requires_par(role: ClientRole, method: AuthMethod, asked: bool) -> bool:
+    """RFC 9126 §6: pushed authorization requests are mandatory for confidential consoles."""
+    return asked or (role is ClientRole.CONSOLE and method in CONFIDENTIAL_METHODS)

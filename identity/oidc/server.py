@@ -1,9 +1,12 @@
 """Authlib's OAuth 2.0 protocol engine, glued to Starlette and to our stores (STYLE.md #7).
 
 Authlib is synchronous: the routes that call this module are plain ``def`` routes (STYLE.md #11).
-This slice serves the token endpoint for the client credentials grant (RFC 6749 §4.4) with
-client_secret_basic / client_secret_post (RFC 6749 §2.3.1) and private_key_jwt (RFC 7523 §2.2,
-OIDC Core §9), and issues RFC 9068 JWT access tokens signed with our rotating keys.
+The token endpoint serves the client credentials grant (RFC 6749 §4.4) and the authorization code
+grant (code_grant.py, RFC 6749 §4.1.3 with PKCE); clients authenticate with client_secret_basic /
+client_secret_post (RFC 6749 §2.3.1), private_key_jwt (RFC 7523 §2.2, OIDC Core §9) or, public
+clients only, none. Access tokens are RFC 9068 JWTs signed with our rotating keys, bound to the
+client's DPoP key when a proof is sent (RFC 9449 §5). The same client authentication serves the
+pushed authorization request endpoint (RFC 9126 §2.1).
 
 Token request, as handled here::
 
@@ -47,10 +50,16 @@ from ..clients import ClientRecord, ClientRegistry, verify_secret
 from ..domain import claims as token_claims
 from ..domain import scopes as scope_rules
 from ..domain.roles import AuthMethod
+from ..dpop import DPoPError, DPoPVerifier, proof_header
+from ..grants import GrantStore
 from ..keys import KeyStore
 from ..tokens import sign_access_token
+from .code_grant import AuthorizationCodeExchange, InvalidDPoPProofError
+from .refresh import RefreshTokenExchange
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from quaygate.container import SystemClock
     from quaygate.settings import Settings
 
@@ -86,10 +95,10 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
         return self.record.client_id
 
     def get_default_redirect_uri(self) -> None:
-        return None
+        return None  # RFC 6749 §3.1.2.3: we always require the redirect_uri
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return False  # no redirect-based flow in this slice
+        return redirect_uri in self.record.redirect_uris  # exact string match (RFC 9700 §4.1.3)
 
     def get_allowed_scope(self, scope: str | None) -> str | None:
         try:
@@ -101,11 +110,12 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
         return verify_secret(client_secret, self.record.secret_hash)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        # The one method the client registered (RFC 7591 §2 token_endpoint_auth_method).
-        return endpoint == "token" and method == self.record.auth_method.value
+        # The one method the client registered (RFC 7591 §2 token_endpoint_auth_method), at the
+        # token endpoint and the PAR endpoint (RFC 9126 §2.1: the same client authentication).
+        return endpoint in ("token", "par") and method == self.record.auth_method.value
 
     def check_response_type(self, response_type: str) -> bool:
-        return False
+        return response_type == "code" and "authorization_code" in self.record.grant_types
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in self.record.grant_types
@@ -191,6 +201,17 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
 class ClientCredentials(ClientCredentialsGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = [m.value for m in AUTH_METHODS]
 
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        self.request.dpop_jkt = self.server.dpop_binding(self.request, self.request.client.record)
+
+    def generate_token(self, user: Any = None, scope: str | None = None, **kw: Any) -> dict[str, Any]:
+        jkt = getattr(self.request, "dpop_jkt", None)
+        token: dict[str, Any] = super().generate_token(user={"dpop_jkt": jkt} if jkt else None, scope=scope, **kw)
+        if jkt:
+            token["token_type"] = "DPoP"  # noqa: S105 - RFC 9449 §5, a token type
+        return token
+
     def validate_requested_scope(self) -> None:
         super().validate_requested_scope()  # every scope known to the server
         try:
@@ -232,15 +253,32 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
             ttl=s.access_token_ttl,
             jti=self.get_jti(client, grant_type, user, scope),
         )
+        if isinstance(user, dict) and user.get("dpop_jkt"):
+            claims[token_claims.CNF] = {"jkt": user["dpop_jkt"]}  # RFC 9449 §6.1
         return sign_access_token(claims, self._keys.signing_key())
 
 
 class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
     def __init__(
-        self, *, settings: Settings, clients: ClientRegistry, keys: KeyStore, cache: Cache, clock: SystemClock
+        self,
+        *,
+        settings: Settings,
+        clients: ClientRegistry,
+        keys: KeyStore,
+        cache: Cache,
+        clock: SystemClock,
+        engine: sa.Engine,
+        grants: GrantStore,
+        dpop: DPoPVerifier,
     ) -> None:
         super().__init__(scopes_supported=sorted(scope_rules.ALL_SCOPES))
         self._clients = clients
+        self.settings = settings
+        self.keys = keys
+        self.clock = clock
+        self.engine = engine
+        self.grants = grants
+        self.dpop = dpop
         base = settings.issuer.rstrip("/")
         self.token_endpoint = base + TOKEN_PATH
         self.register_client_auth_method(
@@ -250,6 +288,8 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
             ),
         )
         self.register_grant(ClientCredentials)
+        self.register_grant(AuthorizationCodeExchange)
+        self.register_grant(RefreshTokenExchange)  # RFC 6749 §6, rotation and reuse detection
         self.register_token_generator(
             "default", AccessTokenGenerator(settings=settings, keys=keys, clock=clock)
         )
@@ -261,6 +301,32 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         except OAuth2Error as error:
             return self.handle_error_response(None, error)  # type: ignore[no-any-return]
         return self.create_token_response(request)  # type: ignore[no-any-return]
+
+    def authenticate_par_client(self, raw: FormRequest) -> tuple[ClientRecord, dict[str, str]]:
+        """RFC 9126 §2.1: the client authenticates at the PAR endpoint as at the token endpoint.
+        Returns the client and the form; raises OAuth2Error."""
+        request = self.create_oauth2_request(raw)
+        methods = [m.value for m in AuthMethod]
+        client = self.authenticate_client(request, methods, endpoint="par")
+        return client.record, request.form
+
+    def dpop_binding(self, request: OAuth2Request, record: ClientRecord) -> str | None:
+        """The JWK thumbprint to bind the tokens to (RFC 9449 §5), or None for a bearer token.
+
+        A proof, when sent, must be valid for POST to our token endpoint; a client registered as
+        DPoP-bound must send one (RFC 9449 §5: invalid_dpop_proof)."""
+        try:
+            proof = proof_header(request.headers)
+            if proof is None:
+                if record.dpop_bound:
+                    log.info("identity.token.refused.dpop_missing")
+                    raise InvalidDPoPProofError(description="This client must send a DPoP proof.")
+                return None
+            verified = self.dpop.verify(proof, htm="POST", htu=self.token_endpoint)
+        except DPoPError as exc:
+            log.info("identity.token.refused.dpop.%s", exc.reason)
+            raise InvalidDPoPProofError(description=exc.description) from exc
+        return verified.jkt
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         record = self._clients.find(client_id)

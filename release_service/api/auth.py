@@ -1,20 +1,65 @@
-"""From a bearer access token to an Actor. Only authentication lives here; the rules are in the domain."""
+"""From an access token (Bearer or DPoP) to an Actor. Only authentication lives here; the rules are in
+the domain.
+
+``authenticate`` is the one entry point, shared by the release API (/api/v1) and the gate API
+(/gate/v1): it takes the request, the Authorization credentials, the audience and the scope::
+
+    Authorization: Bearer <at>  ── token has cnf? ── yes: refused (RFC 9449 §7.2: a bound token
+                                                     is never accepted as a bearer token)
+    Authorization: DPoP <at>    ── token has cnf.jkt? ── no: refused
+        + DPoP: <proof>            └─ proof valid (RFC 9449 §4.3) for this method and public URL,
+                                      ath = hash(at), proof's key thumbprint = cnf.jkt (§7.1)
+    then: scope (RFC 6750 §3.1), then step-up for a person's token: acr and auth_time (RFC 9470 §3)
+
+The proof's ``htu`` is compared with the PUBLIC URL of the request: the origin of
+``settings.issuer`` (the provider's public base URL) plus the request path. Behind a TLS-terminating
+proxy the service sees http://10.0.0.5:8000/..., while the client signed https://quaygate.example/...;
+taking the origin from the issuer, never from the Host or X-Forwarded-* headers a client controls,
+keeps the check exact. A proxy that strips a path prefix must pass it as the ASGI root_path (uvicorn --root-path).
+"""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
+from starlette.requests import HTTPConnection
 
+from identity.domain import claims as c
+from identity.domain.assurance import satisfies
+from identity.dpop import DPOP_ALGORITHMS, DPoPError, dpop_verifier_for, proof_header
 from identity.tokens import InvalidToken
 from release_service.domain.parties import Actor, OrgKind
 
 from .problems import AuthError
 
-bearer = HTTPBearer(auto_error=False, description="OAuth2 access token (RFC 9068 JWT) from /oauth2/token")
+log = logging.getLogger(__name__)
+
+DPOP_CHALLENGE = f'DPoP algs="{" ".join(DPOP_ALGORITHMS)}"'  # RFC 9449 §7.1
+
+
+class AccessTokenCredentials(HTTPBearer):
+    """The Authorization header with either scheme, ``Bearer`` (RFC 6750) or ``DPoP`` (RFC 9449 §7.1).
+    Documented in OpenAPI as the http bearer scheme; parsed here so a DPoP token is not dropped."""
+
+    async def __call__(self, request: HTTPConnection) -> HTTPAuthorizationCredentials | None:  # type: ignore[override]
+        scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+        if not scheme or not token or scheme.lower() not in ("bearer", "dpop"):
+            return None
+        return HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+
+
+bearer = AccessTokenCredentials(
+    auto_error=False,
+    description="OAuth2 access token (RFC 9068 JWT) from /oauth2/token, as `Authorization: Bearer <token>`, "
+    "or, for a DPoP-bound token, `Authorization: DPoP <token>` with a `DPoP` proof header (RFC 9449).",
+)
 
 
 class TokenVerifier(Protocol):
@@ -37,31 +82,113 @@ def actor_from_claims(claims: dict[str, Any]) -> Actor:
     )
 
 
+def public_request_uri(request: Request) -> str:
+    """The request's URI as the client addressed it (htu, RFC 9449 §4.3 item 9): the issuer's
+    origin and the request path; query and fragment are not part of htu."""
+    base = urlsplit(request.app.state.container.settings.issuer)
+    return f"{base.scheme}://{base.netloc}{request.url.path}"  # ASGI: path includes root_path
+
+
+def _refuse(event: str, status: int, error: str, description: str, **kw: Any) -> AuthError:
+    log.info("release.auth.refused.%s", event)
+    return AuthError(status, error, description, **kw)
+
+
 def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None, *, audience: str,
-                 scope: str) -> Actor:
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise AuthError(401, "invalid_request", "An OAuth2 bearer access token is required.")
+                 scope: str, min_acr: str | None = None, max_age: int | None = None) -> Actor:
+    """Check the access token, its sender constraint, its scope and, for a person, how recently and
+    how strongly they logged in. Raises AuthError (401/403 with the RFC's challenge)."""
+    if credentials is None or not credentials.credentials:
+        raise _refuse("missing", 401, "invalid_request", "An OAuth2 access token is required.",
+                      also=(DPOP_CHALLENGE,))
+    token = credentials.credentials
+    dpop = credentials.scheme.lower() == "dpop"
+    scheme = "DPoP" if dpop else "Bearer"
     verifier: TokenVerifier = request.app.state.token_verifier
     try:
-        claims = verifier.verify(credentials.credentials, audience=audience)
+        claims = verifier.verify(token, audience=audience)
     except InvalidToken as exc:
-        raise AuthError(401, "invalid_token", exc.description) from exc
+        raise _refuse("invalid_token", 401, "invalid_token", exc.description, scheme=scheme) from exc
+    cnf = claims.get(c.CNF)
+    if dpop:
+        _check_proof(request, token, cnf)
+    elif cnf is not None:
+        # RFC 9449 §7.2: a DPoP-bound token presented as a bearer token is refused, else a stolen
+        # token would work without the key.
+        raise _refuse("bound_token_as_bearer", 401, "invalid_token",
+                      "This access token is bound to a key: send it with the DPoP scheme and a proof.",
+                      also=(DPOP_CHALLENGE,))
     try:
         actor = actor_from_claims(claims)
     except (ValueError, KeyError) as exc:
-        raise AuthError(401, "invalid_token", "The access token's claims are malformed.") from exc
+        raise _refuse("malformed_claims", 401, "invalid_token", "The access token's claims are malformed.",
+                      scheme=scheme) from exc
     if scope not in actor.scopes:
-        raise AuthError(403, "insufficient_scope", f"This call needs the scope {scope}.", scope=scope)
+        raise _refuse("insufficient_scope", 403, "insufficient_scope", f"This call needs the scope {scope}.",
+                      scope=scope, scheme=scheme)
+    if actor.person_id is not None:
+        _check_step_up(request, claims, scheme, min_acr, max_age)
     return actor
 
 
-def require(scope: str, *, audience_setting: str = "api_audience") -> Callable[..., Actor]:
-    """A dependency giving the authenticated Actor; it checks the token and its scope, nothing else."""
+def _check_proof(request: Request, token: str, cnf: Any) -> None:
+    """RFC 9449 §7.1: a DPoP-bound token needs a valid proof, for this request and this token, signed
+    by the key the token is bound to."""
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    if not isinstance(jkt, str) or not jkt:
+        raise _refuse("dpop_unbound_token", 401, "invalid_token",
+                      "This access token is not DPoP-bound: send it with the Bearer scheme.", scheme="DPoP",
+                      params={"algs": " ".join(DPOP_ALGORITHMS)})
+    try:
+        proof = proof_header(request.headers) or ""  # none at all: refused as "missing" by verify()
+        verified = dpop_verifier_for(request.app).verify(
+            proof, htm=request.method, htu=public_request_uri(request), access_token=token
+        )
+    except DPoPError as exc:
+        raise _refuse(f"dpop.{exc.reason}", 401, exc.error, exc.description, scheme="DPoP",
+                      params={"algs": " ".join(DPOP_ALGORITHMS)}) from exc
+    if verified.jkt != jkt:
+        # The proof is sound but made with another key than the token's: a stolen token with the
+        # thief's own key (RFC 9449 §7.1 "the public key ... matches the cnf.jkt").
+        raise _refuse("dpop.jkt_mismatch", 401, "invalid_dpop_proof",
+                      "The proof's key is not the key this access token is bound to.", scheme="DPoP",
+                      params={"algs": " ".join(DPOP_ALGORITHMS)})
+
+
+def _check_step_up(request: Request, claims: dict[str, Any], scheme: str, min_acr: str | None,
+                   max_age: int | None) -> None:
+    """RFC 9470 §3: the person's login is too weak (acr) or too old (auth_time) for this call; the
+    challenge says what is needed so the client can send the person back to log in."""
+    params: dict[str, str] = {}
+    reason: str | None = None
+    acr = claims.get(c.ACR)
+    if min_acr is not None:
+        params["acr_values"] = min_acr
+        if not satisfies(acr if isinstance(acr, str) else None, min_acr):
+            reason = "acr"
+    if max_age is not None:
+        params["max_age"] = str(max_age)
+        auth_time = claims.get(c.AUTH_TIME)
+        now = request.app.state.container.clock.now().timestamp()
+        if isinstance(auth_time, bool) or not isinstance(auth_time, int | float) or now - auth_time > max_age:
+            reason = reason or "auth_time"
+    if reason is not None:
+        description = ("A stronger authentication is required for this call." if reason == "acr"
+                       else "A more recent authentication is required for this call.")
+        raise _refuse(f"step_up.{reason}", 401, "insufficient_user_authentication", description,
+                      scheme=scheme, params=params)
+
+
+def require(scope: str, min_acr: str | None = None, *, max_age: int | None = None,
+            audience_setting: str = "api_audience") -> Callable[..., Actor]:
+    """A dependency giving the authenticated Actor: the token, its DPoP binding, its scope and, for a
+    person, the minimum acr and the maximum age of the login (RFC 9470)."""
     from fastapi import Depends
 
     def dependency(request: Request,
                    credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Actor:  # noqa: B008
         audience = getattr(request.app.state.container.settings, audience_setting)
-        return authenticate(request, credentials, audience=audience, scope=scope)
+        return authenticate(request, credentials, audience=audience, scope=scope, min_acr=min_acr,
+                            max_age=max_age)
 
     return dependency

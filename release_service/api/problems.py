@@ -108,14 +108,40 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 class AuthError(Exception):
-    """Missing, invalid or insufficient credentials (RFC 6750 §3)."""
+    """Missing, invalid or insufficient credentials (RFC 6750 §3, RFC 9449 §7.1, RFC 9470 §3).
 
-    def __init__(self, status: int, error: str, description: str, *, scope: str | None = None) -> None:
+    ``scheme`` is the challenge's auth scheme (``Bearer``, or ``DPoP`` for a DPoP-bound request);
+    ``params`` are further challenge parameters (``acr_values``, ``max_age``); ``also`` are further
+    whole challenges to offer, such as ``DPoP algs="ES256 ..."`` beside a Bearer one (RFC 9110 §11.6.1).
+    """
+
+    def __init__(self, status: int, error: str, description: str, *, scope: str | None = None,
+                 scheme: str = "Bearer", params: dict[str, str] | None = None,
+                 also: tuple[str, ...] = ()) -> None:
         super().__init__(description)
         self.status = status
         self.error = error
         self.description = description
         self.scope = scope
+        self.scheme = scheme
+        self.params = params or {}
+        self.also = also
+
+    def challenge(self) -> str:
+        """The WWW-Authenticate value: auth-params as quoted strings (RFC 6750 §3, RFC 9110 §11.2)."""
+        params = {"error": self.error, "error_description": self.description}
+        if self.scope:
+            params["scope"] = self.scope
+        params.update(self.params)
+        value = f"{self.scheme} " + ", ".join(f'{k}="{quote_param(v)}"' for k, v in params.items())
+        return ", ".join((value, *self.also))
+
+
+def quote_param(value: str) -> str:
+    """An auth-param value safe inside a quoted-string: RFC 6750 §3 limits error_description to
+    %x20-21 / %x23-5B / %x5D-7E, so quotes and backslashes become apostrophes and slashes."""
+    cleaned = value.replace('"', "'").replace("\\", "/")
+    return "".join(ch for ch in cleaned if " " <= ch <= "~")
 
 
 def install(app: FastAPI) -> None:
@@ -125,11 +151,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(AuthError)
     def _auth(request: Request, exc: AuthError) -> JSONResponse:
-        challenge = f'Bearer error="{exc.error}", error_description="{exc.description}"'
-        if exc.scope:
-            challenge += f', scope="{exc.scope}"'
         return problem(exc.status, exc.error, exc.description, instance=request.url.path,
-                       headers={"WWW-Authenticate": challenge})
+                       headers={"WWW-Authenticate": exc.challenge()})
 
     @app.exception_handler(RequestValidationError)
     def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,0 +1,244 @@
+"""The admin API (``/admin/v1``): initial access tokens, clients, persons and memberships.
+
+Callers present an access token with the ``admin`` scope from an ``admin`` client (role claim), for
+our API audience; a DPoP-bound token needs its proof (RFC 9449 §7). The check is explicit at the
+top of every route, not hidden in a dependency (STYLE.md "what to avoid"). Errors are RFC 9457
+problems; every action is on the audit trail (``identity.admin.*``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from quaygate.schema import memberships, organisations, persons
+from release_service.api.problems import problem, problem_responses
+
+from .. import audit
+from ..bootstrap import provider_for
+from ..domain import claims as c
+from ..grants import revocations_for
+from ..registration import RegistrationError, management_for
+from ..tokens import InvalidToken
+
+log = logging.getLogger(__name__)
+
+ADMIN_SCOPE = "admin"
+MEMBER_ROLES = ("driver", "dispatcher", "org_admin", "port_security_admin")
+
+router = APIRouter(prefix="/admin/v1", tags=["identity admin"])
+_ERRORS = problem_responses(401, 403, 404, 422)
+
+
+class AdminRefused(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+    def response(self, request: Request) -> JSONResponse:
+        headers = None
+        if self.status in (401, 403):
+            # RFC 6750 §3: the challenge names the error.
+            headers = {"WWW-Authenticate": f'Bearer error="{self.code}", error_description="{self.detail}"'}
+        return problem(self.status, self.code, self.detail, instance=request.url.path, headers=headers)
+
+
+def admin_of(request: Request) -> str:
+    """The admin client's id, or AdminRefused: a valid, unrevoked access token for our API audience,
+    carrying the admin scope, issued to an admin client; its DPoP proof when it is bound to a key."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() not in ("bearer", "dpop") or not token.strip():
+        raise AdminRefused(401, "invalid_request", "An admin access token is required.")
+    token = token.strip()
+    app = request.app
+    settings = app.state.container.settings
+    verifier = getattr(app.state, "token_verifier", None) or provider_for(app).verifier
+    try:
+        claims = verifier.verify(token, audience=settings.api_audience)
+    except InvalidToken as exc:
+        raise AdminRefused(401, "invalid_token", exc.description) from exc
+    if revocations_for(app).is_revoked(str(claims[c.JTI])):
+        raise AdminRefused(401, "invalid_token", "token revoked")
+    _check_dpop(request, token, claims, scheme.lower())
+    scopes = str(claims.get(c.SCOPE, "")).split()
+    if ADMIN_SCOPE not in scopes or claims.get(c.ROLE) != "admin":
+        log.info("identity.admin.refused.not_admin")
+        raise AdminRefused(403, "insufficient_scope", "The admin API needs an admin client's token.")
+    return str(claims[c.CLIENT_ID])
+
+
+def _check_dpop(request: Request, token: str, claims: dict[str, Any], scheme: str) -> None:
+    cnf = claims.get("cnf")
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    if jkt is None:
+        if scheme == "dpop":
+            raise AdminRefused(401, "invalid_token", "The token is not DPoP-bound.")
+        return
+    from ..dpop import DPoPError, dpop_verifier_for, proof_header
+
+    if scheme != "dpop":  # RFC 9449 §7.1: a bound token is never accepted as a bare bearer token
+        raise AdminRefused(401, "invalid_token", "The token is DPoP-bound: use the DPoP scheme.")
+    try:
+        proof_jwt = proof_header(request.headers)
+        if proof_jwt is None:
+            raise AdminRefused(401, "invalid_dpop_proof", "A DPoP proof is required.")
+        proof = dpop_verifier_for(request.app).verify(
+            proof_jwt, htm=request.method, htu=str(request.url), access_token=token
+        )
+    except DPoPError as exc:
+        raise AdminRefused(401, exc.error, exc.description) from exc
+    if getattr(proof, "jkt", None) != jkt:
+        raise AdminRefused(401, "invalid_dpop_proof", "The proof is not made with the token's key.")
+
+
+class InitialAccessTokenIn(BaseModel):
+    organisation_id: uuid.UUID | None = None
+    ttl: int | None = Field(default=None, description="seconds, 60 to 30 days; default one day")
+
+
+class PersonIn(BaseModel):
+    given_name: str = Field(min_length=1, max_length=100)
+    family_name: str = Field(min_length=1, max_length=100)
+    employer_organisation_id: uuid.UUID | None = None
+    locale: str | None = Field(default=None, pattern="^(nl|fr|de|en)$")
+
+
+class MembershipIn(BaseModel):
+    organisation_id: uuid.UUID
+    role: str = Field(description="driver, dispatcher, org_admin or port_security_admin")
+
+
+def _registration_problem(request: Request, exc: RegistrationError) -> JSONResponse:
+    status = 422 if exc.status in (400, 422) else exc.status
+    return problem(status, exc.reason if exc.reason != exc.error else exc.error, exc.description,
+                   instance=request.url.path)
+
+
+@router.post("/initial-access-tokens", operation_id="admin_create_initial_access_token", status_code=201,
+             responses=_ERRORS)
+def create_initial_access_token(request: Request, body: InitialAccessTokenIn) -> JSONResponse:
+    """An initial access token for RFC 7591 registration, shown once."""
+    try:
+        admin = admin_of(request)
+    except AdminRefused as exc:
+        return exc.response(request)
+    now = request.app.state.container.clock.now()
+    try:
+        token, expires_at = management_for(request.app).create_initial_access_token(
+            organisation_id=body.organisation_id, created_by=admin, ttl=body.ttl, now=now)
+    except RegistrationError as exc:
+        return _registration_problem(request, exc)
+    return JSONResponse({"initial_access_token": token, "expires_at": expires_at.isoformat(),
+                         "organisation_id": str(body.organisation_id) if body.organisation_id else None},
+                        status_code=201, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/clients", operation_id="admin_list_clients", responses=_ERRORS)
+def list_clients(request: Request, limit: int = 100, after: str | None = None) -> JSONResponse:
+    """Registered clients, by client_id (``after``: the last client_id of the previous page)."""
+    try:
+        admin_of(request)
+    except AdminRefused as exc:
+        return exc.response(request)
+    items = management_for(request.app).list_clients(limit=max(1, min(limit, 500)), after=after)
+    return JSONResponse({"items": items})
+
+
+@router.post("/clients", operation_id="admin_register_client", status_code=201, responses=_ERRORS)
+def register_client(request: Request, body: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
+    """Register a client of any role (as ``quaygate client create`` does): RFC 7591 metadata plus
+    ``organisation_id`` and ``terminal_code``; the secret, if any, is shown once."""
+    try:
+        admin = admin_of(request)
+    except AdminRefused as exc:
+        return exc.response(request)
+    doc = dict(body)
+    try:
+        org = uuid.UUID(str(doc.pop("organisation_id"))) if doc.get("organisation_id") else None
+    except ValueError:
+        return problem(422, "invalid_request", "organisation_id is a UUID.", instance=request.url.path)
+    terminal = doc.pop("terminal_code", None)
+    if "role" in doc:
+        doc.setdefault("quaygate_role", doc.pop("role"))
+    try:
+        out = management_for(request.app).register_by_admin(
+            doc, organisation_id=org, terminal_code=terminal if isinstance(terminal, str) else None,
+            admin=admin, now=request.app.state.container.clock.now())
+    except RegistrationError as exc:
+        return _registration_problem(request, exc)
+    return JSONResponse(out.document, status_code=201, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/clients/{client_id}:deactivate", operation_id="admin_deactivate_client", responses=_ERRORS)
+def deactivate_client(client_id: str, request: Request) -> JSONResponse:
+    """Deactivate a client: no new tokens, its grants (refresh tokens and their access tokens) revoked."""
+    try:
+        admin = admin_of(request)
+    except AdminRefused as exc:
+        return exc.response(request)
+    if not management_for(request.app).deactivate(client_id, admin=admin,
+                                                   now=request.app.state.container.clock.now()):
+        return problem(404, "not_found", "No such active client.", instance=request.url.path)
+    return JSONResponse({"client_id": client_id, "active": False})
+
+
+@router.post("/persons", operation_id="admin_create_person", status_code=201, responses=_ERRORS)
+def create_person(request: Request, body: PersonIn) -> JSONResponse:
+    """Register a person (a driver, a dispatcher ...); identity proofing and passkeys come later."""
+    try:
+        admin = admin_of(request)
+    except AdminRefused as exc:
+        return exc.response(request)
+    container = request.app.state.container
+    now, person_id = container.clock.now(), uuid.uuid4()
+    with container.engine.begin() as conn:
+        if body.employer_organisation_id and not _org_exists(conn, body.employer_organisation_id):
+            return problem(422, "unknown_organisation", "No such organisation.", instance=request.url.path)
+        conn.execute(persons.insert().values(
+            id=person_id, given_name=body.given_name, family_name=body.family_name,
+            employer_organisation_id=body.employer_organisation_id, locale=body.locale, status="active",
+            created_at=now))
+        audit.record("identity.admin.person.created", at=now, actor={"client_id": admin}, subject=str(person_id),
+                     conn=conn, data={"employer_organisation_id": str(body.employer_organisation_id)
+                                      if body.employer_organisation_id else None})
+    return JSONResponse({"id": str(person_id)}, status_code=201)
+
+
+@router.post("/persons/{person_id}/memberships", operation_id="admin_add_membership", status_code=201,
+             responses=problem_responses(401, 403, 404, 409, 422))
+def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -> JSONResponse:
+    """Give a person a role in an organisation."""
+    try:
+        admin = admin_of(request)
+    except AdminRefused as exc:
+        return exc.response(request)
+    if body.role not in MEMBER_ROLES:
+        return problem(422, "invalid_role", f"role is one of {', '.join(MEMBER_ROLES)}.", instance=request.url.path)
+    container = request.app.state.container
+    now = container.clock.now()
+    with container.engine.begin() as conn:
+        if conn.execute(sa.select(persons.c.id).where(persons.c.id == person_id)).first() is None:
+            return problem(404, "not_found", "No such person.", instance=request.url.path)
+        if not _org_exists(conn, body.organisation_id):
+            return problem(422, "unknown_organisation", "No such organisation.", instance=request.url.path)
+        key = (memberships.c.person_id == person_id, memberships.c.organisation_id == body.organisation_id,
+               memberships.c.role == body.role)
+        if conn.execute(sa.select(memberships.c.role).where(*key)).first() is not None:
+            return problem(409, "membership_exists", "The person already has this role there.",
+                           instance=request.url.path)
+        conn.execute(memberships.insert().values(person_id=person_id, organisation_id=body.organisation_id,
+                                                 role=body.role, created_at=now))
+        audit.record("identity.admin.membership.added", at=now, actor={"client_id": admin}, subject=str(person_id),
+                     conn=conn, data={"organisation_id": str(body.organisation_id), "role": body.role})
+    return JSONResponse({"person_id": str(person_id), "organisation_id": str(body.organisation_id),
+                         "role": body.role}, status_code=201)
+
+
+def _org_exists(conn: sa.Connection, organisation_id: uuid.UUID) -> bool:
+    return conn.execute(sa.select(organisations.c.id).where(organisations.c.id == organisation_id)).first() is not None

@@ -1,0 +1,434 @@
+"""The authorization endpoint (RFC 6749 §4.1.1, OIDC Core §3.1.2): validating a request, deciding
+whether the browser's login session is good enough, and issuing the code.
+
+    params (query, form, or a pushed request, RFC 9126 §4)
+      -> client_id + redirect_uri checked (exact match)   -- failure: error page, never a redirect
+                                                             (RFC 6749 §4.1.2.1)
+      -> response_type, scope, PKCE S256, prompt, max_age, acr, PAR requirement
+                                                          -- failure: error to the redirect_uri
+      -> login session good enough? (session, prompt=login, max_age, acr)
+           no:  prompt=none -> login_required to the redirect_uri (OIDC Core §3.1.2.6)
+                else        -> 302 /login?return_to=/oauth2/authorize/resume?id=<random>
+           yes: person may use this client? (active, member of the console's organisation)
+                no  -> access_denied to the redirect_uri
+                yes -> code (random; only its SHA-256 stored) -> 302 redirect_uri?code&state&iss
+
+Decisions (documented in discovery and here):
+- ``prompt=consent`` and ``prompt=select_account`` are accepted and change nothing: every client is
+  registered by the port authority or an integrator it approved (consent is given at registration),
+  and one browser holds one person's session. ``prompt=none`` with any other value is invalid.
+- ``prompt=login`` asks for a login that happened after this request was made; the request keeps its
+  creation time while the person logs in, so resuming it after the login passes.
+- ``acr_values``: the weakest known value is the floor (identity.domain.assurance.weakest_acceptable);
+  the client's ``min_acr`` raises it. Unknown values alone are ignored (OIDC Core §3.1.2.1: voluntary).
+- Parameters are used once: a repeated parameter is invalid (RFC 6749 §3.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import sqlalchemy as sa
+
+from quaygate.cache import Cache
+from quaygate.schema import authorization_codes
+
+from .. import audit
+from ..clients import ClientRecord, ClientRegistry
+from ..domain import assurance
+from ..domain import scopes as scope_rules
+from ..sessions import LoginSession
+from .issue import IssueRefused, person_context
+
+if TYPE_CHECKING:
+    from quaygate.settings import Settings
+
+    from ..bootstrap import IdentityProvider
+    from ..sessions import SessionStore
+
+log = logging.getLogger(__name__)
+
+AUTHORIZE_PATH = "/oauth2/authorize"
+RESUME_PATH = "/oauth2/authorize/resume"
+LOGIN_PATH = "/login"
+REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"  # RFC 9126 §2.2
+RESUME_TTL = 900  # seconds a person has to log in before the request must be made again
+PKCE_S256 = "S256"
+_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # base64url SHA-256, no padding (RFC 7636 §4.2)
+_JKT = re.compile(r"^[A-Za-z0-9_-]{43}$")  # RFC 7638 SHA-256 thumbprint (RFC 9449 §10)
+MAX_PARAM = 2000
+PROMPTS = frozenset({"none", "login", "consent", "select_account"})
+CODE_PREFIX = "qgc_"
+
+
+class PageError(Exception):
+    """No trustworthy redirect_uri: show an error page (RFC 6749 §4.1.2.1). ``error`` is an OAuth code."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+
+
+class RedirectError(Exception):
+    """An error sent back to the client's (validated) redirect_uri (RFC 6749 §4.1.2.1)."""
+
+    def __init__(self, error: str, description: str, *, redirect_uri: str, state: str | None) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+        self.redirect_uri = redirect_uri
+        self.state = state
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationRequest:
+    """A validated authorization request: what the code will be bound to."""
+
+    client_id: str
+    redirect_uri: str
+    scope: str
+    state: str | None
+    nonce: str | None
+    code_challenge: str
+    prompt: tuple[str, ...]
+    max_age: int | None
+    acr: str | None  # the weakest acr the session must satisfy (client min_acr, acr_values)
+    dpop_jkt: str | None
+    created_at: float  # seconds since the epoch, for prompt=login
+    pushed: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def dumps(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def loads(cls, raw: bytes) -> AuthorizationRequest:
+        data = json.loads(raw)
+        data["prompt"] = tuple(data["prompt"])
+        return cls(**data)
+
+
+def parse_params(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """RFC 6749 §3.1: parameters sent without a value are omitted; none may be repeated."""
+    params: dict[str, str] = {}
+    for k, v in pairs:
+        if k in params:
+            raise PageError("invalid_request", f"parameter {k} is repeated")
+        if len(v) > MAX_PARAM:
+            raise PageError("invalid_request", f"parameter {k} is too long")
+        if v != "":
+            params[k] = v
+    return params
+
+
+def check_client_and_redirect(clients: ClientRegistry, params: Mapping[str, str]) -> tuple[ClientRecord, str]:
+    """RFC 6749 §3.1.2.3 / §4.1.2.1: the client is known and active and the redirect_uri is one of
+    its registered ones, compared as strings (no normalisation, no prefix, no default)."""
+    client_id = params.get("client_id")
+    client = clients.find(client_id) if client_id else None
+    if client is None or not client.active:
+        log.info("identity.authorize.refused.unknown_client")
+        raise PageError("invalid_client", "Unknown client.")
+    if "authorization_code" not in client.grant_types:
+        raise PageError("unauthorized_client", "This client does not use the authorization code flow.")
+    redirect_uri = params.get("redirect_uri")
+    if redirect_uri is None or redirect_uri not in client.redirect_uris:
+        log.info("identity.authorize.refused.redirect_uri_mismatch")
+        raise PageError("invalid_request", "The redirect_uri is not registered for this client.")
+    return client, redirect_uri
+
+
+def validate(
+    client: ClientRecord, redirect_uri: str, params: Mapping[str, str], *, now: datetime, pushed: bool
+) -> AuthorizationRequest:
+    """The rest of the request, once the redirect_uri can be trusted: errors go back to it."""
+    state = params.get("state")
+
+    def refuse(error: str, description: str, reason: str) -> RedirectError:
+        log.info("identity.authorize.refused.%s", reason)
+        return RedirectError(error, description, redirect_uri=redirect_uri, state=state)
+
+    if "request" in params:  # OIDC Core §6: request objects are not supported (use PAR)
+        raise refuse("request_not_supported", "Request objects are not supported; use PAR.", "request_object")
+    if "request_uri" in params:
+        raise refuse("invalid_request", "request_uri only from the pushed authorization endpoint.", "request_uri")
+    if client.require_par and not pushed:
+        # RFC 9126 §6: this client must push its requests first.
+        raise refuse("invalid_request", "This client must use pushed authorization requests.", "par_required")
+    if params.get("response_type") != "code":
+        raise refuse("unsupported_response_type", "Only response_type=code.", "response_type")
+    if params.get("response_mode", "query") != "query":
+        raise refuse("invalid_request", "Only response_mode=query.", "response_mode")
+    try:
+        scope = scope_rules.grant(params.get("scope"), client.scopes)
+    except scope_rules.ScopeRefused as exc:
+        raise refuse("invalid_scope", str(exc), "scope") from exc
+    # RFC 7636 §4.3, RFC 9700 §2.1.1: PKCE is mandatory, and only S256 (plain proves nothing when
+    # the request is observed).
+    challenge = params.get("code_challenge")
+    method = params.get("code_challenge_method")
+    if challenge is None:
+        raise refuse("invalid_request", "code_challenge is required (PKCE, S256).", "pkce_missing")
+    if method != PKCE_S256:
+        raise refuse("invalid_request", "code_challenge_method must be S256.", "pkce_method")
+    if not _CHALLENGE.match(challenge):
+        raise refuse("invalid_request", "Malformed code_challenge.", "pkce_challenge")
+    prompt = tuple(sorted(set(params.get("prompt", "").split())))
+    if any(p not in PROMPTS for p in prompt):
+        raise refuse("invalid_request", "Unknown prompt value.", "prompt_unknown")
+    if "none" in prompt and len(prompt) > 1:
+        raise refuse("invalid_request", "prompt=none cannot be combined.", "prompt_combined")  # OIDC §3.1.2.1
+    max_age = None
+    if "max_age" in params:
+        raw = params["max_age"]
+        if not raw.isdigit() or len(raw) > 9:
+            raise refuse("invalid_request", "max_age must be a non-negative integer.", "max_age")
+        max_age = int(raw)
+    demanded = assurance.weakest_acceptable(params.get("acr_values", "").split())
+    floor = _stronger(client.min_acr, demanded)
+    dpop_jkt = params.get("dpop_jkt")
+    if dpop_jkt is not None and not _JKT.match(dpop_jkt):
+        raise refuse("invalid_request", "Malformed dpop_jkt.", "dpop_jkt")
+    nonce = params.get("nonce")
+    if nonce is not None and len(nonce) > 255:
+        raise refuse("invalid_request", "nonce too long.", "nonce")
+    return AuthorizationRequest(
+        client_id=client.client_id,
+        redirect_uri=redirect_uri,
+        scope=scope,
+        state=state,
+        nonce=nonce,
+        code_challenge=challenge,
+        prompt=prompt,
+        max_age=max_age,
+        acr=floor,
+        dpop_jkt=dpop_jkt,
+        created_at=now.timestamp(),
+        pushed=pushed,
+    )
+
+
+def _stronger(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a or b
+    return a if assurance.LEVEL.get(a, -1) >= assurance.LEVEL.get(b, -1) else b
+
+
+def login_needed(req: AuthorizationRequest, session: LoginSession | None, *, now: datetime) -> str | None:
+    """Why the session does not do for this request (a reason code), or None when it does."""
+    if session is None:
+        return "no_session"
+    auth_time = session.auth_time.timestamp()
+    if "login" in req.prompt and auth_time < req.created_at:
+        return "prompt_login"  # OIDC Core §3.1.2.1: reauthenticate
+    if req.max_age is not None and now.timestamp() - auth_time > req.max_age:
+        return "max_age"  # OIDC Core §3.1.2.1: too long since the person logged in
+    if not assurance.satisfies(session.acr, req.acr):
+        return "acr"
+    return None
+
+
+# ---- the resumable request, the login redirect and the responses --------------------------------
+
+
+class PendingRequests:
+    """Validated requests waiting for a login, in the cache under a random id."""
+
+    PREFIX = "identity:authz-pending:"
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+
+    def save(self, req: AuthorizationRequest) -> str:
+        rid = secrets.token_urlsafe(24)
+        self._cache.set(self.PREFIX + rid, req.dumps(), RESUME_TTL)
+        return rid
+
+    def load(self, rid: str | None) -> AuthorizationRequest | None:
+        if not rid or len(rid) > 64:
+            return None
+        raw = self._cache.get(self.PREFIX + rid)
+        return AuthorizationRequest.loads(raw) if raw else None
+
+    def finish(self, rid: str) -> bool:
+        """Single use: only the first finished resume issues a code."""
+        if not self._cache.claim(self.PREFIX + "done:" + rid, RESUME_TTL):
+            return False
+        self._cache.delete(self.PREFIX + rid)
+        return True
+
+
+def login_location(rid: str, req: AuthorizationRequest) -> str:
+    """Where the browser goes to log in; ``return_to`` is a relative path back to this request."""
+    return_to = f"{RESUME_PATH}?id={rid}"
+    query = {"return_to": return_to}
+    if req.acr:
+        query["acr"] = req.acr
+    if "login" in req.prompt or (req.max_age is not None):
+        query["fresh"] = "1"
+    return f"{LOGIN_PATH}?{urlencode(query, quote_via=quote)}"
+
+
+def redirect_location(redirect_uri: str, params: Mapping[str, str | None]) -> str:
+    """The redirect_uri with the response parameters added to its query (RFC 6749 §4.1.2: keep the
+    registered query as it is)."""
+    parts = urlsplit(redirect_uri)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    query.extend((k, v) for k, v in params.items() if v is not None)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+
+def error_location(error: RedirectError, issuer: str) -> str:
+    return redirect_location(
+        error.redirect_uri,
+        {"error": error.error, "error_description": error.description, "state": error.state, "iss": issuer},
+    )
+
+
+def code_hash(code: str) -> str:
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+def issue_code(
+    engine: sa.Engine,
+    *,
+    settings: Settings,
+    client: ClientRecord,
+    req: AuthorizationRequest,
+    session: LoginSession,
+    now: datetime,
+) -> str:
+    """Check the person may use the client, store the code (hash only) and return the redirect
+    location with code, state and iss (RFC 6749 §4.1.2, RFC 9207 §2). Raises RedirectError."""
+    code = CODE_PREFIX + secrets.token_urlsafe(32)
+    with engine.begin() as conn:
+        try:
+            person_context(conn, client, session.person_id)
+        except IssueRefused as exc:
+            log.info("identity.authorize.refused.%s", exc.reason)
+            audit.record(
+                "identity.authorize.refused",
+                at=now,
+                actor={"client_id": client.client_id, "person_id": str(session.person_id)},
+                data={"reason": exc.reason},
+                conn=conn,
+            )
+            raise RedirectError(
+                "access_denied",
+                "This person cannot use this client.",
+                redirect_uri=req.redirect_uri,
+                state=req.state,
+            ) from exc
+        grant_id = uuid.uuid4()
+        conn.execute(
+            authorization_codes.insert().values(
+                code_hash=code_hash(code),
+                client_id=client.client_id,
+                person_id=session.person_id,
+                sid=session.sid,
+                redirect_uri=req.redirect_uri,
+                scope=req.scope,
+                nonce=req.nonce,
+                code_challenge=req.code_challenge,
+                acr=session.acr,
+                amr=list(session.amr),
+                auth_time=session.auth_time,
+                dpop_jkt=req.dpop_jkt,
+                grant_id=grant_id,
+                created_at=now,
+                expires_at=now + timedelta(seconds=settings.authorization_code_ttl),
+            )
+        )
+        audit.record(
+            "identity.authorization.code_issued",
+            at=now,
+            actor={"client_id": client.client_id, "person_id": str(session.person_id)},
+            subject=str(grant_id),
+            data={"scope": req.scope, "acr": session.acr, "pushed": req.pushed},
+            conn=conn,
+        )
+    log.info("identity.authorize.code_issued")
+    return redirect_location(req.redirect_uri, {"code": code, "state": req.state, "iss": settings.issuer})
+
+
+# ---- the endpoint's use cases: start, resume -----------------------------------------------------
+
+
+def start(
+    provider: IdentityProvider, sessions: SessionStore, params: Mapping[str, str], cookie: str | None, *, now: datetime
+) -> str:
+    """GET/POST /oauth2/authorize: the Location to send the browser to. Raises PageError."""
+    if "request_uri" in params:
+        # RFC 9126 §4: only client_id and request_uri count; the pushed request is used once.
+        req = provider.pushed.take(params.get("request_uri"), params.get("client_id"))
+        if req is None:
+            log.info("identity.authorize.refused.request_uri")
+            raise PageError("invalid_request_uri", "The request_uri is unknown, expired, used or not yours.")
+        client = provider.clients.find(req.client_id)
+        if client is None or not client.active:
+            raise PageError("invalid_client", "Unknown client.")
+    else:
+        client, redirect_uri = check_client_and_redirect(provider.clients, params)
+        try:
+            req = validate(client, redirect_uri, params, now=now, pushed=False)
+        except RedirectError as error:
+            return error_location(error, provider.settings.issuer)
+    return _decide(provider, sessions, client, req, cookie, rid=None, now=now)
+
+
+def resume(
+    provider: IdentityProvider, sessions: SessionStore, rid: str | None, cookie: str | None, *, now: datetime
+) -> str:
+    """GET /oauth2/authorize/resume?id=...: the request again, after the login page. Raises PageError."""
+    req = provider.pending.load(rid)
+    if req is None or rid is None:
+        raise PageError("invalid_request", "This sign-in request has expired; start again from the app.")
+    client = provider.clients.find(req.client_id)
+    if client is None or not client.active:
+        raise PageError("invalid_client", "Unknown client.")
+    return _decide(provider, sessions, client, req, cookie, rid=rid, now=now)
+
+
+def _decide(
+    provider: IdentityProvider,
+    sessions: SessionStore,
+    client: ClientRecord,
+    req: AuthorizationRequest,
+    cookie: str | None,
+    *,
+    rid: str | None,
+    now: datetime,
+) -> str:
+    issuer = provider.settings.issuer
+    session = sessions.get(cookie, now=now)
+    reason = login_needed(req, session, now=now)
+    if reason is not None:
+        if "none" in req.prompt:
+            # OIDC Core §3.1.2.6: no interaction allowed, and a login would be needed.
+            log.info("identity.authorize.refused.login_required.%s", reason)
+            error = RedirectError(
+                "login_required", "The person must log in.", redirect_uri=req.redirect_uri, state=req.state
+            )
+            return error_location(error, issuer)
+        log.info("identity.authorize.login_needed.%s", reason)
+        return login_location(rid or provider.pending.save(req), req)
+    assert session is not None
+    if rid is not None and not provider.pending.finish(rid):
+        raise PageError("invalid_request", "This sign-in request was already completed.")
+    try:
+        return issue_code(
+            provider.server.engine, settings=provider.settings, client=client, req=req, session=session, now=now
+        )
+    except RedirectError as error:
+        return error_location(error, issuer)

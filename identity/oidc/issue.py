@@ -1,0 +1,250 @@
+"""Issuing a person's tokens from a grant: access token, id token, refresh token (one use case core).
+
+Shared by the authorization code grant (code_grant.py) and the refresh token grant: both hold a
+``grants`` row (who logged in, how, for which client and scope) and turn it into a token response
+inside the caller's transaction, so that marking the code used / rotating the refresh token, creating
+the tokens, listing the access token's jti under the grant and the audit entry commit together
+(STYLE.md #5).
+
+    grant (+ person, memberships) --check person active, org membership-->
+      access token (RFC 9068, typ at+jwt, RS256 via tokens.sign_access_token; cnf.jkt if DPoP)
+      + id token (OIDC Core §2, §3.1.3.6 at_hash), when asked
+      + refresh token (GrantStore.issue_refresh), when offline_access is granted and asked
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from joserfc import jws
+from joserfc.jws import JWSRegistry
+
+from quaygate.schema import memberships, organisations, persons
+
+from .. import audit
+from ..clients import ClientRecord
+from ..domain import claims as token_claims
+from ..domain import scopes as scope_rules
+from ..domain.roles import ClientRole
+from ..grants import Grant, GrantStore
+from ..tokens import sign_access_token
+
+if TYPE_CHECKING:
+    from quaygate.settings import Settings
+
+    from ..keys import KeyStore
+
+log = logging.getLogger(__name__)
+
+# RS256 is the OIDC default (Core §15.1). PS256 and ES256 follow when the key store holds one active
+# key per algorithm (keys.py signs RS256 only for now); clients can register only what is here.
+ID_TOKEN_ALGORITHMS: tuple[str, ...] = ("RS256",)
+_ID_TOKEN_REGISTRY = JWSRegistry(algorithms=list(ID_TOKEN_ALGORITHMS))
+
+
+class IssueRefused(Exception):
+    """The grant may no longer give tokens: ``reason`` person_inactive | not_member | grant_revoked.
+
+    The token endpoint answers invalid_grant (RFC 6749 §5.2)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class PersonContext:
+    """The person behind a grant as one client sees them."""
+
+    person_id: uuid.UUID
+    given_name: str
+    family_name: str
+    roles: tuple[str, ...]
+    organisation_id: uuid.UUID | None  # set only for a console bound to an org the person belongs to
+    org_kind: str | None
+
+
+def person_context(conn: sa.Connection, client: ClientRecord, person_id: uuid.UUID) -> PersonContext:
+    """Who the person is for ``client``; raises IssueRefused when they may not use it.
+
+    - suspended persons get nothing;
+    - a console bound to an organisation serves only that organisation's members, and its tokens
+      carry the org and the person's roles in that org;
+    - the driver app's tokens carry no org and at most the driver role: the release API treats an
+      actor with a person_id and no org as a driver who sees only his own nominations;
+    - a console bound to no organisation carries the person's roles in every organisation.
+    """
+    person = conn.execute(
+        sa.select(persons.c.given_name, persons.c.family_name, persons.c.status).where(persons.c.id == person_id)
+    ).first()
+    if person is None or person.status != "active":
+        raise IssueRefused("person_inactive")
+    rows = conn.execute(
+        sa.select(memberships.c.organisation_id, memberships.c.role).where(memberships.c.person_id == person_id)
+    ).all()
+    org_id, org_kind = None, None
+    if client.role is ClientRole.DRIVER_APP:
+        roles = {r.role for r in rows} & token_claims.DRIVER_APP_ROLES
+    elif client.organisation_id is not None:
+        roles = {r.role for r in rows if r.organisation_id == client.organisation_id}
+        if not roles:
+            raise IssueRefused("not_member")
+        org_id, org_kind = client.organisation_id, client.org_kind
+        if org_kind is None:
+            org_kind = conn.execute(
+                sa.select(organisations.c.kind).where(organisations.c.id == org_id)
+            ).scalar()
+    else:
+        roles = {r.role for r in rows}
+    return PersonContext(
+        person_id=person_id,
+        given_name=person.given_name,
+        family_name=person.family_name,
+        roles=tuple(sorted(roles & token_claims.MEMBER_ROLES)),
+        organisation_id=org_id,
+        org_kind=org_kind,
+    )
+
+
+def at_hash(access_token: str) -> str:
+    """OIDC Core §3.1.3.6: left half of the SHA-256 of the token's ASCII, base64url (RS/PS/ES256)."""
+    digest = hashlib.sha256(access_token.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest[: len(digest) // 2]).decode().rstrip("=")
+
+
+def sign_id_token(claims: dict[str, Any], keys: KeyStore, alg: str) -> str:
+    """An id token, typ JWT, signed with our active key for ``alg`` (explicit registry)."""
+    if alg not in ID_TOKEN_ALGORITHMS:
+        raise ValueError(f"no signing key for {alg}")
+    key = keys.signing_key()
+    header = {"alg": alg, "typ": "JWT", "kid": key.kid}
+    return jws.serialize_compact(
+        header, json.dumps(claims, separators=(",", ":")), key, registry=_ID_TOKEN_REGISTRY
+    )
+
+
+def issue_person_tokens(
+    conn: sa.Connection,
+    *,
+    settings: Settings,
+    keys: KeyStore,
+    grants: GrantStore,
+    client: ClientRecord,
+    grant: Grant,
+    scope: str,
+    nonce: str | None,
+    include_id_token: bool,
+    include_refresh: bool,
+    dpop_jkt: str | None,
+    now: datetime,
+    grant_type: str = "authorization_code",
+    refresh_token: str | None = None,
+) -> dict[str, Any]:
+    """Build the token response (RFC 6749 §5.1, OIDC Core §3.1.3.3) for ``grant``, in ``conn``'s
+    transaction. The caller commits (and, for the code grant, has marked the code used in it).
+
+    - ``scope``: what these tokens carry (the grant's scope, or a narrower one on refresh, §6).
+    - ``nonce``: the authorization request's nonce for the id token (None on refresh).
+    - ``include_id_token``: OIDC Core §3.1.3.3 for the code grant with openid; §12.2 allows it on
+      refresh (then without nonce).
+    - ``include_refresh``: issue a new refresh token in the grant (only if ``offline_access`` is in
+      ``scope``). The refresh grant passes False and gives the already rotated token as
+      ``refresh_token``, which is put in the response as is.
+    - ``dpop_jkt``: the JWK thumbprint of the verified DPoP proof (RFC 9449 §6.1): the access token
+      gets ``cnf.jkt`` and token_type ``DPoP``.
+    - ``grant_type``: for the audit entry (``identity.token.issued``).
+
+    The access token's jti is recorded under the grant (GrantStore.record_access), so revoking the
+    grant (code reuse, refresh reuse, logout, RFC 7009) revokes it too. Raises IssueRefused when
+    the person is suspended or no longer a member of the console's organisation, or the grant is
+    revoked.
+    """
+    if grant.revoked:
+        raise IssueRefused("grant_revoked")
+    if grant.person_id is None:
+        raise IssueRefused("person_inactive")
+    person = person_context(conn, client, grant.person_id)
+    ts = int(now.timestamp())
+    auth_time = int(grant.auth_time.timestamp()) if grant.auth_time else None
+    jti = secrets.token_urlsafe(24)
+    base = token_claims.access_token_claims(
+        issuer=settings.issuer,
+        client_id=client.client_id,
+        role=client.role,
+        organisation_id=str(person.organisation_id) if person.organisation_id else None,
+        org_kind=person.org_kind,
+        terminal_code=None,
+        scope=scope,
+        audiences=token_claims.audiences_for(
+            client.role, api_audience=settings.api_audience, gate_audience=settings.gate_audience
+        ),
+        now=ts,
+        ttl=settings.access_token_ttl,
+        jti=jti,
+        subject=str(person.person_id),
+    )
+    claims = token_claims.person_claims(
+        base,
+        person_id=str(person.person_id),
+        roles=person.roles,
+        acr=grant.acr,
+        amr=grant.amr,
+        auth_time=auth_time,
+        sid=grant.sid,
+        dpop_jkt=dpop_jkt,
+    )
+    access_token = sign_access_token(claims, keys.signing_key())
+    grants.record_access(conn, grant.id, jti, now + timedelta(seconds=settings.access_token_ttl))
+    granted = scope_rules.parse(scope)
+    body: dict[str, Any] = {
+        "access_token": access_token,
+        "token_type": "DPoP" if dpop_jkt else "Bearer",  # RFC 9449 §5
+        "expires_in": settings.access_token_ttl,
+        "scope": scope,
+    }
+    if include_id_token and scope_rules.OPENID in granted:
+        id_claims = token_claims.id_token_claims(
+            issuer=settings.issuer,
+            person_id=str(person.person_id),
+            client_id=client.client_id,
+            now=ts,
+            ttl=settings.id_token_ttl,
+            auth_time=auth_time,
+            nonce=nonce,
+            acr=grant.acr,
+            amr=grant.amr,
+            sid=grant.sid,
+            at_hash=at_hash(access_token),
+            names=(person.given_name, person.family_name) if scope_rules.PROFILE in granted else None,
+        )
+        body["id_token"] = sign_id_token(id_claims, keys, client.id_token_alg)
+    if refresh_token is not None:
+        body["refresh_token"] = refresh_token
+    elif include_refresh and scope_rules.OFFLINE_ACCESS in granted:
+        body["refresh_token"] = grants.issue_refresh(conn, grant.id, now=now)
+    audit.record(
+        "identity.token.issued",
+        at=now,
+        actor={"client_id": client.client_id, "person_id": str(person.person_id)},
+        subject=str(grant.id),
+        data={
+            "grant_type": grant_type,
+            "jti": jti,
+            "scope": scope,
+            "dpop": bool(dpop_jkt),
+            "id_token": "id_token" in body,
+            "refresh_token": "refresh_token" in body,
+        },
+        conn=conn,
+    )
+    log.info("identity.token.issued.%s", grant_type.replace("_", "-"))
+    return body

@@ -1,0 +1,104 @@
+"""Token revocation (RFC 7009).
+
+    client authenticated (RFC 7009 §2.1; a public client by its client_id, so the driver app can
+    end its own session)
+      -> token_type_hint access_token | refresh_token | absent, else unsupported_token_type (§2.2.1)
+      -> refresh token of this client: its whole grant is revoked, refresh tokens and the access
+         tokens issued in it (§2.1: "SHOULD also invalidate all access tokens based on the same
+         authorization grant")
+      -> access token of this client: its jti goes on the revocation list (table + cache)
+      -> a token of another client: refused, invalid_grant (§2.1 "verifies whether the token was
+         issued to the client making the revocation request"); nothing is revoked
+      -> unknown, malformed, expired or already revoked: 200, nothing to do (§2.2)
+
+The token is found by its form, not by the hint: refresh tokens carry our prefix, access tokens are
+JWTs (§2.1 lets the server search beyond the hint).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import JSONResponse, Response
+
+from .. import audit
+from ..domain import claims as c
+from .introspection import NO_STORE, TOKEN_TYPE_HINTS, _error, authenticate, form_of, inspector_for
+
+if TYPE_CHECKING:
+    from .introspection import TokenInspector
+    from .server import FormRequest
+
+log = logging.getLogger(__name__)
+
+REVOCATION_PATH = "/oauth2/revoke"
+
+
+class RevocationRefused(Exception):
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+def revoke(inspector: TokenInspector, token: str, *, client_id: str) -> str:
+    """Revoke ``token`` for ``client_id``; return what happened (for the log): ``grant``, ``access``
+    or ``nothing``. Raises RevocationRefused for another client's token. One transaction."""
+    now = inspector.clock.now()
+    actor = {"client_id": client_id}
+    if inspector.is_refresh(token):
+        found = inspector.refresh(token)
+        if found is None:
+            return "nothing"
+        grant = found.grant
+        if grant.client_id != client_id:
+            _refused(inspector, actor, "wrong_client", now)
+            raise RevocationRefused("invalid_grant", "The token was not issued to this client.")
+        if grant.revoked:
+            return "nothing"
+        with inspector.engine.begin() as conn:
+            count = inspector.grants.revoke_grant(conn, grant.id, reason="revoked_by_client", now=now)
+            audit.record("identity.token.revoked", at=now, actor=actor, subject=str(grant.id), conn=conn,
+                         data={"token_type": "refresh_token", "grant_id": str(grant.id), "access_tokens": count})
+        return "grant"
+    claims = inspector.access_claims(token)
+    if claims is None:
+        return "nothing"  # §2.2: invalid tokens do not cause an error
+    if claims[c.CLIENT_ID] != client_id:
+        _refused(inspector, actor, "wrong_client", now)
+        raise RevocationRefused("invalid_grant", "The token was not issued to this client.")
+    jti, exp = str(claims[c.JTI]), datetime.fromtimestamp(int(claims[c.EXP]), UTC)
+    with inspector.engine.begin() as conn:
+        inspector.revocations.add(conn, [(jti, exp)], now=now)
+        audit.record("identity.token.revoked", at=now, actor=actor, subject=jti, conn=conn,
+                     data={"token_type": "access_token", "jti": jti})
+    return "access"
+
+
+def _refused(inspector: TokenInspector, actor: dict[str, Any], reason: str, now: datetime) -> None:
+    log.info("identity.token.revoke.refused.%s", reason, extra=actor)
+    audit.record("identity.token.revoke.refused", at=now, actor=actor, data={"reason": reason},
+                 engine=inspector.engine)
+
+
+def revocation_response(app: Any, raw: FormRequest) -> Response:
+    """POST /oauth2/revoke (RFC 7009 §2)."""
+    inspector = inspector_for(app)
+    authed = authenticate(inspector.provider.server, raw, public_allowed=True)
+    if isinstance(authed, JSONResponse):
+        return authed
+    request, client = authed
+    form = form_of(request)
+    token, hint = form.get("token"), form.get("token_type_hint")
+    if not token:
+        return _error("invalid_request", "The token parameter is required.")  # RFC 7009 §2.1
+    if hint is not None and hint not in TOKEN_TYPE_HINTS:
+        return _error("unsupported_token_type", "Only access and refresh tokens are revoked here.")  # §2.2.1
+    try:
+        done = revoke(inspector, token, client_id=client.get_client_id())
+    except RevocationRefused as exc:
+        return _error(exc.error, exc.description)
+    log.info("identity.token.revocation.%s", done, extra={"client_id": client.get_client_id()})
+    return Response(status_code=200, headers=NO_STORE)  # §2.2: 200, the body is ignored

@@ -1,0 +1,391 @@
+"""Rate limits and temporary lockout for the login and token endpoints (SPEC "Identity", issue 3).
+
+Counters live in the Cache: Redis when QUAYGATE_REDIS_URL is set, so every replica counts against the
+same numbers; the in-process cache otherwise (one replica). Three parts:
+
+- ``RateLimiter.hit(key, limit, window)``: a fixed-window counter (one INCR with expiry per request).
+  Windows are aligned to the clock (the window's number is in the key), so an injected clock moves
+  a counter to its next window and tests need no sleep. A burst at a window's edge may pass up to
+  twice the limit: acceptable for abuse control, and one round trip instead of a sliding log.
+- ``LoginGuard``: per address, a limit on login attempts; per person (or credential), failures are
+  counted, and the N-th failure within the window locks that person out for a while, doubling with
+  each lockout (capped) until a successful login. The lockout is audited
+  (``identity.lockout.started``). The N-th failure is detected by the INCR that returns exactly N,
+  so concurrent failures start one lockout, never two (STYLE.md #4).
+- ``RateLimitMiddleware`` (``install(app)``): POSTs to the OAuth endpoints (token, PAR,
+  introspection, revocation, registration) and to /webauthn/authentication/* are limited per client
+  address, and the OAuth ones also per client_id (from the Basic header or the form, read from a
+  small buffered copy of the body that is replayed to the route).
+
+Refusals: the OAuth endpoints answer ``429`` with ``Retry-After`` and an OAuth error body
+``{"error": "slow_down", ...}`` (RFC 6749 §5.2's shape; ``slow_down`` is RFC 8628 §3.5's code for
+"ask less often", the one OAuth clients already handle); the WebAuthn endpoints, whose errors are RFC
+9457 problems, answer a problem with code ``rate_limited``.
+
+The per-client count only counts requests that were not refused with 401: someone who cannot
+authenticate as a client cannot spend that client's allowance by naming its client_id (a denial of
+service on a victim client); their requests still count against their address.
+
+The client address is the ASGI ``client``: behind a reverse proxy, run uvicorn with
+``--proxy-headers --forwarded-allow-ips=<the proxy>`` so it is the real client's, not the proxy's.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, unquote_plus
+
+import sqlalchemy as sa
+from starlette.concurrency import run_in_threadpool
+
+from quaygate.cache import Cache
+
+from . import audit
+
+log = logging.getLogger(__name__)
+
+# Defaults; the settings the lead may add (quaygate/settings.py) override them through
+# ``limits_from_settings``: rate_limit_enabled, rate_limit_window, rate_limit_per_address,
+# rate_limit_per_client, login_attempts_per_address, login_failures_before_lockout,
+# login_failure_window, lockout_seconds, lockout_max_seconds.
+RATE_LIMIT_WINDOW = 60  # seconds
+RATE_LIMIT_PER_ADDRESS = 600  # POSTs to the limited endpoints per address and window
+RATE_LIMIT_PER_CLIENT = 1200  # authenticated requests per client_id and window
+LOGIN_ATTEMPTS_PER_ADDRESS = 60  # login attempts (check()) per address and window
+LOGIN_FAILURES_BEFORE_LOCKOUT = 5  # failures of one person within the failure window
+LOGIN_FAILURE_WINDOW = 900
+LOCKOUT_SECONDS = 300  # the first lockout; doubled on each further one
+LOCKOUT_MAX_SECONDS = 3600
+LOCKOUT_LEVEL_MEMORY = 86_400  # how long the doubling remembers earlier lockouts
+
+OAUTH_PATHS = frozenset({"/oauth2/token", "/oauth2/par", "/oauth2/introspect", "/oauth2/revoke",
+                         "/oauth2/register"})
+WEBAUTHN_LOGIN_PREFIX = "/webauthn/authentication/"
+MAX_SNIFFED_BODY = 16_384  # bytes of a form body read for its client_id; longer bodies pass unread
+MAX_CLIENT_ID_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class Limits:
+    enabled: bool = True
+    window: int = RATE_LIMIT_WINDOW
+    per_address: int = RATE_LIMIT_PER_ADDRESS
+    per_client: int = RATE_LIMIT_PER_CLIENT
+    login_attempts_per_address: int = LOGIN_ATTEMPTS_PER_ADDRESS
+    failures_before_lockout: int = LOGIN_FAILURES_BEFORE_LOCKOUT
+    failure_window: int = LOGIN_FAILURE_WINDOW
+    lockout_seconds: int = LOCKOUT_SECONDS
+    lockout_max_seconds: int = LOCKOUT_MAX_SECONDS
+
+
+def limits_from_settings(settings: Any) -> Limits:
+    """Limits from ``settings.rate_limit_*`` / ``login_*`` / ``lockout_*`` where present, else defaults."""
+    defaults = Limits()
+    names = {"enabled": "rate_limit_enabled", "window": "rate_limit_window", "per_address": "rate_limit_per_address",
+             "per_client": "rate_limit_per_client", "login_attempts_per_address": "login_attempts_per_address",
+             "failures_before_lockout": "login_failures_before_lockout", "failure_window": "login_failure_window",
+             "lockout_seconds": "lockout_seconds", "lockout_max_seconds": "lockout_max_seconds"}
+    return Limits(**{field: getattr(settings, name, getattr(defaults, field)) for field, name in names.items()})
+
+
+def _digest(value: str) -> str:
+    """Keys in the cache carry no client address, person id or client_id in clear (PII-free)."""
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class RateLimiter:
+    """Fixed-window counters in the cache."""
+
+    def __init__(self, cache: Cache, *, now: Callable[[], float] = time.time) -> None:
+        self._cache = cache
+        self._now = now
+
+    def _window(self, key: str, window: int) -> tuple[str, float]:
+        now = self._now()
+        index = int(now // window)
+        return f"rl:{_digest(key)}:{window}:{index}", (index + 1) * window - now
+
+    def hit(self, key: str, limit: int, window: int) -> int | None:
+        """Count one request for ``key``; None if within ``limit`` for this window, else the seconds
+        until the window ends (for Retry-After, RFC 9110 §10.2.3)."""
+        name, remaining = self._window(key, window)
+        count = self._cache.incr(name, remaining + 1)
+        return None if count <= limit else max(1, math.ceil(remaining))
+
+    def exceeded(self, key: str, limit: int, window: int) -> int | None:
+        """Like hit() without counting: has ``key`` already used up its allowance in this window?"""
+        name, remaining = self._window(key, window)
+        raw = self._cache.get(name)
+        return None if raw is None or int(raw) < limit else max(1, math.ceil(remaining))
+
+
+class LoginGuard:
+    """Per address attempt limits and per person lockout after repeated failures.
+
+    ``subject`` is whatever names the account being logged in to before it is known for sure: the
+    person's id, or the passkey credential id the assertion names (``cred:<id>``). ``address`` is the
+    client address. Both are hashed before they reach the cache.
+    """
+
+    def __init__(self, cache: Cache, *, limits: Limits = Limits(), now: Callable[[], float] = time.time,  # noqa: B008
+                 engine: sa.Engine | None = None) -> None:
+        self._cache = cache
+        self._limits = limits
+        self._now = now
+        self._engine = engine
+        self._rates = RateLimiter(cache, now=now)
+
+    def check(self, subject: str | None, address: str | None) -> int | None:
+        """Before an attempt: None to go ahead, else seconds to wait (locked, or too many attempts)."""
+        if subject is not None:
+            locked = self.locked_for(subject)
+            if locked is not None:
+                log.info("identity.login.refused.locked")
+                return locked
+        if address is not None:
+            retry = self._rates.hit(f"login:addr:{address}", self._limits.login_attempts_per_address,
+                                    self._limits.window)
+            if retry is not None:
+                log.info("identity.login.refused.rate_limited")
+                return retry
+        return None
+
+    def locked_for(self, subject: str) -> int | None:
+        raw = self._cache.get(f"lock:{_digest(subject)}")
+        if raw is None:
+            return None
+        remaining = float(raw) - self._now()
+        return max(1, math.ceil(remaining)) if remaining > 0 else None
+
+    def failed(self, subject: str | None, address: str | None = None) -> int | None:
+        """After a failed attempt: count it; return the lockout's length if this failure started one."""
+        if subject is None:
+            return None
+        h = _digest(subject)
+        window = self._limits.failure_window
+        index = int(self._now() // window)
+        count = self._cache.incr(f"lf:{h}:{index}", window + 1)
+        # Exactly the N-th failure starts the lockout: one INCR decides, so concurrent failures cannot
+        # start two; later ones find the lock in check().
+        if count != self._limits.failures_before_lockout:
+            return None
+        level = self._cache.incr(f"lockn:{h}", LOCKOUT_LEVEL_MEMORY)
+        seconds = min(self._limits.lockout_seconds * 2 ** (level - 1), self._limits.lockout_max_seconds)
+        now = self._now()
+        self._cache.set(f"lock:{h}", repr(now + seconds).encode(), seconds + 1)
+        self._cache.delete(f"lf:{h}:{index}")  # after the lockout, N new failures for the next one
+        log.info("identity.lockout.started")
+        if self._engine is not None:
+            audit.record("identity.lockout.started", at=datetime.fromtimestamp(now, UTC),
+                         actor={"system": "login_guard"}, subject=_subject(subject),
+                         data={"failures": count, "seconds": seconds, "level": level}, engine=self._engine)
+        return seconds
+
+    def succeeded(self, subject: str, address: str | None = None) -> None:
+        """After a successful login: forget the failures and the lockout doubling."""
+        h = _digest(subject)
+        self._cache.delete(f"lf:{h}:{int(self._now() // self._limits.failure_window)}")
+        self._cache.delete(f"lockn:{h}")
+
+
+def _subject(subject: str) -> str:
+    # The audit names a person by id (not PII); a credential id is hashed like elsewhere in the trail.
+    if subject.startswith("person:"):
+        return subject
+    return f"key:{_digest(subject)}"
+
+
+# -- per-app instances ------------------------------------------------------------------------------------
+
+_build_lock = threading.Lock()
+
+
+def _clock(container: Any) -> Callable[[], float]:
+    clock = container.clock
+    return lambda: clock.now().timestamp()
+
+
+def login_guard_for(app: Any) -> LoginGuard:
+    """The app's LoginGuard on ``app.state.login_guard``, built from ``app.state.container``."""
+    guard: LoginGuard | None = getattr(app.state, "login_guard", None)
+    if guard is None:
+        with _build_lock:
+            guard = getattr(app.state, "login_guard", None)
+            if guard is None:
+                c = app.state.container
+                guard = LoginGuard(c.cache, limits=limits_from_settings(c.settings), now=_clock(c), engine=c.engine)
+                app.state.login_guard = guard
+    return guard
+
+
+def rate_limiter_for(app: Any) -> RateLimiter:
+    limiter: RateLimiter | None = getattr(app.state, "rate_limiter", None)
+    if limiter is None:
+        with _build_lock:
+            limiter = getattr(app.state, "rate_limiter", None)
+            if limiter is None:
+                c = app.state.container
+                limiter = RateLimiter(c.cache, now=_clock(c))
+                app.state.rate_limiter = limiter
+    return limiter
+
+
+# -- the middleware ---------------------------------------------------------------------------------------
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _family(path: str) -> str | None:
+    if path in OAUTH_PATHS:
+        return "oauth"
+    if path.startswith(WEBAUTHN_LOGIN_PREFIX):
+        return "webauthn"
+    return None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def client_id_from_basic(authorization: str | None) -> str | None:
+    """RFC 6749 §2.3.1: client_secret_basic, with the client_id form-urlencoded inside Basic."""
+    if not authorization or not authorization[:6].lower() == "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    client_id = unquote_plus(decoded.partition(":")[0])
+    return client_id if 0 < len(client_id) <= MAX_CLIENT_ID_LENGTH else None
+
+
+def client_id_from_form(body: bytes) -> str | None:
+    """client_id from a form body (RFC 6749 §2.3.1 / RFC 7523 §3: with private_key_jwt the form has
+    client_id or the assertion's sub names it; only the form parameter is taken, unverified)."""
+    try:
+        values = parse_qs(body.decode("ascii"), max_num_fields=64).get("client_id") or []
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return values[0] if len(values) == 1 and 0 < len(values[0]) <= MAX_CLIENT_ID_LENGTH else None
+
+
+class RateLimitMiddleware:
+    """Pure ASGI: limits POSTs to the login and token endpoints before the route runs."""
+
+    def __init__(self, app: ASGIApp, *, limits: Limits | None = None) -> None:
+        self.app = app
+        self._limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        root = scope.get("root_path", "")
+        path = scope["path"][len(root):] if root and scope["path"].startswith(root) else scope["path"]
+        family = _family(path)
+        owner = scope.get("app")
+        if family is None or owner is None or getattr(owner.state, "container", None) is None:
+            await self.app(scope, receive, send)
+            return
+        if self._limits is None:
+            self._limits = limits_from_settings(owner.state.container.settings)
+        limits = self._limits
+        if not limits.enabled:
+            await self.app(scope, receive, send)
+            return
+        limiter = rate_limiter_for(owner)
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        client_id: str | None = None
+        if family == "oauth":
+            client_id = client_id_from_basic(_header(scope, b"authorization"))
+            if client_id is None:
+                receive, body = await _buffer_form(scope, receive)
+                client_id = client_id_from_form(body) if body else None
+
+        def before() -> int | None:
+            retry = limiter.hit(f"ep:{family}:addr:{address}", limits.per_address, limits.window)
+            if retry is None and client_id is not None:
+                retry = limiter.exceeded(f"ep:client:{client_id}", limits.per_client, limits.window)
+            return retry
+
+        retry = await run_in_threadpool(before)
+        if retry is not None:
+            log.info("identity.ratelimit.refused.%s", family)
+            await _too_many(send, family, retry)
+            return
+        if client_id is None:
+            await self.app(scope, receive, send)
+            return
+        status: list[int] = []
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(int(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if status and status[0] != 401:
+            await run_in_threadpool(limiter.hit, f"ep:client:{client_id}", limits.per_client, limits.window)
+
+
+async def _buffer_form(scope: Scope, receive: Receive) -> tuple[Receive, bytes]:
+    """Read a small form body for its client_id, and give the route a receive that replays it."""
+    content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        return receive, b""
+    messages: list[Message] = []
+    body = b""
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        body += message.get("body", b"")
+        if not message.get("more_body", False) or len(body) > MAX_SNIFFED_BODY:
+            break
+    complete = not messages[-1].get("more_body", False) and len(body) <= MAX_SNIFFED_BODY
+
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay, body if complete else b""
+
+
+async def _too_many(send: Send, family: str, retry_after: int) -> None:
+    if family == "oauth":
+        # RFC 6749 §5.2's error shape; no-store like every token endpoint answer (RFC 6749 §5.1).
+        body = {"error": "slow_down", "error_description": f"Too many requests; retry after {retry_after} seconds."}
+        media = b"application/json"
+    else:
+        body = {"type": "https://quaygate.eu/problems/rate_limited", "title": "Too many requests", "status": 429,
+                "detail": f"Too many requests; retry after {retry_after} seconds.", "code": "rate_limited"}
+        media = b"application/problem+json"
+    raw = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": 429, "headers": [
+        (b"content-type", media), (b"content-length", str(len(raw)).encode()),
+        (b"retry-after", str(retry_after).encode()), (b"cache-control", b"no-store")]})
+    await send({"type": "http.response.body", "body": raw})
+
+
+def install(app: Any, *, limits: Limits | None = None) -> None:
+    """Mount the middleware (call in create_app, after the app is built). ``limits`` overrides the
+    settings, for tests."""
+    app.add_middleware(RateLimitMiddleware, limits=limits)

@@ -1,0 +1,87 @@
+"""The HTTP edge of dynamic client registration: bearer token, JSON body, errors as RFC 7591 §3.2.2
+JSON (401 with an RFC 6750 §3 challenge for a bad initial or registration access token)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import JSONResponse, Response
+
+from .. import audit
+from ..grants import grants_for
+from .metadata import INVALID_CLIENT_METADATA
+from .service import ClientManagement, RegistrationError
+
+if TYPE_CHECKING:
+    from ..oidc.server import FormRequest
+
+log = logging.getLogger(__name__)
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_lock = threading.Lock()
+
+
+def management_for(app: Any) -> ClientManagement:
+    """The app's ClientManagement, built on first use from ``app.state.container``."""
+    found: ClientManagement | None = getattr(app.state, "identity_client_management", None)
+    if found is None:
+        with _lock:
+            found = getattr(app.state, "identity_client_management", None)
+            if found is None:
+                c = app.state.container
+                found = ClientManagement(c.engine, grants_for(app), issuer=c.settings.issuer)
+                app.state.identity_client_management = found
+    return found
+
+
+def _bearer(raw: FormRequest) -> str:
+    value = raw.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise RegistrationError("invalid_token", "A bearer access token is required.", 401, reason="no_token")
+    return token.strip()
+
+
+def _json(raw: FormRequest) -> Any:
+    if raw.body is None:
+        raise RegistrationError(INVALID_CLIENT_METADATA, "The metadata document is too large.")
+    if raw.content_type.split(";")[0].strip().lower() != "application/json":
+        raise RegistrationError(INVALID_CLIENT_METADATA, "Send the metadata as application/json.")  # RFC 7591 §3.1
+    try:
+        return json.loads(raw.body)
+    except ValueError as exc:
+        raise RegistrationError(INVALID_CLIENT_METADATA, "The body is not valid JSON.") from exc
+
+
+def registration_endpoint(app: Any, raw: FormRequest, *, client_id: str | None) -> Response:
+    """POST /oauth2/register (RFC 7591 §3) and GET/PUT/DELETE /oauth2/register/{id} (RFC 7592 §2)."""
+    container = app.state.container
+    manager = management_for(app)
+    now = container.clock.now()
+    try:
+        token = _bearer(raw)
+        if client_id is None:
+            doc = _json(raw)
+            out = manager.register(token, doc, now=now)
+            log.info("identity.client.registered", extra={"client_id": out.client_id})
+            return JSONResponse(out.document, status_code=201, headers=NO_STORE)
+        if raw.method == "GET":
+            return JSONResponse(manager.read(client_id, token, now=now), headers=NO_STORE)
+        if raw.method == "PUT":
+            doc = _json(raw)
+            return JSONResponse(manager.update(client_id, token, doc, now=now), headers=NO_STORE)
+        manager.delete(client_id, token, now=now)
+        return Response(status_code=204, headers=NO_STORE)
+    except RegistrationError as exc:
+        kind = "identity.client.register.refused" if client_id is None else "identity.client.manage.refused"
+        log.info("%s.%s", kind, exc.reason)
+        audit.record(kind, at=now, actor={"client_id": client_id} if client_id else {}, subject=client_id,
+                     data={"reason": exc.reason, "method": raw.method}, engine=container.engine)
+        headers = dict(NO_STORE)
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'  # RFC 6750 §3
+        body = {"error": exc.error, "error_description": exc.description}
+        return JSONResponse(body, status_code=exc.status if exc.status in (400, 401) else 400, headers=headers)

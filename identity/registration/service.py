@@ -1,0 +1,373 @@
+"""Registering and managing clients: dynamic registration (RFC 7591) authorised by an initial access
+token, management with a registration access token (RFC 7592), and the admin's own registrations.
+
+One transaction per use case (STYLE.md #5). Tokens are 256-bit random strings shown once; only their
+SHA-256 is stored. Single use is a conditional UPDATE (STYLE.md #4):
+
+    initial access token   unused --register (UPDATE ... WHERE used_at IS NULL AND expires_at > now)--> used
+    registration token     each read or update swaps it for a new one (UPDATE ... WHERE hash = :old),
+                           so a copied token stops working at its holder's next call (RFC 7592 §3
+                           lets the server rotate it); delete clears it
+
+A refused registration rolls back, so the initial access token stays unused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from quaygate.schema import grants as grants_table
+from quaygate.schema import initial_access_tokens, oauth_clients, organisations
+
+from .. import audit
+from ..clients import hash_secret, public_jwks, verify_secret
+from ..domain.roles import SECRET_METHODS, AuthMethod, ClientRole, RegistrationRefused, check_registration
+from ..grants import GrantStore
+from .metadata import INVALID_CLIENT_METADATA, SERVER_FIELDS, ClientMetadata, MetadataRefused, check_metadata
+
+log = logging.getLogger(__name__)
+
+REGISTRATION_PATH = "/oauth2/register"
+IAT_PREFIX = "qgiat_"  # recognisable in logs and secret scanners
+RAT_PREFIX = "qgrat_"
+DEFAULT_IAT_TTL = 24 * 3600
+MAX_IAT_TTL = 30 * 24 * 3600
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class RegistrationError(Exception):
+    """``error``: an RFC 7591 §3.2.2 / RFC 6750 §3.1 code; ``status`` the HTTP status of the edge."""
+
+    def __init__(self, error: str, description: str, status: int = 400, *, reason: str | None = None) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+        self.reason = reason or error
+
+
+def _unauthorised(reason: str, description: str = "The access token is invalid.") -> RegistrationError:
+    return RegistrationError("invalid_token", description, 401, reason=reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Organisation:
+    id: uuid.UUID
+    kind: str
+    terminal_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """A new client: its document and the credentials shown once."""
+
+    document: dict[str, Any]
+    client_id: str
+    client_secret: str | None
+    registration_access_token: str | None
+
+
+class ClientManagement:
+    def __init__(self, engine: sa.Engine, grants: GrantStore, *, issuer: str) -> None:
+        self._engine = engine
+        self._grants = grants
+        self._issuer = issuer.rstrip("/")
+
+    # ---- initial access tokens ----------------------------------------------------------------
+
+    def create_initial_access_token(
+        self, *, organisation_id: uuid.UUID | None, created_by: str, ttl: int | None, now: datetime
+    ) -> tuple[str, datetime]:
+        """A single-use initial access token (RFC 7591 §3), tied to an organisation or not."""
+        ttl = DEFAULT_IAT_TTL if ttl is None else ttl
+        if not 60 <= ttl <= MAX_IAT_TTL:
+            raise RegistrationError("invalid_ttl", f"ttl is between 60 and {MAX_IAT_TTL} seconds.", 422)
+        token = IAT_PREFIX + secrets.token_urlsafe(32)
+        expires_at = now + timedelta(seconds=ttl)
+        with self._engine.begin() as conn:
+            if organisation_id is not None:
+                self._organisation(conn, organisation_id)
+            conn.execute(initial_access_tokens.insert().values(
+                token_hash=_sha256(token), organisation_id=organisation_id, created_by=created_by,
+                created_at=now, expires_at=expires_at))
+            audit.record("identity.iat.created", at=now, actor={"client_id": created_by}, conn=conn,
+                         data={"organisation_id": str(organisation_id) if organisation_id else None,
+                               "expires_at": expires_at.isoformat()})
+        return token, expires_at
+
+    def _claim_iat(self, conn: sa.Connection, token: str, now: datetime) -> tuple[uuid.UUID | None, str]:
+        """Use an initial access token once: one conditional UPDATE (concurrent uses: one wins)."""
+        if not token.startswith(IAT_PREFIX):
+            raise _unauthorised("iat_unknown")
+        h = _sha256(token)
+        claimed = conn.execute(
+            initial_access_tokens.update()
+            .where(initial_access_tokens.c.token_hash == h, initial_access_tokens.c.used_at.is_(None),
+                   initial_access_tokens.c.expires_at > now)
+            .values(used_at=now)
+        ).rowcount
+        row = conn.execute(
+            sa.select(initial_access_tokens.c.organisation_id, initial_access_tokens.c.created_by,
+                      initial_access_tokens.c.used_at, initial_access_tokens.c.expires_at)
+            .where(initial_access_tokens.c.token_hash == h)
+        ).first()
+        if claimed != 1 or row is None:
+            reason = "iat_unknown" if row is None else "iat_expired" if row.expires_at <= now else "iat_used"
+            raise _unauthorised(reason)
+        return row.organisation_id, str(row.created_by)
+
+    # ---- RFC 7591 ------------------------------------------------------------------------------
+
+    def register(self, initial_access_token: str, doc: Mapping[str, Any], *, now: datetime) -> Registered:
+        """RFC 7591 §3.1: a client acting for the token's organisation (if any). One transaction."""
+        with self._engine.begin() as conn:
+            org_id, created_by = self._claim_iat(conn, initial_access_token, now)
+            org = self._organisation(conn, org_id) if org_id else None
+            meta = _checked(doc, org_kind=org.kind if org else None)
+            out = self._insert(conn, meta, org=org, terminal_code=None, now=now, dynamic=True)
+            audit.record("identity.client.registered", at=now, actor={"iat_created_by": created_by},
+                         subject=out.client_id, conn=conn,
+                         data={"role": meta.role.value, "organisation_id": str(org_id) if org_id else None,
+                               "dynamic": True})
+        return out
+
+    def register_by_admin(
+        self,
+        doc: Mapping[str, Any],
+        *,
+        organisation_id: uuid.UUID | None,
+        terminal_code: str | None,
+        admin: str,
+        now: datetime,
+    ) -> Registered:
+        """The admin API's registration: any role (admin included), any method, no registration token."""
+        with self._engine.begin() as conn:
+            org = self._organisation(conn, organisation_id) if organisation_id else None
+            meta = _checked(doc, org_kind=org.kind if org else None, allowed_methods=frozenset(AuthMethod),
+                            allow_admin=True)
+            out = self._insert(conn, meta, org=org, terminal_code=terminal_code, now=now, dynamic=False)
+            audit.record("identity.admin.client.registered", at=now, actor={"client_id": admin},
+                         subject=out.client_id, conn=conn,
+                         data={"role": meta.role.value,
+                               "organisation_id": str(organisation_id) if organisation_id else None})
+        return out
+
+    def _insert(self, conn: sa.Connection, meta: ClientMetadata, *, org: Organisation | None,
+                terminal_code: str | None, now: datetime, dynamic: bool) -> Registered:
+        jwks, bound = _keys_and_terminal(meta, org, terminal_code)
+        client_id = f"qg-{meta.role.value.replace('_', '-')}-{secrets.token_hex(8)}"
+        secret = secrets.token_urlsafe(32) if meta.auth_method in SECRET_METHODS else None
+        rat = RAT_PREFIX + secrets.token_urlsafe(32) if dynamic else None
+        conn.execute(oauth_clients.insert().values(
+            client_id=client_id, organisation_id=org.id if org else None, created_at=now, updated_at=now,
+            secret_hash=hash_secret(secret) if secret else None, terminal_code=bound, active=True,
+            registration_token_hash=_sha256(rat) if rat else None, **_columns(meta, jwks)))
+        document = self._document(self._row(conn, client_id))
+        if secret:
+            document["client_secret"] = secret
+            document["client_secret_expires_at"] = 0  # RFC 7591 §3.2.1: does not expire
+        if rat:
+            document["registration_access_token"] = rat
+        return Registered(document, client_id, secret, rat)
+
+    # ---- RFC 7592 ------------------------------------------------------------------------------
+
+    def read(self, client_id: str, token: str, *, now: datetime) -> dict[str, Any]:
+        """RFC 7592 §2.1: the client's metadata, with a new registration access token."""
+        with self._engine.begin() as conn:
+            rat = self._rotate(conn, client_id, token, now)
+            document = self._document(self._row(conn, client_id))
+        document["registration_access_token"] = rat
+        return document
+
+    def update(self, client_id: str, token: str, doc: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
+        """RFC 7592 §2.2: replace the metadata (omitted members return to their defaults)."""
+        with self._engine.begin() as conn:
+            rat = self._rotate(conn, client_id, token, now)
+            row = self._row(conn, client_id)
+            if not isinstance(doc, Mapping):
+                raise RegistrationError(INVALID_CLIENT_METADATA, "The metadata must be a JSON object.")
+            if doc.get("client_id") != client_id:  # RFC 7592 §2.2: REQUIRED, and must match
+                raise RegistrationError(INVALID_CLIENT_METADATA, "client_id must be the client's own.")
+            sent = [f for f in SERVER_FIELDS if f in doc]
+            if sent:
+                raise RegistrationError(INVALID_CLIENT_METADATA, f"Do not send {', '.join(sent)}.")
+            if "client_secret" in doc and not verify_secret(str(doc["client_secret"]), row.secret_hash):
+                raise RegistrationError(INVALID_CLIENT_METADATA, "client_secret does not match.")
+            org = self._organisation(conn, row.organisation_id) if row.organisation_id else None
+            meta = _checked(doc, org_kind=org.kind if org else None, fixed_role=ClientRole(row.role),
+                            fixed_method=AuthMethod(row.token_endpoint_auth_method))
+            jwks, bound = _keys_and_terminal(meta, org, row.terminal_code)
+            conn.execute(oauth_clients.update().where(oauth_clients.c.client_id == client_id).values(
+                terminal_code=bound, updated_at=now, **_columns(meta, jwks)))
+            audit.record("identity.client.updated", at=now, actor={"client_id": client_id}, subject=client_id,
+                         conn=conn, data={"dynamic": True})
+            document = self._document(self._row(conn, client_id))
+        document["registration_access_token"] = rat
+        return document
+
+    def delete(self, client_id: str, token: str, *, now: datetime) -> None:
+        """RFC 7592 §2.3: deactivate the client (rows are kept for the audit trail), end its
+        registration token and revoke its grants (refresh tokens and their access tokens)."""
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                oauth_clients.update()
+                .where(oauth_clients.c.client_id == client_id, oauth_clients.c.active.is_(True),
+                       oauth_clients.c.registration_token_hash == _sha256(token))
+                .values(active=False, registration_token_hash=None, updated_at=now)
+            ).rowcount
+            if done != 1:
+                raise _unauthorised("rat_invalid")
+            revoked = self._revoke_grants(conn, client_id, now)
+            audit.record("identity.client.deleted", at=now, actor={"client_id": client_id}, subject=client_id,
+                         conn=conn, data={"grants_revoked": revoked})
+
+    def deactivate(self, client_id: str, *, admin: str, now: datetime) -> bool:
+        """The admin API's deactivation; False when there is no such active client."""
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                oauth_clients.update()
+                .where(oauth_clients.c.client_id == client_id, oauth_clients.c.active.is_(True))
+                .values(active=False, registration_token_hash=None, updated_at=now)
+            ).rowcount
+            if done != 1:
+                return False
+            revoked = self._revoke_grants(conn, client_id, now)
+            audit.record("identity.admin.client.deactivated", at=now, actor={"client_id": admin},
+                         subject=client_id, conn=conn, data={"grants_revoked": revoked})
+        return True
+
+    def list_clients(self, *, limit: int = 100, after: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(oauth_clients).order_by(oauth_clients.c.client_id).limit(limit)
+        if after:
+            query = query.where(oauth_clients.c.client_id > after)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [{**self._document(r), "active": bool(r.active)} for r in rows]
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    def _rotate(self, conn: sa.Connection, client_id: str, token: str, now: datetime) -> str:
+        """Check the registration access token and swap it for a new one, atomically (RFC 7592 §3).
+        An unknown client, a wrong token and a deactivated client look the same (§2.1: 401)."""
+        if not token.startswith(RAT_PREFIX):
+            raise _unauthorised("rat_invalid")
+        new = RAT_PREFIX + secrets.token_urlsafe(32)
+        done = conn.execute(
+            oauth_clients.update()
+            .where(oauth_clients.c.client_id == client_id, oauth_clients.c.active.is_(True),
+                   oauth_clients.c.registration_token_hash == _sha256(token))
+            .values(registration_token_hash=_sha256(new))
+        ).rowcount
+        if done != 1:
+            raise _unauthorised("rat_invalid")
+        return new
+
+    def _revoke_grants(self, conn: sa.Connection, client_id: str, now: datetime) -> int:
+        ids = conn.execute(
+            sa.select(grants_table.c.id).where(grants_table.c.client_id == client_id,
+                                               grants_table.c.revoked_at.is_(None))
+        ).scalars().all()
+        for gid in ids:
+            self._grants.revoke_grant(conn, gid, reason="client_deactivated", now=now)
+        return len(ids)
+
+    @staticmethod
+    def _organisation(conn: sa.Connection, organisation_id: uuid.UUID) -> Organisation:
+        row = conn.execute(
+            sa.select(organisations.c.kind, organisations.c.terminal_code).where(organisations.c.id == organisation_id)
+        ).first()
+        if row is None:
+            raise RegistrationError(INVALID_CLIENT_METADATA, "No such organisation.", 422,
+                                    reason="organisation_unknown")
+        return Organisation(organisation_id, row.kind, row.terminal_code)
+
+    @staticmethod
+    def _row(conn: sa.Connection, client_id: str) -> Any:
+        return conn.execute(sa.select(oauth_clients).where(oauth_clients.c.client_id == client_id)).one()
+
+    def _document(self, row: Any) -> dict[str, Any]:
+        """The client information response (RFC 7591 §3.2.1, RFC 7592 §3)."""
+        grant_types = list(row.grant_types)
+        doc: dict[str, Any] = {
+            **(row.extra_metadata or {}),
+            "client_id": row.client_id,
+            "client_id_issued_at": int(row.created_at.timestamp()),
+            "client_name": row.name,
+            "redirect_uris": list(row.redirect_uris),
+            "post_logout_redirect_uris": list(row.post_logout_redirect_uris or []),
+            "grant_types": grant_types,
+            "response_types": ["code"] if "authorization_code" in grant_types else [],
+            "token_endpoint_auth_method": row.token_endpoint_auth_method,
+            "scope": " ".join(row.scopes),
+            "dpop_bound_access_tokens": bool(row.dpop_bound),
+            "require_pushed_authorization_requests": bool(row.require_par),
+            "quaygate_role": row.role,
+        }
+        if row.jwks:
+            doc["jwks"] = row.jwks
+        if row.min_acr:
+            doc["default_acr_values"] = [row.min_acr]
+        if row.organisation_id:
+            doc["quaygate_organisation_id"] = str(row.organisation_id)
+        if row.terminal_code:
+            doc["quaygate_terminal"] = row.terminal_code
+        if row.registration_token_hash:
+            doc["registration_client_uri"] = f"{self._issuer}{REGISTRATION_PATH}/{row.client_id}"
+        return doc
+
+
+def _checked(doc: Mapping[str, Any], **kw: Any) -> ClientMetadata:
+    try:
+        return check_metadata(doc, **kw)
+    except MetadataRefused as exc:
+        raise RegistrationError(exc.error, exc.description) from exc
+
+
+def _keys_and_terminal(
+    meta: ClientMetadata, org: Organisation | None, terminal_code: str | None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The same rules as every registration: public keys only, role fits the organisation's kind,
+    terminal binding, method fits the role (domain.roles.check_registration)."""
+    try:
+        jwks = public_jwks(meta.jwks) if meta.jwks is not None else None
+        bound = check_registration(
+            meta.role,
+            org_kind=org.kind if org else None,
+            org_terminal_code=org.terminal_code if org else None,
+            terminal_code=terminal_code,
+            auth_method=meta.auth_method,
+            has_jwks=jwks is not None,
+        )
+    except RegistrationRefused as exc:
+        raise RegistrationError(INVALID_CLIENT_METADATA, str(exc), reason=exc.code) from exc
+    return jwks, bound
+
+
+def _columns(meta: ClientMetadata, jwks: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "name": meta.name,
+        "role": meta.role.value,
+        "token_endpoint_auth_method": meta.auth_method.value,
+        "grant_types": list(meta.grant_types),
+        "redirect_uris": list(meta.redirect_uris),
+        "post_logout_redirect_uris": list(meta.post_logout_redirect_uris),
+        "scopes": list(meta.scopes),
+        "jwks": jwks,
+        "dpop_bound": meta.dpop_bound,
+        "require_par": meta.require_par,
+        "min_acr": meta.min_acr,
+        "extra_metadata": meta.extra,
+    }

@@ -1,0 +1,351 @@
+"""The authorization code flow with PKCE (RFC 6749 §4.1, RFC 7636, OIDC Core §3.1): the happy paths
+and every way in an attacker would try, each refused with the spec's error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import sqlalchemy as sa
+
+from identity.domain import assurance
+from identity.grants import RefreshRefused
+from identity.oidc.issue import at_hash
+from identity.tokens import InvalidToken
+from quaygate.schema import audit_log, authorization_codes, login_sessions
+from tests.test_identity_code_flow_support import (
+    DRIVER_REDIRECT,
+    Flow,
+    Pkce,
+    make_flow,
+    query,
+)
+from tests.test_identity_support import ISSUER, utcnow
+
+API = "quaygate-api"
+
+
+@pytest.fixture
+def flow(engine: sa.Engine, tmp_path: Path) -> Iterator[Flow]:
+    yield from make_flow(engine, tmp_path)
+
+
+def _audit_kinds(flow: Flow) -> list[str]:
+    with flow.engine.connect() as conn:
+        return [r.kind for r in conn.execute(sa.select(audit_log.c.kind).order_by(audit_log.c.id))]
+
+
+# ---- happy paths ---------------------------------------------------------------------------------
+
+
+def test_driver_app_code_flow_with_pkce_gives_verified_tokens(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    person = flow.person()
+    flow.member(person, flow_org(flow, "transport_operator"), "driver")
+    sid = flow.login(person)
+    pkce = Pkce()
+    resp = flow.authorize(client_id, pkce=pkce, state="s-123", nonce="n-456")
+    q = query(resp)
+    assert resp.headers["location"].startswith(DRIVER_REDIRECT + "?")
+    assert q["state"] == "s-123" and q["iss"] == ISSUER
+    token = flow.exchange(client_id, q["code"], pkce.verifier)
+    assert token.status_code == 200, token.text
+    assert token.headers["cache-control"] == "no-store"
+    body = token.json()
+    assert body["token_type"] == "Bearer" and body["refresh_token"].startswith("qgr_")
+    assert set(body["scope"].split()) == {"openid", "profile", "offline_access", "releases:read"}
+    at = flow.provider.verifier.verify(body["access_token"], audience=API)
+    assert at["sub"] == at["person_id"] == str(person)
+    assert at["client_id"] == client_id and at["role"] == "driver_app" and at["roles"] == ["driver"]
+    assert "org" not in at and "org_kind" not in at  # a driver app token never speaks for an org
+    assert at["acr"] == assurance.ACR_PASSKEY and at["amr"] == list(assurance.AMR_PASSKEY)
+    assert at["sid"] == sid and isinstance(at["auth_time"], int)
+    idt = flow.id_token(body["id_token"])
+    assert idt["iss"] == ISSUER and idt["sub"] == str(person)
+    assert idt["aud"] == client_id and idt["azp"] == client_id
+    assert idt["nonce"] == "n-456"
+    assert idt["at_hash"] == at_hash(body["access_token"])
+    assert idt["acr"] == assurance.ACR_PASSKEY and idt["amr"] == list(assurance.AMR_PASSKEY)
+    assert idt["sid"] == sid and idt["auth_time"] == at["auth_time"]
+    assert idt["given_name"] == "Jan" and idt["family_name"] == "Peeters"
+    assert idt["exp"] - idt["iat"] == flow.container.settings.id_token_ttl
+    kinds = _audit_kinds(flow)
+    assert "identity.authorization.code_issued" in kinds and "identity.token.issued" in kinds
+
+
+def flow_org(flow: Flow, kind: str) -> object:
+    from tests.test_identity_support import add_org
+
+    return add_org(flow.engine, kind)
+
+
+def test_driver_app_token_drops_admin_roles(flow: Flow) -> None:
+    """A port security admin logging in through the driver app gets no admin power in that token."""
+    client_id = flow.driver_app()
+    person = flow.person()
+    flow.member(person, flow_org(flow, "port_authority"), "port_security_admin")
+    body = flow.driver_tokens(client_id, person)
+    at = flow.provider.verifier.verify(body["access_token"], audience=API)
+    assert at["roles"] == [] and "org" not in at
+
+
+def test_post_to_authorize_works_like_get(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    person = flow.person()
+    flow.login(person)
+    pkce = Pkce()
+    code = flow.code(flow.authorize(client_id, pkce=pkce, method="POST"))
+    assert flow.exchange(client_id, code, pkce.verifier).status_code == 200
+
+
+def test_without_offline_access_there_is_no_refresh_token(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    person = flow.person()
+    body = flow.driver_tokens(client_id, person, scope="openid releases:read")
+    assert "refresh_token" not in body and "id_token" in body
+    assert "given_name" not in flow.id_token(body["id_token"])  # no profile scope
+
+
+def test_no_session_goes_to_login_and_resumes_after_it(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    person = flow.person()
+    pkce = Pkce()
+    resp = flow.authorize(client_id, pkce=pkce, state="keep-me")
+    assert resp.status_code == 302
+    loc = urlsplit(resp.headers["location"])
+    assert loc.path == "/login" and not loc.netloc
+    return_to = parse_qs(loc.query)["return_to"][0]
+    assert return_to.startswith("/oauth2/authorize/resume?id=")
+    # Still no session: back to the login page, same request.
+    again = flow.http.get(return_to, follow_redirects=False)
+    assert again.status_code == 302 and urlsplit(again.headers["location"]).path == "/login"
+    flow.login(person)
+    done = flow.http.get(return_to, follow_redirects=False)
+    q = query(done)
+    assert q["state"] == "keep-me"
+    assert flow.exchange(client_id, q["code"], pkce.verifier).status_code == 200
+    # The resumed request is single use.
+    assert flow.http.get(return_to, follow_redirects=False).status_code == 400
+
+
+# ---- PKCE ---------------------------------------------------------------------------------------
+
+
+def test_pkce_plain_is_refused(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    flow.login(flow.person())
+    pkce = Pkce()
+    resp = flow.authorize(client_id, code_challenge=pkce.verifier, code_challenge_method="plain", state="x")
+    q = query(resp)
+    assert q["error"] == "invalid_request" and q["state"] == "x" and "code" not in q
+
+
+def test_pkce_missing_is_refused(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    flow.login(flow.person())
+    for drop in (("code_challenge", "code_challenge_method"), ("code_challenge_method",)):
+        q = query(flow.authorize(client_id, drop=drop))
+        assert q["error"] == "invalid_request" and "code" not in q
+
+
+def test_wrong_code_verifier_is_invalid_grant_and_burns_the_code(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    flow.login(flow.person())
+    pkce = Pkce()
+    code = flow.code(flow.authorize(client_id, pkce=pkce))
+    resp = flow.exchange(client_id, code, Pkce().verifier)
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+    # One try only: the right verifier afterwards does not work either.
+    assert flow.exchange(client_id, code, pkce.verifier).json()["error"] == "invalid_grant"
+
+
+def test_missing_code_verifier_is_invalid_request(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    flow.login(flow.person())
+    code = flow.code(flow.authorize(client_id))
+    resp = flow.http.post("/oauth2/token", data={"grant_type": "authorization_code", "code": code,
+                                                  "redirect_uri": DRIVER_REDIRECT, "client_id": client_id})
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_request"
+
+
+# ---- the code -----------------------------------------------------------------------------------
+
+
+def test_code_reuse_revokes_the_first_tokens(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    person = flow.person()
+    flow.login(person)
+    pkce = Pkce()
+    code = flow.code(flow.authorize(client_id, pkce=pkce))
+    first = flow.exchange(client_id, code, pkce.verifier)
+    assert first.status_code == 200
+    tokens = first.json()
+    flow.provider.verifier.verify(tokens["access_token"], audience=API)  # valid before the reuse
+    second = flow.exchange(client_id, code, pkce.verifier)
+    assert second.status_code == 400 and second.json()["error"] == "invalid_grant"
+    with pytest.raises(InvalidToken):
+        flow.provider.verifier.verify(tokens["access_token"], audience=API)
+    with flow.engine.begin() as conn, pytest.raises(RefreshRefused) as refused:
+        flow.provider.grants.rotate(conn, tokens["refresh_token"], client_id=client_id, now=utcnow())
+    assert refused.value.reason == "revoked"
+    assert "identity.code.reuse_detected" in _audit_kinds(flow)
+
+
+def test_expired_code_is_invalid_grant(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    flow.login(flow.person())
+    pkce = Pkce()
+    code = flow.code(flow.authorize(client_id, pkce=pkce))
+    with flow.engine.begin() as conn:
+        conn.execute(authorization_codes.update().values(expires_at=utcnow() - timedelta(seconds=1)))
+    resp = flow.exchange(client_id, code, pkce.verifier)
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+
+
+def test_code_of_an_ended_session_is_invalid_grant(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    flow.login(flow.person())
+    pkce = Pkce()
+    code = flow.code(flow.authorize(client_id, pkce=pkce))
+    with flow.engine.begin() as conn:  # the person logged out between the redirect and the exchange
+        conn.execute(login_sessions.update().values(ended_at=utcnow()))
+    resp = flow.exchange(client_id, code, pkce.verifier)
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+
+
+def test_code_of_another_client_is_invalid_grant_and_stays_usable(flow: Flow) -> None:
+    client_id, thief = flow.driver_app(), flow.driver_app()
+    flow.login(flow.person())
+    pkce = Pkce()
+    code = flow.code(flow.authorize(client_id, pkce=pkce))
+    resp = flow.exchange(thief, code, pkce.verifier)
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+    assert flow.exchange(client_id, code, pkce.verifier).status_code == 200
+
+
+def test_redirect_uri_at_the_token_endpoint_must_match(flow: Flow) -> None:
+    client_id = flow.driver_app(redirect_uris=[DRIVER_REDIRECT, "be.quaygate.driver:/other"])
+    flow.login(flow.person())
+    pkce = Pkce()
+    code = flow.code(flow.authorize(client_id, pkce=pkce))
+    resp = flow.exchange(client_id, code, pkce.verifier, redirect_uri="be.quaygate.driver:/other")
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+
+
+def test_unknown_code_is_invalid_grant(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    resp = flow.exchange(client_id, "qgc_made-up", Pkce().verifier)
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+
+
+# ---- the authorization request ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "redirect_uri",
+    [
+        "be.quaygate.driver:/callback/evil",
+        "be.quaygate.driver:/CALLBACK",
+        "be.quaygate.driver:/callback?x=1",
+        "https://evil.example/callback",
+    ],
+)
+def test_redirect_uri_mismatch_shows_an_error_page_never_a_redirect(flow: Flow, redirect_uri: str) -> None:
+    client_id = flow.driver_app()
+    flow.login(flow.person())
+    resp = flow.authorize(client_id, redirect_uri=redirect_uri)
+    assert resp.status_code == 400 and "location" not in resp.headers
+    assert resp.headers["content-type"].startswith("text/html")
+
+
+def test_unknown_client_shows_an_error_page(flow: Flow) -> None:
+    resp = flow.authorize("qg-driver-app-unknown")
+    assert resp.status_code == 400 and "location" not in resp.headers
+
+
+def test_response_type_token_is_refused(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    q = query(flow.authorize(client_id, response_type="token"))
+    assert q["error"] == "unsupported_response_type"
+
+
+def test_scope_outside_the_client_is_invalid_scope(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    q = query(flow.authorize(client_id, scope="openid admin"))
+    assert q["error"] == "invalid_scope"
+
+
+def test_repeated_parameter_is_refused(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    resp = flow.http.get(
+        f"/oauth2/authorize?client_id={client_id}&client_id={client_id}&redirect_uri={DRIVER_REDIRECT}",
+        follow_redirects=False,
+    )
+    assert resp.status_code == 400 and "location" not in resp.headers
+
+
+def test_prompt_none_without_session_is_login_required(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    q = query(flow.authorize(client_id, prompt="none", state="abc"))
+    assert q["error"] == "login_required" and q["state"] == "abc" and q["iss"] == ISSUER
+
+
+def test_prompt_none_with_a_session_gives_a_code(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    flow.login(flow.person())
+    assert "code" in query(flow.authorize(client_id, prompt="none"))
+
+
+def test_prompt_login_forces_a_fresh_login(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    person = flow.person()
+    flow.login(person, ago=5)
+    resp = flow.authorize(client_id, prompt="login")
+    loc = urlsplit(resp.headers["location"])
+    assert loc.path == "/login"
+    flow.login(person)  # the fresh login, after the request
+    done = flow.http.get(parse_qs(loc.query)["return_to"][0], follow_redirects=False)
+    assert "code" in query(done)
+
+
+def test_max_age_forces_login(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    flow.login(flow.person(), ago=3600)
+    resp = flow.authorize(client_id, max_age="60")
+    assert urlsplit(resp.headers["location"]).path == "/login"
+    assert query(flow.authorize(client_id, max_age="60", prompt="none"))["error"] == "login_required"
+    assert "code" in query(flow.authorize(client_id, max_age="7200"))
+
+
+def test_acr_values_stronger_than_the_session_forces_login(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    flow.login(flow.person(), acr=assurance.ACR_PASSKEY)
+    resp = flow.authorize(client_id, acr_values=assurance.ACR_FACE)
+    loc = urlsplit(resp.headers["location"])
+    assert loc.path == "/login" and parse_qs(loc.query)["acr"] == [assurance.ACR_FACE]
+    assert query(flow.authorize(client_id, acr_values=assurance.ACR_FACE, prompt="none"))["error"] == (
+        "login_required"
+    )
+    assert "code" in query(flow.authorize(client_id, acr_values=assurance.ACR_PASSKEY))
+
+
+def test_client_min_acr_is_enforced(flow: Flow) -> None:
+    client_id = flow.driver_app(min_acr=assurance.ACR_FACE)
+    flow.login(flow.person(), acr=assurance.ACR_PASSKEY)
+    assert query(flow.authorize(client_id, prompt="none"))["error"] == "login_required"
+    flow.login(flow.person(), acr=assurance.ACR_FACE)
+    assert "code" in query(flow.authorize(client_id))
+
+
+def test_suspended_person_is_access_denied(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    flow.login(flow.person(status="suspended"))
+    assert query(flow.authorize(client_id))["error"] == "access_denied"
+
+
+def test_request_object_is_not_supported(flow: Flow) -> None:
+    client_id = flow.driver_app()
+    assert query(flow.authorize(client_id, request="eyJ.x.y"))["error"] == "request_not_supported"

@@ -1,0 +1,108 @@
+"""GrantStore and RevocationList on the real databases: rotation, reuse, revocation, the cache."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from identity.grants import GrantStore, RefreshRefused, RevocationList
+from quaygate.cache import MemoryCache
+from quaygate.schema import oauth_clients, refresh_tokens, revoked_tokens
+
+NOW = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+def _client(conn: sa.Connection, client_id: str) -> None:
+    conn.execute(oauth_clients.insert().values(
+        client_id=client_id, name=client_id, role="console", token_endpoint_auth_method="client_secret_basic",
+        grant_types=["authorization_code", "refresh_token"], redirect_uris=[], scopes=["openid"],
+        dpop_bound=False, active=True, created_at=NOW))
+
+
+@pytest.fixture
+def store(engine: sa.Engine) -> GrantStore:
+    with engine.begin() as conn:
+        _client(conn, "c1")
+        _client(conn, "c2")
+    return GrantStore(engine, RevocationList(MemoryCache()), refresh_ttl=3600)
+
+
+def _grant(engine: sa.Engine, store: GrantStore, sid: str = "s1") -> tuple[uuid.UUID, str]:
+    with engine.begin() as conn:
+        gid = store.create(conn, client_id="c1", person_id=None, sid=sid, scope="openid offline_access", acr=None,
+                           amr=[], auth_time=None, dpop_jkt=None, now=NOW)
+        store.record_access(conn, gid, f"jti-{gid}", NOW + timedelta(minutes=10))
+        store.record_access(conn, gid, f"old-{gid}", NOW - timedelta(minutes=1))  # already expired
+        return gid, store.issue_refresh(conn, gid, now=NOW)
+
+
+def _rotate(engine: sa.Engine, store: GrantStore, token: str, client_id: str = "c1",
+            now: datetime = NOW) -> str:
+    with engine.begin() as conn:
+        return store.rotate(conn, token, client_id=client_id, now=now)[1]
+
+
+def _refused(engine: sa.Engine, store: GrantStore, token: str, reason: str, *, client_id: str = "c1",
+             now: datetime = NOW) -> None:
+    with engine.connect() as conn:
+        with pytest.raises(RefreshRefused) as exc:
+            store.rotate(conn, token, client_id=client_id, now=now)
+        conn.commit()  # a reuse's revocation is committed with the refusal
+    assert exc.value.reason == reason
+
+
+def test_rotation_then_reuse_revokes_the_family(engine: sa.Engine, store: GrantStore) -> None:
+    gid, first = _grant(engine, store)
+    second = _rotate(engine, store, first)
+    third = _rotate(engine, store, second)
+    _refused(engine, store, first, "reused")
+    _refused(engine, store, third, "revoked")  # the newest token of the family too
+    with engine.connect() as conn:
+        grant = store.get(conn, gid)
+        statuses = set(conn.execute(sa.select(refresh_tokens.c.status)).scalars())
+        listed = set(conn.execute(sa.select(revoked_tokens.c.jti)).scalars())
+    assert grant is not None and grant.revoked and statuses == {"revoked"}
+    assert listed == {f"jti-{gid}"}  # the unexpired access token; the expired one needs no entry
+    assert store._revocations.is_revoked(f"jti-{gid}")
+
+
+def test_unknown_expired_wrong_client(engine: sa.Engine, store: GrantStore) -> None:
+    _refused(engine, store, "qgr_nothing", "unknown")
+    _refused(engine, store, "nothing", "unknown")
+    gid, token = _grant(engine, store)
+    _refused(engine, store, token, "expired", now=NOW + timedelta(hours=2))
+    _refused(engine, store, token, "wrong_client", client_id="c2")
+    with engine.connect() as conn:
+        grant = store.get(conn, gid)
+    assert grant is not None and grant.revoked  # another client held it: taken as stolen
+
+
+def test_find_by_refresh_and_revoke_session(engine: sa.Engine, store: GrantStore) -> None:
+    g1, t1 = _grant(engine, store, sid="shift")
+    g2, t2 = _grant(engine, store, sid="shift")
+    g3, t3 = _grant(engine, store, sid="other")
+    with engine.begin() as conn:
+        found = store.find_by_refresh(conn, t1)
+        assert found is not None and found[0].id == g1 and found[1] == "active"
+        assert store.find_by_refresh(conn, "qgr_x") is None and store.find_by_refresh(conn, "x") is None
+        assert store.revoke_session(conn, "shift", reason="logout", now=NOW) == 2
+        assert store.revoke_grant(conn, g1, reason="again", now=NOW) == 0  # idempotent
+    with engine.connect() as conn:
+        revoked = {g: store.get(conn, g).revoked for g in (g1, g2, g3)}  # type: ignore[union-attr]
+    assert revoked == {g1: True, g2: True, g3: False}
+
+
+def test_revocation_list_survives_a_cache_flush(engine: sa.Engine) -> None:
+    cache = MemoryCache()
+    revocations = RevocationList(cache)
+    with engine.begin() as conn:
+        assert revocations.add(conn, [("a", NOW + timedelta(minutes=5)), ("b", NOW - timedelta(minutes=1))],
+                               now=NOW) == 1
+        assert revocations.add(conn, [("a", NOW + timedelta(minutes=5))], now=NOW) == 0
+    assert revocations.is_revoked("a") and not revocations.is_revoked("b")
+    fresh = RevocationList(MemoryCache())  # a replica whose cache was flushed
+    assert not fresh.is_revoked("a")
+    assert fresh.reload(engine, now=NOW) == 1 and fresh.is_revoked("a")

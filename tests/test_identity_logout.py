@@ -1,0 +1,139 @@
+"""RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0), and the code flow against the whole
+application: a reused code's first access token stops working at the release API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from identity.bootstrap import provider_for
+from identity.sessions import sessions_for
+from quaygate.app import create_app
+from quaygate.cache import MemoryCache
+from quaygate.container import Container, SystemClock
+from quaygate.crypto import DataCipher
+from quaygate.settings import Settings
+from tests.test_identity_code_flow_support import (
+    CONSOLE_LOGOUT,
+    Flow,
+    Pkce,
+    make_flow,
+    query,
+)
+from tests.test_identity_support import utcnow
+
+API = "quaygate-api"
+
+
+@pytest.fixture
+def flow(engine: sa.Engine, tmp_path: Path) -> Iterator[Flow]:
+    yield from make_flow(engine, tmp_path)
+
+
+def _signed_in(flow: Flow) -> tuple[str, dict[str, str], str]:
+    client_id = flow.driver_app(post_logout_redirect_uris=["https://driver.quaygate.example/bye"])
+    person = flow.person()
+    sid = flow.login(person)
+    pkce = Pkce()
+    code = flow.code(flow.authorize(client_id, pkce=pkce))
+    tokens = flow.exchange(client_id, code, pkce.verifier).json()
+    return client_id, tokens, sid
+
+
+def _session_live(flow: Flow) -> bool:
+    cookie = flow.http.cookies.get(flow.container.settings.session_cookie)
+    return sessions_for(flow.app).get(cookie, now=utcnow()) is not None
+
+
+def test_logout_ends_the_session_revokes_its_grants_and_redirects(flow: Flow) -> None:
+    client_id, tokens, _ = _signed_in(flow)
+    resp = flow.http.get(
+        "/oauth2/logout",
+        params={"id_token_hint": tokens["id_token"], "post_logout_redirect_uri": "https://driver.quaygate.example/bye",
+                "state": "bye-1"},
+        follow_redirects=False,
+    )
+    assert resp.status_code == 302
+    assert resp.headers["location"].startswith("https://driver.quaygate.example/bye?")
+    assert query(resp)["state"] == "bye-1"
+    assert not _session_live(flow)
+    with pytest.raises(Exception, match="revoked"):
+        flow.provider.verifier.verify(tokens["access_token"], audience=API)
+    # The session is gone: a new authorization request must log in again.
+    again = flow.authorize(client_id, prompt="none")
+    assert query(again)["error"] == "login_required"
+
+
+def test_logout_with_an_unregistered_redirect_is_refused(flow: Flow) -> None:
+    _, tokens, _ = _signed_in(flow)
+    for uri in ("https://evil.example/bye", "https://driver.quaygate.example/bye/", CONSOLE_LOGOUT):
+        resp = flow.http.get(
+            "/oauth2/logout",
+            params={"id_token_hint": tokens["id_token"], "post_logout_redirect_uri": uri},
+            follow_redirects=False,
+        )
+        assert resp.status_code == 400 and "location" not in resp.headers
+    assert _session_live(flow)
+    flow.provider.verifier.verify(tokens["access_token"], audience=API)
+
+
+def test_logout_redirect_without_hint_or_client_is_refused(flow: Flow) -> None:
+    _signed_in(flow)
+    resp = flow.http.get("/oauth2/logout", params={"post_logout_redirect_uri": "https://driver.quaygate.example/bye"},
+                         follow_redirects=False)
+    assert resp.status_code == 400 and "location" not in resp.headers
+
+
+def test_forged_id_token_hint_is_refused(flow: Flow) -> None:
+    _, tokens, _ = _signed_in(flow)
+    header, payload, sig = tokens["id_token"].split(".")
+    forged = ".".join([header, payload, sig[:-4] + ("AAAA" if sig[-4:] != "AAAA" else "BBBB")])
+    resp = flow.http.get("/oauth2/logout", params={"id_token_hint": forged}, follow_redirects=False)
+    assert resp.status_code == 400
+    assert _session_live(flow)
+    # An access token (typ at+jwt) is not an id token either.
+    resp = flow.http.get("/oauth2/logout", params={"id_token_hint": tokens["access_token"]}, follow_redirects=False)
+    assert resp.status_code == 400 and _session_live(flow)
+
+
+def test_logout_without_hint_asks_then_ends_on_post(flow: Flow) -> None:
+    _signed_in(flow)
+    ask = flow.http.get("/oauth2/logout", follow_redirects=False)
+    assert ask.status_code == 200 and 'method="post"' in ask.text
+    assert _session_live(flow)
+    done = flow.http.post("/oauth2/logout", follow_redirects=False)
+    assert done.status_code == 200
+    assert not _session_live(flow)
+
+
+# ---- against the whole application --------------------------------------------------------------
+
+
+@pytest.fixture
+def app_flow(engine: sa.Engine, tmp_path: Path) -> Iterator[Flow]:
+    settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
+                        background_workers=False)
+    container = Container(settings=settings, engine=engine, cache=MemoryCache(),
+                          cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
+    app = create_app(settings, container=container)
+    with TestClient(app) as http:
+        yield Flow(app, http, container)
+
+
+def test_reused_code_revokes_the_first_token_at_the_release_api(app_flow: Flow) -> None:
+    flow = app_flow
+    client_id = flow.driver_app()
+    flow.login(flow.person())
+    pkce = Pkce()
+    code = flow.code(flow.authorize(client_id, pkce=pkce))
+    tokens = flow.exchange(client_id, code, pkce.verifier).json()
+    auth = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert flow.http.get("/api/v1/releases", headers=auth).status_code == 200
+    assert flow.exchange(client_id, code, pkce.verifier).json()["error"] == "invalid_grant"
+    refused = flow.http.get("/api/v1/releases", headers=auth)
+    assert refused.status_code == 401
+    assert provider_for(flow.app) is flow.provider

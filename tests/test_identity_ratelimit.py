@@ -1,0 +1,280 @@
+"""Rate limits and lockout: counters in the real caches (memory and Redis), an injected clock, the real app."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from identity.bootstrap import create_client
+from identity.ratelimit import (
+    Limits,
+    LoginGuard,
+    RateLimiter,
+    client_id_from_basic,
+    client_id_from_form,
+    install,
+    limits_from_settings,
+)
+from quaygate.app import create_app
+from quaygate.cache import Cache, MemoryCache, RedisCache
+from quaygate.container import Container, SystemClock
+from quaygate.crypto import DataCipher
+from quaygate.schema import audit_log
+from quaygate.settings import Settings
+from release_service.domain.parties import OrgKind
+
+from .factories import add_org
+from .test_identity_support import ISSUER, assertion, assertion_form, public_jwks, rsa_key
+
+T0 = 1_800_000_040.0  # 40 s into a 60 s window
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cache(request: pytest.FixtureRequest) -> Iterator[Cache]:
+    c: Cache = RedisCache(request.getfixturevalue("redis_url")) if request.param == "redis" else MemoryCache()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def clock() -> list[float]:
+    return [T0]
+
+
+# -- RateLimiter ----------------------------------------------------------------------------------------
+
+
+def test_fixed_window_refuses_after_the_limit_and_resets_next_window(cache: Cache, clock: list[float]) -> None:
+    limiter = RateLimiter(cache, now=lambda: clock[0])
+    assert [limiter.hit("k", 3, 60) for _ in range(3)] == [None, None, None]
+    assert limiter.hit("k", 3, 60) == 20  # seconds to the window's end: Retry-After
+    assert limiter.hit("other", 3, 60) is None  # keys are separate
+    clock[0] = T0 + 20
+    assert limiter.hit("k", 3, 60) is None
+
+
+def test_replicas_sharing_redis_share_the_count(redis_url: str, clock: list[float]) -> None:
+    a, b = RedisCache(redis_url), RedisCache(redis_url)
+    one, two = RateLimiter(a, now=lambda: clock[0]), RateLimiter(b, now=lambda: clock[0])
+    assert one.hit("k", 2, 60) is None and two.hit("k", 2, 60) is None
+    assert one.hit("k", 2, 60) is not None and two.hit("k", 2, 60) is not None
+    a.close()
+    b.close()
+
+
+def test_exceeded_does_not_count(cache: Cache, clock: list[float]) -> None:
+    limiter = RateLimiter(cache, now=lambda: clock[0])
+    assert limiter.exceeded("k", 1, 60) is None
+    assert limiter.exceeded("k", 1, 60) is None
+    limiter.hit("k", 1, 60)
+    assert limiter.exceeded("k", 1, 60) == 20
+
+
+# -- LoginGuard -----------------------------------------------------------------------------------------
+
+LIMITS = Limits(login_attempts_per_address=100, failures_before_lockout=5, failure_window=900,
+                lockout_seconds=300, lockout_max_seconds=1200)
+
+
+def lockouts(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(audit_log).where(audit_log.c.kind == "identity.lockout.started")))
+
+
+def test_lockout_after_n_failures_and_release_after_the_lockout(cache: Cache, clock: list[float],
+                                                                 engine: sa.Engine) -> None:
+    guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0], engine=engine)
+    who = "person:6f1c2b9e-0000-4000-8000-000000000001"
+    for _ in range(4):
+        assert guard.check(who, "10.0.0.1") is None
+        assert guard.failed(who, "10.0.0.1") is None
+    assert guard.failed(who, "10.0.0.1") == 300  # the 5th failure starts the lockout
+    assert guard.check(who, "10.0.0.2") == 300  # from any address
+    assert guard.check("person:someone-else", "10.0.0.1") is None
+    clock[0] = T0 + 299
+    assert guard.check(who, None) == 1
+    clock[0] = T0 + 300
+    assert guard.check(who, None) is None
+    rows = lockouts(engine)
+    assert len(rows) == 1
+    assert rows[0].subject == who and rows[0].data == {"failures": 5, "seconds": 300, "level": 1}
+
+
+def test_lockouts_double_until_a_success(cache: Cache, clock: list[float], engine: sa.Engine) -> None:
+    guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0], engine=engine)
+    seen = []
+    for _ in range(4):
+        started = [guard.failed("cred:abc") for _ in range(5)][-1]
+        seen.append(started)
+        clock[0] += started or 0
+    assert seen == [300, 600, 1200, 1200]  # capped at lockout_max_seconds
+    guard.succeeded("cred:abc")
+    assert [guard.failed("cred:abc") for _ in range(5)][-1] == 300
+    assert lockouts(engine)[0].subject.startswith("key:")  # a credential id is not written in clear
+
+
+def test_failures_outside_the_window_do_not_add_up(cache: Cache, clock: list[float]) -> None:
+    guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
+    for _ in range(4):
+        guard.failed("person:p")
+    clock[0] += 900
+    assert [guard.failed("person:p") for _ in range(4)] == [None] * 4
+    assert guard.check("person:p", None) is None
+
+
+def test_success_clears_the_failures(cache: Cache, clock: list[float]) -> None:
+    guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
+    for _ in range(4):
+        guard.failed("person:p")
+    guard.succeeded("person:p")
+    assert guard.failed("person:p") is None
+
+
+def test_attempts_per_address_are_limited(cache: Cache, clock: list[float]) -> None:
+    guard = LoginGuard(cache, limits=Limits(login_attempts_per_address=3), now=lambda: clock[0])
+    assert [guard.check(None, "10.0.0.9") for _ in range(3)] == [None] * 3
+    assert guard.check(None, "10.0.0.9") == 20
+    assert guard.check(None, "10.0.0.8") is None
+
+
+def test_concurrent_failures_start_exactly_one_lockout(redis_url: str, clock: list[float],
+                                                      engine: sa.Engine) -> None:
+    caches = [RedisCache(redis_url) for _ in range(2)]  # two replicas
+    guards = [LoginGuard(c, limits=LIMITS, now=lambda: clock[0], engine=engine) for c in caches]
+    barrier = threading.Barrier(12)
+    started: list[int] = []
+
+    def fail(i: int) -> None:
+        barrier.wait()
+        if (seconds := guards[i % 2].failed("person:race")) is not None:
+            started.append(seconds)
+
+    threads = [threading.Thread(target=fail, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in caches:
+        c.close()
+    assert started == [300]
+    assert len(lockouts(engine)) == 1
+
+
+# -- parsing the client --------------------------------------------------------------------------------
+
+
+def test_client_id_parsing() -> None:
+    import base64
+
+    assert client_id_from_basic("Basic " + base64.b64encode(b"my%3Aclient:s3cret").decode()) == "my:client"
+    assert client_id_from_basic("Bearer abc") is None
+    assert client_id_from_basic("Basic !!!") is None
+    assert client_id_from_form(b"grant_type=client_credentials&client_id=c-1") == "c-1"
+    assert client_id_from_form(b"client_id=a&client_id=b") is None
+    assert client_id_from_form(b"\xff") is None
+
+
+def test_limits_come_from_settings_when_present() -> None:
+    class S:
+        rate_limit_per_address = 7
+        rate_limit_enabled = False
+
+    limits = limits_from_settings(S())
+    assert limits.per_address == 7 and limits.enabled is False and limits.per_client == Limits().per_client
+
+
+# -- the middleware on the real app ---------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    http: TestClient
+    engine: sa.Engine
+
+
+def serve(engine: sa.Engine, tmp_path: Path, cache: Cache, limits: Limits) -> Iterator[Served]:
+    settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
+                        background_workers=False, issuer=ISSUER)
+    container = Container(settings=settings, engine=engine, cache=cache,
+                          cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
+    app = create_app(settings, container=container)
+    install(app, limits=limits)
+    with TestClient(app) as http:
+        yield Served(http, engine)
+
+
+@pytest.fixture
+def tight(engine: sa.Engine, tmp_path: Path, cache: Cache) -> Iterator[Served]:
+    yield from serve(engine, tmp_path, cache, Limits(per_address=3, per_client=100))
+
+
+@pytest.fixture
+def per_client(engine: sa.Engine, tmp_path: Path) -> Iterator[Served]:
+    yield from serve(engine, tmp_path, MemoryCache(), Limits(per_address=100, per_client=2))
+
+
+def line_client(engine: sa.Engine, **kw: Any) -> tuple[str, str | None]:
+    org = add_org(engine, OrgKind.SHIPPING_LINE)
+    return create_client(engine, name="line", role="shipping_line", organisation_id=org.organisation_id,
+                         now=datetime.now(UTC), **kw)
+
+
+def test_token_endpoint_answers_429_after_the_address_limit(tight: Served) -> None:
+    for _ in range(3):
+        r = tight.http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=("nobody", "x"))
+        assert r.status_code == 401, r.text
+    r = tight.http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=("nobody", "x"))
+    assert r.status_code == 429
+    assert r.json()["error"] == "slow_down"
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    assert r.headers["cache-control"] == "no-store"
+
+
+def test_webauthn_login_answers_a_problem_after_the_address_limit(tight: Served) -> None:
+    for _ in range(3):
+        tight.http.post("/webauthn/authentication/options", json={})
+    r = tight.http.post("/webauthn/authentication/options", json={})
+    assert r.status_code == 429
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "rate_limited" and "retry-after" in r.headers
+
+
+def test_other_routes_are_not_limited(tight: Served) -> None:
+    for _ in range(5):
+        assert tight.http.get("/.well-known/openid-configuration").status_code == 200
+
+
+def test_per_client_limit_counts_authenticated_requests(per_client: Served) -> None:
+    client_id, secret = line_client(per_client.engine)
+    form = {"grant_type": "client_credentials"}
+    assert per_client.http.post("/oauth2/token", data=form, auth=(client_id, secret or "")).status_code == 200
+    assert per_client.http.post("/oauth2/token", data=form, auth=(client_id, secret or "")).status_code == 200
+    r = per_client.http.post("/oauth2/token", data=form, auth=(client_id, secret or ""))
+    assert r.status_code == 429 and r.json()["error"] == "slow_down"
+
+
+def test_failed_authentication_does_not_spend_a_clients_allowance(per_client: Served) -> None:
+    client_id, secret = line_client(per_client.engine)
+    form = {"grant_type": "client_credentials"}
+    for _ in range(4):  # someone naming the client without its secret
+        assert per_client.http.post("/oauth2/token", data=form, auth=(client_id, "wrong")).status_code == 401
+    assert per_client.http.post("/oauth2/token", data=form, auth=(client_id, secret or "")).status_code == 200
+
+
+def test_client_id_in_the_form_is_limited_and_the_body_still_reaches_the_route(per_client: Served) -> None:
+    key = rsa_key()
+    client_id, _ = line_client(per_client.engine, auth_method="private_key_jwt", jwks=public_jwks(key))
+    for _ in range(2):
+        form = {**assertion_form(assertion(key, client_id)), "client_id": client_id}
+        r = per_client.http.post("/oauth2/token", data=form)
+        assert r.status_code == 200, r.text  # the form was replayed whole to the token endpoint
+    form = {**assertion_form(assertion(key, client_id)), "client_id": client_id}
+    assert per_client.http.post("/oauth2/token", data=form).status_code == 429

@@ -1,0 +1,217 @@
+"""The refresh token grant (RFC 6749 §6): rotation, reuse detection (RFC 9700 §4.14.2), scope, client
+and DPoP binding (RFC 9449 §5), on the full app so the release API sees the revocations."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from joserfc import jws
+from starlette.datastructures import Headers
+
+from identity.grants import token_hash
+from identity.oidc.server import FormRequest
+from identity.tokens import InvalidToken
+from quaygate.cache import RedisCache
+from quaygate.schema import audit_log, persons, refresh_tokens
+from tests.test_identity_grants_support import (
+    Lifecycle,
+    dpop_key,
+    dpop_proof,
+    make_lifecycle,
+    thumbprint,
+    utcnow,
+)
+from tests.test_identity_support import basic
+
+
+@pytest.fixture
+def env(engine: sa.Engine, tmp_path: Path) -> Iterator[Lifecycle]:
+    yield from make_lifecycle(engine, tmp_path)
+
+
+def _status(env: Lifecycle, token: str) -> str:
+    with env.engine.connect() as conn:
+        return str(conn.execute(sa.select(refresh_tokens.c.status).where(
+            refresh_tokens.c.token_hash == token_hash(token))).scalar_one())
+
+
+def _audit_kinds(env: Lifecycle) -> list[str]:
+    with env.engine.connect() as conn:
+        return list(conn.execute(sa.select(audit_log.c.kind)).scalars())
+
+
+def _api(env: Lifecycle, access_token: str) -> int:
+    r = env.http.get("/api/v1/releases", headers={"Authorization": f"Bearer {access_token}"})
+    return r.status_code
+
+
+def test_rotation_gives_new_tokens_and_retires_the_old_one(env: Lifecycle) -> None:
+    client_id, secret, org = env.console()
+    _, first = env.grant(client_id, env.person(org))
+    r = env.refresh(first, client_id, secret)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert r.headers["cache-control"] == "no-store"
+    assert body["token_type"] == "Bearer" and body["refresh_token"] != first
+    assert body["scope"] == "offline_access openid profile releases:read"
+    assert "id_token" in body  # OIDC Core §12.2
+    assert _status(env, first) == "rotated" and _status(env, body["refresh_token"]) == "active"
+    claims = env.provider.verifier.verify(body["access_token"], audience="quaygate-api")
+    assert claims["client_id"] == client_id
+    assert _api(env, body["access_token"]) == 200
+    # The new token works in turn.
+    again = env.refresh(body["refresh_token"], client_id, secret)
+    assert again.status_code == 200, again.text
+    assert "identity.token.refreshed" in _audit_kinds(env)
+
+
+def test_reuse_revokes_the_whole_family(env: Lifecycle) -> None:
+    client_id, secret, org = env.console()
+    _, first = env.grant(client_id, env.person(org))
+    one = env.refresh(first, client_id, secret).json()
+    two = env.refresh(one["refresh_token"], client_id, secret).json()
+    assert _api(env, one["access_token"]) == 200 and _api(env, two["access_token"]) == 200
+
+    replay = env.refresh(first, client_id, secret)  # the stolen, already rotated token
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+
+    # The newest refresh token of the family is refused too ...
+    newest = env.refresh(two["refresh_token"], client_id, secret)
+    assert newest.status_code == 400 and newest.json()["error"] == "invalid_grant"
+    # ... and every access token the family got, by the verifier and by the release API.
+    for issued in (one["access_token"], two["access_token"]):
+        assert env.revocations.is_revoked(_jti(issued))
+        with pytest.raises(InvalidToken, match="revoked"):
+            env.app.state.token_verifier.verify(issued, audience="quaygate-api")
+        assert _api(env, issued) == 401
+    assert "identity.refresh.reuse_detected" in _audit_kinds(env)
+
+
+def _jti(token: str) -> str:
+    return str(json.loads(jws.extract_compact(token.encode()).payload)["jti"])
+
+
+def test_unknown_expired_and_revoked_tokens_are_invalid_grant(env: Lifecycle) -> None:
+    client_id, secret, org = env.console()
+    gid, token = env.grant(client_id, env.person(org))
+    assert env.refresh("qgr_" + "x" * 43, client_id, secret).json()["error"] == "invalid_grant"
+    assert env.refresh("not-ours", client_id, secret).json()["error"] == "invalid_grant"
+    with env.engine.begin() as conn:
+        conn.execute(refresh_tokens.update().where(refresh_tokens.c.token_hash == token_hash(token))
+                     .values(expires_at=utcnow() - timedelta(seconds=1)))
+    expired = env.refresh(token, client_id, secret)
+    assert expired.status_code == 400 and expired.json()["error"] == "invalid_grant"
+    assert _status(env, token) == "active"  # refused before rotation: not counted as a use
+    _, other = env.grant(client_id, env.person(org))
+    with env.engine.begin() as conn:
+        found = env.grants.find_by_refresh(conn, other)
+        assert found is not None
+        env.grants.revoke_grant(conn, found[0].id, reason="test", now=utcnow())
+    assert env.refresh(other, client_id, secret).json()["error"] == "invalid_grant"
+
+
+def test_another_clients_refresh_token_is_refused(env: Lifecycle) -> None:
+    victim, victim_secret, org = env.console()
+    thief, thief_secret, _ = env.console()
+    _, token = env.grant(victim, env.person(org))
+    r = env.refresh(token, thief, thief_secret)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    assert "access_token" not in r.json()
+    # Presented by another client, the token is taken as stolen: its grant is revoked.
+    assert env.refresh(token, victim, victim_secret).json()["error"] == "invalid_grant"
+
+
+def test_scope_may_narrow_but_never_widen(env: Lifecycle) -> None:
+    client_id, secret, org = env.console()
+    _, token = env.grant(client_id, env.person(org), scope="openid offline_access")
+    wide = env.refresh(token, client_id, secret, scope="openid offline_access releases:read")
+    assert wide.status_code == 400 and wide.json()["error"] == "invalid_scope"
+    assert _status(env, token) == "active"  # a refused widening does not use the token up
+    narrow = env.refresh(token, client_id, secret, scope="openid")
+    assert narrow.status_code == 200, narrow.text
+    assert narrow.json()["scope"] == "openid"
+    # The refresh token keeps the grant's scope (RFC 6749 §6): the next refresh may ask for all of it.
+    full = env.refresh(narrow.json()["refresh_token"], client_id, secret)
+    assert full.json()["scope"] == "offline_access openid"
+
+
+def test_client_authentication_is_required(env: Lifecycle) -> None:
+    client_id, _, org = env.console()
+    _, token = env.grant(client_id, env.person(org))
+    r = env.refresh(token, client_id, None)  # a confidential client without its secret
+    assert r.status_code in (400, 401) and r.json()["error"] == "invalid_client"
+    assert _status(env, token) == "active"
+
+
+def test_public_driver_app_refreshes_with_its_client_id(env: Lifecycle) -> None:
+    client_id = env.driver_app()
+    _, token = env.grant(client_id, env.person(), scope="openid offline_access nominations:respond")
+    r = env.refresh(token, client_id)
+    assert r.status_code == 200, r.text
+
+
+def test_dpop_bound_refresh_token_needs_a_proof_of_the_same_key(env: Lifecycle) -> None:
+    client_id = env.driver_app()
+    key = dpop_key()
+    _, token = env.grant(client_id, env.person(), scope="openid offline_access", dpop_jkt=thumbprint(key))
+    bare = env.refresh(token, client_id)
+    assert bare.status_code == 400 and bare.json()["error"] == "invalid_dpop_proof"
+    other = env.refresh(token, client_id, dpop=dpop_proof(dpop_key()))
+    assert other.status_code == 400 and other.json()["error"] == "invalid_dpop_proof"
+    assert _status(env, token) == "active"  # a thief without the key cannot burn the token
+    ok = env.refresh(token, client_id, dpop=dpop_proof(key))
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["token_type"] == "DPoP"
+    claims = env.provider.verifier.verify(ok.json()["access_token"], audience="quaygate-api")
+    assert claims["cnf"] == {"jkt": thumbprint(key)}
+
+
+def test_suspended_person_gets_nothing(env: Lifecycle) -> None:
+    client_id, secret, org = env.console()
+    pid = env.person(org)
+    _, token = env.grant(client_id, pid)
+    with env.engine.begin() as conn:
+        conn.execute(persons.update().where(persons.c.id == pid).values(status="suspended"))
+    r = env.refresh(token, client_id, secret)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+
+
+@pytest.fixture
+def pg_env(pg_engine: sa.Engine, redis_url: str, tmp_path: Path) -> Iterator[Lifecycle]:
+    yield from make_lifecycle(pg_engine, tmp_path, RedisCache(redis_url))
+
+
+def test_concurrent_double_use_gives_exactly_one_success(pg_env: Lifecycle) -> None:
+    """Ten threads present one refresh token at once, on PostgreSQL: one wins, the rest are reuse."""
+    env = pg_env
+    client_id, secret, org = env.console()
+    _, token = env.grant(client_id, env.person(org))
+    server = env.provider.server
+
+    body = f"grant_type=refresh_token&refresh_token={token}".encode()
+    headers = Headers({"content-type": "application/x-www-form-urlencoded", **basic(client_id, secret)})
+    barrier = threading.Barrier(10)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def attempt() -> None:
+        barrier.wait()
+        r = server.token_response(FormRequest("POST", headers, headers["content-type"], body))
+        with lock:
+            statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=attempt) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] + [400] * 9
+    with env.engine.connect() as conn:
+        rows = conn.execute(sa.select(refresh_tokens.c.status)).scalars().all()
+    assert len(rows) == 2  # the presented token and exactly one successor

@@ -1,0 +1,174 @@
+"""Token revocation (RFC 7009), and the verifier's revocation check and key/algorithm rules."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from joserfc import jws
+from joserfc.jwk import ECKey, KeySet, RSAKey
+from joserfc.jws import JWSRegistry
+
+from identity.tokens import AccessTokenVerifier, InvalidToken, sign_access_token
+from quaygate.schema import audit_log, revoked_tokens
+from tests.test_identity_grants_support import Lifecycle, make_lifecycle
+from tests.test_identity_support import ISSUER, basic
+
+
+@pytest.fixture
+def env(engine: sa.Engine, tmp_path: Path) -> Iterator[Lifecycle]:
+    yield from make_lifecycle(engine, tmp_path)
+
+
+def _revoke(env: Lifecycle, token: str, client_id: str, secret: str | None, **extra: str) -> Any:
+    headers = basic(client_id, secret) if secret else {}
+    data = {"token": token, **extra, **({} if secret else {"client_id": client_id})}
+    return env.http.post("/oauth2/revoke", data=data, headers=headers)
+
+
+def _verify(env: Lifecycle, token: str) -> dict[str, Any]:
+    return env.app.state.token_verifier.verify(token, audience="quaygate-api")  # type: ignore[no-any-return]
+
+
+def test_access_token_revoked_then_refused_everywhere(env: Lifecycle) -> None:
+    client_id, secret, _ = env.machine("shipping_line")
+    token = env.machine_token(client_id, secret)
+    assert env.http.get("/api/v1/releases", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    r = _revoke(env, token, client_id, secret, token_type_hint="access_token")
+    assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+    with pytest.raises(InvalidToken, match="revoked"):
+        _verify(env, token)
+    assert env.http.get("/api/v1/releases", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    with env.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(revoked_tokens)).scalar() == 1
+        assert "identity.token.revoked" in conn.execute(sa.select(audit_log.c.kind)).scalars().all()
+    # Idempotent (RFC 7009 §2.2).
+    assert _revoke(env, token, client_id, secret).status_code == 200
+
+
+def test_refresh_token_revokes_its_grant_and_access_tokens(env: Lifecycle) -> None:
+    client_id, secret, org = env.console()
+    _, token = env.grant(client_id, env.person(org))
+    issued = env.refresh(token, client_id, secret).json()
+    assert _verify(env, issued["access_token"])
+    r = _revoke(env, issued["refresh_token"], client_id, secret, token_type_hint="refresh_token")
+    assert r.status_code == 200
+    assert env.refresh(issued["refresh_token"], client_id, secret).json()["error"] == "invalid_grant"
+    with pytest.raises(InvalidToken, match="revoked"):
+        _verify(env, issued["access_token"])
+
+
+def test_public_client_revokes_its_own_refresh_token(env: Lifecycle) -> None:
+    client_id = env.driver_app()
+    _, token = env.grant(client_id, env.person(), scope="openid offline_access")
+    assert _revoke(env, token, client_id, None).status_code == 200
+    assert env.refresh(token, client_id).json()["error"] == "invalid_grant"
+
+
+def test_another_clients_tokens_are_not_revoked(env: Lifecycle) -> None:
+    owner, owner_secret, org = env.machine("shipping_line")
+    other, other_secret, _ = env.machine("shipping_line")
+    token = env.machine_token(owner, owner_secret)
+    r = _revoke(env, token, other, other_secret)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    assert _verify(env, token)["client_id"] == owner
+    console, console_secret, corg = env.console()
+    _, refresh = env.grant(console, env.person(corg))
+    r = _revoke(env, refresh, other, other_secret)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    assert env.refresh(refresh, console, console_secret).status_code == 200
+
+
+def test_unknown_tokens_200_unsupported_hints_refused(env: Lifecycle) -> None:
+    client_id, secret, _ = env.machine("shipping_line")
+    for junk in ("qgr_unknown", "a.b.c", "nonsense"):
+        assert _revoke(env, junk, client_id, secret).status_code == 200  # RFC 7009 §2.2
+    r = _revoke(env, "whatever", client_id, secret, token_type_hint="id_token")
+    assert r.status_code == 400 and r.json()["error"] == "unsupported_token_type"
+    missing = env.http.post("/oauth2/revoke", data={}, headers=basic(client_id, secret))
+    assert missing.status_code == 400 and missing.json()["error"] == "invalid_request"
+    anonymous = env.http.post("/oauth2/revoke", data={"token": "x"})
+    assert anonymous.status_code in (400, 401) and anonymous.json()["error"] == "invalid_client"
+    wrong = env.http.post("/oauth2/revoke", data={"token": "x"}, headers=basic(client_id, "nope"))
+    assert wrong.status_code == 401
+
+
+# ---- the verifier ---------------------------------------------------------------------------------
+
+
+class _Keys:
+    def __init__(self, *keys: Any) -> None:
+        self._set = KeySet(list(keys))
+
+    def public_key_set(self, *, refresh: bool = False, kid: str | None = None) -> KeySet:
+        return self._set
+
+
+def _claims(jti: str = "j-1") -> dict[str, Any]:
+    now = int(time.time())
+    return {"iss": ISSUER, "sub": "c", "aud": "api", "exp": now + 300, "iat": now, "jti": jti, "client_id": "c"}
+
+
+def _ec(kid: str = "ec-1", curve: str = "P-256") -> ECKey:
+    return ECKey.generate_key(curve, parameters={"kid": kid})
+
+
+def test_verifier_checks_revocation_after_the_signature() -> None:
+    key = RSAKey.generate_key(2048, parameters={"kid": "k"})
+    asked: list[str] = []
+
+    def revoked(jti: str) -> bool:
+        asked.append(jti)
+        return jti == "gone"
+
+    verifier = AccessTokenVerifier(_Keys(key), ISSUER, revoked=revoked)
+    assert verifier.verify(sign_access_token(_claims("live"), key), audience="api")["jti"] == "live"
+    with pytest.raises(InvalidToken, match="revoked"):
+        verifier.verify(sign_access_token(_claims("gone"), key), audience="api")
+    forged = sign_access_token(_claims("other"), RSAKey.generate_key(2048, parameters={"kid": "k"}))
+    with pytest.raises(InvalidToken, match="signature"):
+        verifier.verify(forged, audience="api")
+    assert asked == ["live", "gone"]  # a forged token never reaches the revocation list
+
+
+def test_es256_and_ps256_tokens_are_accepted_with_keys_of_their_type() -> None:
+    ec, rsa = _ec(), RSAKey.generate_key(2048, parameters={"kid": "rsa-1"})
+    verifier = AccessTokenVerifier(_Keys(ec, rsa), ISSUER)
+    assert verifier.verify(sign_access_token(_claims(), ec, alg="ES256"), audience="api")
+    assert verifier.verify(sign_access_token(_claims(), rsa, alg="PS256"), audience="api")
+
+
+def _raw(key: Any, alg: str, kid: str) -> str:
+    header = {"alg": alg, "typ": "at+jwt", "kid": kid}
+    return jws.serialize_compact(header, json.dumps(_claims()), key, registry=JWSRegistry(algorithms=[alg]))
+
+
+def test_the_header_cannot_pick_how_our_key_is_used() -> None:
+    ec, rsa = _ec(), RSAKey.generate_key(2048, parameters={"kid": "rsa-1"})
+    verifier = AccessTokenVerifier(_Keys(ec, rsa), ISSUER)
+    # An RS256 token naming our EC key, and an ES256 token naming our RSA key: refused by key type.
+    with pytest.raises(InvalidToken, match="does not fit"):
+        verifier.verify(_raw(RSAKey.generate_key(2048), "RS256", "ec-1"), audience="api")
+    with pytest.raises(InvalidToken, match="does not fit"):
+        verifier.verify(_raw(_ec(), "ES256", "rsa-1"), audience="api")
+    # A P-384 key is not an ES256 key.
+    p384 = _ec("ec-384", "P-384")
+    with pytest.raises(InvalidToken, match="does not fit"):
+        AccessTokenVerifier(_Keys(p384), ISSUER).verify(_raw(_ec(), "ES256", "ec-384"), audience="api")
+    # A key that names its algorithm is used for that algorithm only.
+    pinned = RSAKey.generate_key(2048, parameters={"kid": "pinned", "alg": "RS256"})
+    with pytest.raises(InvalidToken, match="does not fit"):
+        same = RSAKey.import_key({k: v for k, v in pinned.as_dict(private=True).items() if k != "alg"})
+        AccessTokenVerifier(_Keys(pinned), ISSUER).verify(_raw(same, "PS256", "pinned"), audience="api")
+
+
+def test_sign_access_token_refuses_a_key_of_the_wrong_type() -> None:
+    with pytest.raises(ValueError):
+        sign_access_token(_claims(), _ec(), alg="RS256")
+    with pytest.raises(ValueError):
+        AccessTokenVerifier(_Keys(), ISSUER, algorithms=["ES384"])

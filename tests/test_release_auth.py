@@ -1,0 +1,251 @@
+"""The release API's authentication on the real app: Bearer and DPoP (RFC 9449 §7), step-up (RFC 9470).
+
+Tokens come from our own token endpoint; a DPoP-bound one is the same token re-signed with the app's
+signing key and a ``cnf.jkt`` added, as the token endpoint will issue it (RFC 9449 §6.1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi import Depends
+from fastapi.testclient import TestClient
+from joserfc import jws
+
+from identity.bootstrap import create_client, provider_for
+from identity.domain.assurance import ACR_FACE, ACR_PASSKEY
+from identity.tokens import sign_access_token
+from quaygate.app import create_app
+from quaygate.cache import MemoryCache
+from quaygate.container import Container
+from quaygate.crypto import DataCipher
+from quaygate.settings import Settings
+from release_service.api.auth import require
+from release_service.domain.parties import Actor, OrgKind
+
+from .factories import add_org
+from .test_identity_dpop_support import ProofKey
+
+PUBLIC = "https://quaygate.example"  # the issuer: the public base URL the client signs htu with
+RELEASES = "/api/v1/releases"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.at = datetime.now(UTC)
+
+    def now(self) -> datetime:
+        return self.at
+
+
+@dataclass
+class Rig:
+    http: TestClient
+    app: Any
+    engine: sa.Engine
+    clock: Clock
+    claims: dict[str, Any]  # a real client-credentials token's claims
+
+    def sign(self, **changes: Any) -> str:
+        claims = {**self.claims, "jti": uuid.uuid4().hex, **changes}
+        claims = {k: v for k, v in claims.items() if v is not None}
+        return sign_access_token(claims, provider_for(self.app).keys.signing_key())
+
+    def bound(self, key: ProofKey, **changes: Any) -> str:
+        return self.sign(cnf={"jkt": key.jkt}, **changes)
+
+    def dpop_get(self, token: str, proof: str | None, path: str = RELEASES) -> Any:
+        headers = {"Authorization": f"DPoP {token}"}
+        if proof is not None:
+            headers["DPoP"] = proof
+        return self.http.get(path, headers=headers)
+
+
+@pytest.fixture
+def rig(engine: sa.Engine, tmp_path: Path) -> Iterator[Rig]:
+    settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
+                        background_workers=False, issuer=PUBLIC)
+    clock = Clock()
+    container = Container(settings=settings, engine=engine, cache=MemoryCache(),
+                          cipher=DataCipher(settings.data_key_bytes()), clock=clock)  # type: ignore[arg-type]
+    app = create_app(settings, container=container)
+
+    @app.get("/test/step-up")
+    def step_up(actor: Actor = Depends(require("releases:read", ACR_FACE, max_age=300))) -> dict[str, str]:  # noqa: B008
+        return {"client_id": actor.client_id}
+
+    with TestClient(app) as http:
+        line = add_org(engine, OrgKind.SHIPPING_LINE)
+        client_id, secret = create_client(engine, name="line", role="shipping_line",
+                                          organisation_id=line.organisation_id, now=datetime.now(UTC))
+        r = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret or ""))
+        assert r.status_code == 200, r.text
+        claims = json.loads(jws.extract_compact(r.json()["access_token"].encode()).payload)
+        yield Rig(http, app, engine, clock, claims)
+
+
+def challenge(r: Any) -> str:
+    return str(r.headers["www-authenticate"])
+
+
+def assert_refused(r: Any, scheme: str, error: str) -> None:
+    assert r.status_code == 401, r.text
+    assert challenge(r).startswith(f'{scheme} error="{error}"'), challenge(r)
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["code"] == error
+
+
+def proof_key(rig: Rig) -> ProofKey:
+    return ProofKey(clock=[time.time()])
+
+
+# -- DPoP on /api/v1 ------------------------------------------------------------------------------------
+
+
+def test_valid_dpop_call_succeeds(rig: Rig) -> None:
+    key = proof_key(rig)
+    token = rig.bound(key)
+    r = rig.dpop_get(token, key.proof("GET", PUBLIC + RELEASES, token=token))
+    assert r.status_code == 200, r.text
+
+
+def test_bound_token_as_bearer_is_refused(rig: Rig) -> None:
+    token = rig.bound(proof_key(rig))
+    r = rig.http.get(RELEASES, headers={"Authorization": f"Bearer {token}"})
+    assert_refused(r, "Bearer", "invalid_token")
+    assert 'DPoP algs="' in challenge(r)  # tells the client which scheme to use (RFC 9449 §7.1)
+
+
+def test_bound_token_without_proof_is_refused(rig: Rig) -> None:
+    token = rig.bound(proof_key(rig))
+    assert_refused(rig.dpop_get(token, None), "DPoP", "invalid_dpop_proof")
+
+
+def test_unbound_token_with_dpop_scheme_is_refused(rig: Rig) -> None:
+    key = proof_key(rig)
+    token = rig.sign()
+    assert_refused(rig.dpop_get(token, key.proof("GET", PUBLIC + RELEASES, token=token)), "DPoP", "invalid_token")
+
+
+def test_unbound_bearer_token_still_works(rig: Rig) -> None:
+    assert rig.http.get(RELEASES, headers={"Authorization": f"Bearer {rig.sign()}"}).status_code == 200
+
+
+def test_proof_signed_by_another_key_than_cnf_jkt_is_refused(rig: Rig) -> None:
+    owner, thief = proof_key(rig), proof_key(rig)
+    token = rig.bound(owner)
+    r = rig.dpop_get(token, thief.proof("GET", PUBLIC + RELEASES, token=token))
+    assert_refused(r, "DPoP", "invalid_dpop_proof")
+    assert "bound to" in r.json()["detail"]
+
+
+def test_replayed_proof_is_refused(rig: Rig) -> None:
+    key = proof_key(rig)
+    token = rig.bound(key)
+    proof = key.proof("GET", PUBLIC + RELEASES, token=token)
+    assert rig.dpop_get(token, proof).status_code == 200
+    assert_refused(rig.dpop_get(token, proof), "DPoP", "invalid_dpop_proof")
+
+
+def test_wrong_htm_is_refused(rig: Rig) -> None:
+    key = proof_key(rig)
+    token = rig.bound(key)
+    assert_refused(rig.dpop_get(token, key.proof("POST", PUBLIC + RELEASES, token=token)), "DPoP",
+                   "invalid_dpop_proof")
+
+
+def test_htu_is_the_public_url_not_the_internal_one(rig: Rig) -> None:
+    key = proof_key(rig)
+    token = rig.bound(key)
+    # The TestClient reaches the app as http://testserver: a proof naming that URL, or another path,
+    # is refused; the issuer's origin is what counts.
+    assert_refused(rig.dpop_get(token, key.proof("GET", "http://testserver" + RELEASES, token=token)), "DPoP",
+                   "invalid_dpop_proof")
+    assert_refused(rig.dpop_get(token, key.proof("GET", PUBLIC + "/api/v1/transfers", token=token)), "DPoP",
+                   "invalid_dpop_proof")
+    assert rig.dpop_get(token, key.proof("GET", PUBLIC + RELEASES + "?state=x", token=token)).status_code == 200
+
+
+def test_wrong_ath_is_refused(rig: Rig) -> None:
+    key = proof_key(rig)
+    token, other = rig.bound(key), rig.bound(key)
+    assert_refused(rig.dpop_get(token, key.proof("GET", PUBLIC + RELEASES, token=other)), "DPoP",
+                   "invalid_dpop_proof")
+    assert_refused(rig.dpop_get(token, key.proof("GET", PUBLIC + RELEASES)), "DPoP", "invalid_dpop_proof")
+
+
+def test_stale_proof_is_refused(rig: Rig) -> None:
+    key = ProofKey(clock=[time.time() - 120])
+    token = rig.bound(key)
+    assert_refused(rig.dpop_get(token, key.proof("GET", PUBLIC + RELEASES, token=token)), "DPoP",
+                   "invalid_dpop_proof")
+
+
+def test_invalid_token_with_dpop_scheme_gets_a_dpop_challenge(rig: Rig) -> None:
+    key = proof_key(rig)
+    token = rig.bound(key, aud="someone-else")
+    assert_refused(rig.dpop_get(token, key.proof("GET", PUBLIC + RELEASES, token=token)), "DPoP", "invalid_token")
+
+
+def test_no_token_offers_both_schemes(rig: Rig) -> None:
+    r = rig.http.get(RELEASES)
+    assert_refused(r, "Bearer", "invalid_request")
+    assert ', DPoP algs="ES256 RS256 PS256 Ed25519"' in challenge(r)
+
+
+# -- step-up (RFC 9470) ---------------------------------------------------------------------------------
+
+
+def person(rig: Rig, acr: str | None, auth_age: int = 0, **more: Any) -> str:
+    claims = {"person_id": str(uuid.uuid4()), "acr": acr, "auth_time": int(rig.clock.at.timestamp()) - auth_age}
+    return rig.sign(**{**claims, **more})
+
+
+def test_step_up_challenge_when_acr_is_too_weak(rig: Rig) -> None:
+    r = rig.http.get("/test/step-up", headers={"Authorization": f"Bearer {person(rig, ACR_PASSKEY)}"})
+    assert r.status_code == 401, r.text
+    assert challenge(r) == (
+        'Bearer error="insufficient_user_authentication", '
+        'error_description="A stronger authentication is required for this call.", '
+        f'acr_values="{ACR_FACE}", max_age="300"'
+    )
+    assert r.json()["code"] == "insufficient_user_authentication"
+
+
+def test_step_up_challenge_when_acr_is_missing(rig: Rig) -> None:
+    r = rig.http.get("/test/step-up", headers={"Authorization": f"Bearer {person(rig, None)}"})
+    assert_refused(r, "Bearer", "insufficient_user_authentication")
+
+
+def test_step_up_challenge_when_login_is_too_old(rig: Rig) -> None:
+    r = rig.http.get("/test/step-up", headers={"Authorization": f"Bearer {person(rig, ACR_FACE, auth_age=301)}"})
+    assert_refused(r, "Bearer", "insufficient_user_authentication")
+    assert 'max_age="300"' in challenge(r) and "more recent" in challenge(r)
+    r = rig.http.get("/test/step-up", headers={"Authorization": f"Bearer {person(rig, ACR_FACE, auth_time=None)}"})
+    assert_refused(r, "Bearer", "insufficient_user_authentication")
+
+
+def test_strong_recent_login_passes_step_up(rig: Rig) -> None:
+    r = rig.http.get("/test/step-up", headers={"Authorization": f"Bearer {person(rig, ACR_FACE, auth_age=299)}"})
+    assert r.status_code == 200, r.text
+
+
+def test_machine_token_is_not_subject_to_acr(rig: Rig) -> None:
+    r = rig.http.get("/test/step-up", headers={"Authorization": f"Bearer {rig.sign()}"})
+    assert r.status_code == 200, r.text
+
+
+def test_step_up_on_a_dpop_request_uses_the_dpop_scheme(rig: Rig) -> None:
+    key = proof_key(rig)
+    token = person(rig, ACR_PASSKEY, cnf={"jkt": key.jkt})
+    r = rig.dpop_get(token, key.proof("GET", PUBLIC + "/test/step-up", token=token), "/test/step-up")
+    assert_refused(r, "DPoP", "insufficient_user_authentication")
