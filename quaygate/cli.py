@@ -185,6 +185,35 @@ def cmd_iat_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_person_enrol_code(args: argparse.Namespace) -> int:
+    """A one-time enrolment code for a person's first passkey, as the badge office hands it out."""
+    from datetime import UTC, datetime, timedelta
+
+    from identity.authn.enrolment import EnrolmentRefused, issue_code
+
+    from .container import Container
+
+    try:
+        person = uuid.UUID(args.person_id)
+    except ValueError:
+        print("PERSON_ID is a person id (a UUID)", file=sys.stderr)
+        return 2
+    container = Container.build(_settings())
+    try:
+        code, expires_at = issue_code(container.engine, person, created_by="cli", now=datetime.now(UTC),
+                                      ttl=timedelta(hours=args.hours))
+    except EnrolmentRefused as exc:
+        print(f"cannot issue a code: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"cannot issue a code: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        container.close()
+    print(f"enrolment_code={code}   (single use, expires {expires_at.isoformat()}; give it to the person only)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quaygate", description="Identity-bound container release service.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -237,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     iat_create.add_argument("--org", help="the organisation the registered client will act for")
     iat_create.add_argument("--ttl", type=int, help="seconds until it expires (default one day)")
     iat_create.set_defaults(func=cmd_iat_create)
+
+    person = sub.add_parser("person", help="persons")
+    person_sub = person.add_subparsers(dest="person_cmd", required=True)
+    enrol = person_sub.add_parser("enrol-code", help="a one-time code to register a first passkey at /enrol")
+    enrol.add_argument("person_id")
+    enrol.add_argument("--hours", type=int, default=72, help="hours until it expires (default 72)")
+    enrol.set_defaults(func=cmd_person_enrol_code)
     return p
 
 

@@ -63,3 +63,17 @@ def test_audit_verify_after_demo(env: Path, capsys: pytest.CaptureFixture[str]) 
     capsys.readouterr()
     assert main(["audit", "verify"]) == 0
     assert "audit trail intact" in capsys.readouterr().out
+
+
+def test_enrolment_code_for_a_person(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    data = json.loads((env / "demo-credentials.json").read_text())
+    capsys.readouterr()
+    assert main(["person", "enrol-code", data["drivers"][0]["person_id"], "--hours", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("enrolment_code=") and "single use" in out
+    assert main(["person", "enrol-code", "not-a-uuid"]) == 2
+    assert "UUID" in capsys.readouterr().err
+    assert main(["person", "enrol-code", "00000000-0000-4000-8000-000000000000"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot issue a code" in err and "Traceback" not in err
