@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -324,9 +323,6 @@ def proof_header(headers: Any) -> str | None:
     if len(values) > 1:
         raise _refuse("several", "more than one DPoP header")
     return values[0] if values else None
-
-
-_build_lock = threading.Lock()
 
 
 def dpop_verifier_for(app: Any) -> DPoPVerifier:

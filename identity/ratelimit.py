@@ -11,7 +11,8 @@ same numbers; the in-process cache otherwise (one replica). Three parts:
   counted, and the N-th failure within the window locks that person out for a while, doubling with
   each lockout (capped) until a successful login. The lockout is audited
   (``identity.lockout.started``). The N-th failure is detected by the INCR that returns exactly N,
-  so concurrent failures start one lockout, never two (STYLE.md #4).
+  so concurrent failures start one lockout, never two (STYLE.md #4); failures while locked are not
+  counted (check() refuses those attempts anyway).
 - ``RateLimitMiddleware`` (``install(app)``): POSTs to the OAuth endpoints (token, PAR,
   introspection, revocation, registration) and to /webauthn/authentication/* are limited per client
   address, and the OAuth ones also per client_id (from the Basic header or the form, read from a
@@ -168,33 +169,41 @@ class LoginGuard:
         return max(1, math.ceil(remaining)) if remaining > 0 else None
 
     def failed(self, subject: str | None, address: str | None = None) -> int | None:
-        """After a failed attempt: count it; return the lockout's length if this failure started one."""
+        """After a failed attempt: count it; return the lockout's length if this failure started one.
+
+        Failures are counted per lockout generation (``lockgen``): the INCR that returns exactly N in
+        a generation starts its lockout, so concurrent failures start one lockout, never two. The lock
+        is written before the generation moves on, so a failure that sees the new generation also
+        sees the lock and is not counted (an attempt in flight when the lock started)."""
         if subject is None:
             return None
         h = _digest(subject)
+        generation = int(self._cache.get(f"lockgen:{h}") or 0)
+        if self.locked_for(subject) is not None:
+            return None
         window = self._limits.failure_window
         index = int(self._now() // window)
-        count = self._cache.incr(f"lf:{h}:{index}", window + 1)
-        # Exactly the N-th failure starts the lockout: one INCR decides, so concurrent failures cannot
-        # start two; later ones find the lock in check().
+        count = self._cache.incr(f"lf:{h}:{generation}:{index}", window + 1)
         if count != self._limits.failures_before_lockout:
             return None
-        level = self._cache.incr(f"lockn:{h}", LOCKOUT_LEVEL_MEMORY)
-        seconds = min(self._limits.lockout_seconds * 2 ** (level - 1), self._limits.lockout_max_seconds)
+        level = int(self._cache.get(f"lockn:{h}") or 0)
+        seconds = min(self._limits.lockout_seconds * 2**level, self._limits.lockout_max_seconds)
         now = self._now()
         self._cache.set(f"lock:{h}", repr(now + seconds).encode(), seconds + 1)
-        self._cache.delete(f"lf:{h}:{index}")  # after the lockout, N new failures for the next one
+        self._cache.incr(f"lockn:{h}", LOCKOUT_LEVEL_MEMORY)
+        self._cache.incr(f"lockgen:{h}", LOCKOUT_LEVEL_MEMORY)
         log.info("identity.lockout.started")
         if self._engine is not None:
             audit.record("identity.lockout.started", at=datetime.fromtimestamp(now, UTC),
                          actor={"system": "login_guard"}, subject=_subject(subject),
-                         data={"failures": count, "seconds": seconds, "level": level}, engine=self._engine)
+                         data={"failures": count, "seconds": seconds, "level": level + 1}, engine=self._engine)
         return seconds
 
     def succeeded(self, subject: str, address: str | None = None) -> None:
         """After a successful login: forget the failures and the lockout doubling."""
         h = _digest(subject)
-        self._cache.delete(f"lf:{h}:{int(self._now() // self._limits.failure_window)}")
+        generation = int(self._cache.get(f"lockgen:{h}") or 0)
+        self._cache.delete(f"lf:{h}:{generation}:{int(self._now() // self._limits.failure_window)}")
         self._cache.delete(f"lockn:{h}")
 
 

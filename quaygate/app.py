@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from identity import ratelimit
 from identity.api.management import router as identity_management_router
 from identity.api.passkeys import router as passkey_router
 from identity.api.routes import build_router as identity_router
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     app.state.metrics = metrics
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     problems.install(app)
+    ratelimit.install(app)  # OAuth endpoints and passkey logins, per address and per client
     app.include_router(identity_router())
     app.include_router(identity_management_router)
     app.include_router(passkey_router)

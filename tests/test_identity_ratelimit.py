@@ -20,7 +20,6 @@ from identity.ratelimit import (
     RateLimiter,
     client_id_from_basic,
     client_id_from_form,
-    install,
     limits_from_settings,
 )
 from quaygate.app import create_app
@@ -121,6 +120,15 @@ def test_lockouts_double_until_a_success(cache: Cache, clock: list[float], engin
     assert lockouts(engine)[0].subject.startswith("key:")  # a credential id is not written in clear
 
 
+def test_failures_while_locked_are_not_counted(cache: Cache, clock: list[float]) -> None:
+    # Attempts in flight when the lock started must not chain a second, longer lockout.
+    guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
+    assert [guard.failed("person:p") for _ in range(5)][-1] == 300
+    assert [guard.failed("person:p") for _ in range(5)] == [None] * 5
+    clock[0] += 300
+    assert guard.check("person:p", None) is None
+
+
 def test_failures_outside_the_window_do_not_add_up(cache: Cache, clock: list[float]) -> None:
     guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
     for _ in range(4):
@@ -182,13 +190,17 @@ def test_client_id_parsing() -> None:
     assert client_id_from_form(b"\xff") is None
 
 
-def test_limits_come_from_settings_when_present() -> None:
-    class S:
-        rate_limit_per_address = 7
-        rate_limit_enabled = False
+def test_limits_come_from_settings() -> None:
+    limits = limits_from_settings(Settings(rate_limit_per_address=7, rate_limit_enabled=False, lockout_seconds=9))
+    assert limits.per_address == 7 and limits.enabled is False and limits.lockout_seconds == 9
+    assert limits.per_client == Limits().per_client
 
-    limits = limits_from_settings(S())
-    assert limits.per_address == 7 and limits.enabled is False and limits.per_client == Limits().per_client
+
+def test_limits_can_be_switched_off(engine: sa.Engine, tmp_path: Path) -> None:
+    for served in serve(engine, tmp_path, MemoryCache(), rate_limit_per_address=1, rate_limit_enabled=False):
+        for _ in range(3):
+            r = served.http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=("nobody", "x"))
+            assert r.status_code == 401
 
 
 # -- the middleware on the real app ---------------------------------------------------------------------
@@ -200,25 +212,24 @@ class Served:
     engine: sa.Engine
 
 
-def serve(engine: sa.Engine, tmp_path: Path, cache: Cache, limits: Limits) -> Iterator[Served]:
+def serve(engine: sa.Engine, tmp_path: Path, cache: Cache, **limits: Any) -> Iterator[Served]:
+    # The app mounts the middleware itself (quaygate/app.py); its limits come from the settings.
     settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
-                        background_workers=False, issuer=ISSUER)
+                        background_workers=False, issuer=ISSUER, **limits)
     container = Container(settings=settings, engine=engine, cache=cache,
                           cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
-    app = create_app(settings, container=container)
-    install(app, limits=limits)
-    with TestClient(app) as http:
+    with TestClient(create_app(settings, container=container)) as http:
         yield Served(http, engine)
 
 
 @pytest.fixture
 def tight(engine: sa.Engine, tmp_path: Path, cache: Cache) -> Iterator[Served]:
-    yield from serve(engine, tmp_path, cache, Limits(per_address=3, per_client=100))
+    yield from serve(engine, tmp_path, cache, rate_limit_per_address=3, rate_limit_per_client=100)
 
 
 @pytest.fixture
 def per_client(engine: sa.Engine, tmp_path: Path) -> Iterator[Served]:
-    yield from serve(engine, tmp_path, MemoryCache(), Limits(per_address=100, per_client=2))
+    yield from serve(engine, tmp_path, MemoryCache(), rate_limit_per_address=100, rate_limit_per_client=2)
 
 
 def line_client(engine: sa.Engine, **kw: Any) -> tuple[str, str | None]:

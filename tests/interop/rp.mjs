@@ -134,6 +134,12 @@ await step('refresh', async () => {
     new_access_token: refreshed.access_token !== codeTokens.access_token }
 })
 
+await step('userinfo', async () => {
+  const token = (refreshed ?? codeTokens).access_token
+  const info = await client.fetchUserInfo(appConfig, token, codeTokens.claims().sub)
+  return { sub: info.sub, keys: Object.keys(info).sort() }
+})
+
 await step('refresh_reuse_refused', async () => {
   try {
     await client.refreshTokenGrant(appConfig, codeTokens.refresh_token)
@@ -143,10 +149,13 @@ await step('refresh_reuse_refused', async () => {
   throw new Error('a rotated refresh token was accepted again')
 })
 
-await step('userinfo', async () => {
-  const token = (refreshed ?? codeTokens).access_token
-  const info = await client.fetchUserInfo(appConfig, token, codeTokens.claims().sub)
-  return { sub: info.sub, keys: Object.keys(info).sort() }
+await step('family_revoked_after_reuse', async () => {
+  try {
+    await client.fetchUserInfo(appConfig, refreshed.access_token, codeTokens.claims().sub)
+  } catch (err) {
+    return { refused: true, error: err.cause?.[0]?.parameters?.error ?? err.error ?? err.code }
+  }
+  throw new Error('an access token of a revoked family was still accepted')
 })
 
 // ---- the confidential console: pushed authorization request (RFC 9126), private_key_jwt -------------

@@ -248,6 +248,8 @@ def test_refresh_rotates(results: dict[str, Any]) -> None:
 
 def test_a_rotated_refresh_token_is_refused(results: dict[str, Any]) -> None:
     assert _ok(results, "refresh_reuse_refused")["error"] == "invalid_grant"
+    # Reuse revoked the whole family: the access token of the legitimate refresh is refused too.
+    assert _ok(results, "family_revoked_after_reuse")["refused"] is True
 
 
 def test_userinfo(results: dict[str, Any]) -> None:
