@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     database_url: str = ""
     redis_url: str | None = None
-    issuer: str = "http://127.0.0.1:8000"
+    # "localhost", not 127.0.0.1: a WebAuthn RP id cannot be an IP address (passkeys in the demo).
+    issuer: str = "http://localhost:8000"
     api_audience: str = "quaygate-api"
     gate_audience: str = "quaygate-gate"
     # 32 bytes, urlsafe base64: wraps private keys, webhook secrets and face templates at rest.

@@ -196,7 +196,7 @@ def test_missing_and_foreign_tokens(api: Api) -> None:
     foreign = RSAKey.generate_key(2048, parameters={"kid": "foreign"})
     now = int(datetime.now(UTC).timestamp())
     forged = jwt.encode({"alg": "RS256", "kid": "foreign", "typ": "at+jwt"},
-                        {"iss": "http://127.0.0.1:8000", "aud": "quaygate-api", "sub": "x", "client_id": "x",
+                        {"iss": "http://localhost:8000", "aud": "quaygate-api", "sub": "x", "client_id": "x",
                          "exp": now + 300, "iat": now, "jti": "j", "scope": "releases:read releases:write",
                          "org": str(api.p.line.organisation_id), "org_kind": "shipping_line"}, foreign)
     assert_problem(api.http.get(f"/api/v1/releases/{rid}", headers={"Authorization": f"Bearer {forged}"}),
