@@ -24,7 +24,7 @@ from tests.test_identity_code_flow_support import (
     make_flow,
     query,
 )
-from tests.test_identity_support import utcnow
+from tests.test_identity_support import ISSUER, utcnow
 
 API = "quaygate-api"
 
@@ -116,7 +116,7 @@ def test_logout_without_hint_asks_then_ends_on_post(flow: Flow) -> None:
 @pytest.fixture
 def app_flow(engine: sa.Engine, tmp_path: Path) -> Iterator[Flow]:
     settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
-                        background_workers=False)
+                        background_workers=False, issuer=ISSUER)
     container = Container(settings=settings, engine=engine, cache=MemoryCache(),
                           cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
     app = create_app(settings, container=container)
