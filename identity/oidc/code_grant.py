@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, OAuth2Error, UnauthorizedClientError
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error, UnauthorizedClientError
 from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
 
 from quaygate.schema import authorization_codes
@@ -34,6 +34,7 @@ from .. import audit
 from ..domain.roles import AuthMethod
 from ..sessions import session_live
 from .authorize import code_hash
+from .exchange import GrantRefused, run_exchange
 from .issue import IssueRefused, issue_person_tokens, person_context
 
 if TYPE_CHECKING:
@@ -62,15 +63,8 @@ def verifier_matches(verifier: str | None, challenge: str) -> bool:
     return hmac.compare_digest(s256(verifier), challenge)
 
 
-class _Refused(Exception):
-    def __init__(
-        self, reason: str, description: str, *, error: type[OAuth2Error] = InvalidGrantError, keep: bool = True
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.keep = keep
-        self.description = description
-        self.error = error
+class _Refused(GrantRefused):
+    KEEP_BY_DEFAULT = True  # a refused code stays used (RFC 6749 §4.1.2)
 
 
 class AuthorizationCodeExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
@@ -96,25 +90,8 @@ class AuthorizationCodeExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[
         form = self.request.form
         now = server.clock.now()
         jkt: str | None = self.request.dpop_jkt
-        try:
-            with server.engine.connect() as conn:
-                try:
-                    body = self._exchange(conn, record, form, jkt, now)
-                except _Refused as refused:
-                    # Commit what the refusal depends on: the code marked used, the grant revoked.
-                    conn.commit() if refused.keep else conn.rollback()
-                    raise
-                conn.commit()
-        except _Refused as refused:
-            log.info("identity.token.refused.code.%s", refused.reason)
-            audit.record(
-                "identity.token.refused",
-                at=now,
-                actor={"client_id": record.client_id},
-                data={"grant_type": self.GRANT_TYPE, "reason": refused.reason},
-                engine=server.engine,
-            )
-            raise refused.error(description=refused.description) from None
+        body = run_exchange(server.engine, grant_type=self.GRANT_TYPE, client_id=record.client_id, now=now,
+                            exchange=lambda conn: self._exchange(conn, record, form, jkt, now))
         return 200, body, self.TOKEN_RESPONSE_HEADER
 
     def _exchange(

@@ -30,10 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from authlib.oauth2.rfc6749 import (
-    InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
-    OAuth2Error,
     UnauthorizedClientError,
 )
 from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
@@ -43,6 +41,7 @@ from ..domain import scopes as scope_rules
 from ..domain.roles import AuthMethod
 from ..grants import RefreshRefused
 from .code_grant import InvalidDPoPProofError
+from .exchange import GrantRefused, run_exchange
 from .issue import IssueRefused, issue_person_tokens
 
 if TYPE_CHECKING:
@@ -54,24 +53,7 @@ log = logging.getLogger(__name__)
 GRANT_TYPE = "refresh_token"
 
 
-class _Refused(Exception):
-    """``keep``: commit what the refusal changed (a family revoked); else roll back."""
-
-    def __init__(
-        self,
-        reason: str,
-        description: str,
-        *,
-        error: type[OAuth2Error] = InvalidGrantError,
-        keep: bool = False,
-        grant_id: Any = None,
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.description = description
-        self.error = error
-        self.keep = keep
-        self.grant_id = grant_id
+_Refused = GrantRefused  # keep=False by default: a refusal changes nothing unless it says so
 
 
 class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
@@ -92,25 +74,9 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
         server = self.server
         record: ClientRecord = self.request.client.record
         now = server.clock.now()
-        try:
-            with server.engine.connect() as conn:
-                try:
-                    body = self._refresh(conn, record, self.request.form, self.request.dpop_jkt, now)
-                except _Refused as refused:
-                    conn.commit() if refused.keep else conn.rollback()
-                    raise
-                conn.commit()
-        except _Refused as refused:
-            log.info("identity.token.refused.refresh.%s", refused.reason)
-            audit.record(
-                "identity.token.refused",
-                at=now,
-                actor={"client_id": record.client_id},
-                subject=str(refused.grant_id) if refused.grant_id else None,
-                data={"grant_type": self.GRANT_TYPE, "reason": refused.reason},
-                engine=server.engine,
-            )
-            raise refused.error(description=refused.description) from None
+        body = run_exchange(server.engine, grant_type=self.GRANT_TYPE, client_id=record.client_id, now=now,
+                            exchange=lambda conn: self._refresh(conn, record, self.request.form,
+                                                                self.request.dpop_jkt, now))
         return 200, body, self.TOKEN_RESPONSE_HEADER
 
     def _refresh(

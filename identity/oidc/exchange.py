@@ -1,0 +1,74 @@
+"""The transaction of a token-endpoint grant that may refuse *and* keep what the refusal changed.
+
+A refused code or refresh token can still have to commit something: the code marked used, the grant
+revoked on reuse (RFC 6749 §4.1.2, RFC 9700 §4.14.2). Both grants run their exchange through
+``run_exchange``: one transaction, committed on success, committed or rolled back on a refusal as the
+refusal says, then the refusal logged, audited and raised as its OAuth error (RFC 6749 §5.2).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from authlib.oauth2.rfc6749 import InvalidGrantError, OAuth2Error
+
+from .. import audit
+
+log = logging.getLogger(__name__)
+
+
+class GrantRefused(Exception):
+    """``keep``: commit what the refusal changed; else roll back. ``grant_id`` names the grant, if known."""
+
+    KEEP_BY_DEFAULT = False
+
+    def __init__(
+        self,
+        reason: str,
+        description: str,
+        *,
+        error: type[OAuth2Error] = InvalidGrantError,
+        keep: bool | None = None,
+        grant_id: Any = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.description = description
+        self.error = error
+        self.keep = self.KEEP_BY_DEFAULT if keep is None else keep
+        self.grant_id = grant_id
+
+
+def run_exchange(
+    engine: sa.Engine,
+    *,
+    grant_type: str,
+    client_id: str,
+    now: datetime,
+    exchange: Callable[[sa.Connection], dict[str, Any]],
+) -> dict[str, Any]:
+    """``exchange(conn)`` in one transaction; a GrantRefused becomes the OAuth error it names."""
+    try:
+        with engine.connect() as conn:
+            try:
+                body = exchange(conn)
+            except GrantRefused as refused:
+                conn.commit() if refused.keep else conn.rollback()
+                raise
+            conn.commit()
+    except GrantRefused as refused:
+        log.info("identity.token.refused.%s.%s", grant_type, refused.reason)
+        audit.record(
+            "identity.token.refused",
+            at=now,
+            actor={"client_id": client_id},
+            subject=str(refused.grant_id) if refused.grant_id else None,
+            data={"grant_type": grant_type, "reason": refused.reason},
+            engine=engine,
+        )
+        raise refused.error(description=refused.description) from None
+    return body
