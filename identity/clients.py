@@ -176,8 +176,7 @@ class ClientRegistry:
                 auth_method=method,
                 has_jwks=stored_jwks is not None,
             )
-            client_id = f"qg-{role.value.replace('_', '-')}-{secrets.token_hex(8)}"
-            secret = secrets.token_urlsafe(32) if method in SECRET_METHODS else None
+            client_id, secret = new_client_id(role), new_secret(method)
             conn.execute(
                 oauth_clients.insert().values(
                     client_id=client_id,
@@ -237,6 +236,16 @@ class ClientRegistry:
             dpop_bound=bool(row.dpop_bound),
             extra_metadata=dict(row.extra_metadata or {}),
         )
+
+
+def new_client_id(role: ClientRole) -> str:
+    """A client_id that names its role (readable in logs), with 64 random bits."""
+    return f"qg-{role.value.replace('_', '-')}-{secrets.token_hex(8)}"
+
+
+def new_secret(method: AuthMethod) -> str | None:
+    """A 256-bit client secret for the secret methods, else None (shown once; only its hash is kept)."""
+    return secrets.token_urlsafe(32) if method in SECRET_METHODS else None
 
 
 def _b64(raw: bytes) -> str:

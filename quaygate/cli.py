@@ -202,10 +202,7 @@ def cmd_person_enrol_code(args: argparse.Namespace) -> int:
     try:
         code, expires_at = issue_code(container.engine, person, created_by="cli", now=datetime.now(UTC),
                                       ttl=timedelta(hours=args.hours))
-    except EnrolmentRefused as exc:
-        print(f"cannot issue a code: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
+    except (EnrolmentRefused, ValueError) as exc:  # unknown or suspended person; a TTL out of range
         print(f"cannot issue a code: {exc}", file=sys.stderr)
         return 2
     finally:

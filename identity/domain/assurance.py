@@ -48,3 +48,10 @@ def weakest_acceptable(requested: Iterable[str]) -> str | None:
     weakest known one as the floor (any stronger login also satisfies it). None if none is known."""
     known = [a for a in requested if a in LEVEL]
     return min(known, key=LEVEL.__getitem__) if known else None
+
+
+def stronger(a: str | None, b: str | None) -> str | None:
+    """The stronger of two demands (None: no demand; an unknown value ranks below every known one)."""
+    if a is None or b is None:
+        return a or b
+    return a if LEVEL.get(a, -1) >= LEVEL.get(b, -1) else b

@@ -196,7 +196,7 @@ def validate(
             raise refuse("invalid_request", "max_age must be a non-negative integer.", "max_age")
         max_age = int(raw)
     demanded = assurance.weakest_acceptable(params.get("acr_values", "").split())
-    floor = _stronger(client.min_acr, demanded)
+    floor = assurance.stronger(client.min_acr, demanded)
     dpop_jkt = params.get("dpop_jkt")
     if dpop_jkt is not None and not _JKT.match(dpop_jkt):
         raise refuse("invalid_request", "Malformed dpop_jkt.", "dpop_jkt")
@@ -217,12 +217,6 @@ def validate(
         created_at=now.timestamp(),
         pushed=pushed,
     )
-
-
-def _stronger(a: str | None, b: str | None) -> str | None:
-    if a is None or b is None:
-        return a or b
-    return a if assurance.LEVEL.get(a, -1) >= assurance.LEVEL.get(b, -1) else b
 
 
 def login_needed(req: AuthorizationRequest, session: LoginSession | None, *, now: datetime) -> str | None:

@@ -29,8 +29,8 @@ from quaygate.schema import grants as grants_table
 from quaygate.schema import initial_access_tokens, oauth_clients, organisations
 
 from .. import audit
-from ..clients import hash_secret, public_jwks, verify_secret
-from ..domain.roles import SECRET_METHODS, AuthMethod, ClientRole, RegistrationRefused, check_registration
+from ..clients import hash_secret, new_client_id, new_secret, public_jwks, verify_secret
+from ..domain.roles import AuthMethod, ClientRole, RegistrationRefused, check_registration
 from ..grants import GrantStore
 from .metadata import INVALID_CLIENT_METADATA, SERVER_FIELDS, ClientMetadata, MetadataRefused, check_metadata
 
@@ -167,8 +167,7 @@ class ClientManagement:
     def _insert(self, conn: sa.Connection, meta: ClientMetadata, *, org: Organisation | None,
                 terminal_code: str | None, now: datetime, dynamic: bool) -> Registered:
         jwks, bound = _keys_and_terminal(meta, org, terminal_code)
-        client_id = f"qg-{meta.role.value.replace('_', '-')}-{secrets.token_hex(8)}"
-        secret = secrets.token_urlsafe(32) if meta.auth_method in SECRET_METHODS else None
+        client_id, secret = new_client_id(meta.role), new_secret(meta.auth_method)
         rat = RAT_PREFIX + secrets.token_urlsafe(32) if dynamic else None
         conn.execute(oauth_clients.insert().values(
             client_id=client_id, organisation_id=org.id if org else None, created_at=now, updated_at=now,
