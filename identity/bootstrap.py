@@ -79,9 +79,11 @@ class IdentityProvider:
         keys = KeyStore(container.engine, container.cipher, token_ttl=max(s.access_token_ttl, s.id_token_ttl))
         keys.ensure_active(clock.now())
         clients = ClientRegistry(container.engine)
-        # Stateless over the shared cache and database: equivalent to grants.grants_for(app) and
-        # dpop.dpop_verifier_for(app), which other parts build on the app.
+        # The one GrantStore and DPoPVerifier of the app (grants_for / dpop_verifier_for return these).
         revocations = RevocationList(container.cache)
+        # The cache is what verifiers consult: after a restart with the in-process cache (or a flushed
+        # Redis), put the unexpired revocations back, or revoked tokens would pass again until they expire.
+        revocations.reload(container.engine, now=clock.now())
         grants = GrantStore(container.engine, revocations, refresh_ttl=s.refresh_token_ttl)
         dpop = DPoPVerifier(container.cache, max_age=s.dpop_max_age, now=lambda: clock.now().timestamp())
         server = AuthorizationServer(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -106,3 +107,22 @@ def test_revocation_list_survives_a_cache_flush(engine: sa.Engine) -> None:
     fresh = RevocationList(MemoryCache())  # a replica whose cache was flushed
     assert not fresh.is_revoked("a")
     assert fresh.reload(engine, now=NOW) == 1 and fresh.is_revoked("a")
+
+
+def test_revocations_survive_a_restart_with_a_fresh_cache(engine: sa.Engine, tmp_path: Path) -> None:
+    """The in-process cache dies with the process: the provider reloads revocations from the table."""
+    from identity.bootstrap import IdentityProvider
+    from quaygate.container import Container, SystemClock
+    from quaygate.crypto import DataCipher
+    from quaygate.settings import Settings
+
+    settings = Settings(var_dir=tmp_path)
+    now = datetime.now(UTC)
+    first = RevocationList(MemoryCache())
+    with engine.begin() as conn:
+        first.add(conn, [("jti-revoked", now + timedelta(minutes=5)), ("jti-old", now - timedelta(minutes=1))],
+                  now=now)
+    restarted = IdentityProvider.build(Container(settings=settings, engine=engine, cache=MemoryCache(),
+                                                 cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock()))
+    assert restarted.grants.revocations.is_revoked("jti-revoked")
+    assert not restarted.grants.revocations.is_revoked("jti-old")
