@@ -59,6 +59,12 @@ def create_client(
     )
 
 
+def key_store(container: Container) -> KeyStore:
+    """Our token signing keys; an old key stays published as long as the longest-lived token it signed."""
+    s = container.settings
+    return KeyStore(container.engine, container.cipher, token_ttl=max(s.access_token_ttl, s.id_token_ttl))
+
+
 @dataclass
 class IdentityProvider:
     """Everything the identity routes and the release API borrow, built once per app."""
@@ -76,9 +82,9 @@ class IdentityProvider:
     @classmethod
     def build(cls, container: Container) -> IdentityProvider:
         s, clock = container.settings, container.clock
-        keys = KeyStore(container.engine, container.cipher, token_ttl=max(s.access_token_ttl, s.id_token_ttl))
+        keys = key_store(container)
         keys.ensure_active(clock.now())
-        clients = ClientRegistry(container.engine)
+        clients = ClientRegistry(container.engine, container.cache)  # remembered; writes bump the shared epoch
         # The one GrantStore and DPoPVerifier of the app (grants_for / dpop_verifier_for return these).
         revocations = RevocationList(container.cache)
         # The cache is what verifiers consult: after a restart with the in-process cache (or a flushed
@@ -101,7 +107,7 @@ class IdentityProvider:
             keys,
             clients,
             server,
-            AccessTokenVerifier(keys, s.issuer, revoked=revocations.is_revoked),
+            AccessTokenVerifier(keys, s.issuer, revoked=revocations.token_revoked),
             grants,
             dpop,
             PendingRequests(container.cache),

@@ -3,6 +3,13 @@
 A client secret is shown once, at registration, and only a slow salted hash is kept (scrypt, RFC 7914).
 Secrets are 256-bit random values we generate, so the hash guards against a leaked table rather than
 against guessing; scrypt's cost (about 40 ms here) is paid once per token request.
+
+Lookups are served from memory (``ClientRegistry.find``): every token request needs its client, and a
+database round trip per request was the largest cost of the client credentials grant. A change made
+through this process (update, key rotation, deactivation) is seen at once; every write also bumps an
+epoch in the shared cache, which each replica reads at most once per ``check_every`` seconds, clearing
+its memory when the epoch moved. So another replica stops serving a deactivated client within
+``check_every`` (one second by default), and no entry is older than ``max_age`` in any case.
 """
 
 from __future__ import annotations
@@ -11,8 +18,11 @@ import base64
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +30,7 @@ import sqlalchemy as sa
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
+from quaygate.cache import Cache
 from quaygate.schema import oauth_clients, organisations
 
 from .domain import scopes as scope_rules
@@ -35,8 +46,9 @@ from .domain.roles import (
     requires_par,
 )
 
-# OIDC Registration §2 id_token_signed_response_alg values we sign with (oidc.issue.ID_TOKEN_ALGORITHMS).
-ID_TOKEN_ALGS = ("RS256",)
+# OIDC Registration §2 id_token_signed_response_alg values we sign with: oidc.issue.ID_TOKEN_ALGORITHMS,
+# keys.SIGNING_ALGORITHMS (kept equal by tests/test_identity_keys.py).
+ID_TOKEN_ALGS = ("RS256", "PS256", "ES256")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 _SALT_BYTES = 16
 
@@ -105,6 +117,8 @@ class ClientRecord:
     min_acr: str | None = None
     dpop_bound: bool = False
     extra_metadata: dict[str, Any] | None = None
+    # The registered jwks, imported once per lookup instead of once per client assertion.
+    key_set: KeySet | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_public(self) -> bool:
@@ -117,9 +131,45 @@ class ClientRecord:
         return alg if isinstance(alg, str) else "RS256"
 
 
+EPOCH_KEY = "identity:clients-epoch"
+_EPOCH_TTL = 30 * 86400  # the key only has to outlive the replicas' memories; its value is what counts
+
+
 class ClientRegistry:
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        cache: Cache | None = None,
+        *,
+        max_age: float = 60.0,
+        check_every: float = 1.0,
+        max_entries: int = 10_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``cache``: the shared cache whose epoch tells replicas that a client changed; None keeps
+        no memory at all (every find() reads the table)."""
         self._engine = engine
+        self._cache = cache
+        self._max_age = max_age
+        self._check_every = check_every
+        self._max_entries = max_entries
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._memory: dict[str, tuple[float, ClientRecord]] = {}
+        self._epoch: bytes | None = None
+        self._checked_at = float("-inf")
+        self._generation = 0  # bumped by every forget: a read that raced a change is not remembered
+
+    def changed(self, client_id: str | None = None) -> None:
+        """A client's row changed (after the commit): forget it here, and tell the other replicas."""
+        with self._lock:
+            self._generation += 1
+            if client_id is None:
+                self._memory.clear()
+            else:
+                self._memory.pop(client_id, None)
+        if self._cache is not None:
+            self._cache.incr(EPOCH_KEY, _EPOCH_TTL)
 
     def register(
         self,
@@ -202,9 +252,37 @@ class ClientRegistry:
         return client_id, secret
 
     def find(self, client_id: str) -> ClientRecord | None:
-        """The client, active or not (the caller decides), with its organisation's kind."""
+        """The client, active or not (the caller decides), with its organisation's kind; from memory
+        when this replica read it less than ``max_age`` seconds ago and no client changed since."""
         if not isinstance(client_id, str) or len(client_id) > 100:
             return None
+        if self._cache is None:
+            return self._read(client_id)
+        now = self._monotonic()
+        if now - self._checked_at >= self._check_every:
+            epoch = self._cache.get(EPOCH_KEY)
+            with self._lock:
+                if epoch != self._epoch:
+                    self._generation += 1
+                    self._memory.clear()
+                    self._epoch = epoch
+                self._checked_at = now
+        with self._lock:
+            hit = self._memory.get(client_id)
+            generation = self._generation
+        if hit is not None and now - hit[0] < self._max_age:
+            return hit[1]
+        record = self._read(client_id)
+        if record is not None:  # unknown ids are not remembered: made-up ids cannot fill the memory
+            with self._lock:
+                if generation != self._generation:
+                    return record  # a change landed while we read: use it once, remember nothing
+                if len(self._memory) >= self._max_entries:
+                    self._memory.clear()
+                self._memory[client_id] = (now, record)
+        return record
+
+    def _read(self, client_id: str) -> ClientRecord | None:
         query = (
             sa.select(oauth_clients, organisations.c.kind.label("org_kind"))
             .select_from(
@@ -235,7 +313,17 @@ class ClientRegistry:
             min_acr=row.min_acr,
             dpop_bound=bool(row.dpop_bound),
             extra_metadata=dict(row.extra_metadata or {}),
+            key_set=_import_key_set(row.jwks),
         )
+
+
+def _import_key_set(jwks: dict[str, Any] | None) -> KeySet | None:
+    if not jwks:
+        return None
+    try:
+        return KeySet.import_key_set(jwks)  # type: ignore[arg-type]
+    except (JoseError, ValueError, TypeError, KeyError):
+        return None  # stored through public_jwks(), so unreadable only if the row was edited by hand
 
 
 def new_client_id(role: ClientRole) -> str:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,9 +68,18 @@ class RefreshRefused(Exception):
 
 
 class RevocationList:
-    """Revoked access-token jtis: recorded in ``revoked_tokens``, checked in the cache (fast path)."""
+    """Revoked access tokens: recorded in ``revoked_tokens``, checked in the cache (fast path).
+
+    Two kinds: one token by its jti, and every token of a deactivated client issued up to a cutoff
+    (``revoke_client``; recorded under the jti ``client:<client_id>``). A resource server asks both
+    in one round trip (``token_revoked``)."""
 
     PREFIX = "identity:revoked-jti:"
+    CLIENT_PREFIX = "identity:revoked-client:"
+    CLIENT_ROW = "client:"
+    # Tokens issued this long after the deactivation are refused too: another replica may have served
+    # the client from memory for up to ClientRegistry's check_every (one second) after it.
+    CLIENT_MARGIN = timedelta(seconds=5)
 
     def __init__(self, cache: Cache) -> None:
         self._cache = cache
@@ -95,14 +104,45 @@ class RevocationList:
     def is_revoked(self, jti: str) -> bool:
         return self._cache.get(self.PREFIX + jti) is not None
 
+    def revoke_client(self, conn: sa.Connection, client_id: str, *, now: datetime, token_ttl: int) -> None:
+        """Refuse every access token of ``client_id`` issued up to now (plus the margin) until the
+        last of them has expired, in the caller's transaction (a client deactivated or deleted)."""
+        cutoff = now + self.CLIENT_MARGIN
+        expires = cutoff + timedelta(seconds=token_ttl)
+        jti = self.CLIENT_ROW + client_id
+        conn.execute(revoked_tokens.delete().where(revoked_tokens.c.jti == jti))
+        conn.execute(revoked_tokens.insert().values(jti=jti, expires_at=expires, revoked_at=cutoff))
+        self._set_client(client_id, cutoff, expires, now)
+
+    def token_revoked(self, claims: dict[str, Any]) -> bool:
+        """Is this verified access token revoked, on its own or with its client? One round trip."""
+        jti, client_id, iat = claims.get("jti"), claims.get("client_id"), claims.get("iat")
+        if not isinstance(client_id, str):
+            return self.is_revoked(str(jti))
+        by_jti, by_client = self._cache.get_many([self.PREFIX + str(jti), self.CLIENT_PREFIX + client_id])
+        if by_jti is not None:
+            return True
+        if by_client is None:
+            return False
+        # A token without a usable iat cannot show it came after the cutoff: refused.
+        return not isinstance(iat, int | float) or isinstance(iat, bool) or iat <= float(by_client)
+
+    def _set_client(self, client_id: str, cutoff: datetime, expires: datetime, now: datetime) -> None:
+        self._cache.set(self.CLIENT_PREFIX + client_id, repr(cutoff.timestamp()).encode(),
+                        (expires - now).total_seconds() + 60)
+
     def reload(self, engine: sa.Engine, *, now: datetime) -> int:
         """Put the unexpired revocations back into the cache (after a cache flush or at start-up)."""
         with engine.connect() as conn:
             rows = conn.execute(
-                sa.select(revoked_tokens.c.jti, revoked_tokens.c.expires_at).where(revoked_tokens.c.expires_at > now)
+                sa.select(revoked_tokens.c.jti, revoked_tokens.c.expires_at, revoked_tokens.c.revoked_at)
+                .where(revoked_tokens.c.expires_at > now)
             ).all()
-        for jti, exp in rows:
-            self._cache.set(self.PREFIX + jti, b"1", (exp - now).total_seconds() + 60)
+        for jti, exp, revoked_at in rows:
+            if jti.startswith(self.CLIENT_ROW):
+                self._set_client(jti[len(self.CLIENT_ROW):], revoked_at, exp, now)
+            else:
+                self._cache.set(self.PREFIX + jti, b"1", (exp - now).total_seconds() + 60)
         return len(rows)
 
 
@@ -168,13 +208,52 @@ class GrantStore:
 
     # ---- using -------------------------------------------------------------------------------
 
-    def rotate(self, conn: sa.Connection, token: str, *, client_id: str, now: datetime) -> tuple[Grant, str]:
+    def rotate(
+        self,
+        conn: sa.Connection,
+        token: str,
+        *,
+        client_id: str,
+        now: datetime,
+        check: Callable[[Grant], None] | None = None,
+    ) -> tuple[Grant, str]:
         """Use a refresh token: mark it rotated and return its grant and a new token.
 
-        Raises RefreshRefused; on ``reused`` the grant has been revoked in ``conn``'s transaction,
-        which the caller must commit (the refusal is the point: RFC 9700 §4.14.2).
+        The token is consumed first, by one conditional UPDATE (active and unexpired, RETURNING its
+        grant): under concurrency the row lock lets exactly one use through, and the others find it
+        rotated. Then the grant is read and ``check`` (the caller's DPoP binding and scope rules) may
+        raise: the caller then rolls back, and the token is active again. Only a refused token costs
+        the diagnostic read that tells unknown, revoked, expired and reused apart.
+
+        Raises RefreshRefused; on ``reused`` and ``wrong_client`` the grant has been revoked in
+        ``conn``'s transaction, which the caller must commit (the refusal is the point: RFC 9700 §4.14.2).
         """
         h = token_hash(token) if token.startswith(REFRESH_PREFIX) else None
+        grant_id = None
+        if h is not None:
+            grant_id = conn.execute(
+                refresh_tokens.update()
+                .where(refresh_tokens.c.token_hash == h, refresh_tokens.c.status == "active",
+                       refresh_tokens.c.expires_at > now)
+                .values(status="rotated", used_at=now)
+                .returning(refresh_tokens.c.grant_id)
+            ).scalar()
+        if grant_id is None:
+            raise self._why_not(conn, h, client_id=client_id, now=now)
+        grant = self.get(conn, grant_id)
+        assert grant is not None  # the foreign key
+        if grant.client_id != client_id:
+            # RFC 6749 §6: the token was issued to another client. Treat as theft of that client's token.
+            self.revoke_grant(conn, grant.id, reason="refresh_wrong_client", now=now)
+            raise RefreshRefused("wrong_client", grant.id)
+        if grant.revoked:
+            raise RefreshRefused("revoked", grant.id)
+        if check is not None:
+            check(grant)
+        return grant, self.issue_refresh(conn, grant.id, now=now)
+
+    def _why_not(self, conn: sa.Connection, h: str | None, *, client_id: str, now: datetime) -> RefreshRefused:
+        """Why a token could not be used; revokes the grant of a reused or stolen token."""
         row = None
         if h is not None:
             row = conn.execute(
@@ -183,26 +262,17 @@ class GrantStore:
                 .where(refresh_tokens.c.token_hash == h)
             ).first()
         if row is None:
-            raise RefreshRefused("unknown")
+            return RefreshRefused("unknown")
         if row.client_id != client_id:
-            # RFC 6749 §6: the token was issued to another client. Treat as theft of that client's token.
             self.revoke_grant(conn, row.grant_id, reason="refresh_wrong_client", now=now)
-            raise RefreshRefused("wrong_client", row.grant_id)
+            return RefreshRefused("wrong_client", row.grant_id)
         if row.revoked_at is not None or row.status == "revoked":
-            raise RefreshRefused("revoked", row.grant_id)
-        if row.expires_at <= now:
-            raise RefreshRefused("expired", row.grant_id)
-        used = conn.execute(
-            refresh_tokens.update()
-            .where(refresh_tokens.c.token_hash == h, refresh_tokens.c.status == "active")
-            .values(status="rotated", used_at=now)
-        ).rowcount
-        if used != 1:  # rotated before: a replay, or the loser of a race with the thief
-            self.revoke_grant(conn, row.grant_id, reason="refresh_reuse", now=now)
-            raise RefreshRefused("reused", row.grant_id)
-        grant = self.get(conn, row.grant_id)
-        assert grant is not None
-        return grant, self.issue_refresh(conn, row.grant_id, now=now)
+            return RefreshRefused("revoked", row.grant_id)
+        if row.expires_at <= now or row.status == "active":  # active but not taken: past its expiry
+            return RefreshRefused("expired", row.grant_id)
+        # rotated before: a replay, or the loser of a race with the thief
+        self.revoke_grant(conn, row.grant_id, reason="refresh_reuse", now=now)
+        return RefreshRefused("reused", row.grant_id)
 
     def get(self, conn: sa.Connection, grant_id: uuid.UUID) -> Grant | None:
         row = conn.execute(sa.select(grants).where(grants.c.id == grant_id)).first()

@@ -123,6 +123,15 @@ class RateLimiter:
         count = self._cache.incr(name, remaining + 1)
         return None if count <= limit else max(1, math.ceil(remaining))
 
+    def hit_and_check(self, key: str, limit: int, other: str, other_limit: int, window: int) -> int | None:
+        """hit(key) and exceeded(other) in one round trip to the cache."""
+        name, remaining = self._window(key, window)
+        other_name, _ = self._window(other, window)
+        count, raw = self._cache.incr_peek(name, remaining + 1, other_name)
+        if count > limit or (raw is not None and int(raw) >= other_limit):
+            return max(1, math.ceil(remaining))
+        return None
+
     def exceeded(self, key: str, limit: int, window: int) -> int | None:
         """Like hit() without counting: has ``key`` already used up its allowance in this window?"""
         name, remaining = self._window(key, window)
@@ -330,10 +339,11 @@ class RateLimitMiddleware:
                 client_id = client_id_from_form(body) if body else None
 
         def before() -> int | None:
-            retry = limiter.hit(f"ep:{family}:addr:{address}", limits.per_address, limits.window)
-            if retry is None and client_id is not None:
-                retry = limiter.exceeded(f"ep:client:{client_id}", limits.per_client, limits.window)
-            return retry
+            key = f"ep:{family}:addr:{address}"
+            if client_id is None:
+                return limiter.hit(key, limits.per_address, limits.window)
+            return limiter.hit_and_check(key, limits.per_address, f"ep:client:{client_id}", limits.per_client,
+                                         limits.window)
 
         retry = await run_in_threadpool(before)
         if retry is not None:

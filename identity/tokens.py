@@ -1,4 +1,5 @@
-"""JWT access tokens (RFC 9068): signing ours, and verifying them at the resource servers.
+"""JWT access tokens (RFC 9068): signing ours (and our id tokens, ``sign_jwt``), and verifying them
+at the resource servers.
 
 joserfc is always called with an explicit registry: RS256, PS256 and ES256 only. Never its defaults
 (which also allow HS256), never "none", never an HMAC algorithm, whose "secret" an attacker could take
@@ -44,7 +45,7 @@ def _registry(algorithms: Collection[str]) -> JWSRegistry:
     return JWSRegistry(algorithms=list(algorithms))
 
 
-def _fits(key: Any, alg: str) -> bool:
+def fits(key: Any, alg: str) -> bool:
     """True when ``key`` may verify (or make) an ``alg`` signature: its type, its curve, and the
     ``alg`` the key itself names, if any (RFC 7517 §4.4)."""
     kind, curve = _KEY_TYPES.get(alg, (None, None))
@@ -59,15 +60,23 @@ def _fits(key: Any, alg: str) -> bool:
 _SIGNING_REGISTRY = _registry(ACCESS_TOKEN_ALGORITHMS)
 
 
-def sign_access_token(claims: dict[str, Any], key: RSAKey | ECKey, *, alg: str = "RS256") -> str:
-    """Sign a claim set as a JWT access token: header typ ``at+jwt`` (RFC 9068 §2.1) and our kid."""
+def sign_jwt(claims: dict[str, Any], key: RSAKey | ECKey, *, typ: str, alg: str | None = None) -> str:
+    """Sign a claim set as a compact JWS with our kid. The algorithm is the one the key names
+    (RFC 7517 §4.4; every key.KeyStore key does), so a caller cannot pair a key with the wrong one;
+    ``alg`` only for a key that names none (RS256 if omitted)."""
     if not key.kid:
         raise ValueError("signing key without kid")
-    if not _fits(key, alg):
+    alg = alg or key.get("alg") or "RS256"
+    if not fits(key, alg):
         raise ValueError(f"a {type(key).__name__} cannot sign {alg}")
-    header = {"alg": alg, "typ": c.ACCESS_TOKEN_TYP, "kid": key.kid}
+    header = {"alg": alg, "typ": typ, "kid": key.kid}
     payload = json.dumps(claims, separators=(",", ":"))
     return jws.serialize_compact(header, payload, key, registry=_SIGNING_REGISTRY)
+
+
+def sign_access_token(claims: dict[str, Any], key: RSAKey | ECKey, *, alg: str | None = None) -> str:
+    """Sign a claim set as a JWT access token: header typ ``at+jwt`` (RFC 9068 §2.1) and our kid."""
+    return sign_jwt(claims, key, typ=c.ACCESS_TOKEN_TYP, alg=alg)
 
 
 class InvalidToken(Exception):
@@ -100,9 +109,10 @@ class AccessTokenVerifier:
         algorithms: Collection[str] = ACCESS_TOKEN_ALGORITHMS,
         leeway: int = 30,
         now: Callable[[], float] = time.time,
-        revoked: Callable[[str], bool] | None = None,
+        revoked: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
-        """``revoked``: is this jti revoked? (``grants.RevocationList.is_revoked``); None: not checked."""
+        """``revoked``: is the token with these verified claims revoked, on its own or with its client?
+        (``grants.RevocationList.token_revoked``); None: not checked."""
         self._keys = key_source
         self._revoked = revoked
         self._issuer = issuer
@@ -146,7 +156,7 @@ class AccessTokenVerifier:
         self._check_claims(claims, audience)
         # RFC 7009 §2 / RFC 9700 §4.14.2: revoked on its own, or with its grant's family. Checked
         # last, so an unsigned token can never make us look a jti up.
-        if self._revoked is not None and self._revoked(str(claims[c.JTI])):
+        if self._revoked is not None and self._revoked(claims):
             log.info("identity.token.refused.revoked")
             raise InvalidToken("invalid_token", "token revoked")
         return claims
@@ -157,7 +167,7 @@ class AccessTokenVerifier:
         for refresh in (False, True):
             for key in self._keys.public_key_set(refresh=refresh, kid=kid):
                 if key.kid == kid:
-                    if not _fits(key, alg):
+                    if not fits(key, alg):
                         log.info("identity.token.refused.key_type")
                         raise InvalidToken("invalid_token", "algorithm does not fit the key")
                     return key  # type: ignore[return-value]

@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -87,8 +88,10 @@ def seed(database_url: str, issuer: str, users: int) -> tuple[dict[str, Any], li
         pem = key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                             serialization.NoEncryption()).decode()
         clients.append({"client_id": client_id, "kid": f"bench-{i}", "private_key": pem})
+    # Registered as the demo registers the driver app (quaygate/demo.py): ES256 id tokens.
     app_id, _ = registry.register(name="bench driver app", role="driver_app", organisation_id=None,
-                                  auth_method="none", redirect_uris=[f"{issuer}/bench/callback"], now=now)
+                                  auth_method="none", redirect_uris=[f"{issuer}/bench/callback"], now=now,
+                                  extra_metadata={"id_token_signed_response_alg": "ES256"})
     store = GrantStore(engine, RevocationList(MemoryCache()), refresh_ttl=3600)
     refresh = []
     with engine.begin() as conn:
@@ -127,8 +130,40 @@ def register_passkeys(database_url: str, base: str, origin: str, people: list[uu
     return done, ""
 
 
-def run_locust(user_class: str, base: str, seed_path: Path, users: int, seconds: int, out: Path) -> dict[str, Any]:
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: str) -> tuple[str, int, float] | None:
+    """(command, parent pid, user+system CPU seconds) of one process, from /proc (Linux)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1: raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2:].split()
+    return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def cpu_seconds(root: int) -> tuple[float, float]:
+    """CPU seconds used so far by the server (root and its descendants) and by PostgreSQL and Redis."""
+    stats = {pid: st for pid in os.listdir("/proc") if pid.isdigit() and (st := _stat(pid)) is not None}
+    tree, server = {root}, 0.0
+    changed = True
+    while changed:
+        changed = False
+        for pid, (_, ppid, _) in stats.items():
+            if ppid in tree and int(pid) not in tree:
+                tree.add(int(pid))
+                changed = True
+    server = sum(stats[str(p)][2] for p in tree if str(p) in stats)
+    services = sum(cpu for comm, _, cpu in stats.values() if comm.startswith(("postgres", "redis-server")))
+    return server, services
+
+
+def run_locust(user_class: str, base: str, seed_path: Path, users: int, seconds: int, out: Path,
+               server_pid: int) -> dict[str, Any]:
     prefix = out / user_class
+    before = cpu_seconds(server_pid)
     env = {**os.environ, "QG_BENCH_SEED": str(seed_path)}
     subprocess.run(  # noqa: S603 - our locust, our file
         [sys.executable, "-m", "locust", "-f", str(HERE / "locust_identity.py"), "--headless", "--users", str(users),
@@ -141,6 +176,8 @@ def run_locust(user_class: str, base: str, seed_path: Path, users: int, seconds:
         with stats.open() as f:
             for row in csv.DictReader(f):
                 rows[row["Name"]] = row
+    after = cpu_seconds(server_pid)
+    rows["_cpu"] = {"server": after[0] - before[0], "services": after[1] - before[1]}
     failures = Path(f"{prefix}_failures.csv")
     errors = []
     if failures.exists():
@@ -167,6 +204,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--only", choices=[s[1] for s in SCENARIOS], help="run the bare endpoint and this one only")
+    parser.add_argument("--profile", metavar="FILE", help="run the server under py-spy, collapsed stacks to FILE")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     url = create_database(args.database_url, f"qg_bench_identity_{os.getpid()}")
@@ -183,9 +222,11 @@ def main() -> int:
                    "QUAYGATE_LOG_LEVEL": "WARNING"}
             log = Path(tmp) / "server.log"
             with log.open("wb") as log_file:
+                wrap = ["py-spy", "record", "--format", "raw", "--rate", "200", "--nonblocking",
+                        "--output", args.profile, "--"] if args.profile else []
                 server = subprocess.Popen(  # noqa: S603 - our interpreter, our app
-                    [sys.executable, "-m", "uvicorn", "quaygate.app:app_from_env", "--factory", "--host", "127.0.0.1",
-                     "--port", str(port), "--workers", str(args.workers), "--no-access-log"],
+                    [*wrap, sys.executable, "-m", "uvicorn", "quaygate.app:app_from_env", "--factory",
+                     "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers), "--no-access-log"],
                     cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
                 if not _wait(base, server):
                     print("identity bench FAILED: the server did not start\n" + log.read_text()[-2000:])
@@ -194,12 +235,12 @@ def main() -> int:
                 seed_data["passkeys"] = passkeys
                 seed_path = Path(tmp) / "seed.json"
                 seed_path.write_text(json.dumps(seed_data))
-                return report(args, cores, base, seed_path, Path(tmp), why)
+                return report(args, cores, base, seed_path, Path(tmp), why, server.pid)
     finally:
         if server is not None:
-            server.terminate()
+            server.send_signal(signal.SIGINT if args.profile else signal.SIGTERM)
             try:
-                server.wait(timeout=10)
+                server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
         drop_database(args.database_url, url)
@@ -216,23 +257,35 @@ def _wait(base: str, server: subprocess.Popen[bytes]) -> bool:
     return False
 
 
-def report(args: argparse.Namespace, cores: int, base: str, seed_path: Path, out: Path, passkey_setup: str) -> int:
+def report(args: argparse.Namespace, cores: int, base: str, seed_path: Path, out: Path, passkey_setup: str,
+           server_pid: int) -> int:
+    """Each figure twice: requests per second of wall time (Locust, server and database share the
+    machine's cores), and requests per second of one core of the server's own CPU (user + system
+    time of the uvicorn process tree, read from /proc): the figure Keycloak's sizing is given in."""
     print(f"identity provider on PostgreSQL + Redis, uvicorn {args.workers} worker(s) --no-access-log, "
-          f"{cores} CPU cores, Locust FastHttpUser x {args.users}, {args.seconds} s per figure", flush=True)
-    bare, _, _ = rate(run_locust("BareUser", base, seed_path, args.users, args.seconds, out), "bare /healthz")
-    print(f"  bare endpoint GET /healthz: {bare:,.0f} req/s ({bare / cores:,.0f} per core)", flush=True)
+          f"{cores} CPU cores shared with Locust and the database, Locust FastHttpUser x {args.users}, "
+          f"{args.seconds} s per figure", flush=True)
+    bare_result = run_locust("BareUser", base, seed_path, args.users, args.seconds, out, server_pid)
+    bare, bare_total, _ = rate(bare_result, "bare /healthz")
+    bare_core = bare_total / max(bare_result["rows"]["_cpu"]["server"], 1e-9)
+    print(f"  bare endpoint GET /healthz: {bare:,.0f} req/s; {bare_core:,.0f} per server core", flush=True)
     failed_any = False
     for label, user_class, name, target, keycloak in SCENARIOS:
+        if args.only and user_class != args.only:
+            continue
         if user_class == "PasskeyUser" and passkey_setup:
             print(f"  {label}: NOT RUN, passkey registration failed: {passkey_setup}")
             failed_any = True
             continue
-        result = run_locust(user_class, base, seed_path, args.users, args.seconds, out)
+        result = run_locust(user_class, base, seed_path, args.users, args.seconds, out, server_pid)
         good, total, failed = rate(result, name)
-        per_core = good / cores
+        cpu = result["rows"]["_cpu"]
+        per_core = (total - failed) / max(cpu["server"], 1e-9)
+        db_ms = 1000 * cpu["services"] / max(total - failed, 1)
         verdict = "OK" if per_core >= target else "UNDER TARGET"
-        print(f"  {label}: {good:,.0f} /s, {per_core:,.0f} per core; {good / bare if bare else 0:.1%} of bare; "
-              f"target {target}/core: {verdict}; {per_core / keycloak:.1f}x Keycloak's {keycloak}/vCPU"
+        print(f"  {label}: {good:,.0f} /s; {per_core:,.0f} per server core ({per_core / bare_core:.1%} of bare's); "
+              f"target {target}/core: {verdict}; {per_core / keycloak:.1f}x Keycloak's {keycloak}/vCPU; "
+              f"PostgreSQL + Redis {db_ms:.2f} ms CPU each"
               + (f"; {failed} of {total} requests FAILED" if failed else ""), flush=True)
         for error in result["errors"][:3]:
             print(f"      {error}")

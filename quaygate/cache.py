@@ -18,12 +18,20 @@ class Cache(Protocol):
 
     def get(self, key: str) -> bytes | None: ...
 
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Several keys in one round trip (MGET)."""
+        ...
+
     def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None: ...
 
     def delete(self, key: str) -> None: ...
 
     def incr(self, key: str, ttl_seconds: float) -> int:
         """Count within a window that starts at the first increment (rate limits)."""
+        ...
+
+    def incr_peek(self, key: str, ttl_seconds: float, peek: str) -> tuple[int, bytes | None]:
+        """incr(key) and get(peek) in one round trip (a rate limit counted and another read)."""
         ...
 
     def ping(self) -> bool: ...
@@ -60,6 +68,9 @@ class MemoryCache:
             item = self._live(key, time.monotonic())
             return None if item is None else item[0]
 
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self.get(k) for k in keys]
+
     def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None:
         with self._lock:
             self._data[key] = (value, None if ttl_seconds is None else time.monotonic() + ttl_seconds)
@@ -77,6 +88,10 @@ class MemoryCache:
             self._data[key] = (str(count).encode(), expiry)
             return count
 
+    def incr_peek(self, key: str, ttl_seconds: float, peek: str) -> tuple[int, bytes | None]:
+        count = self.incr(key, ttl_seconds)
+        return count, self.get(peek)
+
     def ping(self) -> bool:
         return True
 
@@ -88,12 +103,24 @@ class MemoryCache:
             del self._data[k]
 
 
+_INCR_LUA = """
+local count = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1], 'NX')
+local peeked = false
+if KEYS[2] then peeked = redis.call('GET', KEYS[2]) end
+return {count, peeked}
+"""
+
+
 class RedisCache:
     def __init__(self, url: str, *, prefix: str = "qg:") -> None:
         import redis
 
         self._r = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
         self._p = prefix
+        # One command, one round trip, atomic: the count and its expiry can never be parted (a counter
+        # left without expiry would lock its key out for good), and an optional second key is read.
+        self._incr = self._r.register_script(_INCR_LUA)
 
     def claim(self, key: str, ttl_seconds: float) -> bool:
         return bool(self._r.set(self._p + key, b"1", nx=True, px=max(1, int(ttl_seconds * 1000))))
@@ -102,6 +129,10 @@ class RedisCache:
         value = self._r.get(self._p + key)
         return value if isinstance(value, bytes) else None
 
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        values = self._r.mget([self._p + k for k in keys])
+        return [v if isinstance(v, bytes) else None for v in values]
+
     def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None:
         self._r.set(self._p + key, value, px=None if ttl_seconds is None else max(1, int(ttl_seconds * 1000)))
 
@@ -109,11 +140,12 @@ class RedisCache:
         self._r.delete(self._p + key)
 
     def incr(self, key: str, ttl_seconds: float) -> int:
-        pipe = self._r.pipeline()
-        pipe.incr(self._p + key)
-        pipe.pexpire(self._p + key, max(1, int(ttl_seconds * 1000)), nx=True)
-        count, _ = pipe.execute()
+        count, _ = self._incr(keys=[self._p + key], args=[max(1, int(ttl_seconds * 1000))])
         return int(count)
+
+    def incr_peek(self, key: str, ttl_seconds: float, peek: str) -> tuple[int, bytes | None]:
+        count, peeked = self._incr(keys=[self._p + key, self._p + peek], args=[max(1, int(ttl_seconds * 1000))])
+        return int(count), peeked if isinstance(peeked, bytes) else None
 
     def ping(self) -> bool:
         try:

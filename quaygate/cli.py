@@ -56,9 +56,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if seeded(container.engine):
             print(f"demo data is present but {path} is gone: delete the database to seed again", file=sys.stderr)
             return 1
-        from identity.keys import KeyStore
+        from identity.bootstrap import key_store
 
-        KeyStore(container.engine, container.cipher).ensure_active(container.clock.now())
+        key_store(container).ensure_active(container.clock.now())
         data = seed(container.engine, settings, container.clock.now())
         write_credentials(path, data)
     finally:
@@ -82,18 +82,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from identity.keys import KeyStore
+    from identity.bootstrap import key_store
+    from identity.keys import SIGNING_ALGORITHMS
 
     from .container import Container
 
+    unknown = [a for a in args.alg or () if a not in SIGNING_ALGORITHMS]
+    if unknown:
+        print(f"unknown algorithm {unknown[0]!r}: one of {', '.join(SIGNING_ALGORITHMS)}", file=sys.stderr)
+        return 2
     settings = _settings()
     container = Container.build(settings)
     try:
-        kid = KeyStore(container.engine, container.cipher, token_ttl=settings.access_token_ttl).rotate(
-            container.clock.now())
+        kids = key_store(container).rotate(container.clock.now(), args.alg)
     finally:
         container.close()
-    print(f"new signing key {kid} is active; older keys stay published until their tokens expire")
+    for alg, kid in kids.items():
+        print(f"new {alg} signing key {kid} is active")
+    print("older keys stay published until their tokens expire")
     return 0
 
 
@@ -235,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="token signing keys")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
-    keys_sub.add_parser("rotate", help="add a new signing key and start signing with it").set_defaults(
-        func=cmd_keys_rotate)
+    rotate = keys_sub.add_parser("rotate", help="add new signing keys and start signing with them")
+    rotate.add_argument("--alg", action="append", metavar="RS256|PS256|ES256",
+                        help="rotate this algorithm's key only (repeatable; default: every algorithm)")
+    rotate.set_defaults(func=cmd_keys_rotate)
 
     org = sub.add_parser("org", help="organisations")
     org_sub = org.add_subparsers(dest="org_cmd", required=True)

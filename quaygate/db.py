@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+
+# A pooled connection that was used less than this many seconds ago is handed out without a ping.
+IDLE_PING_SECONDS = 5.0
 
 
 def normalise_url(url: str) -> str:
@@ -17,7 +21,8 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, echo: bool = False) -> sa.Engine:
+def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, echo: bool = False,
+                idle_ping_seconds: float = IDLE_PING_SECONDS) -> sa.Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = sa.create_engine(
@@ -29,9 +34,38 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, echo: 
         )
         _sqlite_pragmas(engine)
         return engine
-    return sa.create_engine(
-        url, echo=echo, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
-    )
+    engine = sa.create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow)
+    _ping_when_idle(engine, idle_ping_seconds)
+    return engine
+
+
+def _ping_when_idle(engine: sa.Engine, idle_seconds: float) -> None:
+    """SQLAlchemy's pessimistic disconnect handling, for idle connections only.
+
+    ``pool_pre_ping`` pings on every checkout: a round trip that cost about 0.1 ms of CPU per checkout
+    here, on every request. A connection checked in moments ago by a request that used it is known to
+    be alive; one that sat idle (a database restart or a failover may have dropped it) is pinged, and a
+    dead one is replaced before any request sees it (the pool retries the checkout on
+    DisconnectionError). A connection dropped while in busy use fails that request; SQLAlchemy then
+    invalidates the whole pool, so the next requests get fresh connections.
+    """
+
+    @event.listens_for(engine, "connect")
+    @event.listens_for(engine, "checkin")
+    def _fresh(_dbapi_conn: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        used = record.info.get("checked_in_at")
+        if used is not None and time.monotonic() - used < idle_seconds:
+            return
+        try:
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            dbapi_conn.rollback()
+        except Exception as exc:  # any failure: this connection is not fit to hand out
+            raise sa.exc.DisconnectionError(f"idle connection failed its ping: {exc}") from exc
 
 
 def _sqlite_pragmas(engine: sa.Engine) -> None:

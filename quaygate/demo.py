@@ -92,10 +92,12 @@ def seed(engine: sa.Engine, settings: Settings, now: datetime) -> dict[str, Any]
             engine, name=f"demo {role}", role=role, organisation_id=org_ids[org_key],
             terminal_code=TERMINAL if org_key == "terminal_operator" else None, now=now)
         clients[role] = {"client_id": client_id, "client_secret": secret, "organisation_id": str(org_ids[org_key])}
-    # The driver app: a public client (PKCE) served by the service itself at /app/.
+    # The driver app: a public client (PKCE) served by the service itself at /app/. Its id tokens are
+    # ES256 (OIDC Registration §2): cheap to sign, and its page checks them with WebCrypto's ECDSA.
     app_id, _ = create_client(
         engine, name="quaygate driver app", role="driver_app", organisation_id=None, auth_method="none", now=now,
-        redirect_uris=[f"{base}/app/callback"], post_logout_redirect_uris=[f"{base}/app/"])
+        redirect_uris=[f"{base}/app/callback"], post_logout_redirect_uris=[f"{base}/app/"],
+        extra_metadata={"id_token_signed_response_alg": "ES256"})
     clients["driver_app"] = {"client_id": app_id, "client_secret": None, "organisation_id": None,
                              "redirect_uri": f"{base}/app/callback"}
     # One-time enrolment codes, as the badge office would hand them out: each driver registers a passkey

@@ -436,6 +436,11 @@ signing_keys = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("retired_at", UTCDateTime),
     sa.Column("publish_until", UTCDateTime),
+    # identity.keys: one active token key per algorithm. Writers take a lock; this makes the database
+    # refuse a second active key should anything slip past it (the audit key, use "audit", is not counted).
+    sa.Index("ix_signing_keys_one_active_per_alg", "alg", unique=True,
+             postgresql_where=sa.text("status = 'active' AND use = 'sig'"),
+             sqlite_where=sa.text("status = 'active' AND use = 'sig'")),
 )
 
 revoked_tokens = sa.Table(

@@ -34,6 +34,16 @@ def test_demo_writes_credentials_once(env: Path, capsys: pytest.CaptureFixture[s
     assert set(driver["badge"]) == {"scheme", "number", "card_uid"} and set(driver["plate"]) == {"text", "country"}
     assert data["terminal"] == "BEANR-K1700" and data["base_url"].startswith("http")
     assert main(["demo"]) == 0 and "already present" in capsys.readouterr().out
+    # The demo driver app's id tokens are ES256, which its page (app.js) checks with WebCrypto.
+    from identity.clients import ClientRegistry
+    from quaygate.db import make_engine
+
+    engine = make_engine(f"sqlite:///{env / 'q.db'}")
+    try:
+        app = ClientRegistry(engine).find(data["clients"]["driver_app"]["client_id"])
+    finally:
+        engine.dispose()
+    assert app is not None and app.id_token_alg == "ES256"
 
 
 def test_bad_organisation_kind_is_a_plain_message(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,3 +87,37 @@ def test_enrolment_code_for_a_person(env: Path, capsys: pytest.CaptureFixture[st
     assert main(["person", "enrol-code", "00000000-0000-4000-8000-000000000000"]) == 2
     err = capsys.readouterr().err
     assert "cannot issue a code" in err and "Traceback" not in err
+
+
+def _active_kids(db: Path) -> dict[str, str]:
+    import sqlalchemy as sa
+
+    from quaygate.db import make_engine
+    from quaygate.schema import signing_keys
+
+    engine = make_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(signing_keys.c.alg, signing_keys.c.kid).where(
+                signing_keys.c.status == "active", signing_keys.c.use == "sig")).all()
+    finally:
+        engine.dispose()
+    return {r.alg: r.kid for r in rows}
+
+
+def test_keys_rotate_every_algorithm_or_the_named_ones(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "rotate"]) == 0
+    kids = _active_kids(env / "q.db")
+    out = capsys.readouterr().out
+    assert set(kids) == {"RS256", "PS256", "ES256"}
+    assert all(f"new {alg} signing key {kid} is active" in out for alg, kid in kids.items())
+    assert main(["keys", "rotate", "--alg", "ES256"]) == 0
+    after = _active_kids(env / "q.db")
+    assert after["ES256"] != kids["ES256"] and {a: after[a] for a in ("RS256", "PS256")} == {
+        a: kids[a] for a in ("RS256", "PS256")}
+    assert capsys.readouterr().out.startswith(f"new ES256 signing key {after['ES256']} is active")
+    for bad in ("HS256", "none", "es256"):
+        assert main(["keys", "rotate", "--alg", bad]) == 2
+        err = capsys.readouterr().err
+        assert f"unknown algorithm {bad!r}" in err and "RS256, PS256, ES256" in err and "Traceback" not in err
+    assert _active_kids(env / "q.db") == after  # a refused rotation changes nothing

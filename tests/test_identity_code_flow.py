@@ -76,6 +76,23 @@ def test_driver_app_code_flow_with_pkce_gives_verified_tokens(flow: Flow) -> Non
     assert "identity.authorization.code_issued" in kinds and "identity.token.issued" in kinds
 
 
+@pytest.mark.parametrize("alg", ["RS256", "PS256", "ES256", None])
+def test_id_tokens_come_in_the_algorithm_the_client_registered(flow: Flow, alg: str | None) -> None:
+    """OIDC Registration §2 id_token_signed_response_alg, RS256 when the client registered none;
+    access tokens keep the service's algorithm (settings.access_token_signing_alg) whatever it is."""
+    client_id = flow.driver_app(extra_metadata={"id_token_signed_response_alg": alg} if alg else None)
+    person = flow.person()
+    body = flow.driver_tokens(client_id, person)
+    expected = alg or "RS256"
+    header = flow.header(body["id_token"])
+    assert header == {"alg": expected, "typ": "JWT", "kid": flow.provider.keys.signing_key(expected).kid}
+    assert flow.id_token(body["id_token"])["sub"] == str(person)  # verified against our published JWKS
+    assert flow.header(body["access_token"])["alg"] == flow.container.settings.access_token_signing_alg == "ES256"
+    refreshed = flow.http.post("/oauth2/token", data={"grant_type": "refresh_token", "client_id": client_id,
+                                                      "refresh_token": body["refresh_token"]}).json()
+    assert flow.header(refreshed["id_token"])["alg"] == expected  # OIDC Core §12.2: the same algorithm
+
+
 def flow_org(flow: Flow, kind: str) -> object:
     from tests.test_identity_support import add_org
 

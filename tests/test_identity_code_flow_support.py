@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import sqlalchemy as sa
 from fastapi import FastAPI
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
 
@@ -148,6 +148,10 @@ class Flow:
 
     def jwks(self) -> KeySet:
         return KeySet.import_key_set(self.http.get("/oauth2/jwks").json())
+
+    @staticmethod
+    def header(token: str) -> dict[str, Any]:
+        return dict(jws.extract_compact(token.encode(), registry=ID_TOKEN_REGISTRY).headers())
 
     def id_token(self, token: str) -> dict[str, Any]:
         """Verify an id token against our published JWKS with joserfc, as a relying party would."""

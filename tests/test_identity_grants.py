@@ -126,3 +126,23 @@ def test_revocations_survive_a_restart_with_a_fresh_cache(engine: sa.Engine, tmp
                                                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock()))
     assert restarted.grants.revocations.is_revoked("jti-revoked")
     assert not restarted.grants.revocations.is_revoked("jti-old")
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_revoked_client_and_a_revoked_jti_in_one_lookup(engine: sa.Engine, kind: str,
+                                                          request: pytest.FixtureRequest) -> None:
+    from quaygate.cache import RedisCache
+
+    cache = RedisCache(request.getfixturevalue("redis_url")) if kind == "redis" else MemoryCache()
+    revocations = RevocationList(cache)
+    with engine.begin() as conn:
+        revocations.add(conn, [("gone", NOW + timedelta(minutes=5))], now=NOW)
+        revocations.revoke_client(conn, "c-bad", now=NOW, token_ttl=600)
+        revocations.revoke_client(conn, "c-bad", now=NOW, token_ttl=600)  # twice: still one row
+    cutoff = (NOW + RevocationList.CLIENT_MARGIN).timestamp()
+    assert revocations.token_revoked({"jti": "gone", "client_id": "c-ok", "iat": 1})
+    assert not revocations.token_revoked({"jti": "live", "client_id": "c-ok", "iat": 1})
+    assert revocations.token_revoked({"jti": "live", "client_id": "c-bad", "iat": int(cutoff)})
+    assert revocations.token_revoked({"jti": "live", "client_id": "c-bad"})  # no iat: refused
+    assert not revocations.token_revoked({"jti": "live", "client_id": "c-bad", "iat": int(cutoff) + 1})
+    assert revocations.token_revoked({"jti": "gone"})  # no client_id: by jti alone

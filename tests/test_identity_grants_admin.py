@@ -95,6 +95,9 @@ def test_register_list_and_deactivate_clients(env: Lifecycle) -> None:
     assert all("client_secret" not in c for c in listed)
     _problem(env.http.post("/admin/v1/clients", json={"role": "terminal_gate"}, headers=auth), 422,
              "role_org_kind_mismatch")
+    _problem(env.http.post("/admin/v1/clients", json={"role": "console", "redirect_uris": ["https://c.example/cb"],
+                                                      "id_token_signed_response_alg": "HS256"}, headers=auth),
+             422, "invalid_client_metadata")
     done = env.http.post(f"/admin/v1/clients/{created['client_id']}:deactivate", headers=auth)
     assert done.status_code == 200 and done.json()["active"] is False
     again = env.http.post(f"/admin/v1/clients/{created['client_id']}:deactivate", headers=auth)
@@ -128,3 +131,30 @@ def test_persons_and_memberships(env: Lifecycle) -> None:
         assert conn.execute(sa.select(sa.func.count()).select_from(memberships)).scalar() == 1
         kinds = set(conn.execute(sa.select(audit_log.c.kind)).scalars())
     assert {"identity.admin.person.created", "identity.admin.membership.added"} <= kinds
+
+
+def test_deactivating_a_client_revokes_the_access_tokens_it_already_has(env: Lifecycle) -> None:
+    from identity.grants import RevocationList
+    from quaygate.cache import MemoryCache
+
+    auth = _admin(env)
+    stolen_id, stolen_secret, _ = env.machine("admin")  # an admin client whose secret leaked
+    stolen = env.machine_token(stolen_id, stolen_secret)
+    assert env.http.get("/admin/v1/clients", headers={"Authorization": f"Bearer {stolen}"}).status_code == 200
+
+    done = env.http.post(f"/admin/v1/clients/{stolen_id}:deactivate", headers=auth)
+    assert done.status_code == 200, done.text
+
+    # Its self-contained token, unexpired, is refused from now on; the other admin's is not.
+    _problem(env.http.get("/admin/v1/clients", headers={"Authorization": f"Bearer {stolen}"}), 401,
+             "invalid_token")
+    assert env.http.get("/admin/v1/clients", headers=auth).status_code == 200
+    claims = env.provider.verifier.verify(auth["Authorization"][7:], audience="quaygate-api")
+    fresh = RevocationList(MemoryCache())  # a restarted replica, its cache empty
+    fresh.reload(env.engine, now=env.container.clock.now())
+    stolen_claims = {"jti": "any", "client_id": stolen_id, "iat": claims["iat"]}
+    assert fresh.token_revoked(stolen_claims) and not fresh.token_revoked(claims)
+    # A token claiming a later iat than the cutoff would pass, but the client can no longer get one.
+    assert not fresh.token_revoked({**stolen_claims, "iat": claims["iat"] + 3600})
+    assert env.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                         headers=basic(stolen_id, stolen_secret)).status_code == 401

@@ -3,6 +3,11 @@ application: a reused code's first access token stops working at the release API
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +29,7 @@ from tests.test_identity_code_flow_support import (
     make_flow,
     query,
 )
-from tests.test_identity_support import ISSUER, utcnow
+from tests.test_identity_support import ISSUER, forged_with_our_kid, utcnow
 
 API = "quaygate-api"
 
@@ -34,8 +39,8 @@ def flow(engine: sa.Engine, tmp_path: Path) -> Iterator[Flow]:
     yield from make_flow(engine, tmp_path)
 
 
-def _signed_in(flow: Flow) -> tuple[str, dict[str, str], str]:
-    client_id = flow.driver_app(post_logout_redirect_uris=["https://driver.quaygate.example/bye"])
+def _signed_in(flow: Flow, **client: object) -> tuple[str, dict[str, str], str]:
+    client_id = flow.driver_app(post_logout_redirect_uris=["https://driver.quaygate.example/bye"], **client)
     person = flow.person()
     sid = flow.login(person)
     pkce = Pkce()
@@ -98,6 +103,44 @@ def test_forged_id_token_hint_is_refused(flow: Flow) -> None:
     # An access token (typ at+jwt) is not an id token either.
     resp = flow.http.get("/oauth2/logout", params={"id_token_hint": tokens["access_token"]}, follow_redirects=False)
     assert resp.status_code == 400 and _session_live(flow)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def test_an_es256_id_token_is_a_good_hint(flow: Flow) -> None:
+    _, tokens, _ = _signed_in(flow, extra_metadata={"id_token_signed_response_alg": "ES256"})
+    assert flow.header(tokens["id_token"])["alg"] == "ES256"
+    resp = flow.http.get("/oauth2/logout", params={"id_token_hint": tokens["id_token"],
+                         "post_logout_redirect_uri": "https://driver.quaygate.example/bye"}, follow_redirects=False)
+    assert resp.status_code == 302 and not _session_live(flow)
+
+
+@pytest.mark.parametrize(("ours", "alg"), [("RS256", "ES256"), ("ES256", "RS256"), ("RS256", "PS256")])
+def test_a_hint_cannot_use_our_key_with_another_algorithm(flow: Flow, caplog: pytest.LogCaptureFixture,
+                                                           ours: str, alg: str) -> None:
+    """RFC 8725 §3.1: the kid names our key, and the key verifies only the algorithm it names."""
+    _, tokens, _ = _signed_in(flow)
+    claims = flow.id_token(tokens["id_token"])  # the real claims: only the signature is the forger's
+    forged = forged_with_our_kid(flow.provider.keys.signing_key(ours), alg, claims, "JWT")
+    with caplog.at_level(logging.INFO, logger="identity.oidc.logout"):
+        resp = flow.http.get("/oauth2/logout", params={"id_token_hint": forged}, follow_redirects=False)
+    assert resp.status_code == 400 and _session_live(flow)
+    assert "identity.logout.refused.key_type" in caplog.messages
+
+
+def test_a_hint_with_alg_none_or_hmac_over_our_public_key_is_refused(flow: Flow) -> None:
+    _, tokens, _ = _signed_in(flow)
+    claims = _b64(json.dumps(flow.id_token(tokens["id_token"])).encode())
+    for alg in ("RS256", "ES256"):
+        ours = flow.provider.keys.signing_key(alg)
+        none = f"{_b64(json.dumps({'alg': 'none', 'typ': 'JWT', 'kid': ours.kid}).encode())}.{claims}."
+        signing_input = f"{_b64(json.dumps({'alg': 'HS256', 'typ': 'JWT', 'kid': ours.kid}).encode())}.{claims}"
+        mac = hmac.new(ours.as_pem(private=False), signing_input.encode(), hashlib.sha256).digest()
+        for hint in (none, f"{signing_input}.{_b64(mac)}"):
+            resp = flow.http.get("/oauth2/logout", params={"id_token_hint": hint}, follow_redirects=False)
+            assert resp.status_code == 400 and _session_live(flow)
 
 
 def test_logout_without_hint_asks_then_ends_on_post(flow: Flow) -> None:

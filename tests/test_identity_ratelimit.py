@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -67,6 +68,36 @@ def test_replicas_sharing_redis_share_the_count(redis_url: str, clock: list[floa
     assert one.hit("k", 2, 60) is not None and two.hit("k", 2, 60) is not None
     a.close()
     b.close()
+
+
+def test_hit_and_check_counts_one_key_and_reads_the_other(cache: Cache, clock: list[float]) -> None:
+    limiter = RateLimiter(cache, now=lambda: clock[0])
+    for _ in range(3):
+        assert limiter.hit("client", 3, 60) is None
+    assert limiter.hit_and_check("addr", 2, "client", 5, 60) is None  # client at 3 of 5
+    assert limiter.hit_and_check("addr", 2, "client", 3, 60) is not None  # client used up
+    assert limiter.hit_and_check("addr", 2, "other", 3, 60) is not None  # addr now at 3 of 2
+    assert limiter.exceeded("client", 4, 60) is None  # the check never counted the client
+    clock[0] += 60
+    assert limiter.hit_and_check("addr", 2, "client", 3, 60) is None  # next window
+
+
+def test_a_redis_counter_always_carries_its_expiry(redis_url: str) -> None:
+    import redis
+
+    cache = RedisCache(redis_url)
+    try:
+        assert cache.incr("c", 30) == 1 and cache.incr_peek("c", 30, "nothing") == (2, None)
+        cache.set("seen", b"7")
+        assert cache.incr_peek("d", 30, "seen") == (1, b"7")
+        raw = redis.Redis.from_url(redis_url)
+        assert 0 < raw.pttl("qg:c") <= 30_000 and 0 < raw.pttl("qg:d") <= 30_000
+        raw.persist("qg:c")  # a counter that lost its expiry gets one back on the next count
+        cache.incr("c", 30)
+        assert 0 < raw.pttl("qg:c") <= 30_000
+        raw.close()
+    finally:
+        cache.close()
 
 
 def test_exceeded_does_not_count(cache: Cache, clock: list[float]) -> None:
@@ -222,14 +253,25 @@ def serve(engine: sa.Engine, tmp_path: Path, cache: Cache, **limits: Any) -> Ite
         yield Served(http, engine)
 
 
+def _clear_of_a_window_edge(window: int = 60, margin: float = 10.0) -> None:
+    """Counters are per fixed window: a test that counts to a limit must not straddle two windows."""
+    left = window - time.time() % window
+    if left < margin:
+        time.sleep(left + 0.05)
+
+
 @pytest.fixture
 def tight(engine: sa.Engine, tmp_path: Path, cache: Cache) -> Iterator[Served]:
-    yield from serve(engine, tmp_path, cache, rate_limit_per_address=3, rate_limit_per_client=100)
+    for served in serve(engine, tmp_path, cache, rate_limit_per_address=3, rate_limit_per_client=100):
+        _clear_of_a_window_edge()
+        yield served
 
 
 @pytest.fixture
 def per_client(engine: sa.Engine, tmp_path: Path) -> Iterator[Served]:
-    yield from serve(engine, tmp_path, MemoryCache(), rate_limit_per_address=100, rate_limit_per_client=2)
+    for served in serve(engine, tmp_path, MemoryCache(), rate_limit_per_address=100, rate_limit_per_client=2):
+        _clear_of_a_window_edge()
+        yield served
 
 
 def line_client(engine: sa.Engine, **kw: Any) -> tuple[str, str | None]:

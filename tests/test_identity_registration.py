@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from identity.bootstrap import create_client
+from identity.domain.roles import RegistrationRefused
 from identity.registration import management_for
 from identity.registration.service import ClientManagement, RegistrationError
 from quaygate.schema import audit_log, initial_access_tokens, oauth_clients
@@ -97,6 +99,11 @@ def test_private_key_jwt_console_and_gate(env: Lifecycle) -> None:
         ({"redirect_uris": ["https://line.example/cb"]}, "invalid_redirect_uri"),  # machine client
         ({"software_statement": "eyJ..."}, "invalid_software_statement"),
         ({"client_uri": "http://line.example"}, "invalid_client_metadata"),
+        # OIDC Registration §2: only algorithms we hold a key for; never none, never HMAC.
+        ({"id_token_signed_response_alg": "none"}, "invalid_client_metadata"),
+        ({"id_token_signed_response_alg": "HS256"}, "invalid_client_metadata"),
+        ({"id_token_signed_response_alg": "ES384"}, "invalid_client_metadata"),
+        ({"id_token_signed_response_alg": ["ES256"]}, "invalid_client_metadata"),
     ],
 )
 def test_metadata_refused_and_the_token_stays_unused(env: Lifecycle, doc: dict[str, Any], error: str) -> None:
@@ -131,6 +138,31 @@ def test_driver_app_registers_as_a_public_client(env: Lifecycle) -> None:
     r = _register(env, _iat(env), {"token_endpoint_auth_method": "none", "redirect_uris": ["be.quaygate.app:/cb"]})
     assert r.status_code == 201, r.text
     assert r.json()["quaygate_role"] == "driver_app" and "client_secret" not in r.json()
+
+
+def test_id_token_signed_response_alg_is_registered_and_updated(env: Lifecycle) -> None:
+    r = _register(env, _iat(env), {"token_endpoint_auth_method": "none", "redirect_uris": ["be.quaygate.app:/cb"],
+                                   "id_token_signed_response_alg": "ES256"})
+    assert r.status_code == 201, r.text
+    reg = r.json()
+    assert reg["id_token_signed_response_alg"] == "ES256"
+    assert env.provider.clients.find(reg["client_id"]).id_token_alg == "ES256"  # type: ignore[union-attr]
+    doc = {k: reg[k] for k in ("client_id", "redirect_uris", "token_endpoint_auth_method")}
+    refused = _manage(env, "PUT", reg["client_id"], reg["registration_access_token"],
+                      {**doc, "id_token_signed_response_alg": "none"})
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_client_metadata"
+    rat = _manage(env, "GET", reg["client_id"], reg["registration_access_token"]).json()["registration_access_token"]
+    updated = _manage(env, "PUT", reg["client_id"], rat, {**doc, "id_token_signed_response_alg": "PS256"})
+    assert updated.status_code == 200 and updated.json()["id_token_signed_response_alg"] == "PS256"
+    assert env.provider.clients.find(reg["client_id"]).id_token_alg == "PS256"  # type: ignore[union-attr]
+    # Registered without it: RS256, the OIDC default.
+    plain = _register(env, _iat(env), {"token_endpoint_auth_method": "none", "redirect_uris": ["be.quaygate.app:/cb"]})
+    assert env.provider.clients.find(plain.json()["client_id"]).id_token_alg == "RS256"  # type: ignore[union-attr]
+    # The CLI and the demo seeding register through ClientRegistry, which checks it the same way.
+    with pytest.raises(RegistrationRefused):
+        create_client(env.engine, name="x", role="driver_app", organisation_id=None, auth_method="none",
+                      redirect_uris=["be.quaygate.app:/cb"], extra_metadata={"id_token_signed_response_alg": "HS256"},
+                      now=utcnow())
 
 
 def test_initial_access_token_missing_unknown_used_expired(env: Lifecycle) -> None:
@@ -194,6 +226,10 @@ def test_read_update_delete_with_the_registration_access_token(env: Lifecycle) -
     assert ok.status_code == 200, ok.text  # refused updates left the token as it was
     rat4 = ok.json()["registration_access_token"]
 
+    # The token endpoint looks the client up (and remembers it) before the delete...
+    before = env.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                           headers=basic(cid, reg["client_secret"]))
+    assert before.status_code == 400 and before.json()["error"] == "unauthorized_client", before.text
     assert _manage(env, "DELETE", cid, rat4).status_code == 204
     assert _manage(env, "GET", cid, rat4).status_code == 401
     with env.engine.connect() as conn:

@@ -122,9 +122,9 @@ def test_verifier_checks_revocation_after_the_signature() -> None:
     key = RSAKey.generate_key(2048, parameters={"kid": "k"})
     asked: list[str] = []
 
-    def revoked(jti: str) -> bool:
-        asked.append(jti)
-        return jti == "gone"
+    def revoked(claims: dict[str, Any]) -> bool:
+        asked.append(claims["jti"])
+        return claims["jti"] == "gone"
 
     verifier = AccessTokenVerifier(_Keys(key), ISSUER, revoked=revoked)
     assert verifier.verify(sign_access_token(_claims("live"), key), audience="api")["jti"] == "live"

@@ -7,6 +7,7 @@ real database of the ``engine`` fixture (SQLite and PostgreSQL, schema by Alembi
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import time
 import uuid
@@ -19,8 +20,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI
-from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc import jws, jwt
+from joserfc.jwk import ECKey, RSAKey
+from joserfc.jws import JWSRegistry
 
 from identity.api.routes import build_router
 from identity.bootstrap import IdentityProvider, create_client, provider_for
@@ -90,9 +92,9 @@ class Env:
         return self.http.post("/oauth2/token", data=data, **kw)
 
 
-def make_env(engine: sa.Engine, tmp_path: Path) -> Iterator[Env]:
+def make_env(engine: sa.Engine, tmp_path: Path, **settings_kw: Any) -> Iterator[Env]:
     """Body of each test module's ``env`` fixture (fixtures imported across modules confuse linters)."""
-    settings = Settings(var_dir=tmp_path, issuer=ISSUER)
+    settings = Settings(var_dir=tmp_path, issuer=ISSUER, **settings_kw)
     container = Container(
         settings=settings,
         engine=engine,
@@ -116,6 +118,19 @@ def rsa_key() -> RSAKey:
     key = RSAKey.generate_key(2048, parameters={"use": "sig"})
     key.ensure_kid()
     return key
+
+
+def forged_with_our_kid(ours: RSAKey | ECKey, alg: str, claims: dict[str, Any], typ: str) -> str:
+    """A JWS naming our key's kid with another algorithm than the key's own. The forger signs with
+    our own private half when the key type allows (as if it had leaked into another use: RS256 key,
+    PS256 signature), else with a fresh key of the type ``alg`` needs."""
+    signer: RSAKey | ECKey
+    if isinstance(ours, RSAKey) and alg != "ES256":
+        signer = RSAKey.import_key({k: v for k, v in ours.as_dict(private=True).items() if k != "alg"})
+    else:
+        signer = ECKey.generate_key("P-256") if alg == "ES256" else rsa_key()
+    return jws.serialize_compact({"alg": alg, "typ": typ, "kid": ours.kid}, json.dumps(claims), signer,
+                                 registry=JWSRegistry(algorithms=[alg]))
 
 
 def public_jwks(key: RSAKey) -> dict[str, Any]:

@@ -263,7 +263,8 @@ def test_discovery_document(env: Env) -> None:
     assert doc["authorization_response_iss_parameter_supported"] is True
     assert "none" not in doc["token_endpoint_auth_signing_alg_values_supported"]
     assert not any(a.startswith("HS") for a in doc["token_endpoint_auth_signing_alg_values_supported"])
-    assert doc["id_token_signing_alg_values_supported"] == ["RS256"]
+    assert doc["id_token_signing_alg_values_supported"] == ["RS256", "PS256", "ES256"]  # RS256 first: the default
+    assert not any(k.startswith("userinfo_") and k.endswith("_alg_values_supported") for k in doc)  # plain JSON
     assert {"releases:read", "gate:verify", "admin"} <= set(doc["scopes_supported"])
     assert env.http.get("/.well-known/oauth-authorization-server").json() == doc
 
@@ -272,9 +273,9 @@ def test_jwks_is_public_and_cacheable(env: Env) -> None:
     resp = env.http.get("/oauth2/jwks")
     assert resp.status_code == 200
     assert resp.headers["cache-control"].startswith("public, max-age=")
-    keys = resp.json()["keys"]
-    assert len(keys) == 1 and keys[0]["kty"] == "RSA" and keys[0]["alg"] == "RS256" and keys[0]["kid"]
-    assert not {"d", "p", "q", "dp", "dq", "qi"} & set(keys[0])
+    keys = resp.json()["keys"]  # one per algorithm (tests/test_identity_keys.py has the details)
+    assert sorted(k["alg"] for k in keys) == ["ES256", "PS256", "RS256"] and all(k["kid"] for k in keys)
+    assert not any({"d", "p", "q", "dp", "dq", "qi"} & set(k) for k in keys)
 
 
 def _b64(data: bytes) -> str:

@@ -19,7 +19,7 @@ from joserfc.jws import JWSRegistry
 
 from identity.keys import KeyStore
 from identity.tokens import AccessTokenVerifier, InvalidToken, require_scope, sign_access_token
-from tests.test_identity_support import ISSUER, Env, basic, make_env, rsa_key
+from tests.test_identity_support import ISSUER, Env, basic, forged_with_our_kid, make_env, rsa_key
 
 
 @pytest.fixture
@@ -79,15 +79,29 @@ def test_alg_none_is_refused(env: Env) -> None:
     _refused(env, f"{header}.{_b64(json.dumps(_claims()).encode())}.", says="algorithm")
 
 
-def test_hs256_signed_with_our_public_key_is_refused(env: Env) -> None:
-    """The RS/HS confusion attack: HMAC keyed with the bytes of our published public key."""
-    ours = env.provider.keys.signing_key()
+@pytest.mark.parametrize("alg", ["RS256", "PS256", "ES256"])
+def test_hs256_signed_with_our_public_key_is_refused(env: Env, alg: str) -> None:
+    """The RS/HS confusion attack: HMAC keyed with the bytes of one of our published public keys."""
+    ours = env.provider.keys.signing_key(alg)
     header = _b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": ours.kid}).encode())
     signing_input = f"{header}.{_b64(json.dumps(_claims()).encode())}"
     # joserfc itself refuses a PEM public key as an HMAC secret, so the forger computes it by hand.
     mac = hmac.new(ours.as_pem(private=False), signing_input.encode(), hashlib.sha256).digest()
     forged = f"{signing_input}.{_b64(mac)}"
     _refused(env, forged, says="algorithm")
+
+
+@pytest.mark.parametrize(
+    ("ours", "alg"),
+    [("RS256", "ES256"), ("ES256", "RS256"), ("PS256", "ES256"), ("ES256", "PS256"), ("RS256", "PS256"),
+     ("PS256", "RS256")],
+)
+def test_a_token_cannot_use_our_key_with_another_algorithm(env: Env, ours: str, alg: str) -> None:
+    """RFC 8725 §3.1, RFC 7517 §4.4: the kid names one of our keys, and that key verifies only the
+    algorithm it names: an EC key never an RS256 signature, an RSA key never ES256, and our RS256
+    key not even a PS256 signature made with its own private half."""
+    forged = forged_with_our_kid(env.provider.keys.signing_key(ours), alg, _claims(), "at+jwt")
+    _refused(env, forged, says="does not fit")
 
 
 def test_unknown_kid_is_refused(env: Env) -> None:

@@ -309,10 +309,15 @@ def test_config_names_the_driver_app_registered_for_our_callback(http: TestClien
     config = r.json()
     assert config == {
         "issuer": ISSUER, "client_id": client_id, "redirect_uri": callback,
-        "post_logout_redirect_uri": ISSUER + "/app/",
+        "post_logout_redirect_uri": ISSUER + "/app/", "id_token_signed_response_alg": "RS256",
         "scope": "openid profile offline_access releases:read nominations:respond", "api": "/api/v1",
     }
     assert client_id not in (other, retired)
+    # The page checks the id token's alg against what its client registered (OIDC Core §3.1.3.7 item 7).
+    with engine.begin() as conn:
+        conn.execute(oauth_clients.update().where(oauth_clients.c.client_id == client_id)
+                     .values(extra_metadata={"id_token_signed_response_alg": "ES256"}))
+    assert http.get("/app/config.json").json()["id_token_signed_response_alg"] == "ES256"
 
 
 def test_the_pages_are_not_in_the_api_document() -> None:

@@ -63,7 +63,7 @@ def admin_of(request: Request) -> str:
         claims = verifier.verify(token, audience=settings.api_audience)
     except InvalidToken as exc:
         raise AdminRefused(401, "invalid_token", exc.description) from exc
-    if revocations_for(app).is_revoked(str(claims[c.JTI])):
+    if revocations_for(app).token_revoked(claims):
         raise AdminRefused(401, "invalid_token", "token revoked")
     _check_dpop(request, token, claims, scheme.lower())
     scopes = str(claims.get(c.SCOPE, "")).split()

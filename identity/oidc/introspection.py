@@ -127,7 +127,7 @@ class TokenInspector:
                     continue  # another audience of ours, perhaps
                 return None
             # Checked here too, whether or not the verifier was given the revocation list.
-            if self.revocations.is_revoked(str(claims[c.JTI])):
+            if self.revocations.token_revoked(claims):
                 return None
             return claims
         return None

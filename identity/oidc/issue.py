@@ -7,8 +7,8 @@ the tokens, listing the access token's jti under the grant and the audit entry c
 (STYLE.md #5).
 
     grant (+ person, memberships) --check person active, org membership-->
-      access token (RFC 9068, typ at+jwt, RS256 via tokens.sign_access_token; cnf.jkt if DPoP)
-      + id token (OIDC Core §2, §3.1.3.6 at_hash), when asked
+      access token (RFC 9068, typ at+jwt, settings.access_token_signing_alg; cnf.jkt if DPoP)
+      + id token (OIDC Core §2, §3.1.3.6 at_hash) in the client's id_token_signed_response_alg, when asked
       + refresh token (GrantStore.issue_refresh), when offline_access is granted and asked
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import secrets
 import uuid
@@ -25,8 +24,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from joserfc import jws
-from joserfc.jws import JWSRegistry
 
 from quaygate.schema import memberships, organisations, persons
 
@@ -36,7 +33,8 @@ from ..domain import claims as token_claims
 from ..domain import scopes as scope_rules
 from ..domain.roles import ClientRole
 from ..grants import Grant, GrantStore
-from ..tokens import sign_access_token
+from ..keys import SIGNING_ALGORITHMS
+from ..tokens import sign_access_token, sign_jwt
 
 if TYPE_CHECKING:
     from quaygate.settings import Settings
@@ -45,10 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# RS256 is the OIDC default (Core §15.1). PS256 and ES256 follow when the key store holds one active
-# key per algorithm (keys.py signs RS256 only for now); clients can register only what is here.
-ID_TOKEN_ALGORITHMS: tuple[str, ...] = ("RS256",)
-_ID_TOKEN_REGISTRY = JWSRegistry(algorithms=list(ID_TOKEN_ALGORITHMS))
+# RS256 is the OIDC default (Core §15.1); PS256 and ES256 are offered (OIDC Registration §2
+# id_token_signed_response_alg). The key store holds one active key for each.
+ID_TOKEN_ALGORITHMS: tuple[str, ...] = SIGNING_ALGORITHMS
 
 
 class IssueRefused(Exception):
@@ -83,14 +80,17 @@ def person_context(conn: sa.Connection, client: ClientRecord, person_id: uuid.UU
       actor with a person_id and no org as a driver who sees only his own nominations;
     - a console bound to no organisation carries the person's roles in every organisation.
     """
-    person = conn.execute(
-        sa.select(persons.c.given_name, persons.c.family_name, persons.c.status).where(persons.c.id == person_id)
-    ).first()
+    # One statement: the person and their memberships (a person without any comes back as one row of NULLs).
+    found = conn.execute(
+        sa.select(persons.c.given_name, persons.c.family_name, persons.c.status, memberships.c.organisation_id,
+                  memberships.c.role)
+        .select_from(persons.outerjoin(memberships, memberships.c.person_id == persons.c.id))
+        .where(persons.c.id == person_id)
+    ).all()
+    person = found[0] if found else None
     if person is None or person.status != "active":
         raise IssueRefused("person_inactive")
-    rows = conn.execute(
-        sa.select(memberships.c.organisation_id, memberships.c.role).where(memberships.c.person_id == person_id)
-    ).all()
+    rows = [r for r in found if r.role is not None]
     org_id, org_kind = None, None
     if client.role is ClientRole.DRIVER_APP:
         roles = {r.role for r in rows} & token_claims.DRIVER_APP_ROLES
@@ -122,14 +122,10 @@ def at_hash(access_token: str) -> str:
 
 
 def sign_id_token(claims: dict[str, Any], keys: KeyStore, alg: str) -> str:
-    """An id token, typ JWT, signed with our active key for ``alg`` (explicit registry)."""
+    """An id token, typ JWT, signed with our active key for ``alg`` (the key names its alg)."""
     if alg not in ID_TOKEN_ALGORITHMS:
         raise ValueError(f"no signing key for {alg}")
-    key = keys.signing_key()
-    header = {"alg": alg, "typ": "JWT", "kid": key.kid}
-    return jws.serialize_compact(
-        header, json.dumps(claims, separators=(",", ":")), key, registry=_ID_TOKEN_REGISTRY
-    )
+    return sign_jwt(claims, keys.signing_key(alg), typ="JWT", alg=alg)
 
 
 def issue_person_tokens(
@@ -148,6 +144,7 @@ def issue_person_tokens(
     now: datetime,
     grant_type: str = "authorization_code",
     refresh_token: str | None = None,
+    audit_kind: str = "identity.token.issued",
 ) -> dict[str, Any]:
     """Build the token response (RFC 6749 §5.1, OIDC Core §3.1.3.3) for ``grant``, in ``conn``'s
     transaction. The caller commits (and, for the code grant, has marked the code used in it).
@@ -161,7 +158,8 @@ def issue_person_tokens(
       ``refresh_token``, which is put in the response as is.
     - ``dpop_jkt``: the JWK thumbprint of the verified DPoP proof (RFC 9449 §6.1): the access token
       gets ``cnf.jkt`` and token_type ``DPoP``.
-    - ``grant_type``: for the audit entry (``identity.token.issued``).
+    - ``grant_type``: for the audit entry (``audit_kind``: ``identity.token.issued``, or
+      ``identity.token.refreshed`` from the refresh grant).
 
     The access token's jti is recorded under the grant (GrantStore.record_access), so revoking the
     grant (code reuse, refresh reuse, logout, RFC 7009) revokes it too. Raises IssueRefused when
@@ -202,7 +200,7 @@ def issue_person_tokens(
         sid=grant.sid,
         dpop_jkt=dpop_jkt,
     )
-    access_token = sign_access_token(claims, keys.signing_key())
+    access_token = sign_access_token(claims, keys.signing_key(settings.access_token_signing_alg))
     grants.record_access(conn, grant.id, jti, now + timedelta(seconds=settings.access_token_ttl))
     granted = scope_rules.parse(scope)
     body: dict[str, Any] = {
@@ -232,12 +230,13 @@ def issue_person_tokens(
     elif include_refresh and scope_rules.OFFLINE_ACCESS in granted:
         body["refresh_token"] = grants.issue_refresh(conn, grant.id, now=now)
     audit.record(
-        "identity.token.issued",
+        audit_kind,
         at=now,
         actor={"client_id": client.client_id, "person_id": str(person.person_id)},
         subject=str(grant.id),
         data={
             "grant_type": grant_type,
+            "grant_id": str(grant.id),
             "jti": jti,
             "scope": scope,
             "dpop": bool(dpop_jkt),

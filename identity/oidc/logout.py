@@ -25,6 +25,7 @@ from joserfc.jws import JWSRegistry
 
 from .. import audit
 from ..grants import GrantStore
+from ..tokens import fits
 from .authorize import PageError, redirect_location
 from .issue import ID_TOKEN_ALGORITHMS
 
@@ -46,14 +47,20 @@ class LogoutOutcome:
 
 
 def verify_id_token_hint(provider: IdentityProvider, token: str) -> dict[str, Any]:
-    """Claims of an id token we issued (signature, issuer, typ); expiry is not checked (§2)."""
+    """Claims of an id token we issued (signature, issuer, typ); expiry is not checked (§2).
+
+    The algorithm comes from our allow-list and must fit the key the kid names (RFC 8725 §3.1,
+    RFC 7518 §3.1): an EC key never checks an RS256 signature, nor an RS256 key a PS256 one."""
     try:
         obj = jws.extract_compact(token.encode("ascii"), registry=_REGISTRY)
         header = obj.headers()
-        kid = header.get("kid")
-        if header.get("alg") not in ID_TOKEN_ALGORITHMS or not isinstance(kid, str) or header.get("typ") != "JWT":
+        kid, alg = header.get("kid"), header.get("alg")
+        if alg not in ID_TOKEN_ALGORITHMS or not isinstance(kid, str) or header.get("typ") != "JWT":
             raise PageError("invalid_request", "id_token_hint is not one of our id tokens.")
         key = next((k for k in provider.keys.public_key_set(refresh=True, kid=kid) if k.kid == kid), None)
+        if key is not None and not fits(key, alg):
+            log.info("identity.logout.refused.key_type")
+            raise PageError("invalid_request", "id_token_hint is not one of our id tokens.")
         if key is None or not jws.validate_compact(obj, key, registry=_REGISTRY):
             raise PageError("invalid_request", "id_token_hint is not one of our id tokens.")
         claims = json.loads(obj.payload)

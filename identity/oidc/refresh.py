@@ -5,21 +5,22 @@ client; the refresh is ours, in one transaction.
     client authenticated (none for the driver app; secret or private_key_jwt for consoles)
       -> client allowed the refresh_token grant?                     no -> unauthorized_client
       -> DPoP proof verified if sent (required for a dpop_bound client) -> jkt
-      -> token looked up; of this client; grant bound to a DPoP key and the proof's key differs?
-                                                                     -> invalid_dpop_proof, nothing changes
-      -> asked scope within the grant's scope (§6: never wider)?     no -> invalid_scope, nothing changes
-      -> GrantStore.rotate: UPDATE ... SET status='rotated' WHERE status='active'
-           unknown / expired / revoked                               -> invalid_grant
-           another client's token                                    -> its grant revoked (stolen), invalid_grant
-           already rotated (a replay, or the loser of a race)        -> REUSE: the whole family revoked
+      -> GrantStore.rotate: UPDATE ... SET status='rotated' WHERE status='active' AND unexpired
+         RETURNING grant_id (one statement; the row lock lets one concurrent use through)
+           not taken: unknown / expired / revoked                    -> invalid_grant
+           not taken: already rotated (a replay, or a race's loser)  -> REUSE: the whole family revoked
                                                                         (every refresh token of the grant,
                                                                         every access token it issued),
                                                                         audited, invalid_grant
-      -> new access token (+ id token) via issue.issue_person_tokens, the rotated refresh token,
-         jti recorded, audit: one commit
+           another client's token                                    -> its grant revoked (stolen), invalid_grant
+           grant revoked                                             -> invalid_grant, rolled back
+      -> check(grant): bound to a DPoP key and the proof's key differs? -> invalid_dpop_proof, rolled back
+                       asked scope within the grant's (§6: never wider)? no -> invalid_scope, rolled back
+      -> new access token (+ id token) via issue.issue_person_tokens, the new refresh token,
+         jti recorded, one audit entry (identity.token.refreshed): one commit
 
-The checks that change nothing run before the rotation, so an attacker holding a stolen DPoP-bound
-token without its key cannot burn it (and thereby revoke the victim's family).
+The refusals that must change nothing are rolled back with the rotation, so an attacker holding a
+stolen DPoP-bound token without its key cannot burn it (and thereby revoke the victim's family).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
 from .. import audit
 from ..domain import scopes as scope_rules
 from ..domain.roles import AuthMethod
-from ..grants import RefreshRefused
+from ..grants import Grant, RefreshRefused
 from .code_grant import InvalidDPoPProofError
 from .exchange import GrantRefused, run_exchange
 from .issue import IssueRefused, issue_person_tokens
@@ -84,22 +85,20 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
     ) -> dict[str, Any]:
         server = self.server
         token = form["refresh_token"]
-        found = server.grants.find_by_refresh(conn, token)
-        known = found[0] if found is not None else None
         scope = ""
-        if known is not None and known.client_id == record.client_id:
-            grant = known
+
+        def check(grant: Grant) -> None:  # raising rolls the rotation back: the token stays usable
+            nonlocal scope
             # RFC 9449 §5: a refresh token bound to a DPoP key is used only with a proof of that key.
             if grant.dpop_jkt is not None and jkt != grant.dpop_jkt:
                 raise _Refused("dpop_key", "A DPoP proof with the key this token is bound to is required.",
                                error=InvalidDPoPProofError, grant_id=grant.id)
             scope = self._scope(form.get("scope"), grant.scope, grant.id)
+
         try:
-            grant, new_token = server.grants.rotate(conn, token, client_id=record.client_id, now=now)
+            grant, new_token = server.grants.rotate(conn, token, client_id=record.client_id, now=now, check=check)
         except RefreshRefused as exc:
             raise self._refused(conn, record, exc, now) from None
-        if known is None or known.id != grant.id:  # cannot happen: the token names its grant
-            raise _Refused("unknown", "Invalid refresh token.")
         try:
             body = issue_person_tokens(
                 conn,
@@ -116,12 +115,10 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
                 now=now,
                 grant_type=self.GRANT_TYPE,
                 refresh_token=new_token,
+                audit_kind="identity.token.refreshed",  # one audit entry per refresh, with the new jti
             )
         except IssueRefused as exc:
             raise _Refused(exc.reason, "The grant can no longer give tokens.", grant_id=grant.id) from exc
-        audit.record("identity.token.refreshed", at=now, actor={"client_id": record.client_id},
-                     subject=str(grant.id), data={"grant_id": str(grant.id), "scope": scope, "dpop": bool(jkt)},
-                     conn=conn)
         return body
 
     @staticmethod

@@ -161,9 +161,9 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
         return list(self._audiences)
 
     def resolve_client_public_key(self, client: OAuthClient) -> KeySet:
-        if not client.record.jwks:
+        if client.record.key_set is None:
             raise InvalidClientError(description="The client has no registered keys.")
-        return KeySet.import_key_set(client.record.jwks)  # type: ignore[arg-type]
+        return client.record.key_set
 
     def process_assertion_claims(self, assertion: str, resolve_key: Any) -> dict[str, Any]:
         try:
@@ -255,7 +255,7 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
         )
         if isinstance(user, dict) and user.get("dpop_jkt"):
             claims[token_claims.CNF] = {"jkt": user["dpop_jkt"]}  # RFC 9449 §6.1
-        return sign_access_token(claims, self._keys.signing_key())
+        return sign_access_token(claims, self._keys.signing_key(s.access_token_signing_alg))
 
 
 class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]

@@ -62,7 +62,7 @@ def userinfo(
     except InvalidToken as exc:
         log.info("identity.userinfo.refused.token")
         raise UserInfoError(401, "invalid_token", exc.description, scheme) from exc
-    if revocations.is_revoked(str(claims.get(c.JTI))):
+    if revocations.token_revoked(claims):
         log.info("identity.userinfo.refused.revoked")
         raise UserInfoError(401, "invalid_token", "The token has been revoked.", scheme)
     jkt = (claims.get(c.CNF) or {}).get("jkt") if isinstance(claims.get(c.CNF), dict) else None

@@ -31,8 +31,12 @@ def management_for(app: Any) -> ClientManagement:
         with _lock:
             found = getattr(app.state, "identity_client_management", None)
             if found is None:
+                from ..bootstrap import provider_for  # the provider owns the app's one ClientRegistry
+
                 c = app.state.container
-                found = ClientManagement(c.engine, grants_for(app), issuer=c.settings.issuer)
+                found = ClientManagement(c.engine, grants_for(app), issuer=c.settings.issuer,
+                                         access_token_ttl=c.settings.access_token_ttl,
+                                         on_change=provider_for(app).clients.changed)
                 app.state.identity_client_management = found
     return found
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..clients import ID_TOKEN_ALGS
 from ..domain import assurance
 from ..domain import scopes as scope_rules
 from ..domain.roles import (
@@ -263,6 +264,8 @@ def _extra(doc: Mapping[str, Any]) -> dict[str, Any]:
     for name in _EXTRA_STRINGS:
         if name in doc:
             extra[name] = _string(doc, name, 200)
+    if "id_token_signed_response_alg" in doc:
+        extra["id_token_signed_response_alg"] = _id_token_alg(doc["id_token_signed_response_alg"])
     if "contacts" in doc:
         contacts = doc["contacts"]
         if not isinstance(contacts, list) or len(contacts) > 10 or not all(
@@ -271,3 +274,11 @@ def _extra(doc: Mapping[str, Any]) -> dict[str, Any]:
             raise _refuse("contacts must be a list of at most 10 strings.")
         extra["contacts"] = list(contacts)
     return {k: v for k, v in extra.items() if v is not None}
+
+
+def _id_token_alg(raw: Any) -> str:
+    """OIDC Dynamic Client Registration 1.0 §2 id_token_signed_response_alg: one we sign with
+    (RS256 when absent). Never "none": our id tokens come from the token endpoint and are signed."""
+    if raw not in ID_TOKEN_ALGS:
+        raise _refuse(f"id_token_signed_response_alg: one of {' '.join(ID_TOKEN_ALGS)}.")
+    return str(raw)

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -80,8 +80,13 @@ class Registered:
 
 
 class ClientManagement:
-    def __init__(self, engine: sa.Engine, grants: GrantStore, *, issuer: str) -> None:
+    def __init__(self, engine: sa.Engine, grants: GrantStore, *, issuer: str, access_token_ttl: int = 600,
+                 on_change: Callable[[str], None] = lambda client_id: None) -> None:
+        """``on_change``: told the client_id after every committed change of a client
+        (ClientRegistry.changed, so no replica keeps serving the old record)."""
         self._engine = engine
+        self._on_change = on_change
+        self._access_token_ttl = access_token_ttl
         self._grants = grants
         self._issuer = issuer.rstrip("/")
 
@@ -188,6 +193,7 @@ class ClientManagement:
         with self._engine.begin() as conn:
             rat = self._rotate(conn, client_id, token, now)
             document = self._document(self._row(conn, client_id))
+        self._on_change(client_id)
         document["registration_access_token"] = rat
         return document
 
@@ -214,6 +220,7 @@ class ClientManagement:
             audit.record("identity.client.updated", at=now, actor={"client_id": client_id}, subject=client_id,
                          conn=conn, data={"dynamic": True})
             document = self._document(self._row(conn, client_id))
+        self._on_change(client_id)
         document["registration_access_token"] = rat
         return document
 
@@ -230,8 +237,10 @@ class ClientManagement:
             if done != 1:
                 raise _unauthorised("rat_invalid")
             revoked = self._revoke_grants(conn, client_id, now)
+            self._grants.revocations.revoke_client(conn, client_id, now=now, token_ttl=self._access_token_ttl)
             audit.record("identity.client.deleted", at=now, actor={"client_id": client_id}, subject=client_id,
                          conn=conn, data={"grants_revoked": revoked})
+        self._on_change(client_id)
 
     def deactivate(self, client_id: str, *, admin: str, now: datetime) -> bool:
         """The admin API's deactivation; False when there is no such active client."""
@@ -244,8 +253,10 @@ class ClientManagement:
             if done != 1:
                 return False
             revoked = self._revoke_grants(conn, client_id, now)
+            self._grants.revocations.revoke_client(conn, client_id, now=now, token_ttl=self._access_token_ttl)
             audit.record("identity.admin.client.deactivated", at=now, actor={"client_id": admin},
                          subject=client_id, conn=conn, data={"grants_revoked": revoked})
+        self._on_change(client_id)
         return True
 
     def list_clients(self, *, limit: int = 100, after: str | None = None) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ Routes (none in the OpenAPI document: they are pages, not the API)::
     GET  /enrol                  first passkey with the badge office's one-time code
     GET  /account                the person's passkeys (needs a login session, else /login)
     GET  /app/, /app/callback    the driver app shell (the callback is the OIDC redirect_uri)
-    GET  /app/config.json        the driver app's client_id and redirect URIs
+    GET  /app/config.json        the driver app's client_id, redirect URIs and id token alg
     GET  /app/manifest.webmanifest, /app/sw.js    installable app: manifest and service worker
     GET  /static/web/{digest}/{name}               the hashed static files
     POST /lang                   the language menu: sets the qg_lang cookie, back to ``next``
@@ -266,18 +266,19 @@ def driver_app(request: Request) -> Response:
 
 @router.get("/app/config.json")
 def driver_app_config(request: Request) -> JSONResponse:
-    """The driver app's public client: the active ``driver_app`` client registered for our callback."""
+    """The driver app's public client: the active ``driver_app`` client registered for our callback,
+    and the algorithm its id tokens come in (OIDC Core §3.1.3.7 item 7: the page checks it)."""
     issuer = _issuer(request)
     callback = issuer + CALLBACK_PATH
     engine: sa.Engine = request.app.state.container.engine
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(oauth_clients.c.client_id, oauth_clients.c.redirect_uris)
+            sa.select(oauth_clients.c.client_id, oauth_clients.c.redirect_uris, oauth_clients.c.extra_metadata)
             .where(oauth_clients.c.role == DRIVER_APP_ROLE, oauth_clients.c.active.is_(True))
             .order_by(oauth_clients.c.created_at, oauth_clients.c.client_id)
         ).all()
-    client_id = next((r.client_id for r in rows if callback in (r.redirect_uris or [])), None)
-    if client_id is None:
+    client = next((r for r in rows if callback in (r.redirect_uris or [])), None)
+    if client is None:
         log_event(log, "identity.web.app_config.no_client")
         return JSONResponse(
             {"type": "about:blank", "title": "Not Found", "status": 404, "code": "driver_app_not_configured",
@@ -287,7 +288,9 @@ def driver_app_config(request: Request) -> JSONResponse:
     return JSONResponse(
         {
             "issuer": issuer,
-            "client_id": client_id,
+            "client_id": client.client_id,
+            # OIDC Registration §2: RS256 unless the client registered another.
+            "id_token_signed_response_alg": (client.extra_metadata or {}).get("id_token_signed_response_alg", "RS256"),
             "redirect_uri": callback,
             "post_logout_redirect_uri": issuer + APP_PATH,
             "scope": DRIVER_APP_SCOPE,

@@ -6,6 +6,8 @@ resident keys, user verification) plays the phone; py_webauthn on the server ver
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -50,9 +52,11 @@ def seed(live: Live) -> Seed:
     with engine.begin() as conn:
         conn.execute(memberships.insert().values(person_id=p.driver, organisation_id=p.haul.organisation_id,
                                                  role="driver", created_at=now()))
+    # Registered as the demo registers it: ES256 id tokens, which app.js verifies with WebCrypto's ECDSA.
     client_id, _ = create_client(
         engine, name="quaygate driver app", role="driver_app", organisation_id=None, auth_method="none",
         redirect_uris=[live.base + "/app/callback"], post_logout_redirect_uris=[live.base + "/app/"], now=now(),
+        extra_metadata={"id_token_signed_response_alg": "ES256"},
     )
     code, _ = issue_code(engine, p.driver, created_by="e2e", now=now())
     cmd = issue_cmd(p, 7, to=p.haul.organisation_id)
@@ -143,6 +147,9 @@ def test_enrol_use_the_app_log_out_and_log_in_again_with_the_passkey(browser: An
         assert "Nominated to you" in text and "Ready for pickup" in text and "Not at the gate yet" in text
         tokens = page.evaluate("() => JSON.parse(sessionStorage.getItem('qg.app.tokens'))")
         assert tokens["access_token"] and tokens["refresh_token"] and tokens["id_token"]
+        # The page kept the id token only after checking its ES256 signature (app.js verifyIdToken).
+        header = json.loads(base64.urlsafe_b64decode(tokens["id_token"].split(".")[0] + "=="))
+        assert header["alg"] == "ES256"
         assert page.evaluate("() => Object.keys(localStorage).filter(k => k.indexOf('token') >= 0)") == []
 
         # 3. RP-initiated logout ends the provider session and comes back to /app/, logged out.

@@ -41,6 +41,10 @@ function claimsOf(jwt) {
   return JSON.parse(Buffer.from(jwt.split('.')[1], 'base64url').toString())
 }
 
+function headerOf(jwt) {
+  return JSON.parse(Buffer.from(jwt.split('.')[0], 'base64url').toString())
+}
+
 async function callApi(config, token, options) {
   const res = await client.fetchProtectedResource(config, token, new URL('/api/v1/releases', issuer), 'GET',
     undefined, undefined, options)
@@ -108,7 +112,12 @@ async function login(authorizationUrl) {
 }
 
 await step('authorization_code_pkce', async () => {
-  appConfig = await client.discovery(issuer, app.client_id, { token_endpoint_auth_method: 'none' }, client.None(), insecure)
+  // The app registered id_token_signed_response_alg: openid-client then accepts that alg only, and its
+  // non-repudiation checks verify the id token's signature with our JWKS.
+  appConfig = await client.discovery(issuer, app.client_id,
+    { token_endpoint_auth_method: 'none', id_token_signed_response_alg: app.id_token_signed_response_alg },
+    client.None(), insecure)
+  client.enableNonRepudiationChecks(appConfig)
   const verifier = client.randomPKCECodeVerifier()
   const state = client.randomState()
   const nonce = client.randomNonce()
@@ -122,6 +131,7 @@ await step('authorization_code_pkce', async () => {
   const idClaims = codeTokens.claims()
   return { token_type: codeTokens.token_type, scope: codeTokens.scope, has_refresh_token: !!codeTokens.refresh_token,
     id_token: { sub: idClaims.sub, acr: idClaims.acr, amr: idClaims.amr, aud: idClaims.aud },
+    id_token_alg: headerOf(codeTokens.id_token).alg, access_token_alg: headerOf(codeTokens.access_token).alg,
     access_sub: claimsOf(codeTokens.access_token).sub, visited }
 })
 
@@ -163,6 +173,7 @@ const console_ = input.clients.console
 await step('console_par_code_flow', async () => {
   const config = await client.discovery(issuer, console_.client_id, { token_endpoint_auth_method: 'private_key_jwt' },
     client.PrivateKeyJwt(await privateKey(console_.private_jwk)), insecure)
+  client.enableNonRepudiationChecks(config)
   const verifier = client.randomPKCECodeVerifier()
   const state = client.randomState()
   const url = await client.buildAuthorizationUrlWithPAR(config, {
@@ -174,7 +185,7 @@ await step('console_par_code_flow', async () => {
   let callback
   try { callback = await login(url) } finally { app.redirect_uri = saved }
   const tokens = await client.authorizationCodeGrant(config, callback, { pkceCodeVerifier: verifier, expectedState: state })
-  return { sub: tokens.claims().sub, request_uri: url.searchParams.has('request_uri') }
+  return { sub: tokens.claims().sub, request_uri: url.searchParams.has('request_uri'), id_token_alg: headerOf(tokens.id_token).alg }
 })
 
 process.stdout.write(JSON.stringify(results))

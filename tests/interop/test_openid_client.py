@@ -149,7 +149,8 @@ def _seed(engine: sa.Engine, issuer: str, cookie_name: str) -> dict[str, Any]:
     app_redirect = f"{issuer}/interop/app-callback"
     console_redirect = f"{issuer}/interop/console-callback"
     app_id, _ = registry.register(name="interop driver app", role="driver_app", organisation_id=None,
-                                  auth_method="none", redirect_uris=[app_redirect], now=now)
+                                  auth_method="none", redirect_uris=[app_redirect], now=now,
+                                  extra_metadata={"id_token_signed_response_alg": "ES256"})
     console_id, _ = registry.register(name="interop console", role="console", organisation_id=haul,
                                       auth_method="private_key_jwt", jwks=console_jwks,
                                       redirect_uris=[console_redirect], now=now)
@@ -161,7 +162,8 @@ def _seed(engine: sa.Engine, issuer: str, cookie_name: str) -> dict[str, Any]:
         "clients": {
             "line": {"client_id": line_id, "private_jwk": line_private},
             "dpop": {"client_id": dpop_id, "private_jwk": dpop_private},
-            "driver_app": {"client_id": app_id, "redirect_uri": app_redirect, "scope": DRIVER_SCOPE},
+            "driver_app": {"client_id": app_id, "redirect_uri": app_redirect, "scope": DRIVER_SCOPE,
+                           "id_token_signed_response_alg": "ES256"},
             "console": {"client_id": console_id, "private_jwk": console_private, "redirect_uri": console_redirect},
         },
     }
@@ -235,6 +237,9 @@ def test_authorization_code_with_pkce(results: dict[str, Any]) -> None:
     step = _ok(results, "authorization_code_pkce")
     assert step["has_refresh_token"] and step["id_token"]["sub"]
     assert step["id_token"]["acr"] == ACR_PASSKEY
+    # The id token in the alg the app registered, its signature checked by openid-client with our JWKS;
+    # the access token in the service's algorithm.
+    assert step["id_token_alg"] == "ES256" and step["access_token_alg"] == "ES256"
 
 
 def test_the_person_token_calls_the_release_api(results: dict[str, Any]) -> None:
@@ -260,3 +265,4 @@ def test_userinfo(results: dict[str, Any]) -> None:
 def test_console_code_flow_with_par(results: dict[str, Any]) -> None:
     step = _ok(results, "console_par_code_flow")
     assert step["request_uri"] and step["sub"]
+    assert step["id_token_alg"] == "RS256"  # registered none: the OIDC default, signature checked too

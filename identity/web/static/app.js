@@ -64,13 +64,15 @@
     put("tokens", tokens);
   }
 
-  // OIDC Core §3.1.3.7: signature with the provider's published key, then iss, aud, exp, nonce.
+  // OIDC Core §3.1.3.7: the alg we registered (item 7; RS256 by default), the signature with the
+  // provider's published key of that alg, then iss, aud, exp, nonce. An ES256 signature is raw r||s
+  // (RFC 7518 §3.4), which is what WebCrypto's ECDSA verify takes.
   function verifyIdToken(idt, nonce) {
     var parts = idt.split("."), header = JSON.parse(new TextDecoder().decode(b64json(parts[0]))), body = claims(idt);
     var algs = {RS256: {name: "RSASSA-PKCS1-v1_5", hash: "SHA-256"}, PS256: {name: "RSA-PSS", hash: "SHA-256"},
                 ES256: {name: "ECDSA", namedCurve: "P-256", hash: "SHA-256"}};
-    var alg = algs[header.alg];
-    if (!alg) return Promise.reject(QG.Problem("id_token_alg"));
+    var expected = cfg.id_token_signed_response_alg || "RS256", alg = algs[header.alg];
+    if (!alg || header.alg !== expected) return Promise.reject(QG.Problem("id_token_alg"));
     if (body.iss !== cfg.issuer) return Promise.reject(QG.Problem("id_token_iss"));
     var aud = [].concat(body.aud);
     if (aud.indexOf(cfg.client_id) < 0 || (aud.length > 1 && body.azp !== cfg.client_id)) return Promise.reject(QG.Problem("id_token_aud"));
@@ -78,7 +80,7 @@
     if (body.nonce !== nonce) return Promise.reject(QG.Problem("id_token_nonce"));
     return QG.call("GET", disco.jwks_uri).then(function (jwks) {
       var jwk = (jwks.keys || []).filter(function (k) { return k.kid === header.kid; })[0];
-      if (!jwk) throw QG.Problem("id_token_kid");
+      if (!jwk || (jwk.alg && jwk.alg !== header.alg)) throw QG.Problem("id_token_kid");  // RFC 7517 §4.4
       var pub = {kty: jwk.kty, n: jwk.n, e: jwk.e, crv: jwk.crv, x: jwk.x, y: jwk.y, ext: true};
       return crypto.subtle.importKey("jwk", pub, alg, false, ["verify"]).then(function (key) {
         var params = alg.name === "RSA-PSS" ? {name: "RSA-PSS", saltLength: 32} : alg.name === "ECDSA" ? {name: "ECDSA", hash: "SHA-256"} : alg;
