@@ -123,6 +123,15 @@ class RateLimiter:
         count = self._cache.incr(name, remaining + 1)
         return None if count <= limit else max(1, math.ceil(remaining))
 
+    def hit_and_peek(self, key: str, window: int, peek: str) -> tuple[int, bytes | None]:
+        """Count one request for ``key`` and read the cache key ``peek`` (as is), in one round trip."""
+        name, remaining = self._window(key, window)
+        return self._cache.incr_peek(name, remaining + 1, peek)
+
+    def window_left(self, window: int) -> int:
+        """Seconds until the current window ends (Retry-After)."""
+        return max(1, math.ceil(self._window("", window)[1]))
+
     def hit_and_check(self, key: str, limit: int, other: str, other_limit: int, window: int) -> int | None:
         """hit(key) and exceeded(other) in one round trip to the cache."""
         name, remaining = self._window(key, window)
@@ -157,6 +166,17 @@ class LoginGuard:
 
     def check(self, subject: str | None, address: str | None) -> int | None:
         """Before an attempt: None to go ahead, else seconds to wait (locked, or too many attempts)."""
+        if subject is not None and address is not None:  # both in one round trip
+            count, lock = self._rates.hit_and_peek(f"login:addr:{address}", self._limits.window,
+                                                   f"lock:{_digest(subject)}")
+            locked = self._remaining(lock)
+            if locked is not None:
+                log.info("identity.login.refused.locked")
+                return locked
+            if count > self._limits.login_attempts_per_address:
+                log.info("identity.login.refused.rate_limited")
+                return self._rates.window_left(self._limits.window)
+            return None
         if subject is not None:
             locked = self.locked_for(subject)
             if locked is not None:
@@ -171,10 +191,12 @@ class LoginGuard:
         return None
 
     def locked_for(self, subject: str) -> int | None:
-        raw = self._cache.get(f"lock:{_digest(subject)}")
-        if raw is None:
+        return self._remaining(self._cache.get(f"lock:{_digest(subject)}"))
+
+    def _remaining(self, lock: bytes | None) -> int | None:
+        if lock is None:
             return None
-        remaining = float(raw) - self._now()
+        remaining = float(lock) - self._now()
         return max(1, math.ceil(remaining)) if remaining > 0 else None
 
     def failed(self, subject: str | None, address: str | None = None) -> int | None:

@@ -26,6 +26,10 @@ class Cache(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def take(self, key: str) -> bytes | None:
+        """Read and delete in one atomic step (GETDEL): of concurrent takers, one gets the value."""
+        ...
+
     def incr(self, key: str, ttl_seconds: float) -> int:
         """Count within a window that starts at the first increment (rate limits)."""
         ...
@@ -78,6 +82,12 @@ class MemoryCache:
     def delete(self, key: str) -> None:
         with self._lock:
             self._data.pop(key, None)
+
+    def take(self, key: str) -> bytes | None:
+        with self._lock:
+            item = self._live(key, time.monotonic())
+            self._data.pop(key, None)
+            return None if item is None else item[0]
 
     def incr(self, key: str, ttl_seconds: float) -> int:
         now = time.monotonic()
@@ -138,6 +148,10 @@ class RedisCache:
 
     def delete(self, key: str) -> None:
         self._r.delete(self._p + key)
+
+    def take(self, key: str) -> bytes | None:
+        value = self._r.getdel(self._p + key)
+        return value if isinstance(value, bytes) else None
 
     def incr(self, key: str, ttl_seconds: float) -> int:
         count, _ = self._incr(keys=[self._p + key], args=[max(1, int(ttl_seconds * 1000))])

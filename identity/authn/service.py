@@ -536,17 +536,14 @@ class PasskeyService:
         return flow_id
 
     def _claim_flow(self, flow_id: Any, purpose: str, now: datetime) -> Flow:
-        """Single use (WebAuthn §13.4.3): claim the flow id with SET NX first, then read it. A replay,
-        a race or an expired flow all answer challenge_expired."""
+        """Single use (WebAuthn §13.4.3): the flow is taken with one atomic GETDEL, so of a replay or
+        a race only one caller ever reads it. A replay, a race's loser or an expired flow all answer
+        challenge_expired."""
         if not isinstance(flow_id, str) or not _FLOW_ID.match(flow_id):
             raise PasskeyError("challenge_expired", "malformed flow id")
-        if not self._cache.claim(f"webauthn:used:{flow_id}", self._ttl + 60):
-            raise PasskeyError("challenge_expired", "flow already used")
-        key = f"webauthn:flow:{flow_id}"
-        raw = self._cache.get(key)
-        self._cache.delete(key)
+        raw = self._cache.take(f"webauthn:flow:{flow_id}")
         if raw is None:
-            raise PasskeyError("challenge_expired", "unknown or expired flow")
+            raise PasskeyError("challenge_expired", "unknown, expired or already used flow")
         value = json.loads(raw)
         flow = Flow(
             purpose=value["p"],
