@@ -225,8 +225,10 @@ class GrantStore:
         raise: the caller then rolls back, and the token is active again. Only a refused token costs
         the diagnostic read that tells unknown, revoked, expired and reused apart.
 
-        Raises RefreshRefused; on ``reused`` and ``wrong_client`` the grant has been revoked in
-        ``conn``'s transaction, which the caller must commit (the refusal is the point: RFC 9700 §4.14.2).
+        Call it first in the caller's transaction: a refused token rolls that transaction back before
+        the diagnosis (see below). Raises RefreshRefused; on ``reused`` and ``wrong_client`` the grant
+        has been revoked in ``conn``'s transaction, which the caller must commit (the refusal is the
+        point: RFC 9700 §4.14.2).
         """
         h = token_hash(token) if token.startswith(REFRESH_PREFIX) else None
         grant_id = None
@@ -239,6 +241,11 @@ class GrantStore:
                 .returning(refresh_tokens.c.grant_id)
             ).scalar()
         if grant_id is None:
+            # The UPDATE took nothing, but PostgreSQL may still hold the row lock it took to re-check
+            # the row after a concurrent rotation committed (EvalPlanQual). Revoking the grant while
+            # holding it would lock token-then-grant against another loser's grant-then-token: a
+            # deadlock. Nothing was changed, so end the transaction and diagnose in a fresh one.
+            conn.rollback()
             raise self._why_not(conn, h, client_id=client_id, now=now)
         grant = self.get(conn, grant_id)
         assert grant is not None  # the foreign key
