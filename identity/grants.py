@@ -225,8 +225,8 @@ class GrantStore:
         raise: the caller then rolls back, and the token is active again. Only a refused token costs
         the diagnostic read that tells unknown, revoked, expired and reused apart.
 
-        Call it first in the caller's transaction: a refused token rolls that transaction back before
-        the diagnosis (see below). Raises RefreshRefused; on ``reused`` and ``wrong_client`` the grant
+        Call it first in a transaction the caller manages (``engine.connect()``, not ``engine.begin()``):
+        a refused token rolls that transaction back before the diagnosis (see below). Raises RefreshRefused; on ``reused`` and ``wrong_client`` the grant
         has been revoked in ``conn``'s transaction, which the caller must commit (the refusal is the
         point: RFC 9700 §4.14.2).
         """

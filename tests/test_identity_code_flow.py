@@ -205,7 +205,7 @@ def test_code_reuse_revokes_the_first_tokens(flow: Flow) -> None:
     assert second.status_code == 400 and second.json()["error"] == "invalid_grant"
     with pytest.raises(InvalidToken):
         flow.provider.verifier.verify(tokens["access_token"], audience=API)
-    with flow.engine.begin() as conn, pytest.raises(RefreshRefused) as refused:
+    with flow.engine.connect() as conn, pytest.raises(RefreshRefused) as refused:  # rotate ends a refused txn
         flow.provider.grants.rotate(conn, tokens["refresh_token"], client_id=client_id, now=utcnow())
     assert refused.value.reason == "revoked"
     assert "identity.code.reuse_detected" in _audit_kinds(flow)
