@@ -226,9 +226,9 @@ class GrantStore:
         the diagnostic read that tells unknown, revoked, expired and reused apart.
 
         Call it first in a transaction the caller manages (``engine.connect()``, not ``engine.begin()``):
-        a refused token rolls that transaction back before the diagnosis (see below). Raises RefreshRefused; on ``reused`` and ``wrong_client`` the grant
-        has been revoked in ``conn``'s transaction, which the caller must commit (the refusal is the
-        point: RFC 9700 §4.14.2).
+        a refused token rolls that transaction back before the diagnosis (see below). Raises
+        RefreshRefused; on ``reused`` and ``wrong_client`` the grant has been revoked in ``conn``'s
+        transaction, which the caller must commit (the refusal is the point: RFC 9700 §4.14.2).
         """
         h = token_hash(token) if token.startswith(REFRESH_PREFIX) else None
         grant_id = None

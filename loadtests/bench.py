@@ -17,6 +17,7 @@ REDIS = os.environ.get("QUAYGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BENCHES = [
     ("release batch issue (issue 2)", [str(HERE / "bench_issue.py"), "--database-url", PG, "--count", "10000"]),
     ("audit trail verify (issue 2)", [str(HERE / "bench_audit.py"), "--database-url", PG, "--events", "100000"]),
+    ("port-ban snapshot load, 100 000 bans (issue 4)", [str(HERE / "bench_bans.py"), "--database-url", PG]),
     ("identity provider, CPU per request in process (issue 3)",
      [str(HERE / "cpu_identity.py"), "--database-url", PG, "--redis-url", REDIS]),
     ("identity provider with Locust (issue 3)",

@@ -14,9 +14,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from identity import ratelimit
+from identity.api.badges import router as badge_admin_router
 from identity.api.management import router as identity_management_router
 from identity.api.passkeys import router as passkey_router
 from identity.api.routes import build_router as identity_router
+from identity.bans.pull import start_from_settings as start_ban_puller
+from identity.bans.screening import from_settings as ban_screening_from_settings
 from identity.bootstrap import IdentityProvider
 from identity.web.routes import router as web_router
 from release_service.api import problems
@@ -46,6 +49,9 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         workers = BackgroundWorkers(built) if settings.background_workers else None
         if workers:
             workers.start()
+        # Issue 4: the port-ban register's periodic pull (off unless QUAYGATE_BAN_FEED_URL is set).
+        ban_puller = start_ban_puller(settings, built.engine, built.clock.now) if settings.background_workers else None
+        app.state.ban_screening = ban_screening_from_settings(settings, built.engine)  # badge issue screening
         if settings.mode is not Mode.PRODUCTION:
             log_event(log, "quaygate.start.dev_mode", mode=settings.mode.value,
                       warning="NOT FOR PRODUCTION: dev secrets in var/, demo data")
@@ -56,6 +62,8 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         finally:
             if workers:
                 workers.stop()
+            if ban_puller:
+                ban_puller.stop()
             if container is None:
                 built.close()
 
@@ -102,6 +110,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     app.include_router(passkey_router)
     app.include_router(release_router)
     app.include_router(identity_management_router)
+    app.include_router(badge_admin_router)  # issue 4: /admin/v1/badges
     app.include_router(webhook_router)
     app.include_router(web_router)
     return app

@@ -278,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     enrol.add_argument("person_id")
     enrol.add_argument("--hours", type=int, default=72, help="hours until it expires (default 72)")
     enrol.set_defaults(func=cmd_person_enrol_code)
+
+    from .badge_cli import register as register_badge_commands  # issue 4: quaygate badge ...
+
+    register_badge_commands(sub)
+
+    from .bans_cli import add_commands as register_ban_commands  # issue 4: quaygate bans load, person set-national-id
+
+    register_ban_commands(sub, person_sub)
     return p
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from identity.authn.enrolment import issue_code
+from identity.badges.service import BadgeService, IssueBadge
 from identity.bootstrap import create_client
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.iso6346 import with_check_digit
@@ -24,7 +25,7 @@ from release_service.domain.release import LightKind, LightStatus
 from release_service.services import issue, lifecycle, nominate, transfers
 from release_service.services.gate import gate_in
 
-from .schema import badges, memberships, organisations, persons
+from .schema import memberships, organisations, persons
 from .settings import Settings
 
 TERMINAL = "BEANR-K1700"
@@ -51,8 +52,9 @@ CLIENTS = {
 DISPATCHER = ("Els", "Janssens")
 ENROLMENT_TTL = timedelta(days=30)
 DRIVERS = [
-    ("Jan", "Peeters", "alfapass", "AP-100234", "04A1B2C3D4E5F6", "1-ABC-123"),
-    ("Fatima", "El Amrani", "alfapass", "AP-100235", "04A1B2C3D4E5F7", "1-XYZ-789"),
+    # Badge numbers pass the scheme's check (identity.domain.badges): AP- and six digits, Luhn.
+    ("Jan", "Peeters", "alfapass", "AP-100230", "04A1B2C3D4E5F6", "1-ABC-123"),
+    ("Fatima", "El Amrani", "alfapass", "AP-100248", "04A1B2C3D4E5F7", "1-XYZ-789"),
 ]
 
 
@@ -70,14 +72,10 @@ def seed(engine: sa.Engine, settings: Settings, now: datetime) -> dict[str, Any]
              "created_at": now}
             for key, name, kind, eori, code in ORGS
         ])
-        for pid, (given, family, scheme, number, uid, _plate) in zip(driver_ids, DRIVERS, strict=True):
+        for pid, (given, family, *_badge_and_plate) in zip(driver_ids, DRIVERS, strict=True):
             conn.execute(persons.insert().values(id=pid, given_name=given, family_name=family,
                                                  employer_organisation_id=org_ids["transport_operator"],
                                                  created_at=now))
-            conn.execute(badges.insert().values(
-                id=uuid.uuid4(), person_id=pid, scheme=scheme, number=number, card_uid=uid,
-                employer_organisation_id=org_ids["transport_operator"], status="active",
-                valid_from=now - timedelta(days=30), valid_until=now + timedelta(days=365 * 3), created_at=now))
             conn.execute(memberships.insert().values(person_id=pid, organisation_id=org_ids["transport_operator"],
                                                      role="driver", created_at=now))
         dispatcher_id = uuid.uuid4()
@@ -85,6 +83,13 @@ def seed(engine: sa.Engine, settings: Settings, now: datetime) -> dict[str, Any]
                                              employer_organisation_id=org_ids["transport_operator"], created_at=now))
         conn.execute(memberships.insert().values(person_id=dispatcher_id, organisation_id=org_ids["transport_operator"],
                                                  role="dispatcher", created_at=now))
+    # Badges go through the badge register's use case: validated, with their history and audit entries.
+    badge_office = BadgeService(engine)
+    for pid, (_given, _family, scheme, number, uid, _plate) in zip(driver_ids, DRIVERS, strict=True):
+        issued = badge_office.issue(IssueBadge(pid, scheme, number, uid, org_ids["transport_operator"],
+                                               now - timedelta(days=30), now + timedelta(days=365 * 3)),
+                                    actor="demo", now=now)
+        badge_office.activate(issued.badge.id, TERMINAL, actor="demo", now=now)  # the terminal's desk did
     base = settings.issuer.rstrip("/")
     clients = {}
     for role, org_key in CLIENTS.items():

@@ -100,6 +100,11 @@ badges = sa.Table(
     sa.Column("valid_until", UTCDateTime, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("scheme", "number", name="uq_badges_scheme_number"),
+    # Issue 4 (migration 0004_badges): why and when the status last changed; the full history is
+    # badge_status_events. Nullable: rows written before 0004 have none.
+    sa.Column("status_reason", sa.String(500)),
+    sa.Column("updated_at", UTCDateTime),
+    sa.Column("issued_by", sa.String(100)),
 )
 
 trucks = sa.Table(
@@ -449,4 +454,67 @@ revoked_tokens = sa.Table(
     sa.Column("jti", sa.String(64), primary_key=True),
     sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
     sa.Column("revoked_at", UTCDateTime, nullable=False),
+)
+
+# ---- port bans (issue 4: the national register's feed, identity/bans/) ----------------------
+
+# The bans in force. The subject is a keyed hash (HMAC-SHA256 under the pepper) of the national
+# register number: the clear number is never stored (SPEC.md "Identity"), persons carry the same hash.
+port_bans = sa.Table(
+    "port_bans",
+    metadata,
+    sa.Column("register", sa.String(64), primary_key=True),
+    sa.Column("reference", sa.String(100), primary_key=True),
+    sa.Column("subject_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("scope", sa.String(400), nullable=False),  # "all" or port codes, comma-separated
+    sa.Column("banned_from", UTCDateTime, nullable=False),
+    sa.Column("banned_until", UTCDateTime, nullable=False),
+    sa.Column("feed_sequence", sa.BigInteger, nullable=False),
+)
+
+# Which feed is in force, one row per register: the loader's sequence check reads it under its lock.
+ban_feed_state = sa.Table(
+    "ban_feed_state",
+    metadata,
+    sa.Column("register", sa.String(64), primary_key=True),
+    sa.Column("sequence", sa.BigInteger, nullable=False),
+    sa.Column("issued_at", UTCDateTime, nullable=False),
+    sa.Column("loaded_at", UTCDateTime, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),  # SHA-256 of the signed file: same file, no-op
+)
+
+
+# ---- badges: history and activation per facility (issue 4, migration 0004_badges) -------------
+
+# Every status change of a badge: who, why, when. ``seq`` numbers a badge's changes 1, 2, 3 ...;
+# the unique (badge, seq) makes the database refuse a forked history (identity/badges/store.py).
+badge_status_events = sa.Table(
+    "badge_status_events",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("badge_id", UUID, sa.ForeignKey("badges.id"), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("from_status", sa.String(16)),  # None: issued
+    sa.Column("to_status", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("badge_id", "seq", name="uq_badge_status_events_badge_seq"),
+)
+
+# A badge works at a terminal only once that terminal's security desk activated it there; the
+# terminal may withdraw it. Withdrawn rows are kept (who, when); at most one live row per terminal.
+badge_activations = sa.Table(
+    "badge_activations",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("badge_id", UUID, sa.ForeignKey("badges.id"), nullable=False, index=True),
+    sa.Column("terminal_code", sa.String(32), nullable=False),
+    sa.Column("activated_by", sa.String(100), nullable=False),
+    sa.Column("activated_at", UTCDateTime, nullable=False),
+    sa.Column("withdrawn_by", sa.String(100)),
+    sa.Column("withdrawn_at", UTCDateTime),
+    sa.Column("withdraw_reason", sa.String(500)),
+    sa.Index("ix_badge_activations_live", "badge_id", "terminal_code", unique=True,
+             postgresql_where=sa.text("withdrawn_at IS NULL"), sqlite_where=sa.text("withdrawn_at IS NULL")),
 )

@@ -75,6 +75,15 @@ class Settings(BaseSettings):
     webhook_interval: float = 1.0
     background_workers: bool = True
     log_level: str = "INFO"
+    # ---- port-ban register (issue 4, identity/bans/, docs/port-ban-feed.md) ----
+    # The register's public key (a JWK, JSON text) or a file holding it; feeds signed by anything else
+    # are refused. ES256 or EdDSA only.
+    ban_register_jwk: str | None = None
+    ban_register_jwk_path: Path | None = None
+    ban_feed_url: str | None = None  # periodic pull, off unless set
+    ban_feed_interval: float = 300.0
+    ban_feed_max_age: int = 24 * 3600  # a feed issued longer ago than this is refused as stale
+    ban_list_max_age: int = 24 * 3600  # screening says "unavailable" once the list in force is older
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

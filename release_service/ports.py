@@ -123,6 +123,14 @@ class DriverScreening(Protocol):
     def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> Screening: ...
 
 
+class PortBanLookup(Protocol):
+    """The national port-ban list as the release engine sees it (issue 4): ``clear``, ``banned``
+    (reason ``person_banned``) or ``unavailable`` (reason ``screening_unavailable``) for a driver at the
+    port of ``terminal``."""
+
+    def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> Screening: ...
+
+
 class AuditLog(Protocol):
     """Appends to the tamper-evident trail in the caller's transaction."""
 

@@ -16,6 +16,7 @@ right, which terminal a gate may verify at) are decided by the release service f
 | `profile`        | the person's name in the id token and userinfo (OIDC Core §5.4)          |
 | `offline_access` | a refresh token (OIDC Core §11)                                          |
 | `nominations:respond` | a driver accepts or refuses a pickup nominated to him               |
+| `badges:office`  | (admin clients) act as the badge office: see badge numbers unmasked      |
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ OPENID = "openid"
 PROFILE = "profile"
 OFFLINE_ACCESS = "offline_access"
 NOMINATIONS_RESPOND = "nominations:respond"
+BADGES_OFFICE = "badges:office"  # issue 4: badge numbers are shown in full only to the badge office
 
 ALL_SCOPES = frozenset(
-    {RELEASES_READ, RELEASES_WRITE, GATE_VERIFY, ADMIN, OPENID, PROFILE, OFFLINE_ACCESS, NOMINATIONS_RESPOND}
+    {RELEASES_READ, RELEASES_WRITE, GATE_VERIFY, ADMIN, OPENID, PROFILE, OFFLINE_ACCESS, NOMINATIONS_RESPOND,
+     BADGES_OFFICE}
 )
 
 SCOPES_BY_ROLE: dict[ClientRole, frozenset[str]] = {
@@ -44,7 +47,7 @@ SCOPES_BY_ROLE: dict[ClientRole, frozenset[str]] = {
     ClientRole.TERMINAL_OPERATOR: frozenset({RELEASES_READ, RELEASES_WRITE}),
     ClientRole.TERMINAL_GATE: frozenset({GATE_VERIFY}),
     ClientRole.CUSTOMS: frozenset({RELEASES_READ, RELEASES_WRITE}),
-    ClientRole.ADMIN: frozenset({ADMIN, RELEASES_READ}),
+    ClientRole.ADMIN: frozenset({ADMIN, RELEASES_READ, BADGES_OFFICE}),
     ClientRole.DRIVER_APP: frozenset({OPENID, PROFILE, OFFLINE_ACCESS, RELEASES_READ, NOMINATIONS_RESPOND}),
     ClientRole.CONSOLE: frozenset({OPENID, PROFILE, OFFLINE_ACCESS, RELEASES_READ, RELEASES_WRITE}),
 }

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
@@ -44,6 +44,15 @@ WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 422)
 router = APIRouter(prefix="/api/v1", tags=["releases"])
 
 
+def _uow(container: Any, *, readonly: bool = False) -> SqlUnitOfWork:
+    """A unit of work with port-ban screening as the settings say: once a register key is configured,
+    a nomination with no ban list in force (or one older than ban_list_max_age) screens unavailable."""
+    s = container.settings
+    required = s.ban_register_jwk is not None or s.ban_register_jwk_path is not None
+    return SqlUnitOfWork(container.engine, readonly=readonly, ban_list_required=required,
+                         ban_list_max_age=timedelta(seconds=s.ban_list_max_age))
+
+
 def _execute(request: Request, actor: Actor, key: str | None, body: BaseModel | None,
              action: Callable[[UnitOfWork, datetime], T],
              render: Callable[[T, datetime], tuple[int, Any]]) -> JSONResponse:
@@ -54,14 +63,14 @@ def _execute(request: Request, actor: Actor, key: str | None, body: BaseModel | 
         payload = body.model_dump_json() if body is not None else ""
         digest = hashlib.sha256(f"{request.method} {request.url.path}\n{payload}".encode()).hexdigest()
         idem = IdempotencyRequest(actor.client_id, key, digest)
-    status, content = run(SqlUnitOfWork(container.engine), lambda uow: action(uow, now),
+    status, content = run(_uow(container), lambda uow: action(uow, now),
                           lambda result: render(result, now), idempotency=idem, now=now)
     return JSONResponse(content, status_code=status)
 
 
 def _read(request: Request, fn: Callable[[UnitOfWork, datetime], Any]) -> Any:
     container = request.app.state.container
-    with SqlUnitOfWork(container.engine, readonly=True) as uow:
+    with _uow(container, readonly=True) as uow:
         return fn(uow, container.clock.now())
 
 

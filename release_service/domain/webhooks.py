@@ -191,6 +191,7 @@ KNOWN_EVENT_TYPES = frozenset({
     "release.transfer.requested", "release.transfer.accepted", "release.transfer.declined",
     "release.transfer.withdrawn",
     "release.nominated", "release.renominated", "release.nomination.accepted", "release.nomination.refused",
+    "release.nomination.screening_alert",  # a port ban landed on the nominated driver (issue 4)
     "release.light.commercial", "release.light.customs", "release.light.terminal",
     "release.gated_in", "release.gate_override", "release.completed",
 })

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from quaygate.schema import badges, organisations, persons
 from release_service.domain.parties import Organisation, OrgKind
 from release_service.domain.release import Screening
-from release_service.ports import BadgeRef, Directory, PersonRef
+from release_service.ports import BadgeRef, Directory, PersonRef, PortBanLookup
 
 
 class SqlDirectory:
@@ -54,16 +54,27 @@ def _badge(row: Any) -> BadgeRef:
 
 
 class BadgeScreening:
-    """Screening at nomination: the driver holds a badge that is active and in date.
+    """Screening at nomination (SPEC.md "The release right"): the driver holds a badge that is active
+    and in date, and no port ban is in effect for him at the terminal's port (issue 4).
 
-    Port-ban screening joins here when the ban register lands (issue 4); until then a driver with a
-    valid badge screens ``clear``.
+    Both checks always run, so a banned driver (whose badges the ban load just deactivated) is
+    refused as ``banned`` with ``person_banned``, not merely for his badge. Result precedence:
+    banned, then refused (badge), then unavailable (reason ``screening_unavailable``).
     """
 
-    def __init__(self, directory: Directory) -> None:
+    def __init__(self, directory: Directory, bans: PortBanLookup | None = None) -> None:
         self._directory = directory
+        self._bans = bans
 
     def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> Screening:
+        badge = self._badge(person_id, now)
+        ban = self._bans.screen(person_id, terminal=terminal, now=now) if self._bans else Screening("clear")
+        for result in ("banned", "refused", "unavailable"):
+            if result in (badge.result, ban.result):
+                return Screening(result, tuple(sorted(set(badge.reasons) | set(ban.reasons))))
+        return Screening("clear")
+
+    def _badge(self, person_id: uuid.UUID, now: datetime) -> Screening:
         held = self._directory.badges_of(person_id)
         if not held:
             return Screening("refused", ("badge_unknown",))

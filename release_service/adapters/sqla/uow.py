@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import sqlalchemy as sa
 
 from release_service.adapters.audit import SqlAuditLog
 from release_service.adapters.outbox import SqlOutbox, SqlWebhookStore
 
+from .bans import DEFAULT_MAX_LIST_AGE, SqlPortBanLookup
 from .directory import BadgeScreening, SqlDirectory
 from .idempotency import SqlIdempotency
 from .store import SqlReleaseStore
 
 
 class SqlUnitOfWork:
-    def __init__(self, engine: sa.Engine, *, readonly: bool = False) -> None:
+    def __init__(self, engine: sa.Engine, *, readonly: bool = False,
+                 ban_list_max_age: timedelta = DEFAULT_MAX_LIST_AGE, ban_list_required: bool = False) -> None:
         self._engine = engine
         self._readonly = readonly
+        # Port-ban screening at nomination (issue 4, adapters/sqla/bans.py): the composition root
+        # passes settings.ban_list_max_age, and ban_list_required once a register is configured.
+        self._ban_list_max_age = ban_list_max_age
+        self._ban_list_required = ban_list_required
         self._conn: sa.Connection | None = None
         self._tx: sa.RootTransaction | None = None
 
@@ -27,7 +35,8 @@ class SqlUnitOfWork:
         self._tx = conn.begin()
         self.releases = SqlReleaseStore(conn)
         self.directory = SqlDirectory(conn)
-        self.screening = BadgeScreening(self.directory)
+        self.screening = BadgeScreening(self.directory, SqlPortBanLookup(
+            conn, max_list_age=self._ban_list_max_age, required=self._ban_list_required))
         self.audit = SqlAuditLog(conn)
         self.outbox = SqlOutbox(conn)
         self.webhooks = SqlWebhookStore(conn)

@@ -1,0 +1,234 @@
+"""The badge register's admin API (``/admin/v1/badges``, issue 4).
+
+Two routes keep their names because badge-office systems call them: ``GET /admin/v1/badges?number=``
+and ``POST /admin/v1/badges/{id}/status`` with ``{"status": ..., "reason": ...}``.
+
+Every route first checks the caller explicitly with ``admin_of`` (an admin client's token with the
+``admin`` scope). Who counts as the badge office: an admin token that also carries the
+``badges:office`` scope (identity.domain.scopes). Only the badge office sees badge numbers and card
+UIDs in full; every other admin token sees them masked (issue 4). An admin client registered
+without that scope, or asking for a narrower token, is port security without the badge office's view.
+
+Routes are thin: the use cases are identity.badges.service; errors carry codes, and ``_STATUS`` is
+the one table mapping them to RFC 9457 problems.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, Field
+
+from release_service.api.problems import problem, problem_responses
+
+from ..badges.service import BadgeError, BadgeService, IssueBadge
+from ..badges.store import BadgeRow
+from ..bootstrap import provider_for
+from ..domain import badges as rules
+from ..domain import claims as c
+from ..domain.scopes import BADGES_OFFICE
+from .admin import AdminRefused, admin_of
+
+router = APIRouter(prefix="/admin/v1", tags=["badges admin"])
+
+# Error code -> HTTP status (the one mapping table of this edge, STYLE.md #6). Unlisted codes: 422.
+_STATUS = {
+    "not_found": 404,
+    "badge_number_taken": 409, "card_uid_taken": 409, "already_activated": 409, "not_activated": 409,
+    "concurrent_change": 409, "badge_final": 409, "transition_refused": 409, "status_unchanged": 409,
+    "renew_required": 409, "badge_expired": 409, "badge_inactive": 409, "badge_blocked": 409,
+    "badge_revoked": 409, "person_banned": 409,
+    "screening_unavailable": 503,
+}
+_ERRORS = problem_responses(401, 403, 404, 409, 422)
+
+
+class BadgeIn(BaseModel):
+    person_id: uuid.UUID
+    scheme: str = Field(description="alfapass or portpass")
+    number: str = Field(max_length=32, description="AP-nnnnnn (Luhn) or PPnnnnnnnn (MOD 97-10)")
+    card_uid: str | None = Field(default=None, max_length=40, description="4, 7 or 10 bytes in hex")
+    employer_organisation_id: uuid.UUID | None = None
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime = Field(description="at most 5 years after valid_from")
+    reason: str = Field(default="issued", max_length=500)
+
+
+class StatusIn(BaseModel):
+    status: str = Field(description="active, inactive, blocked, revoked or expired")
+    reason: str = Field(max_length=500)
+
+
+class RenewIn(BaseModel):
+    valid_until: AwareDatetime = Field(description="at most 5 years from now")
+    reason: str = Field(max_length=500)
+
+
+class ActivationIn(BaseModel):
+    terminal: str = Field(min_length=1, max_length=32)
+
+
+class WithdrawIn(BaseModel):
+    reason: str = Field(max_length=500)
+
+
+def _caller(request: Request) -> tuple[str, rules.Viewer]:
+    """The admin client and how it sees badges. ``admin_of`` has verified the token; we read its
+    scope from the same verification to learn whether it speaks for the badge office."""
+    admin = admin_of(request)
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    verifier = getattr(request.app.state, "token_verifier", None) or provider_for(request.app).verifier
+    claims = verifier.verify(token, audience=request.app.state.container.settings.api_audience)
+    return admin, rules.Viewer(badge_office=BADGES_OFFICE in str(claims.get(c.SCOPE, "")).split())
+
+
+def _service(request: Request) -> BadgeService:
+    # The port-ban register's adapter, once wired, sits on app.state.ban_screening.
+    return BadgeService(request.app.state.container.engine, getattr(request.app.state, "ban_screening", None))
+
+
+def _now(request: Request) -> datetime:
+    now: datetime = request.app.state.container.clock.now()
+    return now
+
+
+def _failed(request: Request, exc: BadgeError) -> JSONResponse:
+    return problem(_STATUS.get(exc.code, 422), exc.code, exc.message, instance=request.url.path)
+
+
+def _badge(row: BadgeRow, viewer: rules.Viewer) -> dict[str, Any]:
+    full = rules.sees_in_full(holder=row.person_id, viewer=viewer)
+    return {
+        "id": str(row.id), "person_id": str(row.person_id), "scheme": row.scheme,
+        "number": row.number if full else rules.mask_number(row.number),
+        "card_uid": row.card_uid if full or row.card_uid is None else rules.mask_card_uid(row.card_uid),
+        "masked": not full,
+        "employer_organisation_id": str(row.employer_organisation_id) if row.employer_organisation_id else None,
+        "status": row.status.value, "status_reason": row.status_reason,
+        "valid_from": row.valid_from.isoformat(), "valid_until": row.valid_until.isoformat(),
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat() if row.updated_at else None,
+    }
+
+
+def _activation(a: dict[str, Any]) -> dict[str, Any]:
+    return {"terminal": a["terminal_code"], "activated_by": a["activated_by"],
+            "activated_at": a["activated_at"].isoformat()}
+
+
+def _event(e: dict[str, Any]) -> dict[str, Any]:
+    return {"seq": e["seq"], "from": e["from_status"], "to": e["to_status"], "by": e["actor"], "reason": e["reason"],
+            "at": e["at"].isoformat()}
+
+
+@router.get("/badges", operation_id="admin_find_badges", responses=_ERRORS)
+def find_badges(request: Request, number: str | None = None, card_uid: str | None = None,
+                person_id: uuid.UUID | None = None) -> JSONResponse:
+    """Badges by number (any scheme), by card UID or by holder."""
+    try:
+        _, viewer = _caller(request)
+        rows = _service(request).find(number=number, card_uid=card_uid, person_id=person_id)
+    except AdminRefused as exc:
+        return exc.response(request)
+    except BadgeError as exc:
+        return _failed(request, exc)
+    return JSONResponse({"items": [_badge(r, viewer) for r in rows]})
+
+
+@router.post("/badges", operation_id="admin_issue_badge", status_code=201,
+             responses=problem_responses(401, 403, 404, 409, 422, 503))
+def issue_badge(request: Request, body: BadgeIn) -> JSONResponse:
+    """Issue a badge to a person, screened against the port-ban list first."""
+    try:
+        admin, viewer = _caller(request)
+        done = _service(request).issue(IssueBadge(**body.model_dump()), actor=admin, now=_now(request))
+    except AdminRefused as exc:
+        return exc.response(request)
+    except BadgeError as exc:
+        return _failed(request, exc)
+    return JSONResponse({**_badge(done.badge, viewer), "screening": done.screening.status}, status_code=201)
+
+
+@router.get("/badges/{badge_id}", operation_id="admin_get_badge", responses=_ERRORS)
+def get_badge(badge_id: uuid.UUID, request: Request) -> JSONResponse:
+    """One badge with its live activations and its status history."""
+    try:
+        _, viewer = _caller(request)
+        row, activations, history = _service(request).get(badge_id)
+    except AdminRefused as exc:
+        return exc.response(request)
+    except BadgeError as exc:
+        return _failed(request, exc)
+    return JSONResponse({**_badge(row, viewer), "activations": [_activation(a) for a in activations],
+                         "history": [_event(e) for e in history]})
+
+
+@router.post("/badges/{badge_id}/status", operation_id="admin_change_badge_status", responses=_ERRORS)
+def change_status(badge_id: uuid.UUID, request: Request, body: StatusIn) -> JSONResponse:
+    """Suspend (inactive), reinstate (active), block, revoke or expire a badge, saying why."""
+    try:
+        admin, viewer = _caller(request)
+        row = _service(request).change_status(badge_id, body.status, reason=body.reason, actor=admin,
+                                              now=_now(request))
+    except AdminRefused as exc:
+        return exc.response(request)
+    except BadgeError as exc:
+        return _failed(request, exc)
+    return JSONResponse(_badge(row, viewer))
+
+
+@router.post("/badges/{badge_id}/renew", operation_id="admin_renew_badge", responses=_ERRORS)
+def renew_badge(badge_id: uuid.UUID, request: Request, body: RenewIn) -> JSONResponse:
+    """A new validity from now (at most 5 years); an expired badge becomes active again."""
+    try:
+        admin, viewer = _caller(request)
+        row = _service(request).renew(badge_id, valid_until=body.valid_until, reason=body.reason, actor=admin,
+                                      now=_now(request))
+    except AdminRefused as exc:
+        return exc.response(request)
+    except BadgeError as exc:
+        return _failed(request, exc)
+    return JSONResponse(_badge(row, viewer))
+
+
+@router.post("/badges/{badge_id}/activations", operation_id="admin_activate_badge", status_code=201,
+             responses=_ERRORS)
+def activate_badge(badge_id: uuid.UUID, request: Request, body: ActivationIn) -> JSONResponse:
+    """Activate the badge at a terminal (the terminal's security desk has checked the holder)."""
+    try:
+        admin, _ = _caller(request)
+        _service(request).activate(badge_id, body.terminal, actor=admin, now=_now(request))
+    except AdminRefused as exc:
+        return exc.response(request)
+    except BadgeError as exc:
+        return _failed(request, exc)
+    return JSONResponse({"badge_id": str(badge_id), "terminal": body.terminal, "active": True}, status_code=201)
+
+
+@router.post("/badges/{badge_id}/activations/{terminal}:withdraw", operation_id="admin_withdraw_badge_activation",
+             responses=_ERRORS)
+def withdraw_activation(badge_id: uuid.UUID, terminal: str, request: Request, body: WithdrawIn) -> JSONResponse:
+    """Withdraw the badge's activation at a terminal, saying why."""
+    try:
+        admin, _ = _caller(request)
+        _service(request).withdraw(badge_id, terminal, reason=body.reason, actor=admin, now=_now(request))
+    except AdminRefused as exc:
+        return exc.response(request)
+    except BadgeError as exc:
+        return _failed(request, exc)
+    return JSONResponse({"badge_id": str(badge_id), "terminal": terminal, "active": False})
+
+
+@router.get("/persons/{person_id}/badges", operation_id="admin_list_person_badges", responses=_ERRORS)
+def person_badges(person_id: uuid.UUID, request: Request) -> JSONResponse:
+    """Every badge of a person, whatever its status."""
+    try:
+        _, viewer = _caller(request)
+        rows = _service(request).find(person_id=person_id)
+    except AdminRefused as exc:
+        return exc.response(request)
+    return JSONResponse({"items": [_badge(r, viewer) for r in rows]})

@@ -1,0 +1,306 @@
+"""Badge use cases: issue (screened), change status, renew, activate and withdraw at a terminal, find.
+
+One transaction per use case (STYLE.md #5): each public method opens ``engine.begin()``, and its
+audit entries (``identity.badge.*``) are written in that same transaction, so a change and its
+trail commit together or not at all. Errors are ``BadgeError`` with a stable code; the API and the
+CLI map codes to problems and messages. Logs are dotted and PII-free (no numbers, no names).
+
+Port-ban screening comes through the ``BanScreening`` port (identity.domain.screening). Until the
+port-ban register's adapter is wired, ``NoBanRegister`` stands in and screens everyone ``clear``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from identity import audit
+from identity.domain import badges as rules
+from identity.domain.badges import BadgeRefused, BadgeStatus, StatusChange
+from identity.domain.screening import BANNED, CLEAR, BanScreening, ScreeningResult
+
+from .store import BadgeRow, BadgeStore
+
+log = logging.getLogger(__name__)
+
+
+class BadgeError(Exception):
+    """A badge use case refused; ``code`` is stable (domain codes, plus not_found, conflicts, screening)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class NoBanRegister:
+    """Stand-in BanScreening until the port-ban register is wired: everyone is ``clear``, no list."""
+
+    def screen(self, person_id: uuid.UUID, now: datetime) -> ScreeningResult:
+        return ScreeningResult(CLEAR, None, ())
+
+
+@dataclass(frozen=True, slots=True)
+class IssueBadge:
+    person_id: uuid.UUID
+    scheme: str
+    number: str
+    card_uid: str | None
+    employer_organisation_id: uuid.UUID | None
+    valid_from: datetime
+    valid_until: datetime
+    reason: str = "issued"
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    badge: BadgeRow
+    screening: ScreeningResult
+
+
+def _refused(exc: BadgeRefused) -> BadgeError:
+    return BadgeError(exc.code, str(exc))
+
+
+class BadgeService:
+    def __init__(self, engine: sa.Engine, screening: BanScreening | None = None) -> None:
+        self._engine = engine
+        self._screening = screening or NoBanRegister()
+
+    # ---- issue -----------------------------------------------------------------------------------
+
+    def issue(self, cmd: IssueBadge, *, actor: str, now: datetime) -> Issued:
+        try:
+            scheme = rules.scheme_of(cmd.scheme)
+            number = rules.validate_number(scheme, cmd.number)
+            card_uid = rules.validate_card_uid(cmd.card_uid) if cmd.card_uid else None
+            rules.check_validity(cmd.valid_from, cmd.valid_until)
+            badge_id = uuid.uuid4()
+            first = rules.issued(badge_id, actor=actor, reason=cmd.reason, now=now)
+        except BadgeRefused as exc:
+            log.info("identity.badge.issue.refused.%s", exc.code)
+            raise _refused(exc) from exc
+        if cmd.valid_until <= now:
+            raise BadgeError("invalid_validity", "the badge would be expired already")
+        # Issue 4: screening runs at badge issue, before the transaction (the register may be remote).
+        screening = self._screen(cmd.person_id, "issue", actor=actor, now=now)
+        with self._engine.begin() as conn:
+            store = BadgeStore(conn)
+            if not store.person_exists(cmd.person_id):
+                raise BadgeError("unknown_person", "No such person.")
+            if cmd.employer_organisation_id and not store.organisation_exists(cmd.employer_organisation_id):
+                raise BadgeError("unknown_organisation", "No such organisation.")
+            if store.number_taken(scheme.value, number):
+                raise BadgeError("badge_number_taken", "A badge with this number exists already.")
+            if card_uid and store.card_uid_taken(card_uid):
+                raise BadgeError("card_uid_taken", "A badge with this card UID exists already.")
+            store.insert(badge_id=badge_id, person_id=cmd.person_id, scheme=scheme.value, number=number,
+                         card_uid=card_uid, employer_organisation_id=cmd.employer_organisation_id,
+                         valid_from=cmd.valid_from, valid_until=cmd.valid_until, issued_by=actor,
+                         reason=first.reason, now=now)
+            store.append_event(first)
+            audit.record("identity.badge.issued", at=now, actor={"client_id": actor}, subject=str(badge_id), conn=conn,
+                         data={"person_id": str(cmd.person_id), "scheme": scheme.value,
+                               "valid_until": cmd.valid_until.isoformat(), "screening": screening.status})
+            row = store.get(badge_id)
+        assert row is not None
+        log.info("identity.badge.issued")
+        return Issued(row, screening)
+
+    def _screen(self, person_id: uuid.UUID, action: str, *, actor: str, now: datetime) -> ScreeningResult:
+        """Port-ban screening before a badge becomes usable (issued, reactivated, renewed): a banned
+        person gets no usable badge; with no list to screen against we fail closed, and the badge
+        office retries once the register answers. The refusal is audited in a small transaction."""
+        screening = self._screening.screen(person_id, now)
+        if screening.status == CLEAR:
+            return screening
+        code = "person_banned" if screening.status == BANNED else "screening_unavailable"
+        log.info("identity.badge.%s.refused.%s", action, code)
+        audit.record(f"identity.badge.{action}_refused", at=now, actor={"client_id": actor},
+                     subject=str(person_id), engine=self._engine,
+                     data={"code": code, "screening": screening.status,
+                           "list_age_seconds": screening.list_age_seconds})
+        raise BadgeError(code, "The person is under a port ban." if screening.status == BANNED
+                         else "Port-ban screening is unavailable: try again later.")
+
+    def _holder(self, badge_id: uuid.UUID) -> uuid.UUID:
+        with self._engine.connect() as conn:
+            row = BadgeStore(conn).get(badge_id)
+        if row is None:
+            raise BadgeError("not_found", "No such badge.")
+        return row.person_id
+
+    # ---- status ----------------------------------------------------------------------------------
+
+    def change_status(self, badge_id: uuid.UUID, status: str, *, reason: str, actor: str, now: datetime) -> BadgeRow:
+        try:
+            target = BadgeStatus(status)
+        except ValueError:
+            raise BadgeError("invalid_status", f"status is one of {', '.join(s.value for s in BadgeStatus)}") from None
+        if target is BadgeStatus.ACTIVE:  # a badge a ban turned inactive must not come back while banned
+            self._screen(self._holder(badge_id), "reactivate", actor=actor, now=now)
+        with self._engine.begin() as conn:
+            store = BadgeStore(conn)
+            row = store.get(badge_id, lock=True)
+            if row is None:
+                raise BadgeError("not_found", "No such badge.")
+            try:
+                change = rules.change_status(badge_id, row.status, target, valid_until=row.valid_until,
+                                             actor=actor, reason=reason, now=now)
+            except BadgeRefused as exc:
+                log.info("identity.badge.status.refused.%s", exc.code)
+                raise _refused(exc) from exc
+            self._apply(conn, store, change, kind="identity.badge.status_changed")
+            out = store.get(badge_id)
+        assert out is not None
+        log.info("identity.badge.status.%s", target.value)
+        return out
+
+    @staticmethod
+    def _apply(conn: sa.Connection, store: BadgeStore, change: StatusChange, *, kind: str,
+               extra: dict[str, Any] | None = None) -> None:
+        if not store.apply(change):
+            # Only reachable without the row lock (SQLite): the status moved since we read it.
+            log.info("identity.badge.status.refused.concurrent_change")
+            raise BadgeError("concurrent_change", "The badge changed meanwhile: read it again.")
+        audit.record(kind, at=change.at, actor={"client_id": change.actor}, subject=str(change.badge_id), conn=conn,
+                     data={"from": change.from_status.value if change.from_status else None,
+                           "to": change.to_status.value, **(extra or {})})
+
+    # ---- renew -----------------------------------------------------------------------------------
+
+    def renew(self, badge_id: uuid.UUID, *, valid_until: datetime, reason: str, actor: str, now: datetime) -> BadgeRow:
+        self._screen(self._holder(badge_id), "renew", actor=actor, now=now)
+        with self._engine.begin() as conn:
+            store = BadgeStore(conn)
+            row = store.get(badge_id, lock=True)
+            if row is None:
+                raise BadgeError("not_found", "No such badge.")
+            try:
+                valid_from, until, change = rules.renew(badge_id, row.status, valid_until=valid_until, actor=actor,
+                                                        reason=reason, now=now)
+            except BadgeRefused as exc:
+                log.info("identity.badge.renew.refused.%s", exc.code)
+                raise _refused(exc) from exc
+            if not store.set_validity(badge_id, row.status, valid_from, until, now):
+                raise BadgeError("concurrent_change", "The badge changed meanwhile: read it again.")
+            if change is not None:
+                self._apply(conn, store, change, kind="identity.badge.status_changed", extra={"renewed": True})
+            audit.record("identity.badge.renewed", at=now, actor={"client_id": actor}, subject=str(badge_id),
+                         conn=conn, data={"valid_until": until.isoformat()})
+            out = store.get(badge_id)
+        assert out is not None
+        log.info("identity.badge.renewed")
+        return out
+
+    # ---- activation per terminal -----------------------------------------------------------------
+
+    def activate(self, badge_id: uuid.UUID, terminal: str, *, actor: str, now: datetime) -> uuid.UUID:
+        with self._engine.begin() as conn:
+            store = BadgeStore(conn)
+            row = store.get(badge_id, lock=True)
+            if row is None:
+                raise BadgeError("not_found", "No such badge.")
+            if not store.terminal_exists(terminal):
+                raise BadgeError("unknown_terminal", "No terminal has this code.")
+            # Only a badge in use can be activated at a facility; a missing, blocked, revoked or expired
+            # one is refused (the gate would refuse it anyway, SPEC.md reason codes).
+            if row.status is not BadgeStatus.ACTIVE or now >= row.valid_until:
+                code = "badge_expired" if row.status is BadgeStatus.ACTIVE else f"badge_{row.status.value}"
+                log.info("identity.badge.activation.refused.%s", code)
+                raise BadgeError(code, f"The badge is not in use ({code}).")
+            try:
+                activation_id = store.activate(badge_id, terminal, actor=actor, now=now)
+            except sa.exc.IntegrityError:  # a concurrent activation won the partial unique index
+                activation_id = None
+            if activation_id is None:
+                raise BadgeError("already_activated", "The badge is activated at this terminal already.")
+            audit.record("identity.badge.activated", at=now, actor={"client_id": actor}, subject=str(badge_id),
+                         conn=conn, data={"terminal": terminal})
+        log.info("identity.badge.activated")
+        return activation_id
+
+    def withdraw(self, badge_id: uuid.UUID, terminal: str, *, reason: str, actor: str, now: datetime) -> None:
+        reason = (reason or "").strip()
+        if not reason or len(reason) > rules.MAX_REASON:
+            raise BadgeError("reason_required", "Say why the activation is withdrawn.")
+        with self._engine.begin() as conn:
+            store = BadgeStore(conn)
+            if store.get(badge_id) is None:
+                raise BadgeError("not_found", "No such badge.")
+            if not store.withdraw(badge_id, terminal, actor=actor, reason=reason, now=now):
+                raise BadgeError("not_activated", "The badge is not activated at this terminal.")
+            audit.record("identity.badge.activation_withdrawn", at=now, actor={"client_id": actor},
+                         subject=str(badge_id), conn=conn, data={"terminal": terminal})
+        log.info("identity.badge.activation_withdrawn")
+
+    # ---- reads -----------------------------------------------------------------------------------
+
+    def get(self, badge_id: uuid.UUID) -> tuple[BadgeRow, list[dict[str, Any]], list[dict[str, Any]]]:
+        """The badge, its live activations and its status history."""
+        with self._engine.connect() as conn:
+            store = BadgeStore(conn)
+            row = store.get(badge_id)
+            if row is None:
+                raise BadgeError("not_found", "No such badge.")
+            return row, store.live_activations(badge_id), store.history(badge_id)
+
+    def find(self, *, number: str | None = None, card_uid: str | None = None,
+             person_id: uuid.UUID | None = None) -> list[BadgeRow]:
+        """By number (any scheme, read leniently), card UID or holder."""
+        with self._engine.connect() as conn:
+            store = BadgeStore(conn)
+            if number is not None:
+                return store.find_by_number(_canonical_number(number))
+            if card_uid is not None:
+                try:
+                    return store.find_by_card_uid(rules.validate_card_uid(card_uid))
+                except BadgeRefused as exc:
+                    raise _refused(exc) from exc
+            if person_id is not None:
+                return store.of_person(person_id)
+        raise BadgeError("filter_required", "Give a number, a card UID or a person.")
+
+    def activations(self, badge_id: uuid.UUID) -> list[dict[str, Any]]:
+        with self._engine.connect() as conn:
+            return BadgeStore(conn).live_activations(badge_id)
+
+
+def _canonical_number(raw: str) -> str:
+    """A number as stored, whatever its scheme; an invalid one is still looked up as typed (a
+    badge written before the format rules would otherwise be unfindable)."""
+    for scheme in rules.Scheme:
+        try:
+            return rules.validate_number(scheme, raw)
+        except BadgeRefused:
+            continue
+    return raw.strip().upper()
+
+
+def deactivate_for_ban(conn: sa.Connection, person_id: uuid.UUID, *, reference: str, now: datetime) -> list[uuid.UUID]:
+    """A new port ban landed: every active badge of the person turns inactive, reason ``port_ban``.
+
+    Runs in the caller's transaction (the ban load), so the ban and the deactivations commit
+    together. Rows are locked and each change is a guarded, conditional update with its history entry
+    and audit entry. Returns the ids of the badges deactivated. ``reference`` is the register's
+    reference of the ban; it goes to the audit trail, not to the badge.
+    """
+    store = BadgeStore(conn)
+    actor = "port_ban_register"
+    done: list[uuid.UUID] = []
+    for row in store.of_person(person_id, lock=True):
+        if row.status is not BadgeStatus.ACTIVE:
+            continue
+        change = rules.change_status(row.id, row.status, BadgeStatus.INACTIVE, valid_until=row.valid_until,
+                                     actor=actor, reason=rules.PORT_BAN_REASON, now=now)
+        BadgeService._apply(conn, store, change, kind="identity.badge.status_changed",
+                            extra={"reason": rules.PORT_BAN_REASON, "ban_reference": reference})
+        done.append(row.id)
+    if done:
+        log.info("identity.badge.deactivated.port_ban")
+    return done

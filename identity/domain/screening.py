@@ -1,0 +1,30 @@
+"""Port-ban screening as the identity part sees it: one port, one result (SPEC.md, issue 4).
+
+Standard library only. The badge register calls a ``BanScreening`` at badge issue; the port-ban
+register (AIGIS-shaped feed) provides the adapter. Screening says ``clear``, ``banned`` or
+``unavailable``, with the age of the list it used (``None`` when there is no list at all).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+CLEAR = "clear"
+BANNED = "banned"
+UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class ScreeningResult:
+    status: str  # clear | banned | unavailable
+    list_age_seconds: float | None
+    reasons: tuple[str, ...] = ()
+
+
+class BanScreening(Protocol):
+    """Is this person under a port ban in force at ``now``?"""
+
+    def screen(self, person_id: uuid.UUID, now: datetime) -> ScreeningResult: ...
