@@ -243,3 +243,22 @@ def test_terminal_sees_only_its_terminal(api: Api) -> None:
     r = api.http.get("/api/v1/releases", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200 and r.json()["items"] == []
     assert len(api.http.get("/api/v1/releases", headers=api.as_("terminal")).json()["items"]) == 1
+
+
+def test_with_a_ban_register_configured_a_nomination_needs_a_list_in_force(engine: sa.Engine,
+                                                                           tmp_path: Path) -> None:
+    """Issue 4: once the port-ban register's key is configured, the release API fails closed when no
+    ban list is in force (screening unavailable), rather than nominating unscreened drivers."""
+    from tests.ban_register import Register
+
+    settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
+                        background_workers=False, ban_register_jwk=Register().public_jwk)
+    c = Container(settings=settings, engine=engine, cache=MemoryCache(),
+                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
+    with TestClient(create_app(settings, container=c)) as http:
+        api = Api(http, engine)
+        rid = api.issue(release_to_organisation_id=str(api.p.haul.organisation_id))["release"]["id"]
+        r = http.put(f"/api/v1/releases/{rid}/nomination", headers=api.as_("haul"),
+                     json={"driver_person_id": str(api.p.driver), "plate": {"text": "1-ABC-123", "country": "BE"}})
+        assert_problem(r, 409, "driver_screening_failed")
+        assert r.json()["screening"] == "unavailable" and r.json()["reasons"] == ["screening_unavailable"]
