@@ -510,3 +510,31 @@ def test_nomination_screens_bans_for_the_terminal_port_only(engine: sa.Engine, r
     with engine.begin() as conn:  # any new ban deactivates his badges; the badge office lets him work here
         conn.execute(badges.update().where(badges.c.person_id == p.driver).values(status="active"))
     assert _nominate(engine, p, right.id, p.driver)[0].nomination.driver_person_id == p.driver
+
+
+def test_the_badge_office_cannot_undo_a_ban_through_the_badges(engine: sa.Engine, register: Register) -> None:
+    """The real register behind the badge service: a ban turns the badge inactive, and neither
+    reactivating it, renewing it nor issuing a new one gets a banned driver a usable badge."""
+    from identity.badges.service import BadgeError, BadgeService, IssueBadge
+
+    p = port(engine)
+    number = national_number(7)
+    _link(engine, p.driver, number)
+    service = BadgeService(engine, StoredBanScreening(engine, max_list_age=DAY))
+    t = now()
+    _load(engine, register, snapshot(1, t, []))
+    _load(engine, register, changes(2, t, [ban(number, "R-7", start=t - DAY)]))
+    with engine.connect() as conn:
+        badge_id = conn.execute(sa.select(badges.c.id).where(badges.c.person_id == p.driver)).scalar_one()
+    for attempt in (
+        lambda: service.change_status(badge_id, "active", reason="found", actor="desk", now=now()),
+        lambda: service.renew(badge_id, valid_until=now() + 300 * DAY, reason="renewal", actor="desk", now=now()),
+        lambda: service.issue(IssueBadge(p.driver, "alfapass", "AP-100248", None, None, now() - DAY,
+                                         now() + 300 * DAY), actor="desk", now=now()),
+    ):
+        with pytest.raises(BadgeError) as refused:
+            attempt()
+        assert refused.value.code == "person_banned"
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(badges.c.status).where(badges.c.person_id == p.driver)).scalars().all() \
+            == ["inactive"]

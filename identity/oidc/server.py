@@ -225,7 +225,8 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
     kid in the header) and takes time from our clock rather than Authlib's time.time()."""
 
     def __init__(self, *, settings: Settings, keys: KeyStore, clock: SystemClock) -> None:
-        super().__init__(issuer=settings.issuer, alg="RS256", expires_generator=self._expires_in)
+        super().__init__(issuer=settings.issuer, alg=settings.access_token_signing_alg,
+                         expires_generator=self._expires_in)  # not used to sign: access_token_generator does
         self._settings = settings
         self._keys = keys
         self._clock = clock
