@@ -134,11 +134,9 @@ class RateLimiter:
 
     def hit_and_check(self, key: str, limit: int, other: str, other_limit: int, window: int) -> int | None:
         """hit(key) and exceeded(other) in one round trip to the cache."""
-        name, remaining = self._window(key, window)
-        other_name, _ = self._window(other, window)
-        count, raw = self._cache.incr_peek(name, remaining + 1, other_name)
+        count, raw = self.hit_and_peek(key, window, self._window(other, window)[0])
         if count > limit or (raw is not None and int(raw) >= other_limit):
-            return max(1, math.ceil(remaining))
+            return self.window_left(window)
         return None
 
     def exceeded(self, key: str, limit: int, window: int) -> int | None:
