@@ -37,3 +37,21 @@ def record(
         raise ValueError("record() needs a connection or an engine")
     with engine.begin() as own:
         SqlAuditLog(own).append(kind, actor=actor, subject=subject, data=data or {}, at=at)
+
+
+# ---- who acted, as one string (badge histories store it in a 100-character column) -------------------
+# A machine client is its client_id; a person acting through a client (the admin console, issue 4) is
+# "person:<person_id>@<client_id>", so a badge's history names the officer and the trail gets both ids.
+PERSON_PREFIX = "person:"
+
+
+def person_actor(person_id: str, client_id: str) -> str:
+    return f"{PERSON_PREFIX}{person_id}@{client_id}"
+
+
+def actor_fields(actor: str) -> dict[str, Any]:
+    """The audit ``actor`` for a stored actor string: {client_id} or {person_id, client_id}."""
+    if actor.startswith(PERSON_PREFIX) and "@" in actor:
+        person_id, _, client_id = actor[len(PERSON_PREFIX):].partition("@")
+        return {"person_id": person_id, "client_id": client_id}
+    return {"client_id": actor}

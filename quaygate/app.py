@@ -15,12 +15,14 @@ from starlette.concurrency import run_in_threadpool
 
 from identity import ratelimit
 from identity.api.badges import router as badge_admin_router
+from identity.api.bans import router as ban_admin_router
 from identity.api.management import router as identity_management_router
 from identity.api.passkeys import router as passkey_router
 from identity.api.routes import build_router as identity_router
 from identity.bans.pull import start_from_settings as start_ban_puller
 from identity.bans.screening import from_settings as ban_screening_from_settings
 from identity.bootstrap import IdentityProvider
+from identity.web.console import router as console_router
 from identity.web.routes import router as web_router
 from release_service.api import problems
 from release_service.api.routes import router as release_router
@@ -113,6 +115,9 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     app.include_router(badge_admin_router)  # issue 4: /admin/v1/badges
     app.include_router(webhook_router)
     app.include_router(web_router)
+    # Issue 4, the admin console: /admin/v1/bans (feed import, alerts) and the /console/ pages.
+    app.include_router(ban_admin_router)
+    app.include_router(console_router)
     return app
 
 

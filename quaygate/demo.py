@@ -50,6 +50,7 @@ CLIENTS = {
     "admin": "admin",
 }
 DISPATCHER = ("Els", "Janssens")
+OFFICER = ("Sofie", "Wouters")  # port security and badge office, for the admin console
 ENROLMENT_TTL = timedelta(days=30)
 DRIVERS = [
     # Badge numbers pass the scheme's check (identity.domain.badges): AP- and six digits, Luhn.
@@ -105,10 +106,25 @@ def seed(engine: sa.Engine, settings: Settings, now: datetime) -> dict[str, Any]
         extra_metadata={"id_token_signed_response_alg": "ES256"})
     clients["driver_app"] = {"client_id": app_id, "client_secret": None, "organisation_id": None,
                              "redirect_uri": f"{base}/app/callback"}
+    # Issue 4, the admin console at /console/: a public client (PKCE) like the driver app, and a port
+    # security officer who is also the badge office; the admin API wants a passkey login (min_acr).
+    console_id, _ = create_client(
+        engine, name="quaygate admin console", role="admin_console", organisation_id=None, auth_method="none",
+        now=now, redirect_uris=[f"{base}/console/callback"], min_acr="urn:quaygate:acr:passkey",
+        extra_metadata={"id_token_signed_response_alg": "ES256"})
+    clients["admin_console"] = {"client_id": console_id, "client_secret": None, "organisation_id": None,
+                                "redirect_uri": f"{base}/console/callback"}
+    officer_id = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(persons.insert().values(id=officer_id, given_name=OFFICER[0], family_name=OFFICER[1],
+                                             employer_organisation_id=org_ids["admin"], created_at=now))
+        conn.execute(memberships.insert(), [
+            {"person_id": officer_id, "organisation_id": org_ids["admin"], "role": role, "created_at": now}
+            for role in ("port_security_admin", "badge_office")])
     # One-time enrolment codes, as the badge office would hand them out: each driver registers a passkey
     # at /enrol with his code, then logs in at /app/ with it.
     enrolment = {str(pid): issue_code(engine, pid, created_by="demo", now=now, ttl=ENROLMENT_TTL)[0]
-                 for pid in [*driver_ids, dispatcher_id]}
+                 for pid in [*driver_ids, dispatcher_id, officer_id]}
     releases = _seed_rights(engine, org_ids, driver_ids, now)
     return {
         "warning": "DEMO MODE: these credentials and this data are for trying quaygate out, never for production.",
@@ -121,6 +137,9 @@ def seed(engine: sa.Engine, settings: Settings, now: datetime) -> dict[str, Any]
         "enrolment": f"{base}/enrol",
         "dispatcher": {"person_id": str(dispatcher_id), "name": " ".join(DISPATCHER),
                        "enrolment_code": enrolment[str(dispatcher_id)]},
+        "console": f"{base}/console/",
+        "port_security": {"person_id": str(officer_id), "name": " ".join(OFFICER),
+                          "enrolment_code": enrolment[str(officer_id)]},
         "drivers": [
             {"person_id": str(pid), "name": f"{given} {family}", "enrolment_code": enrolment[str(pid)],
              "badge": {"scheme": scheme, "number": number, "card_uid": uid},

@@ -25,10 +25,14 @@ def test_demo_writes_credentials_once(env: Path, capsys: pytest.CaptureFixture[s
     assert "DEMO MODE" in out and "demo-credentials.json" in out
     data = json.loads((env / "demo-credentials.json").read_text())
     assert set(data["clients"]) == {"shipping_line", "release_party", "transport_operator", "terminal_operator",
-                                    "terminal_gate", "customs", "admin", "driver_app"}
+                                    "terminal_gate", "customs", "admin", "driver_app", "admin_console"}
     assert all({"client_id", "client_secret", "organisation_id"} <= set(c) for c in data["clients"].values())
     assert data["clients"]["driver_app"]["client_secret"] is None  # a public client (PKCE)
     assert data["clients"]["driver_app"]["redirect_uri"].endswith("/app/callback")
+    # Issue 4: the admin console, a public client too, and its port security officer's enrolment code.
+    assert data["clients"]["admin_console"]["client_secret"] is None
+    assert data["clients"]["admin_console"]["redirect_uri"].endswith("/console/callback")
+    assert len(data["port_security"]["enrolment_code"]) >= 12 and data["console"].endswith("/console/")
     driver = data["drivers"][0]
     assert len(driver["enrolment_code"]) >= 12 and driver["enrolment_code"] != data["drivers"][1]["enrolment_code"]
     assert set(driver["badge"]) == {"scheme", "number", "card_uid"} and set(driver["plate"]) == {"text", "country"}

@@ -1,15 +1,18 @@
 """The admin API (``/admin/v1``): initial access tokens, clients, persons and memberships.
 
 Callers present an access token with the ``admin`` scope from an ``admin`` client (role claim), for
-our API audience; a DPoP-bound token needs its proof (RFC 9449 §7). The check is explicit at the
-top of every route, not hidden in a dependency (STYLE.md "what to avoid"). Errors are RFC 9457
-problems; every action is on the audit trail (``identity.admin.*``).
+our API audience; a DPoP-bound token needs its proof (RFC 9449 §7). The badge and port-ban routes
+(badges.py, bans.py) also take a person's token from the ``admin_console`` client (``admin_caller``:
+port_security_admin or badge_office role, passkey login); the routes here stay for admin clients.
+The check is explicit at the top of every route, not hidden in a dependency (STYLE.md "what to
+avoid"). Errors are RFC 9457 problems; every action is on the audit trail (``identity.admin.*``).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +26,9 @@ from release_service.api.problems import problem, problem_responses
 from .. import audit
 from ..bootstrap import provider_for
 from ..domain import claims as c
+from ..domain.assurance import ACR_PASSKEY, satisfies
+from ..domain.roles import ClientRole
+from ..domain.scopes import BADGES_OFFICE
 from ..grants import revocations_for
 from ..registration import RegistrationError, management_for
 from ..tokens import InvalidToken
@@ -30,28 +36,61 @@ from ..tokens import InvalidToken
 log = logging.getLogger(__name__)
 
 ADMIN_SCOPE = "admin"
-MEMBER_ROLES = ("driver", "dispatcher", "org_admin", "port_security_admin")
+MEMBER_ROLES = ("driver", "dispatcher", "org_admin", "port_security_admin", "badge_office")
 
 router = APIRouter(prefix="/admin/v1", tags=["identity admin"])
 _ERRORS = problem_responses(401, 403, 404, 422)
 
 
 class AdminRefused(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, *, params: dict[str, str] | None = None) -> None:
         super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
+        self.status, self.code, self.detail, self.params = status, code, detail, params or {}
 
     def response(self, request: Request) -> JSONResponse:
         headers = None
         if self.status in (401, 403):
-            # RFC 6750 §3: the challenge names the error.
-            headers = {"WWW-Authenticate": f'Bearer error="{self.code}", error_description="{self.detail}"'}
+            # RFC 6750 §3: the challenge names the error; RFC 9470 §3 adds what a step-up needs.
+            extra = "".join(f', {k}="{v}"' for k, v in self.params.items())
+            headers = {"WWW-Authenticate": f'Bearer error="{self.code}", error_description="{self.detail}"{extra}'}
         return problem(self.status, self.code, self.detail, instance=request.url.path, headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminCaller:
+    """Who calls the admin API: an admin client, or a person through the admin console."""
+
+    client_id: str
+    person_id: str | None = None
+    badge_office: bool = False
+
+    @property
+    def actor(self) -> str:
+        """As badge histories store it; audit.actor_fields turns it back into ids."""
+        return self.client_id if self.person_id is None else audit.person_actor(self.person_id, self.client_id)
+
+    @property
+    def audit_actor(self) -> dict[str, Any]:
+        return audit.actor_fields(self.actor)
 
 
 def admin_of(request: Request) -> str:
     """The admin client's id, or AdminRefused: a valid, unrevoked access token for our API audience,
-    carrying the admin scope, issued to an admin client; its DPoP proof when it is bound to a key."""
+    carrying the admin scope, issued to an admin client; its DPoP proof when it is bound to a key.
+    Organisations, clients and persons are managed by admin clients only (not from the console)."""
+    return admin_caller(request, console=False).client_id
+
+
+def admin_caller(request: Request, *, console: bool = True) -> AdminCaller:
+    """The caller of an admin route, or AdminRefused. Two kinds of token pass (issue 4 "every action
+    is role-checked"):
+
+    - an ``admin`` client's token with the ``admin`` scope (badge office when it has ``badges:office``);
+    - with ``console``, a person's token from the ``admin_console`` client with the ``admin`` scope,
+      when the person holds port_security_admin or badge_office (claims.CONSOLE_ADMIN_ROLES) and
+      logged in with a passkey (RFC 9470 step-up otherwise). The badge office's view needs both the
+      ``badges:office`` scope and the badge_office role.
+    """
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() not in ("bearer", "dpop") or not token.strip():
         raise AdminRefused(401, "invalid_request", "An admin access token is required.")
@@ -67,10 +106,25 @@ def admin_of(request: Request) -> str:
         raise AdminRefused(401, "invalid_token", "token revoked")
     _check_dpop(request, token, claims, scheme.lower())
     scopes = str(claims.get(c.SCOPE, "")).split()
-    if ADMIN_SCOPE not in scopes or claims.get(c.ROLE) != "admin":
+    role, person = claims.get(c.ROLE), claims.get(c.PERSON_ID)
+    if ADMIN_SCOPE in scopes and role == ClientRole.ADMIN.value and person is None:
+        return AdminCaller(str(claims[c.CLIENT_ID]), badge_office=BADGES_OFFICE in scopes)
+    if not (console and ADMIN_SCOPE in scopes and role == ClientRole.ADMIN_CONSOLE.value and person):
         log.info("identity.admin.refused.not_admin")
         raise AdminRefused(403, "insufficient_scope", "The admin API needs an admin client's token.")
-    return str(claims[c.CLIENT_ID])
+    roles = claims.get(c.ROLES)
+    held = set(roles) if isinstance(roles, list) else set()
+    if not held & c.CONSOLE_ADMIN_ROLES:
+        log.info("identity.admin.refused.console_role")
+        raise AdminRefused(403, "insufficient_role",
+                           "The admin console is for port security and the badge office.")
+    acr = claims.get(c.ACR)
+    if not satisfies(acr if isinstance(acr, str) else None, ACR_PASSKEY):
+        log.info("identity.admin.refused.step_up")
+        raise AdminRefused(401, "insufficient_user_authentication", "Sign in with a passkey for the admin console.",
+                           params={"acr_values": ACR_PASSKEY})
+    return AdminCaller(str(claims[c.CLIENT_ID]), person_id=str(person),
+                       badge_office=BADGES_OFFICE in scopes and c.BADGE_OFFICE_ROLE in held)
 
 
 def _check_dpop(request: Request, token: str, claims: dict[str, Any], scheme: str) -> None:
@@ -111,7 +165,7 @@ class PersonIn(BaseModel):
 
 class MembershipIn(BaseModel):
     organisation_id: uuid.UUID
-    role: str = Field(description="driver, dispatcher, org_admin or port_security_admin")
+    role: str = Field(description="driver, dispatcher, org_admin, port_security_admin or badge_office")
 
 
 def _registration_problem(request: Request, exc: RegistrationError) -> JSONResponse:

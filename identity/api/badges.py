@@ -3,8 +3,10 @@
 Two routes keep their names because badge-office systems call them: ``GET /admin/v1/badges?number=``
 and ``POST /admin/v1/badges/{id}/status`` with ``{"status": ..., "reason": ...}``.
 
-Every route first checks the caller explicitly with ``admin_of`` (an admin client's token with the
-``admin`` scope). Who counts as the badge office: an admin token that also carries the
+Every route first checks the caller explicitly with ``admin_caller``: an admin client's token with the
+``admin`` scope, or a person's token from the admin console (port security or badge office, passkey
+login; identity.api.admin). A console officer is the badge office with the badge_office role.
+Who counts as the badge office: an admin token that also carries the
 ``badges:office`` scope (identity.domain.scopes). Only the badge office sees badge numbers and card
 UIDs in full; every other admin token sees them masked (issue 4). An admin client registered
 without that scope, or asking for a narrower token, is port security without the badge office's view.
@@ -27,11 +29,8 @@ from release_service.api.problems import problem, problem_responses
 
 from ..badges.service import BadgeError, BadgeService, IssueBadge
 from ..badges.store import BadgeRow
-from ..bootstrap import provider_for
 from ..domain import badges as rules
-from ..domain import claims as c
-from ..domain.scopes import BADGES_OFFICE
-from .admin import AdminRefused, admin_of
+from .admin import AdminRefused, admin_caller
 
 router = APIRouter(prefix="/admin/v1", tags=["badges admin"])
 
@@ -77,13 +76,12 @@ class WithdrawIn(BaseModel):
 
 
 def _caller(request: Request) -> tuple[str, rules.Viewer]:
-    """The admin client and how it sees badges. ``admin_of`` has verified the token; we read its
-    scope from the same verification to learn whether it speaks for the badge office."""
-    admin = admin_of(request)
-    token = request.headers.get("authorization", "").partition(" ")[2].strip()
-    verifier = getattr(request.app.state, "token_verifier", None) or provider_for(request.app).verifier
-    claims = verifier.verify(token, audience=request.app.state.container.settings.api_audience)
-    return admin, rules.Viewer(badge_office=BADGES_OFFICE in str(claims.get(c.SCOPE, "")).split())
+    """Who acts (as badge histories store it) and how they see badges: an admin client, or a person
+    through the admin console (``admin_caller`` checks role and passkey login); only the badge office
+    sees numbers in full, and a person his own badge."""
+    caller = admin_caller(request)
+    person = uuid.UUID(caller.person_id) if caller.person_id else None
+    return caller.actor, rules.Viewer(badge_office=caller.badge_office, person_id=person)
 
 
 def _service(request: Request) -> BadgeService:

@@ -104,7 +104,8 @@ class BadgeService:
                          valid_from=cmd.valid_from, valid_until=cmd.valid_until, issued_by=actor,
                          reason=first.reason, now=now)
             store.append_event(first)
-            audit.record("identity.badge.issued", at=now, actor={"client_id": actor}, subject=str(badge_id), conn=conn,
+            audit.record("identity.badge.issued", at=now, actor=audit.actor_fields(actor), subject=str(badge_id),
+                         conn=conn,
                          data={"person_id": str(cmd.person_id), "scheme": scheme.value,
                                "valid_until": cmd.valid_until.isoformat(), "screening": screening.status})
             row = store.get(badge_id)
@@ -121,7 +122,7 @@ class BadgeService:
             return screening
         code = "person_banned" if screening.status == BANNED else "screening_unavailable"
         log.info("identity.badge.%s.refused.%s", action, code)
-        audit.record(f"identity.badge.{action}_refused", at=now, actor={"client_id": actor},
+        audit.record(f"identity.badge.{action}_refused", at=now, actor=audit.actor_fields(actor),
                      subject=str(person_id), engine=self._engine,
                      data={"code": code, "screening": screening.status,
                            "list_age_seconds": screening.list_age_seconds})
@@ -168,7 +169,8 @@ class BadgeService:
             # Only reachable without the row lock (SQLite): the status moved since we read it.
             log.info("identity.badge.status.refused.concurrent_change")
             raise BadgeError("concurrent_change", "The badge changed meanwhile: read it again.")
-        audit.record(kind, at=change.at, actor={"client_id": change.actor}, subject=str(change.badge_id), conn=conn,
+        audit.record(kind, at=change.at, actor=audit.actor_fields(change.actor), subject=str(change.badge_id),
+                     conn=conn,
                      data={"from": change.from_status.value if change.from_status else None,
                            "to": change.to_status.value, **(extra or {})})
 
@@ -191,7 +193,7 @@ class BadgeService:
                 raise BadgeError("concurrent_change", "The badge changed meanwhile: read it again.")
             if change is not None:
                 self._apply(conn, store, change, kind="identity.badge.status_changed", extra={"renewed": True})
-            audit.record("identity.badge.renewed", at=now, actor={"client_id": actor}, subject=str(badge_id),
+            audit.record("identity.badge.renewed", at=now, actor=audit.actor_fields(actor), subject=str(badge_id),
                          conn=conn, data={"valid_until": until.isoformat()})
             out = store.get(badge_id)
         assert out is not None
@@ -220,7 +222,7 @@ class BadgeService:
                 activation_id = None
             if activation_id is None:
                 raise BadgeError("already_activated", "The badge is activated at this terminal already.")
-            audit.record("identity.badge.activated", at=now, actor={"client_id": actor}, subject=str(badge_id),
+            audit.record("identity.badge.activated", at=now, actor=audit.actor_fields(actor), subject=str(badge_id),
                          conn=conn, data={"terminal": terminal})
         log.info("identity.badge.activated")
         return activation_id
@@ -235,7 +237,7 @@ class BadgeService:
                 raise BadgeError("not_found", "No such badge.")
             if not store.withdraw(badge_id, terminal, actor=actor, reason=reason, now=now):
                 raise BadgeError("not_activated", "The badge is not activated at this terminal.")
-            audit.record("identity.badge.activation_withdrawn", at=now, actor={"client_id": actor},
+            audit.record("identity.badge.activation_withdrawn", at=now, actor=audit.actor_fields(actor),
                          subject=str(badge_id), conn=conn, data={"terminal": terminal})
         log.info("identity.badge.activation_withdrawn")
 

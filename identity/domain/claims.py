@@ -43,7 +43,11 @@ GIVEN_NAME = "given_name"
 FAMILY_NAME = "family_name"
 
 # Membership roles of a person in an organisation (memberships.role).
-MEMBER_ROLES = frozenset({"driver", "dispatcher", "org_admin", "port_security_admin"})
+MEMBER_ROLES = frozenset({"driver", "dispatcher", "org_admin", "port_security_admin", "badge_office"})
+# Who may use the admin API through the admin console (issue 4 "Admin console": "every action is
+# role-checked"): port security, and the badge office, which alone sees badge numbers in full.
+CONSOLE_ADMIN_ROLES = frozenset({"port_security_admin", "badge_office"})
+BADGE_OFFICE_ROLE = "badge_office"
 # What a person's token may carry through the driver app: never an administrative role, which the
 # release API honours (Actor.is_admin); a driver app token sees only the driver's own nominations.
 DRIVER_APP_ROLES = frozenset({"driver"})

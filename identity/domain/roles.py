@@ -17,6 +17,7 @@ never be registered as a gate:
 | admin              | port_authority     | private_key_jwt or client_secret | client_credentials        |
 | driver_app         | (none)             | none (public client, PKCE S256) | authorization_code, refresh|
 | console            | any, or none       | private_key_jwt or client_secret | authorization_code, refresh|
+| admin_console      | (none)             | none (public client, PKCE S256) | authorization_code        |
 
 Redirect URIs (RFC 6749 §3.1.2, RFC 8252 §7, RFC 9700 §4.1): absolute, no fragment, compared by
 exact string at the authorization endpoint; https, or http only on a loopback host (127.0.0.1,
@@ -41,6 +42,9 @@ class ClientRole(StrEnum):
     ADMIN = "admin"
     DRIVER_APP = "driver_app"
     CONSOLE = "console"
+    # The port's own admin console at /console/ (issue 4): a public client like the driver app; its
+    # tokens carry the person's roles and the admin API honours them (identity.api.admin).
+    ADMIN_CONSOLE = "admin_console"
 
 
 class AuthMethod(StrEnum):
@@ -69,10 +73,13 @@ ORG_KINDS_BY_ROLE: dict[ClientRole, frozenset[str | None]] = {
     ClientRole.ADMIN: frozenset({"port_authority"}),
     ClientRole.DRIVER_APP: frozenset({None}),
     ClientRole.CONSOLE: frozenset({None, *ORG_KINDS}),
+    ClientRole.ADMIN_CONSOLE: frozenset({None}),
 }
 
 # Back ends and gates: confidential machine clients using the client credentials grant (RFC 6749 §4.4).
-MACHINE_ROLES = frozenset(ORG_KINDS_BY_ROLE) - {ClientRole.DRIVER_APP, ClientRole.CONSOLE}
+MACHINE_ROLES = frozenset(ORG_KINDS_BY_ROLE) - {ClientRole.DRIVER_APP, ClientRole.CONSOLE, ClientRole.ADMIN_CONSOLE}
+# Public clients (RFC 6749 §2.1): code in a browser, no secret; PKCE S256 protects the code (RFC 7636).
+PUBLIC_ROLES = frozenset({ClientRole.DRIVER_APP, ClientRole.ADMIN_CONSOLE})
 # Bound to one terminal: the token carries its code in the "terminal" claim.
 TERMINAL_ROLES = frozenset({ClientRole.TERMINAL_OPERATOR, ClientRole.TERMINAL_GATE})
 CONFIDENTIAL_METHODS = frozenset(
@@ -110,9 +117,9 @@ def check_registration(
     """
     if org_kind not in ORG_KINDS_BY_ROLE[role]:
         raise RegistrationRefused("role_org_kind_mismatch", f"role {role} cannot act for a {org_kind!r}")
-    if role is ClientRole.DRIVER_APP:
+    if role in PUBLIC_ROLES:
         if auth_method is not AuthMethod.NONE:
-            raise RegistrationRefused("public_client_method", "the driver app is a public client (none)")
+            raise RegistrationRefused("public_client_method", f"{role} is a public client (none)")
     elif auth_method not in CONFIDENTIAL_METHODS:
         # RFC 6749 §2.1: only public clients may go without client authentication.
         raise RegistrationRefused("confidential_client_method", f"{role} clients must authenticate")

@@ -17,6 +17,7 @@ right, which terminal a gate may verify at) are decided by the release service f
 | `offline_access` | a refresh token (OIDC Core §11)                                          |
 | `nominations:respond` | a driver accepts or refuses a pickup nominated to him               |
 | `badges:office`  | (admin clients) act as the badge office: see badge numbers unmasked      |
+|                  | (the admin console: only for a person holding the badge_office role)     |
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ SCOPES_BY_ROLE: dict[ClientRole, frozenset[str]] = {
     ClientRole.ADMIN: frozenset({ADMIN, RELEASES_READ, BADGES_OFFICE}),
     ClientRole.DRIVER_APP: frozenset({OPENID, PROFILE, OFFLINE_ACCESS, RELEASES_READ, NOMINATIONS_RESPOND}),
     ClientRole.CONSOLE: frozenset({OPENID, PROFILE, OFFLINE_ACCESS, RELEASES_READ, RELEASES_WRITE}),
+    # No offline_access: a console session ends with its access token; the officer signs in again.
+    ClientRole.ADMIN_CONSOLE: frozenset({OPENID, PROFILE, ADMIN, BADGES_OFFICE}),
 }
 
 

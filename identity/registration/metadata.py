@@ -21,6 +21,7 @@ from ..clients import ID_TOKEN_ALGS
 from ..domain import assurance
 from ..domain import scopes as scope_rules
 from ..domain.roles import (
+    PUBLIC_ROLES,
     AuthMethod,
     ClientRole,
     RegistrationRefused,
@@ -151,7 +152,7 @@ def _role(doc: Mapping[str, Any], org_kind: str | None, *, allow_admin: bool, fi
         raise _refuse(f"Unknown {ROLE_FIELD}.") from exc
     if fixed is not None and role is not fixed:
         raise _refuse(f"{ROLE_FIELD} cannot change: register a new client.")
-    if role is ClientRole.ADMIN and not allow_admin:
+    if role in (ClientRole.ADMIN, ClientRole.ADMIN_CONSOLE) and not allow_admin:
         # Admin clients hold the keys to every client and person: only an administrator makes one.
         raise _refuse("Admin clients are registered by an administrator, not dynamically.")
     return role
@@ -162,7 +163,7 @@ def _method(doc: Mapping[str, Any], role: ClientRole, allowed: frozenset[AuthMet
     raw = doc.get("token_endpoint_auth_method")
     if raw is None:
         # RFC 7591 §2: the default is client_secret_basic; the driver app is public by our rules.
-        default = fixed or (AuthMethod.NONE if role is ClientRole.DRIVER_APP else AuthMethod.CLIENT_SECRET_BASIC)
+        default = fixed or (AuthMethod.NONE if role in PUBLIC_ROLES else AuthMethod.CLIENT_SECRET_BASIC)
         return default
     try:
         method = AuthMethod(raw)

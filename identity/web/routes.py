@@ -101,6 +101,7 @@ SCRIPT_KEYS: Mapping[str, tuple[str, ...]] = {
     "enrol.js": ("common.", "error.", "enrol."),
     "account.js": ("common.", "error.", "account.", "enrol.name_default"),
     "app.js": ("common.", "error.", "app.", "card.", "light.", "state.", "gate.", "reason."),
+    "console.js": ("common.", "error.", "console.", "badge."),  # the admin console, identity.web.console
 }
 
 router = APIRouter(include_in_schema=False)
