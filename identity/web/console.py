@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import logging
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from quaygate.observability import log_event
-from quaygate.schema import oauth_clients
-
-from .routes import SECURITY_HEADERS, _issuer, render
+from .routes import public_client_config, render
 
 log = logging.getLogger("identity.web.console")
 
@@ -47,38 +43,13 @@ def console_root() -> Response:
 @router.get(CALLBACK_PATH)
 def console(request: Request) -> Response:
     # The shell carries no data: badges, histories and alerts come from the admin API with the token.
-    return render(request, "console.html", title="console.title", script="console.js", body_class="console")
+    return render(request, "console.html", title="console.title", script="console.js", body_class="console",
+                  oidc=True)
 
 
 @router.get("/console/config.json")
 def console_config(request: Request) -> JSONResponse:
     """The active ``admin_console`` client registered for our callback (as /app/config.json)."""
-    issuer = _issuer(request)
-    callback = issuer + CALLBACK_PATH
-    engine: sa.Engine = request.app.state.container.engine
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(oauth_clients.c.client_id, oauth_clients.c.redirect_uris, oauth_clients.c.extra_metadata)
-            .where(oauth_clients.c.role == CONSOLE_ROLE, oauth_clients.c.active.is_(True))
-            .order_by(oauth_clients.c.created_at, oauth_clients.c.client_id)
-        ).all()
-    client = next((r for r in rows if callback in (r.redirect_uris or [])), None)
-    if client is None:
-        log_event(log, "identity.web.console_config.no_client")
-        return JSONResponse(
-            {"type": "about:blank", "title": "Not Found", "status": 404, "code": "console_not_configured",
-             "detail": f"No active admin_console client has the redirect URI {callback}."},
-            status_code=404, media_type="application/problem+json", headers={"Cache-Control": "no-cache"},
-        )
-    return JSONResponse(
-        {
-            "issuer": issuer,
-            "client_id": client.client_id,
-            "id_token_signed_response_alg": (client.extra_metadata or {}).get("id_token_signed_response_alg", "RS256"),
-            "redirect_uri": callback,
-            "scope": CONSOLE_SCOPE,
-            "acr_values": CONSOLE_ACR,
-            "api": "/admin/v1",
-        },
-        headers={"Cache-Control": "no-cache", **SECURITY_HEADERS},
-    )
+    return public_client_config(request, role=CONSOLE_ROLE, callback_path=CALLBACK_PATH,
+                                code="console_not_configured", scope=CONSOLE_SCOPE, acr_values=CONSOLE_ACR,
+                                api="/admin/v1")

@@ -143,7 +143,8 @@ def asset_url(name: str) -> str:
 
 def shell_urls() -> list[str]:
     """What the service worker keeps for offline start: the app page and its static files."""
-    return [APP_PATH] + [asset_url(n) for n in ("app.css", "common.js", "app.js", "icon.svg", "icon-192.png")]
+    return [APP_PATH] + [asset_url(n) for n in ("app.css", "common.js", "oidc.js", "app.js", "icon.svg",
+                                                "icon-192.png")]
 
 
 # ---- rendering -------------------------------------------------------------------------------------
@@ -262,28 +263,29 @@ def app_root() -> Response:
 @router.get(CALLBACK_PATH)
 def driver_app(request: Request) -> Response:
     # The shell carries no personal data: the pickups come from the release API with the token.
-    return render(request, "app.html", title="app.title", script="app.js", service_worker=True)
+    return render(request, "app.html", title="app.title", script="app.js", service_worker=True, oidc=True)
 
 
-@router.get("/app/config.json")
-def driver_app_config(request: Request) -> JSONResponse:
-    """The driver app's public client: the active ``driver_app`` client registered for our callback,
-    and the algorithm its id tokens come in (OIDC Core §3.1.3.7 item 7: the page checks it)."""
+def public_client_config(request: Request, *, role: str, callback_path: str, code: str,
+                         **fields: str) -> JSONResponse:
+    """A page's own public client, as its script needs it: the active client of ``role`` registered
+    for our callback, and the algorithm its id tokens come in (OIDC Core §3.1.3.7 item 7: the page
+    checks it); ``fields`` add what the page needs besides. A 404 problem ``code`` when none is."""
     issuer = _issuer(request)
-    callback = issuer + CALLBACK_PATH
+    callback = issuer + callback_path
     engine: sa.Engine = request.app.state.container.engine
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(oauth_clients.c.client_id, oauth_clients.c.redirect_uris, oauth_clients.c.extra_metadata)
-            .where(oauth_clients.c.role == DRIVER_APP_ROLE, oauth_clients.c.active.is_(True))
+            .where(oauth_clients.c.role == role, oauth_clients.c.active.is_(True))
             .order_by(oauth_clients.c.created_at, oauth_clients.c.client_id)
         ).all()
     client = next((r for r in rows if callback in (r.redirect_uris or [])), None)
     if client is None:
-        log_event(log, "identity.web.app_config.no_client")
+        log_event(log, f"identity.web.{role}_config.no_client")
         return JSONResponse(
-            {"type": "about:blank", "title": "Not Found", "status": 404, "code": "driver_app_not_configured",
-             "detail": f"No active driver_app client has the redirect URI {callback}."},
+            {"type": "about:blank", "title": "Not Found", "status": 404, "code": code,
+             "detail": f"No active {role} client has the redirect URI {callback}."},
             status_code=404, media_type="application/problem+json", headers={"Cache-Control": "no-cache"},
         )
     return JSONResponse(
@@ -293,12 +295,18 @@ def driver_app_config(request: Request) -> JSONResponse:
             # OIDC Registration §2: RS256 unless the client registered another.
             "id_token_signed_response_alg": (client.extra_metadata or {}).get("id_token_signed_response_alg", "RS256"),
             "redirect_uri": callback,
-            "post_logout_redirect_uri": issuer + APP_PATH,
-            "scope": DRIVER_APP_SCOPE,
-            "api": "/api/v1",
+            **fields,
         },
         headers={"Cache-Control": "no-cache", **SECURITY_HEADERS},
     )
+
+
+@router.get("/app/config.json")
+def driver_app_config(request: Request) -> JSONResponse:
+    """The driver app's public client (public_client_config), its logout return and its API."""
+    return public_client_config(request, role=DRIVER_APP_ROLE, callback_path=CALLBACK_PATH,
+                                code="driver_app_not_configured", post_logout_redirect_uri=_issuer(request) + APP_PATH,
+                                scope=DRIVER_APP_SCOPE, api="/api/v1")
 
 
 @router.get("/app/manifest.webmanifest")

@@ -1,60 +1,25 @@
-/* /app/: the driver app, an OpenID Connect public client of our own provider.
-   Authorization code flow with PKCE S256 (RFC 7636 §4.2), state (RFC 6749 §10.12) and nonce (OIDC Core
-   §3.1.2.1); the id token's signature, iss, aud, exp and nonce are checked (OIDC Core §3.1.3.7).
+/* /app/: the driver app, an OpenID Connect public client of our own provider (the flow and the id token
+   checks in oidc.js: code + PKCE S256, state, nonce, OIDC Core §3.1.3.7).
    Tokens live in memory and sessionStorage only (never localStorage): they die with the tab. The
    access token is refreshed with the rotating refresh token (RFC 6749 §6) when it expires. */
 "use strict";
 (function () {
-  var store = window.sessionStorage, K = "qg.app.", cfg = null, disco = null, tokens = null;
+  var oidc = QG.oidc("qg.app.", "/app/config.json", "/app/"), get = oidc.get, put = oidc.put, now = oidc.now;
+  var tokenRequest = oidc.tokenRequest, cfg = null, disco = null, tokens = null;
   var $ = QG.$, t = QG.t;
-
-  function rnd(n) { var a = new Uint8Array(n); crypto.getRandomValues(a); return QG.b64e(a); }
-  function sha256(s) { return crypto.subtle.digest("SHA-256", new TextEncoder().encode(s)).then(QG.b64e); }
-  function get(k) { try { return JSON.parse(store.getItem(K + k)); } catch (e) { return null; } }
-  function put(k, v) { if (v == null) store.removeItem(K + k); else store.setItem(K + k, JSON.stringify(v)); }
-  function b64json(s) {
-    s = s.replace(/-/g, "+").replace(/_/g, "/");
-    var bin = atob(s + "===".slice((s.length + 3) % 4)), bytes = new Uint8Array(bin.length);
-    for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-    return bytes;
-  }
-  function claims(jwt) { return JSON.parse(new TextDecoder().decode(b64json(jwt.split(".")[1]))); }
-  function now() { return Math.floor(Date.now() / 1000); }
 
   function status(text) { $("status").textContent = text || ""; }
   function fail(err) { QG.say($("msg"), QG.explain(err)); }
 
   function configure() {
-    if (cfg && disco) return Promise.resolve();
-    return Promise.all([QG.call("GET", "/app/config.json"), QG.call("GET", "/.well-known/openid-configuration")])
-      .then(function (r) { cfg = r[0]; disco = r[1]; });
+    return oidc.configure().then(function () { cfg = oidc.config(); disco = oidc.discovery(); });
   }
 
   // ---- login: to the authorization endpoint and back to /app/callback ----
   function login() {
     put("loggedout", null);
     status(t("app.signing_in"));
-    return configure().then(function () {
-      var verifier = rnd(32), state = rnd(16), nonce = rnd(16);
-      return sha256(verifier).then(function (challenge) {
-        put("pending", {verifier: verifier, state: state, nonce: nonce});
-        var q = new URLSearchParams({response_type: "code", client_id: cfg.client_id, redirect_uri: cfg.redirect_uri,
-          scope: cfg.scope, state: state, nonce: nonce, code_challenge: challenge, code_challenge_method: "S256"});
-        location.assign(disco.authorization_endpoint + "?" + q.toString());
-      });
-    });
-  }
-
-  function tokenRequest(form) {
-    return fetch(disco.token_endpoint, {method: "POST", body: new URLSearchParams(form), cache: "no-store",
-                                        headers: {"Accept": "application/json"}, credentials: "omit"})
-      .catch(function () { throw QG.Problem("network", 0); })
-      .then(function (r) {
-        return r.json().catch(function () { return {}; }).then(function (data) {
-          if (!r.ok) throw QG.Problem(data.error || "http_" + r.status, r.status, data.error_description);
-          return data;
-        });
-      });
+    return oidc.login();
   }
 
   function keep(data, previous) {
@@ -64,44 +29,8 @@
     put("tokens", tokens);
   }
 
-  // OIDC Core §3.1.3.7: the alg we registered (item 7; RS256 by default), the signature with the
-  // provider's published key of that alg, then iss, aud, exp, nonce. An ES256 signature is raw r||s
-  // (RFC 7518 §3.4), which is what WebCrypto's ECDSA verify takes.
-  function verifyIdToken(idt, nonce) {
-    var parts = idt.split("."), header = JSON.parse(new TextDecoder().decode(b64json(parts[0]))), body = claims(idt);
-    var algs = {RS256: {name: "RSASSA-PKCS1-v1_5", hash: "SHA-256"}, PS256: {name: "RSA-PSS", hash: "SHA-256"},
-                ES256: {name: "ECDSA", namedCurve: "P-256", hash: "SHA-256"}};
-    var expected = cfg.id_token_signed_response_alg || "RS256", alg = algs[header.alg];
-    if (!alg || header.alg !== expected) return Promise.reject(QG.Problem("id_token_alg"));
-    if (body.iss !== cfg.issuer) return Promise.reject(QG.Problem("id_token_iss"));
-    var aud = [].concat(body.aud);
-    if (aud.indexOf(cfg.client_id) < 0 || (aud.length > 1 && body.azp !== cfg.client_id)) return Promise.reject(QG.Problem("id_token_aud"));
-    if (!(body.exp > now() - 60)) return Promise.reject(QG.Problem("id_token_expired"));
-    if (body.nonce !== nonce) return Promise.reject(QG.Problem("id_token_nonce"));
-    return QG.call("GET", disco.jwks_uri).then(function (jwks) {
-      var jwk = (jwks.keys || []).filter(function (k) { return k.kid === header.kid; })[0];
-      if (!jwk || (jwk.alg && jwk.alg !== header.alg)) throw QG.Problem("id_token_kid");  // RFC 7517 §4.4
-      var pub = {kty: jwk.kty, n: jwk.n, e: jwk.e, crv: jwk.crv, x: jwk.x, y: jwk.y, ext: true};
-      return crypto.subtle.importKey("jwk", pub, alg, false, ["verify"]).then(function (key) {
-        var params = alg.name === "RSA-PSS" ? {name: "RSA-PSS", saltLength: 32} : alg.name === "ECDSA" ? {name: "ECDSA", hash: "SHA-256"} : alg;
-        return crypto.subtle.verify(params, key, b64json(parts[2]), new TextEncoder().encode(parts[0] + "." + parts[1]));
-      }).then(function (ok) { if (!ok) throw QG.Problem("id_token_signature"); return body; });
-    });
-  }
-
   function callback() {
-    var q = new URLSearchParams(location.search), pending = get("pending");
-    put("pending", null);
-    history.replaceState(null, "", "/app/");  // the code leaves the address bar and the history
-    if (q.get("error")) return Promise.reject(QG.Problem(q.get("error") === "login_required" ? "login_required" : "oauth"));
-    if (!pending || !q.get("state") || q.get("state") !== pending.state) return Promise.reject(QG.Problem("oauth"));
-    if (q.get("iss") && q.get("iss") !== cfg.issuer) return Promise.reject(QG.Problem("oauth"));  // RFC 9207 §2.4
-    return tokenRequest({grant_type: "authorization_code", code: q.get("code") || "", redirect_uri: cfg.redirect_uri,
-                         client_id: cfg.client_id, code_verifier: pending.verifier})
-      .then(function (data) {
-        if (!data.id_token) throw QG.Problem("oauth");
-        return verifyIdToken(data.id_token, pending.nonce).then(function () { keep(data); });
-      });
+    return oidc.callback().then(function (r) { keep(r.tokens); });
   }
 
   var refreshing = null;

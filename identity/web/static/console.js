@@ -1,91 +1,32 @@
-/* /console/: the admin console, an OpenID Connect public client of our own provider (role admin_console).
-   Authorization code flow with PKCE S256 (RFC 7636 §4.2), state (RFC 6749 §10.12), nonce and a passkey
-   login asked with acr_values (OIDC Core §3.1.2.1); the id token is checked as in app.js (OIDC Core
-   §3.1.3.7). The access token lives in sessionStorage only and is not refreshed: when it expires, or the
+/* /console/: the admin console, an OpenID Connect public client of our own provider (role admin_console):
+   the flow and the id token checks in oidc.js, with a passkey login asked with acr_values (OIDC Core
+   §3.1.2.1). The access token lives in sessionStorage only and is not refreshed: when it expires, or the
    API asks for a stronger login (RFC 9470), the officer signs in again. */
 "use strict";
 (function () {
-  var store = window.sessionStorage, K = "qg.console.", cfg = null, disco = null, tokens = null, current = null;
+  var oidc = QG.oidc("qg.console.", "/console/config.json", "/console/"), get = oidc.get, put = oidc.put;
+  var now = oidc.now, cfg = null, tokens = null, current = null;
   var $ = QG.$, t = QG.t;
 
-  function rnd(n) { var a = new Uint8Array(n); crypto.getRandomValues(a); return QG.b64e(a); }
-  function sha256(s) { return crypto.subtle.digest("SHA-256", new TextEncoder().encode(s)).then(QG.b64e); }
-  function get(k) { try { return JSON.parse(store.getItem(K + k)); } catch (e) { return null; } }
-  function put(k, v) { if (v == null) store.removeItem(K + k); else store.setItem(K + k, JSON.stringify(v)); }
-  function bytes(s) {
-    s = s.replace(/-/g, "+").replace(/_/g, "/");
-    var bin = atob(s + "===".slice((s.length + 3) % 4)), out = new Uint8Array(bin.length);
-    for (var i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-    return out;
-  }
-  function part(jwt, i) { return JSON.parse(new TextDecoder().decode(bytes(jwt.split(".")[i]))); }
-  function now() { return Math.floor(Date.now() / 1000); }
   function status(text) { $("status").textContent = text || ""; }
   function fail(err) { QG.say($("msg"), QG.explain(err)); if (err && err.status === 401) signedOut(); }
 
   function configure() {
-    if (cfg && disco) return Promise.resolve();
-    return Promise.all([QG.call("GET", "/console/config.json"), QG.call("GET", "/.well-known/openid-configuration")])
-      .then(function (r) { cfg = r[0]; disco = r[1]; });
+    return oidc.configure().then(function () { cfg = oidc.config(); });
   }
 
   function login() {
     status(t("console.signing_in"));
     return configure().then(function () {
-      var verifier = rnd(32), state = rnd(16), nonce = rnd(16);
-      return sha256(verifier).then(function (challenge) {
-        put("pending", {verifier: verifier, state: state, nonce: nonce, back: location.hash || "#search"});
-        var q = new URLSearchParams({response_type: "code", client_id: cfg.client_id, redirect_uri: cfg.redirect_uri,
-          scope: cfg.scope, state: state, nonce: nonce, code_challenge: challenge, code_challenge_method: "S256",
-          acr_values: cfg.acr_values});
-        location.assign(disco.authorization_endpoint + "?" + q.toString());
-      });
-    });
-  }
-
-  function verifyIdToken(idt, nonce) {
-    var parts = idt.split("."), header = part(idt, 0), body = part(idt, 1);
-    var algs = {RS256: {name: "RSASSA-PKCS1-v1_5", hash: "SHA-256"}, PS256: {name: "RSA-PSS", hash: "SHA-256"},
-                ES256: {name: "ECDSA", namedCurve: "P-256", hash: "SHA-256"}};
-    var alg = algs[header.alg];
-    if (!alg || header.alg !== (cfg.id_token_signed_response_alg || "RS256")) return Promise.reject(QG.Problem("id_token_alg"));
-    if (body.iss !== cfg.issuer) return Promise.reject(QG.Problem("id_token_iss"));
-    var aud = [].concat(body.aud);
-    if (aud.indexOf(cfg.client_id) < 0 || (aud.length > 1 && body.azp !== cfg.client_id)) return Promise.reject(QG.Problem("id_token_aud"));
-    if (!(body.exp > now() - 60)) return Promise.reject(QG.Problem("id_token_expired"));
-    if (body.nonce !== nonce) return Promise.reject(QG.Problem("id_token_nonce"));
-    return QG.call("GET", disco.jwks_uri).then(function (jwks) {
-      var jwk = (jwks.keys || []).filter(function (k) { return k.kid === header.kid; })[0];
-      if (!jwk || (jwk.alg && jwk.alg !== header.alg)) throw QG.Problem("id_token_kid");
-      var pub = {kty: jwk.kty, n: jwk.n, e: jwk.e, crv: jwk.crv, x: jwk.x, y: jwk.y, ext: true};
-      return crypto.subtle.importKey("jwk", pub, alg, false, ["verify"]).then(function (key) {
-        var params = alg.name === "RSA-PSS" ? {name: "RSA-PSS", saltLength: 32} : alg.name === "ECDSA" ? {name: "ECDSA", hash: "SHA-256"} : alg;
-        return crypto.subtle.verify(params, key, bytes(parts[2]), new TextEncoder().encode(parts[0] + "." + parts[1]));
-      }).then(function (ok) { if (!ok) throw QG.Problem("id_token_signature"); return body; });
+      return oidc.login({acr_values: cfg.acr_values}, {back: location.hash || "#search"});
     });
   }
 
   function callback() {
-    var q = new URLSearchParams(location.search), pending = get("pending");
-    put("pending", null);
-    history.replaceState(null, "", "/console/" + ((pending && pending.back) || "#search"));
-    if (q.get("error")) return Promise.reject(QG.Problem(q.get("error") === "login_required" ? "login_required" : "oauth"));
-    if (!pending || !q.get("state") || q.get("state") !== pending.state) return Promise.reject(QG.Problem("oauth"));
-    if (q.get("iss") && q.get("iss") !== cfg.issuer) return Promise.reject(QG.Problem("oauth"));  // RFC 9207 §2.4
-    var form = new URLSearchParams({grant_type: "authorization_code", code: q.get("code") || "", redirect_uri: cfg.redirect_uri,
-                                    client_id: cfg.client_id, code_verifier: pending.verifier});
-    return fetch(disco.token_endpoint, {method: "POST", body: form, cache: "no-store", credentials: "omit",
-                                        headers: {"Accept": "application/json"}})
-      .catch(function () { throw QG.Problem("network", 0); })
-      .then(function (r) {
-        return r.json().catch(function () { return {}; }).then(function (data) {
-          if (!r.ok || !data.id_token) throw QG.Problem(data.error || "oauth", r.status, data.error_description);
-          return verifyIdToken(data.id_token, pending.nonce).then(function () {
-            tokens = {access_token: data.access_token, expires_at: now() + (data.expires_in || 300)};
-            put("tokens", tokens);
-          });
-        });
-      });
+    return oidc.callback().then(function (r) {
+      tokens = {access_token: r.tokens.access_token, expires_at: now() + (r.tokens.expires_in || 300)};
+      put("tokens", tokens);
+    });
   }
 
   function api(method, path, body) {
