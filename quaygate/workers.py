@@ -1,7 +1,8 @@
-"""Background loops each replica runs: audit sealing, webhook delivery, lapsing rights.
+"""Background loops each replica runs: audit sealing, webhook delivery, lapsing rights, expiring badges.
 
 Each loop is safe to run in every replica at once: the sealer takes an advisory lock, the dispatcher
-claims deliveries with SKIP LOCKED, the sweeper locks each right it lapses.
+claims deliveries with SKIP LOCKED, the sweeper locks each right it lapses, the badge sweep takes its
+badges with SKIP LOCKED.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 
 import httpx
 
+from identity.badges.service import BadgeService
 from release_service.adapters.audit import AuditSealer
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.adapters.webhook_dispatcher import WebhookDispatcher
@@ -38,6 +40,8 @@ class BackgroundWorkers:
         self._loop("audit-sealer", c.settings.audit_seal_interval, lambda: sealer.seal_once(c.clock.now()))
         self._loop("webhook-dispatcher", c.settings.webhook_interval, dispatcher.run_once)
         self._loop("lapse-sweeper", 5.0, self._lapse)
+        badges = BadgeService(c.engine)
+        self._loop("badge-expiry", 60.0, lambda: badges.expire_due(c.clock.now()))
 
     def _lapse(self) -> int:
         uow = SqlUnitOfWork(self._c.engine)

@@ -284,3 +284,21 @@ def test_a_badge_of_a_banned_person_is_neither_reactivated_nor_renewed(engine: s
     assert service.get(badge.id)[0].status == "inactive"
     screening.status = "clear"  # the ban is lifted
     assert service.change_status(badge.id, "active", reason="ban lifted", actor="desk", now=NOW).status == "active"
+
+
+def test_badges_past_their_validity_expire_with_history_and_audit(engine: sa.Engine) -> None:
+    service = BadgeService(engine)
+    person = add_person(engine)
+    live = service.issue(issue_cmd(person), actor="a", now=NOW).badge
+    short = service.issue(issue_cmd(person, 10024, uid=None, years=1), actor="a", now=NOW).badge
+    blocked = service.issue(issue_cmd(person, 10025, uid=None, years=1), actor="a", now=NOW).badge
+    service.change_status(blocked.id, "blocked", reason="stolen", actor="desk", now=NOW)
+    later = NOW + timedelta(days=366)  # past the one-year badges, inside the three-year one
+    assert service.expire_due(later) == 1
+    assert service.expire_due(later) == 0  # nothing left: the sweep is idempotent
+    assert service.get(short.id)[0].status == "expired"
+    assert service.get(live.id)[0].status == "active"
+    assert service.get(blocked.id)[0].status == "blocked"  # final states stay as they are
+    assert _history(engine, short.id)[-1][1:] == ("active", "expired", "validity_over")
+    kinds = [kind for kind, _ in _audit(engine, short.id)]
+    assert kinds[-1] == "identity.badge.expired"

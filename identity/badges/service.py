@@ -28,6 +28,8 @@ from .store import BadgeRow, BadgeStore
 
 log = logging.getLogger(__name__)
 
+EXPIRY_ACTOR = "system:badge-expiry"  # who the history names when a badge's validity runs out
+
 
 class BadgeError(Exception):
     """A badge use case refused; ``code`` is stable (domain codes, plus not_found, conflicts, screening)."""
@@ -199,6 +201,21 @@ class BadgeService:
         assert out is not None
         log.info("identity.badge.renewed")
         return out
+
+    def expire_due(self, now: datetime, *, batch: int = 500) -> int:
+        """Turn badges whose validity is over to ``expired`` (the status machine's "validity over"),
+        each with its history entry and audit entry; one batch per call, in one transaction. Returns
+        how many (the worker loops while there are more)."""
+        with self._engine.begin() as conn:
+            store = BadgeStore(conn)
+            due = store.due_to_expire(now, limit=batch)
+            for row in due:
+                change = rules.change_status(row.id, row.status, BadgeStatus.EXPIRED, valid_until=row.valid_until,
+                                             actor=EXPIRY_ACTOR, reason="validity_over", now=now)
+                self._apply(conn, store, change, kind="identity.badge.expired")
+        if due:
+            log.info("identity.badge.expired", extra={"fields": {"count": len(due)}})
+        return len(due)
 
     # ---- activation per terminal -----------------------------------------------------------------
 

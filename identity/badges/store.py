@@ -110,6 +110,13 @@ class BadgeStore:
             status_reason=reason, valid_from=valid_from, valid_until=valid_until, created_at=now, updated_at=now,
             issued_by=issued_by))
 
+    def due_to_expire(self, now: datetime, *, limit: int) -> list[BadgeRow]:
+        """Active or inactive badges whose validity is over, locked and skipped by other sweepers
+        (SKIP LOCKED on PostgreSQL: every replica may sweep at once)."""
+        stmt = (sa.select(badges).where(badges.c.status.in_(("active", "inactive")), badges.c.valid_until <= now)
+                .order_by(badges.c.valid_until).limit(limit).with_for_update(skip_locked=True))
+        return [_row(r) for r in self._conn.execute(stmt).mappings()]
+
     def apply(self, change: StatusChange) -> bool:
         """Write a guarded change: the conditional UPDATE and the next history entry. False when the
         badge's status is no longer ``change.from_status`` (a concurrent change won)."""
