@@ -71,13 +71,13 @@ class FeedRefused(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class Ban:
-    national_number: str  # clear, as the register sends it: hashed at the edge, never stored
+class _BanWindow:
+    """When and where a ban applies: the same rule for a ban in a feed and a ban as stored."""
+
+    __slots__ = ()
     scope: tuple[str, ...] | None  # None: all ports
     starts_at: datetime
     ends_at: datetime
-    reference: str
 
     def in_effect(self, now: datetime) -> bool:
         return self.starts_at <= now < self.ends_at
@@ -85,6 +85,15 @@ class Ban:
     def covers(self, port: str | None) -> bool:
         """Does it apply at ``port``? With no port (a badge issue) every ban counts."""
         return self.scope is None or port is None or port in self.scope
+
+
+@dataclass(frozen=True, slots=True)
+class Ban(_BanWindow):
+    national_number: str  # clear, as the register sends it: hashed at the edge, never stored
+    scope: tuple[str, ...] | None  # None: all ports
+    starts_at: datetime
+    ends_at: datetime
+    reference: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,19 +282,13 @@ class BanCheck:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredBan:
+class StoredBan(_BanWindow):
     """A ban as stored: no national number, only what screening needs."""
 
     scope: tuple[str, ...] | None
     starts_at: datetime
     ends_at: datetime
     reference: str
-
-    def in_effect(self, now: datetime) -> bool:
-        return self.starts_at <= now < self.ends_at
-
-    def covers(self, port: str | None) -> bool:
-        return self.scope is None or port is None or port in self.scope
 
 
 def screen(bans: Iterable[StoredBan], *, port: str | None, now: datetime, list_issued_at: datetime | None,
