@@ -20,16 +20,12 @@ from joserfc import jws, jwt
 from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
 
-from identity.api.routes import build_router
 from identity.bootstrap import IdentityProvider, create_client, provider_for
 from identity.domain import assurance
 from identity.sessions import sessions_for
-from quaygate.cache import MemoryCache
-from quaygate.container import Container, SystemClock
-from quaygate.crypto import DataCipher
+from quaygate.container import Container
 from quaygate.schema import memberships, persons
-from quaygate.settings import Settings
-from tests.test_identity_support import ISSUER, add_org, basic, utcnow
+from tests.test_identity_support import ISSUER, add_org, basic, serve_identity, utcnow
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
@@ -171,18 +167,7 @@ def query(resp: Any) -> dict[str, str]:
 
 
 def make_flow(engine: sa.Engine, tmp_path: Path, **settings_kw: Any) -> Iterator[Flow]:
-    settings = Settings(var_dir=tmp_path, issuer=ISSUER, **settings_kw)
-    container = Container(
-        settings=settings,
-        engine=engine,
-        cache=MemoryCache(),
-        cipher=DataCipher(settings.data_key_bytes()),
-        clock=SystemClock(),
-    )
-    app = FastAPI()
-    app.include_router(build_router())
-    app.state.container = container
-    with TestClient(app) as http:
+    for app, http, container in serve_identity(engine, tmp_path, **settings_kw):
         yield Flow(app, http, container)
 
 

@@ -92,8 +92,9 @@ class Env:
         return self.http.post("/oauth2/token", data=data, **kw)
 
 
-def make_env(engine: sa.Engine, tmp_path: Path, **settings_kw: Any) -> Iterator[Env]:
-    """Body of each test module's ``env`` fixture (fixtures imported across modules confuse linters)."""
+def serve_identity(engine: sa.Engine, tmp_path: Path, **settings_kw: Any) -> Iterator[tuple[FastAPI, TestClient,
+                                                                                           Container]]:
+    """The identity routes alone on ``engine``, with an in-process cache, served by a TestClient."""
     settings = Settings(var_dir=tmp_path, issuer=ISSUER, **settings_kw)
     container = Container(
         settings=settings,
@@ -106,6 +107,12 @@ def make_env(engine: sa.Engine, tmp_path: Path, **settings_kw: Any) -> Iterator[
     app.include_router(build_router())
     app.state.container = container
     with TestClient(app) as http:
+        yield app, http, container
+
+
+def make_env(engine: sa.Engine, tmp_path: Path, **settings_kw: Any) -> Iterator[Env]:
+    """Body of each test module's ``env`` fixture (fixtures imported across modules confuse linters)."""
+    for app, http, container in serve_identity(engine, tmp_path, **settings_kw):
         yield Env(app, http, container)
 
 
