@@ -90,7 +90,8 @@ class IdentityProvider:
         # The cache is what verifiers consult: after a restart with the in-process cache (or a flushed
         # Redis), put the unexpired revocations back, or revoked tokens would pass again until they expire.
         revocations.reload(container.engine, now=clock.now())
-        grants = GrantStore(container.engine, revocations, refresh_ttl=s.refresh_token_ttl)
+        grants = GrantStore(container.engine, revocations, refresh_ttl=s.refresh_token_ttl,
+                            access_ttl=s.access_token_ttl)
         dpop = DPoPVerifier(container.cache, max_age=s.dpop_max_age, now=lambda: clock.now().timestamp())
         server = AuthorizationServer(
             settings=s,

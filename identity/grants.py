@@ -35,6 +35,8 @@ import sqlalchemy as sa
 from quaygate.cache import Cache
 from quaygate.schema import grants, issued_access_tokens, refresh_tokens, revoked_tokens
 
+from .domain.claims import GRANT_ID
+
 REFRESH_PREFIX = "qgr_"  # recognisable in logs and secret scanners, like GitHub's ghr_
 
 
@@ -70,13 +72,15 @@ class RefreshRefused(Exception):
 class RevocationList:
     """Revoked access tokens: recorded in ``revoked_tokens``, checked in the cache (fast path).
 
-    Two kinds: one token by its jti, and every token of a deactivated client issued up to a cutoff
-    (``revoke_client``; recorded under the jti ``client:<client_id>``). A resource server asks both
-    in one round trip (``token_revoked``)."""
+    Three kinds: one token by its jti; every token of a revoked grant (recorded under the jti
+    ``grant:<grant_id>``, matched by the token's ``gid`` claim); and every token of a deactivated
+    client issued up to a cutoff (``revoke_client``; recorded under ``client:<client_id>``). A
+    resource server asks all three in one round trip (``token_revoked``)."""
 
     PREFIX = "identity:revoked-jti:"
     CLIENT_PREFIX = "identity:revoked-client:"
     CLIENT_ROW = "client:"
+    GRANT_ROW = "grant:"
     # Tokens issued this long after the deactivation are refused too: another replica may have served
     # the client from memory for up to ClientRegistry's check_every (one second) after it.
     CLIENT_MARGIN = timedelta(seconds=5)
@@ -117,10 +121,14 @@ class RevocationList:
     def token_revoked(self, claims: dict[str, Any]) -> bool:
         """Is this verified access token revoked, on its own or with its client? One round trip."""
         jti, client_id, iat = claims.get("jti"), claims.get("client_id"), claims.get("iat")
+        keys = [self.PREFIX + str(jti)]
+        grant_id = claims.get(GRANT_ID)
+        if grant_id is not None:
+            keys.append(self.PREFIX + self.GRANT_ROW + str(grant_id))
         if not isinstance(client_id, str):
-            return self.is_revoked(str(jti))
-        by_jti, by_client = self._cache.get_many([self.PREFIX + str(jti), self.CLIENT_PREFIX + client_id])
-        if by_jti is not None:
+            return any(v is not None for v in self._cache.get_many(keys))
+        *own, by_client = self._cache.get_many([*keys, self.CLIENT_PREFIX + client_id])
+        if any(v is not None for v in own):
             return True
         if by_client is None:
             return False
@@ -147,11 +155,14 @@ class RevocationList:
 
 
 class GrantStore:
-    def __init__(self, engine: sa.Engine, revocations: RevocationList, *, refresh_ttl: int) -> None:
+    def __init__(self, engine: sa.Engine, revocations: RevocationList, *, refresh_ttl: int,
+                 access_ttl: int = 3600) -> None:
+        """``access_ttl``: the longest an access token lives; a grant's revocation entry lasts that long."""
         self._engine = engine
         self._revocations = revocations
         self.revocations = revocations
         self._refresh_ttl = timedelta(seconds=refresh_ttl)
+        self._access_ttl = timedelta(seconds=access_ttl)
 
     # ---- creating ----------------------------------------------------------------------------
 
@@ -201,10 +212,6 @@ class GrantStore:
             )
         )
         return token
-
-    def record_access(self, conn: sa.Connection, grant_id: uuid.UUID, jti: str, expires_at: datetime) -> None:
-        """Remember an access token issued within the grant, so revoking the grant revokes it."""
-        conn.execute(issued_access_tokens.insert().values(jti=jti, grant_id=grant_id, expires_at=expires_at))
 
     # ---- using -------------------------------------------------------------------------------
 
@@ -314,14 +321,19 @@ class GrantStore:
 
     # ---- ending ------------------------------------------------------------------------------
 
-    def revoke_grant(self, conn: sa.Connection, grant_id: uuid.UUID, *, reason: str, now: datetime) -> int:
-        """Revoke a grant: its refresh tokens and its unexpired access tokens. Returns the number of
-        access tokens newly revoked. Idempotent."""
-        conn.execute(
+    def revoke_grant(self, conn: sa.Connection, grant_id: uuid.UUID, *, reason: str, now: datetime) -> bool:
+        """Revoke a grant: its refresh tokens and its unexpired access tokens. Returns whether the grant
+        was live until now (False when it was already revoked). Idempotent.
+
+        The access tokens carry the grant's id (``gid``): one entry ``grant:<id>`` revokes them all,
+        so issuing a token writes nothing for revocation's sake. Tokens issued before that claim
+        existed were listed in ``issued_access_tokens``; they are still revoked one by one (that table
+        receives nothing new and can go once the last of them has expired)."""
+        newly = conn.execute(
             grants.update()
             .where(grants.c.id == grant_id, grants.c.revoked_at.is_(None))
             .values(revoked_at=now, revoked_reason=reason)
-        )
+        ).rowcount == 1
         conn.execute(
             refresh_tokens.update()
             .where(refresh_tokens.c.grant_id == grant_id, refresh_tokens.c.status != "revoked")
@@ -332,10 +344,12 @@ class GrantStore:
                 issued_access_tokens.c.grant_id == grant_id, issued_access_tokens.c.expires_at > now
             )
         ).all()
-        return self._revocations.add(conn, [(r.jti, r.expires_at) for r in issued], now=now)
+        entries = [(RevocationList.GRANT_ROW + str(grant_id), now + self._access_ttl)]
+        self._revocations.add(conn, entries + [(r.jti, r.expires_at) for r in issued], now=now)
+        return newly
 
     def revoke_session(self, conn: sa.Connection, sid: str, *, reason: str, now: datetime) -> int:
-        """Revoke every grant made in one login session (RP-initiated logout)."""
+        """Revoke every grant made in one login session (RP-initiated logout); returns how many."""
         ids = conn.execute(
             sa.select(grants.c.id).where(grants.c.sid == sid, grants.c.revoked_at.is_(None))
         ).scalars().all()

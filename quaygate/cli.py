@@ -178,7 +178,8 @@ def cmd_iat_create(args: argparse.Namespace) -> int:
     settings = _settings()
     container = Container.build(settings)
     try:
-        grants = GrantStore(container.engine, RevocationList(container.cache), refresh_ttl=settings.refresh_token_ttl)
+        grants = GrantStore(container.engine, RevocationList(container.cache), refresh_ttl=settings.refresh_token_ttl,
+                            access_ttl=settings.access_token_ttl)
         manager = ClientManagement(container.engine, grants, issuer=settings.issuer)
         token, expires_at = manager.create_initial_access_token(
             organisation_id=org, created_by="cli", ttl=args.ttl, now=datetime.now(UTC))

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from identity.grants import GrantStore, RefreshRefused, RevocationList
 from quaygate.cache import MemoryCache
-from quaygate.schema import oauth_clients, refresh_tokens, revoked_tokens
+from quaygate.schema import issued_access_tokens, oauth_clients, refresh_tokens, revoked_tokens
 
 NOW = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -35,8 +35,11 @@ def _grant(engine: sa.Engine, store: GrantStore, sid: str = "s1") -> tuple[uuid.
     with engine.begin() as conn:
         gid = store.create(conn, client_id="c1", person_id=None, sid=sid, scope="openid offline_access", acr=None,
                            amr=[], auth_time=None, dpop_jkt=None, now=NOW)
-        store.record_access(conn, gid, f"jti-{gid}", NOW + timedelta(minutes=10))
-        store.record_access(conn, gid, f"old-{gid}", NOW - timedelta(minutes=1))  # already expired
+        # Tokens issued before access tokens named their grant were listed one by one; still honoured.
+        conn.execute(issued_access_tokens.insert(), [
+            {"jti": f"jti-{gid}", "grant_id": gid, "expires_at": NOW + timedelta(minutes=10)},
+            {"jti": f"old-{gid}", "grant_id": gid, "expires_at": NOW - timedelta(minutes=1)},  # already expired
+        ])
         return gid, store.issue_refresh(conn, gid, now=NOW)
 
 
@@ -66,8 +69,15 @@ def test_rotation_then_reuse_revokes_the_family(engine: sa.Engine, store: GrantS
         statuses = set(conn.execute(sa.select(refresh_tokens.c.status)).scalars())
         listed = set(conn.execute(sa.select(revoked_tokens.c.jti)).scalars())
     assert grant is not None and grant.revoked and statuses == {"revoked"}
-    assert listed == {f"jti-{gid}"}  # the unexpired access token; the expired one needs no entry
+    # One entry for the grant, plus the listed unexpired legacy token; the expired one needs none.
+    assert listed == {f"grant:{gid}", f"jti-{gid}"}
     assert store._revocations.is_revoked(f"jti-{gid}")
+    revoked = store._revocations.token_revoked
+    assert revoked({"jti": "any", "gid": str(gid), "client_id": "c1", "iat": 1})  # every token of the grant
+    other, _ = _grant(engine, store, sid="s2")
+    assert not revoked({"jti": "any", "gid": str(other), "client_id": "c1", "iat": 1})
+    assert not revoked({"jti": "any", "gid": str(other)})  # no client claim: jti and grant still asked
+    assert revoked({"jti": "any", "gid": str(gid)})
 
 
 def test_unknown_expired_wrong_client(engine: sa.Engine, store: GrantStore) -> None:

@@ -34,6 +34,7 @@ AMR = "amr"  # RFC 8176
 AUTH_TIME = "auth_time"  # OIDC Core §2, seconds since the epoch
 SID = "sid"  # OIDC Front-Channel Logout §3: the login session at the provider
 CNF = "cnf"  # RFC 7800 §3.1; {"jkt": ...} for a DPoP-bound token (RFC 9449 §6.1)
+GRANT_ID = "gid"  # the grant a person's token came from: revoking the grant revokes it (one entry)
 # ID token only (OIDC Core §2).
 NONCE = "nonce"
 AT_HASH = "at_hash"
@@ -112,6 +113,7 @@ def person_claims(
     auth_time: int | None,
     sid: str | None,
     dpop_jkt: str | None,
+    grant_id: str | None = None,
 ) -> dict[str, Any]:
     """A person's access token: ``base`` (access_token_claims with subject = person id) plus who
     logged in and how (RFC 9068 §2.2.1 auth_time/acr/amr, RFC 9068 §2.2.3.1 roles)."""
@@ -128,6 +130,8 @@ def person_claims(
         claims[SID] = sid
     if dpop_jkt is not None:
         claims[CNF] = {"jkt": dpop_jkt}
+    if grant_id is not None:
+        claims[GRANT_ID] = grant_id
     return claims
 
 

@@ -119,7 +119,7 @@ class AuthorizationCodeExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[
                 at=now,
                 actor={"client_id": record.client_id},
                 subject=str(row.grant_id),
-                data={"access_tokens_revoked": revoked},
+                data={"grant_revoked": revoked},
                 conn=conn,
             )
             raise _Refused("reused", "Invalid code.")

@@ -20,7 +20,7 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -161,10 +161,10 @@ def issue_person_tokens(
     - ``grant_type``: for the audit entry (``audit_kind``: ``identity.token.issued``, or
       ``identity.token.refreshed`` from the refresh grant).
 
-    The access token's jti is recorded under the grant (GrantStore.record_access), so revoking the
-    grant (code reuse, refresh reuse, logout, RFC 7009) revokes it too. Raises IssueRefused when
-    the person is suspended or no longer a member of the console's organisation, or the grant is
-    revoked.
+    The access token names its grant (``gid``), so revoking the grant (code reuse, refresh reuse,
+    logout, RFC 7009) revokes it too, with one revocation entry for the whole grant. Raises
+    IssueRefused when the person is suspended or no longer a member of the console's organisation,
+    or the grant is revoked.
     """
     if grant.revoked:
         raise IssueRefused("grant_revoked")
@@ -199,9 +199,9 @@ def issue_person_tokens(
         auth_time=auth_time,
         sid=grant.sid,
         dpop_jkt=dpop_jkt,
+        grant_id=str(grant.id),
     )
     access_token = sign_access_token(claims, keys.signing_key(settings.access_token_signing_alg))
-    grants.record_access(conn, grant.id, jti, now + timedelta(seconds=settings.access_token_ttl))
     granted = scope_rules.parse(scope)
     body: dict[str, Any] = {
         "access_token": access_token,

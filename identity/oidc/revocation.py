@@ -59,9 +59,9 @@ def revoke(inspector: TokenInspector, token: str, *, client_id: str) -> str:
         if grant.revoked:
             return "nothing"
         with inspector.engine.begin() as conn:
-            count = inspector.grants.revoke_grant(conn, grant.id, reason="revoked_by_client", now=now)
+            revoked = inspector.grants.revoke_grant(conn, grant.id, reason="revoked_by_client", now=now)
             audit.record("identity.token.revoked", at=now, actor=actor, subject=str(grant.id), conn=conn,
-                         data={"token_type": "refresh_token", "grant_id": str(grant.id), "access_tokens": count})
+                         data={"token_type": "refresh_token", "grant_id": str(grant.id), "grant_revoked": revoked})
         return "grant"
     claims = inspector.access_claims(token)
     if claims is None:
