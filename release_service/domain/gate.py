@@ -1,0 +1,754 @@
+"""The gate verify decision, pure (SPEC.md "The gate verify call", issue 5).
+
+``decide`` takes what the gate saw (a ``GateRequest``), snapshots of what we know (the container's
+release rights, the badge, the port-ban screening), the terminal's policy and ``now``, and returns a
+frozen ``Decision``. It reads no clock, no store and no network; the verify service gathers the facts,
+calls it and persists the result (and, in commit mode, records gate-in or gate-out on the right).
+
+How it decides:
+
+1. The container read is understood first (``reads.understand_container``: check digit, at most one
+   look-alike repair). The right judged is then chosen by ``select_right`` (see there).
+2. Every guard of the rule book ``RULES`` runs; each yields one reason code. All reasons that apply are
+   collected, because the gate officer should see everything that is wrong, not the first thing. Guards
+   that need a right stay silent when there is none to judge (container unreadable or unknown, right
+   at another terminal), and a right that has ended (completed, revoked, expired) yields only its
+   state reason: whether its plate matches no longer matters.
+3. ``SEVERITY`` classifies each reason as a refusal or a doubt. No reasons: ``allow``. Only doubts (a
+   read we cannot trust, missing evidence): ``review``, a person looks. Any refusal: ``deny``. A read
+   we cannot trust never becomes a silent allow nor a flat deny.
+
+``container_unknown`` versus ``no_release_right``: ``rights`` holds every right of the container that
+is not deleted, whatever its state or terminal. No rights at all: the container is unknown to us
+(``container_unknown``). Rights, but none to judge here and none live elsewhere: ``no_release_right``;
+a live right at another terminal only: ``wrong_terminal``. The same ``no_release_right`` says, at
+gate-out, that nothing was gated in under the right.
+
+Standard library only (import-linter contract "release_service domain is pure"); badge statuses are
+mirrored as plain strings because the release domain must not import ``identity``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Literal
+
+from .reads import (
+    ContainerReading,
+    PlateMatch,
+    PlateOutcome,
+    Substitution,
+    compare_plate,
+    understand_container,
+)
+from .release import NOMINATION_REFUSED, DriverResponse, ReleaseRight, State
+
+
+class Reason(StrEnum):
+    """The gate reason codes (SPEC.md, a published contract). Declaration order is the order in which
+    a decision lists them: the container, the right, the badge and driver, the truck, the person."""
+
+    CONTAINER_UNREADABLE = "container_unreadable"
+    CONTAINER_UNKNOWN = "container_unknown"
+    NO_RELEASE_RIGHT = "no_release_right"
+    WRONG_TERMINAL = "wrong_terminal"
+    NOT_NOMINATED = "not_nominated"
+    NOMINATION_REFUSED = NOMINATION_REFUSED
+    RIGHT_REVOKED = "right_revoked"
+    RIGHT_EXPIRED = "right_expired"
+    RIGHT_NOT_YET_VALID = "right_not_yet_valid"
+    RIGHT_BLOCKED = "right_blocked"
+    ALREADY_USED = "already_used"
+    COMMERCIAL_HOLD = "commercial_hold"
+    CUSTOMS_HOLD = "customs_hold"
+    TERMINAL_HOLD = "terminal_hold"
+    BADGE_UNKNOWN = "badge_unknown"
+    BADGE_INACTIVE = "badge_inactive"
+    BADGE_BLOCKED = "badge_blocked"
+    BADGE_REVOKED = "badge_revoked"
+    BADGE_EXPIRED = "badge_expired"
+    BADGE_NOT_ACTIVATED_HERE = "badge_not_activated_here"
+    DRIVER_MISMATCH = "driver_mismatch"
+    PLATE_MISMATCH = "plate_mismatch"
+    PLATE_LOW_CONFIDENCE = "plate_low_confidence"
+    FACE_REQUIRED = "face_required"
+    FACE_MISMATCH = "face_mismatch"
+    PERSON_BANNED = "person_banned"
+    SCREENING_UNAVAILABLE = "screening_unavailable"
+
+
+_ORDER: Mapping[Reason, int] = MappingProxyType({r: i for i, r in enumerate(Reason)})
+
+
+class Outcome(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    REVIEW = "review"
+
+
+class Severity(StrEnum):
+    REFUSAL = "refusal"  # evidence against the pickup: deny
+    DOUBT = "doubt"  # evidence we cannot trust or do not have: review by a person
+    BY_POLICY = "by_policy"  # the terminal's policy says which (TerminalPolicy.screening_unavailable)
+
+
+# The one table that turns reasons into a decision. Doubts are the reads we cannot trust and the
+# evidence that is missing rather than contrary: a camera that read badly, no face capture where one is
+# required (an officer can look at the driver), a screening service that did not answer (review or
+# fail closed, per terminal). Everything else is evidence against the pickup.
+SEVERITY: Mapping[Reason, Severity] = MappingProxyType({
+    Reason.CONTAINER_UNREADABLE: Severity.DOUBT,
+    Reason.CONTAINER_UNKNOWN: Severity.REFUSAL,
+    Reason.NO_RELEASE_RIGHT: Severity.REFUSAL,
+    Reason.WRONG_TERMINAL: Severity.REFUSAL,
+    Reason.NOT_NOMINATED: Severity.REFUSAL,
+    Reason.NOMINATION_REFUSED: Severity.REFUSAL,
+    Reason.RIGHT_REVOKED: Severity.REFUSAL,
+    Reason.RIGHT_EXPIRED: Severity.REFUSAL,
+    Reason.RIGHT_NOT_YET_VALID: Severity.REFUSAL,
+    Reason.RIGHT_BLOCKED: Severity.REFUSAL,
+    Reason.ALREADY_USED: Severity.REFUSAL,
+    Reason.COMMERCIAL_HOLD: Severity.REFUSAL,
+    Reason.CUSTOMS_HOLD: Severity.REFUSAL,
+    Reason.TERMINAL_HOLD: Severity.REFUSAL,
+    Reason.BADGE_UNKNOWN: Severity.REFUSAL,
+    Reason.BADGE_INACTIVE: Severity.REFUSAL,
+    Reason.BADGE_BLOCKED: Severity.REFUSAL,
+    Reason.BADGE_REVOKED: Severity.REFUSAL,
+    Reason.BADGE_EXPIRED: Severity.REFUSAL,
+    Reason.BADGE_NOT_ACTIVATED_HERE: Severity.REFUSAL,
+    Reason.DRIVER_MISMATCH: Severity.REFUSAL,
+    Reason.PLATE_MISMATCH: Severity.REFUSAL,
+    Reason.PLATE_LOW_CONFIDENCE: Severity.DOUBT,
+    Reason.FACE_REQUIRED: Severity.DOUBT,
+    Reason.FACE_MISMATCH: Severity.REFUSAL,
+    Reason.PERSON_BANNED: Severity.REFUSAL,
+    Reason.SCREENING_UNAVAILABLE: Severity.BY_POLICY,
+})
+
+
+# ---- the terminal's policy -----------------------------------------------------------------------
+
+ScreeningFallback = Literal["deny", "review"]
+MAX_PLATE_LOOKALIKES = 3  # beyond this a "look-alike" plate is another plate
+
+
+def _check_unit(name: str, value: float) -> None:
+    """Scores and confidences are numbers from 0 to 1 (NaN compares false with everything, so it is out)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number from 0 to 1")
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalPolicy:
+    """What one terminal asks at its gates (SPEC.md: "Each terminal has a policy").
+
+    ``face_min_score`` applies to a match result from a trusted local matcher. ``screening_unavailable``
+    says what an unanswered port-ban screening gives: ``review`` (a person checks) or ``deny`` (fail
+    closed). It is never ``allow``: an outage must not open the gate (SPEC.md, degraded mode).
+    """
+
+    face_required: bool = False
+    face_min_score: float = 0.8
+    container_min_confidence: float = 0.7
+    plate_min_confidence: float = 0.8
+    plate_max_lookalikes: int = 1
+    screening_unavailable: ScreeningFallback = "review"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.face_required, bool):
+            raise ValueError("face_required must be true or false")
+        _check_unit("face_min_score", self.face_min_score)
+        _check_unit("container_min_confidence", self.container_min_confidence)
+        _check_unit("plate_min_confidence", self.plate_min_confidence)
+        n = self.plate_max_lookalikes
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_PLATE_LOOKALIKES:
+            raise ValueError(f"plate_max_lookalikes must be a whole number from 0 to {MAX_PLATE_LOOKALIKES}")
+        if self.screening_unavailable not in ("deny", "review"):
+            raise ValueError("screening_unavailable must be deny or review")
+
+
+# ---- what the gate saw ---------------------------------------------------------------------------
+
+
+class Direction(StrEnum):
+    IN = "in"
+    OUT = "out"
+
+
+class Mode(StrEnum):
+    CHECK = "check"  # decide only
+    COMMIT = "commit"  # decide and, on allow, record the gate move (the service does that)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRead:
+    number: str
+    confidence: float
+
+    def __post_init__(self) -> None:
+        _check_unit("container confidence", self.confidence)
+
+
+@dataclass(frozen=True, slots=True)
+class PlateRead:
+    text: str
+    country: str | None
+    confidence: float
+
+    def __post_init__(self) -> None:
+        _check_unit("plate confidence", self.confidence)
+
+
+@dataclass(frozen=True, slots=True)
+class BadgeRead:
+    """A badge as the reader gave it: the printed number, the chip's UID, or both."""
+
+    scheme: str
+    number: str | None = None
+    card_uid: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.number or self.card_uid):
+            raise ValueError("a badge read carries a number or a card UID")
+
+
+@dataclass(frozen=True, slots=True)
+class FaceEvidence:
+    """A face match result from a trusted local matcher. An image sent to the verify call is matched
+    by the service before deciding, so the pure core only ever sees a result."""
+
+    kind: Literal["match_result"]
+    score: float
+    matched: bool
+
+    def __post_init__(self) -> None:
+        if self.kind != "match_result":
+            raise ValueError("face evidence is a match result")
+        _check_unit("face score", self.score)
+
+
+@dataclass(frozen=True, slots=True)
+class GateRequest:
+    request_id: str
+    terminal: str
+    lane: str
+    direction: Direction
+    mode: Mode
+    container: ContainerRead
+    plate: PlateRead | None
+    badge: BadgeRead | None
+    face: FaceEvidence | None
+    observed_at: datetime
+
+    def __post_init__(self) -> None:
+        # Plain strings from the wire are accepted and checked here ("in", "commit").
+        object.__setattr__(self, "direction", Direction(self.direction))
+        object.__setattr__(self, "mode", Mode(self.mode))
+
+
+# ---- what we know --------------------------------------------------------------------------------
+
+_LIVE = frozenset({State.ACTIVE.value, State.NOMINATED.value, State.GATED_IN.value})
+_PRE_GATE = frozenset({State.ACTIVE.value, State.NOMINATED.value})
+_GREEN = "green"
+
+
+@dataclass(frozen=True, slots=True)
+class NominationFacts:
+    driver_person_id: uuid.UUID
+    plate_text: str
+    plate_country: str
+    response: str = DriverResponse.PENDING.value
+
+
+@dataclass(frozen=True, slots=True)
+class RightFacts:
+    """A snapshot of one release right, as much as the gate needs (states and lights as strings)."""
+
+    id: uuid.UUID
+    container: str
+    terminal: str
+    state: str
+    blocked: bool
+    commercial: str
+    customs: str
+    terminal_light: str
+    valid_from: datetime
+    valid_until: datetime
+    created_at: datetime
+    nomination: NominationFacts | None = None
+
+    @classmethod
+    def from_right(cls, right: ReleaseRight) -> RightFacts:
+        n = right.nomination
+        nomination = None if n is None else NominationFacts(
+            n.driver_person_id, n.plate.text, n.plate.country, n.response.value
+        )
+        return cls(
+            id=right.id,
+            container=right.container.value,
+            terminal=right.terminal,
+            state=right.state.value,
+            blocked=right.blocked,
+            commercial=right.commercial.status.value,
+            customs=right.customs.status.value,
+            terminal_light=right.terminal_light.status.value,
+            valid_from=right.valid_from,
+            valid_until=right.valid_until,
+            created_at=right.created_at,
+            nomination=nomination,
+        )
+
+    def effective_state(self, now: datetime) -> str:
+        """As ``ReleaseRight.effective_state``: past its window a right not yet gated in has lapsed."""
+        if self.state in _PRE_GATE and now >= self.valid_until:
+            return State.EXPIRED.value
+        return self.state
+
+
+# Badge statuses mirrored from identity.domain.badges.BadgeStatus (this domain must not import it).
+BADGE_ACTIVE = "active"
+_BADGE_STATUS_REASON: Mapping[str, Reason] = MappingProxyType({
+    "inactive": Reason.BADGE_INACTIVE,
+    "blocked": Reason.BADGE_BLOCKED,
+    "revoked": Reason.BADGE_REVOKED,
+    "expired": Reason.BADGE_EXPIRED,
+})
+
+
+@dataclass(frozen=True, slots=True)
+class BadgeFacts:
+    """The badge read at the gate, as the badge office knows it. ``holder_name`` is only ever shown
+    masked (``mask_name``)."""
+
+    found: bool
+    status: str = ""
+    person_id: uuid.UUID | None = None
+    valid_until: datetime | None = None
+    activated_terminals: frozenset[str] = frozenset()
+    holder_name: str | None = None
+
+    @classmethod
+    def not_found(cls) -> BadgeFacts:
+        return cls(found=False)
+
+
+class ScreeningResult(StrEnum):
+    CLEAR = "clear"
+    BANNED = "banned"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class ScreeningFacts:
+    """The port-ban screening of the person behind the badge, at the time of the gate read. The service
+    passes UNAVAILABLE when it could not screen (register down, or no person to screen)."""
+
+    result: ScreeningResult
+
+
+# ---- the decision --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """A character understood differently from how a camera read it: never silent (SPEC.md)."""
+
+    field: Literal["container", "plate"]
+    position: int
+    read: str
+    understood: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision: Outcome
+    reasons: tuple[Reason, ...]
+    release_id: uuid.UUID | None
+    container: str | None  # as understood, after repair; None when unreadable
+    driver: str | None  # masked ("J. P***s")
+    screening: ScreeningResult
+    repairs: tuple[Repair, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision is Outcome.ALLOW
+
+    @property
+    def event(self) -> str:
+        """A dotted, PII-free log event (STYLE.md #13): ``release.verify.denied.right_expired``."""
+        if not self.reasons:
+            return "release.verify.allowed"
+        verb = "denied" if self.decision is Outcome.DENY else "review"
+        return f"release.verify.{verb}.{self.reasons[0].value}"
+
+
+def mask_name(name: str | None) -> str | None:
+    """First initial and a masked last name, enough for an officer to compare with a face and a
+    badge photo, not enough to look someone up: ``Jan Peeters`` -> ``J. P***s``."""
+    words = (name or "").split()
+    if not words:
+        return None
+    last = words[-1]
+    masked = last[0] + "***" + (last[-1] if len(last) > 2 else "")
+    return masked if len(words) == 1 else f"{words[0][0]}. {masked}"
+
+
+# ---- the context the guards read -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GateContext:
+    """Everything a guard may look at, computed once. ``right`` is the right judged (None: none);
+    ``state`` its effective state now; ``plate`` the plate compared with its nomination (None when
+    there is no nomination to compare with)."""
+
+    request: GateRequest
+    policy: TerminalPolicy
+    now: datetime
+    reading: ContainerReading
+    rights: tuple[RightFacts, ...]  # the understood container's rights, deleted ones left out
+    right: RightFacts | None
+    state: str | None
+    badge: BadgeFacts | None
+    screening: ScreeningFacts
+    plate: PlateMatch | None = None
+
+    @property
+    def live(self) -> bool:
+        """A right still in play: the guards beyond its state only judge such a right."""
+        return self.state in _LIVE
+
+    @property
+    def terminal(self) -> str:
+        return _terminal(self.request.terminal)
+
+    @property
+    def badge_found(self) -> BadgeFacts | None:
+        return self.badge if self.badge is not None and self.badge.found else None
+
+
+def _terminal(code: str) -> str:
+    return code.strip().upper()
+
+
+_PREFERENCE: Mapping[Direction, tuple[str, ...]] = MappingProxyType({
+    Direction.IN: (State.NOMINATED.value, State.ACTIVE.value, State.GATED_IN.value),
+    Direction.OUT: (State.GATED_IN.value, State.NOMINATED.value, State.ACTIVE.value),
+})
+
+
+def select_right(
+    rights: Sequence[RightFacts], *, terminal: str, direction: Direction, now: datetime
+) -> RightFacts | None:
+    """The right the gate judges, among the container's (non-deleted) rights.
+
+    1. A live right at this terminal: the one in the state this direction expects (nominated for
+       gate-in, gated-in for gate-out), then the most recently created.
+    2. Else, when a live right exists at another terminal: none (the decision says ``wrong_terminal``).
+    3. Else the most recently created ended right at this terminal, so the decision says why it ended
+       (``already_used``, ``right_revoked``, ``right_expired``).
+    4. Else none (``container_unknown`` when there are no rights, ``no_release_right`` otherwise).
+    """
+    here = [r for r in rights if _terminal(r.terminal) == _terminal(terminal)]
+    live_here = [r for r in here if r.effective_state(now) in _LIVE]
+    if live_here:
+        order = _PREFERENCE[direction]
+        return min(live_here, key=lambda r: (order.index(r.effective_state(now)), -r.created_at.timestamp()))
+    if any(r.effective_state(now) in _LIVE for r in rights):
+        return None
+    return max(here, key=lambda r: r.created_at, default=None)
+
+
+def _context(
+    request: GateRequest,
+    rights: Sequence[RightFacts],
+    badge: BadgeFacts | None,
+    screening: ScreeningFacts,
+    policy: TerminalPolicy,
+    now: datetime,
+) -> GateContext:
+    kept = tuple(r for r in rights if r.state != State.DELETED.value)
+    reading = understand_container(
+        request.container.number,
+        request.container.confidence,
+        known=frozenset(r.container for r in kept),
+        policy=policy,
+    )
+    mine = tuple(r for r in kept if r.container == reading.number) if reading.understood else ()
+    right = select_right(mine, terminal=request.terminal, direction=request.direction, now=now)
+    state = right.effective_state(now) if right is not None else None
+    plate = None
+    if right is not None and state in _LIVE and right.nomination is not None:
+        read = request.plate or PlateRead("", None, 0.0)
+        n = right.nomination
+        plate = compare_plate(read.text, read.country, read.confidence, n.plate_text, n.plate_country, policy)
+    return GateContext(request, policy, now, reading, mine, right, state, badge, screening, plate)
+
+
+# ---- the guards: one per reason ------------------------------------------------------------------
+
+
+def container_unreadable(ctx: GateContext) -> bool:
+    """The container read could not be trusted (malformed, no single repair, no or several known
+    repairs, or a repair at low confidence). A doubt: a person reads the number."""
+    return not ctx.reading.understood
+
+
+def container_unknown(ctx: GateContext) -> bool:
+    """The number was understood but no release right was ever issued for it (deleted ones aside)."""
+    return ctx.reading.understood and not ctx.rights
+
+
+def wrong_terminal(ctx: GateContext) -> bool:
+    """The container's live right is at another terminal only: the truck is at the wrong gate."""
+    return ctx.right is None and any(r.effective_state(ctx.now) in _LIVE for r in ctx.rights)
+
+
+def no_release_right(ctx: GateContext) -> bool:
+    """Rights exist, but none live here or elsewhere (all ended at other terminals); or, at gate-out,
+    the right was never gated in, so nothing covers this container leaving."""
+    if ctx.right is None:
+        return bool(ctx.rights) and not wrong_terminal(ctx)
+    return ctx.request.direction is Direction.OUT and ctx.state in _PRE_GATE
+
+
+def not_nominated(ctx: GateContext) -> bool:
+    """Gate-in needs a named driver and truck; an active right has none yet."""
+    return ctx.request.direction is Direction.IN and ctx.state == State.ACTIVE.value
+
+
+def nomination_refused(ctx: GateContext) -> bool:
+    """The nominated driver refused the pickup (release.py): his nomination no longer admits a truck.
+    Gate-in only: once inside (perhaps by an audited override) the truck must still be let out."""
+    n = ctx.right.nomination if ctx.right is not None else None
+    return (ctx.request.direction is Direction.IN and ctx.live and n is not None
+            and n.response == DriverResponse.REFUSED.value)
+
+
+def right_revoked(ctx: GateContext) -> bool:
+    """The shipping line revoked the right (from any live state, also after gate-in)."""
+    return ctx.state == State.REVOKED.value
+
+
+def right_expired(ctx: GateContext) -> bool:
+    """The right lapsed: past its validity window before gate-in (even if the sweeper has not run)."""
+    return ctx.state == State.EXPIRED.value
+
+
+def right_not_yet_valid(ctx: GateContext) -> bool:
+    """Gate-in before the right's window opens. (A gated-in right is not re-judged on its window.)"""
+    r = ctx.right
+    return (r is not None and ctx.request.direction is Direction.IN and ctx.state in _PRE_GATE
+            and ctx.now < r.valid_from)
+
+
+def right_blocked(ctx: GateContext) -> bool:
+    """The line's block freezes gate use of a live right, in both directions."""
+    return ctx.right is not None and ctx.live and ctx.right.blocked
+
+
+def already_used(ctx: GateContext) -> bool:
+    """Gate-in uses the right once (SPEC.md); gate-out once after it."""
+    if ctx.request.direction is Direction.IN:
+        return ctx.state in (State.GATED_IN.value, State.COMPLETED.value)
+    return ctx.state == State.COMPLETED.value
+
+
+def commercial_hold(ctx: GateContext) -> bool:
+    """The line's commercial light is not green (e.g. freight unpaid). Checked both ways: a hold set
+    after gate-in must still stop the container leaving."""
+    return ctx.right is not None and ctx.live and ctx.right.commercial != _GREEN
+
+
+def customs_hold(ctx: GateContext) -> bool:
+    """Customs has not released the container, or selected it for scan."""
+    return ctx.right is not None and ctx.live and ctx.right.customs != _GREEN
+
+
+def terminal_hold(ctx: GateContext) -> bool:
+    """The terminal's own light is not green (not discharged, or held)."""
+    return ctx.right is not None and ctx.live and ctx.right.terminal_light != _GREEN
+
+
+def badge_unknown(ctx: GateContext) -> bool:
+    """No badge was read, or the badge office does not know it."""
+    return ctx.badge_found is None
+
+
+def _badge_status_is(ctx: GateContext, reason: Reason) -> bool:
+    b = ctx.badge_found
+    return b is not None and _BADGE_STATUS_REASON.get(b.status) is reason
+
+
+def badge_inactive(ctx: GateContext) -> bool:
+    """The badge is suspended (temporarily missing). A status we do not know counts as inactive: a
+    badge is only good when it is plainly active (fail closed)."""
+    b = ctx.badge_found
+    if b is None:
+        return False
+    return _badge_status_is(ctx, Reason.BADGE_INACTIVE) or (
+        b.status != BADGE_ACTIVE and b.status not in _BADGE_STATUS_REASON
+    )
+
+
+def badge_blocked(ctx: GateContext) -> bool:
+    """The badge was reported lost or stolen: whoever holds it is not its holder."""
+    return _badge_status_is(ctx, Reason.BADGE_BLOCKED)
+
+
+def badge_revoked(ctx: GateContext) -> bool:
+    """The badge office withdrew the badge."""
+    return _badge_status_is(ctx, Reason.BADGE_REVOKED)
+
+
+def badge_expired(ctx: GateContext) -> bool:
+    """The badge's validity is over, whether or not the badge office has marked it expired yet."""
+    b = ctx.badge_found
+    if b is None:
+        return False
+    return _badge_status_is(ctx, Reason.BADGE_EXPIRED) or (b.valid_until is not None and ctx.now >= b.valid_until)
+
+
+def badge_not_activated_here(ctx: GateContext) -> bool:
+    """Badges are activated per terminal; this one is not activated at this terminal."""
+    b = ctx.badge_found
+    return b is not None and ctx.terminal not in {_terminal(t) for t in b.activated_terminals}
+
+
+def driver_mismatch(ctx: GateContext) -> bool:
+    """The badge belongs to someone other than the nominated driver: the right is bound to one person."""
+    b, r = ctx.badge_found, ctx.right
+    if b is None or r is None or r.nomination is None or not ctx.live:
+        return False
+    return b.person_id != r.nomination.driver_person_id
+
+
+def plate_mismatch(ctx: GateContext) -> bool:
+    """A confident read of another plate (or country) than the nominated truck's."""
+    return ctx.plate is not None and ctx.plate.outcome is PlateOutcome.MISMATCH
+
+
+def plate_low_confidence(ctx: GateContext) -> bool:
+    """The plate read is too unsure, or too many look-alikes, to tell a misread from another truck."""
+    return ctx.plate is not None and ctx.plate.outcome is PlateOutcome.LOW_CONFIDENCE
+
+
+def face_required(ctx: GateContext) -> bool:
+    """The terminal requires a face match and none was given."""
+    return ctx.policy.face_required and ctx.request.face is None
+
+
+def face_mismatch(ctx: GateContext) -> bool:
+    """A face match result that says no, or says yes below the terminal's minimum score."""
+    face = ctx.request.face
+    return face is not None and (not face.matched or face.score < ctx.policy.face_min_score)
+
+
+def person_banned(ctx: GateContext) -> bool:
+    """The person behind the badge is on the national port-ban list."""
+    return ctx.screening.result is ScreeningResult.BANNED
+
+
+def screening_unavailable(ctx: GateContext) -> bool:
+    """The port-ban screening could not be done; the terminal's policy says review or deny."""
+    return ctx.screening.result is ScreeningResult.UNAVAILABLE
+
+
+Guard = Callable[[GateContext], bool]
+
+# The rule book: every reason code and the one guard that yields it.
+RULES: tuple[tuple[Reason, Guard], ...] = (
+    (Reason.CONTAINER_UNREADABLE, container_unreadable),
+    (Reason.CONTAINER_UNKNOWN, container_unknown),
+    (Reason.NO_RELEASE_RIGHT, no_release_right),
+    (Reason.WRONG_TERMINAL, wrong_terminal),
+    (Reason.NOT_NOMINATED, not_nominated),
+    (Reason.NOMINATION_REFUSED, nomination_refused),
+    (Reason.RIGHT_REVOKED, right_revoked),
+    (Reason.RIGHT_EXPIRED, right_expired),
+    (Reason.RIGHT_NOT_YET_VALID, right_not_yet_valid),
+    (Reason.RIGHT_BLOCKED, right_blocked),
+    (Reason.ALREADY_USED, already_used),
+    (Reason.COMMERCIAL_HOLD, commercial_hold),
+    (Reason.CUSTOMS_HOLD, customs_hold),
+    (Reason.TERMINAL_HOLD, terminal_hold),
+    (Reason.BADGE_UNKNOWN, badge_unknown),
+    (Reason.BADGE_INACTIVE, badge_inactive),
+    (Reason.BADGE_BLOCKED, badge_blocked),
+    (Reason.BADGE_REVOKED, badge_revoked),
+    (Reason.BADGE_EXPIRED, badge_expired),
+    (Reason.BADGE_NOT_ACTIVATED_HERE, badge_not_activated_here),
+    (Reason.DRIVER_MISMATCH, driver_mismatch),
+    (Reason.PLATE_MISMATCH, plate_mismatch),
+    (Reason.PLATE_LOW_CONFIDENCE, plate_low_confidence),
+    (Reason.FACE_REQUIRED, face_required),
+    (Reason.FACE_MISMATCH, face_mismatch),
+    (Reason.PERSON_BANNED, person_banned),
+    (Reason.SCREENING_UNAVAILABLE, screening_unavailable),
+)
+
+
+def severity(reason: Reason, policy: TerminalPolicy) -> Severity:
+    """A reason's severity under a terminal's policy (``SEVERITY``, with BY_POLICY resolved)."""
+    s = SEVERITY[reason]
+    if s is Severity.BY_POLICY:
+        return Severity.DOUBT if policy.screening_unavailable == "review" else Severity.REFUSAL
+    return s
+
+
+def outcome(reasons: Sequence[Reason], policy: TerminalPolicy) -> Outcome:
+    """No reasons: allow. Only doubts: review. Any refusal: deny."""
+    if not reasons:
+        return Outcome.ALLOW
+    if all(severity(r, policy) is Severity.DOUBT for r in reasons):
+        return Outcome.REVIEW
+    return Outcome.DENY
+
+
+def _repairs(ctx: GateContext) -> tuple[Repair, ...]:
+    def as_repair(kind: Literal["container", "plate"], s: Substitution) -> Repair:
+        return Repair(kind, s.position, s.read, s.understood)
+
+    found: list[Repair] = []
+    if ctx.reading.substitution is not None:
+        found.append(as_repair("container", ctx.reading.substitution))
+    if ctx.plate is not None and ctx.plate.outcome is PlateOutcome.LOOKALIKE_MATCH:
+        found.extend(as_repair("plate", s) for s in ctx.plate.repairs)
+    return tuple(found)
+
+
+def decide(
+    request: GateRequest,
+    *,
+    rights: Sequence[RightFacts],
+    badge: BadgeFacts | None,
+    screening: ScreeningFacts,
+    policy: TerminalPolicy,
+    now: datetime,
+) -> Decision:
+    """Decide a gate read (see the module docstring).
+
+    ``rights``: every non-deleted right, at any terminal and in any state, of the container as read
+    and, when the read needs repair, of each repair candidate (``reads.container_candidates``): the
+    repair counts a candidate as known when it has a right here, so the caller must fetch them all
+    for an ambiguous read to be seen as one. ``badge``: None when no badge was read.
+    """
+    ctx = _context(request, rights, badge, screening, policy, now)
+    reasons = tuple(sorted({reason for reason, guard in RULES if guard(ctx)}, key=_ORDER.__getitem__))
+    holder = ctx.badge_found
+    return Decision(
+        decision=outcome(reasons, policy),
+        reasons=reasons,
+        release_id=ctx.right.id if ctx.right is not None else None,
+        container=ctx.reading.number,
+        driver=mask_name(holder.holder_name) if holder is not None else None,
+        screening=screening.result,
+        repairs=_repairs(ctx),
+    )

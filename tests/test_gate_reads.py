@@ -1,0 +1,313 @@
+"""Repairing gate OCR reads, pure: container numbers by check digit and look-alikes, plates against the
+nomination (release_service/domain/reads.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from release_service.domain.iso6346 import ContainerNumber, with_check_digit
+from release_service.domain.reads import (
+    LOOKALIKE_SETS,
+    ContainerOutcome,
+    PlateOutcome,
+    Substitution,
+    Unreadable,
+    compare_plate,
+    container_candidates,
+    lookalikes,
+    normalise_plate,
+    understand_container,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    container_min_confidence: float = 0.7
+    plate_min_confidence: float = 0.8
+    plate_max_lookalikes: int = 1
+
+
+POLICY = Policy()
+NUMBER = "CSQU3054383"
+
+
+def read_as(number: str, position: int, char: str) -> str:
+    return number[:position] + char + number[position + 1:]
+
+
+# ---- look-alike sets -----------------------------------------------------------------------------
+
+
+def test_lookalike_sets_are_the_spec_sets() -> None:
+    assert {"".join(sorted(s)) for s in LOOKALIKE_SETS} == {"0DOQ", "1I", "2Z", "5S", "8B", "6G"}
+
+
+@pytest.mark.parametrize(("a", "b"), [("0", "O"), ("O", "D"), ("D", "Q"), ("Q", "0"), ("1", "I"), ("Z", "2"),
+                                      ("S", "5"), ("B", "8"), ("G", "6")])
+def test_members_of_a_set_are_lookalikes_both_ways(a: str, b: str) -> None:
+    assert lookalikes(a, b) and lookalikes(b, a)
+
+
+@pytest.mark.parametrize(("a", "b"), [("0", "0"), ("0", "1"), ("O", "I"), ("5", "6"), ("B", "D"), ("A", "4")])
+def test_other_pairs_are_not_lookalikes(a: str, b: str) -> None:
+    assert not lookalikes(a, b)
+
+
+# ---- containers: taken as read -------------------------------------------------------------------
+
+
+def test_valid_read_is_exact_even_when_unknown() -> None:
+    reading = understand_container(NUMBER, 0.95, known=frozenset(), policy=POLICY)
+    assert reading.outcome is ContainerOutcome.EXACT
+    assert reading.number == NUMBER and reading.substitution is None and reading.understood
+
+
+def test_valid_read_is_exact_whatever_the_confidence() -> None:
+    # The check digit is the verification: a valid number needs no confidence.
+    reading = understand_container(NUMBER, 0.01, known=frozenset(), policy=POLICY)
+    assert reading.outcome is ContainerOutcome.EXACT and reading.number == NUMBER
+
+
+def test_read_is_normalised_before_judging() -> None:
+    reading = understand_container("csqu 305438-3", 0.9, known=frozenset(), policy=POLICY)
+    assert reading.outcome is ContainerOutcome.EXACT and reading.number == NUMBER
+
+
+# ---- containers: one look-alike repaired ---------------------------------------------------------
+
+REPAIRS = [
+    # 0/O/D/Q: a zero read as each letter, a letter read as zero, a letter read as another letter
+    ("MSCU102030", 5, "O"),
+    ("MSCU102030", 5, "D"),
+    ("MSCU102030", 5, "Q"),
+    ("OOLU123456", 0, "0"),
+    ("OOLU123456", 1, "D"),
+    # 1/I
+    ("MSCU102030", 4, "I"),
+    ("IKSU123456", 0, "1"),
+    # 2/Z, also in the category slot
+    ("MSCU102030", 6, "Z"),
+    ("MSCZ123456", 3, "2"),
+    # 5/S
+    ("MSCU155555", 5, "S"),
+    ("MSCU123456", 1, "5"),
+    # 8/B
+    ("MSCU180000", 5, "B"),
+    ("BMOU123456", 0, "8"),
+    # 6/G
+    ("MSCU160000", 5, "G"),
+    ("GESU123456", 0, "6"),
+]
+
+
+@pytest.mark.parametrize(("first_ten", "position", "char"), REPAIRS)
+def test_one_lookalike_is_repaired_to_the_known_number(first_ten: str, position: int, char: str) -> None:
+    true = with_check_digit(first_ten)
+    raw = read_as(true, position, char)
+    assert not ContainerNumber.is_valid(raw)
+    reading = understand_container(raw, 0.9, known=frozenset({true}), policy=POLICY)
+    assert reading.outcome is ContainerOutcome.REPAIRED
+    assert reading.number == true
+    assert reading.substitution == Substitution(position, char, true[position])
+    assert true in reading.candidates
+
+
+@pytest.mark.parametrize(("true", "char"), [("MSCU1000070", "O"), ("MSCU1000070", "D"), ("MSCU1000070", "Q"),
+                                            ("MSCU1000001", "I"), ("MSCU1000022", "Z"), ("MSCU1000085", "S"),
+                                            ("MSCU1000146", "G"), ("MSCU1000038", "B")])
+def test_check_digit_read_as_a_letter_is_repaired(true: str, char: str) -> None:
+    assert ContainerNumber.is_valid(true)
+    reading = understand_container(read_as(true, 10, char), 0.9, known=frozenset({true}), policy=POLICY)
+    assert reading.outcome is ContainerOutcome.REPAIRED
+    assert reading.substitution == Substitution(10, char, true[10])
+
+
+def test_known_may_be_a_predicate() -> None:
+    true = with_check_digit("MSCU102030")
+    asked: list[str] = []
+
+    def known(number: str) -> bool:
+        asked.append(number)
+        return number == true
+
+    reading = understand_container(read_as(true, 5, "O"), 0.9, known=known, policy=POLICY)
+    assert reading.outcome is ContainerOutcome.REPAIRED and true in asked
+
+
+# ---- containers: doubts --------------------------------------------------------------------------
+
+# "0OLU0000060": the leading zero may be O (OOLU0000060) or D (DOLU0000060); both are valid ISO 6346.
+AMBIGUOUS_READ = "0OLU0000060"
+AMBIGUOUS_CANDIDATES = ("DOLU0000060", "OOLU0000060")
+
+
+def test_two_known_candidates_are_ambiguous() -> None:
+    assert container_candidates(AMBIGUOUS_READ) == AMBIGUOUS_CANDIDATES
+    reading = understand_container(AMBIGUOUS_READ, 0.99, known=frozenset(AMBIGUOUS_CANDIDATES), policy=POLICY)
+    assert reading.outcome is ContainerOutcome.AMBIGUOUS
+    assert reading.number is None and not reading.understood
+    assert reading.candidates == AMBIGUOUS_CANDIDATES
+
+
+def test_two_candidates_one_known_is_repaired() -> None:
+    reading = understand_container(AMBIGUOUS_READ, 0.99, known=frozenset({"OOLU0000060"}), policy=POLICY)
+    assert reading.outcome is ContainerOutcome.REPAIRED and reading.number == "OOLU0000060"
+    assert reading.substitution == Substitution(0, "0", "O")
+
+
+def test_zero_known_candidates_is_unreadable() -> None:
+    raw = read_as(with_check_digit("MSCU102030"), 5, "O")
+    reading = understand_container(raw, 0.99, known=frozenset({NUMBER}), policy=POLICY)
+    assert reading.outcome is ContainerOutcome.UNREADABLE and reading.why is Unreadable.NO_KNOWN_CANDIDATE
+    assert reading.number is None and reading.candidates
+
+
+def test_repair_under_the_confidence_threshold_is_unreadable() -> None:
+    true = with_check_digit("MSCU102030")
+    raw = read_as(true, 5, "O")
+    low = understand_container(raw, 0.69, known=frozenset({true}), policy=POLICY)
+    assert low.outcome is ContainerOutcome.UNREADABLE and low.why is Unreadable.LOW_CONFIDENCE
+    at = understand_container(raw, 0.7, known=frozenset({true}), policy=POLICY)
+    assert at.outcome is ContainerOutcome.REPAIRED
+
+
+def test_two_substitutions_needed_is_unreadable() -> None:
+    true = with_check_digit("MSCU102030")
+    raw = read_as(read_as(true, 5, "O"), 7, "O")
+    reading = understand_container(raw, 0.99, known=frozenset({true}), policy=POLICY)
+    assert reading.outcome is ContainerOutcome.UNREADABLE and reading.why is Unreadable.NO_CANDIDATE
+
+
+def test_wrong_check_digit_that_is_no_lookalike_is_unreadable() -> None:
+    raw = NUMBER[:10] + "4"  # 3 misread as 4: not a look-alike, so not repaired
+    reading = understand_container(raw, 0.99, known=frozenset({NUMBER}), policy=POLICY)
+    assert reading.outcome is ContainerOutcome.UNREADABLE and reading.why is Unreadable.NO_CANDIDATE
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "CSQU305438", "CSQU30543833", "CSQU30543#3", "CSQU3054385É"])
+def test_malformed_reads_are_unreadable(raw: str) -> None:
+    reading = understand_container(raw, 0.99, known=frozenset({NUMBER}), policy=POLICY)
+    assert reading.outcome is ContainerOutcome.UNREADABLE and reading.why is Unreadable.MALFORMED
+
+
+def test_candidates_of_a_valid_read_are_the_read_itself() -> None:
+    assert container_candidates("csqu3054383") == (NUMBER,)
+    assert container_candidates("nonsense") == ()
+
+
+# ---- plates: normalising and plausibility --------------------------------------------------------
+
+PLAUSIBLE = [
+    ("BE", "1-ABC-123"), ("BE", "ABC-123"),
+    ("NL", "AB-12-34"), ("NL", "12-ABC-3"), ("NL", "1-ABC-23"), ("NL", "AB-123-C"),
+    ("DE", "HH-AB 1234"), ("DE", "B-A 1"), ("DE", "M-XY 12E"), ("DE", "ABC-D 99"),
+    ("FR", "AB-123-CD"), ("FR", "123 ABC 75"), ("FR", "12 AB 2A"),
+    ("PL", "WA 12345"), ("PL", "KRA 1234"), ("PL", "PO 1AB23"),
+    ("LU", "AB 1234"), ("LU", "12345"),
+    ("UA", "AA 1234 BB"), (None, "XY12"),
+]
+IMPLAUSIBLE = [
+    ("BE", "1-AB-123"), ("BE", "0-ABC-123"), ("BE", "1ABC1234"),
+    ("NL", "ABCDEF"), ("NL", "AB-12-345"),
+    ("DE", "HH-AB 01"), ("DE", "ABC-DE 12345"), ("DE", "1-AB 12"),
+    ("FR", "AB-12-CD"), ("FR", "ABC-123-D"),
+    ("PL", "W1 2345"), ("PL", "WA 123"),
+    ("LU", "AB 123"), ("LU", "ABC 1234"),
+    ("UA", "A"), (None, "A" * 13),
+]
+
+
+@pytest.mark.parametrize(("country", "text"), PLAUSIBLE)
+def test_plausible_plates_per_country(country: str | None, text: str) -> None:
+    assert normalise_plate(text, country).plausible
+
+
+@pytest.mark.parametrize(("country", "text"), IMPLAUSIBLE)
+def test_implausible_plates_per_country(country: str | None, text: str) -> None:
+    assert not normalise_plate(text, country).plausible
+
+
+def test_countries_with_formats_are_covered() -> None:
+    assert {c for c, _ in PLAUSIBLE} >= {"BE", "NL", "DE", "FR", "PL", "LU"}
+    assert {c for c, _ in IMPLAUSIBLE} >= {"BE", "NL", "DE", "FR", "PL", "LU"}
+
+
+def test_normalise_plate_strips_separators_and_upper_cases() -> None:
+    plate = normalise_plate(" 1-abc.1_2·3 ", " be ")
+    assert (plate.text, plate.country) == ("1ABC123", "BE")
+    assert normalise_plate("1ABC123", "").country is None
+
+
+# ---- plates: comparing with the nomination -------------------------------------------------------
+
+
+def compare(read: str, confidence: float = 0.95, country: str | None = "BE", nominated: str = "1-ABC-123",
+            policy: Policy = POLICY):  # type: ignore[no-untyped-def]
+    return compare_plate(read, country, confidence, nominated, "BE", policy)
+
+
+def test_same_plate_matches() -> None:
+    result = compare("1 ABC 123")
+    assert result.outcome is PlateOutcome.MATCH and result.differences == () and result.repairs == ()
+
+
+def test_same_plate_at_low_confidence_is_low_confidence() -> None:
+    assert compare("1ABC123", confidence=0.79).outcome is PlateOutcome.LOW_CONFIDENCE
+    assert compare("1ABC123", confidence=0.8).outcome is PlateOutcome.MATCH
+
+
+def test_one_lookalike_is_a_lookalike_match_and_says_where() -> None:
+    result = compare("IABC123")
+    assert result.outcome is PlateOutcome.LOOKALIKE_MATCH
+    assert result.differences == (0,)
+    assert result.repairs == (Substitution(0, "I", "1"),)
+
+
+def test_lookalike_at_low_confidence_is_never_a_match() -> None:
+    assert compare("IABC123", confidence=0.5).outcome is PlateOutcome.LOW_CONFIDENCE
+
+
+def test_more_lookalikes_than_the_policy_allows_is_low_confidence() -> None:
+    result = compare("IA8C123")
+    assert result.outcome is PlateOutcome.LOW_CONFIDENCE and result.differences == (0, 2)
+    lenient = compare("IA8C123", policy=Policy(plate_max_lookalikes=2))
+    assert lenient.outcome is PlateOutcome.LOOKALIKE_MATCH and len(lenient.repairs) == 2
+
+
+def test_no_lookalikes_allowed_by_policy() -> None:
+    assert compare("IABC123", policy=Policy(plate_max_lookalikes=0)).outcome is PlateOutcome.LOW_CONFIDENCE
+
+
+def test_another_plate_read_confidently_is_a_mismatch() -> None:
+    result = compare("1ABD123")
+    assert result.outcome is PlateOutcome.MISMATCH and result.differences == (3,)
+
+
+def test_another_plate_read_unsurely_is_low_confidence() -> None:
+    assert compare("1ABD123", confidence=0.5).outcome is PlateOutcome.LOW_CONFIDENCE
+
+
+def test_another_length_is_a_mismatch() -> None:
+    result = compare("1ABC1234")
+    assert result.outcome is PlateOutcome.MISMATCH and result.differences == (7,)
+    assert compare("1ABC1234", confidence=0.1).outcome is PlateOutcome.LOW_CONFIDENCE
+
+
+def test_a_lookalike_plus_another_difference_is_a_mismatch() -> None:
+    assert compare("IABD123").outcome is PlateOutcome.MISMATCH
+
+
+def test_read_without_country_compares_text_only() -> None:
+    assert compare("1ABC123", country=None).outcome is PlateOutcome.MATCH
+    assert compare("1ABC123", country="").outcome is PlateOutcome.MATCH
+
+
+def test_read_with_another_country_is_a_mismatch() -> None:
+    assert compare("1ABC123", country="NL").outcome is PlateOutcome.MISMATCH
+
+
+def test_empty_read_is_low_confidence() -> None:
+    assert compare("", confidence=0.99).outcome is PlateOutcome.LOW_CONFIDENCE
+    assert compare(" - ", confidence=0.99).outcome is PlateOutcome.LOW_CONFIDENCE
