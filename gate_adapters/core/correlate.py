@@ -1,0 +1,312 @@
+"""Lane correlation: group one truck's separate reads into one gate verify request.
+
+A truck stops at a lane; its plate, container, badge and (optional) face reads arrive separately, in
+any order, seconds apart, sometimes twice. ``LaneCorrelator`` is the pure state machine of ONE lane:
+time is passed in (``now``, monotonic seconds, never read from a clock), and it answers with the
+trucks that are ready to verify. Standard library only.
+
+Per pending truck::
+
+                add (required kinds incomplete)
+      open ─────────────────────────────────────► collecting ──── window over ───► emitted (timed_out)
+                                                      │
+                                  required kinds all present
+                                                      ▼
+             face present, face required, or no face wait ──► emitted (complete)
+             else waiting for face ── face arrives | face wait over | window over |
+                                      next truck opens ──────────────► emitted (complete)
+
+Rules (each has a test in tests/test_gate_correlate.py):
+1. Placement of a read of kind K, in this order:
+   a. a pending truck already holding a SIMILAR K read takes it as a duplicate: the higher
+      confidence wins (ties: the earlier ``observed_at``, then the value), so the choice does not
+      depend on arrival order;
+   b. else the OLDEST pending truck lacking K takes it (trucks pass a lane in order);
+   c. else a new truck opens.
+   Similar: plates and container numbers whose look-alike-folded forms (0/O/D/Q, 1/I, 2/Z, 5/S,
+   8/B, 6/G) are at most one edit apart; badges with the same number or card UID; any two faces.
+   So a later plate that differs by a lot from the first does NOT replace it: it starts a new
+   truck (or fills an older truck still lacking a plate).
+2. A truck is emitted exactly once: complete as soon as the required kinds are in (after the
+   optional face wait), or timed out ``window_seconds`` after its first read with what it has
+   (``missing`` says what), so the service answers review/deny with a reason instead of the truck
+   waiting forever. When a new truck opens, older complete trucks stop waiting for a face.
+3. A read similar to one of a truck emitted less than ``window_seconds`` ago is a late duplicate
+   (a camera's "update" event): it is dropped and reported, never opens a phantom truck.
+4. Bounded memory: at most ``max_pending`` trucks wait; opening one more drops the oldest, reported
+   through ``take_dropped()`` (the caller logs ``gate.correlate.dropped.evicted``).
+5. ``request_id`` is a UUIDv5 over terminal, lane, direction, the earliest ``observed_at`` and the
+   chosen reads' values: a restart that replays the same reads gets the same id, which the verify
+   endpoint treats as the same request (SPEC.md: idempotency, a right never used twice).
+Limitation: one container per truck; a second, different container number opens a new truck.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from .reads import BadgeRead, ContainerRead, FaceRead, PlateRead, Read, ReadKind
+
+REQUEST_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:quaygate:gate:verify-request")
+DEFAULT_REQUIRE = frozenset({ReadKind.PLATE, ReadKind.CONTAINER, ReadKind.BADGE})
+_FOLD = str.maketrans({"O": "0", "D": "0", "Q": "0", "I": "1", "Z": "2", "S": "5", "B": "8", "G": "6"})
+
+
+class Outcome(StrEnum):
+    COMPLETE = "complete"
+    TIMED_OUT = "timed_out"
+
+
+class DropReason(StrEnum):
+    EVICTED = "evicted"
+    LATE_READ = "late_read"
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """One truck ready for ``POST /gate/v1/verify``."""
+
+    request_id: str
+    terminal: str
+    lane: str
+    direction: str
+    outcome: Outcome
+    missing: frozenset[ReadKind]
+    observed_at: datetime
+    plate: PlateRead | None = None
+    container: ContainerRead | None = None
+    badge: BadgeRead | None = None
+    face: FaceRead | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.outcome is Outcome.COMPLETE
+
+    def verify_fields(self) -> dict[str, Any]:
+        """The verify request body minus ``mode`` (the caller's choice), with SPEC.md's names."""
+        body: dict[str, Any] = {
+            "request_id": self.request_id,
+            "terminal": self.terminal,
+            "lane": self.lane,
+            "direction": self.direction,
+            "observed_at": self.observed_at.isoformat(),
+        }
+        if self.container is not None:
+            body["container"] = {"number": self.container.number, "confidence": self.container.confidence}
+        if self.plate is not None:
+            body["plate"] = {
+                "text": self.plate.text,
+                "country": self.plate.country,
+                "confidence": self.plate.confidence,
+            }
+        if self.badge is not None:
+            badge = {"scheme": self.badge.scheme, "number": self.badge.number, "card_uid": self.badge.card_uid}
+            body["badge"] = {k: v for k, v in badge.items() if v is not None}
+        if self.face is not None:
+            if self.face.match is not None:
+                body["face"] = {"match": {"matched": self.face.match.matched, "score": self.face.match.score}}
+            else:
+                body["face"] = {"image": base64.b64encode(self.face.image or b"").decode("ascii")}
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Something the correlator let go of without emitting it; the caller logs it."""
+
+    reason: DropReason
+    lane: str
+    kinds: frozenset[ReadKind]
+
+
+@dataclass(slots=True)
+class _Truck:
+    opened_at: float
+    reads: dict[ReadKind, Read] = field(default_factory=dict)
+    required_done_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Emitted:
+    emitted_at: float
+    reads: tuple[Read, ...]
+
+
+def _edits_at_most_one(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b, strict=True)) <= 1
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    return any(long_[:i] + long_[i + 1 :] == short for i in range(len(long_)))
+
+
+def similar(a: Read, b: Read) -> bool:
+    """Two reads of the same kind that are the same thing read twice (rule 1)."""
+    if a.kind is not b.kind:
+        return False
+    if isinstance(a, PlateRead) and isinstance(b, PlateRead):
+        return _edits_at_most_one(a.text.translate(_FOLD), b.text.translate(_FOLD))
+    if isinstance(a, ContainerRead) and isinstance(b, ContainerRead):
+        return _edits_at_most_one(a.number.translate(_FOLD), b.number.translate(_FOLD))
+    if isinstance(a, BadgeRead) and isinstance(b, BadgeRead):
+        same_number = a.number is not None and a.number == b.number
+        same_uid = a.card_uid is not None and a.card_uid == b.card_uid
+        return same_number or same_uid
+    return True  # faces: one driver per truck
+
+
+def _rank(read: Read) -> tuple[float, float, str]:
+    return (read.confidence, -read.observed_at.timestamp(), read.value)
+
+
+def request_id_for(terminal: str, lane: str, direction: str, reads: Iterable[Read]) -> str:
+    """Deterministic id over the chosen reads (rule 5); ``reads`` must not be empty."""
+    chosen = sorted(reads, key=lambda r: r.kind.value)
+    first = min(r.observed_at for r in chosen)
+    parts = [terminal, lane, direction, first.isoformat()] + [f"{r.kind.value}={r.value}" for r in chosen]
+    return str(uuid.uuid5(REQUEST_NAMESPACE, "\n".join(parts)))
+
+
+class LaneCorrelator:
+    """The correlation state of one lane. Not thread-safe: one lane, one task."""
+
+    def __init__(
+        self,
+        lane: str,
+        terminal: str,
+        direction: str,
+        window_seconds: float = 30.0,
+        require: Iterable[str] = DEFAULT_REQUIRE,
+        face_wait_seconds: float = 0.0,
+        max_pending: int = 4,
+    ) -> None:
+        if direction not in ("in", "out"):
+            raise ValueError("direction is 'in' or 'out'")
+        if window_seconds <= 0 or face_wait_seconds < 0 or max_pending < 1:
+            raise ValueError("window_seconds > 0, face_wait_seconds >= 0 and max_pending >= 1")
+        self.lane, self.terminal, self.direction = lane, terminal, direction
+        self.window_seconds = float(window_seconds)
+        self.require = frozenset(ReadKind(k) for k in require)
+        if not self.require:
+            raise ValueError("require names at least one read kind")
+        self.face_wait_seconds = float(face_wait_seconds)
+        self.max_pending = max_pending
+        self._pending: list[_Truck] = []
+        self._emitted: deque[_Emitted] = deque(maxlen=2 * max_pending)
+        self._dropped: list[Dropped] = []
+        self._now = float("-inf")
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def take_dropped(self) -> list[Dropped]:
+        """What was dropped since the last call (evicted trucks, late duplicates); clears the list."""
+        dropped, self._dropped = self._dropped, []
+        return dropped
+
+    def add(self, read: Read, now: float) -> list[Ready]:
+        if read.lane != self.lane:
+            raise ValueError(f"read for lane {read.lane!r} given to the correlator of lane {self.lane!r}")
+        out = self.tick(now)
+        now = self._now
+        if self._is_late_duplicate(read, now):
+            self._dropped.append(Dropped(DropReason.LATE_READ, self.lane, frozenset({read.kind})))
+            return out
+        truck = self._place(read)
+        if truck is None:
+            out.extend(self._close_face_waits(now))
+            truck = self._open(read, now)
+        if self._satisfied(truck, now):
+            out.append(self._emit(truck, Outcome.COMPLETE, now))
+        return out
+
+    def tick(self, now: float) -> list[Ready]:
+        """Emit what is due at ``now``: face waits over, windows over. Call it about once a second."""
+        self._now = now = max(now, self._now)  # a clock step back never re-opens a closed window
+        out: list[Ready] = []
+        for truck in list(self._pending):
+            window_over = now >= truck.opened_at + self.window_seconds
+            if truck.required_done_at is not None:
+                if window_over or now >= truck.required_done_at + self.face_wait_seconds:
+                    out.append(self._emit(truck, Outcome.COMPLETE, now))
+            elif window_over:
+                out.append(self._emit(truck, Outcome.TIMED_OUT, now))
+        return out
+
+    # -- placement (rule 1) -------------------------------------------------------------------
+
+    def _place(self, read: Read) -> _Truck | None:
+        """Rule 1a then 1b; ``None`` means a new truck must open (rule 1c)."""
+        for truck in self._pending:
+            held = truck.reads.get(read.kind)
+            if held is not None and similar(held, read):
+                if _rank(read) > _rank(held):
+                    truck.reads[read.kind] = read
+                return truck
+        for truck in self._pending:
+            if read.kind not in truck.reads:
+                truck.reads[read.kind] = read
+                return truck
+        return None
+
+    def _close_face_waits(self, now: float) -> list[Ready]:
+        """A new truck at the lane means older complete trucks will not get their face any more."""
+        waiting = [t for t in self._pending if t.required_done_at is not None]
+        return [self._emit(t, Outcome.COMPLETE, now) for t in waiting]
+
+    def _open(self, read: Read, now: float) -> _Truck:
+        while len(self._pending) >= self.max_pending:
+            evicted = self._pending.pop(0)
+            self._dropped.append(Dropped(DropReason.EVICTED, self.lane, frozenset(evicted.reads)))
+        truck = _Truck(opened_at=now, reads={read.kind: read})
+        self._pending.append(truck)
+        return truck
+
+    def _satisfied(self, truck: _Truck, now: float) -> bool:
+        if not self.require <= truck.reads.keys():
+            return False
+        if ReadKind.FACE in truck.reads or ReadKind.FACE in self.require or self.face_wait_seconds == 0:
+            return True
+        if truck.required_done_at is None:
+            truck.required_done_at = now
+        return False
+
+    # -- emission (rules 2 and 3) -------------------------------------------------------------
+
+    def _emit(self, truck: _Truck, outcome: Outcome, now: float) -> Ready:
+        self._pending.remove(truck)
+        reads = tuple(truck.reads.values())
+        self._emitted.append(_Emitted(emitted_at=now, reads=reads))
+        by_kind: dict[ReadKind, Any] = dict(truck.reads)
+        return Ready(
+            request_id=request_id_for(self.terminal, self.lane, self.direction, reads),
+            terminal=self.terminal,
+            lane=self.lane,
+            direction=self.direction,
+            outcome=outcome,
+            missing=frozenset(self.require - truck.reads.keys()),
+            observed_at=min(r.observed_at for r in reads),
+            plate=by_kind.get(ReadKind.PLATE),
+            container=by_kind.get(ReadKind.CONTAINER),
+            badge=by_kind.get(ReadKind.BADGE),
+            face=by_kind.get(ReadKind.FACE),
+        )
+
+    def _is_late_duplicate(self, read: Read, now: float) -> bool:
+        for emitted in self._emitted:
+            if now - emitted.emitted_at >= self.window_seconds:
+                continue
+            if any(similar(held, read) for held in emitted.reads if held.kind is read.kind):
+                return True
+        return False

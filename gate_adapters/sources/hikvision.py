@@ -1,0 +1,210 @@
+"""Hikvision ISAPI ANPR alarms (``EventNotificationAlert`` with ``eventType`` ANPR) into plate reads.
+
+A camera in listening ("alarm host") mode POSTs each plate either as bare XML or, with pictures, as
+``multipart/form-data``: one XML part (``anpr.xml``) plus JPEG parts (``licensePlatePicture.jpg``,
+``detectionPicture.jpg``). We read the XML part only; the pictures are not kept.
+
+The fields we use (ISAPI "XML_EventNotificationAlert_ANPR", namespace
+``http://www.hikvision.com/ver20/XMLSchema`` or ``http://www.isapi.org/ver20/XMLSchema``)::
+
+    EventNotificationAlert/ipAddress, macAddress, channelID   camera identity; channel -> lane (mapping)
+    EventNotificationAlert/dateTime                           ISO 8601 with offset
+    EventNotificationAlert/eventType, eventState              "ANPR", "active"
+    EventNotificationAlert/ANPR/licensePlate                  the plate text
+    EventNotificationAlert/ANPR/confidenceLevel               0..100 (percent), scaled to 0..1
+    EventNotificationAlert/ANPR/country | CRIndex             letters, or a Hikvision numeric index
+
+Rules: a body over ``MAX_BYTES`` is refused before parsing; XML with a DOCTYPE or an ENTITY
+declaration is refused (entity expansion, "billion laughs"; we never need a DTD); a channel that is
+not in the lane mapping is refused (a read on an unknown lane must not join some truck); a heartbeat
+(any non-ANPR event, or ``eventState`` inactive) gives ``None``; "unknown" as plate text is refused
+as a missing plate.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import xml.etree.ElementTree as ET  # noqa: S405 - DTDs are refused by _refuse_dtd before ET sees the bytes
+import xml.parsers.expat
+from collections.abc import Mapping
+
+from gate_adapters.core.reads import PlateRead, SourceError, country_alpha2
+from gate_adapters.sources import check_size, parse_iso_datetime
+
+SOURCE = "hikvision"
+MAX_BYTES = 4 * 1024 * 1024  # multipart with two JPEGs
+MAX_XML_BYTES = 64 * 1024
+MAX_PARTS = 16
+NAMESPACES = frozenset(
+    {
+        "http://www.hikvision.com/ver20/XMLSchema",
+        "http://www.isapi.org/ver20/XMLSchema",
+        "http://www.std-cgi.com/ver20/XMLSchema",  # older firmware
+        "",
+    }
+)
+_NO_PLATE = frozenset({"UNKNOWN", "NOPLATE", ""})
+
+
+def parse(
+    body: bytes,
+    content_type: str | None = None,
+    *,
+    channel_lanes: Mapping[str, str] | None = None,
+    lane: str | None = None,
+    country_codes: Mapping[str, str] | None = None,
+    max_bytes: int = MAX_BYTES,
+) -> PlateRead | None:
+    """One ANPR alarm to a ``PlateRead`` (or ``None`` for a heartbeat).
+
+    ``lane`` wins when given (MQTT relays name the lane in the topic); otherwise ``channel_lanes``
+    maps ``"<ipAddress>/<channelID>"`` or ``"<channelID>"`` to our lane id. ``country_codes`` maps
+    Hikvision's numeric country/region index to ISO 3166-1 alpha-2 (the index table is firmware
+    documentation we do not copy; an unmapped index gives country ``None``).
+    """
+    check_size(body, max_bytes)
+    xml_bytes = _xml_part(bytes(body), content_type)
+    root = _parse_xml(xml_bytes)
+    return _to_read(root, channel_lanes=channel_lanes or {}, lane=lane, country_codes=country_codes or {})
+
+
+def _xml_part(body: bytes, content_type: str | None) -> bytes:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media.startswith("multipart/"):
+        return _xml_from_multipart(body, content_type or "")
+    if media in ("", "application/xml", "text/xml"):
+        return body
+    raise SourceError(f"content type {media} is not XML or multipart")
+
+
+def _xml_from_multipart(body: bytes, content_type: str) -> bytes:
+    if "boundary=" not in content_type.lower():
+        raise SourceError("multipart body without a boundary")
+    header = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(header + body)
+    if not message.is_multipart():
+        raise SourceError("multipart body has no parts")
+    parts = list(message.iter_parts())  # type: ignore[attr-defined]
+    if len(parts) > MAX_PARTS:
+        raise SourceError("multipart body has too many parts")
+    for part in parts:
+        media = part.get_content_type()
+        filename = (part.get_filename() or part.get_param("name", header="content-disposition") or "").lower()
+        if media in ("application/xml", "text/xml") or str(filename).endswith(".xml"):
+            payload = part.get_payload(decode=True)
+            if not isinstance(payload, bytes) or not payload:
+                raise SourceError("XML part is empty")
+            return payload
+    raise SourceError("multipart body has no XML part")
+
+
+def _refuse_dtd(xml_bytes: bytes) -> None:
+    """Scan with expat first: any DOCTYPE or ENTITY declaration stops us before a tree is built."""
+
+    def refuse(*_args: object) -> None:
+        raise SourceError("XML with a DOCTYPE or ENTITY declaration is refused")
+
+    scanner = xml.parsers.expat.ParserCreate()
+    scanner.StartDoctypeDeclHandler = refuse
+    scanner.EntityDeclHandler = refuse
+    scanner.UnparsedEntityDeclHandler = refuse
+    try:
+        scanner.Parse(xml_bytes, True)
+    except SourceError:
+        raise
+    except xml.parsers.expat.ExpatError as exc:
+        raise SourceError("XML is malformed or truncated") from exc
+    except (LookupError, ValueError) as exc:  # an XML declaration naming an unknown encoding
+        raise SourceError("XML declares an unknown encoding") from exc
+
+
+def _parse_xml(xml_bytes: bytes) -> ET.Element:
+    if len(xml_bytes) > MAX_XML_BYTES:
+        raise SourceError(f"XML part is larger than {MAX_XML_BYTES} bytes")
+    _refuse_dtd(xml_bytes)
+    try:
+        root = ET.fromstring(xml_bytes)  # noqa: S314 - no DTD can reach here (_refuse_dtd)
+    except (ET.ParseError, LookupError, ValueError) as exc:
+        raise SourceError("XML is malformed or truncated") from exc
+    namespace, local = _split(root.tag)
+    if local != "EventNotificationAlert" or namespace not in NAMESPACES:
+        raise SourceError("XML is not an ISAPI EventNotificationAlert")
+    return root
+
+
+def _split(tag: str) -> tuple[str, str]:
+    if tag.startswith("{"):
+        namespace, _, local = tag[1:].partition("}")
+        return namespace, local
+    return "", tag
+
+
+def _child(parent: ET.Element, name: str) -> ET.Element | None:
+    """A direct child by local name, whatever namespace prefix the firmware used."""
+    for child in parent:
+        if _split(child.tag)[1] == name:
+            return child
+    return None
+
+
+def _text(parent: ET.Element, name: str) -> str | None:
+    node = _child(parent, name)
+    if node is None or node.text is None or not node.text.strip():
+        return None
+    return node.text.strip()
+
+
+def _to_read(
+    root: ET.Element, *, channel_lanes: Mapping[str, str], lane: str | None, country_codes: Mapping[str, str]
+) -> PlateRead | None:
+    event_type = (_text(root, "eventType") or "").upper()
+    if event_type != "ANPR" or (_text(root, "eventState") or "active").lower() != "active":
+        return None  # heartbeat (videoloss/inactive) or an event we do not correlate
+    anpr = _child(root, "ANPR")
+    if anpr is None:
+        raise SourceError("ANPR element is missing")
+    plate = _text(anpr, "licensePlate")
+    if plate is None or plate.upper() in _NO_PLATE:
+        raise SourceError("licensePlate is missing")
+    channel = _text(root, "channelID") or _text(root, "dynChannelID") or "1"
+    ip = _text(root, "ipAddress") or ""
+    the_lane = lane or channel_lanes.get(f"{ip}/{channel}") or channel_lanes.get(channel)
+    if the_lane is None:
+        raise SourceError("camera channel is not mapped to a lane")
+    camera = f"{_text(root, 'macAddress') or ip or 'unknown'}/{channel}"
+    return PlateRead(
+        lane=the_lane,
+        source=SOURCE,
+        camera=camera,
+        text=plate,
+        country=_country(anpr, country_codes),
+        confidence=_percent(_text(anpr, "confidenceLevel")),
+        observed_at=parse_iso_datetime(_text(root, "dateTime"), "dateTime"),
+    )
+
+
+def _percent(raw: str | None) -> float:
+    if raw is None:
+        raise SourceError("confidenceLevel is missing")
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SourceError("confidenceLevel is not a number") from exc
+    if not 0.0 <= value <= 100.0:  # also refuses NaN
+        raise SourceError("confidenceLevel is outside 0..100")
+    return value / 100.0
+
+
+def _country(anpr: ET.Element, country_codes: Mapping[str, str]) -> str | None:
+    for name in ("CRIndex", "country"):
+        raw = _text(anpr, name)
+        if raw is None:
+            continue
+        if raw.isdigit():
+            mapped = country_codes.get(raw)
+            if mapped is not None:
+                return country_alpha2(mapped)
+            continue
+        return country_alpha2(raw)
+    return None

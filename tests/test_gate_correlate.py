@@ -1,0 +1,297 @@
+"""Lane correlation: one truck's separate reads become exactly one verify request."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gate_adapters.core.correlate import DropReason, LaneCorrelator, Outcome, Ready, similar
+from gate_adapters.core.reads import BadgeRead, ContainerRead, FaceMatch, FaceRead, PlateRead, Read, ReadKind
+
+T0 = datetime(2026, 11, 21, 14, 30, tzinfo=UTC)
+LANE = "in-3"
+
+
+def plate(text: str = "1ABC234", conf: float = 0.93, sec: float = 0.0, lane: str = LANE) -> PlateRead:
+    return PlateRead(
+        lane=lane, source="t", camera="cam", text=text, country="BE", confidence=conf,
+        observed_at=T0 + timedelta(seconds=sec),
+    )  # fmt: skip
+
+
+def container(number: str = "MSCU1234566", conf: float = 0.9, sec: float = 1.0) -> ContainerRead:
+    return ContainerRead(
+        lane=LANE, source="t", camera="ocr", number=number, confidence=conf, per_char=None,
+        observed_at=T0 + timedelta(seconds=sec),
+    )  # fmt: skip
+
+
+def badge(number: str = "AP-100230", sec: float = 2.0) -> BadgeRead:
+    return BadgeRead(
+        lane=LANE, source="t", reader="rdr", scheme="alfapass", number=number, card_uid=None,
+        observed_at=T0 + timedelta(seconds=sec),
+    )  # fmt: skip
+
+
+def face(score: float = 0.87, sec: float = 3.0) -> FaceRead:
+    return FaceRead(
+        lane=LANE, source="t", camera="kiosk", image=None, match=FaceMatch(matched=True, score=score),
+        observed_at=T0 + timedelta(seconds=sec),
+    )  # fmt: skip
+
+
+def lane(**kwargs: object) -> LaneCorrelator:
+    settings: dict[str, object] = {"window_seconds": 30.0} | kwargs
+    return LaneCorrelator(LANE, "ANT-K913", "in", **settings)  # type: ignore[arg-type]
+
+
+def feed(corr: LaneCorrelator, reads: list[Read], start: float = 100.0, step: float = 1.0) -> list[Ready]:
+    out: list[Ready] = []
+    for i, read in enumerate(reads):
+        out += corr.add(read, start + i * step)
+    return out
+
+
+# -- one truck --------------------------------------------------------------------------------
+
+
+def test_in_order_reads_emit_one_complete_truck_on_the_last_required_read() -> None:
+    corr = lane()
+    assert corr.add(plate(), 100.0) == []
+    assert corr.add(container(), 101.0) == []
+    [ready] = corr.add(badge(), 102.0)
+    assert ready.outcome is Outcome.COMPLETE and ready.complete and ready.missing == frozenset()
+    assert (ready.plate, ready.container, ready.badge, ready.face) == (plate(), container(), badge(), None)
+    assert ready.observed_at == T0  # the earliest read
+    assert corr.pending_count == 0
+
+
+def test_out_of_order_reads_give_the_same_truck_and_request_id() -> None:
+    [in_order] = feed(lane(), [plate(), container(), badge()])
+    [shuffled] = feed(lane(), [badge(), plate(), container()], start=500.0, step=4.0)
+    assert shuffled.request_id == in_order.request_id
+    assert (shuffled.plate, shuffled.container, shuffled.badge) == (in_order.plate, in_order.container, in_order.badge)
+
+
+def test_verify_fields_use_the_published_names() -> None:
+    [ready] = feed(lane(face_wait_seconds=0), [plate(), container(), face(), badge()])
+    body = ready.verify_fields()
+    assert body == {
+        "request_id": ready.request_id,
+        "terminal": "ANT-K913",
+        "lane": LANE,
+        "direction": "in",
+        "observed_at": T0.isoformat(),
+        "container": {"number": "MSCU1234566", "confidence": 0.9},
+        "plate": {"text": "1ABC234", "country": "BE", "confidence": 0.93},
+        "badge": {"scheme": "alfapass", "number": "AP-100230"},
+        "face": {"match": {"matched": True, "score": 0.87}},
+    }
+
+
+# -- duplicates -------------------------------------------------------------------------------
+
+
+def test_a_similar_duplicate_with_higher_confidence_replaces_and_opens_no_truck() -> None:
+    corr = lane()
+    corr.add(plate("1A8C234", conf=0.71), 100.0)  # B read as 8: a look-alike, one edit
+    corr.add(plate("1ABC234", conf=0.95, sec=0.4), 100.5)
+    corr.add(plate("1ABC284", conf=0.60, sec=0.8), 100.9)  # lower confidence: kept out
+    assert corr.pending_count == 1
+    [ready] = feed(corr, [container(), badge()], start=101.0)
+    assert ready.plate is not None and (ready.plate.text, ready.plate.confidence) == ("1ABC234", 0.95)
+
+
+def test_equal_confidence_duplicates_choose_the_same_read_whatever_the_order() -> None:
+    a, b = plate("1ABC234", conf=0.9, sec=0.0), plate("1A8C234", conf=0.9, sec=0.5)
+    [first] = feed(lane(), [a, b, container(), badge()])
+    [second] = feed(lane(), [b, a, container(), badge()])
+    assert first.plate == second.plate == a  # tie: the earlier observation
+    assert first.request_id == second.request_id
+
+
+def test_a_plate_that_differs_a_lot_starts_a_new_truck() -> None:
+    corr = lane()
+    feed(corr, [plate("1ABC234"), container()])
+    corr.add(plate("2XYZ987", sec=5.0), 110.0)
+    assert corr.pending_count == 2
+
+
+def test_similarity_rules() -> None:
+    assert similar(plate("1ABC234"), plate("1A8C234"))  # look-alike 8/B
+    assert similar(plate("1ABC234"), plate("1ABC23"))  # one character lost
+    assert not similar(plate("1ABC234"), plate("1ABC999"))
+    assert similar(container("MSCU1234566"), container("MSCU1Z34566"))  # 2/Z
+    assert not similar(badge("AP-100230"), badge("AP-100248"))
+    assert not similar(plate(), container())
+
+
+def test_a_late_duplicate_after_emission_is_dropped_not_a_phantom_truck() -> None:
+    corr = lane()
+    [ready] = feed(corr, [plate(), container(), badge()])
+    assert corr.add(plate("1ABC234", conf=0.99, sec=9.0), 110.0) == []  # the camera's "update" event
+    assert corr.pending_count == 0
+    assert [d.reason for d in corr.take_dropped()] == [DropReason.LATE_READ]
+    assert corr.tick(1000.0) == []  # nothing was opened that could time out
+    assert ready.plate is not None and ready.plate.confidence == 0.93  # the emitted truck is unchanged
+
+
+def test_the_same_plate_after_the_window_is_a_new_visit() -> None:
+    corr = lane()
+    feed(corr, [plate(), container(), badge()])
+    corr.add(plate(sec=3600.0), 102.0 + 31.0)
+    assert corr.pending_count == 1 and corr.take_dropped() == []
+
+
+# -- several trucks ---------------------------------------------------------------------------
+
+
+def test_two_trucks_back_to_back_each_emitted_once() -> None:
+    corr = lane()
+    first = feed(corr, [plate("1ABC234"), container("MSCU1234566"), badge("AP-100230")])
+    second = feed(
+        corr,
+        [plate("2XYZ987", sec=40.0), container("MAEU7654320", sec=41.0), badge("AP-100248", sec=42.0)],
+        start=140.0,
+    )
+    assert len(first) == 1 and len(second) == 1
+    assert first[0].request_id != second[0].request_id
+    assert second[0].plate is not None and second[0].plate.text == "2XYZ987"
+    assert corr.tick(10_000.0) == []
+
+
+def test_overlapping_trucks_a_read_fills_the_oldest_truck_lacking_its_kind() -> None:
+    corr = lane()
+    feed(corr, [plate("1ABC234"), container("MSCU1234566")])
+    corr.add(plate("2XYZ987", sec=4.0), 104.0)  # truck B pulls up behind
+    [ready] = corr.add(badge(sec=5.0), 105.0)
+    assert ready.plate is not None and ready.plate.text == "1ABC234"
+    assert corr.pending_count == 1
+
+
+# -- time -------------------------------------------------------------------------------------
+
+
+def test_an_incomplete_truck_is_emitted_once_when_its_window_ends() -> None:
+    corr = lane(window_seconds=20.0)
+    feed(corr, [plate(), container()])  # opened at 100
+    assert corr.tick(119.9) == []
+    [ready] = corr.tick(120.0)
+    assert ready.outcome is Outcome.TIMED_OUT and not ready.complete
+    assert ready.missing == frozenset({ReadKind.BADGE})
+    assert ready.verify_fields().get("badge") is None
+    assert corr.tick(121.0) == [] and corr.tick(500.0) == []
+
+
+def test_add_emits_timed_out_trucks_before_placing_the_new_read() -> None:
+    corr = lane(window_seconds=20.0)
+    corr.add(plate(), 100.0)
+    out = corr.add(badge(sec=60.0), 160.0)
+    assert [r.outcome for r in out] == [Outcome.TIMED_OUT]
+    assert out[0].badge is None and corr.pending_count == 1  # the badge opened its own truck
+
+
+def test_a_clock_step_back_does_not_reopen_a_window() -> None:
+    corr = lane(window_seconds=20.0)
+    corr.add(plate(), 100.0)
+    [ready] = corr.tick(125.0)
+    assert ready.outcome is Outcome.TIMED_OUT
+    assert corr.tick(90.0) == []
+    corr.add(container(), 90.0)  # treated as 125: its own window ends at 145, not 110
+    assert corr.tick(130.0) == [] and len(corr.tick(145.0)) == 1
+
+
+# -- face -------------------------------------------------------------------------------------
+
+
+def test_optional_face_waits_and_joins_when_it_comes() -> None:
+    corr = lane(face_wait_seconds=5.0)
+    assert feed(corr, [plate(), container(), badge()]) == []
+    [ready] = corr.add(face(), 104.0)
+    assert ready.complete and ready.face == face()
+
+
+def test_optional_face_wait_ends_without_a_face() -> None:
+    corr = lane(face_wait_seconds=5.0)
+    feed(corr, [plate(), container(), badge()])  # complete at 102
+    assert corr.tick(106.9) == []
+    [ready] = corr.tick(107.0)
+    assert ready.complete and ready.face is None and ready.missing == frozenset()
+
+
+def test_the_next_truck_ends_the_face_wait_of_the_one_before() -> None:
+    corr = lane(face_wait_seconds=5.0)
+    feed(corr, [plate(), container(), badge()])
+    [ready] = corr.add(plate("2XYZ987", sec=3.0), 103.0)
+    assert ready.plate is not None and ready.plate.text == "1ABC234" and ready.face is None
+    assert corr.pending_count == 1
+
+
+def test_required_face_is_waited_for_until_the_window_ends() -> None:
+    corr = lane(require={"plate", "container", "badge", "face"}, window_seconds=20.0)
+    assert feed(corr, [plate(), container(), badge()]) == []
+    [ready] = corr.tick(120.0)
+    assert ready.outcome is Outcome.TIMED_OUT and ready.missing == frozenset({ReadKind.FACE})
+
+
+# -- identity and bounds ----------------------------------------------------------------------
+
+
+def test_request_id_is_stable_across_correlators_and_changes_with_the_reads() -> None:
+    reads = [plate(), container(), badge()]
+    [a] = feed(lane(), reads, start=100.0)
+    [b] = feed(lane(), reads, start=9000.0, step=0.1)  # a restart replays the same reads later
+    assert a.request_id == b.request_id
+    [other] = feed(lane(), [plate(), container("MAEU7654320"), badge()])
+    [other_lane] = feed(LaneCorrelator(LANE, "ANT-K913", "out"), reads)
+    assert len({a.request_id, other.request_id, other_lane.request_id}) == 3
+
+
+def test_pending_trucks_are_bounded_and_the_oldest_is_dropped_and_reported() -> None:
+    corr = lane(max_pending=2)
+    feed(corr, [plate("1ABC234"), plate("2XYZ987", sec=1.0), plate("3KLM456", sec=2.0)])
+    assert corr.pending_count == 2
+    [dropped] = corr.take_dropped()
+    assert dropped.reason is DropReason.EVICTED and dropped.kinds == frozenset({ReadKind.PLATE})
+    assert corr.take_dropped() == []  # reported once
+    emitted = corr.tick(1000.0)
+    assert sorted(r.plate.text for r in emitted if r.plate) == ["2XYZ987", "3KLM456"]
+
+
+def test_a_read_for_another_lane_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="lane"):
+        lane().add(plate(lane="in-4"), 100.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"window_seconds": 0},
+        {"face_wait_seconds": -1},
+        {"max_pending": 0},
+        {"require": set()},
+        {"require": {"plate", "truck"}},
+    ],
+)
+def test_correlator_settings_are_checked(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        lane(**kwargs)
+
+
+def test_direction_is_in_or_out() -> None:
+    with pytest.raises(ValueError, match="direction"):
+        LaneCorrelator(LANE, "ANT-K913", "sideways")
+
+
+def test_faces_are_always_the_same_driver_and_the_higher_score_wins() -> None:
+    assert similar(face(0.5), face(0.9))
+    assert not similar(plate("1ABC234"), plate("1ABC2"))  # two characters apart
+    [ready] = feed(lane(), [face(0.55), plate(), face(0.91, sec=3.5), container(), badge()])
+    assert ready.face is not None and ready.face.match is not None and ready.face.match.score == 0.91
+
+
+def test_verify_fields_carry_a_face_image_as_base64() -> None:
+    image = FaceRead(lane=LANE, source="t", camera="kiosk", image=b"\xff\xd8jpeg", match=None, observed_at=T0)
+    [with_face] = feed(lane(), [image, plate(), container(), badge()])
+    assert with_face.verify_fields()["face"] == {"image": "/9hqcGVn"}
