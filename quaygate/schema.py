@@ -518,3 +518,54 @@ badge_activations = sa.Table(
     sa.Index("ix_badge_activations_live", "badge_id", "terminal_code", unique=True,
              postgresql_where=sa.text("withdrawn_at IS NULL"), sqlite_where=sa.text("withdrawn_at IS NULL")),
 )
+
+# ---- gate verify (issue 5) ------------------------------------------------------------------------
+
+# Every gate decision, kept for the terminal and port security: the answer given, the request's
+# fingerprint (the same request_id must carry the same request) and whether the gate move was
+# recorded. One row per (terminal, request_id): the idempotency of POST /gate/v1/verify.
+gate_decisions = sa.Table(
+    "gate_decisions",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),  # the decision_id
+    sa.Column("terminal", sa.String(32), nullable=False),
+    sa.Column("request_id", sa.String(100), nullable=False),
+    sa.Column("client_id", sa.String(100), nullable=False),
+    sa.Column("lane", sa.String(32), nullable=False),
+    sa.Column("direction", sa.String(3), nullable=False),
+    sa.Column("mode", sa.String(6), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("decision", sa.String(6), nullable=False),
+    sa.Column("reasons", JSON, nullable=False),
+    sa.Column("release_id", UUID, index=True),
+    sa.Column("container_number", sa.String(11)),
+    sa.Column("committed", sa.Boolean, nullable=False),
+    sa.Column("response", JSON, nullable=False),
+    sa.Column("observed_at", UTCDateTime, nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False, index=True),
+    sa.UniqueConstraint("terminal", "request_id", name="uq_gate_decisions_terminal_request"),
+)
+
+# A terminal releasing a refused truck: once per decision, with a reason (SPEC.md "override").
+gate_overrides = sa.Table(
+    "gate_overrides",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("decision_id", UUID, sa.ForeignKey("gate_decisions.id"), nullable=False, unique=True),
+    sa.Column("release_id", UUID, sa.ForeignKey("releases.id"), nullable=False),
+    sa.Column("terminal", sa.String(32), nullable=False),
+    sa.Column("client_id", sa.String(100), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
+# Each terminal's gate policy (release_service.domain.gate.TerminalPolicy as JSON); a terminal
+# without a row gets the defaults.
+terminal_policies = sa.Table(
+    "terminal_policies",
+    metadata,
+    sa.Column("terminal_code", sa.String(32), primary_key=True),
+    sa.Column("policy", JSON, nullable=False),
+    sa.Column("updated_by", sa.String(100), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from .domain.gate import BadgeFacts, BadgeRead, RightFacts, ScreeningResult, TerminalPolicy
 from .domain.parties import Actor, Organisation
 from .domain.release import ReleaseRight, Screening, State, Transfer
 from .domain.webhooks import Delivery, Subscription
@@ -200,6 +201,47 @@ class WebhookUnitOfWork(Protocol):
     def commit(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class StoredDecision:
+    """A gate decision as recorded (issue 5): ``response`` is the body the gate received."""
+
+    id: uuid.UUID
+    fingerprint: str
+    response: dict[str, Any]
+    decision: str
+    release_id: uuid.UUID | None
+    committed: bool
+    direction: str
+    terminal: str
+
+
+class GateStore(Protocol):
+    """What the gate decision reads (the facts) and writes (the decisions), in the unit of work."""
+
+    def rights(self, containers: Sequence[str]) -> list[RightFacts]: ...
+
+    def badge(self, read: BadgeRead) -> BadgeFacts: ...
+
+    def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> ScreeningResult: ...
+
+    def policy(self, terminal: str) -> TerminalPolicy: ...
+
+    def find(self, terminal: str, request_id: str) -> StoredDecision | None: ...
+
+    def get(self, decision_id: uuid.UUID) -> StoredDecision | None: ...
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Insert a decision; raises ``DuplicateDecision`` when its (terminal, request_id) exists."""
+
+    def record_override(self, row: dict[str, Any]) -> None: ...
+
+    def overridden(self, decision_id: uuid.UUID) -> bool: ...
+
+
+class DuplicateDecision(Exception):
+    """A twin request with the same (terminal, request_id) recorded its decision first."""
+
+
 class UnitOfWork(Protocol):
     releases: ReleaseRightStore
     directory: Directory
@@ -207,6 +249,7 @@ class UnitOfWork(Protocol):
     audit: AuditLog
     outbox: Outbox
     idempotency: IdempotencyStore
+    gate: GateStore
 
     def __enter__(self) -> UnitOfWork: ...
 

@@ -49,6 +49,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.DRIVER_SCREENING_FAILED: 409,
     ErrorCode.ALREADY_USED: 409,
     ErrorCode.IDEMPOTENCY_KEY_REUSED: 422,
+    ErrorCode.REQUEST_ID_REUSED: 409,
+    ErrorCode.FACE_IMAGE_UNSUPPORTED: 422,
     ErrorCode.REASON_REQUIRED: 422,
 }
 

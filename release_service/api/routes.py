@@ -44,7 +44,7 @@ WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 422)
 router = APIRouter(prefix="/api/v1", tags=["releases"])
 
 
-def _uow(container: Any, *, readonly: bool = False) -> SqlUnitOfWork:
+def unit_of_work(container: Any, *, readonly: bool = False) -> SqlUnitOfWork:
     """A unit of work with port-ban screening as the settings say: once a register key is configured,
     a nomination with no ban list in force (or one older than ban_list_max_age) screens unavailable."""
     s = container.settings
@@ -63,14 +63,14 @@ def _execute(request: Request, actor: Actor, key: str | None, body: BaseModel | 
         payload = body.model_dump_json() if body is not None else ""
         digest = hashlib.sha256(f"{request.method} {request.url.path}\n{payload}".encode()).hexdigest()
         idem = IdempotencyRequest(actor.client_id, key, digest)
-    status, content = run(_uow(container), lambda uow: action(uow, now),
+    status, content = run(unit_of_work(container), lambda uow: action(uow, now),
                           lambda result: render(result, now), idempotency=idem, now=now)
     return JSONResponse(content, status_code=status)
 
 
 def _read(request: Request, fn: Callable[[UnitOfWork, datetime], Any]) -> Any:
     container = request.app.state.container
-    with _uow(container, readonly=True) as uow:
+    with unit_of_work(container, readonly=True) as uow:
         return fn(uow, container.clock.now())
 
 

@@ -42,6 +42,8 @@ class ErrorCode(StrEnum):
     DRIVER_SCREENING_FAILED = "driver_screening_failed"
     ALREADY_USED = "already_used"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    REQUEST_ID_REUSED = "request_id_reused"  # gate verify: one request_id, one request
+    FACE_IMAGE_UNSUPPORTED = "face_image_unsupported"  # until the service matches faces (issue 6)
     REASON_REQUIRED = "reason_required"
 
 

@@ -11,6 +11,7 @@ from release_service.adapters.outbox import SqlOutbox, SqlWebhookStore
 
 from .bans import DEFAULT_MAX_LIST_AGE, SqlPortBanLookup
 from .directory import BadgeScreening, SqlDirectory
+from .gate import SqlGateStore
 from .idempotency import SqlIdempotency
 from .store import SqlReleaseStore
 
@@ -35,8 +36,9 @@ class SqlUnitOfWork:
         self._tx = conn.begin()
         self.releases = SqlReleaseStore(conn)
         self.directory = SqlDirectory(conn)
-        self.screening = BadgeScreening(self.directory, SqlPortBanLookup(
-            conn, max_list_age=self._ban_list_max_age, required=self._ban_list_required))
+        bans = SqlPortBanLookup(conn, max_list_age=self._ban_list_max_age, required=self._ban_list_required)
+        self.screening = BadgeScreening(self.directory, bans)
+        self.gate = SqlGateStore(conn, bans)
         self.audit = SqlAuditLog(conn)
         self.outbox = SqlOutbox(conn)
         self.webhooks = SqlWebhookStore(conn)

@@ -1,0 +1,177 @@
+"""What the gate decision reads and writes, from PostgreSQL (the truth; issue 5).
+
+- ``rights``: every right of the containers the read may be (``reads.container_candidates``), deleted
+  ones left out, as ``RightFacts``: one statement.
+- ``badge``: the badge read, its holder's name and the terminals where it is activated: one statement
+  (an outer join gives one row per live activation).
+- ``screen``: the port-ban screening of the holder (the same lookup as nomination, adapters/sqla/bans).
+- ``policy``: the terminal's policy, or the defaults.
+- ``find`` / ``record``: the decisions, one per (terminal, request_id).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from identity.domain.badges import BadgeRefused, Scheme, validate_card_uid, validate_number
+from quaygate.schema import (
+    badge_activations,
+    badges,
+    gate_decisions,
+    gate_overrides,
+    persons,
+    releases,
+    terminal_policies,
+)
+from release_service.domain.gate import (
+    BadgeFacts,
+    BadgeRead,
+    NominationFacts,
+    RightFacts,
+    ScreeningResult,
+    TerminalPolicy,
+)
+from release_service.domain.release import State
+from release_service.ports import DuplicateDecision, StoredDecision
+
+from .bans import SqlPortBanLookup
+
+_RIGHT_COLUMNS = (
+    releases.c.id, releases.c.container_number, releases.c.terminal, releases.c.state, releases.c.blocked,
+    releases.c.commercial_status, releases.c.customs_status, releases.c.terminal_status, releases.c.valid_from,
+    releases.c.valid_until, releases.c.created_at, releases.c.driver_person_id, releases.c.plate_text,
+    releases.c.plate_country, releases.c.nomination_response,
+)
+
+
+class SqlGateStore:
+    def __init__(self, conn: sa.Connection, bans: SqlPortBanLookup) -> None:
+        self._conn = conn
+        self._bans = bans
+
+    # ---- facts ---------------------------------------------------------------------------------
+
+    def rights(self, containers: Sequence[str]) -> list[RightFacts]:
+        if not containers:
+            return []
+        rows = self._conn.execute(
+            sa.select(*_RIGHT_COLUMNS).where(releases.c.container_number.in_(list(containers)),
+                                             releases.c.state != State.DELETED.value)
+        ).all()
+        return [right_facts(r) for r in rows]
+
+    def badge(self, read: BadgeRead) -> BadgeFacts:
+        """The badge as the badge office knows it; not found when the read matches no badge (a misread
+        number is not found, so the gate says badge_unknown)."""
+        try:
+            scheme = Scheme(read.scheme.strip().lower())
+            number = validate_number(scheme, read.number) if read.number else None
+            card_uid = validate_card_uid(read.card_uid) if read.card_uid else None
+        except (BadgeRefused, ValueError):
+            return BadgeFacts.not_found()
+        stmt = (
+            sa.select(badges.c.status, badges.c.person_id, badges.c.valid_until, persons.c.given_name,
+                      persons.c.family_name, badge_activations.c.terminal_code)
+            .select_from(badges.join(persons, persons.c.id == badges.c.person_id).outerjoin(
+                badge_activations, sa.and_(badge_activations.c.badge_id == badges.c.id,
+                                           badge_activations.c.withdrawn_at.is_(None))))
+            .where(badges.c.scheme == scheme.value)
+        )
+        if number:
+            stmt = stmt.where(badges.c.number == number)
+        if card_uid:
+            stmt = stmt.where(badges.c.card_uid == card_uid)  # both given: both must match
+        rows = self._conn.execute(stmt).all()
+        if not rows:
+            return BadgeFacts.not_found()
+        first = rows[0]
+        return BadgeFacts(
+            found=True, status=first.status, person_id=first.person_id, valid_until=first.valid_until,
+            activated_terminals=frozenset(r.terminal_code for r in rows if r.terminal_code is not None),
+            holder_name=f"{first.given_name} {first.family_name}",
+        )
+
+    def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> ScreeningResult:
+        return ScreeningResult(self._bans.screen(person_id, terminal=terminal, now=now).result)
+
+    def policy(self, terminal: str) -> TerminalPolicy:
+        stored = self._conn.execute(
+            sa.select(terminal_policies.c.policy).where(terminal_policies.c.terminal_code == terminal)
+        ).scalar()
+        return TerminalPolicy(**stored) if stored else TerminalPolicy()
+
+    def set_policy(self, terminal: str, policy: TerminalPolicy, *, by: str, now: datetime) -> None:
+        values = {"policy": policy_dict(policy), "updated_by": by, "updated_at": now}
+        updated = self._conn.execute(
+            terminal_policies.update().where(terminal_policies.c.terminal_code == terminal).values(**values)
+        ).rowcount
+        if not updated:
+            self._conn.execute(terminal_policies.insert().values(terminal_code=terminal, **values))
+
+    # ---- decisions -----------------------------------------------------------------------------
+
+    def find(self, terminal: str, request_id: str) -> StoredDecision | None:
+        row = self._conn.execute(
+            sa.select(gate_decisions.c.id, gate_decisions.c.fingerprint, gate_decisions.c.response,
+                      gate_decisions.c.decision, gate_decisions.c.release_id, gate_decisions.c.committed,
+                      gate_decisions.c.direction, gate_decisions.c.terminal)
+            .where(gate_decisions.c.terminal == terminal, gate_decisions.c.request_id == request_id)
+        ).first()
+        return _stored(row) if row else None
+
+    def get(self, decision_id: uuid.UUID) -> StoredDecision | None:
+        row = self._conn.execute(
+            sa.select(gate_decisions.c.id, gate_decisions.c.fingerprint, gate_decisions.c.response,
+                      gate_decisions.c.decision, gate_decisions.c.release_id, gate_decisions.c.committed,
+                      gate_decisions.c.direction, gate_decisions.c.terminal)
+            .where(gate_decisions.c.id == decision_id)
+        ).first()
+        return _stored(row) if row else None
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Insert a decision; a twin request that committed first raises DuplicateDecision (the caller
+        rolls back its whole transaction, gate move included, and answers with the twin's decision)."""
+        try:
+            self._conn.execute(gate_decisions.insert().values(**row))
+        except sa.exc.IntegrityError as exc:
+            raise DuplicateDecision(row["request_id"]) from exc
+
+    def record_override(self, row: dict[str, Any]) -> None:
+        self._conn.execute(gate_overrides.insert().values(**row))
+
+    def overridden(self, decision_id: uuid.UUID) -> bool:
+        return self._conn.execute(
+            sa.select(gate_overrides.c.id).where(gate_overrides.c.decision_id == decision_id)
+        ).first() is not None
+
+
+def right_facts(r: Any) -> RightFacts:
+    nomination = None
+    if r.driver_person_id is not None and r.plate_text is not None:
+        nomination = NominationFacts(r.driver_person_id, r.plate_text, r.plate_country or "",
+                                     r.nomination_response or "pending")
+    return RightFacts(
+        id=r.id, container=r.container_number, terminal=r.terminal, state=r.state, blocked=bool(r.blocked),
+        commercial=r.commercial_status, customs=r.customs_status, terminal_light=r.terminal_status,
+        valid_from=r.valid_from, valid_until=r.valid_until, created_at=r.created_at, nomination=nomination,
+    )
+
+
+def policy_dict(policy: TerminalPolicy) -> dict[str, Any]:
+    return {
+        "face_required": policy.face_required, "face_min_score": policy.face_min_score,
+        "container_min_confidence": policy.container_min_confidence,
+        "plate_min_confidence": policy.plate_min_confidence, "plate_max_lookalikes": policy.plate_max_lookalikes,
+        "screening_unavailable": policy.screening_unavailable,
+    }
+
+
+def _stored(row: Any) -> StoredDecision:
+    return StoredDecision(id=row.id, fingerprint=row.fingerprint, response=row.response, decision=row.decision,
+                          release_id=row.release_id, committed=row.committed, direction=row.direction,
+                          terminal=row.terminal)

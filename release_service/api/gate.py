@@ -1,0 +1,148 @@
+"""The gate API under /gate/v1 (SPEC.md "The gate verify call", issue 5): thin routes over
+services/verify.py. Called by a terminal's gate client (client credentials, scope ``gate:verify``,
+audience ``gate_audience``), bound to its terminal."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from identity.domain.scopes import GATE_VERIFY
+from release_service.domain import gate as g
+from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.parties import Actor
+from release_service.services import verify as verify_service
+
+from .auth import require
+from .problems import problem_responses
+from .routes import unit_of_work
+
+GATE = require(GATE_VERIFY, audience_setting="gate_audience")
+
+router = APIRouter(prefix="/gate/v1", tags=["gate"])
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ContainerIn(_In):
+    number: str = Field(max_length=20, description="As the OCR read it; empty when nothing was read.",
+                        examples=["MSCU1234566"])
+    confidence: float = Field(ge=0, le=1)
+
+
+class PlateReadIn(_In):
+    text: str = Field(max_length=20, examples=["1-ABC-123"])
+    country: str | None = Field(default=None, min_length=2, max_length=2,
+                                description="ISO 3166-1 alpha-2; omit when the camera gives none.")
+    confidence: float = Field(ge=0, le=1)
+
+
+class BadgeReadIn(_In):
+    scheme: Literal["alfapass", "portpass"]
+    number: str | None = Field(default=None, max_length=32)
+    card_uid: str | None = Field(default=None, max_length=32, description="The chip's UID in hex.")
+
+
+class FaceMatchIn(_In):
+    matched: bool
+    score: float = Field(ge=0, le=1)
+
+
+class FaceIn(_In):
+    match: FaceMatchIn | None = Field(default=None, description="A result from the terminal's trusted local matcher.")
+    image: str | None = Field(default=None, max_length=2_000_000,
+                              description="A JPEG in base64: matched by the service (not yet: send a match).")
+
+
+class VerifyRequest(_In):
+    request_id: str = Field(min_length=1, max_length=100,
+                            description="Idempotency: the same id, the same decision; a right is never used twice.")
+    terminal: str = Field(min_length=1, max_length=32)
+    lane: str = Field(min_length=1, max_length=32)
+    direction: Literal["in", "out"]
+    mode: Literal["check", "commit"]
+    container: ContainerIn
+    plate: PlateReadIn | None = None
+    badge: BadgeReadIn | None = None
+    face: FaceIn | None = None
+    observed_at: AwareDatetime
+
+
+class RepairOut(BaseModel):
+    field: Literal["container", "plate"]
+    position: int
+    read: str
+    understood: str
+
+
+class VerifyResponse(BaseModel):
+    decision: Literal["allow", "deny", "review"]
+    reasons: list[str] = Field(description="Reason codes (SPEC.md); empty on allow.")
+    decision_id: uuid.UUID
+    release_id: uuid.UUID | None
+    container: str | None = Field(description="The container number as understood, after check-digit repair.")
+    driver: str | None = Field(description="The badge holder, masked (J. P***s).")
+    screening: Literal["clear", "banned", "unavailable"]
+    request_id: str
+    mode: Literal["check", "commit"]
+    direction: Literal["in", "out"]
+    committed: bool = Field(description="True when this call recorded the gate-in or gate-out.")
+    repairs: list[RepairOut] = Field(description="Characters understood differently from how they were read.")
+
+
+class OverrideRequest(_In):
+    decision_id: uuid.UUID
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class OverrideResponse(BaseModel):
+    decision_id: uuid.UUID
+    release_id: uuid.UUID
+    state: str
+    receipt: dict[str, Any]
+
+
+def _uow_factory(request: Request) -> Any:
+    container = request.app.state.container
+    return lambda: unit_of_work(container)
+
+
+def gate_request(body: VerifyRequest) -> g.GateRequest:
+    face = None
+    if body.face is not None:
+        if body.face.match is None:
+            # Face images are matched from issue 6 on; until then a gate sends its matcher's result.
+            raise DomainError(ErrorCode.FACE_IMAGE_UNSUPPORTED,
+                              "Send the face as a match result from the terminal's matcher (face.match).")
+        face = g.FaceEvidence("match_result", body.face.match.score, body.face.match.matched)
+    return g.GateRequest(
+        request_id=body.request_id, terminal=body.terminal, lane=body.lane, direction=g.Direction(body.direction),
+        mode=g.Mode(body.mode), container=g.ContainerRead(body.container.number, body.container.confidence),
+        plate=None if body.plate is None else g.PlateRead(body.plate.text, body.plate.country, body.plate.confidence),
+        badge=None if body.badge is None or not (body.badge.number or body.badge.card_uid)
+        else g.BadgeRead(body.badge.scheme, body.badge.number, body.badge.card_uid),
+        face=face, observed_at=body.observed_at,
+    )
+
+
+@router.post("/verify", operation_id="verifyGate", response_model=VerifyResponse,
+             responses=problem_responses(400, 401, 403, 409, 422),
+             summary="Decide whether this driver in this truck may take this container; on commit, record it.")
+def verify(request: Request, body: VerifyRequest, actor: Actor = Depends(GATE)) -> dict[str, Any]:
+    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    now = request.app.state.container.clock.now()
+    return verify_service.verify(_uow_factory(request), actor, gate_request(body), fingerprint=fingerprint, now=now)
+
+
+@router.post("/overrides", operation_id="overrideGate", response_model=OverrideResponse, status_code=201,
+             responses=problem_responses(400, 401, 403, 404, 409, 422),
+             summary="Let a refused truck in at this terminal, with a reason (audited).")
+def override(request: Request, body: OverrideRequest, actor: Actor = Depends(GATE)) -> dict[str, Any]:
+    now = request.app.state.container.clock.now()
+    return verify_service.override(_uow_factory(request), actor, body.decision_id, body.reason, now)

@@ -1,0 +1,188 @@
+"""Gate verify (SPEC.md "The gate verify call", issue 5): read the facts, decide, and on an allowed
+commit record the gate move, all in one transaction, answered the same way for the same request_id.
+
+    find (terminal, request_id) ── recorded? ── same fingerprint: the recorded answer, nothing redone
+         │                                   └─ another request under that id: request_id_reused
+         v
+    facts: policy, the rights of every container the read may be, the badge, the holder's screening
+         v
+    decide (domain/gate.py, pure)
+         v
+    mode commit and allow: the right again, locked (SELECT .. FOR UPDATE), decided again on that
+    fresh copy (a nomination, hold, block or use that committed meanwhile counts), then gate-in
+    (once) or gate-out; the right's events go to the audit trail and the webhook outbox
+         v
+    record the decision (unique per terminal and request_id), commit
+
+Racing gates on one right queue on the row lock: the first commits gate-in, every later one finds it
+gated in and is refused ``already_used``. A twin request (same request_id, e.g. an adapter retrying
+after a timeout) that loses the insert is rolled back entirely, its gate move included, and answers
+with the winner's recorded decision: the same id never uses a right twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from release_service.domain import gate as g
+from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.parties import Actor, OrgKind
+from release_service.domain.reads import container_candidates
+from release_service.ports import DuplicateDecision, StoredDecision, UnitOfWork
+
+from .common import persist
+
+log = logging.getLogger(__name__)
+
+# A refusal of the domain's gate move that decide() did not foresee maps to the gate reason it means.
+_MOVE_REFUSALS: dict[ErrorCode, g.Reason] = {
+    ErrorCode.ALREADY_USED: g.Reason.ALREADY_USED,
+    ErrorCode.RIGHT_BLOCKED: g.Reason.RIGHT_BLOCKED,
+    ErrorCode.RIGHT_EXPIRED: g.Reason.RIGHT_EXPIRED,
+    ErrorCode.RIGHT_NOT_YET_VALID: g.Reason.RIGHT_NOT_YET_VALID,
+    ErrorCode.NOT_TERMINAL: g.Reason.WRONG_TERMINAL,
+}
+
+
+def require_gate_of(actor: Actor, terminal: str) -> None:
+    """Only a terminal's own gate clients ask about, and move rights at, that terminal."""
+    if actor.kind is not OrgKind.TERMINAL or not actor.terminal_code or actor.terminal_code != terminal:
+        raise DomainError(ErrorCode.NOT_TERMINAL, "This client is not a gate of that terminal.")
+
+
+def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateRequest, *, fingerprint: str,
+           now: datetime) -> dict[str, Any]:
+    """The response body of POST /gate/v1/verify. Raises DomainError (not_terminal, request_id_reused)."""
+    require_gate_of(actor, request.terminal)
+    for _ in range(2):  # the second round only when a twin recorded first: it then finds the twin
+        with uow_factory() as uow:
+            stored = uow.gate.find(request.terminal, request.request_id)
+            if stored is not None:
+                return _replay(stored, fingerprint)
+            decision_id = uuid.uuid4()
+            decision, committed = _decide_and_move(uow, actor, request, decision_id, now)
+            body = response_body(request, decision, decision_id, committed)
+            try:
+                uow.gate.record(_row(actor, request, decision, decision_id, committed, fingerprint, body, now))
+            except DuplicateDecision:
+                continue  # leaving the unit of work rolls this attempt back, gate move included
+            uow.commit()
+        log.info(decision.event, extra={"fields": {"terminal": request.terminal, "lane": request.lane,
+                                                   "decision_id": str(decision_id), "mode": request.mode.value}})
+        return body
+    raise DomainError(ErrorCode.REQUEST_ID_REUSED, "This request_id is being used by another request.")
+
+
+def _replay(stored: StoredDecision, fingerprint: str) -> dict[str, Any]:
+    if stored.fingerprint != fingerprint:
+        raise DomainError(ErrorCode.REQUEST_ID_REUSED,
+                          "This request_id was already used for another request; use a new one.")
+    log.info("release.verify.replayed", extra={"fields": {"decision_id": str(stored.id)}})
+    return dict(stored.response)
+
+
+def _facts(uow: UnitOfWork, request: g.GateRequest, now: datetime
+           ) -> tuple[list[g.RightFacts], g.BadgeFacts | None, g.ScreeningFacts]:
+    rights = uow.gate.rights(container_candidates(request.container.number))
+    badge = uow.gate.badge(request.badge) if request.badge is not None else None
+    if badge is not None and badge.found and badge.person_id is not None:
+        screening = uow.gate.screen(badge.person_id, terminal=request.terminal, now=now)
+    else:
+        screening = g.ScreeningResult.UNAVAILABLE  # nobody to screen: never "clear"
+    return rights, badge, g.ScreeningFacts(screening)
+
+
+def _decide_and_move(uow: UnitOfWork, actor: Actor, request: g.GateRequest, decision_id: uuid.UUID,
+                     now: datetime) -> tuple[g.Decision, bool]:
+    policy = uow.gate.policy(request.terminal)
+    rights, badge, screening = _facts(uow, request, now)
+    decision = g.decide(request, rights=rights, badge=badge, screening=screening, policy=policy, now=now)
+    if request.mode is not g.Mode.COMMIT or not decision.allowed or decision.release_id is None:
+        return decision, False
+    right = uow.releases.get(decision.release_id, for_update=True)
+    if right is None:  # deleted rows stay; only a rolled-back issue could vanish
+        return replace(decision, decision=g.Outcome.DENY, reasons=(g.Reason.NO_RELEASE_RIGHT,)), False
+    fresh = [g.RightFacts.from_right(right) if r.id == right.id else r for r in rights]
+    decision = g.decide(request, rights=fresh, badge=badge, screening=screening, policy=policy, now=now)
+    if not decision.allowed:
+        return decision, False
+    try:
+        if request.direction is g.Direction.IN:
+            right.gate_in(by=actor, now=now, decision_id=decision_id)
+        else:
+            right.gate_out(by=actor, now=now, decision_id=decision_id)
+    except DomainError as exc:
+        reason = _MOVE_REFUSALS.get(exc.code)
+        if reason is None and exc.context.get("reason") == g.Reason.NOMINATION_REFUSED.value:
+            reason = g.Reason.NOMINATION_REFUSED
+        log.warning("release.verify.move_refused", extra={"fields": {"code": exc.code.value}})
+        return replace(decision, decision=g.Outcome.DENY, reasons=(reason or g.Reason.NO_RELEASE_RIGHT,)), False
+    persist(uow, right)
+    return decision, True
+
+
+def response_body(request: g.GateRequest, decision: g.Decision, decision_id: uuid.UUID,
+                  committed: bool) -> dict[str, Any]:
+    """The published response (SPEC.md), plus what was repaired and whether the move was recorded."""
+    return {
+        "decision": decision.decision.value,
+        "reasons": [r.value for r in decision.reasons],
+        "decision_id": str(decision_id),
+        "release_id": str(decision.release_id) if decision.release_id else None,
+        "container": decision.container,
+        "driver": decision.driver,
+        "screening": decision.screening.value,
+        "request_id": request.request_id,
+        "mode": request.mode.value,
+        "direction": request.direction.value,
+        "committed": committed,
+        "repairs": [{"field": r.field, "position": r.position, "read": r.read, "understood": r.understood}
+                    for r in decision.repairs],
+    }
+
+
+def _row(actor: Actor, request: g.GateRequest, decision: g.Decision, decision_id: uuid.UUID, committed: bool,
+         fingerprint: str, body: dict[str, Any], now: datetime) -> dict[str, Any]:
+    return {
+        "id": decision_id, "terminal": request.terminal, "request_id": request.request_id,
+        "client_id": actor.client_id, "lane": request.lane, "direction": request.direction.value,
+        "mode": request.mode.value, "fingerprint": fingerprint, "decision": decision.decision.value,
+        "reasons": [r.value for r in decision.reasons], "release_id": decision.release_id,
+        "container_number": decision.container, "committed": committed, "response": body,
+        "observed_at": request.observed_at, "decided_at": now,
+    }
+
+
+def override(uow_factory: Callable[[], UnitOfWork], actor: Actor, decision_id: uuid.UUID, reason: str,
+             now: datetime) -> dict[str, Any]:
+    """A terminal lets a refused truck in, with a reason (SPEC.md): audited on the right (the
+    ``release.gate_override`` event) and recorded against the decision, once."""
+    from .gate import override as override_right  # the right's own override rule
+
+    with uow_factory() as uow:
+        stored = uow.gate.get(decision_id)
+        if stored is None or actor.terminal_code != stored.terminal:
+            raise DomainError(ErrorCode.NOT_FOUND, "No such gate decision at this terminal.")
+        require_gate_of(actor, stored.terminal)
+        if stored.decision == g.Outcome.ALLOW.value:
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "This decision allowed the truck: nothing to override.")
+        if stored.direction != g.Direction.IN.value:
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "Only a refused gate-in can be overridden.")
+        if stored.release_id is None:
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION,
+                              "This decision found no release right: there is nothing to release.")
+        if uow.gate.overridden(decision_id):
+            raise DomainError(ErrorCode.ALREADY_USED, "This decision has already been overridden.")
+        right, receipt = override_right(uow, actor, stored.release_id, reason, decision_id, now)
+        uow.gate.record_override({"id": uuid.uuid4(), "decision_id": decision_id, "release_id": right.id,
+                                  "terminal": stored.terminal, "client_id": actor.client_id,
+                                  "reason": reason.strip(), "at": now})
+        uow.commit()
+    log.info("release.verify.overridden", extra={"fields": {"decision_id": str(decision_id)}})
+    return {"decision_id": str(decision_id), "release_id": str(right.id), "state": right.state.value,
+            "receipt": receipt.as_dict()}

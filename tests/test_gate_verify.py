@@ -1,0 +1,233 @@
+"""POST /gate/v1/verify and /gate/v1/overrides over HTTP, with real gate tokens from our provider, on
+SQLite and PostgreSQL: the decision, the single use at gate-in, idempotency by request_id, repairs,
+screening, overrides and bad input."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from identity.domain.badges import Scheme, with_check
+from quaygate.app import create_app
+from quaygate.cache import MemoryCache
+from quaygate.container import Container, SystemClock
+from quaygate.crypto import DataCipher
+from quaygate.schema import (
+    audit_log,
+    badge_activations,
+    badges,
+    ban_feed_state,
+    gate_decisions,
+    persons,
+    port_bans,
+    releases,
+)
+from quaygate.settings import Settings
+from release_service.domain.parties import OrgKind
+
+from .factories import TERMINAL, add_org, container
+from .test_release_api import Api, assert_problem
+
+PLATE = {"text": "1-ABC-123", "country": "BE"}
+
+
+class Gate(Api):
+    """The party API (to make rights) plus a gate client of the terminal."""
+
+    def __init__(self, http: TestClient, engine: sa.Engine) -> None:
+        super().__init__(http, engine)
+        self.gate_token = self.token_for("terminal_gate", self.p.terminal.organisation_id, TERMINAL)
+        # The factory's number has no valid check digit; the gate reads only real ones.
+        self.badge_number = with_check(Scheme.ALFAPASS, 12345)
+        with engine.begin() as conn:
+            conn.execute(badges.update().where(badges.c.person_id == self.p.driver).values(number=self.badge_number))
+            badge_id = conn.execute(sa.select(badges.c.id).where(badges.c.person_id == self.p.driver)).scalar_one()
+            conn.execute(badge_activations.insert().values(
+                id=uuid.uuid4(), badge_id=badge_id, terminal_code=TERMINAL, activated_by="desk", activated_at=_now()))
+
+    def pickable(self, n: int, *, green: bool = True) -> str:
+        """A right nominated to the test driver and truck, with every light green: ready for gate-in."""
+        rid = str(self.issue(n, release_to_organisation_id=str(self.p.haul.organisation_id))["release"]["id"])
+        r = self.http.put(f"/api/v1/releases/{rid}/nomination", headers=self.as_("haul"),
+                          json={"driver_person_id": str(self.p.driver), "plate": PLATE})
+        assert r.status_code == 200, r.text
+        for who, light in (("customs", "customs"), ("terminal", "terminal")):
+            status = "green" if green or light == "terminal" else "red"
+            r = self.http.put(f"/api/v1/releases/{rid}/lights/{light}", json={"status": status},
+                              headers=self.as_(who))
+            assert r.status_code == 200, r.text
+        return rid
+
+    def body(self, n: int, **over: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "request_id": str(uuid.uuid4()), "terminal": TERMINAL, "lane": "in-3", "direction": "in",
+            "mode": "check", "container": {"number": container(n), "confidence": 0.97},
+            "plate": {"text": "1ABC123", "country": "BE", "confidence": 0.95},
+            "badge": {"scheme": "alfapass", "number": self.badge_number}, "observed_at": _now().isoformat(),
+        }
+        body.update(over)
+        return body
+
+    def verify(self, body: dict[str, Any], token: str | None = None) -> Any:
+        return self.http.post("/gate/v1/verify", json=body,
+                              headers={"Authorization": f"Bearer {token or self.gate_token}"})
+
+    def state(self, rid: str) -> str:
+        with self.engine.connect() as conn:
+            return str(conn.execute(sa.select(releases.c.state).where(releases.c.id == uuid.UUID(rid))).scalar_one())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+def gate(engine: sa.Engine, tmp_path: Path) -> Iterator[Gate]:
+    settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
+                        background_workers=False)
+    c = Container(settings=settings, engine=engine, cache=MemoryCache(),
+                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
+    with TestClient(create_app(settings, container=c)) as http:
+        yield Gate(http, engine)
+
+
+def test_check_commit_replay_and_single_use(gate: Gate) -> None:
+    rid = gate.pickable(1)
+    check = gate.verify(gate.body(1))
+    assert check.status_code == 200, check.text
+    got = check.json()
+    assert (got["decision"], got["reasons"], got["release_id"], got["committed"]) == ("allow", [], rid, False)
+    assert got["container"] == container(1) and got["screening"] == "clear" and got["driver"] == "J. P***s"
+    assert gate.state(rid) == "nominated"  # check decides only
+
+    commit_body = gate.body(1, mode="commit")
+    first = gate.verify(commit_body)
+    assert first.json()["decision"] == "allow" and first.json()["committed"] is True, first.text
+    assert gate.state(rid) == "gated_in"
+    # The adapter retries after a timeout: the same answer, nothing done twice.
+    again = gate.verify(commit_body)
+    assert again.status_code == 200 and again.json() == first.json()
+    # The same request_id with another request is refused, not answered with the other's decision.
+    assert_problem(gate.verify({**commit_body, "lane": "in-4"}), 409, "request_id_reused")
+    # Another truck with the same container and driver: the right is used.
+    second = gate.verify(gate.body(1, mode="commit")).json()
+    assert (second["decision"], second["reasons"], second["committed"]) == ("deny", ["already_used"], False)
+
+    out = gate.verify(gate.body(1, mode="commit", direction="out")).json()
+    assert (out["decision"], out["committed"]) == ("allow", True), out
+    assert gate.state(rid) == "completed"
+    with gate.engine.connect() as conn:
+        decisions = conn.execute(sa.select(gate_decisions.c.decision, gate_decisions.c.committed)
+                                 .order_by(gate_decisions.c.decided_at)).all()
+        kinds = set(conn.execute(sa.select(audit_log.c.kind)).scalars())
+    assert [tuple(d) for d in decisions] == [("allow", False), ("allow", True), ("deny", False), ("allow", True)]
+    assert {"release.gated_in", "release.completed"} <= kinds
+
+
+def test_a_repaired_container_read_is_reported(gate: Gate) -> None:
+    rid = gate.pickable(5)
+    number = container(5)  # OCLU0000050-ish: a 0 in the serial read as O
+    misread = number[:4] + number[4:10].replace("0", "O", 1) + number[10]
+    assert misread != number
+    got = gate.verify(gate.body(5, container={"number": misread, "confidence": 0.9})).json()
+    assert (got["decision"], got["container"], got["release_id"]) == ("allow", number, rid), got
+    assert got["repairs"] and got["repairs"][0]["field"] == "container" and got["repairs"][0]["read"] == "O"
+
+
+@pytest.mark.parametrize(("change", "decision", "reason"), [
+    ({"plate": {"text": "2XYZ999", "country": "BE", "confidence": 0.95}}, "deny", "plate_mismatch"),
+    ({"plate": {"text": "1ABC123", "country": "BE", "confidence": 0.3}}, "review", "plate_low_confidence"),
+    ({"badge": None}, "deny", "badge_unknown"),
+    ({"container": {"number": "", "confidence": 0.0}}, "review", "container_unreadable"),
+])
+def test_reasons_over_http(gate: Gate, change: dict[str, Any], decision: str, reason: str) -> None:
+    rid = gate.pickable(2)
+    got = gate.verify(gate.body(2, mode="commit", **change)).json()
+    assert got["decision"] == decision and reason in got["reasons"], got
+    assert got["committed"] is False and gate.state(rid) == "nominated"
+
+
+def test_holds_not_activated_badges_and_unknown_containers(gate: Gate) -> None:
+    gate.pickable(3, green=False)  # customs red
+    got = gate.verify(gate.body(3)).json()
+    assert (got["decision"], got["reasons"]) == ("deny", ["customs_hold"])
+    assert gate.verify(gate.body(99)).json()["reasons"] == ["container_unknown"]
+    with gate.engine.begin() as conn:
+        conn.execute(badge_activations.update().values(withdrawn_at=_now(), withdrawn_by="desk"))
+    gate.pickable(4)
+    assert gate.verify(gate.body(4)).json()["reasons"] == ["badge_not_activated_here"]
+
+
+def test_a_banned_driver_is_refused_at_the_gate(gate: Gate) -> None:
+    rid = gate.pickable(6)
+    with gate.engine.begin() as conn:
+        conn.execute(persons.update().where(persons.c.id == gate.p.driver).values(national_id_hash="h" * 64))
+        conn.execute(port_bans.insert().values(register="BE-NBR", reference="B-1", subject_hash="h" * 64, scope="all",
+                                               banned_from=_now() - timedelta(days=1),
+                                               banned_until=_now() + timedelta(days=30), feed_sequence=1))
+        conn.execute(ban_feed_state.insert().values(register="BE-NBR", sequence=1, issued_at=_now(),
+                                                    loaded_at=_now(), digest="d" * 64))
+    got = gate.verify(gate.body(6, mode="commit")).json()
+    assert (got["decision"], got["screening"], got["reasons"]) == ("deny", "banned", ["person_banned"])
+    assert gate.state(rid) == "nominated"
+
+
+def test_only_the_terminals_own_gate(gate: Gate) -> None:
+    gate.pickable(7)
+    other = add_org(gate.engine, OrgKind.TERMINAL, terminal_code="BEANR-K913")
+    foreign = gate.token_for("terminal_gate", other.organisation_id, "BEANR-K913")
+    assert_problem(gate.verify(gate.body(7), token=foreign), 403, "not_terminal")  # asks about K1700
+    own_terminal = gate.verify(gate.body(7, terminal="BEANR-K913"), token=foreign).json()
+    # The right is for K1700, and the badge was never activated at K913: every reason is given.
+    assert own_terminal["reasons"] == ["wrong_terminal", "badge_not_activated_here"]
+    party = gate.as_("line")["Authorization"].split()[1]
+    assert gate.verify(gate.body(7), token=party).status_code in (401, 403)
+    assert gate.http.post("/gate/v1/verify", json=gate.body(7)).status_code == 401
+
+
+@pytest.mark.parametrize(("change", "status", "code"), [
+    ({"container": {"number": "OCLU0000011", "confidence": 1.5}}, 422, "invalid_request"),
+    ({"direction": "sideways"}, 422, "invalid_request"),
+    ({"observed_at": "2026-11-21T10:00:00"}, 422, "invalid_request"),  # no zone
+    ({"face": {"image": "aGVsbG8="}}, 422, "face_image_unsupported"),
+    ({"unknown_field": 1}, 422, "invalid_request"),
+])
+def test_bad_input_is_a_problem_and_records_nothing(gate: Gate, change: dict[str, Any], status: int,
+                                                    code: str) -> None:
+    gate.pickable(8)
+    assert_problem(gate.verify(gate.body(8, mode="commit", **change)), status, code)
+    with gate.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)).scalar_one() == 0
+
+
+def test_override_lets_a_refused_truck_in_once_with_a_reason(gate: Gate) -> None:
+    rid = gate.pickable(9)
+    refused = gate.verify(gate.body(9, mode="commit", plate={"text": "9ZZZ999", "country": "BE",
+                                                               "confidence": 0.99})).json()
+    assert refused["decision"] == "deny"
+    headers = {"Authorization": f"Bearer {gate.gate_token}"}
+    assert_problem(gate.http.post("/gate/v1/overrides", json={"decision_id": refused["decision_id"], "reason": " "},
+                                  headers=headers), 422, "invalid_request")
+    done = gate.http.post("/gate/v1/overrides", headers=headers,
+                          json={"decision_id": refused["decision_id"], "reason": "Plate changed after a breakdown"})
+    assert done.status_code == 201, done.text
+    assert done.json()["state"] == "gated_in" and gate.state(rid) == "gated_in"
+    assert_problem(gate.http.post("/gate/v1/overrides", headers=headers,
+                                  json={"decision_id": refused["decision_id"], "reason": "again"}), 409, "already_used")
+    allowed = gate.verify(gate.body(9, direction="out")).json()
+    assert allowed["decision"] == "allow"
+    assert_problem(gate.http.post("/gate/v1/overrides", headers=headers,
+                                  json={"decision_id": allowed["decision_id"], "reason": "x"}), 409,
+                   "illegal_transition")
+    assert_problem(gate.http.post("/gate/v1/overrides", headers=headers,
+                                  json={"decision_id": str(uuid.uuid4()), "reason": "x"}), 404, "not_found")
+    with gate.engine.connect() as conn:
+        kinds = list(conn.execute(sa.select(audit_log.c.kind).where(audit_log.c.subject == rid)).scalars())
+    assert "release.gate_override" in kinds
