@@ -1,0 +1,137 @@
+"""Gate-in uses a right once (SPEC.md), under load: 1 000 concurrent verify commits on 50 rights, from
+many threads, through two server processes (uvicorn) on one PostgreSQL, give exactly 50 allows and
+every other answer ``already_used`` (issue 5, "What it must show")."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from quaygate.app import create_app
+from quaygate.cache import MemoryCache
+from quaygate.container import Container, SystemClock
+from quaygate.crypto import DataCipher
+from quaygate.schema import gate_decisions, release_events, releases
+from quaygate.settings import Settings
+
+from .test_gate_verify import Gate
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+RIGHTS = 50
+REQUESTS = 1000
+THREADS = 48
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(database_url: str, var_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    env = {**os.environ, "QUAYGATE_DATABASE_URL": database_url, "QUAYGATE_VAR_DIR": str(var_dir),
+           "QUAYGATE_BACKGROUND_WORKERS": "false", "QUAYGATE_DB_POOL_SIZE": "30", "QUAYGATE_LOG_LEVEL": "WARNING"}
+    env.pop("QUAYGATE_REDIS_URL", None)
+    log = var_dir / f"server-{port}.log"
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "quaygate.app:app_from_env", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env, stdout=out, stderr=out)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the server did not start within 60 s")
+
+
+@pytest.fixture
+def setup(pg_engine: sa.Engine, tmp_path: Path) -> Iterator[tuple[Gate, list[str]]]:
+    settings = Settings(var_dir=tmp_path, database_url=pg_engine.url.render_as_string(hide_password=False),
+                        background_workers=False)
+    c = Container(settings=settings, engine=pg_engine, cache=MemoryCache(),
+                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
+    with TestClient(create_app(settings, container=c)) as http:
+        gate = Gate(http, pg_engine)
+        rights = [gate.pickable(n) for n in range(1, RIGHTS + 2)]  # the last one for the twins
+        yield gate, rights
+
+
+def test_a_thousand_concurrent_commits_on_fifty_rights_give_fifty_allows(
+        setup: tuple[Gate, list[str]], pg_engine: sa.Engine, tmp_path: Path) -> None:
+    gate, all_rights = setup
+    rights, twin_right = all_rights[:RIGHTS], all_rights[RIGHTS]
+    url = pg_engine.url.render_as_string(hide_password=False)
+    servers = [_serve(url, tmp_path) for _ in range(2)]
+    try:
+        # The 20 requests for one right are sent one after the other, so the 48 threads in flight hold
+        # about 20 racing requests on each of two or three rights at any time.
+        per_right = REQUESTS // RIGHTS
+        bodies = [gate.body(1 + i // per_right, mode="commit") for i in range(REQUESTS)]
+        clients = [httpx.Client(base_url=base, timeout=60,
+                                headers={"Authorization": f"Bearer {gate.gate_token}"}) for _, base in servers]
+
+        def call(i: int) -> dict[str, Any]:
+            r = clients[i % 2].post("/gate/v1/verify", json=bodies[i])
+            assert r.status_code == 200, r.text
+            return dict(r.json())
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            answers = list(pool.map(call, range(REQUESTS)))
+            # Twins: one request sent 40 times at once through both servers (an adapter retrying).
+            twin = gate.body(RIGHTS + 1, mode="commit")
+            bodies[:40] = [twin] * 40
+            twins = list(pool.map(call, range(40)))
+        for client in clients:
+            client.close()
+    finally:
+        for proc, _ in servers:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    allows = [a for a in answers if a["decision"] == "allow"]
+    assert len(allows) == RIGHTS
+    assert sorted(a["release_id"] for a in allows) == sorted(rights)  # one per right
+    assert all(a["committed"] for a in allows)
+    others = Counter(tuple(a["reasons"]) for a in answers if a["decision"] != "allow")
+    assert others == Counter({("already_used",): REQUESTS - RIGHTS})
+    with pg_engine.connect() as conn:
+        states = Counter(conn.execute(sa.select(releases.c.state)).scalars())
+        gated = conn.execute(sa.select(sa.func.count()).select_from(release_events)
+                             .where(release_events.c.type == "release.gated_in")).scalar_one()
+        recorded = conn.execute(sa.select(gate_decisions.c.committed, sa.func.count())
+                                .group_by(gate_decisions.c.committed)).all()
+    assert states == Counter({"gated_in": RIGHTS + 1}) and gated == RIGHTS + 1
+    assert dict((bool(k), v) for k, v in recorded) == {True: RIGHTS + 1, False: REQUESTS - RIGHTS}
+    assert len({uuid.UUID(a["decision_id"]) for a in answers}) == REQUESTS
+    # Every twin got the one recorded decision, which used the right once.
+    assert all(t == twins[0] for t in twins) and twins[0]["decision"] == "allow" and twins[0]["committed"]
+    assert twins[0]["release_id"] == twin_right
+    with pg_engine.connect() as conn:
+        moves = conn.execute(sa.select(sa.func.count()).select_from(release_events).where(
+            release_events.c.release_id == uuid.UUID(twin_right), release_events.c.type == "release.gated_in"
+        )).scalar_one()
+    assert moves == 1
