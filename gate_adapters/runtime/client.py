@@ -1,0 +1,198 @@
+"""The verify client: ``POST /gate/v1/verify`` with a gate client's token, retried safely.
+
+Why retries are safe: the body carries ``request_id`` and the service answers the same id with the same
+decision, never using a right twice (SPEC.md "The gate verify call"). So a connect error, a timeout or
+a 5xx is retried with the SAME body; a 4xx problem (RFC 9457) is an answer about the request itself
+and is never retried.
+
+Rules:
+1. Retried: transport errors (connect, read, timeouts), 5xx, 429; ``attempts`` tries in all, with
+   exponential backoff (``backoff * 2**n``, capped). When they run out: ``ServiceUnavailable``.
+2. A 401 drops the cached token and tries once more with a fresh one (it may have expired in flight).
+3. Any other 4xx: ``VerifyRefused`` carrying the problem's ``status``, ``code`` and ``detail``.
+4. Tokens (``ClientCredentials``): RFC 6749 §4.4 client credentials at ``/oauth2/token`` with
+   ``client_secret_basic`` (§2.3.1), cached until ``leeway`` seconds before ``expires_in`` runs out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import httpx
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class TokenProvider(Protocol):
+    def token(self) -> str: ...
+
+    def invalidate(self) -> None: ...
+
+
+class TokenError(Exception):
+    """The token endpoint refused us or did not answer: a configuration or availability problem."""
+
+
+class ServiceUnavailable(Exception):
+    """No answer from the service after every retry: the lane holds and the request stays pending."""
+
+
+class VerifyRefused(Exception):
+    """A 4xx problem answer: the request itself is wrong (not retried)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"verify refused ({status} {code}): {detail}")
+        self.status, self.code, self.detail = status, code, detail
+
+    @property
+    def final(self) -> bool:
+        """401/403/429 may pass once the configuration is fixed: the request stays pending for those."""
+        return self.status not in (401, 403, 429)
+
+    def as_response(self) -> dict[str, Any]:
+        return {"error": {"status": self.status, "code": self.code, "detail": self.detail}}
+
+
+class StaticToken:
+    """A fixed bearer token (tests, or a token issued out of band)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def token(self) -> str:
+        return self._token
+
+    def invalidate(self) -> None:
+        """Nothing to refresh: the next call sends the same token."""
+
+
+class ClientCredentials:
+    """A gate client's access token, fetched with client_secret_basic and cached until near expiry."""
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        http: httpx.Client | None = None,
+        scope: str | None = None,
+        leeway: float = 30.0,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.token_url, self.scope, self.leeway, self.timeout = token_url, scope, leeway, timeout
+        self._auth = (client_id, client_secret)
+        self._http = http or httpx.Client(timeout=timeout)  # an injected client brings its own timeouts
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires_at = 0.0
+
+    def token(self) -> str:
+        with self._lock:
+            if self._token is None or self._clock() >= self._expires_at:
+                self._token, self._expires_at = self._fetch()
+            return self._token
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._token = None
+
+    def _fetch(self) -> tuple[str, float]:
+        data = {"grant_type": "client_credentials"} | ({"scope": self.scope} if self.scope else {})
+        started = self._clock()
+        try:
+            r = self._http.post(self.token_url, data=data, auth=self._auth)
+        except httpx.HTTPError as exc:
+            raise TokenError(f"token endpoint unreachable: {type(exc).__name__}") from exc
+        if r.status_code != 200:
+            raise TokenError(f"token endpoint answered {r.status_code}: {_error_text(r)}")
+        body = r.json()
+        token, expires_in = body.get("access_token"), body.get("expires_in", 300)
+        if not isinstance(token, str) or not isinstance(expires_in, int | float):
+            raise TokenError("token response has no access_token or expires_in")
+        # Measured from when we asked: the token may be a little older than it looks when it arrives.
+        return token, started + max(float(expires_in) - self.leeway, 0.0)
+
+
+class VerifyClient:
+    """Sends one verify body and returns the decision JSON (rules 1 to 3)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        tokens: TokenProvider,
+        *,
+        http: httpx.Client | None = None,
+        timeout: float = 2.0,
+        attempts: int = 3,
+        backoff: float = 0.2,
+        max_backoff: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts >= 1")
+        self.url = base_url.rstrip("/") + "/gate/v1/verify"
+        self.tokens, self.timeout, self.attempts = tokens, timeout, attempts
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self._http = http or httpx.Client(timeout=timeout)  # an injected client brings its own timeouts
+        self._sleep = sleep
+
+    def verify(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        last = "no attempt"
+        refreshed = False
+        for attempt in range(self.attempts):
+            if attempt:
+                self._sleep(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
+            try:
+                r = self._post(body)
+            except (httpx.TransportError, TokenError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if r.status_code == 200:
+                return dict(r.json())
+            if r.status_code == 401 and not refreshed:  # rule 2
+                refreshed = True
+                self.tokens.invalidate()
+                try:
+                    r = self._post(body)
+                except (httpx.TransportError, TokenError) as exc:
+                    last = f"{type(exc).__name__}: {exc}"
+                    continue
+                if r.status_code == 200:
+                    return dict(r.json())
+            if r.status_code in RETRY_STATUSES:
+                last = f"HTTP {r.status_code}"
+                continue
+            raise _refused(r)
+        raise ServiceUnavailable(f"no answer after {self.attempts} attempts ({last})")
+
+    def _post(self, body: Mapping[str, Any]) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens.token()}", "Accept": "application/json"}
+        return self._http.post(self.url, json=dict(body), headers=headers)
+
+
+def _error_text(r: httpx.Response) -> str:
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text[:200]
+    if isinstance(body, dict):
+        return str(body.get("error_description") or body.get("detail") or body.get("error") or body)[:200]
+    return str(body)[:200]
+
+
+def _refused(r: httpx.Response) -> VerifyRefused:
+    code, detail = "http_error", r.text[:200]
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        code = str(body.get("code") or body.get("error") or code)
+        detail = str(body.get("detail") or body.get("title") or body.get("error_description") or detail)[:500]
+    return VerifyRefused(r.status_code, code, detail)

@@ -1,0 +1,99 @@
+"""Reads over MQTT: subscribe to each lane's topics, parse with ``gate_adapters.sources.mqtt``, feed.
+
+Topics: ``<prefix>/<terminal>/<lane>/#`` per configured lane, QoS 1 (see ``sources/mqtt.py`` for the
+read topics). Rules:
+1. The paho network thread only parses and enqueues (``LaneWorker.submit``): a slow service must not
+   stall the broker connection (keep-alives, other lanes).
+2. ``.../barrier`` is our own output (``MqttBarrier``) under the same ``#``: skipped, never parsed.
+3. A refused payload is logged as ``gate.source.refused.mqtt`` with the plain reason; a read for a
+   lane we do not run is logged as ``gate.source.unknown_lane`` and dropped.
+4. Subscriptions are (re)made in ``on_connect``, so a broker restart does not silence a lane.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gate_adapters.core.reads import Read, SourceError
+from gate_adapters.sources import mqtt as mqtt_format
+
+from .lane import LaneWorker
+
+log = logging.getLogger("gate_adapters.source.mqtt")
+
+
+def new_client(client_id: str = "", *, username: str | None = None, password: str | None = None) -> mqtt.Client:
+    """A paho client with the v2 callback API (the v1 API is deprecated in paho 2)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    if username is not None:
+        client.username_pw_set(username, password)
+    return client
+
+
+class MqttSource:
+    def __init__(
+        self,
+        worker: LaneWorker,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        prefix: str = "quaygate",
+        client: mqtt.Client | None = None,
+        keepalive: int = 30,
+    ) -> None:
+        self.worker, self.host, self.port, self.prefix, self.keepalive = worker, host, port, prefix, keepalive
+        self.client = client or new_client()
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.subscribed = threading.Event()  # set once the broker confirmed our subscriptions (health)
+
+    def topics(self) -> list[str]:
+        return [f"{self.prefix}/{terminal}/{lane}/#" for terminal, lane in self.worker.lanes]
+
+    def start(self) -> None:
+        """Connect and run paho's network loop on its own thread (it reconnects by itself)."""
+        self.client.connect(self.host, self.port, self.keepalive)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def handle(self, topic: str, payload: bytes) -> Read | None:
+        """One message: parse, enqueue for its lane; returns the read (``None``: skipped or refused)."""
+        if topic.endswith("/barrier"):
+            return None  # rule 2
+        try:
+            parsed = mqtt_format.parse(topic, payload, prefix=self.prefix)
+        except SourceError as exc:
+            log.warning("gate.source.refused.mqtt", extra={"topic": topic, "reason": str(exc)})
+            return None
+        if parsed is None:
+            return None
+        if not self.worker.has_lane(parsed.terminal, parsed.read.lane):
+            log.warning("gate.source.unknown_lane", extra={"topic": topic})
+            return None
+        self.worker.submit(parsed.terminal, parsed.read)
+        return parsed.read
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if getattr(reason_code, "is_failure", False):
+            log.error("gate.source.mqtt.connect_failed", extra={"reason": str(reason_code)})
+            return
+        self.subscribed.clear()
+        client.subscribe([(t, 1) for t in self.topics()])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        if all(not getattr(rc, "is_failure", False) for rc in reason_codes):
+            self.subscribed.set()
+        else:
+            log.error("gate.source.mqtt.subscribe_failed", extra={"topics": self.topics()})
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self.handle(message.topic, bytes(message.payload))

@@ -1,0 +1,126 @@
+"""A durable local outbox of gate verify requests, in SQLite.
+
+Why: a truck's request must survive a crash of the adapter between "asked the service" and "heard
+the answer". The service answers the same ``request_id`` with the same decision and never uses a
+right twice (SPEC.md "The gate verify call"), so the safe recovery is to re-send the SAME body.
+
+Row lifecycle::
+
+    put(body) ──► pending ──done(request_id, response)──► decided ──prune(older than keep_days)──► gone
+
+Rules:
+1. ``put`` is durable before it returns: WAL journal with ``synchronous=FULL`` (a power cut after the
+   commit keeps the row). The caller puts BEFORE any network call.
+2. ``put`` of a request_id already present keeps the FIRST body and returns it: the service refuses a
+   reused request_id with another body (409), so a replayed read must re-send what was stored.
+3. ``pending()`` is oldest first (trucks pass a lane in order); decided rows are kept ``keep_days``
+   days for the audit trail and then pruned.
+4. One instance is shared by threads: one connection guarded by a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS verify_requests (
+    request_id TEXT PRIMARY KEY,
+    lane       TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    decided_at REAL,
+    response   TEXT
+);
+CREATE INDEX IF NOT EXISTS verify_requests_pending ON verify_requests (created_at) WHERE decided_at IS NULL;
+CREATE INDEX IF NOT EXISTS verify_requests_decided ON verify_requests (decided_at) WHERE decided_at IS NOT NULL;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRequest:
+    """A request put but not answered yet. ``created_at`` is wall-clock seconds (it outlives restarts)."""
+
+    request_id: str
+    lane: str
+    body: dict[str, Any]
+    created_at: float
+    attempts: int
+
+
+class Outbox:
+    """One SQLite file per lane or per adapter. Thread-safe."""
+
+    def __init__(self, path: str | Path, *, keep_days: float = 7.0, wall: Callable[[], float] = time.time) -> None:
+        if keep_days <= 0:
+            raise ValueError("keep_days > 0")
+        self.path = Path(path)
+        self.keep_seconds = keep_days * 86400.0
+        self._wall = wall
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # rule 1: durable at commit, not just at checkpoint
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def put(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Store a verify body (durably) and return the body to send: the first one stored (rule 2)."""
+        request_id, lane = str(body["request_id"]), str(body.get("lane", ""))
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO verify_requests (request_id, lane, body, created_at) VALUES (?, ?, ?, ?)",
+                (request_id, lane, json.dumps(body, sort_keys=True), self._wall()),
+            )
+            row = self._db.execute("SELECT body FROM verify_requests WHERE request_id = ?", (request_id,)).fetchone()
+        return dict(json.loads(row[0]))
+
+    def attempt(self, request_id: str) -> None:
+        """Count a send (for logs and the operator: a request retried many times needs a look)."""
+        with self._lock:
+            self._db.execute("UPDATE verify_requests SET attempts = attempts + 1 WHERE request_id = ?", (request_id,))
+
+    def done(self, request_id: str, response: Mapping[str, Any]) -> None:
+        """Record the final answer (a decision, or a refusal that a re-send cannot change)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE verify_requests SET decided_at = ?, response = ? WHERE request_id = ?",
+                (self._wall(), json.dumps(response, sort_keys=True), request_id),
+            )
+
+    def pending(self, lane: str | None = None) -> list[PendingRequest]:
+        """Requests without a final answer, oldest first (rule 3); ``lane`` filters a shared file."""
+        sql = "SELECT request_id, lane, body, created_at, attempts FROM verify_requests WHERE decided_at IS NULL"
+        args: tuple[str, ...] = ()
+        if lane is not None:
+            sql, args = sql + " AND lane = ?", (lane,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY created_at, rowid", args).fetchall()
+        return [PendingRequest(r[0], r[1], dict(json.loads(r[2])), float(r[3]), int(r[4])) for r in rows]
+
+    def response(self, request_id: str) -> dict[str, Any] | None:
+        """The recorded answer, or ``None`` while pending or unknown."""
+        with self._lock:
+            sql = "SELECT response FROM verify_requests WHERE request_id = ?"
+            row = self._db.execute(sql, (request_id,)).fetchone()
+        return None if row is None or row[0] is None else dict(json.loads(row[0]))
+
+    def prune(self) -> int:
+        """Delete decided rows older than ``keep_days``; pending rows are never pruned (never lost)."""
+        cutoff = self._wall() - self.keep_seconds
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM verify_requests WHERE decided_at IS NOT NULL AND decided_at < ?", (cutoff,)
+            )
+        return int(cur.rowcount)

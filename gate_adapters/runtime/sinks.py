@@ -1,0 +1,109 @@
+"""Barrier sinks: turn a verify answer into a barrier command, over HTTP, MQTT or a log line.
+
+Rules (one place, every sink):
+1. Only ``decision == "allow"`` opens. In ``commit`` mode the answer must also say ``committed``:
+   a truck may not pass a gate whose passage was not recorded (the right would look unused).
+2. ``deny`` holds; ``review`` holds and calls an officer (``call_officer``); no answer at all
+   (``None``: service unreachable, request refused) holds and calls an officer too: never open
+   without the service's "allow" (offline gate passes come later).
+3. A command carries the lane, ``open``|``hold``, the ``decision_id`` (``None`` without an answer)
+   and ``call_officer``; nothing about the driver (barrier controllers log what they receive).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+import httpx
+
+log = logging.getLogger("gate_adapters.barrier")
+
+
+class BarrierCommand(StrEnum):
+    OPEN = "open"
+    HOLD = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    lane: str
+    command: BarrierCommand
+    decision_id: str | None
+    call_officer: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in asdict(self).items()}
+
+
+def command_for(response: Mapping[str, Any] | None, lane: str) -> Command:
+    """Rules 1 and 2: the only path to ``open``."""
+    if response is None or "decision" not in response:
+        return Command(lane, BarrierCommand.HOLD, None, call_officer=True)
+    decision_id = None if response.get("decision_id") is None else str(response["decision_id"])
+    decision = response.get("decision")
+    recorded = response.get("mode") != "commit" or response.get("committed") is True
+    if decision == "allow" and recorded:
+        return Command(lane, BarrierCommand.OPEN, decision_id, call_officer=False)
+    return Command(lane, BarrierCommand.HOLD, decision_id, call_officer=decision != "deny")
+
+
+class BarrierSink(Protocol):
+    def act(self, response: Mapping[str, Any] | None, lane: str) -> Command: ...
+
+
+class LogBarrier:
+    """A structured log line per command (a lane without a barrier controller, or a dry run)."""
+
+    def __init__(self, logger: logging.Logger = log) -> None:
+        self._log = logger
+
+    def act(self, response: Mapping[str, Any] | None, lane: str) -> Command:
+        cmd = command_for(response, lane)
+        self._log.info("gate.barrier.%s", cmd.command, extra={"barrier": cmd.as_json()})
+        return cmd
+
+
+class HttpBarrier:
+    """POST the command as JSON to the barrier controller's URL."""
+
+    def __init__(self, url: str, *, http: httpx.Client | None = None, timeout: float = 2.0) -> None:
+        self.url, self.timeout = url, timeout
+        self._http = http or httpx.Client(timeout=timeout)  # an injected client brings its own timeouts
+
+    def act(self, response: Mapping[str, Any] | None, lane: str) -> Command:
+        cmd = command_for(response, lane)
+        try:
+            r = self._http.post(self.url, json=cmd.as_json())
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            # A barrier that did not hear "open" stays closed: that is the safe failure; tell the operator.
+            log.error("gate.barrier.unreachable", extra={"lane": lane, "error": type(exc).__name__})
+        return cmd
+
+
+class MqttPublisher(Protocol):
+    """What we need of paho's ``Client``: ``publish(topic, payload, qos)``."""
+
+    def publish(self, topic: str, payload: str | bytes | None = None, qos: int = 0, retain: bool = False) -> Any: ...
+
+
+class MqttBarrier:
+    """Publish the command to ``<prefix>/<terminal>/<lane>/barrier`` with QoS 1 (at least once)."""
+
+    def __init__(self, client: MqttPublisher, terminal: str, *, prefix: str = "quaygate", qos: int = 1) -> None:
+        self._client, self.terminal, self.prefix, self.qos = client, terminal, prefix, qos
+
+    def topic(self, lane: str) -> str:
+        return f"{self.prefix}/{self.terminal}/{lane}/barrier"
+
+    def act(self, response: Mapping[str, Any] | None, lane: str) -> Command:
+        cmd = command_for(response, lane)
+        info = self._client.publish(self.topic(lane), json.dumps(cmd.as_json()), qos=self.qos)
+        if getattr(info, "rc", 0) != 0:
+            log.error("gate.barrier.unreachable", extra={"lane": lane, "rc": info.rc})
+        return cmd

@@ -1,0 +1,442 @@
+"""The gate adapter runtime against the real app (real gate tokens, real PostgreSQL/SQLite) and a real
+Mosquitto: the durable outbox, the verify client, barrier sinks, lane runtimes, and the HTTP and MQTT
+read inputs. Only our own device edge (the barrier) is recorded instead of driven."""
+# ruff: noqa: F811 - ``gate`` is test_gate_verify's fixture, imported here and requested by name
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from gate_adapters.core.correlate import LaneCorrelator
+from gate_adapters.core.reads import Read
+from gate_adapters.runtime.client import (
+    ClientCredentials,
+    ServiceUnavailable,
+    StaticToken,
+    VerifyClient,
+    VerifyRefused,
+)
+from gate_adapters.runtime.http_source import create_source_app
+from gate_adapters.runtime.lane import LaneRuntime, LaneWorker, verify_body
+from gate_adapters.runtime.mqtt_source import MqttSource, new_client
+from gate_adapters.runtime.outbox import Outbox
+from gate_adapters.runtime.sinks import BarrierCommand, Command, MqttBarrier, command_for
+from gate_adapters.sources import generic_json
+from identity.bootstrap import create_client
+from quaygate.schema import gate_decisions
+
+from .conftest import IN_CI
+from .factories import TERMINAL, container
+from .test_gate_verify import Gate, gate  # noqa: F401
+
+LANE = "in-3"
+FIXTURES = Path(__file__).parent / "fixtures" / "gate"
+
+
+class RecordingBarrier:
+    """Our own device edge, recorded: what the barrier would have been told."""
+
+    def __init__(self) -> None:
+        self.commands: list[Command] = []
+
+    def act(self, response: Mapping[str, Any] | None, lane: str) -> Command:
+        cmd = command_for(response, lane)
+        self.commands.append(cmd)
+        return cmd
+
+
+class Crash(BaseException):
+    """The process dies here (not an Exception: nothing in the runtime may catch it)."""
+
+
+class CrashAfterAnswer:
+    """The service answered, then the adapter died before writing ``done``."""
+
+    def __init__(self, client: VerifyClient) -> None:
+        self.client = client
+        self.answers: list[dict[str, Any]] = []
+
+    def verify(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        self.answers.append(self.client.verify(body))
+        raise Crash
+
+
+class FaultyTransport(httpx.BaseTransport):
+    """Network faults in front of the real app: the first ``fail`` calls get ``fault``, then pass through."""
+
+    def __init__(self, inner: httpx.BaseTransport, fail: int, fault: str) -> None:
+        self.inner, self.fail, self.fault = inner, fail, fault
+        self.bodies: list[bytes] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.bodies.append(request.read())
+        if len(self.bodies) <= self.fail:
+            if self.fault == "connect":
+                raise httpx.ConnectError("connection refused", request=request)
+            return httpx.Response(503, json={"detail": "busy"}, request=request)
+        return self.inner.handle_request(request)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def reads(plate: str = "1-ABC-123", n: int = 1, *, at: datetime | None = None, lane: str = LANE,
+          face: dict[str, Any] | None = None, badge: str = "AP-123455") -> list[Read]:
+    """A truck's three reads, as a device would post them (generic JSON)."""
+    at = at or _now()
+    objs: list[dict[str, Any]] = [
+        {"kind": "plate", "plate": {"text": plate, "country": "BE", "confidence": 0.95}},
+        {"kind": "container", "container": {"number": container(n), "confidence": 0.97}},
+        {"kind": "badge", "badge": {"scheme": "alfapass", "number": badge}},
+    ]
+    if face is not None:
+        objs.insert(0, {"kind": "face", "face": face})
+    return [generic_json.parse_object({**o, "lane": lane, "observed_at": (at + timedelta(milliseconds=100 * i))
+                                       .isoformat()}) for i, o in enumerate(objs)]
+
+
+def real_client(gate: Gate, **kw: Any) -> VerifyClient:
+    return VerifyClient("http://testserver", StaticToken(gate.gate_token), http=gate.http, **kw)
+
+
+def runtime(client: Any, outbox: Outbox, sink: Any, **kw: Any) -> LaneRuntime:
+    return LaneRuntime(TERMINAL, LANE, "in", "commit", LaneCorrelator(LANE, TERMINAL, "in"), client, outbox, sink,
+                       **kw)
+
+
+def decisions(gate: Gate) -> list[tuple[str, bool]]:
+    with gate.engine.connect() as conn:
+        rows = conn.execute(sa.select(gate_decisions.c.decision, gate_decisions.c.committed)).all()
+    return [(str(r[0]), bool(r[1])) for r in rows]
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    box = Outbox(tmp_path / "lane.sqlite3")
+    yield box
+    box.close()
+
+
+# -- the outbox on its own ---------------------------------------------------------------------------
+
+
+def test_outbox_keeps_the_first_body_orders_pending_and_prunes_only_decided(tmp_path: Path) -> None:
+    now = [1000.0]
+    box = Outbox(tmp_path / "o.sqlite3", keep_days=1, wall=lambda: now[0])
+    assert box.put({"request_id": "a", "lane": LANE, "mode": "commit"})["mode"] == "commit"
+    now[0] += 1
+    # The same request_id again keeps what was stored first: the service refuses another body (409).
+    assert box.put({"request_id": "a", "lane": LANE, "mode": "check"})["mode"] == "commit"
+    box.put({"request_id": "b", "lane": LANE})
+    box.put({"request_id": "c", "lane": "in-4"})
+    assert [p.request_id for p in box.pending()] == ["a", "b", "c"]
+    assert [p.request_id for p in box.pending(LANE)] == ["a", "b"]
+    box.done("a", {"decision": "allow"})
+    assert [p.request_id for p in box.pending(LANE)] == ["b"] and box.response("a") == {"decision": "allow"}
+    now[0] += 2 * 86400
+    assert box.prune() == 1  # "a" only: pending rows are never pruned
+    assert box.response("a") is None and [p.request_id for p in box.pending()] == ["b", "c"]
+    box.close()
+
+
+def test_an_outbox_row_survives_sigkill_right_after_put(tmp_path: Path) -> None:
+    path = tmp_path / "killed.sqlite3"
+    code = (
+        "import os, signal, sys\n"
+        "from gate_adapters.runtime.outbox import Outbox\n"
+        f"Outbox({str(path)!r}).put({{'request_id': 'r-1', 'lane': 'in-3', 'mode': 'commit'}})\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    box = Outbox(path)
+    assert [(p.request_id, p.body["mode"]) for p in box.pending()] == [("r-1", "commit")]
+    box.close()
+
+
+# -- barrier rules -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("response", "command", "officer"), [
+    ({"decision": "allow", "decision_id": "d", "mode": "commit", "committed": True}, "open", False),
+    ({"decision": "allow", "decision_id": "d", "mode": "check", "committed": False}, "open", False),
+    ({"decision": "allow", "decision_id": "d", "mode": "commit", "committed": False}, "hold", True),
+    ({"decision": "deny", "decision_id": "d", "mode": "commit", "committed": False}, "hold", False),
+    ({"decision": "review", "decision_id": "d", "mode": "commit", "committed": False}, "hold", True),
+    (None, "hold", True),
+    ({"error": {"status": 422}}, "hold", True),
+])
+def test_only_an_allow_opens(response: dict[str, Any] | None, command: str, officer: bool) -> None:
+    cmd = command_for(response, LANE)
+    assert (cmd.command, cmd.call_officer, cmd.lane) == (command, officer, LANE)
+
+
+def test_a_timed_out_truck_without_container_or_badge_scheme_gets_a_valid_body() -> None:
+    correlator = LaneCorrelator(LANE, TERMINAL, "in", window_seconds=5)
+    badge = generic_json.parse_object({"lane": LANE, "kind": "badge", "observed_at": _now().isoformat(),
+                                       "badge": {"number": "AP-123455"}})
+    assert correlator.add(badge, 0.0) == []
+    (ready,) = correlator.tick(10.0)
+    body = verify_body(ready, "commit", "portpass")
+    assert body["container"] == {"number": "", "confidence": 0.0}
+    assert body["badge"] == {"scheme": "portpass", "number": "AP-123455"} and body["mode"] == "commit"
+
+
+# -- a lane against the real service ----------------------------------------------------------------
+
+
+def test_a_pickable_right_opens_the_barrier_and_is_gated_in(gate: Gate, outbox: Outbox) -> None:
+    rid = gate.pickable(1)
+    sink = RecordingBarrier()
+    lane = runtime(real_client(gate), outbox, sink)
+    results = [r for read in reads() for r in lane.feed(read)]
+    assert [r.decision for r in results] == ["allow"]
+    assert [c.command for c in sink.commands] == [BarrierCommand.OPEN]
+    assert sink.commands[0].decision_id == results[0].response["decision_id"]  # type: ignore[index]
+    assert gate.state(rid) == "gated_in" and decisions(gate) == [("allow", True)]
+    assert outbox.pending() == [] and outbox.response(results[0].request_id)["committed"] is True  # type: ignore[index]
+
+
+def test_a_wrong_plate_holds_and_uses_nothing(gate: Gate, outbox: Outbox) -> None:
+    rid = gate.pickable(2)
+    sink = RecordingBarrier()
+    lane = runtime(real_client(gate), outbox, sink)
+    (result,) = [r for read in reads("9-ZZZ-999", 2) for r in lane.feed(read)]
+    assert result.decision == "deny" and "plate_mismatch" in result.response["reasons"]  # type: ignore[index]
+    assert [(c.command, c.call_officer) for c in sink.commands] == [(BarrierCommand.HOLD, False)]
+    assert gate.state(rid) == "nominated" and outbox.pending() == []
+
+
+def test_a_crash_after_the_answer_is_recovered_with_the_same_request_id(gate: Gate, tmp_path: Path) -> None:
+    rid = gate.pickable(3)
+    path = tmp_path / "lane.sqlite3"
+    first_box, first_sink = Outbox(path), RecordingBarrier()
+    crashing = CrashAfterAnswer(real_client(gate))
+    lane = runtime(crashing, first_box, first_sink)
+    with pytest.raises(Crash):
+        for read in reads(n=3):
+            lane.feed(read)
+    first_box.close()
+    assert first_sink.commands == [] and gate.state(rid) == "gated_in"  # the service did its part
+    (pending,) = Outbox(path).pending()
+
+    second_box, second_sink = Outbox(path), RecordingBarrier()
+    (recovered,) = runtime(real_client(gate), second_box, second_sink).recover()
+    assert recovered.request_id == pending.request_id == crashing.answers[0]["request_id"]
+    assert recovered.response == crashing.answers[0]  # same decision, same decision_id
+    assert [c.command for c in second_sink.commands] == [BarrierCommand.OPEN]
+    assert decisions(gate) == [("allow", True)]  # the right was used once
+    assert second_box.pending() == []
+    second_box.close()
+
+
+def test_an_unreachable_service_holds_keeps_the_request_and_sends_it_again(gate: Gate, outbox: Outbox) -> None:
+    rid = gate.pickable(4)
+    wall = [datetime.now(UTC).timestamp()]
+    away = VerifyClient("http://127.0.0.1:9", StaticToken(gate.gate_token), attempts=2, sleep=lambda s: None)
+    sink = RecordingBarrier()
+    lane = runtime(away, outbox, sink)
+    (result,) = [r for read in reads(n=4) for r in lane.feed(read)]
+    assert result.response is None and result.pending and result.error.startswith("unavailable")  # type: ignore[union-attr]
+    assert [(c.command, c.call_officer, c.decision_id) for c in sink.commands] == [(BarrierCommand.HOLD, True, None)]
+    assert gate.state(rid) == "nominated" and [p.request_id for p in outbox.pending()] == [result.request_id]
+
+    back = RecordingBarrier()
+    (again,) = runtime(real_client(gate), outbox, back, wall=lambda: wall[0]).recover()
+    assert again.request_id == result.request_id and again.decision == "allow"
+    assert [c.command for c in back.commands] == [BarrierCommand.OPEN]
+    assert gate.state(rid) == "gated_in" and outbox.pending() == []
+
+
+def test_a_late_answer_is_recorded_but_does_not_move_the_barrier(gate: Gate, outbox: Outbox) -> None:
+    gate.pickable(5)
+    away = VerifyClient("http://127.0.0.1:9", StaticToken(gate.gate_token), attempts=1)
+    lane_away = runtime(away, outbox, RecordingBarrier())
+    for read in reads(n=5):
+        lane_away.feed(read)
+    (pending,) = outbox.pending()
+    later = pending.created_at + 3600  # the truck is long gone
+    sink = RecordingBarrier()
+    (late,) = runtime(real_client(gate), outbox, sink, wall=lambda: later, act_seconds=60).recover()
+    assert late.decision == "allow" and late.command is None and sink.commands == []
+    assert outbox.pending() == [] and outbox.response(pending.request_id)["decision"] == "allow"  # type: ignore[index]
+
+
+def test_a_refused_request_is_final_and_holds_with_an_officer(gate: Gate, outbox: Outbox) -> None:
+    rid = gate.pickable(6)
+    sink = RecordingBarrier()
+    lane = runtime(real_client(gate), outbox, sink)
+    image = {"image": "aGVsbG8="}  # the service matches no images yet: 422 face_image_unsupported
+    (result,) = [r for read in reads(n=6, face=image) for r in lane.feed(read)]
+    assert result.response is None and result.error == "refused: 422 face_image_unsupported"
+    assert [(c.command, c.call_officer) for c in sink.commands] == [(BarrierCommand.HOLD, True)]
+    assert outbox.pending() == [] and outbox.response(result.request_id) == {  # a re-send cannot help
+        "error": {"status": 422, "code": "face_image_unsupported", "detail": outbox.response(
+            result.request_id)["error"]["detail"]}}  # type: ignore[index]
+    assert gate.state(rid) == "nominated"
+
+
+# -- the verify client -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["connect", "503"])
+def test_the_client_retries_faults_with_the_same_body(gate: Gate, fault: str) -> None:
+    rid = gate.pickable(7)
+    transport = FaultyTransport(gate.http._transport, fail=2, fault=fault)
+    http = httpx.Client(transport=transport)
+    client = VerifyClient("http://testserver", StaticToken(gate.gate_token), http=http, attempts=3,
+                          sleep=lambda s: None)
+    got = client.verify(gate.body(7, mode="commit"))
+    assert got["decision"] == "allow" and got["committed"] is True
+    assert len(transport.bodies) == 3 and len(set(transport.bodies)) == 1  # same request_id every time
+    assert gate.state(rid) == "gated_in"
+    with pytest.raises(ServiceUnavailable):
+        VerifyClient("http://testserver", StaticToken(gate.gate_token), attempts=2, sleep=lambda s: None,
+                     http=httpx.Client(transport=FaultyTransport(gate.http._transport, 5, fault))
+                     ).verify(gate.body(7, mode="commit"))
+
+
+def test_a_problem_answer_is_not_retried_and_says_what_is_wrong(gate: Gate) -> None:
+    gate.pickable(8)
+    transport = FaultyTransport(gate.http._transport, fail=0, fault="connect")
+    client = VerifyClient("http://testserver", StaticToken(gate.gate_token), http=httpx.Client(transport=transport))
+    with pytest.raises(VerifyRefused) as refused:
+        client.verify(gate.body(8, direction="sideways"))
+    assert (refused.value.status, refused.value.code, refused.value.final) == (422, "invalid_request", True)
+    assert len(transport.bodies) == 1
+    with pytest.raises(VerifyRefused) as unauthorised:
+        VerifyClient("http://testserver", StaticToken("not-a-token"), http=gate.http).verify(gate.body(8))
+    assert unauthorised.value.status == 401 and not unauthorised.value.final
+
+
+def test_client_credentials_are_cached_until_shortly_before_expiry(gate: Gate) -> None:
+    rid = gate.pickable(9)
+    client_id, secret = create_client(gate.engine, name="lane adapter", role="terminal_gate",
+                                      organisation_id=gate.p.terminal.organisation_id, terminal_code=TERMINAL,
+                                      now=_now())
+    now = [0.0]
+    tokens = ClientCredentials("http://testserver/oauth2/token", client_id, secret or "", http=gate.http,
+                               leeway=30, clock=lambda: now[0])
+    first = tokens.token()
+    now[0] = 10.0
+    assert tokens.token() == first  # cached
+    expires_in = gate.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                                auth=(client_id, secret or "")).json()["expires_in"]
+    now[0] = expires_in - 29  # inside the leeway: refreshed before it can expire in flight
+    assert tokens.token() != first
+    got = VerifyClient("http://testserver", tokens, http=gate.http).verify(gate.body(9, mode="commit"))
+    assert got["decision"] == "allow" and gate.state(rid) == "gated_in"
+    bad = ClientCredentials("http://testserver/oauth2/token", client_id, "wrong", http=gate.http)
+    with pytest.raises(ServiceUnavailable):  # a token we cannot get is no answer: the lane holds
+        VerifyClient("http://testserver", bad, http=gate.http, attempts=1).verify(gate.body(9))
+
+
+# -- read inputs ------------------------------------------------------------------------------------
+
+
+def test_the_http_input_parses_enqueues_and_refuses_plainly(gate: Gate, outbox: Outbox) -> None:
+    rid = gate.pickable(10)
+    sink = RecordingBarrier()
+    worker = LaneWorker([runtime(real_client(gate), outbox, sink)])
+    inputs = TestClient(create_source_app(worker, TERMINAL))
+    at = _now()
+    bad = inputs.post(f"/reads/{LANE}", content=b'{"kind": "plate"}')
+    assert bad.status_code == 400 and bad.headers["content-type"].startswith("text/plain") and "plate" in bad.text
+    assert inputs.post("/reads/in-99", content=b"{}").status_code == 404
+    lost = (FIXTURES / "axis_lpv_lost.json").read_bytes()
+    assert inputs.post(f"/axis/{LANE}", content=lost).json() == {"accepted": False}
+    worker.start()
+    for i, kind, body in [
+        (0, "plate", {"text": "1-ABC-123", "country": "BE", "confidence": 0.95}),
+        (1, "container", {"number": container(10), "confidence": 0.97}),
+        (2, "badge", {"scheme": "alfapass", "number": "AP-123455"}),
+    ]:
+        observed = (at + timedelta(milliseconds=100 * i)).isoformat()
+        r = inputs.post(f"/reads/{LANE}", json={"kind": kind, kind: body, "observed_at": observed})
+        assert (r.status_code, r.json()) == (202, {"accepted": True}), r.text
+    worker.stop()
+    assert [c.command for c in sink.commands] == [BarrierCommand.OPEN]
+    assert gate.state(rid) == "gated_in"
+
+
+def test_the_mqtt_source_skips_barrier_topics_and_refuses_bad_payloads(outbox: Outbox) -> None:
+    worker = LaneWorker([runtime(VerifyClient("http://127.0.0.1:9", StaticToken("t")), outbox, RecordingBarrier())])
+    source = MqttSource(worker, prefix="qg")
+    assert source.topics() == [f"qg/{TERMINAL}/{LANE}/#"]
+    assert source.handle(f"qg/{TERMINAL}/{LANE}/barrier", b'{"command": "open"}') is None
+    assert source.handle(f"qg/{TERMINAL}/{LANE}/plate", b"not json") is None
+    assert source.handle(f"qg/OTHER/{LANE}/plate", (FIXTURES / "generic_plate.json").read_bytes()) is None
+    read = source.handle(f"qg/{TERMINAL}/{LANE}/plate", (FIXTURES / "generic_plate.json").read_bytes())
+    assert read is not None and read.kind == "plate" and worker._queue.qsize() == 1
+
+
+def _mosquitto() -> tuple[str, int]:
+    host, _, port = os.environ.get("QUAYGATE_TEST_MQTT", "127.0.0.1:1883").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        if IN_CI:
+            pytest.fail(f"Mosquitto is required under CI but {host}:{port} is not reachable")
+        pytest.skip(f"Mosquitto not reachable at {host}:{port} (start it, or set QUAYGATE_TEST_MQTT)")
+    return host, int(port)
+
+
+def test_reads_over_mqtt_open_the_barrier_over_mqtt(gate: Gate, outbox: Outbox) -> None:
+    host, port = _mosquitto()
+    rid = gate.pickable(11)
+    prefix = f"qgt{uuid.uuid4().hex[:8]}"  # a topic tree of our own: parallel runs do not cross
+    heard: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+    listener = new_client()
+    listener.on_message = lambda c, u, m: heard.put((m.topic, json.loads(m.payload)))
+    subscribed: queue.Queue[bool] = queue.Queue()
+    listener.on_subscribe = lambda *a: subscribed.put(True)
+    listener.connect(host, port)
+    listener.subscribe(f"{prefix}/#", qos=1)
+    listener.loop_start()
+    adapter = new_client()
+    worker = LaneWorker([runtime(real_client(gate), outbox, MqttBarrier(adapter, TERMINAL, prefix=prefix))],
+                        tick_seconds=0.1)
+    source = MqttSource(worker, host=host, port=port, prefix=prefix, client=adapter)
+    try:
+        subscribed.get(timeout=5)
+        worker.start()
+        source.start()
+        at = _now()
+        objs = [("plate", {"text": "1-ABC-123", "country": "BE", "confidence": 0.95}),
+                ("container", {"number": container(11), "confidence": 0.97}),
+                ("badge", {"scheme": "alfapass", "number": "AP-123455"})]
+        assert source.subscribed.wait(5)  # a read published before the subscription would not reach us
+        for i, (kind, body) in enumerate(objs):
+            payload = {"kind": kind, kind: body, "observed_at": (at + timedelta(milliseconds=100 * i)).isoformat()}
+            listener.publish(f"{prefix}/{TERMINAL}/{LANE}/{kind}", json.dumps(payload), qos=1).wait_for_publish(5)
+        barrier = None
+        while barrier is None:
+            topic, message = heard.get(timeout=10)
+            if topic.endswith("/barrier"):
+                barrier = (topic, message)
+    finally:
+        source.stop()
+        worker.stop()
+        listener.disconnect()
+        listener.loop_stop()
+    topic, message = barrier
+    assert topic == f"{prefix}/{TERMINAL}/{LANE}/barrier"
+    assert message["command"] == "open" and message["lane"] == LANE and message["decision_id"]
+    assert gate.state(rid) == "gated_in"

@@ -1,0 +1,107 @@
+"""The lane simulator plays its shipped scripts against the real app (real gate token, real database)."""
+
+# ruff: noqa: F811 - ``gate`` is test_gate_verify's fixture, imported here and requested by name
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from gate_adapters.runtime.client import StaticToken, VerifyClient
+from gate_adapters.simulate import drive as drive_script
+from gate_adapters.simulate import load_script, main
+
+from .test_gate_verify import Gate, gate  # noqa: F401
+
+SCRIPTS = Path(__file__).parent / "fixtures" / "gate"
+
+
+def test_the_mixed_script_prints_each_decision_and_the_expected_summary(gate: Gate, tmp_path: Path) -> None:
+    rids = {n: gate.pickable(n) for n in (21, 22, 23, 24, 25, 26)}
+    out = io.StringIO()
+    code = main([str(SCRIPTS / "sim_mixed.json"), "--base-url", "http://testserver", "--token", gate.gate_token,
+                 "--outbox", str(tmp_path / "sim.sqlite3"), "--check"], http=gate.http, out=out)
+    text = out.getvalue()
+    assert code == 0, text
+    summary = text.strip().splitlines()[-1]
+    assert summary.startswith("summary: 3 allow, 3 deny, 1 review, 0 unanswered, 1 refused reads; latency p50 "), text
+    assert "truck 1 lane in-4: deny [plate_mismatch] barrier hold" in text
+    assert "truck 2 lane in-3: review [plate_low_confidence] barrier hold" in text
+    assert "truck 6 lane in-3: read refused" in text
+    # Allowed trucks are gated in (the repaired container read too); refused ones are not.
+    states = {n: gate.state(rid) for n, rid in rids.items()}
+    assert states == {21: "gated_in", 22: "nominated", 23: "nominated", 24: "nominated", 25: "gated_in",
+                      26: "gated_in"}
+
+
+def test_the_clean_rush_allows_every_truck_once(gate: Gate, tmp_path: Path) -> None:
+    rids = [gate.pickable(n) for n in (11, 12, 13, 14, 15)]
+    script = load_script(SCRIPTS / "sim_clean_rush.json")
+    client = VerifyClient("http://testserver", StaticToken(gate.gate_token), http=gate.http)
+    out = io.StringIO()
+    summary = drive_script(script, client, outbox_path=tmp_path / "rush.sqlite3", out=out)
+    assert (dict(summary.decisions), summary.unanswered, summary.mismatches) == ({"allow": 5}, 0, []), out.getvalue()
+    assert len(summary.latencies) == 5 and summary.percentile(50) is not None
+    assert [gate.state(rid) for rid in rids] == ["gated_in"] * 5
+
+
+def test_a_failed_expectation_fails_the_check(gate: Gate, tmp_path: Path) -> None:
+    script = json.loads((SCRIPTS / "sim_clean_rush.json").read_text())
+    script["trucks"] = script["trucks"][:1]  # container 11 was never issued here: container_unknown
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(script))
+    out = io.StringIO()
+    code = main([str(path), "--base-url", "http://testserver", "--token", gate.gate_token, "--check"],
+                http=gate.http, out=out)
+    assert code == 1 and "mismatch: truck 0: expected allow, got deny" in out.getvalue()
+
+
+def test_a_script_and_credentials_are_checked_before_anything_runs(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    bad = {"terminal": "T", "lanes": [{"lane": "in-3"}], "trucks": [{"lane": "in-9", "reads": []}]}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="in-9"):
+        load_script(path)
+    assert main([str(SCRIPTS / "sim_mixed.json"), "--base-url", "http://127.0.0.1:9"]) == 2
+    assert "--client-id" in capsys.readouterr().err
+
+
+def test_the_mqtt_mode_feeds_a_running_adapter_and_counts_its_barrier_commands(gate: Gate, tmp_path: Path) -> None:
+    from gate_adapters.core.correlate import LaneCorrelator
+    from gate_adapters.runtime.lane import LaneRuntime, LaneWorker
+    from gate_adapters.runtime.mqtt_source import MqttSource, new_client
+    from gate_adapters.runtime.outbox import Outbox
+    from gate_adapters.runtime.sinks import MqttBarrier
+    from gate_adapters.simulate import publish
+
+    from .factories import TERMINAL
+    from .test_gate_runtime import _mosquitto
+
+    host, port = _mosquitto()
+    rids = [gate.pickable(n) for n in (11, 12)]
+    raw = json.loads((SCRIPTS / "sim_clean_rush.json").read_text())
+    raw["trucks"] = raw["trucks"][:2]  # one truck per lane: a real-time adapter sees them at once
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps(raw))
+    prefix = f"qgs{tmp_path.name[-8:].replace('_', '')}"
+    adapter, outbox = new_client(), Outbox(tmp_path / "adapter.sqlite3")
+    client = VerifyClient("http://testserver", StaticToken(gate.gate_token), http=gate.http)
+    worker = LaneWorker([LaneRuntime(TERMINAL, lane, "in", "commit", LaneCorrelator(lane, TERMINAL, "in"), client,
+                                     outbox, MqttBarrier(adapter, TERMINAL, prefix=prefix))
+                         for lane in ("in-3", "in-4")], tick_seconds=0.1)
+    source = MqttSource(worker, host=host, port=port, prefix=prefix, client=adapter)
+    worker.start()
+    source.start()
+    try:
+        assert source.subscribed.wait(5)
+        out = io.StringIO()
+        summary = publish(load_script(path), host=host, port=port, prefix=prefix, speed=0, wait=2.0, out=out)
+    finally:
+        source.stop()
+        worker.stop()
+        outbox.close()
+    assert (summary.decisions["allow"], summary.unanswered) == (2, 0), out.getvalue()
+    assert [gate.state(rid) for rid in rids] == ["gated_in", "gated_in"]
