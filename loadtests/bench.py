@@ -22,6 +22,8 @@ BENCHES = [
      [str(HERE / "cpu_identity.py"), "--database-url", PG, "--redis-url", REDIS]),
     ("identity provider with Locust (issue 3)",
      [str(HERE / "bench_identity.py"), "--database-url", PG, "--redis-url", REDIS]),
+    ("gate verify with Locust, check and commit beside a bare endpoint, 10 000 vs 1 000 000 rights (issue 5)",
+     [str(HERE / "bench_gate.py"), "--database-url", PG, "--redis-url", REDIS]),
 ]
 
 

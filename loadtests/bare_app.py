@@ -1,0 +1,26 @@
+"""The bare endpoint the gate verify is measured against (bench_gate.py): a FastAPI JSON POST that
+validates the same request model as POST /gate/v1/verify and answers a response of the same shape,
+with nothing behind it (no token, no database). Served by uvicorn exactly as the app is.
+
+    uvicorn loadtests.bare_app:app --no-access-log
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import FastAPI
+
+from release_service.api.gate import VerifyRequest
+
+app = FastAPI()
+_DECISION = str(uuid.uuid4())
+
+
+@app.post("/bare/verify")
+def bare_verify(body: VerifyRequest) -> dict[str, Any]:  # a def, like the verify route: same thread hop
+    return {"decision": "allow", "reasons": [], "decision_id": _DECISION, "release_id": None,
+            "container": body.container.number, "driver": None, "screening": "clear",
+            "request_id": body.request_id, "mode": body.mode, "direction": body.direction, "committed": False,
+            "repairs": []}

@@ -1,0 +1,256 @@
+"""Gate verify throughput and latency with Locust against real servers on PostgreSQL and Redis (issue 5).
+
+    python loadtests/bench_gate.py [--seconds 15] [--users 32] [--workers 1] [--rights 10000] [--big 1000000]
+
+Creates a scratch database, seeds nominated rights (every light green, one driver with an activated
+badge, one truck), a gate client, and serves two apps with the same uvicorn command and settings: the
+quaygate app, and loadtests/bare_app.py, a FastAPI JSON POST that validates the same request model and
+answers the same shape with nothing behind it. Then, one after another, Locust (FastHttpUser, a
+separate process):
+
+1. the bare endpoint, flat out: requests/s, p50, p99;
+2. verify in ``check`` mode, flat out, and its ratio to the bare rate (target at least 0.5);
+3. verify in ``commit`` mode (each request uses one right), flat out, and its ratio (target at least 0.35);
+4. verify ``check`` paced at half the bare rate: p99 (target at most 15 ms);
+5. verify ``check`` paced at a low steady rate with the seeded rights, then again after filler rights
+   bring the table to ``--big`` rows: p50 within 20 % (the lookups are by index, not by scan).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from bench_identity import _free_port, _wait, cpu_seconds  # noqa: E402
+
+from identity.bootstrap import create_client  # noqa: E402
+from identity.domain.badges import Scheme, with_check  # noqa: E402
+from quaygate.db import create_database, drop_database, make_engine  # noqa: E402
+from quaygate.migrate import upgrade  # noqa: E402
+from quaygate.schema import badge_activations, badges, organisations, persons, releases  # noqa: E402
+from release_service.domain.iso6346 import with_check_digit  # noqa: E402
+
+TERMINAL = "BEANR-K1700"
+PLATE = "1ABC123"
+CHECK_POOL = 1000
+
+
+def seed(url: str, rights: int) -> dict[str, Any]:
+    engine = make_engine(url)
+    now = datetime.now(UTC)
+    line, haul, term = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    driver, badge_id = uuid.uuid4(), uuid.uuid4()
+    badge = with_check(Scheme.ALFAPASS, 4242)
+    containers = [with_check_digit(f"BNCU{n:06d}") for n in range(rights)]
+    with engine.begin() as conn:
+        for oid, kind, code in ((line, "shipping_line", None), (haul, "transport_operator", None),
+                                (term, "terminal", TERMINAL)):
+            conn.execute(organisations.insert().values(id=oid, name=f"{kind} bench", kind=kind, terminal_code=code,
+                                                       eori=f"BE{oid.int % 10**10:010d}", created_at=now))
+        conn.execute(persons.insert().values(id=driver, given_name="Jan", family_name="Peeters",
+                                             employer_organisation_id=haul, created_at=now))
+        conn.execute(badges.insert().values(id=badge_id, person_id=driver, scheme="alfapass", number=badge,
+                                            status="active", valid_from=now - timedelta(days=1),
+                                            valid_until=now + timedelta(days=365), created_at=now))
+        conn.execute(badge_activations.insert().values(id=uuid.uuid4(), badge_id=badge_id, terminal_code=TERMINAL,
+                                                       activated_by="bench", activated_at=now))
+        rows = [_right(c, line, haul, driver, now) for c in containers]
+        for i in range(0, len(rows), 5000):
+            conn.execute(releases.insert(), rows[i:i + 5000])
+    client_id, secret = create_client(engine, name="bench gate", role="terminal_gate", organisation_id=term,
+                                      terminal_code=TERMINAL, now=now)
+    engine.dispose()
+    return {"client_id": client_id, "secret": secret, "terminal": TERMINAL, "plate": PLATE, "badge": badge,
+            "containers": containers, "check_pool": min(CHECK_POOL, rights // 2), "line": str(line),
+            "haul": str(haul), "driver": str(driver)}
+
+
+def _right(container: str, line: uuid.UUID, haul: uuid.UUID, driver: uuid.UUID, now: datetime) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(), "container_number": container, "bill_of_lading": f"BL-{container}",
+        "vessel_call": "VC-BENCH", "terminal": TERMINAL, "issuer_organisation_id": line,
+        "first_party_organisation_id": haul, "holder_organisation_id": haul, "state": "nominated", "blocked": False,
+        "active_key": f"{container}|VC-BENCH", "commercial_status": "green", "customs_status": "green",
+        "terminal_status": "green", "valid_from": now - timedelta(hours=1), "valid_until": now + timedelta(days=3),
+        "driver_person_id": driver, "plate_text": PLATE, "plate_country": "BE", "nominated_by": haul,
+        "nominated_at": now, "nomination_response": "pending", "version": 0, "created_at": now, "updated_at": now,
+    }
+
+
+def add_filler(url: str, seed_data: dict[str, Any], total: int) -> float:
+    """Completed rights of other containers until the table holds ``total`` rows; returns seconds."""
+    engine = make_engine(url)
+    started = time.monotonic()
+    with engine.begin() as conn:
+        have = conn.execute(sa.select(sa.func.count()).select_from(releases)).scalar_one()
+        conn.execute(sa.text(
+            "INSERT INTO releases (id, container_number, bill_of_lading, vessel_call, terminal, "
+            "issuer_organisation_id, first_party_organisation_id, holder_organisation_id, state, blocked, "
+            "commercial_status, customs_status, terminal_status, valid_from, valid_until, version, created_at, "
+            "updated_at) SELECT gen_random_uuid(), 'FILU' || lpad(g::text, 7, '0'), 'BL', 'VC-OLD', :t, :line, "
+            ":haul, :haul, 'completed', false, 'green', 'green', 'green', now() - interval '30 days', "
+            "now() - interval '20 days', 2, now() - interval '30 days', now() - interval '20 days' "
+            "FROM generate_series(1, :n) AS g"),
+            {"t": TERMINAL, "line": seed_data["line"], "haul": seed_data["haul"], "n": max(total - have, 0)})
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE releases")
+    engine.dispose()
+    return time.monotonic() - started
+
+
+def run_locust(user_class: str, base: str, seed_path: Path, users: int, seconds: int, out: Path,
+               server_pid: int, pace: float = 0.0) -> dict[str, Any]:
+    prefix = out / f"{user_class}-{time.monotonic_ns()}"
+    before = cpu_seconds(server_pid)
+    env = {**os.environ, "QG_BENCH_SEED": str(seed_path), "QG_BENCH_PACE": str(pace) if pace else ""}
+    subprocess.run(  # noqa: S603 - our locust, our file
+        [sys.executable, "-m", "locust", "-f", str(HERE / "locust_gate.py"), "--headless", "--users", str(users),
+         "--spawn-rate", str(users), "--run-time", f"{seconds}s", "--host", base, "--csv", str(prefix),
+         "--only-summary", "--loglevel", "ERROR", "--stop-timeout", "5", user_class],
+        env=env, cwd=ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    after = cpu_seconds(server_pid)
+    row: dict[str, Any] = {}
+    stats = Path(f"{prefix}_stats.csv")
+    if stats.exists():
+        with stats.open() as f:
+            row = next((r for r in csv.DictReader(f) if r["Name"] != "Aggregated"), {})
+    errors = []
+    failures = Path(f"{prefix}_failures.csv")
+    if failures.exists():
+        with failures.open() as f:
+            errors = [f"{r['Occurrences']}x {r['Error'][:200]}" for r in csv.DictReader(f)]
+    total, failed = int(row.get("Request Count", 0)), int(row.get("Failure Count", 0))
+    return {"rps": float(row.get("Requests/s", 0)) * ((total - failed) / total if total else 0),
+            "p50": float(row.get("50%", 0) or 0), "p99": float(row.get("99%", 0) or 0), "total": total,
+            "failed": failed, "errors": errors, "cpu": after[0] - before[0]}
+
+
+def _serve(argv: list[str], port: int, env: dict[str, str], log: Path, workers: int) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(  # noqa: S603 - our interpreter, our apps
+            [sys.executable, "-m", "uvicorn", *argv, "--host", "127.0.0.1", "--port", str(port), "--workers",
+             str(workers), "--no-access-log"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _line(label: str, r: dict[str, Any], bare: dict[str, Any] | None = None, target: float | None = None) -> str:
+    text = f"  {label}: {r['rps']:,.0f} req/s, p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms"
+    if r["cpu"]:
+        text += f", {r['total'] - r['failed']:,} in {r['cpu']:.1f} s of server CPU"
+    if bare is not None and bare["rps"]:
+        ratio = r["rps"] / bare["rps"]
+        text += f"; {ratio:.2f} of bare"
+        if target is not None:
+            text += f" (target {target}: {'OK' if ratio >= target else 'UNDER TARGET'})"
+    if r["failed"]:
+        text += f"; {r['failed']} of {r['total']} FAILED: {'; '.join(r['errors'][:2])}"
+    return text
+
+
+def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it goes
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--database-url", default=os.environ.get("QUAYGATE_TEST_DATABASE_URL",
+                                                                "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--redis-url", default=os.environ.get("QUAYGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379"))
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rights", type=int, default=10_000)
+    parser.add_argument("--big", type=int, default=1_000_000, help="rows for the size comparison (0: skip it)")
+    args = parser.parse_args()
+    url = create_database(args.database_url, f"qg_bench_gate_{os.getpid()}")
+    app_port, bare_port = _free_port(), _free_port()
+    issuer = f"http://127.0.0.1:{app_port}"
+    servers: list[subprocess.Popen[bytes]] = []
+    failed = False
+    try:
+        upgrade(url)
+        seed_data = seed(url, args.rights)
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**os.environ, "QUAYGATE_DATABASE_URL": url, "QUAYGATE_REDIS_URL": args.redis_url,
+                   "QUAYGATE_ISSUER": issuer, "QUAYGATE_VAR_DIR": tmp, "QUAYGATE_BACKGROUND_WORKERS": "false",
+                   "QUAYGATE_LOG_LEVEL": "WARNING", "QUAYGATE_ACCESS_TOKEN_TTL": "3600",
+                   "QUAYGATE_RATE_LIMIT_PER_ADDRESS": "1000000000", "QUAYGATE_RATE_LIMIT_PER_CLIENT": "1000000000"}
+            app = _serve(["quaygate.app:app_from_env", "--factory"], app_port, env, Path(tmp) / "app.log", args.workers)
+            bare = _serve(["loadtests.bare_app:app"], bare_port, env, Path(tmp) / "bare.log", args.workers)
+            servers = [app, bare]
+            if not (_wait(issuer, app) and _wait_bare(f"http://127.0.0.1:{bare_port}", bare)):
+                print("gate bench FAILED: a server did not start\n" + (Path(tmp) / "app.log").read_text()[-2000:]
+                      + (Path(tmp) / "bare.log").read_text()[-2000:])
+                return 1
+            token = httpx.post(f"{issuer}/oauth2/token", data={"grant_type": "client_credentials"},
+                               auth=(seed_data["client_id"], seed_data["secret"]), timeout=10).json()["access_token"]
+            seed_path = Path(tmp) / "seed.json"
+            seed_path.write_text(json.dumps({**seed_data, "token": token}))
+            out = Path(tmp)
+            print(f"gate verify on PostgreSQL + Redis, {args.rights:,} nominated rights, uvicorn {args.workers} "
+                  f"worker(s) --no-access-log for both apps, {os.cpu_count()} CPU cores shared with Locust and the "
+                  f"database, Locust FastHttpUser x {args.users}, {args.seconds} s per figure", flush=True)
+            b = run_locust("BareUser", f"http://127.0.0.1:{bare_port}", seed_path, args.users, args.seconds, out,
+                           bare.pid)
+            print(_line("bare FastAPI JSON POST (same model, same server settings)", b), flush=True)
+            c = run_locust("CheckUser", issuer, seed_path, args.users, args.seconds, out, app.pid)
+            print(_line("verify, mode check", c, b, 0.5), flush=True)
+            m = run_locust("CommitUser", issuer, seed_path, args.users, args.seconds, out, app.pid)
+            print(_line("verify, mode commit (each request uses one right)", m, b, 0.35), flush=True)
+            half = b["rps"] / 2
+            h = run_locust("CheckUser", issuer, seed_path, args.users, args.seconds, out, app.pid,
+                           pace=half / args.users)
+            verdict = "OK" if h["p99"] <= 15 and h["rps"] >= 0.9 * half else "UNDER TARGET"
+            print(_line(f"verify check paced at half the bare rate ({half:,.0f}/s asked)", h)
+                  + f"; target p99 <= 15 ms at that rate: {verdict}", flush=True)
+            failed = any(r["failed"] or not r["total"] for r in (b, c, m, h))
+            if args.big:
+                low = min(100.0, half / 2) / 8
+                small = run_locust("CheckUser", issuer, seed_path, 8, args.seconds, out, app.pid, pace=low)
+                took = add_filler(url, seed_data, args.big)
+                big = run_locust("CheckUser", issuer, seed_path, 8, args.seconds, out, app.pid, pace=low)
+                ratio = big["p50"] / small["p50"] if small["p50"] else float("inf")
+                print(_line(f"verify check at {low * 8:.0f}/s with {args.rights:,} rights", small), flush=True)
+                print(_line(f"verify check at {low * 8:.0f}/s with {args.big:,} rights (filler added in "
+                            f"{took:.0f} s)", big)
+                      + f"; p50 {ratio:.2f}x the small table's (target within 20 %: "
+                      f"{'OK' if abs(ratio - 1) <= 0.2 else 'OUT OF RANGE'})", flush=True)
+                failed |= bool(small["failed"] or big["failed"])
+    finally:
+        for proc in servers:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        drop_database(args.database_url, url)
+    return 1 if failed else 0
+
+
+def _wait_bare(base: str, server: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            httpx.get(base + "/docs", timeout=1)
+            return True
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
