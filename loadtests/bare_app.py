@@ -18,6 +18,11 @@ app = FastAPI()
 _DECISION = str(uuid.uuid4())
 
 
+@app.get("/healthz")
+def healthz() -> dict[str, str]:  # what bench_identity._wait polls
+    return {"status": "ok"}
+
+
 @app.post("/bare/verify")
 def bare_verify(body: VerifyRequest) -> dict[str, Any]:  # a def, like the verify route: same thread hop
     return {"decision": "allow", "reasons": [], "decision_id": _DECISION, "release_id": None,

@@ -150,21 +150,15 @@ class VerifyClient:
                 self._sleep(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
             try:
                 r = self._post(body)
+                if r.status_code == 401 and not refreshed:  # rule 2: one fresh token, at once
+                    refreshed = True
+                    self.tokens.invalidate()
+                    r = self._post(body)
             except (httpx.TransportError, TokenError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 continue
             if r.status_code == 200:
                 return dict(r.json())
-            if r.status_code == 401 and not refreshed:  # rule 2
-                refreshed = True
-                self.tokens.invalidate()
-                try:
-                    r = self._post(body)
-                except (httpx.TransportError, TokenError) as exc:
-                    last = f"{type(exc).__name__}: {exc}"
-                    continue
-                if r.status_code == 200:
-                    return dict(r.json())
             if r.status_code in RETRY_STATUSES:
                 last = f"HTTP {r.status_code}"
                 continue
