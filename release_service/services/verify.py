@@ -36,6 +36,7 @@ from release_service.domain.reads import container_candidates
 from release_service.ports import DuplicateDecision, StoredDecision, UnitOfWork
 
 from .common import persist
+from .gate import override as override_right
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,6 @@ def override(uow_factory: Callable[[], UnitOfWork], actor: Actor, decision_id: u
              now: datetime) -> dict[str, Any]:
     """A terminal lets a refused truck in, with a reason (SPEC.md): audited on the right (the
     ``release.gate_override`` event) and recorded against the decision, once."""
-    from .gate import override as override_right  # the right's own override rule
-
     with uow_factory() as uow:
         stored = uow.gate.get(decision_id)
         if stored is None or actor.terminal_code != stored.terminal:
