@@ -34,6 +34,20 @@ def fixture_json(name: str) -> dict:
     return json.loads(fixture(name))
 
 
+AXIS, OCR = "axis_lpv.json", "ocr_portal.json"
+
+
+def _variant(name: str, **changes: object) -> bytes:
+    """A fixture's JSON with some keys changed (None: removed)."""
+    obj = fixture_json(name)
+    for key, value in changes.items():
+        if value is None:
+            obj.pop(key, None)
+        else:
+            obj[key] = value
+    return json.dumps(obj).encode()
+
+
 def at(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
@@ -191,34 +205,24 @@ def test_axis_camera_without_roi_mapping_uses_the_camera_key() -> None:
     assert read is not None and read.lane == "in-7"
 
 
-def _axis_variant(**changes: object) -> bytes:
-    obj = fixture_json("axis_lpv.json")
-    for key, value in changes.items():
-        if value is None:
-            obj.pop(key, None)
-        else:
-            obj[key] = value
-    return json.dumps(obj).encode()
-
-
 @pytest.mark.parametrize(
     ("body", "message"),
     [
         pytest.param(fixture("axis_lpv.json")[:200], "JSON", id="truncated"),
         pytest.param(b"[1, 2]", "JSON object", id="not-an-object"),
-        pytest.param(_axis_variant(plateUTF8=None, plateUnicode=None, plateText=None), "plate text", id="no-plate"),
-        pytest.param(_axis_variant(plateUTF8="", plateUnicode="", plateText=""), "plate text", id="empty-plate"),
-        pytest.param(_axis_variant(plateUTF8=123), "plateUTF8", id="plate-wrong-type"),
-        pytest.param(_axis_variant(plateConfidence="87.3"), "0..1", id="confidence-percent"),
-        pytest.param(_axis_variant(plateConfidence=True), "not a number", id="confidence-bool"),
-        pytest.param(_axis_variant(plateConfidence="NaN"), "0..1", id="confidence-nan"),
-        pytest.param(_axis_variant(plateConfidence=None), "plateConfidence", id="no-confidence"),
-        pytest.param(_axis_variant(carState="parked"), "carState", id="bad-state"),
-        pytest.param(_axis_variant(capture_timestamp="-5"), "out of range", id="bad-timestamp"),
-        pytest.param(_axis_variant(capture_timestamp=None, datetime="21/11/2026"), "datetime", id="bad-datetime"),
-        pytest.param(_axis_variant(camera_info=None, sensorProviderID=None), "camera identity", id="no-camera"),
-        pytest.param(_axis_variant(camera_info="ACCC"), "camera_info", id="camera-info-type"),
-        pytest.param(_axis_variant(camera_info={"SerialNumber": "B8A44F000001"}), "lane", id="unmapped-camera"),
+        pytest.param(_variant(AXIS, plateUTF8=None, plateUnicode=None, plateText=None), "plate text", id="no-plate"),
+        pytest.param(_variant(AXIS, plateUTF8="", plateUnicode="", plateText=""), "plate text", id="empty-plate"),
+        pytest.param(_variant(AXIS, plateUTF8=123), "plateUTF8", id="plate-wrong-type"),
+        pytest.param(_variant(AXIS, plateConfidence="87.3"), "0..1", id="confidence-percent"),
+        pytest.param(_variant(AXIS, plateConfidence=True), "not a number", id="confidence-bool"),
+        pytest.param(_variant(AXIS, plateConfidence="NaN"), "0..1", id="confidence-nan"),
+        pytest.param(_variant(AXIS, plateConfidence=None), "plateConfidence", id="no-confidence"),
+        pytest.param(_variant(AXIS, carState="parked"), "carState", id="bad-state"),
+        pytest.param(_variant(AXIS, capture_timestamp="-5"), "out of range", id="bad-timestamp"),
+        pytest.param(_variant(AXIS, capture_timestamp=None, datetime="21/11/2026"), "datetime", id="bad-datetime"),
+        pytest.param(_variant(AXIS, camera_info=None, sensorProviderID=None), "camera identity", id="no-camera"),
+        pytest.param(_variant(AXIS, camera_info="ACCC"), "camera_info", id="camera-info-type"),
+        pytest.param(_variant(AXIS, camera_info={"SerialNumber": "B8A44F000001"}), "lane", id="unmapped-camera"),
         pytest.param(b"{" + b" " * 70_000 + b"}", "larger than", id="oversized"),
     ],
 )
@@ -248,16 +252,6 @@ def test_ocr_portal_without_lane_mapping_uses_the_portal_lane_id() -> None:
     assert ocr_portal.parse(fixture("ocr_portal.json")).lane == "P2-L3"
 
 
-def _ocr_variant(**changes: object) -> bytes:
-    obj = fixture_json("ocr_portal.json")
-    for key, value in changes.items():
-        if value is None:
-            obj.pop(key, None)
-        else:
-            obj[key] = value
-    return json.dumps(obj).encode()
-
-
 def _chars(*pairs: tuple[object, object]) -> list[dict[str, object]]:
     return [{"char": c, "confidence": v} for c, v in pairs]
 
@@ -266,17 +260,17 @@ def _chars(*pairs: tuple[object, object]) -> list[dict[str, object]]:
     ("body", "message"),
     [
         pytest.param(fixture("ocr_portal.json")[:100], "JSON", id="truncated"),
-        pytest.param(_ocr_variant(containerNumber=None), "containerNumber", id="missing-number"),
-        pytest.param(_ocr_variant(containerNumber=12345), "containerNumber", id="number-wrong-type"),
-        pytest.param(_ocr_variant(characters=None), "neither", id="no-confidence-at-all"),
-        pytest.param(_ocr_variant(characters=_chars(("M", 0.9))), "spell", id="chars-do-not-spell"),
-        pytest.param(_ocr_variant(characters=[]), "non-empty", id="chars-empty"),
-        pytest.param(_ocr_variant(characters=["M"]), "objects", id="chars-wrong-type"),
-        pytest.param(_ocr_variant(characters=_chars(("MS", 0.9))), "one character", id="two-char-entry"),
-        pytest.param(_ocr_variant(characters=_chars(*(("M", 99),) * 11)), "0..1", id="char-confidence-percent"),
-        pytest.param(_ocr_variant(confidence=1.5), "0..1", id="overall-out-of-range"),
-        pytest.param(_ocr_variant(timestamp="2026-11-21T14:30:04"), "time zone", id="naive-time"),
-        pytest.param(_ocr_variant(laneId="P9-L1"), "not mapped", id="unmapped-lane"),
+        pytest.param(_variant(OCR, containerNumber=None), "containerNumber", id="missing-number"),
+        pytest.param(_variant(OCR, containerNumber=12345), "containerNumber", id="number-wrong-type"),
+        pytest.param(_variant(OCR, characters=None), "neither", id="no-confidence-at-all"),
+        pytest.param(_variant(OCR, characters=_chars(("M", 0.9))), "spell", id="chars-do-not-spell"),
+        pytest.param(_variant(OCR, characters=[]), "non-empty", id="chars-empty"),
+        pytest.param(_variant(OCR, characters=["M"]), "objects", id="chars-wrong-type"),
+        pytest.param(_variant(OCR, characters=_chars(("MS", 0.9))), "one character", id="two-char-entry"),
+        pytest.param(_variant(OCR, characters=_chars(*(("M", 99),) * 11)), "0..1", id="char-confidence-percent"),
+        pytest.param(_variant(OCR, confidence=1.5), "0..1", id="overall-out-of-range"),
+        pytest.param(_variant(OCR, timestamp="2026-11-21T14:30:04"), "time zone", id="naive-time"),
+        pytest.param(_variant(OCR, laneId="P9-L1"), "not mapped", id="unmapped-lane"),
     ],
 )
 def test_ocr_portal_refuses(body: bytes, message: str) -> None:
@@ -320,53 +314,43 @@ def test_generic_face_match_and_image() -> None:
     assert isinstance(image, FaceRead) and image.image is not None and image.image.startswith(b"\xff\xd8")
 
 
-def _generic(name: str, **changes: object) -> bytes:
-    obj = fixture_json(name)
-    for key, value in changes.items():
-        if value is None:
-            obj.pop(key, None)
-        else:
-            obj[key] = value
-    return json.dumps(obj).encode()
-
-
 @pytest.mark.parametrize(
     ("body", "message"),
     [
         pytest.param(fixture("generic_plate.json")[:60], "JSON", id="truncated"),
         pytest.param(b"\xff\xfe{}", "UTF-8", id="not-utf8"),
         pytest.param(b'"plate"', "JSON object", id="not-an-object"),
-        pytest.param(_generic("generic_plate.json", lane=None), "lane", id="no-lane"),
-        pytest.param(_generic("generic_plate.json", lane="in 3/x"), "lane", id="bad-lane"),
-        pytest.param(_generic("generic_plate.json", kind="truck"), "kind", id="bad-kind"),
-        pytest.param(_generic("generic_plate.json", plate=None), "'plate' object", id="missing-plate"),
-        pytest.param(_generic("generic_plate.json", plate={"text": "", "confidence": 0.9}), "text", id="empty-plate"),
-        pytest.param(_generic("generic_plate.json", plate={"text": 1234, "confidence": 0.9}), "text", id="plate-int"),
-        pytest.param(_generic("generic_plate.json", plate={"text": "1ABC234", "confidence": "0.9"}), "number", id="s"),
-        pytest.param(_generic("generic_plate.json", plate={"text": "1ABC234", "confidence": 1.01}), "0..1", id="hi"),
-        pytest.param(_generic("generic_plate.json", plate={"text": "1AB@234", "confidence": 0.9}), "letters", id="ch"),
-        pytest.param(_generic("generic_plate.json", plate={"text": "A" * 13, "confidence": 0.9}), "1 to 12", id="len"),
-        pytest.param(_generic("generic_plate.json", observed_at=None), "observed_at", id="no-time"),
-        pytest.param(_generic("generic_plate.json", observed_at="2026-11-21T15:30:01"), "time zone", id="naive"),
-        pytest.param(_generic("generic_plate.json", observed_at=1795271401), "observed_at", id="time-int"),
-        pytest.param(_generic("generic_container.json", container={"number": "MSCU1234566"}), "confidence", id="nc"),
+        pytest.param(_variant("generic_plate.json", lane=None), "lane", id="no-lane"),
+        pytest.param(_variant("generic_plate.json", lane="in 3/x"), "lane", id="bad-lane"),
+        pytest.param(_variant("generic_plate.json", kind="truck"), "kind", id="bad-kind"),
+        pytest.param(_variant("generic_plate.json", plate=None), "'plate' object", id="missing-plate"),
+        pytest.param(_variant("generic_plate.json", plate={"text": "", "confidence": 0.9}), "text", id="empty-plate"),
+        pytest.param(_variant("generic_plate.json", plate={"text": 1234, "confidence": 0.9}), "text", id="plate-int"),
+        pytest.param(_variant("generic_plate.json", plate={"text": "1ABC234", "confidence": "0.9"}), "number", id="s"),
+        pytest.param(_variant("generic_plate.json", plate={"text": "1ABC234", "confidence": 1.01}), "0..1", id="hi"),
+        pytest.param(_variant("generic_plate.json", plate={"text": "1AB@234", "confidence": 0.9}), "letters", id="ch"),
+        pytest.param(_variant("generic_plate.json", plate={"text": "A" * 13, "confidence": 0.9}), "1 to 12", id="len"),
+        pytest.param(_variant("generic_plate.json", observed_at=None), "observed_at", id="no-time"),
+        pytest.param(_variant("generic_plate.json", observed_at="2026-11-21T15:30:01"), "time zone", id="naive"),
+        pytest.param(_variant("generic_plate.json", observed_at=1795271401), "observed_at", id="time-int"),
+        pytest.param(_variant("generic_container.json", container={"number": "MSCU1234566"}), "confidence", id="nc"),
         pytest.param(
-            _generic("generic_container.json", container={"number": "MSCU1234566", "per_char": [0.9]}),
+            _variant("generic_container.json", container={"number": "MSCU1234566", "per_char": [0.9]}),
             "length",
             id="per-char-length",
         ),
-        pytest.param(_generic("generic_badge.json", badge={"scheme": "alfapass"}), "number or a card UID", id="nob"),
-        pytest.param(_generic("generic_badge.json", badge={"card_uid": "04A22B"}), "card UID", id="uid-3-bytes"),
-        pytest.param(_generic("generic_badge.json", badge={"card_uid": "ZZA22B1C"}), "card UID", id="uid-not-hex"),
-        pytest.param(_generic("generic_face_match.json", face={}), "exactly one", id="face-empty"),
-        pytest.param(_generic("generic_face_match.json", face={"image": "!!notbase64"}), "base64", id="face-b64"),
+        pytest.param(_variant("generic_badge.json", badge={"scheme": "alfapass"}), "number or a card UID", id="nob"),
+        pytest.param(_variant("generic_badge.json", badge={"card_uid": "04A22B"}), "card UID", id="uid-3-bytes"),
+        pytest.param(_variant("generic_badge.json", badge={"card_uid": "ZZA22B1C"}), "card UID", id="uid-not-hex"),
+        pytest.param(_variant("generic_face_match.json", face={}), "exactly one", id="face-empty"),
+        pytest.param(_variant("generic_face_match.json", face={"image": "!!notbase64"}), "base64", id="face-b64"),
         pytest.param(
-            _generic("generic_face_match.json", face={"match": {"matched": "yes", "score": 0.8}}),
+            _variant("generic_face_match.json", face={"match": {"matched": "yes", "score": 0.8}}),
             "true or false",
             id="face-matched-type",
         ),
         pytest.param(
-            _generic("generic_face_match.json", face={"match": {"matched": True, "score": 87}}),
+            _variant("generic_face_match.json", face={"match": {"matched": True, "score": 87}}),
             "0..1",
             id="face-score-percent",
         ),
@@ -519,7 +503,7 @@ def test_reads_guard_their_own_fields(build, message: str) -> None:
 
 
 def test_generic_container_overall_confidence_wins_over_per_char() -> None:
-    body = _generic("generic_container.json", container={"number": "MSCU1234566", "confidence": 0.8,
+    body = _variant("generic_container.json", container={"number": "MSCU1234566", "confidence": 0.8,
                                                          "per_char": [0.9] * 11})  # fmt: skip
     read = generic_json.parse(body)
     assert isinstance(read, ContainerRead) and read.confidence == 0.8 and read.per_char == (0.9,) * 11
@@ -528,8 +512,8 @@ def test_generic_container_overall_confidence_wins_over_per_char() -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (_generic("generic_container.json", container={"number": "MSCU1234566", "per_char": "0.9"}), "per_char"),
-        (_generic("generic_face_match.json", face={"match": [True, 0.9]}), "not an object"),
+        (_variant("generic_container.json", container={"number": "MSCU1234566", "per_char": "0.9"}), "per_char"),
+        (_variant("generic_face_match.json", face={"match": [True, 0.9]}), "not an object"),
     ],
 )
 def test_generic_refuses_more(body: bytes, message: str) -> None:
@@ -538,15 +522,15 @@ def test_generic_refuses_more(body: bytes, message: str) -> None:
 
 
 def test_axis_camera_identity_falls_back_to_the_sensor_name() -> None:
-    read = axis.parse(_axis_variant(camera_info=None), camera_lanes={"gate2-in3-anpr": "in-3"})
+    read = axis.parse(_variant(AXIS, camera_info=None), camera_lanes={"gate2-in3-anpr": "in-3"})
     assert read is not None and read.camera == "gate2-in3-anpr"
 
 
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (_axis_variant(capture_timestamp=None, datetime="20261340 153003250+0100"), "valid date-time"),
-        (_axis_variant(plateConfidence="high"), "not a number"),
+        (_variant(AXIS, capture_timestamp=None, datetime="20261340 153003250+0100"), "valid date-time"),
+        (_variant(AXIS, plateConfidence="high"), "not a number"),
     ],
 )
 def test_axis_refuses_more(body: bytes, message: str) -> None:

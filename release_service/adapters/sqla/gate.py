@@ -48,6 +48,11 @@ _RIGHT_COLUMNS = (
     releases.c.plate_country, releases.c.nomination_response,
 )
 
+_DECISION_COLUMNS = (
+    gate_decisions.c.id, gate_decisions.c.fingerprint, gate_decisions.c.response, gate_decisions.c.decision,
+    gate_decisions.c.release_id, gate_decisions.c.committed, gate_decisions.c.direction, gate_decisions.c.terminal,
+)
+
 
 class SqlGateStore:
     def __init__(self, conn: sa.Connection, bans: SqlPortBanLookup) -> None:
@@ -117,18 +122,14 @@ class SqlGateStore:
 
     def find(self, terminal: str, request_id: str) -> StoredDecision | None:
         row = self._conn.execute(
-            sa.select(gate_decisions.c.id, gate_decisions.c.fingerprint, gate_decisions.c.response,
-                      gate_decisions.c.decision, gate_decisions.c.release_id, gate_decisions.c.committed,
-                      gate_decisions.c.direction, gate_decisions.c.terminal)
+            sa.select(*_DECISION_COLUMNS)
             .where(gate_decisions.c.terminal == terminal, gate_decisions.c.request_id == request_id)
         ).first()
         return _stored(row) if row else None
 
     def get(self, decision_id: uuid.UUID) -> StoredDecision | None:
         row = self._conn.execute(
-            sa.select(gate_decisions.c.id, gate_decisions.c.fingerprint, gate_decisions.c.response,
-                      gate_decisions.c.decision, gate_decisions.c.release_id, gate_decisions.c.committed,
-                      gate_decisions.c.direction, gate_decisions.c.terminal)
+            sa.select(*_DECISION_COLUMNS)
             .where(gate_decisions.c.id == decision_id)
         ).first()
         return _stored(row) if row else None
