@@ -119,7 +119,9 @@ def redis_url() -> Iterator[str]:
 
     base = need_service("Redis", REDIS_URL)
     worker = _worker()
-    index = 1 + (int(worker[2:]) % 15 if worker.startswith("gw") else 0)
+    # QUAYGATE_TEST_REDIS_DB_OFFSET keeps two suites running side by side on one machine apart.
+    offset = int(os.environ.get("QUAYGATE_TEST_REDIS_DB_OFFSET", "0"))
+    index = 1 + (offset + (int(worker[2:]) if worker.startswith("gw") else 0)) % 15
     url = f"{base.rstrip('/')}/{index}"
     client = redis.Redis.from_url(url)
     client.flushdb()
