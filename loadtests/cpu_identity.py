@@ -46,9 +46,12 @@ class Driver:
         self.issuer = issuer
         self.cookies: dict[str, str] = {}
 
-    async def call(self, method: str, path: str, body: bytes = b"", content_type: str | None = None) -> tuple[int, Any]:
+    async def call(self, method: str, path: str, body: bytes = b"", content_type: str | None = None,
+                   authorization: str | None = None) -> tuple[int, Any]:
         headers = [(b"host", self.issuer.split("//")[1].encode()), (b"origin", self.issuer.encode()),
                    (b"content-length", str(len(body)).encode())]
+        if authorization:
+            headers.append((b"authorization", authorization.encode()))
         if content_type:
             headers.append((b"content-type", content_type.encode()))
         if self.cookies:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -25,6 +26,7 @@ class Container:
     cache: Cache
     cipher: DataCipher
     clock: SystemClock
+    gate_facts: Any = None  # issue 5: release_service.adapters.gate_facts.RedisGateFacts, with Redis
 
     @classmethod
     def build(cls, settings: Settings) -> Container:

@@ -12,9 +12,9 @@ import os
 import secrets
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     audit_seal_interval: float = 1.0
     webhook_interval: float = 1.0
     background_workers: bool = True
+    # Issue 5, the gate's hot path (with redis_url): facts cached in Redis, check decisions kept there
+    # and moved into PostgreSQL by a drainer in every server process.
+    gate_facts_ttl: int = 600  # seconds a cached fact lives at most (exactness comes from invalidation)
+    gate_request_ttl: int = 900  # seconds a check's request_id is answered from Redis
+    gate_decision_drain: bool = True
     log_level: str = "INFO"
     # ---- port-ban register (issue 4, identity/bans/, docs/port-ban-feed.md) ----
     # The register's public key (a JWK, JSON text) or a file holding it; feeds signed by anything else
@@ -84,6 +89,33 @@ class Settings(BaseSettings):
     ban_feed_interval: float = 300.0
     ban_feed_max_age: int = 24 * 3600  # a feed issued longer ago than this is refused as stale
     ban_list_max_age: int = 24 * 3600  # screening says "unavailable" once the list in force is older
+    # ---- offline gate mode (issue 5, docs/gate-offline.md) ----
+    # How long a gate pass lives. Short: a pass cannot know of a block, a hold or a ban after it was
+    # issued. Capped at the access/id token lifetime (a retired signing key stays published that long).
+    gate_pass_ttl: int = Field(default=600, ge=60, le=3600)
+    # ---- face verification (issue 6, identity/face/, docs/face.md) ----
+    # Worker processes matching faces (CPU heavy, about 0.1 s of one core per capture); 0: one per core
+    # this process may use. Jobs beyond face_workers * face_queue_per_worker are refused (face_busy).
+    face_workers: int = 0
+    face_queue_per_worker: int = 4
+    face_warm_up: bool = True  # load the models in every worker at start-up (with background_workers)
+    face_max_side: int = 640  # captures are downscaled to this many pixels on their longer side
+    face_max_image_bytes: int = 4 * 1024 * 1024
+    face_max_image_pixels: int = 40_000_000  # refuse decompression bombs before decoding
+    face_min_face_px: int = 80  # dlib's detection window; smaller faces are refused as too small
+    face_min_sharpness: float = 150.0  # Laplacian variance of the face at 64x64 (identity.domain.face)
+    face_tolerance: float = 0.5  # default distance threshold; a terminal may tighten it (0.3 to 0.6)
+    # ---- upstream OpenID providers, brokered login (issue 6, identity/broker/, docs/itsme.md) ----
+    # JSON object, one entry per provider and environment, e.g. {"itsme": {"discovery_url":
+    # "https://idp.e2e.itsme.services/v2/.well-known/openid-configuration", "client_id": "...",
+    # "level": "advanced", "request_object": "signed_encrypted", "scope": "openid service:QUAYGATE profile"}}
+    upstreams: dict[str, dict[str, Any]] = {}
+    upstream_flow_ttl: int = 600  # seconds a started brokered login may take to come back
+    upstream_metadata_ttl: int = 3600  # discovery document and upstream JWKS cached this long
+    upstream_http_timeout: float = 10.0
+    broker_jwks_max_age: int = 3600  # Cache-Control max-age of our /broker/jwks (the upstreams' cache)
+    # A rotated-out encryption key stays published and usable this long (>= broker_jwks_max_age).
+    broker_enc_key_overlap: int = 24 * 3600
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
@@ -97,6 +129,8 @@ class Settings(BaseSettings):
                 raise ValueError("production mode needs PostgreSQL (QUAYGATE_DATABASE_URL)")
             if not self.issuer.startswith("https://"):
                 raise ValueError("production mode needs an https issuer (QUAYGATE_ISSUER)")
+            if any(not str(u.get("discovery_url", "")).startswith("https://") for u in self.upstreams.values()):
+                raise ValueError("production mode needs https discovery URLs (QUAYGATE_UPSTREAMS)")
         else:
             dev = _dev_secrets(self.var_dir)
             if self.data_key is None:

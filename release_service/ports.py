@@ -215,6 +215,40 @@ class StoredDecision:
     terminal: str
 
 
+class FactsUnavailable(Exception):
+    """The cache of gate facts could not answer: decide from the unit of work (PostgreSQL)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GateSnapshot:
+    """What one read of the cached gate facts found: a decision already recorded under the request_id,
+    and the facts (the cache reads what it misses through to PostgreSQL)."""
+
+    replay: StoredDecision | None
+    policy: TerminalPolicy
+    rights: list[RightFacts]
+    badge: BadgeFacts | None
+    screening: ScreeningResult
+
+
+class GateFacts(Protocol):
+    """The gate decision's facts kept close (issue 5 "Hot path"): exact by invalidation on every
+    committed change, PostgreSQL staying the truth. Every method may raise FactsUnavailable."""
+
+    def read(self, *, terminal: str, request_id: str, badge: BadgeRead | None, containers: Sequence[str],
+             now: datetime, through: bool = True) -> GateSnapshot | None:
+        """The facts, misses read through to PostgreSQL; with ``through=False``, None on a miss."""
+        ...
+
+    def record(self, row: dict[str, Any]) -> StoredDecision | None:
+        """Keep a check decision; the decision recorded first when the request_id is taken."""
+        ...
+
+    def remember(self, stored: StoredDecision, request_id: str) -> None:
+        """A committed decision, so that the request_id is answered from here too (best effort)."""
+        ...
+
+
 class GateStore(Protocol):
     """What the gate decision reads (the facts) and writes (the decisions), in the unit of work."""
 
@@ -258,3 +292,56 @@ class UnitOfWork(Protocol):
     def commit(self) -> None: ...
 
     def rollback(self) -> None: ...
+
+
+# ---- offline gate mode (issue 5) -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PassSubject:
+    """A right a gate pass is issued for, with the nominated driver's badges and screening."""
+
+    right: RightFacts
+    badges: tuple[BadgeRef, ...]
+    activations: dict[uuid.UUID, frozenset[str]]  # badge id -> terminals where it is activated
+    holder_name: str | None
+    screening: ScreeningResult
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOfflineDecision:
+    id: uuid.UUID
+    fingerprint: str
+    response: dict[str, Any]
+
+
+class GateOfflineStore(Protocol):
+    """Gate passes' facts and the offline decisions reconciled from the adapters."""
+
+    def pass_subjects(self, terminal: str, *, now: datetime) -> list[PassSubject]: ...
+
+    def ban_list_as_of(self) -> datetime | None: ...
+
+    def find(self, terminal: str, request_id: str) -> StoredOfflineDecision | None: ...
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Insert; raises ``DuplicateDecision`` when its (terminal, request_id) exists."""
+
+    def decided_online(self, terminal: str, request_id: str) -> uuid.UUID | None:
+        """The online gate decision under the same request_id, if the service answered it."""
+
+    def last_use(self, release_id: uuid.UUID, event_types: Sequence[str]) -> tuple[uuid.UUID | None, bool]:
+        """The decision behind the right's latest move of one of ``event_types``, and whether it was offline."""
+
+
+class OfflineUnitOfWork(UnitOfWork, Protocol):
+    offline: GateOfflineStore
+
+
+class PassSigner(Protocol):
+    """Signs gate passes with our key set (ES256) and checks one of ours back."""
+
+    def sign(self, claims: dict[str, Any]) -> str: ...
+
+    def verify(self, token: str) -> dict[str, Any] | None:
+        """The claims of a genuine pass of ours (signature, alg, typ), else None. Expiry is not judged."""

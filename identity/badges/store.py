@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from identity.domain.badges import BadgeStatus, StatusChange
+from quaygate.invalidation import BADGES, touch
 from quaygate.schema import badge_activations, badge_status_events, badges, organisations, persons
 
 
@@ -104,6 +105,7 @@ class BadgeStore:
     def insert(self, *, badge_id: uuid.UUID, person_id: uuid.UUID, scheme: str, number: str, card_uid: str | None,
                employer_organisation_id: uuid.UUID | None, valid_from: datetime, valid_until: datetime,
                issued_by: str, reason: str, now: datetime) -> None:
+        touch(self._conn, BADGES)  # the gate's cached badge facts (quaygate/invalidation.py)
         self._conn.execute(badges.insert().values(
             id=badge_id, person_id=person_id, scheme=scheme, number=number, card_uid=card_uid,
             employer_organisation_id=employer_organisation_id, status=BadgeStatus.ACTIVE.value,
@@ -120,6 +122,7 @@ class BadgeStore:
     def apply(self, change: StatusChange) -> bool:
         """Write a guarded change: the conditional UPDATE and the next history entry. False when the
         badge's status is no longer ``change.from_status`` (a concurrent change won)."""
+        touch(self._conn, BADGES)  # the gate's cached badge facts (quaygate/invalidation.py)
         if change.from_status is None:
             raise ValueError("apply() changes an existing badge; issuing is insert()")
         done = self._conn.execute(
@@ -134,6 +137,7 @@ class BadgeStore:
 
     def set_validity(self, badge_id: uuid.UUID, expected: BadgeStatus, valid_from: datetime,
                      valid_until: datetime, now: datetime) -> bool:
+        touch(self._conn, BADGES)  # the gate's cached badge facts (quaygate/invalidation.py)
         done = self._conn.execute(
             badges.update().where(badges.c.id == badge_id, badges.c.status == expected.value)
             .values(valid_from=valid_from, valid_until=valid_until, updated_at=now))
@@ -150,6 +154,7 @@ class BadgeStore:
 
     def activate(self, badge_id: uuid.UUID, terminal_code: str, *, actor: str, now: datetime) -> uuid.UUID | None:
         """A new live activation, or None when one is live already (the partial unique index)."""
+        touch(self._conn, BADGES)  # the gate's cached badge facts (quaygate/invalidation.py)
         live = self._conn.execute(
             sa.select(badge_activations.c.id).where(
                 badge_activations.c.badge_id == badge_id, badge_activations.c.terminal_code == terminal_code,
@@ -163,6 +168,7 @@ class BadgeStore:
         return activation_id
 
     def withdraw(self, badge_id: uuid.UUID, terminal_code: str, *, actor: str, reason: str, now: datetime) -> bool:
+        touch(self._conn, BADGES)  # the gate's cached badge facts (quaygate/invalidation.py)
         done = self._conn.execute(
             badge_activations.update()
             .where(badge_activations.c.badge_id == badge_id, badge_activations.c.terminal_code == terminal_code,

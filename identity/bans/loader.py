@@ -49,6 +49,7 @@ from identity.domain.bans import (
     parse_feed,
     sequence_verdict,
 )
+from quaygate.invalidation import BANS, touch
 from quaygate.schema import ban_feed_state, persons, port_bans, releases
 from release_service.adapters.outbox import SqlOutbox
 from release_service.ports import PublishedEvent
@@ -119,6 +120,7 @@ def _load(engine: sa.Engine, raw: bytes, *, key: RegisterKey, pepper: bytes, now
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOAD_LOCK_ID)))
+        touch(conn, BANS)  # once committed, the gate's cached ban facts are read again (quaygate/invalidation.py)
         in_force = _state(conn)
         verdict = sequence_verdict(feed, digest, in_force, now=now, max_feed_age=max_feed_age)
         if verdict is Verdict.ALREADY_LOADED:

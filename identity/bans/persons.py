@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from identity import audit
 from identity.domain.bans import national_number_valid
 from quaygate.crypto import keyed_hash
+from quaygate.invalidation import BADGES, touch
 from quaygate.schema import persons, port_bans
 
 from .loader import ban_consequences
@@ -36,6 +37,7 @@ def set_national_id(engine: sa.Engine, person_id: uuid.UUID, number: str, *, pep
     subject = keyed_hash(pepper, number)
     try:
         with engine.begin() as conn:
+            touch(conn, BADGES)  # the gate's cached badge facts hold the holder's bans
             updated = conn.execute(persons.update().where(persons.c.id == person_id)
                                    .values(national_id_hash=subject)).rowcount
             if updated != 1:

@@ -14,6 +14,11 @@ commit record the gate move, all in one transaction, answered the same way for t
          v
     record the decision (unique per terminal and request_id), commit
 
+With Redis (``facts``, adapters/gate_facts.py), the facts come from there, exact by invalidation
+after every commit; a check is decided and kept there with no PostgreSQL round trip (a drainer moves
+it into gate_decisions); a commit still locks and re-reads its right in PostgreSQL. Redis failing
+means deciding from PostgreSQL, as without it.
+
 Racing gates on one right queue on the row lock: the first commits gate-in, every later one finds it
 gated in and is refused ``already_used``. A twin request (same request_id, e.g. an adapter retrying
 after a timeout) that loses the insert is rolled back entirely, its gate move included, and answers
@@ -33,7 +38,14 @@ from release_service.domain import gate as g
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.reads import container_candidates
-from release_service.ports import DuplicateDecision, StoredDecision, UnitOfWork
+from release_service.ports import (
+    DuplicateDecision,
+    FactsUnavailable,
+    GateFacts,
+    GateSnapshot,
+    StoredDecision,
+    UnitOfWork,
+)
 
 from .common import persist
 from .gate import override as override_right
@@ -56,27 +68,104 @@ def require_gate_of(actor: Actor, terminal: str) -> None:
         raise DomainError(ErrorCode.NOT_TERMINAL, "This client is not a gate of that terminal.")
 
 
-def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateRequest, *, fingerprint: str,
-           now: datetime) -> dict[str, Any]:
-    """The response body of POST /gate/v1/verify. Raises DomainError (not_terminal, request_id_reused)."""
+def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateRequest, *, fingerprint: str,
+                      now: datetime) -> dict[str, Any] | None:
+    """The answer when the cache alone can give it (a recorded request_id, or a check whose facts are
+    all cached), without waiting for PostgreSQL; else None: call verify()."""
     require_gate_of(actor, request.terminal)
+    try:
+        snapshot = facts.read(terminal=request.terminal, request_id=request.request_id, badge=request.badge,
+                              containers=container_candidates(request.container.number), now=now, through=False)
+    except FactsUnavailable:
+        return None
+    if snapshot is None:
+        return None
+    if snapshot.replay is not None:
+        return _replay(snapshot.replay, fingerprint)
+    if request.mode is not g.Mode.CHECK:
+        return None
+    return _check_cached(facts, actor, request, snapshot, fingerprint, now)
+
+
+def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateRequest, *, fingerprint: str,
+           now: datetime, facts: GateFacts | None = None) -> dict[str, Any]:
+    """The response body of POST /gate/v1/verify. Raises DomainError (not_terminal, request_id_reused).
+
+    With ``facts`` (Redis), the facts come from there, and a check is decided and kept there without
+    a PostgreSQL round trip; a commit still takes its right's row lock and decides again on the fresh
+    row. When the cache cannot answer, everything is read from PostgreSQL, as without it."""
+    require_gate_of(actor, request.terminal)
+    snapshot = _snapshot(facts, request, now)
+    if snapshot is not None:
+        if snapshot.replay is not None:
+            return _replay(snapshot.replay, fingerprint)
+        if request.mode is g.Mode.CHECK and facts is not None:
+            body = _check_cached(facts, actor, request, snapshot, fingerprint, now)
+            if body is not None:
+                return body
     for _ in range(2):  # the second round only when a twin recorded first: it then finds the twin
         with uow_factory() as uow:
             stored = uow.gate.find(request.terminal, request.request_id)
             if stored is not None:
                 return _replay(stored, fingerprint)
             decision_id = uuid.uuid4()
-            decision, committed = _decide_and_move(uow, actor, request, decision_id, now)
+            decision, committed = _decide_and_move(uow, actor, request, decision_id, now, snapshot)
             body = response_body(request, decision, decision_id, committed)
+            row = _row(actor, request, decision, decision_id, committed, fingerprint, body, now)
             try:
-                uow.gate.record(_row(actor, request, decision, decision_id, committed, fingerprint, body, now))
+                uow.gate.record(row)
             except DuplicateDecision:
                 continue  # leaving the unit of work rolls this attempt back, gate move included
             uow.commit()
-        log.info(decision.event, extra={"fields": {"terminal": request.terminal, "lane": request.lane,
-                                                   "decision_id": str(decision_id), "mode": request.mode.value}})
+        if facts is not None:
+            _remember(facts, row, request.request_id)
+        _log(decision, request, decision_id)
         return body
     raise DomainError(ErrorCode.REQUEST_ID_REUSED, "This request_id is being used by another request.")
+
+
+def _snapshot(facts: GateFacts | None, request: g.GateRequest, now: datetime) -> GateSnapshot | None:
+    if facts is None:
+        return None
+    try:
+        return facts.read(terminal=request.terminal, request_id=request.request_id, badge=request.badge,
+                          containers=container_candidates(request.container.number), now=now)
+    except FactsUnavailable:
+        log.warning("release.verify.facts_from_database")
+        return None
+
+
+def _check_cached(facts: GateFacts, actor: Actor, request: g.GateRequest, snapshot: GateSnapshot,
+                  fingerprint: str, now: datetime) -> dict[str, Any] | None:
+    """A check decided on the cached facts and kept in the cache (drained into PostgreSQL): None when
+    the cache failed meanwhile (the caller decides again from PostgreSQL; a check moves nothing)."""
+    decision_id = uuid.uuid4()
+    decision = g.decide(request, rights=snapshot.rights, badge=snapshot.badge,
+                        screening=g.ScreeningFacts(snapshot.screening), policy=snapshot.policy, now=now)
+    body = response_body(request, decision, decision_id, False)
+    try:
+        twin = facts.record(_row(actor, request, decision, decision_id, False, fingerprint, body, now))
+    except FactsUnavailable:
+        return None
+    if twin is not None:
+        return _replay(twin, fingerprint)
+    _log(decision, request, decision_id)
+    return body
+
+
+def _remember(facts: GateFacts, row: dict[str, Any], request_id: str) -> None:
+    try:
+        facts.remember(StoredDecision(id=row["id"], fingerprint=row["fingerprint"], response=row["response"],
+                                      decision=row["decision"], release_id=row["release_id"],
+                                      committed=row["committed"], direction=row["direction"],
+                                      terminal=row["terminal"]), request_id)
+    except FactsUnavailable:
+        pass  # PostgreSQL has it: a retry of this request_id is answered from there
+
+
+def _log(decision: g.Decision, request: g.GateRequest, decision_id: uuid.UUID) -> None:
+    log.info(decision.event, extra={"fields": {"terminal": request.terminal, "lane": request.lane,
+                                               "decision_id": str(decision_id), "mode": request.mode.value}})
 
 
 def _replay(stored: StoredDecision, fingerprint: str) -> dict[str, Any]:
@@ -99,9 +188,13 @@ def _facts(uow: UnitOfWork, request: g.GateRequest, now: datetime
 
 
 def _decide_and_move(uow: UnitOfWork, actor: Actor, request: g.GateRequest, decision_id: uuid.UUID,
-                     now: datetime) -> tuple[g.Decision, bool]:
-    policy = uow.gate.policy(request.terminal)
-    rights, badge, screening = _facts(uow, request, now)
+                     now: datetime, snapshot: GateSnapshot | None) -> tuple[g.Decision, bool]:
+    if snapshot is None:
+        policy = uow.gate.policy(request.terminal)
+        rights, badge, screening = _facts(uow, request, now)
+    else:
+        policy, rights, badge = snapshot.policy, snapshot.rights, snapshot.badge
+        screening = g.ScreeningFacts(snapshot.screening)
     decision = g.decide(request, rights=rights, badge=badge, screening=screening, policy=policy, now=now)
     if request.mode is not g.Mode.COMMIT or not decision.allowed or decision.release_id is None:
         return decision, False

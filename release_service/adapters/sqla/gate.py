@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from identity.domain.badges import BadgeRefused, Scheme, validate_card_uid, validate_number
+from quaygate.invalidation import POLICY, touch
 from quaygate.schema import (
     badge_activations,
     badges,
@@ -37,6 +38,7 @@ from release_service.domain.gate import (
     TerminalPolicy,
 )
 from release_service.domain.release import State
+from release_service.domain.screening import BanWindow
 from release_service.ports import DuplicateDecision, StoredDecision
 
 from .bans import SqlPortBanLookup
@@ -70,15 +72,31 @@ class SqlGateStore:
         ).all()
         return [right_facts(r) for r in rows]
 
-    def badge(self, read: BadgeRead) -> BadgeFacts:
-        """The badge as the badge office knows it; not found when the read matches no badge (a misread
-        number is not found, so the gate says badge_unknown)."""
+    @staticmethod
+    def badge_lookup(read: BadgeRead) -> tuple[Scheme, str | None, str | None] | None:
+        """The read as the badge office writes it (scheme, number, card UID), or None when it cannot
+        be a badge of that scheme."""
         try:
             scheme = Scheme(read.scheme.strip().lower())
             number = validate_number(scheme, read.number) if read.number else None
             card_uid = validate_card_uid(read.card_uid) if read.card_uid else None
         except (BadgeRefused, ValueError):
+            return None
+        return scheme, number, card_uid
+
+    @classmethod
+    def badge_key(cls, read: BadgeRead) -> str | None:
+        """One name for every read that finds the same badge row (the cache's key)."""
+        lookup = cls.badge_lookup(read)
+        return None if lookup is None else f"{lookup[0].value}|{lookup[1] or ''}|{lookup[2] or ''}"
+
+    def badge(self, read: BadgeRead) -> BadgeFacts:
+        """The badge as the badge office knows it; not found when the read matches no badge (a misread
+        number is not found, so the gate says badge_unknown)."""
+        lookup = self.badge_lookup(read)
+        if lookup is None:
             return BadgeFacts.not_found()
+        scheme, number, card_uid = lookup
         stmt = (
             sa.select(badges.c.status, badges.c.person_id, badges.c.valid_until, persons.c.given_name,
                       persons.c.family_name, badge_activations.c.terminal_code)
@@ -104,6 +122,13 @@ class SqlGateStore:
     def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> ScreeningResult:
         return ScreeningResult(self._bans.screen(person_id, terminal=terminal, now=now).result)
 
+    def ban_facts(self, person_id: uuid.UUID) -> tuple[list[BanWindow], datetime | None]:
+        return self._bans.facts(person_id)
+
+    @property
+    def screening_settings(self) -> tuple[timedelta, bool]:
+        return self._bans.policy
+
     def policy(self, terminal: str) -> TerminalPolicy:
         stored = self._conn.execute(
             sa.select(terminal_policies.c.policy).where(terminal_policies.c.terminal_code == terminal)
@@ -117,6 +142,7 @@ class SqlGateStore:
         ).rowcount
         if not updated:
             self._conn.execute(terminal_policies.insert().values(terminal_code=terminal, **values))
+        touch(self._conn, POLICY)
 
     # ---- decisions -----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from quaygate.invalidation import RIGHTS, touch
 from quaygate.schema import release_events, release_parties, releases, transfers
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.iso6346 import ContainerNumber
@@ -171,6 +172,8 @@ class SqlReleaseStore:
             created.update(self._conn.execute(
                 sa.select(releases.c.id).where(releases.c.id.in_(ids[i : i + 5000]))).scalars())
         kept = [r for r in rights if r.id in created]
+        for r in kept:
+            touch(self._conn, RIGHTS, r.container.value)
         parties: list[dict[str, Any]] = []
         for r in kept:
             parties.append({"organisation_id": r.issuer_organisation_id, "release_id": r.id, "relation": "issuer"})
@@ -193,6 +196,7 @@ class SqlReleaseStore:
         )
         if result.rowcount != 1:
             raise StaleRight(str(right.id))
+        touch(self._conn, RIGHTS, right.container.value)
         right.version += 1
         for t in right.changed_transfers:
             self._upsert_transfer(t)
@@ -223,6 +227,7 @@ class SqlReleaseStore:
         )
         if result.rowcount != 1:
             return None
+        touch(self._conn, RIGHTS, right.container.value)
         right.version += 1
         seq = self._conn.execute(
             sa.select(sa.func.coalesce(sa.func.max(release_events.c.seq), 0)).where(

@@ -1,0 +1,485 @@
+"""The gate decision's facts from Redis, read through to PostgreSQL (issue 5, "Hot path").
+
+PostgreSQL stays the truth. Redis holds copies of what a decision reads: the terminal's policy, the
+rights of a container, and a badge with its holder's port-ban facts (the holder's bans, any time and
+scope, and when the list in force was issued: screening is computed at decision time, so a ban that
+starts or ends, or a list that grows stale, counts at once).
+
+Exact by generations. Every copy is stored under the generation of its family (one per container
+for rights; one each for badges, bans and policies), and a write that commits in PostgreSQL replaces
+that generation afterwards (quaygate/invalidation.py hands over what each committed transaction
+touched). A reader reads the generations and the copies in one script, one round trip; a copy missed
+is read from PostgreSQL and stored under the generation read BEFORE it, so a copy filled while a
+write committed is stored under a generation already replaced, and nobody reads it again.
+Generations are made by Redis from its clock and a counter (``<seconds>.<micro>.<n>``), never
+reused, even across a Redis restart that lost them: a copy filled before a restart cannot come back
+to life under a generation made after it. Copies and generations expire (``ttl``), which bounds
+memory and bounds the damage of the one case the generations cannot cover: a writer that loses Redis
+at its commit and dies before its retry.
+
+Check decisions are kept without PostgreSQL on the hot path: one script claims (terminal, request_id)
+(SET NX, kept ``request_ttl``) and appends the decision to a Redis stream in the same step; a drainer
+(``drain``, run by the background workers of every server process, a consumer group, XAUTOCLAIM of
+a dead consumer's entries) writes them into ``gate_decisions`` in batches. Commit decisions go to
+PostgreSQL in the gate move's own transaction, and are copied here after it commits.
+
+Redis unreachable, slow or failing: ``FactsUnavailable`` is raised, the caller falls back to
+PostgreSQL, and this cache is skipped for ``cooldown`` seconds (a breaker: a dead Redis costs one
+timeout, not one per request). Invalidations that could not be sent are kept and sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+from quaygate import invalidation
+from quaygate.schema import gate_decisions
+from release_service.domain.gate import (
+    BadgeFacts,
+    BadgeRead,
+    NominationFacts,
+    RightFacts,
+    ScreeningResult,
+    TerminalPolicy,
+)
+from release_service.domain.screening import BanWindow, screen
+from release_service.ports import FactsUnavailable, GateSnapshot, StoredDecision
+
+from .sqla.gate import SqlGateStore, policy_dict
+from .sqla.uow import SqlUnitOfWork
+
+log = logging.getLogger(__name__)
+
+STREAM = "decisions"
+GROUP = "pg"
+
+# KEYS: none (every key is named from ARGV under the prefix). ARGV: prefix, terminal, badge key ('' when
+# none), request key ('' when none), containers... Returns the recorded request (or false), then the
+# policy generation and copy, the badge generation and copy, then a generation and copy per container.
+_READ = """
+local p = ARGV[1]
+local function gen(name)
+  local g = redis.call('GET', p .. 'g:' .. name)
+  if not g then
+    local t = redis.call('TIME')
+    g = t[1] .. '.' .. t[2] .. '.' .. redis.call('INCR', p .. 'g:seq')
+    redis.call('SET', p .. 'g:' .. name, g, 'EX', ARGV[5], 'NX')
+    g = redis.call('GET', p .. 'g:' .. name)
+  end
+  return g
+end
+local out = {}
+out[1] = false
+if ARGV[4] ~= '' then out[1] = redis.call('GET', p .. 'req:' .. ARGV[4]) end
+local gp = gen('policy')
+out[2] = gp
+out[3] = redis.call('GET', p .. 'policy:' .. ARGV[2] .. ':' .. gp)
+local gb = gen('badges') .. '/' .. gen('bans')
+out[4] = gb
+out[5] = false
+if ARGV[3] ~= '' then out[5] = redis.call('GET', p .. 'badge:' .. ARGV[3] .. ':' .. gb) end
+local gr = gen('rights')
+for i = 6, #ARGV do
+  local g = gen('r:' .. ARGV[i]) .. '/' .. gr
+  out[#out + 1] = g
+  out[#out + 1] = redis.call('GET', p .. 'r:' .. ARGV[i] .. ':' .. g)
+end
+return out
+"""
+
+# ARGV: prefix, ttl, name... : a new generation for each family named.
+_BUMP = """
+local p = ARGV[1]
+local t = redis.call('TIME')
+for i = 3, #ARGV do
+  local g = t[1] .. '.' .. t[2] .. '.' .. redis.call('INCR', p .. 'g:seq')
+  redis.call('SET', p .. 'g:' .. ARGV[i], g, 'EX', ARGV[2])
+end
+return #ARGV - 2
+"""
+
+# KEYS: the request key, the stream. ARGV: the recorded answer, its ttl, the decision row, the stream's cap.
+_RECORD = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'row', ARGV[3])
+  return false
+end
+return redis.call('GET', KEYS[1])
+"""
+
+
+class RedisGateFacts:
+    def __init__(self, client: redis.Redis, engine: sa.Engine, uow: Callable[[], SqlUnitOfWork], *,
+                 prefix: str = "qg:gate:", ttl: int = 600, request_ttl: int = 900, cooldown: float = 1.0,
+                 stream_cap: int = 2_000_000) -> None:
+        self._r = client
+        self._engine = engine
+        self._uow = uow
+        self._p = prefix
+        self._ttl = ttl
+        self._request_ttl = request_ttl
+        self._cooldown = cooldown
+        self._cap = stream_cap
+        # The drainer blocks on the stream for longer than a gate decision waits: its own connection.
+        kwargs = dict(client.connection_pool.connection_kwargs)
+        kwargs.update(socket_timeout=10.0)
+        self._drain_client = redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=client.connection_pool.connection_class, max_connections=2, **kwargs))
+        self._read = client.register_script(_READ)
+        self._bump = client.register_script(_BUMP)
+        self._record = client.register_script(_RECORD)
+        self._down_until = 0.0
+        self._suspect = False  # Redis failed since the last success: invalidate everything first
+        self._owed: set[str] = set()  # generations to replace that Redis did not take yet
+        self._owed_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, engine: sa.Engine, uow: Callable[[], SqlUnitOfWork], **kw: Any) -> RedisGateFacts:
+        # A gate decision waits for Redis at most this long before deciding from PostgreSQL.
+        client = redis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25,
+                                      health_check_interval=30)
+        facts = cls(client, engine, uow, **kw)
+        invalidation.install(engine, facts.committed)
+        return facts
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    def read(self, *, terminal: str, request_id: str, badge: BadgeRead | None, containers: Sequence[str],
+             now: datetime, through: bool = True) -> GateSnapshot | None:
+        """The facts; a miss is read through to PostgreSQL and kept, or, with ``through=False``, the
+        answer is None (the caller is on the event loop and must not wait for PostgreSQL)."""
+        badge_key = SqlGateStore.badge_key(badge) if badge is not None else None
+        args = [self._p, terminal, badge_key or "", _request_key(terminal, request_id), self._ttl, *containers]
+        out = self._call(lambda: self._read(args=args))
+        replay = _stored(out[0]) if out[0] else None
+        policy_gen, policy_raw, badge_gen, badge_raw = out[1], out[2], out[3], out[4]
+        rights_raw = {c: (out[5 + 2 * i], out[6 + 2 * i]) for i, c in enumerate(containers)}
+        missing = [c for c, (_, raw) in rights_raw.items() if raw is None]
+        need_badge = badge is not None and badge_raw is None and badge_key is not None
+        fills: dict[str, tuple[bytes, int]] = {}
+        policy = _policy(policy_raw) if policy_raw is not None else None
+        rights: dict[str, list[RightFacts]] = {c: _rights(raw) for c, (_, raw) in rights_raw.items() if raw is not None}
+        entry: dict[str, Any] | None = json.loads(badge_raw) if badge_raw is not None else None
+        if policy is None or missing or need_badge:
+            if not through:
+                return None
+            with self._uow() as uow:
+                if policy is None:
+                    policy = uow.gate.policy(terminal)
+                    fills[f"policy:{terminal}:{_s(policy_gen)}"] = (json.dumps(policy_dict(policy)).encode(), self._ttl)
+                if missing:
+                    found = uow.gate.rights(missing)
+                    for c in missing:
+                        rights[c] = [r for r in found if r.container == c]
+                        fills[f"r:{c}:{_s(rights_raw[c][0])}"] = (_dump_rights(rights[c]), self._ttl)
+                if need_badge and badge is not None:
+                    entry = _badge_entry(uow, badge)
+                    fills[f"badge:{badge_key}:{_s(badge_gen)}"] = (json.dumps(entry).encode(), self._ttl)
+            if fills:
+                self._fill(fills)
+        facts, screening = (None, ScreeningResult.UNAVAILABLE) if badge is None else self._badge(entry, terminal, now)
+        return GateSnapshot(replay, policy, [r for c in containers for r in rights.get(c, [])], facts, screening)
+
+    def _badge(self, entry: dict[str, Any] | None, terminal: str, now: datetime
+               ) -> tuple[BadgeFacts, ScreeningResult]:
+        if entry is None or not entry.get("found"):
+            return BadgeFacts.not_found(), ScreeningResult.UNAVAILABLE  # nobody to screen: never "clear"
+        facts = BadgeFacts(found=True, status=entry["status"], person_id=uuid.UUID(entry["person_id"]),
+                           valid_until=_dt(entry["valid_until"]),
+                           activated_terminals=frozenset(entry["activated"]), holder_name=entry["holder"])
+        windows = [BanWindow(s, _dt(f), _dt(u)) for s, f, u in entry["bans"]]
+        result = screen(windows, _dt(entry["list_issued_at"]), terminal=terminal, now=now,
+                        max_list_age=_seconds(entry["max_list_age"]), required=entry["required"])
+        return facts, ScreeningResult(result.result)
+
+    def _fill(self, fills: dict[str, tuple[bytes, int]]) -> None:
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for key, (value, ttl) in fills.items():
+                pipe.set(self._p + key, value, ex=ttl)
+            pipe.execute()
+        except redis.RedisError:
+            self._trip()  # the facts were read: this answer stands, the next one waits less
+
+    # ---- recording check decisions ---------------------------------------------------------------
+
+    def record(self, row: dict[str, Any]) -> StoredDecision | None:
+        """Keep a check decision: None when recorded, else the decision recorded first under its
+        request_id (a twin, or another request reusing the id)."""
+        answer = json.dumps({"id": str(row["id"]), "fingerprint": row["fingerprint"], "response": row["response"],
+                             "decision": row["decision"], "release_id": _str(row["release_id"]),
+                             "committed": row["committed"], "direction": row["direction"],
+                             "terminal": row["terminal"]})
+        twin = self._call(lambda: self._record(
+            keys=[self._p + "req:" + _request_key(row["terminal"], row["request_id"]), self._p + STREAM],
+            args=[answer, self._request_ttl, json.dumps(row, default=_json), self._cap]))
+        return _stored(twin) if twin else None
+
+    def remember(self, stored: StoredDecision, request_id: str) -> None:
+        """A commit decision, after its transaction committed: later reads of the id answer from here."""
+        answer = json.dumps({"id": str(stored.id), "fingerprint": stored.fingerprint, "response": stored.response,
+                             "decision": stored.decision, "release_id": _str(stored.release_id),
+                             "committed": stored.committed, "direction": stored.direction,
+                             "terminal": stored.terminal})
+        try:
+            self._r.set(self._p + "req:" + _request_key(stored.terminal, request_id), answer, ex=self._request_ttl)
+        except redis.RedisError:
+            self._trip()  # PostgreSQL has it: a later retry reads it there
+
+    # ---- invalidation ----------------------------------------------------------------------------
+
+    def committed(self, touched: invalidation.Touched) -> None:
+        """Called after a commit with what it touched: new generations for those families."""
+        names = {f"r:{key}" if family == invalidation.RIGHTS else family for family, key in touched}
+        self.bump(names)
+
+    def bump(self, names: Iterable[str]) -> None:
+        with self._owed_lock:
+            self._owed.update(names)
+            owed = sorted(self._owed)
+        if not owed:
+            return
+        try:
+            self._bump(args=[self._p, self._ttl, *owed])
+        except redis.RedisError:
+            log.warning("release.gate_facts.invalidation_deferred", extra={"fields": {"families": len(owed)}})
+            self._trip()
+            return
+        with self._owed_lock:
+            self._owed.difference_update(owed)
+
+    def flush_owed(self) -> int:
+        """Send the invalidations Redis did not take (the background workers call this every second)."""
+        with self._owed_lock:
+            owed = len(self._owed)
+        if owed:
+            self.bump(())
+        return owed
+
+    def bump_everything(self) -> None:
+        """At start-up: whatever a process that died owing invalidations left behind (or a database
+        restored under a running Redis) is read again."""
+        self.bump((invalidation.RIGHTS, invalidation.BADGES, invalidation.BANS, invalidation.POLICY))
+
+    # ---- the drainer -----------------------------------------------------------------------------
+
+    def drain(self, consumer: str, *, count: int = 1000, block_ms: int | None = None,
+              claim_idle_ms: int | None = 30_000) -> int:
+        """Move recorded check decisions from the stream into gate_decisions; returns how many. With
+        ``claim_idle_ms``, first take over what another consumer read that long ago and never
+        acknowledged (it died between reading and writing)."""
+        stream = self._p + STREAM
+        r = self._drain_client
+        try:
+            r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        moved = 0
+        batches = []
+        if claim_idle_ms is not None:
+            _, claimed, _ = r.xautoclaim(stream, GROUP, consumer, min_idle_time=claim_idle_ms, start_id="0-0",
+                                         count=count)
+            batches = [claimed] if claimed else []
+        fresh = r.xreadgroup(GROUP, consumer, {stream: ">"}, count=count, block=block_ms)
+        batches += [entries for _, entries in fresh or []]
+        for entries in batches:
+            ids = [eid for eid, _ in entries]
+            rows = [_row(fields[b"row"]) for _, fields in entries if fields and b"row" in fields]
+            if rows:
+                self._insert(rows)
+            if ids:
+                r.xack(stream, GROUP, *ids)
+                r.xdel(stream, *ids)
+            moved += len(rows)
+        return moved
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        dialect = self._engine.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            stmt: Any = postgresql.insert(gate_decisions).on_conflict_do_nothing()
+        else:
+            from sqlalchemy.dialects import sqlite
+
+            stmt = sqlite.insert(gate_decisions).on_conflict_do_nothing()
+        with self._engine.begin() as conn:
+            conn.execute(stmt, rows)
+
+    # ---- the breaker -----------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        if time.monotonic() < self._down_until:
+            raise FactsUnavailable("skipped: Redis failed a moment ago")
+        try:
+            if self._suspect:
+                self._recover()
+            return fn()
+        except redis.RedisError as exc:
+            self._trip()
+            raise FactsUnavailable(str(exc)) from exc
+
+    def _recover(self) -> None:
+        """Redis is back after this process saw it fail. While it was away, this process (or another)
+        may have committed changes whose invalidations never reached it: every copy is read again
+        before one is trusted."""
+        with self._owed_lock:
+            owed = sorted(self._owed | {invalidation.RIGHTS, invalidation.BADGES, invalidation.BANS,
+                                        invalidation.POLICY})
+        self._bump(args=[self._p, self._ttl, *owed])
+        with self._owed_lock:
+            self._owed.difference_update(owed)
+        self._suspect = False
+        log.info("release.gate_facts.recovered")
+
+    def _trip(self) -> None:
+        self._down_until = time.monotonic() + self._cooldown
+        self._suspect = True
+        log.warning("release.gate_facts.unavailable")
+
+    def close(self) -> None:
+        self._r.close()
+        self._drain_client.close()
+
+
+# ---- what the copies hold ------------------------------------------------------------------------
+
+
+def _badge_entry(uow: SqlUnitOfWork, read: BadgeRead) -> dict[str, Any]:
+    facts = uow.gate.badge(read)
+    if not facts.found or facts.person_id is None:
+        return {"found": False}
+    windows, issued_at = uow.gate.ban_facts(facts.person_id)
+    max_age, required = uow.gate.screening_settings
+    return {
+        "found": True, "status": facts.status, "person_id": str(facts.person_id),
+        "valid_until": _iso(facts.valid_until), "activated": sorted(facts.activated_terminals),
+        "holder": facts.holder_name, "bans": [[w.scope, _iso(w.banned_from), _iso(w.banned_until)] for w in windows],
+        "list_issued_at": _iso(issued_at), "max_list_age": max_age.total_seconds(), "required": required,
+    }
+
+
+def _dump_rights(rights: list[RightFacts]) -> bytes:
+    return json.dumps([[
+        str(r.id), r.container, r.terminal, r.state, r.blocked, r.commercial, r.customs, r.terminal_light,
+        _iso(r.valid_from), _iso(r.valid_until), _iso(r.created_at),
+        None if r.nomination is None else [str(r.nomination.driver_person_id), r.nomination.plate_text,
+                                           r.nomination.plate_country, r.nomination.response],
+    ] for r in rights]).encode()
+
+
+def _rights(raw: bytes) -> list[RightFacts]:
+    out = []
+    for (rid, container, terminal, state, blocked, commercial, customs, light, vfrom, vuntil, created,
+         nom) in json.loads(raw):
+        out.append(RightFacts(
+            id=uuid.UUID(rid), container=container, terminal=terminal, state=state, blocked=blocked,
+            commercial=commercial, customs=customs, terminal_light=light, valid_from=_dt(vfrom),
+            valid_until=_dt(vuntil), created_at=_dt(created),
+            nomination=None if nom is None else NominationFacts(uuid.UUID(nom[0]), nom[1], nom[2], nom[3])))
+    return out
+
+
+def _policy(raw: bytes) -> TerminalPolicy:
+    return TerminalPolicy(**json.loads(raw))
+
+
+def _stored(raw: bytes) -> StoredDecision:
+    d = json.loads(raw)
+    return StoredDecision(id=uuid.UUID(d["id"]), fingerprint=d["fingerprint"], response=d["response"],
+                          decision=d["decision"], release_id=uuid.UUID(d["release_id"]) if d["release_id"] else None,
+                          committed=d["committed"], direction=d["direction"], terminal=d["terminal"])
+
+
+def _row(raw: bytes) -> dict[str, Any]:
+    d = json.loads(raw)
+    d["id"] = uuid.UUID(d["id"])
+    d["release_id"] = uuid.UUID(d["release_id"]) if d["release_id"] else None
+    d["observed_at"] = _dt(d["observed_at"])
+    d["decided_at"] = _dt(d["decided_at"])
+    return d
+
+
+def _request_key(terminal: str, request_id: str) -> str:
+    return f"{terminal}|{request_id}"
+
+
+def _s(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
+def _dt(raw: str | None) -> Any:
+    return None if raw is None else datetime.fromisoformat(raw)
+
+
+def _seconds(value: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=value)
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+BATCH = 1000  # decisions per insert at most
+PAUSE = 0.2  # seconds the drainer waits after a short batch: at 1 000 checks/s, 200 per insert
+CLAIM_EVERY = 10.0  # seconds between looks for a dead consumer's entries
+CLAIM_IDLE_MS = 30_000  # an entry read and not acknowledged this long ago belongs to a dead consumer
+
+
+class Drainer:
+    """The thread that moves kept check decisions into PostgreSQL and sends owed invalidations."""
+
+    def __init__(self, facts: RedisGateFacts, *, consumer: str) -> None:
+        self._facts = facts
+        self._consumer = consumer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gate-decision-drain", daemon=True)
+
+    def start(self) -> Drainer:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        claimed_at = 0.0
+        while not self._stop.is_set():
+            try:
+                self._facts.flush_owed()
+                claim = time.monotonic() - claimed_at > CLAIM_EVERY
+                moved = self._facts.drain(self._consumer, count=BATCH, block_ms=500,
+                                          claim_idle_ms=CLAIM_IDLE_MS if claim else None)
+                if claim:
+                    claimed_at = time.monotonic()
+                if moved < BATCH:
+                    self._stop.wait(PAUSE)  # let a batch gather: one insert for many decisions
+            except Exception:  # noqa: BLE001 - Redis or PostgreSQL away: say so, wait, try again
+                log.exception("release.gate_facts.drain_failed")
+                self._stop.wait(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -1,0 +1,257 @@
+"""The gate's hot path on PostgreSQL + Redis (issue 5): facts cached in Redis, exact by invalidation.
+
+Every change goes through the code that makes it in production (the party API, the badge office's
+service, the ban register's loader, the national-number link, the terminal policy store), and the
+next gate decision must see it. A check answered from the cache runs no SQL statement at all; its
+decision reaches gate_decisions through the drainer. A fill that raced a commit is never read again.
+With Redis gone, decisions come from PostgreSQL and stay right; after Redis comes back, nothing that
+changed meanwhile is answered from an old copy.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from identity.badges.service import BadgeService
+from identity.bans.loader import load_feed
+from identity.bans.persons import set_national_id
+from quaygate.app import create_app
+from quaygate.cache import RedisCache
+from quaygate.container import Container, SystemClock
+from quaygate.crypto import DataCipher
+from quaygate.schema import badges, gate_decisions
+from quaygate.settings import Settings
+from release_service.adapters.gate_facts import RedisGateFacts
+from release_service.adapters.sqla.uow import SqlUnitOfWork
+from release_service.domain.gate import TerminalPolicy
+
+from .ban_register import Register, ban, national_number, snapshot
+from .factories import TERMINAL, container
+from .test_gate_verify import Gate
+from .test_release_api import assert_problem
+
+PEPPER = b"p" * 32
+pytestmark = pytest.mark.xdist_group("gate_facts")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _serve(engine: sa.Engine, tmp_path: Path, redis_url: str) -> Iterator[Gate]:
+    settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
+                        redis_url=redis_url, background_workers=False, gate_decision_drain=False)
+    c = Container(settings=settings, engine=engine, cache=RedisCache(redis_url),
+                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
+    with TestClient(create_app(settings, container=c)) as http:
+        gate = Gate(http, engine)
+        gate.facts = c.gate_facts  # type: ignore[attr-defined]
+        yield gate
+
+
+@pytest.fixture
+def gate(pg_engine: sa.Engine, tmp_path: Path, redis_url: str) -> Iterator[Gate]:
+    yield from _serve(pg_engine, tmp_path, redis_url)
+
+
+class Statements:
+    """Counts the SQL statements the engine runs."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.count = 0
+
+    def _seen(self, *args: Any) -> None:
+        self.count += 1
+
+    def __enter__(self) -> Statements:
+        sa.event.listen(self.engine, "before_cursor_execute", self._seen)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._seen)
+
+
+def _check(gate: Gate, n: int, **over: Any) -> dict[str, Any]:
+    r = gate.verify(gate.body(n, **over))
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _badge_id(gate: Gate) -> uuid.UUID:
+    with gate.engine.connect() as conn:
+        return conn.execute(sa.select(badges.c.id).where(badges.c.person_id == gate.p.driver)).scalar_one()
+
+
+def test_a_cached_check_runs_no_sql_and_reaches_the_database_through_the_drainer(gate: Gate) -> None:
+    gate.pickable(1)
+    assert _check(gate, 1)["decision"] == "allow"  # the first read fills the cache from PostgreSQL
+    body = gate.body(1)
+    with Statements(gate.engine) as sql:
+        first = gate.verify(body).json()
+        again = gate.verify(body).json()  # a retry: answered from the recorded request_id
+    assert first["decision"] == "allow" and again == first
+    assert sql.count == 0, f"{sql.count} SQL statements on the cached path"
+    assert_problem(gate.verify({**body, "lane": "in-9"}), 409, "request_id_reused")
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    assert facts.drain("test", block_ms=None) == 2
+    with gate.engine.connect() as conn:
+        kept = conn.execute(sa.select(gate_decisions.c.request_id, gate_decisions.c.decision, gate_decisions.c.mode)
+                            .where(gate_decisions.c.request_id == body["request_id"])).all()
+    assert [tuple(k) for k in kept] == [(body["request_id"], "allow", "check")]
+    assert facts.drain("test", block_ms=None) == 0  # acknowledged: never written twice
+
+
+def test_every_change_to_a_right_is_seen_by_the_next_decision(gate: Gate) -> None:
+    rid = gate.pickable(2)
+    assert _check(gate, 2)["decision"] == "allow"
+    r = gate.http.put(f"/api/v1/releases/{rid}/lights/customs", json={"status": "red"}, headers=gate.as_("customs"))
+    assert r.status_code == 200, r.text
+    assert _check(gate, 2)["reasons"] == ["customs_hold"]
+    r = gate.http.put(f"/api/v1/releases/{rid}/lights/customs", json={"status": "green"}, headers=gate.as_("customs"))
+    assert _check(gate, 2)["decision"] == "allow"
+    committed = gate.verify(gate.body(2, mode="commit")).json()
+    assert committed["committed"] is True
+    assert _check(gate, 2)["reasons"] == ["already_used"]  # the gate-in committed by the verify itself
+
+
+def test_badge_office_changes_are_seen_by_the_next_decision(gate: Gate) -> None:
+    gate.pickable(3)
+    assert _check(gate, 3)["decision"] == "allow"
+    badges_service = BadgeService(gate.engine)
+    badge_id = _badge_id(gate)
+    badges_service.withdraw(badge_id, TERMINAL, reason="desk", actor="officer", now=_now())
+    assert _check(gate, 3)["reasons"] == ["badge_not_activated_here"]
+    badges_service.activate(badge_id, TERMINAL, actor="officer", now=_now())
+    assert _check(gate, 3)["decision"] == "allow"
+    badges_service.change_status(badge_id, "blocked", reason="stolen", actor="officer", now=_now())
+    got = _check(gate, 3, mode="commit")
+    assert (got["decision"], got["reasons"], got["committed"]) == ("deny", ["badge_blocked"], False)
+
+
+def test_a_ban_feed_and_a_national_number_are_seen_by_the_next_decision(gate: Gate) -> None:
+    gate.pickable(4)
+    register = Register()
+    number = national_number(7)
+    t = _now()
+    load_feed(gate.engine, register.sign(snapshot(1, t, [])), key=register.public_key, pepper=PEPPER, now=t,
+              max_feed_age=timedelta(days=1))
+    assert _check(gate, 4)["screening"] == "clear"
+    load_feed(gate.engine, register.sign(snapshot(2, t, [ban(number, "R-7", start=t - timedelta(days=1))])),
+              key=register.public_key, pepper=PEPPER, now=t,
+              max_feed_age=timedelta(days=1))
+    assert _check(gate, 4)["screening"] == "clear"  # nobody linked to that number yet
+    set_national_id(gate.engine, gate.p.driver, number, pepper=PEPPER, now=_now(), actor="officer")
+    got = _check(gate, 4, mode="commit")
+    assert (got["screening"], got["committed"]) == ("banned", False)
+    assert "person_banned" in got["reasons"]
+
+
+def test_a_terminal_policy_change_is_seen_by_the_next_decision(gate: Gate) -> None:
+    gate.pickable(5)
+    assert _check(gate, 5)["decision"] == "allow"
+    with SqlUnitOfWork(gate.engine) as uow:
+        uow.gate.set_policy(TERMINAL, TerminalPolicy(face_required=True), by="security", now=_now())
+        uow.commit()
+    assert _check(gate, 5)["reasons"] == ["face_required"]
+
+
+def test_a_copy_filled_while_a_change_committed_is_never_read(gate: Gate) -> None:
+    """The race the generations exist for: a reader fetched the old right from PostgreSQL, a write
+    committed and invalidated, then the reader stored its old copy. It must stay unread."""
+    rid = gate.pickable(6)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    raw = facts._r  # the reader's late store goes straight to Redis
+    assert _check(gate, 6)["decision"] == "allow"
+    stale = {k: raw.get(k) for k in raw.scan_iter(match=f"qg:gate:r:{container(6)}:*")}
+    assert len(stale) == 1
+    r = gate.http.post(f"/api/v1/releases/{rid}/block", headers=gate.as_("line"), json={"reason": "fraud"})
+    assert r.status_code == 200, r.text
+    for key, value in stale.items():  # the slow reader's store lands after the commit
+        raw.set(key, value, ex=600)
+    assert _check(gate, 6)["reasons"] == ["right_blocked"]
+
+
+def test_a_rolled_back_change_invalidates_nothing_and_decides_the_same(gate: Gate) -> None:
+    gate.pickable(8)
+    assert _check(gate, 8)["decision"] == "allow"
+    with SqlUnitOfWork(gate.engine) as uow:
+        uow.gate.set_policy(TERMINAL, TerminalPolicy(face_required=True), by="security", now=_now())
+        uow.rollback()
+    with Statements(gate.engine) as sql:
+        assert _check(gate, 8)["decision"] == "allow"
+    assert sql.count == 0
+
+
+# ---- Redis away --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A Redis of this test's own (stopping the shared one would stop every other test)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, cwd=tmp_path)  # noqa: S603
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                return proc
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    state: dict[str, Any] = {"url": f"redis://127.0.0.1:{port}/0", "start": start, "proc": start()}
+    yield state
+    state["proc"].kill()
+    state["proc"].wait()
+
+
+def test_with_redis_stopped_decisions_come_from_postgresql_and_stay_right(
+        pg_engine: sa.Engine, tmp_path: Path, redis_url: str, private_redis: dict[str, Any]) -> None:
+    for gate in _serve(pg_engine, tmp_path, redis_url):
+        facts = RedisGateFacts.from_url(private_redis["url"], gate.engine, lambda: SqlUnitOfWork(gate.engine))
+        gate.http.app.state.container.gate_facts = facts  # type: ignore[attr-defined]
+        gate.pickable(1)
+        gate.pickable(2)
+        assert _check(gate, 1)["decision"] == "allow" and _check(gate, 2)["decision"] == "allow"  # cached
+
+        held = {k: facts._r.get(k) for k in facts._r.scan_iter(match="qg:gate:*") if facts._r.type(k) == b"string"}
+        private_redis["proc"].kill()
+        private_redis["proc"].wait()
+        # The badge is blocked while Redis is away: its invalidation cannot be sent.
+        BadgeService(gate.engine).change_status(_badge_id(gate), "blocked", reason="stolen", actor="o", now=_now())
+        for n in (1, 2):
+            got = _check(gate, n, mode="commit")
+            assert (got["decision"], got["reasons"], got["committed"]) == ("deny", ["badge_blocked"], False)
+        with gate.engine.connect() as conn:  # decided from PostgreSQL, and recorded there
+            assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)).scalar_one() == 2
+
+        # Redis comes back holding what it held (as a paused or partitioned one would): the old copies.
+        private_redis["proc"] = private_redis["start"]()
+        import redis
+
+        back = redis.Redis.from_url(private_redis["url"])
+        for k, v in held.items():
+            back.set(k, v)
+        back.close()
+        facts._down_until = 0.0  # the breaker's cooldown, over
+        got = _check(gate, 1)
+        assert (got["decision"], got["reasons"]) == ("deny", ["badge_blocked"]), got
+        facts.close()
