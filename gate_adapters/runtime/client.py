@@ -136,24 +136,34 @@ class VerifyClient:
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts >= 1")
-        self.url = base_url.rstrip("/") + "/gate/v1/verify"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/gate/v1/verify"
         self.tokens, self.timeout, self.attempts = tokens, timeout, attempts
         self.backoff, self.max_backoff = backoff, max_backoff
         self._http = http or httpx.Client(timeout=timeout)  # an injected client brings its own timeouts
         self._sleep = sleep
 
     def verify(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self.call("POST", self.url, body)
+
+    def call(self, method: str, url: str, body: Mapping[str, Any] | None = None, *,
+             attempts: int | None = None) -> dict[str, Any]:
+        """One JSON call to the service under rules 1 to 3 (verify, and offline mode's passes and
+        reconcile, which are idempotent too). ``url`` may be a path under ``base_url``."""
+        if url.startswith("/"):
+            url = self.base_url + url
         last = "no attempt"
         refreshed = False
-        for attempt in range(self.attempts):
+        tries = attempts or self.attempts
+        for attempt in range(tries):
             if attempt:
                 self._sleep(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
             try:
-                r = self._post(body)
+                r = self._send(method, url, body)
                 if r.status_code == 401 and not refreshed:  # rule 2: one fresh token, at once
                     refreshed = True
                     self.tokens.invalidate()
-                    r = self._post(body)
+                    r = self._send(method, url, body)
             except (httpx.TransportError, TokenError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 continue
@@ -163,11 +173,11 @@ class VerifyClient:
                 last = f"HTTP {r.status_code}"
                 continue
             raise _refused(r)
-        raise ServiceUnavailable(f"no answer after {self.attempts} attempts ({last})")
+        raise ServiceUnavailable(f"no answer after {tries} attempts ({last})")
 
-    def _post(self, body: Mapping[str, Any]) -> httpx.Response:
+    def _send(self, method: str, url: str, body: Mapping[str, Any] | None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.tokens.token()}", "Accept": "application/json"}
-        return self._http.post(self.url, json=dict(body), headers=headers)
+        return self._http.request(method, url, json=None if body is None else dict(body), headers=headers)
 
 
 def _error_text(r: httpx.Response) -> str:

@@ -6,6 +6,7 @@ Per Ready (a truck's correlated reads)::
         answer  ──► outbox.done ──► sink.act(answer)          (open only on "allow", sinks.py)
         4xx     ──► outbox.done(problem) ──► sink.act(None)   (hold + officer; a re-send cannot help)
         no answer / 401 / 403 / 429 ──► sink.act(None), row stays pending, re-sent later
+        no answer, offline mode on  ──► offline.decide (passes; durable with its report) ──► sink.act
 
 Rules:
 1. Nothing reaches the network before it is in the outbox; a crash anywhere after ``put`` is
@@ -19,6 +20,9 @@ Rules:
    container read sends ``container {"number": "", "confidence": 0}`` (the service answers
    ``container_unreadable``, review); a badge read without a scheme gets the lane's ``badge_scheme``.
 4. A lane is driven by one thread at a time (``LaneWorker``), with a lock besides.
+5. Offline mode (``offline.py``, optional): when the service cannot be reached (connect error, timeout,
+   5xx, after the client's retries) and the truck is still at the lane, the lane decides from its gate
+   passes instead of holding; ``tick()`` also keeps the passes fresh and reconciles offline decisions.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from gate_adapters.core.correlate import LaneCorrelator, Ready
 from gate_adapters.core.reads import Read
 
 from .client import ServiceUnavailable, VerifyClient, VerifyRefused
+from .offline import OfflineMode
 from .outbox import Outbox
 from .sinks import BarrierSink, Command
 
@@ -59,6 +64,11 @@ class LaneResult:
     @property
     def decision(self) -> str | None:
         return None if self.response is None else self.response.get("decision")
+
+    @property
+    def offline(self) -> bool:
+        """True when the lane decided from its gate passes (the service could not be reached)."""
+        return self.response is not None and "offline" in self.response
 
     @property
     def pending(self) -> bool:
@@ -101,6 +111,7 @@ class LaneRuntime:
         act_seconds: float = 60.0,
         retry_seconds: float = 5.0,
         on_result: Callable[[LaneResult], None] | None = None,
+        offline: OfflineMode | None = None,
     ) -> None:
         if (correlator.terminal, correlator.lane, correlator.direction) != (terminal, lane, direction):
             raise ValueError("the correlator belongs to another terminal, lane or direction")
@@ -110,6 +121,7 @@ class LaneRuntime:
         self.correlator, self.client, self.outbox, self.sink = correlator, client, outbox, sink
         self.badge_scheme, self.act_seconds, self.retry_seconds = badge_scheme, act_seconds, retry_seconds
         self._clock, self._wall, self._timer, self._on_result = clock, wall, timer, on_result
+        self.offline = offline
         self._lock = threading.RLock()
         self._next_retry = float("-inf")
 
@@ -126,6 +138,8 @@ class LaneRuntime:
             self._log_dropped()
             if self._clock() >= self._next_retry:
                 out.extend(self.recover())
+            if self.offline is not None:
+                self.offline.maintain()  # rule 5: fresh passes, offline decisions reconciled
             return out
 
     def recover(self) -> list[LaneResult]:
@@ -156,17 +170,22 @@ class LaneRuntime:
         self.outbox.attempt(request_id)
         response: dict[str, Any] | None = None
         error: str | None = None
+        offline = False
         try:
             response = self.client.verify(body)
         except ServiceUnavailable as exc:
             error = f"unavailable: {exc}"
             log.warning("gate.lane.unavailable", extra={"lane": self.lane, "request_id": request_id})
+            if self.offline is not None and act:  # rule 5: recorded durably by decide()
+                response = self.offline.decide(request_id, body)
+                offline = response is not None
+                error = None if offline else error
         except VerifyRefused as exc:
             error = f"refused: {exc.status} {exc.code}" if exc.final else f"unavailable: {exc}"
             log.error("gate.lane.refused.%s", exc.code, extra={"lane": self.lane, "request_id": request_id})
             if exc.final:
                 self.outbox.done(request_id, exc.as_response())
-        if response is not None:
+        if response is not None and not offline:
             self.outbox.done(request_id, response)
             log.info("gate.lane.decided.%s", response.get("decision"), extra={"lane": self.lane,
                                                                              "request_id": request_id})

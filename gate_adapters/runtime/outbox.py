@@ -8,6 +8,12 @@ Row lifecycle::
 
     put(body) ──► pending ──done(request_id, response)──► decided ──prune(older than keep_days)──► gone
 
+Offline mode (``offline.py``): a request the service could not answer while the truck waited is
+decided locally; ``decide_offline`` marks it decided AND queues its report for the service in ONE
+transaction, so an offline decision is never lost nor reported twice::
+
+    pending ──decide_offline──► decided (offline) + report ──reconciled(result)──► reconciled
+
 Rules:
 1. ``put`` is durable before it returns: WAL journal with ``synchronous=FULL`` (a power cut after the
    commit keeps the row). The caller puts BEFORE any network call.
@@ -41,6 +47,17 @@ CREATE TABLE IF NOT EXISTS verify_requests (
 );
 CREATE INDEX IF NOT EXISTS verify_requests_pending ON verify_requests (created_at) WHERE decided_at IS NULL;
 CREATE INDEX IF NOT EXISTS verify_requests_decided ON verify_requests (decided_at) WHERE decided_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS offline_decisions (
+    request_id    TEXT PRIMARY KEY REFERENCES verify_requests (request_id),
+    lane          TEXT NOT NULL,
+    release_id    TEXT,
+    used          TEXT,  -- 'in' | 'out' for an allow in commit mode: the right counts as used here
+    report        TEXT NOT NULL,
+    decided_at    REAL NOT NULL,
+    reconciled_at REAL,
+    result        TEXT
+);
+CREATE INDEX IF NOT EXISTS offline_decisions_open ON offline_decisions (decided_at) WHERE reconciled_at IS NULL;
 """
 
 
@@ -117,10 +134,75 @@ class Outbox:
         return None if row is None or row[0] is None else dict(json.loads(row[0]))
 
     def prune(self) -> int:
-        """Delete decided rows older than ``keep_days``; pending rows are never pruned (never lost)."""
+        """Delete decided rows older than ``keep_days``; pending rows, and offline decisions the service
+        has not acknowledged yet, are never pruned (never lost)."""
         cutoff = self._wall() - self.keep_seconds
         with self._lock:
+            self._db.execute("DELETE FROM offline_decisions WHERE reconciled_at IS NOT NULL AND decided_at < ?",
+                             (cutoff,))
             cur = self._db.execute(
-                "DELETE FROM verify_requests WHERE decided_at IS NOT NULL AND decided_at < ?", (cutoff,)
+                "DELETE FROM verify_requests WHERE decided_at IS NOT NULL AND decided_at < ? AND request_id NOT IN "
+                "(SELECT request_id FROM offline_decisions)", (cutoff,)
             )
         return int(cur.rowcount)
+
+    # -- offline decisions (offline.py) ------------------------------------------------------------
+
+    def decide_offline(self, request_id: str, response: Mapping[str, Any], report: Mapping[str, Any]) -> bool:
+        """Record a local decision and queue its report, atomically. False (nothing written) when the
+        request was answered meanwhile or is unknown: the first final answer wins."""
+        request = report.get("request") or {}
+        used = None
+        if response.get("decision") == "allow" and request.get("mode") == "commit":
+            used = str(request.get("direction"))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(
+                    "UPDATE verify_requests SET decided_at = ?, response = ? "
+                    "WHERE request_id = ? AND decided_at IS NULL",
+                    (self._wall(), json.dumps(response, sort_keys=True), request_id))
+                if cur.rowcount != 1:
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._db.execute(
+                    "INSERT INTO offline_decisions (request_id, lane, release_id, used, report, decided_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (request_id, str(request.get("lane", "")), report.get("release_id"), used,
+                     json.dumps(report, sort_keys=True), self._wall()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
+
+    def offline_uses(self) -> dict[str, set[str]]:
+        """Release ids let through offline here, by direction (``in``/``out``): used, for this adapter."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT used, release_id FROM offline_decisions WHERE used IS NOT NULL AND release_id IS NOT NULL"
+            ).fetchall()
+        out: dict[str, set[str]] = {"in": set(), "out": set()}
+        for used, release_id in rows:
+            out.setdefault(str(used), set()).add(str(release_id))
+        return out
+
+    def unreconciled(self) -> list[tuple[str, dict[str, Any]]]:
+        """Offline decisions not yet acknowledged by the service, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT request_id, report FROM offline_decisions WHERE reconciled_at IS NULL "
+                "ORDER BY decided_at, rowid"
+            ).fetchall()
+        return [(str(r[0]), dict(json.loads(r[1]))) for r in rows]
+
+    def reconciled(self, request_id: str, result: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("UPDATE offline_decisions SET reconciled_at = ?, result = ? WHERE request_id = ?",
+                             (self._wall(), json.dumps(result, sort_keys=True), request_id))
+
+    def offline_result(self, request_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT result FROM offline_decisions WHERE request_id = ?",
+                                   (request_id,)).fetchone()
+        return None if row is None or row[0] is None else dict(json.loads(row[0]))

@@ -5,7 +5,8 @@ Rules (one place, every sink):
    a truck may not pass a gate whose passage was not recorded (the right would look unused).
 2. ``deny`` holds; ``review`` holds and calls an officer (``call_officer``); no answer at all
    (``None``: service unreachable, request refused) holds and calls an officer too: never open
-   without the service's "allow" (offline gate passes come later).
+   without an "allow": the service's, or in an outage the lane's own from a signed gate pass
+   (``offline.py``; such an answer carries ``offline`` and is recorded locally, reconciled later).
 3. A command carries the lane, ``open``|``hold``, the ``decision_id`` (``None`` without an answer)
    and ``call_officer``; nothing about the driver (barrier controllers log what they receive).
 """

@@ -1,0 +1,301 @@
+"""Offline mode of a gate adapter: decide from signed gate passes while verify cannot be reached, never a PIN.
+
+    every refresh_seconds:  GET /oauth2/jwks + GET /gate/v1/passes ──verify each (ES256)──► PassStore
+    verify unreachable (connect error, timeout, 5xx, after the client's retries), truck at the lane:
+        passes of the read container ──► gate_pass.decide_offline (the SAME gate.decide as the service)
+        ──► Outbox.decide_offline (decision + report, one SQLite transaction) ──► barrier
+    every reconcile_seconds: POST /gate/v1/offline-decisions, oldest first ──► Outbox.reconciled
+
+Rules:
+1. A pass counts only after its signature checks with the service's public key: an explicit joserfc
+   registry with ES256 alone, typ ``gate-pass+jwt``, our issuer, our terminal (``PassVerifier``). The
+   JWKS is stored beside the passes, and passes are verified again when loaded from the file.
+2. A refresh replaces the whole set (a right revoked or deleted since simply has no pass any more);
+   expired passes are dropped; a refused pass is logged (``gate.offline.pass_refused``) and left out.
+3. Every offline decision shows its basis, the pass, and the age of its ban list and of the store
+   (``response["offline"]``); a store older than ``store_max_age`` or a ban list older than
+   ``ban_list_max_age`` refuses (review or the terminal's policy, see domain/gate_pass.py).
+4. Reconcile stops at the first unreachable call (order kept); a 4xx answer is final and recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet
+from joserfc.jws import JWSRegistry
+
+from release_service.domain import gate as g
+from release_service.domain.gate_pass import (
+    PASS_ALG,
+    PASS_TYP,
+    GatePass,
+    LocalUses,
+    OfflineLimits,
+    PassRefused,
+    decide_offline,
+)
+
+from .client import ServiceUnavailable, VerifyClient, VerifyRefused
+from .outbox import Outbox
+
+log = logging.getLogger("gate_adapters.offline")
+
+MAX_PASS_LENGTH = 8192
+
+
+class PassVerifier:
+    """Rule 1. ``jwks``: the service's JWK Set (JSON); only its P-256 keys are considered."""
+
+    _registry = JWSRegistry(algorithms=[PASS_ALG])
+
+    def __init__(self, jwks: Mapping[str, Any], *, issuer: str, terminal: str) -> None:
+        keys = [k for k in KeySet.import_key_set(dict(jwks)).keys  # type: ignore[arg-type]
+                if isinstance(k, ECKey) and k.curve_name == "P-256" and k.get("alg") in (None, PASS_ALG)]
+        self._keys = {k.kid: k for k in keys if k.kid}
+        self.issuer, self.terminal = issuer, terminal
+
+    def verify(self, token: str) -> GatePass:
+        if not isinstance(token, str) or not token or len(token) > MAX_PASS_LENGTH:
+            raise PassRefused("not a pass")
+        try:
+            obj = jws.extract_compact(token.encode("ascii"), registry=self._registry)
+            header = obj.headers()
+            if header.get("alg") != PASS_ALG or header.get("typ") != PASS_TYP:
+                raise PassRefused("not a gate pass (alg or typ)")
+            key = self._keys.get(header.get("kid", ""))
+            if key is None:
+                raise PassRefused("signed by a key we do not know")
+            if not jws.validate_compact(obj, key, registry=self._registry):
+                raise PassRefused("bad signature")
+            claims = json.loads(obj.payload)
+        except (JoseError, ValueError, UnicodeEncodeError) as exc:
+            if isinstance(exc, PassRefused):
+                raise
+            raise PassRefused(f"not a valid JWS: {type(exc).__name__}") from exc
+        if not isinstance(claims, dict):
+            raise PassRefused("claims are not an object")
+        return GatePass.from_claims(claims, issuer=self.issuer, terminal=self.terminal)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS passes (
+    pass_id    TEXT PRIMARY KEY,
+    container  TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    token      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS passes_container ON passes (container);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class PassStore:
+    """Durable SQLite store of verified passes, the JWKS that verified them and the refresh time."""
+
+    def __init__(self, path: str | Path, *, issuer: str, terminal: str) -> None:
+        self.path, self.issuer, self.terminal = Path(path), issuer, terminal
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._cache: list[tuple[str, GatePass]] | None = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def replace(self, tokens: list[str], jwks: Mapping[str, Any], refreshed_at: datetime) -> int:
+        """Rule 2: verify every pass, then swap the whole set in one transaction. Returns how many were kept."""
+        verifier = PassVerifier(jwks, issuer=self.issuer, terminal=self.terminal)
+        kept: list[tuple[str, GatePass]] = []
+        for token in tokens:
+            try:
+                p = verifier.verify(token)
+            except PassRefused as exc:
+                log.warning("gate.offline.pass_refused", extra={"reason": str(exc)})
+                continue
+            if p.expires_at > refreshed_at:
+                kept.append((token, p))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM passes")
+                self._db.executemany("INSERT OR REPLACE INTO passes VALUES (?, ?, ?, ?)", [
+                    (p.pass_id, p.right.container, p.expires_at.timestamp(), t) for t, p in kept])
+                self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                    ("jwks", json.dumps(dict(jwks))), ("refreshed_at", refreshed_at.isoformat())])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._cache = kept
+        return len(kept)
+
+    def refreshed_at(self) -> datetime | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'refreshed_at'").fetchone()
+        return None if row is None else datetime.fromisoformat(row[0])
+
+    def passes(self, now: datetime) -> list[tuple[str, GatePass]]:
+        """The unexpired passes (rule 1: verified again when first loaded from the file)."""
+        with self._lock:
+            if self._cache is None:
+                self._cache = self._load()
+            return [(t, p) for t, p in self._cache if p.expires_at > now]
+
+    def _load(self) -> list[tuple[str, GatePass]]:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'jwks'").fetchone()
+        if row is None:
+            return []
+        verifier = PassVerifier(json.loads(row[0]), issuer=self.issuer, terminal=self.terminal)
+        out = []
+        for (token,) in self._db.execute("SELECT token FROM passes"):
+            try:
+                out.append((token, verifier.verify(token)))
+            except PassRefused as exc:
+                log.warning("gate.offline.pass_refused", extra={"reason": str(exc)})
+        return out
+
+
+def gate_request(body: Mapping[str, Any]) -> g.GateRequest:
+    """The verify body (lane.verify_body) as the pure core's request; ValueError/KeyError/TypeError if malformed."""
+    container, plate, badge, face = body["container"], body.get("plate"), body.get("badge"), body.get("face")
+    match = face.get("match") if isinstance(face, dict) else None
+    return g.GateRequest(
+        request_id=str(body["request_id"]), terminal=str(body["terminal"]), lane=str(body["lane"]),
+        direction=body["direction"], mode=body["mode"],
+        container=g.ContainerRead(str(container.get("number", "")), float(container.get("confidence", 0.0))),
+        plate=None if not plate else g.PlateRead(str(plate.get("text", "")), plate.get("country"),
+                                                 float(plate.get("confidence", 0.0))),
+        badge=None if not badge or not (badge.get("number") or badge.get("card_uid"))
+        else g.BadgeRead(str(badge.get("scheme", "")), badge.get("number"), badge.get("card_uid")),
+        face=None if not match else g.FaceEvidence("match_result", float(match["score"]), bool(match["matched"])),
+        observed_at=datetime.fromisoformat(str(body["observed_at"])),
+    )
+
+
+class OfflineMode:
+    """One per adapter (shared by its lanes, thread-safe): the pass store, local decisions, reconcile."""
+
+    def __init__(
+        self,
+        client: VerifyClient,
+        store: PassStore,
+        outbox: Outbox,
+        *,
+        limits: OfflineLimits = OfflineLimits(),
+        jwks_path: str = "/oauth2/jwks",
+        refresh_seconds: float = 60.0,
+        reconcile_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.client, self.store, self.outbox, self.limits = client, store, outbox, limits
+        self.jwks_path, self.refresh_seconds, self.reconcile_seconds = jwks_path, refresh_seconds, reconcile_seconds
+        self._clock, self._wall = clock, wall
+        self._lock = threading.RLock()
+        self._next_refresh = self._next_reconcile = float("-inf")
+
+    # -- keeping the passes fresh -------------------------------------------------------------------
+
+    def refresh(self) -> int:
+        """Fetch the JWKS and the passes; raises ServiceUnavailable / VerifyRefused when it cannot."""
+        with self._lock:
+            self._next_refresh = self._clock() + self.refresh_seconds
+            jwks = self.client.call("GET", self.jwks_path, attempts=1)
+            answer = self.client.call("GET", "/gate/v1/passes", attempts=1)
+            kept = self.store.replace(list(answer.get("passes", [])), jwks, self._wall())
+            log.info("gate.offline.refreshed", extra={"passes": kept})
+            return kept
+
+    def maintain(self) -> None:
+        """Called from the lanes' tick: refresh and reconcile when due; never raises for an outage."""
+        with self._lock:
+            now = self._clock()
+            try:
+                if now >= self._next_reconcile:
+                    self.reconcile()
+                if now >= self._next_refresh:
+                    self.refresh()
+            except (ServiceUnavailable, VerifyRefused) as exc:
+                log.warning("gate.offline.unreachable", extra={"reason": str(exc)})
+
+    # -- deciding -----------------------------------------------------------------------------------
+
+    def decide(self, request_id: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Decide ``body`` locally and record it durably with its report (rule 3). None: not decidable
+        here (malformed body, or answered meanwhile): the lane holds and the request stays pending."""
+        with self._lock:
+            try:
+                request = gate_request(body)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("gate.offline.undecidable", extra={"request_id": request_id, "reason": str(exc)})
+                return None
+            now = self._wall()
+            stored = self.store.passes(now)
+            uses = self.outbox.offline_uses()
+            local = LocalUses(gated_in=frozenset(uuid.UUID(r) for r in uses.get("in", ())),
+                              completed=frozenset(uuid.UUID(r) for r in uses.get("out", ())))
+            od = decide_offline(request, passes=[p for _, p in stored], uses=local, limits=self.limits,
+                                store_refreshed_at=self.store.refreshed_at(), now=now)
+            token = next((t for t, p in stored if p.pass_id == od.pass_id), None)
+            d = od.decision
+            offline = {
+                "basis": od.basis.value, "pass_id": od.pass_id, "decided_at": now.isoformat(),
+                "ban_list_age_seconds": None if od.ban_list_age is None else int(od.ban_list_age.total_seconds()),
+                "store_age_seconds": None if od.store_age is None else int(od.store_age.total_seconds()),
+            }
+            response = {
+                "decision": d.decision.value, "reasons": [r.value for r in d.reasons],
+                "decision_id": str(uuid.uuid4()), "release_id": str(d.release_id) if d.release_id else None,
+                "container": d.container, "driver": d.driver, "screening": d.screening.value,
+                "request_id": request.request_id, "mode": request.mode.value, "direction": request.direction.value,
+                "committed": d.allowed and request.mode is g.Mode.COMMIT,  # locally: reconciled later
+                "repairs": [{"field": r.field, "position": r.position, "read": r.read, "understood": r.understood}
+                            for r in d.repairs],
+                "offline": offline,
+            }
+            report = {
+                "request": dict(body), "decision": d.decision.value, "reasons": response["reasons"],
+                "release_id": response["release_id"], "basis": od.basis.value, "decided_at": offline["decided_at"],
+                "ban_list_age_seconds": offline["ban_list_age_seconds"], "gate_pass": token,
+            }
+            if not self.outbox.decide_offline(request_id, response, report):
+                return None
+            log.warning(od.event, extra={"request_id": request_id, "offline": offline})
+            return response
+
+    # -- reconciling --------------------------------------------------------------------------------
+
+    def reconcile(self) -> int:
+        """Report every unreconciled offline decision, oldest first (rule 4). Returns how many were done."""
+        with self._lock:
+            self._next_reconcile = self._clock() + self.reconcile_seconds
+            done = 0
+            for request_id, report in self.outbox.unreconciled():
+                try:
+                    result = self.client.call("POST", "/gate/v1/offline-decisions", report, attempts=1)
+                except VerifyRefused as exc:
+                    if not exc.final:
+                        raise ServiceUnavailable(str(exc)) from exc
+                    result = exc.as_response()
+                    log.error("gate.offline.reconcile_refused.%s", exc.code, extra={"request_id": request_id})
+                self.outbox.reconciled(request_id, result)
+                if result.get("flag"):
+                    log.warning("gate.offline.flagged.%s", result["flag"], extra={"request_id": request_id})
+                done += 1
+            return done

@@ -1,0 +1,135 @@
+"""Offline gate mode's storage (issue 5): the facts gate passes are made of, and the offline decisions
+reconciled from the adapters (``gate_offline_decisions``, one per terminal and request_id).
+
+``pass_subjects`` reads, in four statements whatever the number of rights: the terminal's nominated and
+gated-in rights, their drivers' badges and live activations, and the drivers' names; then screens each
+driver with the same port-ban lookup as the verify call (one lookup per distinct driver).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from quaygate.schema import (
+    badge_activations,
+    badges,
+    ban_feed_state,
+    gate_decisions,
+    gate_offline_decisions,
+    persons,
+    release_events,
+    releases,
+)
+from release_service.domain.gate import ScreeningResult
+from release_service.domain.gate_pass import PASS_STATES
+from release_service.domain.release import State
+from release_service.ports import BadgeRef, DuplicateDecision, PassSubject, StoredOfflineDecision
+
+from .bans import DEFAULT_MAX_LIST_AGE, SqlPortBanLookup
+from .gate import _RIGHT_COLUMNS, right_facts
+from .uow import SqlUnitOfWork
+
+
+class SqlGateOfflineStore:
+    def __init__(self, conn: sa.Connection, bans: SqlPortBanLookup) -> None:
+        self._conn = conn
+        self._bans = bans
+
+    # ---- the facts of gate passes ----------------------------------------------------------------
+
+    def pass_subjects(self, terminal: str, *, now: datetime) -> list[PassSubject]:
+        rows = self._conn.execute(
+            sa.select(*_RIGHT_COLUMNS).where(
+                releases.c.terminal == terminal, releases.c.state.in_(sorted(PASS_STATES)),
+                releases.c.driver_person_id.is_not(None),
+                sa.or_(releases.c.state == State.GATED_IN.value, releases.c.valid_until > now))
+        ).all()
+        rights = [right_facts(r) for r in rows]
+        drivers = {r.nomination.driver_person_id for r in rights if r.nomination is not None}
+        if not drivers:
+            return []
+        held: dict[uuid.UUID, list[BadgeRef]] = {}
+        for b in self._conn.execute(sa.select(badges).where(badges.c.person_id.in_(drivers))).mappings():
+            held.setdefault(b["person_id"], []).append(BadgeRef(
+                b["id"], b["person_id"], b["scheme"], b["number"], b["card_uid"], b["status"], b["valid_from"],
+                b["valid_until"]))
+        ids = [b.id for refs in held.values() for b in refs]
+        activations: dict[uuid.UUID, set[str]] = {}
+        if ids:
+            for badge_id, code in self._conn.execute(
+                sa.select(badge_activations.c.badge_id, badge_activations.c.terminal_code).where(
+                    badge_activations.c.badge_id.in_(ids), badge_activations.c.withdrawn_at.is_(None))):
+                activations.setdefault(badge_id, set()).add(code)
+        names = {pid: f"{given} {family}" for pid, given, family in self._conn.execute(
+            sa.select(persons.c.id, persons.c.given_name, persons.c.family_name).where(persons.c.id.in_(drivers)))}
+        screened = {pid: ScreeningResult(self._bans.screen(pid, terminal=terminal, now=now).result)
+                    for pid in drivers}
+        out = []
+        for right in rights:
+            assert right.nomination is not None
+            pid = right.nomination.driver_person_id
+            refs = tuple(held.get(pid, ()))
+            out.append(PassSubject(right, refs, {b.id: frozenset(activations.get(b.id, ())) for b in refs},
+                                   names.get(pid), screened[pid]))
+        return out
+
+    def ban_list_as_of(self) -> datetime | None:
+        at = self._conn.execute(sa.select(sa.func.max(ban_feed_state.c.issued_at))).scalar()
+        if at is not None and at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        return at  # type: ignore[no-any-return]
+
+    # ---- offline decisions -----------------------------------------------------------------------
+
+    def find(self, terminal: str, request_id: str) -> StoredOfflineDecision | None:
+        t = gate_offline_decisions.c
+        row = self._conn.execute(sa.select(t.id, t.fingerprint, t.response).where(
+            t.terminal == terminal, t.request_id == request_id)).first()
+        return None if row is None else StoredOfflineDecision(row.id, row.fingerprint, dict(row.response))
+
+    def record(self, row: dict[str, Any]) -> None:
+        try:
+            self._conn.execute(gate_offline_decisions.insert().values(**row))
+        except sa.exc.IntegrityError as exc:
+            raise DuplicateDecision(row["request_id"]) from exc
+
+    def decided_online(self, terminal: str, request_id: str) -> uuid.UUID | None:
+        return self._conn.execute(sa.select(gate_decisions.c.id).where(  # type: ignore[no-any-return]
+            gate_decisions.c.terminal == terminal, gate_decisions.c.request_id == request_id)).scalar()
+
+    def last_use(self, release_id: uuid.UUID, event_types: Sequence[str]) -> tuple[uuid.UUID | None, bool]:
+        data = self._conn.execute(
+            sa.select(release_events.c.data).where(release_events.c.release_id == release_id,
+                                                   release_events.c.type.in_(list(event_types)))
+            .order_by(release_events.c.seq.desc()).limit(1)).scalar()
+        raw = (data or {}).get("decision_id")
+        try:
+            decision_id = uuid.UUID(str(raw)) if raw else None
+        except ValueError:
+            decision_id = None
+        if decision_id is None:
+            return None, False
+        offline = self._conn.execute(sa.select(gate_offline_decisions.c.id).where(
+            gate_offline_decisions.c.id == decision_id)).first() is not None
+        return decision_id, offline
+
+
+class SqlOfflineUnitOfWork(SqlUnitOfWork):
+    """The release unit of work plus ``offline`` (gate passes and offline decisions), same transaction."""
+
+    def __init__(self, engine: sa.Engine, *, readonly: bool = False,
+                 ban_list_max_age: timedelta = DEFAULT_MAX_LIST_AGE, ban_list_required: bool = False) -> None:
+        super().__init__(engine, readonly=readonly, ban_list_max_age=ban_list_max_age,
+                         ban_list_required=ban_list_required)
+        self._max_age, self._required = ban_list_max_age, ban_list_required
+
+    def __enter__(self) -> SqlOfflineUnitOfWork:
+        super().__enter__()
+        bans = SqlPortBanLookup(self.connection, max_list_age=self._max_age, required=self._required)
+        self.offline = SqlGateOfflineStore(self.connection, bans)
+        return self

@@ -1,0 +1,134 @@
+"""Offline gate mode under /gate/v1 (issue 5): gate passes for the caller's terminal, and the
+reconcile of decisions its adapters took offline. Thin routes over services/gate_passes.py; the pass
+signer (our ES256 key from identity's key set, typ ``gate-pass+jwt``) is the glue at the bottom."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jws import JWSRegistry
+from pydantic import AwareDatetime, BaseModel, Field
+
+from identity.keys import KeyStore
+from identity.tokens import fits, sign_jwt
+from release_service.adapters.sqla.gate_offline import SqlOfflineUnitOfWork
+from release_service.domain import gate as g
+from release_service.domain.gate_pass import PASS_ALG, PASS_TYP
+from release_service.domain.parties import Actor
+from release_service.services import gate_passes as service
+
+from .gate import GATE, VerifyRequest, gate_request
+from .problems import problem_responses
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/gate/v1", tags=["gate"])
+
+MAX_PASS_LENGTH = 8192
+
+
+class PassesResponse(BaseModel):
+    terminal: str
+    typ: Literal["gate-pass+jwt"]
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime = Field(description="Every pass of this answer expires then: fetch again before.")
+    ban_list_as_of: AwareDatetime | None = Field(description="When the port-ban list the screenings used was issued.")
+    passes: list[str] = Field(description="Compact JWS (ES256, typ gate-pass+jwt), verifiable with our JWKS.")
+
+
+class OfflineDecisionIn(BaseModel):
+    request: VerifyRequest = Field(description="The verify request the adapter could not send.")
+    decision: Literal["allow", "deny", "review"]
+    reasons: list[str] = Field(max_length=40)
+    release_id: uuid.UUID | None = None
+    basis: Literal["pass", "no_pass", "store_stale"]
+    decided_at: AwareDatetime
+    ban_list_age_seconds: int | None = Field(default=None, ge=0)
+    gate_pass: str | None = Field(default=None, max_length=MAX_PASS_LENGTH,
+                                  description="The pass the decision relied on, as it was received.")
+
+
+class OfflineDecisionOut(BaseModel):
+    offline_decision_id: uuid.UUID
+    request_id: str
+    release_id: uuid.UUID | None
+    verdict: Literal["recorded", "nothing_to_record", "decided_online", "flagged"]
+    flag: Literal["used_offline_twice", "used_online_meanwhile", "changed_after_pass", "pass_invalid"] | None
+    other_decision_id: uuid.UUID | None = Field(description="The decision that used the right first, when flagged.")
+
+
+def _uow_factory(request: Request) -> Any:
+    s = request.app.state.container.settings
+    engine = request.app.state.container.engine
+    required = s.ban_register_jwk is not None or s.ban_register_jwk_path is not None
+    return lambda: SqlOfflineUnitOfWork(engine, ban_list_required=required,
+                                        ban_list_max_age=timedelta(seconds=s.ban_list_max_age))
+
+
+def _signer(request: Request) -> KeyStorePassSigner:
+    return KeyStorePassSigner(request.app.state.identity.keys)
+
+
+@router.get("/passes", operation_id="listGatePasses", response_model=PassesResponse,
+            responses=problem_responses(401, 403),
+            summary="Short-lived signed gate passes for the rights nominated to this gate's terminal.")
+def passes(request: Request, actor: Actor = Depends(GATE)) -> dict[str, Any]:
+    c = request.app.state.container
+    s = c.settings
+    # A pass never outlives the time a retired key stays in our JWKS (identity/keys.py, token_ttl).
+    ttl = timedelta(seconds=min(s.gate_pass_ttl, max(s.access_token_ttl, s.id_token_ttl)))
+    return service.issue_passes(_uow_factory(request), actor, signer=_signer(request), issuer=s.issuer, ttl=ttl,
+                                now=c.clock.now())
+
+
+@router.post("/offline-decisions", operation_id="reconcileOfflineGateDecision", response_model=OfflineDecisionOut,
+             responses=problem_responses(400, 401, 403, 409, 422),
+             summary="Report a decision a gate took offline: recorded, or flagged for port security.")
+def offline_decision(request: Request, body: OfflineDecisionIn, actor: Actor = Depends(GATE)) -> dict[str, Any]:
+    c = request.app.state.container
+    report = service.OfflineReport(
+        request=gate_request(body.request), decision=g.Outcome(body.decision), reasons=tuple(body.reasons),
+        release_id=body.release_id, basis=body.basis, decided_at=body.decided_at,
+        ban_list_age_seconds=body.ban_list_age_seconds, pass_token=body.gate_pass)
+    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    return service.reconcile(_uow_factory(request), actor, report, signer=_signer(request),
+                             issuer=c.settings.issuer, fingerprint=fingerprint, now=c.clock.now())
+
+
+class KeyStorePassSigner:
+    """Gate passes under our key set: ES256 only (explicit registry), typ ``gate-pass+jwt`` so no other
+    JWT we sign (access token, id token) is ever taken for a pass, nor a pass for one (RFC 8725 §3.11)."""
+
+    _registry = JWSRegistry(algorithms=[PASS_ALG])
+
+    def __init__(self, keys: KeyStore) -> None:
+        self._keys = keys
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        return sign_jwt(claims, self._keys.signing_key(PASS_ALG), typ=PASS_TYP)
+
+    def verify(self, token: str) -> dict[str, Any] | None:
+        if not token or len(token) > MAX_PASS_LENGTH:
+            return None
+        try:
+            obj = jws.extract_compact(token.encode("ascii"), registry=self._registry)
+            header = obj.headers()
+            if header.get("alg") != PASS_ALG or header.get("typ") != PASS_TYP or not isinstance(header.get("kid"), str):
+                return None
+            key = next((k for k in self._keys.public_key_set(refresh=True, kid=header["kid"])
+                        if k.kid == header["kid"] and fits(k, PASS_ALG)), None)
+            if key is None or not jws.validate_compact(obj, key, registry=self._registry):
+                return None
+            claims = json.loads(obj.payload)
+        except (JoseError, ValueError, UnicodeEncodeError):
+            log.info("release.gate.pass_refused")
+            return None
+        return claims if isinstance(claims, dict) else None

@@ -1,0 +1,367 @@
+# ruff: noqa: S105 - "pass" here is a gate pass, not a password
+"""Gate passes and offline gate decisions, pure (issue 5, "Offline mode, never a PIN").
+
+A gate pass is a short-lived statement signed by the service (ES256, typ ``gate-pass+jwt``) about ONE
+release right nominated to (or gated in at) ONE terminal: the right as the gate decision reads it
+(``RightFacts``), the nominated driver's badges (numbers as digests only), the driver's port-ban
+screening with the age of the ban list it came from, and the terminal's policy. It is what a gate
+adapter may rely on while the verify service cannot be reached; nothing else (never a shared PIN).
+
+What a pass proves, and what it cannot::
+
+    proves   at ``iat`` the right was in this state, with these lights and this nomination; this
+             badge belonged to the nominated driver; the driver was screened clear/banned against a
+             ban list issued at ``ban_list_as_of``
+    cannot   anything that changed after ``iat``: a block, a hold, a revocation, a new ban, a gate-in
+             at another gate. Hence: passes are short-lived (``exp``), an offline allow is provisional
+             and reconciled, and a reconciled use that collides is FLAGGED (``judge_use``).
+
+``decide_offline`` builds the same inputs ``gate.decide`` takes from the passes and calls it: the SAME
+rules decide online and offline. Offline adds three things on top:
+1. No usable pass for the container: ``review`` (a person looks). Offline we lack knowledge; that is
+   never evidence for or against the pickup, so never allow and never a flat deny.
+2. A pass store not refreshed within ``store_max_age``: every pass is set aside (rule 1).
+3. A ban list older than ``ban_list_max_age`` screens ``unavailable`` (the terminal's policy then says
+   review or deny), exactly as the service does with a stale list.
+Rights used offline by this adapter count as used (``local_uses``): one adapter never allows one right
+twice, even offline.
+
+Standard library only (import-linter contract "release_service domain is pure").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from . import gate as g
+from .reads import container_candidates
+from .release import State
+
+PASS_TYP = "gate-pass+jwt"
+PASS_ALG = "ES256"  # RFC 7518 §3.4: small signatures, fast to verify on a gate PC
+PASS_AUDIENCE = "quaygate-gate-pass"
+PASS_STATES = frozenset({State.NOMINATED.value, State.GATED_IN.value})  # what a gate can be asked about
+
+
+class PassRefused(ValueError):
+    """A pass that is not one: a claim missing or of the wrong shape, another terminal, expired."""
+
+
+# ---- badge digests -------------------------------------------------------------------------------
+
+_SEPARATORS = re.compile(r"[\s:\-]+")
+
+
+def badge_digest(scheme: str, value: str) -> str:
+    """A digest of a badge number or card UID, separators and case ignored (``AP-123455`` and
+    ``ap 123455`` agree), so a pass names the driver's badges without carrying their numbers. A digest
+    of a short number can be guessed; it keeps numbers out of logs and files, it is not a secret."""
+    compact = _SEPARATORS.sub("", value).upper()
+    return hashlib.sha256(f"quaygate-gate-pass|{scheme.strip().lower()}|{compact}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class BadgeProof:
+    """One badge of the nominated driver, as the badge office knew it when the pass was issued."""
+
+    scheme: str
+    number_digest: str | None
+    card_uid_digest: str | None
+    status: str
+    valid_until: datetime | None
+    activated_terminals: frozenset[str]
+
+    def matches(self, read: g.BadgeRead) -> bool:
+        """Both given: both must match (as the service's badge lookup)."""
+        if read.scheme.strip().lower() != self.scheme:
+            return False
+        if read.number and badge_digest(self.scheme, read.number) != self.number_digest:
+            return False
+        if read.card_uid and badge_digest(self.scheme, read.card_uid) != self.card_uid_digest:
+            return False
+        return bool(read.number or read.card_uid)
+
+
+# ---- the pass ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GatePass:
+    pass_id: str  # jti
+    terminal: str
+    issued_at: datetime
+    expires_at: datetime
+    right: g.RightFacts
+    badges: tuple[BadgeProof, ...]
+    holder: str | None  # already masked ("J. P***s")
+    screening: g.ScreeningResult
+    ban_list_as_of: datetime | None  # None: no register configured when issued
+    policy: g.TerminalPolicy
+
+    def valid_at(self, now: datetime) -> bool:
+        return self.issued_at <= now < self.expires_at
+
+    def to_claims(self, issuer: str) -> dict[str, Any]:
+        r = self.right
+        n = r.nomination
+        return {
+            "iss": issuer, "aud": PASS_AUDIENCE, "sub": str(r.id), "jti": self.pass_id,
+            "iat": int(self.issued_at.timestamp()), "exp": int(self.expires_at.timestamp()),
+            "terminal": self.terminal,
+            "right": {
+                "id": str(r.id), "container": r.container, "terminal": r.terminal, "state": r.state,
+                "blocked": r.blocked, "commercial": r.commercial, "customs": r.customs,
+                "terminal_light": r.terminal_light, "valid_from": _iso(r.valid_from),
+                "valid_until": _iso(r.valid_until), "created_at": _iso(r.created_at),
+                "nomination": None if n is None else {
+                    "driver": str(n.driver_person_id), "plate": n.plate_text, "country": n.plate_country,
+                    "response": n.response,
+                },
+            },
+            "badges": [{"scheme": b.scheme, "number": b.number_digest, "card_uid": b.card_uid_digest,
+                        "status": b.status, "valid_until": _iso(b.valid_until) if b.valid_until else None,
+                        "terminals": sorted(b.activated_terminals)} for b in self.badges],
+            "holder": self.holder,
+            "screening": {"result": self.screening.value,
+                          "ban_list_as_of": _iso(self.ban_list_as_of) if self.ban_list_as_of else None},
+            "policy": {
+                "face_required": self.policy.face_required, "face_min_score": self.policy.face_min_score,
+                "container_min_confidence": self.policy.container_min_confidence,
+                "plate_min_confidence": self.policy.plate_min_confidence,
+                "plate_max_lookalikes": self.policy.plate_max_lookalikes,
+                "screening_unavailable": self.policy.screening_unavailable,
+            },
+        }
+
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, Any], *, issuer: str, terminal: str | None = None) -> GatePass:
+        """A pass from its (signature-checked) claims; ``PassRefused`` for any claim out of shape, another
+        issuer or audience, or (``terminal`` given) another terminal. Expiry is the caller's (``valid_at``)."""
+        try:
+            if claims["iss"] != issuer or claims["aud"] != PASS_AUDIENCE:
+                raise PassRefused("another issuer or audience")
+            r, s, p = claims["right"], claims["screening"], claims["policy"]
+            n = r["nomination"]
+            right = g.RightFacts(
+                id=uuid.UUID(r["id"]), container=_str(r["container"]), terminal=_str(r["terminal"]),
+                state=_str(r["state"]), blocked=_bool(r["blocked"]), commercial=_str(r["commercial"]),
+                customs=_str(r["customs"]), terminal_light=_str(r["terminal_light"]),
+                valid_from=_time(r["valid_from"]), valid_until=_time(r["valid_until"]),
+                created_at=_time(r["created_at"]),
+                nomination=None if n is None else g.NominationFacts(
+                    uuid.UUID(n["driver"]), _str(n["plate"]), _str(n["country"]), _str(n["response"])),
+            )
+            badges = tuple(
+                BadgeProof(_str(b["scheme"]), b["number"], b["card_uid"], _str(b["status"]),
+                           _time(b["valid_until"]) if b["valid_until"] else None,
+                           frozenset(_str(t) for t in b["terminals"]))
+                for b in claims["badges"]
+            )
+            made = cls(
+                pass_id=_str(claims["jti"]), terminal=_str(claims["terminal"]),
+                issued_at=datetime.fromtimestamp(int(claims["iat"]), UTC),
+                expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+                right=right, badges=badges, holder=claims["holder"],
+                screening=g.ScreeningResult(s["result"]),
+                ban_list_as_of=_time(s["ban_list_as_of"]) if s["ban_list_as_of"] else None,
+                policy=g.TerminalPolicy(**p),
+            )
+        except PassRefused:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PassRefused(f"malformed gate pass: {type(exc).__name__}") from exc
+        if str(right.id) != claims.get("sub") or right.terminal != made.terminal:
+            raise PassRefused("the pass speaks of another right or terminal")
+        if terminal is not None and made.terminal != terminal:
+            raise PassRefused("a pass for another terminal")
+        if right.state not in PASS_STATES:
+            raise PassRefused("a pass only covers nominated or gated-in rights")
+        return made
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat()
+
+
+def _time(value: Any) -> datetime:
+    at = datetime.fromisoformat(_str(value))
+    if at.tzinfo is None:
+        raise ValueError("a time without zone")
+    return at
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("a string was expected")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("true or false was expected")
+    return value
+
+
+# ---- deciding offline ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineLimits:
+    """How old the adapter's knowledge may be (per terminal, set on the adapter)."""
+
+    store_max_age: timedelta = timedelta(minutes=15)
+    ban_list_max_age: timedelta = timedelta(hours=24)
+    policy: g.TerminalPolicy = g.TerminalPolicy()  # when no pass brings the terminal's own
+
+
+class Basis(StrEnum):
+    PASS = "pass"  # decided from a valid pass
+    NO_PASS = "no_pass"  # no valid pass for this container: review
+    STORE_STALE = "store_stale"  # the pass store was not refreshed in time: review
+
+
+@dataclass(frozen=True, slots=True)
+class LocalUses:
+    """Rights this adapter let through offline (not yet known to the service)."""
+
+    gated_in: frozenset[uuid.UUID] = frozenset()
+    completed: frozenset[uuid.UUID] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineDecision:
+    decision: g.Decision
+    basis: Basis
+    pass_id: str | None  # the pass of the right judged
+    ban_list_age: timedelta | None  # shown with every offline decision
+    store_age: timedelta | None
+
+    @property
+    def event(self) -> str:
+        return self.decision.event.replace("release.verify.", "release.verify.offline.", 1)
+
+
+def _local_state(right: g.RightFacts, uses: LocalUses) -> g.RightFacts:
+    if right.id in uses.completed:
+        return replace(right, state=State.COMPLETED.value)
+    if right.id in uses.gated_in and right.state == State.NOMINATED.value:
+        return replace(right, state=State.GATED_IN.value)
+    return right
+
+
+def decide_offline(
+    request: g.GateRequest,
+    *,
+    passes: Iterable[GatePass],
+    uses: LocalUses,
+    limits: OfflineLimits,
+    store_refreshed_at: datetime | None,
+    now: datetime,
+) -> OfflineDecision:
+    """Decide a gate read from gate passes with ``gate.decide`` (see the module docstring)."""
+    store_age = None if store_refreshed_at is None else now - store_refreshed_at
+    fresh = store_age is not None and store_age <= limits.store_max_age
+    wanted = set(container_candidates(request.container.number))
+    usable = [p for p in passes if fresh and p.valid_at(now) and p.terminal == request.terminal
+              and p.right.container in wanted]
+    by_right = {p.right.id: p for p in usable}
+    rights = [_local_state(p.right, uses) for p in usable]
+    badge, holder_pass = _badge(request.badge, usable)
+    screening, ban_age = _screening(holder_pass, limits, now)
+    policy = usable[0].policy if usable else limits.policy
+    decision = g.decide(request, rights=rights, badge=badge, screening=screening, policy=policy, now=now)
+    judged = by_right.get(decision.release_id) if decision.release_id else None
+    basis = Basis.PASS if judged is not None else (Basis.NO_PASS if fresh else Basis.STORE_STALE)
+    if basis is not Basis.PASS and decision.decision is not g.Outcome.REVIEW:
+        decision = replace(decision, decision=g.Outcome.REVIEW)  # rule 1: no knowledge is a doubt
+    return OfflineDecision(decision, basis, judged.pass_id if judged else None, ban_age, store_age)
+
+
+def _badge(read: g.BadgeRead | None, passes: Sequence[GatePass]) -> tuple[g.BadgeFacts | None, GatePass | None]:
+    if read is None:
+        return None, None
+    for p in passes:
+        n = p.right.nomination
+        for proof in p.badges:
+            if n is not None and proof.matches(read):
+                return g.BadgeFacts(found=True, status=proof.status, person_id=n.driver_person_id,
+                                    valid_until=proof.valid_until, activated_terminals=proof.activated_terminals,
+                                    holder_name=p.holder), p
+    # Offline we only know the nominated drivers' badges: any other badge is unknown here.
+    return g.BadgeFacts.not_found(), None
+
+
+def _screening(holder: GatePass | None, limits: OfflineLimits, now: datetime
+               ) -> tuple[g.ScreeningFacts, timedelta | None]:
+    if holder is None:
+        return g.ScreeningFacts(g.ScreeningResult.UNAVAILABLE), None  # nobody to screen: never "clear"
+    age = None if holder.ban_list_as_of is None else now - holder.ban_list_as_of
+    result = holder.screening
+    if result is g.ScreeningResult.CLEAR and age is not None and age > limits.ban_list_max_age:
+        result = g.ScreeningResult.UNAVAILABLE  # rule 3: a stale list clears nobody
+    return g.ScreeningFacts(result), age
+
+
+# ---- reconciling an offline use --------------------------------------------------------------------
+
+
+class Verdict(StrEnum):
+    """What the service does with an offline decision when the adapter reconnects."""
+
+    RECORD = "recorded"  # an offline allow, the right still unused: the gate move is recorded now
+    NOTHING_TO_RECORD = "nothing_to_record"  # a deny, a review or a check: kept for the audit only
+    DECIDED_ONLINE = "decided_online"  # the same request_id was answered online: that answer stands
+    FLAGGED = "flagged"  # kept, audited and announced to port security
+
+
+class Flag(StrEnum):
+    USED_OFFLINE_TWICE = "used_offline_twice"  # the right was let through offline at another gate too
+    USED_ONLINE_MEANWHILE = "used_online_meanwhile"  # the right was used online while this gate was offline
+    CHANGED_AFTER_PASS = "changed_after_pass"  # revoked, expired, blocked or held after the pass was issued
+    PASS_INVALID = "pass_invalid"  # an allow without a genuine, matching, unexpired pass
+
+
+class UsedBy(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+_PRE_GATE = frozenset({State.ACTIVE.value, State.NOMINATED.value})
+
+
+def judge_use(*, direction: g.Direction, state: str, used_by: UsedBy | None) -> tuple[Verdict, Flag | None]:
+    """The double-use rule for an offline allow with a valid pass, given the right's state NOW.
+
+    Gate-in: a right still before the gate is recorded (the service may still find it changed and flag
+    ``changed_after_pass``); a right already gated in or completed was used twice: flagged by who used it
+    first (``used_by``: another offline gate or an online decision). Gate-out: a gated-in right is
+    completed; a completed one left twice. A right that ended (revoked, expired, deleted) is flagged
+    ``changed_after_pass``: the truck went through on what the pass could not know.
+    """
+    if direction is g.Direction.IN:
+        if state in _PRE_GATE:
+            return Verdict.RECORD, None
+        used = state in (State.GATED_IN.value, State.COMPLETED.value)
+    else:
+        if state == State.GATED_IN.value:
+            return Verdict.RECORD, None
+        used = state == State.COMPLETED.value
+    if used:
+        flag = Flag.USED_OFFLINE_TWICE if used_by is UsedBy.OFFLINE else Flag.USED_ONLINE_MEANWHILE
+        return Verdict.FLAGGED, flag
+    return Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS
+
+
+def pass_covers(p: GatePass | None, *, terminal: str, release_id: uuid.UUID | None, decided_at: datetime,
+                leeway: timedelta = timedelta(seconds=5)) -> bool:
+    """An offline allow is backed by a pass when the pass is ours (signature checked by the caller),
+    for this terminal and this right, and was valid when the adapter decided."""
+    return (p is not None and release_id is not None and p.terminal == terminal and p.right.id == release_id
+            and p.issued_at - leeway <= decided_at <= p.expires_at + leeway)

@@ -1,0 +1,231 @@
+"""Offline gate mode, the service side (issue 5): issue gate passes, reconcile offline decisions.
+
+Issue (``GET /gate/v1/passes``): one short-lived signed pass (domain/gate_pass.py) per right nominated
+to, or gated in at, the caller's terminal; nothing about any other terminal.
+
+Reconcile (``POST /gate/v1/offline-decisions``), one transaction per decision, idempotent by
+(terminal, request_id)::
+
+    recorded before? ── same fingerprint: the recorded answer; another body: request_id_reused
+        v
+    the same request_id answered online (the adapter timed out on an answer that did arrive)?
+        ── yes: decided_online, that answer stands, nothing moves
+        v
+    not a committed allow (deny, review, check)? ── nothing_to_record (kept, audited)
+        v
+    a genuine pass of ours, this terminal, this right, valid when decided? ── no: FLAGGED pass_invalid
+        v
+    the right, locked (FOR UPDATE, so racing reconciles and verifies queue), judged by
+    gate_pass.judge_use: still before the gate ── gate-in recorded (gate_in at the decision's time;
+        refused by the right now (blocked, held, ...) ── an audited override, FLAGGED changed_after_pass)
+        already used ── FLAGGED used_offline_twice / used_online_meanwhile (the first use stands)
+        ended ── FLAGGED changed_after_pass
+        v
+    record the offline decision (unique per terminal and request_id), audit it; a flag also becomes a
+    ``release.gate_offline_flagged`` webhook event for the line, the holder and the terminal, commit
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from release_service.domain import gate as g
+from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.gate_pass import (
+    PASS_TYP,
+    BadgeProof,
+    Flag,
+    GatePass,
+    PassRefused,
+    UsedBy,
+    Verdict,
+    badge_digest,
+    judge_use,
+    pass_covers,
+)
+from release_service.domain.parties import Actor
+from release_service.ports import (
+    DuplicateDecision,
+    OfflineUnitOfWork,
+    PassSigner,
+    PassSubject,
+    PublishedEvent,
+    StoredOfflineDecision,
+)
+
+from .common import persist
+from .verify import require_gate_of
+
+log = logging.getLogger(__name__)
+
+FLAG_EVENT = "release.gate_offline_flagged"
+# The events that record a use of the right in each direction (release.py).
+_MOVES = {g.Direction.IN: ("release.gated_in", "release.gate_override"), g.Direction.OUT: ("release.completed",)}
+
+
+# ---- issue ---------------------------------------------------------------------------------------
+
+
+def issue_passes(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, *, signer: PassSigner, issuer: str,
+                 ttl: timedelta, now: datetime) -> dict[str, Any]:
+    """The body of GET /gate/v1/passes: every pass of the caller's terminal, signed."""
+    terminal = actor.terminal_code or ""
+    require_gate_of(actor, terminal)
+    with uow_factory() as uow:
+        subjects = uow.offline.pass_subjects(terminal, now=now)
+        as_of = uow.offline.ban_list_as_of()
+        policy = uow.gate.policy(terminal)
+    issued = now.replace(microsecond=0)
+    expires = issued + ttl
+    tokens = [signer.sign(make_pass(s, terminal, policy, as_of, issued, expires).to_claims(issuer)) for s in subjects]
+    log.info("release.gate.passes_issued", extra={"fields": {"terminal": terminal, "count": len(tokens)}})
+    return {"terminal": terminal, "typ": PASS_TYP, "issued_at": issued, "expires_at": expires,
+            "ban_list_as_of": as_of, "passes": tokens}
+
+
+def make_pass(s: PassSubject, terminal: str, policy: g.TerminalPolicy, ban_list_as_of: datetime | None,
+              issued: datetime, expires: datetime) -> GatePass:
+    badges = tuple(BadgeProof(
+        scheme=b.scheme, number_digest=badge_digest(b.scheme, b.number) if b.number else None,
+        card_uid_digest=badge_digest(b.scheme, b.card_uid) if b.card_uid else None, status=b.status,
+        valid_until=b.valid_until, activated_terminals=s.activations.get(b.id, frozenset()),
+    ) for b in s.badges)
+    return GatePass(pass_id=str(uuid.uuid4()), terminal=terminal, issued_at=issued, expires_at=expires,
+                    right=s.right, badges=badges, holder=g.mask_name(s.holder_name), screening=s.screening,
+                    ban_list_as_of=ban_list_as_of, policy=policy)
+
+
+# ---- reconcile -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineReport:
+    """An offline decision as the adapter reports it: what the gate saw, and what it decided locally."""
+
+    request: g.GateRequest
+    decision: g.Outcome
+    reasons: tuple[str, ...]
+    release_id: uuid.UUID | None
+    basis: str
+    decided_at: datetime
+    ban_list_age_seconds: int | None
+    pass_token: str | None
+
+
+def reconcile(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, report: OfflineReport, *,
+              signer: PassSigner, issuer: str, fingerprint: str, now: datetime) -> dict[str, Any]:
+    """The body of POST /gate/v1/offline-decisions (see the module docstring)."""
+    req = report.request
+    require_gate_of(actor, req.terminal)
+    gate_pass = _genuine(report.pass_token, signer, issuer, req.terminal)
+    for _ in range(2):  # the second round only when a twin recorded first
+        with uow_factory() as uow:
+            stored = uow.offline.find(req.terminal, req.request_id)
+            if stored is not None:
+                return _replay(stored, fingerprint)
+            decision_id = uuid.uuid4()
+            verdict, flag, other, right = _judge(uow, actor, report, gate_pass, decision_id, now)
+            body = {"offline_decision_id": str(decision_id), "request_id": req.request_id,
+                    "release_id": str(report.release_id) if report.release_id else None,
+                    "verdict": verdict.value, "flag": flag.value if flag else None,
+                    "other_decision_id": str(other) if other else None}
+            try:
+                uow.offline.record(_row(actor, report, decision_id, fingerprint, verdict, flag, other, body, now)
+                                   | {"pass_id": gate_pass.pass_id if gate_pass else None})
+            except DuplicateDecision:
+                continue
+            _announce(uow, actor, report, body, right, now)
+            uow.commit()
+        event = f"release.verify.offline.{verdict.value}" + (f".{flag.value}" if flag else "")
+        (log.warning if flag else log.info)(event, extra={"fields": {"terminal": req.terminal, "lane": req.lane,
+                                                                     "offline_decision_id": str(decision_id)}})
+        return body
+    raise DomainError(ErrorCode.REQUEST_ID_REUSED, "This request_id is being used by another request.")
+
+
+def _genuine(token: str | None, signer: PassSigner, issuer: str, terminal: str) -> GatePass | None:
+    claims = signer.verify(token) if token else None
+    if claims is None:
+        return None
+    try:
+        return GatePass.from_claims(claims, issuer=issuer, terminal=terminal)
+    except PassRefused:
+        return None
+
+
+def _replay(stored: StoredOfflineDecision, fingerprint: str) -> dict[str, Any]:
+    if stored.fingerprint != fingerprint:
+        raise DomainError(ErrorCode.REQUEST_ID_REUSED,
+                          "This request_id was already reported with another offline decision.")
+    return dict(stored.response)
+
+
+def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pass: GatePass | None,
+           decision_id: uuid.UUID, now: datetime) -> tuple[Verdict, Flag | None, uuid.UUID | None, Any]:
+    req = report.request
+    online = uow.offline.decided_online(req.terminal, req.request_id)
+    if online is not None:
+        return Verdict.DECIDED_ONLINE, None, online, None
+    if report.decision is not g.Outcome.ALLOW or req.mode is not g.Mode.COMMIT:
+        return Verdict.NOTHING_TO_RECORD, None, None, None
+    right = uow.releases.get(report.release_id, for_update=True) if report.release_id else None
+    if right is None or gate_pass is None or not pass_covers(
+            gate_pass, terminal=req.terminal, release_id=report.release_id, decided_at=report.decided_at):
+        return Verdict.FLAGGED, Flag.PASS_INVALID, None, right
+    incoming = req.direction is g.Direction.IN
+    # The move happened when the adapter decided (within the pass's life, never in our future): a right
+    # that lapsed between the offline allow and this reconcile was still valid when the truck passed.
+    at = min(max(report.decided_at, gate_pass.issued_at), now)
+    used_id, used_offline = uow.offline.last_use(right.id, _MOVES[req.direction])
+    verdict, flag = judge_use(direction=req.direction, state=right.effective_state(at).value,
+                              used_by=UsedBy.OFFLINE if used_offline else UsedBy.ONLINE)
+    if verdict is not Verdict.RECORD:
+        return verdict, flag, used_id, right
+    try:
+        if incoming:
+            right.gate_in(by=actor, now=at, decision_id=decision_id)
+        else:
+            right.gate_out(by=actor, now=at, decision_id=decision_id)
+    except DomainError as exc:
+        if not incoming:
+            return Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, None, right
+        # The truck is in: mark the right used (an audited override), so no second truck takes it.
+        right.override_gate_in(by=actor, now=at, decision_id=decision_id,
+                               reason=f"offline gate pass {gate_pass.pass_id}; the right now says {exc.code.value}")
+        persist(uow, right)
+        return Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, None, right
+    persist(uow, right)
+    return Verdict.RECORD, None, None, right
+
+
+def _row(actor: Actor, report: OfflineReport, decision_id: uuid.UUID, fingerprint: str, verdict: Verdict,
+         flag: Flag | None, other: uuid.UUID | None, body: dict[str, Any], now: datetime) -> dict[str, Any]:
+    req = report.request
+    return {
+        "id": decision_id, "terminal": req.terminal, "request_id": req.request_id, "client_id": actor.client_id,
+        "lane": req.lane, "direction": req.direction.value, "mode": req.mode.value, "fingerprint": fingerprint,
+        "decision": report.decision.value, "reasons": list(report.reasons), "basis": report.basis,
+        "release_id": report.release_id, "pass_id": None, "ban_list_age_seconds": report.ban_list_age_seconds,
+        "verdict": verdict.value, "flag": flag.value if flag else None, "other_decision_id": other,
+        "response": body, "observed_at": req.observed_at, "decided_at": report.decided_at, "reconciled_at": now,
+    }
+
+
+def _announce(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, body: dict[str, Any], right: Any,
+              now: datetime) -> None:
+    """Every offline decision goes to the audit trail; a flagged one also to port security's webhooks."""
+    data = {**body, "terminal": report.request.terminal, "lane": report.request.lane,
+            "direction": report.request.direction.value, "decision": report.decision.value,
+            "basis": report.basis, "ban_list_age_seconds": report.ban_list_age_seconds}
+    kind = FLAG_EVENT if body["flag"] else "release.gate_offline_reconciled"
+    uow.audit.append(kind, actor=actor.as_dict(), subject=body["release_id"], data=data, at=now)
+    if body["flag"] and right is not None:
+        audience = {right.issuer_organisation_id, right.holder_organisation_id}
+        if actor.organisation_id is not None:
+            audience.add(actor.organisation_id)
+        uow.outbox.publish([PublishedEvent(uuid.uuid4(), FLAG_EVENT, right.id, now, frozenset(audience), data)])

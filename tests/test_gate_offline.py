@@ -1,0 +1,343 @@
+"""Offline gate mode against the real app (real gate tokens, our real ES256 key, SQLite and PostgreSQL):
+gate passes, the adapter deciding from them while verify is unreachable, and the reconcile with its
+flags (issue 5, "Offline mode, never a PIN"). Only the outage is staged: the lane's verify client points
+at a closed port."""
+# ruff: noqa: F811 - ``gate`` is test_gate_verify's fixture, imported here and requested by name
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from joserfc import jws
+from joserfc.jwk import ECKey, OctKey, RSAKey
+
+from gate_adapters.runtime.client import StaticToken, VerifyClient
+from gate_adapters.runtime.offline import OfflineMode, PassStore, PassVerifier
+from gate_adapters.runtime.outbox import Outbox
+from identity.tokens import sign_jwt
+from quaygate.schema import audit_log, gate_offline_decisions, releases, webhook_deliveries
+from release_service.domain.gate_pass import PASS_TYP, OfflineLimits, PassRefused
+from release_service.domain.parties import OrgKind
+
+from .factories import TERMINAL, add_org
+from .test_gate_runtime import RecordingBarrier, reads, runtime
+from .test_gate_verify import Gate, gate  # noqa: F401
+from .test_release_api import assert_problem
+
+DEAD = "http://127.0.0.1:9"  # nothing listens: connect refused, the outage
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Adapter:
+    """One gate's adapter: its outbox, its pass store, its offline mode, a lane and its barrier."""
+
+    online: VerifyClient
+    outbox: Outbox
+    store: PassStore
+    offline: OfflineMode
+    barrier: RecordingBarrier
+
+    def lane(self, *, service_up: bool) -> Any:
+        client = self.online if service_up else VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5)
+        return runtime(client, self.outbox, self.barrier, offline=self.offline)
+
+    def truck(self, n: int, *, plate: str = "1-ABC-123", service_up: bool = False) -> dict[str, Any]:
+        lane = self.lane(service_up=service_up)
+        results = [r for read in reads(plate, n, at=_now()) for r in lane.feed(read)]
+        assert len(results) == 1
+        assert results[0].response is not None, results[0].error
+        return results[0].response
+
+    def down(self) -> None:
+        self.offline.client = VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5)
+
+    def up(self) -> None:
+        self.offline.client = self.online
+
+
+def issuer(gate: Gate) -> str:
+    return str(gate.http.app.state.container.settings.issuer)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def adapters(gate: Gate, tmp_path: Path) -> Iterator[list[Adapter]]:
+    made = []
+    for n in range(2):
+        online = VerifyClient("http://testserver", StaticToken(gate.gate_token), http=gate.http)
+        outbox = Outbox(tmp_path / f"gate{n}-outbox.sqlite3")
+        store = PassStore(tmp_path / f"gate{n}-passes.sqlite3", issuer=issuer(gate), terminal=TERMINAL)
+        made.append(Adapter(online, outbox, store, OfflineMode(online, store, outbox), RecordingBarrier()))
+    yield made
+    for a in made:
+        a.outbox.close()
+        a.store.close()
+
+
+def passes(gate: Gate, token: str | None = None) -> Any:
+    return gate.http.get("/gate/v1/passes", headers={"Authorization": f"Bearer {token or gate.gate_token}"})
+
+
+def jwks(gate: Gate) -> dict[str, Any]:
+    return dict(gate.http.get("/oauth2/jwks").json())
+
+
+def payload(token: str) -> dict[str, Any]:
+    part = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))
+
+
+def offline_rows(gate: Gate) -> list[Any]:
+    with gate.engine.connect() as conn:
+        return list(conn.execute(sa.select(gate_offline_decisions).order_by(gate_offline_decisions.c.reconciled_at)))
+
+
+# -- passes ------------------------------------------------------------------------------------------
+
+
+def test_passes_are_es256_for_the_terminals_nominated_rights_only(gate: Gate) -> None:
+    rid = gate.pickable(1)
+    gate.issue(2)  # active, not nominated: no pass
+    r = passes(gate)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["terminal"] == TERMINAL and body["typ"] == PASS_TYP and len(body["passes"]) == 1
+    token = body["passes"][0]
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert (header["alg"], header["typ"]) == ("ES256", "gate-pass+jwt")
+    claims = payload(token)
+    assert claims["sub"] == rid and claims["right"]["state"] == "nominated" and claims["terminal"] == TERMINAL
+    assert claims["exp"] - claims["iat"] <= 600 and claims["holder"] == "J. P***s"
+    assert gate.badge_number not in token and gate.badge_number not in json.dumps(claims)  # digests only
+    verified = PassVerifier(jwks(gate), issuer=issuer(gate), terminal=TERMINAL).verify(token)
+    assert str(verified.right.id) == rid
+    # Another terminal's gate gets nothing of ours; a party client and no token get nothing at all.
+    other = add_org(gate.engine, OrgKind.TERMINAL, terminal_code="BEANR-K913")
+    foreign = gate.token_for("terminal_gate", other.organisation_id, "BEANR-K913")
+    assert passes(gate, foreign).json()["passes"] == []
+    assert passes(gate, gate.as_("line")["Authorization"].split()[1]).status_code in (401, 403)
+    assert gate.http.get("/gate/v1/passes").status_code == 401
+
+
+def _forge(token: str, key: Any, alg: str, typ: str = PASS_TYP, **claims: Any) -> str:
+    return sign_jwt({**payload(token), **claims}, key, typ=typ, alg=alg)
+
+
+def test_the_adapter_accepts_only_our_es256_passes_for_its_terminal(gate: Gate) -> None:
+    gate.pickable(1)
+    token = passes(gate).json()["passes"][0]
+    keys = jwks(gate)
+    v = PassVerifier(keys, issuer=issuer(gate), terminal=TERMINAL)
+    ours = next(k for k in keys["keys"] if k["kty"] == "EC")
+    attacker = ECKey.generate_key("P-256", {"kid": ours["kid"], "alg": "ES256"})
+    head, body, sig = token.split(".")
+    changed = payload(token) | {"right": payload(token)["right"] | {"customs": "green", "blocked": False,
+                                                                    "container": "MSCU1234566"}}
+    tampered = ".".join([head, base64.urlsafe_b64encode(json.dumps(changed).encode()).decode().rstrip("="), sig])
+    rsa = RSAKey.generate_key(2048, {"kid": next(k["kid"] for k in keys["keys"] if k["kty"] == "RSA")})
+    for bad in (
+        tampered,  # a digit changed in the payload
+        _forge(token, attacker, "ES256"),  # our kid, another key
+        _forge(token, rsa, "RS256"),  # an RSA signature under our RSA kid: ES256 only
+        _forge(token, ECKey.generate_key("P-256", {"kid": ours["kid"]}), "ES256", typ="at+jwt"),  # not a pass
+        "", "a.b", token + "x",
+    ):
+        with pytest.raises(PassRefused):
+            v.verify(bad)
+    with pytest.raises(PassRefused):  # a genuine pass, for another terminal
+        PassVerifier(keys, issuer=issuer(gate), terminal="BEANR-K913").verify(token)
+    with pytest.raises(PassRefused):  # a genuine pass, another issuer expected
+        PassVerifier(keys, issuer="https://elsewhere.example", terminal=TERMINAL).verify(token)
+    hs = jws.serialize_compact({"alg": "HS256", "typ": PASS_TYP, "kid": ours["kid"]}, json.dumps(payload(token)),
+                               OctKey.import_key(json.dumps(ours).encode()),
+                               registry=jws.JWSRegistry(algorithms=["HS256"]))
+    with pytest.raises(PassRefused):  # the public key used as an HMAC secret
+        v.verify(hs)
+
+
+# -- deciding offline ----------------------------------------------------------------------------------
+
+
+def test_offline_the_lane_decides_with_the_same_rules_and_uses_a_right_once(gate: Gate, adapters: list[Adapter]
+                                                                            ) -> None:
+    gate.pickable(1)
+    gate.pickable(2)
+    a = adapters[0]
+    assert a.offline.refresh() == 2
+    allowed = a.truck(1)
+    assert allowed["decision"] == "allow" and allowed["committed"] is True and allowed["offline"]["basis"] == "pass"
+    assert allowed["offline"]["ban_list_age_seconds"] is None  # no register here: the pass says so
+    assert a.barrier.commands[-1].command == "open"
+    again = a.truck(1)  # the same right, a second truck, still offline
+    assert (again["decision"], again["reasons"]) == ("deny", ["already_used"])
+    wrong_plate = a.truck(2, plate="9-ZZZ-999")
+    assert (wrong_plate["decision"], wrong_plate["reasons"]) == ("deny", ["plate_mismatch"])
+    unknown = a.truck(77)  # no pass: offline cannot know, a person looks
+    assert (unknown["decision"], unknown["offline"]["basis"]) == ("review", "no_pass")
+    assert a.barrier.commands[-1].call_officer
+    assert len(a.outbox.unreconciled()) == 4 and a.outbox.pending() == []
+    assert gate.state(str(allowed["release_id"])) == "nominated"  # the service knows nothing yet
+
+
+def test_a_stale_pass_store_or_ban_list_refuses(gate: Gate, adapters: list[Adapter], tmp_path: Path) -> None:
+    gate.pickable(1)
+    a = adapters[0]
+    a.offline.refresh()
+    a.offline.limits = OfflineLimits(store_max_age=timedelta(seconds=0))
+    stale = a.truck(1)
+    assert (stale["decision"], stale["offline"]["basis"]) == ("review", "store_stale")
+    assert stale["offline"]["store_age_seconds"] is not None
+    # A ban list older than the limit screens "unavailable": the terminal's policy says review.
+    with gate.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO ban_feed_state (register, sequence, issued_at, loaded_at, digest) "
+                             "VALUES ('BE-NBR', 1, :t, :t, :d)"), {"t": _now() - timedelta(hours=3), "d": "d" * 64})
+    a.offline.refresh()
+    a.offline.limits = OfflineLimits(ban_list_max_age=timedelta(hours=1))
+    old_list = a.truck(1)
+    assert (old_list["decision"], old_list["reasons"], old_list["screening"]) == (
+        "review", ["screening_unavailable"], "unavailable")
+    assert 3 * 3600 - 60 <= old_list["offline"]["ban_list_age_seconds"] <= 3 * 3600 + 60
+
+
+# -- reconcile -----------------------------------------------------------------------------------------
+
+
+def test_reconcile_records_the_gate_in_and_flags_a_right_used_offline_at_two_gates(
+        gate: Gate, adapters: list[Adapter]) -> None:
+    rid = gate.pickable(1)
+    sub = gate.http.post("/api/v1/webhooks", headers=gate.as_("line"),
+                         json={"url": "https://hooks.example.com/q", "event_types": ["release.gate_offline_flagged"]})
+    assert sub.status_code == 201, sub.text
+    one, two = adapters
+    for a in adapters:
+        a.offline.refresh()
+        a.down()
+    first, second = one.truck(1), two.truck(1)  # two gates, both offline, the same right
+    assert first["decision"] == second["decision"] == "allow"
+    one.offline.maintain()  # still down: nothing acknowledged, nothing lost
+    assert len(one.outbox.unreconciled()) == len(two.outbox.unreconciled()) == 1
+    for a in adapters:
+        a.up()
+        assert a.offline.reconcile() == 1
+    assert gate.state(rid) == "gated_in"
+    rows = offline_rows(gate)
+    assert [(r.verdict, r.flag) for r in rows] == [("recorded", None), ("flagged", "used_offline_twice")]
+    assert rows[1].other_decision_id == rows[0].id and rows[0].pass_id and rows[1].pass_id
+    assert one.outbox.unreconciled() == [] and two.outbox.unreconciled() == []
+    assert two.outbox.offline_result(second["request_id"])["flag"] == "used_offline_twice"  # type: ignore[index]
+    with gate.engine.connect() as conn:
+        kinds = list(conn.execute(sa.select(audit_log.c.kind).where(audit_log.c.subject == rid)).scalars())
+        hooks = conn.execute(sa.select(sa.func.count()).select_from(webhook_deliveries)
+                             .where(webhook_deliveries.c.event_type == "release.gate_offline_flagged")).scalar_one()
+    assert "release.gated_in" in kinds and "release.gate_offline_flagged" in kinds
+    assert hooks == 1  # the line's subscription hears of it
+
+
+def test_a_right_used_online_meanwhile_is_flagged(gate: Gate, adapters: list[Adapter]) -> None:
+    rid = gate.pickable(1)
+    a = adapters[0]
+    a.offline.refresh()
+    a.down()
+    assert a.truck(1)["decision"] == "allow"
+    online = gate.verify(gate.body(1, mode="commit")).json()  # another gate, online, meanwhile
+    assert online["decision"] == "allow" and online["committed"]
+    a.up()
+    assert a.offline.reconcile() == 1
+    (row,) = offline_rows(gate)
+    assert (row.verdict, row.flag, str(row.other_decision_id)) == ("flagged", "used_online_meanwhile",
+                                                                    online["decision_id"])
+    assert gate.state(rid) == "gated_in"
+
+
+def test_a_right_blocked_after_its_pass_is_marked_used_and_flagged(gate: Gate, adapters: list[Adapter]) -> None:
+    rid = gate.pickable(1)
+    a = adapters[0]
+    a.offline.refresh()
+    a.down()
+    r = gate.http.post(f"/api/v1/releases/{rid}/block", headers=gate.as_("line"), json={"reason": "fraud alert"})
+    assert r.status_code == 200, r.text
+    assert a.truck(1)["decision"] == "allow"  # the pass cannot know of the block
+    a.up()
+    a.offline.reconcile()
+    (row,) = offline_rows(gate)
+    assert (row.verdict, row.flag) == ("flagged", "changed_after_pass")
+    assert gate.state(rid) == "gated_in"  # used (an audited override): no second truck takes it
+    with gate.engine.connect() as conn:
+        kinds = list(conn.execute(sa.select(audit_log.c.kind).where(audit_log.c.subject == rid)).scalars())
+    assert "release.gate_override" in kinds
+
+
+def _report(gate: Gate, n: int, *, token: str | None, decision: str = "allow", **over: Any) -> dict[str, Any]:
+    with gate.engine.connect() as conn:
+        rid = conn.execute(sa.select(releases.c.id).where(releases.c.container_number == gate.body(n)["container"]
+                                                          ["number"])).scalar_one()
+    return {"request": gate.body(n, mode="commit"), "decision": decision, "reasons": [], "release_id": str(rid),
+            "basis": "pass", "decided_at": _now().isoformat(), "ban_list_age_seconds": None, "gate_pass": token,
+            **over}
+
+
+def _post(gate: Gate, report: dict[str, Any], token: str | None = None) -> Any:
+    return gate.http.post("/gate/v1/offline-decisions", json=report,
+                          headers={"Authorization": f"Bearer {token or gate.gate_token}"})
+
+
+def test_an_allow_without_a_genuine_pass_is_flagged_and_moves_nothing(gate: Gate) -> None:
+    rid = gate.pickable(1)
+    genuine = passes(gate).json()["passes"][0]
+    forged = _forge(genuine, ECKey.generate_key("P-256", {"kid": payload(genuine)["jti"]}), "ES256")
+    for token in (None, forged, genuine[:-4] + "AAAA"):
+        got = _post(gate, _report(gate, 1, token=token))
+        assert got.status_code == 200, got.text
+        assert (got.json()["verdict"], got.json()["flag"]) == ("flagged", "pass_invalid")
+    # A genuine pass, but reported as used long after it expired.
+    late = _post(gate, _report(gate, 1, token=genuine, decided_at=(_now() + timedelta(hours=2)).isoformat()))
+    assert late.json()["flag"] == "pass_invalid"
+    assert gate.state(rid) == "nominated"
+
+
+def test_reconcile_is_idempotent_by_request_id_and_answers_for_the_online_twin(gate: Gate) -> None:
+    gate.pickable(1)
+    token = passes(gate).json()["passes"][0]
+    report = _report(gate, 1, token=token)
+    first = _post(gate, report)
+    assert first.status_code == 200 and first.json()["verdict"] == "recorded", first.text
+    assert _post(gate, report).json() == first.json()
+    assert_problem(_post(gate, {**report, "decision": "deny"}), 409, "request_id_reused")
+    # The adapter timed out on an answer that did arrive: the online decision stands.
+    gate.pickable(2)
+    body = gate.body(2, mode="commit")
+    online = gate.verify(body).json()
+    twin = _post(gate, _report(gate, 2, token=None) | {"request": body})
+    assert (twin.json()["verdict"], twin.json()["other_decision_id"]) == ("decided_online", online["decision_id"])
+    assert len(offline_rows(gate)) == 2
+
+
+def test_only_the_terminals_own_gate_reports(gate: Gate) -> None:
+    gate.pickable(1)
+    other = add_org(gate.engine, OrgKind.TERMINAL, terminal_code="BEANR-K913")
+    foreign = gate.token_for("terminal_gate", other.organisation_id, "BEANR-K913")
+    assert_problem(_post(gate, _report(gate, 1, token=None), foreign), 403, "not_terminal")
+    assert gate.http.post("/gate/v1/offline-decisions", json=_report(gate, 1, token=None)).status_code == 401
+    assert_problem(_post(gate, {**_report(gate, 1, token=None), "decision": "maybe"}), 422, "invalid_request")
+    assert offline_rows(gate) == []
+
+
+def test_offline_never_allows_without_a_refresh(gate: Gate, adapters: list[Adapter]) -> None:
+    gate.pickable(1)
+    a = adapters[0]
+    got = a.truck(1)  # never refreshed: no knowledge at all
+    assert (got["decision"], got["offline"]["basis"]) == ("review", "store_stale")
+    assert a.barrier.commands[-1].command == "hold"
+    assert uuid.UUID(got["decision_id"])

@@ -1,0 +1,135 @@
+"""The pure core of offline gate mode (release_service/domain/gate_pass.py): what a pass carries, the
+offline decision built on gate.decide, and the double-use rule of the reconcile."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from release_service.domain import gate as g
+from release_service.domain.gate_pass import (
+    BadgeProof,
+    Basis,
+    Flag,
+    GatePass,
+    LocalUses,
+    OfflineLimits,
+    PassRefused,
+    UsedBy,
+    Verdict,
+    badge_digest,
+    decide_offline,
+    judge_use,
+    pass_covers,
+)
+
+NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+T = "BEANR-K1700"
+DRIVER = uuid.uuid4()
+CONTAINER = "MSCU1234566"
+
+
+def a_pass(**over: object) -> GatePass:
+    right = g.RightFacts(uuid.uuid4(), CONTAINER, T, "nominated", False, "green", "green", "green",
+                         NOW - timedelta(days=1), NOW + timedelta(days=1), NOW - timedelta(days=2),
+                         g.NominationFacts(DRIVER, "1ABC123", "BE"))
+    badge = BadgeProof("alfapass", badge_digest("alfapass", "AP-123455"), None, "active", NOW + timedelta(days=300),
+                       frozenset({T}))
+    p = GatePass("p1", T, NOW - timedelta(minutes=1), NOW + timedelta(minutes=9), right, (badge,), "J. P***s",
+                 g.ScreeningResult.CLEAR, NOW - timedelta(hours=1), g.TerminalPolicy())
+    return replace(p, **over)  # type: ignore[arg-type]
+
+
+def request(**over: object) -> g.GateRequest:
+    base = dict(request_id="r1", terminal=T, lane="in-3", direction="in", mode="commit",
+                container=g.ContainerRead(CONTAINER, 0.97), plate=g.PlateRead("1-ABC-123", "BE", 0.95),
+                badge=g.BadgeRead("alfapass", "ap 123455"), face=None, observed_at=NOW)
+    return g.GateRequest(**(base | over))  # type: ignore[arg-type]
+
+
+def offline(p: list[GatePass], req: g.GateRequest | None = None, uses: LocalUses = LocalUses(),
+            limits: OfflineLimits = OfflineLimits(), refreshed: datetime | None = NOW) -> object:
+    return decide_offline(req or request(), passes=p, uses=uses, limits=limits, store_refreshed_at=refreshed, now=NOW)
+
+
+def test_a_valid_pass_allows_and_shows_the_ban_list_age() -> None:
+    d = offline([a_pass()])
+    assert d.decision.decision is g.Outcome.ALLOW and d.basis is Basis.PASS  # type: ignore[attr-defined]
+    assert d.ban_list_age == timedelta(hours=1) and d.event == "release.verify.offline.allowed"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("change", "basis"), [
+    ({"passes": []}, Basis.NO_PASS),
+    ({"passes": [a_pass(expires_at=NOW)]}, Basis.NO_PASS),  # expired
+    ({"passes": [a_pass(terminal="BEANR-K913")]}, Basis.NO_PASS),  # another terminal's
+    ({"refreshed": NOW - timedelta(hours=1)}, Basis.STORE_STALE),
+    ({"refreshed": None}, Basis.STORE_STALE),
+])
+def test_without_usable_knowledge_offline_reviews(change: dict[str, object], basis: Basis) -> None:
+    d = offline(change.get("passes", [a_pass()]), refreshed=change.get("refreshed", NOW))  # type: ignore[arg-type]
+    assert d.decision.decision is g.Outcome.REVIEW and d.basis is basis  # type: ignore[attr-defined]
+
+
+def test_the_same_rules_deny_offline() -> None:
+    p = a_pass()
+    used = offline([p], uses=LocalUses(gated_in=frozenset({p.right.id})))
+    assert used.decision.reasons == (g.Reason.ALREADY_USED,)  # type: ignore[attr-defined]
+    other_badge = offline([a_pass()], request(badge=g.BadgeRead("alfapass", "AP-999993")))
+    assert g.Reason.BADGE_UNKNOWN in other_badge.decision.reasons  # type: ignore[attr-defined]
+    held = offline([a_pass(right=replace(a_pass().right, customs="red"))])
+    assert held.decision.reasons == (g.Reason.CUSTOMS_HOLD,)  # type: ignore[attr-defined]
+    banned = offline([a_pass(screening=g.ScreeningResult.BANNED, ban_list_as_of=NOW - timedelta(days=9))])
+    assert banned.decision.reasons == (g.Reason.PERSON_BANNED,)  # a ban stays a ban, however old the list
+    stale = offline([a_pass(ban_list_as_of=NOW - timedelta(days=2))])
+    assert (stale.decision.decision, stale.decision.reasons) == (g.Outcome.REVIEW, (g.Reason.SCREENING_UNAVAILABLE,))  # type: ignore[attr-defined]
+    strict = a_pass(ban_list_as_of=NOW - timedelta(days=2), policy=g.TerminalPolicy(screening_unavailable="deny"))
+    assert offline([strict]).decision.decision is g.Outcome.DENY  # type: ignore[attr-defined]
+
+
+def test_badge_digests_ignore_separators_and_case_only() -> None:
+    assert badge_digest("alfapass", "AP-123455") == badge_digest("Alfapass", " ap 123455 ")
+    assert badge_digest("alfapass", "AP-123455") != badge_digest("portpass", "AP-123455")
+    assert badge_digest("alfapass", "AP-123455") != badge_digest("alfapass", "AP-123456")
+
+
+def test_claims_round_trip_and_refuse_what_is_out_of_shape() -> None:
+    p = a_pass()
+    claims = p.to_claims("https://id.example")
+    assert GatePass.from_claims(claims, issuer="https://id.example", terminal=T) == p
+    for bad in (claims | {"iss": "https://evil.example"}, claims | {"aud": "quaygate-gate"},
+                claims | {"sub": str(uuid.uuid4())}, claims | {"terminal": "BEANR-K913"},
+                claims | {"right": claims["right"] | {"blocked": "no"}},
+                claims | {"right": claims["right"] | {"state": "completed"}},
+                claims | {"policy": claims["policy"] | {"screening_unavailable": "allow"}},
+                {k: v for k, v in claims.items() if k != "badges"}):
+        with pytest.raises(PassRefused):
+            GatePass.from_claims(bad, issuer="https://id.example")
+    with pytest.raises(PassRefused):
+        GatePass.from_claims(claims, issuer="https://id.example", terminal="BEANR-K913")
+
+
+@pytest.mark.parametrize(("direction", "state", "used_by", "want"), [
+    ("in", "nominated", None, (Verdict.RECORD, None)),
+    ("in", "gated_in", UsedBy.OFFLINE, (Verdict.FLAGGED, Flag.USED_OFFLINE_TWICE)),
+    ("in", "gated_in", UsedBy.ONLINE, (Verdict.FLAGGED, Flag.USED_ONLINE_MEANWHILE)),
+    ("in", "completed", UsedBy.ONLINE, (Verdict.FLAGGED, Flag.USED_ONLINE_MEANWHILE)),
+    ("in", "revoked", None, (Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS)),
+    ("in", "expired", None, (Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS)),
+    ("out", "gated_in", None, (Verdict.RECORD, None)),
+    ("out", "completed", UsedBy.OFFLINE, (Verdict.FLAGGED, Flag.USED_OFFLINE_TWICE)),
+    ("out", "nominated", None, (Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS)),
+])
+def test_the_double_use_rule(direction: str, state: str, used_by: UsedBy | None, want: tuple[object, ...]) -> None:
+    assert judge_use(direction=g.Direction(direction), state=state, used_by=used_by) == want
+
+
+def test_a_pass_covers_only_its_right_terminal_and_lifetime() -> None:
+    p = a_pass()
+    assert pass_covers(p, terminal=T, release_id=p.right.id, decided_at=NOW)
+    assert not pass_covers(None, terminal=T, release_id=p.right.id, decided_at=NOW)
+    assert not pass_covers(p, terminal="BEANR-K913", release_id=p.right.id, decided_at=NOW)
+    assert not pass_covers(p, terminal=T, release_id=uuid.uuid4(), decided_at=NOW)
+    assert not pass_covers(p, terminal=T, release_id=p.right.id, decided_at=NOW + timedelta(hours=1))
