@@ -16,9 +16,11 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from identity.api.admin import router as admin_router
+from identity.api.audit_search import router as audit_router
 from identity.api.badges import router as badge_router
 from identity.api.bans import router as ban_router
 from identity.api.routes import build_router
+from identity.bans.screening import from_settings as screening_from_settings
 from identity.bootstrap import create_client
 from identity.domain import assurance
 from identity.domain.roles import AuthMethod, ClientRole, RegistrationRefused, check_registration
@@ -53,13 +55,19 @@ def register() -> Register:
 
 @pytest.fixture
 def flow(engine: sa.Engine, tmp_path: Path, register: Register) -> Iterator[Flow]:
+    yield from console_flow(engine, tmp_path, register)
+
+
+def console_flow(engine: sa.Engine, tmp_path: Path, register: Register) -> Iterator[Flow]:
+    """The identity provider with the admin API and the console pages, the register's key configured."""
     settings = Settings(var_dir=tmp_path, issuer=ISSUER, ban_register_jwk=register.public_jwk)
     container = Container(settings=settings, engine=engine, cache=MemoryCache(),
                           cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
     app = FastAPI()
-    for router in (build_router(), admin_router, badge_router, ban_router, console_router, web_router):
+    for router in (build_router(), admin_router, audit_router, badge_router, ban_router, console_router, web_router):
         app.include_router(router)
     app.state.container = container
+    app.state.ban_screening = screening_from_settings(settings, engine)  # the real register, as create_app wires it
     with TestClient(app) as http:
         yield Flow(app, http, container)
 

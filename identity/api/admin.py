@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from quaygate.schema import memberships, organisations, persons
+from quaygate.crypto import keyed_hash
+from quaygate.schema import badges, memberships, oauth_clients, organisations, persons
 from release_service.api.problems import problem, problem_responses
+from release_service.domain.parties import OrgKind
 
 from .. import audit
 from ..bootstrap import provider_for
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 
 ADMIN_SCOPE = "admin"
 MEMBER_ROLES = ("driver", "dispatcher", "org_admin", "port_security_admin", "badge_office")
+PORT_SECURITY_ROLE = "port_security_admin"  # claims.CONSOLE_ADMIN_ROLES: organisations, clients, audit
+CONSOLE_RESERVED_CLIENT_ROLES = frozenset({ClientRole.ADMIN.value, ClientRole.ADMIN_CONSOLE.value})
 
 router = APIRouter(prefix="/admin/v1", tags=["identity admin"])
 _ERRORS = problem_responses(401, 403, 404, 422)
@@ -63,6 +67,12 @@ class AdminCaller:
     client_id: str
     person_id: str | None = None
     badge_office: bool = False
+    # A console person's admin roles (claims.CONSOLE_ADMIN_ROLES held); empty for an admin client.
+    roles: frozenset[str] = frozenset()
+
+    def holds(self, role: str) -> bool:
+        """An admin client may do what any console role may; a person needs the role itself."""
+        return self.person_id is None or role in self.roles
 
     @property
     def actor(self) -> str:
@@ -124,7 +134,37 @@ def admin_caller(request: Request, *, console: bool = True) -> AdminCaller:
         raise AdminRefused(401, "insufficient_user_authentication", "Sign in with a passkey for the admin console.",
                            params={"acr_values": ACR_PASSKEY})
     return AdminCaller(str(claims[c.CLIENT_ID]), person_id=str(person),
-                       badge_office=BADGES_OFFICE in scopes and c.BADGE_OFFICE_ROLE in held)
+                       badge_office=BADGES_OFFICE in scopes and c.BADGE_OFFICE_ROLE in held,
+                       roles=frozenset(held & c.CONSOLE_ADMIN_ROLES))
+
+
+def require_role(caller: AdminCaller, role: str) -> AdminCaller:
+    """The caller, or AdminRefused(403): a console person without ``role`` (issue 4 "every action is
+    role-checked"). Admin clients pass; their scope is checked by admin_caller."""
+    if not caller.holds(role):
+        log.info("identity.admin.refused.role.%s", role)
+        raise AdminRefused(403, "insufficient_role", f"This needs the {role} role.")
+    return caller
+
+
+def audit_read(request: Request, caller: AdminCaller, kind: str, *, subject: str | None = None,
+               data: dict[str, Any] | None = None) -> None:
+    """Issue 4: console views and searches are on the audit trail, who looked at what, never what was
+    found. Written before the answer is sent, in its own small transaction: no trail, no answer. Only a
+    person's reads through the console: an admin client is a badge-office system whose lookups are its
+    own traffic (its changes are on the trail like everyone's)."""
+    if caller.person_id is None:
+        return
+    container = request.app.state.container
+    audit.record(kind, at=container.clock.now(), actor=caller.audit_actor, subject=subject, data=data or {},
+                 engine=container.engine)
+
+
+def query_fingerprint(request: Request, text: str) -> str:
+    """A free-text search term on the trail as a keyed hash (the pepper): the trail stays PII-free, and
+    whoever holds the pepper can still check whether a given name or number was searched, and by whom."""
+    pepper: bytes = request.app.state.container.settings.pepper_bytes()
+    return keyed_hash(pepper, "console-search:" + " ".join(text.split()).casefold())
 
 
 def _check_dpop(request: Request, token: str, claims: dict[str, Any], scheme: str) -> None:
@@ -163,6 +203,15 @@ class PersonIn(BaseModel):
     locale: str | None = Field(default=None, pattern="^(nl|fr|de|en)$")
 
 
+class OrganisationIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    kind: str = Field(description="shipping_line, release_party, transport_operator, terminal, customs or "
+                                  "port_authority")
+    eori: str | None = Field(default=None, pattern="^[A-Z]{2}[A-Z0-9]{1,15}$")
+    vat: str | None = Field(default=None, pattern="^[A-Z]{2}[A-Z0-9]{2,18}$")
+    terminal_code: str | None = Field(default=None, pattern="^[A-Z0-9-]{2,32}$")
+
+
 class MembershipIn(BaseModel):
     organisation_id: uuid.UUID
     role: str = Field(description="driver, dispatcher, org_admin, port_security_admin or badge_office")
@@ -193,11 +242,23 @@ def create_initial_access_token(request: Request, body: InitialAccessTokenIn) ->
                         status_code=201, headers={"Cache-Control": "no-store"})
 
 
+def _port_security(request: Request) -> AdminCaller:
+    """Organisations and clients: admin clients, and port security through the console."""
+    return require_role(admin_caller(request), PORT_SECURITY_ROLE)
+
+
+def _reserved_role(caller: AdminCaller, role: Any) -> bool:
+    """A console officer neither makes nor ends admin or admin-console clients: a person's console
+    session must not mint a machine admin (no badge-office-free backdoor) nor lock the console out."""
+    return caller.person_id is not None and role in CONSOLE_RESERVED_CLIENT_ROLES
+
+
 @router.get("/clients", operation_id="admin_list_clients", responses=_ERRORS)
 def list_clients(request: Request, limit: int = 100, after: str | None = None) -> JSONResponse:
     """Registered clients, by client_id (``after``: the last client_id of the previous page)."""
     try:
-        admin_of(request)
+        caller = _port_security(request)
+        audit_read(request, caller, "identity.admin.clients.listed", data={"after": after})
     except AdminRefused as exc:
         return exc.response(request)
     items = management_for(request.app).list_clients(limit=max(1, min(limit, 500)), after=after)
@@ -207,11 +268,17 @@ def list_clients(request: Request, limit: int = 100, after: str | None = None) -
 @router.post("/clients", operation_id="admin_register_client", status_code=201, responses=_ERRORS)
 def register_client(request: Request, body: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
     """Register a client of any role (as ``quaygate client create`` does): RFC 7591 metadata plus
-    ``organisation_id`` and ``terminal_code``; the secret, if any, is shown once."""
+    ``organisation_id`` and ``terminal_code``; the secret, if any, is shown once. Through the console,
+    port security registers every role but ``admin`` and ``admin_console``."""
     try:
-        admin = admin_of(request)
+        caller = _port_security(request)
     except AdminRefused as exc:
         return exc.response(request)
+    admin = caller.actor
+    if _reserved_role(caller, body.get("quaygate_role", body.get("role"))):
+        log.info("identity.admin.refused.reserved_client_role")
+        return problem(403, "client_role_reserved", "Admin and admin console clients are registered by an "
+                       "administrator, not through the console.", instance=request.url.path)
     doc = dict(body)
     try:
         org = uuid.UUID(str(doc.pop("organisation_id"))) if doc.get("organisation_id") else None
@@ -233,10 +300,14 @@ def register_client(request: Request, body: dict[str, Any] = Body(...)) -> JSONR
 def deactivate_client(client_id: str, request: Request) -> JSONResponse:
     """Deactivate a client: no new tokens, its grants (refresh tokens and their access tokens) revoked."""
     try:
-        admin = admin_of(request)
+        caller = _port_security(request)
     except AdminRefused as exc:
         return exc.response(request)
-    if not management_for(request.app).deactivate(client_id, admin=admin,
+    if _reserved_role(caller, _client_role(request, client_id)):
+        log.info("identity.admin.refused.reserved_client_role")
+        return problem(403, "client_role_reserved", "Admin and admin console clients are deactivated by an "
+                       "administrator, not through the console.", instance=request.url.path)
+    if not management_for(request.app).deactivate(client_id, admin=caller.actor,
                                                    now=request.app.state.container.clock.now()):
         return problem(404, "not_found", "No such active client.", instance=request.url.path)
     return JSONResponse({"client_id": client_id, "active": False})
@@ -296,3 +367,111 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
 
 def _org_exists(conn: sa.Connection, organisation_id: uuid.UUID) -> bool:
     return conn.execute(sa.select(organisations.c.id).where(organisations.c.id == organisation_id)).first() is not None
+
+
+def _client_role(request: Request, client_id: str) -> str | None:
+    with request.app.state.container.engine.connect() as conn:
+        role: str | None = conn.execute(sa.select(oauth_clients.c.role)
+                                        .where(oauth_clients.c.client_id == client_id)).scalar_one_or_none()
+    return role
+
+
+# ---- organisations and persons, for the console (issue 4) --------------------------------------------
+
+SEARCH_MAX = 50
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern for ``text`` anywhere, its own wildcards escaped (with ``escape="\\"``)."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _org(row: Any) -> dict[str, Any]:
+    return {"id": str(row.id), "name": row.name, "kind": row.kind, "eori": row.eori, "vat": row.vat,
+            "terminal_code": row.terminal_code, "created_at": row.created_at.isoformat()}
+
+
+@router.get("/organisations", operation_id="admin_list_organisations", responses=_ERRORS)
+def list_organisations(request: Request, q: str | None = Query(default=None, max_length=100),  # noqa: B008
+                       limit: int = 100, offset: int = Query(default=0, ge=0)) -> JSONResponse:  # noqa: B008
+    """Organisations by name (``q``: part of the name, EORI, VAT or terminal code), by name, paged."""
+    try:
+        caller = _port_security(request)
+        audit_read(request, caller, "identity.admin.organisations.searched",
+                   data={"query": query_fingerprint(request, q) if q else None, "offset": offset})
+    except AdminRefused as exc:
+        return exc.response(request)
+    query = sa.select(organisations).order_by(organisations.c.name, organisations.c.id)
+    if q and q.strip():
+        pattern = _like(q.strip().lower())
+        query = query.where(sa.or_(*(sa.func.lower(col).like(pattern, escape="\\") for col in (
+            organisations.c.name, organisations.c.eori, organisations.c.vat, organisations.c.terminal_code))))
+    with request.app.state.container.engine.connect() as conn:
+        rows = conn.execute(query.limit(max(1, min(limit, 500))).offset(offset)).all()
+    return JSONResponse({"items": [_org(r) for r in rows]})
+
+
+@router.post("/organisations", operation_id="admin_create_organisation", status_code=201,
+             responses=problem_responses(401, 403, 409, 422))
+def create_organisation(request: Request, body: OrganisationIn) -> JSONResponse:
+    """Register an organisation (identified by EORI and/or VAT; a terminal by its code)."""
+    try:
+        caller = _port_security(request)
+    except AdminRefused as exc:
+        return exc.response(request)
+    try:
+        kind = OrgKind(body.kind)
+    except ValueError:
+        return problem(422, "invalid_kind", f"kind is one of {', '.join(k.value for k in OrgKind)}.",
+                       instance=request.url.path)
+    if not (body.eori or body.vat):
+        return problem(422, "identifier_required", "An organisation is identified by an EORI and/or a VAT number.",
+                       instance=request.url.path)
+    if (kind is OrgKind.TERMINAL) != (body.terminal_code is not None):
+        return problem(422, "terminal_code", "A terminal has a terminal code, and only a terminal.",
+                       instance=request.url.path)
+    container = request.app.state.container
+    now, org_id = container.clock.now(), uuid.uuid4()
+    try:
+        with container.engine.begin() as conn:
+            conn.execute(organisations.insert().values(id=org_id, name=body.name.strip(), kind=kind.value,
+                                                       eori=body.eori, vat=body.vat, terminal_code=body.terminal_code,
+                                                       created_at=now))
+            audit.record("identity.admin.organisation.created", at=now, actor=caller.audit_actor,
+                         subject=str(org_id), conn=conn, data={"kind": kind.value})
+            row = conn.execute(sa.select(organisations).where(organisations.c.id == org_id)).one()
+    except sa.exc.IntegrityError:  # the unique EORI, VAT or terminal code: nothing was written
+        log.info("identity.admin.organisation.refused.taken")
+        return problem(409, "organisation_exists", "An organisation with this EORI, VAT or terminal code exists.",
+                       instance=request.url.path)
+    log.info("identity.admin.organisation.created")
+    return JSONResponse(_org(row), status_code=201)
+
+
+@router.get("/persons", operation_id="admin_search_persons", responses=_ERRORS)
+def search_persons(request: Request, q: str = Query(max_length=100),  # noqa: B008
+                   limit: int = 20) -> JSONResponse:
+    """Persons whose given or family name contains each word of ``q`` (case-insensitive), with how
+    many badges each holds; for both console roles. The search is audited, not what it found."""
+    try:
+        caller = admin_caller(request)
+    except AdminRefused as exc:
+        return exc.response(request)
+    words = q.lower().split()[:4]
+    if len("".join(words)) < 2:  # one letter would list half the register
+        return problem(422, "invalid_request", "Give at least two letters of a name.", instance=request.url.path)
+    audit_read(request, caller, "identity.admin.persons.searched", data={"query": query_fingerprint(request, q)})
+    name = sa.func.lower(persons.c.given_name + " " + persons.c.family_name)
+    held = (sa.select(sa.func.count()).select_from(badges).where(badges.c.person_id == persons.c.id)
+            .scalar_subquery())
+    query = (sa.select(persons.c.id, persons.c.given_name, persons.c.family_name, persons.c.status,
+                       persons.c.employer_organisation_id, held.label("badges"))
+             .where(*(name.like(_like(w), escape="\\") for w in words))
+             .order_by(persons.c.family_name, persons.c.given_name, persons.c.id)
+             .limit(max(1, min(limit, SEARCH_MAX))))
+    with request.app.state.container.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return JSONResponse({"items": [
+        {"id": str(r.id), "given_name": r.given_name, "family_name": r.family_name, "status": r.status,
+         "employer_organisation_id": str(r.employer_organisation_id) if r.employer_organisation_id else None,
+         "badges": int(r.badges)} for r in rows]})

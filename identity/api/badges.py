@@ -30,7 +30,8 @@ from release_service.api.problems import problem, problem_responses
 from ..badges.service import BadgeError, BadgeService, IssueBadge
 from ..badges.store import BadgeRow
 from ..domain import badges as rules
-from .admin import AdminRefused, admin_caller
+from ..domain.claims import BADGE_OFFICE_ROLE
+from .admin import AdminCaller, AdminRefused, admin_caller, audit_read, query_fingerprint, require_role
 
 router = APIRouter(prefix="/admin/v1", tags=["badges admin"])
 
@@ -75,13 +76,19 @@ class WithdrawIn(BaseModel):
     reason: str = Field(max_length=500)
 
 
-def _caller(request: Request) -> tuple[str, rules.Viewer]:
+def _caller(request: Request, *, role: str | None = None) -> tuple[str, rules.Viewer]:
     """Who acts (as badge histories store it) and how they see badges: an admin client, or a person
-    through the admin console (``admin_caller`` checks role and passkey login); only the badge office
-    sees numbers in full, and a person his own badge."""
+    through the admin console (``admin_caller`` checks role and passkey login; ``role`` when the action
+    is one role's job); only the badge office sees numbers in full, and a person his own badge."""
     caller = admin_caller(request)
+    if role is not None:
+        require_role(caller, role)
+    return caller.actor, _viewer(caller)
+
+
+def _viewer(caller: AdminCaller) -> rules.Viewer:
     person = uuid.UUID(caller.person_id) if caller.person_id else None
-    return caller.actor, rules.Viewer(badge_office=caller.badge_office, person_id=person)
+    return rules.Viewer(badge_office=caller.badge_office, person_id=person)
 
 
 def _service(request: Request) -> BadgeService:
@@ -128,7 +135,13 @@ def find_badges(request: Request, number: str | None = None, card_uid: str | Non
                 person_id: uuid.UUID | None = None) -> JSONResponse:
     """Badges by number (any scheme), by card UID or by holder."""
     try:
-        _, viewer = _caller(request)
+        caller = admin_caller(request)
+        # Who searched what, not what was found; a number or card UID only as a keyed hash (issue 4).
+        audit_read(request, caller, "identity.admin.badges.searched", data={
+            "number": query_fingerprint(request, number) if number is not None else None,
+            "card_uid": query_fingerprint(request, card_uid) if card_uid is not None else None,
+            "person_id": str(person_id) if person_id else None})
+        viewer = _viewer(caller)
         rows = _service(request).find(number=number, card_uid=card_uid, person_id=person_id)
     except AdminRefused as exc:
         return exc.response(request)
@@ -140,22 +153,25 @@ def find_badges(request: Request, number: str | None = None, card_uid: str | Non
 @router.post("/badges", operation_id="admin_issue_badge", status_code=201,
              responses=problem_responses(401, 403, 404, 409, 422, 503))
 def issue_badge(request: Request, body: BadgeIn) -> JSONResponse:
-    """Issue a badge to a person, screened against the port-ban list first."""
+    """Issue a badge to a person, screened against the port-ban list first (the badge office's job)."""
     try:
-        admin, viewer = _caller(request)
+        admin, viewer = _caller(request, role=BADGE_OFFICE_ROLE)
         done = _service(request).issue(IssueBadge(**body.model_dump()), actor=admin, now=_now(request))
     except AdminRefused as exc:
         return exc.response(request)
     except BadgeError as exc:
         return _failed(request, exc)
-    return JSONResponse({**_badge(done.badge, viewer), "screening": done.screening.status}, status_code=201)
+    return JSONResponse({**_badge(done.badge, viewer), "screening": done.screening.status,
+                         "screening_list_age_seconds": done.screening.list_age_seconds}, status_code=201)
 
 
 @router.get("/badges/{badge_id}", operation_id="admin_get_badge", responses=_ERRORS)
 def get_badge(badge_id: uuid.UUID, request: Request) -> JSONResponse:
     """One badge with its live activations and its status history."""
     try:
-        _, viewer = _caller(request)
+        caller = admin_caller(request)
+        audit_read(request, caller, "identity.admin.badge.viewed", subject=str(badge_id))
+        viewer = _viewer(caller)
         row, activations, history = _service(request).get(badge_id)
     except AdminRefused as exc:
         return exc.response(request)
@@ -181,9 +197,9 @@ def change_status(badge_id: uuid.UUID, request: Request, body: StatusIn) -> JSON
 
 @router.post("/badges/{badge_id}/renew", operation_id="admin_renew_badge", responses=_ERRORS)
 def renew_badge(badge_id: uuid.UUID, request: Request, body: RenewIn) -> JSONResponse:
-    """A new validity from now (at most 5 years); an expired badge becomes active again."""
+    """A new validity from now (at most 5 years); an expired badge becomes active again (badge office)."""
     try:
-        admin, viewer = _caller(request)
+        admin, viewer = _caller(request, role=BADGE_OFFICE_ROLE)
         row = _service(request).renew(badge_id, valid_until=body.valid_until, reason=body.reason, actor=admin,
                                       now=_now(request))
     except AdminRefused as exc:
@@ -225,7 +241,9 @@ def withdraw_activation(badge_id: uuid.UUID, terminal: str, request: Request, bo
 def person_badges(person_id: uuid.UUID, request: Request) -> JSONResponse:
     """Every badge of a person, whatever its status."""
     try:
-        _, viewer = _caller(request)
+        caller = admin_caller(request)
+        audit_read(request, caller, "identity.admin.person_badges.viewed", subject=str(person_id))
+        viewer = _viewer(caller)
         rows = _service(request).find(person_id=person_id)
     except AdminRefused as exc:
         return exc.response(request)

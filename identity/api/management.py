@@ -18,6 +18,7 @@ from ..oidc.revocation import REVOCATION_PATH, revocation_response
 from ..oidc.server import FormRequest
 from ..registration import REGISTRATION_PATH, registration_endpoint
 from .admin import router as admin_router
+from .audit_search import router as audit_search_router
 
 MAX_FORM_BYTES = 16 * 1024
 MAX_JSON_BYTES = 64 * 1024
@@ -113,3 +114,4 @@ def delete_client(client_id: str, request: Request) -> Response:
 
 
 router.include_router(admin_router)
+router.include_router(audit_search_router)  # issue 4: GET /admin/v1/audit

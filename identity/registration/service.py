@@ -163,7 +163,7 @@ class ClientManagement:
             meta = _checked(doc, org_kind=org.kind if org else None, allowed_methods=frozenset(AuthMethod),
                             allow_admin=True)
             out = self._insert(conn, meta, org=org, terminal_code=terminal_code, now=now, dynamic=False)
-            audit.record("identity.admin.client.registered", at=now, actor={"client_id": admin},
+            audit.record("identity.admin.client.registered", at=now, actor=audit.actor_fields(admin),
                          subject=out.client_id, conn=conn,
                          data={"role": meta.role.value,
                                "organisation_id": str(organisation_id) if organisation_id else None})
@@ -254,7 +254,7 @@ class ClientManagement:
                 return False
             revoked = self._revoke_grants(conn, client_id, now)
             self._grants.revocations.revoke_client(conn, client_id, now=now, token_ttl=self._access_token_ttl)
-            audit.record("identity.admin.client.deactivated", at=now, actor={"client_id": admin},
+            audit.record("identity.admin.client.deactivated", at=now, actor=audit.actor_fields(admin),
                          subject=client_id, conn=conn, data={"grants_revoked": revoked})
         self._on_change(client_id)
         return True

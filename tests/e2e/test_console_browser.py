@@ -1,9 +1,11 @@
 """The admin console in a real browser (issue 4 "What it must show"): a port security officer enrols a
 passkey, signs in to /console/ (code flow with PKCE, passkey login), finds a badge and blocks it with a
-reason; then imports a signed ban feed and sees the driver's badge inactive and the alert listed.
+reason, and the terminal's gate client then gets ``deny`` with ``badge_blocked`` from
+``POST /gate/v1/verify`` for that driver; an officer imports a signed ban feed, sees the alert on the
+driver's open nomination, follows it to the driver's badge, now inactive, and the gate refuses him.
 
-The gate verify half of the issue's first scenario ("a gate verify then answers deny with
-badge_blocked") waits for the gate verify route (issue 5).
+The server is the whole app (quaygate.app.create_app under uvicorn): the console, the admin API, the
+party API that makes the right, and the gate route, all over real HTTP.
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from identity.authn.enrolment import issue_code
 from identity.bootstrap import create_client
+from identity.domain.badges import Scheme, with_check
 from quaygate.crypto import keyed_hash
 from quaygate.schema import audit_log, badges, memberships, organisations, persons
-from release_service.services import issue, nominate
 from tests.ban_register import Register, ban, national_number, snapshot
-from tests.factories import do, issue_cmd, port
+from tests.test_gate_verify import Gate
 
 from .conftest import Live
 from .test_passkeys_browser import Phone, enrol
@@ -33,7 +36,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def officer(live: Live) -> tuple[uuid.UUID, str, str]:
+def officer(live: Live, role: str = "port_security_admin") -> tuple[uuid.UUID, str, str]:
     """The admin console client (as the demo registers it) and a port security officer with an
     enrolment code from the badge office. Returns (person id, enrolment code, client id)."""
     engine = live.engine
@@ -46,8 +49,7 @@ def officer(live: Live) -> tuple[uuid.UUID, str, str]:
         conn.execute(organisations.insert().values(id=org, name="Port Security", kind="port_authority",
                                                    eori=f"BE09{pid.int % 10**8:08d}", created_at=now()))
         conn.execute(persons.insert().values(id=pid, given_name="Sofie", family_name="Wouters", created_at=now()))
-        conn.execute(memberships.insert().values(person_id=pid, organisation_id=org, role="port_security_admin",
-                                                 created_at=now()))
+        conn.execute(memberships.insert().values(person_id=pid, organisation_id=org, role=role, created_at=now()))
     code, _ = issue_code(engine, pid, created_by="e2e", now=now())
     return pid, code, client_id
 
@@ -63,16 +65,25 @@ def sign_in(phone: Phone, live: Live, code: str) -> Any:
     return page
 
 
-def test_port_security_blocks_a_badge_in_the_console(browser: Any, live: Live) -> None:
-    p = port(live.engine)
+def gate_for(live: Live) -> tuple[Gate, Any]:
+    """The test port with a terminal gate client, over real HTTP to the live server (tests.test_gate_verify):
+    its driver's badge has a valid Alfapass number and is activated at the terminal."""
+    http = httpx.Client(base_url=live.base, timeout=30)
+    return Gate(http, live.engine), http  # type: ignore[arg-type]
+
+
+def test_port_security_blocks_a_badge_and_the_gate_denies_it(browser: Any, live: Live) -> None:
+    gate, http = gate_for(live)
+    rid = gate.pickable(1)
     with live.engine.connect() as conn:
-        badge_id, number = conn.execute(sa.select(badges.c.id, badges.c.number)
-                                        .where(badges.c.person_id == p.driver)).one()
+        badge_id = conn.execute(sa.select(badges.c.id).where(badges.c.person_id == gate.p.driver)).scalar_one()
+    before = gate.verify(gate.body(1)).json()
+    assert (before["decision"], before["reasons"]) == ("allow", []), before  # the gate would let him in
     pid, code, client_id = officer(live)
     phone = Phone(browser, locale="nl-BE")
     try:
         page = sign_in(phone, live, code)
-        page.fill("#q", number)
+        page.fill("#q", gate.badge_number)
         page.click("#find")
         page.click(f'a[href="#badge/{badge_id}"]')
         page.locator("#badge-status[data-status=active]").wait_for()
@@ -88,22 +99,26 @@ def test_port_security_blocks_a_badge_in_the_console(browser: Any, live: Live) -
                 audit_log.c.kind == "identity.badge.status_changed", audit_log.c.subject == str(badge_id))).scalar_one()
         assert actor == {"person_id": str(pid), "client_id": client_id}
         assert f"person:{pid}@{client_id}" in page.locator("#history").inner_text()
+        # The gate half: the terminal's gate client asks about the same truck and driver.
+        after = gate.verify(gate.body(1, mode="commit")).json()
+        assert (after["decision"], after["reasons"], after["committed"]) == ("deny", ["badge_blocked"], False), after
+        assert gate.state(rid) == "nominated"
         assert phone.errors == []
     finally:
         phone.close()
+        http.close()
 
 
 def test_port_security_imports_a_ban_feed_and_sees_the_alert(browser: Any, live: Live, tmp_path: Any) -> None:
     register = Register()
-    live.app.state.container.settings.ban_register_jwk = register.public_jwk
-    p = port(live.engine)
+    gate, http = gate_for(live)
     number = national_number(11)
     with live.engine.begin() as conn:
-        conn.execute(sa.update(persons).where(persons.c.id == p.driver).values(
+        conn.execute(sa.update(persons).where(persons.c.id == gate.p.driver).values(
             national_id_hash=keyed_hash(live.settings.pepper_bytes(), number)))
-    right = do(live.engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, 3, to=p.haul.organisation_id), now())[0])
-    do(live.engine, lambda uow: nominate.nominate(uow, p.haul, right.id,
-                                                  nominate.NominateCommand("1ABC123", "BE", p.driver), now()))
+        badge_id = conn.execute(sa.select(badges.c.id).where(badges.c.person_id == gate.p.driver)).scalar_one()
+    rid = gate.pickable(3)  # nominated before the register is configured (else: no list in force yet)
+    live.app.state.container.settings.ban_register_jwk = register.public_jwk
     feed = tmp_path / "aigis-snapshot-1.jws"
     feed.write_bytes(register.sign(snapshot(1, now(), [ban(number, "R-11", start=now() - timedelta(days=1))])))
     _, code, _ = officer(live)
@@ -115,13 +130,54 @@ def test_port_security_imports_a_ban_feed_and_sees_the_alert(browser: Any, live:
         page.click("#upload")
         page.locator("#import-result").wait_for()
         assert "1 badges deactivated, 1 nomination alerts" in page.locator("#import-result").inner_text()
-        with live.engine.connect() as conn:
-            assert conn.execute(sa.select(badges.c.status).where(badges.c.person_id == p.driver)).scalar_one() \
-                == "inactive"
         page.click('a[href="#alerts"]')
         alert = page.locator("#alert-list li")
         alert.first.wait_for()
-        assert str(right.id) in alert.first.inner_text() and "R-11" in alert.first.inner_text()
+        assert rid in alert.first.inner_text() and "R-11" in alert.first.inner_text()
+        # From the alert to the driver, whose badge the ban turned inactive.
+        alert.first.locator("a.driver").click()
+        page.locator(f'#person-badges a[href="#badge/{badge_id}"][data-status=inactive]').wait_for()
+        with live.engine.connect() as conn:
+            assert conn.execute(sa.select(badges.c.status).where(badges.c.id == badge_id)).scalar_one() == "inactive"
+        got = gate.verify(gate.body(3)).json()
+        assert got["decision"] == "deny" and got["screening"] == "banned", got
+        assert {"person_banned", "badge_inactive"} <= set(got["reasons"]), got
+        assert phone.errors == []
+    finally:
+        phone.close()
+        http.close()
+
+
+def test_the_badge_office_finds_a_person_by_name_and_issues_a_badge(browser: Any, live: Live) -> None:
+    gate, http = gate_for(live)
+    http.close()
+    with live.engine.begin() as conn:
+        conn.execute(sa.update(persons).where(persons.c.id == gate.p.driver).values(given_name="Jan",
+                                                                                      family_name="Peeters"))
+    pid, code, client_id = officer(live, "badge_office")
+    phone = Phone(browser, locale="fr-BE")
+    try:
+        page = sign_in(phone, live, code)
+        assert page.locator('a[href="#audit"]').is_hidden()  # the audit trail is port security's
+        page.fill("#q", "jan peet")
+        page.click("#find")
+        page.click(f'a[href="#person/{gate.p.driver}"]')
+        page.locator("#person-badges li a").first.wait_for()
+        number = with_check(Scheme.PORTPASS, 765432)
+        page.select_option("#i-scheme", "portpass")
+        page.fill("#i-number", number)
+        page.fill("#i-until", (now() + timedelta(days=400)).date().isoformat())
+        page.click("#do-issue")
+        page.wait_for_selector("#issue-result:not([hidden]), #msg:not([hidden])")
+        assert page.locator("#msg").is_hidden(), page.locator("#msg").inner_text()
+        assert number in page.locator("#issue-result").inner_text()
+        assert "rien à signaler" in page.locator("#issue-result").inner_text()  # screening: clear, in French
+        page.locator(f'#person-badges a:has-text("{number}")').wait_for()
+        with live.engine.connect() as conn:
+            kinds = set(conn.execute(sa.select(audit_log.c.kind).where(
+                audit_log.c.actor["person_id"].as_string() == str(pid))).scalars())
+        assert {"identity.admin.persons.searched", "identity.admin.person_badges.viewed",
+                "identity.badge.issued"} <= kinds
         assert phone.errors == []
     finally:
         phone.close()

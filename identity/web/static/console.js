@@ -1,12 +1,16 @@
 /* /console/: the admin console, an OpenID Connect public client of our own provider (role admin_console):
    the flow and the id token checks in oidc.js, with a passkey login asked with acr_values (OIDC Core
    §3.1.2.1). The access token lives in sessionStorage only and is not refreshed: when it expires, or the
-   API asks for a stronger login (RFC 9470), the officer signs in again. */
+   API asks for a stronger login (RFC 9470), the officer signs in again. Panes: badges (search by number,
+   card UID, person id or name), a badge (status, renewal, activations), a person (badges, issue), ban
+   feed import, alerts, and for port security organisations, clients and the audit trail. */
 "use strict";
 (function () {
   var oidc = QG.oidc("qg.console.", "/console/config.json", "/console/"), get = oidc.get, put = oidc.put;
   var now = oidc.now, cfg = null, tokens = null, current = null;
   var $ = QG.$, t = QG.t;
+  var PANES = ["search", "badge", "person", "import", "alerts", "orgs", "clients", "audit"];
+  var UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
   function status(text) { $("status").textContent = text || ""; }
   function fail(err) { QG.say($("msg"), QG.explain(err)); if (err && err.status === 401) signedOut(); }
@@ -50,30 +54,43 @@
   // ---- panes: #search, #badge/<id>, #import, #alerts ----
   function show() {
     var hash = location.hash || "#search", name = hash.split("/")[0].slice(1);
-    ["search", "badge", "import", "alerts"].forEach(function (p) { $(p).hidden = p !== name; });
+    PANES.forEach(function (p) { $(p).hidden = p !== name; });
     Array.prototype.forEach.call($("tabs").querySelectorAll("a"), function (a) {
       if (a.getAttribute("href") === "#" + name) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
     });
     QG.say($("msg"), "");
+    if (PANES.indexOf(name) < 0) { location.hash = "#search"; return; }
     if (name === "badge") return openBadge(hash.split("/")[1]);
+    if (name === "person") return openPerson(hash.split("/")[1]);
     if (name === "alerts") return loadAlerts();
-    if (!$(name)) location.hash = "#search";
+    if (name === "orgs") return loadOrgs();
+    if (name === "clients") return loadClients();
+    if (name === "audit") { $("audit-list").textContent = ""; $("audit-more").hidden = true; }
   }
 
   function statusText(s) { return t("badge." + s); }
+  function badgeLink(b) {
+    return QG.el("a", {href: "#badge/" + b.id, "class": "button", "data-status": b.status},
+                 b.number + " · " + b.scheme + " · " + statusText(b.status));
+  }
+  function day(input) { return new Date(input.value + "T23:59:59").toISOString(); }
+  function instant(input) { return input.value ? new Date(input.value).toISOString() : ""; }
 
   function search(e) {
     e.preventDefault();
     var q = $("q").value.trim(), list = $("results");
     list.textContent = "";
-    var uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(q);
-    var path = uuid ? "/persons/" + encodeURIComponent(q) + "/badges" : "/badges?number=" + encodeURIComponent(q);
+    // A person id, a card UID (4, 7 or 10 bytes in hex), a badge number (has a digit), else a name.
+    if (UUID.test(q)) { location.hash = "#person/" + q; return; }
+    var path = /^([0-9a-f]{8}|[0-9a-f]{14}|[0-9a-f]{20})$/i.test(q) ? "/badges?card_uid=" + encodeURIComponent(q)
+      : /\d/.test(q) ? "/badges?number=" + encodeURIComponent(q) : "/persons?q=" + encodeURIComponent(q);
     QG.busy($("find"), true);
     api("GET", path).then(function (data) {
       if (!data.items.length) list.appendChild(QG.el("li", null, t("console.no_results")));
-      data.items.forEach(function (b) {
-        var li = QG.el("li", {"class": "card"}), a = QG.el("a", {href: "#badge/" + b.id, "class": "button"},
-          b.number + " · " + b.scheme + " · " + statusText(b.status));
+      data.items.forEach(function (x) {
+        var li = QG.el("li", {"class": "card"}), a = x.scheme ? badgeLink(x)
+          : QG.el("a", {href: "#person/" + x.id, "class": "button"}, x.given_name + " " + x.family_name + " · " +
+                  t("console.badge_count", {n: String(x.badges)}));
         li.appendChild(a); list.appendChild(li);
       });
     }).catch(fail).then(function () { QG.busy($("find"), false); });
@@ -89,15 +106,22 @@
     // Blocked and revoked are final (identity.domain.badges): no buttons; else none for the status it has.
     $("status-form").hidden = b.status === "blocked" || b.status === "revoked";
     Array.prototype.forEach.call($("status-form").querySelectorAll("button"), function (btn) { btn.hidden = btn.value === b.status; });
+    $("renew-form").hidden = $("status-form").hidden;
+    $("activate-form").hidden = b.status !== "active";  // only a badge in use is activated at a terminal
     var dl = $("badge-facts"); dl.textContent = "";
     fact(dl, t("console.scheme"), b.scheme);
-    fact(dl, t("console.holder"), b.person_id);
+    var dd = QG.el("dd"); dd.appendChild(QG.el("a", {href: "#person/" + b.person_id}, b.person_id));
+    dl.appendChild(QG.el("dt", null, t("console.holder"))); dl.appendChild(dd);
     if (b.card_uid) fact(dl, t("console.card_uid"), b.card_uid);
     fact(dl, t("console.valid"), QG.when(b.valid_from, "long") + " – " + QG.when(b.valid_until, "long"));
     if (b.status_reason) fact(dl, t("console.status_reason"), b.status_reason);
     var acts = $("activations"); acts.textContent = "";
     (b.activations || []).forEach(function (a) {
-      acts.appendChild(QG.el("li", null, a.terminal + " · " + QG.when(a.activated_at, "long")));
+      var li = QG.el("li", {"class": "row wrap"}), btn = QG.el("button", {"class": "secondary", type: "button",
+        "data-terminal": a.terminal}, t("console.withdraw"));
+      li.appendChild(QG.el("span", null, a.terminal + " · " + QG.when(a.activated_at, "long")));
+      btn.addEventListener("click", function () { withdraw(btn, a.terminal); });
+      li.appendChild(btn); acts.appendChild(li);
     });
     if (!(b.activations || []).length) acts.appendChild(QG.el("li", null, t("console.no_activations")));
     var hist = $("history"); hist.textContent = "";
@@ -129,6 +153,154 @@
       .then(function () { QG.busy(button, false); });
   }
 
+  // Every change says why and waits for the badge's fresh state before saying done.
+  function act(button, path, body) {
+    QG.busy(button, true);
+    return api("POST", "/badges/" + current.id + path, body)
+      .then(function () { return api("GET", "/badges/" + current.id).then(render); })
+      .then(function () { QG.say($("msg"), t("console.done"), true); }, fail)
+      .then(function () { QG.busy(button, false); });
+  }
+
+  function renew(e) {
+    e.preventDefault();
+    var reason = $("reason").value.trim();
+    if (!current) return;
+    if (!reason) { QG.say($("msg"), t("console.reason_required")); $("reason").focus(); return; }
+    act($("do-renew"), "/renew", {valid_until: day($("r-until")), reason: reason}).then(function () { $("reason").value = ""; });
+  }
+
+  function activate(e) {
+    e.preventDefault();
+    if (!current) return;
+    act($("do-activate"), "/activations", {terminal: $("terminal").value.trim().toUpperCase()})
+      .then(function () { $("terminal").value = ""; });
+  }
+
+  function withdraw(button, terminal) {
+    var reason = (window.prompt(t("console.withdraw_reason", {terminal: terminal})) || "").trim();
+    if (!reason) return;
+    act(button, "/activations/" + encodeURIComponent(terminal) + ":withdraw", {reason: reason});
+  }
+
+  // ---- #person/<id>: the holder's badges, and a new one (the badge office), screened first ----
+  var person = null;
+  function openPerson(id) {
+    if (!id || !UUID.test(id)) { location.hash = "#search"; return; }
+    person = id; $("person-name").textContent = id; $("issue-result").hidden = true;
+    listBadges();
+  }
+  function listBadges() {
+    var list = $("person-badges"); list.textContent = "";
+    api("GET", "/persons/" + encodeURIComponent(person) + "/badges").then(function (data) {
+      if (!data.items.length) list.appendChild(QG.el("li", null, t("console.no_results")));
+      data.items.forEach(function (b) { var li = QG.el("li", {"class": "card"}); li.appendChild(badgeLink(b)); list.appendChild(li); });
+    }).catch(fail);
+  }
+
+  function issueBadge(e) {
+    e.preventDefault();
+    var out = $("issue-result"), body = {person_id: person, scheme: $("i-scheme").value, number: $("i-number").value.trim(),
+      card_uid: $("i-uid").value.trim() || null, valid_from: new Date().toISOString(), valid_until: day($("i-until"))};
+    out.hidden = true; QG.busy($("do-issue"), true);
+    api("POST", "/badges", body).then(function (b) {
+      out.textContent = t("console.issued", {number: b.number, screening: t("console.screening_" + b.screening)});
+      out.hidden = false; $("issue-form").reset(); listBadges();
+    }, function (err) {
+      // The screening's refusal is the answer the desk needs: say it in words, not as an error code.
+      var screening = {person_banned: "banned", screening_unavailable: "unavailable"}[err.code];
+      if (screening) QG.say($("msg"), t("console.screening_" + screening)); else fail(err);
+    }).then(function () { QG.busy($("do-issue"), false); });
+  }
+
+  // ---- #orgs, #clients (port security) ----
+  function loadOrgs(e) {
+    if (e) e.preventDefault();
+    var list = $("org-list"), q = $("org-q").value.trim();
+    list.textContent = "";
+    api("GET", "/organisations" + (q ? "?q=" + encodeURIComponent(q) : "")).then(function (data) {
+      if (!data.items.length) list.appendChild(QG.el("li", null, t("console.no_results")));
+      data.items.forEach(function (o) {
+        list.appendChild(QG.el("li", {"class": "card"}, o.name + " · " + t("console.kind_" + o.kind) + " · " +
+          [o.eori, o.vat, o.terminal_code].filter(Boolean).join(" · ") + " · " + o.id));
+      });
+    }).catch(fail);
+  }
+
+  function createOrg(e) {
+    e.preventDefault();
+    var v = function (id) { return $(id).value.trim().toUpperCase() || null; };
+    var body = {name: $("o-name").value.trim(), kind: $("o-kind").value, eori: v("o-eori"), vat: v("o-vat"),
+                terminal_code: v("o-terminal")};
+    QG.busy($("do-org"), true);
+    api("POST", "/organisations", body).then(function (o) {
+      QG.say($("msg"), t("console.created", {what: o.name}), true); $("org-form").reset(); $("org-q").value = o.name; loadOrgs();
+    }, fail).then(function () { QG.busy($("do-org"), false); });
+  }
+
+  function loadClients() {
+    var list = $("client-list"); list.textContent = "";
+    api("GET", "/clients?limit=500").then(function (data) {
+      data.items.forEach(function (c) {
+        var li = QG.el("li", {"class": "card row wrap"});
+        li.appendChild(QG.el("span", null, (c.client_name || "") + " · " + c.quaygate_role + " · " + c.client_id + " · " +
+          t(c.active ? "console.active" : "console.inactive")));
+        if (c.active && c.quaygate_role !== "admin" && c.quaygate_role !== "admin_console") {
+          var btn = QG.el("button", {"class": "secondary", type: "button", "data-client": c.client_id}, t("console.deactivate"));
+          btn.addEventListener("click", function () { deactivate(btn, c.client_id); });
+          li.appendChild(btn);
+        }
+        list.appendChild(li);
+      });
+    }).catch(fail);
+  }
+
+  function deactivate(button, clientId) {
+    if (!window.confirm(t("console.confirm_deactivate", {client: clientId}))) return;
+    QG.busy(button, true);
+    api("POST", "/clients/" + encodeURIComponent(clientId) + ":deactivate").then(function () {
+      QG.say($("msg"), t("console.done"), true); loadClients();
+    }, function (err) { QG.busy(button, false); fail(err); });
+  }
+
+  function createClient(e) {
+    e.preventDefault();
+    var terminal = $("c-terminal").value.trim().toUpperCase();
+    var body = {client_name: $("c-name").value.trim(), quaygate_role: $("c-role").value, organisation_id: $("c-org").value.trim(),
+                token_endpoint_auth_method: "client_secret_basic", grant_types: ["client_credentials"]};
+    if (terminal) body.terminal_code = terminal;
+    $("client-secret").hidden = true; QG.busy($("do-client"), true);
+    api("POST", "/clients", body).then(function (c) {
+      // Shown once: the server keeps only a hash of the secret.
+      $("new-client-id").textContent = c.client_id; $("new-client-secret").textContent = c.client_secret || "";
+      $("client-secret").hidden = false; $("client-form").reset(); loadClients();
+    }, function (err) { if (err.code === "client_role_reserved") QG.say($("msg"), t("console.role_reserved")); else fail(err); }).then(function () { QG.busy($("do-client"), false); });
+  }
+
+  // ---- #audit (port security): filters, newest first, "older" pages by the last id ----
+  var auditBefore = null;
+  function searchAudit(e) {
+    if (e) { e.preventDefault(); $("audit-list").textContent = ""; auditBefore = null; }
+    var q = new URLSearchParams();
+    [["actor", "a-actor"], ["subject", "a-subject"], ["action", "a-action"]].forEach(function (f) {
+      var v = $(f[1]).value.trim(); if (v) q.set(f[0], v);
+    });
+    if ($("a-since").value) q.set("since", instant($("a-since")));
+    if ($("a-until").value) q.set("until", instant($("a-until")));
+    if (auditBefore) q.set("before", String(auditBefore));
+    QG.busy($("audit-find"), true);
+    api("GET", "/audit?" + q.toString()).then(function (data) {
+      var list = $("audit-list");
+      data.items.forEach(function (x) {
+        var who = [x.actor.person_id, x.actor.client_id].filter(Boolean).join(" @ ");
+        list.appendChild(QG.el("li", {"class": "event"}, QG.when(x.at, "long") + " · " + x.kind + " · " + who +
+          (x.subject ? " · " + x.subject : "") + " · " + JSON.stringify(x.data)));
+      });
+      if (!list.children.length) list.appendChild(QG.el("li", null, t("console.no_results")));
+      auditBefore = data.next_before; $("audit-more").hidden = !data.next_before;
+    }).catch(fail).then(function () { QG.busy($("audit-find"), false); });
+  }
+
   function importFeed(e) {
     e.preventDefault();
     var file = $("feed").files[0], out = $("import-result");
@@ -150,7 +322,8 @@
         li.appendChild(QG.el("p", {"class": "state"}, t("console.alert_title")));
         fact(dl, t("console.when"), QG.when(a.at, "long"));
         fact(dl, t("console.release"), a.release_id);
-        fact(dl, t("console.driver"), a.driver_person_id);
+        var dd = QG.el("dd"); dd.appendChild(QG.el("a", {href: "#person/" + a.driver_person_id, "class": "driver"}, a.driver_person_id));
+        dl.appendChild(QG.el("dt", null, t("console.driver"))); dl.appendChild(dd);
         fact(dl, t("console.ban_reference"), a.ban_reference);
         li.appendChild(dl); list.appendChild(li);
       });
@@ -158,12 +331,17 @@
   }
 
   function signedIn() {
+    // Tabs for what the officer's roles allow (the API checks again on every call).
+    var roles = [].concat(oidc.part(tokens.access_token, 1).roles || []);
+    Array.prototype.forEach.call($("tabs").querySelectorAll("a[data-role]"), function (a) {
+      a.hidden = roles.indexOf(a.dataset.role) < 0;
+    });
     status(""); $("tabs").hidden = false; $("signin").hidden = true; $("signout").hidden = false; show();
   }
   function signedOut() {
     tokens = null; put("tokens", null);
     $("tabs").hidden = true; $("signin").hidden = false; $("signout").hidden = true;
-    ["search", "badge", "import", "alerts"].forEach(function (p) { $(p).hidden = true; });
+    PANES.forEach(function (p) { $(p).hidden = true; });
     status(t("console.signed_out"));
   }
 
@@ -173,6 +351,14 @@
     $("search-form").addEventListener("submit", search);
     $("status-form").addEventListener("submit", changeStatus);
     $("import-form").addEventListener("submit", importFeed);
+    $("renew-form").addEventListener("submit", renew);
+    $("activate-form").addEventListener("submit", activate);
+    $("issue-form").addEventListener("submit", issueBadge);
+    $("org-search").addEventListener("submit", loadOrgs);
+    $("org-form").addEventListener("submit", createOrg);
+    $("client-form").addEventListener("submit", createClient);
+    $("audit-form").addEventListener("submit", searchAudit);
+    $("audit-more").addEventListener("click", function () { searchAudit(); });
     window.addEventListener("hashchange", function () { if (tokens) show(); });
     configure().then(function () {
       if (location.pathname === "/console/callback") return callback();

@@ -1,0 +1,287 @@
+"""The admin console's other screens over the admin API (issue 4), on SQLite and PostgreSQL: issuing,
+renewing and activating badges by role, organisations and clients for port security, person search
+by name, audit trail search, and the trail of who viewed and searched what."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from identity.domain.badges import Scheme, with_check
+from quaygate.crypto import keyed_hash
+from quaygate.schema import audit_log, oauth_clients, organisations, persons
+from tests.ban_register import Register, ban, national_number, snapshot
+from tests.factories import TERMINAL, port
+from tests.test_admin_console import _auth, _badge, _console, _officer, _problem, _token, console_flow
+from tests.test_identity_code_flow_support import Flow
+
+
+@pytest.fixture
+def register() -> Register:
+    return Register()
+
+
+@pytest.fixture
+def flow(engine: sa.Engine, tmp_path: Path, register: Register) -> Iterator[Flow]:
+    yield from console_flow(engine, tmp_path, register)
+
+
+def _entries(flow: Flow, kind: str) -> list[Any]:
+    with flow.engine.connect() as conn:
+        return list(conn.execute(sa.select(audit_log.c.actor, audit_log.c.subject, audit_log.c.data)
+                                 .where(audit_log.c.kind == kind).order_by(audit_log.c.id)).all())
+
+
+def _count(flow: Flow, table: sa.Table) -> int:
+    with flow.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def _issue_body(person: uuid.UUID, serial: int, **over: Any) -> dict[str, Any]:
+    t = datetime.now(UTC)
+    return {"person_id": str(person), "scheme": "alfapass", "number": with_check(Scheme.ALFAPASS, serial),
+            "valid_from": t.isoformat(), "valid_until": (t + timedelta(days=365)).isoformat(), **over}
+
+
+# ---- badges: issue and renew are the badge office's, activation the security desk's -------------------
+
+
+def test_issue_is_the_badge_offices_and_fails_closed_without_a_list(flow: Flow) -> None:
+    holder, _ = _badge(flow)
+    client_id = _console(flow)
+    office = _token(flow, client_id, _officer(flow, "badge_office"))
+    security = _token(flow, client_id, _officer(flow, "port_security_admin"))
+    _problem(flow.http.post("/admin/v1/badges", json=_issue_body(holder, 4242), headers=_auth(security)),
+             403, "insufficient_role")
+    # A register is configured (the flow's settings) but no list is in force yet: fail closed.
+    _problem(flow.http.post("/admin/v1/badges", json=_issue_body(holder, 4242), headers=_auth(office)),
+             503, "screening_unavailable")
+    assert len(_entries(flow, "identity.badge.issue_refused")) == 1  # the refusal is on the trail ...
+    items = flow.http.get("/admin/v1/badges", params={"person_id": str(holder)}, headers=_auth(office)).json()["items"]
+    assert len(items) == 1  # ... and no badge
+
+
+def test_issue_is_screened_against_the_list_in_force(flow: Flow, register: Register) -> None:
+    holder, _ = _badge(flow)
+    banned = flow.person(given="Piet", family="Verboden")
+    number = national_number(21)
+    with flow.engine.begin() as conn:
+        conn.execute(sa.update(persons).where(persons.c.id == banned).values(
+            national_id_hash=keyed_hash(flow.container.settings.pepper_bytes(), number)))
+    client_id = _console(flow)
+    office = _token(flow, client_id, _officer(flow, "badge_office"))
+    t = datetime.now(UTC)
+    loaded = flow.http.post("/admin/v1/bans/feeds", headers=_auth(office),
+                            content=register.sign(snapshot(1, t, [ban(number, "R-21", start=t - timedelta(days=1))])))
+    assert loaded.status_code == 200, loaded.text
+    issued = flow.http.post("/admin/v1/badges", json=_issue_body(holder, 4243), headers=_auth(office))
+    assert issued.status_code == 201, issued.text
+    got = issued.json()
+    assert (got["screening"], got["status"], got["masked"]) == ("clear", "active", False)
+    assert got["screening_list_age_seconds"] is not None
+    _problem(flow.http.post("/admin/v1/badges", json=_issue_body(banned, 4244), headers=_auth(office)),
+             409, "person_banned")
+    assert flow.http.get("/admin/v1/badges", params={"person_id": str(banned)},
+                         headers=_auth(office)).json()["items"] == []
+
+
+def test_renew_is_the_badge_office_and_activation_the_security_desk(flow: Flow, register: Register) -> None:
+    t = datetime.now(UTC)
+    _, badge_id = _badge(flow)
+    port(flow.engine)  # the terminal BEANR-K1700
+    client_id = _console(flow)
+    office = _token(flow, client_id, _officer(flow, "badge_office"))
+    security = _token(flow, client_id, _officer(flow, "port_security_admin"))
+    assert flow.http.post("/admin/v1/bans/feeds", headers=_auth(security),
+                          content=register.sign(snapshot(1, t, []))).status_code == 200
+    renew = {"valid_until": (t + timedelta(days=700)).isoformat(), "reason": "renewal"}
+    _problem(flow.http.post(f"/admin/v1/badges/{badge_id}/renew", json=renew, headers=_auth(security)),
+             403, "insufficient_role")
+    r = flow.http.post(f"/admin/v1/badges/{badge_id}/renew", json=renew, headers=_auth(office))
+    assert r.status_code == 200 and r.json()["valid_until"].startswith(str((t + timedelta(days=700)).date())), r.text
+    r = flow.http.post(f"/admin/v1/badges/{badge_id}/activations", json={"terminal": TERMINAL},
+                       headers=_auth(security))
+    assert r.status_code == 201, r.text
+    _problem(flow.http.post(f"/admin/v1/badges/{badge_id}/activations", json={"terminal": TERMINAL},
+                            headers=_auth(security)), 409, "already_activated")
+    got = flow.http.get(f"/admin/v1/badges/{badge_id}", headers=_auth(security)).json()
+    assert [a["terminal"] for a in got["activations"]] == [TERMINAL]
+    _problem(flow.http.post(f"/admin/v1/badges/{badge_id}/activations/{TERMINAL}:withdraw", json={"reason": " "},
+                            headers=_auth(security)), 422, "reason_required")
+    r = flow.http.post(f"/admin/v1/badges/{badge_id}/activations/{TERMINAL}:withdraw",
+                       json={"reason": "left the company"}, headers=_auth(security))
+    assert r.status_code == 200 and r.json()["active"] is False, r.text
+    assert flow.http.get(f"/admin/v1/badges/{badge_id}", headers=_auth(security)).json()["activations"] == []
+    (actor, _, _), = _entries(flow, "identity.badge.activation_withdrawn")
+    assert actor["client_id"] == client_id and actor["person_id"]
+
+
+# ---- organisations and clients: port security -------------------------------------------------------
+
+
+def test_port_security_manages_organisations(flow: Flow) -> None:
+    client_id = _console(flow)
+    officer = _officer(flow, "port_security_admin")
+    token = _token(flow, client_id, officer)
+    office = _token(flow, client_id, _officer(flow, "badge_office"))
+    body = {"name": "Haulage Van Dam", "kind": "transport_operator", "eori": "BE0123456789"}
+    _problem(flow.http.post("/admin/v1/organisations", json=body, headers=_auth(office)), 403, "insufficient_role")
+    _problem(flow.http.get("/admin/v1/organisations", headers=_auth(office)), 403, "insufficient_role")
+    made = flow.http.post("/admin/v1/organisations", json=body, headers=_auth(token))
+    assert made.status_code == 201, made.text
+    orgs = _count(flow, organisations)
+    _problem(flow.http.post("/admin/v1/organisations", json={**body, "name": "Twin"}, headers=_auth(token)),
+             409, "organisation_exists")
+    _problem(flow.http.post("/admin/v1/organisations", json={**body, "eori": None}, headers=_auth(token)),
+             422, "identifier_required")
+    _problem(flow.http.post("/admin/v1/organisations", json={**body, "kind": "pirate", "eori": "BE1"},
+                            headers=_auth(token)), 422, "invalid_kind")
+    _problem(flow.http.post("/admin/v1/organisations", json={**body, "kind": "terminal", "eori": "BE2"},
+                            headers=_auth(token)), 422, "terminal_code")
+    assert _count(flow, organisations) == orgs  # nothing half-written
+    found = flow.http.get("/admin/v1/organisations", params={"q": "van dam"}, headers=_auth(token)).json()["items"]
+    assert [o["id"] for o in found] == [made.json()["id"]]
+    # LIKE wildcards in the query are literal: "%" finds nothing rather than everything.
+    assert flow.http.get("/admin/v1/organisations", params={"q": "%"}, headers=_auth(token)).json()["items"] == []
+    (actor, subject, _), = _entries(flow, "identity.admin.organisation.created")
+    assert (actor, subject) == ({"person_id": str(officer), "client_id": client_id}, made.json()["id"])
+
+
+def test_port_security_registers_and_deactivates_clients(flow: Flow) -> None:
+    client_id = _console(flow)
+    token = _token(flow, client_id, _officer(flow, "port_security_admin"))
+    office = _token(flow, client_id, _officer(flow, "badge_office"))
+    org = flow.http.post("/admin/v1/organisations", headers=_auth(token),
+                         json={"name": "Line NV", "kind": "shipping_line", "eori": "BE0999999999"}).json()["id"]
+    doc = {"client_name": "Line back end", "quaygate_role": "shipping_line", "organisation_id": org,
+           "token_endpoint_auth_method": "client_secret_basic", "grant_types": ["client_credentials"]}
+    _problem(flow.http.post("/admin/v1/clients", json=doc, headers=_auth(office)), 403, "insufficient_role")
+    made = flow.http.post("/admin/v1/clients", json=doc, headers=_auth(token))
+    assert made.status_code == 201, made.text
+    assert made.headers["cache-control"] == "no-store" and made.json()["client_secret"]
+    new_id = made.json()["client_id"]
+    # The new client works, until port security deactivates it.
+    assert flow.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                          auth=(new_id, made.json()["client_secret"])).status_code == 200
+    listed = flow.http.get("/admin/v1/clients", headers=_auth(token)).json()["items"]
+    assert {c["client_id"]: c["active"] for c in listed}[new_id] is True
+    assert made.json()["client_secret"] not in str(listed) and all("client_secret" not in c for c in listed)
+    assert flow.http.post(f"/admin/v1/clients/{new_id}:deactivate", headers=_auth(token)).status_code == 200
+    assert flow.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                          auth=(new_id, made.json()["client_secret"])).status_code != 200
+    _problem(flow.http.post(f"/admin/v1/clients/{new_id}:deactivate", headers=_auth(token)), 404, "not_found")
+
+
+def test_the_console_cannot_make_or_end_admin_clients(flow: Flow) -> None:
+    client_id = _console(flow)
+    token = _token(flow, client_id, _officer(flow, "port_security_admin"))
+    clients = _count(flow, oauth_clients)
+    for role in ("admin", "admin_console"):
+        for field in ("quaygate_role", "role"):
+            doc = {"client_name": "mine", field: role, "token_endpoint_auth_method": "client_secret_basic",
+                   "grant_types": ["client_credentials"]}
+            _problem(flow.http.post("/admin/v1/clients", json=doc, headers=_auth(token)), 403,
+                     "client_role_reserved")
+    assert _count(flow, oauth_clients) == clients
+    # Nor lock the console out by deactivating it.
+    _problem(flow.http.post(f"/admin/v1/clients/{client_id}:deactivate", headers=_auth(token)), 403,
+             "client_role_reserved")
+    with flow.engine.connect() as conn:
+        assert conn.execute(sa.select(oauth_clients.c.active)
+                            .where(oauth_clients.c.client_id == client_id)).scalar_one() is True
+
+
+# ---- search by name, and what the trail keeps of searches and views --------------------------------
+
+
+def test_persons_are_found_by_name_and_the_search_is_audited_without_the_name(flow: Flow) -> None:
+    holder, _ = _badge(flow)  # Jan Peeters, one badge
+    flow.person(given="Janine", family="Claes")
+    client_id = _console(flow)
+    officer = _officer(flow, "badge_office")  # Sofie Wouters
+    token = _token(flow, client_id, officer)
+    found = flow.http.get("/admin/v1/persons", params={"q": "jan PEE"}, headers=_auth(token))
+    assert found.status_code == 200, found.text
+    assert [(p["id"], p["badges"]) for p in found.json()["items"]] == [(str(holder), 1)]
+    names = {p["family_name"] for p in flow.http.get("/admin/v1/persons", params={"q": "jan"},
+                                                     headers=_auth(token)).json()["items"]}
+    assert names == {"Peeters", "Claes"}
+    assert flow.http.get("/admin/v1/persons", params={"q": "_%"}, headers=_auth(token)).json()["items"] == []
+    _problem(flow.http.get("/admin/v1/persons", params={"q": "j"}, headers=_auth(token)), 422, "invalid_request")
+    _problem(flow.http.get("/admin/v1/persons", params={"q": "jan"}), 401, "invalid_request")
+    searches = _entries(flow, "identity.admin.persons.searched")
+    assert len(searches) == 3  # the refused ones never ran
+    assert searches[0].actor == {"person_id": str(officer), "client_id": client_id}
+    fingerprint = keyed_hash(flow.container.settings.pepper_bytes(), "console-search:jan pee")
+    assert searches[0].data == {"query": fingerprint}
+    assert "jan" not in str(searches).lower() and "peeters" not in str(searches).lower()
+
+
+def test_badge_views_and_searches_are_audited(flow: Flow) -> None:
+    holder, badge_id = _badge(flow)
+    client_id = _console(flow)
+    officer = _officer(flow, "port_security_admin")
+    token = _token(flow, client_id, officer)
+    assert flow.http.get("/admin/v1/badges", params={"number": "AP-100230"}, headers=_auth(token)).status_code == 200
+    assert flow.http.get(f"/admin/v1/badges/{badge_id}", headers=_auth(token)).status_code == 200
+    assert flow.http.get(f"/admin/v1/persons/{holder}/badges", headers=_auth(token)).status_code == 200
+    who = {"person_id": str(officer), "client_id": client_id}
+    (actor, _, data), = _entries(flow, "identity.admin.badges.searched")
+    assert actor == who and data["number"] and "100230" not in str(data)
+    assert [(e.actor, e.subject) for e in _entries(flow, "identity.admin.badge.viewed")] == [(who, str(badge_id))]
+    assert [(e.actor, e.subject) for e in _entries(flow, "identity.admin.person_badges.viewed")] == [(who, str(holder))]
+    # A refused caller leaves no view on the trail and sees nothing.
+    driver = flow.driver_tokens(flow.driver_app(), _officer(flow, "driver"))["access_token"]
+    _problem(flow.http.get(f"/admin/v1/badges/{badge_id}", headers=_auth(driver)), 403, "insufficient_scope")
+    assert len(_entries(flow, "identity.admin.badge.viewed")) == 1
+
+
+def test_audit_trail_search_filters_and_pages(flow: Flow, register: Register) -> None:
+    _, badge_id = _badge(flow)
+    client_id = _console(flow)
+    officer = _officer(flow, "port_security_admin")
+    token = _token(flow, client_id, officer)
+    office = _token(flow, client_id, _officer(flow, "badge_office"))
+    _problem(flow.http.get("/admin/v1/audit", headers=_auth(office)), 403, "insufficient_role")
+    assert flow.http.post("/admin/v1/bans/feeds", headers=_auth(office),  # a list to screen reactivation against
+                          content=register.sign(snapshot(1, datetime.now(UTC), []))).status_code == 200
+    for status in ("inactive", "active", "inactive"):
+        r = flow.http.post(f"/admin/v1/badges/{badge_id}/status", json={"status": status, "reason": "check"},
+                           headers=_auth(office))
+        assert r.status_code == 200, r.text
+
+    def search(**params: Any) -> dict[str, Any]:
+        r = flow.http.get("/admin/v1/audit", params=params, headers=_auth(token))
+        assert r.status_code == 200, r.text
+        out: dict[str, Any] = r.json()
+        return out
+
+    mine = search(subject=str(badge_id), action="identity.badge")
+    assert [e["data"]["to"] for e in mine["items"]] == ["inactive", "active", "inactive"]  # newest first
+    assert mine["next_before"] is None
+    # Paged: two, then one, then the end; no entry twice.
+    first = search(subject=str(badge_id), action="identity.badge.status_changed", limit=2)
+    second = search(subject=str(badge_id), action="identity.badge.status_changed", limit=2,
+                    before=first["next_before"])
+    ids = [e["id"] for e in first["items"] + second["items"]]
+    assert len(ids) == len(set(ids)) == 3 and second["next_before"] is None
+    # By actor: the officer's own searches (the trail records each search, with its filters).
+    by_officer = search(actor=str(officer), action="identity.admin.audit.searched")
+    assert len(by_officer["items"]) == 4 and by_officer["items"][1]["data"]["subject"] == str(badge_id)
+    # "identity.badge" is a prefix of kinds, not of strings: "identity.badg" finds nothing.
+    assert search(action="identity.badg")["items"] == []
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert search(since=later.isoformat())["items"] == []
+    assert len(search(subject=str(badge_id), until=later.isoformat())["items"]) >= 3
+    _problem(flow.http.get("/admin/v1/audit", params={"action": "x%"}, headers=_auth(token)), 422, "invalid_action")
+    _problem(flow.http.get("/admin/v1/audit", params={"since": later.isoformat(), "until": later.isoformat()},
+                           headers=_auth(token)), 422, "invalid_range")
+    # A time without its zone is refused (the whole app answers it as a problem, test_openapi checks that).
+    assert flow.http.get("/admin/v1/audit", params={"since": "2026-01-01T00:00:00"},
+                         headers=_auth(token)).status_code == 422
