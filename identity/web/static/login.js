@@ -3,6 +3,18 @@
 document.addEventListener("DOMContentLoaded", function () {
   var form = QG.$("login-form"), button = QG.$("login"), msg = QG.$("msg");
   var returnTo = form.dataset.returnTo || "/app/";
+  // Issue 6: the brokered login beside passkeys, when the upstream is configured here.
+  fetch("/broker/providers", {credentials: "same-origin"})
+    .then(function (r) { return r.ok ? r.json() : []; })
+    .then(function (list) {
+      list.forEach(function (p) {
+        var link = QG.$("broker-" + p.name);
+        if (!link) { return; }
+        link.href = p.start + "?return_to=" + encodeURIComponent(returnTo);
+        QG.$("broker").hidden = false;
+      });
+    })
+    .catch(function () { /* no brokered login: passkeys only */ });
   if (!QG.supported()) { QG.say(msg, QG.t("error.not_supported")); return; }
   form.addEventListener("submit", function (ev) {
     ev.preventDefault();
