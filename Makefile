@@ -10,7 +10,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test,bench]' 2>&1 | grep -v 'is ignored' || true
-	@$(PY) -c 'import quaygate, fastapi, authlib, joserfc, webauthn' || (echo "install failed" >&2; exit 1)
+	$(PY) -m pip install -q --no-deps face_recognition==1.3.0 2>&1 | grep -v 'is ignored' || true
+	@$(PY) -c 'import quaygate, fastapi, authlib, joserfc, webauthn, dlib, face_recognition' || (echo "install failed" >&2; exit 1)
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
@@ -32,11 +33,15 @@ browser:
 		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
 	else echo "chromium is missing: run 'sudo apt-get install -y chromium' (the browser tests skip without it)"; fi
 
-# The certified relying party (openid-client, pinned in tests/interop/package-lock.json).
+# The certified relying party (openid-client, pinned in tests/interop/package-lock.json) and the
+# certified OpenID provider the brokered login is tested against (oidc-provider, tests/upstream/).
 interop-deps:
 	@if [ -d tests/interop/node_modules/openid-client ]; then :; \
 	elif command -v npm >/dev/null; then npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error; \
 	else echo "npm is missing: install Node.js 20 and npm (the interop tests skip without them, and fail under CI)"; fi
+	@if [ -d tests/upstream/node_modules/oidc-provider ]; then :; \
+	elif command -v npm >/dev/null; then npm ci --prefix tests/upstream --no-audit --no-fund --loglevel=error; \
+	else echo "npm is missing: the brokered-login tests skip without it (and fail under CI)"; fi
 
 test-deps: install browser interop-deps
 

@@ -22,8 +22,14 @@ BENCHES = [
      [str(HERE / "cpu_identity.py"), "--database-url", PG, "--redis-url", REDIS]),
     ("identity provider with Locust (issue 3)",
      [str(HERE / "bench_identity.py"), "--database-url", PG, "--redis-url", REDIS]),
+    ("ban change set at process A to the gate decision at process B, PostgreSQL + Redis (issue 4)",
+     [str(HERE / "bench_ban_to_gate.py"), "--database-url", PG, "--redis-url", REDIS]),
+    ("gate verify, CPU per request in process, beside the bare endpoint (issue 5)",
+     [str(HERE / "cpu_gate.py"), "--database-url", PG, "--redis-url", REDIS]),
     ("gate verify with Locust, check and commit beside a bare endpoint, 10 000 vs 1 000 000 rights (issue 5)",
      [str(HERE / "bench_gate.py"), "--database-url", PG, "--redis-url", REDIS]),
+    ("face enrolment and 1:1 verify per capture on one core; pool on two cores vs one (issue 6)",
+     [str(HERE / "bench_face.py")]),
 ]
 
 

@@ -16,16 +16,21 @@ from starlette.concurrency import run_in_threadpool
 from identity import ratelimit
 from identity.api.badges import router as badge_admin_router
 from identity.api.bans import router as ban_admin_router
+from identity.api.broker import router as broker_router
+from identity.api.face import router as face_router
 from identity.api.management import router as identity_management_router
 from identity.api.passkeys import router as passkey_router
 from identity.api.routes import build_router as identity_router
 from identity.bans.pull import start_from_settings as start_ban_puller
 from identity.bans.screening import from_settings as ban_screening_from_settings
 from identity.bootstrap import IdentityProvider
+from identity.face import start_pool as start_face_pool
 from identity.web.console import router as console_router
 from identity.web.routes import router as web_router
 from release_service.api import problems
 from release_service.api.gate import router as gate_router
+from release_service.api.gate import start_gate_facts
+from release_service.api.gate_offline import router as gate_offline_router
 from release_service.api.routes import router as release_router
 from release_service.api.webhooks import router as webhook_router
 
@@ -49,12 +54,14 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         app.state.container = built
         app.state.identity = identity
         app.state.token_verifier = identity.verifier
+        gate_facts = start_gate_facts(built)  # issue 5: the gate's facts in Redis, when configured
         workers = BackgroundWorkers(built) if settings.background_workers else None
         if workers:
             workers.start()
         # Issue 4: the port-ban register's periodic pull (off unless QUAYGATE_BAN_FEED_URL is set).
         ban_puller = start_ban_puller(settings, built.engine, built.clock.now) if settings.background_workers else None
         app.state.ban_screening = ban_screening_from_settings(settings, built.engine)  # badge issue screening
+        app.state.face_pool = start_face_pool(settings)  # issue 6: face matching in worker processes
         if settings.mode is not Mode.PRODUCTION:
             log_event(log, "quaygate.start.dev_mode", mode=settings.mode.value,
                       warning="NOT FOR PRODUCTION: dev secrets in var/, demo data")
@@ -65,8 +72,11 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         finally:
             if workers:
                 workers.stop()
+            if gate_facts:
+                gate_facts.stop()
             if ban_puller:
                 ban_puller.stop()
+            app.state.face_pool.close()
             if container is None:
                 built.close()
 
@@ -111,12 +121,15 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     # the gate verify (issue 5), the token endpoint, passkey login, the release API; the pages and
     # the admin routes last.
     app.include_router(gate_router)
+    app.include_router(gate_offline_router)  # issue 5: gate passes, offline decisions
     app.include_router(identity_router())
     app.include_router(passkey_router)
     app.include_router(release_router)
     app.include_router(identity_management_router)
     app.include_router(badge_admin_router)  # issue 4: /admin/v1/badges
     app.include_router(webhook_router)
+    app.include_router(broker_router)  # issue 6: brokered login at upstream providers (itsme)
+    app.include_router(face_router)  # issue 6: face enrolment (badge office) and the face step-up
     app.include_router(web_router)
     # Issue 4, the admin console: /admin/v1/bans (feed import, alerts) and the /console/ pages.
     app.include_router(ban_admin_router)

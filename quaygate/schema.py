@@ -569,3 +569,88 @@ terminal_policies = sa.Table(
     sa.Column("updated_by", sa.String(100), nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# Issue 5, offline gate mode: decisions a gate adapter took from gate passes while the verify service
+# was unreachable, reconciled when it reconnected (one per terminal and request_id). ``verdict`` says
+# what the reconcile did; ``flag`` marks a right used twice or changed after its pass (port security).
+gate_offline_decisions = sa.Table(
+    "gate_offline_decisions",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("terminal", sa.String(32), nullable=False),
+    sa.Column("request_id", sa.String(100), nullable=False),
+    sa.Column("client_id", sa.String(100), nullable=False),
+    sa.Column("lane", sa.String(32), nullable=False),
+    sa.Column("direction", sa.String(3), nullable=False),
+    sa.Column("mode", sa.String(6), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("decision", sa.String(6), nullable=False),
+    sa.Column("reasons", JSON, nullable=False),
+    sa.Column("basis", sa.String(16), nullable=False),
+    sa.Column("release_id", UUID, nullable=True, index=True),
+    sa.Column("pass_id", sa.String(64), nullable=True),
+    sa.Column("ban_list_age_seconds", sa.Integer, nullable=True),
+    sa.Column("verdict", sa.String(24), nullable=False),
+    sa.Column("flag", sa.String(32), nullable=True, index=True),
+    sa.Column("other_decision_id", UUID, nullable=True),
+    sa.Column("response", JSON, nullable=False),
+    sa.Column("observed_at", UTCDateTime, nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False),
+    sa.Column("reconciled_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("terminal", "request_id", name="uq_gate_offline_decisions_terminal_request"),
+)
+
+# ---- brokered login (issue 6 part 1, identity/broker/) ---------------------------------------------
+
+# A person's account at an upstream OpenID provider (itsme-style), by (issuer, sub). A re-bound link
+# (the upstream sub changed) is marked "replaced", never deleted; one active link per person and issuer.
+upstream_links = sa.Table(
+    "upstream_links",
+    metadata,
+    sa.Column("id", UUID, primary_key=True),
+    sa.Column("issuer", sa.String(255), nullable=False),
+    sa.Column("sub", sa.String(255), nullable=False),
+    sa.Column("person_id", UUID, sa.ForeignKey("persons.id"), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),  # active | replaced
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_login_at", UTCDateTime),
+    sa.Column("replaced_at", UTCDateTime),
+    sa.UniqueConstraint("issuer", "sub", name="uq_upstream_links_issuer_sub"),
+    sa.Index("ix_upstream_links_one_active", "issuer", "person_id", unique=True,
+             postgresql_where=sa.text("status = 'active'"), sqlite_where=sa.text("status = 'active'")),
+)
+
+# Our RSA encryption keys (use "enc", RSA-OAEP-256): upstream providers encrypt id tokens and userinfo
+# to them. Private JWK sealed like the signing keys; a retiring key stays published and usable until
+# publish_until (the upstreams' caches of our JWKS have expired by then).
+encryption_keys = sa.Table(
+    "encryption_keys",
+    metadata,
+    sa.Column("kid", sa.String(64), primary_key=True),
+    sa.Column("alg", sa.String(20), nullable=False),
+    sa.Column("public_jwk", JSON, nullable=False),
+    sa.Column("private_enc", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # active | retiring | retired
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("retired_at", UTCDateTime),
+    sa.Column("publish_until", UTCDateTime),
+    sa.Index("ix_encryption_keys_one_active", "alg", unique=True,
+             postgresql_where=sa.text("status = 'active'"), sqlite_where=sa.text("status = 'active'")),
+)
+
+# ---- face templates (issue 6, identity/face/) ----------------------------------------------------
+# One sealed face template per person (AES-256-GCM under the data key, which is not in the database;
+# associated data person and template ids). No image is ever stored, nor the template in clear.
+face_templates = sa.Table(
+    "face_templates",
+    metadata,
+    sa.Column("person_id", UUID, sa.ForeignKey("persons.id"), primary_key=True),
+    sa.Column("template_id", UUID, nullable=False, unique=True),
+    sa.Column("sealed", sa.Text, nullable=False),
+    sa.Column("key_id", sa.String(16), nullable=False),  # which data key sealed it (key rotation)
+    sa.Column("source", sa.String(16), nullable=False),  # id_photo | live_capture
+    sa.Column("face_px", sa.Integer, nullable=False),
+    sa.Column("sharpness", sa.Float, nullable=False),
+    sa.Column("enrolled_by", sa.String(100), nullable=False),
+    sa.Column("enrolled_at", UTCDateTime, nullable=False),
+)

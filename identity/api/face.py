@@ -1,0 +1,159 @@
+"""Face routes (issue 6): enrolment by the badge office, and the face step-up of a login session.
+
+Contract::
+
+    POST   /admin/v1/persons/{person_id}/face   {"image": base64 (or a data: URL), "source": "id_photo" |
+                                                 "live_capture"}            the badge office only
+      201 {"person_id", "template_id", "source", "face_px", "sharpness", "enrolled_at", "replaced"}
+      401/403 (admin_caller; 403 badge_office_required)   404 not_found   409 person_not_active
+      413 image_too_large   422 face_not_found | face_multiple | face_too_small | face_blurred |
+      image_unreadable | source_invalid   503 face_busy | face_unavailable
+    GET    /admin/v1/persons/{person_id}/face   200 the enrolment's metadata (never the template)
+    DELETE /admin/v1/persons/{person_id}/face   200 {"person_id", "enrolled": false}   409 face_not_enrolled
+    POST   /face/step-up   {"image"}   with the login session cookie and an Origin header of ours (CSRF)
+      200 {"ok": true, "acr", "amr"} + Set-Cookie: the new session (the old one is ended)
+      401 login_required | face_mismatch | face_not_live   403 origin_refused | step_up_not_allowed |
+      person_not_active   409 face_not_enrolled   413/422 as above   429 rate_limited (+ Retry-After)
+
+Images travel as base64 in JSON, not as multipart uploads: Starlette spools an upload larger than
+1 MB to a temporary file, and no image may touch the disk. The routes are ``async``: the face work
+waits on the process pool, and the blocking parts (token checks, the database) run in threads.
+Nothing here logs or audits the image; the trail gets the quality measures, the distance and the
+decision.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from release_service.api.problems import problem, problem_responses
+
+from ..authn.service import passkeys_for
+from ..domain.face import SOURCES, FaceCode
+from ..face import FaceError, face_for
+from .admin import AdminCaller, AdminRefused, admin_caller
+
+router = APIRouter(tags=["face"])
+
+# Error code -> HTTP status (the one mapping table of this edge, STYLE.md #6). Unlisted codes: 422.
+_STATUS = {
+    "not_found": 404, "person_not_active": 409, "concurrent_change": 409, FaceCode.NOT_ENROLLED: 409,
+    FaceCode.IMAGE_TOO_LARGE: 413, FaceCode.BUSY: 503, FaceCode.UNAVAILABLE: 503,
+    "login_required": 401, FaceCode.MISMATCH: 401, FaceCode.NOT_LIVE: 401, "origin_refused": 403,
+    "step_up_not_allowed": 403, "rate_limited": 429,
+}
+_MAX_B64 = 8 * 1024 * 1024  # the schema's bound; QUAYGATE_FACE_MAX_IMAGE_BYTES is the real limit
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnrolIn(_Body):
+    image: str = Field(max_length=_MAX_B64, description="the photo (JPEG or PNG), base64 or a data: URL")
+    source: str = Field(default="id_photo", description=" or ".join(SOURCES))
+
+
+class StepUpIn(_Body):
+    image: str = Field(max_length=_MAX_B64, description="a live capture (JPEG or PNG), base64 or a data: URL")
+
+
+def _image(text: str) -> bytes:
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise FaceError(FaceCode.IMAGE_UNREADABLE) from exc
+
+
+def _failed(request: Request, exc: FaceError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return problem(_STATUS.get(exc.code, 422), exc.code, exc.message, instance=request.url.path, headers=headers)
+
+
+async def _badge_office(request: Request) -> AdminCaller:
+    """The badge office only: an admin token with ``badges:office``, or a badge_office officer in the
+    admin console (identity.api.admin.admin_caller). Run in a thread: it may reach the cache."""
+    caller = await run_in_threadpool(admin_caller, request)
+    if not caller.badge_office:
+        raise AdminRefused(403, "badge_office_required", "Faces are enrolled by the badge office.")
+    return caller
+
+
+_ADMIN_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 503)
+
+
+@router.post("/admin/v1/persons/{person_id}/face", operation_id="admin_enrol_face", status_code=201,
+             responses=_ADMIN_ERRORS)
+async def enrol_face(person_id: uuid.UUID, request: Request, body: EnrolIn) -> JSONResponse:
+    """Enrol a person's face from an ID photo or a live capture; the photo is not kept."""
+    try:
+        caller = await _badge_office(request)
+        done = await face_for(request.app).enrol(person_id, _image(body.image), source=body.source,
+                                                 actor=caller.actor, now=request.app.state.container.clock.now())
+    except AdminRefused as exc:
+        return exc.response(request)
+    except FaceError as exc:
+        return _failed(request, exc)
+    return JSONResponse({"person_id": str(done.person_id), "template_id": str(done.template_id),
+                         "source": done.source, "face_px": done.face_px, "sharpness": done.sharpness,
+                         "enrolled_at": done.enrolled_at.isoformat(), "replaced": done.replaced}, status_code=201)
+
+
+@router.get("/admin/v1/persons/{person_id}/face", operation_id="admin_get_face", responses=_ADMIN_ERRORS)
+def get_face(person_id: uuid.UUID, request: Request) -> JSONResponse:
+    """Whether a face is enrolled, with the enrolment's metadata (never the template)."""
+    try:
+        admin_caller(request)
+    except AdminRefused as exc:
+        return exc.response(request)
+    row = face_for(request.app).enrolled(person_id)
+    if row is None:
+        return JSONResponse({"person_id": str(person_id), "enrolled": False})
+    return JSONResponse({"person_id": str(person_id), "enrolled": True, "template_id": str(row.template_id),
+                         "source": row.source, "face_px": row.face_px, "sharpness": row.sharpness,
+                         "enrolled_at": row.enrolled_at.isoformat()})
+
+
+@router.delete("/admin/v1/persons/{person_id}/face", operation_id="admin_withdraw_face", responses=_ADMIN_ERRORS)
+async def withdraw_face(person_id: uuid.UUID, request: Request) -> JSONResponse:
+    """Erase a person's face template."""
+    try:
+        caller = await _badge_office(request)
+        now = request.app.state.container.clock.now()
+        await run_in_threadpool(lambda: face_for(request.app).withdraw(person_id, actor=caller.actor, now=now))
+    except AdminRefused as exc:
+        return exc.response(request)
+    except FaceError as exc:
+        return _failed(request, exc)
+    return JSONResponse({"person_id": str(person_id), "enrolled": False})
+
+
+@router.post("/face/step-up", operation_id="faceStepUp",
+             responses=problem_responses(401, 403, 409, 413, 422, 429, 503))
+async def step_up(request: Request, body: StepUpIn) -> JSONResponse:
+    """Raise the browser's login session to acr face with a live capture of the logged-in person."""
+    origin = request.headers.get("origin")
+    if origin is None or origin not in passkeys_for(request.app).allowed_origins:  # CSRF: a cookie-borne call
+        return problem(403, "origin_refused", "This request did not come from a quaygate page.",
+                       instance=request.url.path)
+    settings = request.app.state.container.settings
+    try:
+        done = await face_for(request.app).step_up(
+            session_cookie=request.cookies.get(settings.session_cookie), image=_image(body.image),
+            address=request.client.host if request.client else None, now=request.app.state.container.clock.now())
+    except FaceError as exc:
+        return _failed(request, exc)
+    response = JSONResponse({"ok": True, "acr": done.session.acr, "amr": list(done.session.amr)},
+                            headers={"Cache-Control": "no-store"})
+    response.set_cookie(settings.session_cookie, done.cookie, max_age=settings.session_ttl, path="/", httponly=True,
+                        samesite="lax", secure=settings.issuer.startswith("https://"))
+    return response

@@ -1,0 +1,72 @@
+"""Face verification (issue 6): enrolment at the badge office, 1:1 matching as a login step-up and at
+the gate. See docs/face.md.
+
+Wiring: the app's lifespan calls ``start_pool(settings)`` and keeps the pool on ``app.state.face_pool``
+(closed at shutdown); ``face_for(app)`` gives the ``FaceService`` built on it.
+
+For the gate (release_service), the one call to make::
+
+    match = await face_for(app).verify_face(person_id, image_bytes, tolerance)          # async code
+    match = face_for(app).verify_face_blocking(person_id, image_bytes, tolerance)       # a def route
+    # -> identity.domain.face.FaceMatch(distance: float | None, matched: bool, reason: str | None,
+    #                                   tolerance: float)
+
+``tolerance`` None takes ``QUAYGATE_FACE_TOLERANCE``; a value outside 0.3..0.6 raises FaceError
+(``tolerance_invalid``). A bad capture never raises: ``reason`` is face_not_found, face_multiple,
+face_too_small, face_blurred, image_unreadable, image_too_large, face_not_enrolled, face_not_live,
+face_busy or face_unavailable (no comparison made, distance None), or face_mismatch (distance set).
+Each call is audited (``identity.face.verify.*``: distance, tolerance, decision; never the image);
+pass ``context={"terminal": ..., "request_id": ...}`` to add the gate's ids to that entry.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from quaygate.settings import Settings
+
+from ..domain.face import FaceMatch, QualityRules
+from .pool import FacePool
+from .service import FaceError, FaceService
+
+__all__ = ["FaceError", "FaceMatch", "FacePool", "FaceService", "face_for", "pool_from_settings", "start_pool"]
+
+_build_lock = threading.Lock()
+
+
+def pool_from_settings(settings: Settings) -> FacePool:
+    """A pool sized from the settings; no process starts until the first job (or ``warm_up``)."""
+    return FacePool(settings.face_workers, queue_per_worker=settings.face_queue_per_worker,
+                    max_side=settings.face_max_side, max_pixels=settings.face_max_image_pixels,
+                    rules=QualityRules(settings.face_min_face_px, settings.face_min_sharpness))
+
+
+def start_pool(settings: Settings) -> FacePool:
+    """The lifespan's call: build the pool and, with background workers on, warm every worker up."""
+    pool = pool_from_settings(settings)
+    if settings.face_warm_up and settings.background_workers:
+        pool.warm_up()
+    return pool
+
+
+def face_for(app: Any) -> FaceService:
+    """The app's FaceService on ``app.state.face``, built once from the container and the pool."""
+    service: FaceService | None = getattr(app.state, "face", None)
+    if service is not None:
+        return service
+    from ..ratelimit import login_guard_for
+    from ..sessions import sessions_for
+
+    with _build_lock:
+        service = getattr(app.state, "face", None)
+        if service is None:
+            c = app.state.container
+            pool = getattr(app.state, "face_pool", None)
+            if pool is None:  # an app served without its lifespan (a bare test app)
+                pool = app.state.face_pool = pool_from_settings(c.settings)
+            service = FaceService(engine=c.engine, cipher=c.cipher, pool=pool, tolerance=c.settings.face_tolerance,
+                                  max_image_bytes=c.settings.face_max_image_bytes, sessions=sessions_for(app),
+                                  guard=login_guard_for(app))
+            app.state.face = service
+    return service

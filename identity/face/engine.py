@@ -1,0 +1,130 @@
+"""The face engine: our one wrapper around face_recognition (dlib), run inside the worker processes.
+
+STYLE.md #7: face_recognition, dlib, numpy and Pillow are reached only here, and their exceptions and
+types become ours (``Analysis``, ``identity.domain.face.FaceCode``). Nothing here keeps the image: it
+is decoded in memory, analysed and dropped when the function returns; only the 128-number encoding
+leaves, and the caller seals it at once (``identity.face.sealing``).
+
+Measured recipe (NOTES.md): downscale to about 640 px on the longer side (JPEGs decode already
+reduced, ``Image.draft``), detect with HOG and ``number_of_times_to_upsample=0`` (14 to 24 ms instead
+of 0.2 to 1.1 s at full size), judge the faces (``identity.domain.face``) and encode only the largest
+face, with one jitter (about 75 ms), only when the capture passes.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from ..domain.face import Box, FaceCode, QualityRules, judge_faces, judge_sharpness, largest
+
+SHARPNESS_SIDE = 64  # the face is resized to this square before its Laplacian is measured
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """What a capture gave: a refusal code, or the encoding of its one face. Picklable (it crosses
+    from the worker process back to the service)."""
+
+    code: str | None
+    faces: int = 0
+    face_px: int | None = None
+    sharpness: float | None = None
+    encoding: tuple[float, ...] | None = None
+
+
+def _face_recognition() -> Any:
+    # Imported on first use: the models load at import (about 100 MB), in the workers only.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import face_recognition
+    return face_recognition
+
+
+def decode(image: bytes, *, max_side: int, max_pixels: int) -> Any:
+    """The image as an RGB numpy array at most ``max_side`` on its longer side, or ValueError with a
+    FaceCode value. EXIF orientation is applied (phone captures are often stored sideways)."""
+    import numpy as np
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above 89 Mpx and refuses above twice that; our own limit is lower (below).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(image)) as im:
+                width, height = im.size
+                if width * height > max_pixels:  # before decoding: a small file may claim a huge picture
+                    raise ValueError(FaceCode.IMAGE_TOO_LARGE.value)
+                im.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 directly
+                rgb = ImageOps.exif_transpose(im).convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise ValueError(FaceCode.IMAGE_TOO_LARGE.value) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(FaceCode.IMAGE_UNREADABLE.value) from exc
+    scale = max_side / max(rgb.size)
+    if scale < 1:
+        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
+                         Image.Resampling.BILINEAR)
+    return np.asarray(rgb)
+
+
+def sharpness(pixels: Any, box: Box) -> float:
+    """Variance of the Laplacian of the face at 64x64 grey: low when the face is blurred."""
+    import numpy as np
+    from PIL import Image
+
+    crop = pixels[max(box.top, 0):max(box.bottom, 0), max(box.left, 0):max(box.right, 0)]
+    if crop.size == 0:
+        return 0.0
+    grey = Image.fromarray(crop).convert("L")
+    shrink = grey.width >= SHARPNESS_SIDE and grey.height >= SHARPNESS_SIDE
+    grey = grey.resize((SHARPNESS_SIDE, SHARPNESS_SIDE),
+                       Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
+    g = np.asarray(grey, dtype=np.float64)
+    laplacian = g[1:-1, 2:] + g[1:-1, :-2] + g[2:, 1:-1] + g[:-2, 1:-1] - 4 * g[1:-1, 1:-1]
+    return float(laplacian.var())
+
+
+def analyse(image: bytes, rules: QualityRules, max_side: int = 640, max_pixels: int = 40_000_000) -> Analysis:
+    """Detect, judge and encode one capture. Runs in a worker process (``identity.face.pool``)."""
+    try:
+        pixels = decode(image, max_side=max_side, max_pixels=max_pixels)
+    except ValueError as exc:
+        return Analysis(code=str(exc))
+    del image
+    fr = _face_recognition()
+    boxes = [Box(*map(int, b)) for b in fr.face_locations(pixels, number_of_times_to_upsample=0, model="hog")]
+    code = judge_faces(boxes, rules)
+    face = largest(boxes)
+    if face is None:
+        return Analysis(code=code)
+    sharp = round(sharpness(pixels, face), 1)
+    code = code or judge_sharpness(sharp, rules)
+    if code is not None:
+        return Analysis(code=code, faces=len(boxes), face_px=face.size, sharpness=sharp)
+    found = fr.face_encodings(pixels, known_face_locations=[(face.top, face.right, face.bottom, face.left)],
+                              num_jitters=1)
+    encoding = tuple(float(v) for v in found[0])
+    return Analysis(code=None, faces=len(boxes), face_px=face.size, sharpness=sharp, encoding=encoding)
+
+
+def warm_up() -> bool:
+    """Load the models and run one detection and one encoding, so the first capture is not slow."""
+    import numpy as np
+
+    fr = _face_recognition()
+    blank = np.zeros((160, 160, 3), dtype=np.uint8)
+    fr.face_locations(blank, number_of_times_to_upsample=0)
+    fr.face_encodings(blank, known_face_locations=[(10, 150, 150, 10)])
+    return True
+
+
+def available() -> bool:
+    """True when face_recognition and its models can be imported here."""
+    try:
+        _face_recognition()
+    except (ImportError, SystemExit):  # face_recognition_models calls quit() when pkg_resources is missing
+        return False
+    return True

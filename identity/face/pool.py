@@ -1,0 +1,148 @@
+"""The face worker pool: CPU-heavy matching in separate processes, off the event loop (STYLE.md #11).
+
+Why processes: dlib releases the GIL only in parts of detection and encoding; threads would still
+serialise much of the work and stall the event loop's thread. Why ``spawn``: the server's process
+has threads (uvicorn, the database pool, the background workers), and forking a process with threads
+can copy a held lock into the child; a spawned worker starts clean and imports only the engine.
+
+Sizing (docs/face.md): one capture costs about 0.1 s of one core (detection and encoding), so one
+worker sustains about 10 captures/s. ``QUAYGATE_FACE_WORKERS=0`` (the default) takes one worker per
+core this process may use (``os.sched_getaffinity``); a host that also serves heavy HTTP traffic
+gives fewer. Jobs are admitted up to ``workers * queue_per_worker`` at once; beyond that the caller
+gets ``face_busy`` at once rather than a queue that grows until every gate times out (overload).
+A worker that dies breaks the executor: the pool builds a new one and the calls in flight fail with
+``face_unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from ..domain.face import FaceCode, QualityRules
+from . import engine
+
+log = logging.getLogger(__name__)
+
+
+class FaceUnavailable(Exception):
+    def __init__(self, code: FaceCode) -> None:
+        super().__init__(code.value)
+        self.code = code
+
+
+def cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def workers_for(configured: int) -> int:
+    """The pool size: as configured, or one per usable core when 0."""
+    if configured < 0:
+        raise ValueError("QUAYGATE_FACE_WORKERS must be 0 (one per core) or more")
+    return configured or cores()
+
+
+class FacePool:
+    """A bounded process pool running ``identity.face.engine.analyse``."""
+
+    def __init__(self, workers: int, *, queue_per_worker: int = 4, max_side: int = 640,
+                 max_pixels: int = 40_000_000, rules: QualityRules | None = None) -> None:
+        self.workers = workers_for(workers)
+        self.limit = self.workers * max(1, queue_per_worker)
+        self.max_side = max_side
+        self.max_pixels = max_pixels
+        self.rules = rules or QualityRules()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._executor: ProcessPoolExecutor | None = None
+        self._closed = False
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def _pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise FaceUnavailable(FaceCode.UNAVAILABLE)
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            return self._executor
+
+    def warm_up(self) -> list[Future[bool]]:
+        """Start every worker and load the models in each (one warm-up job per worker, not awaited)."""
+        pool = self._pool()
+        return [pool.submit(engine.warm_up) for _ in range(self.workers)]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    # ---- work -----------------------------------------------------------------------------------
+
+    def submit(self, image: bytes) -> Future[engine.Analysis]:
+        """Queue one capture, or FaceUnavailable(face_busy) when the queue is full."""
+        with self._lock:
+            if self._in_flight >= self.limit:
+                log.info("identity.face.pool.busy")
+                raise FaceUnavailable(FaceCode.BUSY)
+            self._in_flight += 1
+        try:
+            future = self._pool().submit(engine.analyse, image, self.rules, self.max_side, self.max_pixels)
+        except (BrokenProcessPool, RuntimeError) as exc:
+            self._release(None)
+            self._rebuild()
+            raise FaceUnavailable(FaceCode.UNAVAILABLE) from exc
+        except FaceUnavailable:
+            self._release(None)
+            raise
+        future.add_done_callback(self._release)
+        return future
+
+    def _release(self, _: Any) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _rebuild(self) -> None:
+        with self._lock:
+            broken, self._executor = self._executor, None
+        if broken is not None:
+            log.warning("identity.face.pool.rebuilt")
+            broken.shutdown(wait=False, cancel_futures=True)
+
+    def _result(self, future: Future[engine.Analysis]) -> engine.Analysis:
+        exc = future.exception()
+        if isinstance(exc, BrokenProcessPool):
+            self._rebuild()
+            raise FaceUnavailable(FaceCode.UNAVAILABLE) from exc
+        if exc is not None:
+            raise exc
+        return future.result()
+
+    async def analyse(self, image: bytes) -> engine.Analysis:
+        """Analyse a capture in a worker; the event loop only waits."""
+        future = self.submit(image)
+        try:
+            await asyncio.wrap_future(future)
+        except BrokenProcessPool:
+            pass  # _result turns it into face_unavailable
+        return self._result(future)
+
+    def analyse_blocking(self, image: bytes) -> engine.Analysis:
+        """The same for a plain ``def`` route running in the thread pool (never on the event loop)."""
+        future = self.submit(image)
+        try:
+            future.result()
+        except BrokenProcessPool:
+            pass
+        return self._result(future)

@@ -1,0 +1,334 @@
+"""Face enrolment and 1:1 verification (issue 6): the use cases.
+
+- ``enrol``: the badge office takes an ID photo or a live capture; the capture must show exactly one
+  face, large and sharp enough (``identity.domain.face``); its 128-number template is sealed
+  (``identity.face.sealing``) and stored, replacing an older one. The image is never stored, logged
+  or written to disk: it is analysed in memory in a worker process and dropped.
+- ``verify_face`` / ``verify_face_blocking``: 1:1 match of a capture against the person's template,
+  with a tolerance (the terminal's, or the default). Never raises for a bad capture: the outcome is a
+  ``FaceMatch`` (distance, matched, reason) the gate turns into its decision. The distance, the
+  tolerance, the decision and the liveness answer go on the audit trail; the image does not.
+- ``step_up``: a logged-in person (passkey or national ID) matches his face and his login session is
+  replaced by one with ``acr`` ``urn:quaygate:acr:face`` and ``face`` in ``amr`` (the session store's
+  "a stronger login replaces the session"). Failed matches count towards the login guard's lockout
+  (``identity.ratelimit.LoginGuard``, subject ``face:<person_id>``), so a stolen session cannot try
+  photo after photo.
+
+The CPU-heavy part runs in the process pool (``identity.face.pool``); the database parts are short
+and synchronous, run in a thread from the async methods, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import sqlalchemy as sa
+
+from quaygate.crypto import DataCipher
+
+from .. import audit
+from ..domain import face as rules
+from ..domain.face import FaceCode, FaceMatch
+from ..ratelimit import LoginGuard
+from ..sessions import LoginSession, SessionStore
+from .engine import Analysis
+from .liveness import Liveness, LivenessDetector, NotChecked
+from .pool import FacePool, FaceUnavailable
+from .sealing import TemplateUnreadable, open_template, seal_template
+from .store import TemplateRow, TemplateStore
+
+log = logging.getLogger(__name__)
+
+
+class FaceError(Exception):
+    """A refused face call. ``code`` is public (the problem's ``code``)."""
+
+    def __init__(self, code: str, message: str = "", *, retry_after: int | None = None) -> None:
+        super().__init__(code)
+        self.code = str(code)
+        self.message = message or MESSAGES.get(self.code, self.code)
+        self.retry_after = retry_after
+
+
+# Clear messages for the badge office and the driver (safe to show: no biometric detail).
+MESSAGES = {
+    FaceCode.IMAGE_UNREADABLE: "The image could not be read: send a JPEG or PNG photo.",
+    FaceCode.IMAGE_TOO_LARGE: "The image is too large.",
+    FaceCode.NO_FACE: "No face was found in the image.",
+    FaceCode.MULTIPLE_FACES: "More than one face is in the image: exactly one person must be in the picture.",
+    FaceCode.TOO_SMALL: "The face is too small: come closer to the camera or crop the photo to the face.",
+    FaceCode.BLURRED: "The face is too blurred: hold still and make sure the face is in focus.",
+    FaceCode.NOT_ENROLLED: "No face is enrolled for this person.",
+    FaceCode.MISMATCH: "The face does not match.",
+    FaceCode.NOT_LIVE: "The capture was not accepted as a live face.",
+    FaceCode.TOLERANCE_INVALID: (f"The face tolerance must be between {rules.MIN_TOLERANCE} and "
+                                 f"{rules.MAX_TOLERANCE}."),
+    FaceCode.SOURCE_INVALID: f"source is one of {', '.join(rules.SOURCES)}.",
+    FaceCode.BUSY: "Face matching is busy: try again in a moment.",
+    FaceCode.UNAVAILABLE: "Face matching is unavailable.",
+    "not_found": "No such person.",
+    "person_not_active": "The person is suspended.",
+    "concurrent_change": "Another enrolment of this person happened at the same time: try again.",
+    "login_required": "Please log in first.",
+    "step_up_not_allowed": "A face match raises only a passkey or national-ID login.",
+    "rate_limited": "Too many failed face matches. Please wait and try again.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    person_id: uuid.UUID
+    template_id: uuid.UUID
+    source: str
+    face_px: int
+    sharpness: float
+    enrolled_at: datetime
+    replaced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StepUp:
+    cookie: str  # the new session's cookie value, shown once
+    session: LoginSession
+    match: FaceMatch
+
+
+class FaceService:
+    def __init__(self, *, engine: sa.Engine, cipher: DataCipher, pool: FacePool, tolerance: float,
+                 max_image_bytes: int, liveness: LivenessDetector | None = None,
+                 sessions: SessionStore | None = None, guard: LoginGuard | None = None) -> None:
+        self._engine = engine
+        self._cipher = cipher
+        self._pool = pool
+        self.default_tolerance = rules.tolerance_or_default(tolerance)
+        self.max_image_bytes = max_image_bytes
+        self._liveness = liveness or NotChecked()
+        self._sessions = sessions
+        self._guard = guard
+
+    # ---- enrolment ------------------------------------------------------------------------------
+
+    async def enrol(self, person_id: uuid.UUID, image: bytes, *, source: str, actor: str,
+                    now: datetime) -> Enrolment:
+        """Enrol (or re-enrol) a person's face from one capture; FaceError when it is refused."""
+        if source not in rules.SOURCES:
+            raise FaceError(FaceCode.SOURCE_INVALID)
+        self._check_size(image)
+        await anyio.to_thread.run_sync(self._check_person, person_id)
+        analysis = await self._analyse(image)
+        del image  # the capture's last reference here: nothing below sees it
+        return await anyio.to_thread.run_sync(self._store_enrolment, person_id, analysis, source, actor, now)
+
+    def withdraw(self, person_id: uuid.UUID, *, actor: str, now: datetime) -> None:
+        """Erase a person's template (leaving the port, or at his request); FaceError when none."""
+        with self._engine.begin() as conn:
+            if not TemplateStore(conn).delete(person_id):
+                raise FaceError(FaceCode.NOT_ENROLLED)
+            audit.record("identity.face.withdrawn", at=now, actor=audit.actor_fields(actor),
+                         subject=str(person_id), conn=conn)
+
+    def enrolled(self, person_id: uuid.UUID) -> TemplateRow | None:
+        with self._engine.connect() as conn:
+            return TemplateStore(conn).get(person_id)
+
+    def _check_size(self, image: bytes) -> None:
+        if not image:
+            raise FaceError(FaceCode.IMAGE_UNREADABLE)
+        if len(image) > self.max_image_bytes:
+            raise FaceError(FaceCode.IMAGE_TOO_LARGE)
+
+    def _check_person(self, person_id: uuid.UUID) -> None:
+        with self._engine.connect() as conn:
+            status = TemplateStore(conn).person_status(person_id)
+        if status is None:
+            raise FaceError("not_found")
+        if status != "active":
+            raise FaceError("person_not_active")
+
+    def _store_enrolment(self, person_id: uuid.UUID, analysis: Analysis, source: str, actor: str,
+                         now: datetime) -> Enrolment:
+        who = audit.actor_fields(actor)
+        if analysis.code is not None or analysis.encoding is None:
+            code = analysis.code or FaceCode.NO_FACE
+            log.info("identity.face.enrol.refused.%s", code)
+            audit.record("identity.face.enrol.refused", at=now, actor=who, subject=str(person_id),
+                         data=_quality(analysis, code=code, source=source), engine=self._engine)
+            raise FaceError(code)
+        template_id = uuid.uuid4()
+        row = TemplateRow(person_id=person_id, template_id=template_id,
+                          sealed=seal_template(self._cipher, person_id, template_id, analysis.encoding),
+                          key_id=self._cipher.key_id, source=source, face_px=analysis.face_px or 0,
+                          sharpness=analysis.sharpness or 0.0, enrolled_by=actor[:100], enrolled_at=now)
+        try:
+            with self._engine.begin() as conn:
+                replaced = TemplateStore(conn).put(row)
+                audit.record("identity.face.enrolled", at=now, actor=who, subject=str(person_id), conn=conn,
+                             data={**_quality(analysis, source=source), "template_id": str(template_id),
+                                   "replaced": replaced})
+        except sa.exc.IntegrityError as exc:
+            raise FaceError("concurrent_change") from exc
+        log.info("identity.face.enrolled")
+        return Enrolment(person_id, template_id, source, row.face_px, row.sharpness, now, replaced)
+
+    # ---- 1:1 verification -----------------------------------------------------------------------
+
+    async def verify_face(self, person_id: uuid.UUID, image_bytes: bytes, tolerance: float | None = None, *,
+                          purpose: str = "gate", actor: dict[str, Any] | None = None,
+                          context: dict[str, Any] | None = None, now: datetime | None = None) -> FaceMatch:
+        """Match a capture against the person's enrolled face. Never raises for a bad capture or a
+        missing template (the reason says it); FaceError only for a tolerance out of range."""
+        tol = self._tolerance(tolerance)
+        enrolled = await anyio.to_thread.run_sync(self._template, person_id)
+        early = self._early_refusal(enrolled, image_bytes, tol)
+        liveness = Liveness.NOT_CHECKED
+        analysis = Analysis(code=early.reason) if early is not None else None
+        if analysis is None:
+            try:
+                analysis = await self._analyse(image_bytes)
+                liveness = await anyio.to_thread.run_sync(self._liveness.check, image_bytes)
+            except FaceError as exc:
+                analysis = Analysis(code=exc.code)
+        del image_bytes
+        done = analysis
+        return await anyio.to_thread.run_sync(
+            lambda: self._conclude(person_id, enrolled, done, liveness, tol, purpose, actor, context, now))
+
+    def verify_face_blocking(self, person_id: uuid.UUID, image_bytes: bytes, tolerance: float | None = None, *,
+                             purpose: str = "gate", actor: dict[str, Any] | None = None,
+                             context: dict[str, Any] | None = None, now: datetime | None = None) -> FaceMatch:
+        """``verify_face`` for plain ``def`` routes (FastAPI runs them in its thread pool)."""
+        tol = self._tolerance(tolerance)
+        enrolled = self._template(person_id)
+        early = self._early_refusal(enrolled, image_bytes, tol)
+        liveness = Liveness.NOT_CHECKED
+        analysis = Analysis(code=early.reason) if early is not None else None
+        if analysis is None:
+            try:
+                analysis = self._analyse_blocking(image_bytes)
+                liveness = self._liveness.check(image_bytes)
+            except FaceError as exc:
+                analysis = Analysis(code=exc.code)
+        del image_bytes
+        return self._conclude(person_id, enrolled, analysis, liveness, tol, purpose, actor, context, now)
+
+    def _tolerance(self, tolerance: float | None) -> float:
+        try:
+            return rules.tolerance_or_default(tolerance, self.default_tolerance)
+        except ValueError as exc:
+            raise FaceError(FaceCode.TOLERANCE_INVALID) from exc
+
+    def _template(self, person_id: uuid.UUID) -> tuple[float, ...] | FaceCode:
+        with self._engine.connect() as conn:
+            row = TemplateStore(conn).get(person_id)
+        if row is None:
+            return FaceCode.NOT_ENROLLED
+        try:
+            return open_template(self._cipher, person_id, row.template_id, row.sealed)
+        except TemplateUnreadable:
+            # Tampered, moved to another person's row, or sealed under another data key.
+            log.error("identity.face.template.unreadable")
+            return FaceCode.UNAVAILABLE
+
+    def _early_refusal(self, enrolled: tuple[float, ...] | FaceCode, image: bytes, tol: float) -> FaceMatch | None:
+        """Refusals that need no analysis (no CPU spent on a person without a template)."""
+        if isinstance(enrolled, FaceCode):
+            return rules.refused(enrolled, tol)
+        try:
+            self._check_size(image)
+        except FaceError as exc:
+            return rules.refused(FaceCode(exc.code), tol)
+        return None
+
+    def _conclude(self, person_id: uuid.UUID, enrolled: tuple[float, ...] | FaceCode, analysis: Analysis,
+                  liveness: Liveness, tol: float, purpose: str, actor: dict[str, Any] | None,
+                  context: dict[str, Any] | None, now: datetime | None) -> FaceMatch:
+        if isinstance(enrolled, FaceCode):
+            match = rules.refused(enrolled, tol)
+        elif analysis.code is not None or analysis.encoding is None:
+            match = rules.refused(FaceCode(analysis.code or FaceCode.NO_FACE), tol)
+        elif liveness is Liveness.SPOOF:
+            match = rules.refused(FaceCode.NOT_LIVE, tol)
+        else:
+            match = rules.decide(analysis.encoding, enrolled, tol)
+        outcome = "matched" if match.matched else ("mismatched" if match.distance is not None else "refused")
+        log.info("identity.face.verify.%s", outcome)
+        audit.record(f"identity.face.verify.{outcome}", at=now or _now(), actor=actor or {"system": purpose},
+                     subject=str(person_id), engine=self._engine,
+                     data={"purpose": purpose, "distance": match.distance, "tolerance": tol,
+                           "matched": match.matched, "reason": match.reason, "liveness": liveness.value,
+                           "face_px": analysis.face_px, "sharpness": analysis.sharpness, **(context or {})})
+        return match
+
+    # ---- step-up --------------------------------------------------------------------------------
+
+    async def step_up(self, *, session_cookie: str | None, image: bytes, address: str | None,
+                      now: datetime) -> StepUp:
+        """Raise the login session behind ``session_cookie`` to acr face after a face match."""
+        if self._sessions is None or self._guard is None:
+            raise FaceError(FaceCode.UNAVAILABLE)
+        session = await anyio.to_thread.run_sync(lambda: self._sessions.get(session_cookie, now=now)
+                                                 if self._sessions else None)
+        if session is None:
+            raise FaceError("login_required")
+        try:
+            acr, amr = rules.stepped_up(session.acr, session.amr)
+        except ValueError as exc:
+            raise FaceError("step_up_not_allowed") from exc
+        await anyio.to_thread.run_sync(self._check_person, session.person_id)
+        subject = f"face:{session.person_id}"
+        guard = self._guard  # the cache (Redis) is blocking I/O: in a thread, like the database
+        wait = await anyio.to_thread.run_sync(guard.check, subject, address)
+        if wait is not None:
+            raise FaceError("rate_limited", retry_after=wait)
+        actor = {"person_id": str(session.person_id)}
+        match = await self.verify_face(session.person_id, image, purpose="step_up", actor=actor, now=now)
+        del image
+        if not match.matched:
+            if match.reason in (FaceCode.MISMATCH, FaceCode.NOT_LIVE):  # a guess; a blurred shot is not
+                await anyio.to_thread.run_sync(guard.failed, subject, address)
+            raise FaceError(match.reason or FaceCode.MISMATCH)
+        await anyio.to_thread.run_sync(guard.succeeded, subject, address)
+        cookie, stepped = await anyio.to_thread.run_sync(self._replace_session, session, acr, amr, match, now)
+        return StepUp(cookie, stepped, match)
+
+    def _replace_session(self, old: LoginSession, acr: str, amr: tuple[str, ...], match: FaceMatch,
+                         now: datetime) -> tuple[str, LoginSession]:
+        assert self._sessions is not None
+        with self._engine.begin() as conn:
+            if not self._sessions.end(old.sid, now=now, conn=conn):
+                # Two step-ups of one session at once: the first replaced it; this one is refused.
+                raise FaceError("login_required")
+            cookie, session = self._sessions.create(old.person_id, acr=acr, amr=amr, now=now, conn=conn)
+            audit.record("identity.login.face.stepped_up", at=now, actor={"person_id": str(old.person_id)},
+                         subject=str(old.person_id), conn=conn,
+                         data={"from_acr": old.acr, "acr": acr, "amr": list(amr), "distance": match.distance,
+                               "tolerance": match.tolerance, "sid": session.sid, "previous_sid": old.sid})
+        log.info("identity.login.face.stepped_up")
+        return cookie, session
+
+    # ---- the pool -------------------------------------------------------------------------------
+
+    async def _analyse(self, image: bytes) -> Analysis:
+        try:
+            return await self._pool.analyse(image)
+        except FaceUnavailable as exc:
+            raise FaceError(exc.code) from exc
+
+    def _analyse_blocking(self, image: bytes) -> Analysis:
+        try:
+            return self._pool.analyse_blocking(image)
+        except FaceUnavailable as exc:
+            raise FaceError(exc.code) from exc
+
+
+def _quality(analysis: Analysis, **extra: Any) -> dict[str, Any]:
+    return {"faces": analysis.faces, "face_px": analysis.face_px, "sharpness": analysis.sharpness, **extra}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

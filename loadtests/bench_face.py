@@ -1,0 +1,124 @@
+"""Face enrolment and 1:1 verification times per capture on one core, and the worker pool's
+throughput on two cores against one (issue 6).
+
+    python loadtests/bench_face.py [--repeat 5] [--jobs 60]
+
+Photos: real ones, fetched with pip from registry packages (tests/test_face_support.py). Part 1 pins
+this process to one core and times, per capture, what enrolment and verification cost: decoding
+and downscaling to 640 px, HOG detection (upsample 0), the quality checks, encoding of the one face,
+and then sealing (enrolment) or opening the enrolled template and the decision (verification); it
+also prints detection and encoding alone. Target: 120 ms or less per capture. Part 2 runs
+``identity.face.pool.FacePool`` with one worker, then two, each kept busy with ``--jobs`` captures,
+and prints verifications per second. Target: two workers at least 1.8 times one. On a machine
+shared with other work the ratio drops: the load average is printed beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from concurrent.futures import wait
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from identity.domain.face import QualityRules, decide  # noqa: E402
+from identity.face import engine  # noqa: E402
+from identity.face.pool import FacePool  # noqa: E402
+from identity.face.sealing import open_template, seal_template  # noqa: E402
+from quaygate.crypto import DataCipher  # noqa: E402
+from tests.test_face_support import photo  # noqa: E402
+
+CAPTURES = ("obama.jpg", "obama2.jpg", "32bit.png", "obama_partial_face.jpg", "biden.jpg", "astronaut.png")
+RULES = QualityRules()
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:6.1f}"
+
+
+def one_core(repeat: int) -> None:
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    engine.warm_up()
+    fr = engine._face_recognition()
+    cipher = DataCipher(os.urandom(32))
+    person, template = uuid.uuid4(), uuid.uuid4()
+    reference = engine.analyse(photo("obama.jpg"), RULES).encoding
+    assert reference is not None
+    sealed = seal_template(cipher, person, template, reference)
+    print(f"one core (pinned), median of {repeat} runs per capture, ms")
+    print(f"{'capture':24} {'pixels':>11} {'decode':>6} {'detect':>6} {'encode':>6} {'enrol':>6} {'verify':>6}")
+    enrol_all: list[float] = []
+    verify_all: list[float] = []
+    for name in CAPTURES:
+        image = photo(name)
+        decode_t, detect_t, encode_t, enrol_t, verify_t = [], [], [], [], []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            pixels = engine.decode(image, max_side=640, max_pixels=40_000_000)
+            t1 = time.perf_counter()
+            boxes = fr.face_locations(pixels, number_of_times_to_upsample=0)
+            t2 = time.perf_counter()
+            fr.face_encodings(pixels, known_face_locations=boxes[:1])
+            t3 = time.perf_counter()
+            decode_t.append(t1 - t0)
+            detect_t.append(t2 - t1)
+            encode_t.append(t3 - t2)
+            t0 = time.perf_counter()
+            found = engine.analyse(image, RULES)
+            assert found.encoding is not None, (name, found.code)
+            seal_template(cipher, person, uuid.uuid4(), found.encoding)
+            t1 = time.perf_counter()
+            live = engine.analyse(image, RULES)
+            assert live.encoding is not None
+            decide(live.encoding, open_template(cipher, person, template, sealed), 0.5)
+            t2 = time.perf_counter()
+            enrol_t.append(t1 - t0)
+            verify_t.append(t2 - t1)
+        size = f"{pixels.shape[1]}x{pixels.shape[0]}"
+        print(f"{name:24} {size:>11} {ms(statistics.median(decode_t))} {ms(statistics.median(detect_t))} "
+              f"{ms(statistics.median(encode_t))} {ms(statistics.median(enrol_t))} {ms(statistics.median(verify_t))}")
+        enrol_all += enrol_t
+        verify_all += verify_t
+    print(f"{'all captures, median':24} {'':11} {'':6} {'':6} {'':6} {ms(statistics.median(enrol_all))} "
+          f"{ms(statistics.median(verify_all))}")
+    print(f"{'all captures, worst':24} {'':11} {'':6} {'':6} {'':6} {ms(max(enrol_all))} {ms(max(verify_all))}")
+    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+
+
+def throughput(workers: int, jobs: int) -> float:
+    pool = FacePool(workers, queue_per_worker=max(4, jobs))
+    try:
+        wait(pool.warm_up())
+        images = [photo(CAPTURES[i % len(CAPTURES)]) for i in range(jobs)]
+        pool.analyse_blocking(images[0])
+        t0 = time.perf_counter()
+        futures = [pool.submit(image) for image in images]
+        wait(futures)
+        elapsed = time.perf_counter() - t0
+        assert all(f.result().encoding is not None for f in futures)
+        return jobs / elapsed
+    finally:
+        pool.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=60)
+    args = parser.parse_args()
+    print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}")
+    one_core(args.repeat)
+    one = throughput(1, args.jobs)
+    two = throughput(2, args.jobs)
+    print(f"pool, {args.jobs} captures kept queued: 1 worker {one:5.1f} verifications/s, "
+          f"2 workers {two:5.1f}/s, ratio {two / one:.2f} (target 1.8); load average {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""Face enrolment (badge office), the face step-up of a login session and the gate's 1:1 call, on the
+full app with real photos, on SQLite and PostgreSQL. The database is scanned: no image, no clear
+template."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import struct
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import sqlalchemy as sa
+
+from identity.domain import assurance
+from identity.face import FaceError, FacePool, FaceService, face_for
+from identity.face.engine import analyse
+from identity.face.liveness import Liveness
+from identity.sessions import sessions_for
+from quaygate.schema import audit_log, face_templates, metadata
+from tests.test_face_support import blurred, photo, side_by_side
+from tests.test_identity_grants_support import Lifecycle, make_lifecycle
+from tests.test_identity_support import ISSUER
+
+ORIGIN = ISSUER  # the issuer's origin is one of ours (CSRF guard of the step-up)
+
+
+@pytest.fixture(scope="module")
+def shared_pool() -> Iterator[FacePool]:
+    """One warm worker for the module: an app's own pool would spawn and load the models per test."""
+    pool = FacePool(1, queue_per_worker=8)
+    assert all(f.result(timeout=120) for f in pool.warm_up())
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def env(engine: sa.Engine, tmp_path: Path, shared_pool: FacePool) -> Iterator[Lifecycle]:
+    for lc in make_lifecycle(engine, tmp_path):
+        own = lc.app.state.face_pool
+        lc.app.state.face_pool = shared_pool
+        try:
+            yield lc
+        finally:
+            lc.app.state.face_pool = own  # the lifespan closes its own pool, not the shared one
+
+
+def run_async(fn: Any) -> Any:
+    """``anyio.run(fn)`` in a thread of its own: a suite run may leave an event loop running in the main
+    thread (Playwright's sync API does), where a second one cannot start."""
+    with ThreadPoolExecutor(1) as one:
+        return one.submit(anyio.run, fn).result()
+
+
+def b64(image: bytes) -> str:
+    return base64.b64encode(image).decode()
+
+
+def _problem(r: Any, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = r.json()
+    assert body["code"] == code
+    return body
+
+
+def _office(env: Lifecycle) -> dict[str, str]:
+    client_id, secret, _ = env.machine("admin")
+    return {"Authorization": f"Bearer {env.machine_token(client_id, secret)}"}
+
+
+def _enrol(env: Lifecycle, person: uuid.UUID, name: str = "obama.jpg", **kw: Any) -> Any:
+    return env.http.post(f"/admin/v1/persons/{person}/face", json={"image": b64(photo(name)), **kw},
+                         headers=_office(env))
+
+
+def _kinds(env: Lifecycle) -> list[tuple[str, dict[str, Any]]]:
+    with env.engine.connect() as conn:
+        return [(r.kind, r.data) for r in conn.execute(sa.select(audit_log).order_by(audit_log.c.id))]
+
+
+# ---- enrolment ----------------------------------------------------------------------------------
+
+
+def test_enrolment_routes_refuse_everyone_but_the_badge_office(env: Lifecycle) -> None:
+    person = env.person()
+    path = f"/admin/v1/persons/{person}/face"
+    body = {"image": b64(b"x")}
+    _problem(env.http.post(path, json=body), 401, "invalid_request")
+    _problem(env.http.post(path, json=body, headers={"Authorization": "Bearer a.b.c"}), 401, "invalid_token")
+    line, secret, _ = env.machine("shipping_line")
+    _problem(env.http.post(path, json=body, headers={"Authorization": f"Bearer {env.machine_token(line, secret)}"}),
+             403, "insufficient_scope")
+    admin, admin_secret, _ = env.machine("admin")
+    port_security = {"Authorization": f"Bearer {env.machine_token(admin, admin_secret, scope='admin')}"}
+    _problem(env.http.post(path, json=body, headers=port_security), 403, "badge_office_required")
+    _problem(env.http.delete(path, headers=port_security), 403, "badge_office_required")
+    _problem(env.http.delete(path), 401, "invalid_request")
+    _problem(env.http.get(path), 401, "invalid_request")
+    assert env.http.get(path, headers=port_security).json() == {"person_id": str(person), "enrolled": False}
+
+
+def test_badge_office_enrols_and_no_image_nor_clear_template_is_stored(
+    env: Lifecycle, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    person = env.person()
+    image = photo("obama.jpg")
+    r = _enrol(env, person, source="id_photo")
+    assert r.status_code == 201, r.text
+    out = r.json()
+    assert (out["person_id"], out["source"], out["replaced"], out["face_px"]) == (str(person), "id_photo", False, 150)
+    meta = env.http.get(f"/admin/v1/persons/{person}/face", headers=_office(env)).json()
+    assert meta["enrolled"] and meta["template_id"] == out["template_id"] and "sealed" not in meta
+    # re-enrolment from a live capture replaces the template
+    again = env.http.post(f"/admin/v1/persons/{person}/face", headers=_office(env),
+                          json={"image": "data:image/png;base64," + b64(photo("32bit.png")), "source": "live_capture"})
+    assert again.status_code == 201 and again.json()["replaced"] is True
+    assert again.json()["template_id"] != out["template_id"]
+
+    # What would betray the photo or the template: image bytes (raw or base64), the 128 numbers
+    # packed (float64, float32) or written out as text.
+    template = analyse(photo("32bit.png"), face_for(env.app)._pool.rules).encoding
+    assert template is not None
+    needles_bytes = [image[100:164], photo("32bit.png")[100:164], struct.pack("<128d", *template)[:64],
+                     struct.pack("<128f", *template)[:64]]
+    needles_text = [b64(image)[200:264], b64(photo("32bit.png"))[200:264],
+                    base64.b64encode(struct.pack("<128d", *template)).decode()[:40],
+                    *(f"{v:.6f}"[1:] for v in template[:16]), *(repr(v)[1:12] for v in template[:16])]
+    with env.engine.connect() as conn:
+        for table in metadata.sorted_tables:
+            for row in conn.execute(sa.select(table)):
+                for value in row:
+                    blob = value if isinstance(value, bytes) else str(value).encode()
+                    text = blob.decode("latin-1")
+                    assert not any(n in blob for n in needles_bytes), table.name
+                    assert not any(n in text for n in needles_text), (table.name, text[:80])
+        stored = conn.execute(sa.select(face_templates)).one()
+    assert stored.person_id == person and stored.key_id == env.container.cipher.key_id and stored.sealed
+    for record in caplog.records:
+        assert b64(image)[200:264] not in record.getMessage()
+    enrolled = [d for k, d in _kinds(env) if k == "identity.face.enrolled"]
+    assert [(d["source"], d["replaced"]) for d in enrolled] == [("id_photo", False), ("live_capture", True)]
+
+    # withdrawal erases it
+    gone = env.http.delete(f"/admin/v1/persons/{person}/face", headers=_office(env))
+    assert gone.status_code == 200 and gone.json()["enrolled"] is False
+    _problem(env.http.delete(f"/admin/v1/persons/{person}/face", headers=_office(env)), 409, "face_not_enrolled")
+    assert "identity.face.withdrawn" in [k for k, _ in _kinds(env)]
+
+
+@pytest.mark.parametrize(("image", "status", "code"), [
+    (lambda: photo("chelsea.png"), 422, "face_not_found"),
+    (lambda: side_by_side("obama.jpg", "biden.jpg"), 422, "face_multiple"),
+    (lambda: photo("obama3.jpg"), 422, "face_too_small"),
+    (lambda: blurred("obama.jpg", radius=4), 422, "face_blurred"),
+    (lambda: b"GIF89a not really", 422, "image_unreadable"),
+], ids=["no face", "two faces", "too small", "blurred", "unreadable"])
+def test_enrolment_refuses_a_bad_capture_with_a_clear_error(env: Lifecycle, image: Any, status: int,
+                                                             code: str) -> None:
+    person = env.person()
+    body = _problem(env.http.post(f"/admin/v1/persons/{person}/face", json={"image": b64(image())},
+                                  headers=_office(env)), status, code)
+    assert body["detail"] and "face" in body["detail"].lower() or code == "image_unreadable"
+    with env.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(face_templates)).scalar() == 0
+    assert [(k, d["code"]) for k, d in _kinds(env) if k.startswith("identity.face")] == [
+        ("identity.face.enrol.refused", code)]
+
+
+def test_enrolment_refuses_bad_requests(env: Lifecycle) -> None:
+    person = env.person()
+    office = _office(env)
+    path = f"/admin/v1/persons/{person}/face"
+    _problem(env.http.post(path, json={"image": "%%% not base64"}, headers=office), 422, "image_unreadable")
+    _problem(env.http.post(path, json={"image": b64(photo("obama.jpg")), "source": "selfie"}, headers=office),
+             422, "source_invalid")
+    _problem(env.http.post(f"/admin/v1/persons/{uuid.uuid4()}/face", json={"image": b64(photo("obama.jpg"))},
+                           headers=office), 404, "not_found")
+    face_for(env.app).max_image_bytes = 1000  # QUAYGATE_FACE_MAX_IMAGE_BYTES
+    _problem(env.http.post(path, json={"image": b64(photo("obama.jpg"))}, headers=office), 413, "image_too_large")
+    suspended = env.person(status="suspended")
+    face_for(env.app).max_image_bytes = env.container.settings.face_max_image_bytes
+    _problem(env.http.post(f"/admin/v1/persons/{suspended}/face", json={"image": b64(photo("obama.jpg"))},
+                           headers=office), 409, "person_not_active")
+    r = env.http.post(path, json={"image": b64(photo("obama.jpg")), "extra": 1}, headers=office)
+    assert r.status_code == 422
+
+
+# ---- the gate's 1:1 call ------------------------------------------------------------------------
+
+
+def test_gate_verify_face_with_the_terminal_tolerance(env: Lifecycle) -> None:
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    face = face_for(env.app)
+    same = face.verify_face_blocking(person, photo("obama2.jpg"), None, context={"terminal": "BEANR-K1700"})
+    assert same.matched and same.reason is None and same.tolerance == 0.5
+    assert same.distance is not None and 0.3 < same.distance < 0.45
+    # a stricter terminal refuses the same capture
+    strict = face.verify_face_blocking(person, photo("obama2.jpg"), 0.3)
+    assert (strict.matched, strict.reason, strict.distance) == (False, "face_mismatch", same.distance)
+    other = run_async(lambda: face.verify_face(person, photo("biden.jpg"), 0.6))
+    assert not other.matched and other.reason == "face_mismatch" and other.distance is not None
+    assert other.distance > 0.75
+    nothing = face.verify_face_blocking(person, photo("chelsea.png"))
+    assert (nothing.matched, nothing.reason, nothing.distance) == (False, "face_not_found", None)
+    two = run_async(lambda: face.verify_face(person, side_by_side("biden.jpg", "obama2.jpg")))
+    assert (two.matched, two.reason) == (False, "face_multiple")
+    unknown = face.verify_face_blocking(env.person(), photo("obama2.jpg"))
+    assert (unknown.matched, unknown.reason) == (False, "face_not_enrolled")
+    for bad in (0.61, 0.2):
+        with pytest.raises(FaceError) as refused:
+            face.verify_face_blocking(person, photo("obama2.jpg"), bad)
+        assert refused.value.code == "tolerance_invalid"
+    audited = [(k, d) for k, d in _kinds(env) if k.startswith("identity.face.verify")]
+    assert [k.rsplit(".", 1)[1] for k, _ in audited] == ["matched", "mismatched", "mismatched", "refused",
+                                                         "refused", "refused"]
+    first = audited[0][1]
+    assert (first["distance"], first["tolerance"], first["matched"], first["terminal"], first["liveness"]) == (
+        same.distance, 0.5, True, "BEANR-K1700", "not_checked")
+
+
+def test_a_template_moved_to_another_person_does_not_open(env: Lifecycle) -> None:
+    obama, mallory = env.person(), env.person()
+    assert _enrol(env, obama).status_code == 201
+    assert _enrol(env, mallory, "biden.jpg").status_code == 201
+    with env.engine.begin() as conn:  # an insider copies Obama's sealed template onto Mallory's row
+        row = conn.execute(sa.select(face_templates).where(face_templates.c.person_id == obama)).one()
+        conn.execute(face_templates.update().where(face_templates.c.person_id == mallory)
+                     .values(sealed=row.sealed, template_id=uuid.uuid4()))
+    match = face_for(env.app).verify_face_blocking(mallory, photo("obama2.jpg"))
+    assert (match.matched, match.reason, match.distance) == (False, "face_unavailable", None)
+
+
+# ---- the step-up --------------------------------------------------------------------------------
+
+
+def _session(env: Lifecycle, person: uuid.UUID, acr: str = assurance.ACR_PASSKEY) -> str:
+    cookie, _ = sessions_for(env.app).create(person, acr=acr, amr=assurance.AMR_PASSKEY,
+                                             now=env.container.clock.now())
+    return cookie
+
+
+def _step_up(env: Lifecycle, cookie: str | None, name: str, origin: str | None = ORIGIN) -> Any:
+    env.http.cookies.clear()
+    headers = {"Origin": origin} if origin else {}
+    if cookie:
+        headers["Cookie"] = f"{env.container.settings.session_cookie}={cookie}"
+    return env.http.post("/face/step-up", json={"image": b64(photo(name))}, headers=headers)
+
+
+def test_step_up_raises_the_session_to_acr_face_and_replaces_it(env: Lifecycle) -> None:
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    cookie = _session(env, person)
+    r = _step_up(env, cookie, "obama2.jpg")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"ok": True, "acr": assurance.ACR_FACE, "amr": ["hwk", "user", "mfa", "face"]}
+    new_cookie = r.cookies.get(env.container.settings.session_cookie)
+    assert new_cookie and new_cookie != cookie
+    now = env.container.clock.now()
+    stepped = sessions_for(env.app).get(new_cookie, now=now)
+    assert stepped is not None and stepped.acr == assurance.ACR_FACE and stepped.person_id == person
+    assert sessions_for(env.app).get(cookie, now=now) is None  # the old session is ended
+    _problem(_step_up(env, cookie, "obama2.jpg"), 401, "login_required")  # replaying the old cookie
+    [entry] = [d for k, d in _kinds(env) if k == "identity.login.face.stepped_up"]
+    assert entry["from_acr"] == assurance.ACR_PASSKEY and entry["acr"] == assurance.ACR_FACE
+    assert 0 < entry["distance"] <= entry["tolerance"]
+
+
+def test_step_up_refusals(env: Lifecycle) -> None:
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    cookie = _session(env, person)
+    _problem(_step_up(env, cookie, "obama2.jpg", origin=None), 403, "origin_refused")
+    _problem(_step_up(env, cookie, "obama2.jpg", origin="https://evil.example"), 403, "origin_refused")
+    _problem(_step_up(env, None, "obama2.jpg"), 401, "login_required")
+    _problem(_step_up(env, "forged-cookie", "obama2.jpg"), 401, "login_required")
+    _problem(_step_up(env, _session(env, person, acr="urn:example:weak"), "obama2.jpg"), 403, "step_up_not_allowed")
+    _problem(_step_up(env, _session(env, env.person()), "obama2.jpg"), 409, "face_not_enrolled")
+    _problem(_step_up(env, cookie, "chelsea.png"), 422, "face_not_found")
+    _problem(_step_up(env, cookie, "biden.jpg"), 401, "face_mismatch")
+    live = sessions_for(env.app).get(cookie, now=env.container.clock.now())
+    assert live is not None and live.acr == assurance.ACR_PASSKEY  # a refusal leaves the session as it was
+
+
+def test_repeated_mismatches_lock_the_face_step_up_out(env: Lifecycle) -> None:
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    cookie = _session(env, person)
+    limit = env.container.settings.login_failures_before_lockout
+    for _ in range(limit):
+        _problem(_step_up(env, cookie, "astronaut.png"), 401, "face_mismatch")
+    locked = _step_up(env, cookie, "obama2.jpg")  # even the right face, while locked
+    _problem(locked, 429, "rate_limited")
+    assert int(locked.headers["Retry-After"]) > 0
+    assert "identity.lockout.started" in [k for k, _ in _kinds(env)]
+
+
+def test_two_step_ups_of_one_session_at_once_give_one_new_session(env: Lifecycle) -> None:
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    cookie = _session(env, person)
+    face = face_for(env.app)
+    image = photo("obama2.jpg")
+    results: list[object] = []
+
+    def attempt() -> None:
+        try:
+            results.append(anyio.run(lambda: face.step_up(session_cookie=cookie, image=image, address=None,
+                                                          now=env.container.clock.now())))
+        except FaceError as exc:
+            results.append(exc.code)
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r if isinstance(r, str) else "ok" for r in results) == ["login_required", "ok"]
+    assert len([k for k, _ in _kinds(env) if k == "identity.login.face.stepped_up"]) == 1
+
+
+class _SpoofDetector:
+    """A presentation-attack detector that judges every capture a spoof (the port's other answer)."""
+
+    def check(self, image: bytes) -> Liveness:
+        return Liveness.SPOOF
+
+
+def test_a_capture_the_liveness_port_calls_a_spoof_is_refused(env: Lifecycle) -> None:
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    ours = face_for(env.app)
+    guarded = FaceService(engine=env.engine, cipher=env.container.cipher, pool=env.app.state.face_pool,
+                          tolerance=0.5, max_image_bytes=ours.max_image_bytes, liveness=_SpoofDetector())
+    match = guarded.verify_face_blocking(person, photo("obama2.jpg"))
+    assert (match.matched, match.reason) == (False, "face_not_live")
+    [entry] = [d for k, d in _kinds(env) if k == "identity.face.verify.refused"]
+    assert entry["liveness"] == "spoof"
