@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import bench_gate  # noqa: E402
-from cpu_identity import Driver  # noqa: E402
+from cpu_identity import Driver, per_request  # noqa: E402
 
 from quaygate.db import create_database, drop_database  # noqa: E402
 from quaygate.migrate import upgrade  # noqa: E402
@@ -80,16 +79,11 @@ async def measure(app: Any, bare_app: Any, issuer: str, seed: dict[str, Any], n:
         for name, flow in flows(app_driver, bare_driver, seed, out["access_token"]).items():
             if only and name != "bare" and only not in name:
                 continue
-            for _ in range(50):  # warm: prepared statements, caches, opened keys
-                await flow()
-            cpu, wall = time.process_time(), time.perf_counter()
-            for _ in range(n):
-                await flow()
-            per = (time.process_time() - cpu) / n
+            per, wall = await per_request(flow, n)
             figures[name] = per
             ratio = f", {figures['bare'] / per:.2f} of bare" if name != "bare" else ""
             print(f"  {name}: {per * 1000:.2f} ms CPU per request ({1 / per:,.0f} per core), "
-                  f"{(time.perf_counter() - wall) / n * 1000:.2f} ms wall{ratio}", flush=True)
+                  f"{wall * 1000:.2f} ms wall{ratio}", flush=True)
 
 
 def main() -> int:

@@ -139,6 +139,17 @@ async def register_passkey(driver: Driver, url: str, person: Any) -> SoftPasskey
     return passkey
 
 
+async def per_request(flow: Callable[[], Awaitable[None]], n: int) -> tuple[float, float]:
+    """Seconds of this process's CPU and of wall time per call of ``flow``, after a warm-up (prepared
+    statements, caches, opened keys)."""
+    for _ in range(min(50, n)):
+        await flow()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        await flow()
+    return (time.process_time() - cpu) / n, (time.perf_counter() - wall) / n
+
+
 async def measure(app: Any, url: str, issuer: str, seed: dict[str, Any], people: list[Any], n: int,
                   only: str | None = None) -> None:
     driver = Driver(app, issuer)
@@ -147,14 +158,9 @@ async def measure(app: Any, url: str, issuer: str, seed: dict[str, Any], people:
         for name, flow in flows(driver, seed, passkey).items():
             if only and only not in name:
                 continue
-            for _ in range(min(50, n)):  # warm: prepared statements, caches, opened keys
-                await flow()
-            cpu, wall = time.process_time(), time.perf_counter()
-            for _ in range(n):
-                await flow()
-            per = (time.process_time() - cpu) / n
+            per, wall = await per_request(flow, n)
             print(f"  {name}: {per * 1000:.2f} ms CPU per request ({1 / per:,.0f} per core), "
-                  f"{(time.perf_counter() - wall) / n * 1000:.2f} ms wall", flush=True)
+                  f"{wall * 1000:.2f} ms wall", flush=True)
 
 
 def main() -> int:

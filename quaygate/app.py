@@ -29,7 +29,6 @@ from identity.web.console import router as console_router
 from identity.web.routes import router as web_router
 from release_service.api import problems
 from release_service.api.gate import router as gate_router
-from release_service.api.gate import start_gate_facts
 from release_service.api.gate_offline import router as gate_offline_router
 from release_service.api.routes import router as release_router
 from release_service.api.webhooks import router as webhook_router
@@ -37,7 +36,7 @@ from release_service.api.webhooks import router as webhook_router
 from .container import Container
 from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event
 from .settings import Mode, Settings
-from .workers import BackgroundWorkers
+from .workers import BackgroundWorkers, start_gate_facts
 
 log = logging.getLogger("quaygate")
 
@@ -73,7 +72,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             if workers:
                 workers.stop()
             if gate_facts:
-                gate_facts.stop()
+                gate_facts.close()
             if ban_puller:
                 ban_puller.stop()
             app.state.face_pool.close()

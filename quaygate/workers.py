@@ -8,6 +8,8 @@ badges with SKIP LOCKED.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 
@@ -15,13 +17,30 @@ import httpx
 
 from identity.badges.service import BadgeService
 from release_service.adapters.audit import AuditSealer
+from release_service.adapters.gate_facts import RedisGateFacts
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.adapters.webhook_dispatcher import WebhookDispatcher
+from release_service.api.routes import unit_of_work
 from release_service.services.lifecycle import lapse_due
 
 from .container import Container
 
 log = logging.getLogger("quaygate.workers")
+
+
+def start_gate_facts(container: Container) -> RedisGateFacts | None:
+    """With Redis configured, the gate decision reads its facts from there (issue 5 "Hot path"), and
+    this process drains the check decisions kept there into PostgreSQL."""
+    s = container.settings
+    if not s.redis_url:
+        return None
+    facts = RedisGateFacts.from_url(s.redis_url, container.engine, lambda: unit_of_work(container),
+                                    ttl=s.gate_facts_ttl, request_ttl=s.gate_request_ttl)
+    facts.bump_everything()  # owed by a process that died before it could invalidate
+    if s.gate_decision_drain:
+        facts.start_drainer(f"{socket.gethostname()}-{os.getpid()}")
+    container.gate_facts = facts
+    return facts
 
 
 class BackgroundWorkers:

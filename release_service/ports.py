@@ -233,7 +233,7 @@ class GateSnapshot:
 
 class GateFacts(Protocol):
     """The gate decision's facts kept close (issue 5 "Hot path"): exact by invalidation on every
-    committed change, PostgreSQL staying the truth. Every method may raise FactsUnavailable."""
+    committed change, PostgreSQL staying the truth. ``read`` and ``record`` may raise FactsUnavailable."""
 
     def read(self, *, terminal: str, request_id: str, badge: BadgeRead | None, containers: Sequence[str],
              now: datetime, through: bool = True) -> GateSnapshot | None:
@@ -244,8 +244,9 @@ class GateFacts(Protocol):
         """Keep a check decision; the decision recorded first when the request_id is taken."""
         ...
 
-    def remember(self, stored: StoredDecision, request_id: str) -> None:
-        """A committed decision, so that the request_id is answered from here too (best effort)."""
+    def remember(self, row: dict[str, Any]) -> None:
+        """A committed decision (the row recorded), so that its request_id is answered from here too;
+        best effort, never raises."""
         ...
 
 

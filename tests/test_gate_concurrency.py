@@ -5,10 +5,7 @@ every other answer ``already_used`` (issue 5, "What it must show")."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +25,7 @@ from quaygate.crypto import DataCipher
 from quaygate.schema import gate_decisions, release_events, releases
 from quaygate.settings import Settings
 
+from .processes import free_port, serve_app
 from .test_gate_verify import Gate
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -38,34 +36,13 @@ THREADS = 48
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve(database_url: str, var_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "QUAYGATE_DATABASE_URL": database_url, "QUAYGATE_VAR_DIR": str(var_dir),
            "QUAYGATE_BACKGROUND_WORKERS": "false", "QUAYGATE_DB_POOL_SIZE": "30", "QUAYGATE_LOG_LEVEL": "WARNING"}
     env.pop("QUAYGATE_REDIS_URL", None)
-    log = var_dir / f"server-{port}.log"
-    with log.open("wb") as out:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "quaygate.app:app_from_env", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env, stdout=out, stderr=out)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the server did not start within 60 s")
+    proc = serve_app(port, env, var_dir / f"server-{port}.log", "--log-level", "warning")
+    return proc, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

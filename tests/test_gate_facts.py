@@ -11,7 +11,6 @@ changed meanwhile is answered from an old copy.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,8 +34,10 @@ from release_service.adapters.gate_facts import RedisGateFacts
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.gate import TerminalPolicy
 
+from . import processes
 from .ban_register import Register, ban, national_number, snapshot
 from .factories import TERMINAL, container
+from .processes import free_port
 from .test_gate_verify import Gate
 from .test_release_api import assert_problem
 
@@ -86,6 +87,13 @@ def _check(gate: Gate, n: int, **over: Any) -> dict[str, Any]:
     r = gate.verify(gate.body(n, **over))
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
+
+
+def _require_face(engine: sa.Engine, *, commit: bool) -> None:
+    """The terminal's policy changed as its store changes it, committed or rolled back."""
+    with SqlUnitOfWork(engine) as uow:
+        uow.gate.set_policy(TERMINAL, TerminalPolicy(face_required=True), by="security", now=_now())
+        uow.commit() if commit else uow.rollback()
 
 
 def _badge_id(gate: Gate) -> uuid.UUID:
@@ -161,9 +169,7 @@ def test_a_ban_feed_and_a_national_number_are_seen_by_the_next_decision(gate: Ga
 def test_a_terminal_policy_change_is_seen_by_the_next_decision(gate: Gate) -> None:
     gate.pickable(5)
     assert _check(gate, 5)["decision"] == "allow"
-    with SqlUnitOfWork(gate.engine) as uow:
-        uow.gate.set_policy(TERMINAL, TerminalPolicy(face_required=True), by="security", now=_now())
-        uow.commit()
+    _require_face(gate.engine, commit=True)
     assert _check(gate, 5)["reasons"] == ["face_required"]
 
 
@@ -186,9 +192,7 @@ def test_a_copy_filled_while_a_change_committed_is_never_read(gate: Gate) -> Non
 def test_a_rolled_back_change_invalidates_nothing_and_decides_the_same(gate: Gate) -> None:
     gate.pickable(8)
     assert _check(gate, 8)["decision"] == "allow"
-    with SqlUnitOfWork(gate.engine) as uow:
-        uow.gate.set_policy(TERMINAL, TerminalPolicy(face_required=True), by="security", now=_now())
-        uow.rollback()
+    _require_face(gate.engine, commit=False)
     with Statements(gate.engine) as sql:
         assert _check(gate, 8)["decision"] == "allow"
     assert sql.count == 0
@@ -200,22 +204,12 @@ def test_a_rolled_back_change_invalidates_nothing_and_decides_the_same(gate: Gat
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A Redis of this test's own (stopping the shared one would stop every other test)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
     def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, cwd=tmp_path)  # noqa: S603
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                return proc
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        return processes.start(argv, cwd=tmp_path, log=tmp_path / "redis.log", ready=processes.listens(port),
+                               what="redis-server", timeout=5)
 
     state: dict[str, Any] = {"url": f"redis://127.0.0.1:{port}/0", "start": start, "proc": start()}
     yield state

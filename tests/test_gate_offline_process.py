@@ -38,7 +38,7 @@ from quaygate.schema import gate_decisions, gate_offline_decisions, release_even
 from quaygate.settings import Settings
 
 from .factories import TERMINAL, container
-from .test_gate_concurrency import ROOT, _free_port
+from .processes import ROOT, free_port, serve_app
 from .test_gate_runtime import RecordingBarrier, reads, runtime
 from .test_gate_verify import Gate
 
@@ -51,20 +51,7 @@ def serve(database_url: str, var_dir: Path, port: int) -> subprocess.Popen[bytes
     env = {**os.environ, "QUAYGATE_DATABASE_URL": database_url, "QUAYGATE_VAR_DIR": str(var_dir),
            "QUAYGATE_BACKGROUND_WORKERS": "false", "QUAYGATE_LOG_LEVEL": "WARNING"}
     env.pop("QUAYGATE_REDIS_URL", None)
-    with (var_dir / f"server-{port}.log").open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "quaygate.app:app_from_env",
-                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                                cwd=ROOT, env=env, stdout=out, stderr=out)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (var_dir / f"server-{port}.log").read_text()[-2000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the server did not start within 60 s")
+    return serve_app(port, env, var_dir / f"server-{port}.log", "--log-level", "warning")
 
 
 @pytest.fixture
@@ -100,7 +87,7 @@ def _lane(plan: Path, var: Path, *extra: str) -> subprocess.Popen[bytes]:
 def test_a_lane_killed_mid_run_and_restarted_loses_no_decision(setup: tuple[Gate, list[str], str],
                                                                pg_engine: sa.Engine, tmp_path: Path) -> None:
     gate, rights, issuer = setup
-    port = _free_port()
+    port = free_port()
     server = serve(pg_engine.url.render_as_string(hide_password=False), tmp_path, port)
     start = datetime.now(UTC).replace(microsecond=0)
     results = tmp_path / "results.jsonl"
@@ -165,7 +152,7 @@ def test_an_outage_is_decided_offline_then_reconciled_and_a_double_use_flagged(
         setup: tuple[Gate, list[str], str], pg_engine: sa.Engine, tmp_path: Path) -> None:
     gate, rights, issuer = setup
     url = pg_engine.url.render_as_string(hide_password=False)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = serve(url, tmp_path, port)
     gates = []

@@ -41,8 +41,8 @@ from gate_adapters.sources import generic_json
 from identity.bootstrap import create_client
 from quaygate.schema import gate_decisions
 
-from .conftest import IN_CI
 from .factories import TERMINAL, container
+from .processes import IN_CI
 from .test_gate_verify import Gate, gate  # noqa: F401
 
 LANE = "in-3"

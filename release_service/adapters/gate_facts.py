@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -61,6 +61,8 @@ from .sqla.uow import SqlUnitOfWork
 log = logging.getLogger(__name__)
 
 STREAM = "decisions"
+# Every family's generation: rights (the epoch of every container's), badges, bans, policies.
+EVERYTHING = (invalidation.RIGHTS, invalidation.BADGES, invalidation.BANS, invalidation.POLICY)
 GROUP = "pg"
 
 # KEYS: none (every key is named from ARGV under the prefix). ARGV: prefix, terminal, badge key ('' when
@@ -142,6 +144,7 @@ class RedisGateFacts:
         self._suspect = False  # Redis failed since the last success: invalidate everything first
         self._owed: set[str] = set()  # generations to replace that Redis did not take yet
         self._owed_lock = threading.Lock()
+        self._drainer: Drainer | None = None
 
     @classmethod
     def from_url(cls, url: str, engine: sa.Engine, uow: Callable[[], SqlUnitOfWork], **kw: Any) -> RedisGateFacts:
@@ -166,7 +169,7 @@ class RedisGateFacts:
         rights_raw = {c: (out[5 + 2 * i], out[6 + 2 * i]) for i, c in enumerate(containers)}
         missing = [c for c, (_, raw) in rights_raw.items() if raw is None]
         need_badge = badge is not None and badge_raw is None and badge_key is not None
-        fills: dict[str, tuple[bytes, int]] = {}
+        fills: dict[str, bytes] = {}
         policy = _policy(policy_raw) if policy_raw is not None else None
         rights: dict[str, list[RightFacts]] = {c: _rights(raw) for c, (_, raw) in rights_raw.items() if raw is not None}
         entry: dict[str, Any] | None = json.loads(badge_raw) if badge_raw is not None else None
@@ -176,15 +179,16 @@ class RedisGateFacts:
             with self._uow() as uow:
                 if policy is None:
                     policy = uow.gate.policy(terminal)
-                    fills[f"policy:{terminal}:{_s(policy_gen)}"] = (json.dumps(policy_dict(policy)).encode(), self._ttl)
+                    fills[f"policy:{terminal}:{_s(policy_gen)}"] = json.dumps(policy_dict(policy)).encode()
                 if missing:
                     found = uow.gate.rights(missing)
                     for c in missing:
                         rights[c] = [r for r in found if r.container == c]
-                        fills[f"r:{c}:{_s(rights_raw[c][0])}"] = (_dump_rights(rights[c]), self._ttl)
-                if need_badge and badge is not None:
+                        fills[f"r:{c}:{_s(rights_raw[c][0])}"] = _dump_rights(rights[c])
+                if need_badge:
+                    assert badge is not None
                     entry = _badge_entry(uow, badge)
-                    fills[f"badge:{badge_key}:{_s(badge_gen)}"] = (json.dumps(entry).encode(), self._ttl)
+                    fills[f"badge:{badge_key}:{_s(badge_gen)}"] = json.dumps(entry).encode()
             if fills:
                 self._fill(fills)
         facts, screening = (None, ScreeningResult.UNAVAILABLE) if badge is None else self._badge(entry, terminal, now)
@@ -199,14 +203,14 @@ class RedisGateFacts:
                            activated_terminals=frozenset(entry["activated"]), holder_name=entry["holder"])
         windows = [BanWindow(s, _dt(f), _dt(u)) for s, f, u in entry["bans"]]
         result = screen(windows, _dt(entry["list_issued_at"]), terminal=terminal, now=now,
-                        max_list_age=_seconds(entry["max_list_age"]), required=entry["required"])
+                        max_list_age=timedelta(seconds=entry["max_list_age"]), required=entry["required"])
         return facts, ScreeningResult(result.result)
 
-    def _fill(self, fills: dict[str, tuple[bytes, int]]) -> None:
+    def _fill(self, fills: dict[str, bytes]) -> None:
         try:
             pipe = self._r.pipeline(transaction=False)
-            for key, (value, ttl) in fills.items():
-                pipe.set(self._p + key, value, ex=ttl)
+            for key, value in fills.items():
+                pipe.set(self._p + key, value, ex=self._ttl)
             pipe.execute()
         except redis.RedisError:
             self._trip()  # the facts were read: this answer stands, the next one waits less
@@ -216,25 +220,21 @@ class RedisGateFacts:
     def record(self, row: dict[str, Any]) -> StoredDecision | None:
         """Keep a check decision: None when recorded, else the decision recorded first under its
         request_id (a twin, or another request reusing the id)."""
-        answer = json.dumps({"id": str(row["id"]), "fingerprint": row["fingerprint"], "response": row["response"],
-                             "decision": row["decision"], "release_id": _str(row["release_id"]),
-                             "committed": row["committed"], "direction": row["direction"],
-                             "terminal": row["terminal"]})
         twin = self._call(lambda: self._record(
-            keys=[self._p + "req:" + _request_key(row["terminal"], row["request_id"]), self._p + STREAM],
-            args=[answer, self._request_ttl, json.dumps(row, default=_json), self._cap]))
+            keys=[self._request_key(row), self._p + STREAM],
+            args=[_answer(row), self._request_ttl, json.dumps(row, default=_json), self._cap]))
         return _stored(twin) if twin else None
 
-    def remember(self, stored: StoredDecision, request_id: str) -> None:
-        """A commit decision, after its transaction committed: later reads of the id answer from here."""
-        answer = json.dumps({"id": str(stored.id), "fingerprint": stored.fingerprint, "response": stored.response,
-                             "decision": stored.decision, "release_id": _str(stored.release_id),
-                             "committed": stored.committed, "direction": stored.direction,
-                             "terminal": stored.terminal})
+    def remember(self, row: dict[str, Any]) -> None:
+        """A commit decision, after its transaction committed: later reads of the id answer from here.
+        Best effort: PostgreSQL has it, and a retry that misses here reads it there."""
         try:
-            self._r.set(self._p + "req:" + _request_key(stored.terminal, request_id), answer, ex=self._request_ttl)
+            self._r.set(self._request_key(row), _answer(row), ex=self._request_ttl)
         except redis.RedisError:
-            self._trip()  # PostgreSQL has it: a later retry reads it there
+            self._trip()
+
+    def _request_key(self, row: dict[str, Any]) -> str:
+        return self._p + "req:" + _request_key(row["terminal"], row["request_id"])
 
     # ---- invalidation ----------------------------------------------------------------------------
 
@@ -244,24 +244,25 @@ class RedisGateFacts:
         self.bump(names)
 
     def bump(self, names: Iterable[str]) -> None:
+        """New generations for ``names``, with every one still owed; kept owed when Redis fails."""
+        try:
+            self._send(names)
+        except redis.RedisError:
+            log.warning("release.gate_facts.invalidation_deferred", extra={"fields": {"families": len(self._owed)}})
+            self._trip()
+
+    def _send(self, names: Iterable[str]) -> None:
         with self._owed_lock:
             self._owed.update(names)
             owed = sorted(self._owed)
-        if not owed:
-            return
-        try:
+        if owed:
             self._bump(args=[self._p, self._ttl, *owed])
-        except redis.RedisError:
-            log.warning("release.gate_facts.invalidation_deferred", extra={"fields": {"families": len(owed)}})
-            self._trip()
-            return
-        with self._owed_lock:
-            self._owed.difference_update(owed)
+            with self._owed_lock:
+                self._owed.difference_update(owed)
 
     def flush_owed(self) -> int:
-        """Send the invalidations Redis did not take (the background workers call this every second)."""
-        with self._owed_lock:
-            owed = len(self._owed)
+        """Send the invalidations Redis did not take (the drainer calls this every loop)."""
+        owed = len(self._owed)
         if owed:
             self.bump(())
         return owed
@@ -269,7 +270,7 @@ class RedisGateFacts:
     def bump_everything(self) -> None:
         """At start-up: whatever a process that died owing invalidations left behind (or a database
         restored under a running Redis) is read again."""
-        self.bump((invalidation.RIGHTS, invalidation.BADGES, invalidation.BANS, invalidation.POLICY))
+        self.bump(EVERYTHING)
 
     # ---- the drainer -----------------------------------------------------------------------------
 
@@ -334,12 +335,7 @@ class RedisGateFacts:
         """Redis is back after this process saw it fail. While it was away, this process (or another)
         may have committed changes whose invalidations never reached it: every copy is read again
         before one is trusted."""
-        with self._owed_lock:
-            owed = sorted(self._owed | {invalidation.RIGHTS, invalidation.BADGES, invalidation.BANS,
-                                        invalidation.POLICY})
-        self._bump(args=[self._p, self._ttl, *owed])
-        with self._owed_lock:
-            self._owed.difference_update(owed)
+        self._send(EVERYTHING)
         self._suspect = False
         log.info("release.gate_facts.recovered")
 
@@ -348,7 +344,12 @@ class RedisGateFacts:
         self._suspect = True
         log.warning("release.gate_facts.unavailable")
 
+    def start_drainer(self, consumer: str) -> None:
+        self._drainer = Drainer(self, consumer=consumer).start()
+
     def close(self) -> None:
+        if self._drainer is not None:
+            self._drainer.stop()
         self._r.close()
         self._drain_client.close()
 
@@ -395,6 +396,13 @@ def _policy(raw: bytes) -> TerminalPolicy:
     return TerminalPolicy(**json.loads(raw))
 
 
+def _answer(row: dict[str, Any]) -> str:
+    """What a repeated request_id is answered from (a StoredDecision, as JSON)."""
+    return json.dumps({"id": str(row["id"]), "fingerprint": row["fingerprint"], "response": row["response"],
+                       "decision": row["decision"], "release_id": _str(row["release_id"]),
+                       "committed": row["committed"], "direction": row["direction"], "terminal": row["terminal"]})
+
+
 def _stored(raw: bytes) -> StoredDecision:
     d = json.loads(raw)
     return StoredDecision(id=uuid.UUID(d["id"]), fingerprint=d["fingerprint"], response=d["response"],
@@ -427,14 +435,8 @@ def _iso(at: datetime | None) -> str | None:
     return None if at is None else at.isoformat()
 
 
-def _dt(raw: str | None) -> Any:
+def _dt(raw: str | None) -> datetime | None:
     return None if raw is None else datetime.fromisoformat(raw)
-
-
-def _seconds(value: float) -> Any:
-    from datetime import timedelta
-
-    return timedelta(seconds=value)
 
 
 def _json(value: Any) -> Any:

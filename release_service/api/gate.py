@@ -5,8 +5,6 @@ audience ``gate_audience``), bound to its terminal."""
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 import uuid
 from typing import Any, Literal
 
@@ -16,7 +14,6 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from identity.domain.scopes import GATE_VERIFY
-from release_service.adapters.gate_facts import Drainer, RedisGateFacts
 from release_service.domain import gate as g
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor
@@ -111,32 +108,6 @@ class OverrideResponse(BaseModel):
     release_id: uuid.UUID
     state: str
     receipt: dict[str, Any]
-
-
-class GateFactsRuntime:
-    """The cached gate facts of one server process, and its drainer (stopped with the app)."""
-
-    def __init__(self, facts: RedisGateFacts, drainer: Drainer | None) -> None:
-        self.facts = facts
-        self._drainer = drainer
-
-    def stop(self) -> None:
-        if self._drainer is not None:
-            self._drainer.stop()
-        self.facts.close()
-
-
-def start_gate_facts(container: Any) -> GateFactsRuntime | None:
-    """With Redis configured, the gate decision reads its facts from there (issue 5 "Hot path")."""
-    s = container.settings
-    if not s.redis_url:
-        return None
-    facts = RedisGateFacts.from_url(s.redis_url, container.engine, lambda: unit_of_work(container),
-                                    ttl=s.gate_facts_ttl, request_ttl=s.gate_request_ttl)
-    facts.bump_everything()  # owed by a process that died before it could invalidate
-    container.gate_facts = facts
-    consumer = f"{socket.gethostname()}-{os.getpid()}"
-    return GateFactsRuntime(facts, Drainer(facts, consumer=consumer).start() if s.gate_decision_drain else None)
 
 
 def _uow_factory(request: Request) -> Any:

@@ -73,11 +73,7 @@ def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateRequest, *,
     """The answer when the cache alone can give it (a recorded request_id, or a check whose facts are
     all cached), without waiting for PostgreSQL; else None: call verify()."""
     require_gate_of(actor, request.terminal)
-    try:
-        snapshot = facts.read(terminal=request.terminal, request_id=request.request_id, badge=request.badge,
-                              containers=container_candidates(request.container.number), now=now, through=False)
-    except FactsUnavailable:
-        return None
+    snapshot = _snapshot(facts, request, now, through=False)
     if snapshot is None:
         return None
     if snapshot.replay is not None:
@@ -118,18 +114,21 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
                 continue  # leaving the unit of work rolls this attempt back, gate move included
             uow.commit()
         if facts is not None:
-            _remember(facts, row, request.request_id)
+            facts.remember(row)
         _log(decision, request, decision_id)
         return body
     raise DomainError(ErrorCode.REQUEST_ID_REUSED, "This request_id is being used by another request.")
 
 
-def _snapshot(facts: GateFacts | None, request: g.GateRequest, now: datetime) -> GateSnapshot | None:
+def _snapshot(facts: GateFacts | None, request: g.GateRequest, now: datetime, *,
+              through: bool = True) -> GateSnapshot | None:
+    """The cached facts; None without a cache, when it failed (then PostgreSQL decides), or, with
+    ``through=False``, when something is not cached."""
     if facts is None:
         return None
     try:
         return facts.read(terminal=request.terminal, request_id=request.request_id, badge=request.badge,
-                          containers=container_candidates(request.container.number), now=now)
+                          containers=container_candidates(request.container.number), now=now, through=through)
     except FactsUnavailable:
         log.warning("release.verify.facts_from_database")
         return None
@@ -151,16 +150,6 @@ def _check_cached(facts: GateFacts, actor: Actor, request: g.GateRequest, snapsh
         return _replay(twin, fingerprint)
     _log(decision, request, decision_id)
     return body
-
-
-def _remember(facts: GateFacts, row: dict[str, Any], request_id: str) -> None:
-    try:
-        facts.remember(StoredDecision(id=row["id"], fingerprint=row["fingerprint"], response=row["response"],
-                                      decision=row["decision"], release_id=row["release_id"],
-                                      committed=row["committed"], direction=row["direction"],
-                                      terminal=row["terminal"]), request_id)
-    except FactsUnavailable:
-        pass  # PostgreSQL has it: a retry of this request_id is answered from there
 
 
 def _log(decision: g.Decision, request: g.GateRequest, decision_id: uuid.UUID) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ..processes import free_port, unavailable
 
 CHROMIUM = os.environ.get("QUAYGATE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -29,7 +30,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -37,9 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"browser tests cannot run under CI: {reason}")
-    pytest.skip(f"browser tests skipped: {reason}")
+    unavailable("browser tests", reason)
 
 
 @pytest.fixture(scope="session")
@@ -60,12 +58,6 @@ def browser() -> Iterator[Any]:
     yield chromium
     chromium.close()
     pw.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

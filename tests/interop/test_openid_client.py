@@ -14,17 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 from joserfc.jwk import RSAKey
@@ -37,11 +33,12 @@ from quaygate.migrate import upgrade
 from quaygate.schema import badges, memberships, organisations, persons
 from quaygate.settings import Settings
 
+from ..processes import free_port, serve_app, stop, unavailable
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 PG_URL = os.environ.get("QUAYGATE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("QUAYGATE_TEST_REDIS_URL")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 COOKIE = str(Settings.model_fields["session_cookie"].default)
 DRIVER_SCOPE = "openid profile offline_access releases:read nominations:respond"
 
@@ -49,15 +46,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("interop")]  # one serve
 
 
 def _missing(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"interop with openid-client cannot run under CI: {reason}")
-    pytest.skip(f"interop with openid-client skipped: {reason}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    unavailable("interop with openid-client", reason)
 
 
 def _key() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -69,7 +58,7 @@ class Server:
     """The real app under uvicorn, in a child process (as `quaygate serve` runs it)."""
 
     def __init__(self, database_url: str, var_dir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.issuer = f"http://localhost:{self.port}"
         env = {**os.environ, "QUAYGATE_DATABASE_URL": database_url, "QUAYGATE_ISSUER": self.issuer,
                "QUAYGATE_VAR_DIR": str(var_dir), "QUAYGATE_BACKGROUND_WORKERS": "false",
@@ -79,30 +68,10 @@ class Server:
         else:
             env.pop("QUAYGATE_REDIS_URL", None)
         self.log = var_dir / "server.log"
-        self._log = self.log.open("wb")
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "uvicorn", "quaygate.app:app_from_env", "--factory", "--host", "127.0.0.1",
-             "--port", str(self.port), "--no-access-log"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("the server exited:\n" + self.log.read_text()[-3000:])
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("the server did not come up:\n" + self.log.read_text()[-3000:])
+        self.proc = serve_app(self.port, env, self.log, "--no-access-log")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+        stop(self.proc)
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,7 @@ Without node or ``npm ci --prefix tests/upstream`` the tests skip locally and fa
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,11 +23,12 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
-import pytest
 from joserfc.jwk import RSAKey
 
+from .. import processes
+from ..processes import free_port, unavailable
+
 HERE = Path(__file__).resolve().parent
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 NATIONAL_NUMBER = "http://itsme.services/v2/claim/BENationalNumber"
 CLIENT_ID = "quaygate-test"
 
@@ -43,17 +41,9 @@ def need_node() -> str:
     elif not (HERE / "node_modules" / "oidc-provider").is_dir():
         reason = "run `npm ci --prefix tests/upstream` (make interop-deps)"
     if reason is not None:
-        if IN_CI:
-            pytest.fail(f"the upstream oidc-provider cannot run under CI: {reason}")
-        pytest.skip(f"upstream oidc-provider skipped: {reason}")
+        unavailable("the upstream oidc-provider", reason)
     assert node is not None
     return node
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -105,20 +95,8 @@ class Upstream:
         path = tmp / f"upstream-{self.port}.json"
         path.write_text(json.dumps(config))
         self.log = tmp / f"upstream-{self.port}.log"
-        self._log = self.log.open("wb")
-        self.proc = subprocess.Popen([node, str(HERE / "provider.mjs"), str(path)],  # noqa: S603 - our script
-                                     cwd=HERE, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("oidc-provider exited:\n" + self.log.read_text()[-3000:])
-            try:
-                if httpx.get(self.issuer + "/.well-known/openid-configuration", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("oidc-provider did not come up:\n" + self.log.read_text()[-3000:])
+        self.proc = processes.start([node, str(HERE / "provider.mjs"), str(path)], cwd=HERE, log=self.log,
+                                    timeout=30, what="oidc-provider", ready=processes.answers(self.discovery_url))
 
     @property
     def discovery_url(self) -> str:
@@ -129,12 +107,7 @@ class Upstream:
                 "request_object": "signed_encrypted", "scope": "openid profile", **extra}
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+        processes.stop(self.proc)
 
 
 @dataclass

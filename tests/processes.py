@@ -1,0 +1,91 @@
+"""What the tests that run real programs share: a free port, a child process started and waited on
+until it answers (or its log's tail when it does not), its stop, and the rule for a missing tool.
+
+The rule (DEVELOPERS.md): a test that cannot run for lack of a service or tool skips with the reason
+on a newcomer's machine, and fails under CI (CI=true), where nothing may be missing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(what: str, reason: str) -> NoReturn:
+    """``what`` cannot run: skip, or fail under CI."""
+    if IN_CI:
+        pytest.fail(f"{what} cannot run under CI: {reason}")
+    pytest.skip(f"{what} skipped: {reason}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def answers(url: str) -> Callable[[], bool]:
+    """Ready once ``url`` answers 200."""
+    def ready() -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+    return ready
+
+
+def listens(port: int) -> Callable[[], bool]:
+    """Ready once something accepts connections on ``port``."""
+    def ready() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return True
+        except OSError:
+            return False
+    return ready
+
+
+def start(argv: list[str], *, log: Path, ready: Callable[[], bool], what: str, cwd: Path = ROOT,
+          env: dict[str, str] | None = None, timeout: float = 60.0) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (its output appended to ``log``) and wait until ``ready()``; RuntimeError with the
+    log's tail when it exits first or does not come up in time."""
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited:\n{log.read_text()[-3000:]}")
+        if ready():
+            return proc
+        time.sleep(0.1)
+    stop(proc)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def serve_app(port: int, env: dict[str, str], log: Path, *uvicorn_args: str) -> subprocess.Popen[bytes]:
+    """The quaygate app under uvicorn in a child process (as ``quaygate serve`` runs it), once /healthz
+    answers."""
+    return start([sys.executable, "-m", "uvicorn", "--factory", "quaygate.app:app_from_env", "--host", "127.0.0.1",
+                  "--port", str(port), *uvicorn_args], log=log, env=env, what="the server",
+                 ready=answers(f"http://127.0.0.1:{port}/healthz"))
