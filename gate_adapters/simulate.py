@@ -9,6 +9,9 @@ Two ways to play a script:
 - ``mqtt``: publish the reads as generic JSON to ``<prefix>/<terminal>/<lane>/<kind>`` so a running
   adapter picks them up, in real time scaled by ``--speed``, and count the barrier commands heard on
   ``<prefix>/<terminal>/+/barrier`` until ``--wait`` seconds after the last read.
+- ``http``: the same against a running adapter's HTTP source (``quaygate gate-adapter``, its ``[http]``
+  section): each read is POSTed to ``--adapter``/reads/<lane>; the barrier commands are still heard
+  on MQTT (lanes with ``barrier = { kind = "mqtt" }``).
 
 Script (JSON)::
 
@@ -227,8 +230,10 @@ def publish(
     speed: float = 1.0,
     wait: float = 5.0,
     out: TextIO = sys.stdout,
+    adapter_url: str | None = None,
 ) -> Summary:
-    """Publish the reads over MQTT for a running adapter; count the barrier commands it answers with."""
+    """Publish the reads over MQTT (or POST them to ``adapter_url``'s HTTP source) for a running adapter;
+    count the barrier commands it answers with."""
     from gate_adapters.runtime.mqtt_source import new_client
 
     summary = Summary()
@@ -252,6 +257,13 @@ def publish(
             if delay > 0:
                 time.sleep(delay)
             payload = stamped(read, start)
+            if adapter_url is not None:
+                r = httpx.post(f"{adapter_url.rstrip('/')}/reads/{read.lane}", json=payload, timeout=5.0)
+                if r.status_code != 202:
+                    summary.refused_reads += 1
+                    print(f"truck {read.truck} lane {read.lane}: read refused ({r.status_code} {r.text[:200]})",
+                          file=out)
+                continue
             topic = f"{prefix}/{script.terminal}/{read.lane}/{payload['kind']}"
             client.publish(topic, json.dumps(payload), qos=1).wait_for_publish(5.0)
         time.sleep(wait)
@@ -272,7 +284,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m gate_adapters.simulate", description=__doc__.split("\n\n")[0])
     p.add_argument("script", help="a JSON script of trucks (see tests/fixtures/gate/sim_*.json)")
-    p.add_argument("--via", choices=("drive", "mqtt"), default="drive")
+    p.add_argument("--via", choices=("drive", "mqtt", "http"), default="drive")
+    p.add_argument("--adapter", default="http://127.0.0.1:8089",
+                   help="a running adapter's HTTP source (--via http)")
     p.add_argument("--base-url", default=env("QUAYGATE_SIM_BASE_URL", "http://127.0.0.1:8000"))
     p.add_argument("--client-id", default=env("QUAYGATE_SIM_CLIENT_ID"))
     p.add_argument("--client-secret", default=env("QUAYGATE_SIM_CLIENT_SECRET"))
@@ -290,10 +304,11 @@ def main(argv: Sequence[str] | None = None, *, http: httpx.Client | None = None,
     """The command line; ``http`` lets a test run it against an in-process app."""
     args = _arguments(argv)
     script = load_script(args.script)
-    if args.via == "mqtt":
+    if args.via in ("mqtt", "http"):
         host, _, port = args.mqtt.rpartition(":")
         summary = publish(script, host=host or "127.0.0.1", port=int(port), prefix=args.prefix,
-                          speed=1.0 if args.speed is None else args.speed, wait=args.wait, out=out)
+                          speed=1.0 if args.speed is None else args.speed, wait=args.wait, out=out,
+                          adapter_url=args.adapter if args.via == "http" else None)
     else:
         http = http or httpx.Client()
         tokens: TokenProvider

@@ -59,6 +59,13 @@ def create_client(
     )
 
 
+def grant_store(container: Container, revocations: RevocationList | None = None) -> GrantStore:
+    """The grants (refresh tokens, revocations) with the settings' lifetimes: the app's, or a CLI's."""
+    s = container.settings
+    return GrantStore(container.engine, revocations or RevocationList(container.cache),
+                      refresh_ttl=s.refresh_token_ttl, access_ttl=s.access_token_ttl)
+
+
 def key_store(container: Container) -> KeyStore:
     """Our token signing keys; an old key stays published as long as the longest-lived token it signed."""
     s = container.settings
@@ -90,8 +97,7 @@ class IdentityProvider:
         # The cache is what verifiers consult: after a restart with the in-process cache (or a flushed
         # Redis), put the unexpired revocations back, or revoked tokens would pass again until they expire.
         revocations.reload(container.engine, now=clock.now())
-        grants = GrantStore(container.engine, revocations, refresh_ttl=s.refresh_token_ttl,
-                            access_ttl=s.access_token_ttl)
+        grants = grant_store(container, revocations)
         dpop = DPoPVerifier(container.cache, max_age=s.dpop_max_age, now=lambda: clock.now().timestamp())
         server = AuthorizationServer(
             settings=s,

@@ -284,7 +284,8 @@ class ClientRegistry:
 
     def _read(self, client_id: str) -> ClientRecord | None:
         query = (
-            sa.select(oauth_clients, organisations.c.kind.label("org_kind"))
+            sa.select(oauth_clients, organisations.c.kind.label("org_kind"),
+                      organisations.c.active.label("org_active"))
             .select_from(
                 oauth_clients.outerjoin(organisations, organisations.c.id == oauth_clients.c.organisation_id)
             )
@@ -306,7 +307,9 @@ class ClientRegistry:
             scopes=tuple(row.scopes),
             jwks=row.jwks,
             secret_hash=row.secret_hash,
-            active=bool(row.active),
+            # A client of a deactivated organisation is refused like a deactivated client (issue 4,
+            # identity.organisations): no new tokens, invalid_client at the token endpoint.
+            active=bool(row.active) and row.org_active is not False,
             redirect_uris=tuple(row.redirect_uris or ()),
             post_logout_redirect_uris=tuple(row.post_logout_redirect_uris or ()),
             require_par=bool(row.require_par),

@@ -110,9 +110,17 @@ class AccessTokenVerifier:
         leeway: int = 30,
         now: Callable[[], float] = time.time,
         revoked: Callable[[dict[str, Any]], bool] | None = None,
+        memo_size: int = 4096,
     ) -> None:
         """``revoked``: is the token with these verified claims revoked, on its own or with its client?
-        (``grants.RevocationList.token_revoked``); None: not checked."""
+        (``grants.RevocationList.token_revoked``); None: not checked.
+
+        ``memo_size``: how many tokens whose signature checked out are remembered, so a gate or a back
+        end sending the same token again and again costs no second signature check. Only the
+        signature check is skipped: on every call the key must still be published, and the claims
+        (``exp`` first) and revocation are checked again. 0: no memo."""
+        self._memo: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        self._memo_size = memo_size
         self._keys = key_source
         self._revoked = revoked
         self._issuer = issuer
@@ -124,6 +132,11 @@ class AccessTokenVerifier:
     def verify(self, token: str, *, audience: str) -> dict[str, Any]:
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken("invalid_token", "malformed token")
+        known = self._memo.get(token)
+        if known is not None:
+            kid, alg, claims = known
+            self._key(kid, alg)  # a key withdrawn since (rotation, compromise) takes its tokens with it
+            return self._accept(dict(claims), audience)
         try:
             obj = jws.extract_compact(token.encode("ascii"), registry=self._registry)
             header = obj.headers()
@@ -153,6 +166,15 @@ class AccessTokenVerifier:
             raise InvalidToken("invalid_token", "malformed claims") from exc
         if not isinstance(claims, dict):
             raise InvalidToken("invalid_token", "malformed claims")
+        self._accept(claims, audience)
+        if self._memo_size:
+            if len(self._memo) >= self._memo_size:
+                self._memo.clear()  # crude but lock-free; a full memo means many distinct tokens
+            self._memo[token] = (kid, header["alg"], dict(claims))
+        return claims
+
+    def _accept(self, claims: dict[str, Any], audience: str) -> dict[str, Any]:
+        """The checks made on every call, memo or not: the claims, then revocation."""
         self._check_claims(claims, audience)
         # RFC 7009 §2 / RFC 9700 §4.14.2: revoked on its own, or with its grant's family. Checked
         # last, so an unsigned token can never make us look a jti up.

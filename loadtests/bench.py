@@ -28,6 +28,8 @@ BENCHES = [
      [str(HERE / "cpu_gate.py"), "--database-url", PG, "--redis-url", REDIS]),
     ("gate verify with Locust, check and commit beside a bare endpoint, 10 000 vs 1 000 000 rights (issue 5)",
      [str(HERE / "bench_gate.py"), "--database-url", PG, "--redis-url", REDIS]),
+    ("gate rush with Locust: mixed valid and invalid reads on many lanes, wrong answers counted (issue 5)",
+     [str(HERE / "bench_gate_rush.py"), "--database-url", PG, "--redis-url", REDIS]),
     ("face enrolment and 1:1 verify per capture on one core; pool on two cores vs one (issue 6)",
      [str(HERE / "bench_face.py")]),
 ]

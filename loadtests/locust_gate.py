@@ -1,4 +1,4 @@
-"""Locust users for the gate verify figures (run by bench_gate.py, never imported by tests).
+"""Locust users for the gate verify figures (run by bench_gate.py and bench_gate_rush.py, never imported by tests).
 
 The seed file (QG_BENCH_SEED) holds the gate token, the terminal, the driver's badge and plate, and the
 container numbers of nominated rights: the first ``check_pool`` for check mode (asked again and again),
@@ -69,3 +69,72 @@ class CommitUser(_Paced):
                               headers={"Authorization": f"Bearer {SEED['token']}"}, catch_response=True) as r:
             if r.status_code != 200 or not r.json().get("committed"):
                 r.failure(f"{r.status_code} {r.text[:200]}")
+
+
+# ---- the gate rush: many lanes, mixed valid and invalid reads (bench_gate_rush.py) ----------------------
+# SEED["rush"] (written by bench_gate_rush.seed_rush) holds, per kind, the reads whose decision the seed
+# fixes. Each request draws its kind by weight; the answer must be that decision with that reason (and, for
+# an allow, committed, with the container as repaired), else it is a Locust failure starting "wrong:".
+
+RUSH: dict[str, Any] = SEED.get("rush", {})
+RUSH_MIX = (("valid", 70), ("repair", 6), ("unknown_container", 6), ("wrong_plate", 6), ("low_confidence", 4),
+            ("unknown_badge", 4), ("already_used", 4))
+_rush_next = {kind: itertools.count() for kind, _ in RUSH_MIX}
+
+
+def rush_case(kind: str) -> tuple[dict[str, Any], str, str | None, str | None]:
+    """(body, expected decision, expected reason, expected container) of one truck of ``kind``."""
+    i = next(_rush_next[kind])
+    lane = f"rush-{random.randrange(RUSH.get('lanes', 24)) + 1}"
+    if kind in ("valid", "repair"):  # each allow uses its right: one right per truck
+        pool = RUSH[kind]
+        if i >= len(pool):
+            raise StopUser(f"every seeded {kind} right is used")
+        read, number = (pool[i], pool[i]) if kind == "valid" else pool[i]
+        return _body(read, "commit") | {"lane": lane}, "allow", None, number
+    body = _body(random.choice(RUSH["shared"]), "commit") | {"lane": lane}
+    if kind == "unknown_container":
+        body["container"]["number"] = random.choice(RUSH["unknown"])
+        return body, "deny", "container_unknown", None
+    if kind == "wrong_plate":
+        body["plate"]["text"] = RUSH["wrong_plate"]
+        return body, "deny", "plate_mismatch", None
+    if kind == "low_confidence":
+        body["plate"]["confidence"] = 0.4
+        return body, "review", "plate_low_confidence", None
+    if kind == "unknown_badge":
+        body["badge"]["number"] = RUSH["unknown_badge"]
+        return body, "deny", "badge_unknown", None
+    body["container"]["number"] = random.choice(RUSH["used"])
+    return body, "deny", "already_used", None
+
+
+def wrong(answer: dict[str, Any], decision: str, reason: str | None, number: str | None) -> str | None:
+    """Why ``answer`` is not the expected one, or None."""
+    got, reasons = answer.get("decision"), answer.get("reasons") or []
+    if got != decision:
+        return f"{decision} expected, got {got} {reasons}"
+    if reason is not None and reason not in reasons:
+        return f"{decision} for {reason} expected, got {reasons}"
+    if decision == "allow" and not answer.get("committed"):
+        return "allow not committed"
+    if number is not None and answer.get("container") != number:
+        return f"container {number} expected, got {answer.get('container')}"
+    return None
+
+
+class GateRushUser(_Paced):
+    """One truck after another at a random lane; the kind drawn by RUSH_MIX."""
+
+    @task
+    def truck(self) -> None:
+        kind = random.choices([k for k, _ in RUSH_MIX], weights=[w for _, w in RUSH_MIX])[0]
+        body, decision, reason, number = rush_case(kind)
+        with self.client.post("/gate/v1/verify", json=body, name="verify gate rush",
+                              headers={"Authorization": f"Bearer {SEED['token']}"}, catch_response=True) as r:
+            if r.status_code != 200:
+                r.failure(f"{r.status_code} {r.text[:200]}")
+                return
+            why = wrong(r.json(), decision, reason, number)
+            if why is not None:
+                r.failure(f"wrong: {kind}: {why}")

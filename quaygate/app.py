@@ -24,14 +24,18 @@ from identity.api.routes import build_router as identity_router
 from identity.bans.pull import start_from_settings as start_ban_puller
 from identity.bans.screening import from_settings as ban_screening_from_settings
 from identity.bootstrap import IdentityProvider
+from identity.face import FaceError, face_for
 from identity.face import start_pool as start_face_pool
+from identity.face.service import MESSAGES as FACE_MESSAGES
 from identity.web.console import router as console_router
 from identity.web.routes import router as web_router
 from release_service.api import problems
 from release_service.api.gate import router as gate_router
 from release_service.api.gate_offline import router as gate_offline_router
+from release_service.api.gate_policy import router as gate_policy_router
 from release_service.api.routes import router as release_router
 from release_service.api.webhooks import router as webhook_router
+from release_service.ports import FaceCaptureRefused, FaceOutcome
 
 from .container import Container
 from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event
@@ -41,6 +45,29 @@ from .workers import BackgroundWorkers, start_gate_facts
 log = logging.getLogger("quaygate")
 
 VERSION = "0.1.0"
+
+# identity's codes for a capture that cannot be used at all (identity.domain.face.QUALITY_CODES)
+_CAPTURE_REFUSALS = frozenset({"image_unreadable", "image_too_large", "face_not_found", "face_multiple",
+                               "face_too_small", "face_blurred"})
+
+
+class IdentityFaceMatcher:
+    """``release_service.ports.FaceMatcher`` over identity's face service (issue 6): the gate's 1:1
+    match runs in identity's process pool and is audited there (distance, tolerance, decision and the
+    gate's ids; never the image). Blocking: the verify service calls it from a worker thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+
+    def match(self, person_id: Any, image: bytes, *, tolerance: float, context: dict[str, Any]) -> FaceOutcome:
+        try:
+            m = face_for(self._app).verify_face_blocking(person_id, image, tolerance, purpose="gate",
+                                                         actor={"system": "gate"}, context=context)
+        except FaceError as exc:  # a tolerance identity refuses: no comparison, never an allow
+            return FaceOutcome(person_id, None, False, exc.code, tolerance)
+        if m.reason in _CAPTURE_REFUSALS:
+            raise FaceCaptureRefused(m.reason, FACE_MESSAGES.get(m.reason, m.reason))
+        return FaceOutcome(person_id, m.distance, m.matched, m.reason, m.tolerance)
 
 
 def create_app(settings: Settings | None = None, *, container: Container | None = None) -> FastAPI:
@@ -61,6 +88,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         ban_puller = start_ban_puller(settings, built.engine, built.clock.now) if settings.background_workers else None
         app.state.ban_screening = ban_screening_from_settings(settings, built.engine)  # badge issue screening
         app.state.face_pool = start_face_pool(settings)  # issue 6: face matching in worker processes
+        built.face_matcher = IdentityFaceMatcher(app)  # issue 6: the gate reaches identity's face service
         if settings.mode is not Mode.PRODUCTION:
             log_event(log, "quaygate.start.dev_mode", mode=settings.mode.value,
                       warning="NOT FOR PRODUCTION: dev secrets in var/, demo data")
@@ -132,6 +160,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     app.include_router(web_router)
     # Issue 4, the admin console: /admin/v1/bans (feed import, alerts) and the /console/ pages.
     app.include_router(ban_admin_router)
+    app.include_router(gate_policy_router)  # issue 5: /admin/v1/terminals/{code}/gate-policy
     app.include_router(console_router)
     return app
 

@@ -87,6 +87,8 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
     from .container import Container
 
+    if args.encryption:
+        return _rotate_encryption_key()
     unknown = [a for a in args.alg or () if a not in SIGNING_ALGORITHMS]
     if unknown:
         print(f"unknown algorithm {unknown[0]!r}: one of {', '.join(SIGNING_ALGORITHMS)}", file=sys.stderr)
@@ -100,6 +102,26 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     for alg, kid in kids.items():
         print(f"new {alg} signing key {kid} is active")
     print("older keys stay published until their tokens expire")
+    return 0
+
+
+def _rotate_encryption_key() -> int:
+    from identity.broker.service import encryption_keys
+
+    from .container import Container
+
+    container = Container.build(_settings())
+    try:
+        keys = encryption_keys(container)
+        now = container.clock.now()
+        keys.ensure_active(now)
+        kid = keys.rotate(now)
+        overlap = keys.overlap
+    finally:
+        container.close()
+    print(f"new upstream encryption key {kid} is active")
+    print(f"the previous key stays published and decrypts for {int(overlap.total_seconds())} s "
+          "(until the upstreams' cached copies of our JWKS have expired)")
     return 0
 
 
@@ -137,6 +159,38 @@ def cmd_org_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_org_status(args: argparse.Namespace) -> int:
+    """Deactivate or reactivate an organisation (identity.organisations): who is ``cli``, why is --reason."""
+    from datetime import UTC, datetime
+
+    from identity.bootstrap import grant_store
+    from identity.clients import ClientRegistry
+    from identity.organisations import OrganisationRefused, set_active
+
+    from .container import Container
+
+    try:
+        org_id = uuid.UUID(args.organisation)
+    except ValueError:
+        print("ORGANISATION is an organisation id (a UUID)", file=sys.stderr)
+        return 2
+    settings = _settings()
+    container = Container.build(settings)
+    try:
+        grants = grant_store(container)
+        done = set_active(container.engine, grants, org_id, active=args.org_cmd == "reactivate", actor="cli",
+                          reason=args.reason, now=datetime.now(UTC), access_token_ttl=settings.access_token_ttl,
+                          on_change=ClientRegistry(container.engine, container.cache).changed)
+    except OrganisationRefused as exc:
+        print(f"cannot {args.org_cmd} the organisation: {exc.message}", file=sys.stderr)
+        return 1 if exc.code in ("not_found", "status_unchanged") else 2
+    finally:
+        container.close()
+    print(f"organisation {org_id} {'reactivated' if done.active else 'deactivated'}; clients: "
+          f"{', '.join(done.clients) or 'none'}" + ("" if done.active else f"; grants revoked: {done.grants_revoked}"))
+    return 0
+
+
 def cmd_client_create(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -165,7 +219,7 @@ def cmd_iat_create(args: argparse.Namespace) -> int:
     """An initial access token for RFC 7591 dynamic client registration, printed once."""
     from datetime import UTC, datetime
 
-    from identity.grants import GrantStore, RevocationList
+    from identity.bootstrap import grant_store
     from identity.registration import ClientManagement, RegistrationError
 
     from .container import Container
@@ -178,8 +232,7 @@ def cmd_iat_create(args: argparse.Namespace) -> int:
     settings = _settings()
     container = Container.build(settings)
     try:
-        grants = GrantStore(container.engine, RevocationList(container.cache), refresh_ttl=settings.refresh_token_ttl,
-                            access_ttl=settings.access_token_ttl)
+        grants = grant_store(container)
         manager = ClientManagement(container.engine, grants, issuer=settings.issuer)
         token, expires_at = manager.create_initial_access_token(
             organisation_id=org, created_by="cli", ttl=args.ttl, now=datetime.now(UTC))
@@ -245,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = keys_sub.add_parser("rotate", help="add new signing keys and start signing with them")
     rotate.add_argument("--alg", action="append", metavar="RS256|PS256|ES256",
                         help="rotate this algorithm's key only (repeatable; default: every algorithm)")
+    rotate.add_argument("--encryption", action="store_true",
+                        help="rotate the RSA key upstream providers (itsme) encrypt id tokens and userinfo to, "
+                             "instead of the signing keys")
     rotate.set_defaults(func=cmd_keys_rotate)
 
     org = sub.add_parser("org", help="organisations")
@@ -256,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     org_create.add_argument("--vat")
     org_create.add_argument("--terminal-code")
     org_create.set_defaults(func=cmd_org_create)
+    for verb, text in (("deactivate", "no tokens for its clients, no new rights, transfers or nominations"),
+                       ("reactivate", "lift a deactivation")):
+        org_status = org_sub.add_parser(verb, help=text)
+        org_status.add_argument("organisation", metavar="ORGANISATION", help="the organisation id")
+        org_status.add_argument("--reason", required=True, help="why (kept on the audit trail)")
+        org_status.set_defaults(func=cmd_org_status)
 
     client = sub.add_parser("client", help="OAuth clients")
     client_sub = client.add_subparsers(dest="client_cmd", required=True)
@@ -287,10 +349,28 @@ def build_parser() -> argparse.ArgumentParser:
     from .bans_cli import add_commands as register_ban_commands  # issue 4: quaygate bans load, person set-national-id
 
     register_ban_commands(sub, person_sub)
+
+    from .terminal_cli import register as register_terminal_commands  # issue 5: quaygate terminal policy ...
+
+    register_terminal_commands(sub)
+
+    # Issue 5: its options (--config, --check) are the adapter's own; main() hands them over unparsed.
+    sub.add_parser("gate-adapter", help="run a terminal's gate adapter: gate-adapter --config lane.toml",
+                   add_help=False)
     return p
 
 
+def cmd_gate_adapter(argv: list[str]) -> int:
+    """Issue 5: the adapter process; its own options (``--config``, ``--check``), see gate_adapters/adapter.py."""
+    from gate_adapters.adapter import main as adapter_main
+
+    return adapter_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["gate-adapter"]:
+        return cmd_gate_adapter(given[1:])
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -27,6 +27,7 @@ class Container:
     cipher: DataCipher
     clock: SystemClock
     gate_facts: Any = None  # issue 5: release_service.adapters.gate_facts.RedisGateFacts, with Redis
+    face_matcher: Any = None  # issue 6: release_service.ports.FaceMatcher over identity's face service (app.py)
 
     @classmethod
     def build(cls, settings: Settings) -> Container:

@@ -58,6 +58,13 @@ organisations = sa.Table(
     sa.Column("vat", sa.String(20), unique=True),
     sa.Column("terminal_code", sa.String(32), unique=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # Issue 4: port security deactivates an organisation (and may reactivate it): its clients get no
+    # tokens and it receives no new rights, transfers or nominations. The last change's who, when and
+    # why are kept here; every change is on the audit trail (identity.organisations).
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("status_changed_at", UTCDateTime),
+    sa.Column("status_changed_by", sa.String(200)),
+    sa.Column("status_reason", sa.String(500)),
 )
 
 persons = sa.Table(
@@ -263,6 +270,11 @@ audit_log = sa.Table(
     sa.Column("chain_seq", sa.BigInteger, unique=True),
     sa.Column("prev_hash", sa.String(64)),
     sa.Column("hash", sa.String(64)),
+    # The console's audit search (identity.api.audit_search), newest first: a kind or a dotted prefix of
+    # kinds (pattern ops, so LIKE 'x.%' can use it whatever the collation), a subject, a time range.
+    sa.Index("ix_audit_log_kind_id", "kind", "id", postgresql_ops={"kind": "varchar_pattern_ops"}),
+    sa.Index("ix_audit_log_subject_id", "subject", "id"),
+    sa.Index("ix_audit_log_at", "at"),
 )
 
 audit_checkpoints = sa.Table(

@@ -231,6 +231,38 @@ class GateSnapshot:
     screening: ScreeningResult
 
 
+@dataclass(frozen=True, slots=True)
+class FaceOutcome:
+    """A gate capture matched 1:1 against one person's enrolled face (issue 6): the Euclidean
+    ``distance`` and the ``tolerance`` applied, or, when no comparison was made, ``distance`` None and
+    ``reason`` why (face_not_enrolled, face_busy, face_unavailable, face_not_live). Never the image."""
+
+    person_id: uuid.UUID
+    distance: float | None
+    matched: bool
+    reason: str | None
+    tolerance: float
+
+
+class FaceCaptureRefused(Exception):
+    """The capture itself is unusable (not a JPEG/PNG, too large, no face, two faces, too small,
+    blurred): the gate is told to send another one, and no decision is recorded."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class FaceMatcher(Protocol):
+    """Identity's face verification, as the gate uses it (wired in the composition root). Blocking:
+    call it from a worker thread; the matching itself runs in identity's process pool. Audits the
+    distance, the tolerance and the outcome with ``context`` (never the image). Raises
+    FaceCaptureRefused for an unusable capture."""
+
+    def match(self, person_id: uuid.UUID, image: bytes, *, tolerance: float,
+              context: dict[str, Any]) -> FaceOutcome: ...
+
+
 class GateFacts(Protocol):
     """The gate decision's facts kept close (issue 5 "Hot path"): exact by invalidation on every
     committed change, PostgreSQL staying the truth. ``read`` and ``record`` may raise FactsUnavailable."""

@@ -19,6 +19,7 @@ from identity.api.admin import router as admin_router
 from identity.api.audit_search import router as audit_router
 from identity.api.badges import router as badge_router
 from identity.api.bans import router as ban_router
+from identity.api.passkeys import router as passkey_router
 from identity.api.routes import build_router
 from identity.bans.screening import from_settings as screening_from_settings
 from identity.bootstrap import create_client
@@ -58,13 +59,21 @@ def flow(engine: sa.Engine, tmp_path: Path, register: Register) -> Iterator[Flow
     yield from console_flow(engine, tmp_path, register)
 
 
+def audit_entries(flow: Flow, kind: str) -> list[Any]:
+    """The audit entries of one kind, oldest first: (actor, subject, data)."""
+    with flow.engine.connect() as conn:
+        return list(conn.execute(sa.select(audit_log.c.actor, audit_log.c.subject, audit_log.c.data)
+                                 .where(audit_log.c.kind == kind).order_by(audit_log.c.id)).all())
+
+
 def console_flow(engine: sa.Engine, tmp_path: Path, register: Register) -> Iterator[Flow]:
     """The identity provider with the admin API and the console pages, the register's key configured."""
     settings = Settings(var_dir=tmp_path, issuer=ISSUER, ban_register_jwk=register.public_jwk)
     container = Container(settings=settings, engine=engine, cache=MemoryCache(),
                           cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
     app = FastAPI()
-    for router in (build_router(), admin_router, audit_router, badge_router, ban_router, console_router, web_router):
+    for router in (build_router(), admin_router, audit_router, badge_router, ban_router, passkey_router, console_router,
+                   web_router):
         app.include_router(router)
     app.state.container = container
     app.state.ban_screening = screening_from_settings(settings, engine)  # the real register, as create_app wires it
@@ -183,9 +192,11 @@ def test_a_login_weaker_than_a_passkey_gets_a_step_up_challenge(flow: Flow) -> N
     assert f'acr_values="{assurance.ACR_PASSKEY}"' in r.headers["www-authenticate"]  # RFC 9470 §3
 
 
-def test_console_persons_do_not_manage_clients_or_persons(flow: Flow) -> None:
+def test_console_persons_do_not_make_initial_access_tokens(flow: Flow) -> None:
+    # Persons and memberships are the console's now (tests/test_admin_console_persons.py); a token for
+    # dynamic client registration stays an admin client's.
     token = _token(flow, _console(flow), _officer(flow, "port_security_admin", "badge_office"))
-    _problem(flow.http.post("/admin/v1/persons", json={"given_name": "A", "family_name": "B"}, headers=_auth(token)),
+    _problem(flow.http.post("/admin/v1/initial-access-tokens", json={}, headers=_auth(token)),
              403, "insufficient_scope")
 
 
@@ -288,4 +299,6 @@ def test_the_console_config_names_the_registered_client(flow: Flow) -> None:
     client_id = _console(flow)
     cfg = flow.http.get("/console/config.json").json()
     assert cfg["client_id"] == client_id and cfg["redirect_uri"] == CALLBACK
-    assert cfg["scope"] == CONSOLE_SCOPE and cfg["acr_values"] == assurance.ACR_PASSKEY and cfg["api"] == "/admin/v1"
+    # offline_access: the console renews its session with a refresh token (tests/test_admin_console_session.py).
+    assert cfg["scope"] == "openid profile offline_access admin badges:office"
+    assert cfg["acr_values"] == assurance.ACR_PASSKEY and cfg["api"] == "/admin/v1"

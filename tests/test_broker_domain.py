@@ -243,3 +243,41 @@ def test_the_database_refuses_a_second_active_encryption_key(engine: sa.Engine) 
         row = conn.execute(sa.select(encryption_keys).where(encryption_keys.c.kid == kid)).one()
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(encryption_keys.insert().values(**{**row._asdict(), "kid": "twin"}))
+
+
+@pytest.mark.parametrize("commit_before", [1, 2, 3])
+def test_a_racing_first_login_committed_between_any_two_reads_is_never_taken_for_a_changed_sub(
+        pg_engine: sa.Engine, commit_before: int) -> None:
+    """The other browser's first login of the same person commits its link just before this login's
+    n-th statement: this one logs in through that link or loses the insert (and is judged again), but
+    is never refused as a changed sub (rebind_required)."""
+    import uuid
+
+    from identity.broker.linking import resolve
+    from quaygate.schema import persons, upstream_links
+
+    person = uuid.uuid4()
+    with pg_engine.begin() as conn:
+        conn.execute(persons.insert().values(id=person, given_name="Jan", family_name="Peeters",
+                                             national_id_hash="h" * 64, created_at=NOW))
+    seen = {"n": 0}
+
+    def other_login_commits(*_: Any) -> None:
+        seen["n"] += 1
+        if seen["n"] == commit_before:
+            with pg_engine.begin() as other:
+                other.execute(upstream_links.insert().values(
+                    id=uuid.uuid4(), issuer="https://up", sub="jan", person_id=person, status="active",
+                    created_at=NOW, last_login_at=NOW))
+
+    with pg_engine.connect() as conn:
+        sa.event.listen(conn, "before_cursor_execute", other_login_commits)
+        try:
+            with conn.begin():
+                action, who, _ = resolve(conn, issuer="https://up", sub="jan", national_id_hash="h" * 64,
+                                         proof=None, now=NOW)
+            assert (action, who) == (LinkAction.LOGIN, person)
+        except sa.exc.IntegrityError:
+            assert commit_before == 3  # both saw no link; the insert loses and the service judges again
+        finally:
+            sa.event.remove(conn, "before_cursor_execute", other_login_commits)

@@ -125,3 +125,32 @@ def test_keys_rotate_every_algorithm_or_the_named_ones(env: Path, capsys: pytest
         err = capsys.readouterr().err
         assert f"unknown algorithm {bad!r}" in err and "RS256, PS256, ES256" in err and "Traceback" not in err
     assert _active_kids(env / "q.db") == after  # a refused rotation changes nothing
+
+
+def test_keys_rotate_encryption_turns_over_the_upstream_encryption_key(env: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlalchemy as sa
+
+    from quaygate.db import make_engine
+    from quaygate.schema import encryption_keys
+
+    engine = make_engine(f"sqlite:///{env / 'q.db'}")
+
+    def keys() -> dict[str, str]:
+        with engine.connect() as conn:
+            return {r.kid: r.status for r in conn.execute(sa.select(encryption_keys.c.kid, encryption_keys.c.status))}
+
+    try:
+        signing = _active_kids(env / "q.db")
+        assert main(["keys", "rotate", "--encryption"]) == 0
+        first = keys()
+        assert main(["keys", "rotate", "--encryption"]) == 0
+        out = capsys.readouterr().out
+        second = keys()
+        (new,) = [kid for kid, status in second.items() if status == "active"]
+        assert new not in first and f"new upstream encryption key {new} is active" in out
+        assert sorted(second.values()) == ["active", "retiring", "retiring"]  # both older keys still decrypt
+        assert "stays published and decrypts for" in out
+        assert _active_kids(env / "q.db") == signing  # the signing keys are untouched
+    finally:
+        engine.dispose()

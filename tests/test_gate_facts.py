@@ -89,6 +89,23 @@ def _check(gate: Gate, n: int, **over: Any) -> dict[str, Any]:
     return r.json()  # type: ignore[no-any-return]
 
 
+def test_a_commit_the_cache_never_heard_of_is_still_answered_once(gate: Gate) -> None:
+    """A commit's request_id reaches Redis only after its transaction (``remember``, best effort):
+    a retry that the cache does not know must still get the recorded answer, never a second use."""
+    gate.pickable(3)
+    body = gate.body(3, mode="commit")
+    first = gate.verify(body).json()
+    assert first["decision"] == "allow" and first["committed"]
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    facts._r.delete(facts._request_key({"terminal": body["terminal"], "request_id": body["request_id"]}))
+    assert gate.verify(body).json() == first
+    assert_problem(gate.verify({**body, "lane": "in-9"}), 409, "request_id_reused")
+    with gate.engine.connect() as conn:
+        kept = conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)
+                            .where(gate_decisions.c.request_id == body["request_id"])).scalar_one()
+    assert kept == 1
+
+
 def _require_face(engine: sa.Engine, *, commit: bool) -> None:
     """The terminal's policy changed as its store changes it, committed or rolled back."""
     with SqlUnitOfWork(engine) as uow:

@@ -133,3 +133,16 @@ def test_a_pass_covers_only_its_right_terminal_and_lifetime() -> None:
     assert not pass_covers(p, terminal="BEANR-K913", release_id=p.right.id, decided_at=NOW)
     assert not pass_covers(p, terminal=T, release_id=uuid.uuid4(), decided_at=NOW)
     assert not pass_covers(p, terminal=T, release_id=p.right.id, decided_at=NOW + timedelta(hours=1))
+
+
+def test_offline_a_face_image_that_nobody_can_match_is_a_doubt_never_an_allow() -> None:
+    from gate_adapters.runtime.offline import gate_request
+
+    body = {"request_id": "r1", "terminal": T, "lane": "in-3", "direction": "in", "mode": "commit",
+            "container": {"number": CONTAINER, "confidence": 0.97},
+            "plate": {"text": "1-ABC-123", "country": "BE", "confidence": 0.95},
+            "badge": {"scheme": "alfapass", "number": "ap 123455"}, "observed_at": NOW.isoformat()}
+    assert offline([a_pass()], gate_request(body)).decision.decision is g.Outcome.ALLOW  # type: ignore[attr-defined]
+    with_image = gate_request({**body, "face": {"image": "aGVsbG8="}})
+    d = offline([a_pass()], with_image).decision  # type: ignore[attr-defined]
+    assert (d.decision, d.reasons) == (g.Outcome.REVIEW, (g.Reason.FACE_REQUIRED,))

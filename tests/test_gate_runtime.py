@@ -283,12 +283,12 @@ def test_a_refused_request_is_final_and_holds_with_an_officer(gate: Gate, outbox
     rid = gate.pickable(6)
     sink = RecordingBarrier()
     lane = runtime(real_client(gate), outbox, sink)
-    image = {"image": "aGVsbG8="}  # the service matches no images yet: 422 face_image_unsupported
+    image = {"image": "aGVsbG8="}  # "hello" is no photo: 422 image_unreadable
     (result,) = [r for read in reads(n=6, face=image) for r in lane.feed(read)]
-    assert result.response is None and result.error == "refused: 422 face_image_unsupported"
+    assert result.response is None and result.error == "refused: 422 image_unreadable"
     assert [(c.command, c.call_officer) for c in sink.commands] == [(BarrierCommand.HOLD, True)]
     assert outbox.pending() == [] and outbox.response(result.request_id) == {  # a re-send cannot help
-        "error": {"status": 422, "code": "face_image_unsupported", "detail": outbox.response(
+        "error": {"status": 422, "code": "image_unreadable", "detail": outbox.response(
             result.request_id)["error"]["detail"]}}  # type: ignore[index]
     assert gate.state(rid) == "nominated"
 

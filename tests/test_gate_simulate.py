@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,8 @@ def test_the_mqtt_mode_feeds_a_running_adapter_and_counts_its_barrier_commands(g
     raw["trucks"] = raw["trucks"][:2]  # one truck per lane: a real-time adapter sees them at once
     path = tmp_path / "two.json"
     path.write_text(json.dumps(raw))
-    prefix = f"qgs{tmp_path.name[-8:].replace('_', '')}"
+    # a topic tree of its own: the sqlite and postgresql runs of this test share one broker under xdist
+    prefix = f"qgs{uuid.uuid4().hex[:8]}"
     adapter, outbox = new_client(), Outbox(tmp_path / "adapter.sqlite3")
     client = VerifyClient("http://testserver", StaticToken(gate.gate_token), http=gate.http)
     worker = LaneWorker([LaneRuntime(TERMINAL, lane, "in", "commit", LaneCorrelator(lane, TERMINAL, "in"), client,

@@ -196,7 +196,7 @@ def test_only_the_terminals_own_gate(gate: Gate) -> None:
     ({"container": {"number": "OCLU0000011", "confidence": 1.5}}, 422, "invalid_request"),
     ({"direction": "sideways"}, 422, "invalid_request"),
     ({"observed_at": "2026-11-21T10:00:00"}, 422, "invalid_request"),  # no zone
-    ({"face": {"image": "aGVsbG8="}}, 422, "face_image_unsupported"),
+    ({"face": {"image": "aGVsbG8="}}, 422, "image_unreadable"),  # issue 6: matched, but "hello" is no photo
     ({"unknown_field": 1}, 422, "invalid_request"),
 ])
 def test_bad_input_is_a_problem_and_records_nothing(gate: Gate, change: dict[str, Any], status: int,

@@ -209,3 +209,65 @@ class _NoKeys:
 def test_sign_access_token_needs_a_kid() -> None:
     with pytest.raises(ValueError):
         sign_access_token(_claims(), RSAKey.generate_key(2048))
+
+
+# ---- the memo of checked signatures: only the signature check is ever skipped ---------------------
+
+
+class _Keys:
+    """A key source whose published keys the test withdraws (what KeyStore does when a key leaves)."""
+
+    def __init__(self, key: RSAKey) -> None:
+        self.keys = [key]
+
+    def public_key_set(self, *, refresh: bool = False, kid: str | None = None) -> Any:
+        return list(self.keys)
+
+
+def _memo_verifier(now: Callable[[], float] = time.time, revoked: set[str] | None = None
+                   ) -> tuple[AccessTokenVerifier, _Keys, RSAKey]:
+    key = RSAKey.generate_key(2048, parameters={"kid": "memo-k"})
+    keys = _Keys(key)
+    verifier = AccessTokenVerifier(keys, ISSUER, now=now,  # type: ignore[arg-type]
+                                   revoked=(lambda c: c["jti"] in revoked) if revoked is not None else None)
+    return verifier, keys, key
+
+
+def test_a_token_seen_again_skips_only_the_signature_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier, _, key = _memo_verifier()
+    token = sign_access_token(_claims(), key)
+    checks = []
+    real = jws.validate_compact
+    monkeypatch.setattr("identity.tokens.jws.validate_compact", lambda *a, **k: checks.append(1) or real(*a, **k))
+    first = verifier.verify(token, audience=AUD)
+    first["scope"] = "changed by a caller"
+    again = verifier.verify(token, audience=AUD)
+    assert len(checks) == 1
+    assert again["scope"] == "releases:read"  # callers get their own copy of the claims
+    head, body, sig = token.split(".")
+    tampered = f"{head}.{_b64(json.dumps(_claims(scope='releases:write')).encode())}.{sig}"
+    with pytest.raises(InvalidToken, match="signature"):
+        verifier.verify(tampered, audience=AUD)
+    assert len(checks) == 2
+
+
+def test_a_remembered_token_is_still_refused_once_expired_revoked_withdrawn_or_for_another_audience() -> None:
+    clock = [time.time()]
+    revoked: set[str] = set()
+    verifier, keys, key = _memo_verifier(now=lambda: clock[0], revoked=revoked)
+    token = sign_access_token(_claims(), key)
+    assert verifier.verify(token, audience=AUD)
+    with pytest.raises(InvalidToken):
+        verifier.verify(token, audience="quaygate-gate")
+    clock[0] += 400  # exp is 300 s after issue, the leeway 30 s
+    with pytest.raises(InvalidToken, match="expired"):
+        verifier.verify(token, audience=AUD)
+    clock[0] -= 400
+    revoked.add("j-1")
+    with pytest.raises(InvalidToken, match="revoked"):
+        verifier.verify(token, audience=AUD)
+    revoked.clear()
+    assert verifier.verify(token, audience=AUD)
+    keys.keys = []
+    with pytest.raises(InvalidToken, match="unknown key"):
+        verifier.verify(token, audience=AUD)

@@ -11,17 +11,23 @@ Rules:
 2. A 401 drops the cached token and tries once more with a fresh one (it may have expired in flight).
 3. Any other 4xx: ``VerifyRefused`` carrying the problem's ``status``, ``code`` and ``detail``.
 4. Tokens (``ClientCredentials``): RFC 6749 §4.4 client credentials at ``/oauth2/token`` with
-   ``client_secret_basic`` (§2.3.1), cached until ``leeway`` seconds before ``expires_in`` runs out.
+   ``client_secret_basic`` (§2.3.1), or with ``private_key_jwt`` (RFC 7523 §2.2: a fresh signed
+   assertion per token request, ``AssertionSigner``), cached until ``leeway`` seconds before
+   ``expires_in`` runs out.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import httpx
+from joserfc import jwt
+from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -69,15 +75,61 @@ class StaticToken:
         """Nothing to refresh: the next call sends the same token."""
 
 
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"  # RFC 7523 §2.2
+_DEFAULT_ALG = {"EC": "ES256", "RSA": "PS256", "OKP": "EdDSA"}
+
+
+class AssertionSigner:
+    """RFC 7523 §3 client assertions: ``iss`` = ``sub`` = the client id, ``aud`` the token endpoint, a
+    fresh ``jti`` each (the service refuses a replayed one) and a one-minute lifetime.
+
+    ``key``: the private key as a JWK (JSON) or PEM, EC P-256 (ES256), RSA (PS256 or RS256) or Ed25519
+    (EdDSA). ``kid``: the key's id in the client's registered JWKS (default: the JWK's own ``kid``, else
+    its RFC 7638 thumbprint)."""
+
+    def __init__(self, client_id: str, key: str | bytes, audience: str, *, kid: str | None = None,
+                 alg: str | None = None, lifetime: int = 60, clock: Callable[[], float] = time.time) -> None:
+        self.client_id, self.audience, self.lifetime, self._clock = client_id, audience, lifetime, clock
+        self._key = _private_key(key)
+        if not self._key.is_private:
+            raise ValueError("the key file holds a public key: private_key_jwt needs the private key")
+        self.alg = alg or _DEFAULT_ALG[self._key.key_type]
+        self.kid = kid or self._key.kid or self._key.thumbprint()
+
+    def assertion(self) -> str:
+        now = int(self._clock())
+        claims = {"iss": self.client_id, "sub": self.client_id, "aud": self.audience, "iat": now,
+                  "exp": now + self.lifetime, "jti": uuid.uuid4().hex}
+        return jwt.encode({"alg": self.alg, "kid": self.kid, "typ": "JWT"}, claims, self._key, algorithms=[self.alg])
+
+
+def _private_key(data: str | bytes) -> ECKey | RSAKey | OKPKey:
+    text = data.decode() if isinstance(data, bytes) else data
+    if text.lstrip().startswith("{"):
+        obj = json.loads(text)
+        kinds = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
+        if not isinstance(obj, dict) or obj.get("kty") not in kinds:
+            raise ValueError("the key file is a JWK of kty EC, RSA or OKP")
+        return kinds[obj["kty"]].import_key(obj)  # type: ignore[no-any-return]
+    for kind in (ECKey, RSAKey, OKPKey):
+        try:
+            return kind.import_key(text)  # type: ignore[no-any-return]
+        except Exception:  # noqa: BLE001,S112 - try the next kind; none fits: ValueError below
+            continue
+    raise ValueError("the key file is neither a JWK nor a PEM private key (EC, RSA or Ed25519)")
+
+
 class ClientCredentials:
-    """A gate client's access token, fetched with client_secret_basic and cached until near expiry."""
+    """A gate client's access token, fetched with client_secret_basic (``client_secret``) or with
+    private_key_jwt (``signer``), and cached until near expiry."""
 
     def __init__(
         self,
         token_url: str,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None,
         *,
+        signer: AssertionSigner | None = None,
         http: httpx.Client | None = None,
         scope: str | None = None,
         leeway: float = 30.0,
@@ -85,7 +137,10 @@ class ClientCredentials:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.token_url, self.scope, self.leeway, self.timeout = token_url, scope, leeway, timeout
-        self._auth = (client_id, client_secret)
+        if (client_secret is None) == (signer is None):
+            raise ValueError("give a client secret or an assertion signer, one of them")
+        self._auth = None if client_secret is None else (client_id, client_secret)
+        self.client_id, self._signer = client_id, signer
         self._http = http or httpx.Client(timeout=timeout)  # an injected client brings its own timeouts
         self._clock = clock
         self._lock = threading.Lock()
@@ -104,6 +159,9 @@ class ClientCredentials:
 
     def _fetch(self) -> tuple[str, float]:
         data = {"grant_type": "client_credentials"} | ({"scope": self.scope} if self.scope else {})
+        if self._signer is not None:  # RFC 7523 §2.2, with client_id as RFC 6749 §2.3 allows
+            data |= {"client_id": self.client_id, "client_assertion_type": ASSERTION_TYPE,
+                     "client_assertion": self._signer.assertion()}
         started = self._clock()
         try:
             r = self._http.post(self.token_url, data=data, auth=self._auth)

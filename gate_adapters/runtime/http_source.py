@@ -6,6 +6,7 @@ Routes (``{lane}`` is our lane id; the adapter serves one terminal)::
     POST /axis/{lane}        AXIS License Plate Verifier JSON push (sources/axis.py)
     POST /ocr/{lane}         container OCR portal JSON (sources/ocr_portal.py)
     POST /reads/{lane}       our generic JSON read (sources/generic_json.py)
+    GET  /healthz            200 {"status": "ok", "terminal", "lanes"} while the adapter runs
 
 Answers: 202 ``{"accepted": true}`` (enqueued) or ``{"accepted": false}`` (a heartbeat, an Axis
 ``lost`` event: nothing to correlate); 400 with a plain-text reason for a refused payload
@@ -60,4 +61,9 @@ def create_source_app(worker: LaneWorker, terminal: str) -> FastAPI:
 
     for vendor, parser in PARSERS.items():
         route(vendor, parser)
+
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok", "terminal": terminal, "lanes": sorted(ln for _, ln in worker.lanes)})
+
+    app.add_api_route("/healthz", healthz, methods=["GET"], name="healthz")
     return app

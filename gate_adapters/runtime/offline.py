@@ -183,9 +183,19 @@ def gate_request(body: Mapping[str, Any]) -> g.GateRequest:
                                                  float(plate.get("confidence", 0.0))),
         badge=None if not badge or not (badge.get("number") or badge.get("card_uid"))
         else g.BadgeRead(str(badge.get("scheme", "")), badge.get("number"), badge.get("card_uid")),
-        face=None if not match else g.FaceEvidence("match_result", float(match["score"]), bool(match["matched"])),
+        face=_face(face, match),
         observed_at=datetime.fromisoformat(str(body["observed_at"])),
     )
+
+
+def _face(face: Any, match: Any) -> g.FaceEvidence | None:
+    """A matcher's result as online; a capture no one can match offline stays a capture not matched
+    (``face_required``, review), as online when the matcher is unavailable: never a silent allow."""
+    if match:
+        return g.FaceEvidence("match_result", float(match["score"]), bool(match["matched"]))
+    if isinstance(face, dict) and face.get("image"):
+        return g.FaceEvidence.image_pending()
+    return None
 
 
 class OfflineMode:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,17 +22,19 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from quaygate.crypto import keyed_hash
-from quaygate.schema import badges, memberships, oauth_clients, organisations, persons
+from quaygate.schema import audit_log, badges, memberships, oauth_clients, organisations, persons
 from release_service.api.problems import problem, problem_responses
 from release_service.domain.parties import OrgKind
 
 from .. import audit
+from ..bans.screening import ban_check
 from ..bootstrap import provider_for
 from ..domain import claims as c
 from ..domain.assurance import ACR_PASSKEY, satisfies
 from ..domain.roles import ClientRole
 from ..domain.scopes import BADGES_OFFICE
-from ..grants import revocations_for
+from ..grants import grants_for, revocations_for
+from ..organisations import OrganisationRefused, set_active, status_fields
 from ..registration import RegistrationError, management_for
 from ..tokens import InvalidToken
 
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 ADMIN_SCOPE = "admin"
 MEMBER_ROLES = ("driver", "dispatcher", "org_admin", "port_security_admin", "badge_office")
 PORT_SECURITY_ROLE = "port_security_admin"  # claims.CONSOLE_ADMIN_ROLES: organisations, clients, audit
+# A console session renews its access token with a rotating refresh token (identity.web.console), but
+# never beyond this long after the passkey login: then the officer signs in again (RFC 9470 max_age).
+CONSOLE_SESSION_MAX = 12 * 3600
 CONSOLE_RESERVED_CLIENT_ROLES = frozenset({ClientRole.ADMIN.value, ClientRole.ADMIN_CONSOLE.value})
 
 router = APIRouter(prefix="/admin/v1", tags=["identity admin"])
@@ -133,6 +139,13 @@ def admin_caller(request: Request, *, console: bool = True) -> AdminCaller:
         log.info("identity.admin.refused.step_up")
         raise AdminRefused(401, "insufficient_user_authentication", "Sign in with a passkey for the admin console.",
                            params={"acr_values": ACR_PASSKEY})
+    auth_time = claims.get(c.AUTH_TIME)
+    now = app.state.container.clock.now().timestamp()
+    if isinstance(auth_time, bool) or not isinstance(auth_time, int | float) or now - auth_time > CONSOLE_SESSION_MAX:
+        # Refreshed tokens keep the login's auth_time: a stolen refresh token is worth one working day.
+        log.info("identity.admin.refused.session_too_old")
+        raise AdminRefused(401, "insufficient_user_authentication", "The console session is over: sign in again.",
+                           params={"acr_values": ACR_PASSKEY, "max_age": str(CONSOLE_SESSION_MAX)})
     return AdminCaller(str(claims[c.CLIENT_ID]), person_id=str(person),
                        badge_office=BADGES_OFFICE in scopes and c.BADGE_OFFICE_ROLE in held,
                        roles=frozenset(held & c.CONSOLE_ADMIN_ROLES))
@@ -144,6 +157,26 @@ def require_role(caller: AdminCaller, role: str) -> AdminCaller:
     if not caller.holds(role):
         log.info("identity.admin.refused.role.%s", role)
         raise AdminRefused(403, "insufficient_role", f"This needs the {role} role.")
+    return caller
+
+
+def enrolment_code_caller(request: Request, person_id: uuid.UUID) -> AdminCaller:
+    """Who may issue a person's one-time enrolment code (identity.api.passkeys), or AdminRefused. The
+    code registers a passkey for that person: whoever holds it logs in as him. So: an admin client, or
+    through the console the badge office and port security; for a person who holds a console role,
+    only port security; and never an officer for himself (a second passkey of his own is added from
+    /account, after a login)."""
+    caller = admin_caller(request)
+    if caller.person_id is None:
+        return caller
+    if caller.person_id == str(person_id):
+        log.info("identity.admin.refused.own_enrolment_code")
+        raise AdminRefused(403, "own_enrolment_code", "An officer does not issue an enrolment code for himself.")
+    with request.app.state.container.engine.connect() as conn:
+        held = set(conn.execute(sa.select(memberships.c.role).where(memberships.c.person_id == person_id)).scalars())
+    if held & c.CONSOLE_ADMIN_ROLES:
+        require_role(caller, PORT_SECURITY_ROLE)
+    audit_read(request, caller, "identity.admin.enrolment_code.requested", subject=str(person_id))
     return caller
 
 
@@ -315,21 +348,26 @@ def deactivate_client(client_id: str, request: Request) -> JSONResponse:
 
 @router.post("/persons", operation_id="admin_create_person", status_code=201, responses=_ERRORS)
 def create_person(request: Request, body: PersonIn) -> JSONResponse:
-    """Register a person (a driver, a dispatcher ...); identity proofing and passkeys come later."""
+    """Register a person (a driver, a dispatcher ...); identity proofing and passkeys come later.
+    Admin clients, and both console roles (the badge office registers holders, port security officers)."""
     try:
-        admin = admin_of(request)
+        caller = admin_caller(request)
     except AdminRefused as exc:
         return exc.response(request)
     container = request.app.state.container
     now, person_id = container.clock.now(), uuid.uuid4()
     with container.engine.begin() as conn:
-        if body.employer_organisation_id and not _org_exists(conn, body.employer_organisation_id):
+        employer = (conn.execute(sa.select(organisations.c.active).where(
+            organisations.c.id == body.employer_organisation_id)).first() if body.employer_organisation_id else None)
+        if body.employer_organisation_id and employer is None:
             return problem(422, "unknown_organisation", "No such organisation.", instance=request.url.path)
+        if employer is not None and not employer.active:
+            return problem(409, "organisation_inactive", "The organisation is deactivated.", instance=request.url.path)
         conn.execute(persons.insert().values(
             id=person_id, given_name=body.given_name, family_name=body.family_name,
             employer_organisation_id=body.employer_organisation_id, locale=body.locale, status="active",
             created_at=now))
-        audit.record("identity.admin.person.created", at=now, actor={"client_id": admin}, subject=str(person_id),
+        audit.record("identity.admin.person.created", at=now, actor=caller.audit_actor, subject=str(person_id),
                      conn=conn, data={"employer_organisation_id": str(body.employer_organisation_id)
                                       if body.employer_organisation_id else None})
     return JSONResponse({"id": str(person_id)}, status_code=201)
@@ -338,20 +376,31 @@ def create_person(request: Request, body: PersonIn) -> JSONResponse:
 @router.post("/persons/{person_id}/memberships", operation_id="admin_add_membership", status_code=201,
              responses=problem_responses(401, 403, 404, 409, 422))
 def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -> JSONResponse:
-    """Give a person a role in an organisation."""
+    """Give a person a role in an organisation. Through the console: the console roles themselves
+    (port_security_admin, badge_office) only by port security, and never to oneself (no officer
+    widens his own rights)."""
     try:
-        admin = admin_of(request)
+        caller = admin_caller(request)
+        if body.role in c.CONSOLE_ADMIN_ROLES:
+            require_role(caller, PORT_SECURITY_ROLE)
     except AdminRefused as exc:
         return exc.response(request)
     if body.role not in MEMBER_ROLES:
         return problem(422, "invalid_role", f"role is one of {', '.join(MEMBER_ROLES)}.", instance=request.url.path)
+    if caller.person_id == str(person_id):
+        log.info("identity.admin.refused.own_membership")
+        return problem(403, "own_membership", "An officer does not change his own roles.", instance=request.url.path)
     container = request.app.state.container
     now = container.clock.now()
     with container.engine.begin() as conn:
         if conn.execute(sa.select(persons.c.id).where(persons.c.id == person_id)).first() is None:
             return problem(404, "not_found", "No such person.", instance=request.url.path)
-        if not _org_exists(conn, body.organisation_id):
+        active = conn.execute(sa.select(organisations.c.active)
+                              .where(organisations.c.id == body.organisation_id)).scalar_one_or_none()
+        if active is None:
             return problem(422, "unknown_organisation", "No such organisation.", instance=request.url.path)
+        if not active:
+            return problem(409, "organisation_inactive", "The organisation is deactivated.", instance=request.url.path)
         key = (memberships.c.person_id == person_id, memberships.c.organisation_id == body.organisation_id,
                memberships.c.role == body.role)
         if conn.execute(sa.select(memberships.c.role).where(*key)).first() is not None:
@@ -359,14 +408,10 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
                            instance=request.url.path)
         conn.execute(memberships.insert().values(person_id=person_id, organisation_id=body.organisation_id,
                                                  role=body.role, created_at=now))
-        audit.record("identity.admin.membership.added", at=now, actor={"client_id": admin}, subject=str(person_id),
+        audit.record("identity.admin.membership.added", at=now, actor=caller.audit_actor, subject=str(person_id),
                      conn=conn, data={"organisation_id": str(body.organisation_id), "role": body.role})
     return JSONResponse({"person_id": str(person_id), "organisation_id": str(body.organisation_id),
                          "role": body.role}, status_code=201)
-
-
-def _org_exists(conn: sa.Connection, organisation_id: uuid.UUID) -> bool:
-    return conn.execute(sa.select(organisations.c.id).where(organisations.c.id == organisation_id)).first() is not None
 
 
 def _client_role(request: Request, client_id: str) -> str | None:
@@ -388,7 +433,7 @@ def _like(text: str) -> str:
 
 def _org(row: Any) -> dict[str, Any]:
     return {"id": str(row.id), "name": row.name, "kind": row.kind, "eori": row.eori, "vat": row.vat,
-            "terminal_code": row.terminal_code, "created_at": row.created_at.isoformat()}
+            "terminal_code": row.terminal_code, "created_at": row.created_at.isoformat(), **status_fields(row)}
 
 
 @router.get("/organisations", operation_id="admin_list_organisations", responses=_ERRORS)
@@ -475,3 +520,95 @@ def search_persons(request: Request, q: str = Query(max_length=100),  # noqa: B0
         {"id": str(r.id), "given_name": r.given_name, "family_name": r.family_name, "status": r.status,
          "employer_organisation_id": str(r.employer_organisation_id) if r.employer_organisation_id else None,
          "badges": int(r.badges)} for r in rows]})
+
+
+class OrgStatusIn(BaseModel):
+    reason: str = Field(max_length=500, description="why: kept on the organisation and on the audit trail")
+
+
+_ORG_STATUS = {"not_found": 404, "status_unchanged": 409, "organisation_reserved": 403}
+
+
+def _org_status(request: Request, organisation_id: uuid.UUID, body: OrgStatusIn, *, active: bool) -> JSONResponse:
+    try:
+        caller = _port_security(request)
+    except AdminRefused as exc:
+        return exc.response(request)
+    container = request.app.state.container
+    with container.engine.connect() as conn:
+        kind = conn.execute(sa.select(organisations.c.kind)
+                            .where(organisations.c.id == organisation_id)).scalar_one_or_none()
+    if caller.person_id is not None and kind == OrgKind.PORT_AUTHORITY.value and not active:
+        # As with admin clients: a console session neither locks out the port authority's own admin
+        # clients nor its officers' organisation; an administrator does that with an admin client.
+        log.info("identity.admin.refused.reserved_organisation")
+        return problem(403, "organisation_reserved", "The port authority is deactivated by an administrator, not "
+                       "through the console.", instance=request.url.path)
+    try:
+        set_active(container.engine, grants_for(request.app), organisation_id, active=active, actor=caller.actor,
+                   reason=body.reason, now=container.clock.now(), access_token_ttl=container.settings.access_token_ttl,
+                   on_change=provider_for(request.app).clients.changed)
+    except OrganisationRefused as exc:
+        return problem(_ORG_STATUS.get(exc.code, 422), exc.code, exc.message, instance=request.url.path)
+    with container.engine.connect() as conn:
+        row = conn.execute(sa.select(organisations).where(organisations.c.id == organisation_id)).one()
+    return JSONResponse(_org(row))
+
+
+@router.post("/organisations/{organisation_id}:deactivate", operation_id="admin_deactivate_organisation",
+             responses=problem_responses(401, 403, 404, 409, 422))
+def deactivate_organisation(organisation_id: uuid.UUID, request: Request, body: OrgStatusIn) -> JSONResponse:
+    """Deactivate an organisation, saying why: its clients' tokens are revoked and they get no new ones;
+    it receives no new rights, transfers or nominations (``organisation_inactive``)."""
+    return _org_status(request, organisation_id, body, active=False)
+
+
+@router.post("/organisations/{organisation_id}:reactivate", operation_id="admin_reactivate_organisation",
+             responses=problem_responses(401, 403, 404, 409, 422))
+def reactivate_organisation(organisation_id: uuid.UUID, request: Request, body: OrgStatusIn) -> JSONResponse:
+    """Reactivate a deactivated organisation, saying why; its clients ask for new tokens."""
+    return _org_status(request, organisation_id, body, active=True)
+
+
+ALERTS_SHOWN = 20
+ALERT_KIND = "screening.ban.nomination_alert"  # as identity.api.bans lists them (it imports this module)
+
+
+@router.get("/persons/{person_id}", operation_id="admin_get_person", responses=_ERRORS)
+def get_person(person_id: uuid.UUID, request: Request) -> JSONResponse:
+    """A person for the console: names, status, memberships, and the port-ban screening now (clear,
+    banned or unavailable, the list's age, the references of the bans that hit) with the alerts a ban
+    raised on the person's open nominations. The view is audited, not what it showed."""
+    try:
+        caller = admin_caller(request)
+        audit_read(request, caller, "identity.admin.person.viewed", subject=str(person_id))
+    except AdminRefused as exc:
+        return exc.response(request)
+    container = request.app.state.container
+    settings, now = container.settings, container.clock.now()
+    with container.engine.connect() as conn:
+        row = conn.execute(sa.select(persons).where(persons.c.id == person_id)).first()
+        if row is None:
+            return problem(404, "not_found", "No such person.", instance=request.url.path)
+        members = conn.execute(
+            sa.select(memberships.c.organisation_id, memberships.c.role, organisations.c.name, organisations.c.active)
+            .join(organisations, organisations.c.id == memberships.c.organisation_id)
+            .where(memberships.c.person_id == person_id)
+            .order_by(organisations.c.name, memberships.c.role)).all()
+        check = ban_check(conn, person_id, now, port=None, max_list_age=timedelta(seconds=settings.ban_list_max_age))
+        alerts = conn.execute(
+            sa.select(audit_log.c.at, audit_log.c.data)
+            .where(audit_log.c.kind == ALERT_KIND, audit_log.c.data["driver_person_id"].as_string() == str(person_id))
+            .order_by(audit_log.c.id.desc()).limit(ALERTS_SHOWN)).all()
+    configured = bool(settings.ban_register_jwk or settings.ban_register_jwk_path)
+    return JSONResponse({
+        "id": str(row.id), "given_name": row.given_name, "family_name": row.family_name, "status": row.status,
+        "employer_organisation_id": str(row.employer_organisation_id) if row.employer_organisation_id else None,
+        "national_id_linked": row.national_id_hash is not None,
+        "memberships": [{"organisation_id": str(m.organisation_id), "organisation_name": m.name, "role": m.role,
+                         "organisation_active": bool(m.active)} for m in members],
+        "screening": {"register_configured": configured, "status": check.status.value,
+                      "list_age_seconds": check.list_age_seconds, "ban_references": list(check.references)},
+        "ban_alerts": [{"at": a.at.isoformat(), "release_id": a.data.get("release_id"),
+                        "ban_reference": a.data.get("ban_reference")} for a in alerts],
+    })

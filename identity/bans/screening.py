@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from identity.domain.bans import ScreeningStatus, StoredBan, decode_scope, screen
+from identity.domain.bans import BanCheck, ScreeningStatus, StoredBan, decode_scope, screen
 from identity.domain.screening import ScreeningResult
 from quaygate.schema import ban_feed_state, persons, port_bans
 
@@ -39,6 +39,14 @@ class StoredBanScreening:
 
 def screen_person(conn: sa.Connection, person_id: uuid.UUID, now: datetime, *, port: str | None,
                   max_list_age: timedelta) -> ScreeningResult:
+    result = ban_check(conn, person_id, now, port=port, max_list_age=max_list_age)
+    log.info("screening.ban.%s", result.status.value)
+    return ScreeningResult(result.status.value, result.list_age_seconds, REASONS[result.status])
+
+
+def ban_check(conn: sa.Connection, person_id: uuid.UUID, now: datetime, *, port: str | None,
+              max_list_age: timedelta) -> BanCheck:
+    """The pure rule's full answer, with the references of the bans that hit (the console shows them)."""
     issued_at = conn.execute(sa.select(sa.func.max(ban_feed_state.c.issued_at))).scalar()
     subject = conn.execute(sa.select(persons.c.national_id_hash).where(persons.c.id == person_id)).scalar()
     bans: list[StoredBan] = []
@@ -48,9 +56,7 @@ def screen_person(conn: sa.Connection, person_id: uuid.UUID, now: datetime, *, p
         bans = [StoredBan(decode_scope(s), f, u, r) for s, f, u, r in rows]
     if issued_at is not None and issued_at.tzinfo is None:  # SQLite keeps no zone (quaygate.schema.UTCDateTime)
         issued_at = issued_at.replace(tzinfo=UTC)
-    result = screen(bans, port=port, now=now, list_issued_at=issued_at, max_list_age=max_list_age)
-    log.info("screening.ban.%s", result.status.value)
-    return ScreeningResult(result.status.value, result.list_age_seconds, REASONS[result.status])
+    return screen(bans, port=port, now=now, list_issued_at=issued_at, max_list_age=max_list_age)
 
 
 def from_settings(settings: Any, engine: sa.Engine) -> StoredBanScreening | None:

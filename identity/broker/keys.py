@@ -77,10 +77,15 @@ class EncryptionKeys:
         log.info("identity.broker.enc_key.created")
         return str(key.kid)
 
+    @property
+    def overlap(self) -> timedelta:
+        """How long a rotated-out key stays published and decrypts."""
+        return max(self._overlap, timedelta(seconds=self._reload_every))
+
     def rotate(self, now: datetime) -> str:
         """A new active key; the old one stays published and usable until the caches have expired."""
         key = self._generate()
-        publish_until = now + max(self._overlap, timedelta(seconds=self._reload_every))
+        publish_until = now + self.overlap
         with self._engine.begin() as conn:
             self._take_lock(conn)
             conn.execute(encryption_keys.update()

@@ -22,17 +22,21 @@ from ..domain.broker import BrokerRefused, LinkAction, PasskeyProof, Refusal, li
 def resolve(conn: sa.Connection, *, issuer: str, sub: str, national_id_hash: str, proof: PasskeyProof | None,
             now: datetime) -> tuple[LinkAction, uuid.UUID, str | None]:
     """Link, re-bind or just log in; returns (action, person id, the replaced sub when re-bound)."""
-    own = conn.execute(sa.select(upstream_links.c.person_id, upstream_links.c.status)
-                       .where(upstream_links.c.issuer == issuer, upstream_links.c.sub == sub)).first()
-    if own is not None and own.status != "active":
-        # A sub that was replaced by a re-bind stays replaced: the re-created account is the person's now.
-        raise BrokerRefused(Refusal.REBIND_REQUIRED, "this upstream sub was replaced")
+    # The person's link is read before the sub's own link: each statement sees what committed before
+    # it began, so a racing first login's link seen by the first read is seen by the second too (read
+    # the other way round, "the sub is unlinked but the person is linked to that very sub" could be
+    # seen, and would be taken for a changed sub).
     hashed = conn.execute(sa.select(persons.c.id).where(persons.c.national_id_hash == national_id_hash)).scalar()
     linked_sub = None
     if hashed is not None:
         linked_sub = conn.execute(sa.select(upstream_links.c.sub).where(
             upstream_links.c.issuer == issuer, upstream_links.c.person_id == hashed,
             upstream_links.c.status == "active")).scalar()
+    own = conn.execute(sa.select(upstream_links.c.person_id, upstream_links.c.status)
+                       .where(upstream_links.c.issuer == issuer, upstream_links.c.sub == sub)).first()
+    if own is not None and own.status != "active":
+        # A sub that was replaced by a re-bind stays replaced: the re-created account is the person's now.
+        raise BrokerRefused(Refusal.REBIND_REQUIRED, "this upstream sub was replaced")
     action, person = link_decision(linked_person=str(own.person_id) if own is not None else None,
                                    hashed_person=str(hashed) if hashed is not None else None,
                                    person_linked_sub=linked_sub, proof=proof, now=now)

@@ -253,6 +253,14 @@ class BrokerService:
         raise exc
 
 
+def encryption_keys(c: Any) -> EncryptionKeys:
+    """Our encryption keys for the upstreams' id tokens and userinfo, from a Container: a retired key
+    stays published and usable until every upstream's cached copy of our JWKS has expired."""
+    s = c.settings
+    return EncryptionKeys(c.engine, c.cipher, overlap=timedelta(
+        seconds=max(s.broker_enc_key_overlap, s.broker_jwks_max_age + 60)))
+
+
 def build(app: Any) -> BrokerService:
     """The app's BrokerService (``app.state.broker``), built once from the container."""
     from ..bootstrap import provider_for
@@ -263,8 +271,7 @@ def build(app: Any) -> BrokerService:
     if service is None:
         c = app.state.container
         s = c.settings
-        enc = EncryptionKeys(c.engine, c.cipher, overlap=timedelta(
-            seconds=max(s.broker_enc_key_overlap, s.broker_jwks_max_age + 60)))
+        enc = encryption_keys(c)
         enc.ensure_active(c.clock.now())
         http = getattr(app.state, "broker_http", None) or httpx.Client(timeout=s.upstream_http_timeout)
         service = BrokerService(settings=s, engine=c.engine, cache=c.cache, clock=c.clock, sessions=sessions_for(app),

@@ -51,8 +51,9 @@ SCOPES_BY_ROLE: dict[ClientRole, frozenset[str]] = {
     ClientRole.ADMIN: frozenset({ADMIN, RELEASES_READ, BADGES_OFFICE}),
     ClientRole.DRIVER_APP: frozenset({OPENID, PROFILE, OFFLINE_ACCESS, RELEASES_READ, NOMINATIONS_RESPOND}),
     ClientRole.CONSOLE: frozenset({OPENID, PROFILE, OFFLINE_ACCESS, RELEASES_READ, RELEASES_WRITE}),
-    # No offline_access: a console session ends with its access token; the officer signs in again.
-    ClientRole.ADMIN_CONSOLE: frozenset({OPENID, PROFILE, ADMIN, BADGES_OFFICE}),
+    # offline_access: the console renews its session with a rotating refresh token (RFC 9700 §4.14.2);
+    # the admin API still ends it CONSOLE_SESSION_MAX after the passkey login (identity.api.admin).
+    ClientRole.ADMIN_CONSOLE: frozenset({OPENID, PROFILE, OFFLINE_ACCESS, ADMIN, BADGES_OFFICE}),
 }
 
 

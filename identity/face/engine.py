@@ -57,7 +57,10 @@ def decode(image: bytes, *, max_side: int, max_pixels: int) -> Any:
                 width, height = im.size
                 if width * height > max_pixels:  # before decoding: a small file may claim a huge picture
                     raise ValueError(FaceCode.IMAGE_TOO_LARGE.value)
-                im.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 directly
+                # JPEG: decode at 1/2, 1/4 or 1/8 directly, as small as still covers the target size
+                # (draft keeps both sides at least as large as asked: ask for the target's own shape).
+                scale = min(1.0, max_side / max(width, height))
+                im.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
                 rgb = ImageOps.exif_transpose(im).convert("RGB")
     except Image.DecompressionBombError as exc:
         raise ValueError(FaceCode.IMAGE_TOO_LARGE.value) from exc
@@ -65,8 +68,9 @@ def decode(image: bytes, *, max_side: int, max_pixels: int) -> Any:
         raise ValueError(FaceCode.IMAGE_UNREADABLE.value) from exc
     scale = max_side / max(rgb.size)
     if scale < 1:
+        # reducing_gap: a cheap integer box reduction first, then the filter on the last factor
         rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
-                         Image.Resampling.BILINEAR)
+                         Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(rgb)
 
 
@@ -89,13 +93,19 @@ def sharpness(pixels: Any, box: Box) -> float:
 
 def analyse(image: bytes, rules: QualityRules, max_side: int = 640, max_pixels: int = 40_000_000) -> Analysis:
     """Detect, judge and encode one capture. Runs in a worker process (``identity.face.pool``)."""
+    import numpy as np
+    from PIL import Image
     try:
         pixels = decode(image, max_side=max_side, max_pixels=max_pixels)
     except ValueError as exc:
         return Analysis(code=str(exc))
     del image
     fr = _face_recognition()
-    boxes = [Box(*map(int, b)) for b in fr.face_locations(pixels, number_of_times_to_upsample=0, model="hog")]
+    # HOG on the grey image: the same boxes on the sample photos, about a quarter less time than on
+    # three colour channels (dlib takes the strongest gradient of the three).
+    grey = np.asarray(Image.fromarray(pixels).convert("L"))
+    boxes = [Box(*map(int, b)) for b in fr.face_locations(grey, number_of_times_to_upsample=0, model="hog")]
+    del grey
     code = judge_faces(boxes, rules)
     face = largest(boxes)
     if face is None:
@@ -110,15 +120,31 @@ def analyse(image: bytes, rules: QualityRules, max_side: int = 640, max_pixels: 
     return Analysis(code=None, faces=len(boxes), face_px=face.size, sharpness=sharp, encoding=encoding)
 
 
-def warm_up() -> bool:
-    """Load the models and run one detection and one encoding, so the first capture is not slow."""
+def warm_up(hold: float = 0.0) -> bool:
+    """Load the models and run one detection and one encoding, so the first capture is not slow.
+
+    ``hold`` keeps this worker busy a little longer, so that each of N warm-up jobs submitted at once
+    lands in another of N workers (a worker done early would otherwise take a second one, and leave
+    another worker to load the models on its first real capture)."""
+    import time
+
     import numpy as np
 
     fr = _face_recognition()
     blank = np.zeros((160, 160, 3), dtype=np.uint8)
-    fr.face_locations(blank, number_of_times_to_upsample=0)
+    fr.face_locations(blank[:, :, 0], number_of_times_to_upsample=0)
     fr.face_encodings(blank, known_face_locations=[(10, 150, 150, 10)])
+    if hold > 0:
+        time.sleep(hold)
     return True
+
+
+def worker_id(hold: float = 0.0) -> int:
+    """This worker's process id, once warm (the bench checks that every worker is)."""
+    import os
+
+    warm_up(hold)
+    return os.getpid()
 
 
 def available() -> bool:

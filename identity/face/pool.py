@@ -79,7 +79,8 @@ class FacePool:
     def warm_up(self) -> list[Future[bool]]:
         """Start every worker and load the models in each (one warm-up job per worker, not awaited)."""
         pool = self._pool()
-        return [pool.submit(engine.warm_up) for _ in range(self.workers)]
+        hold = 0.5 if self.workers > 1 else 0.0  # one warm-up job per worker, not two in one
+        return [pool.submit(engine.warm_up, hold) for _ in range(self.workers)]
 
     def close(self) -> None:
         with self._lock:

@@ -27,7 +27,7 @@ CONSOLE_PATH = "/console/"
 CALLBACK_PATH = "/console/callback"
 CONSOLE_ROLE = "admin_console"
 # identity.domain.scopes: the admin_console role's scopes (badges:office counts only with the role).
-CONSOLE_SCOPE = "openid profile admin badges:office"
+CONSOLE_SCOPE = "openid profile offline_access admin badges:office"
 # identity.domain.assurance.ACR_PASSKEY: the admin API refuses weaker logins (RFC 9470).
 CONSOLE_ACR = "urn:quaygate:acr:passkey"
 

@@ -1,26 +1,36 @@
 """The gate API under /gate/v1 (SPEC.md "The gate verify call", issue 5): thin routes over
 services/verify.py. Called by a terminal's gate client (client credentials, scope ``gate:verify``,
-audience ``gate_audience``), bound to its terminal."""
+audience ``gate_audience``), bound to its terminal.
+
+``face`` (issue 6) is either a trusted local matcher's result (``face.match``) or a capture
+(``face.image``: a JPEG or PNG in base64, at most ``QUAYGATE_FACE_MAX_IMAGE_BYTES`` decoded), which the
+service matches 1:1 against the driver's enrolled face in identity's worker processes, with the
+terminal's ``face_tolerance``. An unusable capture is a 422 problem (``image_unreadable``,
+``image_too_large``, ``face_not_found``, ``face_multiple``, ``face_too_small``, ``face_blurred``) and no
+decision is recorded: the lane sends another capture. The image is never stored, logged or audited."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import uuid
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from identity.domain.scopes import GATE_VERIFY
 from release_service.domain import gate as g
-from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor
+from release_service.ports import FaceCaptureRefused
 from release_service.services import verify as verify_service
 
 from .auth import authenticate, bearer, require
-from .problems import problem_responses
+from .problems import problem, problem_responses
 from .routes import unit_of_work
 
 GATE = require(GATE_VERIFY, audience_setting="gate_audience")
@@ -56,10 +66,24 @@ class FaceMatchIn(_In):
     score: float = Field(ge=0, le=1)
 
 
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG
+_MAX_IMAGE_B64 = 8 * 1024 * 1024  # the schema's bound; QUAYGATE_FACE_MAX_IMAGE_BYTES is the real limit
+
+
 class FaceIn(_In):
+    """Exactly one of ``match`` and ``image``."""
+
     match: FaceMatchIn | None = Field(default=None, description="A result from the terminal's trusted local matcher.")
-    image: str | None = Field(default=None, max_length=2_000_000,
-                              description="A JPEG in base64: matched by the service (not yet: send a match).")
+    image: str | None = Field(default=None, min_length=1, max_length=_MAX_IMAGE_B64, description=(
+        "A capture of the driver's face, JPEG or PNG, base64 (or a data: URL), at most "
+        "QUAYGATE_FACE_MAX_IMAGE_BYTES (4 MB) decoded: matched 1:1 by the service against the enrolled face "
+        "of the nominated driver, with the terminal's face_tolerance. Never stored."))
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FaceIn:
+        if (self.match is None) == (self.image is None):
+            raise ValueError("face carries either a match result (match) or a capture (image)")
+        return self
 
 
 class VerifyRequest(_In):
@@ -115,14 +139,33 @@ def _uow_factory(request: Request) -> Any:
     return lambda: unit_of_work(container)
 
 
+def face_image(body: VerifyRequest, max_bytes: int) -> bytes | None:
+    """The capture's bytes, or None without one; FaceCaptureRefused when it is not base64 or too large."""
+    if body.face is None or body.face.image is None:
+        return None
+    text = body.face.image
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    if len(text) * 3 // 4 > max_bytes + 3:  # before decoding
+        raise FaceCaptureRefused("image_too_large", f"The face image is larger than {max_bytes} bytes.")
+    try:
+        image = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise FaceCaptureRefused("image_unreadable", "face.image is not valid base64.") from None
+    if not image.startswith(_IMAGE_MAGIC):  # refused at once, whoever the driver (enrolled or not)
+        raise FaceCaptureRefused("image_unreadable", "face.image is not a JPEG or PNG.")
+    if len(image) > max_bytes:
+        raise FaceCaptureRefused("image_too_large", f"The face image is larger than {max_bytes} bytes.")
+    return image
+
+
 def gate_request(body: VerifyRequest) -> g.GateRequest:
     face = None
     if body.face is not None:
-        if body.face.match is None:
-            # Face images are matched from issue 6 on; until then a gate sends its matcher's result.
-            raise DomainError(ErrorCode.FACE_IMAGE_UNSUPPORTED,
-                              "Send the face as a match result from the terminal's matcher (face.match).")
-        face = g.FaceEvidence("match_result", body.face.match.score, body.face.match.matched)
+        if body.face.match is not None:
+            face = g.FaceEvidence("match_result", body.face.match.score, body.face.match.matched)
+        else:  # matched by the service before deciding; as it stands it can only give face_required
+            face = g.FaceEvidence.image_pending()
     return g.GateRequest(
         request_id=body.request_id, terminal=body.terminal, lane=body.lane, direction=g.Direction(body.direction),
         mode=g.Mode(body.mode), container=g.ContainerRead(body.container.number, body.container.confidence),
@@ -137,21 +180,28 @@ def gate_request(body: VerifyRequest) -> g.GateRequest:
              responses=problem_responses(400, 401, 403, 409, 422),
              summary="Decide whether this driver in this truck may take this container; on commit, record it.")
 async def verify(request: Request, body: VerifyRequest,
-                 credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict[str, Any]:  # noqa: B008
+                 credentials: HTTPAuthorizationCredentials | None = Depends(bearer)  # noqa: B008
+                 ) -> dict[str, Any] | JSONResponse:
     # On the event loop: the token check (one Redis round trip) and, with the facts cached, a check
-    # decided and kept in Redis. Whatever waits for PostgreSQL goes to the thread pool.
+    # decided and kept in Redis. Whatever waits for PostgreSQL or a face worker goes to the thread pool.
     container = request.app.state.container
     actor = authenticate(request, credentials, audience=container.settings.gate_audience, scope=GATE_VERIFY)
     fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     now = container.clock.now()
     gate = gate_request(body)
     facts = container.gate_facts
-    if facts is not None:
-        answer = verify_service.answer_from_cache(facts, actor, gate, fingerprint=fingerprint, now=now)
-        if answer is not None:
-            return answer
-    return await run_in_threadpool(lambda: verify_service.verify(_uow_factory(request), actor, gate,
-                                                                 fingerprint=fingerprint, now=now, facts=facts))
+    try:
+        image = face_image(body, container.settings.face_max_image_bytes)
+        if facts is not None and image is None:  # an image is never decided from the cache alone
+            answer = verify_service.answer_from_cache(facts, actor, gate, fingerprint=fingerprint, now=now)
+            if answer is not None:
+                return answer
+        matcher = getattr(container, "face_matcher", None) if image is not None else None
+        return await run_in_threadpool(lambda: verify_service.verify(
+            _uow_factory(request), actor, gate, fingerprint=fingerprint, now=now, facts=facts,
+            face_image=image, face_matcher=matcher))
+    except FaceCaptureRefused as exc:
+        return problem(422, exc.code, exc.message, instance=request.url.path)
 
 
 @router.post("/overrides", operation_id="overrideGate", response_model=OverrideResponse, status_code=201,

@@ -27,6 +27,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.BATCH_TOO_LARGE: 413,
     ErrorCode.BATCH_EMPTY: 422,
     ErrorCode.UNKNOWN_ORGANISATION: 422,
+    ErrorCode.ORGANISATION_INACTIVE: 409,
     ErrorCode.UNKNOWN_PERSON: 422,
     ErrorCode.UNKNOWN_BADGE: 422,
     ErrorCode.WRONG_ORGANISATION_KIND: 403,
@@ -50,7 +51,6 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.ALREADY_USED: 409,
     ErrorCode.IDEMPOTENCY_KEY_REUSED: 422,
     ErrorCode.REQUEST_ID_REUSED: 409,
-    ErrorCode.FACE_IMAGE_UNSUPPORTED: 422,
     ErrorCode.REASON_REQUIRED: 422,
 }
 

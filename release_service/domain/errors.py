@@ -19,6 +19,7 @@ class ErrorCode(StrEnum):
     INVALID_WEBHOOK_SUBSCRIPTION = "invalid_webhook_subscription"
     # parties and permissions
     UNKNOWN_ORGANISATION = "unknown_organisation"
+    ORGANISATION_INACTIVE = "organisation_inactive"  # deactivated by port security (issue 4)
     UNKNOWN_PERSON = "unknown_person"
     UNKNOWN_BADGE = "unknown_badge"
     WRONG_ORGANISATION_KIND = "wrong_organisation_kind"
@@ -43,7 +44,6 @@ class ErrorCode(StrEnum):
     ALREADY_USED = "already_used"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     REQUEST_ID_REUSED = "request_id_reused"  # gate verify: one request_id, one request
-    FACE_IMAGE_UNSUPPORTED = "face_image_unsupported"  # until the service matches faces (issue 6)
     REASON_REQUIRED = "reason_required"
 
 

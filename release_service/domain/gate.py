@@ -137,6 +137,14 @@ SEVERITY: Mapping[Reason, Severity] = MappingProxyType({
 ScreeningFallback = Literal["deny", "review"]
 MAX_PLATE_LOOKALIKES = 3  # beyond this a "look-alike" plate is another plate
 
+# Face distance tolerance (issue 6), mirrored from identity.domain.face (this domain must not import
+# identity): a match is a distance at or under it. A terminal may tighten it to 0.3, never loosen it
+# past face_recognition's own default of 0.6: a false accept hands a container to the wrong driver.
+FACE_DEFAULT_TOLERANCE = 0.5
+FACE_MIN_TOLERANCE = 0.3
+FACE_MAX_TOLERANCE = 0.6
+FACE_NOT_LIVE = "face_not_live"  # identity's code for a capture its liveness port called a spoof
+
 
 def _check_unit(name: str, value: float) -> None:
     """Scores and confidences are numbers from 0 to 1 (NaN compares false with everything, so it is out)."""
@@ -148,13 +156,15 @@ def _check_unit(name: str, value: float) -> None:
 class TerminalPolicy:
     """What one terminal asks at its gates (SPEC.md: "Each terminal has a policy").
 
-    ``face_min_score`` applies to a match result from a trusted local matcher. ``screening_unavailable``
+    ``face_min_score`` applies to a match result from a trusted local matcher; ``face_tolerance`` (a
+    Euclidean distance, 0.3 to 0.6) to a face image the service matches itself. ``screening_unavailable``
     says what an unanswered port-ban screening gives: ``review`` (a person checks) or ``deny`` (fail
     closed). It is never ``allow``: an outage must not open the gate (SPEC.md, degraded mode).
     """
 
     face_required: bool = False
     face_min_score: float = 0.8
+    face_tolerance: float = FACE_DEFAULT_TOLERANCE
     container_min_confidence: float = 0.7
     plate_min_confidence: float = 0.8
     plate_max_lookalikes: int = 1
@@ -164,6 +174,9 @@ class TerminalPolicy:
         if not isinstance(self.face_required, bool):
             raise ValueError("face_required must be true or false")
         _check_unit("face_min_score", self.face_min_score)
+        t = self.face_tolerance
+        if isinstance(t, bool) or not isinstance(t, int | float) or not FACE_MIN_TOLERANCE <= t <= FACE_MAX_TOLERANCE:
+            raise ValueError(f"face_tolerance must be a number from {FACE_MIN_TOLERANCE} to {FACE_MAX_TOLERANCE}")
         _check_unit("container_min_confidence", self.container_min_confidence)
         _check_unit("plate_min_confidence", self.plate_min_confidence)
         n = self.plate_max_lookalikes
@@ -220,18 +233,45 @@ class BadgeRead:
 
 @dataclass(frozen=True, slots=True)
 class FaceEvidence:
-    """A face match result from a trusted local matcher. An image sent to the verify call is matched
-    by the service before deciding, so the pure core only ever sees a result."""
+    """The face at the gate, as the pure core sees it: never an image.
 
-    kind: Literal["match_result"]
-    score: float
-    matched: bool
+    ``match_result``: a trusted local matcher's answer (``score``, ``matched``), judged against the
+    terminal's ``face_min_score``.
+
+    ``image``: the verify call carried a capture, and the service matched it 1:1 against the enrolled
+    face of ``person_id`` (``face_subject``) before deciding: ``distance`` and the ``tolerance``
+    applied, or, when no comparison was made (no enrolment, the matcher busy or down, nobody to match),
+    ``distance`` None and ``unavailable`` saying why. ``image_pending()`` is the placeholder of a
+    capture not matched yet: decided as it stands, it can only give ``face_required``.
+    """
+
+    kind: Literal["match_result", "image"]
+    score: float | None = None
+    matched: bool = False
+    person_id: uuid.UUID | None = None
+    distance: float | None = None
+    tolerance: float | None = None
+    unavailable: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind != "match_result":
-            raise ValueError("face evidence is a match result")
-        _check_unit("face score", self.score)
+        if self.kind == "match_result":
+            _check_unit("face score", self.score)  # type: ignore[arg-type]
+        elif self.kind == "image":
+            if self.score is not None:
+                raise ValueError("an image match has a distance, not a score")
+            if self.distance is not None and not (isinstance(self.distance, int | float) and self.distance >= 0):
+                raise ValueError("a face distance is a number of at least 0")
+        else:
+            raise ValueError("face evidence is a match result or a matched image")
 
+    @classmethod
+    def image_pending(cls) -> FaceEvidence:
+        return cls("image", unavailable="not_matched")
+
+    @property
+    def compared(self) -> bool:
+        """An image actually compared with an enrolled face (a distance was measured)."""
+        return self.kind == "image" and self.distance is not None and self.person_id is not None
 
 @dataclass(frozen=True, slots=True)
 class GateRequest:
@@ -640,15 +680,50 @@ def plate_low_confidence(ctx: GateContext) -> bool:
     return ctx.plate is not None and ctx.plate.outcome is PlateOutcome.LOW_CONFIDENCE
 
 
+def _driver_of(ctx: GateContext) -> uuid.UUID | None:
+    """Whose enrolled face a gate capture is matched against: the nominated driver of the right
+    judged (the right is bound to that person; a badge of someone else is ``driver_mismatch``
+    anyway); without a live nomination, the badge holder; else nobody."""
+    r = ctx.right
+    if r is not None and ctx.live and r.nomination is not None:
+        return r.nomination.driver_person_id
+    b = ctx.badge_found
+    return b.person_id if b is not None else None
+
+
+def _image_is_of_driver(ctx: GateContext) -> bool:
+    face = ctx.request.face
+    return face is not None and face.compared and face.person_id == _driver_of(ctx)
+
+
 def face_required(ctx: GateContext) -> bool:
-    """The terminal requires a face match and none was given."""
-    return ctx.policy.face_required and ctx.request.face is None
+    """No usable face where one is needed: the terminal requires one and none was sent; or an image
+    was sent but not compared with this decision's driver (nobody known to match, no enrolment, the
+    matcher busy or down, or matched against a driver since re-nominated). A doubt: an officer looks;
+    a face that could not be matched never becomes an allow."""
+    face = ctx.request.face
+    if face is None:
+        return ctx.policy.face_required
+    if face.kind == "image":
+        return face.unavailable != FACE_NOT_LIVE and not _image_is_of_driver(ctx)
+    return False
 
 
 def face_mismatch(ctx: GateContext) -> bool:
-    """A face match result that says no, or says yes below the terminal's minimum score."""
+    """A matcher's result that says no or scores under ``face_min_score``; an image of another face
+    than the driver's enrolled one (a distance over the tolerance: the stricter of the one applied
+    and the terminal's now); or an image the liveness port called a spoof."""
     face = ctx.request.face
-    return face is not None and (not face.matched or face.score < ctx.policy.face_min_score)
+    if face is None:
+        return False
+    if face.kind == "match_result":
+        return not face.matched or face.score is None or face.score < ctx.policy.face_min_score
+    if face.unavailable == FACE_NOT_LIVE:
+        return True
+    if not _image_is_of_driver(ctx) or face.distance is None:
+        return False
+    limit = min(ctx.policy.face_tolerance, face.tolerance if face.tolerance is not None else FACE_MAX_TOLERANCE)
+    return not (face.matched and face.distance <= limit)
 
 
 def person_banned(ctx: GateContext) -> bool:
@@ -693,6 +768,14 @@ RULES: tuple[tuple[Reason, Guard], ...] = (
     (Reason.PERSON_BANNED, person_banned),
     (Reason.SCREENING_UNAVAILABLE, screening_unavailable),
 )
+
+
+def face_subject(request: GateRequest, *, rights: Sequence[RightFacts], badge: BadgeFacts | None,
+                 policy: TerminalPolicy, now: datetime) -> uuid.UUID | None:
+    """The person whose enrolled face a capture sent with ``request`` must be matched against (see
+    ``_driver_of``), on the same facts ``decide`` would judge; None: nobody is known."""
+    ctx = _context(request, rights, badge, ScreeningFacts(ScreeningResult.UNAVAILABLE), policy, now)
+    return _driver_of(ctx)
 
 
 def severity(reason: Reason, policy: TerminalPolicy) -> Severity:

@@ -28,6 +28,7 @@ class Organisation:
     eori: str | None = None
     vat: str | None = None
     terminal_code: str | None = None  # for kind terminal: the facility it runs
+    active: bool = True  # port security deactivated it (issue 4): it receives no new rights
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,7 +140,23 @@ def receipt(right: ReleaseRight, event: StoredEvent) -> Receipt:
 
 
 def organisation_kind(uow: UnitOfWork, organisation_id: uuid.UUID) -> OrgKind:
+    """The kind of an organisation that is to receive a right (issue or transfer): refused when it is
+    unknown, or deactivated by port security (issue 4: it receives no new rights or transfers)."""
     org = uow.directory.organisation(organisation_id)
     if org is None:
         raise DomainError(ErrorCode.UNKNOWN_ORGANISATION, f"No organisation {organisation_id}.")
+    if not org.active:
+        raise DomainError(ErrorCode.ORGANISATION_INACTIVE, "This organisation is deactivated: it receives no "
+                          "new release rights, transfers or nominations.")
     return org.kind
+
+
+def acting_organisation_active(uow: UnitOfWork, actor: Actor) -> None:
+    """Issue 4: a deactivated organisation accepts no transfer and makes no nomination, even with a
+    token issued before the deactivation (identity.organisations revokes those too: belt and braces)."""
+    if actor.organisation_id is None:
+        return
+    org = uow.directory.organisation(actor.organisation_id)
+    if org is not None and not org.active:
+        raise DomainError(ErrorCode.ORGANISATION_INACTIVE, "Your organisation is deactivated: it receives no "
+                          "new release rights, transfers or nominations.")

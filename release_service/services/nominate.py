@@ -12,7 +12,7 @@ from release_service.domain.plates import Plate
 from release_service.domain.release import ReleaseRight, Slot
 from release_service.ports import UnitOfWork
 
-from .common import Receipt, load, persist
+from .common import Receipt, acting_organisation_active, load, persist
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,7 @@ class NominateCommand:
 def nominate(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, cmd: NominateCommand,
              now: datetime) -> tuple[ReleaseRight, Receipt]:
     right = load(uow, release_id, actor)
+    acting_organisation_active(uow, actor)
     driver = _driver(uow, cmd)
     plate = Plate.parse(cmd.plate_text, cmd.plate_country)
     trailer = Plate.parse(cmd.trailer_text, cmd.trailer_country or cmd.plate_country) if cmd.trailer_text else None

@@ -10,7 +10,7 @@ from release_service.domain.parties import Actor
 from release_service.domain.release import ReleaseRight, Transfer
 from release_service.ports import UnitOfWork
 
-from .common import Receipt, can_see, load, organisation_kind, persist
+from .common import Receipt, acting_organisation_active, can_see, load, organisation_kind, persist
 
 
 def transfer(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, to_organisation_id: uuid.UUID,
@@ -37,6 +37,7 @@ def _load_by_transfer(uow: UnitOfWork, transfer_id: uuid.UUID, actor: Actor) -> 
 
 def accept(uow: UnitOfWork, actor: Actor, transfer_id: uuid.UUID, now: datetime) -> tuple[Transfer, Receipt]:
     right = _load_by_transfer(uow, transfer_id, actor)
+    acting_organisation_active(uow, actor)
     t = right.accept_transfer(transfer_id=transfer_id, by=actor, now=now)
     return t, persist(uow, right)
 

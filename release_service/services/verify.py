@@ -14,6 +14,13 @@ commit record the gate move, all in one transaction, answered the same way for t
          v
     record the decision (unique per terminal and request_id), commit
 
+A face image (issue 6) is matched before anything is decided, outside any transaction (no
+connection is held while a worker process spends about 0.1 s on it): against the enrolled face of
+the driver the decision concerns (``gate.face_subject``), through the ``FaceMatcher`` port, with the
+terminal's ``face_tolerance``; the pure core then sees only the outcome (``FaceEvidence``). A request
+with an image never takes the cached fast path (``answer_from_cache``); a replayed request_id is
+answered from the record without matching again.
+
 With Redis (``facts``, adapters/gate_facts.py), the facts come from there, exact by invalidation
 after every commit; a check is decided and kept there with no PostgreSQL round trip (a drainer moves
 it into gate_decisions); a commit still locks and re-reads its right in PostgreSQL. Redis failing
@@ -40,6 +47,7 @@ from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.reads import container_candidates
 from release_service.ports import (
     DuplicateDecision,
+    FaceMatcher,
     FactsUnavailable,
     GateFacts,
     GateSnapshot,
@@ -73,6 +81,8 @@ def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateRequest, *,
     """The answer when the cache alone can give it (a recorded request_id, or a check whose facts are
     all cached), without waiting for PostgreSQL; else None: call verify()."""
     require_gate_of(actor, request.terminal)
+    if request.face is not None and request.face.kind == "image":
+        return None  # an image is matched first, in a worker: verify()
     snapshot = _snapshot(facts, request, now, through=False)
     if snapshot is None:
         return None
@@ -84,24 +94,35 @@ def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateRequest, *,
 
 
 def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateRequest, *, fingerprint: str,
-           now: datetime, facts: GateFacts | None = None) -> dict[str, Any]:
-    """The response body of POST /gate/v1/verify. Raises DomainError (not_terminal, request_id_reused).
+           now: datetime, facts: GateFacts | None = None, face_image: bytes | None = None,
+           face_matcher: FaceMatcher | None = None) -> dict[str, Any]:
+    """The response body of POST /gate/v1/verify. Raises DomainError (not_terminal, request_id_reused),
+    FaceCaptureRefused (an unusable ``face_image``: nothing recorded).
 
     With ``facts`` (Redis), the facts come from there, and a check is decided and kept there without
     a PostgreSQL round trip; a commit still takes its right's row lock and decides again on the fresh
-    row. When the cache cannot answer, everything is read from PostgreSQL, as without it."""
+    row. When the cache cannot answer, everything is read from PostgreSQL, as without it.
+    With ``face_image``, the capture is matched first (``_match_face``); blocking: run in a thread."""
     require_gate_of(actor, request.terminal)
     snapshot = _snapshot(facts, request, now)
+    if snapshot is not None and snapshot.replay is not None:
+        return _replay(snapshot.replay, fingerprint)
+    if face_image is not None:
+        recorded, request = _match_face(uow_factory, request, snapshot, face_image, face_matcher, now)
+        del face_image
+        if recorded is not None:
+            return _replay(recorded, fingerprint)
     if snapshot is not None:
-        if snapshot.replay is not None:
-            return _replay(snapshot.replay, fingerprint)
         if request.mode is g.Mode.CHECK and facts is not None:
             body = _check_cached(facts, actor, request, snapshot, fingerprint, now)
             if body is not None:
                 return body
-    for _ in range(2):  # the second round only when a twin recorded first: it then finds the twin
+    for attempt in range(2):  # the second round only when a twin recorded first: it then finds the twin
         with uow_factory() as uow:
-            stored = uow.gate.find(request.terminal, request.request_id)
+            # The cache answered "not recorded" just now (snapshot.replay is None); a twin recorded
+            # since, or a decision the cache missed, loses us the insert below and the second round
+            # finds it. So with a snapshot the first round saves the look-up.
+            stored = uow.gate.find(request.terminal, request.request_id) if attempt or snapshot is None else None
             if stored is not None:
                 return _replay(stored, fingerprint)
             decision_id = uuid.uuid4()
@@ -118,6 +139,43 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
         _log(decision, request, decision_id)
         return body
     raise DomainError(ErrorCode.REQUEST_ID_REUSED, "This request_id is being used by another request.")
+
+
+def _match_face(uow_factory: Callable[[], UnitOfWork], request: g.GateRequest, snapshot: GateSnapshot | None,
+                image: bytes, matcher: FaceMatcher | None, now: datetime
+                ) -> tuple[StoredDecision | None, g.GateRequest]:
+    """The request with its image replaced by the outcome of the 1:1 match (or the decision already
+    recorded under its request_id). Nobody to match, no matcher, no enrolment, a busy pool: an
+    outcome without a distance, which ``decide`` turns into ``face_required`` (review), never an allow.
+    The facts are read in a short transaction of their own; ``decide`` later checks that the face was
+    matched against the driver it then judges (a re-nomination in between is not this driver)."""
+    if snapshot is not None:
+        policy, rights, badge = snapshot.policy, snapshot.rights, snapshot.badge
+    else:
+        with uow_factory() as uow:
+            stored = uow.gate.find(request.terminal, request.request_id)
+            if stored is not None:
+                return stored, request
+            policy = uow.gate.policy(request.terminal)
+            rights = uow.gate.rights(container_candidates(request.container.number))
+            badge = uow.gate.badge(request.badge) if request.badge is not None else None
+    person = g.face_subject(request, rights=rights, badge=badge, policy=policy, now=now)
+    if person is None:
+        evidence = g.FaceEvidence("image", unavailable="no_driver")
+    elif matcher is None:
+        evidence = g.FaceEvidence("image", person_id=person, unavailable="face_unavailable")
+    else:
+        context = {"terminal": request.terminal, "lane": request.lane, "request_id": request.request_id,
+                   "direction": request.direction.value, "mode": request.mode.value}
+        found = matcher.match(person, image, tolerance=policy.face_tolerance, context=context)
+        evidence = g.FaceEvidence("image", matched=found.matched, person_id=person, distance=found.distance,
+                                  tolerance=found.tolerance, unavailable=None if found.distance is not None
+                                  else (found.reason or "face_unavailable"))
+    outcome = "matched" if evidence.matched else ("mismatched" if evidence.compared else "unavailable")
+    log.info("release.verify.face.%s", outcome, extra={"fields": {
+        "terminal": request.terminal, "lane": request.lane, "distance": evidence.distance,
+        "tolerance": evidence.tolerance, "reason": evidence.unavailable}})
+    return None, replace(request, face=evidence)
 
 
 def _snapshot(facts: GateFacts | None, request: g.GateRequest, now: datetime, *,

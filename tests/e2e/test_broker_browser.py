@@ -1,6 +1,8 @@
 """Brokered login in Debian's Chromium: the driver taps "Log in with itsme" on our login page, logs in
 at the itsme-like upstream (oidc-provider 9.13.3 under node, its development login and consent pages),
-comes back signed in to the driver app, then registers a passkey on the account page.
+comes back signed in to the driver app, then registers a passkey on the account page in that same
+session, logs out, and logs in again with that passkey alone (issue 6: "a passkey can be registered
+right after a brokered login").
 
 Our app is served on http://localhost:<port>, the upstream on http://127.0.0.1:<port> (another site).
 Without Chromium, node or the upstream's npm packages the test skips locally and fails under CI.
@@ -17,11 +19,11 @@ import pytest
 import sqlalchemy as sa
 
 from identity.bans.persons import set_national_id
-from identity.domain.assurance import ACR_UPSTREAM
+from identity.domain.assurance import ACR_PASSKEY, ACR_UPSTREAM
 from quaygate.schema import login_sessions, upstream_links, webauthn_credentials
 from tests.upstream.world import NUMBER, World, build_world, now
 
-from .test_passkeys_browser import Phone, seed
+from .test_passkeys_browser import Phone, live_sessions, seed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("broker")]
 
@@ -72,6 +74,25 @@ def test_driver_logs_in_with_itsme_lands_in_the_app_and_adds_a_passkey(browser: 
         with live.engine.connect() as conn:
             owners = conn.execute(sa.select(webauthn_credentials.c.person_id)).scalars().all()
         assert owners == [s.person_id]
+
+        # Log out (RP-initiated logout from the app), then log in again with that passkey alone: no
+        # upstream round trip; the new login session is a passkey login of the same person.
+        page.goto(live.base + "/app/")
+        card = page.locator(f'[data-container="{s.container}"]')
+        card.wait_for()
+        page.click("#logout")
+        page.locator("#signin").wait_for()
+        assert live_sessions(live, s.person_id) == 0
+        page.click("#signin")
+        page.wait_for_url(re.compile(re.escape(live.base) + r"/login\?return_to="))
+        page.click("#login")
+        card.wait_for()
+        assert page.url == live.base + "/app/"
+        with live.engine.connect() as conn:
+            live_rows = conn.execute(sa.select(login_sessions.c.person_id, login_sessions.c.acr, login_sessions.c.amr)
+                                     .where(login_sessions.c.ended_at.is_(None))).all()
+        assert [(r.person_id, r.acr) for r in live_rows] == [(s.person_id, ACR_PASSKEY)]
+        assert "fed" not in (live_rows[0].amr or [])
         assert phone.errors == []
     finally:
         phone.close()

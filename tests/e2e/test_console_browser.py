@@ -181,3 +181,88 @@ def test_the_badge_office_finds_a_person_by_name_and_issues_a_badge(browser: Any
         assert phone.errors == []
     finally:
         phone.close()
+
+
+def test_port_security_manages_a_person_and_an_organisation_and_the_session_renews(browser: Any, live: Live) -> None:
+    """The new screens in one flow: the access token expires and the console renews it with the refresh
+    token; a new person, a membership, an enrolment code and the screening on the person's page; an
+    organisation deactivated (its client then gets no token) and reactivated; signing out revokes."""
+    haulier = uuid.uuid4()
+    with live.engine.begin() as conn:
+        conn.execute(organisations.insert().values(id=haulier, name="Haulage Van Dam", kind="transport_operator",
+                                                   eori=f"BE07{haulier.int % 10**8:08d}", created_at=now()))
+    machine = create_client(live.engine, name="Van Dam back end", role="transport_operator", organisation_id=haulier,
+                            now=now())
+    http = httpx.Client(base_url=live.base, timeout=30)
+
+    def client_credentials() -> Any:
+        return http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=machine)  # type: ignore[arg-type]
+
+    assert client_credentials().status_code == 200
+    pid, code, client_id = officer(live)
+    phone = Phone(browser)
+    try:
+        page = sign_in(phone, live, code)
+        # The access token has expired (as after ten idle minutes): a reload renews it, no new login.
+        first = page.evaluate("JSON.parse(sessionStorage.getItem('qg.console.tokens'))")
+        assert first["refresh_token"]
+        page.evaluate("var t = JSON.parse(sessionStorage.getItem('qg.console.tokens')); t.expires_at = 0;"
+                      "sessionStorage.setItem('qg.console.tokens', JSON.stringify(t))")
+        page.reload()
+        page.locator("#tabs").wait_for()
+        renewed = page.evaluate("JSON.parse(sessionStorage.getItem('qg.console.tokens'))")
+        assert renewed["refresh_token"] != first["refresh_token"] and renewed["expires_at"] > 0
+        # A new person, then his page: screening, a membership, an enrolment code.
+        page.fill("#p-given", "Kees")
+        page.fill("#p-family", "Smit")
+        page.fill("#p-employer", str(haulier))
+        page.click("#do-person")
+        page.wait_for_url(live.base + "/console/#person/*")
+        person = uuid.UUID(page.url.rsplit("/", 1)[1])
+        page.locator("#person-name:has-text('Kees Smit')").wait_for()
+        assert page.locator("#person-screening").get_attribute("data-screening") in ("clear", "unavailable")
+        page.fill("#m-org", str(haulier))
+        page.select_option("#m-role", "driver")
+        page.click("#do-member")
+        page.locator("#person-members li[data-role=driver]").wait_for()
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#do-enrol-code")
+        page.locator("#enrol-code-box:not([hidden])").wait_for()
+        assert len(page.locator("#enrol-code").inner_text()) >= 12
+        # The organisation: deactivated with a reason, its client refused; then reactivated.
+        page.click('a[href="#orgs"]')
+        page.fill("#org-q", "van dam")
+        page.click("#org-find")
+        row = page.locator(f'#org-list li[data-org="{haulier}"]')
+        page.once("dialog", lambda dialog: dialog.accept("Contract ended"))
+        row.locator("button[data-action=deactivate]").click()
+        row.locator("button[data-action=reactivate]").wait_for()
+        assert "Contract ended" in row.inner_text()
+        refused = client_credentials()
+        assert refused.status_code == 401 and refused.json()["error"] == "invalid_client", refused.text
+        page.once("dialog", lambda dialog: dialog.accept("New contract"))
+        row.locator("button[data-action=reactivate]").click()
+        row.locator("button[data-action=deactivate]").wait_for()
+        assert client_credentials().status_code == 200
+        with live.engine.connect() as conn:
+            kinds = [k for k, in conn.execute(sa.select(audit_log.c.kind).where(
+                audit_log.c.actor["person_id"].as_string() == str(pid)).order_by(audit_log.c.id))]
+            roles = set(conn.execute(sa.select(memberships.c.role).where(memberships.c.person_id == person)).scalars())
+        assert roles == {"driver"}
+        for kind in ("identity.admin.person.created", "identity.admin.person.viewed", "identity.admin.membership.added",
+                     "identity.admin.enrolment_code.requested", "identity.admin.organisation.deactivated",
+                     "identity.admin.organisation.reactivated"):
+            assert kind in kinds, kinds
+        # Signing out revokes the session's refresh token at the provider.
+        last = page.evaluate("JSON.parse(sessionStorage.getItem('qg.console.tokens'))")
+        with page.expect_response(lambda r: "/oauth2/revoke" in r.url) as revoked:
+            page.click("#signout")
+        assert revoked.value.status == 200
+        page.locator("#signin").wait_for()
+        r = http.post("/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": last["refresh_token"],
+                                             "client_id": client_id})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+        assert phone.errors == []
+    finally:
+        phone.close()
+        http.close()

@@ -1,9 +1,13 @@
 /* /console/: the admin console, an OpenID Connect public client of our own provider (role admin_console):
    the flow and the id token checks in oidc.js, with a passkey login asked with acr_values (OIDC Core
-   §3.1.2.1). The access token lives in sessionStorage only and is not refreshed: when it expires, or the
-   API asks for a stronger login (RFC 9470), the officer signs in again. Panes: badges (search by number,
-   card UID, person id or name), a badge (status, renewal, activations), a person (badges, issue), ban
-   feed import, alerts, and for port security organisations, clients and the audit trail. */
+   §3.1.2.1). Tokens live in sessionStorage only (they die with the tab). The access token is renewed
+   with the rotating refresh token (RFC 6749 §6, offline_access) before it expires or when the API says
+   it is no longer valid; the admin API still ends the session 12 hours after the passkey login, or
+   when it asks for a stronger login (RFC 9470), and then the officer signs in again. Signing out
+   revokes the refresh token, and with it the session's access tokens (RFC 7009 §2.1).
+   Panes: badges (search by number, card UID, person id or name; a new person), a badge (status,
+   renewal, activations), a person (screening and ban hits, memberships, enrolment code, badges, issue),
+   ban feed import, alerts, and for port security organisations, clients and the audit trail. */
 "use strict";
 (function () {
   var oidc = QG.oidc("qg.console.", "/console/config.json", "/console/"), get = oidc.get, put = oidc.put;
@@ -26,20 +30,49 @@
     });
   }
 
+  function keep(data, previous) {
+    tokens = {access_token: data.access_token, expires_at: now() + (data.expires_in || 300),
+              refresh_token: data.refresh_token || (previous && previous.refresh_token) || null};
+    put("tokens", tokens);
+  }
+
   function callback() {
-    return oidc.callback().then(function (r) {
-      tokens = {access_token: r.tokens.access_token, expires_at: now() + (r.tokens.expires_in || 300)};
-      put("tokens", tokens);
+    return oidc.callback().then(function (r) { keep(r.tokens); });
+  }
+
+  // One renewal at a time: two at once would present the same refresh token twice, which the provider
+  // takes for a replay and answers by ending the session (RFC 9700 §4.14.2).
+  var refreshing = null;
+  function refresh() {
+    if (!tokens || !tokens.refresh_token) return Promise.reject(QG.Problem("login_required", 401));
+    if (!refreshing) {
+      var previous = tokens;
+      refreshing = oidc.tokenRequest({grant_type: "refresh_token", refresh_token: previous.refresh_token,
+                                      client_id: cfg.client_id})
+        .then(function (data) { keep(data, previous); }, function (err) {
+          if (err.status === 400 || err.status === 401) { tokens = null; put("tokens", null); err = QG.Problem("login_required", 401); }
+          throw err;
+        })
+        .then(function () { refreshing = null; }, function (err) { refreshing = null; throw err; });
+    }
+    return refreshing;
+  }
+  function fresh() { return tokens && tokens.expires_at - 30 > now() ? Promise.resolve() : refresh(); }
+
+  function api(method, path, body) {
+    var send = function () { return QG.call(method, cfg.api + path, body, tokens.access_token); };
+    return fresh().then(send).catch(function (err) {
+      // Expired or revoked early (clock skew, a key rotation): renew once. A step-up or a session past
+      // its 12 hours (insufficient_user_authentication) needs a new login, not a refresh.
+      if (err.status === 401 && err.code === "invalid_token" && tokens && tokens.refresh_token) return refresh().then(send);
+      throw err;
     });
   }
 
-  function api(method, path, body) {
-    if (!tokens || tokens.expires_at - 10 < now()) return Promise.reject(QG.Problem("login_required", 401));
-    return QG.call(method, cfg.api + path, body, tokens.access_token);
-  }
-
   function upload(file) {
-    if (!tokens || tokens.expires_at - 10 < now()) return Promise.reject(QG.Problem("login_required", 401));
+    return fresh().then(function () { return sendFeed(file); });
+  }
+  function sendFeed(file) {
     return fetch(cfg.api + "/bans/feeds", {method: "POST", body: file, cache: "no-store", credentials: "same-origin",
       headers: {"Accept": "application/json", "Content-Type": "application/json", "Authorization": "Bearer " + tokens.access_token}})
       .catch(function () { throw QG.Problem("network", 0); })
@@ -183,12 +216,80 @@
     act(button, "/activations/" + encodeURIComponent(terminal) + ":withdraw", {reason: reason});
   }
 
-  // ---- #person/<id>: the holder's badges, and a new one (the badge office), screened first ----
+  // ---- #person/<id>: who, the port-ban screening now, memberships, an enrolment code, badges ----
   var person = null;
   function openPerson(id) {
     if (!id || !UUID.test(id)) { location.hash = "#search"; return; }
     person = id; $("person-name").textContent = id; $("issue-result").hidden = true;
-    listBadges();
+    $("enrol-code-box").hidden = true; $("enrol-code").textContent = "";
+    loadPerson(); listBadges();
+  }
+
+  function age(seconds) {
+    if (seconds == null) return t("console.no_list");
+    var m = Math.round(seconds / 60);
+    return m < 120 ? t("console.age_min", {n: String(m)}) : m < 2880 ? t("console.age_h", {n: String(Math.round(m / 60))})
+      : t("console.age_d", {n: String(Math.round(m / 1440))});
+  }
+
+  function loadPerson() {
+    var id = person;
+    api("GET", "/persons/" + encodeURIComponent(id)).then(function (p) {
+      if (id !== person) return;  // the officer moved on meanwhile
+      $("person-name").textContent = p.given_name + " " + p.family_name;
+      var dl = $("person-facts"); dl.textContent = "";
+      fact(dl, "id", p.id);
+      if (p.employer_organisation_id) fact(dl, t("console.employer_id"), p.employer_organisation_id);
+      fact(dl, t("console.status"), p.status);
+      var s = p.screening, out = $("person-screening");
+      out.textContent = t("console.screen_" + s.status) + " · " + t("console.list_age", {age: age(s.list_age_seconds)});
+      out.dataset.screening = s.status;
+      var hits = $("person-hits"); hits.textContent = "";
+      s.ban_references.forEach(function (ref) {
+        hits.appendChild(QG.el("li", {"class": "card alert", "data-ban": ref}, t("console.ban_hit", {ref: ref})));
+      });
+      p.ban_alerts.forEach(function (a) {
+        hits.appendChild(QG.el("li", {"class": "card alert"}, QG.when(a.at, "long") + " · " +
+          t("console.alert_title") + " · " + t("console.release") + " " + a.release_id + " · " + a.ban_reference));
+      });
+      var members = $("person-members"); members.textContent = "";
+      p.memberships.forEach(function (m) {
+        members.appendChild(QG.el("li", {"class": "card", "data-role": m.role}, m.organisation_name + " · " +
+          t("console.member_" + m.role) + (m.organisation_active ? "" : " · " + t("console.inactive"))));
+      });
+      if (!p.memberships.length) members.appendChild(QG.el("li", null, t("console.no_results")));
+    }).catch(fail);
+  }
+
+  function createPerson(e) {
+    e.preventDefault();
+    var body = {given_name: $("p-given").value.trim(), family_name: $("p-family").value.trim(),
+                employer_organisation_id: $("p-employer").value.trim() || null};
+    QG.busy($("do-person"), true);
+    api("POST", "/persons", body).then(function (p) {
+      $("person-form").reset(); QG.say($("msg"), t("console.created", {what: body.given_name + " " + body.family_name}), true);
+      location.hash = "#person/" + p.id;
+    }, fail).then(function () { QG.busy($("do-person"), false); });
+  }
+
+  function addMembership(e) {
+    e.preventDefault();
+    if (!person) return;
+    var body = {organisation_id: $("m-org").value.trim(), role: $("m-role").value};
+    QG.busy($("do-member"), true);
+    api("POST", "/persons/" + encodeURIComponent(person) + "/memberships", body).then(function () {
+      $("member-form").reset(); QG.say($("msg"), t("console.done"), true); loadPerson();
+    }, fail).then(function () { QG.busy($("do-member"), false); });
+  }
+
+  function enrolmentCode() {
+    if (!person || !window.confirm(t("console.enrolment_confirm"))) return;
+    QG.busy($("do-enrol-code"), true);
+    api("POST", "/persons/" + encodeURIComponent(person) + "/enrolment-codes", {}).then(function (r) {
+      // Shown once, never stored by the page: whoever holds it registers a passkey for this person.
+      $("enrol-code").textContent = r.code + " · " + t("console.until") + " " + QG.when(r.expires_at, "long");
+      $("enrol-code-box").hidden = false;
+    }, fail).then(function () { QG.busy($("do-enrol-code"), false); });
   }
   function listBadges() {
     var list = $("person-badges"); list.textContent = "";
@@ -221,10 +322,29 @@
     api("GET", "/organisations" + (q ? "?q=" + encodeURIComponent(q) : "")).then(function (data) {
       if (!data.items.length) list.appendChild(QG.el("li", null, t("console.no_results")));
       data.items.forEach(function (o) {
-        list.appendChild(QG.el("li", {"class": "card"}, o.name + " · " + t("console.kind_" + o.kind) + " · " +
-          [o.eori, o.vat, o.terminal_code].filter(Boolean).join(" · ") + " · " + o.id));
+        var li = QG.el("li", {"class": "card row wrap", "data-org": o.id});
+        li.appendChild(QG.el("span", null, o.name + " · " + t("console.kind_" + o.kind) + " · " +
+          [o.eori, o.vat, o.terminal_code].filter(Boolean).join(" · ") + " · " + o.id + " · " +
+          t(o.active ? "console.active" : "console.inactive") + (o.active || !o.status_reason ? "" : " · " + o.status_reason)));
+        // The port authority is deactivated by an administrator, not here (the API refuses it too).
+        if (o.kind !== "port_authority" || !o.active) {
+          var verb = o.active ? "deactivate" : "reactivate";
+          var btn = QG.el("button", {"class": "secondary", type: "button", "data-action": verb}, t("console." + verb));
+          btn.addEventListener("click", function () { orgStatus(btn, o, verb); });
+          li.appendChild(btn);
+        }
+        list.appendChild(li);
       });
     }).catch(fail);
+  }
+
+  function orgStatus(button, org, verb) {
+    var reason = (window.prompt(t("console.org_" + verb + "_reason", {name: org.name})) || "").trim();
+    if (!reason) return;
+    QG.busy(button, true);
+    api("POST", "/organisations/" + encodeURIComponent(org.id) + ":" + verb, {reason: reason}).then(function () {
+      QG.say($("msg"), t("console.done"), true); loadOrgs();
+    }, function (err) { QG.busy(button, false); fail(err); });
   }
 
   function createOrg(e) {
@@ -338,6 +458,16 @@
     });
     status(""); $("tabs").hidden = false; $("signin").hidden = true; $("signout").hidden = false; show();
   }
+  function signOut() {
+    // RFC 7009: revoking the refresh token ends its grant, the access tokens issued in it included.
+    var rt = tokens && tokens.refresh_token, disco = oidc.discovery();
+    signedOut();
+    if (!rt || !disco || !disco.revocation_endpoint) return;
+    fetch(disco.revocation_endpoint, {method: "POST", cache: "no-store", credentials: "same-origin",
+      headers: {"Content-Type": "application/x-www-form-urlencoded"},
+      body: new URLSearchParams({token: rt, token_type_hint: "refresh_token", client_id: cfg.client_id}).toString()})
+      .catch(function () { /* offline: the session still ends with its 12 hours */ });
+  }
   function signedOut() {
     tokens = null; put("tokens", null);
     $("tabs").hidden = true; $("signin").hidden = false; $("signout").hidden = true;
@@ -347,13 +477,16 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     $("signin").addEventListener("click", function () { QG.say($("msg"), ""); login().catch(fail); });
-    $("signout").addEventListener("click", signedOut);
+    $("signout").addEventListener("click", signOut);
     $("search-form").addEventListener("submit", search);
     $("status-form").addEventListener("submit", changeStatus);
     $("import-form").addEventListener("submit", importFeed);
     $("renew-form").addEventListener("submit", renew);
     $("activate-form").addEventListener("submit", activate);
     $("issue-form").addEventListener("submit", issueBadge);
+    $("person-form").addEventListener("submit", createPerson);
+    $("member-form").addEventListener("submit", addMembership);
+    $("do-enrol-code").addEventListener("click", enrolmentCode);
     $("org-search").addEventListener("submit", loadOrgs);
     $("org-form").addEventListener("submit", createOrg);
     $("client-form").addEventListener("submit", createClient);
@@ -364,7 +497,8 @@
       if (location.pathname === "/console/callback") return callback();
       tokens = get("tokens");
     }).then(function () {
-      if (tokens && tokens.expires_at - 10 > now()) signedIn(); else signedOut();
+      if (!tokens) return signedOut();
+      return fresh().then(signedIn);  // a reload after the access token expired renews it first
     }).catch(function (err) { signedOut(); fail(err); });
   });
 })();

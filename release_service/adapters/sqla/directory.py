@@ -24,7 +24,8 @@ class SqlDirectory:
         ).mappings().first()
         if row is None:
             return None
-        return Organisation(row["id"], row["name"], OrgKind(row["kind"]), row["eori"], row["vat"], row["terminal_code"])
+        return Organisation(row["id"], row["name"], OrgKind(row["kind"]), row["eori"], row["vat"], row["terminal_code"],
+                            bool(row["active"]))
 
     def person(self, person_id: uuid.UUID) -> PersonRef | None:
         row = self._conn.execute(sa.select(persons).where(persons.c.id == person_id)).mappings().first()

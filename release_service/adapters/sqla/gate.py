@@ -192,6 +192,7 @@ def right_facts(r: Any) -> RightFacts:
 def policy_dict(policy: TerminalPolicy) -> dict[str, Any]:
     return {
         "face_required": policy.face_required, "face_min_score": policy.face_min_score,
+        "face_tolerance": policy.face_tolerance,
         "container_min_confidence": policy.container_min_confidence,
         "plate_min_confidence": policy.plate_min_confidence, "plate_max_lookalikes": policy.plate_max_lookalikes,
         "screening_unavailable": policy.screening_unavailable,

@@ -198,10 +198,13 @@ class SqlReleaseStore:
             raise StaleRight(str(right.id))
         touch(self._conn, RIGHTS, right.container.value)
         right.version += 1
-        for t in right.changed_transfers:
-            self._upsert_transfer(t)
-            self._add_party(right.id, t.to_organisation_id, "recipient")
-        self._add_party(right.id, right.holder_organisation_id, "holder")
+        if right.changed_transfers:
+            for t in right.changed_transfers:
+                self._upsert_transfer(t)
+                self._add_party(right.id, t.to_organisation_id, "recipient")
+            # The holder changes only by an accepted transfer (ReleaseRight.accept_transfer), so the
+            # party rows need a look only when a transfer changed; a gate move saves a statement.
+            self._add_party(right.id, right.holder_organisation_id, "holder")
         seq = self._conn.execute(
             sa.select(sa.func.coalesce(sa.func.max(release_events.c.seq), 0)).where(
                 release_events.c.release_id == right.id

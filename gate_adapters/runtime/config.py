@@ -1,0 +1,344 @@
+"""The gate adapter's settings file (TOML), parsed and checked before anything starts.
+
+``parse(doc)`` turns the parsed TOML document into frozen settings or raises ``ConfigError`` naming the
+key (``lanes[2].barrier.url``) and what is wrong with it; ``load(path)`` reads the file first. Nothing
+here opens a socket or a file other than the settings file itself: the thin main (``gate_adapters.adapter``)
+builds the pieces. See docs/gate-adapter.example.toml for every key.
+
+Rules:
+1. Unknown keys are refused (a typo such as ``refresh_secnds`` must not silently leave a default).
+2. Exactly one way to authenticate: ``client_secret_file`` (client_secret_basic, RFC 6749 §2.3.1) or
+   ``private_key_file`` (private_key_jwt, RFC 7523 §2.2). A secret is never written in the file itself:
+   it is read from its own file (permissions of its own) or from ``QUAYGATE_GATE_CLIENT_SECRET``.
+3. Lane ids are unique; a lane's sources name configured sources; a lane whose barrier is ``mqtt``
+   needs the ``[mqtt]`` section; an ``http`` barrier needs an http(s) ``url``.
+4. Outside ``dev = true`` the service must be ``https://`` (gate tokens and decisions cross the network).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DIRECTIONS = ("in", "out")
+MODES = ("check", "commit")
+SOURCES = ("http", "mqtt")
+BARRIERS = ("log", "http", "mqtt")
+READ_KINDS = ("plate", "container", "badge", "face")
+
+
+class ConfigError(ValueError):
+    """A bad setting: ``key`` names it as written in the file."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    base_url: str
+    issuer: str
+    timeout: float = 2.0
+    attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    client_id: str
+    client_secret_file: Path | None = None
+    private_key_file: Path | None = None
+    key_id: str | None = None
+    algorithm: str | None = None
+    audience: str | None = None
+    scope: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSourceSettings:
+    host: str = "127.0.0.1"
+    port: int = 8089
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    prefix: str = "quaygate"
+    client_id: str = ""
+    username: str | None = None
+    password_file: Path | None = None
+    keepalive: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineSettings:
+    enabled: bool = False
+    passes: Path | None = None
+    refresh_seconds: float = 60.0
+    reconcile_seconds: float = 5.0
+    store_max_age_seconds: float = 900.0
+    ban_list_max_age_seconds: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class BarrierSettings:
+    kind: str = "log"
+    url: str | None = None
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSettings:
+    lane: str
+    direction: str = "in"
+    mode: str = "commit"
+    window_seconds: float = 30.0
+    require: tuple[str, ...] = ("plate", "container", "badge")
+    face_wait_seconds: float = 0.0
+    sources: tuple[str, ...] = ()
+    barrier: BarrierSettings = field(default_factory=BarrierSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterSettings:
+    terminal: str
+    outbox: Path
+    service: ServiceSettings
+    auth: AuthSettings
+    lanes: tuple[LaneSettings, ...]
+    http: HttpSourceSettings | None = None
+    mqtt: MqttSettings | None = None
+    offline: OfflineSettings = field(default_factory=OfflineSettings)
+    badge_scheme: str = "alfapass"
+    act_seconds: float = 60.0
+    retry_seconds: float = 5.0
+    tick_seconds: float = 0.5
+    log_level: str = "INFO"
+    dev: bool = False
+
+
+def load(path: str | Path) -> AdapterSettings:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("--config", f"{p} is not UTF-8 text") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{p} is not valid TOML: {exc}") from None
+    return parse(doc, base=p.parent)
+
+
+# ---- the pieces ----------------------------------------------------------------------------------
+
+
+class _Table:
+    """One TOML table with the key path it came from; every getter names the key in its error."""
+
+    def __init__(self, raw: Any, path: str, allowed: tuple[str, ...]) -> None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(path, "must be a table")
+        unknown = sorted(set(raw) - set(allowed))
+        if unknown:
+            raise ConfigError(f"{path}.{unknown[0]}" if path else unknown[0],
+                              f"unknown key (known: {', '.join(allowed)})")
+        self.raw, self.path = raw, path
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def has(self, name: str) -> bool:
+        return name in self.raw
+
+    def string(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self.raw.get(name, default)
+        if value is None:
+            if required:
+                raise ConfigError(self.key(name), "is required")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(self.key(name), "must be a non-empty string")
+        return value.strip()
+
+    def req(self, name: str) -> str:
+        value = self.string(name, required=True)
+        assert value is not None
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(name, default)
+        if value not in choices:
+            raise ConfigError(self.key(name), f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def number(self, name: str, default: float, *, low: float = 0.0, high: float = math.inf,
+               exclusive_low: bool = True) -> float:
+        value = self.raw.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(self.key(name), "must be a number")
+        if (value <= low if exclusive_low else value < low) or value > high:
+            bound = f"above {low:g}" if exclusive_low else f"at least {low:g}"
+            upper = f" and at most {high:g}" if high < math.inf else ""
+            raise ConfigError(self.key(name), f"must be {bound}{upper}")
+        return float(value)
+
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
+        value = self.raw.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(self.key(name), f"must be a whole number from {low} to {high}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw.get(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(self.key(name), "must be true or false")
+        return value
+
+    def strings(self, name: str, default: tuple[str, ...], choices: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.raw.get(name, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(self.key(name), "must be a list of strings")
+        for v in value:
+            if v not in choices:
+                raise ConfigError(self.key(name), f"{v!r} is not one of {', '.join(choices)}")
+        if len(set(value)) != len(value):
+            raise ConfigError(self.key(name), "names an entry twice")
+        return tuple(value)
+
+    def path_(self, name: str, base: Path, *, required: bool = False) -> Path | None:
+        value = self.string(name, required=required)
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+
+
+def _url(t: _Table, name: str, *, required: bool = False, https: bool = False) -> str | None:
+    value = t.string(name, required=required)
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(t.key(name), f"must be an http(s) URL, not {value!r}")
+    if https and parts.scheme != "https":
+        raise ConfigError(t.key(name), "must be https:// (set dev = true for a local test service)")
+    return value.rstrip("/")
+
+
+_TOP = ("terminal", "outbox", "badge_scheme", "act_seconds", "retry_seconds", "tick_seconds", "log_level", "dev",
+        "service", "auth", "http", "mqtt", "offline", "lanes")
+
+
+def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
+    """Rules 1 to 4 over a parsed TOML document; relative file paths are taken from ``base``."""
+    top = _Table(doc, "", _TOP)
+    dev = top.boolean("dev", False)
+    terminal = top.req("terminal")
+    outbox = top.path_("outbox", base, required=True)
+    assert outbox is not None
+
+    s = _Table(doc.get("service", {}), "service", ("base_url", "issuer", "timeout", "attempts"))
+    base_url = _url(s, "base_url", required=True, https=not dev)
+    assert base_url is not None
+    service = ServiceSettings(base_url=base_url, issuer=_url(s, "issuer", https=not dev) or base_url,
+                              timeout=s.number("timeout", 2.0, high=60),
+                              attempts=s.integer("attempts", 3, low=1, high=10))
+
+    a = _Table(doc.get("auth", {}), "auth", ("client_id", "client_secret_file", "private_key_file", "key_id",
+                                             "algorithm", "audience", "scope"))
+    auth = AuthSettings(client_id=a.req("client_id"), client_secret_file=a.path_("client_secret_file", base),
+                        private_key_file=a.path_("private_key_file", base), key_id=a.string("key_id"),
+                        algorithm=a.string("algorithm"), audience=_url(a, "audience"), scope=a.string("scope"))
+    if auth.client_secret_file is not None and auth.private_key_file is not None:
+        raise ConfigError("auth.private_key_file", "give client_secret_file or private_key_file, not both")
+    if auth.algorithm is not None and auth.algorithm not in ("ES256", "PS256", "RS256", "EdDSA"):
+        raise ConfigError("auth.algorithm", "must be ES256, PS256, RS256 or EdDSA")
+
+    http = None
+    if "http" in doc:
+        h = _Table(doc["http"], "http", ("host", "port"))
+        http = HttpSourceSettings(host=h.string("host", "127.0.0.1") or "127.0.0.1",
+                                  port=h.integer("port", 8089, low=1, high=65535))
+    mqtt = None
+    if "mqtt" in doc:
+        m = _Table(doc["mqtt"], "mqtt", ("host", "port", "prefix", "client_id", "username", "password_file",
+                                         "keepalive"))
+        prefix = m.string("prefix", "quaygate") or "quaygate"
+        if any(ch in prefix for ch in "#+") or prefix.endswith("/"):
+            raise ConfigError("mqtt.prefix", "must be a topic prefix without wildcards or a trailing '/'")
+        mqtt = MqttSettings(host=m.string("host", "127.0.0.1") or "127.0.0.1",
+                            port=m.integer("port", 1883, low=1, high=65535), prefix=prefix,
+                            client_id=m.string("client_id") or "",
+                            username=m.string("username"), password_file=m.path_("password_file", base),
+                            keepalive=m.integer("keepalive", 30, low=5, high=3600))
+
+    o = _Table(doc.get("offline", {}), "offline", ("enabled", "passes", "refresh_seconds", "reconcile_seconds",
+                                                   "store_max_age_seconds", "ban_list_max_age_seconds"))
+    offline = OfflineSettings(
+        enabled=o.boolean("enabled", False), passes=o.path_("passes", base),
+        refresh_seconds=o.number("refresh_seconds", 60.0, low=1.0, exclusive_low=False, high=3600),
+        reconcile_seconds=o.number("reconcile_seconds", 5.0, high=3600),
+        store_max_age_seconds=o.number("store_max_age_seconds", 900.0, high=86400),
+        ban_list_max_age_seconds=o.number("ban_list_max_age_seconds", 86400.0, high=7 * 86400))
+    if offline.enabled and offline.passes is None:
+        offline = dataclasses.replace(offline, passes=outbox.with_name(outbox.stem + "-passes.sqlite3"))
+
+    configured = tuple(name for name, section in (("http", http), ("mqtt", mqtt)) if section is not None)
+    raw_lanes = doc.get("lanes")
+    if not isinstance(raw_lanes, list) or not raw_lanes:
+        raise ConfigError("lanes", "give at least one [[lanes]] table")
+    lanes = tuple(_lane(raw, i, configured, mqtt is not None, dev) for i, raw in enumerate(raw_lanes))
+    seen: set[str] = set()
+    for i, lane in enumerate(lanes):
+        if lane.lane in seen:
+            raise ConfigError(f"lanes[{i}].lane", f"lane {lane.lane!r} is configured twice")
+        seen.add(lane.lane)
+    if not configured:
+        raise ConfigError("http", "configure a source: an [http] or an [mqtt] section")
+
+    return AdapterSettings(
+        terminal=terminal, outbox=outbox, service=service, auth=auth, lanes=lanes, http=http, mqtt=mqtt,
+        offline=offline, badge_scheme=top.string("badge_scheme", "alfapass") or "alfapass",
+        act_seconds=top.number("act_seconds", 60.0, high=3600),
+        retry_seconds=top.number("retry_seconds", 5.0, high=3600),
+        tick_seconds=top.number("tick_seconds", 0.5, high=60),
+        log_level=top.choice("log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")), dev=dev)
+
+
+def _lane(raw: Any, i: int, configured: tuple[str, ...], has_mqtt: bool, dev: bool) -> LaneSettings:
+    t = _Table(raw, f"lanes[{i}]", ("lane", "direction", "mode", "window_seconds", "require", "face_wait_seconds",
+                                    "sources", "barrier"))
+    lane = t.req("lane")
+    if any(ch in lane for ch in "/#+ ") or len(lane) > 64:
+        raise ConfigError(t.key("lane"), "must be at most 64 characters without '/', '#', '+' or spaces")
+    sources = t.strings("sources", configured, SOURCES)
+    for name in sources:
+        if name not in configured:
+            raise ConfigError(t.key("sources"), f"names {name!r}, but there is no [{name}] section")
+    if not sources:
+        raise ConfigError(t.key("sources"), "must name at least one source")
+    require = t.strings("require", ("plate", "container", "badge"), READ_KINDS)
+    if not require:
+        raise ConfigError(t.key("require"), "must name at least one kind of read")
+    b = _Table(raw.get("barrier", {}), t.key("barrier"), ("kind", "url", "timeout"))
+    barrier = BarrierSettings(kind=b.choice("kind", "log", BARRIERS), url=_url(b, "url"),
+                              timeout=b.number("timeout", 2.0, high=60))
+    if barrier.kind == "http" and barrier.url is None:
+        raise ConfigError(b.key("url"), "is required for an http barrier")
+    if barrier.kind == "mqtt" and not has_mqtt:
+        raise ConfigError(b.key("kind"), "is mqtt, but there is no [mqtt] section")
+    return LaneSettings(lane=lane, direction=t.choice("direction", "in", DIRECTIONS),
+                        mode=t.choice("mode", "commit", MODES),
+                        window_seconds=t.number("window_seconds", 30.0, high=3600), require=require,
+                        face_wait_seconds=t.number("face_wait_seconds", 0.0, exclusive_low=False, high=600),
+                        sources=sources, barrier=barrier)

@@ -1,0 +1,349 @@
+"""A face capture in POST /gate/v1/verify (issue 6), on SQLite and PostgreSQL, with real photos of real
+people (tests/test_face_support.py): matched 1:1 in identity's worker process against the enrolled
+face of the nominated driver, with the terminal's face_tolerance. Same person: allow; another person:
+deny face_mismatch; no usable capture: a 422 problem and nothing recorded; no enrolment, nobody to
+match or the matcher down: review (face_required), never allow. The audit trail and the decisions hold
+the distance, never the image. Then the pure rules: a face matched against someone else than the
+driver judged (a re-nomination meanwhile) is no face, and the policy's tolerance bounds."""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from identity.face import FacePool, face_for
+from quaygate.app import create_app
+from quaygate.cache import MemoryCache, RedisCache
+from quaygate.container import Container, SystemClock
+from quaygate.crypto import DataCipher
+from quaygate.schema import audit_log, gate_decisions
+from quaygate.settings import Settings
+from release_service.adapters.sqla.uow import SqlUnitOfWork
+from release_service.domain import gate as g
+from release_service.domain.parties import OrgKind
+from release_service.services import verify as verify_service
+from tests.test_face_support import photo, side_by_side
+
+from .factories import TERMINAL, container
+from .test_gate_verify import Gate
+from .test_release_api import assert_problem
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def b64(image: bytes) -> str:
+    return base64.b64encode(image).decode()
+
+
+@pytest.fixture(scope="module")
+def face_pool() -> Iterator[FacePool]:
+    """One warm worker for the module (an app's own pool would spawn and load the models per test)."""
+    pool = FacePool(1, queue_per_worker=8)
+    assert all(f.result(timeout=120) for f in pool.warm_up())
+    yield pool
+    pool.close()
+
+
+class FaceGate(Gate):
+    app: Any
+
+    def enrol(self, person: uuid.UUID, name: str = "obama.jpg") -> None:
+        import anyio
+
+        service = face_for(self.app)
+
+        async def go() -> Any:
+            return await service.enrol(person, photo(name), source="id_photo", actor="badge-office", now=_now())
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as one:  # Playwright may leave a loop running in this thread
+            one.submit(anyio.run, go).result()
+
+    def policy(self, **fields: Any) -> None:
+        with SqlUnitOfWork(self.engine) as uow:
+            uow.gate.set_policy(TERMINAL, g.TerminalPolicy(**fields), by="security", now=_now())
+            uow.commit()
+
+    def with_face(self, n: int, image: bytes | str, **over: Any) -> dict[str, Any]:
+        return self.body(n, face={"image": image if isinstance(image, str) else b64(image)}, **over)
+
+    def face_audits(self) -> list[tuple[str, dict[str, Any]]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(audit_log.c.kind, audit_log.c.data)
+                                .where(audit_log.c.kind.like("identity.face.verify.%"))
+                                .order_by(audit_log.c.id)).all()
+        return [(r.kind, r.data) for r in rows]
+
+    def decisions(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)).scalar_one())
+
+
+@pytest.fixture
+def gate(engine: sa.Engine, tmp_path: Path, face_pool: FacePool) -> Iterator[FaceGate]:
+    settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
+                        background_workers=False)
+    c = Container(settings=settings, engine=engine, cache=MemoryCache(),
+                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
+    app = create_app(settings, container=c)
+    with TestClient(app) as http:
+        own = app.state.face_pool
+        app.state.face_pool = face_pool
+        try:
+            fg = FaceGate(http, engine)
+            fg.app = app
+            yield fg
+        finally:
+            app.state.face_pool = own  # the lifespan closes its own pool, not the shared one
+
+
+def _decide(gate: FaceGate, body: dict[str, Any]) -> dict[str, Any]:
+    r = gate.verify(body)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_the_nominated_driver_s_face_allows_and_commits_once(gate: FaceGate) -> None:
+    rid = gate.pickable(1)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    got = _decide(gate, gate.with_face(1, photo("obama2.jpg")))  # another photo of the same person
+    assert (got["decision"], got["reasons"]) == ("allow", []), got
+    body = gate.with_face(1, "data:image/png;base64," + b64(photo("32bit.png")), mode="commit")
+    first = _decide(gate, body)
+    assert (first["decision"], first["committed"]) == ("allow", True) and gate.state(rid) == "gated_in"
+    # A retry of the same request: the recorded answer, no second match.
+    assert _decide(gate, body) == first
+    audits = gate.face_audits()
+    assert [k for k, _ in audits] == ["identity.face.verify.matched"] * 2
+    data = audits[-1][1]
+    assert data["purpose"] == "gate" and data["tolerance"] == 0.5 and 0.3 < data["distance"] < 0.45
+    assert (data["terminal"], data["request_id"], data["mode"]) == (TERMINAL, body["request_id"], "commit")
+
+
+def test_another_person_s_face_is_denied_face_mismatch(gate: FaceGate) -> None:
+    rid = gate.pickable(2)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    for name in ("biden.jpg", "astronaut.png"):
+        got = _decide(gate, gate.with_face(2, photo(name), mode="commit"))
+        assert (got["decision"], got["reasons"], got["committed"]) == ("deny", ["face_mismatch"], False), got
+    assert gate.state(rid) == "nominated"
+    audits = gate.face_audits()
+    assert [k for k, _ in audits] == ["identity.face.verify.mismatched"] * 2
+    assert all(d["distance"] > 0.75 and d["matched"] is False for _, d in audits)
+
+
+def test_the_terminal_s_tolerance_decides(gate: FaceGate) -> None:
+    gate.pickable(3)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    capture = photo("obama2.jpg")  # 0.37 from obama.jpg
+    assert _decide(gate, gate.with_face(3, capture))["decision"] == "allow"
+    gate.policy(face_tolerance=0.3)  # a stricter terminal
+    strict = _decide(gate, gate.with_face(3, capture))
+    assert (strict["decision"], strict["reasons"]) == ("deny", ["face_mismatch"]), strict
+    assert [d["tolerance"] for _, d in gate.face_audits()] == [0.5, 0.3]
+    gate.policy(face_tolerance=0.45)
+    assert _decide(gate, gate.with_face(3, capture))["decision"] == "allow"
+
+
+@pytest.mark.parametrize(("image", "code"), [
+    (lambda: b64(photo("chelsea.png")), "face_not_found"),  # a cat
+    (lambda: b64(side_by_side("obama.jpg", "biden.jpg")), "face_multiple"),
+    (lambda: b64(b"GIF89a not a photo"), "image_unreadable"),
+    (lambda: "not base64 at all!", "image_unreadable"),
+    (lambda: b64(os.urandom(4 * 1024 * 1024 + 10)), "image_too_large"),
+], ids=["no face", "two faces", "not an image", "bad base64", "too large"])
+def test_an_unusable_capture_is_a_clear_422_and_nothing_is_recorded(gate: FaceGate, image: Any, code: str) -> None:
+    gate.pickable(4)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    body = gate.with_face(4, image(), mode="commit")
+    assert_problem(gate.verify(body), 422, code)
+    assert gate.decisions() == 0
+    # The lane sends a good capture under the same request_id: decided now.
+    assert _decide(gate, {**body, "face": {"image": b64(photo("obama2.jpg"))}})["decision"] == "allow"
+
+
+def test_face_field_shape_is_checked(gate: FaceGate) -> None:
+    gate.pickable(5)
+    both = gate.body(5, face={"image": b64(photo("obama2.jpg")), "match": {"matched": True, "score": 0.9}})
+    assert gate.verify(both).status_code == 422
+    assert gate.verify(gate.body(5, face={})).status_code == 422
+    assert gate.verify(gate.body(5, face={"image": ""})).status_code == 422
+    assert gate.decisions() == 0
+
+
+def test_no_enrolment_or_no_matcher_is_review_never_allow(gate: FaceGate) -> None:
+    gate.pickable(6)
+    got = _decide(gate, gate.with_face(6, photo("obama2.jpg"), mode="commit"))  # nobody enrolled
+    assert (got["decision"], got["reasons"], got["committed"]) == ("review", ["face_required"], False), got
+    assert [(k, d["reason"]) for k, d in gate.face_audits()] == [("identity.face.verify.refused", "face_not_enrolled")]
+
+    gate.enrol(gate.p.driver, "obama.jpg")
+    broken = FacePool(1)
+    broken.close()  # the matcher is down: every call is face_unavailable
+    own, gate.app.state.face_pool, gate.app.state.face = gate.app.state.face_pool, broken, None
+    try:
+        down = _decide(gate, gate.with_face(6, photo("obama2.jpg"), mode="commit"))
+    finally:
+        gate.app.state.face_pool, gate.app.state.face = own, None
+    assert (down["decision"], down["reasons"]) == ("review", ["face_required"]), down
+    assert gate.face_audits()[-1][1]["reason"] == "face_unavailable"
+
+
+def test_nobody_to_match_is_not_an_allow(gate: FaceGate) -> None:
+    # No right for this container and no badge: nobody is known, so no face is matched.
+    got = _decide(gate, gate.with_face(7, photo("obama2.jpg"), badge=None))
+    assert got["decision"] != "allow" and "face_required" in got["reasons"], got
+    assert gate.face_audits() == []
+
+
+def test_the_audit_trail_and_the_decisions_hold_no_image(gate: FaceGate) -> None:
+    gate.pickable(8)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    capture = photo("obama2.jpg")
+    _decide(gate, gate.with_face(8, capture, mode="commit"))
+    _decide(gate, gate.with_face(8, photo("biden.jpg")))
+    needles_bytes = [capture[100:164], capture[5000:5064], photo("biden.jpg")[100:164]]
+    needles_text = [b64(capture)[200:264], b64(capture)[8000:8064], b64(photo("biden.jpg"))[200:264]]
+    with gate.engine.connect() as conn:
+        for table in (audit_log, gate_decisions):
+            for row in conn.execute(sa.select(table)):
+                for value in row:
+                    blob = value if isinstance(value, bytes) else str(value).encode()
+                    assert not any(n in blob for n in needles_bytes), table.name
+                    assert not any(n in blob.decode("latin-1") for n in needles_text), table.name
+    assert {k for k, _ in gate.face_audits()} == {"identity.face.verify.matched", "identity.face.verify.mismatched"}
+
+
+def test_with_the_facts_in_redis_an_image_is_matched_all_the_same(
+    pg_engine: sa.Engine, tmp_path: Path, redis_url: str, face_pool: FacePool
+) -> None:
+    settings = Settings(var_dir=tmp_path, database_url=str(pg_engine.url.render_as_string(hide_password=False)),
+                        redis_url=redis_url, background_workers=False, gate_decision_drain=False)
+    c = Container(settings=settings, engine=pg_engine, cache=RedisCache(redis_url),
+                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
+    app = create_app(settings, container=c)
+    with TestClient(app) as http:
+        own, app.state.face_pool = app.state.face_pool, face_pool
+        try:
+            gate = FaceGate(http, pg_engine)
+            gate.app = app
+            assert c.gate_facts is not None
+            rid = gate.pickable(9)
+            gate.enrol(gate.p.driver, "obama.jpg")
+            assert _decide(gate, gate.body(9))["decision"] == "allow"  # the facts are cached now
+            assert _decide(gate, gate.with_face(9, photo("biden.jpg")))["reasons"] == ["face_mismatch"]
+            assert _decide(gate, gate.with_face(9, photo("obama2.jpg")))["decision"] == "allow"
+            gate.policy(face_tolerance=0.3)  # the policy change reaches the cached facts
+            assert _decide(gate, gate.with_face(9, photo("obama2.jpg")))["reasons"] == ["face_mismatch"]
+            gate.policy(face_tolerance=0.5)
+            done = _decide(gate, gate.with_face(9, photo("obama2.jpg"), mode="commit"))
+            assert (done["decision"], done["committed"]) == ("allow", True) and gate.state(rid) == "gated_in"
+            assert len(gate.face_audits()) == 4
+        finally:
+            app.state.face_pool = own
+
+
+def test_an_image_request_is_never_answered_from_the_cache_alone() -> None:
+    class Facts:
+        def read(self, **_: Any) -> Any:
+            raise AssertionError("an image request must not read the cached facts on the event loop")
+
+    request = g.GateRequest(request_id="r", terminal=TERMINAL, lane="1", direction=g.Direction.IN,
+                            mode=g.Mode.CHECK, container=g.ContainerRead(container(1), 0.99), plate=None,
+                            badge=None, face=g.FaceEvidence.image_pending(), observed_at=_now())
+    actor = SimpleNamespace(kind=OrgKind.TERMINAL, terminal_code=TERMINAL)
+    assert verify_service.answer_from_cache(Facts(), actor, request, fingerprint="f", now=_now()) is None  # type: ignore[arg-type]
+
+
+# ---- the pure rules ---------------------------------------------------------------------------------
+
+NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
+DRIVER, OTHER = uuid.uuid4(), uuid.uuid4()
+
+
+def _right(driver: uuid.UUID) -> g.RightFacts:
+    return g.RightFacts(id=uuid.uuid4(), container=container(1), terminal=TERMINAL, state="nominated",
+                        blocked=False, commercial="green", customs="green", terminal_light="green",
+                        valid_from=datetime(2026, 11, 1, tzinfo=UTC), valid_until=datetime(2026, 12, 1, tzinfo=UTC),
+                        created_at=datetime(2026, 11, 1, tzinfo=UTC),
+                        nomination=g.NominationFacts(driver, "1ABC123", "BE", "accepted"))
+
+
+def _badge(person: uuid.UUID) -> g.BadgeFacts:
+    return g.BadgeFacts(found=True, status="active", person_id=person, activated_terminals=frozenset({TERMINAL}),
+                        holder_name="Jan Peeters")
+
+
+def _decide_pure(face: g.FaceEvidence | None, *, driver: uuid.UUID = DRIVER, policy: g.TerminalPolicy | None = None
+                 ) -> g.Decision:
+    request = g.GateRequest(request_id="r", terminal=TERMINAL, lane="1", direction=g.Direction.IN,
+                            mode=g.Mode.CHECK, container=g.ContainerRead(container(1), 0.99),
+                            plate=g.PlateRead("1ABC123", "BE", 0.99), badge=g.BadgeRead("alfapass", "1"),
+                            face=face, observed_at=NOW)
+    return g.decide(request, rights=[_right(driver)], badge=_badge(driver),
+                    screening=g.ScreeningFacts(g.ScreeningResult.CLEAR), policy=policy or g.TerminalPolicy(), now=NOW)
+
+
+def _image(person: uuid.UUID, distance: float | None, *, tolerance: float = 0.5,
+           unavailable: str | None = None) -> g.FaceEvidence:
+    matched = distance is not None and distance <= tolerance
+    return g.FaceEvidence("image", matched=matched, person_id=person, distance=distance, tolerance=tolerance,
+                          unavailable=unavailable)
+
+
+def test_pure_the_face_is_matched_against_the_nominated_driver() -> None:
+    request = g.GateRequest(request_id="r", terminal=TERMINAL, lane="1", direction=g.Direction.IN,
+                            mode=g.Mode.CHECK, container=g.ContainerRead(container(1), 0.99), plate=None,
+                            badge=g.BadgeRead("alfapass", "1"), face=None, observed_at=NOW)
+    subject = g.face_subject(request, rights=[_right(DRIVER)], badge=_badge(OTHER), policy=g.TerminalPolicy(), now=NOW)
+    assert subject == DRIVER  # the right's driver, not whoever holds the badge
+    assert g.face_subject(request, rights=[], badge=_badge(OTHER), policy=g.TerminalPolicy(), now=NOW) == OTHER
+    assert g.face_subject(request, rights=[], badge=None, policy=g.TerminalPolicy(), now=NOW) is None
+
+
+def test_pure_image_outcomes() -> None:
+    assert _decide_pure(_image(DRIVER, 0.36)).decision is g.Outcome.ALLOW
+    assert _decide_pure(_image(DRIVER, 0.86)).reasons == (g.Reason.FACE_MISMATCH,)
+    # matched against someone else (the right re-nominated since): no face for this driver
+    d = _decide_pure(_image(OTHER, 0.2))
+    assert (d.decision, d.reasons) == (g.Outcome.REVIEW, (g.Reason.FACE_REQUIRED,))
+    for why in ("face_not_enrolled", "face_busy", "face_unavailable", "no_driver"):
+        d = _decide_pure(_image(DRIVER, None, unavailable=why))
+        assert (d.decision, d.reasons) == (g.Outcome.REVIEW, (g.Reason.FACE_REQUIRED,)), why
+    assert _decide_pure(g.FaceEvidence.image_pending()).reasons == (g.Reason.FACE_REQUIRED,)
+    assert _decide_pure(_image(DRIVER, None, unavailable="face_not_live")).reasons == (g.Reason.FACE_MISMATCH,)
+    # "matched" at a looser tolerance than the terminal's now: the stricter one counts
+    loose = _image(DRIVER, 0.45, tolerance=0.6)
+    assert _decide_pure(loose, policy=g.TerminalPolicy(face_tolerance=0.4)).reasons == (g.Reason.FACE_MISMATCH,)
+    forged = g.FaceEvidence("image", matched=True, person_id=DRIVER, distance=0.7, tolerance=0.5)
+    assert _decide_pure(forged).reasons == (g.Reason.FACE_MISMATCH,)
+
+
+@pytest.mark.parametrize("value", [0.29, 0.61, 0.8, float("nan"), True, "0.5"])
+def test_pure_face_tolerance_is_bounded(value: Any) -> None:
+    with pytest.raises(ValueError, match="face_tolerance"):
+        g.TerminalPolicy(face_tolerance=value)
+    assert g.TerminalPolicy(face_tolerance=0.3).face_tolerance == 0.3
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: g.FaceEvidence("image", 0.9, True),  # a score is a matcher's
+    lambda: g.FaceEvidence("image", distance=-0.1),
+    lambda: g.FaceEvidence("photo"),  # type: ignore[arg-type]
+])
+def test_pure_face_evidence_shape(bad: Any) -> None:
+    with pytest.raises(ValueError):
+        bad()
