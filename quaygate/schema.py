@@ -170,6 +170,9 @@ releases = sa.Table(
     sa.Column("gate_in_at", UTCDateTime),
     sa.Column("gate_out_at", UTCDateTime),
     sa.Column("version", sa.Integer, nullable=False, default=0),
+    # The seq of the right's last event (release_events): every writer of events raises it in the
+    # UPDATE that holds the row, so the next seq needs no SELECT max(seq).
+    sa.Column("event_seq", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )

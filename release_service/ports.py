@@ -268,8 +268,9 @@ class GateFacts(Protocol):
     committed change, PostgreSQL staying the truth. ``read`` and ``record`` may raise FactsUnavailable."""
 
     def read(self, *, terminal: str, request_id: str, badge: BadgeRead | None, containers: Sequence[str],
-             now: datetime, through: bool = True) -> GateSnapshot | None:
-        """The facts, misses read through to PostgreSQL; with ``through=False``, None on a miss."""
+             now: datetime, through: bool = True, within: UnitOfWork | None = None) -> GateSnapshot | None:
+        """The facts, misses read through to PostgreSQL (in ``within`` when given, else in a unit of
+        work of its own); with ``through=False``, None on a miss."""
         ...
 
     def record(self, row: dict[str, Any]) -> StoredDecision | None:

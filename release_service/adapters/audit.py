@@ -48,6 +48,10 @@ _ENTRY_COLUMNS = (audit_log.c.id, audit_log.c.at, audit_log.c.kind, audit_log.c.
                   audit_log.c.data, audit_log.c.chain_seq, audit_log.c.prev_hash, audit_log.c.hash)
 
 
+_INSERT = audit_log.insert()
+_INSERT_PG = audit_log.insert().values(txid=sa.text("pg_current_xact_id()::text::bigint"))
+
+
 class SqlAuditLog:
     def __init__(self, conn: sa.Connection) -> None:
         self._conn = conn
@@ -66,10 +70,7 @@ class SqlAuditLog:
         ]
         if not rows:
             return
-        stmt = audit_log.insert()
-        if self._pg:
-            stmt = stmt.values(txid=sa.text("pg_current_xact_id()::text::bigint"))
-        self._conn.execute(stmt, rows)
+        self._conn.execute(_INSERT_PG if self._pg else _INSERT, rows)
 
 
 # ---- the audit key -----------------------------------------------------------------------------------

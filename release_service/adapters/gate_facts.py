@@ -30,6 +30,7 @@ timeout, not one per request). Invalidations that could not be sent are kept and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -158,9 +159,11 @@ class RedisGateFacts:
     # ---- reading ---------------------------------------------------------------------------------
 
     def read(self, *, terminal: str, request_id: str, badge: BadgeRead | None, containers: Sequence[str],
-             now: datetime, through: bool = True) -> GateSnapshot | None:
+             now: datetime, through: bool = True, within: SqlUnitOfWork | None = None) -> GateSnapshot | None:
         """The facts; a miss is read through to PostgreSQL and kept, or, with ``through=False``, the
-        answer is None (the caller is on the event loop and must not wait for PostgreSQL)."""
+        answer is None (the caller is on the event loop and must not wait for PostgreSQL). ``within``:
+        the caller's open unit of work, read in before it writes (a gate commit saves a connection and a
+        transaction); what it read had committed, so it is kept under the generation read before it."""
         badge_key = SqlGateStore.badge_key(badge) if badge is not None else None
         args = [self._p, terminal, badge_key or "", _request_key(terminal, request_id), self._ttl, *containers]
         out = self._call(lambda: self._read(args=args))
@@ -176,7 +179,7 @@ class RedisGateFacts:
         if policy is None or missing or need_badge:
             if not through:
                 return None
-            with self._uow() as uow:
+            with self._uow() if within is None else contextlib.nullcontext(within) as uow:
                 if policy is None:
                     policy = uow.gate.policy(terminal)
                     fills[f"policy:{terminal}:{_s(policy_gen)}"] = json.dumps(policy_dict(policy)).encode()

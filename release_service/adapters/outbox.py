@@ -22,6 +22,11 @@ _subs = webhook_subscriptions
 _dels = webhook_deliveries
 
 
+# The active subscriptions of an event's audience: prebuilt (every change of a right publishes).
+_AUDIENCE = (sa.select(_subs.c.id, _subs.c.organisation_id, _subs.c.event_types)
+             .where(_subs.c.active.is_(True), _subs.c.organisation_id.in_(sa.bindparam("audience", expanding=True))))
+
+
 class SqlOutbox:
     def __init__(self, conn: sa.Connection) -> None:
         self._conn = conn
@@ -30,11 +35,7 @@ class SqlOutbox:
         if not events:
             return
         audience = set().union(*(e.audience for e in events))
-        subs = self._conn.execute(
-            sa.select(_subs.c.id, _subs.c.organisation_id, _subs.c.event_types)
-            .where(_subs.c.active.is_(True))
-            .where(_subs.c.organisation_id.in_(audience))
-        ).all()
+        subs = self._conn.execute(_AUDIENCE, {"audience": list(audience)}).all()
         rows = [
             _delivery_row(event, sub.id)
             for event in events

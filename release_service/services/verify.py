@@ -104,7 +104,10 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
     row. When the cache cannot answer, everything is read from PostgreSQL, as without it.
     With ``face_image``, the capture is matched first (``_match_face``); blocking: run in a thread."""
     require_gate_of(actor, request.terminal)
-    snapshot = _snapshot(facts, request, now)
+    # A check, or a capture to match, reads the cache first, outside any transaction; a commit reads it
+    # in its own transaction below, so that what the cache misses is read there too.
+    early = face_image is not None or request.mode is g.Mode.CHECK
+    snapshot = _snapshot(facts, request, now) if early else None
     if snapshot is not None and snapshot.replay is not None:
         return _replay(snapshot.replay, fingerprint)
     if face_image is not None:
@@ -119,6 +122,10 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
                 return body
     for attempt in range(2):  # the second round only when a twin recorded first: it then finds the twin
         with uow_factory() as uow:
+            if not early and not attempt:
+                snapshot = _snapshot(facts, request, now, within=uow)
+                if snapshot is not None and snapshot.replay is not None:
+                    return _replay(snapshot.replay, fingerprint)
             # The cache answered "not recorded" just now (snapshot.replay is None); a twin recorded
             # since, or a decision the cache missed, loses us the insert below and the second round
             # finds it. So with a snapshot the first round saves the look-up.
@@ -179,14 +186,15 @@ def _match_face(uow_factory: Callable[[], UnitOfWork], request: g.GateRequest, s
 
 
 def _snapshot(facts: GateFacts | None, request: g.GateRequest, now: datetime, *,
-              through: bool = True) -> GateSnapshot | None:
+              through: bool = True, within: UnitOfWork | None = None) -> GateSnapshot | None:
     """The cached facts; None without a cache, when it failed (then PostgreSQL decides), or, with
     ``through=False``, when something is not cached."""
     if facts is None:
         return None
     try:
         return facts.read(terminal=request.terminal, request_id=request.request_id, badge=request.badge,
-                          containers=container_candidates(request.container.number), now=now, through=through)
+                          containers=container_candidates(request.container.number), now=now, through=through,
+                          within=within)
     except FactsUnavailable:
         log.warning("release.verify.facts_from_database")
         return None

@@ -229,11 +229,29 @@ def test_port_security_manages_a_person_and_an_organisation_and_the_session_rene
         page.click("#do-enrol-code")
         page.locator("#enrol-code-box:not([hidden])").wait_for()
         assert len(page.locator("#enrol-code").inner_text()) >= 12
-        # The organisation: deactivated with a reason, its client refused; then reactivated.
+        # The organisation: deactivated with a reason, its client refused; then reactivated. The tab's
+        # own load (every organisation) is held until the search has answered: its late answer must not
+        # add rows to the search's (it once did, and a row showed twice).
+        held: list[Any] = []
+
+        def hold_the_tab_load(route: Any) -> None:
+            if route.request.method == "GET" and "q=" not in route.request.url:
+                held.append(route)
+            else:
+                route.continue_()
+
+        page.route("**/admin/v1/organisations*", hold_the_tab_load)
         page.click('a[href="#orgs"]')
         page.fill("#org-q", "van dam")
         page.click("#org-find")
         row = page.locator(f'#org-list li[data-org="{haulier}"]')
+        row.wait_for()
+        assert len(held) == 1, "the tab did not load its list"
+        with page.expect_response(lambda r: "/admin/v1/organisations" in r.url and "q=" not in r.url):
+            held.pop().continue_()
+        page.wait_for_timeout(300)  # the late answer's handler has run
+        page.unroute("**/admin/v1/organisations*")
+        assert page.locator("#org-list li").count() == row.count() == 1
         page.once("dialog", lambda dialog: dialog.accept("Contract ended"))
         row.locator("button[data-action=deactivate]").click()
         row.locator("button[data-action=reactivate]").wait_for()

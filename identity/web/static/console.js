@@ -106,12 +106,21 @@
     return QG.el("a", {href: "#badge/" + b.id, "class": "button", "data-status": b.status},
                  b.number + " · " + b.scheme + " · " + statusText(b.status));
   }
+  // A list loaded twice at once (the tab opening, then a search) shows only the answer to the last
+  // load, emptied when that answer comes: an earlier answer arriving late neither shows nor doubles rows.
+  var loads = {};
+  function latest(key) {
+    var n = (loads[key] || 0) + 1;
+    loads[key] = n;
+    return function () { return loads[key] === n; };
+  }
+
   function day(input) { return new Date(input.value + "T23:59:59").toISOString(); }
   function instant(input) { return input.value ? new Date(input.value).toISOString() : ""; }
 
   function search(e) {
     e.preventDefault();
-    var q = $("q").value.trim(), list = $("results");
+    var q = $("q").value.trim(), list = $("results"), current = latest("results");
     list.textContent = "";
     // A person id, a card UID (4, 7 or 10 bytes in hex), a badge number (has a digit), else a name.
     if (UUID.test(q)) { location.hash = "#person/" + q; return; }
@@ -119,6 +128,8 @@
       : /\d/.test(q) ? "/badges?number=" + encodeURIComponent(q) : "/persons?q=" + encodeURIComponent(q);
     QG.busy($("find"), true);
     api("GET", path).then(function (data) {
+      if (!current()) return;
+      list.textContent = "";
       if (!data.items.length) list.appendChild(QG.el("li", null, t("console.no_results")));
       data.items.forEach(function (x) {
         var li = QG.el("li", {"class": "card"}), a = x.scheme ? badgeLink(x)
@@ -292,8 +303,10 @@
     }, fail).then(function () { QG.busy($("do-enrol-code"), false); });
   }
   function listBadges() {
-    var list = $("person-badges"); list.textContent = "";
+    var list = $("person-badges"), current = latest("person-badges"); list.textContent = "";
     api("GET", "/persons/" + encodeURIComponent(person) + "/badges").then(function (data) {
+      if (!current()) return;
+      list.textContent = "";
       if (!data.items.length) list.appendChild(QG.el("li", null, t("console.no_results")));
       data.items.forEach(function (b) { var li = QG.el("li", {"class": "card"}); li.appendChild(badgeLink(b)); list.appendChild(li); });
     }).catch(fail);
@@ -317,9 +330,11 @@
   // ---- #orgs, #clients (port security) ----
   function loadOrgs(e) {
     if (e) e.preventDefault();
-    var list = $("org-list"), q = $("org-q").value.trim();
+    var list = $("org-list"), q = $("org-q").value.trim(), current = latest("orgs");
     list.textContent = "";
     api("GET", "/organisations" + (q ? "?q=" + encodeURIComponent(q) : "")).then(function (data) {
+      if (!current()) return;
+      list.textContent = "";
       if (!data.items.length) list.appendChild(QG.el("li", null, t("console.no_results")));
       data.items.forEach(function (o) {
         var li = QG.el("li", {"class": "card row wrap", "data-org": o.id});
@@ -359,8 +374,10 @@
   }
 
   function loadClients() {
-    var list = $("client-list"); list.textContent = "";
+    var list = $("client-list"), current = latest("clients"); list.textContent = "";
     api("GET", "/clients?limit=500").then(function (data) {
+      if (!current()) return;
+      list.textContent = "";
       data.items.forEach(function (c) {
         var li = QG.el("li", {"class": "card row wrap"});
         li.appendChild(QG.el("span", null, (c.client_name || "") + " · " + c.quaygate_role + " · " + c.client_id + " · " +
@@ -434,8 +451,10 @@
   }
 
   function loadAlerts() {
-    var list = $("alert-list"); list.textContent = "";
+    var list = $("alert-list"), current = latest("alerts"); list.textContent = "";
     api("GET", "/bans/alerts").then(function (data) {
+      if (!current()) return;
+      list.textContent = "";
       $("alerts-empty").hidden = data.items.length > 0;
       data.items.forEach(function (a) {
         var li = QG.el("li", {"class": "card alert"}), dl = QG.el("dl");

@@ -56,6 +56,12 @@ _DECISION_COLUMNS = (
 )
 
 
+# Prebuilt: the gate's hot path builds no statement per call.
+_RIGHTS = sa.select(*_RIGHT_COLUMNS).where(releases.c.container_number.in_(sa.bindparam("containers", expanding=True)),
+                                           releases.c.state != State.DELETED.value)
+_INSERT_DECISION = gate_decisions.insert()
+
+
 class SqlGateStore:
     def __init__(self, conn: sa.Connection, bans: SqlPortBanLookup) -> None:
         self._conn = conn
@@ -66,10 +72,7 @@ class SqlGateStore:
     def rights(self, containers: Sequence[str]) -> list[RightFacts]:
         if not containers:
             return []
-        rows = self._conn.execute(
-            sa.select(*_RIGHT_COLUMNS).where(releases.c.container_number.in_(list(containers)),
-                                             releases.c.state != State.DELETED.value)
-        ).all()
+        rows = self._conn.execute(_RIGHTS, {"containers": list(containers)}).all()
         return [right_facts(r) for r in rows]
 
     @staticmethod
@@ -164,7 +167,7 @@ class SqlGateStore:
         """Insert a decision; a twin request that committed first raises DuplicateDecision (the caller
         rolls back its whole transaction, gate move included, and answers with the twin's decision)."""
         try:
-            self._conn.execute(gate_decisions.insert().values(**row))
+            self._conn.execute(_INSERT_DECISION, row)
         except sa.exc.IntegrityError as exc:
             raise DuplicateDecision(row["request_id"]) from exc
 

@@ -39,6 +39,23 @@ class StaleRight(Exception):
     """The row changed under us although we held its lock: a bug, never a user error."""
 
 
+# Prebuilt statements of the gate commit's hot path: built and cache-keyed once, not per call.
+_PENDING = transfers.alias("pending")
+_GET = (
+    sa.select(releases, *[c.label("t_" + c.name) for c in _PENDING.c])
+    .select_from(releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id))
+    .where(releases.c.id == sa.bindparam("release_id"))
+)
+_GET_FOR_UPDATE = _GET.with_for_update(of=releases)  # the transfer side of the outer join is not locked
+# UPDATE .. SET <the columns given>, event_seq = event_seq + :_events WHERE id = :_id AND version =
+# :_version RETURNING event_seq: a stale copy updates nothing; the new events' seqs come back with it
+# (the row's own counter, fresh under its lock, where a SELECT max(seq) could read an older snapshot).
+_SAVE = (releases.update()
+         .where(releases.c.id == sa.bindparam("_id"), releases.c.version == sa.bindparam("_version"))
+         .values(event_seq=releases.c.event_seq + sa.bindparam("_events"))
+         .returning(releases.c.event_seq))
+
+
 class SqlReleaseStore:
     def __init__(self, conn: sa.Connection) -> None:
         self._conn = conn
@@ -47,25 +64,22 @@ class SqlReleaseStore:
     # ---- reads -------------------------------------------------------------------------------
 
     def get(self, release_id: uuid.UUID, *, for_update: bool = False) -> ReleaseRight | None:
-        stmt = sa.select(releases).where(releases.c.id == release_id)
-        if for_update and self._dialect == "postgresql":
-            stmt = stmt.with_for_update()
-        row = self._conn.execute(stmt).mappings().first()
+        """The right and its pending transfer, in one prebuilt statement (a gate commit loads a right on
+        its hot path)."""
+        stmt = _GET_FOR_UPDATE if for_update and self._dialect == "postgresql" else _GET
+        row = self._conn.execute(stmt, {"release_id": release_id}).mappings().first()
         if row is None:
             return None
-        return self._hydrate(row)
+        pending = None
+        if row["t_id"] is not None:
+            pending = _transfer_from_row({c.name: row["t_" + c.name] for c in _PENDING.c})
+        return _right_from_row(row, pending)
 
     def get_by_transfer(self, transfer_id: uuid.UUID, *, for_update: bool = False) -> ReleaseRight | None:
         release_id = self._conn.execute(
             sa.select(transfers.c.release_id).where(transfers.c.id == transfer_id)
         ).scalar_one_or_none()
         return None if release_id is None else self.get(release_id, for_update=for_update)
-
-    def _hydrate(self, row: Any) -> ReleaseRight:
-        pending = self._conn.execute(
-            sa.select(transfers).where(transfers.c.pending_key == row["id"])
-        ).mappings().first()
-        return _right_from_row(row, _transfer_from_row(pending) if pending else None)
 
     def list_visible(self, actor: Actor, flt: ReleaseFilter) -> list[ReleaseRight]:
         stmt = sa.select(releases)
@@ -158,7 +172,7 @@ class SqlReleaseStore:
     def add_many(self, rights: Sequence[ReleaseRight]) -> tuple[set[uuid.UUID], list[StoredEvent]]:
         if not rights:
             return set(), []
-        rows = [_row_from_right(r) for r in rights]
+        rows = [{**_row_from_right(r), "event_seq": len(r.pending_events)} for r in rights]
         # INSERT .. ON CONFLICT DO NOTHING: the unique active_key decides, atomically, which of
         # several concurrent issuers gets the container (no check-then-act). The ids are ours
         # (generated here), so the rows now present under them are exactly the ones we created.
@@ -189,12 +203,9 @@ class SqlReleaseStore:
         values.pop("id")
         values.pop("created_at")
         values["version"] = right.version + 1
-        result = self._conn.execute(
-            releases.update()
-            .where(releases.c.id == right.id, releases.c.version == right.version)
-            .values(**values)
-        )
-        if result.rowcount != 1:
+        last_seq = self._conn.execute(_SAVE, {"_id": right.id, "_version": right.version,
+                                              "_events": len(right.pending_events), **values}).scalar()
+        if last_seq is None:
             raise StaleRight(str(right.id))
         touch(self._conn, RIGHTS, right.container.value)
         right.version += 1
@@ -205,12 +216,7 @@ class SqlReleaseStore:
             # The holder changes only by an accepted transfer (ReleaseRight.accept_transfer), so the
             # party rows need a look only when a transfer changed; a gate move saves a statement.
             self._add_party(right.id, right.holder_organisation_id, "holder")
-        seq = self._conn.execute(
-            sa.select(sa.func.coalesce(sa.func.max(release_events.c.seq), 0)).where(
-                release_events.c.release_id == right.id
-            )
-        ).scalar_one()
-        events = self._insert_events([right], start_seq={right.id: seq})
+        events = self._insert_events([right], start_seq={right.id: last_seq - len(right.pending_events)})
         right.changed_transfers.clear()
         return events
 
@@ -226,18 +232,15 @@ class SqlReleaseStore:
                        releases.c.nomination_response != DriverResponse.REFUSED.value),
             )
             .values(state=State.GATED_IN.value, gate_in_at=right.gate_in_at, updated_at=right.gate_in_at,
-                    version=releases.c.version + 1)
+                    version=releases.c.version + 1, event_seq=releases.c.event_seq + len(right.pending_events))
+            .returning(releases.c.event_seq)
         )
-        if result.rowcount != 1:
+        last_seq = result.scalar()
+        if last_seq is None:
             return None
         touch(self._conn, RIGHTS, right.container.value)
         right.version += 1
-        seq = self._conn.execute(
-            sa.select(sa.func.coalesce(sa.func.max(release_events.c.seq), 0)).where(
-                release_events.c.release_id == right.id
-            )
-        ).scalar_one()
-        return self._insert_events([right], start_seq={right.id: seq})
+        return self._insert_events([right], start_seq={right.id: last_seq - len(right.pending_events)})
 
     def _upsert_transfer(self, t: Transfer) -> None:
         values = {
