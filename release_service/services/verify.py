@@ -23,7 +23,8 @@ answered from the record without matching again.
 
 With Redis (``facts``, adapters/gate_facts.py), the facts come from there, exact by invalidation
 after every commit; a check is decided and kept there with no PostgreSQL round trip (a drainer moves
-it into gate_decisions); a commit still locks and re-reads its right in PostgreSQL. Redis failing
+it into gate_decisions); a commit reads the cache inside its own transaction (what the cache misses
+is read there, no second connection), then locks and re-reads its right in PostgreSQL. Redis failing
 means deciding from PostgreSQL, as without it.
 
 Racing gates on one right queue on the row lock: the first commits gate-in, every later one finds it
