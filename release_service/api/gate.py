@@ -192,9 +192,7 @@ async def verify(request: Request, body: VerifyRequest,
     facts = container.gate_facts
     try:
         image = face_image(body, container.settings.face_max_image_bytes)
-        # A check on cached facts is answered here. A commit always goes to PostgreSQL (its worker reads
-        # the cache once, a replayed request_id included); an image is never decided from the cache alone.
-        if facts is not None and image is None and gate.mode is g.Mode.CHECK:
+        if facts is not None and image is None:  # an image is never decided from the cache alone
             answer = verify_service.answer_from_cache(facts, actor, gate, fingerprint=fingerprint, now=now)
             if answer is not None:
                 return answer

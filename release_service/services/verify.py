@@ -79,9 +79,12 @@ def require_gate_of(actor: Actor, terminal: str) -> None:
 
 def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateRequest, *, fingerprint: str,
                       now: datetime) -> dict[str, Any] | None:
-    """The answer when the cache alone can give it (a recorded request_id, or a check whose facts are
-    all cached), without waiting for PostgreSQL; else None: call verify()."""
+    """The answer when the cache alone can give it (a check whose facts are all cached, or its recorded
+    request_id), without waiting for PostgreSQL; else None: call verify(). A commit always goes to
+    verify(), whose worker reads the cache once (a replayed request_id included)."""
     require_gate_of(actor, request.terminal)
+    if request.mode is not g.Mode.CHECK:
+        return None
     if request.face is not None and request.face.kind == "image":
         return None  # an image is matched first, in a worker: verify()
     snapshot = _snapshot(facts, request, now, through=False)
@@ -89,8 +92,6 @@ def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateRequest, *,
         return None
     if snapshot.replay is not None:
         return _replay(snapshot.replay, fingerprint)
-    if request.mode is not g.Mode.CHECK:
-        return None
     return _check_cached(facts, actor, request, snapshot, fingerprint, now)
 
 
