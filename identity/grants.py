@@ -28,12 +28,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
 from quaygate.cache import Cache
-from quaygate.schema import grants, issued_access_tokens, refresh_tokens, revoked_tokens
+from quaygate.schema import grants, issued_access_tokens, memberships, persons, refresh_tokens, revoked_tokens
 
 from .domain.claims import GRANT_ID
 
@@ -58,6 +58,71 @@ class Grant:
     auth_time: datetime | None
     dpop_jkt: str | None  # RFC 9449 §5: refresh tokens of a public DPoP client are bound to its key
     revoked: bool
+
+
+# The person behind a grant and their memberships (one row per membership, or one row of NULLs
+# without any): read with the grant, so issuing from it needs no query of its own
+# (identity.oidc.issue.person_context).
+_HOLDER = (persons.c.given_name, persons.c.family_name, persons.c.status, memberships.c.organisation_id,
+           memberships.c.role)
+
+
+def _with_holder(source: Any) -> Any:
+    return (source.outerjoin(persons, persons.c.id == grants.c.person_id)
+            .outerjoin(memberships, memberships.c.person_id == persons.c.id))
+
+
+_NOW = sa.bindparam("now", type_=refresh_tokens.c.used_at.type)
+# Taking a refresh token: one conditional UPDATE (STYLE.md #4); prebuilt, as refresh is a hot path.
+_CONSUME = (
+    refresh_tokens.update()
+    .where(refresh_tokens.c.token_hash == sa.bindparam("h"), refresh_tokens.c.status == "active",
+           refresh_tokens.c.expires_at > _NOW)
+    .values(status="rotated", used_at=_NOW)
+    .returning(refresh_tokens.c.grant_id)
+)
+_GRANT_AND_HOLDER = sa.select(grants, *_HOLDER).select_from(_with_holder(grants)).where(
+    grants.c.id == sa.bindparam("gid"))
+# PostgreSQL: one statement takes the token, inserts its successor and reads the grant and its holder,
+# with data-modifying CTEs (PostgreSQL docs 7.8.4: they run once, to completion, whether or not the
+# outer query reads them). The successor is inserted only for the grant's own client and a live
+# grant; a refusal after it (``check``) rolls it back with the rest. No row: the token was not taken.
+_CONSUMED = _CONSUME.cte("consumed")
+_SUCCESSOR = refresh_tokens.insert().from_select(
+    ["token_hash", "grant_id", "status", "issued_at", "expires_at"],
+    sa.select(sa.bindparam("new_h", type_=refresh_tokens.c.token_hash.type), grants.c.id,
+              sa.literal("active", type_=refresh_tokens.c.status.type), _NOW,
+              sa.bindparam("expires", type_=refresh_tokens.c.expires_at.type))
+    .select_from(_CONSUMED.join(grants, grants.c.id == _CONSUMED.c.grant_id))
+    .where(grants.c.client_id == sa.bindparam("client_id"), grants.c.revoked_at.is_(None)),
+).cte("successor")
+_ROTATE_PG = sa.select(grants, *_HOLDER).select_from(
+    _with_holder(_CONSUMED.join(grants, grants.c.id == _CONSUMED.c.grant_id))).add_cte(_SUCCESSOR)
+_INSERT_REFRESH = refresh_tokens.insert()
+
+
+class Rotation(NamedTuple):
+    """A used refresh token's grant, the new token (clear, given once) and the grant's holder rows
+    (given_name, family_name, status, organisation_id, role), for ``person_context``."""
+
+    grant: Grant
+    token: str
+    holder: tuple[Any, ...]
+
+
+def _grant(row: Any) -> Grant:
+    return Grant(
+        id=row.id,
+        client_id=row.client_id,
+        person_id=row.person_id,
+        sid=row.sid,
+        scope=row.scope,
+        acr=row.acr,
+        amr=tuple(row.amr or ()),
+        auth_time=row.auth_time,
+        dpop_jkt=row.dpop_jkt,
+        revoked=row.revoked_at is not None,
+    )
 
 
 class RefreshRefused(Exception):
@@ -201,17 +266,17 @@ class GrantStore:
 
     def issue_refresh(self, conn: sa.Connection, grant_id: uuid.UUID, *, now: datetime) -> str:
         """A new active refresh token in the grant; the clear token is returned once."""
-        token = REFRESH_PREFIX + secrets.token_urlsafe(32)
-        conn.execute(
-            refresh_tokens.insert().values(
-                token_hash=token_hash(token),
-                grant_id=grant_id,
-                status="active",
-                issued_at=now,
-                expires_at=now + self._refresh_ttl,
-            )
-        )
+        token = self._new_refresh()
+        self._insert_refresh(conn, token, grant_id, now)
         return token
+
+    @staticmethod
+    def _new_refresh() -> str:
+        return REFRESH_PREFIX + secrets.token_urlsafe(32)
+
+    def _insert_refresh(self, conn: sa.Connection, token: str, grant_id: uuid.UUID, now: datetime) -> None:
+        conn.execute(_INSERT_REFRESH, {"token_hash": token_hash(token), "grant_id": grant_id, "status": "active",
+                                       "issued_at": now, "expires_at": now + self._refresh_ttl})
 
     # ---- using -------------------------------------------------------------------------------
 
@@ -223,13 +288,15 @@ class GrantStore:
         client_id: str,
         now: datetime,
         check: Callable[[Grant], None] | None = None,
-    ) -> tuple[Grant, str]:
-        """Use a refresh token: mark it rotated and return its grant and a new token.
+    ) -> Rotation:
+        """Use a refresh token: mark it rotated and return its grant, a new token and the grant's holder.
 
         The token is consumed first, by one conditional UPDATE (active and unexpired, RETURNING its
         grant): under concurrency the row lock lets exactly one use through, and the others find it
-        rotated. Then the grant is read and ``check`` (the caller's DPoP binding and scope rules) may
-        raise: the caller then rolls back, and the token is active again. Only a refused token costs
+        rotated. On PostgreSQL that UPDATE is a CTE of the one statement that also inserts the new
+        token and reads the grant and its holder; on SQLite they are three statements. Then ``check``
+        (the caller's DPoP binding and scope rules) may raise: the caller then rolls back, and the
+        token is active again (and its successor gone). Only a refused token costs
         the diagnostic read that tells unknown, revoked, expired and reused apart.
 
         Call it first in a transaction the caller manages (``engine.connect()``, not ``engine.begin()``):
@@ -238,24 +305,25 @@ class GrantStore:
         transaction, which the caller must commit (the refusal is the point: RFC 9700 §4.14.2).
         """
         h = token_hash(token) if token.startswith(REFRESH_PREFIX) else None
-        grant_id = None
+        rows: list[Any] = []
+        successor, inserted = self._new_refresh(), False
         if h is not None:
-            grant_id = conn.execute(
-                refresh_tokens.update()
-                .where(refresh_tokens.c.token_hash == h, refresh_tokens.c.status == "active",
-                       refresh_tokens.c.expires_at > now)
-                .values(status="rotated", used_at=now)
-                .returning(refresh_tokens.c.grant_id)
-            ).scalar()
-        if grant_id is None:
+            if conn.dialect.name == "postgresql":
+                rows = conn.execute(_ROTATE_PG, {"h": h, "now": now, "new_h": token_hash(successor),
+                                                 "expires": now + self._refresh_ttl, "client_id": client_id}).all()
+                inserted = True
+            else:  # SQLite has no data-modifying CTE: the UPDATE, then the read (and the insert below)
+                grant_id = conn.execute(_CONSUME, {"h": h, "now": now}).scalar()
+                if grant_id is not None:
+                    rows = conn.execute(_GRANT_AND_HOLDER, {"gid": grant_id}).all()
+        if not rows:
             # The UPDATE took nothing, but PostgreSQL may still hold the row lock it took to re-check
             # the row after a concurrent rotation committed (EvalPlanQual). Revoking the grant while
             # holding it would lock token-then-grant against another loser's grant-then-token: a
             # deadlock. Nothing was changed, so end the transaction and diagnose in a fresh one.
             conn.rollback()
             raise self._why_not(conn, h, client_id=client_id, now=now)
-        grant = self.get(conn, grant_id)
-        assert grant is not None  # the foreign key
+        grant = _grant(rows[0])
         if grant.client_id != client_id:
             # RFC 6749 §6: the token was issued to another client. Treat as theft of that client's token.
             self.revoke_grant(conn, grant.id, reason="refresh_wrong_client", now=now)
@@ -264,7 +332,10 @@ class GrantStore:
             raise RefreshRefused("revoked", grant.id)
         if check is not None:
             check(grant)
-        return grant, self.issue_refresh(conn, grant.id, now=now)
+        if not inserted:
+            self._insert_refresh(conn, successor, grant.id, now)
+        holder = tuple((r.given_name, r.family_name, r.status, r.organisation_id, r.role) for r in rows)
+        return Rotation(grant, successor, holder)
 
     def _why_not(self, conn: sa.Connection, h: str | None, *, client_id: str, now: datetime) -> RefreshRefused:
         """Why a token could not be used; revokes the grant of a reused or stolen token."""
@@ -290,20 +361,7 @@ class GrantStore:
 
     def get(self, conn: sa.Connection, grant_id: uuid.UUID) -> Grant | None:
         row = conn.execute(sa.select(grants).where(grants.c.id == grant_id)).first()
-        if row is None:
-            return None
-        return Grant(
-            id=row.id,
-            client_id=row.client_id,
-            person_id=row.person_id,
-            sid=row.sid,
-            scope=row.scope,
-            acr=row.acr,
-            amr=tuple(row.amr or ()),
-            auth_time=row.auth_time,
-            dpop_jkt=row.dpop_jkt,
-            revoked=row.revoked_at is not None,
-        )
+        return None if row is None else _grant(row)
 
     def find_by_refresh(self, conn: sa.Connection, token: str) -> tuple[Grant, str, datetime] | None:
         """(grant, token status, expires_at) for a refresh token, for introspection and revocation."""

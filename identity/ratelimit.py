@@ -232,8 +232,7 @@ class LoginGuard:
         """After a successful login: forget the failures and the lockout doubling."""
         h = _digest(subject)
         generation = int(self._cache.get(f"lockgen:{h}") or 0)
-        self._cache.delete(f"lf:{h}:{generation}:{int(self._now() // self._limits.failure_window)}")
-        self._cache.delete(f"lockn:{h}")
+        self._cache.delete(f"lf:{h}:{generation}:{int(self._now() // self._limits.failure_window)}", f"lockn:{h}")
 
 
 def _subject(subject: str) -> str:

@@ -27,6 +27,8 @@ import sqlalchemy as sa
 
 from quaygate.schema import login_sessions
 
+_INSERT = login_sessions.insert()  # built once: every login writes one
+
 
 @dataclass(frozen=True, slots=True)
 class LoginSession:
@@ -80,10 +82,10 @@ class SessionStore:
             "expires_at": session.expires_at,
         }
         if conn is not None:
-            conn.execute(login_sessions.insert().values(**row))
+            conn.execute(_INSERT, row)
         else:
             with self._engine.begin() as own:
-                own.execute(login_sessions.insert().values(**row))
+                own.execute(_INSERT, row)
         return cookie, session
 
     def get(self, cookie: str | None, *, now: datetime) -> LoginSession | None:

@@ -24,7 +24,9 @@ class Cache(Protocol):
 
     def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None: ...
 
-    def delete(self, key: str) -> None: ...
+    def delete(self, *keys: str) -> None:
+        """Remove these keys (one round trip)."""
+        ...
 
     def take(self, key: str) -> bytes | None:
         """Read and delete in one atomic step (GETDEL): of concurrent takers, one gets the value."""
@@ -79,9 +81,10 @@ class MemoryCache:
         with self._lock:
             self._data[key] = (value, None if ttl_seconds is None else time.monotonic() + ttl_seconds)
 
-    def delete(self, key: str) -> None:
+    def delete(self, *keys: str) -> None:
         with self._lock:
-            self._data.pop(key, None)
+            for key in keys:
+                self._data.pop(key, None)
 
     def take(self, key: str) -> bytes | None:
         with self._lock:
@@ -146,8 +149,9 @@ class RedisCache:
     def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None:
         self._r.set(self._p + key, value, px=None if ttl_seconds is None else max(1, int(ttl_seconds * 1000)))
 
-    def delete(self, key: str) -> None:
-        self._r.delete(self._p + key)
+    def delete(self, *keys: str) -> None:
+        if keys:
+            self._r.delete(*(self._p + k for k in keys))
 
     def take(self, key: str) -> bytes | None:
         value = self._r.getdel(self._p + key)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from identity.grants import GrantStore, RefreshRefused, RevocationList
+from identity.grants import GrantStore, RefreshRefused, RevocationList, token_hash
 from quaygate.cache import MemoryCache
-from quaygate.schema import issued_access_tokens, oauth_clients, refresh_tokens, revoked_tokens
+from quaygate.schema import grants, issued_access_tokens, oauth_clients, refresh_tokens, revoked_tokens
 
 NOW = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -89,6 +89,43 @@ def test_unknown_expired_wrong_client(engine: sa.Engine, store: GrantStore) -> N
     with engine.connect() as conn:
         grant = store.get(conn, gid)
     assert grant is not None and grant.revoked  # another client held it: taken as stolen
+
+
+def _active(engine: sa.Engine, gid: uuid.UUID) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(sa.select(refresh_tokens.c.token_hash).where(
+            refresh_tokens.c.grant_id == gid, refresh_tokens.c.status == "active")).scalars())
+
+
+def test_a_refused_check_keeps_the_token_and_leaves_no_successor(engine: sa.Engine, store: GrantStore) -> None:
+    """The successor is written with the use (one statement on PostgreSQL): a refusal by the caller's
+    check rolls both back, so the old token stays the grant's one active token and still works."""
+    gid, token = _grant(engine, store)
+    before = _active(engine, gid)
+
+    def refuse(grant: object) -> None:
+        raise LookupError("dpop key")
+
+    with engine.connect() as conn:
+        with pytest.raises(LookupError):
+            store.rotate(conn, token, client_id="c1", now=NOW, check=refuse)
+        conn.rollback()
+    assert _active(engine, gid) == before and len(before) == 1
+    new = _rotate(engine, store, token)
+    assert _active(engine, gid) == {token_hash(new)}
+
+
+@pytest.mark.parametrize("case", ["wrong_client", "revoked"])
+def test_a_refused_use_commits_no_active_successor(engine: sa.Engine, store: GrantStore, case: str) -> None:
+    gid, token = _grant(engine, store)
+    if case == "revoked":
+        with engine.begin() as conn:
+            conn.execute(grants.update().where(grants.c.id == gid).values(revoked_at=NOW))
+    _refused(engine, store, token, case, client_id="c2" if case == "wrong_client" else "c1")
+    with engine.connect() as conn:
+        hashes = set(conn.execute(sa.select(refresh_tokens.c.token_hash).where(
+            refresh_tokens.c.grant_id == gid)).scalars())
+    assert hashes == {token_hash(token)} and not _active(engine, gid) - {token_hash(token)}
 
 
 def test_find_by_refresh_and_revoke_session(engine: sa.Engine, store: GrantStore) -> None:

@@ -29,6 +29,17 @@ REMOVED = "removed"
 t = webauthn_credentials
 
 
+# Built once: a passkey login runs these on every attempt (each built per call cost about 0.1 ms).
+_GET = (sa.select(t, persons.c.status.label("person_status")).join(persons, persons.c.id == t.c.person_id)
+        .where(t.c.credential_id == sa.bindparam("credential_id")))
+_USE = (t.update().where(t.c.credential_id == sa.bindparam("id"), t.c.status == ACTIVE)
+        .values(sign_count=sa.bindparam("count"), backed_up=sa.bindparam("backed"),
+                last_used_at=sa.bindparam("at", type_=t.c.last_used_at.type)))
+# WebAuthn §6.1.1: 0 after 0 (no counter kept) is fine; otherwise the counter must go up.
+_USE_UNCOUNTED = _USE.where(t.c.sign_count == 0)
+_USE_COUNTED = _USE.where(t.c.sign_count < sa.bindparam("count"))
+
+
 @dataclass(frozen=True, slots=True)
 class StoredCredential:
     credential_id: str
@@ -52,13 +63,8 @@ class CredentialStore:
     # ---- reads ----------------------------------------------------------------------------------
 
     def get(self, credential_id: str) -> StoredCredential | None:
-        stmt = (
-            sa.select(t, persons.c.status.label("person_status"))
-            .join(persons, persons.c.id == t.c.person_id)
-            .where(t.c.credential_id == credential_id)
-        )
         with self._engine.connect() as conn:
-            row = conn.execute(stmt).first()
+            row = conn.execute(_GET, {"credential_id": credential_id}).first()
         return None if row is None else _credential(row)
 
     def for_person(self, person_id: uuid.UUID, *, include_removed: bool = False) -> list[StoredCredential]:
@@ -101,13 +107,8 @@ class CredentialStore:
         """Store a verified assertion's counter, atomically: only while the credential is active and
         its stored counter is still below the new one (or both are 0). False when another login moved
         the counter first or the credential was suspended or removed meanwhile (check-then-act free)."""
-        # WebAuthn §6.1.1: 0 after 0 (no counter kept) is fine; otherwise the counter must go up.
-        counter_ok = t.c.sign_count == 0 if sign_count == 0 else t.c.sign_count < sign_count
-        result = conn.execute(
-            t.update()
-            .where(t.c.credential_id == credential_id, t.c.status == ACTIVE, counter_ok)
-            .values(sign_count=sign_count, backed_up=backed_up, last_used_at=now)
-        )
+        result = conn.execute(_USE_UNCOUNTED if sign_count == 0 else _USE_COUNTED,
+                              {"id": credential_id, "count": sign_count, "backed": backed_up, "at": now})
         return result.rowcount == 1
 
     def suspend(self, conn: sa.Connection, credential_id: str, *, reason: str) -> bool:

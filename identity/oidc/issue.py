@@ -19,6 +19,7 @@ import hashlib
 import logging
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -70,7 +71,16 @@ class PersonContext:
     org_kind: str | None
 
 
-def person_context(conn: sa.Connection, client: ClientRecord, person_id: uuid.UUID) -> PersonContext:
+_HOLDER = (
+    sa.select(persons.c.given_name, persons.c.family_name, persons.c.status, memberships.c.organisation_id,
+              memberships.c.role)
+    .select_from(persons.outerjoin(memberships, memberships.c.person_id == persons.c.id))
+    .where(persons.c.id == sa.bindparam("person_id"))
+)
+
+
+def person_context(conn: sa.Connection, client: ClientRecord, person_id: uuid.UUID,
+                   holder: Sequence[Any] | None = None) -> PersonContext:
     """Who the person is for ``client``; raises IssueRefused when they may not use it.
 
     - suspended persons get nothing;
@@ -79,23 +89,21 @@ def person_context(conn: sa.Connection, client: ClientRecord, person_id: uuid.UU
     - the driver app's tokens carry no org and at most the driver role: the release API treats an
       actor with a person_id and no org as a driver who sees only his own nominations;
     - a console bound to no organisation carries the person's roles in every organisation.
+
+    ``holder``: the rows (given_name, family_name, status, organisation_id, role) already read with
+    the grant (``GrantStore.rotate``); else one statement reads the person and their memberships (a
+    person without any comes back as one row of NULLs).
     """
-    # One statement: the person and their memberships (a person without any comes back as one row of NULLs).
-    found = conn.execute(
-        sa.select(persons.c.given_name, persons.c.family_name, persons.c.status, memberships.c.organisation_id,
-                  memberships.c.role)
-        .select_from(persons.outerjoin(memberships, memberships.c.person_id == persons.c.id))
-        .where(persons.c.id == person_id)
-    ).all()
-    person = found[0] if found else None
-    if person is None or person.status != "active":
+    found = list(holder) if holder is not None else conn.execute(_HOLDER, {"person_id": person_id}).all()
+    if not found or found[0][2] != "active":
         raise IssueRefused("person_inactive")
-    rows = [r for r in found if r.role is not None]
+    given_name, family_name = found[0][0], found[0][1]
+    rows = [(org, role) for *_, org, role in found if role is not None]
     org_id, org_kind = None, None
     if client.role is ClientRole.DRIVER_APP:
-        roles = {r.role for r in rows} & token_claims.DRIVER_APP_ROLES
+        roles = {role for _, role in rows} & token_claims.DRIVER_APP_ROLES
     elif client.organisation_id is not None:
-        roles = {r.role for r in rows if r.organisation_id == client.organisation_id}
+        roles = {role for org, role in rows if org == client.organisation_id}
         if not roles:
             raise IssueRefused("not_member")
         org_id, org_kind = client.organisation_id, client.org_kind
@@ -104,11 +112,11 @@ def person_context(conn: sa.Connection, client: ClientRecord, person_id: uuid.UU
                 sa.select(organisations.c.kind).where(organisations.c.id == org_id)
             ).scalar()
     else:
-        roles = {r.role for r in rows}
+        roles = {role for _, role in rows}
     return PersonContext(
         person_id=person_id,
-        given_name=person.given_name,
-        family_name=person.family_name,
+        given_name=given_name,
+        family_name=family_name,
         roles=tuple(sorted(roles & token_claims.MEMBER_ROLES)),
         organisation_id=org_id,
         org_kind=org_kind,
@@ -145,6 +153,7 @@ def issue_person_tokens(
     grant_type: str = "authorization_code",
     refresh_token: str | None = None,
     audit_kind: str = "identity.token.issued",
+    holder: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """Build the token response (RFC 6749 §5.1, OIDC Core §3.1.3.3) for ``grant``, in ``conn``'s
     transaction. The caller commits (and, for the code grant, has marked the code used in it).
@@ -158,6 +167,7 @@ def issue_person_tokens(
       ``refresh_token``, which is put in the response as is.
     - ``dpop_jkt``: the JWK thumbprint of the verified DPoP proof (RFC 9449 §6.1): the access token
       gets ``cnf.jkt`` and token_type ``DPoP``.
+    - ``holder``: the grant's person and memberships, when read with the grant (``person_context``).
     - ``grant_type``: for the audit entry (``audit_kind``: ``identity.token.issued``, or
       ``identity.token.refreshed`` from the refresh grant).
 
@@ -170,7 +180,7 @@ def issue_person_tokens(
         raise IssueRefused("grant_revoked")
     if grant.person_id is None:
         raise IssueRefused("person_inactive")
-    person = person_context(conn, client, grant.person_id)
+    person = person_context(conn, client, grant.person_id, holder)
     ts = int(now.timestamp())
     auth_time = int(grant.auth_time.timestamp()) if grant.auth_time else None
     jti = secrets.token_urlsafe(24)

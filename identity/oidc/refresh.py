@@ -96,7 +96,8 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
             scope = self._scope(form.get("scope"), grant.scope, grant.id)
 
         try:
-            grant, new_token = server.grants.rotate(conn, token, client_id=record.client_id, now=now, check=check)
+            grant, new_token, holder = server.grants.rotate(conn, token, client_id=record.client_id, now=now,
+                                                            check=check)
         except RefreshRefused as exc:
             raise self._refused(conn, record, exc, now) from None
         try:
@@ -115,6 +116,7 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
                 now=now,
                 grant_type=self.GRANT_TYPE,
                 refresh_token=new_token,
+                holder=holder,
                 audit_kind="identity.token.refreshed",  # one audit entry per refresh, with the new jti
             )
         except IssueRefused as exc:
