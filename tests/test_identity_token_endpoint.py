@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from identity.domain.roles import RegistrationRefused
 from quaygate.cache import RedisCache
+from quaygate.schema import audit_log
 from tests.test_identity_support import (
     ISSUER,
     TERMINAL,
@@ -63,6 +64,15 @@ def test_client_secret_basic_gives_a_token_the_verifier_accepts(env: Env) -> Non
     assert claims["role"] == "shipping_line" and claims["scope"] == "releases:read releases:write"
     assert claims["exp"] - claims["iat"] == env.container.settings.access_token_ttl
     assert claims["jti"] and "terminal" not in claims
+    # Every token is on the audit trail, a machine's too, named by its jti (never the token itself).
+    with env.container.engine.connect() as conn:
+        rows = conn.execute(sa.select(audit_log.c.actor, audit_log.c.subject, audit_log.c.data)
+                            .where(audit_log.c.kind == "identity.token.issued")).all()
+    assert [(r.actor, r.subject, r.data) for r in rows] == [(
+        {"client_id": client_id}, client_id,
+        {"grant_type": "client_credentials", "jti": claims["jti"], "scope": "releases:read releases:write",
+         "dpop": False})]
+    assert body["access_token"] not in json.dumps([r.data for r in rows])
 
 
 def test_client_secret_post_works(env: Env) -> None:
