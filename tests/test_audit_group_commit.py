@@ -1,0 +1,127 @@
+"""GroupCommit: audit entries without a transaction of their own, committed together, never lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from identity.audit import Entry, GroupCommit
+from quaygate.schema import audit_log
+
+NOW = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+def _subjects(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(audit_log.c.subject).where(audit_log.c.kind == "t.group")).scalars())
+
+
+def _record(group: GroupCommit, subject: str) -> None:
+    group.record("t.group", at=NOW, actor={"client_id": "m"}, subject=subject, data={"n": subject})
+
+
+def test_one_caller_is_committed_when_record_returns(engine: sa.Engine) -> None:
+    group = GroupCommit.on(engine)
+    _record(group, "one")
+    assert _subjects(engine) == ["one"] and group.batches == 1
+
+
+def test_concurrent_callers_share_commits_and_each_returns_only_once_committed(engine: sa.Engine) -> None:
+    real = GroupCommit.on(engine)._write
+    first = threading.Event()
+
+    def slow_write(entries: list[Entry]) -> None:
+        if not first.is_set():
+            first.set()
+            time.sleep(0.2)  # the others queue up behind this write
+        real(entries)
+
+    group = GroupCommit(slow_write)
+    seen_after_return: dict[str, bool] = {}
+    errors: list[BaseException] = []
+
+    def caller(i: int) -> None:
+        try:
+            if i:
+                first.wait(5)
+            _record(group, f"s{i}")
+            seen_after_return[f"s{i}"] = f"s{i}" in _subjects(engine)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not errors and not any(t.is_alive() for t in threads)
+    subjects = _subjects(engine)
+    assert sorted(subjects) == sorted(f"s{i}" for i in range(30))  # each exactly once
+    assert all(seen_after_return.values()) and len(seen_after_return) == 30
+    assert group.batches < 30 and group.batches >= 2  # shared: 29 waited behind the first write
+
+
+def test_a_failed_write_raises_in_every_caller_of_its_batch_and_the_next_batch_is_written(
+        engine: sa.Engine) -> None:
+    real = GroupCommit.on(engine)._write
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def write(entries: list[Entry]) -> None:
+        calls.append(len(entries))
+        if len(calls) == 1:
+            started.set()
+            release.wait(5)  # hold the first write until the others are queued
+            real(entries)
+        elif len(calls) == 2:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("connection lost"))
+        else:
+            real(entries)
+
+    group = GroupCommit(write)
+    outcome: dict[str, str] = {}
+
+    def caller(name: str) -> None:
+        try:
+            _record(group, name)
+            outcome[name] = "ok"
+        except sa.exc.OperationalError:
+            outcome[name] = "raised"
+
+    lead = threading.Thread(target=caller, args=("lead",))
+    lead.start()
+    assert started.wait(5)
+    queued = [threading.Thread(target=caller, args=(f"q{i}",)) for i in range(5)]
+    for t in queued:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(group._queued) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for t in [lead, *queued]:
+        t.join(10)
+    assert outcome == {"lead": "ok", **{f"q{i}": "raised" for i in range(5)}}  # the 5 were one batch
+    assert calls == [1, 5]
+    assert _subjects(engine) == ["lead"]  # the failed batch wrote nothing, and said so to each caller
+    _record(group, "after")  # the queue has a writer again
+    assert sorted(_subjects(engine)) == ["after", "lead"]
+
+
+def test_an_interrupted_write_leaves_the_queue_usable(engine: sa.Engine) -> None:
+    real = GroupCommit.on(engine)._write
+    interrupt = [True]
+
+    def write(entries: list[Entry]) -> None:
+        if interrupt.pop() if interrupt else False:
+            raise KeyboardInterrupt
+        real(entries)
+
+    group = GroupCommit(write)
+    with pytest.raises(KeyboardInterrupt):
+        _record(group, "lost")
+    _record(group, "kept")
+    assert _subjects(engine) == ["kept"]
