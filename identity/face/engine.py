@@ -1,19 +1,30 @@
 """The face engine: our one wrapper around face_recognition (dlib), run inside the worker processes.
 
-STYLE.md #7: face_recognition, dlib, numpy and Pillow are reached only here, and their exceptions and
-types become ours (``Analysis``, ``identity.domain.face.FaceCode``). Nothing here keeps the image: it
-is decoded in memory, analysed and dropped when the function returns; only the 128-number encoding
-leaves, and the caller seals it at once (``identity.face.sealing``).
+STYLE.md #7: face_recognition, dlib, numpy and Pillow are reached only here (and in ``resnet``, the
+numpy runtime of dlib's network), and their exceptions and types become ours (``Analysis``,
+``identity.domain.face.FaceCode``). Nothing here keeps the image: it is decoded in memory, analysed
+and dropped when the function returns; only the 128-number encoding leaves, and the caller seals it
+at once (``identity.face.sealing``).
 
-Measured recipe (NOTES.md): downscale to about 640 px on the longer side (JPEGs decode already
-reduced, ``Image.draft``), detect with HOG and ``number_of_times_to_upsample=0`` (14 to 24 ms instead
-of 0.2 to 1.1 s at full size), judge the faces (``identity.domain.face``) and encode only the largest
-face, with one jitter (about 75 ms), only when the capture passes.
+Measured recipe (NOTES.md, docs/face.md): downscale to about 640 px on the longer side (JPEGs decode
+already reduced, ``Image.draft``), detect with HOG on grey and ``number_of_times_to_upsample=0`` (10
+to 24 ms instead of 0.2 to 1.1 s at full size), judge the faces (``identity.domain.face``) and encode
+only the largest face, only when the capture passes. Encoding is what face_recognition's
+``face_encodings(..., num_jitters=1)`` does, in three steps: dlib's 5-point landmarks
+(face_recognition's default ``model="small"``), dlib's 150x150 face chip (padding 0.25), then dlib's
+ResNet on the chip. The ResNet runs in numpy (``identity.face.resnet``, the same weights, 12 to
+15 ms of one core) instead of dlib-bin's own code without BLAS (75 to 140 ms); on the sample photos
+the two give the same 128 numbers within 5e-7. ``QUAYGATE_FACE_ENCODER=dlib`` (read in each worker) runs
+dlib's own encoder instead, for comparison; the default is ``numpy``. A model file the numpy runtime
+cannot read is logged (``identity.face.encoder.fallback``) and dlib's encoder takes over: slower,
+the same templates.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +32,12 @@ from typing import Any
 from ..domain.face import Box, FaceCode, QualityRules, judge_faces, judge_sharpness, largest
 
 SHARPNESS_SIDE = 64  # the face is resized to this square before its Laplacian is measured
+ENCODERS = ("numpy", "dlib")  # QUAYGATE_FACE_ENCODER: who runs dlib's ResNet on the face chip
+DEFAULT_ENCODER = "numpy"
+CHIP_PADDING = 0.25  # dlib's compute_face_descriptor default, which face_encodings uses
+
+log = logging.getLogger(__name__)
+_numpy_net: Any = None  # identity.face.resnet.FaceResNet once loaded; False when it could not be
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +58,63 @@ def _face_recognition() -> Any:
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
         import face_recognition
     return face_recognition
+
+
+def encoder_name() -> str:
+    """The encoder chosen by ``QUAYGATE_FACE_ENCODER`` (numpy or dlib); ValueError for anything else."""
+    name = os.environ.get("QUAYGATE_FACE_ENCODER", DEFAULT_ENCODER).strip().lower() or DEFAULT_ENCODER
+    if name not in ENCODERS:
+        raise ValueError(f"QUAYGATE_FACE_ENCODER must be one of {', '.join(ENCODERS)}, not {name!r}")
+    return name
+
+
+def _numpy_encoder() -> Any:
+    """dlib's ResNet in numpy (``identity.face.resnet``), loaded once per process; None when the model
+    file cannot be read that way (logged: dlib's encoder takes over, same templates, slower)."""
+    global _numpy_net
+    if _numpy_net is None:
+        from . import resnet
+
+        try:
+            _numpy_net = resnet.FaceResNet.load(resnet.model_path())
+        except (resnet.ModelFormatError, OSError) as exc:
+            log.error("identity.face.encoder.fallback %s", exc)
+            _numpy_net = False
+        else:
+            # One BLAS thread per worker: a capture's budget is one core (issue 6); the pool
+            # (identity.face.pool) gives the parallelism, one worker per core.
+            resnet.limit_blas_threads(1)
+    return _numpy_net or None
+
+
+def encode(pixels: Any, face: Box, encoder: str | None = None) -> tuple[float, ...]:
+    """The 128 numbers of ``face`` in ``pixels`` (RGB), as face_recognition's ``face_encodings`` with
+    one jitter gives them: 5-point landmarks, the 150x150 chip, dlib's ResNet (numpy or dlib's own)."""
+    import dlib
+
+    fr = _face_recognition()
+    name = encoder or encoder_name()
+    if name not in ENCODERS:
+        raise ValueError(f"unknown face encoder {name!r}")
+    net = _numpy_encoder() if name == "numpy" else None
+    if net is None:
+        found = fr.face_encodings(pixels, known_face_locations=[(face.top, face.right, face.bottom, face.left)],
+                                  num_jitters=1)
+        return tuple(float(v) for v in found[0])
+    landmarks = fr.api.pose_predictor_5_point(pixels, dlib.rectangle(face.left, face.top, face.right, face.bottom))
+    chip = dlib.get_face_chip(pixels, landmarks, size=150, padding=CHIP_PADDING)
+    return tuple(float(v) for v in net.encode_chip(chip))
+
+
+def runtime() -> dict[str, Any]:
+    """What encodes in this process and with how many BLAS threads (the bench and tests check it)."""
+    from threadpoolctl import threadpool_info
+
+    name = encoder_name()
+    numpy_ready = name == "numpy" and _numpy_encoder() is not None
+    blas = [info["num_threads"] for info in threadpool_info() if info.get("user_api") == "blas"]
+    return {"encoder": "numpy" if numpy_ready else "dlib", "blas_threads": max(blas, default=None),
+            "pid": os.getpid()}
 
 
 def decode(image: bytes, *, max_side: int, max_pixels: int) -> Any:
@@ -114,9 +188,7 @@ def analyse(image: bytes, rules: QualityRules, max_side: int = 640, max_pixels: 
     code = code or judge_sharpness(sharp, rules)
     if code is not None:
         return Analysis(code=code, faces=len(boxes), face_px=face.size, sharpness=sharp)
-    found = fr.face_encodings(pixels, known_face_locations=[(face.top, face.right, face.bottom, face.left)],
-                              num_jitters=1)
-    encoding = tuple(float(v) for v in found[0])
+    encoding = encode(pixels, face)
     return Analysis(code=None, faces=len(boxes), face_px=face.size, sharpness=sharp, encoding=encoding)
 
 
@@ -133,18 +205,10 @@ def warm_up(hold: float = 0.0) -> bool:
     fr = _face_recognition()
     blank = np.zeros((160, 160, 3), dtype=np.uint8)
     fr.face_locations(blank[:, :, 0], number_of_times_to_upsample=0)
-    fr.face_encodings(blank, known_face_locations=[(10, 150, 150, 10)])
+    encode(blank, Box(top=10, right=150, bottom=150, left=10))
     if hold > 0:
         time.sleep(hold)
     return True
-
-
-def worker_id(hold: float = 0.0) -> int:
-    """This worker's process id, once warm (the bench checks that every worker is)."""
-    import os
-
-    warm_up(hold)
-    return os.getpid()
 
 
 def available() -> bool:
