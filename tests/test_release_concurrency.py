@@ -166,3 +166,42 @@ def test_concurrent_idempotent_retries_have_one_effect(pg_engine: sa.Engine) -> 
     assert len(answers) == 10 and len({str(a) for a in answers}) == 1
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(releases)).scalar_one() == 1
+
+
+def test_a_right_locked_after_a_wait_is_read_as_its_last_holder_left_it(pg_engine: sa.Engine) -> None:
+    """The right's lock and its read are two statements: a reader that waited for the lock sees the
+    transfer its holder accepted, never the older snapshot's pending one (EvalPlanQual keeps unlocked
+    joined rows as they were: one statement let a second accept of the same transfer through)."""
+    engine = pg_engine
+    p = port(engine)
+    right, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p), now()))
+    sent, _ = do(engine, lambda uow: transfer_uc.transfer(uow, p.fwd, right.id, p.haul.organisation_id, now()))
+    first = SqlUnitOfWork(engine)
+    with first:
+        transfer_uc.accept(first, p.haul, sent.id, now())  # holds the right's lock, not committed yet
+        seen: list[Any] = []
+        started = threading.Event()
+
+        def waiter() -> None:
+            with SqlUnitOfWork(engine) as second:
+                started.set()
+                seen.append(second.releases.get(right.id, for_update=True))  # waits for the lock
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        assert started.wait(10)
+        with engine.connect() as watch:  # until the second reader is blocked on the right's lock
+            for _ in range(500):
+                waiting = watch.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")).scalar()
+                if waiting:
+                    break
+                threading.Event().wait(0.02)
+        assert waiting == 1 and thread.is_alive()
+        first.commit()
+    thread.join(10)
+    assert len(seen) == 1 and seen[0] is not None
+    assert seen[0].pending_transfer is None and seen[0].holder_organisation_id == p.haul.organisation_id
+    with pytest.raises(DomainError):  # and so a second accept of the same transfer is refused
+        do(engine, lambda uow: transfer_uc.accept(uow, p.haul, sent.id, now()))

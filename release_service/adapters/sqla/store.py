@@ -46,7 +46,12 @@ _GET = (
     .select_from(releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id))
     .where(releases.c.id == sa.bindparam("release_id"))
 )
-_GET_FOR_UPDATE = _GET.with_for_update(of=releases)  # the transfer side of the outer join is not locked
+# Locking is a statement of its own, never FOR UPDATE on _GET: after waiting for the lock, PostgreSQL
+# re-checks the locked releases row at its newest version but keeps the joined transfer row from the
+# statement's older snapshot (EvalPlanQual re-fetches only the locked rows). Two accepts of one pending
+# transfer then both saw it pending and both went through. Locked first, _GET then reads with a fresh
+# snapshot (READ COMMITTED), after whatever the lock's previous holder committed.
+_LOCK = sa.select(releases.c.id).where(releases.c.id == sa.bindparam("release_id")).with_for_update()
 # UPDATE .. SET <the columns given>, event_seq = event_seq + :_events WHERE id = :_id AND version =
 # :_version RETURNING event_seq: a stale copy updates nothing; the new events' seqs come back with it
 # (the row's own counter, fresh under its lock, where a SELECT max(seq) could read an older snapshot).
@@ -65,9 +70,12 @@ class SqlReleaseStore:
 
     def get(self, release_id: uuid.UUID, *, for_update: bool = False) -> ReleaseRight | None:
         """The right and its pending transfer, in one prebuilt statement (a gate commit loads a right on
-        its hot path)."""
-        stmt = _GET_FOR_UPDATE if for_update and self._dialect == "postgresql" else _GET
-        row = self._conn.execute(stmt, {"release_id": release_id}).mappings().first()
+        its hot path); ``for_update`` on PostgreSQL locks the right first, in a statement of its own
+        (see ``_LOCK``). SQLite's BEGIN IMMEDIATE already serialises writers."""
+        params = {"release_id": release_id}
+        if for_update and self._dialect == "postgresql" and self._conn.execute(_LOCK, params).first() is None:
+            return None
+        row = self._conn.execute(_GET, params).mappings().first()
         if row is None:
             return None
         pending = None
