@@ -61,10 +61,10 @@ class Grant:
 
 
 # The person behind a grant and their memberships (one row per membership, or one row of NULLs
-# without any): read with the grant, so issuing from it needs no query of its own
-# (identity.oidc.issue.person_context).
-_HOLDER = (persons.c.given_name, persons.c.family_name, persons.c.status, memberships.c.organisation_id,
-           memberships.c.role)
+# without any), in this order. Read with the grant on a refresh, so issuing from it needs no query
+# of its own; identity.oidc.issue.person_context reads the same columns when it has none.
+HOLDER_COLUMNS = (persons.c.given_name, persons.c.family_name, persons.c.status, memberships.c.organisation_id,
+                  memberships.c.role)
 
 
 def _with_holder(source: Any) -> Any:
@@ -81,7 +81,7 @@ _CONSUME = (
     .values(status="rotated", used_at=_NOW)
     .returning(refresh_tokens.c.grant_id)
 )
-_GRANT_AND_HOLDER = sa.select(grants, *_HOLDER).select_from(_with_holder(grants)).where(
+_GRANT_AND_HOLDER = sa.select(grants, *HOLDER_COLUMNS).select_from(_with_holder(grants)).where(
     grants.c.id == sa.bindparam("gid"))
 # PostgreSQL: one statement takes the token, inserts its successor and reads the grant and its holder,
 # with data-modifying CTEs (PostgreSQL docs 7.8.4: they run once, to completion, whether or not the
@@ -96,14 +96,14 @@ _SUCCESSOR = refresh_tokens.insert().from_select(
     .select_from(_CONSUMED.join(grants, grants.c.id == _CONSUMED.c.grant_id))
     .where(grants.c.client_id == sa.bindparam("client_id"), grants.c.revoked_at.is_(None)),
 ).cte("successor")
-_ROTATE_PG = sa.select(grants, *_HOLDER).select_from(
+_ROTATE_PG = sa.select(grants, *HOLDER_COLUMNS).select_from(
     _with_holder(_CONSUMED.join(grants, grants.c.id == _CONSUMED.c.grant_id))).add_cte(_SUCCESSOR)
 _INSERT_REFRESH = refresh_tokens.insert()
 
 
 class Rotation(NamedTuple):
     """A used refresh token's grant, the new token (clear, given once) and the grant's holder rows
-    (given_name, family_name, status, organisation_id, role), for ``person_context``."""
+    (the values of ``HOLDER_COLUMNS``), for ``person_context``."""
 
     grant: Grant
     token: str
@@ -306,12 +306,11 @@ class GrantStore:
         """
         h = token_hash(token) if token.startswith(REFRESH_PREFIX) else None
         rows: list[Any] = []
-        successor, inserted = self._new_refresh(), False
+        successor, pg = self._new_refresh(), conn.dialect.name == "postgresql"
         if h is not None:
-            if conn.dialect.name == "postgresql":
+            if pg:  # the successor is inserted by the same statement
                 rows = conn.execute(_ROTATE_PG, {"h": h, "now": now, "new_h": token_hash(successor),
                                                  "expires": now + self._refresh_ttl, "client_id": client_id}).all()
-                inserted = True
             else:  # SQLite has no data-modifying CTE: the UPDATE, then the read (and the insert below)
                 grant_id = conn.execute(_CONSUME, {"h": h, "now": now}).scalar()
                 if grant_id is not None:
@@ -332,10 +331,9 @@ class GrantStore:
             raise RefreshRefused("revoked", grant.id)
         if check is not None:
             check(grant)
-        if not inserted:
+        if not pg:
             self._insert_refresh(conn, successor, grant.id, now)
-        holder = tuple((r.given_name, r.family_name, r.status, r.organisation_id, r.role) for r in rows)
-        return Rotation(grant, successor, holder)
+        return Rotation(grant, successor, tuple(tuple(r)[-len(HOLDER_COLUMNS):] for r in rows))
 
     def _why_not(self, conn: sa.Connection, h: str | None, *, client_id: str, now: datetime) -> RefreshRefused:
         """Why a token could not be used; revokes the grant of a reused or stolen token."""

@@ -33,7 +33,7 @@ from ..clients import ClientRecord
 from ..domain import claims as token_claims
 from ..domain import scopes as scope_rules
 from ..domain.roles import ClientRole
-from ..grants import Grant, GrantStore
+from ..grants import HOLDER_COLUMNS, Grant, GrantStore
 from ..keys import SIGNING_ALGORITHMS
 from ..tokens import sign_access_token, sign_jwt
 
@@ -72,8 +72,7 @@ class PersonContext:
 
 
 _HOLDER = (
-    sa.select(persons.c.given_name, persons.c.family_name, persons.c.status, memberships.c.organisation_id,
-              memberships.c.role)
+    sa.select(*HOLDER_COLUMNS)
     .select_from(persons.outerjoin(memberships, memberships.c.person_id == persons.c.id))
     .where(persons.c.id == sa.bindparam("person_id"))
 )
@@ -90,14 +89,13 @@ def person_context(conn: sa.Connection, client: ClientRecord, person_id: uuid.UU
       actor with a person_id and no org as a driver who sees only his own nominations;
     - a console bound to no organisation carries the person's roles in every organisation.
 
-    ``holder``: the rows (given_name, family_name, status, organisation_id, role) already read with
-    the grant (``GrantStore.rotate``); else one statement reads the person and their memberships (a
-    person without any comes back as one row of NULLs).
+    ``holder``: the rows of ``HOLDER_COLUMNS`` already read with the grant (``GrantStore.rotate``);
+    else one statement reads them.
     """
     found = list(holder) if holder is not None else conn.execute(_HOLDER, {"person_id": person_id}).all()
-    if not found or found[0][2] != "active":
+    given_name, family_name, status = found[0][:3] if found else (None, None, None)
+    if status != "active":
         raise IssueRefused("person_inactive")
-    given_name, family_name = found[0][0], found[0][1]
     rows = [(org, role) for *_, org, role in found if role is not None]
     org_id, org_kind = None, None
     if client.role is ClientRole.DRIVER_APP:
