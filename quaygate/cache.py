@@ -10,6 +10,8 @@ import threading
 import time
 from typing import Protocol
 
+from .redisline import Line, Script
+
 
 class Cache(Protocol):
     def claim(self, key: str, ttl_seconds: float) -> bool:
@@ -116,13 +118,15 @@ class MemoryCache:
             del self._data[k]
 
 
-_INCR_LUA = """
+# One command, one round trip, atomic: the count and its expiry can never be parted (a counter left
+# without expiry would lock its key out for good), and an optional second key is read.
+_INCR = Script("""
 local count = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1], 'NX')
 local peeked = false
 if KEYS[2] then peeked = redis.call('GET', KEYS[2]) end
 return {count, peeked}
-"""
+""")
 
 
 class RedisCache:
@@ -130,39 +134,40 @@ class RedisCache:
         import redis
 
         self._r = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
+        self._line = Line(self._r)  # every call below: one round trip on this thread's own connection
         self._p = prefix
-        # One command, one round trip, atomic: the count and its expiry can never be parted (a counter
-        # left without expiry would lock its key out for good), and an optional second key is read.
-        self._incr = self._r.register_script(_INCR_LUA)
 
     def claim(self, key: str, ttl_seconds: float) -> bool:
-        return bool(self._r.set(self._p + key, b"1", nx=True, px=max(1, int(ttl_seconds * 1000))))
+        return self._line.call("SET", self._p + key, b"1", "NX", "PX", max(1, int(ttl_seconds * 1000))) is not None
 
     def get(self, key: str) -> bytes | None:
-        value = self._r.get(self._p + key)
+        value = self._line.call("GET", self._p + key)
         return value if isinstance(value, bytes) else None
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
-        values = self._r.mget([self._p + k for k in keys])
+        values = self._line.call("MGET", *[self._p + k for k in keys])
         return [v if isinstance(v, bytes) else None for v in values]
 
     def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None:
-        self._r.set(self._p + key, value, px=None if ttl_seconds is None else max(1, int(ttl_seconds * 1000)))
+        if ttl_seconds is None:
+            self._line.call("SET", self._p + key, value)
+        else:
+            self._line.call("SET", self._p + key, value, "PX", max(1, int(ttl_seconds * 1000)))
 
     def delete(self, *keys: str) -> None:
         if keys:
-            self._r.delete(*(self._p + k for k in keys))
+            self._line.call("DEL", *(self._p + k for k in keys))
 
     def take(self, key: str) -> bytes | None:
-        value = self._r.getdel(self._p + key)
+        value = self._line.call("GETDEL", self._p + key)
         return value if isinstance(value, bytes) else None
 
     def incr(self, key: str, ttl_seconds: float) -> int:
-        count, _ = self._incr(keys=[self._p + key], args=[max(1, int(ttl_seconds * 1000))])
+        count, _ = self._line.run(_INCR, [self._p + key], [max(1, int(ttl_seconds * 1000))])
         return int(count)
 
     def incr_peek(self, key: str, ttl_seconds: float, peek: str) -> tuple[int, bytes | None]:
-        count, peeked = self._incr(keys=[self._p + key, self._p + peek], args=[max(1, int(ttl_seconds * 1000))])
+        count, peeked = self._line.run(_INCR, [self._p + key, self._p + peek], [max(1, int(ttl_seconds * 1000))])
         return int(count), peeked if isinstance(peeked, bytes) else None
 
     def ping(self) -> bool:
@@ -172,6 +177,7 @@ class RedisCache:
             return False
 
     def close(self) -> None:
+        self._line.close()
         self._r.close()
 
 

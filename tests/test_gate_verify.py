@@ -30,12 +30,20 @@ from quaygate.schema import (
     releases,
 )
 from quaygate.settings import Settings
+from release_service.api.gate import VerifyResponse
 from release_service.domain.parties import OrgKind
 
 from .factories import TERMINAL, add_org, container
 from .test_release_api import Api, assert_problem
 
 PLATE = {"text": "1-ABC-123", "country": "BE"}
+
+
+def assert_published_answer(answer: dict[str, Any]) -> None:
+    """The route sends the service's answer as is (not validated again on the way out): it must be
+    exactly the published VerifyResponse, every field and nothing more."""
+    assert set(answer) == set(VerifyResponse.model_fields), sorted(set(answer) ^ set(VerifyResponse.model_fields))
+    VerifyResponse.model_validate(answer)
 
 
 class Gate(Api):
@@ -76,8 +84,11 @@ class Gate(Api):
         return body
 
     def verify(self, body: dict[str, Any], token: str | None = None) -> Any:
-        return self.http.post("/gate/v1/verify", json=body,
-                              headers={"Authorization": f"Bearer {token or self.gate_token}"})
+        r = self.http.post("/gate/v1/verify", json=body,
+                           headers={"Authorization": f"Bearer {token or self.gate_token}"})
+        if r.status_code == 200:
+            assert_published_answer(r.json())
+        return r
 
     def state(self, rid: str) -> str:
         with self.engine.connect() as conn:

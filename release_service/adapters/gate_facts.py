@@ -37,6 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,6 +45,7 @@ import redis
 import sqlalchemy as sa
 
 from quaygate import invalidation
+from quaygate.redisline import Line, Script
 from quaygate.schema import gate_decisions
 from release_service.domain.gate import (
     BadgeFacts,
@@ -69,7 +71,7 @@ GROUP = "pg"
 # KEYS: none (every key is named from ARGV under the prefix). ARGV: prefix, terminal, badge key ('' when
 # none), request key ('' when none), containers... Returns the recorded request (or false), then the
 # policy generation and copy, the badge generation and copy, then a generation and copy per container.
-_READ = """
+_READ = Script("""
 local p = ARGV[1]
 local function gen(name)
   local g = redis.call('GET', p .. 'g:' .. name)
@@ -98,7 +100,7 @@ for i = 6, #ARGV do
   out[#out + 1] = redis.call('GET', p .. 'r:' .. ARGV[i] .. ':' .. g)
 end
 return out
-"""
+""")
 
 # ARGV: prefix, ttl, name... : a new generation for each family named.
 _BUMP = """
@@ -112,13 +114,13 @@ return #ARGV - 2
 """
 
 # KEYS: the request key, the stream. ARGV: the recorded answer, its ttl, the decision row, the stream's cap.
-_RECORD = """
+_RECORD = Script("""
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'row', ARGV[3])
   return false
 end
 return redis.call('GET', KEYS[1])
-"""
+""")
 
 
 class RedisGateFacts:
@@ -138,9 +140,8 @@ class RedisGateFacts:
         kwargs.update(socket_timeout=10.0)
         self._drain_client = redis.Redis(connection_pool=redis.ConnectionPool(
             connection_class=client.connection_pool.connection_class, max_connections=2, **kwargs))
-        self._read = client.register_script(_READ)
+        self._line = Line(client)  # the hot path's round trips, on a connection per thread
         self._bump = client.register_script(_BUMP)
-        self._record = client.register_script(_RECORD)
         self._down_until = 0.0
         self._suspect = False  # Redis failed since the last success: invalidate everything first
         self._owed: set[str] = set()  # generations to replace that Redis did not take yet
@@ -166,16 +167,17 @@ class RedisGateFacts:
         transaction); what it read had committed, so it is kept under the generation read before it."""
         badge_key = SqlGateStore.badge_key(badge) if badge is not None else None
         args = [self._p, terminal, badge_key or "", _request_key(terminal, request_id), self._ttl, *containers]
-        out = self._call(lambda: self._read(args=args))
+        out = self._call(lambda: self._line.run(_READ, [], args))
         replay = _stored(out[0]) if out[0] else None
         policy_gen, policy_raw, badge_gen, badge_raw = out[1], out[2], out[3], out[4]
         rights_raw = {c: (out[5 + 2 * i], out[6 + 2 * i]) for i, c in enumerate(containers)}
         missing = [c for c, (_, raw) in rights_raw.items() if raw is None]
         need_badge = badge is not None and badge_raw is None and badge_key is not None
         fills: dict[str, bytes] = {}
-        policy = _policy(policy_raw) if policy_raw is not None else None
-        rights: dict[str, list[RightFacts]] = {c: _rights(raw) for c, (_, raw) in rights_raw.items() if raw is not None}
-        entry: dict[str, Any] | None = json.loads(badge_raw) if badge_raw is not None else None
+        policy = _parsed(policy_raw, _policy) if policy_raw is not None else None
+        rights: dict[str, list[RightFacts]] = {c: list(_parsed(raw, _rights)) for c, (_, raw) in rights_raw.items()
+                                               if raw is not None}
+        entry: _BadgeEntry | None = _parsed(badge_raw, _badge_copy) if badge_raw is not None else None
         if policy is None or missing or need_badge:
             if not through:
                 return None
@@ -190,24 +192,22 @@ class RedisGateFacts:
                         fills[f"r:{c}:{_s(rights_raw[c][0])}"] = _dump_rights(rights[c])
                 if need_badge:
                     assert badge is not None
-                    entry = _badge_entry(uow, badge)
-                    fills[f"badge:{badge_key}:{_s(badge_gen)}"] = json.dumps(entry).encode()
+                    raw = json.dumps(_badge_entry(uow, badge)).encode()
+                    entry = _badge_copy(raw)
+                    fills[f"badge:{badge_key}:{_s(badge_gen)}"] = raw
             if fills:
                 self._fill(fills)
         facts, screening = (None, ScreeningResult.UNAVAILABLE) if badge is None else self._badge(entry, terminal, now)
         return GateSnapshot(replay, policy, [r for c in containers for r in rights.get(c, [])], facts, screening)
 
-    def _badge(self, entry: dict[str, Any] | None, terminal: str, now: datetime
+    def _badge(self, entry: _BadgeEntry | None, terminal: str, now: datetime
                ) -> tuple[BadgeFacts, ScreeningResult]:
-        if entry is None or not entry.get("found"):
+        if entry is None or entry.facts is None:
             return BadgeFacts.not_found(), ScreeningResult.UNAVAILABLE  # nobody to screen: never "clear"
-        facts = BadgeFacts(found=True, status=entry["status"], person_id=uuid.UUID(entry["person_id"]),
-                           valid_until=_dt(entry["valid_until"]),
-                           activated_terminals=frozenset(entry["activated"]), holder_name=entry["holder"])
-        windows = [BanWindow(s, _dt(f), _dt(u)) for s, f, u in entry["bans"]]
-        result = screen(windows, _dt(entry["list_issued_at"]), terminal=terminal, now=now,
-                        max_list_age=timedelta(seconds=entry["max_list_age"]), required=entry["required"])
-        return facts, ScreeningResult(result.result)
+        # Screened now, at every decision: a ban that starts or ends, or a list grown stale, counts at once.
+        result = screen(entry.windows, entry.list_issued_at, terminal=terminal, now=now,
+                        max_list_age=entry.max_list_age, required=entry.required)
+        return entry.facts, ScreeningResult(result.result)
 
     def _fill(self, fills: dict[str, bytes]) -> None:
         try:
@@ -223,16 +223,16 @@ class RedisGateFacts:
     def record(self, row: dict[str, Any]) -> StoredDecision | None:
         """Keep a check decision: None when recorded, else the decision recorded first under its
         request_id (a twin, or another request reusing the id)."""
-        twin = self._call(lambda: self._record(
-            keys=[self._request_key(row), self._p + STREAM],
-            args=[_answer(row), self._request_ttl, json.dumps(row, default=_json), self._cap]))
+        twin = self._call(lambda: self._line.run(
+            _RECORD, [self._request_key(row), self._p + STREAM],
+            [_answer(row), self._request_ttl, json.dumps(row, default=_json), self._cap]))
         return _stored(twin) if twin else None
 
     def remember(self, row: dict[str, Any]) -> None:
         """A commit decision, after its transaction committed: later reads of the id answer from here.
         Best effort: PostgreSQL has it, and a retry that misses here reads it there."""
         try:
-            self._r.set(self._request_key(row), _answer(row), ex=self._request_ttl)
+            self._line.call("SET", self._request_key(row), _answer(row), "EX", self._request_ttl)
         except redis.RedisError:
             self._trip()
 
@@ -353,6 +353,7 @@ class RedisGateFacts:
     def close(self) -> None:
         if self._drainer is not None:
             self._drainer.stop()
+        self._line.close()
         self._r.close()
         self._drain_client.close()
 
@@ -383,7 +384,47 @@ def _dump_rights(rights: list[RightFacts]) -> bytes:
     ] for r in rights]).encode()
 
 
-def _rights(raw: bytes) -> list[RightFacts]:
+# ---- copies parsed once: a copy's bytes always mean the same facts, so equal bytes share one parse ----
+
+_PARSED_MAX = 4096  # copies kept parsed per kind; when full, the memo starts again (no lock, no order)
+_parsed_memo: dict[tuple[Callable[[bytes], Any], bytes], Any] = {}
+
+
+def _parsed(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
+    """``parse(raw)``, remembered: the parsed facts are frozen, so one parse serves every reader."""
+    key = (parse, raw)
+    found = _parsed_memo.get(key)
+    if found is None:
+        found = parse(raw)
+        if len(_parsed_memo) >= _PARSED_MAX:
+            _parsed_memo.clear()
+        _parsed_memo[key] = found
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _BadgeEntry:
+    """A badge's cached copy, parsed: its facts (None: no such badge) and its holder's ban facts."""
+
+    facts: BadgeFacts | None
+    windows: tuple[BanWindow, ...] = ()
+    list_issued_at: datetime | None = None
+    max_list_age: timedelta = timedelta(0)
+    required: bool = True
+
+
+def _badge_copy(raw: bytes) -> _BadgeEntry:
+    entry = json.loads(raw)
+    if not entry.get("found"):
+        return _BadgeEntry(None)
+    facts = BadgeFacts(found=True, status=entry["status"], person_id=uuid.UUID(entry["person_id"]),
+                       valid_until=_dt(entry["valid_until"]),
+                       activated_terminals=frozenset(entry["activated"]), holder_name=entry["holder"])
+    return _BadgeEntry(facts, tuple(BanWindow(s, _dt(f), _dt(u)) for s, f, u in entry["bans"]),
+                       _dt(entry["list_issued_at"]), timedelta(seconds=entry["max_list_age"]), entry["required"])
+
+
+def _rights(raw: bytes) -> tuple[RightFacts, ...]:
     out = []
     for (rid, container, terminal, state, blocked, commercial, customs, light, vfrom, vuntil, created,
          nom) in json.loads(raw):
@@ -392,7 +433,7 @@ def _rights(raw: bytes) -> list[RightFacts]:
             commercial=commercial, customs=customs, terminal_light=light, valid_from=_dt(vfrom),
             valid_until=_dt(vuntil), created_at=_dt(created),
             nomination=None if nom is None else NominationFacts(uuid.UUID(nom[0]), nom[1], nom[2], nom[3])))
-    return out
+    return tuple(out)
 
 
 def _policy(raw: bytes) -> TerminalPolicy:
