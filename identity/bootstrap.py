@@ -114,7 +114,7 @@ class IdentityProvider:
             keys,
             clients,
             server,
-            AccessTokenVerifier(keys, s.issuer, revoked=revocations.token_revoked),
+            AccessTokenVerifier(keys, s.issuer, revocations=revocations),
             grants,
             dpop,
             PendingRequests(container.cache),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
 from joserfc import jws
@@ -98,6 +98,16 @@ class KeySource(Protocol):
     def public_key_set(self, *, refresh: bool = False, kid: str | None = None) -> KeySet: ...
 
 
+class Revocations(Protocol):
+    """What the verifier asks of the revocation list (``grants.RevocationList``)."""
+
+    def token_revoked(self, claims: dict[str, Any]) -> bool: ...
+
+    def names(self, claims: dict[str, Any]) -> list[str] | None: ...
+
+    def judge(self, claims: dict[str, Any], values: Sequence[bytes | None]) -> bool: ...
+
+
 class AccessTokenVerifier:
     """Validate a JWT access token as RFC 9068 §4 asks; return its claims."""
 
@@ -110,10 +120,13 @@ class AccessTokenVerifier:
         leeway: int = 30,
         now: Callable[[], float] = time.time,
         revoked: Callable[[dict[str, Any]], bool] | None = None,
+        revocations: Revocations | None = None,
         memo_size: int = 4096,
     ) -> None:
         """``revoked``: is the token with these verified claims revoked, on its own or with its client?
-        (``grants.RevocationList.token_revoked``); None: not checked.
+        (``grants.RevocationList.token_revoked``); None: not checked. ``revocations``: the revocation
+        list itself, instead: it also lets a caller fold the check into a read of its own
+        (``verify(..., revocation=False)``, ``revocation_names``, ``revoked_by``).
 
         ``memo_size``: how many tokens whose signature checked out are remembered, so a gate or a back
         end sending the same token again and again costs no second signature check. Only the
@@ -122,21 +135,27 @@ class AccessTokenVerifier:
         self._memo: dict[str, tuple[str, str, dict[str, Any]]] = {}
         self._memo_size = memo_size
         self._keys = key_source
-        self._revoked = revoked
+        if revoked is not None and revocations is not None:
+            raise ValueError("revoked or revocations, not both")
+        self._revocations = revocations
+        self._revoked = revocations.token_revoked if revocations is not None else revoked
         self._issuer = issuer
         self._algorithms = frozenset(algorithms)
         self._registry = _registry(self._algorithms)
         self._leeway = leeway
         self._now = now
 
-    def verify(self, token: str, *, audience: str) -> dict[str, Any]:
+    def verify(self, token: str, *, audience: str, revocation: bool = True) -> dict[str, Any]:
+        """The token's claims when its signature, key, type and claims are good and it is not revoked.
+        ``revocation=False``: everything but revocation, which the caller then settles itself with
+        ``revoked_by`` (on the values of ``revocation_names``) before it trusts the token."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken("invalid_token", "malformed token")
         known = self._memo.get(token)
         if known is not None:
             kid, alg, claims = known
             self._key(kid, alg)  # a key withdrawn since (rotation, compromise) takes its tokens with it
-            return self._accept(dict(claims), audience)
+            return self._accept(dict(claims), audience, revocation)
         try:
             obj = jws.extract_compact(token.encode("ascii"), registry=self._registry)
             header = obj.headers()
@@ -166,22 +185,40 @@ class AccessTokenVerifier:
             raise InvalidToken("invalid_token", "malformed claims") from exc
         if not isinstance(claims, dict):
             raise InvalidToken("invalid_token", "malformed claims")
-        self._accept(claims, audience)
+        self._accept(claims, audience, revocation)
         if self._memo_size:
             if len(self._memo) >= self._memo_size:
                 self._memo.clear()  # crude but lock-free; a full memo means many distinct tokens
             self._memo[token] = (kid, header["alg"], dict(claims))
         return claims
 
-    def _accept(self, claims: dict[str, Any], audience: str) -> dict[str, Any]:
+    def _accept(self, claims: dict[str, Any], audience: str, revocation: bool = True) -> dict[str, Any]:
         """The checks made on every call, memo or not: the claims, then revocation."""
         self._check_claims(claims, audience)
         # RFC 7009 §2 / RFC 9700 §4.14.2: revoked on its own, or with its grant's family. Checked
         # last, so an unsigned token can never make us look a jti up.
-        if self._revoked is not None and self._revoked(claims):
+        if revocation and self._revoked is not None and self._revoked(claims):
             log.info("identity.token.refused.revoked")
             raise InvalidToken("invalid_token", "token revoked")
         return claims
+
+    def revocation_names(self, claims: dict[str, Any]) -> list[str] | None:
+        """The Redis names whose values settle the revocation of a token ``verify`` accepted, for a
+        caller reading them in a round trip of its own; None when it cannot (no revocation list, no
+        Redis): then ``revoked_by(claims, None)`` asks the list itself."""
+        return None if self._revocations is None else self._revocations.names(claims)
+
+    def revoked_by(self, claims: dict[str, Any], values: Sequence[bytes | None] | None) -> bool:
+        """Is the token revoked, given the values read for ``revocation_names`` (None: look them up)?"""
+        if self._revoked is None:
+            return False
+        if values is None or self._revocations is None:
+            revoked = self._revoked(claims)
+        else:
+            revoked = self._revocations.judge(claims, values)
+        if revoked:
+            log.info("identity.token.refused.revoked")
+        return revoked
 
     def _key(self, kid: str, alg: str) -> RSAKey | ECKey:
         """The key named by kid; on a miss, refresh the key set once (a key rotated in elsewhere).

@@ -137,6 +137,10 @@ class RedisCache:
         self._line = Line(self._r)  # every call below: one round trip on this thread's own connection
         self._p = prefix
 
+    def qualified(self, key: str) -> str:
+        """The Redis name of ``key``: for a script that reads cache keys with its own (one round trip)."""
+        return self._p + key
+
     def claim(self, key: str, ttl_seconds: float) -> bool:
         return self._line.call("SET", self._p + key, b"1", "NX", "PX", max(1, int(ttl_seconds * 1000))) is not None
 

@@ -229,6 +229,7 @@ class GateSnapshot:
     rights: list[RightFacts]
     badge: BadgeFacts | None
     screening: ScreeningResult
+    also: tuple[bytes | None, ...] = ()  # the values of the read's ``also`` names, in their order
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,9 +269,11 @@ class GateFacts(Protocol):
     committed change, PostgreSQL staying the truth. ``read`` and ``record`` may raise FactsUnavailable."""
 
     def read(self, *, terminal: str, request_id: str, badge: BadgeRead | None, containers: Sequence[str],
-             now: datetime, through: bool = True, within: UnitOfWork | None = None) -> GateSnapshot | None:
+             now: datetime, through: bool = True, within: UnitOfWork | None = None,
+             also: Sequence[str] = ()) -> GateSnapshot | None:
         """The facts, misses read through to PostgreSQL (in ``within`` when given, else in a unit of
-        work of its own); with ``through=False``, None on a miss."""
+        work of its own); with ``through=False``, None on a miss. ``also``: names read as they are in
+        the same round trip (the caller's token revocation entries), in ``GateSnapshot.also``."""
         ...
 
     def record(self, row: dict[str, Any]) -> StoredDecision | None:

@@ -266,3 +266,43 @@ def test_with_redis_stopped_decisions_come_from_postgresql_and_stay_right(
         got = _check(gate, 1)
         assert (got["decision"], got["reasons"]) == ("deny", ["badge_blocked"]), got
         facts.close()
+
+
+def test_a_revoked_gate_token_is_refused_on_the_cached_path_read_with_the_facts(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token's revocation entries are read by the facts' own script (one round trip, no MGET of
+    their own): a token revoked (RFC 7009) after its check was cached is refused at once, a replayed
+    request_id included, and a good token's cached check never asks the cache separately."""
+    from identity.bootstrap import create_client
+
+    gate.pickable(4)
+    client_id, secret = create_client(gate.engine, name="lane 4", role="terminal_gate",
+                                      organisation_id=gate.p.terminal.organisation_id, terminal_code=TERMINAL,
+                                      now=_now())
+    r = gate.http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret or ""))
+    token = r.json()["access_token"]
+    body = gate.body(4)
+    assert gate.verify(gate.body(4), token).json()["decision"] == "allow"  # the facts are cached now
+
+    asked: list[list[str]] = []
+    original = RedisCache.get_many
+
+    def counted(self: RedisCache, keys: list[str]) -> list[bytes | None]:
+        asked.append(keys)
+        return original(self, keys)
+
+    monkeypatch.setattr(RedisCache, "get_many", counted)
+    with Statements(gate.engine) as sql:
+        first = gate.verify(body, token)
+    assert first.status_code == 200 and first.json()["decision"] == "allow"
+    assert sql.count == 0 and asked == [], "the cached check asked for its token's revocation separately"
+
+    revoked = gate.http.post("/oauth2/revoke", data={"token": token, "token_type_hint": "access_token"},
+                             auth=(client_id, secret or ""))
+    assert revoked.status_code == 200
+    refused = gate.verify(gate.body(4), token)
+    assert refused.status_code == 401 and refused.json()["code"] == "invalid_token", refused.text
+    assert "revoked" in refused.json()["detail"]
+    replay = gate.verify(body, token)  # the recorded request_id is not replayed to a revoked token
+    assert replay.status_code == 401, replay.text
+    assert gate.verify(gate.body(4)).status_code == 200  # the terminal's other gate token still works

@@ -69,8 +69,9 @@ EVERYTHING = (invalidation.RIGHTS, invalidation.BADGES, invalidation.BANS, inval
 GROUP = "pg"
 
 # KEYS: none (every key is named from ARGV under the prefix). ARGV: prefix, terminal, badge key ('' when
-# none), request key ('' when none), containers... Returns the recorded request (or false), then the
-# policy generation and copy, the badge generation and copy, then a generation and copy per container.
+# none), request key ('' when none), ttl, n, n names to read as they are (``also``: the caller's token
+# revocation entries), containers... Returns the recorded request (or false), then the policy generation
+# and copy, the badge generation and copy, a generation and copy per container, then the n values.
 _READ = Script("""
 local p = ARGV[1]
 local function gen(name)
@@ -94,10 +95,14 @@ out[4] = gb
 out[5] = false
 if ARGV[3] ~= '' then out[5] = redis.call('GET', p .. 'badge:' .. ARGV[3] .. ':' .. gb) end
 local gr = gen('rights')
-for i = 6, #ARGV do
+local n = tonumber(ARGV[6])
+for i = 7 + n, #ARGV do
   local g = gen('r:' .. ARGV[i]) .. '/' .. gr
   out[#out + 1] = g
   out[#out + 1] = redis.call('GET', p .. 'r:' .. ARGV[i] .. ':' .. g)
+end
+for i = 7, 6 + n do
+  out[#out + 1] = redis.call('GET', ARGV[i])
 end
 return out
 """)
@@ -160,14 +165,18 @@ class RedisGateFacts:
     # ---- reading ---------------------------------------------------------------------------------
 
     def read(self, *, terminal: str, request_id: str, badge: BadgeRead | None, containers: Sequence[str],
-             now: datetime, through: bool = True, within: SqlUnitOfWork | None = None) -> GateSnapshot | None:
+             now: datetime, through: bool = True, within: SqlUnitOfWork | None = None,
+             also: Sequence[str] = ()) -> GateSnapshot | None:
         """The facts; a miss is read through to PostgreSQL and kept, or, with ``through=False``, the
         answer is None (the caller is on the event loop and must not wait for PostgreSQL). ``within``:
         the caller's open unit of work, read in before it writes (a gate commit saves a connection and a
-        transaction); what it read had committed, so it is kept under the generation read before it."""
+        transaction); what it read had committed, so it is kept under the generation read before it.
+        ``also``: Redis names read in the same round trip, their values in ``GateSnapshot.also``."""
         badge_key = SqlGateStore.badge_key(badge) if badge is not None else None
-        args = [self._p, terminal, badge_key or "", _request_key(terminal, request_id), self._ttl, *containers]
+        args = [self._p, terminal, badge_key or "", _request_key(terminal, request_id), self._ttl, len(also),
+                *also, *containers]
         out = self._call(lambda: self._line.run(_READ, [], args))
+        values = tuple(out[len(out) - len(also):]) if also else ()
         replay = _stored(out[0]) if out[0] else None
         policy_gen, policy_raw, badge_gen, badge_raw = out[1], out[2], out[3], out[4]
         rights_raw = {c: (out[5 + 2 * i], out[6 + 2 * i]) for i, c in enumerate(containers)}
@@ -198,7 +207,8 @@ class RedisGateFacts:
             if fills:
                 self._fill(fills)
         facts, screening = (None, ScreeningResult.UNAVAILABLE) if badge is None else self._badge(entry, terminal, now)
-        return GateSnapshot(replay, policy, [r for c in containers for r in rights.get(c, [])], facts, screening)
+        return GateSnapshot(replay, policy, [r for c in containers for r in rights.get(c, [])], facts, screening,
+                            values)
 
     def _badge(self, entry: _BadgeEntry | None, terminal: str, now: datetime
                ) -> tuple[BadgeFacts, ScreeningResult]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -63,7 +63,33 @@ bearer = AccessTokenCredentials(
 
 
 class TokenVerifier(Protocol):
-    def verify(self, token: str, *, audience: str) -> dict[str, Any]: ...
+    def verify(self, token: str, *, audience: str, revocation: bool = True) -> dict[str, Any]: ...
+
+    def revocation_names(self, claims: dict[str, Any]) -> list[str] | None: ...
+
+    def revoked_by(self, claims: dict[str, Any], values: Sequence[bytes | None] | None) -> bool: ...
+
+
+class Revocation:
+    """A token's revocation check, left to the caller (``authenticated(..., revocation=False)``) so it
+    can read the revocation entries (``names``) in a round trip it makes anyway; ``settle`` with what it
+    read, or with None to look them up. Until settled, the token is not to be trusted: ``settle`` is
+    idempotent, so a caller settles again (a no-op) on every way out that answers."""
+
+    def __init__(self, verifier: TokenVerifier, claims: dict[str, Any], scheme: str) -> None:
+        self._verifier = verifier
+        self._claims = claims
+        self._scheme = scheme
+        self.settled = False
+        self.names = verifier.revocation_names(claims)
+
+    def settle(self, values: Sequence[bytes | None] | None = None) -> None:
+        """Raises AuthError (401 invalid_token) when the token is revoked."""
+        if self.settled:
+            return
+        if self._verifier.revoked_by(self._claims, values):
+            raise _refuse("invalid_token", 401, "invalid_token", "token revoked", scheme=self._scheme)
+        self.settled = True
 
 
 def actor_from_claims(claims: dict[str, Any]) -> Actor:
@@ -98,6 +124,16 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
                  scope: str, min_acr: str | None = None, max_age: int | None = None) -> Actor:
     """Check the access token, its sender constraint, its scope and, for a person, how recently and
     how strongly they logged in. Raises AuthError (401/403 with the RFC's challenge)."""
+    actor, _ = authenticated(request, credentials, audience=audience, scope=scope, min_acr=min_acr,
+                             max_age=max_age)
+    return actor
+
+
+def authenticated(request: Request, credentials: HTTPAuthorizationCredentials | None, *, audience: str,
+                  scope: str, min_acr: str | None = None, max_age: int | None = None, revocation: bool = True
+                  ) -> tuple[Actor, Revocation | None]:
+    """``authenticate``; with ``revocation=False``, every check but revocation, which the caller must
+    settle (the Revocation returned) before it answers anything."""
     if credentials is None or not credentials.credentials:
         raise _refuse("missing", 401, "invalid_request", "An OAuth2 access token is required.",
                       also=(DPOP_CHALLENGE,))
@@ -106,7 +142,7 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
     scheme = "DPoP" if dpop else "Bearer"
     verifier: TokenVerifier = request.app.state.token_verifier
     try:
-        claims = verifier.verify(token, audience=audience)
+        claims = verifier.verify(token, audience=audience, revocation=revocation)
     except InvalidToken as exc:
         raise _refuse("invalid_token", 401, "invalid_token", exc.description, scheme=scheme) from exc
     cnf = claims.get(c.CNF)
@@ -128,7 +164,7 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
                       scope=scope, scheme=scheme)
     if actor.person_id is not None:
         _check_step_up(request, claims, scheme, min_acr, max_age)
-    return actor
+    return actor, None if revocation else Revocation(verifier, claims, scheme)
 
 
 def _check_proof(request: Request, token: str, cnf: Any) -> None:

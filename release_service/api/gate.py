@@ -30,7 +30,7 @@ from release_service.domain.parties import Actor
 from release_service.ports import FaceCaptureRefused
 from release_service.services import verify as verify_service
 
-from .auth import authenticate, bearer, require
+from .auth import authenticated, bearer, require
 from .problems import problem, problem_responses
 from .routes import unit_of_work
 
@@ -192,17 +192,28 @@ async def verify(request: Request, body: VerifyRequest,
     # On the event loop: the token check (one Redis round trip) and, with the facts cached, a check
     # decided and kept in Redis. Whatever waits for PostgreSQL or a face worker goes to the thread pool.
     container = request.app.state.container
-    actor = authenticate(request, credentials, audience=container.settings.gate_audience, scope=GATE_VERIFY)
+    # The token's revocation is read with the facts, in one Redis round trip, when the cache can
+    # answer; on every other way the revocation is settled on its own before anything is answered.
+    actor, revocation = authenticated(request, credentials, audience=container.settings.gate_audience,
+                                      scope=GATE_VERIFY, revocation=False)
+    assert revocation is not None
     fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     now = container.clock.now()
     gate = gate_request(body)
     facts = container.gate_facts
+    cached = facts is not None and revocation.names is not None and (body.face is None or body.face.image is None)
+    if not cached:  # an image is never decided from the cache alone
+        revocation.settle()
     try:
         image = face_image(body, container.settings.face_max_image_bytes)
-        if facts is not None and image is None:  # an image is never decided from the cache alone
-            answer = verify_service.answer_from_cache(facts, actor, gate, fingerprint=fingerprint, now=now)
+        if cached:
+            assert facts is not None and revocation.names is not None
+            answer = verify_service.answer_from_cache(facts, actor, gate, fingerprint=fingerprint, now=now,
+                                                      also=revocation.names, admit=revocation.settle)
             if answer is not None:
+                revocation.settle()  # settled by admit; a no-op, unless a way out forgot it
                 return _answer(answer)
+            revocation.settle()
         matcher = getattr(container, "face_matcher", None) if image is not None else None
         return _answer(await run_in_threadpool(lambda: verify_service.verify(
             _uow_factory(request), actor, gate, fingerprint=fingerprint, now=now, facts=facts,

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -78,18 +78,25 @@ def require_gate_of(actor: Actor, terminal: str) -> None:
 
 
 def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateRequest, *, fingerprint: str,
-                      now: datetime) -> dict[str, Any] | None:
+                      now: datetime, also: Sequence[str] = (),
+                      admit: Callable[[Sequence[bytes | None]], None] | None = None) -> dict[str, Any] | None:
     """The answer when the cache alone can give it (a check whose facts are all cached, or its recorded
     request_id), without waiting for PostgreSQL; else None: call verify(). A commit always goes to
-    verify(), whose worker reads the cache once (a replayed request_id included)."""
+    verify(), whose worker reads the cache once (a replayed request_id included).
+
+    ``also`` and ``admit``: the caller's last word on the caller (its token's revocation entries,
+    read in the same round trip as the facts): ``admit`` gets their values before anything is
+    decided, recorded or replayed, and raises to refuse."""
     require_gate_of(actor, request.terminal)
     if request.mode is not g.Mode.CHECK:
         return None
     if request.face is not None and request.face.kind == "image":
         return None  # an image is matched first, in a worker: verify()
-    snapshot = _snapshot(facts, request, now, through=False)
+    snapshot = _snapshot(facts, request, now, through=False, also=also)
     if snapshot is None:
         return None
+    if admit is not None:
+        admit(snapshot.also)
     if snapshot.replay is not None:
         return _replay(snapshot.replay, fingerprint)
     return _check_cached(facts, actor, request, snapshot, fingerprint, now)
@@ -187,8 +194,8 @@ def _match_face(uow_factory: Callable[[], UnitOfWork], request: g.GateRequest, s
     return None, replace(request, face=evidence)
 
 
-def _snapshot(facts: GateFacts | None, request: g.GateRequest, now: datetime, *,
-              through: bool = True, within: UnitOfWork | None = None) -> GateSnapshot | None:
+def _snapshot(facts: GateFacts | None, request: g.GateRequest, now: datetime, *, through: bool = True,
+              within: UnitOfWork | None = None, also: Sequence[str] = ()) -> GateSnapshot | None:
     """The cached facts; None without a cache, when it failed (then PostgreSQL decides), or, with
     ``through=False``, when something is not cached."""
     if facts is None:
@@ -196,7 +203,7 @@ def _snapshot(facts: GateFacts | None, request: g.GateRequest, now: datetime, *,
     try:
         return facts.read(terminal=request.terminal, request_id=request.request_id, badge=request.badge,
                           containers=container_candidates(request.container.number), now=now, through=through,
-                          within=within)
+                          within=within, also=also)
     except FactsUnavailable:
         log.warning("release.verify.facts_from_database")
         return None
