@@ -197,8 +197,7 @@ class AccessTokenVerifier:
         self._check_claims(claims, audience)
         # RFC 7009 §2 / RFC 9700 §4.14.2: revoked on its own, or with its grant's family. Checked
         # last, so an unsigned token can never make us look a jti up.
-        if revocation and self._revoked is not None and self._revoked(claims):
-            log.info("identity.token.refused.revoked")
+        if revocation and self.revoked_by(claims, None):
             raise InvalidToken("invalid_token", "token revoked")
         return claims
 

@@ -71,7 +71,7 @@ class TokenVerifier(Protocol):
 
 
 class Revocation:
-    """A token's revocation check, left to the caller (``authenticated(..., revocation=False)``) so it
+    """A token's revocation check, left to the caller (``authenticate_but_revocation``) so it
     can read the revocation entries (``names``) in a round trip it makes anyway; ``settle`` with what it
     read, or with None to look them up. Until settled, the token is not to be trusted: ``settle`` is
     idempotent, so a caller settles again (a no-op) on every way out that answers."""
@@ -124,16 +124,23 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
                  scope: str, min_acr: str | None = None, max_age: int | None = None) -> Actor:
     """Check the access token, its sender constraint, its scope and, for a person, how recently and
     how strongly they logged in. Raises AuthError (401/403 with the RFC's challenge)."""
-    actor, _ = authenticated(request, credentials, audience=audience, scope=scope, min_acr=min_acr,
-                             max_age=max_age)
+    actor, _ = _checked(request, credentials, audience=audience, scope=scope, min_acr=min_acr, max_age=max_age,
+                        revocation=True)
     return actor
 
 
-def authenticated(request: Request, credentials: HTTPAuthorizationCredentials | None, *, audience: str,
-                  scope: str, min_acr: str | None = None, max_age: int | None = None, revocation: bool = True
-                  ) -> tuple[Actor, Revocation | None]:
-    """``authenticate``; with ``revocation=False``, every check but revocation, which the caller must
-    settle (the Revocation returned) before it answers anything."""
+def authenticate_but_revocation(request: Request, credentials: HTTPAuthorizationCredentials | None, *,
+                                audience: str, scope: str) -> tuple[Actor, Revocation]:
+    """``authenticate``, every check but revocation, which the caller must settle (the Revocation
+    returned) before it answers anything."""
+    actor, revocation = _checked(request, credentials, audience=audience, scope=scope, min_acr=None, max_age=None,
+                                 revocation=False)
+    assert revocation is not None  # noqa: S101 - _checked returns one whenever revocation=False
+    return actor, revocation
+
+
+def _checked(request: Request, credentials: HTTPAuthorizationCredentials | None, *, audience: str, scope: str,
+             min_acr: str | None, max_age: int | None, revocation: bool) -> tuple[Actor, Revocation | None]:
     if credentials is None or not credentials.credentials:
         raise _refuse("missing", 401, "invalid_request", "An OAuth2 access token is required.",
                       also=(DPOP_CHALLENGE,))

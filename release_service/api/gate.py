@@ -30,7 +30,7 @@ from release_service.domain.parties import Actor
 from release_service.ports import FaceCaptureRefused
 from release_service.services import verify as verify_service
 
-from .auth import authenticated, bearer, require
+from .auth import authenticate_but_revocation, bearer, require
 from .problems import problem, problem_responses
 from .routes import unit_of_work
 
@@ -189,27 +189,26 @@ def _answer(body: dict[str, Any]) -> Response:
 async def verify(request: Request, body: VerifyRequest,
                  credentials: HTTPAuthorizationCredentials | None = Depends(bearer)  # noqa: B008
                  ) -> Response:
-    # On the event loop: the token check (one Redis round trip) and, with the facts cached, a check
-    # decided and kept in Redis. Whatever waits for PostgreSQL or a face worker goes to the thread pool.
+    # On the event loop: the token check and, with the facts cached, a check decided and kept in Redis,
+    # the token's revocation read with the facts (one round trip for both). Whatever waits for
+    # PostgreSQL or a face worker goes to the thread pool; on every way but the cached one, the
+    # revocation is settled on its own before anything is answered.
     container = request.app.state.container
-    # The token's revocation is read with the facts, in one Redis round trip, when the cache can
-    # answer; on every other way the revocation is settled on its own before anything is answered.
-    actor, revocation = authenticated(request, credentials, audience=container.settings.gate_audience,
-                                      scope=GATE_VERIFY, revocation=False)
-    assert revocation is not None
+    actor, revocation = authenticate_but_revocation(request, credentials, audience=container.settings.gate_audience,
+                                                    scope=GATE_VERIFY)
     fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     now = container.clock.now()
     gate = gate_request(body)
     facts = container.gate_facts
-    cached = facts is not None and revocation.names is not None and (body.face is None or body.face.image is None)
-    if not cached:  # an image is never decided from the cache alone
+    imaged = body.face is not None and body.face.image is not None  # never decided from the cache alone
+    names = revocation.names if facts is not None and not imaged else None
+    if names is None:
         revocation.settle()
     try:
         image = face_image(body, container.settings.face_max_image_bytes)
-        if cached:
-            assert facts is not None and revocation.names is not None
+        if facts is not None and names is not None:
             answer = verify_service.answer_from_cache(facts, actor, gate, fingerprint=fingerprint, now=now,
-                                                      also=revocation.names, admit=revocation.settle)
+                                                      also=names, admit=revocation.settle)
             if answer is not None:
                 revocation.settle()  # settled by admit; a no-op, unless a way out forgot it
                 return _answer(answer)
