@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 
 from quaygate.cache import Cache
+from quaygate.hotsql import HotStatement
 from quaygate.schema import grants, issued_access_tokens, memberships, persons, refresh_tokens, revoked_tokens
 
 from .domain.claims import GRANT_ID
@@ -96,8 +97,8 @@ _SUCCESSOR = refresh_tokens.insert().from_select(
     .select_from(_CONSUMED.join(grants, grants.c.id == _CONSUMED.c.grant_id))
     .where(grants.c.client_id == sa.bindparam("client_id"), grants.c.revoked_at.is_(None)),
 ).cte("successor")
-_ROTATE_PG = sa.select(grants, *HOLDER_COLUMNS).select_from(
-    _with_holder(_CONSUMED.join(grants, grants.c.id == _CONSUMED.c.grant_id))).add_cte(_SUCCESSOR)
+_ROTATE_PG = HotStatement(sa.select(grants, *HOLDER_COLUMNS).select_from(
+    _with_holder(_CONSUMED.join(grants, grants.c.id == _CONSUMED.c.grant_id))).add_cte(_SUCCESSOR))
 _INSERT_REFRESH = refresh_tokens.insert()
 
 
@@ -331,7 +332,7 @@ class GrantStore:
         successor, pg = self._new_refresh(), conn.dialect.name == "postgresql"
         if h is not None:
             if pg:  # the successor is inserted by the same statement
-                rows = conn.execute(_ROTATE_PG, {"h": h, "now": now, "new_h": token_hash(successor),
+                rows = _ROTATE_PG.execute(conn, {"h": h, "now": now, "new_h": token_hash(successor),
                                                  "expires": now + self._refresh_ttl, "client_id": client_id}).all()
             else:  # SQLite has no data-modifying CTE: the UPDATE, then the read (and the insert below)
                 grant_id = conn.execute(_CONSUME, {"h": h, "now": now}).scalar()

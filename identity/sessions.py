@@ -25,9 +25,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from quaygate.hotsql import HotStatement
 from quaygate.schema import login_sessions
 
-_INSERT = login_sessions.insert()  # built once: every login writes one
+_INSERT = HotStatement(login_sessions.insert())  # every login writes one (quaygate.hotsql)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +83,10 @@ class SessionStore:
             "expires_at": session.expires_at,
         }
         if conn is not None:
-            conn.execute(_INSERT, row)
+            _INSERT.execute(conn, row)
         else:
             with self._engine.begin() as own:
-                own.execute(_INSERT, row)
+                _INSERT.execute(own, row)
         return cookie, session
 
     def get(self, cookie: str | None, *, now: datetime) -> LoginSession | None:

@@ -18,6 +18,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from quaygate.hotsql import HotStatement
 from quaygate.schema import persons, webauthn_credentials
 
 from .passkeys import NewPasskey
@@ -30,14 +31,14 @@ t = webauthn_credentials
 
 
 # Built once: a passkey login runs these on every attempt (each built per call cost about 0.1 ms).
-_GET = (sa.select(t, persons.c.status.label("person_status")).join(persons, persons.c.id == t.c.person_id)
-        .where(t.c.credential_id == sa.bindparam("credential_id")))
+_GET = HotStatement(sa.select(t, persons.c.status.label("person_status")).join(persons, persons.c.id == t.c.person_id)
+                    .where(t.c.credential_id == sa.bindparam("credential_id")))
 _USE = (t.update().where(t.c.credential_id == sa.bindparam("id"), t.c.status == ACTIVE)
         .values(sign_count=sa.bindparam("count"), backed_up=sa.bindparam("backed"),
                 last_used_at=sa.bindparam("at", type_=t.c.last_used_at.type)))
 # WebAuthn §6.1.1: 0 after 0 (no counter kept) is fine; otherwise the counter must go up.
-_USE_UNCOUNTED = _USE.where(t.c.sign_count == 0)
-_USE_COUNTED = _USE.where(t.c.sign_count < sa.bindparam("count"))
+_USE_UNCOUNTED = HotStatement(_USE.where(t.c.sign_count == 0))
+_USE_COUNTED = HotStatement(_USE.where(t.c.sign_count < sa.bindparam("count")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +63,13 @@ class CredentialStore:
 
     # ---- reads ----------------------------------------------------------------------------------
 
-    def get(self, credential_id: str) -> StoredCredential | None:
-        with self._engine.connect() as conn:
-            row = conn.execute(_GET, {"credential_id": credential_id}).first()
+    def get(self, credential_id: str, conn: sa.Connection | None = None) -> StoredCredential | None:
+        """The credential and its person's status; in ``conn``'s transaction when given."""
+        if conn is not None:
+            row = _GET.execute(conn, {"credential_id": credential_id}).first()
+        else:
+            with self._engine.connect() as own:
+                row = _GET.execute(own, {"credential_id": credential_id}).first()
         return None if row is None else _credential(row)
 
     def for_person(self, person_id: uuid.UUID, *, include_removed: bool = False) -> list[StoredCredential]:
@@ -107,8 +112,8 @@ class CredentialStore:
         """Store a verified assertion's counter, atomically: only while the credential is active and
         its stored counter is still below the new one (or both are 0). False when another login moved
         the counter first or the credential was suspended or removed meanwhile (check-then-act free)."""
-        result = conn.execute(_USE_UNCOUNTED if sign_count == 0 else _USE_COUNTED,
-                              {"id": credential_id, "count": sign_count, "backed": backed_up, "at": now})
+        result = (_USE_UNCOUNTED if sign_count == 0 else _USE_COUNTED).execute(
+            conn, {"id": credential_id, "count": sign_count, "backed": backed_up, "at": now})
         return result.rowcount == 1
 
     def suspend(self, conn: sa.Connection, credential_id: str, *, reason: str) -> bool:

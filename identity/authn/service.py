@@ -207,30 +207,37 @@ class PasskeyService:
             if retry is not None:
                 self._refuse_login("rate_limited", "login guard", attempt, retry_after=retry)
         attempt.subject = f"cred:{claim.credential_id}"
-        stored = self.credentials.get(claim.credential_id)
-        if stored is None:
-            self._refuse_login("passkey_unknown", "no such credential", attempt)
-        try:
-            verified = passkeys.verify_assertion(
-                self.rp, credential=credential, challenge=state.challenge, public_key=stored.public_key
-            )
-        except passkeys.CeremonyRefused as exc:
-            self._refuse_login("passkey_invalid", exc.detail, attempt, stored)
-        if not passkeys.user_handle_matches(claim.user_handle, self._user_handle(stored.person_id)):
-            self._refuse_login("passkey_invalid", "user_handle_mismatch", attempt, stored)
-        if stored.status == REMOVED:
-            self._refuse_login("passkey_unknown", "removed", attempt, stored)
-        if stored.status == SUSPENDED:
-            self._refuse_login("passkey_suspended", stored.status_reason or "suspended", attempt, stored)
-        if stored.person_status != "active":
-            self._refuse_login("person_suspended", "person not active", attempt, stored)
-        if passkeys.sign_count_regressed(stored.sign_count, verified.sign_count):
-            self._suspend_for_counter(stored, verified.sign_count, attempt)
         now = attempt.now
-        with self._engine.begin() as conn:
-            used = self.credentials.record_use(
-                conn, stored.credential_id, sign_count=verified.sign_count, backed_up=verified.backed_up, now=now
-            )
+        # One connection from the read to the commit: the credential is read in the transaction that
+        # records its use. Every refusal ends that transaction first (it has written nothing), so its
+        # audit entry, written on a connection of its own, never waits for this one (on SQLite every
+        # transaction holds the write lock).
+        with self._engine.connect() as conn:
+
+            def refuse(code: str, detail: str, stored: StoredCredential | None = None) -> NoReturn:
+                conn.rollback()
+                self._refuse_login(code, detail, attempt, stored)
+
+            stored = self.credentials.get(claim.credential_id, conn)
+            if stored is None:
+                refuse("passkey_unknown", "no such credential")
+            try:
+                verified = passkeys.verify_assertion(
+                    self.rp, credential=credential, challenge=state.challenge, public_key=stored.public_key
+                )
+            except passkeys.CeremonyRefused as exc:
+                refuse("passkey_invalid", exc.detail, stored)
+            if not passkeys.user_handle_matches(claim.user_handle, self._user_handle(stored.person_id)):
+                refuse("passkey_invalid", "user_handle_mismatch", stored)
+            if stored.status == REMOVED:
+                refuse("passkey_unknown", "removed", stored)
+            if stored.status == SUSPENDED:
+                refuse("passkey_suspended", stored.status_reason or "suspended", stored)
+            if stored.person_status != "active":
+                refuse("person_suspended", "person not active", stored)
+            used = not passkeys.sign_count_regressed(stored.sign_count, verified.sign_count) and \
+                self.credentials.record_use(conn, stored.credential_id, sign_count=verified.sign_count,
+                                            backed_up=verified.backed_up, now=now)
             if used:
                 cookie, session = self._sessions.create(
                     stored.person_id, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY, now=now, conn=conn
@@ -243,9 +250,13 @@ class PasskeyService:
                     data={"credential_id": _ref(stored.credential_id), "acr": assurance.ACR_PASSKEY},
                     conn=conn,
                 )
+                conn.commit()
+            else:
+                conn.rollback()
         if not used:
-            # Another login moved the counter past this one, or the credential was suspended or removed
-            # between our read and our write: the same rule, judged atomically by the UPDATE.
+            # The counter went backwards; or another login moved it past this one, or the credential
+            # was suspended or removed between our read and our write (the same rule, judged
+            # atomically by the UPDATE).
             self._suspend_for_counter(stored, verified.sign_count, attempt)
         if self._guard is not None:
             self._guard.succeeded(attempt.subject, address)

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from quaygate.crypto import DataCipher
+from quaygate.hotsql import HotStatement
 from quaygate.schema import audit_checkpoints, audit_log, signing_keys
 from release_service.domain.audit_chain import (
     GENESIS,
@@ -49,7 +50,9 @@ _ENTRY_COLUMNS = (audit_log.c.id, audit_log.c.at, audit_log.c.kind, audit_log.c.
 
 
 _INSERT = audit_log.insert()
-_INSERT_PG = audit_log.insert().values(txid=sa.text("pg_current_xact_id()::text::bigint"))
+# inline(): no RETURNING of the new ids, which nobody reads; on the driver cursor (quaygate.hotsql), as
+# every token, login and gate decision writes one.
+_INSERT_PG = HotStatement(audit_log.insert().inline().values(txid=sa.text("pg_current_xact_id()::text::bigint")))
 
 
 class SqlAuditLog:
@@ -70,7 +73,10 @@ class SqlAuditLog:
         ]
         if not rows:
             return
-        self._conn.execute(_INSERT_PG if self._pg else _INSERT, rows)
+        if self._pg:
+            _INSERT_PG.execute(self._conn, rows[0] if len(rows) == 1 else rows)
+        else:
+            self._conn.execute(_INSERT, rows)
 
 
 # ---- the audit key -----------------------------------------------------------------------------------

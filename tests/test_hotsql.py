@@ -1,0 +1,123 @@
+"""quaygate/hotsql.py on real PostgreSQL (and the SQLite fallback): the same rows, types and effects
+as ``conn.execute``, in the connection's transaction, with SQLAlchemy's errors."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from quaygate.hotsql import HotStatement
+from quaygate.schema import audit_log, login_sessions, persons
+
+_PERSON = persons.insert()
+_SESSION = HotStatement(login_sessions.insert())
+_READ = sa.select(login_sessions, persons.c.status.label("person_status")).join(
+    persons, persons.c.id == login_sessions.c.person_id).where(login_sessions.c.sid == sa.bindparam("sid"))
+_HOT_READ = HotStatement(_READ)
+_END = HotStatement(login_sessions.update().where(login_sessions.c.sid == sa.bindparam("s"),
+                                                  login_sessions.c.ended_at.is_(None))
+                    .values(ended_at=sa.bindparam("at", type_=login_sessions.c.ended_at.type)))
+_AUDIT = HotStatement(audit_log.insert().inline())
+
+
+def _person(conn: sa.Connection) -> uuid.UUID:
+    pid = uuid.uuid4()
+    conn.execute(_PERSON, {"id": pid, "given_name": "Hot", "family_name": "Path", "created_at": datetime.now(UTC)})
+    return pid
+
+
+def _session(pid: uuid.UUID, now: datetime) -> dict[str, object]:
+    return {"id_hash": uuid.uuid4().hex, "sid": uuid.uuid4().hex, "person_id": pid, "acr": "urn:x",
+            "amr": ["hwk", "user"], "auth_time": now, "created_at": now, "expires_at": now + timedelta(hours=1)}
+
+
+def test_rows_and_types_are_those_of_conn_execute(engine: sa.Engine) -> None:
+    now = datetime.now(UTC).replace(microsecond=123456)
+    with engine.begin() as conn:
+        pid = _person(conn)
+        row = _session(pid, now)
+        assert _SESSION.execute(conn, row).rowcount == 1
+    with engine.connect() as conn:
+        hot = _HOT_READ.execute(conn, {"sid": row["sid"]}).first()
+        plain = conn.execute(_READ, {"sid": row["sid"]}).first()
+    assert hot is not None and plain is not None
+    assert tuple(hot) == tuple(plain)
+    assert [type(v) for v in hot] == [type(v) for v in plain]
+    assert hot.person_id == pid and isinstance(hot.person_id, uuid.UUID)
+    assert hot.amr == ["hwk", "user"]  # JSON back as JSON
+    assert hot.auth_time == now and hot.auth_time.utcoffset() == timedelta(0)  # UTCDateTime's result side
+    assert hot.person_status == "active" and hot.ended_at is None
+    with engine.connect() as conn:
+        assert _HOT_READ.execute(conn, {"sid": "none such"}).first() is None
+        assert _HOT_READ.execute(conn, {"sid": "none such"}).all() == []
+        assert _HOT_READ.execute(conn, {"sid": row["sid"]}).scalar() == row["id_hash"]
+
+
+def test_writes_belong_to_the_connections_transaction(engine: sa.Engine) -> None:
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        pid = _person(conn)
+    kept, dropped, unfinished = _session(pid, now), _session(pid, now), _session(pid, now)
+    with engine.connect() as conn:  # a statement sent first on a connection begins its transaction
+        _SESSION.execute(conn, kept)
+        conn.commit()
+        _SESSION.execute(conn, dropped)
+        conn.rollback()
+        _SESSION.execute(conn, unfinished)  # given back to the pool uncommitted: rolled back
+    with engine.connect() as conn:
+        sids = set(conn.execute(sa.select(login_sessions.c.sid).where(login_sessions.c.person_id == pid)).scalars())
+    assert sids == {kept["sid"]}
+    with engine.begin() as conn:  # an UPDATE's rowcount, and a bind type given on the statement
+        assert _END.execute(conn, {"s": kept["sid"], "at": now}).rowcount == 1
+        assert _END.execute(conn, {"s": kept["sid"], "at": now}).rowcount == 0
+
+
+def test_bind_types_still_apply(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        pid = _person(conn)
+    naive = _session(pid, datetime.now(UTC))
+    naive["auth_time"] = datetime(2026, 1, 1)  # noqa: DTZ001 - the point: UTCDateTime refuses it
+    with engine.connect() as conn, pytest.raises(sa.exc.StatementError, match="naive datetime"):
+        _SESSION.execute(conn, naive)
+
+
+def test_many_rows_in_one_call_and_driver_errors_as_sqlalchemys(engine: sa.Engine) -> None:
+    now = datetime.now(UTC)
+    kind = f"test.hotsql.{uuid.uuid4().hex[:8]}"
+    entries = [{"kind": kind, "actor": {"n": i}, "subject": None, "data": {"i": i}, "at": now} for i in range(3)]
+    with engine.begin() as conn:
+        _AUDIT.execute(conn, entries)
+    with engine.connect() as conn:
+        data = sa.select(audit_log.c.data).where(audit_log.c.kind == kind).order_by(audit_log.c.id)
+        assert list(conn.execute(data).scalars()) == [{"i": 0}, {"i": 1}, {"i": 2}]
+    with engine.begin() as conn:
+        pid = _person(conn)
+        row = _session(pid, now)
+        _SESSION.execute(conn, row)
+    with engine.connect() as conn:
+        with pytest.raises(sa.exc.IntegrityError):
+            _SESSION.execute(conn, row)  # the same primary key again
+        conn.rollback()
+        assert _HOT_READ.execute(conn, {"sid": row["sid"]}).first() is not None  # the connection still works
+
+
+def test_a_statement_that_returns_rows_is_never_sent_many_times(pg_engine: sa.Engine) -> None:
+    with pg_engine.connect() as conn, pytest.raises(ValueError, match="executemany"):
+        _HOT_READ.execute(conn, [{"sid": "a"}, {"sid": "b"}])
+
+
+def test_a_lost_connection_is_invalidated_not_given_out_again(pg_engine: sa.Engine) -> None:
+    with pg_engine.connect() as victim:
+        pid = victim.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        victim.rollback()
+        with pg_engine.connect() as killer:
+            killer.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            _HOT_READ.execute(victim, {"sid": "x"})
+        assert raised.value.connection_invalidated
+        assert victim.invalidated
+    with pg_engine.connect() as conn:  # the pool hands out a live one
+        assert _HOT_READ.execute(conn, {"sid": "x"}).first() is None
