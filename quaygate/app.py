@@ -40,6 +40,7 @@ from release_service.ports import FaceCaptureRefused, FaceOutcome
 from .container import Container
 from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event
 from .settings import Mode, Settings
+from .threads import ThreadPool
 from .workers import BackgroundWorkers, start_gate_facts
 
 log = logging.getLogger("quaygate")
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = container or Container.build(settings)
+        app.state.threads = ThreadPool()  # the hottest routes' blocking parts (quaygate/threads.py)
         identity = await run_in_threadpool(IdentityProvider.build, built)
         app.state.container = built
         app.state.identity = identity
@@ -104,6 +106,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             if ban_puller:
                 ban_puller.stop()
             app.state.face_pool.close()
+            app.state.threads.close()
             if container is None:
                 built.close()
 

@@ -49,6 +49,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from quaygate.threads import threads_for
 from release_service.api.problems import problem, problem_responses
 
 from ..authn.service import PasskeyError, passkeys_for
@@ -150,12 +151,11 @@ async def authentication_options(request: Request) -> JSONResponse:
 
 @router.post("/webauthn/authentication/verify", operation_id="passkeyAuthenticationVerify",
              responses=problem_responses(400, 401, 403, 429))
-def authentication_verify(request: Request, body: VerifyRequest) -> JSONResponse:
-    try:
-        result = passkeys_for(request.app).finish_authentication(
-            origin=request.headers.get("origin"), flow=body.flow, credential=body.credential,
-            return_to=body.return_to, address=_address(request),
-        )
+async def authentication_verify(request: Request, body: VerifyRequest) -> JSONResponse:
+    service, origin, address = passkeys_for(request.app), request.headers.get("origin"), _address(request)
+    try:  # it waits for PostgreSQL: on the app's thread pool
+        result = await threads_for(request.app).run(lambda: service.finish_authentication(
+            origin=origin, flow=body.flow, credential=body.credential, return_to=body.return_to, address=address))
     except PasskeyError as exc:
         return _refused(request, exc)
     return _with_session(request, {"ok": True, "return_to": result.return_to}, 200, result.cookie)

@@ -15,6 +15,8 @@ from authlib.oauth2.rfc6749 import OAuth2Error
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from quaygate.threads import threads_for
+
 from ..bootstrap import provider_for
 from ..domain import assurance
 from ..domain import claims as token_claims
@@ -140,10 +142,12 @@ def build_router() -> APIRouter:
         openapi_extra=_TOKEN_FORM,
         responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR},
     )
-    def token(request: Request, body: bytes | None = Depends(_form_body)) -> JSONResponse:
+    async def token(request: Request, body: bytes | None = Depends(_form_body)) -> JSONResponse:
         """RFC 6749 §3.2 token endpoint: authorization code (§4.1.3, PKCE), client credentials (§4.4)."""
         raw = FormRequest(request.method, request.headers, request.headers.get("content-type", ""), body)
-        return provider_for(request.app).server.token_response(raw)
+        app = request.app
+        # Authlib is synchronous and the grants wait for PostgreSQL: on the app's thread pool.
+        return await threads_for(app).run(lambda: provider_for(app).server.token_response(raw))  # type: ignore[no-any-return]
 
     @router.post(
         authz.AUTHORIZE_PATH,

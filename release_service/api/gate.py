@@ -22,9 +22,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
-from starlette.concurrency import run_in_threadpool
 
 from identity.domain.scopes import GATE_VERIFY
+from quaygate.threads import threads_for
 from release_service.domain import gate as g
 from release_service.domain.parties import Actor
 from release_service.ports import FaceCaptureRefused
@@ -214,7 +214,7 @@ async def verify(request: Request, body: VerifyRequest,
                 return _answer(answer)
             revocation.settle()
         matcher = getattr(container, "face_matcher", None) if image is not None else None
-        return _answer(await run_in_threadpool(lambda: verify_service.verify(
+        return _answer(await threads_for(request.app).run(lambda: verify_service.verify(
             _uow_factory(request), actor, gate, fingerprint=fingerprint, now=now, facts=facts,
             face_image=image, face_matcher=matcher)))
     except FaceCaptureRefused as exc:

@@ -1,0 +1,122 @@
+"""quaygate/threads.py: results and errors come back, context goes along, the pool grows to its limit
+and no further, idle threads end, a cancelled caller does not stop its job, and close() ends them all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+
+import pytest
+
+from quaygate.threads import ThreadPool
+
+REQUEST = contextvars.ContextVar("request", default="none")
+
+
+def test_a_job_runs_off_the_loop_and_its_result_or_error_comes_back() -> None:
+    pool = ThreadPool(max_threads=2)
+    loop_thread = threading.get_ident()
+
+    async def main() -> None:
+        ran_on = await pool.run(threading.get_ident)
+        assert ran_on != loop_thread
+        assert await pool.run(lambda a, b: a + b, 2, 3) == 5
+        with pytest.raises(KeyError, match="nope"):
+            await pool.run({}.__getitem__, "nope")
+        REQUEST.set("r-17")  # the caller's context variables go with the job
+        assert await pool.run(REQUEST.get) == "r-17"
+
+    asyncio.run(main())
+    pool.close()
+
+
+def test_the_pool_grows_to_its_limit_and_jobs_beyond_it_wait() -> None:
+    pool = ThreadPool(max_threads=3)
+    gate = threading.Event()
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def job(i: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        gate.wait(5)
+        with lock:
+            running -= 1
+        return i
+
+    async def main() -> list[int]:
+        tasks = [asyncio.ensure_future(pool.run(job, i)) for i in range(8)]
+        while True:  # three run at once, the other five wait in the queue
+            await asyncio.sleep(0.01)
+            with lock:
+                if running == 3:
+                    break
+        await asyncio.sleep(0.05)
+        with lock:
+            assert running == 3
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(main()) == list(range(8))
+    assert most == 3 and pool.size == 3
+    pool.close()
+
+
+def test_idle_threads_end_and_the_pool_starts_anew() -> None:
+    pool = ThreadPool(max_threads=4, idle_seconds=0.05)
+
+    async def burst() -> None:
+        await asyncio.gather(*(pool.run(time.sleep, 0.05) for _ in range(4)))
+
+    asyncio.run(burst())
+    assert pool.size == 4
+    deadline = time.monotonic() + 5
+    while pool.size and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pool.size == 0
+    assert asyncio.run(pool.run(lambda: "again")) == "again"  # a job after they all ended still runs
+    pool.close()
+
+
+def test_a_cancelled_caller_does_not_stop_its_job() -> None:
+    pool = ThreadPool(max_threads=1)
+    started, finished = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        time.sleep(0.1)
+        finished.set()
+        return "done"
+
+    async def main() -> None:
+        task = asyncio.ensure_future(pool.run(slow))
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await pool.run(lambda: "next") == "next"  # the one thread finished the job first
+
+    asyncio.run(main())
+    assert finished.is_set()
+    pool.close()
+
+
+def test_close_ends_every_thread() -> None:
+    pool = ThreadPool(max_threads=3, name="closing-pool")
+
+    async def main() -> None:
+        await asyncio.gather(*(pool.run(time.sleep, 0.02) for _ in range(3)))
+
+    asyncio.run(main())
+    threads = [t for t in threading.enumerate() if t.name.startswith("closing-pool")]
+    assert threads
+    pool.close()
+    assert not any(t.is_alive() for t in threads)
+    with pytest.raises(RuntimeError, match="closed"):
+        asyncio.run(pool.run(lambda: None))
