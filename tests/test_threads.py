@@ -7,6 +7,9 @@ import asyncio
 import contextvars
 import threading
 import time
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -15,11 +18,17 @@ from quaygate.threads import ThreadPool
 REQUEST = contextvars.ContextVar("request", default="none")
 
 
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """asyncio.run on a thread of its own: another test may have left an event loop running on this one."""
+    with ThreadPoolExecutor(1) as one:
+        return one.submit(asyncio.run, coro).result()
+
+
 def test_a_job_runs_off_the_loop_and_its_result_or_error_comes_back() -> None:
     pool = ThreadPool(max_threads=2)
-    loop_thread = threading.get_ident()
 
     async def main() -> None:
+        loop_thread = threading.get_ident()
         ran_on = await pool.run(threading.get_ident)
         assert ran_on != loop_thread
         assert await pool.run(lambda a, b: a + b, 2, 3) == 5
@@ -28,7 +37,7 @@ def test_a_job_runs_off_the_loop_and_its_result_or_error_comes_back() -> None:
         REQUEST.set("r-17")  # the caller's context variables go with the job
         assert await pool.run(REQUEST.get) == "r-17"
 
-    asyncio.run(main())
+    run(main())
     pool.close()
 
 
@@ -62,7 +71,7 @@ def test_the_pool_grows_to_its_limit_and_jobs_beyond_it_wait() -> None:
         gate.set()
         return await asyncio.gather(*tasks)
 
-    assert asyncio.run(main()) == list(range(8))
+    assert run(main()) == list(range(8))
     assert most == 3 and pool.size == 3
     pool.close()
 
@@ -73,13 +82,13 @@ def test_idle_threads_end_and_the_pool_starts_anew() -> None:
     async def burst() -> None:
         await asyncio.gather(*(pool.run(time.sleep, 0.05) for _ in range(4)))
 
-    asyncio.run(burst())
+    run(burst())
     assert pool.size == 4
     deadline = time.monotonic() + 5
     while pool.size and time.monotonic() < deadline:
         time.sleep(0.02)
     assert pool.size == 0
-    assert asyncio.run(pool.run(lambda: "again")) == "again"  # a job after they all ended still runs
+    assert run(pool.run(lambda: "again")) == "again"  # a job after they all ended still runs
     pool.close()
 
 
@@ -102,7 +111,7 @@ def test_a_cancelled_caller_does_not_stop_its_job() -> None:
             await task
         assert await pool.run(lambda: "next") == "next"  # the one thread finished the job first
 
-    asyncio.run(main())
+    run(main())
     assert finished.is_set()
     pool.close()
 
@@ -113,10 +122,10 @@ def test_close_ends_every_thread() -> None:
     async def main() -> None:
         await asyncio.gather(*(pool.run(time.sleep, 0.02) for _ in range(3)))
 
-    asyncio.run(main())
+    run(main())
     threads = [t for t in threading.enumerate() if t.name.startswith("closing-pool")]
     assert threads
     pool.close()
     assert not any(t.is_alive() for t in threads)
     with pytest.raises(RuntimeError, match="closed"):
-        asyncio.run(pool.run(lambda: None))
+        run(pool.run(lambda: None))
