@@ -3,13 +3,14 @@ and client creation for the demo seeding and the CLI (``quaygate client create``
 
 from __future__ import annotations
 
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+
+from quaygate.appstate import built_once
 
 from .clients import ClientRegistry
 from .domain.roles import AuthMethod, ClientRole
@@ -122,17 +123,7 @@ class IdentityProvider:
         )
 
 
-_build_lock = threading.Lock()
-
-
 def provider_for(app: Any) -> IdentityProvider:
     """The app's IdentityProvider: ``app.state.identity`` if the lifespan built one, else built on
     first use from ``app.state.container`` (creating the first signing key if there is none)."""
-    provider: IdentityProvider | None = getattr(app.state, "identity", None)
-    if provider is None:
-        with _build_lock:
-            provider = getattr(app.state, "identity", None)
-            if provider is None:
-                provider = IdentityProvider.build(app.state.container)
-                app.state.identity = provider
-    return provider
+    return built_once(app, "identity", lambda: IdentityProvider.build(app.state.container))

@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from urllib.parse import parse_qs, unquote_plus
 
 import sqlalchemy as sa
 
+from quaygate.appstate import built_once
 from quaygate.cache import Cache
 
 from . import audit
@@ -243,9 +243,6 @@ def _subject(subject: str) -> str:
 
 # -- per-app instances ------------------------------------------------------------------------------------
 
-_build_lock = threading.Lock()
-
-
 def _clock(container: Any) -> Callable[[], float]:
     clock = container.clock
     return lambda: clock.now().timestamp()
@@ -253,27 +250,19 @@ def _clock(container: Any) -> Callable[[], float]:
 
 def login_guard_for(app: Any) -> LoginGuard:
     """The app's LoginGuard on ``app.state.login_guard``, built from ``app.state.container``."""
-    guard: LoginGuard | None = getattr(app.state, "login_guard", None)
-    if guard is None:
-        with _build_lock:
-            guard = getattr(app.state, "login_guard", None)
-            if guard is None:
-                c = app.state.container
-                guard = LoginGuard(c.cache, limits=limits_from_settings(c.settings), now=_clock(c), engine=c.engine)
-                app.state.login_guard = guard
-    return guard
+    def build() -> LoginGuard:
+        c = app.state.container
+        return LoginGuard(c.cache, limits=limits_from_settings(c.settings), now=_clock(c), engine=c.engine)
+
+    return built_once(app, "login_guard", build)
 
 
 def rate_limiter_for(app: Any) -> RateLimiter:
-    limiter: RateLimiter | None = getattr(app.state, "rate_limiter", None)
-    if limiter is None:
-        with _build_lock:
-            limiter = getattr(app.state, "rate_limiter", None)
-            if limiter is None:
-                c = app.state.container
-                limiter = RateLimiter(c.cache, now=_clock(c))
-                app.state.rate_limiter = limiter
-    return limiter
+    def build() -> RateLimiter:
+        c = app.state.container
+        return RateLimiter(c.cache, now=_clock(c))
+
+    return built_once(app, "rate_limiter", build)
 
 
 # -- the middleware ---------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from quaygate.appstate import built_once
 from quaygate.hotsql import HotStatement
 from quaygate.schema import login_sessions
 
@@ -131,9 +132,8 @@ def session_live(conn: sa.Connection, sid: str, *, now: datetime) -> bool:
 
 def sessions_for(app: Any) -> SessionStore:
     """The app's SessionStore, built once from ``app.state.container``."""
-    store: SessionStore | None = getattr(app.state, "identity_sessions", None)
-    if store is None:
+    def build() -> SessionStore:
         c = app.state.container
-        store = SessionStore(c.engine, ttl_seconds=c.settings.session_ttl)
-        app.state.identity_sessions = store
-    return store
+        return SessionStore(c.engine, ttl_seconds=c.settings.session_ttl)
+
+    return built_once(app, "identity_sessions", build)

@@ -89,6 +89,8 @@ class HotStatement:
         """Run in ``conn``'s transaction; a HotResult on PostgreSQL, SQLAlchemy's result elsewhere."""
         if conn.dialect.name != "postgresql":
             return conn.execute(self.statement, params)  # type: ignore[arg-type]
+        if not isinstance(params, Mapping) and len(params) == 1:
+            params = params[0]  # one row: a plain execute (executemany would set up a pipeline)
         many = not isinstance(params, Mapping)
         first: Params = params[0] if many else params  # type: ignore[index,assignment]
         keys = frozenset(first)

@@ -25,6 +25,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .appstate import built_once
+
 T = TypeVar("T")
 
 _STOP = None
@@ -122,15 +124,7 @@ class ThreadPool:
             thread.join(timeout)
 
 
-_build_lock = threading.Lock()
-
 
 def threads_for(app: Any) -> ThreadPool:
     """The app's pool: the lifespan's, or (an app of routers composed by a test) one made on first use."""
-    pool: ThreadPool | None = getattr(app.state, "threads", None)
-    if pool is None:
-        with _build_lock:
-            pool = getattr(app.state, "threads", None)
-            if pool is None:
-                pool = app.state.threads = ThreadPool()
-    return pool
+    return built_once(app, "threads", ThreadPool)

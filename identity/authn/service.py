@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
+from quaygate.appstate import built_once
 from quaygate.schema import persons
 
 from .. import audit
@@ -573,16 +574,9 @@ class PasskeyService:
 
 def passkeys_for(app: Any) -> PasskeyService:
     """The app's PasskeyService, built once from ``app.state.container``."""
-    service: PasskeyService | None = getattr(app.state, "identity_passkeys", None)
-    if service is None:
+    def build() -> PasskeyService:
         c = app.state.container
-        service = PasskeyService(
-            settings=c.settings,
-            engine=c.engine,
-            cache=c.cache,
-            clock=c.clock,
-            sessions=sessions_for(app),
-            guard=login_guard_for(app),
-        )
-        app.state.identity_passkeys = service
-    return service
+        return PasskeyService(settings=c.settings, engine=c.engine, cache=c.cache, clock=c.clock,
+                              sessions=sessions_for(app), guard=login_guard_for(app))
+
+    return built_once(app, "identity_passkeys", build)

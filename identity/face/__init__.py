@@ -21,9 +21,9 @@ pass ``context={"terminal": ..., "request_id": ...}`` to add the gate's ids to t
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
+from quaygate.appstate import built_once
 from quaygate.settings import Settings
 
 from ..domain.face import FaceMatch, QualityRules
@@ -32,7 +32,6 @@ from .service import FaceError, FaceService
 
 __all__ = ["FaceError", "FaceMatch", "FacePool", "FaceService", "face_for", "pool_from_settings", "start_pool"]
 
-_build_lock = threading.Lock()
 
 
 def pool_from_settings(settings: Settings) -> FacePool:
@@ -52,21 +51,16 @@ def start_pool(settings: Settings) -> FacePool:
 
 def face_for(app: Any) -> FaceService:
     """The app's FaceService on ``app.state.face``, built once from the container and the pool."""
-    service: FaceService | None = getattr(app.state, "face", None)
-    if service is not None:
-        return service
     from ..ratelimit import login_guard_for
     from ..sessions import sessions_for
 
-    with _build_lock:
-        service = getattr(app.state, "face", None)
-        if service is None:
-            c = app.state.container
-            pool = getattr(app.state, "face_pool", None)
-            if pool is None:  # an app served without its lifespan (a bare test app)
-                pool = app.state.face_pool = pool_from_settings(c.settings)
-            service = FaceService(engine=c.engine, cipher=c.cipher, pool=pool, tolerance=c.settings.face_tolerance,
-                                  max_image_bytes=c.settings.face_max_image_bytes, sessions=sessions_for(app),
-                                  guard=login_guard_for(app))
-            app.state.face = service
-    return service
+    def build() -> FaceService:
+        c = app.state.container
+        pool = getattr(app.state, "face_pool", None)
+        if pool is None:  # an app served without its lifespan (a bare test app)
+            pool = app.state.face_pool = pool_from_settings(c.settings)
+        return FaceService(engine=c.engine, cipher=c.cipher, pool=pool, tolerance=c.settings.face_tolerance,
+                           max_image_bytes=c.settings.face_max_image_bytes, sessions=sessions_for(app),
+                           guard=login_guard_for(app))
+
+    return built_once(app, "face", build)

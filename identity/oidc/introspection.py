@@ -21,7 +21,6 @@ and its grant unrevoked.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2.rfc6749 import OAuth2Error, OAuth2Request
 from starlette.responses import JSONResponse
+
+from quaygate.appstate import built_once
 
 from ..domain import claims as c
 from ..domain.roles import AuthMethod, ClientRole
@@ -188,29 +189,16 @@ def _may_see(asker: OAuthClient, owner: str) -> bool:
     return asker.record.client_id == owner or asker.record.role is ClientRole.ADMIN
 
 
-_lock = threading.Lock()
-
-
 def inspector_for(app: Any) -> TokenInspector:
     """The app's TokenInspector, built on first use from ``app.state.container``."""
-    inspector: TokenInspector | None = getattr(app.state, "identity_inspector", None)
-    if inspector is None:
-        from ..bootstrap import provider_for
+    from ..bootstrap import provider_for
 
-        with _lock:
-            inspector = getattr(app.state, "identity_inspector", None)
-            if inspector is None:
-                container = app.state.container
-                inspector = TokenInspector(
-                    provider=provider_for(app),
-                    grants=grants_for(app),
-                    revocations=revocations_for(app),
-                    settings=container.settings,
-                    engine=container.engine,
-                    clock=container.clock,
-                )
-                app.state.identity_inspector = inspector
-    return inspector
+    def build() -> TokenInspector:
+        container = app.state.container
+        return TokenInspector(provider=provider_for(app), grants=grants_for(app), revocations=revocations_for(app),
+                              settings=container.settings, engine=container.engine, clock=container.clock)
+
+    return built_once(app, "identity_inspector", build)
 
 
 def introspection_response(app: Any, raw: FormRequest) -> JSONResponse:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
+
+from quaygate.appstate import built_once
 
 from .. import audit
 from ..grants import grants_for
@@ -21,24 +22,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_lock = threading.Lock()
 
 
 def management_for(app: Any) -> ClientManagement:
     """The app's ClientManagement, built on first use from ``app.state.container``."""
-    found: ClientManagement | None = getattr(app.state, "identity_client_management", None)
-    if found is None:
-        with _lock:
-            found = getattr(app.state, "identity_client_management", None)
-            if found is None:
-                from ..bootstrap import provider_for  # the provider owns the app's one ClientRegistry
+    from ..bootstrap import provider_for  # the provider owns the app's one ClientRegistry
 
-                c = app.state.container
-                found = ClientManagement(c.engine, grants_for(app), issuer=c.settings.issuer,
-                                         access_token_ttl=c.settings.access_token_ttl,
-                                         on_change=provider_for(app).clients.changed)
-                app.state.identity_client_management = found
-    return found
+    def build() -> ClientManagement:
+        c = app.state.container
+        return ClientManagement(c.engine, grants_for(app), issuer=c.settings.issuer,
+                                access_token_ttl=c.settings.access_token_ttl,
+                                on_change=provider_for(app).clients.changed)
+
+    return built_once(app, "identity_client_management", build)
 
 
 def _bearer(raw: FormRequest) -> str:

@@ -74,7 +74,7 @@ class SqlAuditLog:
         if not rows:
             return
         if self._pg:
-            _INSERT_PG.execute(self._conn, rows[0] if len(rows) == 1 else rows)
+            _INSERT_PG.execute(self._conn, rows)
         else:
             self._conn.execute(_INSERT, rows)
 
