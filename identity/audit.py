@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from release_service.adapters.audit import SqlAuditLog
+from release_service.adapters.audit import SqlAuditLog, append_committed
 
 
 def record(
@@ -37,8 +37,7 @@ def record(
         return
     if engine is None:
         raise ValueError("record() needs a connection or an engine")
-    with engine.begin() as own:
-        SqlAuditLog(own).append(kind, actor=actor, subject=subject, data=data or {}, at=at)
+    append_committed(engine, [(kind, actor, subject, data or {}, at)])
 
 
 Entry = tuple[str, dict[str, Any], str | None, dict[str, Any], datetime]  # kind, actor, subject, data, at
@@ -68,11 +67,7 @@ class GroupCommit:
 
     @classmethod
     def on(cls, engine: sa.Engine) -> GroupCommit:
-        def write(entries: list[Entry]) -> None:
-            with engine.begin() as conn:
-                SqlAuditLog(conn).append_many(entries)
-
-        return cls(write)
+        return cls(lambda entries: append_committed(engine, entries))
 
     def record(self, kind: str, *, at: datetime, actor: dict[str, Any], subject: str | None = None,
                data: dict[str, Any] | None = None) -> None:

@@ -39,6 +39,7 @@ from release_service.ports import FaceCaptureRefused, FaceOutcome
 
 from .container import Container
 from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event
+from .routing import ExactRoutes
 from .settings import Mode, Settings
 from .threads import ThreadPool
 from .workers import BackgroundWorkers, start_gate_facts
@@ -69,6 +70,11 @@ class IdentityFaceMatcher:
         if m.reason in _CAPTURE_REFUSALS:
             raise FaceCaptureRefused(m.reason, FACE_MESSAGES.get(m.reason, m.reason))
         return FaceOutcome(person_id, m.distance, m.matched, m.reason, m.tolerance)
+
+
+# The requests a port sends by the thousand: the gate's verify, tokens, passkey logins.
+HOT_ROUTES = (("POST", "/gate/v1/verify"), ("POST", "/oauth2/token"),
+              ("POST", "/webauthn/authentication/options"), ("POST", "/webauthn/authentication/verify"))
 
 
 def create_app(settings: Settings | None = None, *, container: Container | None = None) -> FastAPI:
@@ -150,9 +156,10 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     # /healthz after 70 routes spent 0.25 ms matching). The busiest routes come first: operations,
     # the gate verify (issue 5), the token endpoint, passkey login, the release API; the pages and
     # the admin routes last.
+    identity_routes = identity_router()
     app.include_router(gate_router)
     app.include_router(gate_offline_router)  # issue 5: gate passes, offline decisions
-    app.include_router(identity_router())
+    app.include_router(identity_routes)
     app.include_router(passkey_router)
     app.include_router(release_router)
     app.include_router(identity_management_router)
@@ -165,6 +172,9 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     app.include_router(ban_admin_router)
     app.include_router(gate_policy_router)  # issue 5: /admin/v1/terminals/{code}/gate-policy
     app.include_router(console_router)
+    # Before all of them, the busiest routes by exact path: one dictionary lookup instead of FastAPI's
+    # walk through the included routers (quaygate/routing.py); the same route objects either way.
+    app.router.routes.insert(0, ExactRoutes.of([gate_router, identity_routes, passkey_router], HOT_ROUTES))
     return app
 
 

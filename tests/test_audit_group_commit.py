@@ -10,7 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from identity.audit import Entry, GroupCommit
+from quaygate.db import make_engine
 from quaygate.schema import audit_log
+from release_service.adapters.audit import append_committed
 
 NOW = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -125,3 +127,51 @@ def test_an_interrupted_write_leaves_the_queue_usable(engine: sa.Engine) -> None
         _record(group, "lost")
     _record(group, "kept")
     assert _subjects(engine) == ["kept"]
+
+
+# ---- append_committed: the write behind GroupCommit and audit.record(engine=...) ----------------------
+
+
+def _entry(subject: str, kind: str | None = "t.alone") -> Entry:
+    return (kind, {"client_id": "m"}, subject, {"n": subject}, NOW)  # type: ignore[return-value]
+
+
+def _rows(engine: sa.Engine, kind: str = "t.alone") -> list[tuple[str, int | None]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+            sa.select(audit_log.c.subject, audit_log.c.txid).where(audit_log.c.kind == kind).order_by(audit_log.c.id))]
+
+
+def test_one_entry_is_committed_alone_and_carries_its_own_txid(engine: sa.Engine) -> None:
+    append_committed(engine, [_entry("a")])
+    append_committed(engine, [_entry("b")])
+    rows = _rows(engine)
+    assert [s for s, _ in rows] == ["a", "b"]
+    if engine.dialect.name == "postgresql":  # the sealer's horizon needs each writer's txid
+        assert all(t is not None for _, t in rows) and rows[0][1] != rows[1][1]
+
+
+def test_several_entries_are_written_all_or_none(engine: sa.Engine) -> None:
+    append_committed(engine, [_entry("x"), _entry("y")])
+    assert [s for s, _ in _rows(engine)] == ["x", "y"]
+    if engine.dialect.name == "postgresql":
+        assert len({t for _, t in _rows(engine)}) == 1  # one transaction
+    with pytest.raises(sa.exc.IntegrityError):
+        append_committed(engine, [_entry("p"), _entry("q", kind=None)])  # kind is NOT NULL
+    assert [s for s, _ in _rows(engine)] == ["x", "y"]
+
+
+def test_a_refused_single_entry_writes_nothing_and_leaves_the_pool_in_transactions(engine: sa.Engine) -> None:
+    one = make_engine(engine.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0)
+    try:
+        with pytest.raises(sa.exc.IntegrityError):
+            append_committed(one, [_entry("r", kind=None)])
+        append_committed(one, [_entry("s")])
+        # the autocommit of a single entry must not outlive it: the one pooled connection is
+        # transactional again, so this write is rolled back
+        with one.connect() as conn:
+            conn.execute(audit_log.insert().values(kind="t.alone", actor={}, subject="rolled", data={}, at=NOW))
+            conn.rollback()
+    finally:
+        one.dispose()
+    assert [s for s, _ in _rows(engine)] == ["s"]
