@@ -25,7 +25,9 @@ Refusals: the OAuth endpoints answer ``429`` with ``Retry-After`` and an OAuth e
 
 The per-client count only counts requests that were not refused with 401: someone who cannot
 authenticate as a client cannot spend that client's allowance by naming its client_id (a denial of
-service on a victim client); their requests still count against their address.
+service on a victim client); their requests still count against their address. For the same reason a
+request that carries no client credential (a public client's: the driver app's refresh) has no
+per-client count at all, only its address's: anyone can name a public client.
 
 The client address is the ASGI ``client``: behind a reverse proxy, run uvicorn with
 ``--proxy-headers --forwarded-allow-ips=<the proxy>`` so it is the real client's, not the proxy's.
@@ -302,12 +304,21 @@ def client_id_from_basic(authorization: str | None) -> str | None:
 
 
 def client_id_from_form(body: bytes) -> str | None:
-    """client_id from a form body (RFC 6749 §2.3.1 / RFC 7523 §3: with private_key_jwt the form has
-    client_id or the assertion's sub names it; only the form parameter is taken, unverified)."""
+    """client_id from a form body that also carries a client credential (RFC 6749 §2.3.1
+    client_secret, RFC 7523 §3 client_assertion; with private_key_jwt the form has client_id or the
+    assertion's sub names it; only the form parameter is taken, unverified).
+
+    A form with a client_id and no credential is a public client's (the driver app's, RFC 6749
+    §2.1): anyone may name that client, so no allowance is kept for it, and such requests count
+    against their address only. Were they counted per client, a stranger could spend the driver
+    app's allowance and stop every driver's refresh."""
     try:
-        values = parse_qs(body.decode("ascii"), max_num_fields=64).get("client_id") or []
+        form = parse_qs(body.decode("ascii"), max_num_fields=64)
     except (UnicodeDecodeError, ValueError):
         return None
+    if "client_secret" not in form and "client_assertion" not in form:
+        return None
+    values = form.get("client_id") or []
     return values[0] if len(values) == 1 and 0 < len(values[0]) <= MAX_CLIENT_ID_LENGTH else None
 
 

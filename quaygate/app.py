@@ -83,7 +83,8 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = container or Container.build(settings)
-        app.state.threads = ThreadPool()  # the hottest routes' blocking parts (quaygate/threads.py)
+        # The hottest routes' blocking parts (quaygate/threads.py), on a few threads (settings.worker_threads)
+        app.state.threads = ThreadPool(max_threads=built.settings.worker_threads)
         identity = await run_in_threadpool(IdentityProvider.build, built)
         app.state.container = built
         app.state.identity = identity

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     lockout_max_seconds: int = 3600
     db_pool_size: int = 10
     db_max_overflow: int = 20
+    # Threads of the hot routes' pool (quaygate/threads.py): the token endpoint, passkey logins, the
+    # gate's database way. Few on purpose, and no more than db_pool_size: under load, 32 concurrent
+    # refreshes on 40 threads cost 1.5 to 2 times the CPU per request of 8 threads (GIL hand-offs, and
+    # pool connections beyond db_pool_size opened and closed per request); loadtests/RESULTS.md.
+    worker_threads: int = Field(default=8, ge=1, le=200)
     audit_seal_interval: float = 1.0
     webhook_interval: float = 1.0
     background_workers: bool = True

@@ -6,9 +6,12 @@ this machine that hop costs about 120 microseconds of CPU; the same hop through 
 one lock) and ``call_soon_threadsafe`` costs about 50. The token endpoint, the passkey login and the
 gate's database way are ``async`` routes that hand their blocking part to ``ThreadPool.run``.
 
-- Up to ``max_threads`` threads, started when a job finds none idle (anyio's default limit, 40, is
-  the default here too); jobs beyond that wait in the queue, as anyio's limiter makes them wait. A
-  thread idle for ``idle_seconds`` ends (anyio's workers do the same after 10 s).
+- Up to ``max_threads`` threads, started when a job finds none idle; jobs beyond that wait in the
+  queue, as anyio's limiter makes them wait. A thread idle for ``idle_seconds`` ends (anyio's workers
+  do the same after 10 s). The app sizes it by ``settings.worker_threads`` (8), well under anyio's 40:
+  these jobs are short and mostly CPU, and under load more threads than that only add GIL hand-offs
+  and database connections beyond the pool's size (loadtests/RESULTS.md, tenth session). Whatever
+  may wait long (a face match) does not go here, so it never holds up a token or a gate check.
 - The caller's context variables go with the job (``contextvars.copy_context``), as with anyio.
 - Cancelling the awaiting task does not stop the job (a thread cannot be stopped; anyio does the
   same unless told to abandon it): the job runs to its end, and its result is dropped.
@@ -42,7 +45,7 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 
 
 class ThreadPool:
-    def __init__(self, *, max_threads: int = 40, idle_seconds: float = 10.0, name: str = "quaygate-thread") -> None:
+    def __init__(self, *, max_threads: int = 8, idle_seconds: float = 10.0, name: str = "quaygate-thread") -> None:
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -64,6 +67,10 @@ class ThreadPool:
         if not self._idle.acquire(blocking=False):
             self._grow()
         return await future
+
+    @property
+    def max_threads(self) -> int:
+        return self._max
 
     @property
     def size(self) -> int:

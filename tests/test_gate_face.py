@@ -133,6 +133,35 @@ def test_the_nominated_driver_s_face_allows_and_commits_once(gate: FaceGate) -> 
     assert (data["terminal"], data["request_id"], data["mode"]) == (TERMINAL, body["request_id"], "commit")
 
 
+class _HotPoolRefused(Exception):
+    pass
+
+
+class _RefusingPool:
+    """Stands in for the app's hot thread pool (quaygate/threads.py), and fails whoever uses it."""
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        raise _HotPoolRefused("this went to the hot pool")
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_face_match_waits_on_its_own_threads_not_the_hot_pool(gate: FaceGate) -> None:
+    """A match waits tens of milliseconds on the face workers: were it on the hot pool's few threads
+    (settings.worker_threads), a handful of trucks with faces would stall every token and gate check."""
+    gate.pickable(1)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    own, gate.app.state.threads = gate.app.state.threads, _RefusingPool()
+    try:
+        got = _decide(gate, gate.with_face(1, photo("obama2.jpg")))
+        assert got["decision"] == "allow", got
+        with pytest.raises(_HotPoolRefused):  # while a check without a face does use the hot pool
+            gate.verify(gate.body(1))
+    finally:
+        gate.app.state.threads = own
+
+
 def test_another_person_s_face_is_denied_face_mismatch(gate: FaceGate) -> None:
     rid = gate.pickable(2)
     gate.enrol(gate.p.driver, "obama.jpg")

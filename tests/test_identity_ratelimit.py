@@ -216,8 +216,11 @@ def test_client_id_parsing() -> None:
     assert client_id_from_basic("Basic " + base64.b64encode(b"my%3Aclient:s3cret").decode()) == "my:client"
     assert client_id_from_basic("Bearer abc") is None
     assert client_id_from_basic("Basic !!!") is None
-    assert client_id_from_form(b"grant_type=client_credentials&client_id=c-1") == "c-1"
-    assert client_id_from_form(b"client_id=a&client_id=b") is None
+    assert client_id_from_form(b"grant_type=client_credentials&client_id=c-1&client_secret=s") == "c-1"
+    assert client_id_from_form(b"grant_type=client_credentials&client_id=c-1&client_assertion=a.b.c") == "c-1"
+    # no credential: a public client's request, which anyone can send in its name
+    assert client_id_from_form(b"grant_type=refresh_token&client_id=c-1&refresh_token=r") is None
+    assert client_id_from_form(b"client_id=a&client_id=b&client_secret=s") is None
     assert client_id_from_form(b"\xff") is None
 
 
@@ -331,3 +334,16 @@ def test_client_id_in_the_form_is_limited_and_the_body_still_reaches_the_route(p
         assert r.status_code == 200, r.text  # the form was replayed whole to the token endpoint
     form = {**assertion_form(assertion(key, client_id)), "client_id": client_id}
     assert per_client.http.post("/oauth2/token", data=form).status_code == 429
+
+
+def test_a_public_clients_requests_count_per_address_only(engine: sa.Engine, tmp_path: Path) -> None:
+    """Anyone can name a public client (the driver app): a stranger's requests in its name must not
+    spend an allowance that every driver's refresh depends on."""
+    for served in serve(engine, tmp_path, MemoryCache(), rate_limit_per_address=100, rate_limit_per_client=2):
+        _clear_of_a_window_edge()
+        app_id, _ = create_client(served.engine, name="driver app", role="driver_app", organisation_id=None,
+                                  auth_method="none", redirect_uris=["https://app.example/cb"], now=datetime.now(UTC))
+        form = {"grant_type": "refresh_token", "client_id": app_id, "refresh_token": "stolen-or-guessed"}
+        for _ in range(5):
+            r = served.http.post("/oauth2/token", data=form)
+            assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text

@@ -129,3 +129,18 @@ def test_close_ends_every_thread() -> None:
     assert not any(t.is_alive() for t in threads)
     with pytest.raises(RuntimeError, match="closed"):
         run(pool.run(lambda: None))
+
+
+def test_the_app_sizes_its_pool_by_the_settings(tmp_path: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from quaygate.app import create_app
+    from quaygate.migrate import upgrade
+    from quaygate.settings import Settings
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    upgrade(url)
+    app = create_app(Settings(var_dir=tmp_path, database_url=url, background_workers=False, worker_threads=3))
+    with TestClient(app):
+        assert app.state.threads.max_threads == 3
+    assert Settings(var_dir=tmp_path, database_url=url).worker_threads == 8  # at most db_pool_size (10)

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
 
 from identity.domain.scopes import GATE_VERIFY
 from quaygate.threads import threads_for
@@ -214,9 +215,16 @@ async def verify(request: Request, body: VerifyRequest,
                 return _answer(answer)
             revocation.settle()
         matcher = getattr(container, "face_matcher", None) if image is not None else None
-        return _answer(await threads_for(request.app).run(lambda: verify_service.verify(
-            _uow_factory(request), actor, gate, fingerprint=fingerprint, now=now, facts=facts,
-            face_image=image, face_matcher=matcher)))
+
+        def decide() -> dict[str, Any]:
+            return verify_service.verify(_uow_factory(request), actor, gate, fingerprint=fingerprint, now=now,
+                                         facts=facts, face_image=image, face_matcher=matcher)
+
+        # A face match waits on the face workers for tens of milliseconds: on anyio's threads, so that
+        # the few threads of the hot pool (quaygate/threads.py) stay free for the database way.
+        if matcher is not None:
+            return _answer(await run_in_threadpool(decide))
+        return _answer(await threads_for(request.app).run(decide))
     except FaceCaptureRefused as exc:
         return problem(422, exc.code, exc.message, instance=request.url.path)
 
