@@ -129,10 +129,12 @@ class AccessTokenVerifier:
         (``verify(..., revocation=False)``, ``revocation_names``, ``revoked_by``).
 
         ``memo_size``: how many tokens whose signature checked out are remembered, so a gate or a back
-        end sending the same token again and again costs no second signature check. Only the
-        signature check is skipped: on every call the key must still be published, and the claims
-        (``exp`` first) and revocation are checked again. 0: no memo."""
-        self._memo: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        end sending the same token again and again costs no second signature check, nor a second
+        check of the claims that cannot change (issuer, audience, types: remembered per audience
+        they were checked for). On every call the key must still be published, the times (``exp``,
+        ``nbf``, ``iat``) are checked against now, and revocation is checked. 0: no memo."""
+        # token -> (kid, alg, claims, the audiences its claims were checked for)
+        self._memo: dict[str, tuple[str, str, dict[str, Any], set[str]]] = {}
         self._memo_size = memo_size
         self._keys = key_source
         if revoked is not None and revocations is not None:
@@ -153,9 +155,13 @@ class AccessTokenVerifier:
             raise InvalidToken("invalid_token", "malformed token")
         known = self._memo.get(token)
         if known is not None:
-            kid, alg, claims = known
+            kid, alg, claims, checked = known
             self._key(kid, alg)  # a key withdrawn since (rotation, compromise) takes its tokens with it
-            return self._accept(dict(claims), audience, revocation)
+            if audience in checked and self._in_time(claims):
+                return self._revocation(dict(claims), revocation)
+            self._accept(claims, audience, revocation)  # the full check, and its own error if any
+            checked.add(audience)
+            return dict(claims)
         try:
             obj = jws.extract_compact(token.encode("ascii"), registry=self._registry)
             header = obj.headers()
@@ -189,17 +195,29 @@ class AccessTokenVerifier:
         if self._memo_size:
             if len(self._memo) >= self._memo_size:
                 self._memo.clear()  # crude but lock-free; a full memo means many distinct tokens
-            self._memo[token] = (kid, header["alg"], dict(claims))
+            self._memo[token] = (kid, header["alg"], dict(claims), {audience})
         return claims
 
     def _accept(self, claims: dict[str, Any], audience: str, revocation: bool = True) -> dict[str, Any]:
-        """The checks made on every call, memo or not: the claims, then revocation."""
+        """The claims checked, then revocation."""
         self._check_claims(claims, audience)
+        return self._revocation(claims, revocation)
+
+    def _revocation(self, claims: dict[str, Any], revocation: bool) -> dict[str, Any]:
         # RFC 7009 §2 / RFC 9700 §4.14.2: revoked on its own, or with its grant's family. Checked
         # last, so an unsigned token can never make us look a jti up.
         if revocation and self.revoked_by(claims, None):
             raise InvalidToken("invalid_token", "token revoked")
         return claims
+
+    def _in_time(self, claims: dict[str, Any]) -> bool:
+        """For claims _check_claims accepted before (so the times are numbers and exp and iat are
+        there): still within them now, by joserfc's rules and our leeway? False sends the caller to
+        the full check, which names what is wrong."""
+        now = int(self._now())
+        nbf = claims.get(c.NBF)
+        return (claims[c.EXP] > now - self._leeway and claims[c.IAT] <= now + self._leeway
+                and (nbf is None or nbf <= now + self._leeway))
 
     def revocation_names(self, claims: dict[str, Any]) -> list[str] | None:
         """The Redis names whose values settle the revocation of a token ``verify`` accepted, for a

@@ -271,3 +271,42 @@ def test_a_remembered_token_is_still_refused_once_expired_revoked_withdrawn_or_f
     keys.keys = []
     with pytest.raises(InvalidToken, match="unknown key"):
         verifier.verify(token, audience=AUD)
+
+
+def test_a_remembered_token_has_its_fixed_claims_checked_once_per_audience_and_its_times_every_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [time.time()]
+    verifier, _, key = _memo_verifier(now=lambda: clock[0])
+    token = sign_access_token(_claims(), key)
+    full: list[str] = []
+    real = AccessTokenVerifier._check_claims
+    monkeypatch.setattr(AccessTokenVerifier, "_check_claims",
+                        lambda self, claims, audience: full.append(audience) or real(self, claims, audience))
+    for _ in range(3):
+        assert verifier.verify(token, audience=AUD)["jti"] == "j-1"
+    assert full == [AUD]  # issuer, audience, types: once
+    with pytest.raises(InvalidToken):  # another audience is checked in full, and refused
+        verifier.verify(token, audience="quaygate-gate")
+    assert full == [AUD, "quaygate-gate"]
+    # the times on every call, to the second, with the leeway (30 s): exp is 300 s after issue
+    payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    iat, exp = payload["iat"], payload["exp"]
+    clock[0] = exp + 29.9
+    assert verifier.verify(token, audience=AUD)
+    clock[0] = exp + 30
+    with pytest.raises(InvalidToken, match="expired"):
+        verifier.verify(token, audience=AUD)
+    clock[0] = iat - 31  # issued in the future, beyond the leeway
+    with pytest.raises(InvalidToken, match="future|not yet valid"):
+        verifier.verify(token, audience=AUD)
+
+
+def test_a_remembered_token_is_refused_before_its_nbf() -> None:
+    clock = [time.time()]
+    verifier, _, key = _memo_verifier(now=lambda: clock[0])
+    nbf = int(clock[0]) + 20
+    token = sign_access_token(_claims(nbf=nbf), key)
+    assert verifier.verify(token, audience=AUD)  # within the leeway (30 s)
+    clock[0] = nbf - 31
+    with pytest.raises(InvalidToken, match="not yet valid"):
+        verifier.verify(token, audience=AUD)
