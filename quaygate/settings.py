@@ -72,10 +72,12 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     db_max_overflow: int = 20
     # Threads of the hot routes' pool (quaygate/threads.py): the token endpoint, passkey logins, the
-    # gate's database way. Few on purpose, and no more than db_pool_size: under load, 32 concurrent
-    # refreshes on 40 threads cost 1.5 to 2 times the CPU per request of 8 threads (GIL hand-offs, and
-    # pool connections beyond db_pool_size opened and closed per request); loadtests/RESULTS.md.
-    worker_threads: int = Field(default=8, ge=1, le=200)
+    # gate's database way. Few on purpose, and no more than db_pool_size: under load (Locust, 32
+    # users), refreshes on 40 threads cost about twice the CPU per request of 4 threads, and 8 threads
+    # a quarter more than 4 (GIL hand-offs between threads that each run a little Python between
+    # round trips; beyond db_pool_size, connections opened and closed per request).
+    # loadtests/RESULTS.md, tenth session.
+    worker_threads: int = Field(default=4, ge=1, le=200)
     audit_seal_interval: float = 1.0
     webhook_interval: float = 1.0
     background_workers: bool = True

@@ -8,7 +8,7 @@ gate's database way are ``async`` routes that hand their blocking part to ``Thre
 
 - Up to ``max_threads`` threads, started when a job finds none idle; jobs beyond that wait in the
   queue, as anyio's limiter makes them wait. A thread idle for ``idle_seconds`` ends (anyio's workers
-  do the same after 10 s). The app sizes it by ``settings.worker_threads`` (8), well under anyio's 40:
+  do the same after 10 s). The app sizes it by ``settings.worker_threads`` (4), well under anyio's 40:
   these jobs are short and mostly CPU, and under load more threads than that only add GIL hand-offs
   and database connections beyond the pool's size (loadtests/RESULTS.md, tenth session). Whatever
   may wait long (a face match) does not go here, so it never holds up a token or a gate check.
@@ -45,7 +45,7 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 
 
 class ThreadPool:
-    def __init__(self, *, max_threads: int = 8, idle_seconds: float = 10.0, name: str = "quaygate-thread") -> None:
+    def __init__(self, *, max_threads: int = 4, idle_seconds: float = 10.0, name: str = "quaygate-thread") -> None:
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()

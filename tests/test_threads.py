@@ -143,4 +143,4 @@ def test_the_app_sizes_its_pool_by_the_settings(tmp_path: Any) -> None:
     app = create_app(Settings(var_dir=tmp_path, database_url=url, background_workers=False, worker_threads=3))
     with TestClient(app):
         assert app.state.threads.max_threads == 3
-    assert Settings(var_dir=tmp_path, database_url=url).worker_threads == 8  # at most db_pool_size (10)
+    assert Settings(var_dir=tmp_path, database_url=url).worker_threads == 4  # at most db_pool_size (10)
