@@ -42,7 +42,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
@@ -124,6 +124,11 @@ class RateLimiter:
         count = self._cache.incr(name, remaining + 1)
         return None if count <= limit else max(1, math.ceil(remaining))
 
+    def hit_and_peek_many(self, key: str, window: int, peeks: list[str]) -> tuple[int, list[bytes | None]]:
+        """Count one request for ``key`` and read the cache keys ``peeks`` (as are), in one round trip."""
+        name, remaining = self._window(key, window)
+        return self._cache.incr_peek_many(name, remaining + 1, peeks)
+
     def hit_and_peek(self, key: str, window: int, peek: str) -> tuple[int, bytes | None]:
         """Count one request for ``key`` and read the cache key ``peek`` (as is), in one round trip."""
         name, remaining = self._window(key, window)
@@ -147,6 +152,17 @@ class RateLimiter:
         return None if raw is None or int(raw) < limit else max(1, math.ceil(remaining))
 
 
+@dataclass(frozen=True)
+class GuardCheck:
+    """What LoginGuard.check_attempt found: ``retry`` (None: go ahead, else seconds to wait) and, for
+    ``succeeded``, the subject's lockout generation and whether nothing (no failure, no lockout
+    level) was on record for it (``clean``; False when not read)."""
+
+    retry: int | None
+    generation: int = 0
+    clean: bool = False
+
+
 class LoginGuard:
     """Per address attempt limits and per person lockout after repeated failures.
 
@@ -165,17 +181,29 @@ class LoginGuard:
 
     def check(self, subject: str | None, address: str | None) -> int | None:
         """Before an attempt: None to go ahead, else seconds to wait (locked, or too many attempts)."""
-        if subject is not None and address is not None:  # both in one round trip
-            count, lock = self._rates.hit_and_peek(f"login:addr:{address}", self._limits.window,
-                                                   f"lock:{_digest(subject)}")
+        return self.check_attempt(subject, address).retry
+
+    def check_attempt(self, subject: str | None, address: str | None) -> GuardCheck:
+        """``check``, also telling ``succeeded`` what it will have to forget: with a subject and an
+        address, read in the same round trip (the lockout generation, whether failures or a lockout
+        level are on record), so that a success with nothing on record costs no round trip at all."""
+        if subject is not None and address is not None:  # all in one round trip
+            h = _digest(subject)
+            peeks = [f"lock:{h}", f"lockgen:{h}", f"lf:{h}:any", f"lockn:{h}"]
+            count, (lock, generation, failures, level) = self._rates.hit_and_peek_many(
+                f"login:addr:{address}", self._limits.window, peeks)
+            seen = GuardCheck(None, int(generation or 0), failures is None and level is None)
             locked = self._remaining(lock)
             if locked is not None:
                 log.info("identity.login.refused.locked")
-                return locked
+                return replace(seen, retry=locked)
             if count > self._limits.login_attempts_per_address:
                 log.info("identity.login.refused.rate_limited")
-                return self._rates.window_left(self._limits.window)
-            return None
+                return replace(seen, retry=self._rates.window_left(self._limits.window))
+            return seen
+        return GuardCheck(self._check_apart(subject, address))
+
+    def _check_apart(self, subject: str | None, address: str | None) -> int | None:
         if subject is not None:
             locked = self.locked_for(subject)
             if locked is not None:
@@ -213,6 +241,9 @@ class LoginGuard:
             return None
         window = self._limits.failure_window
         index = int(self._now() // window)
+        # First the mark that failures are on record (check_attempt reads it; it outlives every
+        # counter it stands for), then the count: a success between the two still forgets this one.
+        self._cache.set(f"lf:{h}:any", b"1", window + 1)
         count = self._cache.incr(f"lf:{h}:{generation}:{index}", window + 1)
         if count != self._limits.failures_before_lockout:
             return None
@@ -229,11 +260,16 @@ class LoginGuard:
                          data={"failures": count, "seconds": seconds, "level": level + 1}, engine=self._engine)
         return seconds
 
-    def succeeded(self, subject: str, address: str | None = None) -> None:
-        """After a successful login: forget the failures and the lockout doubling."""
+    def succeeded(self, subject: str, address: str | None = None, seen: GuardCheck | None = None) -> None:
+        """After a successful login: forget the failures and the lockout doubling. ``seen``: what
+        check_attempt read before this attempt; nothing on record then, nothing to forget now (a
+        failure of someone else in between stays counted: the safe side)."""
         h = _digest(subject)
-        generation = int(self._cache.get(f"lockgen:{h}") or 0)
-        self._cache.delete(f"lf:{h}:{generation}:{int(self._now() // self._limits.failure_window)}", f"lockn:{h}")
+        if seen is not None and seen.clean:
+            return
+        generation = seen.generation if seen is not None else int(self._cache.get(f"lockgen:{h}") or 0)
+        self._cache.delete(f"lf:{h}:{generation}:{int(self._now() // self._limits.failure_window)}",
+                           f"lockn:{h}", f"lf:{h}:any")
 
 
 def _subject(subject: str) -> str:

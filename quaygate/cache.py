@@ -42,6 +42,10 @@ class Cache(Protocol):
         """incr(key) and get(peek) in one round trip (a rate limit counted and another read)."""
         ...
 
+    def incr_peek_many(self, key: str, ttl_seconds: float, peeks: list[str]) -> tuple[int, list[bytes | None]]:
+        """incr(key) and get() of each of ``peeks``, in one round trip."""
+        ...
+
     def ping(self) -> bool: ...
 
     def close(self) -> None: ...
@@ -107,6 +111,10 @@ class MemoryCache:
         count = self.incr(key, ttl_seconds)
         return count, self.get(peek)
 
+    def incr_peek_many(self, key: str, ttl_seconds: float, peeks: list[str]) -> tuple[int, list[bytes | None]]:
+        count = self.incr(key, ttl_seconds)
+        return count, [self.get(p) for p in peeks]
+
     def ping(self) -> bool:
         return True
 
@@ -123,9 +131,9 @@ class MemoryCache:
 _INCR = Script("""
 local count = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1], 'NX')
-local peeked = false
-if KEYS[2] then peeked = redis.call('GET', KEYS[2]) end
-return {count, peeked}
+local out = {count}
+for i = 2, #KEYS do out[i] = redis.call('GET', KEYS[i]) end
+return out
 """)
 
 
@@ -167,12 +175,16 @@ class RedisCache:
         return value if isinstance(value, bytes) else None
 
     def incr(self, key: str, ttl_seconds: float) -> int:
-        count, _ = self._line.run(_INCR, [self._p + key], [max(1, int(ttl_seconds * 1000))])
-        return int(count)
+        return int(self._line.run(_INCR, [self._p + key], [max(1, int(ttl_seconds * 1000))])[0])
 
     def incr_peek(self, key: str, ttl_seconds: float, peek: str) -> tuple[int, bytes | None]:
         count, peeked = self._line.run(_INCR, [self._p + key, self._p + peek], [max(1, int(ttl_seconds * 1000))])
         return int(count), peeked if isinstance(peeked, bytes) else None
+
+    def incr_peek_many(self, key: str, ttl_seconds: float, peeks: list[str]) -> tuple[int, list[bytes | None]]:
+        reply = self._line.run(_INCR, [self._p + key, *(self._p + p for p in peeks)],
+                               [max(1, int(ttl_seconds * 1000))])
+        return int(reply[0]), [v if isinstance(v, bytes) else None for v in reply[1:]]
 
     def ping(self) -> bool:
         try:

@@ -177,6 +177,63 @@ def test_success_clears_the_failures(cache: Cache, clock: list[float]) -> None:
     assert guard.failed("person:p") is None
 
 
+def test_incr_peek_many_counts_one_key_and_reads_the_others(cache: Cache) -> None:
+    cache.set("t:peek:a", b"x")
+    assert cache.incr_peek_many("t:peek:n", 60, ["t:peek:a", "t:peek:missing", "t:peek:a"]) == (1, [b"x", None, b"x"])
+    assert cache.incr_peek_many("t:peek:n", 60, []) == (2, [])
+    assert cache.incr("t:peek:n", 60) == 3
+    cache.delete("t:peek:a", "t:peek:n")
+
+
+class _Counting:
+    """The real cache, with its calls counted (round trips, for Redis)."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache, self.calls = cache, 0
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.cache, name)
+
+        def counted(*args: Any, **kw: Any) -> Any:
+            self.calls += 1
+            return method(*args, **kw)
+        return counted
+
+
+def test_a_success_with_nothing_on_record_costs_no_round_trip(cache: Cache, clock: list[float]) -> None:
+    counting = _Counting(cache)
+    guard = LoginGuard(counting, limits=LIMITS, now=lambda: clock[0])  # type: ignore[arg-type]
+    seen = guard.check_attempt("cred:clean", "10.0.0.1")
+    assert seen.retry is None and seen.clean
+    before = counting.calls
+    guard.succeeded("cred:clean", "10.0.0.1", seen)
+    assert counting.calls == before
+    assert counting.calls == 1  # the check itself: one round trip for the address count and the reads
+
+
+def test_failures_on_record_are_forgotten_by_a_checked_success(cache: Cache, clock: list[float]) -> None:
+    guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
+    for _ in range(4):
+        assert guard.check_attempt("cred:dirty", "10.0.0.1").retry is None
+        guard.failed("cred:dirty", "10.0.0.1")
+    seen = guard.check_attempt("cred:dirty", "10.0.0.1")
+    assert seen.retry is None and not seen.clean
+    guard.succeeded("cred:dirty", "10.0.0.1", seen)
+    assert guard.check_attempt("cred:dirty", "10.0.0.1").clean
+    assert [guard.failed("cred:dirty") for _ in range(4)] == [None] * 4  # counting starts again at 1
+    assert guard.failed("cred:dirty") == 300
+
+
+def test_a_lockout_level_on_record_is_forgotten_by_a_checked_success(cache: Cache, clock: list[float]) -> None:
+    guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
+    assert [guard.failed("cred:lv") for _ in range(5)][-1] == 300
+    clock[0] += 300
+    seen = guard.check_attempt("cred:lv", "10.0.0.1")
+    assert seen.retry is None and not seen.clean and seen.generation == 1
+    guard.succeeded("cred:lv", "10.0.0.1", seen)
+    assert [guard.failed("cred:lv") for _ in range(5)][-1] == 300  # not doubled: the level was forgotten
+
+
 def test_attempts_per_address_are_limited(cache: Cache, clock: list[float]) -> None:
     guard = LoginGuard(cache, limits=Limits(login_attempts_per_address=3), now=lambda: clock[0])
     assert [guard.check(None, "10.0.0.9") for _ in range(3)] == [None] * 3

@@ -203,10 +203,11 @@ class PasskeyService:
             self._refuse_login(exc.reason, exc.detail, attempt)
         except PasskeyError as exc:
             self._refuse_login(exc.code, exc.detail, attempt)
+        seen = None
         if self._guard is not None:
-            retry = self._guard.check(f"cred:{claim.credential_id}", address)
-            if retry is not None:
-                self._refuse_login("rate_limited", "login guard", attempt, retry_after=retry)
+            seen = self._guard.check_attempt(f"cred:{claim.credential_id}", address)
+            if seen.retry is not None:
+                self._refuse_login("rate_limited", "login guard", attempt, retry_after=seen.retry)
         attempt.subject = f"cred:{claim.credential_id}"
         now = attempt.now
         # One connection from the read to the commit: the credential is read in the transaction that
@@ -260,7 +261,7 @@ class PasskeyService:
             # atomically by the UPDATE).
             self._suspend_for_counter(stored, verified.sign_count, attempt)
         if self._guard is not None:
-            self._guard.succeeded(attempt.subject, address)
+            self._guard.succeeded(attempt.subject, address, seen)  # nothing on record: no round trip
         log.info("identity.login.passkey.succeeded")
         return LoginResult(cookie, session, safe_return_to(return_to))
 
