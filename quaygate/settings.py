@@ -76,7 +76,9 @@ class Settings(BaseSettings):
     # users), refreshes on 40 threads cost about twice the CPU per request of 4 threads, and 8 threads
     # a quarter more than 4 (GIL hand-offs between threads that each run a little Python between
     # round trips; beyond db_pool_size, connections opened and closed per request).
-    # loadtests/RESULTS.md, tenth session.
+    # loadtests/RESULTS.md, tenth session. That is with PostgreSQL and Redis on the same host: with a
+    # database a millisecond or more away, requests wait longer between their bits of CPU, and more
+    # threads are needed to keep a core busy (about round trips x round-trip time / CPU per request).
     worker_threads: int = Field(default=4, ge=1, le=200)
     audit_seal_interval: float = 1.0
     webhook_interval: float = 1.0
