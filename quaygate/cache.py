@@ -108,8 +108,8 @@ class MemoryCache:
             return count
 
     def incr_peek(self, key: str, ttl_seconds: float, peek: str) -> tuple[int, bytes | None]:
-        count = self.incr(key, ttl_seconds)
-        return count, self.get(peek)
+        count, (peeked,) = self.incr_peek_many(key, ttl_seconds, [peek])
+        return count, peeked
 
     def incr_peek_many(self, key: str, ttl_seconds: float, peeks: list[str]) -> tuple[int, list[bytes | None]]:
         count = self.incr(key, ttl_seconds)
@@ -178,8 +178,8 @@ class RedisCache:
         return int(self._line.run(_INCR, [self._p + key], [max(1, int(ttl_seconds * 1000))])[0])
 
     def incr_peek(self, key: str, ttl_seconds: float, peek: str) -> tuple[int, bytes | None]:
-        count, peeked = self._line.run(_INCR, [self._p + key, self._p + peek], [max(1, int(ttl_seconds * 1000))])
-        return int(count), peeked if isinstance(peeked, bytes) else None
+        count, (peeked,) = self.incr_peek_many(key, ttl_seconds, [peek])
+        return count, peeked
 
     def incr_peek_many(self, key: str, ttl_seconds: float, peeks: list[str]) -> tuple[int, list[bytes | None]]:
         reply = self._line.run(_INCR, [self._p + key, *(self._p + p for p in peeks)],
