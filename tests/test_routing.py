@@ -15,11 +15,10 @@ from starlette.routing import Match
 
 from quaygate.app import HOT_ROUTES, create_app
 from quaygate.cache import MemoryCache
-from quaygate.container import Container, SystemClock
-from quaygate.crypto import DataCipher
 from quaygate.routing import ExactRoutes
 from quaygate.settings import Settings
 
+from .test_identity_ratelimit import serve
 from .test_identity_support import ISSUER
 
 
@@ -102,12 +101,8 @@ def test_the_index_is_not_in_the_openapi_document(app: FastAPI) -> None:
 
 @pytest.fixture
 def served(engine: sa.Engine, tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
-                        background_workers=False, issuer=ISSUER)
-    container = Container(settings=settings, engine=engine, cache=MemoryCache(),
-                          cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
-    with TestClient(create_app(settings, container=container)) as http:
-        yield http
+    for app in serve(engine, tmp_path, MemoryCache()):  # the whole app, as in the rate limit tests
+        yield app.http
 
 
 def test_served_through_the_index_as_through_the_routers(served: TestClient) -> None:

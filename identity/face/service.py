@@ -282,9 +282,9 @@ class FaceService:
         await anyio.to_thread.run_sync(self._check_person, session.person_id)
         subject = f"face:{session.person_id}"
         guard = self._guard  # the cache (Redis) is blocking I/O: in a thread, like the database
-        wait = await anyio.to_thread.run_sync(guard.check, subject, address)
-        if wait is not None:
-            raise FaceError("rate_limited", retry_after=wait)
+        seen = await anyio.to_thread.run_sync(guard.check_attempt, subject, address)
+        if seen.retry is not None:
+            raise FaceError("rate_limited", retry_after=seen.retry)
         actor = {"person_id": str(session.person_id)}
         match = await self.verify_face(session.person_id, image, purpose="step_up", actor=actor, now=now)
         del image
@@ -292,7 +292,8 @@ class FaceService:
             if match.reason in (FaceCode.MISMATCH, FaceCode.NOT_LIVE):  # a guess; a blurred shot is not
                 await anyio.to_thread.run_sync(guard.failed, subject, address)
             raise FaceError(match.reason or FaceCode.MISMATCH)
-        await anyio.to_thread.run_sync(guard.succeeded, subject, address)
+        if not seen.clean:  # nothing on record: nothing to forget, no thread hop
+            await anyio.to_thread.run_sync(guard.succeeded, subject, address, seen)
         cookie, stepped = await anyio.to_thread.run_sync(self._replace_session, session, acr, amr, match, now)
         return StepUp(cookie, stepped, match)
 
