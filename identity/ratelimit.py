@@ -129,18 +129,13 @@ class RateLimiter:
         name, remaining = self._window(key, window)
         return self._cache.incr_peek_many(name, remaining + 1, peeks)
 
-    def hit_and_peek(self, key: str, window: int, peek: str) -> tuple[int, bytes | None]:
-        """Count one request for ``key`` and read the cache key ``peek`` (as is), in one round trip."""
-        name, remaining = self._window(key, window)
-        return self._cache.incr_peek(name, remaining + 1, peek)
-
     def window_left(self, window: int) -> int:
         """Seconds until the current window ends (Retry-After)."""
         return max(1, math.ceil(self._window("", window)[1]))
 
     def hit_and_check(self, key: str, limit: int, other: str, other_limit: int, window: int) -> int | None:
         """hit(key) and exceeded(other) in one round trip to the cache."""
-        count, raw = self.hit_and_peek(key, window, self._window(other, window)[0])
+        count, (raw,) = self.hit_and_peek_many(key, window, [self._window(other, window)[0]])
         if count > limit or (raw is not None and int(raw) >= other_limit):
             return self.window_left(window)
         return None
