@@ -270,10 +270,11 @@ class GateFacts(Protocol):
 
     def read(self, *, terminal: str, request_id: str, badge: BadgeRead | None, containers: Sequence[str],
              now: datetime, through: bool = True, within: UnitOfWork | None = None,
-             also: Sequence[str] = ()) -> GateSnapshot | None:
+             also: Sequence[str] = (), keep_rights: bool = True) -> GateSnapshot | None:
         """The facts, misses read through to PostgreSQL (in ``within`` when given, else in a unit of
-        work of its own); with ``through=False``, None on a miss. ``also``: names read as they are in
-        the same round trip (the caller's token revocation entries), in ``GateSnapshot.also``."""
+        work of its own) and kept; with ``through=False``, None on a miss. ``also``: names read as they
+        are in the same round trip (the caller's token revocation entries), in ``GateSnapshot.also``.
+        ``keep_rights=False``: rights read through are not kept (a commit's move replaces them)."""
         ...
 
     def record(self, row: dict[str, Any]) -> StoredDecision | None:
@@ -303,6 +304,19 @@ class GateStore(Protocol):
 
     def record(self, row: dict[str, Any]) -> None:
         """Insert a decision; raises ``DuplicateDecision`` when its (terminal, request_id) exists."""
+
+    @property
+    def moves_at_once(self) -> bool:
+        """Whether ``record_move`` can be used (else: save the right, then ``record``)."""
+        ...
+
+    def record_move(self, row: dict[str, Any], right: ReleaseRight,
+                    audiences: Sequence[frozenset[uuid.UUID]]) -> bool:
+        """Record a decision and the gate move it made at once: ``right`` (read unlocked, at
+        ``right.version``, then moved) saved with its events' audit entries and webhook deliveries.
+        False, with nothing written, when the right changed since it was read; raises
+        ``DuplicateDecision`` as ``record`` does."""
+        ...
 
     def record_override(self, row: dict[str, Any]) -> None: ...
 

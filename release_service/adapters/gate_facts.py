@@ -108,7 +108,7 @@ return out
 """)
 
 # ARGV: prefix, ttl, name... : a new generation for each family named.
-_BUMP = """
+_BUMP = Script("""
 local p = ARGV[1]
 local t = redis.call('TIME')
 for i = 3, #ARGV do
@@ -116,7 +116,15 @@ for i = 3, #ARGV do
   redis.call('SET', p .. 'g:' .. ARGV[i], g, 'EX', ARGV[2])
 end
 return #ARGV - 2
-"""
+""")
+
+# ARGV: prefix, ttl, then key, value pairs: the copies read through, kept (one round trip).
+_FILL = Script("""
+for i = 3, #ARGV, 2 do
+  redis.call('SET', ARGV[1] .. ARGV[i], ARGV[i + 1], 'EX', ARGV[2])
+end
+return (#ARGV - 2) / 2
+""")
 
 # KEYS: the request key, the stream. ARGV: the recorded answer, its ttl, the decision row, the stream's cap.
 _RECORD = Script("""
@@ -146,7 +154,6 @@ class RedisGateFacts:
         self._drain_client = redis.Redis(connection_pool=redis.ConnectionPool(
             connection_class=client.connection_pool.connection_class, max_connections=2, **kwargs))
         self._line = Line(client)  # the hot path's round trips, on a connection per thread
-        self._bump = client.register_script(_BUMP)
         self._down_until = 0.0
         self._suspect = False  # Redis failed since the last success: invalidate everything first
         self._owed: set[str] = set()  # generations to replace that Redis did not take yet
@@ -166,12 +173,14 @@ class RedisGateFacts:
 
     def read(self, *, terminal: str, request_id: str, badge: BadgeRead | None, containers: Sequence[str],
              now: datetime, through: bool = True, within: SqlUnitOfWork | None = None,
-             also: Sequence[str] = ()) -> GateSnapshot | None:
+             also: Sequence[str] = (), keep_rights: bool = True) -> GateSnapshot | None:
         """The facts; a miss is read through to PostgreSQL and kept, or, with ``through=False``, the
         answer is None (the caller is on the event loop and must not wait for PostgreSQL). ``within``:
         the caller's open unit of work, read in before it writes (a gate commit saves a connection and a
         transaction); what it read had committed, so it is kept under the generation read before it.
-        ``also``: Redis names read in the same round trip, their values in ``GateSnapshot.also``."""
+        ``also``: Redis names read in the same round trip, their values in ``GateSnapshot.also``.
+        ``keep_rights=False``: rights read through are not kept (a gate commit: the move it is about to
+        make replaces their generation at once)."""
         badge_key = SqlGateStore.badge_key(badge) if badge is not None else None
         args = [self._p, terminal, badge_key or "", _request_key(terminal, request_id), self._ttl, len(also),
                 *also, *containers]
@@ -198,7 +207,8 @@ class RedisGateFacts:
                     found = uow.gate.rights(missing)
                     for c in missing:
                         rights[c] = [r for r in found if r.container == c]
-                        fills[f"r:{c}:{_s(rights_raw[c][0])}"] = _dump_rights(rights[c])
+                        if keep_rights:
+                            fills[f"r:{c}:{_s(rights_raw[c][0])}"] = _dump_rights(rights[c])
                 if need_badge:
                     assert badge is not None
                     raw = json.dumps(_badge_entry(uow, badge)).encode()
@@ -221,10 +231,7 @@ class RedisGateFacts:
 
     def _fill(self, fills: dict[str, bytes]) -> None:
         try:
-            pipe = self._r.pipeline(transaction=False)
-            for key, value in fills.items():
-                pipe.set(self._p + key, value, ex=self._ttl)
-            pipe.execute()
+            self._line.run(_FILL, [], [self._p, self._ttl, *(x for pair in fills.items() for x in pair)])
         except redis.RedisError:
             self._trip()  # the facts were read: this answer stands, the next one waits less
 
@@ -269,7 +276,7 @@ class RedisGateFacts:
             self._owed.update(names)
             owed = sorted(self._owed)
         if owed:
-            self._bump(args=[self._p, self._ttl, *owed])
+            self._line.run(_BUMP, [], [self._p, self._ttl, *owed])
             with self._owed_lock:
                 self._owed.difference_update(owed)
 

@@ -52,18 +52,23 @@ def _delivery_row(event: PublishedEvent, subscription_id: uuid.UUID) -> dict[str
         "subscription_id": subscription_id,
         "event_id": event.id,
         "event_type": event.type,
-        # Standard Webhooks' recommended shape (type, timestamp, data) plus our identifiers.
-        "payload": {
-            "id": str(event.id),
-            "type": event.type,
-            "timestamp": event.at.isoformat(),
-            "release_id": str(event.release_id),
-            "data": event.payload,
-        },
+        "payload": delivery_payload(event),
         "status": "pending",
         "attempts": 0,
         "next_attempt_at": event.at,
         "created_at": event.at,
+    }
+
+
+def delivery_payload(event: PublishedEvent) -> dict[str, Any]:
+    """What an endpoint receives: Standard Webhooks' recommended shape (type, timestamp, data) plus our
+    identifiers."""
+    return {
+        "id": str(event.id),
+        "type": event.type,
+        "timestamp": event.at.isoformat(),
+        "release_id": str(event.release_id),
+        "data": event.payload,
     }
 
 

@@ -136,9 +136,9 @@ class OverrideResponse(BaseModel):
     receipt: dict[str, Any]
 
 
-def _uow_factory(request: Request) -> Any:
+def _uow_factory(request: Request, *, autocommit: bool = False) -> Any:
     container = request.app.state.container
-    return lambda: unit_of_work(container)
+    return lambda: unit_of_work(container, autocommit=autocommit)
 
 
 def face_image(body: VerifyRequest, max_bytes: int) -> bytes | None:
@@ -217,8 +217,9 @@ async def verify(request: Request, body: VerifyRequest,
         matcher = getattr(container, "face_matcher", None) if image is not None else None
 
         def decide() -> dict[str, Any]:
-            return verify_service.verify(_uow_factory(request), actor, gate, fingerprint=fingerprint, now=now,
-                                         facts=facts, face_image=image, face_matcher=matcher)
+            # Every write of a verify is one statement: autocommitted, no BEGIN and COMMIT round trips.
+            return verify_service.verify(_uow_factory(request, autocommit=True), actor, gate, fingerprint=fingerprint,
+                                         now=now, facts=facts, face_image=image, face_matcher=matcher)
 
         # A face match waits on the face workers for tens of milliseconds: on anyio's threads, so that
         # the few threads of the hot pool (quaygate/threads.py) stay free for the database way.

@@ -44,12 +44,12 @@ WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 422)
 router = APIRouter(prefix="/api/v1", tags=["releases"])
 
 
-def unit_of_work(container: Any, *, readonly: bool = False) -> SqlUnitOfWork:
+def unit_of_work(container: Any, *, readonly: bool = False, autocommit: bool = False) -> SqlUnitOfWork:
     """A unit of work with port-ban screening as the settings say: once a register key is configured,
     a nomination with no ban list in force (or one older than ban_list_max_age) screens unavailable."""
     s = container.settings
     required = s.ban_register_jwk is not None or s.ban_register_jwk_path is not None
-    return SqlUnitOfWork(container.engine, readonly=readonly, ban_list_required=required,
+    return SqlUnitOfWork(container.engine, readonly=readonly, autocommit=autocommit, ban_list_required=required,
                          ban_list_max_age=timedelta(seconds=s.ban_list_max_age))
 
 

@@ -237,6 +237,14 @@ def matches(patterns: Iterable[str], event_type: str) -> bool:
     return False
 
 
+def patterns_matching(event_type: str) -> tuple[str, ...]:
+    """Every pattern that ``matches`` ``event_type``: the type itself and ``prefix.*`` for each of its
+    dotted prefixes (``release.transfer.accepted``: itself, ``release.transfer.*``, ``release.*``). A
+    store finds the subscriptions of an event with these, in one statement, by the same rule."""
+    stars = [event_type[: i + 1] + "*" for i, ch in enumerate(event_type) if ch == "."]
+    return (event_type, *stars)
+
+
 def validate_event_types(patterns: Iterable[str]) -> tuple[str, ...]:
     """Known types or ``prefix.*`` of known types: a typo must fail now, not silently receive nothing."""
     cleaned = sorted({p.strip() for p in patterns})

@@ -1,5 +1,5 @@
 """Gate verify (SPEC.md "The gate verify call", issue 5): read the facts, decide, and on an allowed
-commit record the gate move, all in one transaction, answered the same way for the same request_id.
+commit record the gate move with the decision, at once, answered the same way for the same request_id.
 
     find (terminal, request_id) ── recorded? ── same fingerprint: the recorded answer, nothing redone
          │                                   └─ another request under that id: request_id_reused
@@ -8,11 +8,14 @@ commit record the gate move, all in one transaction, answered the same way for t
          v
     decide (domain/gate.py, pure)
          v
-    mode commit and allow: the right again, locked (SELECT .. FOR UPDATE), decided again on that
-    fresh copy (a nomination, hold, block or use that committed meanwhile counts), then gate-in
-    (once) or gate-out; the right's events go to the audit trail and the webhook outbox
+    mode commit and allow: the right read again (no lock) and decided again on that fresh copy (a
+    nomination, hold, block or use that committed meanwhile counts), then gate-in (once) or gate-out
+    in the domain
          v
-    record the decision (unique per terminal and request_id), commit
+    write (``_write``): the decision, and the move with its events, audit entries and webhook
+    deliveries, only if the right is still at the version read. On PostgreSQL that is one
+    autocommitted statement (adapters/sqla/gate_move.py); on SQLite, statements in one transaction.
+    The right changed meanwhile: nothing written, read and decide again.
 
 A face image (issue 6) is matched before anything is decided, outside any transaction (no
 connection is held while a worker process spends about 0.1 s on it): against the enrolled face of
@@ -23,14 +26,16 @@ answered from the record without matching again.
 
 With Redis (``facts``, adapters/gate_facts.py), the facts come from there, exact by invalidation
 after every commit; a check is decided and kept there with no PostgreSQL round trip (a drainer moves
-it into gate_decisions); a commit reads the cache inside its own transaction (what the cache misses
-is read there, no second connection), then locks and re-reads its right in PostgreSQL. Redis failing
-means deciding from PostgreSQL, as without it.
+it into gate_decisions); a commit reads the cache on its own connection (what the cache misses is read
+there), then re-reads its right in PostgreSQL. Redis failing means deciding from PostgreSQL, as
+without it.
 
-Racing gates on one right queue on the row lock: the first commits gate-in, every later one finds it
-gated in and is refused ``already_used``. A twin request (same request_id, e.g. an adapter retrying
-after a timeout) that loses the insert is rolled back entirely, its gate move included, and answers
-with the winner's recorded decision: the same id never uses a right twice.
+Racing gates on one right: every one reads it at the same version, the first write moves it, and
+every later one updates nothing (the version changed), reads again, finds it gated in and is refused
+``already_used``. A twin request (same request_id, e.g. an adapter retrying after a timeout) that
+loses the decision's unique key writes nothing, its gate move included (one statement, or a rolled
+back transaction), and answers with the winner's recorded decision: the same id never uses a right
+twice.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from release_service.domain import gate as g
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.reads import container_candidates
+from release_service.domain.release import ReleaseRight
 from release_service.ports import (
     DuplicateDecision,
     FaceMatcher,
@@ -56,10 +62,15 @@ from release_service.ports import (
     UnitOfWork,
 )
 
-from .common import persist
+from .common import audience, persist
 from .gate import override as override_right
 
 log = logging.getLogger(__name__)
+
+# A commit reads its right unlocked and writes it only at the version read; a round that finds it
+# changed reads and decides again. Each such round means another change of that right committed (a
+# gate move, a block, a nomination), so a few rounds always settle it.
+_ATTEMPTS = 6
 
 # A refusal of the domain's gate move that decide() did not foresee maps to the gate reason it means.
 _MOVE_REFUSALS: dict[ErrorCode, g.Reason] = {
@@ -129,32 +140,50 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
             body = _check_cached(facts, actor, request, snapshot, fingerprint, now)
             if body is not None:
                 return body
-    for attempt in range(2):  # the second round only when a twin recorded first: it then finds the twin
+    for attempt in range(_ATTEMPTS):
         with uow_factory() as uow:
             if not early and not attempt:
                 snapshot = _snapshot(facts, request, now, within=uow)
                 if snapshot is not None and snapshot.replay is not None:
                     return _replay(snapshot.replay, fingerprint)
             # The cache answered "not recorded" just now (snapshot.replay is None); a twin recorded
-            # since, or a decision the cache missed, loses us the insert below and the second round
-            # finds it. So with a snapshot the first round saves the look-up.
+            # since, or a decision the cache missed, loses us the insert below and the next round
+            # finds it. So with a snapshot the first round saves the look-up; later rounds read
+            # everything again from PostgreSQL.
             stored = uow.gate.find(request.terminal, request.request_id) if attempt or snapshot is None else None
             if stored is not None:
                 return _replay(stored, fingerprint)
             decision_id = uuid.uuid4()
-            decision, committed = _decide_and_move(uow, actor, request, decision_id, now, snapshot)
-            body = response_body(request, decision, decision_id, committed)
-            row = _row(actor, request, decision, decision_id, committed, fingerprint, body, now)
+            decision, moved = _decide_and_move(uow, actor, request, decision_id, now,
+                                               None if attempt else snapshot)
+            body = response_body(request, decision, decision_id, moved is not None)
+            row = _row(actor, request, decision, decision_id, moved is not None, fingerprint, body, now)
             try:
-                uow.gate.record(row)
+                if not _write(uow, row, moved):
+                    continue  # the right changed since it was read: nothing was written; read it again
             except DuplicateDecision:
-                continue  # leaving the unit of work rolls this attempt back, gate move included
+                continue  # nothing of this attempt stays (one statement, or a rolled-back transaction)
             uow.commit()
         if facts is not None:
             facts.remember(row)
         _log(decision, request, decision_id)
         return body
-    raise DomainError(ErrorCode.REQUEST_ID_REUSED, "This request_id is being used by another request.")
+    raise DomainError(ErrorCode.ILLEGAL_TRANSITION,
+                      "The release right kept changing while this gate decided; send the request again.")
+
+
+def _write(uow: UnitOfWork, row: dict[str, Any], moved: ReleaseRight | None) -> bool:
+    """Record the decision, and the gate move it made: at once where the store can (one autocommitted
+    statement on PostgreSQL, guarded by the version the right was read at), else statement by
+    statement in the unit of work's transaction. False when the right changed since it was read."""
+    if moved is None:
+        uow.gate.record(row)
+    elif uow.gate.moves_at_once:
+        return uow.gate.record_move(row, moved, [audience(moved, e) for e in moved.pending_events])
+    else:
+        persist(uow, moved)
+        uow.gate.record(row)
+    return True
 
 
 def _match_face(uow_factory: Callable[[], UnitOfWork], request: g.GateRequest, snapshot: GateSnapshot | None,
@@ -203,7 +232,7 @@ def _snapshot(facts: GateFacts | None, request: g.GateRequest, now: datetime, *,
     try:
         return facts.read(terminal=request.terminal, request_id=request.request_id, badge=request.badge,
                           containers=container_candidates(request.container.number), now=now, through=through,
-                          within=within, also=also)
+                          within=within, also=also, keep_rights=request.mode is g.Mode.CHECK)
     except FactsUnavailable:
         log.warning("release.verify.facts_from_database")
         return None
@@ -252,7 +281,10 @@ def _facts(uow: UnitOfWork, request: g.GateRequest, now: datetime
 
 
 def _decide_and_move(uow: UnitOfWork, actor: Actor, request: g.GateRequest, decision_id: uuid.UUID,
-                     now: datetime, snapshot: GateSnapshot | None) -> tuple[g.Decision, bool]:
+                     now: datetime, snapshot: GateSnapshot | None) -> tuple[g.Decision, ReleaseRight | None]:
+    """The decision and, for an allowed commit, the right moved (gate-in or gate-out, its events
+    pending), read again without a lock and decided again on that fresh copy: ``_write`` saves it only
+    if it is still at the version read."""
     if snapshot is None:
         policy = uow.gate.policy(request.terminal)
         rights, badge, screening = _facts(uow, request, now)
@@ -261,14 +293,14 @@ def _decide_and_move(uow: UnitOfWork, actor: Actor, request: g.GateRequest, deci
         screening = g.ScreeningFacts(snapshot.screening)
     decision = g.decide(request, rights=rights, badge=badge, screening=screening, policy=policy, now=now)
     if request.mode is not g.Mode.COMMIT or not decision.allowed or decision.release_id is None:
-        return decision, False
-    right = uow.releases.get(decision.release_id, for_update=True)
+        return decision, None
+    right = uow.releases.get(decision.release_id)
     if right is None:  # deleted rows stay; only a rolled-back issue could vanish
-        return replace(decision, decision=g.Outcome.DENY, reasons=(g.Reason.NO_RELEASE_RIGHT,)), False
+        return replace(decision, decision=g.Outcome.DENY, reasons=(g.Reason.NO_RELEASE_RIGHT,)), None
     fresh = [g.RightFacts.from_right(right) if r.id == right.id else r for r in rights]
     decision = g.decide(request, rights=fresh, badge=badge, screening=screening, policy=policy, now=now)
     if not decision.allowed:
-        return decision, False
+        return decision, None
     try:
         if request.direction is g.Direction.IN:
             right.gate_in(by=actor, now=now, decision_id=decision_id)
@@ -279,9 +311,8 @@ def _decide_and_move(uow: UnitOfWork, actor: Actor, request: g.GateRequest, deci
         if reason is None and exc.context.get("reason") == g.Reason.NOMINATION_REFUSED.value:
             reason = g.Reason.NOMINATION_REFUSED
         log.warning("release.verify.move_refused", extra={"fields": {"code": exc.code.value}})
-        return replace(decision, decision=g.Outcome.DENY, reasons=(reason or g.Reason.NO_RELEASE_RIGHT,)), False
-    persist(uow, right)
-    return decision, True
+        return replace(decision, decision=g.Outcome.DENY, reasons=(reason or g.Reason.NO_RELEASE_RIGHT,)), None
+    return decision, right
 
 
 def response_body(request: g.GateRequest, decision: g.Decision, decision_id: uuid.UUID,

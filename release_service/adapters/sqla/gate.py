@@ -17,8 +17,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from identity.domain.badges import BadgeRefused, Scheme, validate_card_uid, validate_number
+from quaygate.hotsql import HotStatement
 from quaygate.invalidation import POLICY, touch
 from quaygate.schema import (
     badge_activations,
@@ -37,11 +39,13 @@ from release_service.domain.gate import (
     ScreeningResult,
     TerminalPolicy,
 )
-from release_service.domain.release import State
+from release_service.domain.release import ReleaseRight, State
 from release_service.domain.screening import BanWindow
 from release_service.ports import DuplicateDecision, StoredDecision
 
 from .bans import SqlPortBanLookup
+from .gate_move import record_move
+from .store import Reads
 
 _RIGHT_COLUMNS = (
     releases.c.id, releases.c.container_number, releases.c.terminal, releases.c.state, releases.c.blocked,
@@ -59,20 +63,29 @@ _DECISION_COLUMNS = (
 # Prebuilt: the gate's hot path builds no statement per call.
 _RIGHTS = sa.select(*_RIGHT_COLUMNS).where(releases.c.container_number.in_(sa.bindparam("containers", expanding=True)),
                                            releases.c.state != State.DELETED.value)
+# PostgreSQL: the same with an array (= ANY), on the driver's cursor (quaygate.hotsql).
+_RIGHTS_PG = HotStatement(sa.select(*_RIGHT_COLUMNS).where(
+    releases.c.container_number == sa.any_(sa.bindparam("containers", type_=postgresql.ARRAY(sa.String))),
+    releases.c.state != State.DELETED.value))
 _INSERT_DECISION = gate_decisions.insert()
 
 
 class SqlGateStore:
-    def __init__(self, conn: sa.Connection, bans: SqlPortBanLookup) -> None:
+    def __init__(self, conn: sa.Connection, bans: SqlPortBanLookup, reads: Reads | None = None) -> None:
         self._conn = conn
         self._bans = bans
+        self._reads = reads
 
     # ---- facts ---------------------------------------------------------------------------------
 
     def rights(self, containers: Sequence[str]) -> list[RightFacts]:
         if not containers:
             return []
-        rows = self._conn.execute(_RIGHTS, {"containers": list(containers)}).all()
+        params = {"containers": list(containers)}
+        if self._conn.dialect.name == "postgresql":
+            rows = _RIGHTS_PG.execute(self._conn, params).all()
+        else:
+            rows = self._conn.execute(_RIGHTS, params).all()
         return [right_facts(r) for r in rows]
 
     @staticmethod
@@ -170,6 +183,19 @@ class SqlGateStore:
             self._conn.execute(_INSERT_DECISION, row)
         except sa.exc.IntegrityError as exc:
             raise DuplicateDecision(row["request_id"]) from exc
+
+    @property
+    def moves_at_once(self) -> bool:
+        """Whether ``record_move`` is there: one statement on PostgreSQL (gate_move.py). SQLite has no
+        data-modifying CTEs; its writers are serialised by BEGIN IMMEDIATE, so a gate commit there
+        saves the right and records the decision statement by statement in its transaction."""
+        return self._conn.dialect.name == "postgresql"
+
+    def record_move(self, row: dict[str, Any], right: ReleaseRight,
+                    audiences: Sequence[frozenset[uuid.UUID]]) -> bool:
+        """The decision ``row`` and the gate move of ``right`` at once (see gate_move.py): False, with
+        nothing written, when the right changed since it was read; DuplicateDecision as ``record``."""
+        return record_move(self._conn, row, right, audiences, self._reads)
 
     def record_override(self, row: dict[str, Any]) -> None:
         self._conn.execute(gate_overrides.insert().values(**row))

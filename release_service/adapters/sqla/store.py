@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from quaygate.hotsql import HotStatement
 from quaygate.invalidation import RIGHTS, touch
 from quaygate.schema import release_events, release_parties, releases, transfers
 from release_service.domain.errors import DomainError, ErrorCode
@@ -41,7 +42,9 @@ class StaleRight(Exception):
 
 # Prebuilt statements of the gate commit's hot path: built and cache-keyed once, not per call.
 _PENDING = transfers.alias("pending")
-_GET = (
+# On the driver's cursor (quaygate.hotsql): a gate commit reads its right with it, and building the
+# result's metadata of some fifty columns cost more than the statement.
+_GET = HotStatement(
     sa.select(releases, *[c.label("t_" + c.name) for c in _PENDING.c])
     .select_from(releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id))
     .where(releases.c.id == sa.bindparam("release_id"))
@@ -62,9 +65,10 @@ _SAVE = (releases.update()
 
 
 class SqlReleaseStore:
-    def __init__(self, conn: sa.Connection) -> None:
+    def __init__(self, conn: sa.Connection, reads: Reads | None = None) -> None:
         self._conn = conn
         self._dialect = conn.dialect.name
+        self._reads = reads
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -75,13 +79,17 @@ class SqlReleaseStore:
         params = {"release_id": release_id}
         if for_update and self._dialect == "postgresql" and self._conn.execute(_LOCK, params).first() is None:
             return None
-        row = self._conn.execute(_GET, params).mappings().first()
-        if row is None:
+        found = _GET.execute(self._conn, params).first()
+        if found is None:
             return None
+        row = found._asdict()
         pending = None
         if row["t_id"] is not None:
             pending = _transfer_from_row({c.name: row["t_" + c.name] for c in _PENDING.c})
-        return _right_from_row(row, pending)
+        right = _right_from_row(row, pending)
+        if self._reads is not None:  # what the row held at this version: gate_move.py writes what changed
+            self._reads[(right.id, right.version)] = _row_from_right(right)
+        return right
 
     def get_by_transfer(self, transfer_id: uuid.UUID, *, for_update: bool = False) -> ReleaseRight | None:
         release_id = self._conn.execute(
@@ -207,10 +215,7 @@ class SqlReleaseStore:
         return created, events
 
     def save(self, right: ReleaseRight) -> list[StoredEvent]:
-        values = _row_from_right(right)
-        values.pop("id")
-        values.pop("created_at")
-        values["version"] = right.version + 1
+        values = right_values(right)
         last_seq = self._conn.execute(_SAVE, {"_id": right.id, "_version": right.version,
                                               "_events": len(right.pending_events), **values}).scalar()
         if last_seq is None:
@@ -295,6 +300,24 @@ class SqlReleaseStore:
 
 def _chunks(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+# (id, version) -> the row as ``get`` read it: one dict per unit of work (SqlUnitOfWork), shared by its
+# stores, so that a save knows what changed since the read.
+Reads = dict[tuple[uuid.UUID, int], dict[str, Any]]
+
+
+def right_values(right: ReleaseRight, reads: Reads | None = None) -> dict[str, Any]:
+    """What saving ``right`` writes to its row (its id and creation stay; the version is the next).
+    With ``reads`` holding the row as read at this version: only what changed since, and the version."""
+    values = _row_from_right(right)
+    values.pop("id")
+    values.pop("created_at")
+    read = reads.get((right.id, right.version)) if reads is not None else None
+    if read is not None:
+        values = {k: v for k, v in values.items() if read[k] != v}
+    values["version"] = right.version + 1
+    return values
 
 
 def _row_from_right(r: ReleaseRight) -> dict[str, Any]:
@@ -402,4 +425,4 @@ def _transfer_from_row(row: Any) -> Transfer:
     )
 
 
-__all__ = ["SqlReleaseStore", "StaleRight", "Event"]
+__all__ = ["Reads", "SqlReleaseStore", "StaleRight", "Event", "right_values"]

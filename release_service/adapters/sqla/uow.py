@@ -13,14 +13,19 @@ from .bans import DEFAULT_MAX_LIST_AGE, SqlPortBanLookup
 from .directory import BadgeScreening, SqlDirectory
 from .gate import SqlGateStore
 from .idempotency import SqlIdempotency
-from .store import SqlReleaseStore
+from .store import Reads, SqlReleaseStore
 
 
 class SqlUnitOfWork:
-    def __init__(self, engine: sa.Engine, *, readonly: bool = False,
+    def __init__(self, engine: sa.Engine, *, readonly: bool = False, autocommit: bool = False,
                  ban_list_max_age: timedelta = DEFAULT_MAX_LIST_AGE, ban_list_required: bool = False) -> None:
+        """``autocommit``: on PostgreSQL, every statement is a transaction of its own (no BEGIN and
+        COMMIT round trips), for a use case whose every write is one statement (the gate verify,
+        services/verify.py); ``commit()`` then sends nothing but still hands over what was touched
+        (quaygate/invalidation.py). Elsewhere (SQLite) the unit of work stays one transaction."""
         self._engine = engine
         self._readonly = readonly
+        self._autocommit = autocommit
         # Port-ban screening at nomination (issue 4, adapters/sqla/bans.py): the composition root
         # passes settings.ban_list_max_age, and ban_list_required once a register is configured.
         self._ban_list_max_age = ban_list_max_age
@@ -32,13 +37,16 @@ class SqlUnitOfWork:
         conn = self._engine.connect()
         if self._readonly:
             conn = conn.execution_options(sqlite_begin="DEFERRED")
+        if self._autocommit and conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         self._conn = conn
         self._tx = conn.begin()
-        self.releases = SqlReleaseStore(conn)
+        reads: Reads = {}  # the rights as read in this unit of work: a gate move writes what changed
+        self.releases = SqlReleaseStore(conn, reads)
         self.directory = SqlDirectory(conn)
         bans = SqlPortBanLookup(conn, max_list_age=self._ban_list_max_age, required=self._ban_list_required)
         self.screening = BadgeScreening(self.directory, bans)
-        self.gate = SqlGateStore(conn, bans)
+        self.gate = SqlGateStore(conn, bans, reads)
         self.audit = SqlAuditLog(conn)
         self.outbox = SqlOutbox(conn)
         self.webhooks = SqlWebhookStore(conn)
