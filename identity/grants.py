@@ -8,13 +8,16 @@ rotated (or revoked) token again means it was stolen or replayed, so the whole g
 
 Refresh token lifecycle::
 
-    active --rotate()--> rotated --presented again--> grant revoked (reuse detected)
+    active --rotate() / rotate_prepared()--> rotated --presented again--> grant revoked (reuse detected)
       |
       +--revoke_grant() (logout, revocation endpoint, code reuse, reuse detected)--> revoked
 
 Refresh tokens are random strings; only their SHA-256 is stored. Rows are marked, never deleted,
 so a reuse is recognised (STYLE.md #4). Rotation is one conditional UPDATE ... WHERE status='active',
-so two concurrent uses of one token give one new token and one reuse.
+so two concurrent uses of one token give one new token and one reuse. On PostgreSQL a refresh first
+tries ``prepare_rotation`` (a read, no lock) and ``rotate_prepared`` (that UPDATE, guarded by all the
+read relied on, with the successor and the audit entry, as one autocommitted statement); ``rotate``
+in a transaction takes every case they leave.
 
 Access tokens are self-contained JWTs: revoking one lists its jti in ``revoked_tokens`` (the record)
 and in the cache (what resource servers check on every call, ``RevocationList.is_revoked``).
@@ -35,7 +38,9 @@ import sqlalchemy as sa
 from quaygate.cache import Cache
 from quaygate.hotsql import HotStatement
 from quaygate.schema import grants, issued_access_tokens, memberships, persons, refresh_tokens, revoked_tokens
+from release_service.adapters.audit import entry_params, insert_entry_from
 
+from .audit import Entry
 from .domain.claims import GRANT_ID
 
 REFRESH_PREFIX = "qgr_"  # recognisable in logs and secret scanners, like GitHub's ghr_
@@ -89,26 +94,57 @@ _GRANT_AND_HOLDER = sa.select(grants, *HOLDER_COLUMNS).select_from(_with_holder(
 # outer query reads them). The successor is inserted only for the grant's own client and a live
 # grant; a refusal after it (``check``) rolls it back with the rest. No row: the token was not taken.
 _CONSUMED = _CONSUME.cte("consumed")
-_SUCCESSOR = refresh_tokens.insert().from_select(
-    ["token_hash", "grant_id", "status", "issued_at", "expires_at"],
-    sa.select(sa.bindparam("new_h", type_=refresh_tokens.c.token_hash.type), grants.c.id,
-              sa.literal("active", type_=refresh_tokens.c.status.type), _NOW,
-              sa.bindparam("expires", type_=refresh_tokens.c.expires_at.type))
-    .select_from(_CONSUMED.join(grants, grants.c.id == _CONSUMED.c.grant_id))
-    .where(grants.c.client_id == sa.bindparam("client_id"), grants.c.revoked_at.is_(None)),
-).cte("successor")
+
+
+def _successor(consumed: Any, *guards: Any) -> Any:
+    """The INSERT of the consumed token's successor (its hash bound as ``new_h``), as a CTE, from each
+    row of ``consumed`` whose grant meets ``guards`` (none: from each row)."""
+    source = sa.select(sa.bindparam("new_h", type_=refresh_tokens.c.token_hash.type), consumed.c.grant_id,
+                       sa.literal("active", type_=refresh_tokens.c.status.type), _NOW,
+                       sa.bindparam("expires", type_=refresh_tokens.c.expires_at.type))
+    if guards:
+        source = source.select_from(consumed.join(grants, grants.c.id == consumed.c.grant_id)).where(*guards)
+    return refresh_tokens.insert().from_select(
+        ["token_hash", "grant_id", "status", "issued_at", "expires_at"], source).cte("successor")
+
+
 _ROTATE_PG = HotStatement(sa.select(grants, *HOLDER_COLUMNS).select_from(
-    _with_holder(_CONSUMED.join(grants, grants.c.id == _CONSUMED.c.grant_id))).add_cte(_SUCCESSOR))
+    _with_holder(_CONSUMED.join(grants, grants.c.id == _CONSUMED.c.grant_id))).add_cte(
+    _successor(_CONSUMED, grants.c.client_id == sa.bindparam("client_id"), grants.c.revoked_at.is_(None))))
+
+# The refresh's fast path on PostgreSQL (prepare_rotation, rotate_prepared): two statements, each
+# autocommitted, no transaction around them. The READ takes no lock: the token, its grant and holder.
+_PREPARE = HotStatement(
+    sa.select(refresh_tokens.c.status.label("refresh_status"), refresh_tokens.c.expires_at.label("refresh_expires_at"),
+              grants, *HOLDER_COLUMNS)
+    .select_from(_with_holder(refresh_tokens.join(grants, grants.c.id == refresh_tokens.c.grant_id)))
+    .where(refresh_tokens.c.token_hash == sa.bindparam("h")))
+# The WRITE, one statement: the conditional UPDATE consumes the token only if all the READ relied on
+# still holds (active, unexpired, the same grant, still the client's, not revoked, its person active);
+# the successor and the audit entry are inserted from the consumed row only. Concurrent writers
+# serialise on the token's row lock, as in _ROTATE_PG: exactly one consumes it.
+_TAKEN = _CONSUME.where(
+    refresh_tokens.c.grant_id == sa.bindparam("gid"), grants.c.id == refresh_tokens.c.grant_id,
+    grants.c.client_id == sa.bindparam("client_id"), grants.c.revoked_at.is_(None),
+    persons.c.id == grants.c.person_id, persons.c.status == "active",
+).cte("taken")
+_ROTATE_PREPARED = HotStatement(sa.select(_TAKEN.c.grant_id).add_cte(
+    _successor(_TAKEN), insert_entry_from(_TAKEN).cte("audited")))
 _INSERT_REFRESH = refresh_tokens.insert()
 
 
 class Rotation(NamedTuple):
     """A used refresh token's grant, the new token (clear, given once) and the grant's holder rows
-    (the values of ``HOLDER_COLUMNS``), for ``person_context``."""
+    (the values of ``HOLDER_COLUMNS``), for ``person_context``. From ``prepare_rotation``: the token is
+    not used yet, nor its successor stored, until ``rotate_prepared`` says so."""
 
     grant: Grant
     token: str
     holder: tuple[Any, ...]
+
+
+def _holder(rows: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(tuple(r)[-len(HOLDER_COLUMNS):] for r in rows)
 
 
 def _grant(row: Any) -> Grant:
@@ -356,7 +392,36 @@ class GrantStore:
             check(grant)
         if not pg:
             self._insert_refresh(conn, successor, grant.id, now)
-        return Rotation(grant, successor, tuple(tuple(r)[-len(HOLDER_COLUMNS):] for r in rows))
+        return Rotation(grant, successor, _holder(rows))
+
+    def prepare_rotation(self, conn: sa.Connection, token: str, *, client_id: str, now: datetime) -> Rotation | None:
+        """The fast path's READ (PostgreSQL; ``conn`` in autocommit): one statement, no lock. A token
+        plainly fit to use -- known, active, unexpired, of a live grant of ``client_id`` -- gives its
+        grant, its holder and a successor, none of it written; anything else gives None, and ``rotate``
+        in a transaction then tells what it is and does what that calls for (RFC 9700 §4.14.2)."""
+        if not token.startswith(REFRESH_PREFIX):
+            return None
+        rows = _PREPARE.execute(conn, {"h": token_hash(token)}).all()
+        if not rows:
+            return None
+        row = rows[0]
+        if (row.refresh_status != "active" or row.refresh_expires_at <= now or row.revoked_at is not None
+                or row.client_id != client_id):
+            return None
+        return Rotation(_grant(row), self._new_refresh(), _holder(rows))
+
+    def rotate_prepared(self, conn: sa.Connection, token: str, rotation: Rotation, *, client_id: str,
+                        now: datetime, entry: Entry) -> bool:
+        """The fast path's WRITE (PostgreSQL; ``conn`` in autocommit): one statement consumes ``token``
+        if all ``prepare_rotation`` relied on still holds -- and its person is still active -- and then
+        stores the successor and the audit ``entry`` (kind, actor, subject, data, at). Returns whether
+        it consumed the token; False: nothing was written (a concurrent use, revocation, expiry or
+        suspension came between), and the caller starts over with ``rotate``. The statement commits
+        at once, so no row lock it took outlives it into that transaction (see ``rotate``)."""
+        return _ROTATE_PREPARED.execute(conn, {
+            "h": token_hash(token), "now": now, "gid": rotation.grant.id, "client_id": client_id,
+            "new_h": token_hash(rotation.token), "expires": now + self._refresh_ttl, **entry_params(*entry),
+        }).first() is not None
 
     def _why_not(self, conn: sa.Connection, h: str | None, *, client_id: str, now: datetime) -> RefreshRefused:
         """Why a token could not be used; revokes the grant of a reused or stolen token."""

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from joserfc import jws
@@ -18,7 +21,7 @@ from identity.grants import token_hash
 from identity.oidc.server import FormRequest
 from identity.tokens import InvalidToken
 from quaygate.cache import RedisCache
-from quaygate.schema import audit_log, persons, refresh_tokens
+from quaygate.schema import audit_log, grants, persons, refresh_tokens
 from tests.test_identity_grants_support import (
     Lifecycle,
     dpop_key,
@@ -215,3 +218,208 @@ def test_concurrent_double_use_gives_exactly_one_success(pg_env: Lifecycle) -> N
     with env.engine.connect() as conn:
         rows = conn.execute(sa.select(refresh_tokens.c.status)).scalars().all()
     assert len(rows) == 2  # the presented token and exactly one successor
+
+
+# ---- the fast path on PostgreSQL: READ, then one WRITE, each autocommitted -----------------------------
+
+
+@contextmanager
+def _statements(engine: sa.Engine) -> Iterator[list[tuple[str, bool]]]:
+    """Every statement psycopg sends on ``engine``'s connections meanwhile (SQLAlchemy's and HotStatement's
+    alike), with whether it ran in autocommit: psycopg sends BEGIN before a statement, and COMMIT on
+    commit(), only when autocommit is off."""
+    sent: list[tuple[str, bool]] = []
+
+    class Recording(psycopg.Cursor[Any]):
+        def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
+            sent.append((" ".join(str(query).split()), self.connection.autocommit))
+            return super().execute(query, params, **kw)
+
+        def executemany(self, query: Any, params_seq: Any, **kw: Any) -> None:
+            sent.append((" ".join(str(query).split()), self.connection.autocommit))
+            super().executemany(query, params_seq, **kw)
+
+    def checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        dbapi_conn.cursor_factory = Recording
+
+    def checkin(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.cursor_factory = psycopg.Cursor
+
+    sa.event.listen(engine, "checkout", checkout)
+    sa.event.listen(engine, "checkin", checkin)
+    try:
+        yield sent
+    finally:
+        sa.event.remove(engine, "checkout", checkout)
+        sa.event.remove(engine, "checkin", checkin)
+
+
+def _between_read_and_write(monkeypatch: pytest.MonkeyPatch, env: Lifecycle, interfere: Any) -> list[bool]:
+    """Have ``interfere()`` (another connection's committed work) come after the fast path's READ and
+    before its WRITE; the list returned is non-empty once it has."""
+    ran: list[bool] = []
+    write = env.grants.rotate_prepared
+
+    def late(*args: Any, **kw: Any) -> bool:
+        interfere()
+        ran.append(True)
+        return write(*args, **kw)
+
+    monkeypatch.setattr(env.grants, "rotate_prepared", late)
+    return ran
+
+
+def _refusals(env: Lifecycle) -> list[str]:
+    with env.engine.connect() as conn:
+        return [d["reason"] for d in conn.execute(sa.select(audit_log.c.data).where(
+            audit_log.c.kind == "identity.token.refused").order_by(audit_log.c.id)).scalars()]
+
+
+def _token_rows(env: Lifecycle) -> list[str]:
+    with env.engine.connect() as conn:
+        return sorted(conn.execute(sa.select(refresh_tokens.c.status)).scalars())
+
+
+def test_a_plain_refresh_on_postgresql_is_two_autocommitted_statements(pg_env: Lifecycle) -> None:
+    env = pg_env
+    client_id, secret, org = env.console()
+    _, token = env.grant(client_id, env.person(org))
+    warm = env.refresh(token, client_id, secret)  # loads the client and the signing keys
+    assert warm.status_code == 200, warm.text
+    with _statements(env.engine) as sent:
+        r = env.refresh(warm.json()["refresh_token"], client_id, secret)
+    assert r.status_code == 200, r.text
+    # READ, then WRITE; each a transaction of its own: no BEGIN, no COMMIT round trip
+    assert len(sent) == 2 and all(autocommit for _, autocommit in sent), sent
+    assert sent[0][0].startswith("SELECT") and "UPDATE refresh_tokens" in sent[1][0], sent
+    assert _status(env, warm.json()["refresh_token"]) == "rotated"
+    assert _status(env, r.json()["refresh_token"]) == "active"
+    assert _audit_kinds(env).count("identity.token.refreshed") == 2
+
+
+def test_the_audit_entry_is_written_by_the_rotations_own_transaction(pg_env: Lifecycle) -> None:
+    env = pg_env
+    client_id = env.driver_app()
+    key = dpop_key()
+    pid = env.person()
+    gid, token = env.grant(client_id, pid, scope="openid offline_access", dpop_jkt=thumbprint(key))
+    r = env.refresh(token, client_id, dpop=dpop_proof(key))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    with env.engine.connect() as conn:
+        entry = conn.execute(sa.select(audit_log).where(audit_log.c.kind == "identity.token.refreshed")).one()
+        xmins = conn.execute(sa.select(refresh_tokens.c.token_hash, sa.literal_column("xmin::text::bigint"))).all()
+    # what issue_person_tokens has always recorded
+    assert entry.actor == {"client_id": client_id, "person_id": str(pid)}
+    assert entry.subject == str(gid)
+    jti = _claims(body["access_token"])["jti"]
+    assert entry.data == {"grant_type": "refresh_token", "grant_id": str(gid), "jti": jti,
+                          "scope": "offline_access openid", "dpop": True, "id_token": True, "refresh_token": True}
+    # the sealer's txid, and the one transaction that consumed the token and stored its successor
+    assert entry.txid is not None
+    assert {h: xmin for h, xmin in xmins} == {token_hash(token): entry.txid % 2**32,
+                                              token_hash(body["refresh_token"]): entry.txid % 2**32}
+
+
+def test_a_use_between_read_and_write_is_reuse_as_before(pg_env: Lifecycle, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = pg_env
+    client_id, secret, org = env.console()
+    gid, token = env.grant(client_id, env.person(org))
+
+    def another_use() -> None:  # the race's winner: rotated and committed
+        with env.engine.begin() as conn:
+            env.grants.rotate(conn, token, client_id=client_id, now=utcnow())
+
+    ran = _between_read_and_write(monkeypatch, env, another_use)
+    r = env.refresh(token, client_id, secret)
+    assert ran
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    # The lost WRITE wrote nothing (no third token, no refreshed entry); the full path found the token
+    # rotated: reuse, the family revoked, the winner's successor with it.
+    assert _token_rows(env) == ["revoked", "revoked"]
+    assert "identity.token.refreshed" not in _audit_kinds(env)
+    assert "identity.refresh.reuse_detected" in _audit_kinds(env) and _refusals(env) == ["reused"]
+    assert _revoked_reason(env, gid) == "refresh_reuse"
+
+
+def test_a_revocation_between_read_and_write_is_refused_as_before(pg_env: Lifecycle,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    env = pg_env
+    client_id, secret, org = env.console()
+    gid, token = env.grant(client_id, env.person(org))
+
+    def logout() -> None:
+        with env.engine.begin() as conn:
+            env.grants.revoke_grant(conn, gid, reason="logout", now=utcnow())
+
+    ran = _between_read_and_write(monkeypatch, env, logout)
+    r = env.refresh(token, client_id, secret)
+    assert ran
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    assert _token_rows(env) == ["revoked"]  # no successor
+    assert "identity.token.refreshed" not in _audit_kinds(env) and _refusals(env) == ["revoked"]
+    assert _revoked_reason(env, gid) == "logout"
+
+
+def test_a_person_suspended_between_read_and_write_gets_no_tokens(pg_env: Lifecycle,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    env = pg_env
+    client_id, secret, org = env.console()
+    pid = env.person(org)
+    gid, token = env.grant(client_id, pid)
+
+    def suspend() -> None:
+        with env.engine.begin() as conn:
+            conn.execute(persons.update().where(persons.c.id == pid).values(status="suspended"))
+
+    ran = _between_read_and_write(monkeypatch, env, suspend)
+    r = env.refresh(token, client_id, secret)
+    assert ran
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    assert "access_token" not in r.json()
+    # refused as before: the full path's rotation rolled back, the token as it was, no successor
+    assert _token_rows(env) == ["active"]
+    assert "identity.token.refreshed" not in _audit_kinds(env) and _refusals(env) == ["person_inactive"]
+    assert _revoked_reason(env, gid) is None
+
+
+def test_refusals_on_the_fast_path_write_nothing_and_keep_the_token(pg_env: Lifecycle) -> None:
+    env = pg_env
+    client_id = env.driver_app()
+    key = dpop_key()
+    _, token = env.grant(client_id, env.person(), scope="openid offline_access", dpop_jkt=thumbprint(key))
+    assert env.refresh(token, client_id).json()["error"] == "invalid_dpop_proof"  # loads the client
+    with _statements(env.engine) as sent:
+        other_key = env.refresh(token, client_id, dpop=dpop_proof(dpop_key()))
+        wider = env.refresh(token, client_id, scope="openid offline_access releases:read", dpop=dpop_proof(key))
+    assert other_key.status_code == 400 and other_key.json()["error"] == "invalid_dpop_proof"
+    assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
+    # each: the READ and the refusal's audit entry, autocommitted; the token never touched
+    assert len(sent) == 4 and all(autocommit for _, autocommit in sent), sent
+    assert not any("refresh_tokens SET" in statement for statement, _ in sent), sent
+    assert _refusals(env) == ["dpop_key", "dpop_key", "scope_widened"]
+    assert _token_rows(env) == ["active"]
+    ok = env.refresh(token, client_id, dpop=dpop_proof(key))
+    assert ok.status_code == 200, ok.text
+
+
+def test_a_failed_write_leaves_everything_as_it_was(pg_env: Lifecycle) -> None:
+    """The WRITE is one statement: should its audit entry fail, the token was not consumed either."""
+    env = pg_env
+    client_id, _, org = env.console()
+    _, token = env.grant(client_id, env.person(org))
+    now = utcnow()
+    with env.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        rotation = env.grants.prepare_rotation(conn, token, client_id=client_id, now=now)
+        assert rotation is not None
+        with pytest.raises(sa.exc.IntegrityError):  # audit_log.kind is NOT NULL
+            env.grants.rotate_prepared(conn, token, rotation, client_id=client_id, now=now,
+                                       entry=(None, {}, None, {}, now))  # type: ignore[arg-type]
+    assert _token_rows(env) == ["active"]
+    assert _audit_kinds(env) == []
+
+
+def _revoked_reason(env: Lifecycle, gid: Any) -> str | None:
+    with env.engine.connect() as conn:
+        return conn.execute(sa.select(grants.c.revoked_reason).where(grants.c.id == gid)).scalar()

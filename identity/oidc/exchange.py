@@ -4,6 +4,10 @@ A refused code or refresh token can still have to commit something: the code mar
 revoked on reuse (RFC 6749 §4.1.2, RFC 9700 §4.14.2). Both grants run their exchange through
 ``run_exchange``: one transaction, committed on success, committed or rolled back on a refusal as the
 refusal says, then the refusal logged, audited and raised as its OAuth error (RFC 6749 §5.2).
+
+A grant may first try a fast path without a transaction (``attempt``, the refresh grant on
+PostgreSQL): its statements autocommit one by one, so it answers, or refuses having written nothing,
+or gives the case to the transaction from scratch.
 """
 
 from __future__ import annotations
@@ -50,16 +54,25 @@ def run_exchange(
     client_id: str,
     now: datetime,
     exchange: Callable[[sa.Connection], dict[str, Any]],
+    attempt: Callable[[sa.Connection], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """``exchange(conn)`` in one transaction; a GrantRefused becomes the OAuth error it names."""
+    """``exchange(conn)`` in one transaction; a GrantRefused becomes the OAuth error it names.
+
+    ``attempt(conn)``, if given, runs first, on a connection in autocommit: its answer is the answer;
+    a GrantRefused from it must have written nothing; None runs ``exchange``."""
     try:
-        with engine.connect() as conn:
-            try:
-                body = exchange(conn)
-            except GrantRefused as refused:
-                conn.commit() if refused.keep else conn.rollback()
-                raise
-            conn.commit()
+        body = None
+        if attempt is not None:
+            with engine.connect() as conn:
+                body = attempt(conn.execution_options(isolation_level="AUTOCOMMIT"))
+        if body is None:
+            with engine.connect() as conn:
+                try:
+                    body = exchange(conn)
+                except GrantRefused as refused:
+                    conn.commit() if refused.keep else conn.rollback()
+                    raise
+                conn.commit()
     except GrantRefused as refused:
         log.info("identity.token.refused.%s.%s", grant_type, refused.reason)
         audit.record(

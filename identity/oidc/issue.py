@@ -3,8 +3,9 @@
 Shared by the authorization code grant (code_grant.py) and the refresh token grant: both hold a
 ``grants`` row (who logged in, how, for which client and scope) and turn it into a token response
 inside the caller's transaction, so that marking the code used / rotating the refresh token, creating
-the tokens, listing the access token's jti under the grant and the audit entry commit together
-(STYLE.md #5).
+the tokens and the audit entry commit together (STYLE.md #5). The refresh grant's fast path on
+PostgreSQL has no transaction: it takes the audit entry back (``audit_into``) and writes it in the one
+statement that rotates the token, which commits both or neither.
 
     grant (+ person, memberships) --check person active, org membership-->
       access token (RFC 9068, typ at+jwt, settings.access_token_signing_alg; cnf.jkt if DPoP)
@@ -152,6 +153,7 @@ def issue_person_tokens(
     refresh_token: str | None = None,
     audit_kind: str = "identity.token.issued",
     holder: Sequence[Any] | None = None,
+    audit_into: list[audit.Entry] | None = None,
 ) -> dict[str, Any]:
     """Build the token response (RFC 6749 §5.1, OIDC Core §3.1.3.3) for ``grant``, in ``conn``'s
     transaction. The caller commits (and, for the code grant, has marked the code used in it).
@@ -168,6 +170,8 @@ def issue_person_tokens(
     - ``holder``: the grant's person and memberships, when read with the grant (``person_context``).
     - ``grant_type``: for the audit entry (``audit_kind``: ``identity.token.issued``, or
       ``identity.token.refreshed`` from the refresh grant).
+    - ``audit_into``: the audit entry is appended to this list instead of written in ``conn``: for a
+      caller that writes it in its own statement, with what it audits (the refresh's fast path).
 
     The access token names its grant (``gid``), so revoking the grant (code reuse, refresh reuse,
     logout, RFC 7009) revokes it too, with one revocation entry for the whole grant. Raises
@@ -237,21 +241,19 @@ def issue_person_tokens(
         body["refresh_token"] = refresh_token
     elif include_refresh and scope_rules.OFFLINE_ACCESS in granted:
         body["refresh_token"] = grants.issue_refresh(conn, grant.id, now=now)
-    audit.record(
-        audit_kind,
-        at=now,
-        actor={"client_id": client.client_id, "person_id": str(person.person_id)},
-        subject=str(grant.id),
-        data={
-            "grant_type": grant_type,
-            "grant_id": str(grant.id),
-            "jti": jti,
-            "scope": scope,
-            "dpop": bool(dpop_jkt),
-            "id_token": "id_token" in body,
-            "refresh_token": "refresh_token" in body,
-        },
-        conn=conn,
-    )
+    actor = {"client_id": client.client_id, "person_id": str(person.person_id)}
+    data = {
+        "grant_type": grant_type,
+        "grant_id": str(grant.id),
+        "jti": jti,
+        "scope": scope,
+        "dpop": bool(dpop_jkt),
+        "id_token": "id_token" in body,
+        "refresh_token": "refresh_token" in body,
+    }
+    if audit_into is not None:
+        audit_into.append((audit_kind, actor, str(grant.id), data, now))
+    else:
+        audit.record(audit_kind, at=now, actor=actor, subject=str(grant.id), data=data, conn=conn)
     log.info("identity.token.issued.%s", grant_type.replace("_", "-"))
     return body

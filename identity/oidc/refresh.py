@@ -1,10 +1,29 @@
 """The refresh token grant at the token endpoint (RFC 6749 §6), with rotation and reuse detection
 (RFC 9700 §4.14.2), as an Authlib grant: Authlib dispatches on grant_type and authenticates the
-client; the refresh is ours, in one transaction.
+client; the refresh is ours. On PostgreSQL a plain refresh takes two autocommitted statements and no
+transaction (the fast path); anything else, and SQLite always, goes through one transaction (the
+full path), which tells every refusal apart.
 
     client authenticated (none for the driver app; secret or private_key_jwt for consoles)
       -> client allowed the refresh_token grant?                     no -> unauthorized_client
       -> DPoP proof verified if sent (required for a dpop_bound client) -> jkt
+
+    fast path (PostgreSQL; each statement commits at once, no lock outlives it):
+      -> GrantStore.prepare_rotation, READ: the token, its grant and holder, no lock
+           unknown, not active, expired, revoked, another client's   -> the full path, from scratch
+      -> check(grant): the same DPoP binding and scope rules as below; a refusal has written nothing
+      -> tokens built via issue.issue_person_tokens, its audit entry handed back, not written
+           (a suspended person or a lost membership: refused, nothing written)
+      -> GrantStore.rotate_prepared, WRITE, one statement: UPDATE ... SET status='rotated' WHERE it is
+         still as read (active, unexpired, same grant, same client, grant live, person active)
+         RETURNING; the successor token and the audit entry (identity.token.refreshed) inserted from
+         the consumed row only
+           consumed                                                  -> the tokens
+           not consumed (a concurrent use, revocation, suspension)   -> tokens dropped, the full path
+                                                                        from scratch (a concurrent use
+                                                                        then shows there as reuse)
+
+    full path (one transaction):
       -> GrantStore.rotate: UPDATE ... SET status='rotated' WHERE status='active' AND unexpired
          RETURNING grant_id (one statement; the row lock lets one concurrent use through)
            not taken: unknown / expired / revoked                    -> invalid_grant
@@ -16,11 +35,12 @@ client; the refresh is ours, in one transaction.
            grant revoked                                             -> invalid_grant, rolled back
       -> check(grant): bound to a DPoP key and the proof's key differs? -> invalid_dpop_proof, rolled back
                        asked scope within the grant's (§6: never wider)? no -> invalid_scope, rolled back
-      -> new access token (+ id token) via issue.issue_person_tokens, the new refresh token,
-         jti recorded, one audit entry (identity.token.refreshed): one commit
+      -> new access token (+ id token) via issue.issue_person_tokens, the new refresh token, one audit
+         entry (identity.token.refreshed): one commit
 
-The refusals that must change nothing are rolled back with the rotation, so an attacker holding a
-stolen DPoP-bound token without its key cannot burn it (and thereby revoke the victim's family).
+The refusals that must change nothing are rolled back with the rotation (or, on the fast path, come
+before anything is written), so an attacker holding a stolen DPoP-bound token without its key cannot
+burn it (and thereby revoke the victim's family). Every refusal is logged and audited by run_exchange.
 """
 
 from __future__ import annotations
@@ -40,7 +60,7 @@ from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
 from .. import audit
 from ..domain import scopes as scope_rules
 from ..domain.roles import AuthMethod
-from ..grants import Grant, RefreshRefused
+from ..grants import Grant, RefreshRefused, Rotation
 from .code_grant import InvalidDPoPProofError
 from .exchange import GrantRefused, run_exchange
 from .issue import IssueRefused, issue_person_tokens
@@ -74,40 +94,61 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         server = self.server
         record: ClientRecord = self.request.client.record
+        form, jkt = self.request.form, self.request.dpop_jkt
         now = server.clock.now()
+        fast = server.engine.dialect.name == "postgresql"  # the WRITE needs data-modifying CTEs
         body = run_exchange(server.engine, grant_type=self.GRANT_TYPE, client_id=record.client_id, now=now,
-                            exchange=lambda conn: self._refresh(conn, record, self.request.form,
-                                                                self.request.dpop_jkt, now))
+                            exchange=lambda conn: self._refresh(conn, record, form, jkt, now),
+                            attempt=(lambda conn: self._refresh_at_once(conn, record, form, jkt, now)) if fast
+                            else None)
         return 200, body, self.TOKEN_RESPONSE_HEADER
+
+    def _refresh_at_once(
+        self, conn: sa.Connection, record: ClientRecord, form: dict[str, str], jkt: str | None, now: datetime
+    ) -> dict[str, Any] | None:
+        """The fast path, ``conn`` in autocommit: the tokens, a refusal (nothing written), or None for
+        the full path."""
+        grants = self.server.grants
+        token = form["refresh_token"]
+        rotation = grants.prepare_rotation(conn, token, client_id=record.client_id, now=now)
+        if rotation is None:
+            return None  # not plainly fit: the full path tells what it is and does what that calls for
+        scope = self._checked_scope(rotation.grant, form.get("scope"), jkt)
+        entries: list[audit.Entry] = []
+        body = self._tokens(conn, record, rotation, scope, jkt, now, audit_into=entries)
+        if grants.rotate_prepared(conn, token, rotation, client_id=record.client_id, now=now, entry=entries[0]):
+            return body
+        log.info("identity.refresh.changed_since_read")
+        return None
 
     def _refresh(
         self, conn: sa.Connection, record: ClientRecord, form: dict[str, str], jkt: str | None, now: datetime
     ) -> dict[str, Any]:
-        server = self.server
-        token = form["refresh_token"]
+        """The full path, in ``conn``'s transaction (run_exchange commits or rolls back)."""
         scope = ""
 
         def check(grant: Grant) -> None:  # raising rolls the rotation back: the token stays usable
             nonlocal scope
-            # RFC 9449 §5: a refresh token bound to a DPoP key is used only with a proof of that key.
-            if grant.dpop_jkt is not None and jkt != grant.dpop_jkt:
-                raise _Refused("dpop_key", "A DPoP proof with the key this token is bound to is required.",
-                               error=InvalidDPoPProofError, grant_id=grant.id)
-            scope = self._scope(form.get("scope"), grant.scope, grant.id)
+            scope = self._checked_scope(grant, form.get("scope"), jkt)
 
         try:
-            grant, new_token, holder = server.grants.rotate(conn, token, client_id=record.client_id, now=now,
-                                                            check=check)
+            rotation = self.server.grants.rotate(conn, form["refresh_token"], client_id=record.client_id, now=now,
+                                                 check=check)
         except RefreshRefused as exc:
             raise self._refused(conn, record, exc, now) from None
+        return self._tokens(conn, record, rotation, scope, jkt, now)
+
+    def _tokens(self, conn: sa.Connection, record: ClientRecord, rotation: Rotation, scope: str, jkt: str | None,
+                now: datetime, audit_into: list[audit.Entry] | None = None) -> dict[str, Any]:
+        server = self.server
         try:
-            body = issue_person_tokens(
+            return issue_person_tokens(
                 conn,
                 settings=server.settings,
                 keys=server.keys,
                 grants=server.grants,
                 client=record,
-                grant=grant,
+                grant=rotation.grant,
                 scope=scope,
                 nonce=None,  # OIDC Core §12.2: no nonce in a refreshed id token
                 include_id_token=True,
@@ -115,13 +156,22 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
                 dpop_jkt=jkt,
                 now=now,
                 grant_type=self.GRANT_TYPE,
-                refresh_token=new_token,
-                holder=holder,
+                refresh_token=rotation.token,
+                holder=rotation.holder,
                 audit_kind="identity.token.refreshed",  # one audit entry per refresh, with the new jti
+                audit_into=audit_into,
             )
         except IssueRefused as exc:
-            raise _Refused(exc.reason, "The grant can no longer give tokens.", grant_id=grant.id) from exc
-        return body
+            raise _Refused(exc.reason, "The grant can no longer give tokens.", grant_id=rotation.grant.id) from exc
+
+    @classmethod
+    def _checked_scope(cls, grant: Grant, asked: str | None, jkt: str | None) -> str:
+        """The scope of the new tokens, once the grant's rules allow the request; raises _Refused."""
+        # RFC 9449 §5: a refresh token bound to a DPoP key is used only with a proof of that key.
+        if grant.dpop_jkt is not None and jkt != grant.dpop_jkt:
+            raise _Refused("dpop_key", "A DPoP proof with the key this token is bound to is required.",
+                           error=InvalidDPoPProofError, grant_id=grant.id)
+        return cls._scope(asked, grant.scope, grant.id)
 
     @staticmethod
     def _scope(asked: str | None, granted: str, grant_id: Any) -> str:
