@@ -306,3 +306,40 @@ def test_a_revoked_gate_token_is_refused_on_the_cached_path_read_with_the_facts(
     replay = gate.verify(body, token)  # the recorded request_id is not replayed to a revoked token
     assert replay.status_code == 401, replay.text
     assert gate.verify(gate.body(4)).status_code == 200  # the terminal's other gate token still works
+
+
+def test_a_commit_reads_its_tokens_revocation_with_the_facts_and_a_revoked_token_moves_nothing(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit's revocation entries come with its facts (the service's first read, ``admit``), not in
+    a round trip of their own; a token revoked before the commit is refused before anything is decided
+    or written: the right stays nominated and no decision is recorded."""
+    from identity.bootstrap import create_client
+
+    client_id, secret = create_client(gate.engine, name="lane 5", role="terminal_gate",
+                                      organisation_id=gate.p.terminal.organisation_id, terminal_code=TERMINAL,
+                                      now=_now())
+    token = gate.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                           auth=(client_id, secret or "")).json()["access_token"]
+    gate.pickable(5)
+    rid = gate.pickable(6)
+    asked: list[list[str]] = []
+    original = RedisCache.get_many
+
+    def counted(self: RedisCache, keys: list[str]) -> list[bytes | None]:
+        asked.append(keys)
+        return original(self, keys)
+
+    monkeypatch.setattr(RedisCache, "get_many", counted)
+    moved = gate.verify(gate.body(5, mode="commit"), token)
+    assert moved.status_code == 200 and moved.json()["committed"] is True, moved.text
+    assert asked == [], "the commit asked for its token's revocation separately"
+
+    revoked = gate.http.post("/oauth2/revoke", data={"token": token, "token_type_hint": "access_token"},
+                             auth=(client_id, secret or ""))
+    assert revoked.status_code == 200
+    refused = gate.verify(gate.body(6, mode="commit"), token)
+    assert refused.status_code == 401 and refused.json()["code"] == "invalid_token", refused.text
+    assert gate.state(rid) == "nominated"
+    with gate.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)
+                            .where(gate_decisions.c.release_id == uuid.UUID(rid))).scalar_one() == 0

@@ -213,13 +213,17 @@ async def verify(request: Request, body: VerifyRequest,
             if answer is not None:
                 revocation.settle()  # settled by admit; a no-op, unless a way out forgot it
                 return _answer(answer)
-            revocation.settle()
         matcher = getattr(container, "face_matcher", None) if image is not None else None
 
         def decide() -> dict[str, Any]:
             # Every write of a verify is one statement: autocommitted, no BEGIN and COMMIT round trips.
-            return verify_service.verify(_uow_factory(request, autocommit=True), actor, gate, fingerprint=fingerprint,
-                                         now=now, facts=facts, face_image=image, face_matcher=matcher)
+            # The revocation is settled by the service's first read of the facts (``admit``), before
+            # anything is decided or written; without names it was settled above.
+            body = verify_service.verify(_uow_factory(request, autocommit=True), actor, gate, fingerprint=fingerprint,
+                                         now=now, facts=facts, face_image=image, face_matcher=matcher,
+                                         also=names or (), admit=revocation.settle if names is not None else None)
+            revocation.settle()  # a no-op, unless a way out forgot it
+            return body
 
         # A face match waits on the face workers for tens of milliseconds: on anyio's threads, so that
         # the few threads of the hot pool (quaygate/threads.py) stay free for the database way.

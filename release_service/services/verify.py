@@ -115,19 +115,31 @@ def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateRequest, *,
 
 def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateRequest, *, fingerprint: str,
            now: datetime, facts: GateFacts | None = None, face_image: bytes | None = None,
-           face_matcher: FaceMatcher | None = None) -> dict[str, Any]:
+           face_matcher: FaceMatcher | None = None, also: Sequence[str] = (),
+           admit: Callable[[Sequence[bytes | None] | None], None] | None = None) -> dict[str, Any]:
     """The response body of POST /gate/v1/verify. Raises DomainError (not_terminal, request_id_reused),
     FaceCaptureRefused (an unusable ``face_image``: nothing recorded).
 
     With ``facts`` (Redis), the facts come from there, and a check is decided and kept there without
     a PostgreSQL round trip; a commit still takes its right's row lock and decides again on the fresh
     row. When the cache cannot answer, everything is read from PostgreSQL, as without it.
-    With ``face_image``, the capture is matched first (``_match_face``); blocking: run in a thread."""
+    With ``face_image``, the capture is matched first (``_match_face``); blocking: run in a thread.
+
+    ``also`` and ``admit``, as for ``answer_from_cache``: the caller's token's revocation entries, read
+    with the facts (no round trip of their own); ``admit`` gets their values, or None when the facts
+    were not read, before anything is decided, recorded or replayed, and raises to refuse."""
     require_gate_of(actor, request.terminal)
-    # A check, or a capture to match, reads the cache first, outside any transaction; a commit reads it
-    # in its own transaction below, so that what the cache misses is read there too.
+
+    def read(within: UnitOfWork | None = None) -> GateSnapshot | None:
+        snapshot = _snapshot(facts, request, now, within=within, also=also if admit is not None else ())
+        if admit is not None:
+            admit(snapshot.also if snapshot is not None else None)
+        return snapshot
+
+    # A check, or a capture to match, reads the cache first, outside any unit of work; a commit reads
+    # it in its own unit of work below, so that what the cache misses is read there on one connection.
     early = face_image is not None or request.mode is g.Mode.CHECK
-    snapshot = _snapshot(facts, request, now) if early else None
+    snapshot = read() if early else None
     if snapshot is not None and snapshot.replay is not None:
         return _replay(snapshot.replay, fingerprint)
     if face_image is not None:
@@ -143,7 +155,7 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
     for attempt in range(_ATTEMPTS):
         with uow_factory() as uow:
             if not early and not attempt:
-                snapshot = _snapshot(facts, request, now, within=uow)
+                snapshot = read(within=uow)
                 if snapshot is not None and snapshot.replay is not None:
                     return _replay(snapshot.replay, fingerprint)
             # The cache answered "not recorded" just now (snapshot.replay is None); a twin recorded
@@ -297,10 +309,12 @@ def _decide_and_move(uow: UnitOfWork, actor: Actor, request: g.GateRequest, deci
     right = uow.releases.get(decision.release_id)
     if right is None:  # deleted rows stay; only a rolled-back issue could vanish
         return replace(decision, decision=g.Outcome.DENY, reasons=(g.Reason.NO_RELEASE_RIGHT,)), None
-    fresh = [g.RightFacts.from_right(right) if r.id == right.id else r for r in rights]
-    decision = g.decide(request, rights=fresh, badge=badge, screening=screening, policy=policy, now=now)
-    if not decision.allowed:
-        return decision, None
+    now_facts = g.RightFacts.from_right(right)
+    if now_facts not in rights:  # the right changed since the facts were read: decide on it as it is
+        fresh = [now_facts if r.id == right.id else r for r in rights]
+        decision = g.decide(request, rights=fresh, badge=badge, screening=screening, policy=policy, now=now)
+        if not decision.allowed:
+            return decision, None
     try:
         if request.direction is g.Direction.IN:
             right.gate_in(by=actor, now=now, decision_id=decision_id)
