@@ -77,6 +77,10 @@ class ReleaseRightStore(Protocol):
 
     def get_by_transfer(self, transfer_id: uuid.UUID, *, for_update: bool = False) -> ReleaseRight | None: ...
 
+    def of_containers(self, containers: Sequence[str]) -> list[ReleaseRight]:
+        """Every right of these containers but deleted ones, unlocked."""
+        ...
+
     def add(self, right: ReleaseRight) -> list[StoredEvent]:
         """Insert a new right; raises DomainError(ACTIVE_RIGHT_EXISTS) on a live duplicate."""
         ...
@@ -270,11 +274,10 @@ class GateFacts(Protocol):
 
     def read(self, *, terminal: str, request_id: str, badge: BadgeRead | None, containers: Sequence[str],
              now: datetime, through: bool = True, within: UnitOfWork | None = None,
-             also: Sequence[str] = (), keep_rights: bool = True) -> GateSnapshot | None:
+             also: Sequence[str] = ()) -> GateSnapshot | None:
         """The facts, misses read through to PostgreSQL (in ``within`` when given, else in a unit of
         work of its own) and kept; with ``through=False``, None on a miss. ``also``: names read as they
-        are in the same round trip (the caller's token revocation entries), in ``GateSnapshot.also``.
-        ``keep_rights=False``: rights read through are not kept (a commit's move replaces them)."""
+        are in the same round trip (the caller's token revocation entries), in ``GateSnapshot.also``."""
         ...
 
     def record(self, row: dict[str, Any]) -> StoredDecision | None:

@@ -139,19 +139,19 @@ def test_a_right_blocked_between_the_read_and_the_write_is_decided_again(
     The write updates nothing, the gate reads again and refuses: without the version guard it would
     let the truck in on a blocked right."""
     rid = pg_gate.pickable(1)
-    original = SqlReleaseStore.get
+    original = SqlReleaseStore.of_containers
     blocked: list[uuid.UUID] = []
 
-    def get_then_block(self: SqlReleaseStore, release_id: uuid.UUID, *, for_update: bool = False) -> Any:
-        right = original(self, release_id, for_update=for_update)
+    def read_then_block(self: SqlReleaseStore, containers: Any) -> Any:
+        rights = original(self, containers)
         if not blocked:
-            blocked.append(release_id)
+            blocked.append(rights[0].id)
             with pg_gate.engine.begin() as other:
-                other.execute(releases.update().where(releases.c.id == release_id)
+                other.execute(releases.update().where(releases.c.id == rights[0].id)
                               .values(blocked=True, version=releases.c.version + 1))
-        return right
+        return rights
 
-    monkeypatch.setattr(SqlReleaseStore, "get", get_then_block)
+    monkeypatch.setattr(SqlReleaseStore, "of_containers", read_then_block)
     r = pg_gate.verify(pg_gate.body(1, mode="commit"))
     assert r.status_code == 200, r.text
     assert (r.json()["decision"], r.json()["reasons"], r.json()["committed"]) == ("deny", ["right_blocked"], False)

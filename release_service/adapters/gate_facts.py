@@ -173,14 +173,12 @@ class RedisGateFacts:
 
     def read(self, *, terminal: str, request_id: str, badge: BadgeRead | None, containers: Sequence[str],
              now: datetime, through: bool = True, within: SqlUnitOfWork | None = None,
-             also: Sequence[str] = (), keep_rights: bool = True) -> GateSnapshot | None:
+             also: Sequence[str] = ()) -> GateSnapshot | None:
         """The facts; a miss is read through to PostgreSQL and kept, or, with ``through=False``, the
         answer is None (the caller is on the event loop and must not wait for PostgreSQL). ``within``:
         the caller's open unit of work, read in before it writes (a gate commit saves a connection and a
         transaction); what it read had committed, so it is kept under the generation read before it.
-        ``also``: Redis names read in the same round trip, their values in ``GateSnapshot.also``.
-        ``keep_rights=False``: rights read through are not kept (a gate commit: the move it is about to
-        make replaces their generation at once)."""
+        ``also``: Redis names read in the same round trip, their values in ``GateSnapshot.also``."""
         badge_key = SqlGateStore.badge_key(badge) if badge is not None else None
         args = [self._p, terminal, badge_key or "", _request_key(terminal, request_id), self._ttl, len(also),
                 *also, *containers]
@@ -207,8 +205,7 @@ class RedisGateFacts:
                     found = uow.gate.rights(missing)
                     for c in missing:
                         rights[c] = [r for r in found if r.container == c]
-                        if keep_rights:
-                            fills[f"r:{c}:{_s(rights_raw[c][0])}"] = _dump_rights(rights[c])
+                        fills[f"r:{c}:{_s(rights_raw[c][0])}"] = _dump_rights(rights[c])
                 if need_badge:
                     assert badge is not None
                     raw = json.dumps(_badge_entry(uow, badge)).encode()

@@ -130,8 +130,9 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
     were not read, before anything is decided, recorded or replayed, and raises to refuse."""
     require_gate_of(actor, request.terminal)
 
-    def read(within: UnitOfWork | None = None) -> GateSnapshot | None:
-        snapshot = _snapshot(facts, request, now, within=within, also=also if admit is not None else ())
+    def read(within: UnitOfWork | None = None, rights: bool = True) -> GateSnapshot | None:
+        snapshot = _snapshot(facts, request, now, within=within, also=also if admit is not None else (),
+                             rights=rights)
         if admit is not None:
             admit(snapshot.also if snapshot is not None else None)
         return snapshot
@@ -154,8 +155,8 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
                 return body
     for attempt in range(_ATTEMPTS):
         with uow_factory() as uow:
-            if not early and not attempt:
-                snapshot = read(within=uow)
+            if not early and not attempt:  # a commit: its rights are read from PostgreSQL below
+                snapshot = read(within=uow, rights=False)
                 if snapshot is not None and snapshot.replay is not None:
                     return _replay(snapshot.replay, fingerprint)
             # The cache answered "not recorded" just now (snapshot.replay is None); a twin recorded
@@ -236,15 +237,16 @@ def _match_face(uow_factory: Callable[[], UnitOfWork], request: g.GateRequest, s
 
 
 def _snapshot(facts: GateFacts | None, request: g.GateRequest, now: datetime, *, through: bool = True,
-              within: UnitOfWork | None = None, also: Sequence[str] = ()) -> GateSnapshot | None:
+              within: UnitOfWork | None = None, also: Sequence[str] = (), rights: bool = True) -> GateSnapshot | None:
     """The cached facts; None without a cache, when it failed (then PostgreSQL decides), or, with
-    ``through=False``, when something is not cached."""
+    ``through=False``, when something is not cached. ``rights=False``: no rights (a commit reads them
+    from PostgreSQL)."""
     if facts is None:
         return None
     try:
         return facts.read(terminal=request.terminal, request_id=request.request_id, badge=request.badge,
-                          containers=container_candidates(request.container.number), now=now, through=through,
-                          within=within, also=also, keep_rights=request.mode is g.Mode.CHECK)
+                          containers=container_candidates(request.container.number) if rights else (), now=now,
+                          through=through, within=within, also=also)
     except FactsUnavailable:
         log.warning("release.verify.facts_from_database")
         return None
@@ -281,40 +283,38 @@ def _replay(stored: StoredDecision, fingerprint: str) -> dict[str, Any]:
     return dict(stored.response)
 
 
-def _facts(uow: UnitOfWork, request: g.GateRequest, now: datetime
-           ) -> tuple[list[g.RightFacts], g.BadgeFacts | None, g.ScreeningFacts]:
-    rights = uow.gate.rights(container_candidates(request.container.number))
+def _holder_facts(uow: UnitOfWork, request: g.GateRequest, now: datetime
+                  ) -> tuple[g.BadgeFacts | None, g.ScreeningFacts]:
     badge = uow.gate.badge(request.badge) if request.badge is not None else None
     if badge is not None and badge.found and badge.person_id is not None:
         screening = uow.gate.screen(badge.person_id, terminal=request.terminal, now=now)
     else:
         screening = g.ScreeningResult.UNAVAILABLE  # nobody to screen: never "clear"
-    return rights, badge, g.ScreeningFacts(screening)
+    return badge, g.ScreeningFacts(screening)
 
 
 def _decide_and_move(uow: UnitOfWork, actor: Actor, request: g.GateRequest, decision_id: uuid.UUID,
                      now: datetime, snapshot: GateSnapshot | None) -> tuple[g.Decision, ReleaseRight | None]:
     """The decision and, for an allowed commit, the right moved (gate-in or gate-out, its events
-    pending), read again without a lock and decided again on that fresh copy: ``_write`` saves it only
-    if it is still at the version read."""
+    pending). A commit decides on its rights as PostgreSQL has them now, read without a lock (a
+    nomination, hold, block or use that committed meanwhile counts); ``_write`` saves the move only if
+    the right is still at the version read."""
     if snapshot is None:
         policy = uow.gate.policy(request.terminal)
-        rights, badge, screening = _facts(uow, request, now)
+        badge, screening = _holder_facts(uow, request, now)
     else:
-        policy, rights, badge = snapshot.policy, snapshot.rights, snapshot.badge
-        screening = g.ScreeningFacts(snapshot.screening)
+        policy, badge, screening = snapshot.policy, snapshot.badge, g.ScreeningFacts(snapshot.screening)
+    candidates = container_candidates(request.container.number)
+    commit = request.mode is g.Mode.COMMIT
+    found = uow.releases.of_containers(candidates) if commit else []
+    if commit:
+        rights = [g.RightFacts.from_right(r) for r in found]
+    else:
+        rights = snapshot.rights if snapshot is not None else uow.gate.rights(candidates)
     decision = g.decide(request, rights=rights, badge=badge, screening=screening, policy=policy, now=now)
-    if request.mode is not g.Mode.COMMIT or not decision.allowed or decision.release_id is None:
+    if not commit or not decision.allowed or decision.release_id is None:
         return decision, None
-    right = uow.releases.get(decision.release_id)
-    if right is None:  # deleted rows stay; only a rolled-back issue could vanish
-        return replace(decision, decision=g.Outcome.DENY, reasons=(g.Reason.NO_RELEASE_RIGHT,)), None
-    now_facts = g.RightFacts.from_right(right)
-    if now_facts not in rights:  # the right changed since the facts were read: decide on it as it is
-        fresh = [now_facts if r.id == right.id else r for r in rights]
-        decision = g.decide(request, rights=fresh, badge=badge, screening=screening, policy=policy, now=now)
-        if not decision.allowed:
-            return decision, None
+    right = next(r for r in found if r.id == decision.release_id)
     try:
         if request.direction is g.Direction.IN:
             right.gate_in(by=actor, now=now, decision_id=decision_id)

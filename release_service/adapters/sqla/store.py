@@ -49,6 +49,19 @@ _GET = HotStatement(
     .select_from(releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id))
     .where(releases.c.id == sa.bindparam("release_id"))
 )
+# Every live right of some containers, as _GET reads one: a gate commit decides on these, read afresh.
+_BY_CONTAINERS = (
+    sa.select(releases, *[c.label("t_" + c.name) for c in _PENDING.c])
+    .select_from(releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id))
+    .where(releases.c.container_number.in_(sa.bindparam("containers", expanding=True)),
+           releases.c.state != State.DELETED.value)
+)
+_BY_CONTAINERS_PG = HotStatement(
+    sa.select(releases, *[c.label("t_" + c.name) for c in _PENDING.c])
+    .select_from(releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id))
+    .where(releases.c.container_number == sa.any_(sa.bindparam("containers", type_=postgresql.ARRAY(sa.String))),
+           releases.c.state != State.DELETED.value)
+)
 # Locking is a statement of its own, never FOR UPDATE on _GET: after waiting for the lock, PostgreSQL
 # re-checks the locked releases row at its newest version but keeps the joined transfer row from the
 # statement's older snapshot (EvalPlanQual re-fetches only the locked rows). Two accepts of one pending
@@ -80,9 +93,21 @@ class SqlReleaseStore:
         if for_update and self._dialect == "postgresql" and self._conn.execute(_LOCK, params).first() is None:
             return None
         found = _GET.execute(self._conn, params).first()
-        if found is None:
-            return None
-        row = found._asdict()
+        return None if found is None else self._read(found._asdict())
+
+    def of_containers(self, containers: Sequence[str]) -> list[ReleaseRight]:
+        """Every right of these containers but deleted ones, unlocked, in one statement (a gate commit
+        decides on them as they are now, and writes only at the version it read)."""
+        if not containers:
+            return []
+        params = {"containers": list(containers)}
+        if self._dialect == "postgresql":
+            rows = [r._asdict() for r in _BY_CONTAINERS_PG.execute(self._conn, params).all()]
+        else:
+            rows = list(self._conn.execute(_BY_CONTAINERS, params).mappings())
+        return [self._read(row) for row in rows]
+
+    def _read(self, row: Any) -> ReleaseRight:
         pending = None
         if row["t_id"] is not None:
             pending = _transfer_from_row({c.name: row["t_" + c.name] for c in _PENDING.c})
