@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.postgresql
 
 Params = Mapping[str, Any]
 
@@ -149,3 +150,29 @@ class HotStatement:
             conn.invalidate(exc)
         return sa.exc.DBAPIError.instance(compiled.sql, params, exc, dialect.loaded_dbapi.Error,
                                           connection_invalidated=lost, dialect=dialect)
+
+
+# ---- lists as one text parameter ------------------------------------------------------------------
+# psycopg chooses a list parameter's array type by looking at its elements, on every call: about as
+# much CPU as the rest of a short statement's parameters together. A hot statement takes a list of
+# simple values (container numbers, event types, UUIDs) as one text parameter instead, which
+# PostgreSQL splits (``string_to_array``); ``listed`` makes that text and refuses a value that holds
+# the separator.
+
+_SEPARATOR = ","
+
+
+def text_array(name: str, element: Any = None) -> Any:
+    """``string_to_array(:name, ',')``, cast to an array of ``element`` (text when None): for
+    ``column == sa.any_(text_array(...))`` or a JSONB ``has_any``."""
+    split = sa.func.string_to_array(sa.bindparam(name, type_=sa.Text), _SEPARATOR,
+                                    type_=sa.dialects.postgresql.ARRAY(sa.Text))
+    return split if element is None else sa.cast(split, sa.dialects.postgresql.ARRAY(element))
+
+
+def listed(values: Sequence[Any]) -> str:
+    """The value of a ``text_array`` parameter. An empty list is an empty array."""
+    texts = [str(v) for v in values]
+    if any(_SEPARATOR in t for t in texts):
+        raise ValueError("a listed value holds the separator")
+    return _SEPARATOR.join(texts)

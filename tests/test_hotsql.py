@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from quaygate.hotsql import HotStatement
+from quaygate.hotsql import HotStatement, listed, text_array
 from quaygate.schema import audit_log, login_sessions, persons
 
 _PERSON = persons.insert()
@@ -121,3 +121,22 @@ def test_a_lost_connection_is_invalidated_not_given_out_again(pg_engine: sa.Engi
         assert victim.invalidated
     with pg_engine.connect() as conn:  # the pool hands out a live one
         assert _HOT_READ.execute(conn, {"sid": "x"}).first() is None
+
+
+def test_a_listed_parameter_is_the_array_of_its_values(pg_engine: sa.Engine) -> None:
+    """``listed`` + ``text_array``: one text parameter, split by PostgreSQL into the array of the values,
+    typed as asked; an empty list is an empty array, and a value holding the separator is refused
+    (it would become two values)."""
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    texts = HotStatement(sa.select(text_array("t").label("a")))
+    uuids = HotStatement(sa.select(text_array("u", sa.Uuid(as_uuid=True)).label("a")))
+    member = HotStatement(sa.select(sa.literal(ids[1], sa.Uuid(as_uuid=True)) == sa.any_(
+        text_array("u", sa.Uuid(as_uuid=True)))))
+    with pg_engine.connect() as conn:
+        assert texts.execute(conn, {"t": listed(["MSCU1234566", "release.*"])}).scalar() == ["MSCU1234566", "release.*"]
+        assert texts.execute(conn, {"t": listed([])}).scalar() == []
+        assert uuids.execute(conn, {"u": listed(ids)}).scalar() == ids
+        assert member.execute(conn, {"u": listed(ids)}).scalar() is True
+        assert member.execute(conn, {"u": listed(ids[:1])}).scalar() is False
+    with pytest.raises(ValueError, match="separator"):
+        listed(["a,b"])

@@ -17,10 +17,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from identity.domain.badges import BadgeRefused, Scheme, validate_card_uid, validate_number
-from quaygate.hotsql import HotStatement
+from quaygate.hotsql import HotStatement, listed, text_array
 from quaygate.invalidation import POLICY, touch
 from quaygate.schema import (
     badge_activations,
@@ -65,7 +64,7 @@ _RIGHTS = sa.select(*_RIGHT_COLUMNS).where(releases.c.container_number.in_(sa.bi
                                            releases.c.state != State.DELETED.value)
 # PostgreSQL: the same with an array (= ANY), on the driver's cursor (quaygate.hotsql).
 _RIGHTS_PG = HotStatement(sa.select(*_RIGHT_COLUMNS).where(
-    releases.c.container_number == sa.any_(sa.bindparam("containers", type_=postgresql.ARRAY(sa.String))),
+    releases.c.container_number == sa.any_(text_array("containers")),
     releases.c.state != State.DELETED.value))
 _INSERT_DECISION = gate_decisions.insert()
 
@@ -81,11 +80,10 @@ class SqlGateStore:
     def rights(self, containers: Sequence[str]) -> list[RightFacts]:
         if not containers:
             return []
-        params = {"containers": list(containers)}
         if self._conn.dialect.name == "postgresql":
-            rows = _RIGHTS_PG.execute(self._conn, params).all()
+            rows = _RIGHTS_PG.execute(self._conn, {"containers": listed(containers)}).all()
         else:
-            rows = self._conn.execute(_RIGHTS, params).all()
+            rows = self._conn.execute(_RIGHTS, {"containers": list(containers)}).all()
         return [right_facts(r) for r in rows]
 
     @staticmethod

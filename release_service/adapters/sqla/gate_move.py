@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from quaygate.hotsql import HotStatement
+from quaygate.hotsql import HotStatement, listed, text_array
 from quaygate.invalidation import RIGHTS, touch
 from quaygate.schema import (
     JSON,
@@ -78,8 +78,8 @@ def record_move(conn: sa.Connection, row: dict[str, Any], right: ReleaseRight,
         event_id = uuid.uuid4()
         published = PublishedEvent(event_id, event.type, right.id, event.at, audience, event.data)
         params.update({f"e{k}_id": event_id, f"e{k}_type": event.type, f"e{k}_actor": event.actor,
-                       f"e{k}_data": event.data, f"e{k}_at": event.at, f"e{k}_audience": sorted(audience),
-                       f"e{k}_patterns": list(patterns_matching(event.type)),
+                       f"e{k}_data": event.data, f"e{k}_at": event.at, f"e{k}_audience": listed(sorted(audience)),
+                       f"e{k}_patterns": listed(patterns_matching(event.type)),
                        f"e{k}_payload": delivery_payload(published)})
     key = (len(events), tuple(values), tuple(row))
     statement = _statements.get(key)
@@ -143,8 +143,8 @@ def _build(n: int, right_columns: tuple[str, ...], decision_columns: tuple[str, 
             sa.literal("pending"), sa.literal(0), e(k, "at", UTCDateTime()), e(k, "at", UTCDateTime()))
             .select_from(moved.join(subs, sa.true()))
             .where(subs.c.active.is_(True),
-                   subs.c.organisation_id == sa.any_(e(k, "audience", postgresql.ARRAY(UUID))),
-                   sa.cast(subs.c.event_types, postgresql.JSONB).has_any(e(k, "patterns", postgresql.ARRAY(sa.Text))))),
+                   subs.c.organisation_id == sa.any_(text_array(f"e{k}_audience", UUID)),
+                   sa.cast(subs.c.event_types, postgresql.JSONB).has_any(text_array(f"e{k}_patterns")))),
     ).cte("hooks")
     decided = gate_decisions.insert().from_select(
         list(decision_columns),

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from quaygate.hotsql import HotStatement
+from quaygate.hotsql import HotStatement, listed, text_array
 from quaygate.invalidation import RIGHTS, touch
 from quaygate.schema import release_events, release_parties, releases, transfers
 from release_service.domain.errors import DomainError, ErrorCode
@@ -59,7 +59,7 @@ _BY_CONTAINERS = (
 _BY_CONTAINERS_PG = HotStatement(
     sa.select(releases, *[c.label("t_" + c.name) for c in _PENDING.c])
     .select_from(releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id))
-    .where(releases.c.container_number == sa.any_(sa.bindparam("containers", type_=postgresql.ARRAY(sa.String))),
+    .where(releases.c.container_number == sa.any_(text_array("containers")),
            releases.c.state != State.DELETED.value)
 )
 # Locking is a statement of its own, never FOR UPDATE on _GET: after waiting for the lock, PostgreSQL
@@ -100,11 +100,11 @@ class SqlReleaseStore:
         decides on them as they are now, and writes only at the version it read)."""
         if not containers:
             return []
-        params = {"containers": list(containers)}
         if self._dialect == "postgresql":
-            rows = [r._asdict() for r in _BY_CONTAINERS_PG.execute(self._conn, params).all()]
+            found = _BY_CONTAINERS_PG.execute(self._conn, {"containers": listed(containers)}).all()
+            rows = [r._asdict() for r in found]
         else:
-            rows = list(self._conn.execute(_BY_CONTAINERS, params).mappings())
+            rows = list(self._conn.execute(_BY_CONTAINERS, {"containers": list(containers)}).mappings())
         return [self._read(row) for row in rows]
 
     def _read(self, row: Any) -> ReleaseRight:
