@@ -343,6 +343,8 @@ def client_id_from_form(body: bytes) -> str | None:
     §2.1): anyone may name that client, so no allowance is kept for it, and such requests count
     against their address only. Were they counted per client, a stranger could spend the driver
     app's allowance and stop every driver's refresh."""
+    if b"client_id=" not in body or (b"client_secret=" not in body and b"client_assertion=" not in body):
+        return None  # no such parameter can be in the form: not worth parsing (a parameter is name=)
     try:
         form = parse_qs(body.decode("ascii"), max_num_fields=64)
     except (UnicodeDecodeError, ValueError):

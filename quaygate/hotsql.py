@@ -135,6 +135,39 @@ class HotStatement:
                 rows = [make(raw) for raw in rows]
         return HotResult(rows, count)
 
+    def execute_autocommitted(self, engine: sa.Engine, params: Params) -> None:
+        """Run this statement (one that returns no rows) as a transaction of its own, on a connection
+        taken from ``engine``'s pool for it alone, with no SQLAlchemy ``Connection`` around it: its
+        setup, isolation-level change, commit events and reset cost as much CPU as the statement did
+        (a machine's token writes one audit entry this way). PostgreSQL only. The connection goes back
+        to the pool as it came (not in autocommit); a lost one is invalidated, never given out again."""
+        dialect = engine.dialect
+        compiled = self._compiled.get(frozenset(params))
+        if compiled is None:
+            compiled = self._compiled[frozenset(params)] = _Compiled(self.statement, dialect, frozenset(params))
+        if compiled.returns_rows:
+            raise ValueError("execute_autocommitted is for statements that return no rows")
+        sent = self._bound(compiled, params)
+        raw = engine.raw_connection()
+        try:
+            dbapi = raw.dbapi_connection
+            assert dbapi is not None
+            dbapi.autocommit = True
+            try:
+                with dbapi.cursor() as cursor:
+                    cursor.execute(compiled.sql, sent)
+            except dialect.loaded_dbapi.Error as exc:
+                lost = dialect.is_disconnect(exc, dbapi, None)
+                if lost:
+                    raw.invalidate(exc)
+                raise sa.exc.DBAPIError.instance(compiled.sql, sent, exc, dialect.loaded_dbapi.Error,
+                                                 connection_invalidated=lost, dialect=dialect) from exc
+            finally:
+                if raw.is_valid:
+                    dbapi.autocommit = False  # idle in autocommit: psycopg allows the change
+        finally:
+            raw.close()
+
     @staticmethod
     def _bound(compiled: _Compiled, params: Params) -> dict[str, Any]:
         values = compiled.compiled.construct_params(params)  # literal values of the statement included

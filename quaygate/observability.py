@@ -50,6 +50,9 @@ def log_event(logger: logging.Logger, event: str, **fields: Any) -> None:
     logger.info(event, extra={"fields": fields})
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -58,6 +61,20 @@ class Metrics:
         self.latency = Histogram("quaygate_http_request_seconds", "HTTP request latency", ["method", "route"],
                                  registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def series(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        """The request counter and latency histogram of one (method, route, status), found once: a
+        labelled child is looked up under a lock on every ``labels()`` call. Routes are templates and
+        methods and statuses few, so the memo stays small."""
+        if method not in _METHODS:
+            method = "OTHER"  # a client may send any token as a method: never a series of its own
+        key = (method, route, status)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = (self.requests.labels(method, route, str(status)),
+                                         self.latency.labels(method, route))
+        return found
 
 
 class ObservabilityMiddleware:
@@ -90,6 +107,7 @@ class ObservabilityMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], template, str(status)).inc()
-            self.metrics.latency.labels(scope["method"], template).observe(time.perf_counter() - start)
+            count, latency = self.metrics.series(scope["method"], template, status)
+            count.inc()
+            latency.observe(time.perf_counter() - start)
             request_id_var.reset(token)

@@ -175,3 +175,31 @@ def test_a_refused_single_entry_writes_nothing_and_leaves_the_pool_in_transactio
     finally:
         one.dispose()
     assert [s for s, _ in _rows(engine)] == ["s"]
+
+
+def test_a_single_entry_on_a_lost_connection_fails_and_the_next_gets_a_live_one(pg_engine: sa.Engine) -> None:
+    """The single entry goes on a pooled connection without a SQLAlchemy Connection around it: one that
+    the database dropped while it sat in the pool fails that write, is invalidated, and is never given
+    out again; the next write gets a live connection and is committed."""
+    one = make_engine(pg_engine.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0)
+    try:
+        append_committed(one, [_entry("before")])
+        with one.connect() as conn:  # the pool's one connection, just checked in: no idle ping for it
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+            conn.rollback()
+        with pg_engine.connect() as killer:
+            killer.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            for _ in range(100):  # terminating is asynchronous
+                if not killer.execute(sa.text("SELECT 1 FROM pg_stat_activity WHERE pid = :p"), {"p": pid}).first():
+                    break
+                time.sleep(0.02)
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            append_committed(one, [_entry("lost")])
+        assert raised.value.connection_invalidated
+        append_committed(one, [_entry("after")])
+        with one.connect() as conn:  # the connection given back is transactional, as it came
+            conn.execute(audit_log.insert().values(kind="t.alone", actor={}, subject="rolled", data={}, at=NOW))
+            conn.rollback()
+    finally:
+        one.dispose()
+    assert [s for s, _ in _rows(pg_engine)] == ["before", "after"]

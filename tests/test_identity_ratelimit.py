@@ -279,6 +279,11 @@ def test_client_id_parsing() -> None:
     assert client_id_from_form(b"grant_type=refresh_token&client_id=c-1&refresh_token=r") is None
     assert client_id_from_form(b"client_id=a&client_id=b&client_secret=s") is None
     assert client_id_from_form(b"\xff") is None
+    # the names may come in any order and the value may hold anything encoded; one only in a value is no
+    # parameter (private_key_jwt without client_id: counted per address, unparsed)
+    assert client_id_from_form(b"client_assertion=x.y.z&scope=a&client_id=c-2") == "c-2"
+    assert client_id_from_form(b"client_secret=s%26client_id%3Dc-3&grant_type=client_credentials") is None
+    assert client_id_from_form(b"grant_type=client_credentials&client_assertion=x.y.z") is None
 
 
 def test_limits_come_from_settings() -> None:
