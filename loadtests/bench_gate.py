@@ -8,7 +8,10 @@ quaygate app, and loadtests/bare_app.py, a FastAPI JSON POST that validates the 
 answers the same shape with nothing behind it. Then, one after another, Locust (FastHttpUser, a
 separate process):
 
-1. the bare endpoint, flat out: requests/s, p50, p99;
+1. the bare endpoint, flat out: requests/s, p50, p99; an ``async def``, as the verify route is. The
+   same endpoint as a plain ``def`` (FastAPI runs it, and validates its answer, on its thread pool: about
+   a third of the async rate here) is measured too and printed for comparison: it was the baseline
+   until the eleventh session, when the verify route had long been async;
 2. verify in ``check`` mode, flat out, and its ratio to the bare rate (target at least 0.5), on a check
    pool warmed first (``warm``: each container checked once);
 3. verify in ``commit`` mode (each request uses one right), flat out, and its ratio (target at least 0.35);
@@ -187,6 +190,10 @@ def _line(label: str, r: dict[str, Any], bare: dict[str, Any] | None = None, tar
     return text
 
 
+def _against_def(r: dict[str, Any], bare_def: dict[str, Any]) -> str:
+    return f"; {r['rps'] / bare_def['rps']:.2f} of the def bare" if bare_def["rps"] else ""
+
+
 def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it goes
     parser = argparse.ArgumentParser()
     parser.add_argument("--database-url", default=os.environ.get("QUAYGATE_TEST_DATABASE_URL",
@@ -231,18 +238,24 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
                   "before the truck arrives)", flush=True)
             b = run_locust("BareUser", f"http://127.0.0.1:{bare_port}", seed_path, args.users, args.seconds, out,
                            bare.pid)
-            print(_line("bare FastAPI JSON POST (same model, same server settings)", b), flush=True)
+            print(_line("bare FastAPI JSON POST, async def like the verify route (same model, same server "
+                        "settings)", b), flush=True)
+            d = run_locust("BareDefUser", f"http://127.0.0.1:{bare_port}", seed_path, args.users, args.seconds, out,
+                           bare.pid)
+            print(_line("  for comparison, the same bare endpoint as a def (FastAPI's two thread hops), the "
+                        "baseline of the figures before the eleventh session", d), flush=True)
             c = run_locust("CheckUser", issuer, seed_path, args.users, args.seconds, out, app.pid)
-            print(_line("verify, mode check", c, b, 0.5), flush=True)
+            print(_line("verify, mode check", c, b, 0.5) + _against_def(c, d), flush=True)
             m = run_locust("CommitUser", issuer, seed_path, args.users, args.seconds, out, app.pid)
-            print(_line("verify, mode commit (each request uses one right)", m, b, 0.35), flush=True)
+            print(_line("verify, mode commit (each request uses one right)", m, b, 0.35) + _against_def(m, d),
+                  flush=True)
             half = b["rps"] / 2
             h = run_locust("CheckUser", issuer, seed_path, args.users, args.seconds, out, app.pid,
                            pace=half / args.users)
             verdict = "OK" if h["p99"] <= 15 and h["rps"] >= 0.9 * half else "UNDER TARGET"
             print(_line(f"verify check paced at half the bare rate ({half:,.0f}/s asked)", h)
                   + f"; target p99 <= 15 ms at that rate: {verdict}", flush=True)
-            failed = any(r["failed"] or not r["total"] for r in (b, c, m, h))
+            failed = any(r["failed"] or not r["total"] for r in (b, d, c, m, h))
             if args.big:
                 low = min(100.0, half / 2) / 8
                 small = run_locust("CheckUser", issuer, seed_path, 8, args.seconds, out, app.pid, pace=low)

@@ -49,6 +49,16 @@ class BareUser(_Paced):
                          name="bare POST")
 
 
+class BareDefUser(_Paced):
+    """The bare endpoint as a plain def (two thread hops): the earlier sessions' baseline."""
+
+    @task
+    def bare(self) -> None:
+        self.client.post("/bare/verify-def",
+                         json=_body(random.choice(SEED["containers"][:SEED["check_pool"]]), "check"),
+                         name="bare POST (def)")
+
+
 class CheckUser(_Paced):
     @task
     def check(self) -> None:

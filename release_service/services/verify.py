@@ -121,8 +121,9 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
     FaceCaptureRefused (an unusable ``face_image``: nothing recorded).
 
     With ``facts`` (Redis), the facts come from there, and a check is decided and kept there without
-    a PostgreSQL round trip; a commit still takes its right's row lock and decides again on the fresh
-    row. When the cache cannot answer, everything is read from PostgreSQL, as without it.
+    a PostgreSQL round trip; a commit decides on its rights read afresh from PostgreSQL and writes the
+    move only at the version it read. When the cache cannot answer, everything is read from PostgreSQL,
+    as without it.
     With ``face_image``, the capture is matched first (``_match_face``); blocking: run in a thread.
 
     ``also`` and ``admit``, as for ``answer_from_cache``: the caller's token's revocation entries, read
