@@ -268,6 +268,19 @@ def test_with_redis_stopped_decisions_come_from_postgresql_and_stay_right(
         facts.close()
 
 
+def _count_revocation_reads(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The keys of every read of token revocation entries on their own (``RedisCache.get_many``)."""
+    asked: list[list[str]] = []
+    original = RedisCache.get_many
+
+    def counted(self: RedisCache, keys: list[str]) -> list[bytes | None]:
+        asked.append(keys)
+        return original(self, keys)
+
+    monkeypatch.setattr(RedisCache, "get_many", counted)
+    return asked
+
+
 def test_a_revoked_gate_token_is_refused_on_the_cached_path_read_with_the_facts(
         gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     """The token's revocation entries are read by the facts' own script (one round trip, no MGET of
@@ -284,14 +297,7 @@ def test_a_revoked_gate_token_is_refused_on_the_cached_path_read_with_the_facts(
     body = gate.body(4)
     assert gate.verify(gate.body(4), token).json()["decision"] == "allow"  # the facts are cached now
 
-    asked: list[list[str]] = []
-    original = RedisCache.get_many
-
-    def counted(self: RedisCache, keys: list[str]) -> list[bytes | None]:
-        asked.append(keys)
-        return original(self, keys)
-
-    monkeypatch.setattr(RedisCache, "get_many", counted)
+    asked = _count_revocation_reads(monkeypatch)
     with Statements(gate.engine) as sql:
         first = gate.verify(body, token)
     assert first.status_code == 200 and first.json()["decision"] == "allow"
@@ -322,14 +328,7 @@ def test_a_commit_reads_its_tokens_revocation_with_the_facts_and_a_revoked_token
                            auth=(client_id, secret or "")).json()["access_token"]
     gate.pickable(5)
     rid = gate.pickable(6)
-    asked: list[list[str]] = []
-    original = RedisCache.get_many
-
-    def counted(self: RedisCache, keys: list[str]) -> list[bytes | None]:
-        asked.append(keys)
-        return original(self, keys)
-
-    monkeypatch.setattr(RedisCache, "get_many", counted)
+    asked = _count_revocation_reads(monkeypatch)
     moved = gate.verify(gate.body(5, mode="commit"), token)
     assert moved.status_code == 200 and moved.json()["committed"] is True, moved.text
     assert asked == [], "the commit asked for its token's revocation separately"

@@ -17,12 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
 
-from quaygate.app import create_app
-from quaygate.cache import MemoryCache
-from quaygate.container import Container, SystemClock
-from quaygate.crypto import DataCipher
 from quaygate.schema import (
     audit_log,
     gate_decisions,
@@ -31,7 +26,6 @@ from quaygate.schema import (
     webhook_deliveries,
     webhook_subscriptions,
 )
-from quaygate.settings import Settings
 from release_service.adapters.sqla.store import SqlReleaseStore
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.parties import Actor, OrgKind
@@ -39,30 +33,21 @@ from release_service.domain.webhooks import KNOWN_EVENT_TYPES, matches, patterns
 from release_service.ports import DuplicateDecision
 
 from .factories import TERMINAL
-from .test_gate_verify import Gate
+from .test_gate_verify import Gate, serve
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _serve(engine: sa.Engine, tmp_path: Path) -> Iterator[Gate]:
-    settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
-                        background_workers=False)
-    c = Container(settings=settings, engine=engine, cache=MemoryCache(),
-                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
-    with TestClient(create_app(settings, container=c)) as http:
-        yield Gate(http, engine)
-
-
 @pytest.fixture
 def gate(engine: sa.Engine, tmp_path: Path) -> Iterator[Gate]:
-    yield from _serve(engine, tmp_path)
+    yield from serve(engine, tmp_path)
 
 
 @pytest.fixture
 def pg_gate(pg_engine: sa.Engine, tmp_path: Path) -> Iterator[Gate]:
-    yield from _serve(pg_engine, tmp_path)
+    yield from serve(pg_engine, tmp_path)
 
 
 def _subscribe(engine: sa.Engine, organisation_id: uuid.UUID, types: list[str], *, active: bool = True) -> uuid.UUID:

@@ -99,14 +99,19 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@pytest.fixture
-def gate(engine: sa.Engine, tmp_path: Path) -> Iterator[Gate]:
+def serve(engine: sa.Engine, tmp_path: Path) -> Iterator[Gate]:
+    """The app on ``engine`` (the in-process cache), with the party API and a gate client."""
     settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
                         background_workers=False)
     c = Container(settings=settings, engine=engine, cache=MemoryCache(),
                   cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
     with TestClient(create_app(settings, container=c)) as http:
         yield Gate(http, engine)
+
+
+@pytest.fixture
+def gate(engine: sa.Engine, tmp_path: Path) -> Iterator[Gate]:
+    yield from serve(engine, tmp_path)
 
 
 def test_check_commit_replay_and_single_use(gate: Gate) -> None:
