@@ -51,10 +51,12 @@ _ENTRY_COLUMNS = (audit_log.c.id, audit_log.c.at, audit_log.c.kind, audit_log.c.
 
 _INSERT = audit_log.insert()
 # The writer's transaction id, for the sealer's horizon (PostgreSQL only).
-_TXID = sa.literal_column("pg_current_xact_id()::text::bigint", sa.BigInteger)
+# The writer's transaction id, which the sealer's horizon needs on every row (PostgreSQL): for any
+# statement that inserts audit rows.
+WRITER_TXID = sa.literal_column("pg_current_xact_id()::text::bigint", sa.BigInteger)
 # inline(): no RETURNING of the new ids, which nobody reads; on the driver cursor (quaygate.hotsql), as
 # every token, login and gate decision writes one.
-_INSERT_PG = HotStatement(audit_log.insert().inline().values(txid=_TXID))
+_INSERT_PG = HotStatement(audit_log.insert().inline().values(txid=WRITER_TXID))
 _ENTRY_PARAMS = ("entry_kind", "entry_actor", "entry_subject", "entry_data", "entry_at")
 
 
@@ -67,7 +69,7 @@ def insert_entry_from(source: Any) -> sa.Insert:
         _ENTRY_PARAMS, (audit_log.c.kind, audit_log.c.actor, audit_log.c.subject, audit_log.c.data, audit_log.c.at),
         strict=True)]
     return audit_log.insert().from_select(["kind", "actor", "subject", "data", "at", "txid"],
-                                          sa.select(*entry, _TXID).select_from(source))
+                                          sa.select(*entry, WRITER_TXID).select_from(source))
 
 
 def entry_params(kind: str, actor: dict[str, Any], subject: str | None, data: dict[str, Any],

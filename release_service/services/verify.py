@@ -4,13 +4,13 @@ commit record the gate move with the decision, at once, answered the same way fo
     find (terminal, request_id) ── recorded? ── same fingerprint: the recorded answer, nothing redone
          │                                   └─ another request under that id: request_id_reused
          v
-    facts: policy, the rights of every container the read may be, the badge, the holder's screening
+    facts: policy, the rights of every container the read may be, the badge, the holder's screening;
+    a commit reads the rights afresh from PostgreSQL, unlocked (a nomination, hold, block or use that
+    committed meanwhile counts)
          v
     decide (domain/gate.py, pure)
          v
-    mode commit and allow: the right read again (no lock) and decided again on that fresh copy (a
-    nomination, hold, block or use that committed meanwhile counts), then gate-in (once) or gate-out
-    in the domain
+    mode commit and allow: gate-in (once) or gate-out of the right decided on, in the domain
          v
     write (``_write``): the decision, and the move with its events, audit entries and webhook
     deliveries, only if the right is still at the version read. On PostgreSQL that is one
@@ -26,9 +26,9 @@ answered from the record without matching again.
 
 With Redis (``facts``, adapters/gate_facts.py), the facts come from there, exact by invalidation
 after every commit; a check is decided and kept there with no PostgreSQL round trip (a drainer moves
-it into gate_decisions); a commit reads the cache on its own connection (what the cache misses is read
-there), then re-reads its right in PostgreSQL. Redis failing means deciding from PostgreSQL, as
-without it.
+it into gate_decisions); a commit reads the policy and badge there on its own connection (what the
+cache misses is read there) and its rights from PostgreSQL. Redis failing means deciding from
+PostgreSQL, as without it.
 
 Racing gates on one right: every one reads it at the same version, the first write moves it, and
 every later one updates nothing (the version changed), reads again, finds it gated in and is refused
@@ -306,14 +306,14 @@ def _decide_and_move(uow: UnitOfWork, actor: Actor, request: g.GateRequest, deci
     else:
         policy, badge, screening = snapshot.policy, snapshot.badge, g.ScreeningFacts(snapshot.screening)
     candidates = container_candidates(request.container.number)
-    commit = request.mode is g.Mode.COMMIT
-    found = uow.releases.of_containers(candidates) if commit else []
-    if commit:
+    if request.mode is g.Mode.COMMIT:
+        found = uow.releases.of_containers(candidates)
         rights = [g.RightFacts.from_right(r) for r in found]
     else:
+        found = []
         rights = snapshot.rights if snapshot is not None else uow.gate.rights(candidates)
     decision = g.decide(request, rights=rights, badge=badge, screening=screening, policy=policy, now=now)
-    if not commit or not decision.allowed or decision.release_id is None:
+    if request.mode is not g.Mode.COMMIT or not decision.allowed or decision.release_id is None:
         return decision, None
     right = next(r for r in found if r.id == decision.release_id)
     try:

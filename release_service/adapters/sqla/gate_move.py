@@ -52,6 +52,7 @@ from release_service.domain.release import ReleaseRight
 from release_service.domain.webhooks import patterns_matching
 from release_service.ports import DuplicateDecision, PublishedEvent
 
+from ..audit import WRITER_TXID
 from ..outbox import delivery_payload
 from .store import Reads, right_values
 
@@ -132,7 +133,7 @@ def _build(n: int, right_columns: tuple[str, ...], decision_columns: tuple[str, 
             e(k, "at", UTCDateTime()), e(k, "type", sa.String), e(k, "actor", JSON), bp("m_subject", type_=sa.String),
             sa.func.jsonb_build_object("seq", seq(k), type_=postgresql.JSONB)
             .op("||", return_type=postgresql.JSONB)(e(k, "data", JSON)),
-            sa.text("pg_current_xact_id()::text::bigint")).select_from(moved)),
+            WRITER_TXID).select_from(moved)),
     ).cte("audited")
     subs = webhook_subscriptions
     hooks = webhook_deliveries.insert().from_select(

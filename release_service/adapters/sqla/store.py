@@ -42,26 +42,17 @@ class StaleRight(Exception):
 
 # Prebuilt statements of the gate commit's hot path: built and cache-keyed once, not per call.
 _PENDING = transfers.alias("pending")
-# On the driver's cursor (quaygate.hotsql): a gate commit reads its right with it, and building the
-# result's metadata of some fifty columns cost more than the statement.
-_GET = HotStatement(
-    sa.select(releases, *[c.label("t_" + c.name) for c in _PENDING.c])
-    .select_from(releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id))
-    .where(releases.c.id == sa.bindparam("release_id"))
-)
-# Every live right of some containers, as _GET reads one: a gate commit decides on these, read afresh.
-_BY_CONTAINERS = (
-    sa.select(releases, *[c.label("t_" + c.name) for c in _PENDING.c])
-    .select_from(releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id))
-    .where(releases.c.container_number.in_(sa.bindparam("containers", expanding=True)),
-           releases.c.state != State.DELETED.value)
-)
-_BY_CONTAINERS_PG = HotStatement(
-    sa.select(releases, *[c.label("t_" + c.name) for c in _PENDING.c])
-    .select_from(releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id))
-    .where(releases.c.container_number == sa.any_(text_array("containers")),
-           releases.c.state != State.DELETED.value)
-)
+# A right with its pending transfer, the columns of the latter prefixed t_.
+_WITH_PENDING = (sa.select(releases, *[c.label("t_" + c.name) for c in _PENDING.c])
+                 .select_from(releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id)))
+# On the driver's cursor (quaygate.hotsql): building the result's metadata of some fifty columns cost
+# more than the statement.
+_GET = HotStatement(_WITH_PENDING.where(releases.c.id == sa.bindparam("release_id")))
+# Every live right of some containers: a gate commit decides on these, read afresh.
+_BY_CONTAINERS = _WITH_PENDING.where(releases.c.container_number.in_(sa.bindparam("containers", expanding=True)),
+                                     releases.c.state != State.DELETED.value)
+_BY_CONTAINERS_PG = HotStatement(_WITH_PENDING.where(releases.c.container_number == sa.any_(text_array("containers")),
+                                                     releases.c.state != State.DELETED.value))
 # Locking is a statement of its own, never FOR UPDATE on _GET: after waiting for the lock, PostgreSQL
 # re-checks the locked releases row at its newest version but keeps the joined transfer row from the
 # statement's older snapshot (EvalPlanQual re-fetches only the locked rows). Two accepts of one pending
