@@ -14,17 +14,26 @@ routers declared: the same endpoint, dependencies, response model and body limit
 in the OpenAPI document, where the routers' declarations stay the only ones.
 
 A method the path does not serve is not matched here either, so FastAPI answers it (405) as before.
+
+An endpoint that takes only the ``Request``, has no dependency and returns a ``Response`` itself (the
+token endpoint, the passkey login's options) gains nothing from FastAPI's request handler but its
+dependency solving, which cost about a twentieth of a token grant's CPU: such an endpoint is called
+directly, as Starlette calls one (``direct``). Any other runs FastAPI's handler, as declared.
 """
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Iterable
 from typing import Any
 
 from fastapi.routing import APIRoute
 from starlette._utils import get_route_path
-from starlette.routing import BaseRoute, Match, NoMatchFound
-from starlette.types import Receive, Scope, Send
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, NoMatchFound, request_response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 try:  # FastAPI's OpenTelemetry hook names the matched route (http.route) when telemetry is on
     from fastapi.telemetry._api import _route_selected
@@ -36,7 +45,11 @@ except ImportError:  # pragma: no cover - another FastAPI
 class ExactRoutes(BaseRoute):
     def __init__(self, routes: Iterable[APIRoute]) -> None:
         self._index: dict[tuple[str, str], APIRoute] = {}
+        self._direct: dict[int, ASGIApp] = {}  # id(route) -> the endpoint as Starlette calls one
         for route in routes:
+            app = direct(route)
+            if app is not None:
+                self._direct[id(route)] = app
             if route.param_convertors:
                 raise ValueError(f"{route.path} has path parameters: it cannot be looked up exactly")
             for method in route.methods or ():
@@ -62,6 +75,11 @@ class ExactRoutes(BaseRoute):
     def paths(self) -> set[tuple[str, str]]:
         return set(self._index)
 
+    @property
+    def direct_paths(self) -> set[tuple[str, str]]:
+        """The (method, path) pairs whose endpoint is called without FastAPI's request handler."""
+        return {key for key, route in self._index.items() if id(route) in self._direct}
+
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http":
             return Match.NONE, {}
@@ -74,7 +92,33 @@ class ExactRoutes(BaseRoute):
         route = scope["route"]
         if scope.get("fastapi.telemetry") is not None:
             _route_selected(scope=scope, path=route.path_format)
-        await route.handle(scope, receive, send)
+        app = self._direct.get(id(route))
+        if app is not None:
+            await app(scope, receive, send)
+        else:
+            await route.handle(scope, receive, send)
 
     def url_path_for(self, name: str, /, **path_params: Any) -> Any:
         raise NoMatchFound(name, path_params)  # the routers answer for their own routes
+
+
+def direct(route: APIRoute) -> ASGIApp | None:
+    """``route``'s endpoint as Starlette calls one, when FastAPI's handler would add nothing to it: an
+    ``async def`` taking the ``Request`` alone, with no dependency, returning a ``Response``; else None."""
+    d = route.dependant
+    if (d.dependencies or d.path_params or d.query_params or d.header_params or d.cookie_params or d.body_params
+            or d.websocket_param_name or d.http_connection_param_name or d.response_param_name
+            or d.background_tasks_param_name or d.security_scopes_param_name or not d.request_param_name):
+        return None
+    endpoint = route.endpoint
+    if not inspect.iscoroutinefunction(endpoint) or len(inspect.signature(endpoint).parameters) != 1:
+        return None
+    try:
+        hints = typing.get_type_hints(endpoint)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve: leave it to FastAPI
+        return None
+    returned = hints.get("return")
+    if hints.get(d.request_param_name) is not Request or not (
+            isinstance(returned, type) and issubclass(returned, Response)):
+        return None
+    return request_response(endpoint)

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.routing import Match
@@ -91,6 +92,34 @@ def test_the_index_refuses_what_it_cannot_look_up() -> None:
         ExactRoutes.of([router], [("GET", "/plain")])
     with pytest.raises(ValueError, match="given twice"):
         ExactRoutes([r for r in router.routes if r.path == "/plain"] * 2)  # type: ignore[misc]
+
+
+def test_only_plain_endpoints_are_called_without_fastapis_handler(app: FastAPI) -> None:
+    """The token endpoint and the passkey login's options take the Request alone and answer a Response:
+    called directly. The gate verify (a body model, a bearer dependency) and the passkey verify (a body
+    model) keep FastAPI's handler, which validates their input."""
+    index = app.router.routes[0]
+    assert index.direct_paths == {("POST", "/oauth2/token"), ("POST", "/webauthn/authentication/options")}
+    router = APIRouter()
+
+    @router.post("/sync")
+    def sync(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    @router.post("/dict")
+    async def answers_a_dict(request: Request) -> dict[str, str]:
+        return {}
+
+    @router.post("/query")
+    async def takes_a_query(request: Request, q: str) -> JSONResponse:
+        return JSONResponse({"q": q})
+
+    @router.post("/plain")
+    async def plain(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    found = ExactRoutes.of([router], [("POST", p) for p in ("/sync", "/dict", "/query", "/plain")])
+    assert found.direct_paths == {("POST", "/plain")}
 
 
 def test_the_index_is_not_in_the_openapi_document(app: FastAPI) -> None:
