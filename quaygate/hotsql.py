@@ -94,17 +94,10 @@ class HotStatement:
             params = params[0]  # one row: a plain execute (executemany would set up a pipeline)
         many = not isinstance(params, Mapping)
         first: Params = params[0] if many else params  # type: ignore[index,assignment]
-        keys = frozenset(first)
-        compiled = self._compiled.get(keys)
-        if compiled is None:
-            compiled = self._compiled[keys] = _Compiled(self.statement, conn.dialect, keys)
+        compiled = self._compiled_for(conn.dialect, first)
         if many and compiled.returns_rows:
             raise ValueError("executemany of a statement that returns rows")
-        try:
-            sent = [self._bound(compiled, p) for p in params] if many else self._bound(compiled, first)  # type: ignore[union-attr]
-        except Exception as exc:  # a bind type refused a value: SQLAlchemy's StatementError, as conn.execute raises
-            raise sa.exc.StatementError(f"({type(exc).__module__}.{type(exc).__name__}) {exc}", compiled.sql,
-                                        None, exc) from exc
+        sent = [self._bound(compiled, p) for p in params] if many else self._bound(compiled, first)  # type: ignore[union-attr]
         if not conn.in_transaction():
             conn.begin()
         dbapi = conn.connection.dbapi_connection
@@ -142,9 +135,7 @@ class HotStatement:
         (a machine's token writes one audit entry this way). PostgreSQL only. The connection goes back
         to the pool as it came (not in autocommit); a lost one is invalidated, never given out again."""
         dialect = engine.dialect
-        compiled = self._compiled.get(frozenset(params))
-        if compiled is None:
-            compiled = self._compiled[frozenset(params)] = _Compiled(self.statement, dialect, frozenset(params))
+        compiled = self._compiled_for(dialect, params)
         if compiled.returns_rows:
             raise ValueError("execute_autocommitted is for statements that return no rows")
         sent = self._bound(compiled, params)
@@ -168,8 +159,25 @@ class HotStatement:
         finally:
             raw.close()
 
+    def _compiled_for(self, dialect: sa.Dialect, params: Params) -> _Compiled:
+        keys = frozenset(params)
+        compiled = self._compiled.get(keys)
+        if compiled is None:
+            compiled = self._compiled[keys] = _Compiled(self.statement, dialect, keys)
+        return compiled
+
     @staticmethod
     def _bound(compiled: _Compiled, params: Params) -> dict[str, Any]:
+        """The values sent; a bind type that refuses one raises SQLAlchemy's StatementError, as
+        ``conn.execute`` does."""
+        try:
+            return HotStatement._processed(compiled, params)
+        except Exception as exc:  # noqa: BLE001 - re-raised as the error conn.execute would raise
+            raise sa.exc.StatementError(f"({type(exc).__module__}.{type(exc).__name__}) {exc}", compiled.sql,
+                                        None, exc) from exc
+
+    @staticmethod
+    def _processed(compiled: _Compiled, params: Params) -> dict[str, Any]:
         values = compiled.compiled.construct_params(params)  # literal values of the statement included
         for name, process in compiled.binds.items():  # as SQLAlchemy does: None included (JSON null)
             values[name] = process(values.get(name))

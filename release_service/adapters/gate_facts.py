@@ -94,8 +94,9 @@ local gb = gen('badges') .. '/' .. gen('bans')
 out[4] = gb
 out[5] = false
 if ARGV[3] ~= '' then out[5] = redis.call('GET', p .. 'badge:' .. ARGV[3] .. ':' .. gb) end
-local gr = gen('rights')
 local n = tonumber(ARGV[6])
+local gr = ''
+if #ARGV >= 7 + n then gr = gen('rights') end  -- a commit asks for no rights: none of their generations
 for i = 7 + n, #ARGV do
   local g = gen('r:' .. ARGV[i]) .. '/' .. gr
   out[#out + 1] = g
