@@ -4,6 +4,7 @@ screening, overrides and bad input."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from quaygate.app import create_app
 from quaygate.cache import MemoryCache
 from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher
+from quaygate.routing import ExactRoutes
 from quaygate.schema import (
     audit_log,
     badge_activations,
@@ -31,6 +33,7 @@ from quaygate.schema import (
 )
 from quaygate.settings import Settings
 from release_service.api.gate import VerifyResponse
+from release_service.api.gate import router as gate_router
 from release_service.domain.parties import OrgKind
 
 from .factories import TERMINAL, add_org, container
@@ -221,6 +224,59 @@ def test_bad_input_is_a_problem_and_records_nothing(gate: Gate, change: dict[str
     assert_problem(gate.verify(gate.body(8, mode="commit", **change)), status, code)
     with gate.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)).scalar_one() == 0
+
+
+def _malformed(gate: Gate) -> list[tuple[bytes, dict[str, str]]]:
+    """Requests the verify's lean handler must leave to FastAPI's (quaygate/routing.py ``lean_app``),
+    and requests it answers itself but must refuse as FastAPI's handler would (no or another token)."""
+    good = gate.body(9)
+    bearer = {"Authorization": f"Bearer {gate.gate_token}"}
+    as_json = {"content-type": "application/json", **bearer}
+
+    def enc(body: Any) -> bytes:
+        return json.dumps(body).encode()
+
+    return [
+        (b'{"request_id": ', as_json), (b"", as_json), (b"null", as_json), (b"[1, 2]", as_json),
+        (enc({**good, "unknown_field": 1}), as_json), (enc({**good, "direction": "sideways"}), as_json),
+        (enc({**good, "container": {"number": "X", "confidence": 1.5}}), as_json),
+        (enc({k: v for k, v in good.items() if k != "terminal"}), as_json),
+        (enc({**good, "observed_at": "2026-11-21T10:00:00"}), as_json), (enc(good), {"content-type": "text/plain",
+                                                                              **bearer}),
+        (enc(good), bearer),  # no content type at all
+        (enc(good), {"content-type": "application/json"}),  # no token
+        (enc(good), {"content-type": "application/json", "Authorization": f"DPoP {gate.gate_token}"}),
+        (enc(good), {"content-type": "application/json", "Authorization": "Bearer not.a.token"}),
+        (enc({**good, "face": {"image": "aGVsbG8="}}), as_json),
+    ]
+
+
+def test_the_lean_verify_refuses_exactly_as_fastapis_handler(gate: Gate) -> None:
+    """Every refusal through the lean handler is the one FastAPI's own handler gives: the same status,
+    problem and challenge. The plain index, put in front, sends verify through FastAPI's handler."""
+    gate.pickable(9)
+    app = gate.http.app
+    cases = _malformed(gate)
+    lean = [gate.http.post("/gate/v1/verify", content=body, headers=headers) for body, headers in cases]
+    app.router.routes.insert(0, ExactRoutes.of([gate_router], [("POST", "/gate/v1/verify")]))
+    try:
+        plain = [gate.http.post("/gate/v1/verify", content=body, headers=headers) for body, headers in cases]
+    finally:
+        del app.router.routes[0]
+    for (body, headers), a, b in zip(cases, lean, plain, strict=True):
+        assert a.status_code >= 400, (body, headers, a.text)
+        assert (a.status_code, a.json(), a.headers.get("www-authenticate")) == (
+            b.status_code, b.json(), b.headers.get("www-authenticate")), (body, headers)
+    with gate.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)).scalar_one() == 0
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/merge-patch+json"])
+def test_json_content_types_fastapi_takes_are_taken(gate: Gate, content_type: str) -> None:
+    gate.pickable(10)
+    r = gate.http.post("/gate/v1/verify", content=json.dumps(gate.body(10)).encode(),
+                       headers={"content-type": content_type, "Authorization": f"Bearer {gate.gate_token}"})
+    assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
 
 
 def test_override_lets_a_refused_truck_in_once_with_a_reason(gate: Gate) -> None:

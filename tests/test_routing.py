@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
+from starlette.responses import Response
 from starlette.routing import Match
 
 from quaygate.app import HOT_ROUTES, create_app
@@ -96,10 +99,11 @@ def test_the_index_refuses_what_it_cannot_look_up() -> None:
 
 def test_only_plain_endpoints_are_called_without_fastapis_handler(app: FastAPI) -> None:
     """The token endpoint and the passkey login's options take the Request alone and answer a Response:
-    called directly. The gate verify (a body model, a bearer dependency) and the passkey verify (a body
-    model) keep FastAPI's handler, which validates their input."""
+    called directly. The gate verify has a lean handler of its own in front of FastAPI's. The passkey
+    verify (a body model) keeps FastAPI's handler, which validates its input."""
     index = app.router.routes[0]
-    assert index.direct_paths == {("POST", "/oauth2/token"), ("POST", "/webauthn/authentication/options")}
+    assert index.direct_paths == {("POST", "/oauth2/token"), ("POST", "/webauthn/authentication/options"),
+                                  ("POST", "/gate/v1/verify")}
     router = APIRouter()
 
     @router.post("/sync")
@@ -148,3 +152,74 @@ def test_served_through_the_index_as_through_the_routers(served: TestClient) -> 
     metrics = served.get("/metrics").text
     assert 'route="/oauth2/token"' in metrics and 'route="/gate/v1/verify"' in metrics
     assert 'route="unmatched"' not in metrics
+
+
+# ---- a route's lean handler (``lean_app``) ----------------------------------------------------------
+
+
+class _Thing(BaseModel):
+    n: int
+
+
+async def _lean(request: Request, body: bytes) -> Response | None:
+    """Answers a positive n itself; raises for "boom"; leaves everything else to FastAPI's handler."""
+    try:
+        n = json.loads(body).get("n")
+    except (ValueError, AttributeError):
+        return None
+    if n == "boom":
+        raise HTTPException(418, "the lean handler refused")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        return JSONResponse({"by": "lean", "n": n})
+    return None
+
+
+def _things(*, lean: bool, app_limit: int | None = None, route_limit: int | None = None) -> TestClient:
+    app = FastAPI(max_body_size=app_limit)
+    router = APIRouter()
+
+    @router.post("/things", max_body_size=route_limit)
+    async def things(thing: _Thing) -> dict[str, Any]:
+        return {"by": "fastapi", "n": thing.n}
+
+    app.include_router(router)
+    app.router.routes.insert(0, ExactRoutes.of([router], [("POST", "/things")],
+                                               lean={("POST", "/things"): _lean} if lean else None))
+    return TestClient(app)
+
+
+def test_a_lean_handler_answers_what_it_is_sure_of() -> None:
+    assert _things(lean=True).post("/things", json={"n": 3}).json() == {"by": "lean", "n": 3}
+    assert _things(lean=False).post("/things", json={"n": 3}).json() == {"by": "fastapi", "n": 3}
+
+
+def test_a_body_sent_in_parts_is_read_whole() -> None:
+    r = _things(lean=True).post("/things", content=iter([b'{"n"', b": 4", b"}"]),
+                                headers={"content-type": "application/json"})
+    assert r.json() == {"by": "lean", "n": 4}
+
+
+@pytest.mark.parametrize("content", [b'{"n": -1}', b'{"n": "x"}', b'{"n": ', b"", b"[1]", b'{"m": 1}'])
+def test_what_the_lean_handler_declines_fastapi_answers_from_the_same_body(content: bytes) -> None:
+    headers = {"content-type": "application/json"}
+    lean = _things(lean=True).post("/things", content=content, headers=headers)
+    plain = _things(lean=False).post("/things", content=content, headers=headers)
+    assert (lean.status_code, lean.json()) == (plain.status_code, plain.json())
+    if content == b'{"n": -1}':
+        assert lean.json() == {"by": "fastapi", "n": -1}  # the body reached FastAPI's handler whole
+
+
+def test_an_exception_in_the_lean_handler_goes_to_the_apps_handlers() -> None:
+    r = _things(lean=True).post("/things", json={"n": "boom"})
+    assert (r.status_code, r.json()) == (418, {"detail": "the lean handler refused"})
+
+
+@pytest.mark.parametrize("where", ["app", "route"])
+def test_body_limits_hold_on_the_lean_way(where: str) -> None:
+    limits = {"app_limit": 40} if where == "app" else {"route_limit": 40}
+    big = json.dumps({"n": 5, "pad": "x" * 100})
+    for lean in (True, False):
+        client = _things(lean=lean, **limits)
+        r = client.post("/things", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413, (lean, r.text)
+        assert client.post("/things", json={"n": 5}).json()["n"] == 5

@@ -44,7 +44,7 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
-from quaygate import invalidation
+from quaygate import invalidation, jsonbody
 from quaygate.redisline import Line, Script
 from quaygate.schema import gate_decisions
 from release_service.domain.gate import (
@@ -240,7 +240,7 @@ class RedisGateFacts:
         request_id (a twin, or another request reusing the id)."""
         twin = self._call(lambda: self._line.run(
             _RECORD, [self._request_key(row), self._p + STREAM],
-            [_answer(row), self._request_ttl, json.dumps(row, default=_json), self._cap]))
+            [_answer(row), self._request_ttl, jsonbody.dumps(row), self._cap]))
         return _stored(twin) if twin else None
 
     def remember(self, row: dict[str, Any]) -> None:
@@ -455,22 +455,23 @@ def _policy(raw: bytes) -> TerminalPolicy:
     return TerminalPolicy(**json.loads(raw))
 
 
-def _answer(row: dict[str, Any]) -> str:
-    """What a repeated request_id is answered from (a StoredDecision, as JSON)."""
-    return json.dumps({"id": str(row["id"]), "fingerprint": row["fingerprint"], "response": row["response"],
-                       "decision": row["decision"], "release_id": _str(row["release_id"]),
-                       "committed": row["committed"], "direction": row["direction"], "terminal": row["terminal"]})
+def _answer(row: dict[str, Any]) -> bytes:
+    """What a repeated request_id is answered from (a StoredDecision, as JSON; the response embedded as
+    encoded once, quaygate/jsonbody.py)."""
+    return jsonbody.dumps({"id": row["id"], "fingerprint": row["fingerprint"], "response": row["response"],
+                           "decision": row["decision"], "release_id": row["release_id"],
+                           "committed": row["committed"], "direction": row["direction"], "terminal": row["terminal"]})
 
 
 def _stored(raw: bytes) -> StoredDecision:
-    d = json.loads(raw)
+    d = jsonbody.loads(raw)
     return StoredDecision(id=uuid.UUID(d["id"]), fingerprint=d["fingerprint"], response=d["response"],
                           decision=d["decision"], release_id=uuid.UUID(d["release_id"]) if d["release_id"] else None,
                           committed=d["committed"], direction=d["direction"], terminal=d["terminal"])
 
 
 def _row(raw: bytes) -> dict[str, Any]:
-    d = json.loads(raw)
+    d = jsonbody.loads(raw)
     d["id"] = uuid.UUID(d["id"])
     d["release_id"] = uuid.UUID(d["release_id"]) if d["release_id"] else None
     d["observed_at"] = _dt(d["observed_at"])
@@ -486,24 +487,12 @@ def _s(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def _str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
 def _iso(at: datetime | None) -> str | None:
     return None if at is None else at.isoformat()
 
 
 def _dt(raw: str | None) -> datetime | None:
     return None if raw is None else datetime.fromisoformat(raw)
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
 
 
 BATCH = 1000  # decisions per insert at most

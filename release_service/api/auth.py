@@ -49,10 +49,15 @@ class AccessTokenCredentials(HTTPBearer):
     Documented in OpenAPI as the http bearer scheme; parsed here so a DPoP token is not dropped."""
 
     async def __call__(self, request: HTTPConnection) -> HTTPAuthorizationCredentials | None:  # type: ignore[override]
-        scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
-        if not scheme or not token or scheme.lower() not in ("bearer", "dpop"):
-            return None
-        return HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+        return credentials_of(request)
+
+
+def credentials_of(request: HTTPConnection) -> HTTPAuthorizationCredentials | None:
+    """The access token of the Authorization header, with its scheme; None without one (``bearer``)."""
+    scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+    if not scheme or not token or scheme.lower() not in ("bearer", "dpop"):
+        return None
+    return HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
 
 
 bearer = AccessTokenCredentials(

@@ -25,13 +25,14 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from starlette.concurrency import run_in_threadpool
 
 from identity.domain.scopes import GATE_VERIFY
+from quaygate import jsonbody
 from quaygate.threads import threads_for
 from release_service.domain import gate as g
 from release_service.domain.parties import Actor
 from release_service.ports import FaceCaptureRefused
 from release_service.services import verify as verify_service
 
-from .auth import authenticate_but_revocation, bearer, require
+from .auth import authenticate_but_revocation, bearer, credentials_of, require
 from .problems import problem, problem_responses
 from .routes import unit_of_work
 
@@ -180,8 +181,9 @@ def gate_request(body: VerifyRequest) -> g.GateRequest:
 
 def _answer(body: dict[str, Any]) -> Response:
     """The answer as JSON, as is: services/verify.py builds it in VerifyResponse's shape (the model
-    stays the published schema, and tests hold every answer to it), so it is not validated again."""
-    return Response(json.dumps(body, separators=(",", ":")).encode(), media_type="application/json")
+    stays the published schema, and tests hold every answer to it), so it is not validated again; a
+    decision kept in Redis was encoded for it already (quaygate/jsonbody.py), and is sent as encoded."""
+    return Response(jsonbody.dumps(body), media_type="application/json")
 
 
 @router.post("/verify", operation_id="verifyGate", response_model=VerifyResponse,
@@ -190,6 +192,34 @@ def _answer(body: dict[str, Any]) -> Response:
 async def verify(request: Request, body: VerifyRequest,
                  credentials: HTTPAuthorizationCredentials | None = Depends(bearer)  # noqa: B008
                  ) -> Response:
+    return await _verify(request, body, credentials)
+
+
+async def verify_lean(request: Request, raw: bytes) -> Response | None:
+    """POST /gate/v1/verify without FastAPI's request handler (quaygate/routing.py ``lean_app``): a
+    JSON body parsed and validated as FastAPI's handler does it (``json.loads``, then the model's
+    validator), and the Authorization header read as ``bearer`` reads it. None, for FastAPI's handler to
+    answer as declared, when the body is not JSON or does not parse or validate."""
+    if not _json_content(request.headers.get("content-type")):
+        return None
+    try:
+        body = VerifyRequest.model_validate(json.loads(raw))
+    except ValueError:  # json.JSONDecodeError, pydantic.ValidationError: FastAPI's own 422
+        return None
+    return await _verify(request, body, credentials_of(request))
+
+
+def _json_content(value: str | None) -> bool:
+    """``application/json`` or ``application/*+json``, as FastAPI's strict content type takes it."""
+    if not value:
+        return False
+    kind = value.partition(";")[0].strip().lower()
+    main, _, sub = kind.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+async def _verify(request: Request, body: VerifyRequest, credentials: HTTPAuthorizationCredentials | None
+                  ) -> Response:
     # On the event loop: the token check and, with the facts cached, a check decided and kept in Redis,
     # the token's revocation read with the facts (one round trip for both). Whatever waits for
     # PostgreSQL or a face worker goes to the thread pool; on every way but the cached one, the

@@ -47,6 +47,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from quaygate.jsonbody import Body
 from release_service.domain import gate as g
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor, OrgKind
@@ -332,8 +333,9 @@ def _decide_and_move(uow: UnitOfWork, actor: Actor, request: g.GateRequest, deci
 
 def response_body(request: g.GateRequest, decision: g.Decision, decision_id: uuid.UUID,
                   committed: bool) -> dict[str, Any]:
-    """The published response (SPEC.md), plus what was repaired and whether the move was recorded."""
-    return {
+    """The published response (SPEC.md), plus what was repaired and whether the move was recorded; a
+    ``jsonbody.Body``, encoded once for every copy kept and for the gate's answer."""
+    return Body({
         "decision": decision.decision.value,
         "reasons": [r.value for r in decision.reasons],
         "decision_id": str(decision_id),
@@ -347,7 +349,7 @@ def response_body(request: g.GateRequest, decision: g.Decision, decision_id: uui
         "committed": committed,
         "repairs": [{"field": r.field, "position": r.position, "read": r.read, "understood": r.understood}
                     for r in decision.repairs],
-    }
+    })
 
 
 def _row(actor: Actor, request: g.GateRequest, decision: g.Decision, decision_id: uuid.UUID, committed: bool,

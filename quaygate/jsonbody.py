@@ -1,0 +1,44 @@
+"""JSON for the gate verify's hot path: an answer encoded once, in C (orjson), and embedded as is.
+
+A gate check's answer is written three times: into the Redis stream entry that carries its decision
+to PostgreSQL, into the Redis key that answers a repeated ``request_id``, and to the gate as the HTTP
+response. ``Body`` keeps its encoding once made, and ``dumps`` embeds a ``Body`` found inside another
+value as those very bytes (``orjson.Fragment``), so the answer is encoded once and sent as encoded.
+
+orjson writes what ``json.dumps`` writes for the values used here (str, int, float, bool, None, lists,
+dicts with str keys), compactly, and encodes ``uuid.UUID`` and aware ``datetime`` values itself (as
+``str(value)`` and ``value.isoformat()`` would). Anything else is a TypeError, as with ``json.dumps``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class Body(dict[str, Any]):
+    """A JSON object's dict that keeps its encoding once made. Complete it before encoding it: the
+    encoding is not made again after a change (a copy, ``dict(body)``, is a plain dict)."""
+
+    __slots__ = ("_encoded",)
+
+    def encoded(self) -> bytes:
+        try:
+            return self._encoded
+        except AttributeError:
+            self._encoded: bytes = orjson.dumps(self)
+            return self._encoded
+
+
+def dumps(value: Any) -> bytes:
+    """``value`` as compact JSON; a ``Body`` at its top or as a value of a dict in it as its own bytes."""
+    if isinstance(value, Body):
+        return value.encoded()
+    if isinstance(value, dict):
+        value = {k: orjson.Fragment(v.encoded()) if isinstance(v, Body) else v for k, v in value.items()}
+    return orjson.dumps(value)
+
+
+def loads(raw: bytes | str) -> Any:
+    return orjson.loads(raw)
