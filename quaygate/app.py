@@ -73,6 +73,46 @@ class IdentityFaceMatcher:
         return FaceOutcome(person_id, m.distance, m.matched, m.reason, m.tolerance)
 
 
+class _BodyTooLargeProblem:
+    """Starlette's body limit (FastAPI's ``max_body_size``, quaygate/limits.py) answers a body announced
+    larger than its route takes with a plain-text 413 of its own, sent from outside the app's exception
+    handlers. The API answers every refusal as problem JSON (RFC 9457): this, outermost, makes that 413
+    one too (``body_too_large``). Every other answer passes as it is."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held = False
+
+        async def send_problem(message: Any) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] == 413 and not any(
+                    k == b"content-type" and v.startswith(problems.MEDIA_TYPE.encode())
+                    for k, v in message.get("headers", ())):
+                held = True  # Starlette's plain text: replaced once its body is done
+                return
+            if held:
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
+                    held = False
+                    await problems.problem(413, "body_too_large", "The request body is larger than this "
+                                           "route takes.", instance=scope.get("path"))(scope, receive, send)
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_problem)
+
+
+class QuaygateAPI(FastAPI):
+    """FastAPI, with a body over its route's limit refused as problem JSON (``_BodyTooLargeProblem``)."""
+
+    def build_middleware_stack(self) -> Any:
+        return _BodyTooLargeProblem(super().build_middleware_stack())
+
+
 # The requests a port sends by the thousand: the gate's verify, tokens, passkey logins.
 HOT_ROUTES = (("POST", "/gate/v1/verify"), ("POST", "/oauth2/token"),
               ("POST", "/webauthn/authentication/options"), ("POST", "/webauthn/authentication/verify"))
@@ -118,12 +158,13 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             if container is None:
                 built.close()
 
-    app = FastAPI(
+    app = QuaygateAPI(
         title="quaygate",
         version=VERSION,
         summary="Identity-bound container release: release rights, identity provider, gate verify.",
         lifespan=lifespan,
         openapi_url="/openapi.json",
+        max_body_size=settings.max_body_bytes,  # routes that take more say so (quaygate/limits.py)
     )
     metrics = Metrics()
     app.state.metrics = metrics

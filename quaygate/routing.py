@@ -128,6 +128,8 @@ def direct(route: APIRoute) -> ASGIApp | None:
     """``route``'s endpoint as Starlette calls one, when FastAPI's handler would add nothing to it: an
     ``async def`` taking the ``Request`` alone, with no dependency, returning a ``Response``; else None."""
     d = route.dependant
+    if route.max_body_size is not None:
+        return None  # its own body limit wraps FastAPI's handler (route.app): keep it
     if (d.dependencies or d.path_params or d.query_params or d.header_params or d.cookie_params or d.body_params
             or d.websocket_param_name or d.http_connection_param_name or d.response_param_name
             or d.background_tasks_param_name or d.security_scopes_param_name or not d.request_param_name):

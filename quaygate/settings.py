@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     gate_request_ttl: int = 900  # seconds a check's request_id is answered from Redis
     gate_decision_drain: bool = True
     log_level: str = "INFO"
+    # The largest request body any route takes unless it says otherwise (413 body_too_large past it):
+    # without a limit, a client, signed in or not, could make the server hold a body of any size. The
+    # routes that carry more say so themselves (``quaygate/limits.py``): a face image, a batch of
+    # rights, a ban feed.
+    max_body_bytes: int = 1024 * 1024
     # ---- port-ban register (issue 4, identity/bans/, docs/port-ban-feed.md) ----
     # The register's public key (a JWK, JSON text) or a file holding it; feeds signed by anything else
     # are refused. ES256 or EdDSA only.

@@ -173,6 +173,28 @@ def test_wrong_party_actions(api: Api) -> None:
     assert types == ["release.issued", "release.transfer.requested", "release.transfer.accepted", "release.revoked"]
 
 
+@pytest.mark.parametrize(("path", "size"), [
+    ("/api/v1/releases", 1024 * 1024 + 1),  # any route: 1 MiB (Settings.max_body_bytes)
+    ("/api/v1/releases:batch", 16 * 1024 * 1024 + 1),  # quaygate/limits.py: a batch of 10 000 rights
+    ("/gate/v1/verify", 8 * 1024 * 1024 + 64 * 1024 + 1),  # a face image in its JSON
+    ("/oauth2/token", 1024 * 1024 + 1),  # called without FastAPI's handler (quaygate/routing.py)
+])
+@pytest.mark.parametrize(("signed_in", "chunked"), [(True, False), (False, False), (False, True)])
+def test_a_body_past_its_routes_limit_is_refused_before_it_is_read_whole(api: Api, path: str, size: int,
+                                                                         signed_in: bool, chunked: bool) -> None:
+    """Without a limit, anyone could make the server hold a body of any size (a criminal's cheap
+    outage): past its route's limit, a body is refused 413 body_too_large, whoever sends it, whether
+    its length is announced (refused unread) or it comes in chunks (refused once past the limit)."""
+    headers = {**(api.as_("line") if signed_in else {}), "content-type": "application/json"}
+    body = b"{" + b" " * (size - 2) + b"}"
+    step = 256 * 1024
+    r = api.http.post(path, content=iter([body[i:i + step] for i in range(0, len(body), step)]) if chunked
+                      else body, headers=headers)
+    assert_problem(r, 413, "body_too_large")
+    small = api.http.post(path, content=b"{" + b" " * 1000 + b"}", headers=headers)
+    assert small.status_code != 413, small.text  # the limit is the route's, not any body's
+
+
 def test_oversized_batch(api: Api) -> None:
     now = datetime.now(UTC)
     item = {"container_number": container(1), "bill_of_lading": "BL", "vessel_call": "VC", "terminal": TERMINAL,

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from quaygate.limits import FEED_BODY_BYTES
 from quaygate.schema import audit_log
 from release_service.api.problems import problem, problem_responses
 
@@ -58,7 +59,7 @@ def _load(request: Request, raw: bytes, caller: AdminCaller) -> LoadResult:
     return result
 
 
-@router.post("/feeds", operation_id="admin_import_ban_feed", openapi_extra=_FEED_BODY,
+@router.post("/feeds", operation_id="admin_import_ban_feed", openapi_extra=_FEED_BODY, max_body_size=FEED_BODY_BYTES,
              responses=problem_responses(401, 403, 413, 422, 503))
 async def import_feed(request: Request) -> JSONResponse:
     """Load one signed ban feed (snapshot or change set); refused feeds change nothing."""

@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from quaygate.limits import IMAGE_BODY_BYTES
 from release_service.api.problems import problem, problem_responses
 
 from ..authn.service import passkeys_for
@@ -92,6 +93,7 @@ _ADMIN_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 503)
 
 
 @router.post("/admin/v1/persons/{person_id}/face", operation_id="admin_enrol_face", status_code=201,
+             max_body_size=IMAGE_BODY_BYTES,
              responses=_ADMIN_ERRORS)
 async def enrol_face(person_id: uuid.UUID, request: Request, body: EnrolIn) -> JSONResponse:
     """Enrol a person's face from an ID photo or a live capture; the photo is not kept."""
@@ -137,7 +139,7 @@ async def withdraw_face(person_id: uuid.UUID, request: Request) -> JSONResponse:
     return JSONResponse({"person_id": str(person_id), "enrolled": False})
 
 
-@router.post("/face/step-up", operation_id="faceStepUp",
+@router.post("/face/step-up", operation_id="faceStepUp", max_body_size=IMAGE_BODY_BYTES,
              responses=problem_responses(401, 403, 409, 413, 422, 429, 503))
 async def step_up(request: Request, body: StepUpIn) -> JSONResponse:
     """Raise the browser's login session to acr face with a live capture of the logged-in person."""

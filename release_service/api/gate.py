@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from identity.domain.scopes import GATE_VERIFY
 from quaygate import jsonbody
+from quaygate.limits import IMAGE_BODY_BYTES
 from quaygate.threads import threads_for
 from release_service.domain import gate as g
 from release_service.domain.parties import Actor
@@ -186,7 +187,7 @@ def _answer(body: dict[str, Any]) -> Response:
     return Response(jsonbody.dumps(body), media_type="application/json")
 
 
-@router.post("/verify", operation_id="verifyGate", response_model=VerifyResponse,
+@router.post("/verify", operation_id="verifyGate", response_model=VerifyResponse, max_body_size=IMAGE_BODY_BYTES,
              responses=problem_responses(400, 401, 403, 409, 422),
              summary="Decide whether this driver in this truck may take this container; on commit, record it.")
 async def verify(request: Request, body: VerifyRequest,

@@ -170,7 +170,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}.get(
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}.get(
             exc.status_code, "http_error"
         )
         return problem(exc.status_code, code, str(exc.detail), instance=request.url.path,

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from identity.domain.assurance import ACR_PASSKEY
+from quaygate.limits import BATCH_BODY_BYTES
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor
@@ -99,6 +100,7 @@ def issue_release(request: Request, body: s.IssueRequest, actor: Actor = Depends
 
 
 @router.post("/releases:batch", operation_id="issueReleaseBatch", status_code=200, response_model=s.BatchOut,
+             max_body_size=BATCH_BODY_BYTES,
              responses=problem_responses(400, 401, 403, 413, 422),
              summary="Issue up to 10 000 rights for a vessel call; each item succeeds or fails on its own")
 def issue_batch(request: Request, body: s.BatchRequest, actor: Actor = Depends(WRITE),
