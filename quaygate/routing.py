@@ -35,6 +35,7 @@ import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from fastapi._body_limit import wrap_app_with_body_limit
 from fastapi.routing import APIRoute
 from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette._utils import get_route_path
@@ -154,7 +155,7 @@ def lean_app(route: APIRoute, handler: LeanHandler) -> ASGIApp:
     same body. Exceptions raised by ``handler`` go to the app's exception handlers, as an endpoint's do."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        messages, body, failure = await _read_body(receive, route.max_body_size)
+        messages, body, failure = await _read_body(receive)
         if body is not None:
             request = Request(scope, _Replay(messages, None, receive))
             declined = False
@@ -172,28 +173,23 @@ def lean_app(route: APIRoute, handler: LeanHandler) -> ASGIApp:
                 return
         await route.handle(scope, _Replay(messages, failure, receive), send)
 
-    return app
+    # The route's own body limit (FastAPI's max_body_size) holds while the body is read here, as it
+    # holds in route.app: past it, reading fails, and FastAPI's handler refuses it (413).
+    return wrap_app_with_body_limit(app, route.max_body_size)
 
 
-async def _read_body(receive: Receive, limit: int | None
-                     ) -> tuple[list[Message], bytes | None, BaseException | None]:
+async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None, BaseException | None]:
     """The messages of the request's body read, and the body; None instead of the body when reading it
-    failed (the app's body limit, a disconnect), with the failure to raise again to whoever reads it
-    next, or when it grew past the route's own ``limit`` (FastAPI's handler reads the rest and refuses it)."""
+    failed (a body limit, a disconnect), with the failure to raise again to whoever reads it next."""
     messages: list[Message] = []
     chunks: list[bytes] = []
-    size = 0
     try:
         while True:
             message = await receive()
             messages.append(message)
             if message["type"] != "http.request":
                 return messages, None, None  # a disconnect: FastAPI's handler meets it as it would
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if limit is not None and size > limit:
-                return messages, None, None
+            chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 return messages, b"".join(chunks), None
     except Exception as exc:  # noqa: BLE001 - given back to FastAPI's handler, which judges it

@@ -248,6 +248,7 @@ def _malformed(gate: Gate) -> list[tuple[bytes, dict[str, str]]]:
         (enc(good), {"content-type": "application/json", "Authorization": f"DPoP {gate.gate_token}"}),
         (enc(good), {"content-type": "application/json", "Authorization": "Bearer not.a.token"}),
         (enc({**good, "face": {"image": "aGVsbG8="}}), as_json),
+        (b"[" * 100_000, as_json),  # json.loads raises RecursionError, not a ValueError: still FastAPI's 400
     ]
 
 
