@@ -22,19 +22,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from quaygate.limits import FEED_BODY_BYTES
 from quaygate.schema import audit_log
 from release_service.api.problems import problem, problem_responses
 
 from .. import audit
-from ..bans.feed import register_key
+from ..bans.feed import MAX_FEED_BYTES, register_key
 from ..bans.loader import LoadResult, load_feed
 from ..domain.bans import FeedRefused
 from .admin import AdminCaller, AdminRefused, admin_caller
 
 router = APIRouter(prefix="/admin/v1/bans", tags=["port bans admin"])
 
-MAX_FEED_BYTES = 64 * 1024 * 1024  # a 100 000-ban snapshot is about 20 MB
 ALERT_KIND = "screening.ban.nomination_alert"
 _FEED_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "description": "a signed feed (JWS JSON serialization)"}},
@@ -59,7 +57,7 @@ def _load(request: Request, raw: bytes, caller: AdminCaller) -> LoadResult:
     return result
 
 
-@router.post("/feeds", operation_id="admin_import_ban_feed", openapi_extra=_FEED_BODY, max_body_size=FEED_BODY_BYTES,
+@router.post("/feeds", operation_id="admin_import_ban_feed", openapi_extra=_FEED_BODY, max_body_size=MAX_FEED_BYTES,
              responses=problem_responses(401, 403, 413, 422, 503))
 async def import_feed(request: Request) -> JSONResponse:
     """Load one signed ban feed (snapshot or change set); refused feeds change nothing."""

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from quaygate.limits import IMAGE_BODY_BYTES
+from quaygate.limits import IMAGE_B64_MAX, IMAGE_BODY_BYTES
 from release_service.api.problems import problem, problem_responses
 
 from ..authn.service import passkeys_for
@@ -50,7 +50,6 @@ _STATUS = {
     "login_required": 401, FaceCode.MISMATCH: 401, FaceCode.NOT_LIVE: 401, "origin_refused": 403,
     "step_up_not_allowed": 403, "rate_limited": 429,
 }
-_MAX_B64 = 8 * 1024 * 1024  # the schema's bound; QUAYGATE_FACE_MAX_IMAGE_BYTES is the real limit
 
 
 class _Body(BaseModel):
@@ -58,12 +57,12 @@ class _Body(BaseModel):
 
 
 class EnrolIn(_Body):
-    image: str = Field(max_length=_MAX_B64, description="the photo (JPEG or PNG), base64 or a data: URL")
+    image: str = Field(max_length=IMAGE_B64_MAX, description="the photo (JPEG or PNG), base64 or a data: URL")
     source: str = Field(default="id_photo", description=" or ".join(SOURCES))
 
 
 class StepUpIn(_Body):
-    image: str = Field(max_length=_MAX_B64, description="a live capture (JPEG or PNG), base64 or a data: URL")
+    image: str = Field(max_length=IMAGE_B64_MAX, description="a live capture (JPEG or PNG), base64 or a data: URL")
 
 
 def _image(text: str) -> bytes:

@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from identity.domain.scopes import GATE_VERIFY
 from quaygate import jsonbody
-from quaygate.limits import IMAGE_BODY_BYTES
+from quaygate.limits import IMAGE_B64_MAX, IMAGE_BODY_BYTES
 from quaygate.threads import threads_for
 from release_service.domain import gate as g
 from release_service.domain.parties import Actor
@@ -71,14 +71,13 @@ class FaceMatchIn(_In):
 
 
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG
-_MAX_IMAGE_B64 = 8 * 1024 * 1024  # the schema's bound; QUAYGATE_FACE_MAX_IMAGE_BYTES is the real limit
 
 
 class FaceIn(_In):
     """Exactly one of ``match`` and ``image``."""
 
     match: FaceMatchIn | None = Field(default=None, description="A result from the terminal's trusted local matcher.")
-    image: str | None = Field(default=None, min_length=1, max_length=_MAX_IMAGE_B64, description=(
+    image: str | None = Field(default=None, min_length=1, max_length=IMAGE_B64_MAX, description=(
         "A capture of the driver's face, JPEG or PNG, base64 (or a data: URL), at most "
         "QUAYGATE_FACE_MAX_IMAGE_BYTES (4 MB) decoded: matched 1:1 by the service against the enrolled face "
         "of the nominated driver, with the terminal's face_tolerance. Never stored."))
