@@ -132,9 +132,18 @@ def test_a_cached_check_runs_no_sql_and_reaches_the_database_through_the_drainer
     facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
     assert facts.drain("test", block_ms=None) == 2
     with gate.engine.connect() as conn:
-        kept = conn.execute(sa.select(gate_decisions.c.request_id, gate_decisions.c.decision, gate_decisions.c.mode)
-                            .where(gate_decisions.c.request_id == body["request_id"])).all()
-    assert [tuple(k) for k in kept] == [(body["request_id"], "allow", "check")]
+        kept = conn.execute(sa.select(gate_decisions).where(gate_decisions.c.request_id == body["request_id"])
+                            ).mappings().all()
+    assert len(kept) == 1
+    row = kept[0]
+    # Every column as the decision had it, whatever way the drainer writes it (one JSON array on PostgreSQL)
+    assert (row["id"], row["release_id"]) == (uuid.UUID(first["decision_id"]), uuid.UUID(first["release_id"]))
+    assert (row["terminal"], row["lane"], row["direction"], row["mode"], row["decision"], row["committed"]) == (
+        TERMINAL, body["lane"], "in", "check", "allow", False)
+    assert (row["reasons"], row["response"], row["container_number"]) == ([], first, first["container"])
+    assert row["observed_at"] == datetime.fromisoformat(body["observed_at"])
+    assert row["decided_at"].tzinfo is not None and abs(row["decided_at"] - _now()) < timedelta(minutes=5)
+    assert len(row["fingerprint"]) == 64 and row["client_id"]
     assert facts.drain("test", block_ms=None) == 0  # acknowledged: never written twice
 
 

@@ -137,6 +137,13 @@ return redis.call('GET', KEYS[1])
 """)
 
 
+# Kept decisions (JSON objects named like gate_decisions' columns) into gate_decisions, on PostgreSQL.
+_COLUMNS = ", ".join(c.name for c in gate_decisions.c)
+_INSERT_FROM_JSON = sa.text(
+    f"INSERT INTO gate_decisions ({_COLUMNS}) SELECT {_COLUMNS} FROM "  # noqa: S608 - our own schema's column names
+    "jsonb_populate_recordset(NULL::gate_decisions, CAST(:rows AS jsonb)) ON CONFLICT DO NOTHING")
+
+
 class RedisGateFacts:
     def __init__(self, client: redis.Redis, engine: sa.Engine, uow: Callable[[], SqlUnitOfWork], *,
                  prefix: str = "qg:gate:", ttl: int = 600, request_ttl: int = 900, cooldown: float = 1.0,
@@ -314,7 +321,7 @@ class RedisGateFacts:
         batches += [entries for _, entries in fresh or []]
         for entries in batches:
             ids = [eid for eid, _ in entries]
-            rows = [_row(fields[b"row"]) for _, fields in entries if fields and b"row" in fields]
+            rows = [fields[b"row"] for _, fields in entries if fields and b"row" in fields]
             if rows:
                 self._insert(rows)
             if ids:
@@ -323,18 +330,20 @@ class RedisGateFacts:
             moved += len(rows)
         return moved
 
-    def _insert(self, rows: list[dict[str, Any]]) -> None:
-        dialect = self._engine.dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects import postgresql
+    def _insert(self, rows: list[bytes]) -> None:
+        """The kept decisions (their JSON, as recorded) into gate_decisions; one already there is left.
+        On PostgreSQL the JSON goes as it is, one array in one parameter that the server turns into rows
+        (``jsonb_populate_recordset``): the drainer, a thread of the server process, spends next to no
+        Python on it, so it holds the GIL (and the gate checks on the event loop) for no longer than a
+        round trip's bookkeeping, however many rows it moves."""
+        if self._engine.dialect.name == "postgresql":
+            with self._engine.begin() as conn:
+                conn.execute(_INSERT_FROM_JSON, {"rows": (b"[" + b",".join(rows) + b"]").decode()})
+            return
+        from sqlalchemy.dialects import sqlite
 
-            stmt: Any = postgresql.insert(gate_decisions).on_conflict_do_nothing()
-        else:
-            from sqlalchemy.dialects import sqlite
-
-            stmt = sqlite.insert(gate_decisions).on_conflict_do_nothing()
         with self._engine.begin() as conn:
-            conn.execute(stmt, rows)
+            conn.execute(sqlite.insert(gate_decisions).on_conflict_do_nothing(), [_row(raw) for raw in rows])
 
     # ---- the breaker -----------------------------------------------------------------------------
 
