@@ -99,6 +99,9 @@ class KeyStore:
         self._key_size = key_size
         self._lock = threading.Lock()
         self._snap: _Snapshot | None = None
+        # The last key set made, with the snapshot and the published keys it was made of: every token
+        # verified asks for it, and making a KeySet checks every key's kid again.
+        self._key_set: tuple[_Snapshot, list[_Published], KeySet] | None = None
 
     # ---- writes ---------------------------------------------------------------------------------
 
@@ -175,7 +178,14 @@ class KeyStore:
         snap = self._snapshot()
         if refresh and (kid is None or (kid not in snap.published and self._exists(kid))):
             snap = self._snapshot(force=True)
-        return KeySet([p.key for p in self._published(snap, self._clock())])
+        published = self._published(snap, self._clock())
+        made = self._key_set
+        if made is not None and made[0] is snap and len(made[1]) == len(published) and all(
+                a is b for a, b in zip(made[1], published, strict=True)):
+            return made[2]  # the same keys published as when it was made (a key past its publish_until is not)
+        key_set = KeySet([p.key for p in published])
+        self._key_set = (snap, published, key_set)
+        return key_set
 
     def invalidate(self) -> None:
         with self._lock:

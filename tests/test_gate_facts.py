@@ -32,6 +32,7 @@ from quaygate.schema import badges, gate_decisions
 from quaygate.settings import Settings
 from release_service.adapters.gate_facts import RedisGateFacts
 from release_service.adapters.sqla.uow import SqlUnitOfWork
+from release_service.api import auth
 from release_service.domain.gate import TerminalPolicy
 
 from . import processes
@@ -311,6 +312,9 @@ def test_a_revoked_gate_token_is_refused_on_the_cached_path_read_with_the_facts(
         first = gate.verify(body, token)
     assert first.status_code == 200 and first.json()["decision"] == "allow"
     assert sql.count == 0 and asked == [], "the cached check asked for its token's revocation separately"
+    remembered = auth._actors.get(token)  # the token's actor, made once and kept (api/auth.py)
+    assert remembered is not None and gate.verify(gate.body(4), token).status_code == 200
+    assert auth._actors.get(token) is remembered
 
     revoked = gate.http.post("/oauth2/revoke", data={"token": token, "token_type_hint": "access_token"},
                              auth=(client_id, secret or ""))

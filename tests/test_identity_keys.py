@@ -323,3 +323,21 @@ def test_audit_key_in_the_same_table_is_never_a_token_key(engine: sa.Engine) -> 
     assert audit_row.status == "active"
     assert audit.kid not in {k["kid"] for k in keys.jwks()["keys"]}
     assert audit.kid not in {k.kid for k in keys.public_key_set()}
+
+
+def test_the_verifiers_key_set_is_made_once_and_follows_what_is_published(env: Env,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every token verified asks for the key set: it is made once, and made again when a rotation
+    changes the keys or a retired key's publish_until passes (the clock alone moves it out)."""
+    keys = env.provider.keys
+    first = keys.public_key_set()
+    assert keys.public_key_set() is first
+    old = keys.signing_key("ES256").kid
+    new = keys.rotate(env.container.clock.now())["ES256"]
+    rotated = keys.public_key_set()
+    assert {old, new} <= {k.kid for k in rotated} and rotated is not first
+    assert keys.public_key_set() is rotated
+    publish_until = {r.kid: r for r in _rows(env.container.engine)}[old].publish_until
+    monkeypatch.setattr(keys, "_clock", lambda: publish_until + timedelta(seconds=1))
+    later = {k.kid for k in keys.public_key_set()}
+    assert new in later and old not in later
