@@ -21,6 +21,7 @@ from identity.api.face import router as face_router
 from identity.api.management import router as identity_management_router
 from identity.api.passkeys import router as passkey_router
 from identity.api.routes import build_router as identity_router
+from identity.bans.feed import MAX_FEED_BYTES
 from identity.bans.pull import start_from_settings as start_ban_puller
 from identity.bans.screening import from_settings as ban_screening_from_settings
 from identity.bootstrap import IdentityProvider
@@ -38,6 +39,7 @@ from release_service.api.routes import router as release_router
 from release_service.api.webhooks import router as webhook_router
 from release_service.ports import FaceCaptureRefused, FaceOutcome
 
+from . import limits
 from .container import Container
 from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event
 from .routing import ExactRoutes
@@ -106,6 +108,14 @@ class _BodyTooLargeProblem:
         await self.app(scope, receive, send_problem)
 
 
+# What the OpenAPI document says of body limits (quaygate/limits.py), from the limits themselves.
+BODY_LIMITS = (
+    "A request body larger than its route takes is refused 413 `body_too_large` (problem JSON, RFC 9457) "
+    "before it is held whole: QUAYGATE_MAX_BODY_BYTES (by default 1 MiB) unless the route takes more: "
+    f"{limits.IMAGE_BODY_BYTES:,} bytes with a face image, {limits.BATCH_BODY_BYTES:,} for a batch of rights, "
+    f"{MAX_FEED_BYTES:,} for a ban feed.")
+
+
 class QuaygateAPI(FastAPI):
     """FastAPI, with a body over its route's limit refused as problem JSON (``_BodyTooLargeProblem``)."""
 
@@ -162,6 +172,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         title="quaygate",
         version=VERSION,
         summary="Identity-bound container release: release rights, identity provider, gate verify.",
+        description=BODY_LIMITS,
         lifespan=lifespan,
         openapi_url="/openapi.json",
         max_body_size=settings.max_body_bytes,  # routes that take more say so (quaygate/limits.py)

@@ -187,7 +187,7 @@ def _answer(body: dict[str, Any]) -> Response:
 
 
 @router.post("/verify", operation_id="verifyGate", response_model=VerifyResponse, max_body_size=IMAGE_BODY_BYTES,
-             responses=problem_responses(400, 401, 403, 409, 422),
+             responses=problem_responses(400, 401, 403, 409, 413, 422),
              summary="Decide whether this driver in this truck may take this container; on commit, record it.")
 async def verify(request: Request, body: VerifyRequest,
                  credentials: HTTPAuthorizationCredentials | None = Depends(bearer)  # noqa: B008
