@@ -7,11 +7,19 @@ with nothing behind it (no token, no database). Served by uvicorn exactly as the
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from typing import Any
 
-from fastapi import FastAPI
+import redis
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
 
+from quaygate.db import make_engine
+from quaygate.hotsql import HotStatement
+from quaygate.redisline import Line
+from quaygate.threads import threads_for
 from release_service.api.gate import VerifyRequest
 
 app = FastAPI()
@@ -42,3 +50,82 @@ def bare_verify_def(body: VerifyRequest) -> dict[str, Any]:
     there too (two thread hops): the baseline of the figures before 2026-11-22's eleventh session, when
     the verify route was a ``def``. Printed for comparison with them, never the target's baseline."""
     return _answer(body)
+
+
+# The floor of a check that is exact and idempotent with its facts in Redis: whatever its code, it must
+# ask Redis once for the facts and whether the request_id was answered (here one MGET), and once more to
+# keep its decision under that request_id so that a twin gets the same answer (here one SET NX). The
+# verify does exactly these two round trips (adapters/gate_facts.py: one EVALSHA to read, one to record),
+# on the same kind of connection (quaygate/redisline.py ``Line``). ``floor1`` is a design that would read
+# its facts from its own memory (kept by Redis's client-side invalidation) and only record in Redis.
+_lines: dict[str, Line] = {}
+_engines: dict[str, sa.Engine] = {}
+_FLOOR_TABLE = sa.table("bare_floor", sa.column("id", sa.Uuid), sa.column("answer", sa.Text))
+_RELEASES = sa.table("releases", sa.column("id", sa.Uuid), sa.column("container_number", sa.String),
+                     sa.column("version", sa.Integer), sa.column("state", sa.String))
+# As the verify sends its statements: compiled by SQLAlchemy once, run on the driver's cursor (hotsql.py).
+_READ_RIGHT = HotStatement(sa.select(_RELEASES).where(_RELEASES.c.container_number == sa.bindparam("c")))
+_RECORD = HotStatement(_FLOOR_TABLE.insert())
+
+
+def _line() -> Line:
+    line = _lines.get("line")
+    if line is None:
+        url = os.environ.get("QUAYGATE_REDIS_URL", "redis://127.0.0.1:6379")
+        line = _lines["line"] = Line(redis.Redis.from_url(url, socket_timeout=0.25))
+    return line
+
+
+def _floor(body: VerifyRequest, *, read: bool) -> dict[str, Any]:
+    line = _line()
+    key = f"bare:{body.terminal}:{body.request_id}"
+    if read:
+        line.call("MGET", key, f"bare:policy:{body.terminal}", f"bare:r:{body.container.number}",
+                  f"bare:badge:{body.badge.number if body.badge else ''}")
+    answer = _answer(body)
+    line.call("SET", key, json.dumps(answer), "NX", "EX", 60)
+    return answer
+
+
+@app.post("/bare/verify-floor")
+async def bare_verify_floor(body: VerifyRequest) -> dict[str, Any]:
+    """The bare endpoint and the two Redis round trips no exact, idempotent cached check can skip."""
+    return _floor(body, read=True)
+
+
+@app.post("/bare/verify-floor1")
+async def bare_verify_floor1(body: VerifyRequest) -> dict[str, Any]:
+    """The bare endpoint and one Redis round trip: the record alone."""
+    return _floor(body, read=False)
+
+
+def _engine() -> sa.Engine:
+    engine = _engines.get("engine")
+    if engine is None:
+        engine = make_engine(os.environ["QUAYGATE_DATABASE_URL"])
+        with engine.begin() as conn:  # two workers at once: CREATE ... IF NOT EXISTS alone can still collide
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242)"))
+            conn.execute(sa.text("CREATE TABLE IF NOT EXISTS bare_floor (id uuid PRIMARY KEY, answer text NOT NULL)"))
+        _engines["engine"] = engine
+    return engine
+
+
+@app.post("/bare/verify-commit-floor")
+async def bare_verify_commit_floor(request: Request, body: VerifyRequest) -> dict[str, Any]:
+    """The floor of a commit that is exact and idempotent: the Redis read of the check's floor, then, on
+    the thread pool the verify uses (quaygate/threads.py), the right read afresh from PostgreSQL (one
+    indexed SELECT) and one autocommitted INSERT that would record the decision with the move. The
+    verify's commit does that much and more (its one statement moves the right and writes its event,
+    audit entry and webhook deliveries with the decision)."""
+    _line().call("MGET", f"bare:{body.terminal}:{body.request_id}", f"bare:policy:{body.terminal}",
+                 f"bare:badge:{body.badge.number if body.badge else ''}")
+    answer = _answer(body)
+    engine = _engine()
+
+    def write() -> None:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            _READ_RIGHT.execute(conn, {"c": body.container.number}).all()
+            _RECORD.execute(conn, {"id": uuid.uuid4(), "answer": json.dumps(answer)})
+
+    await threads_for(request.app).run(write)
+    return answer

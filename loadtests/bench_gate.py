@@ -13,8 +13,10 @@ separate process):
    a third of the async rate here) is measured too and printed for comparison: it was the baseline
    until the eleventh session, when the verify route had long been async;
 2. verify in ``check`` mode, flat out, and its ratio to the bare rate (target at least 0.5), on a check
-   pool warmed first (``warm``: each container checked once);
+   pool warmed first (``warm``: each container checked once); before it, the check's floor: the bare
+   endpoint plus the two Redis round trips no exact, idempotent cached check can skip (bare_app.py);
 3. verify in ``commit`` mode (each request uses one right), flat out, and its ratio (target at least 0.35);
+   before it, the commit's floor: a Redis read, then one PostgreSQL read and one write;
 4. verify ``check`` paced at half the bare rate: p99 (target at most 15 ms); and, for context, paced at
    half its own flat-out rate (the latency a gate sees at a load this server carries);
 5. verify ``check`` paced at a low steady rate with the seeded rights, then again after filler rights
@@ -245,8 +247,18 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
                            bare.pid)
             print(_line("  for comparison, the same bare endpoint as a def (FastAPI's two thread hops), the "
                         "baseline of the figures before the eleventh session", d), flush=True)
+            f = run_locust("FloorUser", f"http://127.0.0.1:{bare_port}", seed_path, args.users, args.seconds, out,
+                           bare.pid)
+            print(_line("  the floor of any exact, idempotent check cached in Redis: the bare endpoint plus the two "
+                        "Redis round trips it cannot skip (read the facts and the request_id; keep the decision "
+                        "under it)", f, b), flush=True)
             c = run_locust("CheckUser", issuer, seed_path, args.users, args.seconds, out, app.pid)
             print(_line("verify, mode check", c, b, 0.5) + _against_def(c, d), flush=True)
+            mf = run_locust("CommitFloorUser", f"http://127.0.0.1:{bare_port}", seed_path, args.users, args.seconds,
+                            out, bare.pid)
+            print(_line("  the floor of any exact commit: the bare endpoint, one Redis read, then one indexed "
+                        "PostgreSQL read of the right and one autocommitted write, on the verify's thread pool",
+                        mf, b), flush=True)
             m = run_locust("CommitUser", issuer, seed_path, args.users, args.seconds, out, app.pid)
             print(_line("verify, mode commit (each request uses one right)", m, b, 0.35) + _against_def(m, d),
                   flush=True)
@@ -263,7 +275,7 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
                            pace=own / args.users)
             print(_line(f"  for context, verify check paced at half its own flat-out rate ({own:,.0f}/s asked)", o),
                   flush=True)
-            failed = any(r["failed"] or not r["total"] for r in (b, d, c, m, h, o))
+            failed = any(r["failed"] or not r["total"] for r in (b, d, f, c, mf, m, h, o))
             if args.big:
                 low = min(100.0, half / 2) / 8
                 small = run_locust("CheckUser", issuer, seed_path, 8, args.seconds, out, app.pid, pace=low)

@@ -54,6 +54,13 @@ def flows(app: Driver, bare: Driver, seed: dict[str, Any], token: str) -> dict[s
         status, _ = await bare.call("POST", "/bare/verify", _body(seed, pool[0], "check"), "application/json")
         assert status == 200
 
+    def floor(path: str) -> Callable[[], Awaitable[None]]:
+        async def post() -> None:
+            status, _ = await bare.call("POST", path, _body(seed, pool[0], "check"), "application/json")
+            assert status == 200
+
+        return post
+
     async def check() -> None:
         number = pool[next(turn) % len(pool)]
         status, out = await app.call("POST", "/gate/v1/verify", _body(seed, number, "check"), "application/json",
@@ -65,7 +72,9 @@ def flows(app: Driver, bare: Driver, seed: dict[str, Any], token: str) -> dict[s
                                      "application/json", auth)
         assert status == 200 and out["committed"], out
 
-    return {"bare": bare_post, "check": check, "commit": commit}
+    return {"bare": bare_post, "floor1": floor("/bare/verify-floor1"), "floor2": floor("/bare/verify-floor"),
+            "floor-commit": floor("/bare/verify-commit-floor"),
+            "check": check, "commit": commit}
 
 
 async def measure(app: Any, bare_app: Any, issuer: str, seed: dict[str, Any], n: int, only: str | None) -> None:

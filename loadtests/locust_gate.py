@@ -59,6 +59,28 @@ class BareDefUser(_Paced):
                          name="bare POST (def)")
 
 
+class FloorUser(_Paced):
+    """The bare endpoint plus the two Redis round trips an exact, idempotent cached check cannot skip
+    (bare_app.py ``/bare/verify-floor``): what no verify code can beat on this server and this Redis."""
+
+    @task
+    def floor(self) -> None:
+        self.client.post("/bare/verify-floor",
+                         json=_body(random.choice(SEED["containers"][:SEED["check_pool"]]), "check"),
+                         name="bare POST + 2 Redis round trips")
+
+
+class CommitFloorUser(_Paced):
+    """The floor of a commit (bare_app.py ``/bare/verify-commit-floor``): the check floor's Redis read,
+    then, on the verify's thread pool, one indexed SELECT of the right and one autocommitted INSERT."""
+
+    @task
+    def floor(self) -> None:
+        self.client.post("/bare/verify-commit-floor",
+                         json=_body(random.choice(SEED["containers"][:SEED["check_pool"]]), "commit"),
+                         name="bare POST + Redis read + PostgreSQL read and write")
+
+
 class CheckUser(_Paced):
     @task
     def check(self) -> None:
