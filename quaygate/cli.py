@@ -23,6 +23,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .observability import configure_logging
 
     settings = _settings()
+    if args.workers < 1:
+        print("--workers is at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and not settings.redis_url:
+        # Each worker would keep its own in-process cache: a single-use DPoP proof, client assertion,
+        # passkey challenge or gate request_id claimed in one worker could be replayed to another, and a
+        # token revoked through one worker would still pass in the others.
+        print("--workers above 1 needs QUAYGATE_REDIS_URL: without Redis every worker keeps its own "
+              "single-use claims and revocations, so a replay sent to another worker would pass. "
+              "Serve one worker, or set QUAYGATE_REDIS_URL.", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     if args.migrate:
         cmd_migrate(args)

@@ -154,3 +154,22 @@ def test_keys_rotate_encryption_turns_over_the_upstream_encryption_key(env: Path
         assert _active_kids(env / "q.db") == signing  # the signing keys are untouched
     finally:
         engine.dispose()
+
+
+def test_serve_refuses_several_workers_without_redis(env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Without Redis each worker has its own in-process cache: a DPoP proof or gate request_id claimed in
+    one could be replayed to another. So several workers need Redis; one worker, or Redis, serves."""
+    import uvicorn
+
+    served: list[dict[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: served.append(kw))
+    monkeypatch.delenv("QUAYGATE_REDIS_URL", raising=False)
+    assert main(["serve", "--workers", "2"]) == 2
+    assert "needs QUAYGATE_REDIS_URL" in capsys.readouterr().err
+    assert main(["serve", "--workers", "0"]) == 2
+    assert served == []
+    assert main(["serve"]) == 0
+    monkeypatch.setenv("QUAYGATE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    assert main(["serve", "--workers", "2"]) == 0
+    assert [kw["workers"] for kw in served] == [1, 2]
