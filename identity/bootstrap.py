@@ -94,7 +94,7 @@ class IdentityProvider:
         keys.ensure_active(clock.now())
         clients = ClientRegistry(container.engine, container.cache)  # remembered; writes bump the shared epoch
         # The one GrantStore and DPoPVerifier of the app (grants_for / dpop_verifier_for return these).
-        revocations = RevocationList(container.cache)
+        revocations = RevocationList(container.cache, follow=container.engine, now=clock.now)
         # The cache is what verifiers consult: after a restart with the in-process cache (or a flushed
         # Redis), put the unexpired revocations back, or revoked tokens would pass again until they expire.
         revocations.reload(container.engine, now=clock.now())

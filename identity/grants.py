@@ -26,11 +26,14 @@ and in the cache (what resource servers check on every call, ``RevocationList.is
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -42,6 +45,8 @@ from release_service.adapters.audit import entry_params, insert_entry_from
 
 from .audit import Entry
 from .domain.claims import GRANT_ID
+
+log = logging.getLogger(__name__)
 
 REFRESH_PREFIX = "qgr_"  # recognisable in logs and secret scanners, like GitHub's ghr_
 
@@ -187,8 +192,25 @@ class RevocationList:
     # the client from memory for up to ClientRegistry's check_every (one second) after it.
     CLIENT_MARGIN = timedelta(seconds=5)
 
-    def __init__(self, cache: Cache) -> None:
+    # Without Redis the cache is this process's own memory, so a revocation another process writes (the
+    # CLI deactivating an organisation, a second server on the same database) reaches this one only
+    # through the table: it is read again at most this often, on the next token checked.
+    FOLLOW_EVERY = 1.0
+    # Each read takes again the rows revoked this long before the previous read: a transaction may
+    # commit a moment after the revoked_at it wrote.
+    FOLLOW_OVERLAP = timedelta(seconds=60)
+
+    def __init__(self, cache: Cache, *, follow: sa.Engine | None = None,
+                 now: Callable[[], datetime] | None = None) -> None:
+        """``follow``: the database whose ``revoked_tokens`` this list keeps up with when ``cache`` is
+        in-process (with Redis every process shares the cache, and this is not needed); ``now``: the
+        clock the rows' times are compared with."""
         self._cache = cache
+        self._follow = follow if follow is not None and getattr(cache, "qualified", None) is None else None
+        self._now = now
+        self._followed: datetime | None = None  # rows revoked after this (less the overlap) are read next
+        self._next_follow = 0.0
+        self._follow_lock = threading.Lock()
 
     def add(self, conn: sa.Connection, items: Iterable[tuple[str, datetime]], *, now: datetime) -> int:
         """Revoke (jti, expires_at) pairs in the caller's transaction; returns how many were new."""
@@ -208,6 +230,7 @@ class RevocationList:
         return len(fresh)
 
     def is_revoked(self, jti: str) -> bool:
+        self._keep_up()
         return self._cache.get(self.PREFIX + jti) is not None
 
     def revoke_client(self, conn: sa.Connection, client_id: str, *, now: datetime, token_ttl: int) -> None:
@@ -223,6 +246,7 @@ class RevocationList:
     def token_revoked(self, claims: dict[str, Any]) -> bool:
         """Is this verified access token revoked, on its own or with its client? One round trip."""
         keys = self.lookup_keys(claims)
+        self._keep_up()
         return self.judge(claims, self._cache.get_many(keys))
 
     def lookup_keys(self, claims: dict[str, Any]) -> list[str]:
@@ -265,11 +289,41 @@ class RevocationList:
 
     def reload(self, engine: sa.Engine, *, now: datetime) -> int:
         """Put the unexpired revocations back into the cache (after a cache flush or at start-up)."""
+        count = self._load(engine, now=now, since=None)
+        if self._follow is not None:
+            self._followed, self._next_follow = now, time.monotonic() + self.FOLLOW_EVERY
+        return count
+
+    def _keep_up(self) -> None:
+        """In-process cache only: read the revocations other processes wrote since the last read, at
+        most every FOLLOW_EVERY seconds. A thread finding another one reading goes on with what is known
+        (at most that much older); a database that fails leaves it as it was, to be read again next time."""
+        if self._follow is None or time.monotonic() < self._next_follow:
+            return
+        if not self._follow_lock.acquire(blocking=False):
+            return
+        try:
+            if time.monotonic() < self._next_follow:
+                return
+            now = self._now() if self._now is not None else datetime.now(UTC)
+            since = None if self._followed is None else self._followed - self.FOLLOW_OVERLAP
+            try:
+                self._load(self._follow, now=now, since=since)
+            except sa.exc.SQLAlchemyError:
+                log.warning("identity.revocations.follow_failed")
+            else:
+                self._followed = now
+            self._next_follow = time.monotonic() + self.FOLLOW_EVERY
+        finally:
+            self._follow_lock.release()
+
+    def _load(self, engine: sa.Engine, *, now: datetime, since: datetime | None) -> int:
+        query = (sa.select(revoked_tokens.c.jti, revoked_tokens.c.expires_at, revoked_tokens.c.revoked_at)
+                 .where(revoked_tokens.c.expires_at > now))
+        if since is not None:
+            query = query.where(revoked_tokens.c.revoked_at > since)
         with engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(revoked_tokens.c.jti, revoked_tokens.c.expires_at, revoked_tokens.c.revoked_at)
-                .where(revoked_tokens.c.expires_at > now)
-            ).all()
+            rows = conn.execute(query).all()
         for jti, exp, revoked_at in rows:
             if jti.startswith(self.CLIENT_ROW):
                 self._set_client(jti[len(self.CLIENT_ROW):], revoked_at, exp, now)

@@ -5,6 +5,7 @@ hold; it receives no new release rights, transfers or nominations; the admin rou
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,8 +16,10 @@ import pytest
 import sqlalchemy as sa
 
 from identity.bootstrap import create_client, provider_for
+from identity.grants import GrantStore, RevocationList
 from identity.organisations import OrganisationRefused, set_active
 from identity.tokens import InvalidToken
+from quaygate.cache import MemoryCache
 from quaygate.cli import main
 from quaygate.schema import audit_log, organisations
 from release_service.adapters.sqla.uow import SqlUnitOfWork
@@ -226,3 +229,38 @@ def test_the_cli_deactivates_and_reactivates(tmp_path: Path, monkeypatch: pytest
     assert "UUID" in err and "Say why" in err and "Traceback" not in err
     assert main(["org", "reactivate", org, "--reason", "new contract"]) == 0
     assert main(["org", "reactivate", str(uuid.uuid4()), "--reason", "x"]) == 1
+
+
+def _revoked_within(flow: Flow, token: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not _revoked(flow, token):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_without_redis_another_process_s_revocations_reach_this_one(flow: Flow) -> None:
+    """Without Redis each process has a cache of its own. `quaygate org deactivate` runs in a process of
+    its own, with its own cache, so its revocations reach a running server only through revoked_tokens,
+    which the server's list reads again every second (RevocationList.FOLLOW_EVERY). Before, a CLI
+    deactivation reached the server's tokens only at its restart."""
+    line, other = (add_org(flow.engine, OrgKind.SHIPPING_LINE).organisation_id for _ in range(2))
+    mine, theirs = _machine(flow, line), _machine(flow, other)
+    held = _cc(flow, mine).json()["access_token"]
+    kept = _cc(flow, theirs).json()["access_token"]
+    assert not _revoked(flow, held) and not _revoked(flow, kept)
+    settings = flow.container.settings
+    # What the CLI builds: a grant store on its own in-process cache, the same database.
+    cli = GrantStore(flow.engine, RevocationList(MemoryCache()), refresh_ttl=settings.refresh_token_ttl,
+                     access_ttl=settings.access_token_ttl)
+    set_active(flow.engine, cli, line, active=False, actor="cli", reason="struck off", now=datetime.now(UTC),
+               access_token_ttl=settings.access_token_ttl)
+    assert _revoked_within(flow, held, 5 * RevocationList.FOLLOW_EVERY)
+    assert not _revoked(flow, kept)  # another organisation's token is untouched
+    # A later revocation, read by a later follow (past the first one's watermark): one token by its jti.
+    claims = provider_for(flow.app).verifier.verify(kept, audience=settings.api_audience)
+    with flow.engine.begin() as conn:
+        cli.revocations.add(conn, [(claims["jti"], datetime.fromtimestamp(claims["exp"], UTC))],
+                            now=datetime.now(UTC))
+    assert _revoked_within(flow, kept, 5 * RevocationList.FOLLOW_EVERY)
