@@ -13,6 +13,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PG = os.environ.get("QUAYGATE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("QUAYGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+CORES = os.cpu_count() or 1
 
 BENCHES = [
     ("release batch issue (issue 2)", [str(HERE / "bench_issue.py"), "--database-url", PG, "--count", "10000"]),
@@ -28,6 +29,9 @@ BENCHES = [
      [str(HERE / "cpu_gate.py"), "--database-url", PG, "--redis-url", REDIS]),
     ("gate verify with Locust, check and commit beside a bare endpoint, 10 000 vs 1 000 000 rights (issue 5)",
      [str(HERE / "bench_gate.py"), "--database-url", PG, "--redis-url", REDIS]),
+    *([(f"gate verify with Locust as deployed, one worker per core ({CORES}), both apps served alike (issue 5)",
+        [str(HERE / "bench_gate.py"), "--database-url", PG, "--redis-url", REDIS, "--workers", str(CORES),
+         "--big", "0"])] if CORES > 1 else []),
     ("gate rush with Locust: mixed valid and invalid reads on many lanes, wrong answers counted (issue 5)",
      [str(HERE / "bench_gate_rush.py"), "--database-url", PG, "--redis-url", REDIS]),
     ("face enrolment and 1:1 verify per capture on one core; pool on two cores vs one (issue 6)",
