@@ -112,11 +112,22 @@ def _engine() -> sa.Engine:
 
 @app.post("/bare/verify-commit-floor")
 async def bare_verify_commit_floor(request: Request, body: VerifyRequest) -> dict[str, Any]:
+    return await _commit_floor(request, body, read=True)
+
+
+@app.post("/bare/verify-commit-floor1")
+async def bare_verify_commit_floor1(request: Request, body: VerifyRequest) -> dict[str, Any]:
+    """The commit floor without its PostgreSQL read: a design deciding on a right cached with its version,
+    its one write guarded by that version."""
+    return await _commit_floor(request, body, read=False)
+
+
+async def _commit_floor(request: Request, body: VerifyRequest, *, read: bool) -> dict[str, Any]:
     """The floor of a commit that is exact and idempotent: the Redis read of the check's floor, then, on
     the thread pool the verify uses (quaygate/threads.py), the right read afresh from PostgreSQL (one
-    indexed SELECT) and one autocommitted INSERT that would record the decision with the move. The
-    verify's commit does that much and more (its one statement moves the right and writes its event,
-    audit entry and webhook deliveries with the decision)."""
+    indexed SELECT; not with ``read=False``) and one autocommitted INSERT that would record the decision
+    with the move. The verify's commit does that much and more (its one statement moves the right and
+    writes its event, audit entry and webhook deliveries with the decision)."""
     _line().call("MGET", f"bare:{body.terminal}:{body.request_id}", f"bare:policy:{body.terminal}",
                  f"bare:badge:{body.badge.number if body.badge else ''}")
     answer = _answer(body)
@@ -124,7 +135,8 @@ async def bare_verify_commit_floor(request: Request, body: VerifyRequest) -> dic
 
     def write() -> None:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            _READ_RIGHT.execute(conn, {"c": body.container.number}).all()
+            if read:
+                _READ_RIGHT.execute(conn, {"c": body.container.number}).all()
             _RECORD.execute(conn, {"id": uuid.uuid4(), "answer": json.dumps(answer)})
 
     await threads_for(request.app).run(write)

@@ -73,7 +73,7 @@ def flows(app: Driver, bare: Driver, seed: dict[str, Any], token: str) -> dict[s
         assert status == 200 and out["committed"], out
 
     return {"bare": bare_post, "floor1": floor("/bare/verify-floor1"), "floor2": floor("/bare/verify-floor"),
-            "floor-commit": floor("/bare/verify-commit-floor"),
+            "floor-commit": floor("/bare/verify-commit-floor"), "floor-commit1": floor("/bare/verify-commit-floor1"),
             "check": check, "commit": commit}
 
 

@@ -73,11 +73,12 @@ def test_a_check_floor_keeps_its_answer_under_the_request_id_in_redis(floor_app:
     assert answer.json()["request_id"] == request_id and answer.json()["container"] == "MSCU1234566"
 
 
-def test_the_commit_floor_writes_a_row_in_postgresql(floor_app: tuple[Any, str]) -> None:
+@pytest.mark.parametrize("path", ["/bare/verify-commit-floor", "/bare/verify-commit-floor1"])
+def test_a_commit_floor_writes_a_row_in_postgresql(floor_app: tuple[Any, str], path: str) -> None:
     app, url = floor_app
     request_ids = [str(uuid.uuid4()) for _ in range(3)]
     with TestClient(app) as client:
-        answers = [client.post("/bare/verify-commit-floor", json=_body(i)) for i in request_ids]
+        answers = [client.post(path, json=_body(i)) for i in request_ids]
     assert [a.status_code for a in answers] == [200] * 3, answers[0].text
     engine = make_engine(url)
     try:
