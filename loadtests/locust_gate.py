@@ -40,45 +40,44 @@ class _Paced(FastHttpUser):
         wait_time = constant_throughput(PACE)
 
 
-class BareUser(_Paced):
+class _BareApp(_Paced):
+    """One POST to the bare app (bare_app.py), with the verify's request body, on the check pool."""
+
+    abstract = True
+    path = ""
+    label = ""
+    mode = "check"
+
+    @task
+    def post(self) -> None:
+        self.client.post(self.path, json=_body(random.choice(SEED["containers"][:SEED["check_pool"]]), self.mode),
+                         name=self.label)
+
+
+class BareUser(_BareApp):
     """The bare endpoint, same request body, same server settings."""
 
-    @task
-    def bare(self) -> None:
-        self.client.post("/bare/verify", json=_body(random.choice(SEED["containers"][:SEED["check_pool"]]), "check"),
-                         name="bare POST")
+    path, label = "/bare/verify", "bare POST"
 
 
-class BareDefUser(_Paced):
+class BareDefUser(_BareApp):
     """The bare endpoint as a plain def (two thread hops): the earlier sessions' baseline."""
 
-    @task
-    def bare(self) -> None:
-        self.client.post("/bare/verify-def",
-                         json=_body(random.choice(SEED["containers"][:SEED["check_pool"]]), "check"),
-                         name="bare POST (def)")
+    path, label = "/bare/verify-def", "bare POST (def)"
 
 
-class FloorUser(_Paced):
+class FloorUser(_BareApp):
     """The bare endpoint plus the two Redis round trips an exact, idempotent cached check cannot skip
     (bare_app.py ``/bare/verify-floor``): what no verify code can beat on this server and this Redis."""
 
-    @task
-    def floor(self) -> None:
-        self.client.post("/bare/verify-floor",
-                         json=_body(random.choice(SEED["containers"][:SEED["check_pool"]]), "check"),
-                         name="bare POST + 2 Redis round trips")
+    path, label = "/bare/verify-floor", "bare POST + 2 Redis round trips"
 
 
-class CommitFloorUser(_Paced):
+class CommitFloorUser(_BareApp):
     """The floor of a commit (bare_app.py ``/bare/verify-commit-floor``): the check floor's Redis read,
     then, on the verify's thread pool, one indexed SELECT of the right and one autocommitted INSERT."""
 
-    @task
-    def floor(self) -> None:
-        self.client.post("/bare/verify-commit-floor",
-                         json=_body(random.choice(SEED["containers"][:SEED["check_pool"]]), "commit"),
-                         name="bare POST + Redis read + PostgreSQL read and write")
+    path, label, mode = "/bare/verify-commit-floor", "bare POST + Redis read + PostgreSQL read and write", "commit"
 
 
 class CheckUser(_Paced):
