@@ -162,8 +162,12 @@ def test_serve_refuses_several_workers_without_redis(env: Path, monkeypatch: pyt
     one could be replayed to another. So several workers need Redis; one worker, or Redis, serves."""
     import uvicorn
 
+    from quaygate import observability
+
     served: list[dict[str, object]] = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: served.append(kw))
+    # serve sets the root logger's handler to this test's captured stderr, which later tests would log to
+    monkeypatch.setattr(observability, "configure_logging", lambda level: None)
     monkeypatch.delenv("QUAYGATE_REDIS_URL", raising=False)
     assert main(["serve", "--workers", "2"]) == 2
     assert "needs QUAYGATE_REDIS_URL" in capsys.readouterr().err
