@@ -2,6 +2,10 @@
 validates the same request model as POST /gate/v1/verify and answers a response of the same shape,
 with nothing behind it (no token, no database). Served by uvicorn exactly as the app is.
 
+Beside it, the floors (``/bare/verify-floor*``, ``/bare/verify-commit-floor*``): the same endpoint plus
+only the Redis and PostgreSQL round trips an exact, idempotent verify cannot skip, to show what the
+targets leave for any code (loadtests/RESULTS.md, thirteenth session).
+
     uvicorn loadtests.bare_app:app --no-access-log
 """
 
@@ -76,14 +80,21 @@ def _line() -> Line:
     return line
 
 
+def _request_key(body: VerifyRequest) -> str:
+    return f"bare:{body.terminal}:{body.request_id}"
+
+
+def _read_facts(body: VerifyRequest) -> None:
+    """The one Redis read: the request_id's answer, the policy, the rights and the badge."""
+    _line().call("MGET", _request_key(body), f"bare:policy:{body.terminal}", f"bare:r:{body.container.number}",
+                 f"bare:badge:{body.badge.number if body.badge else ''}")
+
+
 def _floor(body: VerifyRequest, *, read: bool) -> dict[str, Any]:
-    line = _line()
-    key = f"bare:{body.terminal}:{body.request_id}"
     if read:
-        line.call("MGET", key, f"bare:policy:{body.terminal}", f"bare:r:{body.container.number}",
-                  f"bare:badge:{body.badge.number if body.badge else ''}")
+        _read_facts(body)
     answer = _answer(body)
-    line.call("SET", key, json.dumps(answer), "NX", "EX", 60)
+    _line().call("SET", _request_key(body), json.dumps(answer), "NX", "EX", 60)
     return answer
 
 
@@ -128,8 +139,7 @@ async def _commit_floor(request: Request, body: VerifyRequest, *, read: bool) ->
     indexed SELECT; not with ``read=False``) and one autocommitted INSERT that would record the decision
     with the move. The verify's commit does that much and more (its one statement moves the right and
     writes its event, audit entry and webhook deliveries with the decision)."""
-    _line().call("MGET", f"bare:{body.terminal}:{body.request_id}", f"bare:policy:{body.terminal}",
-                 f"bare:badge:{body.badge.number if body.badge else ''}")
+    _read_facts(body)
     answer = _answer(body)
     engine = _engine()
 
