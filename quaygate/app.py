@@ -39,7 +39,8 @@ from release_service.api.routes import router as release_router
 from release_service.api.webhooks import router as webhook_router
 from release_service.ports import FaceCaptureRefused, FaceOutcome
 
-from . import limits
+from . import limits, solo
+from .cache import MemoryCache
 from .container import Container
 from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event
 from .routing import ExactRoutes
@@ -128,12 +129,26 @@ HOT_ROUTES = (("POST", "/gate/v1/verify"), ("POST", "/oauth2/token"),
               ("POST", "/webauthn/authentication/options"), ("POST", "/webauthn/authentication/verify"))
 
 
+async def _solo_lease(built: Container, *, own: bool) -> solo.SoloLease:
+    """Without a shared cache, this process must be the database's only server (quaygate/solo.py)."""
+    if not isinstance(built.cache, MemoryCache):
+        return solo.SoloLease()
+    try:
+        return await run_in_threadpool(solo.hold, built.engine)
+    except solo.AnotherServer as exc:
+        log.error("quaygate.start.refused", extra={"fields": {"reason": str(exc)}})
+        if own:
+            built.close()
+        raise
+
+
 def create_app(settings: Settings | None = None, *, container: Container | None = None) -> FastAPI:
     settings = settings or (container.settings if container else Settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = container or Container.build(settings)
+        lease = await _solo_lease(built, own=container is None)
         # The hottest routes' blocking parts (quaygate/threads.py), on a few threads (settings.worker_threads)
         app.state.threads = ThreadPool(max_threads=built.settings.worker_threads)
         identity = await run_in_threadpool(IdentityProvider.build, built)
@@ -165,6 +180,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
                 ban_puller.stop()
             app.state.face_pool.close()
             app.state.threads.close()
+            lease.close()
             if container is None:
                 built.close()
 

@@ -29,7 +29,6 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
 from joserfc.jwk import ECKey
 
 from gate_adapters.adapter import main as adapter_main
@@ -37,17 +36,12 @@ from gate_adapters.runtime.config import ConfigError, load, parse
 from gate_adapters.runtime.outbox import Outbox
 from gate_adapters.simulate import main as simulate
 from identity.bootstrap import create_client
-from quaygate.app import create_app
-from quaygate.cache import MemoryCache
 from quaygate.cli import main as quaygate_main
-from quaygate.container import Container, SystemClock
-from quaygate.crypto import DataCipher
 from quaygate.schema import gate_decisions
-from quaygate.settings import Settings
 
 from .factories import TERMINAL, container
 from .processes import ROOT, answers, free_port, serve_app, start, stop, unavailable
-from .test_gate_verify import Gate
+from .test_gate_verify import Gate, pickable_in_process
 
 EXAMPLE = ROOT / "docs" / "gate-adapter.example.toml"
 BROKER = ("127.0.0.1", 1883)
@@ -170,25 +164,22 @@ class Barriers:
 
 
 @pytest.fixture
-def served(pg_engine: sa.Engine, tmp_path: Path) -> Iterator[tuple[Gate, str]]:
-    """Rights made through the API in process; the same database served by uvicorn in a child."""
+def served(pg_engine: sa.Engine, tmp_path: Path) -> Iterator[tuple[Gate, str, list[str]]]:
+    """Three pickable rights made through the API in process, then the same database served by uvicorn in
+    a child."""
     _broker()
-    settings = Settings(var_dir=tmp_path, database_url=pg_engine.url.render_as_string(hide_password=False),
-                        background_workers=False)
-    c = Container(settings=settings, engine=pg_engine, cache=MemoryCache(),
-                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
-    with TestClient(create_app(settings, container=c)) as http:
-        gate = Gate(http, pg_engine)
-        port = free_port()
-        env = {**os.environ, "QUAYGATE_DATABASE_URL": settings.database_url, "QUAYGATE_VAR_DIR": str(tmp_path),
-               "QUAYGATE_BACKGROUND_WORKERS": "false", "QUAYGATE_LOG_LEVEL": "WARNING",
-               "QUAYGATE_ISSUER": f"http://127.0.0.1:{port}"}
-        env.pop("QUAYGATE_REDIS_URL", None)
-        server = serve_app(port, env, tmp_path / "server.log", "--log-level", "warning")
-        try:
-            yield gate, f"http://127.0.0.1:{port}"
-        finally:
-            stop(server)
+    gate, rids = pickable_in_process(pg_engine, tmp_path, (1, 2, 3))
+    port = free_port()
+    env = {**os.environ, "QUAYGATE_DATABASE_URL": pg_engine.url.render_as_string(hide_password=False),
+           "QUAYGATE_VAR_DIR": str(tmp_path),
+           "QUAYGATE_BACKGROUND_WORKERS": "false", "QUAYGATE_LOG_LEVEL": "WARNING",
+           "QUAYGATE_ISSUER": f"http://127.0.0.1:{port}"}
+    env.pop("QUAYGATE_REDIS_URL", None)
+    server = serve_app(port, env, tmp_path / "server.log", "--log-level", "warning")
+    try:
+        yield gate, f"http://127.0.0.1:{port}", rids
+    finally:
+        stop(server)
 
 
 def _hikvision(plate: str, at: datetime) -> bytes:
@@ -220,12 +211,9 @@ def _truck(source: str, lane: str, plate: str, number: str, badge: str) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_the_adapter_process_opens_the_barrier_on_the_services_allow(served: tuple[Gate, str],
+def test_the_adapter_process_opens_the_barrier_on_the_services_allow(served: tuple[Gate, str, list[str]],
                                                                     pg_engine: sa.Engine, tmp_path: Path) -> None:
-    gate, base_url = served
-    rid = gate.pickable(1)
-    gate.pickable(2)
-    rid3 = gate.pickable(3)
+    gate, base_url, (rid, _, rid3) = served
     # The terminal's gate client with private_key_jwt: the adapter holds the private key in a file.
     key = ECKey.generate_key("P-256", parameters={"kid": "gate-key-1"}, private=True)
     client_id, _ = create_client(pg_engine, name="gate adapter", role="terminal_gate",

@@ -25,22 +25,17 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
 
 from gate_adapters.runtime.client import StaticToken, VerifyClient
 from gate_adapters.runtime.offline import OfflineMode, PassStore
 from gate_adapters.runtime.outbox import Outbox
-from quaygate.app import create_app
-from quaygate.cache import MemoryCache
-from quaygate.container import Container, SystemClock
-from quaygate.crypto import DataCipher
 from quaygate.schema import gate_decisions, gate_offline_decisions, release_events, releases
 from quaygate.settings import Settings
 
 from .factories import TERMINAL, container
 from .processes import ROOT, free_port, serve_app
 from .test_gate_runtime import RecordingBarrier, reads, runtime
-from .test_gate_verify import Gate
+from .test_gate_verify import Gate, pickable_in_process
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -56,14 +51,8 @@ def serve(database_url: str, var_dir: Path, port: int) -> subprocess.Popen[bytes
 
 @pytest.fixture
 def setup(pg_engine: sa.Engine, tmp_path: Path) -> Iterator[tuple[Gate, list[str], str]]:
-    settings = Settings(var_dir=tmp_path, database_url=pg_engine.url.render_as_string(hide_password=False),
-                        background_workers=False)
-    c = Container(settings=settings, engine=pg_engine, cache=MemoryCache(),
-                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
-    with TestClient(create_app(settings, container=c)) as http:
-        gate = Gate(http, pg_engine)
-        rights = [gate.pickable(n) for n in range(1, TRUCKS + 1)]
-        yield gate, rights, settings.issuer
+    gate, rights = pickable_in_process(pg_engine, tmp_path, range(1, TRUCKS + 1))
+    yield gate, rights, Settings(var_dir=tmp_path).issuer
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:

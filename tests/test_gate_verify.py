@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,14 @@ def serve(engine: sa.Engine, tmp_path: Path) -> Iterator[Gate]:
                   cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
     with TestClient(create_app(settings, container=c)) as http:
         yield Gate(http, engine)
+
+
+def pickable_in_process(engine: sa.Engine, tmp_path: Path, numbers: Iterable[int]) -> tuple[Gate, list[str]]:
+    """Pickable rights made through the app in process, which then stops, so that a server in a child
+    process can serve the same database: without Redis, a database has one server at a time
+    (quaygate/solo.py). The Gate keeps its tokens and ids; its ``http`` is closed."""
+    with contextmanager(serve)(engine, tmp_path) as gate:
+        return gate, [gate.pickable(n) for n in numbers]
 
 
 @pytest.fixture

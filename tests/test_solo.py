@@ -1,0 +1,185 @@
+"""Without Redis, a database has one server at a time (quaygate/solo.py).
+
+Each server without Redis keeps its single-use claims (DPoP proofs, client assertions, passkey
+challenges, gate request ids) in its own memory: a second server on the same database would let a
+claim used at one be replayed at the other. So:
+
+- the lease, on SQLite and PostgreSQL: a second holder is refused at once, with a message that names
+  the fix; released, it can be taken again; SQLite in memory (nobody else can open it) needs none;
+- the app: a second app on the same database without Redis does not start, and nothing of it serves;
+  two apps that share Redis both start;
+- real processes: ``uvicorn --workers 2`` by hand without Redis stops with the refusal in its log; a
+  second server on the same PostgreSQL is refused; SIGKILL the first, and the lease is free again
+  (the database ends the session, the kernel closes the file); with Redis, two servers both serve.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from quaygate import solo
+from quaygate.app import create_app
+from quaygate.cache import MemoryCache, RedisCache
+from quaygate.container import Container, SystemClock
+from quaygate.crypto import DataCipher
+from quaygate.db import make_engine
+from quaygate.settings import Settings
+
+from .processes import ROOT, answers, free_port, serve_app, stop
+
+
+def _url(engine: sa.Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def test_a_second_holder_is_refused_until_the_first_lets_go(engine: sa.Engine) -> None:
+    other = make_engine(_url(engine))  # another engine: what another process would open
+    try:
+        first = solo.hold(engine)
+        with pytest.raises(solo.AnotherServer) as refused:
+            solo.hold(other)
+        assert "another quaygate server already serves" in str(refused.value)
+        assert "QUAYGATE_REDIS_URL" in str(refused.value)
+        with pytest.raises(solo.AnotherServer):  # the same engine, another holder: refused too
+            solo.hold(engine)
+        first.close()
+        first.close()  # twice is harmless
+        again = solo.hold(other)
+        with pytest.raises(solo.AnotherServer):
+            solo.hold(engine)
+        again.close()
+        solo.hold(engine).close()
+    finally:
+        other.dispose()
+
+
+def test_the_postgresql_lease_is_one_session_outside_the_pool(pg_engine: sa.Engine) -> None:
+    """The lease's connection is its own (not one of the pool's, which would hand it to a request) and
+    idle outside any transaction; closing it ends the session and the lock with it."""
+    lease = solo.hold(pg_engine)
+    try:
+        with pg_engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT l.pid, a.state FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND "
+                "((l.classid::bigint << 32) | l.objid::bigint) = :key"), {"key": solo.LEASE_LOCK_ID}).all()
+            mine = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        assert len(rows) == 1 and rows[0].pid != mine and rows[0].state == "idle"
+        assert pg_engine.pool.checkedout() == 0
+    finally:
+        lease.close()
+    with pg_engine.connect() as conn:
+        held = conn.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+                                    "((classid::bigint << 32) | objid::bigint) = :key"),
+                            {"key": solo.LEASE_LOCK_ID}).scalar_one()
+    assert held == 0
+
+
+def test_sqlite_in_memory_needs_no_lease() -> None:
+    a, b = sa.create_engine("sqlite://"), sa.create_engine("sqlite:///:memory:")
+    try:
+        leases = [solo.hold(a), solo.hold(a), solo.hold(b)]
+        for lease in leases:
+            lease.close()
+    finally:
+        a.dispose()
+        b.dispose()
+
+
+def _container(engine: sa.Engine, tmp_path: Path, cache: object) -> tuple[Settings, Container]:
+    settings = Settings(var_dir=tmp_path, database_url=_url(engine), background_workers=False)
+    return settings, Container(settings=settings, engine=engine, cache=cache,  # type: ignore[arg-type]
+                               cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
+
+
+def test_a_second_app_without_redis_does_not_start(engine: sa.Engine, tmp_path: Path) -> None:
+    settings, c1 = _container(engine, tmp_path, MemoryCache())
+    _, c2 = _container(engine, tmp_path, MemoryCache())
+    with TestClient(create_app(settings, container=c1)) as first:
+        assert first.get("/healthz").status_code == 200
+        second = TestClient(create_app(settings, container=c2))
+        with pytest.raises(solo.AnotherServer):
+            second.__enter__()
+    # The first stopped: its lease is free, and the other app starts.
+    with TestClient(create_app(settings, container=c2)) as later:
+        assert later.get("/healthz").status_code == 200
+
+
+def test_apps_that_share_redis_both_start(engine: sa.Engine, redis_url: str, tmp_path: Path) -> None:
+    caches = [RedisCache(redis_url), RedisCache(redis_url)]
+    try:
+        settings, c1 = _container(engine, tmp_path, caches[0])
+        _, c2 = _container(engine, tmp_path, caches[1])
+        with TestClient(create_app(settings, container=c1)) as a, TestClient(create_app(settings, container=c2)) as b:
+            assert a.get("/healthz").status_code == 200 and b.get("/healthz").status_code == 200
+            # and neither holds the lease: a server without Redis could take it (and would then be alone
+            # without Redis, which is its own business: the Redis servers share their claims)
+            solo.hold(engine).close()
+    finally:
+        for cache in caches:
+            cache.close()
+
+
+def _env(database_url: str, var: Path, **more: str) -> dict[str, str]:
+    env = {**os.environ, "QUAYGATE_DATABASE_URL": database_url, "QUAYGATE_VAR_DIR": str(var),
+           "QUAYGATE_BACKGROUND_WORKERS": "false", "QUAYGATE_LOG_LEVEL": "WARNING", **more}
+    if "QUAYGATE_REDIS_URL" not in more:
+        env.pop("QUAYGATE_REDIS_URL", None)
+    return env
+
+
+@pytest.mark.slow
+def test_uvicorn_workers_by_hand_without_redis_stop_with_the_refusal(sqlite_database_url: str,
+                                                                       tmp_path: Path) -> None:
+    """``quaygate serve`` refuses --workers 2 without Redis before starting; uvicorn run by hand does
+    not ask. Its second worker is refused the lease, and uvicorn stops the whole server (with exit status
+    0: uvicorn 0.54's own choice; the log says why)."""
+    port = free_port()
+    log = tmp_path / "uvicorn.log"
+    with log.open("wb") as out:
+        subprocess.run([sys.executable, "-m", "uvicorn", "--factory", "quaygate.app:app_from_env",  # noqa: S603
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "2"], cwd=ROOT,
+                              env=_env(sqlite_database_url, tmp_path), stdout=out, stderr=subprocess.STDOUT,
+                              timeout=60, check=False)
+    text = log.read_text()  # it stopped by itself: run() raises TimeoutExpired otherwise
+    assert "another quaygate server already serves SQLite database" in text, text[-3000:]
+    assert "failed to start, stopping the parent process" in text, text[-3000:]
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_second_server_is_refused_until_the_first_is_killed(pg_engine: sa.Engine, redis_url: str,
+                                                               tmp_path: Path) -> None:
+    url = _url(pg_engine)
+    first = serve_app(free_port(), _env(url, tmp_path), tmp_path / "first.log", "--log-level", "warning")
+    try:
+        with pytest.raises(RuntimeError, match="another quaygate server already serves PostgreSQL database"):
+            serve_app(free_port(), _env(url, tmp_path), tmp_path / "second.log", "--log-level", "warning")
+        # Killed, it cannot let go by itself: the database ends its session, and the lease with it.
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        port = free_port()
+        second = serve_app(port, _env(url, tmp_path), tmp_path / "third.log", "--log-level", "warning")
+        try:
+            assert answers(f"http://127.0.0.1:{port}/healthz")()
+        finally:
+            stop(second)
+    finally:
+        stop(first)
+    # With Redis, two servers on the same database both serve.
+    ports = [free_port(), free_port()]
+    servers = [serve_app(p, _env(url, tmp_path, QUAYGATE_REDIS_URL=redis_url), tmp_path / f"redis-{p}.log",
+                         "--log-level", "warning") for p in ports]
+    try:
+        assert all(answers(f"http://127.0.0.1:{p}/healthz")() for p in ports)
+    finally:
+        for proc in servers:
+            stop(proc)
