@@ -155,6 +155,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         app.state.container = built
         app.state.identity = identity
         app.state.token_verifier = identity.verifier
+        own_facts = built.gate_facts is None  # else the container's (Container.build), closed with it
         gate_facts = start_gate_facts(built)  # issue 5: the gate's facts in Redis, when configured
         workers = BackgroundWorkers(built) if settings.background_workers else None
         if workers:
@@ -175,7 +176,10 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             if workers:
                 workers.stop()
             if gate_facts:
-                gate_facts.close()
+                gate_facts.stop_drainer()
+                if own_facts:
+                    gate_facts.close()
+                    built.gate_facts = None
             if ban_puller:
                 ban_puller.stop()
             app.state.face_pool.close()

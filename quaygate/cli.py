@@ -365,10 +365,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_terminal_commands(sub)
 
+    facts = sub.add_parser("gate-facts", help="the gates' copies of rights, badges, bans and policies in Redis")
+    facts_sub = facts.add_subparsers(dest="facts_cmd", required=True)
+    facts_sub.add_parser("refresh", help="make every gate read its facts again from the database"
+                         ).set_defaults(func=cmd_gate_facts_refresh)
+
     # Issue 5: its options (--config, --check) are the adapter's own; main() hands them over unparsed.
     sub.add_parser("gate-adapter", help="run a terminal's gate adapter: gate-adapter --config lane.toml",
                    add_help=False)
     return p
+
+
+def cmd_gate_facts_refresh(args: argparse.Namespace) -> int:
+    """Issue 5: every copy the gates keep in Redis is read again from the database before it is trusted
+    (a change whose invalidation was lost, a database restored under a running Redis)."""
+    from .container import Container
+
+    settings = _settings()
+    if not settings.redis_url:
+        print("no QUAYGATE_REDIS_URL: without Redis the gates keep no copies; nothing to refresh", file=sys.stderr)
+        return 2
+    container = Container.build(settings)
+    try:
+        container.gate_facts.bump_everything()
+    finally:
+        container.close()
+    if container.gate_facts.owed():
+        return 1  # main() says why
+    print("every gate reads its facts again from the database")
+    return 0
 
 
 def cmd_gate_adapter(argv: list[str]) -> int:
@@ -384,11 +409,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_gate_adapter(given[1:])
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    before = _undelivered()
     try:
-        return func(args)
+        code = func(args)
     except ValueError as exc:  # settings refused (e.g. insecure defaults outside dev mode)
         print(f"quaygate: {exc}", file=sys.stderr)
         return 2
+    return _said_undelivered(code, _undelivered() - before)
+
+
+def _undelivered() -> int:
+    facts = sys.modules.get("release_service.adapters.gate_facts")  # loaded only where Redis is
+    return facts.undelivered() if facts is not None else 0
+
+
+def _said_undelivered(code: int, lost: int) -> int:
+    """A change committed here whose invalidation Redis did not take: the gates may decide on their old
+    copy of it until that expires. Say so, and how to end it now; the command did not fully succeed."""
+    if not lost:
+        return code
+    print("quaygate: the change is saved, but Redis did not take the news of it: the gates may decide on "
+          "their old copy until it expires (QUAYGATE_GATE_FACTS_TTL). Once Redis answers, run "
+          "`quaygate gate-facts refresh`, or restart a server.", file=sys.stderr)
+    return code or 1
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ class Container:
 
     @classmethod
     def build(cls, settings: Settings) -> Container:
-        return cls(
+        """What a process needs, server or CLI. With Redis, every commit that changes what a gate decision
+        reads (a right, a badge, a ban, a policy) invalidates the gates' copies, whichever process made it."""
+        built = cls(
             settings=settings,
             engine=make_engine(settings.database_url, pool_size=settings.db_pool_size,
                                max_overflow=settings.db_max_overflow),
@@ -39,7 +41,14 @@ class Container:
             cipher=DataCipher(settings.data_key_bytes()),
             clock=SystemClock(),
         )
+        if settings.redis_url:
+            from .workers import gate_facts_for  # the release service's adapters, only where Redis is
+
+            built.gate_facts = gate_facts_for(built)
+        return built
 
     def close(self) -> None:
+        if self.gate_facts is not None:
+            self.gate_facts.close()  # the invalidations Redis has not taken yet are tried once more
         self.cache.close()
         self.engine.dispose()

@@ -28,14 +28,24 @@ from .container import Container
 log = logging.getLogger("quaygate.workers")
 
 
+def gate_facts_for(container: Container) -> RedisGateFacts:
+    """The gate's facts in Redis, and the invalidation of their copies after every commit on this
+    container's engine that touched them (quaygate/invalidation.py). Every process that writes what a
+    gate decision reads needs it, the CLI's too: a badge blocked or a ban loaded from the command line
+    must reach the gates' copies as one changed through the API does (``Container.build``)."""
+    s = container.settings
+    assert s.redis_url, "gate facts live in Redis"
+    return RedisGateFacts.from_url(s.redis_url, container.engine, lambda: unit_of_work(container),
+                                   ttl=s.gate_facts_ttl, request_ttl=s.gate_request_ttl)
+
+
 def start_gate_facts(container: Container) -> RedisGateFacts | None:
     """With Redis configured, the gate decision reads its facts from there (issue 5 "Hot path"), and
     this process drains the check decisions kept there into PostgreSQL."""
     s = container.settings
     if not s.redis_url:
         return None
-    facts = RedisGateFacts.from_url(s.redis_url, container.engine, lambda: unit_of_work(container),
-                                    ttl=s.gate_facts_ttl, request_ttl=s.gate_request_ttl)
+    facts = container.gate_facts or gate_facts_for(container)
     facts.bump_everything()  # owed by a process that died before it could invalidate
     if s.gate_decision_drain:
         facts.start_drainer(f"{socket.gethostname()}-{os.getpid()}")

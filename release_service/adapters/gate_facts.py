@@ -167,6 +167,7 @@ class RedisGateFacts:
         self._owed: set[str] = set()  # generations to replace that Redis did not take yet
         self._owed_lock = threading.Lock()
         self._drainer: Drainer | None = None
+        self._closed = False
 
     @classmethod
     def from_url(cls, url: str, engine: sa.Engine, uow: Callable[[], SqlUnitOfWork], **kw: Any) -> RedisGateFacts:
@@ -285,6 +286,10 @@ class RedisGateFacts:
             with self._owed_lock:
                 self._owed.difference_update(owed)
 
+    def owed(self) -> int:
+        """Invalidations Redis has not taken yet."""
+        return len(self._owed)
+
     def flush_owed(self) -> int:
         """Send the invalidations Redis did not take (the drainer calls this every loop)."""
         owed = len(self._owed)
@@ -371,15 +376,48 @@ class RedisGateFacts:
         self._suspect = True
         log.warning("release.gate_facts.unavailable")
 
+    def note_unavailable(self) -> None:
+        """Redis failed outside a gate read (the drainer): copies are read again once it is back, as
+        changes committed meanwhile may not have reached them."""
+        self._trip()
+
     def start_drainer(self, consumer: str) -> None:
         self._drainer = Drainer(self, consumer=consumer).start()
 
-    def close(self) -> None:
+    def stop_drainer(self) -> None:
         if self._drainer is not None:
             self._drainer.stop()
+            self._drainer = None
+
+    def close(self) -> None:
+        """Stop, after one more try at the invalidations Redis has not taken. Those still owed then are
+        lost with this process: the gates could decide on old copies until they expire. Logged, and
+        counted for the CLI to say (``undelivered``)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop_drainer()
+        if self._owed:
+            try:
+                self._send(())
+            except redis.RedisError:
+                pass
+        if self._owed:
+            global _undelivered
+            _undelivered += len(self._owed)
+            log.error("release.gate_facts.invalidation_lost", extra={"fields": {
+                "families": len(self._owed), "ttl_seconds": self._ttl}})
         self._line.close()
         self._r.close()
         self._drain_client.close()
+
+
+_undelivered = 0  # invalidations this process's facts could not hand to Redis before they closed
+
+
+def undelivered() -> int:
+    """How many invalidations this process could not deliver before it closed its gate facts."""
+    return _undelivered
 
 
 # ---- what the copies hold ------------------------------------------------------------------------
@@ -535,7 +573,9 @@ class Drainer:
                     claimed_at = time.monotonic()
                 if moved < BATCH:
                     self._stop.wait(PAUSE)  # let a batch gather: one insert for many decisions
-            except Exception:  # noqa: BLE001 - Redis or PostgreSQL away: say so, wait, try again
+            except Exception as exc:  # noqa: BLE001 - Redis or PostgreSQL away: say so, wait, try again
+                if isinstance(exc, redis.RedisError):
+                    self._facts.note_unavailable()
                 log.exception("release.gate_facts.drain_failed")
                 self._stop.wait(1.0)
 
