@@ -217,6 +217,7 @@ class StoredDecision:
     committed: bool
     direction: str
     terminal: str
+    decided_at: datetime | None = None  # as recorded in the database (a copy in Redis does not say)
 
 
 class FactsUnavailable(Exception):

@@ -289,6 +289,79 @@ def test_json_content_types_fastapi_takes_are_taken(gate: Gate, content_type: st
     assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
 
 
+def _override(gate: Gate, decision: dict[str, Any], reason: str = "checked at the desk") -> Any:
+    return gate.http.post("/gate/v1/overrides", headers={"Authorization": f"Bearer {gate.gate_token}"},
+                          json={"decision_id": decision["decision_id"], "reason": reason})
+
+
+def _wrong_plate(gate: Gate, n: int, **over: Any) -> dict[str, Any]:
+    """A commit refused for the plate alone: what a person at the desk may set aside."""
+    refused = gate.verify(gate.body(n, mode="commit", plate={"text": "9ZZZ999", "country": "BE", "confidence": 0.99},
+                                    **over)).json()
+    assert (refused["decision"], refused["reasons"]) == ("deny", ["plate_mismatch"]), refused
+    return dict(refused)
+
+
+def test_an_override_cannot_release_a_right_nominated_to_nobody(gate: Gate) -> None:
+    """The gate's own credential cannot turn any refusal into a gate-in: a right with no driver and no
+    truck bound to it stays where it is (the attack: a check without a badge, then an override)."""
+    rid = str(gate.issue(20, release_to_organisation_id=str(gate.p.haul.organisation_id))["release"]["id"])
+    for who, light in (("customs", "customs"), ("terminal", "terminal")):
+        assert gate.http.put(f"/api/v1/releases/{rid}/lights/{light}", json={"status": "green"},
+                             headers=gate.as_(who)).status_code == 200
+    refused = gate.verify(gate.body(20, badge=None)).json()
+    assert refused["decision"] != "allow" and refused["release_id"] == rid and "not_nominated" in refused["reasons"]
+    got = _override(gate, refused)
+    assert_problem(got, 409, "illegal_transition")
+    assert "not_nominated" in got.json()["detail"]
+    assert gate.state(rid) == "active"
+
+
+def test_an_override_cannot_set_aside_the_badge_office_or_the_ban_register(gate: Gate) -> None:
+    rid = gate.pickable(21)
+    with gate.engine.begin() as conn:
+        conn.execute(badges.update().where(badges.c.number == gate.badge_number).values(status="blocked"))
+    refused = gate.verify(gate.body(21, mode="commit")).json()
+    assert refused["decision"] == "deny" and "badge_blocked" in refused["reasons"], refused
+    got = _override(gate, refused)
+    assert_problem(got, 409, "illegal_transition")
+    assert "badge_blocked" in got.json()["detail"]
+    assert gate.state(rid) == "nominated"
+
+
+@pytest.mark.parametrize("after", ["blocked", "customs_red", "revoked"])
+def test_an_override_judges_the_right_as_it_is_now(gate: Gate, after: str) -> None:
+    """Refused for the plate, then the line blocks or revokes the right, or customs holds it: the
+    override is refused, and the right is not used."""
+    rid = gate.pickable(22)
+    refused = _wrong_plate(gate, 22)
+    if after == "blocked":
+        r = gate.http.post(f"/api/v1/releases/{rid}/block", headers=gate.as_("line"), json={"reason": "fraud"})
+    elif after == "revoked":
+        r = gate.http.post(f"/api/v1/releases/{rid}/revoke", headers=gate.as_("line"), json={"reason": "fraud"})
+    else:
+        r = gate.http.put(f"/api/v1/releases/{rid}/lights/customs", json={"status": "red"}, headers=gate.as_("customs"))
+    assert r.status_code == 200, r.text
+    got = _override(gate, refused)
+    assert got.status_code == 409, got.text
+    assert gate.state(rid) == ("revoked" if after == "revoked" else "nominated")
+
+
+def test_an_old_decision_is_not_overridden(gate: Gate) -> None:
+    rid = gate.pickable(23)
+    refused = _wrong_plate(gate, 23)
+    with gate.engine.begin() as conn:
+        conn.execute(gate_decisions.update().where(gate_decisions.c.id == uuid.UUID(refused["decision_id"]))
+                     .values(decided_at=_now() - timedelta(hours=2)))
+    got = _override(gate, refused)
+    assert_problem(got, 409, "illegal_transition")
+    assert "too old" in got.json()["detail"]
+    assert gate.state(rid) == "nominated"
+    # Verified again, refused again: that decision is overridden.
+    again = _wrong_plate(gate, 23)
+    assert _override(gate, again).status_code == 201 and gate.state(rid) == "gated_in"
+
+
 def test_override_lets_a_refused_truck_in_once_with_a_reason(gate: Gate) -> None:
     rid = gate.pickable(9)
     refused = gate.verify(gate.body(9, mode="commit", plate={"text": "9ZZZ999", "country": "BE",

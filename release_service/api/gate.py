@@ -268,5 +268,12 @@ async def _verify(request: Request, body: VerifyRequest, credentials: HTTPAuthor
              responses=problem_responses(400, 401, 403, 404, 409, 422),
              summary="Let a refused truck in at this terminal, with a reason (audited).")
 def override(request: Request, body: OverrideRequest, actor: Actor = Depends(GATE)) -> dict[str, Any]:
+    """A refused gate-in decided here within the last hour, refused only for what a person at the desk
+    can establish (a container number, a plate, a face, a badge not found or not activated here, the
+    terminal's own hold, screening that did not answer, a driver who had said he would not come). Never
+    for what another party decided or the right itself says (blocked, revoked, commercial or customs
+    hold, outside its window, used, nominated to nobody, another terminal's), for the badge office's or
+    the port-ban register's word on a person, or for a driver who is not the one nominated: 409
+    ``illegal_transition``, the right untouched. The right is judged as it is now."""
     now = request.app.state.container.clock.now()
     return verify_service.override(_uow_factory(request), actor, body.decision_id, body.reason, now)

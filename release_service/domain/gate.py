@@ -132,6 +132,42 @@ SEVERITY: Mapping[Reason, Severity] = MappingProxyType({
 })
 
 
+# ---- the terminal's override ---------------------------------------------------------------------
+
+# What a person at the terminal may set aside with an audited override (SPEC.md: "a terminal may
+# override a refusal only with a reason"): what the gate's machines could not establish and a person
+# can, at the desk, with the driver and the truck in front of him: a container number, a plate, a
+# face, a badge the reader did not find or that is not yet activated at this terminal, the terminal's
+# own hold, a screening service that did not answer, the driver who said he would not come. Never
+# what another party decided or what the right itself says: the line's block, revocation or
+# commercial hold, customs' hold, the validity window, a right used or nominated to nobody, another
+# terminal's right, the badge office's or the port-ban register's word on a person, or a driver who is
+# not the one nominated (the transport operator re-nominates; a terminal cannot hand the container to
+# someone else).
+OVERRIDABLE: frozenset[Reason] = frozenset({
+    Reason.CONTAINER_UNREADABLE,
+    Reason.NOMINATION_REFUSED,
+    Reason.TERMINAL_HOLD,
+    Reason.BADGE_UNKNOWN,
+    Reason.BADGE_NOT_ACTIVATED_HERE,
+    Reason.PLATE_MISMATCH,
+    Reason.PLATE_LOW_CONFIDENCE,
+    Reason.FACE_REQUIRED,
+    Reason.FACE_MISMATCH,
+    Reason.SCREENING_UNAVAILABLE,
+})
+
+# An override lets in the truck that was refused, while it is at the terminal: an older decision is
+# verified again, and that new decision is overridden if need be.
+OVERRIDE_WITHIN_SECONDS = 3600
+
+
+def not_overridable(reasons: Sequence[str]) -> list[str]:
+    """The reasons of a refusal that no override may set aside (an unknown code counts as one)."""
+    known = {r.value for r in OVERRIDABLE}
+    return [r for r in reasons if r not in known]
+
+
 # ---- the terminal's policy -----------------------------------------------------------------------
 
 ScreeningFallback = Literal["deny", "review"]

@@ -568,6 +568,23 @@ class ReleaseRight:
         self.gate_in_at = now
         self._emit("release.gate_override", by, now, {"reason": reason.strip(), "decision_id": str(decision_id)})
 
+    def require_overridable(self, now: datetime) -> None:
+        """What a terminal's override (release_service.domain.gate.OVERRIDABLE) may not set aside on the
+        right itself, as it is now, whatever the refused decision said: it must be nominated (a driver
+        and a truck are bound to it), not blocked, in its validity window, with the line's and customs'
+        lights green (the terminal's own light is the terminal's to lift)."""
+        if self.state in (State.GATED_IN, State.COMPLETED):
+            raise DomainError(ErrorCode.ALREADY_USED, "This right has already been used at the gate.")
+        if self.state is not State.NOMINATED:
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION,
+                              f"Cannot override for a right that is {self.state.value}: only a nominated right "
+                              "(a driver and a truck bound to it) is let in.", state=self.state.value)
+        self._require_not_blocked()
+        self._require_valid_now(now)
+        if not (self.commercial.green and self.customs.green):
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A terminal cannot lift the line's commercial hold or "
+                              "customs' hold: both lights must be green.")
+
     def gate_out(self, *, by: Actor, now: datetime, decision_id: uuid.UUID) -> None:
         self._require_gate(by)
         self._require_state(frozenset({State.GATED_IN}), "gate out")

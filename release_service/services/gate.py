@@ -11,7 +11,7 @@ from datetime import datetime
 
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor
-from release_service.domain.release import ReleaseRight, State
+from release_service.domain.release import ReleaseRight
 from release_service.ports import UnitOfWork
 
 from .common import Receipt, load, persist, receipt, record_events
@@ -47,8 +47,6 @@ def gate_out(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, decision_id: 
 def override(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str, decision_id: uuid.UUID,
              now: datetime) -> tuple[ReleaseRight, Receipt]:
     right = load(uow, release_id, actor)
-    if right.state not in (State.ACTIVE, State.NOMINATED):
-        raise DomainError(ErrorCode.ALREADY_USED if right.state is State.GATED_IN else ErrorCode.ILLEGAL_TRANSITION,
-                          f"Cannot override a right that is {right.state.value}.")
+    right.require_overridable(now)
     right.override_gate_in(by=actor, now=now, reason=reason, decision_id=decision_id)
     return right, persist(uow, right)
