@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -129,17 +131,31 @@ HOT_ROUTES = (("POST", "/gate/v1/verify"), ("POST", "/oauth2/token"),
               ("POST", "/webauthn/authentication/options"), ("POST", "/webauthn/authentication/verify"))
 
 
-async def _solo_lease(built: Container, *, own: bool) -> solo.SoloLease:
-    """Without a shared cache, this process must be the database's only server (quaygate/solo.py)."""
-    if not isinstance(built.cache, MemoryCache):
-        return solo.SoloLease()
+async def _serving_lease(built: Container, *, own: bool) -> solo.SoloLease:
+    """Every server holds the database's serving lease (quaygate/solo.py): alone without a shared cache,
+    together with the others that share Redis. A server whose lease another took meanwhile stops: it
+    would keep single-use claims beside one that cannot see them."""
+    shared = not isinstance(built.cache, MemoryCache)
     try:
-        return await run_in_threadpool(solo.hold, built.engine)
+        return await run_in_threadpool(lambda: solo.hold(built.engine, shared=shared,
+                                                         on_lost=_stop_serving if own else None))
     except solo.AnotherServer as exc:
         log.error("quaygate.start.refused", extra={"fields": {"reason": str(exc)}})
-        if own:
-            built.close()
         raise
+
+
+def _stop_gate_facts(built: Container, facts: Any, *, own: bool) -> None:
+    facts.stop_drainer()
+    if own:
+        facts.close()
+        built.gate_facts = None
+
+
+def _stop_serving(reason: str) -> None:
+    """The serving lease is lost to another server: stop as uvicorn stops on SIGTERM (finish what is
+    in flight, take no more)."""
+    log.error("quaygate.stop.lease_lost", extra={"fields": {"reason": reason}})
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def create_app(settings: Settings | None = None, *, container: Container | None = None) -> FastAPI:
@@ -147,46 +163,42 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        built = container or Container.build(settings)
-        lease = await _solo_lease(built, own=container is None)
-        # The hottest routes' blocking parts (quaygate/threads.py), on a few threads (settings.worker_threads)
-        app.state.threads = ThreadPool(max_threads=built.settings.worker_threads)
-        identity = await run_in_threadpool(IdentityProvider.build, built)
-        app.state.container = built
-        app.state.identity = identity
-        app.state.token_verifier = identity.verifier
-        own_facts = built.gate_facts is None  # else the container's (Container.build), closed with it
-        gate_facts = start_gate_facts(built)  # issue 5: the gate's facts in Redis, when configured
-        workers = BackgroundWorkers(built) if settings.background_workers else None
-        if workers:
-            workers.start()
-        # Issue 4: the port-ban register's periodic pull (off unless QUAYGATE_BAN_FEED_URL is set).
-        ban_puller = start_ban_puller(settings, built.engine, built.clock.now) if settings.background_workers else None
-        app.state.ban_screening = ban_screening_from_settings(settings, built.engine)  # badge issue screening
-        app.state.face_pool = start_face_pool(settings)  # issue 6: face matching in worker processes
-        built.face_matcher = IdentityFaceMatcher(app)  # issue 6: the gate reaches identity's face service
-        if settings.mode is not Mode.PRODUCTION:
-            log_event(log, "quaygate.start.dev_mode", mode=settings.mode.value,
-                      warning="NOT FOR PRODUCTION: dev secrets in var/, demo data")
-        log_event(log, "quaygate.start", database=built.engine.dialect.name,
-                  cache="redis" if settings.redis_url else "memory")
-        try:
-            yield
-        finally:
-            if workers:
-                workers.stop()
-            if gate_facts:
-                gate_facts.stop_drainer()
-                if own_facts:
-                    gate_facts.close()
-                    built.gate_facts = None
-            if ban_puller:
-                ban_puller.stop()
-            app.state.face_pool.close()
-            app.state.threads.close()
-            lease.close()
+        with ExitStack() as started:  # stopped in the reverse order, also when a later step fails to start
+            built = container or Container.build(settings)
             if container is None:
-                built.close()
+                started.callback(built.close)
+            lease = await _serving_lease(built, own=container is None)
+            started.callback(lease.close)
+            app.state.serving_lease = lease
+            # The hottest routes' blocking parts (quaygate/threads.py), on a few threads (settings.worker_threads)
+            app.state.threads = ThreadPool(max_threads=built.settings.worker_threads)
+            started.callback(app.state.threads.close)
+            identity = await run_in_threadpool(IdentityProvider.build, built)
+            app.state.container = built
+            app.state.identity = identity
+            app.state.token_verifier = identity.verifier
+            own_facts = built.gate_facts is None  # else the container's (Container.build), closed with it
+            gate_facts = start_gate_facts(built)  # issue 5: the gate's facts in Redis, when configured
+            if gate_facts:
+                started.callback(_stop_gate_facts, built, gate_facts, own=own_facts)
+            if settings.background_workers:
+                workers = BackgroundWorkers(built)
+                workers.start()
+                started.callback(workers.stop)
+                # Issue 4: the port-ban register's periodic pull (off unless QUAYGATE_BAN_FEED_URL is set).
+                ban_puller = start_ban_puller(settings, built.engine, built.clock.now)
+                if ban_puller:
+                    started.callback(ban_puller.stop)
+            app.state.ban_screening = ban_screening_from_settings(settings, built.engine)  # badge issue screening
+            app.state.face_pool = start_face_pool(settings)  # issue 6: face matching in worker processes
+            started.callback(app.state.face_pool.close)
+            built.face_matcher = IdentityFaceMatcher(app)  # issue 6: the gate reaches identity's face service
+            if settings.mode is not Mode.PRODUCTION:
+                log_event(log, "quaygate.start.dev_mode", mode=settings.mode.value,
+                          warning="NOT FOR PRODUCTION: dev secrets in var/, demo data")
+            log_event(log, "quaygate.start", database=built.engine.dialect.name,
+                      cache="redis" if settings.redis_url else "memory")
+            yield
 
     app = QuaygateAPI(
         title="quaygate",
@@ -218,6 +230,9 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         except sa.exc.SQLAlchemyError:
             checks["database"] = "unavailable"
         checks["cache"] = "ok" if c.cache.ping() else "unavailable"
+        lease = getattr(request.app.state, "serving_lease", None)
+        if lease is not None and lease.lost:
+            checks["serving_lease"] = "lost"  # another server took this database (quaygate/solo.py)
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
                             status_code=200 if ready else 503)

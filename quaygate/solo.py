@@ -6,94 +6,188 @@ challenge, a gate ``request_id``. A second server process on the same database w
 its own, so a proof used at one could be replayed at the other, and a token revoked through one
 would pass at the other until it reads the revocation. ``quaygate serve`` refuses ``--workers``
 above 1 without Redis; this refuses every other way to get there: ``uvicorn --workers N`` by hand,
-two ``quaygate serve`` on one database behind a load balancer, a replica started by mistake.
+two ``quaygate serve`` on one database behind a load balancer, a replica started by mistake without
+``QUAYGATE_REDIS_URL`` next to replicas that have it.
 
-A server without Redis holds the database's solo lease for as long as it serves:
+Every server holds the database's serving lease for as long as it serves: a server without Redis
+holds it alone (exclusive), servers that share Redis hold it together (shared). So a server without
+Redis does not start while any other server serves the database, and no server starts while one
+without Redis serves it.
 
-- PostgreSQL: a session advisory lock, on a connection of its own, taken without waiting. The
-  database lets one session hold it; it ends with the session (a stopped or killed process, a lost
-  connection).
-- SQLite: an exclusive ``flock`` on a file beside the database, released by the kernel when the
-  process ends, however it ends.
+- PostgreSQL: a session advisory lock (``pg_try_advisory_lock`` or ``..._shared``), taken without
+  waiting, on a connection of its own outside the pool. It ends with the session: a stopped or
+  killed process, a lost connection. It needs a real session: not through a pooler in transaction
+  mode (PgBouncer), where a session lock stays on a server connection others use.
+- SQLite: ``flock`` (exclusive or shared) on a file beside the database, released by the kernel when
+  the process ends, however it ends.
 
-A database nobody else can open (SQLite in memory) needs no lease. With Redis the claims are shared
-and no lease is taken: any number of processes serve.
+A watchdog looks at the lease every few seconds. A PostgreSQL session that ended (the database
+restarted, the connection was dropped or terminated) is replaced and the lock taken again; a SQLite
+lock file that was removed or replaced is noticed. When the lease cannot be had again because
+another server took it meanwhile, the lease is lost: ``on_lost`` is called (the app stops serving).
+
+A database nobody else can open (SQLite in memory) needs no lease.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-LEASE_LOCK_ID = 0x5147_534F_4C4F  # pg_try_advisory_lock key ("QGSOLO")
+log = logging.getLogger("quaygate.solo")
+
+LEASE_LOCK_ID = 0x5147_534F_4C4F  # pg advisory lock key ("QGSOLO")
+WATCH_EVERY = 5.0  # seconds between looks at a held lease
 
 
 class AnotherServer(RuntimeError):
-    """Another server process already serves this database without a shared cache."""
+    """Another server process serves this database in a way this one cannot serve beside."""
 
 
-def refusal(where: str) -> str:
-    return (f"another quaygate server already serves {where} without Redis. Each would keep its own "
-            "single-use claims (DPoP proofs, client assertions, passkey challenges, gate request ids), so "
-            "a claim used at one could be replayed at the other. Set QUAYGATE_REDIS_URL to serve it from "
-            "several processes, or stop the other server.")
+def refusal(where: str, *, shared: bool) -> str:
+    if shared:
+        return (f"a quaygate server without Redis already serves {where}: it keeps its single-use claims "
+                "(DPoP proofs, client assertions, passkey challenges, gate request ids) to itself, so a claim "
+                "used at one server could be replayed at the other. Stop it, or give it QUAYGATE_REDIS_URL.")
+    return (f"another quaygate server already serves {where}, and this one has no Redis. Each would keep its "
+            "own single-use claims (DPoP proofs, client assertions, passkey challenges, gate request ids), so "
+            "a claim used at one could be replayed at the other. Set QUAYGATE_REDIS_URL (the same for every "
+            "server) to serve it from several processes, or stop the other server.")
 
 
 class SoloLease:
-    """Held until ``close()``; see ``hold``."""
+    """Held until ``close()``; see ``hold``. ``lost`` once the watchdog found it taken by another."""
 
-    def __init__(self, release: Any = None) -> None:
-        self._release = release
+    def __init__(self, take: Callable[[], Any] | None = None, *, still_held: Callable[[Any], bool] | None = None,
+                 release: Callable[[Any], None] | None = None, on_lost: Callable[[str], None] | None = None,
+                 where: str = "", watch_every: float = WATCH_EVERY) -> None:
+        self._take, self._still_held, self._release = take, still_held, release
+        self._on_lost = on_lost
+        self._where = where
+        self._handle = take() if take is not None else None  # AnotherServer, at once, when refused
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self._handle is not None and still_held is not None and watch_every > 0:
+            self._thread = threading.Thread(target=self._watch, args=(watch_every,), name="serving-lease",
+                                            daemon=True)
+            self._thread.start()
+
+    def check(self) -> bool:
+        """Look at the lease now (the watchdog's one step): True while held."""
+        if self._handle is None or self._still_held is None or self.lost:
+            return not self.lost
+        if self._still_held(self._handle):
+            return True
+        self._drop()
+        try:
+            self._handle = self._take()  # type: ignore[misc]
+            log.warning("quaygate.serving_lease.taken_again", extra={"fields": {"database": self._where}})
+            return True
+        except AnotherServer as exc:
+            self.lost = True
+            log.error("quaygate.serving_lease.lost", extra={"fields": {"database": self._where,
+                                                                         "reason": str(exc)}})
+            if self._on_lost is not None:
+                self._on_lost(str(exc))
+            return False
+        except Exception:  # noqa: BLE001 - the database away (restarting): look again next time
+            log.warning("quaygate.serving_lease.unchecked", exc_info=True,
+                        extra={"fields": {"database": self._where}})
+            return True
+
+    def _watch(self, every: float) -> None:
+        while not self._stop.wait(every):
+            if not self.check():
+                return
+
+    def _drop(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None and self._release is not None:
+            try:
+                self._release(handle)
+            except Exception:  # noqa: BLE001 - already gone with its connection or file
+                log.debug("quaygate.serving_lease.release_failed", exc_info=True)
 
     def close(self) -> None:
-        release, self._release = self._release, None
-        if release is not None:
-            release()
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self._drop()
 
 
-def hold(engine: sa.Engine) -> SoloLease:
-    """Take this database's solo lease, or raise ``AnotherServer`` at once (never waits)."""
+def hold(engine: sa.Engine, *, shared: bool = False, on_lost: Callable[[str], None] | None = None,
+         watch_every: float = WATCH_EVERY) -> SoloLease:
+    """Take this database's serving lease (``shared`` for servers that share Redis), or raise
+    ``AnotherServer`` at once (never waits)."""
     if engine.dialect.name == "postgresql":
-        return _hold_postgresql(engine)
+        where = f"PostgreSQL database {engine.url.database!r}"
+        return SoloLease(lambda: _take_postgresql(engine, shared, where), still_held=_session_alive,
+                         release=lambda raw: raw.close(), on_lost=on_lost, where=where, watch_every=watch_every)
     if engine.dialect.name == "sqlite":
-        return _hold_sqlite(engine)
-    raise ValueError(f"no solo lease for {engine.dialect.name}")
+        database = engine.url.database
+        if not database or database == ":memory:" or database.startswith("file::memory:"):
+            return SoloLease()
+        path = Path(database).resolve()
+        lock = path.with_name(path.name + ".serving")
+        where = f"SQLite database {str(path)!r}"
+        return SoloLease(lambda: _take_sqlite(lock, shared, where), still_held=lambda fd: _same_file(lock, fd),
+                         release=os.close, on_lost=on_lost, where=where, watch_every=watch_every)
+    raise ValueError(f"no serving lease for {engine.dialect.name}")
 
 
-def _hold_postgresql(engine: sa.Engine) -> SoloLease:
+def _take_postgresql(engine: sa.Engine, shared: bool, where: str) -> Any:
     raw = engine.raw_connection()
     raw.detach()  # out of the pool: the lease lives and dies with this one session
     conn = raw.dbapi_connection
     try:
         conn.autocommit = True  # no transaction left open: idle-in-transaction timeouts do not end the lease
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (LEASE_LOCK_ID,))
+            fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+            cur.execute(f"SELECT {fn}(%s)", (LEASE_LOCK_ID,))
             row = cur.fetchone()
         if not (row and row[0]):
-            raise AnotherServer(refusal(f"PostgreSQL database {engine.url.database!r}"))
+            raise AnotherServer(refusal(where, shared=shared))
     except BaseException:
         raw.close()
         raise
-    return SoloLease(raw.close)  # closing the session releases the lock
+    return raw  # closing it ends the session, and the lock with it
 
 
-def _hold_sqlite(engine: sa.Engine) -> SoloLease:
-    database = engine.url.database
-    if not database or database == ":memory:" or database.startswith("file::memory:"):
-        return SoloLease()
-    path = Path(database).resolve()
-    lock = path.with_name(path.name + ".serving")
+def _session_alive(raw: Any) -> bool:
+    try:
+        with raw.dbapi_connection.cursor() as cur:
+            cur.execute("SELECT 1")
+            cur.fetchone()
+        return True
+    except Exception:  # noqa: BLE001 - any failure: the session, and the lock with it, may be gone
+        return False
+
+
+def _take_sqlite(lock: Path, shared: bool, where: str) -> int:
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise AnotherServer(refusal(f"SQLite database {str(path)!r}")) from None
+        raise AnotherServer(refusal(where, shared=shared)) from None
     except BaseException:
         os.close(fd)
         raise
-    return SoloLease(lambda: os.close(fd))  # closing the descriptor releases the lock
+    return fd  # closing the descriptor releases the lock
+
+
+def _same_file(lock: Path, fd: int) -> bool:
+    """The lock file is still the one locked: removed or replaced, another server could lock the new one."""
+    try:
+        seen, held = os.stat(lock), os.fstat(fd)
+    except OSError:
+        return False
+    return (seen.st_dev, seen.st_ino) == (held.st_dev, held.st_ino)

@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,7 @@ def test_the_postgresql_lease_is_one_session_outside_the_pool(pg_engine: sa.Engi
             rows = conn.execute(sa.text(
                 "SELECT l.pid, a.state FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                 "WHERE l.locktype = 'advisory' AND l.granted AND "
+                "l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND "
                 "((l.classid::bigint << 32) | l.objid::bigint) = :key"), {"key": solo.LEASE_LOCK_ID}).all()
             mine = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         assert len(rows) == 1 and rows[0].pid != mine and rows[0].state == "idle"
@@ -78,6 +80,7 @@ def test_the_postgresql_lease_is_one_session_outside_the_pool(pg_engine: sa.Engi
         lease.close()
     with pg_engine.connect() as conn:
         held = conn.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+                                    "database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND "
                                     "((classid::bigint << 32) | objid::bigint) = :key"),
                             {"key": solo.LEASE_LOCK_ID}).scalar_one()
     assert held == 0
@@ -120,12 +123,90 @@ def test_apps_that_share_redis_both_start(engine: sa.Engine, redis_url: str, tmp
         _, c2 = _container(engine, tmp_path, caches[1])
         with TestClient(create_app(settings, container=c1)) as a, TestClient(create_app(settings, container=c2)) as b:
             assert a.get("/healthz").status_code == 200 and b.get("/healthz").status_code == 200
-            # and neither holds the lease: a server without Redis could take it (and would then be alone
-            # without Redis, which is its own business: the Redis servers share their claims)
-            solo.hold(engine).close()
+            # They hold the lease together: a server without Redis cannot start beside them.
+            with pytest.raises(solo.AnotherServer, match="this one has no Redis"):
+                solo.hold(engine)
+            solo.hold(engine, shared=True).close()
+            _, alone = _container(engine, tmp_path, MemoryCache())
+            with pytest.raises(solo.AnotherServer):
+                TestClient(create_app(settings, container=alone)).__enter__()
     finally:
         for cache in caches:
             cache.close()
+
+
+def test_an_app_with_redis_does_not_start_beside_one_without(engine: sa.Engine, redis_url: str,
+                                                              tmp_path: Path) -> None:
+    """A replica given QUAYGATE_REDIS_URL next to a server without it: the one without keeps its claims
+    to itself, so the replica would let a claim used there be used again."""
+    settings, alone = _container(engine, tmp_path, MemoryCache())
+    cache = RedisCache(redis_url)
+    try:
+        _, shared = _container(engine, tmp_path, cache)
+        with TestClient(create_app(settings, container=alone)) as first:
+            assert first.get("/healthz").status_code == 200
+            with pytest.raises(solo.AnotherServer, match="a quaygate server without Redis already serves"):
+                TestClient(create_app(settings, container=shared)).__enter__()
+    finally:
+        cache.close()
+
+
+def _lease_sessions(engine: sa.Engine) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM "
+            "pg_database WHERE datname = current_database()) AND "
+            "((classid::bigint << 32) | objid::bigint) = :key"), {"key": solo.LEASE_LOCK_ID}).scalars())
+
+
+def test_a_postgresql_lease_whose_session_ended_is_taken_again_or_lost(pg_engine: sa.Engine) -> None:
+    """The database restarted or the connection was dropped: the watchdog takes the lease again on a new
+    session. If another server took it meanwhile, the lease is lost and ``on_lost`` hears why."""
+    heard: list[str] = []
+    other = make_engine(_url(pg_engine))
+    lease = solo.hold(pg_engine, on_lost=heard.append, watch_every=0)  # the watchdog's steps, by hand
+    try:
+        [first] = _lease_sessions(pg_engine)
+        assert lease.check() and heard == []
+        with pg_engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        assert lease.check() and not lease.lost
+        [second] = _lease_sessions(pg_engine)
+        assert second != first
+        with pytest.raises(solo.AnotherServer):
+            solo.hold(other, watch_every=0)
+        # Ended again, and another server is quicker: lost.
+        with pg_engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": second})
+        taker = solo.hold(other, watch_every=0)
+        try:
+            assert not lease.check() and lease.lost
+            assert len(heard) == 1 and "another quaygate server already serves" in heard[0]
+        finally:
+            taker.close()
+    finally:
+        lease.close()
+        other.dispose()
+
+
+def test_a_sqlite_lease_whose_file_was_replaced_is_lost(sqlite_database_url: str) -> None:
+    engine, other = make_engine(sqlite_database_url), make_engine(sqlite_database_url)
+    heard: list[str] = []
+    lease = solo.hold(engine, on_lost=heard.append, watch_every=0)
+    try:
+        lock = Path(engine.url.database or "").resolve()
+        lock = lock.with_name(lock.name + ".serving")
+        assert lease.check()
+        lock.unlink()  # removed: a second server would lock a new file of that name
+        taker = solo.hold(other, watch_every=0)
+        try:
+            assert not lease.check() and lease.lost and heard
+        finally:
+            taker.close()
+    finally:
+        lease.close()
+        engine.dispose()
+        other.dispose()
 
 
 def _env(database_url: str, var: Path, **more: str) -> dict[str, str]:
@@ -183,3 +264,32 @@ def test_a_second_server_is_refused_until_the_first_is_killed(pg_engine: sa.Engi
     finally:
         for proc in servers:
             stop(proc)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_server_whose_lease_another_took_stops(pg_engine: sa.Engine, tmp_path: Path) -> None:
+    """Its session ended (a database restart, a dropped connection) and another server took the lease
+    before its watchdog could take it again: it stops, finishing what is in flight, and says why."""
+    log = tmp_path / "server.log"
+    server = serve_app(free_port(), _env(_url(pg_engine), tmp_path), log, "--log-level", "warning")
+    taker = None
+    try:
+        [session] = _lease_sessions(pg_engine)
+        with pg_engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": session})
+        deadline = time.monotonic() + 5
+        while taker is None:
+            try:
+                taker = solo.hold(pg_engine, watch_every=0)
+            except solo.AnotherServer:  # the ended session lets go a moment later
+                assert time.monotonic() < deadline, "the terminated session kept the lease"
+                time.sleep(0.05)
+        code = server.wait(timeout=solo.WATCH_EVERY * 4)
+        text = log.read_text()
+        assert "quaygate.stop.lease_lost" in text and "another quaygate server already serves" in text, text[-3000:]
+        assert code == -signal.SIGTERM, text[-3000:]  # uvicorn stops, then ends by the signal it was sent
+    finally:
+        if taker is not None:
+            taker.close()
+        stop(server)
