@@ -382,9 +382,6 @@ class GateOfflineStore(Protocol):
     def record(self, row: dict[str, Any]) -> None:
         """Insert; raises ``DuplicateDecision`` when its (terminal, request_id) exists."""
 
-    def decided_online(self, terminal: str, request_id: str) -> uuid.UUID | None:
-        """The online gate decision under the same request_id, if the service answered it."""
-
     def last_use(self, release_id: uuid.UUID, event_types: Sequence[str]) -> tuple[uuid.UUID | None, bool]:
         """The decision behind the right's latest move of one of ``event_types``, and whether it was offline."""
 

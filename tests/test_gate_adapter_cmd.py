@@ -92,11 +92,37 @@ def test_the_example_file_parses() -> None:
     ({"lanes": [{"lane": "in-1", "barrier": {"kind": "mqtt"}}]}, "lanes[0].barrier.kind"),
     ({"lanes": [{"lane": "in-1", "barrier": {"kind": "http"}}]}, "lanes[0].barrier.url"),
     ({"lanes": [{"lane": "in-1", "barrier": {"kind": "log", "colour": "red"}}]}, "lanes[0].barrier.colour"),
+    ({"lanes": [{"lane": "in-1", "mode": "check", "barrier": {"kind": "http", "url": "http://10.20.3.50/b"}}]},
+     "lanes[0].mode"),
+    ({"mqtt": {}, "lanes": [{"lane": "in-1", "mode": "check", "barrier": {"kind": "mqtt"}}]}, "lanes[0].mode"),
 ])
 def test_a_bad_setting_names_its_key(over: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as exc:
         parse(_minimal(**over))
     assert exc.value.key == key, str(exc.value)
+
+
+@pytest.mark.parametrize(("lane", "key", "edit"), [
+    ("in-1", "lanes[0].mode", ('mode = "commit"  ', 'mode = "check"   ')),  # its barrier is mqtt
+    ("in-2", "lanes[1].mode", ('lane = "in-2"\n', 'lane = "in-2"\nmode = "check"\n')),  # its barrier is http
+])
+def test_a_check_lane_cannot_drive_a_barrier_that_opens(lane: str, key: str, edit: tuple[str, str], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # A check answers "allow" without using the right: a barrier opened on it lets every truck on one right in.
+    text = EXAMPLE.read_text(encoding="utf-8")
+    assert edit[0] in text
+    bad = tmp_path / "check.toml"
+    bad.write_text(text.replace(edit[0], edit[1], 1), encoding="utf-8")
+    with pytest.raises(ConfigError) as exc:
+        load(bad)
+    assert exc.value.key == key and repr(lane) in exc.value.message, str(exc.value)
+    for argv in (["--config", str(bad), "--check"], ["--config", str(bad)]):
+        assert adapter_main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"gate-adapter: bad settings: {key}: " in err and repr(lane) in err and "Traceback" not in err
+    # A check lane that only logs (a dry run) stays allowed.
+    ok = parse(_minimal(lanes=[{"lane": "in-1", "mode": "check", "barrier": {"kind": "log"}}]))
+    assert (ok.lanes[0].mode, ok.lanes[0].barrier.kind) == ("check", "log")
 
 
 def test_the_command_refuses_bad_settings_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

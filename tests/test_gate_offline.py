@@ -50,12 +50,13 @@ class Adapter:
     offline: OfflineMode
     barrier: RecordingBarrier
 
-    def lane(self, *, service_up: bool) -> Any:
+    def lane(self, *, service_up: bool, mode: str = "commit") -> Any:
         client = self.online if service_up else VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5)
-        return runtime(client, self.outbox, self.barrier, offline=self.offline)
+        return runtime(client, self.outbox, self.barrier, offline=self.offline, mode=mode)
 
-    def truck(self, n: int, *, plate: str = "1-ABC-123", service_up: bool = False) -> dict[str, Any]:
-        lane = self.lane(service_up=service_up)
+    def truck(self, n: int, *, plate: str = "1-ABC-123", service_up: bool = False, mode: str = "commit"
+              ) -> dict[str, Any]:
+        lane = self.lane(service_up=service_up, mode=mode)
         results = [r for read in reads(plate, n, at=_now()) for r in lane.feed(read)]
         assert len(results) == 1
         assert results[0].response is not None, results[0].error
@@ -66,6 +67,13 @@ class Adapter:
 
     def up(self) -> None:
         self.offline.client = self.online
+
+    def clocked(self) -> tuple[list[datetime], list[float]]:
+        """Clocks the test sets: the wall clock (what NTP, or whoever spoofs it, sets; 2 s ahead so the
+        passes' ``iat``, whole seconds of the service's clock, are behind it) and the process's monotonic one."""
+        wall, mono = [_now() + timedelta(seconds=2)], [1000.0]
+        self.offline = OfflineMode(self.online, self.store, self.outbox, clock=lambda: mono[0], wall=lambda: wall[0])
+        return wall, mono
 
 
 def issuer(gate: Gate) -> str:
@@ -209,6 +217,72 @@ def test_a_stale_pass_store_or_ban_list_refuses(gate: Gate, adapters: list[Adapt
     assert (old_list["decision"], old_list["reasons"], old_list["screening"]) == (
         "review", ["screening_unavailable"], "unavailable")
     assert 3 * 3600 - 60 <= old_list["offline"]["ban_list_age_seconds"] <= 3 * 3600 + 60
+
+
+def test_a_clock_set_back_before_the_last_refresh_never_allows(gate: Gate, adapters: list[Adapter]) -> None:
+    gate.pickable(1)
+    gate.pickable(2)
+    a = adapters[0]
+    wall, _ = a.clocked()
+    wall[0] += timedelta(minutes=5)
+    a.offline.refresh()  # refreshed at T + 5 min
+    assert a.truck(1)["decision"] == "allow"  # the clock as it was: the pass allows
+    wall[0] -= timedelta(minutes=5)  # NTP spoofed: the clock now reads 5 min before the last refresh
+    got = a.truck(2)  # still inside the pass's window, but the store's age is negative
+    assert (got["decision"], got["offline"]["basis"]) == ("review", "store_stale")
+    assert got["offline"]["store_age_seconds"] < 0 and got["committed"] is False
+    assert (a.barrier.commands[-1].command, a.barrier.commands[-1].call_officer) == ("hold", True)
+
+
+def test_a_clock_wound_back_while_running_does_not_make_the_store_younger(
+        gate: Gate, adapters: list[Adapter]) -> None:
+    for n in (1, 2, 3):
+        gate.pickable(n)
+    a = adapters[0]
+    _, mono = a.clocked()
+    a.offline.refresh()
+    assert a.truck(1)["decision"] == "allow"
+    # 12 min pass; the wall clock is wound back each time to read the refresh time again: by the monotonic
+    # clock the passes (10 min) have expired, though the store (15 min) is not yet stale.
+    mono[0] += 12 * 60
+    expired = a.truck(2)
+    assert (expired["decision"], expired["offline"]["basis"]) == ("review", "no_pass")
+    assert expired["offline"]["store_age_seconds"] >= 12 * 60
+    mono[0] += 8 * 60  # 20 min: the store itself is stale
+    stale = a.truck(3)
+    assert (stale["decision"], stale["offline"]["basis"]) == ("review", "store_stale")
+    assert stale["offline"]["store_age_seconds"] >= 20 * 60
+    assert [c.command for c in a.barrier.commands] == ["open", "hold", "hold"]
+
+
+def test_after_a_restart_the_store_ages_at_least_as_long_as_the_process_ran(
+        gate: Gate, adapters: list[Adapter]) -> None:
+    gate.pickable(1)
+    gate.pickable(2)
+    a = adapters[0]
+    a.clocked()
+    a.offline.refresh()
+    # The adapter restarts during the outage (a new process: no monotonic reading of that refresh), and
+    # its wall clock is held at the refresh time. The refresh came before this process started, so the
+    # store is at least as old as the process has run.
+    wall, mono = a.clocked()
+    assert a.truck(1)["decision"] == "allow"
+    mono[0] += 20 * 60
+    got = a.truck(2)
+    assert (got["decision"], got["offline"]["basis"]) == ("review", "store_stale")
+    assert got["offline"]["store_age_seconds"] >= 20 * 60
+
+
+def test_offline_a_check_lane_never_opens_the_barrier(gate: Gate, adapters: list[Adapter]) -> None:
+    rid = gate.pickable(1)
+    a = adapters[0]
+    a.offline.refresh()
+    for _ in range(2):  # a check uses no right: the next truck on it is allowed again
+        got = a.truck(1, mode="check")
+        assert (got["decision"], got["mode"], got["committed"], got["offline"]["basis"]) == (
+            "allow", "check", False, "pass")
+    assert [(c.command, c.call_officer) for c in a.barrier.commands] == [("hold", False)] * 2
+    assert gate.state(rid) == "nominated"
 
 
 # -- reconcile -----------------------------------------------------------------------------------------

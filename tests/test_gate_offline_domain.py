@@ -24,6 +24,7 @@ from release_service.domain.gate_pass import (
     decide_offline,
     judge_use,
     pass_covers,
+    pass_refuses,
 )
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -146,3 +147,67 @@ def test_offline_a_face_image_that_nobody_can_match_is_a_doubt_never_an_allow() 
     with_image = gate_request({**body, "face": {"image": "aGVsbG8="}})
     d = offline([a_pass()], with_image).decision  # type: ignore[attr-defined]
     assert (d.decision, d.reasons) == (g.Outcome.REVIEW, (g.Reason.FACE_REQUIRED,))
+
+
+# ---- the adapter's clock cannot make old knowledge fresh -----------------------------------------------
+
+
+def test_a_clock_set_back_before_the_last_refresh_reviews_never_allows() -> None:
+    # NTP spoofed during an outage: the wall clock now reads 5 minutes before the store's last refresh.
+    # A negative age is no evidence of freshness: the store is set aside, as a stale one is.
+    d = offline([a_pass()], refreshed=NOW + timedelta(minutes=5))
+    assert (d.decision.decision, d.basis) == (g.Outcome.REVIEW, Basis.STORE_STALE)  # type: ignore[attr-defined]
+    assert d.store_age == timedelta(minutes=-5)  # type: ignore[attr-defined]  # shown as measured
+    behind = decide_offline(request(), passes=[a_pass()], uses=LocalUses(), limits=OfflineLimits(),
+                            store_refreshed_at=NOW + timedelta(seconds=1), now=NOW, since_refresh=timedelta(0))
+    assert (behind.decision.decision, behind.basis, behind.store_age) == (
+        g.Outcome.REVIEW, Basis.STORE_STALE, timedelta(seconds=-1))
+
+
+@pytest.mark.parametrize(("refreshed", "since", "outcome", "basis", "age"), [
+    # The wall clock was wound back to the refresh time; the process's monotonic clock counted 20 min.
+    (NOW, timedelta(minutes=20), g.Outcome.REVIEW, Basis.STORE_STALE, timedelta(minutes=20)),
+    # 12 min by the monotonic clock: the store is still young enough, but the pass (exp NOW + 9 min) is not.
+    (NOW, timedelta(minutes=12), g.Outcome.REVIEW, Basis.NO_PASS, timedelta(minutes=12)),
+    # The larger age counts either way: an old store stays old.
+    (NOW - timedelta(minutes=20), timedelta(minutes=1), g.Outcome.REVIEW, Basis.STORE_STALE, timedelta(minutes=20)),
+    # Both clocks agree on a young store: nothing changes for an honest clock.
+    (NOW - timedelta(minutes=2), timedelta(minutes=2), g.Outcome.ALLOW, Basis.PASS, timedelta(minutes=2)),
+])
+def test_a_clock_wound_back_while_running_does_not_make_the_store_younger(
+        refreshed: datetime, since: timedelta, outcome: g.Outcome, basis: Basis, age: timedelta) -> None:
+    d = decide_offline(request(), passes=[a_pass()], uses=LocalUses(), limits=OfflineLimits(),
+                       store_refreshed_at=refreshed, now=NOW, since_refresh=since)
+    assert (d.decision.decision, d.basis, d.store_age) == (outcome, basis, age)
+
+
+def test_the_reconcile_runs_the_same_offline_rules_on_the_reported_request_and_its_pass_alone() -> None:
+    p = a_pass()
+    assert pass_refuses(p, request(), decided_at=NOW, state="nominated") == ()
+    lies = {
+        "badge_unknown": request(badge=g.BadgeRead("alfapass", "AP-999993")),  # another person's badge
+        "plate_mismatch": request(plate=g.PlateRead("9-ZZZ-999", "BE", 0.95)),
+    }
+    for reason, lie in lies.items():
+        assert reason in pass_refuses(p, lie, decided_at=NOW, state="nominated")
+    assert pass_refuses(p, request(badge=None), decided_at=NOW, state="nominated")  # no badge: no driver
+    assert pass_refuses(p, request(container=g.ContainerRead("OCLU0000011", 0.97)), decided_at=NOW,
+                        state="nominated")  # another container: this pass says nothing of it
+    banned = a_pass(screening=g.ScreeningResult.BANNED)
+    assert pass_refuses(banned, request(), decided_at=NOW, state="nominated") == (g.Reason.PERSON_BANNED.value,)
+    held = a_pass(right=replace(p.right, customs="red"))
+    assert pass_refuses(held, request(), decided_at=NOW, state="nominated") == (g.Reason.CUSTOMS_HOLD.value,)
+    # Decided a moment before the pass's iat (clock skew within pass_covers' leeway): judged at iat.
+    assert pass_refuses(p, request(), decided_at=p.issued_at - timedelta(seconds=3), state="nominated") == ()
+    # The adapter's own limits (store age, ban-list age) are its own, and could only have made it stricter.
+    assert pass_refuses(a_pass(ban_list_as_of=NOW - timedelta(days=2)), request(), decided_at=NOW,
+                        state="nominated") == ()
+
+
+def test_the_reconcile_knows_the_adapters_offline_gate_in_before_its_gate_out() -> None:
+    p = a_pass()  # the right was nominated when the pass was issued
+    out = request(direction="out")
+    assert pass_refuses(p, out, decided_at=NOW, state="gated_in") == ()  # gated in offline by an earlier report
+    assert pass_refuses(p, out, decided_at=NOW, state="completed") == ()  # used twice: judge_use says so
+    assert pass_refuses(p, out, decided_at=NOW, state="nominated")  # never in: no gate-out
+    assert pass_refuses(p, request(), decided_at=NOW, state="gated_in") == ()  # a gate-in used twice: judge_use's

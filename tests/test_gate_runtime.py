@@ -116,9 +116,9 @@ def real_client(gate: Gate, **kw: Any) -> VerifyClient:
     return VerifyClient("http://testserver", StaticToken(gate.gate_token), http=gate.http, **kw)
 
 
-def runtime(client: Any, outbox: Outbox, sink: Any, **kw: Any) -> LaneRuntime:
-    return LaneRuntime(TERMINAL, LANE, "in", "commit", LaneCorrelator(LANE, TERMINAL, "in"), client, outbox, sink,
-                       **kw)
+def runtime(client: Any, outbox: Outbox, sink: Any, *, mode: str = "commit", **kw: Any) -> LaneRuntime:
+    return LaneRuntime(TERMINAL, LANE, "in", mode, LaneCorrelator(LANE, TERMINAL, "in"), client, outbox,  # type: ignore[arg-type]
+                       sink, **kw)
 
 
 def decisions(gate: Gate) -> list[tuple[str, bool]]:
@@ -176,7 +176,8 @@ def test_an_outbox_row_survives_sigkill_right_after_put(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("response", "command", "officer"), [
     ({"decision": "allow", "decision_id": "d", "mode": "commit", "committed": True}, "open", False),
-    ({"decision": "allow", "decision_id": "d", "mode": "check", "committed": False}, "open", False),
+    ({"decision": "allow", "decision_id": "d", "mode": "check", "committed": False}, "hold", False),  # no right used
+    ({"decision": "allow", "decision_id": "d", "committed": True}, "hold", True),  # no mode: not a commit
     ({"decision": "allow", "decision_id": "d", "mode": "commit", "committed": False}, "hold", True),
     ({"decision": "deny", "decision_id": "d", "mode": "commit", "committed": False}, "hold", False),
     ({"decision": "review", "decision_id": "d", "mode": "commit", "committed": False}, "hold", True),
@@ -212,6 +213,20 @@ def test_a_pickable_right_opens_the_barrier_and_is_gated_in(gate: Gate, outbox: 
     assert sink.commands[0].decision_id == results[0].response["decision_id"]  # type: ignore[index]
     assert gate.state(rid) == "gated_in" and decisions(gate) == [("allow", True)]
     assert outbox.pending() == [] and outbox.response(results[0].request_id)["committed"] is True  # type: ignore[index]
+
+
+def test_a_check_lane_never_opens_the_barrier(gate: Gate, outbox: Outbox) -> None:
+    # A check answers "allow" without using the right: were it to open, every truck on one right would pass.
+    rid = gate.pickable(1)
+    sink = RecordingBarrier()
+    results = []
+    for _ in range(2):  # two trucks on one right (a lane runtime each: no late-duplicate window between them)
+        lane = runtime(real_client(gate), outbox, sink, mode="check")
+        results += [r for read in reads() for r in lane.feed(read)]
+    assert [(r.decision, r.response["mode"], r.response["committed"]) for r in results] == [  # type: ignore[index]
+        ("allow", "check", False), ("allow", "check", False)]
+    assert [(c.command, c.call_officer) for c in sink.commands] == [(BarrierCommand.HOLD, False)] * 2
+    assert gate.state(rid) == "nominated" and decisions(gate) == [("allow", False), ("allow", False)]
 
 
 def test_a_wrong_plate_holds_and_uses_nothing(gate: Gate, outbox: Outbox) -> None:

@@ -11,7 +11,9 @@ Rules:
    ``private_key_file`` (private_key_jwt, RFC 7523 §2.2). A secret is never written in the file itself:
    it is read from its own file (permissions of its own) or from ``QUAYGATE_GATE_CLIENT_SECRET``.
 3. Lane ids are unique; a lane's sources name configured sources; a lane whose barrier is ``mqtt``
-   needs the ``[mqtt]`` section; an ``http`` barrier needs an http(s) ``url``.
+   needs the ``[mqtt]`` section; an ``http`` barrier needs an http(s) ``url``. A lane in ``check`` mode
+   uses no right, so it may not drive a barrier that opens (``http`` or ``mqtt``): only ``log``
+   (an "open" on a check would let every truck on one right through).
 4. Outside ``dev = true`` the service must be ``https://`` (gate tokens and decisions cross the network).
 """
 
@@ -337,8 +339,12 @@ def _lane(raw: Any, i: int, configured: tuple[str, ...], has_mqtt: bool, dev: bo
         raise ConfigError(b.key("url"), "is required for an http barrier")
     if barrier.kind == "mqtt" and not has_mqtt:
         raise ConfigError(b.key("kind"), "is mqtt, but there is no [mqtt] section")
-    return LaneSettings(lane=lane, direction=t.choice("direction", "in", DIRECTIONS),
-                        mode=t.choice("mode", "commit", MODES),
+    direction, mode = t.choice("direction", "in", DIRECTIONS), t.choice("mode", "commit", MODES)
+    if mode == "check" and barrier.kind != "log":
+        raise ConfigError(t.key("mode"), f"lane {lane!r} is check, which uses no right, so it cannot drive a "
+                                         f"barrier that opens ({b.key('kind')} is {barrier.kind}): use mode "
+                                         f"\"commit\" or barrier kind \"log\"")
+    return LaneSettings(lane=lane, direction=direction, mode=mode,
                         window_seconds=t.number("window_seconds", 30.0, high=3600), require=require,
                         face_wait_seconds=t.number("face_wait_seconds", 0.0, exclusive_low=False, high=600),
                         sources=sources, barrier=barrier)

@@ -15,6 +15,11 @@ Rules:
 3. Every offline decision shows its basis, the pass, and the age of its ban list and of the store
    (``response["offline"]``); a store older than ``store_max_age`` or a ban list older than
    ``ban_list_max_age`` refuses (review or the terminal's policy, see domain/gate_pass.py).
+   The store's age is measured on the wall clock AND on the monotonic clock (``clock``): since the
+   refresh when this process made it, else since this process started (a refresh read from the file
+   came before that: a lower bound). The larger counts, so a wall clock wound back while running (NTP
+   spoofed during an outage) never revives old passes. A wall clock earlier than the last refresh is
+   no evidence of freshness: review (``store_stale``), logged ``gate.offline.clock_behind``.
 4. Reconcile stops at the first unreachable call (order kept); a 4xx answer is final and recorded.
 """
 
@@ -27,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +58,7 @@ from .outbox import Outbox
 log = logging.getLogger("gate_adapters.offline")
 
 MAX_PASS_LENGTH = 8192
+CLOCK_SLACK = timedelta(seconds=5)  # wall and monotonic clocks drift apart a little (NTP slews): not an alarm
 
 
 class PassVerifier:
@@ -219,6 +225,8 @@ class OfflineMode:
         self._clock, self._wall = clock, wall
         self._lock = threading.RLock()
         self._next_refresh = self._next_reconcile = float("-inf")
+        self._refreshed: tuple[datetime, float] | None = None  # the last refresh here: (wall, monotonic)
+        self._started = clock()
 
     # -- keeping the passes fresh -------------------------------------------------------------------
 
@@ -228,7 +236,9 @@ class OfflineMode:
             self._next_refresh = self._clock() + self.refresh_seconds
             jwks = self.client.call("GET", self.jwks_path, attempts=1)
             answer = self.client.call("GET", "/gate/v1/passes", attempts=1)
-            kept = self.store.replace(list(answer.get("passes", [])), jwks, self._wall())
+            at, mono = self._wall(), self._clock()
+            kept = self.store.replace(list(answer.get("passes", [])), jwks, at)
+            self._refreshed = (at, mono)
             log.info("gate.offline.refreshed", extra={"passes": kept})
             return kept
 
@@ -260,8 +270,10 @@ class OfflineMode:
             uses = self.outbox.offline_uses()
             local = LocalUses(gated_in=frozenset(uuid.UUID(r) for r in uses.get("in", ())),
                               completed=frozenset(uuid.UUID(r) for r in uses.get("out", ())))
+            refreshed_at = self.store.refreshed_at()
+            since = self._since_refresh(refreshed_at, now)
             od = decide_offline(request, passes=[p for _, p in stored], uses=local, limits=self.limits,
-                                store_refreshed_at=self.store.refreshed_at(), now=now)
+                                store_refreshed_at=refreshed_at, now=now, since_refresh=since)
             token = next((t for t, p in stored if p.pass_id == od.pass_id), None)
             d = od.decision
             offline = {
@@ -288,6 +300,21 @@ class OfflineMode:
                 return None
             log.warning(od.event, extra={"request_id": request_id, "offline": offline})
             return response
+
+    def _since_refresh(self, refreshed_at: datetime | None, now: datetime) -> timedelta | None:
+        """Rule 3: the time since the store's last refresh on the monotonic clock (at least: since this
+        process started, when the refresh is older than the process); logs a wall clock that went back."""
+        if refreshed_at is None:
+            return None
+        mark = self._started
+        if self._refreshed is not None and self._refreshed[0] == refreshed_at:
+            mark = self._refreshed[1]
+        since = timedelta(seconds=max(self._clock() - mark, 0.0))
+        if now < refreshed_at or now - refreshed_at + CLOCK_SLACK < since:
+            log.error("gate.offline.clock_behind", extra={
+                "refreshed_at": refreshed_at.isoformat(), "now": now.isoformat(),
+                "monotonic_seconds": int(since.total_seconds())})
+        return since
 
     # -- reconciling --------------------------------------------------------------------------------
 

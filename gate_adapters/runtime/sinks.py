@@ -1,8 +1,10 @@
 """Barrier sinks: turn a verify answer into a barrier command, over HTTP, MQTT or a log line.
 
 Rules (one place, every sink):
-1. Only ``decision == "allow"`` opens. In ``commit`` mode the answer must also say ``committed``:
-   a truck may not pass a gate whose passage was not recorded (the right would look unused).
+1. Only an ``allow`` that was committed opens: ``mode == "commit"`` and ``committed`` true. A truck may
+   not pass a gate whose passage was not recorded (the right would look unused, and the next truck on
+   it would be let through too). A ``check`` answer uses no right, so it never opens (``hold``, no
+   officer: nothing is wrong); the settings refuse a check lane with a barrier that opens (config.py).
 2. ``deny`` holds; ``review`` holds and calls an officer (``call_officer``); no answer at all
    (``None``: service unreachable, request refused) holds and calls an officer too: never open
    without an "allow": the service's, or in an outage the lane's own from a signed gate pass
@@ -47,10 +49,10 @@ def command_for(response: Mapping[str, Any] | None, lane: str) -> Command:
         return Command(lane, BarrierCommand.HOLD, None, call_officer=True)
     decision_id = None if response.get("decision_id") is None else str(response["decision_id"])
     decision = response.get("decision")
-    recorded = response.get("mode") != "commit" or response.get("committed") is True
-    if decision == "allow" and recorded:
+    if decision == "allow" and response.get("mode") == "commit" and response.get("committed") is True:
         return Command(lane, BarrierCommand.OPEN, decision_id, call_officer=False)
-    return Command(lane, BarrierCommand.HOLD, decision_id, call_officer=decision != "deny")
+    checked = decision == "allow" and response.get("mode") == "check"  # a dry run: fine, but no passage
+    return Command(lane, BarrierCommand.HOLD, decision_id, call_officer=decision != "deny" and not checked)
 
 
 class BarrierSink(Protocol):

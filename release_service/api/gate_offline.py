@@ -61,7 +61,8 @@ class OfflineDecisionOut(BaseModel):
     request_id: str
     release_id: uuid.UUID | None
     verdict: Literal["recorded", "nothing_to_record", "decided_online", "flagged"]
-    flag: Literal["used_offline_twice", "used_online_meanwhile", "changed_after_pass", "pass_invalid"] | None
+    flag: Literal["used_offline_twice", "used_online_meanwhile", "changed_after_pass", "pass_invalid",
+                  "not_supported_by_pass", "contradicts_online"] | None
     other_decision_id: uuid.UUID | None = Field(description="The decision that used the right first, when flagged.")
 
 

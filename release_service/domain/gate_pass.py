@@ -20,11 +20,19 @@ What a pass proves, and what it cannot::
 rules decide online and offline. Offline adds three things on top:
 1. No usable pass for the container: ``review`` (a person looks). Offline we lack knowledge; that is
    never evidence for or against the pickup, so never allow and never a flat deny.
-2. A pass store not refreshed within ``store_max_age``: every pass is set aside (rule 1).
+2. A pass store not refreshed within ``store_max_age``: every pass is set aside (rule 1). The store's age
+   is the larger of the wall clock's (``now - store_refreshed_at``) and the process's monotonic clock's
+   (``since_refresh``), and passes are judged at the later of the two times, so a wall clock wound back
+   while the adapter runs (NTP spoofed during an outage) never makes old passes young again. A wall clock
+   reading earlier than the last refresh (a negative age) is no evidence of freshness: the store is set
+   aside too (``store_stale``, review), never an allow.
 3. A ban list older than ``ban_list_max_age`` screens ``unavailable`` (the terminal's policy then says
    review or deny), exactly as the service does with a stale list.
 Rights used offline by this adapter count as used (``local_uses``): one adapter never allows one right
 twice, even offline.
+
+At reconcile the service runs the same rules again (``pass_refuses``) on the reported request and the
+pass it names: an allow the pass does not support is the lane's word alone, and is flagged.
 
 Standard library only (import-linter contract "release_service domain is pure").
 """
@@ -264,10 +272,21 @@ def decide_offline(
     limits: OfflineLimits,
     store_refreshed_at: datetime | None,
     now: datetime,
+    since_refresh: timedelta | None = None,
 ) -> OfflineDecision:
-    """Decide a gate read from gate passes with ``gate.decide`` (see the module docstring)."""
-    store_age = None if store_refreshed_at is None else now - store_refreshed_at
-    fresh = store_age is not None and store_age <= limits.store_max_age
+    """Decide a gate read from gate passes with ``gate.decide`` (see the module docstring).
+
+    ``now`` is the wall clock; ``since_refresh`` the time since the last refresh by a monotonic clock of
+    the deciding process (None when it did not refresh: after a restart, the wall clock alone)."""
+    store_age: timedelta | None = None
+    clock_behind = False
+    if store_refreshed_at is not None:
+        store_age = now - store_refreshed_at
+        clock_behind = store_age < timedelta(0)  # rule 2: the wall clock was set back before the refresh
+        if not clock_behind and since_refresh is not None and since_refresh > store_age:
+            # Rule 2: the wall clock went back while we ran; the monotonic clock did not. Judge at its time.
+            now, store_age = store_refreshed_at + since_refresh, since_refresh
+    fresh = store_age is not None and not clock_behind and store_age <= limits.store_max_age
     wanted = set(container_candidates(request.container.number))
     usable = [p for p in passes if fresh and p.valid_at(now) and p.terminal == request.terminal
               and p.right.container in wanted]
@@ -326,6 +345,8 @@ class Flag(StrEnum):
     USED_ONLINE_MEANWHILE = "used_online_meanwhile"  # the right was used online while this gate was offline
     CHANGED_AFTER_PASS = "changed_after_pass"  # revoked, expired, blocked or held after the pass was issued
     PASS_INVALID = "pass_invalid"  # an allow without a genuine, matching, unexpired pass
+    NOT_SUPPORTED_BY_PASS = "not_supported_by_pass"  # a genuine pass, but its rules would not have allowed this
+    CONTRADICTS_ONLINE = "contradicts_online"  # allowed offline what the online answer to the same request did not
 
 
 class UsedBy(StrEnum):
@@ -334,6 +355,8 @@ class UsedBy(StrEnum):
 
 
 _PRE_GATE = frozenset({State.ACTIVE.value, State.NOMINATED.value})
+_USED = frozenset({State.GATED_IN.value, State.COMPLETED.value})
+_TICK = timedelta(microseconds=1)
 
 
 def judge_use(*, direction: g.Direction, state: str, used_by: UsedBy | None) -> tuple[Verdict, Flag | None]:
@@ -348,7 +371,7 @@ def judge_use(*, direction: g.Direction, state: str, used_by: UsedBy | None) -> 
     if direction is g.Direction.IN:
         if state in _PRE_GATE:
             return Verdict.RECORD, None
-        used = state in (State.GATED_IN.value, State.COMPLETED.value)
+        used = state in _USED
     else:
         if state == State.GATED_IN.value:
             return Verdict.RECORD, None
@@ -357,6 +380,29 @@ def judge_use(*, direction: g.Direction, state: str, used_by: UsedBy | None) -> 
         flag = Flag.USED_OFFLINE_TWICE if used_by is UsedBy.OFFLINE else Flag.USED_ONLINE_MEANWHILE
         return Verdict.FLAGGED, flag
     return Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS
+
+
+def pass_refuses(p: GatePass, request: g.GateRequest, *, decided_at: datetime, state: str) -> tuple[str, ...]:
+    """Why ``decide_offline``, run on the reported ``request`` and this genuine pass alone at ``decided_at``,
+    would not have allowed it: ``()`` when it would (for this pass's right). The reconcile does not take
+    the adapter's word for an allow: the container, badge, plate and face read, the pass's own screening,
+    lights and nomination must support it.
+
+    Only what the pass says is judged. The adapter's own limits (store age, ban-list age) and its other
+    passes could only have made it stricter; the pass's screening was judged fresh enough when issued.
+    The adapter's local uses are not replayed, except the one the service now knows of: a gate-out
+    after the adapter's own offline gate-in on the same pass (``state``, the right's state now). Whether
+    the right was used twice is ``judge_use``'s to say.
+    """
+    at = min(max(decided_at, p.issued_at), p.expires_at - _TICK)  # within pass_covers' leeway: judged in life
+    gated_in = request.direction is g.Direction.OUT and state in _USED
+    uses = LocalUses(gated_in=frozenset({p.right.id}) if gated_in else frozenset())
+    limits = OfflineLimits(store_max_age=p.expires_at - p.issued_at, ban_list_max_age=timedelta.max, policy=p.policy)
+    d = decide_offline(request, passes=(p,), uses=uses, limits=limits, store_refreshed_at=p.issued_at,
+                       now=at).decision
+    if d.decision is g.Outcome.ALLOW and d.release_id == p.right.id:
+        return ()
+    return tuple(r.value for r in d.reasons) or (d.decision.value,)
 
 
 def pass_covers(p: GatePass | None, *, terminal: str, release_id: uuid.UUID | None, decided_at: datetime,

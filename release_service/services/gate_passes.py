@@ -9,13 +9,19 @@ Reconcile (``POST /gate/v1/offline-decisions``), one transaction per decision, i
     recorded before? ── same fingerprint: the recorded answer; another body: request_id_reused
         v
     the same request_id answered online (the adapter timed out on an answer that did arrive)?
-        ── yes: decided_online, that answer stands, nothing moves
+        ── yes: decided_online, that answer stands, nothing moves; an offline allow it did not give
+           (a deny, a review, another right) is FLAGGED contradicts_online (still nothing moves)
         v
     not a committed allow (deny, review, check)? ── nothing_to_record (kept, audited)
         v
     a genuine pass of ours, this terminal, this right, valid when decided? ── no: FLAGGED pass_invalid
         v
-    the right, locked (FOR UPDATE, so racing reconciles and verifies queue), judged by
+    the right, locked (FOR UPDATE, so racing reconciles and verifies queue)
+        v
+    the same offline rules, run on the reported request and that pass alone (gate_pass.pass_refuses),
+    allow it? ── no: FLAGGED not_supported_by_pass (the lane's word alone: nothing moves)
+        v
+    judged by
     gate_pass.judge_use: still before the gate ── gate-in recorded (gate_in at the decision's time;
         refused by the right now (blocked, held, ...) ── an audited override, FLAGGED changed_after_pass)
         already used ── FLAGGED used_offline_twice / used_online_meanwhile (the first use stands)
@@ -47,6 +53,7 @@ from release_service.domain.gate_pass import (
     badge_digest,
     judge_use,
     pass_covers,
+    pass_refuses,
 )
 from release_service.domain.parties import Actor
 from release_service.ports import (
@@ -55,6 +62,7 @@ from release_service.ports import (
     PassSigner,
     PassSubject,
     PublishedEvent,
+    StoredDecision,
     StoredOfflineDecision,
 )
 
@@ -129,17 +137,18 @@ def reconcile(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, report
             if stored is not None:
                 return _replay(stored, fingerprint)
             decision_id = uuid.uuid4()
-            verdict, flag, other, right = _judge(uow, actor, report, gate_pass, decision_id, now)
+            j = _judge(uow, actor, report, gate_pass, decision_id, now)
+            verdict, flag = j.verdict, j.flag
             body = {"offline_decision_id": str(decision_id), "request_id": req.request_id,
                     "release_id": str(report.release_id) if report.release_id else None,
                     "verdict": verdict.value, "flag": flag.value if flag else None,
-                    "other_decision_id": str(other) if other else None}
+                    "other_decision_id": str(j.other) if j.other else None}
             try:
-                uow.offline.record(_row(actor, report, decision_id, fingerprint, verdict, flag, other, body, now)
+                uow.offline.record(_row(actor, report, decision_id, fingerprint, verdict, flag, j.other, body, now)
                                    | {"pass_id": gate_pass.pass_id if gate_pass else None})
             except DuplicateDecision:
                 continue
-            _announce(uow, actor, report, body, right, now)
+            _announce(uow, actor, report, body, j, now)
             uow.commit()
         event = f"release.verify.offline.{verdict.value}" + (f".{flag.value}" if flag else "")
         (log.warning if flag else log.info)(event, extra={"fields": {"terminal": req.terminal, "lane": req.lane,
@@ -165,27 +174,49 @@ def _replay(stored: StoredOfflineDecision, fingerprint: str) -> dict[str, Any]:
     return dict(stored.response)
 
 
+@dataclass(frozen=True, slots=True)
+class _Judged:
+    verdict: Verdict
+    flag: Flag | None = None
+    other: uuid.UUID | None = None  # the decision that used the right first, or the online twin
+    right: Any = None  # the right, when known: a flag is announced to its parties
+    pass_says: tuple[str, ...] = ()  # not_supported_by_pass: why the pass's rules refuse (for the audit)
+
+
 def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pass: GatePass | None,
-           decision_id: uuid.UUID, now: datetime) -> tuple[Verdict, Flag | None, uuid.UUID | None, Any]:
+           decision_id: uuid.UUID, now: datetime) -> _Judged:
     req = report.request
-    online = uow.offline.decided_online(req.terminal, req.request_id)
+    allowed = report.decision is g.Outcome.ALLOW
+    online = uow.gate.find(req.terminal, req.request_id)
     if online is not None:
-        return Verdict.DECIDED_ONLINE, None, online, None
-    if report.decision is not g.Outcome.ALLOW or req.mode is not g.Mode.COMMIT:
-        return Verdict.NOTHING_TO_RECORD, None, None, None
+        # The online answer stands. But a barrier opened offline on an allow that answer did not give
+        # (a block or ban after the last refresh, answered after the client's timeout) must be known.
+        if not allowed or _same_allow(online, report):
+            return _Judged(Verdict.DECIDED_ONLINE, other=online.id)
+        subject = report.release_id or online.release_id
+        return _Judged(Verdict.FLAGGED, Flag.CONTRADICTS_ONLINE, online.id,
+                       uow.releases.get(subject) if subject else None)
+    if not allowed or req.mode is not g.Mode.COMMIT:
+        return _Judged(Verdict.NOTHING_TO_RECORD)
     right = uow.releases.get(report.release_id, for_update=True) if report.release_id else None
     if right is None or gate_pass is None or not pass_covers(
             gate_pass, terminal=req.terminal, release_id=report.release_id, decided_at=report.decided_at):
-        return Verdict.FLAGGED, Flag.PASS_INVALID, None, right
+        return _Judged(Verdict.FLAGGED, Flag.PASS_INVALID, right=right)
     incoming = req.direction is g.Direction.IN
     # The move happened when the adapter decided (within the pass's life, never in our future): a right
     # that lapsed between the offline allow and this reconcile was still valid when the truck passed.
     at = min(max(report.decided_at, gate_pass.issued_at), now)
+    state = right.effective_state(at).value
+    # A genuine pass is not a genuine allow: the lane's PC may report any read. The same pure rules the
+    # adapter runs must allow this request from this pass, or the allow is the lane's word alone.
+    refused = pass_refuses(gate_pass, req, decided_at=report.decided_at, state=state)
+    if refused:
+        return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, right=right, pass_says=refused)
     used_id, used_offline = uow.offline.last_use(right.id, _MOVES[req.direction])
-    verdict, flag = judge_use(direction=req.direction, state=right.effective_state(at).value,
+    verdict, flag = judge_use(direction=req.direction, state=state,
                               used_by=UsedBy.OFFLINE if used_offline else UsedBy.ONLINE)
     if verdict is not Verdict.RECORD:
-        return verdict, flag, used_id, right
+        return _Judged(verdict, flag, used_id, right)
     try:
         if incoming:
             right.gate_in(by=actor, now=at, decision_id=decision_id)
@@ -193,14 +224,21 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
             right.gate_out(by=actor, now=at, decision_id=decision_id)
     except DomainError as exc:
         if not incoming:
-            return Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, None, right
+            return _Judged(Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, right=right)
         # The truck is in: mark the right used (an audited override), so no second truck takes it.
         right.override_gate_in(by=actor, now=at, decision_id=decision_id,
                                reason=f"offline gate pass {gate_pass.pass_id}; the right now says {exc.code.value}")
         persist(uow, right)
-        return Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, None, right
+        return _Judged(Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, right=right)
     persist(uow, right)
-    return Verdict.RECORD, None, None, right
+    return _Judged(Verdict.RECORD, right=right)
+
+
+def _same_allow(online: StoredDecision, report: OfflineReport) -> bool:
+    """The online answer gave the very allow the adapter gave offline: this right, this way, this mode."""
+    req = report.request
+    return (online.decision == g.Outcome.ALLOW.value and online.release_id == report.release_id
+            and online.direction == req.direction.value and online.committed == (req.mode is g.Mode.COMMIT))
 
 
 def _row(actor: Actor, report: OfflineReport, decision_id: uuid.UUID, fingerprint: str, verdict: Verdict,
@@ -216,12 +254,15 @@ def _row(actor: Actor, report: OfflineReport, decision_id: uuid.UUID, fingerprin
     }
 
 
-def _announce(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, body: dict[str, Any], right: Any,
+def _announce(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, body: dict[str, Any], j: _Judged,
               now: datetime) -> None:
     """Every offline decision goes to the audit trail; a flagged one also to port security's webhooks."""
     data = {**body, "terminal": report.request.terminal, "lane": report.request.lane,
             "direction": report.request.direction.value, "decision": report.decision.value,
             "basis": report.basis, "ban_list_age_seconds": report.ban_list_age_seconds}
+    if j.pass_says:
+        data["pass_says"] = list(j.pass_says)
+    right = j.right
     kind = FLAG_EVENT if body["flag"] else "release.gate_offline_reconciled"
     uow.audit.append(kind, actor=actor.as_dict(), subject=body["release_id"], data=data, at=now)
     if body["flag"] and right is not None:

@@ -19,7 +19,6 @@ from quaygate.schema import (
     badge_activations,
     badges,
     ban_feed_state,
-    gate_decisions,
     gate_offline_decisions,
     persons,
     release_events,
@@ -97,10 +96,6 @@ class SqlGateOfflineStore:
             self._conn.execute(gate_offline_decisions.insert().values(**row))
         except sa.exc.IntegrityError as exc:
             raise DuplicateDecision(row["request_id"]) from exc
-
-    def decided_online(self, terminal: str, request_id: str) -> uuid.UUID | None:
-        return self._conn.execute(sa.select(gate_decisions.c.id).where(  # type: ignore[no-any-return]
-            gate_decisions.c.terminal == terminal, gate_decisions.c.request_id == request_id)).scalar()
 
     def last_use(self, release_id: uuid.UUID, event_types: Sequence[str]) -> tuple[uuid.UUID | None, bool]:
         data = self._conn.execute(
