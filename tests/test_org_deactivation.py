@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from identity.bootstrap import create_client, provider_for
+from identity.clients import ClientRegistry
 from identity.grants import GrantStore, RevocationList
 from identity.organisations import OrganisationRefused, set_active
 from identity.tokens import InvalidToken
@@ -264,3 +265,20 @@ def test_without_redis_another_process_s_revocations_reach_this_one(flow: Flow) 
         cli.revocations.add(conn, [(claims["jti"], datetime.fromtimestamp(claims["exp"], UTC))],
                             now=datetime.now(UTC))
     assert _revoked_within(flow, kept, 5 * RevocationList.FOLLOW_EVERY)
+
+
+def test_without_redis_a_client_deactivated_by_another_process_gets_no_token_the_moment_after(flow: Flow) -> None:
+    """The server remembered the client (a token a moment ago). Without Redis, the CLI's process bumps
+    only its own epoch, so the server must not answer from a memory it cannot keep exact."""
+    line = add_org(flow.engine, OrgKind.SHIPPING_LINE).organisation_id
+    mine = _machine(flow, line)
+    assert _cc(flow, mine).status_code == 200
+    settings = flow.container.settings
+    cli_cache = MemoryCache()  # what the CLI builds: its own cache, the same database
+    cli = GrantStore(flow.engine, RevocationList(cli_cache), refresh_ttl=settings.refresh_token_ttl,
+                     access_ttl=settings.access_token_ttl)
+    set_active(flow.engine, cli, line, active=False, actor="cli", reason="struck off", now=datetime.now(UTC),
+               access_token_ttl=settings.access_token_ttl, on_change=ClientRegistry(flow.engine, cli_cache).changed)
+    refused = _cc(flow, mine)
+    assert refused.status_code in (400, 401) and refused.json()["error"] in ("invalid_client", "unauthorized_client"), \
+        refused.text
