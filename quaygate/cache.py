@@ -51,12 +51,21 @@ class Cache(Protocol):
     def close(self) -> None: ...
 
 
+SWEEP_FLOOR = 10_000  # entries below which the in-process cache never sweeps
+
+
 class MemoryCache:
-    """One process only: fine for the embedded default and tests, not for several replicas."""
+    """One process only: fine for the embedded default and tests, not for several replicas.
+
+    Expired entries go when read, and in a sweep once the entries doubled since the last sweep: each
+    write pays for a sweep in its share (amortised constant), never a full scan per write, and what is
+    kept stays within twice what is live (a flood of single-use claims cannot slow every claim after it).
+    """
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._lock = threading.Lock()
+        self._sweep_at = SWEEP_FLOOR
 
     def _live(self, key: str, now: float) -> tuple[bytes, float | None] | None:
         item = self._data.get(key)
@@ -71,8 +80,7 @@ class MemoryCache:
             if self._live(key, now) is not None:
                 return False
             self._data[key] = (b"1", now + ttl_seconds)
-            if len(self._data) > 100_000:
-                self._sweep(now)
+            self._grown(now)
             return True
 
     def get(self, key: str) -> bytes | None:
@@ -84,8 +92,10 @@ class MemoryCache:
         return [self.get(k) for k in keys]
 
     def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._data[key] = (value, None if ttl_seconds is None else time.monotonic() + ttl_seconds)
+            self._data[key] = (value, None if ttl_seconds is None else now + ttl_seconds)
+            self._grown(now)
 
     def delete(self, *keys: str) -> None:
         with self._lock:
@@ -105,6 +115,7 @@ class MemoryCache:
             count = 1 if item is None else int(item[0]) + 1
             expiry = now + ttl_seconds if item is None else item[1]
             self._data[key] = (str(count).encode(), expiry)
+            self._grown(now)
             return count
 
     def incr_peek(self, key: str, ttl_seconds: float, peek: str) -> tuple[int, bytes | None]:
@@ -120,6 +131,11 @@ class MemoryCache:
 
     def close(self) -> None:
         self._data.clear()
+
+    def _grown(self, now: float) -> None:
+        if len(self._data) > self._sweep_at:
+            self._sweep(now)
+            self._sweep_at = max(SWEEP_FLOOR, 2 * len(self._data))
 
     def _sweep(self, now: float) -> None:
         for k in [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]:
