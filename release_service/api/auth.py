@@ -35,6 +35,7 @@ from identity.domain import claims as c
 from identity.domain.assurance import satisfies
 from identity.dpop import DPOP_ALGORITHMS, DPoPError, dpop_verifier_for, proof_header
 from identity.tokens import InvalidToken
+from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor, OrgKind
 
 from .problems import AuthError
@@ -240,15 +241,22 @@ def _check_step_up(request: Request, claims: dict[str, Any], scheme: str, min_ac
 
 
 def require(scope: str, min_acr: str | None = None, *, max_age: int | None = None,
-            audience_setting: str = "api_audience") -> Callable[..., Actor]:
+            audience_setting: str = "api_audience", member: str | None = None) -> Callable[..., Actor]:
     """A dependency giving the authenticated Actor: the token, its DPoP binding, its scope and, for a
-    person, the minimum acr and the maximum age of the login (RFC 9470)."""
+    person, the minimum acr and the maximum age of the login (RFC 9470). ``member``: for a person acting
+    for an organisation, what his roles there must let him do (``"act"`` or ``"read"``, parties.py);
+    else 403 ``forbidden``."""
     from fastapi import Depends
 
     def dependency(request: Request,
                    credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Actor:  # noqa: B008
         audience = getattr(request.app.state.container.settings, audience_setting)
-        return authenticate(request, credentials, audience=audience, scope=scope, min_acr=min_acr,
-                            max_age=max_age)
+        actor = authenticate(request, credentials, audience=audience, scope=scope, min_acr=min_acr,
+                             max_age=max_age)
+        if (member == "act" and not actor.may_act) or (member == "read" and not actor.may_read):
+            log.info("release.auth.refused.member_role")
+            raise DomainError(ErrorCode.FORBIDDEN, "Your role in this organisation does not let you "
+                              + ("act on its release rights." if member == "act" else "read its release rights."))
+        return actor
 
     return dependency

@@ -29,8 +29,8 @@ from .problems import problem_responses
 
 T = TypeVar("T")
 
-READ = require("releases:read")
-WRITE = require("releases:write")
+READ = require("releases:read", member="read")
+WRITE = require("releases:write", member="act")
 # A driver answers for himself, so the token must come from a passkey login or stronger (RFC 9470).
 RESPOND = require("nominations:respond", min_acr=ACR_PASSKEY)
 IdempotencyKey = Annotated[

@@ -18,7 +18,7 @@ from .auth import require
 from .problems import problem_responses
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
-MANAGE = require("releases:write")
+MANAGE = require("releases:write", member="act")
 ERRORS = problem_responses(400, 401, 403, 404, 409, 422)
 
 

@@ -31,6 +31,13 @@ class Organisation:
     active: bool = True  # port security deactivated it (issue 4): it receives no new rights
 
 
+# A person signed in to an organisation's console acts for it only in one of its roles there that
+# manage its rights (issue, transfer, nominate, lights, webhooks). A driver acts for himself, through
+# the driver app: a member who is only a driver neither acts for his company nor reads its rights.
+ACTING_ROLES = frozenset({"dispatcher", "org_admin"})
+READING_ROLES = ACTING_ROLES | {"port_security_admin", "badge_office"}
+
+
 @dataclass(frozen=True, slots=True)
 class Actor:
     """The caller, as the access token says: a client acting for an organisation, or a person."""
@@ -46,6 +53,21 @@ class Actor:
     @property
     def is_admin(self) -> bool:
         return self.kind is OrgKind.PORT_AUTHORITY or "port_security_admin" in self.roles
+
+    @property
+    def for_organisation_person(self) -> bool:
+        """A person acting for an organisation (a console token), not a machine client or a driver."""
+        return self.person_id is not None and self.organisation_id is not None
+
+    @property
+    def may_act(self) -> bool:
+        """May act on the organisation's rights: a machine client of it, or a member in an acting role."""
+        return not self.for_organisation_person or bool(self.roles & ACTING_ROLES)
+
+    @property
+    def may_read(self) -> bool:
+        """May read the organisation's rights: a machine client, or a member in any role but driver."""
+        return not self.for_organisation_person or bool(self.roles & READING_ROLES)
 
     def as_dict(self) -> dict[str, str | None]:
         return {
