@@ -269,7 +269,24 @@ def test_nomination_with_a_stale_list_is_unavailable(engine: sa.Engine, register
         _nominate(engine, p, right.id, p.driver, ban_list_max_age=timedelta(hours=1))
     assert info.value.context["screening"] == "unavailable"
     assert info.value.context["reasons"] == ["screening_unavailable"]
+    _link(engine, p.driver, national_number(5))
     assert _nominate(engine, p, right.id, p.driver, ban_list_max_age=timedelta(hours=3))[0].nomination
+
+
+def test_a_driver_the_register_cannot_name_is_not_screened_clear(engine: sa.Engine, register: Register) -> None:
+    """The register names persons by their national register number: a driver with none on file cannot
+    be found in it, so with a list in force he is unavailable, never clear (a banned person without a
+    linked number would otherwise pass every screening)."""
+    p = port(engine)
+    right, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, to=p.haul.organisation_id), now()))
+    assert _nominate(engine, p, right.id, p.driver)[0].nomination  # no register at all: the badge check alone
+    _load(engine, register, snapshot(1, now(), []))
+    with pytest.raises(DomainError) as info:
+        _nominate(engine, p, right.id, p.driver)
+    assert (info.value.context["screening"], info.value.context["reasons"]) == ("unavailable",
+                                                                                 ["screening_unavailable"])
+    _link(engine, p.driver, national_number(8))
+    assert _nominate(engine, p, right.id, p.driver)[0].nomination
 
 
 def test_a_new_ban_deactivates_badges_and_alerts_open_nominations(engine: sa.Engine, register: Register) -> None:

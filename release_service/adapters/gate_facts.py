@@ -232,7 +232,7 @@ class RedisGateFacts:
             return BadgeFacts.not_found(), ScreeningResult.UNAVAILABLE  # nobody to screen: never "clear"
         # Screened now, at every decision: a ban that starts or ends, or a list grown stale, counts at once.
         result = screen(entry.windows, entry.list_issued_at, terminal=terminal, now=now,
-                        max_list_age=entry.max_list_age, required=entry.required)
+                        max_list_age=entry.max_list_age, required=entry.required, identified=entry.identified)
         return entry.facts, ScreeningResult(result.result)
 
     def _fill(self, fills: dict[str, bytes]) -> None:
@@ -427,13 +427,14 @@ def _badge_entry(uow: SqlUnitOfWork, read: BadgeRead) -> dict[str, Any]:
     facts = uow.gate.badge(read)
     if not facts.found or facts.person_id is None:
         return {"found": False}
-    windows, issued_at = uow.gate.ban_facts(facts.person_id)
+    windows, issued_at, identified = uow.gate.ban_facts(facts.person_id)
     max_age, required = uow.gate.screening_settings
     return {
         "found": True, "status": facts.status, "person_id": str(facts.person_id),
         "valid_until": _iso(facts.valid_until), "activated": sorted(facts.activated_terminals),
         "holder": facts.holder_name, "bans": [[w.scope, _iso(w.banned_from), _iso(w.banned_until)] for w in windows],
         "list_issued_at": _iso(issued_at), "max_list_age": max_age.total_seconds(), "required": required,
+        "identified": identified,
     }
 
 
@@ -473,6 +474,7 @@ class _BadgeEntry:
     list_issued_at: datetime | None = None
     max_list_age: timedelta = timedelta(0)
     required: bool = True
+    identified: bool = False  # a national register number on file (a copy without the field: not known)
 
 
 def _badge_copy(raw: bytes) -> _BadgeEntry:
@@ -483,7 +485,8 @@ def _badge_copy(raw: bytes) -> _BadgeEntry:
                        valid_until=_dt(entry["valid_until"]),
                        activated_terminals=frozenset(entry["activated"]), holder_name=entry["holder"])
     return _BadgeEntry(facts, tuple(BanWindow(s, _dt(f), _dt(u)) for s, f, u in entry["bans"]),
-                       _dt(entry["list_issued_at"]), timedelta(seconds=entry["max_list_age"]), entry["required"])
+                       _dt(entry["list_issued_at"]), timedelta(seconds=entry["max_list_age"]), entry["required"],
+                       entry.get("identified", False))
 
 
 def _rights(raw: bytes) -> tuple[RightFacts, ...]:

@@ -30,27 +30,29 @@ class SqlPortBanLookup:
         self._required = required
 
     def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> Screening:
-        windows, issued_at = self.facts(person_id)
+        windows, issued_at, identified = self.facts(person_id)
         result = screen(windows, issued_at, terminal=terminal, now=now, max_list_age=self._max_age,
-                        required=self._required)
+                        required=self._required, identified=identified)
         if result.result == "banned":
             log.info("release.screening.banned")
         elif result.result == "unavailable":
-            log.warning("release.screening.unavailable." + ("stale_list" if issued_at else "no_list"))
+            log.warning("release.screening.unavailable." + ("unidentified" if not identified else
+                                                            "stale_list" if issued_at else "no_list"))
         elif issued_at is None:
             log.info("release.screening.ban_list_absent")
         return result
 
-    def facts(self, person_id: uuid.UUID) -> tuple[list[BanWindow], datetime | None]:
-        """What screening needs: the person's bans (any time, any scope) and when the list in force was
-        issued (None: no list was ever loaded)."""
+    def facts(self, person_id: uuid.UUID) -> tuple[list[BanWindow], datetime | None, bool]:
+        """What screening needs: the person's bans (any time, any scope), when the list in force was
+        issued (None: no list was ever loaded), and whether the register can name him at all (a national
+        register number on file)."""
         subject = self._conn.execute(sa.select(persons.c.national_id_hash).where(persons.c.id == person_id)).scalar()
         windows = [] if subject is None else [
             BanWindow(r.scope, r.banned_from, r.banned_until) for r in self._conn.execute(
                 sa.select(port_bans.c.scope, port_bans.c.banned_from, port_bans.c.banned_until)
                 .where(port_bans.c.subject_hash == subject))]
         issued_at = self._conn.execute(sa.select(sa.func.max(ban_feed_state.c.issued_at))).scalar()
-        return windows, issued_at
+        return windows, issued_at, subject is not None
 
     @property
     def policy(self) -> tuple[timedelta, bool]:

@@ -137,7 +137,7 @@ class SqlGateStore:
     def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> ScreeningResult:
         return ScreeningResult(self._bans.screen(person_id, terminal=terminal, now=now).result)
 
-    def ban_facts(self, person_id: uuid.UUID) -> tuple[list[BanWindow], datetime | None]:
+    def ban_facts(self, person_id: uuid.UUID) -> tuple[list[BanWindow], datetime | None, bool]:
         return self._bans.facts(person_id)
 
     @property
