@@ -59,10 +59,15 @@ class SessionStore:
         amr: tuple[str, ...] | list[str],
         now: datetime,
         conn: sa.Connection | None = None,
+        of: LoginSession | None = None,
     ) -> tuple[str, LoginSession]:
         """A new session; returns (the cookie value, shown once, and the session).
 
         Pass ``conn`` to create it in the caller's transaction (the login's audit entry commits with it).
+        ``of``: the session this one replaces in a step-up, whose login time and end it keeps: a step-up
+        raises what the session proves, never how recent its login is or how long it lives (else a face
+        match on a stolen session would renew it for good, and count as the fresh login that adding a
+        passkey asks for).
         """
         cookie = secrets.token_urlsafe(32)
         session = LoginSession(
@@ -70,8 +75,8 @@ class SessionStore:
             person_id=person_id,
             acr=acr,
             amr=tuple(amr),
-            auth_time=now,
-            expires_at=now + self._ttl,
+            auth_time=of.auth_time if of is not None else now,
+            expires_at=of.expires_at if of is not None else now + self._ttl,
         )
         row = {
             "id_hash": _hash(cookie),
@@ -79,7 +84,7 @@ class SessionStore:
             "person_id": person_id,
             "acr": acr,
             "amr": list(session.amr),
-            "auth_time": now,
+            "auth_time": session.auth_time,
             "created_at": now,
             "expires_at": session.expires_at,
         }

@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,27 @@ def test_step_up_raises_the_session_to_acr_face_and_replaces_it(env: Lifecycle) 
     [entry] = [d for k, d in _kinds(env) if k == "identity.login.face.stepped_up"]
     assert entry["from_acr"] == assurance.ACR_PASSKEY and entry["acr"] == assurance.ACR_FACE
     assert 0 < entry["distance"] <= entry["tolerance"]
+
+
+def test_a_step_up_keeps_the_login_time_and_the_session_end(env: Lifecycle) -> None:
+    """A face match raises what the session proves, not how recent its login is or how long it lives:
+    with a stolen session twenty minutes old, a photo of the driver neither renews the session nor
+    counts as the fresh login that adding a passkey (keeping the account for good) asks for."""
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    login = env.container.clock.now() - timedelta(minutes=20)
+    cookie, old = sessions_for(env.app).create(person, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY,
+                                               now=login)
+    r = _step_up(env, cookie, "obama2.jpg")
+    assert r.status_code == 200, r.text
+    new_cookie = r.cookies.get(env.container.settings.session_cookie)
+    stepped = sessions_for(env.app).get(new_cookie, now=env.container.clock.now())
+    assert stepped is not None and stepped.acr == assurance.ACR_FACE
+    assert (stepped.auth_time, stepped.expires_at) == (old.auth_time, old.expires_at)
+    env.http.cookies.clear()
+    jar = f"{env.container.settings.session_cookie}={new_cookie}"
+    refused = env.http.post("/webauthn/registration/options", json={}, headers={"Origin": ORIGIN, "Cookie": jar})
+    _problem(refused, 401, "reauthentication_required")
 
 
 def test_step_up_refusals(env: Lifecycle) -> None:

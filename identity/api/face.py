@@ -147,14 +147,16 @@ async def step_up(request: Request, body: StepUpIn) -> JSONResponse:
         return problem(403, "origin_refused", "This request did not come from a quaygate page.",
                        instance=request.url.path)
     settings = request.app.state.container.settings
+    now = request.app.state.container.clock.now()
     try:
         done = await face_for(request.app).step_up(
             session_cookie=request.cookies.get(settings.session_cookie), image=_image(body.image),
-            address=request.client.host if request.client else None, now=request.app.state.container.clock.now())
+            address=request.client.host if request.client else None, now=now)
     except FaceError as exc:
         return _failed(request, exc)
     response = JSONResponse({"ok": True, "acr": done.session.acr, "amr": list(done.session.amr)},
                             headers={"Cache-Control": "no-store"})
-    response.set_cookie(settings.session_cookie, done.cookie, max_age=settings.session_ttl, path="/", httponly=True,
+    lives = max(int((done.session.expires_at - now).total_seconds()), 0)  # the session it replaced ends then
+    response.set_cookie(settings.session_cookie, done.cookie, max_age=lives, path="/", httponly=True,
                         samesite="lax", secure=settings.issuer.startswith("https://"))
     return response

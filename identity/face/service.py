@@ -304,7 +304,7 @@ class FaceService:
             if not self._sessions.end(old.sid, now=now, conn=conn):
                 # Two step-ups of one session at once: the first replaced it; this one is refused.
                 raise FaceError("login_required")
-            cookie, session = self._sessions.create(old.person_id, acr=acr, amr=amr, now=now, conn=conn)
+            cookie, session = self._sessions.create(old.person_id, acr=acr, amr=amr, now=now, conn=conn, of=old)
             audit.record("identity.login.face.stepped_up", at=now, actor={"person_id": str(old.person_id)},
                          subject=str(old.person_id), conn=conn,
                          data={"from_acr": old.acr, "acr": acr, "amr": list(amr), "distance": match.distance,
