@@ -31,6 +31,7 @@ from tests.test_admin_console import (
     console_flow,
 )
 from tests.test_identity_code_flow_support import Flow
+from tests.test_identity_support import ISSUER
 
 
 @pytest.fixture
@@ -66,8 +67,12 @@ def test_the_badge_office_registers_a_person_and_gives_a_membership(flow: Flow) 
              409, "membership_exists")
     _problem(flow.http.post(path, json={"organisation_id": str(haulier), "role": "pilot"}, headers=_auth(office)),
              422, "invalid_role")
-    _problem(flow.http.post(path, json={"organisation_id": str(uuid.uuid4()), "role": "dispatcher"},
+    _problem(flow.http.post(path, json={"organisation_id": str(uuid.uuid4()), "role": "driver"},
                             headers=_auth(office)), 422, "unknown_organisation")
+    # Acting for a company is port security's to grant: the badge office registers drivers.
+    for role in ("dispatcher", "org_admin"):
+        _problem(flow.http.post(path, json={"organisation_id": str(haulier), "role": role}, headers=_auth(office)),
+                 403, "insufficient_role")
     assert [(a, d["role"]) for a, _, d in audit_entries(flow, "identity.admin.membership.added")] == [(who, "driver")]
     assert _roles(flow, person) == {"driver"}
     # The person's page: names, the membership, and no badge yet.
@@ -103,7 +108,7 @@ def test_console_roles_are_given_by_port_security_and_never_to_oneself(flow: Flo
     _problem(flow.http.post(f"/admin/v1/persons/{security_officer}/memberships", json=body, headers=_auth(security)),
              403, "own_membership")
     _problem(flow.http.post(f"/admin/v1/persons/{office_officer}/memberships",
-                            json={"organisation_id": str(authority), "role": "dispatcher"}, headers=_auth(office)),
+                            json={"organisation_id": str(authority), "role": "driver"}, headers=_auth(office)),
              403, "own_membership")
     assert _roles(flow, colleague) == {"badge_office"}
     assert _roles(flow, security_officer) == {"port_security_admin"}
@@ -155,6 +160,35 @@ def test_enrolment_codes_from_the_console(flow: Flow) -> None:
     _problem(code(intruder, driver), 403, "insufficient_role")
     _problem(flow.http.post(f"/admin/v1/persons/{driver}/enrolment-codes", json={}), 401, "invalid_request")
     assert len(audit_entries(flow, "identity.enrolment_code.issued")) == 3
+
+
+def test_a_code_issued_before_a_role_does_not_log_in_its_holder(flow: Flow) -> None:
+    """A badge officer issues a code for someone with no console or company role yet; port security then
+    makes that person port security, or a company's dispatcher. The earlier code is ended: else the
+    badge officer would log in as the new officer, or act for the company. And once such a role is held,
+    only port security issues the person's codes."""
+    client_id = _console(flow)
+    office = _token(flow, client_id, _officer(flow, "badge_office"))
+    security = _token(flow, client_id, _officer(flow, "port_security_admin"))
+    authority = add_org(flow.engine, OrgKind.PORT_AUTHORITY).organisation_id
+    haulier = add_org(flow.engine, OrgKind.TRANSPORT_OPERATOR).organisation_id
+    for org, role in ((authority, "port_security_admin"), (haulier, "dispatcher")):
+        person = flow.person(given="Els", family="Maes")
+        r = flow.http.post(f"/admin/v1/persons/{person}/enrolment-codes", json={}, headers=_auth(office))
+        assert r.status_code == 201, r.text
+        code = r.json()["code"]
+        granted = flow.http.post(f"/admin/v1/persons/{person}/memberships", headers=_auth(security),
+                                 json={"organisation_id": str(org), "role": role})
+        assert granted.status_code == 201, granted.text
+        used = flow.http.post("/webauthn/registration/options", json={"enrolment_code": code},
+                              headers={"Origin": ISSUER})
+        _problem(used, 400, "enrolment_code_expired")
+        _problem(flow.http.post(f"/admin/v1/persons/{person}/enrolment-codes", json={}, headers=_auth(office)),
+                 403, "insufficient_role")
+        assert flow.http.post(f"/admin/v1/persons/{person}/enrolment-codes", json={},
+                              headers=_auth(security)).status_code == 201
+    [*_, (_, _, data)] = audit_entries(flow, "identity.admin.membership.added")
+    assert data["enrolment_codes_ended"] == 1
 
 
 def test_the_person_page_shows_the_screening_and_the_ban_alerts(flow: Flow, register: Register) -> None:

@@ -27,6 +27,7 @@ from release_service.api.problems import problem, problem_responses
 from release_service.domain.parties import OrgKind
 
 from .. import audit
+from ..authn import enrolment
 from ..bans.screening import ban_check
 from ..bootstrap import provider_for
 from ..domain import claims as c
@@ -174,7 +175,7 @@ def enrolment_code_caller(request: Request, person_id: uuid.UUID) -> AdminCaller
         raise AdminRefused(403, "own_enrolment_code", "An officer does not issue an enrolment code for himself.")
     with request.app.state.container.engine.connect() as conn:
         held = set(conn.execute(sa.select(memberships.c.role).where(memberships.c.person_id == person_id)).scalars())
-    if held & c.CONSOLE_ADMIN_ROLES:
+    if held & c.PRIVILEGED_ROLES:
         require_role(caller, PORT_SECURITY_ROLE)
     audit_read(request, caller, "identity.admin.enrolment_code.requested", subject=str(person_id))
     return caller
@@ -377,11 +378,13 @@ def create_person(request: Request, body: PersonIn) -> JSONResponse:
              responses=problem_responses(401, 403, 404, 409, 422))
 def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -> JSONResponse:
     """Give a person a role in an organisation. Through the console: the console roles themselves
-    (port_security_admin, badge_office) only by port security, and never to oneself (no officer
-    widens his own rights)."""
+    (port_security_admin, badge_office) and the roles that act for a company (dispatcher, org_admin)
+    only by port security (the badge office registers drivers), and never to oneself (no officer widens
+    his own rights). Such a role ends the person's live enrolment codes: a code issued before, when a
+    badge officer could issue it, must not log anyone in as the holder of the new role."""
     try:
         caller = admin_caller(request)
-        if body.role in c.CONSOLE_ADMIN_ROLES:
+        if body.role in c.PRIVILEGED_ROLES:
             require_role(caller, PORT_SECURITY_ROLE)
     except AdminRefused as exc:
         return exc.response(request)
@@ -408,8 +411,10 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
                            instance=request.url.path)
         conn.execute(memberships.insert().values(person_id=person_id, organisation_id=body.organisation_id,
                                                  role=body.role, created_at=now))
+        ended = enrolment.end_live_codes(conn, person_id, now=now) if body.role in c.PRIVILEGED_ROLES else 0
         audit.record("identity.admin.membership.added", at=now, actor=caller.audit_actor, subject=str(person_id),
-                     conn=conn, data={"organisation_id": str(body.organisation_id), "role": body.role})
+                     conn=conn, data={"organisation_id": str(body.organisation_id), "role": body.role,
+                                      "enrolment_codes_ended": ended})
     return JSONResponse({"person_id": str(person_id), "organisation_id": str(body.organisation_id),
                          "role": body.role}, status_code=201)
 

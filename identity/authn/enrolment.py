@@ -109,6 +109,14 @@ def _insert(
     )
 
 
+def end_live_codes(conn: sa.Connection, person_id: uuid.UUID, *, now: datetime) -> int:
+    """End the person's unused, unexpired codes now (they then answer ``enrolment_code_expired``): how many."""
+    result = conn.execute(enrolment_codes.update().where(
+        enrolment_codes.c.person_id == person_id, enrolment_codes.c.used_at.is_(None),
+        enrolment_codes.c.expires_at > now).values(expires_at=now))
+    return int(result.rowcount or 0)
+
+
 def check(engine: sa.Engine, code: str, *, now: datetime) -> EnrolmentCode:
     """The live code's person, without using it (registration options). Raises EnrolmentRefused."""
     if not isinstance(code, str) or not 0 < len(code) <= 64:

@@ -48,6 +48,12 @@ MEMBER_ROLES = frozenset({"driver", "dispatcher", "org_admin", "port_security_ad
 # Who may use the admin API through the admin console (issue 4 "Admin console": "every action is
 # role-checked"): port security, and the badge office, which alone sees badge numbers in full.
 CONSOLE_ADMIN_ROLES = frozenset({"port_security_admin", "badge_office"})
+# The roles in which a person acts for a company on its release rights (release_service parties.py).
+COMPANY_ACTING_ROLES = frozenset({"dispatcher", "org_admin"})
+# Roles only port security grants, and whose holders only port security issues enrolment codes for:
+# whoever holds a person's code logs in as him, so a badge officer must not mint a company's dispatcher
+# (or an officer) and then log in as him.
+PRIVILEGED_ROLES = CONSOLE_ADMIN_ROLES | COMPANY_ACTING_ROLES
 BADGE_OFFICE_ROLE = "badge_office"
 # What a person's token may carry through the driver app: never an administrative role, which the
 # release API honours (Actor.is_admin); a driver app token sees only the driver's own nominations.
