@@ -127,6 +127,19 @@ def test_idempotency_key_replays_the_answer(api: DriverApi) -> None:
             release_events.c.type == "release.nomination.accepted")).scalar_one() == 1
 
 
+def test_an_idempotency_key_is_one_person_s_own(api: DriverApi) -> None:
+    """Every driver signs in through the one driver app: another driver sending the same key to the
+    same path must not be handed the first one's answer (the right, its plate and slot), nor block him."""
+    rid = api.nominated()
+    other = add_driver(api.engine, api.p.haul.organisation_id, number="AP-999999")  # type: ignore[arg-type]
+    mine = api.http.post(f"/api/v1/releases/{rid}/nomination:accept",
+                         headers={**api.driver(api.p.driver), "Idempotency-Key": "k-shared"})
+    assert mine.status_code == 200, mine.text
+    theirs = api.http.post(f"/api/v1/releases/{rid}/nomination:accept",
+                           headers={**api.driver(other), "Idempotency-Key": "k-shared"})
+    assert_problem(theirs, 404, "not_found")
+
+
 def test_another_driver_gets_404(api: DriverApi) -> None:
     rid = api.nominated()
     other = add_driver(api.engine, api.p.haul.organisation_id, number="AP-999999")  # type: ignore[arg-type]

@@ -63,10 +63,19 @@ def _execute(request: Request, actor: Actor, key: str | None, body: BaseModel | 
     if key is not None:
         payload = body.model_dump_json() if body is not None else ""
         digest = hashlib.sha256(f"{request.method} {request.url.path}\n{payload}".encode()).hexdigest()
-        idem = IdempotencyRequest(actor.client_id, key, digest)
+        idem = IdempotencyRequest(_idempotency_owner(actor), key, digest)
     status, content = run(unit_of_work(container), lambda uow: action(uow, now),
                           lambda result: render(result, now), idempotency=idem, now=now)
     return JSONResponse(content, status_code=status)
+
+
+def _idempotency_owner(actor: Actor) -> str:
+    """Whose keys these are: the client, or for a person the person at that client. Persons share a client
+    (every driver the driver app, every member his company's console): one's key must not replay his
+    answer to another, nor block him."""
+    if actor.person_id is None:
+        return actor.client_id
+    return f"person:{actor.person_id}:{hashlib.sha256(actor.client_id.encode()).hexdigest()[:16]}"
 
 
 def _read(request: Request, fn: Callable[[UnitOfWork, datetime], Any]) -> Any:
