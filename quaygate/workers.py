@@ -64,7 +64,7 @@ class BackgroundWorkers:
         sealer = AuditSealer(c.engine, c.cipher)
         dispatcher = WebhookDispatcher(
             c.engine, c.cipher, http_client_factory=lambda: httpx.Client(timeout=5.0, follow_redirects=False),
-            clock=c.clock,
+            clock=c.clock, allow_local=c.settings.mode.value != "production",  # as the subscriptions allow
         )
         self._loop("audit-sealer", c.settings.audit_seal_interval, lambda: sealer.seal_once(c.clock.now()))
         self._loop("webhook-dispatcher", c.settings.webhook_interval, dispatcher.run_once)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
@@ -136,6 +137,7 @@ def publish(engine: sa.Engine, audience: set[uuid.UUID], event_type: str, at: da
 
 
 def dispatcher(engine: sa.Engine, clock: FakeClock, **kw: object) -> WebhookDispatcher:
+    kw.setdefault("allow_local", True)  # the receiver listens on 127.0.0.1 (dev mode)
     return WebhookDispatcher(engine, CIPHER, clock=clock, jitter=lambda: 0.0, **kw)  # type: ignore[arg-type]
 
 
@@ -371,7 +373,11 @@ def test_subscription_url_rules() -> None:
     for url, local_ok in (("http://hooks.example.com/x", True), ("http://localhost:8080/x", False),
                           ("https://10.0.0.5/x", False), ("https://169.254.169.254/latest", False),
                           ("https://user:pw@hooks.example.com/x", False), ("ftp://hooks.example.com/x", True),
-                          ("https://hooks.example.com:99999/x", False), ("https:///nohost", False)):
+                          ("https://hooks.example.com:99999/x", False), ("https:///nohost", False),
+                          # the older numeric forms a resolver takes for 127.0.0.1 and 10.0.0.5
+                          ("https://127.1/x", False), ("https://2130706433/x", False), ("https://0x7f.1/x", False),
+                          ("https://0x7f000001/x", False), ("https://10.5/x", False), ("https://[::ffff:127.0.0.1]/x",
+                                                                                        False)):
         with pytest.raises(DomainError) as err:
             wh.validate_url(url, allow_insecure_localhost=local_ok)
         assert err.value.context["field"] == "url", url
@@ -391,3 +397,50 @@ def test_known_event_types_cover_what_the_domain_emits() -> None:
     source = (Path(__file__).parents[1] / "release_service/domain/release.py").read_text()
     emitted = set(re.findall(r'"(release\.[a-z_.]+)"', source)) | {f"release.light.{k}" for k in LightKind}
     assert emitted <= wh.KNOWN_EVENT_TYPES
+
+
+def test_a_name_that_resolves_to_an_internal_address_is_not_called(engine: sa.Engine, receiver: Receiver) -> None:
+    """SSRF through DNS: a public-looking name that resolves (perhaps only at delivery, DNS rebinding) to
+    loopback or a private network is refused at each delivery, and the refusal says nothing of the
+    answer (no status code oracle on internal services)."""
+    org, clock = make_org(engine), FakeClock()
+    subscribe(engine, org, "https://hooks.attacker.example/x", ["release.*"])
+    publish(engine, {org}, "release.issued")
+    resolved: list[str] = []
+
+    def rebinding(host: str, port: int) -> list[str]:  # the attacker's DNS, as the resolver would answer
+        resolved.append(host)
+        return ["127.0.0.1"]
+
+    assert dispatcher(engine, clock, allow_local=False, resolve=rebinding).run_once() == 1
+    assert resolved == ["hooks.attacker.example"] and receiver.requests == []
+    [row] = delivery_rows(engine)
+    assert (row.status, row.last_error) == ("pending", "address not public")
+    assert dispatcher(engine, clock, allow_local=False, resolve=lambda h, p: ["10.1.2.3", "93.184.216.34"]
+                      ).run_once() == 0  # not due yet; then any internal address among several refuses
+    clock.at += timedelta(hours=1)
+    assert dispatcher(engine, clock, allow_local=False, resolve=lambda h, p: ["93.184.216.34", "10.1.2.3"]
+                      ).run_once() == 1
+    assert delivery_rows(engine)[0].last_error == "address not public"
+
+
+def test_a_delivery_goes_to_the_address_checked(engine: sa.Engine) -> None:
+    """The connection is pinned to the address that was checked: the URL carries it, and the name goes
+    in Host and in TLS's SNI (the certificate is checked against the name)."""
+    org, clock = make_org(engine), FakeClock()
+    subscribe(engine, org, "https://hooks.partner.example:8443/in?x=1", ["release.*"])
+    publish(engine, {org}, "release.issued")
+    seen: list[httpx.Request] = []
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    sent = dispatcher(engine, clock, allow_local=False, resolve=lambda h, p: ["93.184.216.34"],
+                      http_client_factory=lambda: httpx.Client(transport=httpx.MockTransport(transport)))
+    assert sent.run_once() == 1
+    [request] = seen
+    assert str(request.url) == "https://93.184.216.34:8443/in?x=1"
+    assert request.headers["host"] == "hooks.partner.example:8443"
+    assert request.extensions["sni_hostname"] == "hooks.partner.example"
+    assert delivery_rows(engine)[0].status == "delivered"

@@ -17,15 +17,18 @@ de-duplicate on ``webhook-id``, as the spec tells them to.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import random
+import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import sqlalchemy as sa
@@ -48,6 +51,14 @@ _dels = webhook_deliveries
 _subs = webhook_subscriptions
 SEND_TIMEOUT = 5.0
 USER_AGENT = "quaygate-webhooks/1"
+
+
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    """Every address the name resolves to (the system resolver)."""
+    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
 def default_http_client() -> httpx.Client:
@@ -82,8 +93,11 @@ class WebhookDispatcher:
     def __init__(self, engine: sa.Engine, cipher: DataCipher, *,
                  http_client_factory: Callable[[], httpx.Client] = default_http_client, clock: Clock,
                  batch: int = 100, workers: int = 8, jitter: Callable[[], float] = random.random,
-                 send_timeout: float = SEND_TIMEOUT) -> None:
+                 send_timeout: float = SEND_TIMEOUT, allow_local: bool = False,
+                 resolve: Callable[[str, int], list[str]] | None = None) -> None:
         self._engine = engine
+        self._allow_local = allow_local  # dev: http://localhost receivers (validate_url's allow_insecure_localhost)
+        self._resolve = resolve or _resolve
         self._cipher = cipher
         self._client_factory = http_client_factory
         self._clock = clock
@@ -155,9 +169,13 @@ class WebhookDispatcher:
         at = self._clock.now()  # the attempt's time, not the event's: a retry is signed afresh (spec)
         headers = signed_headers(secrets.active(at), msg_id=str(c.id), at=at, body=body)
         headers["content-type"] = "application/json"
+        target = self._public_target(c.url, headers)
+        if isinstance(target, str):
+            return _Outcome(c, None, target)
+        url, extensions = target
         try:
             # Streamed and closed unread: a receiver cannot make us buffer a large response body.
-            with client.stream("POST", c.url, content=body, headers=headers) as response:
+            with client.stream("POST", url, content=body, headers=headers, extensions=extensions) as response:
                 error = None if response.is_success else f"HTTP {response.status_code}"
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 return _Outcome(c, response.status_code, error, retry_after)
@@ -165,6 +183,32 @@ class WebhookDispatcher:
             return _Outcome(c, None, "timeout")
         except httpx.HTTPError as exc:
             return _Outcome(c, None, type(exc).__name__)  # the class only: messages may echo internal hosts
+
+    def _public_target(self, url: str, headers: dict[str, str]) -> tuple[str, dict[str, Any]] | str:
+        """Where to send: the URL with its host resolved now, refused unless every address is public, and
+        the connection pinned to the address checked (the name goes in Host and in TLS's SNI, and the
+        certificate is checked against it), so a name cannot resolve to a public address for the check
+        and to an internal one for the connection (DNS rebinding). An error string when refused."""
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if self._allow_local and host in _LOCAL_HOSTS:
+            return url, {}
+        try:
+            found = [ipaddress.ip_address(a.split("%", 1)[0]) for a in
+                     self._resolve(host, parts.port or (443 if parts.scheme == "https" else 80))]
+        except (OSError, ValueError):
+            return "host unresolved"
+        if not found:
+            return "host unresolved"
+        if any(not a.is_global for a in found):
+            log.warning("release.webhook.refused.internal_address")
+            return "address not public"
+        ip = found[0]
+        netloc = f"[{ip}]" if ip.version == 6 else str(ip)
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        headers["host"] = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), {"sni_hostname": host}
 
     # ---- record --------------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import re
+import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -262,8 +264,9 @@ def validate_url(url: str, *, allow_insecure_localhost: bool = False) -> str:
     """An https URL to a public host; plain http only to this machine, and only when allowed (dev).
 
     Payloads name companies and containers, so they travel only over TLS (spec, "Enforcing HTTPS").
-    Literal private, loopback and link-local addresses are refused as a first guard against SSRF
-    (spec, "Server side request forgery"); host names are resolved by the egress path, not here.
+    Literal private, loopback and link-local addresses, in every numeric form, are refused as a first
+    guard against SSRF (spec, "Server side request forgery"); what a host name resolves to is checked
+    by the egress path, at each delivery (adapters/webhook_dispatcher.py).
     """
     url = url.strip()
     if len(url) > 2000:
@@ -290,8 +293,18 @@ def validate_url(url: str, *, allow_insecure_localhost: bool = False) -> str:
 
 
 def _is_internal_ip(host: str) -> bool:
+    """A literal address that is not public, in any form a resolver takes: dotted quads, and the older
+    numeric forms ``127.1``, ``2130706433``, ``0x7f.0.0.1`` (no real host name is all digits)."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        return False  # a name, not a literal address
+        if not _NUMERIC_HOST.fullmatch(host):
+            return False  # a name, not a literal address: the egress path checks what it resolves to
+        try:
+            ip = ipaddress.ip_address(socket.inet_aton(host))
+        except OSError:
+            return True  # numeric, but no address: refused
     return not ip.is_global
+
+
+_NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+))*\.?")
