@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Body, Query, Request
@@ -216,8 +217,11 @@ def _check_dpop(request: Request, token: str, claims: dict[str, Any], scheme: st
         proof_jwt = proof_header(request.headers)
         if proof_jwt is None:
             raise AdminRefused(401, "invalid_dpop_proof", "A DPoP proof is required.")
+        # htu: the URI as the client addressed it, the issuer's origin and the path (RFC 9449 §4.3 item 9),
+        # never the Host header nor the scheme behind a TLS proxy (release_service.api.auth does the same).
+        base = urlsplit(request.app.state.container.settings.issuer)
         proof = dpop_verifier_for(request.app).verify(
-            proof_jwt, htm=request.method, htu=str(request.url), access_token=token
+            proof_jwt, htm=request.method, htu=f"{base.scheme}://{base.netloc}{request.url.path}", access_token=token
         )
     except DPoPError as exc:
         raise AdminRefused(401, exc.error, exc.description) from exc
