@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from identity.bootstrap import create_client
+from release_service.domain.parties import OrgKind
+
+from .factories import add_org
 from .test_gate_policy import Env, _serve
 from .test_identity_code_flow_support import CONSOLE_REDIRECT, Pkce, query
 from .test_identity_par import _push
@@ -24,12 +29,8 @@ def env(engine: sa.Engine, tmp_path: Path) -> Iterator[Env]:
     yield from _serve(engine, tmp_path)
 
 
-def _console_token(env: Env, *roles: str) -> tuple[dict[str, str], uuid.UUID]:
-    client_id, secret, org = env.flow.console("transport_operator")
-    pid = env.flow.person(given="Jan", family="Peeters")
-    for role in roles:
-        env.flow.member(pid, org, role)
-    env.flow.login(pid)
+def _token(env: Env, client_id: str, secret: str, person: uuid.UUID) -> dict[str, str]:
+    env.flow.login(person)
     pkce = Pkce()
     pushed = _push(env.flow, client_id, secret, pkce, scope="openid releases:read releases:write")
     assert pushed.status_code == 201, pushed.text
@@ -37,7 +38,15 @@ def _console_token(env: Env, *roles: str) -> tuple[dict[str, str], uuid.UUID]:
                         params={"client_id": client_id, "request_uri": pushed.json()["request_uri"]})
     r = env.flow.exchange(client_id, query(resp)["code"], pkce.verifier, redirect_uri=CONSOLE_REDIRECT, secret=secret)
     assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}, org
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def _console_token(env: Env, *roles: str) -> tuple[dict[str, str], uuid.UUID]:
+    client_id, secret, org = env.flow.console("transport_operator")
+    pid = env.flow.person(given="Jan", family="Peeters")
+    for role in roles:
+        env.flow.member(pid, org, role)
+    return _token(env, client_id, secret, pid), org
 
 
 def test_a_member_who_is_only_a_driver_cannot_act_for_his_company(env: Env) -> None:
@@ -63,3 +72,17 @@ def test_a_member_in_another_role_reads_but_does_not_act(env: Env) -> None:
     headers, _ = _console_token(env, "badge_office")
     assert env.http.get("/api/v1/releases", headers=headers).status_code == 200
     assert env.http.post("/api/v1/webhooks", headers=headers, json=HOOK).status_code == 403
+
+
+def test_a_console_of_no_organisation_does_not_make_port_security(env: Env) -> None:
+    """A console registered with no organisation (any integrator with an initial access token can) carries
+    the person's roles in every organisation. A port-security officer signed in there must not see every
+    right: the release API takes port security only from the port authority's own clients and console."""
+    rid = env.pickable(30)
+    client_id, secret = create_client(env.engine, name="third-party console", role="console", organisation_id=None,
+                                      now=datetime.now(UTC), redirect_uris=[CONSOLE_REDIRECT])
+    officer = env.flow.person(given="Sofie", family="Wouters")
+    env.flow.member(officer, add_org(env.engine, OrgKind.PORT_AUTHORITY).organisation_id, "port_security_admin")
+    headers = _token(env, client_id, secret or "", officer)
+    r = env.http.get(f"/api/v1/releases/{rid}", headers=headers)
+    assert r.status_code == 404, r.text

@@ -52,7 +52,10 @@ class Actor:
 
     @property
     def is_admin(self) -> bool:
-        return self.kind is OrgKind.PORT_AUTHORITY or "port_security_admin" in self.roles
+        """Port security: a client of the port authority, or a member signed in to its console. Not a
+        port_security_admin role carried by a console of no organisation (such a token carries the
+        person's roles in every organisation: any integrator's console would see every right)."""
+        return self.kind is OrgKind.PORT_AUTHORITY
 
     @property
     def for_organisation_person(self) -> bool:
