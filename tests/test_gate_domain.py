@@ -342,6 +342,19 @@ def test_among_equals_the_most_recent_right_is_judged() -> None:
     assert select_right([older, newer], terminal=TERMINAL, direction=Direction.IN, now=NOW) == newer
 
 
+def test_the_right_nominated_to_the_driver_read_is_judged() -> None:
+    """Another line issues a right on the same container (another vessel call) and has its own haulier
+    nominate its own driver: the newer right must not turn away the driver nominated on the older one."""
+    mine = a_right(id=uuid.uuid4(), created_at=NOW - timedelta(days=3))
+    theirs = a_right(id=uuid.uuid4(), created_at=NOW - timedelta(hours=1),
+                     nomination=NominationFacts(uuid.uuid4(), "9ZZZ999", "NL", None))
+    assert select_right([mine, theirs], terminal=TERMINAL, direction=Direction.IN, now=NOW) == theirs
+    assert select_right([mine, theirs], terminal=TERMINAL, direction=Direction.IN, now=NOW,
+                        driver=mine.nomination.driver_person_id) == mine  # type: ignore[union-attr]
+    d = run(rights=[mine, theirs])
+    assert (d.decision, d.release_id) == (Outcome.ALLOW, mine.id)
+
+
 # ---- the right's state and window ----------------------------------------------------------------
 
 

@@ -521,12 +521,16 @@ _PREFERENCE: Mapping[Direction, tuple[str, ...]] = MappingProxyType({
 
 
 def select_right(
-    rights: Sequence[RightFacts], *, terminal: str, direction: Direction, now: datetime
+    rights: Sequence[RightFacts], *, terminal: str, direction: Direction, now: datetime,
+    driver: uuid.UUID | None = None,
 ) -> RightFacts | None:
     """The right the gate judges, among the container's (non-deleted) rights.
 
-    1. A live right at this terminal: the one in the state this direction expects (nominated for
-       gate-in, gated-in for gate-out), then the most recently created.
+    1. A live right at this terminal: the one nominated to ``driver`` (whose badge was read), then the
+       one in the state this direction expects (nominated for gate-in, gated-in for gate-out), then the
+       most recently created. Two parties may hold live rights on one container (another line's right
+       on another vessel call, say): a newer right nominated to someone else must not turn the
+       nominated driver away (``driver_mismatch`` cannot be overridden).
     2. Else, when a live right exists at another terminal: none (the decision says ``wrong_terminal``).
     3. Else the most recently created ended right at this terminal, so the decision says why it ended
        (``already_used``, ``right_revoked``, ``right_expired``).
@@ -536,7 +540,12 @@ def select_right(
     live_here = [r for r in here if r.effective_state(now) in _LIVE]
     if live_here:
         order = _PREFERENCE[direction]
-        return min(live_here, key=lambda r: (order.index(r.effective_state(now)), -r.created_at.timestamp()))
+
+        def rank(r: RightFacts) -> tuple[bool, int, float]:
+            theirs = driver is not None and r.nomination is not None and r.nomination.driver_person_id == driver
+            return not theirs, order.index(r.effective_state(now)), -r.created_at.timestamp()
+
+        return min(live_here, key=rank)
     if any(r.effective_state(now) in _LIVE for r in rights):
         return None
     return max(here, key=lambda r: r.created_at, default=None)
@@ -558,7 +567,8 @@ def _context(
         policy=policy,
     )
     mine = tuple(r for r in kept if r.container == reading.number) if reading.understood else ()
-    right = select_right(mine, terminal=request.terminal, direction=request.direction, now=now)
+    driver = badge.person_id if badge is not None and badge.found else None
+    right = select_right(mine, terminal=request.terminal, direction=request.direction, now=now, driver=driver)
     state = right.effective_state(now) if right is not None else None
     plate = None
     if right is not None and state in _LIVE and right.nomination is not None:
