@@ -14,19 +14,19 @@ with the decision recorded and every retry answered the same)."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from identity.domain.badges import Scheme, with_check
-from quaygate.schema import audit_log, ban_feed_state, persons, port_bans, webhook_deliveries
+from quaygate.schema import audit_log, webhook_deliveries
 from release_service.services import gate_passes as service
 
 from .factories import container
 from .test_gate_offline import Adapter, _post, _report, adapters, offline_rows, passes, payload  # noqa: F401
-from .test_gate_verify import Gate, gate  # noqa: F401
+from .test_gate_verify import Gate, ban_the_driver, gate  # noqa: F401
 
 
 def _now() -> datetime:
@@ -124,16 +124,6 @@ def test_an_offline_allow_next_to_the_same_online_allow_stays_unflagged(gate: Ga
 # -- 2. an offline allow the pass does not support -----------------------------------------------------
 
 
-def _ban_the_driver(gate: Gate) -> None:
-    with gate.engine.begin() as conn:
-        conn.execute(persons.update().where(persons.c.id == gate.p.driver).values(national_id_hash="h" * 64))
-        conn.execute(port_bans.insert().values(register="BE-NBR", reference="B-1", subject_hash="h" * 64, scope="all",
-                                               banned_from=_now() - timedelta(days=1),
-                                               banned_until=_now() + timedelta(days=30), feed_sequence=1))
-        conn.execute(ban_feed_state.insert().values(register="BE-NBR", sequence=1, issued_at=_now(),
-                                                    loaded_at=_now(), digest="d" * 64))
-
-
 LIES = {
     # what someone with write access to the lane PC reports as allowed, with a genuine pass of right 1
     "another_container": ({"container": {"number": container(2), "confidence": 0.97}}, None),
@@ -152,7 +142,7 @@ def test_an_offline_allow_the_pass_does_not_support_is_flagged_and_moves_nothing
     rid = gate.pickable(1, green=setup != "red")
     gate.pickable(2)
     if setup == "banned":
-        _ban_the_driver(gate)  # after the nomination (which screens too), before the pass
+        ban_the_driver(gate)  # after the nomination (which screens too), before the pass
     token = pass_of(gate, rid)  # genuine: ours, this terminal, this right, valid now
     report = _report(gate, 1, token=token)
     report["request"] |= change

@@ -193,8 +193,8 @@ def test_holds_not_activated_badges_and_unknown_containers(gate: Gate) -> None:
     assert gate.verify(gate.body(4)).json()["reasons"] == ["badge_not_activated_here"]
 
 
-def test_a_banned_driver_is_refused_at_the_gate(gate: Gate) -> None:
-    rid = gate.pickable(6)
+def ban_the_driver(gate: Gate) -> None:
+    """The test driver linked to a national number, banned at every port by a list in force."""
     with gate.engine.begin() as conn:
         conn.execute(persons.update().where(persons.c.id == gate.p.driver).values(national_id_hash="h" * 64))
         conn.execute(port_bans.insert().values(register="BE-NBR", reference="B-1", subject_hash="h" * 64, scope="all",
@@ -202,6 +202,11 @@ def test_a_banned_driver_is_refused_at_the_gate(gate: Gate) -> None:
                                                banned_until=_now() + timedelta(days=30), feed_sequence=1))
         conn.execute(ban_feed_state.insert().values(register="BE-NBR", sequence=1, issued_at=_now(),
                                                     loaded_at=_now(), digest="d" * 64))
+
+
+def test_a_banned_driver_is_refused_at_the_gate(gate: Gate) -> None:
+    rid = gate.pickable(6)
+    ban_the_driver(gate)
     got = gate.verify(gate.body(6, mode="commit")).json()
     assert (got["decision"], got["screening"], got["reasons"]) == ("deny", "banned", ["person_banned"])
     assert gate.state(rid) == "nominated"
