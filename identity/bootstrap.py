@@ -73,11 +73,6 @@ def key_store(container: Container) -> KeyStore:
     return KeyStore(container.engine, container.cipher, token_ttl=max(s.access_token_ttl, s.id_token_ttl))
 
 
-def _shared(cache: Any) -> bool:
-    """A cache every process of the service sees (Redis), not this process's own (quaygate.cache)."""
-    return getattr(cache, "qualified", None) is not None
-
-
 @dataclass
 class IdentityProvider:
     """Everything the identity routes and the release API borrow, built once per app."""
@@ -100,7 +95,7 @@ class IdentityProvider:
         # Remembered when the cache is shared (Redis), whose epoch every writer bumps. Without it a change
         # made by another process (a CLI `org deactivate`) bumps that process's epoch only, so nothing is
         # remembered: every lookup reads the table, and a deactivated client gets no token the moment after.
-        clients = ClientRegistry(container.engine, container.cache if _shared(container.cache) else None)
+        clients = ClientRegistry(container.engine, container.cache if container.cache.shared else None)
         # The one GrantStore and DPoPVerifier of the app (grants_for / dpop_verifier_for return these).
         revocations = RevocationList(container.cache, follow=container.engine, now=clock.now)
         # The cache is what verifiers consult: after a restart with the in-process cache (or a flushed

@@ -206,7 +206,7 @@ class RevocationList:
         in-process (with Redis every process shares the cache, and this is not needed); ``now``: the
         clock the rows' times are compared with."""
         self._cache = cache
-        self._follow = follow if follow is not None and getattr(cache, "qualified", None) is None else None
+        self._follow = follow if not cache.shared else None
         self._now = now
         self._followed: datetime | None = None  # rows revoked after this (less the overlap) are read next
         self._next_follow = 0.0

@@ -42,7 +42,6 @@ from release_service.api.webhooks import router as webhook_router
 from release_service.ports import FaceCaptureRefused, FaceOutcome
 
 from . import limits, solo
-from .cache import MemoryCache
 from .container import Container
 from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event
 from .routing import ExactRoutes
@@ -135,9 +134,8 @@ async def _serving_lease(built: Container, *, own: bool) -> solo.SoloLease:
     """Every server holds the database's serving lease (quaygate/solo.py): alone without a shared cache,
     together with the others that share Redis. A server whose lease another took meanwhile stops: it
     would keep single-use claims beside one that cannot see them."""
-    shared = not isinstance(built.cache, MemoryCache)
     try:
-        return await run_in_threadpool(lambda: solo.hold(built.engine, shared=shared,
+        return await run_in_threadpool(lambda: solo.hold(built.engine, shared=built.cache.shared,
                                                          on_lost=_stop_serving if own else None))
     except solo.AnotherServer as exc:
         log.error("quaygate.start.refused", extra={"fields": {"reason": str(exc)}})

@@ -14,6 +14,10 @@ from .redisline import Line, Script
 
 
 class Cache(Protocol):
+    # Whether every process of the service sees the same cache (Redis), or only this one (in-process).
+    # What must hold across processes (single-use claims, revocations, client changes) reads it.
+    shared: bool
+
     def claim(self, key: str, ttl_seconds: float) -> bool:
         """True for the first caller only, until the key expires (SET key 1 NX PX ttl)."""
         ...
@@ -61,6 +65,8 @@ class MemoryCache:
     write pays for a sweep in its share (amortised constant), never a full scan per write, and what is
     kept stays within twice what is live (a flood of single-use claims cannot slow every claim after it).
     """
+
+    shared = False
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, float | None]] = {}
@@ -154,6 +160,8 @@ return out
 
 
 class RedisCache:
+    shared = True
+
     def __init__(self, url: str, *, prefix: str = "qg:") -> None:
         import redis
 

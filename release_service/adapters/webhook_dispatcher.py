@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from quaygate.crypto import DataCipher
 from quaygate.schema import webhook_deliveries, webhook_subscriptions
 from release_service.domain.webhooks import (
+    LOCAL_HOSTS,
     SigningSecrets,
     encode_body,
     parse_retry_after,
@@ -51,9 +52,6 @@ _dels = webhook_deliveries
 _subs = webhook_subscriptions
 SEND_TIMEOUT = 5.0
 USER_AGENT = "quaygate-webhooks/1"
-
-
-_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _resolve(host: str, port: int) -> list[str]:
@@ -191,7 +189,7 @@ class WebhookDispatcher:
         and to an internal one for the connection (DNS rebinding). An error string when refused."""
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
-        if self._allow_local and host in _LOCAL_HOSTS:
+        if self._allow_local and host in LOCAL_HOSTS:
             return url, {}
         try:
             found = [ipaddress.ip_address(a.split("%", 1)[0]) for a in

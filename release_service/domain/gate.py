@@ -38,6 +38,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Literal
 
+from .errors import DomainError, ErrorCode
 from .reads import (
     ContainerReading,
     PlateMatch,
@@ -162,10 +163,19 @@ OVERRIDABLE: frozenset[Reason] = frozenset({
 OVERRIDE_WITHIN_SECONDS = 3600
 
 
-def not_overridable(reasons: Sequence[str]) -> list[str]:
-    """The reasons of a refusal that no override may set aside (an unknown code counts as one)."""
+def require_overridable_decision(reasons: Sequence[str], decided_at: datetime | None, now: datetime) -> None:
+    """The refused decision itself may be overridden: refused only for reasons a person at the desk may
+    set aside (an unknown code counts as one that cannot), and recent (``OVERRIDE_WITHIN_SECONDS``).
+    The right, as it is now, is the release domain's to judge (``ReleaseRight.require_overridable``)."""
     known = {r.value for r in OVERRIDABLE}
-    return [r for r in reasons if r not in known]
+    hard = [r for r in reasons if r not in known]
+    if hard:
+        raise DomainError(ErrorCode.ILLEGAL_TRANSITION,
+                          f"A terminal cannot override {', '.join(hard)}: that is not the gate's to set aside.",
+                          reasons=hard)
+    if decided_at is None or (now - decided_at).total_seconds() > OVERRIDE_WITHIN_SECONDS:
+        raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "This decision is too old to override: verify the truck "
+                          "again, and override that decision if need be.")
 
 
 # ---- the terminal's policy -----------------------------------------------------------------------

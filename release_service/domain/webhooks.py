@@ -200,7 +200,7 @@ KNOWN_EVENT_TYPES = frozenset({
 })
 # "release", "release.transfer", "release.light": what may stand before ".*" in a pattern.
 _PREFIXES = frozenset(t.rsplit(".", n)[0] for t in KNOWN_EVENT_TYPES for n in range(1, t.count(".") + 1))
-_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 MAX_EVENT_PATTERNS = 50
 
 
@@ -280,7 +280,7 @@ def validate_url(url: str, *, allow_insecure_localhost: bool = False) -> str:
     if not host or parts.username is not None or parts.password is not None or parts.fragment:
         raise DomainError(INVALID_SUBSCRIPTION, "The URL needs a host, and no credentials or fragment.",
                           field="url")
-    local = host in _LOCAL_HOSTS
+    local = host in LOCAL_HOSTS
     if parts.scheme == "http" and not (local and allow_insecure_localhost):
         raise DomainError(INVALID_SUBSCRIPTION, "Webhook URLs must use https.", field="url")
     if parts.scheme not in ("http", "https"):

@@ -382,14 +382,7 @@ def override(uow_factory: Callable[[], UnitOfWork], actor: Actor, decision_id: u
                               "This decision found no release right: there is nothing to release.")
         if uow.gate.overridden(decision_id):
             raise DomainError(ErrorCode.ALREADY_USED, "This decision has already been overridden.")
-        hard = g.not_overridable(stored.response.get("reasons", ()))
-        if hard:
-            raise DomainError(ErrorCode.ILLEGAL_TRANSITION,
-                              f"A terminal cannot override {', '.join(hard)}: that is not the gate's to set aside.",
-                              reasons=hard)
-        if stored.decided_at is None or (now - stored.decided_at).total_seconds() > g.OVERRIDE_WITHIN_SECONDS:
-            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "This decision is too old to override: verify the "
-                              "truck again, and override that decision if need be.")
+        g.require_overridable_decision(stored.response.get("reasons", ()), stored.decided_at, now)
         right, receipt = override_right(uow, actor, stored.release_id, reason, decision_id, now)
         uow.gate.record_override({"id": uuid.uuid4(), "decision_id": decision_id, "release_id": right.id,
                                   "terminal": stored.terminal, "client_id": actor.client_id,
