@@ -238,6 +238,27 @@ class GateSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Recalled:
+    """The gate facts this process read last (``GateFacts.recall``), with what they were read under:
+    a check may be decided on them, and kept only if they are still current when it is recorded
+    (``GateFacts.keep_if_current``)."""
+
+    snapshot: GateSnapshot
+    under: tuple[tuple[str, bytes], ...]  # (family, generation) the copies were read under
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """What ``GateFacts.keep_if_current`` did: ``recorded``; or found the request_id taken (``twin``);
+    or recorded nothing because the facts moved on or a revocation entry is set (neither: decide the
+    long way). ``also``: the values of its ``also`` names, read in the same step, in their order."""
+
+    recorded: bool
+    twin: StoredDecision | None
+    also: tuple[bytes | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class FaceOutcome:
     """A gate capture matched 1:1 against one person's enrolled face (issue 6): the Euclidean
     ``distance`` and the ``tolerance`` applied, or, when no comparison was made, ``distance`` None and
@@ -288,6 +309,17 @@ class GateFacts(Protocol):
     def remember(self, row: dict[str, Any]) -> None:
         """A committed decision (the row recorded), so that its request_id is answered from here too;
         best effort, never raises."""
+        ...
+
+    def recall(self, *, terminal: str, badge: BadgeRead | None, containers: Sequence[str],
+               now: datetime) -> Recalled | None:
+        """The facts of a check as this process read them last, with no round trip; None when any of
+        them was not read lately. Never to be trusted alone: ``keep_if_current`` checks them."""
+        ...
+
+    def keep_if_current(self, row: dict[str, Any], recalled: Recalled, also: Sequence[str] = ()) -> Kept:
+        """Keep a check decision made on ``recalled`` facts, in one step, only if those facts are still
+        the current ones, the request_id is free and no ``also`` name is set."""
         ...
 
 

@@ -148,6 +148,125 @@ def test_a_cached_check_runs_no_sql_and_reaches_the_database_through_the_drainer
     assert facts.drain("test", block_ms=None) == 0  # acknowledged: never written twice
 
 
+class RoundTrips:
+    """Counts the commands the gate facts send to Redis on their hot-path connection (``Line``)."""
+
+    def __init__(self, facts: RedisGateFacts, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[str] = []
+        line = facts._line
+        original = line.call
+
+        def counted(*args: Any) -> Any:
+            self.sent.append(str(args[0]))
+            return original(*args)
+
+        monkeypatch.setattr(line, "call", counted)
+
+
+def test_a_check_on_facts_this_process_read_before_is_one_round_trip_and_is_kept(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The facts read for one check are remembered with their generations; the next check on them is
+    decided at once and kept in one step that finds those generations still current: one round trip
+    to Redis (against two: read, then keep), no SQL, and the decision reaches PostgreSQL as any other."""
+    gate.pickable(9)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    trips = RoundTrips(facts, monkeypatch)
+    assert _check(gate, 9)["decision"] == "allow"
+    assert len(trips.sent) >= 2  # the first: the facts read (and filled), then the decision kept
+    trips.sent.clear()
+    body = gate.body(9)
+    with Statements(gate.engine) as sql:
+        got = gate.verify(body).json()
+    assert got["decision"] == "allow" and got["reasons"] == []
+    assert trips.sent == ["EVALSHA"] and sql.count == 0
+    assert gate.verify(body).json() == got  # a retry: the recorded answer, found in that same one step
+    assert_problem(gate.verify({**body, "lane": "in-9"}), 409, "request_id_reused")
+    facts.drain("test", block_ms=None)
+    with gate.engine.connect() as conn:
+        kept = conn.execute(sa.select(gate_decisions.c.id, gate_decisions.c.decision)
+                            .where(gate_decisions.c.request_id == body["request_id"])).all()
+    assert [(str(k.id), k.decision) for k in kept] == [(got["decision_id"], "allow")]
+
+
+def test_a_change_committed_while_a_check_is_decided_on_remembered_facts_is_never_missed(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race the one-step keep exists for: a check is decided on the facts this process remembers,
+    and the badge office blocks the badge before the decision is kept. The keep finds the badges'
+    generation replaced, keeps nothing, and the check is decided again on the facts as they are now:
+    deny, and only the deny is recorded."""
+    gate.pickable(10)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    assert _check(gate, 10)["decision"] == "allow"  # the facts are remembered now
+    original = facts.recall
+    blocked: list[bool] = []
+
+    def recall_then_block(**kw: Any) -> Any:
+        recalled = original(**kw)
+        if recalled is not None and not blocked:  # the change lands between the recall and the keep
+            BadgeService(gate.engine).change_status(_badge_id(gate), "blocked", reason="stolen", actor="o",
+                                                    now=_now())
+            blocked.append(True)
+        return recalled
+
+    monkeypatch.setattr(facts, "recall", recall_then_block)
+    body = gate.body(10)
+    got = gate.verify(body).json()
+    assert blocked, "the check was not decided on remembered facts"
+    assert (got["decision"], got["reasons"]) == ("deny", ["badge_blocked"])
+    facts.drain("test", block_ms=None)
+    with gate.engine.connect() as conn:
+        kept = conn.execute(sa.select(gate_decisions.c.decision)
+                            .where(gate_decisions.c.request_id == body["request_id"])).scalars().all()
+    assert kept == ["deny"]
+
+
+def test_remembered_facts_are_kept_only_under_current_generations(gate: Gate) -> None:
+    """``keep_if_current`` on its own: a generation replaced or expired, a taken request_id, a set
+    revocation entry: nothing kept; the facts as remembered and current: kept, once."""
+    gate.pickable(11)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    assert _check(gate, 11)["decision"] == "allow"
+    from release_service.domain.gate import BadgeRead
+
+    def recalled() -> Any:
+        got = facts.recall(terminal=TERMINAL, badge=BadgeRead("alfapass", gate.badge_number),
+                           containers=[container(11)], now=_now())
+        assert got is not None
+        return got
+
+    def row() -> dict[str, Any]:
+        return {"id": uuid.uuid4(), "terminal": TERMINAL, "request_id": str(uuid.uuid4()), "fingerprint": "f",
+                "response": {"decision": "allow"}, "decision": "allow", "release_id": None, "committed": False,
+                "direction": "in"}
+
+    families = dict(recalled().under)
+    assert set(families) == {"policy", "badges", "bans", "rights", f"r:{container(11)}"}
+    raw = facts._r
+    for family in families:  # each family, replaced: never kept
+        assert _check(gate, 11)["decision"] == "allow"  # read again: remembered as current
+        before = recalled()
+        facts.bump([family])
+        assert facts.keep_if_current(row(), before).recorded is False, family
+    assert _check(gate, 11)["decision"] == "allow"
+    before = recalled()
+    assert raw.delete(f"qg:gate:g:r:{container(11)}") == 1  # expired: never kept either
+    assert facts.keep_if_current(row(), before).recorded is False
+    assert facts.recall(terminal=TERMINAL, badge=None, containers=[container(12)], now=_now()) is None  # never read
+
+    assert _check(gate, 11)["decision"] == "allow"  # read again: current
+    first = row()
+    kept = facts.keep_if_current(first, recalled())
+    assert (kept.recorded, kept.twin, kept.also) == (True, None, ())
+    twin = facts.keep_if_current({**first, "id": uuid.uuid4()}, recalled())
+    assert twin.recorded is False and twin.twin is not None and twin.twin.id == first["id"]
+    raw.set("qg:test:revoked", b"1", ex=60)
+    try:
+        refused = facts.keep_if_current(row(), recalled(), also=["qg:test:revoked", "qg:test:free"])
+    finally:
+        raw.delete("qg:test:revoked")
+    assert (refused.recorded, refused.twin, refused.also) == (False, None, (b"1", None))
+
+
 def test_every_change_to_a_right_is_seen_by_the_next_decision(gate: Gate) -> None:
     rid = gate.pickable(2)
     assert _check(gate, 2)["decision"] == "allow"

@@ -311,3 +311,18 @@ def test_read_with_another_country_is_a_mismatch() -> None:
 def test_empty_read_is_low_confidence() -> None:
     assert compare("", confidence=0.99).outcome is PlateOutcome.LOW_CONFIDENCE
     assert compare(" - ", confidence=0.99).outcome is PlateOutcome.LOW_CONFIDENCE
+
+
+def test_candidates_are_remembered_within_a_bound_and_stay_what_they_were() -> None:
+    """The gate asks for a read's candidates twice per decision, so the answers are kept; a flood of
+    distinct reads (a criminal's, or a broken OCR's) never grows that memory past its bound."""
+    from release_service.domain import reads
+
+    true = with_check_digit("MSCU102030")
+    wrong = true[:-1] + str((int(true[-1]) + 1) % 10)
+    first = (reads.container_candidates(true), reads.container_candidates(wrong))
+    for n in range(reads._CANDIDATES_MAX + 10):
+        reads.container_candidates(f"XQ{n:09d}")
+        assert len(reads._candidates_seen) <= reads._CANDIDATES_MAX
+    assert (reads.container_candidates(true), reads.container_candidates(wrong)) == first
+    assert first[0] == (true,) and true not in first[1]

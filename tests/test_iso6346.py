@@ -49,3 +49,20 @@ def test_wrong_check_digit() -> None:
 
 def test_with_check_digit_round_trips() -> None:
     assert with_check_digit("CSQU305438") == "CSQU3054383"
+
+
+def test_check_digit_agrees_with_the_standard_s_sum_for_every_character_in_every_place() -> None:
+    """The table-driven sum (the gate's hot path) against ISO 6346's weighted sum written out: each
+    digit and capital letter in each of the ten places, on a known number."""
+    from release_service.domain.iso6346 import char_value
+
+    def standard(first_ten: str) -> int:
+        return sum(char_value(c) * 2**i for i, c in enumerate(first_ten)) % 11 % 10
+
+    base = "CSQU305438"
+    for place in range(10):
+        for ch in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+            text = base[:place] + ch + base[place + 1:]
+            assert check_digit(text) == standard(text), text
+    with pytest.raises(KeyError):
+        check_digit("CSQU30543#")  # what char_value says of a character outside the alphabet

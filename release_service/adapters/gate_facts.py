@@ -17,6 +17,15 @@ to life under a generation made after it. Copies and generations expire (``ttl``
 memory and bounds the damage of the one case the generations cannot cover: a writer that loses Redis
 at its commit and dies before its retry.
 
+Remembered copies (``recall``): each process keeps the copies it read last, parsed, with the
+generations they were read under. A check on facts read before is decided on those at once and kept
+by one script (``keep_if_current``) that records it only if every one of those generations is still
+current (and the request_id is free, and the caller's revocation entries are unset), all in one
+atomic step: one round trip instead of two. A change committed before that step has replaced a
+generation, so nothing is kept and the check is decided again on the facts read afresh; a change
+after it is ordered after the decision, as it is for a read-then-keep check. The memory is bounded
+(``NEAR_MAX``) and trusted for nothing on its own.
+
 Check decisions are kept without PostgreSQL on the hot path: one script claims (terminal, request_id)
 (SET NX, kept ``request_ttl``) and appends the decision to a Redis stream in the same step; a drainer
 (``drain``, run by the background workers of every server process, a consumer group, XAUTOCLAIM of
@@ -56,7 +65,7 @@ from release_service.domain.gate import (
     TerminalPolicy,
 )
 from release_service.domain.screening import BanWindow, screen
-from release_service.ports import FactsUnavailable, GateSnapshot, StoredDecision
+from release_service.ports import FactsUnavailable, GateSnapshot, Kept, Recalled, StoredDecision
 
 from .sqla.gate import SqlGateStore, policy_dict
 from .sqla.uow import SqlUnitOfWork
@@ -136,6 +145,41 @@ end
 return redis.call('GET', KEYS[1])
 """)
 
+# A check decided on the copies this process read last (``recall``), kept only if they are still current.
+# KEYS: the request key, the stream. ARGV: the recorded answer, its ttl, the decision row, the stream's
+# cap, the prefix, n, n names read as they are (``also``), then (family, generation) pairs: the
+# generations the copies were read under. Returns what it did ('kept', 'twin', 'also': a name is set,
+# 'moved': a generation was replaced or has expired), the twin's answer (or false), then the n values.
+_KEEP = Script("""
+local n = tonumber(ARGV[6])
+local out = {'', false}
+local set = false
+for i = 7, 6 + n do
+  local v = redis.call('GET', ARGV[i])
+  out[#out + 1] = v
+  if v then set = true end
+end
+local prev = redis.call('GET', KEYS[1])
+if prev then
+  out[1] = 'twin'
+  out[2] = prev
+  return out
+end
+if set then
+  out[1] = 'also'
+  return out
+end
+for i = 7 + n, #ARGV, 2 do
+  if redis.call('GET', ARGV[5] .. 'g:' .. ARGV[i]) ~= ARGV[i + 1] then
+    out[1] = 'moved'
+    return out
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'row', ARGV[3])
+out[1] = 'kept'
+return out
+""")
 
 # Kept decisions (JSON objects named like gate_decisions' columns) into gate_decisions, on PostgreSQL.
 _COLUMNS = ", ".join(c.name for c in gate_decisions.c)
@@ -168,6 +212,9 @@ class RedisGateFacts:
         self._owed_lock = threading.Lock()
         self._drainer: Drainer | None = None
         self._closed = False
+        # The copies this process read last, parsed, with the generations they were read under: a check
+        # decided on them is kept only if those are still current (``keep_if_current``), one round trip.
+        self._near: dict[tuple[str, str], tuple[_Under, Any]] = {}
 
     @classmethod
     def from_url(cls, url: str, engine: sa.Engine, uow: Callable[[], SqlUnitOfWork], **kw: Any) -> RedisGateFacts:
@@ -222,9 +269,67 @@ class RedisGateFacts:
                     fills[f"badge:{badge_key}:{_s(badge_gen)}"] = raw
             if fills:
                 self._fill(fills)
+        self._keep_near(terminal, policy_gen, policy, badge_key, badge_gen, entry,
+                        {c: (rights_raw[c][0], rights[c]) for c in containers})
         facts, screening = (None, ScreeningResult.UNAVAILABLE) if badge is None else self._badge(entry, terminal, now)
         return GateSnapshot(replay, policy, [r for c in containers for r in rights.get(c, [])], facts, screening,
                             values)
+
+    def _keep_near(self, terminal: str, policy_gen: bytes, policy: TerminalPolicy, badge_key: str | None,
+                   badge_gen: bytes, entry: _BadgeEntry | None, rights: dict[str, tuple[bytes, list[RightFacts]]]
+                   ) -> None:
+        """Remember what was just read, each copy with the generations it was read under (a copy read
+        through was read after them: it is as current as they are)."""
+        near = self._near
+        if len(near) + 2 + len(rights) > NEAR_MAX:
+            near.clear()  # no order to keep: the next reads fill it again
+        near[("policy", terminal)] = ((("policy", policy_gen),), policy)
+        if badge_key is not None and entry is not None:
+            near[("badge", badge_key)] = (_under(badge_gen, "badges", "bans"), entry)
+        for c, (gen, found) in rights.items():
+            near[("r", c)] = (_under(gen, "r:" + c, invalidation.RIGHTS), tuple(found))
+
+    def recall(self, *, terminal: str, badge: BadgeRead | None, containers: Sequence[str],
+               now: datetime) -> Recalled | None:
+        """The facts of a check as this process read them last (``read``), with no round trip; None when
+        one of them was not read lately, or Redis failed a moment ago. Only ever decided on through
+        ``keep_if_current``, which keeps the decision only if their generations are still current."""
+        if self._suspect or time.monotonic() < self._down_until:
+            return None
+        near = self._near
+        found = near.get(("policy", terminal))
+        if found is None:
+            return None
+        under, policy = found
+        facts, screening = None, ScreeningResult.UNAVAILABLE
+        if badge is not None:
+            key = SqlGateStore.badge_key(badge)
+            found = near.get(("badge", key)) if key is not None else None
+            if found is None:
+                return None
+            under += found[0]
+            facts, screening = self._badge(found[1], terminal, now)
+        rights: list[RightFacts] = []
+        for c in containers:
+            found = near.get(("r", c))
+            if found is None:
+                return None
+            under += found[0]
+            rights.extend(found[1])
+        return Recalled(GateSnapshot(None, policy, rights, facts, screening), tuple(dict.fromkeys(under)))
+
+    def keep_if_current(self, row: dict[str, Any], recalled: Recalled, also: Sequence[str] = ()) -> Kept:
+        """Keep a check decided on ``recalled``: in one step (one round trip), only if the request_id is
+        free, no ``also`` name is set and every generation the facts were read under is still the
+        current one. So a change committed before this step (its generation replaced) is never missed:
+        then nothing is kept, and the caller decides the long way, on the facts read again."""
+        args = [_answer(row), self._request_ttl, jsonbody.dumps(row), self._cap, self._p, len(also), *also,
+                *(x for pair in recalled.under for x in pair)]
+        out = self._call(lambda: self._line.run(_KEEP, [self._request_key(row), self._p + STREAM], args))
+        what, twin, values = out[0], out[1], tuple(out[2:])
+        if what == b"twin":
+            return Kept(False, _stored(twin), values)
+        return Kept(what == b"kept", None, values)
 
     def _badge(self, entry: _BadgeEntry | None, terminal: str, now: datetime
                ) -> tuple[BadgeFacts, ScreeningResult]:
@@ -418,6 +523,16 @@ _undelivered = 0  # invalidations this process's facts could not hand to Redis b
 def undelivered() -> int:
     """How many invalidations this process could not deliver before it closed its gate facts."""
     return _undelivered
+
+
+NEAR_MAX = 50_000  # copies remembered per process (``recall``); when full, it starts again
+
+_Under = tuple[tuple[str, bytes], ...]
+
+
+def _under(generation: bytes, *families: str) -> _Under:
+    """A composite generation as read (``<family1's>/<family2's>``), as (family, generation) pairs."""
+    return tuple(zip(families, generation.split(b"/"), strict=True))
 
 
 # ---- what the copies hold ------------------------------------------------------------------------

@@ -24,6 +24,10 @@ _SHAPE = re.compile(r"^[A-Z]{3}[UJZ][0-9]{6}[0-9]$")
 _SEPARATORS = re.compile(r"[\s\-./]")
 
 
+_VALUES: dict[str, int] = {**{str(d): d for d in range(10)}, **_LETTER_VALUES}
+_WEIGHTS = tuple(2**i for i in range(10))
+
+
 def char_value(ch: str) -> int:
     if ch.isdigit():
         return int(ch)
@@ -32,7 +36,11 @@ def char_value(ch: str) -> int:
 
 def check_digit(first_ten: str) -> int:
     """The check digit of the owner code, category and serial (ten characters)."""
-    total = sum(char_value(c) * (2**i) for i, c in enumerate(first_ten))
+    values = _VALUES
+    try:
+        total = sum([values[c] * w for c, w in zip(first_ten, _WEIGHTS, strict=False)])
+    except KeyError:  # not an ASCII digit or capital: what char_value makes of it (or its error)
+        total = sum(char_value(c) * (2**i) for i, c in enumerate(first_ten))
     return total % 11 % 10
 
 

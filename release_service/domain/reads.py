@@ -118,10 +118,20 @@ def container_candidates(raw: str) -> tuple[str, ...]:
     away (sorted). The service fetches the rights of all of them, so that ``gate.decide`` can tell a
     unique repair from an ambiguous one.
     """
-    text = normalise(raw)
-    if ContainerNumber.is_valid(text):
-        return (text,)
-    return _repairs(text)
+    found = _candidates_seen.get(raw)
+    if found is None:
+        text = normalise(raw)
+        found = (text,) if ContainerNumber.is_valid(text) else _repairs(text)
+        if len(_candidates_seen) >= _CANDIDATES_MAX:
+            _candidates_seen.clear()  # a pure function's memo: nothing is lost but time
+        _candidates_seen[raw] = found
+    return found
+
+
+# Every gate read asks for its candidates at least twice (the facts to fetch, then the decision): the
+# answers to recent reads, kept. Bounded: a flood of distinct reads only starts it again.
+_CANDIDATES_MAX = 8192
+_candidates_seen: dict[str, tuple[str, ...]] = {}
 
 
 def _repairs(text: str) -> tuple[str, ...]:

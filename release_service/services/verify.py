@@ -25,7 +25,9 @@ with an image never takes the cached fast path (``answer_from_cache``); a replay
 answered from the record without matching again.
 
 With Redis (``facts``, adapters/gate_facts.py), the facts come from there, exact by invalidation
-after every commit; a check is decided and kept there with no PostgreSQL round trip (a drainer moves
+after every commit; a check is decided and kept there with no PostgreSQL round trip (on facts this
+process read before, ``_check_recalled``, in one Redis round trip that keeps the decision only if
+those facts are still current) (a drainer moves
 it into gate_decisions); a commit reads the policy and badge there on its own connection (what the
 cache misses is read there) and its rights from PostgreSQL. Redis failing means deciding from
 PostgreSQL, as without it.
@@ -59,6 +61,7 @@ from release_service.ports import (
     FactsUnavailable,
     GateFacts,
     GateSnapshot,
+    Recalled,
     StoredDecision,
     UnitOfWork,
 )
@@ -94,7 +97,9 @@ def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateRequest, *,
                       admit: Callable[[Sequence[bytes | None]], None] | None = None) -> dict[str, Any] | None:
     """The answer when the cache alone can give it (a check whose facts are all cached, or its recorded
     request_id), without waiting for PostgreSQL; else None: call verify(). A commit always goes to
-    verify(), whose worker reads the cache once (a replayed request_id included).
+    verify(), whose worker reads the cache once (a replayed request_id included). A check on facts
+    this process read before is decided on them first and kept only if they are still current
+    (``_check_recalled``); else the facts are read, decided on and the decision kept, as before.
 
     ``also`` and ``admit``: the caller's last word on the caller (its token's revocation entries,
     read in the same round trip as the facts): ``admit`` gets their values before anything is
@@ -104,6 +109,12 @@ def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateRequest, *,
         return None
     if request.face is not None and request.face.kind == "image":
         return None  # an image is matched first, in a worker: verify()
+    recalled = facts.recall(terminal=request.terminal, badge=request.badge,
+                            containers=container_candidates(request.container.number), now=now)
+    if recalled is not None:
+        body = _check_recalled(facts, actor, request, recalled, fingerprint, now, also, admit)
+        if body is not None:
+            return body
     snapshot = _snapshot(facts, request, now, through=False, also=also)
     if snapshot is None:
         return None
@@ -268,6 +279,33 @@ def _check_cached(facts: GateFacts, actor: Actor, request: g.GateRequest, snapsh
         return None
     if twin is not None:
         return _replay(twin, fingerprint)
+    _log(decision, request, decision_id)
+    return body
+
+
+def _check_recalled(facts: GateFacts, actor: Actor, request: g.GateRequest, recalled: Recalled, fingerprint: str,
+                    now: datetime, also: Sequence[str], admit: Callable[[Sequence[bytes | None]], None] | None
+                    ) -> dict[str, Any] | None:
+    """A check decided on the facts this process read last, kept in the one step that finds them still
+    current (``GateFacts.keep_if_current``): one round trip. None when that step kept nothing (the facts
+    moved on, a revocation entry to judge, Redis failing): the caller decides the long way. The token's
+    revocation is settled (``admit``) on the values read in that step, before anything is answered."""
+    decision_id = uuid.uuid4()
+    snapshot = recalled.snapshot
+    decision = g.decide(request, rights=snapshot.rights, badge=snapshot.badge,
+                        screening=g.ScreeningFacts(snapshot.screening), policy=snapshot.policy, now=now)
+    body = response_body(request, decision, decision_id, False)
+    try:
+        kept = facts.keep_if_current(_row(actor, request, decision, decision_id, False, fingerprint, body, now),
+                                     recalled, also)
+    except FactsUnavailable:
+        return None
+    if admit is not None:
+        admit(kept.also)  # raises when the token is revoked: nothing was kept
+    if kept.twin is not None:
+        return _replay(kept.twin, fingerprint)
+    if not kept.recorded:
+        return None
     _log(decision, request, decision_id)
     return body
 

@@ -70,6 +70,12 @@ _RIGHTS_PG = HotStatement(sa.select(*_RIGHT_COLUMNS).where(
 _INSERT_DECISION = gate_decisions.insert()
 
 
+# The cache keys of recent badge reads (``badge_key`` validates the number by its scheme's rules).
+_BADGE_KEYS_MAX = 8192
+_UNSEEN = object()
+_badge_keys: dict[BadgeRead, str | None] = {}
+
+
 class SqlGateStore:
     def __init__(self, conn: sa.Connection, bans: SqlPortBanLookup, reads: Reads | None = None) -> None:
         self._conn = conn
@@ -102,8 +108,14 @@ class SqlGateStore:
     @classmethod
     def badge_key(cls, read: BadgeRead) -> str | None:
         """One name for every read that finds the same badge row (the cache's key)."""
-        lookup = cls.badge_lookup(read)
-        return None if lookup is None else f"{lookup[0].value}|{lookup[1] or ''}|{lookup[2] or ''}"
+        key = _badge_keys.get(read, _UNSEEN)
+        if key is _UNSEEN:
+            lookup = cls.badge_lookup(read)
+            key = None if lookup is None else f"{lookup[0].value}|{lookup[1] or ''}|{lookup[2] or ''}"
+            if len(_badge_keys) >= _BADGE_KEYS_MAX:
+                _badge_keys.clear()  # a pure function's memo: nothing is lost but time
+            _badge_keys[read] = key
+        return key
 
     def badge(self, read: BadgeRead) -> BadgeFacts:
         """The badge as the badge office knows it; not found when the read matches no badge (a misread
