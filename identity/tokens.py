@@ -137,6 +137,10 @@ class AccessTokenVerifier:
         self._memo: dict[str, tuple[str, str, dict[str, Any], set[str]]] = {}
         self._memo_size = memo_size
         self._keys = key_source
+        # (kid, alg) -> the key found for them in one key set, kept only while that very set is the one
+        # published (a rotation or a key's publish_until passing makes a new set: nothing found in the
+        # old one is used again).
+        self._found: tuple[Any, dict[tuple[str, str], Any]] = (None, {})
         if revoked is not None and revocations is not None:
             raise ValueError("revoked or revocations, not both")
         self._revocations = revocations
@@ -241,11 +245,21 @@ class AccessTokenVerifier:
         """The key named by kid; on a miss, refresh the key set once (a key rotated in elsewhere).
         The key must suit the token's algorithm (an EC key never checks an RS256 signature)."""
         for refresh in (False, True):
-            for key in self._keys.public_key_set(refresh=refresh, kid=kid):
+            key_set = self._keys.public_key_set(refresh=refresh, kid=kid)
+            in_set, found = self._found
+            if in_set is key_set:
+                known = found.get((kid, alg))
+                if known is not None:
+                    return known  # type: ignore[no-any-return]
+            for key in key_set:
                 if key.kid == kid:
                     if not fits(key, alg):
                         log.info("identity.token.refused.key_type")
                         raise InvalidToken("invalid_token", "algorithm does not fit the key")
+                    if in_set is not key_set:
+                        found = {}
+                        self._found = (key_set, found)
+                    found[(kid, alg)] = key
                     return key  # type: ignore[return-value]
         log.info("identity.token.refused.unknown_kid")
         raise InvalidToken("invalid_token", "unknown key")

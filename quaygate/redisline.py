@@ -19,7 +19,12 @@ import threading
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
+
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is pinned in pyproject.toml
+    _hiredis_pack = None
 
 
 class Script:
@@ -36,6 +41,12 @@ class Line:
         pool = client.connection_pool
         self._cls = pool.connection_class
         self._kwargs = dict(pool.connection_kwargs)
+        # redis-py packs a command by looking at every argument in Python before hiredis packs it in C;
+        # the gate's scripts take twenty-odd arguments. With hiredis and the default UTF-8, it is packed
+        # in C alone (a bool or None refused as redis-py refuses it: DataError).
+        utf8 = self._kwargs.get("encoding", "utf-8").lower().replace("_", "-") in ("utf-8", "utf8") and \
+            self._kwargs.get("encoding_errors", "strict") == "strict"
+        self._packed = _hiredis_pack if (_hiredis_pack is not None and utf8) else None
         self._local = threading.local()
         self._open: set[Any] = set()
         self._lock = threading.Lock()
@@ -51,9 +62,18 @@ class Line:
 
     def call(self, *args: Any) -> Any:
         """One command, one round trip: its reply (a Redis error reply raises ResponseError)."""
+        packed = None
+        if self._packed is not None:
+            try:
+                packed = (self._packed(args),)
+            except TypeError as exc:  # nothing sent: the connection stays in step
+                raise DataError(str(exc)) from None
         conn = self._connection()
         try:
-            conn.send_command(*args)
+            if packed is None:
+                conn.send_command(*args)
+            else:
+                conn.send_packed_command(packed)
             return conn.read_response()
         except ResponseError:
             raise  # a reply: the connection is in step

@@ -28,7 +28,7 @@ from quaygate.app import create_app
 from quaygate.cache import RedisCache
 from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher
-from quaygate.schema import badges, gate_decisions
+from quaygate.schema import badges, gate_decisions, releases
 from quaygate.settings import Settings
 from release_service.adapters.gate_facts import RedisGateFacts
 from release_service.adapters.sqla.uow import SqlUnitOfWork
@@ -267,6 +267,56 @@ def test_remembered_facts_are_kept_only_under_current_generations(gate: Gate) ->
     assert (refused.recorded, refused.twin, refused.also) == (False, None, (b"1", None))
 
 
+def test_invalidations_still_owed_are_sent_before_remembered_facts_are_trusted(gate: Gate) -> None:
+    """A commit whose invalidation Redis did not take leaves it owed; whatever thread cleared the
+    breaker meanwhile, the next check sends what is owed before it keeps a decision on remembered
+    facts, so the change it stands for is decided on."""
+    rid = gate.pickable(13)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    assert _check(gate, 13)["decision"] == "allow"  # remembered
+    with gate.engine.begin() as conn:  # a block committed, its invalidation not delivered
+        conn.execute(releases.update().where(releases.c.id == uuid.UUID(rid)).values(blocked=True))
+    facts._owed.add(f"r:{container(13)}")
+    assert (facts._suspect, facts.owed()) == (False, 1)
+    assert _check(gate, 13)["reasons"] == ["right_blocked"]
+    assert facts.owed() == 0
+
+
+def test_a_token_revoked_after_a_keep_that_found_the_facts_moved_is_refused(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A keep that finds the facts moved on settles nothing: the long way reads the token's revocation
+    entries again with the facts, so a token revoked in between gets no answer and no decision."""
+    from identity.bootstrap import create_client
+
+    gate.pickable(14)
+    client_id, secret = create_client(gate.engine, name="lane 14", role="terminal_gate",
+                                      organisation_id=gate.p.terminal.organisation_id, terminal_code=TERMINAL,
+                                      now=_now())
+    token = gate.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                           auth=(client_id, secret or "")).json()["access_token"]
+    assert gate.verify(gate.body(14), token).json()["decision"] == "allow"  # remembered
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    original = facts.keep_if_current
+    seen: list[Any] = []
+
+    def moved_then_revoked(row: dict[str, Any], recalled: Any, also: Any = ()) -> Any:
+        facts.bump([f"r:{container(14)}"])  # a change lands first: the keep finds the facts moved
+        kept = original(row, recalled, also)
+        seen.append(kept)
+        facts._r.set(also[0], b"1", ex=600)  # then the token is revoked: its own entry, as RFC 7009 sets it
+        return kept
+
+    monkeypatch.setattr(facts, "keep_if_current", moved_then_revoked)
+    body = gate.body(14)
+    refused = gate.verify(body, token)
+    assert [k.recorded for k in seen] == [False]
+    assert refused.status_code == 401 and refused.json()["code"] == "invalid_token", refused.text
+    facts.drain("test", block_ms=None)
+    with gate.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)
+                            .where(gate_decisions.c.request_id == body["request_id"])).scalar_one() == 0
+
+
 def test_every_change_to_a_right_is_seen_by_the_next_decision(gate: Gate) -> None:
     rid = gate.pickable(2)
     assert _check(gate, 2)["decision"] == "allow"
@@ -439,11 +489,17 @@ def test_a_revoked_gate_token_is_refused_on_the_cached_path_read_with_the_facts(
     revoked = gate.http.post("/oauth2/revoke", data={"token": token, "token_type_hint": "access_token"},
                              auth=(client_id, secret or ""))
     assert revoked.status_code == 200
-    refused = gate.verify(gate.body(4), token)
+    after = gate.body(4)
+    refused = gate.verify(after, token)
     assert refused.status_code == 401 and refused.json()["code"] == "invalid_token", refused.text
     assert "revoked" in refused.json()["detail"]
     replay = gate.verify(body, token)  # the recorded request_id is not replayed to a revoked token
     assert replay.status_code == 401, replay.text
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    facts.drain("test", block_ms=None)
+    with gate.engine.connect() as conn:  # nothing decided for the revoked token
+        assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)
+                            .where(gate_decisions.c.request_id == after["request_id"])).scalar_one() == 0
     assert gate.verify(gate.body(4)).status_code == 200  # the terminal's other gate token still works
 
 

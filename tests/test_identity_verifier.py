@@ -17,6 +17,7 @@ from joserfc import jws
 from joserfc.jwk import RSAKey
 from joserfc.jws import JWSRegistry
 
+from identity import tokens as identity_tokens
 from identity.keys import KeyStore
 from identity.tokens import AccessTokenVerifier, InvalidToken, require_scope, sign_access_token
 from tests.test_identity_support import ISSUER, Env, basic, forged_with_our_kid, make_env, rsa_key
@@ -221,7 +222,7 @@ class _Keys:
         self.keys = [key]
 
     def public_key_set(self, *, refresh: bool = False, kid: str | None = None) -> Any:
-        return list(self.keys)
+        return self.keys  # the same set until the test publishes another, as KeyStore keeps its KeySet
 
 
 def _memo_verifier(now: Callable[[], float] = time.time, revoked: set[str] | None = None
@@ -310,3 +311,29 @@ def test_a_remembered_token_is_refused_before_its_nbf() -> None:
     clock[0] = nbf - 31
     with pytest.raises(InvalidToken, match="not yet valid"):
         verifier.verify(token, audience=AUD)
+
+
+def test_a_key_found_in_a_key_set_is_found_again_only_while_that_set_is_published(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verifier remembers which key a kid named in the key set published now, and trusts that only
+    while the very same set is published: a new set (a rotation, a key withdrawn) is searched again."""
+    verifier, keys, key = _memo_verifier()
+    searched: list[str] = []
+    real = identity_tokens.fits
+    monkeypatch.setattr(identity_tokens, "fits", lambda k, alg: searched.append(str(k.kid)) or real(k, alg))
+    tokens = [sign_access_token(_claims(jti=f"j-{n}"), key) for n in range(4)]
+    searched.clear()  # signing asks too
+    for token in tokens[:3]:  # three tokens, one key: searched once
+        assert verifier.verify(token, audience=AUD)
+    assert searched == ["memo-k"]
+    other = RSAKey.generate_key(2048, parameters={"kid": "other-k"})
+    keys.keys = [other, key]  # another set published, holding the same key: searched again
+    assert verifier.verify(tokens[3], audience=AUD)
+    assert searched == ["memo-k", "memo-k"]
+    token = sign_access_token(_claims(jti="j-10"), key)
+    assert verifier.verify(token, audience=AUD)
+    keys.keys = [other]  # the key withdrawn: its remembered tokens and new ones are refused
+    with pytest.raises(InvalidToken, match="unknown key"):
+        verifier.verify(token, audience=AUD)
+    with pytest.raises(InvalidToken, match="unknown key"):
+        verifier.verify(sign_access_token(_claims(jti="j-11"), key), audience=AUD)

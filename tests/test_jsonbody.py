@@ -39,3 +39,37 @@ def test_text_beyond_ascii_reads_back_the_same() -> None:
 def test_what_json_cannot_hold_is_refused() -> None:
     with pytest.raises(TypeError):
         dumps({"x": object()})
+
+
+def test_a_body_deep_inside_and_other_subclasses_are_written_as_json_writes_them() -> None:
+    """A Body anywhere in the value is embedded as encoded; a subclass of str, int, float, dict or list
+    is written as its plain value, the way ``json.dumps`` writes it."""
+    import enum
+
+    class Tag(str):
+        def __str__(self) -> str:
+            return "not what json writes"
+
+    class Count(int):
+        pass
+
+    class Ratio(float):
+        pass
+
+    class Colour(enum.StrEnum):
+        GREEN = "green"
+
+    class Mapping(dict[str, int]):
+        pass
+
+    class Items(list[int]):
+        pass
+
+    body = Body(decision="allow")
+    value = {"deep": [{"response": body}], "tag": Tag("t"), "n": Count(3), "r": Ratio(0.25),
+             "colour": Colour.GREEN, "m": Mapping(a=1), "l": Items([1, 2])}
+    out = dumps(value)
+    assert body.encoded() in out
+    plain = {**value, "deep": [{"response": dict(body)}]}
+    assert loads(out) == json.loads(json.dumps(plain))
+    assert loads(out)["tag"] == "t" and loads(out)["colour"] == "green"

@@ -92,3 +92,23 @@ def test_the_cache_on_the_line_keeps_its_promises(redis_url: str) -> None:
     assert cache.get("b") is None
     assert cache.ping() is True
     cache.close()
+
+
+def test_arguments_are_packed_as_redis_py_packs_them(client: redis.Redis) -> None:
+    """The line packs commands in C (hiredis) where redis-py looks at each argument first: the same
+    bytes reach Redis for every type the hot path sends, and what redis-py refuses is refused."""
+    line = Line(client)
+    assert line._packed is not None  # hiredis is pinned: the C packing is the one in use
+    values = ["é ü", b"\x00\xff raw", 7, -3, 2**40]
+    for v in values:
+        assert line.call("SET", "packed", v) == b"OK"
+        client.set("packed-by-redis-py", v)  # redis-py's own packing of the same value
+        assert client.get("packed") == client.get("packed-by-redis-py") is not None, v
+    assert line.call("GET", "packed") == str(2**40).encode()
+    for bad in (True, None):
+        with pytest.raises(redis.DataError):
+            line.call("SET", "packed", bad)
+        with pytest.raises(redis.DataError):
+            client.set("packed", bad)  # type: ignore[arg-type]
+    assert line.call("GET", "packed") == str(2**40).encode()  # the line stayed in step
+    line.close()

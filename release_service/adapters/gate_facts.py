@@ -207,6 +207,7 @@ class RedisGateFacts:
             connection_class=client.connection_pool.connection_class, max_connections=2, **kwargs))
         self._line = Line(client)  # the hot path's round trips, on a connection per thread
         self._down_until = 0.0
+        self._trips = 0  # times Redis was seen failing
         self._suspect = False  # Redis failed since the last success: invalidate everything first
         self._owed: set[str] = set()  # generations to replace that Redis did not take yet
         self._owed_lock = threading.Lock()
@@ -461,7 +462,7 @@ class RedisGateFacts:
         if time.monotonic() < self._down_until:
             raise FactsUnavailable("skipped: Redis failed a moment ago")
         try:
-            if self._suspect:
+            if self._suspect or self._owed:
                 self._recover()
             return fn()
         except redis.RedisError as exc:
@@ -471,13 +472,17 @@ class RedisGateFacts:
     def _recover(self) -> None:
         """Redis is back after this process saw it fail. While it was away, this process (or another)
         may have committed changes whose invalidations never reached it: every copy is read again
-        before one is trusted."""
-        self._send(EVERYTHING)
-        self._suspect = False
-        log.info("release.gate_facts.recovered")
+        before one is trusted. Invalidations still owed (a commit whose own Redis failed) are sent first
+        too, whoever tripped."""
+        trips, suspect = self._trips, self._suspect
+        self._send(EVERYTHING if suspect else ())
+        if suspect and self._trips == trips:  # a thread that saw Redis fail meanwhile keeps it suspect
+            self._suspect = False
+            log.info("release.gate_facts.recovered")
 
     def _trip(self) -> None:
         self._down_until = time.monotonic() + self._cooldown
+        self._trips += 1
         self._suspect = True
         log.warning("release.gate_facts.unavailable")
 

@@ -300,12 +300,15 @@ def _check_recalled(facts: GateFacts, actor: Actor, request: g.GateRequest, reca
                                      recalled, also)
     except FactsUnavailable:
         return None
-    if admit is not None:
+    final = kept.recorded or kept.twin is not None
+    if admit is not None and (final or any(v is not None for v in kept.also)):
         admit(kept.also)  # raises when the token is revoked: nothing was kept
+    if not final:
+        # Nothing kept: the long way reads the facts and the revocation entries again (a token revoked
+        # since this step is refused there), so the revocation is not settled on this step's values.
+        return None
     if kept.twin is not None:
         return _replay(kept.twin, fingerprint)
-    if not kept.recorded:
-        return None
     _log(decision, request, decision_id)
     return body
 
