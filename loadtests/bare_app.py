@@ -56,12 +56,13 @@ def bare_verify_def(body: VerifyRequest) -> dict[str, Any]:
     return _answer(body)
 
 
-# The floor of a check that is exact and idempotent with its facts in Redis: whatever its code, it must
-# ask Redis once for the facts and whether the request_id was answered (here one MGET), and once more to
-# keep its decision under that request_id so that a twin gets the same answer (here one SET NX). The
-# verify does exactly these two round trips (adapters/gate_facts.py: one EVALSHA to read, one to record),
-# on the same kind of connection (quaygate/redisline.py ``Line``). ``floor1`` is a design that would read
-# its facts from its own memory (kept by Redis's client-side invalidation) and only record in Redis.
+# The floors of a check that is exact and idempotent with its facts in Redis, whatever its code:
+# - ``floor1``: facts this process read before. It must still keep its decision under the request_id in
+#   Redis, so that a twin gets the same answer (here one SET NX): one round trip. The verify does that
+#   round trip alone (adapters/gate_facts.py ``keep_if_current``: one EVALSHA that also checks the facts'
+#   generations), on the same kind of connection (quaygate/redisline.py ``Line``).
+# - ``floor`` (two): facts read for the first time. It asks Redis for them and whether the request_id
+#   was answered (here one MGET), then keeps its decision (the verify: one EVALSHA to read, one to keep).
 _lines: dict[str, Line] = {}
 _engines: dict[str, sa.Engine] = {}
 _FLOOR_TABLE = sa.table("bare_floor", sa.column("id", sa.Uuid), sa.column("answer", sa.Text))
@@ -100,13 +101,14 @@ def _floor(body: VerifyRequest, *, read: bool) -> dict[str, Any]:
 
 @app.post("/bare/verify-floor")
 async def bare_verify_floor(body: VerifyRequest) -> dict[str, Any]:
-    """The bare endpoint and the two Redis round trips no exact, idempotent cached check can skip."""
+    """The bare endpoint and the two Redis round trips of a check on facts read for the first time."""
     return _floor(body, read=True)
 
 
 @app.post("/bare/verify-floor1")
 async def bare_verify_floor1(body: VerifyRequest) -> dict[str, Any]:
-    """The bare endpoint and one Redis round trip: the record alone."""
+    """The bare endpoint and one Redis round trip, the record alone: the floor of a check on facts
+    read before."""
     return _floor(body, read=False)
 
 

@@ -13,8 +13,10 @@ separate process):
    a third of the async rate here) is measured too and printed for comparison: it was the baseline
    until the eleventh session, when the verify route had long been async;
 2. verify in ``check`` mode, flat out, and its ratio to the bare rate (target at least 0.5), on a check
-   pool warmed first (``warm``: each container checked once); before it, the check's floor: the bare
-   endpoint plus the two Redis round trips no exact, idempotent cached check can skip (bare_app.py);
+   pool warmed first (``warm``: each container checked once); before it, the check's floors: the bare
+   endpoint plus the one Redis round trip no exact, idempotent check on facts read before can skip
+   (keep the decision under its request_id), and plus the two of a check on facts read for the first
+   time (read them, then keep; bare_app.py);
 3. verify in ``commit`` mode (each request uses one right), flat out, and its ratio (target at least 0.35);
    before it, the commit's floor: a Redis read, then one PostgreSQL read and one write;
 4. verify ``check`` paced at half the bare rate: p99 (target at most 15 ms); and, for context, paced at
@@ -247,11 +249,16 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
                            bare.pid)
             print(_line("  for comparison, the same bare endpoint as a def (FastAPI's two thread hops), the "
                         "baseline of the figures before the eleventh session", d), flush=True)
+            f1 = run_locust("Floor1User", f"http://127.0.0.1:{bare_port}", seed_path, args.users, args.seconds,
+                            out, bare.pid)
+            print(_line("  the floor of any exact, idempotent check on facts this process read before: the bare "
+                        "endpoint plus the one Redis round trip it cannot skip (keep the decision under its "
+                        "request_id)", f1, b), flush=True)
             f = run_locust("FloorUser", f"http://127.0.0.1:{bare_port}", seed_path, args.users, args.seconds, out,
                            bare.pid)
-            print(_line("  the floor of any exact, idempotent check cached in Redis: the bare endpoint plus the two "
-                        "Redis round trips it cannot skip (read the facts and the request_id; keep the decision "
-                        "under it)", f, b), flush=True)
+            print(_line("  the floor of a check on facts read for the first time: the bare endpoint plus two "
+                        "Redis round trips (read the facts and the request_id; keep the decision under it)", f, b),
+                  flush=True)
             c = run_locust("CheckUser", issuer, seed_path, args.users, args.seconds, out, app.pid)
             print(_line("verify, mode check", c, b, 0.5) + _against_def(c, d), flush=True)
             mf = run_locust("CommitFloorUser", f"http://127.0.0.1:{bare_port}", seed_path, args.users, args.seconds,
@@ -275,7 +282,7 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
                            pace=own / args.users)
             print(_line(f"  for context, verify check paced at half its own flat-out rate ({own:,.0f}/s asked)", o),
                   flush=True)
-            failed = any(r["failed"] or not r["total"] for r in (b, d, f, c, mf, m, h, o))
+            failed = any(r["failed"] or not r["total"] for r in (b, d, f1, f, c, mf, m, h, o))
             if args.big:
                 low = min(100.0, half / 2) / 8
                 small = run_locust("CheckUser", issuer, seed_path, 8, args.seconds, out, app.pid, pace=low)

@@ -67,10 +67,18 @@ class BareDefUser(_BareApp):
 
 
 class FloorUser(_BareApp):
-    """The bare endpoint plus the two Redis round trips an exact, idempotent cached check cannot skip
-    (bare_app.py ``/bare/verify-floor``): what no verify code can beat on this server and this Redis."""
+    """The bare endpoint plus the two Redis round trips of an exact, idempotent check on facts read for
+    the first time (bare_app.py ``/bare/verify-floor``): read them, keep the decision."""
 
     path, label = "/bare/verify-floor", "bare POST + 2 Redis round trips"
+
+
+class Floor1User(_BareApp):
+    """The bare endpoint plus the one Redis round trip an exact, idempotent check on facts read before
+    cannot skip (bare_app.py ``/bare/verify-floor1``): keep the decision under its request_id. What no
+    verify code can beat on this server and this Redis."""
+
+    path, label = "/bare/verify-floor1", "bare POST + 1 Redis round trip"
 
 
 class CommitFloorUser(_BareApp):

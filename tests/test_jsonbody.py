@@ -73,3 +73,27 @@ def test_a_body_deep_inside_and_other_subclasses_are_written_as_json_writes_them
     plain = {**value, "deep": [{"response": dict(body)}]}
     assert loads(out) == json.loads(json.dumps(plain))
     assert loads(out)["tag"] == "t" and loads(out)["colour"] == "green"
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a": 1, "a": 2}', b'{"x": "\\u00e9\\ud83d\\ude00"}', b'[0.1, 1E-7, 0.1e1, 1e308, -0.0, 123456789012345678]',
+    b'{"n": NaN, "i": Infinity}', b'[123456789012345678901234567890]', b'[9223372036854775808, -9223372036854775809]',
+    b'[18446744073709551616]', b'{"number": "1234567890123456789012"}', b'"\\ud800"', b'\xef\xbb\xbf{"bom": true}',
+    b'  {"spaced" : [ ] }  ', b'{"deep": [[[[[[]]]]]]}',
+])
+def test_loads_as_json_reads_what_json_reads_as_json_reads_it(raw: bytes) -> None:
+    from quaygate.jsonbody import loads_as_json
+
+    got = loads_as_json(raw)
+    assert json.dumps(got) == json.dumps(json.loads(raw)) and type(got) is type(json.loads(raw))
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[1,]", b"{'a': 1}", b"\xff", b"[" * 100_000])
+def test_loads_as_json_refuses_what_json_refuses(raw: bytes) -> None:
+    from quaygate.jsonbody import loads_as_json
+
+    with pytest.raises((ValueError, RecursionError)) as ours:
+        loads_as_json(raw)
+    with pytest.raises((ValueError, RecursionError)) as theirs:
+        json.loads(raw)
+    assert type(ours.value) is type(theirs.value)

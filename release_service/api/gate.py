@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import uuid
 from typing import Any, Literal
 
@@ -197,13 +196,14 @@ async def verify(request: Request, body: VerifyRequest,
 
 async def verify_lean(request: Request, raw: bytes) -> Response | None:
     """POST /gate/v1/verify without FastAPI's request handler (quaygate/routing.py ``lean_app``): a
-    JSON body parsed and validated as FastAPI's handler does it (``json.loads``, then the model's
-    validator), and the Authorization header read as ``bearer`` reads it. None, for FastAPI's handler to
-    answer as declared, when the body is not JSON or does not parse or validate."""
+    JSON body parsed and validated as FastAPI's handler does it (``json.loads``, here by
+    ``jsonbody.loads_as_json``, which reads the same values; then the model's validator), and the
+    Authorization header read as ``bearer`` reads it. None, for FastAPI's handler to answer as
+    declared, when the body is not JSON or does not parse or validate."""
     if not _json_content(request.headers.get("content-type")):
         return None
     try:
-        body = VerifyRequest.model_validate(json.loads(raw))
+        body = VerifyRequest.model_validate(jsonbody.loads_as_json(raw))
     except Exception:  # noqa: BLE001 - not JSON, not valid, nested too deep: FastAPI's handler refuses it
         return None
     return await _verify(request, body, credentials_of(request))
