@@ -60,7 +60,9 @@ def bare_verify_def(body: VerifyRequest) -> dict[str, Any]:
 # - ``floor1``: facts this process read before. It must still keep its decision under the request_id in
 #   Redis, so that a twin gets the same answer (here one SET NX): one round trip. The verify does that
 #   round trip alone (adapters/gate_facts.py ``keep_if_current``: one EVALSHA that also checks the facts'
-#   generations), on the same kind of connection (quaygate/redisline.py ``Line``).
+#   generations). Here it is sent alone on a held connection (quaygate/redisline.py ``Line``), holding
+#   the loop; the verify's is sent with the concurrent requests' (``Pipelined``), which a floor sent
+#   alone does not do: a floor of the round trips, not of how they are sent.
 # - ``floor`` (two): facts read for the first time. It asks Redis for them and whether the request_id
 #   was answered (here one MGET), then keeps its decision (the verify: one EVALSHA to read, one to keep).
 _lines: dict[str, Line] = {}

@@ -144,6 +144,7 @@ async def _serving_lease(built: Container, *, own: bool) -> solo.SoloLease:
 
 def _stop_gate_facts(built: Container, facts: Any, *, own: bool) -> None:
     facts.stop_drainer()
+    facts.close_pipelined()  # on this app's loop, which closes next
     if own:
         facts.close()
         built.gate_facts = None

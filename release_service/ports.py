@@ -322,6 +322,10 @@ class GateFacts(Protocol):
         the current ones, the request_id is free and no ``also`` name is set."""
         ...
 
+    async def keep_if_current_async(self, row: dict[str, Any], recalled: Recalled, also: Sequence[str] = ()) -> Kept:
+        """``keep_if_current``, awaited on the event loop instead of holding it."""
+        ...
+
 
 class GateStore(Protocol):
     """What the gate decision reads (the facts) and writes (the decisions), in the unit of work."""

@@ -8,6 +8,7 @@ driver judged (a re-nomination meanwhile) is no face, and the policy's tolerance
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import uuid
@@ -294,7 +295,9 @@ def test_an_image_request_is_never_answered_from_the_cache_alone() -> None:
                             mode=g.Mode.CHECK, container=g.ContainerRead(container(1), 0.99), plate=None,
                             badge=None, face=g.FaceEvidence.image_pending(), observed_at=_now())
     actor = SimpleNamespace(kind=OrgKind.TERMINAL, terminal_code=TERMINAL)
-    assert verify_service.answer_from_cache(Facts(), actor, request, fingerprint="f", now=_now()) is None  # type: ignore[arg-type]
+    answered = asyncio.run(verify_service.answer_from_cache(Facts(), actor, request,  # type: ignore[arg-type]
+                                                            fingerprint="f", now=_now()))
+    assert answered is None
 
 
 # ---- the pure rules ---------------------------------------------------------------------------------

@@ -149,18 +149,24 @@ def test_a_cached_check_runs_no_sql_and_reaches_the_database_through_the_drainer
 
 
 class RoundTrips:
-    """Counts the commands the gate facts send to Redis on their hot-path connection (``Line``)."""
+    """Counts the commands the gate facts send to Redis on their hot-path connections: a thread's
+    (``Line``) and the event loop's (``Pipelined``)."""
 
     def __init__(self, facts: RedisGateFacts, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sent: list[str] = []
-        line = facts._line
-        original = line.call
+        line, pipe = facts._line, facts._pipe
+        on_line, on_pipe = line.call, pipe.call
 
         def counted(*args: Any) -> Any:
             self.sent.append(str(args[0]))
-            return original(*args)
+            return on_line(*args)
+
+        async def counted_async(*args: Any) -> Any:
+            self.sent.append(str(args[0]))
+            return await on_pipe(*args)
 
         monkeypatch.setattr(line, "call", counted)
+        monkeypatch.setattr(pipe, "call", counted_async)
 
 
 def test_a_check_on_facts_this_process_read_before_is_one_round_trip_and_is_kept(
@@ -296,17 +302,17 @@ def test_a_token_revoked_after_a_keep_that_found_the_facts_moved_is_refused(
                            auth=(client_id, secret or "")).json()["access_token"]
     assert gate.verify(gate.body(14), token).json()["decision"] == "allow"  # remembered
     facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
-    original = facts.keep_if_current
+    original = facts.keep_if_current_async
     seen: list[Any] = []
 
-    def moved_then_revoked(row: dict[str, Any], recalled: Any, also: Any = ()) -> Any:
+    async def moved_then_revoked(row: dict[str, Any], recalled: Any, also: Any = ()) -> Any:
         facts.bump([f"r:{container(14)}"])  # a change lands first: the keep finds the facts moved
-        kept = original(row, recalled, also)
+        kept = await original(row, recalled, also)
         seen.append(kept)
         facts._r.set(also[0], b"1", ex=600)  # then the token is revoked: its own entry, as RFC 7009 sets it
         return kept
 
-    monkeypatch.setattr(facts, "keep_if_current", moved_then_revoked)
+    monkeypatch.setattr(facts, "keep_if_current_async", moved_then_revoked)
     body = gate.body(14)
     refused = gate.verify(body, token)
     assert [k.recorded for k in seen] == [False]

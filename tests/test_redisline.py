@@ -3,15 +3,17 @@ wrong caller after a failure, scripts loaded when Redis does not know them; and 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 import redis
 
 from quaygate.cache import RedisCache
-from quaygate.redisline import Line, Script
+from quaygate.redisline import Line, Pipelined, Script, _Wire
 
 
 @pytest.fixture
@@ -112,3 +114,90 @@ def test_arguments_are_packed_as_redis_py_packs_them(client: redis.Redis) -> Non
             client.set("packed", bad)  # type: ignore[arg-type]
     assert line.call("GET", "packed") == str(2**40).encode()  # the line stayed in step
     line.close()
+
+
+# ---- Pipelined: the event loop's calls, sent together ---------------------------------------------
+
+
+
+def _on_loop(coro_fn: Any) -> Any:
+    import uvloop
+
+    return uvloop.run(coro_fn())
+
+
+def test_pipelined_calls_of_one_turn_share_a_write_and_each_gets_its_own_reply(
+        client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[int] = []
+    original = _Wire._flush
+
+    def counted(self: _Wire) -> None:
+        writes.append(len(self._out))
+        original(self)
+
+    monkeypatch.setattr(_Wire, "_flush", counted)
+    pipe = Pipelined(client)
+    assert pipe.available
+    prefix = f"pipe:{uuid.uuid4()}:"
+
+    async def go() -> list[Any]:
+        await pipe.call("SET", prefix + "x", "1")
+        writes.clear()
+        try:
+            return await asyncio.gather(*(pipe.call("INCRBY", prefix + str(n), n) for n in range(200)))
+        finally:
+            pipe.close()
+
+    got = _on_loop(go)
+    assert got == list(range(200))  # each caller its own reply, in its own order
+    assert writes == [200]  # one write for the 200 calls made in one turn
+    assert client.get(prefix + "199") == b"199"  # on the client's own database (db from its URL)
+
+
+def test_pipelined_errors_scripts_timeouts_and_cancellations(client: redis.Redis) -> None:
+    pipe = Pipelined(client)  # the client's socket_timeout, 0.2 s
+    script = Script(f"-- {uuid.uuid4()}\nreturn ARGV[1]")
+    key = f"pipe:{uuid.uuid4()}"
+
+    async def go() -> None:
+        # A Redis error goes to its caller alone; the calls around it are answered.
+        ok, bad, after = await asyncio.gather(pipe.call("SET", key, "v"), pipe.call("INCR", key), pipe.call("GET", key),
+                                              return_exceptions=True)
+        assert ok == b"OK" and isinstance(bad, redis.ResponseError) and after == b"v"
+        assert await pipe.run(script, [], ["x"]) == b"x"  # NOSCRIPT: loaded, run
+        with pytest.raises(redis.DataError):
+            await pipe.call("SET", key, None)
+        # A caller cancelled while waiting: its reply is read and dropped, the next caller gets its own.
+        waiting = asyncio.ensure_future(pipe.call("GET", key))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        assert await pipe.call("ECHO", "mine") == b"mine"
+        # A reply not given in time: every call waiting on that connection fails, and the next connects anew.
+        first = await pipe.call("CLIENT", "ID")
+        slow = asyncio.gather(pipe.call("BLPOP", f"{key}:empty", 1), pipe.call("ECHO", "behind"),
+                              return_exceptions=True)
+        results = await slow
+        assert all(isinstance(r, redis.TimeoutError) for r in results), results
+        assert await pipe.call("ECHO", "again") == b"again"
+        assert await pipe.call("CLIENT", "ID") != first
+        # The connection killed under it: ConnectionError, then a new one.
+        victim = await pipe.call("CLIENT", "ID")
+        client.client_kill_filter(_id=victim)
+        with pytest.raises(redis.ConnectionError):
+            await pipe.call("PING")
+        assert await pipe.call("PING") == b"PONG"
+        pipe.close()
+
+    _on_loop(go)
+
+
+def test_pipelined_is_only_for_plain_tcp_and_refuses_a_wrong_password(redis_url: str) -> None:
+    assert not Pipelined(redis.Redis(unix_socket_path="/nonexistent.sock")).available
+    assert not Pipelined(redis.Redis(ssl=True)).available
+    wrong = Pipelined(redis.Redis.from_url(redis_url.replace("redis://", "redis://:wrong@"), socket_timeout=0.5))
+
+    async def go() -> None:
+        with pytest.raises(redis.ConnectionError):
+            await wrong.call("PING")
+
+    _on_loop(go)

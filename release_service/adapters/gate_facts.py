@@ -54,7 +54,7 @@ import redis
 import sqlalchemy as sa
 
 from quaygate import invalidation, jsonbody
-from quaygate.redisline import Line, Script
+from quaygate.redisline import Line, Pipelined, Script
 from quaygate.schema import gate_decisions
 from release_service.domain.gate import (
     BadgeFacts,
@@ -206,6 +206,7 @@ class RedisGateFacts:
         self._drain_client = redis.Redis(connection_pool=redis.ConnectionPool(
             connection_class=client.connection_pool.connection_class, max_connections=2, **kwargs))
         self._line = Line(client)  # the hot path's round trips, on a connection per thread
+        self._pipe = Pipelined(client)  # the event loop's: sent together, the loop never held
         self._down_until = 0.0
         self._trips = 0  # times Redis was seen failing
         self._suspect = False  # Redis failed since the last success: invalidate everything first
@@ -324,13 +325,29 @@ class RedisGateFacts:
         free, no ``also`` name is set and every generation the facts were read under is still the
         current one. So a change committed before this step (its generation replaced) is never missed:
         then nothing is kept, and the caller decides the long way, on the facts read again."""
-        args = [_answer(row), self._request_ttl, jsonbody.dumps(row), self._cap, self._p, len(also), *also,
-                *(x for pair in recalled.under for x in pair)]
-        out = self._call(lambda: self._line.run(_KEEP, [self._request_key(row), self._p + STREAM], args))
-        what, twin, values = out[0], out[1], tuple(out[2:])
-        if what == b"twin":
-            return Kept(False, _stored(twin), values)
-        return Kept(what == b"kept", None, values)
+        keys, args = self._keep_args(row, recalled, also)
+        return _kept(self._call(lambda: self._line.run(_KEEP, keys, args)))
+
+    async def keep_if_current_async(self, row: dict[str, Any], recalled: Recalled, also: Sequence[str] = ()) -> Kept:
+        """``keep_if_current`` from the event loop: sent with the other requests' calls of the same turn
+        of the loop (quaygate/redisline.py ``Pipelined``), the loop serving others while Redis answers."""
+        if not self._pipe.available:
+            return self.keep_if_current(row, recalled, also)
+        keys, args = self._keep_args(row, recalled, also)
+        if time.monotonic() < self._down_until:
+            raise FactsUnavailable("skipped: Redis failed a moment ago")
+        try:
+            if self._suspect or self._owed:
+                self._recover()
+            return _kept(await self._pipe.run(_KEEP, keys, args))
+        except redis.RedisError as exc:
+            self._trip()
+            raise FactsUnavailable(str(exc)) from exc
+
+    def _keep_args(self, row: dict[str, Any], recalled: Recalled, also: Sequence[str]) -> tuple[list[Any], list[Any]]:
+        return [self._request_key(row), self._p + STREAM], [
+            _answer(row), self._request_ttl, jsonbody.dumps(row), self._cap, self._p, len(also), *also,
+            *(x for pair in recalled.under for x in pair)]
 
     def _badge(self, entry: _BadgeEntry | None, terminal: str, now: datetime
                ) -> tuple[BadgeFacts, ScreeningResult]:
@@ -491,6 +508,10 @@ class RedisGateFacts:
         changes committed meanwhile may not have reached them."""
         self._trip()
 
+    def close_pipelined(self) -> None:
+        """Close the event loops' pipelined connections (an app's lifespan ends: its loop is closing)."""
+        self._pipe.close()
+
     def start_drainer(self, consumer: str) -> None:
         self._drainer = Drainer(self, consumer=consumer).start()
 
@@ -518,6 +539,7 @@ class RedisGateFacts:
             log.error("release.gate_facts.invalidation_lost", extra={"fields": {
                 "families": len(self._owed), "ttl_seconds": self._ttl}})
         self._line.close()
+        self._pipe.close()
         self._r.close()
         self._drain_client.close()
 
@@ -533,6 +555,13 @@ def undelivered() -> int:
 NEAR_MAX = 50_000  # copies remembered per process (``recall``); when full, it starts again
 
 _Under = tuple[tuple[str, bytes], ...]
+
+
+def _kept(out: list[Any]) -> Kept:
+    what, twin, values = out[0], out[1], tuple(out[2:])
+    if what == b"twin":
+        return Kept(False, _stored(twin), values)
+    return Kept(what == b"kept", None, values)
 
 
 def _under(generation: bytes, *families: str) -> _Under:

@@ -238,8 +238,8 @@ async def _verify(request: Request, body: VerifyRequest, credentials: HTTPAuthor
     try:
         image = face_image(body, container.settings.face_max_image_bytes)
         if facts is not None and names is not None:
-            answer = verify_service.answer_from_cache(facts, actor, gate, fingerprint=fingerprint, now=now,
-                                                      also=names, admit=revocation.settle)
+            answer = await verify_service.answer_from_cache(facts, actor, gate, fingerprint=fingerprint,
+                                                            now=now, also=names, admit=revocation.settle)
             if answer is not None:
                 revocation.settle()  # settled by admit; a no-op, unless a way out forgot it
                 return _answer(answer)

@@ -92,9 +92,9 @@ def require_gate_of(actor: Actor, terminal: str) -> None:
         raise DomainError(ErrorCode.NOT_TERMINAL, "This client is not a gate of that terminal.")
 
 
-def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateRequest, *, fingerprint: str,
-                      now: datetime, also: Sequence[str] = (),
-                      admit: Callable[[Sequence[bytes | None]], None] | None = None) -> dict[str, Any] | None:
+async def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateRequest, *, fingerprint: str,
+                            now: datetime, also: Sequence[str] = (),
+                            admit: Callable[[Sequence[bytes | None]], None] | None = None) -> dict[str, Any] | None:
     """The answer when the cache alone can give it (a check whose facts are all cached, or its recorded
     request_id), without waiting for PostgreSQL; else None: call verify(). A commit always goes to
     verify(), whose worker reads the cache once (a replayed request_id included). A check on facts
@@ -112,7 +112,7 @@ def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateRequest, *,
     recalled = facts.recall(terminal=request.terminal, badge=request.badge,
                             containers=container_candidates(request.container.number), now=now)
     if recalled is not None:
-        body = _check_recalled(facts, actor, request, recalled, fingerprint, now, also, admit)
+        body = await _check_recalled(facts, actor, request, recalled, fingerprint, now, also, admit)
         if body is not None:
             return body
     snapshot = _snapshot(facts, request, now, through=False, also=also)
@@ -283,9 +283,9 @@ def _check_cached(facts: GateFacts, actor: Actor, request: g.GateRequest, snapsh
     return body
 
 
-def _check_recalled(facts: GateFacts, actor: Actor, request: g.GateRequest, recalled: Recalled, fingerprint: str,
-                    now: datetime, also: Sequence[str], admit: Callable[[Sequence[bytes | None]], None] | None
-                    ) -> dict[str, Any] | None:
+async def _check_recalled(facts: GateFacts, actor: Actor, request: g.GateRequest, recalled: Recalled,
+                          fingerprint: str, now: datetime, also: Sequence[str],
+                          admit: Callable[[Sequence[bytes | None]], None] | None) -> dict[str, Any] | None:
     """A check decided on the facts this process read last, kept in the one step that finds them still
     current (``GateFacts.keep_if_current``): one round trip. None when that step kept nothing (the facts
     moved on, a revocation entry to judge, Redis failing): the caller decides the long way. The token's
@@ -296,8 +296,8 @@ def _check_recalled(facts: GateFacts, actor: Actor, request: g.GateRequest, reca
                         screening=g.ScreeningFacts(snapshot.screening), policy=snapshot.policy, now=now)
     body = response_body(request, decision, decision_id, False)
     try:
-        kept = facts.keep_if_current(_row(actor, request, decision, decision_id, False, fingerprint, body, now),
-                                     recalled, also)
+        kept = await facts.keep_if_current_async(
+            _row(actor, request, decision, decision_id, False, fingerprint, body, now), recalled, also)
     except FactsUnavailable:
         return None
     final = kept.recorded or kept.twin is not None
