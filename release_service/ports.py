@@ -326,6 +326,16 @@ class GateFacts(Protocol):
         """``keep_if_current``, awaited on the event loop instead of holding it."""
         ...
 
+    async def read_cached_async(self, *, terminal: str, request_id: str, badge: BadgeRead | None,
+                                containers: Sequence[str], now: datetime, also: Sequence[str] = ()
+                                ) -> GateSnapshot | None:
+        """``read(through=False)``, awaited on the event loop."""
+        ...
+
+    async def record_async(self, row: dict[str, Any]) -> StoredDecision | None:
+        """``record``, awaited on the event loop."""
+        ...
+
 
 class GateStore(Protocol):
     """What the gate decision reads (the facts) and writes (the decisions), in the unit of work."""

@@ -194,6 +194,25 @@ def test_a_check_on_facts_this_process_read_before_is_one_round_trip_and_is_kept
     assert [(str(k.id), k.decision) for k in kept] == [(got["decision_id"], "allow")]
 
 
+def test_a_check_on_copies_another_process_cached_reads_and_keeps_on_the_loop_without_sql(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copies in Redis that this process never read (another server filled them): read and kept from the
+    event loop (two pipelined round trips), with no SQL; then remembered, and the next check is one."""
+    gate.pickable(15)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    assert _check(gate, 15)["decision"] == "allow"  # the copies filled in Redis
+    facts._near.clear()  # as in a process that never read them
+    trips = RoundTrips(facts, monkeypatch)
+    body = gate.body(15)
+    with Statements(gate.engine) as sql:
+        got = gate.verify(body).json()
+        assert got["decision"] == "allow" and trips.sent == ["EVALSHA", "EVALSHA"] and sql.count == 0
+        assert gate.verify(body).json() == got  # a retry: the recorded answer
+        trips.sent.clear()
+        assert _check(gate, 15)["decision"] == "allow" and trips.sent == ["EVALSHA"]
+    assert sql.count == 0
+
+
 def test_a_change_committed_while_a_check_is_decided_on_remembered_facts_is_never_missed(
         gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     """The race the one-step keep exists for: a check is decided on the facts this process remembers,

@@ -121,9 +121,24 @@ def test_arguments_are_packed_as_redis_py_packs_them(client: redis.Redis) -> Non
 
 
 def _on_loop(coro_fn: Any) -> Any:
+    """Run ``coro_fn()`` on a uvloop of its own thread (a test before may have left a loop running in
+    this one: Playwright's sync API does)."""
     import uvloop
 
-    return uvloop.run(coro_fn())
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = uvloop.run(coro_fn())
+        except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
 
 
 def test_pipelined_calls_of_one_turn_share_a_write_and_each_gets_its_own_reply(

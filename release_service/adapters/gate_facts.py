@@ -241,6 +241,36 @@ class RedisGateFacts:
         args = [self._p, terminal, badge_key or "", _request_key(terminal, request_id), self._ttl, len(also),
                 *also, *containers]
         out = self._call(lambda: self._line.run(_READ, [], args))
+        return self._snapshot(out, terminal=terminal, badge=badge, badge_key=badge_key, containers=containers,
+                              now=now, through=through, within=within, also=also)
+
+    async def read_cached_async(self, *, terminal: str, request_id: str, badge: BadgeRead | None,
+                                containers: Sequence[str], now: datetime, also: Sequence[str] = ()
+                                ) -> GateSnapshot | None:
+        """``read(through=False)`` from the event loop, pipelined (``Pipelined``): None when something is
+        not cached (the caller decides in a worker thread, which reads it through)."""
+        if not self._pipe.available:
+            return self.read(terminal=terminal, request_id=request_id, badge=badge, containers=containers, now=now,
+                             through=False, also=also)
+        badge_key = SqlGateStore.badge_key(badge) if badge is not None else None
+        args = [self._p, terminal, badge_key or "", _request_key(terminal, request_id), self._ttl, len(also),
+                *also, *containers]
+        out = await self._call_async(_READ, [], args)
+        return self._snapshot(out, terminal=terminal, badge=badge, badge_key=badge_key, containers=containers,
+                              now=now, through=False, within=None, also=also)
+
+    async def record_async(self, row: dict[str, Any]) -> StoredDecision | None:
+        """``record`` from the event loop, pipelined."""
+        if not self._pipe.available:
+            return self.record(row)
+        twin = await self._call_async(_RECORD, [self._request_key(row), self._p + STREAM],
+                                      [_answer(row), self._request_ttl, jsonbody.dumps(row), self._cap])
+        return _stored(twin) if twin else None
+
+    def _snapshot(self, out: list[Any], *, terminal: str, badge: BadgeRead | None, badge_key: str | None,
+                  containers: Sequence[str], now: datetime, through: bool, within: SqlUnitOfWork | None,
+                  also: Sequence[str]) -> GateSnapshot | None:
+        """The snapshot from a ``_READ``'s reply, what it missed read through (unless not ``through``)."""
         values = tuple(out[len(out) - len(also):]) if also else ()
         replay = _stored(out[0]) if out[0] else None
         policy_gen, policy_raw, badge_gen, badge_raw = out[1], out[2], out[3], out[4]
@@ -334,12 +364,16 @@ class RedisGateFacts:
         if not self._pipe.available:
             return self.keep_if_current(row, recalled, also)
         keys, args = self._keep_args(row, recalled, also)
+        return _kept(await self._call_async(_KEEP, keys, args))
+
+    async def _call_async(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
+        """``_call`` for a script run on the event loop, pipelined: the same breaker."""
         if time.monotonic() < self._down_until:
             raise FactsUnavailable("skipped: Redis failed a moment ago")
         try:
             if self._suspect or self._owed:
                 self._recover()
-            return _kept(await self._pipe.run(_KEEP, keys, args))
+            return await self._pipe.run(script, keys, args)
         except redis.RedisError as exc:
             self._trip()
             raise FactsUnavailable(str(exc)) from exc

@@ -115,14 +115,25 @@ async def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateReque
         body = await _check_recalled(facts, actor, request, recalled, fingerprint, now, also, admit)
         if body is not None:
             return body
-    snapshot = _snapshot(facts, request, now, through=False, also=also)
+    try:
+        snapshot = await facts.read_cached_async(
+            terminal=request.terminal, request_id=request.request_id, badge=request.badge,
+            containers=container_candidates(request.container.number), now=now, also=also)
+    except FactsUnavailable:
+        log.warning("release.verify.facts_from_database")
+        return None
     if snapshot is None:
         return None
     if admit is not None:
         admit(snapshot.also)
     if snapshot.replay is not None:
         return _replay(snapshot.replay, fingerprint)
-    return _check_cached(facts, actor, request, snapshot, fingerprint, now)
+    decision, decision_id, body, row = _cached_check(actor, request, snapshot, fingerprint, now)
+    try:
+        twin = await facts.record_async(row)
+    except FactsUnavailable:
+        return None  # a check moves nothing: the caller decides again from PostgreSQL
+    return _kept_check(twin, decision, request, decision_id, body, fingerprint)
 
 
 def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateRequest, *, fingerprint: str,
@@ -269,14 +280,27 @@ def _check_cached(facts: GateFacts, actor: Actor, request: g.GateRequest, snapsh
                   fingerprint: str, now: datetime) -> dict[str, Any] | None:
     """A check decided on the cached facts and kept in the cache (drained into PostgreSQL): None when
     the cache failed meanwhile (the caller decides again from PostgreSQL; a check moves nothing)."""
+    decision, decision_id, body, row = _cached_check(actor, request, snapshot, fingerprint, now)
+    try:
+        twin = facts.record(row)
+    except FactsUnavailable:
+        return None
+    return _kept_check(twin, decision, request, decision_id, body, fingerprint)
+
+
+def _cached_check(actor: Actor, request: g.GateRequest, snapshot: GateSnapshot, fingerprint: str, now: datetime
+                  ) -> tuple[g.Decision, uuid.UUID, dict[str, Any], dict[str, Any]]:
+    """A check decided on cached facts: the decision, its id, the answer and the row to keep."""
     decision_id = uuid.uuid4()
     decision = g.decide(request, rights=snapshot.rights, badge=snapshot.badge,
                         screening=g.ScreeningFacts(snapshot.screening), policy=snapshot.policy, now=now)
     body = response_body(request, decision, decision_id, False)
-    try:
-        twin = facts.record(_row(actor, request, decision, decision_id, False, fingerprint, body, now))
-    except FactsUnavailable:
-        return None
+    return decision, decision_id, body, _row(actor, request, decision, decision_id, False, fingerprint, body, now)
+
+
+def _kept_check(twin: StoredDecision | None, decision: g.Decision, request: g.GateRequest, decision_id: uuid.UUID,
+                body: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    """The answer once the check was kept: its own, or the decision kept first under its request_id."""
     if twin is not None:
         return _replay(twin, fingerprint)
     _log(decision, request, decision_id)
