@@ -123,22 +123,28 @@ class Pipelined:
     def __init__(self, client: redis.Redis) -> None:
         pool = client.connection_pool
         kw = pool.connection_kwargs
-        self.available = pool.connection_class is redis.connection.Connection and _hiredis_pack is not None
+        self.available = (pool.connection_class is redis.connection.Connection and _hiredis_pack is not None
+                          and kw.get("credential_provider") is None)
         self._host, self._port = kw.get("host", "localhost"), int(kw.get("port", 6379))
         self._db = int(kw.get("db", 0) or 0)
         self._username, self._password = kw.get("username"), kw.get("password")
         self._timeout = float(kw.get("socket_timeout") or 5.0)
         self._connect_timeout = float(kw.get("socket_connect_timeout") or self._timeout)
         self._conns: dict[int, tuple[Any, _Wire]] = {}  # id(loop) -> (loop, its connection)
-        self._connecting: dict[int, tuple[Any, asyncio.Future[_Wire]]] = {}
+        self._connecting: dict[int, tuple[Any, asyncio.Task[_Wire]]] = {}
 
     async def call(self, *args: Any) -> Any:
         try:
             packed = _hiredis_pack(args)  # type: ignore[misc]
         except TypeError as exc:  # nothing sent
             raise DataError(str(exc)) from None
-        wire = await self._wire()
-        reply = await wire.send(packed)
+        try:
+            wire = await self._wire()
+            reply = await wire.send(packed)
+        except redis.RedisError:
+            raise
+        except (OSError, RuntimeError) as exc:  # a transport that failed under us: a connection error
+            raise redis.ConnectionError(f"Redis connection failed: {exc}") from exc
         if isinstance(reply, _ReplyError):
             message = str(reply)
             raise (NoScriptError if message.startswith("NOSCRIPT") else ResponseError)(message)
@@ -158,20 +164,18 @@ class Pipelined:
         if found is not None and found[0] is loop and found[1].open:
             return found[1]
         connecting = self._connecting.get(id(loop))
-        if connecting is not None and connecting[0] is loop:
-            return await asyncio.shield(connecting[1])  # one connection per loop, however many ask at once
-        future: asyncio.Future[_Wire] = loop.create_future()
-        self._connecting[id(loop)] = (loop, future)
-        try:
-            wire = await self._connect(loop)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: the callers waiting on it raise it themselves
-            raise
-        finally:
-            self._connecting.pop(id(loop), None)
-        future.set_result(wire)
-        return wire
+        if connecting is None or connecting[0] is not loop:
+            # One connection per loop, however many ask at once; a task of its own, so that a caller
+            # cancelled meanwhile cancels only its own wait, never the others' connection.
+            task = loop.create_task(self._connect(loop))
+            connecting = self._connecting[id(loop)] = (loop, task)
+            task.add_done_callback(lambda done: self._connected(loop, done))
+        return await asyncio.shield(connecting[1])
+
+    def _connected(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[_Wire]) -> None:
+        self._connecting.pop(id(loop), None)
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every caller may have been cancelled meanwhile
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Wire:
         for key, (other, old) in list(self._conns.items()):  # this loop's dead one, loops closed since
@@ -186,15 +190,19 @@ class Pipelined:
         except (OSError, TimeoutError) as exc:
             raise redis.ConnectionError(f"Error connecting to {self._host}:{self._port}: {exc}") from exc
         hello: list[Any] = []
-        if self._password is not None:
-            hello.append(("AUTH", self._username, self._password) if self._username else ("AUTH", self._password))
+        if self._username or self._password:  # as redis-py's connection decides it
+            hello.append(("AUTH", self._username, self._password or "") if self._username
+                         else ("AUTH", self._password))
         if self._db:
             hello.append(("SELECT", self._db))
-        for command in hello:
-            reply = await wire.send(_hiredis_pack(command))  # type: ignore[misc]
-            if isinstance(reply, _ReplyError):
-                wire.close()
-                raise redis.ConnectionError(f"Redis refused {command[0]}: {reply}")
+        try:
+            for command in hello:
+                reply = await wire.send(_hiredis_pack(command))  # type: ignore[misc]
+                if isinstance(reply, _ReplyError):
+                    raise redis.ConnectionError(f"Redis refused {command[0]}: {reply}")
+        except BaseException:
+            wire.close()  # never left open, however the greeting ended
+            raise
         self._conns[id(loop)] = (loop, wire)
         return wire
 
@@ -236,6 +244,8 @@ class _Wire(asyncio.Protocol):
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._out: list[bytes] = []
         self._transport: asyncio.Transport | None = None
+        self._sent = 0  # calls sent on this connection, and answered: replies come in order
+        self._answered = 0
         self.open = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -250,20 +260,28 @@ class _Wire(asyncio.Protocol):
             self._loop.call_soon(self._flush)
         self._out.append(packed)
         self._waiting.append(future)
+        self._sent += 1
         return future
 
     def _flush(self) -> None:
         if not self.open or not self._out or self._transport is None:
             return
+        if self._transport.is_closing():  # Redis closed it, and connection_lost is still to come
+            self._fail(redis.ConnectionError("Connection to Redis closed"))
+            return
         data = b"".join(self._out)
         self._out.clear()
-        self._transport.write(data)
-        # The last call of this write answered in time, or the connection goes: replies come in order,
-        # so every earlier one was answered too.
-        self._loop.call_later(self._timeout, self._deadline, self._waiting[-1])
+        try:
+            self._transport.write(data)
+        except Exception as exc:  # noqa: BLE001 - a transport that failed: every caller waiting learns it
+            self._fail(redis.ConnectionError(f"Writing to Redis failed: {exc}"))
+            return
+        # Every call of this write answered in time (counted, so a caller cancelled meanwhile changes
+        # nothing), or the connection goes.
+        self._loop.call_later(self._timeout, self._deadline, self._sent)
 
-    def _deadline(self, future: asyncio.Future[Any]) -> None:
-        if not future.done() and self.open:
+    def _deadline(self, sent: int) -> None:
+        if self.open and self._answered < sent:
             self._fail(redis.TimeoutError("Timeout reading from Redis"))
 
     def data_received(self, data: bytes) -> None:
@@ -274,10 +292,15 @@ class _Wire(asyncio.Protocol):
                 if reply is False:
                     return
                 future = self._waiting.popleft()
+                self._answered += 1
                 if not future.done():  # a caller cancelled meanwhile: its reply is dropped here
                     future.set_result(reply)
         except Exception as exc:  # noqa: BLE001 - a protocol error or a reply nobody waited for: drop it all
             self._fail(redis.ConnectionError(f"Redis connection out of step: {exc}"))
+
+    def eof_received(self) -> bool:
+        self._fail(redis.ConnectionError("Redis closed the connection"))
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

@@ -451,13 +451,18 @@ def test_with_redis_stopped_decisions_come_from_postgresql_and_stay_right(
         held = {k: facts._r.get(k) for k in facts._r.scan_iter(match="qg:gate:*") if facts._r.type(k) == b"string"}
         private_redis["proc"].kill()
         private_redis["proc"].wait()
+        # A check on facts this process remembers: its keep, pipelined on the loop, fails; it is decided
+        # from PostgreSQL instead (never a 500), and the breaker trips.
+        assert facts.recall(terminal=TERMINAL, badge=None, containers=[container(2)], now=_now()) is not None
+        got = _check(gate, 2)
+        assert got["decision"] == "allow" and facts._suspect
         # The badge is blocked while Redis is away: its invalidation cannot be sent.
         BadgeService(gate.engine).change_status(_badge_id(gate), "blocked", reason="stolen", actor="o", now=_now())
         for n in (1, 2):
             got = _check(gate, n, mode="commit")
             assert (got["decision"], got["reasons"], got["committed"]) == ("deny", ["badge_blocked"], False)
         with gate.engine.connect() as conn:  # decided from PostgreSQL, and recorded there
-            assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)).scalar_one() == 2
+            assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)).scalar_one() == 3
 
         # Redis comes back holding what it held (as a paused or partitioned one would): the old copies.
         private_redis["proc"] = private_redis["start"]()

@@ -120,16 +120,24 @@ def test_arguments_are_packed_as_redis_py_packs_them(client: redis.Redis) -> Non
 
 
 
-def _on_loop(coro_fn: Any) -> Any:
+def _on_loop(coro_fn: Any, *pipes: Pipelined) -> Any:
     """Run ``coro_fn()`` on a uvloop of its own thread (a test before may have left a loop running in
-    this one: Playwright's sync API does)."""
+    this one: Playwright's sync API does), and close ``pipes`` on that loop however it ends (a loop
+    closed with a transport open warns, and the warning, an error under pytest, hangs uvloop)."""
     import uvloop
 
     out: dict[str, Any] = {}
 
+    async def closing() -> Any:
+        try:
+            return await coro_fn()
+        finally:
+            for pipe in pipes:
+                pipe.close()
+
     def run() -> None:
         try:
-            out["value"] = uvloop.run(coro_fn())
+            out["value"] = uvloop.run(closing())
         except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
             out["error"] = exc
 
@@ -158,12 +166,9 @@ def test_pipelined_calls_of_one_turn_share_a_write_and_each_gets_its_own_reply(
     async def go() -> list[Any]:
         await pipe.call("SET", prefix + "x", "1")
         writes.clear()
-        try:
-            return await asyncio.gather(*(pipe.call("INCRBY", prefix + str(n), n) for n in range(200)))
-        finally:
-            pipe.close()
+        return await asyncio.gather(*(pipe.call("INCRBY", prefix + str(n), n) for n in range(200)))
 
-    got = _on_loop(go)
+    got = _on_loop(go, pipe)
     assert got == list(range(200))  # each caller its own reply, in its own order
     assert writes == [200]  # one write for the 200 calls made in one turn
     assert client.get(prefix + "199") == b"199"  # on the client's own database (db from its URL)
@@ -201,9 +206,8 @@ def test_pipelined_errors_scripts_timeouts_and_cancellations(client: redis.Redis
         with pytest.raises(redis.ConnectionError):
             await pipe.call("PING")
         assert await pipe.call("PING") == b"PONG"
-        pipe.close()
 
-    _on_loop(go)
+    _on_loop(go, pipe)
 
 
 def test_pipelined_is_only_for_plain_tcp_and_refuses_a_wrong_password(redis_url: str) -> None:
@@ -215,4 +219,63 @@ def test_pipelined_is_only_for_plain_tcp_and_refuses_a_wrong_password(redis_url:
         with pytest.raises(redis.ConnectionError):
             await wrong.call("PING")
 
-    _on_loop(go)
+    _on_loop(go, wrong)
+
+
+def test_pipelined_deadline_holds_when_the_last_caller_of_a_write_is_cancelled(client: redis.Redis) -> None:
+    """The timeout covers every call of a write, whoever of them was cancelled: a stalled reply fails
+    its caller in time even when the call sent after it in the same write was cancelled."""
+    pipe = Pipelined(client)  # timeout 0.2 s
+    key = f"pipe:{uuid.uuid4()}:empty"
+
+    async def go() -> None:
+        await pipe.call("PING")
+        stalled = asyncio.ensure_future(pipe.call("BLPOP", key, 2))
+        last = asyncio.ensure_future(pipe.call("ECHO", "last"))
+        await asyncio.sleep(0)  # both sent, in one write
+        last.cancel()
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            await stalled
+        assert time.monotonic() - started < 1.5  # the 0.2 s deadline, not BLPOP's own 2 s
+
+    _on_loop(go, pipe)
+
+
+def test_pipelined_connects_once_for_callers_arriving_together_and_survives_a_cancelled_one(
+        client: redis.Redis) -> None:
+    pipe = Pipelined(client)
+
+    async def go() -> None:
+        first = asyncio.ensure_future(pipe.call("CLIENT", "ID"))  # starts the connection, then gives up
+        await asyncio.sleep(0)
+        first.cancel()
+        ids = await asyncio.gather(*(pipe.call("CLIENT", "ID") for _ in range(20)))
+        assert len(set(ids)) == 1 and len(pipe._conns) == 1  # one connection, shared
+
+    _on_loop(go, pipe)
+
+
+def test_pipelined_authenticates_as_redis_py_does(tmp_path: Any) -> None:
+    """A password, or a user and a password (ACL), from the client's URL; a wrong one is refused."""
+    from tests import processes
+
+    port = processes.free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--requirepass", "s3cret", "--user", "gate", "on", ">gatepass", "~*", "+@all"]
+    proc = processes.start(argv, cwd=tmp_path, log=tmp_path / "redis.log", ready=processes.listens(port),
+                           what="redis-server", timeout=5)
+    try:
+        for url in (f"redis://:s3cret@127.0.0.1:{port}/3", f"redis://gate:gatepass@127.0.0.1:{port}/3"):
+            sync = redis.Redis.from_url(url, socket_timeout=0.5)
+            pipe = Pipelined(sync)
+
+            async def go(pipe: Pipelined = pipe) -> Any:
+                return await pipe.call("SET", "who", "me")
+
+            assert _on_loop(go, pipe) == b"OK"
+            assert sync.get("who") == b"me"  # on database 3, as the URL says
+            sync.close()
+    finally:
+        proc.kill()
+        proc.wait()
