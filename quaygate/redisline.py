@@ -109,7 +109,8 @@ class Pipelined:
     A call made with ``Line`` on the loop holds the loop for its round trip and costs two system calls
     of its own; here the loop serves other requests meanwhile, and the calls of concurrent requests
     share their system calls and Redis's (measured: about 60 microseconds of CPU per gate keep sent
-    alone, about 10 pipelined, tests/test_redisline.py and loadtests/RESULTS.md).
+    alone, about 10 pipelined; loadtests/RESULTS.md, fifteenth session). Replies are RESP2: no HELLO is
+    sent, so Redis pushes nothing unasked on this connection.
 
     The same safety as ``Line``: a connection that failed or left a reply unread past ``timeout`` is
     dropped, with every call waiting on it failed (``redis.ConnectionError``, ``redis.TimeoutError``),
