@@ -24,6 +24,9 @@ from .processes import unavailable
 
 PG_URL = os.environ.get("QUAYGATE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("QUAYGATE_TEST_REDIS_URL")
+# An app started in this process must not freeze the test process's objects (quaygate/app.py
+# _freeze_startup_objects): servers the tests start as processes of their own still do.
+os.environ.setdefault("QUAYGATE_GC_FREEZE", "false")
 
 def need_service(name: str, url: str | None) -> str:
     """The service's URL, or skip (fail under CI) when it is not configured."""

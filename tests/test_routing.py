@@ -223,3 +223,39 @@ def test_body_limits_hold_on_the_lean_way(where: str) -> None:
         r = client.post("/things", content=big, headers={"content-type": "application/json"})
         assert r.status_code == 413, (lean, r.text)
         assert client.post("/things", json={"n": 5}).json()["n"] == 5
+
+
+def test_a_server_that_built_its_own_container_freezes_its_start_up_objects_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """quaygate/app.py: after start-up, a server leaves its start-up objects out of full collections;
+    not an app given its container, nor one told not to (the tests' own process)."""
+    import gc
+    import subprocess
+    import sys
+
+    from quaygate import app as app_module
+    from quaygate.container import Container
+
+    frozen: list[bool] = []
+    monkeypatch.setattr(app_module, "_freeze_startup_objects", lambda: frozen.append(True))
+    from quaygate.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    upgrade(url)
+    for gc_freeze, expected in ((True, [True]), (False, [])):
+        frozen.clear()
+        settings = Settings(var_dir=tmp_path, database_url=url, background_workers=False, gc_freeze=gc_freeze)
+        with TestClient(create_app(settings)) as http:
+            assert http.get("/healthz").status_code == 200
+        assert frozen == expected, gc_freeze
+    settings = Settings(var_dir=tmp_path, database_url=url, background_workers=False, gc_freeze=True)
+    frozen.clear()
+    with TestClient(create_app(settings, container=Container.build(settings))) as http:
+        assert http.get("/healthz").status_code == 200
+    assert frozen == []
+    assert gc.get_freeze_count() == 0  # this process never froze anything
+    # The freeze itself, in a process of its own: objects alive then are left out, later ones are not.
+    code = ("import gc; from quaygate.app import _freeze_startup_objects; kept = [object() for _ in range(5)]; "
+            "_freeze_startup_objects(); assert gc.get_freeze_count() > 1000, gc.get_freeze_count(); "
+            "assert not any(o is kept for o in gc.get_objects())")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)  # noqa: S603 - our own code
