@@ -45,7 +45,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -366,18 +366,6 @@ class RedisGateFacts:
         keys, args = self._keep_args(row, recalled, also)
         return _kept(await self._call_async(_KEEP, keys, args))
 
-    async def _call_async(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
-        """``_call`` for a script run on the event loop, pipelined: the same breaker."""
-        if time.monotonic() < self._down_until:
-            raise FactsUnavailable("skipped: Redis failed a moment ago")
-        try:
-            if self._suspect or self._owed:
-                self._recover()
-            return await self._pipe.run(script, keys, args)
-        except redis.RedisError as exc:
-            self._trip()
-            raise FactsUnavailable(str(exc)) from exc
-
     def _keep_args(self, row: dict[str, Any], recalled: Recalled, also: Sequence[str]) -> tuple[list[Any], list[Any]]:
         return [self._request_key(row), self._p + STREAM], [
             _answer(row), self._request_ttl, jsonbody.dumps(row), self._cap, self._p, len(also), *also,
@@ -509,16 +497,28 @@ class RedisGateFacts:
 
     # ---- the breaker -----------------------------------------------------------------------------
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
+    @contextlib.contextmanager
+    def _breaker(self) -> Iterator[None]:
+        """A Redis call under the breaker: skipped while it cools down, what is owed sent first, and a
+        failure trips it and raises FactsUnavailable."""
         if time.monotonic() < self._down_until:
             raise FactsUnavailable("skipped: Redis failed a moment ago")
         try:
             if self._suspect or self._owed:
                 self._recover()
-            return fn()
+            yield
         except redis.RedisError as exc:
             self._trip()
             raise FactsUnavailable(str(exc)) from exc
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        with self._breaker():
+            return fn()
+
+    async def _call_async(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
+        """A script run from the event loop, pipelined, under the same breaker."""
+        with self._breaker():
+            return await self._pipe.run(script, keys, args)
 
     def _recover(self) -> None:
         """Redis is back after this process saw it fail. While it was away, this process (or another)
