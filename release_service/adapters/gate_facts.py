@@ -238,8 +238,7 @@ class RedisGateFacts:
         transaction); what it read had committed, so it is kept under the generation read before it.
         ``also``: Redis names read in the same round trip, their values in ``GateSnapshot.also``."""
         badge_key = SqlGateStore.badge_key(badge) if badge is not None else None
-        args = [self._p, terminal, badge_key or "", _request_key(terminal, request_id), self._ttl, len(also),
-                *also, *containers]
+        args = self._read_args(terminal, request_id, badge_key, containers, also)
         out = self._call(lambda: self._line.run(_READ, [], args))
         return self._snapshot(out, terminal=terminal, badge=badge, badge_key=badge_key, containers=containers,
                               now=now, through=through, within=within, also=also)
@@ -253,9 +252,7 @@ class RedisGateFacts:
             return self.read(terminal=terminal, request_id=request_id, badge=badge, containers=containers, now=now,
                              through=False, also=also)
         badge_key = SqlGateStore.badge_key(badge) if badge is not None else None
-        args = [self._p, terminal, badge_key or "", _request_key(terminal, request_id), self._ttl, len(also),
-                *also, *containers]
-        out = await self._call_async(_READ, [], args)
+        out = await self._call_async(_READ, [], self._read_args(terminal, request_id, badge_key, containers, also))
         return self._snapshot(out, terminal=terminal, badge=badge, badge_key=badge_key, containers=containers,
                               now=now, through=False, within=None, also=also)
 
@@ -263,9 +260,17 @@ class RedisGateFacts:
         """``record`` from the event loop, pipelined."""
         if not self._pipe.available:
             return self.record(row)
-        twin = await self._call_async(_RECORD, [self._request_key(row), self._p + STREAM],
-                                      [_answer(row), self._request_ttl, jsonbody.dumps(row), self._cap])
+        twin = await self._call_async(_RECORD, *self._record_args(row))
         return _stored(twin) if twin else None
+
+    def _read_args(self, terminal: str, request_id: str, badge_key: str | None, containers: Sequence[str],
+                   also: Sequence[str]) -> list[Any]:
+        return [self._p, terminal, badge_key or "", _request_key(terminal, request_id), self._ttl, len(also),
+                *also, *containers]
+
+    def _record_args(self, row: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+        return [self._request_key(row), self._p + STREAM], [_answer(row), self._request_ttl, jsonbody.dumps(row),
+                                                            self._cap]
 
     def _snapshot(self, out: list[Any], *, terminal: str, badge: BadgeRead | None, badge_key: str | None,
                   containers: Sequence[str], now: datetime, through: bool, within: SqlUnitOfWork | None,
@@ -391,9 +396,8 @@ class RedisGateFacts:
     def record(self, row: dict[str, Any]) -> StoredDecision | None:
         """Keep a check decision: None when recorded, else the decision recorded first under its
         request_id (a twin, or another request reusing the id)."""
-        twin = self._call(lambda: self._line.run(
-            _RECORD, [self._request_key(row), self._p + STREAM],
-            [_answer(row), self._request_ttl, jsonbody.dumps(row), self._cap]))
+        keys, args = self._record_args(row)
+        twin = self._call(lambda: self._line.run(_RECORD, keys, args))
         return _stored(twin) if twin else None
 
     def remember(self, row: dict[str, Any]) -> None:
