@@ -133,6 +133,7 @@ class Pipelined:
         self._connect_timeout = float(kw.get("socket_connect_timeout") or self._timeout)
         self._conns: dict[int, tuple[Any, _Wire]] = {}  # id(loop) -> (loop, its connection)
         self._connecting: dict[int, tuple[Any, asyncio.Task[_Wire]]] = {}
+        self._closes = 0  # times ``close`` was called: a connect begun before one is never kept
 
     async def call(self, *args: Any) -> Any:
         try:
@@ -168,17 +169,20 @@ class Pipelined:
         if connecting is None or connecting[0] is not loop:
             # One connection per loop, however many ask at once; a task of its own, so that a caller
             # cancelled meanwhile cancels only its own wait, never the others' connection.
-            task = loop.create_task(self._connect(loop))
+            task = loop.create_task(self._connect(loop, self._closes))
             connecting = self._connecting[id(loop)] = (loop, task)
             task.add_done_callback(lambda done: self._connected(loop, done))
         return await asyncio.shield(connecting[1])
 
     def _connected(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[_Wire]) -> None:
-        self._connecting.pop(id(loop), None)
+        connecting = self._connecting  # read once: a close may replace it meanwhile
+        found = connecting.get(id(loop))
+        if found is not None and found[1] is task:  # not a connect begun after a close since
+            connecting.pop(id(loop), None)
         if not task.cancelled():
             task.exception()  # retrieved here too: every caller may have been cancelled meanwhile
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Wire:
+    async def _connect(self, loop: asyncio.AbstractEventLoop, closes: int) -> _Wire:
         for key, (other, old) in list(self._conns.items()):  # this loop's dead one, loops closed since
             if other is loop or other.is_closed():
                 self._conns.pop(key, None)
@@ -204,12 +208,18 @@ class Pipelined:
         except BaseException:
             wire.close()  # never left open, however the greeting ended
             raise
+        if closes != self._closes:  # closed while connecting (the app stops): nobody would close it
+            wire.close()
+            raise redis.ConnectionError("Redis connection closed")
         self._conns[id(loop)] = (loop, wire)
         return wire
 
     def close(self) -> None:
         """Close every loop's connection: at once on the loop running here or on one not running, else on
-        its own loop (a loop must not close with it open: uvloop then warns of an unclosed transport)."""
+        its own loop (a loop must not close with it open: uvloop then warns of an unclosed transport).
+        A connect still under way is closed as soon as it is made, and its callers fail."""
+        self._closes += 1
+        self._connecting = {}  # a call after this connects anew, never waits on a connect it would fail
         conns, self._conns = self._conns, {}
         try:
             running = asyncio.get_running_loop()

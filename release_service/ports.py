@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -308,7 +309,12 @@ class GateFacts(Protocol):
 
     def remember(self, row: dict[str, Any]) -> None:
         """A committed decision (the row recorded), so that its request_id is answered from here too;
-        best effort, never raises."""
+        best effort, never raises. Sends the invalidations held (``holding``) with it."""
+        ...
+
+    def holding(self) -> AbstractContextManager[None]:
+        """A block whose commits' invalidations, in this thread, wait to go with its ``remember`` (one
+        round trip for both); whatever is still held when the block ends is sent then."""
         ...
 
     def recall(self, *, terminal: str, badge: BadgeRead | None, containers: Sequence[str],

@@ -11,6 +11,7 @@ changed meanwhile is answered from an old copy.
 from __future__ import annotations
 
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -154,15 +155,20 @@ class RoundTrips:
 
     def __init__(self, facts: RedisGateFacts, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sent: list[str] = []
+        self.where: list[str] = []  # "thread" (``Line``, blocking) or "loop" (``Pipelined``), per command
+        self.threads: set[int] = set()  # the threads the blocking ones were sent from
         line, pipe = facts._line, facts._pipe
         on_line, on_pipe = line.call, pipe.call
 
         def counted(*args: Any) -> Any:
             self.sent.append(str(args[0]))
+            self.where.append("thread")
+            self.threads.add(threading.get_ident())
             return on_line(*args)
 
         async def counted_async(*args: Any) -> Any:
             self.sent.append(str(args[0]))
+            self.where.append("loop")
             return await on_pipe(*args)
 
         monkeypatch.setattr(line, "call", counted)
@@ -292,7 +298,8 @@ def test_remembered_facts_are_kept_only_under_current_generations(gate: Gate) ->
     assert (refused.recorded, refused.twin, refused.also) == (False, None, (b"1", None))
 
 
-def test_invalidations_still_owed_are_sent_before_remembered_facts_are_trusted(gate: Gate) -> None:
+def test_invalidations_still_owed_are_sent_before_remembered_facts_are_trusted(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     """A commit whose invalidation Redis did not take leaves it owed; whatever thread cleared the
     breaker meanwhile, the next check sends what is owed before it keeps a decision on remembered
     facts, so the change it stands for is decided on."""
@@ -301,10 +308,36 @@ def test_invalidations_still_owed_are_sent_before_remembered_facts_are_trusted(g
     assert _check(gate, 13)["decision"] == "allow"  # remembered
     with gate.engine.begin() as conn:  # a block committed, its invalidation not delivered
         conn.execute(releases.update().where(releases.c.id == uuid.UUID(rid)).values(blocked=True))
-    facts._owed.add(f"r:{container(13)}")
+    facts._owed[f"r:{container(13)}"] = facts._failed[f"r:{container(13)}"] = 0  # its send failed
     assert (facts._suspect, facts.owed()) == (False, 1)
+    loop: list[int] = []
+    recall = facts.recall
+
+    def recalled(**kw: Any) -> Any:
+        loop.append(threading.get_ident())  # the event loop's thread
+        return recall(**kw)
+
+    monkeypatch.setattr(facts, "recall", recalled)
+    trips = RoundTrips(facts, monkeypatch)
     assert _check(gate, 13)["reasons"] == ["right_blocked"]
     assert facts.owed() == 0
+    # Sent by the worker thread that decided, never on the event loop (a blocking round trip there
+    # would hold every other request).
+    assert loop and trips.threads and loop[0] not in trips.threads and "loop" not in trips.where
+
+
+def test_an_invalidation_still_in_flight_holds_no_check_up(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another thread's invalidation on its way to Redis (its commit's answer not out yet) is not a
+    failure: a check on remembered facts is still decided on the loop in one round trip; only one whose
+    send failed sends the checks to a worker (the test above)."""
+    gate.pickable(23)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    assert _check(gate, 23)["decision"] == "allow"  # remembered
+    facts._owed["r:ELSEWHERE"] = facts._asked  # being sent by another thread, right now
+    trips = RoundTrips(facts, monkeypatch)
+    assert _check(gate, 23)["decision"] == "allow"
+    assert trips.where == ["loop"]
+    facts._owed.clear()
 
 
 def test_a_token_revoked_after_a_keep_that_found_the_facts_moved_is_refused(
@@ -340,6 +373,133 @@ def test_a_token_revoked_after_a_keep_that_found_the_facts_moved_is_refused(
     with gate.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)
                             .where(gate_decisions.c.request_id == body["request_id"])).scalar_one() == 0
+
+
+def test_a_commit_sends_its_invalidation_with_its_answer_in_one_round_trip(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit on cached facts waits on two Redis round trips: its facts read (with its request_id and
+    its token's revocation entries), and after its write one script that both replaces the right's
+    generation and keeps the answer under the request_id. Both have landed when the answer is out: the
+    next check sees the right used, and a retry is answered from Redis without SQL."""
+    gate.pickable(16)
+    gate.pickable(17)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    assert _check(gate, 16)["decision"] == "allow"  # the terminal's policy and the badge are cached now
+    trips = RoundTrips(facts, monkeypatch)
+    body = gate.body(17, mode="commit")
+    moved = gate.verify(body).json()
+    assert (moved["decision"], moved["committed"]) == ("allow", True)
+    assert list(zip(trips.sent, trips.where, strict=True)) == [("EVALSHA", "thread")] * 2
+    assert facts.owed() == 0
+    trips.sent.clear()
+    with Statements(gate.engine) as sql:
+        assert gate.verify(body).json() == moved  # the answer kept with the invalidation
+    assert sql.count == 0 and trips.sent == ["EVALSHA"]
+    assert _check(gate, 17)["reasons"] == ["already_used"]  # the generation was replaced before the answer
+
+
+def test_held_invalidations_go_with_the_answer_or_at_the_end_of_the_block_and_stay_owed_on_failure(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``holding``: what a thread commits in the block is invalidated with its ``remember``, in one round
+    trip; without a ``remember``, when the block ends; never lost when Redis fails, but owed."""
+    import redis
+
+    from quaygate import invalidation
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+
+    def generation(name: str) -> bytes | None:
+        return facts._r.get(facts._p + "g:" + name)  # type: ignore[no-any-return]
+
+    facts.bump(["r:HELD1", "r:HELD2"])
+    before = generation("r:HELD1"), generation("r:HELD2")
+    row = {"id": uuid.uuid4(), "terminal": TERMINAL, "request_id": "held-1", "fingerprint": "f",
+           "response": {"decision": "allow"}, "decision": "allow", "release_id": None, "committed": True,
+           "direction": "in"}
+    trips = RoundTrips(facts, monkeypatch)
+    with facts.holding():
+        facts.committed({(invalidation.RIGHTS, "HELD1")})
+        assert generation("r:HELD1") == before[0] and trips.sent == []  # held, not sent yet
+        facts.remember(row)
+        assert generation("r:HELD1") != before[0] and trips.sent == ["EVALSHA"]
+    assert facts._r.get(facts._request_key(row)) is not None
+    with facts.holding():
+        facts.committed({(invalidation.RIGHTS, "HELD2")})  # no remember follows (an error, say)
+        assert generation("r:HELD2") == before[1]
+    assert generation("r:HELD2") != before[1] and facts.owed() == 0
+    facts.committed({(invalidation.RIGHTS, "HELD2")})  # outside a block: at once, as before
+    assert trips.sent == ["EVALSHA"] * 3
+
+    def failing(*args: Any) -> Any:
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(facts._line, "call", failing)
+    with facts.holding():
+        facts.committed({(invalidation.RIGHTS, "HELD3")})
+        facts.remember({**row, "request_id": "held-2"})  # best effort: never raises
+        assert facts.owed() == 1  # the invalidation is owed, sent before any copy is trusted again
+
+
+def test_held_blocks_nest_and_an_answer_that_cannot_be_built_loses_no_invalidation(gate: Gate) -> None:
+    """An inner ``holding`` gives the outer one back when it ends; a ``remember`` that fails before it
+    sends anything leaves what is held to be sent when the block ends."""
+    from quaygate import invalidation
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+
+    def generation(name: str) -> bytes | None:
+        return facts._r.get(facts._p + "g:" + name)  # type: ignore[no-any-return]
+
+    facts.bump(["r:NEST1", "r:NEST2", "r:NEST3"])
+    before = {n: generation(n) for n in ("r:NEST1", "r:NEST2", "r:NEST3")}
+    with facts.holding():
+        with facts.holding():
+            facts.committed({(invalidation.RIGHTS, "NEST1")})
+        assert generation("r:NEST1") != before["r:NEST1"]  # the inner block's, sent when it ended
+        facts.committed({(invalidation.RIGHTS, "NEST2")})
+        assert generation("r:NEST2") == before["r:NEST2"]  # held by the outer block again
+    assert generation("r:NEST2") != before["r:NEST2"]
+    with pytest.raises(KeyError), facts.holding():
+        facts.committed({(invalidation.RIGHTS, "NEST3")})
+        facts.remember({})  # no request_id: its answer cannot be built
+    assert generation("r:NEST3") != before["r:NEST3"] and facts.owed() == 0
+
+
+def test_a_name_asked_for_again_while_it_is_sent_stays_owed_and_the_drainer_recovers(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads invalidate the same copy: one's send is under way when the other's fails. The first
+    send cannot cover a commit that came after it was made, so the name stays owed; and once Redis is
+    back, the drainer's loop (``flush_owed``) sends it and replaces every generation, with no gate
+    request needed."""
+    import threading
+
+    import redis
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    facts.bump(["r:RACE"])
+    first = facts._r.get(facts._p + "g:r:RACE")
+    line = facts._line
+    real = line.run
+    main = threading.current_thread()
+
+    def run(script: Any, keys: Any, args: Any) -> Any:
+        if threading.current_thread() is not main:
+            raise redis.ConnectionError("this thread's connection is gone")
+        other = threading.Thread(target=facts.bump, args=(["r:RACE"],))  # a commit on it, meanwhile
+        other.start()
+        other.join()
+        return real(script, keys, args)
+
+    facts._owed["r:RACE"] = 0
+    monkeypatch.setattr(line, "run", run)
+    facts.flush_owed()
+    monkeypatch.setattr(line, "run", real)
+    assert facts.owed() == 1 and facts._suspect  # the later commit's invalidation is still owed
+    facts._down_until = 0.0  # the breaker's cooldown over
+    facts.flush_owed()
+    assert facts.owed() == 0 and not facts._suspect
+    assert facts._r.get(facts._p + "g:r:RACE") != first
+    assert facts._r.get(facts._p + "g:badges") is not None  # every family replaced (``_recover``)
 
 
 def test_every_change_to_a_right_is_seen_by_the_next_decision(gate: Gate) -> None:

@@ -256,6 +256,36 @@ def test_pipelined_connects_once_for_callers_arriving_together_and_survives_a_ca
     _on_loop(go, pipe)
 
 
+def test_pipelined_closed_while_connecting_keeps_no_connection_open(client: redis.Redis) -> None:
+    """``close`` while a connect is under way (an app stopping as a request arrives): the connection,
+    once made, is closed at once and its callers fail (the breaker then decides from PostgreSQL), so
+    no transport outlives the close; the next call connects anew."""
+    pipe = Pipelined(client)
+
+    async def go() -> None:
+        call = asyncio.ensure_future(pipe.call("PING"))
+        await asyncio.sleep(0)  # the call started the connect
+        assert pipe._connecting and not pipe._conns
+        pipe.close()
+        with pytest.raises(redis.ConnectionError):
+            await call
+        assert pipe._conns == {}
+        assert await pipe.call("PING") == b"PONG"
+        assert len(pipe._conns) == 1
+        # A call made after a close, while the connect begun before it is still under way, never waits
+        # on that connect (which fails): it connects anew.
+        pipe.close()
+        early = asyncio.ensure_future(pipe.call("PING"))
+        await asyncio.sleep(0)
+        pipe.close()
+        assert await pipe.call("PING") == b"PONG"
+        with pytest.raises(redis.ConnectionError):
+            await early
+        assert len(pipe._conns) == 1 and not pipe._connecting
+
+    _on_loop(go, pipe)
+
+
 def test_pipelined_authenticates_as_redis_py_does(tmp_path: Any) -> None:
     """A password, or a user and a password (ACL), from the client's URL; a wrong one is refused."""
     from tests import processes

@@ -117,15 +117,18 @@ end
 return out
 """)
 
-# ARGV: prefix, ttl, name... : a new generation for each family named.
+# ARGV: prefix, ttl, a request key ('' when none), its answer, the answer's ttl, name... : a new
+# generation for each family named, then the answer kept under the request key (a commit's invalidations
+# and its decision, in one round trip: ``remember`` while ``holding``).
 _BUMP = Script("""
 local p = ARGV[1]
 local t = redis.call('TIME')
-for i = 3, #ARGV do
+for i = 6, #ARGV do
   local g = t[1] .. '.' .. t[2] .. '.' .. redis.call('INCR', p .. 'g:seq')
   redis.call('SET', p .. 'g:' .. ARGV[i], g, 'EX', ARGV[2])
 end
-return #ARGV - 2
+if ARGV[3] ~= '' then redis.call('SET', ARGV[3], ARGV[4], 'EX', ARGV[5]) end
+return #ARGV - 5
 """)
 
 # ARGV: prefix, ttl, then key, value pairs: the copies read through, kept (one round trip).
@@ -210,8 +213,17 @@ class RedisGateFacts:
         self._down_until = 0.0
         self._trips = 0  # times Redis was seen failing
         self._suspect = False  # Redis failed since the last success: invalidate everything first
-        self._owed: set[str] = set()  # generations to replace that Redis did not take yet
-        self._owed_lock = threading.Lock()
+        # Generations to replace that Redis did not take yet, each with the turn it was last asked for:
+        # a send that succeeds clears a name only if nobody asked for it again meanwhile (a commit
+        # after that send was made is not covered by it).
+        self._owed: dict[str, int] = {}
+        self._asked = 0
+        # Of those, the ones a send failed for, with the turn it was asked for: until a later send takes
+        # them, no cached copy is trusted (``_breaker``). One merely in flight holds nobody up: its
+        # commit's answer is not out yet.
+        self._failed: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._holds = threading.local()  # ``holding``: this thread's invalidations, held for ``remember``
         self._drainer: Drainer | None = None
         self._closed = False
         # The copies this process read last, parsed, with the generations they were read under: a check
@@ -402,11 +414,35 @@ class RedisGateFacts:
 
     def remember(self, row: dict[str, Any]) -> None:
         """A commit decision, after its transaction committed: later reads of the id answer from here.
-        Best effort: PostgreSQL has it, and a retry that misses here reads it there."""
+        Sent with the invalidations this thread holds (``holding``), in one round trip. Best effort for
+        the answer: PostgreSQL has it, and a retry that misses here reads it there; the invalidations
+        stay owed when Redis fails."""
+        answer = (self._request_key(row), _answer(row))
+        held = getattr(self._holds, "names", None)
+        names = set(held) if held else set()
         try:
-            self._line.call("SET", self._request_key(row), _answer(row), "EX", self._request_ttl)
+            self._send(names, answer)  # owed before it is sent (``_send``): no longer held
         except redis.RedisError:
-            self._trip()
+            self._deferred()
+        finally:
+            if held:
+                held.difference_update(names)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """The invalidations of what this thread commits in the block are held, and go with the
+        decision's ``remember`` in one round trip instead of one of their own. Whatever is still held
+        when the block ends (no ``remember``: an error) is sent then. Never longer: a reader must not
+        trust a copy the commit changed once its answer is out."""
+        outer = getattr(self._holds, "names", None)
+        held: set[str] = set()
+        self._holds.names = held
+        try:
+            yield
+        finally:
+            self._holds.names = outer
+            if held:
+                self.bump(held)
 
     def _request_key(self, row: dict[str, Any]) -> str:
         return self._p + "req:" + _request_key(row["terminal"], row["request_id"])
@@ -416,6 +452,10 @@ class RedisGateFacts:
     def committed(self, touched: invalidation.Touched) -> None:
         """Called after a commit with what it touched: new generations for those families."""
         names = {f"r:{key}" if family == invalidation.RIGHTS else family for family, key in touched}
+        held = getattr(self._holds, "names", None)
+        if held is not None:
+            held.update(names)  # sent with this thread's ``remember``, or when its ``holding`` ends
+            return
         self.bump(names)
 
     def bump(self, names: Iterable[str]) -> None:
@@ -423,26 +463,54 @@ class RedisGateFacts:
         try:
             self._send(names)
         except redis.RedisError:
-            log.warning("release.gate_facts.invalidation_deferred", extra={"fields": {"families": len(self._owed)}})
-            self._trip()
+            self._deferred()
 
-    def _send(self, names: Iterable[str]) -> None:
-        with self._owed_lock:
-            self._owed.update(names)
-            owed = sorted(self._owed)
-        if owed:
-            self._line.run(_BUMP, [], [self._p, self._ttl, *owed])
-            with self._owed_lock:
-                self._owed.difference_update(owed)
+    def _deferred(self) -> None:
+        """A send Redis did not take: what it carried stays owed, and Redis is suspect until it is back."""
+        if self._owed:
+            log.warning("release.gate_facts.invalidation_deferred", extra={"fields": {"families": len(self._owed)}})
+        self._trip()
+
+    def _send(self, names: Iterable[str], answer: tuple[str, bytes] | None = None) -> None:
+        """New generations for ``names`` and every one still owed, and ``answer`` (request key, answer)
+        kept, in one round trip; what Redis did not take stays owed."""
+        with self._lock:
+            self._asked += 1
+            for name in names:
+                self._owed[name] = self._asked
+            owed = dict(self._owed)
+        if not owed and answer is None:
+            return
+        key, value = answer if answer is not None else ("", b"")
+        try:
+            self._line.run(_BUMP, [], [self._p, self._ttl, key, value, self._request_ttl, *sorted(owed)])
+        except BaseException:
+            with self._lock:
+                for name, turn in owed.items():
+                    self._failed[name] = max(turn, self._failed.get(name, 0))
+            raise
+        with self._lock:
+            for name, turn in owed.items():
+                if self._owed.get(name) == turn:  # asked for again meanwhile: that one is still owed
+                    del self._owed[name]
+                if self._failed.get(name, turn + 1) <= turn:  # taken by a send made after it failed
+                    del self._failed[name]
 
     def owed(self) -> int:
         """Invalidations Redis has not taken yet."""
         return len(self._owed)
 
     def flush_owed(self) -> int:
-        """Send the invalidations Redis did not take (the drainer calls this every loop)."""
+        """Send the invalidations Redis did not take, and once Redis is back after a failure, replace
+        every generation (``_recover``) even if no gate request comes to do it (the drainer calls this
+        every loop). Returns how many were owed."""
         owed = len(self._owed)
-        if owed:
+        if self._suspect and time.monotonic() >= self._down_until:
+            try:
+                self._recover()
+            except redis.RedisError:
+                self._trip()
+        elif owed:
             self.bump(())
         return owed
 
@@ -508,7 +576,7 @@ class RedisGateFacts:
         if time.monotonic() < self._down_until:
             raise FactsUnavailable("skipped: Redis failed a moment ago")
         try:
-            if self._suspect or self._owed:
+            if self._suspect or self._failed:
                 self._recover()
             yield
         except redis.RedisError as exc:
@@ -520,7 +588,12 @@ class RedisGateFacts:
             return fn()
 
     async def _call_async(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
-        """A script run from the event loop, pipelined, under the same breaker."""
+        """A script run from the event loop, pipelined, under the same breaker. What must go first (the
+        invalidations owed, every generation after a failure: ``_recover``) is a blocking round trip and
+        never held the loop: FactsUnavailable instead, and the caller decides in a worker thread, whose
+        own call sends it."""
+        if self._suspect or self._failed:
+            raise FactsUnavailable("owed to Redis first: sent from a worker thread")
         with self._breaker():
             return await self._pipe.run(script, keys, args)
 
@@ -529,16 +602,21 @@ class RedisGateFacts:
         may have committed changes whose invalidations never reached it: every copy is read again
         before one is trusted. Invalidations still owed (a commit whose own Redis failed) are sent first
         too, whoever tripped."""
-        trips, suspect = self._trips, self._suspect
+        with self._lock:
+            trips, suspect = self._trips, self._suspect
         self._send(EVERYTHING if suspect else ())
-        if suspect and self._trips == trips:  # a thread that saw Redis fail meanwhile keeps it suspect
-            self._suspect = False
+        with self._lock:  # a thread that saw Redis fail meanwhile keeps it suspect
+            cleared = suspect and self._trips == trips
+            if cleared:
+                self._suspect = False
+        if cleared:
             log.info("release.gate_facts.recovered")
 
     def _trip(self) -> None:
-        self._down_until = time.monotonic() + self._cooldown
-        self._trips += 1
-        self._suspect = True
+        with self._lock:  # counted and marked in one step, against ``_recover``'s compare-and-clear
+            self._down_until = time.monotonic() + self._cooldown
+            self._trips += 1
+            self._suspect = True
         log.warning("release.gate_facts.unavailable")
 
     def note_unavailable(self) -> None:

@@ -42,6 +42,7 @@ twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -177,34 +178,36 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
             body = _check_cached(facts, actor, request, snapshot, fingerprint, now)
             if body is not None:
                 return body
-    for attempt in range(_ATTEMPTS):
-        with uow_factory() as uow:
-            if not early and not attempt:  # a commit: its rights are read from PostgreSQL below
-                snapshot = read(within=uow, rights=False)
-                if snapshot is not None and snapshot.replay is not None:
-                    return _replay(snapshot.replay, fingerprint)
-            # The cache answered "not recorded" just now (snapshot.replay is None); a twin recorded
-            # since, or a decision the cache missed, loses us the insert below and the next round
-            # finds it. So with a snapshot the first round saves the look-up; later rounds read
-            # everything again from PostgreSQL.
-            stored = uow.gate.find(request.terminal, request.request_id) if attempt or snapshot is None else None
-            if stored is not None:
-                return _replay(stored, fingerprint)
-            decision_id = uuid.uuid4()
-            decision, moved = _decide_and_move(uow, actor, request, decision_id, now,
-                                               None if attempt else snapshot)
-            body = response_body(request, decision, decision_id, moved is not None)
-            row = _row(actor, request, decision, decision_id, moved is not None, fingerprint, body, now)
-            try:
-                if not _write(uow, row, moved):
-                    continue  # the right changed since it was read: nothing was written; read it again
-            except DuplicateDecision:
-                continue  # nothing of this attempt stays (one statement, or a rolled-back transaction)
-            uow.commit()
-        if facts is not None:
-            facts.remember(row)
-        _log(decision, request, decision_id)
-        return body
+    # A commit's invalidations go with its remember, in one Redis round trip (``GateFacts.holding``).
+    with facts.holding() if facts is not None else contextlib.nullcontext():
+        for attempt in range(_ATTEMPTS):
+            with uow_factory() as uow:
+                if not early and not attempt:  # a commit: its rights are read from PostgreSQL below
+                    snapshot = read(within=uow, rights=False)
+                    if snapshot is not None and snapshot.replay is not None:
+                        return _replay(snapshot.replay, fingerprint)
+                # The cache answered "not recorded" just now (snapshot.replay is None); a twin recorded
+                # since, or a decision the cache missed, loses us the insert below and the next round
+                # finds it. So with a snapshot the first round saves the look-up; later rounds read
+                # everything again from PostgreSQL.
+                stored = uow.gate.find(request.terminal, request.request_id) if attempt or snapshot is None else None
+                if stored is not None:
+                    return _replay(stored, fingerprint)
+                decision_id = uuid.uuid4()
+                decision, moved = _decide_and_move(uow, actor, request, decision_id, now,
+                                                   None if attempt else snapshot)
+                body = response_body(request, decision, decision_id, moved is not None)
+                row = _row(actor, request, decision, decision_id, moved is not None, fingerprint, body, now)
+                try:
+                    if not _write(uow, row, moved):
+                        continue  # the right changed since it was read: nothing was written; read it again
+                except DuplicateDecision:
+                    continue  # nothing of this attempt stays (one statement, or a rolled-back transaction)
+                uow.commit()
+            if facts is not None:
+                facts.remember(row)
+            _log(decision, request, decision_id)
+            return body
     raise DomainError(ErrorCode.ILLEGAL_TRANSITION,
                       "The release right kept changing while this gate decided; send the request again.")
 
@@ -314,14 +317,9 @@ async def _check_recalled(facts: GateFacts, actor: Actor, request: g.GateRequest
     current (``GateFacts.keep_if_current``): one round trip. None when that step kept nothing (the facts
     moved on, a revocation entry to judge, Redis failing): the caller decides the long way. The token's
     revocation is settled (``admit``) on the values read in that step, before anything is answered."""
-    decision_id = uuid.uuid4()
-    snapshot = recalled.snapshot
-    decision = g.decide(request, rights=snapshot.rights, badge=snapshot.badge,
-                        screening=g.ScreeningFacts(snapshot.screening), policy=snapshot.policy, now=now)
-    body = response_body(request, decision, decision_id, False)
+    decision, decision_id, body, row = _cached_check(actor, request, recalled.snapshot, fingerprint, now)
     try:
-        kept = await facts.keep_if_current_async(
-            _row(actor, request, decision, decision_id, False, fingerprint, body, now), recalled, also)
+        kept = await facts.keep_if_current_async(row, recalled, also)
     except FactsUnavailable:
         return None
     final = kept.recorded or kept.twin is not None
@@ -331,10 +329,7 @@ async def _check_recalled(facts: GateFacts, actor: Actor, request: g.GateRequest
         # Nothing kept: the long way reads the facts and the revocation entries again (a token revoked
         # since this step is refused there), so the revocation is not settled on this step's values.
         return None
-    if kept.twin is not None:
-        return _replay(kept.twin, fingerprint)
-    _log(decision, request, decision_id)
-    return body
+    return _kept_check(kept.twin, decision, request, decision_id, body, fingerprint)
 
 
 def _log(decision: g.Decision, request: g.GateRequest, decision_id: uuid.UUID) -> None:
