@@ -130,7 +130,7 @@ def hold(engine: sa.Engine, *, shared: bool = False, on_lost: Callable[[str], No
     if engine.dialect.name == "postgresql":
         where = f"PostgreSQL database {engine.url.database!r}"
         return SoloLease(lambda: _take_postgresql(engine, shared, where), still_held=_session_alive,
-                         release=lambda raw: raw.close(), on_lost=on_lost, where=where, watch_every=watch_every)
+                         release=_release_postgresql, on_lost=on_lost, where=where, watch_every=watch_every)
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if not database or database == ":memory:" or database.startswith("file::memory:"):
@@ -158,7 +158,20 @@ def _take_postgresql(engine: sa.Engine, shared: bool, where: str) -> Any:
     except BaseException:
         raw.close()
         raise
-    return raw  # closing it ends the session, and the lock with it
+    return raw  # _release_postgresql unlocks it; a session that ends (however) ends the lock with it
+
+
+def _release_postgresql(raw: Any) -> None:
+    """Unlock, then close. Closing alone is not enough: the client sends Terminate and goes on while
+    the server's backend ends, and the lock with it, a moment later. A server that stops and one that
+    starts straight after (a restart) would see the lease still held and refuse to serve."""
+    try:
+        with raw.dbapi_connection.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock_all()")  # the session is the lease's alone
+    except Exception:  # noqa: BLE001 - the session already gone: its lock went with it
+        log.debug("quaygate.serving_lease.unlock_failed", exc_info=True)
+    finally:
+        raw.close()
 
 
 def _session_alive(raw: Any) -> bool:

@@ -86,6 +86,31 @@ def test_the_postgresql_lease_is_one_session_outside_the_pool(pg_engine: sa.Engi
     assert held == 0
 
 
+def test_the_postgresql_lease_is_free_when_close_returns_not_when_the_backend_ends(pg_engine: sa.Engine) -> None:
+    """Closing a connection does not wait for the server's backend to end, so a lease released only by
+    closing stays held a moment after ``close()`` (a restarting server would be refused; CI caught it).
+    Here the connection's close is held back: the lock must be gone all the same, and the session on."""
+    for shared in (False, True):
+        lease = solo.hold(pg_engine, shared=shared, watch_every=0)
+        raw = lease._handle
+        closed: list[bool] = []
+        really_close = raw.close
+        raw.close = lambda: closed.append(True)  # the backend, slow to end
+        try:
+            lease.close()
+            assert closed == [True]
+            with pg_engine.connect() as conn:
+                held = conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+                    "database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND "
+                    "((classid::bigint << 32) | objid::bigint) = :key"), {"key": solo.LEASE_LOCK_ID}).scalar_one()
+            assert held == 0
+            assert solo._session_alive(raw)  # released by the session itself, not by its end
+            solo.hold(pg_engine).close()  # an exclusive holder gets it at once
+        finally:
+            really_close()
+
+
 def test_sqlite_in_memory_needs_no_lease() -> None:
     a, b = sa.create_engine("sqlite://"), sa.create_engine("sqlite:///:memory:")
     try:
