@@ -14,7 +14,7 @@ def _kill_pooled_connection(engine: sa.Engine, admin: sa.Engine) -> None:
     with engine.connect() as conn:
         pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
     with admin.connect() as conn:  # a database restart or a failover, as the pooled connection sees it
-        assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar() is True
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid}).scalar() is True  # ended
 
 
 @pytest.fixture

@@ -114,7 +114,7 @@ def test_a_lost_connection_is_invalidated_not_given_out_again(pg_engine: sa.Engi
         pid = victim.execute(sa.text("SELECT pg_backend_pid()")).scalar()
         victim.rollback()
         with pg_engine.connect() as killer:
-            killer.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            killer.execute(sa.text("SELECT pg_terminate_backend(:p, 10000)"), {"p": pid})  # waits till it ended
         with pytest.raises(sa.exc.DBAPIError) as raised:
             _HOT_READ.execute(victim, {"sid": "x"})
         assert raised.value.connection_invalidated

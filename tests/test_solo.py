@@ -184,6 +184,12 @@ def _lease_sessions(engine: sa.Engine) -> list[int]:
             "((classid::bigint << 32) | objid::bigint) = :key"), {"key": solo.LEASE_LOCK_ID}).scalars())
 
 
+def _terminate(conn: sa.Connection, pid: int) -> None:
+    """End a session and wait until its backend is gone (pg_terminate_backend alone only signals it; the
+    lock goes when the backend has ended)."""
+    assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid}).scalar_one()
+
+
 def test_a_postgresql_lease_whose_session_ended_is_taken_again_or_lost(pg_engine: sa.Engine) -> None:
     """The database restarted or the connection was dropped: the watchdog takes the lease again on a new
     session. If another server took it meanwhile, the lease is lost and ``on_lost`` hears why."""
@@ -194,7 +200,7 @@ def test_a_postgresql_lease_whose_session_ended_is_taken_again_or_lost(pg_engine
         [first] = _lease_sessions(pg_engine)
         assert lease.check() and heard == []
         with pg_engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+            _terminate(conn, first)
         assert lease.check() and not lease.lost
         [second] = _lease_sessions(pg_engine)
         assert second != first
@@ -202,7 +208,7 @@ def test_a_postgresql_lease_whose_session_ended_is_taken_again_or_lost(pg_engine
             solo.hold(other, watch_every=0)
         # Ended again, and another server is quicker: lost.
         with pg_engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": second})
+            _terminate(conn, second)
         taker = solo.hold(other, watch_every=0)
         try:
             assert not lease.check() and lease.lost
@@ -272,6 +278,10 @@ def test_a_second_server_is_refused_until_the_first_is_killed(pg_engine: sa.Engi
         # Killed, it cannot let go by itself: the database ends its session, and the lease with it.
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _lease_sessions(pg_engine):  # its backend ends when it reads the closed socket, a moment later
+            assert time.monotonic() < deadline, "the killed server's session kept the lease"
+            time.sleep(0.05)
         port = free_port()
         second = serve_app(port, _env(url, tmp_path), tmp_path / "third.log", "--log-level", "warning")
         try:
