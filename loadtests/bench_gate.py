@@ -18,7 +18,8 @@ separate process):
    (keep the decision under its request_id), and plus the two of a check on facts read for the first
    time (read them, then keep; bare_app.py);
 3. verify in ``commit`` mode (each request uses one right), flat out, and its ratio (target at least 0.35);
-   before it, the commit's floor: a Redis read, then one PostgreSQL read and one write;
+   before it, the commit's floor: a Redis read, then one PostgreSQL read and one write, on the verify's
+   thread pool, and the same awaited on the event loop with psycopg's async connection;
 4. verify ``check`` paced at half the bare rate: p99 (target at most 15 ms); and, for context, paced at
    half its own flat-out rate (the latency a gate sees at a load this server carries);
 5. verify ``check`` paced at a low steady rate with the seeded rights, then again after filler rights
@@ -266,6 +267,10 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
             print(_line("  the floor of any exact commit: the bare endpoint, one Redis read, then one indexed "
                         "PostgreSQL read of the right and one autocommitted write, on the verify's thread pool",
                         mf, b), flush=True)
+            ma = run_locust("CommitFloorAsyncUser", f"http://127.0.0.1:{bare_port}", seed_path, args.users,
+                            args.seconds, out, bare.pid)
+            print(_line("  the same floor with an async driver: the Redis read, then the two PostgreSQL statements "
+                        "awaited on the event loop (psycopg's AsyncConnection), no thread hop", ma, b), flush=True)
             m = run_locust("CommitUser", issuer, seed_path, args.users, args.seconds, out, app.pid)
             print(_line("verify, mode commit (each request uses one right)", m, b, 0.35) + _against_def(m, d),
                   flush=True)
@@ -282,7 +287,7 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
                            pace=own / args.users)
             print(_line(f"  for context, verify check paced at half its own flat-out rate ({own:,.0f}/s asked)", o),
                   flush=True)
-            failed = any(r["failed"] or not r["total"] for r in (b, d, f1, f, c, mf, m, h, o))
+            failed = any(r["failed"] or not r["total"] for r in (b, d, f1, f, c, mf, ma, m, h, o))
             if args.big:
                 low = min(100.0, half / 2) / 8
                 small = run_locust("CheckUser", issuer, seed_path, 8, args.seconds, out, app.pid, pace=low)

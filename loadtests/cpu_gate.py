@@ -74,7 +74,7 @@ def flows(app: Driver, bare: Driver, seed: dict[str, Any], token: str) -> dict[s
 
     return {"bare": bare_post, "floor1": floor("/bare/verify-floor1"), "floor2": floor("/bare/verify-floor"),
             "floor-commit": floor("/bare/verify-commit-floor"), "floor-commit1": floor("/bare/verify-commit-floor1"),
-            "check": check, "commit": commit}
+            "floor-commit-async": floor("/bare/verify-commit-floor-async"), "check": check, "commit": commit}
 
 
 async def measure(app: Any, bare_app: Any, issuer: str, seed: dict[str, Any], n: int, only: str | None) -> None:

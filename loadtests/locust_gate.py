@@ -88,6 +88,14 @@ class CommitFloorUser(_BareApp):
     path, label, mode = "/bare/verify-commit-floor", "bare POST + Redis read + PostgreSQL read and write", "commit"
 
 
+class CommitFloorAsyncUser(_BareApp):
+    """The commit floor's round trips awaited on the event loop with an async driver (bare_app.py
+    ``/bare/verify-commit-floor-async``): no thread hop."""
+
+    path, label, mode = ("/bare/verify-commit-floor-async", "bare POST + Redis read + async PostgreSQL read and write",
+                         "commit")
+
+
 class CheckUser(_Paced):
     @task
     def check(self) -> None:

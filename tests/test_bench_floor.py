@@ -73,7 +73,8 @@ def test_a_check_floor_keeps_its_answer_under_the_request_id_in_redis(floor_app:
     assert answer.json()["request_id"] == request_id and answer.json()["container"] == "MSCU1234566"
 
 
-@pytest.mark.parametrize("path", ["/bare/verify-commit-floor", "/bare/verify-commit-floor1"])
+@pytest.mark.parametrize("path", ["/bare/verify-commit-floor", "/bare/verify-commit-floor1",
+                                  "/bare/verify-commit-floor-async"])
 def test_a_commit_floor_writes_a_row_in_postgresql(floor_app: tuple[Any, str], path: str) -> None:
     app, url = floor_app
     request_ids = [str(uuid.uuid4()) for _ in range(3)]
