@@ -326,6 +326,35 @@ def test_invalidations_still_owed_are_sent_before_remembered_facts_are_trusted(
     assert loop and trips.threads and loop[0] not in trips.threads and "loop" not in trips.where
 
 
+def test_without_a_pipelined_connection_the_loop_never_waits_on_redis(gate: Gate,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS, a Unix socket, Sentinel: no ``Pipelined`` connection, so every Redis call is a blocking one.
+    The loop's calls (the facts read, the decision recorded or kept on remembered facts) then run in a
+    thread: a Redis that stalls holds up that check alone, never every request the loop serves."""
+    gate.pickable(31)
+    gate.pickable(32)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    monkeypatch.setattr(facts._pipe, "available", False)
+    loop: list[int] = []
+    recall = facts.recall
+
+    def recalled(**kw: Any) -> Any:
+        loop.append(threading.get_ident())  # the event loop's thread
+        return recall(**kw)
+
+    monkeypatch.setattr(facts, "recall", recalled)
+    trips = RoundTrips(facts, monkeypatch)
+    with Statements(gate.engine) as sql:
+        assert _check(gate, 31)["decision"] == "allow"  # facts read through to PostgreSQL, then cached
+        before = sql.count
+        assert _check(gate, 31)["decision"] == "allow"  # on remembered facts: kept in one step
+        assert _check(gate, 32)["decision"] == "allow"
+        assert _check(gate, 32)["decision"] == "allow"
+    assert before > 0 and sql.count == before  # decided on the cache, as with the pipelined connection
+    assert set(trips.sent) >= {"EVALSHA"} and set(trips.where) == {"thread"}
+    assert loop and loop[0] not in trips.threads
+
+
 def test_an_invalidation_still_in_flight_holds_no_check_up(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another thread's invalidation on its way to Redis (its commit's answer not out yet) is not a
     failure: a check on remembered facts is still decided on the loop in one round trip; only one whose

@@ -39,7 +39,9 @@ timeout, not one per request). Invalidations that could not be sent are kept and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -260,9 +262,10 @@ class RedisGateFacts:
                                 ) -> GateSnapshot | None:
         """``read(through=False)`` from the event loop, pipelined (``Pipelined``): None when something is
         not cached (the caller decides in a worker thread, which reads it through)."""
-        if not self._pipe.available:
-            return self.read(terminal=terminal, request_id=request_id, badge=badge, containers=containers, now=now,
-                             through=False, also=also)
+        if not self._pipe.available:  # TLS, a Unix socket, Sentinel: blocking, so off the loop
+            return await asyncio.to_thread(functools.partial(
+                self.read, terminal=terminal, request_id=request_id, badge=badge, containers=containers, now=now,
+                through=False, also=also))
         badge_key = SqlGateStore.badge_key(badge) if badge is not None else None
         out = await self._call_async(_READ, [], self._read_args(terminal, request_id, badge_key, containers, also))
         return self._snapshot(out, terminal=terminal, badge=badge, badge_key=badge_key, containers=containers,
@@ -271,7 +274,7 @@ class RedisGateFacts:
     async def record_async(self, row: dict[str, Any]) -> StoredDecision | None:
         """``record`` from the event loop, pipelined."""
         if not self._pipe.available:
-            return self.record(row)
+            return await asyncio.to_thread(self.record, row)
         twin = await self._call_async(_RECORD, *self._record_args(row))
         return _stored(twin) if twin else None
 
@@ -379,7 +382,7 @@ class RedisGateFacts:
         """``keep_if_current`` from the event loop: sent with the other requests' calls of the same turn
         of the loop (quaygate/redisline.py ``Pipelined``), the loop serving others while Redis answers."""
         if not self._pipe.available:
-            return self.keep_if_current(row, recalled, also)
+            return await asyncio.to_thread(self.keep_if_current, row, recalled, also)
         keys, args = self._keep_args(row, recalled, also)
         return _kept(await self._call_async(_KEEP, keys, args))
 
