@@ -134,6 +134,7 @@ class Pipelined:
         self._conns: dict[int, tuple[Any, _Wire]] = {}  # id(loop) -> (loop, its connection)
         self._connecting: dict[int, tuple[Any, asyncio.Task[_Wire]]] = {}
         self._closes = 0  # times ``close`` was called: a connect begun before one is never kept
+        self._lock = threading.Lock()  # ``close`` may come from another thread than the loop's
 
     async def call(self, *args: Any) -> Any:
         try:
@@ -208,19 +209,23 @@ class Pipelined:
         except BaseException:
             wire.close()  # never left open, however the greeting ended
             raise
-        if closes != self._closes:  # closed while connecting (the app stops): nobody would close it
+        with self._lock:  # against a ``close`` from another thread between the look and the keep
+            kept = closes == self._closes
+            if kept:
+                self._conns[id(loop)] = (loop, wire)
+        if not kept:  # closed while connecting (the app stops): nobody would close it
             wire.close()
             raise redis.ConnectionError("Redis connection closed")
-        self._conns[id(loop)] = (loop, wire)
         return wire
 
     def close(self) -> None:
         """Close every loop's connection: at once on the loop running here or on one not running, else on
         its own loop (a loop must not close with it open: uvloop then warns of an unclosed transport).
         A connect still under way is closed as soon as it is made, and its callers fail."""
-        self._closes += 1
-        self._connecting = {}  # a call after this connects anew, never waits on a connect it would fail
-        conns, self._conns = self._conns, {}
+        with self._lock:  # one step, against a connect keeping its connection on another thread
+            self._closes += 1
+            self._connecting = {}  # a call after this connects anew, never waits on a connect it would fail
+            conns, self._conns = self._conns, {}
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
