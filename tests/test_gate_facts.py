@@ -469,6 +469,46 @@ def test_held_invalidations_go_with_the_answer_or_at_the_end_of_the_block_and_st
         assert facts.owed() == 1  # the invalidation is owed, sent before any copy is trusted again
 
 
+def test_an_answer_redis_did_not_take_leaves_no_other_answer_under_the_id(gate: Gate,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check kept in Redis by a call that timed out at this end (Redis ran it), then decided again
+    from PostgreSQL and recorded there, whose ``remember`` Redis did not take either: Redis holds
+    another decision under the id than PostgreSQL. Once Redis is back, PostgreSQL's answer is written
+    there before any copy is trusted, so a retry is answered with it, never the other one (nor a new
+    one decided on the cache, as it would be had the key merely been deleted)."""
+    import redis
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    gate.pickable(41)
+    body = {**gate.body(41), "mode": "check"}
+    kept = gate.verify(body).json()  # kept in Redis; not drained into PostgreSQL yet
+    key = facts._request_key({"terminal": body["terminal"], "request_id": body["request_id"]})
+    assert kept["decision"] == "allow" and facts._r.get(key) is not None
+
+    def down(*args: Any) -> Any:
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    async def down_async(*args: Any) -> Any:
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    with monkeypatch.context() as m:  # as if that keep's reply never came: decided from PostgreSQL
+        m.setattr(facts._line, "run", down)
+        m.setattr(facts._line, "call", down)
+        m.setattr(facts._pipe, "run", down_async)
+        recorded = gate.verify(body).json()
+    assert recorded["decision"] == "allow" and recorded["decision_id"] != kept["decision_id"]
+    assert facts._suspect and set(facts._unanswered) == {key}
+    facts._down_until = 0.0  # Redis is back, the cooldown over
+    assert gate.verify(body).json() == recorded  # the retry: PostgreSQL's decision
+    assert not facts._suspect and not facts._unanswered
+    facts.drain("test", block_ms=None)  # the kept one loses to PostgreSQL's under the unique key
+    with gate.engine.connect() as conn:
+        ids = conn.execute(sa.select(gate_decisions.c.id).where(gate_decisions.c.request_id == body["request_id"])
+                           ).scalars().all()
+    assert [str(i) for i in ids] == [recorded["decision_id"]]
+    assert gate.verify(body).json() == recorded
+
+
 def test_held_blocks_nest_and_an_answer_that_cannot_be_built_loses_no_invalidation(gate: Gate) -> None:
     """An inner ``holding`` gives the outer one back when it ends; a ``remember`` that fails before it
     sends anything leaves what is held to be sent when the block ends."""

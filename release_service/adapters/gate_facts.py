@@ -224,6 +224,11 @@ class RedisGateFacts:
         # them, no cached copy is trusted (``_breaker``). One merely in flight holds nobody up: its
         # commit's answer is not out yet.
         self._failed: dict[str, int] = {}
+        # Answers ``remember`` could not write, by request key: Redis may hold another answer under the
+        # id (a check kept there by a call that timed out here, then decided and recorded in PostgreSQL),
+        # or none, which a cached check takes for "not decided yet". Written once Redis is back
+        # (``_recover``), before any copy is trusted.
+        self._unanswered: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._holds = threading.local()  # ``holding``: this thread's invalidations, held for ``remember``
         self._drainer: Drainer | None = None
@@ -419,13 +424,20 @@ class RedisGateFacts:
         """A commit decision, after its transaction committed: later reads of the id answer from here.
         Sent with the invalidations this thread holds (``holding``), in one round trip. Best effort for
         the answer: PostgreSQL has it, and a retry that misses here reads it there; the invalidations
-        stay owed when Redis fails."""
+        stay owed when Redis fails, and so does the answer, written once Redis is back: a check kept
+        there by a call that timed out before it was decided here and recorded in PostgreSQL, or a
+        cached check finding no answer, would otherwise answer a retry with another decision."""
         answer = (self._request_key(row), _answer(row))
         held = getattr(self._holds, "names", None)
         names = set(held) if held else set()
         try:
             self._send(names, answer)  # owed before it is sent (``_send``): no longer held
         except redis.RedisError:
+            with self._lock:
+                if len(self._unanswered) < _UNANSWERED_MAX:
+                    self._unanswered[answer[0]] = answer[1]
+                else:  # past the bound, a retry may be answered by another copy until it expires
+                    log.warning("release.gate_facts.answer_unsent", extra={"fields": {"key": answer[0]}})
             self._deferred()
         finally:
             if held:
@@ -604,10 +616,17 @@ class RedisGateFacts:
         """Redis is back after this process saw it fail. While it was away, this process (or another)
         may have committed changes whose invalidations never reached it: every copy is read again
         before one is trusted. Invalidations still owed (a commit whose own Redis failed) are sent first
-        too, whoever tripped."""
+        too, whoever tripped, and so are the answers ``remember`` could not write."""
         with self._lock:
             trips, suspect = self._trips, self._suspect
+            unanswered = dict(self._unanswered)
         self._send(EVERYTHING if suspect else ())
+        if unanswered:
+            self._line.run(_FILL, [], ["", self._request_ttl, *(x for pair in unanswered.items() for x in pair)])
+            with self._lock:
+                for key, value in unanswered.items():
+                    if self._unanswered.get(key) is value:
+                        del self._unanswered[key]
         with self._lock:  # a thread that saw Redis fail meanwhile keeps it suspect
             cleared = suspect and self._trips == trips
             if cleared:
@@ -663,6 +682,7 @@ class RedisGateFacts:
         self._drain_client.close()
 
 
+_UNANSWERED_MAX = 10_000  # answers to write once Redis is back: about 10 MB at most
 _undelivered = 0  # invalidations this process's facts could not hand to Redis before they closed
 
 
