@@ -45,6 +45,7 @@ log = logging.getLogger("quaygate.solo")
 
 LEASE_LOCK_ID = 0x5147_534F_4C4F  # pg advisory lock key ("QGSOLO")
 WATCH_EVERY = 5.0  # seconds between looks at a held lease
+RELEASE_WAIT = 3.0  # seconds a release waits for the database before it lets the unlock finish alone
 
 
 class AnotherServer(RuntimeError):
@@ -81,14 +82,20 @@ class SoloLease:
             self._thread.start()
 
     def check(self) -> bool:
-        """Look at the lease now (the watchdog's one step): True while held."""
-        if self._handle is None or self._still_held is None or self.lost:
+        """Look at the lease now (the watchdog's one step): True while held, or while it cannot be
+        looked at (the database away: taken again at a later step, never given up for that)."""
+        if self._take is None or self._still_held is None or self.lost or self._stop.is_set():
             return not self.lost
-        if self._still_held(self._handle):
+        if self._handle is not None and self._still_held(self._handle):
             return True
         self._drop()
         try:
-            self._handle = self._take()  # type: ignore[misc]
+            handle = self._take()
+            if self._stop.is_set():  # closed meanwhile (its join gave up on this step): not kept
+                self._handle = handle
+                self._drop()
+                return True
+            self._handle = handle
             log.warning("quaygate.serving_lease.taken_again", extra={"fields": {"database": self._where}})
             return True
         except AnotherServer as exc:
@@ -130,7 +137,8 @@ def hold(engine: sa.Engine, *, shared: bool = False, on_lost: Callable[[str], No
     if engine.dialect.name == "postgresql":
         where = f"PostgreSQL database {engine.url.database!r}"
         return SoloLease(lambda: _take_postgresql(engine, shared, where), still_held=_session_alive,
-                         release=_release_postgresql, on_lost=on_lost, where=where, watch_every=watch_every)
+                         release=lambda raw: _release_postgresql(raw, shared), on_lost=on_lost, where=where,
+                         watch_every=watch_every)
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if not database or database == ":memory:" or database.startswith("file::memory:"):
@@ -161,17 +169,29 @@ def _take_postgresql(engine: sa.Engine, shared: bool, where: str) -> Any:
     return raw  # _release_postgresql unlocks it; a session that ends (however) ends the lock with it
 
 
-def _release_postgresql(raw: Any) -> None:
+def _release_postgresql(raw: Any, shared: bool, *, wait: float = RELEASE_WAIT) -> None:
     """Unlock, then close. Closing alone is not enough: the client sends Terminate and goes on while
     the server's backend ends, and the lock with it, a moment later. A server that stops and one that
-    starts straight after (a restart) would see the lease still held and refuse to serve."""
-    try:
-        with raw.dbapi_connection.cursor() as cur:
-            cur.execute("SELECT pg_advisory_unlock_all()")  # the session is the lease's alone
-    except Exception:  # noqa: BLE001 - the session already gone: its lock went with it
-        log.debug("quaygate.serving_lease.unlock_failed", exc_info=True)
-    finally:
-        raw.close()
+    starts straight after (a restart) would see the lease still held and refuse to serve.
+
+    In a thread of its own, waited for at most ``wait`` seconds: a database host gone without a word
+    would hold the unlock until TCP gives up (minutes), and a server stopping then must not hang. Past
+    that, the thread unlocks and closes when it can; the lock ends with the session either way."""
+    def release() -> None:
+        try:
+            fn = "pg_advisory_unlock_shared" if shared else "pg_advisory_unlock"
+            with raw.dbapi_connection.cursor() as cur:
+                cur.execute(f"SELECT {fn}(%s)", (LEASE_LOCK_ID,))
+        except Exception:  # noqa: BLE001 - the session already gone: its lock went with it
+            log.debug("quaygate.serving_lease.unlock_failed", exc_info=True)
+        finally:
+            raw.close()
+
+    thread = threading.Thread(target=release, name="serving-lease-release", daemon=True)
+    thread.start()
+    thread.join(timeout=wait)
+    if thread.is_alive():
+        log.warning("quaygate.serving_lease.release_waiting", extra={"fields": {"seconds": wait}})
 
 
 def _session_alive(raw: Any) -> bool:
