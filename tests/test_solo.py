@@ -134,7 +134,14 @@ def test_a_release_the_database_does_not_answer_never_holds_the_caller(pg_engine
                                           "AND NOT granted")).scalar_one():
             assert time.monotonic() < deadline, "the lease's connection never got busy"
             time.sleep(0.02)
-        solo._release_postgresql(raw, False, wait=0.1)
+        released = threading.Event()
+
+        def release() -> None:
+            solo._release_postgresql(raw, False, wait=0.1)
+            released.set()
+
+        threading.Thread(target=release, daemon=True).start()
+        assert released.wait(timeout=30), "the release waited for the busy connection"
         assert stuck.is_alive() and _lease_sessions(pg_engine)  # returned, the connection still busy
         blocker.execute(sa.text("SELECT pg_advisory_unlock(4711)"))
         stuck.join(timeout=10)
