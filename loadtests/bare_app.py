@@ -187,7 +187,7 @@ async def _async_pool() -> asyncio.Queue[psycopg.AsyncConnection[Any]]:
             pool = _async.get("pool")
             if pool is None:
                 _engine()  # the table, once
-                url = make_engine(os.environ["QUAYGATE_DATABASE_URL"]).url.set(drivername="postgresql")
+                url = sa.make_url(os.environ["QUAYGATE_DATABASE_URL"]).set(drivername="postgresql")
                 pool = asyncio.Queue()
                 for _ in range(_ASYNC_CONNECTIONS):
                     pool.put_nowait(await psycopg.AsyncConnection.connect(
