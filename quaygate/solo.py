@@ -72,6 +72,7 @@ class SoloLease:
         self._take, self._still_held, self._release = take, still_held, release
         self._on_lost = on_lost
         self._where = where
+        self._lock = threading.Lock()  # the handle: the watchdog's and ``close``'s
         self._handle = take() if take is not None else None  # AnotherServer, at once, when refused
         self.lost = False
         self._stop = threading.Event()
@@ -86,18 +87,14 @@ class SoloLease:
         looked at (the database away: taken again at a later step, never given up for that)."""
         if self._take is None or self._still_held is None or self.lost or self._stop.is_set():
             return not self.lost
-        if self._handle is not None and self._still_held(self._handle):
+        handle = self._handle
+        if handle is not None and self._still_held(handle):
             return True
         self._drop()
+        if self._stop.is_set():  # closed while it looked: nothing taken again
+            return True
         try:
             handle = self._take()
-            if self._stop.is_set():  # closed meanwhile (its join gave up on this step): not kept
-                self._handle = handle
-                self._drop()
-                return True
-            self._handle = handle
-            log.warning("quaygate.serving_lease.taken_again", extra={"fields": {"database": self._where}})
-            return True
         except AnotherServer as exc:
             self.lost = True
             log.error("quaygate.serving_lease.lost", extra={"fields": {"database": self._where,
@@ -109,6 +106,15 @@ class SoloLease:
             log.warning("quaygate.serving_lease.unchecked", exc_info=True,
                         extra={"fields": {"database": self._where}})
             return True
+        with self._lock:  # kept only if not closed meanwhile, in one step with ``close``'s stop
+            kept = not self._stop.is_set()
+            if kept:
+                self._handle = handle
+        if not kept:  # closed while it was taken (close's join gave up on this step): let go at once
+            self._let_go(handle)
+            return True
+        log.warning("quaygate.serving_lease.taken_again", extra={"fields": {"database": self._where}})
+        return True
 
     def _watch(self, every: float) -> None:
         while not self._stop.wait(every):
@@ -116,7 +122,11 @@ class SoloLease:
                 return
 
     def _drop(self) -> None:
-        handle, self._handle = self._handle, None
+        with self._lock:  # one caller gets the handle: never released twice (a file descriptor reused)
+            handle, self._handle = self._handle, None
+        self._let_go(handle)
+
+    def _let_go(self, handle: Any) -> None:
         if handle is not None and self._release is not None:
             try:
                 self._release(handle)
@@ -124,7 +134,8 @@ class SoloLease:
                 log.debug("quaygate.serving_lease.release_failed", exc_info=True)
 
     def close(self) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
         self._drop()

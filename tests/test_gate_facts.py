@@ -509,6 +509,40 @@ def test_an_answer_redis_did_not_take_leaves_no_other_answer_under_the_id(gate: 
     assert gate.verify(body).json() == recorded
 
 
+def test_answers_redis_did_not_take_are_written_in_batches_and_tried_once_more_at_close(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many answers kept through an outage go back a batch per round trip (one large write could outlast
+    the timeout every time, and the cache would never come back); a batch Redis took is forgotten, the
+    rest stay for the next try; what is left at close gets one more try."""
+    import redis
+
+    from release_service.adapters import gate_facts
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    monkeypatch.setattr(gate_facts, "_FILL_BATCH", 2)
+    answers = {f"{facts._p}req:test:{i}": f"answer {i}".encode() for i in range(5)}
+    facts._unanswered.update(answers)
+    line_run, runs = facts._line.run, []
+
+    def second_fails(*args: Any) -> Any:
+        runs.append(1)
+        if len(runs) == 2:
+            raise redis.TimeoutError("Timeout reading from socket")
+        return line_run(*args)
+
+    monkeypatch.setattr(facts._line, "run", second_fails)
+    with pytest.raises(redis.TimeoutError):
+        facts._write_unanswered()
+    assert len(facts._unanswered) == 3 and all(facts._r.get(k) == v for k, v in list(answers.items())[:2])
+    facts._write_unanswered()
+    assert not facts._unanswered and all(facts._r.get(k) == v for k, v in answers.items())
+    assert len(runs) == 2 + 2  # five in batches of two: one taken, one failed; then the last three
+    facts._r.delete(*answers)
+    facts._unanswered.update(answers)
+    facts.close()
+    assert not facts._unanswered and all(facts._r.get(k) == v for k, v in answers.items())
+
+
 def test_held_blocks_nest_and_an_answer_that_cannot_be_built_loses_no_invalidation(gate: Gate) -> None:
     """An inner ``holding`` gives the outer one back when it ends; a ``remember`` that fails before it
     sends anything leaves what is held to be sent when the block ends."""

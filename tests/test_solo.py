@@ -294,6 +294,29 @@ def test_a_lease_that_could_not_be_taken_again_at_once_is_taken_at_a_later_step(
         other.dispose()
 
 
+def test_a_lease_taken_again_while_the_server_closes_it_is_let_go(pg_engine: sa.Engine) -> None:
+    """The watchdog takes the lease again just as the server stops (``close`` gave up waiting for it):
+    the new session is let go at once, so a stopped server holds nothing and the next one starts."""
+    lease = solo.hold(pg_engine, watch_every=0)
+    try:
+        [first] = _lease_sessions(pg_engine)
+        take = lease._take
+
+        def closing_meanwhile() -> object:
+            handle = take()
+            lease.close()  # the server stops while the watchdog takes the lease again
+            return handle
+
+        lease._take = closing_meanwhile
+        with pg_engine.connect() as conn:
+            _terminate(conn, first)
+        assert lease.check() and not lease.lost
+        assert _lease_sessions(pg_engine) == []
+        solo.hold(pg_engine, watch_every=0).close()
+    finally:
+        lease.close()
+
+
 def test_a_sqlite_lease_whose_file_was_replaced_is_lost(sqlite_database_url: str) -> None:
     engine, other = make_engine(sqlite_database_url), make_engine(sqlite_database_url)
     heard: list[str] = []

@@ -619,20 +619,28 @@ class RedisGateFacts:
         too, whoever tripped, and so are the answers ``remember`` could not write."""
         with self._lock:
             trips, suspect = self._trips, self._suspect
-            unanswered = dict(self._unanswered)
         self._send(EVERYTHING if suspect else ())
-        if unanswered:
-            self._line.run(_FILL, [], ["", self._request_ttl, *(x for pair in unanswered.items() for x in pair)])
-            with self._lock:
-                for key, value in unanswered.items():
-                    if self._unanswered.get(key) is value:
-                        del self._unanswered[key]
+        self._write_unanswered()
         with self._lock:  # a thread that saw Redis fail meanwhile keeps it suspect
             cleared = suspect and self._trips == trips
             if cleared:
                 self._suspect = False
         if cleared:
             log.info("release.gate_facts.recovered")
+
+    def _write_unanswered(self) -> None:
+        """Write the answers ``remember`` could not, a few hundred per round trip (one large write could
+        outlast the hot path's timeout every time, and the cache would never come back); each batch
+        is forgotten once Redis took it."""
+        with self._lock:
+            unanswered = list(self._unanswered.items())
+        for start in range(0, len(unanswered), _FILL_BATCH):
+            batch = unanswered[start:start + _FILL_BATCH]
+            self._line.run(_FILL, [], ["", self._request_ttl, *(x for pair in batch for x in pair)])
+            with self._lock:
+                for key, value in batch:
+                    if self._unanswered.get(key) is value:
+                        del self._unanswered[key]
 
     def _trip(self) -> None:
         with self._lock:  # counted and marked in one step, against ``_recover``'s compare-and-clear
@@ -661,7 +669,8 @@ class RedisGateFacts:
     def close(self) -> None:
         """Stop, after one more try at the invalidations Redis has not taken. Those still owed then are
         lost with this process: the gates could decide on old copies until they expire. Logged, and
-        counted for the CLI to say (``undelivered``)."""
+        counted for the CLI to say (``undelivered``). The answers ``remember`` could not write get one
+        more try too; those left are logged (a retry of one may get another decision)."""
         if self._closed:
             return
         self._closed = True
@@ -671,11 +680,19 @@ class RedisGateFacts:
                 self._send(())
             except redis.RedisError:
                 pass
+        if self._unanswered:
+            try:
+                self._write_unanswered()
+            except redis.RedisError:
+                pass
+        global _undelivered
         if self._owed:
-            global _undelivered
             _undelivered += len(self._owed)
             log.error("release.gate_facts.invalidation_lost", extra={"fields": {
                 "families": len(self._owed), "ttl_seconds": self._ttl}})
+        if self._unanswered:  # a retry of one of these may be answered with another decision
+            log.error("release.gate_facts.answer_lost", extra={"fields": {
+                "answers": len(self._unanswered), "ttl_seconds": self._request_ttl}})
         self._line.close()
         self._pipe.close()
         self._r.close()
@@ -683,6 +700,7 @@ class RedisGateFacts:
 
 
 _UNANSWERED_MAX = 10_000  # answers to write once Redis is back: about 10 MB at most
+_FILL_BATCH = 200  # answers per round trip when they are written
 _undelivered = 0  # invalidations this process's facts could not hand to Redis before they closed
 
 
