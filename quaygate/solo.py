@@ -147,7 +147,8 @@ def hold(engine: sa.Engine, *, shared: bool = False, on_lost: Callable[[str], No
     ``AnotherServer`` at once (never waits)."""
     if engine.dialect.name == "postgresql":
         where = f"PostgreSQL database {engine.url.database!r}"
-        return SoloLease(lambda: _take_postgresql(engine, shared, where), still_held=_session_alive,
+        mine: dict[str, Any] = {}  # the session the lease was last taken on: its pid and start
+        return SoloLease(lambda: _take_postgresql(engine, shared, where, mine), still_held=_session_alive,
                          release=lambda raw: _release_postgresql(raw, shared), on_lost=on_lost, where=where,
                          watch_every=watch_every)
     if engine.dialect.name == "sqlite":
@@ -162,18 +163,40 @@ def hold(engine: sa.Engine, *, shared: bool = False, on_lost: Callable[[str], No
     raise ValueError(f"no serving lease for {engine.dialect.name}")
 
 
-def _take_postgresql(engine: sa.Engine, shared: bool, where: str) -> Any:
+_HOLDERS = ("SELECT l.pid, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database()) AND ((l.classid::bigint << 32) | l.objid::bigint) = %s")
+
+
+def _take_postgresql(engine: sa.Engine, shared: bool, where: str, mine: dict[str, Any] | None = None) -> Any:
+    """The lock on a session of its own. ``mine``: the session it was taken on last (pid, start), filled
+    in here. When that session still holds the lock though this end lost it (a network cut: the
+    connection failed here, the backend lives on until TCP keepalive gives up, hours), the lease would
+    be refused by this server's own past and the server would stop: that session, and only it, is
+    ended, and the lock taken again."""
     raw = engine.raw_connection()
     raw.detach()  # out of the pool: the lease lives and dies with this one session
     conn = raw.dbapi_connection
+    fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
     try:
         conn.autocommit = True  # no transaction left open: idle-in-transaction timeouts do not end the lease
         with conn.cursor() as cur:
-            fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
             cur.execute(f"SELECT {fn}(%s)", (LEASE_LOCK_ID,))
-            row = cur.fetchone()
-        if not (row and row[0]):
-            raise AnotherServer(refusal(where, shared=shared))
+            taken = bool(cur.fetchone()[0])  # type: ignore[index]
+            old = mine.get("session") if mine is not None else None
+            if not taken and old is not None:
+                cur.execute(_HOLDERS, (LEASE_LOCK_ID,))
+                if tuple(old) in {tuple(r) for r in cur.fetchall()}:
+                    log.warning("quaygate.serving_lease.own_session_ended", extra={"fields": {
+                        "database": where, "pid": old[0]}})
+                    cur.execute("SELECT pg_terminate_backend(%s, 5000)", (old[0],))
+                    cur.execute(f"SELECT {fn}(%s)", (LEASE_LOCK_ID,))
+                    taken = bool(cur.fetchone()[0])  # type: ignore[index]
+            if not taken:
+                raise AnotherServer(refusal(where, shared=shared))
+            if mine is not None:
+                cur.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+                mine["session"] = tuple(cur.fetchone())  # type: ignore[arg-type]
     except BaseException:
         raw.close()
         raise

@@ -294,6 +294,33 @@ def test_a_lease_that_could_not_be_taken_again_at_once_is_taken_at_a_later_step(
         other.dispose()
 
 
+def test_a_lease_still_held_by_its_own_lost_session_is_taken_again(pg_engine: sa.Engine) -> None:
+    """A network cut: the connection failed at this end, while the database's backend lives on, holding
+    the lock, until TCP keepalive gives up (hours). The re-take would be refused by this server's own
+    past, and the server would stop. That session is recognised (its pid and start, recorded when the
+    lease was taken), ended, and the lease taken again; another server's session never is (the test
+    above: the lease is lost to it)."""
+    lease = solo.hold(pg_engine, watch_every=0)
+    orphan = lease._handle
+    other = make_engine(_url(pg_engine))
+    try:
+        [first] = _lease_sessions(pg_engine)
+        still_held, release = lease._still_held, lease._release
+        lease._still_held = lambda raw: False  # the connection failed at this end
+        lease._release = lambda raw: None  # so its session cannot be reached to unlock
+        assert lease.check() and not lease.lost
+        [second] = _lease_sessions(pg_engine)
+        assert second != first
+        lease._still_held, lease._release = still_held, release
+        assert lease.check()
+        with pytest.raises(solo.AnotherServer):
+            solo.hold(other, watch_every=0)
+    finally:
+        lease.close()
+        orphan.close()
+        other.dispose()
+
+
 def test_a_lease_taken_again_while_the_server_closes_it_is_let_go(pg_engine: sa.Engine) -> None:
     """The watchdog takes the lease again just as the server stops (``close`` gave up waiting for it):
     the new session is let go at once, so a stopped server holds nothing and the next one starts."""
