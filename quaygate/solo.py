@@ -34,6 +34,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -180,6 +181,7 @@ def _take_postgresql(engine: sa.Engine, shared: bool, where: str, mine: dict[str
     fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
     try:
         conn.autocommit = True  # no transaction left open: idle-in-transaction timeouts do not end the lease
+        _keep_alive(conn)
         with conn.cursor() as cur:
             cur.execute(f"SELECT {fn}(%s)", (LEASE_LOCK_ID,))
             taken = bool(cur.fetchone()[0])  # type: ignore[index]
@@ -201,6 +203,35 @@ def _take_postgresql(engine: sa.Engine, shared: bool, where: str, mine: dict[str
         raw.close()
         raise
     return raw  # _release_postgresql unlocks it; a session that ends (however) ends the lock with it
+
+
+# A silent peer (a host gone, a network cut) is noticed within about half a minute on both ends of the
+# lease's connection, instead of when TCP gives up (minutes to hours): the watchdog's look fails and
+# the lease is taken again, and the database ends the lost session, whose lock would refuse it.
+_KEEPALIVE = {"idle": 10, "interval": 5, "count": 3, "user_timeout_ms": 30_000}
+
+
+def _keep_alive(conn: Any) -> None:
+    """TCP keepalives and a user timeout on the lease's connection: the server's socket through the
+    session's settings, the client's on its socket (a Unix socket needs neither)."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT set_config('tcp_keepalives_idle', %s, false), "
+                        "set_config('tcp_keepalives_interval', %s, false), "
+                        "set_config('tcp_keepalives_count', %s, false), set_config('tcp_user_timeout', %s, false)",
+                        tuple(str(_KEEPALIVE[k]) for k in ("idle", "interval", "count", "user_timeout_ms")))
+    except Exception:  # noqa: BLE001 - a server without one of them (tcp_user_timeout came in PostgreSQL 12)
+        log.warning("quaygate.serving_lease.keepalive_unset", exc_info=True)
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, _KEEPALIVE["idle"])
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, _KEEPALIVE["interval"])
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE["count"])
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, _KEEPALIVE["user_timeout_ms"])
+    finally:
+        sock.close()  # the duplicate only: the options stay on the socket
 
 
 def _release_postgresql(raw: Any, shared: bool, *, wait: float = RELEASE_WAIT) -> None:

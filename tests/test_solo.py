@@ -154,6 +154,30 @@ def test_a_release_the_database_does_not_answer_never_holds_the_caller(pg_engine
         lease._handle = None
 
 
+def test_the_lease_connection_notices_a_silent_peer_within_half_a_minute(pg_engine: sa.Engine) -> None:
+    """A host gone or a network cut: without keepalives, the watchdog's look would wait until TCP gives
+    up (minutes), and the database would keep the lost session, and its lock, for hours. Both ends of
+    the lease's connection are set to notice within about half a minute."""
+    import socket
+
+    lease = solo.hold(pg_engine, watch_every=0)
+    try:
+        conn = lease._handle.dbapi_connection
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting('tcp_keepalives_idle'), current_setting('tcp_keepalives_interval'), "
+                        "current_setting('tcp_keepalives_count'), current_setting('tcp_user_timeout')")
+            assert cur.fetchone() == ("10", "5", "3", "30000")
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
+        finally:
+            sock.close()
+    finally:
+        lease.close()
+
+
 def test_sqlite_in_memory_needs_no_lease() -> None:
     a, b = sa.create_engine("sqlite://"), sa.create_engine("sqlite:///:memory:")
     try:
