@@ -25,6 +25,11 @@ A watchdog looks at the lease every few seconds. A PostgreSQL session that ended
 restarted, the connection was dropped or terminated) is replaced and the lock taken again; a SQLite
 lock file that was removed or replaced is noticed. When the lease cannot be had again because
 another server took it meanwhile, the lease is lost: ``on_lost`` is called (the app stops serving).
+A database away when it looks is looked at again at every later step, never given up for that. A
+session this server lost at its end (a network cut) while the database kept it, and the lock with
+it, is recognised by its pid and start and ended, so the lease is taken again. Both ends of the
+lease's connection keep TCP keepalives and a user timeout: a silent peer is noticed in about half a
+minute, not when TCP gives up.
 
 A database nobody else can open (SQLite in memory) needs no lease.
 """
@@ -226,10 +231,12 @@ def _keep_alive(conn: Any) -> None:
     try:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, _KEEPALIVE["idle"])
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, _KEEPALIVE["interval"])
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE["count"])
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, _KEEPALIVE["user_timeout_ms"])
+            for name, value in (("TCP_KEEPIDLE", _KEEPALIVE["idle"]), ("TCP_KEEPINTVL", _KEEPALIVE["interval"]),
+                                ("TCP_KEEPCNT", _KEEPALIVE["count"]),
+                                ("TCP_USER_TIMEOUT", _KEEPALIVE["user_timeout_ms"])):
+                option = getattr(socket, name, None)  # Linux has all four; others fewer (macOS: no user timeout)
+                if option is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, option, value)
     finally:
         sock.close()  # the duplicate only: the options stay on the socket
 
