@@ -298,6 +298,19 @@ def test_remembered_facts_are_kept_only_under_current_generations(gate: Gate) ->
     assert (refused.recorded, refused.twin, refused.also) == (False, None, (b"1", None))
 
 
+def _loop_thread(facts: RedisGateFacts, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The event loop's thread, as ``recall`` (called on the loop only) sees it: filled when it runs."""
+    loop: list[int] = []
+    recall = facts.recall
+
+    def recalled(**kw: Any) -> Any:
+        loop.append(threading.get_ident())
+        return recall(**kw)
+
+    monkeypatch.setattr(facts, "recall", recalled)
+    return loop
+
+
 def test_invalidations_still_owed_are_sent_before_remembered_facts_are_trusted(
         gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     """A commit whose invalidation Redis did not take leaves it owed; whatever thread cleared the
@@ -310,14 +323,7 @@ def test_invalidations_still_owed_are_sent_before_remembered_facts_are_trusted(
         conn.execute(releases.update().where(releases.c.id == uuid.UUID(rid)).values(blocked=True))
     facts._owed[f"r:{container(13)}"] = facts._failed[f"r:{container(13)}"] = 0  # its send failed
     assert (facts._suspect, facts.owed()) == (False, 1)
-    loop: list[int] = []
-    recall = facts.recall
-
-    def recalled(**kw: Any) -> Any:
-        loop.append(threading.get_ident())  # the event loop's thread
-        return recall(**kw)
-
-    monkeypatch.setattr(facts, "recall", recalled)
+    loop = _loop_thread(facts, monkeypatch)
     trips = RoundTrips(facts, monkeypatch)
     assert _check(gate, 13)["reasons"] == ["right_blocked"]
     assert facts.owed() == 0
@@ -335,14 +341,7 @@ def test_without_a_pipelined_connection_the_loop_never_waits_on_redis(gate: Gate
     gate.pickable(32)
     facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
     monkeypatch.setattr(facts._pipe, "available", False)
-    loop: list[int] = []
-    recall = facts.recall
-
-    def recalled(**kw: Any) -> Any:
-        loop.append(threading.get_ident())  # the event loop's thread
-        return recall(**kw)
-
-    monkeypatch.setattr(facts, "recall", recalled)
+    loop = _loop_thread(facts, monkeypatch)
     trips = RoundTrips(facts, monkeypatch)
     with Statements(gate.engine) as sql:
         assert _check(gate, 31)["decision"] == "allow"  # facts read through to PostgreSQL, then cached
