@@ -157,6 +157,7 @@ class RoundTrips:
         self.sent: list[str] = []
         self.where: list[str] = []  # "thread" (``Line``, blocking) or "loop" (``Pipelined``), per command
         self.threads: set[int] = set()  # the threads the blocking ones were sent from
+        self.names: set[str] = set()  # and their names
         line, pipe = facts._line, facts._pipe
         on_line, on_pipe = line.call, pipe.call
 
@@ -164,6 +165,7 @@ class RoundTrips:
             self.sent.append(str(args[0]))
             self.where.append("thread")
             self.threads.add(threading.get_ident())
+            self.names.add(threading.current_thread().name)
             return on_line(*args)
 
         async def counted_async(*args: Any) -> Any:
@@ -352,6 +354,9 @@ def test_without_a_pipelined_connection_the_loop_never_waits_on_redis(gate: Gate
     assert before > 0 and sql.count == before  # decided on the cache, as with the pipelined connection
     assert set(trips.sent) >= {"EVALSHA"} and set(trips.where) == {"thread"}
     assert loop and loop[0] not in trips.threads
+    # The loop's calls on the facts' own threads, never the loop's default executor (name lookups).
+    assert any(n.startswith("gate-facts") for n in trips.names)
+    assert not any(n.startswith("asyncio") for n in trips.names)
 
 
 def test_an_invalidation_still_in_flight_holds_no_check_up(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:

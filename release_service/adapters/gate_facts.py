@@ -40,7 +40,9 @@ timeout, not one per request). Invalidations that could not be sent are kept and
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import json
 import logging
@@ -211,6 +213,10 @@ class RedisGateFacts:
         self._drain_client = redis.Redis(connection_pool=redis.ConnectionPool(
             connection_class=client.connection_pool.connection_class, max_connections=2, **kwargs))
         self._line = Line(client)  # the hot path's round trips, on a connection per thread
+        # The loop's calls when there is no pipelined connection (TLS, a Unix socket, Sentinel): threads
+        # of their own, so a Redis that stalls holds up neither the loop nor its default executor
+        # (name lookups, other libraries' blocking work).
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="gate-facts")
         self._pipe = Pipelined(client)  # the event loop's: sent together, the loop never held
         self._down_until = 0.0
         self._trips = 0  # times Redis was seen failing
@@ -268,7 +274,7 @@ class RedisGateFacts:
         """``read(through=False)`` from the event loop, pipelined (``Pipelined``): None when something is
         not cached (the caller decides in a worker thread, which reads it through)."""
         if not self._pipe.available:  # TLS, a Unix socket, Sentinel: blocking, so off the loop
-            return await asyncio.to_thread(functools.partial(
+            return await self._off_loop(functools.partial(
                 self.read, terminal=terminal, request_id=request_id, badge=badge, containers=containers, now=now,
                 through=False, also=also))
         badge_key = SqlGateStore.badge_key(badge) if badge is not None else None
@@ -279,9 +285,14 @@ class RedisGateFacts:
     async def record_async(self, row: dict[str, Any]) -> StoredDecision | None:
         """``record`` from the event loop, pipelined."""
         if not self._pipe.available:
-            return await asyncio.to_thread(self.record, row)
+            return await self._off_loop(functools.partial(self.record, row))
         twin = await self._call_async(_RECORD, *self._record_args(row))
         return _stored(twin) if twin else None
+
+    async def _off_loop(self, call: Callable[[], Any]) -> Any:
+        """A blocking call, awaited from the loop, on this object's threads (context variables kept)."""
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, call)
 
     def _read_args(self, terminal: str, request_id: str, badge_key: str | None, containers: Sequence[str],
                    also: Sequence[str]) -> list[Any]:
@@ -387,7 +398,7 @@ class RedisGateFacts:
         """``keep_if_current`` from the event loop: sent with the other requests' calls of the same turn
         of the loop (quaygate/redisline.py ``Pipelined``), the loop serving others while Redis answers."""
         if not self._pipe.available:
-            return await asyncio.to_thread(self.keep_if_current, row, recalled, also)
+            return await self._off_loop(functools.partial(self.keep_if_current, row, recalled, also))
         keys, args = self._keep_args(row, recalled, also)
         return _kept(await self._call_async(_KEEP, keys, args))
 
@@ -693,6 +704,7 @@ class RedisGateFacts:
         if self._unanswered:  # a retry of one of these may be answered with another decision
             log.error("release.gate_facts.answer_lost", extra={"fields": {
                 "answers": len(self._unanswered), "ttl_seconds": self._request_ttl}})
+        self._executor.shutdown(wait=False)
         self._line.close()
         self._pipe.close()
         self._r.close()
