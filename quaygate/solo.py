@@ -174,7 +174,7 @@ _HOLDERS = ("SELECT l.pid, a.backend_start FROM pg_locks l JOIN pg_stat_activity
             "WHERE datname = current_database()) AND ((l.classid::bigint << 32) | l.objid::bigint) = %s")
 
 
-def _take_postgresql(engine: sa.Engine, shared: bool, where: str, mine: dict[str, Any] | None = None) -> Any:
+def _take_postgresql(engine: sa.Engine, shared: bool, where: str, mine: dict[str, Any]) -> Any:
     """The lock on a session of its own. ``mine``: the session it was taken on last (pid, start), filled
     in here. When that session still holds the lock though this end lost it (a network cut: the
     connection failed here, the backend lives on until TCP keepalive gives up, hours), the lease would
@@ -190,7 +190,7 @@ def _take_postgresql(engine: sa.Engine, shared: bool, where: str, mine: dict[str
         with conn.cursor() as cur:
             cur.execute(f"SELECT {fn}(%s)", (LEASE_LOCK_ID,))
             taken = bool(cur.fetchone()[0])  # type: ignore[index]
-            old = mine.get("session") if mine is not None else None
+            old = mine.get("session")
             if not taken and old is not None:
                 cur.execute(_HOLDERS, (LEASE_LOCK_ID,))
                 if tuple(old) in {tuple(r) for r in cur.fetchall()}:
@@ -201,9 +201,8 @@ def _take_postgresql(engine: sa.Engine, shared: bool, where: str, mine: dict[str
                     taken = bool(cur.fetchone()[0])  # type: ignore[index]
             if not taken:
                 raise AnotherServer(refusal(where, shared=shared))
-            if mine is not None:
-                cur.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
-                mine["session"] = tuple(cur.fetchone())  # type: ignore[arg-type]
+            cur.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+            mine["session"] = tuple(cur.fetchone())  # type: ignore[arg-type]
     except BaseException:
         raw.close()
         raise
