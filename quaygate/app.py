@@ -33,6 +33,7 @@ from identity.face import start_pool as start_face_pool
 from identity.face.service import MESSAGES as FACE_MESSAGES
 from identity.web.console import router as console_router
 from identity.web.routes import router as web_router
+from release_service.adapters.sqla.gate_loop import LoopGateDatabase
 from release_service.api import problems
 from release_service.api.gate import router as gate_router
 from release_service.api.gate import verify_lean
@@ -44,6 +45,7 @@ from release_service.ports import FaceCaptureRefused, FaceOutcome
 
 from . import limits, solo
 from .container import Container
+from .loopdb import LoopDatabase
 from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event
 from .routing import ExactRoutes
 from .settings import Mode, Settings
@@ -143,6 +145,16 @@ async def _serving_lease(built: Container, *, own: bool) -> solo.SoloLease:
         raise
 
 
+async def _open_loop_db(built: Container) -> LoopDatabase | None:
+    """The event loop's PostgreSQL connections for the gate's commits (quaygate/loopdb.py), when the
+    facts are in Redis and the database is PostgreSQL; opened on the loop that serves."""
+    if not built.settings.gate_commit_on_loop or built.engine.dialect.name != "postgresql":
+        return None
+    db = LoopDatabase(built.engine, size=built.settings.gate_loop_connections)
+    await db.open()
+    return db
+
+
 def _stop_gate_facts(built: Container, facts: Any, *, own: bool) -> None:
     facts.stop_drainer()
     facts.close_pipelined()  # on this app's loop, which closes next
@@ -212,7 +224,14 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
                       cache="redis" if settings.redis_url else "memory")
             if container is None and built.settings.gc_freeze:
                 _freeze_startup_objects()
-            yield
+            loop_db = await _open_loop_db(built) if gate_facts else None
+            app.state.gate_db = LoopGateDatabase(loop_db) if loop_db is not None else None
+            try:
+                yield
+            finally:
+                app.state.gate_db = None
+                if loop_db is not None:
+                    await loop_db.close()
 
     app = QuaygateAPI(
         title="quaygate",

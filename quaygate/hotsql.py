@@ -114,19 +114,46 @@ class HotStatement:
             raise self._failed(conn, compiled, sent, exc, cursor) from exc
         finally:
             cursor.close()
-        if compiled.row is not None:
-            make, results = compiled.row._make, compiled.results
-            if results:
-                out = []
-                for raw in rows:
-                    values = list(raw)
-                    for index, process in results:
-                        values[index] = process(values[index])
-                    out.append(make(values))
-                rows = out
-            else:
-                rows = [make(raw) for raw in rows]
-        return HotResult(rows, count)
+        return HotResult(self._rows(compiled, rows), count)
+
+    async def execute_async(self, conn: Any, dialect: sa.Dialect, params: Params) -> HotResult:
+        """Run on psycopg's ``AsyncConnection`` (in its transaction, or autocommitted), the event loop
+        serving others while PostgreSQL answers: the same SQL, bound values and result types as
+        ``execute``, and its errors raised as SQLAlchemy's (``sa.exc.IntegrityError`` and so on) with
+        ``dialect``, the synchronous engine's. One parameter set; PostgreSQL only. A connection lost
+        here is closed by psycopg, and its pool never hands it out again."""
+        if dialect.name != "postgresql":
+            raise ValueError("execute_async is for PostgreSQL")
+        compiled = self._compiled_for(dialect, params)
+        sent = self._bound(compiled, params)
+        cursor = conn.cursor()
+        try:
+            await cursor.execute(compiled.sql, sent)
+            rows = await cursor.fetchall() if compiled.returns_rows else []
+            count = cursor.rowcount
+        except dialect.loaded_dbapi.Error as exc:
+            lost = dialect.is_disconnect(exc, conn, cursor)
+            raise sa.exc.DBAPIError.instance(compiled.sql, sent, exc, dialect.loaded_dbapi.Error,
+                                             connection_invalidated=lost, dialect=dialect) from exc
+        finally:
+            await cursor.close()
+        return HotResult(self._rows(compiled, rows), count)
+
+    @staticmethod
+    def _rows(compiled: _Compiled, rows: list[Any]) -> list[Any]:
+        """The driver's rows as named tuples, each value through its column type's result processor."""
+        if compiled.row is None:
+            return rows
+        make, results = compiled.row._make, compiled.results
+        if not results:
+            return [make(raw) for raw in rows]
+        out = []
+        for raw in rows:
+            values = list(raw)
+            for index, process in results:
+                values[index] = process(values[index])
+            out.append(make(values))
+        return out
 
     def execute_autocommitted(self, engine: sa.Engine, params: Params) -> None:
         """Run this statement (one that returns no rows) as a transaction of its own, on a connection

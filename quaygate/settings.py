@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     gate_facts_ttl: int = 600  # seconds a cached fact lives at most (exactness comes from invalidation)
     gate_request_ttl: int = 900  # seconds a check's request_id is answered from Redis
     gate_decision_drain: bool = True
+    # A gate commit (no face image) decided on the event loop, on connections of its own (quaygate/
+    # loopdb.py; PostgreSQL with Redis only): no worker thread waits for its round trips. At most
+    # gate_loop_connections per server process, made when first needed.
+    gate_commit_on_loop: bool = True
+    gate_loop_connections: int = Field(default=4, ge=1, le=100)
     # A server's start-up objects (modules, compiled statements, keys, models) are left out of Python's
     # full garbage collections once it is up (gc.freeze): a full collection of them held the event loop
     # for 124 ms (measured: 0 once frozen). Only in a server that built its own container (not in tests).

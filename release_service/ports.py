@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -341,6 +341,47 @@ class GateFacts(Protocol):
     async def record_async(self, row: dict[str, Any]) -> StoredDecision | None:
         """``record``, awaited on the event loop."""
         ...
+
+    async def remember_async(self, row: dict[str, Any], rights: Sequence[str] = ()) -> None:
+        """``remember``, awaited on the event loop, with the invalidation of the rights of the
+        containers ``rights`` (a commit decided on the loop, ``LoopGateStore``, moved one)."""
+        ...
+
+
+class LoopGateUnit(Protocol):
+    """A gate commit's reads and writes on one of the event loop's connections (PostgreSQL), each
+    statement committed on its own, as ``GateStore`` does them in an autocommitted unit of work."""
+
+    async def find(self, terminal: str, request_id: str) -> StoredDecision | None: ...
+
+    async def rights_of(self, containers: Sequence[str]) -> list[ReleaseRight]:
+        """Every right of these containers but deleted ones, unlocked, as ``ReleaseStore.of_containers``."""
+        ...
+
+    async def record(self, row: dict[str, Any]) -> None:
+        """As ``GateStore.record``."""
+        ...
+
+    async def record_move(self, row: dict[str, Any], right: ReleaseRight,
+                          audiences: Sequence[frozenset[uuid.UUID]]) -> bool:
+        """As ``GateStore.record_move``, for a right read by ``rights_of`` in this unit."""
+        ...
+
+
+class LoopGateStore(Protocol):
+    """The event loop's way to PostgreSQL for a gate commit (issue 5): no worker thread waits on it."""
+
+    def usable(self) -> bool:
+        """Whether the running loop may use it (it is open on this loop)."""
+        ...
+
+    def unit(self) -> AbstractAsyncContextManager[LoopGateUnit]:
+        """One connection for the block; raises ``LoopBusy`` when none comes free in time."""
+        ...
+
+
+class LoopBusy(Exception):
+    """No connection of the loop's came free in time: nothing was sent (decide on a worker thread)."""
 
 
 class GateStore(Protocol):

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from quaygate.loopdb import APPLICATION_NAME
 from quaygate.schema import gate_decisions, release_events, releases
 
 from .processes import free_port, serve_app
@@ -30,21 +31,27 @@ THREADS = 48
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _serve(database_url: str, redis_url: str, var_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(database_url: str, redis_url: str, var_dir: Path, on_loop: bool) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "QUAYGATE_DATABASE_URL": database_url, "QUAYGATE_REDIS_URL": redis_url,
            "QUAYGATE_VAR_DIR": str(var_dir), "QUAYGATE_BACKGROUND_WORKERS": "false", "QUAYGATE_DB_POOL_SIZE": "30",
-           "QUAYGATE_LOG_LEVEL": "WARNING"}
+           "QUAYGATE_LOG_LEVEL": "WARNING", "QUAYGATE_GATE_COMMIT_ON_LOOP": str(on_loop).lower()}
     proc = serve_app(port, env, var_dir / f"server-{port}.log", "--log-level", "warning")
     return proc, f"http://127.0.0.1:{port}"
 
 
+@pytest.mark.parametrize("on_loop", [True, False], ids=["on-the-loop", "on-worker-threads"])
 def test_a_thousand_concurrent_commits_on_fifty_rights_give_fifty_allows(
-        pg_engine: sa.Engine, redis_url: str, tmp_path: Path) -> None:
+        pg_engine: sa.Engine, redis_url: str, tmp_path: Path, on_loop: bool) -> None:
+    """Both ways a commit is decided: on the event loop's connections (quaygate/loopdb.py, the way with
+    the facts in Redis), and on the worker threads' units of work (the way without, or when the loop's
+    cannot: a cache miss, Redis failing, no connection free)."""
     gate, all_rights = pickable_in_process(pg_engine, tmp_path, range(1, RIGHTS + 2))  # the last for the twins
     rights, twin_right = all_rights[:RIGHTS], all_rights[RIGHTS]
     url = pg_engine.url.render_as_string(hide_password=False)
-    servers = [_serve(url, redis_url, tmp_path) for _ in range(2)]
+    with pg_engine.connect() as conn:
+        began = conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one()
+    servers = [_serve(url, redis_url, tmp_path, on_loop) for _ in range(2)]
     try:
         # The 20 requests for one right are sent one after the other, so the 48 threads in flight hold
         # about 20 racing requests on each of two or three rights at any time.
@@ -66,6 +73,12 @@ def test_a_thousand_concurrent_commits_on_fifty_rights_give_fifty_allows(
             twins = list(pool.map(call, range(40)))
         for client in clients:
             client.close()
+        with pg_engine.connect() as conn:  # the loop's connections stay a minute after their last use
+            loop_sessions = conn.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = :name AND backend_start >= :began"),
+                {"name": APPLICATION_NAME, "began": began}).scalar_one()
+        assert (loop_sessions > 0) is on_loop
     finally:
         for proc, _ in servers:
             proc.terminate()

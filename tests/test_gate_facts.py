@@ -29,6 +29,7 @@ from quaygate.app import create_app
 from quaygate.cache import RedisCache
 from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher
+from quaygate.hotsql import HotStatement
 from quaygate.schema import badges, gate_decisions, releases
 from quaygate.settings import Settings
 from release_service.adapters.gate_facts import RedisGateFacts
@@ -51,9 +52,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _serve(engine: sa.Engine, tmp_path: Path, redis_url: str) -> Iterator[Gate]:
+def _serve(engine: sa.Engine, tmp_path: Path, redis_url: str, **over: Any) -> Iterator[Gate]:
     settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
-                        redis_url=redis_url, background_workers=False, gate_decision_drain=False)
+                        redis_url=redis_url, background_workers=False, gate_decision_drain=False, **over)
     c = Container(settings=settings, engine=engine, cache=RedisCache(redis_url),
                   cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
     with TestClient(create_app(settings, container=c)) as http:
@@ -67,22 +68,42 @@ def gate(pg_engine: sa.Engine, tmp_path: Path, redis_url: str) -> Iterator[Gate]
     yield from _serve(pg_engine, tmp_path, redis_url)
 
 
+@pytest.fixture(params=["loop", "thread"])
+def either_gate(request: pytest.FixtureRequest, pg_engine: sa.Engine, tmp_path: Path, redis_url: str
+                ) -> Iterator[Gate]:
+    """A gate whose commits are decided on the event loop (quaygate/loopdb.py), and one whose commits
+    are decided on the worker threads (``gate_commit_on_loop`` off): ``gate.commits_on``."""
+    for gate in _serve(pg_engine, tmp_path, redis_url, gate_commit_on_loop=request.param == "loop"):
+        gate.commits_on = request.param  # type: ignore[attr-defined]
+        yield gate
+
+
 class Statements:
-    """Counts the SQL statements the engine runs."""
+    """Counts the SQL statements the engine runs, and those sent on the event loop's connections
+    (quaygate/loopdb.py), which SQLAlchemy does not see."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.count = 0
+        self._patch = pytest.MonkeyPatch()
 
     def _seen(self, *args: Any) -> None:
         self.count += 1
 
     def __enter__(self) -> Statements:
         sa.event.listen(self.engine, "before_cursor_execute", self._seen)
+        sent = HotStatement.execute_async
+
+        async def counted(statement: HotStatement, *args: Any) -> Any:
+            self.count += 1
+            return await sent(statement, *args)
+
+        self._patch.setattr(HotStatement, "execute_async", counted)
         return self
 
     def __exit__(self, *exc: object) -> None:
         sa.event.remove(self.engine, "before_cursor_execute", self._seen)
+        self._patch.undo()
 
 
 def _check(gate: Gate, n: int, **over: Any) -> dict[str, Any]:
@@ -409,11 +430,13 @@ def test_a_token_revoked_after_a_keep_that_found_the_facts_moved_is_refused(
 
 
 def test_a_commit_sends_its_invalidation_with_its_answer_in_one_round_trip(
-        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+        either_gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     """A commit on cached facts waits on two Redis round trips: its facts read (with its request_id and
     its token's revocation entries), and after its write one script that both replaces the right's
     generation and keeps the answer under the request_id. Both have landed when the answer is out: the
-    next check sees the right used, and a retry is answered from Redis without SQL."""
+    next check sees the right used, and a retry is answered from Redis without SQL. Decided on the
+    event loop, both are pipelined there; on a worker thread, both are sent from it."""
+    gate = either_gate
     gate.pickable(16)
     gate.pickable(17)
     facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
@@ -422,7 +445,7 @@ def test_a_commit_sends_its_invalidation_with_its_answer_in_one_round_trip(
     body = gate.body(17, mode="commit")
     moved = gate.verify(body).json()
     assert (moved["decision"], moved["committed"]) == ("allow", True)
-    assert list(zip(trips.sent, trips.where, strict=True)) == [("EVALSHA", "thread")] * 2
+    assert list(zip(trips.sent, trips.where, strict=True)) == [("EVALSHA", gate.commits_on)] * 2  # type: ignore[attr-defined]
     assert facts.owed() == 0
     trips.sent.clear()
     with Statements(gate.engine) as sql:

@@ -444,15 +444,46 @@ class RedisGateFacts:
         try:
             self._send(names, answer)  # owed before it is sent (``_send``): no longer held
         except redis.RedisError:
-            with self._lock:
-                if len(self._unanswered) < _UNANSWERED_MAX:
-                    self._unanswered[answer[0]] = answer[1]
-                else:  # past the bound, a retry may be answered by another copy until it expires
-                    log.warning("release.gate_facts.answer_unsent", extra={"fields": {"key": answer[0]}})
-            self._deferred()
+            self._unsent(answer)
         finally:
             if held:
                 held.difference_update(names)
+
+    async def remember_async(self, row: dict[str, Any], rights: Sequence[str] = ()) -> None:
+        """``remember`` from the event loop, pipelined, for a commit decided there (services/verify.py
+        ``commit_on_loop``), with the invalidation of the rights of the containers ``rights``: owed
+        before it is sent, as ``_send`` does, so a send that fails (or a caller cancelled meanwhile)
+        leaves them owed, never lost. Without a pipelined connection, on this object's threads."""
+        names = [f"r:{c}" for c in rights]
+        answer = (self._request_key(row), _answer(row))
+        if not self._pipe.available:
+            await self._off_loop(functools.partial(self._send_or_keep, names, answer))
+            return
+        owed = self._owing(names)
+        try:
+            await self._pipe.run(_BUMP, [], self._bump_args(owed, answer))
+        except BaseException as exc:
+            self._not_taken(owed)
+            if not isinstance(exc, redis.RedisError):
+                raise
+            self._unsent(answer)
+            return
+        self._taken(owed)
+
+    def _send_or_keep(self, names: Iterable[str], answer: tuple[str, bytes]) -> None:
+        try:
+            self._send(names, answer)
+        except redis.RedisError:
+            self._unsent(answer)
+
+    def _unsent(self, answer: tuple[str, bytes]) -> None:
+        """A commit's answer Redis did not take: kept to write once it is back (``_recover``)."""
+        with self._lock:
+            if len(self._unanswered) < _UNANSWERED_MAX:
+                self._unanswered[answer[0]] = answer[1]
+            else:  # past the bound, a retry may be answered by another copy until it expires
+                log.warning("release.gate_facts.answer_unsent", extra={"fields": {"key": answer[0]}})
+        self._deferred()
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
@@ -500,21 +531,36 @@ class RedisGateFacts:
     def _send(self, names: Iterable[str], answer: tuple[str, bytes] | None = None) -> None:
         """New generations for ``names`` and every one still owed, and ``answer`` (request key, answer)
         kept, in one round trip; what Redis did not take stays owed."""
+        owed = self._owing(names)
+        if not owed and answer is None:
+            return
+        try:
+            self._line.run(_BUMP, [], self._bump_args(owed, answer))
+        except BaseException:
+            self._not_taken(owed)
+            raise
+        self._taken(owed)
+
+    def _owing(self, names: Iterable[str]) -> dict[str, int]:
+        """``names`` owed from now, each at this turn; every name owed, with its turn, to send."""
         with self._lock:
             self._asked += 1
             for name in names:
                 self._owed[name] = self._asked
-            owed = dict(self._owed)
-        if not owed and answer is None:
-            return
+            return dict(self._owed)
+
+    def _bump_args(self, owed: dict[str, int], answer: tuple[str, bytes] | None) -> list[Any]:
         key, value = answer if answer is not None else ("", b"")
-        try:
-            self._line.run(_BUMP, [], [self._p, self._ttl, key, value, self._request_ttl, *sorted(owed)])
-        except BaseException:
-            with self._lock:
-                for name, turn in owed.items():
-                    self._failed[name] = max(turn, self._failed.get(name, 0))
-            raise
+        return [self._p, self._ttl, key, value, self._request_ttl, *sorted(owed)]
+
+    def _not_taken(self, owed: dict[str, int]) -> None:
+        """A send of ``owed`` failed (or its outcome is unknown): they stay owed, and no copy is trusted
+        until a later send takes them (``_breaker``)."""
+        with self._lock:
+            for name, turn in owed.items():
+                self._failed[name] = max(turn, self._failed.get(name, 0))
+
+    def _taken(self, owed: dict[str, int]) -> None:
         with self._lock:
             for name, turn in owed.items():
                 if self._owed.get(name) == turn:  # asked for again meanwhile: that one is still owed

@@ -11,6 +11,7 @@ decision is recorded: the lane sends another capture. The image is never stored,
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -238,8 +239,16 @@ async def _verify(request: Request, body: VerifyRequest, credentials: HTTPAuthor
     try:
         image = face_image(body, container.settings.face_max_image_bytes)
         if facts is not None and names is not None:
-            answer = await verify_service.answer_from_cache(facts, actor, gate, fingerprint=fingerprint,
-                                                            now=now, also=names, admit=revocation.settle)
+            loop_db = getattr(request.app.state, "gate_db", None)
+            if gate.mode is g.Mode.COMMIT and loop_db is not None and loop_db.usable():
+                # Run to its end even if this request is cancelled (a gate that hung up, a stopping
+                # server), as a worker thread would: a move written is remembered and invalidated.
+                answer = await asyncio.shield(asyncio.ensure_future(verify_service.commit_on_loop(
+                    loop_db, facts, actor, gate, fingerprint=fingerprint, now=now, also=names,
+                    admit=revocation.settle)))
+            else:
+                answer = await verify_service.answer_from_cache(facts, actor, gate, fingerprint=fingerprint,
+                                                                now=now, also=names, admit=revocation.settle)
             if answer is not None:
                 revocation.settle()  # settled by admit; a no-op, unless a way out forgot it
                 return _answer(answer)

@@ -62,6 +62,8 @@ from release_service.ports import (
     FactsUnavailable,
     GateFacts,
     GateSnapshot,
+    LoopBusy,
+    LoopGateStore,
     Recalled,
     StoredDecision,
     UnitOfWork,
@@ -208,6 +210,65 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
                 facts.remember(row)
             _log(decision, request, decision_id)
             return body
+    raise DomainError(ErrorCode.ILLEGAL_TRANSITION,
+                      "The release right kept changing while this gate decided; send the request again.")
+
+
+async def commit_on_loop(db: LoopGateStore, facts: GateFacts, actor: Actor, request: g.GateRequest, *,
+                         fingerprint: str, now: datetime, also: Sequence[str] = (),
+                         admit: Callable[[Sequence[bytes | None]], None] | None = None) -> dict[str, Any] | None:
+    """A commit (no face image) decided and written on the event loop, no worker thread waiting for
+    PostgreSQL or Redis: the policy, badge and screening from the cache (one pipelined round trip,
+    the token's revocation entries with them), the rights read afresh from PostgreSQL, the move
+    written only at the version read (one statement), then remembered in the cache with the
+    invalidation of the right, before the answer goes out. The same steps, in the same order, as
+    ``verify``'s commit, on ``db``'s connections instead of a unit of work.
+
+    None, with nothing written, when the loop cannot do it: something not cached, Redis failing or
+    owed invalidations first (``FactsUnavailable``), no connection free (``LoopBusy``). The caller then
+    runs ``verify`` on a worker thread, which reads what is missing through. ``also`` and ``admit`` as
+    for ``answer_from_cache``: the token's revocation is settled before anything is decided."""
+    require_gate_of(actor, request.terminal)
+    if request.mode is not g.Mode.COMMIT or (request.face is not None and request.face.kind == "image"):
+        return None
+    try:
+        snapshot = await facts.read_cached_async(terminal=request.terminal, request_id=request.request_id,
+                                                 badge=request.badge, containers=(), now=now, also=also)
+    except FactsUnavailable:
+        return None
+    if snapshot is None:
+        return None
+    if admit is not None:
+        admit(snapshot.also)
+    if snapshot.replay is not None:
+        return _replay(snapshot.replay, fingerprint)
+    candidates = container_candidates(request.container.number)
+    screening = g.ScreeningFacts(snapshot.screening)
+    for attempt in range(_ATTEMPTS):
+        try:
+            async with db.unit() as unit:
+                # As ``verify``: the cache said "not recorded" just now; a twin recorded since loses us
+                # the insert, and the next round finds it.
+                stored = await unit.find(request.terminal, request.request_id) if attempt else None
+                if stored is not None:
+                    return _replay(stored, fingerprint)
+                decision_id = uuid.uuid4()
+                decision, moved = _decide_on(actor, request, decision_id, now, await unit.rights_of(candidates),
+                                             snapshot.policy, snapshot.badge, screening)
+                body = response_body(request, decision, decision_id, moved is not None)
+                row = _row(actor, request, decision, decision_id, moved is not None, fingerprint, body, now)
+                try:
+                    if moved is None:
+                        await unit.record(row)
+                    elif not await unit.record_move(row, moved, [audience(moved, e) for e in moved.pending_events]):
+                        continue  # the right changed since it was read: nothing was written; read it again
+                except DuplicateDecision:
+                    continue  # nothing of this attempt stays (one statement)
+        except LoopBusy:
+            return None  # no round wrote anything (each ``continue`` above is one that did not)
+        await facts.remember_async(row, (moved.container.value,) if moved is not None else ())
+        _log(decision, request, decision_id)
+        return body
     raise DomainError(ErrorCode.ILLEGAL_TRANSITION,
                       "The release right kept changing while this gate decided; send the request again.")
 
@@ -368,13 +429,19 @@ def _decide_and_move(uow: UnitOfWork, actor: Actor, request: g.GateRequest, deci
         policy, badge, screening = snapshot.policy, snapshot.badge, g.ScreeningFacts(snapshot.screening)
     candidates = container_candidates(request.container.number)
     if request.mode is g.Mode.COMMIT:
-        found = uow.releases.of_containers(candidates)
-        rights = [g.RightFacts.from_right(r) for r in found]
-    else:
-        found = []
-        rights = snapshot.rights if snapshot is not None else uow.gate.rights(candidates)
+        return _decide_on(actor, request, decision_id, now, uow.releases.of_containers(candidates),
+                          policy, badge, screening)
+    rights = snapshot.rights if snapshot is not None else uow.gate.rights(candidates)
+    return g.decide(request, rights=rights, badge=badge, screening=screening, policy=policy, now=now), None
+
+
+def _decide_on(actor: Actor, request: g.GateRequest, decision_id: uuid.UUID, now: datetime,
+               found: Sequence[ReleaseRight], policy: g.TerminalPolicy, badge: g.BadgeFacts | None,
+               screening: g.ScreeningFacts) -> tuple[g.Decision, ReleaseRight | None]:
+    """A commit's decision on its rights as read (``found``), and the right moved when it allows."""
+    rights = [g.RightFacts.from_right(r) for r in found]
     decision = g.decide(request, rights=rights, badge=badge, screening=screening, policy=policy, now=now)
-    if request.mode is not g.Mode.COMMIT or not decision.allowed or decision.release_id is None:
+    if not decision.allowed or decision.release_id is None:
         return decision, None
     right = next(r for r in found if r.id == decision.release_id)
     try:

@@ -66,6 +66,24 @@ def record_move(conn: sa.Connection, row: dict[str, Any], right: ReleaseRight,
     audit entries and webhook deliveries, and the decision ``row``, in one statement. False, with
     nothing written, when the right is no longer at that version. Raises DuplicateDecision.
     ``reads``: the rows as read in this unit of work (``SqlReleaseStore``), to write only what changed."""
+    statement, params = move_statement(row, right, audiences, reads)
+    try:
+        moved = statement.execute(conn, params).scalar()
+    except sa.exc.IntegrityError as exc:
+        if duplicate(exc):
+            raise DuplicateDecision(row["request_id"]) from exc
+        raise
+    if not moved:
+        return False
+    touch(conn, RIGHTS, right.container.value)
+    written(right)
+    return True
+
+
+def move_statement(row: dict[str, Any], right: ReleaseRight, audiences: Sequence[frozenset[uuid.UUID]],
+                   reads: Reads | None) -> tuple[HotStatement, dict[str, Any]]:
+    """The one statement of ``record_move`` and its parameters (also sent from the event loop,
+    adapters/sqla/gate_loop.py)."""
     events = right.pending_events
     if len(audiences) != len(events):
         raise ValueError("one audience per pending event")
@@ -86,18 +104,18 @@ def record_move(conn: sa.Connection, row: dict[str, Any], right: ReleaseRight,
     statement = _statements.get(key)
     if statement is None:
         statement = _statements[key] = HotStatement(_build(*key))
-    try:
-        moved = statement.execute(conn, params).scalar()
-    except sa.exc.IntegrityError as exc:
-        if _DECISION_KEY in str(exc.orig):
-            raise DuplicateDecision(row["request_id"]) from exc
-        raise
-    if not moved:
-        return False
-    touch(conn, RIGHTS, right.container.value)
+    return statement, params
+
+
+def duplicate(exc: sa.exc.IntegrityError) -> bool:
+    """Whether ``exc`` is the decision's unique key refusing a twin recorded first."""
+    return _DECISION_KEY in str(exc.orig)
+
+
+def written(right: ReleaseRight) -> None:
+    """``right`` as the statement left it: at its next version, its events saved."""
     right.version += 1
-    events.clear()
-    return True
+    right.pending_events.clear()
 
 
 def _build(n: int, right_columns: tuple[str, ...], decision_columns: tuple[str, ...]) -> sa.Select[Any]:

@@ -99,13 +99,7 @@ class SqlReleaseStore:
         return [self._read(row) for row in rows]
 
     def _read(self, row: Any) -> ReleaseRight:
-        pending = None
-        if row["t_id"] is not None:
-            pending = _transfer_from_row({c.name: row["t_" + c.name] for c in _PENDING.c})
-        right = _right_from_row(row, pending)
-        if self._reads is not None:  # what the row held at this version: gate_move.py writes what changed
-            self._reads[(right.id, right.version)] = _row_from_right(right)
-        return right
+        return read_right(row, self._reads)
 
     def get_by_transfer(self, transfer_id: uuid.UUID, *, for_update: bool = False) -> ReleaseRight | None:
         release_id = self._conn.execute(
@@ -321,6 +315,18 @@ def _chunks(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]
 # (id, version) -> the row as ``get`` read it: one dict per unit of work (SqlUnitOfWork), shared by its
 # stores, so that a save knows what changed since the read.
 Reads = dict[tuple[uuid.UUID, int], dict[str, Any]]
+
+
+def read_right(row: Any, reads: Reads | None) -> ReleaseRight:
+    """A right from a row of ``_WITH_PENDING`` (a mapping); with ``reads``, what the row held at this
+    version is kept there: gate_move.py writes what changed."""
+    pending = None
+    if row["t_id"] is not None:
+        pending = _transfer_from_row({c.name: row["t_" + c.name] for c in _PENDING.c})
+    right = _right_from_row(row, pending)
+    if reads is not None:
+        reads[(right.id, right.version)] = _row_from_right(right)
+    return right
 
 
 def right_values(right: ReleaseRight, reads: Reads | None = None) -> dict[str, Any]:

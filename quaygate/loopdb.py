@@ -1,0 +1,96 @@
+"""PostgreSQL connections of the event loop: psycopg's ``AsyncConnection``, pooled (psycopg_pool).
+
+The gate's commit (issue 5) waits for PostgreSQL twice. On a worker thread that costs a thread hop,
+a SQLAlchemy unit of work and the GIL passed back and forth with the loop on every round trip; here
+the loop serves other requests while PostgreSQL answers. Measured (loadtests/RESULTS.md, seventeenth
+session): the same two statements and Redis read reached 0.42 of the bare endpoint awaited on the
+loop, 0.32 on the worker threads.
+
+    async with loop_db.connection() as conn:      # autocommitted: each statement its own transaction
+        rows = (await STATEMENT.execute_async(conn, loop_db.dialect, params)).all()
+
+- One pool per server process, opened on the loop that serves it (the app's lifespan) and closed
+  there. ``usable()`` says whether the running loop is that one: a connection never crosses loops.
+- Connections are made when first needed (``min_size`` 0: a server that decides no commit holds
+  none), at most ``size``, and closed after a minute idle. A connection that broke goes back to the
+  pool, which throws it away; a statement never runs on one that failed before.
+- Waiting for a free connection is bounded (``wait``): ``Busy`` then, with nothing sent; the caller
+  decides on the worker threads instead, as without this pool.
+- Our end of every connection has the serving lease's TCP keepalives and user timeout
+  (quaygate/solo.py): a database host gone silent fails the statement in about half a minute, not
+  hours. No connection holds a lock between statements (autocommit), so nothing waits on the
+  database's end of one that was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+import psycopg_pool
+import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
+
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+               "tcp_user_timeout": 30_000}
+
+
+APPLICATION_NAME = "quaygate-loop"  # how these connections show in pg_stat_activity
+
+
+class Busy(Exception):
+    """No connection of the loop's pool came free in time: nothing was sent."""
+
+
+class LoopDatabase:
+    def __init__(self, engine: sa.Engine, *, size: int = 4, wait: float = 2.0, connect_timeout: float = 5.0) -> None:
+        if engine.dialect.name != "postgresql":
+            raise ValueError("the loop's connections are PostgreSQL's")
+        self.dialect = engine.dialect
+        url = engine.url.set(drivername="postgresql")
+        params = {k: v for k, v in url.translate_connect_args(username="user", database="dbname").items()
+                  if v is not None}
+        params.update(url.query)
+        self._pool = psycopg_pool.AsyncConnectionPool(
+            kwargs={**params, **_KEEPALIVES, "connect_timeout": max(2, round(connect_timeout)), "autocommit": True,
+                    "application_name": APPLICATION_NAME},
+            min_size=0, max_size=size, timeout=wait, max_idle=60.0, open=False, name="loop-db")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def open(self) -> None:
+        """Open on the running loop (connections are made when first needed)."""
+        await self._pool.open(wait=False)
+        self._loop = asyncio.get_running_loop()
+
+    async def close(self) -> None:
+        self._loop = None
+        await self._pool.close()
+
+    def usable(self) -> bool:
+        """Open, and the running loop is the one it was opened on."""
+        try:
+            return self._loop is not None and asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection in autocommit; ``Busy`` when none comes free within ``wait``. Given back to the
+        pool however the block ends (a broken one is thrown away there)."""
+        try:
+            conn = await self._pool.getconn()
+        except psycopg_pool.PoolTimeout as exc:
+            log.warning("quaygate.loop_db.busy")
+            raise Busy(str(exc)) from exc
+        try:
+            yield conn
+        finally:
+            await self._pool.putconn(conn)
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._pool.get_stats())

@@ -1,0 +1,91 @@
+"""A gate commit's statements on the event loop's connections (PostgreSQL; issue 5).
+
+The same prebuilt statements as the worker threads' stores send (``store.py`` ``_BY_CONTAINERS_PG``,
+``gate_move.py``'s one statement, the decision's insert and look-up), with the same bound values and
+result types (``HotStatement.execute_async``), awaited on psycopg's ``AsyncConnection``
+(quaygate/loopdb.py) in autocommit: each statement is a transaction of its own, as in the threads'
+autocommitted unit of work. What a move changed is not ``touch``-ed on a connection (nothing of
+SQLAlchemy's sees these commits): the caller hands the right's container to ``remember_async``,
+which sends its invalidation before the answer goes out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+
+from quaygate.hotsql import HotStatement, listed
+from quaygate.loopdb import Busy, LoopDatabase
+from quaygate.schema import gate_decisions
+from release_service.domain.release import ReleaseRight
+from release_service.ports import DuplicateDecision, LoopBusy, StoredDecision
+
+from .gate import _DECISION_COLUMNS, _stored
+from .gate_move import duplicate, move_statement, written
+from .store import _BY_CONTAINERS_PG, Reads, read_right
+
+_FIND = HotStatement(sa.select(*_DECISION_COLUMNS).where(
+    gate_decisions.c.terminal == sa.bindparam("terminal"), gate_decisions.c.request_id == sa.bindparam("request_id")))
+_RECORD = HotStatement(gate_decisions.insert())
+
+
+class LoopGateDatabase:
+    """``ports.LoopGateStore`` over the loop's pool."""
+
+    def __init__(self, db: LoopDatabase) -> None:
+        self._db = db
+
+    def usable(self) -> bool:
+        return self._db.usable()
+
+    @asynccontextmanager
+    async def unit(self) -> AsyncIterator[LoopGateUnit]:
+        try:
+            async with self._db.connection() as conn:
+                yield LoopGateUnit(conn, self._db.dialect)
+        except Busy as exc:  # only ever from taking the connection: nothing was sent
+            raise LoopBusy(str(exc)) from exc
+
+
+class LoopGateUnit:
+    """``ports.LoopGateUnit`` on one connection."""
+
+    def __init__(self, conn: Any, dialect: sa.Dialect) -> None:
+        self._conn = conn
+        self._dialect = dialect
+        self._reads: Reads = {}  # the rights as read here: a move writes what changed
+
+    async def find(self, terminal: str, request_id: str) -> StoredDecision | None:
+        row = (await _FIND.execute_async(self._conn, self._dialect,
+                                         {"terminal": terminal, "request_id": request_id})).first()
+        return _stored(row) if row else None
+
+    async def rights_of(self, containers: Sequence[str]) -> list[ReleaseRight]:
+        if not containers:
+            return []
+        found = await _BY_CONTAINERS_PG.execute_async(self._conn, self._dialect, {"containers": listed(containers)})
+        return [read_right(r._asdict(), self._reads) for r in found.all()]
+
+    async def record(self, row: dict[str, Any]) -> None:
+        try:
+            await _RECORD.execute_async(self._conn, self._dialect, row)
+        except sa.exc.IntegrityError as exc:
+            raise DuplicateDecision(row["request_id"]) from exc
+
+    async def record_move(self, row: dict[str, Any], right: ReleaseRight,
+                          audiences: Sequence[frozenset[uuid.UUID]]) -> bool:
+        statement, params = move_statement(row, right, audiences, self._reads)
+        try:
+            moved = (await statement.execute_async(self._conn, self._dialect, params)).scalar()
+        except sa.exc.IntegrityError as exc:
+            if duplicate(exc):
+                raise DuplicateDecision(row["request_id"]) from exc
+            raise
+        if not moved:
+            return False
+        written(right)
+        return True
