@@ -79,8 +79,9 @@ def either_gate(request: pytest.FixtureRequest, pg_engine: sa.Engine, tmp_path: 
 
 
 class Statements:
-    """Counts the SQL statements the engine runs, and those sent on the event loop's connections
-    (quaygate/loopdb.py), which SQLAlchemy does not see."""
+    """Counts the SQL statements the engine runs, including those sent on the driver's cursor
+    (quaygate/hotsql.py) and on the event loop's connections (quaygate/loopdb.py), which SQLAlchemy's
+    events do not see."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -92,13 +93,19 @@ class Statements:
 
     def __enter__(self) -> Statements:
         sa.event.listen(self.engine, "before_cursor_execute", self._seen)
-        sent = HotStatement.execute_async
+        sent, sent_async = HotStatement.execute, HotStatement.execute_async
 
-        async def counted(statement: HotStatement, *args: Any) -> Any:
+        def counted(statement: HotStatement, conn: sa.Connection, *args: Any) -> Any:
+            if conn.dialect.name == "postgresql":  # elsewhere it is ``conn.execute``: the event counts it
+                self.count += 1
+            return sent(statement, conn, *args)
+
+        async def counted_async(statement: HotStatement, *args: Any) -> Any:
             self.count += 1
-            return await sent(statement, *args)
+            return await sent_async(statement, *args)
 
-        self._patch.setattr(HotStatement, "execute_async", counted)
+        self._patch.setattr(HotStatement, "execute", counted)
+        self._patch.setattr(HotStatement, "execute_async", counted_async)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -368,9 +375,9 @@ def test_without_a_pipelined_connection_the_loop_never_waits_on_redis(gate: Gate
     trips = RoundTrips(facts, monkeypatch)
     with Statements(gate.engine) as sql:
         assert _check(gate, 31)["decision"] == "allow"  # facts read through to PostgreSQL, then cached
+        assert _check(gate, 32)["decision"] == "allow"  # its right read through
         before = sql.count
         assert _check(gate, 31)["decision"] == "allow"  # on remembered facts: kept in one step
-        assert _check(gate, 32)["decision"] == "allow"
         assert _check(gate, 32)["decision"] == "allow"
     assert before > 0 and sql.count == before  # decided on the cache, as with the pipelined connection
     assert set(trips.sent) >= {"EVALSHA"} and set(trips.where) == {"thread"}
@@ -534,6 +541,90 @@ def test_an_answer_redis_did_not_take_leaves_no_other_answer_under_the_id(gate: 
                            ).scalars().all()
     assert [str(i) for i in ids] == [recorded["decision_id"]]
     assert gate.verify(body).json() == recorded
+
+
+def test_a_commit_on_the_loop_whose_remember_redis_did_not_take_is_never_trusted_away(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit decided on the event loop writes its move, then its ``remember`` (the right's
+    invalidation and the answer, pipelined) times out. The move stands and is answered; the
+    invalidation stays owed and failed, so no copy is trusted until Redis took it, and the answer is
+    written back before one is: a check sees the right used, a retry gets the same answer."""
+    import redis
+
+    from release_service.adapters import gate_facts
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    gate.pickable(51)
+    assert _check(gate, 51)["decision"] == "allow"  # the policy, the badge and the right's copy cached
+    real = facts._pipe.run
+
+    async def bump_lost(script: Any, keys: list[Any], args: list[Any]) -> Any:
+        if script is gate_facts._BUMP:
+            raise redis.TimeoutError("Timeout reading from socket")
+        return await real(script, keys, args)
+
+    trips = RoundTrips(facts, monkeypatch)
+    body = gate.body(51, mode="commit")
+    with monkeypatch.context() as m:
+        m.setattr(facts._pipe, "run", bump_lost)
+        moved = gate.verify(body).json()
+    assert (moved["decision"], moved["committed"]) == ("allow", True)
+    assert trips.where == ["loop"]  # the facts read on the loop: decided there
+    name = f"r:{container(51)}"
+    assert name in facts._owed and name in facts._failed and facts._suspect
+    key = facts._request_key({"terminal": body["terminal"], "request_id": body["request_id"]})
+    assert set(facts._unanswered) == {key}
+    with gate.engine.connect() as conn:
+        assert conn.execute(sa.select(releases.c.state).where(releases.c.id == uuid.UUID(moved["release_id"]))
+                            ).scalar_one() == "gated_in"
+    facts._down_until = 0.0  # Redis answers again, the cooldown over
+    assert _check(gate, 51)["reasons"] == ["already_used"]  # the old copy was never trusted
+    assert facts.owed() == 0 and not facts._failed and not facts._unanswered
+    assert gate.verify(body).json() == moved
+
+
+def test_a_commit_remembered_by_a_cancelled_caller_stays_owed(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``remember_async`` cancelled on its way (a stopping server): the invalidation it was sending is
+    owed and failed, as for a send that timed out, never dropped."""
+    import asyncio
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+
+    async def cancelled(*args: Any) -> Any:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(facts._pipe, "run", cancelled)
+    row = {"id": uuid.uuid4(), "terminal": TERMINAL, "request_id": "cancelled-1", "fingerprint": "f",
+           "response": {"decision": "allow"}, "decision": "allow", "release_id": None, "committed": True,
+           "direction": "in"}
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(facts.remember_async(row, ["CANC0000001"]))
+    assert "r:CANC0000001" in facts._owed and "r:CANC0000001" in facts._failed
+
+
+def test_a_commit_the_loop_has_no_connection_for_is_decided_on_a_worker_thread(gate: Gate) -> None:
+    """Every connection of the loop's busy past its wait: nothing sent on the loop, and the commit is
+    decided and written on the worker threads, once."""
+    from quaygate.loopdb import LoopDatabase
+    from release_service.adapters.sqla.gate_loop import LoopGateDatabase
+
+    state = gate.http.app.state  # type: ignore[attr-defined]
+    portal = gate.http.portal  # type: ignore[attr-defined]
+    db = LoopDatabase(gate.engine, size=1, wait=0.2)
+    portal.call(db.open)
+    state.gate_db = LoopGateDatabase(db)
+    held = portal.call(db._pool.getconn)  # the only connection, taken
+    try:
+        gate.pickable(52)
+        assert _check(gate, 52)["decision"] == "allow"
+        with Statements(gate.engine) as sql:
+            moved = gate.verify(gate.body(52, mode="commit")).json()
+        assert (moved["decision"], moved["committed"]) == ("allow", True)
+        assert sql.count >= 2 and db.stats().get("requests_errors", 0) == 1  # the loop's wait timed out
+        assert _check(gate, 52)["reasons"] == ["already_used"]
+    finally:
+        portal.call(db._pool.putconn, held)
+        portal.call(db.close)
 
 
 def test_answers_redis_did_not_take_are_written_in_batches_and_tried_once_more_at_close(

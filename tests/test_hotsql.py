@@ -3,8 +3,10 @@ as ``conn.execute``, in the connection's transaction, with SQLAlchemy's errors."
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -140,3 +142,75 @@ def test_a_listed_parameter_is_the_array_of_its_values(pg_engine: sa.Engine) -> 
         assert member.execute(conn, {"u": listed(ids[:1])}).scalar() is False
     with pytest.raises(ValueError, match="separator"):
         listed(["a,b"])
+
+
+# ---- on the event loop's connections (quaygate/loopdb.py) ------------------------------------------
+
+
+def _on_loop(engine: sa.Engine, use: Any, **kw: Any) -> Any:
+    from quaygate.loopdb import LoopDatabase
+
+    async def run() -> Any:
+        db = LoopDatabase(engine, **kw)
+        await db.open()
+        try:
+            return await use(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def test_on_the_loop_rows_types_and_errors_are_those_of_conn_execute(pg_engine: sa.Engine) -> None:
+    """``execute_async``: the same rows, value types and SQLAlchemy errors as ``conn.execute``; each
+    statement committed on its own (autocommit); the connection still usable after an error."""
+    now = datetime.now(UTC).replace(microsecond=123456)
+    with pg_engine.begin() as conn:
+        pid = _person(conn)
+    row = _session(pid, now)
+
+    async def use(db: Any) -> Any:
+        async with db.connection() as conn:
+            assert (await _SESSION.execute_async(conn, db.dialect, row)).rowcount == 1
+            with pytest.raises(sa.exc.IntegrityError):
+                await _SESSION.execute_async(conn, db.dialect, row)  # the same primary key again
+            hot = (await _HOT_READ.execute_async(conn, db.dialect, {"sid": row["sid"]})).first()
+            none = (await _HOT_READ.execute_async(conn, db.dialect, {"sid": "none such"})).all()
+        return hot, none
+
+    hot, none = _on_loop(pg_engine, use)
+    with pg_engine.connect() as conn:  # committed: seen from another connection
+        plain = conn.execute(_READ, {"sid": row["sid"]}).first()
+    assert plain is not None and none == []
+    assert tuple(hot) == tuple(plain) and [type(v) for v in hot] == [type(v) for v in plain]
+    assert hot.amr == ["hwk", "user"] and hot.auth_time == now and hot.auth_time.utcoffset() == timedelta(0)
+
+
+def test_on_the_loop_a_lost_connection_is_never_given_out_again(pg_engine: sa.Engine) -> None:
+    async def use(db: Any) -> Any:
+        async with db.connection() as conn:
+            pid = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]
+        with pg_engine.connect() as killer:
+            killer.execute(sa.text("SELECT pg_terminate_backend(:p, 10000)"), {"p": pid})  # waits till it ended
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            async with db.connection() as conn:  # the pool's only connection: the lost one
+                await _HOT_READ.execute_async(conn, db.dialect, {"sid": "x"})
+        assert raised.value.connection_invalidated
+        async with db.connection() as conn:  # a new one
+            assert (await _HOT_READ.execute_async(conn, db.dialect, {"sid": "x"})).first() is None
+            return (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0], pid
+
+    now_pid, lost_pid = _on_loop(pg_engine, use, size=1)
+    assert now_pid != lost_pid
+
+
+def test_on_the_loop_no_free_connection_is_busy_with_nothing_sent(pg_engine: sa.Engine) -> None:
+    from quaygate.loopdb import Busy
+
+    async def use(db: Any) -> None:
+        async with db.connection():
+            with pytest.raises(Busy):
+                async with db.connection():
+                    raise AssertionError("never reached")
+
+    _on_loop(pg_engine, use, size=1, wait=0.2)
