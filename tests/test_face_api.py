@@ -10,7 +10,6 @@ import struct
 import threading
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from identity.face.engine import analyse
 from identity.face.liveness import Liveness
 from identity.sessions import sessions_for
 from quaygate.schema import audit_log, face_templates, metadata
+from tests.aio import run_async
 from tests.test_face_support import blurred, photo, side_by_side
 from tests.test_identity_grants_support import Lifecycle, make_lifecycle
 from tests.test_identity_support import ISSUER
@@ -50,13 +50,6 @@ def env(engine: sa.Engine, tmp_path: Path, shared_pool: FacePool) -> Iterator[Li
             yield lc
         finally:
             lc.app.state.face_pool = own  # the lifespan closes its own pool, not the shared one
-
-
-def run_async(fn: Any) -> Any:
-    """``anyio.run(fn)`` in a thread of its own: a suite run may leave an event loop running in the main
-    thread (Playwright's sync API does), where a second one cannot start."""
-    with ThreadPoolExecutor(1) as one:
-        return one.submit(anyio.run, fn).result()
 
 
 def b64(image: bytes) -> str:

@@ -38,6 +38,7 @@ from release_service.api import auth
 from release_service.domain.gate import TerminalPolicy
 
 from . import processes
+from .aio import run_async
 from .ban_register import Register, ban, national_number, snapshot
 from .factories import TERMINAL, container
 from .processes import free_port
@@ -598,7 +599,7 @@ def test_a_commit_remembered_by_a_cancelled_caller_stays_owed(gate: Gate, monkey
            "response": {"decision": "allow"}, "decision": "allow", "release_id": None, "committed": True,
            "direction": "in"}
     with pytest.raises(asyncio.CancelledError):
-        asyncio.run(facts.remember_async(row, ["CANC0000001"]))
+        run_async(facts.remember_async, row, ["CANC0000001"])
     assert "r:CANC0000001" in facts._owed and "r:CANC0000001" in facts._failed
 
 

@@ -3,7 +3,6 @@ as ``conn.execute``, in the connection's transaction, with SQLAlchemy's errors."
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +12,8 @@ import sqlalchemy as sa
 
 from quaygate.hotsql import HotStatement, listed, text_array
 from quaygate.schema import audit_log, login_sessions, persons
+
+from .aio import run_async
 
 _PERSON = persons.insert()
 _SESSION = HotStatement(login_sessions.insert())
@@ -158,7 +159,7 @@ def _on_loop(engine: sa.Engine, use: Any, **kw: Any) -> Any:
         finally:
             await db.close()
 
-    return asyncio.run(run())
+    return run_async(run)
 
 
 def test_on_the_loop_rows_types_and_errors_are_those_of_conn_execute(pg_engine: sa.Engine) -> None:

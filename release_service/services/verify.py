@@ -32,6 +32,12 @@ it into gate_decisions); a commit reads the policy and badge there on its own co
 cache misses is read there) and its rights from PostgreSQL. Redis failing means deciding from
 PostgreSQL, as without it.
 
+On PostgreSQL with Redis, a commit is first tried on the event loop (``commit_on_loop``): the same
+first round, its cache calls pipelined and its two statements awaited on the loop's own connections
+(quaygate/loopdb.py), so no worker thread waits on a round trip. Whatever that round cannot settle (a
+miss, Redis failing, the right changed meanwhile, a twin, no connection free) it leaves unwritten,
+and ``verify`` settles it on a worker thread as above.
+
 Racing gates on one right: every one reads it at the same version, the first write moves it, and
 every later one updates nothing (the version changed), reads again, finds it gated in and is refused
 ``already_used``. A twin request (same request_id, e.g. an adapter retrying after a timeout) that
@@ -221,13 +227,15 @@ async def commit_on_loop(db: LoopGateStore, facts: GateFacts, actor: Actor, requ
     PostgreSQL or Redis: the policy, badge and screening from the cache (one pipelined round trip,
     the token's revocation entries with them), the rights read afresh from PostgreSQL, the move
     written only at the version read (one statement), then remembered in the cache with the
-    invalidation of the right, before the answer goes out. The same steps, in the same order, as
-    ``verify``'s commit, on ``db``'s connections instead of a unit of work.
+    invalidation of the right, before the answer goes out: ``verify``'s first round, on ``db``'s
+    connections instead of a unit of work.
 
-    None, with nothing written, when the loop cannot do it: something not cached, Redis failing or
-    owed invalidations first (``FactsUnavailable``), no connection free (``LoopBusy``). The caller then
-    runs ``verify`` on a worker thread, which reads what is missing through. ``also`` and ``admit`` as
-    for ``answer_from_cache``: the token's revocation is settled before anything is decided."""
+    None, with nothing written, whenever that round cannot settle it: something not cached, Redis
+    failing or owed invalidations first (``FactsUnavailable``), no connection free (``LoopBusy``), the
+    right changed since it was read, a twin recorded first. The caller then runs ``verify`` on a worker
+    thread, which reads what is missing through and, round after round, settles it from PostgreSQL.
+    ``also`` and ``admit`` as for ``answer_from_cache``: the token's revocation is settled before
+    anything is decided."""
     require_gate_of(actor, request.terminal)
     if request.mode is not g.Mode.COMMIT or (request.face is not None and request.face.kind == "image"):
         return None
@@ -242,35 +250,23 @@ async def commit_on_loop(db: LoopGateStore, facts: GateFacts, actor: Actor, requ
         admit(snapshot.also)
     if snapshot.replay is not None:
         return _replay(snapshot.replay, fingerprint)
-    candidates = container_candidates(request.container.number)
-    screening = g.ScreeningFacts(snapshot.screening)
-    for attempt in range(_ATTEMPTS):
-        try:
-            async with db.unit() as unit:
-                # As ``verify``: the cache said "not recorded" just now; a twin recorded since loses us
-                # the insert, and the next round finds it.
-                stored = await unit.find(request.terminal, request.request_id) if attempt else None
-                if stored is not None:
-                    return _replay(stored, fingerprint)
-                decision_id = uuid.uuid4()
-                decision, moved = _decide_on(actor, request, decision_id, now, await unit.rights_of(candidates),
-                                             snapshot.policy, snapshot.badge, screening)
-                body = response_body(request, decision, decision_id, moved is not None)
-                row = _row(actor, request, decision, decision_id, moved is not None, fingerprint, body, now)
-                try:
-                    if moved is None:
-                        await unit.record(row)
-                    elif not await unit.record_move(row, moved, [audience(moved, e) for e in moved.pending_events]):
-                        continue  # the right changed since it was read: nothing was written; read it again
-                except DuplicateDecision:
-                    continue  # nothing of this attempt stays (one statement)
-        except LoopBusy:
-            return None  # no round wrote anything (each ``continue`` above is one that did not)
-        await facts.remember_async(row, (moved.container.value,) if moved is not None else ())
-        _log(decision, request, decision_id)
-        return body
-    raise DomainError(ErrorCode.ILLEGAL_TRANSITION,
-                      "The release right kept changing while this gate decided; send the request again.")
+    decision_id = uuid.uuid4()
+    try:
+        async with db.unit() as unit:
+            decision, moved = _decide_on(actor, request, decision_id, now,
+                                         await unit.rights_of(container_candidates(request.container.number)),
+                                         snapshot.policy, snapshot.badge, g.ScreeningFacts(snapshot.screening))
+            body = response_body(request, decision, decision_id, moved is not None)
+            row = _row(actor, request, decision, decision_id, moved is not None, fingerprint, body, now)
+            if moved is None:
+                await unit.record(row)
+            elif not await unit.record_move(row, moved, [audience(moved, e) for e in moved.pending_events]):
+                return None  # the right changed since it was read: nothing written
+    except (LoopBusy, DuplicateDecision):
+        return None  # nothing written: no connection, or a twin's decision to find (``verify``)
+    await facts.remember_async(row, (moved.container.value,) if moved is not None else ())
+    _log(decision, request, decision_id)
+    return body
 
 
 def _write(uow: UnitOfWork, row: dict[str, Any], moved: ReleaseRight | None) -> bool:
