@@ -15,7 +15,11 @@ loop, 0.32 on the worker threads.
   none), at most ``size``, and closed after a minute idle. A connection that broke goes back to the
   pool, which throws it away; a statement never runs on one that failed before.
 - Waiting for a free connection is bounded (``wait``): ``Busy`` then, with nothing sent; the caller
-  decides on the worker threads instead, as without this pool.
+  decides on the worker threads instead, as without this pool. So is a pool closing.
+- ``run_to_end(work)``: work on these connections is awaited to its end even if its caller is
+  cancelled (a client that hung up, a server stopping), as a worker thread runs to its end; ``close``
+  waits for such work (at most ``drain`` seconds) before it closes the connections. What fails once
+  its caller is gone is logged, never dropped unseen.
 - Our end of every connection has the serving lease's TCP keepalives and user timeout
   (quaygate/solo.py): a database host gone silent fails the statement in about half a minute, not
   hours. No connection holds a lock between statements (autocommit), so nothing waits on the
@@ -26,15 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
 import sqlalchemy as sa
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
                "tcp_user_timeout": 30_000}
@@ -48,7 +54,8 @@ class Busy(Exception):
 
 
 class LoopDatabase:
-    def __init__(self, engine: sa.Engine, *, size: int = 4, wait: float = 2.0, connect_timeout: float = 5.0) -> None:
+    def __init__(self, engine: sa.Engine, *, size: int = 4, wait: float = 2.0, connect_timeout: float = 5.0,
+                 drain: float = 10.0) -> None:
         if engine.dialect.name != "postgresql":
             raise ValueError("the loop's connections are PostgreSQL's")
         self.dialect = engine.dialect
@@ -61,6 +68,8 @@ class LoopDatabase:
                     "application_name": APPLICATION_NAME},
             min_size=0, max_size=size, timeout=wait, max_idle=60.0, open=False, name="loop-db")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain = drain
+        self._running: set[asyncio.Future[Any]] = set()  # ``run_to_end``'s work, held till it ends
 
     async def open(self) -> None:
         """Open on the running loop (connections are made when first needed)."""
@@ -68,8 +77,24 @@ class LoopDatabase:
         self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
+        """No new work; what runs (``run_to_end``) is waited for, then the connections closed."""
         self._loop = None
+        if self._running:
+            _, late = await asyncio.wait(set(self._running), timeout=self._drain)
+            if late:
+                log.error("quaygate.loop_db.close_with_work_running", extra={"fields": {"running": len(late)}})
         await self._pool.close()
+
+    async def run_to_end(self, work: Awaitable[T]) -> T:
+        """``work`` awaited to its end even if this caller is cancelled meanwhile."""
+        task = asyncio.ensure_future(work)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_orphan_ended)  # its caller is gone: its outcome is logged
+            raise
 
     def usable(self) -> bool:
         """Open, and the running loop is the one it was opened on."""
@@ -84,8 +109,8 @@ class LoopDatabase:
         pool however the block ends (a broken one is thrown away there)."""
         try:
             conn = await self._pool.getconn()
-        except psycopg_pool.PoolTimeout as exc:
-            log.warning("quaygate.loop_db.busy")
+        except (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
+            log.warning("quaygate.loop_db.busy", extra={"fields": {"reason": type(exc).__name__}})
             raise Busy(str(exc)) from exc
         try:
             yield conn
@@ -94,3 +119,10 @@ class LoopDatabase:
 
     def stats(self) -> dict[str, int]:
         return dict(self._pool.get_stats())
+
+
+def _orphan_ended(task: asyncio.Future[Any]) -> None:
+    if task.cancelled():
+        log.error("quaygate.loop_db.orphan_cancelled")
+    elif (exc := task.exception()) is not None:
+        log.error("quaygate.loop_db.orphan_failed", exc_info=exc)

@@ -62,6 +62,11 @@ class Metrics:
                                  registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # Issue 5: where gate commits were settled: on the event loop, or on the worker threads (no
+        # Redis, a face image, or what the loop could not settle at once: a miss, a race, an outage).
+        commits = Counter("quaygate_gate_commits_total", "Gate commits by where they were settled", ["way"],
+                          registry=self.registry)
+        self.gate_commits = {way: commits.labels(way) for way in ("loop", "threads")}
 
     def series(self, method: str, route: str, status: int) -> tuple[Any, Any]:
         """The request counter and latency histogram of one (method, route, status), found once: a

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .domain.gate import BadgeFacts, BadgeRead, RightFacts, ScreeningResult, TerminalPolicy
 from .domain.parties import Actor, Organisation
 from .domain.release import ReleaseRight, Screening, State, Transfer
 from .domain.webhooks import Delivery, Subscription
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -342,6 +344,12 @@ class GateFacts(Protocol):
         """``record``, awaited on the event loop."""
         ...
 
+    def moving(self, rights: Sequence[str]) -> AbstractContextManager[None]:
+        """The invalidation of the rights of the containers ``rights``, owed from before a statement that
+        may move one is sent: when the block raises (the statement's outcome unknown), no copy is
+        trusted until Redis took it."""
+        ...
+
     async def remember_async(self, row: dict[str, Any], rights: Sequence[str] = ()) -> None:
         """``remember``, awaited on the event loop, with the invalidation of the rights of the
         containers ``rights`` (a commit decided on the loop, ``LoopGateStore``, moved one)."""
@@ -376,12 +384,20 @@ class LoopGateStore(Protocol):
         ...
 
     def unit(self) -> AbstractAsyncContextManager[LoopGateUnit]:
-        """One connection for the block; raises ``LoopBusy`` when none comes free in time."""
+        """One connection for the block; raises ``LoopUnavailable`` when none comes free in time, or
+        when a statement's connection was lost."""
+        ...
+
+    async def run_to_end(self, work: Awaitable[T]) -> T:
+        """``work`` awaited to its end even if the caller is cancelled (a gate that hung up, a server
+        stopping), as a worker thread would run it: a move written is always remembered."""
         ...
 
 
-class LoopBusy(Exception):
-    """No connection of the loop's came free in time: nothing was sent (decide on a worker thread)."""
+class LoopUnavailable(Exception):
+    """No connection of the loop's came free in time (nothing sent), or the one in use was lost (what
+    it was sending may or may not have been written): settle it on a worker thread, which finds under
+    the request_id whatever was written."""
 
 
 class GateStore(Protocol):

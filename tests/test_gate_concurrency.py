@@ -71,8 +71,16 @@ def test_a_thousand_concurrent_commits_on_fifty_rights_give_fifty_allows(
             twin = gate.body(RIGHTS + 1, mode="commit")
             bodies[:40] = [twin] * 40
             twins = list(pool.map(call, range(40)))
+        ways = Counter[str]()
         for client in clients:
+            for line in client.get("/metrics").text.splitlines():
+                if line.startswith("quaygate_gate_commits_total{"):
+                    ways[line.split('"')[1]] += int(float(line.split()[-1]))
             client.close()
+        assert ways.total() == REQUESTS + 40
+        # On the loop: every commit it could settle at once (most of the refusals); the rest, on the
+        # threads: those that lost a race for a right (read, then changed before their write) and twins.
+        assert (ways["loop"] >= REQUESTS // 2) is on_loop and (ways["threads"] == REQUESTS + 40) is not on_loop, ways
         with pg_engine.connect() as conn:  # the loop's connections stay a minute after their last use
             loop_sessions = conn.execute(sa.text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"

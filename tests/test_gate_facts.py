@@ -603,6 +603,87 @@ def test_a_commit_remembered_by_a_cancelled_caller_stays_owed(gate: Gate, monkey
     assert "r:CANC0000001" in facts._owed and "r:CANC0000001" in facts._failed
 
 
+def test_a_move_whose_connection_was_lost_after_it_landed_is_answered_once_and_invalidated(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's move statement landed, then its connection was lost before the reply: whether it was
+    written is unknown there. Its invalidation was owed before it was sent and is failed now (no copy
+    trusted); the worker threads' way settles the commit under its request_id, finding the decision
+    written, so the gate gets that one answer and the right is used once."""
+    from release_service.adapters.sqla.gate_loop import LoopGateUnit
+    from release_service.ports import LoopUnavailable
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    rid = gate.pickable(53)
+    assert _check(gate, 53)["decision"] == "allow"
+    real = LoopGateUnit.record_move
+    failed: list[set[str]] = []
+
+    async def landed_then_lost(unit: LoopGateUnit, *args: Any) -> bool:
+        assert await real(unit, *args)
+        failed.append(set(facts._failed))
+        raise LoopUnavailable("the connection was lost before the reply")
+
+    monkeypatch.setattr(LoopGateUnit, "record_move", landed_then_lost)
+    from release_service.services import verify as verify_service
+
+    settle = verify_service.verify
+
+    def on_threads(*args: Any, **kw: Any) -> Any:
+        failed.append(set(facts._failed))
+        return settle(*args, **kw)
+
+    monkeypatch.setattr(verify_service, "verify", on_threads)
+    body = gate.body(53, mode="commit")
+    moved = gate.verify(body).json()
+    assert (moved["decision"], moved["committed"], moved["release_id"]) == ("allow", True, str(rid))
+    # While it was sent, owed but not failed; once its outcome was unknown, failed till Redis took it.
+    assert failed == [set(), {f"r:{container(53)}"}]
+    assert not facts._failed and facts.owed() == 0  # sent by the worker threads' remember
+    monkeypatch.undo()
+    assert gate.verify(body).json() == moved
+    assert _check(gate, 53)["reasons"] == ["already_used"]
+    with gate.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)
+                            .where(gate_decisions.c.request_id == body["request_id"])).scalar_one() == 1
+        assert conn.execute(sa.select(releases.c.version).where(releases.c.id == rid)).scalar_one() >= 1
+
+
+def test_a_moving_block_that_raises_leaves_its_invalidation_failed(gate: Gate) -> None:
+    """``moving``: a move statement whose outcome is unknown (its caller cancelled, say) leaves the
+    right's invalidation owed and failed, as a send that timed out does: no copy is trusted until it
+    was sent."""
+    import asyncio
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    with facts.moving(["MOVE0000001"]):
+        assert "r:MOVE0000001" in facts._owed and not facts._failed  # owed before the statement goes
+    with pytest.raises(asyncio.CancelledError), facts.moving(["MOVE0000002"]):
+        raise asyncio.CancelledError
+    assert {"r:MOVE0000001", "r:MOVE0000002"} <= set(facts._failed)
+
+
+def test_a_loop_connection_the_database_dropped_sends_the_commit_to_a_worker_thread(gate: Gate) -> None:
+    """The database ended the loop's idle connection (a restart, a failover): the next commit's first
+    statement finds it lost, nothing is written on it, and the commit is settled on the worker threads."""
+    for n in (54, 55):
+        gate.pickable(n)
+    assert _check(gate, 54)["decision"] == "allow"  # the policy and the badge cached
+    loop = gate.http.app.state.metrics.gate_commits["loop"]  # type: ignore[attr-defined]
+    assert gate.verify(gate.body(54, mode="commit")).json()["committed"] is True
+    assert loop._value.get() == 1  # on the loop
+    with gate.engine.connect() as conn:
+        ended = conn.execute(sa.text(
+            "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'quaygate-loop'")).scalar_one()
+    assert ended >= 1
+    metrics = gate.http.app.state.metrics.gate_commits  # type: ignore[attr-defined]
+    threads = metrics["threads"]._value.get()
+    moved = gate.verify(gate.body(55, mode="commit")).json()
+    assert (moved["decision"], moved["committed"]) == ("allow", True)
+    assert metrics["threads"]._value.get() == threads + 1
+    assert gate.verify(gate.body(55, mode="check")).json()["reasons"] == ["already_used"]
+
+
 def test_a_commit_the_loop_has_no_connection_for_is_decided_on_a_worker_thread(gate: Gate) -> None:
     """Every connection of the loop's busy past its wait: nothing sent on the loop, and the commit is
     decided and written on the worker threads, once."""

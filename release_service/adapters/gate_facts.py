@@ -462,13 +462,26 @@ class RedisGateFacts:
         owed = self._owing(names)
         try:
             await self._pipe.run(_BUMP, [], self._bump_args(owed, answer))
-        except BaseException as exc:
+        except BaseException as exc:  # a caller cancelled meanwhile too: whether Redis took it is unknown
             self._not_taken(owed)
+            self._unsent(answer)
             if not isinstance(exc, redis.RedisError):
                 raise
-            self._unsent(answer)
             return
         self._taken(owed)
+
+    @contextlib.contextmanager
+    def moving(self, rights: Sequence[str]) -> Iterator[None]:
+        """The invalidation of the rights of the containers ``rights``, owed from before the block
+        sends a statement that may move one (a commit decided on the loop, whose ``remember_async``
+        sends it): a block that raises (the statement's outcome unknown: a lost connection, a caller
+        cancelled) leaves it owed and failed, so no copy is trusted until Redis took it."""
+        owed = self._owing([f"r:{c}" for c in rights])
+        try:
+            yield
+        except BaseException:
+            self._not_taken(owed)
+            raise
 
     def _send_or_keep(self, names: Iterable[str], answer: tuple[str, bytes]) -> None:
         try:

@@ -11,7 +11,6 @@ decision is recorded: the lane sends another capture. The image is never stored,
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -243,14 +242,16 @@ async def _verify(request: Request, body: VerifyRequest, credentials: HTTPAuthor
             if gate.mode is g.Mode.COMMIT and loop_db is not None and loop_db.usable():
                 # Run to its end even if this request is cancelled (a gate that hung up, a stopping
                 # server), as a worker thread would: a move written is remembered and invalidated.
-                answer = await asyncio.shield(asyncio.ensure_future(verify_service.commit_on_loop(
+                answer = await loop_db.run_to_end(verify_service.commit_on_loop(
                     loop_db, facts, actor, gate, fingerprint=fingerprint, now=now, also=names,
-                    admit=revocation.settle)))
+                    admit=revocation.settle))
             else:
                 answer = await verify_service.answer_from_cache(facts, actor, gate, fingerprint=fingerprint,
                                                                 now=now, also=names, admit=revocation.settle)
             if answer is not None:
                 revocation.settle()  # settled by admit; a no-op, unless a way out forgot it
+                if gate.mode is g.Mode.COMMIT:
+                    request.app.state.metrics.gate_commits["loop"].inc()
                 return _answer(answer)
         matcher = getattr(container, "face_matcher", None) if image is not None else None
 
@@ -264,6 +265,8 @@ async def _verify(request: Request, body: VerifyRequest, credentials: HTTPAuthor
             revocation.settle()  # a no-op, unless a way out forgot it
             return body
 
+        if gate.mode is g.Mode.COMMIT:
+            request.app.state.metrics.gate_commits["threads"].inc()
         # A face match waits on the face workers for tens of milliseconds: on anyio's threads, so that
         # the few threads of the hot pool (quaygate/threads.py) stay free for the database way.
         if matcher is not None:

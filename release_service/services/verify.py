@@ -68,8 +68,8 @@ from release_service.ports import (
     FactsUnavailable,
     GateFacts,
     GateSnapshot,
-    LoopBusy,
     LoopGateStore,
+    LoopUnavailable,
     Recalled,
     StoredDecision,
     UnitOfWork,
@@ -230,10 +230,12 @@ async def commit_on_loop(db: LoopGateStore, facts: GateFacts, actor: Actor, requ
     invalidation of the right, before the answer goes out: ``verify``'s first round, on ``db``'s
     connections instead of a unit of work.
 
-    None, with nothing written, whenever that round cannot settle it: something not cached, Redis
-    failing or owed invalidations first (``FactsUnavailable``), no connection free (``LoopBusy``), the
-    right changed since it was read, a twin recorded first. The caller then runs ``verify`` on a worker
-    thread, which reads what is missing through and, round after round, settles it from PostgreSQL.
+    None whenever that round cannot settle it: something not cached, Redis failing or owed
+    invalidations first (``FactsUnavailable``), no connection free (nothing sent) or the connection lost
+    (``LoopUnavailable``: a write's outcome unknown), the right changed since it was read, a twin
+    recorded first. The caller then runs ``verify`` on a worker thread, which reads what is missing
+    through and settles it from PostgreSQL, finding whatever was written under the request_id (a
+    write that did land loses it the decision's unique key, and the next round answers with it).
     ``also`` and ``admit`` as for ``answer_from_cache``: the token's revocation is settled before
     anything is decided."""
     require_gate_of(actor, request.terminal)
@@ -260,10 +262,14 @@ async def commit_on_loop(db: LoopGateStore, facts: GateFacts, actor: Actor, requ
             row = _row(actor, request, decision, decision_id, moved is not None, fingerprint, body, now)
             if moved is None:
                 await unit.record(row)
-            elif not await unit.record_move(row, moved, [audience(moved, e) for e in moved.pending_events]):
-                return None  # the right changed since it was read: nothing written
-    except (LoopBusy, DuplicateDecision):
-        return None  # nothing written: no connection, or a twin's decision to find (``verify``)
+            else:
+                with facts.moving((moved.container.value,)):  # owed before the move is sent
+                    if not await unit.record_move(row, moved, [audience(moved, e) for e in moved.pending_events]):
+                        return None  # the right changed since it was read: nothing written
+    except (LoopUnavailable, DuplicateDecision):
+        # No connection (nothing sent); the connection lost (a write's outcome unknown); a twin's
+        # decision to find: ``verify`` settles each under the request_id, its unique key in PostgreSQL.
+        return None
     await facts.remember_async(row, (moved.container.value,) if moved is not None else ())
     _log(decision, request, decision_id)
     return body

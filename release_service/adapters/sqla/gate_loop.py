@@ -12,9 +12,9 @@ which sends its invalidation before the answer goes out.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -22,7 +22,7 @@ from quaygate.hotsql import HotStatement, listed
 from quaygate.loopdb import Busy, LoopDatabase
 from quaygate.schema import gate_decisions
 from release_service.domain.release import ReleaseRight
-from release_service.ports import DuplicateDecision, LoopBusy, StoredDecision
+from release_service.ports import DuplicateDecision, LoopUnavailable, StoredDecision
 
 from .gate import _DECISION_COLUMNS, _stored
 from .gate_move import duplicate, move_statement, written
@@ -31,6 +31,7 @@ from .store import _BY_CONTAINERS_PG, Reads, read_right
 _FIND = HotStatement(sa.select(*_DECISION_COLUMNS).where(
     gate_decisions.c.terminal == sa.bindparam("terminal"), gate_decisions.c.request_id == sa.bindparam("request_id")))
 _RECORD = HotStatement(gate_decisions.insert())
+T = TypeVar("T")
 
 
 class LoopGateDatabase:
@@ -42,13 +43,16 @@ class LoopGateDatabase:
     def usable(self) -> bool:
         return self._db.usable()
 
+    async def run_to_end(self, work: Awaitable[T]) -> T:
+        return await self._db.run_to_end(work)
+
     @asynccontextmanager
     async def unit(self) -> AsyncIterator[LoopGateUnit]:
         try:
             async with self._db.connection() as conn:
                 yield LoopGateUnit(conn, self._db.dialect)
         except Busy as exc:  # only ever from taking the connection: nothing was sent
-            raise LoopBusy(str(exc)) from exc
+            raise LoopUnavailable(str(exc)) from exc
 
 
 class LoopGateUnit:
@@ -60,19 +64,18 @@ class LoopGateUnit:
         self._reads: Reads = {}  # the rights as read here: a move writes what changed
 
     async def find(self, terminal: str, request_id: str) -> StoredDecision | None:
-        row = (await _FIND.execute_async(self._conn, self._dialect,
-                                         {"terminal": terminal, "request_id": request_id})).first()
+        row = (await self._sent(_FIND, {"terminal": terminal, "request_id": request_id})).first()
         return _stored(row) if row else None
 
     async def rights_of(self, containers: Sequence[str]) -> list[ReleaseRight]:
         if not containers:
             return []
-        found = await _BY_CONTAINERS_PG.execute_async(self._conn, self._dialect, {"containers": listed(containers)})
+        found = await self._sent(_BY_CONTAINERS_PG, {"containers": listed(containers)})
         return [read_right(r._asdict(), self._reads) for r in found.all()]
 
     async def record(self, row: dict[str, Any]) -> None:
         try:
-            await _RECORD.execute_async(self._conn, self._dialect, row)
+            await self._sent(_RECORD, row)
         except sa.exc.IntegrityError as exc:
             raise DuplicateDecision(row["request_id"]) from exc
 
@@ -80,7 +83,7 @@ class LoopGateUnit:
                           audiences: Sequence[frozenset[uuid.UUID]]) -> bool:
         statement, params = move_statement(row, right, audiences, self._reads)
         try:
-            moved = (await statement.execute_async(self._conn, self._dialect, params)).scalar()
+            moved = (await self._sent(statement, params)).scalar()
         except sa.exc.IntegrityError as exc:
             if duplicate(exc):
                 raise DuplicateDecision(row["request_id"]) from exc
@@ -89,3 +92,13 @@ class LoopGateUnit:
             return False
         written(right)
         return True
+
+    async def _sent(self, statement: HotStatement, params: dict[str, Any]) -> Any:
+        """The statement's result; its connection lost: ``LoopUnavailable`` (whether a write reached
+        the database is unknown then, and the worker threads' way finds out under the request_id)."""
+        try:
+            return await statement.execute_async(self._conn, self._dialect, params)
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise LoopUnavailable(str(exc)) from exc
+            raise
