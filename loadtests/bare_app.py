@@ -19,13 +19,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import psycopg
 import redis
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 
 from quaygate.db import make_engine
 from quaygate.hotsql import HotStatement
+from quaygate.loopdb import LoopDatabase
 from quaygate.redisline import Line
 from quaygate.threads import threads_for
 from release_service.api.gate import VerifyRequest
@@ -36,8 +36,8 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
     yield
     pool = _async.pop("pool", None)  # the async floor's connections, closed on their own event loop
     _async.pop("lock", None)
-    while pool is not None and not pool.empty():
-        await pool.get_nowait().close()
+    if pool is not None:
+        await pool.close()
 
 
 app = FastAPI(lifespan=_lifespan)
@@ -171,27 +171,23 @@ async def _commit_floor(request: Request, body: VerifyRequest, *, read: bool) ->
     return answer
 
 
-# The same floor on the event loop: psycopg's async connections, no thread hop (what an async driver
-# would give the commit). As many connections as the verify's thread pool has threads.
+# The same floor on the event loop: psycopg's async connections, no thread hop, in the pool the
+# verify's commit uses (quaygate/loopdb.py), of the same size.
 _ASYNC_CONNECTIONS = 4
 _async: dict[str, Any] = {}
 _READ_RIGHT_SQL = "SELECT id, container_number, version, state FROM releases WHERE container_number = %s"
 _RECORD_SQL = "INSERT INTO bare_floor (id, answer) VALUES (%s, %s)"
 
 
-async def _async_pool() -> asyncio.Queue[psycopg.AsyncConnection[Any]]:
+async def _async_pool() -> LoopDatabase:
     pool = _async.get("pool")
     if pool is None:
         lock = _async.setdefault("lock", asyncio.Lock())
         async with lock:
             pool = _async.get("pool")
             if pool is None:
-                _engine()  # the table, once
-                url = sa.make_url(os.environ["QUAYGATE_DATABASE_URL"]).set(drivername="postgresql")
-                pool = asyncio.Queue()
-                for _ in range(_ASYNC_CONNECTIONS):
-                    pool.put_nowait(await psycopg.AsyncConnection.connect(
-                        url.render_as_string(hide_password=False), autocommit=True))
+                pool = LoopDatabase(_engine(), size=_ASYNC_CONNECTIONS)  # the table made, once
+                await pool.open()
                 _async["pool"] = pool
     return pool
 
@@ -203,11 +199,7 @@ async def bare_verify_commit_floor_async(body: VerifyRequest) -> dict[str, Any]:
     thread pool: the floor of a commit with an async driver."""
     _read_facts(body)
     answer = _answer(body)
-    pool = await _async_pool()
-    conn = await pool.get()
-    try:
+    async with (await _async_pool()).connection() as conn:
         await (await conn.execute(_READ_RIGHT_SQL, (body.container.number,))).fetchall()
         await conn.execute(_RECORD_SQL, (uuid.uuid4(), json.dumps(answer)))
-    finally:
-        pool.put_nowait(conn)
     return answer
