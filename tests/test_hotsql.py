@@ -215,3 +215,41 @@ def test_on_the_loop_no_free_connection_is_busy_with_nothing_sent(pg_engine: sa.
                     raise AssertionError("never reached")
 
     _on_loop(pg_engine, use, size=1, wait=0.2)
+
+
+def test_on_the_loop_work_runs_to_its_end_after_its_caller_left_and_close_waits_for_it(
+        pg_engine: sa.Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """``run_to_end``: a caller cancelled mid-statement (a gate that hung up) leaves its work running,
+    as a worker thread would; ``close`` waits for it before closing the connections; work that fails
+    after its caller left is logged."""
+    import asyncio
+
+    done: list[str] = []
+
+    async def slow(tag: str, fail: bool = False) -> str:
+        async with db_ref[0].connection() as conn:
+            await conn.execute("SELECT pg_sleep(0.3)")
+        done.append(tag)
+        if fail:
+            raise RuntimeError("failed after its caller left")
+        return tag
+
+    db_ref: list[Any] = []
+
+    async def use(db: Any) -> None:
+        db_ref.append(db)
+        caller = asyncio.ensure_future(db.run_to_end(slow("kept")))
+        failing = asyncio.ensure_future(db.run_to_end(slow("failing", fail=True)))
+        await asyncio.sleep(0.05)
+        caller.cancel()
+        failing.cancel()
+        for gone in (caller, failing):
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+        assert done == []  # still running
+        await db.close()  # waits for both
+        assert sorted(done) == ["failing", "kept"]
+
+    with caplog.at_level("ERROR", logger="quaygate.loopdb"):
+        _on_loop(pg_engine, use, size=2)
+    assert any(r.message == "quaygate.loop_db.orphan_failed" for r in caplog.records)
