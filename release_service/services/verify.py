@@ -124,17 +124,9 @@ async def answer_from_cache(facts: GateFacts, actor: Actor, request: g.GateReque
         body = await _check_recalled(facts, actor, request, recalled, fingerprint, now, also, admit)
         if body is not None:
             return body
-    try:
-        snapshot = await facts.read_cached_async(
-            terminal=request.terminal, request_id=request.request_id, badge=request.badge,
-            containers=container_candidates(request.container.number), now=now, also=also)
-    except FactsUnavailable:
-        log.warning("release.verify.facts_from_database")
-        return None
+    snapshot = await _read_on_loop(facts, request, now, container_candidates(request.container.number), also, admit)
     if snapshot is None:
         return None
-    if admit is not None:
-        admit(snapshot.also)
     if snapshot.replay is not None:
         return _replay(snapshot.replay, fingerprint)
     decision, decision_id, body, row = _cached_check(actor, request, snapshot, fingerprint, now)
@@ -241,15 +233,9 @@ async def commit_on_loop(db: LoopGateStore, facts: GateFacts, actor: Actor, requ
     require_gate_of(actor, request.terminal)
     if request.mode is not g.Mode.COMMIT or (request.face is not None and request.face.kind == "image"):
         return None
-    try:
-        snapshot = await facts.read_cached_async(terminal=request.terminal, request_id=request.request_id,
-                                                 badge=request.badge, containers=(), now=now, also=also)
-    except FactsUnavailable:
-        return None
+    snapshot = await _read_on_loop(facts, request, now, (), also, admit)  # rights: from PostgreSQL below
     if snapshot is None:
         return None
-    if admit is not None:
-        admit(snapshot.also)
     if snapshot.replay is not None:
         return _replay(snapshot.replay, fingerprint)
     decision_id = uuid.uuid4()
@@ -273,6 +259,22 @@ async def commit_on_loop(db: LoopGateStore, facts: GateFacts, actor: Actor, requ
     await facts.remember_async(row, (moved.container.value,) if moved is not None else ())
     _log(decision, request, decision_id)
     return body
+
+
+async def _read_on_loop(facts: GateFacts, request: g.GateRequest, now: datetime, containers: Sequence[str],
+                        also: Sequence[str], admit: Callable[[Sequence[bytes | None]], None] | None
+                        ) -> GateSnapshot | None:
+    """The cached facts, read from the event loop, the token's revocation settled on the entries read
+    with them (``admit``); None when the cache cannot answer (the caller goes to a worker thread)."""
+    try:
+        snapshot = await facts.read_cached_async(terminal=request.terminal, request_id=request.request_id,
+                                                 badge=request.badge, containers=containers, now=now, also=also)
+    except FactsUnavailable:
+        log.warning("release.verify.facts_from_database")
+        return None
+    if snapshot is not None and admit is not None:
+        admit(snapshot.also)
+    return snapshot
 
 
 def _write(uow: UnitOfWork, row: dict[str, Any], moved: ReleaseRight | None) -> bool:

@@ -25,7 +25,7 @@ from release_service.domain.release import ReleaseRight
 from release_service.ports import DuplicateDecision, LoopUnavailable, StoredDecision
 
 from .gate import _DECISION_COLUMNS, _stored
-from .gate_move import duplicate, move_statement, written
+from .gate_move import move_statement, twin_refused, written
 from .store import _BY_CONTAINERS_PG, Reads, read_right
 
 _FIND = HotStatement(sa.select(*_DECISION_COLUMNS).where(
@@ -82,12 +82,8 @@ class LoopGateUnit:
     async def record_move(self, row: dict[str, Any], right: ReleaseRight,
                           audiences: Sequence[frozenset[uuid.UUID]]) -> bool:
         statement, params = move_statement(row, right, audiences, self._reads)
-        try:
+        with twin_refused(row):
             moved = (await self._sent(statement, params)).scalar()
-        except sa.exc.IntegrityError as exc:
-            if duplicate(exc):
-                raise DuplicateDecision(row["request_id"]) from exc
-            raise
         if not moved:
             return False
         written(right)

@@ -28,8 +28,9 @@ the outbox in services/common.persist, the decision in ``SqlGateStore.record``),
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -67,12 +68,8 @@ def record_move(conn: sa.Connection, row: dict[str, Any], right: ReleaseRight,
     nothing written, when the right is no longer at that version. Raises DuplicateDecision.
     ``reads``: the rows as read in this unit of work (``SqlReleaseStore``), to write only what changed."""
     statement, params = move_statement(row, right, audiences, reads)
-    try:
+    with twin_refused(row):
         moved = statement.execute(conn, params).scalar()
-    except sa.exc.IntegrityError as exc:
-        if duplicate(exc):
-            raise DuplicateDecision(row["request_id"]) from exc
-        raise
     if not moved:
         return False
     touch(conn, RIGHTS, right.container.value)
@@ -107,9 +104,16 @@ def move_statement(row: dict[str, Any], right: ReleaseRight, audiences: Sequence
     return statement, params
 
 
-def duplicate(exc: sa.exc.IntegrityError) -> bool:
-    """Whether ``exc`` is the decision's unique key refusing a twin recorded first."""
-    return _DECISION_KEY in str(exc.orig)
+@contextlib.contextmanager
+def twin_refused(row: dict[str, Any]) -> Iterator[None]:
+    """The move statement's decision refused by its unique key (a twin recorded first, the whole
+    statement rolled back) raised as DuplicateDecision; any other integrity error as it is."""
+    try:
+        yield
+    except sa.exc.IntegrityError as exc:
+        if _DECISION_KEY in str(exc.orig):
+            raise DuplicateDecision(row["request_id"]) from exc
+        raise
 
 
 def written(right: ReleaseRight) -> None:
