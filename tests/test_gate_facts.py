@@ -606,9 +606,10 @@ def test_a_commit_remembered_by_a_cancelled_caller_stays_owed(gate: Gate, monkey
 def test_a_move_whose_connection_was_lost_after_it_landed_is_answered_once_and_invalidated(
         gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     """The loop's move statement landed, then its connection was lost before the reply: whether it was
-    written is unknown there. Its invalidation was owed before it was sent and is failed now (no copy
-    trusted); the worker threads' way settles the commit under its request_id, finding the decision
-    written, so the gate gets that one answer and the right is used once."""
+    written is unknown there. Its invalidation was owed before it was sent (another request's send
+    took it on the way, before the move landed) and is owed again and failed now (no copy trusted);
+    the worker threads' way settles the commit under its request_id, finding the decision written, and
+    sends it: the gate gets that one answer, the right is used once, and nothing stays failed."""
     from release_service.adapters.sqla.gate_loop import LoopGateUnit
     from release_service.ports import LoopUnavailable
 
@@ -619,6 +620,7 @@ def test_a_move_whose_connection_was_lost_after_it_landed_is_answered_once_and_i
     failed: list[set[str]] = []
 
     async def landed_then_lost(unit: LoopGateUnit, *args: Any) -> bool:
+        facts._send(())  # another request's send meanwhile, before the move landed: it takes what is owed
         assert await real(unit, *args)
         failed.append(set(facts._failed))
         raise LoopUnavailable("the connection was lost before the reply")
@@ -657,9 +659,14 @@ def test_a_moving_block_that_raises_leaves_its_invalidation_failed(gate: Gate) -
     facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
     with facts.moving(["MOVE0000001"]):
         assert "r:MOVE0000001" in facts._owed and not facts._failed  # owed before the statement goes
+    assert "r:MOVE0000001" in facts._owed and not facts._failed  # went well: owed, for the next send
     with pytest.raises(asyncio.CancelledError), facts.moving(["MOVE0000002"]):
+        facts._send(())  # taken on the way, before the statement's outcome is known
+        assert "r:MOVE0000002" not in facts._owed
         raise asyncio.CancelledError
-    assert {"r:MOVE0000001", "r:MOVE0000002"} <= set(facts._failed)
+    assert "r:MOVE0000002" in facts._owed and set(facts._failed) == {"r:MOVE0000002"}
+    facts._send(())  # the next send takes it, and nothing stays failed
+    assert not facts._failed and facts.owed() == 0
 
 
 def test_a_loop_connection_the_database_dropped_sends_the_commit_to_a_worker_thread(gate: Gate) -> None:

@@ -476,11 +476,15 @@ class RedisGateFacts:
         sends a statement that may move one (a commit decided on the loop, whose ``remember_async``
         sends it): a block that raises (the statement's outcome unknown: a lost connection, a caller
         cancelled) leaves it owed and failed, so no copy is trusted until Redis took it."""
-        owed = self._owing([f"r:{c}" for c in rights])
+        names = [f"r:{c}" for c in rights]
+        self._owing(names)
         try:
             yield
         except BaseException:
-            self._not_taken(owed)
+            # Owed again, from now: a send that took them while the statement was on its way went out
+            # before the move may have landed, so it does not cover it.
+            again = self._owing(names)
+            self._not_taken({name: again[name] for name in names})
             raise
 
     def _send_or_keep(self, names: Iterable[str], answer: tuple[str, bytes]) -> None:
@@ -567,11 +571,13 @@ class RedisGateFacts:
         return [self._p, self._ttl, key, value, self._request_ttl, *sorted(owed)]
 
     def _not_taken(self, owed: dict[str, int]) -> None:
-        """A send of ``owed`` failed (or its outcome is unknown): they stay owed, and no copy is trusted
-        until a later send takes them (``_breaker``)."""
+        """A send of ``owed`` failed (or its outcome is unknown): those still owed stay owed, and no copy
+        is trusted until a later send takes them (``_breaker``). One that another send took meanwhile
+        (no longer owed: that send carried its latest ask) is not marked: nothing would ever clear it."""
         with self._lock:
             for name, turn in owed.items():
-                self._failed[name] = max(turn, self._failed.get(name, 0))
+                if name in self._owed:
+                    self._failed[name] = max(turn, self._failed.get(name, 0))
 
     def _taken(self, owed: dict[str, int]) -> None:
         with self._lock:

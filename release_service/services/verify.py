@@ -250,7 +250,11 @@ async def commit_on_loop(db: LoopGateStore, facts: GateFacts, actor: Actor, requ
                 await unit.record(row)
             else:
                 with facts.moving((moved.container.value,)):  # owed before the move is sent
-                    if not await unit.record_move(row, moved, [audience(moved, e) for e in moved.pending_events]):
+                    try:
+                        written = await unit.record_move(row, moved, [audience(moved, e) for e in moved.pending_events])
+                    except DuplicateDecision:
+                        return None  # a twin recorded first: the statement rolled back, nothing written
+                    if not written:
                         return None  # the right changed since it was read: nothing written
     except (LoopUnavailable, DuplicateDecision):
         # No connection (nothing sent); the connection lost (a write's outcome unknown); a twin's
