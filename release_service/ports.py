@@ -360,8 +360,6 @@ class LoopGateUnit(Protocol):
     """A gate commit's reads and writes on one of the event loop's connections (PostgreSQL), each
     statement committed on its own, as ``GateStore`` does them in an autocommitted unit of work."""
 
-    async def find(self, terminal: str, request_id: str) -> StoredDecision | None: ...
-
     async def rights_of(self, containers: Sequence[str]) -> list[ReleaseRight]:
         """Every right of these containers but deleted ones, unlocked, as ``ReleaseStore.of_containers``."""
         ...

@@ -1,11 +1,12 @@
 """A gate commit's statements on the event loop's connections (PostgreSQL; issue 5).
 
 The same prebuilt statements as the worker threads' stores send (``store.py`` ``_BY_CONTAINERS_PG``,
-``gate_move.py``'s one statement, the decision's insert and look-up), with the same bound values and
+``gate_move.py``'s one statement, the decision's insert), with the same bound values and
 result types (``HotStatement.execute_async``), awaited on psycopg's ``AsyncConnection``
 (quaygate/loopdb.py) in autocommit: each statement is a transaction of its own, as in the threads'
 autocommitted unit of work. What a move changed is not ``touch``-ed on a connection (nothing of
-SQLAlchemy's sees these commits): the caller hands the right's container to ``remember_async``,
+SQLAlchemy's sees these commits): the caller hands the right's container to ``moving`` and
+``remember_async``,
 which sends its invalidation before the answer goes out.
 """
 
@@ -22,14 +23,11 @@ from quaygate.hotsql import HotStatement, listed
 from quaygate.loopdb import Busy, LoopDatabase
 from quaygate.schema import gate_decisions
 from release_service.domain.release import ReleaseRight
-from release_service.ports import DuplicateDecision, LoopUnavailable, StoredDecision
+from release_service.ports import DuplicateDecision, LoopUnavailable
 
-from .gate import _DECISION_COLUMNS, _stored
 from .gate_move import move_statement, twin_refused, written
 from .store import _BY_CONTAINERS_PG, Reads, read_right
 
-_FIND = HotStatement(sa.select(*_DECISION_COLUMNS).where(
-    gate_decisions.c.terminal == sa.bindparam("terminal"), gate_decisions.c.request_id == sa.bindparam("request_id")))
 _RECORD = HotStatement(gate_decisions.insert())
 T = TypeVar("T")
 
@@ -62,10 +60,6 @@ class LoopGateUnit:
         self._conn = conn
         self._dialect = dialect
         self._reads: Reads = {}  # the rights as read here: a move writes what changed
-
-    async def find(self, terminal: str, request_id: str) -> StoredDecision | None:
-        row = (await self._sent(_FIND, {"terminal": terminal, "request_id": request_id})).first()
-        return _stored(row) if row else None
 
     async def rights_of(self, containers: Sequence[str]) -> list[ReleaseRight]:
         if not containers:
