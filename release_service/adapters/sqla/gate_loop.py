@@ -6,8 +6,7 @@ result types (``HotStatement.execute_async``), awaited on psycopg's ``AsyncConne
 (quaygate/loopdb.py) in autocommit: each statement is a transaction of its own, as in the threads'
 autocommitted unit of work. What a move changed is not ``touch``-ed on a connection (nothing of
 SQLAlchemy's sees these commits): the caller hands the right's container to ``moving`` and
-``remember_async``,
-which sends its invalidation before the answer goes out.
+``remember_async``, which send its invalidation before the answer goes out.
 """
 
 from __future__ import annotations
