@@ -111,7 +111,7 @@ class HotStatement:
             rows = cursor.fetchall() if compiled.returns_rows else []
             count = cursor.rowcount
         except conn.dialect.loaded_dbapi.Error as exc:
-            raise self._failed(conn, compiled, sent, exc, cursor) from exc
+            raise _as_sqlalchemys(conn.dialect, compiled, sent, exc, dbapi, cursor, conn.invalidate) from exc
         finally:
             cursor.close()
         return HotResult(self._rows(compiled, rows), count)
@@ -132,9 +132,7 @@ class HotStatement:
             rows = await cursor.fetchall() if compiled.returns_rows else []
             count = cursor.rowcount
         except dialect.loaded_dbapi.Error as exc:
-            lost = dialect.is_disconnect(exc, conn, cursor)
-            raise sa.exc.DBAPIError.instance(compiled.sql, sent, exc, dialect.loaded_dbapi.Error,
-                                             connection_invalidated=lost, dialect=dialect) from exc
+            raise _as_sqlalchemys(dialect, compiled, sent, exc, conn, cursor) from exc
         finally:
             await cursor.close()
         return HotResult(self._rows(compiled, rows), count)
@@ -175,11 +173,7 @@ class HotStatement:
                 with dbapi.cursor() as cursor:
                     cursor.execute(compiled.sql, sent)
             except dialect.loaded_dbapi.Error as exc:
-                lost = dialect.is_disconnect(exc, dbapi, None)
-                if lost:
-                    raw.invalidate(exc)
-                raise sa.exc.DBAPIError.instance(compiled.sql, sent, exc, dialect.loaded_dbapi.Error,
-                                                 connection_invalidated=lost, dialect=dialect) from exc
+                raise _as_sqlalchemys(dialect, compiled, sent, exc, dbapi, None, raw.invalidate) from exc
             finally:
                 if raw.is_valid:
                     dbapi.autocommit = False  # idle in autocommit: psycopg allows the change
@@ -210,14 +204,16 @@ class HotStatement:
             values[name] = process(values.get(name))
         return values
 
-    @staticmethod
-    def _failed(conn: sa.Connection, compiled: _Compiled, params: Any, exc: Exception, cursor: Any) -> Exception:
-        dialect = conn.dialect
-        lost = dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
-        if lost:
-            conn.invalidate(exc)
-        return sa.exc.DBAPIError.instance(compiled.sql, params, exc, dialect.loaded_dbapi.Error,
-                                          connection_invalidated=lost, dialect=dialect)
+
+def _as_sqlalchemys(dialect: sa.Dialect, compiled: _Compiled, params: Any, exc: Exception, dbapi_conn: Any,
+                    cursor: Any, invalidate: Callable[[BaseException], None] | None = None) -> Exception:
+    """The driver's error as SQLAlchemy raises it from ``conn.execute``; a lost connection first
+    ``invalidate``-d, so that its pool never hands it out again (an async pool throws it away itself)."""
+    lost = dialect.is_disconnect(exc, dbapi_conn, cursor)
+    if lost and invalidate is not None:
+        invalidate(exc)
+    return sa.exc.DBAPIError.instance(compiled.sql, params, exc, dialect.loaded_dbapi.Error,
+                                      connection_invalidated=lost, dialect=dialect)
 
 
 # ---- lists as one text parameter ------------------------------------------------------------------

@@ -442,9 +442,7 @@ class RedisGateFacts:
         held = getattr(self._holds, "names", None)
         names = set(held) if held else set()
         try:
-            self._send(names, answer)  # owed before it is sent (``_send``): no longer held
-        except redis.RedisError:
-            self._unsent(answer)
+            self._send_or_keep(names, answer)  # owed before it is sent (``_send``): no longer held
         finally:
             if held:
                 held.difference_update(names)
@@ -454,7 +452,7 @@ class RedisGateFacts:
         ``commit_on_loop``), with the invalidation of the rights of the containers ``rights``: owed
         before it is sent, as ``_send`` does, so a send that fails (or a caller cancelled meanwhile)
         leaves them owed, never lost. Without a pipelined connection, on this object's threads."""
-        names = [f"r:{c}" for c in rights]
+        names = _right_names(rights)
         answer = (self._request_key(row), _answer(row))
         if not self._pipe.available:
             await self._off_loop(functools.partial(self._send_or_keep, names, answer))
@@ -476,7 +474,7 @@ class RedisGateFacts:
         sends a statement that may move one (a commit decided on the loop, whose ``remember_async``
         sends it): a block that raises (the statement's outcome unknown: a lost connection, a caller
         cancelled) leaves it owed and failed, so no copy is trusted until Redis took it."""
-        names = [f"r:{c}" for c in rights]
+        names = _right_names(rights)
         self._owing(names)
         try:
             yield
@@ -488,6 +486,7 @@ class RedisGateFacts:
             raise
 
     def _send_or_keep(self, names: Iterable[str], answer: tuple[str, bytes]) -> None:
+        """``_send`` with the answer, kept for later (``_unsent``) when Redis does not take it."""
         try:
             self._send(names, answer)
         except redis.RedisError:
@@ -774,6 +773,11 @@ class RedisGateFacts:
         self._pipe.close()
         self._r.close()
         self._drain_client.close()
+
+
+def _right_names(containers: Sequence[str]) -> list[str]:
+    """The generation names of the rights of these containers (what ``committed`` replaces for RIGHTS)."""
+    return [f"r:{c}" for c in containers]
 
 
 _UNANSWERED_MAX = 10_000  # answers to write once Redis is back: about 10 MB at most

@@ -69,6 +69,7 @@ from release_service.ports import (
     GateFacts,
     GateSnapshot,
     LoopGateStore,
+    LoopGateUnit,
     LoopUnavailable,
     Recalled,
     StoredDecision,
@@ -248,14 +249,8 @@ async def commit_on_loop(db: LoopGateStore, facts: GateFacts, actor: Actor, requ
             row = _row(actor, request, decision, decision_id, moved is not None, fingerprint, body, now)
             if moved is None:
                 await unit.record(row)
-            else:
-                with facts.moving((moved.container.value,)):  # owed before the move is sent
-                    try:
-                        written = await unit.record_move(row, moved, [audience(moved, e) for e in moved.pending_events])
-                    except DuplicateDecision:
-                        return None  # a twin recorded first: the statement rolled back, nothing written
-                    if not written:
-                        return None  # the right changed since it was read: nothing written
+            elif not await _moved_on_loop(unit, facts, row, moved):
+                return None
     except (LoopUnavailable, DuplicateDecision):
         # No connection (nothing sent); the connection lost (a write's outcome unknown); a twin's
         # decision to find: ``verify`` settles each under the request_id, its unique key in PostgreSQL.
@@ -263,6 +258,17 @@ async def commit_on_loop(db: LoopGateStore, facts: GateFacts, actor: Actor, requ
     await facts.remember_async(row, (moved.container.value,) if moved is not None else ())
     _log(decision, request, decision_id)
     return body
+
+
+async def _moved_on_loop(unit: LoopGateUnit, facts: GateFacts, row: dict[str, Any], moved: ReleaseRight) -> bool:
+    """The move and its decision written (True); False, with nothing written, when the right changed
+    since it was read or a twin was recorded first (the statement rolled back). The right's
+    invalidation is owed from before the statement is sent (``GateFacts.moving``)."""
+    with facts.moving((moved.container.value,)):
+        try:
+            return await unit.record_move(row, moved, [audience(moved, e) for e in moved.pending_events])
+        except DuplicateDecision:
+            return False
 
 
 async def _read_on_loop(facts: GateFacts, request: g.GateRequest, now: datetime, containers: Sequence[str],
