@@ -16,6 +16,12 @@ loop, 0.32 on the worker threads.
   pool, which throws it away; a statement never runs on one that failed before.
 - Waiting for a free connection is bounded (``wait``): ``Busy`` then, with nothing sent; the caller
   decides on the worker threads instead, as without this pool. So is a pool closing.
+- A wait that ran out rests the pool (``rest`` seconds): ``usable()`` says no, so commits go to the
+  worker threads at once instead of each waiting ``wait`` for a database that refuses new connections
+  (its ``max_connections`` reached, connections disallowed) or a pool kept full. Once the rest is over,
+  the next ``usable()`` starts one probe in the background, which takes a connection (waiting at most
+  ``wait``) and gives it back: the pool is usable again when it got one, else it rests again. No
+  request ever waits on a resting pool, whatever the traffic.
 - ``run_to_end(work)``: work on these connections is awaited to its end even if its caller is
   cancelled (a client that hung up, a server stopping), as a worker thread runs to its end; ``close``
   waits for such work (at most ``drain`` seconds) before it closes the connections. What fails once
@@ -30,7 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -45,7 +52,6 @@ T = TypeVar("T")
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
                "tcp_user_timeout": 30_000}
 
-
 APPLICATION_NAME = "quaygate-loop"  # how these connections show in pg_stat_activity
 
 
@@ -55,7 +61,7 @@ class Busy(Exception):
 
 class LoopDatabase:
     def __init__(self, engine: sa.Engine, *, size: int = 4, wait: float = 2.0, connect_timeout: float = 5.0,
-                 drain: float = 10.0) -> None:
+                 drain: float = 10.0, rest: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         if engine.dialect.name != "postgresql":
             raise ValueError("the loop's connections are PostgreSQL's")
         self.dialect = engine.dialect
@@ -70,6 +76,10 @@ class LoopDatabase:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain = drain
         self._running: set[asyncio.Future[Any]] = set()  # ``run_to_end``'s work, held till it ends
+        self._rest = rest
+        self._clock = clock
+        self._resting_until: float | None = None  # a wait ran out: not usable till a probe got a connection
+        self._probe: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Open on the running loop (connections are made when first needed)."""
@@ -79,6 +89,9 @@ class LoopDatabase:
     async def close(self) -> None:
         """No new work; what runs (``run_to_end``) is waited for, then the connections closed."""
         self._loop = None
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
         if self._running:
             _, late = await asyncio.wait(set(self._running), timeout=self._drain)
             if late:
@@ -97,11 +110,32 @@ class LoopDatabase:
             raise
 
     def usable(self) -> bool:
-        """Open, and the running loop is the one it was opened on."""
+        """Open, the running loop the one it was opened on, and not resting (a probe is started once
+        the rest is over)."""
         try:
-            return self._loop is not None and asyncio.get_running_loop() is self._loop
+            if self._loop is None or asyncio.get_running_loop() is not self._loop:
+                return False
         except RuntimeError:
             return False
+        if self._resting_until is None:
+            return True
+        if self._probe is None and self._clock() >= self._resting_until:
+            self._probe = asyncio.ensure_future(self._probe_once())
+        return False
+
+    async def _probe_once(self) -> None:
+        try:
+            conn = await self._pool.getconn()
+        except psycopg_pool.PoolTimeout:
+            self._resting_until = self._clock() + self._rest
+        except psycopg_pool.PoolClosed:
+            pass
+        else:
+            await self._pool.putconn(conn)
+            self._resting_until = None
+            log.warning("quaygate.loop_db.usable_again")
+        finally:
+            self._probe = None
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -110,6 +144,9 @@ class LoopDatabase:
         try:
             conn = await self._pool.getconn()
         except (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
+            if isinstance(exc, psycopg_pool.PoolTimeout) and self._resting_until is None:
+                self._resting_until = self._clock() + self._rest
+                log.warning("quaygate.loop_db.resting", extra={"fields": {"seconds": self._rest}})
             log.warning("quaygate.loop_db.busy", extra={"fields": {"reason": type(exc).__name__}})
             raise Busy(str(exc)) from exc
         try:

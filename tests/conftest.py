@@ -7,6 +7,7 @@ service is a failure, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections import Counter
@@ -74,6 +75,24 @@ def sqlite_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{path}"
     upgrade(url)
     return url
+
+
+@contextlib.contextmanager
+def refusing_connections(engine: sa.Engine) -> Iterator[None]:
+    """The engine's database refuses new connections (its open ones go on), as at ``max_connections``."""
+    name = engine.url.database
+    base = sa.make_url(need_service("PostgreSQL", PG_URL)).set(drivername="postgresql+psycopg")
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            yield
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    finally:
+        admin.dispose()
 
 
 def _truncate(engine: sa.Engine) -> None:

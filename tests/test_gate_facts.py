@@ -40,6 +40,7 @@ from release_service.domain.gate import TerminalPolicy
 from . import processes
 from .aio import run_async
 from .ban_register import Register, ban, national_number, snapshot
+from .conftest import refusing_connections
 from .factories import TERMINAL, container
 from .processes import free_port
 from .test_gate_verify import Gate
@@ -713,6 +714,36 @@ def test_a_commit_the_loop_has_no_connection_for_is_decided_on_a_worker_thread(g
         assert _check(gate, 52)["reasons"] == ["already_used"]
     finally:
         portal.call(db._pool.putconn, held)
+        portal.call(db.close)
+
+
+def test_while_the_database_refuses_new_connections_one_commit_waits_for_the_loop_and_the_rest_do_not(
+        gate: Gate) -> None:
+    """The database takes no new connection (``max_connections`` reached, say), and the loop's pool has
+    none open: the first commit waits the pool's wait out, the pool rests, and the next commits go to
+    the worker threads' open connections without asking it. Each is decided and written once."""
+    from quaygate.loopdb import LoopDatabase
+    from release_service.adapters.sqla.gate_loop import LoopGateDatabase
+
+    state = gate.http.app.state  # type: ignore[attr-defined]
+    portal = gate.http.portal  # type: ignore[attr-defined]
+    db = LoopDatabase(gate.engine, size=1, wait=0.2, rest=3600.0)
+    portal.call(db.open)
+    state.gate_db = LoopGateDatabase(db)
+    metrics = state.metrics.gate_commits
+    try:
+        for n in (56, 57, 58):
+            gate.pickable(n)
+        assert _check(gate, 56)["decision"] == "allow"  # the policy and the badge cached
+        loop, threads = metrics["loop"]._value.get(), metrics["threads"]._value.get()
+        with refusing_connections(gate.engine):
+            answers = [gate.verify(gate.body(n, mode="commit")).json() for n in (56, 57, 58)]
+            asked = db.stats().get("requests_num", 0)
+        assert [(a["decision"], a["committed"]) for a in answers] == [("allow", True)] * 3
+        assert asked == 1 and db.stats().get("requests_errors", 0) == 1  # only the first asked, and waited
+        assert (metrics["loop"]._value.get() - loop, metrics["threads"]._value.get() - threads) == (0, 3)
+        assert [_check(gate, n)["reasons"] for n in (56, 57, 58)] == [["already_used"]] * 3
+    finally:
         portal.call(db.close)
 
 

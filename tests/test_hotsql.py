@@ -14,6 +14,7 @@ from quaygate.hotsql import HotStatement, listed, text_array
 from quaygate.schema import audit_log, login_sessions, persons
 
 from .aio import run_async
+from .conftest import refusing_connections
 
 _PERSON = persons.insert()
 _SESSION = HotStatement(login_sessions.insert())
@@ -215,6 +216,75 @@ def test_on_the_loop_no_free_connection_is_busy_with_nothing_sent(pg_engine: sa.
                     raise AssertionError("never reached")
 
     _on_loop(pg_engine, use, size=1, wait=0.2)
+
+
+def test_on_the_loop_a_wait_that_ran_out_rests_the_pool_till_a_probe_gets_a_connection(pg_engine: sa.Engine) -> None:
+    """The database refuses new connections: the first wait runs out (``Busy``), then the pool rests
+    and is asked nothing (every commit goes to the worker threads at once); once the rest is over, a
+    probe in the background asks for one connection and the pool rests again while refused, and is
+    usable again once the database accepts connections."""
+    import asyncio
+
+    from quaygate.loopdb import Busy
+
+    now = [0.0]
+
+    async def use(db: Any) -> list[Any]:
+        seen: list[Any] = [db.usable()]
+        with refusing_connections(pg_engine):
+            with pytest.raises(Busy):
+                async with db.connection():
+                    raise AssertionError("never reached")
+            asked = db.stats()["requests_num"]
+            now[0] = 59.0
+            seen += [db.usable(), db._probe, db.stats()["requests_num"] - asked]  # resting: nothing asked
+            now[0] = 60.0
+            seen.append(db.usable())  # the rest is over: a probe starts, this caller still goes elsewhere
+            probe = db._probe
+            seen.append(db.usable())  # one probe at a time
+            assert probe is not None and db._probe is probe
+            await probe
+            seen += [db.stats()["requests_num"] - asked, db._resting_until, db.usable()]  # refused: rests again
+        # The pool's own attempts to connect back off (psycopg_pool: 1 s, 2 s, ...): probes, a rest
+        # apart, until one finds the connection it made.
+        probes = 0
+        while not db.usable():
+            assert probes < 60, "never usable again"
+            now[0] += 120.0
+            if not db.usable():
+                probes += 1
+                await asyncio.wait_for(db._probe, 10)
+        seen.append(db.usable())
+        async with db.connection() as conn:
+            seen.append((await (await conn.execute("SELECT 7")).fetchone())[0])
+        return seen
+
+    assert _on_loop(pg_engine, use, size=1, wait=0.3, rest=60.0, clock=lambda: now[0]) == [
+        True, False, None, 0, False, False, 1, 120.0, False, True, 7]
+
+
+def test_on_the_loop_close_ends_a_probe_that_waits(pg_engine: sa.Engine) -> None:
+    import asyncio
+
+    from quaygate.loopdb import Busy
+
+    now = [0.0]
+
+    async def use(db: Any) -> None:
+        with refusing_connections(pg_engine):
+            with pytest.raises(Busy):
+                async with db.connection():
+                    raise AssertionError("never reached")
+            db._pool.timeout = 60.0  # the probe's own wait: longer than this test may take
+            now[0] = 10.0
+            assert not db.usable() and db._probe is not None
+            probe = db._probe
+            await asyncio.sleep(0.1)
+            assert not probe.done()
+            await asyncio.wait_for(db.close(), 10)  # the probe is cancelled, not waited for
+            assert probe.done() and db._probe is None and not db.usable()
+
+    _on_loop(pg_engine, use, size=1, wait=0.3, rest=1.0, clock=lambda: now[0])
 
 
 def test_on_the_loop_work_runs_to_its_end_after_its_caller_left_and_close_waits_for_it(
