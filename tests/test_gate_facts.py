@@ -747,6 +747,39 @@ def test_while_the_database_refuses_new_connections_one_commit_waits_for_the_loo
         portal.call(db.close)
 
 
+def test_a_commit_the_database_cannot_take_is_a_503_problem_and_a_check_is_still_answered(gate: Gate) -> None:
+    """PostgreSQL takes no connection at all (none open in the app's pools): a commit is refused 503
+    ``service_unavailable`` with Retry-After (problem JSON, nothing written), a check is still decided
+    on the cached facts, and the same commit sent again once the database is back uses the right."""
+    from quaygate.loopdb import LoopDatabase
+    from release_service.adapters.sqla.gate_loop import LoopGateDatabase
+
+    state = gate.http.app.state  # type: ignore[attr-defined]
+    portal = gate.http.portal  # type: ignore[attr-defined]
+    db = LoopDatabase(gate.engine, size=1, wait=0.2, rest=3600.0)
+    portal.call(db.open)
+    state.gate_db = LoopGateDatabase(db)
+    try:
+        gate.pickable(59)
+        assert _check(gate, 59)["decision"] == "allow"  # the policy, the badge and the right cached
+        body = gate.body(59, mode="commit")
+        with refusing_connections(gate.engine):
+            state.container.engine.dispose()  # the worker threads' pool: nothing open
+            refused = gate.verify(body)
+            checked = _check(gate, 59)
+        assert refused.status_code == 503 and refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["code"] == "service_unavailable" and refused.headers["retry-after"] == "1"
+        assert checked["decision"] == "allow"
+        with gate.engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)
+                                .where(gate_decisions.c.request_id == body["request_id"])).scalar_one() == 0
+        again = gate.verify(body).json()
+        assert (again["decision"], again["committed"]) == ("allow", True)
+        assert _check(gate, 59)["reasons"] == ["already_used"]
+    finally:
+        portal.call(db.close)
+
+
 def test_answers_redis_did_not_take_are_written_in_batches_and_tried_once_more_at_close(
         gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     """Many answers kept through an outage go back a batch per round trip (one large write could outlast

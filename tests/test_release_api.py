@@ -290,3 +290,34 @@ def test_with_a_ban_register_configured_a_nomination_needs_a_list_in_force(engin
                      json={"driver_person_id": str(api.p.driver), "plate": {"text": "1-ABC-123", "country": "BE"}})
         assert_problem(r, 409, "driver_screening_failed")
         assert r.json()["screening"] == "unavailable" and r.json()["reasons"] == ["screening_unavailable"]
+
+
+def test_a_failure_of_the_service_is_a_500_problem_that_tells_nothing_of_it(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from release_service.services import queries
+
+    right = api.issue(901)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the secret inside of the failure")
+
+    monkeypatch.setattr(queries, "get", broken)
+    quiet = TestClient(api.http.app, raise_server_exceptions=False)
+    r = quiet.get(f"/api/v1/releases/{right['release']['id']}", headers=api.as_("line"))
+    assert_problem(r, 500, "internal_error")
+    assert "secret" not in r.text
+
+
+def test_a_database_that_does_not_answer_is_a_503_problem_with_retry_after(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from release_service.services import queries
+
+    right = api.issue(902)
+
+    def lost(*args: Any, **kwargs: Any) -> Any:
+        raise sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(queries, "get", lost)
+    r = api.http.get(f"/api/v1/releases/{right['release']['id']}", headers=api.as_("line"))
+    assert_problem(r, 503, "service_unavailable")
+    assert r.headers["retry-after"] == "1" and "closed the connection" not in r.text

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -11,6 +13,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from release_service.domain.errors import DomainError, ErrorCode
+
+log = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://quaygate.eu/problems/"
 MEDIA_TYPE = "application/problem+json"
@@ -65,6 +69,7 @@ TITLES: dict[int, str] = {
     415: "Unsupported media type",
     422: "Unprocessable content",
     429: "Too many requests",
+    500: "Internal server error",
     503: "Service unavailable",
 }
 
@@ -167,6 +172,24 @@ def install(app: FastAPI) -> None:
             return problem(400, "malformed_json", "The body is not valid JSON.", instance=request.url.path)
         return problem(422, "invalid_request", "The request does not match the schema.",
                        instance=request.url.path, errors=errors)
+
+    @app.exception_handler(sa.exc.OperationalError)
+    @app.exception_handler(sa.exc.InterfaceError)
+    @app.exception_handler(sa.exc.TimeoutError)
+    def _database(request: Request, exc: Exception) -> JSONResponse:
+        # The database refused or lost the connection, no pooled connection came free, a statement was
+        # cancelled, a deadlock or a serialization failure. A write whose connection was lost after it
+        # was sent may have landed: sent again under the same request_id (a gate verify) or
+        # Idempotency-Key, it is found, never done twice. A gate adapter retries, then decides offline.
+        log.error("quaygate.database_unavailable", exc_info=exc, extra={"fields": {"path": request.url.path}})
+        return problem(503, "service_unavailable", "The database did not answer; send the request again.",
+                       instance=request.url.path, headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Logged by the server with its traceback (Starlette raises it on); the client gets problem JSON
+        # with nothing of the exception in it.
+        return problem(500, "internal_error", "The service failed on this request.", instance=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
