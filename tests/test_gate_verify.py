@@ -334,6 +334,54 @@ def test_an_override_cannot_set_aside_the_badge_office_or_the_ban_register(gate:
     assert gate.state(rid) == "nominated"
 
 
+def _without_badge(gate: Gate, n: int) -> dict[str, Any]:
+    """A commit refused because the driver showed no badge: the decision screened nobody."""
+    refused = gate.verify(gate.body(n, mode="commit", badge=None)).json()
+    assert refused["decision"] == "deny" and "badge_unknown" in refused["reasons"], refused
+    assert refused["driver"] is None and not {"person_banned", "driver_mismatch"} & set(refused["reasons"])
+    return dict(refused)
+
+
+def test_an_override_of_a_decision_without_a_badge_lets_in_the_nominated_driver_screened_now(gate: Gate) -> None:
+    """No badge shown: the desk establishes that the person is the nominated driver, and the override
+    screens that driver now, as a nomination does."""
+    rid = gate.pickable(24)
+    got = _override(gate, _without_badge(gate, 24))
+    assert got.status_code == 201, got.text
+    assert gate.state(rid) == "gated_in"
+
+
+@pytest.mark.parametrize("refusal", ["banned", "badge_blocked"])
+def test_an_override_never_lets_in_a_driver_the_ban_register_or_the_badge_office_refuses(
+        gate: Gate, refusal: str) -> None:
+    """The attack: a banned driver (or one whose badge the badge office blocked) comes without a badge,
+    so that the gate cannot screen him, and asks the desk to override the badge it did not see."""
+    rid = gate.pickable(25)
+    if refusal == "banned":
+        ban_the_driver(gate)
+    else:
+        with gate.engine.begin() as conn:
+            conn.execute(badges.update().where(badges.c.number == gate.badge_number).values(status="blocked"))
+    got = _override(gate, _without_badge(gate, 25))
+    assert_problem(got, 409, "illegal_transition")
+    assert ("person_banned" if refusal == "banned" else "badge_blocked") in got.json()["detail"]
+    assert gate.state(rid) == "nominated"
+
+
+def test_an_override_is_refused_once_the_right_was_nominated_again(gate: Gate) -> None:
+    """Refused for the plate; then the haulier nominates again (another driver, another truck): the
+    old decision judged the old nomination, and letting the truck in on it would skip the new one."""
+    rid = gate.pickable(26)
+    refused = _wrong_plate(gate, 26)
+    r = gate.http.put(f"/api/v1/releases/{rid}/nomination", headers=gate.as_("haul"),
+                      json={"driver_person_id": str(gate.p.driver), "plate": {"text": "2-XYZ-987", "country": "BE"}})
+    assert r.status_code == 200, r.text
+    got = _override(gate, refused)
+    assert_problem(got, 409, "illegal_transition")
+    assert "nominated again" in got.json()["detail"]
+    assert gate.state(rid) == "nominated"
+
+
 @pytest.mark.parametrize("after", ["blocked", "customs_red", "revoked"])
 def test_an_override_judges_the_right_as_it_is_now(gate: Gate, after: str) -> None:
     """Refused for the plate, then the line blocks or revokes the right, or customs holds it: the

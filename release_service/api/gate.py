@@ -286,6 +286,9 @@ def override(request: Request, body: OverrideRequest, actor: Actor = Depends(GAT
     for what another party decided or the right itself says (blocked, revoked, commercial or customs
     hold, outside its window, used, nominated to nobody, another terminal's), for the badge office's or
     the port-ban register's word on a person, or for a driver who is not the one nominated: 409
-    ``illegal_transition``, the right untouched. The right is judged as it is now."""
+    ``illegal_transition``, the right untouched. The right is judged as it is now, and so is the person:
+    the truck goes in under the nomination the decision judged (a right nominated again since is
+    verified again), to its driver, whom the desk identifies and the service screens at the override as
+    at nomination (a usable badge, no port ban; a decision that read no badge screened nobody)."""
     now = request.app.state.container.clock.now()
     return verify_service.override(_uow_factory(request), actor, body.decision_id, body.reason, now)

@@ -585,6 +585,25 @@ class ReleaseRight:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A terminal cannot lift the line's commercial hold or "
                               "customs' hold: both lights must be green.")
 
+    def require_releasable_to_driver(self, decided_at: datetime, driver: Screening) -> None:
+        """What an override may not set aside on the person it lets in. The truck goes in under the
+        nomination the refused decision judged, to its driver (the desk establishes that the person at
+        the gate is that driver), so: the right not nominated again since the decision, and that driver,
+        screened now (``driver``: the nomination's screening, a usable badge and no port ban), neither
+        banned nor without a usable badge. A decision that read no badge, or one nobody knows, never
+        screened a person: this is the screening that lets the truck in. A register that does not
+        answer ("unavailable") is the desk's to judge, as ``screening_unavailable`` is."""
+        n = self.nomination
+        if n is None:
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "Only a nominated right is let in.")
+        if n.nominated_at > decided_at:
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "The right was nominated again since this decision: "
+                              "verify the truck again.")
+        if driver.result not in ("clear", "unavailable"):
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A terminal cannot let in a driver the badge office or "
+                              f"the port-ban register refuses ({', '.join(driver.reasons) or driver.result}).",
+                              reasons=list(driver.reasons))
+
     def gate_out(self, *, by: Actor, now: datetime, decision_id: uuid.UUID) -> None:
         self._require_gate(by)
         self._require_state(frozenset({State.GATED_IN}), "gate out")

@@ -524,7 +524,8 @@ def override(uow_factory: Callable[[], UnitOfWork], actor: Actor, decision_id: u
         if uow.gate.overridden(decision_id):
             raise DomainError(ErrorCode.ALREADY_USED, "This decision has already been overridden.")
         g.require_overridable_decision(stored.response.get("reasons", ()), stored.decided_at, now)
-        right, receipt = override_right(uow, actor, stored.release_id, reason, decision_id, now)
+        right, receipt = override_right(uow, actor, stored.release_id, reason, decision_id, stored.decided_at,
+                                       now)
         uow.gate.record_override({"id": uuid.uuid4(), "decision_id": decision_id, "release_id": right.id,
                                   "terminal": stored.terminal, "client_id": actor.client_id,
                                   "reason": reason.strip(), "at": now})
