@@ -79,7 +79,7 @@ class ContainerOutcome(StrEnum):
     EXACT = "exact"  # valid ISO 6346 as read
     REPAIRED = "repaired"  # one look-alike substitution gives the one known number
     UNREADABLE = "unreadable"  # nothing we can trust (see ``ContainerReading.why``)
-    AMBIGUOUS = "ambiguous"  # several repairs give a known number
+    AMBIGUOUS = "ambiguous"  # several valid numbers one look-alike apart, and nothing tells which
 
 
 class Unreadable(StrEnum):
@@ -88,7 +88,7 @@ class Unreadable(StrEnum):
     MALFORMED = "malformed"  # empty, wrong length, or characters no container number has
     NO_CANDIDATE = "no_candidate"  # no single look-alike substitution gives a valid number
     NO_KNOWN_CANDIDATE = "no_known_candidate"  # valid repairs exist, none has a release right
-    LOW_CONFIDENCE = "low_confidence"  # one known repair, but the camera was not sure enough
+    LOW_CONFIDENCE = "low_confidence"  # the one repair is known, but the camera was not sure enough
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,18 +165,24 @@ def understand_container(
 ) -> ContainerReading:
     """Understand a container OCR read, repairing at most one look-alike character.
 
-    * A read that is valid ISO 6346 (shape and check digit) is taken as read, whatever its confidence
-      and whatever ``known`` says: the check digit is the verification (it catches almost every
-      single-character misread, and a misread that passes it still has to match a release right, a
-      badge, a driver and a plate), and whether a right exists is the decision's question.
+    * A read that is valid ISO 6346 (shape and check digit) is taken as read, whatever ``known`` says:
+      the check digit is the verification (it catches almost every single-character misread, and a
+      misread that passes it still has to match a release right, a badge, a driver and a plate), and
+      whether a right exists is the decision's question. Not when the camera was unsure (under
+      ``policy.container_min_confidence``) and another valid number is one look-alike away: the check
+      digit cannot tell those apart (O, D and Q in an owner code can give the same digit, as in
+      OAAU0000090 and DAAU0000090), so the read is AMBIGUOUS.
     * Otherwise the candidates are the valid numbers one look-alike substitution away. The read is
-      REPAIRED only when exactly one candidate is ``known`` (has a release right) and the camera's
-      confidence reaches ``policy.container_min_confidence``. Several known candidates: AMBIGUOUS;
-      none, or too low a confidence: UNREADABLE. Both become ``review`` at the gate.
+      REPAIRED only when there is exactly one (SPEC.md, issue 5), it is ``known`` (has a release right)
+      and the camera's confidence reaches ``policy.container_min_confidence``. Several candidates:
+      AMBIGUOUS, even when only one has a right (the box on the truck may be the other one, which
+      has none); none known, or too low a confidence: UNREADABLE. Both become ``review`` at the gate.
     * A read that needs more than one substitution, or has the wrong length, is UNREADABLE.
     """
     text = normalise(raw or "")
     if ContainerNumber.is_valid(text):
+        if confidence < policy.container_min_confidence and (twins := _repairs(text)):
+            return ContainerReading(ContainerOutcome.AMBIGUOUS, text, candidates=tuple(sorted((text, *twins))))
         return ContainerReading(ContainerOutcome.EXACT, text, number=text)
     if len(text) != CONTAINER_LENGTH or not text.isalnum() or not text.isascii():
         return ContainerReading(ContainerOutcome.UNREADABLE, text, why=Unreadable.MALFORMED)
@@ -189,7 +195,7 @@ def understand_container(
         return ContainerReading(
             ContainerOutcome.UNREADABLE, text, candidates=candidates, why=Unreadable.NO_KNOWN_CANDIDATE
         )
-    if len(matching) > 1:
+    if len(candidates) > 1:
         return ContainerReading(ContainerOutcome.AMBIGUOUS, text, candidates=candidates)
     if confidence < policy.container_min_confidence:
         return ContainerReading(
