@@ -651,6 +651,44 @@ def test_a_move_whose_connection_was_lost_after_it_landed_is_answered_once_and_i
         assert conn.execute(sa.select(releases.c.version).where(releases.c.id == rid)).scalar_one() >= 1
 
 
+@pytest.fixture
+def thread_gate(pg_engine: sa.Engine, tmp_path: Path, redis_url: str) -> Iterator[Gate]:
+    """Commits decided on the worker threads only (``gate_commit_on_loop`` off)."""
+    yield from _serve(pg_engine, tmp_path, redis_url, gate_commit_on_loop=False)
+
+
+def test_a_threads_move_whose_connection_was_lost_after_it_landed_is_invalidated(
+        thread_gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the worker threads (a face image, the loop off or busy): the one move statement landed, then
+    the connection was lost before the reply. The gate is refused (503: the outcome unknown here) and
+    retries; the retry is answered from the record, and no check is ever answered from the copy of the
+    right before its gate-in (its invalidation was owed before the statement went, and failed)."""
+    from release_service.adapters.sqla.gate import SqlGateStore
+
+    gate = thread_gate
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    rid = gate.pickable(61)
+    assert _check(gate, 61)["decision"] == "allow"  # the right's copy, before its gate-in, cached
+    real = SqlGateStore.record_move
+
+    def landed_then_lost(store: SqlGateStore, *args: Any) -> bool:
+        assert real(store, *args)
+        raise sa.exc.OperationalError("WITH moved AS (...)", {}, Exception("server closed the connection"),
+                                      connection_invalidated=True)
+
+    monkeypatch.setattr(SqlGateStore, "record_move", landed_then_lost)
+    body = gate.body(61, mode="commit")
+    lost = gate.verify(body)
+    assert lost.status_code == 503 and lost.json()["code"] == "service_unavailable"
+    assert set(facts._failed) == {f"r:{container(61)}"}  # no copy of it trusted till Redis took it
+    monkeypatch.undo()
+    assert _check(gate, 61)["reasons"] == ["already_used"]
+    again = gate.verify(body).json()
+    assert (again["decision"], again["committed"], again["release_id"]) == ("allow", True, str(rid))
+    assert _check(gate, 61)["reasons"] == ["already_used"]
+    assert not facts._failed
+
+
 def test_a_moving_block_that_raises_leaves_its_invalidation_failed(gate: Gate) -> None:
     """``moving``: a move statement whose outcome is unknown (its caller cancelled, say) leaves the
     right's invalidation owed and failed, as a send that timed out does: no copy is trusted until it

@@ -199,11 +199,10 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
                                                    None if attempt else snapshot)
                 body = response_body(request, decision, decision_id, moved is not None)
                 row = _row(actor, request, decision, decision_id, moved is not None, fingerprint, body, now)
-                try:
-                    if not _write(uow, row, moved):
-                        continue  # the right changed since it was read: nothing was written; read it again
-                except DuplicateDecision:
-                    continue  # nothing of this attempt stays (one statement, or a rolled-back transaction)
+                if not _written(facts, uow, row, moved):
+                    # The right changed since it was read, or a twin was recorded first: nothing of this
+                    # attempt stays (one statement, or a rolled-back transaction); read again.
+                    continue
                 uow.commit()
             if facts is not None:
                 facts.remember(row)
@@ -285,6 +284,22 @@ async def _read_on_loop(facts: GateFacts, request: g.GateRequest, now: datetime,
     if snapshot is not None and admit is not None:
         admit(snapshot.also)
     return snapshot
+
+
+def _written(facts: GateFacts | None, uow: UnitOfWork, row: dict[str, Any], moved: ReleaseRight | None) -> bool:
+    """``_write``, the moved right's invalidation owed from before its statement is sent
+    (``GateFacts.moving``), as on the loop: a move that landed and whose reply was lost (the
+    connection dropped: its outcome unknown here, the request refused) leaves it failed, and no copy is
+    trusted until Redis took it; else a copy of the right before its gate-in would answer checks until
+    its TTL ran out, a retry being answered from the record with no invalidation of its own. False, with
+    nothing written, when the right changed or a twin was recorded first."""
+    owing = facts.moving((moved.container.value,)) if facts is not None and moved is not None \
+        else contextlib.nullcontext()
+    with owing:
+        try:
+            return _write(uow, row, moved)
+        except DuplicateDecision:
+            return False  # the statement rolled back: nothing written, nothing failed
 
 
 def _write(uow: UnitOfWork, row: dict[str, Any], moved: ReleaseRight | None) -> bool:
