@@ -287,6 +287,46 @@ def test_with_the_facts_in_redis_an_image_is_matched_all_the_same(
             app.state.face_pool = own
 
 
+def test_a_badge_blocked_while_the_face_is_matched_refuses_the_commit(
+    pg_engine: sa.Engine, tmp_path: Path, redis_url: str, face_pool: FacePool
+) -> None:
+    """With the facts in Redis, a commit with a capture read them before the match; the badge office
+    blocks the badge while the face is matched: the commit decides on the badge as it is after the
+    match (badge_blocked), not on what it read before."""
+    from identity.badges.service import BadgeService
+    from quaygate.schema import badges
+
+    settings = Settings(var_dir=tmp_path, database_url=str(pg_engine.url.render_as_string(hide_password=False)),
+                        redis_url=redis_url, background_workers=False, gate_decision_drain=False)
+    c = Container(settings=settings, engine=pg_engine, cache=RedisCache(redis_url),
+                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
+    app = create_app(settings, container=c)
+    with TestClient(app) as http:
+        own, app.state.face_pool = app.state.face_pool, face_pool
+        try:
+            gate = FaceGate(http, pg_engine)
+            gate.app = app
+            rid = gate.pickable(10)
+            gate.enrol(gate.p.driver, "obama.jpg")
+            assert _decide(gate, gate.body(10))["decision"] == "allow"  # the facts are cached now
+            with pg_engine.connect() as conn:
+                badge_id = conn.execute(sa.select(badges.c.id).where(badges.c.number == gate.badge_number)).scalar_one()
+            matcher = c.face_matcher
+            real = matcher.match
+
+            def blocked_meanwhile(*args: Any, **kw: Any) -> Any:
+                BadgeService(pg_engine).change_status(badge_id, "blocked", reason="reported stolen", actor="office",
+                                                      now=_now())
+                return real(*args, **kw)
+
+            matcher.match = blocked_meanwhile  # type: ignore[method-assign]
+            got = _decide(gate, gate.with_face(10, photo("obama2.jpg"), mode="commit"))
+            assert (got["decision"], got["committed"]) == ("deny", False) and "badge_blocked" in got["reasons"], got
+            assert gate.state(rid) == "nominated"
+        finally:
+            app.state.face_pool = own
+
+
 def test_an_image_request_is_never_answered_from_the_cache_alone() -> None:
     class Facts:
         def read(self, **_: Any) -> Any:

@@ -174,6 +174,10 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
         del face_image
         if recorded is not None:
             return _replay(recorded, fingerprint)
+        if request.mode is g.Mode.COMMIT:
+            # The match took a while (a worker process, a queue): a badge blocked or a ban loaded
+            # meanwhile must count, so the commit reads its facts again, from PostgreSQL, as it decides.
+            snapshot = None
     if snapshot is not None:
         if request.mode is g.Mode.CHECK and facts is not None:
             body = _check_cached(facts, actor, request, snapshot, fingerprint, now)
