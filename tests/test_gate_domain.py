@@ -421,6 +421,11 @@ def test_badge_past_its_validity_is_expired_even_if_still_marked_active() -> Non
     assert run(badge=a_badge(valid_until=NOW)).reasons == (Reason.BADGE_EXPIRED,)
 
 
+def test_badge_not_valid_yet_is_inactive_even_if_marked_active() -> None:
+    assert run(badge=a_badge(valid_from=NOW + timedelta(seconds=1))).reasons == (Reason.BADGE_INACTIVE,)
+    assert run(badge=a_badge(valid_from=NOW)).decision is Outcome.ALLOW
+
+
 def test_unknown_badge_status_counts_as_inactive() -> None:
     assert run(badge=a_badge(status="lost")).reasons == (Reason.BADGE_INACTIVE,)
 

@@ -207,6 +207,19 @@ class RoundTrips:
         monkeypatch.setattr(pipe, "call", counted_async)
 
 
+def test_a_badge_not_valid_yet_is_inactive_from_the_cache_as_from_the_database(gate: Gate) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    gate.pickable(62)
+    with gate.engine.begin() as conn:
+        conn.execute(badges.update().where(badges.c.person_id == gate.p.driver)
+                     .values(valid_from=datetime.now(UTC) + timedelta(days=1)))
+    assert _check(gate, 62)["reasons"] == ["badge_inactive"]  # read through, into the cache
+    with Statements(gate.engine) as sql:
+        assert _check(gate, 62)["reasons"] == ["badge_inactive"]
+    assert sql.count == 0  # decided on the cached copy, which carries the badge's start
+
+
 def test_a_check_on_facts_this_process_read_before_is_one_round_trip_and_is_kept(
         gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     """The facts read for one check are remembered with their generations; the next check on them is

@@ -90,6 +90,16 @@ def test_the_same_rules_deny_offline() -> None:
     assert offline([strict]).decision.decision is g.Outcome.DENY  # type: ignore[attr-defined]
 
 
+def test_offline_a_badge_not_valid_yet_is_inactive_and_its_start_goes_in_the_pass() -> None:
+    early = replace(a_pass().badges[0], valid_from=NOW + timedelta(hours=1))
+    p = a_pass(badges=(early,))
+    assert offline([p]).decision.reasons == (g.Reason.BADGE_INACTIVE,)  # type: ignore[attr-defined]
+    assert GatePass.from_claims(p.to_claims("https://id.example"), issuer="https://id.example") == p
+    older = p.to_claims("https://id.example")  # a pass issued before badges carried their start
+    older["badges"] = [{k: v for k, v in b.items() if k != "valid_from"} for b in older["badges"]]
+    assert GatePass.from_claims(older, issuer="https://id.example").badges[0].valid_from is None
+
+
 def test_badge_digests_ignore_separators_and_case_only() -> None:
     assert badge_digest("alfapass", "AP-123455") == badge_digest("Alfapass", " ap 123455 ")
     assert badge_digest("alfapass", "AP-123455") != badge_digest("portpass", "AP-123455")

@@ -204,6 +204,17 @@ def ban_the_driver(gate: Gate) -> None:
                                                     loaded_at=_now(), digest="d" * 64))
 
 
+def test_a_badge_not_valid_yet_is_refused_at_the_gate(gate: Gate) -> None:
+    """A badge the office issued ahead of its validity (``valid_from`` tomorrow) opens nothing today."""
+    rid = gate.pickable(7)
+    with gate.engine.begin() as conn:
+        conn.execute(badges.update().where(badges.c.number == gate.badge_number)
+                     .values(valid_from=_now() + timedelta(days=1)))
+    got = gate.verify(gate.body(7, mode="commit")).json()
+    assert (got["decision"], got["reasons"]) == ("deny", ["badge_inactive"]), got
+    assert gate.state(rid) == "nominated"
+
+
 def test_a_banned_driver_is_refused_at_the_gate(gate: Gate) -> None:
     rid = gate.pickable(6)
     ban_the_driver(gate)

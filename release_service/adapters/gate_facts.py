@@ -818,7 +818,8 @@ def _badge_entry(uow: SqlUnitOfWork, read: BadgeRead) -> dict[str, Any]:
     max_age, required = uow.gate.screening_settings
     return {
         "found": True, "status": facts.status, "person_id": str(facts.person_id),
-        "valid_until": _iso(facts.valid_until), "activated": sorted(facts.activated_terminals),
+        "valid_from": _iso(facts.valid_from), "valid_until": _iso(facts.valid_until),
+        "activated": sorted(facts.activated_terminals),
         "holder": facts.holder_name, "bans": [[w.scope, _iso(w.banned_from), _iso(w.banned_until)] for w in windows],
         "list_issued_at": _iso(issued_at), "max_list_age": max_age.total_seconds(), "required": required,
         "identified": identified,
@@ -869,7 +870,7 @@ def _badge_copy(raw: bytes) -> _BadgeEntry:
     if not entry.get("found"):
         return _BadgeEntry(None)
     facts = BadgeFacts(found=True, status=entry["status"], person_id=uuid.UUID(entry["person_id"]),
-                       valid_until=_dt(entry["valid_until"]),
+                       valid_from=_dt(entry.get("valid_from")), valid_until=_dt(entry["valid_until"]),
                        activated_terminals=frozenset(entry["activated"]), holder_name=entry["holder"])
     return _BadgeEntry(facts, tuple(BanWindow(s, _dt(f), _dt(u)) for s, f, u in entry["bans"]),
                        _dt(entry["list_issued_at"]), timedelta(seconds=entry["max_list_age"]), entry["required"],

@@ -419,6 +419,7 @@ class BadgeFacts:
     valid_until: datetime | None = None
     activated_terminals: frozenset[str] = frozenset()
     holder_name: str | None = None
+    valid_from: datetime | None = None
 
     @classmethod
     def not_found(cls) -> BadgeFacts:
@@ -691,7 +692,7 @@ def badge_inactive(ctx: GateContext) -> bool:
         return False
     return _badge_status_is(ctx, Reason.BADGE_INACTIVE) or (
         b.status != BADGE_ACTIVE and b.status not in _BADGE_STATUS_REASON
-    )
+    ) or (b.valid_from is not None and ctx.now < b.valid_from)  # issued, but not valid yet
 
 
 def badge_blocked(ctx: GateContext) -> bool:

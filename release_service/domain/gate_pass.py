@@ -85,6 +85,7 @@ class BadgeProof:
     status: str
     valid_until: datetime | None
     activated_terminals: frozenset[str]
+    valid_from: datetime | None = None
 
     def matches(self, read: g.BadgeRead) -> bool:
         """Both given: both must match (as the service's badge lookup)."""
@@ -135,6 +136,7 @@ class GatePass:
             },
             "badges": [{"scheme": b.scheme, "number": b.number_digest, "card_uid": b.card_uid_digest,
                         "status": b.status, "valid_until": _iso(b.valid_until) if b.valid_until else None,
+                        "valid_from": _iso(b.valid_from) if b.valid_from else None,
                         "terminals": sorted(b.activated_terminals)} for b in self.badges],
             "holder": self.holder,
             "screening": {"result": self.screening.value,
@@ -169,7 +171,8 @@ class GatePass:
             badges = tuple(
                 BadgeProof(_str(b["scheme"]), b["number"], b["card_uid"], _str(b["status"]),
                            _time(b["valid_until"]) if b["valid_until"] else None,
-                           frozenset(_str(t) for t in b["terminals"]))
+                           frozenset(_str(t) for t in b["terminals"]),
+                           _time(b["valid_from"]) if b.get("valid_from") else None)
                 for b in claims["badges"]
             )
             made = cls(
@@ -311,7 +314,8 @@ def _badge(read: g.BadgeRead | None, passes: Sequence[GatePass]) -> tuple[g.Badg
         for proof in p.badges:
             if n is not None and proof.matches(read):
                 return g.BadgeFacts(found=True, status=proof.status, person_id=n.driver_person_id,
-                                    valid_until=proof.valid_until, activated_terminals=proof.activated_terminals,
+                                    valid_from=proof.valid_from, valid_until=proof.valid_until,
+                                    activated_terminals=proof.activated_terminals,
                                     holder_name=p.holder), p
     # Offline we only know the nominated drivers' badges: any other badge is unknown here.
     return g.BadgeFacts.not_found(), None

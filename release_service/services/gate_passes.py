@@ -101,7 +101,7 @@ def make_pass(s: PassSubject, terminal: str, policy: g.TerminalPolicy, ban_list_
     badges = tuple(BadgeProof(
         scheme=b.scheme, number_digest=badge_digest(b.scheme, b.number) if b.number else None,
         card_uid_digest=badge_digest(b.scheme, b.card_uid) if b.card_uid else None, status=b.status,
-        valid_until=b.valid_until, activated_terminals=s.activations.get(b.id, frozenset()),
+        valid_from=b.valid_from, valid_until=b.valid_until, activated_terminals=s.activations.get(b.id, frozenset()),
     ) for b in s.badges)
     return GatePass(pass_id=str(uuid.uuid4()), terminal=terminal, issued_at=issued, expires_at=expires,
                     right=s.right, badges=badges, holder=g.mask_name(s.holder_name), screening=s.screening,

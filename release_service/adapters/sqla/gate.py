@@ -125,7 +125,8 @@ class SqlGateStore:
             return BadgeFacts.not_found()
         scheme, number, card_uid = lookup
         stmt = (
-            sa.select(badges.c.status, badges.c.person_id, badges.c.valid_until, persons.c.given_name,
+            sa.select(badges.c.status, badges.c.person_id, badges.c.valid_from, badges.c.valid_until,
+                      persons.c.given_name,
                       persons.c.family_name, badge_activations.c.terminal_code)
             .select_from(badges.join(persons, persons.c.id == badges.c.person_id).outerjoin(
                 badge_activations, sa.and_(badge_activations.c.badge_id == badges.c.id,
@@ -141,7 +142,8 @@ class SqlGateStore:
             return BadgeFacts.not_found()
         first = rows[0]
         return BadgeFacts(
-            found=True, status=first.status, person_id=first.person_id, valid_until=first.valid_until,
+            found=True, status=first.status, person_id=first.person_id, valid_from=first.valid_from,
+            valid_until=first.valid_until,
             activated_terminals=frozenset(r.terminal_code for r in rows if r.terminal_code is not None),
             holder_name=f"{first.given_name} {first.family_name}",
         )
