@@ -182,7 +182,19 @@ class RevocationList:
     Three kinds: one token by its jti; every token of a revoked grant (recorded under the jti
     ``grant:<grant_id>``, matched by the token's ``gid`` claim); and every token of a deactivated
     client issued up to a cutoff (``revoke_client``; recorded under ``client:<client_id>``). A
-    resource server asks all three in one round trip (``token_revoked``)."""
+    resource server asks all three in one round trip (``token_revoked``).
+
+    With Redis, the revocations live only there once loaded (``reload`` at start), and a Redis that
+    restarted (it keeps nothing on disk here), was flushed or failed over to an empty replica has
+    forgotten them: a revoked token would pass again till it expires. So a whole load also sets
+    ``LOADED``. ``token_revoked`` reads it in the same round trip as the token's own entries; found
+    missing, the list is loaded again from ``revoked_tokens`` (once, whoever finds it first) before the
+    token is judged. The gate reads a token's entries in its own scripted round trip (``names``,
+    ``judge``), which cannot ask for a key to be present: there ``watch`` looks for ``LOADED`` at most
+    once a second in a thread of its own and loads the list again when it is missing, so a revoked
+    token passes the gate for at most about a second after Redis lost its data. Eviction must not pick
+    these keys (Redis's ``maxmemory-policy`` noeviction, or volatile-* with room).
+    """
 
     PREFIX = "identity:revoked-jti:"
     CLIENT_PREFIX = "identity:revoked-client:"
@@ -191,6 +203,9 @@ class RevocationList:
     # Tokens issued this long after the deactivation are refused too: another replica may have served
     # the client from memory for up to ClientRegistry's check_every (one second) after it.
     CLIENT_MARGIN = timedelta(seconds=5)
+    # Set by every whole load, with Redis: gone with the revocations when Redis loses its data.
+    LOADED = "identity:revocations-loaded"
+    LOADED_TTL = 24 * 3600.0  # a load a day at least, should nothing else clear it
 
     # Without Redis the cache is this process's own memory, so a revocation another process writes (the
     # CLI deactivating an organisation, a second server on the same database) reaches this one only
@@ -207,6 +222,11 @@ class RevocationList:
         clock the rows' times are compared with."""
         self._cache = cache
         self._follow = follow if not cache.shared else None
+        # With Redis and the table to load from: every lookup asks whether the list is still loaded.
+        self._source = follow if cache.shared else None
+        self._reload_lock = threading.Lock()
+        self._watching = threading.Lock()
+        self._next_watch = 0.0
         self._now = now
         self._followed: datetime | None = None  # rows revoked after this (less the overlap) are read next
         self._next_follow = 0.0
@@ -231,7 +251,13 @@ class RevocationList:
 
     def is_revoked(self, jti: str) -> bool:
         self._keep_up()
-        return self._cache.get(self.PREFIX + jti) is not None
+        if self._source is None:
+            return self._cache.get(self.PREFIX + jti) is not None
+        value, loaded = self._cache.get_many([self.PREFIX + jti, self.LOADED])
+        if loaded is None:
+            self._reload_lost()
+            value = self._cache.get(self.PREFIX + jti)
+        return value is not None
 
     def revoke_client(self, conn: sa.Connection, client_id: str, *, now: datetime, token_ttl: int) -> None:
         """Refuse every access token of ``client_id`` issued up to now (plus the margin) until the
@@ -247,7 +273,13 @@ class RevocationList:
         """Is this verified access token revoked, on its own or with its client? One round trip."""
         keys = self.lookup_keys(claims)
         self._keep_up()
-        return self.judge(claims, self._cache.get_many(keys))
+        if self._source is None:
+            return self.judge(claims, self._cache.get_many(keys))
+        *values, loaded = self._cache.get_many([*keys, self.LOADED])
+        if loaded is None:
+            self._reload_lost()
+            values = self._cache.get_many(keys)
+        return self.judge(claims, values)
 
     def lookup_keys(self, claims: dict[str, Any]) -> list[str]:
         """The cache keys whose values settle this token's revocation (``judge``): its jti, its grant,
@@ -292,7 +324,46 @@ class RevocationList:
         count = self._load(engine, now=now, since=None)
         if self._follow is not None:
             self._followed, self._next_follow = now, time.monotonic() + self.FOLLOW_EVERY
+        if self._cache.shared:
+            self._cache.set(self.LOADED, b"1", self.LOADED_TTL)  # last: a load cut short leaves it unset
         return count
+
+    WATCH_EVERY = 1.0
+
+    def watch(self) -> None:
+        """For a caller that judged a token on entries it read itself (the gate): see, at most every
+        WATCH_EVERY seconds and in a thread of its own (never on the caller's event loop), that the
+        cache still holds the list, and load it again if not."""
+        if self._source is None or time.monotonic() < self._next_watch:
+            return
+        if not self._watching.acquire(blocking=False):
+            return
+        self._next_watch = time.monotonic() + self.WATCH_EVERY
+        try:
+            threading.Thread(target=self._watch_once, name="revocations-watch", daemon=True).start()
+        except BaseException:
+            self._watching.release()
+            raise
+
+    def _watch_once(self) -> None:
+        try:
+            if self._cache.get(self.LOADED) is None:
+                self._reload_lost()
+        except Exception:  # noqa: BLE001 - a cache or database that fails: looked at again next time
+            log.warning("identity.revocations.watch_failed", exc_info=True)
+        finally:
+            self._watching.release()
+
+    def _reload_lost(self) -> None:
+        """The cache forgot the revocations: load them again, once (a thread finding another one
+        loading waits for it, then finds them loaded). A database that fails raises: refused, not let in.
+        Rare (a Redis restart): on the event loop too, it waits for the one read."""
+        assert self._source is not None
+        with self._reload_lock:
+            if self._cache.get(self.LOADED) is not None:
+                return
+            log.warning("identity.revocations.reloaded_after_cache_loss")
+            self.reload(self._source, now=self._now() if self._now is not None else datetime.now(UTC))
 
     def _keep_up(self) -> None:
         """In-process cache only: read the revocations other processes wrote since the last read, at

@@ -107,6 +107,8 @@ class Revocations(Protocol):
 
     def judge(self, claims: dict[str, Any], values: Sequence[bytes | None]) -> bool: ...
 
+    def watch(self) -> None: ...
+
 
 class AccessTokenVerifier:
     """Validate a JWT access token as RFC 9068 §4 asks; return its claims."""
@@ -237,6 +239,7 @@ class AccessTokenVerifier:
             revoked = self._revoked(claims)
         else:
             revoked = self._revocations.judge(claims, values)
+            self._revocations.watch()  # the entries were read elsewhere: is the list still in the cache?
         if revoked:
             log.info("identity.token.refused.revoked")
         return revoked

@@ -1118,6 +1118,53 @@ def test_a_revoked_gate_token_is_refused_on_the_cached_path_read_with_the_facts(
     assert gate.verify(gate.body(4)).status_code == 200  # the terminal's other gate token still works
 
 
+def test_a_token_revoked_before_redis_lost_its_data_stays_revoked(gate: Gate) -> None:
+    """Redis restarted empty (it keeps nothing on disk), was flushed, or failed over to an empty replica.
+    Every API that looks a token's revocation up reads the list's ``LOADED`` mark with it, and loads the
+    list again from the database before it judges: refused at once. The gate, which reads a token's
+    entries in its own round trip, has the list loaded again by a watch within about a second: then
+    refused too, a check as a commit."""
+    import time
+
+    import redis
+
+    from identity.bootstrap import create_client
+    from identity.grants import RevocationList, revocations_for
+
+    client_id, secret = create_client(gate.engine, name="lane 63", role="terminal_gate",
+                                      organisation_id=gate.p.terminal.organisation_id, terminal_code=TERMINAL,
+                                      now=_now())
+    token = gate.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                           auth=(client_id, secret or "")).json()["access_token"]
+    gate.pickable(63)
+    rid = gate.pickable(64)
+    assert gate.verify(gate.body(63), token).json()["decision"] == "allow"
+    assert gate.http.post("/oauth2/revoke", data={"token": token, "token_type_hint": "access_token"},
+                          auth=(client_id, secret or "")).status_code == 200
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    flush = redis.Redis(connection_pool=facts._r.connection_pool).flushdb
+    revocations = revocations_for(gate.http.app)  # type: ignore[attr-defined]
+    cache = gate.http.app.state.container.cache  # type: ignore[attr-defined]
+
+    flush()  # every key gone, as after a restart
+    listed = gate.http.get("/api/v1/releases", headers={"Authorization": f"Bearer {token}"})
+    assert listed.status_code == 401 and listed.json()["code"] == "invalid_token", listed.text
+    assert cache.get(RevocationList.LOADED) is not None  # loaded again, before the token was judged
+
+    flush()
+    revocations._next_watch = 0.0  # the watch is due
+    gate.verify(gate.body(64), token)  # judged on the entries read with the facts; starts the watch
+    deadline = time.monotonic() + 10
+    while cache.get(RevocationList.LOADED) is None:
+        assert time.monotonic() < deadline, "the revocations were never loaded again"
+        time.sleep(0.02)
+    for mode in ("check", "commit"):
+        refused = gate.verify(gate.body(64, mode=mode), token)
+        assert refused.status_code == 401 and refused.json()["code"] == "invalid_token", refused.text
+    assert gate.state(rid) == "nominated"
+    assert gate.verify(gate.body(64, mode="commit")).json()["committed"] is True  # the gate's own token
+
+
 def test_a_commit_reads_its_tokens_revocation_with_the_facts_and_a_revoked_token_moves_nothing(
         gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     """A commit's revocation entries come with its facts (the service's first read, ``admit``), not in
