@@ -282,6 +282,20 @@ def test_one_lookalike_is_a_lookalike_match_and_says_where() -> None:
     assert result.repairs == (Substitution(0, "I", "1"),)
 
 
+@pytest.mark.parametrize(("read", "country", "nominated", "nominated_country", "want"), [
+    ("1-AB0-123", "BE", "1ABO123", "BE", PlateOutcome.LOOKALIKE_MATCH),  # a zero where a letter must be
+    ("1-ABD-123", "BE", "1ABO123", "BE", PlateOutcome.LOW_CONFIDENCE),  # itself a Belgian plate
+    ("1ABD123", None, "1ABO123", "BE", PlateOutcome.LOW_CONFIDENCE),  # no country read: judged as nominated
+    ("1AB0123", None, "1ABO123", "BE", PlateOutcome.LOOKALIKE_MATCH),
+    ("HH-A8-123", "DE", "HHAB123", "DE", PlateOutcome.LOW_CONFIDENCE),  # HHA8123 is a German plate too
+    ("AB123CD", "IT", "AB123CO", "IT", PlateOutcome.LOW_CONFIDENCE),  # no known format: always a doubt
+])
+def test_a_lookalike_read_that_is_itself_a_plate_may_be_another_truck(
+        read: str, country: str | None, nominated: str, nominated_country: str, want: PlateOutcome) -> None:
+    got = compare_plate(read, country, 0.95, nominated, nominated_country, POLICY)
+    assert got.outcome is want, got
+
+
 def test_lookalike_at_low_confidence_is_never_a_match() -> None:
     assert compare("IABC123", confidence=0.5).outcome is PlateOutcome.LOW_CONFIDENCE
 

@@ -308,8 +308,11 @@ def compare_plate(
       country is a MISMATCH (the country band is read separately and is hard to misread).
     * An empty read is LOW_CONFIDENCE: a camera that saw nothing says nothing about the truck.
     * Same text: MATCH, or LOW_CONFIDENCE under ``policy.plate_min_confidence``.
-    * Differing only in look-alike characters: LOOKALIKE_MATCH when the read is confident enough and
-      at most ``policy.plate_max_lookalikes`` positions differ; otherwise LOW_CONFIDENCE, never a match.
+    * Differing only in look-alike characters: LOOKALIKE_MATCH when the read is confident enough, at
+      most ``policy.plate_max_lookalikes`` positions differ, and the read is no plate of its country
+      (``PLATE_FORMATS``; as read, else the nominated plate's): 1-AB0-123 is a misread of 1-ABO-123, but
+      1-ABD-123 is a Belgian plate, maybe another truck's. Otherwise LOW_CONFIDENCE, never a match; so a
+      look-alike read of a country without a known format is always a doubt.
     * Any other difference (or another length): MISMATCH when confident, else LOW_CONFIDENCE.
     """
     read = normalise_plate(read_text, read_country)
@@ -327,7 +330,10 @@ def compare_plate(
     )
     if not only_lookalikes:
         return PlateMatch(PlateOutcome.MISMATCH if confident else PlateOutcome.LOW_CONFIDENCE, read, diffs)
-    if confident and len(diffs) <= policy.plate_max_lookalikes:
+    # A read that is itself a plate of the country (as it was read, else as nominated) may be another
+    # truck's: only a read no plate of that country has (a digit in a letter's place, say) is a misread.
+    garbled = not normalise_plate(read.text, read.country or nominated.country).plausible
+    if confident and garbled and len(diffs) <= policy.plate_max_lookalikes:
         repairs = tuple(Substitution(i, read.text[i], nominated.text[i]) for i in diffs)
         return PlateMatch(PlateOutcome.LOOKALIKE_MATCH, read, diffs, repairs)
     return PlateMatch(PlateOutcome.LOW_CONFIDENCE, read, diffs)
