@@ -281,8 +281,10 @@ async def _verify(request: Request, body: VerifyRequest, credentials: HTTPAuthor
              summary="Let a refused truck in at this terminal, with a reason (audited).")
 def override(request: Request, body: OverrideRequest, actor: Actor = Depends(GATE)) -> dict[str, Any]:
     """A refused gate-in decided here within the last hour, refused only for what a person at the desk
-    can establish (a container number, a plate, a face, a badge not found or not activated here, the
-    terminal's own hold, screening that did not answer, a driver who had said he would not come). Never
+    can establish (a plate, a face, a badge not found or not activated here, the terminal's own hold,
+    screening that did not answer, a driver who had said he would not come). A container number the
+    gate could not read found no right to release: the desk verifies again with the number it read
+    off the box (``container.confidence`` 1), and overrides that decision if need be. Never
     for what another party decided or the right itself says (blocked, revoked, commercial or customs
     hold, outside its window, used, nominated to nobody, another terminal's), for the badge office's or
     the port-ban register's word on a person, or for a driver who is not the one nominated: 409
