@@ -831,6 +831,37 @@ def test_a_commit_the_database_cannot_take_is_a_503_problem_and_a_check_is_still
         portal.call(db.close)
 
 
+@pytest.mark.parametrize("fails", [2, 1000])
+def test_close_goes_on_sending_what_redis_has_not_taken_for_a_few_seconds(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch, fails: int) -> None:
+    """A CLI's write has no drainer to send its invalidation later: ``close`` tries again while Redis
+    refuses for a moment, and counts as lost (``undelivered``, the CLI says so) only what it still could
+    not send after CLOSE_GRACE seconds."""
+    import redis
+
+    from release_service.adapters import gate_facts
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    facts._owing(["r:CLOSE000001"])  # a commit's invalidation Redis did not take
+    real = facts._line.run
+    tries: list[int] = []
+
+    def refusing(script: Any, keys: Any, args: Any) -> Any:
+        tries.append(1)
+        if len(tries) <= fails:
+            raise redis.ConnectionError("Redis is failing over")
+        return real(script, keys, args)
+
+    monkeypatch.setattr(facts._line, "run", refusing)
+    monkeypatch.setattr(facts, "CLOSE_GRACE", 0.5)
+    before = gate_facts.undelivered()
+    facts.close()
+    if fails == 2:
+        assert (len(tries), facts.owed(), gate_facts.undelivered() - before) == (3, 0, 0)
+    else:
+        assert 3 <= len(tries) < 1000 and facts.owed() == 1 and gate_facts.undelivered() - before == 1
+
+
 def test_answers_redis_did_not_take_are_written_in_batches_and_tried_once_more_at_close(
         gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     """Many answers kept through an outage go back a batch per round trip (one large write could outlast

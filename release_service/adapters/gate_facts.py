@@ -741,8 +741,11 @@ class RedisGateFacts:
             self._drainer.stop()
             self._drainer = None
 
+    CLOSE_GRACE = 5.0  # seconds ``close`` goes on sending what Redis has not taken
+
     def close(self) -> None:
-        """Stop, after one more try at the invalidations Redis has not taken. Those still owed then are
+        """Stop, after trying for up to CLOSE_GRACE seconds more at the invalidations Redis has not
+        taken (a CLI's write has no drainer to send them later). Those still owed then are
         lost with this process: the gates could decide on old copies until they expire. Logged, and
         counted for the CLI to say (``undelivered``). The answers ``remember`` could not write get one
         more try too; those left are logged (a retry of one may get another decision)."""
@@ -750,11 +753,17 @@ class RedisGateFacts:
             return
         self._closed = True
         self.stop_drainer()
-        if self._owed:
+        # Another process trusts its copies until Redis took these: tried again for a few seconds (a
+        # Redis busy for a moment, a failover), not given up at the first failure.
+        deadline, pause = time.monotonic() + self.CLOSE_GRACE, 0.05
+        while self._owed:
             try:
                 self._send(())
             except redis.RedisError:
-                pass
+                if time.monotonic() + pause > deadline:
+                    break
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
         if self._unanswered:
             try:
                 self._write_unanswered()
