@@ -30,7 +30,7 @@ from release_service.domain.parties import OrgKind
 
 from .factories import TERMINAL, add_org
 from .test_gate_runtime import RecordingBarrier, reads, runtime
-from .test_gate_verify import Gate, gate  # noqa: F401
+from .test_gate_verify import Gate, ban_the_driver, gate  # noqa: F401
 from .test_release_api import assert_problem
 
 DEAD = "http://127.0.0.1:9"  # nothing listens: connect refused, the outage
@@ -351,6 +351,46 @@ def test_a_right_blocked_after_its_pass_is_marked_used_and_flagged(gate: Gate, a
     with gate.engine.connect() as conn:
         kinds = list(conn.execute(sa.select(audit_log.c.kind).where(audit_log.c.subject == rid)).scalars())
     assert "release.gate_override" in kinds
+
+
+@pytest.mark.parametrize("after", ["renominated", "banned", "badge_blocked"])
+def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
+        gate: Gate, adapters: list[Adapter], after: str) -> None:
+    """After the adapter's last refresh the haulier nominates another truck, the driver is banned, or
+    his badge is blocked; then the service is down and the old truck comes with the old badge. The
+    adapter allows it on its pass (it cannot know); the reconcile records the gate-in (the truck is in)
+    and flags it for port security with what changed, never as a clean gate-in."""
+    from quaygate.schema import badges
+
+    rid = gate.pickable(1)
+    sub = gate.http.post("/api/v1/webhooks", headers=gate.as_("line"),
+                         json={"url": "https://hooks.example.com/q", "event_types": ["release.gate_offline_flagged"]})
+    assert sub.status_code == 201, sub.text
+    a = adapters[0]
+    a.offline.refresh()
+    a.down()
+    if after == "renominated":
+        r = gate.http.put(f"/api/v1/releases/{rid}/nomination", headers=gate.as_("haul"),
+                          json={"driver_person_id": str(gate.p.driver), "plate": {"text": "2-XYZ-987", "country": "BE"}})
+        assert r.status_code == 200, r.text
+    elif after == "banned":
+        ban_the_driver(gate)
+    else:
+        with gate.engine.begin() as conn:
+            conn.execute(badges.update().where(badges.c.number == gate.badge_number).values(status="blocked"))
+    assert a.truck(1)["decision"] == "allow"  # the pass cannot know
+    a.up()
+    a.offline.reconcile()
+    (row,) = offline_rows(gate)
+    assert (row.verdict, row.flag) == ("flagged", "changed_after_pass")
+    assert gate.state(rid) == "gated_in"  # the truck is in: no second one takes the right
+    with gate.engine.connect() as conn:
+        data = conn.execute(sa.select(audit_log.c.data).where(audit_log.c.kind == "release.gate_offline_flagged")
+                            ).scalar_one()
+        hooks = conn.execute(sa.select(sa.func.count()).select_from(webhook_deliveries)
+                             .where(webhook_deliveries.c.event_type == "release.gate_offline_flagged")).scalar_one()
+    want = {"renominated": "nomination", "banned": "person_banned", "badge_blocked": "badge_blocked"}[after]
+    assert want in data["changed_since_pass"] and hooks == 1
 
 
 def _report(gate: Gate, n: int, *, token: str | None, decision: str = "allow", **over: Any) -> dict[str, Any]:

@@ -23,7 +23,9 @@ Reconcile (``POST /gate/v1/offline-decisions``), one transaction per decision, i
         v
     judged by
     gate_pass.judge_use: still before the gate ── gate-in recorded (gate_in at the decision's time;
-        refused by the right now (blocked, held, ...) ── an audited override, FLAGGED changed_after_pass)
+        refused by the right now (blocked, held, ...) ── an audited override, FLAGGED changed_after_pass;
+        the person or truck no longer the pass's (another nomination, the driver banned, his badge
+        blocked, revoked or expired, as known now) ── recorded, FLAGGED changed_after_pass with what)
         already used ── FLAGGED used_offline_twice / used_online_meanwhile (the first use stands)
         ended ── FLAGGED changed_after_pass
         v
@@ -56,6 +58,7 @@ from release_service.domain.gate_pass import (
     pass_refuses,
 )
 from release_service.domain.parties import Actor
+from release_service.domain.release import ReleaseRight
 from release_service.ports import (
     DuplicateDecision,
     OfflineUnitOfWork,
@@ -181,6 +184,7 @@ class _Judged:
     other: uuid.UUID | None = None  # the decision that used the right first, or the online twin
     right: Any = None  # the right, when known: a flag is announced to its parties
     pass_says: tuple[str, ...] = ()  # not_supported_by_pass: why the pass's rules refuse (for the audit)
+    changed: tuple[str, ...] = ()  # changed_after_pass: what the pass said that no longer holds (ditto)
 
 
 def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pass: GatePass | None,
@@ -217,6 +221,7 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
                               used_by=UsedBy.OFFLINE if used_offline else UsedBy.ONLINE)
     if verdict is not Verdict.RECORD:
         return _Judged(verdict, flag, used_id, right)
+    changed = _changed_since_pass(uow, gate_pass, right, req.terminal, at)
     try:
         if incoming:
             right.gate_in(by=actor, now=at, decision_id=decision_id)
@@ -229,9 +234,31 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
         right.override_gate_in(by=actor, now=at, decision_id=decision_id,
                                reason=f"offline gate pass {gate_pass.pass_id}; the right now says {exc.code.value}")
         persist(uow, right)
-        return _Judged(Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, right=right)
+        return _Judged(Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, right=right, changed=changed)
     persist(uow, right)
+    if changed:  # the truck passed, and is recorded so; what the pass no longer says goes to security
+        return _Judged(Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, right=right, changed=changed)
     return _Judged(Verdict.RECORD, right=right)
+
+
+def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: ReleaseRight, terminal: str,
+                        at: datetime) -> tuple[str, ...]:
+    """What the pass said of the person and the truck that the service no longer says: another
+    nomination (driver or plate) than the pass's, and the nominated driver's screening when the truck
+    passed, as known now (a ban loaded, a badge blocked, revoked or expired since the pass). The right's
+    own state, block and lights are ``gate_in``'s to judge. A register that does not answer now says
+    nothing new."""
+    then = gate_pass.right.nomination
+    now_n = g.RightFacts.from_right(right).nomination
+    changed: list[str] = []
+    if then is None or now_n is None or (then.driver_person_id, then.plate_text, then.plate_country) != (
+            now_n.driver_person_id, now_n.plate_text, now_n.plate_country):
+        changed.append("nomination")
+    if then is not None:
+        screening = uow.screening.screen(then.driver_person_id, terminal=terminal, now=at)
+        if screening.result not in ("clear", "unavailable"):
+            changed.extend(screening.reasons or (screening.result,))
+    return tuple(changed)
 
 
 def _same_allow(online: StoredDecision, report: OfflineReport) -> bool:
@@ -262,6 +289,8 @@ def _announce(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, body:
             "basis": report.basis, "ban_list_age_seconds": report.ban_list_age_seconds}
     if j.pass_says:
         data["pass_says"] = list(j.pass_says)
+    if j.changed:
+        data["changed_since_pass"] = list(j.changed)
     right = j.right
     kind = FLAG_EVENT if body["flag"] else "release.gate_offline_reconciled"
     uow.audit.append(kind, actor=actor.as_dict(), subject=body["release_id"], data=data, at=now)
