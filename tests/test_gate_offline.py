@@ -219,6 +219,58 @@ def test_a_stale_pass_store_or_ban_list_refuses(gate: Gate, adapters: list[Adapt
     assert 3 * 3600 - 60 <= old_list["offline"]["ban_list_age_seconds"] <= 3 * 3600 + 60
 
 
+def test_an_offline_allow_on_a_ban_list_issued_ahead_of_the_clock_is_reconciled(
+        gate: Gate, adapters: list[Adapter]) -> None:
+    """A register whose clock runs two minutes ahead: its list is "issued" in our future (identity
+    takes it). The offline allow says the list is 0 s old, not -120, and the service records it."""
+    from quaygate.schema import persons
+
+    rid = gate.pickable(1)
+    with gate.engine.begin() as conn:  # a driver the register can screen (linked to a national number)
+        conn.execute(persons.update().where(persons.c.id == gate.p.driver).values(national_id_hash="c" * 64))
+        conn.execute(sa.text("INSERT INTO ban_feed_state (register, sequence, issued_at, loaded_at, digest) "
+                             "VALUES ('BE-NBR', 1, :i, :t, :d)"),
+                     {"i": _now() + timedelta(minutes=2), "t": _now(), "d": "d" * 64})
+    a = adapters[0]
+    a.offline.refresh()
+    a.down()
+    got = a.truck(1)
+    assert got["decision"] == "allow" and got["offline"]["ban_list_age_seconds"] == 0
+    a.up()
+    assert a.offline.reconcile() == 1
+    (row,) = offline_rows(gate)
+    assert (row.verdict, row.flag) == ("recorded", None) and gate.state(rid) == "gated_in"
+
+
+def test_an_offline_allow_the_service_refuses_to_hear_of_is_never_given_up(
+        gate: Gate, adapters: list[Adapter], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A final refusal (a 4xx) of the report of an offline allow: the barrier opened, so the decision
+    stays in the outbox and is reported again at the next reconcile, never marked done. A refused
+    report of a review is done (nothing moved)."""
+    from gate_adapters.runtime.client import VerifyRefused
+
+    rid = gate.pickable(1)
+    a = adapters[0]
+    a.offline.refresh()
+    a.down()
+    allowed = a.truck(1)
+    assert allowed["decision"] == "allow"
+    a.up()
+    call = a.offline.client.call
+
+    def refusing(method: str, path: str, body: Any, **kw: Any) -> Any:
+        if path == "/gate/v1/offline-decisions":
+            raise VerifyRefused(422, "invalid_request", "The request does not match the schema.")
+        return call(method, path, body, **kw)
+
+    monkeypatch.setattr(a.offline.client, "call", refusing)
+    assert a.offline.reconcile() == 0
+    assert [r for r, _ in a.outbox.unreconciled()] == [allowed["request_id"]]  # kept
+    monkeypatch.undo()
+    assert a.offline.reconcile() == 1  # reported again once the service takes it
+    assert a.outbox.unreconciled() == [] and gate.state(rid) == "gated_in"
+
+
 def test_a_clock_set_back_before_the_last_refresh_never_allows(gate: Gate, adapters: list[Adapter]) -> None:
     gate.pickable(1)
     gate.pickable(2)
@@ -370,8 +422,9 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
     a.offline.refresh()
     a.down()
     if after == "renominated":
+        other = {"text": "2-XYZ-987", "country": "BE"}
         r = gate.http.put(f"/api/v1/releases/{rid}/nomination", headers=gate.as_("haul"),
-                          json={"driver_person_id": str(gate.p.driver), "plate": {"text": "2-XYZ-987", "country": "BE"}})
+                          json={"driver_person_id": str(gate.p.driver), "plate": other})
         assert r.status_code == 200, r.text
     elif after == "banned":
         ban_the_driver(gate)
@@ -405,6 +458,19 @@ def _report(gate: Gate, n: int, *, token: str | None, decision: str = "allow", *
 def _post(gate: Gate, report: dict[str, Any], token: str | None = None) -> Any:
     return gate.http.post("/gate/v1/offline-decisions", json=report,
                           headers={"Authorization": f"Bearer {token or gate.gate_token}"})
+
+
+def test_an_offline_decision_with_a_large_face_capture_is_reconciled(gate: Gate) -> None:
+    """The report carries the request as the lane sent it, its face capture included (the adapter takes
+    captures of up to 2 MiB): the route takes what /verify takes, not the 1 MiB default."""
+    gate.pickable(1)
+    capture = base64.b64encode(b"\xff\xd8\xff" + b"\0" * 1_200_000).decode()  # 1.6 MB in base64
+    report = _report(gate, 1, token=None, decision="review")
+    report["request"]["face"] = {"image": capture}
+    report["reasons"] = ["face_required"]
+    got = _post(gate, report)
+    assert got.status_code == 200, got.text[:300]
+    assert got.json()["verdict"] == "nothing_to_record" and len(offline_rows(gate)) == 1
 
 
 def test_an_allow_without_a_genuine_pass_is_flagged_and_moves_nothing(gate: Gate) -> None:

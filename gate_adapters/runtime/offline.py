@@ -329,8 +329,13 @@ class OfflineMode:
                 except VerifyRefused as exc:
                     if not exc.final:
                         raise ServiceUnavailable(str(exc)) from exc
-                    result = exc.as_response()
                     log.error("gate.offline.reconcile_refused.%s", exc.code, extra={"request_id": request_id})
+                    if report.get("decision") == "allow":
+                        # A barrier opened offline that the service refuses to hear of: never given up
+                        # (no gate-in recorded, no double use seen). Kept and reported again next time,
+                        # and the error logged each time, for a person to look at.
+                        continue
+                    result = exc.as_response()
                 self.outbox.reconciled(request_id, result)
                 if result.get("flag"):
                     log.warning("gate.offline.flagged.%s", result["flag"], extra={"request_id": request_id})

@@ -19,6 +19,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from identity.keys import KeyStore
 from identity.tokens import fits, sign_jwt
+from quaygate.limits import IMAGE_BODY_BYTES
 from release_service.adapters.sqla.gate_offline import SqlOfflineUnitOfWork
 from release_service.domain import gate as g
 from release_service.domain.gate_pass import PASS_ALG, PASS_TYP
@@ -51,7 +52,8 @@ class OfflineDecisionIn(BaseModel):
     release_id: uuid.UUID | None = None
     basis: Literal["pass", "no_pass", "store_stale"]
     decided_at: AwareDatetime
-    ban_list_age_seconds: int | None = Field(default=None, ge=0)
+    ban_list_age_seconds: int | None = Field(default=None, description=(
+        "Informative; a negative age (a ban list issued ahead of the adapter's clock) is taken as 0."))
     gate_pass: str | None = Field(default=None, max_length=MAX_PASS_LENGTH,
                                   description="The pass the decision relied on, as it was received.")
 
@@ -91,6 +93,7 @@ def passes(request: Request, actor: Actor = Depends(GATE)) -> dict[str, Any]:
 
 
 @router.post("/offline-decisions", operation_id="reconcileOfflineGateDecision", response_model=OfflineDecisionOut,
+             max_body_size=IMAGE_BODY_BYTES,  # the reported request carries its face capture, as /verify
              responses=problem_responses(400, 401, 403, 409, 422),
              summary="Report a decision a gate took offline: recorded, or flagged for port security.")
 def offline_decision(request: Request, body: OfflineDecisionIn, actor: Actor = Depends(GATE)) -> dict[str, Any]:
@@ -98,7 +101,8 @@ def offline_decision(request: Request, body: OfflineDecisionIn, actor: Actor = D
     report = service.OfflineReport(
         request=gate_request(body.request), decision=g.Outcome(body.decision), reasons=tuple(body.reasons),
         release_id=body.release_id, basis=body.basis, decided_at=body.decided_at,
-        ban_list_age_seconds=body.ban_list_age_seconds, pass_token=body.gate_pass)
+        ban_list_age_seconds=None if body.ban_list_age_seconds is None else max(body.ban_list_age_seconds, 0),
+        pass_token=body.gate_pass)
     fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     return service.reconcile(_uow_factory(request), actor, report, signer=_signer(request),
                              issuer=c.settings.issuer, fingerprint=fingerprint, now=c.clock.now())

@@ -325,7 +325,9 @@ def _screening(holder: GatePass | None, limits: OfflineLimits, now: datetime
                ) -> tuple[g.ScreeningFacts, timedelta | None]:
     if holder is None:
         return g.ScreeningFacts(g.ScreeningResult.UNAVAILABLE), None  # nobody to screen: never "clear"
-    age = None if holder.ban_list_as_of is None else now - holder.ban_list_as_of
+    # A register whose clock runs ahead issues lists "in the future" (identity takes them up to five
+    # minutes ahead): no younger than new.
+    age = None if holder.ban_list_as_of is None else max(now - holder.ban_list_as_of, timedelta(0))
     result = holder.screening
     if result is g.ScreeningResult.CLEAR and age is not None and age > limits.ban_list_max_age:
         result = g.ScreeningResult.UNAVAILABLE  # rule 3: a stale list clears nobody
