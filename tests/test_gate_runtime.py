@@ -156,6 +156,31 @@ def test_outbox_keeps_the_first_body_orders_pending_and_prunes_only_decided(tmp_
     box.close()
 
 
+def test_the_lane_worker_prunes_its_outbox(tmp_path: Path) -> None:
+    """Nothing else prunes it: a decided row past keep_days goes, a pending one stays."""
+    import time as clock
+
+    from gate_adapters.runtime.lane import LaneWorker
+
+    now = [1000.0]
+    box = Outbox(tmp_path / "w.sqlite3", keep_days=1, wall=lambda: now[0])
+    box.put({"request_id": "old", "lane": "elsewhere", "mode": "commit"})
+    box.done("old", {"decision": "allow"})
+    box.put({"request_id": "pending", "lane": "elsewhere", "mode": "commit"})
+    now[0] += 2 * 86400
+    worker = LaneWorker([runtime(object(), box, None)], tick_seconds=3600, prune_seconds=3600)
+    worker.start()
+    try:
+        deadline = clock.monotonic() + 10
+        while box.response("old") is not None:
+            assert clock.monotonic() < deadline, "never pruned"
+            clock.sleep(0.02)
+    finally:
+        worker.stop()
+    assert [p.request_id for p in box.pending()] == ["pending"]
+    box.close()
+
+
 def test_an_outbox_row_survives_sigkill_right_after_put(tmp_path: Path) -> None:
     path = tmp_path / "killed.sqlite3"
     code = (

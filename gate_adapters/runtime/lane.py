@@ -213,9 +213,11 @@ class LaneWorker:
     and return. The worker feeds lane by lane and calls ``tick()`` at least every ``tick_seconds``.
     """
 
-    def __init__(self, lanes: Iterable[LaneRuntime], *, tick_seconds: float = 0.5) -> None:
+    def __init__(self, lanes: Iterable[LaneRuntime], *, tick_seconds: float = 0.5,
+                 prune_seconds: float = 3600.0) -> None:
         self.lanes: dict[tuple[str, str], LaneRuntime] = {(ln.terminal, ln.lane): ln for ln in lanes}
         self.tick_seconds = tick_seconds
+        self.prune_seconds = prune_seconds  # how often the outboxes drop what they keep past keep_days
         self._queue: queue.Queue[tuple[str, Read] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -241,7 +243,8 @@ class LaneWorker:
             self._thread = None
 
     def _run(self) -> None:
-        next_tick = time.monotonic()
+        next_tick = next_prune = time.monotonic()
+        outboxes = list({id(ln.outbox): ln.outbox for ln in self.lanes.values()}.values())
         while True:
             try:
                 item = self._queue.get(timeout=max(next_tick - time.monotonic(), 0.0))
@@ -256,6 +259,10 @@ class LaneWorker:
                 for lane in self.lanes.values():
                     self._guard(lane.tick, None)
                 next_tick = time.monotonic() + self.tick_seconds
+            if time.monotonic() >= next_prune:  # else the file grows till the disk is full (the lane stops)
+                for box in outboxes:
+                    self._guard(box.prune, None)
+                next_prune = time.monotonic() + self.prune_seconds
 
     @staticmethod
     def _guard(step: Callable[..., object], read: Read | None) -> None:

@@ -151,6 +151,20 @@ class PassStore:
             self._cache = kept
         return len(kept)
 
+    # The latest wall-clock time this store saw, kept on disk (``saw``): a clock wound back across a
+    # restart shows as a now earlier than it. Written when it moves on by this much at least.
+    SEEN_STEP = timedelta(seconds=10)
+
+    def saw(self, now: datetime) -> datetime:
+        """Keep ``now`` as the latest wall-clock time seen, if it is; returns the latest seen."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'wall_seen'").fetchone()
+            seen = None if row is None else datetime.fromisoformat(row[0])
+            if seen is None or now >= seen + self.SEEN_STEP:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('wall_seen', ?)", (now.isoformat(),))
+                return now
+            return max(seen, now)
+
     def refreshed_at(self) -> datetime | None:
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'refreshed_at'").fetchone()
@@ -246,6 +260,7 @@ class OfflineMode:
         """Called from the lanes' tick: refresh and reconcile when due; never raises for an outage."""
         with self._lock:
             now = self._clock()
+            self.store.saw(self._wall())
             try:
                 if now >= self._next_reconcile:
                     self.reconcile()
@@ -266,12 +281,18 @@ class OfflineMode:
                 log.error("gate.offline.undecidable", extra={"request_id": request_id, "reason": str(exc)})
                 return None
             now = self._wall()
+            seen = self.store.saw(now)
             stored = self.store.passes(now)
             uses = self.outbox.offline_uses()
             local = LocalUses(gated_in=frozenset(uuid.UUID(r) for r in uses.get("in", ())),
                               completed=frozenset(uuid.UUID(r) for r in uses.get("out", ())))
             refreshed_at = self.store.refreshed_at()
             since = self._since_refresh(refreshed_at, now)
+            if now + CLOCK_SLACK < seen:
+                # The wall clock is behind a time this adapter already saw (wound back, across a restart
+                # too, where the monotonic clock knows nothing older): no pass is judged by it.
+                log.error("gate.offline.clock_behind", extra={"seen": seen.isoformat(), "now": now.isoformat()})
+                refreshed_at = None
             od = decide_offline(request, passes=[p for _, p in stored], uses=local, limits=self.limits,
                                 store_refreshed_at=refreshed_at, now=now, since_refresh=since)
             token = next((t for t, p in stored if p.pass_id == od.pass_id), None)
