@@ -244,6 +244,27 @@ def test_a_clock_wound_back_across_a_restart_never_revives_an_expired_pass(
     assert got["committed"] is False
 
 
+def test_a_clock_once_stepped_ahead_and_put_right_keeps_offline_mode_after_a_refresh(
+        gate: Gate, adapters: list[Adapter]) -> None:
+    """A bad time source steps the clock a year ahead for one tick, then it is put right: the store saw
+    that year, but the next refresh (the service answered) anchors the clock seen again, and offline
+    mode allows on the fresh passes instead of reviewing every truck till next year."""
+    gate.pickable(1)
+    a = adapters[0]
+    wall, mono = a.clocked()
+    a.down()
+    real = wall[0]
+    wall[0] = real + timedelta(days=365)
+    a.offline.maintain()  # seen: a year ahead (the refresh fails: the service is down)
+    wall[0] = real + timedelta(seconds=1)
+    mono[0] += 1
+    a.up()
+    a.offline.refresh()
+    a.down()
+    got = a.truck(1)
+    assert (got["decision"], got["offline"]["basis"]) == ("allow", "pass"), got
+
+
 def test_an_offline_allow_on_a_ban_list_issued_ahead_of_the_clock_is_reconciled(
         gate: Gate, adapters: list[Adapter]) -> None:
     """A register whose clock runs two minutes ahead: its list is "issued" in our future (identity
@@ -443,6 +464,12 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
     sub = gate.http.post("/api/v1/webhooks", headers=gate.as_("line"),
                          json={"url": "https://hooks.example.com/q", "event_types": ["release.gate_offline_flagged"]})
     assert sub.status_code == 201, sub.text
+    if after == "badge_blocked":  # a second badge, still good: the stolen one must be judged on its own
+        with gate.engine.begin() as conn:
+            conn.execute(badges.insert().values(
+                id=uuid.uuid4(), person_id=gate.p.driver, scheme="portpass", number="PP-777777", card_uid=None,
+                status="active", valid_from=_now() - timedelta(days=1), valid_until=_now() + timedelta(days=365),
+                created_at=_now()))
     a = adapters[0]
     a.offline.refresh()
     a.down()
@@ -483,6 +510,14 @@ def _report(gate: Gate, n: int, *, token: str | None, decision: str = "allow", *
 def _post(gate: Gate, report: dict[str, Any], token: str | None = None) -> Any:
     return gate.http.post("/gate/v1/offline-decisions", json=report,
                           headers={"Authorization": f"Bearer {token or gate.gate_token}"})
+
+
+def test_a_report_from_an_older_adapter_with_a_negative_ban_list_age_is_taken_as_zero(gate: Gate) -> None:
+    gate.pickable(1)
+    got = _post(gate, _report(gate, 1, token=None, decision="review", ban_list_age_seconds=-119))
+    assert got.status_code == 200, got.text
+    (row,) = offline_rows(gate)
+    assert row.ban_list_age_seconds == 0
 
 
 def test_an_offline_decision_with_a_large_face_capture_is_reconciled(gate: Gate) -> None:

@@ -217,7 +217,7 @@ def test_candidates_of_a_valid_read_are_the_read_itself() -> None:
 # ---- plates: normalising and plausibility --------------------------------------------------------
 
 PLAUSIBLE = [
-    ("BE", "1-ABC-123"), ("BE", "ABC-123"),
+    ("BE", "1-ABC-123"), ("BE", "ABC-123"), ("BE", "123-ABC"),
     ("NL", "AB-12-34"), ("NL", "12-ABC-3"), ("NL", "1-ABC-23"), ("NL", "AB-123-C"),
     ("DE", "HH-AB 1234"), ("DE", "B-A 1"), ("DE", "M-XY 12E"), ("DE", "ABC-D 99"),
     ("FR", "AB-123-CD"), ("FR", "123 ABC 75"), ("FR", "12 AB 2A"),
@@ -288,6 +288,8 @@ def test_one_lookalike_is_a_lookalike_match_and_says_where() -> None:
     ("1ABD123", None, "1ABO123", "BE", PlateOutcome.LOW_CONFIDENCE),  # no country read: judged as nominated
     ("1AB0123", None, "1ABO123", "BE", PlateOutcome.LOOKALIKE_MATCH),
     ("HH-A8-123", "DE", "HHAB123", "DE", PlateOutcome.LOW_CONFIDENCE),  # HHA8123 is a German plate too
+    ("123-ABD", "BE", "123ABO", "BE", PlateOutcome.LOW_CONFIDENCE),  # the 2008-2010 Belgian series
+    ("123-AB0", "BE", "123ABO", "BE", PlateOutcome.LOOKALIKE_MATCH),
     ("AB123CD", "IT", "AB123CO", "IT", PlateOutcome.LOW_CONFIDENCE),  # no known format: always a doubt
 ])
 def test_a_lookalike_read_that_is_itself_a_plate_may_be_another_truck(

@@ -142,8 +142,11 @@ class PassStore:
                 self._db.execute("DELETE FROM passes")
                 self._db.executemany("INSERT OR REPLACE INTO passes VALUES (?, ?, ?, ?)", [
                     (p.pass_id, p.right.container, p.expires_at.timestamp(), t) for t, p in kept])
+                # The service answered: the clock seen is anchored again at this refresh (a clock once
+                # stepped ahead and put right must not keep offline mode off till real time catches up).
                 self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
-                    ("jwks", json.dumps(dict(jwks))), ("refreshed_at", refreshed_at.isoformat())])
+                    ("jwks", json.dumps(dict(jwks))), ("refreshed_at", refreshed_at.isoformat()),
+                    ("wall_seen", refreshed_at.isoformat())])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

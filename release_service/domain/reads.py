@@ -231,8 +231,9 @@ def _sidecode(pattern: str) -> str:
 # Plausible shapes, separators removed. Only for telling a garbled read from a plate: the gate compares
 # with the nominated plate, never with these. Personalised and diplomatic plates are left out.
 PLATE_FORMATS: dict[str, re.Pattern[str]] = {
-    # Belgium: 1-ABC-123 since 2010, ABC-123 before.
-    "BE": re.compile(r"[1-9][A-Z]{3}[0-9]{3}|[A-Z]{3}[0-9]{3}"),
+    # Belgium: 1-ABC-123 since 2010, 123-ABC in 2008-2010, ABC-123 before. Wider is safer here: a
+    # read that may be a plate is never taken as a misread.
+    "BE": re.compile(r"[1-9][A-Z]{3}[0-9]{3}|[0-9]{3}[A-Z]{3}|[A-Z]{3}[0-9]{3}"),
     "NL": re.compile("|".join(_sidecode(p) for p in _NL_SIDECODES)),
     # Germany: district (1-3 letters), 1-2 letters, 1-4 digits (no leading 0), optional E or H;
     # at most 8 characters before the suffix.

@@ -221,7 +221,7 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
                               used_by=UsedBy.OFFLINE if used_offline else UsedBy.ONLINE)
     if verdict is not Verdict.RECORD:
         return _Judged(verdict, flag, used_id, right)
-    changed = _changed_since_pass(uow, gate_pass, right, req.terminal, at)
+    changed = _changed_since_pass(uow, gate_pass, right, req, at)
     try:
         if incoming:
             right.gate_in(by=actor, now=at, decision_id=decision_id)
@@ -241,23 +241,35 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
     return _Judged(Verdict.RECORD, right=right)
 
 
-def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: ReleaseRight, terminal: str,
+def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: ReleaseRight, req: g.GateRequest,
                         at: datetime) -> tuple[str, ...]:
     """What the pass said of the person and the truck that the service no longer says: another
-    nomination (driver or plate) than the pass's, and the nominated driver's screening when the truck
-    passed, as known now (a ban loaded, a badge blocked, revoked or expired since the pass). The right's
-    own state, block and lights are ``gate_in``'s to judge. A register that does not answer now says
-    nothing new."""
+    nomination (driver or plate) than the pass's; the badge read at the lane as the badge office knows
+    it now (blocked, revoked, expired or not valid yet when the truck passed: a driver's other badge
+    does not make a stolen one good); and the nominated driver's screening when the truck passed, as
+    known now (a ban loaded since the pass). The right's own state, block and lights are ``gate_in``'s
+    to judge. A register that does not answer now says nothing new."""
+    terminal = req.terminal
     then = gate_pass.right.nomination
     now_n = g.RightFacts.from_right(right).nomination
     changed: list[str] = []
     if then is None or now_n is None or (then.driver_person_id, then.plate_text, then.plate_country) != (
             now_n.driver_person_id, now_n.plate_text, now_n.plate_country):
         changed.append("nomination")
+    if req.badge is not None:
+        badge = uow.gate.badge(req.badge)
+        if not badge.found:
+            changed.append("badge_unknown")
+        elif badge.status != g.BADGE_ACTIVE:
+            changed.append(f"badge_{badge.status}")
+        elif badge.valid_until is not None and at >= badge.valid_until:
+            changed.append("badge_expired")
+        elif badge.valid_from is not None and at < badge.valid_from:
+            changed.append("badge_inactive")
     if then is not None:
         screening = uow.screening.screen(then.driver_person_id, terminal=terminal, now=at)
         if screening.result not in ("clear", "unavailable"):
-            changed.extend(screening.reasons or (screening.result,))
+            changed.extend(r for r in (screening.reasons or (screening.result,)) if r not in changed)
     return tuple(changed)
 
 
