@@ -258,9 +258,9 @@ def test_the_audit_trail_and_the_decisions_hold_no_image(gate: FaceGate) -> None
     assert {k for k, _ in gate.face_audits()} == {"identity.face.verify.matched", "identity.face.verify.mismatched"}
 
 
-def test_with_the_facts_in_redis_an_image_is_matched_all_the_same(
-    pg_engine: sa.Engine, tmp_path: Path, redis_url: str, face_pool: FacePool
-) -> None:
+@pytest.fixture
+def redis_gate(pg_engine: sa.Engine, tmp_path: Path, redis_url: str, face_pool: FacePool) -> Iterator[FaceGate]:
+    """A face gate on PostgreSQL with the gate's facts in Redis."""
     settings = Settings(var_dir=tmp_path, database_url=str(pg_engine.url.render_as_string(hide_password=False)),
                         redis_url=redis_url, background_workers=False, gate_decision_drain=False)
     c = Container(settings=settings, engine=pg_engine, cache=RedisCache(redis_url),
@@ -272,59 +272,51 @@ def test_with_the_facts_in_redis_an_image_is_matched_all_the_same(
             gate = FaceGate(http, pg_engine)
             gate.app = app
             assert c.gate_facts is not None
-            rid = gate.pickable(9)
-            gate.enrol(gate.p.driver, "obama.jpg")
-            assert _decide(gate, gate.body(9))["decision"] == "allow"  # the facts are cached now
-            assert _decide(gate, gate.with_face(9, photo("biden.jpg")))["reasons"] == ["face_mismatch"]
-            assert _decide(gate, gate.with_face(9, photo("obama2.jpg")))["decision"] == "allow"
-            gate.policy(face_tolerance=0.3)  # the policy change reaches the cached facts
-            assert _decide(gate, gate.with_face(9, photo("obama2.jpg")))["reasons"] == ["face_mismatch"]
-            gate.policy(face_tolerance=0.5)
-            done = _decide(gate, gate.with_face(9, photo("obama2.jpg"), mode="commit"))
-            assert (done["decision"], done["committed"]) == ("allow", True) and gate.state(rid) == "gated_in"
-            assert len(gate.face_audits()) == 4
+            yield gate
         finally:
-            app.state.face_pool = own
+            app.state.face_pool = own  # the lifespan closes its own pool, not the shared one
 
 
-def test_a_badge_blocked_while_the_face_is_matched_refuses_the_commit(
-    pg_engine: sa.Engine, tmp_path: Path, redis_url: str, face_pool: FacePool
-) -> None:
+def test_with_the_facts_in_redis_an_image_is_matched_all_the_same(redis_gate: FaceGate) -> None:
+    gate = redis_gate
+    rid = gate.pickable(9)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    assert _decide(gate, gate.body(9))["decision"] == "allow"  # the facts are cached now
+    assert _decide(gate, gate.with_face(9, photo("biden.jpg")))["reasons"] == ["face_mismatch"]
+    assert _decide(gate, gate.with_face(9, photo("obama2.jpg")))["decision"] == "allow"
+    gate.policy(face_tolerance=0.3)  # the policy change reaches the cached facts
+    assert _decide(gate, gate.with_face(9, photo("obama2.jpg")))["reasons"] == ["face_mismatch"]
+    gate.policy(face_tolerance=0.5)
+    done = _decide(gate, gate.with_face(9, photo("obama2.jpg"), mode="commit"))
+    assert (done["decision"], done["committed"]) == ("allow", True) and gate.state(rid) == "gated_in"
+    assert len(gate.face_audits()) == 4
+
+
+def test_a_badge_blocked_while_the_face_is_matched_refuses_the_commit(redis_gate: FaceGate) -> None:
     """With the facts in Redis, a commit with a capture read them before the match; the badge office
     blocks the badge while the face is matched: the commit decides on the badge as it is after the
     match (badge_blocked), not on what it read before."""
     from identity.badges.service import BadgeService
     from quaygate.schema import badges
 
-    settings = Settings(var_dir=tmp_path, database_url=str(pg_engine.url.render_as_string(hide_password=False)),
-                        redis_url=redis_url, background_workers=False, gate_decision_drain=False)
-    c = Container(settings=settings, engine=pg_engine, cache=RedisCache(redis_url),
-                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
-    app = create_app(settings, container=c)
-    with TestClient(app) as http:
-        own, app.state.face_pool = app.state.face_pool, face_pool
-        try:
-            gate = FaceGate(http, pg_engine)
-            gate.app = app
-            rid = gate.pickable(10)
-            gate.enrol(gate.p.driver, "obama.jpg")
-            assert _decide(gate, gate.body(10))["decision"] == "allow"  # the facts are cached now
-            with pg_engine.connect() as conn:
-                badge_id = conn.execute(sa.select(badges.c.id).where(badges.c.number == gate.badge_number)).scalar_one()
-            matcher = c.face_matcher
-            real = matcher.match
+    gate = redis_gate
+    rid = gate.pickable(10)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    assert _decide(gate, gate.body(10))["decision"] == "allow"  # the facts are cached now
+    with gate.engine.connect() as conn:
+        badge_id = conn.execute(sa.select(badges.c.id).where(badges.c.number == gate.badge_number)).scalar_one()
+    matcher = gate.app.state.container.face_matcher
+    real = matcher.match
 
-            def blocked_meanwhile(*args: Any, **kw: Any) -> Any:
-                BadgeService(pg_engine).change_status(badge_id, "blocked", reason="reported stolen", actor="office",
-                                                      now=_now())
-                return real(*args, **kw)
+    def blocked_meanwhile(*args: Any, **kw: Any) -> Any:
+        BadgeService(gate.engine).change_status(badge_id, "blocked", reason="reported stolen", actor="office",
+                                                now=_now())
+        return real(*args, **kw)
 
-            matcher.match = blocked_meanwhile  # type: ignore[method-assign]
-            got = _decide(gate, gate.with_face(10, photo("obama2.jpg"), mode="commit"))
-            assert (got["decision"], got["committed"]) == ("deny", False) and "badge_blocked" in got["reasons"], got
-            assert gate.state(rid) == "nominated"
-        finally:
-            app.state.face_pool = own
+    matcher.match = blocked_meanwhile
+    got = _decide(gate, gate.with_face(10, photo("obama2.jpg"), mode="commit"))
+    assert (got["decision"], got["committed"]) == ("deny", False) and "badge_blocked" in got["reasons"], got
+    assert gate.state(rid) == "nominated"
 
 
 def test_an_image_request_is_never_answered_from_the_cache_alone() -> None:

@@ -80,6 +80,18 @@ def either_gate(request: pytest.FixtureRequest, pg_engine: sa.Engine, tmp_path: 
         yield gate
 
 
+def _lane_client(gate: Gate, name: str) -> tuple[str, str, str]:
+    """Another gate client of the terminal, and an access token of it: (client_id, secret, token)."""
+    from identity.bootstrap import create_client
+
+    client_id, secret = create_client(gate.engine, name=name, role="terminal_gate",
+                                      organisation_id=gate.p.terminal.organisation_id, terminal_code=TERMINAL,
+                                      now=_now())
+    token = gate.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                           auth=(client_id, secret or "")).json()["access_token"]
+    return client_id, secret or "", str(token)
+
+
 class Statements:
     """Counts the SQL statements the engine runs, including those sent on the driver's cursor
     (quaygate/hotsql.py) and on the event loop's connections (quaygate/loopdb.py), which SQLAlchemy's
@@ -420,14 +432,9 @@ def test_a_token_revoked_after_a_keep_that_found_the_facts_moved_is_refused(
         gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     """A keep that finds the facts moved on settles nothing: the long way reads the token's revocation
     entries again with the facts, so a token revoked in between gets no answer and no decision."""
-    from identity.bootstrap import create_client
 
     gate.pickable(14)
-    client_id, secret = create_client(gate.engine, name="lane 14", role="terminal_gate",
-                                      organisation_id=gate.p.terminal.organisation_id, terminal_code=TERMINAL,
-                                      now=_now())
-    token = gate.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                           auth=(client_id, secret or "")).json()["access_token"]
+    client_id, secret, token = _lane_client(gate, "lane 14")
     assert gate.verify(gate.body(14), token).json()["decision"] == "allow"  # remembered
     facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
     original = facts.keep_if_current_async
@@ -1112,14 +1119,8 @@ def test_a_revoked_gate_token_is_refused_on_the_cached_path_read_with_the_facts(
     """The token's revocation entries are read by the facts' own script (one round trip, no MGET of
     their own): a token revoked (RFC 7009) after its check was cached is refused at once, a replayed
     request_id included, and a good token's cached check never asks the cache separately."""
-    from identity.bootstrap import create_client
-
     gate.pickable(4)
-    client_id, secret = create_client(gate.engine, name="lane 4", role="terminal_gate",
-                                      organisation_id=gate.p.terminal.organisation_id, terminal_code=TERMINAL,
-                                      now=_now())
-    r = gate.http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret or ""))
-    token = r.json()["access_token"]
+    client_id, secret, token = _lane_client(gate, "lane 4")
     body = gate.body(4)
     assert gate.verify(gate.body(4), token).json()["decision"] == "allow"  # the facts are cached now
 
@@ -1159,14 +1160,9 @@ def test_a_token_revoked_before_redis_lost_its_data_stays_revoked(gate: Gate) ->
 
     import redis
 
-    from identity.bootstrap import create_client
     from identity.grants import RevocationList, revocations_for
 
-    client_id, secret = create_client(gate.engine, name="lane 63", role="terminal_gate",
-                                      organisation_id=gate.p.terminal.organisation_id, terminal_code=TERMINAL,
-                                      now=_now())
-    token = gate.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                           auth=(client_id, secret or "")).json()["access_token"]
+    client_id, secret, token = _lane_client(gate, "lane 63")
     gate.pickable(63)
     rid = gate.pickable(64)
     assert gate.verify(gate.body(63), token).json()["decision"] == "allow"
@@ -1201,13 +1197,8 @@ def test_a_commit_reads_its_tokens_revocation_with_the_facts_and_a_revoked_token
     """A commit's revocation entries come with its facts (the service's first read, ``admit``), not in
     a round trip of their own; a token revoked before the commit is refused before anything is decided
     or written: the right stays nominated and no decision is recorded."""
-    from identity.bootstrap import create_client
 
-    client_id, secret = create_client(gate.engine, name="lane 5", role="terminal_gate",
-                                      organisation_id=gate.p.terminal.organisation_id, terminal_code=TERMINAL,
-                                      now=_now())
-    token = gate.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                           auth=(client_id, secret or "")).json()["access_token"]
+    client_id, secret, token = _lane_client(gate, "lane 5")
     gate.pickable(5)
     rid = gate.pickable(6)
     asked = _count_revocation_reads(monkeypatch)
