@@ -426,6 +426,18 @@ def test_badge_not_valid_yet_is_inactive_even_if_marked_active() -> None:
     assert run(badge=a_badge(valid_from=NOW)).decision is Outcome.ALLOW
 
 
+def test_badge_refusals_are_the_gate_s_badge_guards_on_a_badge_alone() -> None:
+    from release_service.domain.gate import badge_refusals
+
+    assert badge_refusals(BadgeFacts.not_found(), NOW) == (Reason.BADGE_UNKNOWN,)
+    assert badge_refusals(a_badge(), NOW) == ()
+    assert badge_refusals(a_badge(status="blocked"), NOW) == (Reason.BADGE_BLOCKED,)
+    assert badge_refusals(a_badge(valid_until=NOW), NOW) == (Reason.BADGE_EXPIRED,)
+    assert badge_refusals(a_badge(valid_from=NOW + timedelta(seconds=1)), NOW) == (Reason.BADGE_INACTIVE,)
+    for status in ("inactive", "blocked", "revoked", "expired", "lost"):  # the same as decide says
+        assert badge_refusals(a_badge(status=status), NOW) == run(badge=a_badge(status=status)).reasons
+
+
 def test_unknown_badge_status_counts_as_inactive() -> None:
     assert run(badge=a_badge(status="lost")).reasons == (Reason.BADGE_INACTIVE,)
 

@@ -679,38 +679,62 @@ def badge_unknown(ctx: GateContext) -> bool:
     return ctx.badge_found is None
 
 
-def _badge_status_is(ctx: GateContext, reason: Reason) -> bool:
-    b = ctx.badge_found
-    return b is not None and _BADGE_STATUS_REASON.get(b.status) is reason
+def _status_is(b: BadgeFacts, reason: Reason) -> bool:
+    return _BADGE_STATUS_REASON.get(b.status) is reason
+
+
+def _inactive(b: BadgeFacts, now: datetime) -> bool:
+    """Suspended (temporarily missing), or a status we do not know (a badge is only good when it is
+    plainly active: fail closed), or issued but not valid yet."""
+    return _status_is(b, Reason.BADGE_INACTIVE) or (
+        b.status != BADGE_ACTIVE and b.status not in _BADGE_STATUS_REASON
+    ) or (b.valid_from is not None and now < b.valid_from)
+
+
+def _expired(b: BadgeFacts, now: datetime) -> bool:
+    """Its validity is over, whether or not the badge office has marked it expired yet."""
+    return _status_is(b, Reason.BADGE_EXPIRED) or (b.valid_until is not None and now >= b.valid_until)
+
+
+# What the badge office's word on a found badge refuses, at a time: the rules of the gate's guards
+# below, for the offline reconcile's look at the badge a lane read (``badge_refusals``).
+_BADGE_RULES: tuple[tuple[Reason, Callable[[BadgeFacts, datetime], bool]], ...] = (
+    (Reason.BADGE_INACTIVE, _inactive),
+    (Reason.BADGE_BLOCKED, lambda b, _: _status_is(b, Reason.BADGE_BLOCKED)),
+    (Reason.BADGE_REVOKED, lambda b, _: _status_is(b, Reason.BADGE_REVOKED)),
+    (Reason.BADGE_EXPIRED, _expired),
+)
+
+
+def badge_refusals(badge: BadgeFacts, now: datetime) -> tuple[Reason, ...]:
+    """Why the badge office's word on this badge refuses it at ``now`` (``badge_unknown`` when not found)."""
+    if not badge.found:
+        return (Reason.BADGE_UNKNOWN,)
+    return tuple(reason for reason, rule in _BADGE_RULES if rule(badge, now))
 
 
 def badge_inactive(ctx: GateContext) -> bool:
-    """The badge is suspended (temporarily missing). A status we do not know counts as inactive: a
-    badge is only good when it is plainly active (fail closed)."""
+    """The badge is suspended, of a status we do not know, or not valid yet (``_inactive``)."""
     b = ctx.badge_found
-    if b is None:
-        return False
-    return _badge_status_is(ctx, Reason.BADGE_INACTIVE) or (
-        b.status != BADGE_ACTIVE and b.status not in _BADGE_STATUS_REASON
-    ) or (b.valid_from is not None and ctx.now < b.valid_from)  # issued, but not valid yet
+    return b is not None and _inactive(b, ctx.now)
 
 
 def badge_blocked(ctx: GateContext) -> bool:
     """The badge was reported lost or stolen: whoever holds it is not its holder."""
-    return _badge_status_is(ctx, Reason.BADGE_BLOCKED)
+    b = ctx.badge_found
+    return b is not None and _status_is(b, Reason.BADGE_BLOCKED)
 
 
 def badge_revoked(ctx: GateContext) -> bool:
     """The badge office withdrew the badge."""
-    return _badge_status_is(ctx, Reason.BADGE_REVOKED)
+    b = ctx.badge_found
+    return b is not None and _status_is(b, Reason.BADGE_REVOKED)
 
 
 def badge_expired(ctx: GateContext) -> bool:
-    """The badge's validity is over, whether or not the badge office has marked it expired yet."""
+    """The badge's validity is over (``_expired``)."""
     b = ctx.badge_found
-    if b is None:
-        return False
-    return _badge_status_is(ctx, Reason.BADGE_EXPIRED) or (b.valid_until is not None and ctx.now >= b.valid_until)
+    return b is not None and _expired(b, ctx.now)
 
 
 def badge_not_activated_here(ctx: GateContext) -> bool:

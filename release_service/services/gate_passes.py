@@ -257,15 +257,7 @@ def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: Rele
             now_n.driver_person_id, now_n.plate_text, now_n.plate_country):
         changed.append("nomination")
     if req.badge is not None:
-        badge = uow.gate.badge(req.badge)
-        if not badge.found:
-            changed.append("badge_unknown")
-        elif badge.status != g.BADGE_ACTIVE:
-            changed.append(f"badge_{badge.status}")
-        elif badge.valid_until is not None and at >= badge.valid_until:
-            changed.append("badge_expired")
-        elif badge.valid_from is not None and at < badge.valid_from:
-            changed.append("badge_inactive")
+        changed.extend(r.value for r in g.badge_refusals(uow.gate.badge(req.badge), at))
     if then is not None:
         screening = uow.screening.screen(then.driver_person_id, terminal=terminal, now=at)
         if screening.result not in ("clear", "unavailable"):
