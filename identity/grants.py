@@ -251,13 +251,7 @@ class RevocationList:
 
     def is_revoked(self, jti: str) -> bool:
         self._keep_up()
-        if self._source is None:
-            return self._cache.get(self.PREFIX + jti) is not None
-        value, loaded = self._cache.get_many([self.PREFIX + jti, self.LOADED])
-        if loaded is None:
-            self._reload_lost()
-            value = self._cache.get(self.PREFIX + jti)
-        return value is not None
+        return self._read([self.PREFIX + jti])[0] is not None
 
     def revoke_client(self, conn: sa.Connection, client_id: str, *, now: datetime, token_ttl: int) -> None:
         """Refuse every access token of ``client_id`` issued up to now (plus the margin) until the
@@ -273,13 +267,18 @@ class RevocationList:
         """Is this verified access token revoked, on its own or with its client? One round trip."""
         keys = self.lookup_keys(claims)
         self._keep_up()
+        return self.judge(claims, self._read(keys))
+
+    def _read(self, keys: list[str]) -> list[bytes | None]:
+        """The values of ``keys``, read with ``LOADED`` (with Redis and a table to load from): the list
+        loaded again first when the cache forgot it."""
         if self._source is None:
-            return self.judge(claims, self._cache.get_many(keys))
+            return self._cache.get_many(keys)
         *values, loaded = self._cache.get_many([*keys, self.LOADED])
         if loaded is None:
             self._reload_lost()
             values = self._cache.get_many(keys)
-        return self.judge(claims, values)
+        return values
 
     def lookup_keys(self, claims: dict[str, Any]) -> list[str]:
         """The cache keys whose values settle this token's revocation (``judge``): its jti, its grant,

@@ -50,7 +50,7 @@ from typing import Any
 
 from . import gate as g
 from .reads import container_candidates
-from .release import State
+from .release import Screening, State
 
 PASS_TYP = "gate-pass+jwt"
 PASS_ALG = "ES256"  # RFC 7518 §3.4: small signatures, fast to verify on a gate PC
@@ -386,6 +386,26 @@ def judge_use(*, direction: g.Direction, state: str, used_by: UsedBy | None) -> 
         flag = Flag.USED_OFFLINE_TWICE if used_by is UsedBy.OFFLINE else Flag.USED_ONLINE_MEANWHILE
         return Verdict.FLAGGED, flag
     return Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS
+
+
+def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts | None, driver: Screening | None,
+                       at: datetime) -> tuple[str, ...]:
+    """What the pass said of the person and the truck that the service no longer says, for the
+    reconcile of an allow it supported: another nomination (driver or plate) than the pass's; the badge
+    the lane read (``badge``, as the badge office knows it now; None when none was read) refused at
+    ``at`` (a driver's other badge does not make a stolen one good); the pass's driver, screened at
+    ``at`` as known now (``driver``), refused (a ban loaded since the pass). The right's own state,
+    block and lights are the move's to judge."""
+    then, now_n = p.right.nomination, right.nomination
+    changed: list[str] = []
+    if then is None or now_n is None or (then.driver_person_id, then.plate_text, then.plate_country) != (
+            now_n.driver_person_id, now_n.plate_text, now_n.plate_country):
+        changed.append("nomination")
+    if badge is not None:
+        changed.extend(r.value for r in g.badge_refusals(badge, at))
+    if driver is not None and driver.refuses:
+        changed.extend(r for r in (driver.reasons or (driver.result,)) if r not in changed)
+    return tuple(changed)
 
 
 def pass_refuses(p: GatePass, request: g.GateRequest, *, decided_at: datetime, state: str) -> tuple[str, ...]:

@@ -155,8 +155,14 @@ class Event:
 class Screening:
     """What the driver's screening said at nomination (badge and port-ban checks)."""
 
-    result: str  # clear | banned | unavailable
+    result: str  # clear | banned | refused | unavailable
     reasons: tuple[str, ...] = ()
+
+    @property
+    def refuses(self) -> bool:
+        """Banned, or no usable badge: the person is not to be let in. A register that did not answer
+        ("unavailable") says nothing either way."""
+        return self.result not in ("clear", "unavailable")
 
 
 class TransferState(StrEnum):
@@ -599,7 +605,7 @@ class ReleaseRight:
         if n.nominated_at > decided_at:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "The right was nominated again since this decision: "
                               "verify the truck again.")
-        if driver.result not in ("clear", "unavailable"):
+        if driver.refuses:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A terminal cannot let in a driver the badge office or "
                               f"the port-ban register refuses ({', '.join(driver.reasons) or driver.result}).",
                               reasons=list(driver.reasons))

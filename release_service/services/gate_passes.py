@@ -53,6 +53,7 @@ from release_service.domain.gate_pass import (
     UsedBy,
     Verdict,
     badge_digest,
+    changed_since_pass,
     judge_use,
     pass_covers,
     pass_refuses,
@@ -243,26 +244,13 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
 
 def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: ReleaseRight, req: g.GateRequest,
                         at: datetime) -> tuple[str, ...]:
-    """What the pass said of the person and the truck that the service no longer says: another
-    nomination (driver or plate) than the pass's; the badge read at the lane as the badge office knows
-    it now (blocked, revoked, expired or not valid yet when the truck passed: a driver's other badge
-    does not make a stolen one good); and the nominated driver's screening when the truck passed, as
-    known now (a ban loaded since the pass). The right's own state, block and lights are ``gate_in``'s
-    to judge. A register that does not answer now says nothing new."""
-    terminal = req.terminal
+    """``gate_pass.changed_since_pass`` on what the service knows now: the lane's badge and the pass's
+    driver, looked up."""
     then = gate_pass.right.nomination
-    now_n = g.RightFacts.from_right(right).nomination
-    changed: list[str] = []
-    if then is None or now_n is None or (then.driver_person_id, then.plate_text, then.plate_country) != (
-            now_n.driver_person_id, now_n.plate_text, now_n.plate_country):
-        changed.append("nomination")
-    if req.badge is not None:
-        changed.extend(r.value for r in g.badge_refusals(uow.gate.badge(req.badge), at))
-    if then is not None:
-        screening = uow.screening.screen(then.driver_person_id, terminal=terminal, now=at)
-        if screening.result not in ("clear", "unavailable"):
-            changed.extend(r for r in (screening.reasons or (screening.result,)) if r not in changed)
-    return tuple(changed)
+    return changed_since_pass(
+        gate_pass, g.RightFacts.from_right(right), at=at,
+        badge=uow.gate.badge(req.badge) if req.badge is not None else None,
+        driver=uow.screening.screen(then.driver_person_id, terminal=req.terminal, now=at) if then else None)
 
 
 def _same_allow(online: StoredDecision, report: OfflineReport) -> bool:
