@@ -7,11 +7,17 @@ A store that writes something the gate decision reads says so on its connection:
     touch(conn, BANS)                       # the port-ban list
     touch(conn, POLICY)                     # a terminal's gate policy
 
-``install(engine, on_committed)`` then hands the touched keys of each transaction to
+``install(engine, on_committed, on_committing)`` then hands the touched keys of each transaction to
 ``on_committed`` only AFTER the database committed it (when the connection goes back to the pool,
-which every unit of work and ``engine.begin()`` block does right after its commit). Never before: a
-reader that refilled the cache between an early invalidation and the commit would put the old value
-back under the new generation. A rolled-back transaction invalidates nothing.
+which every unit of work and ``engine.begin()`` block does right after its commit). Never before
+alone: a reader that refilled the cache between an early invalidation and the commit would put the
+old value back under the new generation. A rolled-back transaction invalidates nothing.
+
+``on_committing`` is called with the same keys just BEFORE the commit, and what it returns (a mark)
+is handed to ``on_committed`` with them afterwards, also when the commit failed: the cache marks the
+keys pending first, so no process trusts or refills a copy of them until the invalidation after
+the commit clears the mark, and one that never comes (Redis lost between the two, a writer that
+died) leaves them read from the database rather than from an old copy.
 
 Stores mark what they write without knowing whether anything is cached (the embedded default has no
 shared cache and installs nothing: then ``touch`` just leaves a note that nobody reads).
@@ -33,27 +39,34 @@ Touched = set[tuple[str, str]]
 
 _PENDING = "qg_touched"  # written in this transaction
 _COMMITTED = "qg_committed"  # committed, not yet handed over
+_MARKED = "qg_marked"  # what ``on_committing`` returned, to hand over with them
 
 
 def touch(conn: sa.Connection, family: str, key: str = "") -> None:
     conn.info.setdefault(_PENDING, set()).add((family, key))
 
 
-def install(engine: sa.Engine, on_committed: Callable[[Touched], None]) -> None:
+def install(engine: sa.Engine, on_committed: Callable[[Touched, list[Any]], None],
+            on_committing: Callable[[Touched], Any] | None = None) -> None:
     def committing(conn: sa.Connection) -> None:
         # Fired just before the DBAPI commit: keep the keys aside, hand them over once it is done.
         touched = conn.info.pop(_PENDING, None)
         if touched:
             conn.info.setdefault(_COMMITTED, set()).update(touched)
+            if on_committing is not None:
+                mark = on_committing(touched)
+                if mark is not None:
+                    conn.info.setdefault(_MARKED, []).append(mark)
 
     def rolled_back(conn: sa.Connection) -> None:
         conn.info.pop(_PENDING, None)
 
     def checked_in(dbapi_conn: Any, record: Any) -> None:
         touched = record.info.pop(_COMMITTED, None)
+        marks = record.info.pop(_MARKED, None)
         record.info.pop(_PENDING, None)  # never committed
-        if touched:
-            on_committed(touched)
+        if touched or marks:
+            on_committed(touched or set(), marks or [])
 
     sa.event.listen(engine, "commit", committing)
     sa.event.listen(engine, "rollback", rolled_back)

@@ -10,6 +10,7 @@ changed meanwhile is answered from an old copy.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import uuid
@@ -481,6 +482,108 @@ def test_a_commit_sends_its_invalidation_with_its_answer_in_one_round_trip(
         assert gate.verify(body).json() == moved  # the answer kept with the invalidation
     assert sql.count == 0 and trips.sent == ["EVALSHA"]
     assert _check(gate, 17)["reasons"] == ["already_used"]  # the generation was replaced before the answer
+
+
+@contextlib.contextmanager
+def _other_process(gate: Gate, redis_url: str, **kw: Any) -> Iterator[tuple[sa.Engine, RedisGateFacts]]:
+    """Another process that writes what the gates read (the CLI, a second server): its own engine and its
+    own gate facts on the same PostgreSQL and Redis, its invalidations installed as ``gate_facts_for`` does."""
+    engine = sa.create_engine(gate.engine.url.render_as_string(hide_password=False), poolclass=sa.pool.NullPool)
+    facts = RedisGateFacts.from_url(redis_url, engine, lambda: SqlUnitOfWork(engine), **kw)
+    try:
+        yield engine, facts
+    finally:
+        facts.close()
+        engine.dispose()
+
+
+def _lost_after_its_mark(facts: RedisGateFacts, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Redis is lost to ``facts`` between a commit's pending mark and the invalidation after it: every
+    invalidation it sends from then on fails on the wire. Returns the sends refused."""
+    import redis
+
+    from release_service.adapters import gate_facts
+
+    refused: list[Any] = []
+    run = facts._line.run
+
+    def lost(script: Any, keys: Any, args: Any) -> Any:
+        if script is gate_facts._BUMP:
+            refused.append(args)
+            raise redis.ConnectionError("Redis lost after the mark")
+        return run(script, keys, args)
+
+    monkeypatch.setattr(facts._line, "run", lost)
+    monkeypatch.setattr(facts, "CLOSE_GRACE", 0.0)
+    return refused
+
+
+def test_a_change_whose_invalidation_never_reached_redis_is_never_answered_from_an_old_copy(
+        gate: Gate, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process (the CLI, say) blocks the badge. Redis takes the pending mark it sends just
+    before its commit, and is lost to it before the invalidation after the commit; the process gives up
+    and exits. This server's copy of the badge, current until then, is never trusted again: its checks
+    read the badge from PostgreSQL and refuse, and no copy is filled under the pending generation."""
+    gate.pickable(41)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    assert _check(gate, 41)["decision"] == "allow"  # the badge cached, and remembered here
+    with _other_process(gate, redis_url) as (engine, writer):
+        refused = _lost_after_its_mark(writer, monkeypatch)
+        BadgeService(engine).change_status(_badge_id(gate), "blocked", reason="stolen", actor="o", now=_now())
+        assert refused and writer.owed() == 1  # its invalidation never reached Redis
+    for _ in range(2):
+        got = _check(gate, 41)
+        assert (got["decision"], got["reasons"]) == ("deny", ["badge_blocked"]), got
+        got = _check(gate, 41, mode="commit")
+        assert (got["decision"], got["committed"]) == ("deny", False), got
+    assert facts._r.get(facts._p + "g:badges").startswith(b"p")  # type: ignore[union-attr]
+    assert not list(facts._r.scan_iter(match=facts._p + "badge:*:p*"))  # nothing kept under the mark
+
+
+def test_a_mark_nobody_lifts_expires_and_the_facts_are_cached_again_as_committed(
+        gate: Gate, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer that lost Redis never lifts its mark: after ``pending_ttl`` the family gets a plain
+    generation again, and the copies filled then are read after its commit."""
+    import time
+
+    gate.pickable(42)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    assert _check(gate, 42)["decision"] == "allow"
+    with _other_process(gate, redis_url, pending_ttl=1) as (engine, writer):
+        _lost_after_its_mark(writer, monkeypatch)
+        BadgeService(engine).change_status(_badge_id(gate), "blocked", reason="stolen", actor="o", now=_now())
+    deadline = time.monotonic() + 10
+    while (facts._r.get(facts._p + "g:badges") or b"").startswith(b"p"):
+        assert time.monotonic() < deadline, "the mark never expired"
+        time.sleep(0.2)
+    got = _check(gate, 42)
+    assert (got["decision"], got["reasons"]) == ("deny", ["badge_blocked"]), got
+    with Statements(gate.engine) as sql:  # cached again: the blocked badge, answered without SQL
+        got = _check(gate, 42)
+    assert (got["decision"], got["reasons"], sql.count) == ("deny", ["badge_blocked"], 0), got
+
+
+def test_a_family_stays_pending_until_every_writer_that_marked_it_lifted_its_mark(
+        gate: Gate, redis_url: str) -> None:
+    """Two processes commit changes to the same family at once. The first one's invalidation must not
+    end the second one's mark: a copy filled between them would miss the second change, and be trusted
+    if the second's invalidation is then lost. Pending until the last mark is lifted."""
+    from quaygate import invalidation
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    touched = {(invalidation.RIGHTS, "TWOWRITERS1")}
+
+    def generation() -> bytes:
+        return facts._r.get(facts._p + "g:r:TWOWRITERS1")  # type: ignore[no-any-return]
+
+    with _other_process(gate, redis_url) as (_, first), _other_process(gate, redis_url) as (_, second):
+        one, two = first.committing(touched), second.committing(touched)
+        assert one is not None and two is not None and generation().startswith(b"p")
+        first.committed(touched, [one])
+        assert generation().startswith(b"p") and first.owed() == 0
+        second.committed(touched, [two])
+        assert not generation().startswith(b"p") and second.owed() == 0
+        assert not facts._r.exists(facts._p + "pend:r:TWOWRITERS1")  # every mark lifted
 
 
 def test_held_invalidations_go_with_the_answer_or_at_the_end_of_the_block_and_stay_owed_on_failure(

@@ -14,8 +14,21 @@ write committed is stored under a generation already replaced, and nobody reads 
 Generations are made by Redis from its clock and a counter (``<seconds>.<micro>.<n>``), never
 reused, even across a Redis restart that lost them: a copy filled before a restart cannot come back
 to life under a generation made after it. Copies and generations expire (``ttl``), which bounds
-memory and bounds the damage of the one case the generations cannot cover: a writer that loses Redis
-at its commit and dies before its retry.
+memory.
+
+Pending before the commit. Just before a write commits (``committing``), its families are marked
+pending in Redis: a mark per transaction, kept with the ttl, and a pending generation ('p' first)
+under which no copy is found or filled, so every process reads those facts from PostgreSQL. The
+invalidation after the commit lifts its mark and makes a plain generation again (unless another
+writer's mark is still on). So a writer that loses Redis between its commit and its invalidation,
+or dies there, leaves every other process reading PostgreSQL, never trusting an old copy; the mark
+expires with the ttl. A writer that cannot mark (Redis failing for it) still commits: PostgreSQL is
+the truth and a badge office's block must never wait on a cache; its invalidation is owed as ever.
+A mark nobody lifts expires after ``pending_ttl`` (30 s); the facts are cached again then, read after
+the commit. Only a commit that outlasts its mark and then loses its invalidation leaves an old copy.
+The gate's own moves (``moving`` on the event loop, ``holding`` on the threads) mark nothing: they change one right,
+whose copy only a check reads (a commit reads rights from PostgreSQL and its move is guarded by the
+right's version), and they add no round trip to the commit.
 
 Remembered copies (``recall``): each process keeps the copies it read last, parsed, with the
 generations they were read under. A check on facts read before is decided on those at once and kept
@@ -44,6 +57,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
+import itertools
 import json
 import logging
 import threading
@@ -121,18 +135,54 @@ end
 return out
 """)
 
-# ARGV: prefix, ttl, a request key ('' when none), its answer, the answer's ttl, name... : a new
-# generation for each family named, then the answer kept under the request key (a commit's invalidations
-# and its decision, in one round trip: ``remember`` while ``holding``).
+# ARGV: prefix, ttl, a request key ('' when none), its answer, the answer's ttl, the marks' ttl, then per
+# family named: its name, k, and the k pending marks to lift (``committing``; their transactions ended). A
+# new generation for each, still pending ('p' first, kept no longer than a mark) while another writer's
+# mark on it is unexpired; then
+# the answer kept under the request key (a commit's invalidations and its decision, in one round trip:
+# ``remember`` while ``holding``).
 _BUMP = Script("""
 local p = ARGV[1]
 local t = redis.call('TIME')
-for i = 6, #ARGV do
+local i, n = 7, 0
+while i <= #ARGV do
+  local pend = p .. 'pend:' .. ARGV[i]
+  local k = tonumber(ARGV[i + 1])
+  if k > 0 then redis.call('ZREM', pend, unpack(ARGV, i + 2, i + 1 + k)) end
   local g = t[1] .. '.' .. t[2] .. '.' .. redis.call('INCR', p .. 'g:seq')
-  redis.call('SET', p .. 'g:' .. ARGV[i], g, 'EX', ARGV[2])
+  local ex = ARGV[2]
+  if redis.call('EXISTS', pend) == 1 then
+    redis.call('ZREMRANGEBYSCORE', pend, '-inf', t[1])
+    if redis.call('ZCARD', pend) > 0 then
+      g = 'p' .. g
+      ex = ARGV[6]
+    end
+  end
+  redis.call('SET', p .. 'g:' .. ARGV[i], g, 'EX', ex)
+  i = i + 2 + k
+  n = n + 1
 end
 if ARGV[3] ~= '' then redis.call('SET', ARGV[3], ARGV[4], 'EX', ARGV[5]) end
-return #ARGV - 5
+return n
+""")
+
+# ARGV: prefix, the marks' ttl, a mark, name...: each family named is pending from now (``committing``,
+# just before a commit that changes it): the mark is kept, and the family gets a pending generation ('p'
+# first), both for the marks' ttl. A reader finds no copy under it and fills none; ``_BUMP`` lifts the
+# mark. One never lifted (its writer lost Redis or died) expires: the next reader makes a plain
+# generation, and the copies it fills are read after that commit.
+_MARK = Script("""
+local p = ARGV[1]
+local t = redis.call('TIME')
+local upto = tonumber(t[1]) + tonumber(ARGV[2])
+for i = 4, #ARGV do
+  local pend = p .. 'pend:' .. ARGV[i]
+  redis.call('ZADD', pend, upto, ARGV[3])
+  redis.call('EXPIRE', pend, ARGV[2])
+  local g = 'p' .. t[1] .. '.' .. t[2] .. '.' .. redis.call('INCR', p .. 'g:seq')
+  redis.call('SET', p .. 'g:' .. ARGV[i], g, 'EX', ARGV[2])
+end
+return #ARGV - 3
 """)
 
 # ARGV: prefix, ttl, then key, value pairs: the copies read through, kept (one round trip).
@@ -198,12 +248,16 @@ _INSERT_FROM_JSON = sa.text(
 class RedisGateFacts:
     def __init__(self, client: redis.Redis, engine: sa.Engine, uow: Callable[[], SqlUnitOfWork], *,
                  prefix: str = "qg:gate:", ttl: int = 600, request_ttl: int = 900, cooldown: float = 1.0,
-                 stream_cap: int = 2_000_000) -> None:
+                 stream_cap: int = 2_000_000, pending_ttl: int = 30) -> None:
         self._r = client
         self._engine = engine
         self._uow = uow
         self._p = prefix
         self._ttl = ttl
+        # Seconds a pending mark lives when nobody lifts it: far longer than the commit it stands for
+        # (made just before the COMMIT statement), short enough that a writer that died costs
+        # PostgreSQL reads of those facts for that long only.
+        self._pending_ttl = pending_ttl
         self._request_ttl = request_ttl
         self._cooldown = cooldown
         self._cap = stream_cap
@@ -226,6 +280,11 @@ class RedisGateFacts:
         # after that send was made is not covered by it).
         self._owed: dict[str, int] = {}
         self._asked = 0
+        # Pending marks (``committing``) of this process's transactions that ended, by family: lifted by
+        # the next send of that family's invalidation that Redis takes.
+        self._lift: dict[str, set[str]] = {}
+        self._mark_prefix = uuid.uuid4().hex[:12] + "."
+        self._marks = itertools.count(1)
         # Of those, the ones a send failed for, with the turn it was asked for: until a later send takes
         # them, no cached copy is trusted (``_breaker``). One merely in flight holds nobody up: its
         # commit's answer is not out yet.
@@ -249,7 +308,7 @@ class RedisGateFacts:
         client = redis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25,
                                       health_check_interval=30)
         facts = cls(client, engine, uow, **kw)
-        invalidation.install(engine, facts.committed)
+        invalidation.install(engine, facts.committed, facts.committing)
         return facts
 
     # ---- reading ---------------------------------------------------------------------------------
@@ -322,19 +381,24 @@ class RedisGateFacts:
             if not through:
                 return None
             with self._uow() if within is None else contextlib.nullcontext(within) as uow:
+                # Nothing is kept under a pending generation (a write is committing, or its
+                # invalidation never came): those facts are read from here until it is lifted.
                 if policy is None:
                     policy = uow.gate.policy(terminal)
-                    fills[f"policy:{terminal}:{_s(policy_gen)}"] = json.dumps(policy_dict(policy)).encode()
+                    if not _pending(policy_gen):
+                        fills[f"policy:{terminal}:{_s(policy_gen)}"] = json.dumps(policy_dict(policy)).encode()
                 if missing:
                     found = uow.gate.rights(missing)
                     for c in missing:
                         rights[c] = [r for r in found if r.container == c]
-                        fills[f"r:{c}:{_s(rights_raw[c][0])}"] = _dump_rights(rights[c])
+                        if not _pending(rights_raw[c][0]):
+                            fills[f"r:{c}:{_s(rights_raw[c][0])}"] = _dump_rights(rights[c])
                 if need_badge:
                     assert badge is not None
                     raw = json.dumps(_badge_entry(uow, badge)).encode()
                     entry = _badge_copy(raw)
-                    fills[f"badge:{badge_key}:{_s(badge_gen)}"] = raw
+                    if not _pending(badge_gen):
+                        fills[f"badge:{badge_key}:{_s(badge_gen)}"] = raw
             if fills:
                 self._fill(fills)
         self._keep_near(terminal, policy_gen, policy, badge_key, badge_gen, entry,
@@ -347,15 +411,18 @@ class RedisGateFacts:
                    badge_gen: bytes, entry: _BadgeEntry | None, rights: dict[str, tuple[bytes, list[RightFacts]]]
                    ) -> None:
         """Remember what was just read, each copy with the generations it was read under (a copy read
-        through was read after them: it is as current as they are)."""
+        through was read after them: it is as current as they are). Never under a pending generation:
+        a write may commit under it, and a keep would find it unchanged."""
         near = self._near
         if len(near) + 2 + len(rights) > NEAR_MAX:
             near.clear()  # no order to keep: the next reads fill it again
-        near[("policy", terminal)] = ((("policy", policy_gen),), policy)
-        if badge_key is not None and entry is not None:
+        if not _pending(policy_gen):
+            near[("policy", terminal)] = ((("policy", policy_gen),), policy)
+        if badge_key is not None and entry is not None and not _pending(badge_gen):
             near[("badge", badge_key)] = (_under(badge_gen, "badges", "bans"), entry)
         for c, (gen, found) in rights.items():
-            near[("r", c)] = (_under(gen, "r:" + c, invalidation.RIGHTS), tuple(found))
+            if not _pending(gen):
+                near[("r", c)] = (_under(gen, "r:" + c, invalidation.RIGHTS), tuple(found))
 
     def recall(self, *, terminal: str, badge: BadgeRead | None, containers: Sequence[str],
                now: datetime) -> Recalled | None:
@@ -458,15 +525,16 @@ class RedisGateFacts:
             await self._off_loop(functools.partial(self._send_or_keep, names, answer))
             return
         owed = self._owing(names)
+        args, lifts = self._bump_args(owed, answer)
         try:
-            await self._pipe.run(_BUMP, [], self._bump_args(owed, answer))
+            await self._pipe.run(_BUMP, [], args)
         except BaseException as exc:  # a caller cancelled meanwhile too: whether Redis took it is unknown
             self._not_taken(owed)
             self._unsent(answer)
             if not isinstance(exc, redis.RedisError):
                 raise
             return
-        self._taken(owed)
+        self._taken(owed, lifts)
 
     @contextlib.contextmanager
     def moving(self, rights: Sequence[str]) -> Iterator[None]:
@@ -522,9 +590,33 @@ class RedisGateFacts:
 
     # ---- invalidation ----------------------------------------------------------------------------
 
-    def committed(self, touched: invalidation.Touched) -> None:
-        """Called after a commit with what it touched: new generations for those families."""
-        names = {f"r:{key}" if family == invalidation.RIGHTS else family for family, key in touched}
+    def committing(self, touched: invalidation.Touched) -> _Mark | None:
+        """Called just before a commit with what it touches: those families pending in Redis (``_MARK``)
+        until the invalidation after the commit lifts the mark. The mark is returned even when Redis
+        failed (it may have taken it), so that invalidation lifts it whatever happened; None when
+        Redis failed a moment ago (no round trip: the commit goes on, its invalidation owed as ever),
+        and for a gate move on the worker threads (``holding``), which marks nothing, as on the loop."""
+        if time.monotonic() < self._down_until or getattr(self._holds, "names", None) is not None:
+            return None
+        names = tuple(sorted(_names(touched)))
+        mark = self._mark_prefix + str(next(self._marks))
+        try:
+            self._line.run(_MARK, [], [self._p, self._pending_ttl, mark, *names])
+        except redis.RedisError:
+            log.warning("release.gate_facts.mark_failed", extra={"fields": {"families": len(names)}})
+            self._trip()
+        return mark, names
+
+    def committed(self, touched: invalidation.Touched, marks: Sequence[_Mark] = ()) -> None:
+        """Called after a commit with what it touched: new generations for those families, lifting the
+        commit's pending marks (a commit that failed after its marks lifts them too)."""
+        names = _names(touched)
+        if marks:
+            with self._lock:
+                for mark, marked in marks:
+                    for name in marked:
+                        self._lift.setdefault(name, set()).add(mark)
+                    names.update(marked)
         held = getattr(self._holds, "names", None)
         if held is not None:
             held.update(names)  # sent with this thread's ``remember``, or when its ``holding`` ends
@@ -550,12 +642,13 @@ class RedisGateFacts:
         owed = self._owing(names)
         if not owed and answer is None:
             return
+        args, lifts = self._bump_args(owed, answer)
         try:
-            self._line.run(_BUMP, [], self._bump_args(owed, answer))
+            self._line.run(_BUMP, [], args)
         except BaseException:
             self._not_taken(owed)
             raise
-        self._taken(owed)
+        self._taken(owed, lifts)
 
     def _owing(self, names: Iterable[str]) -> dict[str, int]:
         """``names`` owed from now, each at this turn; every name owed, with its turn, to send."""
@@ -565,9 +658,17 @@ class RedisGateFacts:
                 self._owed[name] = self._asked
             return dict(self._owed)
 
-    def _bump_args(self, owed: dict[str, int], answer: tuple[str, bytes] | None) -> list[Any]:
+    def _bump_args(self, owed: dict[str, int], answer: tuple[str, bytes] | None
+                   ) -> tuple[list[Any], dict[str, tuple[str, ...]]]:
+        """``_BUMP``'s arguments, and the pending marks they lift (``_taken`` forgets them)."""
         key, value = answer if answer is not None else ("", b"")
-        return [self._p, self._ttl, key, value, self._request_ttl, *sorted(owed)]
+        args: list[Any] = [self._p, self._ttl, key, value, self._request_ttl, self._pending_ttl]
+        lifts: dict[str, tuple[str, ...]] = {}
+        with self._lock:
+            for name in sorted(owed):
+                marks = lifts[name] = tuple(self._lift.get(name, ()))
+                args += [name, len(marks), *marks]
+        return args, lifts
 
     def _not_taken(self, owed: dict[str, int]) -> None:
         """A send of ``owed`` failed (or its outcome is unknown): those still owed stay owed, and no copy
@@ -578,13 +679,19 @@ class RedisGateFacts:
                 if name in self._owed:
                     self._failed[name] = max(turn, self._failed.get(name, 0))
 
-    def _taken(self, owed: dict[str, int]) -> None:
+    def _taken(self, owed: dict[str, int], lifts: dict[str, tuple[str, ...]]) -> None:
         with self._lock:
             for name, turn in owed.items():
                 if self._owed.get(name) == turn:  # asked for again meanwhile: that one is still owed
                     del self._owed[name]
                 if self._failed.get(name, turn + 1) <= turn:  # taken by a send made after it failed
                     del self._failed[name]
+            for name, marks in lifts.items():
+                left = self._lift.get(name)
+                if left is not None:
+                    left.difference_update(marks)
+                    if not left:
+                        del self._lift[name]
 
     def owed(self) -> int:
         """Invalidations Redis has not taken yet."""
@@ -782,6 +889,20 @@ class RedisGateFacts:
         self._pipe.close()
         self._r.close()
         self._drain_client.close()
+
+
+_Mark = tuple[str, tuple[str, ...]]  # a pending mark (``committing``) and the families it marks
+
+
+def _names(touched: invalidation.Touched) -> set[str]:
+    """The generation names of what a transaction touched."""
+    return {f"r:{key}" if family == invalidation.RIGHTS else family for family, key in touched}
+
+
+def _pending(generation: bytes) -> bool:
+    """A generation read while a write was committing, or whose invalidation never came: no copy is
+    kept or trusted under it (``_MARK``)."""
+    return b"p" in generation
 
 
 def _right_names(containers: Sequence[str]) -> list[str]:
