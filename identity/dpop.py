@@ -265,7 +265,8 @@ class DPoPVerifier:
     @staticmethod
     def _check_jti(claims: dict[str, Any]) -> str:
         jti = claims.get("jti")
-        if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH:
+        # Printable: a lone surrogate cannot be hashed into its replay key, a control character is noise.
+        if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH or not jti.isprintable():
             raise _refuse("jti", "the proof's jti is missing or malformed")
         return jti
 
@@ -311,7 +312,7 @@ class DPoPVerifier:
             expected = access_token_hash(access_token)
         except UnicodeEncodeError as exc:
             raise _refuse("ath", "the proof's ath does not match the access token") from exc
-        if not hmac.compare_digest(ath.encode("utf-8"), expected.encode("ascii")):
+        if not ath.isascii() or not hmac.compare_digest(ath.encode("ascii"), expected.encode("ascii")):
             raise _refuse("ath", "the proof's ath does not match the access token")
         return ath
 

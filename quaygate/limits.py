@@ -5,6 +5,16 @@ feed's route takes identity/bans/feed.py's ``MAX_FEED_BYTES``, the largest feed 
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import StringConstraints
+
+# Text a request may carry: no control character (a NUL, which PostgreSQL's text and jsonb refuse, an
+# escape sequence for a log viewer). Identifiers and reads take none at all; prose (a reason) keeps tab
+# and line breaks. Checked by pydantic-core, before any of it is used.
+Printable = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]*$")]
+Prose = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")]
+
 _JSON_ROOM = 64 * 1024
 
 # A face capture in base64: the schemas' bound on face.image (gate verify) and image (face enrolment,

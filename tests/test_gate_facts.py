@@ -134,6 +134,31 @@ def _check(gate: Gate, n: int, **over: Any) -> dict[str, Any]:
     return r.json()  # type: ignore[no-any-return]
 
 
+def test_a_kept_decision_the_table_refuses_is_set_aside_and_holds_back_no_other(gate: Gate) -> None:
+    """A decision kept in Redis that gate_decisions refuses (a NUL in its request_id, as an older server
+    let through: PostgreSQL's jsonb has no NUL) must not hold back the batch it came in, again and again:
+    the others go in, it is set aside in ``decisions:refused`` for an operator, and nothing stays pending."""
+    import json as _json
+
+    from release_service.adapters.gate_facts import GROUP, REFUSED, STREAM
+
+    gate.pickable(43)
+    gate.pickable(44)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    good = [_check(gate, 43), _check(gate, 44)]
+    (_, fields), *_ = facts._r.xrange(facts._p + STREAM)
+    poisoned = _json.loads(fields[b"row"])
+    poisoned.update(id=str(uuid.uuid4()), request_id="poisoned\x00")
+    facts._r.xadd(facts._p + STREAM, {"row": _json.dumps(poisoned)})
+    facts.drain("test", block_ms=None)
+    with gate.engine.connect() as conn:
+        kept = set(conn.execute(sa.select(gate_decisions.c.id)).scalars())
+    assert kept == {uuid.UUID(d["decision_id"]) for d in good}
+    refused = facts._r.xrange(facts._p + REFUSED)
+    assert [_json.loads(f[b"row"])["request_id"] for _, f in refused] == ["poisoned\x00"]
+    assert facts._r.xpending(facts._p + STREAM, GROUP)["pending"] == 0
+
+
 def test_a_commit_the_cache_never_heard_of_is_still_answered_once(gate: Gate) -> None:
     """A commit's request_id reaches Redis only after its transaction (``remember``, best effort):
     a retry that the cache does not know must still get the recorded answer, never a second use."""

@@ -242,6 +242,11 @@ def test_only_the_terminals_own_gate(gate: Gate) -> None:
     ({"observed_at": "2026-11-21T10:00:00"}, 422, "invalid_request"),  # no zone
     ({"face": {"image": "aGVsbG8="}}, 422, "image_unreadable"),  # issue 6: matched, but "hello" is no photo
     ({"unknown_field": 1}, 422, "invalid_request"),
+    # Control characters: a NUL (PostgreSQL's text and jsonb refuse it), an escape sequence for a log viewer.
+    ({"request_id": "r\x00"}, 422, "invalid_request"),
+    ({"lane": "in-\x1b[2J"}, 422, "invalid_request"),
+    ({"container": {"number": "MSCU\x001234566", "confidence": 1}}, 422, "invalid_request"),
+    ({"observed_at": "9999-12-31T23:59:59-12:00"}, 422, "invalid_request"),  # valid ISO 8601, and no UTC time
 ])
 def test_bad_input_is_a_problem_and_records_nothing(gate: Gate, change: dict[str, Any], status: int,
                                                     code: str) -> None:
@@ -434,8 +439,12 @@ def test_override_lets_a_refused_truck_in_once_with_a_reason(gate: Gate) -> None
     headers = {"Authorization": f"Bearer {gate.gate_token}"}
     assert_problem(gate.http.post("/gate/v1/overrides", json={"decision_id": refused["decision_id"], "reason": " "},
                                   headers=headers), 422, "invalid_request")
-    done = gate.http.post("/gate/v1/overrides", headers=headers,
-                          json={"decision_id": refused["decision_id"], "reason": "Plate changed after a breakdown"})
+    assert_problem(gate.http.post("/gate/v1/overrides", headers=headers,  # a NUL: no reason PostgreSQL can store
+                                  json={"decision_id": refused["decision_id"], "reason": "seen\x00"}),
+                   422, "invalid_request")
+    assert gate.state(rid) == "nominated"
+    done = gate.http.post("/gate/v1/overrides", headers=headers, json={
+        "decision_id": refused["decision_id"], "reason": "Plate changed after a breakdown.\nSeen at the desk"})
     assert done.status_code == 201, done.text
     assert done.json()["state"] == "gated_in" and gate.state(rid) == "gated_in"
     assert_problem(gate.http.post("/gate/v1/overrides", headers=headers,

@@ -208,6 +208,10 @@ def test_wrong_ath_is_refused(verifier: DPoPVerifier, client: ProofKey) -> None:
     refused(verifier, client.proof(token="another-token"), "ath", access_token="at-1")
 
 
+def test_an_ath_that_is_no_text_is_refused_not_a_failure(verifier: DPoPVerifier, client: ProofKey) -> None:
+    refused(verifier, client.proof(claims={"ath": "\ud800"}), "ath", access_token="at-1")  # a lone surrogate
+
+
 # -- the header -----------------------------------------------------------------------------------------
 
 
@@ -289,7 +293,7 @@ def test_oversized_proof_is_refused(verifier: DPoPVerifier, client: ProofKey) ->
     refused(verifier, client.proof(claims={"pad": "x" * 9000}), "too_large")
 
 
-@pytest.mark.parametrize("jti", [None, "", 7, "j" * 257])
+@pytest.mark.parametrize("jti", [None, "", 7, "j" * 257, "\ud800", "j\x00"])  # a lone surrogate: no replay key
 def test_missing_or_malformed_jti_is_refused(verifier: DPoPVerifier, client: ProofKey, jti: Any) -> None:
     proof = client.proof(drop=("jti",)) if jti is None else client.proof(claims={"jti": jti})
     refused(verifier, proof, "jti")

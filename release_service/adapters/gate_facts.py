@@ -91,6 +91,8 @@ from .sqla.uow import SqlUnitOfWork
 log = logging.getLogger(__name__)
 
 STREAM = "decisions"
+REFUSED = "decisions:refused"  # kept decisions gate_decisions refused (``_insert_each``), for an operator
+REFUSED_CAP = 10_000
 # Every family's generation: rights (the epoch of every container's), badges, bans, policies.
 EVERYTHING = (invalidation.RIGHTS, invalidation.BADGES, invalidation.BANS, invalidation.POLICY)
 GROUP = "pg"
@@ -237,6 +239,10 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'row', ARGV[3])
 out[1] = 'kept'
 return out
 """)
+
+# What a row of kept decisions can be refused with, the database up: a value it cannot store, a
+# constraint, a row that does not parse (SQLite's way). PostgreSQL away is none of these.
+_REFUSED_ROW = (sa.exc.DataError, sa.exc.IntegrityError, ValueError, KeyError, TypeError)
 
 # Kept decisions (JSON objects named like gate_decisions' columns) into gate_decisions, on PostgreSQL.
 _COLUMNS = ", ".join(c.name for c in gate_decisions.c)
@@ -742,12 +748,27 @@ class RedisGateFacts:
             ids = [eid for eid, _ in entries]
             rows = [fields[b"row"] for _, fields in entries if fields and b"row" in fields]
             if rows:
-                self._insert(rows)
+                try:
+                    self._insert(rows)
+                except _REFUSED_ROW:  # one row the table refuses must not hold back the rest, ever
+                    self._insert_each(rows)
             if ids:
                 r.xack(stream, GROUP, *ids)
                 r.xdel(stream, *ids)
             moved += len(rows)
         return moved
+
+    def _insert_each(self, rows: list[bytes]) -> None:
+        """A batch the table refused, row by row: each row it refuses again is set aside in the
+        ``refused`` stream (capped), with why, and logged, for an operator; the others go in. (Decided
+        by an older server that let a NUL through, say. PostgreSQL away is not this: it raises.)"""
+        for raw in rows:
+            try:
+                self._insert([raw])
+            except _REFUSED_ROW as exc:
+                log.error("release.gate_facts.decision_refused", extra={"fields": {"error": type(exc).__name__}})
+                self._drain_client.xadd(self._p + REFUSED, {"row": raw, "error": type(exc).__name__},
+                                        maxlen=REFUSED_CAP, approximate=True)
 
     def _insert(self, rows: list[bytes]) -> None:
         """The kept decisions (their JSON, as recorded) into gate_decisions; one already there is left.

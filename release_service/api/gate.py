@@ -15,17 +15,18 @@ import base64
 import binascii
 import hashlib
 import uuid
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from identity.domain.scopes import GATE_VERIFY
 from quaygate import jsonbody
-from quaygate.limits import IMAGE_B64_MAX, IMAGE_BODY_BYTES
+from quaygate.limits import IMAGE_B64_MAX, IMAGE_BODY_BYTES, Printable, Prose
 from quaygate.threads import threads_for
 from release_service.domain import gate as g
 from release_service.domain.parties import Actor
@@ -46,22 +47,22 @@ class _In(BaseModel):
 
 
 class ContainerIn(_In):
-    number: str = Field(max_length=20, description="As the OCR read it; empty when nothing was read.",
+    number: Printable = Field(max_length=20, description="As the OCR read it; empty when nothing was read.",
                         examples=["MSCU1234566"])
     confidence: float = Field(ge=0, le=1)
 
 
 class PlateReadIn(_In):
-    text: str = Field(max_length=20, examples=["1-ABC-123"])
-    country: str | None = Field(default=None, min_length=2, max_length=2,
+    text: Printable = Field(max_length=20, examples=["1-ABC-123"])
+    country: Printable | None = Field(default=None, min_length=2, max_length=2,
                                 description="ISO 3166-1 alpha-2; omit when the camera gives none.")
     confidence: float = Field(ge=0, le=1)
 
 
 class BadgeReadIn(_In):
     scheme: Literal["alfapass", "portpass"]
-    number: str | None = Field(default=None, max_length=32)
-    card_uid: str | None = Field(default=None, max_length=32, description="The chip's UID in hex.")
+    number: Printable | None = Field(default=None, max_length=32)
+    card_uid: Printable | None = Field(default=None, max_length=32, description="The chip's UID in hex.")
 
 
 class FaceMatchIn(_In):
@@ -89,10 +90,10 @@ class FaceIn(_In):
 
 
 class VerifyRequest(_In):
-    request_id: str = Field(min_length=1, max_length=100,
-                            description="Idempotency: the same id, the same decision; a right is never used twice.")
-    terminal: str = Field(min_length=1, max_length=32)
-    lane: str = Field(min_length=1, max_length=32)
+    request_id: Printable = Field(min_length=1, max_length=100, description=(
+        "Idempotency: the same id, the same decision; a right is never used twice. No control characters."))
+    terminal: Printable = Field(min_length=1, max_length=32)
+    lane: Printable = Field(min_length=1, max_length=32)
     direction: Literal["in", "out"]
     mode: Literal["check", "commit"]
     container: ContainerIn
@@ -100,6 +101,15 @@ class VerifyRequest(_In):
     badge: BadgeReadIn | None = None
     face: FaceIn | None = None
     observed_at: AwareDatetime
+
+    @field_validator("observed_at")
+    @classmethod
+    def _in_range(cls, value: datetime) -> datetime:
+        try:  # 9999-12-31T23:59:59-12:00 is valid ISO 8601, and no UTC time
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("observed_at is out of range") from None
+        return value
 
 
 class RepairOut(BaseModel):
@@ -126,7 +136,7 @@ class VerifyResponse(BaseModel):
 
 class OverrideRequest(_In):
     decision_id: uuid.UUID
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Prose = Field(min_length=1, max_length=500)
 
 
 class OverrideResponse(BaseModel):

@@ -19,7 +19,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from identity.keys import KeyStore
 from identity.tokens import fits, sign_jwt
-from quaygate.limits import IMAGE_BODY_BYTES
+from quaygate.limits import IMAGE_BODY_BYTES, Printable
 from release_service.adapters.sqla.gate_offline import SqlOfflineUnitOfWork
 from release_service.domain import gate as g
 from release_service.domain.gate_pass import PASS_ALG, PASS_TYP
@@ -48,13 +48,13 @@ class PassesResponse(BaseModel):
 class OfflineDecisionIn(BaseModel):
     request: VerifyRequest = Field(description="The verify request the adapter could not send.")
     decision: Literal["allow", "deny", "review"]
-    reasons: list[str] = Field(max_length=40)
+    reasons: list[Printable] = Field(max_length=40)
     release_id: uuid.UUID | None = None
     basis: Literal["pass", "no_pass", "store_stale"]
     decided_at: AwareDatetime
     ban_list_age_seconds: int | None = Field(default=None, description=(
         "Informative; a negative age (a ban list issued ahead of the adapter's clock) is taken as 0."))
-    gate_pass: str | None = Field(default=None, max_length=MAX_PASS_LENGTH,
+    gate_pass: Printable | None = Field(default=None, max_length=MAX_PASS_LENGTH,
                                   description="The pass the decision relied on, as it was received.")
 
 

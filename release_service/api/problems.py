@@ -185,6 +185,14 @@ def install(app: FastAPI) -> None:
         return problem(503, "service_unavailable", "The database did not answer; send the request again.",
                        instance=request.url.path, headers={"Retry-After": "1"})
 
+    @app.exception_handler(sa.exc.DataError)
+    def _unstorable(request: Request, exc: Exception) -> JSONResponse:
+        # The database refused a value as data (a NUL character in text, a number out of its column's
+        # range) that the schema let through: the request, not the service; its transaction rolled back.
+        log.warning("quaygate.value_refused", extra={"fields": {"path": request.url.path}})
+        return problem(422, "invalid_request", "A value of the request cannot be stored (a control character?).",
+                       instance=request.url.path)
+
     @app.exception_handler(Exception)
     def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged by the server with its traceback (Starlette raises it on); the client gets problem JSON
