@@ -35,8 +35,8 @@ from identity.web.console import router as console_router
 from identity.web.routes import router as web_router
 from release_service.adapters.sqla.gate_loop import LoopGateDatabase
 from release_service.api import problems
+from release_service.api.gate import admit_verify, verify_lean
 from release_service.api.gate import router as gate_router
-from release_service.api.gate import verify_lean
 from release_service.api.gate_offline import router as gate_offline_router
 from release_service.api.gate_policy import router as gate_policy_router
 from release_service.api.routes import router as release_router
@@ -298,7 +298,8 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     # walk through the included routers (quaygate/routing.py); the same route objects either way.
     # The gate verify, the busiest of all, parses its own body (release_service/api/gate.py verify_lean).
     app.router.routes.insert(0, ExactRoutes.of([gate_router, identity_routes, passkey_router], HOT_ROUTES,
-                                               lean={("POST", "/gate/v1/verify"): verify_lean}))
+                                               lean={("POST", "/gate/v1/verify"): verify_lean},
+                                               admit={("POST", "/gate/v1/verify"): admit_verify}))
     return app
 
 

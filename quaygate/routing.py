@@ -26,6 +26,10 @@ validator), which cost about a tenth of a gate check in FastAPI's dependency sol
 what it is sure of: a JSON body that is valid. Anything else (no or another content type, a body that
 does not parse or validate, a body FastAPI's limit refused while it was read) goes to FastAPI's own
 handler, with the body read so far given back to it, so every refusal is FastAPI's own, exactly.
+
+A route may also be given a check on its headers alone (``admit``), run before any of the body is read,
+on the lean handler's way and on FastAPI's alike: the gate verify authenticates its caller there, so a
+request without a valid token is refused before the server reads and parses a body of up to 8 MiB.
 """
 
 from __future__ import annotations
@@ -55,20 +59,26 @@ except ImportError:  # pragma: no cover - another FastAPI
 # it leaves the request to FastAPI's handler (which then reads the same body).
 LeanHandler = Callable[[Request, bytes], Awaitable[Response | None]]
 
+# A route's check on the request's headers alone (``admit``), before its body is read: it raises to
+# refuse (the app's exception handlers answer), and may leave what it found in ``request.state``.
+Admit = Callable[[Request], None]
+
 
 class ExactRoutes(BaseRoute):
-    def __init__(self, routes: Iterable[APIRoute],
-                 lean: Mapping[tuple[str, str], LeanHandler] | None = None) -> None:
+    def __init__(self, routes: Iterable[APIRoute], lean: Mapping[tuple[str, str], LeanHandler] | None = None,
+                 admit: Mapping[tuple[str, str], Admit] | None = None) -> None:
         self._index: dict[tuple[str, str], APIRoute] = {}
         self._direct: dict[int, ASGIApp] = {}  # id(route) -> the endpoint as Starlette calls one
         routes = list(routes)
-        for key in lean or {}:
+        for key in [*(lean or {}), *(admit or {})]:
             if not any(key[0] in (r.methods or ()) and key[1] == r.path for r in routes):
-                raise ValueError(f"a lean handler for {key}, which is not one of these routes")
+                raise ValueError(f"a lean handler or admit for {key}, which is not one of these routes")
         for route in routes:
-            handler = next((h for (m, path), h in (lean or {}).items()
-                            if path == route.path and m in (route.methods or ())), None)
+            handler = _for(route, lean)
             app = lean_app(route, handler) if handler is not None else direct(route)
+            check = _for(route, admit)
+            if check is not None:
+                app = admitted(app or route.handle, check)
             if app is not None:
                 self._direct[id(route)] = app
             if route.param_convertors:
@@ -83,16 +93,18 @@ class ExactRoutes(BaseRoute):
 
     @classmethod
     def of(cls, routers: Iterable[Any], wanted: Iterable[tuple[str, str]],
-           lean: Mapping[tuple[str, str], LeanHandler] | None = None) -> ExactRoutes:
+           lean: Mapping[tuple[str, str], LeanHandler] | None = None,
+           admit: Mapping[tuple[str, str], Admit] | None = None) -> ExactRoutes:
         """The routes ``wanted`` ((method, path) pairs), found in ``routers``; each must exist.
-        ``lean``: the routes among them with a handler of their own (``lean_app``)."""
+        ``lean``: the routes among them with a handler of their own (``lean_app``); ``admit``: those
+        with a check on the headers before the body is read (``admitted``)."""
         wanted = set(wanted)
         found = [r for router in routers for r in router.routes if isinstance(r, APIRoute)
                  and any((m, r.path) in wanted for m in r.methods or ())]
         missing = wanted - {(m, r.path) for r in found for m in r.methods or ()}
         if missing:
             raise ValueError(f"no such routes: {sorted(missing)}")
-        return cls(found, lean)
+        return cls(found, lean, admit)
 
     @property
     def paths(self) -> set[tuple[str, str]]:
@@ -147,6 +159,32 @@ def direct(route: APIRoute) -> ASGIApp | None:
             isinstance(returned, type) and issubclass(returned, Response)):
         return None
     return request_response(endpoint)
+
+
+def _for(route: APIRoute, handlers: Mapping[tuple[str, str], Any] | None) -> Any:
+    return next((h for (m, path), h in (handlers or {}).items()
+                 if path == route.path and m in (route.methods or ())), None)
+
+
+def admitted(app: ASGIApp, admit: Admit) -> ASGIApp:
+    """``app`` behind ``admit``: the headers checked before any of the body is read; a refusal is
+    answered by the app's exception handlers, as an endpoint's would be, and the body is never read."""
+
+    async def gated(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            admit(request)
+        except Exception as exc:  # noqa: BLE001 - answered by the app's handlers, as an endpoint's would be
+            refused = exc
+
+            async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+                raise refused
+
+            await wrap_app_handling_exceptions(refuse, request)(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return gated
 
 
 def lean_app(route: APIRoute, handler: LeanHandler) -> ASGIApp:

@@ -33,7 +33,7 @@ from quaygate.schema import (
     releases,
 )
 from quaygate.settings import Settings
-from release_service.api.gate import VerifyResponse
+from release_service.api.gate import VerifyResponse, admit_verify
 from release_service.api.gate import router as gate_router
 from release_service.domain.parties import OrgKind
 
@@ -289,7 +289,8 @@ def test_the_lean_verify_refuses_exactly_as_fastapis_handler(gate: Gate) -> None
     app = gate.http.app
     cases = _malformed(gate)
     lean = [gate.http.post("/gate/v1/verify", content=body, headers=headers) for body, headers in cases]
-    app.router.routes.insert(0, ExactRoutes.of([gate_router], [("POST", "/gate/v1/verify")]))
+    app.router.routes.insert(0, ExactRoutes.of([gate_router], [("POST", "/gate/v1/verify")],
+                                               admit={("POST", "/gate/v1/verify"): admit_verify}))
     try:
         plain = [gate.http.post("/gate/v1/verify", content=body, headers=headers) for body, headers in cases]
     finally:
@@ -300,6 +301,20 @@ def test_the_lean_verify_refuses_exactly_as_fastapis_handler(gate: Gate) -> None
             b.status_code, b.json(), b.headers.get("www-authenticate")), (body, headers)
     with gate.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)).scalar_one() == 0
+
+
+def test_a_caller_without_a_valid_token_is_refused_before_its_body_is_parsed(gate: Gate) -> None:
+    """Up to 8 MiB of body: without a valid gate token nobody makes the server parse it (on the event
+    loop, where every lane's checks wait). The token is judged on the headers first (``admit_verify``),
+    so a large invalid body is 401, not 422; with a valid token the same body is refused as before."""
+    junk = b'{"request_id": [' + b"0," * 500_000 + b'0]}'
+    as_json = {"content-type": "application/json"}
+    assert_problem(gate.http.post("/gate/v1/verify", content=junk, headers=as_json), 401, "invalid_request")
+    assert_problem(gate.http.post("/gate/v1/verify", content=junk,
+                                  headers={**as_json, "Authorization": "Bearer not.a.token"}), 401, "invalid_token")
+    assert_problem(gate.http.post("/gate/v1/verify", content=junk,
+                                  headers={**as_json, "Authorization": f"Bearer {gate.gate_token}"}),
+                   422, "invalid_request")
 
 
 @pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/merge-patch+json"])

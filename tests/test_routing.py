@@ -144,8 +144,8 @@ def test_served_through_the_index_as_through_the_routers(served: TestClient) -> 
     assert r.headers["cache-control"] == "no-store"
     wrong = served.get("/oauth2/token")
     assert wrong.status_code == 405 and "POST" in wrong.headers["allow"]
-    r = served.post("/gate/v1/verify", json={})
-    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"  # the route's model
+    r = served.post("/gate/v1/verify", json={})  # the route's admit: no token, refused before the body is read
+    assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
     r = served.post("/webauthn/authentication/options", json={}, headers={"Origin": ISSUER})
     assert r.status_code == 200 and r.json()["publicKey"]["userVerification"] == "required"
     # the metrics name the matched route by its template, as for any other route
@@ -175,17 +175,61 @@ async def _lean(request: Request, body: bytes) -> Response | None:
 
 
 def _things(*, lean: bool, app_limit: int | None = None, route_limit: int | None = None) -> TestClient:
+    return TestClient(_things_app(lean=lean, app_limit=app_limit, route_limit=route_limit))
+
+
+def _keyed(request: Request) -> None:
+    """An ``admit``: the request names a key, or is refused (401) on its headers alone."""
+    if request.headers.get("x-key") != "k":
+        raise HTTPException(401, "no key")
+    request.state.keyed = True
+
+
+def _things_app(*, lean: bool, app_limit: int | None = None, route_limit: int | None = None,
+                admit: bool = False) -> FastAPI:
     app = FastAPI(max_body_size=app_limit)
     router = APIRouter()
 
     @router.post("/things", max_body_size=route_limit)
-    async def things(thing: _Thing) -> dict[str, Any]:
-        return {"by": "fastapi", "n": thing.n}
+    async def things(thing: _Thing, request: Request) -> dict[str, Any]:
+        return {"by": "fastapi", "n": thing.n, **({"keyed": True} if getattr(request.state, "keyed", False) else {})}
 
     app.include_router(router)
     app.router.routes.insert(0, ExactRoutes.of([router], [("POST", "/things")],
-                                               lean={("POST", "/things"): _lean} if lean else None))
-    return TestClient(app)
+                                               lean={("POST", "/things"): _lean} if lean else None,
+                                               admit={("POST", "/things"): _keyed} if admit else None))
+    return app
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_an_admit_refuses_on_the_headers_before_any_of_the_body_is_read(lean: bool) -> None:
+    import asyncio
+
+    app = _things_app(lean=lean, admit=True)
+
+    def call(headers: list[tuple[bytes, bytes]]) -> tuple[int, list[dict[str, Any]], bytes]:
+        received: list[dict[str, Any]] = []
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            message = {"type": "http.request", "body": b'{"n": -3}', "more_body": False}
+            received.append(message)
+            return message
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/things", "raw_path": b"/things", "root_path": "", "query_string": b"",
+                 "headers": [(b"content-type", b"application/json"), *headers], "server": ("test", 80),
+                 "client": ("test", 1)}
+        asyncio.run(app(scope, receive, send))
+        return sent[0]["status"], received, b"".join(m.get("body", b"") for m in sent[1:])
+
+    status, received, _ = call([])
+    assert (status, received) == (401, [])  # refused, and not one message of the body read
+    status, received, body = call([(b"x-key", b"k")])  # admitted: read, and what admit found is there
+    assert status == 200 and len(received) == 1 and json.loads(body) == {"by": "fastapi", "n": -3, "keyed": True}
 
 
 def test_a_lean_handler_answers_what_it_is_sure_of() -> None:

@@ -219,6 +219,15 @@ async def verify_lean(request: Request, raw: bytes) -> Response | None:
     return await _verify(request, body, credentials_of(request))
 
 
+def admit_verify(request: Request) -> None:
+    """POST /gate/v1/verify's caller authenticated on the headers alone, before any of the body is read
+    (quaygate/routing.py ``admit``): without a valid gate token, no body of up to 8 MiB is read and
+    parsed on the event loop. Its revocation is settled with the facts, as ever (``_verify``)."""
+    request.state.gate_caller = authenticate_but_revocation(
+        request, credentials_of(request), audience=request.app.state.container.settings.gate_audience,
+        scope=GATE_VERIFY)
+
+
 def _json_content(value: str | None) -> bool:
     """``application/json`` or ``application/*+json``, as FastAPI's strict content type takes it."""
     if not value:
@@ -235,8 +244,9 @@ async def _verify(request: Request, body: VerifyRequest, credentials: HTTPAuthor
     # PostgreSQL or a face worker goes to the thread pool; on every way but the cached one, the
     # revocation is settled on its own before anything is answered.
     container = request.app.state.container
-    actor, revocation = authenticate_but_revocation(request, credentials, audience=container.settings.gate_audience,
-                                                    scope=GATE_VERIFY)
+    admitted = getattr(request.state, "gate_caller", None)  # ``admit_verify``, before the body was read
+    actor, revocation = admitted or authenticate_but_revocation(
+        request, credentials, audience=container.settings.gate_audience, scope=GATE_VERIFY)
     fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     now = container.clock.now()
     gate = gate_request(body)
