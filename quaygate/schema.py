@@ -558,6 +558,9 @@ gate_decisions = sa.Table(
     sa.Column("response", JSON, nullable=False),
     sa.Column("observed_at", UTCDateTime, nullable=False),
     sa.Column("decided_at", UTCDateTime, nullable=False, index=True),
+    # The nomination the decision judged, [driver person id, plate, country] (an override goes in under
+    # it, or not at all); None when it judged none, and on decisions recorded before migration 0012.
+    sa.Column("nomination", JSON),
     sa.UniqueConstraint("terminal", "request_id", name="uq_gate_decisions_terminal_request"),
 )
 

@@ -221,6 +221,9 @@ class StoredDecision:
     direction: str
     terminal: str
     decided_at: datetime | None = None  # as recorded in the database (a copy in Redis does not say)
+    # The nomination it judged, [driver person id, plate, country] (``verify.judged``), as recorded in the
+    # database; None when it judged none, or was recorded before migration 0012.
+    nomination: Sequence[str | None] | None = None
 
 
 class FactsUnavailable(Exception):

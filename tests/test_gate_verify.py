@@ -413,6 +413,35 @@ def test_an_override_is_refused_once_the_right_was_nominated_again(gate: Gate) -
     assert gate.state(rid) == "nominated"
 
 
+def test_an_override_goes_in_under_the_nomination_its_decision_judged_whatever_the_clocks(gate: Gate) -> None:
+    """A nomination's time is read when its request starts, and it may commit after a decision that
+    started later read the right: its time is then before the decision's, though the decision judged
+    the nomination before it. The decision keeps the nomination it judged, so the override still
+    refuses; and a nomination made again with the same driver and truck is the one judged."""
+    rid = gate.pickable(27)
+    refused = _wrong_plate(gate, 27)
+    with gate.engine.connect() as conn:
+        judged = conn.execute(sa.select(gate_decisions.c.nomination, gate_decisions.c.decided_at)
+                              .where(gate_decisions.c.id == uuid.UUID(refused["decision_id"]))).one()
+    nominated = gate.http.get(f"/api/v1/releases/{rid}", headers=gate.as_("haul")).json()["nomination"]
+    assert judged.nomination == [str(gate.p.driver), nominated["plate"]["text"], nominated["plate"]["country"]]
+    r = gate.http.put(f"/api/v1/releases/{rid}/nomination", headers=gate.as_("haul"),
+                      json={"driver_person_id": str(gate.p.driver), "plate": {"text": "2-XYZ-987", "country": "BE"}})
+    assert r.status_code == 200, r.text
+    with gate.engine.begin() as conn:  # its clock read before the decision's, its commit after
+        conn.execute(releases.update().where(releases.c.id == uuid.UUID(rid))
+                     .values(nominated_at=judged.decided_at - timedelta(seconds=1)))
+    got = _override(gate, refused)
+    assert_problem(got, 409, "illegal_transition")
+    assert "nominated again" in got.json()["detail"] and gate.state(rid) == "nominated"
+
+    again = _wrong_plate(gate, 27)  # judged the new nomination; made again as it was: the same one
+    r = gate.http.put(f"/api/v1/releases/{rid}/nomination", headers=gate.as_("haul"),
+                      json={"driver_person_id": str(gate.p.driver), "plate": {"text": "2-XYZ-987", "country": "BE"}})
+    assert r.status_code == 200, r.text
+    assert _override(gate, again).status_code == 201 and gate.state(rid) == "gated_in"
+
+
 @pytest.mark.parametrize("after", ["blocked", "customs_red", "revoked"])
 def test_an_override_judges_the_right_as_it_is_now(gate: Gate, after: str) -> None:
     """Refused for the plate, then the line blocks or revokes the right, or customs holds it: the

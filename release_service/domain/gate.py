@@ -462,6 +462,7 @@ class Decision:
     driver: str | None  # masked ("J. P***s")
     screening: ScreeningResult
     repairs: tuple[Repair, ...] = ()
+    nomination: NominationFacts | None = None  # the judged right's, as read: what an override goes in under
 
     @property
     def allowed(self) -> bool:
@@ -915,4 +916,5 @@ def decide(
         driver=mask_name(holder.holder_name) if holder is not None else None,
         screening=screening.result,
         repairs=_repairs(ctx),
+        nomination=ctx.right.nomination if ctx.right is not None else None,
     )

@@ -43,6 +43,7 @@ service hands to the store with the new state in the same transaction.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -591,18 +592,25 @@ class ReleaseRight:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A terminal cannot lift the line's commercial hold or "
                               "customs' hold: both lights must be green.")
 
-    def require_releasable_to_driver(self, decided_at: datetime, driver: Screening) -> None:
+    def require_releasable_to_driver(self, decided_at: datetime, judged: Sequence[str | None] | None,
+                                     driver: Screening) -> None:
         """What an override may not set aside on the person it lets in. The truck goes in under the
         nomination the refused decision judged, to its driver (the desk establishes that the person at
         the gate is that driver), so: the right not nominated again since the decision, and that driver,
         screened now (``driver``: the nomination's screening, a usable badge and no port ban), neither
         banned nor without a usable badge. A decision that read no badge, or one nobody knows, never
         screened a person: this is the screening that lets the truck in. A register that does not
-        answer ("unavailable") is the desk's to judge, as ``screening_unavailable`` is."""
+        answer ("unavailable") is the desk's to judge, as ``screening_unavailable`` is.
+
+        ``judged``: the nomination the decision judged, [driver person id, plate, country], as its row
+        keeps it; a decision recorded before it was kept (None) is judged by time, the nomination made
+        after the decision being another."""
         n = self.nomination
         if n is None:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "Only a nominated right is let in.")
-        if n.nominated_at > decided_at:
+        again = (n.nominated_at > decided_at if judged is None
+                 else list(judged) != [str(n.driver_person_id), n.plate.text, n.plate.country])
+        if again:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "The right was nominated again since this decision: "
                               "verify the truck again.")
         if driver.refuses:

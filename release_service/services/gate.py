@@ -7,6 +7,7 @@ commits.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from release_service.domain.errors import DomainError, ErrorCode
@@ -45,11 +46,12 @@ def gate_out(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, decision_id: 
 
 
 def override(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str, decision_id: uuid.UUID,
-             decided_at: datetime, now: datetime) -> tuple[ReleaseRight, Receipt]:
+             decided_at: datetime, judged: Sequence[str | None] | None, now: datetime
+             ) -> tuple[ReleaseRight, Receipt]:
     right = load(uow, release_id, actor)
     right.require_overridable(now)
     assert right.nomination is not None  # required above
     right.require_releasable_to_driver(
-        decided_at, uow.screening.screen(right.nomination.driver_person_id, terminal=right.terminal, now=now))
+        decided_at, judged, uow.screening.screen(right.nomination.driver_person_id, terminal=right.terminal, now=now))
     right.override_gate_in(by=actor, now=now, reason=reason, decision_id=decision_id)
     return right, persist(uow, right)

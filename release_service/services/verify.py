@@ -520,8 +520,13 @@ def _row(actor: Actor, request: g.GateRequest, decision: g.Decision, decision_id
         "mode": request.mode.value, "fingerprint": fingerprint, "decision": decision.decision.value,
         "reasons": [r.value for r in decision.reasons], "release_id": decision.release_id,
         "container_number": decision.container, "committed": committed, "response": body,
-        "observed_at": request.observed_at, "decided_at": now,
+        "observed_at": request.observed_at, "decided_at": now, "nomination": judged(decision.nomination),
     }
+
+
+def judged(n: g.NominationFacts | None) -> list[str | None] | None:
+    """The nomination a decision judged, as its row keeps it (``StoredDecision.nomination``)."""
+    return None if n is None else [str(n.driver_person_id), n.plate_text, n.plate_country]
 
 
 def override(uow_factory: Callable[[], UnitOfWork], actor: Actor, decision_id: uuid.UUID, reason: str,
@@ -544,7 +549,7 @@ def override(uow_factory: Callable[[], UnitOfWork], actor: Actor, decision_id: u
             raise DomainError(ErrorCode.ALREADY_USED, "This decision has already been overridden.")
         g.require_overridable_decision(stored.response.get("reasons", ()), stored.decided_at, now)
         right, receipt = override_right(uow, actor, stored.release_id, reason, decision_id, stored.decided_at,
-                                       now)
+                                       stored.nomination, now)
         uow.gate.record_override({"id": uuid.uuid4(), "decision_id": decision_id, "release_id": right.id,
                                   "terminal": stored.terminal, "client_id": actor.client_id,
                                   "reason": reason.strip(), "at": now})
