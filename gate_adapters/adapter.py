@@ -9,7 +9,9 @@
 Rules:
 1. Nothing is started before every setting, file and key is checked: a bad one is a plain message
    naming the key and exit status 2, never a traceback.
-2. The secret comes from ``auth.client_secret_file`` or ``QUAYGATE_GATE_CLIENT_SECRET``, never from argv.
+2. The secret comes from ``auth.client_secret_file`` or ``QUAYGATE_GATE_CLIENT_SECRET``, never from argv;
+   so do device tokens (``token_sha256`` or ``token_file``, ``--mint-token`` makes one) and the MQTT
+   password (``mqtt.password_file``).
 3. Sources only parse and enqueue (``LaneWorker``); one worker thread drives every lane. A lane's
    ``sources`` limit which inputs may feed it (``_SourceLanes``).
 4. On stop, a request still without an answer stays pending in the outbox and is re-sent at the next
@@ -34,7 +36,7 @@ from gate_adapters.core.reads import Read
 from release_service.domain.gate_pass import OfflineLimits
 
 from .runtime.client import AssertionSigner, ClientCredentials, TokenProvider, VerifyClient
-from .runtime.config import AdapterSettings, ConfigError, LaneSettings, load
+from .runtime.config import AdapterSettings, ConfigError, LaneSettings, load, mint_token
 from .runtime.lane import LaneRuntime, LaneWorker
 from .runtime.offline import OfflineMode, PassStore
 from .runtime.outbox import Outbox
@@ -171,19 +173,19 @@ def build(settings: AdapterSettings) -> Adapter:
                                                    ban_list_max_age=timedelta(seconds=o.ban_list_max_age_seconds)))
     mqtt_source = None
     mqtt_client = None
-    if settings.mqtt is not None:
-        from .runtime.mqtt_source import MqttSource, new_client
+    devices = None
+    try:
+        if settings.mqtt is not None:
+            from .runtime.mqtt_source import MqttSource, client_for
 
-        m = settings.mqtt
-        password = None
-        if m.password_file is not None:
-            try:
-                password = m.password_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                outbox.close()
-                raise ConfigError("mqtt.password_file", f"cannot read {m.password_file}: "
-                                                        f"{exc.strerror or exc}") from None
-        mqtt_client = new_client(m.client_id, username=m.username, password=password)
+            mqtt_client = client_for(settings.mqtt)
+        if settings.http is not None:
+            from .runtime.http_source import devices_for
+
+            devices = devices_for(settings.http)
+    except ConfigError:
+        outbox.close()
+        raise
     lanes = [
         LaneRuntime(settings.terminal, ln.lane, ln.direction, ln.mode,  # type: ignore[arg-type]
                     LaneCorrelator(ln.lane, settings.terminal, ln.direction, window_seconds=ln.window_seconds,
@@ -198,14 +200,16 @@ def build(settings: AdapterSettings) -> Adapter:
     if settings.mqtt is not None:
         m = settings.mqtt
         mqtt_source = MqttSource(_SourceLanes(worker, fed_by["mqtt"]), host=m.host, port=m.port,  # type: ignore[arg-type]
-                                 prefix=m.prefix, client=mqtt_client, keepalive=m.keepalive)
+                                 prefix=m.prefix, client=mqtt_client, keepalive=m.keepalive,
+                                 trusted_face_matcher=m.trusted_face_matcher)
     http_server = None
     if settings.http is not None:
         import uvicorn
 
         from .runtime.http_source import create_source_app
 
-        app = create_source_app(_SourceLanes(worker, fed_by["http"]), settings.terminal)  # type: ignore[arg-type]
+        app = create_source_app(_SourceLanes(worker, fed_by["http"]), settings.terminal,  # type: ignore[arg-type]
+                                devices=devices)
         config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port, log_level="warning",
                                 access_log=False, lifespan="off")
         http_server = uvicorn.Server(config)
@@ -244,13 +248,28 @@ def run(settings: AdapterSettings, stop: threading.Event | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="quaygate gate-adapter", description="Run a terminal's gate adapter: "
                                 "read sources, correlate per lane, verify, drive the barriers.")
-    p.add_argument("--config", required=True, help="the settings file (TOML; see docs/gate-adapter.example.toml)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", help="the settings file (TOML; see docs/gate-adapter.example.toml)")
+    what.add_argument("--mint-token", action="store_true",
+                      help="print a new device token and the token_sha256 its [[http.devices]] entry holds")
     p.add_argument("--check", action="store_true", help="check the settings and the key files, start nothing")
     args = p.parse_args(argv)
+    if args.mint_token:
+        token, digest = mint_token()
+        print(f"token: {token}\ntoken_sha256 = \"{digest}\"")  # the token is shown once, kept nowhere
+        return 0
     try:
         settings = load(args.config)
         if args.check:
             tokens_for(settings)
+            if settings.mqtt is not None:
+                from .runtime.mqtt_source import client_for
+
+                client_for(settings.mqtt)
+            if settings.http is not None:
+                from .runtime.http_source import devices_for
+
+                devices_for(settings.http)
             print(f"settings OK: terminal {settings.terminal}, {len(settings.lanes)} lanes")
             return 0
         logging.basicConfig(level=settings.log_level, stream=sys.stderr,

@@ -26,8 +26,10 @@ Script (JSON)::
                   {"after": 1.2, "kind": "badge", "badge": {...}}]}]}
 
 Each read is a generic JSON read (``sources/generic_json.py``) without ``lane`` and ``observed_at``:
-the simulator adds them (``observed_at`` = the run's start + ``at`` + ``after``, so every run makes
-new request ids). A read the parser refuses is counted as ``refused`` and not fed. A decision is
+the simulator adds them, so every run makes new request ids: ``drive`` stamps the run's start + ``at``
++ ``after`` and gives its lanes a wall clock on the same script time; ``mqtt`` and ``http`` stamp the
+moment a read is sent, as a device does (an adapter refuses a read observed long before it arrived, or
+after: lane.py rule 6). A read the parser refuses is counted as ``refused`` and not fed. A decision is
 matched to its truck by ``observed_at``. Exit status: 0, or 1 when ``--check`` and an expectation
 failed.
 """
@@ -130,9 +132,8 @@ def load_script(path: str | Path) -> Script:
                   tuple(reads), tuple(expect))
 
 
-def stamped(read: ScriptRead, start: datetime) -> dict[str, Any]:
+def stamped(read: ScriptRead, observed: datetime) -> dict[str, Any]:
     """The generic JSON read as a device would send it."""
-    observed = start + timedelta(seconds=read.at)
     return {**read.payload, "lane": read.lane, "observed_at": observed.isoformat(), "device": "simulator"}
 
 
@@ -196,6 +197,7 @@ def drive(
             script.terminal, spec.lane, spec.direction, spec.mode,  # type: ignore[arg-type]
             LaneCorrelator(spec.lane, script.terminal, spec.direction, window_seconds=script.window_seconds),
             client, outbox, LogBarrier(), clock, on_result=matcher.on_result, retry_seconds=float("inf"),
+            wall=lambda: start.timestamp() + clock.now,  # script time: a read is received when it is observed
         )
         for spec in script.lanes
     }
@@ -207,7 +209,7 @@ def drive(
             for lane in lanes.values():
                 lane.tick()
             try:
-                parsed = generic_json.parse_object(stamped(read, start))
+                parsed = generic_json.parse_object(stamped(read, start + timedelta(seconds=read.at)))
             except SourceError as exc:
                 matcher.summary.refused_reads += 1
                 print(f"truck {read.truck} lane {read.lane}: read refused ({exc})", file=out)
@@ -250,13 +252,12 @@ def publish(
     client.subscribe(f"{prefix}/{script.terminal}/+/barrier", qos=1)
     client.loop_start()
     try:
-        start = datetime.now(UTC).replace(microsecond=0)
         began = time.monotonic()
         for read in script.reads:
             delay = read.at / speed - (time.monotonic() - began) if speed > 0 else 0.0
             if delay > 0:
                 time.sleep(delay)
-            payload = stamped(read, start)
+            payload = stamped(read, datetime.now(UTC))
             if adapter_url is not None:
                 r = httpx.post(f"{adapter_url.rstrip('/')}/reads/{read.lane}", json=payload, timeout=5.0)
                 if r.status_code != 202:

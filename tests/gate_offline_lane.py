@@ -84,7 +84,7 @@ def main(plan_path: str, crash_after: int | None = None) -> int:
             continue  # answered before the restart
         clock[0] += 60.0
         for read in reads:
-            lane.feed(read)
+            lane.feed(read, received_at=read.observed_at.timestamp())  # the plan's fixed times outlive restarts
         lane.tick()
         time.sleep(plan.get("pause", 0.0))
     deadline = time.monotonic() + plan.get("drain_seconds", 60.0)

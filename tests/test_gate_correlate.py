@@ -34,9 +34,9 @@ def badge(number: str = "AP-100230", sec: float = 2.0) -> BadgeRead:
     )  # fmt: skip
 
 
-def face(score: float = 0.87, sec: float = 3.0) -> FaceRead:
+def face(score: float = 0.87, sec: float = 3.0, matched: bool = True) -> FaceRead:
     return FaceRead(
-        lane=LANE, source="t", camera="kiosk", image=None, match=FaceMatch(matched=True, score=score),
+        lane=LANE, source="t", camera="kiosk", image=None, match=FaceMatch(matched=matched, score=score),
         observed_at=T0 + timedelta(seconds=sec),
     )  # fmt: skip
 
@@ -289,6 +289,15 @@ def test_faces_are_always_the_same_driver_and_the_higher_score_wins() -> None:
     assert not similar(plate("1ABC234"), plate("1ABC2"))  # two characters apart
     [ready] = feed(lane(), [face(0.55), plate(), face(0.91, sec=3.5), container(), badge()])
     assert ready.face is not None and ready.face.match is not None and ready.face.match.score == 0.91
+
+
+@pytest.mark.parametrize("order", ["mismatch_first", "match_first"])
+def test_a_face_mismatch_is_kept_over_any_match_of_the_same_truck(order: str) -> None:
+    """A retry or a spoof that matches after a mismatch must not hide it: the service hears the mismatch."""
+    mismatch, match = face(0.3, sec=3.0, matched=False), face(0.99, sec=3.5)
+    faces = [mismatch, match] if order == "mismatch_first" else [match, mismatch]
+    [ready] = feed(lane(), [plate(), *faces, container(), badge()])
+    assert ready.face == mismatch and ready.verify_fields()["face"] == {"match": {"matched": False, "score": 0.3}}
 
 
 def test_verify_fields_carry_a_face_image_as_base64() -> None:

@@ -72,7 +72,8 @@ def test_an_offline_allow_of_a_request_denied_online_is_flagged(gate: Gate, adap
     a.offline.refresh()
     r = gate.http.post(f"/api/v1/releases/{rid}/block", headers=gate.as_("line"), json={"reason": "fraud alert"})
     assert r.status_code == 200, r.text
-    body = a.outbox.put(gate.body(1, mode="commit"))  # kept before it is sent, as the lane does
+    body = gate.body(1, mode="commit")
+    assert a.outbox.put(body)  # kept before it is sent, as the lane does
     online = gate.verify(body).json()
     assert (online["decision"], online["committed"]) == ("deny", False)
     local = a.offline.decide(body["request_id"], body)  # the answer came too late: decided from the pass

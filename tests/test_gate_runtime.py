@@ -6,6 +6,7 @@ read inputs. Only our own device edge (the barrier) is recorded instead of drive
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -29,6 +30,7 @@ from gate_adapters.runtime.client import (
     ClientCredentials,
     ServiceUnavailable,
     StaticToken,
+    TokenError,
     VerifyClient,
     VerifyRefused,
 )
@@ -140,13 +142,16 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
 def test_outbox_keeps_the_first_body_orders_pending_and_prunes_only_decided(tmp_path: Path) -> None:
     now = [1000.0]
     box = Outbox(tmp_path / "o.sqlite3", keep_days=1, wall=lambda: now[0])
-    assert box.put({"request_id": "a", "lane": LANE, "mode": "commit"})["mode"] == "commit"
+    assert box.put({"request_id": "a", "lane": LANE, "mode": "commit"}) is True
     now[0] += 1
-    # The same request_id again keeps what was stored first: the service refuses another body (409).
-    assert box.put({"request_id": "a", "lane": LANE, "mode": "check"})["mode"] == "commit"
+    # The same request_id again keeps what was stored first (the service refuses another body, 409) and
+    # says it was there: the lane treats it as a replay.
+    assert box.put({"request_id": "a", "lane": LANE, "mode": "check"}) is False
     box.put({"request_id": "b", "lane": LANE})
     box.put({"request_id": "c", "lane": "in-4"})
     assert [p.request_id for p in box.pending()] == ["a", "b", "c"]
+    assert box.pending()[0].body["mode"] == "commit"
+    assert (box.newest(LANE), box.newest("in-4"), box.newest("in-9")) == ("b", "c", None)
     assert [p.request_id for p in box.pending(LANE)] == ["a", "b"]
     box.done("a", {"decision": "allow"})
     assert [p.request_id for p in box.pending(LANE)] == ["b"] and box.response("a") == {"decision": "allow"}
@@ -319,6 +324,106 @@ def test_a_late_answer_is_recorded_but_does_not_move_the_barrier(gate: Gate, out
     assert outbox.pending() == [] and outbox.response(pending.request_id)["decision"] == "allow"  # type: ignore[index]
 
 
+def test_a_late_answer_for_one_truck_never_opens_the_barrier_for_the_next(gate: Gate, outbox: Outbox) -> None:
+    """Truck A's verify gets no answer; truck B comes and is decided; A's retry then gets "allow,
+    committed". B is at the barrier now: A's answer holds and calls an officer (A's right is used)."""
+    rid_a = gate.pickable(13)
+    gate.pickable(14)
+    clock = [0.0]
+    first_fails = httpx.Client(transport=FaultyTransport(gate.http._transport, fail=1, fault="503"))
+    client = VerifyClient("http://testserver", StaticToken(gate.gate_token), http=first_fails, attempts=1)
+    sink = RecordingBarrier()
+    lane = runtime(client, outbox, sink, clock=lambda: clock[0])
+    (a,) = [r for read in reads(n=13) for r in lane.feed(read)]
+    assert a.pending
+    clock[0] += 60.0  # B arrives after A's correlation window
+    (b,) = [r for read in reads("9-ZZZ-999", 14) for r in lane.feed(read)]
+    assert b.decision == "deny"
+    (late,) = lane.recover()  # A's retry, well within act_seconds
+    assert late.request_id == a.request_id and late.decision == "allow" and late.response["committed"] is True  # type: ignore[index]
+    assert [(c.command, c.call_officer) for c in sink.commands] == [
+        (BarrierCommand.HOLD, True), (BarrierCommand.HOLD, False), (BarrierCommand.HOLD, True)]
+    assert outbox.pending() == [] and outbox.response(a.request_id)["decision"] == "allow"  # type: ignore[index]
+    assert gate.state(rid_a) == "gated_in"  # on the server's books: the officer sorts truck A out
+
+
+def test_reads_fed_again_never_move_the_barrier_again(gate: Gate, outbox: Outbox) -> None:
+    """The same reads again (a replay, a camera re-sending its buffer, a restart that correlates them once
+    more) make the same request id, which the service answers with its stored "allow, committed"."""
+    gate.pickable(15)
+    truck = reads(n=15)
+    first = RecordingBarrier()
+    lane = runtime(real_client(gate), outbox, first)
+    (allowed,) = [r for read in truck for r in lane.feed(read)]
+    assert allowed.decision == "allow" and [c.command for c in first.commands] == [BarrierCommand.OPEN]
+    # Soon after, to a restarted lane (no correlator state): the reads are fresh, the request is not.
+    again = RecordingBarrier()
+    restarted = runtime(real_client(gate), outbox, again)
+    (replayed,) = [r for read in truck for r in restarted.feed(read)]
+    assert replayed.request_id == allowed.request_id and replayed.error == "replayed: request already made"
+    assert [(c.command, c.call_officer, c.decision_id) for c in again.commands] == [(BarrierCommand.HOLD, True, None)]
+    # Ten minutes later: the reads themselves are refused.
+    later = RecordingBarrier()
+    stale = runtime(real_client(gate), outbox, later, wall=lambda: truck[0].observed_at.timestamp() + 600)
+    assert [r for read in truck for r in stale.feed(read)] == [] and later.commands == []
+    assert decisions(gate) == [("allow", True)]
+
+
+def test_a_read_observed_long_before_or_after_it_arrived_is_refused(
+        outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    now = _now().timestamp()
+    lane = runtime(VerifyClient("http://127.0.0.1:9", StaticToken("t")), outbox, RecordingBarrier(),
+                   wall=lambda: now)
+    (old, *_), (ahead, *_) = reads(at=_now() - timedelta(minutes=10)), reads(at=_now() + timedelta(minutes=1))
+    with caplog.at_level(logging.WARNING, logger="gate_adapters.lane"):
+        assert lane.feed(old) == [] and lane.feed(ahead) == []
+    reasons = [r.reason for r in caplog.records if r.getMessage() == "gate.lane.read_refused"]  # type: ignore[attr-defined]
+    assert len(reasons) == 2 and "before the read arrived" in reasons[0] and "after the read arrived" in reasons[1]
+    assert lane.correlator.pending_count == 0
+    (fresh, *_) = reads(at=_now() - timedelta(seconds=20))
+    assert lane.feed(fresh) == [] and lane.correlator.pending_count == 1
+    # The worker judges a read by when it was submitted, not when its turn in the queue came.
+    queued = runtime(VerifyClient("http://127.0.0.1:9", StaticToken("t")), outbox, RecordingBarrier())
+    worker = LaneWorker([queued], wall=lambda: now + 600)
+    worker.submit(TERMINAL, reads()[0])
+    worker.start()
+    worker.stop()
+    assert queued.correlator.pending_count == 0
+
+
+def test_a_garbled_answer_holds_every_truck_due_and_calls_an_officer(outbox: Outbox) -> None:
+    """A 200 that is no JSON object (a proxy's error page) is no answer: as if the service were away."""
+    html = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, text="<html>")))
+    client = VerifyClient("http://testserver", StaticToken("t"), http=html, attempts=2, sleep=lambda s: None)
+    clock = [0.0]
+    sink = RecordingBarrier()
+    lane = runtime(client, outbox, sink, clock=lambda: clock[0], retry_seconds=3600)
+    assert lane.recover() == []  # as at start: the next re-send is an hour away
+    for plate, n in (("1-ABC-123", 16), ("7-XYZ-777", 17)):  # two trucks, a plate read each
+        assert lane.feed(reads(plate, n)[0]) == []
+    clock[0] = 31.0
+    results = lane.tick()  # both time out in this tick
+    assert len(results) == 2 and all(r.pending and "without a JSON object" in r.error for r in results)  # type: ignore[operator]
+    assert [p.request_id for p in outbox.pending()] == [r.request_id for r in results]
+    assert [(c.command, c.call_officer) for c in sink.commands] == [(BarrierCommand.HOLD, True)] * 2
+    with pytest.raises(TokenError, match="not a JSON object"):
+        ClientCredentials("http://testserver/oauth2/token", "c", "s", http=html).token()
+
+
+def test_every_truck_due_is_in_the_outbox_before_the_first_is_sent(gate: Gate, outbox: Outbox) -> None:
+    """The adapter dies on the first truck's answer: the second truck due in the same tick is kept."""
+    clock = [0.0]
+    lane = runtime(CrashAfterAnswer(real_client(gate)), outbox, RecordingBarrier(), clock=lambda: clock[0],
+                   retry_seconds=3600)
+    assert lane.recover() == []
+    for plate, n in (("1-ABC-123", 18), ("7-XYZ-777", 19)):
+        assert lane.feed(reads(plate, n)[0]) == []
+    clock[0] = 31.0
+    with pytest.raises(Crash):
+        lane.tick()
+    assert len(outbox.pending()) == 2
+
+
 def test_a_refused_request_is_final_and_holds_with_an_officer(gate: Gate, outbox: Outbox) -> None:
     rid = gate.pickable(6)
     sink = RecordingBarrier()
@@ -395,7 +500,7 @@ def test_the_http_input_parses_enqueues_and_refuses_plainly(gate: Gate, outbox: 
     rid = gate.pickable(10)
     sink = RecordingBarrier()
     worker = LaneWorker([runtime(real_client(gate), outbox, sink)])
-    inputs = TestClient(create_source_app(worker, TERMINAL))
+    inputs = TestClient(create_source_app(worker, TERMINAL, devices=None))
     at = _now()
     bad = inputs.post(f"/reads/{LANE}", content=b'{"kind": "plate"}')
     assert bad.status_code == 400 and bad.headers["content-type"].startswith("text/plain") and "plate" in bad.text

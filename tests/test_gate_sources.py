@@ -16,6 +16,7 @@ from gate_adapters.core.reads import (
     FaceRead,
     PlateRead,
     SourceError,
+    check_fresh,
     country_alpha2,
 )
 from gate_adapters.sources import axis, generic_json, hikvision, mqtt, ocr_portal
@@ -500,6 +501,22 @@ _NOW = datetime(2026, 11, 21, 14, 30, tzinfo=UTC)
 def test_reads_guard_their_own_fields(build, message: str) -> None:
     with pytest.raises(SourceError, match=message):
         build()
+
+
+@pytest.mark.parametrize(("observed", "message"), [
+    (_NOW - timedelta(seconds=31), "before the read arrived"),  # a buffer re-sent, a replay
+    (_NOW - timedelta(days=3), "before the read arrived"),
+    (_NOW + timedelta(seconds=6), "after the read arrived"),  # a clock ahead by more than the slack
+])
+def test_a_read_observed_long_before_or_after_it_arrived_is_not_fresh(observed: datetime, message: str) -> None:
+    with pytest.raises(SourceError, match=message):
+        check_fresh(observed, _NOW)
+
+
+def test_a_read_within_the_age_and_the_clock_slack_is_fresh() -> None:
+    for observed in (_NOW - timedelta(seconds=30), _NOW, _NOW + timedelta(seconds=5)):
+        check_fresh(observed, _NOW)
+    check_fresh(_NOW - timedelta(minutes=5), _NOW, max_age=timedelta(minutes=10))
 
 
 def test_generic_container_overall_confidence_wins_over_per_char() -> None:

@@ -20,7 +20,8 @@ Rules (each has a test in tests/test_gate_correlate.py):
 1. Placement of a read of kind K, in this order:
    a. a pending truck already holding a SIMILAR K read takes it as a duplicate: the higher
       confidence wins (ties: the earlier ``observed_at``, then the value), so the choice does not
-      depend on arrival order;
+      depend on arrival order; except that a face match result saying ``matched: false`` wins over
+      any other face (a mismatch is sticky: a retry or a spoof that matches later must not hide it);
    b. else the OLDEST pending truck lacking K takes it (trucks pass a lane in order);
    c. else a new truck opens.
    Similar: plates and container numbers whose look-alike-folded forms (0/O/D/Q, 1/I, 2/Z, 5/S,
@@ -165,8 +166,10 @@ def similar(a: Read, b: Read) -> bool:
     return True  # faces: one driver per truck
 
 
-def _rank(read: Read) -> tuple[float, float, str]:
-    return (read.confidence, -read.observed_at.timestamp(), read.value)
+def _rank(read: Read) -> tuple[bool, float, float, str]:
+    """Rule 1a's order between two similar reads: the greater one is kept."""
+    mismatch = isinstance(read, FaceRead) and read.match is not None and not read.match.matched
+    return (mismatch, read.confidence, -read.observed_at.timestamp(), read.value)
 
 
 def request_id_for(terminal: str, lane: str, direction: str, reads: Iterable[Read]) -> str:

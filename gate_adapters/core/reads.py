@@ -9,6 +9,10 @@ confidence}, badge {scheme, number, card_uid}, face, observed_at).
 Rules enforced here, once, for every source (a read that breaks one is refused with ``SourceError``):
 - ``observed_at`` is timezone-aware and kept in UTC: camera clocks in a port span time zones and a
   naive time would be read differently by the service.
+- a read is judged fresh against the time it reached the adapter (``check_fresh``): observed at most
+  ``MAX_READ_AGE`` before it and at most ``CLOCK_SLACK`` after it. A read's ``observed_at`` goes into
+  the request id (correlate.py rule 5), so an old read sent again (a replay, a camera re-sending its
+  buffer) would otherwise make an old request again, and the service answers that with its old decision.
 - confidences are floats in 0..1 (vendors that count in percent are scaled by their adapter).
 - plate text and container numbers are upper-cased with separators removed, but NOT repaired:
   look-alike and check-digit repair is the service's job (SPEC.md "OCR reads are repaired ...").
@@ -26,7 +30,7 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import ClassVar
 
@@ -51,6 +55,8 @@ _BADGE_NUMBER = re.compile(r"^[A-Z0-9-]{1,32}$")
 _HEX = re.compile(r"^[0-9A-F]+$")
 _UID_LENGTHS = frozenset({8, 14, 20})  # 4, 7 or 10 bytes (ISO/IEC 14443-3)
 MAX_FACE_IMAGE_BYTES = 2 * 1024 * 1024
+MAX_READ_AGE = timedelta(seconds=30)  # a push arrives within seconds; a buffer re-sent minutes later is refused
+CLOCK_SLACK = timedelta(seconds=5)  # camera clocks run a little ahead of ours (NTP keeps them within this)
 
 # ISO 3166-1 alpha-3 -> alpha-2 for the countries whose trucks reach Belgian and Dutch terminals.
 # Deliberately short: an unlisted code becomes None (country unknown) instead of a wrong guess.
@@ -71,6 +77,18 @@ def require_aware(observed_at: datetime) -> datetime:
     if observed_at.tzinfo is None or observed_at.utcoffset() is None:
         raise SourceError("observed_at has no time zone")
     return observed_at.astimezone(UTC)
+
+
+def check_fresh(observed_at: datetime, received_at: datetime, *, max_age: timedelta = MAX_READ_AGE,
+                slack: timedelta = CLOCK_SLACK) -> None:
+    """Refuse a read observed more than ``max_age`` before it was received, or more than ``slack`` after."""
+    age = require_aware(received_at) - require_aware(observed_at)
+    if age > max_age:
+        raise SourceError(f"observed_at is {age.total_seconds():.0f} s before the read arrived (at most "
+                          f"{max_age.total_seconds():.0f} s): an old read sent again")
+    if -age > slack:
+        raise SourceError(f"observed_at is {-age.total_seconds():.0f} s after the read arrived (at most "
+                          f"{slack.total_seconds():.0f} s): the device's clock is ahead")
 
 
 def check_confidence(value: object, what: str = "confidence") -> float:

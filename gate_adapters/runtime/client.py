@@ -6,8 +6,10 @@ a 5xx is retried with the SAME body; a 4xx problem (RFC 9457) is an answer about
 and is never retried.
 
 Rules:
-1. Retried: transport errors (connect, read, timeouts), 5xx, 429; ``attempts`` tries in all, with
-   exponential backoff (``backoff * 2**n``, capped). When they run out: ``ServiceUnavailable``.
+1. Retried: transport errors (connect, read, timeouts, a body that cannot be decoded), 5xx, 429, and a
+   200 whose body is not a JSON object (a proxy's HTML page, a cut-off body: no answer we can read);
+   ``attempts`` tries in all, with exponential backoff (``backoff * 2**n``, capped). When they run out:
+   ``ServiceUnavailable``, never a decoding error: the lane must still hold and call an officer.
 2. A 401 drops the cached token and tries once more with a fresh one (it may have expired in flight).
 3. Any other 4xx: ``VerifyRefused`` carrying the problem's ``status``, ``code`` and ``detail``.
 4. Tokens (``ClientCredentials``): RFC 6749 §4.4 client credentials at ``/oauth2/token`` with
@@ -169,7 +171,9 @@ class ClientCredentials:
             raise TokenError(f"token endpoint unreachable: {type(exc).__name__}") from exc
         if r.status_code != 200:
             raise TokenError(f"token endpoint answered {r.status_code}: {_error_text(r)}")
-        body = r.json()
+        body = _json_object(r)
+        if body is None:
+            raise TokenError("token response is not a JSON object")
         token, expires_in = body.get("access_token"), body.get("expires_in", 300)
         if not isinstance(token, str) or not isinstance(expires_in, int | float):
             raise TokenError("token response has no access_token or expires_in")
@@ -222,11 +226,15 @@ class VerifyClient:
                     refreshed = True
                     self.tokens.invalidate()
                     r = self._send(method, url, body)
-            except (httpx.TransportError, TokenError) as exc:
+            except (httpx.RequestError, TokenError) as exc:  # RequestError: transport and decoding errors
                 last = f"{type(exc).__name__}: {exc}"
                 continue
             if r.status_code == 200:
-                return dict(r.json())
+                answer = _json_object(r)
+                if answer is not None:
+                    return answer
+                last = "HTTP 200 without a JSON object"
+                continue
             if r.status_code in RETRY_STATUSES:
                 last = f"HTTP {r.status_code}"
                 continue
@@ -236,6 +244,15 @@ class VerifyClient:
     def _send(self, method: str, url: str, body: Mapping[str, Any] | None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.tokens.token()}", "Accept": "application/json"}
         return self._http.request(method, url, json=None if body is None else dict(body), headers=headers)
+
+
+def _json_object(r: httpx.Response) -> dict[str, Any] | None:
+    """The body as a JSON object; ``None`` when it is not one (not JSON, or a list, a string ...)."""
+    try:
+        body = r.json()
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _error_text(r: httpx.Response) -> str:

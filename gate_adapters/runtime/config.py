@@ -15,12 +15,25 @@ Rules:
    uses no right, so it may not drive a barrier that opens (``http`` or ``mqtt``): only ``log``
    (an "open" on a check would let every truck on one right through).
 4. Outside ``dev = true`` the service must be ``https://`` (gate tokens and decisions cross the network).
+5. Reads decide who passes a gate, so nobody on the terminal network may inject one. Each HTTP device
+   (``[[http.devices]]``) has a bearer token, held here only as its SHA-256 (``token_sha256``) or read
+   from its own file (``token_file``), and is bound to lanes and kinds of read; outside ``dev = true``
+   an ``[http]`` section without devices is refused. Outside ``dev = true`` MQTT needs credentials
+   (``username`` and ``password_file``, or a TLS client certificate), and TLS unless the broker is on
+   this host (a password in clear across the network is no credential). Which topics each broker
+   account may publish is the broker's ACL (docs/gate-adapter.md).
+6. A face *match result* says the driver was already identified: it is accepted only from a source
+   with ``trusted_face_matcher = true`` (an image is matched by the service itself).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import ipaddress
 import math
+import re
+import secrets
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +46,20 @@ MODES = ("check", "commit")
 SOURCES = ("http", "mqtt")
 BARRIERS = ("log", "http", "mqtt")
 READ_KINDS = ("plate", "container", "badge", "face")
+_DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # no ':' (an HTTP Basic user-id, RFC 7617 §2)
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def token_sha256(token: str) -> str:
+    """What the settings file holds for a device token. Unsalted SHA-256 is enough for a minted token
+    (256 random bits: nothing to guess), never for a password a person chose."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def mint_token() -> tuple[str, str]:
+    """A new device token and its ``token_sha256`` (``quaygate gate-adapter --mint-token``)."""
+    token = secrets.token_urlsafe(32)
+    return token, token_sha256(token)
 
 
 class ConfigError(ValueError):
@@ -63,9 +90,23 @@ class AuthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceSettings:
+    """One device (camera, reader, matcher or bridge) allowed to POST reads (rule 5): exactly one of
+    ``token_sha256`` and ``token_file``."""
+
+    name: str
+    lanes: tuple[str, ...]
+    kinds: tuple[str, ...]
+    token_sha256: str | None = None
+    token_file: Path | None = None
+    trusted_face_matcher: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class HttpSourceSettings:
     host: str = "127.0.0.1"
     port: int = 8089
+    devices: tuple[DeviceSettings, ...] = ()  # empty: no token asked (dev = true only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +118,11 @@ class MqttSettings:
     username: str | None = None
     password_file: Path | None = None
     keepalive: int = 30
+    tls: bool = False
+    ca_file: Path | None = None  # None with tls: the system's CAs
+    cert_file: Path | None = None  # a client certificate (with key_file)
+    key_file: Path | None = None
+    trusted_face_matcher: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,12 +252,12 @@ class _Table:
             raise ConfigError(self.key(name), "must be true or false")
         return value
 
-    def strings(self, name: str, default: tuple[str, ...], choices: tuple[str, ...]) -> tuple[str, ...]:
+    def strings(self, name: str, default: tuple[str, ...], choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
         value = self.raw.get(name, list(default))
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(self.key(name), "must be a list of strings")
         for v in value:
-            if v not in choices:
+            if choices is not None and v not in choices:
                 raise ConfigError(self.key(name), f"{v!r} is not one of {', '.join(choices)}")
         if len(set(value)) != len(value):
             raise ConfigError(self.key(name), "names an entry twice")
@@ -268,21 +314,15 @@ def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
 
     http = None
     if "http" in doc:
-        h = _Table(doc["http"], "http", ("host", "port"))
+        h = _Table(doc["http"], "http", ("host", "port", "devices"))
         http = HttpSourceSettings(host=h.string("host", "127.0.0.1") or "127.0.0.1",
-                                  port=h.integer("port", 8089, low=1, high=65535))
-    mqtt = None
-    if "mqtt" in doc:
-        m = _Table(doc["mqtt"], "mqtt", ("host", "port", "prefix", "client_id", "username", "password_file",
-                                         "keepalive"))
-        prefix = m.string("prefix", "quaygate") or "quaygate"
-        if any(ch in prefix for ch in "#+") or prefix.endswith("/"):
-            raise ConfigError("mqtt.prefix", "must be a topic prefix without wildcards or a trailing '/'")
-        mqtt = MqttSettings(host=m.string("host", "127.0.0.1") or "127.0.0.1",
-                            port=m.integer("port", 1883, low=1, high=65535), prefix=prefix,
-                            client_id=m.string("client_id") or "",
-                            username=m.string("username"), password_file=m.path_("password_file", base),
-                            keepalive=m.integer("keepalive", 30, low=5, high=3600))
+                                  port=h.integer("port", 8089, low=1, high=65535), devices=_devices(h, base))
+        if not http.devices and not dev:
+            raise ConfigError("http.devices", "give each device that POSTs reads a [[http.devices]] entry with "
+                                              "its token (mint one: quaygate gate-adapter --mint-token); without "
+                                              "one anyone on the network could post reads (set dev = true for a "
+                                              "local test only)")
+    mqtt = _mqtt(doc["mqtt"], base, dev) if "mqtt" in doc else None
 
     o = _Table(doc.get("offline", {}), "offline", ("enabled", "passes", "refresh_seconds", "reconcile_seconds",
                                                    "store_max_age_seconds", "ban_list_max_age_seconds"))
@@ -307,6 +347,11 @@ def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
         seen.add(lane.lane)
     if not configured:
         raise ConfigError("http", "configure a source: an [http] or an [mqtt] section")
+    http_lanes = {ln.lane for ln in lanes if "http" in ln.sources}
+    for i, device in enumerate(http.devices if http is not None else ()):
+        for name in device.lanes:
+            if name not in http_lanes:
+                raise ConfigError(f"http.devices[{i}].lanes", f"names {name!r}, which is no lane fed by http")
 
     return AdapterSettings(
         terminal=terminal, outbox=outbox, service=service, auth=auth, lanes=lanes, http=http, mqtt=mqtt,
@@ -315,6 +360,85 @@ def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
         retry_seconds=top.number("retry_seconds", 5.0, high=3600),
         tick_seconds=top.number("tick_seconds", 0.5, high=60),
         log_level=top.choice("log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")), dev=dev)
+
+
+def _devices(h: _Table, base: Path) -> tuple[DeviceSettings, ...]:
+    raw = h.raw.get("devices", [])
+    if not isinstance(raw, list):
+        raise ConfigError(h.key("devices"), "must be [[http.devices]] tables")
+    devices: list[DeviceSettings] = []
+    for i, item in enumerate(raw):
+        t = _Table(item, f"{h.key('devices')}[{i}]", ("name", "token_sha256", "token_file", "lanes", "kinds",
+                                                      "trusted_face_matcher"))
+        name = t.req("name")
+        if not _DEVICE_NAME.match(name):
+            raise ConfigError(t.key("name"), "must be at most 64 letters, digits, '_', '.' or '-'")
+        if any(d.name == name for d in devices):
+            raise ConfigError(t.key("name"), f"device {name!r} is configured twice")
+        digest, token_file = t.string("token_sha256"), t.path_("token_file", base)
+        if (digest is None) == (token_file is None):
+            raise ConfigError(t.key("token_sha256"), "give token_sha256 or token_file, exactly one")
+        if digest is not None:
+            digest = digest.lower()
+            if not _SHA256_HEX.match(digest):
+                raise ConfigError(t.key("token_sha256"), "must be 64 hex digits (quaygate gate-adapter --mint-token)")
+            if any(d.token_sha256 == digest for d in devices):
+                raise ConfigError(t.key("token_sha256"), "is another device's token: give each device its own")
+        for key in ("lanes", "kinds"):
+            if not t.has(key):
+                raise ConfigError(t.key(key), "is required (a device sends only what it is allowed to)")
+        lanes = t.strings("lanes", ())  # each a lane fed by http: checked once the lanes are read
+        kinds = t.strings("kinds", (), READ_KINDS)
+        if not lanes or not kinds:
+            raise ConfigError(t.key("lanes" if not lanes else "kinds"), "must name at least one")
+        matcher = t.boolean("trusted_face_matcher", False)
+        if matcher and "face" not in kinds:
+            raise ConfigError(t.key("trusted_face_matcher"), "is true, but kinds does not name \"face\"")
+        devices.append(DeviceSettings(name=name, lanes=lanes, kinds=kinds, token_sha256=digest,
+                                      token_file=token_file, trusted_face_matcher=matcher))
+    return tuple(devices)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _mqtt(raw: Any, base: Path, dev: bool) -> MqttSettings:
+    m = _Table(raw, "mqtt", ("host", "port", "prefix", "client_id", "username", "password_file", "keepalive",
+                             "tls", "ca_file", "cert_file", "key_file", "trusted_face_matcher"))
+    prefix = m.string("prefix", "quaygate") or "quaygate"
+    if any(ch in prefix for ch in "#+") or prefix.endswith("/"):
+        raise ConfigError("mqtt.prefix", "must be a topic prefix without wildcards or a trailing '/'")
+    tls = m.boolean("tls", False)
+    mqtt = MqttSettings(host=m.string("host", "127.0.0.1") or "127.0.0.1",
+                        port=m.integer("port", 8883 if tls else 1883, low=1, high=65535), prefix=prefix,
+                        client_id=m.string("client_id") or "",
+                        username=m.string("username"), password_file=m.path_("password_file", base),
+                        keepalive=m.integer("keepalive", 30, low=5, high=3600), tls=tls,
+                        ca_file=m.path_("ca_file", base), cert_file=m.path_("cert_file", base),
+                        key_file=m.path_("key_file", base),
+                        trusted_face_matcher=m.boolean("trusted_face_matcher", False))
+    for key in ("ca_file", "cert_file", "key_file"):
+        if getattr(mqtt, key) is not None and not tls:
+            raise ConfigError(m.key(key), "needs tls = true (without it nothing would be encrypted)")
+    if (mqtt.cert_file is None) != (mqtt.key_file is None):
+        raise ConfigError(m.key("key_file"), "give cert_file and key_file together")
+    if mqtt.password_file is not None and mqtt.username is None:
+        raise ConfigError(m.key("username"), "is required with password_file")
+    if not dev:
+        if mqtt.cert_file is None and (mqtt.username is None or mqtt.password_file is None):
+            raise ConfigError(m.key("username"), "give username and password_file, or a TLS client certificate "
+                                                 "(cert_file, key_file): a broker that lets us in without them "
+                                                 "lets anyone publish reads (set dev = true for a local test broker)")
+        if not tls and not _is_loopback(mqtt.host):
+            raise ConfigError(m.key("tls"), f"must be true for a broker on another host ({mqtt.host}): the "
+                                            f"password and the reads would cross the network in clear")
+    return mqtt
 
 
 def _lane(raw: Any, i: int, configured: tuple[str, ...], has_mqtt: bool, dev: bool) -> LaneSettings:

@@ -1,21 +1,25 @@
 """One lane at run time: correlate reads, ask the service, remember the question, move the barrier.
 
+Per read: fresh? (observed_at against when it arrived, rule 6) ──► correlator ──► Readies.
 Per Ready (a truck's correlated reads)::
 
-    body = verify body  ──► outbox.put (durable)  ──► client.verify
+    body = verify body  ──► outbox.put (durable)  ── already there: a replay ──► sink.act(None) (rule 6)
+                                                  ──► client.verify
         answer  ──► outbox.done ──► sink.act(answer)          (open only on "allow", sinks.py)
         4xx     ──► outbox.done(problem) ──► sink.act(None)   (hold + officer; a re-send cannot help)
         no answer / 401 / 403 / 429 ──► sink.act(None), row stays pending, re-sent later
         no answer, offline mode on  ──► offline.decide (passes; durable with its report) ──► sink.act
 
 Rules:
-1. Nothing reaches the network before it is in the outbox; a crash anywhere after ``put`` is
-   recovered by re-sending the stored body with the same ``request_id`` (``recover()`` at start,
-   ``tick()`` every ``retry_seconds`` while running). The service answers idempotently.
-2. A late answer (recovered or retried) moves the barrier only while the truck can still be there:
-   within ``act_seconds`` of the request's creation. Older answers are recorded and logged
-   (``gate.lane.late_answer``), never acted on: an "open" meant for a truck that left would let the
-   next one through.
+1. Nothing reaches the network before it is in the outbox, and every truck due at once is put before
+   any is sent (a send that fails or dies loses none); a crash anywhere after ``put`` is recovered by
+   re-sending the stored body with the same ``request_id`` (``recover()`` at start, ``tick()`` every
+   ``retry_seconds`` while running). The service answers idempotently.
+2. A late answer (recovered or retried) moves the barrier only while its truck can still be the one at
+   the lane: within ``act_seconds`` of the request's creation AND no newer request made for the lane
+   since. An answer older than ``act_seconds`` is recorded and logged (``gate.lane.late_answer``); one
+   overtaken by a newer request is recorded, logged (``gate.lane.late_answer.superseded``) and holds
+   with an officer call. Never acted on: an "open" meant for truck A would let truck B through.
 3. Body: ``Ready.verify_fields()`` plus the lane's ``mode``. A truck that timed out without a
    container read sends ``container {"number": "", "confidence": 0}`` (the service answers
    ``container_unreadable``, review); a badge read without a scheme gets the lane's ``badge_scheme``.
@@ -23,6 +27,11 @@ Rules:
 5. Offline mode (``offline.py``, optional): when the service cannot be reached (connect error, timeout,
    5xx, after the client's retries) and the truck is still at the lane, the lane decides from its gate
    passes instead of holding; ``tick()`` also keeps the passes fresh and reconciles offline decisions.
+6. Replays: a read observed more than ``read_age_seconds`` before it reached the adapter, or more than
+   ``reads.CLOCK_SLACK`` after, is refused (``gate.lane.read_refused``): its ``observed_at`` would remake
+   an old request id, which the service answers with its old decision. A truck whose request the outbox
+   already holds (the same reads correlated again) is never sent nor acted on: hold and call an officer
+   (``gate.lane.replayed``); a pending one is re-sent by ``recover`` under rule 2.
 """
 
 from __future__ import annotations
@@ -33,10 +42,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any, Literal
 
 from gate_adapters.core.correlate import LaneCorrelator, Ready
-from gate_adapters.core.reads import Read
+from gate_adapters.core.reads import MAX_READ_AGE, Read, SourceError, check_fresh
 
 from .client import ServiceUnavailable, VerifyClient, VerifyRefused
 from .offline import OfflineMode
@@ -46,6 +57,14 @@ from .sinks import BarrierSink, Command
 log = logging.getLogger("gate_adapters.lane")
 
 Mode = Literal["check", "commit"]
+
+
+class OnAnswer(StrEnum):
+    """What an answer may do to the barrier (rule 2)."""
+
+    ACT = "act"  # the truck is at the lane: the answer moves the barrier
+    HOLD = "hold"  # a newer truck is at the lane: hold and call an officer, never open
+    RECORD = "record"  # the truck has left: record the answer, tell the barrier nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +109,8 @@ class LaneRuntime:
     """Runs one lane (rules 1 to 4).
 
     ``clock``: monotonic seconds for the correlator and retry pacing (a simulator passes a virtual one);
-    ``wall``: epoch seconds, compared with the outbox's ``created_at`` (rule 2); ``timer``: latencies.
+    ``wall``: epoch seconds, compared with the outbox's ``created_at`` (rule 2) and with a read's
+    ``observed_at`` (rule 6); ``timer``: latencies.
     """
 
     def __init__(
@@ -110,6 +130,7 @@ class LaneRuntime:
         badge_scheme: str = "alfapass",
         act_seconds: float = 60.0,
         retry_seconds: float = 5.0,
+        read_age_seconds: float = MAX_READ_AGE.total_seconds(),
         on_result: Callable[[LaneResult], None] | None = None,
         offline: OfflineMode | None = None,
     ) -> None:
@@ -120,21 +141,25 @@ class LaneRuntime:
         self.terminal, self.lane, self.direction, self.mode = terminal, lane, direction, mode
         self.correlator, self.client, self.outbox, self.sink = correlator, client, outbox, sink
         self.badge_scheme, self.act_seconds, self.retry_seconds = badge_scheme, act_seconds, retry_seconds
+        self.read_age_seconds = read_age_seconds
         self._clock, self._wall, self._timer, self._on_result = clock, wall, timer, on_result
         self.offline = offline
         self._lock = threading.RLock()
         self._next_retry = float("-inf")
 
-    def feed(self, read: Read) -> list[LaneResult]:
+    def feed(self, read: Read, received_at: float | None = None) -> list[LaneResult]:
+        """``received_at``: wall seconds when the read reached the adapter (default: now; rule 6)."""
         with self._lock:
+            if not self._fresh(read, self._wall() if received_at is None else received_at):
+                return []
             readies = self.correlator.add(read, self._clock())
             self._log_dropped()
-            return [self._send_new(r) for r in readies]
+            return self._send_new(readies)
 
     def tick(self) -> list[LaneResult]:
         """Emit what the correlator has due, and re-send pending requests every ``retry_seconds``."""
         with self._lock:
-            out = [self._send_new(r) for r in self.correlator.tick(self._clock())]
+            out = self._send_new(self.correlator.tick(self._clock()))
             self._log_dropped()
             if self._clock() >= self._next_retry:
                 out.extend(self.recover())
@@ -147,9 +172,15 @@ class LaneRuntime:
         with self._lock:
             self._next_retry = self._clock() + self.retry_seconds
             out: list[LaneResult] = []
+            newest = self.outbox.newest(self.lane)
             for row in self.outbox.pending(self.lane):
-                may_act = self._wall() - row.created_at <= self.act_seconds
-                result = self._send(row.request_id, row.body, act=may_act)
+                if self._wall() - row.created_at > self.act_seconds:
+                    then = OnAnswer.RECORD
+                elif row.request_id != newest:
+                    then = OnAnswer.HOLD
+                else:
+                    then = OnAnswer.ACT
+                result = self._send(row.request_id, row.body, then)
                 out.append(result)
                 if isinstance(result.error, str) and result.error.startswith("unavailable"):
                     break  # the service is still away: keep the order, try the rest next time
@@ -157,14 +188,37 @@ class LaneRuntime:
 
     # -- one request ----------------------------------------------------------------------------
 
-    def _send_new(self, ready: Ready) -> LaneResult:
-        if not ready.complete:
-            log.info("gate.lane.timed_out", extra={"lane": self.lane, "missing": sorted(ready.missing)})
-        body = self.outbox.put(verify_body(ready, self.mode, self.badge_scheme))
-        return self._send(ready.request_id, body, act=True, missing=tuple(sorted(ready.missing)))
+    def _fresh(self, read: Read, received_at: float) -> bool:
+        """Rule 6: a read observed long before it arrived, or after, is refused."""
+        try:
+            check_fresh(read.observed_at, datetime.fromtimestamp(received_at, UTC),
+                        max_age=timedelta(seconds=self.read_age_seconds))
+        except SourceError as exc:
+            log.warning("gate.lane.read_refused", extra={"lane": self.lane, "kind": str(read.kind),
+                                                         "reason": str(exc)})
+            return False
+        return True
+
+    def _send_new(self, readies: list[Ready]) -> list[LaneResult]:
+        """Rule 1: every Ready is in the outbox before any is sent; rule 6: a repeat is not sent."""
+        stored = []
+        for ready in readies:
+            if not ready.complete:
+                log.info("gate.lane.timed_out", extra={"lane": self.lane, "missing": sorted(ready.missing)})
+            body = verify_body(ready, self.mode, self.badge_scheme)
+            stored.append((ready, body, self.outbox.put(body)))
+        return [self._send(ready.request_id, body, OnAnswer.ACT, missing=tuple(sorted(ready.missing))) if new
+                else self._replayed(ready) for ready, body, new in stored]
+
+    def _replayed(self, ready: Ready) -> LaneResult:
+        """Rule 6: the outbox already holds this request; acting on it again could open for a replay."""
+        log.warning("gate.lane.replayed", extra={"lane": self.lane, "request_id": ready.request_id})
+        command = self.sink.act(None, self.lane)
+        return self._report(LaneResult(ready.request_id, self.lane, None, command, "replayed: request already made",
+                                       0.0, ready.observed_at.isoformat(), tuple(sorted(ready.missing))))
 
     def _send(
-        self, request_id: str, body: Mapping[str, Any], *, act: bool, missing: tuple[str, ...] = ()
+        self, request_id: str, body: Mapping[str, Any], then: OnAnswer, *, missing: tuple[str, ...] = ()
     ) -> LaneResult:
         started = self._timer()
         self.outbox.attempt(request_id)
@@ -176,7 +230,7 @@ class LaneRuntime:
         except ServiceUnavailable as exc:
             error = f"unavailable: {exc}"
             log.warning("gate.lane.unavailable", extra={"lane": self.lane, "request_id": request_id})
-            if self.offline is not None and act:  # rule 5: recorded durably by decide()
+            if self.offline is not None and then is OnAnswer.ACT:  # rule 5: recorded durably by decide()
                 response = self.offline.decide(request_id, body)
                 offline = response is not None
                 error = None if offline else error
@@ -190,12 +244,17 @@ class LaneRuntime:
             log.info("gate.lane.decided.%s", response.get("decision"), extra={"lane": self.lane,
                                                                              "request_id": request_id})
         command = None
-        if act:
+        if then is OnAnswer.ACT:
             command = self.sink.act(response, self.lane)
+        elif response is not None and then is OnAnswer.HOLD:
+            log.warning("gate.lane.late_answer.superseded", extra={"lane": self.lane, "request_id": request_id})
+            command = self.sink.act(None, self.lane)
         elif response is not None:
             log.warning("gate.lane.late_answer", extra={"lane": self.lane, "request_id": request_id})
-        result = LaneResult(request_id, self.lane, response, command, error, self._timer() - started,
-                            body.get("observed_at"), missing)
+        return self._report(LaneResult(request_id, self.lane, response, command, error, self._timer() - started,
+                                       body.get("observed_at"), missing))
+
+    def _report(self, result: LaneResult) -> LaneResult:
         if self._on_result is not None:
             self._on_result(result)
         return result
@@ -214,11 +273,12 @@ class LaneWorker:
     """
 
     def __init__(self, lanes: Iterable[LaneRuntime], *, tick_seconds: float = 0.5,
-                 prune_seconds: float = 3600.0) -> None:
+                 prune_seconds: float = 3600.0, wall: Callable[[], float] = time.time) -> None:
         self.lanes: dict[tuple[str, str], LaneRuntime] = {(ln.terminal, ln.lane): ln for ln in lanes}
         self.tick_seconds = tick_seconds
         self.prune_seconds = prune_seconds  # how often the outboxes drop what they keep past keep_days
-        self._queue: queue.Queue[tuple[str, Read] | None] = queue.Queue()
+        self._wall = wall  # stamps when a read arrived: its freshness is not eaten by the queue (rule 6)
+        self._queue: queue.Queue[tuple[str, Read, float] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     def has_lane(self, terminal: str, lane: str) -> bool:
@@ -227,7 +287,7 @@ class LaneWorker:
     def submit(self, terminal: str, read: Read) -> None:
         if (terminal, read.lane) not in self.lanes:
             raise KeyError(f"no lane {read.lane!r} at terminal {terminal!r}")
-        self._queue.put((terminal, read))
+        self._queue.put((terminal, read, self._wall()))
 
     def start(self) -> None:
         for lane in self.lanes.values():
@@ -253,21 +313,21 @@ class LaneWorker:
             if item is None:
                 return
             if item:
-                terminal, read = item
-                self._guard(self.lanes[(terminal, read.lane)].feed, read)
+                terminal, read, received_at = item
+                self._guard(self.lanes[(terminal, read.lane)].feed, read, received_at)
             if time.monotonic() >= next_tick:
                 for lane in self.lanes.values():
-                    self._guard(lane.tick, None)
+                    self._guard(lane.tick)
                 next_tick = time.monotonic() + self.tick_seconds
             if time.monotonic() >= next_prune:  # else the file grows till the disk is full (the lane stops)
                 for box in outboxes:
-                    self._guard(box.prune, None)
+                    self._guard(box.prune)
                 next_prune = time.monotonic() + self.prune_seconds
 
     @staticmethod
-    def _guard(step: Callable[..., object], read: Read | None) -> None:
+    def _guard(step: Callable[..., object], *args: object) -> None:
         # One lane's bug must not stop every lane's worker; the outbox keeps its request for a re-send.
         try:
-            step() if read is None else step(read)
+            step(*args)
         except Exception:  # noqa: BLE001
             log.exception("gate.lane.crashed")

@@ -8,11 +8,16 @@ read topics). Rules:
 3. A refused payload is logged as ``gate.source.refused.mqtt`` with the plain reason; a read for a
    lane we do not run is logged as ``gate.source.unknown_lane`` and dropped.
 4. Subscriptions are (re)made in ``on_connect``, so a broker restart does not silence a lane.
+5. A face match result is dropped (``gate.source.refused.face_match``) unless this source is a trusted
+   face matcher (config rule 6): anyone the broker lets publish on ``.../face`` could claim a match.
+6. Who may publish on which lane's topics is the broker's ACL, not ours (docs/gate-adapter.md); we give
+   the broker our credentials and check its certificate (``client_for``).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from typing import Any
 
@@ -20,8 +25,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gate_adapters.core.reads import Read, SourceError
+from gate_adapters.sources import generic_json
 from gate_adapters.sources import mqtt as mqtt_format
 
+from .config import ConfigError, MqttSettings
 from .lane import LaneWorker
 
 log = logging.getLogger("gate_adapters.source.mqtt")
@@ -35,6 +42,31 @@ def new_client(client_id: str = "", *, username: str | None = None, password: st
     return client
 
 
+def client_for(m: MqttSettings) -> mqtt.Client:
+    """The client the settings describe, its files read now, before anything starts (``ConfigError``
+    names the key): the password, and with ``tls`` a context that checks the broker's certificate and
+    host name against ``ca_file`` (or the system's CAs) and shows our ``cert_file``."""
+    password = None
+    if m.password_file is not None:
+        try:
+            password = m.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError("mqtt.password_file", f"cannot read {m.password_file}: {exc.strerror or exc}") from None
+    client = new_client(m.client_id, username=m.username, password=password)
+    if m.tls:
+        try:
+            context = ssl.create_default_context(cafile=m.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("mqtt.ca_file", f"cannot use {m.ca_file}: {exc}") from None
+        if m.cert_file is not None:
+            try:
+                context.load_cert_chain(m.cert_file, m.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError("mqtt.cert_file", f"cannot use {m.cert_file} with {m.key_file}: {exc}") from None
+        client.tls_set_context(context)
+    return client
+
+
 class MqttSource:
     def __init__(
         self,
@@ -45,8 +77,10 @@ class MqttSource:
         prefix: str = "quaygate",
         client: mqtt.Client | None = None,
         keepalive: int = 30,
+        trusted_face_matcher: bool = False,
     ) -> None:
         self.worker, self.host, self.port, self.prefix, self.keepalive = worker, host, port, prefix, keepalive
+        self.trusted_face_matcher = trusted_face_matcher
         self.client = client or new_client()
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -78,6 +112,9 @@ class MqttSource:
             return None
         if not self.worker.has_lane(parsed.terminal, parsed.read.lane):
             log.warning("gate.source.unknown_lane", extra={"topic": topic})
+            return None
+        if generic_json.is_face_match(parsed.read) and not self.trusted_face_matcher:
+            log.warning("gate.source.refused.face_match", extra={"topic": topic})  # rule 5
             return None
         self.worker.submit(parsed.terminal, parsed.read)
         return parsed.read

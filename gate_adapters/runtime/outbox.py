@@ -17,8 +17,10 @@ transaction, so an offline decision is never lost nor reported twice::
 Rules:
 1. ``put`` is durable before it returns: WAL journal with ``synchronous=FULL`` (a power cut after the
    commit keeps the row). The caller puts BEFORE any network call.
-2. ``put`` of a request_id already present keeps the FIRST body and returns it: the service refuses a
-   reused request_id with another body (409), so a replayed read must re-send what was stored.
+2. ``put`` of a request_id already present keeps the FIRST body and answers False: the same reads were
+   correlated again (a replay, a camera re-sending its buffer). The lane never acts on such a repeat
+   (lane.py rule 6); a pending request is re-sent by ``recover`` with the body stored first, as the
+   service refuses a reused request_id with another body (409).
 3. ``pending()`` is oldest first (trucks pass a lane in order); decided rows are kept ``keep_days``
    days for the audit trail and then pruned.
 4. One instance is shared by threads: one connection guarded by a lock.
@@ -92,16 +94,22 @@ class Outbox:
         with self._lock:
             self._db.close()
 
-    def put(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Store a verify body (durably) and return the body to send: the first one stored (rule 2)."""
+    def put(self, body: Mapping[str, Any]) -> bool:
+        """Store a verify body (durably); False when its request_id was already stored (rule 2)."""
         request_id, lane = str(body["request_id"]), str(body.get("lane", ""))
         with self._lock:
-            self._db.execute(
+            cur = self._db.execute(
                 "INSERT OR IGNORE INTO verify_requests (request_id, lane, body, created_at) VALUES (?, ?, ?, ?)",
                 (request_id, lane, json.dumps(body, sort_keys=True), self._wall()),
             )
-            row = self._db.execute("SELECT body FROM verify_requests WHERE request_id = ?", (request_id,)).fetchone()
-        return dict(json.loads(row[0]))
+        return cur.rowcount == 1
+
+    def newest(self, lane: str) -> str | None:
+        """The request_id put last for ``lane`` (by insertion, not by a wall clock that may step back)."""
+        with self._lock:
+            row = self._db.execute("SELECT request_id FROM verify_requests WHERE lane = ? ORDER BY rowid DESC LIMIT 1",
+                                   (lane,)).fetchone()
+        return None if row is None else str(row[0])
 
     def attempt(self, request_id: str) -> None:
         """Count a send (for logs and the operator: a request retried many times needs a look)."""

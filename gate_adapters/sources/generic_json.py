@@ -14,12 +14,13 @@ Schema (UTF-8 JSON object, at most ``MAX_BYTES``; names follow SPEC.md "The gate
       "badge":     {"scheme": "alfapass", "number": "AP-100230",
                     "card_uid": "04:A2:2B:1C:5D:6E:80"},       # number and/or card_uid
       "face":      {"image": "<base64 JPEG>"}
-                 | {"match": {"matched": true, "score": 0.87}} # from a trusted local matcher
+                 | {"match": {"matched": true, "score": 0.87}} # from a trusted local matcher only
     }
 
 Confidences and scores are numbers in 0..1. ``country`` is ISO 3166-1 alpha-2 or alpha-3, optional.
 A container ``confidence`` may be left out when ``per_char`` is given: the minimum is used (the
-weakest character bounds the read). Anything else is refused with ``SourceError``.
+weakest character bounds the read). Anything else is refused with ``SourceError``. A face match result
+parses like any read; whether its sender may send one is the edge's check (``is_face_match``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ def parse_object(obj: Mapping[str, Any], *, lane: str | None = None, source: str
             **common,
         )
     return _face(body, device, common)
+
+
+def is_face_match(read: Read) -> bool:
+    """A face *match result* says the driver was already identified (an image is matched by the service):
+    the sources accept one only from a device configured as a trusted face matcher."""
+    return isinstance(read, FaceRead) and read.match is not None
 
 
 def _container(body: Mapping[str, Any], device: str, common: dict[str, Any]) -> ContainerRead:

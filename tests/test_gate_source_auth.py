@@ -1,0 +1,475 @@
+"""Who may feed a lane: device tokens on the HTTP source, credentials and TLS for MQTT, face match results
+only from a trusted matcher, and the HTTP body cap (docs/gate-adapter.md "Who may send reads").
+
+The adapter is built from its settings by ``gate_adapters.adapter.build`` (the same wiring the process
+uses) and its HTTP source is asked over HTTP: in process (``TestClient``) for the rules, under uvicorn on
+a real socket for the body cap. What reached the lanes is read from the adapter's own worker queue.
+MQTT runs against a Mosquitto of the test's own (TLS, password file, the ACL of the docs) when the
+``mosquitto`` binary is there.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import os
+import pwd
+import queue
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from fastapi.testclient import TestClient
+
+from gate_adapters.adapter import Adapter, build
+from gate_adapters.adapter import main as adapter_main
+from gate_adapters.core.reads import Read
+from gate_adapters.runtime.config import ConfigError, load, parse
+from gate_adapters.runtime.mqtt_source import MqttSource, client_for, new_client
+
+from .factories import TERMINAL
+from .processes import ROOT, free_port, listens, start, stop, unavailable
+
+FIXTURES = Path(__file__).parent / "fixtures" / "gate"
+EXAMPLE = ROOT / "docs" / "gate-adapter.example.toml"
+TOKENS = {"anpr-in-1": "anpr-token-" + "a" * 32, "reader": "reader-token-" + "b" * 32,
+          "matcher-in-1": "matcher-token-" + "c" * 32, "facecam-in-1": "facecam-token-" + "d" * 32}
+
+
+def sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _doc(tmp_path: Path, **over: Any) -> dict[str, Any]:
+    """A production (not dev) adapter: four devices, one of them reading its token from a file."""
+    (tmp_path / "client-secret").write_text("s3cret")
+    (tmp_path / "reader.token").write_text(TOKENS["reader"] + "\n")
+    doc: dict[str, Any] = {
+        "terminal": TERMINAL, "outbox": "outbox.sqlite3",
+        "service": {"base_url": "https://quaygate.example.eu"},
+        "auth": {"client_id": "gate", "client_secret_file": "client-secret"},
+        "http": {"port": free_port(), "devices": [
+            {"name": "anpr-in-1", "token_sha256": sha(TOKENS["anpr-in-1"]), "lanes": ["in-1"], "kinds": ["plate"]},
+            {"name": "reader", "token_file": "reader.token", "lanes": ["in-1", "in-2"], "kinds": ["badge"]},
+            {"name": "matcher-in-1", "token_sha256": sha(TOKENS["matcher-in-1"]).upper(), "lanes": ["in-1"],
+             "kinds": ["face"], "trusted_face_matcher": True},
+            {"name": "facecam-in-1", "token_sha256": sha(TOKENS["facecam-in-1"]), "lanes": ["in-1"],
+             "kinds": ["face"]},
+        ]},
+        "lanes": [{"lane": "in-1"}, {"lane": "in-2"}],
+    }
+    doc.update(over)
+    return doc
+
+
+@pytest.fixture
+def adapter(tmp_path: Path) -> Iterator[Adapter]:
+    built = build(parse(_doc(tmp_path), base=tmp_path))
+    yield built
+    built.outbox.close()
+
+
+def source(adapter: Adapter) -> TestClient:
+    return TestClient(adapter.http_server.config.app)
+
+
+def fed(adapter: Adapter) -> list[Read]:
+    """What the HTTP source handed to the lanes (the worker is not started: nothing else takes it)."""
+    out = []
+    while True:
+        try:
+            item = adapter.worker._queue.get_nowait()
+        except queue.Empty:
+            return out
+        assert item is not None
+        out.append(item[1])
+
+
+def bearer(device: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[device]}"}
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def generic(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": kind, kind: body, "observed_at": dt.datetime.now(dt.UTC).isoformat()}
+
+
+PLATE = generic("plate", {"text": "1-ABC-123", "country": "BE", "confidence": 0.95})
+BADGE = generic("badge", {"scheme": "alfapass", "number": "AP-123455"})
+FACE_MATCH = generic("face", {"match": {"matched": True, "score": 1}})
+FACE_IMAGE = generic("face", {"image": base64.b64encode(b"\xff\xd8\xff\xe0 a jpeg").decode()})
+
+
+# ---- HTTP: device tokens ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"Authorization": "Bearer not-a-device-token"},
+    {"Authorization": f"Bearer {sha(TOKENS['anpr-in-1'])}"},  # the stored hash is not the token
+    {"Authorization": f"Token {TOKENS['anpr-in-1']}"},
+    {"Authorization": "Bearer "},
+    basic("anpr-in-1", "wrong"),
+    basic("reader", TOKENS["anpr-in-1"]),  # another device's token under this device's name
+    {"Authorization": "Basic not base64!"},
+])
+def test_a_read_without_a_valid_device_token_gets_401_and_reaches_no_lane(adapter: Adapter,
+                                                                        headers: dict[str, str]) -> None:
+    inputs = source(adapter)
+    for path, kw in (("/reads/in-1", {"json": PLATE}),
+                     ("/hikvision/in-1", {"content": (FIXTURES / "hikvision_anpr.xml").read_bytes(),
+                                          "headers": {"Content-Type": "application/xml"}}),
+                     ("/reads/in-9", {"json": PLATE})):  # an unknown lane tells nothing either
+        r = inputs.post(path, headers={**kw.pop("headers", {}), **headers}, **kw)  # type: ignore[arg-type]
+        assert r.status_code == 401, (path, r.status_code, r.text)
+        assert r.headers["www-authenticate"].startswith('Bearer realm="quaygate-gate"')
+    assert fed(adapter) == []
+
+
+def test_a_device_sends_only_its_own_lanes_and_kinds(adapter: Adapter) -> None:
+    inputs = source(adapter)
+    anpr = bearer("anpr-in-1")
+    assert inputs.post("/reads/in-2", json=PLATE, headers=anpr).status_code == 403  # not its lane
+    assert inputs.post("/reads/in-9", json=PLATE, headers=anpr).status_code == 403  # nor an unknown one
+    assert inputs.post("/reads/in-1", json=BADGE, headers=anpr).status_code == 403  # not its kind
+    ocr = (FIXTURES / "ocr_portal.json").read_bytes()
+    assert inputs.post("/ocr/in-1", content=ocr, headers=anpr).status_code == 403
+    assert fed(adapter) == []
+    xml = (FIXTURES / "hikvision_anpr.xml").read_bytes()
+    for r in (inputs.post("/reads/in-1", json=PLATE, headers=anpr),
+              inputs.post("/hikvision/in-1", content=xml, headers={"Content-Type": "application/xml", **anpr}),
+              inputs.post("/reads/in-1", json=PLATE, headers=basic("anpr-in-1", TOKENS["anpr-in-1"])),
+              inputs.post("/reads/in-2", json=BADGE, headers=bearer("reader"))):  # its token from a file
+        assert (r.status_code, r.json()) == (202, {"accepted": True}), r.text
+    assert [(read.kind.value, read.lane) for read in fed(adapter)] == [
+        ("plate", "in-1"), ("plate", "in-1"), ("plate", "in-1"), ("badge", "in-2")]
+
+
+def test_a_face_match_is_taken_only_from_a_trusted_matcher(adapter: Adapter) -> None:
+    """The attack: someone who knows the nominee's badge, plate and container posts them with a face
+    "match" as the truck stops. Only the configured matcher may claim a match."""
+    inputs = source(adapter)
+    for device in ("facecam-in-1", "reader", "anpr-in-1"):
+        r = inputs.post("/reads/in-1", json=FACE_MATCH, headers=bearer(device))
+        assert r.status_code == 403, (device, r.text)
+    assert fed(adapter) == []
+    assert inputs.post("/reads/in-1", json=FACE_IMAGE, headers=bearer("facecam-in-1")).status_code == 202
+    assert inputs.post("/reads/in-1", json=FACE_MATCH, headers=bearer("matcher-in-1")).status_code == 202
+    assert [read.match is not None for read in fed(adapter)] == [False, True]  # type: ignore[union-attr]
+
+
+def test_without_devices_in_dev_no_token_is_asked_but_a_face_match_is_still_refused(tmp_path: Path) -> None:
+    dev = build(parse(_doc(tmp_path, dev=True, http={"port": free_port()}), base=tmp_path))
+    try:
+        inputs = source(dev)
+        assert inputs.post("/reads/in-1", json=PLATE).status_code == 202
+        assert inputs.post("/reads/in-1", json=FACE_MATCH).status_code == 403
+        assert [read.kind.value for read in fed(dev)] == ["plate"]
+    finally:
+        dev.outbox.close()
+
+
+def test_outside_dev_an_http_source_without_devices_does_not_start(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse(_doc(tmp_path, http={"host": "0.0.0.0", "port": 8089}), base=tmp_path)
+    assert exc.value.key == "http.devices" and "--mint-token" in exc.value.message
+    config = tmp_path / "open.toml"
+    config.write_text(f'terminal = "{TERMINAL}"\noutbox = "o.sqlite3"\n[service]\nbase_url = "https://q.example"\n'
+                      '[auth]\nclient_id = "g"\nclient_secret_file = "client-secret"\n[http]\nhost = "0.0.0.0"\n'
+                      '[[lanes]]\nlane = "in-1"\n')
+    for argv in (["--config", str(config), "--check"], ["--config", str(config)]):
+        assert adapter_main(argv) == 2
+        assert "gate-adapter: bad settings: http.devices: " in capsys.readouterr().err
+    assert not (tmp_path / "o.sqlite3").exists()
+
+
+def test_the_example_settings_are_secure_by_default(tmp_path: Path) -> None:
+    example = load(EXAMPLE)
+    assert not example.dev and example.http is not None and example.mqtt is not None
+    assert [(d.name, d.kinds, d.trusted_face_matcher) for d in example.http.devices] == [
+        ("anpr-in-1", ("plate",), False), ("ocr-portal-1", ("container",), False),
+        ("badge-readers", ("badge",), False), ("face-matcher", ("face",), True)]
+    assert all(d.token_sha256 and d.token_file is None for d in example.http.devices)
+    assert example.mqtt.username and example.mqtt.password_file
+    # The same file with its devices or its MQTT credentials left out does not start.
+    text = EXAMPLE.read_text(encoding="utf-8")
+    for cut, key in ((text[text.index("[[http.devices]]"):text.index("[mqtt]")], "http.devices"),
+                     ('username = "gate-k1700"\n', "mqtt.username")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text.replace(cut, ""), encoding="utf-8")
+        with pytest.raises(ConfigError) as exc:
+            load(bad)
+        assert exc.value.key == key, str(exc.value)
+
+
+def _device(**over: Any) -> dict[str, Any]:
+    return {"name": "cam", "token_sha256": sha("t"), "lanes": ["in-1"], "kinds": ["plate"], **over}
+
+
+@pytest.mark.parametrize(("devices", "key"), [
+    ({"name": "cam"}, "http.devices"),  # not a list of tables
+    ([_device(token_file="t.token")], "http.devices[0].token_sha256"),  # both
+    ([_device(token_sha256=None)], "http.devices[0].token_sha256"),  # neither
+    ([_device(token_sha256="abc")], "http.devices[0].token_sha256"),
+    ([_device(token="t")], "http.devices[0].token"),  # a token itself is never written here
+    ([_device(name="cam:1")], "http.devices[0].name"),
+    ([_device(), _device(token_sha256=sha("u"))], "http.devices[1].name"),
+    ([_device(), _device(name="cam2")], "http.devices[1].token_sha256"),  # one token, two devices
+    ([{k: v for k, v in _device().items() if k != "lanes"}], "http.devices[0].lanes"),
+    ([_device(kinds=[])], "http.devices[0].kinds"),
+    ([_device(kinds=["plate", "dna"])], "http.devices[0].kinds"),
+    ([_device(lanes=["in-9"])], "http.devices[0].lanes"),
+    ([_device(trusted_face_matcher=True)], "http.devices[0].trusted_face_matcher"),  # kinds has no face
+])
+def test_bad_device_settings_name_their_key(tmp_path: Path, devices: Any, key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse(_doc(tmp_path, http={"devices": devices}), base=tmp_path)
+    assert exc.value.key == key, str(exc.value)
+
+
+def test_an_unreadable_or_empty_token_file_stops_the_adapter_before_it_starts(tmp_path: Path) -> None:
+    for content in (None, "  \n"):
+        token = tmp_path / "reader.token"
+        doc = _doc(tmp_path)
+        if content is None:
+            token.unlink()
+        else:
+            token.write_text(content)
+        with pytest.raises(ConfigError) as exc:
+            build(parse(doc, base=tmp_path))
+        assert exc.value.key == "http.devices[1].token_file", str(exc.value)
+
+
+def test_mint_token_prints_a_token_and_the_hash_the_settings_hold(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert adapter_main(["--mint-token"]) == 0
+    token_line, hash_line = capsys.readouterr().out.splitlines()
+    token = token_line.removeprefix("token: ")
+    assert len(token) >= 43 and hash_line == f'token_sha256 = "{sha(token)}"'
+    assert adapter_main(["--mint-token"]) == 0
+    assert token not in capsys.readouterr().out  # a new one each time
+    doc = _doc(tmp_path)
+    doc["http"]["devices"][0]["token_sha256"] = hash_line.split('"')[1]
+    built = build(parse(doc, base=tmp_path))
+    try:
+        ok = source(built).post("/reads/in-1", json=PLATE, headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 202
+    finally:
+        built.outbox.close()
+
+
+# ---- HTTP: the body cap, on a real socket -----------------------------------------------------------
+
+
+@pytest.fixture
+def served(adapter: Adapter) -> Iterator[int]:
+    server = adapter.http_server
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started
+    yield adapter.settings.http.port  # type: ignore[union-attr]
+    server.should_exit = True
+    thread.join(10)
+
+
+def _exchange(port: int, head: str, body: bytes = b"") -> str:
+    """Send a request head (and maybe part of a body) and read the answer's status line, without ever
+    finishing the body: a source that waits for the whole body times out here."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(head.encode() + b"\r\n" + body)
+        try:
+            answer = s.recv(4096).decode("latin-1")
+        except TimeoutError:
+            return "no answer (the source is still reading the body)"
+    return answer.split("\r\n", 1)[0]
+
+
+def test_an_oversized_body_gets_413_before_it_is_read(served: int) -> None:
+    auth = f"Authorization: Bearer {TOKENS['anpr-in-1']}\r\n"
+    big = 64 * 1024 + 1  # axis.MAX_BYTES + 1
+    # Announced too large: refused on the header alone, not one byte of the body sent.
+    assert _exchange(served, f"POST /axis/in-1 HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1000000000\r\n") \
+        == "HTTP/1.1 413 Request Entity Too Large"
+    # Chunked (no Content-Length): counted while it streams, refused once over the cap, never finished.
+    chunk = b"%x\r\n%s\r\n" % (big, b"x" * big)
+    assert _exchange(served, f"POST /axis/in-1 HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n",
+                     chunk) == "HTTP/1.1 413 Request Entity Too Large"
+    # The token still comes first.
+    assert _exchange(served, "POST /axis/in-1 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n") \
+        == "HTTP/1.1 401 Unauthorized"
+
+
+# ---- MQTT ---------------------------------------------------------------------------------------------
+
+
+def _mqtt_doc(tmp_path: Path, **mqtt: Any) -> dict[str, Any]:
+    dev = mqtt.pop("dev", False)
+    doc = _doc(tmp_path, dev=dev, mqtt=mqtt, lanes=[{"lane": "in-1"}, {"lane": "in-2"}])
+    del doc["http"]
+    return doc
+
+
+@pytest.mark.parametrize(("mqtt", "key"), [
+    ({}, "mqtt.username"),  # no credentials
+    ({"username": "gate"}, "mqtt.username"),  # a user without a password
+    ({"password_file": "p"}, "mqtt.username"),
+    ({"host": "10.20.3.9", "username": "gate", "password_file": "p"}, "mqtt.tls"),  # a password in clear
+    ({"ca_file": "ca.pem", "username": "gate", "password_file": "p"}, "mqtt.ca_file"),  # needs tls = true
+    ({"tls": True, "cert_file": "c.pem"}, "mqtt.key_file"),
+    ({"tls": "yes"}, "mqtt.tls"),
+])
+def test_outside_dev_plaintext_or_anonymous_mqtt_does_not_start(tmp_path: Path, mqtt: dict[str, Any],
+                                                                key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse(_mqtt_doc(tmp_path, **mqtt), base=tmp_path)
+    assert exc.value.key == key, str(exc.value)
+
+
+def test_mqtt_settings_that_do_start(tmp_path: Path) -> None:
+    local = parse(_mqtt_doc(tmp_path, username="gate", password_file="p"), base=tmp_path).mqtt
+    assert local is not None and (local.port, local.tls) == (1883, False)
+    remote = parse(_mqtt_doc(tmp_path, host="broker.k1700", tls=True, cert_file="c.pem", key_file="c.key"),
+                   base=tmp_path).mqtt
+    assert remote is not None and (remote.port, remote.cert_file) == (8883, tmp_path / "c.pem")
+    dev = parse(_mqtt_doc(tmp_path, dev=True), base=tmp_path)  # a local test broker
+    assert dev.mqtt is not None and dev.mqtt.username is None
+
+
+def test_a_face_match_over_mqtt_is_dropped_unless_the_source_is_a_trusted_matcher(adapter: Adapter) -> None:
+    topic, match, image = f"quaygate/{TERMINAL}/in-1/face", json.dumps(FACE_MATCH).encode(), json.dumps(FACE_IMAGE)
+    untrusted = MqttSource(adapter.worker)
+    assert untrusted.handle(topic, match) is None and fed(adapter) == []
+    assert untrusted.handle(topic, image.encode()) is not None  # an image is the service's to match
+    assert MqttSource(adapter.worker, trusted_face_matcher=True).handle(topic, match) is not None
+    assert [read.match is not None for read in fed(adapter)] == [False, True]  # type: ignore[union-attr]
+
+
+def _cert(name: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, path: Path,
+          **san: Any) -> tuple[x509.Name, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer[0] if issuer else subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
+               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+    path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.with_suffix(".key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+    return subject, key
+
+
+ACL = """\
+user gate-k1700
+topic read quaygate/{t}/+/#
+topic write quaygate/{t}/+/barrier
+
+user anpr-in-1
+topic write quaygate/{t}/in-1/plate
+topic write quaygate/{t}/in-1/anpr/#
+"""
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A Mosquitto of this test's own: TLS with client certificates, a password file, the docs' ACL."""
+    if shutil.which("mosquitto") is None or shutil.which("mosquitto_passwd") is None:
+        unavailable("the MQTT TLS test", "no mosquitto / mosquitto_passwd binary")
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = _cert("quaygate test CA", None, pki / "ca")
+    _cert("localhost", ca, pki / "server", san=True)
+    for user in ("gate-k1700", "anpr-in-1"):
+        _cert(user, ca, pki / user)
+    passwd = tmp_path / "passwd"
+    passwd.touch(mode=0o600)
+    for user in ("gate-k1700", "anpr-in-1"):
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, f"{user}-pw"], check=True)  # noqa: S603, S607
+    (tmp_path / "acl").write_text(ACL.format(t=TERMINAL))
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    # "user": started as root, mosquitto would switch to the "mosquitto" user, who cannot read our files.
+    conf.write_text(f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+                    f"persistence false\nallow_anonymous false\npassword_file {passwd}\nacl_file {tmp_path / 'acl'}\n"
+                    f"listener {port} 127.0.0.1\ncafile {pki / 'ca.pem'}\ncertfile {pki / 'server.pem'}\n"
+                    f"keyfile {pki / 'server.key'}\nrequire_certificate true\n")
+    proc = start(["mosquitto", "-c", str(conf)], log=tmp_path / "mosquitto.log", ready=listens(port),
+                 what="mosquitto")
+    try:
+        yield port, pki
+    finally:
+        stop(proc)
+
+
+def test_tls_and_credentials_reach_the_broker_and_its_acl_holds_each_camera_to_its_lane(
+        tmp_path: Path, broker: tuple[int, Path]) -> None:
+    port, pki = broker
+    for user in ("gate-k1700", "anpr-in-1"):
+        (tmp_path / f"{user}.pw").write_text(f"{user}-pw\n")
+
+    def settings(user: str, **over: Any) -> Any:
+        mqtt = {"host": "localhost", "port": port, "tls": True, "ca_file": str(pki / "ca.pem"),
+                "cert_file": str(pki / f"{user}.pem"), "key_file": str(pki / f"{user}.key"), "username": user,
+                "password_file": f"{user}.pw", "client_id": f"{user}-{uuid.uuid4().hex[:6]}", **over}
+        return parse(_mqtt_doc(tmp_path, **mqtt), base=tmp_path)
+
+    adapter = build(settings("gate-k1700"))
+    camera = client_for(settings("anpr-in-1").mqtt)
+    try:
+        adapter.mqtt.start()
+        assert adapter.mqtt.subscribed.wait(10)  # TLS, client certificate, username and password accepted
+        camera.connect("localhost", port)
+        camera.loop_start()
+        plate = json.dumps(PLATE).encode()
+        camera.publish(f"quaygate/{TERMINAL}/in-2/plate", plate, qos=1).wait_for_publish(5)  # not its lane
+        camera.publish(f"quaygate/{TERMINAL}/in-1/badge", json.dumps(BADGE), qos=1).wait_for_publish(5)  # nor kind
+        camera.publish(f"quaygate/{TERMINAL}/in-1/plate", plate, qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while adapter.worker._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # anything the ACL let through would be here by now
+        assert [(read.kind.value, read.lane) for read in fed(adapter)] == [("plate", "in-1")]
+    finally:
+        camera.disconnect()
+        camera.loop_stop()
+        adapter.mqtt.stop()
+        adapter.outbox.close()
+    # The same certificate without the password: the broker does not let it in (so the password above
+    # is what client_for passed on).
+    refused: queue.Queue[Any] = queue.Queue()
+    no_password = new_client("no-password")
+    no_password.tls_set(ca_certs=str(pki / "ca.pem"), certfile=str(pki / "anpr-in-1.pem"),
+                        keyfile=str(pki / "anpr-in-1.key"))
+    no_password.on_connect = lambda c, u, f, rc, p: refused.put(rc)
+    no_password.connect("localhost", port)
+    no_password.loop_start()
+    try:
+        assert refused.get(timeout=10).is_failure
+    finally:
+        no_password.loop_stop()
