@@ -243,10 +243,15 @@ def test_ocr_portal_minimum_char_confidence_and_kept_per_char_list() -> None:
     assert (read.lane, read.camera, read.observed_at) == ("in-3", "ocr-portal-2", at(2026, 11, 21, 14, 30, 4, 120000))
 
 
-def test_ocr_portal_own_overall_confidence_wins() -> None:
-    obj = fixture_json("ocr_portal.json") | {"confidence": 0.9}
-    read = ocr_portal.parse(json.dumps(obj).encode(), lane="in-3")
-    assert read.confidence == 0.9 and read.per_char is not None
+def test_ocr_portal_confidence_is_the_lower_of_its_own_and_the_weakest_character() -> None:
+    """A portal's overall 0.95 must not hide a character read at 0.62: the read stays doubtful (the
+    service then looks for a valid look-alike twin before it takes the number). A lower overall one
+    stands."""
+    obj = fixture_json("ocr_portal.json")
+    read = ocr_portal.parse(json.dumps(obj | {"confidence": 0.95}).encode(), lane="in-3")
+    assert read.confidence == 0.62 and read.per_char is not None
+    read = ocr_portal.parse(json.dumps(obj | {"confidence": 0.5}).encode(), lane="in-3")
+    assert read.confidence == 0.5
 
 
 def test_ocr_portal_without_lane_mapping_uses_the_portal_lane_id() -> None:
@@ -519,11 +524,15 @@ def test_a_read_within_the_age_and_the_clock_slack_is_fresh() -> None:
     check_fresh(_NOW - timedelta(minutes=5), _NOW, max_age=timedelta(minutes=10))
 
 
-def test_generic_container_overall_confidence_wins_over_per_char() -> None:
+def test_generic_container_confidence_is_the_lower_of_its_own_and_the_weakest_character() -> None:
     body = _variant("generic_container.json", container={"number": "MSCU1234566", "confidence": 0.8,
                                                          "per_char": [0.9] * 11})  # fmt: skip
     read = generic_json.parse(body)
     assert isinstance(read, ContainerRead) and read.confidence == 0.8 and read.per_char == (0.9,) * 11
+    body = _variant("generic_container.json", container={"number": "MSCU1234566", "confidence": 0.97,
+                                                         "per_char": [0.99] * 10 + [0.2]})  # fmt: skip
+    read = generic_json.parse(body)
+    assert isinstance(read, ContainerRead) and read.confidence == 0.2
 
 
 @pytest.mark.parametrize(

@@ -91,3 +91,10 @@ def parse_iso_datetime(raw: object, what: str = "observed_at") -> datetime:
     except ValueError as exc:
         raise SourceError(f"'{what}' is not an ISO 8601 date-time") from exc
     return require_aware(parsed)
+
+
+def weakest(overall: float | None, per_char: tuple[float, ...] | None) -> float | None:
+    """A container read's confidence: the lower of the overall one and the weakest character, of those
+    given (None: neither). An average of 0.95 with one character at 0.2 is a doubtful read."""
+    given = [c for c in (overall, min(per_char) if per_char else None) if c is not None]
+    return min(given) if given else None

@@ -18,9 +18,10 @@ Schema (UTF-8 JSON object, at most ``MAX_BYTES``; names follow SPEC.md "The gate
     }
 
 Confidences and scores are numbers in 0..1. ``country`` is ISO 3166-1 alpha-2 or alpha-3, optional.
-A container ``confidence`` may be left out when ``per_char`` is given: the minimum is used (the
-weakest character bounds the read). Anything else is refused with ``SourceError``. A face match result
-parses like any read; whether its sender may send one is the edge's check (``is_face_match``).
+A container ``confidence`` may be left out when ``per_char`` is given; the read's confidence is the
+lower of ``confidence`` and the weakest character (the weakest character bounds the read). Anything
+else is refused with ``SourceError``. A face match result parses like any read; whether its sender may
+send one is the edge's check (``is_face_match``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from gate_adapters.core.reads import (
     ReadKind,
     SourceError,
 )
-from gate_adapters.sources import get_number, get_opt_str, get_str, load_json_object, parse_iso_datetime
+from gate_adapters.sources import get_number, get_opt_str, get_str, load_json_object, parse_iso_datetime, weakest
 
 SOURCE = "generic_json"
 MAX_BYTES = 3 * 1024 * 1024  # a base64 face image is the largest thing we accept here
@@ -103,11 +104,8 @@ def _container(body: Mapping[str, Any], device: str, common: dict[str, Any]) -> 
         if not isinstance(per_char_raw, list) or not per_char_raw:
             raise SourceError("'per_char' is not a non-empty list of numbers")
         per_char = tuple(get_number({"c": c}, "c") for c in per_char_raw)
-    if body.get("confidence") is not None:
-        confidence = get_number(body, "confidence")
-    elif per_char is not None:
-        confidence = min(per_char)
-    else:
+    confidence = weakest(get_number(body, "confidence") if body.get("confidence") is not None else None, per_char)
+    if confidence is None:
         raise SourceError("'confidence' is missing")
     return ContainerRead(
         camera=device, number=get_str(body, "number"), confidence=confidence, per_char=per_char, **common

@@ -14,9 +14,10 @@ confidence for every character. The format we accept (JSON, at most ``MAX_BYTES`
       "characters": [{"char": "M", "confidence": 0.99}, ...]   # optional, one per character
     }
 
-Rules: the overall confidence is the portal's own when given, else the MINIMUM per-character
-confidence (one doubtful character makes the whole number doubtful; the service repairs by check
-digit, SPEC.md). The per-character list is kept, and must spell the container number character by
+Rules: the confidence is the lower of the portal's own overall one and the MINIMUM per-character
+confidence, whichever are given (one doubtful character makes the whole number doubtful, whatever the
+portal's average says: a doubtful read is what makes the service look for a valid look-alike twin,
+SPEC.md). The per-character list is kept, and must spell the container number character by
 character (else the portal's report is inconsistent and refused). With neither an overall nor a
 per-character confidence the read is refused.
 """
@@ -27,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gate_adapters.core.reads import ContainerRead, SourceError, check_confidence, normalise_container_number
-from gate_adapters.sources import get_number, get_opt_str, get_str, load_json_object, parse_iso_datetime
+from gate_adapters.sources import get_number, get_opt_str, get_str, load_json_object, parse_iso_datetime, weakest
 
 SOURCE = "ocr_portal"
 MAX_BYTES = 256 * 1024
@@ -44,11 +45,9 @@ def parse(
     obj = load_json_object(body, max_bytes)
     number = normalise_container_number(get_str(obj, "containerNumber"))
     per_char = _per_char(obj.get("characters"), number)
-    if obj.get("confidence") is not None:
-        confidence = check_confidence(get_number(obj, "confidence"))
-    elif per_char is not None:
-        confidence = min(per_char)
-    else:
+    overall = check_confidence(get_number(obj, "confidence")) if obj.get("confidence") is not None else None
+    confidence = weakest(overall, per_char)
+    if confidence is None:
         raise SourceError("neither 'confidence' nor 'characters' is given")
     return ContainerRead(
         lane=_lane(obj, portal_lanes, lane),
