@@ -159,6 +159,36 @@ def test_a_kept_decision_the_table_refuses_is_set_aside_and_holds_back_no_other(
     assert facts._r.xpending(facts._p + STREAM, GROUP)["pending"] == 0
 
 
+def test_a_check_decided_again_after_its_id_left_redis_is_kept_aside_never_dropped(gate: Gate) -> None:
+    """Redis keeps a check's request_id for ``request_ttl``; sent again after that, the check is
+    decided afresh and answered with a new decision_id, which gate_decisions cannot hold beside the
+    first under the same (terminal, request_id). The drainer keeps it in ``decisions:refused`` and
+    logs it; it used to drop it without a word."""
+    import json as _json
+
+    from release_service.adapters.gate_facts import REFUSED, STREAM
+
+    gate.pickable(45)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    body = gate.body(45)
+    first = gate.verify(body).json()
+    (_, recorded), = facts._r.xrange(facts._p + STREAM)
+    facts.drain("test", block_ms=None)
+    facts._r.delete(facts._request_key({"terminal": TERMINAL, "request_id": body["request_id"]}))  # expired
+    again = gate.verify(body).json()
+    assert again["decision_id"] != first["decision_id"]
+    facts.drain("test", block_ms=None)
+    with gate.engine.connect() as conn:
+        kept = list(conn.execute(sa.select(gate_decisions.c.id)
+                                 .where(gate_decisions.c.request_id == body["request_id"])).scalars())
+    assert kept == [uuid.UUID(first["decision_id"])]
+    aside = [(_json.loads(f[b"row"])["id"], f[b"error"]) for _, f in facts._r.xrange(facts._p + REFUSED)]
+    assert aside == [(again["decision_id"], b"request_id_reused")]
+    facts._r.xadd(facts._p + STREAM, recorded)  # the first again (a drainer that died before its ack): no clash
+    facts.drain("test", block_ms=None)
+    assert len(facts._r.xrange(facts._p + REFUSED)) == 1
+
+
 def test_a_commit_the_cache_never_heard_of_is_still_answered_once(gate: Gate) -> None:
     """A commit's request_id reaches Redis only after its transaction (``remember``, best effort):
     a retry that the cache does not know must still get the recorded answer, never a second use."""

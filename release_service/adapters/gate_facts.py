@@ -246,9 +246,14 @@ _REFUSED_ROW = (sa.exc.DataError, sa.exc.IntegrityError, ValueError, KeyError, T
 
 # Kept decisions (JSON objects named like gate_decisions' columns) into gate_decisions, on PostgreSQL.
 _COLUMNS = ", ".join(c.name for c in gate_decisions.c)
+# Returns the ids of the rows neither inserted nor there already: another decision holds their
+# (terminal, request_id) (a check whose id came back after its Redis key expired), ``_clashed``.
 _INSERT_FROM_JSON = sa.text(
-    f"INSERT INTO gate_decisions ({_COLUMNS}) SELECT {_COLUMNS} FROM "  # noqa: S608 - our own schema's column names
-    "jsonb_populate_recordset(NULL::gate_decisions, CAST(:rows AS jsonb)) ON CONFLICT DO NOTHING")
+    "WITH given AS (SELECT * FROM jsonb_populate_recordset(NULL::gate_decisions, CAST(:rows AS jsonb))), "  # noqa: S608
+    f"ins AS (INSERT INTO gate_decisions ({_COLUMNS}) SELECT {_COLUMNS} FROM given "  # our own schema's column names
+    "ON CONFLICT DO NOTHING RETURNING id) "
+    "SELECT g.id FROM given g WHERE g.id NOT IN (SELECT id FROM ins) "
+    "AND NOT EXISTS (SELECT 1 FROM gate_decisions d WHERE d.id = g.id)")
 
 
 class RedisGateFacts:
@@ -778,12 +783,32 @@ class RedisGateFacts:
         round trip's bookkeeping, however many rows it moves."""
         if self._engine.dialect.name == "postgresql":
             with self._engine.begin() as conn:
-                conn.execute(_INSERT_FROM_JSON, {"rows": (b"[" + b",".join(rows) + b"]").decode()})
-            return
-        from sqlalchemy.dialects import sqlite
+                clashed = set(conn.execute(_INSERT_FROM_JSON, {"rows": (b"[" + b",".join(rows) + b"]").decode()}
+                                           ).scalars())
+        else:
+            from sqlalchemy.dialects import sqlite
 
-        with self._engine.begin() as conn:
-            conn.execute(sqlite.insert(gate_decisions).on_conflict_do_nothing(), [_row(raw) for raw in rows])
+            parsed = [_row(raw) for raw in rows]
+            with self._engine.begin() as conn:
+                conn.execute(sqlite.insert(gate_decisions).on_conflict_do_nothing(), parsed)
+                there = set(conn.execute(sa.select(gate_decisions.c.id).where(
+                    gate_decisions.c.id.in_([d["id"] for d in parsed]))).scalars())
+            clashed = {d["id"] for d in parsed} - there
+        if clashed:
+            self._clashed(rows, clashed)
+
+    def _clashed(self, rows: list[bytes], ids: set[uuid.UUID]) -> None:
+        """Decisions answered at the gate that gate_decisions cannot hold: another decision has their
+        (terminal, request_id). Redis keeps a check's id for ``request_ttl`` only, so a check sent again
+        after that is decided afresh. Never dropped silently: set aside in ``decisions:refused`` and
+        logged, for the record (its decision_id was answered)."""
+        for raw in rows:
+            row = jsonbody.loads(raw)
+            if uuid.UUID(row["id"]) in ids:
+                log.warning("release.gate_facts.request_id_clash", extra={"fields": {
+                    "terminal": row["terminal"], "request_id": row["request_id"]}})
+                self._drain_client.xadd(self._p + REFUSED, {"row": raw, "error": "request_id_reused"},
+                                        maxlen=REFUSED_CAP, approximate=True)
 
     # ---- the breaker -----------------------------------------------------------------------------
 
