@@ -47,7 +47,7 @@ from .reads import (
     compare_plate,
     understand_container,
 )
-from .release import NOMINATION_REFUSED, DriverResponse, ReleaseRight, State
+from .release import NOMINATION_REFUSED, DriverResponse, ReleaseRight, State, nomination_key
 
 
 class Reason(StrEnum):
@@ -351,6 +351,10 @@ class NominationFacts:
     plate_text: str
     plate_country: str
     response: str = DriverResponse.PENDING.value
+
+    @property
+    def key(self) -> list[str | None]:
+        return nomination_key(self.driver_person_id, self.plate_text, self.plate_country)
 
 
 @dataclass(frozen=True, slots=True)

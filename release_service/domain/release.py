@@ -143,6 +143,16 @@ class Nomination:
     response_reason: RefusalReason | None = None
     responded_at: datetime | None = None
 
+    @property
+    def key(self) -> list[str | None]:
+        return nomination_key(self.driver_person_id, self.plate.text, self.plate.country)
+
+
+def nomination_key(driver_person_id: uuid.UUID, plate_text: str, plate_country: str | None) -> list[str | None]:
+    """Who and which truck a nomination names, as a gate decision keeps the one it judged
+    (``gate_decisions.nomination``): an override goes in under that nomination, compared by this."""
+    return [str(driver_person_id), plate_text, plate_country]
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -609,7 +619,7 @@ class ReleaseRight:
         if n is None:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "Only a nominated right is let in.")
         again = (n.nominated_at > decided_at if judged is None
-                 else list(judged) != [str(n.driver_person_id), n.plate.text, n.plate.country])
+                 else list(judged) != n.key)
         if again:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "The right was nominated again since this decision: "
                               "verify the truck again.")

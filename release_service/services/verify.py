@@ -526,7 +526,7 @@ def _row(actor: Actor, request: g.GateRequest, decision: g.Decision, decision_id
 
 def judged(n: g.NominationFacts | None) -> list[str | None] | None:
     """The nomination a decision judged, as its row keeps it (``StoredDecision.nomination``)."""
-    return None if n is None else [str(n.driver_person_id), n.plate_text, n.plate_country]
+    return None if n is None else n.key
 
 
 def override(uow_factory: Callable[[], UnitOfWork], actor: Actor, decision_id: uuid.UUID, reason: str,
