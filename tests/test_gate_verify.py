@@ -303,6 +303,19 @@ def test_the_lean_verify_refuses_exactly_as_fastapis_handler(gate: Gate) -> None
         assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)).scalar_one() == 0
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_gate_clients_body_past_the_verify_limit_is_refused(gate: Gate, chunked: bool) -> None:
+    """With a valid gate token the body is read, and its limit (a face image in its JSON) holds:
+    413, announced (refused unread) or in chunks (refused once past the limit)."""
+    size = 8 * 1024 * 1024 + 64 * 1024 + 1
+    body = b"{" + b" " * (size - 2) + b"}"
+    step = 256 * 1024
+    headers = {"content-type": "application/json", "Authorization": f"Bearer {gate.gate_token}"}
+    r = gate.http.post("/gate/v1/verify", headers=headers,
+                       content=iter([body[i:i + step] for i in range(0, len(body), step)]) if chunked else body)
+    assert_problem(r, 413, "body_too_large")
+
+
 def test_a_caller_without_a_valid_token_is_refused_before_its_body_is_parsed(gate: Gate) -> None:
     """Up to 8 MiB of body: without a valid gate token nobody makes the server parse it (on the event
     loop, where every lane's checks wait). The token is judged on the headers first (``admit_verify``),

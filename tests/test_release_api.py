@@ -190,7 +190,10 @@ def test_a_body_past_its_routes_limit_is_refused_before_it_is_read_whole(api: Ap
     step = 256 * 1024
     r = api.http.post(path, content=iter([body[i:i + step] for i in range(0, len(body), step)]) if chunked
                       else body, headers=headers)
-    assert_problem(r, 413, "body_too_large")
+    if path == "/gate/v1/verify" and chunked:  # no gate token: refused on its headers, before the body is read
+        assert r.status_code == 401 and r.json()["code"] in ("invalid_request", "invalid_token"), r.text
+    else:
+        assert_problem(r, 413, "body_too_large")
     small = api.http.post(path, content=b"{" + b" " * 1000 + b"}", headers=headers)
     assert small.status_code != 413, small.text  # the limit is the route's, not any body's
 
