@@ -22,6 +22,7 @@ from quaygate.cache import MemoryCache
 from quaygate.routing import ExactRoutes
 from quaygate.settings import Settings
 
+from .aio import run_async
 from .test_identity_ratelimit import serve
 from .test_identity_support import ISSUER
 
@@ -203,8 +204,6 @@ def _things_app(*, lean: bool, app_limit: int | None = None, route_limit: int | 
 
 @pytest.mark.parametrize("lean", [True, False])
 def test_an_admit_refuses_on_the_headers_before_any_of_the_body_is_read(lean: bool) -> None:
-    import asyncio
-
     app = _things_app(lean=lean, admit=True)
 
     def call(headers: list[tuple[bytes, bytes]]) -> tuple[int, list[dict[str, Any]], bytes]:
@@ -223,7 +222,7 @@ def test_an_admit_refuses_on_the_headers_before_any_of_the_body_is_read(lean: bo
                  "scheme": "http", "path": "/things", "raw_path": b"/things", "root_path": "", "query_string": b"",
                  "headers": [(b"content-type", b"application/json"), *headers], "server": ("test", 80),
                  "client": ("test", 1)}
-        asyncio.run(app(scope, receive, send))
+        run_async(app, scope, receive, send)  # in a thread of its own: the suite may leave a loop running here
         return sent[0]["status"], received, b"".join(m.get("body", b"") for m in sent[1:])
 
     status, received, _ = call([])
