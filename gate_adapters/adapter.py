@@ -36,7 +36,7 @@ from gate_adapters.core.reads import Read
 from release_service.domain.gate_pass import OfflineLimits
 
 from .runtime.client import AssertionSigner, ClientCredentials, TokenProvider, VerifyClient
-from .runtime.config import AdapterSettings, ConfigError, LaneSettings, load, mint_token
+from .runtime.config import AdapterSettings, ConfigError, LaneSettings, load, mint_token, read_secret_file
 from .runtime.lane import LaneRuntime, LaneWorker
 from .runtime.offline import OfflineMode, PassStore
 from .runtime.outbox import Outbox
@@ -103,19 +103,27 @@ class Adapter:
 def _read_secret(settings: AdapterSettings) -> str:
     auth = settings.auth
     if auth.client_secret_file is not None:
-        try:
-            secret = auth.client_secret_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError("auth.client_secret_file", f"cannot read {auth.client_secret_file}: "
-                                                         f"{exc.strerror or exc}") from None
-        if not secret:
-            raise ConfigError("auth.client_secret_file", f"{auth.client_secret_file} is empty")
-        return secret
+        return read_secret_file(auth.client_secret_file, "auth.client_secret_file")
     secret = os.environ.get(SECRET_ENV, "").strip()
     if not secret:
         raise ConfigError("auth.client_secret_file",
                           f"give client_secret_file or private_key_file, or set {SECRET_ENV}")
     return secret
+
+
+def _source_credentials(settings: AdapterSettings) -> tuple[Any, Any]:
+    """The sources' credentials, their files read now (``ConfigError`` names the key): the MQTT client
+    (its password and TLS context) and the HTTP devices (their tokens); None for a source not set."""
+    mqtt_client = devices = None
+    if settings.mqtt is not None:
+        from .runtime.mqtt_source import client_for
+
+        mqtt_client = client_for(settings.mqtt)
+    if settings.http is not None:
+        from .runtime.http_source import devices_for
+
+        devices = devices_for(settings.http)
+    return mqtt_client, devices
 
 
 def tokens_for(settings: AdapterSettings) -> TokenProvider:
@@ -172,17 +180,8 @@ def build(settings: AdapterSettings) -> Adapter:
                               limits=OfflineLimits(store_max_age=timedelta(seconds=o.store_max_age_seconds),
                                                    ban_list_max_age=timedelta(seconds=o.ban_list_max_age_seconds)))
     mqtt_source = None
-    mqtt_client = None
-    devices = None
     try:
-        if settings.mqtt is not None:
-            from .runtime.mqtt_source import MqttSource, client_for
-
-            mqtt_client = client_for(settings.mqtt)
-        if settings.http is not None:
-            from .runtime.http_source import devices_for
-
-            devices = devices_for(settings.http)
+        mqtt_client, devices = _source_credentials(settings)
     except ConfigError:
         outbox.close()
         raise
@@ -198,6 +197,8 @@ def build(settings: AdapterSettings) -> Adapter:
     fed_by = {name: {(settings.terminal, ln.lane) for ln in settings.lanes if name in ln.sources}
               for name in ("http", "mqtt")}
     if settings.mqtt is not None:
+        from .runtime.mqtt_source import MqttSource
+
         m = settings.mqtt
         mqtt_source = MqttSource(_SourceLanes(worker, fed_by["mqtt"]), host=m.host, port=m.port,  # type: ignore[arg-type]
                                  prefix=m.prefix, client=mqtt_client, keepalive=m.keepalive,
@@ -262,14 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load(args.config)
         if args.check:
             tokens_for(settings)
-            if settings.mqtt is not None:
-                from .runtime.mqtt_source import client_for
-
-                client_for(settings.mqtt)
-            if settings.http is not None:
-                from .runtime.http_source import devices_for
-
-                devices_for(settings.http)
+            _source_credentials(settings)
             print(f"settings OK: terminal {settings.terminal}, {len(settings.lanes)} lanes")
             return 0
         logging.basicConfig(level=settings.log_level, stream=sys.stderr,

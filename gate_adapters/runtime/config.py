@@ -70,6 +70,18 @@ class ConfigError(ValueError):
         self.key, self.message = key, message
 
 
+def read_secret_file(path: Path, key: str, *, may_be_empty: bool = False) -> str:
+    """A secret kept in its own file (the client secret, a device token, the MQTT password), read before
+    anything starts, stripped; ``ConfigError`` naming ``key`` when it cannot be read, or is empty."""
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    if not secret and not may_be_empty:
+        raise ConfigError(key, f"{path} is empty")
+    return secret
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceSettings:
     base_url: str

@@ -42,7 +42,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from gate_adapters.core.reads import Read, SourceError
 from gate_adapters.sources import axis, generic_json, hikvision, ocr_portal
 
-from .config import ConfigError, HttpSourceSettings, token_sha256
+from .config import HttpSourceSettings, read_secret_file, token_sha256
 from .lane import LaneWorker
 
 log = logging.getLogger("gate_adapters.source.http")
@@ -78,14 +78,7 @@ def devices_for(http: HttpSourceSettings) -> tuple[Device, ...] | None:
     for i, d in enumerate(http.devices):
         digest = d.token_sha256
         if d.token_file is not None:
-            key = f"http.devices[{i}].token_file"
-            try:
-                token = d.token_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(key, f"cannot read {d.token_file}: {exc.strerror or exc}") from None
-            if not token:
-                raise ConfigError(key, f"{d.token_file} is empty")
-            digest = token_sha256(token)
+            digest = token_sha256(read_secret_file(d.token_file, f"http.devices[{i}].token_file"))
         assert digest is not None
         devices.append(Device(d.name, bytes.fromhex(digest), frozenset(d.lanes), frozenset(d.kinds),
                               d.trusted_face_matcher))

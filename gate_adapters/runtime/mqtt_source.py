@@ -28,7 +28,7 @@ from gate_adapters.core.reads import Read, SourceError
 from gate_adapters.sources import generic_json
 from gate_adapters.sources import mqtt as mqtt_format
 
-from .config import ConfigError, MqttSettings
+from .config import ConfigError, MqttSettings, read_secret_file
 from .lane import LaneWorker
 
 log = logging.getLogger("gate_adapters.source.mqtt")
@@ -48,10 +48,7 @@ def client_for(m: MqttSettings) -> mqtt.Client:
     host name against ``ca_file`` (or the system's CAs) and shows our ``cert_file``."""
     password = None
     if m.password_file is not None:
-        try:
-            password = m.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError("mqtt.password_file", f"cannot read {m.password_file}: {exc.strerror or exc}") from None
+        password = read_secret_file(m.password_file, "mqtt.password_file", may_be_empty=True)
     client = new_client(m.client_id, username=m.username, password=password)
     if m.tls:
         try:
