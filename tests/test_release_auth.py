@@ -32,6 +32,7 @@ from quaygate.settings import Settings
 from release_service.api.auth import require
 from release_service.domain.parties import Actor, OrgKind
 
+from .aio import run_async
 from .factories import add_org
 from .test_identity_dpop_support import ProofKey
 
@@ -249,3 +250,66 @@ def test_step_up_on_a_dpop_request_uses_the_dpop_scheme(rig: Rig) -> None:
     token = person(rig, ACR_PASSKEY, cnf={"jkt": key.jkt})
     r = rig.dpop_get(token, key.proof("GET", PUBLIC + "/test/step-up", token=token), "/test/step-up")
     assert_refused(r, "DPoP", "insufficient_user_authentication")
+
+
+# -- Authenticated before the body is read (quaygate/routing.py AdmitFirst) -----------------------------
+
+_JUNK = b'{"items": [' + b"0," * 200_000 + b"0]"  # 400 KB, not even JSON: parsing it is the attacker's aim
+_BODY_ROUTES = ["/api/v1/releases", "/api/v1/releases:batch", f"/api/v1/releases/{uuid.uuid4()}/transfers",
+                "/api/v1/webhooks", "/gate/v1/offline-decisions", "/gate/v1/overrides"]
+
+
+def _raw_post(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, int, dict[str, Any]]:
+    """POST ``_JUNK`` to ``path`` straight through ASGI: the status, how many of the body's messages the
+    app read, and the answer."""
+    received: list[dict[str, Any]] = []
+    sent: list[dict[str, Any]] = []
+    chunks = chunks_of(_JUNK)
+
+    async def receive() -> dict[str, Any]:
+        k = len(received)
+        message = {"type": "http.request", "body": chunks[k], "more_body": k + 1 < len(chunks)}
+        received.append(message)
+        return message
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "https",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"host", b"quaygate.example"), *headers],
+             "server": ("quaygate.example", 443), "client": ("test", 1), "state": {}}
+    run_async(app, scope, receive, send)  # in a thread of its own: the suite may leave a loop running here
+    return sent[0]["status"], len(received), json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+@pytest.mark.parametrize("path", _BODY_ROUTES)
+def test_a_caller_without_a_valid_token_is_refused_before_any_of_its_body_is_read(rig: Rig, path: str) -> None:
+    """Up to 16 MiB of body (a batch), 8 MiB (an offline decision with its face capture): nobody
+    without a valid token makes the server read and parse it. 401 on the headers alone, not one
+    message of the body read; with a valid token the same body is read and refused as before (400)."""
+    for headers, code in (([], "invalid_request"), ([(b"authorization", b"Bearer not.a.token")], "invalid_token")):
+        status, read, answer = _raw_post(rig.app, path, headers)
+        assert (status, read, answer["code"]) == (401, 0, code), (path, answer)
+    token = rig.sign(scope="releases:write releases:read gate:verify",
+                     aud="quaygate-gate" if path.startswith("/gate/") else "quaygate-api")
+    status, read, answer = _raw_post(rig.app, path, [(b"authorization", f"Bearer {token}".encode())])
+    assert (status, read, answer["code"]) == (400, len(chunks_of(_JUNK)), "malformed_json"), (path, answer)
+
+
+def chunks_of(body: bytes) -> list[bytes]:
+    return [body[i:i + 65_536] for i in range(0, len(body), 65_536)]
+
+
+def test_a_dpop_proof_on_a_route_with_a_body_is_claimed_once(rig: Rig) -> None:
+    """The caller is authenticated before the body is read, and the route's dependency takes what was
+    found then: the proof's jti is claimed once (a second claim would refuse the request as a replay)."""
+    key = proof_key(rig)
+    token = rig.bound(key)
+    proof = key.proof("POST", PUBLIC + "/api/v1/releases", token=token)
+    r = rig.http.post("/api/v1/releases", json={"container_number": "not one"},
+                      headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+    assert r.status_code == 422, r.text  # the body judged, after the token and its proof passed once
+    again = rig.http.post("/api/v1/releases", json={"container_number": "not one"},
+                          headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+    assert_refused(again, "DPoP", "invalid_dpop_proof")  # the same proof again: a replay

@@ -248,15 +248,26 @@ def require(scope: str, min_acr: str | None = None, *, max_age: int | None = Non
     else 403 ``forbidden``."""
     from fastapi import Depends
 
+    def authenticated(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Actor:
+        audience = getattr(request.app.state.container.settings, audience_setting)
+        return authenticate(request, credentials, audience=audience, scope=scope, min_acr=min_acr, max_age=max_age)
+
+    def admit(request: Request) -> None:
+        """The caller authenticated on the headers alone, before any of the body is read (quaygate/
+        routing.py ``admit_by_dependency``); the dependency then gives this actor, not a second check
+        (a DPoP proof's jti is claimed once)."""
+        request.state.admitted = (dependency, authenticated(request, credentials_of(request)))
+
     def dependency(request: Request,
                    credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Actor:  # noqa: B008
-        audience = getattr(request.app.state.container.settings, audience_setting)
-        actor = authenticate(request, credentials, audience=audience, scope=scope, min_acr=min_acr,
-                             max_age=max_age)
+        admitted = getattr(request.state, "admitted", None)
+        actor = admitted[1] if admitted is not None and admitted[0] is dependency \
+            else authenticated(request, credentials)
         if (member == "act" and not actor.may_act) or (member == "read" and not actor.may_read):
             log.info("release.auth.refused.member_role")
             raise DomainError(ErrorCode.FORBIDDEN, "Your role in this organisation does not let you "
                               + ("act on its release rights." if member == "act" else "read its release rights."))
         return actor
 
+    dependency.admit = admit  # type: ignore[attr-defined]
     return dependency

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from identity.domain.scopes import GATE_VERIFY
 from quaygate import jsonbody
 from quaygate.limits import IMAGE_B64_MAX, IMAGE_BODY_BYTES, Printable, Prose
+from quaygate.routing import AdmitFirst
 from quaygate.threads import threads_for
 from release_service.domain import gate as g
 from release_service.domain.parties import Actor
@@ -39,7 +40,7 @@ from .routes import unit_of_work
 
 GATE = require(GATE_VERIFY, audience_setting="gate_audience")
 
-router = APIRouter(prefix="/gate/v1", tags=["gate"])
+router = APIRouter(prefix="/gate/v1", tags=["gate"], route_class=AdmitFirst)
 
 
 class _In(BaseModel):

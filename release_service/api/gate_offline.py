@@ -20,6 +20,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from identity.keys import KeyStore
 from identity.tokens import fits, sign_jwt
 from quaygate.limits import IMAGE_BODY_BYTES, Printable
+from quaygate.routing import AdmitFirst
 from release_service.adapters.sqla.gate_offline import SqlOfflineUnitOfWork
 from release_service.domain import gate as g
 from release_service.domain.gate_pass import PASS_ALG, PASS_TYP
@@ -31,7 +32,7 @@ from .problems import problem_responses
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/gate/v1", tags=["gate"])
+router = APIRouter(prefix="/gate/v1", tags=["gate"], route_class=AdmitFirst)
 
 MAX_PASS_LENGTH = 8192
 

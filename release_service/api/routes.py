@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from identity.domain.assurance import ACR_PASSKEY
 from quaygate.limits import BATCH_BODY_BYTES
+from quaygate.routing import AdmitFirst
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor
@@ -42,7 +43,7 @@ ReleaseId = Annotated[uuid.UUID, Path(description="The release right's id.")]
 TransferId = Annotated[uuid.UUID, Path(description="The transfer's id.")]
 WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 422)
 
-router = APIRouter(prefix="/api/v1", tags=["releases"])
+router = APIRouter(prefix="/api/v1", tags=["releases"], route_class=AdmitFirst)
 
 
 def unit_of_work(container: Any, *, readonly: bool = False, autocommit: bool = False) -> SqlUnitOfWork:

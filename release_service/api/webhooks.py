@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from quaygate.routing import AdmitFirst
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.parties import Actor
 from release_service.domain.webhooks import Delivery, Subscription
@@ -17,7 +18,7 @@ from release_service.services import webhooks as svc
 from .auth import require
 from .problems import problem_responses
 
-router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], route_class=AdmitFirst)
 MANAGE = require("releases:write", member="act")
 ERRORS = problem_responses(400, 401, 403, 404, 409, 422)
 
