@@ -1300,6 +1300,9 @@ def test_a_revoked_gate_token_is_refused_on_the_cached_path_read_with_the_facts(
     assert "revoked" in refused.json()["detail"]
     replay = gate.verify(body, token)  # the recorded request_id is not replayed to a revoked token
     assert replay.status_code == 401, replay.text
+    elsewhere = gate.verify({**gate.body(4), "terminal": "BEANR-OTHER"}, token)  # revoked first, whatever it names
+    assert elsewhere.status_code == 401 and elsewhere.json()["code"] == "invalid_token", elsewhere.text
+    assert gate.verify({**gate.body(4), "terminal": "BEANR-OTHER"}).status_code == 403  # a live token: not its gate
     facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
     facts.drain("test", block_ms=None)
     with gate.engine.connect() as conn:  # nothing decided for the revoked token

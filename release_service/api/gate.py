@@ -30,6 +30,7 @@ from quaygate.limits import IMAGE_B64_MAX, IMAGE_BODY_BYTES, Printable, Prose
 from quaygate.routing import AdmitFirst
 from quaygate.threads import threads_for
 from release_service.domain import gate as g
+from release_service.domain.errors import DomainError
 from release_service.domain.parties import Actor
 from release_service.ports import FaceCaptureRefused
 from release_service.services import verify as verify_service
@@ -251,6 +252,13 @@ async def _verify(request: Request, body: VerifyRequest, credentials: HTTPAuthor
     fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     now = container.clock.now()
     gate = gate_request(body)
+    try:
+        verify_service.require_gate_of(actor, gate.terminal)
+    except DomainError:
+        # A revoked token is refused as revoked (401), whatever terminal it names; looked up only here,
+        # on the way to a refusal, off the event loop.
+        await run_in_threadpool(revocation.settle)
+        raise
     facts = container.gate_facts
     imaged = body.face is not None and body.face.image is not None  # never decided from the cache alone
     names = revocation.names if facts is not None and not imaged else None
