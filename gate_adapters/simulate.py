@@ -10,8 +10,9 @@ Two ways to play a script:
   adapter picks them up, in real time scaled by ``--speed``, and count the barrier commands heard on
   ``<prefix>/<terminal>/+/barrier`` until ``--wait`` seconds after the last read.
 - ``http``: the same against a running adapter's HTTP source (``quaygate gate-adapter``, its ``[http]``
-  section): each read is POSTed to ``--adapter``/reads/<lane>; the barrier commands are still heard
-  on MQTT (lanes with ``barrier = { kind = "mqtt" }``).
+  section): each read is POSTed to ``--adapter``/reads/<lane>, as the device whose token
+  ``--device-token-file`` (or ``QUAYGATE_SIM_DEVICE_TOKEN``) holds; the barrier commands are still
+  heard on MQTT (lanes with ``barrier = { kind = "mqtt" }``).
 
 Script (JSON)::
 
@@ -56,6 +57,7 @@ import httpx
 from gate_adapters.core.correlate import LaneCorrelator
 from gate_adapters.core.reads import SourceError
 from gate_adapters.runtime.client import ClientCredentials, StaticToken, TokenProvider, VerifyClient
+from gate_adapters.runtime.config import ConfigError, read_secret_file
 from gate_adapters.runtime.lane import LaneResult, LaneRuntime
 from gate_adapters.runtime.outbox import Outbox
 from gate_adapters.runtime.sinks import LogBarrier
@@ -233,14 +235,17 @@ def publish(
     wait: float = 5.0,
     out: TextIO = sys.stdout,
     adapter_url: str | None = None,
+    device_token: str | None = None,
+    http: httpx.Client | None = None,
 ) -> Summary:
-    """Publish the reads over MQTT (or POST them to ``adapter_url``'s HTTP source) for a running adapter;
-    count the barrier commands it answers with."""
+    """Publish the reads over MQTT (or POST them to ``adapter_url``'s HTTP source, as the device whose
+    token is ``device_token``) for a running adapter; count the barrier commands it answers with."""
     from gate_adapters.runtime.mqtt_source import new_client
 
     summary = Summary()
     heard: list[dict[str, Any]] = []
     client = new_client()
+    sender = http or httpx.Client(timeout=5.0)
 
     def on_message(c: Any, u: Any, message: Any) -> None:
         command = json.loads(message.payload)
@@ -259,7 +264,8 @@ def publish(
                 time.sleep(delay)
             payload = stamped(read, datetime.now(UTC))
             if adapter_url is not None:
-                r = httpx.post(f"{adapter_url.rstrip('/')}/reads/{read.lane}", json=payload, timeout=5.0)
+                r = sender.post(f"{adapter_url.rstrip('/')}/reads/{read.lane}", json=payload,
+                                headers=_device_headers(device_token))
                 if r.status_code != 202:
                     summary.refused_reads += 1
                     print(f"truck {read.truck} lane {read.lane}: read refused ({r.status_code} {r.text[:200]})",
@@ -281,6 +287,17 @@ def publish(
     return summary
 
 
+def _device_headers(token: str | None) -> dict[str, str]:
+    """What a device sends the adapter's HTTP source (docs/gate-adapter.md "Who may send reads")."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def _device_token(args: argparse.Namespace) -> str | None:
+    if args.device_token_file:
+        return read_secret_file(Path(args.device_token_file), "--device-token-file")
+    return os.environ.get("QUAYGATE_SIM_DEVICE_TOKEN") or None
+
+
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m gate_adapters.simulate", description=__doc__.split("\n\n")[0])
@@ -288,6 +305,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--via", choices=("drive", "mqtt", "http"), default="drive")
     p.add_argument("--adapter", default="http://127.0.0.1:8089",
                    help="a running adapter's HTTP source (--via http)")
+    p.add_argument("--device-token-file", help=(
+        "a file holding the token of a device the adapter's [[http.devices]] lists for these lanes and kinds "
+        "(--via http; or QUAYGATE_SIM_DEVICE_TOKEN); without one, an adapter outside dev refuses every read"))
     p.add_argument("--base-url", default=env("QUAYGATE_SIM_BASE_URL", "http://127.0.0.1:8000"))
     p.add_argument("--client-id", default=env("QUAYGATE_SIM_CLIENT_ID"))
     p.add_argument("--client-secret", default=env("QUAYGATE_SIM_CLIENT_SECRET"))
@@ -306,10 +326,16 @@ def main(argv: Sequence[str] | None = None, *, http: httpx.Client | None = None,
     args = _arguments(argv)
     script = load_script(args.script)
     if args.via in ("mqtt", "http"):
+        try:
+            device_token = _device_token(args) if args.via == "http" else None
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
         host, _, port = args.mqtt.rpartition(":")
         summary = publish(script, host=host or "127.0.0.1", port=int(port), prefix=args.prefix,
                           speed=1.0 if args.speed is None else args.speed, wait=args.wait, out=out,
-                          adapter_url=args.adapter if args.via == "http" else None)
+                          adapter_url=args.adapter if args.via == "http" else None, device_token=device_token,
+                          http=http)
     else:
         http = http or httpx.Client()
         tokens: TokenProvider

@@ -107,3 +107,49 @@ def test_the_mqtt_mode_feeds_a_running_adapter_and_counts_its_barrier_commands(g
         outbox.close()
     assert (summary.decisions["allow"], summary.unanswered) == (2, 0), out.getvalue()
     assert [gate.state(rid) for rid in rids] == ["gated_in", "gated_in"]
+
+
+def test_the_http_mode_sends_reads_as_a_device_of_the_adapter(tmp_path: Path) -> None:
+    """An adapter outside dev takes reads only from the devices it lists (docs/gate-adapter.md "Who may
+    send reads"): the simulator sends them as one, with the token kept in a file, and without it every
+    read is refused (401) and counted as refused."""
+    import hashlib
+
+    from fastapi.testclient import TestClient
+
+    from gate_adapters.adapter import build
+    from gate_adapters.runtime.config import parse
+
+    from .factories import TERMINAL
+    from .processes import free_port, listens, unavailable
+
+    if not listens(1883)():  # the simulator hears the barrier commands on MQTT
+        unavailable("the simulator over HTTP", "no MQTT broker on 127.0.0.1:1883")
+    token = "sim-device-" + "e" * 32
+    (tmp_path / "device.token").write_text(token + "\n")
+    (tmp_path / "client-secret").write_text("s3cret")
+    adapter = build(parse({
+        "terminal": TERMINAL, "outbox": "outbox.sqlite3", "service": {"base_url": "https://quaygate.example.eu"},
+        "auth": {"client_id": "gate", "client_secret_file": "client-secret"},
+        "http": {"port": free_port(), "devices": [{
+            "name": "sim", "token_sha256": hashlib.sha256(token.encode()).hexdigest(), "lanes": ["in-5"],
+            "kinds": ["plate", "container", "badge"]}]},
+        "lanes": [{"lane": "in-5"}]}, base=tmp_path))
+    script = tmp_path / "sim.json"
+    script.write_text(json.dumps({"terminal": TERMINAL, "lanes": [{"lane": "in-5"}], "trucks": [
+        {"lane": "in-5", "at": 0, "reads": [
+            {"kind": "plate", "plate": {"text": "1ABC123", "country": "BE", "confidence": 0.95}},
+            {"kind": "badge", "badge": {"scheme": "alfapass", "number": "B-1"}}]}]}))
+    try:
+        with TestClient(adapter.http_server.config.app) as source:
+            args = ["--via", "http", "--adapter", "http://testserver", "--speed", "0", "--wait", "0",
+                    "--prefix", f"sim-{uuid.uuid4().hex[:8]}", str(script)]
+            out = io.StringIO()
+            assert main(args, http=source, out=out) == 0
+            assert "0 refused reads" not in out.getvalue() and "read refused (401" in out.getvalue(), out.getvalue()
+            out = io.StringIO()
+            assert main(["--device-token-file", str(tmp_path / "device.token"), *args], http=source, out=out) == 0
+            assert "0 refused reads" in out.getvalue() and "read refused" not in out.getvalue(), out.getvalue()
+            assert main(["--device-token-file", str(tmp_path / "missing"), *args], http=source, out=out) == 2
+    finally:
+        adapter.outbox.close()
