@@ -90,6 +90,8 @@ class DPoPProof:
     iat: int
     ath: str | None
     jwk: dict[str, Any]
+    # Verified with ``claim=False``: the single-use claim still to make (``DPoPVerifier.claim``).
+    unclaimed: tuple[str, int] | None = None
 
 
 def _b64url(data: bytes) -> str:
@@ -180,9 +182,12 @@ class DPoPVerifier:
     def algorithms(self) -> tuple[str, ...]:
         return tuple(a for a in DPOP_ALGORITHMS if a in self._algorithms)
 
-    def verify(self, proof: str, *, htm: str, htu: str, access_token: str | None = None) -> DPoPProof:
+    def verify(self, proof: str, *, htm: str, htu: str, access_token: str | None = None,
+               claim: bool = True) -> DPoPProof:
         """Check ``proof`` for a request ``htm htu``; with ``access_token`` (at a resource server)
-        its ``ath`` must be present and match. Raises DPoPError; returns the verified proof."""
+        its ``ath`` must be present and match. Raises DPoPError; returns the verified proof.
+        ``claim=False``: every check but the single use, which the caller makes before it trusts the
+        proof (``claim``, with the proof's ``unclaimed``), off the event loop (it waits for Redis)."""
         header, payload, obj = self._parse(proof)
         key, public_jwk = self._key(header)
         # RFC 9449 §4.3 item 7: the signature verifies with the key in the jwk header.
@@ -202,10 +207,17 @@ class DPoPVerifier:
         # RFC 9449 §11.1: a proof is single use. One atomic SET NX per (key, jti), kept for the whole
         # acceptance window (iat up to leeway ahead, accepted until max_age after iat), STYLE.md #4.
         digest = hashlib.sha256(jti.encode("utf-8")).hexdigest()
-        if not self._cache.claim(f"dpop:jti:{jkt}:{digest}", self._max_age + 2 * self._leeway):
-            raise _refuse("replayed", "the proof has been used before (jti)")
+        single_use = (f"dpop:jti:{jkt}:{digest}", self._max_age + 2 * self._leeway)
+        if claim:
+            self.claim(single_use)
         return DPoPProof(jkt=jkt, jti=jti, htm=claims["htm"], htu=claimed_htu, iat=iat, ath=ath,
-                         jwk=public_jwk)
+                         jwk=public_jwk, unclaimed=None if claim else single_use)
+
+    def claim(self, single_use: tuple[str, int]) -> None:
+        """The proof's one use (a verified proof's ``unclaimed``); DPoPError when it was used before."""
+        key, ttl = single_use
+        if not self._cache.claim(key, ttl):
+            raise _refuse("replayed", "the proof has been used before (jti)")
 
     # -- the guards, in RFC 9449 §4.3 order --------------------------------------------------------
 

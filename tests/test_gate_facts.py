@@ -11,6 +11,7 @@ changed meanwhile is answered from an old copy.
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import threading
 import uuid
@@ -1376,3 +1377,48 @@ def test_a_commit_reads_its_tokens_revocation_with_the_facts_and_a_revoked_token
     with gate.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)
                             .where(gate_decisions.c.release_id == uuid.UUID(rid))).scalar_one() == 0
+
+
+def test_a_dpop_proof_at_the_gate_is_claimed_once_and_off_the_event_loop(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DPoP-bound gate token (RFC 9449): its proof is used once, a check as a commit, the cached way
+    included; its single use is claimed on a worker thread, never on the event loop, where a Redis
+    that is slow to answer would stall every lane's decision."""
+    import asyncio
+    import time
+
+    from joserfc import jws
+
+    from identity.bootstrap import provider_for
+    from identity.dpop import DPoPVerifier
+    from identity.tokens import sign_access_token
+
+    from .test_identity_dpop_support import ProofKey
+
+    key = ProofKey(clock=[time.time()])
+    app = gate.http.app
+    claims = json.loads(jws.extract_compact(gate.gate_token.encode()).payload)
+    token = sign_access_token({**claims, "jti": uuid.uuid4().hex, "cnf": {"jkt": key.jkt}},
+                              provider_for(app).keys.signing_key())
+    on_loop: list[bool] = []
+    claim = DPoPVerifier.claim
+
+    def watched(self: DPoPVerifier, single_use: tuple[str, int]) -> None:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        claim(self, single_use)
+
+    monkeypatch.setattr(DPoPVerifier, "claim", watched)
+    gate.pickable(71)
+    htu = "http://localhost:8000/gate/v1/verify"
+    for mode in ("check", "check", "commit"):  # the second check is answered from the cache
+        proof = key.proof("POST", htu, token=token)
+        headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+        first = gate.http.post("/gate/v1/verify", json=gate.body(71, mode=mode), headers=headers)
+        assert first.status_code == 200 and first.json()["decision"] == "allow", first.text
+        again = gate.http.post("/gate/v1/verify", json=gate.body(71, mode=mode), headers=headers)
+        assert again.status_code == 401 and again.json()["code"] == "invalid_dpop_proof", again.text
+    assert on_loop == [False] * 6, on_loop

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from identity.domain import claims as c
@@ -80,19 +81,37 @@ class Revocation:
     """A token's revocation check, left to the caller (``authenticate_but_revocation``) so it
     can read the revocation entries (``names``) in a round trip it makes anyway; ``settle`` with what it
     read, or with None to look them up. Until settled, the token is not to be trusted: ``settle`` is
-    idempotent, so a caller settles again (a no-op) on every way out that answers."""
+    idempotent, so a caller settles again (a no-op) on every way out that answers.
 
-    def __init__(self, verifier: TokenVerifier, claims: dict[str, Any], scheme: str) -> None:
+    With a DPoP proof, its single use is left here too: ``claim_proof``, awaited first, claims it on a
+    worker thread (the claim waits for Redis, and the event loop serves every lane). ``settle`` claims
+    it itself if nobody did, so a way that forgets never takes a proof twice."""
+
+    def __init__(self, verifier: TokenVerifier, claims: dict[str, Any], scheme: str,
+                 request: Request | None = None, unclaimed: tuple[str, int] | None = None) -> None:
         self._verifier = verifier
         self._claims = claims
         self._scheme = scheme
+        self._request = request
+        self._unclaimed = unclaimed
         self.settled = False
         self.names = verifier.revocation_names(claims)
 
+    async def claim_proof(self) -> None:
+        """The DPoP proof's single use claimed off the event loop; AuthError (401) when it was used."""
+        if self._unclaimed is not None:
+            await run_in_threadpool(self._claim)
+
+    def _claim(self) -> None:
+        if self._unclaimed is not None and self._request is not None:
+            _claim_proof(self._request, self._unclaimed)
+            self._unclaimed = None
+
     def settle(self, values: Sequence[bytes | None] | None = None) -> None:
-        """Raises AuthError (401 invalid_token) when the token is revoked."""
+        """Raises AuthError (401 invalid_token) when the token is revoked, or its proof was used."""
         if self.settled:
             return
+        self._claim()
         if self._verifier.revoked_by(self._claims, values):
             raise _refuse("invalid_token", 401, "invalid_token", "token revoked", scheme=self._scheme)
         self.settled = True
@@ -166,8 +185,11 @@ def _checked(request: Request, credentials: HTTPAuthorizationCredentials | None,
     except InvalidToken as exc:
         raise _refuse("invalid_token", 401, "invalid_token", exc.description, scheme=scheme) from exc
     cnf = claims.get(c.CNF)
+    unclaimed = None
     if dpop:
-        _check_proof(request, token, cnf)
+        # Left with the revocation (the gate's way): the proof's single use is claimed by the caller,
+        # off the event loop, before anything is answered (``Revocation.claim_proof``).
+        unclaimed = _check_proof(request, token, cnf, claim=revocation)
     elif cnf is not None:
         # RFC 9449 §7.2: a DPoP-bound token presented as a bearer token is refused, else a stolen
         # token would work without the key.
@@ -189,12 +211,13 @@ def _checked(request: Request, credentials: HTTPAuthorizationCredentials | None,
                       scope=scope, scheme=scheme)
     if actor.person_id is not None:
         _check_step_up(request, claims, scheme, min_acr, max_age)
-    return actor, None if revocation else Revocation(verifier, claims, scheme)
+    return actor, None if revocation else Revocation(verifier, claims, scheme, request, unclaimed)
 
 
-def _check_proof(request: Request, token: str, cnf: Any) -> None:
+def _check_proof(request: Request, token: str, cnf: Any, *, claim: bool = True) -> tuple[str, int] | None:
     """RFC 9449 §7.1: a DPoP-bound token needs a valid proof, for this request and this token, signed
-    by the key the token is bound to."""
+    by the key the token is bound to. ``claim=False``: its single use is left to the caller, whom the
+    claim still to make is returned to (``DPoPVerifier.claim``)."""
     jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
     if not isinstance(jkt, str) or not jkt:
         raise _refuse("dpop_unbound_token", 401, "invalid_token",
@@ -203,7 +226,7 @@ def _check_proof(request: Request, token: str, cnf: Any) -> None:
     try:
         proof = proof_header(request.headers) or ""  # none at all: refused as "missing" by verify()
         verified = dpop_verifier_for(request.app).verify(
-            proof, htm=request.method, htu=public_request_uri(request), access_token=token
+            proof, htm=request.method, htu=public_request_uri(request), access_token=token, claim=claim
         )
     except DPoPError as exc:
         raise _refuse(f"dpop.{exc.reason}", 401, exc.error, exc.description, scheme="DPoP",
@@ -214,6 +237,15 @@ def _check_proof(request: Request, token: str, cnf: Any) -> None:
         raise _refuse("dpop.jkt_mismatch", 401, "invalid_dpop_proof",
                       "The proof's key is not the key this access token is bound to.", scheme="DPoP",
                       params={"algs": " ".join(DPOP_ALGORITHMS)})
+    return verified.unclaimed
+
+
+def _claim_proof(request: Request, unclaimed: tuple[str, int]) -> None:
+    try:
+        dpop_verifier_for(request.app).claim(unclaimed)
+    except DPoPError as exc:
+        raise _refuse(f"dpop.{exc.reason}", 401, exc.error, exc.description, scheme="DPoP",
+                      params={"algs": " ".join(DPOP_ALGORITHMS)}) from exc
 
 
 def _check_step_up(request: Request, claims: dict[str, Any], scheme: str, min_acr: str | None,
