@@ -12,35 +12,59 @@ Rules:
 2. The secret comes from ``auth.client_secret_file`` or ``QUAYGATE_GATE_CLIENT_SECRET``, never from argv;
    so do device tokens (``token_sha256`` or ``token_file``, ``--mint-token`` makes one) and the MQTT
    password (``mqtt.password_file``).
-3. Sources only parse and enqueue (``LaneWorker``); one worker thread drives every lane. A lane's
+3. Sources only parse and enqueue (``LaneWorker``); each lane has a worker thread and a bounded queue of
+   its own (a lane stuck on the service holds up no other; a full queue refuses, lane.py rule 4). A lane's
    ``sources`` limit which inputs may feed it (``_SourceLanes``).
 4. On stop, a request still without an answer stays pending in the outbox and is re-sent at the next
    start (``LaneRuntime.recover``): stopping loses nothing.
+5. Keys of the adapter's own (``--make-keys`` makes each one configured and absent, mode 0600, never over
+   an existing file): the DPoP key (``auth.dpop_key_file``, RFC 9449; only its thumbprint is printed) and
+   the barrier signing key (``[barrier_signing] key_file``; ``--barrier-public-key`` prints the public JWK
+   its controllers verify with). Neither is ever logged.
+6. Barrier credentials (``token_file``, ``password_file``) are read, and TLS contexts built, before anything
+   starts (``barrier_parts``); a barrier left insecure by ``allow_insecure``, credentials in clear, and
+   bearer tokens (no DPoP key) are each a warning at every start outside dev (config.py rules 8, 9).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
+
+import httpx
+from joserfc.jwk import ECKey
 
 from gate_adapters.core.correlate import LaneCorrelator
 from gate_adapters.core.reads import Read
 from release_service.domain.gate_pass import OfflineLimits
 
 from .runtime.client import AssertionSigner, ClientCredentials, TokenProvider, VerifyClient
-from .runtime.config import AdapterSettings, ConfigError, LaneSettings, load, mint_token, read_secret_file
+from .runtime.command_signing import CommandSigner
+from .runtime.config import (
+    AdapterSettings,
+    ConfigError,
+    LaneSettings,
+    barrier_risk,
+    load,
+    mint_token,
+    read_secret_file,
+)
+from .runtime.dpop import DPoPKey, write_private
 from .runtime.lane import LaneRuntime, LaneWorker
 from .runtime.offline import OfflineMode, PassStore
 from .runtime.outbox import Outbox
-from .runtime.sinks import BarrierSink, HttpBarrier, LogBarrier, MqttBarrier
+from .runtime.sinks import BarrierSink, BearerAuth, HttpBarrier, LogBarrier, MqttBarrier
 
 log = logging.getLogger("gate_adapters.adapter")
 
@@ -126,9 +150,31 @@ def _source_credentials(settings: AdapterSettings) -> tuple[Any, Any]:
     return mqtt_client, devices
 
 
+def _key_file_error(key: str, path: Path, exc: Exception) -> ConfigError:
+    """A key file we cannot use, named by its settings key; never a word of its content."""
+    if isinstance(exc, FileNotFoundError):
+        return ConfigError(key, f"{path} does not exist (make it: quaygate gate-adapter --config <this file> "
+                                f"--make-keys)")
+    if isinstance(exc, OSError):
+        return ConfigError(key, f"cannot read {path}: {exc.strerror or exc}")
+    return ConfigError(key, str(exc) or "not a usable private key")
+
+
+def dpop_key_for(settings: AdapterSettings) -> DPoPKey | None:
+    """Rule 5: the DPoP key, when ``auth.dpop`` (config.py rule 8)."""
+    path = settings.auth.dpop_key_file
+    if not settings.auth.dpop or path is None:
+        return None
+    try:
+        return DPoPKey.load(path)
+    except (OSError, ValueError) as exc:
+        raise _key_file_error("auth.dpop_key_file", path, exc) from None
+
+
 def tokens_for(settings: AdapterSettings) -> TokenProvider:
     auth, service = settings.auth, settings.service
     token_url = service.base_url + "/oauth2/token"
+    dpop = dpop_key_for(settings)
     if auth.private_key_file is not None:
         try:
             raw = auth.private_key_file.read_bytes()
@@ -140,21 +186,108 @@ def tokens_for(settings: AdapterSettings) -> TokenProvider:
                                      alg=auth.algorithm)
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError("auth.private_key_file", str(exc) or "not a usable private key") from None
-        return ClientCredentials(token_url, auth.client_id, None, signer=signer, scope=auth.scope,
+        return ClientCredentials(token_url, auth.client_id, None, signer=signer, dpop=dpop, scope=auth.scope,
                                  timeout=service.timeout)
-    return ClientCredentials(token_url, auth.client_id, _read_secret(settings), scope=auth.scope,
+    return ClientCredentials(token_url, auth.client_id, _read_secret(settings), dpop=dpop, scope=auth.scope,
                              timeout=service.timeout)
 
 
-def _sink(lane: LaneSettings, settings: AdapterSettings, mqtt_client: Any) -> BarrierSink:
+@dataclass(frozen=True)
+class BarrierParts:
+    """Rule 6: what the barriers need, read before anything starts: the command signer, and per http
+    barrier lane its credentials and TLS context."""
+
+    signer: CommandSigner | None
+    http: dict[str, tuple[httpx.Auth | None, ssl.SSLContext | None]]
+
+
+def barrier_signer_for(settings: AdapterSettings) -> CommandSigner | None:
+    s = settings.barrier_signing
+    if s is None:
+        return None
+    try:
+        return CommandSigner.load(s.key_file, terminal=settings.terminal, kid=s.key_id, lifetime=s.lifetime_seconds)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _key_file_error("barrier_signing.key_file", s.key_file, exc) from None
+
+
+def barrier_parts(settings: AdapterSettings) -> BarrierParts:
+    http: dict[str, tuple[httpx.Auth | None, ssl.SSLContext | None]] = {}
+    for i, ln in enumerate(settings.lanes):
+        b, key = ln.barrier, f"lanes[{i}].barrier"
+        if b.kind != "http":
+            continue
+        auth: httpx.Auth | None = None
+        if b.token_file is not None:
+            auth = BearerAuth(read_secret_file(b.token_file, f"{key}.token_file"))
+        elif b.username is not None and b.password_file is not None:
+            auth = httpx.BasicAuth(b.username, read_secret_file(b.password_file, f"{key}.password_file"))
+        tls = None
+        if (b.url or "").startswith("https://"):  # the system's CAs unless ca_file; the host name checked
+            try:
+                tls = ssl.create_default_context(cafile=None if b.ca_file is None else str(b.ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"{key}.ca_file", f"cannot use {b.ca_file}: {exc.strerror or exc}") from None
+            if b.cert_file is not None:
+                try:
+                    tls.load_cert_chain(str(b.cert_file), None if b.key_file is None else str(b.key_file))
+                except (OSError, ssl.SSLError) as exc:
+                    raise ConfigError(f"{key}.cert_file", f"cannot use {b.cert_file} with {b.key_file}: "
+                                                          f"{exc.strerror or exc}") from None
+        http[ln.lane] = (auth, tls)
+    return BarrierParts(barrier_signer_for(settings), http)
+
+
+def _warn_insecure(settings: AdapterSettings, parts: BarrierParts) -> None:
+    """Rule 6: what the settings allow but an attacker on the network could use, said at every start."""
+    if settings.dev:
+        return
+    # The reason is in the message itself: the plain log format shows no ``extra``.
+    if not settings.auth.dpop:
+        log.warning("gate.adapter.bearer_tokens: no auth.dpop_key_file, so a gate token copied off this host "
+                    "works from anywhere until it expires (docs/gate-adapter.md, DPoP)")
+    for ln in settings.lanes:
+        risk = barrier_risk(ln.barrier, signed=parts.signer is not None)
+        if risk is not None:
+            log.warning("gate.barrier.insecure: lane %s: %s", ln.lane, risk[0], extra={"lane": ln.lane})
+
+
+def _sink(lane: LaneSettings, settings: AdapterSettings, mqtt_client: Any, parts: BarrierParts) -> BarrierSink:
     b = lane.barrier
     if b.kind == "http":
         assert b.url is not None
-        return HttpBarrier(b.url, timeout=b.timeout)
+        auth, tls = parts.http[lane.lane]
+        return HttpBarrier(b.url, timeout=b.timeout, signer=parts.signer, auth=auth, tls=tls)
     if b.kind == "mqtt":
         assert settings.mqtt is not None
-        return MqttBarrier(mqtt_client, settings.terminal, prefix=settings.mqtt.prefix)
+        return MqttBarrier(mqtt_client, settings.terminal, prefix=settings.mqtt.prefix, signer=parts.signer)
     return LogBarrier()
+
+
+def make_keys(settings: AdapterSettings) -> list[str]:
+    """Rule 5: each configured key file that is absent, made (0600); what was done, one line each."""
+    done = []
+    path = settings.auth.dpop_key_file
+    if path is not None:
+        try:
+            created, jkt = DPoPKey.create(path)
+        except (OSError, ValueError) as exc:
+            raise _key_file_error("auth.dpop_key_file", path, exc) from None
+        done.append(f"auth.dpop_key_file: {'made' if created else 'kept the existing'} {path} "
+                    f"(EC P-256, thumbprint {jkt})")
+    if settings.barrier_signing is not None:
+        path = settings.barrier_signing.key_file
+        existed = path.exists()
+        if not existed:
+            try:
+                write_private(path, json.dumps(ECKey.generate_key("P-256", private=True).as_dict(private=True)))
+            except OSError as exc:
+                raise _key_file_error("barrier_signing.key_file", path, exc) from None
+        signer = barrier_signer_for(settings)
+        assert signer is not None
+        done.append(f"barrier_signing.key_file: {'kept the existing' if existed else 'made'} {path} "
+                    f"({signer.alg}, kid {signer.kid}); its public JWK: --barrier-public-key")
+    return done or ["nothing to make: set auth.dpop_key_file or [barrier_signing] key_file"]
 
 
 def build(settings: AdapterSettings) -> Adapter:
@@ -162,6 +295,8 @@ def build(settings: AdapterSettings) -> Adapter:
     tokens = tokens_for(settings)
     client = VerifyClient(settings.service.base_url, tokens, timeout=settings.service.timeout,
                           attempts=settings.service.attempts)
+    barriers = barrier_parts(settings)
+    _warn_insecure(settings, barriers)
     try:
         outbox = Outbox(settings.outbox)
     except Exception as exc:  # noqa: BLE001 - sqlite3 / OSError: a path we cannot use
@@ -188,12 +323,14 @@ def build(settings: AdapterSettings) -> Adapter:
     lanes = [
         LaneRuntime(settings.terminal, ln.lane, ln.direction, ln.mode,  # type: ignore[arg-type]
                     LaneCorrelator(ln.lane, settings.terminal, ln.direction, window_seconds=ln.window_seconds,
-                                   require=ln.require, face_wait_seconds=ln.face_wait_seconds),
-                    client, outbox, _sink(ln, settings, mqtt_client), badge_scheme=settings.badge_scheme,
-                    act_seconds=settings.act_seconds, retry_seconds=settings.retry_seconds, offline=offline)
+                                   require=ln.require, face_wait_seconds=ln.face_wait_seconds,
+                                   max_pending=ln.max_pending),
+                    client, outbox, _sink(ln, settings, mqtt_client, barriers), badge_scheme=settings.badge_scheme,
+                    act_seconds=settings.act_seconds, retry_seconds=settings.retry_seconds, offline=offline,
+                    read_age_seconds=ln.read_age_seconds, clock_slack_seconds=ln.clock_slack_seconds)
         for ln in settings.lanes
     ]
-    worker = LaneWorker(lanes, tick_seconds=settings.tick_seconds)
+    worker = LaneWorker(lanes, tick_seconds=settings.tick_seconds, queue_size=settings.queue_size)
     fed_by = {name: {(settings.terminal, ln.lane) for ln in settings.lanes if name in ln.sources}
               for name in ("http", "mqtt")}
     if settings.mqtt is not None:
@@ -254,16 +391,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     what.add_argument("--mint-token", action="store_true",
                       help="print a new device token and the token_sha256 its [[http.devices]] entry holds")
     p.add_argument("--check", action="store_true", help="check the settings and the key files, start nothing")
+    p.add_argument("--make-keys", action="store_true",
+                   help="make each key file the settings name and that is absent (auth.dpop_key_file, "
+                        "[barrier_signing] key_file), never over an existing one; start nothing")
+    p.add_argument("--barrier-public-key", action="store_true",
+                   help="print the public JWK barrier controllers verify signed commands with; start nothing")
     args = p.parse_args(argv)
+    if args.mint_token and (args.check or args.make_keys or args.barrier_public_key):
+        p.error("--check, --make-keys and --barrier-public-key go with --config")
     if args.mint_token:
         token, digest = mint_token()
         print(f"token: {token}\ntoken_sha256 = \"{digest}\"")  # the token is shown once, kept nowhere
         return 0
     try:
         settings = load(args.config)
+        if args.make_keys:
+            print("\n".join(make_keys(settings)))
+            return 0
+        if args.barrier_public_key:
+            signer = barrier_signer_for(settings)
+            if signer is None:
+                raise ConfigError("barrier_signing", "is not set: no command is signed")
+            print(json.dumps(signer.public_jwk(), indent=2))
+            return 0
         if args.check:
             tokens_for(settings)
             _source_credentials(settings)
+            barrier_parts(settings)
             print(f"settings OK: terminal {settings.terminal}, {len(settings.lanes)} lanes")
             return 0
         logging.basicConfig(level=settings.log_level, stream=sys.stderr,

@@ -277,6 +277,8 @@ def publish(
     finally:
         client.disconnect()
         client.loop_stop()
+        if http is None:  # ours: its connections closed (else a socket left for the GC, a ResourceWarning)
+            sender.close()
     for command in heard:  # read back through sinks.command_for's rules
         if command.get("command") == "open":
             summary.decisions["allow"] += 1

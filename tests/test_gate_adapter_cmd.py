@@ -3,7 +3,8 @@
 - settings: the example file parses; each bad setting is a plain message naming its key, exit 2, before
   anything starts;
 - on PostgreSQL, with real processes: the app served by uvicorn, the adapter started as a child
-  (private_key_jwt with a key file), a Hikvision ISAPI XML plate, an OCR portal container and a badge
+  (private_key_jwt with a key file, its tokens DPoP-bound to a key ``--make-keys`` made, the client
+  registered ``dpop_bound``), a Hikvision ISAPI XML plate, an OCR portal container and a badge
   read POSTed to its HTTP source: the barrier's "open" is heard on Mosquitto (127.0.0.1:1883) and the
   same decision is in the service, the right used once; SIGTERM stops it cleanly (exit 0, nothing
   pending). A wrong plate at another lane gives a "hold" with the service's deny; the lane simulator
@@ -89,6 +90,15 @@ def test_the_example_file_parses() -> None:
     ({"lanes": [{"lane": "in-1", "sources": ["mqtt"]}]}, "lanes[0].sources"),  # no [mqtt] section
     ({"lanes": [{"lane": "in-1", "require": ["plate", "dna"]}]}, "lanes[0].require"),
     ({"lanes": [{"lane": "in-1", "window_seconds": 0}]}, "lanes[0].window_seconds"),
+    ({"lanes": [{"lane": "in-1", "read_age_seconds": 0}]}, "lanes[0].read_age_seconds"),
+    ({"lanes": [{"lane": "in-1", "read_age_seconds": 3600}]}, "lanes[0].read_age_seconds"),  # a replay let in
+    ({"lanes": [{"lane": "in-1", "read_age_seconds": "30"}]}, "lanes[0].read_age_seconds"),
+    ({"lanes": [{"lane": "in-1", "clock_slack_seconds": 0}]}, "lanes[0].clock_slack_seconds"),
+    ({"lanes": [{"lane": "in-1", "clock_slack_seconds": 600}]}, "lanes[0].clock_slack_seconds"),
+    ({"lanes": [{"lane": "in-1", "max_pending": 0}]}, "lanes[0].max_pending"),
+    ({"lanes": [{"lane": "in-1", "max_pending": 2.5}]}, "lanes[0].max_pending"),
+    ({"queue_size": 0}, "queue_size"),
+    ({"queue_size": 10_000_000}, "queue_size"),
     ({"lanes": [{"lane": "in-1", "barrier": {"kind": "mqtt"}}]}, "lanes[0].barrier.kind"),
     ({"lanes": [{"lane": "in-1", "barrier": {"kind": "http"}}]}, "lanes[0].barrier.url"),
     ({"lanes": [{"lane": "in-1", "barrier": {"kind": "log", "colour": "red"}}]}, "lanes[0].barrier.colour"),
@@ -145,6 +155,47 @@ def test_the_command_refuses_bad_settings_with_exit_2(tmp_path: Path, capsys: py
     assert adapter_main(["--config", str(bad), "--check"]) == 2
     assert "QUAYGATE_GATE_CLIENT_SECRET" in capsys.readouterr().err
     assert not (tmp_path / "o.sqlite3").exists()
+
+
+def test_a_lanes_read_age_and_bounds_are_settings_that_change_what_it_refuses(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``read_age_seconds`` and ``clock_slack_seconds`` (lane.py rule 6), ``max_pending`` (rule 7) and
+    ``queue_size`` (rule 4) go from the settings file to the lanes ``build`` wires."""
+    from gate_adapters.adapter import build
+    from gate_adapters.runtime.sinks import BarrierCommand
+    from gate_adapters.sources import generic_json
+
+    monkeypatch.setenv("QUAYGATE_GATE_CLIENT_SECRET", "s3cret")
+    settings = parse(_minimal(queue_size=7, lanes=[
+        {"lane": "in-1"},
+        {"lane": "in-2", "read_age_seconds": 120, "clock_slack_seconds": 30, "max_pending": 1}]), base=tmp_path)
+    assert (settings.lanes[0].read_age_seconds, settings.lanes[0].clock_slack_seconds,
+            settings.lanes[0].max_pending, settings.queue_size) == (30.0, 5.0, 4, 7)
+    adapter = build(settings)
+    try:
+        default, relaxed = (adapter.worker.lanes[(TERMINAL, lane)] for lane in ("in-1", "in-2"))
+        assert adapter.worker.queue_size == 7
+        now = datetime.now(UTC)
+
+        def read(lane: str, kind: str, body: dict[str, Any], seconds: float) -> Any:
+            at = datetime.fromtimestamp(now.timestamp() + seconds, UTC)
+            return generic_json.parse_object({"kind": kind, kind: body, "lane": lane, "observed_at": at.isoformat()})
+
+        plate = {"text": "1-ABC-123", "country": "BE", "confidence": 0.9}
+        box = {"number": container(1), "confidence": 0.9}
+        for lane, taken in ((default, 0), (relaxed, 1)):
+            # observed a minute before it arrived, then a container read from a clock 20 s ahead
+            assert lane.feed(read(lane.lane, "plate", plate, -60), now.timestamp()) == []
+            assert lane.feed(read(lane.lane, "container", box, 20), now.timestamp()) == []
+            assert lane.correlator.pending_count == taken, lane.lane
+        # in-2 holds one truck at most: a second truck's plate evicts the first (hold, officer).
+        (evicted,) = relaxed.feed(read("in-2", "plate", {**plate, "text": "7-XYZ-777"}, 0), now.timestamp())
+        assert evicted.error is not None and evicted.error.startswith("evicted")
+        assert evicted.missing == ("badge",)  # the plate a minute old and the container 20 s ahead were taken
+        assert evicted.command is not None and (evicted.command.command, evicted.command.call_officer) == (
+            BarrierCommand.HOLD, True)
+    finally:
+        adapter.outbox.close()
 
 
 # ---- the process ------------------------------------------------------------------------------------
@@ -245,7 +296,7 @@ def test_the_adapter_process_opens_the_barrier_on_the_services_allow(served: tup
     client_id, _ = create_client(pg_engine, name="gate adapter", role="terminal_gate",
                                  organisation_id=gate.p.terminal.organisation_id, terminal_code=TERMINAL,
                                  auth_method="private_key_jwt", jwks={"keys": [key.as_dict(private=False)]},
-                                 now=datetime.now(UTC))
+                                 now=datetime.now(UTC), dpop_bound=True)  # no token without a DPoP proof
     (tmp_path / "gate-key.jwk").write_text(json.dumps(key.as_dict(private=True)))
     http_port, prefix = free_port(), f"qg-test-{uuid.uuid4().hex[:8]}"
     config = tmp_path / "gate-adapter.toml"
@@ -259,6 +310,7 @@ base_url = "{base_url}"
 [auth]
 client_id = "{client_id}"
 private_key_file = "gate-key.jwk"
+dpop_key_file = "dpop-key.jwk"
 [http]
 port = {http_port}
 [mqtt]
@@ -274,6 +326,7 @@ barrier = {{ kind = "mqtt" }}
 lane = "in-5"
 barrier = {{ kind = "mqtt" }}
 """)
+    assert adapter_main(["--config", str(config), "--make-keys"]) == 0  # the DPoP key (RFC 9449), made once
     barriers = Barriers(f"{prefix}/{TERMINAL}/+/barrier")
     log = tmp_path / "adapter.log"
     source = f"http://127.0.0.1:{http_port}"

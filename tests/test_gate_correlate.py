@@ -248,15 +248,20 @@ def test_request_id_is_stable_across_correlators_and_changes_with_the_reads() ->
     assert len({a.request_id, other.request_id, other_lane.request_id}) == 3
 
 
-def test_pending_trucks_are_bounded_and_the_oldest_is_dropped_and_reported() -> None:
+def test_pending_trucks_are_bounded_and_the_oldest_is_emitted_as_evicted() -> None:
+    """Rule 4: the evicted truck is not dropped silently: it comes out once, as ``evicted``, with what it
+    held and what it lacked (the lane holds and calls an officer for it)."""
     corr = lane(max_pending=2)
-    feed(corr, [plate("1ABC234"), plate("2XYZ987", sec=1.0), plate("3KLM456", sec=2.0)])
-    assert corr.pending_count == 2
-    [dropped] = corr.take_dropped()
-    assert dropped.reason is DropReason.EVICTED and dropped.kinds == frozenset({ReadKind.PLATE})
-    assert corr.take_dropped() == []  # reported once
+    [evicted] = feed(corr, [plate("1ABC234"), plate("2XYZ987", sec=1.0), plate("3KLM456", sec=2.0)])
+    assert corr.pending_count == 2 and corr.take_dropped() == []
+    assert evicted.outcome is Outcome.EVICTED and not evicted.complete
+    assert evicted.plate is not None and evicted.plate.text == "1ABC234" and evicted.kinds == {ReadKind.PLATE}
+    assert evicted.missing == {ReadKind.CONTAINER, ReadKind.BADGE}
+    assert corr.add(plate("1ABC234", sec=3.0), 103.0) == []  # its plate again: a late duplicate, no new truck
+    assert [d.reason for d in corr.take_dropped()] == [DropReason.LATE_READ] and corr.pending_count == 2
     emitted = corr.tick(1000.0)
     assert sorted(r.plate.text for r in emitted if r.plate) == ["2XYZ987", "3KLM456"]
+    assert {r.outcome for r in emitted} == {Outcome.TIMED_OUT}
 
 
 def test_a_read_for_another_lane_is_a_programming_error() -> None:

@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -35,7 +37,7 @@ from gate_adapters.runtime.client import (
     VerifyRefused,
 )
 from gate_adapters.runtime.http_source import create_source_app
-from gate_adapters.runtime.lane import LaneRuntime, LaneWorker, verify_body
+from gate_adapters.runtime.lane import LaneBusy, LaneRuntime, LaneWorker, verify_body
 from gate_adapters.runtime.mqtt_source import MqttSource, new_client
 from gate_adapters.runtime.outbox import Outbox
 from gate_adapters.runtime.sinks import BarrierCommand, Command, MqttBarrier, command_for
@@ -61,6 +63,34 @@ class RecordingBarrier:
         cmd = command_for(response, lane)
         self.commands.append(cmd)
         return cmd
+
+
+class SignallingBarrier(RecordingBarrier):
+    """Recorded, and ``acted`` is set once the barrier was told something (another thread waits on it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acted = threading.Event()
+
+    def act(self, response: Mapping[str, Any] | None, lane: str) -> Command:
+        cmd = super().act(response, lane)
+        self.acted.set()
+        return cmd
+
+
+class HangingClient:
+    """A verify call that hangs (the client's retries with backoff, seconds of timeouts) until released,
+    then finds no service."""
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.bodies: list[Mapping[str, Any]] = []
+
+    def verify(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        self.bodies.append(body)
+        self.entered.set()
+        self.release.wait(60)
+        raise ServiceUnavailable("timed out")
 
 
 class Crash(BaseException):
@@ -438,6 +468,106 @@ def test_a_refused_request_is_final_and_holds_with_an_officer(gate: Gate, outbox
     assert gate.state(rid) == "nominated"
 
 
+def test_an_evicted_truck_holds_and_calls_an_officer_without_asking_the_service(
+        outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    """correlate.py rule 4, lane.py rule 7: a truck pushed out by ``max_pending`` newer ones is not
+    dropped in silence: the barrier holds, an officer is called, and nobody is asked about its reads."""
+    client, sink = HangingClient(), RecordingBarrier()
+    client.release.set()  # were it asked, it would answer at once (no service): it must not be asked
+    lane = LaneRuntime(TERMINAL, LANE, "in", "commit", LaneCorrelator(LANE, TERMINAL, "in", max_pending=1),
+                       client, outbox, sink)  # type: ignore[arg-type]
+    first, second = reads("1-ABC-123", 22)[0], reads("7-XYZ-777", 23)[0]
+    assert lane.feed(first) == []
+    with caplog.at_level(logging.WARNING, logger="gate_adapters.lane"):
+        (evicted,) = lane.feed(second)  # a second truck's plate while the first still lacks container and badge
+    assert evicted.error is not None and evicted.error.startswith("evicted") and not evicted.pending
+    assert evicted.response is None and evicted.missing == ("badge", "container")
+    assert evicted.observed_at == first.observed_at.isoformat()
+    assert [(c.command, c.call_officer, c.decision_id) for c in sink.commands] == [(BarrierCommand.HOLD, True, None)]
+    assert client.bodies == [] and outbox.pending() == []  # never put, never sent
+    [logged] = [r for r in caplog.records if r.getMessage() == "gate.lane.evicted"]
+    assert (logged.lane, logged.kinds, logged.missing) == (LANE, ["plate"], ["badge", "container"])  # type: ignore[attr-defined]
+    assert lane.correlator.pending_count == 1  # the second truck gathers on
+
+
+# -- lanes on threads of their own ---------------------------------------------------------------------
+
+
+def test_a_lane_stuck_on_the_service_never_delays_another_lane(gate: Gate, outbox: Outbox) -> None:
+    """Lane in-4's verify call hangs; lane in-3's truck is still decided and its barrier opened meanwhile.
+    Both lanes share one outbox file (and its connection) across their threads."""
+    rid = gate.pickable(12)
+    hanging, stuck_sink, free_sink = HangingClient(), SignallingBarrier(), SignallingBarrier()
+    stuck = LaneRuntime(TERMINAL, "in-4", "in", "commit", LaneCorrelator("in-4", TERMINAL, "in"), hanging,  # type: ignore[arg-type]
+                        outbox, stuck_sink)
+    free = runtime(real_client(gate), outbox, free_sink)
+    worker = LaneWorker([stuck, free], tick_seconds=0.05)
+    worker.start()
+    try:
+        for read in reads("7-XYZ-777", 24, lane="in-4"):
+            worker.submit(TERMINAL, read)
+        assert hanging.entered.wait(10), "lane in-4 never asked"
+        for read in reads(n=12):
+            worker.submit(TERMINAL, read)
+        assert free_sink.acted.wait(20), "lane in-3 waited for lane in-4's verify call"
+        assert [c.command for c in free_sink.commands] == [BarrierCommand.OPEN]
+        assert gate.state(rid) == "gated_in" and stuck_sink.commands == []  # in-4 still hangs
+    finally:
+        hanging.release.set()
+        worker.stop()
+    assert [(c.command, c.call_officer) for c in stuck_sink.commands] == [(BarrierCommand.HOLD, True)]
+    assert [p.lane for p in outbox.pending()] == ["in-4"]  # kept for a re-send
+
+
+def test_offline_upkeep_by_one_lane_never_holds_up_another_lane(tmp_path: Path, outbox: Outbox) -> None:
+    """offline.py rule 5: the lanes share the offline mode from their own threads. While one lane's tick
+    refreshes the passes from a service that hangs, another lane's tick goes on and a decision is made."""
+    from gate_adapters.runtime.offline import OfflineMode, PassStore
+
+    class HangingCalls(HangingClient):
+        def call(self, method: str, url: str, body: Mapping[str, Any] | None = None, *,
+                 attempts: int | None = None) -> dict[str, Any]:
+            return self.verify(body or {})
+
+    client = HangingCalls()
+    store = PassStore(tmp_path / "passes.sqlite3", issuer="https://quaygate.example.eu", terminal=TERMINAL)
+    offline = OfflineMode(client, store, outbox)  # type: ignore[arg-type]
+    upkeep = threading.Thread(target=offline.maintain)
+    upkeep.start()
+    try:
+        assert client.entered.wait(10)  # the refresh hangs
+        other_tick = threading.Thread(target=offline.maintain)
+        other_tick.start()
+        other_tick.join(20)
+        assert not other_tick.is_alive(), "another lane's tick waited for the refresh"
+        decided: list[Any] = []
+        decision = threading.Thread(target=lambda: decided.append(offline.decide("r-1", {"lane": "in-4"})))
+        decision.start()
+        decision.join(20)
+        assert decided == [None], "a decision waited for the refresh"  # a malformed body: not decidable
+    finally:
+        client.release.set()
+        upkeep.join(20)
+        store.close()
+    assert len(client.bodies) == 1  # one refresh call: the other tick did not start a second one
+
+
+def test_a_full_lane_queue_refuses_a_read_and_leaves_the_other_lanes_alone(outbox: Outbox) -> None:
+    other = LaneRuntime(TERMINAL, "in-4", "in", "commit", LaneCorrelator("in-4", TERMINAL, "in"),
+                        HangingClient(), outbox, RecordingBarrier())  # type: ignore[arg-type]
+    worker = LaneWorker([runtime(HangingClient(), outbox, RecordingBarrier()), other], queue_size=2)
+    plate, container_, badge = reads(n=25)
+    worker.submit(TERMINAL, plate)
+    worker.submit(TERMINAL, container_)
+    with pytest.raises(LaneBusy) as busy:  # not started: nothing takes them; a third one is refused
+        worker.submit(TERMINAL, badge)
+    assert (busy.value.lane, busy.value.queue_size) == (LANE, 2)
+    worker.submit(TERMINAL, reads(n=25, lane="in-4")[0])
+    assert (worker.queued(TERMINAL, LANE), worker.queued(TERMINAL, "in-4")) == (2, 1)
+    with pytest.raises(ValueError):
+        LaneWorker([], queue_size=0)
+
+
 # -- the verify client -------------------------------------------------------------------------------
 
 
@@ -529,7 +659,20 @@ def test_the_mqtt_source_skips_barrier_topics_and_refuses_bad_payloads(outbox: O
     assert source.handle(f"qg/{TERMINAL}/{LANE}/plate", b"not json") is None
     assert source.handle(f"qg/OTHER/{LANE}/plate", (FIXTURES / "generic_plate.json").read_bytes()) is None
     read = source.handle(f"qg/{TERMINAL}/{LANE}/plate", (FIXTURES / "generic_plate.json").read_bytes())
-    assert read is not None and read.kind == "plate" and worker._queue.qsize() == 1
+    assert read is not None and read.kind == "plate" and worker.queued(TERMINAL, LANE) == 1
+
+
+def test_the_mqtt_source_drops_and_counts_a_read_for_a_full_lane(outbox: Outbox,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    worker = LaneWorker([runtime(HangingClient(), outbox, RecordingBarrier())], queue_size=1)
+    source = MqttSource(worker, prefix="qg")
+    plate = (FIXTURES / "generic_plate.json").read_bytes()
+    assert source.handle(f"qg/{TERMINAL}/{LANE}/plate", plate) is not None
+    with caplog.at_level(logging.WARNING, logger="gate_adapters.source.mqtt"):
+        assert source.handle(f"qg/{TERMINAL}/{LANE}/plate", plate) is None  # returns at once: dropped
+    assert source.dropped == {LANE: 1} and worker.queued(TERMINAL, LANE) == 1
+    [logged] = [r for r in caplog.records if r.getMessage() == "gate.source.mqtt.lane_busy"]
+    assert (logged.lane, logged.dropped) == (LANE, 1)  # type: ignore[attr-defined]
 
 
 def _mosquitto() -> tuple[str, int]:
@@ -585,3 +728,38 @@ def test_reads_over_mqtt_open_the_barrier_over_mqtt(gate: Gate, outbox: Outbox) 
     assert topic == f"{prefix}/{TERMINAL}/{LANE}/barrier"
     assert message["command"] == "open" and message["lane"] == LANE and message["decision_id"]
     assert gate.state(rid) == "gated_in"
+
+
+def test_a_flood_on_one_lane_over_mqtt_is_dropped_and_never_holds_up_the_broker_connection(outbox: Outbox) -> None:
+    """paho's network thread serves every lane: a full lane's reads are dropped (and counted), never
+    waited for, so the next lane's read still gets through on the same connection."""
+    host, port = _mosquitto()
+    prefix = f"qgf{uuid.uuid4().hex[:8]}"
+    lanes = [LaneRuntime(TERMINAL, name, "in", "commit", LaneCorrelator(name, TERMINAL, "in"), HangingClient(),  # type: ignore[arg-type]
+                         outbox, RecordingBarrier()) for name in (LANE, "in-4")]
+    worker = LaneWorker(lanes, queue_size=3)  # not started: nothing takes the reads, as if every lane hung
+    source = MqttSource(worker, host=host, port=port, prefix=prefix, client=new_client())
+    camera = new_client()
+    camera.connect(host, port)
+    camera.loop_start()
+    source.start()
+    try:
+        assert source.subscribed.wait(10)
+        at = _now()
+        for i in range(10):
+            payload = {"kind": "plate", "plate": {"text": f"1-ABC-{100 + i}", "country": "BE", "confidence": 0.9},
+                       "observed_at": (at + timedelta(milliseconds=i)).isoformat()}
+            camera.publish(f"{prefix}/{TERMINAL}/{LANE}/plate", json.dumps(payload), qos=1).wait_for_publish(5)
+        payload = {"kind": "badge", "badge": {"scheme": "alfapass", "number": "AP-123455"},
+                   "observed_at": at.isoformat()}
+        camera.publish(f"{prefix}/{TERMINAL}/in-4/badge", json.dumps(payload), qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 10  # one connection, in order: the in-4 read comes after the flood
+        while worker.queued(TERMINAL, "in-4") == 0:
+            assert time.monotonic() < deadline, "the in-4 read never arrived: the network thread is held up"
+            time.sleep(0.02)
+    finally:
+        source.stop()
+        camera.disconnect()
+        camera.loop_stop()
+    assert (worker.queued(TERMINAL, LANE), worker.queued(TERMINAL, "in-4")) == (3, 1)
+    assert source.dropped == {LANE: 7}

@@ -11,6 +11,7 @@ MQTT runs against a Mosquitto of the test's own (TLS, password file, the ACL of 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -88,15 +90,18 @@ def source(adapter: Adapter) -> TestClient:
 
 
 def fed(adapter: Adapter) -> list[Read]:
-    """What the HTTP source handed to the lanes (the worker is not started: nothing else takes it)."""
+    """What the HTTP source handed to the lanes, lane by lane (the worker is not started: nothing else
+    takes it)."""
     out = []
-    while True:
-        try:
-            item = adapter.worker._queue.get_nowait()
-        except queue.Empty:
-            return out
-        assert item is not None
-        out.append(item[1])
+    for lane in adapter.worker._lanes.values():
+        while True:
+            try:
+                item = lane.queue.get_nowait()
+            except queue.Empty:
+                break
+            assert item is not None
+            out.append(item[0])
+    return out
 
 
 def bearer(device: str) -> dict[str, str]:
@@ -281,6 +286,13 @@ def test_mint_token_prints_a_token_and_the_hash_the_settings_hold(tmp_path: Path
 
 @pytest.fixture
 def served(adapter: Adapter) -> Iterator[int]:
+    with serving(adapter) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def serving(adapter: Adapter) -> Iterator[int]:
+    """The adapter's HTTP source under uvicorn on a real socket, as ``Adapter.start`` runs it."""
     server = adapter.http_server
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -288,9 +300,11 @@ def served(adapter: Adapter) -> Iterator[int]:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.started
-    yield adapter.settings.http.port  # type: ignore[union-attr]
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield adapter.settings.http.port  # type: ignore[union-attr]
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def _exchange(port: int, head: str, body: bytes = b"") -> str:
@@ -318,6 +332,27 @@ def test_an_oversized_body_gets_413_before_it_is_read(served: int) -> None:
     # The token still comes first.
     assert _exchange(served, "POST /axis/in-1 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n") \
         == "HTTP/1.1 401 Unauthorized"
+
+
+def test_a_read_for_a_full_lane_gets_503_with_retry_after_and_is_not_queued(tmp_path: Path) -> None:
+    """lane.py rule 4, http_source.py rule 7: a lane holds at most ``queue_size`` reads waiting; one more
+    is refused 503 with ``Retry-After`` (the device sends it again), never queued, and another lane's
+    queue is its own."""
+    crowded = build(parse(_doc(tmp_path, queue_size=2), base=tmp_path))
+    try:
+        with serving(crowded) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            anpr = bearer("anpr-in-1")
+            for _ in range(2):  # the worker is not started: nothing takes them, as with a lane that hangs
+                r = http.post("/reads/in-1", json=PLATE, headers=anpr)
+                assert (r.status_code, r.json()) == (202, {"accepted": True}), r.text
+            full = http.post("/reads/in-1", json=PLATE, headers=anpr)
+            assert full.status_code == 503 and full.headers["retry-after"] == "1", full.text
+            assert full.headers["content-type"].startswith("text/plain") and "busy" in full.text
+            assert http.post("/reads/in-2", json=BADGE, headers=bearer("reader")).status_code == 202
+        assert [(read.kind.value, read.lane) for read in fed(crowded)] == [
+            ("plate", "in-1"), ("plate", "in-1"), ("badge", "in-2")]
+    finally:
+        crowded.outbox.close()
 
 
 # ---- MQTT ---------------------------------------------------------------------------------------------
@@ -451,7 +486,7 @@ def test_tls_and_credentials_reach_the_broker_and_its_acl_holds_each_camera_to_i
         camera.publish(f"quaygate/{TERMINAL}/in-1/badge", json.dumps(BADGE), qos=1).wait_for_publish(5)  # nor kind
         camera.publish(f"quaygate/{TERMINAL}/in-1/plate", plate, qos=1).wait_for_publish(5)
         deadline = time.monotonic() + 10
-        while adapter.worker._queue.empty() and time.monotonic() < deadline:
+        while adapter.worker.queued(TERMINAL, "in-1") == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)  # anything the ACL let through would be here by now
         assert [(read.kind.value, read.lane) for read in fed(adapter)] == [("plate", "in-1")]

@@ -9,6 +9,7 @@ Per pending truck::
 
                 add (required kinds incomplete)
       open ─────────────────────────────────────► collecting ──── window over ───► emitted (timed_out)
+                                                      ├─ the oldest of max_pending, one more opens ─► emitted (evicted)
                                                       │
                                   required kinds all present
                                                       ▼
@@ -28,14 +29,18 @@ Rules (each has a test in tests/test_gate_correlate.py):
    8/B, 6/G) are at most one edit apart; badges with the same number or card UID; any two faces.
    So a later plate that differs by a lot from the first does NOT replace it: it starts a new
    truck (or fills an older truck still lacking a plate).
-2. A truck is emitted exactly once: complete as soon as the required kinds are in (after the
+2. A truck is emitted exactly once (an eviction too): complete as soon as the required kinds are in (after the
    optional face wait), or timed out ``window_seconds`` after its first read with what it has
    (``missing`` says what), so the service answers review/deny with a reason instead of the truck
    waiting forever. When a new truck opens, older complete trucks stop waiting for a face.
 3. A read similar to one of a truck emitted less than ``window_seconds`` ago is a late duplicate
    (a camera's "update" event): it is dropped and reported, never opens a phantom truck.
-4. Bounded memory: at most ``max_pending`` trucks wait; opening one more drops the oldest, reported
-   through ``take_dropped()`` (the caller logs ``gate.correlate.dropped.evicted``).
+4. Bounded memory: at most ``max_pending`` trucks wait; opening one more evicts the oldest, which is
+   emitted with outcome ``evicted`` (its reads so far, ``missing`` says what it lacked). An eviction is
+   at least as grave as a window ending without every read: reads the lane cannot place (a flood, a
+   camera gone wrong, trucks read out of step), so the caller never asks the service about it (an
+   incomplete "allow" must not open for a truck that may no longer be the one at the barrier) but holds
+   and calls an officer (lane.py rule 7).
 5. ``request_id`` is a UUIDv5 over terminal, lane, direction, the earliest ``observed_at`` and the
    chosen reads' values: a restart that replays the same reads gets the same id, which the verify
    endpoint treats as the same request (SPEC.md: idempotency, a right never used twice).
@@ -63,16 +68,16 @@ _FOLD = str.maketrans({"O": "0", "D": "0", "Q": "0", "I": "1", "Z": "2", "S": "5
 class Outcome(StrEnum):
     COMPLETE = "complete"
     TIMED_OUT = "timed_out"
+    EVICTED = "evicted"  # rule 4: pushed out by a newer truck before its window ended
 
 
 class DropReason(StrEnum):
-    EVICTED = "evicted"
     LATE_READ = "late_read"
 
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """One truck ready for ``POST /gate/v1/verify``."""
+    """One truck's reads: ready for ``POST /gate/v1/verify``, or (``evicted``, rule 4) for an officer."""
 
     request_id: str
     terminal: str
@@ -89,6 +94,13 @@ class Ready:
     @property
     def complete(self) -> bool:
         return self.outcome is Outcome.COMPLETE
+
+    @property
+    def kinds(self) -> frozenset[ReadKind]:
+        """The kinds of read this truck holds."""
+        held = {ReadKind.PLATE: self.plate, ReadKind.CONTAINER: self.container, ReadKind.BADGE: self.badge,
+                ReadKind.FACE: self.face}
+        return frozenset(kind for kind, read in held.items() if read is not None)
 
     def verify_fields(self) -> dict[str, Any]:
         """The verify request body minus ``mode`` (the caller's choice), with SPEC.md's names."""
@@ -214,7 +226,7 @@ class LaneCorrelator:
         return len(self._pending)
 
     def take_dropped(self) -> list[Dropped]:
-        """What was dropped since the last call (evicted trucks, late duplicates); clears the list."""
+        """What was dropped since the last call (late duplicates); clears the list."""
         dropped, self._dropped = self._dropped, []
         return dropped
 
@@ -229,6 +241,7 @@ class LaneCorrelator:
         truck = self._place(read)
         if truck is None:
             out.extend(self._close_face_waits(now))
+            out.extend(self._evict_for_one_more(now))
             truck = self._open(read, now)
         if self._satisfied(truck, now):
             out.append(self._emit(truck, Outcome.COMPLETE, now))
@@ -268,10 +281,14 @@ class LaneCorrelator:
         waiting = [t for t in self._pending if t.required_done_at is not None]
         return [self._emit(t, Outcome.COMPLETE, now) for t in waiting]
 
-    def _open(self, read: Read, now: float) -> _Truck:
+    def _evict_for_one_more(self, now: float) -> list[Ready]:
+        """Rule 4: make room for one more truck by emitting the oldest ones as evicted."""
+        out: list[Ready] = []
         while len(self._pending) >= self.max_pending:
-            evicted = self._pending.pop(0)
-            self._dropped.append(Dropped(DropReason.EVICTED, self.lane, frozenset(evicted.reads)))
+            out.append(self._emit(self._pending[0], Outcome.EVICTED, now))
+        return out
+
+    def _open(self, read: Read, now: float) -> _Truck:
         truck = _Truck(opened_at=now, reads={read.kind: read})
         self._pending.append(truck)
         return truck

@@ -16,6 +16,12 @@ Rules:
    ``client_secret_basic`` (§2.3.1), or with ``private_key_jwt`` (RFC 7523 §2.2: a fresh signed
    assertion per token request, ``AssertionSigner``), cached until ``leeway`` seconds before
    ``expires_in`` runs out.
+5. DPoP (RFC 9449, ``dpop.py``), when the token provider has a ``dpop`` key: the token request carries a
+   proof (htm POST, htu the token endpoint) and the answer must be a ``DPoP`` token (a ``Bearer`` one
+   is a ``TokenError``: the service ignored the proof, and the token would work anywhere); each call
+   sends ``Authorization: DPoP <token>`` with a fresh proof (``ath`` the token's hash). An answer
+   ``use_dpop_nonce`` with a new ``DPoP-Nonce`` is sent again once with it (§8, §9), before rule 2;
+   the newest nonce each server sent goes in every later proof.
 """
 
 from __future__ import annotations
@@ -31,10 +37,16 @@ import httpx
 from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
+from .dpop import DPoPKey, Nonces, needs_nonce
+
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class TokenProvider(Protocol):
+    """``dpop``: the key the tokens are bound to (rule 5), or None for bearer tokens."""
+
+    dpop: DPoPKey | None
+
     def token(self) -> str: ...
 
     def invalidate(self) -> None: ...
@@ -65,10 +77,10 @@ class VerifyRefused(Exception):
 
 
 class StaticToken:
-    """A fixed bearer token (tests, or a token issued out of band)."""
+    """A fixed token (tests, or a token issued out of band); ``dpop``: the key it is bound to, if any."""
 
-    def __init__(self, token: str) -> None:
-        self._token = token
+    def __init__(self, token: str, *, dpop: DPoPKey | None = None) -> None:
+        self._token, self.dpop = token, dpop
 
     def token(self) -> str:
         return self._token
@@ -92,7 +104,7 @@ class AssertionSigner:
     def __init__(self, client_id: str, key: str | bytes, audience: str, *, kid: str | None = None,
                  alg: str | None = None, lifetime: int = 60, clock: Callable[[], float] = time.time) -> None:
         self.client_id, self.audience, self.lifetime, self._clock = client_id, audience, lifetime, clock
-        self._key = _private_key(key)
+        self._key = private_key(key)
         if not self._key.is_private:
             raise ValueError("the key file holds a public key: private_key_jwt needs the private key")
         self.alg = alg or _DEFAULT_ALG[self._key.key_type]
@@ -105,7 +117,7 @@ class AssertionSigner:
         return jwt.encode({"alg": self.alg, "kid": self.kid, "typ": "JWT"}, claims, self._key, algorithms=[self.alg])
 
 
-def _private_key(data: str | bytes) -> ECKey | RSAKey | OKPKey:
+def private_key(data: str | bytes) -> ECKey | RSAKey | OKPKey:
     text = data.decode() if isinstance(data, bytes) else data
     if text.lstrip().startswith("{"):
         obj = json.loads(text)
@@ -123,7 +135,7 @@ def _private_key(data: str | bytes) -> ECKey | RSAKey | OKPKey:
 
 class ClientCredentials:
     """A gate client's access token, fetched with client_secret_basic (``client_secret``) or with
-    private_key_jwt (``signer``), and cached until near expiry."""
+    private_key_jwt (``signer``), and cached until near expiry; bound to ``dpop`` when given (rule 5)."""
 
     def __init__(
         self,
@@ -132,6 +144,7 @@ class ClientCredentials:
         client_secret: str | None,
         *,
         signer: AssertionSigner | None = None,
+        dpop: DPoPKey | None = None,
         http: httpx.Client | None = None,
         scope: str | None = None,
         leeway: float = 30.0,
@@ -142,7 +155,8 @@ class ClientCredentials:
         if (client_secret is None) == (signer is None):
             raise ValueError("give a client secret or an assertion signer, one of them")
         self._auth = None if client_secret is None else (client_id, client_secret)
-        self.client_id, self._signer = client_id, signer
+        self.client_id, self._signer, self.dpop = client_id, signer, dpop
+        self._nonces = Nonces()  # the token endpoint's (RFC 9449 §8)
         self._http = http or httpx.Client(timeout=timeout)  # an injected client brings its own timeouts
         self._clock = clock
         self._lock = threading.Lock()
@@ -162,11 +176,10 @@ class ClientCredentials:
     def _fetch(self) -> tuple[str, float]:
         data = {"grant_type": "client_credentials"} | ({"scope": self.scope} if self.scope else {})
         if self._signer is not None:  # RFC 7523 §2.2, with client_id as RFC 6749 §2.3 allows
-            data |= {"client_id": self.client_id, "client_assertion_type": ASSERTION_TYPE,
-                     "client_assertion": self._signer.assertion()}
+            data |= {"client_id": self.client_id, "client_assertion_type": ASSERTION_TYPE}
         started = self._clock()
         try:
-            r = self._http.post(self.token_url, data=data, auth=self._auth)
+            r = self._post(data)
         except httpx.HTTPError as exc:
             raise TokenError(f"token endpoint unreachable: {type(exc).__name__}") from exc
         if r.status_code != 200:
@@ -177,8 +190,26 @@ class ClientCredentials:
         token, expires_in = body.get("access_token"), body.get("expires_in", 300)
         if not isinstance(token, str) or not isinstance(expires_in, int | float):
             raise TokenError("token response has no access_token or expires_in")
+        if self.dpop is not None and str(body.get("token_type", "")).lower() != "dpop":
+            # RFC 9449 §5: a bound token is of type DPoP. A bearer one would work from anywhere: refused.
+            raise TokenError(f"the token endpoint ignored the DPoP proof (token_type {body.get('token_type')!r})")
         # Measured from when we asked: the token may be a little older than it looks when it arrives.
         return token, started + max(float(expires_in) - self.leeway, 0.0)
+
+    def _post(self, data: dict[str, str]) -> httpx.Response:
+        """The token request; with DPoP, sent a second time only for a nonce the server asks for (§8),
+        with a fresh assertion and proof (each is single use)."""
+        for _ in range(2):
+            form = data if self._signer is None else data | {"client_assertion": self._signer.assertion()}
+            if self.dpop is None:
+                return self._http.post(self.token_url, data=form, auth=self._auth)
+            sent = self._nonces.get(self.token_url)
+            proof = self.dpop.proof("POST", self.token_url, nonce=sent)
+            r = self._http.post(self.token_url, data=form, auth=self._auth, headers={"DPoP": proof})
+            self._nonces.note(r)
+            if not needs_nonce(r, sent):
+                break
+        return r
 
 
 class VerifyClient:
@@ -204,6 +235,7 @@ class VerifyClient:
         self.backoff, self.max_backoff = backoff, max_backoff
         self._http = http or httpx.Client(timeout=timeout)  # an injected client brings its own timeouts
         self._sleep = sleep
+        self._nonces = Nonces()  # the API's (RFC 9449 §9)
 
     def verify(self, body: Mapping[str, Any]) -> dict[str, Any]:
         return self.call("POST", self.url, body)
@@ -242,8 +274,21 @@ class VerifyClient:
         raise ServiceUnavailable(f"no answer after {tries} attempts ({last})")
 
     def _send(self, method: str, url: str, body: Mapping[str, Any] | None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.tokens.token()}", "Accept": "application/json"}
-        return self._http.request(method, url, json=None if body is None else dict(body), headers=headers)
+        token = self.tokens.token()
+        dpop: DPoPKey | None = getattr(self.tokens, "dpop", None)
+        if dpop is None:
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            return self._http.request(method, url, json=None if body is None else dict(body), headers=headers)
+        sent = None
+        for _ in range(2):  # rule 5: a second time only for a nonce the server asks for (RFC 9449 §9)
+            sent = self._nonces.get(url)
+            headers = {"Authorization": f"DPoP {token}", "Accept": "application/json",
+                       "DPoP": dpop.proof(method, url, access_token=token, nonce=sent)}
+            r = self._http.request(method, url, json=None if body is None else dict(body), headers=headers)
+            self._nonces.note(r)
+            if not needs_nonce(r, sent):
+                break
+        return r
 
 
 def _json_object(r: httpx.Response) -> dict[str, Any] | None:

@@ -24,6 +24,19 @@ Rules:
    account may publish is the broker's ACL (docs/gate-adapter.md).
 6. A face *match result* says the driver was already identified: it is accepted only from a source
    with ``trusted_face_matcher = true`` (an image is matched by the service itself).
+7. A lane's read age (``read_age_seconds``, default 30) and clock slack (``clock_slack_seconds``, default 5)
+   are positive and bounded (300 s, 60 s): they are what refuses a replayed read (lane.py rule 6), so a
+   value that would let a camera's buffer of old reads through is a bad setting, not a choice.
+   ``max_pending`` (1 to 64) and ``queue_size`` (1 to 100000) bound what a flood of reads can hold.
+8. DPoP (RFC 9449): ``auth.dpop_key_file`` binds the gate tokens to a key of this host (``auth.dpop`` is
+   then true unless set false). The example file sets it, so a new adapter sends DPoP; a file without it
+   sends bearer tokens (a warning at each start outside ``dev = true``).
+9. A barrier controller hears who may open a gate, so its commands are authenticated: an ``http`` barrier
+   takes credentials (``token_file``, or ``username`` and ``password_file``; a TLS client certificate),
+   TLS settings (``ca_file``, ``cert_file``, ``key_file``: ``https://`` only), and ``[barrier_signing]``
+   signs every command (HTTP and MQTT). Outside ``dev = true`` an ``http`` barrier on another host must
+   be ``https://`` with credentials or signing, or ``http://`` with signing (credentials in clear are no
+   credential), unless it sets ``allow_insecure = true`` (a warning at each start).
 """
 
 from __future__ import annotations
@@ -48,6 +61,8 @@ BARRIERS = ("log", "http", "mqtt")
 READ_KINDS = ("plate", "container", "badge", "face")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # no ':' (an HTTP Basic user-id, RFC 7617 §2)
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+MAX_READ_AGE_SECONDS = 300.0  # rule 7: beyond this an old read sent again is no longer refused as a replay
+MAX_CLOCK_SLACK_SECONDS = 60.0  # rule 7: a device clock further ahead than this is broken, not slack
 
 
 def token_sha256(token: str) -> str:
@@ -99,6 +114,8 @@ class AuthSettings:
     algorithm: str | None = None
     audience: str | None = None
     scope: str | None = None
+    dpop_key_file: Path | None = None  # rule 8
+    dpop: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +169,26 @@ class BarrierSettings:
     kind: str = "log"
     url: str | None = None
     timeout: float = 2.0
+    token_file: Path | None = None  # rule 9: Authorization: Bearer <token>
+    username: str | None = None  # or HTTP Basic (RFC 7617), the password from password_file
+    password_file: Path | None = None
+    ca_file: Path | None = None  # https: the CA of the controller's certificate (default: the system's)
+    cert_file: Path | None = None  # https: our client certificate (with key_file)
+    key_file: Path | None = None
+    allow_insecure: bool = False
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.token_file is not None or self.password_file is not None or self.cert_file is not None
+
+
+@dataclass(frozen=True, slots=True)
+class BarrierSigningSettings:
+    """Rule 9: every barrier command signed (a compact JWS, ES256 or Ed25519) with this key."""
+
+    key_file: Path
+    key_id: str | None = None
+    lifetime_seconds: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +201,9 @@ class LaneSettings:
     face_wait_seconds: float = 0.0
     sources: tuple[str, ...] = ()
     barrier: BarrierSettings = field(default_factory=BarrierSettings)
+    max_pending: int = 4  # trucks gathering reads at once; one more evicts the oldest (hold + officer)
+    read_age_seconds: float = 30.0  # a read observed longer before it arrived is refused (a replay)
+    clock_slack_seconds: float = 5.0  # a read observed longer after it arrived is refused (a clock ahead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +216,12 @@ class AdapterSettings:
     http: HttpSourceSettings | None = None
     mqtt: MqttSettings | None = None
     offline: OfflineSettings = field(default_factory=OfflineSettings)
+    barrier_signing: BarrierSigningSettings | None = None
     badge_scheme: str = "alfapass"
     act_seconds: float = 60.0
     retry_seconds: float = 5.0
     tick_seconds: float = 0.5
+    queue_size: int = 1000  # reads waiting per lane; one more is refused (HTTP 503, MQTT dropped and counted)
     log_level: str = "INFO"
     dev: bool = False
 
@@ -296,7 +338,7 @@ def _url(t: _Table, name: str, *, required: bool = False, https: bool = False) -
 
 
 _TOP = ("terminal", "outbox", "badge_scheme", "act_seconds", "retry_seconds", "tick_seconds", "log_level", "dev",
-        "service", "auth", "http", "mqtt", "offline", "lanes")
+        "service", "auth", "http", "mqtt", "offline", "lanes", "queue_size", "barrier_signing")
 
 
 def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
@@ -315,10 +357,15 @@ def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
                               attempts=s.integer("attempts", 3, low=1, high=10))
 
     a = _Table(doc.get("auth", {}), "auth", ("client_id", "client_secret_file", "private_key_file", "key_id",
-                                             "algorithm", "audience", "scope"))
+                                             "algorithm", "audience", "scope", "dpop", "dpop_key_file"))
+    dpop_key_file = a.path_("dpop_key_file", base)
     auth = AuthSettings(client_id=a.req("client_id"), client_secret_file=a.path_("client_secret_file", base),
                         private_key_file=a.path_("private_key_file", base), key_id=a.string("key_id"),
-                        algorithm=a.string("algorithm"), audience=_url(a, "audience"), scope=a.string("scope"))
+                        algorithm=a.string("algorithm"), audience=_url(a, "audience"), scope=a.string("scope"),
+                        dpop_key_file=dpop_key_file, dpop=a.boolean("dpop", dpop_key_file is not None))
+    if auth.dpop and auth.dpop_key_file is None:  # rule 8
+        raise ConfigError("auth.dpop_key_file", "is required with dpop = true (make the key: quaygate gate-adapter "
+                                                "--config ... --make-keys)")
     if auth.client_secret_file is not None and auth.private_key_file is not None:
         raise ConfigError("auth.private_key_file", "give client_secret_file or private_key_file, not both")
     if auth.algorithm is not None and auth.algorithm not in ("ES256", "PS256", "RS256", "EdDSA"):
@@ -351,7 +398,7 @@ def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
     raw_lanes = doc.get("lanes")
     if not isinstance(raw_lanes, list) or not raw_lanes:
         raise ConfigError("lanes", "give at least one [[lanes]] table")
-    lanes = tuple(_lane(raw, i, configured, mqtt is not None, dev) for i, raw in enumerate(raw_lanes))
+    lanes = tuple(_lane(raw, i, configured, mqtt is not None, dev, base=base) for i, raw in enumerate(raw_lanes))
     seen: set[str] = set()
     for i, lane in enumerate(lanes):
         if lane.lane in seen:
@@ -364,13 +411,20 @@ def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
         for name in device.lanes:
             if name not in http_lanes:
                 raise ConfigError(f"http.devices[{i}].lanes", f"names {name!r}, which is no lane fed by http")
+    barrier_signing = _barrier_signing(doc["barrier_signing"], base) if "barrier_signing" in doc else None
+    for i, lane in enumerate(lanes):  # rule 9
+        risk = barrier_risk(lane.barrier, signed=barrier_signing is not None)
+        if risk is not None and risk[1] and not dev and not lane.barrier.allow_insecure:
+            raise ConfigError(f"lanes[{i}].barrier.url", f"{risk[0]}; {_SECURE_BARRIER}")
 
     return AdapterSettings(
         terminal=terminal, outbox=outbox, service=service, auth=auth, lanes=lanes, http=http, mqtt=mqtt,
-        offline=offline, badge_scheme=top.string("badge_scheme", "alfapass") or "alfapass",
+        offline=offline, barrier_signing=barrier_signing,
+        badge_scheme=top.string("badge_scheme", "alfapass") or "alfapass",
         act_seconds=top.number("act_seconds", 60.0, high=3600),
         retry_seconds=top.number("retry_seconds", 5.0, high=3600),
         tick_seconds=top.number("tick_seconds", 0.5, high=60),
+        queue_size=top.integer("queue_size", 1000, low=1, high=100_000),
         log_level=top.choice("log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")), dev=dev)
 
 
@@ -453,9 +507,10 @@ def _mqtt(raw: Any, base: Path, dev: bool) -> MqttSettings:
     return mqtt
 
 
-def _lane(raw: Any, i: int, configured: tuple[str, ...], has_mqtt: bool, dev: bool) -> LaneSettings:
+def _lane(raw: Any, i: int, configured: tuple[str, ...], has_mqtt: bool, dev: bool, *,
+          base: Path = Path(".")) -> LaneSettings:
     t = _Table(raw, f"lanes[{i}]", ("lane", "direction", "mode", "window_seconds", "require", "face_wait_seconds",
-                                    "sources", "barrier"))
+                                    "sources", "barrier", "max_pending", "read_age_seconds", "clock_slack_seconds"))
     lane = t.req("lane")
     if any(ch in lane for ch in "/#+ ") or len(lane) > 64:
         raise ConfigError(t.key("lane"), "must be at most 64 characters without '/', '#', '+' or spaces")
@@ -468,9 +523,8 @@ def _lane(raw: Any, i: int, configured: tuple[str, ...], has_mqtt: bool, dev: bo
     require = t.strings("require", ("plate", "container", "badge"), READ_KINDS)
     if not require:
         raise ConfigError(t.key("require"), "must name at least one kind of read")
-    b = _Table(raw.get("barrier", {}), t.key("barrier"), ("kind", "url", "timeout"))
-    barrier = BarrierSettings(kind=b.choice("kind", "log", BARRIERS), url=_url(b, "url"),
-                              timeout=b.number("timeout", 2.0, high=60))
+    b = _Table(raw.get("barrier", {}), t.key("barrier"), _BARRIER_KEYS)
+    barrier = _barrier(b, base)
     if barrier.kind == "http" and barrier.url is None:
         raise ConfigError(b.key("url"), "is required for an http barrier")
     if barrier.kind == "mqtt" and not has_mqtt:
@@ -483,4 +537,75 @@ def _lane(raw: Any, i: int, configured: tuple[str, ...], has_mqtt: bool, dev: bo
     return LaneSettings(lane=lane, direction=direction, mode=mode,
                         window_seconds=t.number("window_seconds", 30.0, high=3600), require=require,
                         face_wait_seconds=t.number("face_wait_seconds", 0.0, exclusive_low=False, high=600),
-                        sources=sources, barrier=barrier)
+                        sources=sources, barrier=barrier, max_pending=t.integer("max_pending", 4, low=1, high=64),
+                        # rule 7: bounded, so a typo cannot let a camera's buffer of old reads replay
+                        read_age_seconds=t.number("read_age_seconds", 30.0, high=MAX_READ_AGE_SECONDS),
+                        clock_slack_seconds=t.number("clock_slack_seconds", 5.0, high=MAX_CLOCK_SLACK_SECONDS))
+
+
+# ---- barriers (rule 9) ---------------------------------------------------------------------------
+
+_BARRIER_KEYS = ("kind", "url", "timeout", "token_file", "username", "password_file", "ca_file", "cert_file",
+                 "key_file", "allow_insecure")
+_SECURE_BARRIER = ("use https:// with credentials (token_file; username and password_file; or cert_file and "
+                   "key_file), or sign the commands ([barrier_signing]) for a controller that verifies them; "
+                   "allow_insecure = true accepts it, with a warning at each start, for a controller on a "
+                   "cable of its own (docs/gate-adapter.md)")
+
+
+def _barrier(b: _Table, base: Path) -> BarrierSettings:
+    barrier = BarrierSettings(kind=b.choice("kind", "log", BARRIERS), url=_url(b, "url"),
+                              timeout=b.number("timeout", 2.0, high=60), token_file=b.path_("token_file", base),
+                              username=b.string("username"), password_file=b.path_("password_file", base),
+                              ca_file=b.path_("ca_file", base), cert_file=b.path_("cert_file", base),
+                              key_file=b.path_("key_file", base), allow_insecure=b.boolean("allow_insecure", False))
+    if barrier.kind != "http":
+        for key in _BARRIER_KEYS[3:]:
+            if b.has(key):
+                raise ConfigError(b.key(key), f"is for an http barrier (this one is {barrier.kind})")
+        return barrier
+    if barrier.token_file is not None and (barrier.username is not None or barrier.password_file is not None):
+        raise ConfigError(b.key("token_file"), "give token_file, or username and password_file, not both")
+    if (barrier.username is None) != (barrier.password_file is None):
+        raise ConfigError(b.key("password_file" if barrier.username else "username"),
+                          "give username and password_file together")
+    if barrier.username is not None and ":" in barrier.username:
+        raise ConfigError(b.key("username"), "may not contain ':' (RFC 7617 §2)")
+    for key in ("ca_file", "cert_file", "key_file"):
+        if getattr(barrier, key) is not None and not (barrier.url or "").startswith("https://"):
+            raise ConfigError(b.key(key), "needs an https:// url (without it nothing would be encrypted)")
+    if (barrier.cert_file is None) != (barrier.key_file is None):
+        raise ConfigError(b.key("key_file"), "give cert_file and key_file together")
+    return barrier
+
+
+def barrier_risk(barrier: BarrierSettings, *, signed: bool) -> tuple[str, bool] | None:
+    """Rule 9: what an attacker on the terminal network could do to this barrier's commands, and whether
+    that refuses the settings outside dev (True) or is a warning at each start (False); None: nothing.
+    A controller on this host (loopback) is as safe as the adapter itself."""
+    if barrier.kind != "http" or barrier.url is None:
+        return None
+    parts = urlsplit(barrier.url)
+    if _is_loopback(parts.hostname or ""):
+        return None
+    if parts.scheme == "http":
+        if not signed:
+            return (f"{barrier.url} is http:// to another host and the commands are not signed: anyone on the "
+                    f"terminal network could send it an \"open\", or replay one it overheard", True)
+        if barrier.token_file is not None or barrier.password_file is not None:
+            return (f"the token or password for {barrier.url} crosses the network in clear (only the commands' "
+                    f"signatures protect them)", False)
+        return None
+    if not signed and not barrier.has_credentials:
+        return (f"{barrier.url} is sent no credentials and the commands are not signed: a controller that "
+                f"takes them from us takes them from anyone who reaches it", True)
+    return None
+
+
+def _barrier_signing(raw: Any, base: Path) -> BarrierSigningSettings:
+    t = _Table(raw, "barrier_signing", ("key_file", "key_id", "lifetime_seconds"))
+    key_file = t.path_("key_file", base, required=True)
+    assert key_file is not None
+    return BarrierSigningSettings(key_file=key_file, key_id=t.string("key_id"),
+                                  lifetime_seconds=t.number("lifetime_seconds", 5.0, low=1.0, exclusive_low=False,
+                                                            high=60))

@@ -21,6 +21,9 @@ the lane:
 5. 400 with a plain-text reason: a refused payload (``SourceError``).
 6. 403: a kind of read the device may not send, or a face *match result* from a device that is not a
    ``trusted_face_matcher`` (config rule 6).
+7. 503 with ``Retry-After``: the lane already has its ``queue_size`` reads waiting (``LaneBusy``, a flood
+   or a lane stuck on the service): refused, not queued, so memory stays bounded; the device sends it
+   again later (a read still fresh then is taken, lane.py rule 6).
 Otherwise 202 ``{"accepted": true}`` (enqueued) or ``{"accepted": false}`` (a heartbeat, an Axis ``lost``
 event: nothing to correlate). With no devices configured (``devices=None``, allowed only with
 ``dev = true``) steps 1, 2 and the kind check are skipped; a face match result is still refused. Handlers
@@ -43,7 +46,7 @@ from gate_adapters.core.reads import Read, SourceError
 from gate_adapters.sources import axis, generic_json, hikvision, ocr_portal
 
 from .config import HttpSourceSettings, read_secret_file, token_sha256
-from .lane import LaneWorker
+from .lane import LaneBusy, LaneWorker
 
 log = logging.getLogger("gate_adapters.source.http")
 
@@ -56,6 +59,7 @@ PARSERS: dict[str, tuple[Parser, int]] = {  # and each vendor's body cap (rule 4
     "reads": (lambda body, ctype, lane: generic_json.parse(body, lane=lane), generic_json.MAX_BYTES),
 }
 CHALLENGE = 'Bearer realm="quaygate-gate", Basic realm="quaygate-gate", charset="UTF-8"'
+RETRY_AFTER_SECONDS = 1  # rule 7: soon, so that the read sent again is still fresh (lane.py rule 6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +181,12 @@ def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[De
                 log.warning("gate.source.forbidden.read", extra={"device": device.name if device else None,
                                                                  "lane": lane, "reason": reason})
                 return PlainTextResponse(reason, status_code=403)
-            worker.submit(terminal, read)
+            try:
+                worker.submit(terminal, read)
+            except LaneBusy as exc:
+                log.warning("gate.source.lane_busy.%s", vendor, extra={"lane": lane, "queue_size": exc.queue_size})
+                return PlainTextResponse(f"lane {lane} is busy: {exc.queue_size} reads waiting; send it again",
+                                         status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
             return JSONResponse({"accepted": True}, status_code=202)
 
         app.add_api_route(f"/{vendor}/{{lane}}", receive, methods=["POST"], name=f"receive_{vendor}")

@@ -23,15 +23,25 @@ Rules:
 3. Body: ``Ready.verify_fields()`` plus the lane's ``mode``. A truck that timed out without a
    container read sends ``container {"number": "", "confidence": 0}`` (the service answers
    ``container_unreadable``, review); a badge read without a scheme gets the lane's ``badge_scheme``.
-4. A lane is driven by one thread at a time (``LaneWorker``), with a lock besides.
+4. A lane is driven by one thread at a time, with a lock besides. ``LaneWorker`` gives every lane a thread
+   and a bounded queue of its own: a verify call that hangs (the client's retries and backoff, seconds of
+   timeouts) holds up its own lane only, never another lane's trucks. A full queue refuses the read
+   (``LaneBusy``) instead of growing without bound. The lanes share the outbox (thread-safe, outbox.py
+   rule 4), the client and the offline mode; the worker prunes each outbox once, on a thread of its own.
 5. Offline mode (``offline.py``, optional): when the service cannot be reached (connect error, timeout,
    5xx, after the client's retries) and the truck is still at the lane, the lane decides from its gate
    passes instead of holding; ``tick()`` also keeps the passes fresh and reconciles offline decisions.
 6. Replays: a read observed more than ``read_age_seconds`` before it reached the adapter, or more than
-   ``reads.CLOCK_SLACK`` after, is refused (``gate.lane.read_refused``): its ``observed_at`` would remake
+   ``clock_slack_seconds`` after (the lane's settings; defaults ``reads.MAX_READ_AGE`` and
+   ``reads.CLOCK_SLACK``), is refused (``gate.lane.read_refused``): its ``observed_at`` would remake
    an old request id, which the service answers with its old decision. A truck whose request the outbox
    already holds (the same reads correlated again) is never sent nor acted on: hold and call an officer
    (``gate.lane.replayed``); a pending one is re-sent by ``recover`` under rule 2.
+7. Evictions (correlate.py rule 4): the reads of a truck pushed out by ``max_pending`` newer ones are
+   never sent (an incomplete request answered "allow" could open for whichever truck is at the barrier
+   by then): the barrier holds and calls an officer, logged ``gate.lane.evicted`` with the kinds held
+   and missing. A window that ends without every read is still asked (review or deny; only an allow
+   opens); an eviction is graver: the officer is called without a question to the service.
 """
 
 from __future__ import annotations
@@ -46,8 +56,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
-from gate_adapters.core.correlate import LaneCorrelator, Ready
-from gate_adapters.core.reads import MAX_READ_AGE, Read, SourceError, check_fresh
+from gate_adapters.core.correlate import LaneCorrelator, Outcome, Ready
+from gate_adapters.core.reads import CLOCK_SLACK, MAX_READ_AGE, Read, SourceError, check_fresh
 
 from .client import ServiceUnavailable, VerifyClient, VerifyRefused
 from .offline import OfflineMode
@@ -131,6 +141,7 @@ class LaneRuntime:
         act_seconds: float = 60.0,
         retry_seconds: float = 5.0,
         read_age_seconds: float = MAX_READ_AGE.total_seconds(),
+        clock_slack_seconds: float = CLOCK_SLACK.total_seconds(),
         on_result: Callable[[LaneResult], None] | None = None,
         offline: OfflineMode | None = None,
     ) -> None:
@@ -138,10 +149,12 @@ class LaneRuntime:
             raise ValueError("the correlator belongs to another terminal, lane or direction")
         if mode not in ("check", "commit"):
             raise ValueError("mode is 'check' or 'commit'")
+        if read_age_seconds <= 0 or clock_slack_seconds < 0:
+            raise ValueError("read_age_seconds > 0 and clock_slack_seconds >= 0")
         self.terminal, self.lane, self.direction, self.mode = terminal, lane, direction, mode
         self.correlator, self.client, self.outbox, self.sink = correlator, client, outbox, sink
         self.badge_scheme, self.act_seconds, self.retry_seconds = badge_scheme, act_seconds, retry_seconds
-        self.read_age_seconds = read_age_seconds
+        self.read_age_seconds, self.clock_slack_seconds = read_age_seconds, clock_slack_seconds
         self._clock, self._wall, self._timer, self._on_result = clock, wall, timer, on_result
         self.offline = offline
         self._lock = threading.RLock()
@@ -192,7 +205,8 @@ class LaneRuntime:
         """Rule 6: a read observed long before it arrived, or after, is refused."""
         try:
             check_fresh(read.observed_at, datetime.fromtimestamp(received_at, UTC),
-                        max_age=timedelta(seconds=self.read_age_seconds))
+                        max_age=timedelta(seconds=self.read_age_seconds),
+                        slack=timedelta(seconds=self.clock_slack_seconds))
         except SourceError as exc:
             log.warning("gate.lane.read_refused", extra={"lane": self.lane, "kind": str(read.kind),
                                                          "reason": str(exc)})
@@ -200,15 +214,30 @@ class LaneRuntime:
         return True
 
     def _send_new(self, readies: list[Ready]) -> list[LaneResult]:
-        """Rule 1: every Ready is in the outbox before any is sent; rule 6: a repeat is not sent."""
-        stored = []
+        """Rule 1: every Ready is in the outbox before any is sent; rule 6: a repeat is not sent; rule 7:
+        an eviction is not sent either."""
+        stored: list[tuple[Ready, dict[str, Any] | None, bool]] = []
         for ready in readies:
+            if ready.outcome is Outcome.EVICTED:
+                stored.append((ready, None, False))
+                continue
             if not ready.complete:
                 log.info("gate.lane.timed_out", extra={"lane": self.lane, "missing": sorted(ready.missing)})
             body = verify_body(ready, self.mode, self.badge_scheme)
             stored.append((ready, body, self.outbox.put(body)))
-        return [self._send(ready.request_id, body, OnAnswer.ACT, missing=tuple(sorted(ready.missing))) if new
+        return [self._evicted(ready) if body is None
+                else self._send(ready.request_id, body, OnAnswer.ACT, missing=tuple(sorted(ready.missing))) if new
                 else self._replayed(ready) for ready, body, new in stored]
+
+    def _evicted(self, ready: Ready) -> LaneResult:
+        """Rule 7: reads the lane could not finish placing; hold and call an officer, ask nobody."""
+        log.warning("gate.lane.evicted", extra={"lane": self.lane, "request_id": ready.request_id,
+                                                "kinds": sorted(ready.kinds), "missing": sorted(ready.missing),
+                                                "max_pending": self.correlator.max_pending})
+        command = self.sink.act(None, self.lane)
+        return self._report(LaneResult(ready.request_id, self.lane, None, command,
+                                       f"evicted: more than {self.correlator.max_pending} trucks pending", 0.0,
+                                       ready.observed_at.isoformat(), tuple(sorted(ready.missing))))
 
     def _replayed(self, ready: Ready) -> LaneResult:
         """Rule 6: the outbox already holds this request; acting on it again could open for a replay."""
@@ -265,69 +294,129 @@ class LaneRuntime:
                         extra={"lane": dropped.lane, "kinds": sorted(dropped.kinds)})
 
 
-class LaneWorker:
-    """Feeds reads to lanes from a queue and ticks them, on ONE thread (sources only enqueue).
+class LaneBusy(Exception):
+    """A lane already has ``queue_size`` reads waiting: this one is refused, not queued (rule 4). The HTTP
+    source answers 503 with ``Retry-After``; the MQTT source logs it and counts the drop."""
 
-    Sources (the MQTT network thread, HTTP handlers) must not wait for the service: they ``submit``
-    and return. The worker feeds lane by lane and calls ``tick()`` at least every ``tick_seconds``.
+    def __init__(self, terminal: str, lane: str, queue_size: int) -> None:
+        super().__init__(f"lane {lane!r} at terminal {terminal!r} has {queue_size} reads waiting")
+        self.terminal, self.lane, self.queue_size = terminal, lane, queue_size
+
+
+_IDLE = object()  # the queue had nothing before the next tick was due
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One lane's queue and thread. ``submit_lock`` makes "is there room? put" one step."""
+
+    runtime: LaneRuntime
+    queue: queue.Queue[tuple[Read, float] | None]
+    submit_lock: threading.Lock
+    thread: threading.Thread | None = None
+
+
+class LaneWorker:
+    """Feeds reads to lanes and ticks them: one thread and one bounded queue PER LANE (rule 4).
+
+    Sources (the MQTT network thread, HTTP handlers) must not wait for the service: they ``submit`` and
+    return, or get ``LaneBusy`` when that lane already has ``queue_size`` reads waiting. Each lane's
+    thread re-sends what the outbox holds for it (``recover``), then feeds its reads in order and calls
+    its ``tick()`` at least every ``tick_seconds``; one more thread prunes each outbox every
+    ``prune_seconds``.
     """
 
     def __init__(self, lanes: Iterable[LaneRuntime], *, tick_seconds: float = 0.5,
-                 prune_seconds: float = 3600.0, wall: Callable[[], float] = time.time) -> None:
+                 prune_seconds: float = 3600.0, queue_size: int = 1000, wall: Callable[[], float] = time.time) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size >= 1")
         self.lanes: dict[tuple[str, str], LaneRuntime] = {(ln.terminal, ln.lane): ln for ln in lanes}
         self.tick_seconds = tick_seconds
         self.prune_seconds = prune_seconds  # how often the outboxes drop what they keep past keep_days
+        self.queue_size = queue_size
         self._wall = wall  # stamps when a read arrived: its freshness is not eaten by the queue (rule 6)
-        self._queue: queue.Queue[tuple[str, Read, float] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._lanes = {key: _Lane(ln, queue.Queue(), threading.Lock()) for key, ln in self.lanes.items()}
+        self._stopping = threading.Event()
+        self._housekeeper: threading.Thread | None = None
 
     def has_lane(self, terminal: str, lane: str) -> bool:
         return (terminal, lane) in self.lanes
 
+    def queued(self, terminal: str, lane: str) -> int:
+        """How many reads wait for this lane (health, tests)."""
+        return self._lanes[(terminal, lane)].queue.qsize()
+
     def submit(self, terminal: str, read: Read) -> None:
-        if (terminal, read.lane) not in self.lanes:
+        """Queue ``read`` for its lane, stamped with the time it arrived (rule 6); never waits.
+        ``KeyError``: no such lane; ``LaneBusy``: its queue is full (rule 4)."""
+        lane = self._lanes.get((terminal, read.lane))
+        if lane is None:
             raise KeyError(f"no lane {read.lane!r} at terminal {terminal!r}")
-        self._queue.put((terminal, read, self._wall()))
+        received_at = self._wall()
+        with lane.submit_lock:  # several sources may submit at once: the bound holds for all of them
+            if lane.queue.qsize() >= self.queue_size:
+                raise LaneBusy(terminal, read.lane, self.queue_size)
+            lane.queue.put((read, received_at))
 
     def start(self) -> None:
-        for lane in self.lanes.values():
-            lane.recover()
-        self._thread = threading.Thread(target=self._run, name="gate-lanes", daemon=True)
-        self._thread.start()
+        self._stopping.clear()
+        for (terminal, name), lane in self._lanes.items():
+            lane.thread = threading.Thread(target=self._run, args=(lane,), name=f"gate-lane-{terminal}-{name}",
+                                           daemon=True)
+            lane.thread.start()
+        self._housekeeper = threading.Thread(target=self._housekeep, name="gate-lanes-housekeeping", daemon=True)
+        self._housekeeper.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish what was submitted, then stop."""
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        """Finish what was submitted, then stop. A lane still busy after ``timeout`` (a verify call that
+        hangs) is left to its daemon thread and logged; its request stays in the outbox for a re-send."""
+        deadline = time.monotonic() + timeout
+        for lane in self._lanes.values():
+            lane.queue.put(None)  # after every read already queued: those are fed first
+        self._stopping.set()
+        threads = [lane.thread for lane in self._lanes.values()] + [self._housekeeper]
+        for thread in threads:
+            if thread is not None:
+                thread.join(max(deadline - time.monotonic(), 0.0))
+                if thread.is_alive():
+                    log.error("gate.lane.stop_timeout", extra={"thread": thread.name})
+        for lane in self._lanes.values():
+            lane.thread = None
+        self._housekeeper = None
 
-    def _run(self) -> None:
-        next_tick = next_prune = time.monotonic()
-        outboxes = list({id(ln.outbox): ln.outbox for ln in self.lanes.values()}.values())
+    def _run(self, lane: _Lane) -> None:
+        """One lane's thread: re-send what its outbox holds, then feed and tick it (rule 4)."""
+        runtime = lane.runtime
+        self._guard(runtime.lane, runtime.recover)
+        next_tick = time.monotonic()
         while True:
             try:
-                item = self._queue.get(timeout=max(next_tick - time.monotonic(), 0.0))
+                item: object = lane.queue.get(timeout=max(next_tick - time.monotonic(), 0.0))
             except queue.Empty:
-                item = ()  # type: ignore[assignment]
+                item = _IDLE
             if item is None:
                 return
-            if item:
-                terminal, read, received_at = item
-                self._guard(self.lanes[(terminal, read.lane)].feed, read, received_at)
+            if isinstance(item, tuple):
+                read, received_at = item
+                self._guard(runtime.lane, runtime.feed, read, received_at)
             if time.monotonic() >= next_tick:
-                for lane in self.lanes.values():
-                    self._guard(lane.tick)
+                self._guard(runtime.lane, runtime.tick)
                 next_tick = time.monotonic() + self.tick_seconds
-            if time.monotonic() >= next_prune:  # else the file grows till the disk is full (the lane stops)
-                for box in outboxes:
-                    self._guard(box.prune)
-                next_prune = time.monotonic() + self.prune_seconds
+
+    def _housekeep(self) -> None:
+        """Prune each outbox once per ``prune_seconds`` (else the file grows till the disk is full and the
+        lanes stop); shared by lanes, so pruned here once, not by every lane racing."""
+        outboxes = list({id(ln.outbox): ln.outbox for ln in self.lanes.values()}.values())
+        while True:
+            for box in outboxes:
+                self._guard("*", box.prune)
+            if self._stopping.wait(self.prune_seconds):
+                return
 
     @staticmethod
-    def _guard(step: Callable[..., object], *args: object) -> None:
-        # One lane's bug must not stop every lane's worker; the outbox keeps its request for a re-send.
+    def _guard(lane: str, step: Callable[..., object], *args: object) -> None:
+        # One lane's bug must not stop its thread; the outbox keeps its request for a re-send.
         try:
             step(*args)
         except Exception:  # noqa: BLE001
-            log.exception("gate.lane.crashed")
+            log.exception("gate.lane.crashed", extra={"lane": lane})

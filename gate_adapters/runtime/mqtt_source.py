@@ -10,7 +10,10 @@ read topics). Rules:
 4. Subscriptions are (re)made in ``on_connect``, so a broker restart does not silence a lane.
 5. A face match result is dropped (``gate.source.refused.face_match``) unless this source is a trusted
    face matcher (config rule 6): anyone the broker lets publish on ``.../face`` could claim a match.
-6. Who may publish on which lane's topics is the broker's ACL, not ours (docs/gate-adapter.md); we give
+6. A read for a lane whose queue is full (``LaneBusy``: a flood, or a lane stuck on the service) is
+   dropped, never waited for (paho's network thread serves every lane and the keep-alives): logged
+   ``gate.source.mqtt.lane_busy`` with the lane, and counted per lane in ``dropped``.
+7. Who may publish on which lane's topics is the broker's ACL, not ours (docs/gate-adapter.md); we give
    the broker our credentials and check its certificate (``client_for``).
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+from collections import Counter
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -29,7 +33,7 @@ from gate_adapters.sources import generic_json
 from gate_adapters.sources import mqtt as mqtt_format
 
 from .config import ConfigError, MqttSettings, read_secret_file
-from .lane import LaneWorker
+from .lane import LaneBusy, LaneWorker
 
 log = logging.getLogger("gate_adapters.source.mqtt")
 
@@ -83,6 +87,7 @@ class MqttSource:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.subscribed = threading.Event()  # set once the broker confirmed our subscriptions (health)
+        self.dropped: Counter[str] = Counter()  # rule 6: reads dropped because their lane was full, by lane
 
     def topics(self) -> list[str]:
         return [f"{self.prefix}/{terminal}/{lane}/#" for terminal, lane in self.worker.lanes]
@@ -113,7 +118,13 @@ class MqttSource:
         if generic_json.is_face_match(parsed.read) and not self.trusted_face_matcher:
             log.warning("gate.source.refused.face_match", extra={"topic": topic})  # rule 5
             return None
-        self.worker.submit(parsed.terminal, parsed.read)
+        try:
+            self.worker.submit(parsed.terminal, parsed.read)
+        except LaneBusy as exc:  # rule 6
+            self.dropped[exc.lane] += 1
+            log.warning("gate.source.mqtt.lane_busy", extra={"lane": exc.lane, "queue_size": exc.queue_size,
+                                                             "dropped": self.dropped[exc.lane]})
+            return None
         return parsed.read
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:

@@ -21,6 +21,10 @@ Rules:
    spoofed during an outage) never revives old passes. A wall clock earlier than the last refresh is
    no evidence of freshness: review (``store_stale``), logged ``gate.offline.clock_behind``.
 4. Reconcile stops at the first unreachable call (order kept); a 4xx answer is final and recorded.
+5. Shared by the lanes, each on its own thread (lane.py rule 4): ``decide`` never waits for a network
+   call. Refresh and reconcile talk to the service outside the lock ``decide`` takes (only the swap of
+   the pass set is under it, so a decision sees one set and its refresh time); and ``maintain``, called
+   from every lane's tick, is done by one lane at a time: a lane that finds another at it goes on.
 """
 
 from __future__ import annotations
@@ -240,7 +244,8 @@ class OfflineMode:
         self.client, self.store, self.outbox, self.limits = client, store, outbox, limits
         self.jwks_path, self.refresh_seconds, self.reconcile_seconds = jwks_path, refresh_seconds, reconcile_seconds
         self._clock, self._wall = clock, wall
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # decide() and the pass set's swap; never held across a network call
+        self._busy = threading.RLock()  # one refresh or reconcile at a time (rule 5)
         self._next_refresh = self._next_reconcile = float("-inf")
         self._refreshed: tuple[datetime, float] | None = None  # the last refresh here: (wall, monotonic)
         self._started = clock()
@@ -249,19 +254,23 @@ class OfflineMode:
 
     def refresh(self) -> int:
         """Fetch the JWKS and the passes; raises ServiceUnavailable / VerifyRefused when it cannot."""
-        with self._lock:
+        with self._busy:
             self._next_refresh = self._clock() + self.refresh_seconds
             jwks = self.client.call("GET", self.jwks_path, attempts=1)
             answer = self.client.call("GET", "/gate/v1/passes", attempts=1)
-            at, mono = self._wall(), self._clock()
-            kept = self.store.replace(list(answer.get("passes", [])), jwks, at)
-            self._refreshed = (at, mono)
+            with self._lock:  # rule 5: a decision sees the old set and its time, or the new ones
+                at, mono = self._wall(), self._clock()
+                kept = self.store.replace(list(answer.get("passes", [])), jwks, at)
+                self._refreshed = (at, mono)
             log.info("gate.offline.refreshed", extra={"passes": kept})
             return kept
 
     def maintain(self) -> None:
-        """Called from the lanes' tick: refresh and reconcile when due; never raises for an outage."""
-        with self._lock:
+        """Called from the lanes' tick: refresh and reconcile when due; never raises for an outage. A lane
+        that finds another lane at it goes on (rule 5): the work is the adapter's, not one lane's."""
+        if not self._busy.acquire(blocking=False):
+            return
+        try:
             now = self._clock()
             self.store.saw(self._wall())
             try:
@@ -271,6 +280,8 @@ class OfflineMode:
                     self.refresh()
             except (ServiceUnavailable, VerifyRefused) as exc:
                 log.warning("gate.offline.unreachable", extra={"reason": str(exc)})
+        finally:
+            self._busy.release()
 
     # -- deciding -----------------------------------------------------------------------------------
 
@@ -344,7 +355,7 @@ class OfflineMode:
 
     def reconcile(self) -> int:
         """Report every unreconciled offline decision, oldest first (rule 4). Returns how many were done."""
-        with self._lock:
+        with self._busy:
             self._next_reconcile = self._clock() + self.reconcile_seconds
             done = 0
             for request_id, report in self.outbox.unreconciled():

@@ -11,18 +11,26 @@ Rules (one place, every sink):
    (``offline.py``; such an answer carries ``offline`` and is recorded locally, reconciled later).
 3. A command carries the lane, ``open``|``hold``, the ``decision_id`` (``None`` without an answer)
    and ``call_officer``; nothing about the driver (barrier controllers log what they receive).
+4. With a ``CommandSigner`` (``[barrier_signing]``), the HTTP body and the MQTT payload carry the command
+   signed too, as their ``signature`` member (``command_signing.py``): a controller that verifies it opens
+   only for this adapter, its own terminal and lane, a few seconds, once. An HTTP barrier also sends its
+   credentials (a bearer token, or HTTP Basic) and speaks TLS with the CA and client certificate it is
+   given (config.py rule 9); it never follows a redirect (the credentials stay with the controller).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import ssl
+from collections.abc import Generator, Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
 import httpx
+
+from .command_signing import CommandSigner
 
 log = logging.getLogger("gate_adapters.barrier")
 
@@ -55,6 +63,26 @@ def command_for(response: Mapping[str, Any] | None, lane: str) -> Command:
     return Command(lane, BarrierCommand.HOLD, decision_id, call_officer=decision != "deny" and not checked)
 
 
+def signed_json(cmd: Command, signer: CommandSigner | None) -> dict[str, Any]:
+    """Rule 4: the command's JSON, with its signature beside it when there is a signer."""
+    body = cmd.as_json()
+    return body if signer is None else body | {"signature": signer.sign(body)}
+
+
+class BearerAuth(httpx.Auth):
+    """``Authorization: Bearer <token>`` (RFC 6750 §2.1) toward a barrier controller."""
+
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    def __repr__(self) -> str:  # never the token
+        return "BearerAuth(***)"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
+
+
 class BarrierSink(Protocol):
     def act(self, response: Mapping[str, Any] | None, lane: str) -> Command: ...
 
@@ -72,16 +100,22 @@ class LogBarrier:
 
 
 class HttpBarrier:
-    """POST the command as JSON to the barrier controller's URL."""
+    """POST the command as JSON to the barrier controller's URL (rule 4: signed, with credentials, TLS)."""
 
-    def __init__(self, url: str, *, http: httpx.Client | None = None, timeout: float = 2.0) -> None:
-        self.url, self.timeout = url, timeout
-        self._http = http or httpx.Client(timeout=timeout)  # an injected client brings its own timeouts
+    def __init__(self, url: str, *, http: httpx.Client | None = None, timeout: float = 2.0,
+                 signer: CommandSigner | None = None, auth: httpx.Auth | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.url, self.timeout, self.signer = url, timeout, signer
+        # An injected client brings its own timeouts and TLS; ``auth`` goes with each request either way.
+        self._http = http or httpx.Client(timeout=timeout, verify=tls or True, follow_redirects=False)
+        self._auth = auth
 
     def act(self, response: Mapping[str, Any] | None, lane: str) -> Command:
         cmd = command_for(response, lane)
         try:
-            r = self._http.post(self.url, json=cmd.as_json())
+            body = signed_json(cmd, self.signer)
+            r = (self._http.post(self.url, json=body) if self._auth is None
+                 else self._http.post(self.url, json=body, auth=self._auth))
             r.raise_for_status()
         except httpx.HTTPError as exc:
             # A barrier that did not hear "open" stays closed: that is the safe failure; tell the operator.
@@ -98,15 +132,16 @@ class MqttPublisher(Protocol):
 class MqttBarrier:
     """Publish the command to ``<prefix>/<terminal>/<lane>/barrier`` with QoS 1 (at least once)."""
 
-    def __init__(self, client: MqttPublisher, terminal: str, *, prefix: str = "quaygate", qos: int = 1) -> None:
-        self._client, self.terminal, self.prefix, self.qos = client, terminal, prefix, qos
+    def __init__(self, client: MqttPublisher, terminal: str, *, prefix: str = "quaygate", qos: int = 1,
+                 signer: CommandSigner | None = None) -> None:
+        self._client, self.terminal, self.prefix, self.qos, self.signer = client, terminal, prefix, qos, signer
 
     def topic(self, lane: str) -> str:
         return f"{self.prefix}/{self.terminal}/{lane}/barrier"
 
     def act(self, response: Mapping[str, Any] | None, lane: str) -> Command:
         cmd = command_for(response, lane)
-        info = self._client.publish(self.topic(lane), json.dumps(cmd.as_json()), qos=self.qos)
+        info = self._client.publish(self.topic(lane), json.dumps(signed_json(cmd, self.signer)), qos=self.qos)
         if getattr(info, "rc", 0) != 0:
             log.error("gate.barrier.unreachable", extra={"lane": lane, "rc": info.rc})
         return cmd
