@@ -255,7 +255,8 @@ def test_step_up_on_a_dpop_request_uses_the_dpop_scheme(rig: Rig) -> None:
 # -- Authenticated before the body is read (quaygate/routing.py AdmitFirst) -----------------------------
 
 _JUNK = b'{"items": [' + b"0," * 200_000 + b"0]"  # 400 KB, not even JSON: parsing it is the attacker's aim
-_BODY_ROUTES = ["/api/v1/releases", "/api/v1/releases:batch", f"/api/v1/releases/{uuid.uuid4()}/transfers",
+_BODY_ROUTES = ["/api/v1/releases", "/api/v1/releases:batch",
+                "/api/v1/releases/00000000-0000-4000-8000-000000000001/transfers",  # fixed: a test's name
                 "/api/v1/webhooks", "/gate/v1/offline-decisions", "/gate/v1/overrides"]
 
 
