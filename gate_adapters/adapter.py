@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from joserfc.jwk import ECKey
 
 from gate_adapters.core.correlate import LaneCorrelator
 from gate_adapters.core.reads import Read
@@ -60,7 +59,8 @@ from .runtime.config import (
     mint_token,
     read_secret_file,
 )
-from .runtime.dpop import DPoPKey, write_private
+from .runtime.dpop import DPoPKey
+from .runtime.keys import create_ec_key
 from .runtime.lane import LaneRuntime, LaneWorker
 from .runtime.offline import OfflineMode, PassStore
 from .runtime.outbox import Outbox
@@ -277,12 +277,10 @@ def make_keys(settings: AdapterSettings) -> list[str]:
                     f"(EC P-256, thumbprint {jkt})")
     if settings.barrier_signing is not None:
         path = settings.barrier_signing.key_file
-        existed = path.exists()
-        if not existed:
-            try:
-                write_private(path, json.dumps(ECKey.generate_key("P-256", private=True).as_dict(private=True)))
-            except OSError as exc:
-                raise _key_file_error("barrier_signing.key_file", path, exc) from None
+        try:
+            existed = not create_ec_key(path)
+        except OSError as exc:
+            raise _key_file_error("barrier_signing.key_file", path, exc) from None
         signer = barrier_signer_for(settings)
         assert signer is not None
         done.append(f"barrier_signing.key_file: {'kept the existing' if existed else 'made'} {path} "

@@ -26,7 +26,6 @@ Rules:
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -35,9 +34,9 @@ from typing import Any, Protocol
 
 import httpx
 from joserfc import jwt
-from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from .dpop import DPoPKey, Nonces, needs_nonce
+from .keys import private_key
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -115,22 +114,6 @@ class AssertionSigner:
         claims = {"iss": self.client_id, "sub": self.client_id, "aud": self.audience, "iat": now,
                   "exp": now + self.lifetime, "jti": uuid.uuid4().hex}
         return jwt.encode({"alg": self.alg, "kid": self.kid, "typ": "JWT"}, claims, self._key, algorithms=[self.alg])
-
-
-def private_key(data: str | bytes) -> ECKey | RSAKey | OKPKey:
-    text = data.decode() if isinstance(data, bytes) else data
-    if text.lstrip().startswith("{"):
-        obj = json.loads(text)
-        kinds = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
-        if not isinstance(obj, dict) or obj.get("kty") not in kinds:
-            raise ValueError("the key file is a JWK of kty EC, RSA or OKP")
-        return kinds[obj["kty"]].import_key(obj)  # type: ignore[no-any-return]
-    for kind in (ECKey, RSAKey, OKPKey):
-        try:
-            return kind.import_key(text)  # type: ignore[no-any-return]
-        except Exception:  # noqa: BLE001,S112 - try the next kind; none fits: ValueError below
-            continue
-    raise ValueError("the key file is neither a JWK nor a PEM private key (EC, RSA or Ed25519)")
 
 
 class ClientCredentials:

@@ -37,7 +37,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey
 
-from .client import private_key
+from .keys import private_key
 
 COMMAND_TYP = "quaygate-barrier+jwt"
 COMMAND_ALGORITHMS = ("ES256", "Ed25519")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import secrets
 import threading
 import time
@@ -33,6 +32,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from joserfc import jws
 from joserfc.jwk import ECKey
+
+from .keys import create_ec_key, private_key
 
 DPOP_ALG = "ES256"
 DPOP_TYP = "dpop+jwt"  # RFC 9449 §4.2
@@ -77,22 +78,19 @@ class DPoPKey:
     def load(cls, path: Path, *, clock: Callable[[], float] = time.time) -> DPoPKey:
         """The key from its file (a private JWK, or a PEM private key). ValueError / OSError, whose
         messages never quote the file."""
-        raw = path.read_bytes()
         try:
-            text = raw.decode("utf-8")
-            key = ECKey.import_key(json.loads(text) if text.lstrip().startswith("{") else text)
-        except Exception:  # noqa: BLE001 - joserfc, json, cryptography: one plain message, no key material
-            raise ValueError(f"{path} is not an EC P-256 private key (a JWK or PEM)") from None
+            key = private_key(path.read_bytes())
+        except ValueError:
+            key = None
+        if not isinstance(key, ECKey):
+            raise ValueError(f"{path} is not an EC P-256 private key (a JWK or PEM)")
         return cls(key, clock=clock)
 
     @staticmethod
     def create(path: Path) -> tuple[bool, str]:
         """Write a new key to ``path`` unless a file is there (rule 1); (created, thumbprint)."""
-        if path.exists():
-            return False, DPoPKey.load(path).jkt
-        key = ECKey.generate_key("P-256", private=True)
-        write_private(path, json.dumps(key.as_dict(private=True)))
-        return True, key.thumbprint()
+        created = create_ec_key(path)
+        return created, DPoPKey.load(path).jkt
 
     def proof(self, htm: str, url: str, *, access_token: str | None = None, nonce: str | None = None) -> str:
         """A fresh proof for one request (rule 2)."""
@@ -105,14 +103,6 @@ class DPoPKey:
         header = {"typ": DPOP_TYP, "alg": DPOP_ALG, "jwk": self.public_jwk}
         payload = json.dumps(claims, separators=(",", ":")).encode()
         return jws.serialize_compact(header, payload, self._key, algorithms=[DPOP_ALG])
-
-
-def write_private(path: Path, text: str) -> None:
-    """A new file readable by its owner only (0600), never over an existing one (``FileExistsError``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
 
 
 class Nonces:
