@@ -54,6 +54,7 @@ _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 MAX_PROOF_LENGTH = 8192  # an RSA-4096 proof is about 2 kB; anything much larger is not a proof
 MAX_JTI_LENGTH = 256
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_MEMO_MAX = 1024  # distinct proof headers (client keys) and htu values remembered; cleared when full
 
 
 class _ProofRegistry(JWSRegistry):
@@ -177,6 +178,8 @@ class DPoPVerifier:
         self._now = now
         self._algorithms = frozenset(algorithms)
         self._registry = _ProofRegistry(algorithms=list(algorithms))
+        self._keys: dict[str, tuple[Any, dict[str, Any], str]] = {}  # header segment -> key, jwk, jkt
+        self._htus: dict[str, str | None] = {}
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -189,7 +192,18 @@ class DPoPVerifier:
         ``claim=False``: every check but the single use, which the caller makes before it trusts the
         proof (``claim``, with the proof's ``unclaimed``), off the event loop (it waits for Redis)."""
         header, payload, obj = self._parse(proof)
-        key, public_jwk = self._key(header)
+        # A client signs every proof with one key, so its protected header is the same each time: the
+        # key checked and imported once per distinct header (the signature is still checked on every
+        # proof). Bounded: cleared when full, as the token verifier's memo.
+        segment = proof.partition(".")[0]
+        known = self._keys.get(segment)
+        if known is None:
+            key, public_jwk = self._key(header)
+            known = (key, public_jwk, jwk_thumbprint(public_jwk))
+            if len(self._keys) >= _MEMO_MAX:
+                self._keys.clear()
+            self._keys[segment] = known
+        key, public_jwk, jkt = known
         # RFC 9449 §4.3 item 7: the signature verifies with the key in the jwk header.
         try:
             valid = jws.validate_compact(obj, key, registry=self._registry)
@@ -203,7 +217,6 @@ class DPoPVerifier:
         claimed_htu = self._check_htu(claims, htu)
         iat = self._check_iat(claims)
         ath = self._check_ath(claims, access_token)
-        jkt = jwk_thumbprint(public_jwk)
         # RFC 9449 §11.1: a proof is single use. One atomic SET NX per (key, jti), kept for the whole
         # acceptance window (iat up to leeway ahead, accepted until max_age after iat), STYLE.md #4.
         digest = hashlib.sha256(jti.encode("utf-8")).hexdigest()
@@ -211,13 +224,28 @@ class DPoPVerifier:
         if claim:
             self.claim(single_use)
         return DPoPProof(jkt=jkt, jti=jti, htm=claims["htm"], htu=claimed_htu, iat=iat, ath=ath,
-                         jwk=public_jwk, unclaimed=None if claim else single_use)
+                         jwk=dict(public_jwk), unclaimed=None if claim else single_use)
 
     def claim(self, single_use: tuple[str, int]) -> None:
         """The proof's one use (a verified proof's ``unclaimed``); DPoPError when it was used before."""
         key, ttl = single_use
         if not self._cache.claim(key, ttl):
-            raise _refuse("replayed", "the proof has been used before (jti)")
+            raise self.replayed()
+
+    def claim_name(self, single_use: tuple[str, int]) -> tuple[str, int] | None:
+        """The Redis name ``claim`` sets for ``single_use`` and its lifetime in milliseconds, for a
+        caller that sends the same ``SET name 1 NX PX ms`` on a connection of its own (the gate's,
+        pipelined on the event loop: no worker thread waits for Redis); None when the cache is not
+        Redis. The caller raises ``replayed()`` when the name was set already."""
+        qualified = getattr(self._cache, "qualified", None)
+        if not self._cache.shared or qualified is None:
+            return None
+        key, ttl = single_use
+        return qualified(key), max(1, int(ttl * 1000))
+
+    @staticmethod
+    def replayed() -> DPoPError:
+        return _refuse("replayed", "the proof has been used before (jti)")
 
     # -- the guards, in RFC 9449 §4.3 order --------------------------------------------------------
 
@@ -288,17 +316,27 @@ class DPoPVerifier:
         if claims.get("htm") != htm:
             raise _refuse("htm", "the proof's htm does not match the request method")
 
-    @staticmethod
-    def _check_htu(claims: dict[str, Any], htu: str) -> str:
+    def _check_htu(self, claims: dict[str, Any], htu: str) -> str:
         # §4.3 item 9: htu matches the request URI, ignoring query and fragment, after syntax- and
         # scheme-based normalisation (RFC 3986 §6.2.2, §6.2.3).
         claimed = claims.get("htu")
-        expected = normalise_htu(htu)
+        expected = self._normalised(htu)
         if expected is None:
             raise ValueError(f"the server's own request URI is not an absolute http(s) URI: {htu!r}")
-        if not isinstance(claimed, str) or normalise_htu(claimed) != expected:
+        if not isinstance(claimed, str) or self._normalised(claimed) != expected:
             raise _refuse("htu", "the proof's htu does not match the request URI")
         return claimed
+
+    def _normalised(self, uri: str) -> str | None:
+        """``normalise_htu``, remembered: a gate names the same few URIs in every proof."""
+        try:
+            return self._htus[uri]
+        except KeyError:
+            pass
+        if len(self._htus) >= _MEMO_MAX:
+            self._htus.clear()
+        normal = self._htus[uri] = normalise_htu(uri)
+        return normal
 
     def _check_iat(self, claims: dict[str, Any]) -> int:
         # §4.3 item 11 and §11.1: created recently (max_age), and not in the future beyond the leeway.

@@ -30,7 +30,9 @@ sys.path.insert(0, str(HERE))
 
 import bench_gate  # noqa: E402
 from cpu_identity import Driver, per_request  # noqa: E402
+from joserfc.jwk import ECKey  # noqa: E402
 
+from gate_adapters.runtime.dpop import DPoPKey  # noqa: E402
 from quaygate.db import create_database, drop_database  # noqa: E402
 from quaygate.migrate import upgrade  # noqa: E402
 
@@ -44,8 +46,14 @@ def _body(seed: dict[str, Any], number: str, mode: str) -> bytes:
     }).encode()
 
 
-def flows(app: Driver, bare: Driver, seed: dict[str, Any], token: str) -> dict[str, Callable[[], Awaitable[None]]]:
+def flows(app: Driver, bare: Driver, seed: dict[str, Any], token: str, bound: tuple[DPoPKey, str], n: int
+          ) -> dict[str, Callable[[], Awaitable[None]]]:
+    """Every flow; ``bound``: a DPoP key and the access token bound to it (the gate adapter's way, its
+    example settings' default), whose flows send a fresh proof with every request."""
     auth = f"Bearer {token}"
+    key, bound_token = bound
+    verify_url = f"{app.issuer}/gate/v1/verify"
+    proofs: list[str] = []
     pool = seed["containers"][:seed["check_pool"]]
     unused = iter(seed["containers"][seed["check_pool"]:])
     turn = iter(range(10**9))
@@ -72,9 +80,22 @@ def flows(app: Driver, bare: Driver, seed: dict[str, Any], token: str) -> dict[s
                                      "application/json", auth)
         assert status == 200 and out["committed"], out
 
+    def with_proof(mode: str) -> Callable[[], Awaitable[None]]:
+        numbers = (lambda: pool[next(turn) % len(pool)]) if mode == "check" else (lambda: next(unused))
+
+        async def post() -> None:
+            if not proofs:  # made ahead, in the untimed warm-up: the client's signing is not the server's CPU
+                proofs.extend(key.proof("POST", verify_url, access_token=bound_token) for _ in range(n + 60))
+            status, out = await app.call("POST", "/gate/v1/verify", _body(seed, numbers(), mode), "application/json",
+                                         f"DPoP {bound_token}", proofs.pop())
+            assert status == 200 and out["decision"] == "allow", out
+
+        return post
+
     return {"bare": bare_post, "floor1": floor("/bare/verify-floor1"), "floor2": floor("/bare/verify-floor"),
             "floor-commit": floor("/bare/verify-commit-floor"), "floor-commit1": floor("/bare/verify-commit-floor1"),
-            "floor-commit-async": floor("/bare/verify-commit-floor-async"), "check": check, "commit": commit}
+            "floor-commit-async": floor("/bare/verify-commit-floor-async"), "check": check, "commit": commit,
+            "dpop-check": with_proof("check"), "dpop-commit": with_proof("commit")}
 
 
 async def measure(app: Any, bare_app: Any, issuer: str, seed: dict[str, Any], n: int, only: str | None) -> None:
@@ -84,8 +105,14 @@ async def measure(app: Any, bare_app: Any, issuer: str, seed: dict[str, Any], n:
         status, out = await app_driver.call("POST", "/oauth2/token", b"grant_type=client_credentials",
                                             "application/x-www-form-urlencoded", f"Basic {basic}")
         assert status == 200, out
+        key = DPoPKey(ECKey.generate_key("P-256", private=True))
+        status, bound = await app_driver.call("POST", "/oauth2/token", b"grant_type=client_credentials",
+                                              "application/x-www-form-urlencoded", f"Basic {basic}",
+                                              key.proof("POST", f"{issuer}/oauth2/token"))
+        assert status == 200 and bound["token_type"] == "DPoP", bound
         figures: dict[str, float] = {}
-        for name, flow in flows(app_driver, bare_driver, seed, out["access_token"]).items():
+        for name, flow in flows(app_driver, bare_driver, seed, out["access_token"], (key, bound["access_token"]),
+                                n).items():
             if only and name != "bare" and only not in name:
                 continue
             per, wall = await per_request(flow, n)
@@ -108,7 +135,7 @@ def main() -> int:
     issuer = "http://localhost:8000"
     try:
         upgrade(url)
-        seed = bench_gate.seed(url, 200 + 2 * args.requests)
+        seed = bench_gate.seed(url, 200 + 3 * (args.requests + 60))
         seed["check_pool"] = 200
         with tempfile.TemporaryDirectory() as tmp:
             os.environ.update({"QUAYGATE_DATABASE_URL": url, "QUAYGATE_ISSUER": issuer, "QUAYGATE_VAR_DIR": tmp,

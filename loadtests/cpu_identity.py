@@ -47,9 +47,11 @@ class Driver:
         self.cookies: dict[str, str] = {}
 
     async def call(self, method: str, path: str, body: bytes = b"", content_type: str | None = None,
-                   authorization: str | None = None) -> tuple[int, Any]:
+                   authorization: str | None = None, dpop: str | None = None) -> tuple[int, Any]:
         headers = [(b"host", self.issuer.split("//")[1].encode()), (b"origin", self.issuer.encode()),
                    (b"content-length", str(len(body)).encode())]
+        if dpop:
+            headers.append((b"dpop", dpop.encode()))
         if authorization:
             headers.append((b"authorization", authorization.encode()))
         if content_type:

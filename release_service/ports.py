@@ -347,6 +347,11 @@ class GateFacts(Protocol):
         """``record``, awaited on the event loop."""
         ...
 
+    async def claim_async(self, name: str, ttl_ms: int) -> bool:
+        """``SET name 1 NX PX ttl_ms`` (another part's name in the same Redis: a DPoP proof's single
+        use), awaited on the event loop: True when this call set it. May raise FactsUnavailable."""
+        ...
+
     def moving(self, rights: Sequence[str]) -> AbstractContextManager[None]:
         """The invalidation of the rights of the containers ``rights``, owed from before a statement that
         may move one is sent: when the block raises (the statement's outcome unknown), no copy is

@@ -1379,11 +1379,13 @@ def test_a_commit_reads_its_tokens_revocation_with_the_facts_and_a_revoked_token
                             .where(gate_decisions.c.release_id == uuid.UUID(rid))).scalar_one() == 0
 
 
-def test_a_dpop_proof_at_the_gate_is_claimed_once_and_off_the_event_loop(
-        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "no-pipeline"])
+def test_a_dpop_proof_at_the_gate_is_claimed_once_and_never_holds_the_event_loop(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch, pipelined: bool) -> None:
     """A DPoP-bound gate token (RFC 9449): its proof is used once, a check as a commit, the cached way
-    included; its single use is claimed on a worker thread, never on the event loop, where a Redis
-    that is slow to answer would stall every lane's decision."""
+    included. Its single use is claimed without holding the event loop, where a Redis slow to answer
+    would stall every lane's decision: on the gate facts' pipelined connection (no worker thread, no
+    blocking call), or, where that connection cannot be used, on a worker thread."""
     import asyncio
     import time
 
@@ -1392,6 +1394,7 @@ def test_a_dpop_proof_at_the_gate_is_claimed_once_and_off_the_event_loop(
     from identity.bootstrap import provider_for
     from identity.dpop import DPoPVerifier
     from identity.tokens import sign_access_token
+    from release_service.adapters.gate_facts import RedisGateFacts
 
     from .test_identity_dpop_support import ProofKey
 
@@ -1401,7 +1404,8 @@ def test_a_dpop_proof_at_the_gate_is_claimed_once_and_off_the_event_loop(
     token = sign_access_token({**claims, "jti": uuid.uuid4().hex, "cnf": {"jkt": key.jkt}},
                               provider_for(app).keys.signing_key())
     on_loop: list[bool] = []
-    claim = DPoPVerifier.claim
+    piped: list[bool] = []
+    claim, claim_async = DPoPVerifier.claim, RedisGateFacts.claim_async
 
     def watched(self: DPoPVerifier, single_use: tuple[str, int]) -> None:
         try:
@@ -1411,7 +1415,15 @@ def test_a_dpop_proof_at_the_gate_is_claimed_once_and_off_the_event_loop(
             on_loop.append(False)
         claim(self, single_use)
 
+    async def watched_async(self: RedisGateFacts, name: str, ttl_ms: int) -> bool:
+        first = await claim_async(self, name, ttl_ms)
+        piped.append(first)
+        return first
+
     monkeypatch.setattr(DPoPVerifier, "claim", watched)
+    monkeypatch.setattr(RedisGateFacts, "claim_async", watched_async)
+    if not pipelined:
+        monkeypatch.setattr(gate.facts._pipe, "available", False)  # TLS, a socket, Sentinel: no pipelining
     gate.pickable(71)
     htu = "http://localhost:8000/gate/v1/verify"
     for mode in ("check", "check", "commit"):  # the second check is answered from the cache
@@ -1421,4 +1433,7 @@ def test_a_dpop_proof_at_the_gate_is_claimed_once_and_off_the_event_loop(
         assert first.status_code == 200 and first.json()["decision"] == "allow", first.text
         again = gate.http.post("/gate/v1/verify", json=gate.body(71, mode=mode), headers=headers)
         assert again.status_code == 401 and again.json()["code"] == "invalid_dpop_proof", again.text
-    assert on_loop == [False] * 6, on_loop
+    if pipelined:
+        assert piped == [True, False] * 3 and on_loop == [], (piped, on_loop)
+    else:
+        assert on_loop == [False] * 6, on_loop

@@ -259,6 +259,23 @@ def test_proof_signed_by_another_key_than_its_jwk_is_refused(verifier: DPoPVerif
     refused(verifier, client.proof(signer=other.key), "signature")
 
 
+def test_a_key_remembered_from_an_earlier_proof_still_checks_every_signature(
+        verifier: DPoPVerifier, client: ProofKey, clock: list[float]) -> None:
+    """The verifier remembers the key of a proof header it has seen (a client sends the same header
+    every time): a later proof with that very header, signed by another key or forged, is still refused,
+    and a proof with another htu after many accepted ones too."""
+    accepted = client.proof()
+    assert verifier.verify(accepted, htm="POST", htu=HTU).jkt == client.jkt
+    other = ProofKey(clock=clock)
+    refused(verifier, client.proof(signer=other.key), "signature")
+    head, body, _ = client.proof().split(".")
+    forged = b64(b"\x01" * 64)
+    refused(verifier, f"{head}.{body}.{forged}", "signature")
+    refused(verifier, client.proof(htu="https://attacker.example/token"), "htu")
+    # The other key's own proofs are judged by its own key, not the one remembered first.
+    assert verifier.verify(other.proof(), htm="POST", htu=HTU).jkt == other.jkt
+
+
 def test_forged_signature_is_refused(verifier: DPoPVerifier, client: ProofKey) -> None:
     claims = {"jti": "f", "htm": "POST", "htu": HTU, "iat": int(NOW)}
     header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": client.public_jwk}

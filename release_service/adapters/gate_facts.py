@@ -352,6 +352,17 @@ class RedisGateFacts:
         return self._snapshot(out, terminal=terminal, badge=badge, badge_key=badge_key, containers=containers,
                               now=now, through=False, within=None, also=also)
 
+    async def claim_async(self, name: str, ttl_ms: int) -> bool:
+        """``SET name 1 NX PX ttl_ms`` on the event loop's pipelined connection, under the breaker: True
+        when this call set it. ``name`` is a whole Redis name of another part in the same Redis (a DPoP
+        proof's single use, identity/dpop.py ``claim_name``). FactsUnavailable when it cannot be sent so
+        (no pipelined connection, Redis failing or owed a recovery first): the caller claims it its own
+        way."""
+        if not self._pipe.available or self._suspect or self._failed:
+            raise FactsUnavailable("not from the loop")
+        with self._breaker():
+            return await self._pipe.call("SET", name, b"1", "NX", "PX", ttl_ms) is not None
+
     async def record_async(self, row: dict[str, Any]) -> StoredDecision | None:
         """``record`` from the event loop, pipelined."""
         if not self._pipe.available:

@@ -38,6 +38,7 @@ from identity.dpop import DPOP_ALGORITHMS, DPoPError, dpop_verifier_for, proof_h
 from identity.tokens import InvalidToken
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor, OrgKind
+from release_service.ports import FactsUnavailable
 
 from .problems import AuthError
 
@@ -77,15 +78,23 @@ class TokenVerifier(Protocol):
     def revoked_by(self, claims: dict[str, Any], values: Sequence[bytes | None] | None) -> bool: ...
 
 
+class PipelinedClaims(Protocol):
+    async def claim_async(self, name: str, ttl_ms: int) -> bool:
+        """``SET name 1 NX PX ttl_ms`` from the event loop: True when this call set it; FactsUnavailable
+        when it cannot be sent so."""
+        ...
+
+
 class Revocation:
     """A token's revocation check, left to the caller (``authenticate_but_revocation``) so it
     can read the revocation entries (``names``) in a round trip it makes anyway; ``settle`` with what it
     read, or with None to look them up. Until settled, the token is not to be trusted: ``settle`` is
     idempotent, so a caller settles again (a no-op) on every way out that answers.
 
-    With a DPoP proof, its single use is left here too: ``claim_proof``, awaited first, claims it on a
-    worker thread (the claim waits for Redis, and the event loop serves every lane). ``settle`` claims
-    it itself if nobody did, so a way that forgets never takes a proof twice."""
+    With a DPoP proof, its single use is left here too: ``claim_proof``, awaited first, claims it
+    without holding the event loop, which serves every lane: on the gate facts' pipelined connection
+    when given, else on a worker thread. ``settle`` claims it itself if nobody did, so a way that
+    forgets never takes a proof twice."""
 
     def __init__(self, verifier: TokenVerifier, claims: dict[str, Any], scheme: str,
                  request: Request | None = None, unclaimed: tuple[str, int] | None = None) -> None:
@@ -97,10 +106,27 @@ class Revocation:
         self.settled = False
         self.names = verifier.revocation_names(claims)
 
-    async def claim_proof(self) -> None:
-        """The DPoP proof's single use claimed off the event loop; AuthError (401) when it was used."""
-        if self._unclaimed is not None:
-            await run_in_threadpool(self._claim)
+    async def claim_proof(self, on: PipelinedClaims | None = None) -> None:
+        """The DPoP proof's single use claimed without holding the event loop; AuthError (401) when it
+        was used. ``on``: the gate facts, whose pipelined connection sends the claim with the other
+        requests' calls of the same turn (no thread hop); where they cannot (Redis failing, not
+        reachable from the loop), the claim is made on a worker thread. A claim whose reply was lost
+        may then find its own mark and refuse the proof: a refusal, never a second use."""
+        if self._unclaimed is None or self._request is None:
+            return
+        verifier = dpop_verifier_for(self._request.app)
+        name = verifier.claim_name(self._unclaimed) if on is not None else None
+        if on is not None and name is not None:
+            try:
+                first = await on.claim_async(*name)
+            except FactsUnavailable:
+                pass
+            else:
+                if not first:
+                    raise _dpop_refusal(verifier.replayed())
+                self._unclaimed = None
+                return
+        await run_in_threadpool(self._claim)
 
     def _claim(self) -> None:
         if self._unclaimed is not None and self._request is not None:
@@ -244,8 +270,12 @@ def _claim_proof(request: Request, unclaimed: tuple[str, int]) -> None:
     try:
         dpop_verifier_for(request.app).claim(unclaimed)
     except DPoPError as exc:
-        raise _refuse(f"dpop.{exc.reason}", 401, exc.error, exc.description, scheme="DPoP",
-                      params={"algs": " ".join(DPOP_ALGORITHMS)}) from exc
+        raise _dpop_refusal(exc) from exc
+
+
+def _dpop_refusal(exc: DPoPError) -> AuthError:
+    return _refuse(f"dpop.{exc.reason}", 401, exc.error, exc.description, scheme="DPoP",
+                   params={"algs": " ".join(DPOP_ALGORITHMS)})
 
 
 def _check_step_up(request: Request, claims: dict[str, Any], scheme: str, min_acr: str | None,

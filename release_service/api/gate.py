@@ -249,7 +249,8 @@ async def _verify(request: Request, body: VerifyRequest, credentials: HTTPAuthor
     admitted = getattr(request.state, "gate_caller", None)  # ``admit_verify``, before the body was read
     actor, revocation = admitted or authenticate_but_revocation(
         request, credentials, audience=container.settings.gate_audience, scope=GATE_VERIFY)
-    await revocation.claim_proof()  # a DPoP proof's single use, off the event loop; else nothing
+    # A DPoP proof's single use, pipelined with the other lanes' Redis calls (else on a worker thread).
+    await revocation.claim_proof(container.gate_facts)
     fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     now = container.clock.now()
     gate = gate_request(body)
