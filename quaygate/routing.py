@@ -30,6 +30,10 @@ handler, with the body read so far given back to it, so every refusal is FastAPI
 A route may also be given a check on its headers alone (``admit``), run before any of the body is read,
 on the lean handler's way and on FastAPI's alike: the gate verify authenticates its caller there, so a
 request without a valid token is refused before the server reads and parses a body of up to 8 MiB.
+
+``AdmitFirst`` does the same for the routes of a router: the ``admit`` of a route's auth dependency
+(the release API's ``require``), or, for a route that checks its caller at the top of its endpoint
+(identity's face routes), the one its endpoint is given with ``admit_first``.
 """
 
 from __future__ import annotations
@@ -63,6 +67,13 @@ LeanHandler = Callable[[Request, bytes], Awaitable[Response | None]]
 # A route's check on the request's headers alone (``admit``), before its body is read: it raises to
 # refuse (the app's exception handlers answer), and may leave what it found in ``request.state``.
 Admit = Callable[[Request], None]
+
+# AdmitFirst's check may also answer itself, for a route that answers its own refusals rather than
+# raising them (identity's ``AdminRefused.response``): the response it returns is sent in place of the
+# endpoint's, the body unread; None lets the request go on.
+AdmitOrAnswer = Callable[[Request], Response | None]
+
+_Endpoint = typing.TypeVar("_Endpoint", bound=Callable[..., Any])
 
 
 class ExactRoutes(BaseRoute):
@@ -175,19 +186,39 @@ class AdmitFirst(APIRoute):
     checked once. ``admit`` runs on a worker thread (a token's revocation may wait for Redis). The
     route's announced body limit still holds first (413 on ``Content-Length``, nothing read).
     Given to a router as its ``route_class``; FastAPI builds every route's handler, included or not,
-    with ``get_route_handler``, its documented hook."""
+    with ``get_route_handler``, its documented hook.
+
+    A route without such a dependency, whose endpoint checks its caller itself, may give its endpoint
+    the check with ``admit_first``; that check may answer itself (``AdmitOrAnswer``)."""
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         handler = super().get_route_handler()
-        check = _admit_of(self.dependant) if self.dependant.body_params else None
+        check: AdmitOrAnswer | None = None
+        if self.dependant.body_params:
+            check = _admit_of(self.dependant) or getattr(self.endpoint, "admit_first", None)
         if check is None:
             return handler
 
         async def admitted_first(request: Request) -> Response:
-            await run_in_threadpool(check, request)
+            answer = await run_in_threadpool(check, request)
+            if answer is not None:
+                return answer  # refused on the headers: the body is never read
             return await handler(request)
 
         return admitted_first
+
+
+def admit_first(check: AdmitOrAnswer) -> Callable[[_Endpoint], _Endpoint]:
+    """An endpoint's check on the headers alone, for ``AdmitFirst`` to run before the body is read:
+    for a route that checks its caller at the top of its endpoint, not in a dependency. Put below the
+    route's decorator (FastAPI builds the handler when the route is declared). The endpoint still
+    checks its caller itself, taking what ``check`` found from ``request.state`` when it ran."""
+
+    def given(endpoint: _Endpoint) -> _Endpoint:
+        endpoint.admit_first = check  # type: ignore[attr-defined]
+        return endpoint
+
+    return given
 
 
 def _admit_of(dependant: Any) -> Admit | None:

@@ -20,28 +20,40 @@ Images travel as base64 in JSON, not as multipart uploads: Starlette spools an u
 waits on the process pool, and the blocking parts (token checks, the database) run in threads.
 Nothing here logs or audits the image; the trail gets the quality measures, the distance and the
 decision.
+
+The two routes with an image check their caller on the headers before any of the body is read
+(quaygate.routing.AdmitFirst, ``admit_first``): without the badge office's token, or without our
+Origin and a live login session, a request is refused (401/403, as above) before the server reads and
+parses several MiB of it. The enrolment's caller is checked once, its DPoP proof claimed once; the
+step-up's session is looked up again by the service, whose own checks follow in their order.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import typing
 import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from quaygate.limits import IMAGE_B64_MAX, IMAGE_BODY_BYTES
+from quaygate.routing import AdmitFirst, admit_first
 from release_service.api.problems import problem, problem_responses
 
 from ..authn.service import passkeys_for
 from ..domain.face import SOURCES, FaceCode
 from ..face import FaceError, face_for
+from ..sessions import sessions_for
 from .admin import AdminCaller, AdminRefused, admin_caller
 
-router = APIRouter(tags=["face"])
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["face"], route_class=AdmitFirst)
 
 # Error code -> HTTP status (the one mapping table of this edge, STYLE.md #6). Unlisted codes: 422.
 _STATUS = {
@@ -79,13 +91,59 @@ def _failed(request: Request, exc: FaceError) -> JSONResponse:
     return problem(_STATUS.get(exc.code, 422), exc.code, exc.message, instance=request.url.path, headers=headers)
 
 
-async def _badge_office(request: Request) -> AdminCaller:
+def _badge_office_caller(request: Request) -> AdminCaller:
     """The badge office only: an admin token with ``badges:office``, or a badge_office officer in the
-    admin console (identity.api.admin.admin_caller). Run in a thread: it may reach the cache."""
-    caller = await run_in_threadpool(admin_caller, request)
+    admin console (identity.api.admin.admin_caller); else AdminRefused. Blocking: it may reach the cache."""
+    caller = admin_caller(request)
     if not caller.badge_office:
         raise AdminRefused(403, "badge_office_required", "Faces are enrolled by the badge office.")
     return caller
+
+
+def _admit_badge_office(request: Request) -> Response | None:
+    """The enrolment's caller on the headers alone, before its image is read (AdmitFirst, on a worker
+    thread): the refusal the route would answer, or None with the caller kept for ``_badge_office``,
+    so the token is checked, and its DPoP proof claimed (RFC 9449 §11.1), once."""
+    try:
+        request.state.admitted = (_admit_badge_office, _badge_office_caller(request))
+    except AdminRefused as exc:
+        return exc.response(request)
+    return None
+
+
+async def _badge_office(request: Request) -> AdminCaller:
+    """The badge office's caller: the one admitted before the body was read, else checked now (a
+    route without a body). Checked in a thread: it may reach the cache."""
+    admitted = getattr(request.state, "admitted", None)
+    if admitted is not None and admitted[0] is _admit_badge_office:
+        return typing.cast(AdminCaller, admitted[1])
+    return await run_in_threadpool(_badge_office_caller, request)
+
+
+def _origin_refused(request: Request) -> Response | None:
+    """CSRF guard of the cookie-borne step-up: a request from a page that is not ours is refused."""
+    origin = request.headers.get("origin")
+    if origin is None or origin not in passkeys_for(request.app).allowed_origins:
+        return problem(403, "origin_refused", "This request did not come from a quaygate page.",
+                       instance=request.url.path)
+    return None
+
+
+def _admit_logged_in(request: Request) -> Response | None:
+    """The step-up's caller on the headers alone, before its capture is read (AdmitFirst, on a worker
+    thread): our Origin (403 origin_refused), then a live login session (401 login_required), the
+    answers and their order of the route itself. The service looks the session up again, then makes
+    its own checks (the session's acr, the person, the lockout) in their order."""
+    refused = _origin_refused(request)
+    if refused is not None:
+        log.info("identity.face.step_up.refused.origin")
+        return refused
+    container = request.app.state.container
+    cookie = request.cookies.get(container.settings.session_cookie)
+    if sessions_for(request.app).get(cookie, now=container.clock.now()) is None:
+        log.info("identity.face.step_up.refused.login_required")
+        return _failed(request, FaceError("login_required"))
+    return None
 
 
 _ADMIN_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 503)
@@ -94,6 +152,7 @@ _ADMIN_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 503)
 @router.post("/admin/v1/persons/{person_id}/face", operation_id="admin_enrol_face", status_code=201,
              max_body_size=IMAGE_BODY_BYTES,
              responses=_ADMIN_ERRORS)
+@admit_first(_admit_badge_office)
 async def enrol_face(person_id: uuid.UUID, request: Request, body: EnrolIn) -> JSONResponse:
     """Enrol a person's face from an ID photo or a live capture; the photo is not kept."""
     try:
@@ -140,12 +199,12 @@ async def withdraw_face(person_id: uuid.UUID, request: Request) -> JSONResponse:
 
 @router.post("/face/step-up", operation_id="faceStepUp", max_body_size=IMAGE_BODY_BYTES,
              responses=problem_responses(401, 403, 409, 413, 422, 429, 503))
-async def step_up(request: Request, body: StepUpIn) -> JSONResponse:
+@admit_first(_admit_logged_in)
+async def step_up(request: Request, body: StepUpIn) -> Response:
     """Raise the browser's login session to acr face with a live capture of the logged-in person."""
-    origin = request.headers.get("origin")
-    if origin is None or origin not in passkeys_for(request.app).allowed_origins:  # CSRF: a cookie-borne call
-        return problem(403, "origin_refused", "This request did not come from a quaygate page.",
-                       instance=request.url.path)
+    refused = _origin_refused(request)  # checked before the body too (_admit_logged_in); cheap, kept here
+    if refused is not None:
+        return refused
     settings = request.app.state.container.settings
     now = request.app.state.container.clock.now()
     try:
