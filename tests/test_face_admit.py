@@ -159,8 +159,36 @@ def test_a_dpop_proof_on_the_face_enrolment_is_claimed_once_before_the_body_is_r
     assert (got, read, answer["code"]) == (400, len(_chunks(_JUNK)), "malformed_json"), answer
     got, read, headers, answer = _post(env, ENROL, first)  # the same proof again: claimed already
     assert (got, read, answer["code"]) == (401, 0, "invalid_dpop_proof"), answer
-    assert headers["www-authenticate"].startswith('Bearer error="invalid_dpop_proof"'), headers
+    # RFC 9449 §7.1: a request made with the DPoP scheme is challenged with it, and the algorithms.
+    assert headers["www-authenticate"].startswith('DPoP error="invalid_dpop_proof"'), headers
+    assert 'algs="ES256' in headers["www-authenticate"], headers
     # A fresh proof with a valid body: past the caller's check (once) to the person, whom SOME_ID is not.
     body = json.dumps({"image": base64.b64encode(b"not a photo").decode()}).encode()
     got, read, _, answer = _post(env, ENROL, caller(), body)
     assert (got, read, answer["code"]) == (404, 1, "not_found"), answer
+
+
+def test_the_ban_feeds_caller_is_checked_off_the_event_loop(env: Lifecycle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ban feed checks its caller at the top of its async endpoint: the token's revocation and a
+    DPoP proof's claim may wait for Redis, so the check runs on a worker thread, never on the event loop
+    every gate lane is served from."""
+    import asyncio
+
+    from identity.api import bans
+
+    on_loop: list[bool] = []
+    checked = bans.admin_caller
+
+    def watched(request: Any, **kw: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return checked(request, **kw)
+
+    monkeypatch.setattr(bans, "admin_caller", watched)
+    got, read, _, answer = _post(env, BAN_FEED, _office(env))
+    # Admitted: the whole feed read, then refused for itself (no register key in these tests).
+    assert got == 503 and read == len(_chunks(_JUNK)), answer
+    assert on_loop == [False], on_loop

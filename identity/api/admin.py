@@ -35,6 +35,7 @@ from ..domain import claims as c
 from ..domain.assurance import ACR_PASSKEY, satisfies
 from ..domain.roles import ClientRole
 from ..domain.scopes import BADGES_OFFICE
+from ..dpop import DPOP_ALGORITHMS
 from ..grants import grants_for, revocations_for
 from ..organisations import OrganisationRefused, set_active, status_fields
 from ..registration import RegistrationError, management_for
@@ -62,9 +63,15 @@ class AdminRefused(Exception):
     def response(self, request: Request) -> JSONResponse:
         headers = None
         if self.status in (401, 403):
-            # RFC 6750 §3: the challenge names the error; RFC 9470 §3 adds what a step-up needs.
-            extra = "".join(f', {k}="{v}"' for k, v in self.params.items())
-            headers = {"WWW-Authenticate": f'Bearer error="{self.code}", error_description="{self.detail}"{extra}'}
+            # RFC 6750 §3: the challenge names the error; RFC 9470 §3 adds what a step-up needs. A request
+            # made with the DPoP scheme is answered with a DPoP challenge and the algorithms a proof may
+            # use (RFC 9449 §7.1), so its client knows to make a proof, not to retry as a bearer.
+            params = dict(self.params)
+            scheme = "Bearer"
+            if request.headers.get("authorization", "").partition(" ")[0].lower() == "dpop":
+                scheme, params["algs"] = "DPoP", " ".join(DPOP_ALGORITHMS)
+            extra = "".join(f', {k}="{v}"' for k, v in params.items())
+            headers = {"WWW-Authenticate": f'{scheme} error="{self.code}", error_description="{self.detail}"{extra}'}
         return problem(self.status, self.code, self.detail, instance=request.url.path, headers=headers)
 
 

@@ -62,7 +62,9 @@ def _load(request: Request, raw: bytes, caller: AdminCaller) -> LoadResult:
 async def import_feed(request: Request) -> JSONResponse:
     """Load one signed ban feed (snapshot or change set); refused feeds change nothing."""
     try:
-        caller = admin_caller(request)
+        # On a worker thread: the token's revocation and a DPoP proof's claim may wait for Redis, and
+        # the event loop serves every gate lane.
+        caller = await run_in_threadpool(admin_caller, request)
     except AdminRefused as exc:
         return exc.response(request)
     raw = await request.body()  # at most MAX_FEED_BYTES: the route's body limit (413 body_too_large)
