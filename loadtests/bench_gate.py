@@ -20,10 +20,14 @@ separate process):
 3. verify in ``commit`` mode (each request uses one right), flat out, and its ratio (target at least 0.35);
    before it, the commit's floor: a Redis read, then one PostgreSQL read and one write, on the verify's
    thread pool, and the same awaited on the event loop with psycopg's async connection;
+   then both again with a DPoP-bound token (RFC 9449), as the gate adapter sends them: a fresh proof
+   with every request, the proofs made before each run so that signing them does not take the load
+   generator's CPU; the commit rights are added after the size comparison's small figure (5);
 4. verify ``check`` paced at half the bare rate: p99 (target at most 15 ms); and, for context, paced at
    half its own flat-out rate (the latency a gate sees at a load this server carries);
-5. verify ``check`` paced at a low steady rate with the seeded rights, then again after filler rights
-   bring the table to ``--big`` rows: p50 within 20 % (the lookups are by index, not by scan).
+5. verify ``check`` paced at a low steady rate with the ``--rights`` seeded (measured right after the
+   bare endpoint), then again after filler rights bring the table to ``--big`` rows: p50 within 20 %
+   (the lookups are by index, not by scan).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from joserfc.jwk import ECKey
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -52,6 +57,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_identity import _free_port, _wait, cpu_seconds  # noqa: E402
 
+from gate_adapters.runtime.dpop import DPoPKey  # noqa: E402
 from identity.bootstrap import create_client  # noqa: E402
 from identity.domain.badges import Scheme, with_check  # noqa: E402
 from quaygate.db import create_database, drop_database, make_engine  # noqa: E402
@@ -148,11 +154,60 @@ def warm(issuer: str, seed_data: dict[str, Any], token: str) -> int:
     return len(pool)
 
 
+def add_rights(url: str, seed_data: dict[str, Any], n: int) -> None:
+    """``n`` more nominated rights, for the commit figures (each commit uses one), after the size
+    comparison's small figure has been measured on ``--rights`` alone."""
+    engine = make_engine(url)
+    now = datetime.now(UTC)
+    first = len(seed_data["containers"])
+    containers = [with_check_digit(f"BNCU{k:06d}") for k in range(first, first + n)]
+    line, haul, driver = (uuid.UUID(seed_data[k]) for k in ("line", "haul", "driver"))
+    with engine.begin() as conn:
+        rows = [_right(c, line, haul, driver, now) for c in containers]
+        for i in range(0, len(rows), 5000):
+            conn.execute(releases.insert(), rows[i:i + 5000])
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE releases")
+    engine.dispose()
+    seed_data["containers"].extend(containers)
+
+
+def unused_from(url: str, seed_data: dict[str, Any]) -> int:
+    """The index of the first container past every right used so far (the commits take them in order;
+    a request still in flight when Locust stopped may have used one its count does not show)."""
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        last = conn.execute(sa.select(sa.func.max(releases.c.container_number))
+                            .where(releases.c.state != "nominated")).scalar()
+    engine.dispose()
+    return seed_data["containers"].index(last) + 1 if last else seed_data["check_pool"]
+
+
+def bound_token(issuer: str, seed_data: dict[str, Any]) -> tuple[DPoPKey, str]:
+    """A DPoP key and a gate token bound to it (RFC 9449), as the gate adapter holds them."""
+    key = DPoPKey(ECKey.generate_key("P-256", private=True))
+    token_url = f"{issuer}/oauth2/token"
+    r = httpx.post(token_url, data={"grant_type": "client_credentials"}, headers={"DPoP": key.proof("POST", token_url)},
+                   auth=(seed_data["client_id"], seed_data["secret"]), timeout=10)
+    r.raise_for_status()
+    if r.json().get("token_type") != "DPoP":
+        raise RuntimeError(f"the token endpoint gave no DPoP-bound token: {r.text[:200]}")
+    return key, r.json()["access_token"]
+
+
+def write_proofs(path: Path, key: DPoPKey, url: str, token: str, n: int) -> Path:
+    """``n`` fresh proofs for POST ``url`` with ``token``, for the DPoP users (locust_gate.py), made
+    before the run: each is used once, within the proofs' 60 s."""
+    path.write_text(json.dumps([key.proof("POST", url, access_token=token) for _ in range(n)]))
+    return path
+
+
 def run_locust(user_class: str, base: str, seed_path: Path, users: int, seconds: int, out: Path,
-               server_pid: int, pace: float = 0.0) -> dict[str, Any]:
+               server_pid: int, pace: float = 0.0, extra: dict[str, str] | None = None) -> dict[str, Any]:
     prefix = out / f"{user_class}-{time.monotonic_ns()}"
     before = cpu_seconds(server_pid)
-    env = {**os.environ, "QG_BENCH_SEED": str(seed_path), "QG_BENCH_PACE": str(pace) if pace else ""}
+    env = {**os.environ, "QG_BENCH_SEED": str(seed_path), "QG_BENCH_PACE": str(pace) if pace else "",
+           **(extra or {})}
     subprocess.run(  # noqa: S603 - our locust, our file
         [sys.executable, "-m", "locust", "-f", str(HERE / "locust_gate.py"), "--headless", "--users", str(users),
          "--spawn-rate", str(users), "--run-time", f"{seconds}s", "--host", base, "--csv", str(prefix),
@@ -210,7 +265,11 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rights", type=int, default=10_000)
     parser.add_argument("--big", type=int, default=1_000_000, help="rows for the size comparison (0: skip it)")
+    parser.add_argument("--commit-rights", type=int, default=0,
+                        help="rights added for the commit figures, after the size comparison's small table "
+                             "(default: 2 000 per second of a figure)")
     args = parser.parse_args()
+    args.commit_rights = args.commit_rights or 2_000 * args.seconds
     url = create_database(args.database_url, f"qg_bench_gate_{os.getpid()}")
     app_port, bare_port = _free_port(), _free_port()
     issuer = f"http://127.0.0.1:{app_port}"
@@ -233,8 +292,9 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
                 return 1
             token = httpx.post(f"{issuer}/oauth2/token", data={"grant_type": "client_credentials"},
                                auth=(seed_data["client_id"], seed_data["secret"]), timeout=10).json()["access_token"]
+            key, bound = bound_token(issuer, seed_data)
             seed_path = Path(tmp) / "seed.json"
-            seed_path.write_text(json.dumps({**seed_data, "token": token}))
+            seed_path.write_text(json.dumps({**seed_data, "token": token, "bound_token": bound}))
             out = Path(tmp)
             print(f"gate verify on PostgreSQL + Redis, {args.rights:,} nominated rights, uvicorn {args.workers} "
                   f"worker(s) --no-access-log for both apps, {os.cpu_count()} CPU cores shared with Locust and the "
@@ -246,6 +306,11 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
                            bare.pid)
             print(_line("bare FastAPI JSON POST, async def like the verify route (same model, same server "
                         "settings)", b), flush=True)
+            low = min(100.0, b["rps"] / 4) / 8
+            if args.big:  # the size comparison's small table: --rights alone, before the commits' rights
+                small = run_locust("CheckUser", issuer, seed_path, 8, args.seconds, out, app.pid, pace=low)
+            add_rights(url, seed_data, args.commit_rights)
+            seed_path.write_text(json.dumps({**seed_data, "token": token, "bound_token": bound}))
             d = run_locust("BareDefUser", f"http://127.0.0.1:{bare_port}", seed_path, args.users, args.seconds, out,
                            bare.pid)
             print(_line("  for comparison, the same bare endpoint as a def (FastAPI's two thread hops), the "
@@ -274,6 +339,22 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
             m = run_locust("CommitUser", issuer, seed_path, args.users, args.seconds, out, app.pid)
             print(_line("verify, mode commit (each request uses one right)", m, b, 0.35) + _against_def(m, d),
                   flush=True)
+            # The gate adapter's way: a DPoP-bound token and a fresh proof with every request (its example
+            # settings turn it on). The proofs are made before each run, outside the load generator.
+            verify_url = f"{issuer}/gate/v1/verify"
+            proofs = write_proofs(out / "proofs-check.json", key, verify_url, bound,
+                                  int(c["rps"] * args.seconds * 1.5) + 2000)
+            cd = run_locust("DPoPCheckUser", issuer, seed_path, args.users, args.seconds, out, app.pid,
+                            extra={"QG_BENCH_PROOFS": str(proofs)})
+            print(_line("verify, mode check, DPoP-bound token", cd, b, 0.5) + f"; {cd['rps'] / c['rps']:.2f} of "
+                  "the bearer check", flush=True)
+            proofs = write_proofs(out / "proofs-commit.json", key, verify_url, bound,
+                                  int(m["rps"] * args.seconds * 1.5) + 2000)
+            md = run_locust("DPoPCommitUser", issuer, seed_path, args.users, args.seconds, out, app.pid,
+                            extra={"QG_BENCH_PROOFS": str(proofs),
+                                   "QG_BENCH_COMMIT_FROM": str(unused_from(url, seed_data))})
+            print(_line("verify, mode commit, DPoP-bound token", md, b, 0.35) + f"; {md['rps'] / m['rps']:.2f} "
+                  "of the bearer commit", flush=True)
             half = b["rps"] / 2
             h = run_locust("CheckUser", issuer, seed_path, args.users, args.seconds, out, app.pid,
                            pace=half / args.users)
@@ -287,10 +368,8 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
                            pace=own / args.users)
             print(_line(f"  for context, verify check paced at half its own flat-out rate ({own:,.0f}/s asked)", o),
                   flush=True)
-            failed = any(r["failed"] or not r["total"] for r in (b, d, f1, f, c, mf, ma, m, h, o))
+            failed = any(r["failed"] or not r["total"] for r in (b, d, f1, f, c, mf, ma, m, cd, md, h, o))
             if args.big:
-                low = min(100.0, half / 2) / 8
-                small = run_locust("CheckUser", issuer, seed_path, 8, args.seconds, out, app.pid, pace=low)
                 took = add_filler(url, seed_data, args.big)
                 big = run_locust("CheckUser", issuer, seed_path, 8, args.seconds, out, app.pid, pace=low)
                 ratio = big["p50"] / small["p50"] if small["p50"] else float("inf")

@@ -118,6 +118,47 @@ class CommitUser(_Paced):
                 r.failure(f"{r.status_code} {r.text[:200]}")
 
 
+# ---- a DPoP-bound gate token (the gate adapter's way, its example settings' default) ----------------------
+# QG_BENCH_PROOFS names a file of proofs made ahead by bench_gate.py (``write_proofs``): signing one costs
+# the load generator as much CPU as a small request, on the cores the server shares; each is used once.
+
+_PROOFS = iter(json.loads(Path(os.environ["QG_BENCH_PROOFS"]).read_text()) if os.environ.get("QG_BENCH_PROOFS")
+               else ())
+
+
+def _bound(number: str, mode: str, label: str, client: Any) -> Any:
+    proof = next(_PROOFS, None)
+    if proof is None:
+        raise StopUser("every proof made ahead is used")
+    return client.post("/gate/v1/verify", json=_body(number, mode), name=label, catch_response=True,
+                       headers={"Authorization": f"DPoP {SEED['bound_token']}", "DPoP": proof})
+
+
+class DPoPCheckUser(_Paced):
+    @task
+    def check(self) -> None:
+        with _bound(random.choice(SEED["containers"][:SEED["check_pool"]]), "check", "verify check (DPoP)",
+                    self.client) as r:
+            if r.status_code != 200 or r.json().get("decision") != "allow":
+                r.failure(f"{r.status_code} {r.text[:200]}")
+
+
+_bound_commit_index = itertools.count(int(os.environ.get("QG_BENCH_COMMIT_FROM") or SEED["check_pool"]))
+
+
+class DPoPCommitUser(_Paced):
+    """Commits from QG_BENCH_COMMIT_FROM on: the rights the bearer commits left unused."""
+
+    @task
+    def commit(self) -> None:
+        i = next(_bound_commit_index)
+        if i >= len(SEED["containers"]):
+            raise StopUser("every seeded right is used")
+        with _bound(SEED["containers"][i], "commit", "verify commit (DPoP)", self.client) as r:
+            if r.status_code != 200 or not r.json().get("committed"):
+                r.failure(f"{r.status_code} {r.text[:200]}")
+
+
 # ---- the gate rush: many lanes, mixed valid and invalid reads (bench_gate_rush.py) ----------------------
 # SEED["rush"] (written by bench_gate_rush.seed_rush) holds, per kind, the reads whose decision the seed
 # fixes. Each request draws its kind by weight; the answer must be that decision with that reason (and, for
