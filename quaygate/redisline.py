@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import ssl
 import threading
 from typing import Any
 
@@ -118,14 +119,20 @@ class Pipelined:
     while waiting (a gate that hung up) leaves its reply to be read and dropped in its turn. A Redis
     error reply raises ``ResponseError`` (``NoScriptError``) to its caller alone.
 
-    Only for a plain TCP connection (redis-py's ``Connection``: host, port, db, username, password);
-    ``available`` is False otherwise (TLS, a Unix socket, Sentinel), and the caller uses ``Line``."""
+    For a TCP connection, plain or TLS (redis-py's ``Connection`` or ``SSLConnection``, a ``rediss://``
+    URL: host, port, db, username, password, and the TLS settings redis-py reads, which make the same
+    ``ssl.SSLContext`` here: certificate checks, host name, CA, client certificate). ``available`` is
+    False otherwise (a Unix socket, Sentinel, OCSP checks, a credential provider), and the caller uses
+    ``Line``. A managed Redis is mostly reached over TLS: without this, every gate check would wait for
+    a worker thread."""
 
     def __init__(self, client: redis.Redis) -> None:
         pool = client.connection_pool
         kw = pool.connection_kwargs
-        self.available = (pool.connection_class is redis.connection.Connection and _hiredis_pack is not None
-                          and kw.get("credential_provider") is None)
+        tls = pool.connection_class is redis.connection.SSLConnection
+        self._tls = _tls_context(kw) if tls else None
+        self.available = ((pool.connection_class is redis.connection.Connection or self._tls is not None)
+                          and _hiredis_pack is not None and kw.get("credential_provider") is None)
         self._host, self._port = kw.get("host", "localhost"), int(kw.get("port", 6379))
         self._db = int(kw.get("db", 0) or 0)
         self._username, self._password = kw.get("username"), kw.get("password")
@@ -191,7 +198,8 @@ class Pipelined:
                     old.close()
         try:
             _, wire = await asyncio.wait_for(
-                loop.create_connection(lambda: _Wire(loop, self._timeout), self._host, self._port),
+                loop.create_connection(lambda: _Wire(loop, self._timeout), self._host, self._port,
+                                       ssl=self._tls, server_hostname=self._host if self._tls else None),
                 self._connect_timeout)
         except (OSError, TimeoutError) as exc:
             raise redis.ConnectionError(f"Error connecting to {self._host}:{self._port}: {exc}") from exc
@@ -240,6 +248,42 @@ class Pipelined:
                 loop.call_soon_threadsafe(wire.close)
             except RuntimeError:  # the loop closed meanwhile: its transport went with it
                 pass
+
+
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def _tls_context(kw: dict[str, Any]) -> ssl.SSLContext | None:
+    """The TLS context redis-py's ``SSLConnection`` builds from the same settings (its
+    ``_wrap_socket_with_ssl``, redis 8.1), so a call pipelined here checks the server as a call on the
+    client does; None for what only redis-py does (OCSP), or settings it would refuse."""
+    if kw.get("ssl_validate_ocsp") or kw.get("ssl_validate_ocsp_stapled"):
+        return None
+    reqs = kw.get("ssl_cert_reqs", "required")
+    if reqs is None:
+        reqs = ssl.CERT_NONE
+    elif isinstance(reqs, str):
+        if reqs not in _CERT_REQS:
+            return None
+        reqs = _CERT_REQS[reqs]
+    context = ssl.create_default_context()
+    context.check_hostname = bool(kw.get("ssl_check_hostname", True)) and reqs != ssl.CERT_NONE
+    context.verify_mode = reqs
+    for flag in kw.get("ssl_include_verify_flags") or ():
+        context.verify_flags |= flag
+    for flag in kw.get("ssl_exclude_verify_flags") or ():
+        context.verify_flags &= ~flag
+    if kw.get("ssl_certfile") or kw.get("ssl_keyfile"):
+        context.load_cert_chain(certfile=kw.get("ssl_certfile"), keyfile=kw.get("ssl_keyfile"),
+                                password=kw.get("ssl_password"))
+    if any(kw.get(k) is not None for k in ("ssl_ca_certs", "ssl_ca_path", "ssl_ca_data")):
+        context.load_verify_locations(cafile=kw.get("ssl_ca_certs"), capath=kw.get("ssl_ca_path"),
+                                      cadata=kw.get("ssl_ca_data"))
+    if kw.get("ssl_min_version") is not None:
+        context.minimum_version = kw["ssl_min_version"]
+    if kw.get("ssl_ciphers"):
+        context.set_ciphers(kw["ssl_ciphers"])
+    return context
 
 
 try:

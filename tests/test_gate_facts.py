@@ -448,7 +448,7 @@ def test_invalidations_still_owed_are_sent_before_remembered_facts_are_trusted(
 
 def test_without_a_pipelined_connection_the_loop_never_waits_on_redis(gate: Gate,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """TLS, a Unix socket, Sentinel: no ``Pipelined`` connection, so every Redis call is a blocking one.
+    """A Unix socket, Sentinel, OCSP checks: no ``Pipelined`` connection, so every Redis call is a blocking one.
     The loop's calls (the facts read, the decision recorded or kept on remembered facts) then run in a
     thread: a Redis that stalls holds up that check alone, never every request the loop serves."""
     gate.pickable(31)
@@ -1423,7 +1423,7 @@ def test_a_dpop_proof_at_the_gate_is_claimed_once_and_never_holds_the_event_loop
     monkeypatch.setattr(DPoPVerifier, "claim", watched)
     monkeypatch.setattr(RedisGateFacts, "claim_async", watched_async)
     if not pipelined:
-        monkeypatch.setattr(gate.facts._pipe, "available", False)  # TLS, a socket, Sentinel: no pipelining
+        monkeypatch.setattr(gate.facts._pipe, "available", False)  # a Unix socket, Sentinel: no pipelining
     gate.pickable(71)
     htu = "http://localhost:8000/gate/v1/verify"
     for mode in ("check", "check", "commit"):  # the second check is answered from the cache

@@ -210,9 +210,11 @@ def test_pipelined_errors_scripts_timeouts_and_cancellations(client: redis.Redis
     _on_loop(go, pipe)
 
 
-def test_pipelined_is_only_for_plain_tcp_and_refuses_a_wrong_password(redis_url: str) -> None:
+def test_pipelined_is_for_tcp_plain_or_tls_and_refuses_a_wrong_password(redis_url: str) -> None:
     assert not Pipelined(redis.Redis(unix_socket_path="/nonexistent.sock")).available
-    assert not Pipelined(redis.Redis(ssl=True)).available
+    assert Pipelined(redis.Redis(ssl=True)).available  # rediss://: TLS, as redis-py sets it up
+    assert not Pipelined(redis.Redis(ssl=True, ssl_validate_ocsp=True)).available  # what only redis-py does
+    assert not Pipelined(redis.Redis(ssl=True, ssl_cert_reqs="sometimes")).available  # redis-py refuses it
     wrong = Pipelined(redis.Redis.from_url(redis_url.replace("redis://", "redis://:wrong@"), socket_timeout=0.5))
 
     async def go() -> None:
@@ -306,6 +308,57 @@ def test_pipelined_authenticates_as_redis_py_does(tmp_path: Any) -> None:
             assert _on_loop(go, pipe) == b"OK"
             assert sync.get("who") == b"me"  # on database 3, as the URL says
             sync.close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_pipelined_over_tls_checks_the_server_as_redis_py_does(tmp_path: Any) -> None:
+    """A ``rediss://`` URL (a managed Redis is mostly reached so): the pipelined calls go over TLS with
+    the client's own settings. The server's certificate is checked against the URL's CA, and refused
+    without it; ``ssl_cert_reqs=none`` skips the check, as redis-py does; a client certificate is sent
+    to a server that asks for one (mutual TLS), and without it the server refuses the connection."""
+    from tests import processes
+    from tests.gate_tls import make_cert
+
+    ca = make_cert("test redis CA", None, tmp_path / "ca")
+    make_cert("redis server", ca, tmp_path / "server", san=True)
+    make_cert("gate service", ca, tmp_path / "client")
+    port = processes.free_port()
+    argv = ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--tls-cert-file", str(tmp_path / "server.pem"),
+            "--tls-key-file", str(tmp_path / "server.key"), "--tls-ca-cert-file", str(tmp_path / "ca.pem"),
+            "--tls-auth-clients", "yes"]
+    proc = processes.start(argv, cwd=tmp_path, log=tmp_path / "redis.log", ready=processes.listens(port),
+                           what="redis-server with TLS", timeout=5)
+    base = f"rediss://127.0.0.1:{port}/2?ssl_certfile={tmp_path / 'client.pem'}&ssl_keyfile={tmp_path / 'client.key'}"
+
+    def outcome(url: str) -> Any:
+        sync = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        pipe = Pipelined(sync)
+        assert pipe.available
+
+        async def go() -> Any:
+            try:
+                return await pipe.call("SET", "over", "tls")
+            except redis.ConnectionError as exc:
+                return exc
+
+        try:
+            return _on_loop(go, pipe), sync
+        finally:
+            sync.close()
+
+    try:
+        got, sync = outcome(f"{base}&ssl_ca_certs={tmp_path / 'ca.pem'}")
+        assert got == b"OK"
+        assert sync.get("over") == b"tls"  # on database 2, as the URL says, through redis-py's own TLS
+        refused, _ = outcome(base)  # the system's CAs only: our test CA is not among them
+        assert isinstance(refused, redis.ConnectionError) and "CERTIFICATE_VERIFY_FAILED" in str(refused), refused
+        unchecked, _ = outcome(f"{base}&ssl_cert_reqs=none")
+        assert unchecked == b"OK"
+        anonymous, _ = outcome(f"rediss://127.0.0.1:{port}/2?ssl_ca_certs={tmp_path / 'ca.pem'}")
+        assert isinstance(anonymous, redis.ConnectionError), anonymous  # no client certificate: refused
     finally:
         proc.kill()
         proc.wait()

@@ -278,7 +278,7 @@ class RedisGateFacts:
         self._drain_client = redis.Redis(connection_pool=redis.ConnectionPool(
             connection_class=client.connection_pool.connection_class, max_connections=2, **kwargs))
         self._line = Line(client)  # the hot path's round trips, on a connection per thread
-        # The loop's calls when there is no pipelined connection (TLS, a Unix socket, Sentinel): threads
+        # The loop's calls when there is no pipelined connection (a Unix socket, Sentinel, OCSP checks): threads
         # of their own, so a Redis that stalls holds up neither the loop nor its default executor
         # (name lookups, other libraries' blocking work).
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="gate-facts")
@@ -343,7 +343,7 @@ class RedisGateFacts:
                                 ) -> GateSnapshot | None:
         """``read(through=False)`` from the event loop, pipelined (``Pipelined``): None when something is
         not cached (the caller decides in a worker thread, which reads it through)."""
-        if not self._pipe.available:  # TLS, a Unix socket, Sentinel: blocking, so off the loop
+        if not self._pipe.available:  # a Unix socket, Sentinel: blocking, so off the loop
             return await self._off_loop(functools.partial(
                 self.read, terminal=terminal, request_id=request_id, badge=badge, containers=containers, now=now,
                 through=False, also=also))
