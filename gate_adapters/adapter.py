@@ -20,10 +20,15 @@ Rules:
 5. Keys of the adapter's own (``--make-keys`` makes each one configured and absent, mode 0600, never over
    an existing file): the DPoP key (``auth.dpop_key_file``, RFC 9449; only its thumbprint is printed) and
    the barrier signing key (``[barrier_signing] key_file``; ``--barrier-public-key`` prints the public JWK
-   its controllers verify with). Neither is ever logged.
+   its controllers verify with). Neither is ever logged. Every private key file (these two and
+   ``auth.private_key_file``) must be its owner's alone: outside dev one that group or others may read or
+   write stops the adapter (exit 2, naming its key and ``chmod 600``), as ssh refuses such a key; in dev
+   it is a warning (keys.py ``read_private_file``).
 6. Barrier credentials (``token_file``, ``password_file``) are read, and TLS contexts built, before anything
-   starts (``barrier_parts``); a barrier left insecure by ``allow_insecure``, credentials in clear, and
-   bearer tokens (no DPoP key) are each a warning at every start outside dev (config.py rules 8, 9).
+   starts (``barrier_parts``), as is the HTTP source's TLS context (``server_tls_for``); a barrier left
+   insecure by ``allow_insecure``, credentials in clear, an HTTP source in clear beyond this host
+   (``[http] allow_insecure``) and bearer tokens (no DPoP key) are each a warning at every start outside dev
+   (config.py rules 5, 8, 9).
 """
 
 from __future__ import annotations
@@ -55,12 +60,13 @@ from .runtime.config import (
     ConfigError,
     LaneSettings,
     barrier_risk,
+    http_risk,
     load,
     mint_token,
     read_secret_file,
 )
 from .runtime.dpop import DPoPKey
-from .runtime.keys import create_ec_key
+from .runtime.keys import KeyFileExposed, create_ec_key, read_private_file
 from .runtime.lane import LaneRuntime, LaneWorker
 from .runtime.offline import OfflineMode, PassStore
 from .runtime.outbox import Outbox
@@ -135,6 +141,15 @@ def _read_secret(settings: AdapterSettings) -> str:
     return secret
 
 
+def source_tls_for(settings: AdapterSettings) -> ssl.SSLContext | None:
+    """Rule 6: the HTTP source's TLS context, its files read now (``ConfigError`` names the key)."""
+    if settings.http is None:
+        return None
+    from .runtime.http_source import server_tls_for
+
+    return server_tls_for(settings.http)
+
+
 def _source_credentials(settings: AdapterSettings) -> tuple[Any, Any]:
     """The sources' credentials, their files read now (``ConfigError`` names the key): the MQTT client
     (its password and TLS context) and the HTTP devices (their tokens); None for a source not set."""
@@ -166,7 +181,7 @@ def dpop_key_for(settings: AdapterSettings) -> DPoPKey | None:
     if not settings.auth.dpop or path is None:
         return None
     try:
-        return DPoPKey.load(path)
+        return DPoPKey.load(path, strict=not settings.dev)
     except (OSError, ValueError) as exc:
         raise _key_file_error("auth.dpop_key_file", path, exc) from None
 
@@ -177,10 +192,12 @@ def tokens_for(settings: AdapterSettings) -> TokenProvider:
     dpop = dpop_key_for(settings)
     if auth.private_key_file is not None:
         try:
-            raw = auth.private_key_file.read_bytes()
+            raw = read_private_file(auth.private_key_file, strict=not settings.dev)
         except OSError as exc:
             raise ConfigError("auth.private_key_file", f"cannot read {auth.private_key_file}: "
                                                        f"{exc.strerror or exc}") from None
+        except KeyFileExposed as exc:
+            raise ConfigError("auth.private_key_file", str(exc)) from None
         try:
             signer = AssertionSigner(auth.client_id, raw, auth.audience or token_url, kid=auth.key_id,
                                      alg=auth.algorithm)
@@ -206,7 +223,8 @@ def barrier_signer_for(settings: AdapterSettings) -> CommandSigner | None:
     if s is None:
         return None
     try:
-        return CommandSigner.load(s.key_file, terminal=settings.terminal, kid=s.key_id, lifetime=s.lifetime_seconds)
+        return CommandSigner.load(s.key_file, terminal=settings.terminal, kid=s.key_id, lifetime=s.lifetime_seconds,
+                                  strict=not settings.dev)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _key_file_error("barrier_signing.key_file", s.key_file, exc) from None
 
@@ -250,6 +268,9 @@ def _warn_insecure(settings: AdapterSettings, parts: BarrierParts) -> None:
         risk = barrier_risk(ln.barrier, signed=parts.signer is not None)
         if risk is not None:
             log.warning("gate.barrier.insecure: lane %s: %s", ln.lane, risk[0], extra={"lane": ln.lane})
+    http_in_clear = None if settings.http is None else http_risk(settings.http)
+    if http_in_clear is not None:  # only with [http] allow_insecure = true: else the settings were refused
+        log.warning("gate.source.http.insecure: %s (allow_insecure = true)", http_in_clear)
 
 
 def _sink(lane: LaneSettings, settings: AdapterSettings, mqtt_client: Any, parts: BarrierParts) -> BarrierSink:
@@ -270,7 +291,7 @@ def make_keys(settings: AdapterSettings) -> list[str]:
     path = settings.auth.dpop_key_file
     if path is not None:
         try:
-            created, jkt = DPoPKey.create(path)
+            created, jkt = DPoPKey.create(path, strict=not settings.dev)
         except (OSError, ValueError) as exc:
             raise _key_file_error("auth.dpop_key_file", path, exc) from None
         done.append(f"auth.dpop_key_file: {'made' if created else 'kept the existing'} {path} "
@@ -294,6 +315,7 @@ def build(settings: AdapterSettings) -> Adapter:
     client = VerifyClient(settings.service.base_url, tokens, timeout=settings.service.timeout,
                           attempts=settings.service.attempts)
     barriers = barrier_parts(settings)
+    tls = source_tls_for(settings)
     _warn_insecure(settings, barriers)
     try:
         outbox = Outbox(settings.outbox)
@@ -328,7 +350,8 @@ def build(settings: AdapterSettings) -> Adapter:
                     read_age_seconds=ln.read_age_seconds, clock_slack_seconds=ln.clock_slack_seconds)
         for ln in settings.lanes
     ]
-    worker = LaneWorker(lanes, tick_seconds=settings.tick_seconds, queue_size=settings.queue_size)
+    worker = LaneWorker(lanes, tick_seconds=settings.tick_seconds, queue_size=settings.queue_size,
+                        queue_sizes={(settings.terminal, ln.lane): ln.queue_size for ln in settings.lanes})
     fed_by = {name: {(settings.terminal, ln.lane) for ln in settings.lanes if name in ln.sources}
               for name in ("http", "mqtt")}
     if settings.mqtt is not None:
@@ -342,12 +365,15 @@ def build(settings: AdapterSettings) -> Adapter:
     if settings.http is not None:
         import uvicorn
 
-        from .runtime.http_source import create_source_app
+        from .runtime.http_source import create_source_app, lane_health
 
+        source = mqtt_source
+        health = lane_health(worker, None if source is None else lambda: source.dropped)  # every lane's load
         app = create_source_app(_SourceLanes(worker, fed_by["http"]), settings.terminal,  # type: ignore[arg-type]
-                                devices=devices)
+                                devices=devices, health=health)
         config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port, log_level="warning",
-                                access_log=False, lifespan="off")
+                                access_log=False, lifespan="off",
+                                ssl_context_factory=None if tls is None else lambda _config, _default: tls)
         http_server = uvicorn.Server(config)
     return Adapter(settings, worker, outbox, passes, mqtt_source, http_server)
 
@@ -416,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tokens_for(settings)
             _source_credentials(settings)
             barrier_parts(settings)
+            source_tls_for(settings)
             print(f"settings OK: terminal {settings.terminal}, {len(settings.lanes)} lanes")
             return 0
         logging.basicConfig(level=settings.log_level, stream=sys.stderr,

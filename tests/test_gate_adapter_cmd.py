@@ -99,6 +99,10 @@ def test_the_example_file_parses() -> None:
     ({"lanes": [{"lane": "in-1", "max_pending": 2.5}]}, "lanes[0].max_pending"),
     ({"queue_size": 0}, "queue_size"),
     ({"queue_size": 10_000_000}, "queue_size"),
+    ({"lanes": [{"lane": "in-1", "queue_size": 0}]}, "lanes[0].queue_size"),
+    ({"lanes": [{"lane": "in-1", "queue_size": 100_001}]}, "lanes[0].queue_size"),
+    ({"lanes": [{"lane": "in-1", "queue_size": 10.5}]}, "lanes[0].queue_size"),
+    ({"lanes": [{"lane": "in-1", "queue_size": True}]}, "lanes[0].queue_size"),
     ({"lanes": [{"lane": "in-1", "barrier": {"kind": "mqtt"}}]}, "lanes[0].barrier.kind"),
     ({"lanes": [{"lane": "in-1", "barrier": {"kind": "http"}}]}, "lanes[0].barrier.url"),
     ({"lanes": [{"lane": "in-1", "barrier": {"kind": "log", "colour": "red"}}]}, "lanes[0].barrier.colour"),
@@ -174,7 +178,7 @@ def test_a_lanes_read_age_and_bounds_are_settings_that_change_what_it_refuses(
     adapter = build(settings)
     try:
         default, relaxed = (adapter.worker.lanes[(TERMINAL, lane)] for lane in ("in-1", "in-2"))
-        assert adapter.worker.queue_size == 7
+        assert [adapter.worker.capacity(TERMINAL, lane) for lane in ("in-1", "in-2")] == [7, 7]
         now = datetime.now(UTC)
 
         def read(lane: str, kind: str, body: dict[str, Any], seconds: float) -> Any:
@@ -381,3 +385,31 @@ barrier = {{ kind = "mqtt" }}
         assert box.pending() == [] and box.response(allow.request_id)["decision_id"] == command["decision_id"]
     finally:
         box.close()
+
+
+def test_each_lane_refuses_reads_at_its_own_queue_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lane.py rule 4, config.py rule 7: ``queue_size`` is a lane setting; a lane that does not set it
+    takes the top-level one. Each lane refuses the read one over its own bound, whatever the others hold."""
+    from gate_adapters.adapter import build
+    from gate_adapters.runtime.lane import LaneBusy
+    from gate_adapters.sources import generic_json
+
+    monkeypatch.setenv("QUAYGATE_GATE_CLIENT_SECRET", "s3cret")
+    settings = parse(_minimal(queue_size=3, lanes=[{"lane": "in-1", "queue_size": 2}, {"lane": "in-2"},
+                                                   {"lane": "in-3", "queue_size": 5}]), base=tmp_path)
+    assert [(ln.lane, ln.queue_size) for ln in settings.lanes] == [("in-1", 2), ("in-2", 3), ("in-3", 5)]
+    adapter = build(settings)  # the worker is not started: nothing takes the reads, as if each lane hung
+    try:
+        now = datetime.now(UTC).isoformat()
+        for lane, size in (("in-1", 2), ("in-2", 3), ("in-3", 5)):
+            plate = generic_json.parse_object({"kind": "plate", "lane": lane, "observed_at": now,
+                                               "plate": {"text": "1-ABC-123", "country": "BE", "confidence": 0.9}})
+            for _ in range(size):
+                adapter.worker.submit(TERMINAL, plate)
+            with pytest.raises(LaneBusy) as busy:
+                adapter.worker.submit(TERMINAL, plate)
+            assert (busy.value.lane, busy.value.queue_size) == (lane, size)
+        assert {lane: load.queued for (_, lane), load in adapter.worker.load().items()} == {
+            "in-1": 2, "in-2": 3, "in-3": 5}
+    finally:
+        adapter.outbox.close()

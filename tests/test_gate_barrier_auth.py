@@ -36,9 +36,9 @@ from gate_adapters.runtime.mqtt_source import new_client
 from gate_adapters.runtime.sinks import BarrierCommand, Command, HttpBarrier, MqttBarrier
 
 from .factories import TERMINAL
+from .gate_tls import make_cert
 from .processes import ROOT, free_port
 from .test_gate_runtime import _mosquitto
-from .test_gate_source_auth import _cert
 
 DOCS = ROOT / "docs" / "gate-adapter.md"
 ALLOW = {"decision": "allow", "mode": "commit", "committed": True, "decision_id": "d-1"}
@@ -105,10 +105,10 @@ def controller() -> Iterator[Controller]:
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
     """A CA, the controller's certificate (localhost, 127.0.0.1) and the adapter's client certificate."""
-    ca = _cert("quaygate test barrier CA", None, tmp_path / "ca")
-    _cert("localhost", ca, tmp_path / "controller", san=True)
-    _cert("gate-adapter", ca, tmp_path / "client")
-    _cert("stranger CA", None, tmp_path / "other-ca")
+    ca = make_cert("quaygate test barrier CA", None, tmp_path / "ca")
+    make_cert("localhost", ca, tmp_path / "controller", san=True)
+    make_cert("gate-adapter", ca, tmp_path / "client")
+    make_cert("stranger CA", None, tmp_path / "other-ca")
     return tmp_path
 
 
@@ -143,6 +143,7 @@ def _doc(tmp_path: Path, barrier: dict[str, Any], *, signing: bool = True, dev: 
         if not (tmp_path / "barrier-signing.jwk").exists():
             (tmp_path / "barrier-signing.jwk").write_text(
                 json.dumps(ECKey.generate_key("P-256", private=True).as_dict(private=True)))
+            (tmp_path / "barrier-signing.jwk").chmod(0o600)  # its owner's alone, or it does not start (keys.py)
     doc.update(over)
     return doc
 

@@ -626,14 +626,15 @@ def test_client_credentials_are_cached_until_shortly_before_expiry(gate: Gate) -
 # -- read inputs ------------------------------------------------------------------------------------
 
 
-def test_the_http_input_parses_enqueues_and_refuses_plainly(gate: Gate, outbox: Outbox) -> None:
+def test_the_http_input_parses_enqueues_and_refuses_with_a_problem(gate: Gate, outbox: Outbox) -> None:
     rid = gate.pickable(10)
     sink = RecordingBarrier()
     worker = LaneWorker([runtime(real_client(gate), outbox, sink)])
     inputs = TestClient(create_source_app(worker, TERMINAL, devices=None))
     at = _now()
     bad = inputs.post(f"/reads/{LANE}", content=b'{"kind": "plate"}')
-    assert bad.status_code == 400 and bad.headers["content-type"].startswith("text/plain") and "plate" in bad.text
+    assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"
+    assert bad.json()["code"] == "payload_refused" and "plate" in bad.json()["detail"]
     assert inputs.post("/reads/in-99", content=b"{}").status_code == 404
     lost = (FIXTURES / "axis_lpv_lost.json").read_bytes()
     assert inputs.post(f"/axis/{LANE}", content=lost).json() == {"accepted": False}
@@ -671,8 +672,62 @@ def test_the_mqtt_source_drops_and_counts_a_read_for_a_full_lane(outbox: Outbox,
     with caplog.at_level(logging.WARNING, logger="gate_adapters.source.mqtt"):
         assert source.handle(f"qg/{TERMINAL}/{LANE}/plate", plate) is None  # returns at once: dropped
     assert source.dropped == {LANE: 1} and worker.queued(TERMINAL, LANE) == 1
-    [logged] = [r for r in caplog.records if r.getMessage() == "gate.source.mqtt.lane_busy"]
-    assert (logged.lane, logged.dropped) == (LANE, 1)  # type: ignore[attr-defined]
+    [logged] = _drop_lines(caplog)
+    assert (logged.lane, logged.dropped, logged.queue_size) == (LANE, 1, 1)  # type: ignore[attr-defined]
+
+
+def _drop_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("gate.source.mqtt.lane_busy")]
+
+
+def test_a_flood_of_drops_is_logged_once_at_once_then_once_per_interval_and_counted_exactly(
+        outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    """mqtt_source.py rule 6: one line per dropped read would turn a flood of reads into a flood of log
+    lines. The first drop of a lane is logged at once; then at most one line per interval says how many
+    were dropped since the last; the count stays exact. The clock is ours: nothing sleeps."""
+    now = [1000.0]
+    lanes = [LaneRuntime(TERMINAL, name, "in", "commit", LaneCorrelator(name, TERMINAL, "in"), HangingClient(),  # type: ignore[arg-type]
+                         outbox, RecordingBarrier()) for name in (LANE, "in-4")]
+    worker = LaneWorker(lanes, queue_size=1)  # not started: nothing takes the reads
+    source = MqttSource(worker, prefix="qg", drop_log_seconds=10, clock=lambda: now[0])
+
+    def flood(lane: str, n: int) -> None:
+        plate = json.dumps({"kind": "plate", "lane": lane, "observed_at": _now().isoformat(),
+                            "plate": {"text": "1-ABC-123", "country": "BE", "confidence": 0.95}})
+        for _ in range(n):
+            source.handle(f"qg/{TERMINAL}/{lane}/plate", plate.encode())
+
+    def lines() -> list[tuple[str, int, int]]:
+        out = [(r.lane, r.dropped_since, r.dropped) for r in _drop_lines(caplog)]  # type: ignore[attr-defined]
+        caplog.clear()
+        return out
+
+    caplog.set_level(logging.WARNING, logger="gate_adapters.source.mqtt")
+    flood(LANE, 1 + 100)  # the first is queued, the next hundred dropped
+    assert lines() == [(LANE, 1, 1)]  # the first drop, at once
+    now[0] += 5
+    flood(LANE, 10)
+    source.log_drops()  # the interval is not over: nothing to say yet
+    flood("in-4", 1 + 2)  # another lane's first drop is its own, logged at once
+    assert lines() == [("in-4", 1, 1)]
+    now[0] += 5  # ten seconds since the first line: the next drop brings the summary
+    flood(LANE, 1)
+    assert lines() == [(LANE, 110, 111)]
+    now[0] += 3
+    flood(LANE, 4)
+    source.log_drops()
+    assert lines() == []
+    now[0] += 7  # the flood is over; the lane's interval is: the thread's call says the rest
+    source.log_drops()
+    assert sorted(lines()) == [(LANE, 4, 115), ("in-4", 1, 2)]
+    now[0] += 60  # quiet for a minute: a new flood's first drop is logged at once again
+    flood(LANE, 1)
+    assert lines() == [(LANE, 1, 116)]
+    flood(LANE, 2)
+    source.stop()  # what is left is said at stop
+    assert lines() == [(LANE, 2, 118)]
+    assert source.dropped == {LANE: 118, "in-4": 2}
+    assert (worker.queued(TERMINAL, LANE), worker.queued(TERMINAL, "in-4")) == (1, 1)
 
 
 def _mosquitto() -> tuple[str, int]:
@@ -730,7 +785,8 @@ def test_reads_over_mqtt_open_the_barrier_over_mqtt(gate: Gate, outbox: Outbox) 
     assert gate.state(rid) == "gated_in"
 
 
-def test_a_flood_on_one_lane_over_mqtt_is_dropped_and_never_holds_up_the_broker_connection(outbox: Outbox) -> None:
+def test_a_flood_on_one_lane_over_mqtt_is_dropped_and_never_holds_up_the_broker_connection(
+        outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
     """paho's network thread serves every lane: a full lane's reads are dropped (and counted), never
     waited for, so the next lane's read still gets through on the same connection."""
     host, port = _mosquitto()
@@ -738,10 +794,12 @@ def test_a_flood_on_one_lane_over_mqtt_is_dropped_and_never_holds_up_the_broker_
     lanes = [LaneRuntime(TERMINAL, name, "in", "commit", LaneCorrelator(name, TERMINAL, "in"), HangingClient(),  # type: ignore[arg-type]
                          outbox, RecordingBarrier()) for name in (LANE, "in-4")]
     worker = LaneWorker(lanes, queue_size=3)  # not started: nothing takes the reads, as if every lane hung
-    source = MqttSource(worker, host=host, port=port, prefix=prefix, client=new_client())
+    source = MqttSource(worker, host=host, port=port, prefix=prefix, client=new_client(),
+                        clock=lambda: 0.0)  # the drop log's clock stands still: one line, then the rest at stop
     camera = new_client()
     camera.connect(host, port)
     camera.loop_start()
+    caplog.set_level(logging.WARNING, logger="gate_adapters.source.mqtt")
     source.start()
     try:
         assert source.subscribed.wait(10)
@@ -763,3 +821,4 @@ def test_a_flood_on_one_lane_over_mqtt_is_dropped_and_never_holds_up_the_broker_
         camera.loop_stop()
     assert (worker.queued(TERMINAL, LANE), worker.queued(TERMINAL, "in-4")) == (3, 1)
     assert source.dropped == {LANE: 7}
+    assert [(r.dropped_since, r.dropped) for r in _drop_lines(caplog)] == [(1, 1), (6, 7)]  # type: ignore[attr-defined]

@@ -14,13 +14,14 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
-import ipaddress
 import json
+import logging
 import os
 import pwd
 import queue
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -31,10 +32,6 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 
 from gate_adapters.adapter import Adapter, build
@@ -42,8 +39,10 @@ from gate_adapters.adapter import main as adapter_main
 from gate_adapters.core.reads import Read
 from gate_adapters.runtime.config import ConfigError, load, parse
 from gate_adapters.runtime.mqtt_source import MqttSource, client_for, new_client
+from gate_adapters.sources import generic_json
 
 from .factories import TERMINAL
+from .gate_tls import make_cert
 from .processes import ROOT, free_port, listens, start, stop, unavailable
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gate"
@@ -334,6 +333,52 @@ def test_an_oversized_body_gets_413_before_it_is_read(served: int) -> None:
         == "HTTP/1.1 401 Unauthorized"
 
 
+def _problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """RFC 9457 §3.1: the answer is a problem document with its members, ``status`` the answer's own."""
+    assert (r.status_code, r.headers["content-type"]) == (status, "application/problem+json"), r.text
+    body = r.json()
+    assert body == {"type": f"https://quaygate.eu/problems/gate-adapter/{code}", "title": body["title"],
+                    "status": status, "detail": body["detail"], "code": code}, body
+    assert body["title"] and body["detail"]
+    return body
+
+
+def test_every_refusal_is_a_problem_document_over_a_real_socket(tmp_path: Path) -> None:
+    """http_source.py: every error the source answers, with the status and headers it always had, is an
+    ``application/problem+json`` document, the framework's own errors included."""
+    crowded = build(parse(_doc(tmp_path, queue_size=1), base=tmp_path))
+    try:
+        with serving(crowded) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            anpr = bearer("anpr-in-1")
+            unauthenticated = http.post("/reads/in-1", json=PLATE)
+            _problem(unauthenticated, 401, "device_token_required")
+            assert unauthenticated.headers["www-authenticate"] == (
+                'Bearer realm="quaygate-gate", Basic realm="quaygate-gate", charset="UTF-8"')
+            _problem(http.post("/reads/in-2", json=PLATE, headers=anpr), 403, "lane_forbidden")
+            _problem(http.post("/axis/in-1", content=b"x" * (64 * 1024 + 1), headers=anpr), 413,
+                     "payload_too_large")
+            refused = _problem(http.post("/reads/in-1", content=b'{"kind": "plate"}', headers=anpr), 400,
+                               "payload_refused")
+            assert "plate" in refused["detail"]  # the parser's reason, for the device's integrator
+            _problem(http.post("/reads/in-1", json=BADGE, headers=anpr), 403, "read_forbidden")
+            _problem(http.post("/reads/in-1", json=FACE_MATCH, headers=bearer("facecam-in-1")), 403, "read_forbidden")
+            assert http.post("/reads/in-1", json=PLATE, headers=anpr).status_code == 202
+            busy = http.post("/reads/in-1", json=PLATE, headers=anpr)
+            _problem(busy, 503, "lane_busy")
+            assert busy.headers["retry-after"] == "1"
+            _problem(http.post("/nowhere/in-1", json=PLATE, headers=anpr), 404, "not_found")
+            _problem(http.get("/reads/in-1", headers=anpr), 405, "method_not_allowed")
+        dev = build(parse(_doc(tmp_path, dev=True, http={"port": free_port()}, outbox="dev.sqlite3"), base=tmp_path))
+        try:
+            with serving(dev) as port:
+                _problem(httpx.post(f"http://127.0.0.1:{port}/reads/in-9", json=PLATE, timeout=10), 404,
+                         "unknown_lane")
+        finally:
+            dev.outbox.close()
+    finally:
+        crowded.outbox.close()
+
+
 def test_a_read_for_a_full_lane_gets_503_with_retry_after_and_is_not_queued(tmp_path: Path) -> None:
     """lane.py rule 4, http_source.py rule 7: a lane holds at most ``queue_size`` reads waiting; one more
     is refused 503 with ``Retry-After`` (the device sends it again), never queued, and another lane's
@@ -347,12 +392,169 @@ def test_a_read_for_a_full_lane_gets_503_with_retry_after_and_is_not_queued(tmp_
                 assert (r.status_code, r.json()) == (202, {"accepted": True}), r.text
             full = http.post("/reads/in-1", json=PLATE, headers=anpr)
             assert full.status_code == 503 and full.headers["retry-after"] == "1", full.text
-            assert full.headers["content-type"].startswith("text/plain") and "busy" in full.text
+            assert full.headers["content-type"] == "application/problem+json" and full.json()["code"] == "lane_busy"
             assert http.post("/reads/in-2", json=BADGE, headers=bearer("reader")).status_code == 202
         assert [(read.kind.value, read.lane) for read in fed(crowded)] == [
             ("plate", "in-1"), ("plate", "in-1"), ("badge", "in-2")]
     finally:
         crowded.outbox.close()
+
+
+# ---- HTTP: TLS, on a real socket ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def source_pki(tmp_path: Path) -> Path:
+    """A CA of the terminal's, the source's certificate (localhost, 127.0.0.1), a camera's certificate from
+    that CA, and a stranger's from a CA of its own."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = make_cert("quaygate test device CA", None, pki / "ca")
+    make_cert("localhost", ca, pki / "source", san=True)
+    make_cert("anpr-in-1", ca, pki / "camera")
+    make_cert("stranger", make_cert("stranger CA", None, pki / "stranger-ca"), pki / "stranger")
+    return pki
+
+
+def _tls_doc(tmp_path: Path, pki: Path, **http: Any) -> dict[str, Any]:
+    doc = _doc(tmp_path)
+    doc["http"].update({"cert_file": str(pki / "source.pem"), "key_file": str(pki / "source.key"), **http})
+    return doc
+
+
+def _https(pki: Path, port: int, client: str | None = None) -> httpx.Client:
+    """A device: it checks the source's certificate against the CA, and shows its own if it has one."""
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    if client is not None:
+        context.load_cert_chain(pki / f"{client}.pem", pki / f"{client}.key")
+    return httpx.Client(base_url=f"https://localhost:{port}", verify=context, timeout=10)
+
+
+def test_with_a_certificate_the_source_speaks_only_tls(tmp_path: Path, source_pki: Path) -> None:
+    adapter = build(parse(_tls_doc(tmp_path, source_pki), base=tmp_path))
+    try:
+        with serving(adapter) as port:
+            with _https(source_pki, port) as device:
+                r = device.post("/reads/in-1", json=PLATE, headers=bearer("anpr-in-1"))
+                assert (r.status_code, r.json()) == (202, {"accepted": True}), r.text
+                assert device.post("/reads/in-1", json=PLATE).status_code == 401  # the token is still asked
+            with pytest.raises(httpx.TransportError):  # in clear: no answer, the token never read
+                httpx.post(f"http://127.0.0.1:{port}/reads/in-1", json=PLATE, headers=bearer("anpr-in-1"), timeout=10)
+            with pytest.raises(httpx.ConnectError):  # a device that does not know the terminal's CA stops
+                httpx.post(f"https://localhost:{port}/reads/in-1", json=PLATE, timeout=10)
+        assert [(read.kind.value, read.lane) for read in fed(adapter)] == [("plate", "in-1")]
+    finally:
+        adapter.outbox.close()
+
+
+def test_with_a_client_ca_only_a_device_with_a_certificate_it_signed_gets_in(tmp_path: Path,
+                                                                           source_pki: Path) -> None:
+    adapter = build(parse(_tls_doc(tmp_path, source_pki, client_ca_file=str(source_pki / "ca.pem")),
+                          base=tmp_path))
+    try:
+        with serving(adapter) as port:
+            for client in (None, "stranger"):  # no certificate, or one another CA signed: no handshake
+                with _https(source_pki, port, client) as device, pytest.raises(httpx.TransportError):
+                    device.post("/reads/in-1", json=PLATE, headers=bearer("anpr-in-1"))
+            with _https(source_pki, port, "camera") as device:
+                r = device.post("/reads/in-1", json=PLATE, headers=bearer("anpr-in-1"))
+                assert (r.status_code, r.json()) == (202, {"accepted": True}), r.text
+                assert device.post("/reads/in-1", json=PLATE).status_code == 401  # and its token, still
+        assert [(read.kind.value, read.lane) for read in fed(adapter)] == [("plate", "in-1")]
+    finally:
+        adapter.outbox.close()
+
+
+@pytest.mark.parametrize(("http", "key"), [
+    ({"host": "0.0.0.0"}, "http.cert_file"),  # the camera network, in clear
+    ({"host": "10.20.3.7"}, "http.cert_file"),
+    ({"cert_file": "source.pem"}, "http.key_file"),
+    ({"key_file": "source.key"}, "http.cert_file"),
+    ({"client_ca_file": "ca.pem"}, "http.client_ca_file"),  # mutual TLS without TLS
+    ({"host": "0.0.0.0", "allow_insecure": "yes"}, "http.allow_insecure"),
+])
+def test_outside_dev_a_source_in_clear_beyond_this_host_does_not_start(tmp_path: Path, http: dict[str, Any],
+                                                                      key: str) -> None:
+    doc = _doc(tmp_path)
+    doc["http"].update(http)
+    with pytest.raises(ConfigError) as exc:
+        parse(doc, base=tmp_path)
+    assert exc.value.key == key, str(exc.value)
+    if key == "http.cert_file" and "host" in http:
+        assert "in clear" in exc.value.message and "allow_insecure" in exc.value.message
+
+
+@pytest.mark.parametrize(("http", "dev", "warned"), [
+    ({}, False, False),  # 127.0.0.1: only this host reaches it
+    ({"host": "0.0.0.0", "cert_file": "source.pem", "key_file": "source.key"}, False, False),
+    ({"host": "0.0.0.0", "allow_insecure": True}, False, True),  # a camera VLAN of its own, said at each start
+    ({"host": "0.0.0.0"}, True, False),  # a local test
+])
+def test_a_source_that_starts_and_whether_its_risk_is_logged(tmp_path: Path, http: dict[str, Any], dev: bool,
+                                                             warned: bool, caplog: pytest.LogCaptureFixture) -> None:
+    from gate_adapters.adapter import _warn_insecure, barrier_parts
+
+    doc = _doc(tmp_path, dev=dev)
+    doc["http"].update(http)
+    settings = parse(doc, base=tmp_path)
+    caplog.set_level(logging.WARNING, logger="gate_adapters.adapter")
+    _warn_insecure(settings, barrier_parts(settings))  # what build() says before it opens anything
+    insecure = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gate.source.http.insecure")]
+    assert len(insecure) == int(warned), insecure
+    if warned:
+        assert "0.0.0.0" in insecure[0] and "in clear" in insecure[0]
+
+
+def test_a_certificate_or_client_ca_the_source_cannot_use_stops_it_before_it_starts(
+        tmp_path: Path, source_pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for http, key in (({"cert_file": str(source_pki / "missing.pem")}, "http.cert_file"),
+                      ({"key_file": str(source_pki / "camera.key")}, "http.cert_file"),  # not the certificate's key
+                      ({"client_ca_file": str(source_pki / "nowhere.pem")}, "http.client_ca_file")):
+        with pytest.raises(ConfigError) as exc:
+            build(parse(_tls_doc(tmp_path, source_pki, **http), base=tmp_path))
+        assert exc.value.key == key, str(exc.value)
+    config = tmp_path / "tls.toml"
+    config.write_text(f'terminal = "{TERMINAL}"\noutbox = "o.sqlite3"\n[service]\nbase_url = "https://q.example"\n'
+                      '[auth]\nclient_id = "g"\nclient_secret_file = "client-secret"\n[http]\nhost = "0.0.0.0"\n'
+                      f'cert_file = "{source_pki / "source.pem"}"\nkey_file = "{source_pki / "camera.key"}"\n'
+                      f'[[http.devices]]\nname = "cam"\ntoken_sha256 = "{"0" * 64}"\nlanes = ["in-1"]\n'
+                      'kinds = ["plate"]\n[[lanes]]\nlane = "in-1"\n')
+    for argv in (["--config", str(config), "--check"], ["--config", str(config)]):
+        assert adapter_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("gate-adapter: bad settings: http.cert_file: cannot use ") and "Traceback" not in err
+    assert not (tmp_path / "o.sqlite3").exists()
+
+
+def test_healthz_shows_each_lanes_queue_what_its_bounds_refused_and_the_mqtt_drops(tmp_path: Path) -> None:
+    """http_source.py ``/healthz``: per lane, the reads waiting and how many may, the reads refused because
+    the lane was full (from any source), the trucks evicted, and the reads the MQTT source dropped; asked
+    over a real socket of the adapter ``build`` wires, without a token."""
+    (tmp_path / "mqtt.pw").write_text("mqtt-pw\n")
+    doc = _doc(tmp_path, queue_size=2, mqtt={"username": "gate", "password_file": "mqtt.pw"},
+               lanes=[{"lane": "in-1", "sources": ["http"], "max_pending": 1}, {"lane": "in-2", "queue_size": 1}])
+    adapter = build(parse(doc, base=tmp_path))
+    try:
+        with serving(adapter) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            assert http.get("/healthz").json()["load"] == {  # the worker is not started: nothing takes reads
+                "in-1": {"queued": 0, "queue_size": 2, "refused": 0, "evicted": 0, "mqtt_dropped": 0},
+                "in-2": {"queued": 0, "queue_size": 1, "refused": 0, "evicted": 0, "mqtt_dropped": 0}}
+            for status in (202, 202, 503):
+                assert http.post("/reads/in-1", json=PLATE, headers=bearer("anpr-in-1")).status_code == status
+            badge = json.dumps(BADGE).encode()
+            for _ in range(3):  # one queued, two dropped
+                adapter.mqtt.handle(f"quaygate/{TERMINAL}/in-2/badge", badge)
+            in_1 = adapter.worker.lanes[(TERMINAL, "in-1")]
+            for text in ("1-ABC-123", "7-XYZ-777"):  # two trucks' plates, fresh: the second evicts the first
+                plate = generic("plate", {**PLATE["plate"], "text": text})
+                in_1.feed(generic_json.parse_object({**plate, "lane": "in-1"}))
+            health = http.get("/healthz")
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "terminal": TERMINAL, "lanes": ["in-1", "in-2"], "load": {
+            "in-1": {"queued": 2, "queue_size": 2, "refused": 1, "evicted": 1, "mqtt_dropped": 0},
+            "in-2": {"queued": 1, "queue_size": 1, "refused": 2, "evicted": 0, "mqtt_dropped": 2}}}
+    finally:
+        adapter.outbox.close()
 
 
 # ---- MQTT ---------------------------------------------------------------------------------------------
@@ -400,26 +602,6 @@ def test_a_face_match_over_mqtt_is_dropped_unless_the_source_is_a_trusted_matche
     assert [read.match is not None for read in fed(adapter)] == [False, True]  # type: ignore[union-attr]
 
 
-def _cert(name: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, path: Path,
-          **san: Any) -> tuple[x509.Name, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer[0] if issuer else subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
-               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-    path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    path.with_suffix(".key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                           serialization.PrivateFormat.PKCS8,
-                                                           serialization.NoEncryption()))
-    return subject, key
-
-
 ACL = """\
 user gate-k1700
 topic read quaygate/{t}/+/#
@@ -438,10 +620,10 @@ def broker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         unavailable("the MQTT TLS test", "no mosquitto / mosquitto_passwd binary")
     pki = tmp_path / "pki"
     pki.mkdir()
-    ca = _cert("quaygate test CA", None, pki / "ca")
-    _cert("localhost", ca, pki / "server", san=True)
+    ca = make_cert("quaygate test CA", None, pki / "ca")
+    make_cert("localhost", ca, pki / "server", san=True)
     for user in ("gate-k1700", "anpr-in-1"):
-        _cert(user, ca, pki / user)
+        make_cert(user, ca, pki / user)
     passwd = tmp_path / "passwd"
     passwd.touch(mode=0o600)
     for user in ("gate-k1700", "anpr-in-1"):

@@ -34,7 +34,12 @@ Rules (each has a test in tests/test_gate_correlate.py):
    (``missing`` says what), so the service answers review/deny with a reason instead of the truck
    waiting forever. When a new truck opens, older complete trucks stop waiting for a face.
 3. A read similar to one of a truck emitted less than ``window_seconds`` ago is a late duplicate
-   (a camera's "update" event): it is dropped and reported, never opens a phantom truck.
+   (a camera's "update" event): it is dropped and reported, never opens a phantom truck. Except in
+   what it reports: a face match result saying ``matched: false`` for a truck already emitted whose
+   face was not a mismatch (the matcher answered after the request went, or changed its mind) is a
+   ``late_face_mismatch`` naming that truck's ``request_id`` (the newest such truck): the barrier may
+   already have opened for the wrong driver, so the caller records it and calls an officer (lane.py
+   rule 8); it is never lost among the harmless duplicates.
 4. Bounded memory: at most ``max_pending`` trucks wait; opening one more evicts the oldest, which is
    emitted with outcome ``evicted`` (its reads so far, ``missing`` says what it lacked). An eviction is
    at least as grave as a window ending without every read: reads the lane cannot place (a flood, a
@@ -50,6 +55,7 @@ Limitation: one container per truck; a second, different container number opens 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import uuid
 from collections import deque
 from collections.abc import Iterable
@@ -73,6 +79,7 @@ class Outcome(StrEnum):
 
 class DropReason(StrEnum):
     LATE_READ = "late_read"
+    LATE_FACE_MISMATCH = "late_face_mismatch"  # rule 3: a mismatch for a truck already emitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +139,15 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """Something the correlator let go of without emitting it; the caller logs it."""
+    """Something the correlator let go of without emitting it; the caller logs it (and, for a late face
+    mismatch, acts on it: ``request_id`` and ``observed_at`` name the truck it came too late for)."""
 
     reason: DropReason
     lane: str
     kinds: frozenset[ReadKind]
+    request_id: str | None = None
+    observed_at: datetime | None = None
+    score: float | None = None
 
 
 @dataclass(slots=True)
@@ -150,6 +161,8 @@ class _Truck:
 class _Emitted:
     emitted_at: float
     reads: tuple[Read, ...]
+    request_id: str
+    observed_at: datetime
 
 
 def _edits_at_most_one(a: str, b: str) -> bool:
@@ -178,10 +191,14 @@ def similar(a: Read, b: Read) -> bool:
     return True  # faces: one driver per truck
 
 
+def _is_mismatch(read: Read) -> bool:
+    """A face match result saying the driver is not the nominee (rules 1a and 3)."""
+    return isinstance(read, FaceRead) and read.match is not None and not read.match.matched
+
+
 def _rank(read: Read) -> tuple[bool, float, float, str]:
     """Rule 1a's order between two similar reads: the greater one is kept."""
-    mismatch = isinstance(read, FaceRead) and read.match is not None and not read.match.matched
-    return (mismatch, read.confidence, -read.observed_at.timestamp(), read.value)
+    return (_is_mismatch(read), read.confidence, -read.observed_at.timestamp(), read.value)
 
 
 def request_id_for(terminal: str, lane: str, direction: str, reads: Iterable[Read]) -> str:
@@ -235,8 +252,9 @@ class LaneCorrelator:
             raise ValueError(f"read for lane {read.lane!r} given to the correlator of lane {self.lane!r}")
         out = self.tick(now)
         now = self._now
-        if self._is_late_duplicate(read, now):
-            self._dropped.append(Dropped(DropReason.LATE_READ, self.lane, frozenset({read.kind})))
+        late_for = self._late_duplicate_of(read, now)
+        if late_for is not None:
+            self._dropped.append(self._late(read, late_for))
             return out
         truck = self._place(read)
         if truck is None:
@@ -307,26 +325,39 @@ class LaneCorrelator:
     def _emit(self, truck: _Truck, outcome: Outcome, now: float) -> Ready:
         self._pending.remove(truck)
         reads = tuple(truck.reads.values())
-        self._emitted.append(_Emitted(emitted_at=now, reads=reads))
+        request_id = request_id_for(self.terminal, self.lane, self.direction, reads)
+        observed_at = min(r.observed_at for r in reads)
+        self._emitted.append(_Emitted(emitted_at=now, reads=reads, request_id=request_id, observed_at=observed_at))
         by_kind: dict[ReadKind, Any] = dict(truck.reads)
         return Ready(
-            request_id=request_id_for(self.terminal, self.lane, self.direction, reads),
+            request_id=request_id,
             terminal=self.terminal,
             lane=self.lane,
             direction=self.direction,
             outcome=outcome,
             missing=frozenset(self.require - truck.reads.keys()),
-            observed_at=min(r.observed_at for r in reads),
+            observed_at=observed_at,
             plate=by_kind.get(ReadKind.PLATE),
             container=by_kind.get(ReadKind.CONTAINER),
             badge=by_kind.get(ReadKind.BADGE),
             face=by_kind.get(ReadKind.FACE),
         )
 
-    def _is_late_duplicate(self, read: Read, now: float) -> bool:
-        for emitted in self._emitted:
+    def _late_duplicate_of(self, read: Read, now: float) -> _Emitted | None:
+        """Rule 3: the newest truck emitted within the window that held a read similar to ``read``."""
+        for emitted in reversed(self._emitted):
             if now - emitted.emitted_at >= self.window_seconds:
                 continue
             if any(similar(held, read) for held in emitted.reads if held.kind is read.kind):
-                return True
-        return False
+                return emitted
+        return None
+
+    def _late(self, read: Read, emitted: _Emitted) -> Dropped:
+        """Rule 3: a harmless late duplicate, or a mismatch the emitted truck's request did not carry."""
+        if _is_mismatch(read) and not any(_is_mismatch(held) for held in emitted.reads):
+            assert isinstance(read, FaceRead) and read.match is not None
+            # Said once: the emitted truck now holds the mismatch, so the same news again is a duplicate.
+            self._emitted[self._emitted.index(emitted)] = dataclasses.replace(emitted, reads=(*emitted.reads, read))
+            return Dropped(DropReason.LATE_FACE_MISMATCH, self.lane, frozenset({read.kind}), emitted.request_id,
+                           emitted.observed_at, read.match.score)
+        return Dropped(DropReason.LATE_READ, self.lane, frozenset({read.kind}))

@@ -37,7 +37,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey
 
-from .keys import private_key
+from .keys import private_key, read_private_file
 
 COMMAND_TYP = "quaygate-barrier+jwt"
 COMMAND_ALGORITHMS = ("ES256", "Ed25519")
@@ -64,9 +64,11 @@ class CommandSigner:
         return f"CommandSigner(alg={self.alg!r}, kid={self.kid!r})"
 
     @classmethod
-    def load(cls, path: Path, *, terminal: str, kid: str | None = None, lifetime: float = 5.0) -> CommandSigner:
-        """ValueError / OSError, whose messages never quote the file."""
-        key = private_key(path.read_bytes())
+    def load(cls, path: Path, *, terminal: str, kid: str | None = None, lifetime: float = 5.0,
+             strict: bool = True) -> CommandSigner:
+        """ValueError / OSError, whose messages never quote the file; ``strict``: the file's mode is checked
+        (``KeyFileExposed`` when group or others may read it, keys.py)."""
+        key = private_key(read_private_file(path, strict=strict))
         if not isinstance(key, ECKey | OKPKey):
             raise ValueError("the barrier signing key must be EC P-256 (ES256) or Ed25519")
         return cls(key, terminal=terminal, kid=kid, lifetime=lifetime)

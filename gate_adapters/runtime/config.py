@@ -18,7 +18,11 @@ Rules:
 5. Reads decide who passes a gate, so nobody on the terminal network may inject one. Each HTTP device
    (``[[http.devices]]``) has a bearer token, held here only as its SHA-256 (``token_sha256``) or read
    from its own file (``token_file``), and is bound to lanes and kinds of read; outside ``dev = true``
-   an ``[http]`` section without devices is refused. Outside ``dev = true`` MQTT needs credentials
+   an ``[http]`` section without devices is refused, and so is one that listens beyond this host
+   without TLS (``cert_file``, ``key_file``; ``client_ca_file`` adds mutual TLS: a device must show a
+   certificate that CA signed): its device tokens and reads would cross the camera network in clear,
+   for anyone on it to copy. ``allow_insecure = true`` keeps such a source for a camera network nothing
+   else reaches, with a warning at each start (as rule 9 for barriers). Outside ``dev = true`` MQTT needs credentials
    (``username`` and ``password_file``, or a TLS client certificate), and TLS unless the broker is on
    this host (a password in clear across the network is no credential). Which topics each broker
    account may publish is the broker's ACL (docs/gate-adapter.md).
@@ -27,7 +31,9 @@ Rules:
 7. A lane's read age (``read_age_seconds``, default 30) and clock slack (``clock_slack_seconds``, default 5)
    are positive and bounded (300 s, 60 s): they are what refuses a replayed read (lane.py rule 6), so a
    value that would let a camera's buffer of old reads through is a bad setting, not a choice.
-   ``max_pending`` (1 to 64) and ``queue_size`` (1 to 100000) bound what a flood of reads can hold.
+   ``max_pending`` (1 to 64) and ``queue_size`` (1 to 100000) bound what a flood of reads can hold;
+   ``queue_size`` is a lane's own (a busy entry lane and a quiet exit lane need different bounds), the
+   top-level ``queue_size`` its default.
 8. DPoP (RFC 9449): ``auth.dpop_key_file`` binds the gate tokens to a key of this host (``auth.dpop`` is
    then true unless set false). The example file sets it, so a new adapter sends DPoP; a file without it
    sends bearer tokens (a warning at each start outside ``dev = true``).
@@ -63,6 +69,7 @@ _DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # no ':' (an HT
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 MAX_READ_AGE_SECONDS = 300.0  # rule 7: beyond this an old read sent again is no longer refused as a replay
 MAX_CLOCK_SLACK_SECONDS = 60.0  # rule 7: a device clock further ahead than this is broken, not slack
+MAX_QUEUE_SIZE = 100_000  # rule 7: reads waiting at one lane (a few hundred bytes each): a bound, not a sink
 
 
 def token_sha256(token: str) -> str:
@@ -136,6 +143,14 @@ class HttpSourceSettings:
     host: str = "127.0.0.1"
     port: int = 8089
     devices: tuple[DeviceSettings, ...] = ()  # empty: no token asked (dev = true only)
+    cert_file: Path | None = None  # rule 5: TLS, the source's certificate (with key_file)
+    key_file: Path | None = None
+    client_ca_file: Path | None = None  # mutual TLS: a device must show a certificate this CA signed
+    allow_insecure: bool = False  # rule 5: plain HTTP beyond this host outside dev (a warning at each start)
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +219,7 @@ class LaneSettings:
     max_pending: int = 4  # trucks gathering reads at once; one more evicts the oldest (hold + officer)
     read_age_seconds: float = 30.0  # a read observed longer before it arrived is refused (a replay)
     clock_slack_seconds: float = 5.0  # a read observed longer after it arrived is refused (a clock ahead)
+    queue_size: int = 1000  # reads waiting at this lane; one more is refused (default: the top-level queue_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +237,7 @@ class AdapterSettings:
     act_seconds: float = 60.0
     retry_seconds: float = 5.0
     tick_seconds: float = 0.5
-    queue_size: int = 1000  # reads waiting per lane; one more is refused (HTTP 503, MQTT dropped and counted)
+    queue_size: int = 1000  # the lanes' default queue_size (rule 7); one more is refused (HTTP 503, MQTT dropped)
     log_level: str = "INFO"
     dev: bool = False
 
@@ -373,14 +389,7 @@ def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
 
     http = None
     if "http" in doc:
-        h = _Table(doc["http"], "http", ("host", "port", "devices"))
-        http = HttpSourceSettings(host=h.string("host", "127.0.0.1") or "127.0.0.1",
-                                  port=h.integer("port", 8089, low=1, high=65535), devices=_devices(h, base))
-        if not http.devices and not dev:
-            raise ConfigError("http.devices", "give each device that POSTs reads a [[http.devices]] entry with "
-                                              "its token (mint one: quaygate gate-adapter --mint-token); without "
-                                              "one anyone on the network could post reads (set dev = true for a "
-                                              "local test only)")
+        http = _http(doc["http"], base, dev)
     mqtt = _mqtt(doc["mqtt"], base, dev) if "mqtt" in doc else None
 
     o = _Table(doc.get("offline", {}), "offline", ("enabled", "passes", "refresh_seconds", "reconcile_seconds",
@@ -395,10 +404,12 @@ def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
         offline = dataclasses.replace(offline, passes=outbox.with_name(outbox.stem + "-passes.sqlite3"))
 
     configured = tuple(name for name, section in (("http", http), ("mqtt", mqtt)) if section is not None)
+    queue_size = top.integer("queue_size", 1000, low=1, high=MAX_QUEUE_SIZE)  # rule 7: each lane's default
     raw_lanes = doc.get("lanes")
     if not isinstance(raw_lanes, list) or not raw_lanes:
         raise ConfigError("lanes", "give at least one [[lanes]] table")
-    lanes = tuple(_lane(raw, i, configured, mqtt is not None, dev, base=base) for i, raw in enumerate(raw_lanes))
+    lanes = tuple(_lane(raw, i, configured, mqtt is not None, dev, base=base, queue_size=queue_size)
+                  for i, raw in enumerate(raw_lanes))
     seen: set[str] = set()
     for i, lane in enumerate(lanes):
         if lane.lane in seen:
@@ -424,7 +435,7 @@ def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
         act_seconds=top.number("act_seconds", 60.0, high=3600),
         retry_seconds=top.number("retry_seconds", 5.0, high=3600),
         tick_seconds=top.number("tick_seconds", 0.5, high=60),
-        queue_size=top.integer("queue_size", 1000, low=1, high=100_000),
+        queue_size=queue_size,
         log_level=top.choice("log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")), dev=dev)
 
 
@@ -463,6 +474,42 @@ def _devices(h: _Table, base: Path) -> tuple[DeviceSettings, ...]:
         devices.append(DeviceSettings(name=name, lanes=lanes, kinds=kinds, token_sha256=digest,
                                       token_file=token_file, trusted_face_matcher=matcher))
     return tuple(devices)
+
+
+def _http(raw: Any, base: Path, dev: bool) -> HttpSourceSettings:
+    """Rule 5: who may post reads (devices), and TLS for a source that listens beyond this host."""
+    h = _Table(raw, "http", ("host", "port", "devices", "cert_file", "key_file", "client_ca_file", "allow_insecure"))
+    http = HttpSourceSettings(host=h.string("host", "127.0.0.1") or "127.0.0.1",
+                              port=h.integer("port", 8089, low=1, high=65535), devices=_devices(h, base),
+                              cert_file=h.path_("cert_file", base), key_file=h.path_("key_file", base),
+                              client_ca_file=h.path_("client_ca_file", base),
+                              allow_insecure=h.boolean("allow_insecure", False))
+    if (http.cert_file is None) != (http.key_file is None):
+        raise ConfigError(h.key("key_file" if http.cert_file else "cert_file"), "give cert_file and key_file together")
+    if http.client_ca_file is not None and not http.tls:
+        raise ConfigError(h.key("client_ca_file"), "needs cert_file and key_file (mutual TLS is TLS first)")
+    if dev:
+        return http
+    if not http.devices:
+        raise ConfigError("http.devices", "give each device that POSTs reads a [[http.devices]] entry with "
+                                          "its token (mint one: quaygate gate-adapter --mint-token); without "
+                                          "one anyone on the network could post reads (set dev = true for a "
+                                          "local test only)")
+    risk = http_risk(http)
+    if risk is not None and not http.allow_insecure:
+        raise ConfigError(h.key("cert_file"), f"{risk}: give cert_file and key_file (and client_ca_file for "
+                                              f"devices with certificates), or allow_insecure = true for a "
+                                              f"camera network nothing else reaches (a warning at each start)")
+    return http
+
+
+def http_risk(http: HttpSourceSettings) -> str | None:
+    """Rule 5: what an attacker on the camera network could take from this source; None: nothing (TLS,
+    or a source only this host reaches)."""
+    if http.tls or _is_loopback(http.host):
+        return None
+    return (f"the source listens on {http.host} without TLS: device tokens and reads cross the network in "
+            f"clear, for anyone on it to copy and post their own")
 
 
 def _is_loopback(host: str) -> bool:
@@ -508,9 +555,10 @@ def _mqtt(raw: Any, base: Path, dev: bool) -> MqttSettings:
 
 
 def _lane(raw: Any, i: int, configured: tuple[str, ...], has_mqtt: bool, dev: bool, *,
-          base: Path = Path(".")) -> LaneSettings:
+          base: Path = Path("."), queue_size: int = 1000) -> LaneSettings:
     t = _Table(raw, f"lanes[{i}]", ("lane", "direction", "mode", "window_seconds", "require", "face_wait_seconds",
-                                    "sources", "barrier", "max_pending", "read_age_seconds", "clock_slack_seconds"))
+                                    "sources", "barrier", "max_pending", "read_age_seconds", "clock_slack_seconds",
+                                    "queue_size"))
     lane = t.req("lane")
     if any(ch in lane for ch in "/#+ ") or len(lane) > 64:
         raise ConfigError(t.key("lane"), "must be at most 64 characters without '/', '#', '+' or spaces")
@@ -540,7 +588,8 @@ def _lane(raw: Any, i: int, configured: tuple[str, ...], has_mqtt: bool, dev: bo
                         sources=sources, barrier=barrier, max_pending=t.integer("max_pending", 4, low=1, high=64),
                         # rule 7: bounded, so a typo cannot let a camera's buffer of old reads replay
                         read_age_seconds=t.number("read_age_seconds", 30.0, high=MAX_READ_AGE_SECONDS),
-                        clock_slack_seconds=t.number("clock_slack_seconds", 5.0, high=MAX_CLOCK_SLACK_SECONDS))
+                        clock_slack_seconds=t.number("clock_slack_seconds", 5.0, high=MAX_CLOCK_SLACK_SECONDS),
+                        queue_size=t.integer("queue_size", queue_size, low=1, high=MAX_QUEUE_SIZE))
 
 
 # ---- barriers (rule 9) ---------------------------------------------------------------------------

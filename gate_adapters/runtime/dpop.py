@@ -33,7 +33,7 @@ import httpx
 from joserfc import jws
 from joserfc.jwk import ECKey
 
-from .keys import create_ec_key, private_key
+from .keys import create_ec_key, private_key, read_private_file
 
 DPOP_ALG = "ES256"
 DPOP_TYP = "dpop+jwt"  # RFC 9449 §4.2
@@ -75,11 +75,13 @@ class DPoPKey:
         return f"DPoPKey(jkt={self.jkt!r})"
 
     @classmethod
-    def load(cls, path: Path, *, clock: Callable[[], float] = time.time) -> DPoPKey:
-        """The key from its file (a private JWK, or a PEM private key). ValueError / OSError, whose
+    def load(cls, path: Path, *, clock: Callable[[], float] = time.time, strict: bool = True) -> DPoPKey:
+        """The key from its file (a private JWK, or a PEM private key), its mode checked (``strict``:
+        ``KeyFileExposed`` when group or others may read it, keys.py). ValueError / OSError, whose
         messages never quote the file."""
+        raw = read_private_file(path, strict=strict)
         try:
-            key = private_key(path.read_bytes())
+            key = private_key(raw)
         except ValueError:
             key = None
         if not isinstance(key, ECKey):
@@ -87,10 +89,10 @@ class DPoPKey:
         return cls(key, clock=clock)
 
     @staticmethod
-    def create(path: Path) -> tuple[bool, str]:
+    def create(path: Path, *, strict: bool = True) -> tuple[bool, str]:
         """Write a new key to ``path`` unless a file is there (rule 1); (created, thumbprint)."""
         created = create_ec_key(path)
-        return created, DPoPKey.load(path).jkt
+        return created, DPoPKey.load(path, strict=strict).jkt
 
     def proof(self, htm: str, url: str, *, access_token: str | None = None, nonce: str | None = None) -> str:
         """A fresh proof for one request (rule 2)."""

@@ -5,15 +5,48 @@
   message never quotes the file.
 - ``create_ec_key``: a new EC P-256 key, written as a private JWK readable by its owner only (0600),
   never over an existing file (``--make-keys`` keeps what is there).
+- ``read_private_file``: a key file's bytes, its mode checked as ssh checks its keys: a key that group or
+  others may read (or write) is no longer the adapter's alone: whoever reads it can get gate tokens
+  (private_key_jwt), use a stolen one (DPoP) or open barriers (signing); whoever writes it can swap it.
+  Outside dev (``strict``) such a file is refused (``KeyFileExposed``, a ValueError naming the file, its
+  mode and the fix), and the adapter does not start; in dev it is a warning
+  (``gate.adapter.key_file_exposed``). The mode is read from the open file (``fstat``), not the path,
+  so what is checked is what is read.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import stat
 from pathlib import Path
 
 from joserfc.jwk import ECKey, OKPKey, RSAKey
+
+log = logging.getLogger("gate_adapters.keys")
+
+EXPOSED_BITS = 0o077  # group or others may read, write or run it (ssh: "permissions are too open")
+
+
+class KeyFileExposed(ValueError):
+    """A private key file group or others may read or write (outside dev: the adapter does not start)."""
+
+
+def read_private_file(path: Path, *, strict: bool) -> bytes:
+    """The bytes of a private key file whose mode keeps it its owner's (module docstring); OSError when
+    it cannot be read."""
+    with path.open("rb") as f:
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        data = f.read()
+    if mode & EXPOSED_BITS:
+        message = (f"{path} may be read or written by group or others (mode {mode:04o}): whoever reads it can act "
+                   f"as this adapter; make it its owner's alone: chmod 600 {path}")
+        if strict:
+            raise KeyFileExposed(message)
+        # The message is the reason itself (the plain log format shows no ``extra``); never the key.
+        log.warning("gate.adapter.key_file_exposed: %s (allowed with dev = true only)", message)
+    return data
 
 
 def private_key(data: str | bytes) -> ECKey | RSAKey | OKPKey:

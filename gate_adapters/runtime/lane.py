@@ -26,8 +26,11 @@ Rules:
 4. A lane is driven by one thread at a time, with a lock besides. ``LaneWorker`` gives every lane a thread
    and a bounded queue of its own: a verify call that hangs (the client's retries and backoff, seconds of
    timeouts) holds up its own lane only, never another lane's trucks. A full queue refuses the read
-   (``LaneBusy``) instead of growing without bound. The lanes share the outbox (thread-safe, outbox.py
-   rule 4), the client and the offline mode; the worker prunes each outbox once, on a thread of its own.
+   (``LaneBusy``) instead of growing without bound; each lane has a bound of its own (``queue_sizes``,
+   the lane setting ``queue_size``), and what the bounds refused is counted for ``/healthz``
+   (``LaneWorker.load``: queued, queue size, reads refused, trucks evicted). The lanes share the outbox
+   (thread-safe, outbox.py rule 4), the client and the offline mode; the worker prunes each outbox once,
+   on a thread of its own.
 5. Offline mode (``offline.py``, optional): when the service cannot be reached (connect error, timeout,
    5xx, after the client's retries) and the truck is still at the lane, the lane decides from its gate
    passes instead of holding; ``tick()`` also keeps the passes fresh and reconciles offline decisions.
@@ -42,6 +45,12 @@ Rules:
    by then): the barrier holds and calls an officer, logged ``gate.lane.evicted`` with the kinds held
    and missing. A window that ends without every read is still asked (review or deny; only an allow
    opens); an eviction is graver: the officer is called without a question to the service.
+8. A late face mismatch (correlate.py rule 3: ``matched: false`` from the matcher for a truck whose
+   request already went) is never let go with the harmless duplicates: the barrier may already have
+   opened for the wrong driver. It is logged ``gate.lane.late_face_mismatch`` (error, with the lane and
+   the truck's request id), noted in the outbox beside that request (outbox.py rule 5), and the barrier
+   holds and calls an officer. The service is not asked again: its decision stands on its books, and
+   the same request id would get the same answer; the officer decides at the lane.
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
-from gate_adapters.core.correlate import LaneCorrelator, Outcome, Ready
+from gate_adapters.core.correlate import Dropped, DropReason, LaneCorrelator, Outcome, Ready
 from gate_adapters.core.reads import CLOCK_SLACK, MAX_READ_AGE, Read, SourceError, check_fresh
 
 from .client import ServiceUnavailable, VerifyClient, VerifyRefused
@@ -157,6 +166,7 @@ class LaneRuntime:
         self.read_age_seconds, self.clock_slack_seconds = read_age_seconds, clock_slack_seconds
         self._clock, self._wall, self._timer, self._on_result = clock, wall, timer, on_result
         self.offline = offline
+        self.evicted = 0  # rule 7: trucks held for an officer without a question (health: LaneWorker.load)
         self._lock = threading.RLock()
         self._next_retry = float("-inf")
 
@@ -166,14 +176,13 @@ class LaneRuntime:
             if not self._fresh(read, self._wall() if received_at is None else received_at):
                 return []
             readies = self.correlator.add(read, self._clock())
-            self._log_dropped()
-            return self._send_new(readies)
+            return self._take_dropped() + self._send_new(readies)
 
     def tick(self) -> list[LaneResult]:
         """Emit what the correlator has due, and re-send pending requests every ``retry_seconds``."""
         with self._lock:
             out = self._send_new(self.correlator.tick(self._clock()))
-            self._log_dropped()
+            out.extend(self._take_dropped())
             if self._clock() >= self._next_retry:
                 out.extend(self.recover())
             if self.offline is not None:
@@ -231,6 +240,7 @@ class LaneRuntime:
 
     def _evicted(self, ready: Ready) -> LaneResult:
         """Rule 7: reads the lane could not finish placing; hold and call an officer, ask nobody."""
+        self.evicted += 1
         log.warning("gate.lane.evicted", extra={"lane": self.lane, "request_id": ready.request_id,
                                                 "kinds": sorted(ready.kinds), "missing": sorted(ready.missing),
                                                 "max_pending": self.correlator.max_pending})
@@ -288,10 +298,28 @@ class LaneRuntime:
             self._on_result(result)
         return result
 
-    def _log_dropped(self) -> None:
+    def _take_dropped(self) -> list[LaneResult]:
+        """What the correlator let go of: logged; a late face mismatch acted on (rule 8)."""
+        out = []
         for dropped in self.correlator.take_dropped():
+            if dropped.reason is DropReason.LATE_FACE_MISMATCH:
+                out.append(self._late_face_mismatch(dropped))
+                continue
             log.warning("gate.correlate.dropped.%s", dropped.reason,
                         extra={"lane": dropped.lane, "kinds": sorted(dropped.kinds)})
+        return out
+
+    def _late_face_mismatch(self, dropped: Dropped) -> LaneResult:
+        """Rule 8: the truck may have passed with the wrong driver: record it, hold, call an officer."""
+        assert dropped.request_id is not None
+        log.error("gate.lane.late_face_mismatch", extra={"lane": self.lane, "request_id": dropped.request_id})
+        self.outbox.late(dropped.request_id, self.lane, str(dropped.reason),
+                         {"kind": "face", "matched": False, "score": dropped.score})
+        command = self.sink.act(None, self.lane)
+        observed_at = None if dropped.observed_at is None else dropped.observed_at.isoformat()
+        return self._report(LaneResult(dropped.request_id, self.lane, None, command,
+                                       "late_face_mismatch: the face matcher said no after the request was sent",
+                                       0.0, observed_at))
 
 
 class LaneBusy(Exception):
@@ -306,13 +334,31 @@ class LaneBusy(Exception):
 _IDLE = object()  # the queue had nothing before the next tick was due
 
 
+@dataclass(frozen=True, slots=True)
+class LaneLoad:
+    """What one lane's bounds are doing (rule 4, rule 7), for ``/healthz``: a lane that refuses reads or
+    evicts trucks is flooded or stuck, and its drivers wait at a held barrier until someone looks."""
+
+    queued: int  # reads waiting now
+    queue_size: int  # how many may wait; one more is refused
+    refused: int  # reads refused because the queue was full, since start (every source)
+    evicted: int  # trucks held for an officer because more than max_pending gathered, since start
+
+    def as_json(self) -> dict[str, int]:
+        return {"queued": self.queued, "queue_size": self.queue_size, "refused": self.refused,
+                "evicted": self.evicted}
+
+
 @dataclass(eq=False)
 class _Lane:
-    """One lane's queue and thread. ``submit_lock`` makes "is there room? put" one step."""
+    """One lane's queue, its bound and thread. ``submit_lock`` makes "is there room? put" one step (and
+    guards ``refused``)."""
 
     runtime: LaneRuntime
     queue: queue.Queue[tuple[Read, float] | None]
     submit_lock: threading.Lock
+    capacity: int
+    refused: int = 0
     thread: threading.Thread | None = None
 
 
@@ -320,22 +366,30 @@ class LaneWorker:
     """Feeds reads to lanes and ticks them: one thread and one bounded queue PER LANE (rule 4).
 
     Sources (the MQTT network thread, HTTP handlers) must not wait for the service: they ``submit`` and
-    return, or get ``LaneBusy`` when that lane already has ``queue_size`` reads waiting. Each lane's
+    return, or get ``LaneBusy`` when that lane already has its queue size of reads waiting (``queue_sizes``
+    by ``(terminal, lane)``, else ``queue_size``). Each lane's
     thread re-sends what the outbox holds for it (``recover``), then feeds its reads in order and calls
     its ``tick()`` at least every ``tick_seconds``; one more thread prunes each outbox every
     ``prune_seconds``.
     """
 
     def __init__(self, lanes: Iterable[LaneRuntime], *, tick_seconds: float = 0.5,
-                 prune_seconds: float = 3600.0, queue_size: int = 1000, wall: Callable[[], float] = time.time) -> None:
-        if queue_size < 1:
-            raise ValueError("queue_size >= 1")
+                 prune_seconds: float = 3600.0, queue_size: int = 1000,
+                 queue_sizes: Mapping[tuple[str, str], int] | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
         self.lanes: dict[tuple[str, str], LaneRuntime] = {(ln.terminal, ln.lane): ln for ln in lanes}
+        sizes = dict(queue_sizes or {})
+        unknown = sorted(sizes.keys() - self.lanes.keys())
+        if unknown:
+            raise ValueError(f"queue_sizes names lanes the worker does not run: {unknown}")
+        if queue_size < 1 or any(size < 1 for size in sizes.values()):
+            raise ValueError("queue_size >= 1")
         self.tick_seconds = tick_seconds
         self.prune_seconds = prune_seconds  # how often the outboxes drop what they keep past keep_days
-        self.queue_size = queue_size
+        self.queue_size = queue_size  # the default bound, for a lane queue_sizes does not name
         self._wall = wall  # stamps when a read arrived: its freshness is not eaten by the queue (rule 6)
-        self._lanes = {key: _Lane(ln, queue.Queue(), threading.Lock()) for key, ln in self.lanes.items()}
+        self._lanes = {key: _Lane(ln, queue.Queue(), threading.Lock(), sizes.get(key, queue_size))
+                       for key, ln in self.lanes.items()}
         self._stopping = threading.Event()
         self._housekeeper: threading.Thread | None = None
 
@@ -346,6 +400,15 @@ class LaneWorker:
         """How many reads wait for this lane (health, tests)."""
         return self._lanes[(terminal, lane)].queue.qsize()
 
+    def capacity(self, terminal: str, lane: str) -> int:
+        """How many reads may wait for this lane; one more is refused (rule 4)."""
+        return self._lanes[(terminal, lane)].capacity
+
+    def load(self) -> dict[tuple[str, str], LaneLoad]:
+        """Each lane's queue and what its bounds refused since start (``/healthz``)."""
+        return {key: LaneLoad(lane.queue.qsize(), lane.capacity, lane.refused, lane.runtime.evicted)
+                for key, lane in self._lanes.items()}
+
     def submit(self, terminal: str, read: Read) -> None:
         """Queue ``read`` for its lane, stamped with the time it arrived (rule 6); never waits.
         ``KeyError``: no such lane; ``LaneBusy``: its queue is full (rule 4)."""
@@ -354,8 +417,9 @@ class LaneWorker:
             raise KeyError(f"no lane {read.lane!r} at terminal {terminal!r}")
         received_at = self._wall()
         with lane.submit_lock:  # several sources may submit at once: the bound holds for all of them
-            if lane.queue.qsize() >= self.queue_size:
-                raise LaneBusy(terminal, read.lane, self.queue_size)
+            if lane.queue.qsize() >= lane.capacity:
+                lane.refused += 1
+                raise LaneBusy(terminal, read.lane, lane.capacity)
             lane.queue.put((read, received_at))
 
     def start(self) -> None:

@@ -11,8 +11,12 @@ read topics). Rules:
 5. A face match result is dropped (``gate.source.refused.face_match``) unless this source is a trusted
    face matcher (config rule 6): anyone the broker lets publish on ``.../face`` could claim a match.
 6. A read for a lane whose queue is full (``LaneBusy``: a flood, or a lane stuck on the service) is
-   dropped, never waited for (paho's network thread serves every lane and the keep-alives): logged
-   ``gate.source.mqtt.lane_busy`` with the lane, and counted per lane in ``dropped``.
+   dropped, never waited for (paho's network thread serves every lane and the keep-alives), and counted
+   per lane in ``dropped`` (exact). Its log is rate-limited per lane (``DropLog``): the first drop is
+   logged ``gate.source.mqtt.lane_busy`` at once, then at most one line per ``drop_log_seconds`` says how
+   many were dropped since the last (a thread of ours writes the last one once the flood is over, and
+   ``stop`` whatever is left): a flood of reads must not become a flood of log lines that fills the disk
+   and buries the lines that matter.
 7. Who may publish on which lane's topics is the broker's ACL, not ours (docs/gate-adapter.md); we give
    the broker our credentials and check its certificate (``client_for``).
 """
@@ -22,7 +26,10 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -68,6 +75,52 @@ def client_for(m: MqttSettings) -> mqtt.Client:
     return client
 
 
+@dataclass(frozen=True, slots=True)
+class DropLine:
+    """One log line about a lane's dropped reads: ``since`` the previous line, ``total`` since start."""
+
+    lane: str
+    since: int
+    total: int
+
+
+class DropLog:
+    """Rule 6: when to log a lane's dropped reads. The first drop of a lane is a line at once (the
+    operator learns of the flood in the same second); the drops after it are counted, and at most one
+    line per ``interval`` seconds says how many there were since the previous line. ``total`` is exact:
+    the counts are never sampled, only the lines. Time is passed in (``clock``), so it is tested without
+    sleeping. Not thread-safe: the caller holds a lock."""
+
+    def __init__(self, interval: float, clock: Callable[[], float]) -> None:
+        if interval <= 0:
+            raise ValueError("interval > 0")
+        self.interval, self._clock = interval, clock
+        self.totals: Counter[str] = Counter()
+        self._unlogged: Counter[str] = Counter()
+        self._last_line: dict[str, float] = {}
+
+    def drop(self, lane: str) -> DropLine | None:
+        """Count one drop; the line to log now, or ``None`` (counted for the next one)."""
+        self.totals[lane] += 1
+        self._unlogged[lane] += 1
+        last = self._last_line.get(lane)
+        if last is not None and self._clock() - last < self.interval:
+            return None
+        return self._line(lane)
+
+    def due(self, *, everything: bool = False) -> list[DropLine]:
+        """The lines for drops not yet logged whose lane's interval is over (``everything``: all of them,
+        at stop)."""
+        now = self._clock()
+        return [self._line(lane) for lane, n in list(self._unlogged.items())
+                if n and (everything or now - self._last_line.get(lane, float("-inf")) >= self.interval)]
+
+    def _line(self, lane: str) -> DropLine:
+        line = DropLine(lane, self._unlogged.pop(lane), self.totals[lane])
+        self._last_line[lane] = self._clock()
+        return line
+
+
 class MqttSource:
     def __init__(
         self,
@@ -79,6 +132,8 @@ class MqttSource:
         client: mqtt.Client | None = None,
         keepalive: int = 30,
         trusted_face_matcher: bool = False,
+        drop_log_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.worker, self.host, self.port, self.prefix, self.keepalive = worker, host, port, prefix, keepalive
         self.trusted_face_matcher = trusted_face_matcher
@@ -87,19 +142,57 @@ class MqttSource:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.subscribed = threading.Event()  # set once the broker confirmed our subscriptions (health)
-        self.dropped: Counter[str] = Counter()  # rule 6: reads dropped because their lane was full, by lane
+        self._drops = DropLog(drop_log_seconds, clock)  # rule 6
+        self._drops_lock = threading.Lock()  # paho's thread counts, ours and /healthz read
+        self._stopping = threading.Event()
+        self._drop_logger: threading.Thread | None = None
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Rule 6: reads dropped because their lane was full, by lane, since start (exact)."""
+        with self._drops_lock:
+            return dict(self._drops.totals)
 
     def topics(self) -> list[str]:
         return [f"{self.prefix}/{terminal}/{lane}/#" for terminal, lane in self.worker.lanes]
 
     def start(self) -> None:
-        """Connect and run paho's network loop on its own thread (it reconnects by itself)."""
+        """Connect and run paho's network loop on its own thread (it reconnects by itself), and the thread
+        that logs the last drops of a flood once it is over (rule 6)."""
         self.client.connect(self.host, self.port, self.keepalive)
         self.client.loop_start()
+        self._stopping.clear()
+        self._drop_logger = threading.Thread(target=self._log_drops_while_running, name="gate-mqtt-drop-log",
+                                             daemon=True)
+        self._drop_logger.start()
 
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self._stopping.set()
+        if self._drop_logger is not None:
+            self._drop_logger.join(10)
+            self._drop_logger = None
+        self.log_drops(everything=True)  # rule 6: no count left unsaid
+
+    def log_drops(self, *, everything: bool = False) -> None:
+        """Rule 6: log the drops whose interval is over (``everything``: all not yet logged)."""
+        with self._drops_lock:
+            lines = self._drops.due(everything=everything)
+        for line in lines:
+            self._log_drop(line)
+
+    def _log_drops_while_running(self) -> None:
+        while not self._stopping.wait(self._drops.interval):
+            self.log_drops()
+
+    @staticmethod
+    def _log_drop(line: DropLine, queue_size: int | None = None) -> None:
+        # The counts are in the message itself: the plain log format shows no ``extra``.
+        log.warning("gate.source.mqtt.lane_busy: lane %s: %d reads dropped (%d since start)", line.lane,
+                    line.since, line.total,
+                    extra={"lane": line.lane, "dropped_since": line.since, "dropped": line.total,
+                           "queue_size": queue_size})
 
     def handle(self, topic: str, payload: bytes) -> Read | None:
         """One message: parse, enqueue for its lane; returns the read (``None``: skipped or refused)."""
@@ -121,9 +214,10 @@ class MqttSource:
         try:
             self.worker.submit(parsed.terminal, parsed.read)
         except LaneBusy as exc:  # rule 6
-            self.dropped[exc.lane] += 1
-            log.warning("gate.source.mqtt.lane_busy", extra={"lane": exc.lane, "queue_size": exc.queue_size,
-                                                             "dropped": self.dropped[exc.lane]})
+            with self._drops_lock:
+                line = self._drops.drop(exc.lane)
+            if line is not None:
+                self._log_drop(line, exc.queue_size)
             return None
         return parsed.read
 

@@ -24,6 +24,10 @@ Rules:
 3. ``pending()`` is oldest first (trucks pass a lane in order); decided rows are kept ``keep_days``
    days for the audit trail and then pruned.
 4. One instance is shared by threads: one connection guarded by a lock.
+5. Late news about a truck already decided (a face match result saying ``matched: false`` after its
+   request went, lane.py rule 8) is kept beside its request as a ``late_reads`` row (``late``), so the
+   audit of that truck's passage shows it; kept ``keep_days`` like a decided request. Nothing is sent
+   for it: the service has decided, and only an officer at the lane can undo a wrong passage.
 """
 
 from __future__ import annotations
@@ -60,6 +64,14 @@ CREATE TABLE IF NOT EXISTS offline_decisions (
     result        TEXT
 );
 CREATE INDEX IF NOT EXISTS offline_decisions_open ON offline_decisions (decided_at) WHERE reconciled_at IS NULL;
+CREATE TABLE IF NOT EXISTS late_reads (
+    request_id TEXT NOT NULL,  -- the truck it came too late for (not always in verify_requests: an evicted one)
+    lane       TEXT NOT NULL,
+    reason     TEXT NOT NULL,  -- 'late_face_mismatch'
+    detail     TEXT NOT NULL,  -- JSON: what arrived (never an image)
+    noted_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS late_reads_request ON late_reads (request_id);
 """
 
 
@@ -141,11 +153,26 @@ class Outbox:
             row = self._db.execute(sql, (request_id,)).fetchone()
         return None if row is None or row[0] is None else dict(json.loads(row[0]))
 
+    def late(self, request_id: str, lane: str, reason: str, detail: Mapping[str, Any]) -> None:
+        """Rule 5: note late news about a truck already decided (durably, like a ``put``)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO late_reads (request_id, lane, reason, detail, noted_at) VALUES (?, ?, ?, ?, ?)",
+                (request_id, lane, reason, json.dumps(detail, sort_keys=True), self._wall()))
+
+    def late_reads(self, request_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """What came late for this truck, oldest first: (reason, detail)."""
+        with self._lock:
+            rows = self._db.execute("SELECT reason, detail FROM late_reads WHERE request_id = ? ORDER BY rowid",
+                                    (request_id,)).fetchall()
+        return [(str(r[0]), dict(json.loads(r[1]))) for r in rows]
+
     def prune(self) -> int:
         """Delete decided rows older than ``keep_days``; pending rows, and offline decisions the service
         has not acknowledged yet, are never pruned (never lost)."""
         cutoff = self._wall() - self.keep_seconds
         with self._lock:
+            self._db.execute("DELETE FROM late_reads WHERE noted_at < ?", (cutoff,))
             self._db.execute("DELETE FROM offline_decisions WHERE reconciled_at IS NOT NULL AND decided_at < ?",
                              (cutoff,))
             cur = self._db.execute(

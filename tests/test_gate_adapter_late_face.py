@@ -1,0 +1,103 @@
+"""A face match result saying ``matched: false`` that arrives after its truck's request was sent
+(correlate.py rule 3, lane.py rule 8): the barrier may already have opened for the wrong driver, so the
+mismatch is never let go with the harmless late duplicates: it is logged with the lane, noted in the
+outbox beside the truck's request, and the barrier holds and calls an officer. Against the real service
+(PostgreSQL), a real outbox file; only our own device edge (the barrier) is recorded."""
+# ruff: noqa: F811 - ``gate`` is test_gate_verify's fixture, imported here and requested by name
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from gate_adapters.core.correlate import DropReason, LaneCorrelator
+from gate_adapters.runtime.outbox import Outbox
+from gate_adapters.runtime.sinks import BarrierCommand
+from gate_adapters.sources import generic_json
+
+from .factories import TERMINAL
+from .test_gate_runtime import LANE, RecordingBarrier, _now, outbox, reads, real_client, runtime  # noqa: F401
+from .test_gate_verify import Gate, gate  # noqa: F401
+
+MATCHED = {"match": {"matched": True, "score": 0.97}}
+
+
+def face(matched: bool, at: Any, score: float = 0.12) -> Any:
+    return generic_json.parse_object({"kind": "face", "lane": LANE, "observed_at": at.isoformat(),
+                                      "face": {"match": {"matched": matched, "score": score}}})
+
+
+def commands(sink: RecordingBarrier) -> list[tuple[BarrierCommand, bool]]:
+    return [(c.command, c.call_officer) for c in sink.commands]
+
+
+def test_a_late_face_mismatch_for_a_truck_let_through_is_recorded_and_calls_an_officer(
+        gate: Gate, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    rid = gate.pickable(31)
+    sink = RecordingBarrier()
+    lane = runtime(real_client(gate), outbox, sink)
+    at = _now()
+    [decided] = [r for read in reads(n=31, at=at, face=MATCHED) for r in lane.feed(read)]
+    assert decided.decision == "allow" and commands(sink) == [(BarrierCommand.OPEN, False)]
+    assert gate.state(rid) == "gated_in"
+    with caplog.at_level(logging.WARNING):
+        [late] = lane.feed(face(False, at + timedelta(seconds=2)))  # the matcher changed its mind
+    assert (late.request_id, late.response, late.observed_at) == (decided.request_id, None, decided.observed_at)
+    assert late.error is not None and late.error.startswith("late_face_mismatch")
+    assert commands(sink) == [(BarrierCommand.OPEN, False), (BarrierCommand.HOLD, True)]  # an officer is called
+    [logged] = [r for r in caplog.records if r.getMessage() == "gate.lane.late_face_mismatch"]
+    assert logged.levelno == logging.ERROR
+    assert (logged.lane, logged.request_id) == (LANE, decided.request_id)  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.getMessage().startswith("gate.correlate.dropped")]
+    assert outbox.late_reads(decided.request_id) == [
+        ("late_face_mismatch", {"kind": "face", "matched": False, "score": 0.12})]
+    assert outbox.response(decided.request_id)["decision"] == "allow"  # type: ignore[index]  # the answer stands
+    assert outbox.pending() == []  # nothing asked again: the service decided; the officer decides now
+    # The same mismatch again is said once only: a duplicate now, one officer call in all.
+    assert lane.feed(face(False, at + timedelta(seconds=3))) == []
+    assert len(sink.commands) == 2 and len(outbox.late_reads(decided.request_id)) == 1
+
+
+def test_a_late_matching_face_or_a_mismatch_the_request_carried_stays_a_harmless_duplicate(
+        gate: Gate, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    """Only news is acted on: a late "matched" changes nothing; a mismatch the service already heard
+    (and denied or sent to review on) calls no second officer."""
+    gate.pickable(32)
+    gate.pickable(33)
+    sink = RecordingBarrier()
+    clock = [1000.0]  # the lane's monotonic clock, ours
+    lane = runtime(real_client(gate), outbox, sink, clock=lambda: clock[0])
+    at = _now()
+    [allowed] = [r for read in reads(n=32, at=at, face=MATCHED) for r in lane.feed(read)]
+    with caplog.at_level(logging.WARNING):
+        assert lane.feed(face(True, at + timedelta(seconds=2), score=0.99)) == []
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("gate.")] == [
+        f"gate.correlate.dropped.{DropReason.LATE_READ}"]
+    assert outbox.late_reads(allowed.request_id) == [] and len(sink.commands) == 1
+    clock[0] += 60  # the next truck, a minute later, its driver refused by the matcher in time
+    later = at + timedelta(seconds=1)
+    [refused] = [r for read in reads(n=33, at=later, face={"match": {"matched": False, "score": 0.1}})
+                 for r in lane.feed(read)]
+    assert refused.decision != "allow" and refused.command is not None
+    assert refused.command.command is BarrierCommand.HOLD
+    assert lane.feed(face(False, later + timedelta(seconds=2))) == []
+    assert outbox.late_reads(refused.request_id) == [] and len(sink.commands) == 2
+
+
+def test_a_late_mismatch_for_a_truck_decided_without_the_service_is_acted_on_too(tmp_path: Any) -> None:
+    """The correlator's own rule (no service, no clock): the dropped read names the truck it came too late
+    for, whichever way that truck went."""
+    corr = LaneCorrelator(LANE, TERMINAL, "in")
+    at = _now()
+    [ready] = [r for i, read in enumerate(reads(n=34, at=at, face=MATCHED)) for r in corr.add(read, 100.0 + i)]
+    assert corr.add(face(False, at + timedelta(seconds=1)), 110.0) == []
+    [dropped] = corr.take_dropped()
+    assert (dropped.reason, dropped.request_id, dropped.observed_at, dropped.score) == (
+        DropReason.LATE_FACE_MISMATCH, ready.request_id, ready.observed_at, 0.12)
+    assert corr.pending_count == 0  # no phantom truck either
+    assert corr.add(face(False, at + timedelta(seconds=40)), 100.0 + 3 + 30) == []  # the window is over
+    assert corr.take_dropped() == [] and corr.pending_count == 1  # a new visit, as any read after the window
+
