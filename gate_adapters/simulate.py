@@ -12,7 +12,9 @@ Two ways to play a script:
 - ``http``: the same against a running adapter's HTTP source (``quaygate gate-adapter``, its ``[http]``
   section): each read is POSTed to ``--adapter``/reads/<lane>, as the device whose token
   ``--device-token-file`` (or ``QUAYGATE_SIM_DEVICE_TOKEN``) holds; the barrier commands are still
-  heard on MQTT (lanes with ``barrier = { kind = "mqtt" }``).
+  heard on MQTT (lanes with ``barrier = { kind = "mqtt" }``). An ``https://`` adapter's certificate is
+  checked against ``--ca-file``, and ``--cert-file``/``--key-file`` are the device's own certificate
+  for an adapter that asks for one.
 
 Script (JSON)::
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import statistics
 import sys
 import tempfile
@@ -264,8 +267,13 @@ def publish(
                 time.sleep(delay)
             payload = stamped(read, datetime.now(UTC))
             if adapter_url is not None:
-                r = sender.post(f"{adapter_url.rstrip('/')}/reads/{read.lane}", json=payload,
-                                headers=_device_headers(device_token))
+                try:
+                    r = sender.post(f"{adapter_url.rstrip('/')}/reads/{read.lane}", json=payload,
+                                    headers=_device_headers(device_token))
+                except httpx.TransportError as exc:  # no connection, a certificate refused either way
+                    summary.refused_reads += 1
+                    print(f"truck {read.truck} lane {read.lane}: read not delivered ({exc})", file=out)
+                    continue
                 if r.status_code != 202:
                     summary.refused_reads += 1
                     print(f"truck {read.truck} lane {read.lane}: read refused ({r.status_code} {r.text[:200]})",
@@ -300,6 +308,26 @@ def _device_token(args: argparse.Namespace) -> str | None:
     return os.environ.get("QUAYGATE_SIM_DEVICE_TOKEN") or None
 
 
+def _device_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """How the simulator, as a device, reaches an adapter whose HTTP source serves TLS (its ``[http]
+    cert_file``): the source's certificate checked against ``--ca-file`` (else the system's CAs), and
+    the device's own certificate shown with ``--cert-file``/``--key-file`` (its ``client_ca_file``).
+    None for an ``http://`` adapter. ConfigError for a file that cannot be used."""
+    if not args.adapter.lower().startswith("https://"):
+        if args.ca_file or args.cert_file:
+            raise ConfigError("--ca-file, --cert-file", "they are for an https:// --adapter")
+        return None
+    if bool(args.cert_file) != bool(args.key_file):
+        raise ConfigError("--cert-file, --key-file", "give both or neither")
+    try:
+        context = ssl.create_default_context(cafile=args.ca_file)
+        if args.cert_file:
+            context.load_cert_chain(args.cert_file, args.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("--ca-file, --cert-file, --key-file", str(exc)) from None
+    return context
+
+
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m gate_adapters.simulate", description=__doc__.split("\n\n")[0])
@@ -310,6 +338,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device-token-file", help=(
         "a file holding the token of a device the adapter's [[http.devices]] lists for these lanes and kinds "
         "(--via http; or QUAYGATE_SIM_DEVICE_TOKEN); without one, an adapter outside dev refuses every read"))
+    p.add_argument("--ca-file", help="the CA that signed an https:// adapter's certificate (--via http)")
+    p.add_argument("--cert-file", help="the device's certificate, for an adapter that asks for one (mutual TLS)")
+    p.add_argument("--key-file", help="the device certificate's private key")
     p.add_argument("--base-url", default=env("QUAYGATE_SIM_BASE_URL", "http://127.0.0.1:8000"))
     p.add_argument("--client-id", default=env("QUAYGATE_SIM_CLIENT_ID"))
     p.add_argument("--client-secret", default=env("QUAYGATE_SIM_CLIENT_SECRET"))
@@ -330,14 +361,20 @@ def main(argv: Sequence[str] | None = None, *, http: httpx.Client | None = None,
     if args.via in ("mqtt", "http"):
         try:
             device_token = _device_token(args) if args.via == "http" else None
+            tls = _device_tls(args) if args.via == "http" else None
         except ConfigError as exc:
             print(str(exc), file=sys.stderr)
             return 2
+        own = httpx.Client(timeout=5.0, verify=tls) if tls is not None and http is None else None
         host, _, port = args.mqtt.rpartition(":")
-        summary = publish(script, host=host or "127.0.0.1", port=int(port), prefix=args.prefix,
-                          speed=1.0 if args.speed is None else args.speed, wait=args.wait, out=out,
-                          adapter_url=args.adapter if args.via == "http" else None, device_token=device_token,
-                          http=http)
+        try:
+            summary = publish(script, host=host or "127.0.0.1", port=int(port), prefix=args.prefix,
+                              speed=1.0 if args.speed is None else args.speed, wait=args.wait, out=out,
+                              adapter_url=args.adapter if args.via == "http" else None, device_token=device_token,
+                              http=http or own)
+        finally:
+            if own is not None:
+                own.close()
     else:
         http = http or httpx.Client()
         tokens: TokenProvider

@@ -153,3 +153,59 @@ def test_the_http_mode_sends_reads_as_a_device_of_the_adapter(tmp_path: Path) ->
             assert main(["--device-token-file", str(tmp_path / "missing"), *args], http=source, out=out) == 2
     finally:
         adapter.outbox.close()
+
+
+def test_the_http_mode_reaches_an_adapter_serving_tls_as_a_device_with_its_certificate(tmp_path: Path) -> None:
+    """An adapter whose HTTP source serves TLS and asks devices for a certificate (``[http] cert_file``,
+    ``client_ca_file``): the simulator checks the source's certificate against ``--ca-file`` and shows
+    its own (``--cert-file``, ``--key-file``). Without the CA, or without its certificate, it gets no
+    read in; a certificate file it cannot use is a plain message and exit 2."""
+    import hashlib
+
+    from gate_adapters.adapter import build
+    from gate_adapters.runtime.config import parse
+
+    from .factories import TERMINAL
+    from .gate_tls import make_cert
+    from .processes import free_port, listens, unavailable
+    from .test_gate_source_auth import serving
+
+    if not listens(1883)():  # the simulator hears the barrier commands on MQTT
+        unavailable("the simulator over HTTPS", "no MQTT broker on 127.0.0.1:1883")
+    ca = make_cert("terminal device CA", None, tmp_path / "ca")
+    make_cert("localhost", ca, tmp_path / "source", san=True)
+    make_cert("simulator", ca, tmp_path / "device")
+    token = "sim-device-" + "f" * 32
+    (tmp_path / "device.token").write_text(token + "\n")
+    (tmp_path / "client-secret").write_text("s3cret")
+    port = free_port()
+    adapter = build(parse({
+        "terminal": TERMINAL, "outbox": "outbox.sqlite3", "service": {"base_url": "https://quaygate.example.eu"},
+        "auth": {"client_id": "gate", "client_secret_file": "client-secret"},
+        "http": {"port": port, "cert_file": str(tmp_path / "source.pem"), "key_file": str(tmp_path / "source.key"),
+                 "client_ca_file": str(tmp_path / "ca.pem"), "devices": [{
+                     "name": "sim", "token_sha256": hashlib.sha256(token.encode()).hexdigest(), "lanes": ["in-6"],
+                     "kinds": ["plate", "badge"]}]},
+        "lanes": [{"lane": "in-6"}]}, base=tmp_path))
+    script = tmp_path / "sim.json"
+    script.write_text(json.dumps({"terminal": TERMINAL, "lanes": [{"lane": "in-6"}], "trucks": [
+        {"lane": "in-6", "at": 0, "reads": [
+            {"kind": "plate", "plate": {"text": "1ABC123", "country": "BE", "confidence": 0.95}},
+            {"kind": "badge", "badge": {"scheme": "alfapass", "number": "B-1"}}]}]}))
+    args = ["--via", "http", "--adapter", f"https://localhost:{port}", "--speed", "0", "--wait", "0",
+            "--prefix", f"sim-{uuid.uuid4().hex[:8]}", "--device-token-file", str(tmp_path / "device.token"),
+            str(script)]
+    device = ["--ca-file", str(tmp_path / "ca.pem"), "--cert-file", str(tmp_path / "device.pem"),
+              "--key-file", str(tmp_path / "device.key")]
+    try:
+        with serving(adapter):
+            out = io.StringIO()
+            assert main([*device, *args], out=out) == 0
+            assert "0 refused reads" in out.getvalue() and "read refused" not in out.getvalue(), out.getvalue()
+            for partial in (device[2:], device[:2]):  # without the CA; without its certificate
+                out = io.StringIO()
+                assert main([*partial, *args], out=out) == 0
+                assert "0 refused reads" not in out.getvalue(), out.getvalue()
+            assert main(["--ca-file", str(tmp_path / "missing.pem"), *args], out=io.StringIO()) == 2
+    finally:
+        adapter.outbox.close()

@@ -316,7 +316,7 @@ def require(scope: str, min_acr: str | None = None, *, max_age: int | None = Non
 
     def admit(request: Request) -> None:
         """The caller authenticated on the headers alone, before any of the body is read (quaygate/
-        routing.py ``admit_by_dependency``); the dependency then gives this actor, not a second check
+        routing.py ``AdmitFirst``); the dependency then gives this actor, not a second check
         (a DPoP proof's jti is claimed once)."""
         request.state.admitted = (dependency, authenticated(request, credentials_of(request)))
 
