@@ -101,3 +101,63 @@ def test_a_late_mismatch_for_a_truck_decided_without_the_service_is_acted_on_too
     assert corr.add(face(False, at + timedelta(seconds=40)), 100.0 + 3 + 30) == []  # the window is over
     assert corr.take_dropped() == [] and corr.pending_count == 1  # a new visit, as any read after the window
 
+
+
+def test_a_mismatch_while_the_next_truck_waits_goes_with_that_truck_and_flags_the_one_before(
+        tmp_path: Any) -> None:
+    """Truck A went through with a matching face; truck B's driver, with a stolen badge, pulls up within the
+    window and the matcher refuses his face. A face names no truck: the mismatch goes with B, the truck
+    waiting (refused at worst), never taken for A's late news while B is sent without a face (where no
+    face is required, B would be let through); and A, whose request carried no mismatch, is reported
+    too (an officer looks)."""
+    corr = LaneCorrelator(LANE, TERMINAL, "in")
+    at = _now()
+    [sent] = [r for i, read in enumerate(reads(n=41, at=at, face=MATCHED)) for r in corr.add(read, 100.0 + i)]
+    b_plate, b_container, b_badge = reads(plate="2-XYZ-987", n=42, at=at + timedelta(seconds=10), badge="AP-777771")
+    assert corr.add(b_plate, 110.0) == []
+    assert corr.add(face(False, at + timedelta(seconds=10, milliseconds=50)), 110.1) == []
+    [flag] = corr.take_dropped()
+    assert (flag.reason, flag.request_id) == (DropReason.LATE_FACE_MISMATCH, sent.request_id)
+    [b] = [r for read, t in ((b_container, 110.2), (b_badge, 110.3)) for r in corr.add(read, t)]
+    assert b.face is not None and b.face.match is not None and not b.face.match.matched  # B's request carries it
+    assert b.plate is not None and b.plate.value.startswith("2XYZ987")
+
+
+def test_a_late_mismatch_for_a_truck_sent_without_a_face_is_its_own_never_the_next_trucks(tmp_path: Any) -> None:
+    """No face required and none waited for (``face_wait_seconds`` 0): truck A is sent as soon as its plate,
+    container and badge are in. The matcher's "no" for A's driver comes after: it is A's late mismatch
+    (recorded, an officer called), not a face for whichever truck comes next, nor a phantom truck."""
+    corr = LaneCorrelator(LANE, TERMINAL, "in")
+    at = _now()
+    [sent] = [r for i, read in enumerate(reads(n=43, at=at)) for r in corr.add(read, 100.0 + i)]
+    assert sent.face is None
+    assert corr.add(face(False, at + timedelta(seconds=3)), 104.0) == []
+    [flag] = corr.take_dropped()
+    assert (flag.reason, flag.request_id, flag.score) == (DropReason.LATE_FACE_MISMATCH, sent.request_id, 0.12)
+    assert corr.pending_count == 0
+    [b] = [r for i, read in enumerate(reads(plate="2-XYZ-987", n=44, at=at + timedelta(seconds=20), badge="AP-777771"))
+           for r in corr.add(read, 120.0 + i)]
+    assert b.face is None  # the next driver is not refused for A's
+
+
+def test_a_late_mismatch_for_a_request_still_pending_keeps_its_answer_from_opening(
+        gate: Gate, outbox: Outbox) -> None:
+    """The service was away when the truck's request went: the barrier held and the request waits in
+    the outbox. The matcher's "no" for the driver comes then. When the service is back and the request
+    is sent again (without the face: it is the request the outbox kept), its allow must not open the
+    barrier: the barrier holds and an officer is called, and the answer is recorded."""
+    from gate_adapters.runtime.client import StaticToken, VerifyClient
+
+    gate.pickable(45)
+    at = _now()
+    away = VerifyClient("http://127.0.0.1:9", StaticToken(gate.gate_token), attempts=1, sleep=lambda s: None)
+    sink = RecordingBarrier()
+    lane = runtime(away, outbox, sink)
+    [held] = [r for read in reads(n=45, at=at) for r in lane.feed(read)]
+    assert held.pending and [p.request_id for p in outbox.pending()] == [held.request_id]
+    [late] = lane.feed(face(False, at + timedelta(seconds=2)))
+    assert late.request_id == held.request_id and outbox.late_reads(held.request_id)
+    back = RecordingBarrier()
+    [again] = runtime(real_client(gate), outbox, back).recover()
+    assert again.request_id == held.request_id and again.decision == "allow"  # the service's answer, recorded
+    assert commands(back) == [(BarrierCommand.HOLD, True)]  # never an open for a driver the matcher refused

@@ -34,12 +34,15 @@ Rules (each has a test in tests/test_gate_correlate.py):
    (``missing`` says what), so the service answers review/deny with a reason instead of the truck
    waiting forever. When a new truck opens, older complete trucks stop waiting for a face.
 3. A read similar to one of a truck emitted less than ``window_seconds`` ago is a late duplicate
-   (a camera's "update" event): it is dropped and reported, never opens a phantom truck. Except in
-   what it reports: a face match result saying ``matched: false`` for a truck already emitted whose
-   face was not a mismatch (the matcher answered after the request went, or changed its mind) is a
-   ``late_face_mismatch`` naming that truck's ``request_id`` (the newest such truck): the barrier may
-   already have opened for the wrong driver, so the caller records it and calls an officer (lane.py
-   rule 8); it is never lost among the harmless duplicates.
+   (a camera's "update" event): it is dropped and reported, never opens a phantom truck.
+3a. Except a face match result saying ``matched: false``, which is never let go (``_mismatch_placed``):
+   a face names no truck, so with a truck pending it goes to that truck (a refusal at worst, never the
+   next driver let through because his mismatch was taken for the truck before him), and the truck
+   emitted last within the window, if its request carried no mismatch, is reported as a
+   ``late_face_mismatch`` naming its ``request_id`` (the matcher answered after the request went, or
+   changed its mind: the barrier may have opened for the wrong driver, so the caller records it and
+   calls an officer, lane.py rule 8). With no truck pending it is that report alone, for the truck
+   emitted last whether it held a face or not; a duplicate when that truck's request carried a mismatch.
 4. Bounded memory: at most ``max_pending`` trucks wait; opening one more evicts the oldest, which is
    emitted with outcome ``evicted`` (its reads so far, ``missing`` says what it lacked). An eviction is
    at least as grave as a window ending without every read: reads the lane cannot place (a flood, a
@@ -252,10 +255,14 @@ class LaneCorrelator:
             raise ValueError(f"read for lane {read.lane!r} given to the correlator of lane {self.lane!r}")
         out = self.tick(now)
         now = self._now
-        late_for = self._late_duplicate_of(read, now)
-        if late_for is not None:
-            self._dropped.append(self._late(read, late_for))
-            return out
+        if _is_mismatch(read):
+            if not self._mismatch_placed(read, now):
+                return out
+        else:
+            late_for = self._late_duplicate_of(read, now)
+            if late_for is not None:
+                self._dropped.append(self._late(read, late_for))
+                return out
         truck = self._place(read)
         if truck is None:
             out.extend(self._close_face_waits(now))
@@ -351,6 +358,30 @@ class LaneCorrelator:
             if any(similar(held, read) for held in emitted.reads if held.kind is read.kind):
                 return emitted
         return None
+
+    def _mismatch_placed(self, read: Read, now: float) -> bool:
+        """Rule 3a: a face mismatch is never let go, and never taken for a truck it cannot be told from.
+        A face names no truck: only its time at the lane links it to one. So:
+
+        - a truck pending takes it (True: placed as any read, the mismatch winning, rule 1a), whichever
+          truck it was captured for: a refusal and an officer at worst, never a driver let through because
+          his mismatch was taken for the truck before him; and the truck emitted last within the window,
+          if its request carried no mismatch, is reported too (``late_face_mismatch``: the matcher may
+          have spoken of that one; an officer looks);
+        - no truck pending: it is the late mismatch of the truck emitted last within the window, with or
+          without a face (a truck is sent without one when no face is required), or a duplicate when that
+          truck's request carried a mismatch already (False);
+        - neither: it opens a truck of its own (True), as any read after the window."""
+        recent = next((e for e in reversed(self._emitted) if now - e.emitted_at < self.window_seconds), None)
+        flagged = None
+        if recent is not None and not any(_is_mismatch(held) for held in recent.reads):
+            flagged = self._late(read, recent)
+            self._dropped.append(flagged)
+        if self._pending:
+            return True
+        if recent is not None and flagged is None:
+            self._dropped.append(Dropped(DropReason.LATE_READ, self.lane, frozenset({read.kind})))
+        return recent is None
 
     def _late(self, read: Read, emitted: _Emitted) -> Dropped:
         """Rule 3: a harmless late duplicate, or a mismatch the emitted truck's request did not carry."""

@@ -198,7 +198,9 @@ class LaneRuntime:
             for row in self.outbox.pending(self.lane):
                 if self._wall() - row.created_at > self.act_seconds:
                     then = OnAnswer.RECORD
-                elif row.request_id != newest:
+                elif row.request_id != newest or self.outbox.late_reads(row.request_id):
+                    # A newer truck at the lane; or a face mismatch came for this one after its request
+                    # was made (rule 8): the request does not carry it, so its answer never opens.
                     then = OnAnswer.HOLD
                 else:
                     then = OnAnswer.ACT
