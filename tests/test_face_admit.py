@@ -20,7 +20,7 @@ from identity.dpop import access_token_hash
 from identity.sessions import sessions_for
 from quaygate.limits import IMAGE_BODY_BYTES
 from release_service.domain.parties import OrgKind
-from tests.aio import run_async
+from tests.aio import chunks_of, post_counting_body
 from tests.factories import add_org
 from tests.test_identity_grants_support import Lifecycle, dpop_key, dpop_proof, make_lifecycle, utcnow
 from tests.test_identity_support import ISSUER, basic
@@ -30,11 +30,6 @@ ENROL = f"/admin/v1/persons/{SOME_ID}/face"
 STEP_UP = "/face/step-up"
 BAN_FEED = "/admin/v1/bans/feeds"  # the other identity route with a large body (64 MiB)
 _JUNK = b'{"image": "' + b"A" * 400_000 + b'", ]'  # 400 KB that is not even JSON: parsing it is the aim
-_CHUNK = 65_536
-
-
-def _chunks(body: bytes) -> list[bytes]:
-    return [body[i:i + _CHUNK] for i in range(0, len(body), _CHUNK)]
 
 
 @pytest.fixture
@@ -45,27 +40,8 @@ def env(engine: sa.Engine, tmp_path: Path) -> Iterator[Lifecycle]:
 def _post(env: Lifecycle, path: str, headers: dict[str, str], body: bytes = _JUNK) -> tuple[int, int, Any, Any]:
     """POST ``body`` to ``path`` straight through ASGI: the status, how many of the body's messages the
     app read, the answer's headers and its JSON."""
-    received: list[dict[str, Any]] = []
-    sent: list[dict[str, Any]] = []
-    chunks = _chunks(body)
-
-    async def receive() -> dict[str, Any]:
-        k = len(received)
-        message = {"type": "http.request", "body": chunks[k], "more_body": k + 1 < len(chunks)}
-        received.append(message)
-        return message
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    raw = [(b"content-type", b"application/json"), (b"host", b"127.0.0.1:8000"),
-           *((k.lower().encode(), v.encode()) for k, v in headers.items())]
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": raw,
-             "server": ("127.0.0.1", 8000), "client": ("test", 1), "state": {}}
-    run_async(env.app, scope, receive, send)  # in a thread of its own: the suite may leave a loop running here
-    answer_headers = {k.decode(): v.decode() for k, v in sent[0].get("headers", ())}
-    return sent[0]["status"], len(received), answer_headers, json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    return post_counting_body(env.app, path, body, raw)
 
 
 def _office(env: Lifecycle, scope: str | None = None) -> dict[str, str]:
@@ -127,7 +103,7 @@ def test_an_admitted_caller_has_the_body_read_and_judged_as_before(env: Lifecycl
     JSON refused as before (400 malformed_json): the check before the body holds nothing back."""
     caller = _office(env) if path == ENROL else _session(env)
     got, read, _, answer = _post(env, path, caller)
-    assert (got, read, answer["code"]) == (400, len(_chunks(_JUNK)), "malformed_json"), answer
+    assert (got, read, answer["code"]) == (400, len(chunks_of(_JUNK)), "malformed_json"), answer
 
 
 @pytest.mark.parametrize("path", [ENROL, STEP_UP], ids=["enrolment", "step-up"])
@@ -156,7 +132,7 @@ def test_a_dpop_proof_on_the_face_enrolment_is_claimed_once_before_the_body_is_r
 
     first = caller()
     got, read, _, answer = _post(env, ENROL, first)
-    assert (got, read, answer["code"]) == (400, len(_chunks(_JUNK)), "malformed_json"), answer
+    assert (got, read, answer["code"]) == (400, len(chunks_of(_JUNK)), "malformed_json"), answer
     got, read, headers, answer = _post(env, ENROL, first)  # the same proof again: claimed already
     assert (got, read, answer["code"]) == (401, 0, "invalid_dpop_proof"), answer
     # RFC 9449 §7.1: a request made with the DPoP scheme is challenged with it, and the algorithms.
@@ -190,5 +166,5 @@ def test_the_ban_feeds_caller_is_checked_off_the_event_loop(env: Lifecycle, monk
     monkeypatch.setattr(bans, "admin_caller", watched)
     got, read, _, answer = _post(env, BAN_FEED, _office(env))
     # Admitted: the whole feed read, then refused for itself (no register key in these tests).
-    assert got == 503 and read == len(_chunks(_JUNK)), answer
+    assert got == 503 and read == len(chunks_of(_JUNK)), answer
     assert on_loop == [False], on_loop

@@ -32,7 +32,7 @@ from quaygate.settings import Settings
 from release_service.api.auth import require
 from release_service.domain.parties import Actor, OrgKind
 
-from .aio import run_async
+from .aio import chunks_of, post_counting_body
 from .factories import add_org
 from .test_identity_dpop_support import ProofKey
 
@@ -263,25 +263,9 @@ _BODY_ROUTES = ["/api/v1/releases", "/api/v1/releases:batch",
 def _raw_post(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, int, dict[str, Any]]:
     """POST ``_JUNK`` to ``path`` straight through ASGI: the status, how many of the body's messages the
     app read, and the answer."""
-    received: list[dict[str, Any]] = []
-    sent: list[dict[str, Any]] = []
-    chunks = chunks_of(_JUNK)
-
-    async def receive() -> dict[str, Any]:
-        k = len(received)
-        message = {"type": "http.request", "body": chunks[k], "more_body": k + 1 < len(chunks)}
-        received.append(message)
-        return message
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "https",
-             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-             "headers": [(b"content-type", b"application/json"), (b"host", b"quaygate.example"), *headers],
-             "server": ("quaygate.example", 443), "client": ("test", 1), "state": {}}
-    run_async(app, scope, receive, send)  # in a thread of its own: the suite may leave a loop running here
-    return sent[0]["status"], len(received), json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    status, read, _, answer = post_counting_body(app, path, _JUNK, headers, host="quaygate.example", port=443,
+                                                 scheme="https")
+    return status, read, answer
 
 
 @pytest.mark.parametrize("path", _BODY_ROUTES)
@@ -296,10 +280,6 @@ def test_a_caller_without_a_valid_token_is_refused_before_any_of_its_body_is_rea
                      aud="quaygate-gate" if path.startswith("/gate/") else "quaygate-api")
     status, read, answer = _raw_post(rig.app, path, [(b"authorization", f"Bearer {token}".encode())])
     assert (status, read, answer["code"]) == (400, len(chunks_of(_JUNK)), "malformed_json"), (path, answer)
-
-
-def chunks_of(body: bytes) -> list[bytes]:
-    return [body[i:i + 65_536] for i in range(0, len(body), 65_536)]
 
 
 def test_a_dpop_proof_on_a_route_with_a_body_is_claimed_once(rig: Rig) -> None:
