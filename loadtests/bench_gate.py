@@ -89,15 +89,21 @@ def seed(url: str, rights: int) -> dict[str, Any]:
                                             valid_until=now + timedelta(days=365), created_at=now))
         conn.execute(badge_activations.insert().values(id=uuid.uuid4(), badge_id=badge_id, terminal_code=TERMINAL,
                                                        activated_by="bench", activated_at=now))
-        rows = [_right(c, line, haul, driver, now) for c in containers]
-        for i in range(0, len(rows), 5000):
-            conn.execute(releases.insert(), rows[i:i + 5000])
+        _insert_rights(conn, containers, line, haul, driver, now)
     client_id, secret = create_client(engine, name="bench gate", role="terminal_gate", organisation_id=term,
                                       terminal_code=TERMINAL, now=now)
     engine.dispose()
     return {"client_id": client_id, "secret": secret, "terminal": TERMINAL, "plate": PLATE, "badge": badge,
             "containers": containers, "check_pool": min(CHECK_POOL, rights // 2), "line": str(line),
             "haul": str(haul), "driver": str(driver)}
+
+
+def _insert_rights(conn: sa.Connection, containers: list[str], line: uuid.UUID, haul: uuid.UUID, driver: uuid.UUID,
+                   now: datetime) -> None:
+    """Nominated rights of ``containers`` (one driver, one truck, every light green), 5 000 per statement."""
+    rows = [_right(c, line, haul, driver, now) for c in containers]
+    for i in range(0, len(rows), 5000):
+        conn.execute(releases.insert(), rows[i:i + 5000])
 
 
 def _right(container: str, line: uuid.UUID, haul: uuid.UUID, driver: uuid.UUID, now: datetime) -> dict[str, Any]:
@@ -163,9 +169,7 @@ def add_rights(url: str, seed_data: dict[str, Any], n: int) -> None:
     containers = [with_check_digit(f"BNCU{k:06d}") for k in range(first, first + n)]
     line, haul, driver = (uuid.UUID(seed_data[k]) for k in ("line", "haul", "driver"))
     with engine.begin() as conn:
-        rows = [_right(c, line, haul, driver, now) for c in containers]
-        for i in range(0, len(rows), 5000):
-            conn.execute(releases.insert(), rows[i:i + 5000])
+        _insert_rights(conn, containers, line, haul, driver, now)
     with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE releases")
     engine.dispose()

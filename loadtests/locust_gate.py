@@ -13,6 +13,7 @@ import json
 import os
 import random
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,26 +97,38 @@ class CommitFloorAsyncUser(_BareApp):
                          "commit")
 
 
+def _bearer() -> dict[str, str]:
+    return {"Authorization": f"Bearer {SEED['token']}"}
+
+
+def _next_commit(counter: Iterator[int]) -> str:
+    """The next right never used (each commit uses one)."""
+    i = next(counter)
+    if i >= len(SEED["containers"]):
+        raise StopUser("every seeded right is used")
+    return str(SEED["containers"][i])
+
+
+def _verify(client: Any, number: str, mode: str, label: str, headers: dict[str, str]) -> None:
+    """One verify; a Locust failure unless it allowed (check) or committed (commit)."""
+    with client.post("/gate/v1/verify", json=_body(number, mode), name=label, headers=headers,
+                     catch_response=True) as r:
+        if r.status_code != 200 or not (r.json().get("committed") if mode == "commit"
+                                        else r.json().get("decision") == "allow"):
+            r.failure(f"{r.status_code} {r.text[:200]}")
+
+
 class CheckUser(_Paced):
     @task
     def check(self) -> None:
-        number = random.choice(SEED["containers"][:SEED["check_pool"]])
-        with self.client.post("/gate/v1/verify", json=_body(number, "check"), name="verify check",
-                              headers={"Authorization": f"Bearer {SEED['token']}"}, catch_response=True) as r:
-            if r.status_code != 200 or r.json().get("decision") != "allow":
-                r.failure(f"{r.status_code} {r.text[:200]}")
+        _verify(self.client, random.choice(SEED["containers"][:SEED["check_pool"]]), "check", "verify check",
+                _bearer())
 
 
 class CommitUser(_Paced):
     @task
     def commit(self) -> None:
-        i = next(_commit_index)
-        if i >= len(SEED["containers"]):
-            raise StopUser("every seeded right is used")
-        with self.client.post("/gate/v1/verify", json=_body(SEED["containers"][i], "commit"), name="verify commit",
-                              headers={"Authorization": f"Bearer {SEED['token']}"}, catch_response=True) as r:
-            if r.status_code != 200 or not r.json().get("committed"):
-                r.failure(f"{r.status_code} {r.text[:200]}")
+        _verify(self.client, _next_commit(_commit_index), "commit", "verify commit", _bearer())
 
 
 # ---- a DPoP-bound gate token (the gate adapter's way, its example settings' default) ----------------------
@@ -126,21 +139,18 @@ _PROOFS = iter(json.loads(Path(os.environ["QG_BENCH_PROOFS"]).read_text()) if os
                else ())
 
 
-def _bound(number: str, mode: str, label: str, client: Any) -> Any:
+def _bound() -> dict[str, str]:
     proof = next(_PROOFS, None)
     if proof is None:
         raise StopUser("every proof made ahead is used")
-    return client.post("/gate/v1/verify", json=_body(number, mode), name=label, catch_response=True,
-                       headers={"Authorization": f"DPoP {SEED['bound_token']}", "DPoP": proof})
+    return {"Authorization": f"DPoP {SEED['bound_token']}", "DPoP": proof}
 
 
 class DPoPCheckUser(_Paced):
     @task
     def check(self) -> None:
-        with _bound(random.choice(SEED["containers"][:SEED["check_pool"]]), "check", "verify check (DPoP)",
-                    self.client) as r:
-            if r.status_code != 200 or r.json().get("decision") != "allow":
-                r.failure(f"{r.status_code} {r.text[:200]}")
+        _verify(self.client, random.choice(SEED["containers"][:SEED["check_pool"]]), "check",
+                "verify check (DPoP)", _bound())
 
 
 _bound_commit_index = itertools.count(int(os.environ.get("QG_BENCH_COMMIT_FROM") or SEED["check_pool"]))
@@ -151,12 +161,7 @@ class DPoPCommitUser(_Paced):
 
     @task
     def commit(self) -> None:
-        i = next(_bound_commit_index)
-        if i >= len(SEED["containers"]):
-            raise StopUser("every seeded right is used")
-        with _bound(SEED["containers"][i], "commit", "verify commit (DPoP)", self.client) as r:
-            if r.status_code != 200 or not r.json().get("committed"):
-                r.failure(f"{r.status_code} {r.text[:200]}")
+        _verify(self.client, _next_commit(_bound_commit_index), "commit", "verify commit (DPoP)", _bound())
 
 
 # ---- the gate rush: many lanes, mixed valid and invalid reads (bench_gate_rush.py) ----------------------
