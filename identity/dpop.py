@@ -33,6 +33,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
+from joserfc.util import urlsafe_b64decode
 
 from quaygate.cache import Cache
 
@@ -63,6 +64,21 @@ class _ProofRegistry(JWSRegistry):
     max_header_length = 3072
     max_payload_length = 2048
     max_signature_length = 1024
+
+# Header members that change how a JWS is read (RFC 7515 §4.1.11 crit, RFC 7797 b64): a proof needs
+# neither, and a header carrying one is checked whole on every proof, never remembered.
+_EXTENDED = frozenset({"crit", "b64"})
+
+
+@dataclass(frozen=True)
+class _Known:
+    """A protected header that passed every header guard: its key, public jwk, thumbprint and alg."""
+
+    key: Any
+    jwk: dict[str, Any]
+    jkt: str
+    alg: Any
+
 
 INVALID_DPOP_PROOF = "invalid_dpop_proof"
 USE_DPOP_NONCE = "use_dpop_nonce"
@@ -178,8 +194,9 @@ class DPoPVerifier:
         self._now = now
         self._algorithms = frozenset(algorithms)
         self._registry = _ProofRegistry(algorithms=list(algorithms))
-        self._keys: dict[str, tuple[Any, dict[str, Any], str]] = {}  # header segment -> key, jwk, jkt
+        self._keys: dict[str, _Known] = {}  # protected header segment -> its key, jwk, jkt and alg
         self._htus: dict[str, str | None] = {}
+        self._aths: dict[str, str] = {}  # access token -> its ath
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -191,26 +208,33 @@ class DPoPVerifier:
         its ``ath`` must be present and match. Raises DPoPError; returns the verified proof.
         ``claim=False``: every check but the single use, which the caller makes before it trusts the
         proof (``claim``, with the proof's ``unclaimed``), off the event loop (it waits for Redis)."""
-        header, payload, obj = self._parse(proof)
-        # A client signs every proof with one key, so its protected header is the same each time: the
-        # key checked and imported once per distinct header (the signature is still checked on every
-        # proof). Bounded: cleared when full, as the token verifier's memo.
-        segment = proof.partition(".")[0]
+        self._check_shape(proof)
+        segment, body, signature = proof.split(".")
+        # A client signs every proof with one key, so its protected header is the same each time. A
+        # header met before (byte for byte the same segment) passed every header guard then (typ, alg,
+        # jwk), and its key was imported and its thumbprint taken: a later proof under it has its
+        # payload decoded and its signature checked with that key and alg, without joserfc parsing
+        # and checking the same header again. The signature is checked on every proof. Bounded:
+        # cleared when full, as the token verifier's memo.
         known = self._keys.get(segment)
         if known is None:
+            header, payload, obj = self._parse(proof)
             key, public_jwk = self._key(header)
-            known = (key, public_jwk, jwk_thumbprint(public_jwk))
-            if len(self._keys) >= _MEMO_MAX:
-                self._keys.clear()
-            self._keys[segment] = known
-        key, public_jwk, jkt = known
-        # RFC 9449 §4.3 item 7: the signature verifies with the key in the jwk header.
-        try:
-            valid = jws.validate_compact(obj, key, registry=self._registry)
-        except (JoseError, ValueError) as exc:
-            raise _refuse("signature", "the proof's signature does not verify with its jwk") from exc
-        if not valid:
-            raise _refuse("signature", "the proof's signature does not verify with its jwk")
+            # RFC 9449 §4.3 item 7: the signature verifies with the key in the jwk header.
+            try:
+                valid = jws.validate_compact(obj, key, registry=self._registry)
+            except (JoseError, ValueError) as exc:
+                raise _refuse("signature", "the proof's signature does not verify with its jwk") from exc
+            if not valid:
+                raise _refuse("signature", "the proof's signature does not verify with its jwk")
+            known = _Known(key, public_jwk, jwk_thumbprint(public_jwk), self._registry.get_alg(header["alg"]))
+            if not _EXTENDED.intersection(header):  # b64/crit change how a proof is read: never remembered
+                if len(self._keys) >= _MEMO_MAX:
+                    self._keys.clear()
+                self._keys[segment] = known
+        else:
+            payload = self._signed(known, segment, body, signature)
+        key, public_jwk, jkt = known.key, known.jwk, known.jkt
         claims = self._claims(payload)
         jti = self._check_jti(claims)
         self._check_htm(claims, htm)
@@ -225,6 +249,26 @@ class DPoPVerifier:
             self.claim(single_use)
         return DPoPProof(jkt=jkt, jti=jti, htm=claims["htm"], htu=claimed_htu, iat=iat, ath=ath,
                          jwk=dict(public_jwk), unclaimed=None if claim else single_use)
+
+    def _signed(self, known: _Known, segment: str, body: str, signature: str) -> bytes:
+        """The payload of a proof under a header already checked, its signature verified with that
+        header's key (RFC 9449 §4.3 item 7), as joserfc's ``validate_compact`` does: the same size caps,
+        the same strict base64url, the algorithm's own ``verify``."""
+        registry = self._registry
+        if len(body) > registry.max_payload_length or len(signature) > registry.max_signature_length:
+            raise _refuse("malformed", "the proof is not a compact JWS")
+        try:
+            payload = urlsafe_b64decode(body.encode("ascii"))
+        except (ValueError, UnicodeError) as exc:
+            raise _refuse("malformed", "the proof is not a compact JWS") from exc
+        try:
+            valid = known.alg.verify(f"{segment}.{body}".encode("ascii"), urlsafe_b64decode(signature.encode("ascii")),
+                                     known.key)
+        except (JoseError, ValueError, UnicodeError) as exc:
+            raise _refuse("signature", "the proof's signature does not verify with its jwk") from exc
+        if not valid:
+            raise _refuse("signature", "the proof's signature does not verify with its jwk")
+        return payload
 
     def claim(self, single_use: tuple[str, int]) -> None:
         """The proof's one use (a verified proof's ``unclaimed``); DPoPError when it was used before."""
@@ -249,7 +293,8 @@ class DPoPVerifier:
 
     # -- the guards, in RFC 9449 §4.3 order --------------------------------------------------------
 
-    def _parse(self, proof: str) -> tuple[dict[str, Any], bytes, Any]:
+    @staticmethod
+    def _check_shape(proof: str) -> None:
         # §4.3 item 2: exactly one well-formed JWT, in the compact serialization.
         if not isinstance(proof, str) or not proof:
             raise _refuse("missing", "a DPoP proof is required")
@@ -257,6 +302,8 @@ class DPoPVerifier:
             raise _refuse("too_large", "the proof is too large")
         if proof.count(".") != 2 or any(not part for part in proof.split(".")):
             raise _refuse("malformed", "the proof is not a compact JWS")
+
+    def _parse(self, proof: str) -> tuple[dict[str, Any], bytes, Any]:
         try:
             obj = jws.extract_compact(proof.encode("ascii"), registry=self._registry)
             header = obj.headers()
@@ -350,18 +397,22 @@ class DPoPVerifier:
             raise _refuse("iat_stale", "the proof is too old (iat)")
         return int(iat)
 
-    @staticmethod
-    def _check_ath(claims: dict[str, Any], access_token: str | None) -> str | None:
+    def _check_ath(self, claims: dict[str, Any], access_token: str | None) -> str | None:
         # §4.3 item 12 and §7.1: with an access token, ath is required and is the token's hash.
         ath = claims.get("ath")
         if access_token is None:
             return ath if isinstance(ath, str) else None
         if not isinstance(ath, str) or not ath:
             raise _refuse("ath_missing", "the proof has no ath for the access token")
-        try:
-            expected = access_token_hash(access_token)
-        except UnicodeEncodeError as exc:
-            raise _refuse("ath", "the proof's ath does not match the access token") from exc
+        expected = self._aths.get(access_token)
+        if expected is None:  # a client sends the same token for minutes: its hash remembered, bounded
+            try:
+                expected = access_token_hash(access_token)
+            except UnicodeEncodeError as exc:
+                raise _refuse("ath", "the proof's ath does not match the access token") from exc
+            if len(self._aths) >= _MEMO_MAX:
+                self._aths.clear()
+            self._aths[access_token] = expected
         if not ath.isascii() or not hmac.compare_digest(ath.encode("ascii"), expected.encode("ascii")):
             raise _refuse("ath", "the proof's ath does not match the access token")
         return ath

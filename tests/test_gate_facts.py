@@ -1437,3 +1437,59 @@ def test_a_dpop_proof_at_the_gate_is_claimed_once_and_never_holds_the_event_loop
         assert piped == [True, False] * 3 and on_loop == [], (piped, on_loop)
     else:
         assert on_loop == [False] * 6, on_loop
+
+
+@pytest.fixture
+def no_claims_url(redis_url: str) -> Iterator[str]:
+    """``redis_url`` as a Redis user who may read every key and write every key but a DPoP proof's
+    single use (``qg:dpop:*``): Redis answers that SET with an error (NOPERM), as it would a SET on a
+    full Redis (OOM) or a read-only replica (READONLY). A user of its own, removed after the test."""
+    import redis
+
+    user, password = f"qg-no-claims-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    # Redis keys patterns only allow: every name but those under qg:dpop:, spelled as globs.
+    writable = ["[^q]*", "q[^g]*", "qg[^:]*", "qg:[^d]*", "qg:d[^p]*", "qg:dp[^o]*", "qg:dpo[^p]*", "qg:dpop[^:]*"]
+    admin = redis.Redis.from_url(redis_url)
+    admin.execute_command("ACL", "SETUSER", user, "on", f">{password}", "+@all", "&*", "%R~*",
+                          *(f"~{p}" for p in writable))
+    try:
+        yield redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.close()
+
+
+def test_a_proof_redis_will_not_claim_is_refused_503_and_trips_no_lane(
+        pg_engine: sa.Engine, tmp_path: Path, no_claims_url: str) -> None:
+    """Redis answers the claim of a DPoP proof's single use with an error (here NOPERM; OOM and READONLY
+    are the same kind of reply): that request is refused 503 with Retry-After as problem JSON (the proof
+    is never taken as unused, and never a 500), on the loop's pipelined connection and on the worker
+    thread's. The gate facts' breaker is not tripped: the next lanes' checks are still answered from
+    the cache, the gate facts' Redis being as sound as before."""
+    import time
+
+    from joserfc import jws
+
+    from identity.bootstrap import provider_for
+    from identity.tokens import sign_access_token
+
+    from .test_identity_dpop_support import ProofKey
+
+    for gate in _serve(pg_engine, tmp_path, no_claims_url):
+        key = ProofKey(clock=[time.time()])
+        claims = json.loads(jws.extract_compact(gate.gate_token.encode()).payload)
+        token = sign_access_token({**claims, "jti": uuid.uuid4().hex, "cnf": {"jkt": key.jkt}},
+                                  provider_for(gate.http.app).keys.signing_key())
+        gate.pickable(72)
+        assert _check(gate, 72)["decision"] == "allow"  # the facts cached
+        for mode in ("check", "commit"):
+            proof = key.proof("POST", "http://localhost:8000/gate/v1/verify", token=token)
+            refused = gate.http.post("/gate/v1/verify", json=gate.body(72, mode=mode),
+                                     headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "service_unavailable" and refused.headers["Retry-After"] == "1"
+            assert refused.headers["content-type"] == "application/problem+json"
+        assert not gate.facts._suspect and gate.facts._down_until < time.monotonic()
+        with gate.engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)).scalar() == 0
+        assert _check(gate, 72)["decision"] == "allow"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -274,6 +275,49 @@ def test_a_key_remembered_from_an_earlier_proof_still_checks_every_signature(
     refused(verifier, client.proof(htu="https://attacker.example/token"), "htu")
     # The other key's own proofs are judged by its own key, not the one remembered first.
     assert verifier.verify(other.proof(), htm="POST", htu=HTU).jkt == other.jkt
+
+
+@pytest.mark.parametrize("alg", ["ES256", "RS256", "PS256", "Ed25519"])
+def test_a_proof_under_a_remembered_header_is_read_as_strictly_as_the_first(
+        verifier: DPoPVerifier, clock: list[float], alg: str) -> None:
+    """A proof whose header was met before is not parsed by joserfc again: its payload and signature
+    are read by the verifier itself. Each way to bend them is still refused, with the reason the
+    first proof would get: a payload swapped under a signature, padding or the standard alphabet in
+    base64url, a signature cut short, a payload over the cap, a character outside ASCII; and every
+    claim is still checked."""
+    client = ProofKey(alg=alg, clock=clock)
+    assert verifier.verify(client.proof(token="at-1"), htm="POST", htu=HTU, access_token="at-1").jkt == client.jkt
+    head, body, signature = client.proof(token="at-1").split(".")
+    _, other_body, _ = client.proof(token="at-1").split(".")
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    checks = {
+        f"{head}.{other_body}.{signature}": "signature",  # another proof's claims under this signature
+        f"{head}.{body}=.{signature}": "malformed",
+        f"{head}.{body}.{signature}=": "signature",
+        f"{head}.{body}.{b64(raw).replace('-', '+').replace('_', '/')}+": "signature",
+        f"{head}.{body}.{b64(raw[:-1])}": "signature",
+        f"{head}.{b64(b'{' + b' ' * 2000 + b'}')}.{signature}": "malformed",
+        f"{head}.{body}é.{signature}": "malformed",
+    }
+    for proof, reason in checks.items():
+        refused(verifier, proof, reason, access_token="at-1")
+    refused(verifier, client.proof("GET", token="at-1"), "htm", access_token="at-1")
+    refused(verifier, client.proof(token="at-2"), "ath", access_token="at-1")
+    refused(verifier, client.proof(), "ath_missing", access_token="at-1")
+    clock[0] += 61
+    refused(verifier, client.proof(claims={"iat": int(NOW)}, token="at-1"), "iat_stale", access_token="at-1")
+    # The untouched proof, refused by none of the above, still goes through once.
+    clock[0] = NOW
+    assert verifier.verify(f"{head}.{body}.{signature}", htm="POST", htu=HTU, access_token="at-1").jkt == client.jkt
+    refused(verifier, f"{head}.{body}.{signature}", "replayed", access_token="at-1")
+
+
+def test_a_header_that_changes_how_the_payload_is_read_is_refused_every_time(
+        verifier: DPoPVerifier, client: ProofKey) -> None:
+    """RFC 7797 ``b64: false`` (a raw payload) is never taken for a proof, the first time or after: such
+    a header is never remembered (it would change how a remembered header's payloads are read)."""
+    for _ in range(2):
+        refused(verifier, client.proof(header={"crit": ["b64"], "b64": False}), "malformed")
 
 
 def test_forged_signature_is_refused(verifier: DPoPVerifier, client: ProofKey) -> None:

@@ -294,3 +294,21 @@ def test_a_dpop_proof_on_a_route_with_a_body_is_claimed_once(rig: Rig) -> None:
     again = rig.http.post("/api/v1/releases", json={"container_number": "not one"},
                           headers={"Authorization": f"DPoP {token}", "DPoP": proof})
     assert_refused(again, "DPoP", "invalid_dpop_proof")  # the same proof again: a replay
+
+
+@pytest.mark.parametrize("path", ["/gate/v1/verify", "/", "//twice", "/a%2Fb", '/q"uote', "/space here", "/a?b",
+                                  "/a#b", "/back\\slash", "/tab\there", "/new\nline", "/caf\u00e9", "/root/app/x"])
+def test_the_htu_a_proof_must_name_is_the_path_as_starlette_reads_it(path: str) -> None:
+    """``public_request_uri`` reads a plain path as it is, without building the request's URL: for
+    every path, plain or not, it is the issuer's origin and the path Starlette's ``request.url`` gives."""
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from release_service.api.auth import public_request_uri
+
+    app = SimpleNamespace(state=SimpleNamespace(container=SimpleNamespace(
+        settings=SimpleNamespace(issuer=PUBLIC + "/base/"))))
+    request = Request({"type": "http", "method": "POST", "scheme": "http", "path": path, "root_path": "",
+                       "query_string": b"x=1", "headers": [(b"host", b"internal:8000")], "app": app})
+    assert public_request_uri(request) == PUBLIC + request.url.path

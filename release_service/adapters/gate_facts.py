@@ -357,11 +357,17 @@ class RedisGateFacts:
         when this call set it. ``name`` is a whole Redis name of another part in the same Redis (a DPoP
         proof's single use, identity/dpop.py ``claim_name``). FactsUnavailable when it cannot be sent so
         (no pipelined connection, Redis failing or owed a recovery first): the caller claims it its own
-        way."""
+        way. An error reply to the SET (out of memory, a read-only replica, no permission) is also
+        FactsUnavailable, and trips nothing: it says nothing of the facts' copies, and every lane's
+        checks stay on the cache (the caller's own claim then refuses the request alone)."""
         if not self._pipe.available or self._suspect or self._failed:
             raise FactsUnavailable("not from the loop")
         with self._breaker():
-            return await self._pipe.call("SET", name, b"1", "NX", "PX", ttl_ms) is not None
+            try:
+                return await self._pipe.call("SET", name, b"1", "NX", "PX", ttl_ms) is not None
+            except redis.ResponseError as exc:
+                log.warning("release.gate_facts.claim_refused", extra={"fields": {"error": str(exc)[:200]}})
+                raise FactsUnavailable(str(exc)) from exc
 
     async def record_async(self, row: dict[str, Any]) -> StoredDecision | None:
         """``record`` from the event loop, pipelined."""

@@ -20,7 +20,9 @@ keeps the check exact. A proxy that strips a path prefix must pass it as the ASG
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -169,8 +171,22 @@ def actor_from_claims(claims: dict[str, Any]) -> Actor:
 def public_request_uri(request: Request) -> str:
     """The request's URI as the client addressed it (htu, RFC 9449 §4.3 item 9): the issuer's
     origin and the request path; query and fragment are not part of htu."""
-    base = urlsplit(request.app.state.container.settings.issuer)
-    return f"{base.scheme}://{base.netloc}{request.url.path}"  # ASGI: path includes root_path
+    path = request.scope["path"]  # ASGI: path includes root_path
+    if not _PLAIN_PATH(path):  # what Starlette's URL escapes or urlsplit drops: its own reading
+        path = request.url.path
+    return _origin(request.app.state.container.settings.issuer) + path
+
+
+@functools.lru_cache(maxsize=8)
+def _origin(issuer: str) -> str:
+    base = urlsplit(issuer)
+    return f"{base.scheme}://{base.netloc}"
+
+
+# A path of printable ASCII without ?, # or \ reads the same as Starlette's ``request.url.path`` (which
+# escapes those three and passes the rest through urlsplit, which drops tabs and newlines): taken as
+# it is, without building the request's whole URL on every DPoP-bound call.
+_PLAIN_PATH = re.compile(r'[!"$->@-\[\]-~]*').fullmatch
 
 
 def _refuse(event: str, status: int, error: str, description: str, **kw: Any) -> AuthError:

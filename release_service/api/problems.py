@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -183,6 +184,14 @@ def install(app: FastAPI) -> None:
         # Idempotency-Key, it is found, never done twice. A gate adapter retries, then decides offline.
         log.error("quaygate.database_unavailable", exc_info=exc, extra={"fields": {"path": request.url.path}})
         return problem(503, "service_unavailable", "The database did not answer; send the request again.",
+                       instance=request.url.path, headers={"Retry-After": "1"})
+
+    @app.exception_handler(redis.RedisError)
+    def _cache(request: Request, exc: Exception) -> JSONResponse:
+        # Redis refused or lost a call that cannot be made without it (a DPoP proof's single use, a
+        # session, a rate limit): the request is refused, nothing is taken on trust without it.
+        log.error("quaygate.cache_unavailable", exc_info=exc, extra={"fields": {"path": request.url.path}})
+        return problem(503, "service_unavailable", "The cache did not answer; send the request again.",
                        instance=request.url.path, headers={"Retry-After": "1"})
 
     @app.exception_handler(sa.exc.DataError)
