@@ -187,9 +187,11 @@ class RevocationList:
     With Redis, the revocations live only there once loaded (``reload`` at start), and a Redis that
     restarted (it keeps nothing on disk here), was flushed or failed over to an empty replica has
     forgotten them: a revoked token would pass again till it expires. So a whole load also sets
-    ``LOADED``. ``token_revoked`` reads it in the same round trip as the token's own entries; found
-    missing, the list is loaded again from ``revoked_tokens`` (once, whoever finds it first) before the
-    token is judged. The gate reads a token's entries in its own scripted round trip (``names``,
+    ``LOADED``; a Redis holding older data than it last served (started again from a snapshot, a
+    replica promoted) has it deleted before it is used (``RedisCache.forget_on_new_dataset``).
+    ``token_revoked`` reads it in the same round trip as the token's own entries; found missing, the
+    list is loaded again from ``revoked_tokens`` (once, whoever finds it first) before the token is
+    judged. The gate reads a token's entries in its own scripted round trip (``names``,
     ``judge``), which cannot ask for a key to be present: there ``watch`` looks for ``LOADED`` at most
     once a second in a thread of its own and loads the list again when it is missing, so a revoked
     token passes the gate for at most about a second after Redis lost its data. Eviction must not pick
@@ -224,6 +226,12 @@ class RevocationList:
         self._follow = follow if not cache.shared else None
         # With Redis and the table to load from: every lookup asks whether the list is still loaded.
         self._source = follow if cache.shared else None
+        # Data Redis did not write itself (restarted from an older snapshot, a replica promoted in a
+        # failover) holds LOADED and may lack the newest revocations: LOADED is deleted first, on the
+        # first connection that finds it so, and the list is loaded again.
+        forget = getattr(cache, "forget_on_new_dataset", None)
+        if self._source is not None and forget is not None:
+            forget(self.LOADED)
         self._reload_lock = threading.Lock()
         self._watching = threading.Lock()
         self._next_watch = 0.0

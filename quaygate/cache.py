@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
-from .redisline import Line, Script
+from .redisline import Line, Script, dataset_guard
 
 
 class Cache(Protocol):
@@ -166,8 +166,23 @@ class RedisCache:
         import redis
 
         self._r = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
-        self._line = Line(self._r)  # every call below: one round trip on this thread's own connection
         self._p = prefix
+        self._forget: list[str] = []
+        # Every call below: one round trip on this thread's own connection, each connection made checking
+        # first that this Redis wrote the data it holds (``forget_on_new_dataset``).
+        self._line = Line(self._r, greeting=self._greeting)
+
+    def forget_on_new_dataset(self, *keys: str) -> None:
+        """Delete ``keys`` when a connection finds data this Redis did not write (quaygate/redisline.py
+        ``dataset_guard``: a Redis started again from an older snapshot, a replica promoted in a
+        failover): a marker that says a whole set was loaded, of which that older data may lack the
+        newest entries, so the set is loaded again."""
+        for key in keys:
+            if self._p + key not in self._forget:
+                self._forget.append(self._p + key)
+
+    def _greeting(self) -> tuple[Any, ...] | None:
+        return dataset_guard(self._p + "dataset", list(self._forget)) if self._forget else None
 
     def qualified(self, key: str) -> str:
         """The Redis name of ``key``: for a script that reads cache keys with its own (one round trip)."""

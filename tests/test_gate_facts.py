@@ -1493,3 +1493,41 @@ def test_a_proof_redis_will_not_claim_is_refused_503_and_trips_no_lane(
         with gate.engine.connect() as conn:
             assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)).scalar() == 0
         assert _check(gate, 72)["decision"] == "allow"
+
+
+
+def test_a_redis_started_again_from_an_older_snapshot_loses_no_revocation(
+        pg_engine: sa.Engine, private_redis: dict[str, Any]) -> None:
+    """Redis saves a snapshot; a token is revoked; Redis is killed and started again from the snapshot
+    (as with RDB persistence, or a failover to a replica that had not got the last writes: a server
+    whose run_id is not the one the data was last served by). The revocation's entry is lost while the
+    snapshot says the list was loaded. The first connection made to that server drops the mark before it
+    is used, and the list is loaded again from the database before the token is judged: still revoked.
+    (The gate facts need no such greeting: a process that sees Redis fail replaces every generation
+    before it trusts a copy again, and every process does so when it starts.)"""
+    import redis
+
+    from identity.grants import RevocationList
+
+    cache = RedisCache(private_redis["url"])
+    revocations = RevocationList(cache, follow=pg_engine)
+    now = _now()
+    revocations.reload(pg_engine, now=now)
+    jti = f"after-the-snapshot-{uuid.uuid4().hex}"
+    admin = redis.Redis.from_url(private_redis["url"])
+    admin.save()
+    admin.close()
+    with pg_engine.begin() as conn:
+        revocations.add(conn, [(jti, now + timedelta(hours=1))], now=now)
+    assert revocations.is_revoked(jti)
+    private_redis["proc"].kill()
+    private_redis["proc"].wait()
+    private_redis["proc"] = private_redis["start"]()
+    for _ in range(3):  # the connection the old server had, failed (a 503 to that caller); then a new one
+        try:
+            revoked = revocations.is_revoked(jti)
+            break
+        except redis.ConnectionError:
+            continue
+    assert revoked
+    assert cache.get(RevocationList.LOADED) is not None  # loaded again
