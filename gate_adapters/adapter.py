@@ -28,7 +28,21 @@ Rules:
    starts (``barrier_parts``), as is the HTTP source's TLS context (``server_tls_for``); a barrier left
    insecure by ``allow_insecure``, credentials in clear, an HTTP source in clear beyond this host
    (``[http] allow_insecure``) and bearer tokens (no DPoP key) are each a warning at every start outside dev
-   (config.py rules 5, 8, 9).
+   (config.py rules 5, 8, 9). Every secret file (the client secret, device and officer tokens, the MQTT
+   password, barrier credentials) is checked as the private keys are: outside dev, one group or others
+   may read or write, or another user owns, stops the adapter (config.py rule 10).
+7. A lane latched for an officer (lane.py rule 9) is cleared by an officer only: over the HTTP source with
+   an officer credential (``[[http.officers]]``, http_source.py), or here on the adapter's host::
+
+       quaygate gate-adapter --config ... --latches                      # each lane: latched? since when, why
+       quaygate gate-adapter --config ... --clear-latch in-1 --latch-id 7 --officer "J. Peeters" [--note ...]
+
+   The command works on the outbox file itself (the adapter running or not; SQLite lets both at it), so
+   it must run as the user the outbox belongs to (whoever may write that file may clear a latch: the
+   adapter's user, root by ``sudo -u``); it never creates an outbox. It is logged with the officer's
+   name and the system user (latch.py rule 2).
+8. ``[http] health_port``: a plain listener of its own answering ``GET /livez`` only (status, nothing about
+   lanes), for a load balancer that cannot pass mutual TLS (http_source.py).
 """
 
 from __future__ import annotations
@@ -37,6 +51,7 @@ import argparse
 import json
 import logging
 import os
+import pwd
 import signal
 import ssl
 import sys
@@ -68,6 +83,7 @@ from .runtime.config import (
 from .runtime.dpop import DPoPKey
 from .runtime.keys import KeyFileExposed, create_ec_key, read_private_file
 from .runtime.lane import LaneRuntime, LaneWorker
+from .runtime.latch import LatchDesk, LatchError
 from .runtime.offline import OfflineMode, PassStore
 from .runtime.outbox import Outbox
 from .runtime.sinks import BarrierSink, BearerAuth, HttpBarrier, LogBarrier, MqttBarrier
@@ -101,14 +117,23 @@ class Adapter:
     passes: PassStore | None = None
     mqtt: Any = None  # MqttSource
     http_server: Any = None  # uvicorn.Server
+    health_server: Any = None  # uvicorn.Server: the liveness listener (rule 8)
+    latches: LatchDesk | None = None  # rule 7
     _threads: list[threading.Thread] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        """``/livez``: every lane's thread runs, and the HTTP source serves."""
+        serving = self.http_server is None or (self.http_server.started and not self.http_server.should_exit)
+        return self.worker.alive() and bool(serving)
 
     def start(self) -> None:
         self.worker.start()
         if self.mqtt is not None:
             self.mqtt.start()
-        if self.http_server is not None:
-            t = threading.Thread(target=self.http_server.run, name="gate-http-source", daemon=True)
+        for server, name in ((self.http_server, "gate-http-source"), (self.health_server, "gate-http-health")):
+            if server is None:
+                continue
+            t = threading.Thread(target=server.run, name=name, daemon=True)
             t.start()
             self._threads.append(t)
         log.info("gate.adapter.started", extra={"terminal": self.settings.terminal,
@@ -116,8 +141,9 @@ class Adapter:
 
     def stop(self) -> None:
         """Sources first (no new reads), then the worker (finishes what was taken), then the files."""
-        if self.http_server is not None:
-            self.http_server.should_exit = True
+        for server in (self.http_server, self.health_server):
+            if server is not None:
+                server.should_exit = True
         for t in self._threads:
             t.join(timeout=10)
         if self.mqtt is not None:
@@ -133,7 +159,7 @@ class Adapter:
 def _read_secret(settings: AdapterSettings) -> str:
     auth = settings.auth
     if auth.client_secret_file is not None:
-        return read_secret_file(auth.client_secret_file, "auth.client_secret_file")
+        return read_secret_file(auth.client_secret_file, "auth.client_secret_file", strict=not settings.dev)
     secret = os.environ.get(SECRET_ENV, "").strip()
     if not secret:
         raise ConfigError("auth.client_secret_file",
@@ -150,19 +176,23 @@ def source_tls_for(settings: AdapterSettings) -> ssl.SSLContext | None:
     return server_tls_for(settings.http)
 
 
-def _source_credentials(settings: AdapterSettings) -> tuple[Any, Any]:
+def _source_credentials(settings: AdapterSettings) -> tuple[Any, Any, Any]:
     """The sources' credentials, their files read now (``ConfigError`` names the key): the MQTT client
-    (its password and TLS context) and the HTTP devices (their tokens); None for a source not set."""
+    (its password and TLS context), the HTTP devices and the officers (their tokens); None (devices),
+    () (officers) for a source not set."""
     mqtt_client = devices = None
+    officers: Any = ()
+    strict = not settings.dev
     if settings.mqtt is not None:
         from .runtime.mqtt_source import client_for
 
-        mqtt_client = client_for(settings.mqtt)
+        mqtt_client = client_for(settings.mqtt, strict=strict)
     if settings.http is not None:
-        from .runtime.http_source import devices_for
+        from .runtime.http_source import devices_for, officers_for
 
-        devices = devices_for(settings.http)
-    return mqtt_client, devices
+        devices = devices_for(settings.http, strict=strict)
+        officers = officers_for(settings.http, devices, strict=strict)
+    return mqtt_client, devices, officers
 
 
 def _key_file_error(key: str, path: Path, exc: Exception) -> ConfigError:
@@ -237,9 +267,10 @@ def barrier_parts(settings: AdapterSettings) -> BarrierParts:
             continue
         auth: httpx.Auth | None = None
         if b.token_file is not None:
-            auth = BearerAuth(read_secret_file(b.token_file, f"{key}.token_file"))
+            auth = BearerAuth(read_secret_file(b.token_file, f"{key}.token_file", strict=not settings.dev))
         elif b.username is not None and b.password_file is not None:
-            auth = httpx.BasicAuth(b.username, read_secret_file(b.password_file, f"{key}.password_file"))
+            auth = httpx.BasicAuth(b.username, read_secret_file(b.password_file, f"{key}.password_file",
+                                                                strict=not settings.dev))
         tls = None
         if (b.url or "").startswith("https://"):  # the system's CAs unless ca_file; the host name checked
             try:
@@ -316,6 +347,7 @@ def build(settings: AdapterSettings) -> Adapter:
                           attempts=settings.service.attempts)
     barriers = barrier_parts(settings)
     tls = source_tls_for(settings)
+    mqtt_client, devices, officers = _source_credentials(settings)  # every secret read before a file is made
     _warn_insecure(settings, barriers)
     try:
         outbox = Outbox(settings.outbox)
@@ -335,11 +367,6 @@ def build(settings: AdapterSettings) -> Adapter:
                               limits=OfflineLimits(store_max_age=timedelta(seconds=o.store_max_age_seconds),
                                                    ban_list_max_age=timedelta(seconds=o.ban_list_max_age_seconds)))
     mqtt_source = None
-    try:
-        mqtt_client, devices = _source_credentials(settings)
-    except ConfigError:
-        outbox.close()
-        raise
     lanes = [
         LaneRuntime(settings.terminal, ln.lane, ln.direction, ln.mode,  # type: ignore[arg-type]
                     LaneCorrelator(ln.lane, settings.terminal, ln.direction, window_seconds=ln.window_seconds,
@@ -361,21 +388,27 @@ def build(settings: AdapterSettings) -> Adapter:
         mqtt_source = MqttSource(_SourceLanes(worker, fed_by["mqtt"]), host=m.host, port=m.port,  # type: ignore[arg-type]
                                  prefix=m.prefix, client=mqtt_client, keepalive=m.keepalive,
                                  trusted_face_matcher=m.trusted_face_matcher)
-    http_server = None
+    latches = LatchDesk(outbox, [ln.lane for ln in settings.lanes])
+    adapter = Adapter(settings, worker, outbox, passes, mqtt_source, latches=latches)
     if settings.http is not None:
         import uvicorn
 
-        from .runtime.http_source import create_source_app, lane_health
+        from .runtime.http_source import create_health_app, create_source_app, lane_health
 
         source = mqtt_source
         health = lane_health(worker, None if source is None else lambda: source.dropped)  # every lane's load
         app = create_source_app(_SourceLanes(worker, fed_by["http"]), settings.terminal,  # type: ignore[arg-type]
-                                devices=devices, health=health)
+                                devices=devices, health=health, officers=officers, latches=latches,
+                                alive=adapter.alive)
         config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port, log_level="warning",
                                 access_log=False, lifespan="off",
                                 ssl_context_factory=None if tls is None else lambda _config, _default: tls)
-        http_server = uvicorn.Server(config)
-    return Adapter(settings, worker, outbox, passes, mqtt_source, http_server)
+        adapter.http_server = uvicorn.Server(config)
+        if settings.http.health_port is not None:  # rule 8: plain HTTP, /livez only
+            adapter.health_server = uvicorn.Server(uvicorn.Config(
+                create_health_app(adapter.alive), host=settings.http.health_host or settings.http.host,
+                port=settings.http.health_port, log_level="warning", access_log=False, lifespan="off"))
+    return adapter
 
 
 def run(settings: AdapterSettings, stop: threading.Event | None = None) -> int:
@@ -398,13 +431,56 @@ def run(settings: AdapterSettings, stop: threading.Event | None = None) -> int:
         print(f"gate-adapter: cannot start: {exc}", file=sys.stderr)
         return 1
     while not stop.wait(0.5):
-        if adapter.http_server is not None and not any(t.is_alive() for t in adapter._threads):
-            print(f"gate-adapter: the HTTP source stopped (is port {settings.http.port} free?)",  # type: ignore[union-attr]
-                  file=sys.stderr)
+        if adapter.http_server is not None and not all(t.is_alive() for t in adapter._threads):
+            h = settings.http
+            ports = " or ".join(str(p) for p in (h.port, h.health_port) if p is not None)  # type: ignore[union-attr]
+            print(f"gate-adapter: the HTTP source stopped (is port {ports} free?)", file=sys.stderr)
             adapter.stop()
             return 1
     adapter.stop()
     return 0
+
+
+def latch_command(settings: AdapterSettings, args: argparse.Namespace) -> int:
+    """Rule 7: ``--latches`` and ``--clear-latch`` on the outbox file itself."""
+    path = settings.outbox
+    try:
+        owner = path.stat().st_uid
+    except FileNotFoundError:
+        if args.latches:
+            print(f"no outbox at {path} yet: no lane is latched")
+            return 0
+        raise ConfigError("outbox", f"{path} does not exist: nothing is latched here") from None
+    me = os.geteuid()
+    if owner != me:  # root's WAL files beside the adapter's outbox would lock the adapter out of it
+        name = _user_name(owner)
+        raise ConfigError("outbox", f"{path} belongs to {name}: run this as that user (sudo -u {name} quaygate "
+                                    f"gate-adapter ...)")
+    desk = LatchDesk(Outbox(path), [ln.lane for ln in settings.lanes])
+    try:
+        if args.latches:
+            for lane in sorted(desk.lanes):
+                view = desk.status(lane)
+                print(f"{lane}: not latched" if view is None else f"{lane}: " + json.dumps(view.as_json()))
+            return 0
+        who = f"{args.officer.strip()} (cli, {_user_name(me)}"
+        who += f", sudo by {os.environ['SUDO_USER']})" if os.environ.get("SUDO_USER") else ")"
+        try:
+            cleared = desk.clear(args.clear_latch, args.latch_id, by=who, note=args.note)
+        except (LatchError, ValueError) as exc:
+            print(f"gate-adapter: latch not cleared: {exc}", file=sys.stderr)
+            return 1
+        print(f"{cleared.lane}: latch {cleared.id} cleared by {cleared.cleared_by}")
+        return 0
+    finally:
+        desk.outbox.close()
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -420,9 +496,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "[barrier_signing] key_file), never over an existing one; start nothing")
     p.add_argument("--barrier-public-key", action="store_true",
                    help="print the public JWK barrier controllers verify signed commands with; start nothing")
+    p.add_argument("--latches", action="store_true",
+                   help="show each lane's latch (held for an officer: since when, why, what it held); start nothing")
+    p.add_argument("--clear-latch", metavar="LANE",
+                   help="as the officer at LANE, clear its latch (with --latch-id and --officer); start nothing")
+    p.add_argument("--latch-id", type=int, help="the latch to clear, as --latches shows it")
+    p.add_argument("--officer", help="the officer who clears the latch (logged and kept with it)")
+    p.add_argument("--note", help="why the officer clears it (kept with the latch)")
     args = p.parse_args(argv)
-    if args.mint_token and (args.check or args.make_keys or args.barrier_public_key):
-        p.error("--check, --make-keys and --barrier-public-key go with --config")
+    actions = ("check", "make_keys", "barrier_public_key", "latches", "clear_latch")
+    if args.mint_token and any(getattr(args, a) for a in actions):
+        p.error("--check, --make-keys, --barrier-public-key, --latches and --clear-latch go with --config")
+    if args.clear_latch is not None and (args.latch_id is None or not (args.officer or "").strip()):
+        p.error("--clear-latch needs --latch-id (see --latches) and --officer")
+    if args.clear_latch is None and (args.latch_id is not None or args.officer or args.note):
+        p.error("--latch-id, --officer and --note go with --clear-latch")
     if args.mint_token:
         token, digest = mint_token()
         print(f"token: {token}\ntoken_sha256 = \"{digest}\"")  # the token is shown once, kept nowhere
@@ -432,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.make_keys:
             print("\n".join(make_keys(settings)))
             return 0
+        if args.latches or args.clear_latch is not None:
+            return latch_command(settings, args)
         if args.barrier_public_key:
             signer = barrier_signer_for(settings)
             if signer is None:

@@ -304,7 +304,7 @@ def _device_headers(token: str | None) -> dict[str, str]:
 
 def _device_token(args: argparse.Namespace) -> str | None:
     if args.device_token_file:
-        return read_secret_file(Path(args.device_token_file), "--device-token-file")
+        return read_secret_file(Path(args.device_token_file), "--device-token-file", strict=False)
     return os.environ.get("QUAYGATE_SIM_DEVICE_TOKEN") or None
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gate_adapters.core.correlate import DropReason, LaneCorrelator
+from gate_adapters.core.correlate import DropReason, LaneCorrelator, request_id_for
 from gate_adapters.runtime.outbox import Outbox
 from gate_adapters.runtime.sinks import BarrierCommand
 from gate_adapters.sources import generic_json
@@ -161,3 +161,73 @@ def test_a_late_mismatch_for_a_request_still_pending_keeps_its_answer_from_openi
     [again] = runtime(real_client(gate), outbox, back).recover()
     assert again.request_id == held.request_id and again.decision == "allow"  # the service's answer, recorded
     assert commands(back) == [(BarrierCommand.HOLD, True)]  # never an open for a driver the matcher refused
+
+
+def test_the_next_trucks_own_face_match_goes_with_it_on_a_lane_that_requires_a_face(gate: Gate,
+                                                                                    outbox: Outbox) -> None:
+    """correlate.py rule 3a: a lane that waits for a face. Truck A goes through on its driver's match;
+    truck B (another truck, another driver) pulls up within A's window and its driver's match comes after
+    B's plate: B's own, so B is asked at once with it (before, it was dropped as a late duplicate of A's
+    face and B waited out the window to a review for want of a face)."""
+    from gate_adapters.runtime.lane import LaneRuntime
+
+    gate.pickable(46)
+    sink = RecordingBarrier()
+    clock = [1000.0]
+    lane = LaneRuntime(TERMINAL, LANE, "in", "commit",
+                       LaneCorrelator(LANE, TERMINAL, "in", require={"plate", "container", "badge", "face"}),
+                       real_client(gate), outbox, sink, clock=lambda: clock[0])
+    at = _now() - timedelta(seconds=15)  # so that B's reads, twelve seconds later, are not ahead of our clock
+    [a] = [r for read in [*reads(n=46, at=at), face(True, at + timedelta(seconds=1), score=0.97)]
+           for r in lane.feed(read)]
+    assert a.decision == "allow"
+    clock[0] += 12  # B, twelve seconds later: well within A's window of 30 s
+    later = at + timedelta(seconds=12)
+    b_reads = [*reads(plate="2-XYZ-987", n=47, at=later, badge="AP-777771"),
+               face(True, later + timedelta(seconds=1), score=0.96)]
+    [b] = [r for read in b_reads for r in lane.feed(read)]
+    assert b.request_id == request_id_for(TERMINAL, LANE, "in", b_reads)  # with B's face, not A's nor none
+    assert b.decision == "deny"  # a truck and driver this right was not nominated to: the service says no
+    assert commands(sink) == [(BarrierCommand.OPEN, False), (BarrierCommand.HOLD, False)]
+
+
+def test_a_late_match_for_a_truck_sent_without_a_face_is_noted_beside_it_and_opens_no_truck(
+        gate: Gate, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    """No face required: truck A is decided on plate, container and badge. Its driver's match comes after
+    (with nothing pending): noted in the outbox beside A's request and logged, the barrier told nothing;
+    no phantom truck opens (before, one did, timed out to a review, or was filled by the next truck's
+    reads and passed for that driver's face)."""
+    gate.pickable(48)
+    gate.pickable(49)
+    sink = RecordingBarrier()
+    clock = [1000.0]
+    lane = runtime(real_client(gate), outbox, sink, clock=lambda: clock[0])
+    at = _now() - timedelta(seconds=10)  # so that B's reads, five seconds later, are not ahead of our clock
+    [a] = [r for read in reads(n=48, at=at) for r in lane.feed(read)]
+    assert a.decision == "allow"
+    with caplog.at_level(logging.WARNING):
+        assert lane.feed(face(True, at + timedelta(seconds=2), score=0.93)) == []
+    assert [(r.getMessage(), r.request_id) for r in caplog.records  # type: ignore[attr-defined]
+            if r.getMessage().startswith("gate.")] == [("gate.lane.late_face", a.request_id)]
+    assert outbox.late_reads(a.request_id) == [("late_face", {"kind": "face", "matched": True, "score": 0.93})]
+    assert lane.correlator.pending_count == 0 and commands(sink) == [(BarrierCommand.OPEN, False)]
+    clock[0] += 40  # after A's window: nothing was left to time out
+    assert lane.tick() == [] and outbox.pending() == []
+    b_reads = reads(plate="1-ABC-123", n=49, at=at + timedelta(seconds=5))
+    [b] = [r for read in b_reads for r in lane.feed(read)]
+    assert b.decision == "allow" and commands(sink)[-1] == (BarrierCommand.OPEN, False)
+    assert b.request_id == request_id_for(TERMINAL, LANE, "in", b_reads)  # its own three reads, no face
+
+
+def test_a_late_face_image_is_noted_without_the_image(outbox: Outbox) -> None:
+    """A face image (the service matches it) for a truck sent without a face: noted as a late face, never the
+    image itself (the outbox is no store of drivers' faces)."""
+    from gate_adapters.runtime.client import StaticToken, VerifyClient
+
+    lane = runtime(VerifyClient("http://127.0.0.1:9", StaticToken("t"), attempts=1), outbox, RecordingBarrier())
+    at = _now()
+    [sent] = [r for read in reads(n=50, at=at) for r in lane.feed(read)]
+    image = generic_json.parse_object({"kind": "face", "lane": LANE, "observed_at": (at + timedelta(seconds=1))
+                                       .isoformat(), "face": {"image": "/9j/4AAQSkZJRg=="}})
+    assert lane.feed(image) == [] and lane.correlator.pending_count == 0
+    assert outbox.late_reads(sent.request_id) == [("late_face", {"kind": "face", "image": True})]

@@ -127,9 +127,10 @@ def tls_controller(pki: Path) -> Iterator[Controller]:
 def _doc(tmp_path: Path, barrier: dict[str, Any], *, signing: bool = True, dev: bool = False,
          **over: Any) -> dict[str, Any]:
     """A production (not dev) adapter with one http barrier lane."""
-    (tmp_path / "client-secret").write_text("s3cret")
-    (tmp_path / "barrier.token").write_text(BARRIER_TOKEN + "\n")
-    (tmp_path / "barrier.password").write_text("barrier-pass\n")
+    for name, text in (("client-secret", "s3cret"), ("barrier.token", BARRIER_TOKEN + "\n"),
+                       ("barrier.password", "barrier-pass\n")):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o600)  # its owner's alone, or it does not start outside dev (config.py rule 10)
     doc: dict[str, Any] = {
         "terminal": TERMINAL, "outbox": "outbox.sqlite3", "dev": dev,
         "service": {"base_url": "https://quaygate.example.eu"},

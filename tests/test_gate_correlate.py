@@ -309,3 +309,84 @@ def test_verify_fields_carry_a_face_image_as_base64() -> None:
     image = FaceRead(lane=LANE, source="t", camera="kiosk", image=b"\xff\xd8jpeg", match=None, observed_at=T0)
     [with_face] = feed(lane(), [image, plate(), container(), badge()])
     assert with_face.verify_fields()["face"] == {"image": "/9hqcGVn"}
+
+
+# -- faces after a truck was emitted (rule 3a) -------------------------------------------------------
+
+
+def test_the_next_trucks_own_face_match_completes_it_within_the_window_of_the_truck_before() -> None:
+    """A face is required. Truck A goes with its face; truck B pulls up within A's window and its driver's
+    face is matched after B's plate was read: the face is B's, not a late duplicate of A's (before, it
+    was dropped as one, and B timed out to review for want of a face)."""
+    corr = lane(require={"plate", "container", "badge", "face"})
+    [a] = feed(corr, [plate(), container(), badge(), face(0.9, sec=3.0)])
+    b_face = face(0.95, sec=13.0)
+    assert feed(corr, [plate("2XYZ987", sec=10.0), container("MAEU7654320", sec=11.0),
+                       badge("AP-100248", sec=12.0)], start=110.0) == []
+    [b] = corr.add(b_face, 113.5)
+    assert b.complete and b.face == b_face and b.plate is not None and b.plate.text == "2XYZ987"
+    assert a.face is not None and a.face != b.face and corr.take_dropped() == []
+
+
+@pytest.mark.parametrize("late", ["redelivered", "captured_before_the_next_truck"])
+def test_the_last_trucks_face_never_completes_the_next_truck(late: str) -> None:
+    """A face is required. Truck A went with its face; truck B's plate, container and badge are in, its
+    driver's face not yet. A's face again (an MQTT QoS 1 redelivery, the very same read), or a match the
+    matcher made of A's driver before B came (observed before B's first read), is A's: were it B's, B would
+    be let through on A's driver's face. It is reported as A's late read, and B waits for its own."""
+    corr = lane(require={"plate", "container", "badge", "face"})
+    a_face = face(0.9, sec=3.0)
+    [a] = feed(corr, [plate(), container(), badge(), a_face])
+    assert feed(corr, [plate("2XYZ987", sec=10.0), container("MAEU7654320", sec=11.0),
+                       badge("AP-100248", sec=12.0)], start=110.0) == []
+    again = a_face if late == "redelivered" else face(0.97, sec=8.0)
+    assert corr.add(again, 113.0) == []
+    [dropped] = corr.take_dropped()
+    assert (dropped.reason, dropped.request_id) == (DropReason.LATE_READ, a.request_id)  # A carried a face
+    assert corr.pending_count == 1
+    [b] = corr.tick(110.0 + 30.0)  # no face of its own came: the window ends, the service reviews it
+    assert b.outcome is Outcome.TIMED_OUT and b.face is None and b.missing == frozenset({ReadKind.FACE})
+
+
+def test_a_late_face_for_a_truck_sent_without_one_is_reported_never_a_phantom_truck() -> None:
+    """No face required: truck A goes on plate, container and badge. The matcher's "matched" for A's driver
+    comes after, with nothing pending: it is A's late face (named, for the outbox), not a truck of its own
+    that times out (before, a phantom truck opened), nor one the next truck's reads fill and that passes
+    for B's driver's face."""
+    corr = lane()
+    [a] = feed(corr, [plate(), container(), badge()])
+    assert a.face is None
+    late = face(0.96, sec=4.0)
+    assert corr.add(late, 104.0) == []
+    [dropped] = corr.take_dropped()
+    assert (dropped.reason, dropped.request_id, dropped.observed_at) == (DropReason.LATE_FACE, a.request_id, T0)
+    assert (dropped.matched, dropped.score, dropped.kinds) == (True, 0.96, frozenset({ReadKind.FACE}))
+    assert corr.add(late, 105.0) == []
+    assert [d.reason for d in corr.take_dropped()] == [DropReason.LATE_READ]  # said once
+    assert corr.pending_count == 0 and corr.tick(104.0 + 31.0) == []  # nothing opened that could time out
+    [b] = feed(corr, [plate("2XYZ987", sec=10.0), container("MAEU7654320", sec=11.0), badge("AP-100248", sec=12.0)],
+               start=110.0)
+    assert b.face is None  # never A's driver's face
+
+
+def test_a_late_face_captured_before_the_next_truck_came_is_the_truck_befores() -> None:
+    """No face required, truck A sent without one; truck B's plate is in when A's driver's match arrives,
+    captured before B's plate was read: A's late face, never B's (before, B took it: the next driver
+    passed on the face of the one before)."""
+    corr = lane()
+    [a] = feed(corr, [plate(), container(), badge()])
+    assert corr.add(plate("2XYZ987", sec=10.0), 110.0) == []
+    assert corr.add(face(0.96, sec=4.0), 110.5) == []
+    [dropped] = corr.take_dropped()
+    assert (dropped.reason, dropped.request_id) == (DropReason.LATE_FACE, a.request_id)
+    [b] = feed(corr, [container("MAEU7654320", sec=11.0), badge("AP-100248", sec=12.0)], start=111.0)
+    assert b.face is None and b.plate is not None and b.plate.text == "2XYZ987"
+
+
+def test_a_face_with_nothing_pending_and_no_truck_recent_opens_a_truck() -> None:
+    """A face may be a truck's first read: with no truck emitted within the window it opens one."""
+    corr = lane()
+    first = face(0.9, sec=0.0)
+    assert corr.add(first, 100.0) == [] and corr.pending_count == 1
+    [ready] = feed(corr, [plate(sec=1.0), container(sec=2.0), badge(sec=3.0)], start=101.0)
+    assert ready.face == first and corr.take_dropped() == []

@@ -298,6 +298,8 @@ def test_make_keys_makes_the_dpop_key_once_and_never_prints_it(tmp_path: Path,
                       '[mqtt]\nusername = "g"\npassword_file = "mqtt-password"\n[[lanes]]\nlane = "in-1"\n')
     (tmp_path / "secret").write_text("s3cret\n")
     (tmp_path / "mqtt-password").write_text("p\n")
+    for secret in ("secret", "mqtt-password"):  # a secret file readable by others is refused outside dev
+        (tmp_path / secret).chmod(0o600)
     assert adapter_main(["--config", str(config), "--check"]) == 2  # the key is not there yet
     assert "auth.dpop_key_file: " in capsys.readouterr().err
     assert adapter_main(["--config", str(config), "--make-keys"]) == 0

@@ -59,8 +59,7 @@ class RecordingBarrier:
     def __init__(self) -> None:
         self.commands: list[Command] = []
 
-    def act(self, response: Mapping[str, Any] | None, lane: str) -> Command:
-        cmd = command_for(response, lane)
+    def send(self, cmd: Command) -> Command:
         self.commands.append(cmd)
         return cmd
 
@@ -72,8 +71,8 @@ class SignallingBarrier(RecordingBarrier):
         super().__init__()
         self.acted = threading.Event()
 
-    def act(self, response: Mapping[str, Any] | None, lane: str) -> Command:
-        cmd = super().act(response, lane)
+    def send(self, cmd: Command) -> Command:
+        super().send(cmd)
         self.acted.set()
         return cmd
 
@@ -336,7 +335,10 @@ def test_an_unreachable_service_holds_keeps_the_request_and_sends_it_again(gate:
     back = RecordingBarrier()
     (again,) = runtime(real_client(gate), outbox, back, wall=lambda: wall[0]).recover()
     assert again.request_id == result.request_id and again.decision == "allow"
-    assert [c.command for c in back.commands] == [BarrierCommand.OPEN]
+    # The hold called an officer, which latched the lane (lane.py rule 9, kept in the outbox across the
+    # restart): the answer is recorded, and holds until the officer at the lane clears it.
+    assert [(c.command, c.call_officer) for c in back.commands] == [(BarrierCommand.HOLD, True)]
+    assert again.latched is not None and again.latched == outbox.held_latch(LANE).id  # type: ignore[union-attr]
     assert gate.state(rid) == "gated_in" and outbox.pending() == []
 
 
@@ -356,7 +358,8 @@ def test_a_late_answer_is_recorded_but_does_not_move_the_barrier(gate: Gate, out
 
 def test_a_late_answer_for_one_truck_never_opens_the_barrier_for_the_next(gate: Gate, outbox: Outbox) -> None:
     """Truck A's verify gets no answer; truck B comes and is decided; A's retry then gets "allow,
-    committed". B is at the barrier now: A's answer holds and calls an officer (A's right is used)."""
+    committed". B is at the barrier now: A's answer holds and calls an officer (A's right is used). (A's
+    hold latched the lane for its officer, so B's deny calls the officer too, lane.py rule 9.)"""
     rid_a = gate.pickable(13)
     gate.pickable(14)
     clock = [0.0]
@@ -369,10 +372,12 @@ def test_a_late_answer_for_one_truck_never_opens_the_barrier_for_the_next(gate: 
     clock[0] += 60.0  # B arrives after A's correlation window
     (b,) = [r for read in reads("9-ZZZ-999", 14) for r in lane.feed(read)]
     assert b.decision == "deny"
+    held = outbox.held_latch(LANE)
+    assert held is not None and outbox.clear_latch(LANE, held.id, "officer at in-3") is not None  # sorted out
     (late,) = lane.recover()  # A's retry, well within act_seconds
     assert late.request_id == a.request_id and late.decision == "allow" and late.response["committed"] is True  # type: ignore[index]
-    assert [(c.command, c.call_officer) for c in sink.commands] == [
-        (BarrierCommand.HOLD, True), (BarrierCommand.HOLD, False), (BarrierCommand.HOLD, True)]
+    assert late.latched is None  # held because B's request came after it, not by the latch (cleared)
+    assert [(c.command, c.call_officer) for c in sink.commands] == [(BarrierCommand.HOLD, True)] * 3
     assert outbox.pending() == [] and outbox.response(a.request_id)["decision"] == "allow"  # type: ignore[index]
     assert gate.state(rid_a) == "gated_in"  # on the server's books: the officer sorts truck A out
 

@@ -128,6 +128,7 @@ def test_the_http_mode_sends_reads_as_a_device_of_the_adapter(tmp_path: Path) ->
     token = "sim-device-" + "e" * 32
     (tmp_path / "device.token").write_text(token + "\n")
     (tmp_path / "client-secret").write_text("s3cret")
+    (tmp_path / "client-secret").chmod(0o600)  # a secret file readable by others is refused outside dev
     adapter = build(parse({
         "terminal": TERMINAL, "outbox": "outbox.sqlite3", "service": {"base_url": "https://quaygate.example.eu"},
         "auth": {"client_id": "gate", "client_secret_file": "client-secret"},
@@ -178,6 +179,7 @@ def test_the_http_mode_reaches_an_adapter_serving_tls_as_a_device_with_its_certi
     token = "sim-device-" + "f" * 32
     (tmp_path / "device.token").write_text(token + "\n")
     (tmp_path / "client-secret").write_text("s3cret")
+    (tmp_path / "client-secret").chmod(0o600)  # a secret file readable by others is refused outside dev
     port = free_port()
     adapter = build(parse({
         "terminal": TERMINAL, "outbox": "outbox.sqlite3", "service": {"base_url": "https://quaygate.example.eu"},

@@ -55,10 +55,17 @@ def sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def secret(path: Path, text: str) -> Path:
+    """A secret file as it must be outside dev: its owner's alone (config.py rule 10)."""
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
 def _doc(tmp_path: Path, **over: Any) -> dict[str, Any]:
     """A production (not dev) adapter: four devices, one of them reading its token from a file."""
-    (tmp_path / "client-secret").write_text("s3cret")
-    (tmp_path / "reader.token").write_text(TOKENS["reader"] + "\n")
+    secret(tmp_path / "client-secret", "s3cret")
+    secret(tmp_path / "reader.token", TOKENS["reader"] + "\n")
     doc: dict[str, Any] = {
         "terminal": TERMINAL, "outbox": "outbox.sqlite3",
         "service": {"base_url": "https://quaygate.example.eu"},
@@ -291,19 +298,23 @@ def served(adapter: Adapter) -> Iterator[int]:
 
 @contextlib.contextmanager
 def serving(adapter: Adapter) -> Iterator[int]:
-    """The adapter's HTTP source under uvicorn on a real socket, as ``Adapter.start`` runs it."""
-    server = adapter.http_server
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    """The adapter's HTTP source (and its liveness listener, with ``health_port``) under uvicorn on real
+    sockets, as ``Adapter.start`` runs them; the source's port."""
+    servers = [server for server in (adapter.http_server, adapter.health_server) if server is not None]
+    threads = [threading.Thread(target=server.run, daemon=True) for server in servers]
+    for thread in threads:
+        thread.start()
     deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
+    while not all(server.started for server in servers) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert server.started
+    assert all(server.started for server in servers)
     try:
         yield adapter.settings.http.port  # type: ignore[union-attr]
     finally:
-        server.should_exit = True
-        thread.join(10)
+        for server in servers:
+            server.should_exit = True
+        for thread in threads:
+            thread.join(10)
 
 
 def _exchange(port: int, head: str, body: bytes = b"") -> str:
@@ -529,14 +540,16 @@ def test_a_certificate_or_client_ca_the_source_cannot_use_stops_it_before_it_sta
 def test_healthz_shows_each_lanes_queue_what_its_bounds_refused_and_the_mqtt_drops(tmp_path: Path) -> None:
     """http_source.py ``/healthz``: per lane, the reads waiting and how many may, the reads refused because
     the lane was full (from any source), the trucks evicted, and the reads the MQTT source dropped; asked
-    over a real socket of the adapter ``build`` wires, without a token."""
-    (tmp_path / "mqtt.pw").write_text("mqtt-pw\n")
+    over a real socket of the adapter ``build`` wires, with a device's token as a read is."""
+    secret(tmp_path / "mqtt.pw", "mqtt-pw\n")
     doc = _doc(tmp_path, queue_size=2, mqtt={"username": "gate", "password_file": "mqtt.pw"},
                lanes=[{"lane": "in-1", "sources": ["http"], "max_pending": 1}, {"lane": "in-2", "queue_size": 1}])
     adapter = build(parse(doc, base=tmp_path))
     try:
         with serving(adapter) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            assert http.get("/healthz").json()["load"] == {  # the worker is not started: nothing takes reads
+            monitor = bearer("reader")
+            # the worker is not started: nothing takes reads
+            assert http.get("/healthz", headers=monitor).json()["load"] == {
                 "in-1": {"queued": 0, "queue_size": 2, "refused": 0, "evicted": 0, "mqtt_dropped": 0},
                 "in-2": {"queued": 0, "queue_size": 1, "refused": 0, "evicted": 0, "mqtt_dropped": 0}}
             for status in (202, 202, 503):
@@ -548,13 +561,65 @@ def test_healthz_shows_each_lanes_queue_what_its_bounds_refused_and_the_mqtt_dro
             for text in ("1-ABC-123", "7-XYZ-777"):  # two trucks' plates, fresh: the second evicts the first
                 plate = generic("plate", {**PLATE["plate"], "text": text})
                 in_1.feed(generic_json.parse_object({**plate, "lane": "in-1"}))
-            health = http.get("/healthz")
+            health = http.get("/healthz", headers=monitor)
         assert health.status_code == 200
         assert health.json() == {"status": "ok", "terminal": TERMINAL, "lanes": ["in-1", "in-2"], "load": {
             "in-1": {"queued": 2, "queue_size": 2, "refused": 1, "evicted": 1, "mqtt_dropped": 0},
             "in-2": {"queued": 1, "queue_size": 1, "refused": 2, "evicted": 0, "mqtt_dropped": 2}}}
     finally:
         adapter.outbox.close()
+
+
+def test_under_mutual_tls_a_probe_gets_liveness_on_a_listener_of_its_own_and_the_load_asks_a_token(
+        tmp_path: Path, source_pki: Path) -> None:
+    """http_source.py: with mutual TLS nothing without a device certificate gets a handshake, a load
+    balancer's probe included. ``[http] health_port`` is a plain listener of its own with ``/livez`` alone:
+    "ok" while the lanes run (503 once they stop), nothing about lanes, nothing else served. The source's
+    own ``/livez`` says the same to a device, and ``/healthz`` (each lane's load) asks what a read asks:
+    the device's certificate and its token."""
+    health_port = free_port()
+    adapter = build(parse(_tls_doc(tmp_path, source_pki, client_ca_file=str(source_pki / "ca.pem"),
+                                   health_port=health_port), base=tmp_path))
+    probe = f"http://127.0.0.1:{health_port}"
+    adapter.worker.start()
+    try:
+        with serving(adapter) as port:
+            live = httpx.get(f"{probe}/livez", timeout=10)
+            assert (live.status_code, live.json()) == (200, {"status": "ok"})
+            for path in ("/healthz", "/reads/in-1", "/officer/latch/in-1"):
+                _problem(httpx.get(f"{probe}{path}", timeout=10), 404, "not_found")
+            _problem(httpx.post(f"{probe}/reads/in-1", json=PLATE, headers=bearer("anpr-in-1"), timeout=10), 404,
+                     "not_found")
+            with _https(source_pki, port) as stranger, pytest.raises(httpx.TransportError):
+                stranger.get("/livez")  # no certificate: no handshake, whatever the path
+            with _https(source_pki, port, "camera") as device:
+                assert device.get("/livez").json() == {"status": "ok"}
+                refused = device.get("/healthz")
+                _problem(refused, 401, "device_token_required")
+                assert "load" not in refused.text and "in-1" not in refused.text
+                _problem(device.get("/healthz", headers={"Authorization": "Bearer not-a-device-token"}),
+                         401, "device_token_required")
+                load = device.get("/healthz", headers=bearer("anpr-in-1"))
+                assert load.status_code == 200 and set(load.json()["load"]) == {"in-1", "in-2"}, load.text
+            adapter.worker.stop()
+            down = httpx.get(f"{probe}/livez", timeout=10)
+            assert (down.status_code, down.json()) == (503, {"status": "unavailable"})
+    finally:
+        adapter.worker.stop()
+        adapter.outbox.close()
+
+
+@pytest.mark.parametrize(("http", "key"), [
+    ({"health_port": 8089, "port": 8089}, "http.health_port"),  # one socket cannot be two listeners
+    ({"health_host": "0.0.0.0"}, "http.health_port"),
+    ({"health_port": 0}, "http.health_port"),
+])
+def test_bad_liveness_listener_settings_name_their_key(tmp_path: Path, http: dict[str, Any], key: str) -> None:
+    doc = _doc(tmp_path)
+    doc["http"].update(http)
+    with pytest.raises(ConfigError) as exc:
+        parse(doc, base=tmp_path)
+    assert exc.value.key == key, str(exc.value)
 
 
 # ---- MQTT ---------------------------------------------------------------------------------------------
@@ -648,7 +713,7 @@ def test_tls_and_credentials_reach_the_broker_and_its_acl_holds_each_camera_to_i
         tmp_path: Path, broker: tuple[int, Path]) -> None:
     port, pki = broker
     for user in ("gate-k1700", "anpr-in-1"):
-        (tmp_path / f"{user}.pw").write_text(f"{user}-pw\n")
+        secret(tmp_path / f"{user}.pw", f"{user}-pw\n")
 
     def settings(user: str, **over: Any) -> Any:
         mqtt = {"host": "localhost", "port": port, "tls": True, "ca_file": str(pki / "ca.pem"),

@@ -33,16 +33,37 @@ Rules (each has a test in tests/test_gate_correlate.py):
    optional face wait), or timed out ``window_seconds`` after its first read with what it has
    (``missing`` says what), so the service answers review/deny with a reason instead of the truck
    waiting forever. When a new truck opens, older complete trucks stop waiting for a face.
-3. A read similar to one of a truck emitted less than ``window_seconds`` ago is a late duplicate
-   (a camera's "update" event): it is dropped and reported, never opens a phantom truck.
-3a. Except a face match result saying ``matched: false``, which is never let go (``_mismatch_placed``):
-   a face names no truck, so with a truck pending it goes to that truck (a refusal at worst, never the
-   next driver let through because his mismatch was taken for the truck before him), and the truck
-   emitted last within the window, if its request carried no mismatch, is reported as a
-   ``late_face_mismatch`` naming its ``request_id`` (the matcher answered after the request went, or
-   changed its mind: the barrier may have opened for the wrong driver, so the caller records it and
-   calls an officer, lane.py rule 8). With no truck pending it is that report alone, for the truck
-   emitted last whether it held a face or not; a duplicate when that truck's request carried a mismatch.
+3. A plate, container or badge read similar to one of a truck emitted less than ``window_seconds`` ago
+   is a late duplicate (a camera's "update" event): it is dropped and reported (``late_read``, naming
+   that truck's ``request_id``), never opens a phantom truck.
+3a. Faces (``_place_face``). A face names no truck: any two faces are "similar", so the content cannot
+   say whose it is; only the lane's state and the face's ``observed_at`` can. The rule is chosen so that
+   a face never yields a wrong allow: it never makes another truck complete, and it never opens a truck
+   that another truck's reads could fill. "Recent" is the truck emitted last within the window.
+   - A face match result saying ``matched: false`` is never let go (``_mismatch``). With a truck pending
+     it goes to that truck (rule 1, the mismatch winning), whichever truck it was captured for: a
+     refusal and an officer at worst, never a driver let through because his mismatch was taken for the
+     truck before him. And recent, if its request carried no mismatch, is reported as a
+     ``late_face_mismatch`` naming its ``request_id`` (the matcher answered after the request went, or
+     changed its mind: the barrier may have opened for the wrong driver, so the caller records it and
+     calls an officer, lane.py rule 8). With no truck pending it is that report alone, for recent
+     whether it held a face or not; a duplicate (``late_read``) when recent's request carried a
+     mismatch already.
+   - Any other face (a match, or an image the service matches) is tied to the pending truck rule 1
+     chooses, unless it can only be recent's: the very same read recent already holds (an at-least-once
+     redelivery, QoS 1), or one observed before the pending truck's first read (trucks stop at the lane
+     one after the other: a face captured before the next truck's first read was captured is the
+     truck's before). A late duplicate of what recent's request carried is dropped as ``late_read``; a
+     face for a recent truck whose request went WITHOUT a face is ``late_face`` (the caller notes it
+     beside that request in the outbox): the service has decided, and the face is never a truck of its
+     own, so it can never be joined by the next truck's reads and pass for that driver's. Before,
+     a match for the next truck was dropped as a duplicate of the one before (face required: review),
+     and a late match for a truck sent without one opened a phantom truck the next truck's reads filled.
+   - With no truck pending and none recent, a face opens a truck, as any read after the window.
+   Recent's reads take in what came late for it, so the same news again is said once.
+   Limitation: a face that comes before any other read of its truck, within the window of the truck
+   before, cannot be told from that truck's late face: it is reported as recent's, and its own truck
+   goes without it (where a face is required: a timed-out request, review). That failure is safe.
 4. Bounded memory: at most ``max_pending`` trucks wait; opening one more evicts the oldest, which is
    emitted with outcome ``evicted`` (its reads so far, ``missing`` says what it lacked). An eviction is
    at least as grave as a window ending without every read: reads the lane cannot place (a flood, a
@@ -81,8 +102,9 @@ class Outcome(StrEnum):
 
 
 class DropReason(StrEnum):
-    LATE_READ = "late_read"
-    LATE_FACE_MISMATCH = "late_face_mismatch"  # rule 3: a mismatch for a truck already emitted
+    LATE_READ = "late_read"  # rules 3 and 3a: a duplicate of what a truck already emitted carried
+    LATE_FACE = "late_face"  # rule 3a: a face for a truck emitted without one; never a truck of its own
+    LATE_FACE_MISMATCH = "late_face_mismatch"  # rule 3a: a mismatch for a truck already emitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +164,9 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """Something the correlator let go of without emitting it; the caller logs it (and, for a late face
-    mismatch, acts on it: ``request_id`` and ``observed_at`` name the truck it came too late for)."""
+    """Something the correlator let go of without emitting it; the caller logs it (and, for a late face or
+    face mismatch, notes or acts on it: ``request_id`` and ``observed_at`` name the truck it came too
+    late for; ``matched`` and ``score`` say what the face was, ``matched`` None for an image)."""
 
     reason: DropReason
     lane: str
@@ -151,6 +174,7 @@ class Dropped:
     request_id: str | None = None
     observed_at: datetime | None = None
     score: float | None = None
+    matched: bool | None = None
 
 
 @dataclass(slots=True)
@@ -255,15 +279,18 @@ class LaneCorrelator:
             raise ValueError(f"read for lane {read.lane!r} given to the correlator of lane {self.lane!r}")
         out = self.tick(now)
         now = self._now
-        if _is_mismatch(read):
-            if not self._mismatch_placed(read, now):
+        truck: _Truck | None
+        if isinstance(read, FaceRead):
+            placed = self._place_face(read, now)
+            if placed is _DROPPED:
                 return out
+            truck = placed
         else:
             late_for = self._late_duplicate_of(read, now)
             if late_for is not None:
                 self._dropped.append(self._late(read, late_for))
                 return out
-        truck = self._place(read)
+            truck = self._place(read)
         if truck is None:
             out.extend(self._close_face_waits(now))
             out.extend(self._evict_for_one_more(now))
@@ -289,17 +316,25 @@ class LaneCorrelator:
 
     def _place(self, read: Read) -> _Truck | None:
         """Rule 1a then 1b; ``None`` means a new truck must open (rule 1c)."""
+        truck = self._candidate(read)
+        if truck is not None:
+            self._take(truck, read)
+        return truck
+
+    def _candidate(self, read: Read) -> _Truck | None:
+        """The pending truck rules 1a and 1b give ``read`` to, without giving it yet."""
         for truck in self._pending:
             held = truck.reads.get(read.kind)
             if held is not None and similar(held, read):
-                if _rank(read) > _rank(held):
-                    truck.reads[read.kind] = read
                 return truck
-        for truck in self._pending:
-            if read.kind not in truck.reads:
-                truck.reads[read.kind] = read
-                return truck
-        return None
+        return next((truck for truck in self._pending if read.kind not in truck.reads), None)
+
+    @staticmethod
+    def _take(truck: _Truck, read: Read) -> None:
+        """Rule 1a: of two similar reads the greater ``_rank`` is kept; rule 1b: a kind it lacked."""
+        held = truck.reads.get(read.kind)
+        if held is None or _rank(read) > _rank(held):
+            truck.reads[read.kind] = read
 
     def _close_face_waits(self, now: float) -> list[Ready]:
         """A new truck at the lane means older complete trucks will not get their face any more."""
@@ -359,36 +394,62 @@ class LaneCorrelator:
                 return emitted
         return None
 
-    def _mismatch_placed(self, read: Read, now: float) -> bool:
-        """Rule 3a: a face mismatch is never let go, and never taken for a truck it cannot be told from.
-        A face names no truck: only its time at the lane links it to one. So:
+    def _recent(self, now: float) -> _Emitted | None:
+        """Rule 3a's "recent": the truck emitted last, if less than ``window_seconds`` ago."""
+        return next((e for e in reversed(self._emitted) if now - e.emitted_at < self.window_seconds), None)
 
-        - a truck pending takes it (True: placed as any read, the mismatch winning, rule 1a), whichever
-          truck it was captured for: a refusal and an officer at worst, never a driver let through because
-          his mismatch was taken for the truck before him; and the truck emitted last within the window,
-          if its request carried no mismatch, is reported too (``late_face_mismatch``: the matcher may
-          have spoken of that one; an officer looks);
-        - no truck pending: it is the late mismatch of the truck emitted last within the window, with or
-          without a face (a truck is sent without one when no face is required), or a duplicate when that
-          truck's request carried a mismatch already (False);
-        - neither: it opens a truck of its own (True), as any read after the window."""
-        recent = next((e for e in reversed(self._emitted) if now - e.emitted_at < self.window_seconds), None)
+    def _place_face(self, read: FaceRead, now: float) -> _Truck | None | object:
+        """Rule 3a: the pending truck that takes the face (given it already), ``None`` when it opens a
+        truck of its own, or ``_DROPPED`` when it is reported instead (``take_dropped``)."""
+        recent, truck = self._recent(now), self._candidate(read)
+        if _is_mismatch(read):
+            return self._mismatch(read, recent, truck)
+        if recent is not None and read in recent.reads:  # the same read again: a redelivery of recent's
+            self._dropped.append(self._late(read, recent))
+            return _DROPPED
+        if truck is not None and (recent is None or read.observed_at >= _first_observed(truck)):
+            self._take(truck, read)
+            return truck
+        if recent is not None:  # captured before the pending truck came, or nothing pending: recent's
+            self._dropped.append(self._late(read, recent))
+            return _DROPPED
+        return None
+
+    def _mismatch(self, read: FaceRead, recent: _Emitted | None, truck: _Truck | None) -> _Truck | None | object:
+        """Rule 3a, a face mismatch: never let go, and never taken for a truck it cannot be told from."""
         flagged = None
         if recent is not None and not any(_is_mismatch(held) for held in recent.reads):
             flagged = self._late(read, recent)
             self._dropped.append(flagged)
-        if self._pending:
-            return True
-        if recent is not None and flagged is None:
-            self._dropped.append(Dropped(DropReason.LATE_READ, self.lane, frozenset({read.kind})))
-        return recent is None
+        if truck is not None:
+            self._take(truck, read)
+            return truck
+        if recent is None:
+            return None
+        if flagged is None:  # recent's request carried a mismatch already: the same news again
+            self._dropped.append(Dropped(DropReason.LATE_READ, self.lane, frozenset({read.kind}),
+                                         recent.request_id, recent.observed_at))
+        return _DROPPED
 
     def _late(self, read: Read, emitted: _Emitted) -> Dropped:
-        """Rule 3: a harmless late duplicate, or a mismatch the emitted truck's request did not carry."""
-        if _is_mismatch(read) and not any(_is_mismatch(held) for held in emitted.reads):
-            assert isinstance(read, FaceRead) and read.match is not None
-            # Said once: the emitted truck now holds the mismatch, so the same news again is a duplicate.
-            self._emitted[self._emitted.index(emitted)] = dataclasses.replace(emitted, reads=(*emitted.reads, read))
-            return Dropped(DropReason.LATE_FACE_MISMATCH, self.lane, frozenset({read.kind}), emitted.request_id,
-                           emitted.observed_at, read.match.score)
-        return Dropped(DropReason.LATE_READ, self.lane, frozenset({read.kind}))
+        """Rules 3 and 3a: a harmless late duplicate, or news for the emitted truck (a face it went
+        without, a mismatch its request did not carry); news is added to its reads, so it is said once."""
+        kinds = frozenset({read.kind})
+        if isinstance(read, FaceRead):
+            mismatch = _is_mismatch(read) and not any(_is_mismatch(held) for held in emitted.reads)
+            first_face = not any(held.kind is ReadKind.FACE for held in emitted.reads)
+            if mismatch or first_face:
+                index = self._emitted.index(emitted)
+                self._emitted[index] = dataclasses.replace(emitted, reads=(*emitted.reads, read))
+                matched = None if read.match is None else read.match.matched
+                score = None if read.match is None else read.match.score
+                reason = DropReason.LATE_FACE_MISMATCH if mismatch else DropReason.LATE_FACE
+                return Dropped(reason, self.lane, kinds, emitted.request_id, emitted.observed_at, score, matched)
+        return Dropped(DropReason.LATE_READ, self.lane, kinds, emitted.request_id, emitted.observed_at)
+
+
+_DROPPED = object()  # _place_face: the face was reported, not placed
+
+
+def _first_observed(truck: _Truck) -> datetime:
+    return min(read.observed_at for read in truck.reads.values())

@@ -22,7 +22,11 @@ Rules:
    without TLS (``cert_file``, ``key_file``; ``client_ca_file`` adds mutual TLS: a device must show a
    certificate that CA signed): its device tokens and reads would cross the camera network in clear,
    for anyone on it to copy. ``allow_insecure = true`` keeps such a source for a camera network nothing
-   else reaches, with a warning at each start (as rule 9 for barriers). Outside ``dev = true`` MQTT needs credentials
+   else reaches, with a warning at each start (as rule 9 for barriers). An ``[http]`` source may also
+   take officers (``[[http.officers]]``, a token each, as devices but never a device's: a camera's
+   token clears no latch, lane.py rule 9), and a liveness listener of its own in plain HTTP
+   (``health_port``, ``health_host``: ``/livez`` only, status and nothing else, for a load balancer
+   that cannot show a client certificate). Outside ``dev = true`` MQTT needs credentials
    (``username`` and ``password_file``, or a TLS client certificate), and TLS unless the broker is on
    this host (a password in clear across the network is no credential). Which topics each broker
    account may publish is the broker's ACL (docs/gate-adapter.md).
@@ -43,6 +47,11 @@ Rules:
    signs every command (HTTP and MQTT). Outside ``dev = true`` an ``http`` barrier on another host must
    be ``https://`` with credentials or signing, or ``http://`` with signing (credentials in clear are no
    credential), unless it sets ``allow_insecure = true`` (a warning at each start).
+10. Secrets in files of their own (the client secret, device and officer tokens, the MQTT password,
+    barrier credentials) are checked as private keys are (keys.py ``read_private_file``): outside
+    ``dev = true`` one that group or others may read or write, or that belongs to another user than
+    the adapter's (or root), stops the adapter naming its key and the fix; in dev it is a warning.
+    TLS key files are left to the TLS library unchecked, on purpose: 0640 with group ssl-cert is usual.
 """
 
 from __future__ import annotations
@@ -92,13 +101,21 @@ class ConfigError(ValueError):
         self.key, self.message = key, message
 
 
-def read_secret_file(path: Path, key: str, *, may_be_empty: bool = False) -> str:
-    """A secret kept in its own file (the client secret, a device token, the MQTT password), read before
-    anything starts, stripped; ``ConfigError`` naming ``key`` when it cannot be read, or is empty."""
+def read_secret_file(path: Path, key: str, *, strict: bool = True, may_be_empty: bool = False) -> str:
+    """A secret kept in its own file (the client secret, a device or officer token, the MQTT password, a
+    barrier credential), read before anything starts, stripped; ``ConfigError`` naming ``key`` when it
+    cannot be read, is empty, or (``strict``, outside dev) is not this adapter's alone (rule 10)."""
+    from .keys import KeyFileExposed, read_private_file
+
     try:
-        secret = path.read_text(encoding="utf-8").strip()
+        raw = read_private_file(path, strict=strict, risk="whoever reads it can use this secret")
+        secret = raw.decode("utf-8").strip()
     except OSError as exc:
         raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    except KeyFileExposed as exc:
+        raise ConfigError(key, str(exc)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{path} is not UTF-8 text") from None
     if not secret and not may_be_empty:
         raise ConfigError(key, f"{path} is empty")
     return secret
@@ -139,10 +156,23 @@ class DeviceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OfficerSettings:
+    """One officer who may clear a lane's latch over the HTTP source (rule 5, lane.py rule 9): exactly
+    one of ``token_sha256`` and ``token_file``, never a device's token."""
+
+    name: str
+    token_sha256: str | None = None
+    token_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HttpSourceSettings:
     host: str = "127.0.0.1"
     port: int = 8089
     devices: tuple[DeviceSettings, ...] = ()  # empty: no token asked (dev = true only)
+    officers: tuple[OfficerSettings, ...] = ()  # who may clear a latch here (none: the CLI only)
+    health_host: str | None = None  # the liveness listener (plain HTTP, /livez only); default: host
+    health_port: int | None = None  # None: no liveness listener of its own
     cert_file: Path | None = None  # rule 5: TLS, the source's certificate (with key_file)
     key_file: Path | None = None
     client_ca_file: Path | None = None  # mutual TLS: a device must show a certificate this CA signed
@@ -476,14 +506,54 @@ def _devices(h: _Table, base: Path) -> tuple[DeviceSettings, ...]:
     return tuple(devices)
 
 
+def _officers(h: _Table, base: Path, devices: tuple[DeviceSettings, ...]) -> tuple[OfficerSettings, ...]:
+    raw = h.raw.get("officers", [])
+    if not isinstance(raw, list):
+        raise ConfigError(h.key("officers"), "must be [[http.officers]] tables")
+    officers: list[OfficerSettings] = []
+    for i, item in enumerate(raw):
+        t = _Table(item, f"{h.key('officers')}[{i}]", ("name", "token_sha256", "token_file"))
+        name = t.req("name")
+        if not _DEVICE_NAME.match(name):
+            raise ConfigError(t.key("name"), "must be at most 64 letters, digits, '_', '.' or '-'")
+        if any(o.name == name for o in officers):
+            raise ConfigError(t.key("name"), f"officer {name!r} is configured twice")
+        digest, token_file = t.string("token_sha256"), t.path_("token_file", base)
+        if (digest is None) == (token_file is None):
+            raise ConfigError(t.key("token_sha256"), "give token_sha256 or token_file, exactly one")
+        if digest is not None:
+            digest = digest.lower()
+            if not _SHA256_HEX.match(digest):
+                raise ConfigError(t.key("token_sha256"), "must be 64 hex digits (quaygate gate-adapter --mint-token)")
+            if any(d.token_sha256 == digest for d in devices):
+                raise ConfigError(t.key("token_sha256"), "is a device's token: an officer's token is never a "
+                                                         "camera's (mint one of its own)")
+            if any(o.token_sha256 == digest for o in officers):
+                raise ConfigError(t.key("token_sha256"), "is another officer's token: give each officer their own")
+        officers.append(OfficerSettings(name=name, token_sha256=digest, token_file=token_file))
+    return tuple(officers)
+
+
 def _http(raw: Any, base: Path, dev: bool) -> HttpSourceSettings:
-    """Rule 5: who may post reads (devices), and TLS for a source that listens beyond this host."""
-    h = _Table(raw, "http", ("host", "port", "devices", "cert_file", "key_file", "client_ca_file", "allow_insecure"))
-    http = HttpSourceSettings(host=h.string("host", "127.0.0.1") or "127.0.0.1",
-                              port=h.integer("port", 8089, low=1, high=65535), devices=_devices(h, base),
+    """Rule 5: who may post reads (devices), who may clear a latch (officers), and TLS for a source that
+    listens beyond this host; the liveness listener."""
+    h = _Table(raw, "http", ("host", "port", "devices", "officers", "cert_file", "key_file", "client_ca_file",
+                             "allow_insecure", "health_host", "health_port"))
+    devices = _devices(h, base)
+    host = h.string("host", "127.0.0.1") or "127.0.0.1"
+    health_port = h.integer("health_port", 0, low=1, high=65535) if h.has("health_port") else None
+    http = HttpSourceSettings(host=host,
+                              port=h.integer("port", 8089, low=1, high=65535), devices=devices,
+                              officers=_officers(h, base, devices),
+                              health_host=(h.string("health_host") or host) if health_port is not None else None,
+                              health_port=health_port,
                               cert_file=h.path_("cert_file", base), key_file=h.path_("key_file", base),
                               client_ca_file=h.path_("client_ca_file", base),
                               allow_insecure=h.boolean("allow_insecure", False))
+    if h.has("health_host") and health_port is None:
+        raise ConfigError(h.key("health_port"), "is required with health_host")
+    if health_port is not None and health_port == http.port:
+        raise ConfigError(h.key("health_port"), "must differ from port (the liveness listener is a socket of its own)")
     if (http.cert_file is None) != (http.key_file is None):
         raise ConfigError(h.key("key_file" if http.cert_file else "cert_file"), "give cert_file and key_file together")
     if http.client_ca_file is not None and not http.tls:

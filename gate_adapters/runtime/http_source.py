@@ -6,13 +6,33 @@ Routes (``{lane}`` is our lane id; the adapter serves one terminal)::
     POST /axis/{lane}        AXIS License Plate Verifier JSON push (sources/axis.py)
     POST /ocr/{lane}         container OCR portal JSON (sources/ocr_portal.py)
     POST /reads/{lane}       our generic JSON read (sources/generic_json.py)
-    GET  /healthz            200 {"status": "ok", "terminal", "lanes", "load"} while the adapter runs
+    GET  /livez              200 {"status": "ok"} (503 "unavailable"): liveness, nothing else, no token
+    GET  /healthz            200 {"status": "ok", "terminal", "lanes", "load"}: a device token (or an officer's)
+    GET  /officer/latch/{lane}         an officer: the lane's latch and what it held (lane.py rule 9)
+    POST /officer/latch/{lane}/clear   an officer: {"latch": id, "note": "..."} clears it (latch.py)
 
 ``/healthz`` says more than "up": ``lanes`` are the lanes this source takes reads for, and ``load`` each
 lane of the adapter's queue (``queued``, ``queue_size``), what its bounds refused since start (``refused``:
 reads, every source; ``evicted``: trucks held for an officer) and, with an MQTT source, ``mqtt_dropped``.
 A lane whose counts grow is flooded or stuck, and its drivers wait at a held barrier: a monitor polling
-``/healthz`` sees it before they call. It asks no token (nothing in it names a device, a truck or a driver).
+``/healthz`` sees it before they call. That is the terminal's load, lane by lane (when a gate is busy,
+when a lane is stuck), so it asks what a read asks: a device token (or an officer's), and under mutual
+TLS the device certificate in the handshake. ``/livez`` says "up" and nothing else, to anyone who reaches
+the source; under mutual TLS nobody without a certificate does, so the adapter can serve ``/livez`` on a
+plain listener of its own (``[http] health_port``, ``create_health_app``) for a load balancer probe.
+Why not one TLS listener with ``CERT_OPTIONAL`` and the certificate enforced path by path: that moves the
+check of every read from the handshake into our code, for every path, and uvicorn does not hand the
+peer certificate to the app at all; a second socket that serves one constant answer risks nothing.
+
+Officers (lane.py rule 9, latch.py): ``[[http.officers]]`` each have a token of their own, never a
+device's (the settings refuse a device's digest; ``officers_for`` a token file that holds one), sent as
+``Authorization: Bearer`` or HTTP Basic with the officer's name, checked like a device token (digests,
+constant time). An officer call is taken only over TLS (where a device certificate is also asked under
+mutual TLS) or from this host (loopback): an officer token in clear on the camera network would let a
+camera clear the latch the next time (403 ``officer_channel_insecure``, before the token is looked at).
+401 ``officer_credential_required``; 404 ``unknown_lane``; 409 ``not_latched`` or ``latch_changed`` (the
+clear names a latch the lane no longer holds: look again); 400 ``payload_refused`` for a body that is not
+``{"latch": <id>, "note": <text, optional>}``. No device token clears a latch, whatever it may send.
 
 A read decides who passes a gate, so each POST is checked in this order, and nothing refused reaches
 the lane:
@@ -52,13 +72,17 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
+import json
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gate_adapters.core.reads import Read, SourceError
@@ -66,6 +90,7 @@ from gate_adapters.sources import axis, generic_json, hikvision, ocr_portal
 
 from .config import ConfigError, HttpSourceSettings, read_secret_file, token_sha256
 from .lane import LaneBusy, LaneWorker
+from .latch import LatchDesk, LatchError
 
 log = logging.getLogger("gate_adapters.source.http")
 
@@ -79,11 +104,14 @@ PARSERS: dict[str, tuple[Parser, int]] = {  # and each vendor's body cap (rule 4
     "reads": (lambda body, ctype, lane: generic_json.parse(body, lane=lane), generic_json.MAX_BYTES),
 }
 CHALLENGE = 'Bearer realm="quaygate-gate", Basic realm="quaygate-gate", charset="UTF-8"'
+OFFICER_CHALLENGE = 'Bearer realm="quaygate-gate-officer", Basic realm="quaygate-gate-officer", charset="UTF-8"'
+MAX_CLEAR_BYTES = 4096  # {"latch": id, "note": ...}
 RETRY_AFTER_SECONDS = 1  # rule 7: soon, so that the read sent again is still fresh (lane.py rule 6)
 PROBLEM_BASE = "https://quaygate.eu/problems/gate-adapter/"  # the service's base, a folder of our own
 PROBLEM_MEDIA_TYPE = "application/problem+json"  # RFC 9457 §3
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-          405: "Method not allowed", 413: "Content too large", 503: "Service unavailable"}
+          405: "Method not allowed", 409: "Conflict", 413: "Content too large", 503: "Service unavailable"}
+LATCH_STATUS = {"unknown_lane": 404, "not_latched": 409, "latch_changed": 409}
 
 
 def problem(status: int, code: str, detail: str, *, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -112,20 +140,51 @@ class Device:
     trusted_face_matcher: bool
 
 
-def devices_for(http: HttpSourceSettings) -> tuple[Device, ...] | None:
+@dataclass(frozen=True, slots=True)
+class Officer:
+    """An officer as the source checks them: the SHA-256 of their token."""
+
+    name: str
+    digest: bytes
+
+
+def devices_for(http: HttpSourceSettings, *, strict: bool = True) -> tuple[Device, ...] | None:
     """The configured devices, token files read now, before anything starts (``ConfigError`` names the
-    key). ``None``: no devices configured, so no token is asked (the settings allow that only in dev)."""
+    key; ``strict``: outside dev, a token file not the adapter's alone, config.py rule 10). ``None``: no
+    devices configured, so no token is asked (the settings allow that only in dev)."""
     if not http.devices:
         return None
     devices = []
     for i, d in enumerate(http.devices):
         digest = d.token_sha256
         if d.token_file is not None:
-            digest = token_sha256(read_secret_file(d.token_file, f"http.devices[{i}].token_file"))
+            digest = token_sha256(read_secret_file(d.token_file, f"http.devices[{i}].token_file", strict=strict))
         assert digest is not None
         devices.append(Device(d.name, bytes.fromhex(digest), frozenset(d.lanes), frozenset(d.kinds),
                               d.trusted_face_matcher))
     return tuple(devices)
+
+
+def officers_for(http: HttpSourceSettings, devices: Sequence[Device] | None, *,
+                 strict: bool = True) -> tuple[Officer, ...]:
+    """The configured officers, token files read now (as ``devices_for``); a token that is also a
+    device's is refused (``ConfigError``): a camera must never clear a latch."""
+    officers = []
+    for i, o in enumerate(http.officers):
+        key = f"http.officers[{i}].token_file"
+        digest = o.token_sha256
+        if o.token_file is not None:
+            digest = token_sha256(read_secret_file(o.token_file, key, strict=strict))
+        else:
+            key = f"http.officers[{i}].token_sha256"
+        assert digest is not None
+        raw = bytes.fromhex(digest)
+        if any(hmac.compare_digest(raw, d.digest) for d in devices or ()):
+            raise ConfigError(key, "is a device's token: an officer's token is never a camera's (mint one of its own)")
+        if any(hmac.compare_digest(raw, other.digest) for other in officers):
+            raise ConfigError(key, "is another officer's token: give each officer their own")
+        officers.append(Officer(o.name, raw))
+    return tuple(officers)
 
 
 def server_tls_for(http: HttpSourceSettings) -> ssl.SSLContext | None:
@@ -150,8 +209,11 @@ def server_tls_for(http: HttpSourceSettings) -> ssl.SSLContext | None:
     return context
 
 
-def authenticate(devices: Sequence[Device], authorization: str | None) -> Device | None:
-    """The device whose token the ``Authorization`` header carries, or ``None`` (rule 1)."""
+Credential = TypeVar("Credential", Device, Officer)
+
+
+def authenticate(devices: Sequence[Credential], authorization: str | None) -> Credential | None:
+    """The device (or officer) whose token the ``Authorization`` header carries, or ``None`` (rule 1)."""
     scheme, _, credentials = (authorization or "").strip().partition(" ")
     credentials = credentials.strip()
     name: str | None = None
@@ -220,11 +282,37 @@ async def _body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+def _loopback(request: Request) -> bool:
+    host = request.client.host if request.client is not None else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _liveness(alive: Callable[[], bool]) -> Callable[[], Any]:
+    async def livez() -> Response:
+        ok = alive()
+        return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+    return livez
+
+
+def create_health_app(alive: Callable[[], bool]) -> FastAPI:
+    """The liveness listener's app (``[http] health_port``): ``GET /livez`` and nothing else; a problem
+    document for any other path. Nothing in it names a lane, a device or a truck."""
+    app = FastAPI(title="quaygate gate adapter liveness", openapi_url=None, docs_url=None, redoc_url=None,
+                  exception_handlers={StarletteHTTPException: _framework_problem})
+    app.add_api_route("/livez", _liveness(alive), methods=["GET"], name="livez")
+    return app
+
+
 def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[Device] | None,
-                      health: Health | None = None) -> FastAPI:
+                      health: Health | None = None, officers: Sequence[Officer] = (),
+                      latches: LatchDesk | None = None, alive: Callable[[], bool] | None = None) -> FastAPI:
     """``devices`` is required so that a caller says so when it serves without tokens (``None``, dev).
     ``health``: ``/healthz``'s ``load`` (default: ``worker``'s own lanes; the adapter passes every lane's,
-    with its MQTT drops)."""
+    with its MQTT drops). ``officers`` and ``latches``: the officer routes (none: every officer call is
+    401). ``alive``: what ``/livez`` answers (default: up while it answers)."""
     health = health or lane_health(worker)
     app = FastAPI(title="quaygate gate adapter inputs", openapi_url=None, docs_url=None, redoc_url=None,
                   exception_handlers={StarletteHTTPException: _framework_problem})
@@ -275,9 +363,83 @@ def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[De
     for vendor, (parser, max_bytes) in PARSERS.items():
         route(vendor, parser, max_bytes)
 
-    async def healthz() -> Response:
+    async def healthz(request: Request) -> Response:
+        if devices is not None:  # what a read asks: a device's token (or an officer's)
+            authorization = request.headers.get("authorization")
+            if authenticate(devices, authorization) is None and authenticate(officers, authorization) is None:
+                return problem(401, "device_token_required", "a device token is required",
+                               headers={"WWW-Authenticate": CHALLENGE})
         return JSONResponse({"status": "ok", "terminal": terminal, "lanes": sorted(ln for _, ln in worker.lanes),
                              "load": health()})
 
+    app.add_api_route("/livez", _liveness(alive or (lambda: True)), methods=["GET"], name="livez")
     app.add_api_route("/healthz", healthz, methods=["GET"], name="healthz")
+
+    def officer_of(request: Request) -> Officer | Response:
+        """Who the officer is, or the refusal (the channel first, then the credential)."""
+        peer = request.client.host if request.client is not None else None
+        if request.url.scheme != "https" and not _loopback(request):
+            log.warning("gate.source.officer.insecure_channel", extra={"peer": peer, "path": request.url.path})
+            return problem(403, "officer_channel_insecure", "an officer call needs TLS, or this host")
+        officer = authenticate(officers, request.headers.get("authorization"))
+        if officer is None:
+            log.warning("gate.source.officer.unauthenticated", extra={"peer": peer, "path": request.url.path})
+            return problem(401, "officer_credential_required", "an officer's credential is required",
+                           headers={"WWW-Authenticate": OFFICER_CHALLENGE})
+        return officer
+
+    def latch_problem(exc: LatchError) -> Response:
+        return problem(LATCH_STATUS.get(exc.code, 409), exc.code, str(exc))
+
+    async def latch_status(lane: str, request: Request) -> Response:
+        officer = officer_of(request)
+        if isinstance(officer, Response):
+            return officer
+        if latches is None:
+            return problem(404, "unknown_lane", "unknown lane")
+        try:
+            view = await run_in_threadpool(latches.status, lane)  # SQLite: never block the event loop
+        except LatchError as exc:
+            return latch_problem(exc)
+        return JSONResponse({"lane": lane, "latched": view is not None,
+                             "latch": None if view is None else view.as_json()})
+
+    async def latch_clear(lane: str, request: Request) -> Response:
+        officer = officer_of(request)
+        if isinstance(officer, Response):
+            return officer
+        if latches is None:
+            return problem(404, "unknown_lane", "unknown lane")
+        try:
+            raw = await _body(request, MAX_CLEAR_BYTES)
+        except _TooLarge:
+            return problem(413, "payload_too_large", f"payload is larger than {MAX_CLEAR_BYTES} bytes")
+        try:
+            latch_id, note = _clear_body(raw)
+            who = f"{officer.name} (http)"
+            cleared = await run_in_threadpool(lambda: latches.clear(lane, latch_id, by=who, note=note))
+        except LatchError as exc:
+            return latch_problem(exc)
+        except ValueError as exc:
+            return problem(400, "payload_refused", str(exc))
+        return JSONResponse({"lane": lane, "latch": cleared.id, "cleared_by": cleared.cleared_by})
+
+    app.add_api_route("/officer/latch/{lane}", latch_status, methods=["GET"], name="latch_status")
+    app.add_api_route("/officer/latch/{lane}/clear", latch_clear, methods=["POST"], name="latch_clear")
     return app
+
+
+def _clear_body(raw: bytes) -> tuple[int, str | None]:
+    """``{"latch": <id>, "note": <text, optional>}``; ValueError saying what is wrong."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("the body is not JSON") from None
+    if not isinstance(body, dict) or set(body) - {"latch", "note"}:
+        raise ValueError('the body is {"latch": <id>, "note": <text, optional>}')
+    latch_id, note = body.get("latch"), body.get("note")
+    if isinstance(latch_id, bool) or not isinstance(latch_id, int):
+        raise ValueError('"latch" is the id of the latch to clear (GET /officer/latch/{lane})')
+    if note is not None and not isinstance(note, str):
+        raise ValueError('"note" is text')
+    return latch_id, note

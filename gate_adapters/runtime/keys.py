@@ -5,13 +5,17 @@
   message never quotes the file.
 - ``create_ec_key``: a new EC P-256 key, written as a private JWK readable by its owner only (0600),
   never over an existing file (``--make-keys`` keeps what is there).
-- ``read_private_file``: a key file's bytes, its mode checked as ssh checks its keys: a key that group or
-  others may read (or write) is no longer the adapter's alone: whoever reads it can get gate tokens
-  (private_key_jwt), use a stolen one (DPoP) or open barriers (signing); whoever writes it can swap it.
-  Outside dev (``strict``) such a file is refused (``KeyFileExposed``, a ValueError naming the file, its
-  mode and the fix), and the adapter does not start; in dev it is a warning
-  (``gate.adapter.key_file_exposed``). The mode is read from the open file (``fstat``), not the path,
-  so what is checked is what is read.
+- ``read_private_file``: a key file's bytes, its mode and owner checked as ssh checks its keys: a key that
+  group or others may read (or write) is no longer the adapter's alone: whoever reads it can get gate
+  tokens (private_key_jwt), use a stolen one (DPoP) or open barriers (signing); whoever writes it can swap
+  it. A file that belongs to another user than the adapter's (or root) is not its own either: its owner
+  can rewrite it, or open it to everyone, at any time. Outside dev (``strict``) such a file is refused
+  (``KeyFileExposed``, a ValueError naming the file, what is wrong and the fix: ``chmod 600`` or
+  ``chown``), and the adapter does not start; in dev it is a warning (``gate.adapter.key_file_exposed``).
+  The mode and owner are read from the open file (``fstat``), not the path, so what is checked is what is
+  read. The same check guards the secrets in files of their own (config.py ``read_secret_file``: the
+  client secret, device and officer tokens, the MQTT password, barrier credentials), with ``risk``
+  saying what a reader could do.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -33,20 +38,36 @@ class KeyFileExposed(ValueError):
     """A private key file group or others may read or write (outside dev: the adapter does not start)."""
 
 
-def read_private_file(path: Path, *, strict: bool) -> bytes:
-    """The bytes of a private key file whose mode keeps it its owner's (module docstring); OSError when
-    it cannot be read."""
+def read_private_file(path: Path, *, strict: bool, risk: str = "whoever reads it can act as this adapter") -> bytes:
+    """The bytes of a private file whose mode and owner keep it this adapter's (module docstring); OSError
+    when it cannot be read."""
     with path.open("rb") as f:
-        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        st = os.fstat(f.fileno())
         data = f.read()
+    mode, me = stat.S_IMODE(st.st_mode), os.geteuid()
+    problems = []
     if mode & EXPOSED_BITS:
-        message = (f"{path} may be read or written by group or others (mode {mode:04o}): whoever reads it can act "
-                   f"as this adapter; make it its owner's alone: chmod 600 {path}")
+        problems.append(f"{path} may be read or written by group or others (mode {mode:04o}): {risk}; make it its "
+                        f"owner's alone: chmod 600 {path}")
+    if st.st_uid not in (me, 0):
+        runs_as = f"{_user(me)}, the user this adapter runs as" + ("" if me == 0 else ", or root")
+        problems.append(f"{path} belongs to {_user(st.st_uid)}, not to {runs_as}: its owner can rewrite it or "
+                        f"let anyone read it; give it to this adapter: chown {_user(me, bare=True)} {path}")
+    for message in problems:
         if strict:
             raise KeyFileExposed(message)
         # The message is the reason itself (the plain log format shows no ``extra``); never the key.
         log.warning("gate.adapter.key_file_exposed: %s (allowed with dev = true only)", message)
     return data
+
+
+def _user(uid: int, *, bare: bool = False) -> str:
+    """A user by name (and uid), or by uid alone when it has no name here."""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid) if bare else f"uid {uid}"
+    return name if bare else f"{name} (uid {uid})"
 
 
 def private_key(data: str | bytes) -> ECKey | RSAKey | OKPKey:

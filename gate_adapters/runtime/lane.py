@@ -3,12 +3,14 @@
 Per read: fresh? (observed_at against when it arrived, rule 6) ──► correlator ──► Readies.
 Per Ready (a truck's correlated reads)::
 
-    body = verify body  ──► outbox.put (durable)  ── already there: a replay ──► sink.act(None) (rule 6)
+    body = verify body  ──► outbox.put (durable)  ── already there: a replay ──► act(None) (rule 6)
                                                   ──► client.verify
-        answer  ──► outbox.done ──► sink.act(answer)          (open only on "allow", sinks.py)
-        4xx     ──► outbox.done(problem) ──► sink.act(None)   (hold + officer; a re-send cannot help)
-        no answer / 401 / 403 / 429 ──► sink.act(None), row stays pending, re-sent later
-        no answer, offline mode on  ──► offline.decide (passes; durable with its report) ──► sink.act
+        answer  ──► outbox.done ──► act(answer)          (open only on "allow", sinks.py)
+        4xx     ──► outbox.done(problem) ──► act(None)   (hold + officer; a re-send cannot help)
+        no answer / 401 / 403 / 429 ──► act(None), row stays pending, re-sent later
+        no answer, offline mode on  ──► offline.decide (passes; durable with its report) ──► act
+    act: command_for ──► lane latched? (outbox) ── yes ──► note it, sink.send(hold + officer) (rule 9)
+                                                 └─ no ──► calls an officer? latch (durable) ──► sink.send
 
 Rules:
 1. Nothing reaches the network before it is in the outbox, and every truck due at once is put before
@@ -50,7 +52,21 @@ Rules:
    opened for the wrong driver. It is logged ``gate.lane.late_face_mismatch`` (error, with the lane and
    the truck's request id), noted in the outbox beside that request (outbox.py rule 5), and the barrier
    holds and calls an officer. The service is not asked again: its decision stands on its books, and
-   the same request id would get the same answer; the officer decides at the lane.
+   the same request id would get the same answer; the officer decides at the lane. A late face that is
+   news but no refusal (correlate.py rule 3a ``late_face``: a face for a truck whose request went
+   without one) is logged ``gate.lane.late_face`` and noted in the outbox the same way; the barrier is
+   not told anything (nothing it said changes), and it never becomes a truck of its own.
+9. The officer's hold is latched. A command that calls an officer (a review, an allow not committed, no
+   answer or a refused request, an eviction, a replay, a superseded late answer, a late face mismatch)
+   latches the lane in the outbox (outbox.py rule 6) before the barrier hears it: the truck the officer
+   was called for may still stand at the barrier, and the next truck's "allow" must not open it for
+   him. While latched, every decision is still made, recorded and logged, but the barrier is told
+   ``hold`` with ``call_officer`` (sinks.py rule 5), the decision noted against the latch
+   (``latched_holds``) and logged ``gate.lane.latched_hold`` with the command it would have given; the
+   ``LaneResult`` says which latch held it (``latched``). Only an officer clears it: over the HTTP
+   source with an officer credential (http_source.py), or ``quaygate gate-adapter --clear-latch`` on
+   the adapter's host; ``gate.lane.latch_cleared`` names who. The latch is read from the outbox at
+   each command, so a clear by another process counts at once and a restart never unlatches.
 """
 
 from __future__ import annotations
@@ -71,7 +87,7 @@ from gate_adapters.core.reads import CLOCK_SLACK, MAX_READ_AGE, Read, SourceErro
 from .client import ServiceUnavailable, VerifyClient, VerifyRefused
 from .offline import OfflineMode
 from .outbox import Outbox
-from .sinks import BarrierSink, Command
+from .sinks import BarrierSink, Command, command_for, latched_hold, latches
 
 log = logging.getLogger("gate_adapters.lane")
 
@@ -98,6 +114,7 @@ class LaneResult:
     latency: float
     observed_at: str | None = None
     missing: tuple[str, ...] = ()
+    latched: int | None = None  # rule 9: the latch that held the barrier whatever the decision said
 
     @property
     def decision(self) -> str | None:
@@ -246,17 +263,17 @@ class LaneRuntime:
         log.warning("gate.lane.evicted", extra={"lane": self.lane, "request_id": ready.request_id,
                                                 "kinds": sorted(ready.kinds), "missing": sorted(ready.missing),
                                                 "max_pending": self.correlator.max_pending})
-        command = self.sink.act(None, self.lane)
+        command, latch = self._act(None, ready.request_id, "evicted")
         return self._report(LaneResult(ready.request_id, self.lane, None, command,
                                        f"evicted: more than {self.correlator.max_pending} trucks pending", 0.0,
-                                       ready.observed_at.isoformat(), tuple(sorted(ready.missing))))
+                                       ready.observed_at.isoformat(), tuple(sorted(ready.missing)), latch))
 
     def _replayed(self, ready: Ready) -> LaneResult:
         """Rule 6: the outbox already holds this request; acting on it again could open for a replay."""
         log.warning("gate.lane.replayed", extra={"lane": self.lane, "request_id": ready.request_id})
-        command = self.sink.act(None, self.lane)
+        command, latch = self._act(None, ready.request_id, "replayed")
         return self._report(LaneResult(ready.request_id, self.lane, None, command, "replayed: request already made",
-                                       0.0, ready.observed_at.isoformat(), tuple(sorted(ready.missing))))
+                                       0.0, ready.observed_at.isoformat(), tuple(sorted(ready.missing)), latch))
 
     def _send(
         self, request_id: str, body: Mapping[str, Any], then: OnAnswer, *, missing: tuple[str, ...] = ()
@@ -284,16 +301,35 @@ class LaneRuntime:
             self.outbox.done(request_id, response)
             log.info("gate.lane.decided.%s", response.get("decision"), extra={"lane": self.lane,
                                                                              "request_id": request_id})
-        command = None
+        command, latch = None, None
         if then is OnAnswer.ACT:
-            command = self.sink.act(response, self.lane)
+            why = str(response.get("decision")) if response is not None else (error or "no answer").split(":")[0]
+            command, latch = self._act(response, request_id, why)
         elif response is not None and then is OnAnswer.HOLD:
             log.warning("gate.lane.late_answer.superseded", extra={"lane": self.lane, "request_id": request_id})
-            command = self.sink.act(None, self.lane)
+            command, latch = self._act(None, request_id, "late_answer_superseded")
         elif response is not None:
             log.warning("gate.lane.late_answer", extra={"lane": self.lane, "request_id": request_id})
         return self._report(LaneResult(request_id, self.lane, response, command, error, self._timer() - started,
-                                       body.get("observed_at"), missing))
+                                       body.get("observed_at"), missing, latch))
+
+    def _act(self, response: Mapping[str, Any] | None, request_id: str, why: str) -> tuple[Command, int | None]:
+        """Rule 9: the command for ``response``, unless the lane is latched; a command that calls an
+        officer latches it. The latch is written before the barrier hears anything (a crash in between
+        leaves the lane latched, never open). Returns the command sent and the latch that held it."""
+        command = command_for(response, self.lane)
+        held = self.outbox.held_latch(self.lane)
+        if held is None:
+            if latches(command):
+                latch, _ = self.outbox.latch(self.lane, request_id, why)
+                log.warning("gate.lane.latched: lane %s held for an officer (%s), latch %d", self.lane, why, latch.id,
+                            extra={"lane": self.lane, "request_id": request_id, "reason": why, "latch": latch.id})
+            return self.sink.send(command), None
+        self.outbox.latched_hold(held.id, self.lane, request_id, str(command.command), why)
+        log.warning("gate.lane.latched_hold: lane %s latched since latch %d: %s (%s) held", self.lane, held.id,
+                    command.command, why, extra={"lane": self.lane, "request_id": request_id, "latch": held.id,
+                                                 "instead": str(command.command), "reason": why})
+        return self.sink.send(latched_hold(command)), held.id
 
     def _report(self, result: LaneResult) -> LaneResult:
         if self._on_result is not None:
@@ -307,9 +343,22 @@ class LaneRuntime:
             if dropped.reason is DropReason.LATE_FACE_MISMATCH:
                 out.append(self._late_face_mismatch(dropped))
                 continue
+            if dropped.reason is DropReason.LATE_FACE:
+                self._late_face(dropped)
+                continue
             log.warning("gate.correlate.dropped.%s", dropped.reason,
-                        extra={"lane": dropped.lane, "kinds": sorted(dropped.kinds)})
+                        extra={"lane": dropped.lane, "kinds": sorted(dropped.kinds), "request_id": dropped.request_id})
         return out
+
+    def _late_face(self, dropped: Dropped) -> None:
+        """Rule 8: a face for a truck whose request went without one: noted beside that request, never a
+        truck of its own; nothing the barrier was told changes."""
+        assert dropped.request_id is not None
+        log.warning("gate.lane.late_face", extra={"lane": self.lane, "request_id": dropped.request_id})
+        detail: dict[str, Any] = {"kind": "face", "matched": dropped.matched, "score": dropped.score}
+        if dropped.matched is None:
+            detail = {"kind": "face", "image": True}  # never the image itself
+        self.outbox.late(dropped.request_id, self.lane, str(dropped.reason), detail)
 
     def _late_face_mismatch(self, dropped: Dropped) -> LaneResult:
         """Rule 8: the truck may have passed with the wrong driver: record it, hold, call an officer."""
@@ -317,11 +366,11 @@ class LaneRuntime:
         log.error("gate.lane.late_face_mismatch", extra={"lane": self.lane, "request_id": dropped.request_id})
         self.outbox.late(dropped.request_id, self.lane, str(dropped.reason),
                          {"kind": "face", "matched": False, "score": dropped.score})
-        command = self.sink.act(None, self.lane)
+        command, latch = self._act(None, dropped.request_id, str(dropped.reason))
         observed_at = None if dropped.observed_at is None else dropped.observed_at.isoformat()
         return self._report(LaneResult(dropped.request_id, self.lane, None, command,
                                        "late_face_mismatch: the face matcher said no after the request was sent",
-                                       0.0, observed_at))
+                                       0.0, observed_at, latched=latch))
 
 
 class LaneBusy(Exception):
@@ -397,6 +446,10 @@ class LaneWorker:
 
     def has_lane(self, terminal: str, lane: str) -> bool:
         return (terminal, lane) in self.lanes
+
+    def alive(self) -> bool:
+        """Every lane's thread runs (``/livez``): started and not crashed out."""
+        return all(lane.thread is not None and lane.thread.is_alive() for lane in self._lanes.values())
 
     def queued(self, terminal: str, lane: str) -> int:
         """How many reads wait for this lane (health, tests)."""

@@ -53,13 +53,14 @@ def new_client(client_id: str = "", *, username: str | None = None, password: st
     return client
 
 
-def client_for(m: MqttSettings) -> mqtt.Client:
+def client_for(m: MqttSettings, *, strict: bool = True) -> mqtt.Client:
     """The client the settings describe, its files read now, before anything starts (``ConfigError``
-    names the key): the password, and with ``tls`` a context that checks the broker's certificate and
-    host name against ``ca_file`` (or the system's CAs) and shows our ``cert_file``."""
+    names the key): the password (``strict``: outside dev, a file not the adapter's alone is refused,
+    config.py rule 10), and with ``tls`` a context that checks the broker's certificate and host name
+    against ``ca_file`` (or the system's CAs) and shows our ``cert_file``."""
     password = None
     if m.password_file is not None:
-        password = read_secret_file(m.password_file, "mqtt.password_file", may_be_empty=True)
+        password = read_secret_file(m.password_file, "mqtt.password_file", strict=strict, may_be_empty=True)
     client = new_client(m.client_id, username=m.username, password=password)
     if m.tls:
         try:

@@ -27,7 +27,19 @@ Rules:
 5. Late news about a truck already decided (a face match result saying ``matched: false`` after its
    request went, lane.py rule 8) is kept beside its request as a ``late_reads`` row (``late``), so the
    audit of that truck's passage shows it; kept ``keep_days`` like a decided request. Nothing is sent
-   for it: the service has decided, and only an officer at the lane can undo a wrong passage.
+   for it: the service has decided, and only an officer at the lane can undo a wrong passage. A face
+   for a truck whose request went without one (``late_face``, correlate.py rule 3a) is noted the same way.
+6. A lane's latch (lane.py rule 9) lives here, beside the requests, so that a restart (a kill, a power
+   cut) never silently unlatches a lane an officer was called to::
+
+       (none) ──latch(lane) (an officer called)──► held ──clear(lane, latch id, by)──► cleared (kept keep_days)
+
+   At most one latch is held per lane (a unique partial index: ``latch`` is one ``INSERT OR IGNORE``,
+   never check-then-act); latch ids are never reused (``AUTOINCREMENT``), so a clear naming an old
+   latch (a re-run command, a re-sent request) clears nothing. A cleared latch is marked with who
+   cleared it and when, never deleted until pruned; a held one is never pruned. Every decision made
+   while a lane is latched is noted against the latch (``latched_holds``) with the command it would
+   have given, for the officer and the audit.
 """
 
 from __future__ import annotations
@@ -72,6 +84,26 @@ CREATE TABLE IF NOT EXISTS late_reads (
     noted_at   REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS late_reads_request ON late_reads (request_id);
+CREATE TABLE IF NOT EXISTS lane_latches (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a clear names the latch it clears
+    lane       TEXT NOT NULL,
+    latched_at REAL NOT NULL,
+    request_id TEXT NOT NULL,  -- the truck whose decision called the officer
+    reason     TEXT NOT NULL,  -- 'review', 'evicted', 'late_face_mismatch', 'unavailable', ...
+    cleared_at REAL,
+    cleared_by TEXT,           -- the officer, and how (http, cli)
+    note       TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS lane_latches_held ON lane_latches (lane) WHERE cleared_at IS NULL;
+CREATE TABLE IF NOT EXISTS latched_holds (
+    latch_id   INTEGER NOT NULL REFERENCES lane_latches (id),
+    lane       TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    instead    TEXT NOT NULL,  -- the command the decision gave: 'open' or 'hold'
+    reason     TEXT NOT NULL,  -- the decision ('allow', 'deny', 'review') or why there was none
+    noted_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS latched_holds_latch ON latched_holds (latch_id);
 """
 
 
@@ -84,6 +116,43 @@ class PendingRequest:
     body: dict[str, Any]
     created_at: float
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatchedHold:
+    """A decision made while its lane was latched: held, whatever it said (rule 6)."""
+
+    request_id: str
+    instead: str
+    reason: str
+    noted_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LaneLatch:
+    """A lane held for an officer (rule 6); ``cleared_at`` None while it holds. Times are wall seconds."""
+
+    id: int
+    lane: str
+    latched_at: float
+    request_id: str
+    reason: str
+    cleared_at: float | None = None
+    cleared_by: str | None = None
+    note: str | None = None
+
+
+_HELD_LATCH = ("SELECT id, lane, latched_at, request_id, reason, cleared_at, cleared_by, note FROM lane_latches "
+               "WHERE lane = ? AND cleared_at IS NULL")
+_LANE_LATCHES = ("SELECT id, lane, latched_at, request_id, reason, cleared_at, cleared_by, note FROM lane_latches "
+                 "WHERE lane = ? ORDER BY id")
+_LATCH_BY_ID = ("SELECT id, lane, latched_at, request_id, reason, cleared_at, cleared_by, note FROM lane_latches "
+                "WHERE id = ?")
+
+
+def _latch(row: Any) -> LaneLatch:
+    return LaneLatch(int(row[0]), str(row[1]), float(row[2]), str(row[3]), str(row[4]),
+                     None if row[5] is None else float(row[5]), row[6], row[7])
 
 
 class Outbox:
@@ -167,11 +236,66 @@ class Outbox:
                                     (request_id,)).fetchall()
         return [(str(r[0]), dict(json.loads(r[1]))) for r in rows]
 
+    # -- latches (rule 6, lane.py rule 9) -----------------------------------------------------------
+
+    def latch(self, lane: str, request_id: str, reason: str) -> tuple[LaneLatch, bool]:
+        """Latch ``lane`` (durably, before the barrier hears the hold) unless it is latched already:
+        the latch it holds now, and whether this call set it."""
+        with self._lock:
+            while True:  # a clear from another process between the two statements: latch again
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO lane_latches (lane, latched_at, request_id, reason) VALUES (?, ?, ?, ?)",
+                    (lane, self._wall(), request_id, reason))
+                row = self._db.execute(_HELD_LATCH, (lane,)).fetchone()
+                if row is not None:
+                    return _latch(row), cur.rowcount == 1
+
+    def held_latch(self, lane: str) -> LaneLatch | None:
+        """The latch ``lane`` holds now, or None. Read from the file each time: a clear may come from
+        another process (``quaygate gate-adapter --clear-latch``)."""
+        with self._lock:
+            row = self._db.execute(_HELD_LATCH, (lane,)).fetchone()
+        return None if row is None else _latch(row)
+
+    def latches(self, lane: str) -> list[LaneLatch]:
+        """Every latch of ``lane`` still kept, oldest first (held or cleared)."""
+        with self._lock:
+            rows = self._db.execute(_LANE_LATCHES, (lane,)).fetchall()
+        return [_latch(r) for r in rows]
+
+    def latched_hold(self, latch_id: int, lane: str, request_id: str, instead: str, reason: str) -> None:
+        """Note a decision held by the latch ``latch_id`` (durably, before the barrier hears the hold)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO latched_holds (latch_id, lane, request_id, instead, reason, noted_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (latch_id, lane, request_id, instead, reason, self._wall()))
+
+    def latched_holds(self, latch_id: int) -> list[LatchedHold]:
+        with self._lock:
+            rows = self._db.execute("SELECT request_id, instead, reason, noted_at FROM latched_holds "
+                                    "WHERE latch_id = ? ORDER BY rowid", (latch_id,)).fetchall()
+        return [LatchedHold(str(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+
+    def clear_latch(self, lane: str, latch_id: int, by: str, note: str | None = None) -> LaneLatch | None:
+        """Clear the latch ``latch_id`` of ``lane`` if it still holds (one conditional UPDATE): the
+        cleared latch, or None when that latch does not hold (cleared already, another lane's, unknown)."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE lane_latches SET cleared_at = ?, cleared_by = ?, note = ? "
+                "WHERE id = ? AND lane = ? AND cleared_at IS NULL", (self._wall(), by, note, latch_id, lane))
+            if cur.rowcount != 1:
+                return None
+            row = self._db.execute(_LATCH_BY_ID, (latch_id,)).fetchone()
+        return _latch(row)
+
     def prune(self) -> int:
-        """Delete decided rows older than ``keep_days``; pending rows, and offline decisions the service
-        has not acknowledged yet, are never pruned (never lost)."""
+        """Delete decided rows older than ``keep_days``; pending rows, offline decisions the service has
+        not acknowledged yet and latches still held (and what they held) are never pruned."""
         cutoff = self._wall() - self.keep_seconds
         with self._lock:
+            self._db.execute("DELETE FROM latched_holds WHERE latch_id IN "
+                             "(SELECT id FROM lane_latches WHERE cleared_at IS NOT NULL AND cleared_at < ?)", (cutoff,))
+            self._db.execute("DELETE FROM lane_latches WHERE cleared_at IS NOT NULL AND cleared_at < ?", (cutoff,))
             self._db.execute("DELETE FROM late_reads WHERE noted_at < ?", (cutoff,))
             self._db.execute("DELETE FROM offline_decisions WHERE reconciled_at IS NOT NULL AND decided_at < ?",
                              (cutoff,))

@@ -16,6 +16,9 @@ Rules (one place, every sink):
    only for this adapter, its own terminal and lane, a few seconds, once. An HTTP barrier also sends its
    credentials (a bearer token, or HTTP Basic) and speaks TLS with the CA and client certificate it is
    given (config.py rule 9); it never follows a redirect (the credentials stay with the controller).
+5. A lane latched for an officer (lane.py rule 9) is told ``hold`` with ``call_officer`` whatever the
+   decision (``latched_hold``): a command that calls an officer latches its lane (``latches``).
+   ``send`` sends a command as it is; ``act`` is ``send(command_for(...))``.
 """
 
 from __future__ import annotations
@@ -63,6 +66,17 @@ def command_for(response: Mapping[str, Any] | None, lane: str) -> Command:
     return Command(lane, BarrierCommand.HOLD, decision_id, call_officer=decision != "deny" and not checked)
 
 
+def latches(cmd: Command) -> bool:
+    """Rule 5: a command that calls an officer latches its lane until an officer clears it."""
+    return cmd.call_officer
+
+
+def latched_hold(cmd: Command) -> Command:
+    """Rule 5: what a latched lane's barrier is told instead of ``cmd``: hold, the officer called (the
+    decision id kept, so the controller's log names the decision that was held)."""
+    return Command(cmd.lane, BarrierCommand.HOLD, cmd.decision_id, call_officer=True)
+
+
 def signed_json(cmd: Command, signer: CommandSigner | None) -> dict[str, Any]:
     """Rule 4: the command's JSON, with its signature beside it when there is a signer."""
     body = cmd.as_json()
@@ -84,7 +98,7 @@ class BearerAuth(httpx.Auth):
 
 
 class BarrierSink(Protocol):
-    def act(self, response: Mapping[str, Any] | None, lane: str) -> Command: ...
+    def send(self, cmd: Command) -> Command: ...
 
 
 class LogBarrier:
@@ -94,7 +108,9 @@ class LogBarrier:
         self._log = logger
 
     def act(self, response: Mapping[str, Any] | None, lane: str) -> Command:
-        cmd = command_for(response, lane)
+        return self.send(command_for(response, lane))
+
+    def send(self, cmd: Command) -> Command:
         self._log.info("gate.barrier.%s", cmd.command, extra={"barrier": cmd.as_json()})
         return cmd
 
@@ -111,7 +127,9 @@ class HttpBarrier:
         self._auth = auth
 
     def act(self, response: Mapping[str, Any] | None, lane: str) -> Command:
-        cmd = command_for(response, lane)
+        return self.send(command_for(response, lane))
+
+    def send(self, cmd: Command) -> Command:
         try:
             body = signed_json(cmd, self.signer)
             r = (self._http.post(self.url, json=body) if self._auth is None
@@ -119,7 +137,7 @@ class HttpBarrier:
             r.raise_for_status()
         except httpx.HTTPError as exc:
             # A barrier that did not hear "open" stays closed: that is the safe failure; tell the operator.
-            log.error("gate.barrier.unreachable", extra={"lane": lane, "error": type(exc).__name__})
+            log.error("gate.barrier.unreachable", extra={"lane": cmd.lane, "error": type(exc).__name__})
         return cmd
 
 
@@ -140,8 +158,10 @@ class MqttBarrier:
         return f"{self.prefix}/{self.terminal}/{lane}/barrier"
 
     def act(self, response: Mapping[str, Any] | None, lane: str) -> Command:
-        cmd = command_for(response, lane)
-        info = self._client.publish(self.topic(lane), json.dumps(signed_json(cmd, self.signer)), qos=self.qos)
+        return self.send(command_for(response, lane))
+
+    def send(self, cmd: Command) -> Command:
+        info = self._client.publish(self.topic(cmd.lane), json.dumps(signed_json(cmd, self.signer)), qos=self.qos)
         if getattr(info, "rc", 0) != 0:
-            log.error("gate.barrier.unreachable", extra={"lane": lane, "rc": info.rc})
+            log.error("gate.barrier.unreachable", extra={"lane": cmd.lane, "rc": info.rc})
         return cmd
