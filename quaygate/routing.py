@@ -33,13 +33,23 @@ request without a valid token is refused before the server reads and parses a bo
 
 ``AdmitFirst`` does the same for the routes of a router: the ``admit`` of a route's auth dependency
 (the release API's ``require``), or, for a route that checks its caller at the top of its endpoint
-(identity's face routes), the one its endpoint is given with ``admit_first``.
+(identity's admin and face routes), the one its endpoint is given with ``admit_first``. It then reads
+the body itself, within a deadline (``read_within``: a client that sends its headers, then its body a
+byte at a time, holds a connection and a worker's memory for as long as it likes), and checks the
+admitted caller again once the body is in (``again``): a token that expired, or was revoked, while a
+slow client sent its body is refused (401) before anything is done. Only what may have changed is
+checked again (the token's times, its key, its revocation), never a DPoP proof, whose jti was claimed
+at admission and is single use. A body not received in time is refused 408 ``body_timeout``, nothing
+done; the gate verify's own handler (``lean``) reads its body within its route's deadline too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 import typing
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -52,6 +62,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, NoMatchFound, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from identity.tokens import InvalidToken
+from release_service.api.auth import credentials_of
+from release_service.api.problems import AuthError, problem, problem_responses
 
 try:  # FastAPI's OpenTelemetry hook names the matched route (http.route) when telemetry is on
     from fastapi.telemetry._api import _route_selected
@@ -70,8 +84,21 @@ Admit = Callable[[Request], None]
 
 # AdmitFirst's check may also answer itself, for a route that answers its own refusals rather than
 # raising them (identity's ``AdminRefused.response``): the response it returns is sent in place of the
-# endpoint's, the body unread; None lets the request go on.
+# endpoint's, the body unread; None lets the request go on. So may its check once the body is read
+# (``again``), which raises or answers the same way.
 AdmitOrAnswer = Callable[[Request], Response | None]
+
+# How long a route reading its body itself (AdmitFirst, ``lean``) waits for the whole of it, from the
+# first read: a route with a body limit of its own above the app's (a batch of rights, a face capture,
+# a ban feed) BIG_BODY_SECONDS, any other BODY_SECONDS; an endpoint sets its own with ``read_within``,
+# and a route's ``body_seconds`` may be set on it. Past it: 408 ``body_timeout``, nothing done.
+BODY_SECONDS = 10.0
+BIG_BODY_SECONDS = 30.0
+_APP_BODY_BYTES = 1024 * 1024  # Settings.max_body_bytes, the limit of a route without one of its own
+_BODY_TIMEOUT_RESPONSE = {**problem_responses(408)[408], "description": "Request timeout: the body did not come "
+                          "within the route's deadline (`body_timeout`)"}
+
+log = logging.getLogger(__name__)
 
 _Endpoint = typing.TypeVar("_Endpoint", bound=Callable[..., Any])
 
@@ -189,46 +216,142 @@ class AdmitFirst(APIRoute):
     with ``get_route_handler``, its documented hook.
 
     A route without such a dependency, whose endpoint checks its caller itself, may give its endpoint
-    the check with ``admit_first``; that check may answer itself (``AdmitOrAnswer``)."""
+    the check with ``admit_first``; that check may answer itself (``AdmitOrAnswer``).
+
+    Then the body is read here, whole, within ``body_seconds`` (else 408, nothing done), and given to
+    FastAPI's handler from memory, a failure to read it (its limit, a disconnect) met there as before.
+    Once it is in, the caller admitted is checked again (on a worker thread): a dependency's
+    ``admit_again``, by default ``token_again``; an endpoint's ``again`` (``admit_first``)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        # The 408 it may answer, declared as its other errors are (STYLE.md #9); taken off again below
+        # when it turns out to read no body (FastAPI builds the declared responses' fields in __init__).
+        kwargs["responses"] = {**(kwargs.get("responses") or {}), 408: _BODY_TIMEOUT_RESPONSE}
+        super().__init__(path, endpoint, **kwargs)
+        if not (self.dependant.body_params or hasattr(endpoint, "admit_first")):
+            self.responses.pop(408, None)
+            self.response_fields.pop(408, None)
+        own = getattr(endpoint, "body_seconds", None)
+        self.body_seconds: float = own if own is not None else (
+            BIG_BODY_SECONDS if (self.max_body_size or 0) > _APP_BODY_BYTES else BODY_SECONDS)
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         handler = super().get_route_handler()
-        check: AdmitOrAnswer | None = None
-        if self.dependant.body_params:
-            check = _admit_of(self.dependant) or getattr(self.endpoint, "admit_first", None)
-        if check is None:
-            return handler
+        if not (self.dependant.body_params or hasattr(self.endpoint, "admit_first")):
+            return handler  # no body: nothing to wait for, nothing to check again
+        check: AdmitOrAnswer | None
+        again: AdmitOrAnswer | None
+        call = _admitting(self.dependant)
+        if call is not None:
+            check, again = call.admit, getattr(call, "admit_again", token_again)
+        else:
+            check = getattr(self.endpoint, "admit_first", None)
+            again = getattr(self.endpoint, "admit_again", None)
 
         async def admitted_first(request: Request) -> Response:
-            answer = await run_in_threadpool(check, request)
-            if answer is not None:
-                return answer  # refused on the headers: the body is never read
-            return await handler(request)
+            if check is not None:
+                answer = await run_in_threadpool(check, request)
+                if answer is not None:
+                    return answer  # refused on the headers: the body is never read
+            read = await _read_request(request, self.body_seconds)
+            if read is None:
+                return body_timeout(request.url.path, self.body_seconds)
+            whole, replayed = read
+            if again is not None and whole:
+                answer = await run_in_threadpool(again, replayed)
+                if answer is not None:
+                    return answer  # refused now: nothing was done
+            return await handler(replayed)
 
         return admitted_first
 
 
-def admit_first(check: AdmitOrAnswer) -> Callable[[_Endpoint], _Endpoint]:
+def admit_first(check: AdmitOrAnswer, *, again: AdmitOrAnswer | None = None) -> Callable[[_Endpoint], _Endpoint]:
     """An endpoint's check on the headers alone, for ``AdmitFirst`` to run before the body is read:
     for a route that checks its caller at the top of its endpoint, not in a dependency. Put below the
     route's decorator (FastAPI builds the handler when the route is declared). The endpoint still
-    checks its caller itself, taking what ``check`` found from ``request.state`` when it ran."""
+    checks its caller itself, taking what ``check`` found from ``request.state`` when it ran.
+    ``again``: the caller checked again once the body is read, for what may have changed meanwhile (a
+    token's expiry, its revocation), never what was claimed once (a DPoP proof).
+    Given to an endpoint that reads its body itself (a ``Request`` alone), the body is read first too."""
 
     def given(endpoint: _Endpoint) -> _Endpoint:
         endpoint.admit_first = check  # type: ignore[attr-defined]
+        endpoint.admit_again = again  # type: ignore[attr-defined]
         return endpoint
 
     return given
 
 
-def _admit_of(dependant: Any) -> Admit | None:
+def read_within(seconds: float) -> Callable[[_Endpoint], _Endpoint]:
+    """An endpoint's own deadline for its body (``AdmitFirst.body_seconds``), in seconds. Put below the
+    route's decorator."""
+
+    def given(endpoint: _Endpoint) -> _Endpoint:
+        endpoint.body_seconds = seconds  # type: ignore[attr-defined]
+        return endpoint
+
+    return given
+
+
+def _admitting(dependant: Any) -> Any:
+    """The dependency (its callable) carrying an ``admit``, among ``dependant``'s, depth first."""
     for dependency in dependant.dependencies:
-        check = getattr(dependency.call, "admit", None)
-        if check is None:
-            check = _admit_of(dependency)
-        if check is not None:
-            return typing.cast(Admit, check)
+        if getattr(dependency.call, "admit", None) is not None:
+            return dependency.call
+        found = _admitting(dependency)
+        if found is not None:
+            return found
     return None
+
+
+def token_again(request: Request) -> None:
+    """The access token a dependency's ``admit`` (the release API's ``require``) admitted the caller
+    with, checked again once the body is read: the app's verifier (``verify``, on its memo) checks
+    the key is still published, the times (``exp``) against now and the revocation list. The claims
+    that cannot change (signature, issuer, audience, scope) are not judged again, nor the DPoP proof,
+    whose jti was claimed at admission (RFC 9449 §11.1). AuthError 401 ``invalid_token``, as
+    ``require`` refuses such a token. Every token of ours names the API audience, a gate's the gate's
+    too (identity.domain.claims.audiences_for): it is checked for ours in turn, as introspection does;
+    its audience was judged at admission (the memo's claims check for another audience is cheap)."""
+    credentials = credentials_of(request)
+    if credentials is None:  # admitted without a token: not a dependency of ours
+        return
+    scheme = "DPoP" if credentials.scheme.lower() == "dpop" else "Bearer"
+    settings = request.app.state.container.settings
+    verifier = request.app.state.token_verifier
+    failure = "token not accepted"
+    for audience in dict.fromkeys((settings.api_audience, settings.gate_audience)):
+        try:
+            verifier.verify(credentials.credentials, audience=audience)
+        except InvalidToken as exc:
+            failure = exc.description
+            if "aud" in exc.description:
+                continue  # the other audience of ours (introspection's way)
+            break
+        else:
+            return
+    log.info("quaygate.admit.refused.after_body")
+    raise AuthError(401, "invalid_token", failure, scheme=scheme)
+
+
+async def _read_request(request: Request, seconds: float | None) -> tuple[bool, Request] | None:
+    """``request``'s body read within ``seconds`` (None: no deadline): whether it was read whole, and a
+    request to give the endpoint, which receives the same body from memory (then a failure met reading
+    it, raised again: a body limit, FastAPI's 413). None when the body did not come in time."""
+    try:
+        messages, whole, failure = await _read_within(request.receive, seconds)
+    except TimeoutError:
+        return None
+    return whole, Request(request.scope, _Replay(messages, failure, request.receive))
+
+
+def body_timeout(path: str | None, seconds: float) -> Response:
+    """408 ``body_timeout`` (RFC 9110 §15.5.9), with ``Connection: close``: the rest of the body, if it
+    ever comes, is not read."""
+    log.info("quaygate.request.refused.body_timeout")
+    return problem(408, "body_timeout", f"The request body was not received within {seconds:g} seconds.",
+                   instance=path, headers={"Connection": "close"}, title="Request timeout")
 
 
 def admitted(app: ASGIApp, admit: Admit) -> ASGIApp:
@@ -253,13 +376,20 @@ def admitted(app: ASGIApp, admit: Admit) -> ASGIApp:
 
 
 def lean_app(route: APIRoute, handler: LeanHandler) -> ASGIApp:
-    """``route`` with ``handler`` in front of FastAPI's request handler: the body is read here and
-    ``handler`` answers from it, or declines (None), and FastAPI's handler runs as declared, reading the
-    same body. Exceptions raised by ``handler`` go to the app's exception handlers, as an endpoint's do."""
+    """``route`` with ``handler`` in front of FastAPI's request handler: the body is read here (within
+    the route's ``body_seconds``, when it has one: AdmitFirst) and ``handler`` answers from it, or
+    declines (None), and FastAPI's handler runs as declared, reading the same body. Exceptions raised
+    by ``handler`` go to the app's exception handlers, as an endpoint's do."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        messages, body, failure = await _read_body(receive)
-        if body is not None:
+        seconds = getattr(route, "body_seconds", None)
+        try:
+            messages, whole, failure = await _read_within(receive, seconds)
+        except TimeoutError:
+            await body_timeout(scope.get("path"), seconds or 0)(scope, receive, send)
+            return
+        if whole:
+            body = b"".join(m.get("body", b"") for m in messages)
             request = Request(scope, _Replay(messages, None, receive))
             declined = False
 
@@ -281,22 +411,29 @@ def lean_app(route: APIRoute, handler: LeanHandler) -> ASGIApp:
     return wrap_app_with_body_limit(app, route.max_body_size)
 
 
-async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None, BaseException | None]:
-    """The messages of the request's body read, and the body; None instead of the body when reading it
-    failed (a body limit, a disconnect), with the failure to raise again to whoever reads it next."""
+async def _read_within(receive: Receive, seconds: float | None) -> tuple[list[Message], bool, BaseException | None]:
+    """``_read_body`` within ``seconds`` (None: without a deadline); TimeoutError past it. asyncio's
+    timeout, not anyio's cancel scope: it is on the gate verify's way, and costs half as much."""
+    if seconds is None:
+        return await _read_body(receive)
+    async with asyncio.timeout(seconds):
+        return await _read_body(receive)
+
+
+async def _read_body(receive: Receive) -> tuple[list[Message], bool, BaseException | None]:
+    """The messages of the request's body read, and whether they are the whole body; not when reading
+    it failed (a body limit, a disconnect), with the failure to raise again to whoever reads it next."""
     messages: list[Message] = []
-    chunks: list[bytes] = []
     try:
         while True:
             message = await receive()
             messages.append(message)
             if message["type"] != "http.request":
-                return messages, None, None  # a disconnect: FastAPI's handler meets it as it would
-            chunks.append(message.get("body", b""))
+                return messages, False, None  # a disconnect: FastAPI's handler meets it as it would
             if not message.get("more_body", False):
-                return messages, b"".join(chunks), None
+                return messages, True, None
     except Exception as exc:  # noqa: BLE001 - given back to FastAPI's handler, which judges it
-        return messages, None, exc
+        return messages, False, exc
 
 
 class _Replay:
@@ -304,13 +441,13 @@ class _Replay:
     reading it (raised again), then the channel itself (a disconnect)."""
 
     def __init__(self, messages: list[Message], failure: BaseException | None, receive: Receive) -> None:
-        self._messages = list(messages)
+        self._messages = deque(messages)  # a ban feed's body may come in a thousand messages
         self._failure = failure
         self._receive = receive
 
     async def __call__(self) -> Message:
         if self._messages:
-            return self._messages.pop(0)
+            return self._messages.popleft()
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,11 +24,14 @@ def chunks_of(body: bytes) -> list[bytes]:
 
 
 def post_counting_body(app: Any, path: str, body: bytes, headers: list[tuple[bytes, bytes]], *,
-                       host: str = "127.0.0.1", port: int = 8000, scheme: str = "http"
+                       host: str = "127.0.0.1", port: int = 8000, scheme: str = "http",
+                       before: Callable[[int], Awaitable[None]] | None = None, method: str = "POST"
                        ) -> tuple[int, int, dict[str, str], Any]:
     """POST ``body`` (JSON content type) to ``path`` straight through ASGI, in ``chunks_of`` it: the
     status, how many of the body's messages the app read, the answer's headers and its JSON. What the
-    tests of "refused before any of the body is read" count (quaygate/routing.py AdmitFirst)."""
+    tests of "refused before any of the body is read" count (quaygate/routing.py AdmitFirst).
+    ``before``: awaited with k before the app is given the body's message k, a slow client's pace (a
+    stall; a token revoked while the body comes); a message whose wait the app cut short is not counted."""
     import json
 
     received: list[dict[str, Any]] = []
@@ -36,6 +40,8 @@ def post_counting_body(app: Any, path: str, body: bytes, headers: list[tuple[byt
 
     async def receive() -> dict[str, Any]:
         k = len(received)
+        if before is not None:
+            await before(k)
         message = {"type": "http.request", "body": chunks[k], "more_body": k + 1 < len(chunks)}
         received.append(message)
         return message
@@ -44,7 +50,7 @@ def post_counting_body(app: Any, path: str, body: bytes, headers: list[tuple[byt
         sent.append(message)
 
     host_header = host if port in (80, 443) else f"{host}:{port}"
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": scheme,
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": scheme,
              "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
              "headers": [(b"content-type", b"application/json"), (b"host", host_header.encode()), *headers],
              "server": (host, port), "client": ("test", 1), "state": {}}

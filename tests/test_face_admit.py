@@ -145,26 +145,26 @@ def test_a_dpop_proof_on_the_face_enrolment_is_claimed_once_before_the_body_is_r
 
 
 def test_the_ban_feeds_caller_is_checked_off_the_event_loop(env: Lifecycle, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ban feed checks its caller at the top of its async endpoint: the token's revocation and a
-    DPoP proof's claim may wait for Redis, so the check runs on a worker thread, never on the event loop
-    every gate lane is served from."""
+    """The ban feed's caller is checked on the headers, and its token again once the feed is read
+    (identity.api.admin ``admits``): the token's revocation and a DPoP proof's claim may wait for Redis,
+    so both checks run on a worker thread, never on the event loop every gate lane is served from."""
     import asyncio
 
-    from identity.api import bans
-
     on_loop: list[bool] = []
-    checked = bans.admin_caller
+    verifier = env.app.state.token_verifier
+    checked = verifier.verify
 
-    def watched(request: Any, **kw: Any) -> Any:
+    def watched(token: str, **kw: Any) -> Any:
         try:
             asyncio.get_running_loop()
             on_loop.append(True)
         except RuntimeError:
             on_loop.append(False)
-        return checked(request, **kw)
+        return checked(token, **kw)
 
-    monkeypatch.setattr(bans, "admin_caller", watched)
-    got, read, _, answer = _post(env, BAN_FEED, _office(env))
+    headers = _office(env)  # its token made before the watch begins
+    monkeypatch.setattr(verifier, "verify", watched)
+    got, read, _, answer = _post(env, BAN_FEED, headers)
     # Admitted: the whole feed read, then refused for itself (no register key in these tests).
     assert got == 503 and read == len(chunks_of(_JUNK)), answer
-    assert on_loop == [False], on_loop
+    assert on_loop == [False, False], on_loop  # before the body, and once it is in

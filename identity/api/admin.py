@@ -6,23 +6,31 @@ our API audience; a DPoP-bound token needs its proof (RFC 9449 §7). The badge a
 port_security_admin or badge_office role, passkey login); the routes here stay for admin clients.
 The check is explicit at the top of every route, not hidden in a dependency (STYLE.md "what to
 avoid"). Errors are RFC 9457 problems; every action is on the audit trail (``identity.admin.*``).
+
+A route with a body checks its caller on the headers before any of the body is read (``admits``:
+quaygate.routing.AdmitFirst, ``admit_first``), so a caller without a valid token is refused (401/403)
+without the server reading and parsing up to 1 MiB of it; the route then takes that caller
+(``caller_of``): its token checked, its DPoP proof claimed, once. Once the body is read, the token is
+checked again for what may have changed meanwhile, its expiry and its revocation (``token_again``).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Body, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from quaygate.crypto import keyed_hash
+from quaygate.routing import AdmitFirst, admit_first
 from quaygate.schema import audit_log, badges, memberships, oauth_clients, organisations, persons
 from release_service.api.problems import problem, problem_responses
 from release_service.domain.parties import OrgKind
@@ -51,7 +59,7 @@ PORT_SECURITY_ROLE = "port_security_admin"  # claims.CONSOLE_ADMIN_ROLES: organi
 CONSOLE_SESSION_MAX = 12 * 3600
 CONSOLE_RESERVED_CLIENT_ROLES = frozenset({ClientRole.ADMIN.value, ClientRole.ADMIN_CONSOLE.value})
 
-router = APIRouter(prefix="/admin/v1", tags=["identity admin"])
+router = APIRouter(prefix="/admin/v1", tags=["identity admin"], route_class=AdmitFirst)
 _ERRORS = problem_responses(401, 403, 404, 422)
 
 
@@ -99,11 +107,11 @@ class AdminCaller:
         return audit.actor_fields(self.actor)
 
 
-def admin_of(request: Request) -> str:
-    """The admin client's id, or AdminRefused: a valid, unrevoked access token for our API audience,
-    carrying the admin scope, issued to an admin client; its DPoP proof when it is bound to a key.
-    Organisations, clients and persons are managed by admin clients only (not from the console)."""
-    return admin_caller(request, console=False).client_id
+def admin_client(request: Request) -> AdminCaller:
+    """An admin client, or AdminRefused: a valid, unrevoked access token for our API audience, carrying
+    the admin scope, issued to an admin client; its DPoP proof when it is bound to a key. Initial
+    access tokens are made by admin clients only (not from the console)."""
+    return admin_caller(request, console=False)
 
 
 def admin_caller(request: Request, *, console: bool = True) -> AdminCaller:
@@ -116,20 +124,10 @@ def admin_caller(request: Request, *, console: bool = True) -> AdminCaller:
       logged in with a passkey (RFC 9470 step-up otherwise). The badge office's view needs both the
       ``badges:office`` scope and the badge_office role.
     """
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() not in ("bearer", "dpop") or not token.strip():
-        raise AdminRefused(401, "invalid_request", "An admin access token is required.")
-    token = token.strip()
+    scheme, token = _access_token(request)
+    claims = _token_claims(request, token)
+    _check_dpop(request, token, claims, scheme)
     app = request.app
-    settings = app.state.container.settings
-    verifier = getattr(app.state, "token_verifier", None) or provider_for(app).verifier
-    try:
-        claims = verifier.verify(token, audience=settings.api_audience)
-    except InvalidToken as exc:
-        raise AdminRefused(401, "invalid_token", exc.description) from exc
-    if revocations_for(app).token_revoked(claims):
-        raise AdminRefused(401, "invalid_token", "token revoked")
-    _check_dpop(request, token, claims, scheme.lower())
     scopes = str(claims.get(c.SCOPE, "")).split()
     role, person = claims.get(c.ROLE), claims.get(c.PERSON_ID)
     if ADMIN_SCOPE in scopes and role == ClientRole.ADMIN.value and person is None:
@@ -160,6 +158,78 @@ def admin_caller(request: Request, *, console: bool = True) -> AdminCaller:
                        roles=frozenset(held & c.CONSOLE_ADMIN_ROLES))
 
 
+def _access_token(request: Request) -> tuple[str, str]:
+    """The Authorization header's scheme (lower case) and token, or AdminRefused(401 invalid_request)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() not in ("bearer", "dpop") or not token.strip():
+        raise AdminRefused(401, "invalid_request", "An admin access token is required.")
+    return scheme.lower(), token.strip()
+
+
+def _token_claims(request: Request, token: str) -> dict[str, Any]:
+    """The claims of a valid, unrevoked access token for our API audience, or AdminRefused(401
+    invalid_token). Blocking: the revocation list is in the cache."""
+    app = request.app
+    verifier = getattr(app.state, "token_verifier", None) or provider_for(app).verifier
+    try:
+        claims: dict[str, Any] = verifier.verify(token, audience=app.state.container.settings.api_audience)
+    except InvalidToken as exc:
+        raise AdminRefused(401, "invalid_token", exc.description) from exc
+    if revocations_for(app).token_revoked(claims):
+        raise AdminRefused(401, "invalid_token", "token revoked")
+    return claims
+
+
+# A check of the caller of an admin route: admin_caller, or one built on it (a role required).
+AdminCheck = Callable[[Request], AdminCaller]
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+
+
+def admits(check: AdminCheck) -> Callable[[_Endpoint], _Endpoint]:
+    """An admin route with a body checks its caller with ``check`` on the headers alone, before any of
+    the body is read (quaygate.routing ``admit_first``; its router's route_class is AdmitFirst): the
+    refusal is answered as the route's own, the body never read, and the caller kept for ``caller_of``.
+    Once the body is read, the caller's token is checked again (``token_again``). Put below the
+    route's decorator."""
+
+    def admit(request: Request) -> Response | None:
+        try:
+            request.state.admin_caller = (check, check(request))
+        except AdminRefused as exc:
+            return exc.response(request)
+        return None
+
+    return admit_first(admit, again=token_again)
+
+
+def caller_of(request: Request, check: AdminCheck = admin_caller) -> AdminCaller:
+    """The caller ``check`` admitted before the body was read (``admits``), else ``check`` now (a route
+    without a body): a token is checked, and its DPoP proof claimed (RFC 9449 §11.1), once. Blocking
+    when it checks: run it off the event loop."""
+    admitted = getattr(request.state, "admin_caller", None)
+    if admitted is not None and admitted[0] is check:
+        return cast(AdminCaller, admitted[1])
+    return check(request)
+
+
+def token_again(request: Request) -> Response | None:
+    """The admitted caller's token checked again once the body is read (quaygate.routing AdmitFirst),
+    for what may have changed while a slow client sent it: its key still published and its times
+    (``exp``) by the verifier, on its memo, and its revocation. Not its DPoP proof, whose jti was
+    claimed at admission and is single use. The 401 answer, or None."""
+    try:
+        _token_claims(request, _access_token(request)[1])
+    except AdminRefused as exc:
+        log.info("identity.admin.refused.after_body")
+        return exc.response(request)
+    return None
+
+
+def port_security(request: Request) -> AdminCaller:
+    """Organisations and clients: admin clients, and port security through the console."""
+    return require_role(admin_caller(request), PORT_SECURITY_ROLE)
+
+
 def require_role(caller: AdminCaller, role: str) -> AdminCaller:
     """The caller, or AdminRefused(403): a console person without ``role`` (issue 4 "every action is
     role-checked"). Admin clients pass; their scope is checked by admin_caller."""
@@ -174,8 +244,8 @@ def enrolment_code_caller(request: Request, person_id: uuid.UUID) -> AdminCaller
     code registers a passkey for that person: whoever holds it logs in as him. So: an admin client, or
     through the console the badge office and port security; for a person who holds a console role,
     only port security; and never an officer for himself (a second passkey of his own is added from
-    /account, after a login)."""
-    caller = admin_caller(request)
+    /account, after a login). The caller is the one ``admits(admin_caller)`` admitted, if it ran."""
+    caller = caller_of(request)
     if caller.person_id is None:
         return caller
     if caller.person_id == str(person_id):
@@ -270,10 +340,11 @@ def _registration_problem(request: Request, exc: RegistrationError) -> JSONRespo
 
 @router.post("/initial-access-tokens", operation_id="admin_create_initial_access_token", status_code=201,
              responses=_ERRORS)
+@admits(admin_client)
 def create_initial_access_token(request: Request, body: InitialAccessTokenIn) -> JSONResponse:
     """An initial access token for RFC 7591 registration, shown once."""
     try:
-        admin = admin_of(request)
+        admin = caller_of(request, admin_client).client_id
     except AdminRefused as exc:
         return exc.response(request)
     now = request.app.state.container.clock.now()
@@ -287,11 +358,6 @@ def create_initial_access_token(request: Request, body: InitialAccessTokenIn) ->
                         status_code=201, headers={"Cache-Control": "no-store"})
 
 
-def _port_security(request: Request) -> AdminCaller:
-    """Organisations and clients: admin clients, and port security through the console."""
-    return require_role(admin_caller(request), PORT_SECURITY_ROLE)
-
-
 def _reserved_role(caller: AdminCaller, role: Any) -> bool:
     """A console officer neither makes nor ends admin or admin-console clients: a person's console
     session must not mint a machine admin (no badge-office-free backdoor) nor lock the console out."""
@@ -302,7 +368,7 @@ def _reserved_role(caller: AdminCaller, role: Any) -> bool:
 def list_clients(request: Request, limit: int = 100, after: str | None = None) -> JSONResponse:
     """Registered clients, by client_id (``after``: the last client_id of the previous page)."""
     try:
-        caller = _port_security(request)
+        caller = caller_of(request, port_security)
         audit_read(request, caller, "identity.admin.clients.listed", data={"after": after})
     except AdminRefused as exc:
         return exc.response(request)
@@ -311,12 +377,13 @@ def list_clients(request: Request, limit: int = 100, after: str | None = None) -
 
 
 @router.post("/clients", operation_id="admin_register_client", status_code=201, responses=_ERRORS)
+@admits(port_security)
 def register_client(request: Request, body: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
     """Register a client of any role (as ``quaygate client create`` does): RFC 7591 metadata plus
     ``organisation_id`` and ``terminal_code``; the secret, if any, is shown once. Through the console,
     port security registers every role but ``admin`` and ``admin_console``."""
     try:
-        caller = _port_security(request)
+        caller = caller_of(request, port_security)
     except AdminRefused as exc:
         return exc.response(request)
     admin = caller.actor
@@ -345,7 +412,7 @@ def register_client(request: Request, body: dict[str, Any] = Body(...)) -> JSONR
 def deactivate_client(client_id: str, request: Request) -> JSONResponse:
     """Deactivate a client: no new tokens, its grants (refresh tokens and their access tokens) revoked."""
     try:
-        caller = _port_security(request)
+        caller = caller_of(request, port_security)
     except AdminRefused as exc:
         return exc.response(request)
     if _reserved_role(caller, _client_role(request, client_id)):
@@ -359,11 +426,12 @@ def deactivate_client(client_id: str, request: Request) -> JSONResponse:
 
 
 @router.post("/persons", operation_id="admin_create_person", status_code=201, responses=_ERRORS)
+@admits(admin_caller)
 def create_person(request: Request, body: PersonIn) -> JSONResponse:
     """Register a person (a driver, a dispatcher ...); identity proofing and passkeys come later.
     Admin clients, and both console roles (the badge office registers holders, port security officers)."""
     try:
-        caller = admin_caller(request)
+        caller = caller_of(request)
     except AdminRefused as exc:
         return exc.response(request)
     container = request.app.state.container
@@ -387,6 +455,7 @@ def create_person(request: Request, body: PersonIn) -> JSONResponse:
 
 @router.post("/persons/{person_id}/memberships", operation_id="admin_add_membership", status_code=201,
              responses=problem_responses(401, 403, 404, 409, 422))
+@admits(admin_caller)
 def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -> JSONResponse:
     """Give a person a role in an organisation. Through the console: the console roles themselves
     (port_security_admin, badge_office) and the roles that act for a company (dispatcher, org_admin)
@@ -394,7 +463,7 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
     his own rights). Such a role ends the person's live enrolment codes: a code issued before, when a
     badge officer could issue it, must not log anyone in as the holder of the new role."""
     try:
-        caller = admin_caller(request)
+        caller = caller_of(request)
         if body.role in c.PRIVILEGED_ROLES:
             require_role(caller, PORT_SECURITY_ROLE)
     except AdminRefused as exc:
@@ -457,7 +526,7 @@ def list_organisations(request: Request, q: str | None = Query(default=None, max
                        limit: int = 100, offset: int = Query(default=0, ge=0)) -> JSONResponse:  # noqa: B008
     """Organisations by name (``q``: part of the name, EORI, VAT or terminal code), by name, paged."""
     try:
-        caller = _port_security(request)
+        caller = caller_of(request, port_security)
         audit_read(request, caller, "identity.admin.organisations.searched",
                    data={"query": query_fingerprint(request, q) if q else None, "offset": offset})
     except AdminRefused as exc:
@@ -474,10 +543,11 @@ def list_organisations(request: Request, q: str | None = Query(default=None, max
 
 @router.post("/organisations", operation_id="admin_create_organisation", status_code=201,
              responses=problem_responses(401, 403, 409, 422))
+@admits(port_security)
 def create_organisation(request: Request, body: OrganisationIn) -> JSONResponse:
     """Register an organisation (identified by EORI and/or VAT; a terminal by its code)."""
     try:
-        caller = _port_security(request)
+        caller = caller_of(request, port_security)
     except AdminRefused as exc:
         return exc.response(request)
     try:
@@ -547,7 +617,7 @@ _ORG_STATUS = {"not_found": 404, "status_unchanged": 409, "organisation_reserved
 
 def _org_status(request: Request, organisation_id: uuid.UUID, body: OrgStatusIn, *, active: bool) -> JSONResponse:
     try:
-        caller = _port_security(request)
+        caller = caller_of(request, port_security)
     except AdminRefused as exc:
         return exc.response(request)
     container = request.app.state.container
@@ -573,6 +643,7 @@ def _org_status(request: Request, organisation_id: uuid.UUID, body: OrgStatusIn,
 
 @router.post("/organisations/{organisation_id}:deactivate", operation_id="admin_deactivate_organisation",
              responses=problem_responses(401, 403, 404, 409, 422))
+@admits(port_security)
 def deactivate_organisation(organisation_id: uuid.UUID, request: Request, body: OrgStatusIn) -> JSONResponse:
     """Deactivate an organisation, saying why: its clients' tokens are revoked and they get no new ones;
     it receives no new rights, transfers or nominations (``organisation_inactive``)."""
@@ -581,6 +652,7 @@ def deactivate_organisation(organisation_id: uuid.UUID, request: Request, body: 
 
 @router.post("/organisations/{organisation_id}:reactivate", operation_id="admin_reactivate_organisation",
              responses=problem_responses(401, 403, 404, 409, 422))
+@admits(port_security)
 def reactivate_organisation(organisation_id: uuid.UUID, request: Request, body: OrgStatusIn) -> JSONResponse:
     """Reactivate a deactivated organisation, saying why; its clients ask for new tokens."""
     return _org_status(request, organisation_id, body, active=True)

@@ -5,7 +5,9 @@ and ``POST /admin/v1/badges/{id}/status`` with ``{"status": ..., "reason": ...}`
 
 Every route first checks the caller explicitly with ``admin_caller``: an admin client's token with the
 ``admin`` scope, or a person's token from the admin console (port security or badge office, passkey
-login; identity.api.admin). A console officer is the badge office with the badge_office role.
+login; identity.api.admin). A console officer is the badge office with the badge_office role. A route
+with a body checks its caller on the headers, before any of the body is read (``admits``), and its
+token again once the body is read.
 Who counts as the badge office: an admin token that also carries the
 ``badges:office`` scope (identity.domain.scopes). Only the badge office sees badge numbers and card
 UIDs in full; every other admin token sees them masked (issue 4). An admin client registered
@@ -25,15 +27,26 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, Field
 
+from quaygate.routing import AdmitFirst
 from release_service.api.problems import problem, problem_responses
 
 from ..badges.service import BadgeError, BadgeService, IssueBadge
 from ..badges.store import BadgeRow
 from ..domain import badges as rules
 from ..domain.claims import BADGE_OFFICE_ROLE
-from .admin import AdminCaller, AdminRefused, admin_caller, audit_read, query_fingerprint, require_role
+from .admin import (
+    AdminCaller,
+    AdminCheck,
+    AdminRefused,
+    admin_caller,
+    admits,
+    audit_read,
+    caller_of,
+    query_fingerprint,
+    require_role,
+)
 
-router = APIRouter(prefix="/admin/v1", tags=["badges admin"])
+router = APIRouter(prefix="/admin/v1", tags=["badges admin"], route_class=AdmitFirst)
 
 # Error code -> HTTP status (the one mapping table of this edge, STYLE.md #6). Unlisted codes: 422.
 _STATUS = {
@@ -76,13 +89,18 @@ class WithdrawIn(BaseModel):
     reason: str = Field(max_length=500)
 
 
-def _caller(request: Request, *, role: str | None = None) -> tuple[str, rules.Viewer]:
+def _badge_office(request: Request) -> AdminCaller:
+    """The badge office's job: an admin client, or a person with the badge_office role through the
+    console; else AdminRefused."""
+    return require_role(admin_caller(request), BADGE_OFFICE_ROLE)
+
+
+def _caller(request: Request, check: AdminCheck = admin_caller) -> tuple[str, rules.Viewer]:
     """Who acts (as badge histories store it) and how they see badges: an admin client, or a person
-    through the admin console (``admin_caller`` checks role and passkey login; ``role`` when the action
-    is one role's job); only the badge office sees numbers in full, and a person his own badge."""
-    caller = admin_caller(request)
-    if role is not None:
-        require_role(caller, role)
+    through the admin console (``admin_caller`` checks role and passkey login; ``_badge_office`` when
+    the action is that role's job), as admitted before the body was read (``caller_of``); only the
+    badge office sees numbers in full, and a person his own badge."""
+    caller = caller_of(request, check)
     return caller.actor, _viewer(caller)
 
 
@@ -152,10 +170,11 @@ def find_badges(request: Request, number: str | None = None, card_uid: str | Non
 
 @router.post("/badges", operation_id="admin_issue_badge", status_code=201,
              responses=problem_responses(401, 403, 404, 409, 422, 503))
+@admits(_badge_office)
 def issue_badge(request: Request, body: BadgeIn) -> JSONResponse:
     """Issue a badge to a person, screened against the port-ban list first (the badge office's job)."""
     try:
-        admin, viewer = _caller(request, role=BADGE_OFFICE_ROLE)
+        admin, viewer = _caller(request, _badge_office)
         done = _service(request).issue(IssueBadge(**body.model_dump()), actor=admin, now=_now(request))
     except AdminRefused as exc:
         return exc.response(request)
@@ -182,6 +201,7 @@ def get_badge(badge_id: uuid.UUID, request: Request) -> JSONResponse:
 
 
 @router.post("/badges/{badge_id}/status", operation_id="admin_change_badge_status", responses=_ERRORS)
+@admits(admin_caller)
 def change_status(badge_id: uuid.UUID, request: Request, body: StatusIn) -> JSONResponse:
     """Suspend (inactive), reinstate (active), block, revoke or expire a badge, saying why."""
     try:
@@ -196,10 +216,11 @@ def change_status(badge_id: uuid.UUID, request: Request, body: StatusIn) -> JSON
 
 
 @router.post("/badges/{badge_id}/renew", operation_id="admin_renew_badge", responses=_ERRORS)
+@admits(_badge_office)
 def renew_badge(badge_id: uuid.UUID, request: Request, body: RenewIn) -> JSONResponse:
     """A new validity from now (at most 5 years); an expired badge becomes active again (badge office)."""
     try:
-        admin, viewer = _caller(request, role=BADGE_OFFICE_ROLE)
+        admin, viewer = _caller(request, _badge_office)
         row = _service(request).renew(badge_id, valid_until=body.valid_until, reason=body.reason, actor=admin,
                                       now=_now(request))
     except AdminRefused as exc:
@@ -211,6 +232,7 @@ def renew_badge(badge_id: uuid.UUID, request: Request, body: RenewIn) -> JSONRes
 
 @router.post("/badges/{badge_id}/activations", operation_id="admin_activate_badge", status_code=201,
              responses=_ERRORS)
+@admits(admin_caller)
 def activate_badge(badge_id: uuid.UUID, request: Request, body: ActivationIn) -> JSONResponse:
     """Activate the badge at a terminal (the terminal's security desk has checked the holder)."""
     try:
@@ -225,6 +247,7 @@ def activate_badge(badge_id: uuid.UUID, request: Request, body: ActivationIn) ->
 
 @router.post("/badges/{badge_id}/activations/{terminal}:withdraw", operation_id="admin_withdraw_badge_activation",
              responses=_ERRORS)
+@admits(admin_caller)
 def withdraw_activation(badge_id: uuid.UUID, terminal: str, request: Request, body: WithdrawIn) -> JSONResponse:
     """Withdraw the badge's activation at a terminal, saying why."""
     try:

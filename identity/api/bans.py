@@ -10,6 +10,12 @@ Callers: an admin client, or port security / the badge office through the admin 
 (``admin_caller``: role and passkey login checked at the top of each route). Each import is on the
 audit trail with the caller as actor (``identity.admin.ban_feed.imported`` / ``.refused``), besides
 the loader's own ``screening.ban.feed_*`` entries.
+
+A feed may be 64 MiB: its caller is checked on the headers before any of it is read (``admits``, on a
+worker thread: the token's revocation and a DPoP proof's claim may wait for Redis, and the event loop
+serves every gate lane), the whole feed must come within ``FEED_BODY_SECONDS`` (else 408
+``body_timeout``, nothing loaded), and the caller's token is checked again once it is in (expired or
+revoked meanwhile: 401, nothing loaded).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from quaygate.routing import AdmitFirst, read_within
 from quaygate.schema import audit_log
 from release_service.api.problems import problem, problem_responses
 
@@ -29,9 +36,12 @@ from .. import audit
 from ..bans.feed import MAX_FEED_BYTES, register_key
 from ..bans.loader import LoadResult, load_feed
 from ..domain.bans import FeedRefused
-from .admin import AdminCaller, AdminRefused, admin_caller
+from .admin import AdminCaller, AdminRefused, admin_caller, admits, caller_of
 
-router = APIRouter(prefix="/admin/v1/bans", tags=["port bans admin"])
+router = APIRouter(prefix="/admin/v1/bans", tags=["port bans admin"], route_class=AdmitFirst)
+
+# The largest body of all (MAX_FEED_BYTES, 64 MiB): about 4.5 Mbit/s at least, from a register's office.
+FEED_BODY_SECONDS = 120.0
 
 ALERT_KIND = "screening.ban.nomination_alert"
 _FEED_BODY = {"requestBody": {"required": True, "content": {
@@ -59,15 +69,18 @@ def _load(request: Request, raw: bytes, caller: AdminCaller) -> LoadResult:
 
 @router.post("/feeds", operation_id="admin_import_ban_feed", openapi_extra=_FEED_BODY, max_body_size=MAX_FEED_BYTES,
              responses=problem_responses(401, 403, 413, 422, 503))
+@admits(admin_caller)
+@read_within(FEED_BODY_SECONDS)
 async def import_feed(request: Request) -> JSONResponse:
     """Load one signed ban feed (snapshot or change set); refused feeds change nothing."""
     try:
-        # On a worker thread: the token's revocation and a DPoP proof's claim may wait for Redis, and
-        # the event loop serves every gate lane.
-        caller = await run_in_threadpool(admin_caller, request)
+        # Admitted before the body was read (``admits``); checked here only if it was not, on a worker
+        # thread: the token's revocation and a DPoP proof's claim may wait for Redis.
+        caller = await run_in_threadpool(caller_of, request)
     except AdminRefused as exc:
         return exc.response(request)
-    raw = await request.body()  # at most MAX_FEED_BYTES: the route's body limit (413 body_too_large)
+    # Read already (AdmitFirst), from memory: at most MAX_FEED_BYTES, the route's body limit (413).
+    raw = await request.body()
     try:
         result = await run_in_threadpool(_load, request, raw, caller)
     except FeedRefused as refused:

@@ -24,8 +24,11 @@ decision.
 The two routes with an image check their caller on the headers before any of the body is read
 (quaygate.routing.AdmitFirst, ``admit_first``): without the badge office's token, or without our
 Origin and a live login session, a request is refused (401/403, as above) before the server reads and
-parses several MiB of it. The enrolment's caller is checked once, its DPoP proof claimed once; the
-step-up's session is looked up again by the service, whose own checks follow in their order.
+parses several MiB of it, and a body not received within 30 s is refused 408 ``body_timeout``. The
+enrolment's caller is checked once, its DPoP proof claimed once, and its token checked again once the
+body is in (identity.api.admin ``admits``: expired or revoked meanwhile, 401). The step-up's session
+is looked up again by the service once the capture is in, whose own checks follow in their order: a
+session ended or expired meanwhile is refused there (401 login_required).
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import typing
 import uuid
 
 from fastapi import APIRouter, Request
@@ -49,7 +51,7 @@ from ..authn.service import passkeys_for
 from ..domain.face import SOURCES, FaceCode
 from ..face import FaceError, face_for
 from ..sessions import sessions_for
-from .admin import AdminCaller, AdminRefused, admin_caller
+from .admin import AdminCaller, AdminRefused, admin_caller, admits, caller_of
 
 log = logging.getLogger(__name__)
 
@@ -100,24 +102,10 @@ def _badge_office_caller(request: Request) -> AdminCaller:
     return caller
 
 
-def _admit_badge_office(request: Request) -> Response | None:
-    """The enrolment's caller on the headers alone, before its image is read (AdmitFirst, on a worker
-    thread): the refusal the route would answer, or None with the caller kept for ``_badge_office``,
-    so the token is checked, and its DPoP proof claimed (RFC 9449 §11.1), once."""
-    try:
-        request.state.admitted = (_admit_badge_office, _badge_office_caller(request))
-    except AdminRefused as exc:
-        return exc.response(request)
-    return None
-
-
 async def _badge_office(request: Request) -> AdminCaller:
-    """The badge office's caller: the one admitted before the body was read, else checked now (a
-    route without a body). Checked in a thread: it may reach the cache."""
-    admitted = getattr(request.state, "admitted", None)
-    if admitted is not None and admitted[0] is _admit_badge_office:
-        return typing.cast(AdminCaller, admitted[1])
-    return await run_in_threadpool(_badge_office_caller, request)
+    """The badge office's caller: the one admitted before the body was read (``admits``), else checked
+    now (a route without a body), in a thread: it may reach the cache."""
+    return await run_in_threadpool(caller_of, request, _badge_office_caller)
 
 
 def _origin_refused(request: Request) -> Response | None:
@@ -152,7 +140,7 @@ _ADMIN_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 503)
 @router.post("/admin/v1/persons/{person_id}/face", operation_id="admin_enrol_face", status_code=201,
              max_body_size=IMAGE_BODY_BYTES,
              responses=_ADMIN_ERRORS)
-@admit_first(_admit_badge_office)
+@admits(_badge_office_caller)
 async def enrol_face(person_id: uuid.UUID, request: Request, body: EnrolIn) -> JSONResponse:
     """Enrol a person's face from an ID photo or a live capture; the photo is not kept."""
     try:

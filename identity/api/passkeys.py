@@ -34,6 +34,7 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
       confirm first; ``active_remaining: 0`` means the next login needs a new enrolment code.
     POST /admin/v1/persons/{person_id}/enrolment-codes  {"ttl_seconds"?}  (bearer token, scope admin)
       201 {"code", "person_id", "expires_at"}   the code is shown once; default TTL 72 h
+      401/403 on the token before any of the body is read
 
 The user handle given to authenticators is an HMAC of the person id (``identity.authn.passkeys.
 user_handle``), never the person id itself.
@@ -49,13 +50,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from quaygate.routing import AdmitFirst
 from quaygate.threads import threads_for
 from release_service.api.problems import problem, problem_responses
 
 from ..authn.service import PasskeyError, passkeys_for
-from .admin import AdminRefused, enrolment_code_caller
+from .admin import AdminRefused, admin_caller, admits, enrolment_code_caller
 
-router = APIRouter(tags=["identity"])
+# AdmitFirst: each body read within its deadline; the enrolment code's caller checked on the headers
+# before its body is read (identity.api.admin ``admits``).
+router = APIRouter(tags=["identity"], route_class=AdmitFirst)
 
 # The one table from our error codes to HTTP statuses (STYLE.md #6).
 STATUS: dict[str, int] = {
@@ -229,12 +233,14 @@ def remove_passkey(request: Request, credential_id: str) -> JSONResponse:
 
 @router.post("/admin/v1/persons/{person_id}/enrolment-codes", operation_id="issueEnrolmentCode",
              status_code=201, responses=problem_responses(401, 403, 404, 409, 422))
+@admits(admin_caller)
 def issue_enrolment_code(
     request: Request,
     person_id: uuid.UUID,
     body: EnrolmentCodeRequest | None = None,
 ) -> JSONResponse:
-    # Checked explicitly (issue 4): the badge office or an admin client, never any admin-scoped token.
+    # Checked explicitly (issue 4): the badge office or an admin client, never any admin-scoped token;
+    # the token on the headers, before the body is read (``admits``), then who the code is for here.
     try:
         caller = enrolment_code_caller(request, person_id)
     except AdminRefused as exc:

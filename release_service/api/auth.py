@@ -333,7 +333,9 @@ def require(scope: str, min_acr: str | None = None, *, max_age: int | None = Non
     def admit(request: Request) -> None:
         """The caller authenticated on the headers alone, before any of the body is read (quaygate/
         routing.py ``AdmitFirst``); the dependency then gives this actor, not a second check
-        (a DPoP proof's jti is claimed once)."""
+        (a DPoP proof's jti is claimed once). Once the body is read, AdmitFirst checks the token
+        again for what may have changed meanwhile, its expiry and its revocation (quaygate/routing.py
+        ``token_again``, this dependency having no ``admit_again`` of its own)."""
         request.state.admitted = (dependency, authenticated(request, credentials_of(request)))
 
     def dependency(request: Request,

@@ -20,14 +20,24 @@ from fastapi import APIRouter, Body, Path, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from identity.api.admin import PORT_SECURITY_ROLE, AdminCaller, AdminRefused, admin_caller, audit_read, require_role
+from identity.api.admin import (
+    AdminCaller,
+    AdminRefused,
+    admin_caller,
+    admits,
+    audit_read,
+    caller_of,
+    port_security,
+)
+from quaygate.routing import AdmitFirst
 from release_service.adapters.sqla.gate_policy import SqlTerminalRegistry
 from release_service.services import gate_policy as service
 
 from .problems import problem, problem_responses
 from .routes import unit_of_work
 
-router = APIRouter(prefix="/admin/v1/terminals", tags=["gate policy admin"])
+# AdmitFirst: a change's caller is checked on the headers before its body is read, and again after.
+router = APIRouter(prefix="/admin/v1/terminals", tags=["gate policy admin"], route_class=AdmitFirst)
 
 _STATUS = {"unknown_terminal": 404, "unknown_policy_field": 422, "invalid_policy": 422, "policy_changed": 412}
 _CODE = Path(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -92,11 +102,12 @@ async def get_gate_policy(request: Request, code: str = _CODE) -> JSONResponse:
 
 @router.put("/{code}/gate-policy", operation_id="admin_set_gate_policy", openapi_extra=_BODY,
             responses=problem_responses(401, 403, 404, 412, 422))
+@admits(port_security)
 async def set_gate_policy(request: Request, code: str = _CODE,
                           changes: dict[str, Any] = Body(..., include_in_schema=False)) -> JSONResponse:  # noqa: B008
     """Change the fields given (the others keep their value); refused values change nothing."""
     try:
-        caller = require_role(admin_caller(request), PORT_SECURITY_ROLE)
+        caller = caller_of(request, port_security)  # admitted on the headers, before the body was read
     except AdminRefused as exc:
         return exc.response(request)
     try:
