@@ -63,7 +63,7 @@ import math
 import re
 import secrets
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -477,20 +477,9 @@ def _devices(h: _Table, base: Path) -> tuple[DeviceSettings, ...]:
     for i, item in enumerate(raw):
         t = _Table(item, f"{h.key('devices')}[{i}]", ("name", "token_sha256", "token_file", "lanes", "kinds",
                                                       "trusted_face_matcher"))
-        name = t.req("name")
-        if not _DEVICE_NAME.match(name):
-            raise ConfigError(t.key("name"), "must be at most 64 letters, digits, '_', '.' or '-'")
-        if any(d.name == name for d in devices):
-            raise ConfigError(t.key("name"), f"device {name!r} is configured twice")
-        digest, token_file = t.string("token_sha256"), t.path_("token_file", base)
-        if (digest is None) == (token_file is None):
-            raise ConfigError(t.key("token_sha256"), "give token_sha256 or token_file, exactly one")
-        if digest is not None:
-            digest = digest.lower()
-            if not _SHA256_HEX.match(digest):
-                raise ConfigError(t.key("token_sha256"), "must be 64 hex digits (quaygate gate-adapter --mint-token)")
-            if any(d.token_sha256 == digest for d in devices):
-                raise ConfigError(t.key("token_sha256"), "is another device's token: give each device its own")
+        name, digest, token_file = _credential(t, base, "device", devices)
+        if digest is not None and any(d.token_sha256 == digest for d in devices):
+            raise ConfigError(t.key("token_sha256"), "is another device's token: give each device its own")
         for key in ("lanes", "kinds"):
             if not t.has(key):
                 raise ConfigError(t.key(key), "is required (a device sends only what it is allowed to)")
@@ -506,6 +495,25 @@ def _devices(h: _Table, base: Path) -> tuple[DeviceSettings, ...]:
     return tuple(devices)
 
 
+def _credential(t: _Table, base: Path, kind: str, earlier: Sequence[DeviceSettings | OfficerSettings]
+                ) -> tuple[str, str | None, Path | None]:
+    """A device's or an officer's name (unique among ``earlier``), and its token: as a SHA-256 (lower
+    case, 64 hex digits) or in a file, exactly one of the two."""
+    name = t.req("name")
+    if not _DEVICE_NAME.match(name):
+        raise ConfigError(t.key("name"), "must be at most 64 letters, digits, '_', '.' or '-'")
+    if any(e.name == name for e in earlier):
+        raise ConfigError(t.key("name"), f"{kind} {name!r} is configured twice")
+    digest, token_file = t.string("token_sha256"), t.path_("token_file", base)
+    if (digest is None) == (token_file is None):
+        raise ConfigError(t.key("token_sha256"), "give token_sha256 or token_file, exactly one")
+    if digest is not None:
+        digest = digest.lower()
+        if not _SHA256_HEX.match(digest):
+            raise ConfigError(t.key("token_sha256"), "must be 64 hex digits (quaygate gate-adapter --mint-token)")
+    return name, digest, token_file
+
+
 def _officers(h: _Table, base: Path, devices: tuple[DeviceSettings, ...]) -> tuple[OfficerSettings, ...]:
     raw = h.raw.get("officers", [])
     if not isinstance(raw, list):
@@ -513,18 +521,8 @@ def _officers(h: _Table, base: Path, devices: tuple[DeviceSettings, ...]) -> tup
     officers: list[OfficerSettings] = []
     for i, item in enumerate(raw):
         t = _Table(item, f"{h.key('officers')}[{i}]", ("name", "token_sha256", "token_file"))
-        name = t.req("name")
-        if not _DEVICE_NAME.match(name):
-            raise ConfigError(t.key("name"), "must be at most 64 letters, digits, '_', '.' or '-'")
-        if any(o.name == name for o in officers):
-            raise ConfigError(t.key("name"), f"officer {name!r} is configured twice")
-        digest, token_file = t.string("token_sha256"), t.path_("token_file", base)
-        if (digest is None) == (token_file is None):
-            raise ConfigError(t.key("token_sha256"), "give token_sha256 or token_file, exactly one")
+        name, digest, token_file = _credential(t, base, "officer", officers)
         if digest is not None:
-            digest = digest.lower()
-            if not _SHA256_HEX.match(digest):
-                raise ConfigError(t.key("token_sha256"), "must be 64 hex digits (quaygate gate-adapter --mint-token)")
             if any(d.token_sha256 == digest for d in devices):
                 raise ConfigError(t.key("token_sha256"), "is a device's token: an officer's token is never a "
                                                          "camera's (mint one of its own)")

@@ -391,25 +391,32 @@ def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[De
     def latch_problem(exc: LatchError) -> Response:
         return problem(LATCH_STATUS.get(exc.code, 409), exc.code, str(exc))
 
-    async def latch_status(lane: str, request: Request) -> Response:
+    def officer_at_desk(request: Request) -> tuple[Officer, LatchDesk] | Response:
+        """The officer calling, and the lanes' latches to act on; else the refusal to answer."""
         officer = officer_of(request)
         if isinstance(officer, Response):
             return officer
         if latches is None:
             return problem(404, "unknown_lane", "unknown lane")
+        return officer, latches
+
+    async def latch_status(lane: str, request: Request) -> Response:
+        at_desk = officer_at_desk(request)
+        if isinstance(at_desk, Response):
+            return at_desk
+        _, desk = at_desk
         try:
-            view = await run_in_threadpool(latches.status, lane)  # SQLite: never block the event loop
+            view = await run_in_threadpool(desk.status, lane)  # SQLite: never block the event loop
         except LatchError as exc:
             return latch_problem(exc)
         return JSONResponse({"lane": lane, "latched": view is not None,
                              "latch": None if view is None else view.as_json()})
 
     async def latch_clear(lane: str, request: Request) -> Response:
-        officer = officer_of(request)
-        if isinstance(officer, Response):
-            return officer
-        if latches is None:
-            return problem(404, "unknown_lane", "unknown lane")
+        at_desk = officer_at_desk(request)
+        if isinstance(at_desk, Response):
+            return at_desk
+        officer, desk = at_desk
         try:
             raw = await _body(request, MAX_CLEAR_BYTES)
         except _TooLarge:
@@ -417,7 +424,7 @@ def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[De
         try:
             latch_id, note = _clear_body(raw)
             who = f"{officer.name} (http)"
-            cleared = await run_in_threadpool(lambda: latches.clear(lane, latch_id, by=who, note=note))
+            cleared = await run_in_threadpool(lambda: desk.clear(lane, latch_id, by=who, note=note))
         except LatchError as exc:
             return latch_problem(exc)
         except ValueError as exc:
