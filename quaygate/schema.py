@@ -180,7 +180,8 @@ releases = sa.Table(
 release_parties = sa.Table(
     "release_parties",
     metadata,
-    # Who may see a right: issuer, every holder it has had, every party a transfer was offered to.
+    # Who may see a right: issuer, every holder it has had, and the company a pending transfer is
+    # offered to (its row goes when the offer ends unaccepted: declined, withdrawn, cancelled).
     sa.Column("organisation_id", UUID, primary_key=True),
     sa.Column("release_id", UUID, sa.ForeignKey("releases.id"), primary_key=True),
     sa.Column("relation", sa.String(16), nullable=False),

@@ -124,6 +124,11 @@ class Directory(Protocol):
 
     def badges_of(self, person_id: uuid.UUID) -> list[BadgeRef]: ...
 
+    def drives_for(self, person_id: uuid.UUID, organisation_id: uuid.UUID) -> bool:
+        """Whether the badge office links the person to the organisation as its driver: his employer, a
+        badge issued for that employer, or a ``driver`` membership (a subcontracted driver)."""
+        ...
+
 
 class DriverScreening(Protocol):
     """Screens a driver at nomination: a valid badge and no port ban (SPEC.md, issue 4)."""

@@ -91,3 +91,46 @@ def test_0011_counts_the_events_every_right_already_has(scratch_pg: str) -> None
         assert receipt.seq == 2
     finally:
         engine.dispose()
+
+
+def test_0013_leaves_a_party_row_only_to_those_that_hold_held_or_are_offered_the_right(scratch_pg: str) -> None:
+    """Rows written before 0013: a ``recipient`` row for every company ever offered a right, and the
+    accepting company's row left ``recipient``. After it: a holder's row says ``holder``, a declined
+    offer's company has no row, a pending offer's company keeps its row, the issuer keeps its own."""
+    from release_service.services import issue, transfers
+
+    from .factories import do, issue_cmd, now, port
+
+    upgrade(scratch_pg)
+    engine = sa.create_engine(scratch_pg)
+    try:
+        p = port(engine)
+        travelled, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, 1), now()))
+        refused, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, 2), now()))
+        t, _ = do(engine, lambda uow: transfers.transfer(uow, p.fwd, refused.id, p.haul2.organisation_id, now()))
+        do(engine, lambda uow: transfers.decline(uow, p.haul2, t.id, None, now()))
+        t, _ = do(engine, lambda uow: transfers.transfer(uow, p.fwd, travelled.id, p.haul.organisation_id, now()))
+        do(engine, lambda uow: transfers.accept(uow, p.haul, t.id, now()))
+        do(engine, lambda uow: transfers.transfer(uow, p.haul, travelled.id, p.haul2.organisation_id, now()))
+        with engine.begin() as conn:  # as the code before 0013 left them
+            conn.execute(sa.text("UPDATE release_parties SET relation = 'recipient' WHERE organisation_id = :o"),
+                         {"o": p.haul.organisation_id})
+            conn.execute(sa.text("INSERT INTO release_parties (organisation_id, release_id, relation) "
+                                 "VALUES (:o, :r, 'recipient')"), {"o": p.haul2.organisation_id, "r": refused.id})
+    finally:
+        engine.dispose()
+
+    downgrade(scratch_pg, "0012")
+    upgrade(scratch_pg)
+    engine = sa.create_engine(scratch_pg)
+    try:
+        with engine.connect() as conn:
+            rows = {(r, o): rel for o, r, rel in conn.execute(sa.text(
+                "SELECT organisation_id, release_id, relation FROM release_parties")).all()}
+    finally:
+        engine.dispose()
+    assert rows == {
+        (travelled.id, p.line.organisation_id): "issuer", (travelled.id, p.fwd.organisation_id): "holder",
+        (travelled.id, p.haul.organisation_id): "holder", (travelled.id, p.haul2.organisation_id): "recipient",
+        (refused.id, p.line.organisation_id): "issuer", (refused.id, p.fwd.organisation_id): "holder",
+    }

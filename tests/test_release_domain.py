@@ -248,9 +248,12 @@ def test_revoke_ends_everything_including_a_pending_transfer() -> None:
 
 def test_delete_only_before_it_travels() -> None:
     r = at_haulier()
-    assert code(r.delete, by=LINE, now=NOW, reason=None) is ErrorCode.ILLEGAL_TRANSITION
+    assert code(r.delete, by=LINE, now=NOW, reason=None, travelled=True) is ErrorCode.ILLEGAL_TRANSITION
     r = issue()
-    r.delete(by=LINE, now=NOW, reason="issued in error")
+    # Held by its first party again after a round trip along the chain: it has still travelled.
+    assert code(r.delete, by=LINE, now=NOW, reason=None, travelled=True) is ErrorCode.ILLEGAL_TRANSITION
+    assert r.state is State.ACTIVE
+    r.delete(by=LINE, now=NOW, reason="issued in error", travelled=False)
     assert r.state is State.DELETED
 
 

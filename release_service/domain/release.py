@@ -313,7 +313,7 @@ class ReleaseRight:
         bill_of_lading: str | None = None,
     ) -> None:
         self._require_issuer(by)
-        self._require_state(PRE_GATE_STATES, "update")
+        self._require_state(PRE_GATE_STATES, "update", now)
         new_from = valid_from or self.valid_from
         new_until = valid_until or self.valid_until
         check_window(new_from, new_until, now)
@@ -330,7 +330,7 @@ class ReleaseRight:
 
     def block(self, *, by: Actor, now: datetime, reason: str | None) -> None:
         self._require_issuer(by)
-        self._require_state(LIVE_STATES, "block")
+        self._require_state(LIVE_STATES, "block", now)
         if self.blocked:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "The right is already blocked.")
         self.blocked = True
@@ -338,7 +338,7 @@ class ReleaseRight:
 
     def unblock(self, *, by: Actor, now: datetime, reason: str | None) -> None:
         self._require_issuer(by)
-        self._require_state(LIVE_STATES, "unblock")
+        self._require_state(LIVE_STATES, "unblock", now)
         if not self.blocked:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "The right is not blocked.")
         self.blocked = False
@@ -347,16 +347,21 @@ class ReleaseRight:
     def revoke(self, *, by: Actor, now: datetime, reason: str | None) -> None:
         """The line ends the right; every downstream hold and pending transfer ends with it."""
         self._require_issuer(by)
-        self._require_state(LIVE_STATES, "revoke")
+        self._require_state(LIVE_STATES, "revoke", now)
         self._cancel_pending_transfer(now)
         self.state = State.REVOKED
         self._emit("release.revoked", by, now, {"reason": reason, "holder": str(self.holder_organisation_id)})
 
-    def delete(self, *, by: Actor, now: datetime, reason: str | None) -> None:
-        """Withdraw a right issued in error, before it has travelled beyond the first party."""
+    def delete(self, *, by: Actor, now: datetime, reason: str | None, travelled: bool) -> None:
+        """Withdraw a right issued in error, before it has travelled beyond the first party.
+
+        ``travelled``: a transfer of it was ever accepted (the store's ``holders_chain``). A right that
+        went forwarder -> haulier -> forwarder is held by its first party again, but it has travelled:
+        it is revoked, never deleted (a deleted right drops out of what the gate reads, so a truck sent
+        for it would hear ``container_unknown`` instead of ``right_revoked``)."""
         self._require_issuer(by)
-        self._require_state(frozenset({State.ACTIVE}), "delete")
-        if self.holder_organisation_id != self.first_party_organisation_id:
+        self._require_state(frozenset({State.ACTIVE}), "delete", now)
+        if travelled or self.holder_organisation_id != self.first_party_organisation_id:
             raise DomainError(
                 ErrorCode.ILLEGAL_TRANSITION,
                 "A right that has been transferred onward can be revoked, not deleted.",
@@ -384,7 +389,7 @@ class ReleaseRight:
         now: datetime,
     ) -> Transfer:
         self._require_holder(by)
-        self._require_state(PRE_GATE_STATES, "transfer")
+        self._require_state(PRE_GATE_STATES, "transfer", now)
         self._require_not_blocked()
         self._require_valid_now(now)
         if self.pending_transfer is not None:
@@ -419,7 +424,7 @@ class ReleaseRight:
         transfer = self._require_pending(transfer_id)
         if by.organisation_id != transfer.to_organisation_id:
             raise DomainError(ErrorCode.NOT_RECIPIENT, "Only the recipient accepts a transfer.")
-        self._require_state(PRE_GATE_STATES, "accept")
+        self._require_state(PRE_GATE_STATES, "accept", now)
         self._require_not_blocked()
         self._require_valid_now(now)
         previous = self.holder_organisation_id
@@ -466,14 +471,7 @@ class ReleaseRight:
         now: datetime,
     ) -> None:
         """The transport operator holding the right names a driver and a truck; again until gate-in."""
-        if by.kind is not OrgKind.TRANSPORT_OPERATOR:
-            raise DomainError(ErrorCode.WRONG_ORGANISATION_KIND, "Only a transport operator nominates.")
-        self._require_holder(by)
-        self._require_state(PRE_GATE_STATES, "nominate")
-        self._require_not_blocked()
-        self._require_valid_now(now)
-        if self.pending_transfer is not None:
-            raise DomainError(ErrorCode.TRANSFER_PENDING, "Withdraw the pending transfer before nominating.")
+        self.require_nominator(by, now)
         if slot is not None and (slot.end <= now or slot.start >= self.valid_until or slot.end <= self.valid_from):
             raise DomainError(ErrorCode.INVALID_SLOT, "The slot must lie in the future and inside the validity window.")
         if screening.result != "clear":
@@ -506,6 +504,19 @@ class ReleaseRight:
                 "screening": screening.result,
             },
         )
+
+    def require_nominator(self, by: Actor, now: datetime) -> None:
+        """Who may nominate on this right now: its holder, a transport operator, on a live right with no
+        transfer pending. Checked before the driver named is even looked up, so that nobody else learns
+        anything of him (services/nominate.py)."""
+        if by.kind is not OrgKind.TRANSPORT_OPERATOR:
+            raise DomainError(ErrorCode.WRONG_ORGANISATION_KIND, "Only a transport operator nominates.")
+        self._require_holder(by)
+        self._require_state(PRE_GATE_STATES, "nominate", now)
+        self._require_not_blocked()
+        self._require_valid_now(now)
+        if self.pending_transfer is not None:
+            raise DomainError(ErrorCode.TRANSFER_PENDING, "Withdraw the pending transfer before nominating.")
 
     def accept_nomination(self, *, by: Actor, now: datetime) -> None:
         """The nominated driver confirms he will make the pickup: PENDING -> ACCEPTED."""
@@ -541,7 +552,7 @@ class ReleaseRight:
             raise DomainError(ErrorCode.NOT_LIGHT_OWNER, "Only the right's own terminal sets the terminal light.")
         if status is LightStatus.SCAN and kind is not LightKind.CUSTOMS:
             raise DomainError(ErrorCode.INVALID_LIGHT, "Only customs selects a container for scan.")
-        self._require_state(LIVE_STATES, "set a light on")
+        self._require_state(LIVE_STATES, "set a light on", now)
         new = Light(status, reason, now)
         if kind is LightKind.COMMERCIAL:
             self.commercial = new
@@ -556,7 +567,7 @@ class ReleaseRight:
         self._require_gate(by)
         if self.state is State.GATED_IN or self.state is State.COMPLETED:
             raise DomainError(ErrorCode.ALREADY_USED, "This right has already been used at the gate.")
-        self._require_state(frozenset({State.NOMINATED}), "gate in")
+        self._require_state(frozenset({State.NOMINATED}), "gate in", now)
         self._require_not_blocked()
         self._require_valid_now(now)
         if not self.pickable:
@@ -580,7 +591,7 @@ class ReleaseRight:
             raise DomainError(ErrorCode.REASON_REQUIRED, "An override needs a reason.")
         if self.state in (State.GATED_IN, State.COMPLETED):
             raise DomainError(ErrorCode.ALREADY_USED, "This right has already been used at the gate.")
-        self._require_state(PRE_GATE_STATES, "override")
+        self._require_state(PRE_GATE_STATES, "override", now)
         self.state = State.GATED_IN
         self.gate_in_at = now
         self._emit("release.gate_override", by, now, {"reason": reason.strip(), "decision_id": str(decision_id)})
@@ -630,7 +641,7 @@ class ReleaseRight:
 
     def gate_out(self, *, by: Actor, now: datetime, decision_id: uuid.UUID) -> None:
         self._require_gate(by)
-        self._require_state(frozenset({State.GATED_IN}), "gate out")
+        self._require_state(frozenset({State.GATED_IN}), "gate out", now)
         self.state = State.COMPLETED
         self.gate_out_at = now
         self._emit("release.completed", by, now, {"decision_id": str(decision_id)})
@@ -649,12 +660,18 @@ class ReleaseRight:
         if by.kind is not OrgKind.TERMINAL or by.terminal_code != self.terminal:
             raise DomainError(ErrorCode.NOT_TERMINAL, "Only the right's own terminal records gate moves.")
 
-    def _require_state(self, allowed: frozenset[State], action: str) -> None:
-        if self.state not in allowed:
+    def _require_state(self, allowed: frozenset[State], action: str, now: datetime) -> None:
+        # The state as it is now (``effective_state``): a right past its window has lapsed whether or
+        # not the sweeper has written it down yet, and nothing may act on it as if it were live (an
+        # update moving its window would otherwise revive it, with its old nomination).
+        state = self.effective_state(now)
+        if state is State.EXPIRED and state not in allowed:  # swept or not: the same answer
+            raise DomainError(ErrorCode.RIGHT_EXPIRED, "The right's validity window has passed.", state=state.value)
+        if state not in allowed:
             raise DomainError(
                 ErrorCode.ILLEGAL_TRANSITION,
-                f"Cannot {action} a right that is {self.state.value}.",
-                state=self.state.value,
+                f"Cannot {action} a right that is {state.value}.",
+                state=state.value,
             )
 
     def _require_not_blocked(self) -> None:
@@ -676,7 +693,7 @@ class ReleaseRight:
         if self.state in (State.GATED_IN, State.COMPLETED):
             raise DomainError(ErrorCode.ALREADY_USED, "This right has already been used at the gate.",
                               state=self.state.value)
-        self._require_state(frozenset({State.NOMINATED}), "answer a nomination on")
+        self._require_state(frozenset({State.NOMINATED}), "answer a nomination on", now)
         self._require_valid_now(now)
         return nomination
 

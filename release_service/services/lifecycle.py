@@ -44,7 +44,7 @@ def revoke(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | N
 def delete(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | None,
            now: datetime) -> tuple[ReleaseRight, Receipt]:
     right = load(uow, release_id, actor)
-    right.delete(by=actor, now=now, reason=reason)
+    right.delete(by=actor, now=now, reason=reason, travelled=len(uow.releases.holders_chain(right.id)) > 1)
     return right, persist(uow, right)
 
 

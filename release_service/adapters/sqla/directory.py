@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from quaygate.schema import badges, organisations, persons
+from quaygate.schema import badges, memberships, organisations, persons
 from release_service.domain.parties import Organisation, OrgKind
 from release_service.domain.release import Screening
 from release_service.ports import BadgeRef, Directory, PersonRef, PortBanLookup
@@ -47,6 +47,16 @@ class SqlDirectory:
     def badges_of(self, person_id: uuid.UUID) -> list[BadgeRef]:
         rows = self._conn.execute(sa.select(badges).where(badges.c.person_id == person_id)).mappings()
         return [_badge(r) for r in rows]
+
+    def drives_for(self, person_id: uuid.UUID, organisation_id: uuid.UUID) -> bool:
+        employed = sa.select(sa.literal(1)).where(persons.c.id == person_id,
+                                                  persons.c.employer_organisation_id == organisation_id)
+        badged = sa.select(sa.literal(1)).where(badges.c.person_id == person_id,
+                                                badges.c.employer_organisation_id == organisation_id)
+        member = sa.select(sa.literal(1)).where(memberships.c.person_id == person_id,
+                                                memberships.c.organisation_id == organisation_id,
+                                                memberships.c.role == "driver")
+        return bool(self._conn.execute(sa.select(sa.or_(employed.exists(), badged.exists(), member.exists()))).scalar())
 
 
 def _badge(row: Any) -> BadgeRef:

@@ -235,7 +235,10 @@ class SqlReleaseStore:
         if right.changed_transfers:
             for t in right.changed_transfers:
                 self._upsert_transfer(t)
-                self._add_party(right.id, t.to_organisation_id, "recipient")
+                if t.state is TransferState.PENDING:
+                    self._add_party(right.id, t.to_organisation_id, "recipient")
+                elif t.state is not TransferState.ACCEPTED:
+                    self._drop_recipient(right.id, t.to_organisation_id)
             # The holder changes only by an accepted transfer (ReleaseRight.accept_transfer), so the
             # party rows need a look only when a transfer changed; a gate move saves a statement.
             self._add_party(right.id, right.holder_organisation_id, "holder")
@@ -284,11 +287,25 @@ class SqlReleaseStore:
                 raise DomainError(ErrorCode.TRANSFER_PENDING, "A transfer of this right is already pending.") from exc
 
     def _add_party(self, release_id: uuid.UUID, organisation_id: uuid.UUID, relation: str) -> None:
+        """A party row (who may see the right: ``has_been_party``, ``list_visible``). A holder's row
+        says so for good, over the ``recipient`` row its offer left; a recipient's row never demotes
+        an organisation that held the right before."""
         insert = postgresql.insert(release_parties) if self._dialect == "postgresql" else sqlite.insert(release_parties)
-        self._conn.execute(
-            insert.values(organisation_id=organisation_id, release_id=release_id, relation=relation)
-            .on_conflict_do_nothing()
-        )
+        stmt = insert.values(organisation_id=organisation_id, release_id=release_id, relation=relation)
+        if relation == "holder":
+            self._conn.execute(stmt.on_conflict_do_update(
+                index_elements=[release_parties.c.organisation_id, release_parties.c.release_id],
+                set_={"relation": relation}, where=release_parties.c.relation == "recipient"))
+        else:
+            self._conn.execute(stmt.on_conflict_do_nothing())
+
+    def _drop_recipient(self, release_id: uuid.UUID, organisation_id: uuid.UUID) -> None:
+        """An offer that ended without acceptance (declined, withdrawn, cancelled) leaves the company it
+        was made to nothing to read: it sees the rights it holds or held (``common.can_see``), not those
+        it was once offered. An organisation that held the right before keeps its ``holder`` row."""
+        self._conn.execute(release_parties.delete().where(
+            release_parties.c.release_id == release_id, release_parties.c.organisation_id == organisation_id,
+            release_parties.c.relation == "recipient"))
 
     def _insert_events(self, rights: Sequence[ReleaseRight], start_seq: dict[uuid.UUID, int]) -> list[StoredEvent]:
         stored: list[StoredEvent] = []
