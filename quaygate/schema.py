@@ -23,6 +23,11 @@ metadata = sa.MetaData(
 )
 
 
+class UnstorableValue(ValueError):
+    """A value a column type refuses before the statement is sent (SQLAlchemy raises it inside a
+    StatementError): the request's value, not the service, so the API answers 422, not 500."""
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes on every backend (SQLite keeps no zone: we put it back)."""
 
@@ -33,8 +38,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError("naive datetime refused: quaygate stores aware UTC times")
-        value = value.astimezone(UTC)
+            raise UnstorableValue("naive datetime refused: quaygate stores aware UTC times")
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError:  # before year 1 or past year 9999 once in UTC: no datetime holds it
+            raise UnstorableValue("a time outside the calendar once in UTC") from None
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:

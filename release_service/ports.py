@@ -206,6 +206,9 @@ class WebhookUnitOfWork(Protocol):
     @property
     def webhooks(self) -> WebhookStore: ...  # read-only, so an adapter's own store type satisfies it
 
+    @property
+    def audit(self) -> AuditLog: ...  # every change of a subscription is on the trail, in its transaction
+
     def __enter__(self) -> WebhookUnitOfWork: ...
 
     def __exit__(self, *exc: object) -> None: ...

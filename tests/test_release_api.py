@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +326,174 @@ def test_a_database_that_does_not_answer_is_a_503_problem_with_retry_after(
     r = api.http.get(f"/api/v1/releases/{right['release']['id']}", headers=api.as_("line"))
     assert_problem(r, 503, "service_unavailable")
     assert r.headers["retry-after"] == "1" and "closed the connection" not in r.text
+
+
+# ---- values the schema takes but the database cannot store (review 58, finding 3) -------------------
+
+
+def _quiet(api: Api) -> TestClient:
+    return TestClient(api.http.app, raise_server_exceptions=False)
+
+
+def _post_json(http: TestClient, path: str, body: Any, headers: dict[str, str], method: str = "POST") -> Any:
+    """``method`` with ``body`` as JSON (control characters travel escaped, as a client sends them)."""
+    return http.request(method, path, content=json.dumps(body).encode(),
+                        headers={**headers, "Content-Type": "application/json"})
+
+
+def _counts(engine: sa.Engine) -> tuple[int, int]:
+    with engine.connect() as conn:
+        return (conn.execute(sa.select(sa.func.count()).select_from(releases)).scalar_one(),
+                conn.execute(sa.select(sa.func.count()).select_from(release_events)).scalar_one())
+
+
+@pytest.mark.parametrize("route", ["issue", "update", "nominate"])
+def test_a_time_the_database_cannot_store_is_a_422_naming_the_field(api: Api, route: str) -> None:
+    """A time past year 9999 or before year 1 once in UTC passed every rule and then overflowed in the
+    column type: a 500. Every time of the party API is now refused as input, naming its field."""
+    haul = str(api.p.haul.organisation_id)
+    rid = api.issue(1, release_to_organisation_id=haul)["release"]["id"]
+    before = _counts(api.engine)
+    now = datetime.now(UTC)
+    if route == "issue":
+        r = _quiet(api).post("/api/v1/releases", headers=api.as_("line"), json={
+            "container_number": container(2), "bill_of_lading": "BL", "vessel_call": "VC", "terminal": TERMINAL,
+            "release_to_organisation_id": haul, "valid_from": "9999-12-01T00:00:00-05:00",
+            "valid_until": "9999-12-31T23:00:00-05:00"})
+        fields = {("body", "valid_from"), ("body", "valid_until")}
+    elif route == "update":
+        r = _quiet(api).patch(f"/api/v1/releases/{rid}", headers=api.as_("line"), json={
+            "valid_from": "9999-12-01T00:00:00-05:00", "valid_until": "9999-12-31T23:00:00-05:00"})
+        fields = {("body", "valid_from"), ("body", "valid_until")}
+    else:
+        r = _quiet(api).put(f"/api/v1/releases/{rid}/nomination", headers=api.as_("haul"), json={
+            "driver_person_id": str(api.p.driver), "plate": {"text": "1-ABC-123", "country": "BE"},
+            "slot": {"start": "0001-01-01T00:00:00+01:00", "end": (now + timedelta(hours=2)).isoformat()}})
+        fields = {("body", "slot", "start")}
+    assert_problem(r, 422, "invalid_request")
+    assert {tuple(e["loc"]) for e in r.json()["errors"]} == fields
+    assert _counts(api.engine) == before  # nothing written
+    assert api.http.get(f"/api/v1/releases/{rid}", headers=api.as_("line")).json()["state"] == "active"
+
+
+def test_a_time_the_api_takes_is_put_in_utc(api: Api) -> None:
+    until = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0).astimezone(timezone(timedelta(hours=-5)))
+    rid = api.issue(3)["release"]["id"]
+    r = api.http.patch(f"/api/v1/releases/{rid}", headers=api.as_("line"), json={"valid_until": until.isoformat()})
+    assert r.status_code == 200, r.text
+    assert r.json()["release"]["valid_until"] == until.astimezone(UTC).isoformat()
+
+
+BAD_ITEMS: dict[str, tuple[dict[str, str], str, str | None]] = {
+    # what the batch has always done with an item the rules refuse: that item alone, by its index
+    "wrong_check_digit": ({"container_number": "CSQU3054384"}, "container_check_digit", None),
+    "window_past_year_9999_in_utc": ({"valid_from": "9999-12-01T00:00:00-05:00",
+                                     "valid_until": "9999-12-31T23:00:00-05:00"}, "invalid_validity_window",
+                                    "valid_from"),
+    "window_past_what_is_stored": ({"valid_from": "9500-01-01T00:00:00+00:00",
+                                   "valid_until": "9500-01-31T00:00:00+00:00"}, "invalid_validity_window",
+                                  "valid_from"),
+    "nul_in_bill_of_lading": ({"bill_of_lading": "BL-\x0012"}, "invalid_text", "bill_of_lading"),
+    "escape_in_vessel_call": ({"vessel_call": "VC-\x1b[2J"}, "invalid_text", "vessel_call"),
+    "terminal_longer_once_upper": ({"terminal": "\u00df" * 32}, "invalid_text", "terminal"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_ITEMS))
+def test_a_batch_refuses_a_bad_item_alone_and_names_it(api: Api, bad: str) -> None:
+    """"Each item succeeds or fails on its own": a value the database cannot store failed the batch's one
+    INSERT (422 for all, not saying which item) or overflowed (500). It is now refused with the item's
+    other rules, as a wrong check digit always was: by its index and field, the rest issued."""
+    change, code, field = BAD_ITEMS[bad]
+    now = datetime.now(UTC)
+
+    def item(n: int, **extra: str) -> dict[str, str]:
+        return {"container_number": container(n), "bill_of_lading": f"BL-{n}", "vessel_call": "VC-1",
+                "terminal": TERMINAL, "release_to_organisation_id": str(api.p.fwd.organisation_id),
+                "valid_from": (now - timedelta(hours=1)).isoformat(),
+                "valid_until": (now + timedelta(days=3)).isoformat(), **extra}
+
+    r = _post_json(_quiet(api), "/api/v1/releases:batch", {"releases": [item(1), item(2, **change), item(3)]},
+                   api.as_("line"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["created"], body["refused"]) == (2, 1)
+    assert [(i["index"], i["release_id"] is not None) for i in body["items"]] == [(0, True), (1, False), (2, True)]
+    error = body["items"][1]["error"]
+    assert (error["code"], error.get("field")) == (code, field), error
+    assert _counts(api.engine)[0] == 2
+
+
+@pytest.mark.parametrize("field,value", [("bill_of_lading", "BL-\x0012"), ("vessel_call", "VC-\x1b[2J"),
+                                         ("terminal", "\u00df" * 32)], ids=["nul", "escape", "longer_once_upper"])
+def test_an_issue_with_a_text_the_database_cannot_store_is_refused_naming_the_field(
+        api: Api, field: str, value: str) -> None:
+    now = datetime.now(UTC)
+    body = {"container_number": container(1), "bill_of_lading": "BL", "vessel_call": "VC", "terminal": TERMINAL,
+            "release_to_organisation_id": str(api.p.fwd.organisation_id), "valid_from": now.isoformat(),
+            "valid_until": (now + timedelta(days=1)).isoformat(), field: value}
+    r = _post_json(_quiet(api), "/api/v1/releases", body, api.as_("line"))
+    assert_problem(r, 422, "invalid_text")
+    assert r.json()["field"] == field
+    assert _counts(api.engine) == (0, 0)
+
+
+@pytest.mark.parametrize("route", ["update_bill_of_lading", "light_reason", "block_reason", "badge_number"])
+def test_other_texts_the_database_cannot_store_are_refused_naming_the_field(api: Api, route: str) -> None:
+    """A NUL is refused by PostgreSQL (a 422 that named nothing); other control characters are stored
+    and forge lines wherever the text is shown or logged."""
+    rid = api.issue(1, release_to_organisation_id=str(api.p.haul.organisation_id))["release"]["id"]
+    before = _counts(api.engine)
+    quiet = _quiet(api)
+    if route == "update_bill_of_lading":
+        r = _post_json(quiet, f"/api/v1/releases/{rid}", {"bill_of_lading": "BL-\x0012"}, api.as_("line"), "PATCH")
+        assert_problem(r, 422, "invalid_text")
+        assert r.json()["field"] == "bill_of_lading"
+    else:
+        if route == "light_reason":
+            r = _post_json(quiet, f"/api/v1/releases/{rid}/lights/commercial",
+                           {"status": "red", "reason": "unpaid\x1b[2J"}, api.as_("line"), "PUT")
+            loc = ["body", "reason"]
+        elif route == "block_reason":
+            r = _post_json(quiet, f"/api/v1/releases/{rid}/block", {"reason": "fraud\x00"}, api.as_("line"))
+            loc = ["body", "reason"]
+        else:
+            r = _post_json(quiet, f"/api/v1/releases/{rid}/nomination",
+                           {"badge": {"scheme": "alfapass", "number": "AP-\x001"},
+                            "plate": {"text": "1-ABC-123", "country": "BE"}}, api.as_("haul"), "PUT")
+            loc = ["body", "badge", "number"]
+        assert_problem(r, 422, "invalid_request")
+        assert [e["loc"] for e in r.json()["errors"]] == [loc]
+    assert _counts(api.engine) == before
+
+
+@pytest.mark.parametrize("at", ["2020-01-01T00:00:00", "0001-01-01T00:00:00+01:00", "9500-01-01T00:00:00+00:00"],
+                         ids=["without_a_time_zone", "before_year_1_in_utc", "past_what_is_stored"])
+def test_a_cursor_whose_time_this_api_never_gives_out_is_invalid_cursor(api: Api, at: str) -> None:
+    api.issue(1)
+    raw = base64.urlsafe_b64encode(f"{at}|{uuid.UUID(int=7)}".encode()).decode().rstrip("=")
+    assert_problem(_quiet(api).get("/api/v1/releases", params={"cursor": raw}, headers=api.as_("line")),
+                   422, "invalid_cursor")
+
+
+def test_a_value_the_column_type_refuses_is_a_422_and_any_other_statement_error_a_500(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last line behind the input rules: with the cursor's check taken away, its time reaches the
+    column type, whose refusal (UnstorableValue inside SQLAlchemy's StatementError) is the request's
+    fault; another statement error is still the service's, a 500 that tells nothing of it."""
+    from release_service.domain import storable
+    from release_service.services import queries
+
+    right = api.issue(1)
+    monkeypatch.setattr(storable, "utc_time", lambda at: at)
+    raw = base64.urlsafe_b64encode(f"0001-01-01T00:00:00+01:00|{uuid.UUID(int=7)}".encode()).decode().rstrip("=")
+    assert_problem(_quiet(api).get("/api/v1/releases", params={"cursor": raw}, headers=api.as_("line")),
+                   422, "invalid_request")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise sa.exc.IntegrityError("INSERT INTO secret_table", {}, Exception("duplicate key: the secret"))
+
+    monkeypatch.setattr(queries, "get", broken)
+    r = _quiet(api).get(f"/api/v1/releases/{right['release']['id']}", headers=api.as_("line"))
+    assert_problem(r, 500, "internal_error")
+    assert "secret" not in r.text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import threading
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,15 +28,19 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 
 from quaygate.crypto import DataCipher
-from quaygate.schema import organisations, webhook_deliveries, webhook_subscriptions
+from quaygate.schema import audit_log, organisations, webhook_deliveries, webhook_subscriptions
+from release_service.adapters.audit import AuditSealer, verify_trail
 from release_service.adapters.outbox import SqlOutbox
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.adapters.webhook_dispatcher import WebhookDispatcher
 from release_service.domain import webhooks as wh
 from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.release import LightKind
 from release_service.ports import PublishedEvent
 from release_service.services import webhooks as svc
+
+from .test_audit_trail import public_keys, seal_all, wait_until_sealable
 
 CIPHER = DataCipher(bytes(range(32)))
 T0 = datetime.now(UTC).replace(microsecond=0)
@@ -123,8 +129,13 @@ def make_org(engine: sa.Engine) -> uuid.UUID:
     return org
 
 
+def member(org: uuid.UUID | None, client_id: str = "forwarder-backend") -> Actor:
+    """A machine client of ``org`` that manages its webhooks (releases:write)."""
+    return Actor(client_id, org, OrgKind.RELEASE_PARTY if org else None, scopes=frozenset({"releases:write"}))
+
+
 def subscribe(engine: sa.Engine, org: uuid.UUID, url: str, types: list[str]) -> tuple[wh.Subscription, str]:
-    return svc.create_subscription(SqlUnitOfWork(engine), CIPHER, org, url=url, event_types=types,
+    return svc.create_subscription(SqlUnitOfWork(engine), CIPHER, member(org), url=url, event_types=types,
                                    now=T0, allow_insecure_localhost=True)
 
 
@@ -205,17 +216,17 @@ def test_failures_retry_on_the_schedule_then_dead_letter_and_redeliver(engine: s
     assert (dead.status, dead.attempts, dead.last_error) == ("dead", 9, "HTTP 500")
     assert svc.list_dead_letters(uow, other) == []
     with pytest.raises(DomainError) as err:
-        svc.redeliver(uow, other, dead.id, now=clock.now())
+        svc.redeliver(uow, member(other), dead.id, now=clock.now())
     assert err.value.code is ErrorCode.NOT_FOUND
 
     receiver.status["/down"] = 204
-    again = svc.redeliver(uow, org, dead.id, now=clock.now())
+    again = svc.redeliver(uow, member(org), dead.id, now=clock.now())
     assert (again.status, again.attempts) == ("pending", 0)
     assert d.run_once() == 1
     assert svc.list_dead_letters(uow, org) == []
     assert delivery_rows(engine)[0].status == "delivered"
     with pytest.raises(DomainError) as err:
-        svc.redeliver(uow, org, dead.id, now=clock.now())
+        svc.redeliver(uow, member(org), dead.id, now=clock.now())
     assert err.value.code is ErrorCode.ILLEGAL_TRANSITION
 
 
@@ -255,7 +266,7 @@ def test_subscribers_get_only_the_event_types_they_chose(engine: sa.Engine, rece
 def test_rotation_signs_with_both_secrets_during_the_overlap(engine: sa.Engine, receiver: Receiver) -> None:
     org, clock = make_org(engine), FakeClock()
     sub, old = subscribe(engine, org, receiver.url("/hook"), ["release.*"])
-    _, new = svc.rotate_secret(SqlUnitOfWork(engine), CIPHER, org, sub.id, now=clock.now(),
+    _, new = svc.rotate_secret(SqlUnitOfWork(engine), CIPHER, member(org), sub.id, now=clock.now(),
                                overlap=timedelta(hours=1))
     publish(engine, {org}, "release.issued")
     dispatcher(engine, clock).run_once()
@@ -288,8 +299,8 @@ def test_subscriptions_belong_to_their_organisation(engine: sa.Engine, receiver:
     org, other, clock = make_org(engine), make_org(engine), FakeClock()
     sub, _ = subscribe(engine, org, receiver.url("/hook"), ["release.*"])
     uow = SqlUnitOfWork(engine)
-    for call in (lambda: svc.delete_subscription(uow, other, sub.id),
-                 lambda: svc.rotate_secret(uow, CIPHER, other, sub.id, now=T0),
+    for call in (lambda: svc.delete_subscription(uow, member(other), sub.id, now=T0),
+                 lambda: svc.rotate_secret(uow, CIPHER, member(other), sub.id, now=T0),
                  lambda: svc.get_subscription(uow, other, sub.id)):
         with pytest.raises(DomainError) as err:
             call()
@@ -300,7 +311,7 @@ def test_subscriptions_belong_to_their_organisation(engine: sa.Engine, receiver:
     assert [s.id for s in svc.list_subscriptions(uow, org)] == [sub.id]
 
     publish(engine, {org}, "release.issued")
-    svc.delete_subscription(uow, org, sub.id)
+    svc.delete_subscription(uow, member(org), sub.id, now=T0)
     assert svc.list_subscriptions(uow, org) == []
     assert dispatcher(engine, clock).run_once() == 0  # its pending delivery is not sent
     assert receiver.requests == []
@@ -444,3 +455,148 @@ def test_a_delivery_goes_to_the_address_checked(engine: sa.Engine) -> None:
     assert request.headers["host"] == "hooks.partner.example:8443"
     assert request.extensions["sni_hostname"] == "hooks.partner.example"
     assert delivery_rows(engine)[0].status == "delivered"
+
+
+# ---- every change of a subscription is on the audit trail (review 58, finding 5) --------------------
+
+
+def audit_entries(engine: sa.Engine, subscription_id: uuid.UUID) -> list[sa.Row[Any]]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(audit_log.c.kind, audit_log.c.actor, audit_log.c.data)
+                                 .where(audit_log.c.subject == str(subscription_id))
+                                 .order_by(audit_log.c.id)).all())
+
+
+def test_every_change_of_a_subscription_is_on_the_audit_trail(engine: sa.Engine, receiver: Receiver) -> None:
+    """A subscription is a standing copy of the company's events to a URL of the caller's choosing: who
+    opened it, to where, who rotated its secret, sent a dead delivery again or closed it, each is one
+    audit entry written in the change's transaction, with the URL and never the secret. A refused change
+    writes none, and the trail still verifies."""
+    org, other, clock = make_org(engine), make_org(engine), FakeClock()
+    url = receiver.url("/hook")
+    sub, first = subscribe(engine, org, url, ["release.*"])
+    _, second = svc.rotate_secret(SqlUnitOfWork(engine), CIPHER, member(org, "console"), sub.id, now=T0)
+    receiver.status["/hook"] = 500
+    publish(engine, {org}, "release.issued")
+    assert dispatcher(engine, clock).run_once() == 1
+    with engine.begin() as conn:  # as after its last retry
+        conn.execute(webhook_deliveries.update().values(status="dead"))
+    [dead] = svc.list_dead_letters(SqlUnitOfWork(engine), org)
+    for refused in (lambda: svc.delete_subscription(SqlUnitOfWork(engine), member(other), sub.id, now=T0),
+                    lambda: svc.rotate_secret(SqlUnitOfWork(engine), CIPHER, member(other), sub.id, now=T0),
+                    lambda: svc.redeliver(SqlUnitOfWork(engine), member(other), dead.id, now=T0)):
+        with pytest.raises(DomainError):
+            refused()
+    svc.redeliver(SqlUnitOfWork(engine), member(org), dead.id, now=T0)
+    svc.delete_subscription(SqlUnitOfWork(engine), member(org, "console"), sub.id, now=T0)
+
+    entries = audit_entries(engine, sub.id)
+    assert [e.kind for e in entries] == ["release.webhook.subscription.created", "release.webhook.secret.rotated",
+                                         "release.webhook.delivery.requeued", "release.webhook.subscription.deleted"]
+    assert [e.actor["client_id"] for e in entries] == ["forwarder-backend", "console", "forwarder-backend", "console"]
+    assert all(e.actor["organisation_id"] == str(org) == e.data["organisation_id"] for e in entries)
+    assert all(e.data["url"] == url for e in entries)
+    assert entries[0].data["event_types"] == ["release.*"] and entries[2].data["delivery_id"] == str(dead.id)
+    dump = json.dumps([[e.actor, e.data] for e in entries])
+    assert all(s not in dump and s[6:] not in dump for s in (first, second)) and "whsec_" not in dump
+
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar_one()
+    assert total == 4  # the refused changes wrote nothing
+    wait_until_sealable(engine, total)
+    assert seal_all(AuditSealer(engine, CIPHER), total) == total
+    report = verify_trail(engine, public_keys(engine))
+    assert report.intact and report.entries == total, report.problem
+
+
+def test_an_endpoint_disabled_for_answering_gone_is_on_the_audit_trail(engine: sa.Engine,
+                                                                       receiver: Receiver) -> None:
+    """410 Gone disables the subscription (spec): the service closes it, and says so on the trail, once."""
+    org, clock = make_org(engine), FakeClock()
+    sub, _ = subscribe(engine, org, receiver.url("/gone"), ["release.*"])
+    receiver.status["/gone"] = 410
+    publish(engine, {org}, "release.issued")
+    publish(engine, {org}, "release.revoked")
+    assert dispatcher(engine, clock).run_once() == 2  # two 410s in one round: one subscription closed
+
+    created, disabled = audit_entries(engine, sub.id)
+    assert (created.kind, disabled.kind) == ("release.webhook.subscription.created",
+                                             "release.webhook.subscription.disabled")
+    assert disabled.actor["kind"] == "system" and disabled.data["url"] == receiver.url("/gone")
+    assert svc.list_subscriptions(SqlUnitOfWork(engine), org) == []
+
+
+# ---- IPv6 forms that carry an internal IPv4 address (review 58, finding C) ---------------------------
+
+
+def embedding(form: str, v4: str) -> str:
+    """``v4`` inside an IPv6 address of the given form."""
+    n = int(ipaddress.IPv4Address(v4))
+    hi, lo = f"{n >> 16:x}", f"{n & 0xFFFF:x}"
+    obfuscated = n ^ 0xFFFFFFFF  # Teredo stores the client address inverted (RFC 4380 §4)
+    return {
+        "nat64": f"64:ff9b::{v4}",  # RFC 6052
+        "nat64_local_use": f"64:ff9b:1::{v4}",  # RFC 8215
+        "6to4": f"2002:{hi}:{lo}::1",  # RFC 3056
+        "teredo": f"2001:0:{hi}:{lo}:0:0:{obfuscated >> 16:x}:{obfuscated & 0xFFFF:x}",  # RFC 4380
+        "ipv4_compatible": f"::{v4}",  # RFC 4291 §2.5.5.1
+        "ipv4_mapped": f"::ffff:{v4}",  # RFC 4291 §2.5.5.2
+        "ipv4_translated": f"::ffff:0:{v4}",  # RFC 2765
+    }[form]
+
+
+EMBEDDING_FORMS = ("nat64", "nat64_local_use", "6to4", "teredo", "ipv4_compatible", "ipv4_mapped",
+                   "ipv4_translated")
+
+
+@pytest.mark.parametrize("inner", ["127.0.0.1", "10.0.0.1", "169.254.169.254"])
+@pytest.mark.parametrize("form", EMBEDDING_FORMS)
+def test_an_ipv6_address_that_carries_an_internal_ipv4_address_is_refused(form: str, inner: str) -> None:
+    """``is_global`` judges the IPv6 address, not the IPv4 one a translator or tunnel delivers to: NAT64,
+    6to4 and IPv4-compatible forms of 127.0.0.1 pass it. Refused both as a literal URL and as what a
+    name resolves to (the dispatcher applies the same rule)."""
+    host = embedding(form, inner)
+    assert not wh.is_public_address(ipaddress.ip_address(host))
+    with pytest.raises(DomainError) as err:
+        wh.validate_url(f"https://[{host}]/hook")
+    assert err.value.context["field"] == "url"
+
+
+def test_a_public_ipv4_address_in_an_ipv6_form_is_judged_as_itself() -> None:
+    """An IPv6-only network reaches an IPv4 receiver through NAT64 (DNS64 answers 64:ff9b::/96): allowed
+    when the address inside is public. Forms meant for no public use are refused whatever they carry."""
+    public = "93.184.216.34"
+    for form in ("nat64", "6to4", "ipv4_mapped"):
+        host = embedding(form, public)
+        assert wh.is_public_address(ipaddress.ip_address(host)), form
+        assert wh.validate_url(f"https://[{host}]/hook") == f"https://[{host}]/hook"
+    for form in ("nat64_local_use", "teredo", "ipv4_compatible", "ipv4_translated"):
+        assert not wh.is_public_address(ipaddress.ip_address(embedding(form, public))), form
+    assert wh.is_public_address(ipaddress.ip_address("2a00:1450:4001:81c::200e"))
+
+
+def test_a_name_that_resolves_to_an_ipv6_form_of_an_internal_address_is_not_called(engine: sa.Engine) -> None:
+    org, clock = make_org(engine), FakeClock()
+    subscribe(engine, org, "https://hooks.attacker.example/x", ["release.*"])
+    publish(engine, {org}, "release.issued")
+    sent: list[httpx.Request] = []
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(204)
+
+    for form in EMBEDDING_FORMS:
+        d = dispatcher(engine, clock, allow_local=False, resolve=lambda h, p: [embedding(form, "169.254.169.254")],
+                       http_client_factory=lambda: httpx.Client(transport=httpx.MockTransport(transport)))
+        assert d.run_once() == 1, form
+        assert (delivery_rows(engine)[0].last_error, sent) == ("address not public", []), form
+        clock.advance(timedelta(hours=7))  # past the next retry
+
+
+@pytest.mark.parametrize("url", ["https://hooks.example.com/a\x00b", "https://hooks.example.com/\x1b[2J"],
+                         ids=["nul", "escape"])
+def test_a_url_with_a_control_character_is_refused_as_the_url(url: str) -> None:
+    """A NUL reached the database (a 422 that named nothing); an escape was stored and shown."""
+    with pytest.raises(DomainError) as err:
+        wh.validate_url(url)
+    assert err.value.code is ErrorCode.INVALID_WEBHOOK_SUBSCRIPTION and err.value.context["field"] == "url"

@@ -35,10 +35,12 @@ import sqlalchemy as sa
 
 from quaygate.crypto import DataCipher
 from quaygate.schema import webhook_deliveries, webhook_subscriptions
+from release_service.adapters.audit import SqlAuditLog
 from release_service.domain.webhooks import (
     LOCAL_HOSTS,
     SigningSecrets,
     encode_body,
+    is_public_address,
     parse_retry_after,
     retry_delay,
     secret_aad,
@@ -52,6 +54,9 @@ _dels = webhook_deliveries
 _subs = webhook_subscriptions
 SEND_TIMEOUT = 5.0
 USER_AGENT = "quaygate-webhooks/1"
+# Who disables an endpoint that answered 410 Gone: the service itself (as in the release engine's events).
+SYSTEM_ACTOR: dict[str, str | None] = {"client_id": "quaygate", "organisation_id": None, "kind": "system",
+                                       "person_id": None}
 
 
 def _resolve(host: str, port: int) -> list[str]:
@@ -198,7 +203,7 @@ class WebhookDispatcher:
             return "host unresolved"
         if not found:
             return "host unresolved"
-        if any(not a.is_global for a in found):
+        if not all(is_public_address(a) for a in found):
             log.warning("release.webhook.refused.internal_address")
             return "address not public"
         ip = found[0]
@@ -241,6 +246,12 @@ class WebhookDispatcher:
                 if fenced.rowcount != 1:
                     event = "release.webhook.lease_lost"
                 elif o.status_code == 410:
-                    conn.execute(_subs.update().where(_subs.c.id == c.subscription_id).values(active=False))
+                    disabled = conn.execute(_subs.update().where(_subs.c.id == c.subscription_id,
+                                                                 _subs.c.active.is_(True)).values(active=False))
+                    if disabled.rowcount == 1:  # a subscription closed is on the trail, whoever closed it
+                        SqlAuditLog(conn).append(
+                            "release.webhook.subscription.disabled", actor=SYSTEM_ACTOR,
+                            subject=str(c.subscription_id),
+                            data={"url": c.url, "reason": "HTTP 410 Gone", "delivery_id": str(c.id)}, at=now)
                 log.info(event, extra={"fields": {"delivery_id": str(c.id), "attempts": attempts,
                                                   "status_code": o.status_code}})

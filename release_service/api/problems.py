@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from quaygate.schema import UnstorableValue
 from release_service.domain.errors import DomainError, ErrorCode
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_LIGHT: 422,
     ErrorCode.INVALID_CURSOR: 422,
     ErrorCode.INVALID_WEBHOOK_SUBSCRIPTION: 422,
+    ErrorCode.INVALID_TEXT: 422,
     ErrorCode.BATCH_TOO_LARGE: 413,
     ErrorCode.BATCH_EMPTY: 422,
     ErrorCode.UNKNOWN_ORGANISATION: 422,
@@ -201,6 +203,15 @@ def install(app: FastAPI) -> None:
         log.warning("quaygate.value_refused", extra={"fields": {"path": request.url.path}})
         return problem(422, "invalid_request", "A value of the request cannot be stored (a control character?).",
                        instance=request.url.path)
+
+    @app.exception_handler(sa.exc.StatementError)
+    def _unbindable(request: Request, exc: sa.exc.StatementError) -> JSONResponse:
+        # A column type refused a value before sending it (a time outside the calendar once in UTC): the
+        # last line behind the input rules, as for DataError. Any other statement error is ours: a 500.
+        if not isinstance(exc.orig, UnstorableValue):
+            raise exc
+        log.warning("quaygate.value_refused", extra={"fields": {"path": request.url.path}})
+        return problem(422, "invalid_request", "A time of the request cannot be stored.", instance=request.url.path)
 
     @app.exception_handler(Exception)
     def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ from identity.domain.assurance import ACR_PASSKEY
 from quaygate.limits import BATCH_BODY_BYTES
 from quaygate.routing import AdmitFirst
 from release_service.adapters.sqla.uow import SqlUnitOfWork
+from release_service.domain import storable
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor
 from release_service.domain.release import LightKind, LightStatus, RefusalReason, State
@@ -118,7 +119,7 @@ def issue_batch(request: Request, body: s.BatchRequest, actor: Actor = Depends(W
     def render(results: list[issue.BatchItemResult], now: datetime) -> tuple[int, Any]:
         items = [{"index": r.index, "container_number": r.container_number,
                   "release_id": str(r.release_id) if r.release_id else None,
-                  "error": {"code": r.error.code.value, "detail": r.error.message} if r.error else None}
+                  "error": _item_error(r.error) if r.error else None}
                  for r in results]
         created = sum(1 for r in results if r.release_id)
         return 200, {"created": created, "refused": len(results) - created, "items": items}
@@ -274,12 +275,19 @@ def set_light(request: Request, release_id: ReleaseId, light: LightKind, body: s
                     _with_receipt)
 
 
+def _item_error(error: DomainError) -> dict[str, str]:
+    """A refused item's code and detail, and the field at fault when the rule names one."""
+    field = error.context.get("field")
+    return {"code": error.code.value, "detail": error.message, **({"field": field} if isinstance(field, str) else {})}
+
+
 def _cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
     if raw is None:
         return None
     try:
         at, _, rid = base64.urlsafe_b64decode(raw.encode() + b"==").decode().partition("|")
-        return datetime.fromisoformat(at), uuid.UUID(rid)
+        # The API gives out UTC times only; a time without an offset, or past what is stored, is not ours.
+        return storable.utc_time(datetime.fromisoformat(at)), uuid.UUID(rid)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DomainError(ErrorCode.INVALID_CURSOR, "The cursor is not one this API gave out.") from exc
 

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
+from release_service.domain import storable
 from release_service.domain.release import Light, ReleaseRight, Transfer
 from release_service.ports import StoredEvent
+
+# A time as every request takes it: with an offset, put in UTC, and within what the storage holds
+# (release_service/domain/storable.py); outside, a 422 naming the field, never a 500 from the database.
+UtcTime = Annotated[AwareDatetime, AfterValidator(storable.utc_time)]
+# Text as stored: no control character (a NUL is refused by PostgreSQL), no lone surrogate.
+OneLine = Annotated[str, AfterValidator(storable.text)]
+
+
+def _prose(value: str) -> str:
+    return storable.text(value, multiline=True)
+
+
+# Free text (a reason): tab and line breaks allowed, other control characters not.
+Prose = Annotated[str, AfterValidator(_prose)]
 
 
 class Strict(BaseModel):
@@ -22,15 +37,24 @@ class IssueRequest(Strict):
     vessel_call: str = Field(min_length=1, max_length=64, description="The vessel call (stay) number.")
     terminal: str = Field(min_length=1, max_length=32, description="Terminal code, e.g. BEANR-K1700.")
     release_to_organisation_id: uuid.UUID
-    valid_from: AwareDatetime
-    valid_until: AwareDatetime
+    valid_from: UtcTime
+    valid_until: UtcTime
     commercial: Literal["green", "red"] = "green"
 
     model_config = ConfigDict(extra="forbid", strict=False, str_strip_whitespace=True)
 
 
+class BatchItem(IssueRequest):
+    """One right of a batch. Its times are judged with its other rules: one out of range refuses this
+    item alone, named by its index in the answer, as a wrong check digit does."""
+
+    # Not UtcTime: a refusal here would refuse the whole batch; services/issue.py checks them per item.
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
+
+
 class BatchRequest(Strict):
-    releases: list[IssueRequest] = Field(description="At most 10 000 rights.")
+    releases: list[BatchItem] = Field(description="At most 10 000 rights.")
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
@@ -42,7 +66,7 @@ class TransferRequest(Strict):
 
 
 class ReasonRequest(Strict):
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Prose | None = Field(default=None, max_length=500)
 
 
 class PlateIn(Strict):
@@ -52,13 +76,13 @@ class PlateIn(Strict):
 
 class BadgeIn(Strict):
     scheme: Literal["alfapass", "portpass"]
-    number: str | None = Field(default=None, max_length=32)
-    card_uid: str | None = Field(default=None, max_length=32)
+    number: OneLine | None = Field(default=None, max_length=32)
+    card_uid: OneLine | None = Field(default=None, max_length=32)
 
 
 class SlotIn(Strict):
-    start: AwareDatetime
-    end: AwareDatetime
+    start: UtcTime
+    end: UtcTime
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
@@ -80,12 +104,12 @@ class RefusalRequest(Strict):
 
 class LightRequest(Strict):
     status: Literal["green", "red", "scan"]
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Prose | None = Field(default=None, max_length=500)
 
 
 class UpdateRequest(Strict):
-    valid_from: AwareDatetime | None = None
-    valid_until: AwareDatetime | None = None
+    valid_from: UtcTime | None = None
+    valid_until: UtcTime | None = None
     bill_of_lading: str | None = Field(default=None, min_length=1, max_length=64)
 
     model_config = ConfigDict(extra="forbid", strict=False, str_strip_whitespace=True)
@@ -175,10 +199,11 @@ class TransferWithReceipt(BaseModel):
 
 
 class BatchItemOut(BaseModel):
-    index: int
+    index: int = Field(description="The item's place in the request's releases, from 0.")
     container_number: str
     release_id: uuid.UUID | None
-    error: dict[str, str] | None
+    error: dict[str, str] | None = Field(
+        description="Why the item was refused: code, detail, and field when one of its values is at fault.")
 
 
 class BatchOut(BaseModel):

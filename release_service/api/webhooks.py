@@ -68,7 +68,7 @@ def _uow(request: Request) -> SqlUnitOfWork:
              responses=ERRORS)
 def create(request: Request, body: SubscriptionIn, actor: Actor = Depends(MANAGE)) -> dict[str, Any]:
     c = request.app.state.container
-    sub, secret = svc.create_subscription(_uow(request), c.cipher, actor.organisation_id, url=body.url,
+    sub, secret = svc.create_subscription(_uow(request), c.cipher, actor, url=body.url,
                                           event_types=body.event_types, now=c.clock.now(),
                                           allow_insecure_localhost=c.settings.mode.value != "production")
     return _sub(sub, secret)
@@ -82,7 +82,7 @@ def list_all(request: Request, actor: Actor = Depends(MANAGE)) -> list[dict[str,
 
 @router.delete("/{subscription_id}", operation_id="deleteWebhookSubscription", status_code=204, responses=ERRORS)
 def delete(request: Request, subscription_id: uuid.UUID, actor: Actor = Depends(MANAGE)) -> Response:
-    svc.delete_subscription(_uow(request), actor.organisation_id, subscription_id)
+    svc.delete_subscription(_uow(request), actor, subscription_id, now=request.app.state.container.clock.now())
     return Response(status_code=204)
 
 
@@ -90,7 +90,7 @@ def delete(request: Request, subscription_id: uuid.UUID, actor: Actor = Depends(
              response_model=SubscriptionOut, responses=ERRORS)
 def rotate(request: Request, subscription_id: uuid.UUID, actor: Actor = Depends(MANAGE)) -> dict[str, Any]:
     c = request.app.state.container
-    sub, secret = svc.rotate_secret(_uow(request), c.cipher, actor.organisation_id, subscription_id,
+    sub, secret = svc.rotate_secret(_uow(request), c.cipher, actor, subscription_id,
                                     now=c.clock.now())
     return _sub(sub, secret)
 
@@ -105,4 +105,4 @@ def dead_letters(request: Request, actor: Actor = Depends(MANAGE)) -> list[dict[
              response_model=DeliveryOut, responses=ERRORS)
 def redeliver(request: Request, delivery_id: uuid.UUID, actor: Actor = Depends(MANAGE)) -> dict[str, Any]:
     c = request.app.state.container
-    return _delivery(svc.redeliver(_uow(request), actor.organisation_id, delivery_id, now=c.clock.now()))
+    return _delivery(svc.redeliver(_uow(request), actor, delivery_id, now=c.clock.now()))

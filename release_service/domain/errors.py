@@ -17,6 +17,7 @@ class ErrorCode(StrEnum):
     INVALID_LIGHT = "invalid_light"
     INVALID_CURSOR = "invalid_cursor"
     INVALID_WEBHOOK_SUBSCRIPTION = "invalid_webhook_subscription"
+    INVALID_TEXT = "invalid_text"  # a control character, or too long for its column once normalised
     # parties and permissions
     UNKNOWN_ORGANISATION = "unknown_organisation"
     ORGANISATION_INACTIVE = "organisation_inactive"  # deactivated by port security (issue 4)

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from secrets import token_bytes
 from urllib.parse import urlsplit
 
+from . import storable
 from .errors import DomainError, ErrorCode
 
 # until an INVALID_WEBHOOK_SUBSCRIPTION code exists. The offending field travels in the context.
@@ -264,13 +265,18 @@ def validate_url(url: str, *, allow_insecure_localhost: bool = False) -> str:
     """An https URL to a public host; plain http only to this machine, and only when allowed (dev).
 
     Payloads name companies and containers, so they travel only over TLS (spec, "Enforcing HTTPS").
-    Literal private, loopback and link-local addresses, in every numeric form, are refused as a first
-    guard against SSRF (spec, "Server side request forgery"); what a host name resolves to is checked
-    by the egress path, at each delivery (adapters/webhook_dispatcher.py).
+    Literal private, loopback and link-local addresses, in every numeric form and inside every IPv6
+    form that carries an IPv4 address (``is_public_address``), are refused as a first guard against
+    SSRF (spec, "Server side request forgery"); what a host name resolves to is checked by the egress
+    path, at each delivery, by the same rule (adapters/webhook_dispatcher.py).
     """
     url = url.strip()
     if len(url) > 2000:
         raise DomainError(INVALID_SUBSCRIPTION, "The URL is too long.", field="url")
+    try:
+        storable.text(url)  # urlsplit strips tabs and line breaks, and keeps a NUL for the database to refuse
+    except ValueError:
+        raise DomainError(INVALID_SUBSCRIPTION, "The URL holds a control character.", field="url") from None
     try:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
@@ -304,7 +310,34 @@ def _is_internal_ip(host: str) -> bool:
             ip = ipaddress.ip_address(socket.inet_aton(host))
         except OSError:
             return True  # numeric, but no address: refused
-    return not ip.is_global
+    return not is_public_address(ip)
+
+
+# IPv6 forms that carry an IPv4 address a packet may end up at (a translator or a tunnel takes it
+# there), so ``is_global`` of the IPv6 address says nothing of where it goes: judged by the IPv4
+# address inside, or refused outright where none is meant for the public Internet.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix: the last 32 bits
+_REFUSED_V6 = (
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # RFC 8215: NAT64 for local use
+    ipaddress.IPv6Network("2001::/32"),  # RFC 4380: Teredo (the client address inside is obfuscated)
+    ipaddress.IPv6Network("::/96"),  # RFC 4291 §2.5.5.1: IPv4-compatible, deprecated (and :: and ::1)
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # RFC 2765: IPv4-translated (SIIT)
+)
+
+
+def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a webhook may be sent to ``ip``: a global address, and for an IPv6 address that embeds
+    an IPv4 one (mapped ``::ffff:a.b.c.d``, 6to4 ``2002::/16``, NAT64 ``64:ff9b::/96``) a global
+    IPv4 address inside it; Teredo, local-use NAT64, IPv4-compatible and -translated forms never."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return embedded.is_global
+        if any(ip in net for net in _REFUSED_V6):
+            return False
+    return ip.is_global
 
 
 _NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+))*\.?")

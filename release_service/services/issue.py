@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from release_service.domain import storable
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.iso6346 import ContainerNumber
 from release_service.domain.parties import Actor, OrgKind
@@ -38,10 +39,15 @@ class BatchItemResult:
 
 def _build(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime,
            kinds: dict[uuid.UUID, OrgKind]) -> ReleaseRight:
+    """The right ``cmd`` asks for, or the DomainError that refuses it: every rule of one item, the
+    storable shape of its values included, so that a batch refuses a bad item alone (issue_batch)."""
     container = ContainerNumber.parse(cmd.container_number)
+    window = ErrorCode.INVALID_VALIDITY_WINDOW
+    valid_from = storable.require_time(cmd.valid_from, field="valid_from", code=window)
+    valid_until = storable.require_time(cmd.valid_until, field="valid_until", code=window)
     if cmd.release_to_organisation_id not in kinds:
         kinds[cmd.release_to_organisation_id] = organisation_kind(uow, cmd.release_to_organisation_id)
-    return ReleaseRight.issue(
+    right = ReleaseRight.issue(
         id=uuid.uuid4(),
         container=container,
         bill_of_lading=cmd.bill_of_lading,
@@ -50,11 +56,16 @@ def _build(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime,
         by=actor,
         release_to=cmd.release_to_organisation_id,
         release_to_kind=kinds[cmd.release_to_organisation_id],
-        valid_from=cmd.valid_from,
-        valid_until=cmd.valid_until,
+        valid_from=valid_from,
+        valid_until=valid_until,
         now=now,
         commercial=cmd.commercial,
     )
+    # As stored, after the domain's normalisation (strip; upper() may lengthen a terminal code).
+    storable.require_text(right.bill_of_lading, field="bill_of_lading", max_length=storable.MAX_BILL_OF_LADING)
+    storable.require_text(right.vessel_call, field="vessel_call", max_length=storable.MAX_VESSEL_CALL)
+    storable.require_text(right.terminal, field="terminal", max_length=storable.MAX_TERMINAL)
+    return right
 
 
 def issue(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime) -> tuple[ReleaseRight, Receipt]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from release_service.domain import storable
 from release_service.domain.parties import Actor
 from release_service.domain.release import LightKind, LightStatus, ReleaseRight
 from release_service.ports import UnitOfWork
@@ -17,6 +18,8 @@ def update(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, now: datetime, 
            bill_of_lading: str | None) -> tuple[ReleaseRight, Receipt]:
     right = load(uow, release_id, actor)
     right.update(by=actor, now=now, valid_from=valid_from, valid_until=valid_until, bill_of_lading=bill_of_lading)
+    # As stored, after the domain's normalisation; a refusal rolls the whole change back.
+    storable.require_text(right.bill_of_lading, field="bill_of_lading", max_length=storable.MAX_BILL_OF_LADING)
     return right, persist(uow, right)
 
 

@@ -5,6 +5,10 @@ frozen dataclasses of domain/webhooks.py. Everything is scoped to the caller's o
 organisation's subscription or delivery is NOT_FOUND, never FORBIDDEN, so ids reveal nothing.
 A caller with no organisation (a driver, a bare admin token) cannot own webhooks: FORBIDDEN.
 
+A subscription is a standing copy of the organisation's events to a URL of the caller's choosing, so
+every change of one (created, secret rotated, deleted, a dead delivery sent again) writes an audit entry
+in the same transaction: who, which subscription, to which URL. Never the secret.
+
 Secrets are returned in clear exactly once (on create and on rotate) and stored sealed, with the
 subscription id as associated data, so a ciphertext copied onto another row does not open.
 """
@@ -14,8 +18,10 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.parties import Actor
 from release_service.domain.webhooks import (
     Delivery,
     SigningSecrets,
@@ -34,11 +40,11 @@ DEFAULT_ROTATION_OVERLAP = timedelta(hours=24)
 
 # ---- use cases ---------------------------------------------------------------------------------
 
-def create_subscription(uow: WebhookUnitOfWork, cipher: Sealer, organisation_id: uuid.UUID | None, *,
+def create_subscription(uow: WebhookUnitOfWork, cipher: Sealer, actor: Actor, *,
                         url: str, event_types: list[str], now: datetime,
                         allow_insecure_localhost: bool = False) -> tuple[Subscription, str]:
-    """A new endpoint for the organisation; returns it and its ``whsec_`` secret, shown only now."""
-    org = _own_org(organisation_id)
+    """A new endpoint for the actor's organisation; returns it and its ``whsec_`` secret, shown only now."""
+    org = _own_org(actor.organisation_id)
     sub = Subscription(
         id=uuid.uuid4(), organisation_id=org, active=True, created_at=now,
         url=validate_url(url, allow_insecure_localhost=allow_insecure_localhost),
@@ -47,6 +53,8 @@ def create_subscription(uow: WebhookUnitOfWork, cipher: Sealer, organisation_id:
     secret = new_secret()
     with uow:
         uow.webhooks.add_subscription(sub, cipher.seal(SigningSecrets(secret).to_bytes(), secret_aad(sub.id)))
+        _audit(uow, "release.webhook.subscription.created", actor, sub, now,
+               event_types=list(sub.event_types))
         uow.commit()
     log.info("release.webhook.subscription.created", extra={"fields": {"subscription_id": str(sub.id)}})
     return sub, secret
@@ -65,26 +73,27 @@ def get_subscription(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None,
         return _load(uow, org, subscription_id)
 
 
-def delete_subscription(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None,
-                        subscription_id: uuid.UUID) -> None:
+def delete_subscription(uow: WebhookUnitOfWork, actor: Actor, subscription_id: uuid.UUID, *,
+                        now: datetime) -> None:
     """Stops every delivery to the endpoint, pending ones included; the rows stay for the record."""
-    org = _own_org(organisation_id)
+    org = _own_org(actor.organisation_id)
     with uow:
-        _load(uow, org, subscription_id, for_update=True)
+        sub = _load(uow, org, subscription_id, for_update=True)
         uow.webhooks.deactivate(subscription_id)
+        _audit(uow, "release.webhook.subscription.deleted", actor, sub, now)
         uow.commit()
     log.info("release.webhook.subscription.deleted",
              extra={"fields": {"subscription_id": str(subscription_id)}})
 
 
-def rotate_secret(uow: WebhookUnitOfWork, cipher: Sealer, organisation_id: uuid.UUID | None,
+def rotate_secret(uow: WebhookUnitOfWork, cipher: Sealer, actor: Actor,
                   subscription_id: uuid.UUID, *, now: datetime,
                   overlap: timedelta = DEFAULT_ROTATION_OVERLAP) -> tuple[Subscription, str]:
     """A new secret; the old one keeps signing alongside it for ``overlap`` (zero-downtime rotation).
 
     Pass ``overlap=timedelta(0)`` after a leak: the old secret stops signing at once.
     """
-    org = _own_org(organisation_id)
+    org = _own_org(actor.organisation_id)
     secret = new_secret()
     aad = secret_aad(subscription_id)
     with uow:
@@ -92,6 +101,8 @@ def rotate_secret(uow: WebhookUnitOfWork, cipher: Sealer, organisation_id: uuid.
         current = SigningSecrets.from_bytes(cipher.open(uow.webhooks.sealed_secret(sub.id), aad))
         rotated = current.rotated(secret, now=now, overlap=overlap)
         uow.webhooks.set_sealed_secret(sub.id, cipher.seal(rotated.to_bytes(), aad))
+        _audit(uow, "release.webhook.secret.rotated", actor, sub, now,
+               previous_valid_for_seconds=int(max(overlap, timedelta(0)).total_seconds()))
         uow.commit()
     log.info("release.webhook.secret.rotated", extra={"fields": {"subscription_id": str(subscription_id)}})
     return sub, secret
@@ -105,10 +116,10 @@ def list_dead_letters(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None,
         return uow.webhooks.dead_letters(org, max(1, min(limit, 500)))
 
 
-def redeliver(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None, delivery_id: uuid.UUID, *,
+def redeliver(uow: WebhookUnitOfWork, actor: Actor, delivery_id: uuid.UUID, *,
               now: datetime) -> Delivery:
     """Put a dead delivery back in the queue, due now, with the whole retry schedule ahead of it."""
-    org = _own_org(organisation_id)
+    org = _own_org(actor.organisation_id)
     with uow:
         requeued = uow.webhooks.requeue_dead(org, delivery_id, now)
         delivery = uow.webhooks.delivery(org, delivery_id)
@@ -117,9 +128,20 @@ def redeliver(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None, deliver
         if not requeued:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "Only a dead delivery can be redelivered.",
                               status=delivery.status)
+        # requeue_dead succeeded, so the subscription is this organisation's and active.
+        sub = _load(uow, org, delivery.subscription_id)
+        _audit(uow, "release.webhook.delivery.requeued", actor, sub, now, delivery_id=str(delivery.id),
+               event_id=str(delivery.event_id), event_type=delivery.event_type)
         uow.commit()
     log.info("release.webhook.delivery.requeued", extra={"fields": {"delivery_id": str(delivery_id)}})
     return delivery
+
+
+def _audit(uow: WebhookUnitOfWork, kind: str, actor: Actor, sub: Subscription, now: datetime,
+           **data: Any) -> None:
+    """One entry on the trail, subject the subscription: who, for which organisation, to which URL."""
+    uow.audit.append(kind, actor=actor.as_dict(), subject=str(sub.id),
+                     data={"organisation_id": str(sub.organisation_id), "url": sub.url, **data}, at=now)
 
 
 def _own_org(organisation_id: uuid.UUID | None) -> uuid.UUID:
