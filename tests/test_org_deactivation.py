@@ -282,3 +282,34 @@ def test_without_redis_a_client_deactivated_by_another_process_gets_no_token_the
     refused = _cc(flow, mine)
     assert refused.status_code in (400, 401) and refused.json()["error"] in ("invalid_client", "unauthorized_client"), \
         refused.text
+
+
+def test_a_deactivated_organisation_issues_nothing_and_sends_nothing_onward(flow: Flow) -> None:
+    """Belt and braces beside the tokens' revocation: a token issued before the deactivation (a resource
+    server that has not yet heard of it) lets its organisation issue no right, in one or in a batch, and
+    send no transfer of a right it holds."""
+    p = port(flow.engine)
+    line, fwd = p.line.organisation_id, p.fwd.organisation_id
+    assert line is not None and fwd is not None
+    held, _ = do(flow.engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, 1), now()))
+
+    def refused(fn: Any) -> None:
+        with pytest.raises(DomainError) as exc, SqlUnitOfWork(flow.engine) as uow:
+            fn(uow)
+        assert exc.value.code is ErrorCode.ORGANISATION_INACTIVE
+
+    grants = provider_for(flow.app).grants
+
+    def active(org: Any, yes: bool) -> None:
+        set_active(flow.engine, grants, org, active=yes, actor="admin-client", reason="struck off", now=now(),
+                   access_token_ttl=600)
+
+    active(line, False)  # the recipient (fwd) stays active: only the issuer's own state refuses
+    refused(lambda uow: issue.issue(uow, p.line, issue_cmd(p, 2), now()))
+    refused(lambda uow: issue.issue_batch(uow, p.line, [issue_cmd(p, 3)], now()))
+    active(line, True)
+    active(fwd, False)  # the recipient (haul) is active: only the sender's own state refuses
+    refused(lambda uow: transfers.transfer(uow, p.fwd, held.id, p.haul.organisation_id, now()))
+    active(fwd, True)
+    do(flow.engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, 2), now()))
+    do(flow.engine, lambda uow: transfers.transfer(uow, p.fwd, held.id, p.haul.organisation_id, now()))

@@ -152,8 +152,9 @@ def organisation_kind(uow: UnitOfWork, organisation_id: uuid.UUID) -> OrgKind:
 
 
 def acting_organisation_active(uow: UnitOfWork, actor: Actor) -> None:
-    """Issue 4: a deactivated organisation accepts no transfer and makes no nomination, even with a
-    token issued before the deactivation (identity.organisations revokes those too: belt and braces)."""
+    """Issue 4: a deactivated organisation issues no right, sends or accepts no transfer and makes no
+    nomination, even with a token issued before the deactivation (identity.organisations revokes those
+    too: belt and braces)."""
     if actor.organisation_id is None:
         return
     org = uow.directory.organisation(actor.organisation_id)

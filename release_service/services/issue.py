@@ -14,7 +14,7 @@ from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.release import MAX_BATCH, LightStatus, ReleaseRight
 from release_service.ports import UnitOfWork
 
-from .common import Receipt, organisation_kind, receipt, record_events, record_many
+from .common import Receipt, acting_organisation_active, organisation_kind, receipt, record_events, record_many
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,7 @@ def _build(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime,
 
 
 def issue(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime) -> tuple[ReleaseRight, Receipt]:
+    acting_organisation_active(uow, actor)
     right = _build(uow, actor, cmd, now, {})
     events = uow.releases.add(right)
     record_events(uow, right, events)
@@ -89,6 +90,7 @@ def issue_batch(
         raise DomainError(ErrorCode.BATCH_EMPTY, "A batch holds at least one right.")
     if len(commands) > MAX_BATCH:
         raise DomainError(ErrorCode.BATCH_TOO_LARGE, f"A batch holds at most {MAX_BATCH} rights.")
+    acting_organisation_active(uow, actor)
     kinds: dict[uuid.UUID, OrgKind] = {}
     results: list[BatchItemResult] = []
     built: list[tuple[int, ReleaseRight]] = []

@@ -16,6 +16,7 @@ from .common import Receipt, acting_organisation_active, can_see, load, organisa
 def transfer(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, to_organisation_id: uuid.UUID,
              now: datetime) -> tuple[Transfer, Receipt]:
     right = load(uow, release_id, actor)
+    acting_organisation_active(uow, actor)
     to_kind = organisation_kind(uow, to_organisation_id)
     t = right.start_transfer(transfer_id=uuid.uuid4(), by=actor, to_organisation_id=to_organisation_id,
                              to_kind=to_kind, now=now)
