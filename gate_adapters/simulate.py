@@ -8,7 +8,11 @@ Two ways to play a script:
   ten minutes runs at once unless ``--speed`` asks for real pauses.
 - ``mqtt``: publish the reads as generic JSON to ``<prefix>/<terminal>/<lane>/<kind>`` so a running
   adapter picks them up, in real time scaled by ``--speed``, and count the barrier commands heard on
-  ``<prefix>/<terminal>/+/barrier`` until ``--wait`` seconds after the last read.
+  ``<prefix>/<terminal>/+/barrier`` until ``--wait`` seconds after the last read: ``open`` an allow, a
+  hold naming a ``latch`` a hold by the lane's latch (held for an officer already, whatever was decided:
+  runtime/lane.py rule 9; counted apart, "held by a latch", never as a review), a hold without a decision
+  unanswered, else a hold calling an officer a review and one that does not a deny. ``drive`` counts the
+  service's decisions, and a latched hold among them also as "held by a latch".
 - ``http``: the same against a running adapter's HTTP source (``quaygate gate-adapter``, its ``[http]``
   section): each read is POSTed to ``--adapter``/reads/<lane>, as the device whose token
   ``--device-token-file`` (or ``QUAYGATE_SIM_DEVICE_TOKEN``) holds; the barrier commands are still
@@ -98,6 +102,7 @@ class Summary:
     latencies: list[float] = field(default_factory=list)
     refused_reads: int = 0
     unanswered: int = 0
+    latched: int = 0  # barrier holds by a lane's latch (runtime/lane.py rule 9), whatever was decided
     mismatches: list[str] = field(default_factory=list)
 
     def percentile(self, p: float) -> float | None:
@@ -113,7 +118,8 @@ class Summary:
 
         d = self.decisions
         line = (f"summary: {d['allow']} allow, {d['deny']} deny, {d['review']} review, {self.unanswered} unanswered, "
-                f"{self.refused_reads} refused reads; latency p50 {ms(self.percentile(50))}, "
+                f"{self.refused_reads} refused reads, {self.latched} held by a latch; latency p50 "
+                f"{ms(self.percentile(50))}, "
                 f"p99 {ms(self.percentile(99))}")
         return "\n".join([line, *(f"mismatch: {m}" for m in self.mismatches)])
 
@@ -176,8 +182,11 @@ class _Matcher:
                 self.summary.latencies.append(result.latency)
                 reasons = ",".join(result.response.get("reasons", [])) or "-"
                 command = result.command.command if result.command is not None else "-"
-                print(f"{label} lane {result.lane}: {got} [{reasons}] barrier {command} "
+                held = "" if result.latched is None else f" (latch {result.latched})"
+                print(f"{label} lane {result.lane}: {got} [{reasons}] barrier {command}{held} "
                       f"{result.latency * 1000:.0f} ms", file=self.out)
+            if result.latched is not None:
+                self.summary.latched += 1
             wanted = None if truck is None else self.script.expect[truck]
             if wanted is not None and got != wanted:
                 self.summary.mismatches.append(f"{label}: expected {wanted}, got {got}")
@@ -290,6 +299,8 @@ def publish(
     for command in heard:  # read back through sinks.command_for's rules
         if command.get("command") == "open":
             summary.decisions["allow"] += 1
+        elif command.get("latch") is not None:  # sinks.py rule 5: held for the lane's latch, not this truck
+            summary.latched += 1
         elif command.get("decision_id") is None:
             summary.unanswered += 1
         else:

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from identity import ratelimit
 from identity.api.badges import router as badge_admin_router
+from identity.api.bans import FEED_BODY_SECONDS
 from identity.api.bans import router as ban_admin_router
 from identity.api.broker import router as broker_router
 from identity.api.face import router as face_router
@@ -35,7 +36,7 @@ from identity.web.console import router as console_router
 from identity.web.routes import router as web_router
 from release_service.adapters.sqla.gate_loop import LoopGateDatabase
 from release_service.api import problems
-from release_service.api.gate import admit_verify, verify_lean
+from release_service.api.gate import admit_verify, verify_again, verify_lean
 from release_service.api.gate import router as gate_router
 from release_service.api.gate_offline import router as gate_offline_router
 from release_service.api.gate_policy import router as gate_policy_router
@@ -47,8 +48,8 @@ from . import limits, solo
 from .container import Container
 from .loopdb import LoopDatabase
 from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event
-from .routing import ExactRoutes
-from .settings import Mode, Settings
+from .routing import BIG_BODY_FACTOR, ExactRoutes
+from .settings import DEFAULT_BODY_SECONDS, Mode, Settings
 from .threads import ThreadPool
 from .workers import BackgroundWorkers, start_gate_facts
 
@@ -118,7 +119,9 @@ BODY_LIMITS = (
     "A request body larger than its route takes is refused 413 `body_too_large` (problem JSON, RFC 9457) "
     "before it is held whole: QUAYGATE_MAX_BODY_BYTES (by default 1 MiB) unless the route takes more: "
     f"{limits.IMAGE_BODY_BYTES:,} bytes with a face image, {limits.BATCH_BODY_BYTES:,} for a batch of rights, "
-    f"{MAX_FEED_BYTES:,} for a ban feed.")
+    f"{MAX_FEED_BYTES:,} for a ban feed. A body that has not all come within QUAYGATE_BODY_SECONDS (by default "
+    f"{DEFAULT_BODY_SECONDS:g} s; {BIG_BODY_FACTOR} times that with a face image or for a batch of rights, "
+    f"{FEED_BODY_SECONDS:g} s for a ban feed) is refused 408 `body_timeout` (problem JSON), nothing done.")
 
 
 class QuaygateAPI(FastAPI):
@@ -244,6 +247,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     )
     metrics = Metrics()
     app.state.metrics = metrics
+    app.state.body_seconds = settings.body_seconds  # each route's deadline for its body (quaygate/routing.py)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     problems.install(app)
     ratelimit.install(app)  # OAuth endpoints and passkey logins, per address and per client
@@ -299,7 +303,8 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     # The gate verify, the busiest of all, parses its own body (release_service/api/gate.py verify_lean).
     app.router.routes.insert(0, ExactRoutes.of([gate_router, identity_routes, passkey_router], HOT_ROUTES,
                                                lean={("POST", "/gate/v1/verify"): verify_lean},
-                                               admit={("POST", "/gate/v1/verify"): admit_verify}))
+                                               admit={("POST", "/gate/v1/verify"): admit_verify},
+                                               again={("POST", "/gate/v1/verify"): verify_again}))
     return app
 
 

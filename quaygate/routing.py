@@ -40,7 +40,8 @@ admitted caller again once the body is in (``again``): a token that expired, or 
 slow client sent its body is refused (401) before anything is done. Only what may have changed is
 checked again (the token's times, its key, its revocation), never a DPoP proof, whose jti was claimed
 at admission and is single use. A body not received in time is refused 408 ``body_timeout``, nothing
-done; the gate verify's own handler (``lean``) reads its body within its route's deadline too.
+done; the gate verify's own handler (``lean``) reads its body within its route's deadline too, and
+checks its caller again once the body is in with the check it is given (``again``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from identity.tokens import InvalidToken
+from quaygate.settings import DEFAULT_BODY_SECONDS
 from release_service.api.auth import credentials_of
 from release_service.api.problems import AuthError, problem, problem_responses
 
@@ -82,6 +84,11 @@ LeanHandler = Callable[[Request, bytes], Awaitable[Response | None]]
 # refuse (the app's exception handlers answer), and may leave what it found in ``request.state``.
 Admit = Callable[[Request], None]
 
+# A lean route's check once its body is read whole (``again``), before its handler (or FastAPI's) runs:
+# on the event loop, so it must be cheap (the gate verify's: the token verifier's memo); it raises to
+# refuse, as ``admit`` does.
+Again = Callable[[Request], None]
+
 # AdmitFirst's check may also answer itself, for a route that answers its own refusals rather than
 # raising them (identity's ``AdminRefused.response``): the response it returns is sent in place of the
 # endpoint's, the body unread; None lets the request go on. So may its check once the body is read
@@ -89,11 +96,13 @@ Admit = Callable[[Request], None]
 AdmitOrAnswer = Callable[[Request], Response | None]
 
 # How long a route reading its body itself (AdmitFirst, ``lean``) waits for the whole of it, from the
-# first read: a route with a body limit of its own above the app's (a batch of rights, a face capture,
-# a ban feed) BIG_BODY_SECONDS, any other BODY_SECONDS; an endpoint sets its own with ``read_within``,
+# first read: the app's ``Settings.body_seconds`` (QUAYGATE_BODY_SECONDS, BODY_SECONDS by default, kept
+# in ``app.state.body_seconds`` by create_app), BIG_BODY_FACTOR times it for a route with a body limit
+# of its own above the app's (a batch of rights, a face capture: the same slow link takes longer to carry
+# it); an endpoint sets its own with ``read_within`` (the ban feed), which it keeps whatever the setting,
 # and a route's ``body_seconds`` may be set on it. Past it: 408 ``body_timeout``, nothing done.
-BODY_SECONDS = 10.0
-BIG_BODY_SECONDS = 30.0
+BODY_SECONDS = DEFAULT_BODY_SECONDS
+BIG_BODY_FACTOR = 3
 _APP_BODY_BYTES = 1024 * 1024  # Settings.max_body_bytes, the limit of a route without one of its own
 _BODY_TIMEOUT_RESPONSE = {**problem_responses(408)[408], "description": "Request timeout: the body did not come "
                           "within the route's deadline (`body_timeout`)"}
@@ -105,16 +114,20 @@ _Endpoint = typing.TypeVar("_Endpoint", bound=Callable[..., Any])
 
 class ExactRoutes(BaseRoute):
     def __init__(self, routes: Iterable[APIRoute], lean: Mapping[tuple[str, str], LeanHandler] | None = None,
-                 admit: Mapping[tuple[str, str], Admit] | None = None) -> None:
+                 admit: Mapping[tuple[str, str], Admit] | None = None,
+                 again: Mapping[tuple[str, str], Again] | None = None) -> None:
         self._index: dict[tuple[str, str], APIRoute] = {}
         self._direct: dict[int, ASGIApp] = {}  # id(route) -> the endpoint as Starlette calls one
         routes = list(routes)
-        for key in [*(lean or {}), *(admit or {})]:
+        for key in [*(lean or {}), *(admit or {}), *(again or {})]:
             if not any(key[0] in (r.methods or ()) and key[1] == r.path for r in routes):
-                raise ValueError(f"a lean handler or admit for {key}, which is not one of these routes")
+                raise ValueError(f"a lean handler, admit or again for {key}, which is not one of these routes")
+        for key in again or {}:
+            if key not in (lean or {}):
+                raise ValueError(f"again for {key}, which has no lean handler to read its body")
         for route in routes:
             handler = _for(route, lean)
-            app = lean_app(route, handler) if handler is not None else direct(route)
+            app = lean_app(route, handler, _for(route, again)) if handler is not None else direct(route)
             check = _for(route, admit)
             if check is not None:
                 app = admitted(app or route.handle, check)
@@ -133,17 +146,19 @@ class ExactRoutes(BaseRoute):
     @classmethod
     def of(cls, routers: Iterable[Any], wanted: Iterable[tuple[str, str]],
            lean: Mapping[tuple[str, str], LeanHandler] | None = None,
-           admit: Mapping[tuple[str, str], Admit] | None = None) -> ExactRoutes:
+           admit: Mapping[tuple[str, str], Admit] | None = None,
+           again: Mapping[tuple[str, str], Again] | None = None) -> ExactRoutes:
         """The routes ``wanted`` ((method, path) pairs), found in ``routers``; each must exist.
         ``lean``: the routes among them with a handler of their own (``lean_app``); ``admit``: those
-        with a check on the headers before the body is read (``admitted``)."""
+        with a check on the headers before the body is read (``admitted``); ``again``: those of the
+        lean ones whose caller is checked again once the body is in (``lean_app``)."""
         wanted = set(wanted)
         found = [r for router in routers for r in router.routes if isinstance(r, APIRoute)
                  and any((m, r.path) in wanted for m in r.methods or ())]
         missing = wanted - {(m, r.path) for r in found for m in r.methods or ()}
         if missing:
             raise ValueError(f"no such routes: {sorted(missing)}")
-        return cls(found, lean, admit)
+        return cls(found, lean, admit, again)
 
     @property
     def paths(self) -> set[tuple[str, str]]:
@@ -218,7 +233,7 @@ class AdmitFirst(APIRoute):
     A route without such a dependency, whose endpoint checks its caller itself, may give its endpoint
     the check with ``admit_first``; that check may answer itself (``AdmitOrAnswer``).
 
-    Then the body is read here, whole, within ``body_seconds`` (else 408, nothing done), and given to
+    Then the body is read here, whole, within its ``deadline`` (else 408, nothing done), and given to
     FastAPI's handler from memory, a failure to read it (its limit, a disconnect) met there as before.
     Once it is in, the caller admitted is checked again (on a worker thread): a dependency's
     ``admit_again``, by default ``token_again``; an endpoint's ``again`` (``admit_first``)."""
@@ -231,9 +246,17 @@ class AdmitFirst(APIRoute):
         if not (self.dependant.body_params or hasattr(endpoint, "admit_first")):
             self.responses.pop(408, None)
             self.response_fields.pop(408, None)
-        own = getattr(endpoint, "body_seconds", None)
-        self.body_seconds: float = own if own is not None else (
-            BIG_BODY_SECONDS if (self.max_body_size or 0) > _APP_BODY_BYTES else BODY_SECONDS)
+        # The route's own deadline (``read_within``, or set on the route); None: the app's (``deadline``).
+        self.body_seconds: float | None = getattr(endpoint, "body_seconds", None)
+        self.big_body = (self.max_body_size or 0) > _APP_BODY_BYTES
+
+    def deadline(self, app_seconds: float) -> float:
+        """The seconds this route waits for its body, the app's deadline being ``app_seconds``
+        (``Settings.body_seconds``): its own if it has one, else BIG_BODY_FACTOR times the app's for a
+        route taking more than the app's body limit, else the app's."""
+        if self.body_seconds is not None:
+            return self.body_seconds
+        return app_seconds * BIG_BODY_FACTOR if self.big_body else app_seconds
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         handler = super().get_route_handler()
@@ -253,9 +276,10 @@ class AdmitFirst(APIRoute):
                 answer = await run_in_threadpool(check, request)
                 if answer is not None:
                     return answer  # refused on the headers: the body is never read
-            read = await _read_request(request, self.body_seconds)
+            seconds = self.deadline(app_body_seconds(request.app))
+            read = await _read_request(request, seconds)
             if read is None:
-                return body_timeout(request.url.path, self.body_seconds)
+                return body_timeout(request.url.path, seconds)
             whole, replayed = read
             if again is not None and whole:
                 answer = await run_in_threadpool(again, replayed)
@@ -264,6 +288,12 @@ class AdmitFirst(APIRoute):
             return await handler(replayed)
 
         return admitted_first
+
+
+def app_body_seconds(app: Any) -> float:
+    """The app's deadline for a body (``Settings.body_seconds``, which create_app keeps in its state);
+    BODY_SECONDS for an app that keeps none."""
+    return getattr(app.state, "body_seconds", BODY_SECONDS)  # type: ignore[no-any-return]
 
 
 def admit_first(check: AdmitOrAnswer, *, again: AdmitOrAnswer | None = None) -> Callable[[_Endpoint], _Endpoint]:
@@ -284,8 +314,8 @@ def admit_first(check: AdmitOrAnswer, *, again: AdmitOrAnswer | None = None) -> 
 
 
 def read_within(seconds: float) -> Callable[[_Endpoint], _Endpoint]:
-    """An endpoint's own deadline for its body (``AdmitFirst.body_seconds``), in seconds. Put below the
-    route's decorator."""
+    """An endpoint's own deadline for its body (``AdmitFirst.body_seconds``), in seconds, whatever the
+    app's (``Settings.body_seconds``). Put below the route's decorator."""
 
     def given(endpoint: _Endpoint) -> _Endpoint:
         endpoint.body_seconds = seconds  # type: ignore[attr-defined]
@@ -375,14 +405,19 @@ def admitted(app: ASGIApp, admit: Admit) -> ASGIApp:
     return gated
 
 
-def lean_app(route: APIRoute, handler: LeanHandler) -> ASGIApp:
+def lean_app(route: APIRoute, handler: LeanHandler, again: Again | None = None) -> ASGIApp:
     """``route`` with ``handler`` in front of FastAPI's request handler: the body is read here (within
-    the route's ``body_seconds``, when it has one: AdmitFirst) and ``handler`` answers from it, or
+    the route's ``deadline``, when it has one: AdmitFirst) and ``handler`` answers from it, or
     declines (None), and FastAPI's handler runs as declared, reading the same body. Exceptions raised
-    by ``handler`` go to the app's exception handlers, as an endpoint's do."""
+    by ``handler`` go to the app's exception handlers, as an endpoint's do.
+    ``again``: once the whole body is in, and before either handler runs, the caller admitted on the
+    headers is checked again (a token that expired while a slow client sent the body); it raises to
+    refuse, answered by the app's exception handlers, nothing done."""
+
+    deadline = getattr(route, "deadline", None)  # AdmitFirst's; another route reads without one
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seconds = getattr(route, "body_seconds", None)
+        seconds = deadline(app_body_seconds(scope["app"])) if deadline is not None else None
         try:
             messages, whole, failure = await _read_within(receive, seconds)
         except TimeoutError:
@@ -395,6 +430,8 @@ def lean_app(route: APIRoute, handler: LeanHandler) -> ASGIApp:
 
             async def inner(scope: Scope, receive: Receive, send: Send) -> None:
                 nonlocal declined
+                if again is not None:
+                    again(request)
                 response = await handler(request, body)
                 if response is None:
                     declined = True

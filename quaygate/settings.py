@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import secrets
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# How long a request's body may take to come (``Settings.body_seconds``), by default.
+DEFAULT_BODY_SECONDS = 10.0
 
 
 class Mode(StrEnum):
@@ -103,6 +107,13 @@ class Settings(BaseSettings):
     # routes that carry more say so themselves (``quaygate/limits.py``): a face image, a batch of
     # rights, a ban feed.
     max_body_bytes: int = 1024 * 1024
+    # Seconds a route reading its body itself (quaygate/routing.py AdmitFirst, the gate verify's own
+    # handler) waits for the whole of it, from its first read; past it, 408 body_timeout and nothing done:
+    # a client sending its headers, then its body a byte at a time, would hold a connection and a worker's
+    # memory for as long as it liked. A route taking more than max_body_bytes (a face image, a batch of
+    # rights: quaygate/limits.py) waits three times as long, the same slow link taking longer to carry it;
+    # a route with a deadline of its own (``read_within``: the ban feed's 120 s) keeps it.
+    body_seconds: float = DEFAULT_BODY_SECONDS
     # ---- port-ban register (issue 4, identity/bans/, docs/port-ban-feed.md) ----
     # The register's public key (a JWK, JSON text) or a file holding it; feeds signed by anything else
     # are refused. ES256 or EdDSA only.
@@ -139,6 +150,17 @@ class Settings(BaseSettings):
     broker_jwks_max_age: int = 3600  # Cache-Control max-age of our /broker/jwks (the upstreams' cache)
     # A rotated-out encryption key stays published and usable this long (>= broker_jwks_max_age).
     broker_enc_key_overlap: int = 24 * 3600
+
+    @field_validator("body_seconds", mode="before")
+    @classmethod
+    def _positive_seconds(cls, value: Any) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError("QUAYGATE_BODY_SECONDS must be a positive number of seconds, such as 10 or 2.5")
+        return seconds
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

@@ -71,6 +71,18 @@ def test_production_refuses_insecure_defaults(env: Path, monkeypatch: pytest.Mon
     assert "production mode needs" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "nan", "inf", ""])
+def test_a_body_deadline_that_is_not_a_positive_number_is_a_plain_message(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    """QUAYGATE_BODY_SECONDS (quaygate/settings.py): refused before anything is done, saying what it takes."""
+    monkeypatch.setenv("QUAYGATE_BODY_SECONDS", value)
+    assert main(["migrate"]) == 2
+    err = capsys.readouterr().err
+    assert "QUAYGATE_BODY_SECONDS must be a positive number of seconds" in err and "Traceback" not in err
+    monkeypatch.setenv("QUAYGATE_BODY_SECONDS", "2.5")
+    assert main(["migrate"]) == 0
+
+
 def test_audit_verify_after_demo(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo"]) == 0
     assert main(["audit", "seal"]) == 0

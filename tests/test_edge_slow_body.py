@@ -32,7 +32,8 @@ from identity.api import bans as bans_api
 from identity.bootstrap import create_client, provider_for
 from identity.tokens import sign_access_token
 from quaygate.cache import RedisCache
-from quaygate.schema import audit_log, persons, releases
+from quaygate.schema import audit_log, gate_decisions, persons, releases
+from quaygate.settings import Settings
 from release_service.api import gate as gate_api
 from release_service.api import routes as release_api
 from tests.aio import chunks_of, post_counting_body
@@ -80,7 +81,17 @@ class Edge:
 
     def post(self, path: str, body: bytes, token: str, before: Pace | None = None) -> tuple[int, int, Any, Any]:
         headers = [(b"authorization", f"Bearer {token}".encode())]
-        return post_counting_body(self.env.app, path, body, headers, before=before)
+        return post_counting_body(self._app, path, body, headers, before=before)
+
+    async def _app(self, scope: Any, receive: Any, send: Any) -> None:
+        """The app, on the loop ``post_counting_body`` runs for one request: the gate facts' pipelined
+        connection that loop opened is closed with it (quaygate/redisline.py ``Pipelined.close``)."""
+        try:
+            await self.env.app(scope, receive, send)
+        finally:
+            facts = self.env.container.gate_facts
+            if facts is not None:
+                facts.close_pipelined()
 
     def count(self, table: sa.Table, *where: Any) -> int:
         with self.env.engine.connect() as conn:
@@ -170,6 +181,89 @@ def test_a_token_that_expires_while_the_body_comes_is_refused_once_it_is_in(edge
     assert written(edge) == 0
 
 
+@pytest.fixture
+def facts_edge(pg_engine: sa.Engine, tmp_path: Path, redis_url: str) -> Iterator[Edge]:
+    """The edge with its gate's facts in Redis, a deployment's way: a gate token's revocation is read
+    with the facts, in one round trip (release_service/api/gate.py ``_verify``)."""
+    for env in make_lifecycle(pg_engine, tmp_path, RedisCache(redis_url), redis_url=redis_url,
+                              gate_decision_drain=False):
+        yield Edge(env)
+
+
+def _check(request_id: str) -> bytes:
+    """A gate's check (a valid verify body, padded to come in several pieces)."""
+    return json.dumps({
+        "request_id": request_id, "terminal": TERMINAL, "lane": "l1", "direction": "in", "mode": "check",
+        "container": {"number": container(1), "confidence": 0.99}, "observed_at": datetime.now(UTC).isoformat(),
+    }).encode() + _PAD
+
+
+def _decided(edge: Edge, request_id: str) -> int:
+    """Decisions recorded for ``request_id``: in PostgreSQL, or kept in Redis (not drained here)."""
+    facts = edge.env.container.gate_facts
+    kept = 0 if facts is None else int(facts._r.exists(facts._request_key({"terminal": TERMINAL,
+                                                                            "request_id": request_id})))
+    return kept + edge.count(gate_decisions, gate_decisions.c.request_id == request_id)
+
+
+def _refused_once_the_check_is_in(edge: Edge, token: str, before: Callable[[str], Pace]) -> None:
+    """A check sent with ``token``, the client doing ``before(token)`` before its last piece: refused
+    401 once it is in, nothing decided; the same check with a live token: decided."""
+    body = _check("refused-1")
+    status, read, headers, answer = edge.post("/gate/v1/verify", body, token, before=before(token))
+    assert (status, read, answer.get("code")) == (401, len(chunks_of(body)), "invalid_token"), answer
+    assert headers["www-authenticate"].startswith('Bearer error="invalid_token"'), headers
+    assert _decided(edge, "refused-1") == 0
+    status, _, _, answer = edge.post("/gate/v1/verify", _check("taken-1"), edge.token("gate"))
+    assert (status, answer["decision"]) == (200, "deny"), answer
+    assert _decided(edge, "taken-1") == 1
+
+
+def _revoking(edge: Edge) -> Callable[[str], Pace]:
+    def before(token: str) -> Pace:
+        async def revoke() -> None:
+            await anyio.to_thread.run_sync(edge.revoke, "gate", token)
+
+        return _at_last(revoke, _check("refused-1"))
+
+    return before
+
+
+def _expiring(refused_from: float) -> Callable[[str], Pace]:
+    def before(token: str) -> Pace:
+        async def until_it_expires() -> None:
+            while time.time() < refused_from:
+                await anyio.sleep(0.05)
+
+        return _at_last(until_it_expires, _check("refused-1"))
+
+    return before
+
+
+def test_a_gate_token_revoked_while_the_check_comes_is_refused_once_it_is_in(edge: Edge) -> None:
+    """The gate verify's own handler (routing's ``lean_app``): the token's revocation is settled once
+    the body is in, so a token revoked meanwhile decides nothing."""
+    _refused_once_the_check_is_in(edge, edge.token("gate"), _revoking(edge))
+
+
+def test_a_gate_token_revoked_while_the_check_comes_is_refused_with_the_facts_in_redis(facts_edge: Edge) -> None:
+    """The same where the revocation is read with the gate's facts, after the body is in."""
+    _refused_once_the_check_is_in(facts_edge, facts_edge.token("gate"), _revoking(facts_edge))
+
+
+def test_a_gate_token_that_expires_while_the_check_comes_is_refused_once_it_is_in(edge: Edge) -> None:
+    """The gate verify checks its caller's token again once the body is in (``verify_again``: on the
+    verifier's memo, the token's times and its key), as the other routes do (``token_again``)."""
+    token, refused_from = edge.expiring("gate")
+    _refused_once_the_check_is_in(edge, token, _expiring(refused_from))
+
+
+def test_a_gate_token_that_expires_while_the_check_comes_is_refused_with_the_facts_in_redis(
+        facts_edge: Edge) -> None:
+    token, refused_from = facts_edge.expiring("gate")
+    _refused_once_the_check_is_in(facts_edge, token, _expiring(refused_from))
+
+
 def _route(router: Any, path: str) -> APIRoute:
     return next(r for r in router.routes if isinstance(r, APIRoute) and r.path == path and "POST" in r.methods)
 
@@ -208,14 +302,47 @@ def test_a_body_that_stalls_past_its_deadline_is_refused_408_and_nothing_is_done
     assert done(edge) == 0
 
 
-def test_the_deadline_of_a_route_follows_its_body_limit() -> None:
-    """30 s for the routes that take more than the app's 1 MiB (a batch, a face capture), 10 s for the
-    rest; an endpoint may set its own (the ban feed, 64 MiB: 120 s)."""
-    assert _route(release_api.router, "/api/v1/releases:batch").body_seconds == 30
-    assert _route(gate_api.router, "/gate/v1/verify").body_seconds == 30
-    assert _route(release_api.router, "/api/v1/releases").body_seconds == 10
-    assert _route(admin_api.router, "/admin/v1/persons").body_seconds == 10
-    assert _route(bans_api.router, "/admin/v1/bans/feeds").body_seconds == bans_api.FEED_BODY_SECONDS == 120
+@pytest.mark.parametrize("setting", [10.0, 4.0])
+def test_the_deadline_of_a_route_follows_its_body_limit(setting: float) -> None:
+    """The app's deadline (QUAYGATE_BODY_SECONDS, 10 s by default) for most routes, three times it for
+    the routes that take more than the app's 1 MiB (a batch, a face capture); an endpoint may set its
+    own (the ban feed, 64 MiB: 120 s), which it keeps whatever the setting."""
+    assert _route(release_api.router, "/api/v1/releases:batch").deadline(setting) == 3 * setting
+    assert _route(gate_api.router, "/gate/v1/verify").deadline(setting) == 3 * setting
+    assert _route(release_api.router, "/api/v1/releases").deadline(setting) == setting
+    assert _route(admin_api.router, "/admin/v1/persons").deadline(setting) == setting
+    assert _route(bans_api.router, "/admin/v1/bans/feeds").deadline(setting) == bans_api.FEED_BODY_SECONDS == 120
+
+
+# (the route's path, whose token, its body, the app's deadline for it as a multiple of the setting)
+_SET: dict[str, tuple[str, str, Callable[[Edge], bytes], int]] = {
+    "release right": ("/api/v1/releases", "line", lambda e: _release(e, 1), 1),
+    "gate verify": ("/gate/v1/verify", "gate", lambda e: _check("set-1"), 3),
+}
+
+
+@pytest.mark.parametrize("what", sorted(_SET))
+def test_the_deadline_is_the_quaygate_body_seconds_setting(
+        engine: sa.Engine, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, what: str) -> None:
+    """QUAYGATE_BODY_SECONDS sets the deadline of every route without one of its own: a stall past it is
+    refused 408, the answer naming the deadline in force (three times the setting for the gate verify,
+    which takes a face capture); the default is 10 s."""
+    path, who, body_of, times = _SET[what]
+    monkeypatch.setenv("QUAYGATE_BODY_SECONDS", "0.25")
+    for env in make_lifecycle(engine, tmp_path, RedisCache(redis_url)):
+        edge = Edge(env)
+        assert env.container.settings.body_seconds == 0.25
+
+        async def stall(k: int) -> None:
+            if k == 1:
+                await anyio.sleep(5)  # the deadline cuts it short
+
+        status, read, headers, answer = edge.post(path, body_of(edge), edge.token(who), before=stall)
+        assert (status, read, answer.get("code")) == (408, 1, "body_timeout"), answer
+        assert answer["detail"] == f"The request body was not received within {0.25 * times:g} seconds."
+        assert headers["connection"] == "close"
+    monkeypatch.delenv("QUAYGATE_BODY_SECONDS")
+    assert Settings(var_dir=tmp_path).body_seconds == 10
 
 
 def test_a_body_past_its_limit_is_still_refused_413_when_the_route_reads_it_first(edge: Edge) -> None:
@@ -233,13 +360,17 @@ def test_the_408_is_declared_where_a_body_is_read(tmp_path: Path) -> None:
     """In the published description, as the routes' other refusals (STYLE.md #9): on the routes that
     read a body, not on the others."""
     from quaygate.app import create_app
-    from quaygate.settings import Settings
 
     spec = create_app(Settings(var_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'q.db'}",
                                background_workers=False)).openapi()
     for path, method in (("/api/v1/releases", "post"), ("/admin/v1/persons", "post"), ("/gate/v1/verify", "post"),
-                         ("/admin/v1/bans/feeds", "post"), ("/face/step-up", "post")):
+                         ("/admin/v1/bans/feeds", "post"), ("/face/step-up", "post"), ("/oauth2/register", "post"),
+                         ("/oauth2/register/{client_id}", "put"), ("/account/passkeys/{credential_id}", "patch")):
         assert "408" in spec["paths"][path][method]["responses"], (path, method)
+    # Without a deadline of their own: no body (the first three), or read by their own dependency (the
+    # OAuth endpoints; quaygate/routing.py AdmitFirst reads only a route's declared body, or one whose
+    # caller it checks first).
     for path, method in (("/api/v1/releases", "get"), ("/admin/v1/clients/{client_id}:deactivate", "post"),
-                         ("/admin/v1/persons/{person_id}/face", "delete")):
+                         ("/admin/v1/persons/{person_id}/face", "delete"), ("/oauth2/introspect", "post"),
+                         ("/oauth2/register/{client_id}", "get")):
         assert "408" not in spec["paths"][path][method]["responses"], (path, method)

@@ -5,6 +5,7 @@ template."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import struct
 import threading
@@ -23,8 +24,8 @@ from identity.face import FaceError, FacePool, FaceService, face_for
 from identity.face.engine import analyse
 from identity.face.liveness import Liveness
 from identity.sessions import sessions_for
-from quaygate.schema import audit_log, face_templates, metadata
-from tests.aio import run_async
+from quaygate.schema import audit_log, face_templates, login_sessions, metadata
+from tests.aio import chunks_of, post_counting_body, run_async
 from tests.test_face_support import blurred, photo, side_by_side
 from tests.test_identity_grants_support import Lifecycle, make_lifecycle
 from tests.test_identity_support import ISSUER
@@ -306,6 +307,43 @@ def test_step_up_refusals(env: Lifecycle) -> None:
     assert live is not None and live.acr == assurance.ACR_PASSKEY  # a refusal leaves the session as it was
 
 
+@pytest.mark.parametrize("how", ["ended", "lapsed"])
+def test_a_session_gone_while_the_capture_comes_is_not_stepped_up(env: Lifecycle, how: str) -> None:
+    """The session is looked up once, on the headers (identity.api.face ``_admit_logged_in``), and that
+    session is the one stepped up: one ended while the capture came (a logout) is refused when it would
+    be replaced, one that lapsed meanwhile before the match, both 401 ``login_required``; no new
+    session either way."""
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    now = env.container.clock.now()
+    ttl = timedelta(seconds=env.container.settings.session_ttl)
+    login = now - ttl + timedelta(seconds=2) if how == "lapsed" else now  # lapses two seconds on
+    cookie, session = sessions_for(env.app).create(person, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY,
+                                                   now=login)
+    body = json.dumps({"image": b64(photo("obama2.jpg"))}).encode() + b" " * 200_000
+    last = len(chunks_of(body)) - 1
+
+    async def before(k: int) -> None:
+        if k != last:
+            return
+        if how == "ended":
+            await anyio.to_thread.run_sync(lambda: sessions_for(env.app).end(session.sid,
+                                                                             now=env.container.clock.now()))
+        while how == "lapsed" and env.container.clock.now() < session.expires_at:
+            await anyio.sleep(0.05)
+
+    headers = [(b"origin", ORIGIN.encode()),
+               (b"cookie", f"{env.container.settings.session_cookie}={cookie}".encode())]
+    status, read, answer_headers, answer = post_counting_body(env.app, "/face/step-up", body, headers,
+                                                              before=before)
+    assert (status, read, answer["code"]) == (401, last + 1, "login_required"), answer
+    assert "set-cookie" not in answer_headers
+    with env.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(login_sessions)
+                            .where(login_sessions.c.person_id == person)).scalar_one() == 1
+    assert "identity.login.face.stepped_up" not in [k for k, _ in _kinds(env)]
+
+
 def test_repeated_mismatches_lock_the_face_step_up_out(env: Lifecycle) -> None:
     person = env.person()
     assert _enrol(env, person).status_code == 201
@@ -323,13 +361,14 @@ def test_two_step_ups_of_one_session_at_once_give_one_new_session(env: Lifecycle
     person = env.person()
     assert _enrol(env, person).status_code == 201
     cookie = _session(env, person)
+    session = sessions_for(env.app).get(cookie, now=env.container.clock.now())  # both admitted with it
     face = face_for(env.app)
     image = photo("obama2.jpg")
     results: list[object] = []
 
     def attempt() -> None:
         try:
-            results.append(anyio.run(lambda: face.step_up(session_cookie=cookie, image=image, address=None,
+            results.append(anyio.run(lambda: face.step_up(session=session, image=image, address=None,
                                                           now=env.container.clock.now())))
         except FaceError as exc:
             results.append(exc.code)

@@ -27,9 +27,13 @@ def test_the_mixed_script_prints_each_decision_and_the_expected_summary(gate: Ga
     text = out.getvalue()
     assert code == 0, text
     summary = text.strip().splitlines()[-1]
-    assert summary.startswith("summary: 3 allow, 3 deny, 1 review, 0 unanswered, 1 refused reads; latency p50 "), text
+    # Truck 2's review latches lane in-3 (runtime/lane.py rule 9): trucks 4 and 6 are allowed, and gated
+    # in on the service's books, but its barrier holds for the officer, and the summary says so.
+    assert summary.startswith("summary: 3 allow, 3 deny, 1 review, 0 unanswered, 1 refused reads, 2 held by a latch; "
+                              "latency p50 "), text
     assert "truck 1 lane in-4: deny [plate_mismatch] barrier hold" in text
-    assert "truck 2 lane in-3: review [plate_low_confidence] barrier hold" in text
+    assert "truck 2 lane in-3: review [plate_low_confidence] barrier hold " in text
+    assert "truck 4 lane in-3: allow [-] barrier hold (latch " in text
     assert "truck 6 lane in-3: read refused" in text
     # Allowed trucks are gated in (the repaired container read too); refused ones are not.
     states = {n: gate.state(rid) for n, rid in rids.items()}
@@ -107,6 +111,52 @@ def test_the_mqtt_mode_feeds_a_running_adapter_and_counts_its_barrier_commands(g
         outbox.close()
     assert (summary.decisions["allow"], summary.unanswered) == (2, 0), out.getvalue()
     assert [gate.state(rid) for rid in rids] == ["gated_in", "gated_in"]
+
+
+def test_the_mqtt_mode_counts_a_hold_by_a_latched_lane_apart_from_a_review(gate: Gate, tmp_path: Path) -> None:
+    """A lane latched for an officer holds its barrier whatever is decided (runtime/lane.py rule 9), and
+    says so in the command (``latch``, sinks.py rule 5): the simulator counts that hold as held by a
+    latch, not as a review. The truck at the latched lane is allowed (and gated in on the service's
+    books); the one at the other lane opens its barrier."""
+    from gate_adapters.core.correlate import LaneCorrelator
+    from gate_adapters.runtime.lane import LaneRuntime, LaneWorker
+    from gate_adapters.runtime.mqtt_source import MqttSource, new_client
+    from gate_adapters.runtime.outbox import Outbox
+    from gate_adapters.runtime.sinks import MqttBarrier
+    from gate_adapters.simulate import publish
+
+    from .factories import TERMINAL
+    from .test_gate_runtime import _mosquitto
+
+    host, port = _mosquitto()
+    rids = [gate.pickable(n) for n in (11, 12)]
+    raw = json.loads((SCRIPTS / "sim_clean_rush.json").read_text())
+    raw["trucks"] = raw["trucks"][:2]  # in-3 and in-4, one truck each
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps(raw))
+    prefix = f"qgs{uuid.uuid4().hex[:8]}"
+    adapter, outbox = new_client(), Outbox(tmp_path / "adapter.sqlite3")
+    latch, _ = outbox.latch("in-3", "an-earlier-truck", "review")  # the officer was called, and has not come
+    client = VerifyClient("http://testserver", StaticToken(gate.gate_token), http=gate.http)
+    worker = LaneWorker([LaneRuntime(TERMINAL, lane, "in", "commit", LaneCorrelator(lane, TERMINAL, "in"), client,
+                                     outbox, MqttBarrier(adapter, TERMINAL, prefix=prefix))
+                         for lane in ("in-3", "in-4")], tick_seconds=0.1)
+    source = MqttSource(worker, host=host, port=port, prefix=prefix, client=adapter)
+    worker.start()
+    source.start()
+    try:
+        assert source.subscribed.wait(5)
+        out = io.StringIO()
+        summary = publish(load_script(path), host=host, port=port, prefix=prefix, speed=0, wait=2.0, out=out)
+    finally:
+        source.stop()
+        worker.stop()
+        outbox.close()
+    text = out.getvalue()
+    assert (dict(summary.decisions), summary.latched, summary.unanswered) == ({"allow": 1}, 1, 0), text
+    assert "1 allow, 0 deny, 0 review, 0 unanswered, 0 refused reads, 1 held by a latch" in summary.render()
+    assert [gate.state(rid) for rid in rids] == ["gated_in", "gated_in"]
+    assert f"barrier {prefix}/{TERMINAL}/in-3/barrier: hold" in text, text
 
 
 def test_the_http_mode_sends_reads_as_a_device_of_the_adapter(tmp_path: Path) -> None:

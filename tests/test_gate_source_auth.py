@@ -562,10 +562,38 @@ def test_healthz_shows_each_lanes_queue_what_its_bounds_refused_and_the_mqtt_dro
                 plate = generic("plate", {**PLATE["plate"], "text": text})
                 in_1.feed(generic_json.parse_object({**plate, "lane": "in-1"}))
             health = http.get("/healthz", headers=monitor)
-        assert health.status_code == 200
+        evicted = adapter.outbox.held_latch("in-1")
+        assert health.status_code == 200 and evicted is not None
         assert health.json() == {"status": "ok", "terminal": TERMINAL, "lanes": ["in-1", "in-2"], "load": {
             "in-1": {"queued": 2, "queue_size": 2, "refused": 1, "evicted": 1, "mqtt_dropped": 0},
-            "in-2": {"queued": 1, "queue_size": 1, "refused": 2, "evicted": 0, "mqtt_dropped": 2}}}
+            "in-2": {"queued": 1, "queue_size": 1, "refused": 2, "evicted": 0, "mqtt_dropped": 2}},
+            "latches": {"in-1": {"latched": True, "latch": evicted.id,  # the eviction called an officer
+                                 "since": dt.datetime.fromtimestamp(evicted.latched_at, dt.UTC).isoformat()},
+                        "in-2": {"latched": False}}}
+    finally:
+        adapter.outbox.close()
+
+
+def test_healthz_shows_which_lanes_are_latched_which_latch_and_since_when(tmp_path: Path) -> None:
+    """http_source.py ``/healthz`` ``latches``: every lane, whether an officer's latch holds it (lane.py
+    rule 9), and if so its id and since when, read from the outbox at each call (a clear by the command
+    on the adapter's host counts at once); never why, nor for which request (the officer's routes say)."""
+    adapter = build(parse(_doc(tmp_path), base=tmp_path))
+    try:
+        with serving(adapter) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            monitor = bearer("reader")
+            latch, _ = adapter.outbox.latch("in-2", "req-called-for", "review")
+            health = http.get("/healthz", headers=monitor)
+            assert health.status_code == 200, health.text
+            assert health.json()["latches"] == {
+                "in-1": {"latched": False},
+                "in-2": {"latched": True, "latch": latch.id,
+                         "since": dt.datetime.fromtimestamp(latch.latched_at, dt.UTC).isoformat()}}
+            assert "req-called-for" not in health.text and "review" not in health.text
+            assert adapter.latches is not None
+            adapter.latches.clear("in-2", latch.id, by="duty officer")
+            assert http.get("/healthz", headers=monitor).json()["latches"] == {
+                "in-1": {"latched": False}, "in-2": {"latched": False}}
     finally:
         adapter.outbox.close()
 

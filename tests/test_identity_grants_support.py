@@ -132,9 +132,10 @@ class Lifecycle:
         return self.http.post("/oauth2/token", data=data, headers=headers)
 
 
-def make_lifecycle(engine: sa.Engine, tmp_path: Path, cache: Cache | None = None) -> Iterator[Lifecycle]:
+def make_lifecycle(engine: sa.Engine, tmp_path: Path, cache: Cache | None = None, **over: Any) -> Iterator[Lifecycle]:
+    """``over``: settings of the app's own (a ``redis_url``: the gate's facts in Redis)."""
     settings = Settings(var_dir=tmp_path, issuer=ISSUER, background_workers=False,
-                        database_url=engine.url.render_as_string(hide_password=False))
+                        database_url=engine.url.render_as_string(hide_password=False), **over)
     container = Container(settings=settings, engine=engine, cache=cache or MemoryCache(),
                           cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
     app = create_app(settings, container=container)

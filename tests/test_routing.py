@@ -96,6 +96,8 @@ def test_the_index_refuses_what_it_cannot_look_up() -> None:
         ExactRoutes.of([router], [("GET", "/plain")])
     with pytest.raises(ValueError, match="given twice"):
         ExactRoutes([r for r in router.routes if r.path == "/plain"] * 2)  # type: ignore[misc]
+    with pytest.raises(ValueError, match="no lean handler"):  # ``again`` runs once the lean way read the body
+        ExactRoutes.of([router], [("POST", "/plain")], again={("POST", "/plain"): _keyed})
 
 
 def test_only_plain_endpoints_are_called_without_fastapis_handler(app: FastAPI) -> None:
@@ -186,8 +188,17 @@ def _keyed(request: Request) -> None:
     request.state.keyed = True
 
 
+def _still_keyed(request: Request) -> None:
+    """An ``again``: the key the request was admitted with is still good once its body is in."""
+    if request.headers.get("x-key") in _WITHDRAWN:
+        raise HTTPException(401, "key withdrawn")
+
+
+_WITHDRAWN: set[str] = set()
+
+
 def _things_app(*, lean: bool, app_limit: int | None = None, route_limit: int | None = None,
-                admit: bool = False) -> FastAPI:
+                admit: bool = False, again: bool = False) -> FastAPI:
     app = FastAPI(max_body_size=app_limit)
     router = APIRouter()
 
@@ -198,7 +209,8 @@ def _things_app(*, lean: bool, app_limit: int | None = None, route_limit: int | 
     app.include_router(router)
     app.router.routes.insert(0, ExactRoutes.of([router], [("POST", "/things")],
                                                lean={("POST", "/things"): _lean} if lean else None,
-                                               admit={("POST", "/things"): _keyed} if admit else None))
+                                               admit={("POST", "/things"): _keyed} if admit else None,
+                                               again={("POST", "/things"): _still_keyed} if again else None))
     return app
 
 
@@ -229,6 +241,21 @@ def test_an_admit_refuses_on_the_headers_before_any_of_the_body_is_read(lean: bo
     assert (status, received) == (401, [])  # refused, and not one message of the body read
     status, received, body = call([(b"x-key", b"k")])  # admitted: read, and what admit found is there
     assert status == 200 and len(received) == 1 and json.loads(body) == {"by": "fastapi", "n": -3, "keyed": True}
+
+
+@pytest.mark.parametrize("content", [b'{"n": 3}', b'{"n": -3}'], ids=["lean answers", "fastapi answers"])
+def test_again_checks_the_caller_once_the_body_is_in_before_either_handler(
+        content: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate verify's ``again`` (quaygate/app.py): a key admitted on the headers, withdrawn by the
+    time the body is in, is refused then, whichever handler would have answered."""
+    client = TestClient(_things_app(lean=True, admit=True, again=True))
+    headers = {"content-type": "application/json", "x-key": "k"}
+    monkeypatch.setattr(f"{__name__}._WITHDRAWN", {"k"})
+    r = client.post("/things", content=content, headers=headers)
+    assert (r.status_code, r.json()) == (401, {"detail": "key withdrawn"})
+    monkeypatch.setattr(f"{__name__}._WITHDRAWN", set())
+    assert client.post("/things", content=content, headers=headers).json()["by"] == (
+        "lean" if content == b'{"n": 3}' else "fastapi")
 
 
 def test_a_lean_handler_answers_what_it_is_sure_of() -> None:

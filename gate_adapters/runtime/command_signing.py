@@ -9,6 +9,7 @@ headers)::
 
     header  {"alg": "ES256" | "Ed25519", "typ": "quaygate-barrier+jwt", "kid": "<key id>"}
     claims  {"terminal", "lane", "command", "decision_id", "call_officer", "iat", "exp", "jti"}
+            (+ "latch" on a hold by a latched lane: sinks.py rule 5)
 
 A controller acts on the signed claims, never on the unsigned members beside them. It verifies with the
 public JWK (``quaygate gate-adapter --config ... --barrier-public-key``) and an explicit algorithm list,

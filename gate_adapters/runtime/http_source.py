@@ -7,22 +7,27 @@ Routes (``{lane}`` is our lane id; the adapter serves one terminal)::
     POST /ocr/{lane}         container OCR portal JSON (sources/ocr_portal.py)
     POST /reads/{lane}       our generic JSON read (sources/generic_json.py)
     GET  /livez              200 {"status": "ok"} (503 "unavailable"): liveness, nothing else, no token
-    GET  /healthz            200 {"status": "ok", "terminal", "lanes", "load"}: a device token (or an officer's)
+    GET  /healthz            200 {"status": "ok", "terminal", "lanes", "load", "latches"}: a device token
+                             (or an officer's)
     GET  /officer/latch/{lane}         an officer: the lane's latch and what it held (lane.py rule 9)
     POST /officer/latch/{lane}/clear   an officer: {"latch": id, "note": "..."} clears it (latch.py)
 
 ``/healthz`` says more than "up": ``lanes`` are the lanes this source takes reads for, and ``load`` each
-lane of the adapter's queue (``queued``, ``queue_size``), what its bounds refused since start (``refused``:
-reads, every source; ``evicted``: trucks held for an officer) and, with an MQTT source, ``mqtt_dropped``.
-A lane whose counts grow is flooded or stuck, and its drivers wait at a held barrier: a monitor polling
-``/healthz`` sees it before they call. That is the terminal's load, lane by lane (when a gate is busy,
-when a lane is stuck), so it asks what a read asks: a device token (or an officer's), and under mutual
-TLS the device certificate in the handshake. ``/livez`` says "up" and nothing else, to anyone who reaches
-the source; under mutual TLS nobody without a certificate does, so the adapter can serve ``/livez`` on a
-plain listener of its own (``[http] health_port``, ``create_health_app``) for a load balancer probe.
-Why not one TLS listener with ``CERT_OPTIONAL`` and the certificate enforced path by path: that moves the
-check of every read from the handshake into our code, for every path, and uvicorn does not hand the
-peer certificate to the app at all; a second socket that serves one constant answer risks nothing.
+lane of the adapter's queue (``queued``, ``queue_size``), what its bounds refused since start
+(``refused``: reads, every source; ``evicted``: trucks held for an officer) and, with an MQTT source,
+``mqtt_dropped``. A lane whose counts grow is flooded or stuck, and its drivers wait at a held barrier:
+a monitor polling ``/healthz`` sees it before they call. ``latches`` says, for every lane of the
+adapter, whether it is latched for an officer (lane.py rule 9: its barrier holds whatever is decided,
+until an officer clears it) and if so which latch and since when (``{"latched": true, "latch": 7,
+"since": "..."}``); why, and for which truck, only an officer reads (``/officer/latch/{lane}``). That is
+the terminal's load, lane by lane (when a gate is busy, when a lane is stuck), so it asks what a read
+asks: a device token (or an officer's), and under mutual TLS the device certificate in the handshake.
+``/livez`` says "up" and nothing else, to anyone who reaches the source; under mutual TLS nobody without
+a certificate does, so the adapter can serve ``/livez`` on a plain listener of its own (``[http]
+health_port``, ``create_health_app``) for a load balancer probe. Why not one TLS listener with
+``CERT_OPTIONAL`` and the certificate enforced path by path: that moves the check of every read from the
+handshake into our code, for every path, and uvicorn does not hand the peer certificate to the app at
+all; a second socket that serves one constant answer risks nothing.
 
 Officers (lane.py rule 9, latch.py): ``[[http.officers]]`` each have a token of their own, never a
 device's (the settings refuse a device's digest; ``officers_for`` a token file that holds one), sent as
@@ -369,8 +374,11 @@ def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[De
             if authenticate(devices, authorization) is None and authenticate(officers, authorization) is None:
                 return problem(401, "device_token_required", "a device token is required",
                                headers={"WWW-Authenticate": CHALLENGE})
-        return JSONResponse({"status": "ok", "terminal": terminal, "lanes": sorted(ln for _, ln in worker.lanes),
-                             "load": health()})
+        body: dict[str, Any] = {"status": "ok", "terminal": terminal,
+                                "lanes": sorted(ln for _, ln in worker.lanes), "load": health()}
+        if latches is not None:
+            body["latches"] = await run_in_threadpool(latches.overview)  # SQLite: never block the event loop
+        return JSONResponse(body)
 
     app.add_api_route("/livez", _liveness(alive or (lambda: True)), methods=["GET"], name="livez")
     app.add_api_route("/healthz", healthz, methods=["GET"], name="healthz")

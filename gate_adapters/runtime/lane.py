@@ -61,7 +61,7 @@ Rules:
    latches the lane in the outbox (outbox.py rule 6) before the barrier hears it: the truck the officer
    was called for may still stand at the barrier, and the next truck's "allow" must not open it for
    him. While latched, every decision is still made, recorded and logged, but the barrier is told
-   ``hold`` with ``call_officer`` (sinks.py rule 5), the decision noted against the latch
+   ``hold`` with ``call_officer`` and the latch's id (sinks.py rule 5), the decision noted against the latch
    (``latched_holds``) and logged ``gate.lane.latched_hold`` with the command it would have given; the
    ``LaneResult`` says which latch held it (``latched``). Only an officer clears it: over the HTTP
    source with an officer credential (http_source.py), or ``quaygate gate-adapter --clear-latch`` on
@@ -329,7 +329,7 @@ class LaneRuntime:
         log.warning("gate.lane.latched_hold: lane %s latched since latch %d: %s (%s) held", self.lane, held.id,
                     command.command, why, extra={"lane": self.lane, "request_id": request_id, "latch": held.id,
                                                  "instead": str(command.command), "reason": why})
-        return self.sink.send(latched_hold(command)), held.id
+        return self.sink.send(latched_hold(command, held.id)), held.id
 
     def _report(self, result: LaneResult) -> LaneResult:
         if self._on_result is not None:

@@ -74,6 +74,14 @@ class LatchDesk:
         self.outbox = outbox
         self.lanes = frozenset(lanes)
 
+    def overview(self) -> dict[str, dict[str, Any]]:
+        """Each lane, latched or not (``/healthz``): ``{"latched": false}``, or ``{"latched": true,
+        "latch": <id>, "since": <ISO 8601>}``. Not why, nor for which request: that is the officer's
+        (``status``), and ``/healthz`` answers a device's token too. One read of the outbox."""
+        held = self.outbox.held_latches()
+        return {lane: ({"latched": True, "latch": held[lane].id, "since": _iso(held[lane].latched_at)}
+                       if lane in held else {"latched": False}) for lane in sorted(self.lanes)}
+
     def status(self, lane: str) -> LatchView | None:
         """The latch ``lane`` holds now (with what it held), or None; ``UnknownLane``."""
         self._known(lane)

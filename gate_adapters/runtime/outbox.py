@@ -144,6 +144,8 @@ class LaneLatch:
 
 _HELD_LATCH = ("SELECT id, lane, latched_at, request_id, reason, cleared_at, cleared_by, note FROM lane_latches "
                "WHERE lane = ? AND cleared_at IS NULL")
+_HELD_LATCHES = ("SELECT id, lane, latched_at, request_id, reason, cleared_at, cleared_by, note FROM lane_latches "
+                 "WHERE cleared_at IS NULL")
 _LANE_LATCHES = ("SELECT id, lane, latched_at, request_id, reason, cleared_at, cleared_by, note FROM lane_latches "
                  "WHERE lane = ? ORDER BY id")
 _LATCH_BY_ID = ("SELECT id, lane, latched_at, request_id, reason, cleared_at, cleared_by, note FROM lane_latches "
@@ -256,6 +258,12 @@ class Outbox:
         with self._lock:
             row = self._db.execute(_HELD_LATCH, (lane,)).fetchone()
         return None if row is None else _latch(row)
+
+    def held_latches(self) -> dict[str, LaneLatch]:
+        """Every lane latched now, with the latch it holds: one read (``/healthz``, every lane at once)."""
+        with self._lock:
+            rows = self._db.execute(_HELD_LATCHES).fetchall()
+        return {latch.lane: latch for latch in map(_latch, rows)}
 
     def latches(self, lane: str) -> list[LaneLatch]:
         """Every latch of ``lane`` still kept, oldest first (held or cleared)."""

@@ -17,7 +17,10 @@ Rules (one place, every sink):
    credentials (a bearer token, or HTTP Basic) and speaks TLS with the CA and client certificate it is
    given (config.py rule 9); it never follows a redirect (the credentials stay with the controller).
 5. A lane latched for an officer (lane.py rule 9) is told ``hold`` with ``call_officer`` whatever the
-   decision (``latched_hold``): a command that calls an officer latches its lane (``latches``).
+   decision (``latched_hold``), and ``latch``, the id of the latch that held it: the controller, an
+   officer's display and the simulator tell a hold for this truck from one for the lane's latch (only
+   such a command carries ``latch``; every other is sent as it always was). A command that calls an
+   officer latches its lane (``latches``).
    ``send`` sends a command as it is; ``act`` is ``send(command_for(...))``.
 """
 
@@ -49,9 +52,11 @@ class Command:
     command: BarrierCommand
     decision_id: str | None
     call_officer: bool
+    latch: int | None = None  # rule 5: the latch that held the barrier, whatever the decision said
 
     def as_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in asdict(self).items()}
+        return {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in asdict(self).items()
+                if k != "latch" or v is not None}
 
 
 def command_for(response: Mapping[str, Any] | None, lane: str) -> Command:
@@ -71,10 +76,11 @@ def latches(cmd: Command) -> bool:
     return cmd.call_officer
 
 
-def latched_hold(cmd: Command) -> Command:
-    """Rule 5: what a latched lane's barrier is told instead of ``cmd``: hold, the officer called (the
-    decision id kept, so the controller's log names the decision that was held)."""
-    return Command(cmd.lane, BarrierCommand.HOLD, cmd.decision_id, call_officer=True)
+def latched_hold(cmd: Command, latch: int) -> Command:
+    """Rule 5: what a lane latched by ``latch`` tells its barrier instead of ``cmd``: hold, the officer
+    called (the decision id kept, so the controller's log names the decision that was held), and the
+    latch that held it."""
+    return Command(cmd.lane, BarrierCommand.HOLD, cmd.decision_id, call_officer=True, latch=latch)
 
 
 def signed_json(cmd: Command, signer: CommandSigner | None) -> dict[str, Any]:

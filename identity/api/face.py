@@ -120,17 +120,20 @@ def _origin_refused(request: Request) -> Response | None:
 def _admit_logged_in(request: Request) -> Response | None:
     """The step-up's caller on the headers alone, before its capture is read (AdmitFirst, on a worker
     thread): our Origin (403 origin_refused), then a live login session (401 login_required), the
-    answers and their order of the route itself. The service looks the session up again, then makes
-    its own checks (the session's acr, the person, the lockout) in their order."""
+    answers and their order of the route itself. The session found is the one the service steps up
+    (``request.state.step_up_session``), not looked up again; the service makes its own checks (the
+    session's acr, the person, the lockout) in their order, and ends it only if it is still live."""
     refused = _origin_refused(request)
     if refused is not None:
         log.info("identity.face.step_up.refused.origin")
         return refused
     container = request.app.state.container
     cookie = request.cookies.get(container.settings.session_cookie)
-    if sessions_for(request.app).get(cookie, now=container.clock.now()) is None:
+    session = sessions_for(request.app).get(cookie, now=container.clock.now())
+    if session is None:
         log.info("identity.face.step_up.refused.login_required")
         return _failed(request, FaceError("login_required"))
+    request.state.step_up_session = session
     return None
 
 
@@ -197,7 +200,7 @@ async def step_up(request: Request, body: StepUpIn) -> Response:
     now = request.app.state.container.clock.now()
     try:
         done = await face_for(request.app).step_up(
-            session_cookie=request.cookies.get(settings.session_cookie), image=_image(body.image),
+            session=getattr(request.state, "step_up_session", None), image=_image(body.image),
             address=request.client.host if request.client else None, now=now)
     except FaceError as exc:
         return _failed(request, exc)

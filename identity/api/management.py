@@ -4,6 +4,11 @@ dynamic client registration (RFC 7591, RFC 7592), and the admin API (``/admin/v1
 Thin routes (STYLE.md #9): each reads the request and hands it to its use case. The OAuth endpoints
 answer errors in the OAuth JSON form (RFC 6749 §5.2, RFC 7591 §3.2.2), which OAuth clients parse; the
 admin API answers RFC 9457 problems. Authlib is synchronous, so routes reaching it are plain ``def``.
+
+Registration (POST) and its update (PUT) check their caller's bearer token on the headers before any
+of the body is read (``admit_first``: quaygate.routing.AdmitFirst), and read the body within its
+deadline. Introspection and revocation cannot: their client may authenticate in the body
+(client_secret_post, private_key_jwt, RFC 7521 §4.2), as at the token endpoint.
 """
 
 from __future__ import annotations
@@ -13,17 +18,19 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from quaygate.routing import AdmitFirst, admit_first
+
 from ..oidc.introspection import INTROSPECTION_PATH, introspection_response
 from ..oidc.revocation import REVOCATION_PATH, revocation_response
 from ..oidc.server import FormRequest
-from ..registration import REGISTRATION_PATH, registration_endpoint
+from ..registration import REGISTRATION_PATH, registration_admit, registration_endpoint
 from .admin import router as admin_router
 from .audit_search import router as audit_search_router
 
 MAX_FORM_BYTES = 16 * 1024
 MAX_JSON_BYTES = 64 * 1024
 
-router = APIRouter(tags=["identity"])
+router = APIRouter(tags=["identity"], route_class=AdmitFirst)
 
 _OAUTH_ERROR = {
     "description": "OAuth error (RFC 6749 §5.2, RFC 7591 §3.2.2)",
@@ -65,6 +72,13 @@ async def _body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
+def _registrant(request: Request) -> Response | None:
+    """The registration's caller, on the headers alone (``registration_admit``): for AdmitFirst, on a
+    worker thread, before the metadata is read."""
+    return registration_admit(request.app, request.method, request.headers,
+                              client_id=request.path_params.get("client_id"))
+
+
 def _raw(request: Request, body: bytes | None) -> FormRequest:
     return FormRequest(request.method, request.headers, request.headers.get("content-type", ""), body)
 
@@ -87,6 +101,7 @@ def revoke(request: Request, body: bytes | None = Depends(_body)) -> Response:
 
 @router.post(REGISTRATION_PATH, operation_id="identity_register_client", status_code=201,
              openapi_extra=_METADATA, responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR})
+@admit_first(_registrant)
 def register(request: Request, body: bytes | None = Depends(_body)) -> JSONResponse:
     """RFC 7591 §3 dynamic client registration, authorised by an initial access token."""
     return registration_endpoint(request.app, _raw(request, body), client_id=None)
@@ -101,6 +116,7 @@ def read_client(client_id: str, request: Request) -> Response:
 
 @router.put(REGISTRATION_PATH + "/{client_id}", operation_id="identity_update_client",
             openapi_extra=_METADATA, responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR})
+@admit_first(_registrant)
 def update_client(client_id: str, request: Request, body: bytes | None = Depends(_body)) -> Response:
     """RFC 7592 §2.2: replace a registered client's metadata."""
     return registration_endpoint(request.app, _raw(request, body), client_id=client_id)

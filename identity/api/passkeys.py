@@ -28,6 +28,7 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
     GET    /account/passkeys                 200 [{"credential_id", "name", "created_at", "last_used_at",
                                                    "status"}]  (active and suspended; removed ones hidden)
     PATCH  /account/passkeys/{credential_id} {"name"}  200 {"credential_id", "name"}
+      403 origin_refused / 401 login_required on the headers, before any of the body is read
     DELETE /account/passkeys/{credential_id}           200 {"credential_id", "status": "removed",
                                                             "active_remaining"}
       Removing the last active passkey is allowed (a lost phone must go at once): the page should
@@ -42,6 +43,7 @@ user_handle``), never the person id itself.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -50,15 +52,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from quaygate.routing import AdmitFirst
+from quaygate.routing import AdmitFirst, admit_first
 from quaygate.threads import threads_for
 from release_service.api.problems import problem, problem_responses
 
 from ..authn.service import PasskeyError, passkeys_for
+from ..sessions import sessions_for
 from .admin import AdminRefused, admin_caller, admits, enrolment_code_caller
 
-# AdmitFirst: each body read within its deadline; the enrolment code's caller checked on the headers
-# before its body is read (identity.api.admin ``admits``).
+log = logging.getLogger(__name__)
+
+# AdmitFirst: each body read within its deadline; the caller checked on the headers before the body is
+# read where the headers alone name it: the enrolment code's (identity.api.admin ``admits``), an
+# account route's (``_account_caller``). The ceremonies' caller is in their body (an enrolment code, a
+# flow and its signed challenge), so they cannot.
 router = APIRouter(tags=["identity"], route_class=AdmitFirst)
 
 # The one table from our error codes to HTTP statuses (STYLE.md #6).
@@ -192,6 +199,21 @@ def registration_verify(request: Request, body: VerifyRequest) -> JSONResponse:
     return _with_session(request, out, 201, result.cookie)
 
 
+def _account_caller(request: Request) -> JSONResponse | None:
+    """An account route's caller on the headers alone, before any of its body is read (AdmitFirst, on
+    a worker thread): a page of ours (Origin, the CSRF guard) and a live login session, refused as the
+    route refuses them (403 ``origin_refused``, 401 ``login_required``). The route checks both again
+    once the body is in (``PasskeyService.rename``): a session ended meanwhile is refused there."""
+    try:
+        passkeys_for(request.app).check_origin(request.headers.get("origin"))
+    except PasskeyError as exc:
+        return _refused(request, exc)
+    if sessions_for(request.app).get(_cookie(request), now=request.app.state.container.clock.now()) is None:
+        log.info("identity.passkey.refused.login_required")
+        return _refused(request, PasskeyError("login_required", "no live session"))
+    return None
+
+
 @router.get("/account/passkeys", operation_id="listMyPasskeys", responses=problem_responses(401))
 def list_passkeys(request: Request) -> JSONResponse:
     try:
@@ -210,6 +232,7 @@ def list_passkeys(request: Request) -> JSONResponse:
 
 @router.patch("/account/passkeys/{credential_id}", operation_id="renameMyPasskey",
               responses=problem_responses(400, 401, 403, 404))
+@admit_first(_account_caller)
 def rename_passkey(request: Request, credential_id: str, body: RenameRequest) -> JSONResponse:
     try:
         name = passkeys_for(request.app).rename(origin=request.headers.get("origin"),

@@ -266,14 +266,16 @@ class FaceService:
 
     # ---- step-up --------------------------------------------------------------------------------
 
-    async def step_up(self, *, session_cookie: str | None, image: bytes, address: str | None,
+    async def step_up(self, *, session: LoginSession | None, image: bytes, address: str | None,
                       now: datetime) -> StepUp:
-        """Raise the login session behind ``session_cookie`` to acr face after a face match."""
+        """Raise ``session``, the live login session the caller was admitted with (looked up once, by
+        its cookie, before the capture was read: identity.api.face), to acr face after a face match.
+        It is not looked up again: one that lapsed since is refused here, and one ended since (a logout,
+        another step-up) is refused when it is replaced, in the transaction that ends it
+        (``_replace_session``), before any new session exists."""
         if self._sessions is None or self._guard is None:
             raise FaceError(FaceCode.UNAVAILABLE)
-        session = await anyio.to_thread.run_sync(lambda: self._sessions.get(session_cookie, now=now)
-                                                 if self._sessions else None)
-        if session is None:
+        if session is None or session.expires_at <= now:
             raise FaceError("login_required")
         try:
             acr, amr = rules.stepped_up(session.acr, session.amr)
@@ -302,7 +304,8 @@ class FaceService:
         assert self._sessions is not None
         with self._engine.begin() as conn:
             if not self._sessions.end(old.sid, now=now, conn=conn):
-                # Two step-ups of one session at once: the first replaced it; this one is refused.
+                # Ended since the caller was admitted: a logout, or two step-ups of one session at once
+                # (the first replaced it). This one is refused, and the transaction rolls back.
                 raise FaceError("login_required")
             cookie, session = self._sessions.create(old.person_id, acr=acr, amr=amr, now=now, conn=conn, of=old)
             audit.record("identity.login.face.stepped_up", at=now, actor={"person_id": str(old.person_id)},

@@ -1,10 +1,17 @@
 """The HTTP edge of dynamic client registration: bearer token, JSON body, errors as RFC 7591 §3.2.2
-JSON (401 with an RFC 6750 §3 challenge for a bad initial or registration access token)."""
+JSON (401 with an RFC 6750 §3 challenge for a bad initial or registration access token).
+
+The caller's token is on the headers alone: a registration (POST) or an update (PUT) checks it before
+any of the metadata is read (``registration_admit``, given to the routes with quaygate.routing
+``admit_first``), so nobody without a live token makes the server read and parse a metadata document.
+The token is still claimed (an initial access token) or swapped (a registration access token) in the
+transaction that writes, once the body is in: a token used or rotated meanwhile is refused there."""
 
 from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
@@ -37,8 +44,8 @@ def management_for(app: Any) -> ClientManagement:
     return built_once(app, "identity_client_management", build)
 
 
-def _bearer(raw: FormRequest) -> str:
-    value = raw.headers.get("authorization", "")
+def _bearer(headers: Any) -> str:
+    value = headers.get("authorization", "")
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise RegistrationError("invalid_token", "A bearer access token is required.", 401, reason="no_token")
@@ -62,7 +69,7 @@ def registration_endpoint(app: Any, raw: FormRequest, *, client_id: str | None) 
     manager = management_for(app)
     now = container.clock.now()
     try:
-        token = _bearer(raw)
+        token = _bearer(raw.headers)
         if client_id is None:
             doc = _json(raw)
             out = manager.register(token, doc, now=now)
@@ -76,12 +83,35 @@ def registration_endpoint(app: Any, raw: FormRequest, *, client_id: str | None) 
         manager.delete(client_id, token, now=now)
         return Response(status_code=204, headers=NO_STORE)
     except RegistrationError as exc:
-        kind = "identity.client.register.refused" if client_id is None else "identity.client.manage.refused"
-        log.info("%s.%s", kind, exc.reason)
-        audit.record(kind, at=now, actor={"client_id": client_id} if client_id else {}, subject=client_id,
-                     data={"reason": exc.reason, "method": raw.method}, engine=container.engine)
-        headers = dict(NO_STORE)
-        if exc.status == 401:
-            headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'  # RFC 6750 §3
-        body = {"error": exc.error, "error_description": exc.description}
-        return JSONResponse(body, status_code=exc.status if exc.status in (400, 401) else 400, headers=headers)
+        return _refused(container, exc, client_id=client_id, method=raw.method, now=now)
+
+
+def registration_admit(app: Any, method: str, headers: Any, *, client_id: str | None) -> Response | None:
+    """POST /oauth2/register's and PUT /oauth2/register/{id}'s caller on the headers alone, before any
+    of the metadata is read: an initial access token that could register now (RFC 7591 §3), or the
+    client's registration access token (RFC 7592 §3). None to go on; else the refusal, answered and
+    audited as ``registration_endpoint`` answers it. Blocking (PostgreSQL): off the event loop."""
+    container = app.state.container
+    now = container.clock.now()
+    try:
+        token = _bearer(headers)
+        if client_id is None:
+            management_for(app).check_initial_access_token(token, now=now)
+        else:
+            management_for(app).check_registration_token(client_id, token)
+    except RegistrationError as exc:
+        return _refused(container, exc, client_id=client_id, method=method, now=now)
+    return None
+
+
+def _refused(container: Any, exc: RegistrationError, *, client_id: str | None, method: str, now: datetime
+             ) -> Response:
+    kind = "identity.client.register.refused" if client_id is None else "identity.client.manage.refused"
+    log.info("%s.%s", kind, exc.reason)
+    audit.record(kind, at=now, actor={"client_id": client_id} if client_id else {}, subject=client_id,
+                 data={"reason": exc.reason, "method": method}, engine=container.engine)
+    headers = dict(NO_STORE)
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'  # RFC 6750 §3
+    body = {"error": exc.error, "error_description": exc.description}
+    return JSONResponse(body, status_code=exc.status if exc.status in (400, 401) else 400, headers=headers)

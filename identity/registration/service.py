@@ -62,6 +62,12 @@ def _unauthorised(reason: str, description: str = "The access token is invalid."
     return RegistrationError("invalid_token", description, 401, reason=reason)
 
 
+def _iat_refused(row: Any, now: datetime) -> RegistrationError:
+    """Why an initial access token (its row, or None) cannot register."""
+    reason = "iat_unknown" if row is None else "iat_expired" if row.expires_at <= now else "iat_used"
+    return _unauthorised(reason)
+
+
 @dataclass(frozen=True, slots=True)
 class Organisation:
     id: uuid.UUID
@@ -129,9 +135,39 @@ class ClientManagement:
             .where(initial_access_tokens.c.token_hash == h)
         ).first()
         if claimed != 1 or row is None:
-            reason = "iat_unknown" if row is None else "iat_expired" if row.expires_at <= now else "iat_used"
-            raise _unauthorised(reason)
+            raise _iat_refused(row, now)
         return row.organisation_id, str(row.created_by)
+
+    def check_initial_access_token(self, token: str, *, now: datetime) -> None:
+        """Could ``token`` register now (known, unused, unexpired)? Else RegistrationError 401, as
+        ``register`` refuses it. A read, for the edge to refuse a caller before reading its metadata;
+        nothing is claimed: ``register`` claims the token in the transaction that registers, so a token
+        used or expired meanwhile is refused there."""
+        if not token.startswith(IAT_PREFIX):
+            raise _unauthorised("iat_unknown")
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(initial_access_tokens.c.used_at, initial_access_tokens.c.expires_at)
+                .where(initial_access_tokens.c.token_hash == _sha256(token))
+            ).first()
+        if row is None or row.used_at is not None or row.expires_at <= now:
+            raise _iat_refused(row, now)
+
+    def check_registration_token(self, client_id: str, token: str) -> None:
+        """Is ``token`` the registration access token of the active client ``client_id``? Else
+        RegistrationError 401, as ``update`` and ``delete`` refuse it (RFC 7592 §2.1: an unknown client
+        and a wrong token look the same). A read, for the edge to refuse a caller before reading its
+        metadata; the token is still swapped (``_rotate``) in the transaction that updates."""
+        if not token.startswith(RAT_PREFIX):
+            raise _unauthorised("rat_invalid")
+        with self._engine.connect() as conn:
+            found = conn.execute(
+                sa.select(oauth_clients.c.client_id)
+                .where(oauth_clients.c.client_id == client_id, oauth_clients.c.active.is_(True),
+                       oauth_clients.c.registration_token_hash == _sha256(token))
+            ).first()
+        if found is None:
+            raise _unauthorised("rat_invalid")
 
     # ---- RFC 7591 ------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from starlette.concurrency import run_in_threadpool
 
 from identity.domain.scopes import GATE_VERIFY
+from identity.tokens import InvalidToken
 from quaygate import jsonbody
 from quaygate.limits import IMAGE_B64_MAX, IMAGE_BODY_BYTES, Printable, Prose
 from quaygate.routing import AdmitFirst
@@ -36,10 +38,12 @@ from release_service.ports import FaceCaptureRefused
 from release_service.services import verify as verify_service
 
 from .auth import authenticate_but_revocation, bearer, credentials_of, require
-from .problems import problem, problem_responses
+from .problems import AuthError, problem, problem_responses
 from .routes import unit_of_work
 
 GATE = require(GATE_VERIFY, audience_setting="gate_audience")
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/gate/v1", tags=["gate"], route_class=AdmitFirst)
 
@@ -228,6 +232,25 @@ def admit_verify(request: Request) -> None:
     request.state.gate_caller = authenticate_but_revocation(
         request, credentials_of(request), audience=request.app.state.container.settings.gate_audience,
         scope=GATE_VERIFY)
+
+
+def verify_again(request: Request) -> None:
+    """POST /gate/v1/verify's caller checked again once its body is in (quaygate/routing.py ``again``),
+    for what may have changed while a slow client sent it: the token's times (``exp``) against now and
+    its key still published, on the verifier's memo (no signature checked again, no round trip). Its
+    revocation is not looked up here: ``_verify`` settles it after the body is in, as ever (read with
+    the facts, in a round trip made anyway), and the DPoP proof's jti was claimed once, at admission
+    (RFC 9449 §11.1). AuthError 401 ``invalid_token``, as ``admit_verify`` refuses such a token."""
+    credentials = credentials_of(request)
+    if credentials is None:  # not admitted with a token: ``_verify`` refuses it
+        return
+    try:
+        request.app.state.token_verifier.verify(
+            credentials.credentials, audience=request.app.state.container.settings.gate_audience, revocation=False)
+    except InvalidToken as exc:
+        log.info("release.gate.refused.after_body")
+        raise AuthError(401, "invalid_token", exc.description,
+                        scheme="DPoP" if credentials.scheme.lower() == "dpop" else "Bearer") from exc
 
 
 def _json_content(value: str | None) -> bool:
