@@ -8,7 +8,14 @@ check list, one guard per rule and one reason code per guard::
 
     proof ──size/shape──▶ header: typ=dpop+jwt, alg ∈ allow-list, jwk public and fit for alg
           ──signature with jwk──▶ claims: jti, htm, htu, iat window, ath
-          ──claim (jkt, jti) once with SET NX──▶ DPoPProof (frozen)
+          ──claim (jkt, jti) once with SET NX, refused for a proof from before the cache's epoch──▶
+          DPoPProof (frozen)
+
+The single use holds as long as the cache's data does. A Redis that lost its claims (restarted
+empty, flushed, or started from an older snapshot) would take a proof used just before for an unused
+one: the claim is refused for a proof that could have been accepted before the cache's dataset began
+(quaygate/dataset.py), one whose ``iat`` is earlier than the epoch plus the leeway a client's clock may
+be ahead by. It is refused as a replay; the client makes a new proof.
 
 Errors are RFC 9449 §7.1 / §5 codes: ``invalid_dpop_proof`` (and ``use_dpop_nonce`` when server
 nonces are used; they are not, yet). The description is safe to send back; the reason code is for
@@ -23,6 +30,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -107,8 +115,9 @@ class DPoPProof:
     iat: int
     ath: str | None
     jwk: dict[str, Any]
-    # Verified with ``claim=False``: the single-use claim still to make (``DPoPVerifier.claim``).
-    unclaimed: tuple[str, int] | None = None
+    # Verified with ``claim=False``: the single-use claim still to make (``DPoPVerifier.claim``): the
+    # cache key, its lifetime in seconds, and the earliest moment the proof could have been accepted.
+    unclaimed: tuple[str, int, float] | None = None
 
 
 def _b64url(data: bytes) -> str:
@@ -243,11 +252,13 @@ class DPoPVerifier:
         ath = self._check_ath(claims, access_token)
         # RFC 9449 §11.1: a proof is single use. One atomic SET NX per (key, jti), kept for the whole
         # acceptance window (iat up to leeway ahead, accepted until max_age after iat), STYLE.md #4.
+        # The earliest it could have been accepted: when the server's clock read iat - leeway (a
+        # client's clock ahead by the leeway). Before the cache's epoch, its claim may have been lost.
         digest = hashlib.sha256(jti.encode("utf-8")).hexdigest()
-        single_use = (f"dpop:jti:{jkt}:{digest}", self._max_age + 2 * self._leeway)
+        single_use = (f"dpop:jti:{jkt}:{digest}", self._max_age + 2 * self._leeway, iat - self._leeway)
         if claim:
             self.claim(single_use)
-        return DPoPProof(jkt=jkt, jti=jti, htm=claims["htm"], htu=claimed_htu, iat=iat, ath=ath,
+        return DPoPProof(jkt=jkt, jti=jti, htm=claims["htm"], htu=claimed_htu, iat=int(iat), ath=ath,
                          jwk=dict(public_jwk), unclaimed=None if claim else single_use)
 
     def _signed(self, known: _Known, segment: str, body: str, signature: str) -> bytes:
@@ -270,22 +281,24 @@ class DPoPVerifier:
             raise _refuse("signature", "the proof's signature does not verify with its jwk")
         return payload
 
-    def claim(self, single_use: tuple[str, int]) -> None:
-        """The proof's one use (a verified proof's ``unclaimed``); DPoPError when it was used before."""
-        key, ttl = single_use
-        if not self._cache.claim(key, ttl):
+    def claim(self, single_use: tuple[str, int, float]) -> None:
+        """The proof's one use (a verified proof's ``unclaimed``); DPoPError when it was used before, or
+        could have been before the cache's dataset began (its claim lost with the data)."""
+        key, ttl, usable_from = single_use
+        if not self._cache.claim(key, ttl, usable_from=usable_from):
             raise self.replayed()
 
-    def claim_name(self, single_use: tuple[str, int]) -> tuple[str, int] | None:
-        """The Redis name ``claim`` sets for ``single_use`` and its lifetime in milliseconds, for a
-        caller that sends the same ``SET name 1 NX PX ms`` on a connection of its own (the gate's,
-        pipelined on the event loop: no worker thread waits for Redis); None when the cache is not
-        Redis. The caller raises ``replayed()`` when the name was set already."""
-        qualified = getattr(self._cache, "qualified", None)
-        if not self._cache.shared or qualified is None:
+    def claim_call(self, single_use: tuple[str, int, float]) -> tuple[list[str], list[Any]] | None:
+        """The keys and arguments of the script ``claim`` runs for ``single_use`` (quaygate/dataset.py
+        ``CLAIM``), for a caller that runs it on a connection of its own greeting as the cache's do
+        (the gate's, pipelined on the event loop: no worker thread waits for Redis); None when the
+        cache is not Redis. The caller raises ``replayed()`` when the claim is refused."""
+        claim_call = getattr(self._cache, "claim_call", None)
+        if not self._cache.shared or claim_call is None:
             return None
-        key, ttl = single_use
-        return qualified(key), max(1, int(ttl * 1000))
+        key, ttl, usable_from = single_use
+        call: tuple[list[str], list[Any]] = claim_call(key, ttl, usable_from=usable_from)
+        return call
 
     @staticmethod
     def replayed() -> DPoPError:
@@ -385,17 +398,18 @@ class DPoPVerifier:
         normal = self._htus[uri] = normalise_htu(uri)
         return normal
 
-    def _check_iat(self, claims: dict[str, Any]) -> int:
+    def _check_iat(self, claims: dict[str, Any]) -> float:
         # §4.3 item 11 and §11.1: created recently (max_age), and not in the future beyond the leeway.
         iat = claims.get("iat")
-        if isinstance(iat, bool) or not isinstance(iat, int | float):
+        # Python's JSON reads NaN and Infinity: a NaN passes every comparison below.
+        if isinstance(iat, bool) or not isinstance(iat, int | float) or not math.isfinite(iat):
             raise _refuse("iat", "the proof's iat is missing")
         now = self._now()
         if iat > now + self._leeway:
             raise _refuse("iat_future", "the proof's iat is in the future")
         if iat < now - self._max_age:
             raise _refuse("iat_stale", "the proof is too old (iat)")
-        return int(iat)
+        return float(iat)
 
     def _check_ath(self, claims: dict[str, Any], access_token: str | None) -> str | None:
         # §4.3 item 12 and §7.1: with an access token, ath is required and is the token's hash.

@@ -1,16 +1,23 @@
 """The cache: Redis when QUAYGATE_REDIS_URL is set, else an in-process stand-in (embedded default).
 
 Single-use things (assertion ``jti``s, WebAuthn challenges, DPoP proofs, gate request ids) are
-claimed with one atomic ``SET NX`` with expiry (STYLE.md #4).
+claimed with one atomic ``SET NX`` with expiry (STYLE.md #4), or stored with ``put`` and taken with
+one atomic ``GETDEL`` (``take``). Both hold only as long as the cache's data does: each is refused for
+an item made before the cache's dataset began (quaygate/dataset.py, the epoch), whose claim or take a
+Redis that lost or rolled back its data may have forgotten.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Protocol
 
-from .redisline import Line, Script, dataset_guard
+from . import dataset
+from .redisline import Line, Script
+
+log = logging.getLogger(__name__)
 
 
 class Cache(Protocol):
@@ -18,8 +25,11 @@ class Cache(Protocol):
     # What must hold across processes (single-use claims, revocations, client changes) reads it.
     shared: bool
 
-    def claim(self, key: str, ttl_seconds: float) -> bool:
-        """True for the first caller only, until the key expires (SET key 1 NX PX ttl)."""
+    def claim(self, key: str, ttl_seconds: float, *, usable_from: float) -> bool:
+        """True for the first caller only, until the key expires (SET key 1 NX PX ttl). False too when
+        the item could have been used before this cache's dataset began: ``usable_from`` (Unix seconds),
+        the earliest moment it could first have been accepted, is earlier than the epoch
+        (quaygate/dataset.py): its claim may have been lost with the data."""
         ...
 
     def get(self, key: str) -> bytes | None: ...
@@ -34,8 +44,19 @@ class Cache(Protocol):
         """Remove these keys (one round trip)."""
         ...
 
+    def put(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        """Store a single-use value for ``take``, stamped with the moment it was stored (read it with
+        ``take`` only)."""
+        ...
+
+    def peek(self, key: str) -> bytes | None:
+        """What ``put`` stored, left in place; None as ``take`` would answer None."""
+        ...
+
     def take(self, key: str) -> bytes | None:
-        """Read and delete in one atomic step (GETDEL): of concurrent takers, one gets the value."""
+        """Read and delete what ``put`` stored, in one atomic step (GETDEL): of concurrent takers, one
+        gets the value. None too for a value stored before this cache's dataset began (a Redis started
+        again from an older snapshot brings back values taken since)."""
         ...
 
     def incr(self, key: str, ttl_seconds: float) -> int:
@@ -61,6 +82,9 @@ SWEEP_FLOOR = 10_000  # entries below which the in-process cache never sweeps
 class MemoryCache:
     """One process only: fine for the embedded default and tests, not for several replicas.
 
+    Its dataset began when it was made: a process started again has forgotten every claim, so an item
+    that could have been used before (a DPoP proof within its iat window) is refused as used.
+
     Expired entries go when read, and in a sweep once the entries doubled since the last sweep: each
     write pays for a sweep in its share (amortised constant), never a full scan per write, and what is
     kept stays within twice what is live (a flood of single-use claims cannot slow every claim after it).
@@ -68,24 +92,31 @@ class MemoryCache:
 
     shared = False
 
-    def __init__(self) -> None:
-        self._data: dict[str, tuple[bytes, float | None]] = {}
+    def __init__(self, *, since: float | None = None) -> None:
+        """``since``: the moment its dataset began (the epoch, quaygate/dataset.py), Unix seconds; by
+        default now, when it is made: nothing was claimed in it before."""
+        # key -> (value, expiry, stored by ``put``): ``take`` takes only those, as Redis's does.
+        self._data: dict[str, tuple[bytes, float | None, bool]] = {}
         self._lock = threading.Lock()
         self._sweep_at = SWEEP_FLOOR
+        self._since = time.time() if since is None else since
 
-    def _live(self, key: str, now: float) -> tuple[bytes, float | None] | None:
+    def _live(self, key: str, now: float) -> tuple[bytes, float | None, bool] | None:
         item = self._data.get(key)
         if item is not None and item[1] is not None and item[1] <= now:
             del self._data[key]
             return None
         return item
 
-    def claim(self, key: str, ttl_seconds: float) -> bool:
+    def claim(self, key: str, ttl_seconds: float, *, usable_from: float) -> bool:
+        if usable_from < self._since:
+            log.info("quaygate.cache.claim.before_epoch")
+            return False
         now = time.monotonic()
         with self._lock:
             if self._live(key, now) is not None:
                 return False
-            self._data[key] = (b"1", now + ttl_seconds)
+            self._data[key] = (b"1", now + ttl_seconds, False)
             self._grown(now)
             return True
 
@@ -98,9 +129,16 @@ class MemoryCache:
         return [self.get(k) for k in keys]
 
     def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None:
+        self._store(key, value, ttl_seconds, once=False)
+
+    def put(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        # No stamp needed: whatever this cache holds was stored since it was made.
+        self._store(key, value, ttl_seconds, once=True)
+
+    def _store(self, key: str, value: bytes, ttl_seconds: float | None, *, once: bool) -> None:
         now = time.monotonic()
         with self._lock:
-            self._data[key] = (value, None if ttl_seconds is None else now + ttl_seconds)
+            self._data[key] = (value, None if ttl_seconds is None else now + ttl_seconds, once)
             self._grown(now)
 
     def delete(self, *keys: str) -> None:
@@ -108,11 +146,16 @@ class MemoryCache:
             for key in keys:
                 self._data.pop(key, None)
 
+    def peek(self, key: str) -> bytes | None:
+        with self._lock:
+            item = self._live(key, time.monotonic())
+            return None if item is None or not item[2] else item[0]
+
     def take(self, key: str) -> bytes | None:
         with self._lock:
             item = self._live(key, time.monotonic())
             self._data.pop(key, None)
-            return None if item is None else item[0]
+            return None if item is None or not item[2] else item[0]
 
     def incr(self, key: str, ttl_seconds: float) -> int:
         now = time.monotonic()
@@ -120,7 +163,7 @@ class MemoryCache:
             item = self._live(key, now)
             count = 1 if item is None else int(item[0]) + 1
             expiry = now + ttl_seconds if item is None else item[1]
-            self._data[key] = (str(count).encode(), expiry)
+            self._data[key] = (str(count).encode(), expiry, False)
             self._grown(now)
             return count
 
@@ -144,7 +187,7 @@ class MemoryCache:
             self._sweep_at = max(SWEEP_FLOOR, 2 * len(self._data))
 
     def _sweep(self, now: float) -> None:
-        for k in [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]:
+        for k in [k for k, (_, exp, _) in self._data.items() if exp is not None and exp <= now]:
             del self._data[k]
 
 
@@ -167,29 +210,43 @@ class RedisCache:
 
         self._r = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
         self._p = prefix
+        self._epoch = prefix + "dataset:epoch"  # quaygate/dataset.py
         self._forget: list[str] = []
         # Every call below: one round trip on this thread's own connection, each connection made checking
-        # first that this Redis wrote the data it holds (``forget_on_new_dataset``).
-        self._line = Line(self._r, greeting=self._greeting)
+        # first that this Redis wrote the data it holds: the dataset's epoch, and ``forget_on_new_dataset``.
+        self._line = Line(self._r, greeting=self._greeting, greeted=dataset.greeted)
 
     def forget_on_new_dataset(self, *keys: str) -> None:
-        """Delete ``keys`` when a connection finds data this Redis did not write (quaygate/redisline.py
-        ``dataset_guard``: a Redis started again from an older snapshot, a replica promoted in a
+        """Delete ``keys`` when a connection finds data this Redis did not write (quaygate/dataset.py
+        ``GREETING``: a Redis started again from an older snapshot, a replica promoted in a
         failover): a marker that says a whole set was loaded, of which that older data may lack the
         newest entries, so the set is loaded again."""
         for key in keys:
             if self._p + key not in self._forget:
                 self._forget.append(self._p + key)
 
-    def _greeting(self) -> tuple[Any, ...] | None:
-        return dataset_guard(self._p + "dataset", list(self._forget)) if self._forget else None
+    def _greeting(self) -> tuple[Any, ...]:
+        marker = self._p + "dataset" if self._forget else None
+        return dataset.greeting(self._epoch, marker, list(self._forget))
+
+    def epoch_greeting(self) -> tuple[Any, ...]:
+        """The greeting of a connection of another part that makes this cache's claims (``claim_call``),
+        the gate's pipelined one: the epoch checked, nothing forgotten (that is this cache's own)."""
+        return dataset.greeting(self._epoch)
 
     def qualified(self, key: str) -> str:
         """The Redis name of ``key``: for a script that reads cache keys with its own (one round trip)."""
         return self._p + key
 
-    def claim(self, key: str, ttl_seconds: float) -> bool:
-        return self._line.call("SET", self._p + key, b"1", "NX", "PX", max(1, int(ttl_seconds * 1000))) is not None
+    def claim(self, key: str, ttl_seconds: float, *, usable_from: float) -> bool:
+        return dataset.claimed(self._line.run(dataset.CLAIM, *self.claim_call(key, ttl_seconds,
+                                                                               usable_from=usable_from)))
+
+    def claim_call(self, key: str, ttl_seconds: float, *, usable_from: float) -> tuple[list[str], list[Any]]:
+        """``claim``'s script (quaygate/dataset.py ``CLAIM``), keys and arguments, for a caller that runs
+        it on a connection of its own (the gate's, pipelined on the event loop) and reads its reply
+        with ``dataset.claimed``. That connection must greet as this cache's do (``epoch_greeting``)."""
+        return dataset.claim_call(self._p + key, self._epoch, ttl_seconds, usable_from)
 
     def get(self, key: str) -> bytes | None:
         value = self._line.call("GET", self._p + key)
@@ -209,9 +266,14 @@ class RedisCache:
         if keys:
             self._line.call("DEL", *(self._p + k for k in keys))
 
+    def put(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        self._line.run(dataset.PUT, [self._p + key, self._epoch], [max(1, int(ttl_seconds * 1000)), value])
+
+    def peek(self, key: str) -> bytes | None:
+        return dataset.taken(self._line.run(dataset.STAMPED, [self._p + key, self._epoch], ["GET"]))
+
     def take(self, key: str) -> bytes | None:
-        value = self._line.call("GETDEL", self._p + key)
-        return value if isinstance(value, bytes) else None
+        return dataset.taken(self._line.run(dataset.STAMPED, [self._p + key, self._epoch], ["GETDEL"]))
 
     def incr(self, key: str, ttl_seconds: float) -> int:
         return int(self._line.run(_INCR, [self._p + key], [max(1, int(ttl_seconds * 1000))])[0])

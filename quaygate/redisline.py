@@ -40,40 +40,16 @@ class Script:
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
 
-# A connection's greeting (``Line``): has this server served the data it holds, as far as this cache
-# knows? ``run_id`` is new on every start of a Redis process, and differs on every replica. Data last
-# served by another server (a Redis started again from an older snapshot, a replica promoted over a
-# master that took writes the replica never got) may lack the newest writes: what is named here (a
-# "loaded" marker) is deleted before the connection is used, so what it vouched for is loaded again,
-# and the marker names this server. Without a marker (an empty Redis, a flushed one) there is nothing
-# to distrust. ARGV: the marker's name, then the names to delete. Returns 1 when it deleted them.
-DATASET_GUARD = Script("""
-local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-if not id then return redis.error_reply('no run_id in INFO server') end
-local was = redis.call('GET', ARGV[1])
-if was == id then return 0 end
-redis.call('SET', ARGV[1], id)
-if not was then return 0 end  -- no marker: data no server wrote here (empty, flushed), nothing to distrust
-for i = 2, #ARGV do redis.call('DEL', ARGV[i]) end
-return 1
-""")
-
-
-def dataset_guard(marker: str, forget: list[str]) -> tuple[Any, ...]:
-    """The greeting command of ``DATASET_GUARD``: ``forget`` deleted unless ``marker`` names this very
-    server (sent once per connection: EVAL, not EVALSHA, so nothing else is needed first)."""
-    return ("EVAL", DATASET_GUARD.source, 0, marker, *forget)
-
-
 class Line:
-    def __init__(self, client: redis.Redis, *, greeting: Callable[[], tuple[Any, ...] | None] | None = None) -> None:
-        """``greeting``: the command sent on every connection made, before its first call (``dataset_guard``);
-        an error reply to it fails the call that connected."""
+    def __init__(self, client: redis.Redis, *, greeting: Callable[[], tuple[Any, ...] | None] | None = None,
+                 greeted: Callable[[Any], None] | None = None) -> None:
+        """``greeting``: the command sent on every connection made, before its first call (quaygate/dataset.py
+        ``greeting``); an error reply to it fails the call that connected. ``greeted``: given its reply."""
         pool = client.connection_pool
         self._cls = pool.connection_class
         self._kwargs = dict(pool.connection_kwargs)
         if greeting is not None:  # on each connect redis-py makes, a reconnect included
-            self._kwargs["redis_connect_func"] = _greeted(self._kwargs.get("redis_connect_func"), greeting)
+            self._kwargs["redis_connect_func"] = _greeted(self._kwargs.get("redis_connect_func"), greeting, greeted)
         # redis-py packs a command by looking at every argument in Python before hiredis packs it in C;
         # the gate's scripts take twenty-odd arguments. With hiredis and the default UTF-8, it is packed
         # in C alone (a bool or None refused as redis-py refuses it: DataError).
@@ -129,8 +105,8 @@ class Line:
             conn.disconnect()
 
 
-def _greeted(connect: Callable[[Any], None] | None, greeting: Callable[[], tuple[Any, ...] | None]
-             ) -> Callable[[Any], None]:
+def _greeted(connect: Callable[[Any], None] | None, greeting: Callable[[], tuple[Any, ...] | None],
+             greeted: Callable[[Any], None] | None) -> Callable[[Any], None]:
     """redis-py's ``redis_connect_func``: its own greeting (or ``connect``'s), then ``greeting``'s command."""
     def greet(conn: Any) -> None:
         if connect is None:
@@ -140,7 +116,9 @@ def _greeted(connect: Callable[[Any], None] | None, greeting: Callable[[], tuple
         command = greeting()
         if command is not None:
             conn.send_command(*command, check_health=False)
-            conn.read_response()  # an error reply raises: redis-py's connect drops the connection
+            reply = conn.read_response()  # an error reply raises: redis-py's connect drops the connection
+            if greeted is not None:
+                greeted(reply)
 
     return greet
 
@@ -172,9 +150,12 @@ class Pipelined:
     ``Line``. A managed Redis is mostly reached over TLS: without this, every gate check would wait for
     a worker thread."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, greeting: Callable[[], tuple[Any, ...] | None] | None = None,
+                 greeted: Callable[[Any], None] | None = None) -> None:
+        """``greeting`` and ``greeted``: as ``Line``'s, on every connection made, after AUTH and SELECT."""
         pool = client.connection_pool
         kw = pool.connection_kwargs
+        self._greeting, self._greeted = greeting, greeted
         tls = pool.connection_class is redis.connection.SSLConnection
         self._tls = _tls_context(kw) if tls else None
         self.available = ((pool.connection_class is redis.connection.Connection or self._tls is not None)
@@ -255,11 +236,16 @@ class Pipelined:
                          else ("AUTH", self._password))
         if self._db:
             hello.append(("SELECT", self._db))
+        greeting = self._greeting() if self._greeting is not None else None
+        if greeting is not None:
+            hello.append(greeting)
         try:
             for command in hello:
                 reply = await wire.send(_hiredis_pack(command))  # type: ignore[misc]
                 if isinstance(reply, _ReplyError):
                     raise redis.ConnectionError(f"Redis refused {command[0]}: {reply}")
+            if greeting is not None and self._greeted is not None:
+                self._greeted(reply)
         except BaseException:
             wire.close()  # never left open, however the greeting ended
             raise

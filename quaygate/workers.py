@@ -35,8 +35,11 @@ def gate_facts_for(container: Container) -> RedisGateFacts:
     must reach the gates' copies as one changed through the API does (``Container.build``)."""
     s = container.settings
     assert s.redis_url, "gate facts live in Redis"
+    # The gate claims DPoP proofs on the facts' pipelined connection: it greets as the cache's do, so
+    # that a proof from before the dataset's epoch is refused there too (quaygate/dataset.py).
+    greeting = getattr(container.cache, "epoch_greeting", None)
     return RedisGateFacts.from_url(s.redis_url, container.engine, lambda: unit_of_work(container),
-                                   ttl=s.gate_facts_ttl, request_ttl=s.gate_request_ttl)
+                                   ttl=s.gate_facts_ttl, request_ttl=s.gate_request_ttl, greeting=greeting)
 
 
 def start_gate_facts(container: Container) -> RedisGateFacts | None:

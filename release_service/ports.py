@@ -355,9 +355,10 @@ class GateFacts(Protocol):
         """``record``, awaited on the event loop."""
         ...
 
-    async def claim_async(self, name: str, ttl_ms: int) -> bool:
-        """``SET name 1 NX PX ttl_ms`` (another part's name in the same Redis: a DPoP proof's single
-        use), awaited on the event loop: True when this call set it. May raise FactsUnavailable."""
+    async def claim_async(self, keys: list[str], args: list[Any]) -> bool:
+        """Another part's single-use claim in the same Redis (a DPoP proof's: quaygate/dataset.py
+        ``CLAIM``, its keys and arguments), awaited on the event loop: True when this call claimed it.
+        May raise FactsUnavailable."""
         ...
 
     def moving(self, rights: Sequence[str]) -> AbstractContextManager[None]:

@@ -146,9 +146,38 @@ def redis_url() -> Iterator[str]:
     url = f"{base.rstrip('/')}/{index}"
     client = redis.Redis.from_url(url)
     client.flushdb()
+    # A Redis that has held the service's data since long before the test: its dataset's epoch
+    # (quaygate/dataset.py) long ago, set by this very server. Without it a flushed Redis is one that
+    # lost its data, and a DPoP proof or client assertion made in the test's first seconds is refused.
+    client.set("qg:dataset:epoch", f"0 {client.info('server')['run_id']}")
     yield url
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(autouse=True)
+def _caches_held_their_data_since_long_before(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    """An in-process cache a test makes stands for one that has held its data since long before the
+    test, as ``redis_url``'s Redis does: its epoch (quaygate/dataset.py) is long ago unless given. A
+    cache's own epoch is the moment it is made, and a DPoP proof or client assertion made within the
+    verifier's leeway after it is refused (its client's clock may be that far ahead), as after a
+    restart. Tests of that ask for ``epochs_as_made``."""
+    if "epochs_as_made" in request.fixturenames:
+        return
+    from quaygate.cache import MemoryCache
+
+    made = MemoryCache.__init__
+
+    def long_ago(self: MemoryCache, *, since: float | None = None) -> None:
+        made(self, since=0.0 if since is None else since)
+
+    monkeypatch.setattr(MemoryCache, "__init__", long_ago)
+
+
+@pytest.fixture
+def epochs_as_made() -> None:
+    """In-process caches begin their dataset when they are made, as in a server (see above)."""
 
 
 @pytest.fixture

@@ -83,9 +83,10 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
         proc.wait()
 
 
-def serve_app(port: int, env: dict[str, str], log: Path, *uvicorn_args: str) -> subprocess.Popen[bytes]:
+def serve_app(port: int, env: dict[str, str], log: Path, *uvicorn_args: str,
+              factory: str = "quaygate.app:app_from_env") -> subprocess.Popen[bytes]:
     """The quaygate app under uvicorn in a child process (as ``quaygate serve`` runs it), once /healthz
-    answers."""
-    return start([sys.executable, "-m", "uvicorn", "--factory", "quaygate.app:app_from_env", "--host", "127.0.0.1",
+    answers. ``factory``: another app factory (tests/served_long_ago.py)."""
+    return start([sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
                   "--port", str(port), *uvicorn_args], log=log, env=env, what="the server",
                  ready=answers(f"http://127.0.0.1:{port}/healthz"))

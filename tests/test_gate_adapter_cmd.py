@@ -40,6 +40,7 @@ from identity.bootstrap import create_client
 from quaygate.cli import main as quaygate_main
 from quaygate.schema import gate_decisions
 
+from . import served_long_ago
 from .factories import TERMINAL, container
 from .processes import ROOT, answers, free_port, serve_app, start, stop, unavailable
 from .test_gate_verify import Gate, pickable_in_process
@@ -256,7 +257,9 @@ def served(pg_engine: sa.Engine, tmp_path: Path) -> Iterator[tuple[Gate, str, li
            "QUAYGATE_BACKGROUND_WORKERS": "false", "QUAYGATE_LOG_LEVEL": "WARNING",
            "QUAYGATE_ISSUER": f"http://127.0.0.1:{port}"}
     env.pop("QUAYGATE_REDIS_URL", None)
-    server = serve_app(port, env, tmp_path / "server.log", "--log-level", "warning")
+    # The adapter gets its first token and makes its first proof as soon as the server is up: a server
+    # whose cache held its data since long before (a just-started one refuses them for the leeway).
+    server = serve_app(port, env, tmp_path / "server.log", "--log-level", "warning", factory=served_long_ago.FACTORY)
     try:
         yield gate, f"http://127.0.0.1:{port}", rids
     finally:

@@ -1407,7 +1407,7 @@ def test_a_dpop_proof_at_the_gate_is_claimed_once_and_never_holds_the_event_loop
     piped: list[bool] = []
     claim, claim_async = DPoPVerifier.claim, RedisGateFacts.claim_async
 
-    def watched(self: DPoPVerifier, single_use: tuple[str, int]) -> None:
+    def watched(self: DPoPVerifier, single_use: tuple[str, int, float]) -> None:
         try:
             asyncio.get_running_loop()
             on_loop.append(True)
@@ -1415,8 +1415,8 @@ def test_a_dpop_proof_at_the_gate_is_claimed_once_and_never_holds_the_event_loop
             on_loop.append(False)
         claim(self, single_use)
 
-    async def watched_async(self: RedisGateFacts, name: str, ttl_ms: int) -> bool:
-        first = await claim_async(self, name, ttl_ms)
+    async def watched_async(self: RedisGateFacts, keys: list[str], args: list[Any]) -> bool:
+        first = await claim_async(self, keys, args)
         piped.append(first)
         return first
 
@@ -1503,8 +1503,9 @@ def test_a_redis_started_again_from_an_older_snapshot_loses_no_revocation(
     whose run_id is not the one the data was last served by). The revocation's entry is lost while the
     snapshot says the list was loaded. The first connection made to that server drops the mark before it
     is used, and the list is loaded again from the database before the token is judged: still revoked.
-    (The gate facts need no such greeting: a process that sees Redis fail replaces every generation
-    before it trusts a copy again, and every process does so when it starts.)"""
+    (The gate facts replace every generation before they trust a copy again when a call of theirs fails,
+    when their process starts, and when their pipelined connection, made anew without a failure, is
+    greeted under another dataset: tests/test_dataset_loss.py.)"""
     import redis
 
     from identity.grants import RevocationList

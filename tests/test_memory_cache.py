@@ -17,7 +17,7 @@ def test_expired_entries_of_every_kind_of_write_do_not_pile_up() -> None:
     for i in range(3 * SWEEP_FLOOR):
         c.set(f"s{i}", b"x", 0.001)
         c.incr(f"rl:{i}", 0.001)  # a rate-limit counter per address: never read again
-        c.claim(f"jti:{i}", 0.001)
+        c.claim(f"jti:{i}", 0.001, usable_from=time.time())
         if i % 1000 == 0:
             time.sleep(0.002)  # what was written so far has expired
     # Kept: at most twice what was live at the last sweep (live: the last few thousand at most).
@@ -38,7 +38,7 @@ def test_a_flood_of_live_claims_does_not_make_each_claim_scan_the_cache(monkeypa
         c.set(f"flow:{i}", b"{}", 300)
     before = len(sweeps)
     for i in range(1000):
-        assert c.claim(f"dpop:{i}", 70)
+        assert c.claim(f"dpop:{i}", 70, usable_from=time.time())
     assert len(sweeps) - before <= 1, sweeps  # a full scan per claim before
     assert before <= 5  # doubling: 10k, 20k, 40k, 80k (log2 of the growth), not one per write
-    assert c.claim("dpop:0", 70) is False  # and claims stay single-use
+    assert c.claim("dpop:0", 70, usable_from=time.time()) is False  # and claims stay single-use

@@ -78,14 +78,17 @@ def test_an_error_reply_keeps_the_connection_in_step(client: redis.Redis) -> Non
 
 def test_the_cache_on_the_line_keeps_its_promises(redis_url: str) -> None:
     cache = RedisCache(redis_url, prefix=f"t{uuid.uuid4().hex[:6]}:")
-    assert cache.claim("jti", 5) is True
-    assert cache.claim("jti", 5) is False  # single use: the second caller is refused
+    later = time.time() + 60  # an item made after the dataset began (a prefix of its own: its epoch is now)
+    assert cache.claim("jti", 5, usable_from=later) is True
+    assert cache.claim("jti", 5, usable_from=later) is False  # single use: the second caller is refused
     cache.set("a", b"1")
     cache.set("b", b"2", 5)
     assert cache.get("a") == b"1"
     assert cache.get_many(["a", "missing", "b"]) == [b"1", None, b"2"]
-    assert cache.take("a") == b"1"
-    assert cache.take("a") is None  # taken once
+    cache.put("once", b"1", 5)
+    assert cache.take("once") == b"1"
+    assert cache.take("once") is None  # taken once
+    assert cache.take("a") is None  # what ``put`` did not store is not taken
     assert [cache.incr("n", 0.3) for _ in range(3)] == [1, 2, 3]
     assert cache.incr_peek("n", 0.3, "b") == (4, b"2")
     time.sleep(0.35)

@@ -5,9 +5,10 @@ only translate HTTP. Every refusal raises :class:`PasskeyError` with a stable co
 in the router's one table) and is written to the audit trail and the log with its reason.
 
 A ceremony ("flow") is two calls: ``begin_*`` makes a random challenge, keeps it in the cache under a
-random flow id for ``webauthn_challenge_ttl`` seconds and returns the options; ``finish_*`` claims the
-flow id with one atomic ``SET NX`` (WebAuthn §13.4.3: a challenge is used once) before anything else,
-so the same flow, replayed or raced, verifies at most once, whatever the outcome of the first try.
+random flow id for ``webauthn_challenge_ttl`` seconds and returns the options; ``finish_*`` takes the
+flow with one atomic ``GETDEL`` (WebAuthn §13.4.3: a challenge is used once) before anything else,
+so the same flow, replayed or raced, verifies at most once, whatever the outcome of the first try;
+never a flow stored before the cache's dataset began (``Cache.put``/``take``, quaygate/dataset.py).
 
     begin_authentication --> flow (challenge, exp) --finish_authentication (claim)--> session | refused
     begin_registration   --> flow (challenge, person, sid | enrolment code hash)
@@ -545,13 +546,15 @@ class PasskeyService:
             "sid": flow.sid,
             "code": flow.code_hash,
         }
-        self._cache.set(f"webauthn:flow:{flow_id}", json.dumps(value).encode(), ttl_seconds=self._ttl)
+        self._cache.put(f"webauthn:flow:{flow_id}", json.dumps(value).encode(), self._ttl)
         return flow_id
 
     def _claim_flow(self, flow_id: Any, purpose: str, now: datetime) -> Flow:
         """Single use (WebAuthn §13.4.3): the flow is taken with one atomic GETDEL, so of a replay or
-        a race only one caller ever reads it. A replay, a race's loser or an expired flow all answer
-        challenge_expired."""
+        a race only one caller ever reads it, and never one stored before the cache's dataset began
+        (quaygate/dataset.py: a Redis started from an older snapshot brings back flows taken since, and
+        a captured assertion would answer its challenge again). A replay, a race's loser or an expired
+        flow all answer challenge_expired."""
         if not isinstance(flow_id, str) or not _FLOW_ID.match(flow_id):
             raise PasskeyError("challenge_expired", "malformed flow id")
         raw = self._cache.take(f"webauthn:flow:{flow_id}")

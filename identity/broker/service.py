@@ -134,7 +134,8 @@ class BrokerService:
             # OIDC Core §6.1: client_id, response_type and scope (with openid) also as parameters.
             params = {"client_id": upstream.client_id, "response_type": "code", "scope": upstream.scope,
                       "request": request}
-        self._cache.set(_FLOW_PREFIX + _sha256(state), json.dumps(flow).encode(), self._settings.upstream_flow_ttl)
+        # Taken once at the callback (``take``), never when stored before the cache's dataset began.
+        self._cache.put(_FLOW_PREFIX + _sha256(state), json.dumps(flow).encode(), self._settings.upstream_flow_ttl)
         audit.record("identity.login.upstream.started", at=now, actor={}, subject=name, data={"upstream": name},
                      engine=self._engine)
         log.info("identity.login.upstream.started")

@@ -237,7 +237,10 @@ def login_needed(req: AuthorizationRequest, session: LoginSession | None, *, now
 
 
 class PendingRequests:
-    """Validated requests waiting for a login, in the cache under a random id."""
+    """Validated requests waiting for a login, in the cache under a random id: read on every resume
+    (``load``), taken once by the resume that issues the code (``finish``). Stored with ``Cache.put``: a
+    Redis started again from an older snapshot brings back a request finished since, and it is
+    refused as a finished one (quaygate/dataset.py)."""
 
     PREFIX = "identity:authz-pending:"
 
@@ -246,21 +249,18 @@ class PendingRequests:
 
     def save(self, req: AuthorizationRequest) -> str:
         rid = secrets.token_urlsafe(24)
-        self._cache.set(self.PREFIX + rid, req.dumps(), RESUME_TTL)
+        self._cache.put(self.PREFIX + rid, req.dumps(), RESUME_TTL)
         return rid
 
     def load(self, rid: str | None) -> AuthorizationRequest | None:
         if not rid or len(rid) > 64:
             return None
-        raw = self._cache.get(self.PREFIX + rid)
+        raw = self._cache.peek(self.PREFIX + rid)
         return AuthorizationRequest.loads(raw) if raw else None
 
     def finish(self, rid: str) -> bool:
-        """Single use: only the first finished resume issues a code."""
-        if not self._cache.claim(self.PREFIX + "done:" + rid, RESUME_TTL):
-            return False
-        self._cache.delete(self.PREFIX + rid)
-        return True
+        """Single use: only the first finished resume issues a code (GETDEL: of two, one takes it)."""
+        return self._cache.take(self.PREFIX + rid) is not None
 
 
 def login_location(rid: str, req: AuthorizationRequest) -> str:

@@ -5,10 +5,12 @@ authenticated, and gets a ``request_uri`` to send the browser with instead of th
       -> validated like /authorize (authorize.check_client_and_redirect + authorize.validate)
       -> stored in the cache under a random request_uri for par_ttl seconds -> 201 {request_uri, expires_in}
     GET /oauth2/authorize?client_id&request_uri
-      -> claimed once (SET NX), same client_id, not expired -> the stored request (RFC 9126 §4)
+      -> read, same client_id, then taken once (GETDEL), not expired -> the stored request (RFC 9126 §4)
 
 The stored value is the validated request; its ``created_at`` is the push time, so prompt=login asks
-for a login after the push.
+for a login after the push. It is stored with ``Cache.put`` and taken with ``Cache.take``: a Redis
+started again from an older snapshot brings back a request taken since, and it is refused as a used
+one (quaygate/dataset.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class PushedRequests:
     def push(self, req: AuthorizationRequest) -> str:
         """Store a validated request; return its request_uri (RFC 9126 §2.2)."""
         ref = secrets.token_urlsafe(32)
-        self._cache.set(self.PREFIX + ref, req.dumps(), self.ttl)
+        self._cache.put(self.PREFIX + ref, req.dumps(), self.ttl)
         return REQUEST_URI_PREFIX + ref
 
     def take(self, request_uri: str | None, client_id: str | None) -> AuthorizationRequest | None:
@@ -39,14 +41,11 @@ class PushedRequests:
         if not request_uri or not request_uri.startswith(REQUEST_URI_PREFIX) or len(request_uri) > 200:
             return None
         ref = request_uri[len(REQUEST_URI_PREFIX) :]
-        raw = self._cache.get(self.PREFIX + ref)
+        raw = self._cache.peek(self.PREFIX + ref)
         if raw is None:
             return None
-        req = AuthorizationRequest.loads(raw)
-        if req.client_id != client_id:
+        if AuthorizationRequest.loads(raw).client_id != client_id:
             return None  # not consumed: the rightful client can still use it
-        # RFC 9126 §4 / §7.3: one-time use, claimed atomically.
-        if not self._cache.claim(self.PREFIX + "used:" + ref, self.ttl + 60):
-            return None
-        self._cache.delete(self.PREFIX + ref)
-        return req
+        # RFC 9126 §4 / §7.3: one-time use, taken atomically (of two takers, one gets it).
+        raw = self._cache.take(self.PREFIX + ref)
+        return AuthorizationRequest.loads(raw) if raw is not None else None

@@ -193,10 +193,24 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
             return False
         ttl = max(1.0, float(claims["exp"]) + ASSERTION_LEEWAY - self._clock.now().timestamp())
         digest = hashlib.sha256(f"{claims['sub']}\x00{jti}".encode()).hexdigest()
-        if self._cache.claim(f"identity:assertion-jti:{digest}", ttl):
+        if self._cache.claim(f"identity:assertion-jti:{digest}", ttl, usable_from=assertion_usable_from(claims)):
             return True
         log.info("identity.client_auth.refused.assertion_replayed")
         return False
+
+
+def assertion_usable_from(claims: Mapping[str, Any]) -> float:
+    """The earliest moment a client assertion could have been accepted (its claim lost with a cache's
+    data before then: quaygate/dataset.py): ``exp`` is at most MAX_ASSERTION_LIFETIME ahead of the
+    moment it is accepted (``verify_claims``), and ``iat``, optional (RFC 7523 §3 item 6), at most the
+    leeway ahead (joserfc's check). Without ``iat``, an assertion is taken for as old as its ``exp``
+    allows: after a loss, such a client is refused until its assertions' ``exp`` is that far ahead of
+    the epoch."""
+    earliest = float(claims["exp"]) - MAX_ASSERTION_LIFETIME
+    iat = claims.get("iat")
+    if isinstance(iat, int | float) and not isinstance(iat, bool):
+        earliest = max(earliest, float(iat) - ASSERTION_LEEWAY)
+    return earliest
 
 
 class ClientCredentials(ClientCredentialsGrant):  # type: ignore[misc]

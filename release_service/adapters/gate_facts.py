@@ -47,7 +47,11 @@ PostgreSQL in the gate move's own transaction, and are copied here after it comm
 
 Redis unreachable, slow or failing: ``FactsUnavailable`` is raised, the caller falls back to
 PostgreSQL, and this cache is skipped for ``cooldown`` seconds (a breaker: a dead Redis costs one
-timeout, not one per request). Invalidations that could not be sent are kept and sent again.
+timeout, not one per request). Invalidations that could not be sent are kept and sent again. A Redis
+holding another dataset than the copies were read from (started again from an older snapshot, a
+replica promoted that missed the last writes: older generations back, with their copies) is treated
+as one that failed, though no call did: the pipelined connection, made anew, is greeted under
+another epoch (quaygate/dataset.py), and every generation is replaced before a copy is trusted.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
-from quaygate import invalidation, jsonbody
+from quaygate import dataset, invalidation, jsonbody
 from quaygate.redisline import Line, Pipelined, Script
 from quaygate.schema import gate_decisions
 from release_service.domain.gate import (
@@ -259,7 +263,13 @@ _INSERT_FROM_JSON = sa.text(
 class RedisGateFacts:
     def __init__(self, client: redis.Redis, engine: sa.Engine, uow: Callable[[], SqlUnitOfWork], *,
                  prefix: str = "qg:gate:", ttl: int = 600, request_ttl: int = 900, cooldown: float = 1.0,
-                 stream_cap: int = 2_000_000, pending_ttl: int = 30) -> None:
+                 stream_cap: int = 2_000_000, pending_ttl: int = 30,
+                 greeting: Callable[[], tuple[Any, ...]] | None = None) -> None:
+        """``greeting``: the command every pipelined connection sends first, the identity cache's
+        (quaygate/cache.py ``RedisCache.epoch_greeting``): the DPoP claims made on it (``claim_async``)
+        are refused for a proof from before the dataset's epoch, which that greeting keeps current
+        when this connection is made to a Redis started again (quaygate/dataset.py). Its answer says
+        too when the copies here were read from another dataset (``_greeted``)."""
         self._r = client
         self._engine = engine
         self._uow = uow
@@ -282,7 +292,9 @@ class RedisGateFacts:
         # of their own, so a Redis that stalls holds up neither the loop nor its default executor
         # (name lookups, other libraries' blocking work).
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="gate-facts")
-        self._pipe = Pipelined(client)  # the event loop's: sent together, the loop never held
+        # The event loop's: sent together, the loop never held.
+        self._pipe = Pipelined(client, greeting=greeting, greeted=self._greeted)
+        self._dataset: Any = None  # the epoch the last pipelined connection was greeted under
         self._down_until = 0.0
         self._trips = 0  # times Redis was seen failing
         self._suspect = False  # Redis failed since the last success: invalidate everything first
@@ -352,19 +364,21 @@ class RedisGateFacts:
         return self._snapshot(out, terminal=terminal, badge=badge, badge_key=badge_key, containers=containers,
                               now=now, through=False, within=None, also=also)
 
-    async def claim_async(self, name: str, ttl_ms: int) -> bool:
-        """``SET name 1 NX PX ttl_ms`` on the event loop's pipelined connection, under the breaker: True
-        when this call set it. ``name`` is a whole Redis name of another part in the same Redis (a DPoP
-        proof's single use, identity/dpop.py ``claim_name``). FactsUnavailable when it cannot be sent so
-        (no pipelined connection, Redis failing or owed a recovery first): the caller claims it its own
-        way. An error reply to the SET (out of memory, a read-only replica, no permission) is also
+    async def claim_async(self, keys: list[str], args: list[Any]) -> bool:
+        """A single-use claim of another part in the same Redis (a DPoP proof's, identity/dpop.py
+        ``claim_call``: quaygate/dataset.py ``CLAIM``, ``SET NX`` refused for an item from before the
+        dataset's epoch) on the event loop's pipelined connection, under the breaker: True when this
+        call claimed it. The connection greets as the identity cache's do (``greeting``), so a Redis
+        started again is seen before any claim on it. FactsUnavailable when it cannot be sent so (no
+        pipelined connection, Redis failing or owed a recovery first): the caller claims it its own
+        way. An error reply to it (out of memory, a read-only replica, no permission) is also
         FactsUnavailable, and trips nothing: it says nothing of the facts' copies, and every lane's
         checks stay on the cache (the caller's own claim then refuses the request alone)."""
         if not self._pipe.available or self._suspect or self._failed:
             raise FactsUnavailable("not from the loop")
         with self._breaker():
             try:
-                return await self._pipe.call("SET", name, b"1", "NX", "PX", ttl_ms) is not None
+                return dataset.claimed(await self._pipe.run(dataset.CLAIM, keys, args))
             except redis.ResponseError as exc:
                 log.warning("release.gate_facts.claim_refused", extra={"fields": {"error": str(exc)[:200]}})
                 raise FactsUnavailable(str(exc)) from exc
@@ -893,6 +907,24 @@ class RedisGateFacts:
             self._trips += 1
             self._suspect = True
         log.warning("release.gate_facts.unavailable")
+
+    def _greeted(self, reply: Any) -> None:
+        """A pipelined connection made, greeted under the dataset's epoch (quaygate/dataset.py). Another
+        epoch than the last one's: Redis holds another dataset than the one the copies here were read
+        from. A Redis started again from an older snapshot, or a replica promoted that missed the last
+        writes, has older generations back with their copies, and the connection, dropped while idle,
+        is made anew without any call failing: no copy is trusted until every generation is replaced
+        (``_recover``), as after a failure."""
+        dataset.greeted(reply)
+        since = reply[0] if isinstance(reply, list) and reply else None
+        with self._lock:
+            was, self._dataset = self._dataset, since
+            moved = was is not None and since != was
+            if moved:
+                self._trips += 1
+                self._suspect = True
+        if moved:
+            log.warning("release.gate_facts.new_dataset")
 
     def note_unavailable(self) -> None:
         """Redis failed outside a gate read (the drainer): copies are read again once it is back, as

@@ -81,9 +81,9 @@ class TokenVerifier(Protocol):
 
 
 class PipelinedClaims(Protocol):
-    async def claim_async(self, name: str, ttl_ms: int) -> bool:
-        """``SET name 1 NX PX ttl_ms`` from the event loop: True when this call set it; FactsUnavailable
-        when it cannot be sent so."""
+    async def claim_async(self, keys: list[str], args: list[Any]) -> bool:
+        """The cache's claim (quaygate/dataset.py ``CLAIM``) from the event loop: True when this call
+        claimed it; FactsUnavailable when it cannot be sent so."""
         ...
 
 
@@ -99,7 +99,7 @@ class Revocation:
     forgets never takes a proof twice."""
 
     def __init__(self, verifier: TokenVerifier, claims: dict[str, Any], scheme: str,
-                 request: Request | None = None, unclaimed: tuple[str, int] | None = None) -> None:
+                 request: Request | None = None, unclaimed: tuple[str, int, float] | None = None) -> None:
         self._verifier = verifier
         self._claims = claims
         self._scheme = scheme
@@ -117,10 +117,10 @@ class Revocation:
         if self._unclaimed is None or self._request is None:
             return
         verifier = dpop_verifier_for(self._request.app)
-        name = verifier.claim_name(self._unclaimed) if on is not None else None
-        if on is not None and name is not None:
+        call = verifier.claim_call(self._unclaimed) if on is not None else None
+        if on is not None and call is not None:
             try:
-                first = await on.claim_async(*name)
+                first = await on.claim_async(*call)
             except FactsUnavailable:
                 pass
             else:
@@ -256,7 +256,7 @@ def _checked(request: Request, credentials: HTTPAuthorizationCredentials | None,
     return actor, None if revocation else Revocation(verifier, claims, scheme, request, unclaimed)
 
 
-def _check_proof(request: Request, token: str, cnf: Any, *, claim: bool = True) -> tuple[str, int] | None:
+def _check_proof(request: Request, token: str, cnf: Any, *, claim: bool = True) -> tuple[str, int, float] | None:
     """RFC 9449 §7.1: a DPoP-bound token needs a valid proof, for this request and this token, signed
     by the key the token is bound to. ``claim=False``: its single use is left to the caller, whom the
     claim still to make is returned to (``DPoPVerifier.claim``)."""
@@ -282,7 +282,7 @@ def _check_proof(request: Request, token: str, cnf: Any, *, claim: bool = True) 
     return verified.unclaimed
 
 
-def _claim_proof(request: Request, unclaimed: tuple[str, int]) -> None:
+def _claim_proof(request: Request, unclaimed: tuple[str, int, float]) -> None:
     try:
         dpop_verifier_for(request.app).claim(unclaimed)
     except DPoPError as exc:

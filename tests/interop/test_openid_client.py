@@ -33,6 +33,7 @@ from quaygate.migrate import upgrade
 from quaygate.schema import badges, memberships, organisations, persons
 from quaygate.settings import Settings
 
+from .. import served_long_ago
 from ..processes import free_port, serve_app, stop, unavailable
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +44,17 @@ COOKIE = str(Settings.model_fields["session_cookie"].default)
 DRIVER_SCOPE = "openid profile offline_access releases:read nominations:respond"
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("interop")]  # one server and one node run
+
+
+def _held_since_long_ago(url: str) -> None:
+    """The Redis's dataset epoch (quaygate/dataset.py) long ago, as tests/conftest.py's ``redis_url``."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.set("qg:dataset:epoch", f"0 {client.info('server')['run_id']}")
+    finally:
+        client.close()
 
 
 def _missing(reason: str) -> None:
@@ -65,10 +77,13 @@ class Server:
                "QUAYGATE_LOG_LEVEL": "WARNING"}
         if REDIS_URL:
             env["QUAYGATE_REDIS_URL"] = REDIS_URL
+            _held_since_long_ago(REDIS_URL)
         else:
             env.pop("QUAYGATE_REDIS_URL", None)
         self.log = var_dir / "server.log"
-        self.proc = serve_app(self.port, env, self.log, "--no-access-log")
+        # The client authenticates with private_key_jwt as soon as the server is up: a server whose cache
+        # held its data since long before (a just-started one refuses its assertions for the leeway).
+        self.proc = serve_app(self.port, env, self.log, "--no-access-log", factory=served_long_ago.FACTORY)
 
     def stop(self) -> None:
         stop(self.proc)

@@ -1,0 +1,182 @@
+"""The dataset's epoch: a Redis that lost or rolled back its data must not open a single-use window again.
+
+Some things are used once only because a key in the cache says so (STYLE.md #4): a DPoP proof's and a
+client assertion's ``jti`` (claimed with ``SET NX``), a WebAuthn or upstream login flow, a pushed
+authorization request, an authorization resume (each taken with ``GETDEL``). Our Redis keeps nothing
+on disk (``--save "" --appendonly no``). Started again, flushed, or failed over to an empty replica, it
+has forgotten every claim: a captured proof still inside its iat window would be accepted again.
+Started again from an older snapshot, or failed over to a replica that missed the last writes, it has
+also got back what was taken since: a WebAuthn flow, and with it a challenge a captured assertion
+answers.
+
+So the cache keeps an **epoch**: the moment (Redis ``TIME``) from which it holds every claim it made and
+every take. One key holds it with the server that set it (``<microseconds> <run_id>``). It starts anew
+when a dataset this cache has not vouched for is found:
+
+- by every connection's greeting (``GREETING``, sent by quaygate/redisline.py ``Line`` and
+  ``Pipelined`` before the connection's first call): the key names another server (``run_id`` is new
+  on every start of a Redis and different on every replica: data it did not write may lack the
+  newest), or is missing (an empty Redis, a flushed one);
+- by every claim, put and take, in its own atomic script, when the key is missing: a FLUSHALL or
+  FLUSHDB leaves every connection open, so no greeting would see it.
+
+Every single-use step compares with the epoch inside Redis, in the same atomic step as the claim or
+the take, never with a copy a process holds (stale after a flush on a connection it keeps):
+
+- ``CLAIM``: refused when the item could have been accepted before the epoch (``usable_from``, the
+  earliest moment it could first have been used, is earlier): its claim may have been lost;
+- ``PUT`` / ``STAMPED``: a value is stored stamped with Redis's time; read or taken only if stored
+  since the epoch.
+
+Refused like an item used before: the client makes a new proof or starts again. What was made before
+a loss is refused for good, used or not. So is what is made in the first moments after it, for as
+long as a client's clock may be ahead (the verifier's leeway): a DPoP proof for 5 s after the epoch,
+a client assertion for 30 s (ASSERTION_LEEWAY), or, without ``iat``, until its ``exp`` is
+MAX_ASSERTION_LIFETIME (300 s) past the epoch. The in-process cache's epoch is the moment it is made:
+the same after every start of its server. (DPoP server nonces, RFC 9449 §8, §9, issued after the
+epoch would let a client that uses them through at once; there are none yet.)
+
+Limits: Redis's clock (TIME) is the epoch's, and a client's ``iat`` is compared with it: clocks kept
+in step (NTP), as every ``iat`` check assumes. Behind a proxy that keeps the client's connection while
+the server behind it changes, no greeting runs: only a missing epoch is seen then. A Redis Cluster is
+not served (the keys of one script are not in one slot), as elsewhere in quaygate. Rate-limit
+counters and lockouts (identity/ratelimit.py) are lost with the data, and start again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from .redisline import Script
+
+log = logging.getLogger(__name__)
+
+# The epoch held in KEYS[n] ("<microseconds> <run_id>"), in microseconds; made now when missing (a
+# flushed Redis: nothing it holds is older than now). Integer microseconds (16 digits) are exact in
+# Lua's doubles; string.format, never tostring (which keeps 14 digits).
+_EPOCH = """
+local function now_us()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2]))
+end
+local function epoch(key)
+  local held = redis.call('GET', key)
+  local since = held and tonumber(string.match(held, '^(%d+) '))
+  if since then return since end
+  local now = now_us()
+  local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+  redis.call('SET', key, now .. ' ' .. id)
+  return tonumber(now)
+end
+"""
+
+# A connection's greeting. KEYS[1]: the epoch; KEYS[2] (optional): the marker of the names to forget,
+# KEYS[3...]: those names (``RedisCache.forget_on_new_dataset``). The epoch starts anew unless it was set
+# by this very server; the names are deleted when the marker names another server (data last served
+# elsewhere may lack their newest entries; without a marker, an empty or flushed Redis, nothing is
+# left to distrust). Returns the epoch (microseconds, as text) and what was done: 1 the names
+# deleted, 2 a new epoch (added).
+GREETING = Script(_EPOCH + """
+local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if not id then return redis.error_reply('no run_id in INFO server') end
+local done = 0
+if #KEYS >= 2 then
+  local was = redis.call('GET', KEYS[2])
+  if was ~= id then
+    redis.call('SET', KEYS[2], id)
+    if was then
+      for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
+      done = 1
+    end
+  end
+end
+local held = redis.call('GET', KEYS[1])
+local since, by
+if held then since, by = string.match(held, '^(%d+) (%x*)$') end
+if by ~= id then
+  since = now_us()
+  redis.call('SET', KEYS[1], since .. ' ' .. id)
+  done = done + 2
+end
+return {since, done}
+""")
+
+# KEYS[1]: the claim; KEYS[2]: the epoch. ARGV[1]: ttl in ms; ARGV[2]: the earliest moment the item
+# could have been used, in microseconds. 1 claimed; 0 claimed before; -1 could have been used before
+# the epoch (nothing set).
+CLAIM = Script(_EPOCH + """
+if tonumber(ARGV[2]) < epoch(KEYS[2]) then return -1 end
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+return 0
+""")
+
+# KEYS[1]: the value; KEYS[2]: the epoch. ARGV[1]: ttl in ms; ARGV[2]: the value, stored after its
+# stamp ("<microseconds> "). The epoch is made first when missing: a value put just after a flush is
+# not older than the epoch its take will find.
+PUT = Script(_EPOCH + """
+epoch(KEYS[2])
+redis.call('SET', KEYS[1], now_us() .. ' ' .. ARGV[2], 'PX', ARGV[1])
+return 1
+""")
+
+# A value ``PUT`` stored, read: KEYS[1] the value, KEYS[2] the epoch; ARGV[1] 'GETDEL' (a take) or 'GET'
+# (a peek). The value without its stamp; nil when there is none; 0 when it was stored before the epoch
+# (or without a stamp): it may have been taken before.
+STAMPED = Script(_EPOCH + """
+local held = redis.call(ARGV[1], KEYS[1])
+if not held then return nil end
+local cut = string.find(held, ' ', 1, true)
+local at = cut and tonumber(string.sub(held, 1, cut - 1))
+if not at or at < epoch(KEYS[2]) then return 0 end
+return string.sub(held, cut + 1)
+""")
+
+
+def greeting(epoch_key: str, marker: str | None = None, forget: list[str] | tuple[str, ...] = ()
+             ) -> tuple[Any, ...]:
+    """The greeting command (EVAL, not EVALSHA: nothing else is needed first on a new connection):
+    the epoch checked, and ``forget`` deleted when ``marker`` names another server."""
+    keys = [epoch_key, *([marker, *forget] if marker is not None else [])]
+    return ("EVAL", GREETING.source, len(keys), *keys)
+
+
+def greeted(reply: Any) -> None:
+    """What a greeting did, logged: a new epoch (every single-use item made before it is refused from
+    now on), names forgotten (loaded again)."""
+    try:
+        done = int(reply[1])
+    except (TypeError, ValueError, IndexError):
+        return
+    if done & 2:
+        log.warning("quaygate.cache.dataset.new_epoch")
+    if done & 1:
+        log.warning("quaygate.cache.dataset.forgotten")
+
+
+def microseconds(at: float) -> int:
+    """``at`` (Unix seconds) in whole microseconds, rounded down: an item is never taken for later
+    than it is."""
+    return math.floor(at * 1_000_000)
+
+
+def claim_call(key: str, epoch_key: str, ttl_seconds: float, usable_from: float) -> tuple[list[str], list[Any]]:
+    """``CLAIM``'s keys and arguments."""
+    return [key, epoch_key], [max(1, int(ttl_seconds * 1000)), microseconds(usable_from)]
+
+
+def claimed(reply: Any) -> bool:
+    """``CLAIM``'s reply: True when this call claimed the item."""
+    if reply == -1:
+        log.info("quaygate.cache.claim.before_epoch")
+    return reply == 1
+
+
+def taken(reply: Any) -> bytes | None:
+    """``STAMPED``'s reply: the value, or None."""
+    if isinstance(reply, bytes):
+        return reply
+    if reply == 0:
+        log.info("quaygate.cache.take.before_epoch")
+    return None
