@@ -7,6 +7,7 @@ import io
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,7 +75,11 @@ def test_a_script_and_credentials_are_checked_before_anything_runs(tmp_path: Pat
     assert "--client-id" in capsys.readouterr().err
 
 
-def test_the_mqtt_mode_feeds_a_running_adapter_and_counts_its_barrier_commands(gate: Gate, tmp_path: Path) -> None:
+def _two_trucks_over_mqtt(gate: Gate, tmp_path: Path, *, latched: tuple[str, ...] = ()) -> tuple[
+        list[str], str, Any, str]:
+    """Two trucks of the clean rush, one at lane in-3 and one at in-4, published over the real Mosquitto
+    to a running adapter (MQTT source, commit mode, MQTT barriers) with its lanes ``latched`` for an
+    officer first: the rights, the topic prefix, the simulator's summary and what it printed."""
     from gate_adapters.core.correlate import LaneCorrelator
     from gate_adapters.runtime.lane import LaneRuntime, LaneWorker
     from gate_adapters.runtime.mqtt_source import MqttSource, new_client
@@ -88,12 +93,14 @@ def test_the_mqtt_mode_feeds_a_running_adapter_and_counts_its_barrier_commands(g
     host, port = _mosquitto()
     rids = [gate.pickable(n) for n in (11, 12)]
     raw = json.loads((SCRIPTS / "sim_clean_rush.json").read_text())
-    raw["trucks"] = raw["trucks"][:2]  # one truck per lane: a real-time adapter sees them at once
+    raw["trucks"] = raw["trucks"][:2]  # one truck per lane (in-3, in-4): a real-time adapter sees them at once
     path = tmp_path / "two.json"
     path.write_text(json.dumps(raw))
-    # a topic tree of its own: the sqlite and postgresql runs of this test share one broker under xdist
+    # a topic tree of its own: the sqlite and postgresql runs of a test share one broker under xdist
     prefix = f"qgs{uuid.uuid4().hex[:8]}"
     adapter, outbox = new_client(), Outbox(tmp_path / "adapter.sqlite3")
+    for lane in latched:
+        outbox.latch(lane, "an-earlier-truck", "review")  # the officer was called, and has not come
     client = VerifyClient("http://testserver", StaticToken(gate.gate_token), http=gate.http)
     worker = LaneWorker([LaneRuntime(TERMINAL, lane, "in", "commit", LaneCorrelator(lane, TERMINAL, "in"), client,
                                      outbox, MqttBarrier(adapter, TERMINAL, prefix=prefix))
@@ -109,7 +116,12 @@ def test_the_mqtt_mode_feeds_a_running_adapter_and_counts_its_barrier_commands(g
         source.stop()
         worker.stop()
         outbox.close()
-    assert (summary.decisions["allow"], summary.unanswered) == (2, 0), out.getvalue()
+    return rids, prefix, summary, out.getvalue()
+
+
+def test_the_mqtt_mode_feeds_a_running_adapter_and_counts_its_barrier_commands(gate: Gate, tmp_path: Path) -> None:
+    rids, _, summary, text = _two_trucks_over_mqtt(gate, tmp_path)
+    assert (summary.decisions["allow"], summary.unanswered) == (2, 0), text
     assert [gate.state(rid) for rid in rids] == ["gated_in", "gated_in"]
 
 
@@ -118,41 +130,9 @@ def test_the_mqtt_mode_counts_a_hold_by_a_latched_lane_apart_from_a_review(gate:
     says so in the command (``latch``, sinks.py rule 5): the simulator counts that hold as held by a
     latch, not as a review. The truck at the latched lane is allowed (and gated in on the service's
     books); the one at the other lane opens its barrier."""
-    from gate_adapters.core.correlate import LaneCorrelator
-    from gate_adapters.runtime.lane import LaneRuntime, LaneWorker
-    from gate_adapters.runtime.mqtt_source import MqttSource, new_client
-    from gate_adapters.runtime.outbox import Outbox
-    from gate_adapters.runtime.sinks import MqttBarrier
-    from gate_adapters.simulate import publish
-
     from .factories import TERMINAL
-    from .test_gate_runtime import _mosquitto
 
-    host, port = _mosquitto()
-    rids = [gate.pickable(n) for n in (11, 12)]
-    raw = json.loads((SCRIPTS / "sim_clean_rush.json").read_text())
-    raw["trucks"] = raw["trucks"][:2]  # in-3 and in-4, one truck each
-    path = tmp_path / "two.json"
-    path.write_text(json.dumps(raw))
-    prefix = f"qgs{uuid.uuid4().hex[:8]}"
-    adapter, outbox = new_client(), Outbox(tmp_path / "adapter.sqlite3")
-    latch, _ = outbox.latch("in-3", "an-earlier-truck", "review")  # the officer was called, and has not come
-    client = VerifyClient("http://testserver", StaticToken(gate.gate_token), http=gate.http)
-    worker = LaneWorker([LaneRuntime(TERMINAL, lane, "in", "commit", LaneCorrelator(lane, TERMINAL, "in"), client,
-                                     outbox, MqttBarrier(adapter, TERMINAL, prefix=prefix))
-                         for lane in ("in-3", "in-4")], tick_seconds=0.1)
-    source = MqttSource(worker, host=host, port=port, prefix=prefix, client=adapter)
-    worker.start()
-    source.start()
-    try:
-        assert source.subscribed.wait(5)
-        out = io.StringIO()
-        summary = publish(load_script(path), host=host, port=port, prefix=prefix, speed=0, wait=2.0, out=out)
-    finally:
-        source.stop()
-        worker.stop()
-        outbox.close()
-    text = out.getvalue()
+    rids, prefix, summary, text = _two_trucks_over_mqtt(gate, tmp_path, latched=("in-3",))
     assert (dict(summary.decisions), summary.latched, summary.unanswered) == ({"allow": 1}, 1, 0), text
     assert "1 allow, 0 deny, 0 review, 0 unanswered, 0 refused reads, 1 held by a latch" in summary.render()
     assert [gate.state(rid) for rid in rids] == ["gated_in", "gated_in"]
