@@ -15,12 +15,15 @@ The single use holds as long as the cache's data does. A Redis that lost its cla
 empty, flushed, or started from an older snapshot) would take a proof used just before for an unused
 one: the claim is refused for a proof that could have been accepted before the cache's dataset began
 (quaygate/dataset.py), one whose ``iat`` is earlier than the epoch plus the leeway a client's clock may
-be ahead by. It is refused as a replay; the client makes a new proof.
+be ahead by, unless it carries the epoch's nonce. It is refused with ``use_dpop_nonce`` and that nonce
+(RFC 9449 §8 at the token endpoint, §9 at a resource server: ``DPoPError.nonce``, sent as
+``DPoP-Nonce``); the client makes a new proof with it, accepted at once. Outside those moments no nonce
+is asked for, and one a proof carries is not needed.
 
-Errors are RFC 9449 §7.1 / §5 codes: ``invalid_dpop_proof`` (and ``use_dpop_nonce`` when server
-nonces are used; they are not, yet). The description is safe to send back; the reason code is for
-the log. joserfc is reached with an explicit registry of asymmetric algorithms only: never ``none``,
-never HMAC (a symmetric "key" in the header would prove nothing).
+Errors are RFC 9449 §7.1 / §5 codes: ``invalid_dpop_proof`` and ``use_dpop_nonce``. The description
+is safe to send back; the reason code is for the log. joserfc is reached with an explicit registry of
+asymmetric algorithms only: never ``none``, never HMAC (a symmetric "key" in the header would prove
+nothing).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode
 
 from quaygate.cache import Cache
+from quaygate.dataset import Claim
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,8 @@ _KEY_TYPES: dict[str, tuple[type, str, str | None]] = {  # alg -> (joserfc key c
     "Ed25519": (OKPKey, "OKP", "Ed25519"),  # RFC 9864 fully specified; "EdDSA" is deprecated there
 }
 MIN_RSA_BITS = 2048
+MAX_NONCE_LENGTH = 256
+_NQCHARS = frozenset(chr(c) for c in range(0x21, 0x7F) if c not in (0x22, 0x5C))  # RFC 9449 §4.2: NQCHAR
 # Private members of RFC 7518 §6 / RFC 8037 §2 keys: a proof carrying one leaks the client's key.
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 MAX_PROOF_LENGTH = 8192  # an RSA-4096 proof is about 2 kB; anything much larger is not a proof
@@ -97,11 +103,12 @@ class DPoPError(Exception):
     endpoint, §7.1 at a resource server) or ``use_dpop_nonce`` (§8, §9); ``description`` is safe to
     return to the client; ``reason`` is a short code for the log (``identity.dpop.refused.<reason>``)."""
 
-    def __init__(self, error: str, description: str, *, reason: str = "invalid") -> None:
+    def __init__(self, error: str, description: str, *, reason: str = "invalid", nonce: str | None = None) -> None:
         super().__init__(f"{error}: {description}")
         self.error = error
         self.description = description
         self.reason = reason
+        self.nonce = nonce  # with ``use_dpop_nonce``: what the answer's ``DPoP-Nonce`` header gives
 
 
 @dataclass(frozen=True)
@@ -115,9 +122,19 @@ class DPoPProof:
     iat: int
     ath: str | None
     jwk: dict[str, Any]
-    # Verified with ``claim=False``: the single-use claim still to make (``DPoPVerifier.claim``): the
-    # cache key, its lifetime in seconds, and the earliest moment the proof could have been accepted.
-    unclaimed: tuple[str, int, float] | None = None
+    # Verified with ``claim=False``: the single-use claim still to make (``DPoPVerifier.claim``).
+    unclaimed: SingleUse | None = None
+
+
+@dataclass(frozen=True)
+class SingleUse:
+    """A proof's single-use claim: the cache key, its lifetime in seconds, the earliest moment the proof
+    could have been accepted, and the nonce it carries (quaygate/dataset.py, the epoch's)."""
+
+    key: str
+    ttl: int
+    usable_from: float
+    nonce: str | None
 
 
 def _b64url(data: bytes) -> str:
@@ -250,12 +267,13 @@ class DPoPVerifier:
         claimed_htu = self._check_htu(claims, htu)
         iat = self._check_iat(claims)
         ath = self._check_ath(claims, access_token)
+        nonce = self._check_nonce(claims)
         # RFC 9449 §11.1: a proof is single use. One atomic SET NX per (key, jti), kept for the whole
         # acceptance window (iat up to leeway ahead, accepted until max_age after iat), STYLE.md #4.
         # The earliest it could have been accepted: when the server's clock read iat - leeway (a
         # client's clock ahead by the leeway). Before the cache's epoch, its claim may have been lost.
         digest = hashlib.sha256(jti.encode("utf-8")).hexdigest()
-        single_use = (f"dpop:jti:{jkt}:{digest}", self._max_age + 2 * self._leeway, iat - self._leeway)
+        single_use = SingleUse(f"dpop:jti:{jkt}:{digest}", self._max_age + 2 * self._leeway, iat - self._leeway, nonce)
         if claim:
             self.claim(single_use)
         return DPoPProof(jkt=jkt, jti=jti, htm=claims["htm"], htu=claimed_htu, iat=int(iat), ath=ath,
@@ -281,14 +299,15 @@ class DPoPVerifier:
             raise _refuse("signature", "the proof's signature does not verify with its jwk")
         return payload
 
-    def claim(self, single_use: tuple[str, int, float]) -> None:
+    def claim(self, single_use: SingleUse) -> None:
         """The proof's one use (a verified proof's ``unclaimed``); DPoPError when it was used before, or
-        could have been before the cache's dataset began (its claim lost with the data)."""
-        key, ttl, usable_from = single_use
-        if not self._cache.claim(key, ttl, usable_from=usable_from):
-            raise self.replayed()
+        could have been before the cache's dataset began (its claim lost with the data: ``refused``)."""
+        got = self._cache.claim(single_use.key, single_use.ttl, usable_from=single_use.usable_from,
+                                nonce=single_use.nonce)
+        if not got:
+            raise self.refused(got)
 
-    def claim_call(self, single_use: tuple[str, int, float]) -> tuple[list[str], list[Any]] | None:
+    def claim_call(self, single_use: SingleUse) -> tuple[list[str], list[Any]] | None:
         """The keys and arguments of the script ``claim`` runs for ``single_use`` (quaygate/dataset.py
         ``CLAIM``), for a caller that runs it on a connection of its own greeting as the cache's do
         (the gate's, pipelined on the event loop: no worker thread waits for Redis); None when the
@@ -296,9 +315,20 @@ class DPoPVerifier:
         claim_call = getattr(self._cache, "claim_call", None)
         if not self._cache.shared or claim_call is None:
             return None
-        key, ttl, usable_from = single_use
-        call: tuple[list[str], list[Any]] = claim_call(key, ttl, usable_from=usable_from)
+        call: tuple[list[str], list[Any]] = claim_call(single_use.key, single_use.ttl,
+                                                       usable_from=single_use.usable_from, nonce=single_use.nonce)
         return call
+
+    @staticmethod
+    def refused(got: Claim) -> DPoPError:
+        """The refusal of a claim that failed: the proof used before, or, when the claim gives the epoch's
+        nonce, a proof that may have been made before the cache's dataset began (RFC 9449 §8, §9: a new
+        proof with that nonce is accepted)."""
+        if got.nonce is None:
+            return DPoPVerifier.replayed()
+        log.info("identity.dpop.refused.nonce")
+        return DPoPError(USE_DPOP_NONCE, "make a new proof with the nonce in the DPoP-Nonce header",
+                         reason="nonce", nonce=got.nonce)
 
     @staticmethod
     def replayed() -> DPoPError:
@@ -410,6 +440,17 @@ class DPoPVerifier:
         if iat < now - self._max_age:
             raise _refuse("iat_stale", "the proof is too old (iat)")
         return float(iat)
+
+    @staticmethod
+    def _check_nonce(claims: dict[str, Any]) -> str | None:
+        # §4.2: nonce, a server-provided value (§8, §9), NQCHAR only. One this server gave vouches that the
+        # proof was made since the cache's epoch (``claim``); any other is judged by iat alone.
+        nonce = claims.get("nonce")
+        if nonce is None:
+            return None
+        if not isinstance(nonce, str) or not 0 < len(nonce) <= MAX_NONCE_LENGTH or not _NQCHARS.issuperset(nonce):
+            raise _refuse("nonce_malformed", "the proof's nonce is malformed")
+        return nonce
 
     def _check_ath(self, claims: dict[str, Any], access_token: str | None) -> str | None:
         # §4.3 item 12 and §7.1: with an access token, ath is required and is the token's hash.

@@ -57,6 +57,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_identity import _free_port, _wait, cpu_seconds  # noqa: E402
 
+from gate_adapters.runtime.client import ClientCredentials  # noqa: E402
 from gate_adapters.runtime.dpop import DPoPKey  # noqa: E402
 from identity.bootstrap import create_client  # noqa: E402
 from identity.domain.badges import Scheme, with_check  # noqa: E402
@@ -188,15 +189,13 @@ def unused_from(url: str, seed_data: dict[str, Any]) -> int:
 
 
 def bound_token(issuer: str, seed_data: dict[str, Any]) -> tuple[DPoPKey, str]:
-    """A DPoP key and a gate token bound to it (RFC 9449), as the gate adapter holds them."""
+    """A DPoP key and a gate token bound to it (RFC 9449), got as the gate adapter gets them (its own
+    client: a server whose cache just began asks for its nonce first, RFC 9449 §8)."""
     key = DPoPKey(ECKey.generate_key("P-256", private=True))
-    token_url = f"{issuer}/oauth2/token"
-    r = httpx.post(token_url, data={"grant_type": "client_credentials"}, headers={"DPoP": key.proof("POST", token_url)},
-                   auth=(seed_data["client_id"], seed_data["secret"]), timeout=10)
-    r.raise_for_status()
-    if r.json().get("token_type") != "DPoP":
-        raise RuntimeError(f"the token endpoint gave no DPoP-bound token: {r.text[:200]}")
-    return key, r.json()["access_token"]
+    with httpx.Client(timeout=10) as http:
+        token = ClientCredentials(f"{issuer}/oauth2/token", seed_data["client_id"], seed_data["secret"], dpop=key,
+                                  http=http).token()
+    return key, token
 
 
 def write_proofs(path: Path, key: DPoPKey, url: str, token: str, n: int) -> Path:

@@ -10,6 +10,7 @@ Redis that lost or rolled back its data may have forgotten.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from typing import Any, Protocol
@@ -25,11 +26,12 @@ class Cache(Protocol):
     # What must hold across processes (single-use claims, revocations, client changes) reads it.
     shared: bool
 
-    def claim(self, key: str, ttl_seconds: float, *, usable_from: float) -> bool:
+    def claim(self, key: str, ttl_seconds: float, *, usable_from: float, nonce: str | None = None) -> dataset.Claim:
         """True for the first caller only, until the key expires (SET key 1 NX PX ttl). False too when
         the item could have been used before this cache's dataset began: ``usable_from`` (Unix seconds),
         the earliest moment it could first have been accepted, is earlier than the epoch
-        (quaygate/dataset.py): its claim may have been lost with the data."""
+        (quaygate/dataset.py): its claim may have been lost with the data. Unless it carries the epoch's
+        ``nonce``, which the refusal gives (``Claim.nonce``): made since, it is claimed as any other."""
         ...
 
     def get(self, key: str) -> bytes | None: ...
@@ -100,6 +102,7 @@ class MemoryCache:
         self._lock = threading.Lock()
         self._sweep_at = SWEEP_FLOOR
         self._since = time.time() if since is None else since
+        self._nonce = secrets.token_hex(20)  # the epoch's nonce (quaygate/dataset.py): this cache's own
 
     def _live(self, key: str, now: float) -> tuple[bytes, float | None, bool] | None:
         item = self._data.get(key)
@@ -108,17 +111,17 @@ class MemoryCache:
             return None
         return item
 
-    def claim(self, key: str, ttl_seconds: float, *, usable_from: float) -> bool:
-        if usable_from < self._since:
+    def claim(self, key: str, ttl_seconds: float, *, usable_from: float, nonce: str | None = None) -> dataset.Claim:
+        if usable_from < self._since and nonce != self._nonce:
             log.info("quaygate.cache.claim.before_epoch")
-            return False
+            return dataset.Claim(False, self._nonce)
         now = time.monotonic()
         with self._lock:
             if self._live(key, now) is not None:
-                return False
+                return dataset.CLAIMED_BEFORE
             self._data[key] = (b"1", now + ttl_seconds, False)
             self._grown(now)
-            return True
+            return dataset.CLAIMED
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
@@ -238,15 +241,16 @@ class RedisCache:
         """The Redis name of ``key``: for a script that reads cache keys with its own (one round trip)."""
         return self._p + key
 
-    def claim(self, key: str, ttl_seconds: float, *, usable_from: float) -> bool:
+    def claim(self, key: str, ttl_seconds: float, *, usable_from: float, nonce: str | None = None) -> dataset.Claim:
         return dataset.claimed(self._line.run(dataset.CLAIM, *self.claim_call(key, ttl_seconds,
-                                                                               usable_from=usable_from)))
+                                                                               usable_from=usable_from, nonce=nonce)))
 
-    def claim_call(self, key: str, ttl_seconds: float, *, usable_from: float) -> tuple[list[str], list[Any]]:
+    def claim_call(self, key: str, ttl_seconds: float, *, usable_from: float, nonce: str | None = None
+                   ) -> tuple[list[str], list[Any]]:
         """``claim``'s script (quaygate/dataset.py ``CLAIM``), keys and arguments, for a caller that runs
         it on a connection of its own (the gate's, pipelined on the event loop) and reads its reply
         with ``dataset.claimed``. That connection must greet as this cache's do (``epoch_greeting``)."""
-        return dataset.claim_call(self._p + key, self._epoch, ttl_seconds, usable_from)
+        return dataset.claim_call(self._p + key, self._epoch, ttl_seconds, usable_from, nonce)
 
     def get(self, key: str) -> bytes | None:
         value = self._line.call("GET", self._p + key)

@@ -30,11 +30,17 @@ the take, never with a copy a process holds (stale after a flush on a connection
 
 Refused like an item used before: the client makes a new proof or starts again. What was made before
 a loss is refused for good, used or not. So is what is made in the first moments after it, for as
-long as a client's clock may be ahead (the verifier's leeway): a DPoP proof for 5 s after the epoch,
-a client assertion for 30 s (ASSERTION_LEEWAY), or, without ``iat``, until its ``exp`` is
-MAX_ASSERTION_LIFETIME (300 s) past the epoch. The in-process cache's epoch is the moment it is made:
-the same after every start of its server. (DPoP server nonces, RFC 9449 §8, §9, issued after the
-epoch would let a client that uses them through at once; there are none yet.)
+long as a client's clock may be ahead (the verifier's leeway): a client assertion for 30 s
+(ASSERTION_LEEWAY), or, without ``iat``, until its ``exp`` is MAX_ASSERTION_LIFETIME (300 s) past the
+epoch. The in-process cache's epoch is the moment it is made: the same after every start of its server.
+
+A DPoP proof has a way through at once: the **epoch's nonce** (RFC 9449 §8, §9). A claim refused for
+the epoch answers with it (``Claim.nonce``: the SHA-1 of the epoch key's value, which names the moment
+and the server, so every epoch has its own); the verifier hands it to the client as ``DPoP-Nonce`` with
+``use_dpop_nonce``, and a proof carrying it was made after the client got it, so after the epoch
+began: its claim, made in this epoch, holds. A proof with another epoch's nonce, or none, is judged by
+its ``iat`` as before. A client that does not use nonces is let through once its proofs' ``iat`` is the
+leeway (5 s) past the epoch.
 
 Limits: Redis's clock (TIME) is the epoch's, and a client's ``iat`` is compared with it: clocks kept
 in step (NTP), as every ``iat`` check assumes. Behind a proxy that keeps the client's connection while
@@ -50,11 +56,13 @@ import math
 from typing import Any
 
 from .redisline import Script
+from .single_use import CLAIMED, CLAIMED_BEFORE, Claim
 
 log = logging.getLogger(__name__)
 
-# The epoch held in KEYS[n] ("<microseconds> <run_id>"), in microseconds; made now when missing (a
-# flushed Redis: nothing it holds is older than now). Integer microseconds (16 digits) are exact in
+# The epoch held in KEYS[n] ("<microseconds> <run_id>"), in microseconds, and the key's value (which
+# the epoch's nonce is made of); made now when missing (a flushed Redis: nothing it holds is older
+# than now). Integer microseconds (16 digits) are exact in
 # Lua's doubles; string.format, never tostring (which keeps 14 digits).
 _EPOCH = """
 local function now_us()
@@ -64,11 +72,12 @@ end
 local function epoch(key)
   local held = redis.call('GET', key)
   local since = held and tonumber(string.match(held, '^(%d+) '))
-  if since then return since end
+  if since then return since, held end
   local now = now_us()
   local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
-  redis.call('SET', key, now .. ' ' .. id)
-  return tonumber(now)
+  held = now .. ' ' .. id
+  redis.call('SET', key, held)
+  return tonumber(now), held
 end
 """
 
@@ -104,10 +113,15 @@ return {since, done}
 """)
 
 # KEYS[1]: the claim; KEYS[2]: the epoch. ARGV[1]: ttl in ms; ARGV[2]: the earliest moment the item
-# could have been used, in microseconds. 1 claimed; 0 claimed before; -1 could have been used before
-# the epoch (nothing set).
+# could have been used, in microseconds; ARGV[3]: the epoch nonce the item carries, or ''. 1 claimed;
+# 0 claimed before; the epoch's nonce (text) when the item could have been used before the epoch and
+# does not carry that nonce (nothing set).
 CLAIM = Script(_EPOCH + """
-if tonumber(ARGV[2]) < epoch(KEYS[2]) then return -1 end
+local since, held = epoch(KEYS[2])
+if tonumber(ARGV[2]) < since then
+  local nonce = redis.sha1hex(held)
+  if ARGV[3] ~= nonce then return nonce end
+end
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
 return 0
 """)
@@ -161,16 +175,18 @@ def microseconds(at: float) -> int:
     return math.floor(at * 1_000_000)
 
 
-def claim_call(key: str, epoch_key: str, ttl_seconds: float, usable_from: float) -> tuple[list[str], list[Any]]:
+def claim_call(key: str, epoch_key: str, ttl_seconds: float, usable_from: float, nonce: str | None = None
+               ) -> tuple[list[str], list[Any]]:
     """``CLAIM``'s keys and arguments."""
-    return [key, epoch_key], [max(1, int(ttl_seconds * 1000)), microseconds(usable_from)]
+    return [key, epoch_key], [max(1, int(ttl_seconds * 1000)), microseconds(usable_from), nonce or ""]
 
 
-def claimed(reply: Any) -> bool:
-    """``CLAIM``'s reply: True when this call claimed the item."""
-    if reply == -1:
+def claimed(reply: Any) -> Claim:
+    """``CLAIM``'s reply."""
+    if isinstance(reply, bytes):
         log.info("quaygate.cache.claim.before_epoch")
-    return reply == 1
+        return Claim(False, reply.decode("ascii"))
+    return CLAIMED if reply == 1 else CLAIMED_BEFORE
 
 
 def taken(reply: Any) -> bytes | None:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from quaygate.single_use import Claim
+
 from .domain.gate import BadgeFacts, BadgeRead, RightFacts, ScreeningResult, TerminalPolicy
 from .domain.parties import Actor, Organisation
 from .domain.release import ReleaseRight, Screening, State, Transfer
@@ -355,9 +357,9 @@ class GateFacts(Protocol):
         """``record``, awaited on the event loop."""
         ...
 
-    async def claim_async(self, keys: list[str], args: list[Any]) -> bool:
+    async def claim_async(self, keys: list[str], args: list[Any]) -> Claim:
         """Another part's single-use claim in the same Redis (a DPoP proof's: quaygate/dataset.py
-        ``CLAIM``, its keys and arguments), awaited on the event loop: True when this call claimed it.
+        ``CLAIM``, its keys and arguments), awaited on the event loop: true when this call claimed it.
         May raise FactsUnavailable."""
         ...
 

@@ -53,7 +53,7 @@ from .aio import run_async
 from .test_gate_verify import Gate
 from .test_identity_dpop_support import ProofKey
 from .test_identity_passkeys import ORIGIN, build_env
-from .test_identity_support import TOKEN_ENDPOINT, assertion, assertion_form, make_env, public_jwks, rsa_key
+from .test_identity_support import TOKEN_ENDPOINT, assertion, assertion_form, basic, make_env, public_jwks, rsa_key
 from .webauthn_authenticator import SoftAuthenticator
 
 PUBLIC = "http://localhost:8000"  # the default issuer: what a proof's htu names
@@ -173,6 +173,17 @@ def served(pg_engine: sa.Engine, tmp_path: Path, lost: LosingRedis) -> Iterator[
 def _refused_proof(r: Any) -> None:
     assert r.status_code == 401, r.text
     assert r.json()["code"] == "invalid_dpop_proof", r.text
+    assert "DPoP-Nonce" not in r.headers
+
+
+def _nonce_asked(r: Any) -> str:
+    """RFC 9449 §9: a 401 ``use_dpop_nonce``, in the body and the challenge, with the nonce to use."""
+    assert r.status_code == 401, r.text
+    assert r.json()["code"] == "use_dpop_nonce", r.text
+    assert 'error="use_dpop_nonce"' in r.headers["WWW-Authenticate"], r.headers
+    nonce: str = r.headers["DPoP-Nonce"]
+    assert 0 < len(nonce) <= 256 and all(0x21 <= ord(ch) <= 0x7E and ch not in '"\\' for ch in nonce), nonce
+    return nonce
 
 
 # ---- DPoP proofs ----------------------------------------------------------------------------------
@@ -181,6 +192,8 @@ def _refused_proof(r: Any) -> None:
 @pytest.mark.parametrize("how", LOSSES)
 def test_a_dpop_proof_used_before_redis_lost_its_data_is_refused_at_the_api(served: Served, lost: LosingRedis,
                                                                           how: str) -> None:
+    """Refused with ``use_dpop_nonce`` and the epoch's nonce (RFC 9449 §9): a new proof with that nonce
+    is accepted at once, without waiting out the leeway, and once only."""
     key = ProofKey(clock=[time.time()])
     token = served.bound(served.gate.as_("line")["Authorization"].split()[1], key)
     url = "/api/v1/releases"
@@ -192,19 +205,23 @@ def test_a_dpop_proof_used_before_redis_lost_its_data_is_refused_at_the_api(serv
     assert get(proof).status_code == 200
     _refused_proof(get(proof))
     lost.lose(how, served.cache, served.gate.facts)
-    _refused_proof(get(proof))  # its claim is gone with the data: refused all the same
-    key.clock[0] = served.clock.moved_past_the_leeway()
-    made = key.proof("GET", PUBLIC + url, token=token)
+    nonce = _nonce_asked(get(proof))  # its claim is gone with the data: refused all the same
+    assert _nonce_asked(get(key.proof("GET", PUBLIC + url, token=token))) == nonce  # new, but no nonce
+    made = key.proof("GET", PUBLIC + url, token=token, claims={"nonce": nonce})
     got = get(made)
-    assert got.status_code == 200, got.text  # made after the loss: accepted, once
+    assert got.status_code == 200, got.text  # made with the nonce after the loss: accepted, once
     _refused_proof(get(made))
+    key.clock[0] = served.clock.moved_past_the_leeway()
+    later = key.proof("GET", PUBLIC + url, token=token)  # a client that ignores nonces: let in after the leeway
+    assert get(later).status_code == 200
 
 
 @pytest.mark.parametrize("how", LOSSES)
 def test_a_dpop_proof_used_before_redis_lost_its_data_is_refused_at_the_gate(served: Served, lost: LosingRedis,
                                                                            how: str) -> None:
     """The gate claims a proof on the gate facts' pipelined connection (``RedisGateFacts.claim_async``);
-    after a FLUSHALL that connection is still open, and its claim itself finds the epoch gone."""
+    after a FLUSHALL that connection is still open, and its claim itself finds the epoch gone. The
+    refusal gives the epoch's nonce, with which a new proof is let through at once."""
     gate = served.gate
     assert gate.facts._pipe.available  # type: ignore[attr-defined]
     key = ProofKey(clock=[time.time()])
@@ -220,12 +237,59 @@ def test_a_dpop_proof_used_before_redis_lost_its_data_is_refused_at_the_gate(ser
     assert first.status_code == 200 and first.json()["decision"] == "allow", first.text
     _refused_proof(verify(proof))
     lost.lose(how, served.cache, gate.facts)
-    _refused_proof(verify(proof))
-    key.clock[0] = served.clock.moved_past_the_leeway()
-    made = key.proof("POST", PUBLIC + "/gate/v1/verify", token=token)
+    nonce = _nonce_asked(verify(proof))
+    made = key.proof("POST", PUBLIC + "/gate/v1/verify", token=token, claims={"nonce": nonce})
     got = verify(made)
     assert got.status_code == 200 and got.json()["decision"] == "allow", got.text
     _refused_proof(verify(made))
+
+
+def test_a_proof_with_the_nonce_of_an_epoch_gone_is_refused_after_a_second_loss(served: Served,
+                                                                               lost: LosingRedis) -> None:
+    """A proof made with one epoch's nonce and used then, replayed after Redis lost its data again:
+    that nonce vouches for nothing now (each epoch has its own), so the proof is refused and the answer
+    gives the new epoch's nonce, with which a new proof is accepted."""
+    key = ProofKey(clock=[time.time()])
+    token = served.bound(served.gate.as_("line")["Authorization"].split()[1], key)
+    url = "/api/v1/releases"
+
+    def get(proof: str) -> Any:
+        return served.gate.http.get(url, headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+
+    lost.lose("restart", served.cache, served.gate.facts)
+    first = _nonce_asked(get(key.proof("GET", PUBLIC + url, token=token)))
+    captured = key.proof("GET", PUBLIC + url, token=token, claims={"nonce": first})
+    assert get(captured).status_code == 200
+    lost.lose("flushall", served.cache, served.gate.facts)
+    second = _nonce_asked(get(captured))
+    assert second != first
+    assert get(key.proof("GET", PUBLIC + url, token=token, claims={"nonce": second})).status_code == 200
+
+
+def test_the_token_endpoint_asks_for_the_epochs_nonce(pg_engine: sa.Engine, tmp_path: Path, lost: LosingRedis
+                                                      ) -> None:
+    """RFC 9449 §8: a token request whose proof may predate the epoch is answered 400 ``use_dpop_nonce``
+    with the nonce; the client's new proof with it gets a DPoP-bound token at once."""
+    for env in make_env(pg_engine, tmp_path):
+        env.container.cache = RedisCache(lost.url)
+        env.app.state.identity = None  # the provider built on this cache
+        key = ProofKey(clock=[time.time()])
+        client_id, secret, _ = env.client("terminal_gate")
+        lost.lose("restart", env.container.cache)
+
+        def token(proof: str) -> Any:
+            return env.token({"grant_type": "client_credentials"}, headers={**basic(client_id, secret), "DPoP": proof})
+
+        asked = token(key.proof("POST", TOKEN_ENDPOINT))
+        assert asked.status_code == 400, asked.text
+        assert asked.json()["error"] == "use_dpop_nonce", asked.text
+        nonce = asked.headers["DPoP-Nonce"]
+        got = token(key.proof("POST", TOKEN_ENDPOINT, claims={"nonce": nonce}))
+        assert got.status_code == 200, got.text
+        assert got.json()["token_type"] == "DPoP"
+        again = token(key.proof("POST", TOKEN_ENDPOINT, claims={"nonce": nonce + "x"}))  # not the epoch's
+        assert again.json()["error"] == "use_dpop_nonce" and again.headers["DPoP-Nonce"] == nonce
+        env.container.cache.close()
 
 
 def test_the_gates_pipelined_claim_sees_a_redis_started_from_an_older_snapshot(
@@ -275,23 +339,32 @@ def test_the_gates_pipelined_claim_sees_a_redis_started_from_an_older_snapshot(
 
 def test_an_in_process_cache_started_again_refuses_a_proof_used_before(epochs_as_made: None) -> None:
     """The in-process cache (the embedded default) forgets every claim when its server starts again: its
-    epoch is the moment it is made."""
+    epoch is the moment it is made. The refusal asks for its nonce, with which a new proof passes at once."""
     now = [time.time()]
     key = ProofKey(clock=[now[0]])
+    htu = PUBLIC + "/gate/v1/verify"
     before = DPoPVerifier(MemoryCache(since=now[0] - 3600), leeway=LEEWAY, now=lambda: now[0])  # long running
-    proof = key.proof("POST", PUBLIC + "/gate/v1/verify")
-    before.verify(proof, htm="POST", htu=PUBLIC + "/gate/v1/verify")
+    proof = key.proof("POST", htu)
+    before.verify(proof, htm="POST", htu=htu)
     with pytest.raises(DPoPError, match="used before"):
-        before.verify(proof, htm="POST", htu=PUBLIC + "/gate/v1/verify")
+        before.verify(proof, htm="POST", htu=htu)
     after = DPoPVerifier(MemoryCache(), leeway=LEEWAY, now=lambda: now[0])  # the server started again
-    with pytest.raises(DPoPError, match="used before") as refused:
-        after.verify(proof, htm="POST", htu=PUBLIC + "/gate/v1/verify")
-    assert refused.value.error == "invalid_dpop_proof"
-    now[0] = key.clock[0] = time.time() + LEEWAY + 1
-    made = key.proof("POST", PUBLIC + "/gate/v1/verify")
-    after.verify(made, htm="POST", htu=PUBLIC + "/gate/v1/verify")
+    with pytest.raises(DPoPError, match="nonce") as refused:
+        after.verify(proof, htm="POST", htu=htu)
+    assert refused.value.error == "use_dpop_nonce" and refused.value.nonce
+    with_nonce = key.proof("POST", htu, claims={"nonce": refused.value.nonce})
+    after.verify(with_nonce, htm="POST", htu=htu)
     with pytest.raises(DPoPError, match="used before"):
-        after.verify(made, htm="POST", htu=PUBLIC + "/gate/v1/verify")
+        after.verify(with_nonce, htm="POST", htu=htu)
+    again = DPoPVerifier(MemoryCache(), leeway=LEEWAY, now=lambda: now[0])  # started once more: a nonce of its own
+    with pytest.raises(DPoPError, match="nonce") as anew:
+        again.verify(key.proof("POST", htu, claims={"nonce": refused.value.nonce}), htm="POST", htu=htu)
+    assert anew.value.nonce not in (None, refused.value.nonce)
+    now[0] = key.clock[0] = time.time() + LEEWAY + 1
+    made = key.proof("POST", htu)
+    after.verify(made, htm="POST", htu=htu)
+    with pytest.raises(DPoPError, match="used before"):
+        after.verify(made, htm="POST", htu=htu)
 
 
 def test_a_proof_made_within_the_leeway_after_the_epoch_is_refused(epochs_as_made: None) -> None:
@@ -301,10 +374,20 @@ def test_a_proof_made_within_the_leeway_after_the_epoch_is_refused(epochs_as_mad
     now = [epoch + 1]
     verifier = DPoPVerifier(MemoryCache(since=epoch), leeway=LEEWAY, now=lambda: now[0])
     ahead = ProofKey(clock=[epoch + LEEWAY - 1])  # made at epoch - 1 by a clock LEEWAY ahead
-    with pytest.raises(DPoPError, match="used before"):
+    with pytest.raises(DPoPError, match="nonce"):
         verifier.verify(ahead.proof("POST", PUBLIC + "/gate/v1/verify"), htm="POST", htu=PUBLIC + "/gate/v1/verify")
     now[0] = ahead.clock[0] = epoch + LEEWAY + 1
     verifier.verify(ahead.proof("POST", PUBLIC + "/gate/v1/verify"), htm="POST", htu=PUBLIC + "/gate/v1/verify")
+
+
+@pytest.mark.parametrize("nonce", [17, "", "a b", 'quote"', "x" * 257, "é"])
+def test_a_malformed_nonce_is_refused(nonce: Any) -> None:
+    """RFC 9449 §4.2: a nonce is NQCHAR text; anything else is not a proof of ours to judge."""
+    verifier = DPoPVerifier(MemoryCache(since=0.0), leeway=LEEWAY)
+    with pytest.raises(DPoPError, match="nonce is malformed") as refused:
+        verifier.verify(ProofKey().proof("POST", PUBLIC + "/x", claims={"nonce": nonce}), htm="POST",
+                        htu=PUBLIC + "/x")
+    assert refused.value.error == "invalid_dpop_proof"
 
 
 # ---- client assertions (private_key_jwt) ---------------------------------------------------------

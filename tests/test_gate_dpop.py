@@ -41,6 +41,7 @@ from gate_adapters.runtime.dpop import DPoPKey
 from gate_adapters.runtime.offline import OfflineMode, PassStore
 from gate_adapters.runtime.outbox import Outbox
 from identity.bootstrap import create_client
+from quaygate.cache import MemoryCache
 
 from .factories import TERMINAL
 from .test_gate_runtime import RecordingBarrier, reads, runtime
@@ -252,6 +253,28 @@ def test_server_nonces_are_sent_retried_once_and_kept_newest(gate: Gate, key: DP
     assert len(g) == 6 and g[2] == g[1]
     assert nonce_front.nonces_seen == [None, g[0], None, g[2], g[3], g[4]]  # the API's nonce kept apart
     assert [gate.state(rid) for rid in rids] == ["gated_in"] * 3
+
+
+def test_the_services_own_nonces_let_a_gate_in_at_once_after_its_cache_lost_its_data(
+        gate: Gate, key: DPoPKey, epochs_as_made: None) -> None:
+    """The service's cache has just begun its dataset (a server started on the in-process cache, a Redis
+    that restarted empty): a proof could have been used before it, so the service asks for its epoch's
+    nonce (quaygate/dataset.py; RFC 9449 §8 at the token endpoint, §9 at the API), and the adapter's
+    client, retrying once with it, gets its token and its allow at once, not after the 5 s leeway."""
+    app = gate.http.app
+    app.state.container.cache = MemoryCache()  # type: ignore[attr-defined]  # its epoch: now
+    app.state.identity = None  # type: ignore[attr-defined]  # the provider (and its DPoP verifier) on it
+    rid = gate.pickable(8)
+    answers: list[tuple[str, int, str | None]] = []
+    gate.http.event_hooks = {"response": [lambda r: answers.append(
+        (r.request.url.path, r.status_code, r.headers.get("DPoP-Nonce")))]}
+    got = VerifyClient(public_url(gate), tokens(gate, gate_client(gate), key), http=gate.http).verify(
+        gate.body(8, mode="commit"))
+    assert (got["decision"], got["committed"]) == ("allow", True), got
+    assert gate.state(rid) == "gated_in"
+    nonce = answers[0][2]
+    assert nonce and answers == [("/oauth2/token", 400, nonce), ("/oauth2/token", 200, None),
+                                 ("/gate/v1/verify", 401, nonce), ("/gate/v1/verify", 200, None)], answers
 
 
 def test_a_server_asking_for_a_new_nonce_every_time_is_not_retried_forever(gate: Gate, key: DPoPKey) -> None:

@@ -34,6 +34,7 @@ from quaygate.crypto import DataCipher
 from quaygate.hotsql import HotStatement
 from quaygate.schema import badges, gate_decisions, releases
 from quaygate.settings import Settings
+from quaygate.single_use import CLAIMED, CLAIMED_BEFORE
 from release_service.adapters.gate_facts import RedisGateFacts
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.api import auth
@@ -1434,7 +1435,7 @@ def test_a_dpop_proof_at_the_gate_is_claimed_once_and_never_holds_the_event_loop
         again = gate.http.post("/gate/v1/verify", json=gate.body(71, mode=mode), headers=headers)
         assert again.status_code == 401 and again.json()["code"] == "invalid_dpop_proof", again.text
     if pipelined:
-        assert piped == [True, False] * 3 and on_loop == [], (piped, on_loop)
+        assert piped == [CLAIMED, CLAIMED_BEFORE] * 3 and on_loop == [], (piped, on_loop)
     else:
         assert on_loop == [False] * 6, on_loop
 

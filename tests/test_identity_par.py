@@ -197,6 +197,35 @@ def test_dpop_proof_binds_the_code_grant_tokens(flow: Flow) -> None:
     assert ok.status_code == 200, ok.text
 
 
+def test_a_code_exchange_and_userinfo_asked_for_the_epochs_nonce_go_through_with_it(
+        flow: Flow, epochs_as_made: None) -> None:
+    """The provider's cache has just begun its dataset (quaygate/dataset.py): a proof made now could have
+    been used before it. The token endpoint answers 400 ``use_dpop_nonce`` with the nonce (RFC 9449 §8)
+    without using up the code, so the client's retry with the nonce gets its tokens; UserInfo answers
+    401 ``use_dpop_nonce`` (§9), and the proof with the nonce is served."""
+    client_id = flow.driver_app()
+    flow.login(flow.person())
+    key = ProofKey()
+    pkce = Pkce()
+    code = flow.code(flow.authorize(client_id, pkce=pkce, dpop_jkt=key.jkt))
+    asked = flow.exchange(client_id, code, pkce.verifier, headers={"DPoP": key.proof("POST", TOKEN_URL)})
+    assert asked.status_code == 400 and asked.json()["error"] == "use_dpop_nonce", asked.text
+    nonce = asked.headers["DPoP-Nonce"]
+    resp = flow.exchange(client_id, code, pkce.verifier,
+                         headers={"DPoP": key.proof("POST", TOKEN_URL, claims={"nonce": nonce})})
+    assert resp.status_code == 200, resp.text
+    token = resp.json()["access_token"]
+    refused = flow.http.get("/oauth2/userinfo", headers={
+        "Authorization": f"DPoP {token}", "DPoP": key.proof("GET", USERINFO_URL, token=token)})
+    assert refused.status_code == 401 and refused.json()["error"] == "use_dpop_nonce", refused.text
+    assert refused.headers["DPoP-Nonce"] == nonce
+    assert refused.headers["WWW-Authenticate"].startswith('DPoP error="use_dpop_nonce"')
+    ok = flow.http.get("/oauth2/userinfo", headers={
+        "Authorization": f"DPoP {token}", "DPoP": key.proof("GET", USERINFO_URL, token=token,
+                                                             claims={"nonce": nonce})})
+    assert ok.status_code == 200, ok.text
+
+
 def test_dpop_jkt_of_the_authorization_request_must_match_the_proof(flow: Flow) -> None:
     client_id = flow.driver_app()
     flow.login(flow.person())

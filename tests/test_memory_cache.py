@@ -10,6 +10,7 @@ import pytest
 
 from quaygate import cache as cache_module
 from quaygate.cache import SWEEP_FLOOR, MemoryCache
+from quaygate.single_use import CLAIMED_BEFORE
 
 
 def test_expired_entries_of_every_kind_of_write_do_not_pile_up() -> None:
@@ -41,4 +42,4 @@ def test_a_flood_of_live_claims_does_not_make_each_claim_scan_the_cache(monkeypa
         assert c.claim(f"dpop:{i}", 70, usable_from=time.time())
     assert len(sweeps) - before <= 1, sweeps  # a full scan per claim before
     assert before <= 5  # doubling: 10k, 20k, 40k, 80k (log2 of the growth), not one per write
-    assert c.claim("dpop:0", 70, usable_from=time.time()) is False  # and claims stay single-use
+    assert c.claim("dpop:0", 70, usable_from=time.time()) == CLAIMED_BEFORE  # and claims stay single-use

@@ -14,6 +14,7 @@ import redis
 
 from quaygate.cache import RedisCache
 from quaygate.redisline import Line, Pipelined, Script, _Wire
+from quaygate.single_use import CLAIMED, CLAIMED_BEFORE
 
 
 @pytest.fixture
@@ -79,8 +80,8 @@ def test_an_error_reply_keeps_the_connection_in_step(client: redis.Redis) -> Non
 def test_the_cache_on_the_line_keeps_its_promises(redis_url: str) -> None:
     cache = RedisCache(redis_url, prefix=f"t{uuid.uuid4().hex[:6]}:")
     later = time.time() + 60  # an item made after the dataset began (a prefix of its own: its epoch is now)
-    assert cache.claim("jti", 5, usable_from=later) is True
-    assert cache.claim("jti", 5, usable_from=later) is False  # single use: the second caller is refused
+    assert cache.claim("jti", 5, usable_from=later) == CLAIMED
+    assert cache.claim("jti", 5, usable_from=later) == CLAIMED_BEFORE  # single use: the second caller is refused
     cache.set("a", b"1")
     cache.set("b", b"2", 5)
     assert cache.get("a") == b"1"

@@ -64,9 +64,11 @@ _ERRORS = problem_responses(401, 403, 404, 422)
 
 
 class AdminRefused(Exception):
-    def __init__(self, status: int, code: str, detail: str, *, params: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, code: str, detail: str, *, params: dict[str, str] | None = None,
+                 nonce: str | None = None) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail, self.params = status, code, detail, params or {}
+        self.nonce = nonce  # RFC 9449 §9: with use_dpop_nonce, the DPoP-Nonce to send
 
     def response(self, request: Request) -> JSONResponse:
         headers = None
@@ -80,6 +82,8 @@ class AdminRefused(Exception):
                 scheme, params["algs"] = "DPoP", " ".join(DPOP_ALGORITHMS)
             extra = "".join(f', {k}="{v}"' for k, v in params.items())
             headers = {"WWW-Authenticate": f'{scheme} error="{self.code}", error_description="{self.detail}"{extra}'}
+            if self.nonce is not None:
+                headers["DPoP-Nonce"] = self.nonce
         return problem(self.status, self.code, self.detail, instance=request.url.path, headers=headers)
 
 
@@ -301,7 +305,7 @@ def _check_dpop(request: Request, token: str, claims: dict[str, Any], scheme: st
             proof_jwt, htm=request.method, htu=f"{base.scheme}://{base.netloc}{request.url.path}", access_token=token
         )
     except DPoPError as exc:
-        raise AdminRefused(401, exc.error, exc.description) from exc
+        raise AdminRefused(401, exc.error, exc.description, nonce=exc.nonce) from exc
     if getattr(proof, "jkt", None) != jkt:
         raise AdminRefused(401, "invalid_dpop_proof", "The proof is not made with the token's key.")
 

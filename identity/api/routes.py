@@ -250,7 +250,8 @@ def build_router() -> APIRouter:
             return JSONResponse(
                 {"error": error.error, "error_description": error.description},
                 status_code=error.status,
-                headers={**_NO_STORE, "WWW-Authenticate": error.challenge()},
+                headers={**_NO_STORE, "WWW-Authenticate": error.challenge(),
+                         **({"DPoP-Nonce": error.nonce} if error.nonce is not None else {})},
             )
         return JSONResponse(claims, headers=_NO_STORE)
 

@@ -51,6 +51,19 @@ class InvalidDPoPProofError(OAuth2Error):  # type: ignore[misc]
     error = "invalid_dpop_proof"
 
 
+class UseDPoPNonceError(OAuth2Error):  # type: ignore[misc]
+    """RFC 9449 §8: the token endpoint needs a proof with its nonce, which ``DPoP-Nonce`` gives."""
+
+    error = "use_dpop_nonce"
+
+    def __init__(self, nonce: str, description: str) -> None:
+        super().__init__(description=description)
+        self.nonce = nonce
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        return [*super().get_headers(), ("DPoP-Nonce", self.nonce)]
+
+
 def s256(verifier: str) -> str:
     """RFC 7636 §4.2: BASE64URL(SHA256(ASCII(code_verifier)))."""
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).decode().rstrip("=")

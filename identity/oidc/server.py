@@ -55,7 +55,7 @@ from ..dpop import DPoPError, DPoPVerifier, proof_header
 from ..grants import GrantStore
 from ..keys import KeyStore
 from ..tokens import sign_access_token
-from .code_grant import AuthorizationCodeExchange, InvalidDPoPProofError
+from .code_grant import AuthorizationCodeExchange, InvalidDPoPProofError, UseDPoPNonceError
 from .refresh import RefreshTokenExchange
 
 if TYPE_CHECKING:
@@ -356,6 +356,8 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
             verified = self.dpop.verify(proof, htm="POST", htu=self.token_endpoint)
         except DPoPError as exc:
             log.info("identity.token.refused.dpop.%s", exc.reason)
+            if exc.nonce is not None:
+                raise UseDPoPNonceError(exc.nonce, exc.description) from exc
             raise InvalidDPoPProofError(description=exc.description) from exc
         return verified.jkt
 

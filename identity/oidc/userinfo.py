@@ -36,12 +36,14 @@ USERINFO_PATH = "/oauth2/userinfo"
 class UserInfoError(Exception):
     """``status`` 400/401/403 and an RFC 6750 §3.1 / RFC 9449 §7.1 error; ``scheme`` for the challenge."""
 
-    def __init__(self, status: int, error: str, description: str, scheme: str = "Bearer") -> None:
+    def __init__(self, status: int, error: str, description: str, scheme: str = "Bearer",
+                 nonce: str | None = None) -> None:
         super().__init__(f"{error}: {description}")
         self.status = status
         self.error = error
         self.description = description
         self.scheme = scheme
+        self.nonce = nonce  # RFC 9449 §9: with use_dpop_nonce, the DPoP-Nonce to send
 
     def challenge(self) -> str:
         return f'{self.scheme} error="{self.error}", error_description="{self.description}"'
@@ -78,7 +80,7 @@ def userinfo(
             )
         except DPoPError as exc:
             log.info("identity.userinfo.refused.dpop.%s", exc.reason)
-            raise UserInfoError(401, exc.error, exc.description, "DPoP") from exc
+            raise UserInfoError(401, exc.error, exc.description, "DPoP", nonce=exc.nonce) from exc
         if verified.jkt != jkt:
             raise UserInfoError(401, "invalid_dpop_proof", "The proof's key is not the token's.", "DPoP")
     elif scheme == "DPoP":

@@ -364,16 +364,17 @@ class RedisGateFacts:
         return self._snapshot(out, terminal=terminal, badge=badge, badge_key=badge_key, containers=containers,
                               now=now, through=False, within=None, also=also)
 
-    async def claim_async(self, keys: list[str], args: list[Any]) -> bool:
+    async def claim_async(self, keys: list[str], args: list[Any]) -> dataset.Claim:
         """A single-use claim of another part in the same Redis (a DPoP proof's, identity/dpop.py
         ``claim_call``: quaygate/dataset.py ``CLAIM``, ``SET NX`` refused for an item from before the
-        dataset's epoch) on the event loop's pipelined connection, under the breaker: True when this
-        call claimed it. The connection greets as the identity cache's do (``greeting``), so a Redis
-        started again is seen before any claim on it. FactsUnavailable when it cannot be sent so (no
-        pipelined connection, Redis failing or owed a recovery first): the caller claims it its own
-        way. An error reply to it (out of memory, a read-only replica, no permission) is also
-        FactsUnavailable, and trips nothing: it says nothing of the facts' copies, and every lane's
-        checks stay on the cache (the caller's own claim then refuses the request alone)."""
+        dataset's epoch) on the event loop's pipelined connection, under the breaker: true when this
+        call claimed it (its ``nonce`` when refused for the epoch). The connection greets as the
+        identity cache's do (``greeting``), so a Redis started again is seen before any claim on it.
+        FactsUnavailable when it cannot be sent so (no pipelined connection, Redis failing or owed a
+        recovery first): the caller claims it its own way. An error reply to it (out of memory, a
+        read-only replica, no permission) is also FactsUnavailable, and trips nothing: it says nothing
+        of the facts' copies, and every lane's checks stay on the cache (the caller's own claim then
+        refuses the request alone)."""
         if not self._pipe.available or self._suspect or self._failed:
             raise FactsUnavailable("not from the loop")
         with self._breaker():

@@ -36,8 +36,9 @@ from starlette.requests import HTTPConnection
 
 from identity.domain import claims as c
 from identity.domain.assurance import satisfies
-from identity.dpop import DPOP_ALGORITHMS, DPoPError, dpop_verifier_for, proof_header
+from identity.dpop import DPOP_ALGORITHMS, DPoPError, SingleUse, dpop_verifier_for, proof_header
 from identity.tokens import InvalidToken
+from quaygate.single_use import Claim
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor, OrgKind
 from release_service.ports import FactsUnavailable
@@ -81,8 +82,8 @@ class TokenVerifier(Protocol):
 
 
 class PipelinedClaims(Protocol):
-    async def claim_async(self, keys: list[str], args: list[Any]) -> bool:
-        """The cache's claim (quaygate/dataset.py ``CLAIM``) from the event loop: True when this call
+    async def claim_async(self, keys: list[str], args: list[Any]) -> Claim:
+        """The cache's claim (quaygate/dataset.py ``CLAIM``) from the event loop: true when this call
         claimed it; FactsUnavailable when it cannot be sent so."""
         ...
 
@@ -99,7 +100,7 @@ class Revocation:
     forgets never takes a proof twice."""
 
     def __init__(self, verifier: TokenVerifier, claims: dict[str, Any], scheme: str,
-                 request: Request | None = None, unclaimed: tuple[str, int, float] | None = None) -> None:
+                 request: Request | None = None, unclaimed: SingleUse | None = None) -> None:
         self._verifier = verifier
         self._claims = claims
         self._scheme = scheme
@@ -125,7 +126,7 @@ class Revocation:
                 pass
             else:
                 if not first:
-                    raise _dpop_refusal(verifier.replayed())
+                    raise _dpop_refusal(verifier.refused(first))
                 self._unclaimed = None
                 return
         await run_in_threadpool(self._claim)
@@ -256,7 +257,7 @@ def _checked(request: Request, credentials: HTTPAuthorizationCredentials | None,
     return actor, None if revocation else Revocation(verifier, claims, scheme, request, unclaimed)
 
 
-def _check_proof(request: Request, token: str, cnf: Any, *, claim: bool = True) -> tuple[str, int, float] | None:
+def _check_proof(request: Request, token: str, cnf: Any, *, claim: bool = True) -> SingleUse | None:
     """RFC 9449 §7.1: a DPoP-bound token needs a valid proof, for this request and this token, signed
     by the key the token is bound to. ``claim=False``: its single use is left to the caller, whom the
     claim still to make is returned to (``DPoPVerifier.claim``)."""
@@ -271,8 +272,7 @@ def _check_proof(request: Request, token: str, cnf: Any, *, claim: bool = True) 
             proof, htm=request.method, htu=public_request_uri(request), access_token=token, claim=claim
         )
     except DPoPError as exc:
-        raise _refuse(f"dpop.{exc.reason}", 401, exc.error, exc.description, scheme="DPoP",
-                      params={"algs": " ".join(DPOP_ALGORITHMS)}) from exc
+        raise _dpop_refusal(exc) from exc
     if verified.jkt != jkt:
         # The proof is sound but made with another key than the token's: a stolen token with the
         # thief's own key (RFC 9449 §7.1 "the public key ... matches the cnf.jkt").
@@ -282,7 +282,7 @@ def _check_proof(request: Request, token: str, cnf: Any, *, claim: bool = True) 
     return verified.unclaimed
 
 
-def _claim_proof(request: Request, unclaimed: tuple[str, int, float]) -> None:
+def _claim_proof(request: Request, unclaimed: SingleUse) -> None:
     try:
         dpop_verifier_for(request.app).claim(unclaimed)
     except DPoPError as exc:
@@ -290,8 +290,10 @@ def _claim_proof(request: Request, unclaimed: tuple[str, int, float]) -> None:
 
 
 def _dpop_refusal(exc: DPoPError) -> AuthError:
+    """RFC 9449 §7.1, and §9 for ``use_dpop_nonce``: the nonce to use in ``DPoP-Nonce``."""
     return _refuse(f"dpop.{exc.reason}", 401, exc.error, exc.description, scheme="DPoP",
-                   params={"algs": " ".join(DPOP_ALGORITHMS)})
+                   params={"algs": " ".join(DPOP_ALGORITHMS)},
+                   headers={"DPoP-Nonce": exc.nonce} if exc.nonce is not None else None)
 
 
 def _check_step_up(request: Request, claims: dict[str, Any], scheme: str, min_acr: str | None,

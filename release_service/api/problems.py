@@ -127,7 +127,7 @@ class AuthError(Exception):
 
     def __init__(self, status: int, error: str, description: str, *, scope: str | None = None,
                  scheme: str = "Bearer", params: dict[str, str] | None = None,
-                 also: tuple[str, ...] = ()) -> None:
+                 also: tuple[str, ...] = (), headers: dict[str, str] | None = None) -> None:
         super().__init__(description)
         self.status = status
         self.error = error
@@ -136,6 +136,7 @@ class AuthError(Exception):
         self.scheme = scheme
         self.params = params or {}
         self.also = also
+        self.headers = headers or {}  # sent besides the challenge (RFC 9449 §9: DPoP-Nonce)
 
     def challenge(self) -> str:
         """The WWW-Authenticate value: auth-params as quoted strings (RFC 6750 §3, RFC 9110 §11.2)."""
@@ -162,7 +163,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(AuthError)
     def _auth(request: Request, exc: AuthError) -> JSONResponse:
         return problem(exc.status, exc.error, exc.description, instance=request.url.path,
-                       headers={"WWW-Authenticate": exc.challenge()})
+                       headers={**exc.headers, "WWW-Authenticate": exc.challenge()})
 
     @app.exception_handler(RequestValidationError)
     def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
