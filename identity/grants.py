@@ -10,7 +10,8 @@ Refresh token lifecycle::
 
     active --rotate() / rotate_prepared()--> rotated --presented again--> grant revoked (reuse detected)
       |
-      +--revoke_grant() (logout, revocation endpoint, code reuse, reuse detected)--> revoked
+      +--revoke_grant() (logout, revocation endpoint, code reuse, reuse detected,
+      |                  revoke_person: a passkey removed or suspended)--> revoked
 
 Refresh tokens are random strings; only their SHA-256 is stored. Rows are marked, never deleted,
 so a reuse is recognised (STYLE.md #4). Rotation is one conditional UPDATE ... WHERE status='active',
@@ -628,6 +629,15 @@ class GrantStore:
         """Revoke every grant made in one login session (RP-initiated logout); returns how many."""
         ids = conn.execute(
             sa.select(grants.c.id).where(grants.c.sid == sid, grants.c.revoked_at.is_(None))
+        ).scalars().all()
+        return sum(self.revoke_grant(conn, gid, reason=reason, now=now) for gid in ids)
+
+    def revoke_person(self, conn: sa.Connection, person_id: uuid.UUID, *, reason: str, now: datetime) -> int:
+        """Revoke every live grant of a person, whatever client or session it was made in (a passkey
+        removed or suspended: a thief's refresh families and access tokens end with it); returns how
+        many. In the caller's transaction."""
+        ids = conn.execute(
+            sa.select(grants.c.id).where(grants.c.person_id == person_id, grants.c.revoked_at.is_(None))
         ).scalars().all()
         return sum(self.revoke_grant(conn, gid, reason=reason, now=now) for gid in ids)
 

@@ -10,6 +10,8 @@ Lifecycle::
     create (passkey login, enrolment, upstream login) --> live --expires_at--> expired
                                                            |
                                                            +--end() (logout, step-down)--> ended
+                                                           +--end_for_person() (passkey removed or
+                                                              suspended)--> ended
 
 A stronger login in the same browser (face step-up) replaces the session: ``create`` again.
 """
@@ -125,6 +127,16 @@ class SessionStore:
             return conn.execute(stmt).rowcount == 1
         with self._engine.begin() as own:
             return own.execute(stmt).rowcount == 1
+
+    def end_for_person(self, conn: sa.Connection, person_id: uuid.UUID, *, now: datetime,
+                       keep: str | None = None) -> int:
+        """End every live session of a person but ``keep`` (a sid), in the caller's transaction (a
+        passkey removed or suspended: whoever held it must not stay logged in); returns how many."""
+        stmt = login_sessions.update().where(login_sessions.c.person_id == person_id,
+                                             login_sessions.c.ended_at.is_(None))
+        if keep is not None:
+            stmt = stmt.where(login_sessions.c.sid != keep)
+        return int(conn.execute(stmt.values(ended_at=now)).rowcount)
 
 
 def session_live(conn: sa.Connection, sid: str, *, now: datetime) -> bool:

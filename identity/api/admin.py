@@ -36,7 +36,7 @@ from release_service.api.problems import problem, problem_responses
 from release_service.domain.parties import OrgKind
 
 from .. import audit
-from ..authn import enrolment
+from ..authn import cutoff, enrolment
 from ..bans.screening import ban_check
 from ..bootstrap import provider_for
 from ..domain import claims as c
@@ -47,6 +47,7 @@ from ..dpop import DPOP_ALGORITHMS
 from ..grants import grants_for, revocations_for
 from ..organisations import OrganisationRefused, set_active, status_fields
 from ..registration import RegistrationError, management_for
+from ..sessions import sessions_for
 from ..tokens import InvalidToken
 
 log = logging.getLogger(__name__)
@@ -364,8 +365,10 @@ def create_initial_access_token(request: Request, body: InitialAccessTokenIn) ->
 
 def _reserved_role(caller: AdminCaller, role: Any) -> bool:
     """A console officer neither makes nor ends admin or admin-console clients: a person's console
-    session must not mint a machine admin (no badge-office-free backdoor) nor lock the console out."""
-    return caller.person_id is not None and role in CONSOLE_RESERVED_CLIENT_ROLES
+    session must not mint a machine admin (no badge-office-free backdoor) nor lock the console out.
+    A role that is not a string (a JSON list or object) is no reserved role: the metadata check
+    refuses it (invalid_client_metadata), and it must not reach the set's hash (TypeError, a 500)."""
+    return caller.person_id is not None and isinstance(role, str) and role in CONSOLE_RESERVED_CLIENT_ROLES
 
 
 @router.get("/clients", operation_id="admin_list_clients", responses=_ERRORS)
@@ -660,6 +663,38 @@ def deactivate_organisation(organisation_id: uuid.UUID, request: Request, body: 
 def reactivate_organisation(organisation_id: uuid.UUID, request: Request, body: OrgStatusIn) -> JSONResponse:
     """Reactivate a deactivated organisation, saying why; its clients ask for new tokens."""
     return _org_status(request, organisation_id, body, active=True)
+
+
+class PersonSuspendIn(BaseModel):
+    reason: str = Field(max_length=500, description="why: kept on the audit trail")
+
+
+_SUSPEND_STATUS = {"not_found": 404, "status_unchanged": 409, "own_suspension": 403}
+
+
+@router.post("/persons/{person_id}:suspend", operation_id="admin_suspend_person",
+             responses=problem_responses(401, 403, 404, 409, 422))
+@admits(port_security)
+def suspend_person(person_id: uuid.UUID, request: Request, body: PersonSuspendIn) -> JSONResponse:
+    """Suspend a person, saying why: no more logins or refreshed tokens, every login session ended and
+    every grant revoked (refresh and access tokens), at once (identity.authn.cutoff). Port security;
+    an officer never suspends himself through the console."""
+    try:
+        caller = caller_of(request, port_security)
+    except AdminRefused as exc:
+        return exc.response(request)
+    if caller.person_id == str(person_id):
+        log.info("identity.admin.refused.own_suspension")
+        return problem(403, "own_suspension", "An officer does not suspend himself.", instance=request.url.path)
+    container = request.app.state.container
+    try:
+        cut = cutoff.suspend_person(container.engine, sessions=sessions_for(request.app),
+                                    grants=grants_for(request.app), person_id=person_id, actor=caller.actor,
+                                    reason=body.reason, now=container.clock.now())
+    except cutoff.SuspendRefused as exc:
+        return problem(_SUSPEND_STATUS.get(exc.code, 422), exc.code, exc.message, instance=request.url.path)
+    return JSONResponse({"id": str(person_id), "status": "suspended", "sessions_ended": cut.sessions_ended,
+                         "grants_revoked": cut.grants_revoked})
 
 
 ALERTS_SHOWN = 20

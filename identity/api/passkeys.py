@@ -19,6 +19,7 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
       200 {"flow", "publicKey": PublicKeyCredentialCreationOptionsJSON}
       400 enrolment_code_unknown | enrolment_code_expired | enrolment_code_used
       401 login_required | reauthentication_required   403 person_suspended | origin_refused
+      403 insufficient_authentication (the session's login is weaker than a passkey: a basic upstream one)
       429 rate_limited (with a code: the per-address login attempt limit)
     POST /webauthn/registration/verify      {"flow", "credential": <cred>, "name"?}
       201 {"credential_id", "name", "created_at"}  + Set-Cookie session when enrolled with a code
@@ -33,6 +34,8 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
                                                             "active_remaining"}
       Removing the last active passkey is allowed (a lost phone must go at once): the page should
       confirm first; ``active_remaining: 0`` means the next login needs a new enrolment code.
+      The person's other login sessions end and all their grants (refresh and access tokens) are
+      revoked with it; the session that removed it stays.
     POST /admin/v1/persons/{person_id}/enrolment-codes  {"ttl_seconds"?}  (bearer token, scope admin)
       201 {"code", "person_id", "expires_at"}   the code is shown once; default TTL 72 h
       401/403 on the token before any of the body is read
@@ -82,6 +85,7 @@ STATUS: dict[str, int] = {
     "login_required": 401,
     "reauthentication_required": 401,
     "person_suspended": 403,
+    "insufficient_authentication": 403,
     "origin_refused": 403,
     "not_found": 404,
     "person_unknown": 404,
@@ -98,6 +102,8 @@ HINT: dict[str, str] = {
     "origin_refused": "This request did not come from a quaygate page.",
     "login_required": "Please log in first.",
     "reauthentication_required": "Please log in again to add a passkey.",
+    "insufficient_authentication": "Adding a passkey needs a stronger login: log in with a passkey, or ask "
+                                   "the badge office for an enrolment code.",
     "rate_limited": "Too many attempts. Please wait a moment and try again.",
 }
 

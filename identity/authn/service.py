@@ -36,10 +36,12 @@ from quaygate.schema import persons
 
 from .. import audit
 from ..domain import assurance
+from ..grants import GrantStore, grants_for
 from ..ratelimit import LoginGuard, login_guard_for
 from ..sessions import LoginSession, SessionStore, sessions_for
 from . import enrolment, passkeys
 from .credentials import ACTIVE, REMOVED, SUSPENDED, CredentialStore, StoredCredential
+from .cutoff import cut_off
 
 if TYPE_CHECKING:
     from quaygate.cache import Cache
@@ -53,6 +55,11 @@ REGISTRATION = "registration"
 # it needs a login this recent (Keycloak's "max auth age" for credential setup is 5 minutes; a driver
 # adding his second phone from the account page a little later should not have to log in again).
 REGISTRATION_MAX_AUTH_AGE = timedelta(minutes=15)
+# A passkey logs in at acr passkey, so only a login at least that strong may add one (else a basic
+# upstream login, which meets no acr demand, would raise itself to passkey: docs/itsme.md). Compared
+# with ``assurance.satisfies``, as every acr demand is; the face step-up refuses the same logins
+# (identity.domain.face.STEP_UP_BASES).
+REGISTRATION_MIN_ACR = assurance.ACR_PASSKEY
 DEFAULT_RETURN_TO = "/app/"
 _RETURN_PREFIXES = ("/oauth2/", "/app/")
 _NAME_MAX = 100
@@ -153,9 +160,11 @@ class PasskeyService:
         cache: Cache,
         clock: Any,
         sessions: SessionStore,
+        grants: GrantStore,
         guard: LoginGuard | None = None,
     ) -> None:
         self._guard = guard
+        self._grants = grants
         self._settings = settings
         self._engine = engine
         self._cache = cache
@@ -267,15 +276,21 @@ class PasskeyService:
         return LoginResult(cookie, session, safe_return_to(return_to))
 
     def _suspend_for_counter(self, stored: StoredCredential, presented: int, attempt: _Attempt) -> NoReturn:
+        """WebAuthn §6.1.1: a counter that went backwards means a cloned authenticator. Which of the two
+        is the thief is unknown, so every session and grant of the person ends with the credential, in
+        its transaction (the badge office steps in)."""
         with self._engine.begin() as conn:
             suspended = self.credentials.suspend(conn, stored.credential_id, reason="counter_regression")
             if suspended:
+                ended, revoked = self._cut_off(conn, stored.person_id, keep=None,
+                                               reason="passkey_counter_regression", now=attempt.now)
                 audit.record(
                     "identity.passkey.suspended.counter_regression",
                     at=attempt.now,
                     actor={"person_id": str(stored.person_id)},
                     subject=_ref(stored.credential_id),
-                    data={"stored_sign_count": stored.sign_count, "presented_sign_count": presented},
+                    data={"stored_sign_count": stored.sign_count, "presented_sign_count": presented,
+                          "sessions_ended": ended, "grants_revoked": revoked},
                     conn=conn,
                 )
         if suspended:
@@ -465,7 +480,10 @@ class PasskeyService:
 
         Removing the last one is allowed (a lost phone must be removable at once, and the badge office
         can always hand out a new enrolment code); the pages warn before, and the answer's
-        ``active_remaining`` of 0 says it. The current session is not ended.
+        ``active_remaining`` of 0 says it. The current session is not ended; every other session of
+        the person is, and every grant of the person is revoked (its refresh tokens and access
+        tokens), in the same transaction: whoever logged in with the lost passkey is cut off. The
+        person's own apps log in again through the session that stays.
         """
         self.check_origin(origin)
         session = self._session(session_cookie)
@@ -474,8 +492,11 @@ class PasskeyService:
             if not self.credentials.remove(conn, session.person_id, credential_id):
                 raise PasskeyError("not_found", "no such passkey of this person")
             remaining = self.credentials.count_active(conn, session.person_id)
+            ended, revoked = self._cut_off(conn, session.person_id, keep=session.sid, reason="passkey_removed",
+                                           now=now)
             audit.record("identity.passkey.removed", at=now, actor={"person_id": str(session.person_id)},
-                         subject=_ref(credential_id), data={"active_remaining": remaining}, conn=conn)
+                         subject=_ref(credential_id), conn=conn,
+                         data={"active_remaining": remaining, "sessions_ended": ended, "grants_revoked": revoked})
         log.info("identity.passkey.removed")
         return remaining
 
@@ -507,6 +528,13 @@ class PasskeyService:
             log.info("identity.passkey.refused.origin")
             raise PasskeyError("origin_refused", f"origin {str(origin)[:100]!r} not allowed")
 
+    def _cut_off(self, conn: sa.Connection, person_id: uuid.UUID, *, keep: str | None, reason: str,
+                 now: datetime) -> tuple[int, int]:
+        """identity.authn.cutoff: (sessions ended, grants revoked)."""
+        cut = cut_off(conn, sessions=self._sessions, grants=self._grants, person_id=person_id, keep=keep,
+                      reason=reason, now=now)
+        return cut.sessions_ended, cut.grants_revoked
+
     def _user_handle(self, person_id: uuid.UUID) -> bytes:
         return passkeys.user_handle(person_id, self._handle_key)
 
@@ -534,6 +562,9 @@ class PasskeyService:
         if now - session.auth_time > REGISTRATION_MAX_AUTH_AGE:
             self._refuse_registration("reauthentication_required", "login too old", now=now,
                                       person_id=session.person_id)
+        if not assurance.satisfies(session.acr, REGISTRATION_MIN_ACR):
+            self._refuse_registration("insufficient_authentication", f"session acr {session.acr[:100]}",
+                                      now=now, person_id=session.person_id)
         return session
 
     def _store_flow(self, flow: Flow) -> str:
@@ -581,6 +612,6 @@ def passkeys_for(app: Any) -> PasskeyService:
     def build() -> PasskeyService:
         c = app.state.container
         return PasskeyService(settings=c.settings, engine=c.engine, cache=c.cache, clock=c.clock,
-                              sessions=sessions_for(app), guard=login_guard_for(app))
+                              sessions=sessions_for(app), grants=grants_for(app), guard=login_guard_for(app))
 
     return built_once(app, "identity_passkeys", build)
