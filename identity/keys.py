@@ -20,7 +20,9 @@ together or rotating together never leave two active keys, and a partial unique 
 The private JWK is sealed with AES-GCM (quaygate.crypto.DataCipher) with the kid as associated data,
 so a sealed key copied into another row does not open. Loaded keys are cached in memory: the set is
 reloaded every ``reload_every`` seconds, or sooner when a token names a kid we do not know yet but
-the table does (a key rotated in by another replica). Opened private keys stay cached (opening an
+the table holds as an active or retiring token key (a key rotated in by another replica). A retired
+kid (public once: it was in the JWKS) or the audit key's forces no reload: a stranger could otherwise
+make every request reload and re-import every key. Opened private keys stay cached (opening an
 RSA private key costs about 50 ms here): never per request.
 """
 
@@ -174,9 +176,10 @@ class KeyStore:
 
     def public_key_set(self, *, refresh: bool = False, kid: str | None = None) -> KeySet:
         """The keys our tokens may be verified with. ``refresh`` with a ``kid`` reloads only when
-        the table knows that kid, so made-up kids cost one primary-key lookup, not a reload."""
+        the table holds that kid as a key still published (active or retiring), so made-up and
+        retired kids cost one primary-key lookup, not a reload."""
         snap = self._snapshot()
-        if refresh and (kid is None or (kid not in snap.published and self._exists(kid))):
+        if refresh and (kid is None or (kid not in snap.published and self._publishable(kid))):
             snap = self._snapshot(force=True)
         published = self._published(snap, self._clock())
         made = self._key_set
@@ -240,10 +243,18 @@ class KeyStore:
         ).all()
         return {str(r.alg): str(r.kid) for r in rows}
 
-    def _exists(self, kid: str) -> bool:
+    def _publishable(self, kid: str) -> bool:
+        """Would a reload load ``kid``? The same rows as ``_load`` reads."""
         with self._read() as conn:
             return (
-                conn.execute(sa.select(signing_keys.c.kid).where(signing_keys.c.kid == kid)).first()
+                conn.execute(
+                    sa.select(signing_keys.c.kid).where(
+                        signing_keys.c.kid == kid,
+                        signing_keys.c.status.in_(("active", "retiring")),
+                        signing_keys.c.alg.in_(SIGNING_ALGORITHMS),
+                        _TOKEN_KEYS,
+                    )
+                ).first()
                 is not None
             )
 

@@ -15,19 +15,25 @@ same numbers; the in-process cache otherwise (one replica). Three parts:
   counted (check() refuses those attempts anyway).
 - ``RateLimitMiddleware`` (``install(app)``): POSTs to the OAuth endpoints (token, PAR,
   introspection, revocation, registration) and to /webauthn/authentication/* are limited per client
-  address, and the OAuth ones also per client_id (from the Basic header or the form, read from a
-  small buffered copy of the body that is replayed to the route).
+  address (an IPv6 address by its /64: ``address_key``), and the OAuth ones also per client_id (from
+  the Basic header or the form, read from a small buffered copy of the body that is replayed to the
+  route).
 
 Refusals: the OAuth endpoints answer ``429`` with ``Retry-After`` and an OAuth error body
 ``{"error": "slow_down", ...}`` (RFC 6749 §5.2's shape; ``slow_down`` is RFC 8628 §3.5's code for
 "ask less often", the one OAuth clients already handle); the WebAuthn endpoints, whose errors are RFC
 9457 problems, answer a problem with code ``rate_limited``.
 
-The per-client count only counts requests that were not refused with 401: someone who cannot
-authenticate as a client cannot spend that client's allowance by naming its client_id (a denial of
-service on a victim client); their requests still count against their address. For the same reason a
-request that carries no client credential (a public client's: the driver app's refresh) has no
-per-client count at all, only its address's: anyone can name a public client.
+The per-client count only counts requests in which the named client authenticated (with its secret or
+its assertion): client authentication says so through ``client_authenticated``, into a cell the
+middleware sets for the request (a context variable; the route's thread pool carries it, quaygate/
+threads.py). Someone who cannot authenticate as a client cannot spend that client's allowance by
+naming it, in the form's client_id, the Basic header or an assertion's ``sub``, whatever the answer
+(401 invalid_client, or a 400 found before the client was authenticated: an unknown grant_type, a
+malformed form): a denial of service on a victim client. Their requests still count against their
+address. For the same reason a request that carries no client credential (a public client's: the
+driver app's refresh) has no per-client count at all, only its address's: anyone can name a public
+client.
 
 The client address is the ASGI ``client``: behind a reverse proxy, run uvicorn with
 ``--proxy-headers --forwarded-allow-ips=<the proxy>`` so it is the real client's, not the proxy's.
@@ -37,11 +43,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -98,6 +106,22 @@ def limits_from_settings(settings: Any) -> Limits:
              "failures_before_lockout": "login_failures_before_lockout", "failure_window": "login_failure_window",
              "lockout_seconds": "lockout_seconds", "lockout_max_seconds": "lockout_max_seconds"}
     return Limits(**{field: getattr(settings, name, getattr(defaults, field)) for field, name in names.items()})
+
+
+def address_key(address: str) -> str:
+    """What a per-address limit counts by: an IPv4 address as is; an IPv6 address by its /64, which
+    one host or one subscriber usually holds whole (RFC 6177, RFC 7934): counted per address, it
+    would have 2^64 addresses to spread its requests over; an IPv4-mapped IPv6 address as its IPv4
+    address. Anything that is no address (a test client's name) as is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
 
 
 def _digest(value: str) -> str:
@@ -182,6 +206,8 @@ class LoginGuard:
         """``check``, also telling ``succeeded`` what it will have to forget: with a subject and an
         address, read in the same round trip (the lockout generation, whether failures or a lockout
         level are on record), so that a success with nothing on record costs no round trip at all."""
+        if address is not None:
+            address = address_key(address)
         if subject is not None and address is not None:  # all in one round trip
             h = _digest(subject)
             peeks = [f"lock:{h}", f"lockgen:{h}", f"lf:{h}:any", f"lockn:{h}"]
@@ -355,6 +381,20 @@ def client_id_from_form(body: bytes) -> str | None:
     return values[0] if len(values) == 1 and 0 < len(values[0]) <= MAX_CLIENT_ID_LENGTH else None
 
 
+# The clients that authenticated in the request being served, set by the middleware for requests that
+# name a client; None elsewhere (nothing to tell).
+_authenticated: ContextVar[list[str] | None] = ContextVar("quaygate_authenticated_clients", default=None)
+
+
+def client_authenticated(client_id: str) -> None:
+    """Client authentication's word that ``client_id`` proved itself in this request (its secret or
+    its signed assertion; never the ``none`` method, which anyone can use): the middleware counts the
+    request against that client's allowance only then."""
+    cell = _authenticated.get()
+    if cell is not None:
+        cell.append(client_id)
+
+
 class RateLimitMiddleware:
     """Pure ASGI: limits POSTs to the login and token endpoints before the route runs."""
 
@@ -381,7 +421,7 @@ class RateLimitMiddleware:
             return
         limiter = rate_limiter_for(owner)
         client = scope.get("client")
-        address = client[0] if client else "unknown"
+        address = address_key(client[0]) if client else "unknown"
         client_id: str | None = None
         if family == "oauth":
             client_id = client_id_from_basic(_header(scope, b"authorization"))
@@ -404,15 +444,13 @@ class RateLimitMiddleware:
         if client_id is None:
             await self.app(scope, receive, send)
             return
-        status: list[int] = []
-
-        async def watch(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status.append(int(message["status"]))
-            await send(message)
-
-        await self.app(scope, receive, watch)
-        if status and status[0] != 401:
+        authenticated: list[str] = []
+        token = _authenticated.set(authenticated)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _authenticated.reset(token)
+        if client_id in authenticated:
             limiter.hit(f"ep:client:{client_id}", limits.per_client, limits.window)
 
 

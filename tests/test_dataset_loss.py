@@ -406,7 +406,7 @@ def test_a_client_assertion_used_before_redis_lost_its_data_is_refused(pg_engine
         assert env.token(assertion_form(used)).json()["error"] == "invalid_client"
         lost.lose(how, env.container.cache)
         refused = env.token(assertion_form(used))
-        assert (refused.status_code, refused.json()["error"]) == (400, "invalid_client"), refused.text
+        assert (refused.status_code, refused.json()["error"]) == (401, "invalid_client"), refused.text
         # One made after the loss that no server could have accepted before it: its exp is as far ahead
         # as an assertion's may be (MAX_ASSERTION_LIFETIME, 300 s): accepted.
         made = _assertion_made_at(key, client_id, time.time())

@@ -162,10 +162,10 @@ def test_private_key_jwt_replayed_jti_is_refused(env: Env) -> None:
     client_id, _, _ = env.client("shipping_line", auth_method="private_key_jwt", jwks=public_jwks(key))
     token = assertion(key, client_id)
     assert env.token(assertion_form(token)).status_code == 200
-    _assert_oauth_error(env.token(assertion_form(token)), 400, "invalid_client")
+    _assert_oauth_error(env.token(assertion_form(token)), 401, "invalid_client")
     # A new assertion with the same jti is a replay too (RFC 7523 §3 item 7).
     same_jti = assertion(key, client_id, jti=_jti(token))
-    _assert_oauth_error(env.token(assertion_form(same_jti)), 400, "invalid_client")
+    _assert_oauth_error(env.token(assertion_form(same_jti)), 401, "invalid_client")
 
 
 def test_private_key_jwt_replay_is_caught_across_replicas_with_redis(env: Env, redis_url: str) -> None:
@@ -176,7 +176,7 @@ def test_private_key_jwt_replay_is_caught_across_replicas_with_redis(env: Env, r
     token = assertion(key, client_id)
     assert env.token(assertion_form(token)).status_code == 200
     env.app.state.identity = None  # a second replica: its own provider, the same Redis
-    _assert_oauth_error(env.token(assertion_form(token)), 400, "invalid_client")
+    _assert_oauth_error(env.token(assertion_form(token)), 401, "invalid_client")
     env.container.cache.close()
 
 
@@ -192,7 +192,7 @@ def test_private_key_jwt_replay_is_caught_across_replicas_with_redis(env: Env, r
 def test_private_key_jwt_wrong_audience_is_refused(env: Env, aud: object) -> None:
     key = rsa_key()
     client_id, _, _ = env.client("shipping_line", auth_method="private_key_jwt", jwks=public_jwks(key))
-    _assert_oauth_error(env.token(assertion_form(assertion(key, client_id, aud=aud))), 400, "invalid_client")
+    _assert_oauth_error(env.token(assertion_form(assertion(key, client_id, aud=aud))), 401, "invalid_client")
 
 
 @pytest.mark.parametrize("exp_in", [-120, 3600])
@@ -200,7 +200,7 @@ def test_private_key_jwt_expired_or_long_lived_assertion_is_refused(env: Env, ex
     key = rsa_key()
     client_id, _, _ = env.client("shipping_line", auth_method="private_key_jwt", jwks=public_jwks(key))
     _assert_oauth_error(
-        env.token(assertion_form(assertion(key, client_id, exp_in=exp_in))), 400, "invalid_client"
+        env.token(assertion_form(assertion(key, client_id, exp_in=exp_in))), 401, "invalid_client"
     )
 
 
@@ -208,10 +208,10 @@ def test_private_key_jwt_unknown_client_or_foreign_key_is_refused(env: Env) -> N
     key = rsa_key()
     client_id, _, _ = env.client("shipping_line", auth_method="private_key_jwt", jwks=public_jwks(key))
     unknown = assertion(key, "qg-shipping-line-" + uuid.uuid4().hex[:16])
-    _assert_oauth_error(env.token(assertion_form(unknown)), 400, "invalid_client")
-    _assert_oauth_error(env.token(assertion_form(assertion(rsa_key(), client_id))), 400, "invalid_client")
+    _assert_oauth_error(env.token(assertion_form(unknown)), 401, "invalid_client")
+    _assert_oauth_error(env.token(assertion_form(assertion(rsa_key(), client_id))), 401, "invalid_client")
     _assert_oauth_error(
-        env.token(assertion_form(assertion(key, client_id, iss="someone-else"))), 400, "invalid_client"
+        env.token(assertion_form(assertion(key, client_id, iss="someone-else"))), 401, "invalid_client"
     )
 
 
@@ -226,14 +226,14 @@ def test_private_key_jwt_symmetric_or_unsigned_assertion_is_refused(env: Env, al
     signing_input = f"{head}.{_b64(json.dumps(claims).encode())}"
     mac = hmac.new(key.as_pem(private=False), signing_input.encode(), hashlib.sha256).digest()
     forged = signing_input + "." + ("" if alg == "none" else _b64(mac))
-    _assert_oauth_error(env.token(assertion_form(forged)), 400, "invalid_client")
+    _assert_oauth_error(env.token(assertion_form(forged)), 401, "invalid_client")
 
 
 def test_private_key_jwt_client_id_must_match_the_assertion(env: Env) -> None:
     key = rsa_key()
     client_id, _, _ = env.client("shipping_line", auth_method="private_key_jwt", jwks=public_jwks(key))
     form = {**assertion_form(assertion(key, client_id)), "client_id": "qg-someone-else"}
-    _assert_oauth_error(env.token(form), 400, "invalid_client")
+    _assert_oauth_error(env.token(form), 401, "invalid_client")
 
 
 def test_registration_refuses_private_keys_and_mismatched_roles(env: Env) -> None:

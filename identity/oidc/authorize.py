@@ -64,8 +64,11 @@ LOGIN_PATH = "/login"
 REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"  # RFC 9126 §2.2
 RESUME_TTL = 900  # seconds a person has to log in before the request must be made again
 PKCE_S256 = "S256"
-_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # base64url SHA-256, no padding (RFC 7636 §4.2)
-_JKT = re.compile(r"^[A-Za-z0-9_-]{43}$")  # RFC 7638 SHA-256 thumbprint (RFC 9449 §10)
+# Matched whole (fullmatch): "$" alone would let a trailing newline through.
+_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url SHA-256, no padding (RFC 7636 §4.2)
+_JKT = re.compile(r"[A-Za-z0-9_-]{43}")  # RFC 7638 SHA-256 thumbprint (RFC 9449 §10)
+# ASCII digits only (str.isdigit takes "²" and "٣", which int() then refuses or reads), at most nine.
+_MAX_AGE = re.compile(r"[0-9]{1,9}")
 MAX_PARAM = 2000
 PROMPTS = frozenset({"none", "login", "consent", "select_account"})
 CODE_PREFIX = "qgc_"
@@ -182,7 +185,7 @@ def validate(
         raise refuse("invalid_request", "code_challenge is required (PKCE, S256).", "pkce_missing")
     if method != PKCE_S256:
         raise refuse("invalid_request", "code_challenge_method must be S256.", "pkce_method")
-    if not _CHALLENGE.match(challenge):
+    if not _CHALLENGE.fullmatch(challenge):
         raise refuse("invalid_request", "Malformed code_challenge.", "pkce_challenge")
     prompt = tuple(sorted(set(params.get("prompt", "").split())))
     if any(p not in PROMPTS for p in prompt):
@@ -192,13 +195,13 @@ def validate(
     max_age = None
     if "max_age" in params:
         raw = params["max_age"]
-        if not raw.isdigit() or len(raw) > 9:
+        if not _MAX_AGE.fullmatch(raw):  # OIDC Core §3.1.2.1: a number of seconds
             raise refuse("invalid_request", "max_age must be a non-negative integer.", "max_age")
         max_age = int(raw)
     demanded = assurance.weakest_acceptable(params.get("acr_values", "").split())
     floor = assurance.stronger(client.min_acr, demanded)
     dpop_jkt = params.get("dpop_jkt")
-    if dpop_jkt is not None and not _JKT.match(dpop_jkt):
+    if dpop_jkt is not None and not _JKT.fullmatch(dpop_jkt):
         raise refuse("invalid_request", "Malformed dpop_jkt.", "dpop_jkt")
     nonce = params.get("nonce")
     if nonce is not None and len(nonce) > 255:

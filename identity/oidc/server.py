@@ -13,6 +13,10 @@ Token request, as handled here::
     form parsed + checked (FormRequest) -> client authenticated (one method) -> grant allowed?
       -> scope granted (domain.scopes) -> claims built (domain.claims) -> signed (tokens) -> 200 JSON
     any failure -> RFC 6749 §5.2 error JSON, Cache-Control: no-store
+
+A client that fails to authenticate, whatever the way (unknown client, bad secret, bad assertion, no
+key, replayed jti), is answered 401 invalid_client with WWW-Authenticate (RFC 6749 §5.2), and only a
+client that did authenticate is counted against its own rate limit (ratelimit.client_authenticated).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from starlette.responses import JSONResponse
 
 from quaygate.cache import Cache
 
-from .. import audit
+from .. import audit, ratelimit
 from ..clients import ClientRecord, ClientRegistry, verify_secret
 from ..domain import claims as token_claims
 from ..domain import scopes as scope_rules
@@ -340,6 +344,21 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         methods = [m.value for m in AuthMethod]
         client = self.authenticate_client(request, methods, endpoint="par")
         return client.record, request.form
+
+    def authenticate_client(self, request: OAuth2Request, methods: list[str], endpoint: str = "token") -> OAuthClient:
+        """Authlib's client authentication (token, PAR, introspection and revocation endpoints), with
+        every refusal answered 401: Authlib answers 400 for some (an unknown client_id in the form, a
+        bad assertion), and a 400 in a client's name would be counted against that client's allowance
+        by anyone who names it. RFC 6749 §5.2 allows 401 for invalid_client, and asks for it whenever
+        the client tried to authenticate."""
+        try:
+            client: OAuthClient = super().authenticate_client(request, methods, endpoint)
+        except InvalidClientError as error:
+            error.status_code = 401
+            raise
+        if request.auth_method != AuthMethod.NONE.value:  # "none" proves nothing: anyone can use it
+            ratelimit.client_authenticated(client.get_client_id())
+        return client
 
     def dpop_binding(self, request: OAuth2Request, record: ClientRecord) -> str | None:
         """The JWK thumbprint to bind the tokens to (RFC 9449 §5), or None for a bearer token.
