@@ -46,6 +46,9 @@ def test_portpass_numbers_are_read_leniently_and_kept_canonical(raw: str) -> Non
     (Scheme.PORTPASS, "PP1234567"),
     (Scheme.PORTPASS, "AP-100230"),
     (Scheme.PORTPASS, "PP1234567X"),
+    # Digits of other scripts: int() reads them, so the same badge would be stored under a second number.
+    (Scheme.ALFAPASS, "AP-\u0661\u0660\u0660\u0662\u0663\u0660"),  # AP-100230 in Arabic-Indic digits
+    (Scheme.PORTPASS, "PP\u0967\u0968\u0969\u096a\u096b\u096c\u096d\u096c"),  # PP12345676 in Devanagari
 ])
 def test_bad_numbers_are_refused_per_scheme(scheme: Scheme, raw: str) -> None:
     assert _code(b.validate_number, scheme, raw) == "invalid_badge_number"

@@ -89,8 +89,8 @@ class BadgeRefused(ValueError):
 
 # ---- numbers and card UIDs -----------------------------------------------------------------------
 
-_ALFAPASS = re.compile(r"AP-?(\d{6})")
-_PORTPASS = re.compile(r"PP-?(\d{8})")
+_ALFAPASS = re.compile(r"AP-?([0-9]{6})")  # ASCII digits: "AP-٣…" is no second spelling
+_PORTPASS = re.compile(r"PP-?([0-9]{8})")
 
 
 def scheme_of(value: str) -> Scheme:
