@@ -195,9 +195,9 @@ def normalise_htu(uri: str) -> str | None:
     return urlunsplit((scheme, netloc, parts.path or "/", "", ""))
 
 
-def _refuse(reason: str, description: str, error: str = INVALID_DPOP_PROOF) -> DPoPError:
+def _refuse(reason: str, description: str, error: str = INVALID_DPOP_PROOF, nonce: str | None = None) -> DPoPError:
     log.info("identity.dpop.refused.%s", reason)
-    return DPoPError(error, description, reason=reason)
+    return DPoPError(error, description, reason=reason, nonce=nonce)
 
 
 class DPoPVerifier:
@@ -326,9 +326,8 @@ class DPoPVerifier:
         proof with that nonce is accepted)."""
         if got.nonce is None:
             return DPoPVerifier.replayed()
-        log.info("identity.dpop.refused.nonce")
-        return DPoPError(USE_DPOP_NONCE, "make a new proof with the nonce in the DPoP-Nonce header",
-                         reason="nonce", nonce=got.nonce)
+        return _refuse("nonce", "make a new proof with the nonce in the DPoP-Nonce header", USE_DPOP_NONCE,
+                       nonce=got.nonce)
 
     @staticmethod
     def replayed() -> DPoPError:
