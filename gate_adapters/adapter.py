@@ -400,14 +400,18 @@ def build(settings: AdapterSettings) -> Adapter:
         app = create_source_app(_SourceLanes(worker, fed_by["http"]), settings.terminal,  # type: ignore[arg-type]
                                 devices=devices, health=health, officers=officers, latches=latches,
                                 alive=adapter.alive)
+        # No proxy stands in front of an adapter (the devices and officers connect to it): X-Forwarded-*
+        # is never believed, whatever uvicorn's FORWARDED_ALLOW_IPS says, so nobody on the camera network
+        # passes for this host or for TLS (the officer check, runtime/http_source.py).
         config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port, log_level="warning",
-                                access_log=False, lifespan="off",
+                                access_log=False, lifespan="off", proxy_headers=False,
                                 ssl_context_factory=None if tls is None else lambda _config, _default: tls)
         adapter.http_server = uvicorn.Server(config)
         if settings.http.health_port is not None:  # rule 8: plain HTTP, /livez only
             adapter.health_server = uvicorn.Server(uvicorn.Config(
                 create_health_app(adapter.alive), host=settings.http.health_host or settings.http.host,
-                port=settings.http.health_port, log_level="warning", access_log=False, lifespan="off"))
+                port=settings.http.health_port, log_level="warning", access_log=False, lifespan="off",
+                proxy_headers=False))
     return adapter
 
 

@@ -34,7 +34,8 @@ Script (JSON)::
 
 Each read is a generic JSON read (``sources/generic_json.py``) without ``lane`` and ``observed_at``:
 the simulator adds them, so every run makes new request ids: ``drive`` stamps the run's start + ``at``
-+ ``after`` and gives its lanes a wall clock on the same script time; ``mqtt`` and ``http`` stamp the
++ ``after`` (the start placed so that the run ends now: the service refuses a time more than minutes
+ahead of its clock) and gives its lanes a wall clock on the same script time; ``mqtt`` and ``http`` stamp the
 moment a read is sent, as a device does (an adapter refuses a read observed long before it arrived, or
 after: lane.py rule 6). A read the parser refuses is counted as ``refused`` and not fed. A decision is
 matched to its truck by ``observed_at``. Exit status: 0, or 1 when ``--check`` and an expectation
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import ssl
 import statistics
@@ -202,7 +204,11 @@ def drive(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Summary:
     """Play ``script`` through in-process lane runtimes; ``speed`` 0 means no real pauses."""
-    start = datetime.now(UTC).replace(microsecond=0)
+    # The run is stamped to end now: a script plays in script time (at once, with speed 0), and reads
+    # stamped ahead of now (start + at) would be refused by the service past 10 minutes (the verify's
+    # observed_at, release_service/domain/gate.py check_observed_at).
+    span = (script.reads[-1].at if script.reads else 0.0) + script.window_seconds + 1.0
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=math.ceil(span))
     matcher = _Matcher(script, start, out)
     clock = VirtualClock()
     outbox = Outbox(outbox_path)

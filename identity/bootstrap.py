@@ -121,8 +121,8 @@ class IdentityProvider:
             AccessTokenVerifier(keys, s.issuer, revocations=revocations),
             grants,
             dpop,
-            PendingRequests(container.cache),
-            PushedRequests(container.cache, ttl=s.par_ttl),
+            PendingRequests(container.cache, s.pepper_bytes()),
+            PushedRequests(container.cache, ttl=s.par_ttl, cipher=container.cipher),
         )
 
 

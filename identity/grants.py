@@ -196,7 +196,7 @@ class RevocationList:
     ``judge``), which cannot ask for a key to be present: there ``watch`` looks for ``LOADED`` at most
     once a second in a thread of its own and loads the list again when it is missing, so a revoked
     token passes the gate for at most about a second after Redis lost its data. Eviction must not pick
-    these keys (Redis's ``maxmemory-policy`` noeviction, or volatile-* with room).
+    these keys: a Redis whose ``maxmemory-policy`` is not noeviction is refused (quaygate/dataset.py).
     """
 
     PREFIX = "identity:revoked-jti:"

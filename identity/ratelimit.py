@@ -14,10 +14,21 @@ same numbers; the in-process cache otherwise (one replica). Three parts:
   so concurrent failures start one lockout, never two (STYLE.md #4); failures while locked are not
   counted (check() refuses those attempts anyway).
 - ``RateLimitMiddleware`` (``install(app)``): POSTs to the OAuth endpoints (token, PAR,
-  introspection, revocation, registration) and to /webauthn/authentication/* are limited per client
-  address (an IPv6 address by its /64: ``address_key``), and the OAuth ones also per client_id (from
-  the Basic header or the form, read from a small buffered copy of the body that is replayed to the
-  route).
+  introspection, revocation, registration) and to /webauthn/authentication/verify are limited per
+  client address (an IPv6 address by its /64: ``address_key``), and the OAuth ones also per client_id
+  (from the Basic header or the form, read from a small buffered copy of the body that is replayed to
+  the route). A passkey login's options are not: they store nothing (identity.authn.flows), and a
+  count of them would be the one write an anonymous caller could make there (review 67, finding 4).
+
+What the counters hold in Redis (review 67, finding 4: Redis runs under noeviction, so what an
+anonymous caller makes us store must be bounded): one key per counted address (or client) and window,
+kept one window (``RATE_LIMIT_WINDOW`` + 1 s), 104 bytes each (``MEMORY USAGE``: a 50-character name,
+a small integer, the expiry). However many requests it sends, an address holds one counter per family
+it uses (``ep:webauthn``, ``ep:oauth``) and one of login attempts (``login:addr``), two of each for the
+second in which two windows overlap: at most about 600 bytes. The login guard's failure counts and locks
+are kept per credential or person that exists (``LoginGuard.failed`` is told only of those): a
+handful of keys each (``lf:…:any``, ``lf:…:<generation>:<window>``, ``lock``, ``lockn``, ``lockgen``),
+bounded by the accounts, never by the callers.
 
 Refusals: the OAuth endpoints answer ``429`` with ``Retry-After`` and an OAuth error body
 ``{"error": "slow_down", ...}`` (RFC 6749 §5.2's shape; ``slow_down`` is RFC 8628 §3.5's code for
@@ -35,8 +46,10 @@ address. For the same reason a request that carries no client credential (a publ
 driver app's refresh) has no per-client count at all, only its address's: anyone can name a public
 client.
 
-The client address is the ASGI ``client``: behind a reverse proxy, run uvicorn with
-``--proxy-headers --forwarded-allow-ips=<the proxy>`` so it is the real client's, not the proxy's.
+The client address is the ASGI ``client``, as ``quaygate serve`` has uvicorn set it: the peer's, or,
+on a request from a proxy named in QUAYGATE_FORWARDED_ALLOW_IPS (or ``quaygate serve
+--forwarded-allow-ips``), the X-Forwarded-For address that proxy vouches for. Behind a reverse proxy,
+name it there, or every client counts as the proxy's one address (quaygate/cli.py cmd_serve).
 """
 
 from __future__ import annotations
@@ -80,7 +93,8 @@ LOCKOUT_LEVEL_MEMORY = 86_400  # how long the doubling remembers earlier lockout
 
 OAUTH_PATHS = frozenset({"/oauth2/token", "/oauth2/par", "/oauth2/introspect", "/oauth2/revoke",
                          "/oauth2/register"})
-WEBAUTHN_LOGIN_PREFIX = "/webauthn/authentication/"
+# The passkey login's verify; its options store nothing and are not counted (module docstring).
+WEBAUTHN_LOGIN_PATHS = frozenset({"/webauthn/authentication/verify"})
 MAX_SNIFFED_BODY = 16_384  # bytes of a form body read for its client_id; longer bodies pass unread
 MAX_CLIENT_ID_LENGTH = 255
 
@@ -250,6 +264,10 @@ class LoginGuard:
     def failed(self, subject: str | None, address: str | None = None) -> int | None:
         """After a failed attempt: count it; return the lockout's length if this failure started one.
 
+        Tell it only of a subject that exists (a registered credential, a person): the keys it writes
+        are the subject's, and a made-up one, a new one each attempt, would let an anonymous caller
+        store as much as it likes (review 67, finding 4); there is no account behind it to protect.
+
         Failures are counted per lockout generation (``lockgen``): the INCR that returns exactly N in
         a generation starts its lockout, so concurrent failures start one lockout, never two. The lock
         is written before the generation moves on, so a failure that sees the new generation also
@@ -336,7 +354,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 def _family(path: str) -> str | None:
     if path in OAUTH_PATHS:
         return "oauth"
-    if path.startswith(WEBAUTHN_LOGIN_PREFIX):
+    if path in WEBAUTHN_LOGIN_PATHS:
         return "webauthn"
     return None
 

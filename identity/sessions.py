@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from quaygate.appstate import built_once
 from quaygate.hotsql import HotStatement
-from quaygate.schema import login_sessions
+from quaygate.schema import login_sessions, persons
 
 _INSERT = HotStatement(login_sessions.insert())  # every login writes one (quaygate.hotsql)
 
@@ -145,6 +145,26 @@ def session_live(conn: sa.Connection, sid: str, *, now: datetime) -> bool:
         sa.select(login_sessions.c.ended_at, login_sessions.c.expires_at).where(login_sessions.c.sid == sid)
     ).first()
     return row is not None and row.ended_at is None and row.expires_at > now
+
+
+def hold_person(conn: sa.Connection, person_id: uuid.UUID) -> str | None:
+    """The person's status (None: no such person), read under a share lock on the person's row that
+    holds until the caller's transaction ends. A login takes it, first, before it writes anything and
+    creates its session (identity.authn.service ``finish_authentication``), and judges the status it
+    returns: a suspension's UPDATE of the row (identity.authn.cutoff ``suspend_person``) conflicts with
+    it, so the two run one after the other. A suspension committed first is waited for and seen here;
+    a login committed first is waited for by the suspension, whose cut-off then ends its session. Read
+    without the lock, a suspension committing meanwhile left a live session on a suspended person: its
+    cut-off could not see the login's uncommitted session, and the login had read "active".
+
+    ``FOR SHARE`` on PostgreSQL, not ``FOR KEY SHARE`` (what the session's foreign key takes): that one
+    does not conflict with an UPDATE that leaves the key alone, as the suspension's does. Logins of one
+    person share it and do not wait for one another; a role grant or a registration (``FOR NO KEY
+    UPDATE``, identity.authn.enrolment ``lock_person``) waits for them, and they for it. SQLite has no
+    row locks and needs none: its writers run one at a time (BEGIN IMMEDIATE, quaygate.db)."""
+    return conn.execute(
+        sa.select(persons.c.status).where(persons.c.id == person_id).with_for_update(read=True)
+    ).scalar_one_or_none()
 
 
 def sessions_for(app: Any) -> SessionStore:

@@ -76,6 +76,7 @@ class Driver:
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 out["status"] = message["status"]
+                self.headers = {k.decode().lower(): v.decode() for k, v in message.get("headers", [])}
                 for name, value in message.get("headers", []):
                     if name == b"set-cookie":
                         key, _, rest = value.decode().partition("=")

@@ -46,6 +46,7 @@ from release_service.ports import FaceCaptureRefused, FaceOutcome
 
 from . import limits, solo
 from .container import Container
+from .dataset import UnsuitableRedis
 from .loopdb import LoopDatabase
 from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event
 from .routing import BIG_BODY_FACTOR, ExactRoutes
@@ -85,14 +86,15 @@ class _BodyTooLargeProblem:
     """Starlette's body limit (FastAPI's ``max_body_size``, quaygate/limits.py) answers a body announced
     larger than its route takes with a plain-text 413 of its own, sent from outside the app's exception
     handlers. The API answers every refusal as problem JSON (RFC 9457): this, outermost, makes that 413
-    one too (``body_too_large``). Every other answer passes as it is."""
+    one too (``body_too_large``). Every other answer passes as it is. Outermost too for the lifespan: a
+    start refused is reported plainly (``_plainly_refused``)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _plainly_refused(scope, send) if scope["type"] == "lifespan" else send)
             return
         held = False
 
@@ -112,6 +114,26 @@ class _BodyTooLargeProblem:
             await send(message)
 
         await self.app(scope, receive, send_problem)
+
+
+def _plainly_refused(scope: Any, send: Any) -> Any:
+    """The lifespan's ``send``, which reports a start refused for a reason the operator must act on
+    (``_refuse_start``) as that reason alone. Starlette hands the server the traceback of whatever the
+    lifespan raised, and uvicorn logs it: the reason, at its end, under a screenful of frames."""
+    async def say(message: Any) -> None:
+        reason = getattr(scope["app"].state, "start_refused", None)
+        if message["type"] == "lifespan.startup.failed" and reason:
+            message = {**message, "message": f"quaygate did not start: {reason}"}
+        await send(message)
+
+    return say
+
+
+def _refuse_start(app: FastAPI, reason: str) -> None:
+    """The start is refused for ``reason`` (the caller raises): logged, and reported as it is, without a
+    traceback (``_plainly_refused``)."""
+    log.error("quaygate.start.refused", extra={"fields": {"reason": reason}})
+    app.state.start_refused = reason
 
 
 # What the OpenAPI document says of body limits (quaygate/limits.py), from the limits themselves.
@@ -136,7 +158,18 @@ HOT_ROUTES = (("POST", "/gate/v1/verify"), ("POST", "/oauth2/token"),
               ("POST", "/webauthn/authentication/options"), ("POST", "/webauthn/authentication/verify"))
 
 
-async def _serving_lease(built: Container, *, own: bool) -> solo.SoloLease:
+async def _greet_cache(app: FastAPI, built: Container) -> None:
+    """Redis greeted before anything else is done with it (quaygate/dataset.py): one whose
+    maxmemory-policy could evict single-use claims, pending marks or revocations, or one older than
+    Redis 7, stops the start."""
+    try:
+        await run_in_threadpool(built.cache.greet)
+    except UnsuitableRedis as exc:
+        _refuse_start(app, str(exc))
+        raise
+
+
+async def _serving_lease(app: FastAPI, built: Container, *, own: bool) -> solo.SoloLease:
     """Every server holds the database's serving lease (quaygate/solo.py): alone without a shared cache,
     together with the others that share Redis. A server whose lease another took meanwhile stops: it
     would keep single-use claims beside one that cannot see them."""
@@ -144,7 +177,7 @@ async def _serving_lease(built: Container, *, own: bool) -> solo.SoloLease:
         return await run_in_threadpool(lambda: solo.hold(built.engine, shared=built.cache.shared,
                                                          on_lost=_stop_serving if own else None))
     except solo.AnotherServer as exc:
-        log.error("quaygate.start.refused", extra={"fields": {"reason": str(exc)}})
+        _refuse_start(app, str(exc))
         raise
 
 
@@ -194,7 +227,8 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             built = container or Container.build(settings)
             if container is None:
                 started.callback(built.close)
-            lease = await _serving_lease(built, own=container is None)
+            await _greet_cache(app, built)
+            lease = await _serving_lease(app, built, own=container is None)
             started.callback(lease.close)
             app.state.serving_lease = lease
             # The hottest routes' blocking parts (quaygate/threads.py), on a few threads (settings.worker_threads)

@@ -75,6 +75,11 @@ class Cache(Protocol):
 
     def ping(self) -> bool: ...
 
+    def greet(self) -> None:
+        """Connect now, as the first call would: Redis's greeting checks its eviction policy and the
+        dataset's epoch (quaygate/dataset.py), and raises what it refuses (``EvictingRedis``). At start."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -180,6 +185,9 @@ class MemoryCache:
 
     def ping(self) -> bool:
         return True
+
+    def greet(self) -> None:
+        pass  # nothing to connect to
 
     def close(self) -> None:
         self._data.clear()
@@ -296,6 +304,9 @@ class RedisCache:
             return bool(self._r.ping())
         except Exception:  # noqa: BLE001 - readiness reports any failure as not ready
             return False
+
+    def greet(self) -> None:
+        self._line.call("PING")  # this thread's connection, made and greeted if it is not yet
 
     def close(self) -> None:
         self._line.close()

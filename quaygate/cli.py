@@ -6,11 +6,13 @@ Errors are plain messages on stderr with a non-zero exit, never a traceback for 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
 import sys
 import uuid
 from collections.abc import Callable, Sequence
 
-from .settings import Settings
+from .settings import Settings, trusted_proxies
 
 
 def _settings() -> Settings:
@@ -18,14 +20,30 @@ def _settings() -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the app under uvicorn.
+
+    The client address every part sees (the per-address rate limits and login lockouts, identity/
+    ratelimit.py) is the peer's own, except on a request from a proxy named by
+    QUAYGATE_FORWARDED_ALLOW_IPS or ``--forwarded-allow-ips`` (quaygate.settings.trusted_proxies): then
+    the X-Forwarded-For address that proxy vouches for. Both uvicorn options are given explicitly: its
+    own default believes the headers from 127.0.0.1 (or from FORWARDED_ALLOW_IPS in the environment),
+    so any process on this host could choose its address, while a proxy on another host would count
+    every client as its own one address."""
     import uvicorn
 
-    from .observability import configure_logging
+    from .observability import configure_logging, log_event
 
     settings = _settings()
     if args.workers < 1:
         print("--workers is at least 1", file=sys.stderr)
         return 2
+    proxies = settings.forwarded_allow_ips
+    if args.forwarded_allow_ips is not None:
+        try:
+            proxies = trusted_proxies(args.forwarded_allow_ips)
+        except ValueError as exc:
+            print(f"--forwarded-allow-ips: {exc}", file=sys.stderr)
+            return 2
     if args.workers > 1 and not settings.redis_url:
         # Each worker would keep its own in-process cache: a single-use DPoP proof, client assertion,
         # passkey challenge or gate request_id claimed in one worker could be replayed to another, and a
@@ -35,11 +53,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "Serve one worker, or set QUAYGATE_REDIS_URL.", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    log_event(logging.getLogger("quaygate"), "quaygate.serve.proxies.trusted" if proxies
+              else "quaygate.serve.proxies.none", proxies=list(proxies))
     if args.migrate:
         cmd_migrate(args)
     uvicorn.run("quaygate.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-                access_log=False, log_config=None)
+                access_log=False, log_config=None, proxy_headers=bool(proxies),
+                forwarded_allow_ips=_with_mapped(proxies))
     return 0
+
+
+def _with_mapped(proxies: Sequence[str]) -> list[str]:
+    """The proxies as uvicorn matches peers against them: an IPv4 entry also in its IPv4-mapped IPv6
+    form (RFC 4291 §2.5.5.2), as a peer is seen on a dual-stack socket (``--host :: --workers 2``)."""
+    out: list[str] = []
+    for proxy in proxies:
+        network = ipaddress.ip_network(proxy)
+        out.append(proxy)
+        if network.version == 4:
+            out.append(f"::ffff:{network.network_address}/{96 + network.prefixlen}")
+    return out
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -273,6 +306,9 @@ def cmd_person_enrol_code(args: argparse.Namespace) -> int:
     try:
         code, expires_at = issue_code(container.engine, person, created_by="cli", now=datetime.now(UTC),
                                       ttl=timedelta(hours=args.hours))
+    except OverflowError:  # --hours past what a timedelta holds, before the TTL rule could refuse it
+        print("cannot issue a code: --hours is out of range", file=sys.stderr)
+        return 2
     except (EnrolmentRefused, ValueError) as exc:  # unknown or suspended person; a TTL out of range
         print(f"cannot issue a code: {exc}", file=sys.stderr)
         return 2
@@ -291,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--migrate", action="store_true", help="migrate the database first")
+    serve.add_argument("--forwarded-allow-ips", metavar="ADDRESSES",
+                       help="the reverse proxies whose X-Forwarded-For/-Proto are believed: IP addresses and "
+                            "CIDR networks, comma-separated; '' for none (default QUAYGATE_FORWARDED_ALLOW_IPS, "
+                            "else none: the peer's address is the client's)")
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)

@@ -1,13 +1,15 @@
 """The dataset's epoch: a Redis that lost or rolled back its data must not open a single-use window again.
 
 Some things are used once only because a key in the cache says so (STYLE.md #4): a DPoP proof's and a
-client assertion's ``jti`` (claimed with ``SET NX``), a WebAuthn or upstream login flow, a pushed
-authorization request, an authorization resume (each taken with ``GETDEL``). Our Redis keeps nothing
+client assertion's ``jti``, a passkey login's sealed flow, an upstream login's state, an authorization
+resume (claimed with ``SET NX``), a passkey registration's flow, a confidential client's pushed
+authorization request (each taken with ``GETDEL``). Our Redis keeps nothing
 on disk (``--save "" --appendonly no``). Started again, flushed, or failed over to an empty replica, it
 has forgotten every claim: a captured proof still inside its iat window would be accepted again.
 Started again from an older snapshot, or failed over to a replica that missed the last writes, it has
-also got back what was taken since: a WebAuthn flow, and with it a challenge a captured assertion
-answers.
+also got back what was taken since (a registration's flow, and with it a challenge a captured
+attestation answers), and lost what was claimed since (a login's flow, whose challenge a captured
+assertion answers).
 
 So the cache keeps an **epoch**: the moment (Redis ``TIME``) from which it holds every claim it made and
 every take. One key holds it with the server that set it (``<microseconds> <run_id>``). It starts anew
@@ -42,6 +44,18 @@ began: its claim, made in this epoch, holds. A proof with another epoch's nonce,
 its ``iat`` as before. A client that does not use nonces is let through once its proofs' ``iat`` is the
 leeway (5 s) past the epoch.
 
+Eviction loses claims too, one key at a time and unseen by any greeting: a Redis at its ``maxmemory``
+deletes keys to make room unless its ``maxmemory-policy`` is ``noeviction`` (``allkeys-*``: any key;
+``volatile-*``: keys with a TTL, as every claim, take and pending mark has). An evicted claim lets its
+proof, assertion or request_id be used again; an evicted pending mark of the gate's facts
+(release_service/adapters/gate_facts.py) lets a stale copy of a right or a badge be trusted; an evicted
+revocation lets a revoked token pass. So every greeting reads the policy first (``INFO memory``, which a
+managed Redis answers where CONFIG is disabled; no round trip of its own) and a connection to a Redis
+with any other policy is refused (``EvictingRedis``), before the greeting writes anything: a server does
+not start on one (quaygate/app.py), and after a failover to a replica configured otherwise every new
+connection fails (503, the gate on PostgreSQL) rather than trust it. A full Redis under noeviction
+refuses writes (OOM): a claim is then refused, never granted, and the request with it (503).
+
 Limits: Redis's clock (TIME) is the epoch's, and a client's ``iat`` is compared with it: clocks kept
 in step (NTP), as every ``iat`` check assumes. Behind a proxy that keeps the client's connection while
 the server behind it changes, no greeting runs: only a missing epoch is seen then. A Redis Cluster is
@@ -54,6 +68,8 @@ from __future__ import annotations
 import logging
 import math
 from typing import Any
+
+import redis
 
 from .redisline import Script
 from .single_use import CLAIMED, CLAIMED_BEFORE, Claim
@@ -81,14 +97,32 @@ local function epoch(key)
 end
 """
 
-# A connection's greeting. KEYS[1]: the epoch; KEYS[2] (optional): the marker of the names to forget,
-# KEYS[3...]: those names (``RedisCache.forget_on_new_dataset``). The epoch starts anew unless it was set
-# by this very server; the names are deleted when the marker names another server (data last served
-# elsewhere may lack their newest entries; without a marker, an empty or flushed Redis, nothing is
-# left to distrust). Returns the epoch (microseconds, as text) and what was done: 1 the names
-# deleted, 2 a new epoch (added).
-GREETING = Script(_EPOCH + """
-local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+# Redis 7 at least: the scripts that must land on a full Redis say so with Redis 7's script flags
+# (release_service/adapters/gate_facts.py ``_ALLOW_OOM``); an older Redis refuses them outright.
+MIN_MAJOR = 7
+
+# The eviction policy (INFO memory's maxmemory_policy; '' when it does not say), read by every greeting.
+_POLICY = """
+local function policy()
+  return string.match(redis.call('INFO', 'memory'), 'maxmemory_policy:([%w%-]+)') or ''
+end
+"""
+
+# A connection's greeting. First the eviction policy: any but noeviction (REQUIRED_POLICY) is answered
+# at once, nothing written, and ``checked`` refuses the connection. Then KEYS[1]: the epoch; KEYS[2]
+# (optional): the marker of the names to forget, KEYS[3...]: those names
+# (``RedisCache.forget_on_new_dataset``). The epoch starts anew unless it was set by this very server;
+# the names are deleted when the marker names another server (data last served elsewhere may lack
+# their newest entries; without a marker, an empty or flushed Redis, nothing is left to distrust).
+# Returns the epoch (microseconds, as text), what was done (1 the names deleted, 2 a new epoch: added),
+# and the policy.
+GREETING = Script(_EPOCH + _POLICY + f"local MIN_MAJOR = {MIN_MAJOR}\n" + """
+local policy = policy()
+if policy ~= 'noeviction' then return {false, 0, policy} end
+local server = redis.call('INFO', 'server')
+local version = string.match(server, 'redis_version:([%d%.]+)') or ''
+if (tonumber(string.match(version, '^(%d+)')) or 0) < MIN_MAJOR then return {false, 0, policy, version} end
+local id = string.match(server, 'run_id:(%x+)')
 if not id then return redis.error_reply('no run_id in INFO server') end
 local done = 0
 if #KEYS >= 2 then
@@ -109,8 +143,52 @@ if by ~= id then
   redis.call('SET', KEYS[1], since .. ' ' .. id)
   done = done + 2
 end
-return {since, done}
+return {since, done, policy}
 """)
+
+# The greeting of a connection that makes no single-use claim of its own (the gate facts' worker threads'):
+# the eviction policy only, replied as ``GREETING`` replies.
+POLICY = Script(_POLICY + """
+return {false, 0, policy()}
+""")
+
+REQUIRED_POLICY = "noeviction"
+
+
+class UnsuitableRedis(redis.ConnectionError):
+    """A Redis quaygate must not use, refused by a greeting (``checked``), the reason in its message. A
+    connection error: every caller treats it as a Redis it cannot use (503, the gate on PostgreSQL), and
+    a server does not start on one (quaygate/app.py)."""
+
+
+class EvictingRedis(UnsuitableRedis):
+    """A Redis whose ``maxmemory-policy`` may evict what must stay until it expires."""
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        super().__init__(refusal(policy))
+
+
+class OldRedis(UnsuitableRedis):
+    """A Redis older than 7 (``MIN_MAJOR``), without script flags."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        super().__init__(f"Redis {version or '(version not given)'} is too old: quaygate needs Redis {MIN_MAJOR} "
+                         "or later (its scripts that must land on a full Redis are flagged allow-oom, which "
+                         "older versions refuse).")
+
+
+def refusal(policy: str) -> str:
+    """Why a Redis with ``policy`` is refused, and what to do."""
+    found = f"Redis's maxmemory-policy is {policy}" if policy else "Redis's INFO memory names no maxmemory-policy"
+    return (f"{found}; quaygate needs {REQUIRED_POLICY}. Under memory pressure any other policy deletes keys "
+            "quaygate relies on before they expire: the single-use claims of DPoP proofs, client assertions and "
+            "gate request ids (a captured one could be replayed), the gate's pending marks (a stale cached right "
+            "or badge would be trusted) and token revocations (a revoked token would pass). Set maxmemory-policy "
+            f"{REQUIRED_POLICY} (on a managed Redis, in its parameter group or configuration) with room enough "
+            "(maxmemory, or 0 for no limit): a full Redis then refuses writes, and quaygate the requests that "
+            "need one.")
 
 # KEYS[1]: the claim; KEYS[2]: the epoch. ARGV[1]: ttl in ms; ARGV[2]: the earliest moment the item
 # could have been used, in microseconds; ARGV[3]: the epoch nonce the item carries, or ''. 1 claimed;
@@ -151,14 +229,37 @@ return string.sub(held, cut + 1)
 def greeting(epoch_key: str, marker: str | None = None, forget: list[str] | tuple[str, ...] = ()
              ) -> tuple[Any, ...]:
     """The greeting command (EVAL, not EVALSHA: nothing else is needed first on a new connection):
-    the epoch checked, and ``forget`` deleted when ``marker`` names another server."""
+    the eviction policy and the epoch checked, and ``forget`` deleted when ``marker`` names another
+    server. Its reply goes to ``greeted``."""
     keys = [epoch_key, *([marker, *forget] if marker is not None else [])]
     return ("EVAL", GREETING.source, len(keys), *keys)
 
 
+def policy_greeting() -> tuple[Any, ...]:
+    """The greeting of a connection that makes no single-use claim: the eviction policy checked alone.
+    Its reply goes to ``checked``."""
+    return ("EVAL", POLICY.source, 0)
+
+
+def checked(reply: Any) -> None:
+    """EvictingRedis unless a greeting's reply (``GREETING``, ``POLICY``) names the policy required;
+    OldRedis when it names a version (``GREETING`` does, only for a Redis older than ``MIN_MAJOR``)."""
+    found = reply[2] if isinstance(reply, list) and len(reply) > 2 else None
+    policy = found.decode("utf-8", "replace") if isinstance(found, bytes) else ""
+    if policy != REQUIRED_POLICY:
+        log.error("quaygate.cache.refused.eviction_policy", extra={"fields": {"policy": policy}})
+        raise EvictingRedis(policy)
+    if isinstance(reply, list) and len(reply) > 3:
+        old = reply[3].decode("utf-8", "replace") if isinstance(reply[3], bytes) else ""
+        log.error("quaygate.cache.refused.version", extra={"fields": {"version": old}})
+        raise OldRedis(old)
+
+
 def greeted(reply: Any) -> None:
-    """What a greeting did, logged: a new epoch (every single-use item made before it is refused from
-    now on), names forgotten (loaded again)."""
+    """A greeting's reply: the connection refused unless the policy is right (``checked``); what it did,
+    logged: a new epoch (every single-use item made before it is refused from now on), names forgotten
+    (loaded again)."""
+    checked(reply)
     try:
         done = int(reply[1])
     except (TypeError, ValueError, IndexError):

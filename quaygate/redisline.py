@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.exceptions import DataError, NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, OutOfMemoryError, ResponseError
 
 try:
     from hiredis import pack_command as _hiredis_pack
@@ -141,7 +141,7 @@ class Pipelined:
     dropped, with every call waiting on it failed (``redis.ConnectionError``, ``redis.TimeoutError``),
     so no reply is ever handed to the wrong caller; the next call connects anew. A caller cancelled
     while waiting (a gate that hung up) leaves its reply to be read and dropped in its turn. A Redis
-    error reply raises ``ResponseError`` (``NoScriptError``) to its caller alone.
+    error reply raises ``ResponseError`` (``NoScriptError``, ``OutOfMemoryError``) to its caller alone.
 
     For a TCP connection, plain or TLS (redis-py's ``Connection`` or ``SSLConnection``, a ``rediss://``
     URL: host, port, db, username, password, and the TLS settings redis-py reads, which make the same
@@ -184,7 +184,9 @@ class Pipelined:
             raise redis.ConnectionError(f"Redis connection failed: {exc}") from exc
         if isinstance(reply, _ReplyError):
             message = str(reply)
-            raise (NoScriptError if message.startswith("NOSCRIPT") else ResponseError)(message)
+            # As redis-py names them: NOSCRIPT (the script to load first), OOM (a full Redis refused a write)
+            raise (NoScriptError if message.startswith("NOSCRIPT") else
+                   OutOfMemoryError if message.startswith("OOM ") else ResponseError)(message)
         return reply
 
     async def run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:

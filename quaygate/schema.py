@@ -427,6 +427,10 @@ webauthn_credentials = sa.Table(
     sa.Column("status_reason", sa.String(64)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("last_used_at", UTCDateTime),
+    # Where it came from (identity.authn.credentials Provenance): code:<issuer> | account; NULL before 0014.
+    sa.Column("enrolled_via", sa.String(120)),
+    # It rests only on codes whose issuers could issue them for a privileged person; false before 0014.
+    sa.Column("privileged_enrolment", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 # One-time enrolment codes handed out by the badge office: register a first passkey.
@@ -439,6 +443,9 @@ enrolment_codes = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
     sa.Column("used_at", UTCDateTime),
+    sa.Column("ended_at", UTCDateTime),  # ended before use (a privileged role, a suspension): no clock passes it
+    # The issuer was refused no role (port security, an admin client, the CLI): identity.authn.enrolment.
+    sa.Column("privileged_issuer", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 # RFC 7591 §3: initial access tokens an admin obtains to let an integrator register a client.

@@ -7,16 +7,18 @@ Secrets are SecretStr. Outside dev/demo mode the service refuses to start on an 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import math
 import os
 import secrets
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # How long a request's body may take to come (``Settings.body_seconds``), by default.
 DEFAULT_BODY_SECONDS = 10.0
@@ -73,6 +75,11 @@ class Settings(BaseSettings):
     login_failure_window: int = 900
     lockout_seconds: int = 300  # doubled on each further lockout, up to lockout_max_seconds
     lockout_max_seconds: int = 3600
+    # The reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (``trusted_proxies``):
+    # addresses and CIDR networks, comma-separated. Empty (the default): none, every request's address
+    # is its peer's. The per-address limits and lockouts above count by that address; ``quaygate serve
+    # --forwarded-allow-ips`` overrides it.
+    forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = ()
     db_pool_size: int = 10
     db_max_overflow: int = 20
     # Threads of the hot routes' pool (quaygate/threads.py): the token endpoint, passkey logins, the
@@ -162,6 +169,14 @@ class Settings(BaseSettings):
             raise ValueError("QUAYGATE_BODY_SECONDS must be a positive number of seconds, such as 10 or 2.5")
         return seconds
 
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _trusted_proxies(cls, value: Any) -> tuple[str, ...]:
+        try:
+            return trusted_proxies(value)
+        except ValueError as exc:
+            raise ValueError(f"QUAYGATE_FORWARDED_ALLOW_IPS: {exc}") from None
+
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
         if not self.database_url:
@@ -198,6 +213,79 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def trusted_proxies(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """The proxies to believe X-Forwarded-For / X-Forwarded-Proto from, from a comma-separated list of
+    IP addresses and CIDR networks (``10.0.0.5, 10.1.0.0/16, fd00::/8``); ValueError on a bad entry.
+
+    Each entry is checked here because uvicorn checks none: an entry it cannot read (a typo, a host
+    name, ``10.0.0.1/8``) it keeps as a literal that no peer ever equals, and the proxy is silently not
+    trusted. So: an address, or a network without host bits; host names are not resolved (name the
+    address the proxy connects from). Empty entries are skipped; an empty list trusts no one.
+
+    ``*`` (uvicorn: trust every peer) is refused, and so is a network of every address (``0.0.0.0/0``,
+    ``::/0``), the same thing spelled otherwise. Trusting every peer, uvicorn takes X-Forwarded-For's
+    first entry, the one the client writes itself, even behind a proxy that appends the real address:
+    every client picks the address the per-address rate limits and lockouts count it under (identity/
+    ratelimit.py), and spreads its attempts over as many addresses as it likes. Where the proxies'
+    addresses change (a container network), name that network: requests still come only through it.
+    A network that clients sit in, next to the proxies, must not be named either, for the same reason.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        entries: list[Any] = value.split(",")
+    elif isinstance(value, list | tuple | set | frozenset):
+        entries = list(value)
+    else:
+        raise ValueError("a comma-separated list of IP addresses and CIDR networks, such as 10.0.0.5,10.1.0.0/16")
+    proxies: list[str] = []
+    for raw in entries:
+        entry = str(raw).strip()
+        if not entry:
+            continue
+        if entry == "*":
+            raise ValueError("'*' would trust every peer, and every client could pick its own address in "
+                             "X-Forwarded-For; name the proxies' addresses or network (such as 10.0.0.0/8)")
+        try:
+            network = ipaddress.ip_network(entry)  # strict: no host bits set
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is neither an IP address nor a CIDR network such as 10.0.0.0/8 "
+                                 "(host names are not resolved)") from None
+            raise ValueError(f"{entry!r} has host bits set: the network is {loose}") from None
+        if network.prefixlen == 0:
+            raise ValueError(f"{entry!r} would trust every peer, and every client could pick its own address "
+                             "in X-Forwarded-For; name the proxies' addresses or network")
+        _narrow_enough(entry, network)
+        proxies.append(str(network.network_address) if network.num_addresses == 1 else str(network))
+    return tuple(dict.fromkeys(proxies))
+
+
+# The widest network of proxies believed: an IPv4 /8 (10.0.0.0/8, a private range whole); an IPv6 /32,
+# or /8 inside the unique local addresses (fd00::/8 whole). Wider is no network of proxies but a slice
+# of the Internet, trusted in pieces (0.0.0.0/1 and 128.0.0.0/1 are every peer, as '*'). An IPv6 entry
+# reaching into the IPv4-mapped range (::ffff:0:0/96, how IPv4 peers show on a dual-stack socket) is held
+# to the IPv4 bound there: ::ffff:0:0/96 itself is every IPv4 peer.
+WIDEST_PROXY_PREFIX = {4: 8, 6: 32}
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
+
+
+def _narrow_enough(entry: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    widest = WIDEST_PROXY_PREFIX[network.version]
+    if isinstance(network, ipaddress.IPv6Network):
+        if network.overlaps(_MAPPED):
+            widest = 96 + WIDEST_PROXY_PREFIX[4]
+        elif network.subnet_of(_UNIQUE_LOCAL):
+            widest = 8
+    if network.prefixlen < widest:
+        raise ValueError(f"{entry!r} is wider than a network of proxies (at most /{widest} here): every client "
+                         "in it could pick its own address in X-Forwarded-For; name the proxies' own addresses "
+                         "or their network")
 
 
 def _dev_secrets(var_dir: Path) -> dict[str, str]:

@@ -45,6 +45,7 @@ ROUTES = {
     "/admin/v1/organisations/{organisation_id}:deactivate": f"/admin/v1/organisations/{SOME_ID}:deactivate",
     "/admin/v1/organisations/{organisation_id}:reactivate": f"/admin/v1/organisations/{SOME_ID}:reactivate",
     "/admin/v1/persons/{person_id}:suspend": f"/admin/v1/persons/{SOME_ID}:suspend",
+    "/admin/v1/persons/{person_id}:reinstate": f"/admin/v1/persons/{SOME_ID}:reinstate",
     "/admin/v1/badges": "/admin/v1/badges",
     "/admin/v1/badges/{badge_id}/status": f"/admin/v1/badges/{SOME_ID}/status",
     "/admin/v1/badges/{badge_id}/renew": f"/admin/v1/badges/{SOME_ID}/renew",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -88,18 +88,37 @@ def test_bad_card_uids_are_refused(raw: str) -> None:
 # ---- validity ------------------------------------------------------------------------------------
 
 def test_validity_is_at_most_five_years() -> None:
-    b.check_validity(NOW, b.add_years(NOW, 5))
-    assert _code(b.check_validity, NOW, b.add_years(NOW, 5) + timedelta(seconds=1)) == "validity_too_long"
-    assert _code(b.check_validity, NOW, NOW) == "invalid_validity"
-    assert _code(b.check_validity, NOW, NOW - timedelta(days=1)) == "invalid_validity"
-    assert _code(b.check_validity, NOW.replace(tzinfo=None), LATER.replace(tzinfo=None)) == "invalid_validity"
+    b.check_validity(NOW, b.add_years(NOW, 5), now=NOW)
+    assert _code(b.check_validity, NOW, b.add_years(NOW, 5) + timedelta(seconds=1), now=NOW) == "validity_too_long"
+    assert _code(b.check_validity, NOW, NOW, now=NOW) == "invalid_validity"
+    assert _code(b.check_validity, NOW, NOW - timedelta(days=1), now=NOW) == "invalid_validity"
+    assert _code(b.check_validity, NOW.replace(tzinfo=None), LATER.replace(tzinfo=None), now=NOW) == "invalid_validity"
 
 
 def test_five_years_from_a_leap_day() -> None:
     leap = datetime(2028, 2, 29, tzinfo=UTC)
     assert b.add_years(leap, 5) == datetime(2033, 2, 28, tzinfo=UTC)
-    b.check_validity(leap, datetime(2033, 2, 28, tzinfo=UTC))
-    assert _code(b.check_validity, leap, datetime(2033, 3, 1, tzinfo=UTC)) == "validity_too_long"
+    b.check_validity(leap, datetime(2033, 2, 28, tzinfo=UTC), now=leap)
+    assert _code(b.check_validity, leap, datetime(2033, 3, 1, tzinfo=UTC), now=leap) == "validity_too_long"
+
+
+def test_a_validity_over_already_is_refused() -> None:
+    """Moved into the rule from the service, which checked it after the rule (issue and CLI alike)."""
+    assert _code(b.check_validity, NOW - timedelta(days=400), NOW - timedelta(days=1), now=NOW) == "invalid_validity"
+    assert _code(b.check_validity, NOW - timedelta(days=400), NOW, now=NOW) == "invalid_validity"
+
+
+@pytest.mark.parametrize(("start", "end"), [
+    (NOW + timedelta(days=366), NOW + timedelta(days=400)),  # a year and a day ahead
+    (datetime(8999, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)),  # taken before: a badge of the year 8999
+    (datetime(9996, 1, 1, tzinfo=UTC), datetime(9997, 1, 1, tzinfo=UTC)),  # add_years(9996, 5) left the calendar
+    (datetime(9999, 12, 31, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-12)))),
+], ids=["a_year_and_a_day_ahead", "year_8999", "year_9996", "last_day_of_9999"])
+def test_a_validity_starting_more_than_a_year_ahead_is_refused(start: datetime, end: datetime) -> None:
+    """A badge registered years ahead is no badge anyone carries; from year 9996 the five-year bound itself
+    overflowed (ValueError from add_years, a 500 at the API and a traceback at the CLI)."""
+    assert _code(b.check_validity, start, end, now=NOW) == "invalid_validity"
+    b.check_validity(NOW + timedelta(days=365), NOW + timedelta(days=400), now=NOW)  # a year ahead: taken
 
 
 # ---- status machine ------------------------------------------------------------------------------

@@ -45,6 +45,16 @@ def _check(**changes: Any) -> rules.IdClaims:
     return rules.check_id_token(_claims(**changes), issuer=ISS, client_id="qg", nonce="n-1", now=NOW)
 
 
+@pytest.mark.parametrize(("changes", "detail"), [
+    ({"exp": 10**400}, "exp"), ({"exp": -(10**400)}, "exp"), ({"exp": 2**63}, "exp"),
+    ({"iat": -(10**400)}, "iat"), ({"iat": 10**400}, "iat"), ({"exp": float("nan")}, "exp"),
+])
+def test_a_time_no_calendar_holds_is_refused_not_an_overflow(changes: dict[str, Any], detail: str) -> None:
+    """``exp + leeway`` with an exp of 10**400 overflowed converting to float: an OverflowError from the
+    upstream's signed id token, where a refusal belongs."""
+    assert _refusal(_check, **changes) == (Refusal.CLAIMS_INVALID, detail)
+
+
 def test_a_good_id_token_passes_and_keeps_sub_acr_amr() -> None:
     got = _check()
     assert (got.sub, got.acr, got.amr) == ("s-1", rules.ITSME_ACR_ADVANCED, ("pin", "made-up"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ import pytest
 import sqlalchemy as sa
 from joserfc.jwk import RSAKey
 
+from identity.authn import cutoff
+from identity.grants import grants_for
+from identity.sessions import sessions_for
+
+from .interleave import HeldBeforeCommit, in_thread, waits_on_a_lock
 from .upstream.world import World, build_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("broker")]
@@ -103,26 +109,59 @@ def test_a_userinfo_of_another_sub_is_refused(world: World) -> None:
         _refused(world, world.login(browser, "jan"), "upstream_userinfo_sub_mismatch")
 
 
-def test_a_replayed_state_is_refused(world: World) -> None:
+def _binding(browser: httpx.Client) -> str:
+    return next(c.value for c in browser.cookies.jar if c.name == "qg_broker")
+
+
+def test_a_replayed_callback_is_refused(world: World) -> None:
+    """The browser's binding cookie (the sealed flow) is gone once used; a copy of it kept (by whoever
+    holds the browser) brings the upstream's code back, and the upstream refuses it: used once."""
     with world.browser() as browser:
         callback = world.callback_url(browser, "jan")
+        binding = _binding(browser)
         assert browser.get(callback).status_code == 303
         again = browser.get(callback)
-    assert again.status_code == 400 and 'data-code="upstream_state_invalid"' in again.text
+    assert again.status_code == 400 and 'data-code="upstream_browser_mismatch"' in again.text
+    with httpx.Client(follow_redirects=False, timeout=20, cookies={"qg_broker": binding}) as twin:
+        kept = twin.get(callback)
+    assert kept.status_code == 401 and 'data-code="upstream_token_refused"' in kept.text
     assert len(world.sessions()) == 1  # the first login only
-    assert [r["code"] for r in world.refusals()] == ["upstream_state_invalid"]
+    assert [r["code"] for r in world.refusals()] == ["upstream_browser_mismatch", "upstream_token_refused"]
 
 
-def test_a_state_taken_to_another_browser_is_refused_and_burnt(world: World) -> None:
-    """Login CSRF / a stolen callback URL: the state is bound to the browser that started it."""
+def test_a_replayed_state_is_refused_even_where_the_upstream_takes_its_code_again(world: World) -> None:
+    """Our own single use of the state (claimed once the id token holds), on an upstream that would
+    redeem a code twice."""
+    world.tamper.lenient = True
     with world.browser() as browser:
         callback = world.callback_url(browser, "jan")
-    with world.browser() as other:
-        response = other.get(callback)
-        assert response.status_code == 400 and 'data-code="upstream_browser_mismatch"' in response.text
-    with world.browser() as browser:  # taken once: even the right browser cannot use it afterwards
-        assert 'data-code="upstream_state_invalid"' in browser.get(callback).text
-    assert world.sessions() == []
+        binding = _binding(browser)
+        assert browser.get(callback).status_code == 303
+    with httpx.Client(follow_redirects=False, timeout=20, cookies={"qg_broker": binding}) as twin:
+        again = twin.get(callback)
+    assert again.status_code == 400 and 'data-code="upstream_state_invalid"' in again.text
+    assert len(world.sessions()) == 1
+    assert [(r["code"], r["detail"]) for r in world.refusals()] == [("upstream_state_invalid", "state used")]
+
+
+def test_a_state_taken_to_another_browser_is_refused(world: World) -> None:
+    """Login CSRF / a stolen callback URL: the flow is sealed in the cookie of the browser that started
+    it; another browser's is no use (nor is a cookie changed, or of another of its logins). Nothing is
+    stored for a refusal: the rightful browser still finishes its login."""
+    with world.browser() as browser:
+        callback = world.callback_url(browser, "jan")
+        binding = _binding(browser)
+        with world.browser() as other:
+            response = other.get(callback)
+            assert response.status_code == 400 and 'data-code="upstream_browser_mismatch"' in response.text
+            world.callback_url(other, "jan")  # a login of its own: its cookie names its own state
+            assert 'data-code="upstream_browser_mismatch"' in other.get(callback).text
+        changed = binding[:30] + ("A" if binding[30] != "A" else "B") + binding[31:]
+        with httpx.Client(follow_redirects=False, timeout=20, cookies={"qg_broker": changed}) as forged:
+            assert 'data-code="upstream_state_invalid"' in forged.get(callback).text
+        assert world.sessions() == []
+        assert browser.get(callback).status_code == 303
+    assert len(world.sessions()) == 1
 
 
 def test_a_cancelled_login_at_the_upstream_is_refused(world: World) -> None:
@@ -157,11 +196,13 @@ def redis_world(pg_engine: sa.Engine, redis_url: str, tmp_path: Path) -> Iterato
 
 
 def test_racing_callbacks_of_one_state_log_in_once_on_redis_and_postgresql(redis_world: World) -> None:
-    """The state is taken with one atomic GETDEL: eight copies of the callback at once, one login."""
+    """The state is claimed with one atomic SET NX: eight copies of the callback at once, on an upstream
+    that redeems the code each time, one login."""
     world = redis_world
+    world.tamper.lenient = True
     with world.browser() as browser:
         callback = world.callback_url(browser, "jan")
-        binding = next(c.value for c in browser.cookies.jar if c.name == "qg_broker")
+        binding = _binding(browser)
 
     def hit(_: int) -> int:
         with httpx.Client(follow_redirects=False, timeout=20, cookies={"qg_broker": binding}) as twin:
@@ -172,3 +213,35 @@ def test_racing_callbacks_of_one_state_log_in_once_on_redis_and_postgresql(redis
     assert statuses == [303] + [400] * 7
     assert len(world.sessions()) == 1
     assert [r["code"] for r in world.refusals()] == ["upstream_state_invalid"] * 7
+
+
+@pytest.fixture
+def pg_world(pg_engine: sa.Engine, tmp_path: Path) -> Iterator[World]:
+    yield from build_world(pg_engine, tmp_path)
+
+
+def _suspend(world: World) -> Any:
+    return cutoff.suspend_person(world.engine, sessions=sessions_for(world.app.app), grants=grants_for(world.app.app),
+                                 person_id=world.person, actor="port-security-test", reason="badge misuse",
+                                 now=datetime.now(UTC))
+
+
+def test_an_upstream_login_that_runs_into_a_suspension_waits_and_is_refused(pg_world: World) -> None:
+    """Port security's suspension is held just before its COMMIT while the person comes back from the
+    upstream: the login waits for the share lock on the person's row (identity.sessions
+    ``hold_person``), then reads the status and is refused. Read without the lock, the person was
+    active, and the login's session, which the suspension's cut-off had not seen, stayed live."""
+    world = pg_world
+    with world.browser() as browser:
+        callback = world.callback_url(browser, "jan")
+        with HeldBeforeCommit(world.engine, "UPDATE persons") as suspension:
+            suspending, _ = in_thread(lambda: _suspend(world))
+            assert suspension.held.wait(10)
+            logging_in, answered = in_thread(lambda: browser.get(callback))
+            waited = waits_on_a_lock(world.engine, logging_in)
+            suspension.go.set()
+            suspending.join(20)
+            logging_in.join(20)
+    assert answered[0].status_code == 403 and 'data-code="person_suspended"' in answered[0].text
+    assert [s for s in world.sessions() if s.ended_at is None] == []
+    assert waited

@@ -436,11 +436,13 @@ def _assertion_made_at(key: Any, client_id: str, at: float) -> str:
 # ---- values taken once (GETDEL): WebAuthn flows, pushed requests, authorization resumes -----------------
 
 
-def test_a_webauthn_flow_taken_after_the_snapshot_is_not_taken_again(pg_engine: sa.Engine, tmp_path: Path,
-                                                                      lost: LosingRedis) -> None:
-    """The snapshot holds a login flow that was taken since: started from it, Redis has it back, and a
-    captured assertion answering its challenge would log in again (a passkey without a sign counter,
-    as synced passkeys are, gives the server nothing else to tell a replay by)."""
+def test_a_login_flow_used_after_the_snapshot_is_not_used_again(pg_engine: sa.Engine, tmp_path: Path,
+                                                                 lost: LosingRedis) -> None:
+    """A login flow is sealed, not stored (identity.authn.flows), and claimed once its assertion
+    verifies. The snapshot was taken before: started from it, Redis has lost the claim, and a captured
+    assertion answering the flow's challenge would log in again (a passkey without a sign counter, as
+    synced passkeys are, gives the server nothing else to tell a replay by). The flow was issued before
+    the new epoch: refused."""
     cache = RedisCache(lost.url)
     for env in build_env(pg_engine, tmp_path, cache=cache):
         synced = SoftAuthenticator(origin=ORIGIN, counter=False)
@@ -449,13 +451,18 @@ def test_a_webauthn_flow_taken_after_the_snapshot_is_not_taken_again(pg_engine: 
         lost.save()
         body = {"flow": flow, "credential": synced.get(options)}
         assert env.post("/webauthn/authentication/verify", body).status_code == 200
+        with lost.admin() as admin:
+            assert len(list(admin.scan_iter("qg:webauthn:used:*"))) == 1
         lost.restart_from_snapshot(cache)
-        admin = lost.admin()
-        assert admin.exists(f"qg:webauthn:flow:{flow}")  # back with the snapshot
-        admin.close()
+        with lost.admin() as admin:
+            assert list(admin.scan_iter("qg:webauthn:used:*")) == []  # the claim is lost with the data
+        cache.greet()  # a connection's greeting: the new dataset's epoch begins
+        # The test's clock stood still: it reads after the loss now (a flow's issue time is kept to the
+        # millisecond, rounded down: one issued in the epoch's first millisecond is taken for older).
+        env.clock.now_ = datetime.now(UTC) + timedelta(milliseconds=2)
         replayed = env.post("/webauthn/authentication/verify", body)
         assert replayed.status_code == 400 and replayed.json()["code"] == "challenge_expired", replayed.text
-        assert env.login(synced).status_code == 200  # a flow started after the loss
+        assert env.login(synced).status_code == 200  # a flow issued after the loss
     cache.close()
 
 
@@ -468,7 +475,7 @@ def _request() -> AuthorizationRequest:
 def test_a_pushed_request_used_after_the_snapshot_is_not_used_again(lost: LosingRedis) -> None:
     """RFC 9126 §4, §7.3: a request_uri is used once; the snapshot has the request back, unused."""
     cache = RedisCache(lost.url)
-    pushed = PushedRequests(cache, ttl=60)
+    pushed = PushedRequests(cache, ttl=60, cipher=DataCipher(b"k" * 32))
     try:
         uri = pushed.push(_request())
         lost.save()
@@ -485,21 +492,26 @@ def test_a_pushed_request_used_after_the_snapshot_is_not_used_again(lost: Losing
 
 
 def test_an_authorization_resume_finished_after_the_snapshot_is_not_finished_again(lost: LosingRedis) -> None:
-    """Only the first resume of a request waiting for a login issues a code (``PendingRequests.finish``);
-    the snapshot has the request back, unfinished."""
+    """Only the first resume of a request waiting for a login issues a code (``PendingRequests.finish``
+    claims it); the request is kept by the browser (its resume id), so the snapshot holds nothing of it,
+    and a Redis started from it has lost the claim: the request was made before the new epoch, refused."""
     cache = RedisCache(lost.url)
-    pending = PendingRequests(cache)
+    pending = PendingRequests(cache, b"pepper")
+    now = datetime.now(UTC)
     try:
-        rid = pending.save(_request())
+        req = _request()
+        rid = pending.save(req)
         lost.save()
-        assert pending.load(rid) is not None and pending.finish(rid) is True
-        assert pending.finish(rid) is False
+        assert pending.load(rid, now=now) == req and pending.finish(rid, req, now=now) is True
+        assert pending.finish(rid, req, now=now) is False
         lost.restart_from_snapshot(cache)
-        assert pending.finish(rid) is False
-        assert pending.load(rid) is None  # nor shown again: the login would lead nowhere
-        rid = pending.save(_request())  # after the loss
-        assert pending.load(rid) is not None and pending.load(rid) is not None  # read on every resume
-        assert pending.finish(rid) is True and pending.finish(rid) is False
+        assert pending.finish(rid, req, now=now) is False
+        cache.greet()  # the new dataset's epoch begins
+        time.sleep(0.002)
+        req = _request()  # after the loss
+        rid = pending.save(req)
+        assert pending.load(rid, now=now) == req and pending.load(rid, now=now) == req  # read on every resume
+        assert pending.finish(rid, req, now=now) is True and pending.finish(rid, req, now=now) is False
     finally:
         cache.close()
 

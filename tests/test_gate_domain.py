@@ -553,3 +553,17 @@ def test_decision_is_frozen() -> None:
     with pytest.raises(AttributeError):
         d.decision = Outcome.DENY  # type: ignore[misc]
     assert replace(d, reasons=(Reason.FACE_MISMATCH,)).reasons == (Reason.FACE_MISMATCH,)
+
+
+def test_observed_at_lies_within_a_day_before_and_ten_minutes_after_now() -> None:
+    """Any time was recorded as the decision's observed_at: year 1, year 9999, a gate clock hours ahead."""
+    from release_service.domain.errors import DomainError, ErrorCode
+    from release_service.domain.gate import check_observed_at
+
+    for fine in (NOW, NOW + timedelta(minutes=10), NOW - timedelta(hours=24)):
+        check_observed_at(fine, NOW)
+    for far in (NOW + timedelta(minutes=10, microseconds=1), NOW - timedelta(hours=24, microseconds=1),
+                datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, tzinfo=UTC)):
+        with pytest.raises(DomainError) as err:
+            check_observed_at(far, NOW)
+        assert err.value.code is ErrorCode.INVALID_OBSERVED_AT and err.value.context == {"field": "observed_at"}

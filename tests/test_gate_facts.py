@@ -1443,7 +1443,7 @@ def test_a_dpop_proof_at_the_gate_is_claimed_once_and_never_holds_the_event_loop
 @pytest.fixture
 def no_claims_url(redis_url: str) -> Iterator[str]:
     """``redis_url`` as a Redis user who may read every key and write every key but a DPoP proof's
-    single use (``qg:dpop:*``): Redis answers that SET with an error (NOPERM), as it would a SET on a
+    single use (``qg:dpop:*``): Redis answers that SET with an error (NOPERM), an error reply as a SET on a
     full Redis (OOM) or a read-only replica (READONLY). A user of its own, removed after the test."""
     import redis
 
@@ -1460,13 +1460,14 @@ def no_claims_url(redis_url: str) -> Iterator[str]:
         admin.close()
 
 
-def test_a_proof_redis_will_not_claim_is_refused_503_and_trips_no_lane(
+def test_a_proof_redis_will_not_claim_is_refused_and_trips_no_lane(
         pg_engine: sa.Engine, tmp_path: Path, no_claims_url: str) -> None:
-    """Redis answers the claim of a DPoP proof's single use with an error (here NOPERM; OOM and READONLY
-    are the same kind of reply): that request is refused 503 with Retry-After as problem JSON (the proof
-    is never taken as unused, and never a 500), on the loop's pipelined connection and on the worker
-    thread's. The gate facts' breaker is not tripped: the next lanes' checks are still answered from
-    the cache, the gate facts' Redis being as sound as before."""
+    """Redis answers the claim of a DPoP proof's single use with an error (here NOPERM, a Redis user
+    without the right to the key: a deployment's fault, not one that passes): that request is refused as
+    problem JSON, a 500 that no adapter retries in a loop (review 67; a full Redis or a read-only replica,
+    which pass, are 503s: tests/test_redis_memory.py), the proof never taken as unused, on the loop's
+    pipelined connection and on the worker thread's. The gate facts' breaker is not tripped: the next
+    lanes' checks are still answered from the cache, the gate facts' Redis being as sound as before."""
     import time
 
     from joserfc import jws
@@ -1487,8 +1488,8 @@ def test_a_proof_redis_will_not_claim_is_refused_503_and_trips_no_lane(
             proof = key.proof("POST", "http://localhost:8000/gate/v1/verify", token=token)
             refused = gate.http.post("/gate/v1/verify", json=gate.body(72, mode=mode),
                                      headers={"Authorization": f"DPoP {token}", "DPoP": proof})
-            assert refused.status_code == 503, refused.text
-            assert refused.json()["code"] == "service_unavailable" and refused.headers["Retry-After"] == "1"
+            assert refused.status_code == 500, refused.text
+            assert refused.json()["code"] == "internal_error" and "Retry-After" not in refused.headers
             assert refused.headers["content-type"] == "application/problem+json"
         assert not gate.facts._suspect and gate.facts._down_until < time.monotonic()
         with gate.engine.connect() as conn:

@@ -360,6 +360,25 @@ def test_in_clear_an_officer_call_is_taken_from_this_host_only(tmp_path: Path) -
         adapter.outbox.close()
 
 
+def test_forwarded_headers_never_make_a_call_from_beyond_this_host_local(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The adapter has no proxy in front of it: cameras and officers connect to it. So X-Forwarded-For
+    and X-Forwarded-Proto are never believed, whatever uvicorn's FORWARDED_ALLOW_IPS says; else a
+    caller on the camera network writes ``127.0.0.1`` or ``https`` into them and is taken for this host
+    or a TLS channel."""
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    port = free_port()
+    adapter = build(parse(_officer_doc(tmp_path, host="0.0.0.0", port=port, allow_insecure=True), base=tmp_path))
+    forged = {"Authorization": f"Bearer {OFFICER_TOKEN}", "X-Forwarded-For": "127.0.0.1",
+              "X-Forwarded-Proto": "https"}
+    try:
+        with serving(adapter):
+            r = httpx.get(f"http://{_address_beyond_loopback()}:{port}/officer/latch/in-1", headers=forged, timeout=10)
+            assert (r.status_code, r.json()["code"]) == (403, "officer_channel_insecure"), r.text
+    finally:
+        adapter.outbox.close()
+
+
 def test_an_officers_token_is_never_a_devices(tmp_path: Path) -> None:
     """A camera must never clear a latch: an officer given a device's token does not start."""
     doc = _officer_doc(tmp_path)

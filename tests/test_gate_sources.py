@@ -578,3 +578,12 @@ def test_hikvision_accepts_xml_without_a_namespace_and_refuses_too_many_parts() 
 def test_mqtt_refuses_a_topic_that_is_not_text() -> None:
     with pytest.raises(SourceError, match="topic"):
         mqtt.parse(b"quaygate/T1/in-3/plate", fixture("generic_plate.json"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("observed", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+01:00"])
+def test_an_observed_at_outside_the_calendar_in_utc_is_a_source_error(observed: str) -> None:
+    """ISO 8601, and no UTC time: astimezone raised OverflowError, past the HTTP source's SourceError
+    handling (a 500 to the device)."""
+    with pytest.raises(SourceError, match="outside the calendar"):
+        generic_json.parse_object({"kind": "plate", "lane": "in-3", "observed_at": observed,
+                                   "plate": {"text": "1ABC123", "confidence": 0.9}})

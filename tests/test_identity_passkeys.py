@@ -361,14 +361,25 @@ def test_a_replayed_assertion_is_refused(env: PEnv) -> None:
     assert "identity.login.passkey.refused.challenge_expired" in env.audit_kinds()
 
 
-def test_a_flow_is_single_use_even_when_the_first_try_fails(env: PEnv) -> None:
+def test_a_flow_is_used_by_the_first_assertion_that_verifies_and_then_never_again(env: PEnv) -> None:
+    """The flow is claimed once the signature holds (review 67, finding 4: an anonymous caller's refused
+    attempt writes nothing): a refused assertion leaves it, the first that verifies uses it, whatever
+    comes after (here a suspended person), and no other assertion over its challenge is taken again."""
     synced = SoftAuthenticator(origin=ORIGIN, counter=False)
-    env.enrol(env.person(), synced)
+    pid = env.person()
+    env.enrol(pid, synced)
     flow, options = env.login_options()
     _problem(env.post("/webauthn/authentication/verify",
                       {"flow": flow, "credential": synced.get(options, uv=False)}), 401, "passkey_invalid")
+    with env.engine.begin() as conn:
+        conn.execute(persons.update().where(persons.c.id == pid).values(status="suspended"))
+    _problem(env.post("/webauthn/authentication/verify", {"flow": flow, "credential": synced.get(options)}),
+             403, "person_suspended")
+    with env.engine.begin() as conn:
+        conn.execute(persons.update().where(persons.c.id == pid).values(status="active"))
     _problem(env.post("/webauthn/authentication/verify", {"flow": flow, "credential": synced.get(options)}),
              400, "challenge_expired")
+    assert env.login(synced).status_code == 200
 
 
 def test_concurrent_replays_of_one_flow_log_in_once(env: PEnv) -> None:

@@ -358,8 +358,8 @@ def test_token_endpoint_answers_429_after_the_address_limit(tight: Served) -> No
 
 def test_webauthn_login_answers_a_problem_after_the_address_limit(tight: Served) -> None:
     for _ in range(3):
-        tight.http.post("/webauthn/authentication/options", json={})
-    r = tight.http.post("/webauthn/authentication/options", json={})
+        tight.http.post("/webauthn/authentication/verify", json={})
+    r = tight.http.post("/webauthn/authentication/verify", json={})
     assert r.status_code == 429
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["code"] == "rate_limited" and "retry-after" in r.headers

@@ -163,3 +163,19 @@ def test_scope_encoding_and_terminal_port() -> None:
     assert b.port_of_terminal("beanr-k1700") == "BEANR"
     parsed = b.parse_feed(snapshot(1, NOW, [ban(national_number(1), "R-1", start=NOW - DAY)])).bans[0]
     assert parsed.in_effect(NOW) and parsed.covers("BEANR") and not parsed.in_effect(NOW - 2 * DAY)
+
+
+@pytest.mark.parametrize(("start", "until"), [
+    ("9990-01-01T00:00:00Z", "9999-12-31T23:59:59Z"),  # add_years(9990, 20): ValueError
+    ("2026-01-01T00:00:00Z", "9999-12-31T23:59:59-05:00"),  # no UTC time: OverflowError
+    ("0001-01-01T00:00:00+01:00", "2026-01-01T00:00:00Z"),  # no UTC time: OverflowError
+    ("1899-12-31T00:00:00Z", "1900-06-01T00:00:00Z"),
+    ("8999-01-01T00:00:00Z", "9000-01-01T00:00:01Z"),
+], ids=["from_9990", "until_past_9999_in_utc", "from_before_year_1_in_utc", "from_1899", "until_past_9000"])
+def test_a_ban_time_outside_1900_to_9000_is_malformed(start: str, until: str) -> None:
+    one = {**ban(national_number(1), "R-1", start=NOW), "from": start, "until": until}
+    refused = _refusal(lambda: b.parse_feed(snapshot(1, NOW, [one])))
+    assert refused.code is b.FeedRefusal.MALFORMED and "between 1900-01-01 and 9000-01-01" in refused.message
+    issued = _refusal(lambda: b.parse_feed({**snapshot(1, NOW, []), "issued_at": "9999-12-31T23:59:59-05:00"}))
+    assert issued.code is b.FeedRefusal.MALFORMED
+    b.parse_feed(snapshot(1, NOW, [{**one, "from": "8990-01-01T00:00:00Z", "until": "9000-01-01T00:00:00Z"}]))

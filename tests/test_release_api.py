@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.exceptions as redis_errors
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
@@ -326,6 +327,35 @@ def test_a_database_that_does_not_answer_is_a_503_problem_with_retry_after(
     r = api.http.get(f"/api/v1/releases/{right['release']['id']}", headers=api.as_("line"))
     assert_problem(r, 503, "service_unavailable")
     assert r.headers["retry-after"] == "1" and "closed the connection" not in r.text
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    (redis_errors.ConnectionError("Connection refused"), 503),
+    (redis_errors.TimeoutError("Timeout reading from socket"), 503),
+    (redis_errors.OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."), 503),
+    (redis_errors.ReadOnlyError("READONLY You can't write against a read only replica."), 503),
+    (redis_errors.ResponseError("BUSY Redis is busy running a script."), 503),
+    (redis_errors.ResponseError("ERR Error running script (call to f_0123): @user_script:3: bad argument"), 500),
+    (redis_errors.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), 500),
+    (redis_errors.DataError("Invalid input of type: 'NoneType'."), 500),
+], ids=["connection", "timeout", "oom", "readonly", "busy", "script-error", "wrongtype", "data-error"])
+def test_a_redis_that_passes_is_a_503_and_a_redis_error_of_ours_a_500(
+        api: Api, monkeypatch: pytest.MonkeyPatch, error: Exception, status: int) -> None:
+    """A client sends again after a 503 (Retry-After: 1): right when Redis is away, full or busy, a retry
+    loop when the call itself is wrong (a script's bug, a wrong type, a value redis-py cannot send),
+    which no retry mends: that is a 500. Nothing of the error goes out."""
+    from release_service.services import queries
+
+    right = api.issue(903)
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(queries, "get", failing)
+    r = _quiet(api).get(f"/api/v1/releases/{right['release']['id']}", headers=api.as_("line"))
+    assert_problem(r, status, "service_unavailable" if status == 503 else "internal_error")
+    assert ("retry-after" in r.headers) == (status == 503)
+    assert str(error).split()[0] not in r.text
 
 
 # ---- values the schema takes but the database cannot store (review 58, finding 3) -------------------

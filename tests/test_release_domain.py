@@ -168,6 +168,37 @@ def test_slot_must_fit_the_window() -> None:
         Slot(NOW, NOW)
 
 
+def test_a_right_starts_at_most_ninety_days_ahead() -> None:
+    """A window in the year 8999 passed every rule (after valid_from, two months long, not past)."""
+    issue(valid_from=NOW + timedelta(days=90), valid_until=NOW + timedelta(days=100))
+    for start in (NOW + timedelta(days=90, microseconds=1), datetime(8999, 1, 1, tzinfo=UTC)):
+        with pytest.raises(DomainError) as err:
+            issue(valid_from=start, valid_until=start + timedelta(days=60))
+        assert err.value.code is ErrorCode.INVALID_VALIDITY_WINDOW and err.value.context == {"field": "valid_from"}
+    r = issue()
+    assert code(r.update, by=LINE, now=NOW, valid_from=NOW + timedelta(days=91),
+                valid_until=NOW + timedelta(days=95)) is ErrorCode.INVALID_VALIDITY_WINDOW
+
+
+@pytest.mark.parametrize(("start", "end"), [
+    (datetime(1900, 1, 1, tzinfo=UTC), NOW + timedelta(hours=2)),  # overlapped the window: was taken
+    (NOW + timedelta(hours=1), datetime(8999, 6, 1, tzinfo=UTC)),  # overlapped the window: was taken
+    (NOW - timedelta(hours=2), NOW + timedelta(hours=1)),  # begins before valid_from (an hour ago)
+    (NOW + timedelta(days=2, hours=23), NOW + timedelta(days=3, hours=1)),  # ends after valid_until
+    (NOW + timedelta(hours=1), NOW + timedelta(hours=25, microseconds=1)),  # longer than a day
+    (NOW - timedelta(minutes=50), NOW),  # ended
+], ids=["from_1900", "to_8999", "before_the_window", "after_the_window", "longer_than_a_day", "ended"])
+def test_a_slot_lies_inside_the_window_and_lasts_at_most_a_day(start: datetime, end: datetime) -> None:
+    r = at_haulier()
+    with pytest.raises(DomainError) as err:
+        r.nominate(by=HAUL, driver_person_id=DRIVER, plate=PLATE, trailer_plate=None, slot=Slot(start, end),
+                   screening=CLEAR, now=NOW)
+    assert err.value.code is ErrorCode.INVALID_SLOT and err.value.context == {"field": "slot"}
+    assert r.nomination is None and r.state is State.ACTIVE
+    r.nominate(by=HAUL, driver_person_id=DRIVER, plate=PLATE, trailer_plate=None, screening=CLEAR, now=NOW,
+               slot=Slot(NOW - timedelta(minutes=30), NOW + timedelta(hours=23, minutes=30)))  # a day, ongoing
+
+
 def test_accepting_a_transfer_clears_the_previous_holders_nomination() -> None:
     r = nominated()
     t = r.start_transfer(transfer_id=uuid.uuid4(), by=HAUL, to_organisation_id=HAUL2.organisation_id,

@@ -495,7 +495,8 @@ def test_every_change_of_a_subscription_is_on_the_audit_trail(engine: sa.Engine,
                                          "release.webhook.delivery.requeued", "release.webhook.subscription.deleted"]
     assert [e.actor["client_id"] for e in entries] == ["forwarder-backend", "console", "forwarder-backend", "console"]
     assert all(e.actor["organisation_id"] == str(org) == e.data["organisation_id"] for e in entries)
-    assert all(e.data["url"] == url for e in entries)
+    assert all(e.data["url"] == receiver.url("") for e in entries)
+    assert all("url_sha256" not in e.data for e in entries)
     assert entries[0].data["event_types"] == ["release.*"] and entries[2].data["delivery_id"] == str(dead.id)
     dump = json.dumps([[e.actor, e.data] for e in entries])
     assert all(s not in dump and s[6:] not in dump for s in (first, second)) and "whsec_" not in dump
@@ -507,6 +508,32 @@ def test_every_change_of_a_subscription_is_on_the_audit_trail(engine: sa.Engine,
     assert seal_all(AuditSealer(engine, CIPHER), total) == total
     report = verify_trail(engine, public_keys(engine))
     assert report.intact and report.entries == total, report.problem
+
+
+def test_the_trail_keeps_a_hooks_host_and_digest_never_a_credential_in_its_url(engine: sa.Engine,
+                                                                                receiver: Receiver) -> None:
+    """Receivers often take a credential in the URL itself (a per-hook token in the path, a signed
+    query string). The trail is append-only and chained, so it never holds the URL, nor a digest of it
+    (a short token is found again by trying them all): its origin alone."""
+    org = make_org(engine)
+    url = receiver.url("/hooks/T0ken-In-Path-4f9a?sig=Qu3ry-S3cret-77")
+    sub, _ = subscribe(engine, org, url, ["release.*"])
+    svc.delete_subscription(SqlUnitOfWork(engine), member(org, "console"), sub.id, now=T0)
+    entries = audit_entries(engine, sub.id)
+    assert [e.kind for e in entries] == ["release.webhook.subscription.created", "release.webhook.subscription.deleted"]
+    dump = json.dumps([[e.actor, e.data] for e in entries])
+    assert "T0ken-In-Path" not in dump and "Qu3ry-S3cret" not in dump and "/hooks" not in dump
+    assert {e.data["url"] for e in entries} == {receiver.url("")}
+    assert all(set(e.data) & {"url_sha256", "url_digest"} == set() for e in entries)  # not even a digest
+
+
+@pytest.mark.parametrize(("url", "origin"), [
+    ("https://hooks.example.com/a/b?c=d", "https://hooks.example.com"),
+    ("https://Hooks.Example.com:8443/x", "https://hooks.example.com:8443"),
+    ("https://[2001:db8::1]:9443/x?t=1", "https://[2001:db8::1]:9443"),
+])
+def test_trail_url_keeps_the_origin_only(url: str, origin: str) -> None:
+    assert wh.trail_url(url) == {"url": origin}
 
 
 def test_an_endpoint_disabled_for_answering_gone_is_on_the_audit_trail(engine: sa.Engine,
@@ -522,7 +549,7 @@ def test_an_endpoint_disabled_for_answering_gone_is_on_the_audit_trail(engine: s
     created, disabled = audit_entries(engine, sub.id)
     assert (created.kind, disabled.kind) == ("release.webhook.subscription.created",
                                              "release.webhook.subscription.disabled")
-    assert disabled.actor["kind"] == "system" and disabled.data["url"] == receiver.url("/gone")
+    assert disabled.actor["kind"] == "system" and disabled.data["url"] == receiver.url("")
     assert svc.list_subscriptions(SqlUnitOfWork(engine), org) == []
 
 

@@ -76,7 +76,10 @@ def require_aware(observed_at: datetime) -> datetime:
         raise SourceError("observed_at is not a date-time")
     if observed_at.tzinfo is None or observed_at.utcoffset() is None:
         raise SourceError("observed_at has no time zone")
-    return observed_at.astimezone(UTC)
+    try:
+        return observed_at.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59-05:00 is ISO 8601 and no UTC time: an HTTP source's 500
+        raise SourceError("observed_at lies outside the calendar once in UTC") from None
 
 
 def check_fresh(observed_at: datetime, received_at: datetime, *, max_age: timedelta = MAX_READ_AGE,

@@ -239,29 +239,41 @@ def require_role(caller: AdminCaller, role: str) -> AdminCaller:
     """The caller, or AdminRefused(403): a console person without ``role`` (issue 4 "every action is
     role-checked"). Admin clients pass; their scope is checked by admin_caller."""
     if not caller.holds(role):
-        log.info("identity.admin.refused.role.%s", role)
-        raise AdminRefused(403, "insufficient_role", f"This needs the {role} role.")
+        raise role_refused(role)
     return caller
+
+
+def role_refused(role: str) -> AdminRefused:
+    """The refusal of a console person without ``role``."""
+    log.info("identity.admin.refused.role.%s", role)
+    return AdminRefused(403, "insufficient_role", f"This needs the {role} role.")
 
 
 def enrolment_code_caller(request: Request, person_id: uuid.UUID) -> AdminCaller:
     """Who may issue a person's one-time enrolment code (identity.api.passkeys), or AdminRefused. The
     code registers a passkey for that person: whoever holds it logs in as him. So: an admin client, or
-    through the console the badge office and port security; for a person who holds a console role,
-    only port security; and never an officer for himself (a second passkey of his own is added from
-    /account, after a login). The caller is the one ``admits(admin_caller)`` admitted, if it ran."""
+    through the console the badge office and port security; for a person who holds a privileged role,
+    only port security (``enrolment_code_refused_roles``, checked by the issue itself); and never an
+    officer for himself (a second passkey of his own is added from /account, after a login). The
+    caller is the one ``admits(admin_caller)`` admitted, if it ran."""
     caller = caller_of(request)
     if caller.person_id is None:
         return caller
     if caller.person_id == str(person_id):
         log.info("identity.admin.refused.own_enrolment_code")
         raise AdminRefused(403, "own_enrolment_code", "An officer does not issue an enrolment code for himself.")
-    with request.app.state.container.engine.connect() as conn:
-        held = set(conn.execute(sa.select(memberships.c.role).where(memberships.c.person_id == person_id)).scalars())
-    if held & c.PRIVILEGED_ROLES:
-        require_role(caller, PORT_SECURITY_ROLE)
     audit_read(request, caller, "identity.admin.enrolment_code.requested", subject=str(person_id))
     return caller
+
+
+def enrolment_code_refused_roles(caller: AdminCaller) -> frozenset[str]:
+    """The roles of a person for whom ``caller`` may not issue an enrolment code: none for an admin
+    client and port security; for the badge office the privileged ones (claims.PRIVILEGED_ROLES: an
+    officer, a company's dispatcher or org_admin), whose codes only port security issues. Not checked
+    here but by the issue, under the person's row lock, in the transaction that inserts the code
+    (identity.authn.enrolment): the roles read here, then the code inserted in another transaction,
+    let a promotion committed in between through (review L5). Its refusal: ``role_refused``."""
+    return frozenset() if caller.holds(PORT_SECURITY_ROLE) else c.PRIVILEGED_ROLES
 
 
 def audit_read(request: Request, caller: AdminCaller, kind: str, *, subject: str | None = None,
@@ -467,8 +479,12 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
     """Give a person a role in an organisation. Through the console: the console roles themselves
     (port_security_admin, badge_office) and the roles that act for a company (dispatcher, org_admin)
     only by port security (the badge office registers drivers), and never to oneself (no officer widens
-    his own rights). Such a role ends the person's live enrolment codes: a code issued before, when a
-    badge officer could issue it, must not log anyone in as the holder of the new role."""
+    his own rights). Such a role ends the person's live enrolment codes and suspends the person's
+    passkeys enrolled with a code the badge office issued (or whose provenance is unknown), with every
+    login session and grant of the person when there are any (identity.authn.cutoff
+    ``privileged_role_granted``): a code issued, or used, before, when a badge officer could issue it,
+    must not log anyone in as the holder of the new role. The answer's ``passkeys_suspended`` says how
+    many: such a person gets a new code from port security."""
     try:
         caller = caller_of(request)
         if body.role in c.PRIVILEGED_ROLES:
@@ -483,7 +499,9 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
     container = request.app.state.container
     now = container.clock.now()
     with container.engine.begin() as conn:
-        if conn.execute(sa.select(persons.c.id).where(persons.c.id == person_id)).first() is None:
+        # The person's row locked first: an enrolment code issued meanwhile either commits before this
+        # grant (and is ended below) or reads the new role once it commits (enrolment.lock_person).
+        if enrolment.lock_person(conn, person_id) is None:
             return problem(404, "not_found", "No such person.", instance=request.url.path)
         active = conn.execute(sa.select(organisations.c.active)
                               .where(organisations.c.id == body.organisation_id)).scalar_one_or_none()
@@ -498,12 +516,17 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
                            instance=request.url.path)
         conn.execute(memberships.insert().values(person_id=person_id, organisation_id=body.organisation_id,
                                                  role=body.role, created_at=now))
-        ended = enrolment.end_live_codes(conn, person_id, now=now) if body.role in c.PRIVILEGED_ROLES else 0
+        done = cutoff.Promoted(0, 0, 0, 0)
+        if body.role in c.PRIVILEGED_ROLES:
+            done = cutoff.privileged_role_granted(conn, sessions=sessions_for(request.app),
+                                                  grants=grants_for(request.app), person_id=person_id, now=now)
         audit.record("identity.admin.membership.added", at=now, actor=caller.audit_actor, subject=str(person_id),
                      conn=conn, data={"organisation_id": str(body.organisation_id), "role": body.role,
-                                      "enrolment_codes_ended": ended})
+                                      "enrolment_codes_ended": done.enrolment_codes_ended,
+                                      "passkeys_suspended": done.passkeys_suspended,
+                                      "sessions_ended": done.sessions_ended, "grants_revoked": done.grants_revoked})
     return JSONResponse({"person_id": str(person_id), "organisation_id": str(body.organisation_id),
-                         "role": body.role}, status_code=201)
+                         "role": body.role, "passkeys_suspended": done.passkeys_suspended}, status_code=201)
 
 
 def _client_role(request: Request, client_id: str) -> str | None:
@@ -669,7 +692,11 @@ class PersonSuspendIn(BaseModel):
     reason: str = Field(max_length=500, description="why: kept on the audit trail")
 
 
-_SUSPEND_STATUS = {"not_found": 404, "status_unchanged": 409, "own_suspension": 403}
+class PersonReinstateIn(BaseModel):
+    reason: str = Field(max_length=500, description="why: kept on the audit trail")
+
+
+_PERSON_STATUS = {"not_found": 404, "status_unchanged": 409, "own_suspension": 403, "own_reinstatement": 403}
 
 
 @router.post("/persons/{person_id}:suspend", operation_id="admin_suspend_person",
@@ -691,10 +718,36 @@ def suspend_person(person_id: uuid.UUID, request: Request, body: PersonSuspendIn
         cut = cutoff.suspend_person(container.engine, sessions=sessions_for(request.app),
                                     grants=grants_for(request.app), person_id=person_id, actor=caller.actor,
                                     reason=body.reason, now=container.clock.now())
-    except cutoff.SuspendRefused as exc:
-        return problem(_SUSPEND_STATUS.get(exc.code, 422), exc.code, exc.message, instance=request.url.path)
+    except cutoff.PersonStatusRefused as exc:
+        return problem(_PERSON_STATUS.get(exc.code, 422), exc.code, exc.message, instance=request.url.path)
     return JSONResponse({"id": str(person_id), "status": "suspended", "sessions_ended": cut.sessions_ended,
                          "grants_revoked": cut.grants_revoked})
+
+
+@router.post("/persons/{person_id}:reinstate", operation_id="admin_reinstate_person",
+             responses=problem_responses(401, 403, 404, 409, 422))
+@admits(port_security)
+def reinstate_person(person_id: uuid.UUID, request: Request, body: PersonReinstateIn) -> JSONResponse:
+    """Lift a person's suspension, saying why: the person may log in again. The sessions ended and the
+    grants revoked stay so (the person logs in again), a passkey suspended for a counter regression
+    stays suspended, and enrolment codes issued before the suspension are ended (identity.authn.cutoff);
+    the answer says how many active passkeys the person has (0: a new enrolment code is needed). Port
+    security; an officer never reinstates himself through the console."""
+    try:
+        caller = caller_of(request, port_security)
+    except AdminRefused as exc:
+        return exc.response(request)
+    if caller.person_id == str(person_id):
+        log.info("identity.admin.refused.own_reinstatement")
+        return problem(403, "own_reinstatement", "An officer does not reinstate himself.", instance=request.url.path)
+    container = request.app.state.container
+    try:
+        done = cutoff.reinstate_person(container.engine, person_id=person_id, actor=caller.actor,
+                                       reason=body.reason, now=container.clock.now())
+    except cutoff.PersonStatusRefused as exc:
+        return problem(_PERSON_STATUS.get(exc.code, 422), exc.code, exc.message, instance=request.url.path)
+    return JSONResponse({"id": str(person_id), "status": "active", "enrolment_codes_ended": done.enrolment_codes_ended,
+                         "passkeys_active": done.passkeys_active, "passkeys_suspended": done.passkeys_suspended})
 
 
 ALERTS_SHOWN = 20

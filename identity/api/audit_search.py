@@ -21,8 +21,8 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 
+from quaygate.limits import UtcTime
 from quaygate.schema import audit_log
 from release_service.api.problems import problem, problem_responses
 
@@ -75,7 +75,8 @@ def search(request: Request,
            actor: str | None = Query(default=None, max_length=100),  # noqa: B008
            subject: str | None = Query(default=None, max_length=100),  # noqa: B008
            action: str | None = Query(default=None, max_length=80),  # noqa: B008
-           since: AwareDatetime | None = None, until: AwareDatetime | None = None,
+           since: UtcTime | None = Query(default=None, description="RFC 3339 with an offset, 1900 to 9000"),  # noqa: B008
+           until: UtcTime | None = Query(default=None, description="RFC 3339 with an offset, 1900 to 9000"),  # noqa: B008
            before: int | None = Query(default=None, ge=1),  # noqa: B008
            limit: int = Query(default=50, ge=1, le=PAGE_MAX)) -> JSONResponse:  # noqa: B008
     """The audit trail, newest first, filtered by actor, subject, action and time range; paged by

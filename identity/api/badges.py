@@ -25,8 +25,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
+from quaygate.limits import UtcTime
 from quaygate.routing import AdmitFirst
 from release_service.api.problems import problem, problem_responses
 
@@ -66,8 +67,10 @@ class BadgeIn(BaseModel):
     number: str = Field(max_length=32, description="AP-nnnnnn (Luhn) or PPnnnnnnnn (MOD 97-10)")
     card_uid: str | None = Field(default=None, max_length=40, description="4, 7 or 10 bytes in hex")
     employer_organisation_id: uuid.UUID | None = None
-    valid_from: AwareDatetime
-    valid_until: AwareDatetime = Field(description="at most 5 years after valid_from")
+    valid_from: UtcTime = Field(description=(
+        f"RFC 3339 with an offset; at most {rules.MAX_LEAD_DAYS} days ahead of now"))
+    valid_until: UtcTime = Field(description=(
+        f"RFC 3339 with an offset; after now, at most {rules.MAX_VALIDITY_YEARS} years after valid_from"))
     reason: str = Field(default="issued", max_length=500)
 
 
@@ -77,7 +80,8 @@ class StatusIn(BaseModel):
 
 
 class RenewIn(BaseModel):
-    valid_until: AwareDatetime = Field(description="at most 5 years from now")
+    valid_until: UtcTime = Field(description=(
+        f"RFC 3339 with an offset; after now, at most {rules.MAX_VALIDITY_YEARS} years from now"))
     reason: str = Field(max_length=500)
 
 

@@ -39,6 +39,7 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
     POST /admin/v1/persons/{person_id}/enrolment-codes  {"ttl_seconds"?}  (bearer token, scope admin)
       201 {"code", "person_id", "expires_at"}   the code is shown once; default TTL 72 h
       401/403 on the token before any of the body is read
+      403 insufficient_role: the badge office, for a person with a privileged role (port security's)
 
 The user handle given to authenticators is an HMAC of the person id (``identity.authn.passkeys.
 user_handle``), never the person id itself.
@@ -61,7 +62,15 @@ from release_service.api.problems import problem, problem_responses
 
 from ..authn.service import PasskeyError, passkeys_for
 from ..sessions import sessions_for
-from .admin import AdminRefused, admin_caller, admits, enrolment_code_caller
+from .admin import (
+    PORT_SECURITY_ROLE,
+    AdminRefused,
+    admin_caller,
+    admits,
+    enrolment_code_caller,
+    enrolment_code_refused_roles,
+    role_refused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +166,9 @@ def _cookie(request: Request) -> str | None:
 @router.post("/webauthn/authentication/options", operation_id="passkeyAuthenticationOptions",
              responses=problem_responses(403))
 async def authentication_options(request: Request) -> JSONResponse:
-    # On the event loop: a random challenge kept in the cache (one SET), no database; a thread hop
-    # would cost more CPU than the call (about 0.15 ms here).
+    # On the event loop: a sealed flow and its challenge (two HMACs), no cache, no database; a thread
+    # hop would cost more CPU than the call (about 0.15 ms here). Anonymous, and it stores nothing
+    # (review 67, finding 4): no rate limit either (identity.ratelimit counts the verify).
     try:
         flow, options = passkeys_for(request.app).begin_authentication(origin=request.headers.get("origin"))
     except PasskeyError as exc:
@@ -269,16 +279,19 @@ def issue_enrolment_code(
     body: EnrolmentCodeRequest | None = None,
 ) -> JSONResponse:
     # Checked explicitly (issue 4): the badge office or an admin client, never any admin-scoped token;
-    # the token on the headers, before the body is read (``admits``), then who the code is for here.
+    # the token on the headers, before the body is read (``admits``), then who the code is for here,
+    # and the person's roles by the issue itself, with the insert (review L5).
     try:
         caller = enrolment_code_caller(request, person_id)
     except AdminRefused as exc:
         return exc.response(request)
     ttl = timedelta(seconds=body.ttl_seconds if body else 72 * 3600)
     try:
-        code, expires_at = passkeys_for(request.app).issue_enrolment_code(person_id, client_id=caller.client_id,
-                                                                          ttl=ttl)
+        code, expires_at = passkeys_for(request.app).issue_enrolment_code(
+            person_id, client_id=caller.client_id, ttl=ttl, refused_roles=enrolment_code_refused_roles(caller))
     except PasskeyError as exc:
+        if exc.code == "insufficient_role":  # answered as the admin API answers a role it lacks
+            return role_refused(PORT_SECURITY_ROLE).response(request)
         return _refused(request, exc)
     return JSONResponse({"code": code, "person_id": str(person_id), "expires_at": expires_at.isoformat()},
                         status_code=201, headers={"Cache-Control": "no-store"})

@@ -27,6 +27,7 @@ from ..grants import grants_for, revocations_for
 from ..oidc import authorize as authz
 from ..oidc.issue import ID_TOKEN_ALGORITHMS
 from ..oidc.logout import LOGOUT_PATH, logout
+from ..oidc.par import PushTooLong
 from ..oidc.server import (
     ASSERTION_ALGORITHMS,
     AUTH_METHODS,
@@ -218,7 +219,12 @@ def build_router() -> APIRouter:
             return JSONResponse(
                 {"error": error.error, "error_description": error.description}, status_code=400, headers=_NO_STORE
             )
-        request_uri = provider.pushed.push(req)
+        try:  # a public client's push is sealed into its request_uri, not stored (identity.oidc.par)
+            request_uri = provider.pushed.push(req, public=record.is_public)
+        except PushTooLong:
+            return JSONResponse({"error": "invalid_request", "error_description": "The request is too long for "
+                                 "a public client's request_uri: use a shorter state and nonce."},
+                                status_code=400, headers=_NO_STORE)
         return JSONResponse(
             {"request_uri": request_uri, "expires_in": provider.pushed.ttl}, status_code=201, headers=_NO_STORE
         )

@@ -3,11 +3,22 @@
 Lifecycle of a credential::
 
     register --> active --counter regression--> suspended (status_reason counter_regression)
-                   |                                 |
-                   +----------remove()---------------+--> removed   (never deleted: audit and reuse)
+                   |
+                   +--privileged role granted, not a privileged enrolment--> suspended
+                   |                                       (status_reason privileged_role_granted)
+                   +--remove() (active or suspended)--> removed   (never deleted: audit and reuse)
 
 Only an ``active`` credential of an ``active`` person logs in. The write methods take the use case's
 connection and only execute: the caller owns the one transaction (STYLE.md #5).
+
+Each credential keeps where it came from (``Provenance``, review 67): the enrolment code's issuer or
+``account``, and whether it rests only on codes whose issuers could have issued them for a person who
+holds a privileged role (claims.PRIVILEGED_ROLES: port security, an admin client, the CLI; not the
+badge office). A privileged role granted later suspends every active passkey of the person that does
+not (``suspend_unprivileged``): the badge office may not hand out a code for an officer, so a passkey
+it enrolled must not log in as one because the role came after the code. The credentials registered
+before that was recorded say nothing, and count as not privileged (the safe side): their holders get a
+new code from port security if they are granted a privileged role.
 """
 
 from __future__ import annotations
@@ -26,6 +37,9 @@ from .passkeys import NewPasskey
 ACTIVE = "active"
 SUSPENDED = "suspended"
 REMOVED = "removed"
+PRIVILEGED_ROLE_GRANTED = "privileged_role_granted"  # a status_reason
+ACCOUNT = "account"  # Provenance.via of a passkey added from a login session
+_VIA_MAX = 120
 
 t = webauthn_credentials
 
@@ -39,6 +53,20 @@ _USE = (t.update().where(t.c.credential_id == sa.bindparam("id"), t.c.status == 
 # WebAuthn §6.1.1: 0 after 0 (no counter kept) is fine; otherwise the counter must go up.
 _USE_UNCOUNTED = HotStatement(_USE.where(t.c.sign_count == 0))
 _USE_COUNTED = HotStatement(_USE.where(t.c.sign_count < sa.bindparam("count")))
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where a passkey came from. ``via``: ``code:<issuer>`` (the enrolment code's ``created_by``) or
+    ``account`` (added from a login session). ``privileged``: it rests only on codes whose issuers
+    were refused no role, so could have issued them for a person who holds a privileged role."""
+
+    via: str
+    privileged: bool
+
+    @classmethod
+    def from_code(cls, issuer: str, *, privileged: bool) -> Provenance:
+        return cls(f"code:{issuer}"[:_VIA_MAX], privileged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +115,24 @@ class CredentialStore:
     def exists(self, conn: sa.Connection, credential_id: str) -> bool:
         return conn.execute(sa.select(t.c.credential_id).where(t.c.credential_id == credential_id)).first() is not None
 
+    def from_session(self, conn: sa.Connection, person_id: uuid.UUID, *, auth_time: datetime) -> Provenance:
+        """The provenance of a passkey added from a login session that logged in at ``auth_time``: that
+        of the passkey the session logged in with, since whoever holds the session holds it. The
+        session does not name it, so every passkey of the person that may be it counts: each used or
+        registered at or after ``auth_time`` (a login stores its time as the passkey's ``last_used_at``
+        and as the session's ``auth_time``, an enrolment as ``created_at`` and ``auth_time``; a step-up
+        keeps the ``auth_time``), in any status (removing a passkey keeps the remover's session). The
+        new one is privileged only if there is such a passkey and all of them are: a session opened by
+        the badge office's passkey, or by no passkey at all (an upstream login), does not make one."""
+        since = sa.func.coalesce(t.c.last_used_at, t.c.created_at) >= auth_time
+        held = [bool(privileged) for privileged in conn.execute(
+            sa.select(t.c.privileged_enrolment).where(t.c.person_id == person_id, since)).scalars()]
+        return Provenance(ACCOUNT, bool(held) and all(held))
+
     # ---- writes (in the caller's transaction) ---------------------------------------------------
 
-    def add(self, conn: sa.Connection, person_id: uuid.UUID, passkey: NewPasskey, *, name: str, now: datetime) -> None:
+    def add(self, conn: sa.Connection, person_id: uuid.UUID, passkey: NewPasskey, *, name: str, now: datetime,
+            provenance: Provenance) -> None:
         conn.execute(
             t.insert().values(
                 credential_id=passkey.credential_id,
@@ -103,6 +146,8 @@ class CredentialStore:
                 backed_up=passkey.backed_up,
                 status=ACTIVE,
                 created_at=now,
+                enrolled_via=provenance.via[:_VIA_MAX],
+                privileged_enrolment=provenance.privileged,
             )
         )
 
@@ -144,6 +189,20 @@ class CredentialStore:
     def count_active(self, conn: sa.Connection, person_id: uuid.UUID) -> int:
         stmt = sa.select(sa.func.count()).where(t.c.person_id == person_id, t.c.status == ACTIVE)
         return int(conn.execute(stmt).scalar_one())
+
+
+def suspend_unprivileged(conn: sa.Connection, person_id: uuid.UUID) -> tuple[int, int]:
+    """A privileged role is being granted to the person (in the caller's transaction, under the
+    person's row lock): suspend every active passkey of the person that is not a privileged enrolment
+    (the module docstring; one registered before provenance was recorded counts as not). Returns (how
+    many were suspended, how many such passkeys the person has in any status): a removed one may still
+    be behind a live session, which the caller then ends (identity.authn.cutoff
+    ``privileged_role_granted``)."""
+    unprivileged = (t.c.person_id == person_id, sa.not_(t.c.privileged_enrolment))
+    suspended = conn.execute(t.update().where(*unprivileged, t.c.status == ACTIVE)
+                             .values(status=SUSPENDED, status_reason=PRIVILEGED_ROLE_GRANTED)).rowcount
+    held = conn.execute(sa.select(sa.func.count()).where(*unprivileged)).scalar_one()
+    return int(suspended or 0), int(held)
 
 
 def _credential(row: sa.Row) -> StoredCredential:  # type: ignore[type-arg]

@@ -9,10 +9,28 @@ Lifecycle::
     issue_code --> live --consume() at a successful registration--> used (used_at set, never deleted)
                     |
                     +--expires_at (default 72 h)--> expired
+                    +--end_live_codes() (a privileged role granted, a suspension, a reinstatement)--> ended
 
-``consume`` is one conditional ``UPDATE ... WHERE used_at IS NULL AND expires_at > now`` in the
-registration's own transaction (STYLE.md #4): of two racing registrations, exactly one wins, and a
-registration that fails later rolls the consumption back with it.
+``consume`` is one conditional ``UPDATE ... WHERE used_at IS NULL AND ended_at IS NULL AND expires_at >
+now`` in the registration's own transaction (STYLE.md #4): of two racing registrations, exactly one
+wins, and a registration that fails later rolls the consumption back with it. An ended code is marked
+(``ended_at``), not given an earlier expiry: a registration whose clock was read before the ending
+would pass an expiry set to the time of the ending (review 67), and no clock passes the marker. It
+answers ``enrolment_code_expired``, as an expired one.
+
+Who may have a code issued depends on the person's roles (identity.api.admin: the badge office not for
+an officer or a company's dispatcher). That check and the insert are one act (STYLE.md #4, review L5):
+``issue_code`` locks the person's row (``lock_person``), then reads the roles and inserts, in one
+transaction; every role grant takes the same lock first (identity.api.admin ``add_membership``) and
+ends the codes issued before it. So a grant committed before the issue's lock is seen by its read, and
+an issue committed first is seen, and ended, by the grant: no live code outlives a privileged role.
+The registration that uses a code takes the same lock first too (identity.authn.service
+``finish_registration``), so it runs wholly before or wholly after a grant or a suspension.
+
+A code remembers whether its issuer could have issued it for a privileged person
+(``privileged_issuer``: the issuer was refused no role), and the passkey registered with it keeps that
+(identity.authn.credentials ``Provenance``): a privileged role granted later suspends the passkeys that
+rest on a code the badge office issued (identity.authn.cutoff ``privileged_role_granted``).
 """
 
 from __future__ import annotations
@@ -25,7 +43,9 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from quaygate.schema import enrolment_codes, persons
+from quaygate.schema import enrolment_codes, memberships, persons
+
+from .credentials import Provenance
 
 DEFAULT_TTL = timedelta(hours=72)
 MAX_TTL = timedelta(days=30)
@@ -36,7 +56,8 @@ LENGTH = 16
 
 
 class EnrolmentRefused(Exception):
-    """``reason``: enrolment_code_unknown, enrolment_code_expired, enrolment_code_used, person_not_active."""
+    """``reason``: enrolment_code_unknown, enrolment_code_expired, enrolment_code_used, person_unknown,
+    person_not_active, insufficient_role (the person holds a role the issuer may not issue for)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -70,13 +91,17 @@ def issue_code(
     created_by: str,
     now: datetime,
     ttl: timedelta = DEFAULT_TTL,
+    refused_roles: frozenset[str] = frozenset(),
     conn: sa.Connection | None = None,
 ) -> tuple[str, datetime]:
     """A new code for ``person_id``: (the clear code, shown once; its expiry).
 
-    Raises EnrolmentRefused("person_unknown" | "person_not_active") and ValueError for a TTL outside
-    (0, 30 days]. Earlier live codes of the person stay valid until used or expired. Pass ``conn`` to
-    issue in the caller's transaction (with its audit entry).
+    Raises EnrolmentRefused("person_unknown" | "person_not_active" | "insufficient_role") and
+    ValueError for a TTL outside (0, 30 days]. ``refused_roles``: a person who holds any of them gets
+    no code from this issuer, read under the person's row lock (see the module docstring); an issuer
+    refused no role makes a ``privileged_issuer`` code. Earlier live codes of the person stay valid
+    until used, expired or ended. Pass ``conn`` to issue in the caller's transaction (with its audit
+    entry).
     """
     if not timedelta(0) < ttl <= MAX_TTL:
         raise ValueError("an enrolment code lives between 1 second and 30 days")
@@ -84,20 +109,40 @@ def issue_code(
     expires_at = now + ttl
     if conn is None:
         with engine.begin() as own:
-            _insert(own, person_id, code, created_by=created_by, now=now, expires_at=expires_at)
+            _insert(own, person_id, code, created_by=created_by, now=now, expires_at=expires_at,
+                    refused_roles=refused_roles)
     else:
-        _insert(conn, person_id, code, created_by=created_by, now=now, expires_at=expires_at)
+        _insert(conn, person_id, code, created_by=created_by, now=now, expires_at=expires_at,
+                refused_roles=refused_roles)
     return code, expires_at
 
 
+def lock_person(conn: sa.Connection, person_id: uuid.UUID) -> str | None:
+    """The person's status (None: no such person), the person's row locked until the caller's
+    transaction ends: an enrolment code's issue and a role grant for the same person run one after
+    the other. ``FOR NO KEY UPDATE`` on PostgreSQL (the lock of an UPDATE of the row, as a suspension
+    takes: it does not hold up the inserts of rows that merely refer to the person); SQLite has no row
+    locks and needs none, its writers run one at a time (BEGIN IMMEDIATE, quaygate.db). Take it first in
+    the transaction, and read what it guards in later statements: under READ COMMITTED each statement
+    sees what was committed when it began, so a read after the wait sees the holder's work, where a
+    statement that locked and joined at once would keep the joined rows as they were before it."""
+    return conn.execute(
+        sa.select(persons.c.status).where(persons.c.id == person_id).with_for_update(key_share=True)
+    ).scalar_one_or_none()
+
+
 def _insert(
-    conn: sa.Connection, person_id: uuid.UUID, code: str, *, created_by: str, now: datetime, expires_at: datetime
+    conn: sa.Connection, person_id: uuid.UUID, code: str, *, created_by: str, now: datetime, expires_at: datetime,
+    refused_roles: frozenset[str],
 ) -> None:
-    status = conn.execute(sa.select(persons.c.status).where(persons.c.id == person_id)).scalar_one_or_none()
+    status = lock_person(conn, person_id)
     if status is None:
         raise EnrolmentRefused("person_unknown")
     if status != "active":
         raise EnrolmentRefused("person_not_active")
+    if refused_roles and conn.execute(sa.select(memberships.c.role).where(
+            memberships.c.person_id == person_id, memberships.c.role.in_(sorted(refused_roles)))).first() is not None:
+        raise EnrolmentRefused("insufficient_role")
     conn.execute(
         enrolment_codes.insert().values(
             code_hash=code_hash(code),
@@ -105,15 +150,18 @@ def _insert(
             created_by=created_by[:100],
             created_at=now,
             expires_at=expires_at,
+            # Refused no role: it could have been issued for a person who holds any (review 67).
+            privileged_issuer=not refused_roles,
         )
     )
 
 
 def end_live_codes(conn: sa.Connection, person_id: uuid.UUID, *, now: datetime) -> int:
-    """End the person's unused, unexpired codes now (they then answer ``enrolment_code_expired``): how many."""
+    """End the person's unused, unexpired codes (``ended_at``; they then answer
+    ``enrolment_code_expired``, whatever a registration's clock says): how many."""
     result = conn.execute(enrolment_codes.update().where(
         enrolment_codes.c.person_id == person_id, enrolment_codes.c.used_at.is_(None),
-        enrolment_codes.c.expires_at > now).values(expires_at=now))
+        enrolment_codes.c.ended_at.is_(None), enrolment_codes.c.expires_at > now).values(ended_at=now))
     return int(result.rowcount or 0)
 
 
@@ -133,28 +181,30 @@ def check(engine: sa.Engine, code: str, *, now: datetime) -> EnrolmentCode:
         raise EnrolmentRefused("enrolment_code_unknown")
     if row.used_at is not None:
         raise EnrolmentRefused("enrolment_code_used")
-    if row.expires_at <= now:
+    if row.ended_at is not None or row.expires_at <= now:
         raise EnrolmentRefused("enrolment_code_expired")
     if row.person_status != "active":
         raise EnrolmentRefused("person_not_active")
     return EnrolmentCode(digest, row.person_id, row.expires_at)
 
 
-def consume(conn: sa.Connection, digest: str, *, person_id: uuid.UUID, now: datetime) -> None:
-    """Use the code, once (conditional UPDATE in the caller's transaction). Raises EnrolmentRefused
-    when it was used (a race or a replay) or expired meanwhile."""
-    result = conn.execute(
+def consume(conn: sa.Connection, digest: str, *, person_id: uuid.UUID, now: datetime) -> Provenance:
+    """Use the code, once (conditional UPDATE in the caller's transaction): the provenance of the
+    passkey registered with it. Raises EnrolmentRefused when it was used (a race or a replay), or
+    expired or ended meanwhile."""
+    used = conn.execute(
         enrolment_codes.update()
         .where(
             enrolment_codes.c.code_hash == digest,
             enrolment_codes.c.person_id == person_id,
             enrolment_codes.c.used_at.is_(None),
+            enrolment_codes.c.ended_at.is_(None),
             enrolment_codes.c.expires_at > now,
         )
         .values(used_at=now)
-    )
-    if result.rowcount != 1:
-        row = conn.execute(
-            sa.select(enrolment_codes.c.used_at).where(enrolment_codes.c.code_hash == digest)
-        ).first()
-        raise EnrolmentRefused("enrolment_code_used" if row is not None and row.used_at else "enrolment_code_expired")
+        .returning(enrolment_codes.c.created_by, enrolment_codes.c.privileged_issuer)
+    ).first()
+    if used is not None:
+        return Provenance.from_code(used.created_by, privileged=bool(used.privileged_issuer))
+    row = conn.execute(sa.select(enrolment_codes.c.used_at).where(enrolment_codes.c.code_hash == digest)).first()
+    raise EnrolmentRefused("enrolment_code_used" if row is not None and row.used_at else "enrolment_code_expired")

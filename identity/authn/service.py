@@ -4,15 +4,24 @@ One method per use case, one transaction each (STYLE.md #5); the routers in ``id
 only translate HTTP. Every refusal raises :class:`PasskeyError` with a stable code (mapped to a status
 in the router's one table) and is written to the audit trail and the log with its reason.
 
-A ceremony ("flow") is two calls: ``begin_*`` makes a random challenge, keeps it in the cache under a
-random flow id for ``webauthn_challenge_ttl`` seconds and returns the options; ``finish_*`` takes the
-flow with one atomic ``GETDEL`` (WebAuthn §13.4.3: a challenge is used once) before anything else,
-so the same flow, replayed or raced, verifies at most once, whatever the outcome of the first try;
-never a flow stored before the cache's dataset began (``Cache.put``/``take``, quaygate/dataset.py).
+A ceremony ("flow") is two calls, ``begin_*`` (a challenge and the options) and ``finish_*``. A challenge
+is used once (WebAuthn §13.4.3): of the same flow, replayed or raced, at most one finish goes through,
+and never one whose flow may have been used before the cache's dataset began (quaygate/dataset.py).
 
-    begin_authentication --> flow (challenge, exp) --finish_authentication (claim)--> session | refused
-    begin_registration   --> flow (challenge, person, sid | enrolment code hash)
-                                                    --finish_registration (claim)--> credential (+ session)
+A login starts anonymous, so its flow is stored nowhere (review 67, finding 4: Redis runs under
+noeviction, and what an anonymous caller can make us store fills it): the flow id is the flow, sealed
+(identity.authn.flows: purpose, issue time, lifetime, a nonce, under a MAC; the challenge is derived
+from it). ``finish_authentication`` opens it, verifies the assertion's signature against its challenge,
+and only then claims it, with one ``SET NX`` until it expires (``Cache.claim``, refused for a flow
+issued before the cache's epoch): only a caller holding a registered passkey makes a write. A
+registration is begun by a known person (a recent login session, or an enrolment code), so its flow is
+kept in the cache under a random id, and ``finish_registration`` takes it with one atomic ``GETDEL``
+before anything else (``Cache.put``/``take``).
+
+    begin_authentication --> sealed flow (purpose, issued, lifetime, nonce) --finish_authentication:
+                             open, verify the signature, claim (SET NX)--> session | refused
+    begin_registration   --> stored flow (challenge, person, sid | enrolment code hash)
+                                                    --finish_registration (take)--> credential (+ session)
 """
 
 from __future__ import annotations
@@ -38,10 +47,11 @@ from .. import audit
 from ..domain import assurance
 from ..grants import GrantStore, grants_for
 from ..ratelimit import LoginGuard, login_guard_for
-from ..sessions import LoginSession, SessionStore, sessions_for
+from ..sessions import LoginSession, SessionStore, hold_person, session_live, sessions_for
 from . import enrolment, passkeys
 from .credentials import ACTIVE, REMOVED, SUSPENDED, CredentialStore, StoredCredential
 from .cutoff import cut_off
+from .flows import FlowRefused, FlowSeal, SealedFlow
 
 if TYPE_CHECKING:
     from quaygate.cache import Cache
@@ -65,6 +75,9 @@ _RETURN_PREFIXES = ("/oauth2/", "/app/")
 _NAME_MAX = 100
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FLOW_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+# A login flow's claim outlives its expiry by this much: a replica whose clock is behind another's
+# (NTP keeps them within far less) still finds the claim while it takes the flow for unexpired.
+_CLAIM_MARGIN = 5.0
 
 
 class PasskeyError(Exception):
@@ -183,16 +196,17 @@ class PasskeyService:
         # no browser sends in an Origin header).
         self.allowed_origins = frozenset([f"{issuer.scheme}://{issuer.netloc}", *settings.webauthn_origins])
         self._handle_key = settings.pepper_bytes()
+        self._seal = FlowSeal(settings.pepper_bytes())
         self._ttl = settings.webauthn_challenge_ttl
 
     # ---- authentication -------------------------------------------------------------------------
 
     def begin_authentication(self, *, origin: str | None) -> tuple[str, dict[str, Any]]:
+        """The options of a login and its sealed flow (identity.authn.flows): nothing is stored, so an
+        anonymous caller, however many times it asks, makes no write (review 67, finding 4)."""
         self.check_origin(origin)
-        now = self._clock.now()
-        challenge = secrets.token_bytes(32)
-        flow = self._store_flow(Flow(AUTHENTICATION, challenge, now + timedelta(seconds=self._ttl)))
-        return flow, passkeys.authentication_options(self.rp, challenge=challenge, timeout_ms=self._ttl * 1000)
+        flow, sealed = self._seal.seal(AUTHENTICATION, now=self._clock.now().timestamp(), lifetime=self._ttl)
+        return flow, passkeys.authentication_options(self.rp, challenge=sealed.challenge, timeout_ms=self._ttl * 1000)
 
     def finish_authentication(
         self, *, origin: str | None, flow: Any, credential: Any, return_to: Any = None, address: str | None = None
@@ -200,14 +214,27 @@ class PasskeyService:
         """WebAuthn §7.2. The order matters: nothing about the credential's or person's state is told
         before the signature holds, and the counter is judged only on a signed response.
 
+        The flow is opened first (its seal, purpose and expiry: identity.authn.flows), and claimed once
+        the signature over its challenge holds, before anything else is judged: of the same flow,
+        replayed or raced, one caller goes on, whatever the outcome, and a flow issued before the
+        cache's dataset began is refused (its claim may have been lost with the data). So an anonymous
+        caller's refused attempt writes nothing per attempt to the cache: only the holder of a
+        registered passkey makes the claim.
+
         The login guard (``identity.ratelimit.LoginGuard``) is asked before the verification, keyed by
         the credential the assertion names (``cred:<id>``: its owner is not known before the signature
-        holds), and told each failure and the success after it.
+        holds), and told each failure and the success after it. Failures are counted for credentials
+        that exist only: those of a credential id made up count nowhere (a key each would let an
+        anonymous caller fill the cache; there is no account to protect).
+
+        The transaction that creates the session takes a share lock on the person's row first
+        (``sessions.hold_person``) and judges the status it reads then: a suspension committing meanwhile
+        is waited for and refuses the login, or waits for the login and ends its session.
         """
         attempt = _Attempt(self._clock.now(), address)
         try:
             self.check_origin(origin)
-            state = self._claim_flow(flow, AUTHENTICATION, attempt.now)
+            sealed = self._open_flow(flow, attempt.now)
             claim = passkeys.read_assertion(credential)
         except passkeys.CeremonyRefused as exc:
             self._refuse_login(exc.reason, exc.detail, attempt)
@@ -226,26 +253,34 @@ class PasskeyService:
         # transaction holds the write lock).
         with self._engine.connect() as conn:
 
-            def refuse(code: str, detail: str, stored: StoredCredential | None = None) -> NoReturn:
+            def refuse(code: str, detail: str, stored: StoredCredential | None = None, *, count: bool = True
+                       ) -> NoReturn:
                 conn.rollback()
-                self._refuse_login(code, detail, attempt, stored)
+                self._refuse_login(code, detail, attempt, stored, count=count)
 
             stored = self.credentials.get(claim.credential_id, conn)
             if stored is None:
                 refuse("passkey_unknown", "no such credential")
             try:
                 verified = passkeys.verify_assertion(
-                    self.rp, credential=credential, challenge=state.challenge, public_key=stored.public_key
+                    self.rp, credential=credential, challenge=sealed.challenge, public_key=stored.public_key
                 )
             except passkeys.CeremonyRefused as exc:
                 refuse("passkey_invalid", exc.detail, stored)
             if not passkeys.user_handle_matches(claim.user_handle, self._user_handle(stored.person_id)):
                 refuse("passkey_invalid", "user_handle_mismatch", stored)
+            # The signature holds: now, and not before, the flow's one use is claimed (a replay of this
+            # very assertion is not a failure of the credential's owner: not counted).
+            used_before = self._claim_flow_use(sealed, now)
+            if used_before is not None:
+                refuse("challenge_expired", used_before, stored, count=False)
             if stored.status == REMOVED:
                 refuse("passkey_unknown", "removed", stored)
             if stored.status == SUSPENDED:
                 refuse("passkey_suspended", stored.status_reason or "suspended", stored)
-            if stored.person_status != "active":
+            # Before the transaction writes anything: the person's row share-locked, its status read under
+            # the lock (a suspension committed meanwhile is seen; one coming later waits for this commit).
+            if hold_person(conn, stored.person_id) != "active":
                 refuse("person_suspended", "person not active", stored)
             used = not passkeys.sign_count_regressed(stored.sign_count, verified.sign_count) and \
                 self.credentials.record_use(conn, stored.credential_id, sign_count=verified.sign_count,
@@ -305,7 +340,11 @@ class PasskeyService:
         stored: StoredCredential | None = None,
         *,
         retry_after: int | None = None,
+        count: bool = True,
     ) -> NoReturn:
+        """Audit, log and raise a refused login; the login guard is told the failure when ``count`` and
+        the credential the assertion names exists (``stored``): failures of made-up credential ids are
+        counted nowhere, so a refused anonymous attempt writes no key of its own to the cache."""
         reason = detail if detail in ("counter_regression", "user_handle_mismatch", "removed") else code
         audit.record(
             f"identity.login.passkey.refused.{reason}",
@@ -316,7 +355,7 @@ class PasskeyService:
             engine=self._engine,
         )
         log.info("identity.login.passkey.refused.%s", reason)
-        if self._guard is not None and attempt.subject is not None:
+        if self._guard is not None and attempt.subject is not None and stored is not None and count:
             self._guard.failed(attempt.subject, attempt.address)
         raise PasskeyError(code, detail, retry_after=retry_after)
 
@@ -374,8 +413,15 @@ class PasskeyService:
     def finish_registration(
         self, *, origin: str | None, flow: Any, credential: Any, name: Any, session_cookie: str | None
     ) -> RegistrationResult:
-        """WebAuthn §7.1, then in one transaction: use the enrolment code (once), store the credential,
-        audit, and (for an enrolment) open a session."""
+        """WebAuthn §7.1, then in one transaction: use the enrolment code (once), store the credential
+        with its provenance, audit, and (for an enrolment) open a session.
+
+        The transaction takes the person's row lock first (enrolment.lock_person), as a role grant and a
+        suspension do, and reads the clock, the person's status, the code and the session after it
+        (review 67): a grant or a suspension committed while the ceremony ran is seen (its ended code,
+        ended session or status refuse this), and one that comes later waits and then sees the new
+        passkey (suspends it, or ends its session). Read before the lock, a suspension committed in
+        between left a new passkey and a live session, and a code a grant had ended still passed."""
         now = self._clock.now()
         try:
             self.check_origin(origin)
@@ -385,6 +431,7 @@ class PasskeyService:
             self._refuse_registration(exc.code, exc.detail, now=now)
         assert state.person_id is not None
         person_id = state.person_id
+        session: LoginSession | None = None
         if state.sid is not None:
             # Added from an account page: the same live session must still be there.
             session = self._sessions.get(session_cookie, now=now)
@@ -394,16 +441,25 @@ class PasskeyService:
             passkey = passkeys.verify_registration(self.rp, credential=credential, challenge=state.challenge)
         except passkeys.CeremonyRefused as exc:
             self._refuse_registration("passkey_invalid", exc.detail, now=now, person_id=person_id)
-        if self._person(person_id)[2] != "active":
-            self._refuse_registration("person_suspended", "verify", now=now, person_id=person_id)
         cookie: str | None = None
         try:
             with self._engine.begin() as conn:
+                status = enrolment.lock_person(conn, person_id)
+                now = self._clock.now()  # after the wait for the lock
+                if status is None:
+                    raise PasskeyError("person_unknown", "verify")
+                if status != "active":
+                    raise PasskeyError("person_suspended", "verify")
+                if session is not None and not session_live(conn, session.sid, now=now):
+                    raise PasskeyError("login_required", "session ended")  # a cut-off meanwhile
                 if state.code_hash is not None:
-                    enrolment.consume(conn, state.code_hash, person_id=person_id, now=now)
+                    provenance = enrolment.consume(conn, state.code_hash, person_id=person_id, now=now)
+                else:
+                    assert session is not None
+                    provenance = self.credentials.from_session(conn, person_id, auth_time=session.auth_time)
                 if self.credentials.exists(conn, passkey.credential_id):
                     raise PasskeyError("passkey_already_registered", "credential id taken")
-                self.credentials.add(conn, person_id, passkey, name=label, now=now)
+                self.credentials.add(conn, person_id, passkey, name=label, now=now, provenance=provenance)
                 audit.record(
                     "identity.passkey.registered",
                     at=now,
@@ -411,20 +467,22 @@ class PasskeyService:
                     subject=_ref(passkey.credential_id),
                     data={
                         "via": "enrolment_code" if state.code_hash else "session",
+                        "enrolled_via": provenance.via,
+                        "privileged_enrolment": provenance.privileged,
                         "aaguid": passkey.aaguid,
                         "backup_eligible": passkey.backup_eligible,
                     },
                     conn=conn,
                 )
                 if state.code_hash is not None:
-                    cookie, session = self._sessions.create(
+                    cookie, created = self._sessions.create(
                         person_id, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY, now=now, conn=conn
                     )
                     audit.record(
                         "identity.login.passkey.succeeded",
                         at=now,
                         actor={"person_id": str(person_id)},
-                        subject=session.sid,
+                        subject=created.sid,
                         data={"credential_id": _ref(passkey.credential_id), "via": "enrolment"},
                         conn=conn,
                     )
@@ -503,17 +561,24 @@ class PasskeyService:
     # ---- badge office ---------------------------------------------------------------------------
 
     def issue_enrolment_code(
-        self, person_id: uuid.UUID, *, client_id: str, ttl: timedelta = enrolment.DEFAULT_TTL
+        self, person_id: uuid.UUID, *, client_id: str, ttl: timedelta = enrolment.DEFAULT_TTL,
+        refused_roles: frozenset[str] = frozenset(),
     ) -> tuple[str, datetime]:
+        """A one-time code for the person's first passkey, in one transaction with its audit entry.
+        ``refused_roles``: the roles of a person this issuer may not have a code for (identity.api.admin
+        ``enrolment_code_refused_roles``), checked under the person's row lock with the insert
+        (enrolment.issue_code): PasskeyError("insufficient_role")."""
         now = self._clock.now()
         try:
             with self._engine.begin() as conn:
                 code, expires_at = enrolment.issue_code(
-                    self._engine, person_id, created_by=client_id, now=now, ttl=ttl, conn=conn
+                    self._engine, person_id, created_by=client_id, now=now, ttl=ttl, refused_roles=refused_roles,
+                    conn=conn,
                 )
                 audit.record("identity.enrolment_code.issued", at=now, actor={"client_id": client_id},
                              subject=str(person_id), data={"expires_at": expires_at.isoformat()}, conn=conn)
         except enrolment.EnrolmentRefused as exc:
+            log.info("identity.enrolment_code.refused.%s", exc.reason)
             raise PasskeyError(exc.reason) from exc
         log.info("identity.enrolment_code.issued")
         return code, expires_at
@@ -566,6 +631,29 @@ class PasskeyService:
             self._refuse_registration("insufficient_authentication", f"session acr {session.acr[:100]}",
                                       now=now, person_id=session.person_id)
         return session
+
+    def _open_flow(self, flow_id: Any, now: datetime) -> SealedFlow:
+        """A login's sealed flow (identity.authn.flows), opened: ours, sealed for a login, not expired;
+        else challenge_expired. Nothing is read from or written to the cache here: a replay is found by
+        ``_claim_flow_use``, once the assertion's signature holds."""
+        if not isinstance(flow_id, str) or not _FLOW_ID.match(flow_id):
+            raise PasskeyError("challenge_expired", "malformed flow id")
+        try:
+            return self._seal.open(flow_id, AUTHENTICATION, now=now.timestamp())
+        except FlowRefused as exc:
+            raise PasskeyError("challenge_expired", f"flow refused: {exc.reason}") from exc
+
+    def _claim_flow_use(self, flow: SealedFlow, now: datetime) -> str | None:
+        """Single use (WebAuthn §13.4.3) of a login's sealed flow: one atomic ``SET NX`` of its ref, kept
+        until the flow expires (and ``_CLAIM_MARGIN`` more), through ``Cache.claim``, which refuses a flow
+        issued before the cache's dataset began (quaygate/dataset.py: its claim may have been lost with
+        the data, and a captured assertion would answer its challenge again). None when this call
+        claimed it; else why not, for the audit trail."""
+        ttl = flow.expires_at - now.timestamp() + _CLAIM_MARGIN
+        got = self._cache.claim(f"webauthn:used:{flow.ref}", ttl, usable_from=flow.issued_at)
+        if got:
+            return None
+        return "flow issued before the cache's epoch" if got.nonce is not None else "flow already used"
 
     def _store_flow(self, flow: Flow) -> str:
         flow_id = secrets.token_urlsafe(24)

@@ -81,14 +81,12 @@ class BadgeService:
             scheme = rules.scheme_of(cmd.scheme)
             number = rules.validate_number(scheme, cmd.number)
             card_uid = rules.validate_card_uid(cmd.card_uid) if cmd.card_uid else None
-            rules.check_validity(cmd.valid_from, cmd.valid_until)
+            rules.check_validity(cmd.valid_from, cmd.valid_until, now=now)
             badge_id = uuid.uuid4()
             first = rules.issued(badge_id, actor=actor, reason=cmd.reason, now=now)
         except BadgeRefused as exc:
             log.info("identity.badge.issue.refused.%s", exc.code)
             raise _refused(exc) from exc
-        if cmd.valid_until <= now:
-            raise BadgeError("invalid_validity", "the badge would be expired already")
         # Issue 4: screening runs at badge issue, before the transaction (the register may be remote).
         screening = self._screen(cmd.person_id, "issue", actor=actor, now=now)
         with self._engine.begin() as conn:

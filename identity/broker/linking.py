@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from quaygate.schema import persons, upstream_links
 
 from ..domain.broker import BrokerRefused, LinkAction, PasskeyProof, Refusal, link_decision
+from ..sessions import hold_person
 
 
 def resolve(conn: sa.Connection, *, issuer: str, sub: str, national_id_hash: str, proof: PasskeyProof | None,
@@ -41,7 +42,9 @@ def resolve(conn: sa.Connection, *, issuer: str, sub: str, national_id_hash: str
                                    hashed_person=str(hashed) if hashed is not None else None,
                                    person_linked_sub=linked_sub, proof=proof, now=now)
     person_id = uuid.UUID(person)
-    status = conn.execute(sa.select(persons.c.status).where(persons.c.id == person_id)).scalar()
+    # Under a share lock on the person's row, before the login writes anything: a suspension committing
+    # meanwhile is waited for and seen, or waits and ends this login's session (sessions.hold_person).
+    status = hold_person(conn, person_id)
     if status != "active":
         raise BrokerRefused(Refusal.PERSON_SUSPENDED, "person not active")
     if action is LinkAction.LOGIN:

@@ -1,14 +1,26 @@
 """Brokered login, the two use cases (OIDC Core §3.1 authorization code flow, as a relying party).
 
-    start(upstream, return_to) --> flow in the cache under sha256(state), TTL upstream_flow_ttl;
-                                   a random browser binding in an HttpOnly cookie (its hash in the flow);
-                                   303 to the upstream with PKCE S256, nonce, acr_values, claims
-                                   (in a request object signed then encrypted, for itsme)
-    callback(code, state, iss) --> take the flow (atomic GETDEL: a state is used once, replayed or raced)
-                                   --> same browser? --> RFC 9207 iss --> token endpoint (private_key_jwt)
-                                   --> id token: JWE (our kid) -> JWS (upstream kid) -> claims, nonce
-                                   --> userinfo: the same, sub must match --> acr --> national number hash
-                                   --> link / re-bind / login, ban screening, session, audit: one commit
+    start(upstream, return_to) --> the flow sealed (AES-GCM, the data key) into the browser-binding
+                                   cookie (HttpOnly), nothing stored; 303 to the upstream with PKCE S256,
+                                   nonce, acr_values, claims (in a request object signed then encrypted,
+                                   for itsme)
+    callback(code, state, iss) --> the cookie's flow: same browser (it opens, names this state), this
+                                   upstream, not expired --> RFC 9207 iss --> token endpoint
+                                   (private_key_jwt) --> id token: JWE (our kid) -> JWS (upstream kid)
+                                   -> claims, nonce --> the state claimed (SET NX: used once, replayed
+                                   or raced) --> userinfo: the same, sub must match --> acr --> national
+                                   number hash --> link / re-bind / login, ban screening, session, audit:
+                                   one commit
+
+The flow lives in the browser, not in Redis (review 67, finding 4): Redis runs under noeviction, and a
+start is anonymous (a GET anyone can send), so a flow stored per start was a way to fill it and stop
+every DPoP claim, login and gate verify. The binding cookie is the flow itself, sealed with the data key
+(its PKCE verifier and nonce stay secret to the browser too): only the browser that started a login can
+finish it, and the cookie cannot be made or changed elsewhere. Its single use is claimed
+(``Cache.claim``: one ``SET NX`` until the flow expires, refused for a flow started before the cache's
+epoch) once the upstream's id token holds and names the flow's nonce: only a caller who has just logged
+in at the upstream makes a write. Before that, a replayed callback is refused by the upstream itself
+(its code is used once, RFC 6749 §4.1.2).
 
 Every refusal is a ``BrokerRefused`` with a code (identity.domain.broker.Refusal), written to the audit
 trail (``identity.login.upstream.refused.<code>``) and the log; no session is created. No refresh
@@ -30,8 +42,9 @@ from urllib.parse import urlencode
 
 import httpx
 import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
 
-from quaygate.crypto import keyed_hash
+from quaygate.crypto import DataCipher, keyed_hash
 
 from .. import audit
 from ..authn.service import safe_return_to
@@ -53,13 +66,17 @@ if TYPE_CHECKING:
     from ..keys import KeyStore
 
 log = logging.getLogger(__name__)
-_FLOW_PREFIX = "broker:flow:"
+_USED_PREFIX = "broker:used:"
+_FLOW_AAD = b"quaygate/broker/flow/v1"  # a sealed flow opens as nothing else, and nothing else as one
+# A state's claim outlives its flow's expiry by this much: a replica whose clock is behind another's
+# still finds the claim while it takes the flow for unexpired.
+_CLAIM_MARGIN = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class Started:
     location: str
-    binding: str  # the browser-binding cookie's value
+    binding: str  # the browser-binding cookie's value: the flow, sealed
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +105,7 @@ class BrokerService:
         self.upstreams = upstreams
         self.client = client
         self._issuer = settings.issuer.rstrip("/")
+        self._seal = DataCipher(settings.data_key_bytes())
         self._register = bool(settings.ban_register_jwk or settings.ban_register_jwk_path)
 
     def close(self) -> None:
@@ -113,10 +131,12 @@ class BrokerService:
 
     def _start(self, name: str, *, return_to: Any, now: datetime) -> Started:
         upstream = self._upstream(name, now)
-        state, nonce, verifier, binding = (secrets.token_urlsafe(32) for _ in range(4))
+        state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
-        flow = {"upstream": name, "nonce": nonce, "verifier": verifier, "binding": _sha256(binding),
-                "return_to": safe_return_to(return_to)}
+        issued = now.timestamp()
+        flow = {"upstream": name, "state": _sha256(state), "nonce": nonce, "verifier": verifier,
+                "return_to": safe_return_to(return_to), "iat": issued,
+                "exp": issued + self._settings.upstream_flow_ttl}
         metadata = self.client.metadata(upstream)
         params: dict[str, str] = {
             "response_type": "code", "client_id": upstream.client_id, "redirect_uri": self.redirect_uri(upstream),
@@ -134,8 +154,8 @@ class BrokerService:
             # OIDC Core §6.1: client_id, response_type and scope (with openid) also as parameters.
             params = {"client_id": upstream.client_id, "response_type": "code", "scope": upstream.scope,
                       "request": request}
-        # Taken once at the callback (``take``), never when stored before the cache's dataset began.
-        self._cache.put(_FLOW_PREFIX + _sha256(state), json.dumps(flow).encode(), self._settings.upstream_flow_ttl)
+        # Nothing stored: the flow goes to the browser, sealed (module docstring).
+        binding = self._seal.seal(json.dumps(flow, separators=(",", ":")).encode(), _FLOW_AAD)
         audit.record("identity.login.upstream.started", at=now, actor={}, subject=name, data={"upstream": name},
                      engine=self._engine)
         log.info("identity.login.upstream.started")
@@ -155,14 +175,7 @@ class BrokerService:
                   now: datetime) -> Finished:
         upstream = self._upstream(name, now)
         state = params.get("state", "")
-        raw = self._cache.take(_FLOW_PREFIX + _sha256(state)) if 0 < len(state) <= 200 else None
-        if raw is None:  # unknown, expired, or already taken by an earlier callback (replay, race)
-            raise BrokerRefused(Refusal.STATE_INVALID, "state")
-        flow = json.loads(raw)
-        if flow["upstream"] != name:
-            raise BrokerRefused(Refusal.STATE_INVALID, "state of another upstream")
-        if not binding or not hmac.compare_digest(_sha256(binding), flow["binding"]):
-            raise BrokerRefused(Refusal.BROWSER_MISMATCH, "binding cookie")
+        flow = self._open_flow(binding, state, name, now)
         if "error" in params:
             described = params.get("error_description", "")[:120]
             raise BrokerRefused(Refusal.UPSTREAM_ERROR, f"{params['error'][:60]}: {described}")
@@ -187,6 +200,7 @@ class BrokerService:
         id_claims = self._open(upstream, tokens["id_token"], now)
         checked = rules.check_id_token(id_claims, issuer=upstream.issuer, client_id=upstream.client_id,
                                        nonce=flow["nonce"], now=now)
+        self._claim(state, flow, now)  # the upstream vouched for this flow: now, and not before, a write
         userinfo = self._open(upstream, self.client.userinfo(upstream, tokens["access_token"]), now)
         rules.check_userinfo(userinfo, sub=checked.sub)
         acr, amr = rules.our_assurance(checked.acr, checked.amr, required=upstream.level)
@@ -238,6 +252,37 @@ class BrokerService:
             require_encryption=upstream.require_encryption,
             signed_alg=upstream.signed_alg,
         )
+
+    def _open_flow(self, binding: str | None, state: str, name: str, now: datetime) -> dict[str, Any]:
+        """The flow the browser's binding cookie holds (sealed by ``_start``), for this state and upstream,
+        not expired. No cookie, or one that names another state (another flow of this browser, or a
+        callback URL taken to another browser: login CSRF): browser_mismatch. A cookie that does not open
+        (not ours, changed), another upstream's flow, an expired one: state_invalid. Nothing is read from
+        or written to the cache: a replay is found by ``_claim``."""
+        if not binding:
+            raise BrokerRefused(Refusal.BROWSER_MISMATCH, "no binding cookie")
+        try:
+            flow: dict[str, Any] = json.loads(self._seal.open(binding, _FLOW_AAD))
+        except (ValueError, InvalidTag) as exc:
+            raise BrokerRefused(Refusal.STATE_INVALID, "binding cookie does not open") from exc
+        if not 0 < len(state) <= 200 or not hmac.compare_digest(_sha256(state), flow["state"]):
+            raise BrokerRefused(Refusal.BROWSER_MISMATCH, "binding cookie of another state")
+        if flow["upstream"] != name:
+            raise BrokerRefused(Refusal.STATE_INVALID, "state of another upstream")
+        if now.timestamp() >= flow["exp"]:
+            raise BrokerRefused(Refusal.STATE_INVALID, "state expired")
+        return flow
+
+    def _claim(self, state: str, flow: dict[str, Any], now: datetime) -> None:
+        """A state is used once (OIDC Core §3.1.2.7 via RFC 6749 §10.12): one atomic ``SET NX`` of its
+        hash, kept until its flow expires (and ``_CLAIM_MARGIN`` more), through ``Cache.claim``, which
+        refuses a flow started before the cache's dataset began (quaygate/dataset.py: its claim may have
+        been lost with the data). Of the same callback replayed or raced, one goes on."""
+        ttl = float(flow["exp"]) - now.timestamp() + _CLAIM_MARGIN
+        got = self._cache.claim(_USED_PREFIX + _sha256(state), ttl, usable_from=float(flow["iat"]))
+        if not got:
+            raise BrokerRefused(Refusal.STATE_INVALID,
+                                "state started before the cache's epoch" if got.nonce is not None else "state used")
 
     def _upstream(self, name: str, now: datetime) -> Upstream:
         upstream = self.upstreams.get(name)

@@ -14,7 +14,8 @@ before go-live, and only ``validate_number`` changes when they are.
 Input is read leniently (case, spaces) and kept in the canonical form above.
 
 Card UIDs are the chip's ISO/IEC 14443-3 UID: 4, 7 or 10 bytes, kept as upper-case hex (8, 14 or 20
-characters). Validity: from ``valid_from`` to ``valid_until``, at most five calendar years (issue 4).
+characters). Validity: from ``valid_from`` to ``valid_until``, at most five calendar years (issue 4),
+starting at most a year ahead and not over when issued.
 
 Status machine (every change names who and why; one guarded function per change)::
 
@@ -41,7 +42,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 
@@ -71,6 +72,7 @@ FINAL = frozenset({BadgeStatus.BLOCKED, BadgeStatus.REVOKED})
 RENEWABLE = frozenset({BadgeStatus.ACTIVE, BadgeStatus.INACTIVE, BadgeStatus.EXPIRED})
 
 MAX_VALIDITY_YEARS = 5
+MAX_LEAD_DAYS = 365  # a badge is registered at most a year before it becomes valid (a new starter's)
 MAX_REASON = 500
 MAX_ACTOR = 100
 CARD_UID_LENGTHS = frozenset({8, 14, 20})  # ISO/IEC 14443-3: 4, 7 or 10 byte UIDs
@@ -161,13 +163,21 @@ def add_years(at: datetime, years: int) -> datetime:
         return at.replace(year=at.year + years, day=28)
 
 
-def check_validity(valid_from: datetime, valid_until: datetime) -> None:
+def check_validity(valid_from: datetime, valid_until: datetime, *, now: datetime) -> None:
+    """A badge's validity as issued or renewed at ``now``: after its start, at most five years long
+    (issue 4), not over already, and starting at most MAX_LEAD_DAYS ahead. So a badge's validity lies
+    within six years of now: a badge valid from 8999 (taken before) is none, and one starting in 9996
+    made ``add_years`` leave the calendar (a 500)."""
     if valid_from.tzinfo is None or valid_until.tzinfo is None:
         raise BadgeRefused("invalid_validity", "validity times carry their time zone")
     if valid_until <= valid_from:
         raise BadgeRefused("invalid_validity", "valid_until must come after valid_from")
+    if valid_from - now > timedelta(days=MAX_LEAD_DAYS):  # before add_years, which it keeps in the calendar
+        raise BadgeRefused("invalid_validity", f"valid_from lies at most {MAX_LEAD_DAYS} days ahead")
     if valid_until > add_years(valid_from, MAX_VALIDITY_YEARS):  # issue 4: at most 5 years
         raise BadgeRefused("validity_too_long", f"a badge is valid for at most {MAX_VALIDITY_YEARS} years")
+    if valid_until <= now:
+        raise BadgeRefused("invalid_validity", "the badge would be expired already")
 
 
 # ---- status changes ------------------------------------------------------------------------------
@@ -235,7 +245,7 @@ def renew(
     actor, reason = _who_and_why(actor, reason)
     if current not in RENEWABLE:
         raise BadgeRefused("badge_final", f"a {current} badge is never renewed: issue a new one")
-    check_validity(now, valid_until)
+    check_validity(now, valid_until, now=now)
     change = None
     if current is BadgeStatus.EXPIRED:
         change = StatusChange(badge_id, current, BadgeStatus.ACTIVE, actor, reason, now)

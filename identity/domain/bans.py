@@ -39,6 +39,10 @@ from enum import StrEnum
 from typing import Any
 
 MAX_BAN_YEARS = 20  # the issue: a ban lasts at most 20 years
+# The times a feed may carry (as the release engine's storable.EARLIEST/LATEST, which identity's pure
+# domain may not import): anything the rules add to them stays inside Python's and PostgreSQL's calendars.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 ALL_PORTS = "all"
 CLOCK_SKEW = timedelta(minutes=5)  # a feed issued this far in our future is still taken
 _PORT_CODE = re.compile(r"^[A-Z]{2}[A-Z2-9]{3}$")  # UN/LOCODE: country + 3 (letters, digits 2-9)
@@ -222,7 +226,17 @@ def _instant(value: Any, field: str) -> datetime:
         raise _malformed(f"{field}: an ISO 8601 date-time with its zone is required") from None
     if parsed.tzinfo is None:
         raise _malformed(f"{field}: the time zone is required")
-    return parsed.astimezone(UTC)
+    try:
+        utc = parsed.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is ISO 8601 and no UTC time: a 500, a CLI traceback
+        utc = None
+    # The register is authoritative on when a ban runs; the calendar is not its to leave. Within these
+    # years the 20-year cap (add_years) stays in the calendar and the database hands the times back in
+    # any session time zone. A ban starting in 9990 made add_years raise a ValueError, which the admin
+    # API answered as a register that was not configured (503).
+    if utc is None or not EARLIEST <= utc <= LATEST:
+        raise _malformed(f"{field}: a time between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC) is required")
+    return utc
 
 
 def add_years(moment: datetime, years: int) -> datetime:

@@ -31,6 +31,7 @@ from enum import StrEnum
 from typing import Any
 
 from .assurance import ACR_PASSKEY, ACR_UPSTREAM, AMR_MFA
+from .claims import numeric_date
 
 # itsme's names (itsme OpenID Connect documentation, "acr_values" and "claims").
 ITSME_ACR_BASIC = "http://itsme.services/V2/claim/acr_basic"
@@ -95,7 +96,9 @@ class IdClaims:
 
 
 def _instant(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An integer NumericDate within 0..9999-12-31 (claims.numeric_date); None otherwise: 10**400 as
+    ``exp`` made ``exp + leeway`` overflow."""
+    return value if isinstance(value, int) and numeric_date(value) is not None else None
 
 
 def check_id_token(claims: Mapping[str, Any], *, issuer: str, client_id: str, nonce: str, now: datetime,

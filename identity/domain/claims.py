@@ -21,6 +21,19 @@ NBF = "nbf"
 JTI = "jti"
 CLIENT_ID = "client_id"  # RFC 8693 §4.3
 SCOPE = "scope"  # RFC 8693 §4.2, space separated
+# A NumericDate (RFC 7519 §2) someone else signed is taken only within Python's calendar: 0 (1970) to the
+# last second of 9999. JSON carries any integer (10**400) and Python's reads NaN and Infinity; such a
+# number in arithmetic with a float clock raised OverflowError (a 500 at the token endpoint).
+LATEST_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
+def numeric_date(value: object) -> int | float | None:
+    """``value`` when it is a NumericDate within 0..LATEST_NUMERIC_DATE; else None (a bool, a NaN, too big)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= LATEST_NUMERIC_DATE:
+        return None  # comparisons only: float(10**400) itself overflows, and NaN fails them all
+    return value
+
+
 # Private claims (RFC 7519 §4.3): the organisation behind the client and how it is bound.
 ORG = "org"  # organisation id, a UUID string
 ORG_KIND = "org_kind"  # release_service OrgKind value

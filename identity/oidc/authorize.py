@@ -8,7 +8,8 @@ whether the browser's login session is good enough, and issuing the code.
                                                           -- failure: error to the redirect_uri
       -> login session good enough? (session, prompt=login, max_age, acr)
            no:  prompt=none -> login_required to the redirect_uri (OIDC Core §3.1.2.6)
-                else        -> 302 /login?return_to=/oauth2/authorize/resume?id=<random>
+                else        -> 302 /login?return_to=/oauth2/authorize/resume?id=<the request, sealed>
+                               (nothing stored: PendingRequests)
            yes: person may use this client? (active, member of the console's organisation)
                 no  -> access_denied to the redirect_uri
                 yes -> code (random; only its SHA-256 stored) -> 302 redirect_uri?code&state&iss
@@ -26,12 +27,16 @@ Decisions (documented in discovery and here):
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import hmac
 import json
 import logging
 import re
 import secrets
 import uuid
+import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -63,6 +68,13 @@ RESUME_PATH = "/oauth2/authorize/resume"
 LOGIN_PATH = "/login"
 REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"  # RFC 9126 §2.2
 RESUME_TTL = 900  # seconds a person has to log in before the request must be made again
+# The resume id is the request, sealed (PendingRequests); its URL goes through a login as ``return_to``
+# (at most 2000 characters, identity.authn.service.safe_return_to) after "/oauth2/authorize/resume?id=".
+MAX_RESUME_ID = 1900
+_RESUME_VERSION = b"\x01"
+_RESUME_TAG = 16
+_RESUME_KEY_CONTEXT = b"quaygate/authorize/resume/v1"
+_RESUME_CLAIM_MARGIN = 5.0  # a replica whose clock is behind still finds the claim while it resumes
 PKCE_S256 = "S256"
 # Matched whole (fullmatch): "$" alone would let a trailing newline through.
 _CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url SHA-256, no padding (RFC 7636 §4.2)
@@ -239,31 +251,60 @@ def login_needed(req: AuthorizationRequest, session: LoginSession | None, *, now
 # ---- the resumable request, the login redirect and the responses --------------------------------
 
 
+class RequestTooLong(Exception):
+    """A request too long to wait for a login in a URL (``PendingRequests.save``)."""
+
+
 class PendingRequests:
-    """Validated requests waiting for a login, in the cache under a random id: read on every resume
-    (``load``), taken once by the resume that issues the code (``finish``). Stored with ``Cache.put``: a
-    Redis started again from an older snapshot brings back a request finished since, and it is
-    refused as a finished one (quaygate/dataset.py)."""
+    """Validated requests waiting for a login, kept by the browser, not by us (review 67, finding 4: the
+    authorization endpoint is anonymous, and Redis runs under noeviction: a request stored per call, up
+    to 3.2 kB for 15 minutes, was a way to fill it). The resume id is the request itself: its JSON,
+    compressed, under a MAC (HMAC-SHA256, truncated to 128 bits, keyed from the pepper for this use
+    alone), base64url. Nothing in it is secret: it is what the request's own URL carried.
 
-    PREFIX = "identity:authz-pending:"
+    ``load`` (every resume) checks the MAC before anything is decompressed, and the age (RESUME_TTL
+    from the request's ``created_at``). ``finish`` (the resume that issues the code) claims it once: one
+    ``SET NX`` of its hash until it expires, through ``Cache.claim``, refused for a request made before
+    the cache's dataset began (quaygate/dataset.py: its claim may have been lost with the data): a write
+    only a caller with a good enough login session makes. ``save`` raises RequestTooLong for a request
+    whose id would be longer than MAX_RESUME_ID (a state and nonce of well over a kilobyte): the resume URL
+    travels as a login's ``return_to``, at most 2000 characters."""
 
-    def __init__(self, cache: Cache) -> None:
+    PREFIX = "identity:authz-finished:"
+
+    def __init__(self, cache: Cache, key: bytes) -> None:
         self._cache = cache
+        self._key = hmac.new(key, _RESUME_KEY_CONTEXT, hashlib.sha256).digest()
 
     def save(self, req: AuthorizationRequest) -> str:
-        rid = secrets.token_urlsafe(24)
-        self._cache.put(self.PREFIX + rid, req.dumps(), RESUME_TTL)
+        body = _RESUME_VERSION + zlib.compress(json.dumps(asdict(req), separators=(",", ":")).encode(), 9)
+        rid = base64.urlsafe_b64encode(body + self._tag(body)).decode("ascii").rstrip("=")
+        if len(rid) > MAX_RESUME_ID:
+            raise RequestTooLong(f"{len(rid)} characters")
         return rid
 
-    def load(self, rid: str | None) -> AuthorizationRequest | None:
-        if not rid or len(rid) > 64:
+    def load(self, rid: str | None, *, now: datetime) -> AuthorizationRequest | None:
+        """The request, if ``rid`` is one of ours and not older than RESUME_TTL; else None."""
+        if not rid or len(rid) > MAX_RESUME_ID:
             return None
-        raw = self._cache.peek(self.PREFIX + rid)
-        return AuthorizationRequest.loads(raw) if raw else None
+        try:
+            raw = base64.urlsafe_b64decode(rid + "=" * (-len(rid) % 4))
+        except (binascii.Error, ValueError):
+            return None
+        body, tag = raw[:-_RESUME_TAG], raw[-_RESUME_TAG:]
+        if body[:1] != _RESUME_VERSION or not hmac.compare_digest(tag, self._tag(body)):
+            return None
+        req = AuthorizationRequest.loads(zlib.decompress(body[1:]))  # ours: the MAC holds
+        return req if now.timestamp() < req.created_at + RESUME_TTL else None
 
-    def finish(self, rid: str) -> bool:
-        """Single use: only the first finished resume issues a code (GETDEL: of two, one takes it)."""
-        return self._cache.take(self.PREFIX + rid) is not None
+    def finish(self, rid: str, req: AuthorizationRequest, *, now: datetime) -> bool:
+        """Single use: only the first finished resume issues a code (SET NX: of two, one claims it)."""
+        ttl = req.created_at + RESUME_TTL - now.timestamp() + _RESUME_CLAIM_MARGIN
+        digest = hashlib.sha256(rid.encode("ascii")).hexdigest()
+        return bool(self._cache.claim(self.PREFIX + digest, ttl, usable_from=req.created_at))
+
+    def _tag(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()[:_RESUME_TAG]
 
 
 def login_location(rid: str, req: AuthorizationRequest) -> str:
@@ -368,7 +409,7 @@ def start(
     """GET/POST /oauth2/authorize: the Location to send the browser to. Raises PageError."""
     if "request_uri" in params:
         # RFC 9126 §4: only client_id and request_uri count; the pushed request is used once.
-        req = provider.pushed.take(params.get("request_uri"), params.get("client_id"))
+        req = provider.pushed.take(params.get("request_uri"), params.get("client_id"), now=now.timestamp())
         if req is None:
             log.info("identity.authorize.refused.request_uri")
             raise PageError("invalid_request_uri", "The request_uri is unknown, expired, used or not yours.")
@@ -388,7 +429,7 @@ def resume(
     provider: IdentityProvider, sessions: SessionStore, rid: str | None, cookie: str | None, *, now: datetime
 ) -> str:
     """GET /oauth2/authorize/resume?id=...: the request again, after the login page. Raises PageError."""
-    req = provider.pending.load(rid)
+    req = provider.pending.load(rid, now=now)
     if req is None or rid is None:
         raise PageError("invalid_request", "This sign-in request has expired; start again from the app.")
     client = provider.clients.find(req.client_id)
@@ -419,9 +460,17 @@ def _decide(
             )
             return error_location(error, issuer)
         log.info("identity.authorize.login_needed.%s", reason)
-        return login_location(rid or provider.pending.save(req), req)
+        if rid is None:
+            try:
+                rid = provider.pending.save(req)
+            except RequestTooLong:
+                log.info("identity.authorize.refused.too_long")
+                error = RedirectError("invalid_request", "The request is too long to wait for a login: use a "
+                                      "shorter state and nonce.", redirect_uri=req.redirect_uri, state=req.state)
+                return error_location(error, issuer)
+        return login_location(rid, req)
     assert session is not None
-    if rid is not None and not provider.pending.finish(rid):
+    if rid is not None and not provider.pending.finish(rid, req, now=now):
         raise PageError("invalid_request", "This sign-in request was already completed.")
     try:
         return issue_code(

@@ -185,6 +185,10 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
         if not isinstance(auds, list) or not auds or any(a not in self._audiences for a in auds):
             log.info("identity.client_auth.refused.assertion_audience")
             raise InvalidClientError(description="Invalid audience: use the issuer or the token endpoint.")
+        for name in (token_claims.EXP, token_claims.IAT, token_claims.NBF):
+            if name in claims and token_claims.numeric_date(claims[name]) is None:
+                log.info("identity.client_auth.refused.assertion_time")
+                raise InvalidClientError(description=f"Invalid client assertion: {name} is not a NumericDate.")
         exp = claims.get("exp")
         now = self._clock.now().timestamp()
         if isinstance(exp, int | float) and not isinstance(exp, bool) and exp - now > MAX_ASSERTION_LIFETIME:

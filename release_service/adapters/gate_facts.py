@@ -26,6 +26,7 @@ expires with the ttl. A writer that cannot mark (Redis failing for it) still com
 the truth and a badge office's block must never wait on a cache; its invalidation is owed as ever.
 A mark nobody lifts expires after ``pending_ttl`` (30 s); the facts are cached again then, read after
 the commit. Only a commit that outlasts its mark and then loses its invalidation leaves an old copy.
+A full Redis (OOM under noeviction) takes marks and invalidations all the same (``_ALLOW_OOM``).
 The gate's own moves (``moving`` on the event loop, ``holding`` on the threads) mark nothing: they change one right,
 whose copy only a check reads (a commit reads rights from PostgreSQL and its move is guarded by the
 right's version), and they add no round trip to the commit.
@@ -147,7 +148,7 @@ return out
 # mark on it is unexpired; then
 # the answer kept under the request key (a commit's invalidations and its decision, in one round trip:
 # ``remember`` while ``holding``).
-_BUMP = Script("""
+_BUMP_SOURCE = """
 local p = ARGV[1]
 local t = redis.call('TIME')
 local i, n = 7, 0
@@ -170,14 +171,26 @@ while i <= #ARGV do
 end
 if ARGV[3] ~= '' then redis.call('SET', ARGV[3], ARGV[4], 'EX', ARGV[5]) end
 return n
-""")
+"""
+_BUMP = Script(_BUMP_SOURCE)
+
+# A full Redis (maxmemory reached, noeviction: quaygate/dataset.py) refuses every write that may grow it
+# (OOM). An invalidation must land all the same: refused, another process would trust its old copy once
+# Redis has room again (a badge blocked in PostgreSQL let through). So the pending marks (``_MARK``) and the
+# invalidations without an answer (``_INVALIDATE``: ``_BUMP`` with no request key) run flagged allow-oom
+# (Redis 7 script flags): what they write is a mark and a generation per family a commit to PostgreSQL
+# touched, small, as many as those commits (never as many as requests anyone may send), and expiring. A
+# commit's answer is none of these: on a full Redis the invalidations go alone, and the answer waits
+# (``_unsent``) until Redis has room.
+_ALLOW_OOM = "#!lua flags=allow-oom"
+_INVALIDATE = Script(_ALLOW_OOM + _BUMP_SOURCE)
 
 # ARGV: prefix, the marks' ttl, a mark, name...: each family named is pending from now (``committing``,
 # just before a commit that changes it): the mark is kept, and the family gets a pending generation ('p'
 # first), both for the marks' ttl. A reader finds no copy under it and fills none; ``_BUMP`` lifts the
 # mark. One never lifted (its writer lost Redis or died) expires: the next reader makes a plain
-# generation, and the copies it fills are read after that commit.
-_MARK = Script("""
+# generation, and the copies it fills are read after that commit. Allowed on a full Redis (``_ALLOW_OOM``).
+_MARK = Script(_ALLOW_OOM + """
 local p = ARGV[1]
 local t = redis.call('TIME')
 local upto = tonumber(t[1]) + tonumber(ARGV[2])
@@ -287,7 +300,10 @@ class RedisGateFacts:
         kwargs.update(socket_timeout=10.0)
         self._drain_client = redis.Redis(connection_pool=redis.ConnectionPool(
             connection_class=client.connection_pool.connection_class, max_connections=2, **kwargs))
-        self._line = Line(client)  # the hot path's round trips, on a connection per thread
+        # The hot path's round trips, on a connection per thread; each connection made checks first that
+        # Redis evicts nothing (quaygate/dataset.py ``EvictingRedis``): a pending mark evicted would let a
+        # stale copy be trusted.
+        self._line = Line(client, greeting=dataset.policy_greeting, greeted=dataset.checked)
         # The loop's calls when there is no pipelined connection (a Unix socket, Sentinel, OCSP checks): threads
         # of their own, so a Redis that stalls holds up neither the loop nor its default executor
         # (name lookups, other libraries' blocking work).
@@ -570,7 +586,13 @@ class RedisGateFacts:
         owed = self._owing(names)
         args, lifts = self._bump_args(owed, answer)
         try:
-            await self._pipe.run(_BUMP, [], args)
+            try:
+                await self._pipe.run(_BUMP, [], args)
+                whole = True
+            except redis.OutOfMemoryError:  # Redis is full: the invalidations alone, the answer later
+                if owed:
+                    await self._pipe.run(_INVALIDATE, [], _without_answer(args))
+                whole = False
         except BaseException as exc:  # a caller cancelled meanwhile too: whether Redis took it is unknown
             self._not_taken(owed)
             self._unsent(answer)
@@ -578,6 +600,8 @@ class RedisGateFacts:
                 raise
             return
         self._taken(owed, lifts)
+        if not whole:
+            self._unsent(answer)
 
     @contextlib.contextmanager
     def moving(self, rights: Sequence[str]) -> Iterator[None]:
@@ -599,8 +623,10 @@ class RedisGateFacts:
     def _send_or_keep(self, names: Iterable[str], answer: tuple[str, bytes]) -> None:
         """``_send`` with the answer, kept for later (``_unsent``) when Redis does not take it."""
         try:
-            self._send(names, answer)
+            taken = self._send(names, answer)
         except redis.RedisError:
+            taken = False
+        if not taken:
             self._unsent(answer)
 
     def _unsent(self, answer: tuple[str, bytes]) -> None:
@@ -679,19 +705,27 @@ class RedisGateFacts:
             log.warning("release.gate_facts.invalidation_deferred", extra={"fields": {"families": len(self._owed)}})
         self._trip()
 
-    def _send(self, names: Iterable[str], answer: tuple[str, bytes] | None = None) -> None:
+    def _send(self, names: Iterable[str], answer: tuple[str, bytes] | None = None) -> bool:
         """New generations for ``names`` and every one still owed, and ``answer`` (request key, answer)
-        kept, in one round trip; what Redis did not take stays owed."""
+        kept, in one round trip; what Redis did not take stays owed. False when Redis, full, took the
+        invalidations without the answer (``_INVALIDATE``): the caller keeps it for later."""
         owed = self._owing(names)
         if not owed and answer is None:
-            return
+            return True
         args, lifts = self._bump_args(owed, answer)
+        whole = True
         try:
-            self._line.run(_BUMP, [], args)
+            try:
+                self._line.run(_BUMP, [], args)
+            except redis.OutOfMemoryError:  # Redis is full: the invalidations alone, the answer later
+                if owed:
+                    self._line.run(_INVALIDATE, [], _without_answer(args))
+                whole = answer is None
         except BaseException:
             self._not_taken(owed)
             raise
         self._taken(owed, lifts)
+        return whole
 
     def _owing(self, names: Iterable[str]) -> dict[str, int]:
         """``names`` owed from now, each at this turn; every name owed, with its turn, to send."""
@@ -999,6 +1033,11 @@ def _pending(generation: bytes) -> bool:
     """A generation read while a write was committing, or whose invalidation never came: no copy is
     kept or trusted under it (``_MARK``)."""
     return b"p" in generation
+
+
+def _without_answer(args: list[Any]) -> list[Any]:
+    """``_BUMP``'s arguments (``_bump_args``) with no answer to keep: the invalidations alone."""
+    return [*args[:2], "", b"", *args[4:]]
 
 
 def _right_names(containers: Sequence[str]) -> list[str]:

@@ -45,6 +45,7 @@ from release_service.domain.webhooks import (
     retry_delay,
     secret_aad,
     signed_headers,
+    trail_url,
 )
 from release_service.ports import Clock
 
@@ -252,6 +253,7 @@ class WebhookDispatcher:
                         SqlAuditLog(conn).append(
                             "release.webhook.subscription.disabled", actor=SYSTEM_ACTOR,
                             subject=str(c.subscription_id),
-                            data={"url": c.url, "reason": "HTTP 410 Gone", "delivery_id": str(c.id)}, at=now)
+                            data={**trail_url(c.url), "reason": "HTTP 410 Gone", "delivery_id": str(c.id)},
+                            at=now)
                 log.info(event, extra={"fields": {"delivery_id": str(c.id), "attempts": attempts,
                                                   "status_code": o.status_code}})

@@ -16,19 +16,18 @@ import binascii
 import hashlib
 import logging
 import uuid
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from identity.domain.scopes import GATE_VERIFY
 from identity.tokens import InvalidToken
 from quaygate import jsonbody
-from quaygate.limits import IMAGE_B64_MAX, IMAGE_BODY_BYTES, Printable, Prose
+from quaygate.limits import IMAGE_B64_MAX, IMAGE_BODY_BYTES, Printable, Prose, SentTime
 from quaygate.routing import AdmitFirst
 from quaygate.threads import threads_for
 from release_service.domain import gate as g
@@ -106,16 +105,10 @@ class VerifyRequest(_In):
     plate: PlateReadIn | None = None
     badge: BadgeReadIn | None = None
     face: FaceIn | None = None
-    observed_at: AwareDatetime
-
-    @field_validator("observed_at")
-    @classmethod
-    def _in_range(cls, value: datetime) -> datetime:
-        try:  # 9999-12-31T23:59:59-12:00 is valid ISO 8601, and no UTC time
-            value.astimezone(UTC)
-        except OverflowError:
-            raise ValueError("observed_at is out of range") from None
-        return value
+    observed_at: SentTime = Field(description=(
+        "When the gate saw the truck (its earliest read): RFC 3339 with an offset. A verify is refused "
+        f"(422 invalid_observed_at) when it lies more than {g.MAX_OBSERVED_AGE_HOURS} hours before the "
+        f"service's clock or more than {g.MAX_OBSERVED_AHEAD_MINUTES} minutes after it."))
 
 
 class RepairOut(BaseModel):
@@ -279,9 +272,10 @@ async def _verify(request: Request, body: VerifyRequest, credentials: HTTPAuthor
     gate = gate_request(body)
     try:
         verify_service.require_gate_of(actor, gate.terminal)
+        g.check_observed_at(gate.observed_at, now)  # before anything is decided, replayed or recorded
     except DomainError:
-        # A revoked token is refused as revoked (401), whatever terminal it names; looked up only here,
-        # on the way to a refusal, off the event loop.
+        # A revoked token is refused as revoked (401), whatever terminal or time it names; looked up only
+        # here, on the way to a refusal, off the event loop.
         await run_in_threadpool(revocation.settle)
         raise
     facts = container.gate_facts

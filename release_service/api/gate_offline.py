@@ -19,7 +19,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from identity.keys import KeyStore
 from identity.tokens import fits, sign_jwt
-from quaygate.limits import IMAGE_BODY_BYTES, Printable
+from quaygate.limits import IMAGE_BODY_BYTES, Printable, SentTime
 from quaygate.routing import AdmitFirst
 from release_service.adapters.sqla.gate_offline import SqlOfflineUnitOfWork
 from release_service.domain import gate as g
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/gate/v1", tags=["gate"], route_class=AdmitFirst)
 
 MAX_PASS_LENGTH = 8192
+# A ban list's age as an adapter reports it: ten years is beyond any list a pass could carry (and the
+# column holds 68); past it, the number is no age, and a 422 names the field instead of the database.
+MAX_BAN_LIST_AGE_SECONDS = 10 * 365 * 86400
 
 
 class PassesResponse(BaseModel):
@@ -52,9 +55,13 @@ class OfflineDecisionIn(BaseModel):
     reasons: list[Printable] = Field(max_length=40)
     release_id: uuid.UUID | None = None
     basis: Literal["pass", "no_pass", "store_stale"]
-    decided_at: AwareDatetime
-    ban_list_age_seconds: int | None = Field(default=None, description=(
-        "Informative; a negative age (a ban list issued ahead of the adapter's clock) is taken as 0."))
+    decided_at: SentTime = Field(description=(
+        "When the adapter decided, by its clock: RFC 3339 with an offset, 1900 to 9000. Not held to the "
+        "service's clock (a report may come days late): an allow decided outside its pass's life is "
+        "flagged pass_invalid."))
+    ban_list_age_seconds: int | None = Field(default=None, le=MAX_BAN_LIST_AGE_SECONDS, description=(
+        "Informative; a negative age (a ban list issued ahead of the adapter's clock) is taken as 0. "
+        "At most ten years."))
     gate_pass: Printable | None = Field(default=None, max_length=MAX_PASS_LENGTH,
                                   description="The pass the decision relied on, as it was received.")
 

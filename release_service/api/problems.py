@@ -31,6 +31,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_CURSOR: 422,
     ErrorCode.INVALID_WEBHOOK_SUBSCRIPTION: 422,
     ErrorCode.INVALID_TEXT: 422,
+    ErrorCode.INVALID_OBSERVED_AT: 422,
     ErrorCode.BATCH_TOO_LARGE: 413,
     ErrorCode.BATCH_EMPTY: 422,
     ErrorCode.UNKNOWN_ORGANISATION: 422,
@@ -155,6 +156,22 @@ def quote_param(value: str) -> str:
     return "".join(ch for ch in cleaned if " " <= ch <= "~")
 
 
+def cache_unavailable(exc: BaseException) -> bool:
+    """A Redis error that passes (a 503 to send again): the connection lost, refused or timed out, Redis
+    loading, a read-only replica, a full Redis (OOM under noeviction), a script running too long
+    (BUSY), a cluster moving slots (TRYAGAIN, CLUSTERDOWN), a Redis refused at its greeting
+    (quaygate/dataset.py ``UnsuitableRedis``, a ConnectionError)."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.exceptions.ReadOnlyError
+                  | redis.exceptions.OutOfMemoryError | redis.exceptions.TryAgainError
+                  | redis.exceptions.ClusterDownError):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("BUSY ")
+
+
+def _unexpected_failure(request: Request) -> JSONResponse:
+    return problem(500, "internal_error", "The service failed on this request.", instance=request.url.path)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     def _domain(request: Request, exc: DomainError) -> JSONResponse:
@@ -192,7 +209,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(redis.RedisError)
     def _cache(request: Request, exc: Exception) -> JSONResponse:
         # Redis refused or lost a call that cannot be made without it (a DPoP proof's single use, a
-        # session, a rate limit): the request is refused, nothing is taken on trust without it.
+        # session, a rate limit): the request is refused, nothing is taken on trust without it. Only
+        # what passes is a 503 to send again (``cache_unavailable``); any other error reply (a script's
+        # error, WRONGTYPE, a value redis-py cannot send) is ours, a 500, never a retry loop.
+        if not cache_unavailable(exc):
+            log.error("quaygate.internal_error", exc_info=exc, extra={"fields": {"path": request.url.path}})
+            return _unexpected_failure(request)
         log.error("quaygate.cache_unavailable", exc_info=exc, extra={"fields": {"path": request.url.path}})
         return problem(503, "service_unavailable", "The cache did not answer; send the request again.",
                        instance=request.url.path, headers={"Retry-After": "1"})
@@ -217,8 +239,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged by the server with its traceback (Starlette raises it on); the client gets problem JSON
-        # with nothing of the exception in it.
-        return problem(500, "internal_error", "The service failed on this request.", instance=request.url.path)
+        # with nothing of the exception in it. A cache failure comes here, past ``_cache``, when a
+        # middleware outside the handlers raised it: the rate limits count in Redis before any route
+        # (identity/ratelimit.py), and a Redis down or full (OOM under noeviction) must be a 503 there
+        # too, never a 500.
+        if isinstance(exc, redis.RedisError):
+            return _cache(request, exc)
+        return _unexpected_failure(request)
 
     @app.exception_handler(StarletteHTTPException)
     def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -6,15 +6,26 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from quaygate.limits import Rfc3339Time, UtcTime
 from release_service.domain import storable
-from release_service.domain.release import Light, ReleaseRight, Transfer
+from release_service.domain.release import (
+    MAX_LEAD_DAYS,
+    MAX_SLOT_HOURS,
+    MAX_VALIDITY_DAYS,
+    Light,
+    ReleaseRight,
+    Transfer,
+)
 from release_service.ports import StoredEvent
 
-# A time as every request takes it: with an offset, put in UTC, and within what the storage holds
-# (release_service/domain/storable.py); outside, a 422 naming the field, never a 500 from the database.
-UtcTime = Annotated[AwareDatetime, AfterValidator(storable.utc_time)]
+# A time as every request takes it (quaygate/limits.py): an RFC 3339 string with an offset, put in UTC,
+# within what the storage holds (release_service/domain/storable.py); outside, a 422 naming the field,
+# never a 500 from the database. The rules against now are the domain's (release.py check_window, check_slot).
+_FROM = (f"RFC 3339 with an offset. At most {MAX_LEAD_DAYS} days ahead of now, and at most "
+         f"{MAX_VALIDITY_DAYS} days before valid_until.")
+_UNTIL = f"RFC 3339 with an offset. After valid_from and now, at most {MAX_VALIDITY_DAYS} days after valid_from."
 # Text as stored: no control character (a NUL is refused by PostgreSQL), no lone surrogate.
 OneLine = Annotated[str, AfterValidator(storable.text)]
 
@@ -37,8 +48,8 @@ class IssueRequest(Strict):
     vessel_call: str = Field(min_length=1, max_length=64, description="The vessel call (stay) number.")
     terminal: str = Field(min_length=1, max_length=32, description="Terminal code, e.g. BEANR-K1700.")
     release_to_organisation_id: uuid.UUID
-    valid_from: UtcTime
-    valid_until: UtcTime
+    valid_from: UtcTime = Field(description=_FROM)
+    valid_until: UtcTime = Field(description=_UNTIL)
     commercial: Literal["green", "red"] = "green"
 
     model_config = ConfigDict(extra="forbid", strict=False, str_strip_whitespace=True)
@@ -49,8 +60,9 @@ class BatchItem(IssueRequest):
     item alone, named by its index in the answer, as a wrong check digit does."""
 
     # Not UtcTime: a refusal here would refuse the whole batch; services/issue.py checks them per item.
-    valid_from: AwareDatetime
-    valid_until: AwareDatetime
+    # Their shape (a date-time string, never a number) is the whole batch's, as a missing field is.
+    valid_from: Rfc3339Time = Field(description=_FROM)
+    valid_until: Rfc3339Time = Field(description=_UNTIL)
 
 
 class BatchRequest(Strict):
@@ -81,8 +93,12 @@ class BadgeIn(Strict):
 
 
 class SlotIn(Strict):
-    start: UtcTime
-    end: UtcTime
+    """A pick-up appointment: inside the right's validity window, not yet ended, at most a day long."""
+
+    start: UtcTime = Field(description="RFC 3339 with an offset; not before the right's valid_from.")
+    end: UtcTime = Field(description=(
+        f"RFC 3339 with an offset; after start and now, not after the right's valid_until, at most "
+        f"{MAX_SLOT_HOURS} hours after start."))
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
@@ -108,8 +124,8 @@ class LightRequest(Strict):
 
 
 class UpdateRequest(Strict):
-    valid_from: UtcTime | None = None
-    valid_until: UtcTime | None = None
+    valid_from: UtcTime | None = Field(default=None, description=_FROM)
+    valid_until: UtcTime | None = Field(default=None, description=_UNTIL)
     bill_of_lading: str | None = Field(default=None, min_length=1, max_length=64)
 
     model_config = ConfigDict(extra="forbid", strict=False, str_strip_whitespace=True)

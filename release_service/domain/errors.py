@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     INVALID_CURSOR = "invalid_cursor"
     INVALID_WEBHOOK_SUBSCRIPTION = "invalid_webhook_subscription"
     INVALID_TEXT = "invalid_text"  # a control character, or too long for its column once normalised
+    INVALID_OBSERVED_AT = "invalid_observed_at"  # gate verify: a read observed too long ago, or ahead of us
     # parties and permissions
     UNKNOWN_ORGANISATION = "unknown_organisation"
     ORGANISATION_INACTIVE = "organisation_inactive"  # deactivated by port security (issue 4)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Literal
@@ -336,6 +336,30 @@ class GateRequest:
         # Plain strings from the wire are accepted and checked here ("in", "commit").
         object.__setattr__(self, "direction", Direction(self.direction))
         object.__setattr__(self, "mode", Mode(self.mode))
+
+
+# When a read may have been observed, against the service's clock, for a verify asked now. A lane asks
+# within seconds of its reads, and sends a question again after an outage; a truck seen more than a day
+# ago has long left the lane, and its request (a commit would use the right now) is no question about
+# it. Ahead: the gate's clock may run ahead of ours by what its client assertions and DPoP proofs are
+# allowed anyway (minutes), plus its cameras' own slack. Past either, the time would only stand in the
+# decision's record as an absurdity (year 9999 was taken). An offline report is not held to these: it
+# may come days late, and its times are judged by the pass it names (gate_pass.pass_covers).
+MAX_OBSERVED_AGE_HOURS = 24
+MAX_OBSERVED_AHEAD_MINUTES = 10
+_OBSERVED_AGE = timedelta(hours=MAX_OBSERVED_AGE_HOURS)
+_OBSERVED_AHEAD = timedelta(minutes=MAX_OBSERVED_AHEAD_MINUTES)
+
+
+def check_observed_at(observed_at: datetime, now: datetime) -> None:
+    """DomainError ``invalid_observed_at`` (naming the field) when ``observed_at`` lies more than
+    MAX_OBSERVED_AGE_HOURS before ``now`` or more than MAX_OBSERVED_AHEAD_MINUTES after it."""
+    if observed_at > now + _OBSERVED_AHEAD:
+        raise DomainError(ErrorCode.INVALID_OBSERVED_AT, f"observed_at lies more than {MAX_OBSERVED_AHEAD_MINUTES} "
+                          "minutes ahead of the service's clock.", field="observed_at")
+    if observed_at < now - _OBSERVED_AGE:
+        raise DomainError(ErrorCode.INVALID_OBSERVED_AT, f"observed_at lies more than {MAX_OBSERVED_AGE_HOURS} "
+                          "hours before the service's clock.", field="observed_at")
 
 
 # ---- what we know --------------------------------------------------------------------------------

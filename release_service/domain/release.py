@@ -45,7 +45,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -472,8 +472,8 @@ class ReleaseRight:
     ) -> None:
         """The transport operator holding the right names a driver and a truck; again until gate-in."""
         self.require_nominator(by, now)
-        if slot is not None and (slot.end <= now or slot.start >= self.valid_until or slot.end <= self.valid_from):
-            raise DomainError(ErrorCode.INVALID_SLOT, "The slot must lie in the future and inside the validity window.")
+        if slot is not None:
+            check_slot(slot, valid_from=self.valid_from, valid_until=self.valid_until, now=now)
         if screening.result != "clear":
             raise DomainError(
                 ErrorCode.DRIVER_SCREENING_FAILED,
@@ -746,6 +746,12 @@ class ReleaseRight:
 _SYSTEM: dict[str, str | None] = {"client_id": "quaygate", "organisation_id": None, "kind": "system", "person_id": None}
 
 MAX_VALIDITY_DAYS = 120
+# How far ahead of now a right may start. A line releases a container for a vessel call it knows; a
+# window starting years ahead (8999 was taken) is no release, and would hold the container and vessel
+# call's one live right for good. With the window's own bound, a right ends within 210 days of its issue.
+MAX_LEAD_DAYS = 90
+# A pick-up slot is a terminal appointment: hours, at most a day, inside the right's window.
+MAX_SLOT_HOURS = 24
 
 
 def check_window(valid_from: datetime, valid_until: datetime, now: datetime) -> None:
@@ -759,6 +765,20 @@ def check_window(valid_from: datetime, valid_until: datetime, now: datetime) -> 
         raise DomainError(
             ErrorCode.INVALID_VALIDITY_WINDOW, f"A validity window is at most {MAX_VALIDITY_DAYS} days."
         )
+    if valid_from - now > timedelta(days=MAX_LEAD_DAYS):
+        raise DomainError(ErrorCode.INVALID_VALIDITY_WINDOW,
+                          f"valid_from lies at most {MAX_LEAD_DAYS} days ahead.", field="valid_from")
+
+
+def check_slot(slot: Slot, *, valid_from: datetime, valid_until: datetime, now: datetime) -> None:
+    """A slot that has not ended, inside the validity window (a truck sent before valid_from or after
+    valid_until is refused at the gate), and at most MAX_SLOT_HOURS long."""
+    if slot.end <= now:
+        raise DomainError(ErrorCode.INVALID_SLOT, "The slot has ended already.", field="slot")
+    if slot.start < valid_from or slot.end > valid_until:
+        raise DomainError(ErrorCode.INVALID_SLOT, "The slot must lie inside the validity window.", field="slot")
+    if slot.end - slot.start > timedelta(hours=MAX_SLOT_HOURS):
+        raise DomainError(ErrorCode.INVALID_SLOT, f"A slot is at most {MAX_SLOT_HOURS} hours long.", field="slot")
 
 
 

@@ -298,6 +298,20 @@ def validate_url(url: str, *, allow_insecure_localhost: bool = False) -> str:
     return url
 
 
+def trail_url(url: str) -> dict[str, str]:
+    """What the audit trail keeps of a subscription's URL: where it goes (``url``: scheme, host and
+    port), never the path or the query. Receivers often carry a credential there (a per-hook token, a
+    signed query string), and the trail is append-only and hash-chained: what it holds cannot be taken
+    out later. Not even a digest of the whole URL: a short token beside its origin is found again by
+    trying them all (a 6-digit one in half a second). The entry's subject, the subscription, names the
+    whole URL for as long as the subscription exists."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    shown = f"[{host}]" if ":" in host else host
+    port = parts.port
+    return {"url": f"{parts.scheme}://{shown}" + (f":{port}" if port is not None else "")}
+
+
 def _is_internal_ip(host: str) -> bool:
     """A literal address that is not public, in any form a resolver takes: dotted quads, and the older
     numeric forms ``127.1``, ``2130706433``, ``0x7f.0.0.1`` (no real host name is all digits)."""

@@ -28,6 +28,7 @@ from release_service.domain.webhooks import (
     Subscription,
     new_secret,
     secret_aad,
+    trail_url,
     validate_event_types,
     validate_url,
 )
@@ -139,9 +140,10 @@ def redeliver(uow: WebhookUnitOfWork, actor: Actor, delivery_id: uuid.UUID, *,
 
 def _audit(uow: WebhookUnitOfWork, kind: str, actor: Actor, sub: Subscription, now: datetime,
            **data: Any) -> None:
-    """One entry on the trail, subject the subscription: who, for which organisation, to which URL."""
+    """One entry on the trail, subject the subscription: who, for which organisation, to which host (the
+    URL's digest, never the URL: ``domain.webhooks.trail_url``)."""
     uow.audit.append(kind, actor=actor.as_dict(), subject=str(sub.id),
-                     data={"organisation_id": str(sub.organisation_id), "url": sub.url, **data}, at=now)
+                     data={"organisation_id": str(sub.organisation_id), **trail_url(sub.url), **data}, at=now)
 
 
 def _own_org(organisation_id: uuid.UUID | None) -> uuid.UUID:
