@@ -1,4 +1,4 @@
-"""What an anonymous caller can make us store in Redis (review 67, finding 4).
+"""What an anonymous caller can make us store in Redis, and on the audit trail (review 67, finding 4).
 
 Redis runs under ``noeviction`` (quaygate/dataset.py): whatever a caller who has proved nothing can make
 us store, per request, is a way to fill it, and a full Redis refuses the writes that DPoP claims, passkey
@@ -6,7 +6,10 @@ logins, the token endpoint and the gates' verify calls need. A passkey login's o
 flow per call (296 bytes, 300 s). They store nothing now: the flow is sealed (identity.authn.flows), and
 its single use is claimed only once an assertion's signature over its challenge holds. A refused
 anonymous attempt writes only its address's counters (identity.ratelimit), never a key of its own. A
-brokered login's start is sealed into the browser's binding cookie the same way (identity.broker.service).
+brokered login's start is sealed into the browser's binding cookie the same way (identity.broker.service),
+and leaves no row on the audit trail either: the callback's outcome is audited, the callback counted
+against its address. The token endpoint claims a DPoP proof's jti only once the code or refresh token it
+comes with is found (identity.oidc.server ``claim_dpop``): a made-up one costs no claim.
 
 Each test runs a redis-server of its own (tests/test_redis_memory.py ``PrivateRedis``), never the
 machine's shared one.
@@ -15,28 +18,36 @@ machine's shared one.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from starlette.datastructures import Headers
 
 from identity.authn.flows import SEALED_LENGTH, FlowRefused, FlowSeal
 from identity.authn.service import _FLOW_ID
 from identity.bootstrap import create_client, provider_for
+from identity.grants import REFRESH_PREFIX, token_hash
 from identity.oidc.authorize import RESUME_TTL
+from identity.oidc.server import FormRequest
 from identity.sessions import sessions_for
 from quaygate.app import create_app
 from quaygate.cache import RedisCache
 from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher
-from quaygate.schema import audit_log
+from quaygate.schema import audit_log, grants, refresh_tokens
 from quaygate.settings import Settings
+from tests.test_identity_code_flow_support import DRIVER_REDIRECT as APP_REDIRECT
+from tests.test_identity_code_flow_support import Flow, Pkce
+from tests.test_identity_grants_support import Lifecycle, dpop_key, dpop_proof, make_lifecycle
 from tests.test_identity_passkeys import PEnv, build_env
 from tests.test_identity_ratelimit import _clear_of_a_window_edge
 from tests.test_redis_memory import PrivateRedis
@@ -298,9 +309,11 @@ def broker_world(pg_engine: sa.Engine, tmp_path: Path, server: PrivateRedis) -> 
 
 
 def test_a_brokered_login_start_stores_nothing(broker_world: World, server: PrivateRedis) -> None:
-    """GET /broker/itsme/start is anonymous (and no rate limit counts a GET): its flow goes to the
-    browser, sealed in the binding cookie. The login that comes back claims its state, once."""
+    """GET /broker/itsme/start is anonymous (and no rate limit counts it): its flow goes to the
+    browser, sealed in the binding cookie. The login that comes back claims its state, once (and its
+    callback counts one login attempt of its address)."""
     world = broker_world
+    _clear_of_a_window_edge()
     with world.browser() as browser:
         start(browser, world.app)  # the connections greeted
         before = _held(server)
@@ -308,7 +321,7 @@ def test_a_brokered_login_start_stores_nothing(broker_world: World, server: Priv
             start(browser, world.app)
         assert _held(server) == before
         assert world.login(browser, "jan").status_code == 303
-    (claim,) = _keys(server) - set(before)
+    (claim,) = {k for k in _keys(server) - set(before) if not k.startswith(b"qg:rl:")}
     assert claim.startswith(b"qg:broker:used:")
     with server.admin() as admin:
         assert 0 < admin.pttl(claim) <= (world.app.settings.upstream_flow_ttl + 5) * 1000
@@ -317,6 +330,223 @@ def test_a_brokered_login_start_stores_nothing(broker_world: World, server: Priv
     with world.browser() as browser:
         done = world.login(browser, "jan", return_to=longest)
         assert done.status_code == 303 and done.headers["location"] == longest, done.text[:300]
+
+
+def _audit_rows(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar_one())
+
+
+ATTEMPTS = 6  # the login guard's attempts per address and window, in the test below
+
+
+@pytest.fixture
+def guarded_broker_world(pg_engine: sa.Engine, tmp_path: Path, server: PrivateRedis) -> Iterator[World]:
+    yield from build_world(pg_engine, tmp_path, redis_url=server.url, login_attempts_per_address=ATTEMPTS)
+
+
+def test_a_brokered_login_start_writes_no_audit_row_and_its_callback_is_audited_and_bounded(
+        guarded_broker_world: World) -> None:
+    """The audit trail (PostgreSQL) is kept for good: a start, which anyone may send and which carries no
+    identity, leaves no row in it, nor does one naming an upstream that does not exist. The callback's
+    outcome is audited, a login as a refusal, and the callback counts as a login attempt of its address:
+    past the limit it is refused (429, Retry-After), and that refusal is not audited. Before, each start
+    wrote a row (identity.login.upstream.started, or .refused.upstream_unknown)."""
+    world = guarded_broker_world
+    base = world.app.base
+    with world.browser() as browser:
+        start(browser, world.app)  # the upstream's metadata fetched, the connections greeted
+        before = _audit_rows(world.engine)
+        for _ in range(N // 10):
+            start(browser, world.app)
+        for i in range(10):
+            assert browser.get(f"{base}/broker/nope{i}/start").status_code == 404
+        assert _audit_rows(world.engine) == before
+        _clear_of_a_window_edge(margin=20)  # the attempts below are counted in one window
+        assert world.login(browser, "jan").status_code == 303  # one attempt
+    kinds = world.kinds()
+    assert "identity.login.upstream.succeeded" in kinds and "identity.login.upstream.started" not in kinds
+    # Refused callbacks, audited with their code: no binding cookie; a state not this flow's.
+    with world.browser() as browser:
+        cold = browser.get(f"{base}/broker/itsme/callback", params={"state": "made-up", "code": "c"})
+        assert cold.status_code == 400 and 'data-code="upstream_browser_mismatch"' in cold.text, cold.text[:300]
+        start(browser, world.app)
+        other = browser.get(f"{base}/broker/itsme/callback", params={"state": "another", "code": "c"})
+        assert other.status_code == 400 and 'data-code="upstream_browser_mismatch"' in other.text
+    assert [r["code"] for r in world.refusals()] == ["upstream_browser_mismatch"] * 2
+    # An anonymous flood of callbacks: the address's attempts are spent, then each is refused unaudited.
+    audited = _audit_rows(world.engine)
+    with world.browser() as browser:
+        answers = [browser.get(f"{base}/broker/itsme/callback", params={"state": "x"}) for _ in range(30)]
+    statuses = [r.status_code for r in answers]
+    assert statuses == [400] * (ATTEMPTS - 3) + [429] * (30 - ATTEMPTS + 3), statuses
+    limited = answers[-1]
+    assert 'data-code="rate_limited"' in limited.text and 0 < int(limited.headers["Retry-After"]) <= 61
+    assert _audit_rows(world.engine) - audited == ATTEMPTS - 3
+    assert len(world.sessions()) == 1
+
+
+# ---- the token endpoint's DPoP proofs -------------------------------------------------------------------
+
+
+@pytest.fixture
+def tokens(engine: sa.Engine, tmp_path: Path, server: PrivateRedis) -> Iterator[Lifecycle]:
+    """The whole app (its rate-limit middleware too) on ``server``, on SQLite and on PostgreSQL (the
+    refresh's fast path runs on PostgreSQL only)."""
+    cache = RedisCache(server.url)
+    yield from make_lifecycle(engine, tmp_path, cache, redis_url=server.url)
+    cache.close()
+
+
+def _claims(server: PrivateRedis) -> set[bytes]:
+    """The DPoP proofs' single-use claims (identity.dpop: ``dpop:jti:<jkt>:<sha256 of the jti>``)."""
+    with server.admin() as admin:
+        return set(admin.scan_iter(match="qg:dpop:*", count=1000))
+
+
+def _exchange(flow: Flow, client_id: str, code: str, verifier: str, proof: str) -> Any:
+    return flow.exchange(client_id, code, verifier, headers={"DPoP": proof})
+
+
+def _refresh(env: Lifecycle, client_id: str, token: str, proof: str) -> Any:
+    return env.http.post("/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": token,
+                                                "client_id": client_id}, headers={"DPoP": proof})
+
+
+def test_a_dpop_proof_with_a_made_up_code_or_refresh_token_stores_nothing(tokens: Lifecycle,
+                                                                        server: PrivateRedis) -> None:
+    """A public client's id is anyone's to name: a fresh, well-signed proof with a code or a refresh
+    token of one's own making is refused (invalid_grant) and leaves no claim in Redis, however many are
+    sent; only the address's counters. A proof sent with a real code is claimed, once. Before, each
+    proof's jti was claimed (168 bytes, 70 s) before the grant was looked at."""
+    env = tokens
+    flow = Flow(env.app, env.http, env.container)
+    client_id = flow.driver_app()
+    key = dpop_key()
+    _clear_of_a_window_edge()
+
+    def made_up_code() -> Any:
+        return _exchange(flow, client_id, secrets.token_urlsafe(32), Pkce().verifier, dpop_proof(key))
+
+    def made_up_refresh() -> Any:
+        return _refresh(env, client_id, REFRESH_PREFIX + secrets.token_urlsafe(32), dpop_proof(key))
+
+    made_up_code()  # the connections greeted, the parts built
+    made_up_refresh()
+    before = _held(server, counts=False)
+    for send in (made_up_code, made_up_refresh):
+        for _ in range(25):
+            r = send()
+            assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+    assert _claims(server) == set()
+    assert _held(server, counts=False) == before  # the address's count of POSTs aside
+    # A real code: its proof claimed, once, for the proof's acceptance window.
+    flow.login(flow.person())
+    pkce = Pkce()
+    code = flow.code(flow.authorize(client_id, pkce=pkce))
+    done = _exchange(flow, client_id, code, pkce.verifier, dpop_proof(key))
+    assert done.status_code == 200 and done.json()["token_type"] == "DPoP", done.text
+    (claim,) = _claims(server)
+    with server.admin() as admin:
+        settings = env.container.settings
+        assert 0 < admin.pttl(claim) <= (settings.dpop_max_age + 10) * 1000
+
+
+def _family_live(env: Lifecycle, token: str) -> bool:
+    with env.engine.connect() as conn:
+        row = conn.execute(sa.select(refresh_tokens.c.status, grants.c.revoked_at).select_from(
+            refresh_tokens.join(grants, grants.c.id == refresh_tokens.c.grant_id)).where(
+            refresh_tokens.c.token_hash == token_hash(token))).one()
+    return row.status == "active" and row.revoked_at is None
+
+
+def test_a_replayed_dpop_proof_gets_no_token_and_changes_nothing(tokens: Lifecycle) -> None:
+    """RFC 9449 §11.1: a proof used once is refused again (invalid_dpop_proof), whether the grant it
+    comes with is the one it was used with, now used up, or another one still valid; the replay neither
+    uses up a valid code or refresh token nor revokes anything."""
+    env = tokens
+    flow = Flow(env.app, env.http, env.container)
+    client_id = flow.driver_app()
+    flow.login(flow.person())
+    key = dpop_key()
+
+    def replayed(r: Any) -> None:
+        assert r.status_code == 400 and r.json()["error"] == "invalid_dpop_proof", r.text
+
+    # The code grant.
+    pkce = Pkce()
+    code = flow.code(flow.authorize(client_id, pkce=pkce))
+    proof = dpop_proof(key)
+    first = _exchange(flow, client_id, code, pkce.verifier, proof)
+    assert first.status_code == 200, first.text
+    replayed(_exchange(flow, client_id, code, pkce.verifier, proof))  # the same request again
+    other = Pkce()
+    fresh = flow.code(flow.authorize(client_id, pkce=other))
+    replayed(_exchange(flow, client_id, fresh, other.verifier, proof))  # a valid code, a used proof
+    assert _exchange(flow, client_id, fresh, other.verifier, dpop_proof(key)).status_code == 200
+    # The refresh grant: the token the first exchange gave, bound to the key.
+    token = first.json()["refresh_token"]
+    assert _family_live(env, token)
+    proof = dpop_proof(key)
+    refreshed = _refresh(env, client_id, token, proof)
+    assert refreshed.status_code == 200, refreshed.text
+    successor = refreshed.json()["refresh_token"]
+    replayed(_refresh(env, client_id, token, proof))  # the same request again: not taken for reuse
+    replayed(_refresh(env, client_id, successor, proof))  # a valid token, a used proof
+    assert _family_live(env, successor)  # nothing revoked, nothing used up
+    assert _refresh(env, client_id, successor, dpop_proof(key)).status_code == 200
+
+
+def _at_once(env: Lifecycle, form: dict[str, str], proof: str, n: int = 6) -> list[Any]:
+    """``n`` requests, the same form and the same DPoP proof, started together (threads, a barrier)."""
+    server = env.provider.server
+    body = urlencode(form).encode()
+    headers = Headers({"content-type": "application/x-www-form-urlencoded", "dpop": proof})
+    barrier = threading.Barrier(n)
+    answers: list[Any] = []
+    lock = threading.Lock()
+
+    def attempt() -> None:
+        barrier.wait()
+        r = server.token_response(FormRequest("POST", headers, headers["content-type"], body))
+        with lock:
+            answers.append(r)
+
+    threads = [threading.Thread(target=attempt) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers
+
+
+def _errors(answers: list[Any]) -> list[Any]:
+    return sorted((r.status_code, json.loads(r.body).get("error")) for r in answers)
+
+
+def test_requests_racing_with_one_dpop_proof_get_one_token(tokens: Lifecycle) -> None:
+    """The proof's claim stays one atomic SET NX made before anything is used up or issued: of several
+    requests with one proof and one valid code (then one valid refresh token), one gets tokens, the
+    others are refused as replays, and none of them revokes what the winner got."""
+    env = tokens
+    flow = Flow(env.app, env.http, env.container)
+    client_id = flow.driver_app()
+    flow.login(flow.person())
+    key = dpop_key()
+    pkce = Pkce()
+    code = flow.code(flow.authorize(client_id, pkce=pkce))
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": APP_REDIRECT,
+            "code_verifier": pkce.verifier, "client_id": client_id}
+    answers = _at_once(env, form, dpop_proof(key))
+    assert _errors(answers) == [(200, None)] + [(400, "invalid_dpop_proof")] * 5
+    (won,) = [json.loads(r.body) for r in answers if r.status_code == 200]
+    token = won["refresh_token"]
+    assert _family_live(env, token)
+    answers = _at_once(env, {"grant_type": "refresh_token", "refresh_token": token, "client_id": client_id},
+                       dpop_proof(key))
+    assert _errors(answers) == [(200, None)] + [(400, "invalid_dpop_proof")] * 5
+    (won,) = [json.loads(r.body) for r in answers if r.status_code == 200]
+    assert _family_live(env, won["refresh_token"])
 
 
 # ---- the authorization endpoint's request, waiting for a login ------------------------------------------

@@ -11,6 +11,10 @@ RFC 9457 problem when the caller asks for JSON), with the status of the one tabl
                                            SameSite=Lax, path /broker/)
     GET /broker/{name}/callback?code&state&iss
                                            303 to return_to + the login session cookie; or a refusal
+                                           (429 rate_limited + Retry-After: the address's login attempts)
+
+The start is not audited (it carries no identity; anyone may send one); the callback's outcome is
+(identity.broker.service).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ STATUS: dict[Refusal, int] = {
     Refusal.PERSON_SUSPENDED: 403,
     Refusal.PERSON_BANNED: 403,
     Refusal.REBIND_REQUIRED: 409,
+    Refusal.RATE_LIMITED: 429,
 }
 _HINT = {  # the i18n key of what the page tells the driver; the code names the rest
     Refusal.STATE_INVALID: "broker.error.expired",
@@ -52,6 +57,7 @@ _HINT = {  # the i18n key of what the page tells the driver; the code names the 
     Refusal.PERSON_BANNED: "broker.error.suspended",
     Refusal.REBIND_REQUIRED: "broker.error.rebind",
     Refusal.ACR_INSUFFICIENT: "broker.error.level",
+    Refusal.RATE_LIMITED: "error.rate_limited",
 }
 
 
@@ -60,8 +66,9 @@ def _refused(request: Request, exc: BrokerRefused) -> Response:
     lang = language(request)
     text = i18n.translate(lang, _HINT.get(exc.code, "broker.error.failed"))
     accept = request.headers.get("accept", "")
+    retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
     if "json" in accept and "html" not in accept:
-        return problem(status, exc.code.value, text, instance=request.url.path)
+        return problem(status, exc.code.value, text, instance=request.url.path, headers=retry or None)
     body = (f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f'<title>{html.escape(i18n.translate(lang, "broker.error.title"))} · quaygate</title>'
@@ -71,7 +78,7 @@ def _refused(request: Request, exc: BrokerRefused) -> Response:
             f'<p>{html.escape(i18n.translate(lang, "common.error_code", code=exc.code.value))}</p>'
             f'<p><a href="/login">{html.escape(i18n.translate(lang, "broker.error.back"))}</a></p>'
             f'</main></body></html>')
-    return HTMLResponse(body, status_code=status, headers={**SECURITY_HEADERS, "Cache-Control": "no-store"})
+    return HTMLResponse(body, status_code=status, headers={**SECURITY_HEADERS, "Cache-Control": "no-store", **retry})
 
 
 @router.get("/broker/providers", operation_id="brokerProviders")
@@ -103,15 +110,18 @@ def start(request: Request, name: str, return_to: str | None = None) -> Response
 
 
 @router.get("/broker/{name}/callback", operation_id="brokerCallback", status_code=303,
-            responses=problem_responses(400, 401, 403, 404, 409, 502))
+            responses=problem_responses(400, 401, 403, 404, 409, 429, 502))
 def callback(request: Request, name: str) -> Response:
     s = request.app.state.container.settings
     params: dict[str, Any] = {k: v for k, v in request.query_params.items() if isinstance(v, str)}
     try:
         done = broker_for(request.app).callback(name, params, binding=request.cookies.get(BINDING_COOKIE),
-                                                session_cookie=request.cookies.get(s.session_cookie))
+                                                session_cookie=request.cookies.get(s.session_cookie),
+                                                address=request.client.host if request.client else None)
     except BrokerRefused as exc:
         response = _refused(request, exc)
+        if exc.code is Refusal.RATE_LIMITED:
+            return response  # nothing judged: the flow's cookie kept for a try after the wait
     else:
         response = RedirectResponse(done.return_to, status_code=303, headers={"Cache-Control": "no-store"})
         response.set_cookie(s.session_cookie, done.cookie, max_age=s.session_ttl, path="/", httponly=True,

@@ -22,9 +22,20 @@ epoch) once the upstream's id token holds and names the flow's nonce: only a cal
 in at the upstream makes a write. Before that, a replayed callback is refused by the upstream itself
 (its code is used once, RFC 6749 §4.1.2).
 
-Every refusal is a ``BrokerRefused`` with a code (identity.domain.broker.Refusal), written to the audit
-trail (``identity.login.upstream.refused.<code>``) and the log; no session is created. No refresh
-token is ever kept (itsme issues none; one that came anyway is dropped).
+Every refusal is a ``BrokerRefused`` with a code (identity.domain.broker.Refusal); no session is
+created. No refresh token is ever kept (itsme issues none; one that came anyway is dropped).
+
+What goes on the audit trail (PostgreSQL, kept for good): the callback's outcome, where a login is
+judged: ``identity.login.upstream.succeeded`` (with linked / rebound), or
+``identity.login.upstream.refused.<code>`` with its detail, an expired, forged or replayed state
+included. Not the start: it carries no identity and decides nothing, and anyone may send one (an
+anonymous GET, which no rate limit counts): a row per start was a way to grow the trail without bound.
+A start, and its refusals (an unknown or unreachable upstream), go to the log only. Anyone may call the callback
+too, so it counts as one login attempt of its address (the login guard's per-address count,
+identity.ratelimit, shared with passkey logins) before anything else: past the limit it is refused
+with ``rate_limited`` and a Retry-After, logged, not audited, and the flow's cookie is kept for a try
+after the wait. The refusals an anonymous caller can have audited are thus bounded per address and
+window by QUAYGATE_LOGIN_ATTEMPTS_PER_ADDRESS; what it makes the cache keep is its address's counter.
 """
 
 from __future__ import annotations
@@ -64,6 +75,7 @@ if TYPE_CHECKING:
     from quaygate.settings import Settings
 
     from ..keys import KeyStore
+    from ..ratelimit import LoginGuard
 
 log = logging.getLogger(__name__)
 _USED_PREFIX = "broker:used:"
@@ -94,8 +106,9 @@ def _sha256(value: str) -> str:
 class BrokerService:
     def __init__(self, *, settings: Settings, engine: sa.Engine, cache: Cache, clock: Any, sessions: SessionStore,
                  signing_keys: KeyStore, encryption_keys: EncryptionKeys, upstreams: dict[str, Upstream],
-                 client: UpstreamClient) -> None:
+                 client: UpstreamClient, guard: LoginGuard | None = None) -> None:
         self._settings = settings
+        self._guard = guard
         self._engine = engine
         self._cache = cache
         self._clock = clock
@@ -123,11 +136,13 @@ class BrokerService:
     # ---- start ----------------------------------------------------------------------------------
 
     def start(self, name: str, *, return_to: Any) -> Started:
+        """A login's start: logged, never audited, nothing stored (module docstring); a refusal too."""
         now = self._clock.now()
         try:
             return self._start(name, return_to=return_to, now=now)
         except BrokerRefused as exc:
-            self._refuse(exc, upstream=name, now=now)
+            log.info("identity.login.upstream.start.refused.%s", exc.code.value)
+            raise
 
     def _start(self, name: str, *, return_to: Any, now: datetime) -> Started:
         upstream = self._upstream(name, now)
@@ -154,18 +169,22 @@ class BrokerService:
             # OIDC Core §6.1: client_id, response_type and scope (with openid) also as parameters.
             params = {"client_id": upstream.client_id, "response_type": "code", "scope": upstream.scope,
                       "request": request}
-        # Nothing stored: the flow goes to the browser, sealed (module docstring).
+        # Nothing stored: the flow goes to the browser, sealed, and the start to the log, not the audit
+        # trail (module docstring).
         binding = self._seal.seal(json.dumps(flow, separators=(",", ":")).encode(), _FLOW_AAD)
-        audit.record("identity.login.upstream.started", at=now, actor={}, subject=name, data={"upstream": name},
-                     engine=self._engine)
         log.info("identity.login.upstream.started")
         return Started(f"{metadata['authorization_endpoint']}?{urlencode(params)}", binding)
 
     # ---- callback -------------------------------------------------------------------------------
 
     def callback(self, name: str, params: dict[str, str], *, binding: str | None,
-                 session_cookie: str | None) -> Finished:
+                 session_cookie: str | None, address: str | None = None) -> Finished:
+        """The login's outcome, audited; ``address``, the client's, is counted first (module docstring)."""
         now = self._clock.now()
+        retry = self._guard.check(None, address) if self._guard is not None else None
+        if retry is not None:  # refused before anything is judged: not audited, the count was the write
+            log.info("identity.login.upstream.refused.rate_limited")
+            raise BrokerRefused(Refusal.RATE_LIMITED, "login attempts of the address", retry_after=retry)
         try:
             return self._callback(name, params, binding=binding, session_cookie=session_cookie, now=now)
         except BrokerRefused as exc:
@@ -310,6 +329,7 @@ def encryption_keys(c: Any) -> EncryptionKeys:
 def build(app: Any) -> BrokerService:
     """The app's BrokerService (``app.state.broker``), built once from the container."""
     from ..bootstrap import provider_for
+    from ..ratelimit import login_guard_for
     from ..sessions import sessions_for
     from . import config
 
@@ -323,6 +343,7 @@ def build(app: Any) -> BrokerService:
         service = BrokerService(settings=s, engine=c.engine, cache=c.cache, clock=c.clock, sessions=sessions_for(app),
                                 signing_keys=provider_for(app).keys, encryption_keys=enc,
                                 upstreams=config.load(s.upstreams),
-                                client=UpstreamClient(http, metadata_ttl=s.upstream_metadata_ttl))
+                                client=UpstreamClient(http, metadata_ttl=s.upstream_metadata_ttl),
+                                guard=login_guard_for(app))
         app.state.broker = service
     return service

@@ -74,15 +74,18 @@ class Refusal(StrEnum):
     REBIND_REQUIRED = "upstream_rebind_required"
     PERSON_SUSPENDED = "person_suspended"
     PERSON_BANNED = "person_banned"
+    RATE_LIMITED = "rate_limited"  # the address's login attempts for the window are used up
 
 
 class BrokerRefused(Exception):
-    """A refused brokered login. ``code`` is public; ``detail`` goes to the audit trail only."""
+    """A refused brokered login. ``code`` is public; ``detail`` goes to the audit trail only;
+    ``retry_after`` (seconds) comes with ``rate_limited``."""
 
-    def __init__(self, code: Refusal, detail: str = "") -> None:
+    def __init__(self, code: Refusal, detail: str = "", *, retry_after: int | None = None) -> None:
         super().__init__(code.value)
         self.code = code
         self.detail = detail
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,10 @@
 exchange is ours, in one transaction.
 
     client authenticated (none + PKCE for the driver app; secret or private_key_jwt for consoles)
-      -> DPoP proof verified if sent (required for a dpop_bound client) -> jkt
+      -> DPoP proof verified if sent (required for a dpop_bound client) -> jkt, its jti not yet claimed
       -> code looked up by SHA-256; issued to this client?          no -> invalid_grant (code kept)
+      -> the proof's jti claimed (SET NX, RFC 9449 §11.1)           used -> invalid_dpop_proof, nothing
+                                                                     written (code kept)
       -> UPDATE ... SET used_at WHERE used_at IS NULL (single use)  0 rows -> REUSE: revoke the grant
                                                                      the first use created; invalid_grant
       -> expired? redirect_uri equal? code_verifier matches (S256)? dpop_jkt matches?
@@ -13,6 +15,12 @@ exchange is ours, in one transaction.
 
 A refused exchange after the code is marked used commits that mark, so a code that failed once cannot
 be tried again with another verifier (RFC 9700 §4.2.4: guessing the verifier gets one try).
+
+The DPoP proof's jti is claimed only once the code is found and is this client's: a made-up code costs
+no write in the cache (an anonymous caller, with a public client's id, could otherwise make it keep a
+claim per request). It is claimed before the code is marked used, used or not, expired or not, so that
+a replayed request (the same proof, the same code) is refused as a replay and changes nothing, as two
+requests racing with one proof: one claim wins (STYLE.md #4), the other is refused before it writes.
 """
 
 from __future__ import annotations
@@ -118,6 +126,9 @@ class AuthorizationCodeExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[
         if row.client_id != record.client_id:
             # RFC 6749 §4.1.3: issued to another client. Not marked used: the thief cannot burn it.
             raise _Refused("wrong_client", "Invalid code.", keep=False)
+        # A code of this client: now, and not before, the proof's one use. A refused claim raises its
+        # OAuth error past run_exchange, whose connection closes uncommitted: nothing is kept.
+        server.claim_dpop(self.request)
         used = conn.execute(
             authorization_codes.update()
             .where(authorization_codes.c.code_hash == h, authorization_codes.c.used_at.is_(None))

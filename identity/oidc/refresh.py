@@ -6,12 +6,14 @@ full path), which tells every refusal apart.
 
     client authenticated (none for the driver app; secret or private_key_jwt for consoles)
       -> client allowed the refresh_token grant?                     no -> unauthorized_client
-      -> DPoP proof verified if sent (required for a dpop_bound client) -> jkt
+      -> DPoP proof verified if sent (required for a dpop_bound client) -> jkt, its jti not yet claimed
 
     fast path (PostgreSQL; each statement commits at once, no lock outlives it):
       -> GrantStore.prepare_rotation, READ: the token, its grant and holder, no lock
            unknown, not active, expired, revoked, another client's   -> the full path, from scratch
       -> check(grant): the same DPoP binding and scope rules as below; a refusal has written nothing
+      -> the proof's jti claimed (SET NX, RFC 9449 §11.1)            used -> invalid_dpop_proof, nothing
+                                                                        written
       -> tokens built via issue.issue_person_tokens, its audit entry handed back, not written
            (a suspended person or a lost membership: refused, nothing written)
       -> GrantStore.rotate_prepared, WRITE, one statement: UPDATE ... SET status='rotated' WHERE it is
@@ -24,6 +26,9 @@ full path), which tells every refusal apart.
                                                                         then shows there as reuse)
 
     full path (one transaction):
+      -> with a proof not yet claimed: the token looked up (GrantStore.find_by_refresh); this client's,
+         whatever its state? the proof's jti claimed                used -> invalid_dpop_proof, nothing
+                                                                        written
       -> GrantStore.rotate: UPDATE ... SET status='rotated' WHERE status='active' AND unexpired
          RETURNING grant_id (one statement; the row lock lets one concurrent use through)
            not taken: unknown / expired / revoked                    -> invalid_grant
@@ -35,12 +40,20 @@ full path), which tells every refusal apart.
            grant revoked                                             -> invalid_grant, rolled back
       -> check(grant): bound to a DPoP key and the proof's key differs? -> invalid_dpop_proof, rolled back
                        asked scope within the grant's (§6: never wider)? no -> invalid_scope, rolled back
+                       the proof's jti claimed, if it is not yet        used -> invalid_dpop_proof, rolled back
       -> new access token (+ id token) via issue.issue_person_tokens, the new refresh token, one audit
          entry (identity.token.refreshed): one commit
 
 The refusals that must change nothing are rolled back with the rotation (or, on the fast path, come
 before anything is written), so an attacker holding a stolen DPoP-bound token without its key cannot
 burn it (and thereby revoke the victim's family). Every refusal is logged and audited by run_exchange.
+
+The DPoP proof's jti is claimed only once the token is found and is this client's: an unknown token
+costs no write in the cache (an anonymous caller, with a public client's id, could otherwise make it
+keep a claim per request). It is claimed before the token is consumed or anything issued, and, on the
+full path, before a rotated token is judged reuse: a replayed request (the same proof, the same token),
+or the loser of two racing with one proof, is refused as a replay and revokes nothing; one claim wins
+(STYLE.md #4). A refused claim raises its OAuth error past run_exchange (the transaction rolls back).
 """
 
 from __future__ import annotations
@@ -114,6 +127,7 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
         if rotation is None:
             return None  # not plainly fit: the full path tells what it is and does what that calls for
         scope = self._checked_scope(rotation.grant, form.get("scope"), jkt)
+        self.server.claim_dpop(self.request)  # a token of this client, fit to use: the proof's one use
         entries: list[audit.Entry] = []
         body = self._tokens(conn, record, rotation, scope, jkt, now, audit_into=entries)
         if grants.rotate_prepared(conn, token, rotation, client_id=record.client_id, now=now, entry=entries[0]):
@@ -126,10 +140,18 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
     ) -> dict[str, Any]:
         """The full path, in ``conn``'s transaction (run_exchange commits or rolls back)."""
         scope = ""
+        if getattr(self.request, "dpop_unclaimed", None) is not None:
+            found = self.server.grants.find_by_refresh(conn, form["refresh_token"])
+            if found is not None and found[0].client_id == record.client_id:
+                # This client's token, whatever its state: the proof's one use, before a rotated token
+                # is judged reuse (a replay of the request that rotated it revokes nothing). The read
+                # writes nothing, so rotate may still end this transaction before its diagnosis.
+                self.server.claim_dpop(self.request)
 
         def check(grant: Grant) -> None:  # raising rolls the rotation back: the token stays usable
             nonlocal scope
             scope = self._checked_scope(grant, form.get("scope"), jkt)
+            self.server.claim_dpop(self.request)  # nothing is issued before the proof's one use
 
         try:
             rotation = self.server.grants.rotate(conn, form["refresh_token"], client_id=record.client_id, now=now,

@@ -11,6 +11,9 @@ pushed authorization request endpoint (RFC 9126 §2.1).
 Token request, as handled here::
 
     form parsed + checked (FormRequest) -> client authenticated (one method) -> grant allowed?
+      -> DPoP proof checked, its jti not yet claimed (dpop_binding)
+      -> the grant found: the code or the refresh token is this client's (client credentials: the
+         client authenticated, the scope allowed) -> the proof's jti claimed, once (claim_dpop)
       -> scope granted (domain.scopes) -> claims built (domain.claims) -> signed (tokens) -> 200 JSON
     any failure -> RFC 6749 §5.2 error JSON, Cache-Control: no-store
 
@@ -225,8 +228,9 @@ class ClientCredentials(ClientCredentialsGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = [m.value for m in AUTH_METHODS]
 
     def validate_token_request(self) -> None:
-        super().validate_token_request()
+        super().validate_token_request()  # the client authenticated (never "none"), the scope allowed
         self.request.dpop_jkt = self.server.dpop_binding(self.request, self.request.client.record)
+        self.server.claim_dpop(self.request)  # the grant holds: the proof's one use (RFC 9449 §11.1)
 
     def generate_token(self, user: Any = None, scope: str | None = None, **kw: Any) -> dict[str, Any]:
         jkt = getattr(self.request, "dpop_jkt", None)
@@ -368,7 +372,13 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         """The JWK thumbprint to bind the tokens to (RFC 9449 §5), or None for a bearer token.
 
         A proof, when sent, must be valid for POST to our token endpoint; a client registered as
-        DPoP-bound must send one (RFC 9449 §5: invalid_dpop_proof)."""
+        DPoP-bound must send one (RFC 9449 §5: invalid_dpop_proof). Its signature and claims are checked
+        here, its single use is not: the grant claims it (``claim_dpop``) once it has found the code or
+        the refresh token it comes with, or authenticated the client, and before it uses up anything
+        or issues a token. A proof sent with a made-up code or token is refused without a write, so an
+        anonymous caller cannot make the cache keep a claim per request (RFC 9449 §11.1: a replayed
+        proof is refused all the same, by the claim)."""
+        request.dpop_unclaimed = None
         try:
             proof = proof_header(request.headers)
             if proof is None:
@@ -376,13 +386,27 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
                     log.info("identity.token.refused.dpop_missing")
                     raise InvalidDPoPProofError(description="This client must send a DPoP proof.")
                 return None
-            verified = self.dpop.verify(proof, htm="POST", htu=self.token_endpoint)
+            verified = self.dpop.verify(proof, htm="POST", htu=self.token_endpoint, claim=False)
         except DPoPError as exc:
-            log.info("identity.token.refused.dpop.%s", exc.reason)
-            if exc.nonce is not None:
-                raise UseDPoPNonceError(exc.nonce, exc.description) from exc
-            raise InvalidDPoPProofError(description=exc.description) from exc
+            raise _dpop_refused(exc) from exc
+        request.dpop_unclaimed = verified.unclaimed
         return verified.jkt
+
+    def claim_dpop(self, request: OAuth2Request) -> None:
+        """The single use of the request's DPoP proof (RFC 9449 §11.1), if it sent one: one atomic
+        ``SET NX`` (DPoPVerifier.claim), of which one request wins when several carry the same proof.
+        Called by each grant once its grant holds and before anything is used up or issued; the grants
+        that may go on to a second attempt call it again, which claims nothing twice. Raises
+        InvalidDPoPProofError (used before) or UseDPoPNonceError (quaygate/dataset.py: made before the
+        cache's epoch); the caller's transaction, if any, then rolls back with nothing kept."""
+        single_use = getattr(request, "dpop_unclaimed", None)
+        if single_use is None:
+            return
+        request.dpop_unclaimed = None
+        try:
+            self.dpop.claim(single_use)
+        except DPoPError as exc:
+            raise _dpop_refused(exc) from exc
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         record = self._clients.find(client_id)
@@ -409,6 +433,15 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         extra.setdefault("Cache-Control", "no-store")
         extra.setdefault("Pragma", "no-cache")
         return JSONResponse(body, status_code=status, headers=extra)
+
+
+def _dpop_refused(exc: DPoPError) -> OAuth2Error:
+    """The token endpoint's answer to a refused proof: RFC 9449 §8 use_dpop_nonce (with the nonce in
+    ``DPoP-Nonce``) or §5 invalid_dpop_proof."""
+    log.info("identity.token.refused.dpop.%s", exc.reason)
+    if exc.nonce is not None:
+        return UseDPoPNonceError(exc.nonce, exc.description)
+    return InvalidDPoPProofError(description=exc.description)
 
 
 def _parse_form(raw: FormRequest) -> dict[str, str]:
