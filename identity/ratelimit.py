@@ -7,28 +7,57 @@ same numbers; the in-process cache otherwise (one replica). Three parts:
   Windows are aligned to the clock (the window's number is in the key), so an injected clock moves
   a counter to its next window and tests need no sleep. A burst at a window's edge may pass up to
   twice the limit: acceptable for abuse control, and one round trip instead of a sliding log.
-- ``LoginGuard``: per address, a limit on login attempts; per person (or credential), failures are
-  counted, and the N-th failure within the window locks that person out for a while, doubling with
-  each lockout (capped) until a successful login. The lockout is audited
-  (``identity.lockout.started``). The N-th failure is detected by the INCR that returns exactly N,
-  so concurrent failures start one lockout, never two (STYLE.md #4); failures while locked are not
-  counted (check() refuses those attempts anyway).
+- ``LoginGuard``: per address (and per IPv6 /48: "Networks", below), a limit on login attempts; per
+  person (or credential), failures are counted, and the N-th failure within the window locks that
+  person out for a while, doubling with each lockout (capped) until a successful login. The lockout
+  is audited (``identity.lockout.started``). The N-th failure is detected by the INCR that returns
+  exactly N, so concurrent failures start one lockout, never two (STYLE.md #4); failures while locked
+  are not counted (check() refuses those attempts anyway).
 - ``RateLimitMiddleware`` (``install(app)``): POSTs to the OAuth endpoints (token, PAR,
   introspection, revocation, registration) and to /webauthn/authentication/verify are limited per
-  client address (an IPv6 address by its /64: ``address_key``), and the OAuth ones also per client_id
-  (from the Basic header or the form, read from a small buffered copy of the body that is replayed to
-  the route). A passkey login's options are not: they store nothing (identity.authn.flows), and a
-  count of them would be the one write an anonymous caller could make there (review 67, finding 4).
+  client address (an IPv6 address by its /64, and by its /48 too: ``address_keys``), and the OAuth
+  ones also per client_id (from the Basic header or the form, read from a small buffered copy of the
+  body that is replayed to the route). A passkey login's options are not: they store nothing
+  (identity.authn.flows), and a count of them would be the one write an anonymous caller could make
+  there (review 67, finding 4).
+
+Networks. One IPv6 customer is routinely handed a /48 (RFC 6177 §2; a tunnel broker gives one away):
+65 536 /64s, each with a per-address allowance of its own, and each making Redis hold counters of its
+own. So a request from an IPv6 address is also counted per /48 (``ep:<family>:net:``,
+``login:net:``), with a larger limit (``rate_limit_per_network``, ``login_attempts_per_network``;
+never taken below the per-address one, so that one /64 alone always keeps its own limit): one /48 has at
+most that, however many /64s it spreads over. Both counts are one script, one round trip
+(``Cache.incr_within``): nothing is counted once the /48's count is spent, so a refused request from a
+new /64 creates no key; and the /48 counts only what the /64's own limit let through, so one /64 that
+hammers spends its own allowance, not its neighbours' (it takes ten /64s at their limit, by default, to
+spend a /48's). The defaults (ten times the per-address limits) leave room for a carrier that hands each
+phone a /64 from a shared pool, where unrelated drivers' /64s may share a /48; a refusal by the /48's
+count logs ``identity.ratelimit.refused.network``, to tell when an operator should raise it.
+
+No such count is kept for IPv4 (an IPv4 /24, say), on purpose. Drivers reach us from phones, and mobile
+carriers put IPv4 behind carrier-grade NAT (RFC 6598): one public address is already shared by many
+subscribers, and a /24 of a carrier's NAT pool by thousands, the drivers of a terminal on one carrier
+among them. A /24 count would put them all under one allowance, which one abusive subscriber on that
+carrier could spend, locking the others out of their logins and refreshes. And the hole it would close
+is small: IPv4 addresses are scarce and bought one by one, so holding 256 of them costs what holding 256
+hosts of a botnet does, which no per-network count stops either (the per-person lockout is what bounds
+guessing at an account); a /48 of IPv6 costs nothing.
 
 What the counters hold in Redis (review 67, finding 4: Redis runs under noeviction, so what an
-anonymous caller makes us store must be bounded): one key per counted address (or client) and window,
-kept one window (``RATE_LIMIT_WINDOW`` + 1 s), 104 bytes each (``MEMORY USAGE``: a 50-character name,
-a small integer, the expiry). However many requests it sends, an address holds one counter per family
-it uses (``ep:webauthn``, ``ep:oauth``) and one of login attempts (``login:addr``), two of each for the
-second in which two windows overlap: at most about 600 bytes. The login guard's failure counts and locks
-are kept per credential or person that exists (``LoginGuard.failed`` is told only of those): a
-handful of keys each (``lf:…:any``, ``lf:…:<generation>:<window>``, ``lock``, ``lockn``, ``lockgen``),
-bounded by the accounts, never by the callers.
+anonymous caller makes us store must be bounded): one key per counted address (or client, or /48) and
+window, kept one window (``RATE_LIMIT_WINDOW`` + 1 s), 104 bytes each (``MEMORY USAGE``: a 50-character
+name, a small integer, the expiry). However many requests it sends, an address (an IPv4 address, an
+IPv6 /64) holds one counter per family it uses (``ep:webauthn``, ``ep:oauth``) and one of login attempts
+(``login:addr``), two of each for the second in which two windows overlap: at most about 600 bytes. An
+IPv6 /48 holds its own three counters, and its /64s' counters, at most as many per family and window as
+the /48's limit (a /64's first request, which creates its counter, is counted in the /48's too): with the defaults at
+most 6 001 + 6 001 + 601 keys per window, about 1.3 MB, 2.6 MB in the second two windows overlap,
+however many of its 65 536 /64s it uses (without the /48's count: up to 196 608 keys, 20 MB; 41 MB).
+Lower ``rate_limit_per_network`` and ``login_attempts_per_network`` to hold less. A caller with many /48s
+(a /32: an ISP's allocation) multiplies it again, as a botnet multiplies IPv4 addresses. The login
+guard's failure counts and locks are kept per credential or person that exists (``LoginGuard.failed``
+is told only of those): a handful of keys each (``lf:…:any``, ``lf:…:<generation>:<window>``,
+``lock``, ``lockn``, ``lockgen``), bounded by the accounts, never by the callers.
 
 Refusals: the OAuth endpoints answer ``429`` with ``Retry-After`` and an OAuth error body
 ``{"error": "slow_down", ...}`` (RFC 6749 §5.2's shape; ``slow_down`` is RFC 8628 §3.5's code for
@@ -77,14 +106,16 @@ from . import audit
 
 log = logging.getLogger(__name__)
 
-# Defaults; the settings the lead may add (quaygate/settings.py) override them through
-# ``limits_from_settings``: rate_limit_enabled, rate_limit_window, rate_limit_per_address,
-# rate_limit_per_client, login_attempts_per_address, login_failures_before_lockout,
-# login_failure_window, lockout_seconds, lockout_max_seconds.
+# Defaults; the settings (quaygate/settings.py) override them through ``limits_from_settings``:
+# rate_limit_enabled, rate_limit_window, rate_limit_per_address, rate_limit_per_network,
+# rate_limit_per_client, login_attempts_per_address, login_attempts_per_network,
+# login_failures_before_lockout, login_failure_window, lockout_seconds, lockout_max_seconds.
 RATE_LIMIT_WINDOW = 60  # seconds
 RATE_LIMIT_PER_ADDRESS = 600  # POSTs to the limited endpoints per address and window
+RATE_LIMIT_PER_NETWORK = 6000  # the same, per IPv6 /48 (``address_keys``): ten /64s at their limit
 RATE_LIMIT_PER_CLIENT = 1200  # authenticated requests per client_id and window
 LOGIN_ATTEMPTS_PER_ADDRESS = 60  # login attempts (check()) per address and window
+LOGIN_ATTEMPTS_PER_NETWORK = 600  # the same, per IPv6 /48
 LOGIN_FAILURES_BEFORE_LOCKOUT = 5  # failures of one person within the failure window
 LOGIN_FAILURE_WINDOW = 900
 LOCKOUT_SECONDS = 300  # the first lockout; doubled on each further one
@@ -104,8 +135,10 @@ class Limits:
     enabled: bool = True
     window: int = RATE_LIMIT_WINDOW
     per_address: int = RATE_LIMIT_PER_ADDRESS
+    per_network: int = RATE_LIMIT_PER_NETWORK
     per_client: int = RATE_LIMIT_PER_CLIENT
     login_attempts_per_address: int = LOGIN_ATTEMPTS_PER_ADDRESS
+    login_attempts_per_network: int = LOGIN_ATTEMPTS_PER_NETWORK
     failures_before_lockout: int = LOGIN_FAILURES_BEFORE_LOCKOUT
     failure_window: int = LOGIN_FAILURE_WINDOW
     lockout_seconds: int = LOCKOUT_SECONDS
@@ -116,7 +149,9 @@ def limits_from_settings(settings: Any) -> Limits:
     """Limits from ``settings.rate_limit_*`` / ``login_*`` / ``lockout_*`` where present, else defaults."""
     defaults = Limits()
     names = {"enabled": "rate_limit_enabled", "window": "rate_limit_window", "per_address": "rate_limit_per_address",
-             "per_client": "rate_limit_per_client", "login_attempts_per_address": "login_attempts_per_address",
+             "per_network": "rate_limit_per_network", "per_client": "rate_limit_per_client",
+             "login_attempts_per_address": "login_attempts_per_address",
+             "login_attempts_per_network": "login_attempts_per_network",
              "failures_before_lockout": "login_failures_before_lockout", "failure_window": "login_failure_window",
              "lockout_seconds": "lockout_seconds", "lockout_max_seconds": "lockout_max_seconds"}
     return Limits(**{field: getattr(settings, name, getattr(defaults, field)) for field, name in names.items()})
@@ -127,15 +162,32 @@ def address_key(address: str) -> str:
     one host or one subscriber usually holds whole (RFC 6177, RFC 7934): counted per address, it
     would have 2^64 addresses to spread its requests over; an IPv4-mapped IPv6 address as its IPv4
     address. Anything that is no address (a test client's name) as is."""
+    return address_keys(address)[0]
+
+
+def address_keys(address: str) -> tuple[str, str | None]:
+    """``address_key``, and the network whose count the address's requests are counted in as well:
+    an IPv6 address's /48 (a whole site's, RFC 6177 §2; 65 536 /64s that one customer may hold); None
+    for anything else: an IPv4 address (or IPv4-mapped) has no wider count (module docstring)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return address
+        return address, None
     if isinstance(ip, ipaddress.IPv4Address):
-        return str(ip)
+        return str(ip), None
     if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
+        return str(ip.ipv4_mapped), None
+    bits = int(ip)
+    return (f"{ipaddress.IPv6Address(bits >> 64 << 64)}/64",
+            f"{ipaddress.IPv6Address(bits >> 80 << 80)}/48")
+
+
+@dataclass(frozen=True)
+class Wider:
+    """The wider count a request is also counted in (its address's network's): its key and limit."""
+
+    key: str
+    limit: int
 
 
 def _digest(value: str) -> str:
@@ -150,17 +202,35 @@ class RateLimiter:
         self._cache = cache
         self._now = now
 
-    def _window(self, key: str, window: int) -> tuple[str, float]:
-        now = self._now()
+    def _window(self, key: str, window: int, now: float | None = None) -> tuple[str, float]:
+        now = self._now() if now is None else now
         index = int(now // window)
         return f"rl:{_digest(key)}:{window}:{index}", (index + 1) * window - now
 
-    def hit(self, key: str, limit: int, window: int) -> int | None:
-        """Count one request for ``key``; None if within ``limit`` for this window, else the seconds
-        until the window ends (for Retry-After, RFC 9110 §10.2.3)."""
+    def hit(self, key: str, limit: int, window: int, *, wider: Wider | None = None) -> int | None:
+        """Count one request for ``key`` (and in ``wider``: ``hit_within_and_peek_many``); None if within
+        ``limit`` for this window, else the seconds until the window ends (for Retry-After, RFC 9110
+        §10.2.3)."""
+        if wider is not None:
+            passed, _ = self.hit_within_and_peek_many(key, limit, wider, window, [])
+            return None if passed else self.window_left(window)
         name, remaining = self._window(key, window)
         count = self._cache.incr(name, remaining + 1)
         return None if count <= limit else max(1, math.ceil(remaining))
+
+    def hit_within_and_peek_many(self, key: str, limit: int, wider: Wider, window: int,
+                                 peeks: list[str]) -> tuple[bool, list[bytes | None]]:
+        """Count one request for ``key`` within ``wider`` (an IPv6 /64's within its /48's), and read the
+        cache keys ``peeks`` (as are), in one round trip (``Cache.incr_within``): True if within both
+        limits. Once ``wider`` is spent nothing is counted, so a request refused by it creates no key;
+        and ``wider`` counts only requests ``key``'s own limit let through."""
+        now = self._now()
+        name, remaining = self._window(key, window, now)
+        count, peeked = self._cache.incr_within(name, limit, self._window(wider.key, window, now)[0], wider.limit,
+                                                remaining + 1, peeks)
+        if count == 0:
+            log.info("identity.ratelimit.refused.network")
+        return 0 < count <= limit, peeked
 
     def hit_and_peek_many(self, key: str, window: int, peeks: list[str]) -> tuple[int, list[bytes | None]]:
         """Count one request for ``key`` and read the cache keys ``peeks`` (as are), in one round trip."""
@@ -171,10 +241,16 @@ class RateLimiter:
         """Seconds until the current window ends (Retry-After)."""
         return max(1, math.ceil(self._window("", window)[1]))
 
-    def hit_and_check(self, key: str, limit: int, other: str, other_limit: int, window: int) -> int | None:
-        """hit(key) and exceeded(other) in one round trip to the cache."""
-        count, (raw,) = self.hit_and_peek_many(key, window, [self._window(other, window)[0]])
-        if count > limit or (raw is not None and int(raw) >= other_limit):
+    def hit_and_check(self, key: str, limit: int, other: str, other_limit: int, window: int, *,
+                      wider: Wider | None = None) -> int | None:
+        """hit(key, wider=wider) and exceeded(other) in one round trip to the cache."""
+        peek = self._window(other, window)[0]
+        if wider is None:
+            count, (raw,) = self.hit_and_peek_many(key, window, [peek])
+            passed = count <= limit
+        else:
+            passed, (raw,) = self.hit_within_and_peek_many(key, limit, wider, window, [peek])
+        if not passed or (raw is not None and int(raw) >= other_limit):
             return self.window_left(window)
         return None
 
@@ -220,25 +296,38 @@ class LoginGuard:
         """``check``, also telling ``succeeded`` what it will have to forget: with a subject and an
         address, read in the same round trip (the lockout generation, whether failures or a lockout
         level are on record), so that a success with nothing on record costs no round trip at all."""
+        network: str | None = None
         if address is not None:
-            address = address_key(address)
+            address, network = address_keys(address)
         if subject is not None and address is not None:  # all in one round trip
             h = _digest(subject)
             peeks = [f"lock:{h}", f"lockgen:{h}", f"lf:{h}:any", f"lockn:{h}"]
-            count, (lock, generation, failures, level) = self._rates.hit_and_peek_many(
-                f"login:addr:{address}", self._limits.window, peeks)
+            key, limit, wider = f"login:addr:{address}", self._limits.login_attempts_per_address, self._wider(network)
+            if wider is None:
+                count, peeked = self._rates.hit_and_peek_many(key, self._limits.window, peeks)
+                passed = count <= limit
+            else:
+                passed, peeked = self._rates.hit_within_and_peek_many(key, limit, wider, self._limits.window, peeks)
+            lock, generation, failures, level = peeked
             seen = GuardCheck(None, int(generation or 0), failures is None and level is None)
             locked = self._remaining(lock)
             if locked is not None:
                 log.info("identity.login.refused.locked")
                 return replace(seen, retry=locked)
-            if count > self._limits.login_attempts_per_address:
+            if not passed:
                 log.info("identity.login.refused.rate_limited")
                 return replace(seen, retry=self._rates.window_left(self._limits.window))
             return seen
-        return GuardCheck(self._check_apart(subject, address))
+        return GuardCheck(self._check_apart(subject, address, network))
 
-    def _check_apart(self, subject: str | None, address: str | None) -> int | None:
+    def _wider(self, network: str | None) -> Wider | None:
+        # Never below the per-address limit: one /64 alone always has its own allowance.
+        if network is None:
+            return None
+        limits = self._limits
+        return Wider(f"login:net:{network}", max(limits.login_attempts_per_network, limits.login_attempts_per_address))
+
+    def _check_apart(self, subject: str | None, address: str | None, network: str | None) -> int | None:
         if subject is not None:
             locked = self.locked_for(subject)
             if locked is not None:
@@ -246,7 +335,7 @@ class LoginGuard:
                 return locked
         if address is not None:
             retry = self._rates.hit(f"login:addr:{address}", self._limits.login_attempts_per_address,
-                                    self._limits.window)
+                                    self._limits.window, wider=self._wider(network))
             if retry is not None:
                 log.info("identity.login.refused.rate_limited")
                 return retry
@@ -439,7 +528,10 @@ class RateLimitMiddleware:
             return
         limiter = rate_limiter_for(owner)
         client = scope.get("client")
-        address = address_key(client[0]) if client else "unknown"
+        address, network = address_keys(client[0]) if client else ("unknown", None)
+        # Never below the per-address limit: one /64 alone always has its own allowance.
+        wider = None if network is None else Wider(f"ep:{family}:net:{network}",
+                                                   max(limits.per_network, limits.per_address))
         client_id: str | None = None
         if family == "oauth":
             client_id = client_id_from_basic(_header(scope, b"authorization"))
@@ -450,9 +542,9 @@ class RateLimitMiddleware:
         def before() -> int | None:
             key = f"ep:{family}:addr:{address}"
             if client_id is None:
-                return limiter.hit(key, limits.per_address, limits.window)
+                return limiter.hit(key, limits.per_address, limits.window, wider=wider)
             return limiter.hit_and_check(key, limits.per_address, f"ep:client:{client_id}", limits.per_client,
-                                         limits.window)
+                                         limits.window, wider=wider)
 
         retry = before()  # on the loop: one round trip to Redis (or none), cheaper than a thread hop
         if retry is not None:

@@ -73,6 +73,18 @@ class Cache(Protocol):
         """incr(key) and get() of each of ``peeks``, in one round trip."""
         ...
 
+    def incr_within(self, key: str, limit: int, outer: str, outer_limit: int, ttl_seconds: float,
+                    peeks: list[str]) -> tuple[int, list[bytes | None]]:
+        """A count within a wider one (a client address's within its network's), in one round trip,
+        atomic: if ``outer`` has reached ``outer_limit``, nothing is counted and the count is 0; else
+        incr(key), and incr(outer) too if that count is within ``limit`` (both with ``ttl_seconds``).
+        Returns key's count and get() of each of ``peeks``.
+
+        So the wider count holds only what passed the narrower one (one key spending its own allowance
+        spends none of its neighbours'), and, once it is full, no key under it is created: each key
+        created was counted in it, so there are at most ``outer_limit`` of them (identity.ratelimit)."""
+        ...
+
     def ping(self) -> bool: ...
 
     def greet(self) -> None:
@@ -168,12 +180,15 @@ class MemoryCache:
     def incr(self, key: str, ttl_seconds: float) -> int:
         now = time.monotonic()
         with self._lock:
-            item = self._live(key, now)
-            count = 1 if item is None else int(item[0]) + 1
-            expiry = now + ttl_seconds if item is None else item[1]
-            self._data[key] = (str(count).encode(), expiry, False)
-            self._grown(now)
-            return count
+            return self._incr(key, ttl_seconds, now)
+
+    def _incr(self, key: str, ttl_seconds: float, now: float) -> int:
+        item = self._live(key, now)
+        count = 1 if item is None else int(item[0]) + 1
+        expiry = now + ttl_seconds if item is None else item[1]
+        self._data[key] = (str(count).encode(), expiry, False)
+        self._grown(now)
+        return count
 
     def incr_peek(self, key: str, ttl_seconds: float, peek: str) -> tuple[int, bytes | None]:
         count, (peeked,) = self.incr_peek_many(key, ttl_seconds, [peek])
@@ -182,6 +197,19 @@ class MemoryCache:
     def incr_peek_many(self, key: str, ttl_seconds: float, peeks: list[str]) -> tuple[int, list[bytes | None]]:
         count = self.incr(key, ttl_seconds)
         return count, [self.get(p) for p in peeks]
+
+    def incr_within(self, key: str, limit: int, outer: str, outer_limit: int, ttl_seconds: float,
+                    peeks: list[str]) -> tuple[int, list[bytes | None]]:
+        now = time.monotonic()
+        with self._lock:
+            held = self._live(outer, now)
+            count = 0
+            if held is None or int(held[0]) < outer_limit:
+                count = self._incr(key, ttl_seconds, now)
+                if count <= limit:
+                    self._incr(outer, ttl_seconds, now)
+            peeked = [self._live(p, now) for p in peeks]
+        return count, [None if item is None else item[0] for item in peeked]
 
     def ping(self) -> bool:
         return True
@@ -209,6 +237,24 @@ local count = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1], 'NX')
 local out = {count}
 for i = 2, #KEYS do out[i] = redis.call('GET', KEYS[i]) end
+return out
+""")
+
+
+# ``Cache.incr_within``: KEYS[1] the count, KEYS[2] the wider count it is within, KEYS[3..] read;
+# ARGV the expiry (ms), the limit, the wider limit. A full wider count writes nothing (on a full Redis,
+# too: a refusal needs no room).
+_INCR_WITHIN = Script("""
+local out = {0}
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[3]) then
+  out[1] = redis.call('INCR', KEYS[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[1], 'NX')
+  if out[1] <= tonumber(ARGV[2]) then
+    redis.call('INCR', KEYS[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[1], 'NX')
+  end
+end
+for i = 3, #KEYS do out[i - 1] = redis.call('GET', KEYS[i]) end
 return out
 """)
 
@@ -297,6 +343,12 @@ class RedisCache:
     def incr_peek_many(self, key: str, ttl_seconds: float, peeks: list[str]) -> tuple[int, list[bytes | None]]:
         reply = self._line.run(_INCR, [self._p + key, *(self._p + p for p in peeks)],
                                [max(1, int(ttl_seconds * 1000))])
+        return int(reply[0]), [v if isinstance(v, bytes) else None for v in reply[1:]]
+
+    def incr_within(self, key: str, limit: int, outer: str, outer_limit: int, ttl_seconds: float,
+                    peeks: list[str]) -> tuple[int, list[bytes | None]]:
+        reply = self._line.run(_INCR_WITHIN, [self._p + key, self._p + outer, *(self._p + p for p in peeks)],
+                               [max(1, int(ttl_seconds * 1000)), limit, outer_limit])
         return int(reply[0]), [v if isinstance(v, bytes) else None for v in reply[1:]]
 
     def ping(self) -> bool:

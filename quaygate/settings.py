@@ -69,8 +69,12 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool = True
     rate_limit_window: int = 60
     rate_limit_per_address: int = 600  # POSTs to the OAuth endpoints per address and window
+    # The same per IPv6 /48 (its /64s together, each also held to the per-address limit); never taken
+    # below rate_limit_per_address. IPv4 has no such count (identity/ratelimit.py, "Networks").
+    rate_limit_per_network: int = 6000
     rate_limit_per_client: int = 1200  # per client_id and window
     login_attempts_per_address: int = 60
+    login_attempts_per_network: int = 600  # per IPv6 /48, as rate_limit_per_network
     login_failures_before_lockout: int = 5  # failures of one person within login_failure_window
     login_failure_window: int = 900
     lockout_seconds: int = 300  # doubled on each further lockout, up to lockout_max_seconds
