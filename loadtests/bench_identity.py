@@ -113,7 +113,7 @@ def register_passkeys(database_url: str, base: str, origin: str, people: list[uu
         with httpx.Client(base_url=base, headers={"Origin": origin}, timeout=30) as http:
             for person in people:
                 code, _ = enrolment.issue_code(engine, person, created_by="bench", now=datetime.now(UTC),
-                                               ttl=timedelta(hours=1))
+                                               ttl=timedelta(hours=1), refused_roles=enrolment.NO_ROLE_REFUSED)
                 http.cookies.clear()
                 r = http.post("/webauthn/registration/options", json={"enrolment_code": code})
                 if r.status_code != 200:

@@ -131,7 +131,8 @@ def flows(driver: Driver, seed: dict[str, Any], passkey: SoftPasskey) -> dict[st
 
 async def register_passkey(driver: Driver, url: str, person: Any) -> SoftPasskey:
     engine = make_engine(url)
-    code, _ = enrolment.issue_code(engine, person, created_by="bench", now=datetime.now(UTC), ttl=timedelta(hours=1))
+    code, _ = enrolment.issue_code(engine, person, created_by="bench", now=datetime.now(UTC), ttl=timedelta(hours=1),
+                                   refused_roles=enrolment.NO_ROLE_REFUSED)
     engine.dispose()
     status, options = await driver.json("/webauthn/registration/options", {"enrolment_code": code})
     assert status == 200, options

@@ -290,10 +290,11 @@ def cmd_iat_create(args: argparse.Namespace) -> int:
 
 
 def cmd_person_enrol_code(args: argparse.Namespace) -> int:
-    """A one-time enrolment code for a person's first passkey, as the badge office hands it out."""
+    """A one-time enrolment code for a person's first passkey, for anyone, an officer too: the operator
+    is refused no role, as port security is."""
     from datetime import UTC, datetime, timedelta
 
-    from identity.authn.enrolment import EnrolmentRefused, issue_code
+    from identity.authn.enrolment import NO_ROLE_REFUSED, EnrolmentRefused, issue_code
 
     from .container import Container
 
@@ -304,8 +305,10 @@ def cmd_person_enrol_code(args: argparse.Namespace) -> int:
         return 2
     container = Container.build(_settings())
     try:
+        # An operator with the database's keys is refused no role: the code may be for an officer, and
+        # counts as port security's (privileged_issuer; identity.authn.enrolment NO_ROLE_REFUSED).
         code, expires_at = issue_code(container.engine, person, created_by="cli", now=datetime.now(UTC),
-                                      ttl=timedelta(hours=args.hours))
+                                      ttl=timedelta(hours=args.hours), refused_roles=NO_ROLE_REFUSED)
     except OverflowError:  # --hours past what a timedelta holds, before the TTL rule could refuse it
         print("cannot issue a code: --hours is out of range", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from identity.authn.enrolment import issue_code
+from identity.authn.enrolment import NO_ROLE_REFUSED, issue_code
 from identity.badges.service import BadgeService, IssueBadge
 from identity.bootstrap import create_client
 from release_service.adapters.sqla.uow import SqlUnitOfWork
@@ -121,9 +121,11 @@ def seed(engine: sa.Engine, settings: Settings, now: datetime) -> dict[str, Any]
         conn.execute(memberships.insert(), [
             {"person_id": officer_id, "organisation_id": org_ids["admin"], "role": role, "created_at": now}
             for role in ("port_security_admin", "badge_office")])
-    # One-time enrolment codes, as the badge office would hand them out: each driver registers a passkey
-    # at /enrol with his code, then logs in at /app/ with it.
-    enrolment = {str(pid): issue_code(engine, pid, created_by="demo", now=now, ttl=ENROLMENT_TTL)[0]
+    # One-time enrolment codes, as port security would hand them out (refused no role: the dispatcher and
+    # the officer hold privileged roles, which the badge office may not issue codes for): each person
+    # registers a passkey at /enrol with his code, then logs in at /app/ (or /console/) with it.
+    enrolment = {str(pid): issue_code(engine, pid, created_by="demo", now=now, ttl=ENROLMENT_TTL,
+                                      refused_roles=NO_ROLE_REFUSED)[0]
                  for pid in [*driver_ids, dispatcher_id, officer_id]}
     releases = _seed_rights(engine, org_ids, driver_ids, now)
     return {

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from identity.bootstrap import provider_for
+from identity.bootstrap import create_client, provider_for
 from identity.organisations import set_active
 from quaygate.crypto import keyed_hash
-from quaygate.schema import memberships, persons
+from quaygate.schema import enrolment_codes, memberships, persons
 from release_service.domain.parties import OrgKind
 from tests.ban_register import Register, ban, national_number, snapshot
 from tests.factories import add_org, now
@@ -31,7 +31,7 @@ from tests.test_admin_console import (
     console_flow,
 )
 from tests.test_identity_code_flow_support import Flow
-from tests.test_identity_support import ISSUER
+from tests.test_identity_support import ISSUER, basic
 
 
 @pytest.fixture
@@ -160,6 +160,37 @@ def test_enrolment_codes_from_the_console(flow: Flow) -> None:
     _problem(code(intruder, driver), 403, "insufficient_role")
     _problem(flow.http.post(f"/admin/v1/persons/{driver}/enrolment-codes", json={}), 401, "invalid_request")
     assert len(audit_entries(flow, "identity.enrolment_code.issued")) == 3
+
+
+def test_the_trail_names_the_officer_who_had_a_code_issued(flow: Flow) -> None:
+    """The issued code's audit entry names the officer who asked for it and the console client, as
+    every other admin action's entry does (identity.audit ``person_actor``: a suspension, a badge's
+    status); an admin client is named alone. The code keeps the client as its issuer."""
+    client_id = _console(flow)
+    officer = _officer(flow, "badge_office")
+    driver = flow.person(given="Kees", family="Smit")
+    r = flow.http.post(f"/admin/v1/persons/{driver}/enrolment-codes", json={},
+                       headers=_auth(_token(flow, client_id, officer)))
+    assert r.status_code == 201, r.text
+    (actor, subject, data), = audit_entries(flow, "identity.enrolment_code.issued")
+    assert (actor, subject) == ({"person_id": str(officer), "client_id": client_id}, str(driver))
+    assert data == {"expires_at": r.json()["expires_at"]}
+    (asked, _, _), = audit_entries(flow, "identity.admin.enrolment_code.requested")
+    assert asked == actor
+    admin_id, secret = create_client(flow.engine, name="badge system", role="admin", now=now(),
+                                     organisation_id=add_org(flow.engine, OrgKind.PORT_AUTHORITY).organisation_id)
+    assert secret is not None
+    flow.http.cookies.clear()
+    token = flow.http.post("/oauth2/token", data={"grant_type": "client_credentials", "scope": "admin"},
+                           headers=basic(admin_id, secret))
+    assert token.status_code == 200, token.text
+    r = flow.http.post(f"/admin/v1/persons/{driver}/enrolment-codes", json={},
+                       headers=_auth(token.json()["access_token"]))
+    assert r.status_code == 201, r.text
+    assert [a for a, _, _ in audit_entries(flow, "identity.enrolment_code.issued")] == [
+        actor, {"client_id": admin_id}]
+    with flow.engine.connect() as conn:
+        assert sorted(conn.execute(sa.select(enrolment_codes.c.created_by)).scalars()) == sorted([client_id, admin_id])
 
 
 def test_a_code_issued_before_a_role_does_not_log_in_its_holder(flow: Flow) -> None:

@@ -189,7 +189,7 @@ def test_a_promotion_that_runs_into_a_registration_suspends_its_passkey(flow: Fl
     assert waited
     assert granted[0].json()["passkeys_suspended"] == 1
     assert not live(flow, answered[0].cookies["qg_session"])
-    _problem(login(flow, device), 401, "passkey_suspended")
+    _problem(login(flow, device), 401, "passkey_suspended_privileged_role")
 
 
 def test_an_ended_code_is_refused_whatever_the_clock_says(engine: sa.Engine) -> None:
@@ -200,7 +200,8 @@ def test_an_ended_code_is_refused_whatever_the_clock_says(engine: sa.Engine) -> 
     issued = now()
     with engine.begin() as conn:
         conn.execute(persons.insert().values(id=person, given_name="Els", family_name="Maes", created_at=issued))
-    code, _ = enrolment.issue_code(engine, person, created_by="badge office", now=issued)
+    code, _ = enrolment.issue_code(engine, person, created_by="badge office", now=issued,
+                                   refused_roles=enrolment.NO_ROLE_REFUSED)
     with engine.begin() as conn:
         assert enrolment.end_live_codes(conn, person, now=issued + timedelta(seconds=10)) == 1
     for clock in (issued + timedelta(seconds=5), issued + timedelta(seconds=20)):

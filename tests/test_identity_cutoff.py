@@ -55,7 +55,8 @@ def _post(env: Lifecycle | Flow, path: str, body: Any = None, cookie: str | None
 
 def _enrol(env: Lifecycle | Flow, pid: uuid.UUID, device: SoftAuthenticator) -> tuple[str, str]:
     """Enrol with a fresh code; (credential id, session cookie)."""
-    code, _ = enrolment.issue_code(env.engine, pid, created_by="test badge office", now=utcnow())
+    code, _ = enrolment.issue_code(env.engine, pid, created_by="test badge office", now=utcnow(),
+                                   refused_roles=enrolment.NO_ROLE_REFUSED)
     opts = _post(env, "/webauthn/registration/options", {"enrolment_code": code})
     assert opts.status_code == 200, opts.text
     done = _post(env, "/webauthn/registration/verify",
@@ -276,7 +277,8 @@ def test_a_reinstated_person_logs_in_again_and_gets_nothing_back(console: Flow) 
     assert _login(console, cloned, sign_count=3).json()["code"] == "passkey_suspended"  # a counter regression
     app_id = console.driver_app()
     tokens = console.driver_tokens(app_id, driver)
-    before, _ = enrolment.issue_code(console.engine, driver, created_by="test badge office", now=utcnow())
+    before, _ = enrolment.issue_code(console.engine, driver, created_by="test badge office", now=utcnow(),
+                                     refused_roles=enrolment.NO_ROLE_REFUSED)
     officer = _officer(console, "port_security_admin")
     security = _token(console, _console(console), officer)
     assert _suspend(console, security, driver).status_code == 200
@@ -370,7 +372,8 @@ def test_two_reinstatements_at_once_make_one_change(pg_console: Flow) -> None:
 def test_a_suspension_ends_the_persons_live_enrolment_codes(console: Flow) -> None:
     """A code handed out before the suspension registers nothing, during it or after the reinstatement."""
     driver = console.person()
-    code, _ = enrolment.issue_code(console.engine, driver, created_by="test badge office", now=utcnow())
+    code, _ = enrolment.issue_code(console.engine, driver, created_by="test badge office", now=utcnow(),
+                                   refused_roles=enrolment.NO_ROLE_REFUSED)
     security = _token(console, _console(console), _officer(console, "port_security_admin"))
     assert _suspend(console, security, driver).status_code == 200
     with console.engine.connect() as conn:
@@ -392,7 +395,8 @@ def test_a_registration_that_runs_into_a_suspension_waits_and_is_refused(pg_cons
     new passkey and a live session on a suspended person, both working again after the reinstatement."""
     console = pg_console
     driver = console.person()
-    code, _ = enrolment.issue_code(console.engine, driver, created_by="test badge office", now=utcnow())
+    code, _ = enrolment.issue_code(console.engine, driver, created_by="test badge office", now=utcnow(),
+                                   refused_roles=enrolment.NO_ROLE_REFUSED)
     device, flow_id, created = begin(console, code=code)
     security = _token(console, _console(console), _officer(console, "port_security_admin"))
     with HeldBeforeCommit(console.engine, "UPDATE persons") as suspension:
@@ -418,7 +422,8 @@ def test_a_suspension_that_runs_into_a_registration_ends_its_session(pg_console:
     committed so far, and the registration's session stayed live on a suspended person."""
     console = pg_console
     driver = console.person()
-    code, _ = enrolment.issue_code(console.engine, driver, created_by="test badge office", now=utcnow())
+    code, _ = enrolment.issue_code(console.engine, driver, created_by="test badge office", now=utcnow(),
+                                   refused_roles=enrolment.NO_ROLE_REFUSED)
     device, flow_id, created = begin(console, code=code)
     security = _token(console, _console(console), _officer(console, "port_security_admin"))
     with HeldBeforeCommit(console.engine, "INSERT INTO webauthn_credentials") as registration:

@@ -87,7 +87,8 @@ class PEnv:
 
     def code(self, person_id: uuid.UUID, **kw: Any) -> str:
         code, _ = enrolment.issue_code(self.engine, person_id, created_by="test badge office",
-                                       now=kw.pop("now", self.clock.now()), **kw)
+                                       now=kw.pop("now", self.clock.now()), refused_roles=enrolment.NO_ROLE_REFUSED,
+                                       **kw)
         return code
 
     def enrol(self, person_id: uuid.UUID, device: SoftAuthenticator, name: str = "My phone") -> tuple[str, str]:

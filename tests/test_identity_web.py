@@ -160,6 +160,17 @@ def test_every_passkey_error_code_has_a_translation() -> None:
     assert {f"error.{code}" for code in set(STATUS) - generic} - set(english) == set()
 
 
+def test_a_passkey_suspended_at_a_promotion_sends_the_person_to_port_security() -> None:
+    """After a privileged role is granted only port security issues the person's codes: in every
+    language the text names port security (as the console names it), where a passkey suspended for
+    another reason sends the person to the badge office."""
+    for lang in i18n.LANGUAGES:
+        cat = i18n.catalog(lang)
+        text = cat["error.passkey_suspended_privileged_role"]
+        assert cat["console.member_port_security_admin"].casefold() in text.casefold(), lang
+        assert text != cat["error.passkey_suspended"], lang
+
+
 # ---- security headers ------------------------------------------------------------------------------
 
 

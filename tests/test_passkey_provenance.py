@@ -24,7 +24,8 @@ import pytest
 import sqlalchemy as sa
 
 from identity.api.admin import AdminCaller, enrolment_code_refused_roles
-from identity.authn import passkeys
+from identity.authn import enrolment, passkeys
+from identity.authn.service import suspended_code
 from identity.bootstrap import create_client
 from identity.domain import claims as c
 from identity.sessions import sessions_for
@@ -166,7 +167,9 @@ def test_a_badge_office_passkey_is_suspended_when_port_security_promotes_its_per
     assert granted.status_code == 201, granted.text
     assert granted.json()["passkeys_suspended"] == 1
 
-    _problem(login(flow, device), 401, "passkey_suspended")
+    # The person is sent to port security, who alone issues his codes now: not to the badge office.
+    refused = _problem(login(flow, device), 401, "passkey_suspended_privileged_role")
+    assert "port security" in refused["detail"] and "badge office" not in refused["detail"]
     assert not live(flow, session)
     [row] = passkeys_of(flow, person)
     assert (row.status, row.status_reason, row.privileged_enrolment) == ("suspended", "privileged_role_granted", False)
@@ -177,7 +180,32 @@ def test_a_badge_office_passkey_is_suspended_when_port_security_promotes_its_per
 
     again, _ = register(flow, code=issue(flow, security, person))
     assert login(flow, again).status_code == 200
-    _problem(login(flow, device), 401, "passkey_suspended")
+    _problem(login(flow, device), 401, "passkey_suspended_privileged_role")
+
+
+def test_a_suspended_passkey_names_whom_to_turn_to() -> None:
+    """Suspended at a promotion, a passkey is replaced with port security's code; suspended for any
+    other reason (a counter regression), the badge office's."""
+    assert suspended_code("privileged_role_granted") == "passkey_suspended_privileged_role"
+    assert suspended_code("counter_regression") == suspended_code(None) == "passkey_suspended"
+
+
+def test_an_issuer_says_which_roles_it_is_refused(engine: sa.Engine) -> None:
+    """``refused_roles`` has no default: an issuer that leaves it out is stopped, rather than issuing
+    a code that counts as port security's (``privileged_issuer``), for anyone, an officer too."""
+    person = uuid.uuid4()
+    at = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(persons.insert().values(id=person, given_name="Els", family_name="Maes", created_at=at))
+    with pytest.raises(TypeError, match="refused_roles"):
+        enrolment.issue_code(engine, person, created_by="forgetful", now=at)  # type: ignore[call-arg]
+    for refused in (enrolment.NO_ROLE_REFUSED, c.PRIVILEGED_ROLES):
+        enrolment.issue_code(engine, person, created_by="explicit", now=at, refused_roles=refused)
+    with engine.connect() as conn:
+        made = conn.execute(sa.select(enrolment_codes.c.created_by, enrolment_codes.c.privileged_issuer)
+                            .where(enrolment_codes.c.person_id == person)).all()
+    assert sorted((r.created_by, bool(r.privileged_issuer)) for r in made) == [("explicit", False),
+                                                                               ("explicit", True)]
 
 
 def _console_client(flow: Flow) -> str:
@@ -196,7 +224,7 @@ def test_every_privileged_role_suspends_them(flow: Flow, role: str) -> None:
     granted = grant(flow, security, person, org, role)
     assert granted.status_code == 201, granted.text
     assert granted.json()["passkeys_suspended"] == 1
-    _problem(login(flow, device), 401, "passkey_suspended")
+    _problem(login(flow, device), 401, "passkey_suspended_privileged_role")
 
 
 def test_a_driver_role_suspends_nothing(flow: Flow) -> None:
@@ -260,8 +288,8 @@ def test_a_passkey_added_from_the_badge_office_passkeys_session_goes_with_it(flo
     assert login(flow, second).status_code == 200
     granted = grant(flow, security, person, authority, "port_security_admin")
     assert granted.json()["passkeys_suspended"] == 2, granted.text
-    _problem(login(flow, first), 401, "passkey_suspended")
-    _problem(login(flow, second), 401, "passkey_suspended")
+    _problem(login(flow, first), 401, "passkey_suspended_privileged_role")
+    _problem(login(flow, second), 401, "passkey_suspended_privileged_role")
     assert [(r.enrolled_via, r.privileged_enrolment) for r in passkeys_of(flow, person)][1] == ("account", False)
 
 
@@ -305,7 +333,7 @@ def test_a_passkey_from_before_provenance_was_kept_is_suspended(flow: Flow) -> N
                      .values(enrolled_via=None, privileged_enrolment=False))
     granted = grant(flow, security, person, authority, "dispatcher")
     assert granted.json()["passkeys_suspended"] == 1, granted.text
-    _problem(login(flow, device), 401, "passkey_suspended")
+    _problem(login(flow, device), 401, "passkey_suspended_privileged_role")
 
 
 # ---- a registration from the account page in flight while the promotion commits (PostgreSQL) ----------

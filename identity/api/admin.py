@@ -20,7 +20,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -273,7 +273,7 @@ def enrolment_code_refused_roles(caller: AdminCaller) -> frozenset[str]:
     here but by the issue, under the person's row lock, in the transaction that inserts the code
     (identity.authn.enrolment): the roles read here, then the code inserted in another transaction,
     let a promotion committed in between through (review L5). Its refusal: ``role_refused``."""
-    return frozenset() if caller.holds(PORT_SECURITY_ROLE) else c.PRIVILEGED_ROLES
+    return enrolment.NO_ROLE_REFUSED if caller.holds(PORT_SECURITY_ROLE) else c.PRIVILEGED_ROLES
 
 
 def audit_read(request: Request, caller: AdminCaller, kind: str, *, subject: str | None = None,
@@ -706,22 +706,14 @@ def suspend_person(person_id: uuid.UUID, request: Request, body: PersonSuspendIn
     """Suspend a person, saying why: no more logins or refreshed tokens, every login session ended and
     every grant revoked (refresh and access tokens), at once (identity.authn.cutoff). Port security;
     an officer never suspends himself through the console."""
-    try:
-        caller = caller_of(request, port_security)
-    except AdminRefused as exc:
-        return exc.response(request)
-    if caller.person_id == str(person_id):
-        log.info("identity.admin.refused.own_suspension")
-        return problem(403, "own_suspension", "An officer does not suspend himself.", instance=request.url.path)
-    container = request.app.state.container
-    try:
-        cut = cutoff.suspend_person(container.engine, sessions=sessions_for(request.app),
-                                    grants=grants_for(request.app), person_id=person_id, actor=caller.actor,
-                                    reason=body.reason, now=container.clock.now())
-    except cutoff.PersonStatusRefused as exc:
-        return problem(_PERSON_STATUS.get(exc.code, 422), exc.code, exc.message, instance=request.url.path)
-    return JSONResponse({"id": str(person_id), "status": "suspended", "sessions_ended": cut.sessions_ended,
-                         "grants_revoked": cut.grants_revoked})
+
+    def suspend(engine: sa.Engine, actor: str, now: datetime) -> dict[str, Any]:
+        cut = cutoff.suspend_person(engine, sessions=sessions_for(request.app), grants=grants_for(request.app),
+                                    person_id=person_id, actor=actor, reason=body.reason, now=now)
+        return {"status": "suspended", "sessions_ended": cut.sessions_ended, "grants_revoked": cut.grants_revoked}
+
+    return _change_person_status(request, person_id, suspend, own=("own_suspension",
+                                                                   "An officer does not suspend himself."))
 
 
 @router.post("/persons/{person_id}:reinstate", operation_id="admin_reinstate_person",
@@ -733,21 +725,37 @@ def reinstate_person(person_id: uuid.UUID, request: Request, body: PersonReinsta
     stays suspended, and enrolment codes issued before the suspension are ended (identity.authn.cutoff);
     the answer says how many active passkeys the person has (0: a new enrolment code is needed). Port
     security; an officer never reinstates himself through the console."""
+
+    def reinstate(engine: sa.Engine, actor: str, now: datetime) -> dict[str, Any]:
+        done = cutoff.reinstate_person(engine, person_id=person_id, actor=actor, reason=body.reason, now=now)
+        return {"status": "active", "enrolment_codes_ended": done.enrolment_codes_ended,
+                "passkeys_active": done.passkeys_active, "passkeys_suspended": done.passkeys_suspended}
+
+    return _change_person_status(request, person_id, reinstate, own=("own_reinstatement",
+                                                                     "An officer does not reinstate himself."))
+
+
+def _change_person_status(request: Request, person_id: uuid.UUID,
+                          change: Callable[[sa.Engine, str, datetime], dict[str, Any]], *,
+                          own: tuple[str, str]) -> JSONResponse:
+    """What a suspension and a reinstatement share: port security's caller (admitted before the body was
+    read), never the officer himself (``own``: the refusal's code and detail), then ``change`` (the
+    engine, the caller's actor as badge histories store it, now; identity.authn.cutoff) and its answer
+    after the person's id, or its PersonStatusRefused as a problem (``_PERSON_STATUS``)."""
     try:
         caller = caller_of(request, port_security)
     except AdminRefused as exc:
         return exc.response(request)
     if caller.person_id == str(person_id):
-        log.info("identity.admin.refused.own_reinstatement")
-        return problem(403, "own_reinstatement", "An officer does not reinstate himself.", instance=request.url.path)
+        code, detail = own
+        log.info("identity.admin.refused.%s", code)
+        return problem(403, code, detail, instance=request.url.path)
     container = request.app.state.container
     try:
-        done = cutoff.reinstate_person(container.engine, person_id=person_id, actor=caller.actor,
-                                       reason=body.reason, now=container.clock.now())
+        answer = change(container.engine, caller.actor, container.clock.now())
     except cutoff.PersonStatusRefused as exc:
         return problem(_PERSON_STATUS.get(exc.code, 422), exc.code, exc.message, instance=request.url.path)
-    return JSONResponse({"id": str(person_id), "status": "active", "enrolment_codes_ended": done.enrolment_codes_ended,
-                         "passkeys_active": done.passkeys_active, "passkeys_suspended": done.passkeys_suspended})
+    return JSONResponse({"id": str(person_id), **answer})
 
 
 ALERTS_SHOWN = 20

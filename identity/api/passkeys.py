@@ -13,6 +13,8 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
       200 {"ok": true, "return_to"}  + Set-Cookie session      return_to: a path under /oauth2/, /app/
                                                                or /account, anything else -> "/app/"
       400 challenge_expired | invalid_request   401 passkey_unknown | passkey_invalid | passkey_suspended
+                                                passkey_suspended_privileged_role (suspended when a
+                                                privileged role was granted: port security enrols anew)
       403 person_suspended | origin_refused     429 rate_limited (+ Retry-After; the login guard locks a
                                                 credential out after repeated failures)
     POST /webauthn/registration/options     {"enrolment_code"?}   (else a login session of < 15 min)
@@ -91,6 +93,7 @@ STATUS: dict[str, int] = {
     "passkey_unknown": 401,
     "passkey_invalid": 401,
     "passkey_suspended": 401,
+    "passkey_suspended_privileged_role": 401,
     "login_required": 401,
     "reauthentication_required": 401,
     "person_suspended": 403,
@@ -107,6 +110,10 @@ HINT: dict[str, str] = {
     "passkey_unknown": "This passkey is not registered here.",
     "passkey_invalid": "The passkey could not be verified.",
     "passkey_suspended": "This passkey is suspended. Please contact the badge office.",
+    # Only port security issues the codes of a person who holds a privileged role (identity.api.admin
+    # enrolment_code_refused_roles): the badge office could not help.
+    "passkey_suspended_privileged_role": "This passkey was suspended when you were given your new role. Please ask "
+                                         "port security for a new enrolment code.",
     "person_suspended": "Your account is suspended. Please contact the badge office.",
     "origin_refused": "This request did not come from a quaygate page.",
     "login_required": "Please log in first.",
@@ -288,7 +295,7 @@ def issue_enrolment_code(
     ttl = timedelta(seconds=body.ttl_seconds if body else 72 * 3600)
     try:
         code, expires_at = passkeys_for(request.app).issue_enrolment_code(
-            person_id, client_id=caller.client_id, ttl=ttl, refused_roles=enrolment_code_refused_roles(caller))
+            person_id, actor=caller.actor, ttl=ttl, refused_roles=enrolment_code_refused_roles(caller))
     except PasskeyError as exc:
         if exc.code == "insufficient_role":  # answered as the admin API answers a role it lacks
             return role_refused(PORT_SECURITY_ROLE).response(request)

@@ -53,6 +53,11 @@ MAX_TTL = timedelta(days=30)
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CONFUSABLE = str.maketrans({"I": "1", "L": "1", "O": "0"})
 LENGTH = 16
+# The ``refused_roles`` of an issuer who may have a code made for anyone, a privileged person too: port
+# security, an admin client, an operator at the command line (identity.api.admin
+# ``enrolment_code_refused_roles``). Its codes are ``privileged_issuer``: there is no default, each
+# issuer says which roles it is refused, so nobody gets the permissive choice by leaving it out.
+NO_ROLE_REFUSED: frozenset[str] = frozenset()
 
 
 class EnrolmentRefused(Exception):
@@ -91,17 +96,17 @@ def issue_code(
     created_by: str,
     now: datetime,
     ttl: timedelta = DEFAULT_TTL,
-    refused_roles: frozenset[str] = frozenset(),
+    refused_roles: frozenset[str],
     conn: sa.Connection | None = None,
 ) -> tuple[str, datetime]:
     """A new code for ``person_id``: (the clear code, shown once; its expiry).
 
     Raises EnrolmentRefused("person_unknown" | "person_not_active" | "insufficient_role") and
-    ValueError for a TTL outside (0, 30 days]. ``refused_roles``: a person who holds any of them gets
-    no code from this issuer, read under the person's row lock (see the module docstring); an issuer
-    refused no role makes a ``privileged_issuer`` code. Earlier live codes of the person stay valid
-    until used, expired or ended. Pass ``conn`` to issue in the caller's transaction (with its audit
-    entry).
+    ValueError for a TTL outside (0, 30 days]. ``refused_roles`` (required, no default): a person who
+    holds any of them gets no code from this issuer, read under the person's row lock (see the module
+    docstring); an issuer refused no role (``NO_ROLE_REFUSED``) makes a ``privileged_issuer`` code.
+    Earlier live codes of the person stay valid until used, expired or ended. Pass ``conn`` to issue in
+    the caller's transaction (with its audit entry).
     """
     if not timedelta(0) < ttl <= MAX_TTL:
         raise ValueError("an enrolment code lives between 1 second and 30 days")

@@ -49,7 +49,7 @@ from ..grants import GrantStore, grants_for
 from ..ratelimit import LoginGuard, login_guard_for
 from ..sessions import LoginSession, SessionStore, hold_person, session_live, sessions_for
 from . import enrolment, passkeys
-from .credentials import ACTIVE, REMOVED, SUSPENDED, CredentialStore, StoredCredential
+from .credentials import ACTIVE, PRIVILEGED_ROLE_GRANTED, REMOVED, SUSPENDED, CredentialStore, StoredCredential
 from .cutoff import cut_off
 from .flows import FlowRefused, FlowSeal, SealedFlow
 
@@ -143,6 +143,16 @@ def safe_return_to(value: Any) -> str:
     if path.startswith(_RETURN_PREFIXES) or path == "/account" or path.startswith("/account/"):
         return value
     return DEFAULT_RETURN_TO
+
+
+def suspended_code(status_reason: str | None) -> str:
+    """The public code of a login refused for a suspended passkey, by why it was suspended: the person
+    is told whom to turn to. A passkey suspended when a privileged role was granted
+    (identity.authn.cutoff ``privileged_role_granted``) is replaced with a code from port security
+    only, which alone issues codes for a person who holds such a role (identity.api.admin
+    ``enrolment_code_refused_roles``): ``passkey_suspended_privileged_role``. Any other (a counter
+    regression): ``passkey_suspended``, the badge office's."""
+    return "passkey_suspended_privileged_role" if status_reason == PRIVILEGED_ROLE_GRANTED else "passkey_suspended"
 
 
 def _ref(credential_id: str) -> str:
@@ -277,7 +287,7 @@ class PasskeyService:
             if stored.status == REMOVED:
                 refuse("passkey_unknown", "removed", stored)
             if stored.status == SUSPENDED:
-                refuse("passkey_suspended", stored.status_reason or "suspended", stored)
+                refuse(suspended_code(stored.status_reason), stored.status_reason or "suspended", stored)
             # Before the transaction writes anything: the person's row share-locked, its status read under
             # the lock (a suspension committed meanwhile is seen; one coming later waits for this commit).
             if hold_person(conn, stored.person_id) != "active":
@@ -561,21 +571,25 @@ class PasskeyService:
     # ---- badge office ---------------------------------------------------------------------------
 
     def issue_enrolment_code(
-        self, person_id: uuid.UUID, *, client_id: str, ttl: timedelta = enrolment.DEFAULT_TTL,
-        refused_roles: frozenset[str] = frozenset(),
+        self, person_id: uuid.UUID, *, actor: str, refused_roles: frozenset[str],
+        ttl: timedelta = enrolment.DEFAULT_TTL,
     ) -> tuple[str, datetime]:
         """A one-time code for the person's first passkey, in one transaction with its audit entry.
+        ``actor`` as badge histories store it (identity.audit ``person_actor``): the officer and the
+        console client, or an admin client; the trail names both, as every admin action's entry does,
+        and the code keeps the client as its issuer (``created_by``, a passkey's provenance).
         ``refused_roles``: the roles of a person this issuer may not have a code for (identity.api.admin
         ``enrolment_code_refused_roles``), checked under the person's row lock with the insert
         (enrolment.issue_code): PasskeyError("insufficient_role")."""
         now = self._clock.now()
+        who = audit.actor_fields(actor)
         try:
             with self._engine.begin() as conn:
                 code, expires_at = enrolment.issue_code(
-                    self._engine, person_id, created_by=client_id, now=now, ttl=ttl, refused_roles=refused_roles,
-                    conn=conn,
+                    self._engine, person_id, created_by=who["client_id"], now=now, ttl=ttl,
+                    refused_roles=refused_roles, conn=conn,
                 )
-                audit.record("identity.enrolment_code.issued", at=now, actor={"client_id": client_id},
+                audit.record("identity.enrolment_code.issued", at=now, actor=who,
                              subject=str(person_id), data={"expires_at": expires_at.isoformat()}, conn=conn)
         except enrolment.EnrolmentRefused as exc:
             log.info("identity.enrolment_code.refused.%s", exc.reason)

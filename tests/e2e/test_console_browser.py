@@ -18,7 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from identity.authn.enrolment import issue_code
+from identity.authn.enrolment import NO_ROLE_REFUSED, issue_code
 from identity.bootstrap import create_client
 from identity.domain.badges import Scheme, with_check
 from quaygate.crypto import keyed_hash
@@ -50,7 +50,7 @@ def officer(live: Live, role: str = "port_security_admin") -> tuple[uuid.UUID, s
                                                    eori=f"BE09{pid.int % 10**8:08d}", created_at=now()))
         conn.execute(persons.insert().values(id=pid, given_name="Sofie", family_name="Wouters", created_at=now()))
         conn.execute(memberships.insert().values(person_id=pid, organisation_id=org, role=role, created_at=now()))
-    code, _ = issue_code(engine, pid, created_by="e2e", now=now())
+    code, _ = issue_code(engine, pid, created_by="e2e", now=now(), refused_roles=NO_ROLE_REFUSED)
     return pid, code, client_id
 
 

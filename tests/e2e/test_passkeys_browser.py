@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from identity.authn.enrolment import issue_code
+from identity.authn.enrolment import NO_ROLE_REFUSED, issue_code
 from identity.bootstrap import create_client
 from quaygate.schema import login_sessions, memberships, release_events, webauthn_credentials
 from release_service.domain.release import LightKind, LightStatus
@@ -58,7 +58,7 @@ def seed(live: Live) -> Seed:
         redirect_uris=[live.base + "/app/callback"], post_logout_redirect_uris=[live.base + "/app/"], now=now(),
         extra_metadata={"id_token_signed_response_alg": "ES256"},
     )
-    code, _ = issue_code(engine, p.driver, created_by="e2e", now=now())
+    code, _ = issue_code(engine, p.driver, created_by="e2e", now=now(), refused_roles=NO_ROLE_REFUSED)
     cmd = issue_cmd(p, 7, to=p.haul.organisation_id)
     right = do(engine, lambda uow: issue.issue(uow, p.line, cmd, now())[0])
     do(engine, lambda uow: lifecycle.set_light(uow, p.customs, right.id, LightKind.CUSTOMS, LightStatus.GREEN,
