@@ -45,8 +45,8 @@ from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher
 from quaygate.schema import audit_log, grants, refresh_tokens
 from quaygate.settings import Settings
+from tests.test_identity_code_flow_support import CONSOLE_REDIRECT, Flow, Pkce
 from tests.test_identity_code_flow_support import DRIVER_REDIRECT as APP_REDIRECT
-from tests.test_identity_code_flow_support import Flow, Pkce
 from tests.test_identity_grants_support import Lifecycle, dpop_key, dpop_proof, make_lifecycle
 from tests.test_identity_passkeys import PEnv, build_env
 from tests.test_identity_ratelimit import _clear_of_a_window_edge
@@ -450,6 +450,42 @@ def test_a_dpop_proof_with_a_made_up_code_or_refresh_token_stores_nothing(tokens
     with server.admin() as admin:
         settings = env.container.settings
         assert 0 < admin.pttl(claim) <= (settings.dpop_max_age + 10) * 1000
+
+
+def _token_refusals(env: Lifecycle) -> list[tuple[str, str]]:
+    with env.engine.connect() as conn:
+        return [(row.actor["client_id"], row.data["reason"]) for row in conn.execute(
+            sa.select(audit_log.c.actor, audit_log.c.data).where(audit_log.c.kind == "identity.token.refused")
+            .order_by(audit_log.c.id))]
+
+
+def test_a_public_clients_made_up_code_or_refresh_token_writes_no_audit_row(tokens: Lifecycle) -> None:
+    """The audit trail is PostgreSQL's to keep for good: a refusal about nothing of ours (a code or a
+    refresh token that does not exist) from a public client, whose id anyone may name, is logged, not
+    audited, however many are sent. The same made up by a client that authenticated, and a refusal about
+    a real code (used twice), are audited."""
+    env = tokens
+    flow = Flow(env.app, env.http, env.container)
+    app_id = flow.driver_app()
+    _clear_of_a_window_edge()
+    for _ in range(20):
+        r = flow.exchange(app_id, secrets.token_urlsafe(32), Pkce().verifier)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+        r = env.http.post("/oauth2/token", data={"grant_type": "refresh_token", "client_id": app_id,
+                                                 "refresh_token": REFRESH_PREFIX + secrets.token_urlsafe(32)})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+    assert _token_refusals(env) == []
+    console_id, secret, _ = env.console()
+    made_up = flow.exchange(console_id, secrets.token_urlsafe(32), Pkce().verifier, secret=secret,
+                            redirect_uri=CONSOLE_REDIRECT)
+    assert made_up.status_code == 400 and made_up.json()["error"] == "invalid_grant", made_up.text
+    flow.login(flow.person())
+    pkce = Pkce()
+    code = flow.code(flow.authorize(app_id, pkce=pkce))
+    assert flow.exchange(app_id, code, pkce.verifier).status_code == 200
+    again = flow.exchange(app_id, code, pkce.verifier)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant", again.text
+    assert _token_refusals(env) == [(console_id, "unknown"), (app_id, "reused")]
 
 
 def _family_live(env: Lifecycle, token: str) -> bool:

@@ -42,7 +42,7 @@ from .. import audit
 from ..domain.roles import AuthMethod
 from ..sessions import session_live
 from .authorize import code_hash
-from .exchange import GrantRefused, run_exchange
+from .exchange import GrantRefused, proven, run_exchange
 from .issue import IssueRefused, issue_person_tokens, person_context
 
 if TYPE_CHECKING:
@@ -121,8 +121,8 @@ class AuthorizationCodeExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[
         server = self.server
         h = code_hash(form["code"])
         row = conn.execute(sa.select(authorization_codes).where(authorization_codes.c.code_hash == h)).first()
-        if row is None:
-            raise _Refused("unknown", "Invalid code.")
+        if row is None:  # a public client's made-up code: logged, not audited (GrantRefused.audited)
+            raise _Refused("unknown", "Invalid code.", audited=proven(self.request))
         if row.client_id != record.client_id:
             # RFC 6749 §4.1.3: issued to another client. Not marked used: the thief cannot burn it.
             raise _Refused("wrong_client", "Invalid code.", keep=False)

@@ -3,7 +3,7 @@
 A refused code or refresh token can still have to commit something: the code marked used, the grant
 revoked on reuse (RFC 6749 §4.1.2, RFC 9700 §4.14.2). Both grants run their exchange through
 ``run_exchange``: one transaction, committed on success, committed or rolled back on a refusal as the
-refusal says, then the refusal logged, audited and raised as its OAuth error (RFC 6749 §5.2).
+refusal says, then the refusal logged, audited (``GrantRefused.audited``) and raised as its OAuth error (RFC 6749 §5.2).
 
 A grant may first try a fast path without a transaction (``attempt``, the refresh grant on
 PostgreSQL): its statements autocommit one by one, so it answers, or refuses having written nothing,
@@ -21,12 +21,18 @@ import sqlalchemy as sa
 from authlib.oauth2.rfc6749 import InvalidGrantError, OAuth2Error
 
 from .. import audit
+from ..domain.roles import AuthMethod
 
 log = logging.getLogger(__name__)
 
 
 class GrantRefused(Exception):
-    """``keep``: commit what the refusal changed; else roll back. ``grant_id`` names the grant, if known."""
+    """``keep``: commit what the refusal changed; else roll back. ``grant_id`` names the grant, if known.
+    ``audited``: False for a refusal that concerns nothing of ours and no one, a code or refresh token
+    that does not exist presented by a public client (``none`` proves no one: anyone can name the driver
+    app): logged only, so an anonymous caller cannot grow the audit trail (one row per request, bounded
+    only by the per-address rate limit). Every refusal about a real code, token or grant, and every one
+    of a client that authenticated, is audited."""
 
     KEEP_BY_DEFAULT = False
 
@@ -38,6 +44,7 @@ class GrantRefused(Exception):
         error: type[OAuth2Error] = InvalidGrantError,
         keep: bool | None = None,
         grant_id: Any = None,
+        audited: bool = True,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -45,6 +52,13 @@ class GrantRefused(Exception):
         self.error = error
         self.keep = self.KEEP_BY_DEFAULT if keep is None else keep
         self.grant_id = grant_id
+        self.audited = audited
+
+
+def proven(request: Any) -> bool:
+    """Whether the token request's client authenticated (a secret or an assertion); ``none`` proves no
+    one (identity.oidc.server ``authenticate_client``)."""
+    return getattr(request, "auth_method", None) not in (None, AuthMethod.NONE.value)
 
 
 def run_exchange(
@@ -75,6 +89,8 @@ def run_exchange(
                 conn.commit()
     except GrantRefused as refused:
         log.info("identity.token.refused.%s.%s", grant_type, refused.reason)
+        if not refused.audited:
+            raise refused.error(description=refused.description) from None
         audit.record(
             "identity.token.refused",
             at=now,

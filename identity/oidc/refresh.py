@@ -75,7 +75,7 @@ from ..domain import scopes as scope_rules
 from ..domain.roles import AuthMethod
 from ..grants import Grant, RefreshRefused, Rotation
 from .code_grant import InvalidDPoPProofError
-from .exchange import GrantRefused, run_exchange
+from .exchange import GrantRefused, proven, run_exchange
 from .issue import IssueRefused, issue_person_tokens
 
 if TYPE_CHECKING:
@@ -206,8 +206,7 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
                            error=InvalidScopeError, grant_id=grant_id)
         return " ".join(scope_rules.parse(asked))
 
-    @staticmethod
-    def _refused(conn: sa.Connection, record: ClientRecord, exc: RefreshRefused, now: datetime) -> _Refused:
+    def _refused(self, conn: sa.Connection, record: ClientRecord, exc: RefreshRefused, now: datetime) -> _Refused:
         if exc.reason == "reused":
             # RFC 9700 §4.14.2: the family is revoked (done by rotate in this transaction); say so.
             log.warning("identity.refresh.reuse_detected")
@@ -219,7 +218,10 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
             audit.record("identity.refresh.wrong_client", at=now, actor={"client_id": record.client_id},
                          subject=str(exc.grant_id), data={"grant_id": str(exc.grant_id)}, conn=conn)
             return _Refused("wrong_client", "Invalid refresh token.", keep=True, grant_id=exc.grant_id)
-        return _Refused(exc.reason, "Invalid refresh token.", grant_id=exc.grant_id)
+        # A token that does not exist (no grant) presented by a public client: logged, not audited
+        # (GrantRefused.audited).
+        return _Refused(exc.reason, "Invalid refresh token.", grant_id=exc.grant_id,
+                        audited=exc.grant_id is not None or proven(self.request))
 
 
 def install(server: AuthorizationServer) -> None:
