@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
 import threading
 from collections.abc import Iterator
@@ -78,10 +79,10 @@ def small(tmp_path: Path) -> Iterator[PrivateRedis]:
     started.stop()
 
 
-def _serve(engine: sa.Engine, tmp_path: Path, server: PrivateRedis) -> Iterator[TestClient]:
+def _serve(engine: sa.Engine, tmp_path: Path, server: PrivateRedis, **over: Any) -> Iterator[TestClient]:
     """The whole app (its rate-limit middleware too) on ``server``."""
     settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
-                        redis_url=server.url, background_workers=False, gate_decision_drain=False)
+                        redis_url=server.url, background_workers=False, gate_decision_drain=False, **over)
     c = Container(settings=settings, engine=engine, cache=RedisCache(server.url),
                   cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
     with TestClient(create_app(settings, container=c), raise_server_exceptions=False) as http:
@@ -158,6 +159,24 @@ def test_an_anonymous_refused_login_writes_only_its_addresss_counters(engine: sa
         assert all(size is not None and size <= 128 for size in sizes), sizes
 
 
+def test_an_anonymous_refused_login_writes_no_audit_row(engine: sa.Engine, tmp_path: Path,
+                                                       server: PrivateRedis) -> None:
+    """A refused login that names no credential of ours (a made-up id), and every refusal past the
+    address's login allowance, concerns no one: logged, not audited. Audited, each was a row in
+    PostgreSQL per request, and those past the allowance were bounded by nothing but the endpoint's
+    count (600 a minute per address)."""
+    for http in _serve(engine, tmp_path, server, login_attempts_per_address=5):
+        _clear_of_a_window_edge()
+        before = _audit_rows(engine)
+        codes = []
+        for _ in range(12):
+            r = http.post(VERIFY, json={"flow": _options(http)["flow"], "credential": _made_up_assertion()},
+                          headers={"Origin": PUBLIC})
+            codes.append(r.json()["code"])
+        assert codes == ["passkey_unknown"] * 5 + ["rate_limited"] * 7, codes
+        assert _audit_rows(engine) == before
+
+
 # ---- (b) a full Redis still answers a login's options ----------------------------------------------------
 
 
@@ -228,7 +247,9 @@ def test_a_login_end_to_end_claims_its_flow_once(env: PEnv, server: PrivateRedis
     assert env.login(synced).status_code == 200  # a new flow
 
 
-def test_a_tampered_foreign_or_expired_flow_is_refused_and_stores_nothing(env: PEnv, server: PrivateRedis) -> None:
+def test_a_tampered_foreign_or_expired_flow_is_refused_and_stores_nothing(env: PEnv, server: PrivateRedis,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="identity.authn.service")
     phone = SoftAuthenticator(origin=ORIGIN)
     pid = env.person()
     env.enrol(pid, phone)
@@ -258,8 +279,12 @@ def test_a_tampered_foreign_or_expired_flow_is_refused_and_stores_nothing(env: P
     ttl = env.container.settings.webauthn_challenge_ttl
     env.clock.advance(seconds=ttl)
     _refused(_verify(env, flow, phone.get(options)), 400, "challenge_expired")
-    assert _details(env) == ["flow refused: seal", "flow refused: seal", "flow refused: seal",
-                             "flow refused: purpose", "flow refused: malformed", "flow refused: expired"]
+    # Refused before any credential was looked at: logged with why, not audited (a row per anonymous request).
+    assert [getattr(r, "fields", {}).get("detail") for r in caplog.records
+            if r.getMessage() == "identity.login.passkey.refused.challenge_expired"] == [
+        "flow refused: seal", "flow refused: seal", "flow refused: seal", "flow refused: purpose",
+        "flow refused: malformed", "flow refused: expired"]
+    assert _details(env) == []
     assert _keys(server) == before  # not a claim, not a failure counted
     env.clock.advance(seconds=-ttl)
     assert _verify(env, flow, phone.get(options)).status_code == 200  # none of that used the flow

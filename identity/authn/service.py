@@ -352,19 +352,24 @@ class PasskeyService:
         retry_after: int | None = None,
         count: bool = True,
     ) -> NoReturn:
-        """Audit, log and raise a refused login; the login guard is told the failure when ``count`` and
-        the credential the assertion names exists (``stored``): failures of made-up credential ids are
-        counted nowhere, so a refused anonymous attempt writes no key of its own to the cache."""
+        """Log and raise a refused login, audited when the credential the assertion names exists
+        (``stored``); the login guard is told the failure when ``count`` and ``stored``. A refusal before
+        any credential is found (a made-up credential id, an expired or forged flow, the address over its
+        login allowance) concerns no one: logged only, so an anonymous caller grows neither the audit
+        trail (a row per request: the refusals past the login allowance are not bounded by it) nor the
+        cache (failures of made-up ids are counted nowhere). A lockout is audited where it starts
+        (identity.ratelimit ``identity.lockout.started``)."""
         reason = detail if detail in ("counter_regression", "user_handle_mismatch", "removed") else code
-        audit.record(
-            f"identity.login.passkey.refused.{reason}",
-            at=attempt.now,
-            actor={"person_id": str(stored.person_id)} if stored else {},
-            subject=_ref(stored.credential_id) if stored else None,
-            data={"code": code, "detail": detail[:200]},
-            engine=self._engine,
-        )
-        log.info("identity.login.passkey.refused.%s", reason)
+        if stored is not None:
+            audit.record(
+                f"identity.login.passkey.refused.{reason}",
+                at=attempt.now,
+                actor={"person_id": str(stored.person_id)},
+                subject=_ref(stored.credential_id),
+                data={"code": code, "detail": detail[:200]},
+                engine=self._engine,
+            )
+        log.info("identity.login.passkey.refused.%s", reason, extra={"fields": {"detail": detail[:200]}})
         if self._guard is not None and attempt.subject is not None and stored is not None and count:
             self._guard.failed(attempt.subject, attempt.address)
         raise PasskeyError(code, detail, retry_after=retry_after)
