@@ -35,7 +35,7 @@ from joserfc.jwk import ECKey
 
 from gate_adapters.adapter import main as adapter_main
 from gate_adapters.adapter import tokens_for
-from gate_adapters.runtime.client import ClientCredentials, ServiceUnavailable, TokenError, VerifyClient, VerifyRefused
+from gate_adapters.runtime.client import ClientCredentials, TokenError, VerifyClient, VerifyRefused
 from gate_adapters.runtime.config import ConfigError, parse
 from gate_adapters.runtime.dpop import DPoPKey
 from gate_adapters.runtime.offline import OfflineMode, PassStore
@@ -94,8 +94,9 @@ def test_a_dpop_bound_client_is_refused_without_dpop_and_served_with_it(gate: Ga
     bearer = tokens(gate, client, None)
     with pytest.raises(TokenError, match="400"):  # RFC 9449 §5: invalid_dpop_proof, no token
         bearer.token()
-    with pytest.raises(ServiceUnavailable):  # the lane holds: no token is no answer
+    with pytest.raises(VerifyRefused) as refused:  # a refusal, not an outage: the lane holds, never offline
         VerifyClient(public_url(gate), bearer, http=gate.http, attempts=1).verify(gate.body(1, mode="commit"))
+    assert (refused.value.status, refused.value.code, refused.value.final) == (400, "invalid_dpop_proof", False)
     assert gate.state(rid) == "nominated"
 
     bound = tokens(gate, client, key)

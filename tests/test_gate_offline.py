@@ -20,7 +20,9 @@ import sqlalchemy as sa
 from joserfc import jws
 from joserfc.jwk import ECKey, OctKey, RSAKey
 
+from gate_adapters.core.correlate import LaneCorrelator
 from gate_adapters.runtime.client import StaticToken, VerifyClient
+from gate_adapters.runtime.lane import LaneResult, LaneRuntime
 from gate_adapters.runtime.offline import OfflineMode, PassStore, PassVerifier
 from gate_adapters.runtime.outbox import Outbox
 from identity.tokens import sign_jwt
@@ -381,6 +383,114 @@ def test_offline_a_check_lane_never_opens_the_barrier(gate: Gate, adapters: list
             "allow", "check", False, "pass")
     assert [(c.command, c.call_officer) for c in a.barrier.commands] == [("hold", False)] * 2
     assert gate.state(rid) == "nominated"
+
+
+# -- a right used online here counts as used offline (outbox.py rule 7) --------------------------------
+
+
+def _at_lane(a: Adapter, lane: str, direction: str, *, service_up: bool) -> LaneResult:
+    """One truck (the test driver's badge, the nominated plate, container 1) at ``lane`` of adapter ``a``."""
+    client = a.online if service_up else VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5)
+    runtime = LaneRuntime(TERMINAL, lane, direction, "commit", LaneCorrelator(lane, TERMINAL, direction), client,
+                          a.outbox, a.barrier, offline=a.offline)
+    results = [r for read in reads("1-ABC-123", 1, at=_now(), lane=lane) for r in runtime.feed(read)]
+    assert len(results) == 1
+    return results[0]
+
+
+@pytest.mark.parametrize("direction", ["in", "out"])
+def test_a_right_used_online_at_one_lane_is_not_let_through_offline_at_another(
+        gate: Gate, adapters: list[Adapter], tmp_path: Path, direction: str) -> None:
+    """The attack: truck A passes lane 1 online (committed); the uplink is cut before the next refresh;
+    truck B, with the same lent badge and a cloned plate, comes to lane 2 of the same adapter. Its pass
+    was fetched before A's use and shows the right unused: the outbox's record of A's answer is what
+    tells offline mode the right is used here (already_used, never a second allow). A restart (new
+    objects over the same files) still knows it."""
+    rid = gate.pickable(1)
+    if direction == "out":  # gated in (at another gate) before the refresh: the pass says gated_in
+        assert gate.verify(gate.body(1, mode="commit")).json()["committed"] is True
+    a = adapters[0]
+    assert a.offline.refresh() == 1  # the pass, fetched before truck A's use
+    first = _at_lane(a, f"{direction}-1", direction, service_up=True)
+    assert first.response is not None and not first.offline, first.error
+    assert (first.decision, first.response["committed"]) == ("allow", True)
+    assert a.barrier.commands[-1].command == "open"
+    assert gate.state(rid) == ("gated_in" if direction == "in" else "completed")
+    a.down()  # the uplink is cut within the refresh interval
+
+    second = _at_lane(a, f"{direction}-2", direction, service_up=False)
+    assert second.offline and second.response is not None
+    assert (second.decision, second.response["reasons"], second.response["committed"]) == (
+        "deny", ["already_used"], False), second.response
+    assert second.response["offline"]["basis"] == "pass"  # judged on the pass, with the use counted
+    assert a.barrier.commands[-1].command == "hold"
+
+    # A restart during the outage: a new outbox, pass store and offline mode over the same files.
+    a.outbox.close()
+    a.store.close()
+    a.outbox = Outbox(a.outbox.path)
+    a.store = PassStore(a.store.path, issuer=issuer(gate), terminal=TERMINAL)
+    a.offline = OfflineMode(a.online, a.store, a.outbox)
+    a.down()
+    third = _at_lane(a, f"{direction}-3", direction, service_up=False)
+    assert third.offline and third.response is not None
+    assert (third.decision, third.response["reasons"]) == ("deny", ["already_used"]), third.response
+    assert [c.command for c in a.barrier.commands] == ["open", "hold", "hold"]
+
+
+# The outbox as adapters before schema versions made it (user_version 0): no online_uses.
+_OUTBOX_V0 = """
+CREATE TABLE verify_requests (request_id TEXT PRIMARY KEY, lane TEXT NOT NULL, body TEXT NOT NULL,
+    created_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, decided_at REAL, response TEXT);
+CREATE TABLE offline_decisions (request_id TEXT PRIMARY KEY REFERENCES verify_requests (request_id),
+    lane TEXT NOT NULL, release_id TEXT, used TEXT, report TEXT NOT NULL, decided_at REAL NOT NULL,
+    reconciled_at REAL, result TEXT);
+"""
+
+
+def test_an_outbox_upgraded_in_place_still_counts_the_online_uses_it_holds(
+        gate: Gate, adapters: list[Adapter], tmp_path: Path) -> None:
+    """An adapter upgraded in place finds an outbox of the old version holding the answer of a gate-in
+    it committed online minutes ago: the migration (outbox.py rule 8) finds that use in the answer, so
+    the upgraded adapter, its uplink cut, does not let the right in again on its pass."""
+    import sqlite3
+    import time
+
+    from gate_adapters.runtime.outbox import SCHEMA_VERSION
+
+    gate.pickable(1)
+    a = adapters[0]
+    a.offline.refresh()
+    body = gate.body(1, mode="commit", lane="in-1")
+    answer = gate.verify(body).json()
+    assert answer["committed"] is True
+    other = gate.body(2, mode="commit", lane="in-1")
+    denied = gate.verify(other).json()  # no right: no use to find
+    path = tmp_path / "old-outbox.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.executescript(_OUTBOX_V0)
+        for b, r in ((body, answer), (other, denied)):
+            old.execute("INSERT INTO verify_requests VALUES (?, 'in-1', ?, ?, 1, ?, ?)",
+                        (b["request_id"], json.dumps(b), time.time(), time.time(), json.dumps(r)))
+    old.close()
+    a.outbox.close()
+    a.outbox = Outbox(path)
+    assert a.outbox.offline_uses() == {"in": {answer["release_id"]}, "out": set()}
+    a.offline = OfflineMode(a.online, a.store, a.outbox)
+    a.down()
+    got = _at_lane(a, "in-2", "in", service_up=False)
+    assert got.response is not None and (got.decision, got.response["reasons"]) == ("deny", ["already_used"])
+    a.outbox.close()
+    a.outbox = Outbox(path)  # migrated once: opened again, nothing doubled, nothing lost
+    assert a.outbox.offline_uses() == {"in": {answer["release_id"]}, "out": set()}
+    a.outbox.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")  # a file of a newer adapter: refused
+    db.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        Outbox(path)
+    a.outbox = Outbox(tmp_path / "fresh.sqlite3")  # for the fixture to close
 
 
 # -- reconcile -----------------------------------------------------------------------------------------

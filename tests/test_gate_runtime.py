@@ -606,7 +606,10 @@ def test_a_problem_answer_is_not_retried_and_says_what_is_wrong(gate: Gate) -> N
     assert unauthorised.value.status == 401 and not unauthorised.value.final
 
 
-def test_client_credentials_are_cached_until_shortly_before_expiry(gate: Gate) -> None:
+def test_client_credentials_are_cached_until_shortly_before_expiry(gate: Gate, outbox: Outbox, tmp_path: Path) -> None:
+    from gate_adapters.runtime.offline import OfflineMode, PassStore
+    from identity.registration.endpoint import management_for
+
     rid = gate.pickable(9)
     client_id, secret = create_client(gate.engine, name="lane adapter", role="terminal_gate",
                                       organisation_id=gate.p.terminal.organisation_id, terminal_code=TERMINAL,
@@ -624,8 +627,30 @@ def test_client_credentials_are_cached_until_shortly_before_expiry(gate: Gate) -
     got = VerifyClient("http://testserver", tokens, http=gate.http).verify(gate.body(9, mode="commit"))
     assert got["decision"] == "allow" and gate.state(rid) == "gated_in"
     bad = ClientCredentials("http://testserver/oauth2/token", client_id, "wrong", http=gate.http)
-    with pytest.raises(ServiceUnavailable):  # a token we cannot get is no answer: the lane holds
+    with pytest.raises(VerifyRefused) as refused:  # the token endpoint said no: the lane holds, never final
         VerifyClient("http://testserver", bad, http=gate.http, attempts=1).verify(gate.body(9))
+    assert (refused.value.status, refused.value.code, refused.value.final) == (401, "invalid_client", False)
+
+    # The same in offline mode (client.py rule 6): fresh passes stored, then port security deactivates the
+    # gate client (its tokens revoked). The truck's verify gets 401, the new token request 401
+    # invalid_client: the lane holds and calls an officer, the request stays pending, and the lane does
+    # not decide from its passes (they would open the barrier for as long as they live).
+    other = gate.pickable(11)
+    client = VerifyClient("http://testserver", tokens, http=gate.http, attempts=1)
+    store = PassStore(tmp_path / "passes.sqlite3", terminal=TERMINAL,
+                      issuer=str(gate.http.app.state.container.settings.issuer))  # type: ignore[attr-defined]
+    offline = OfflineMode(client, store, outbox)
+    assert offline.refresh() == 2  # 9 (gated in: its gate-out) and 11
+    assert management_for(gate.http.app).deactivate(client_id, admin="port-security", now=_now())
+    sink = RecordingBarrier()
+    lane = runtime(client, outbox, sink, offline=offline)
+    (held,) = [r for read in reads(n=11) for r in lane.feed(read)]
+    store.close()
+    assert held.response is None and not held.offline and held.pending, held
+    assert [(c.command, c.call_officer) for c in sink.commands] == [(BarrierCommand.HOLD, True)]
+    assert outbox.held_latch(LANE) is not None  # the officer is called, and the lane stays held for him
+    assert [p.request_id for p in outbox.pending()] == [held.request_id] and outbox.unreconciled() == []
+    assert gate.state(other) == "nominated"
 
 
 # -- read inputs ------------------------------------------------------------------------------------

@@ -18,14 +18,26 @@ Rules:
    ``expires_in`` runs out.
 5. DPoP (RFC 9449, ``dpop.py``), when the token provider has a ``dpop`` key: the token request carries a
    proof (htm POST, htu the token endpoint) and the answer must be a ``DPoP`` token (a ``Bearer`` one
-   is a ``TokenError``: the service ignored the proof, and the token would work anywhere); each call
+   is refused, ``TokenRefused``: the service ignored the proof, and the token would work anywhere); each call
    sends ``Authorization: DPoP <token>`` with a fresh proof (``ath`` the token's hash). An answer
    ``use_dpop_nonce`` with a new ``DPoP-Nonce`` is sent again once with it (§8, §9), before rule 2;
    the newest nonce each server sent goes in every later proof.
+6. The token endpoint's own answer (``TokenRefused``): a 4xx refusal (``invalid_client`` for a client
+   deactivated or a wrong secret, ``unauthorized_client``, ``invalid_grant``, ``invalid_dpop_proof``
+   ...), or a token that is not DPoP-bound when it must be, is the service saying no to THIS adapter,
+   not an outage: it is handled as the verify's own 401 (``VerifyRefused``, never final): the request
+   stays pending, the lane holds and calls an officer, and offline mode decides nothing (a gate client
+   disabled by port security must stop the lane, not switch it to its gate passes). A 429 ``slow_down``
+   is overload: retried within ``attempts`` like the verify's 429, and when they run out it is still a
+   refusal, not an outage: the service answered, and its per-address count counts refused token requests
+   too (identity/ratelimit.py), so a disabled adapter retrying its 401s would earn 429s and, were they
+   an outage, go offline all the same. Only a token endpoint that cannot be reached, answers 5xx or
+   answers 200 with no token we can read is a ``TokenError`` that counts as no answer (rule 1).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -62,8 +74,10 @@ class ServiceUnavailable(Exception):
 class VerifyRefused(Exception):
     """A 4xx problem answer: the request itself is wrong (not retried)."""
 
+    what = "verify refused"
+
     def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(f"verify refused ({status} {code}): {detail}")
+        super().__init__(f"{self.what} ({status} {code}): {detail}")
         self.status, self.code, self.detail = status, code, detail
 
     @property
@@ -73,6 +87,18 @@ class VerifyRefused(Exception):
 
     def as_response(self) -> dict[str, Any]:
         return {"error": {"status": self.status, "code": self.code, "detail": self.detail}}
+
+
+class TokenRefused(VerifyRefused, TokenError):
+    """Rule 6: the token endpoint refused this client (RFC 6749 §5.2 ``error``). A ``TokenError`` to a
+    caller of ``ClientCredentials``; to the verify client's callers, a refusal that is never final."""
+
+    what = "token endpoint refused us"
+
+    @property
+    def final(self) -> bool:
+        """Never: the request itself was not judged, and may pass once port security enables the client."""
+        return False
 
 
 class StaticToken:
@@ -165,6 +191,8 @@ class ClientCredentials:
             r = self._post(data)
         except httpx.HTTPError as exc:
             raise TokenError(f"token endpoint unreachable: {type(exc).__name__}") from exc
+        if 400 <= r.status_code < 500:  # rule 6: a refusal (429 too), not an outage
+            raise TokenRefused(r.status_code, _error_code(r), _error_text(r))
         if r.status_code != 200:
             raise TokenError(f"token endpoint answered {r.status_code}: {_error_text(r)}")
         body = _json_object(r)
@@ -174,8 +202,10 @@ class ClientCredentials:
         if not isinstance(token, str) or not isinstance(expires_in, int | float):
             raise TokenError("token response has no access_token or expires_in")
         if self.dpop is not None and str(body.get("token_type", "")).lower() != "dpop":
-            # RFC 9449 §5: a bound token is of type DPoP. A bearer one would work from anywhere: refused.
-            raise TokenError(f"the token endpoint ignored the DPoP proof (token_type {body.get('token_type')!r})")
+            # RFC 9449 §5: a bound token is of type DPoP. A bearer one would work from anywhere: refused,
+            # and a service that answers so is up and misconfigured, not away (rule 6).
+            raise TokenRefused(r.status_code, "token_not_dpop",
+                               f"the token endpoint ignored the DPoP proof (token_type {body.get('token_type')!r})")
         # Measured from when we asked: the token may be a little older than it looks when it arrives.
         return token, started + max(float(expires_in) - self.leeway, 0.0)
 
@@ -241,6 +271,11 @@ class VerifyClient:
                     refreshed = True
                     self.tokens.invalidate()
                     r = self._send(method, url, body)
+            except TokenRefused as exc:  # rule 6: never an outage; a 429 is asked again after the backoff
+                if exc.status == 429 and attempt + 1 < tries:
+                    last = str(exc)
+                    continue
+                raise
             except (httpx.RequestError, TokenError) as exc:  # RequestError: transport and decoding errors
                 last = f"{type(exc).__name__}: {exc}"
                 continue
@@ -291,6 +326,20 @@ def _error_text(r: httpx.Response) -> str:
     if isinstance(body, dict):
         return str(body.get("error_description") or body.get("detail") or body.get("error") or body)[:200]
     return str(body)[:200]
+
+
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _error_code(r: httpx.Response) -> str:
+    """The OAuth ``error`` code of a token endpoint's refusal (RFC 6749 §5.2), else ``http_error``. It
+    ends a dotted log event (``gate.lane.refused.<code>``): anything but a plain code is not taken."""
+    try:
+        body = r.json()
+    except ValueError:
+        return "http_error"
+    code = body.get("error") if isinstance(body, dict) else None
+    return code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else "http_error"
 
 
 def _refused(r: httpx.Response) -> VerifyRefused:

@@ -25,6 +25,10 @@ Rules:
    call. Refresh and reconcile talk to the service outside the lock ``decide`` takes (only the swap of
    the pass set is under it, so a decision sees one set and its refresh time); and ``maintain``, called
    from every lane's tick, is done by one lane at a time: a lane that finds another at it goes on.
+6. A right this adapter used counts as used (``LocalUses``, outbox.py rule 7): the allows it gave offline
+   AND the gate-ins and gate-outs the service committed online for its lanes. A pass fetched before an
+   online use still shows the right unused; without this a lent badge and plate would pass a second
+   lane of the same adapter once the uplink is cut.
 """
 
 from __future__ import annotations
@@ -297,7 +301,7 @@ class OfflineMode:
             now = self._wall()
             seen = self.store.saw(now)
             stored = self.store.passes(now)
-            uses = self.outbox.offline_uses()
+            uses = self.outbox.offline_uses()  # rule 6: online uses here too
             local = LocalUses(gated_in=frozenset(uuid.UUID(r) for r in uses.get("in", ())),
                               completed=frozenset(uuid.UUID(r) for r in uses.get("out", ())))
             refreshed_at = self.store.refreshed_at()

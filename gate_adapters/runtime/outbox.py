@@ -40,6 +40,16 @@ Rules:
    cleared it and when, never deleted until pruned; a held one is never pruned. Every decision made
    while a lane is latched is noted against the latch (``latched_holds``) with the command it would
    have given, for the officer and the audit.
+7. A right this adapter used counts as used here, whether the use was decided offline or online (SPEC.md
+   "The gate verify call": a right is never used twice; gate_pass.py: one adapter never allows one
+   right twice, even offline). ``done`` with a committed allow notes its release and direction in
+   ``online_uses`` in the same transaction as the answer, and ``offline_uses`` returns those with the
+   offline ones: after an online gate-in at one lane and a cut uplink, offline mode must not let the
+   same badge and plate in again at another lane on a pass fetched before that gate-in. Kept
+   ``keep_days`` like the request (a pass lives minutes).
+8. The file's schema is versioned (``PRAGMA user_version``, ``SCHEMA_VERSION``): an adapter upgraded in
+   place migrates the file it finds, once, in one transaction (another process, the latch command,
+   may open the same file). Version 1 added ``online_uses`` and filled it from the answers already kept.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +115,31 @@ CREATE TABLE IF NOT EXISTS latched_holds (
     noted_at   REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS latched_holds_latch ON latched_holds (latch_id);
+CREATE TABLE IF NOT EXISTS online_uses (
+    request_id TEXT PRIMARY KEY REFERENCES verify_requests (request_id),
+    lane       TEXT NOT NULL,
+    release_id TEXT NOT NULL,
+    used       TEXT NOT NULL,  -- 'in' | 'out': the service committed a gate-in or gate-out here (rule 7)
+    decided_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS online_uses_decided ON online_uses (decided_at);
 """
+
+SCHEMA_VERSION = 1  # rule 8: 0, a file made before versions (no online_uses); 1, online_uses
+
+
+def _use(response: Mapping[str, Any], body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Rule 7: (release_id, direction) when ``response`` used a right here (an allow the service says it
+    committed, as sinks.command_for opens on), else None. A release id that is no UUID is no use: it
+    could not be told apart from another right, and offline mode could not read it."""
+    if response.get("decision") != "allow" or response.get("committed") is not True:
+        return None
+    direction = response.get("direction") or body.get("direction")
+    try:
+        release_id = str(uuid.UUID(str(response.get("release_id"))))
+    except ValueError:
+        return None
+    return (release_id, str(direction)) if direction in ("in", "out") else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +206,36 @@ class Outbox:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # rule 1: durable at commit, not just at checkpoint
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.executescript(_SCHEMA)
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Rule 8: bring a file of an older version up to ``SCHEMA_VERSION``, once, in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # another process opening the file waits, then finds it done
+            try:
+                version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+                if version > SCHEMA_VERSION:
+                    raise RuntimeError(f"{self.path}: outbox schema version {version} is newer than this "
+                                       f"adapter's ({SCHEMA_VERSION}): upgrade the adapter")
+                if version < 1:
+                    # The committed allows answered before this version kept no use: found in their answers.
+                    rows = self._db.execute("SELECT request_id, lane, body, response, decided_at FROM verify_requests "
+                                            "WHERE response IS NOT NULL AND decided_at IS NOT NULL").fetchall()
+                    for request_id, lane, body, response, decided_at in rows:
+                        use = _use(json.loads(response), json.loads(body))
+                        if use is not None:
+                            self._db.execute("INSERT OR IGNORE INTO online_uses VALUES (?, ?, ?, ?, ?)",
+                                             (request_id, lane, *use, decided_at))
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         with self._lock:
@@ -200,12 +264,24 @@ class Outbox:
             self._db.execute("UPDATE verify_requests SET attempts = attempts + 1 WHERE request_id = ?", (request_id,))
 
     def done(self, request_id: str, response: Mapping[str, Any]) -> None:
-        """Record the final answer (a decision, or a refusal that a re-send cannot change)."""
+        """Record the final answer (a decision, or a refusal that a re-send cannot change), and with a
+        committed allow the right it used here (rule 7), in one transaction."""
         with self._lock:
-            self._db.execute(
-                "UPDATE verify_requests SET decided_at = ?, response = ? WHERE request_id = ?",
-                (self._wall(), json.dumps(response, sort_keys=True), request_id),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                now = self._wall()
+                row = self._db.execute("SELECT lane, body FROM verify_requests WHERE request_id = ?",
+                                       (request_id,)).fetchone()
+                self._db.execute("UPDATE verify_requests SET decided_at = ?, response = ? WHERE request_id = ?",
+                                 (now, json.dumps(response, sort_keys=True), request_id))
+                use = None if row is None else _use(response, json.loads(row[1]))
+                if use is not None:
+                    self._db.execute("INSERT OR REPLACE INTO online_uses VALUES (?, ?, ?, ?, ?)",
+                                     (request_id, row[0], *use, now))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def pending(self, lane: str | None = None) -> list[PendingRequest]:
         """Requests without a final answer, oldest first (rule 3); ``lane`` filters a shared file."""
@@ -307,6 +383,7 @@ class Outbox:
             self._db.execute("DELETE FROM late_reads WHERE noted_at < ?", (cutoff,))
             self._db.execute("DELETE FROM offline_decisions WHERE reconciled_at IS NOT NULL AND decided_at < ?",
                              (cutoff,))
+            self._db.execute("DELETE FROM online_uses WHERE decided_at < ?", (cutoff,))
             cur = self._db.execute(
                 "DELETE FROM verify_requests WHERE decided_at IS NOT NULL AND decided_at < ? AND request_id NOT IN "
                 "(SELECT request_id FROM offline_decisions)", (cutoff,)
@@ -344,10 +421,12 @@ class Outbox:
         return True
 
     def offline_uses(self) -> dict[str, set[str]]:
-        """Release ids let through offline here, by direction (``in``/``out``): used, for this adapter."""
+        """Release ids used here, by direction (``in``/``out``), for offline mode to count as used: let
+        through offline, or committed by the service for a request of this outbox (rule 7)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT used, release_id FROM offline_decisions WHERE used IS NOT NULL AND release_id IS NOT NULL"
+                "SELECT used, release_id FROM offline_decisions WHERE used IS NOT NULL AND release_id IS NOT NULL "
+                "UNION SELECT used, release_id FROM online_uses"
             ).fetchall()
         out: dict[str, set[str]] = {"in": set(), "out": set()}
         for used, release_id in rows:
