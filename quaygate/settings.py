@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     # How long a gate pass lives. Short: a pass cannot know of a block, a hold or a ban after it was
     # issued. Capped at the access/id token lifetime (a retired signing key stays published that long).
     gate_pass_ttl: int = Field(default=600, ge=60, le=3600)
+    # How long after its gate-in a right still gets a pass (for its gate-out). A gated-in right never lapses,
+    # so one whose gate-out was never recorded would get a pass at every fetch for good. A truck collecting
+    # an import container is inside for an hour or two, a long shift at worst (congestion, a scan, a yard
+    # fault): 12 hours. Past it the truck is offline a doubt (no pass: review), online as ever.
+    gate_pass_max_dwell: int = Field(default=12 * 3600, ge=3600, le=24 * 3600)
     # ---- face verification (issue 6, identity/face/, docs/face.md) ----
     # Worker processes matching faces (CPU heavy, about 0.1 s of one core per capture); 0: one per core
     # this process may use. Jobs beyond face_workers * face_queue_per_worker are refused (face_busy).

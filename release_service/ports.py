@@ -499,7 +499,12 @@ class StoredOfflineDecision:
 class GateOfflineStore(Protocol):
     """Gate passes' facts and the offline decisions reconciled from the adapters."""
 
-    def pass_subjects(self, terminal: str, *, now: datetime) -> list[PassSubject]: ...
+    def pass_subjects(self, terminal: str, *, now: datetime, gated_in_since: datetime, limit: int
+                      ) -> list[PassSubject]:
+        """The rights a pass is issued for: nominated to ``terminal`` and valid at ``now``, or gated in there
+        since ``gated_in_since``; at most ``limit``, the most relevant first: the rights gated in (the
+        latest gate-in first), then those whose slot is on or to come (the nearest slot first), those
+        whose slot was missed (the latest first), those without a slot (the soonest to lapse first)."""
 
     def ban_list_as_of(self) -> datetime | None: ...
 

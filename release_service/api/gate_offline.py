@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from identity.keys import KeyStore
 from identity.tokens import fits, sign_jwt
@@ -52,7 +52,9 @@ class PassesResponse(BaseModel):
 class OfflineDecisionIn(BaseModel):
     request: VerifyRequest = Field(description="The verify request the adapter could not send.")
     decision: Literal["allow", "deny", "review"]
-    reasons: list[Printable] = Field(max_length=40)
+    reasons: list[g.Reason] = Field(max_length=len(g.Reason), json_schema_extra={"uniqueItems": True}, description=(
+        "The reason codes of the decision (SPEC.md's gate reason codes, as a verify answer gives them), each at "
+        "most once; empty on allow. Stored with the decision: any other text is refused (422)."))
     release_id: uuid.UUID | None = None
     basis: Literal["pass", "no_pass", "store_stale"]
     decided_at: SentTime = Field(description=(
@@ -64,6 +66,14 @@ class OfflineDecisionIn(BaseModel):
         "At most ten years."))
     gate_pass: Printable | None = Field(default=None, max_length=MAX_PASS_LENGTH,
                                   description="The pass the decision relied on, as it was received.")
+
+    @field_validator("reasons")
+    @classmethod
+    def _each_reason_once(cls, reasons: list[g.Reason]) -> list[g.Reason]:
+        # A decision lists each reason once (domain/gate.py ``decide``); a repeated one is no decision of ours.
+        if len(set(reasons)) != len(reasons):
+            raise ValueError("each reason code at most once")
+        return reasons
 
 
 class OfflineDecisionOut(BaseModel):
@@ -90,19 +100,28 @@ def _signer(request: Request) -> KeyStorePassSigner:
 
 @router.get("/passes", operation_id="listGatePasses", response_model=PassesResponse,
             responses=problem_responses(401, 403),
-            summary="Short-lived signed gate passes for the rights nominated to this gate's terminal.")
+            summary="Short-lived signed gate passes for the rights nominated to this gate's terminal.",
+            description=(
+                "One pass per right nominated to the terminal and valid now, or gated in there within "
+                "QUAYGATE_GATE_PASS_MAX_DWELL (12 hours by default: its gate-out). At most "
+                f"{service.MAX_PASSES}, the most relevant kept: the rights gated in (the latest first), then "
+                "slots on or to come (the nearest first), slots missed (the latest first), no slot (the "
+                "soonest to lapse first)."))
 def passes(request: Request, actor: Actor = Depends(GATE)) -> dict[str, Any]:
     c = request.app.state.container
     s = c.settings
     # A pass never outlives the time a retired key stays in our JWKS (identity/keys.py, token_ttl).
     ttl = timedelta(seconds=min(s.gate_pass_ttl, max(s.access_token_ttl, s.id_token_ttl)))
     return service.issue_passes(_uow_factory(request), actor, signer=_signer(request), issuer=s.issuer, ttl=ttl,
-                                now=c.clock.now())
+                                max_dwell=timedelta(seconds=s.gate_pass_max_dwell), now=c.clock.now())
 
 
 @router.post("/offline-decisions", operation_id="reconcileOfflineGateDecision", response_model=OfflineDecisionOut,
-             max_body_size=IMAGE_BODY_BYTES,  # the reported request carries its face capture, as /verify
-             responses=problem_responses(400, 401, 403, 409, 422),
+             # The reported request is the verify request as the lane sent it, its face capture included
+             # (gate_adapters/runtime/offline.py ``decide``): /verify's limit. The capture is never stored;
+             # what is stored of a report is bounded field by field (reasons: the published codes).
+             max_body_size=IMAGE_BODY_BYTES,
+             responses=problem_responses(400, 401, 403, 409, 413, 422),
              summary="Report a decision a gate took offline: recorded, or flagged for port security.")
 def offline_decision(request: Request, body: OfflineDecisionIn, actor: Actor = Depends(GATE)) -> dict[str, Any]:
     c = request.app.state.container

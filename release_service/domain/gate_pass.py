@@ -240,7 +240,9 @@ class Basis(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class LocalUses:
-    """Rights this adapter let through offline (not yet known to the service)."""
+    """Rights this adapter used, which a pass fetched before the use cannot show: let through offline
+    (not yet known to the service), or committed online for one of its lanes (gate_adapters/runtime/
+    outbox.py rule 7)."""
 
     gated_in: frozenset[uuid.UUID] = frozenset()
     completed: frozenset[uuid.UUID] = frozenset()

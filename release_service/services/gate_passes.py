@@ -1,7 +1,8 @@
 """Offline gate mode, the service side (issue 5): issue gate passes, reconcile offline decisions.
 
 Issue (``GET /gate/v1/passes``): one short-lived signed pass (domain/gate_pass.py) per right nominated
-to, or gated in at, the caller's terminal; nothing about any other terminal.
+to the caller's terminal, or gated in there within ``max_dwell`` (its gate-out); nothing about any other
+terminal; at most ``MAX_PASSES``, the most relevant first (ports.GateOfflineStore.pass_subjects).
 
 Reconcile (``POST /gate/v1/offline-decisions``), one transaction per decision, idempotent by
 (terminal, request_id)::
@@ -82,16 +83,28 @@ _MOVES = {g.Direction.IN: ("release.gated_in", "release.gate_override"), g.Direc
 
 # ---- issue ---------------------------------------------------------------------------------------
 
+# The most passes one answer carries. A pass lives minutes (QUAYGATE_GATE_PASS_TTL, at most an hour), so an
+# answer is used for the trucks inside the terminal and those due before the next one: hundreds at a busy
+# terminal, not thousands. Each costs a signature here and a verification on the gate PC at every refresh
+# (60 s), and any gate client may fetch in a loop: past the cap the least relevant are left out (the order
+# of ports.GateOfflineStore.pass_subjects), and it is logged.
+MAX_PASSES = 2000
+
 
 def issue_passes(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, *, signer: PassSigner, issuer: str,
-                 ttl: timedelta, now: datetime) -> dict[str, Any]:
-    """The body of GET /gate/v1/passes: every pass of the caller's terminal, signed."""
+                 ttl: timedelta, max_dwell: timedelta, now: datetime) -> dict[str, Any]:
+    """The body of GET /gate/v1/passes: the passes of the caller's terminal, signed, at most MAX_PASSES.
+    ``max_dwell``: a right gated in longer ago gets no gate-out pass (QUAYGATE_GATE_PASS_MAX_DWELL)."""
     terminal = actor.terminal_code or ""
     require_gate_of(actor, terminal)
     with uow_factory() as uow:
-        subjects = uow.offline.pass_subjects(terminal, now=now)
+        subjects = uow.offline.pass_subjects(terminal, now=now, gated_in_since=now - max_dwell,
+                                             limit=MAX_PASSES + 1)
         as_of = uow.offline.ban_list_as_of()
         policy = uow.gate.policy(terminal)
+    if len(subjects) > MAX_PASSES:
+        log.warning("release.gate.passes_capped", extra={"fields": {"terminal": terminal, "cap": MAX_PASSES}})
+        subjects = subjects[:MAX_PASSES]
     issued = now.replace(microsecond=0)
     expires = issued + ttl
     tokens = [signer.sign(make_pass(s, terminal, policy, as_of, issued, expires).to_claims(issuer)) for s in subjects]
@@ -121,7 +134,7 @@ class OfflineReport:
 
     request: g.GateRequest
     decision: g.Outcome
-    reasons: tuple[str, ...]
+    reasons: tuple[g.Reason, ...]  # published codes only, each once (the route refuses any other text)
     release_id: uuid.UUID | None
     basis: str
     decided_at: datetime
@@ -266,7 +279,7 @@ def _row(actor: Actor, report: OfflineReport, decision_id: uuid.UUID, fingerprin
     return {
         "id": decision_id, "terminal": req.terminal, "request_id": req.request_id, "client_id": actor.client_id,
         "lane": req.lane, "direction": req.direction.value, "mode": req.mode.value, "fingerprint": fingerprint,
-        "decision": report.decision.value, "reasons": list(report.reasons), "basis": report.basis,
+        "decision": report.decision.value, "reasons": [r.value for r in report.reasons], "basis": report.basis,
         "release_id": report.release_id, "pass_id": None, "ban_list_age_seconds": report.ban_list_age_seconds,
         "verdict": verdict.value, "flag": flag.value if flag else None, "other_decision_id": other,
         "response": body, "observed_at": req.observed_at, "decided_at": report.decided_at, "reconciled_at": now,

@@ -1,9 +1,10 @@
 """Offline gate mode's storage (issue 5): the facts gate passes are made of, and the offline decisions
 reconciled from the adapters (``gate_offline_decisions``, one per terminal and request_id).
 
-``pass_subjects`` reads, in four statements whatever the number of rights: the terminal's nominated and
-gated-in rights, their drivers' badges and live activations, and the drivers' names; then screens each
-driver with the same port-ban lookup as the verify call (one lookup per distinct driver).
+``pass_subjects`` reads, in five statements whatever the number of rights: the terminal's nominated rights
+still valid and its rights gated in since ``gated_in_since``, the most relevant first and at most
+``limit`` of them; their drivers' badges and live activations; the drivers' names; and the drivers'
+port-ban screening, all of them in one statement (``SqlPortBanLookup.screen_many``, the verify call's rule).
 """
 
 from __future__ import annotations
@@ -41,12 +42,26 @@ class SqlGateOfflineStore:
 
     # ---- the facts of gate passes ----------------------------------------------------------------
 
-    def pass_subjects(self, terminal: str, *, now: datetime) -> list[PassSubject]:
+    def pass_subjects(self, terminal: str, *, now: datetime, gated_in_since: datetime, limit: int
+                      ) -> list[PassSubject]:
+        t = releases.c
+        gated_in = t.state == State.GATED_IN.value
+        slot_ahead = t.slot_end >= now  # the slot is on, or to come
         rows = self._conn.execute(
             sa.select(*_RIGHT_COLUMNS).where(
-                releases.c.terminal == terminal, releases.c.state.in_(sorted(PASS_STATES)),
-                releases.c.driver_person_id.is_not(None),
-                sa.or_(releases.c.state == State.GATED_IN.value, releases.c.valid_until > now))
+                t.terminal == terminal, t.state.in_(sorted(PASS_STATES)), t.driver_person_id.is_not(None),
+                # A gated-in right never lapses (release.py ``lapse_if_due``): one whose gate-out was never
+                # recorded would have a pass for good. Its gate-out pass only within the longest dwell.
+                sa.or_(sa.and_(gated_in, t.gate_in_at >= gated_in_since),
+                       sa.and_(sa.not_(gated_in), t.valid_until > now)))
+            # The order of ports.GateOfflineStore.pass_subjects: the trucks inside (latest gate-in first),
+            # then slots on or to come (the nearest first), slots missed (the latest first), no slot (the
+            # soonest to lapse first). Each bucket keeps its own key; the bucket comes first, so the NULLs
+            # of the other buckets' keys never mix in.
+            .order_by(sa.case((gated_in, 0), (slot_ahead, 1), (t.slot_end.is_not(None), 2), else_=3),
+                      sa.case((gated_in, t.gate_in_at), (sa.not_(slot_ahead), t.slot_end)).desc(),
+                      sa.case((slot_ahead, t.slot_start), else_=t.valid_until), t.id)
+            .limit(limit)
         ).all()
         rights = [right_facts(r) for r in rows]
         drivers = {r.nomination.driver_person_id for r in rights if r.nomination is not None}
@@ -66,8 +81,8 @@ class SqlGateOfflineStore:
                 activations.setdefault(badge_id, set()).add(code)
         names = {pid: f"{given} {family}" for pid, given, family in self._conn.execute(
             sa.select(persons.c.id, persons.c.given_name, persons.c.family_name).where(persons.c.id.in_(drivers)))}
-        screened = {pid: ScreeningResult(self._bans.screen(pid, terminal=terminal, now=now).result)
-                    for pid in drivers}
+        screened = {pid: ScreeningResult(s.result)
+                    for pid, s in self._bans.screen_many(drivers, terminal=terminal, now=now).items()}
         out = []
         for right in rights:
             assert right.nomination is not None
