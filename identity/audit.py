@@ -1,6 +1,9 @@
 """Identity events on the tamper-evident audit trail (the same ``audit_log`` as the release engine).
 
-Every login, token, failure and admin action is recorded. Kinds are dotted and PII-free
+Every login, token and admin action is recorded, and every failure that concerns a real person, client,
+code or credential; a refusal about nothing of ours from a caller who proved no one is logged only, so an
+anonymous caller cannot grow the trail (identity.oidc.exchange ``GrantRefused.audited``,
+identity.authn.service ``_refuse_login``). Kinds are dotted and PII-free
 (``identity.login.passkey.succeeded``, ``identity.token.issued``, ``identity.client.registered``);
 ``actor`` says who acted (client_id and/or person_id, never a name), ``data`` carries ids and reason
 codes only, never a secret, a token or a credential.

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Awaitable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from quaygate.single_use import Claim
@@ -499,12 +499,14 @@ class StoredOfflineDecision:
 class GateOfflineStore(Protocol):
     """Gate passes' facts and the offline decisions reconciled from the adapters."""
 
-    def pass_subjects(self, terminal: str, *, now: datetime, gated_in_since: datetime, limit: int
-                      ) -> list[PassSubject]:
+    def pass_subjects(self, terminal: str, *, now: datetime, gated_in_since: datetime, near: timedelta,
+                      limit: int) -> list[PassSubject]:
         """The rights a pass is issued for: nominated to ``terminal`` and valid at ``now``, or gated in there
         since ``gated_in_since``; at most ``limit``, the most relevant first: the rights gated in (the
-        latest gate-in first), then those whose slot is on or to come (the nearest slot first), those
-        whose slot was missed (the latest first), those without a slot (the soonest to lapse first)."""
+        latest gate-in first), then those usable now, without a slot or with a slot within ``near`` of
+        ``now`` on either side (the soonest to lapse first: the gate does not judge slots, a truck may be
+        early or late), then slots further ahead (the nearest first), then slots missed long ago (the
+        latest first)."""
 
     def ban_list_as_of(self) -> datetime | None: ...
 

@@ -691,3 +691,26 @@ def test_offline_never_allows_without_a_refresh(gate: Gate, adapters: list[Adapt
     assert (got["decision"], got["offline"]["basis"]) == ("review", "store_stale")
     assert a.barrier.commands[-1].command == "hold"
     assert uuid.UUID(got["decision_id"])
+
+
+def test_online_uses_are_read_from_the_oldest_pass_on_offline_ones_all(tmp_path: Path) -> None:
+    """Outbox rule 7, bounded: an online use older than ``online_since`` (the oldest pass held, less a
+    margin) is in every pass held and is not read again at each offline decision; an offline use is
+    always read, whatever its age: the service may not know it yet."""
+    import uuid
+
+    clock = [1_000_000.0]
+    box = Outbox(tmp_path / "outbox.sqlite3", wall=lambda: clock[0])
+    try:
+        online, offline = str(uuid.uuid4()), str(uuid.uuid4())
+        for rid in ("a", "b"):
+            assert box.put({"request_id": rid, "lane": "in-1", "direction": "in", "mode": "commit"})
+        box.done("a", {"decision": "allow", "committed": True, "direction": "in", "release_id": online})
+        assert box.decide_offline("b", {"decision": "allow"}, {
+            "release_id": offline, "request": {"lane": "in-1", "mode": "commit", "direction": "in"}})
+        clock[0] += 3600
+        assert box.offline_uses() == {"in": {online, offline}, "out": set()}
+        assert box.offline_uses(online_since=1_000_000.0) == {"in": {online, offline}, "out": set()}
+        assert box.offline_uses(online_since=1_000_000.5) == {"in": {offline}, "out": set()}
+    finally:
+        box.close()

@@ -132,19 +132,25 @@ def test_every_driver_is_screened_in_one_statement(gate: Gate) -> None:
 def test_the_passes_are_capped_the_most_relevant_kept(gate: Gate, monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     now = _now()
-    no_slot, later, missed, nearest, inside, lapsing = (gate.pickable(n) for n in range(1, 7))
+    no_slot, later, missed, nearest, inside, lapsing, far_ahead, far_missed = (gate.pickable(n) for n in range(1, 9))
     assert gate.verify(gate.body(5, mode="commit")).json()["committed"] is True
-    _set(gate, nearest, slot_start=now + timedelta(minutes=20), slot_end=now + timedelta(hours=1))
-    _set(gate, later, slot_start=now + timedelta(hours=3), slot_end=now + timedelta(hours=4))
-    _set(gate, missed, slot_start=now - timedelta(hours=2), slot_end=now - timedelta(hours=1))
-    _set(gate, lapsing, valid_until=now + timedelta(hours=5))
+    hours = lambda n: now + timedelta(hours=n)  # noqa: E731
+    _set(gate, nearest, slot_start=now + timedelta(minutes=20), slot_end=hours(1), valid_until=hours(6))
+    _set(gate, later, slot_start=hours(3), slot_end=hours(4), valid_until=hours(7))
+    _set(gate, missed, slot_start=hours(-2), slot_end=hours(-1), valid_until=hours(8))
+    _set(gate, lapsing, valid_until=hours(5))
+    _set(gate, no_slot, valid_until=hours(10))
+    _set(gate, far_ahead, slot_start=hours(48), slot_end=hours(49), valid_until=hours(72))
+    _set(gate, far_missed, slot_start=hours(-10), slot_end=hours(-9), valid_until=hours(9))
     everything = _subjects(gate)
-    assert everything == [inside, nearest, later, missed, lapsing, no_slot]
+    # The truck inside; then what a truck may present now, slot or none (the gate does not judge slots),
+    # the soonest to lapse first; then a slot two days ahead; then one missed long ago.
+    assert everything == [inside, lapsing, nearest, later, missed, no_slot, far_ahead, far_missed]
     monkeypatch.setattr(gate_passes, "MAX_PASSES", 3)
     with caplog.at_level(logging.WARNING, logger=gate_passes.__name__):
-        assert _subjects(gate) == [inside, nearest, later]
+        assert _subjects(gate) == [inside, lapsing, nearest]
     assert [r.message for r in caplog.records] == ["release.gate.passes_capped"]
     caplog.clear()
-    monkeypatch.setattr(gate_passes, "MAX_PASSES", 6)
+    monkeypatch.setattr(gate_passes, "MAX_PASSES", 8)
     assert _subjects(gate) == everything
     assert not caplog.records  # at the cap, not past it: nothing left out, nothing logged

@@ -67,6 +67,9 @@ log = logging.getLogger("gate_adapters.offline")
 
 MAX_PASS_LENGTH = 8192
 CLOCK_SLACK = timedelta(seconds=5)  # wall and monotonic clocks drift apart a little (NTP slews): not an alarm
+# An online use counts offline if it was decided less than this before the oldest pass held was issued:
+# the adapter's clock against the service's, with room to spare.
+ONLINE_USE_MARGIN = timedelta(minutes=10)
 
 
 class PassVerifier:
@@ -301,7 +304,10 @@ class OfflineMode:
             now = self._wall()
             seen = self.store.saw(now)
             stored = self.store.passes(now)
-            uses = self.outbox.offline_uses()  # rule 6: online uses here too
+            # Rule 6: online uses here too, those after the oldest pass held was issued (an earlier one is
+            # in every pass held), less a margin for the service's clock against ours.
+            oldest = min((p.issued_at for _, p in stored), default=now)
+            uses = self.outbox.offline_uses(online_since=(oldest - ONLINE_USE_MARGIN).timestamp())
             local = LocalUses(gated_in=frozenset(uuid.UUID(r) for r in uses.get("in", ())),
                               completed=frozenset(uuid.UUID(r) for r in uses.get("out", ())))
             refreshed_at = self.store.refreshed_at()

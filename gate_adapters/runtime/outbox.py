@@ -267,17 +267,17 @@ class Outbox:
         """Record the final answer (a decision, or a refusal that a re-send cannot change), and with a
         committed allow the right it used here (rule 7), in one transaction."""
         with self._lock:
+            # Every answer carries its direction (SPEC.md): the stored body, a face capture in it, is
+            # read only in the migration, for answers kept before.
+            use = _use(response, {})
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 now = self._wall()
-                row = self._db.execute("SELECT lane, body FROM verify_requests WHERE request_id = ?",
-                                       (request_id,)).fetchone()
                 self._db.execute("UPDATE verify_requests SET decided_at = ?, response = ? WHERE request_id = ?",
                                  (now, json.dumps(response, sort_keys=True), request_id))
-                use = None if row is None else _use(response, json.loads(row[1]))
                 if use is not None:
-                    self._db.execute("INSERT OR REPLACE INTO online_uses VALUES (?, ?, ?, ?, ?)",
-                                     (request_id, row[0], *use, now))
+                    self._db.execute("INSERT OR REPLACE INTO online_uses SELECT request_id, lane, ?, ?, ? "
+                                     "FROM verify_requests WHERE request_id = ?", (*use, now, request_id))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -420,13 +420,16 @@ class Outbox:
                 raise
         return True
 
-    def offline_uses(self) -> dict[str, set[str]]:
+    def offline_uses(self, *, online_since: float | None = None) -> dict[str, set[str]]:
         """Release ids used here, by direction (``in``/``out``), for offline mode to count as used: let
-        through offline, or committed by the service for a request of this outbox (rule 7)."""
+        through offline, or committed by the service for a request of this outbox (rule 7). ``online_since``
+        (wall-clock seconds): only the online uses from then on, those a pass fetched earlier cannot show
+        (an older one is in every pass issued since); the offline ones all, the service may not know them."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT used, release_id FROM offline_decisions WHERE used IS NOT NULL AND release_id IS NOT NULL "
-                "UNION SELECT used, release_id FROM online_uses"
+                "UNION SELECT used, release_id FROM online_uses WHERE decided_at >= ?",
+                (float("-inf") if online_since is None else online_since,)
             ).fetchall()
         out: dict[str, set[str]] = {"in": set(), "out": set()}
         for used, release_id in rows:

@@ -2,7 +2,8 @@
 
 One method per use case, one transaction each (STYLE.md #5); the routers in ``identity.api.passkeys``
 only translate HTTP. Every refusal raises :class:`PasskeyError` with a stable code (mapped to a status
-in the router's one table) and is written to the audit trail and the log with its reason.
+in the router's one table) and is logged with its reason; it is audited too when it concerns a credential
+of ours (``_refuse_login``: an anonymous caller's made-up ids and forged flows are not written down).
 
 A ceremony ("flow") is two calls, ``begin_*`` (a challenge and the options) and ``finish_*``. A challenge
 is used once (WebAuthn §13.4.3): of the same flow, replayed or raced, at most one finish goes through,

@@ -46,7 +46,9 @@ full path), which tells every refusal apart.
 
 The refusals that must change nothing are rolled back with the rotation (or, on the fast path, come
 before anything is written), so an attacker holding a stolen DPoP-bound token without its key cannot
-burn it (and thereby revoke the victim's family). Every refusal is logged and audited by run_exchange.
+burn it (and thereby revoke the victim's family). Every refusal is logged by run_exchange, and audited
+but for an unknown token from a public client (``GrantRefused.audited``); a refused DPoP claim is
+answered as the proof's error (invalid_dpop_proof, use_dpop_nonce), logged, before anything is judged.
 
 The DPoP proof's jti is claimed only once the token is found and is this client's: an unknown token
 costs no write in the cache (an anonymous caller, with a public client's id, could otherwise make it

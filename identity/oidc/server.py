@@ -63,6 +63,7 @@ from ..grants import GrantStore
 from ..keys import KeyStore
 from ..tokens import sign_access_token
 from .code_grant import AuthorizationCodeExchange, InvalidDPoPProofError, UseDPoPNonceError
+from .exchange import proven
 from .refresh import RefreshTokenExchange
 
 if TYPE_CHECKING:
@@ -364,7 +365,7 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         except InvalidClientError as error:
             error.status_code = 401
             raise
-        if request.auth_method != AuthMethod.NONE.value:  # "none" proves nothing: anyone can use it
+        if proven(request):  # "none" proves nothing: anyone can use it
             ratelimit.client_authenticated(client.get_client_id())
         return client
 

@@ -89,6 +89,9 @@ _MOVES = {g.Direction.IN: ("release.gated_in", "release.gate_override"), g.Direc
 # (60 s), and any gate client may fetch in a loop: past the cap the least relevant are left out (the order
 # of ports.GateOfflineStore.pass_subjects), and it is logged.
 MAX_PASSES = 2000
+# Within the cap, a right whose slot lies this near to now (either side) counts as usable now, with the
+# rights without a slot: the gate does not judge slots, and trucks come hours early or late.
+NEAR_SLOT = timedelta(hours=4)
 
 
 def issue_passes(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, *, signer: PassSigner, issuer: str,
@@ -98,7 +101,7 @@ def issue_passes(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, *, 
     terminal = actor.terminal_code or ""
     require_gate_of(actor, terminal)
     with uow_factory() as uow:
-        subjects = uow.offline.pass_subjects(terminal, now=now, gated_in_since=now - max_dwell,
+        subjects = uow.offline.pass_subjects(terminal, now=now, gated_in_since=now - max_dwell, near=NEAR_SLOT,
                                              limit=MAX_PASSES + 1)
         as_of = uow.offline.ban_list_as_of()
         policy = uow.gate.policy(terminal)

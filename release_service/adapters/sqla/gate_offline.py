@@ -42,11 +42,14 @@ class SqlGateOfflineStore:
 
     # ---- the facts of gate passes ----------------------------------------------------------------
 
-    def pass_subjects(self, terminal: str, *, now: datetime, gated_in_since: datetime, limit: int
+    def pass_subjects(self, terminal: str, *, now: datetime, gated_in_since: datetime, near: timedelta, limit: int
                       ) -> list[PassSubject]:
         t = releases.c
         gated_in = t.state == State.GATED_IN.value
-        slot_ahead = t.slot_end >= now  # the slot is on, or to come
+        # The gate decision does not look at slots (domain/gate.py): a truck may come early or late, so a
+        # right without a slot, or whose slot lies within ``near`` of now on either side, is as usable now.
+        is_near = sa.or_(t.slot_start.is_(None), sa.and_(t.slot_start <= now + near, t.slot_end >= now - near))
+        ahead = t.slot_start > now + near
         rows = self._conn.execute(
             sa.select(*_RIGHT_COLUMNS).where(
                 t.terminal == terminal, t.state.in_(sorted(PASS_STATES)), t.driver_person_id.is_not(None),
@@ -55,12 +58,12 @@ class SqlGateOfflineStore:
                 sa.or_(sa.and_(gated_in, t.gate_in_at >= gated_in_since),
                        sa.and_(sa.not_(gated_in), t.valid_until > now)))
             # The order of ports.GateOfflineStore.pass_subjects: the trucks inside (latest gate-in first),
-            # then slots on or to come (the nearest first), slots missed (the latest first), no slot (the
-            # soonest to lapse first). Each bucket keeps its own key; the bucket comes first, so the NULLs
-            # of the other buckets' keys never mix in.
-            .order_by(sa.case((gated_in, 0), (slot_ahead, 1), (t.slot_end.is_not(None), 2), else_=3),
-                      sa.case((gated_in, t.gate_in_at), (sa.not_(slot_ahead), t.slot_end)).desc(),
-                      sa.case((slot_ahead, t.slot_start), else_=t.valid_until), t.id)
+            # then the rights usable now (the soonest to lapse first), slots further ahead (the nearest
+            # first), slots missed long ago (the latest first). The bucket comes first, so the NULLs of the
+            # other buckets' keys never mix in.
+            .order_by(sa.case((gated_in, 0), (is_near, 1), (ahead, 2), else_=3),
+                      sa.case((gated_in, t.gate_in_at), (t.slot_end < now - near, t.slot_end)).desc(),
+                      sa.case((ahead, t.slot_start), else_=t.valid_until), t.id)
             .limit(limit)
         ).all()
         rights = [right_facts(r) for r in rows]
