@@ -90,7 +90,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -144,6 +144,16 @@ class Limits:
     lockout_seconds: int = LOCKOUT_SECONDS
     lockout_max_seconds: int = LOCKOUT_MAX_SECONDS
 
+    # A per-network limit is never below the per-address one, so that one /64 alone always keeps its own
+    # allowance (module docstring, "Networks"); the settings are taken as they are, this is what counts.
+    @property
+    def network_limit(self) -> int:
+        return max(self.per_network, self.per_address)
+
+    @property
+    def login_network_limit(self) -> int:
+        return max(self.login_attempts_per_network, self.login_attempts_per_address)
+
 
 def limits_from_settings(settings: Any) -> Limits:
     """Limits from ``settings.rate_limit_*`` / ``login_*`` / ``lockout_*`` where present, else defaults."""
@@ -157,18 +167,16 @@ def limits_from_settings(settings: Any) -> Limits:
     return Limits(**{field: getattr(settings, name, getattr(defaults, field)) for field, name in names.items()})
 
 
-def address_key(address: str) -> str:
-    """What a per-address limit counts by: an IPv4 address as is; an IPv6 address by its /64, which
-    one host or one subscriber usually holds whole (RFC 6177, RFC 7934): counted per address, it
-    would have 2^64 addresses to spread its requests over; an IPv4-mapped IPv6 address as its IPv4
-    address. Anything that is no address (a test client's name) as is."""
-    return address_keys(address)[0]
-
-
 def address_keys(address: str) -> tuple[str, str | None]:
-    """``address_key``, and the network whose count the address's requests are counted in as well:
-    an IPv6 address's /48 (a whole site's, RFC 6177 §2; 65 536 /64s that one customer may hold); None
-    for anything else: an IPv4 address (or IPv4-mapped) has no wider count (module docstring)."""
+    """What a per-address limit counts by, and the network whose count the address's requests are
+    counted in as well.
+
+    The first: an IPv4 address as is; an IPv6 address by its /64, which one host or one subscriber
+    usually holds whole (RFC 6177, RFC 7934): counted per address, it would have 2^64 addresses to
+    spread its requests over; an IPv4-mapped IPv6 address as its IPv4 address. Anything that is no
+    address (a test client's name) as is. The second: an IPv6 address's /48 (a whole site's, RFC 6177
+    §2; 65 536 /64s that one customer may hold); None for anything else: an IPv4 address (or
+    IPv4-mapped) has no wider count (module docstring)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -202,63 +210,53 @@ class RateLimiter:
         self._cache = cache
         self._now = now
 
-    def _window(self, key: str, window: int, now: float | None = None) -> tuple[str, float]:
-        now = self._now() if now is None else now
+    def _window(self, key: str, window: int, now: float) -> tuple[str, float]:
         index = int(now // window)
         return f"rl:{_digest(key)}:{window}:{index}", (index + 1) * window - now
 
     def hit(self, key: str, limit: int, window: int, *, wider: Wider | None = None) -> int | None:
-        """Count one request for ``key`` (and in ``wider``: ``hit_within_and_peek_many``); None if within
-        ``limit`` for this window, else the seconds until the window ends (for Retry-After, RFC 9110
-        §10.2.3)."""
-        if wider is not None:
-            passed, _ = self.hit_within_and_peek_many(key, limit, wider, window, [])
-            return None if passed else self.window_left(window)
-        name, remaining = self._window(key, window)
-        count = self._cache.incr(name, remaining + 1)
-        return None if count <= limit else max(1, math.ceil(remaining))
+        """Count one request for ``key`` (and in ``wider``: ``count``); None if within ``limit`` for this
+        window, else the seconds until the window ends (for Retry-After, RFC 9110 §10.2.3)."""
+        return self.count(key, limit, window, wider=wider)[0]
 
-    def hit_within_and_peek_many(self, key: str, limit: int, wider: Wider, window: int,
-                                 peeks: list[str]) -> tuple[bool, list[bytes | None]]:
-        """Count one request for ``key`` within ``wider`` (an IPv6 /64's within its /48's), and read the
-        cache keys ``peeks`` (as are), in one round trip (``Cache.incr_within``): True if within both
-        limits. Once ``wider`` is spent nothing is counted, so a request refused by it creates no key;
-        and ``wider`` counts only requests ``key``'s own limit let through."""
-        now = self._now()
+    def count(self, key: str, limit: int, window: int, *, wider: Wider | None = None, peeks: Sequence[str] = (),
+              now: float | None = None) -> tuple[int | None, list[bytes | None]]:
+        """Count one request for ``key``, and read the cache keys ``peeks`` (as are), in one round trip:
+        None if within ``limit`` (else the seconds until the window ends), and what ``peeks`` held.
+        ``now``: the clock as the caller has read it, so that keys it windows itself fall in this window.
+
+        With ``wider`` (an IPv6 /64's count within its /48's, ``Cache.incr_within``), within both limits.
+        Once ``wider`` is spent nothing is counted, so a request refused by it creates no key; and
+        ``wider`` counts only requests ``key``'s own limit let through."""
+        now = self._now() if now is None else now
         name, remaining = self._window(key, window, now)
-        count, peeked = self._cache.incr_within(name, limit, self._window(wider.key, window, now)[0], wider.limit,
-                                                remaining + 1, peeks)
-        if count == 0:
-            log.info("identity.ratelimit.refused.network")
-        return 0 < count <= limit, peeked
-
-    def hit_and_peek_many(self, key: str, window: int, peeks: list[str]) -> tuple[int, list[bytes | None]]:
-        """Count one request for ``key`` and read the cache keys ``peeks`` (as are), in one round trip."""
-        name, remaining = self._window(key, window)
-        return self._cache.incr_peek_many(name, remaining + 1, peeks)
-
-    def window_left(self, window: int) -> int:
-        """Seconds until the current window ends (Retry-After)."""
-        return max(1, math.ceil(self._window("", window)[1]))
+        if wider is None:
+            count, peeked = self._cache.incr_peek_many(name, remaining + 1, list(peeks))
+        else:
+            count, peeked = self._cache.incr_within(name, limit, self._window(wider.key, window, now)[0],
+                                                    wider.limit, remaining + 1, list(peeks))
+            if count == 0:
+                log.info("identity.ratelimit.refused.network")
+        return (None if 0 < count <= limit else _retry_after(remaining)), peeked
 
     def hit_and_check(self, key: str, limit: int, other: str, other_limit: int, window: int, *,
                       wider: Wider | None = None) -> int | None:
         """hit(key, wider=wider) and exceeded(other) in one round trip to the cache."""
-        peek = self._window(other, window)[0]
-        if wider is None:
-            count, (raw,) = self.hit_and_peek_many(key, window, [peek])
-            passed = count <= limit
-        else:
-            passed, (raw,) = self.hit_within_and_peek_many(key, limit, wider, window, [peek])
-        if not passed or (raw is not None and int(raw) >= other_limit):
-            return self.window_left(window)
-        return None
+        now = self._now()  # once: ``other`` is read in the window ``key`` is counted in
+        peek, remaining = self._window(other, window, now)
+        retry, (raw,) = self.count(key, limit, window, wider=wider, peeks=[peek], now=now)
+        return _retry_after(remaining) if raw is not None and int(raw) >= other_limit else retry
 
     def exceeded(self, key: str, limit: int, window: int) -> int | None:
         """Like hit() without counting: has ``key`` already used up its allowance in this window?"""
-        name, remaining = self._window(key, window)
+        name, remaining = self._window(key, window, self._now())
         raw = self._cache.get(name)
-        return None if raw is None or int(raw) < limit else max(1, math.ceil(remaining))
+        return None if raw is None or int(raw) < limit else _retry_after(remaining)
+
+
+def _retry_after(remaining: float) -> int:
+    """Whole seconds, at least one, for Retry-After (RFC 9110 §10.2.3)."""
+    return max(1, math.ceil(remaining))
 
 
 @dataclass(frozen=True)
@@ -301,31 +299,26 @@ class LoginGuard:
             address, network = address_keys(address)
         if subject is not None and address is not None:  # all in one round trip
             h = _digest(subject)
-            peeks = [f"lock:{h}", f"lockgen:{h}", f"lf:{h}:any", f"lockn:{h}"]
-            key, limit, wider = f"login:addr:{address}", self._limits.login_attempts_per_address, self._wider(network)
-            if wider is None:
-                count, peeked = self._rates.hit_and_peek_many(key, self._limits.window, peeks)
-                passed = count <= limit
-            else:
-                passed, peeked = self._rates.hit_within_and_peek_many(key, limit, wider, self._limits.window, peeks)
-            lock, generation, failures, level = peeked
+            retry, (lock, generation, failures, level) = self._attempt(
+                address, network, [f"lock:{h}", f"lockgen:{h}", f"lf:{h}:any", f"lockn:{h}"])
             seen = GuardCheck(None, int(generation or 0), failures is None and level is None)
             locked = self._remaining(lock)
             if locked is not None:
                 log.info("identity.login.refused.locked")
                 return replace(seen, retry=locked)
-            if not passed:
+            if retry is not None:
                 log.info("identity.login.refused.rate_limited")
-                return replace(seen, retry=self._rates.window_left(self._limits.window))
+                return replace(seen, retry=retry)
             return seen
         return GuardCheck(self._check_apart(subject, address, network))
 
-    def _wider(self, network: str | None) -> Wider | None:
-        # Never below the per-address limit: one /64 alone always has its own allowance.
-        if network is None:
-            return None
+    def _attempt(self, address: str, network: str | None,
+                 peeks: Sequence[str] = ()) -> tuple[int | None, list[bytes | None]]:
+        """Count a login attempt from ``address`` (and its ``network``, if any): ``RateLimiter.count``."""
         limits = self._limits
-        return Wider(f"login:net:{network}", max(limits.login_attempts_per_network, limits.login_attempts_per_address))
+        wider = None if network is None else Wider(f"login:net:{network}", limits.login_network_limit)
+        return self._rates.count(f"login:addr:{address}", limits.login_attempts_per_address, limits.window,
+                                 wider=wider, peeks=peeks)
 
     def _check_apart(self, subject: str | None, address: str | None, network: str | None) -> int | None:
         if subject is not None:
@@ -334,8 +327,7 @@ class LoginGuard:
                 log.info("identity.login.refused.locked")
                 return locked
         if address is not None:
-            retry = self._rates.hit(f"login:addr:{address}", self._limits.login_attempts_per_address,
-                                    self._limits.window, wider=self._wider(network))
+            retry, _ = self._attempt(address, network)
             if retry is not None:
                 log.info("identity.login.refused.rate_limited")
                 return retry
@@ -348,7 +340,7 @@ class LoginGuard:
         if lock is None:
             return None
         remaining = float(lock) - self._now()
-        return max(1, math.ceil(remaining)) if remaining > 0 else None
+        return _retry_after(remaining) if remaining > 0 else None
 
     def failed(self, subject: str | None, address: str | None = None) -> int | None:
         """After a failed attempt: count it; return the lockout's length if this failure started one.
@@ -529,9 +521,7 @@ class RateLimitMiddleware:
         limiter = rate_limiter_for(owner)
         client = scope.get("client")
         address, network = address_keys(client[0]) if client else ("unknown", None)
-        # Never below the per-address limit: one /64 alone always has its own allowance.
-        wider = None if network is None else Wider(f"ep:{family}:net:{network}",
-                                                   max(limits.per_network, limits.per_address))
+        wider = None if network is None else Wider(f"ep:{family}:net:{network}", limits.network_limit)
         client_id: str | None = None
         if family == "oauth":
             client_id = client_id_from_basic(_header(scope, b"authorization"))

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from identity.keys import KeyStore
-from identity.ratelimit import Limits, LoginGuard, RateLimiter, address_key
+from identity.ratelimit import Limits, LoginGuard, RateLimiter, address_keys
 from identity.tokens import InvalidToken, sign_access_token
 from quaygate.cache import MemoryCache
 from tests.test_identity_code_flow_support import CONSOLE_REDIRECT, Flow, Pkce, make_flow, query
@@ -213,15 +213,15 @@ def test_a_token_naming_a_retired_kid_forces_no_reload(env: Env, monkeypatch: py
 
 
 def test_ipv6_addresses_share_a_counter_per_64() -> None:
-    assert address_key("2001:db8::1") == address_key("2001:db8::2") == address_key("2001:db8::ffff:1:2:3")
-    assert address_key("2001:db8:0:1::1") != address_key("2001:db8::1")
-    assert address_key("::ffff:192.0.2.7") == address_key("192.0.2.7") == "192.0.2.7"
-    assert address_key("192.0.2.7") != address_key("192.0.2.8")
-    assert address_key("testclient") == "testclient"
+    assert address_keys("2001:db8::1")[0] == address_keys("2001:db8::2")[0] == address_keys("2001:db8::ffff:1:2:3")[0]
+    assert address_keys("2001:db8:0:1::1")[0] != address_keys("2001:db8::1")[0]
+    assert address_keys("::ffff:192.0.2.7")[0] == address_keys("192.0.2.7")[0] == "192.0.2.7"
+    assert address_keys("192.0.2.7")[0] != address_keys("192.0.2.8")[0]
+    assert address_keys("testclient")[0] == "testclient"
     limiter = RateLimiter(MemoryCache(), now=lambda: 1_800_000_040.0)
-    assert limiter.hit(f"a:{address_key('2001:db8::1')}", 1, 60) is None
-    assert limiter.hit(f"a:{address_key('2001:db8::2')}", 1, 60) is not None
-    assert limiter.hit(f"a:{address_key('2001:db8:0:1::1')}", 1, 60) is None
+    assert limiter.hit(f"a:{address_keys('2001:db8::1')[0]}", 1, 60) is None
+    assert limiter.hit(f"a:{address_keys('2001:db8::2')[0]}", 1, 60) is not None
+    assert limiter.hit(f"a:{address_keys('2001:db8:0:1::1')[0]}", 1, 60) is None
     guard = LoginGuard(MemoryCache(), limits=Limits(login_attempts_per_address=1), now=lambda: 1_800_000_040.0)
     assert guard.check(None, "2001:db8::1") is None
     assert guard.check(None, "2001:db8::2") is not None  # login attempts too

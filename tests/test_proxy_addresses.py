@@ -91,7 +91,7 @@ def test_a_proxy_network_from_the_setting(tmp_path: Path, sqlite_database_url: s
     with _serve(tmp_path, sqlite_database_url, QUAYGATE_FORWARDED_ALLOW_IPS="192.0.2.1, 127.0.0.0/8",
                 FORWARDED_ALLOW_IPS="192.0.2.1") as http:
         assert 429 not in [_token(http, "2001:db8:1::1") for _ in range(LIMIT)]
-        assert _token(http, "2001:db8:1::2") == 429  # the same /64 (identity.ratelimit.address_key)
+        assert _token(http, "2001:db8:1::2") == 429  # the same /64 (identity.ratelimit.address_keys)
         assert _token(http, "2001:db8:2::1") != 429
         assert _token(http, "203.0.113.7") != 429
 
