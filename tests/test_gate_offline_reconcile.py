@@ -185,3 +185,27 @@ def test_a_lie_about_a_used_right_is_flagged_as_unsupported_first(gate: Gate) ->
     twice = reconcile(gate, _report(gate, 1, token=token))
     assert (twice["verdict"], twice["flag"]) == ("flagged", "used_offline_twice")
     assert uuid.UUID(twice["other_decision_id"])
+
+
+def test_an_offline_report_naming_another_terminals_right_raises_no_alarm_on_it(gate: Gate) -> None:
+    """A gate client speaks for its own terminal's rights only: an offline allow (no pass) that names a
+    right of another terminal is flagged pass_invalid as naming none. Nothing is written about that right
+    or sent to its parties; the reporter's answer does not say the id exists (review 77)."""
+    from quaygate.schema import releases
+
+    subscribe_line(gate)
+    rid = gate.pickable(1)
+    with gate.engine.begin() as conn:
+        conn.execute(releases.update().where(releases.c.id == uuid.UUID(rid)).values(terminal="BEANR-OTHER"))
+    got = reconcile(gate, _report(gate, 1, token=None))
+    assert (got["verdict"], got["flag"], got["release_id"]) == ("flagged", "pass_invalid", None), got
+    kinds, hooks = flagged_events(gate, rid)
+    assert kinds == ["release.issued", "release.nominated", "release.light.customs", "release.light.terminal"]
+    assert hooks == 0
+    (row,) = offline_rows(gate)
+    assert row.release_id is None
+    # Its own terminal's right, named the same way, is flagged and announced to its parties.
+    own = gate.pickable(2)
+    got = reconcile(gate, _report(gate, 2, token=None))
+    assert (got["verdict"], got["flag"], got["release_id"]) == ("flagged", "pass_invalid", own), got
+    assert flagged_events(gate, own)[1] == 1

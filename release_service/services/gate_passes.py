@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -157,6 +157,7 @@ def reconcile(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, report
             if stored is not None:
                 return _replay(stored, fingerprint)
             decision_id = uuid.uuid4()
+            report = _of_terminal(uow, report)
             j = _judge(uow, actor, report, gate_pass, decision_id, now)
             verdict, flag = j.verdict, j.flag
             body = {"offline_decision_id": str(decision_id), "request_id": req.request_id,
@@ -175,6 +176,23 @@ def reconcile(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, report
                                                                      "offline_decision_id": str(decision_id)}})
         return body
     raise DomainError(ErrorCode.REQUEST_ID_REUSED, "This request_id is being used by another request.")
+
+
+def _of_terminal(uow: OfflineUnitOfWork, report: OfflineReport) -> OfflineReport:
+    """``report`` with its release id dropped when it names a right of another terminal: a gate client
+    speaks for its own terminal's rights only. Judged as naming none (an allow is flagged
+    ``pass_invalid``), nothing is written about that right nor announced to its parties: else any gate
+    client could raise false alarms on any terminal's rights, and learn from its own webhook that an id
+    exists (review 77)."""
+    rid = report.release_id
+    if rid is None:
+        return report
+    right = uow.releases.get(rid)
+    if right is None or right.terminal == report.request.terminal:
+        return report
+    log.warning("release.verify.offline.foreign_right", extra={"fields": {
+        "terminal": report.request.terminal, "release_id": str(rid)}})
+    return replace(report, release_id=None)
 
 
 def _genuine(token: str | None, signer: PassSigner, issuer: str, terminal: str) -> GatePass | None:
