@@ -1,8 +1,9 @@
-"""Background loops each replica runs: audit sealing, webhook delivery, lapsing rights, expiring badges.
+"""Background loops each replica runs: audit sealing, webhook delivery, lapsing rights, expiring badges,
+acting on port bans once they start.
 
 Each loop is safe to run in every replica at once: the sealer takes an advisory lock, the dispatcher
 claims deliveries with SKIP LOCKED, the sweeper locks each right it lapses, the badge sweep takes its
-badges with SKIP LOCKED.
+badges with SKIP LOCKED, the ban sweep takes the ban loader's advisory lock.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 import httpx
 
 from identity.badges.service import BadgeService
+from identity.bans.sweep import sweep_bans_in_effect
 from release_service.adapters.audit import AuditSealer
 from release_service.adapters.gate_facts import RedisGateFacts
 from release_service.adapters.sqla.uow import SqlUnitOfWork
@@ -74,6 +76,8 @@ class BackgroundWorkers:
         self._loop("lapse-sweeper", 5.0, self._lapse)
         badges = BadgeService(c.engine)
         self._loop("badge-expiry", 60.0, lambda: badges.expire_due(c.clock.now()))
+        # A port ban that starts after its load acts once it starts (identity/bans/sweep.py).
+        self._loop("ban-sweeper", 60.0, lambda: sweep_bans_in_effect(c.engine, c.clock.now()))
 
     def _lapse(self) -> int:
         uow = SqlUnitOfWork(self._c.engine)

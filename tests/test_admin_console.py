@@ -251,6 +251,9 @@ def test_import_a_feed_deactivates_the_badge_and_lists_the_alert(flow: Flow, reg
     assert [(a["release_id"], a["driver_person_id"], a["ban_reference"]) for a in alerts.json()["items"]] == [
         (str(release_id), str(driver), "R-7")]
     assert number not in alerts.text
+    # The listing is on the trail (issue 4): who looked, not what was listed.
+    assert audit_entries(flow, "identity.admin.ban_alerts.listed") == [
+        ({"person_id": str(officer), "client_id": client_id}, None, {"limit": 100})]
 
 
 def test_a_refused_feed_says_why_and_changes_nothing(flow: Flow, register: Register) -> None:
@@ -275,6 +278,8 @@ def test_ban_routes_refuse_missing_and_driver_tokens(flow: Flow) -> None:
     _problem(flow.http.post("/admin/v1/bans/feeds", content=b"{}"), 401, "invalid_request")
     token = flow.driver_tokens(flow.driver_app(), _officer(flow, "driver"))["access_token"]
     _problem(flow.http.post("/admin/v1/bans/feeds", content=b"{}", headers=_auth(token)), 403, "insufficient_scope")
+    _problem(flow.http.get("/admin/v1/bans/alerts", headers=_auth(token)), 403, "insufficient_scope")
+    assert audit_entries(flow, "identity.admin.ban_alerts.listed") == []  # a refused caller saw nothing
 
 
 # ---- the pages ---------------------------------------------------------------------------------------

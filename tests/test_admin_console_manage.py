@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from identity.domain.badges import Scheme, with_check
 from quaygate.crypto import keyed_hash
-from quaygate.schema import oauth_clients, organisations, persons
+from quaygate.schema import badges, oauth_clients, organisations, persons
 from tests.ban_register import Register, ban, national_number, snapshot
 from tests.factories import TERMINAL, port
 from tests.test_admin_console import _auth, _badge, _console, _officer, _problem, _token, audit_entries, console_flow
@@ -43,11 +43,20 @@ def _issue_body(person: uuid.UUID, serial: int, **over: Any) -> dict[str, Any]:
             "valid_from": t.isoformat(), "valid_until": (t + timedelta(days=365)).isoformat(), **over}
 
 
+def _linked(flow: Flow, person: uuid.UUID, serial: int) -> uuid.UUID:
+    """The person's national number linked: with a register configured, an unlinked person cannot be
+    screened and gets no badge (person_unidentified, identity.domain.bans.screen)."""
+    with flow.engine.begin() as conn:
+        conn.execute(sa.update(persons).where(persons.c.id == person).values(
+            national_id_hash=keyed_hash(flow.container.settings.pepper_bytes(), national_number(serial))))
+    return person
+
+
 # ---- badges: issue and renew are the badge office's, activation the security desk's -------------------
 
 
 def test_issue_is_the_badge_offices_and_fails_closed_without_a_list(flow: Flow) -> None:
-    holder, _ = _badge(flow)
+    holder = _linked(flow, _badge(flow)[0], 20)
     client_id = _console(flow)
     office = _token(flow, client_id, _officer(flow, "badge_office"))
     security = _token(flow, client_id, _officer(flow, "port_security_admin"))
@@ -62,7 +71,7 @@ def test_issue_is_the_badge_offices_and_fails_closed_without_a_list(flow: Flow) 
 
 
 def test_issue_is_screened_against_the_list_in_force(flow: Flow, register: Register) -> None:
-    holder, _ = _badge(flow)
+    holder = _linked(flow, _badge(flow)[0], 20)
     banned = flow.person(given="Piet", family="Verboden")
     number = national_number(21)
     with flow.engine.begin() as conn:
@@ -81,13 +90,18 @@ def test_issue_is_screened_against_the_list_in_force(flow: Flow, register: Regis
     assert got["screening_list_age_seconds"] is not None
     _problem(flow.http.post("/admin/v1/badges", json=_issue_body(banned, 4244), headers=_auth(office)),
              409, "person_banned")
+    # A fresh record with no national number (a banned person entered again): refused until linked.
+    fresh = flow.person(given="Piet", family="Opnieuw")
+    _problem(flow.http.post("/admin/v1/badges", json=_issue_body(fresh, 4245), headers=_auth(office)),
+             422, "person_unidentified")
     assert flow.http.get("/admin/v1/badges", params={"person_id": str(banned)},
                          headers=_auth(office)).json()["items"] == []
 
 
 def test_renew_is_the_badge_office_and_activation_the_security_desk(flow: Flow, register: Register) -> None:
     t = datetime.now(UTC)
-    _, badge_id = _badge(flow)
+    holder, badge_id = _badge(flow)
+    _linked(flow, holder, 20)
     port(flow.engine)  # the terminal BEANR-K1700
     client_id = _console(flow)
     office = _token(flow, client_id, _officer(flow, "badge_office"))
@@ -114,6 +128,51 @@ def test_renew_is_the_badge_office_and_activation_the_security_desk(flow: Flow, 
     assert flow.http.get(f"/admin/v1/badges/{badge_id}", headers=_auth(security)).json()["activations"] == []
     (actor, _, _), = audit_entries(flow, "identity.badge.activation_withdrawn")
     assert actor["client_id"] == client_id and actor["person_id"]
+
+
+def test_an_officer_does_not_issue_reactivate_renew_or_activate_his_own_badge(flow: Flow, register: Register) -> None:
+    """What opens the gates to an officer is another officer's act, as his own suspension, roles and
+    enrolment code are (identity.api.admin): 403 own_badge, nothing changed; another's badge, as ever."""
+    t = datetime.now(UTC)
+    port(flow.engine)  # the terminal BEANR-K1700
+    client_id = _console(flow)
+    officer = _officer(flow, "badge_office", "port_security_admin")
+    token = _auth(_token(flow, client_id, officer))
+    assert flow.http.post("/admin/v1/bans/feeds", headers=token,
+                          content=register.sign(snapshot(1, t, []))).status_code == 200
+    own = uuid.uuid4()
+    with flow.engine.begin() as conn:
+        conn.execute(badges.insert().values(
+            id=own, person_id=officer, scheme="alfapass", number=with_check(Scheme.ALFAPASS, 4250), status="inactive",
+            valid_from=t - timedelta(days=1), valid_until=t + timedelta(days=30), created_at=t))
+    holder, other = _badge(flow)
+    with flow.engine.begin() as conn:  # both screenable: their national numbers linked
+        for person, serial in ((holder, 22), (officer, 23)):
+            conn.execute(sa.update(persons).where(persons.c.id == person).values(
+                national_id_hash=keyed_hash(flow.container.settings.pepper_bytes(), national_number(serial))))
+    renew = {"valid_until": (t + timedelta(days=700)).isoformat(), "reason": "renewal"}
+
+    def act(holder_id: uuid.UUID, badge_id: uuid.UUID, serial: int) -> list[Any]:
+        return [flow.http.post("/admin/v1/badges", json=_issue_body(holder_id, serial), headers=token),
+                flow.http.post(f"/admin/v1/badges/{badge_id}/status", json={"status": "active", "reason": "back"},
+                               headers=token),
+                flow.http.post(f"/admin/v1/badges/{badge_id}/renew", json=renew, headers=token),
+                flow.http.post(f"/admin/v1/badges/{badge_id}/activations", json={"terminal": TERMINAL},
+                               headers=token)]
+
+    for r in act(officer, own, 4251):
+        _problem(r, 403, "own_badge")
+    assert flow.http.post(f"/admin/v1/badges/{other}/status", json={"status": "inactive", "reason": "check"},
+                          headers=token).status_code == 200
+    assert [r.status_code for r in act(holder, other, 4252)] == [201, 200, 200, 201]
+    with flow.engine.connect() as conn:
+        assert conn.execute(sa.select(badges.c.id, badges.c.status, badges.c.valid_until)
+                            .where(badges.c.person_id == officer)).one() == (own, "inactive", t + timedelta(days=30))
+    got = flow.http.get(f"/admin/v1/badges/{own}", headers=token).json()
+    assert (got["activations"], len(got["history"])) == ([], 0)
+    # Making his own badge less is not refused: it opens nothing.
+    assert flow.http.post(f"/admin/v1/badges/{own}/status", json={"status": "expired", "reason": "left"},
+                          headers=token).status_code == 200
 
 
 # ---- organisations and clients: port security -------------------------------------------------------
@@ -238,7 +297,8 @@ def test_badge_views_and_searches_are_audited(flow: Flow) -> None:
 
 
 def test_audit_trail_search_filters_and_pages(flow: Flow, register: Register) -> None:
-    _, badge_id = _badge(flow)
+    holder, badge_id = _badge(flow)
+    _linked(flow, holder, 20)
     client_id = _console(flow)
     officer = _officer(flow, "port_security_admin")
     token = _token(flow, client_id, officer)

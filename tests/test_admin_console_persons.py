@@ -253,11 +253,15 @@ def test_the_person_page_shows_the_screening_and_the_ban_alerts(flow: Flow, regi
     assert number not in str(after)
     # Another person: clear, and none of the driver's alerts.
     other = flow.person(given="Els", family="Maes")
+    # No national number linked yet: the register cannot find her, so the page says unavailable, not
+    # clear (badge issue is refused alike, person_unidentified).
+    unlinked = flow.http.get(f"/admin/v1/persons/{other}", headers=_auth(token)).json()
+    assert (unlinked["national_id_linked"], unlinked["screening"]["status"]) == (False, "unavailable")
     with flow.engine.begin() as conn:
         conn.execute(sa.update(persons).where(persons.c.id == other).values(
             national_id_hash=keyed_hash(flow.container.settings.pepper_bytes(), national_number(32))))
     got = flow.http.get(f"/admin/v1/persons/{other}", headers=_auth(token)).json()
     assert (got["screening"]["status"], got["ban_alerts"]) == ("clear", [])
     views = audit_entries(flow, "identity.admin.person.viewed")
-    assert len(views) == 4 and views[0].actor == {"person_id": str(officer), "client_id": client_id}
+    assert len(views) == 5 and views[0].actor == {"person_id": str(officer), "client_id": client_id}
     assert all(v.data == {} for v in views)  # who looked at whom, never what was shown

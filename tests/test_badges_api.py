@@ -36,7 +36,7 @@ class FixedScreening:
     def __init__(self, status: str) -> None:
         self.status = status
 
-    def screen(self, person_id: uuid.UUID, now: datetime) -> ScreeningResult:
+    def screen(self, person_id: uuid.UUID, now: datetime, *, conn: object = None) -> ScreeningResult:
         return ScreeningResult(self.status, 5.0, ())
 
 

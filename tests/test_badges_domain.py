@@ -199,7 +199,7 @@ def test_numbers_are_masked_except_for_the_badge_office_and_the_holder() -> None
 
 def test_the_screening_port_shape() -> None:
     class Clear:
-        def screen(self, person_id: uuid.UUID, now: datetime) -> ScreeningResult:
+        def screen(self, person_id: uuid.UUID, now: datetime, *, conn: object = None) -> ScreeningResult:
             return ScreeningResult("clear", 12.5, ())
 
     port: BanScreening = Clear()

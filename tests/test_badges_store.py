@@ -26,7 +26,7 @@ class FixedScreening:
     def __init__(self, status: str, age: float | None = 30.0) -> None:
         self.status, self.age, self.asked = status, age, []  # type: ignore[var-annotated]
 
-    def screen(self, person_id: uuid.UUID, now: datetime) -> ScreeningResult:
+    def screen(self, person_id: uuid.UUID, now: datetime, *, conn: object = None) -> ScreeningResult:
         self.asked.append(person_id)
         return ScreeningResult(self.status, self.age, ("ban:REF-1",) if self.status == "banned" else ())
 

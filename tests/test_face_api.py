@@ -5,6 +5,7 @@ template."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import struct
@@ -18,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 import sqlalchemy as sa
+from PIL import Image
 
 from identity.domain import assurance
 from identity.face import FaceError, FacePool, FaceService, face_for
@@ -26,7 +28,9 @@ from identity.face.liveness import Liveness
 from identity.sessions import sessions_for
 from quaygate.schema import audit_log, face_templates, login_sessions, metadata
 from tests.aio import chunks_of, post_counting_body, run_async
+from tests.test_admin_console import _auth, _console, _officer, _token
 from tests.test_face_support import blurred, photo, side_by_side
+from tests.test_identity_code_flow_support import Flow
 from tests.test_identity_grants_support import Lifecycle, make_lifecycle
 from tests.test_identity_support import ISSUER
 
@@ -174,6 +178,9 @@ def test_enrolment_refuses_bad_requests(env: Lifecycle) -> None:
     office = _office(env)
     path = f"/admin/v1/persons/{person}/face"
     _problem(env.http.post(path, json={"image": "%%% not base64"}, headers=office), 422, "image_unreadable")
+    tiff = io.BytesIO()
+    Image.open(io.BytesIO(photo("obama.jpg"))).save(tiff, "TIFF")  # a face, in a format we do not decode
+    _problem(env.http.post(path, json={"image": b64(tiff.getvalue())}, headers=office), 422, "image_unreadable")
     _problem(env.http.post(path, json={"image": b64(photo("obama.jpg")), "source": "selfie"}, headers=office),
              422, "source_invalid")
     _problem(env.http.post(f"/admin/v1/persons/{uuid.uuid4()}/face", json={"image": b64(photo("obama.jpg"))},
@@ -186,6 +193,36 @@ def test_enrolment_refuses_bad_requests(env: Lifecycle) -> None:
                            headers=office), 409, "person_not_active")
     r = env.http.post(path, json={"image": b64(photo("obama.jpg")), "extra": 1}, headers=office)
     assert r.status_code == 422
+
+
+def test_an_officer_does_not_enrol_his_own_face_and_face_views_are_audited(env: Lifecycle) -> None:
+    """Through the admin console, on the full app: a badge officer enrols others' faces, never his own
+    (the face he would step up and pass the gate with); a view is on the trail, not what it showed."""
+    flow = Flow(env.app, env.http, env.container)
+    client_id = _console(flow)
+    officer = _officer(flow, "badge_office")
+    office = _auth(_token(flow, client_id, officer))
+    driver = env.person()
+    _problem(env.http.post(f"/admin/v1/persons/{officer}/face", json={"image": b64(photo("obama.jpg"))},
+                           headers=office), 403, "own_face")
+    assert env.http.post(f"/admin/v1/persons/{driver}/face", json={"image": b64(photo("obama.jpg"))},
+                         headers=office).status_code == 201
+    with env.engine.connect() as conn:
+        assert conn.execute(sa.select(face_templates.c.person_id)).scalars().all() == [driver]
+    assert env.http.get(f"/admin/v1/persons/{driver}/face", headers=office).json()["enrolled"] is True
+    who = {"person_id": str(officer), "client_id": client_id}
+    assert _views(env) == [(who, str(driver))]
+    # An admin client's lookups are its own traffic (identity.api.admin audit_read), a refused caller's none.
+    assert env.http.get(f"/admin/v1/persons/{driver}/face", headers=_office(env)).status_code == 200
+    _problem(env.http.get(f"/admin/v1/persons/{driver}/face"), 401, "invalid_request")
+    assert len(_views(env)) == 1
+
+
+def _views(env: Lifecycle) -> list[tuple[Any, Any]]:
+    with env.engine.connect() as conn:
+        return [(r.actor, r.subject) for r in conn.execute(
+            sa.select(audit_log.c.actor, audit_log.c.subject)
+            .where(audit_log.c.kind == "identity.admin.face.viewed").order_by(audit_log.c.id))]
 
 
 # ---- the gate's 1:1 call ------------------------------------------------------------------------

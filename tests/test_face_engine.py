@@ -99,6 +99,25 @@ def test_unreadable_and_oversized_images_are_refused_before_decoding() -> None:
     assert analyse(_png_header(100_000, 100_000)).code == "image_too_large"
 
 
+def _as(name: str, fmt: str) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(photo(name))).convert("RGB").save(out, fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "BMP", "GIF", "WEBP", "PPM"])
+def test_only_jpeg_and_png_are_decoded(fmt: str) -> None:
+    """Pillow reads dozens of formats; the API takes JPEG and PNG (docs/face.md), and every other
+    decoder is attack surface reachable from a login session and a gate lane: refused unread."""
+    assert analyse(_as("obama.jpg", fmt)).code == "image_unreadable"
+    with pytest.raises(ValueError, match="image_unreadable"):
+        engine.decode(_as("obama.jpg", fmt), max_side=640, max_pixels=40_000_000)
+    assert analyse(_as("obama.jpg", "JPEG")).code is None
+    assert analyse(_as("obama.jpg", "PNG")).code is None
+
+
 def test_exif_orientation_is_applied() -> None:
     from PIL import Image
 

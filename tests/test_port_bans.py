@@ -221,7 +221,10 @@ def test_screening_clear_banned_unavailable(engine: sa.Engine, register: Registe
     hit = screening.screen(banned, t)
     assert hit.status == "banned" and hit.reasons == ("person_banned",)
     assert 7199 <= (hit.list_age_seconds or 0) <= 7201
-    assert screening.screen(unlinked, t).status == "clear"
+    # No national number linked: the register cannot find him, so never "clear" (it was, and a banned
+    # person re-entered as a fresh record got a badge); unavailable, naming why.
+    unknown = screening.screen(unlinked, t)
+    assert (unknown.status, unknown.reasons) == ("unavailable", ("screening_unavailable", "person_unidentified"))
     # a ban for listed ports only
     assert screening.screen(clean, t, port="BEANR").status == "clear"
     assert screening.screen(clean, t, port="BEZEE").status == "banned"
@@ -329,6 +332,126 @@ def test_a_future_ban_does_not_deactivate_yet(engine: sa.Engine, register: Regis
     assert result.badges_deactivated == 0
     with engine.connect() as conn:
         assert conn.execute(sa.select(badges.c.status).where(badges.c.person_id == p.driver)).scalar_one() == "active"
+
+
+def _subscribe(engine: sa.Engine, organisation_id: uuid.UUID) -> None:
+    with engine.begin() as conn:
+        conn.execute(webhook_subscriptions.insert().values(
+            id=uuid.uuid4(), organisation_id=organisation_id, url="https://haulier.example/hooks",
+            secret_enc="x", event_types=["release.nomination.*"], active=True, created_at=now()))
+
+
+def _consequences(engine: sa.Engine, person_id: uuid.UUID) -> tuple[list[str], int, int]:
+    """The person's badge statuses, the nomination alerts on the audit trail, the alert webhooks."""
+    with engine.connect() as conn:
+        statuses = list(conn.execute(sa.select(badges.c.status).where(badges.c.person_id == person_id)).scalars())
+        alerts = conn.execute(sa.select(sa.func.count()).select_from(audit_log)
+                              .where(audit_log.c.kind == "screening.ban.nomination_alert")).scalar_one()
+        hooks = conn.execute(sa.select(sa.func.count()).select_from(webhook_deliveries)
+                             .where(webhook_deliveries.c.event_type == "release.nomination.screening_alert")
+                             ).scalar_one()
+    return statuses, alerts, hooks
+
+
+def _nominated_driver(engine: sa.Engine, number: str) -> Any:
+    """A linked driver with an active badge and one open nomination, alerts subscribed."""
+    p = port(engine)
+    _link(engine, p.driver, number)
+    _subscribe(engine, p.haul.organisation_id)
+    right, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, to=p.haul.organisation_id), now()))
+    _nominate(engine, p, right.id, p.driver)
+    return p
+
+
+def test_a_future_ban_acts_once_it_starts_and_once_only(engine: sa.Engine, register: Register) -> None:
+    """A ban loaded before it starts: the sweep deactivates the badge and alerts the nomination once
+    its start has passed, and a second sweep finds nothing to do."""
+    from identity.bans.sweep import sweep_bans_in_effect
+
+    number = national_number(13)
+    p = _nominated_driver(engine, number)
+    t = now()
+    _load(engine, register, snapshot(1, t, [ban(number, "R-13", start=t + timedelta(hours=1))]))
+    assert sweep_bans_in_effect(engine, t) == 0  # not started yet
+    assert _consequences(engine, p.driver) == (["active"], 0, 0)
+    later = t + timedelta(hours=1, minutes=1)
+    assert sweep_bans_in_effect(engine, later) == 1
+    assert _consequences(engine, p.driver) == (["inactive"], 1, 1)
+    assert sweep_bans_in_effect(engine, later + timedelta(minutes=1)) == 0
+    assert _consequences(engine, p.driver) == (["inactive"], 1, 1)
+    with engine.connect() as conn:
+        reason = conn.execute(sa.select(audit_log.c.data).where(audit_log.c.kind == "identity.badge.status_changed")
+                              ).scalar_one()
+    assert (reason["reason"], reason["ban_reference"]) == ("port_ban", "R-13")
+
+
+@pytest.mark.postgres
+def test_concurrent_sweeps_alert_once(pg_engine: sa.Engine, register: Register) -> None:
+    from identity.bans.sweep import sweep_bans_in_effect
+
+    number = national_number(14)
+    p = _nominated_driver(pg_engine, number)
+    t = now()
+    _load(pg_engine, register, snapshot(1, t, [ban(number, "R-14", start=t + timedelta(hours=1))]))
+    later = t + timedelta(hours=2)
+    barrier = threading.Barrier(4)
+    done: list[int] = []
+
+    def racer() -> None:
+        barrier.wait()
+        done.append(sweep_bans_in_effect(pg_engine, later))
+
+    threads = [threading.Thread(target=racer) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(done) == [0, 0, 0, 1]
+    assert _consequences(pg_engine, p.driver) == (["inactive"], 1, 1)
+
+
+@pytest.mark.parametrize("amend", ["window_moved", "subject_corrected", "scope_widened"])
+def test_an_amended_ban_made_effective_now_acts_at_load(engine: sa.Engine, register: Register, amend: str) -> None:
+    number = national_number(15)
+    p = _nominated_driver(engine, number)
+    t = now()
+    before = {"window_moved": ban(number, "R-15", start=t + DAY),
+              "subject_corrected": ban(national_number(16), "R-15", start=t - DAY),
+              "scope_widened": ban(number, "R-15", start=t - DAY, scope=["BEZEE"])}[amend]
+    _load(engine, register, snapshot(1, t, [before]))
+    if amend == "scope_widened":  # loaded in effect elsewhere: acted on then; let him work here again
+        assert _consequences(engine, p.driver) == (["inactive"], 1, 1)
+        with engine.begin() as conn:
+            conn.execute(badges.update().where(badges.c.person_id == p.driver).values(status="active"))
+    else:
+        assert _consequences(engine, p.driver) == (["active"], 0, 0)
+    alerts_before = _consequences(engine, p.driver)[1]
+    result = _load(engine, register, changes(2, t, [ban(number, "R-15", start=t - DAY)]))
+    assert (result.added, result.badges_deactivated, result.nomination_alerts) == (0, 1, 1)
+    assert _consequences(engine, p.driver) == (["inactive"], alerts_before + 1, alerts_before + 1)
+
+
+def test_an_amendment_that_changes_nothing_for_now_acts_on_nobody_again(engine: sa.Engine,
+                                                                       register: Register) -> None:
+    number = national_number(17)
+    p = _nominated_driver(engine, number)
+    t = now()
+    _load(engine, register, snapshot(1, t, [ban(number, "R-17", start=t - DAY, scope=["BEANR", "BEZEE"])]))
+    assert _consequences(engine, p.driver) == (["inactive"], 1, 1)
+    # a later end, and a narrower scope: in force as before, nobody to act on again
+    result = _load(engine, register, snapshot(2, t, [ban(number, "R-17", start=t - DAY, days=900, scope=["BEANR"])]))
+    assert (result.badges_deactivated, result.nomination_alerts) == (0, 0)
+    assert _consequences(engine, p.driver) == (["inactive"], 1, 1)
+
+
+def test_a_snapshot_amendment_made_effective_now_acts_at_load(engine: sa.Engine, register: Register) -> None:
+    number = national_number(18)
+    p = _nominated_driver(engine, number)
+    t = now()
+    _load(engine, register, snapshot(1, t, [ban(number, "R-18", start=t + DAY)]))
+    result = _load(engine, register, snapshot(2, t, [ban(number, "R-18", start=t - timedelta(minutes=1))]))
+    assert (result.added, result.badges_deactivated, result.nomination_alerts) == (0, 1, 1)
+    assert _consequences(engine, p.driver) == (["inactive"], 1, 1)
 
 
 def test_set_national_id_applies_a_ban_already_in_force(engine: sa.Engine, register: Register) -> None:
@@ -555,3 +678,25 @@ def test_the_badge_office_cannot_undo_a_ban_through_the_badges(engine: sa.Engine
     with engine.connect() as conn:
         assert conn.execute(sa.select(badges.c.status).where(badges.c.person_id == p.driver)).scalars().all() \
             == ["inactive"]
+
+
+def test_no_badge_for_a_person_with_no_national_number_linked(engine: sa.Engine, register: Register) -> None:
+    """A banned person re-entered as a fresh record (no national number): the register cannot find
+    him, so badge issue is refused (``person_unidentified``, audited) until the number is linked; it
+    used to screen ``clear`` and issue the badge."""
+    from identity.badges.service import BadgeError, BadgeService, IssueBadge
+
+    t = now()
+    _load(engine, register, snapshot(1, t, [ban(national_number(8), "R-8", start=t - DAY)]))
+    fresh = _person(engine, None)
+    service = BadgeService(engine, StoredBanScreening(engine, max_list_age=DAY))
+    cmd = IssueBadge(fresh, "alfapass", "AP-100248", None, None, t - DAY, t + 300 * DAY)
+    with pytest.raises(BadgeError) as refused:
+        service.issue(cmd, actor="desk", now=t)
+    assert refused.value.code == "person_unidentified"
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(badges.c.id).where(badges.c.person_id == fresh)).first() is None
+        kinds = conn.execute(sa.select(audit_log.c.data).where(audit_log.c.kind == "identity.badge.issue_refused"))
+        assert [d["code"] for d in kinds.scalars()] == ["person_unidentified"]
+    _link(engine, fresh, national_number(9))  # his own (unbanned) number: screening clears him
+    assert service.issue(cmd, actor="desk", now=t).screening.status == "clear"

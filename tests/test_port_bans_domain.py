@@ -142,6 +142,15 @@ def test_screening_clear_banned_unavailable_with_list_age() -> None:
         is b.ScreeningStatus.BANNED
 
 
+def test_an_unidentified_person_is_never_clear() -> None:
+    """No national number on file: the register cannot name him, so a fresh list still says
+    unavailable (marked ``unidentified``), never clear."""
+    fresh = NOW - timedelta(hours=2)
+    assert b.screen([], port=None, now=NOW, list_issued_at=fresh, max_list_age=DAY, identified=False) == \
+        b.BanCheck(b.ScreeningStatus.UNAVAILABLE, 7200.0, unidentified=True)
+    assert b.screen([], port=None, now=NOW, list_issued_at=fresh, max_list_age=DAY).status is b.ScreeningStatus.CLEAR
+
+
 def test_screening_respects_dates_and_listed_ports() -> None:
     fresh = NOW - timedelta(hours=1)
 

@@ -13,12 +13,17 @@ Who counts as the badge office: an admin token that also carries the
 UIDs in full; every other admin token sees them masked (issue 4). An admin client registered
 without that scope, or asking for a narrower token, is port security without the badge office's view.
 
+An officer never issues, reactivates, renews or activates his own badge through the console (403
+``own_badge``), as he never suspends, reinstates or widens himself (identity.api.admin): whatever opens
+the gates to him is another officer's act.
+
 Routes are thin: the use cases are identity.badges.service; errors carry codes, and ``_STATUS`` is
 the one table mapping them to RFC 9457 problems.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 from typing import Any
@@ -46,6 +51,8 @@ from .admin import (
     query_fingerprint,
     require_role,
 )
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/admin/v1", tags=["badges admin"], route_class=AdmitFirst)
 
@@ -111,6 +118,20 @@ def _caller(request: Request, check: AdminCheck = admin_caller) -> tuple[str, ru
 def _viewer(caller: AdminCaller) -> rules.Viewer:
     person = uuid.UUID(caller.person_id) if caller.person_id else None
     return rules.Viewer(badge_office=caller.badge_office, person_id=person)
+
+
+def _refuse_own(viewer: rules.Viewer, holder: uuid.UUID) -> None:
+    """AdminRefused 403 ``own_badge`` when the console officer acting is the badge's holder: a badge
+    of his own he does not issue, reactivate, renew nor activate (an admin client names no person)."""
+    if viewer.person_id is not None and viewer.person_id == holder:
+        log.info("identity.admin.refused.own_badge")
+        raise AdminRefused(403, "own_badge", "An officer does not issue, reactivate, renew or activate his own badge.")
+
+
+def _holder(request: Request, badge_id: uuid.UUID) -> uuid.UUID:
+    """The badge's holder (BadgeError not_found): a badge never changes hands, so read before the change."""
+    row, _, _ = _service(request).get(badge_id)
+    return row.person_id
 
 
 def _service(request: Request) -> BadgeService:
@@ -179,6 +200,7 @@ def issue_badge(request: Request, body: BadgeIn) -> JSONResponse:
     """Issue a badge to a person, screened against the port-ban list first (the badge office's job)."""
     try:
         admin, viewer = _caller(request, _badge_office)
+        _refuse_own(viewer, body.person_id)
         done = _service(request).issue(IssueBadge(**body.model_dump()), actor=admin, now=_now(request))
     except AdminRefused as exc:
         return exc.response(request)
@@ -210,6 +232,8 @@ def change_status(badge_id: uuid.UUID, request: Request, body: StatusIn) -> JSON
     """Suspend (inactive), reinstate (active), block, revoke or expire a badge, saying why."""
     try:
         admin, viewer = _caller(request)
+        if body.status == rules.BadgeStatus.ACTIVE.value:
+            _refuse_own(viewer, _holder(request, badge_id))
         row = _service(request).change_status(badge_id, body.status, reason=body.reason, actor=admin,
                                               now=_now(request))
     except AdminRefused as exc:
@@ -225,6 +249,7 @@ def renew_badge(badge_id: uuid.UUID, request: Request, body: RenewIn) -> JSONRes
     """A new validity from now (at most 5 years); an expired badge becomes active again (badge office)."""
     try:
         admin, viewer = _caller(request, _badge_office)
+        _refuse_own(viewer, _holder(request, badge_id))
         row = _service(request).renew(badge_id, valid_until=body.valid_until, reason=body.reason, actor=admin,
                                       now=_now(request))
     except AdminRefused as exc:
@@ -240,7 +265,8 @@ def renew_badge(badge_id: uuid.UUID, request: Request, body: RenewIn) -> JSONRes
 def activate_badge(badge_id: uuid.UUID, request: Request, body: ActivationIn) -> JSONResponse:
     """Activate the badge at a terminal (the terminal's security desk has checked the holder)."""
     try:
-        admin, _ = _caller(request)
+        admin, viewer = _caller(request)
+        _refuse_own(viewer, _holder(request, badge_id))
         _service(request).activate(badge_id, body.terminal, actor=admin, now=_now(request))
     except AdminRefused as exc:
         return exc.response(request)

@@ -4,7 +4,8 @@
   it goes through the same atomic loader (identity.bans.loader), so a bad, unsigned, tampered,
   replayed or stale feed is refused with the loader's message and the list in force stays as it was.
 - ``GET /admin/v1/bans/alerts``: the ``screening.ban.nomination_alert`` entries of the audit trail
-  (an open nomination of a driver a new ban hit), newest first.
+  (an open nomination of a driver a new ban hit), newest first; a console officer's listing is itself
+  on the trail (``identity.admin.ban_alerts.listed``).
 
 Callers: an admin client, or port security / the badge office through the admin console
 (``admin_caller``: role and passkey login checked at the top of each route). Each import is on the
@@ -36,7 +37,7 @@ from .. import audit
 from ..bans.feed import MAX_FEED_BYTES, register_key
 from ..bans.loader import LoadResult, load_feed
 from ..domain.bans import FeedRefused
-from .admin import AdminCaller, AdminRefused, admin_caller, admits, caller_of
+from .admin import AdminCaller, AdminRefused, admin_caller, admits, audit_read, caller_of
 
 router = APIRouter(prefix="/admin/v1/bans", tags=["port bans admin"], route_class=AdmitFirst)
 
@@ -95,9 +96,11 @@ async def import_feed(request: Request) -> JSONResponse:
 
 @router.get("/alerts", operation_id="admin_list_ban_alerts", responses=problem_responses(401, 403))
 def list_alerts(request: Request, limit: int = 100) -> JSONResponse:
-    """Open nominations of drivers hit by a new ban, newest first."""
+    """Open nominations of drivers hit by a new ban, newest first. The listing is audited, not what it
+    showed (identity.api.admin ``audit_read``)."""
     try:
-        admin_caller(request)
+        caller = admin_caller(request)
+        audit_read(request, caller, "identity.admin.ban_alerts.listed", data={"limit": limit})
     except AdminRefused as exc:
         return exc.response(request)
     engine: sa.Engine = request.app.state.container.engine

@@ -5,10 +5,10 @@ Contract::
     POST   /admin/v1/persons/{person_id}/face   {"image": base64 (or a data: URL), "source": "id_photo" |
                                                  "live_capture"}            the badge office only
       201 {"person_id", "template_id", "source", "face_px", "sharpness", "enrolled_at", "replaced"}
-      401/403 (admin_caller; 403 badge_office_required)   404 not_found   409 person_not_active
+      401/403 (admin_caller; 403 badge_office_required | own_face)   404 not_found   409 person_not_active
       413 image_too_large   422 face_not_found | face_multiple | face_too_small | face_blurred |
       image_unreadable | source_invalid   503 face_busy | face_unavailable
-    GET    /admin/v1/persons/{person_id}/face   200 the enrolment's metadata (never the template)
+    GET    /admin/v1/persons/{person_id}/face   200 the enrolment's metadata (never the template); audited
     DELETE /admin/v1/persons/{person_id}/face   200 {"person_id", "enrolled": false}   409 face_not_enrolled
     POST   /face/step-up   {"image"}   with the login session cookie and an Origin header of ours (CSRF)
       200 {"ok": true, "acr", "amr"} + Set-Cookie: the new session (the old one is ended)
@@ -51,7 +51,7 @@ from ..authn.service import passkeys_for
 from ..domain.face import SOURCES, FaceCode
 from ..face import FaceError, face_for
 from ..sessions import sessions_for
-from .admin import AdminCaller, AdminRefused, admin_caller, admits, caller_of
+from .admin import AdminCaller, AdminRefused, admin_caller, admits, audit_read, caller_of
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +145,14 @@ _ADMIN_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 503)
              responses=_ADMIN_ERRORS)
 @admits(_badge_office_caller)
 async def enrol_face(person_id: uuid.UUID, request: Request, body: EnrolIn) -> JSONResponse:
-    """Enrol a person's face from an ID photo or a live capture; the photo is not kept."""
+    """Enrol a person's face from an ID photo or a live capture; the photo is not kept. Never an
+    officer's own face: the face he steps up and passes the gate with is enrolled by another officer
+    (as identity.api.admin refuses his own enrolment code)."""
     try:
         caller = await _badge_office(request)
+        if caller.person_id == str(person_id):
+            log.info("identity.admin.refused.own_face")
+            raise AdminRefused(403, "own_face", "An officer does not enrol his own face.")
         done = await face_for(request.app).enrol(person_id, _image(body.image), source=body.source,
                                                  actor=caller.actor, now=request.app.state.container.clock.now())
     except AdminRefused as exc:
@@ -161,9 +166,11 @@ async def enrol_face(person_id: uuid.UUID, request: Request, body: EnrolIn) -> J
 
 @router.get("/admin/v1/persons/{person_id}/face", operation_id="admin_get_face", responses=_ADMIN_ERRORS)
 def get_face(person_id: uuid.UUID, request: Request) -> JSONResponse:
-    """Whether a face is enrolled, with the enrolment's metadata (never the template)."""
+    """Whether a face is enrolled, with the enrolment's metadata (never the template). The view is
+    audited, not what it showed (identity.api.admin ``audit_read``)."""
     try:
-        admin_caller(request)
+        caller = admin_caller(request)
+        audit_read(request, caller, "identity.admin.face.viewed", subject=str(person_id))
     except AdminRefused as exc:
         return exc.response(request)
     row = face_for(request.app).enrolled(person_id)

@@ -7,6 +7,13 @@ CLI map codes to problems and messages. Logs are dotted and PII-free (no numbers
 
 Port-ban screening comes through the ``BanScreening`` port (identity.domain.screening). Until the
 port-ban register's adapter is wired, ``NoBanRegister`` stands in and screens everyone ``clear``.
+
+Screening and the write it allows are one act: the writing transaction takes the holder's row lock
+first (identity.authn.enrolment ``lock_person``) and screens in that transaction, after the lock.
+A ban load takes the same lock before it looks at the person's badges (``deactivate_for_ban``), so
+the two run one after the other: either the issue, reactivation or renewal sees the ban and is
+refused, or the ban load sees the badge it made usable and deactivates it. Lock order everywhere:
+the person's row, then the badge's.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from identity import audit
+from identity.authn.enrolment import lock_person
 from identity.domain import badges as rules
 from identity.domain.badges import BadgeRefused, BadgeStatus, StatusChange
-from identity.domain.screening import BANNED, CLEAR, BanScreening, ScreeningResult
+from identity.domain.screening import BANNED, CLEAR, UNIDENTIFIED, BanScreening, ScreeningResult
 
 from .store import BadgeRow, BadgeStore
 
@@ -43,8 +51,17 @@ class BadgeError(Exception):
 class NoBanRegister:
     """Stand-in BanScreening until the port-ban register is wired: everyone is ``clear``, no list."""
 
-    def screen(self, person_id: uuid.UUID, now: datetime) -> ScreeningResult:
+    def screen(self, person_id: uuid.UUID, now: datetime, *, conn: Any = None) -> ScreeningResult:
         return ScreeningResult(CLEAR, None, ())
+
+
+class _NotClear(Exception):
+    """Screening refused inside the writing transaction: raised through it (it rolls back, releasing
+    the person's lock), then audited and turned into a BadgeError outside it."""
+
+    def __init__(self, action: str, person_id: uuid.UUID, screening: ScreeningResult) -> None:
+        super().__init__(action)
+        self.action, self.person_id, self.screening = action, person_id, screening
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,53 +104,68 @@ class BadgeService:
         except BadgeRefused as exc:
             log.info("identity.badge.issue.refused.%s", exc.code)
             raise _refused(exc) from exc
-        # Issue 4: screening runs at badge issue, before the transaction (the register may be remote).
-        screening = self._screen(cmd.person_id, "issue", actor=actor, now=now)
-        with self._engine.begin() as conn:
-            store = BadgeStore(conn)
-            if not store.person_exists(cmd.person_id):
-                raise BadgeError("unknown_person", "No such person.")
-            if cmd.employer_organisation_id and not store.organisation_exists(cmd.employer_organisation_id):
-                raise BadgeError("unknown_organisation", "No such organisation.")
-            if store.number_taken(scheme.value, number):
-                raise BadgeError("badge_number_taken", "A badge with this number exists already.")
-            if card_uid and store.card_uid_taken(card_uid):
-                raise BadgeError("card_uid_taken", "A badge with this card UID exists already.")
-            store.insert(badge_id=badge_id, person_id=cmd.person_id, scheme=scheme.value, number=number,
-                         card_uid=card_uid, employer_organisation_id=cmd.employer_organisation_id,
-                         valid_from=cmd.valid_from, valid_until=cmd.valid_until, issued_by=actor,
-                         reason=first.reason, now=now)
-            store.append_event(first)
-            audit.record("identity.badge.issued", at=now, actor=audit.actor_fields(actor), subject=str(badge_id),
-                         conn=conn,
-                         data={"person_id": str(cmd.person_id), "scheme": scheme.value,
-                               "valid_until": cmd.valid_until.isoformat(), "screening": screening.status})
-            row = store.get(badge_id)
+        try:
+            with self._engine.begin() as conn:
+                store = BadgeStore(conn)
+                if lock_person(conn, cmd.person_id) is None:  # the person's lock first (module docstring)
+                    raise BadgeError("unknown_person", "No such person.")
+                screening = self._screen(conn, cmd.person_id, "issue", now=now)  # issue 4, under the lock
+                if cmd.employer_organisation_id and not store.organisation_exists(cmd.employer_organisation_id):
+                    raise BadgeError("unknown_organisation", "No such organisation.")
+                if store.number_taken(scheme.value, number):
+                    raise BadgeError("badge_number_taken", "A badge with this number exists already.")
+                if card_uid and store.card_uid_taken(card_uid):
+                    raise BadgeError("card_uid_taken", "A badge with this card UID exists already.")
+                store.insert(badge_id=badge_id, person_id=cmd.person_id, scheme=scheme.value, number=number,
+                             card_uid=card_uid, employer_organisation_id=cmd.employer_organisation_id,
+                             valid_from=cmd.valid_from, valid_until=cmd.valid_until, issued_by=actor,
+                             reason=first.reason, now=now)
+                store.append_event(first)
+                audit.record("identity.badge.issued", at=now, actor=audit.actor_fields(actor),
+                             subject=str(badge_id), conn=conn,
+                             data={"person_id": str(cmd.person_id), "scheme": scheme.value,
+                                   "valid_until": cmd.valid_until.isoformat(), "screening": screening.status})
+                row = store.get(badge_id)
+        except _NotClear as refused:
+            raise self._refusal(refused, actor=actor, now=now) from None
         assert row is not None
         log.info("identity.badge.issued")
         return Issued(row, screening)
 
-    def _screen(self, person_id: uuid.UUID, action: str, *, actor: str, now: datetime) -> ScreeningResult:
-        """Port-ban screening before a badge becomes usable (issued, reactivated, renewed): a banned
-        person gets no usable badge; with no list to screen against we fail closed, and the badge
-        office retries once the register answers. The refusal is audited in a small transaction."""
-        screening = self._screening.screen(person_id, now)
-        if screening.status == CLEAR:
-            return screening
-        code = "person_banned" if screening.status == BANNED else "screening_unavailable"
-        log.info("identity.badge.%s.refused.%s", action, code)
-        audit.record(f"identity.badge.{action}_refused", at=now, actor=audit.actor_fields(actor),
-                     subject=str(person_id), engine=self._engine,
+    def _screen(self, conn: sa.Connection, person_id: uuid.UUID, action: str, *, now: datetime) -> ScreeningResult:
+        """Port-ban screening before a badge becomes usable (issued, reactivated, renewed), in the
+        writing transaction after the person's lock: a banned person gets no usable badge; with no list
+        to screen against we fail closed, and the badge office retries once the register answers; a
+        person with no national number linked is refused until it is (the register cannot find him)."""
+        screening = self._screening.screen(person_id, now, conn=conn)
+        if screening.status != CLEAR:
+            raise _NotClear(action, person_id, screening)
+        return screening
+
+    def _refusal(self, refused: _NotClear, *, actor: str, now: datetime) -> BadgeError:
+        """The refusal, audited in a small transaction of its own once the writing one has rolled back
+        (SQLite has one writer at a time)."""
+        screening = refused.screening
+        if screening.status == BANNED:
+            code, message = "person_banned", "The person is under a port ban."
+        elif UNIDENTIFIED in screening.reasons:
+            code, message = UNIDENTIFIED, ("The person has no national register number linked, so port-ban "
+                                           "screening cannot find him: link it first.")
+        else:
+            code, message = "screening_unavailable", "Port-ban screening is unavailable: try again later."
+        log.info("identity.badge.%s.refused.%s", refused.action, code)
+        audit.record(f"identity.badge.{refused.action}_refused", at=now, actor=audit.actor_fields(actor),
+                     subject=str(refused.person_id), engine=self._engine,
                      data={"code": code, "screening": screening.status,
                            "list_age_seconds": screening.list_age_seconds})
-        raise BadgeError(code, "The person is under a port ban." if screening.status == BANNED
-                         else "Port-ban screening is unavailable: try again later.")
+        return BadgeError(code, message)
 
-    def _holder(self, badge_id: uuid.UUID) -> uuid.UUID:
-        with self._engine.connect() as conn:
-            row = BadgeStore(conn).get(badge_id)
+    def _holder(self, conn: sa.Connection, badge_id: uuid.UUID) -> uuid.UUID:
+        """The badge's holder, whose row is then locked (before the badge's: the lock order)."""
+        row = BadgeStore(conn).get(badge_id)
         if row is None:
             raise BadgeError("not_found", "No such badge.")
+        lock_person(conn, row.person_id)
         return row.person_id
 
     # ---- status ----------------------------------------------------------------------------------
@@ -143,21 +175,24 @@ class BadgeService:
             target = BadgeStatus(status)
         except ValueError:
             raise BadgeError("invalid_status", f"status is one of {', '.join(s.value for s in BadgeStatus)}") from None
-        if target is BadgeStatus.ACTIVE:  # a badge a ban turned inactive must not come back while banned
-            self._screen(self._holder(badge_id), "reactivate", actor=actor, now=now)
-        with self._engine.begin() as conn:
-            store = BadgeStore(conn)
-            row = store.get(badge_id, lock=True)
-            if row is None:
-                raise BadgeError("not_found", "No such badge.")
-            try:
-                change = rules.change_status(badge_id, row.status, target, valid_until=row.valid_until,
-                                             actor=actor, reason=reason, now=now)
-            except BadgeRefused as exc:
-                log.info("identity.badge.status.refused.%s", exc.code)
-                raise _refused(exc) from exc
-            self._apply(conn, store, change, kind="identity.badge.status_changed")
-            out = store.get(badge_id)
+        try:
+            with self._engine.begin() as conn:
+                store = BadgeStore(conn)
+                if target is BadgeStatus.ACTIVE:  # a badge a ban turned inactive must not come back while banned
+                    self._screen(conn, self._holder(conn, badge_id), "reactivate", now=now)
+                row = store.get(badge_id, lock=True)
+                if row is None:
+                    raise BadgeError("not_found", "No such badge.")
+                try:
+                    change = rules.change_status(badge_id, row.status, target, valid_until=row.valid_until,
+                                                 actor=actor, reason=reason, now=now)
+                except BadgeRefused as exc:
+                    log.info("identity.badge.status.refused.%s", exc.code)
+                    raise _refused(exc) from exc
+                self._apply(conn, store, change, kind="identity.badge.status_changed")
+                out = store.get(badge_id)
+        except _NotClear as refused:
+            raise self._refusal(refused, actor=actor, now=now) from None
         assert out is not None
         log.info("identity.badge.status.%s", target.value)
         return out
@@ -177,25 +212,28 @@ class BadgeService:
     # ---- renew -----------------------------------------------------------------------------------
 
     def renew(self, badge_id: uuid.UUID, *, valid_until: datetime, reason: str, actor: str, now: datetime) -> BadgeRow:
-        self._screen(self._holder(badge_id), "renew", actor=actor, now=now)
-        with self._engine.begin() as conn:
-            store = BadgeStore(conn)
-            row = store.get(badge_id, lock=True)
-            if row is None:
-                raise BadgeError("not_found", "No such badge.")
-            try:
-                valid_from, until, change = rules.renew(badge_id, row.status, valid_until=valid_until, actor=actor,
-                                                        reason=reason, now=now)
-            except BadgeRefused as exc:
-                log.info("identity.badge.renew.refused.%s", exc.code)
-                raise _refused(exc) from exc
-            if not store.set_validity(badge_id, row.status, valid_from, until, now):
-                raise BadgeError("concurrent_change", "The badge changed meanwhile: read it again.")
-            if change is not None:
-                self._apply(conn, store, change, kind="identity.badge.status_changed", extra={"renewed": True})
-            audit.record("identity.badge.renewed", at=now, actor=audit.actor_fields(actor), subject=str(badge_id),
-                         conn=conn, data={"valid_until": until.isoformat()})
-            out = store.get(badge_id)
+        try:
+            with self._engine.begin() as conn:
+                store = BadgeStore(conn)
+                self._screen(conn, self._holder(conn, badge_id), "renew", now=now)
+                row = store.get(badge_id, lock=True)
+                if row is None:
+                    raise BadgeError("not_found", "No such badge.")
+                try:
+                    valid_from, until, change = rules.renew(badge_id, row.status, valid_until=valid_until,
+                                                            actor=actor, reason=reason, now=now)
+                except BadgeRefused as exc:
+                    log.info("identity.badge.renew.refused.%s", exc.code)
+                    raise _refused(exc) from exc
+                if not store.set_validity(badge_id, row.status, valid_from, until, now):
+                    raise BadgeError("concurrent_change", "The badge changed meanwhile: read it again.")
+                if change is not None:
+                    self._apply(conn, store, change, kind="identity.badge.status_changed", extra={"renewed": True})
+                audit.record("identity.badge.renewed", at=now, actor=audit.actor_fields(actor),
+                             subject=str(badge_id), conn=conn, data={"valid_until": until.isoformat()})
+                out = store.get(badge_id)
+        except _NotClear as refused:
+            raise self._refusal(refused, actor=actor, now=now) from None
         assert out is not None
         log.info("identity.badge.renewed")
         return out
@@ -303,13 +341,18 @@ def deactivate_for_ban(conn: sa.Connection, person_id: uuid.UUID, *, reference: 
     """A new port ban landed: every active badge of the person turns inactive, reason ``port_ban``.
 
     Runs in the caller's transaction (the ban load), so the ban and the deactivations commit
-    together. Rows are locked and each change is a guarded, conditional update with its history entry
-    and audit entry. Returns the ids of the badges deactivated. ``reference`` is the register's
-    reference of the ban; it goes to the audit trail, not to the badge.
+    together. The person's row is locked first, then the badges; each change is a guarded,
+    conditional update with its history entry and audit entry. Returns the ids of the badges
+    deactivated. ``reference`` is the register's reference of the ban; it goes to the audit trail,
+    not to the badge.
     """
     store = BadgeStore(conn)
     actor = "port_ban_register"
     done: list[uuid.UUID] = []
+    # The person's lock before the badges are read (the lock order, module docstring): an issue,
+    # reactivation or renewal screened under it either committed already (its badge is read below and
+    # deactivated) or waits, and then screens against this ban once it commits.
+    lock_person(conn, person_id)
     for row in store.of_person(person_id, lock=True):
         if row.status is not BadgeStatus.ACTIVE:
             continue

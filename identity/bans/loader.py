@@ -13,7 +13,10 @@ The order (issue 4, "Loading is idempotent and atomic"):
    reaches the database or a log; the clear number is dropped here;
 5. a ban that is new and in effect deactivates the person's badges at once
    (identity.badges.service.deactivate_for_ban) and every open nomination of that person gets a
-   ``screening.ban.nomination_alert`` audit entry and a webhook to the haulier company holding it.
+   ``screening.ban.nomination_alert`` audit entry and a webhook to the haulier company holding it;
+   so does an amended ban (same reference) that is in effect now and was not before for that subject
+   and those ports: window moved onto now, subject corrected, scope widened. A ban that starts later
+   is acted on by the sweep once it starts (identity/bans/sweep.py).
 
 Any refusal raises FeedRefused before the commit: the transaction rolls back and the list in force
 stays exactly as it was. Refusals are audited (``screening.ban.feed_refused``) in a small
@@ -45,6 +48,7 @@ from identity.domain.bans import (
     FeedRefused,
     FeedState,
     Verdict,
+    decode_scope,
     encode_scope,
     parse_feed,
     sequence_verdict,
@@ -139,15 +143,17 @@ def _load(engine: sa.Engine, raw: bytes, *, key: RegisterKey, pepper: bytes, now
         else:
             _lift(conn, feed)
             # an amendment: the register re-sends a ban under its reference
-            existing = _existing(conn, feed.register, [r["reference"] for r in rows])
-            _delete(conn, feed.register, sorted(existing))
-            new_rows = [r for r in rows if r["reference"] not in existing]
+            held = _held_of(conn, feed.register, [r["reference"] for r in rows])
+            _delete(conn, feed.register, sorted(held))
+            new_rows = [r for r in rows if r["reference"] not in held]
             lifted = len(feed.lifted)
+        # New bans, and amended ones that take effect now for someone or somewhere they did not before.
+        acting = [r for r in rows if _newly_in_effect(held.get(r["reference"]), r, now)]
         timings["replace"] = lap()
         _insert(conn, rows)
         timings["insert"] = lap()
         _set_state(conn, feed, digest, now, replace=in_force is not None)
-        deactivated, alerts = ban_consequences(conn, new_rows, now)
+        deactivated, alerts = ban_consequences(conn, acting, now)
         total = _count(conn, feed)
         audit.record("screening.ban.feed_loaded", at=now, actor=ACTOR, conn=conn, data={
             "register": feed.register, "kind": feed.kind.value, "sequence": feed.sequence,
@@ -224,8 +230,37 @@ def _held(conn: sa.Connection, register: str) -> dict[str, tuple[Any, ...]]:
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
+def _held_of(conn: sa.Connection, register: str, references: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    """``_held`` for some references only (a change set's amendments)."""
+    found: dict[str, tuple[Any, ...]] = {}
+    for chunk in _chunks(list(references), _CHUNK):
+        found.update((r[0], tuple(r[1:])) for r in conn.execute(
+            sa.select(port_bans.c.reference, port_bans.c.subject_hash, port_bans.c.scope,
+                      port_bans.c.banned_from, port_bans.c.banned_until)
+            .where(port_bans.c.register == register, port_bans.c.reference.in_(chunk))))
+    return found
+
+
 def _compare(row: dict[str, Any]) -> tuple[Any, ...]:
     return row["subject_hash"], row["scope"], row["banned_from"], row["banned_until"]
+
+
+def _newly_in_effect(before: tuple[Any, ...] | None, row: dict[str, Any], now: datetime) -> bool:
+    """The row is in effect now and its consequences have not run for it: a new ban, or an amendment
+    (``before`` as ``_compare``) that was not in effect, named another subject, or covered fewer ports.
+    An amendment that only moves the end of a ban in force acts on nobody again (no repeated alerts)."""
+    if not row["banned_from"] <= now < row["banned_until"]:
+        return False
+    if before is None:
+        return True
+    subject, scope, start, end = before
+    return not start <= now < end or subject != row["subject_hash"] or _widened(scope, row["scope"])
+
+
+def _widened(before: str, after: str) -> bool:
+    """The stored scope (``encode_scope``) covers a port it did not."""
+    old, new = decode_scope(before), decode_scope(after)
+    return old is not None and (new is None or not set(new) <= set(old))
 
 
 def _delete(conn: sa.Connection, register: str, references: Sequence[str]) -> None:
@@ -278,7 +313,8 @@ def _count(conn: sa.Connection, feed: Feed) -> int:
 
 
 def ban_consequences(conn: sa.Connection, new_rows: list[dict[str, Any]], now: datetime) -> tuple[int, int]:
-    """A new ban in effect: the person's badges deactivated at once, each open nomination alerted."""
+    """A ban newly in effect (load, amendment, sweep): the person's badges deactivated at once, each open
+    nomination alerted. Runs in the caller's transaction; rows not in effect at ``now`` are skipped."""
     in_effect = {r["subject_hash"]: r["reference"] for r in new_rows if r["banned_from"] <= now < r["banned_until"]}
     if not in_effect:
         return 0, 0

@@ -2,7 +2,9 @@
 
 Reads the person's ``national_id_hash`` and the bans under it, and lets the pure rule
 (identity.domain.bans.screen) say clear / banned / unavailable with the list's age. The same
-answer for badge issue (any port) and, with ``port``, for one port.
+answer for badge issue (any port) and, with ``port``, for one port. A person with no national
+number linked is ``unavailable`` with the reason ``person_unidentified`` (the register cannot name
+him), never ``clear``. This adapter exists only once a register is configured (``from_settings``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from identity.domain.bans import BanCheck, ScreeningStatus, StoredBan, decode_scope, screen
-from identity.domain.screening import ScreeningResult
+from identity.domain.screening import UNIDENTIFIED, ScreeningResult
 from quaygate.schema import ban_feed_state, persons, port_bans
 
 log = logging.getLogger(__name__)
@@ -32,16 +34,22 @@ class StoredBanScreening:
         self._engine = engine
         self._max_age = max_list_age
 
-    def screen(self, person_id: uuid.UUID, now: datetime, *, port: str | None = None) -> ScreeningResult:
-        with self._engine.connect() as conn:
+    def screen(self, person_id: uuid.UUID, now: datetime, *, port: str | None = None,
+               conn: sa.Connection | None = None) -> ScreeningResult:
+        """In ``conn`` (the caller's transaction, under its person lock) when given; else on a
+        connection of its own."""
+        if conn is not None:
             return screen_person(conn, person_id, now, port=port, max_list_age=self._max_age)
+        with self._engine.connect() as own:
+            return screen_person(own, person_id, now, port=port, max_list_age=self._max_age)
 
 
 def screen_person(conn: sa.Connection, person_id: uuid.UUID, now: datetime, *, port: str | None,
                   max_list_age: timedelta) -> ScreeningResult:
     result = ban_check(conn, person_id, now, port=port, max_list_age=max_list_age)
-    log.info("screening.ban.%s", result.status.value)
-    return ScreeningResult(result.status.value, result.list_age_seconds, REASONS[result.status])
+    log.info("screening.ban.%s", result.status.value + (".unidentified" if result.unidentified else ""))
+    reasons = (*REASONS[result.status], UNIDENTIFIED) if result.unidentified else REASONS[result.status]
+    return ScreeningResult(result.status.value, result.list_age_seconds, reasons)
 
 
 def ban_check(conn: sa.Connection, person_id: uuid.UUID, now: datetime, *, port: str | None,
@@ -56,7 +64,8 @@ def ban_check(conn: sa.Connection, person_id: uuid.UUID, now: datetime, *, port:
         bans = [StoredBan(decode_scope(s), f, u, r) for s, f, u, r in rows]
     if issued_at is not None and issued_at.tzinfo is None:  # SQLite keeps no zone (quaygate.schema.UTCDateTime)
         issued_at = issued_at.replace(tzinfo=UTC)
-    return screen(bans, port=port, now=now, list_issued_at=issued_at, max_list_age=max_list_age)
+    return screen(bans, port=port, now=now, list_issued_at=issued_at, max_list_age=max_list_age,
+                  identified=subject is not None)
 
 
 def from_settings(settings: Any, engine: sa.Engine) -> StoredBanScreening | None:

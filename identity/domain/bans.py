@@ -293,6 +293,7 @@ class BanCheck:
     status: ScreeningStatus
     list_age_seconds: float | None  # None: no list loaded
     references: tuple[str, ...] = ()  # the bans that hit (for port security, never for the driver)
+    unidentified: bool = False  # unavailable because the person has no national number on file
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,13 +307,20 @@ class StoredBan(_BanWindow):
 
 
 def screen(bans: Iterable[StoredBan], *, port: str | None, now: datetime, list_issued_at: datetime | None,
-           max_list_age: timedelta) -> BanCheck:
+           max_list_age: timedelta, identified: bool = True) -> BanCheck:
     """clear / banned / unavailable for one person. A ban in force still says ``banned`` on an old list
-    (a stale list never clears anyone); with no ban found, an old or missing list says ``unavailable``."""
+    (a stale list never clears anyone); with no ban found, an old or missing list says ``unavailable``.
+
+    ``identified``: the person has a national register number on file. The register names persons by
+    that number only, so a person without one cannot be found in it: ``unavailable`` (``unidentified``),
+    never ``clear``, or a banned person re-entered as a fresh record would pass (the release engine's
+    rule too, release_service.domain.screening)."""
     age = None if list_issued_at is None else max(0.0, (now - list_issued_at).total_seconds())
     hits = tuple(sorted(b.reference for b in bans if b.in_effect(now) and b.covers(port)))
     if hits:
         return BanCheck(ScreeningStatus.BANNED, age, hits)
+    if not identified:
+        return BanCheck(ScreeningStatus.UNAVAILABLE, age, unidentified=True)
     if age is None or age > max_list_age.total_seconds():
         return BanCheck(ScreeningStatus.UNAVAILABLE, age)
     return BanCheck(ScreeningStatus.CLEAR, age)

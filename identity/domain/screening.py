@@ -10,11 +10,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 CLEAR = "clear"
 BANNED = "banned"
 UNAVAILABLE = "unavailable"
+UNIDENTIFIED = "person_unidentified"  # a reason of ``unavailable``: no national register number on file
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,10 @@ class ScreeningResult:
 
 
 class BanScreening(Protocol):
-    """Is this person under a port ban in force at ``now``?"""
+    """Is this person under a port ban in force at ``now``?
 
-    def screen(self, person_id: uuid.UUID, now: datetime) -> ScreeningResult: ...
+    ``conn``: the caller's open transaction, which holds the person's row lock. An adapter that reads
+    the stored list reads it there, so the answer and the write it allows see the same committed
+    list, and a ban load (which takes the same lock) runs wholly before or wholly after both."""
+
+    def screen(self, person_id: uuid.UUID, now: datetime, *, conn: Any = None) -> ScreeningResult: ...

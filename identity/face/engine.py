@@ -35,6 +35,7 @@ SHARPNESS_SIDE = 64  # the face is resized to this square before its Laplacian i
 ENCODERS = ("numpy", "dlib")  # QUAYGATE_FACE_ENCODER: who runs dlib's ResNet on the face chip
 DEFAULT_ENCODER = "numpy"
 CHIP_PADDING = 0.25  # dlib's compute_face_descriptor default, which face_encodings uses
+ACCEPTED_FORMATS = ("JPEG", "PNG")  # Pillow format names of the images the API takes (docs/face.md)
 
 log = logging.getLogger(__name__)
 _numpy_net: Any = None  # identity.face.resnet.FaceResNet once loaded; False when it could not be
@@ -127,7 +128,9 @@ def decode(image: bytes, *, max_side: int, max_pixels: int) -> Any:
         with warnings.catch_warnings():
             # Pillow warns above 89 Mpx and refuses above twice that; our own limit is lower (below).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(image)) as im:
+            # Only the formats the API takes (docs/face.md): every other Pillow decoder (TIFF, PSD,
+            # JPEG 2000 ...) is attack surface reachable from a login session and a gate lane.
+            with Image.open(io.BytesIO(image), formats=ACCEPTED_FORMATS) as im:
                 width, height = im.size
                 if width * height > max_pixels:  # before decoding: a small file may claim a huge picture
                     raise ValueError(FaceCode.IMAGE_TOO_LARGE.value)
