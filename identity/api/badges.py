@@ -130,8 +130,7 @@ def _refuse_own(viewer: rules.Viewer, holder: uuid.UUID) -> None:
 
 def _holder(request: Request, badge_id: uuid.UUID) -> uuid.UUID:
     """The badge's holder (BadgeError not_found): a badge never changes hands, so read before the change."""
-    row, _, _ = _service(request).get(badge_id)
-    return row.person_id
+    return _service(request).holder(badge_id)
 
 
 def _service(request: Request) -> BadgeService:

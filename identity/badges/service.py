@@ -162,11 +162,9 @@ class BadgeService:
 
     def _holder(self, conn: sa.Connection, badge_id: uuid.UUID) -> uuid.UUID:
         """The badge's holder, whose row is then locked (before the badge's: the lock order)."""
-        row = BadgeStore(conn).get(badge_id)
-        if row is None:
-            raise BadgeError("not_found", "No such badge.")
-        lock_person(conn, row.person_id)
-        return row.person_id
+        person_id = _row(conn, badge_id).person_id
+        lock_person(conn, person_id)
+        return person_id
 
     # ---- status ----------------------------------------------------------------------------------
 
@@ -300,10 +298,12 @@ class BadgeService:
         """The badge, its live activations and its status history."""
         with self._engine.connect() as conn:
             store = BadgeStore(conn)
-            row = store.get(badge_id)
-            if row is None:
-                raise BadgeError("not_found", "No such badge.")
-            return row, store.live_activations(badge_id), store.history(badge_id)
+            return _row(conn, badge_id), store.live_activations(badge_id), store.history(badge_id)
+
+    def holder(self, badge_id: uuid.UUID) -> uuid.UUID:
+        """The badge's holder, in one read (BadgeError not_found): a badge never changes hands."""
+        with self._engine.connect() as conn:
+            return _row(conn, badge_id).person_id
 
     def find(self, *, number: str | None = None, card_uid: str | None = None,
              person_id: uuid.UUID | None = None) -> list[BadgeRow]:
@@ -364,3 +364,10 @@ def deactivate_for_ban(conn: sa.Connection, person_id: uuid.UUID, *, reference: 
     if done:
         log.info("identity.badge.deactivated.port_ban")
     return done
+
+
+def _row(conn: sa.Connection, badge_id: uuid.UUID) -> BadgeRow:
+    row = BadgeStore(conn).get(badge_id)
+    if row is None:
+        raise BadgeError("not_found", "No such badge.")
+    return row
