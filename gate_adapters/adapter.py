@@ -32,7 +32,8 @@ Rules:
    password, barrier credentials) is checked as the private keys are: outside dev, one group or others
    may read or write, or another user owns, stops the adapter (config.py rule 10).
 7. A lane latched for an officer (lane.py rule 9) is cleared by an officer only: over the HTTP source with
-   an officer credential (``[[http.officers]]``, http_source.py), or here on the adapter's host::
+   an officer credential (``[[http.officers]]``, http_source.py), or here on the adapter's host (an
+   officer's override of a refused truck goes over the HTTP source only: it asks the service, overrides.py)::
 
        quaygate gate-adapter --config ... --latches                      # each lane: latched? since when, why
        quaygate gate-adapter --config ... --clear-latch in-1 --latch-id 7 --officer "J. Peeters" [--note ...]
@@ -43,6 +44,14 @@ Rules:
    name and the system user (latch.py rule 2).
 8. ``[http] health_port``: a plain listener of its own answering ``GET /livez`` only (status, nothing about
    lanes), for a load balancer that cannot pass mutual TLS (http_source.py).
+9. The pass store is sealed (offline.py rule 1) under a key derived from the adapter's own secrets: the
+   client credential (the ``private_key_jwt`` key or the client secret) and, when set, the DPoP key. They
+   are what makes this adapter itself, they are read from files checked as rule 5 says (or the
+   environment), and they never go into the store. A new one sets the stored passes aside once (logged
+   ``gate.offline.store_untrusted``) until the first refresh, which the adapter makes at start.
+10. The outbox and the pass store are made 0600; outside dev one that group or others may write, or that
+    another user owns (or whose folder is so), stops the adapter (exit 2, naming its key and the fix; also
+    with ``--check``), as a key file does (datafiles.py); in dev it is a warning.
 """
 
 from __future__ import annotations
@@ -80,12 +89,15 @@ from .runtime.config import (
     mint_token,
     read_secret_file,
 )
+from .runtime.datafiles import DataFileExposed, check_data_file
 from .runtime.dpop import DPoPKey
-from .runtime.keys import KeyFileExposed, create_ec_key, read_private_file
+from .runtime.keys import KeyFileExposed, create_ec_key, private_key, read_private_file
 from .runtime.lane import LaneRuntime, LaneWorker
 from .runtime.latch import LatchDesk, LatchError
-from .runtime.offline import OfflineMode, PassStore
-from .runtime.outbox import Outbox
+from .runtime.offline import STORE_RISK, OfflineMode, PassStore
+from .runtime.outbox import OUTBOX_RISK, Outbox
+from .runtime.overrides import OverrideDesk
+from .runtime.seal import key_material, secret_material
 from .runtime.sinks import BarrierSink, BearerAuth, HttpBarrier, LogBarrier, MqttBarrier
 
 log = logging.getLogger("gate_adapters.adapter")
@@ -217,9 +229,16 @@ def dpop_key_for(settings: AdapterSettings) -> DPoPKey | None:
 
 
 def tokens_for(settings: AdapterSettings) -> TokenProvider:
+    return client_for(settings)[0]
+
+
+def client_for(settings: AdapterSettings) -> tuple[TokenProvider, bytes]:
+    """The gate token provider, and the secret material the pass store is sealed under (rule 9): the client
+    credential (the private_key_jwt key, or the client secret) and, when set, the DPoP key, each read once."""
     auth, service = settings.auth, settings.service
     token_url = service.base_url + "/oauth2/token"
     dpop = dpop_key_for(settings)
+    dpop_part = [] if dpop is None else [("dpop_key", dpop.secret_material())]
     if auth.private_key_file is not None:
         try:
             raw = read_private_file(auth.private_key_file, strict=not settings.dev)
@@ -231,12 +250,16 @@ def tokens_for(settings: AdapterSettings) -> TokenProvider:
         try:
             signer = AssertionSigner(auth.client_id, raw, auth.audience or token_url, kid=auth.key_id,
                                      alg=auth.algorithm)
+            material = key_material(private_key(raw))
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError("auth.private_key_file", str(exc) or "not a usable private key") from None
-        return ClientCredentials(token_url, auth.client_id, None, signer=signer, dpop=dpop, scope=auth.scope,
-                                 timeout=service.timeout)
-    return ClientCredentials(token_url, auth.client_id, _read_secret(settings), dpop=dpop, scope=auth.scope,
-                             timeout=service.timeout)
+        return (ClientCredentials(token_url, auth.client_id, None, signer=signer, dpop=dpop, scope=auth.scope,
+                                  timeout=service.timeout),
+                secret_material([("private_key_jwt", material), *dpop_part]))
+    secret = _read_secret(settings)
+    return (ClientCredentials(token_url, auth.client_id, secret, dpop=dpop, scope=auth.scope,
+                              timeout=service.timeout),
+            secret_material([("client_secret", secret.encode()), *dpop_part]))
 
 
 @dataclass(frozen=True)
@@ -340,26 +363,45 @@ def make_keys(settings: AdapterSettings) -> list[str]:
     return done or ["nothing to make: set auth.dpop_key_file or [barrier_signing] key_file"]
 
 
+def check_data_files(settings: AdapterSettings) -> None:
+    """Rule 10: the outbox and the pass store, as far as they are there (``ConfigError`` names the key)."""
+    files = [("outbox", settings.outbox, OUTBOX_RISK)]
+    if settings.offline.enabled and settings.offline.passes is not None:
+        files.append(("offline.passes", settings.offline.passes, STORE_RISK))
+    for key, path, risk in files:
+        try:
+            check_data_file(path, strict=not settings.dev, risk=risk)
+        except DataFileExposed as exc:
+            raise ConfigError(key, str(exc)) from None
+
+
 def build(settings: AdapterSettings) -> Adapter:
     """Rule 1: every file and key is read here, before anything starts (ConfigError otherwise)."""
-    tokens = tokens_for(settings)
+    tokens, secret = client_for(settings)
     client = VerifyClient(settings.service.base_url, tokens, timeout=settings.service.timeout,
-                          attempts=settings.service.attempts)
+                          attempts=settings.service.attempts, max_retry_after=settings.service.max_retry_after)
     barriers = barrier_parts(settings)
     tls = source_tls_for(settings)
     mqtt_client, devices, officers = _source_credentials(settings)  # every secret read before a file is made
     _warn_insecure(settings, barriers)
+    strict = not settings.dev
+    check_data_files(settings)  # rule 10: both refused before either is made
     try:
-        outbox = Outbox(settings.outbox)
+        outbox = Outbox(settings.outbox, strict=strict)
+    except DataFileExposed as exc:
+        raise ConfigError("outbox", str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - sqlite3 / OSError: a path we cannot use
         raise ConfigError("outbox", f"cannot open {settings.outbox}: {exc}") from None
     offline = passes = None
     if settings.offline.enabled:
         assert settings.offline.passes is not None
         try:
-            passes = PassStore(settings.offline.passes, issuer=settings.service.issuer, terminal=settings.terminal)
+            passes = PassStore(settings.offline.passes, issuer=settings.service.issuer, terminal=settings.terminal,
+                               secret=secret, strict=strict)
         except Exception as exc:  # noqa: BLE001
             outbox.close()
+            if isinstance(exc, DataFileExposed):
+                raise ConfigError("offline.passes", str(exc)) from None
             raise ConfigError("offline.passes", f"cannot open {settings.offline.passes}: {exc}") from None
         o = settings.offline
         offline = OfflineMode(client, passes, outbox, refresh_seconds=o.refresh_seconds,
@@ -399,6 +441,7 @@ def build(settings: AdapterSettings) -> Adapter:
         health = lane_health(worker, None if source is None else lambda: source.dropped)  # every lane's load
         app = create_source_app(_SourceLanes(worker, fed_by["http"]), settings.terminal,  # type: ignore[arg-type]
                                 devices=devices, health=health, officers=officers, latches=latches,
+                                overrides=OverrideDesk(client, outbox, [ln.lane for ln in settings.lanes]),
                                 alive=adapter.alive)
         # No proxy stands in front of an adapter (the devices and officers connect to it): X-Forwarded-*
         # is never believed, whatever uvicorn's FORWARDED_ALLOW_IPS says, so nobody on the camera network
@@ -460,7 +503,11 @@ def latch_command(settings: AdapterSettings, args: argparse.Namespace) -> int:
         name = _user_name(owner)
         raise ConfigError("outbox", f"{path} belongs to {name}: run this as that user (sudo -u {name} quaygate "
                                     f"gate-adapter ...)")
-    desk = LatchDesk(Outbox(path), [ln.lane for ln in settings.lanes])
+    try:
+        box = Outbox(path, strict=not settings.dev)
+    except DataFileExposed as exc:
+        raise ConfigError("outbox", str(exc)) from None
+    desk = LatchDesk(box, [ln.lane for ln in settings.lanes])
     try:
         if args.latches:
             for lane in sorted(desk.lanes):
@@ -534,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.check:
             tokens_for(settings)
+            check_data_files(settings)
             _source_credentials(settings)
             barrier_parts(settings)
             source_tls_for(settings)

@@ -586,15 +586,13 @@ class GrantStore:
         """(grant, token status, expires_at) for a refresh token, for introspection and revocation."""
         if not token.startswith(REFRESH_PREFIX):
             return None
-        row = conn.execute(
-            sa.select(refresh_tokens.c.grant_id, refresh_tokens.c.status, refresh_tokens.c.expires_at).where(
-                refresh_tokens.c.token_hash == token_hash(token)
-            )
+        row = conn.execute(  # one read: the token and its grant
+            sa.select(grants, refresh_tokens.c.status.label("token_status"),
+                      refresh_tokens.c.expires_at.label("token_expires_at"))
+            .select_from(refresh_tokens.join(grants, grants.c.id == refresh_tokens.c.grant_id))
+            .where(refresh_tokens.c.token_hash == token_hash(token))
         ).first()
-        if row is None:
-            return None
-        grant = self.get(conn, row.grant_id)
-        return (grant, row.status, row.expires_at) if grant else None
+        return None if row is None else (_grant(row), row.token_status, row.token_expires_at)
 
     # ---- ending ------------------------------------------------------------------------------
 

@@ -243,7 +243,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             if gate_facts:
                 started.callback(_stop_gate_facts, built, gate_facts, own=own_facts)
             if settings.background_workers:
-                workers = BackgroundWorkers(built)
+                workers = BackgroundWorkers(built, metrics=app.state.metrics)
                 workers.start()
                 started.callback(workers.stop)
                 # Issue 4: the port-ban register's periodic pull (off unless QUAYGATE_BAN_FEED_URL is set).

@@ -119,7 +119,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     settings = _settings()
     if args.audit_cmd == "verify":
-        return audit_cli.cmd_verify(settings, args.public_key)
+        return audit_cli.cmd_verify(settings, args.public_key, args.checkpoints or ())
     if args.audit_cmd == "seal":
         return audit_cli.cmd_seal(settings)
     return audit_cli.cmd_export_key(settings)
@@ -343,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_cmd", required=True)
     verify = audit_sub.add_parser("verify", help="check the whole chain and its signed checkpoints")
     verify.add_argument("--public-key", help="a JWK file with the audit public key (else the one in the database)")
+    verify.add_argument("--checkpoints", action="append", metavar="FILE",
+                        help="a witness file of signed checkpoints (QUAYGATE_AUDIT_WITNESS): each must be in the "
+                             "trail as signed; repeat for one per replica")
     audit_sub.add_parser("seal", help="chain and sign the entries written since the last seal")
     audit_sub.add_parser("export-key", help="print the audit public key (JWK) for an authority")
     audit.set_defaults(func=cmd_audit)

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -67,6 +67,11 @@ class Metrics:
         commits = Counter("quaygate_gate_commits_total", "Gate commits by where they were settled", ["way"],
                           registry=self.registry)
         self.gate_commits = {way: commits.labels(way) for way in ("loop", "threads")}
+        # 1 once this process's audit sealer found the trail's head rewritten and stopped sealing (log event
+        # audit.tampered; release_service/adapters/audit.py): it stays 1 until an operator acts and restarts.
+        self.audit_sealing_stopped = Gauge("quaygate_audit_sealing_stopped",
+                                           "1 when the audit sealer refused to seal a rewritten trail",
+                                           registry=self.registry)
 
     def series(self, method: str, route: str, status: int) -> tuple[Any, Any]:
         """The request counter and latency histogram of one (method, route, status), found once: a

@@ -255,7 +255,7 @@ webhook_deliveries = sa.Table(
     sa.Column("event_id", UUID, nullable=False),
     sa.Column("event_type", sa.String(64), nullable=False),
     sa.Column("payload", JSON, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | dead
+    sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | dead | withheld (no CHECK)
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", UTCDateTime, nullable=False),
     sa.Column("last_error", sa.String(500)),
@@ -297,6 +297,10 @@ audit_checkpoints = sa.Table(
     sa.Column("key_id", sa.String(64), nullable=False),
     sa.Column("signature", sa.Text, nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
+    # Version 2 checkpoints sign the checkpoint before them too (release_service/domain/audit_chain.py);
+    # NULL in those signed before (version 1).
+    sa.Column("prev_chain_seq", sa.BigInteger),
+    sa.Column("prev_hash", sa.String(64)),
 )
 
 # ---- identity ----------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# The cookie prefix of a host-only, Secure, Path=/ cookie (RFC 6265bis §4.1.3.2; ``Settings.cookie_name``).
+HOST_PREFIX = "__Host-"
 # How long a request's body may take to come (``Settings.body_seconds``), by default.
 DEFAULT_BODY_SECONDS = 10.0
 
@@ -56,6 +58,8 @@ class Settings(BaseSettings):
     authorization_code_ttl: int = 60  # RFC 6749 §4.1.2: short-lived, ten minutes at most
     par_ttl: int = 60  # RFC 9126 §2.2 expires_in
     session_ttl: int = 12 * 3600  # a login session at the provider (one shift)
+    # The login session cookie (identity/sessions.py), as named on the wire: ``cookie_name`` of this, so
+    # ``__Host-qg_session`` on an https issuer.
     session_cookie: str = "qg_session"
     # WebAuthn relying party: the id defaults to the issuer's host, the origin to the issuer's origin.
     webauthn_rp_id: str | None = None
@@ -96,6 +100,19 @@ class Settings(BaseSettings):
     # threads are needed to keep a core busy (about round trips x round-trip time / CPU per request).
     worker_threads: int = Field(default=4, ge=1, le=200)
     audit_seal_interval: float = 1.0
+    # A file outside the database (another volume, or one shipped away as it grows) where the audit sealer
+    # appends every checkpoint it signs, one JSON line, fsync'd: it carries the sealer's last head across
+    # restarts, and `quaygate audit verify --checkpoints FILE` holds the trail to it, so that a trail cut
+    # back, or cut back and sealed again, by someone with write access to the database is found. Unset: none.
+    audit_witness: Path | None = None
+    # Seconds an audit entry may stay unsealed before `quaygate audit verify` calls the trail not intact:
+    # nothing vouches for an unsealed entry, so one held back from the sealer can be edited unseen. The
+    # sealer takes an entry about a second after its writer commits; what holds it longer is a write
+    # transaction open on the PostgreSQL server (bounded in production by idle_in_transaction_session_timeout
+    # and statement_timeout) or a sealer that is down (a restart). Five minutes is well past both, so a
+    # busy moment or a redeploy raises no alarm, and short enough that an entry held back to be edited is
+    # found while it matters.
+    audit_unsealed_max_age: float = Field(default=300.0, gt=0)
     webhook_interval: float = 1.0
     background_workers: bool = True
     # Issue 5, the gate's hot path (with redis_url): facts cached in Redis, check decisions kept there
@@ -188,6 +205,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
+        self.session_cookie = self.cookie_name(self.session_cookie)
         if not self.database_url:
             self.database_url = f"sqlite:///{self.var_dir / 'quaygate.db'}"
         if self.mode is Mode.PRODUCTION:
@@ -218,6 +236,23 @@ class Settings(BaseSettings):
     def pepper_bytes(self) -> bytes:
         assert self.pepper is not None
         return self.pepper.get_secret_value().encode()
+
+    @property
+    def secure_cookies(self) -> bool:
+        """The issuer is https: our cookies are ``Secure`` and named with the ``__Host-`` prefix."""
+        return self.issuer.startswith("https://")
+
+    def cookie_name(self, name: str) -> str:
+        """What the cookie ``name`` is called on the wire, decided here for every cookie of ours.
+
+        On an https issuer, ``__Host-<name>`` (RFC 6265bis §4.1.3.2): a browser keeps such a cookie only
+        when it is Secure, has ``Path=/`` and no ``Domain``, so a sibling subdomain cannot plant one (it
+        could plant a plain ``qg_session`` for the parent domain, which Starlette's parser, taking the
+        last of two cookies of one name, would prefer: a login CSRF). Only the prefixed name is read, so
+        a plain one sent beside it counts for nothing. On http (local development, tests) the plain name:
+        a browser refuses the prefix on a cookie that cannot be Secure."""
+        bare = name.removeprefix(HOST_PREFIX)
+        return HOST_PREFIX + bare if self.secure_cookies else bare
 
     @property
     def is_sqlite(self) -> bool:

@@ -26,6 +26,7 @@ from release_service.api.routes import unit_of_work
 from release_service.services.lifecycle import lapse_due
 
 from .container import Container
+from .observability import Metrics
 
 log = logging.getLogger("quaygate.workers")
 
@@ -59,14 +60,15 @@ def start_gate_facts(container: Container) -> RedisGateFacts | None:
 
 
 class BackgroundWorkers:
-    def __init__(self, container: Container) -> None:
+    def __init__(self, container: Container, *, metrics: Metrics | None = None) -> None:
         self._c = container
+        self._metrics = metrics
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         c = self._c
-        sealer = AuditSealer(c.engine, c.cipher)
+        sealer = AuditSealer(c.engine, c.cipher, witness=c.settings.audit_witness, on_tampered=self._audit_tampered)
         dispatcher = WebhookDispatcher(
             c.engine, c.cipher, http_client_factory=lambda: httpx.Client(timeout=5.0, follow_redirects=False),
             clock=c.clock, allow_local=c.settings.mode.value != "production",  # as the subscriptions allow
@@ -78,6 +80,11 @@ class BackgroundWorkers:
         self._loop("badge-expiry", 60.0, lambda: badges.expire_due(c.clock.now()))
         # A port ban that starts after its load acts once it starts (identity/bans/sweep.py).
         self._loop("ban-sweeper", 60.0, lambda: sweep_bans_in_effect(c.engine, c.clock.now()))
+
+    def _audit_tampered(self, _reason: str) -> None:
+        # The sealer has logged audit.tampered (critical) and stopped; the metric keeps it in sight.
+        if self._metrics is not None:
+            self._metrics.audit_sealing_stopped.set(1)
 
     def _lapse(self) -> int:
         uow = SqlUnitOfWork(self._c.engine)

@@ -29,6 +29,7 @@ class PersonRef:
     given_name: str
     family_name: str
     employer_organisation_id: uuid.UUID | None
+    status: str = "active"  # identity's persons.status: active, or suspended by port security
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +127,16 @@ class Directory(Protocol):
 
     def badges_of(self, person_id: uuid.UUID) -> list[BadgeRef]: ...
 
-    def drives_for(self, person_id: uuid.UUID, organisation_id: uuid.UUID) -> bool:
+    def drives_for(self, person_id: uuid.UUID, organisation_id: uuid.UUID, *, now: datetime) -> bool:
         """Whether the badge office links the person to the organisation as its driver: his employer, a
-        badge issued for that employer, or a ``driver`` membership (a subcontracted driver)."""
+        badge issued for that employer and usable at ``now`` (active and in date: a revoked or expired
+        one no longer links him), or a ``driver`` membership (a subcontracted driver)."""
         ...
 
 
 class DriverScreening(Protocol):
-    """Screens a driver at nomination: a valid badge and no port ban (SPEC.md, issue 4)."""
+    """Screens a driver at nomination (and for an override, and an offline pass's reconcile): a valid
+    badge, no port ban (SPEC.md, issue 4), and not suspended by port security (``person_suspended``)."""
 
     def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> Screening: ...
 
@@ -210,6 +213,9 @@ class WebhookUnitOfWork(Protocol):
 
     @property
     def audit(self) -> AuditLog: ...  # every change of a subscription is on the trail, in its transaction
+
+    @property
+    def directory(self) -> Directory: ...  # a deactivated organisation changes no subscription (review 77)
 
     def __enter__(self) -> WebhookUnitOfWork: ...
 
@@ -502,11 +508,11 @@ class GateOfflineStore(Protocol):
     def pass_subjects(self, terminal: str, *, now: datetime, gated_in_since: datetime, near: timedelta,
                       limit: int) -> list[PassSubject]:
         """The rights a pass is issued for: nominated to ``terminal`` and valid at ``now``, or gated in there
-        since ``gated_in_since``; at most ``limit``, the most relevant first: the rights gated in (the
-        latest gate-in first), then those usable now, without a slot or with a slot within ``near`` of
-        ``now`` on either side (the soonest to lapse first: the gate does not judge slots, a truck may be
-        early or late), then slots further ahead (the nearest first), then slots missed long ago (the
-        latest first)."""
+        since ``gated_in_since``, to a driver port security has not suspended; at most ``limit``, the most
+        relevant first: the rights gated in (the latest gate-in first), then those usable now, without a
+        slot or with a slot within ``near`` of ``now`` on either side (the soonest to lapse first: the gate
+        does not judge slots, a truck may be early or late), then slots further ahead (the nearest first),
+        then slots missed long ago (the latest first)."""
 
     def ban_list_as_of(self) -> datetime | None: ...
 

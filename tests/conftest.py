@@ -101,8 +101,16 @@ def _truncate(engine: sa.Engine) -> None:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
         else:
+            # The audit tables refuse DELETE by trigger (migration 0015), and SQLite has no TRUNCATE (which
+            # on PostgreSQL fires no row trigger): the triggers are set aside in this transaction and made
+            # again, as they were, before it commits.
+            triggers = conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").all()
+            for name, _ in triggers:
+                conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
             for t in tables:
                 conn.exec_driver_sql(f'DELETE FROM "{t}"')
+            for _, sql in triggers:
+                conn.exec_driver_sql(sql)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

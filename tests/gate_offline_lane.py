@@ -60,7 +60,8 @@ def main(plan_path: str, crash_after: int | None = None) -> int:
     terminal, lane_id = plan["terminal"], plan["lane"]
     client = VerifyClient(plan["base_url"], StaticToken(plan["token"]), attempts=2, timeout=2.0, backoff=0.05)
     outbox = Outbox(plan["outbox"])
-    store = PassStore(plan["passes"], issuer=plan["issuer"], terminal=terminal)
+    store = PassStore(plan["passes"], issuer=plan["issuer"], terminal=terminal,
+                      secret=plan["token"].encode())  # the same at each restart
     offline = OfflineMode(client, store, outbox, reconcile_seconds=0.2, refresh_seconds=30.0)
     results = Path(plan["results"]).open("a", encoding="utf-8")
 

@@ -1,17 +1,19 @@
 """The tamper-evident audit trail on the real schema: sealing, signed checkpoints, verification.
 
-Each tampering test edits the database the way an insider with write access would, and checks that
-verification names the first broken entry.
+Each tampering test edits the database the way an insider with write access would, past the audit
+tables' triggers (``as_insider``), and checks that verification names the first broken entry.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -91,20 +93,40 @@ def wait_until_sealable(engine: sa.Engine, count: int) -> None:
             time.sleep(0.02)
 
 
-def public_keys(engine: sa.Engine) -> list[dict[str, str]]:
-    keys: list[dict[str, str]] = export_public_key(engine)["keys"]
+def public_keys(engine: sa.Engine, cipher: DataCipher) -> list[dict[str, str]]:
+    jwks, ignored = export_public_key(engine, cipher)
+    assert ignored == []
+    keys: list[dict[str, str]] = jwks["keys"]
     return keys
 
 
-def run(engine: sa.Engine, sql: str, **params: object) -> None:
+@contextlib.contextmanager
+def as_insider(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A write transaction of an insider who gets past the audit tables' triggers (migration 0015): on
+    PostgreSQL a superuser's ``session_replication_role = replica``, under which no ordinary trigger
+    fires; on SQLite the triggers dropped inside the transaction and made again before it commits."""
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+            yield conn
+            return
+        triggers = conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").all()
+        for name, _ in triggers:
+            conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
+        yield conn
+        for _, sql in triggers:
+            conn.exec_driver_sql(sql)
+
+
+def run(engine: sa.Engine, sql: str, **params: object) -> None:
+    with as_insider(engine) as conn:
         conn.execute(sa.text(sql), params)
 
 
 def test_an_intact_trail_verifies_with_only_the_public_key(
     sealed_trail: sa.Engine, cipher: DataCipher
 ) -> None:
-    report = verify_trail(sealed_trail, public_keys(sealed_trail))
+    report = verify_trail(sealed_trail, public_keys(sealed_trail, cipher))
     assert report.intact, report.problem
     assert (report.entries, report.checkpoints, report.unsealed) == (12, 3, 0)
     assert report.last_checkpoint is not None and report.last_checkpoint.chain_seq == 12
@@ -113,57 +135,57 @@ def test_an_intact_trail_verifies_with_only_the_public_key(
     assert verify_trail(sealed_trail).unsealed == 2
     assert seal_all(AuditSealer(sealed_trail, cipher), 2) == 2
     assert AuditSealer(sealed_trail, cipher).seal_once(T0) == 0  # sealed once, never again
-    report = verify_trail(sealed_trail, public_keys(sealed_trail))
+    report = verify_trail(sealed_trail, public_keys(sealed_trail, cipher))
     assert report.intact and (report.entries, report.checkpoints, report.unsealed) == (14, 4, 0)
 
 
-def test_an_edited_row_is_named_by_its_chain_seq(sealed_trail: sa.Engine) -> None:
+def test_an_edited_row_is_named_by_its_chain_seq(sealed_trail: sa.Engine, cipher: DataCipher) -> None:
     run(sealed_trail, "UPDATE audit_log SET data = :d WHERE chain_seq = 7", d=json.dumps({"n": 999}))
-    report = verify_trail(sealed_trail, public_keys(sealed_trail))
+    report = verify_trail(sealed_trail, public_keys(sealed_trail, cipher))
     assert report.problem is not None and report.problem.kind is ProblemKind.EDITED
     assert report.problem.chain_seq == 7 and report.entries == 6
     assert "entry 7" in report.problem.message
 
 
-def test_a_deleted_row_is_found(sealed_trail: sa.Engine) -> None:
+def test_a_deleted_row_is_found(sealed_trail: sa.Engine, cipher: DataCipher) -> None:
     run(sealed_trail, "DELETE FROM audit_log WHERE chain_seq = 5")
-    report = verify_trail(sealed_trail, public_keys(sealed_trail))
+    report = verify_trail(sealed_trail, public_keys(sealed_trail, cipher))
     assert report.problem is not None and report.problem.kind is ProblemKind.MISSING
     assert report.problem.chain_seq == 5 and "entry 5 is missing" in report.problem.message
 
 
-def test_a_deleted_tail_is_found_through_its_checkpoint(sealed_trail: sa.Engine) -> None:
+def test_a_deleted_tail_is_found_through_its_checkpoint(sealed_trail: sa.Engine, cipher: DataCipher) -> None:
     run(sealed_trail, "DELETE FROM audit_log WHERE chain_seq >= 11")
-    report = verify_trail(sealed_trail, public_keys(sealed_trail))
+    report = verify_trail(sealed_trail, public_keys(sealed_trail, cipher))
     assert report.problem is not None and report.problem.kind is ProblemKind.MISSING
     assert report.problem.chain_seq == 11 and report.entries == 10
 
 
-def test_swapped_rows_are_found(sealed_trail: sa.Engine) -> None:
+def test_swapped_rows_are_found(sealed_trail: sa.Engine, cipher: DataCipher) -> None:
     # Reordering: entries 3 and 4 trade places in the chain.
     run(sealed_trail, "UPDATE audit_log SET chain_seq = -1 WHERE chain_seq = 3")
     run(sealed_trail, "UPDATE audit_log SET chain_seq = 3 WHERE chain_seq = 4")
     run(sealed_trail, "UPDATE audit_log SET chain_seq = 4 WHERE chain_seq = -1")
-    report = verify_trail(sealed_trail, public_keys(sealed_trail))
+    report = verify_trail(sealed_trail, public_keys(sealed_trail, cipher))
     assert report.problem is not None and report.problem.kind is ProblemKind.MISLINKED
     assert report.problem.chain_seq == 3
 
 
-def test_swapped_contents_are_found(sealed_trail: sa.Engine) -> None:
-    with sealed_trail.begin() as conn:
+def test_swapped_contents_are_found(sealed_trail: sa.Engine, cipher: DataCipher) -> None:
+    with as_insider(sealed_trail) as conn:
         a, b = conn.execute(sa.select(audit_log.c.subject, audit_log.c.data)
                             .where(audit_log.c.chain_seq.in_([8, 9])).order_by(audit_log.c.chain_seq)).all()
         for seq, row in ((8, b), (9, a)):
             conn.execute(audit_log.update().where(audit_log.c.chain_seq == seq)
                          .values(subject=row.subject, data=row.data))
-    report = verify_trail(sealed_trail, public_keys(sealed_trail))
+    report = verify_trail(sealed_trail, public_keys(sealed_trail, cipher))
     assert report.problem is not None and report.problem.kind is ProblemKind.EDITED
     assert report.problem.chain_seq == 8
 
 
 def rechain_from(engine: sa.Engine, seq: int) -> None:
     """The insider's best forgery: edit entry ``seq`` and recompute every hash after it."""
-    with engine.begin() as conn:
+    with as_insider(engine) as conn:
         prev = conn.execute(sa.select(audit_log.c.hash).where(audit_log.c.chain_seq == seq - 1)).scalar_one()
         conn.execute(audit_log.update().where(audit_log.c.chain_seq == seq).values(data={"n": -1}))
         rows = conn.execute(sa.select(audit_log.c.id, audit_log.c.at, audit_log.c.kind, audit_log.c.actor,
@@ -177,39 +199,40 @@ def rechain_from(engine: sa.Engine, seq: int) -> None:
 
 
 def test_a_consistently_rewritten_chain_is_caught_by_the_next_signed_checkpoint(
-    sealed_trail: sa.Engine
+    sealed_trail: sa.Engine, cipher: DataCipher
 ) -> None:
     rechain_from(sealed_trail, 7)
-    report = verify_trail(sealed_trail, public_keys(sealed_trail))
+    report = verify_trail(sealed_trail, public_keys(sealed_trail, cipher))
     assert report.problem is not None and report.problem.kind is ProblemKind.CHECKPOINT_MISMATCH
     assert report.problem.chain_seq == 10 and report.entries == 9
 
 
-def test_a_removed_checkpoint_leaves_its_entries_uncovered(sealed_trail: sa.Engine) -> None:
+def test_a_removed_checkpoint_leaves_its_entries_uncovered(sealed_trail: sa.Engine, cipher: DataCipher) -> None:
     run(sealed_trail, "DELETE FROM audit_checkpoints WHERE chain_seq = 12")
-    report = verify_trail(sealed_trail, public_keys(sealed_trail))
+    report = verify_trail(sealed_trail, public_keys(sealed_trail, cipher))
     assert report.problem is not None and report.problem.kind is ProblemKind.UNCOVERED
     assert report.problem.chain_seq == 11
 
 
-def test_a_forged_checkpoint_signature_is_found(sealed_trail: sa.Engine) -> None:
+def test_a_forged_checkpoint_signature_is_found(sealed_trail: sa.Engine, cipher: DataCipher) -> None:
     # Rewrite the chain, then re-sign its checkpoints with a key of the forger's own under the same kid.
     rechain_from(sealed_trail, 7)
     forger = Ed25519PrivateKey.generate()
-    with sealed_trail.begin() as conn:
+    with as_insider(sealed_trail) as conn:
         for cp in conn.execute(sa.select(audit_checkpoints)).all():
             new_hash = conn.execute(sa.select(audit_log.c.hash)
                                     .where(audit_log.c.chain_seq == cp.chain_seq)).scalar_one()
-            sig = forger.sign(checkpoint_message(cp.chain_seq, new_hash, cp.key_id, cp.at))
+            sig = forger.sign(checkpoint_message(cp.chain_seq, new_hash, cp.key_id, cp.at,
+                                                 (cp.prev_chain_seq, cp.prev_hash)))
             conn.execute(audit_checkpoints.update().where(audit_checkpoints.c.chain_seq == cp.chain_seq)
                          .values(hash=new_hash, signature=base64.urlsafe_b64encode(sig).decode().rstrip("=")))
-    report = verify_trail(sealed_trail, public_keys(sealed_trail))
+    report = verify_trail(sealed_trail, public_keys(sealed_trail, cipher))
     assert report.problem is not None and report.problem.kind is ProblemKind.BAD_SIGNATURE
     assert report.problem.chain_seq == 5 and report.entries == 4
 
 
-def test_verification_with_a_different_public_key_fails(sealed_trail: sa.Engine) -> None:
-    genuine = public_keys(sealed_trail)[0]
+def test_verification_with_a_different_public_key_fails(sealed_trail: sa.Engine, cipher: DataCipher) -> None:
+    genuine = public_keys(sealed_trail, cipher)[0]
     other = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.Raw,
                                                                    serialization.PublicFormat.Raw)
     impostor = {**genuine, "x": base64.urlsafe_b64encode(other).decode().rstrip("=")}
@@ -235,9 +258,10 @@ def test_the_audit_key_is_stored_sealed_under_the_data_key(
         cipher.open(row.private_enc, b"another-kid")
 
 
-def test_an_auditor_can_reimplement_the_check_from_the_documented_rules(sealed_trail: sa.Engine) -> None:
+def test_an_auditor_can_reimplement_the_check_from_the_documented_rules(sealed_trail: sa.Engine,
+                                                                        cipher: DataCipher) -> None:
     """Straight from the module docstring, with hashlib and an Ed25519 verifier only."""
-    jwk = public_keys(sealed_trail)[0]
+    jwk = public_keys(sealed_trail, cipher)[0]
     verifier = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(jwk["x"] + "="))
     with sealed_trail.connect() as conn:
         rows = conn.execute(sa.select(audit_log).order_by(audit_log.c.chain_seq)).all()
@@ -249,13 +273,15 @@ def test_an_auditor_can_reimplement_the_check_from_the_documented_rules(sealed_t
         body = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         assert r.prev_hash == prev and r.hash == hashlib.sha256(prev.encode() + body).hexdigest()
         prev = hashes[r.chain_seq] = r.hash
-    for cp in cps:
+    before = (0, GENESIS)
+    for cp in sorted(cps, key=lambda c: c.chain_seq):
         body = {"at": cp.at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "chain_seq": cp.chain_seq, "hash": cp.hash,
-                "key_id": cp.key_id}
+                "key_id": cp.key_id, "prev_chain_seq": cp.prev_chain_seq, "prev_hash": cp.prev_hash}
         signed = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-        message = b"quaygate.audit.checkpoint.v1\n" + signed
+        message = b"quaygate.audit.checkpoint.v2\n" + signed
         verifier.verify(base64.urlsafe_b64decode(cp.signature + "=="), message)
-        assert hashes[cp.chain_seq] == cp.hash
+        assert hashes[cp.chain_seq] == cp.hash and (cp.prev_chain_seq, cp.prev_hash) == before
+        before = (cp.chain_seq, cp.hash)
 
 
 def test_verify_chain_reports_the_first_problem_only() -> None:
@@ -297,7 +323,7 @@ def test_a_row_of_a_transaction_still_open_is_sealed_only_after_it_commits_in_it
         order = conn.execute(sa.select(audit_log.c.chain_seq, audit_log.c.subject)
                              .order_by(audit_log.c.chain_seq)).all()
     assert [tuple(r) for r in order] == [(1, "right-0"), (2, "slow"), (3, "right-1")]
-    assert verify_trail(pg_engine, public_keys(pg_engine)).intact
+    assert verify_trail(pg_engine, public_keys(pg_engine, cipher)).intact
 
 
 def test_concurrent_appends_are_all_sealed_once_with_a_gap_free_chain(
@@ -339,7 +365,7 @@ def test_concurrent_appends_are_all_sealed_once_with_a_gap_free_chain(
         seqs = sorted(conn.execute(sa.select(audit_log.c.chain_seq)).scalars())
         subjects = conn.execute(sa.select(sa.func.count(sa.distinct(audit_log.c.subject)))).scalar_one()
     assert seqs == list(range(1, total + 1)) and subjects == total
-    report = verify_trail(engine, public_keys(engine))
+    report = verify_trail(engine, public_keys(engine, cipher))
     assert report.intact, report.problem
     assert report.entries == total and report.unsealed == 0
 

@@ -26,7 +26,7 @@ from identity.grants import grants_for
 from identity.sessions import sessions_for
 
 from .interleave import HeldBeforeCommit, in_thread, waits_on_a_lock
-from .upstream.world import World, build_world
+from .upstream.world import BROWSER_HEADERS, World, build_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("broker")]
 
@@ -34,6 +34,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("broker")]
 @pytest.fixture
 def world(engine: sa.Engine, tmp_path: Path) -> Iterator[World]:
     yield from build_world(engine, tmp_path)
+
+
+def _browser_with(binding: str) -> httpx.Client:
+    """Another browser that holds (a copy of) the broker's binding cookie."""
+    return httpx.Client(follow_redirects=False, timeout=20, headers=BROWSER_HEADERS, cookies={"qg_broker": binding})
 
 
 def _refused(world: World, response: httpx.Response, code: str, detail: str | None = None) -> None:
@@ -122,7 +127,7 @@ def test_a_replayed_callback_is_refused(world: World) -> None:
         assert browser.get(callback).status_code == 303
         again = browser.get(callback)
     assert again.status_code == 400 and 'data-code="upstream_browser_mismatch"' in again.text
-    with httpx.Client(follow_redirects=False, timeout=20, cookies={"qg_broker": binding}) as twin:
+    with _browser_with(binding) as twin:
         kept = twin.get(callback)
     assert kept.status_code == 401 and 'data-code="upstream_token_refused"' in kept.text
     assert len(world.sessions()) == 1  # the first login only
@@ -137,7 +142,7 @@ def test_a_replayed_state_is_refused_even_where_the_upstream_takes_its_code_agai
         callback = world.callback_url(browser, "jan")
         binding = _binding(browser)
         assert browser.get(callback).status_code == 303
-    with httpx.Client(follow_redirects=False, timeout=20, cookies={"qg_broker": binding}) as twin:
+    with _browser_with(binding) as twin:
         again = twin.get(callback)
     assert again.status_code == 400 and 'data-code="upstream_state_invalid"' in again.text
     assert len(world.sessions()) == 1
@@ -157,7 +162,7 @@ def test_a_state_taken_to_another_browser_is_refused(world: World) -> None:
             world.callback_url(other, "jan")  # a login of its own: its cookie names its own state
             assert 'data-code="upstream_browser_mismatch"' in other.get(callback).text
         changed = binding[:30] + ("A" if binding[30] != "A" else "B") + binding[31:]
-        with httpx.Client(follow_redirects=False, timeout=20, cookies={"qg_broker": changed}) as forged:
+        with _browser_with(changed) as forged:
             assert 'data-code="upstream_state_invalid"' in forged.get(callback).text
         assert world.sessions() == []
         assert browser.get(callback).status_code == 303
@@ -205,7 +210,7 @@ def test_racing_callbacks_of_one_state_log_in_once_on_redis_and_postgresql(redis
         binding = _binding(browser)
 
     def hit(_: int) -> int:
-        with httpx.Client(follow_redirects=False, timeout=20, cookies={"qg_broker": binding}) as twin:
+        with _browser_with(binding) as twin:
             return twin.get(callback).status_code
 
     with ThreadPoolExecutor(8) as pool:

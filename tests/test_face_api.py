@@ -203,8 +203,9 @@ def test_an_officer_does_not_enrol_his_own_face_and_face_views_are_audited(env: 
     officer = _officer(flow, "badge_office")
     office = _auth(_token(flow, client_id, officer))
     driver = env.person()
-    _problem(env.http.post(f"/admin/v1/persons/{officer}/face", json={"image": b64(photo("obama.jpg"))},
-                           headers=office), 403, "own_face")
+    own = env.http.post(f"/admin/v1/persons/{officer}/face", json={"image": b64(photo("obama.jpg"))}, headers=office)
+    _problem(own, 403, "own_face")
+    assert "www-authenticate" not in own.headers  # separation of duties, not a token challenge
     assert env.http.post(f"/admin/v1/persons/{driver}/face", json={"image": b64(photo("obama.jpg"))},
                          headers=office).status_code == 201
     with env.engine.connect() as conn:
@@ -216,6 +217,38 @@ def test_an_officer_does_not_enrol_his_own_face_and_face_views_are_audited(env: 
     assert env.http.get(f"/admin/v1/persons/{driver}/face", headers=_office(env)).status_code == 200
     _problem(env.http.get(f"/admin/v1/persons/{driver}/face"), 401, "invalid_request")
     assert len(_views(env)) == 1
+
+
+def test_an_officer_does_not_withdraw_his_own_face(env: Lifecycle, caplog: pytest.LogCaptureFixture) -> None:
+    """His biometric reference is another officer's act either way: enrolled by another, and withdrawn
+    by another too (403 own_face, logged as the enrolment's refusal, the template kept), where he
+    withdraws another person's face, and another officer his. The refusal is not a token challenge:
+    no WWW-Authenticate, where a token without the badge office's scope keeps its challenge."""
+    caplog.set_level(logging.INFO)
+    flow = Flow(env.app, env.http, env.container)
+    client_id = _console(flow)
+    officer = _officer(flow, "badge_office")
+    office = _auth(_token(flow, client_id, officer))
+    driver = env.person()
+    for person in (officer, driver):
+        assert _enrol(env, person).status_code == 201  # by the badge office's admin client
+    own = env.http.delete(f"/admin/v1/persons/{officer}/face", headers=office)
+    body = _problem(own, 403, "own_face")
+    assert body["instance"] == f"/admin/v1/persons/{officer}/face" and body["status"] == 403
+    assert "www-authenticate" not in own.headers
+    assert "identity.admin.refused.own_face" in caplog.messages
+    with env.engine.connect() as conn:
+        assert set(conn.execute(sa.select(face_templates.c.person_id)).scalars()) == {officer, driver}
+    assert "identity.face.withdrawn" not in [k for k, _ in _kinds(env)]
+    gone = env.http.delete(f"/admin/v1/persons/{driver}/face", headers=office)
+    assert gone.status_code == 200 and gone.json() == {"person_id": str(driver), "enrolled": False}
+    assert env.http.delete(f"/admin/v1/persons/{officer}/face", headers=_office(env)).status_code == 200
+    # A token that lacks the badge office's scope is told so in its challenge (RFC 6750 §3).
+    admin, admin_secret, _ = env.machine("admin")
+    port_security = {"Authorization": f"Bearer {env.machine_token(admin, admin_secret, scope='admin')}"}
+    refused = env.http.delete(f"/admin/v1/persons/{driver}/face", headers=port_security)
+    _problem(refused, 403, "badge_office_required")
+    assert refused.headers["www-authenticate"].startswith('Bearer error="badge_office_required"')
 
 
 def _views(env: Lifecycle) -> list[tuple[Any, Any]]:

@@ -77,6 +77,8 @@ def test_the_example_file_parses() -> None:
     ({"service": {"base_url": "ftp://x"}}, "service.base_url"),
     ({"dev": False}, "service.base_url"),  # http:// outside dev
     ({"service": {"base_url": "http://x", "timeout": -1}}, "service.timeout"),
+    ({"service": {"base_url": "http://x", "max_retry_after": -1}}, "service.max_retry_after"),
+    ({"service": {"base_url": "http://x", "max_retry_after": 600}}, "service.max_retry_after"),  # a truck waits
     ({"auth": {}}, "auth.client_id"),
     ({"auth": {"client_id": "g", "client_secret_file": "s", "private_key_file": "k"}}, "auth.private_key_file"),
     ({"auth": {"client_id": "g", "algorithm": "HS256"}}, "auth.algorithm"),

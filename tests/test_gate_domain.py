@@ -169,6 +169,7 @@ SCENARIOS: dict[Reason, Callable[[], Decision]] = {
     Reason.PLATE_LOW_CONFIDENCE: lambda: run(request=a_request(plate=PlateRead("1-ABC-123", "BE", 0.5))),
     Reason.FACE_REQUIRED: lambda: run(policy=TerminalPolicy(face_required=True)),
     Reason.FACE_MISMATCH: lambda: run(request=a_request(face=FaceEvidence("match_result", 0.95, False))),
+    Reason.PERSON_SUSPENDED: lambda: run(badge=a_badge(holder_status="suspended")),
     Reason.PERSON_BANNED: lambda: run(screening=ScreeningFacts(ScreeningResult.BANNED)),
     Reason.SCREENING_UNAVAILABLE: lambda: run(screening=ScreeningFacts(ScreeningResult.UNAVAILABLE)),
 }
@@ -193,7 +194,8 @@ def test_every_reason_code_has_a_scenario_that_produces_it() -> None:
 
 
 def test_reason_codes_are_the_published_ones() -> None:
-    assert {r.value for r in Reason} == SPEC_CODES | {release.NOMINATION_REFUSED}
+    # Two beyond SPEC.md's list ("reason codes, at least"): the driver's refusal, port security's suspension.
+    assert {r.value for r in Reason} == SPEC_CODES | {release.NOMINATION_REFUSED, "person_suspended"}
     assert Reason.NOMINATION_REFUSED.value == release.NOMINATION_REFUSED
 
 

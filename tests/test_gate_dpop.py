@@ -111,7 +111,7 @@ def test_gate_passes_and_the_offline_reconcile_take_dpop(gate: Gate, key: DPoPKe
     rid = gate.pickable(2)
     online = VerifyClient(public_url(gate), tokens(gate, gate_client(gate), key), http=gate.http)
     outbox = Outbox(tmp_path / "outbox.sqlite3")
-    store = PassStore(tmp_path / "passes.sqlite3", issuer=public_url(gate), terminal=TERMINAL)
+    store = PassStore(tmp_path / "passes.sqlite3", issuer=public_url(gate), terminal=TERMINAL, secret=b"adapter")
     try:
         offline = OfflineMode(online, store, outbox)
         assert offline.refresh() >= 1  # GET /oauth2/jwks and GET /gate/v1/passes

@@ -35,6 +35,7 @@ from .test_gate_runtime import RecordingBarrier, reads, runtime
 from .test_gate_verify import Gate, ban_the_driver, gate  # noqa: F401
 from .test_release_api import assert_problem
 
+SECRET = b"the adapter's own secret material (its key files)"  # the pass store's seal
 DEAD = "http://127.0.0.1:9"  # nothing listens: connect refused, the outage
 
 
@@ -88,7 +89,8 @@ def adapters(gate: Gate, tmp_path: Path) -> Iterator[list[Adapter]]:
     for n in range(2):
         online = VerifyClient("http://testserver", StaticToken(gate.gate_token), http=gate.http)
         outbox = Outbox(tmp_path / f"gate{n}-outbox.sqlite3")
-        store = PassStore(tmp_path / f"gate{n}-passes.sqlite3", issuer=issuer(gate), terminal=TERMINAL)
+        store = PassStore(tmp_path / f"gate{n}-passes.sqlite3", issuer=issuer(gate), terminal=TERMINAL,
+                          secret=SECRET)
         made.append(Adapter(online, outbox, store, OfflineMode(online, store, outbox), RecordingBarrier()))
     yield made
     for a in made:
@@ -429,7 +431,7 @@ def test_a_right_used_online_at_one_lane_is_not_let_through_offline_at_another(
     a.outbox.close()
     a.store.close()
     a.outbox = Outbox(a.outbox.path)
-    a.store = PassStore(a.store.path, issuer=issuer(gate), terminal=TERMINAL)
+    a.store = PassStore(a.store.path, issuer=issuer(gate), terminal=TERMINAL, secret=SECRET)
     a.offline = OfflineMode(a.online, a.store, a.outbox)
     a.down()
     third = _at_lane(a, f"{direction}-3", direction, service_up=False)

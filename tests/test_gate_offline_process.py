@@ -152,7 +152,8 @@ def test_an_outage_is_decided_offline_then_reconciled_and_a_double_use_flagged(
         https.append(http)
         client = VerifyClient(base, StaticToken(gate.gate_token), http=http, attempts=2, backoff=0.05)
         outbox = Outbox(tmp_path / f"{name}-outbox.sqlite3")
-        store = PassStore(tmp_path / f"{name}-passes.sqlite3", issuer=issuer, terminal=TERMINAL)
+        store = PassStore(tmp_path / f"{name}-passes.sqlite3", issuer=issuer, terminal=TERMINAL,
+                          secret=b"adapter " + name.encode())
         barrier = RecordingBarrier()
         gates.append((runtime(client, outbox, barrier, offline=OfflineMode(client, store, outbox),
                               clock=lambda: clock[0]), outbox, barrier))

@@ -531,11 +531,12 @@ def test_offline_upkeep_by_one_lane_never_holds_up_another_lane(tmp_path: Path, 
 
     class HangingCalls(HangingClient):
         def call(self, method: str, url: str, body: Mapping[str, Any] | None = None, *,
-                 attempts: int | None = None) -> dict[str, Any]:
+                 attempts: int | None = None, patience: float | None = None) -> dict[str, Any]:
             return self.verify(body or {})
 
     client = HangingCalls()
-    store = PassStore(tmp_path / "passes.sqlite3", issuer="https://quaygate.example.eu", terminal=TERMINAL)
+    store = PassStore(tmp_path / "passes.sqlite3", issuer="https://quaygate.example.eu", terminal=TERMINAL,
+                      secret=b"adapter")
     offline = OfflineMode(client, store, outbox)  # type: ignore[arg-type]
     upkeep = threading.Thread(target=offline.maintain)
     upkeep.start()
@@ -637,7 +638,7 @@ def test_client_credentials_are_cached_until_shortly_before_expiry(gate: Gate, o
     # not decide from its passes (they would open the barrier for as long as they live).
     other = gate.pickable(11)
     client = VerifyClient("http://testserver", tokens, http=gate.http, attempts=1)
-    store = PassStore(tmp_path / "passes.sqlite3", terminal=TERMINAL,
+    store = PassStore(tmp_path / "passes.sqlite3", terminal=TERMINAL, secret=b"adapter",
                       issuer=str(gate.http.app.state.container.settings.issuer))  # type: ignore[attr-defined]
     offline = OfflineMode(client, store, outbox)
     assert offline.refresh() == 2  # 9 (gated in: its gate-out) and 11

@@ -82,7 +82,7 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
 def _offline(gate: Gate, outbox: Outbox, tmp_path: Path) -> tuple[OfflineMode, PassStore]:
     """Offline mode with fresh, genuine passes, fetched while the gate client was still good."""
     online = VerifyClient("http://testserver", StaticToken(gate.gate_token), http=gate.http)
-    store = PassStore(tmp_path / "passes.sqlite3", terminal=TERMINAL,
+    store = PassStore(tmp_path / "passes.sqlite3", terminal=TERMINAL, secret=b"adapter",
                       issuer=str(gate.http.app.state.container.settings.issuer))  # type: ignore[attr-defined]
     offline = OfflineMode(online, store, outbox)
     assert offline.refresh() == 1

@@ -148,7 +148,7 @@ def test_logout_without_hint_asks_then_ends_on_post(flow: Flow) -> None:
     ask = flow.http.get("/oauth2/logout", follow_redirects=False)
     assert ask.status_code == 200 and 'method="post"' in ask.text
     assert _session_live(flow)
-    done = flow.http.post("/oauth2/logout", follow_redirects=False)
+    done = flow.http.post("/oauth2/logout", headers={"Origin": ISSUER}, follow_redirects=False)  # our page's form
     assert done.status_code == 200
     assert not _session_live(flow)
 

@@ -506,7 +506,7 @@ def test_every_change_of_a_subscription_is_on_the_audit_trail(engine: sa.Engine,
     assert total == 4  # the refused changes wrote nothing
     wait_until_sealable(engine, total)
     assert seal_all(AuditSealer(engine, CIPHER), total) == total
-    report = verify_trail(engine, public_keys(engine))
+    report = verify_trail(engine, public_keys(engine, CIPHER))
     assert report.intact and report.entries == total, report.problem
 
 

@@ -6,8 +6,8 @@ a 5xx is retried with the SAME body; a 4xx problem (RFC 9457) is an answer about
 and is never retried.
 
 Rules:
-1. Retried: transport errors (connect, read, timeouts, a body that cannot be decoded), 5xx, 429, and a
-   200 whose body is not a JSON object (a proxy's HTML page, a cut-off body: no answer we can read);
+1. Retried: transport errors (connect, read, timeouts, a body that cannot be decoded), 5xx, 429 (rule 7),
+   and a 200 (201) whose body is not a JSON object (a proxy's HTML page, a cut-off body: no answer we can read);
    ``attempts`` tries in all, with exponential backoff (``backoff * 2**n``, capped). When they run out:
    ``ServiceUnavailable``, never a decoding error: the lane must still hold and call an officer.
 2. A 401 drops the cached token and tries once more with a fresh one (it may have expired in flight).
@@ -33,6 +33,17 @@ Rules:
    too (identity/ratelimit.py), so a disabled adapter retrying its 401s would earn 429s and, were they
    an outage, go offline all the same. Only a token endpoint that cannot be reached, answers 5xx or
    answers 200 with no token we can read is a ``TokenError`` that counts as no answer (rule 1).
+7. A 429 (the verify's ``rate_limited``, the token endpoint's ``slow_down``) is the service up and saying
+   "slow down", never an outage: whoever can make the service rate-limit a lane (a flood from behind the
+   same address, the terminal's own burst) must not switch it to its gate passes. Its ``Retry-After``
+   (RFC 9110 §10.2.3: seconds or an HTTP date) is honoured: the same body (the same ``request_id``:
+   verify is idempotent by it) is sent again no sooner than it says, and no call of this client (another
+   lane's, offline mode's) goes out before then either. One call waits ``max_retry_after`` seconds in all
+   at most (a truck stands at the barrier): a ``Retry-After`` beyond what is left is not waited for.
+   A call that heard a 429 and then no answer it can use (the wait too long, the attempts spent, even a
+   5xx after it) raises ``RateLimited``: a ``VerifyRefused`` that is never final, handled as rule 6 (the
+   request stays pending, the lane holds and calls an officer, offline mode decides nothing). Without a
+   usable ``Retry-After`` the backoff of rule 1 applies.
 """
 
 from __future__ import annotations
@@ -42,6 +53,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import httpx
@@ -76,9 +89,10 @@ class VerifyRefused(Exception):
 
     what = "verify refused"
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{self.what} ({status} {code}): {detail}")
         self.status, self.code, self.detail = status, code, detail
+        self.retry_after = retry_after  # seconds, from a 429's Retry-After (rule 7); None without one
 
     @property
     def final(self) -> bool:
@@ -98,6 +112,18 @@ class TokenRefused(VerifyRefused, TokenError):
     @property
     def final(self) -> bool:
         """Never: the request itself was not judged, and may pass once port security enables the client."""
+        return False
+
+
+class RateLimited(VerifyRefused):
+    """Rule 7: a 429 and no usable answer within the wait allowed. The service is up and asks us to slow
+    down: the request was not judged, stays pending and is sent again later (never final), and offline
+    mode decides nothing."""
+
+    what = "rate limited"
+
+    @property
+    def final(self) -> bool:
         return False
 
 
@@ -191,8 +217,9 @@ class ClientCredentials:
             r = self._post(data)
         except httpx.HTTPError as exc:
             raise TokenError(f"token endpoint unreachable: {type(exc).__name__}") from exc
-        if 400 <= r.status_code < 500:  # rule 6: a refusal (429 too), not an outage
-            raise TokenRefused(r.status_code, _error_code(r), _error_text(r))
+        if 400 <= r.status_code < 500:  # rule 6: a refusal (429 too, rule 7), not an outage
+            raise TokenRefused(r.status_code, _error_code(r), _error_text(r),
+                               retry_after=_retry_after(r) if r.status_code == 429 else None)
         if r.status_code != 200:
             raise TokenError(f"token endpoint answered {r.status_code}: {_error_text(r)}")
         body = _json_object(r)
@@ -238,58 +265,90 @@ class VerifyClient:
         attempts: int = 3,
         backoff: float = 0.2,
         max_backoff: float = 2.0,
+        max_retry_after: float = 3.0,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts >= 1")
+        if max_retry_after < 0:
+            raise ValueError("max_retry_after >= 0")
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url + "/gate/v1/verify"
         self.tokens, self.timeout, self.attempts = tokens, timeout, attempts
-        self.backoff, self.max_backoff = backoff, max_backoff
+        self.backoff, self.max_backoff, self.max_retry_after = backoff, max_backoff, max_retry_after
         self._http = http or httpx.Client(timeout=timeout)  # an injected client brings its own timeouts
-        self._sleep = sleep
+        self._sleep, self._clock = sleep, clock
         self._nonces = Nonces()  # the API's (RFC 9449 §9)
+        self._not_before = float("-inf")  # rule 7: no call goes out before this (``clock`` seconds)
+        self._lock = threading.Lock()
 
     def verify(self, body: Mapping[str, Any]) -> dict[str, Any]:
         return self.call("POST", self.url, body)
 
     def call(self, method: str, url: str, body: Mapping[str, Any] | None = None, *,
-             attempts: int | None = None) -> dict[str, Any]:
-        """One JSON call to the service under rules 1 to 3 (verify, and offline mode's passes and
-        reconcile, which are idempotent too). ``url`` may be a path under ``base_url``."""
+             attempts: int | None = None, patience: float | None = None) -> dict[str, Any]:
+        """One JSON call to the service under rules 1 to 3 and 7 (verify, and offline mode's passes and
+        reconcile, which are idempotent too). ``url`` may be a path under ``base_url``. ``patience``: the
+        most this call waits in all on a ``Retry-After`` (default ``max_retry_after``; offline mode's upkeep
+        waits for none, it is tried again when next due)."""
         if url.startswith("/"):
             url = self.base_url + url
         last = "no attempt"
         refreshed = False
         tries = attempts or self.attempts
+        left = self.max_retry_after if patience is None else patience  # rule 7: what this call may still wait
+        limited: VerifyRefused | None = None  # rule 7: the last 429 this call heard
         for attempt in range(tries):
-            if attempt:
-                self._sleep(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
+            pause = min(self.backoff * 2 ** (attempt - 1), self.max_backoff) if attempt else 0.0
+            told = self._not_before - self._clock()  # a Retry-After, heard by this call or another
+            if told > 0:
+                if told > left:  # longer than a truck waits: not asked again now (rule 7)
+                    raise _still_limited(limited, told)
+                left -= told
+                pause = max(pause, told)
+            if pause > 0:
+                self._sleep(pause)
             try:
                 r = self._send(method, url, body)
                 if r.status_code == 401 and not refreshed:  # rule 2: one fresh token, at once
                     refreshed = True
                     self.tokens.invalidate()
                     r = self._send(method, url, body)
-            except TokenRefused as exc:  # rule 6: never an outage; a 429 is asked again after the backoff
-                if exc.status == 429 and attempt + 1 < tries:
-                    last = str(exc)
-                    continue
-                raise
+            except TokenRefused as exc:  # rule 6: never an outage; a 429 is asked again (rule 7)
+                if exc.status != 429:
+                    raise
+                limited, last = exc, str(exc)
+                self._slow_down(exc.retry_after)
+                continue
             except (httpx.RequestError, TokenError) as exc:  # RequestError: transport and decoding errors
                 last = f"{type(exc).__name__}: {exc}"
                 continue
-            if r.status_code == 200:
+            if r.status_code in (200, 201):  # 201: a thing made (an override, overrides.py)
                 answer = _json_object(r)
                 if answer is not None:
                     return answer
-                last = "HTTP 200 without a JSON object"
+                last = f"HTTP {r.status_code} without a JSON object"
+                continue
+            if r.status_code == 429:  # rule 7: up, and asking us to slow down
+                limited = _refused(r, RateLimited)
+                last = f"HTTP 429 {limited.code}"
+                self._slow_down(limited.retry_after)
                 continue
             if r.status_code in RETRY_STATUSES:
                 last = f"HTTP {r.status_code}"
                 continue
             raise _refused(r)
+        if limited is not None:  # rule 7: the service answered this call, if only to say slow down
+            raise limited
         raise ServiceUnavailable(f"no answer after {tries} attempts ({last})")
+
+    def _slow_down(self, seconds: float | None) -> None:
+        """Rule 7: no call before ``seconds`` from now (a Retry-After); the later of two wins."""
+        if seconds is None:
+            return
+        with self._lock:
+            self._not_before = max(self._not_before, self._clock() + seconds)
 
     def _send(self, method: str, url: str, body: Mapping[str, Any] | None) -> httpx.Response:
         token = self.tokens.token()
@@ -342,7 +401,7 @@ def _error_code(r: httpx.Response) -> str:
     return code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else "http_error"
 
 
-def _refused(r: httpx.Response) -> VerifyRefused:
+def _refused(r: httpx.Response, kind: type[VerifyRefused] = VerifyRefused) -> VerifyRefused:
     code, detail = "http_error", r.text[:200]
     try:
         body = r.json()
@@ -351,4 +410,33 @@ def _refused(r: httpx.Response) -> VerifyRefused:
     if isinstance(body, dict):
         code = str(body.get("code") or body.get("error") or code)
         detail = str(body.get("detail") or body.get("title") or body.get("error_description") or detail)[:500]
-    return VerifyRefused(r.status_code, code, detail)
+    return kind(r.status_code, code, detail, retry_after=_retry_after(r) if r.status_code == 429 else None)
+
+
+MAX_RETRY_AFTER = 86400.0  # a Retry-After past a day is taken as a day: the wait is refused all the same
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    """Rule 7: the seconds a ``Retry-After`` asks for (RFC 9110 §10.2.3: delay-seconds or an HTTP date),
+    at least 0; None when absent or not one of those."""
+    raw = r.headers.get("retry-after", "").strip()
+    if not raw:
+        return None
+    if raw.isdigit():
+        return min(float(raw), MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 §5.6.7: an HTTP date is GMT
+        when = when.replace(tzinfo=UTC)
+    return min(max((when - datetime.now(UTC)).total_seconds(), 0.0), MAX_RETRY_AFTER)
+
+
+def _still_limited(limited: VerifyRefused | None, told: float) -> VerifyRefused:
+    """Rule 7: the refusal for a call that will not wait ``told`` more seconds: the 429 it heard, else one
+    saying that another call heard it."""
+    if limited is not None:
+        return limited
+    return RateLimited(429, "rate_limited", f"the service asked this adapter to wait {told:.1f} s more "
+                                             f"(Retry-After)", retry_after=told)

@@ -127,6 +127,7 @@ class ServiceSettings:
     issuer: str
     timeout: float = 2.0
     attempts: int = 3
+    max_retry_after: float = 3.0  # client.py rule 7: the most one call waits on a 429's Retry-After
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,12 +396,13 @@ def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
     outbox = top.path_("outbox", base, required=True)
     assert outbox is not None
 
-    s = _Table(doc.get("service", {}), "service", ("base_url", "issuer", "timeout", "attempts"))
+    s = _Table(doc.get("service", {}), "service", ("base_url", "issuer", "timeout", "attempts", "max_retry_after"))
     base_url = _url(s, "base_url", required=True, https=not dev)
     assert base_url is not None
     service = ServiceSettings(base_url=base_url, issuer=_url(s, "issuer", https=not dev) or base_url,
                               timeout=s.number("timeout", 2.0, high=60),
-                              attempts=s.integer("attempts", 3, low=1, high=10))
+                              attempts=s.integer("attempts", 3, low=1, high=10),
+                              max_retry_after=s.number("max_retry_after", 3.0, high=30, exclusive_low=False))
 
     a = _Table(doc.get("auth", {}), "auth", ("client_id", "client_secret_file", "private_key_file", "key_id",
                                              "algorithm", "audience", "scope", "dpop", "dpop_key_file"))

@@ -34,6 +34,7 @@ from joserfc import jws
 from joserfc.jwk import ECKey
 
 from .keys import create_ec_key, private_key, read_private_file
+from .seal import key_material
 
 DPOP_ALG = "ES256"
 DPOP_TYP = "dpop+jwt"  # RFC 9449 §4.2
@@ -73,6 +74,10 @@ class DPoPKey:
 
     def __repr__(self) -> str:  # never the private key, in a log line or a traceback
         return f"DPoPKey(jkt={self.jkt!r})"
+
+    def secret_material(self) -> bytes:
+        """The private key's own members, for the seal of the adapter's files (seal.py); never logged."""
+        return key_material(self._key)
 
     @classmethod
     def load(cls, path: Path, *, clock: Callable[[], float] = time.time, strict: bool = True) -> DPoPKey:

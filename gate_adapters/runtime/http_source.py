@@ -11,6 +11,8 @@ Routes (``{lane}`` is our lane id; the adapter serves one terminal)::
                              (or an officer's)
     GET  /officer/latch/{lane}         an officer: the lane's latch and what it held (lane.py rule 9)
     POST /officer/latch/{lane}/clear   an officer: {"latch": id, "note": "..."} clears it (latch.py)
+    POST /officer/override/{lane}      an officer: {"request_id": "...", "reason": "..."} lets in a truck the
+                                       service refused there, and counts its right used here (overrides.py)
 
 ``/healthz`` says more than "up": ``lanes`` are the lanes this source takes reads for, and ``load`` each
 lane of the adapter's queue (``queued``, ``queue_size``), what its bounds refused since start
@@ -38,6 +40,11 @@ camera clear the latch the next time (403 ``officer_channel_insecure``, before t
 401 ``officer_credential_required``; 404 ``unknown_lane``; 409 ``not_latched`` or ``latch_changed`` (the
 clear names a latch the lane no longer holds: look again); 400 ``payload_refused`` for a body that is not
 ``{"latch": <id>, "note": <text, optional>}``. No device token clears a latch, whatever it may send.
+An override (the same officer checks) answers 201 with what the service recorded; 404 ``unknown_lane``
+or ``unknown_request``; 409 ``not_overridable`` (not a refusal the service could override: pending,
+decided offline, ...), or the service's own refusal with its code (``illegal_transition``,
+``already_used``, ...: its status when 404, 409 or 422, else 409); 503 ``service_unavailable`` (no answer:
+the right counts as used here all the same, overrides.py rule 3); 400 ``payload_refused``.
 
 A read decides who passes a gate, so each POST is checked in this order, and nothing refused reaches
 the lane:
@@ -96,6 +103,7 @@ from gate_adapters.sources import axis, generic_json, hikvision, ocr_portal
 from .config import ConfigError, HttpSourceSettings, read_secret_file, token_sha256
 from .lane import LaneBusy, LaneWorker
 from .latch import LatchDesk, LatchError
+from .overrides import OverrideDesk, OverrideError, OverrideRefused
 
 log = logging.getLogger("gate_adapters.source.http")
 
@@ -111,12 +119,14 @@ PARSERS: dict[str, tuple[Parser, int]] = {  # and each vendor's body cap (rule 4
 CHALLENGE = 'Bearer realm="quaygate-gate", Basic realm="quaygate-gate", charset="UTF-8"'
 OFFICER_CHALLENGE = 'Bearer realm="quaygate-gate-officer", Basic realm="quaygate-gate-officer", charset="UTF-8"'
 MAX_CLEAR_BYTES = 4096  # {"latch": id, "note": ...}
+MAX_OVERRIDE_BYTES = 4096  # {"request_id": ..., "reason": ...}
 RETRY_AFTER_SECONDS = 1  # rule 7: soon, so that the read sent again is still fresh (lane.py rule 6)
 PROBLEM_BASE = "https://quaygate.eu/problems/gate-adapter/"  # the service's base, a folder of our own
 PROBLEM_MEDIA_TYPE = "application/problem+json"  # RFC 9457 §3
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
           405: "Method not allowed", 409: "Conflict", 413: "Content too large", 503: "Service unavailable"}
 LATCH_STATUS = {"unknown_lane": 404, "not_latched": 409, "latch_changed": 409}
+OVERRIDE_STATUS = {"unknown_lane": 404, "unknown_request": 404, "not_overridable": 409, "service_unavailable": 503}
 
 
 def problem(status: int, code: str, detail: str, *, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -313,11 +323,12 @@ def create_health_app(alive: Callable[[], bool]) -> FastAPI:
 
 def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[Device] | None,
                       health: Health | None = None, officers: Sequence[Officer] = (),
-                      latches: LatchDesk | None = None, alive: Callable[[], bool] | None = None) -> FastAPI:
+                      latches: LatchDesk | None = None, overrides: OverrideDesk | None = None,
+                      alive: Callable[[], bool] | None = None) -> FastAPI:
     """``devices`` is required so that a caller says so when it serves without tokens (``None``, dev).
     ``health``: ``/healthz``'s ``load`` (default: ``worker``'s own lanes; the adapter passes every lane's,
-    with its MQTT drops). ``officers`` and ``latches``: the officer routes (none: every officer call is
-    401). ``alive``: what ``/livez`` answers (default: up while it answers)."""
+    with its MQTT drops). ``officers``, ``latches`` and ``overrides``: the officer routes (no officers:
+    every officer call is 401). ``alive``: what ``/livez`` answers (default: up while it answers)."""
     health = health or lane_health(worker)
     app = FastAPI(title="quaygate gate adapter inputs", openapi_url=None, docs_url=None, redoc_url=None,
                   exception_handlers={StarletteHTTPException: _framework_problem})
@@ -439,9 +450,47 @@ def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[De
             return problem(400, "payload_refused", str(exc))
         return JSONResponse({"lane": lane, "latch": cleared.id, "cleared_by": cleared.cleared_by})
 
+    async def override(lane: str, request: Request) -> Response:
+        officer = officer_of(request)
+        if isinstance(officer, Response):
+            return officer
+        if overrides is None:
+            return problem(404, "unknown_lane", "unknown lane")
+        try:
+            raw = await _body(request, MAX_OVERRIDE_BYTES)
+        except _TooLarge:
+            return problem(413, "payload_too_large", f"payload is larger than {MAX_OVERRIDE_BYTES} bytes")
+        try:
+            request_id, reason = _override_body(raw)
+            who = f"{officer.name} (http)"
+            # The service is asked (seconds, with the client's retries): on a thread, never on the loop.
+            done = await run_in_threadpool(lambda: overrides.override(lane, request_id, reason, by=who))
+        except OverrideRefused as exc:
+            return problem(exc.status if exc.status in (404, 409, 422) else 409, exc.code, str(exc))
+        except OverrideError as exc:
+            return problem(OVERRIDE_STATUS.get(exc.code, 409), exc.code, str(exc))
+        except ValueError as exc:
+            return problem(400, "payload_refused", str(exc))
+        return JSONResponse(done.as_json(), status_code=201)
+
     app.add_api_route("/officer/latch/{lane}", latch_status, methods=["GET"], name="latch_status")
     app.add_api_route("/officer/latch/{lane}/clear", latch_clear, methods=["POST"], name="latch_clear")
+    app.add_api_route("/officer/override/{lane}", override, methods=["POST"], name="override")
     return app
+
+
+def _override_body(raw: bytes) -> tuple[str, str]:
+    """``{"request_id": <the refused request>, "reason": <text>}``; ValueError saying what is wrong."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("the body is not JSON") from None
+    if not isinstance(body, dict) or set(body) != {"request_id", "reason"}:
+        raise ValueError('the body is {"request_id": <the refused request>, "reason": <text>}')
+    request_id, reason = body["request_id"], body["reason"]
+    if not isinstance(request_id, str) or not request_id or not isinstance(reason, str):
+        raise ValueError('"request_id" is the refused request (GET /officer/latch/{lane}), "reason" is text')
+    return request_id, reason
 
 
 def _clear_body(raw: bytes) -> tuple[int, str | None]:

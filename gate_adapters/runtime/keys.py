@@ -50,15 +50,20 @@ def read_private_file(path: Path, *, strict: bool, risk: str = "whoever reads it
         problems.append(f"{path} may be read or written by group or others (mode {mode:04o}): {risk}; make it its "
                         f"owner's alone: chmod 600 {path}")
     if st.st_uid not in (me, 0):
-        runs_as = f"{_user(me)}, the user this adapter runs as" + ("" if me == 0 else ", or root")
-        problems.append(f"{path} belongs to {_user(st.st_uid)}, not to {runs_as}: its owner can rewrite it or "
-                        f"let anyone read it; give it to this adapter: chown {_user(me, bare=True)} {path}")
+        problems.append(foreign_owner(path, st.st_uid, me, "rewrite it or let anyone read it"))
     for message in problems:
         if strict:
             raise KeyFileExposed(message)
         # The message is the reason itself (the plain log format shows no ``extra``); never the key.
         log.warning("gate.adapter.key_file_exposed: %s (allowed with dev = true only)", message)
     return data
+
+
+def foreign_owner(path: Path, owner: int, me: int, can: str) -> str:
+    """Why a file or folder owned by another user than this adapter's (or root) is refused, and the fix."""
+    runs_as = f"{_user(me)}, the user this adapter runs as" + ("" if me == 0 else ", or root")
+    return (f"{path} belongs to {_user(owner)}, not to {runs_as}: its owner can {can}; give it to this adapter: "
+            f"chown {_user(me, bare=True)} {path}")
 
 
 def _user(uid: int, *, bare: bool = False) -> str:

@@ -9,6 +9,7 @@ Per Ready (a truck's correlated reads)::
         4xx     ──► outbox.done(problem) ──► act(None)   (hold + officer; a re-send cannot help)
         no answer / 401 / 403 / 429 ──► act(None), row stays pending, re-sent later
         no answer, offline mode on  ──► offline.decide (passes; durable with its report) ──► act
+        (a 429 is never "no answer": the service is up and asks us to wait, client.py rule 7)
     act: command_for ──► lane latched? (outbox) ── yes ──► note it, sink.send(hold + officer) (rule 9)
                                                  └─ no ──► calls an officer? latch (durable) ──► sink.send
 
@@ -36,6 +37,10 @@ Rules:
 5. Offline mode (``offline.py``, optional): when the service cannot be reached (connect error, timeout,
    5xx, after the client's retries) and the truck is still at the lane, the lane decides from its gate
    passes instead of holding; ``tick()`` also keeps the passes fresh and reconciles offline decisions.
+   A service that answers, if only to refuse the adapter (client.py rule 6) or to say "slow down" (a 429
+   after its ``Retry-After`` was waited for as long as a truck may wait, client.py rule 7), is no outage:
+   the lane holds and calls an officer (the latch's reason ``rate_limited`` for a 429), the request stays
+   pending and is re-sent, and offline mode decides nothing.
 6. Replays: a read observed more than ``read_age_seconds`` before it reached the adapter, or more than
    ``clock_slack_seconds`` after (the lane's settings; defaults ``reads.MAX_READ_AGE`` and
    ``reads.CLOCK_SLACK``), is refused (``gate.lane.read_refused``): its ``observed_at`` would remake
@@ -84,7 +89,7 @@ from typing import Any, Literal
 from gate_adapters.core.correlate import Dropped, DropReason, LaneCorrelator, Outcome, Ready
 from gate_adapters.core.reads import CLOCK_SLACK, MAX_READ_AGE, Read, SourceError, check_fresh
 
-from .client import ServiceUnavailable, VerifyClient, VerifyRefused
+from .client import RateLimited, ServiceUnavailable, VerifyClient, VerifyRefused
 from .offline import OfflineMode
 from .outbox import Outbox
 from .sinks import BarrierSink, Command, command_for, latched_hold, latches
@@ -282,6 +287,7 @@ class LaneRuntime:
         self.outbox.attempt(request_id)
         response: dict[str, Any] | None = None
         error: str | None = None
+        why: str | None = None  # the latch's reason, when not the decision nor the error's first word
         offline = False
         try:
             response = self.client.verify(body)
@@ -292,6 +298,11 @@ class LaneRuntime:
                 response = self.offline.decide(request_id, body)
                 offline = response is not None
                 error = None if offline else error
+        except RateLimited as exc:  # rule 5: up, and saying slow down; never offline
+            error = f"unavailable: {exc}"
+            why = "rate_limited"
+            log.warning("gate.lane.rate_limited", extra={"lane": self.lane, "request_id": request_id,
+                                                         "retry_after": exc.retry_after})
         except VerifyRefused as exc:
             error = f"refused: {exc.status} {exc.code}" if exc.final else f"unavailable: {exc}"
             log.error("gate.lane.refused.%s", exc.code, extra={"lane": self.lane, "request_id": request_id})
@@ -303,7 +314,10 @@ class LaneRuntime:
                                                                              "request_id": request_id})
         command, latch = None, None
         if then is OnAnswer.ACT:
-            why = str(response.get("decision")) if response is not None else (error or "no answer").split(":")[0]
+            if response is not None:
+                why = str(response.get("decision"))
+            elif why is None:
+                why = (error or "no answer").split(":")[0]
             command, latch = self._act(response, request_id, why)
         elif response is not None and then is OnAnswer.HOLD:
             log.warning("gate.lane.late_answer.superseded", extra={"lane": self.lane, "request_id": request_id})

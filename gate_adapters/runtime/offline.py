@@ -1,7 +1,7 @@
 """Offline mode of a gate adapter: decide from signed gate passes while verify cannot be reached, never a PIN.
 
     every refresh_seconds:  GET /oauth2/jwks + GET /gate/v1/passes ──verify each (ES256)──► PassStore
-    verify unreachable (connect error, timeout, 5xx, after the client's retries), truck at the lane:
+    verify unreachable (connect error, timeout, 5xx, after the client's retries; never a 429), truck at the lane:
         passes of the read container ──► gate_pass.decide_offline (the SAME gate.decide as the service)
         ──► Outbox.decide_offline (decision + report, one SQLite transaction) ──► barrier
     every reconcile_seconds: POST /gate/v1/offline-decisions, oldest first ──► Outbox.reconciled
@@ -9,7 +9,14 @@
 Rules:
 1. A pass counts only after its signature checks with the service's public key: an explicit joserfc
    registry with ES256 alone, typ ``gate-pass+jwt``, our issuer, our terminal (``PassVerifier``). The
-   JWKS is stored beside the passes, and passes are verified again when loaded from the file.
+   JWKS is stored beside the passes, and passes are verified again when loaded from the file. A file is
+   no trust anchor: whoever may write it could put his own key in it and passes he signed. So the store
+   is sealed (seal.py: HMAC-SHA256 under a key derived with HKDF from the adapter's own secrets, which live
+   in its permission-checked key or secret files, never in the store): the JWKS, the issuer and terminal,
+   the refresh's times and the set of passes, and (bound to that) the latest time seen. A store whose seal
+   does not hold is taken as empty (no pass, never refreshed: every offline truck a review) and logged
+   ``gate.offline.store_untrusted``, till the next refresh seals a new set. The file is made 0600, and one
+   that group or others may write, or another user owns, stops the adapter outside dev (datafiles.py).
 2. A refresh replaces the whole set (a right revoked or deleted since simply has no pass any more);
    expired passes are dropped; a refused pass is logged (``gate.offline.pass_refused``) and left out.
 3. Every offline decision shows its basis, the pass, and the age of its ban list and of the store
@@ -20,19 +27,28 @@ Rules:
    came before that: a lower bound). The larger counts, so a wall clock wound back while running (NTP
    spoofed during an outage) never revives old passes. A wall clock earlier than the last refresh is
    no evidence of freshness: review (``store_stale``), logged ``gate.offline.clock_behind``.
+   A pass's life is judged on the SERVICE's clock, as its ``exp`` was set: the passes answer's
+   ``issued_at`` (never before the passes' ``iat``) plus that elapsed time, so a wall clock held behind
+   while online (NTP spoofed before the uplink is cut) never stretches a pass past its expiry. A service
+   ahead of our clock at a refresh (by more than the call took and ``CLOCK_SLACK``) is logged
+   ``gate.offline.clock_behind``. The decision's ``decided_at`` is that time too.
 4. Reconcile stops at the first unreachable call (order kept); a 4xx answer is final and recorded.
 5. Shared by the lanes, each on its own thread (lane.py rule 4): ``decide`` never waits for a network
    call. Refresh and reconcile talk to the service outside the lock ``decide`` takes (only the swap of
    the pass set is under it, so a decision sees one set and its refresh time); and ``maintain``, called
    from every lane's tick, is done by one lane at a time: a lane that finds another at it goes on.
+   Neither waits on a 429's ``Retry-After`` (client.py rule 7, ``patience=0``): the lane's tick would
+   wait with it; they are tried again when next due, and no call goes out before the time it names.
 6. A right this adapter used counts as used (``LocalUses``, outbox.py rule 7): the allows it gave offline
    AND the gate-ins and gate-outs the service committed online for its lanes. A pass fetched before an
    online use still shows the right unused; without this a lent badge and plate would pass a second
-   lane of the same adapter once the uplink is cut.
+   lane of the same adapter once the uplink is cut. The uses are stamped by our clock and the passes by
+   the service's: how far ours was behind at the refresh widens the window read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -40,6 +56,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -61,7 +78,9 @@ from release_service.domain.gate_pass import (
 )
 
 from .client import ServiceUnavailable, VerifyClient, VerifyRefused
+from .datafiles import private_data_file
 from .outbox import Outbox
+from .seal import Seal
 
 log = logging.getLogger("gate_adapters.offline")
 
@@ -70,6 +89,26 @@ CLOCK_SLACK = timedelta(seconds=5)  # wall and monotonic clocks drift apart a li
 # An online use counts offline if it was decided less than this before the oldest pass held was issued:
 # the adapter's clock against the service's, with room to spare.
 ONLINE_USE_MARGIN = timedelta(minutes=10)
+
+
+def _service_time(answer: Mapping[str, Any], at: datetime, *, took: timedelta) -> datetime:
+    """Rule 3: the service's time in the passes answer (``issued_at``); ours (``at``) when it names none we
+    can read (the passes' own ``iat`` still count, ``PassStore.replace``). A service ahead of our clock by
+    more than the call took and the slack says ours is behind (NTP held back, or broken): logged, and the
+    service's time is the one the passes are judged on."""
+    try:
+        service_at = datetime.fromisoformat(str(answer["issued_at"]))
+        if service_at.tzinfo is None:
+            raise ValueError("a time without zone")
+    except (KeyError, ValueError) as exc:
+        log.warning("gate.offline.no_service_time", extra={"reason": f"{type(exc).__name__}: {exc}"})
+        return at
+    if service_at > at + took + CLOCK_SLACK:
+        behind = int((service_at - at).total_seconds())
+        log.error("gate.offline.clock_behind: this adapter's clock is %d s behind the service's; the passes are "
+                  "judged on the service's", behind,
+                  extra={"service_at": service_at.isoformat(), "now": at.isoformat(), "behind_seconds": behind})
+    return service_at
 
 
 class PassVerifier:
@@ -117,25 +156,69 @@ CREATE INDEX IF NOT EXISTS passes_container ON passes (container);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+STORE_PURPOSE = "quaygate gate-adapter pass store v1"  # the seal's HKDF info: its key serves nothing else
+STORE_RISK = "whoever writes it can take this adapter's passes away (every offline truck reviewed)"
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """When the passes were last fetched: ``at`` on this adapter's wall clock (just before they were asked
+    for), ``service_at`` on the service's (its answer's ``issued_at``; never before the passes' ``iat``)."""
+
+    at: datetime
+    service_at: datetime
+
+    @property
+    def offset(self) -> timedelta:
+        """How far the service's clock was ahead of ours at the refresh (negative: behind)."""
+        return self.service_at - self.at
+
+
+@dataclass(slots=True)
+class _Held:
+    """The store as loaded (and sealed): its passes, its last refresh, the latest wall-clock time it saw."""
+
+    passes: list[tuple[str, GatePass]] = field(default_factory=list)
+    refresh: Refresh | None = None
+    seen: datetime | None = None
+    seal: str = ""  # the seal of the refresh, to which the time seen is bound ("" before any refresh)
+
 
 class PassStore:
-    """Durable SQLite store of verified passes, the JWKS that verified them and the refresh time."""
+    """Durable SQLite store of verified passes, the JWKS that verified them and the refresh time, sealed (rule 1)
+    under ``secret``: the adapter's own secret material (seal.py ``secret_material``), never kept here."""
 
-    def __init__(self, path: str | Path, *, issuer: str, terminal: str) -> None:
+    def __init__(self, path: str | Path, *, issuer: str, terminal: str, secret: bytes, strict: bool = True) -> None:
         self.path, self.issuer, self.terminal = Path(path), issuer, terminal
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._seal = Seal(secret, purpose=STORE_PURPOSE)
+        private_data_file(self.path, strict=strict, risk=STORE_RISK)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._cache: list[tuple[str, GatePass]] | None = None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._held = self._load()
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def replace(self, tokens: list[str], jwks: Mapping[str, Any], refreshed_at: datetime) -> int:
+    def _sealed(self, jwks: str, refresh: Refresh, tokens: list[str]) -> tuple[str, ...]:
+        """Rule 1: what the seal covers: the JWKS, this store's issuer and terminal, the refresh and the set of
+        passes (a pass of a right revoked since, put back in the file, breaks it as a foreign key does)."""
+        digests = sorted(hashlib.sha256(t.encode()).hexdigest() for t in tokens)
+        return ("passes", self.issuer, self.terminal, jwks, refresh.at.isoformat(), refresh.service_at.isoformat(),
+                *digests)
+
+    def _seen(self, seal: str, seen: str) -> tuple[str, ...]:
+        """What the seal of the time seen covers: that time, bound to the refresh's seal."""
+        return ("wall_seen", self.issuer, self.terminal, seal, seen)
+
+    def replace(self, tokens: list[str], jwks: Mapping[str, Any], refresh: Refresh) -> int:
         """Rule 2: verify every pass, then swap the whole set in one transaction. Returns how many were kept."""
         verifier = PassVerifier(jwks, issuer=self.issuer, terminal=self.terminal)
         kept: list[tuple[str, GatePass]] = []
@@ -145,24 +228,32 @@ class PassStore:
             except PassRefused as exc:
                 log.warning("gate.offline.pass_refused", extra={"reason": str(exc)})
                 continue
-            if p.expires_at > refreshed_at:
-                kept.append((token, p))
+            kept.append((token, p))
+        # The service's clock is at least where it signed its latest pass (rule 3).
+        service_at = max([refresh.service_at, *(p.issued_at for _, p in kept)])
+        refresh = Refresh(refresh.at, service_at)
+        kept = [(t, p) for t, p in kept if p.expires_at > service_at]
+        jwks_text = json.dumps(dict(jwks), sort_keys=True, separators=(",", ":"))
+        seal = self._seal.mac(*self._sealed(jwks_text, refresh, [t for t, _ in kept]))
+        # The service answered: the clock seen is anchored again at this refresh (a clock once stepped
+        # ahead and put right must not keep offline mode off till real time catches up).
+        seen = refresh.at.isoformat()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("DELETE FROM passes")
                 self._db.executemany("INSERT OR REPLACE INTO passes VALUES (?, ?, ?, ?)", [
                     (p.pass_id, p.right.container, p.expires_at.timestamp(), t) for t, p in kept])
-                # The service answered: the clock seen is anchored again at this refresh (a clock once
-                # stepped ahead and put right must not keep offline mode off till real time catches up).
-                self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
-                    ("jwks", json.dumps(dict(jwks))), ("refreshed_at", refreshed_at.isoformat()),
-                    ("wall_seen", refreshed_at.isoformat())])
+                self._db.execute("DELETE FROM meta")
+                self._db.executemany("INSERT INTO meta VALUES (?, ?)", [
+                    ("jwks", jwks_text), ("refreshed_at", refresh.at.isoformat()),
+                    ("service_at", refresh.service_at.isoformat()), ("seal", seal),
+                    ("wall_seen", seen), ("wall_seen_seal", self._seal.mac(*self._seen(seal, seen)))])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._cache = kept
+            self._held = _Held(kept, refresh, refresh.at, seal)
         return len(kept)
 
     # The latest wall-clock time this store saw, kept on disk (``saw``): a clock wound back across a
@@ -172,37 +263,68 @@ class PassStore:
     def saw(self, now: datetime) -> datetime:
         """Keep ``now`` as the latest wall-clock time seen, if it is; returns the latest seen."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'wall_seen'").fetchone()
-            seen = None if row is None else datetime.fromisoformat(row[0])
-            if seen is None or now >= seen + self.SEEN_STEP:
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('wall_seen', ?)", (now.isoformat(),))
+            held = self._held
+            if held.seen is None or now >= held.seen + self.SEEN_STEP:
+                seen = now.isoformat()
+                with self._db:  # the time and its seal together (a crash between them would void the store)
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                        ("wall_seen", seen), ("wall_seen_seal", self._seal.mac(*self._seen(held.seal, seen)))])
+                held.seen = now
                 return now
-            return max(seen, now)
+            return max(held.seen, now)
 
-    def refreshed_at(self) -> datetime | None:
+    def last_refresh(self) -> Refresh | None:
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'refreshed_at'").fetchone()
-        return None if row is None else datetime.fromisoformat(row[0])
+            return self._held.refresh
 
     def passes(self, now: datetime) -> list[tuple[str, GatePass]]:
-        """The unexpired passes (rule 1: verified again when first loaded from the file)."""
+        """The passes unexpired at ``now`` (the service's time, rule 3)."""
         with self._lock:
-            if self._cache is None:
-                self._cache = self._load()
-            return [(t, p) for t, p in self._cache if p.expires_at > now]
+            return [(t, p) for t, p in self._held.passes if p.expires_at > now]
 
-    def _load(self) -> list[tuple[str, GatePass]]:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'jwks'").fetchone()
-        if row is None:
-            return []
-        verifier = PassVerifier(json.loads(row[0]), issuer=self.issuer, terminal=self.terminal)
-        out = []
-        for (token,) in self._db.execute("SELECT token FROM passes"):
+    def _load(self) -> _Held:
+        """Rule 1: what the file holds, if its seal holds (the passes verified again); else nothing, logged."""
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        tokens = [str(t) for (t,) in self._db.execute("SELECT token FROM passes")]
+        if not tokens and not meta.keys() - {"wall_seen", "wall_seen_seal"}:
+            # Never refreshed: only the time seen, bound to no refresh.
+            seen = meta.get("wall_seen")
+            if seen is not None and self._seal.holds(meta.get("wall_seen_seal"), *self._seen("", seen)):
+                return _Held(seen=datetime.fromisoformat(seen))
+            return _Held()
+        try:
+            seal = meta.get("seal")
+            if seal is None:
+                raise _Untrusted("it has no seal (written before seals, or by someone else)")
+            refresh = Refresh(datetime.fromisoformat(meta["refreshed_at"]), datetime.fromisoformat(meta["service_at"]))
+            if not self._seal.holds(seal, *self._sealed(meta["jwks"], refresh, tokens)):
+                raise _Untrusted("its seal does not hold (edited, or sealed under another key of this adapter)")
+            seen = meta["wall_seen"]
+            if not self._seal.holds(meta.get("wall_seen_seal"), *self._seen(seal, seen)):
+                raise _Untrusted("the seal of the time it saw does not hold")
+            verifier = PassVerifier(json.loads(meta["jwks"]), issuer=self.issuer, terminal=self.terminal)
+            held = _Held([], refresh, datetime.fromisoformat(seen), seal)
+        except _Untrusted as exc:
+            return self._untrusted(str(exc))
+        except (KeyError, ValueError, TypeError, JoseError) as exc:
+            return self._untrusted(f"it cannot be read ({type(exc).__name__})")
+        for token in tokens:
             try:
-                out.append((token, verifier.verify(token)))
+                held.passes.append((token, verifier.verify(token)))
             except PassRefused as exc:
                 log.warning("gate.offline.pass_refused", extra={"reason": str(exc)})
-        return out
+        return held
+
+    def _untrusted(self, reason: str) -> _Held:
+        # The file is kept as it is, for a person to look at; the next refresh replaces it.
+        log.error("gate.offline.store_untrusted: %s: %s; no stored pass is used until the next refresh",
+                  self.path, reason, extra={"reason": reason})
+        return _Held()
+
+
+class _Untrusted(Exception):
+    pass
 
 
 def gate_request(body: Mapping[str, Any]) -> g.GateRequest:
@@ -263,11 +385,14 @@ class OfflineMode:
         """Fetch the JWKS and the passes; raises ServiceUnavailable / VerifyRefused when it cannot."""
         with self._busy:
             self._next_refresh = self._clock() + self.refresh_seconds
-            jwks = self.client.call("GET", self.jwks_path, attempts=1)
-            answer = self.client.call("GET", "/gate/v1/passes", attempts=1)
+            jwks = self.client.call("GET", self.jwks_path, attempts=1, patience=0.0)
+            # Rule 3: our clocks read just before the passes are asked for, so the service's time in the
+            # answer came after them (its time since then is never less than ours: never an early expiry).
+            at, mono = self._wall(), self._clock()
+            answer = self.client.call("GET", "/gate/v1/passes", attempts=1, patience=0.0)
+            service_at = _service_time(answer, at, took=timedelta(seconds=max(self._clock() - mono, 0.0)))
             with self._lock:  # rule 5: a decision sees the old set and its time, or the new ones
-                at, mono = self._wall(), self._clock()
-                kept = self.store.replace(list(answer.get("passes", [])), jwks, at)
+                kept = self.store.replace(list(answer.get("passes", [])), jwks, Refresh(at, service_at))
                 self._refreshed = (at, mono)
             log.info("gate.offline.refreshed", extra={"passes": kept})
             return kept
@@ -303,26 +428,33 @@ class OfflineMode:
                 return None
             now = self._wall()
             seen = self.store.saw(now)
-            stored = self.store.passes(now)
-            # Rule 6: online uses here too, those after the oldest pass held was issued (an earlier one is
-            # in every pass held), less a margin for the service's clock against ours.
-            oldest = min((p.issued_at for _, p in stored), default=now)
-            uses = self.outbox.offline_uses(online_since=(oldest - ONLINE_USE_MARGIN).timestamp())
-            local = LocalUses(gated_in=frozenset(uuid.UUID(r) for r in uses.get("in", ())),
-                              completed=frozenset(uuid.UUID(r) for r in uses.get("out", ())))
-            refreshed_at = self.store.refreshed_at()
-            since = self._since_refresh(refreshed_at, now)
+            refresh = self.store.last_refresh()
+            since = self._since_refresh(None if refresh is None else refresh.at, now)
             if now + CLOCK_SLACK < seen:
                 # The wall clock is behind a time this adapter already saw (wound back, across a restart
                 # too, where the monotonic clock knows nothing older): no pass is judged by it.
                 log.error("gate.offline.clock_behind", extra={"seen": seen.isoformat(), "now": now.isoformat()})
-                refreshed_at = None
+                refresh = None
+            # Rule 3: the passes are judged on the service's clock as seen at the refresh, moved on by the
+            # longer of the times our wall and monotonic clocks say have passed since.
+            on_service = now if refresh is None else refresh.service_at + (now - refresh.at)
+            judged = on_service if refresh is None or since is None else max(on_service, refresh.service_at + since)
+            stored = self.store.passes(judged)
+            # Rule 6: online uses here too, those after the oldest pass held was issued (an earlier one is
+            # in every pass held), less a margin for the service's clock against ours, and less how far
+            # ours was behind the service's at the refresh (the uses are stamped by our clock).
+            oldest = min((p.issued_at for _, p in stored), default=judged)
+            behind = timedelta(0) if refresh is None else max(refresh.offset, timedelta(0))
+            uses = self.outbox.offline_uses(online_since=(oldest - ONLINE_USE_MARGIN - behind).timestamp())
+            local = LocalUses(gated_in=frozenset(uuid.UUID(r) for r in uses.get("in", ())),
+                              completed=frozenset(uuid.UUID(r) for r in uses.get("out", ())))
             od = decide_offline(request, passes=[p for _, p in stored], uses=local, limits=self.limits,
-                                store_refreshed_at=refreshed_at, now=now, since_refresh=since)
+                                store_refreshed_at=None if refresh is None else refresh.service_at,
+                                now=on_service, since_refresh=since)
             token = next((t for t, p in stored if p.pass_id == od.pass_id), None)
             d = od.decision
             offline = {
-                "basis": od.basis.value, "pass_id": od.pass_id, "decided_at": now.isoformat(),
+                "basis": od.basis.value, "pass_id": od.pass_id, "decided_at": judged.isoformat(),
                 "ban_list_age_seconds": None if od.ban_list_age is None else int(od.ban_list_age.total_seconds()),
                 "store_age_seconds": None if od.store_age is None else int(od.store_age.total_seconds()),
             }
@@ -370,7 +502,8 @@ class OfflineMode:
             done = 0
             for request_id, report in self.outbox.unreconciled():
                 try:
-                    result = self.client.call("POST", "/gate/v1/offline-decisions", report, attempts=1)
+                    result = self.client.call("POST", "/gate/v1/offline-decisions", report, attempts=1,
+                                              patience=0.0)
                 except VerifyRefused as exc:
                     if not exc.final:
                         raise ServiceUnavailable(str(exc)) from exc

@@ -46,10 +46,17 @@ Rules:
    ``online_uses`` in the same transaction as the answer, and ``offline_uses`` returns those with the
    offline ones: after an online gate-in at one lane and a cut uplink, offline mode must not let the
    same badge and plate in again at another lane on a pass fetched before that gate-in. Kept
-   ``keep_days`` like the request (a pass lives minutes).
+   ``keep_days`` like the request (a pass lives minutes). An officer's override of a refused gate-in
+   (overrides.py) is such a use too: ``overridden`` keeps the override (``overrides``: who, why, what the
+   service said) and, unless the service refused it for good, notes the right used (``in``) in
+   ``online_uses`` against the refused request, in one transaction.
 8. The file's schema is versioned (``PRAGMA user_version``, ``SCHEMA_VERSION``): an adapter upgraded in
    place migrates the file it finds, once, in one transaction (another process, the latch command,
-   may open the same file). Version 1 added ``online_uses`` and filled it from the answers already kept.
+   may open the same file). Version 1 added ``online_uses`` and filled it from the answers already kept;
+   version 2 added ``overrides`` (nothing to fill: no adapter before it asked for one).
+9. The file is made readable and writable by its owner only (0600), and one that group or others may write,
+   or another user owns, is refused (``strict``, outside dev; a warning in dev): whoever may write it could
+   forget the uses of rule 7, queue requests, or clear a latch (datafiles.py).
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .datafiles import private_data_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS verify_requests (
@@ -123,9 +132,26 @@ CREATE TABLE IF NOT EXISTS online_uses (
     decided_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS online_uses_decided ON online_uses (decided_at);
+CREATE TABLE IF NOT EXISTS overrides (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id  TEXT NOT NULL,  -- the refused request an officer overrode (verify_requests)
+    lane        TEXT NOT NULL,
+    decision_id TEXT NOT NULL,  -- the service's refused decision
+    release_id  TEXT NOT NULL,  -- the right let in
+    officer     TEXT NOT NULL,  -- who asked, and how ('J. Peeters (http)')
+    reason      TEXT NOT NULL,
+    outcome     TEXT NOT NULL,  -- 'overridden' | 'already_used' | 'unanswered' | 'refused' (overrides.py)
+    answer      TEXT,           -- JSON: the service's answer or refusal; none when it did not answer
+    asked_at    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS overrides_request ON overrides (request_id);
 """
 
-SCHEMA_VERSION = 1  # rule 8: 0, a file made before versions (no online_uses); 1, online_uses
+# Rule 8: 0, a file made before versions (no online_uses); 1, online_uses; 2, overrides.
+SCHEMA_VERSION = 2
+
+OUTBOX_RISK = ("whoever writes it can forget the rights this adapter used (a second truck let in on one offline), "
+               "queue requests to be sent at the next start, or clear a lane's latch")
 
 
 def _use(response: Mapping[str, Any], body: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -151,6 +177,15 @@ class PendingRequest:
     body: dict[str, Any]
     created_at: float
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A request with its final answer (``response``): a decision, online or offline, or a refusal."""
+
+    request_id: str
+    lane: str
+    response: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,14 +230,15 @@ def _latch(row: Any) -> LaneLatch:
 class Outbox:
     """One SQLite file per lane or per adapter. Thread-safe."""
 
-    def __init__(self, path: str | Path, *, keep_days: float = 7.0, wall: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str | Path, *, keep_days: float = 7.0, wall: Callable[[], float] = time.time,
+                 strict: bool = True) -> None:
         if keep_days <= 0:
             raise ValueError("keep_days > 0")
         self.path = Path(path)
         self.keep_seconds = keep_days * 86400.0
         self._wall = wall
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_data_file(self.path, strict=strict, risk=OUTBOX_RISK)  # rule 9
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # rule 1: durable at commit, not just at checkpoint
@@ -300,6 +336,43 @@ class Outbox:
             row = self._db.execute(sql, (request_id,)).fetchone()
         return None if row is None or row[0] is None else dict(json.loads(row[0]))
 
+    def answered(self, request_id: str) -> Answered | None:
+        """The request with its final answer, or ``None`` while pending or unknown."""
+        with self._lock:
+            row = self._db.execute("SELECT lane, response FROM verify_requests WHERE request_id = ? "
+                                   "AND response IS NOT NULL", (request_id,)).fetchone()
+        return None if row is None else Answered(request_id, str(row[0]), dict(json.loads(row[1])))
+
+    def overridden(self, answered: Answered, *, decision_id: str, release_id: str, officer: str, reason: str,
+                   outcome: str, answer: Mapping[str, Any] | None, used: bool) -> None:
+        """Rule 7: keep an officer's override of ``answered`` and, when ``used``, note its right used
+        here (a gate-in) as an online commit is, in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                now = self._wall()
+                self._db.execute(
+                    "INSERT INTO overrides (request_id, lane, decision_id, release_id, officer, reason, outcome, "
+                    "answer, asked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (answered.request_id, answered.lane, decision_id, release_id, officer, reason, outcome,
+                     None if answer is None else json.dumps(answer, sort_keys=True), now))
+                if used:
+                    self._db.execute("INSERT OR REPLACE INTO online_uses VALUES (?, ?, ?, 'in', ?)",
+                                     (answered.request_id, answered.lane, release_id, now))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def overrides(self, request_id: str) -> list[dict[str, Any]]:
+        """The overrides asked for this request, oldest first (the audit of a truck's passage)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT decision_id, release_id, officer, reason, outcome, answer, asked_at FROM overrides "
+                "WHERE request_id = ? ORDER BY id", (request_id,)).fetchall()
+        return [{"decision_id": r[0], "release_id": r[1], "officer": r[2], "reason": r[3], "outcome": r[4],
+                 "answer": None if r[5] is None else json.loads(r[5]), "asked_at": float(r[6])} for r in rows]
+
     def late(self, request_id: str, lane: str, reason: str, detail: Mapping[str, Any]) -> None:
         """Rule 5: note late news about a truck already decided (durably, like a ``put``)."""
         with self._lock:
@@ -381,6 +454,7 @@ class Outbox:
                              "(SELECT id FROM lane_latches WHERE cleared_at IS NOT NULL AND cleared_at < ?)", (cutoff,))
             self._db.execute("DELETE FROM lane_latches WHERE cleared_at IS NOT NULL AND cleared_at < ?", (cutoff,))
             self._db.execute("DELETE FROM late_reads WHERE noted_at < ?", (cutoff,))
+            self._db.execute("DELETE FROM overrides WHERE asked_at < ?", (cutoff,))
             self._db.execute("DELETE FROM offline_decisions WHERE reconciled_at IS NOT NULL AND decided_at < ?",
                              (cutoff,))
             self._db.execute("DELETE FROM online_uses WHERE decided_at < ?", (cutoff,))

@@ -65,15 +65,21 @@ _ERRORS = problem_responses(401, 403, 404, 422)
 
 
 class AdminRefused(Exception):
+    """A refused admin call, answered as an RFC 9457 problem. A 401, and a 403 for what the token lacks
+    (insufficient_scope, a role, the badge office's scope), carry the token challenge (``challenge``);
+    an officer refused an act on himself (``own_refused``) does not: his token is good, and no token
+    would make the act his to do."""
+
     def __init__(self, status: int, code: str, detail: str, *, params: dict[str, str] | None = None,
-                 nonce: str | None = None) -> None:
+                 nonce: str | None = None, challenge: bool = True) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail, self.params = status, code, detail, params or {}
         self.nonce = nonce  # RFC 9449 §9: with use_dpop_nonce, the DPoP-Nonce to send
+        self.challenge = challenge
 
     def response(self, request: Request) -> JSONResponse:
         headers = None
-        if self.status in (401, 403):
+        if self.challenge and self.status in (401, 403):
             # RFC 6750 §3: the challenge names the error; RFC 9470 §3 adds what a step-up needs. A request
             # made with the DPoP scheme is answered with a DPoP challenge and the algorithms a proof may
             # use (RFC 9449 §7.1), so its client knows to make a proof, not to retry as a bearer.
@@ -249,6 +255,16 @@ def role_refused(role: str) -> AdminRefused:
     return AdminRefused(403, "insufficient_role", f"This needs the {role} role.")
 
 
+def own_refused(code: str, detail: str) -> AdminRefused:
+    """The refusal of an officer acting on himself (separation of duties: his suspension, roles,
+    enrolment code, badge, face are another officer's act): 403 ``code``, logged
+    ``identity.admin.refused.<code>``. No WWW-Authenticate: it is not a token challenge (RFC 6750 §3
+    asks for one with a 401 and with insufficient_scope, what another token would cure); his token is
+    good, and no other would make the act his."""
+    log.info("identity.admin.refused.%s", code)
+    return AdminRefused(403, code, detail, challenge=False)
+
+
 def enrolment_code_caller(request: Request, person_id: uuid.UUID) -> AdminCaller:
     """Who may issue a person's one-time enrolment code (identity.api.passkeys), or AdminRefused. The
     code registers a passkey for that person: whoever holds it logs in as him. So: an admin client, or
@@ -260,8 +276,7 @@ def enrolment_code_caller(request: Request, person_id: uuid.UUID) -> AdminCaller
     if caller.person_id is None:
         return caller
     if caller.person_id == str(person_id):
-        log.info("identity.admin.refused.own_enrolment_code")
-        raise AdminRefused(403, "own_enrolment_code", "An officer does not issue an enrolment code for himself.")
+        raise own_refused("own_enrolment_code", "An officer does not issue an enrolment code for himself.")
     audit_read(request, caller, "identity.admin.enrolment_code.requested", subject=str(person_id))
     return caller
 
@@ -494,8 +509,7 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
     if body.role not in MEMBER_ROLES:
         return problem(422, "invalid_role", f"role is one of {', '.join(MEMBER_ROLES)}.", instance=request.url.path)
     if caller.person_id == str(person_id):
-        log.info("identity.admin.refused.own_membership")
-        return problem(403, "own_membership", "An officer does not change his own roles.", instance=request.url.path)
+        return own_refused("own_membership", "An officer does not change his own roles.").response(request)
     container = request.app.state.container
     now = container.clock.now()
     with container.engine.begin() as conn:
@@ -747,9 +761,7 @@ def _change_person_status(request: Request, person_id: uuid.UUID,
     except AdminRefused as exc:
         return exc.response(request)
     if caller.person_id == str(person_id):
-        code, detail = own
-        log.info("identity.admin.refused.%s", code)
-        return problem(403, code, detail, instance=request.url.path)
+        return own_refused(*own).response(request)
     container = request.app.state.container
     try:
         answer = change(container.engine, caller.actor, container.clock.now())

@@ -48,6 +48,7 @@ from .admin import (
     admits,
     audit_read,
     caller_of,
+    own_refused,
     query_fingerprint,
     require_role,
 )
@@ -124,8 +125,7 @@ def _refuse_own(viewer: rules.Viewer, holder: uuid.UUID) -> None:
     """AdminRefused 403 ``own_badge`` when the console officer acting is the badge's holder: a badge
     of his own he does not issue, reactivate, renew nor activate (an admin client names no person)."""
     if viewer.person_id is not None and viewer.person_id == holder:
-        log.info("identity.admin.refused.own_badge")
-        raise AdminRefused(403, "own_badge", "An officer does not issue, reactivate, renew or activate his own badge.")
+        raise own_refused("own_badge", "An officer does not issue, reactivate, renew or activate his own badge.")
 
 
 def _holder(request: Request, badge_id: uuid.UUID) -> uuid.UUID:

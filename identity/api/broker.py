@@ -8,13 +8,18 @@ RFC 9457 problem when the caller asks for JSON), with the status of the one tabl
     GET /broker/jwks                       200 our RP JWKS: RS256 "sig" keys + RSA-OAEP-256 "enc" keys,
                                            Cache-Control public, max-age=QUAYGATE_BROKER_JWKS_MAX_AGE
     GET /broker/{name}/start?return_to=    303 to the upstream + the browser-binding cookie (HttpOnly,
-                                           SameSite=Lax, path /broker/)
+                                           SameSite=Lax, path /; ``__Host-qg_broker`` on an https issuer)
     GET /broker/{name}/callback?code&state&iss
                                            303 to return_to + the login session cookie; or a refusal
                                            (429 rate_limited + Retry-After: the address's login attempts)
 
 The start is not audited (it carries no identity; anyone may send one); the callback's outcome is
-(identity.broker.service).
+(identity.broker.service). A suspended or banned person's refusal names whom he turns to (``office``,
+in the problem and in the page's text): port security for a person who holds a privileged role.
+
+The binding cookie is named by ``Settings.cookie_name`` (``__Host-qg_broker`` on an https issuer), so it
+has ``Path=/``: a ``__Host-`` cookie must. A sibling subdomain that could plant a binding cookie of its
+own flow in a driver's browser would log him in as the attacker (login CSRF, OIDC Core §3.1.2.7).
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ from release_service.api.problems import problem, problem_responses
 from ..broker.service import build as broker_for
 from ..domain.broker import BrokerRefused, Refusal
 from ..web import i18n
-from ..web.routes import SECURITY_HEADERS, asset_url, language
+from ..web.routes import SECURITY_HEADERS, asset_url, hsts, language
 
 router = APIRouter(tags=["identity"])
-BINDING_COOKIE = "qg_broker"
+BINDING_COOKIE = "qg_broker"  # its name on the wire: Settings.cookie_name
 
 # The one table from refusal codes to HTTP statuses (STYLE.md #6).
 STATUS: dict[Refusal, int] = {
@@ -64,11 +69,12 @@ _HINT = {  # the i18n key of what the page tells the driver; the code names the 
 def _refused(request: Request, exc: BrokerRefused) -> Response:
     status = STATUS.get(exc.code, 401)
     lang = language(request)
-    text = i18n.translate(lang, _HINT.get(exc.code, "broker.error.failed"))
+    text = i18n.translate(lang, i18n.own_key(lang, _HINT.get(exc.code, "broker.error.failed"), exc.office))
     accept = request.headers.get("accept", "")
     retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
-    if "json" in accept and "html" not in accept:
-        return problem(status, exc.code.value, text, instance=request.url.path, headers=retry or None)
+    if "html" not in accept:  # a browser's navigation asks for text/html; any other caller gets problem JSON
+        return problem(status, exc.code.value, text, instance=request.url.path, headers=retry or None,
+                       office=exc.office)
     body = (f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f'<title>{html.escape(i18n.translate(lang, "broker.error.title"))} · quaygate</title>'
@@ -78,7 +84,8 @@ def _refused(request: Request, exc: BrokerRefused) -> Response:
             f'<p>{html.escape(i18n.translate(lang, "common.error_code", code=exc.code.value))}</p>'
             f'<p><a href="/login">{html.escape(i18n.translate(lang, "broker.error.back"))}</a></p>'
             f'</main></body></html>')
-    return HTMLResponse(body, status_code=status, headers={**SECURITY_HEADERS, "Cache-Control": "no-store", **retry})
+    return HTMLResponse(body, status_code=status, headers={**SECURITY_HEADERS, **hsts(request),
+                                                           "Cache-Control": "no-store", **retry})
 
 
 @router.get("/broker/providers", operation_id="brokerProviders")
@@ -103,9 +110,10 @@ def start(request: Request, name: str, return_to: str | None = None) -> Response
         started = broker_for(request.app).start(name, return_to=return_to)
     except BrokerRefused as exc:
         return _refused(request, exc)
-    response = RedirectResponse(started.location, status_code=303, headers={"Cache-Control": "no-store"})
-    response.set_cookie(BINDING_COOKIE, started.binding, max_age=s.upstream_flow_ttl, path="/broker/",
-                        httponly=True, samesite="lax", secure=s.issuer.startswith("https://"))
+    response = RedirectResponse(started.location, status_code=303, headers={"Cache-Control": "no-store",
+                                                                            **hsts(request)})
+    response.set_cookie(s.cookie_name(BINDING_COOKIE), started.binding, max_age=s.upstream_flow_ttl, path="/",
+                        httponly=True, samesite="lax", secure=s.secure_cookies)
     return response
 
 
@@ -115,7 +123,8 @@ def callback(request: Request, name: str) -> Response:
     s = request.app.state.container.settings
     params: dict[str, Any] = {k: v for k, v in request.query_params.items() if isinstance(v, str)}
     try:
-        done = broker_for(request.app).callback(name, params, binding=request.cookies.get(BINDING_COOKIE),
+        binding = request.cookies.get(s.cookie_name(BINDING_COOKIE))
+        done = broker_for(request.app).callback(name, params, binding=binding,
                                                 session_cookie=request.cookies.get(s.session_cookie),
                                                 address=request.client.host if request.client else None)
     except BrokerRefused as exc:
@@ -123,8 +132,11 @@ def callback(request: Request, name: str) -> Response:
         if exc.code is Refusal.RATE_LIMITED:
             return response  # nothing judged: the flow's cookie kept for a try after the wait
     else:
-        response = RedirectResponse(done.return_to, status_code=303, headers={"Cache-Control": "no-store"})
+        response = RedirectResponse(done.return_to, status_code=303, headers={"Cache-Control": "no-store",
+                                                                              **hsts(request)})
         response.set_cookie(s.session_cookie, done.cookie, max_age=s.session_ttl, path="/", httponly=True,
-                            samesite="lax", secure=s.issuer.startswith("https://"))
-    response.delete_cookie(BINDING_COOKIE, path="/broker/")
+                            samesite="lax", secure=s.secure_cookies)
+    # Secure too: a browser takes no Set-Cookie of a __Host- cookie without it, not even its removal.
+    response.delete_cookie(s.cookie_name(BINDING_COOKIE), path="/", httponly=True, samesite="lax",
+                           secure=s.secure_cookies)
     return response

@@ -9,7 +9,8 @@ Contract::
       413 image_too_large   422 face_not_found | face_multiple | face_too_small | face_blurred |
       image_unreadable | source_invalid   503 face_busy | face_unavailable
     GET    /admin/v1/persons/{person_id}/face   200 the enrolment's metadata (never the template); audited
-    DELETE /admin/v1/persons/{person_id}/face   200 {"person_id", "enrolled": false}   409 face_not_enrolled
+    DELETE /admin/v1/persons/{person_id}/face   200 {"person_id", "enrolled": false}   the badge office only
+      401/403 (as the enrolment; 403 own_face: nor does an officer withdraw his own)   409 face_not_enrolled
     POST   /face/step-up   {"image"}   with the login session cookie and an Origin header of ours (CSRF)
       200 {"ok": true, "acr", "amr"} + Set-Cookie: the new session (the old one is ended)
       401 login_required | face_mismatch | face_not_live   403 origin_refused | step_up_not_allowed |
@@ -51,7 +52,7 @@ from ..authn.service import passkeys_for
 from ..domain.face import SOURCES, FaceCode
 from ..face import FaceError, face_for
 from ..sessions import sessions_for
-from .admin import AdminCaller, AdminRefused, admin_caller, admits, audit_read, caller_of
+from .admin import AdminCaller, AdminRefused, admin_caller, admits, audit_read, caller_of, own_refused
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,15 @@ def _badge_office_caller(request: Request) -> AdminCaller:
     return caller
 
 
+def _refuse_own_face(caller: AdminCaller, person_id: uuid.UUID) -> None:
+    """AdminRefused 403 ``own_face`` when the console officer acting is the person: his biometric
+    reference, the face he steps up and passes the gate with, is another officer's to enrol and to
+    withdraw (separation of duties, as his badge, identity.api.badges ``own_badge``, and his suspension,
+    identity.api.admin ``own_suspension``). An admin client names no person."""
+    if caller.person_id is not None and caller.person_id == str(person_id):
+        raise own_refused("own_face", "An officer does not enrol or withdraw his own face.")
+
+
 async def _badge_office(request: Request) -> AdminCaller:
     """The badge office's caller: the one admitted before the body was read (``admits``), else checked
     now (a route without a body), in a thread: it may reach the cache."""
@@ -150,9 +160,7 @@ async def enrol_face(person_id: uuid.UUID, request: Request, body: EnrolIn) -> J
     (as identity.api.admin refuses his own enrolment code)."""
     try:
         caller = await _badge_office(request)
-        if caller.person_id == str(person_id):
-            log.info("identity.admin.refused.own_face")
-            raise AdminRefused(403, "own_face", "An officer does not enrol his own face.")
+        _refuse_own_face(caller, person_id)
         done = await face_for(request.app).enrol(person_id, _image(body.image), source=body.source,
                                                  actor=caller.actor, now=request.app.state.container.clock.now())
     except AdminRefused as exc:
@@ -183,9 +191,11 @@ def get_face(person_id: uuid.UUID, request: Request) -> JSONResponse:
 
 @router.delete("/admin/v1/persons/{person_id}/face", operation_id="admin_withdraw_face", responses=_ADMIN_ERRORS)
 async def withdraw_face(person_id: uuid.UUID, request: Request) -> JSONResponse:
-    """Erase a person's face template."""
+    """Erase a person's face template. Never an officer's own: the face he steps up and passes the
+    gate with is withdrawn, as it is enrolled, by another officer (403 own_face)."""
     try:
         caller = await _badge_office(request)
+        _refuse_own_face(caller, person_id)
         now = request.app.state.container.clock.now()
         await run_in_threadpool(lambda: face_for(request.app).withdraw(person_id, actor=caller.actor, now=now))
     except AdminRefused as exc:
@@ -215,5 +225,5 @@ async def step_up(request: Request, body: StepUpIn) -> Response:
                             headers={"Cache-Control": "no-store"})
     lives = max(int((done.session.expires_at - now).total_seconds()), 0)  # the session it replaced ends then
     response.set_cookie(settings.session_cookie, done.cookie, max_age=lives, path="/", httponly=True,
-                        samesite="lax", secure=settings.issuer.startswith("https://"))
+                        samesite="lax", secure=settings.secure_cookies)
     return response

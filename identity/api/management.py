@@ -8,7 +8,8 @@ admin API answers RFC 9457 problems. Authlib is synchronous, so routes reaching 
 Registration (POST) and its update (PUT) check their caller's bearer token on the headers before any
 of the body is read (``admit_first``: quaygate.routing.AdmitFirst), and read the body within its
 deadline. Introspection and revocation cannot: their client may authenticate in the body
-(client_secret_post, private_key_jwt, RFC 7521 §4.2), as at the token endpoint.
+(client_secret_post, private_key_jwt, RFC 7521 §4.2), as at the token endpoint. Their answers carry
+HSTS on an https issuer, as every OIDC endpoint's (identity.web.routes ``hsts``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..oidc.introspection import INTROSPECTION_PATH, introspection_response
 from ..oidc.revocation import REVOCATION_PATH, revocation_response
 from ..oidc.server import FormRequest
 from ..registration import REGISTRATION_PATH, registration_admit, registration_endpoint
+from ..web.routes import with_hsts
 from .admin import router as admin_router
 from .audit_search import router as audit_search_router
 
@@ -88,7 +90,7 @@ def _raw(request: Request, body: bytes | None) -> FormRequest:
              responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR})
 def introspect(request: Request, body: bytes | None = Depends(_body)) -> JSONResponse:
     """RFC 7662 §2 token introspection, for confidential clients."""
-    return introspection_response(request.app, _raw(request, body))
+    return with_hsts(request, introspection_response(request.app, _raw(request, body)))
 
 
 @router.post(REVOCATION_PATH, operation_id="identity_revoke",
@@ -96,7 +98,7 @@ def introspect(request: Request, body: bytes | None = Depends(_body)) -> JSONRes
              responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR})
 def revoke(request: Request, body: bytes | None = Depends(_body)) -> Response:
     """RFC 7009 §2 token revocation."""
-    return revocation_response(request.app, _raw(request, body))
+    return with_hsts(request, revocation_response(request.app, _raw(request, body)))
 
 
 @router.post(REGISTRATION_PATH, operation_id="identity_register_client", status_code=201,
@@ -104,14 +106,14 @@ def revoke(request: Request, body: bytes | None = Depends(_body)) -> Response:
 @admit_first(_registrant)
 def register(request: Request, body: bytes | None = Depends(_body)) -> JSONResponse:
     """RFC 7591 §3 dynamic client registration, authorised by an initial access token."""
-    return registration_endpoint(request.app, _raw(request, body), client_id=None)
+    return with_hsts(request, registration_endpoint(request.app, _raw(request, body), client_id=None))
 
 
 @router.get(REGISTRATION_PATH + "/{client_id}", operation_id="identity_read_client",
             responses={401: _OAUTH_ERROR})
 def read_client(client_id: str, request: Request) -> Response:
     """RFC 7592 §2.1: read a registered client with its registration access token."""
-    return registration_endpoint(request.app, _raw(request, b""), client_id=client_id)
+    return with_hsts(request, registration_endpoint(request.app, _raw(request, b""), client_id=client_id))
 
 
 @router.put(REGISTRATION_PATH + "/{client_id}", operation_id="identity_update_client",
@@ -119,14 +121,14 @@ def read_client(client_id: str, request: Request) -> Response:
 @admit_first(_registrant)
 def update_client(client_id: str, request: Request, body: bytes | None = Depends(_body)) -> Response:
     """RFC 7592 §2.2: replace a registered client's metadata."""
-    return registration_endpoint(request.app, _raw(request, body), client_id=client_id)
+    return with_hsts(request, registration_endpoint(request.app, _raw(request, body), client_id=client_id))
 
 
 @router.delete(REGISTRATION_PATH + "/{client_id}", operation_id="identity_delete_client", status_code=204,
                responses={401: _OAUTH_ERROR})
 def delete_client(client_id: str, request: Request) -> Response:
     """RFC 7592 §2.3: deactivate a registered client; its grants and tokens are revoked."""
-    return registration_endpoint(request.app, _raw(request, b""), client_id=client_id)
+    return with_hsts(request, registration_endpoint(request.app, _raw(request, b""), client_id=client_id))
 
 
 router.include_router(admin_router)

@@ -43,6 +43,12 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
       401/403 on the token before any of the body is read
       403 insufficient_role: the badge office, for a person with a privileged role (port security's)
 
+A refusal that tells the person whom to turn to (``passkey_suspended``, ``person_suspended``,
+``person_not_active``, ``enrolment_code_expired``, ``enrolment_code_used``, ``insufficient_authentication``:
+identity.authn.service ``OFFICE_CODES``) carries ``"office": "badge_office" | "port_security"``, the
+office that issues the person's enrolment codes: port security for a person who holds a privileged role.
+The code stays the same either way (clients match it).
+
 The user handle given to authenticators is an HMAC of the person id (``identity.authn.passkeys.
 user_handle``), never the person id itself.
 """
@@ -62,6 +68,7 @@ from quaygate.routing import AdmitFirst, admit_first
 from quaygate.threads import threads_for
 from release_service.api.problems import problem, problem_responses
 
+from ..authn import enrolment
 from ..authn.service import PasskeyError, passkeys_for
 from ..sessions import sessions_for
 from .admin import (
@@ -122,6 +129,15 @@ HINT: dict[str, str] = {
                                    "the badge office for an enrolment code.",
     "rate_limited": "Too many attempts. Please wait a moment and try again.",
 }
+# The hint of an OFFICE_CODES refusal whose person turns to port security (``office``): a person who holds
+# a privileged role, whose enrolment codes the badge office may not issue (identity.authn.enrolment
+# ``issuing_office``).
+HINT_PORT_SECURITY: dict[str, str] = {
+    "passkey_suspended": "This passkey is suspended. Please contact port security.",
+    "person_suspended": "Your account is suspended. Please contact port security.",
+    "insufficient_authentication": "Adding a passkey needs a stronger login: log in with a passkey, or ask "
+                                   "port security for an enrolment code.",
+}
 
 
 class _Body(BaseModel):
@@ -148,9 +164,13 @@ class EnrolmentCodeRequest(_Body):
 
 
 def _refused(request: Request, exc: PasskeyError) -> JSONResponse:
+    """The refusal as a problem; one that tells the person whom to turn to (``OFFICE_CODES``) names the
+    office in its ``office`` member (RFC 9457 §3.2), by which the pages pick their text (common.js
+    ``explain``), and in its hint."""
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return problem(STATUS.get(exc.code, 400), exc.code, HINT.get(exc.code), instance=request.url.path,
-                   headers=headers)
+    hint = HINT_PORT_SECURITY.get(exc.code) if exc.office == enrolment.PORT_SECURITY else None
+    return problem(STATUS.get(exc.code, 400), exc.code, hint or HINT.get(exc.code), instance=request.url.path,
+                   headers=headers, office=exc.office)
 
 
 def _address(request: Request) -> str | None:
@@ -162,7 +182,7 @@ def _with_session(request: Request, body: dict[str, Any], status: int, cookie: s
     if cookie is not None:
         s = request.app.state.container.settings
         response.set_cookie(s.session_cookie, cookie, max_age=s.session_ttl, path="/", httponly=True,
-                            samesite="lax", secure=s.issuer.startswith("https://"))
+                            samesite="lax", secure=s.secure_cookies)
     return response
 
 

@@ -3,13 +3,18 @@
 Thin routes (STYLE.md #9). The token endpoint answers OAuth errors in the RFC 6749 §5.2 JSON form,
 not problem+json: OAuth clients parse that form. Authlib is synchronous, so the routes that reach it
 are plain ``def`` routes run in the thread pool (STYLE.md #11); only the body is read asynchronously.
+
+Every answer carries HSTS on an https issuer (identity.web.routes ``hsts``); the pages here (the
+authorization error page, the logout confirmation, "signed out") carry the pages' security headers
+(identity.web.routes ``SECURITY_HEADERS``: CSP, never framed, no referrer) as the other pages do.
 """
 
 from __future__ import annotations
 
 import html
+import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from authlib.oauth2.rfc6749 import OAuth2Error
 from fastapi import APIRouter, Depends, Request
@@ -17,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from quaygate.threads import threads_for
 
+from ..authn.service import passkeys_for
 from ..bootstrap import provider_for
 from ..domain import assurance
 from ..domain import claims as token_claims
@@ -37,6 +43,7 @@ from ..oidc.server import (
 )
 from ..oidc.userinfo import USERINFO_PATH, UserInfoError, userinfo
 from ..sessions import sessions_for
+from ..web.routes import CSP, SECURITY_HEADERS, hsts, with_hsts
 
 if TYPE_CHECKING:
     from quaygate.settings import Settings
@@ -151,7 +158,8 @@ def build_router() -> APIRouter:
         raw = FormRequest(request.method, request.headers, request.headers.get("content-type", ""), body)
         app = request.app
         # Authlib is synchronous and the grants wait for PostgreSQL: on the app's thread pool.
-        return await threads_for(app).run(lambda: provider_for(app).server.token_response(raw))  # type: ignore[no-any-return]
+        answer: JSONResponse = await threads_for(app).run(lambda: provider_for(app).server.token_response(raw))
+        return with_hsts(request, answer)
 
     @router.post(
         authz.AUTHORIZE_PATH,
@@ -173,8 +181,8 @@ def build_router() -> APIRouter:
                 provider_for(request.app), sessions_for(request.app), params, _cookie(request), now=_now(request)
             )
         except authz.PageError as error:
-            return _error_page(error.error, error.description)
-        return _redirect(location)
+            return _error_page(request, error.error, error.description)
+        return _redirect(request, location)
 
     @router.get(
         authz.RESUME_PATH,
@@ -189,8 +197,8 @@ def build_router() -> APIRouter:
                 provider_for(request.app), sessions_for(request.app), id, _cookie(request), now=_now(request)
             )
         except authz.PageError as error:
-            return _error_page(error.error, error.description)
-        return _redirect(location)
+            return _error_page(request, error.error, error.description)
+        return _redirect(request, location)
 
     @router.post(
         PAR_PATH,
@@ -206,7 +214,7 @@ def build_router() -> APIRouter:
         try:
             record, form = provider.server.authenticate_par_client(raw)
         except OAuth2Error as error:
-            return provider.server.handle_error_response(None, error)  # type: ignore[no-any-return]
+            return with_hsts(request, provider.server.handle_error_response(None, error))
         params = {k: v for k, v in form.items() if k not in _AUTH_PARAMS and v != ""}
         try:
             if params.get("client_id", record.client_id) != record.client_id:
@@ -216,18 +224,16 @@ def build_router() -> APIRouter:
             req = authz.validate(client, redirect_uri, params, now=_now(request), pushed=True)
         except (authz.PageError, authz.RedirectError) as error:
             # RFC 9126 §2.3: errors as at the token endpoint, never a redirect.
-            return JSONResponse(
-                {"error": error.error, "error_description": error.description}, status_code=400, headers=_NO_STORE
-            )
+            return JSONResponse({"error": error.error, "error_description": error.description}, status_code=400,
+                                headers={**_NO_STORE, **hsts(request)})
         try:  # a public client's push is sealed into its request_uri, not stored (identity.oidc.par)
             request_uri = provider.pushed.push(req, public=record.is_public)
         except PushTooLong:
             return JSONResponse({"error": "invalid_request", "error_description": "The request is too long for "
                                  "a public client's request_uri: use a shorter state and nonce."},
-                                status_code=400, headers=_NO_STORE)
-        return JSONResponse(
-            {"request_uri": request_uri, "expires_in": provider.pushed.ttl}, status_code=201, headers=_NO_STORE
-        )
+                                status_code=400, headers={**_NO_STORE, **hsts(request)})
+        return JSONResponse({"request_uri": request_uri, "expires_in": provider.pushed.ttl}, status_code=201,
+                            headers={**_NO_STORE, **hsts(request)})
 
     @router.post(
         USERINFO_PATH,
@@ -256,10 +262,10 @@ def build_router() -> APIRouter:
             return JSONResponse(
                 {"error": error.error, "error_description": error.description},
                 status_code=error.status,
-                headers={**_NO_STORE, "WWW-Authenticate": error.challenge(),
+                headers={**_NO_STORE, **hsts(request), "WWW-Authenticate": error.challenge(),
                          **({"DPoP-Nonce": error.nonce} if error.nonce is not None else {})},
             )
-        return JSONResponse(claims, headers=_NO_STORE)
+        return JSONResponse(claims, headers={**_NO_STORE, **hsts(request)})
 
     @router.post(
         LOGOUT_PATH,
@@ -274,7 +280,8 @@ def build_router() -> APIRouter:
         responses={302: {"description": "To the registered post_logout_redirect_uri"}, 400: _PAGE},
     )
     def end_session(request: Request, body: bytes | None = Depends(_form_body)) -> Response:
-        """OpenID Connect RP-Initiated Logout 1.0: end the login session and its grants."""
+        """OpenID Connect RP-Initiated Logout 1.0: end this browser's login session and its grants, at
+        once for a hint naming it, else once the person confirms (identity.oidc.logout)."""
         settings = request.app.state.container.settings
         try:
             params = authz.parse_params(_params(request, body))
@@ -285,38 +292,45 @@ def build_router() -> APIRouter:
                 params,
                 _cookie(request),
                 method=request.method,
+                # The passkey routes' CSRF guard: the origins our own pages are served from.
+                origin=request.headers.get("origin"),
+                own_origins=passkeys_for(request.app).allowed_origins,
                 now=_now(request),
             )
         except authz.PageError as error:
-            return _error_page(error.error, error.description)
+            return _error_page(request, error.error, error.description)
         if outcome.confirm:
-            response: Response = HTMLResponse(_CONFIRM_PAGE, headers=_NO_STORE)
+            response: Response = _confirm_page(request, outcome.carried, outcome.location)
         elif outcome.location:
-            response = _redirect(outcome.location)
+            response = _redirect(request, outcome.location)
         else:
-            response = HTMLResponse(_page("Signed out", "You are signed out."), headers=_NO_STORE)
+            response = HTMLResponse(_page("Signed out", "You are signed out."), headers=_page_headers(request))
         if outcome.ended:
-            response.delete_cookie(settings.session_cookie, path="/", httponly=True, samesite="lax")
+            # Secure on an https issuer: a browser takes no Set-Cookie of a __Host- cookie without it,
+            # not even its removal.
+            response.delete_cookie(settings.session_cookie, path="/", httponly=True, samesite="lax",
+                                   secure=settings.secure_cookies)
         return response
 
     @router.get("/.well-known/openid-configuration", operation_id="identity_discovery")
     def discovery(request: Request) -> JSONResponse:
         """OpenID Connect Discovery 1.0 §4."""
         return JSONResponse(
-            metadata(request.app.state.container.settings), headers={"Cache-Control": DISCOVERY_CACHE}
+            metadata(request.app.state.container.settings), headers={"Cache-Control": DISCOVERY_CACHE, **hsts(request)}
         )
 
     @router.get("/.well-known/oauth-authorization-server", operation_id="identity_oauth_metadata")
     def oauth_metadata(request: Request) -> JSONResponse:
         """RFC 8414 §3: the same document for plain OAuth clients."""
         return JSONResponse(
-            metadata(request.app.state.container.settings), headers={"Cache-Control": DISCOVERY_CACHE}
+            metadata(request.app.state.container.settings), headers={"Cache-Control": DISCOVERY_CACHE, **hsts(request)}
         )
 
     @router.get(JWKS_PATH, operation_id="identity_jwks")
     def jwks(request: Request) -> JSONResponse:
         """Our public signing keys (RFC 7517 §5), old keys kept until their tokens have expired."""
-        return JSONResponse(provider_for(request.app).keys.jwks(), headers={"Cache-Control": JWKS_CACHE})
+        return JSONResponse(provider_for(request.app).keys.jwks(),
+                            headers={"Cache-Control": JWKS_CACHE, **hsts(request)})
 
     return router
 
@@ -410,8 +424,14 @@ def _now(request: Request) -> Any:
     return request.app.state.container.clock.now()
 
 
-def _redirect(location: str) -> Response:
-    return RedirectResponse(location, status_code=302, headers=_NO_STORE)
+def _page_headers(request: Request, csp: str = CSP) -> dict[str, str]:
+    """A page's headers: the pages' security headers (``csp`` for its Content-Security-Policy), HSTS on
+    an https issuer, never stored."""
+    return {**SECURITY_HEADERS, "Content-Security-Policy": csp, **hsts(request), **_NO_STORE}
+
+
+def _redirect(request: Request, location: str) -> Response:
+    return RedirectResponse(location, status_code=302, headers={**_NO_STORE, **hsts(request)})
 
 
 def _page(title: str, text: str) -> str:
@@ -422,14 +442,39 @@ def _page(title: str, text: str) -> str:
     )
 
 
-def _error_page(error: str, description: str) -> HTMLResponse:
+def _error_page(request: Request, error: str, description: str) -> HTMLResponse:
     """RFC 6749 §4.1.2.1: no trustworthy redirect_uri, so the person is told here."""
-    return HTMLResponse(_page("Sign-in error", f"{description} ({error})"), status_code=400, headers=_NO_STORE)
+    return HTMLResponse(_page("Sign-in error", f"{description} ({error})"), status_code=400,
+                        headers=_page_headers(request))
 
 
-_CONFIRM_PAGE = (
-    '<!doctype html><html lang="en"><meta charset="utf-8">'
-    '<meta name="viewport" content="width=device-width, initial-scale=1"><title>Sign out</title>'
-    f'<h1>Sign out?</h1><form method="post" action="{LOGOUT_PATH}"><button type="submit">Sign out</button>'
-    "</form></html>"
-)
+def _confirm_page(request: Request, carried: tuple[tuple[str, str], ...], location: str | None) -> HTMLResponse:
+    """RP-Initiated Logout 1.0 §2: "Sign out?", a form posting back to us what the confirmed logout
+    needs (``carried``). Its Content-Security-Policy lets the form go to ``location`` too (CSP Level 3
+    ``form-action``, which browsers also apply to the redirect that answers the form), a redirect URI
+    the client registered: else the browser would stop the way back to the client."""
+    fields = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in carried)
+    body = (
+        '<!doctype html><html lang="en"><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1"><title>Sign out</title>'
+        f'<h1>Sign out?</h1><form method="post" action="{LOGOUT_PATH}">{fields}'
+        '<button type="submit">Sign out</button></form></html>'
+    )
+    target = _form_target(location) if location else None
+    csp = CSP.replace("form-action 'self'", f"form-action 'self' {target}") if target else CSP
+    return HTMLResponse(body, headers=_page_headers(request, csp))
+
+
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+
+
+def _form_target(uri: str) -> str | None:
+    """The CSP source expression (CSP Level 3 §2.3.1) naming where ``uri`` is: its origin for an http(s)
+    URI, its scheme alone for another (a native app's private-use scheme, RFC 8252 §7.1); None when it
+    cannot be written safely into the header (anything but a plain host and port)."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        return f"{scheme}://{parts.netloc}" if _HOST.fullmatch(parts.netloc) else None
+    return f"{scheme}:" if _SCHEME.fullmatch(scheme) else None

@@ -32,6 +32,8 @@ import sqlalchemy as sa
 from quaygate.hotsql import HotStatement
 from quaygate.schema import persons, webauthn_credentials
 
+from ..domain import assurance
+from ..sessions import LoginSession
 from .passkeys import NewPasskey
 
 ACTIVE = "active"
@@ -115,18 +117,24 @@ class CredentialStore:
     def exists(self, conn: sa.Connection, credential_id: str) -> bool:
         return conn.execute(sa.select(t.c.credential_id).where(t.c.credential_id == credential_id)).first() is not None
 
-    def from_session(self, conn: sa.Connection, person_id: uuid.UUID, *, auth_time: datetime) -> Provenance:
-        """The provenance of a passkey added from a login session that logged in at ``auth_time``: that
-        of the passkey the session logged in with, since whoever holds the session holds it. The
-        session does not name it, so every passkey of the person that may be it counts: each used or
-        registered at or after ``auth_time`` (a login stores its time as the passkey's ``last_used_at``
-        and as the session's ``auth_time``, an enrolment as ``created_at`` and ``auth_time``; a step-up
-        keeps the ``auth_time``), in any status (removing a passkey keeps the remover's session). The
-        new one is privileged only if there is such a passkey and all of them are: a session opened by
-        the badge office's passkey, or by no passkey at all (an upstream login), does not make one."""
-        since = sa.func.coalesce(t.c.last_used_at, t.c.created_at) >= auth_time
+    def from_session(self, conn: sa.Connection, session: LoginSession) -> Provenance:
+        """The provenance of a passkey added from a login ``session``: that of the passkey the session
+        logged in with, since whoever holds the session holds it. The session does not name it, so
+        every passkey of the person that may be it counts: each used or registered at or after the
+        session's ``auth_time`` (a login stores its time as the passkey's ``last_used_at`` and as the
+        session's ``auth_time``, an enrolment as ``created_at`` and ``auth_time``; a step-up keeps the
+        ``auth_time``), in any status (removing a passkey keeps the remover's session). The new one is
+        privileged only if there is such a passkey and all of them are: a session opened by the badge
+        office's passkey, or by no passkey at all (an upstream login), does not make one.
+
+        A session opened by no passkey (assurance.passkey_login: an upstream login, stepped up or not)
+        is not privileged whatever the person's passkeys did: none of them opened it, and the one used
+        since its login (the officer's own, on his own phone) is no proof that its holder holds it."""
+        if not assurance.passkey_login(session.acr, session.amr):
+            return Provenance(ACCOUNT, False)
+        since = sa.func.coalesce(t.c.last_used_at, t.c.created_at) >= session.auth_time
         held = [bool(privileged) for privileged in conn.execute(
-            sa.select(t.c.privileged_enrolment).where(t.c.person_id == person_id, since)).scalars()]
+            sa.select(t.c.privileged_enrolment).where(t.c.person_id == session.person_id, since)).scalars()]
         return Provenance(ACCOUNT, bool(held) and all(held))
 
     # ---- writes (in the caller's transaction) ---------------------------------------------------

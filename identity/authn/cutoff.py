@@ -38,6 +38,10 @@ theirs that is active. It does not bring back what the suspension ended or what 
 
 Both are one conditional UPDATE of the status (STYLE.md #4): of two at once, one is done and the other
 is told status_unchanged.
+
+The release engine reads the status too: a suspended person is refused at nomination and denied at
+the gate (``person_suspended``), and gets no offline gate pass; a reinstated one is let through again.
+So both invalidate the gate's cached badge facts, which carry it (``_set_status``).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from quaygate.invalidation import BADGES, touch
 from quaygate.schema import persons, webauthn_credentials
 
 from .. import audit
@@ -105,7 +110,11 @@ def _said(reason: str | None) -> str:
 
 
 def _set_status(conn: sa.Connection, person_id: uuid.UUID, *, was: str, to: str, use: str) -> None:
-    """One conditional UPDATE ``was`` -> ``to``; PersonStatusRefused not_found or status_unchanged."""
+    """One conditional UPDATE ``was`` -> ``to``; PersonStatusRefused not_found or status_unchanged.
+    The gate's cached badge facts carry the holder's status (release_service/adapters/gate_facts.py): once
+    committed, they are read again, and marked pending before the commit (quaygate/invalidation.py), so
+    no gate decides on the old status after it; a refusal rolls back and invalidates nothing."""
+    touch(conn, BADGES)
     done = conn.execute(
         persons.update().where(persons.c.id == person_id, persons.c.status == was)
         .values(status=to).returning(persons.c.id)

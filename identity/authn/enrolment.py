@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -45,6 +46,7 @@ import sqlalchemy as sa
 
 from quaygate.schema import enrolment_codes, memberships, persons
 
+from ..domain.claims import PRIVILEGED_ROLES
 from .credentials import Provenance
 
 DEFAULT_TTL = timedelta(hours=72)
@@ -60,13 +62,23 @@ LENGTH = 16
 NO_ROLE_REFUSED: frozenset[str] = frozenset()
 
 
+# Who issues a person's enrolment codes, so whom the person turns to for a new one, or about a passkey
+# or an account suspended (``issuing_office``): the badge office, except for a person who holds a
+# privileged role (claims.PRIVILEGED_ROLES: an officer, a company's dispatcher or org_admin), whose codes
+# only port security issues (identity.api.admin ``enrolment_code_refused_roles``).
+BADGE_OFFICE = "badge_office"
+PORT_SECURITY = "port_security"
+
+
 class EnrolmentRefused(Exception):
     """``reason``: enrolment_code_unknown, enrolment_code_expired, enrolment_code_used, person_unknown,
-    person_not_active, insufficient_role (the person holds a role the issuer may not issue for)."""
+    person_not_active, insufficient_role (the person holds a role the issuer may not issue for).
+    ``person_id``: the code's person, when a code was found (``check``: the pages tell him whom to ask)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, person_id: uuid.UUID | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.person_id = person_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +132,18 @@ def issue_code(
         _insert(conn, person_id, code, created_by=created_by, now=now, expires_at=expires_at,
                 refused_roles=refused_roles)
     return code, expires_at
+
+
+def office_for(roles: Iterable[str]) -> str:
+    """The office that issues the codes of a person who holds ``roles`` (``BADGE_OFFICE``,
+    ``PORT_SECURITY``): port security for any privileged role (claims.PRIVILEGED_ROLES)."""
+    return PORT_SECURITY if PRIVILEGED_ROLES.intersection(roles) else BADGE_OFFICE
+
+
+def issuing_office(conn: sa.Connection, person_id: uuid.UUID) -> str:
+    """``office_for`` the person's roles now, in any organisation (as ``issue_code`` reads them)."""
+    return office_for(conn.execute(sa.select(memberships.c.role).where(memberships.c.person_id == person_id))
+                      .scalars())
 
 
 def lock_person(conn: sa.Connection, person_id: uuid.UUID) -> str | None:
@@ -185,11 +209,11 @@ def check(engine: sa.Engine, code: str, *, now: datetime) -> EnrolmentCode:
     if row is None:
         raise EnrolmentRefused("enrolment_code_unknown")
     if row.used_at is not None:
-        raise EnrolmentRefused("enrolment_code_used")
+        raise EnrolmentRefused("enrolment_code_used", person_id=row.person_id)
     if row.ended_at is not None or row.expires_at <= now:
-        raise EnrolmentRefused("enrolment_code_expired")
+        raise EnrolmentRefused("enrolment_code_expired", person_id=row.person_id)
     if row.person_status != "active":
-        raise EnrolmentRefused("person_not_active")
+        raise EnrolmentRefused("person_not_active", person_id=row.person_id)
     return EnrolmentCode(digest, row.person_id, row.expires_at)
 
 

@@ -81,15 +81,27 @@ _FLOW_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _CLAIM_MARGIN = 5.0
 
 
+# The refusals that tell the person whom to turn to (a new enrolment code, a suspension lifted): the
+# office that issues his codes (enrolment.issuing_office), port security for a person who holds a
+# privileged role, which the badge office could not help. Each is raised only once the caller has shown
+# he is the person, or holds his code: a passkey's signature verified, a login session, an enrolment
+# code found.
+OFFICE_CODES = frozenset({"passkey_suspended", "person_suspended", "person_not_active", "enrolment_code_expired",
+                          "enrolment_code_used", "insufficient_authentication"})
+
+
 class PasskeyError(Exception):
     """A refused passkey call. ``code`` is public (problem ``code``); ``detail`` is for the audit log;
-    ``retry_after`` (seconds) comes with ``rate_limited``."""
+    ``retry_after`` (seconds) comes with ``rate_limited``; ``office`` with an OFFICE_CODES refusal of a
+    known person: whom he turns to (enrolment.BADGE_OFFICE or PORT_SECURITY)."""
 
-    def __init__(self, code: str, detail: str = "", *, retry_after: int | None = None) -> None:
+    def __init__(self, code: str, detail: str = "", *, retry_after: int | None = None,
+                 office: str | None = None) -> None:
         super().__init__(code)
         self.code = code
         self.detail = detail
         self.retry_after = retry_after
+        self.office = office
 
 
 @dataclass(slots=True)
@@ -152,7 +164,7 @@ def suspended_code(status_reason: str | None) -> str:
     (identity.authn.cutoff ``privileged_role_granted``) is replaced with a code from port security
     only, which alone issues codes for a person who holds such a role (identity.api.admin
     ``enrolment_code_refused_roles``): ``passkey_suspended_privileged_role``. Any other (a counter
-    regression): ``passkey_suspended``, the badge office's."""
+    regression): ``passkey_suspended``, with the office that issues the person's codes (OFFICE_CODES)."""
     return "passkey_suspended_privileged_role" if status_reason == PRIVILEGED_ROLE_GRANTED else "passkey_suspended"
 
 
@@ -324,7 +336,7 @@ class PasskeyService:
     def _suspend_for_counter(self, stored: StoredCredential, presented: int, attempt: _Attempt) -> NoReturn:
         """WebAuthn §6.1.1: a counter that went backwards means a cloned authenticator. Which of the two
         is the thief is unknown, so every session and grant of the person ends with the credential, in
-        its transaction (the badge office steps in)."""
+        its transaction (the office that issues his codes steps in: OFFICE_CODES)."""
         with self._engine.begin() as conn:
             suspended = self.credentials.suspend(conn, stored.credential_id, reason="counter_regression")
             if suspended:
@@ -373,7 +385,8 @@ class PasskeyService:
         log.info("identity.login.passkey.refused.%s", reason, extra={"fields": {"detail": detail[:200]}})
         if self._guard is not None and attempt.subject is not None and stored is not None and count:
             self._guard.failed(attempt.subject, attempt.address)
-        raise PasskeyError(code, detail, retry_after=retry_after)
+        raise PasskeyError(code, detail, retry_after=retry_after,
+                           office=self._office(code, stored.person_id if stored is not None else None))
 
     # ---- registration ---------------------------------------------------------------------------
 
@@ -400,7 +413,7 @@ class PasskeyService:
             try:
                 code = enrolment.check(self._engine, enrolment_code, now=now)
             except enrolment.EnrolmentRefused as exc:
-                self._refuse_registration(exc.reason, "options", now=now)
+                self._refuse_registration(exc.reason, "options", now=now, person_id=exc.person_id)
             person_id, digest = code.person_id, code.code_hash
         else:
             session = self._recent_session(session_cookie, now=now)
@@ -472,7 +485,7 @@ class PasskeyService:
                     provenance = enrolment.consume(conn, state.code_hash, person_id=person_id, now=now)
                 else:
                     assert session is not None
-                    provenance = self.credentials.from_session(conn, person_id, auth_time=session.auth_time)
+                    provenance = self.credentials.from_session(conn, session)
                 if self.credentials.exists(conn, passkey.credential_id):
                     raise PasskeyError("passkey_already_registered", "credential id taken")
                 self.credentials.add(conn, person_id, passkey, name=label, now=now, provenance=provenance)
@@ -528,7 +541,7 @@ class PasskeyService:
             engine=self._engine,
         )
         log.info("identity.passkey.registration.refused.%s", code)
-        raise PasskeyError(code, detail, retry_after=retry_after)
+        raise PasskeyError(code, detail, retry_after=retry_after, office=self._office(code, person_id))
 
     # ---- the person's own passkeys --------------------------------------------------------------
 
@@ -552,12 +565,12 @@ class PasskeyService:
     def remove(self, *, origin: str | None, session_cookie: str | None, credential_id: str) -> int:
         """Mark the passkey removed; returns how many active passkeys the person has left.
 
-        Removing the last one is allowed (a lost phone must be removable at once, and the badge office
-        can always hand out a new enrolment code); the pages warn before, and the answer's
-        ``active_remaining`` of 0 says it. The current session is not ended; every other session of
-        the person is, and every grant of the person is revoked (its refresh tokens and access
-        tokens), in the same transaction: whoever logged in with the lost passkey is cut off. The
-        person's own apps log in again through the session that stays.
+        Removing the last one is allowed (a lost phone must be removable at once, and the office that
+        issues the person's codes, enrolment.issuing_office, can always hand out a new one); the pages
+        warn before, and the answer's ``active_remaining`` of 0 says it. The current session is not
+        ended; every other session of the person is, and every grant of the person is revoked (its
+        refresh tokens and access tokens), in the same transaction: whoever logged in with the lost
+        passkey is cut off. The person's own apps log in again through the session that stays.
         """
         self.check_origin(origin)
         session = self._session(session_cookie)
@@ -619,6 +632,14 @@ class PasskeyService:
         cut = cut_off(conn, sessions=self._sessions, grants=self._grants, person_id=person_id, keep=keep,
                       reason=reason, now=now)
         return cut.sessions_ended, cut.grants_revoked
+
+    def _office(self, code: str, person_id: uuid.UUID | None) -> str | None:
+        """Whom the person a refusal with ``code`` concerns is told to turn to, for OFFICE_CODES (raised
+        once he has shown he is that person); else None."""
+        if person_id is None or code not in OFFICE_CODES:
+            return None
+        with self._engine.connect() as conn:
+            return enrolment.issuing_office(conn, person_id)
 
     def _user_handle(self, person_id: uuid.UUID) -> bytes:
         return passkeys.user_handle(person_id, self._handle_key)

@@ -12,11 +12,12 @@ The order (issue 4, "Loading is idempotent and atomic"):
 4. every national register number becomes a keyed hash (HMAC-SHA256 under the pepper) before it
    reaches the database or a log; the clear number is dropped here;
 5. a ban that is new and in effect deactivates the person's badges at once
-   (identity.badges.service.deactivate_for_ban) and every open nomination of that person gets a
-   ``screening.ban.nomination_alert`` audit entry and a webhook to the haulier company holding it;
-   so does an amended ban (same reference) that is in effect now and was not before for that subject
-   and those ports: window moved onto now, subject corrected, scope widened. A ban that starts later
-   is acted on by the sweep once it starts (identity/bans/sweep.py).
+   (identity.badges.service.deactivate_for_ban) and every live nomination of that person, whether
+   he holds a badge or not, gets a ``screening.ban.nomination_alert`` audit entry and a webhook to
+   the haulier company holding it (identity/bans/alerts.py); so does an amended ban (same reference)
+   that is in effect now and was not before for that subject and those ports: window moved onto now,
+   subject corrected, scope widened. A ban that starts later is acted on by the sweep once it starts
+   (identity/bans/sweep.py).
 
 Any refusal raises FeedRefused before the commit: the transaction rolls back and the list in force
 stays exactly as it was. Refusals are audited (``screening.ban.feed_refused``) in a small
@@ -29,7 +30,6 @@ import hashlib
 import hmac
 import logging
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -54,17 +54,14 @@ from identity.domain.bans import (
     sequence_verdict,
 )
 from quaygate.invalidation import BANS, touch
-from quaygate.schema import ban_feed_state, persons, port_bans, releases
-from release_service.adapters.outbox import SqlOutbox
-from release_service.ports import PublishedEvent
+from quaygate.schema import ban_feed_state, persons, port_bans
 
+from .alerts import ACTOR, NominationHit, live_nominations_of, raise_alerts
 from .feed import RegisterKey, verify_feed
 
 log = logging.getLogger(__name__)
 
 LOAD_LOCK_ID = 0x5147_4241_4E53  # pg_advisory_xact_lock key for ban loads ("QGBANS")
-ACTOR = {"client_id": "port_ban_register"}
-ALERT_EVENT = "release.nomination.screening_alert"
 _CHUNK = 5000
 
 
@@ -313,35 +310,31 @@ def _count(conn: sa.Connection, feed: Feed) -> int:
 
 
 def ban_consequences(conn: sa.Connection, new_rows: list[dict[str, Any]], now: datetime) -> tuple[int, int]:
-    """A ban newly in effect (load, amendment, sweep): the person's badges deactivated at once, each open
-    nomination alerted. Runs in the caller's transaction; rows not in effect at ``now`` are skipped."""
+    """A ban newly in effect (load, amendment, sweep): the person's badges deactivated at once, each live
+    nomination alerted (identity.bans.alerts). Runs in the caller's transaction; rows not in effect at
+    ``now`` are skipped.
+
+    The persons are taken in ascending id order, the order every writer that locks more than one person
+    must use (review 78, finding 2). ``deactivate_for_ban`` locks each person's row (then the badges)
+    until the commit, so this transaction holds many person locks at once. Two loads, or a load and a
+    sweep, cannot meet here today (both hold ``LOAD_LOCK_ID`` first), but any other writer that takes two
+    person locks in another order would deadlock against a load holding them in the order the join
+    happened to return. Python orders UUIDs by their 128-bit value, as PostgreSQL orders ``uuid``, so
+    a writer locking with ``ORDER BY id`` takes the same order."""
     in_effect = {r["subject_hash"]: r["reference"] for r in new_rows if r["banned_from"] <= now < r["banned_until"]}
     if not in_effect:
         return 0, 0
     # One join on the indexed hashes (persons with a national number are few next to the list),
     # rather than 100 000 hashes sent as parameters.
-    people = [(pid, in_effect[h]) for pid, h in conn.execute(
+    people = sorted((pid, in_effect[h]) for pid, h in conn.execute(
         sa.select(persons.c.id, persons.c.national_id_hash)
-        .join(port_bans, port_bans.c.subject_hash == persons.c.national_id_hash).distinct()) if h in in_effect]
-    deactivated = alerts = 0
-    events: list[PublishedEvent] = []
+        .join(port_bans, port_bans.c.subject_hash == persons.c.national_id_hash).distinct()) if h in in_effect)
+    deactivated = 0
+    hits: list[NominationHit] = []
     for person_id, reference in people:
         deactivated += len(deactivate_for_ban(conn, person_id, reference=reference, now=now))
-        for release_id, holder in conn.execute(
-                sa.select(releases.c.id, releases.c.holder_organisation_id)
-                .where(releases.c.driver_person_id == person_id, releases.c.state == "nominated")):
-            alerts += 1
-            audit.record("screening.ban.nomination_alert", at=now, actor=ACTOR, conn=conn, subject=str(release_id),
-                         data={"release_id": str(release_id), "driver_person_id": str(person_id),
-                               "holder_organisation_id": str(holder), "ban_reference": reference,
-                               "screening": "banned"})
-            events.append(PublishedEvent(
-                id=uuid.uuid4(), type=ALERT_EVENT, release_id=release_id, at=now, audience=frozenset({holder}),
-                payload={"driver_person_id": str(person_id), "screening": "banned", "reason": "person_banned"}))
-    SqlOutbox(conn).publish(events)
-    if alerts:
-        log.warning("screening.ban.nomination_alert")
-    return deactivated, alerts
+        hits += live_nominations_of(conn, person_id, reference, now)
+    return deactivated, raise_alerts(conn, hits, now)
 
 
 def _chunks(items: Sequence[Any] | list[Any], size: int) -> Iterable[Sequence[Any]]:

@@ -2,16 +2,25 @@
 
 The loader acts on a ban only when it is new (or amended) and already in effect at the load. A ban
 that starts later, or one whose start passed while nothing was loaded, would leave its subject with a
-usable badge. Each step finds every ban in effect whose subject still holds an active badge and runs
-the loader's own consequences for it (identity.bans.loader.ban_consequences): the badges turn
-``inactive`` (reason ``port_ban``) and the person's open nominations are alerted, in one transaction.
+usable badge and his nominations unannounced. Each step does two things, in one transaction:
 
-Idempotent: once the badges are inactive the subject is no longer found, so a second step does
-nothing. Replicas sweeping at once are serialised by the loader's own advisory lock (PostgreSQL;
-SQLite's BEGIN IMMEDIATE already serialises writers) and the candidates are read under it, so a
-step that waited finds nothing left and raises no second alert. A badge the badge office turns
-active again while a ban is in effect is turned inactive again: a banned person holds no usable badge
-(the badge service refuses that reactivation itself; this catches a change made around it).
+1. every ban in effect whose subject still holds an active badge goes through the loader's own
+   consequences (identity.bans.loader.ban_consequences): the badges turn ``inactive`` (reason
+   ``port_ban``) and the person's live nominations are alerted;
+2. every live nomination whose driver came under a ban after he was nominated, and which the trail
+   shows no alert about under that ban, is alerted (identity.bans.alerts.due_at_start). This is the
+   driver without an active badge (expired, suspended, withdrawn since his nomination): step 1 never
+   finds him, but the security office and the haulier must hear of him before he reaches the gate
+   (review 78, finding 1). Step 1's alerts are already on the trail when step 2 reads it, so a driver
+   with a badge is alerted once, by step 1.
+
+Idempotent: once the badges are inactive the subject is no longer found by step 1, and once a
+nomination is alerted step 2 no longer finds it, so a second step does nothing. Replicas sweeping at
+once are serialised by the loader's own advisory lock (PostgreSQL; SQLite's BEGIN IMMEDIATE already
+serialises writers) and the candidates are read under it, so a step that waited finds nothing left
+and raises no second alert. A badge the badge office turns active again while a ban is in effect is
+turned inactive again: a banned person holds no usable badge (the badge service refuses that
+reactivation itself; this catches a change made around it).
 """
 
 from __future__ import annotations
@@ -25,23 +34,26 @@ import sqlalchemy as sa
 from identity.domain.badges import BadgeStatus
 from quaygate.schema import badges, persons, port_bans
 
+from .alerts import due_at_start, raise_alerts
 from .loader import LOAD_LOCK_ID, ban_consequences
 
 log = logging.getLogger(__name__)
 
 
 def sweep_bans_in_effect(engine: sa.Engine, now: datetime) -> int:
-    """One step: how many badges were deactivated (0 when nothing was due; the worker loops on more)."""
+    """One step: how many badges were deactivated (0 when none were due; the worker loops on more).
+    Nomination alerts are counted in the log, not here: one step raises every one that is due."""
     with engine.connect() as conn:  # the usual answer is none: no write lock taken for it
-        if not _due(conn, now):
+        if not _due(conn, now) and not due_at_start(conn, now):
             return 0
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOAD_LOCK_ID)))
-        due = _due(conn, now)  # again under the lock: another replica may have acted meanwhile
-        if not due:
+        # again under the lock: another replica may have acted meanwhile
+        deactivated, alerts = ban_consequences(conn, _due(conn, now), now)
+        alerts += raise_alerts(conn, due_at_start(conn, now), now)  # after step 1: it reads step 1's alerts
+        if not (deactivated or alerts):
             return 0
-        deactivated, alerts = ban_consequences(conn, due, now)
     log.warning("screening.ban.sweep.applied",
                 extra={"fields": {"badges_deactivated": deactivated, "nomination_alerts": alerts}})
     return deactivated

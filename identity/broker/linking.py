@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from quaygate.schema import persons, upstream_links
 
+from ..authn.enrolment import issuing_office
 from ..domain.broker import BrokerRefused, LinkAction, PasskeyProof, Refusal, link_decision
 from ..sessions import hold_person
 
@@ -46,7 +47,8 @@ def resolve(conn: sa.Connection, *, issuer: str, sub: str, national_id_hash: str
     # meanwhile is waited for and seen, or waits and ends this login's session (sessions.hold_person).
     status = hold_person(conn, person_id)
     if status != "active":
-        raise BrokerRefused(Refusal.PERSON_SUSPENDED, "person not active")
+        # The upstream has shown who he is: he is told whom to turn to (the office that issues his codes).
+        raise BrokerRefused(Refusal.PERSON_SUSPENDED, "person not active", office=issuing_office(conn, person_id))
     if action is LinkAction.LOGIN:
         conn.execute(upstream_links.update().where(upstream_links.c.issuer == issuer, upstream_links.c.sub == sub)
                      .values(last_login_at=now))

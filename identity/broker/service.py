@@ -58,6 +58,7 @@ from cryptography.exceptions import InvalidTag
 from quaygate.crypto import DataCipher, keyed_hash
 
 from .. import audit
+from ..authn.enrolment import issuing_office
 from ..authn.service import safe_return_to
 from ..bans.screening import screen_person
 from ..domain import broker as rules
@@ -246,7 +247,8 @@ class BrokerService:
                 screening = screen_person(conn, person_id, now, port=None,
                                           max_list_age=timedelta(seconds=self._settings.ban_list_max_age))
                 if screening.status == "banned":
-                    raise BrokerRefused(Refusal.PERSON_BANNED, "port ban in force")
+                    raise BrokerRefused(Refusal.PERSON_BANNED, "port ban in force",
+                                        office=issuing_office(conn, person_id))
             cookie, session = self._sessions.create(person_id, acr=acr, amr=amr, now=now, conn=conn)
             actor = {"person_id": str(person_id)}
             if action is LinkAction.REBIND:

@@ -31,6 +31,8 @@ AMR_USER = "user"  # user presence test
 AMR_MFA = "mfa"  # multiple factors (WebAuthn UV: the authenticator verified the person)
 AMR_FACE = "face"  # facial biometric
 
+AMR_FEDERATED = "fed"  # not in RFC 8176: the login happened at a federated (upstream) provider
+
 AMR_PASSKEY = (AMR_HWK, AMR_USER, AMR_MFA)
 
 
@@ -41,6 +43,17 @@ def satisfies(acr: str | None, minimum: str | None) -> bool:
     if acr not in LEVEL or minimum not in LEVEL:
         return False
     return LEVEL[acr] >= LEVEL[minimum]
+
+
+def passkey_login(acr: str, amr: Iterable[str]) -> bool:
+    """True when a session was opened by one of our passkeys (a passkey login, or an enrolment with a
+    code, which logs in with the new passkey), stepped up by a face match since or not: ``acr`` passkey,
+    or face over such a login (a step-up keeps the ``amr`` it raises), with the key in ``amr`` (RFC 8176
+    ``hwk``). Never a login at an upstream provider, whose ``amr`` always names ``AMR_FEDERATED`` (a face
+    step-up of one too), whatever else it passes on (its own ``hwk``), and whose ``acr`` ranks above
+    passkey's in ``ORDER``: strength is not the question here, which credential opened the session is."""
+    methods = set(amr)
+    return acr in (ACR_PASSKEY, ACR_FACE) and AMR_HWK in methods and AMR_FEDERATED not in methods
 
 
 def weakest_acceptable(requested: Iterable[str]) -> str | None:

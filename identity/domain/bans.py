@@ -39,6 +39,7 @@ from enum import StrEnum
 from typing import Any
 
 MAX_BAN_YEARS = 20  # the issue: a ban lasts at most 20 years
+MAX_SEQUENCE = 2**63 - 1  # stored as a BIGINT (ban_feed_state, port_bans)
 # The times a feed may carry (as the release engine's storable.EARLIEST/LATEST, which identity's pure
 # domain may not import): anything the rules add to them stays inside Python's and PostgreSQL's calendars.
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
@@ -150,8 +151,8 @@ def parse_feed(payload: Any, *, max_ban_years: int = MAX_BAN_YEARS) -> Feed:
     except ValueError:
         raise _malformed("kind: 'snapshot' or 'changes'") from None
     sequence = payload.get("sequence")
-    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
-        raise _malformed("sequence: a positive integer is required")
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or not 1 <= sequence <= MAX_SEQUENCE:
+        raise _malformed(f"sequence: a positive integer of at most {MAX_SEQUENCE} is required")
     issued_at = _instant(payload.get("issued_at"), "issued_at")
     if kind is FeedKind.SNAPSHOT:
         if "added" in payload or "lifted" in payload:

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from .assurance import ACR_PASSKEY, ACR_UPSTREAM, AMR_MFA
+from .assurance import ACR_PASSKEY, ACR_UPSTREAM, AMR_FEDERATED, AMR_MFA
 from .claims import numeric_date
 
 # itsme's names (itsme OpenID Connect documentation, "acr_values" and "claims").
@@ -41,7 +41,6 @@ LEVELS: Mapping[str, str] = {"basic": ITSME_ACR_BASIC, "advanced": ITSME_ACR_ADV
 # Our acr for a basic upstream login: known to no minimum in identity.domain.assurance, so it
 # satisfies no acr demand (only clients that ask for none accept it).
 ACR_UPSTREAM_BASIC = "urn:quaygate:acr:upstream:basic"
-AMR_FEDERATED = "fed"  # not in RFC 8176: the login happened at a federated (upstream) provider
 # RFC 8176 §2 values we pass on from the upstream's amr; anything else is dropped.
 _RFC8176 = frozenset({"face", "fpt", "geo", "hwk", "iris", "kba", "mca", "mfa", "otp", "pin", "pwd", "rba",
                       "retina", "sc", "sms", "swk", "tel", "user", "vbm", "wia"})
@@ -79,13 +78,18 @@ class Refusal(StrEnum):
 
 class BrokerRefused(Exception):
     """A refused brokered login. ``code`` is public; ``detail`` goes to the audit trail only;
-    ``retry_after`` (seconds) comes with ``rate_limited``."""
+    ``retry_after`` (seconds) comes with ``rate_limited``; ``office`` with a refusal of a person the
+    upstream has shown this is (suspended, banned): whom he turns to, the office that issues his
+    enrolment codes (identity.authn.enrolment ``issuing_office``: port security for a person who holds
+    a privileged role, else the badge office)."""
 
-    def __init__(self, code: Refusal, detail: str = "", *, retry_after: int | None = None) -> None:
+    def __init__(self, code: Refusal, detail: str = "", *, retry_after: int | None = None,
+                 office: str | None = None) -> None:
         super().__init__(code.value)
         self.code = code
         self.detail = detail
         self.retry_after = retry_after
+        self.office = office
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,22 @@
       -> id_token_hint: our signature, our issuer (an expired one is fine: §2); its aud is the client
       -> post_logout_redirect_uri: only with a known client, and exactly one it registered (§3);
          else an error page, never a redirect
-      -> which session ends: the one the hint names (sid); without a hint, the browser's own session,
-         only on a POST (a form the person submitted; SameSite=Lax keeps cross-site POSTs cookieless)
+      -> only the browser's own session ever ends (its session cookie's), and only
+           - at once when the hint's sid is that session's (the RP names the very session this browser
+             holds: a GET will do), or
+           - on the person's confirmation: a POST whose Origin is one of our own pages' (the confirm
+             page's form, Fetch §3.2; identity.authn.service ``PasskeyService.allowed_origins``);
+         anything else (no hint, a hint naming another or an ended session, a POST from elsewhere)
+         asks him to confirm (§2: "the OP SHOULD ask the End-User whether to log out"). No browser
+         session: nothing to end, on to post_logout_redirect_uri.
       -> SessionStore.end + GrantStore.revoke_session (its refresh and access tokens) + audit
       -> 302 to post_logout_redirect_uri (+ state), or a "signed out" page; the cookie is cleared
+
+Why not more: an id token is no secret of the browser's. RPs log it, put it in URLs and keep it past
+its expiry, so a hint alone ended whatever session its sid named, from any browser or none (a forced
+logout of a driver at the gate, of an officer mid-task). And SameSite=Lax keeps the cookie off
+cross-site POSTs only: a sibling subdomain is same-site, so a POST without a hint from one of its pages
+carried the cookie and ended the session unasked. Our Origin is what a page of ours alone can send.
 """
 
 from __future__ import annotations
@@ -39,11 +51,18 @@ LOGOUT_PATH = "/oauth2/logout"
 _REGISTRY = JWSRegistry(algorithms=list(ID_TOKEN_ALGORITHMS))
 
 
+# What the confirm page's form posts back, so that the confirmed logout goes where the RP asked.
+_CARRIED = ("client_id", "post_logout_redirect_uri", "state")
+
+
 @dataclass(frozen=True, slots=True)
 class LogoutOutcome:
-    location: str | None  # where to redirect, or None: show the signed-out page
+    location: str | None  # where to redirect (or, on the confirm page, where the confirmed logout goes)
     ended: bool
-    confirm: bool = False  # no hint, no POST: ask the person to confirm (a form posting back)
+    # Ask the person to confirm: a form posting ``carried`` back (the client resolved from the hint
+    # included, the hint itself not: it is no longer needed).
+    confirm: bool = False
+    carried: tuple[tuple[str, str], ...] = ()
 
 
 def verify_id_token_hint(provider: IdentityProvider, token: str) -> dict[str, Any]:
@@ -79,9 +98,14 @@ def logout(
     cookie: str | None,
     *,
     method: str,
+    origin: str | None,
+    own_origins: frozenset[str],
     now: datetime,
 ) -> LogoutOutcome:
-    """Raises PageError for a bad hint, an unknown client or an unregistered redirect URI."""
+    """Raises PageError for a bad hint, an unknown client or an unregistered redirect URI.
+
+    ``cookie``: the browser's session cookie; ``origin``: the request's Origin header, a confirmation
+    when it is one of ``own_origins`` on a POST (the module docstring)."""
     hint = params.get("id_token_hint")
     claims = verify_id_token_hint(provider, hint) if hint else None
     client_id = params.get("client_id")
@@ -99,24 +123,33 @@ def logout(
             log.info("identity.logout.refused.redirect_uri")
             raise PageError("invalid_request", "post_logout_redirect_uri is not registered for this client.")
         location = redirect_location(redirect, {"state": params.get("state")})
-    sid = claims.get("sid") if claims else None
-    person = str(claims.get("sub")) if claims else None
-    if sid is None:
-        current = sessions.get(cookie, now=now)
-        if current is None:
-            return LogoutOutcome(location, ended=False)
-        if method != "POST":
-            return LogoutOutcome(None, ended=False, confirm=True)
-        sid, person = current.sid, str(current.person_id)
+    current = sessions.get(cookie, now=now)
+    if current is None:
+        log.info("identity.logout.no_session")
+        return LogoutOutcome(location, ended=False)
+    hinted_sid = claims.get("sid") if claims is not None else None
+    if hinted_sid is not None and hinted_sid == current.sid:
+        how = "hint"
+    elif method == "POST" and origin is not None and origin in own_origins:
+        how = "confirmed"
+    else:
+        if method == "POST":
+            log.info("identity.logout.refused.origin")  # not our page's form: asked again, nothing ended
+        log.info("identity.logout.confirm_asked")
+        carried = {k: params[k] for k in _CARRIED if k in params}
+        if client_id:
+            carried["client_id"] = client_id  # resolved from the hint, which is not carried
+        return LogoutOutcome(location, ended=False, confirm=True, carried=tuple(sorted(carried.items())))
     with provider.server.engine.begin() as conn:
-        ended = sessions.end(str(sid), now=now, conn=conn)
-        revoked = grants.revoke_session(conn, str(sid), reason="logout", now=now)
+        ended = sessions.end(current.sid, now=now, conn=conn)
+        revoked = grants.revoke_session(conn, current.sid, reason="logout", now=now)
         audit.record(
             "identity.logout",
             at=now,
-            actor={k: v for k, v in (("client_id", client_id), ("person_id", person)) if v},
-            data={"session_ended": ended, "access_tokens_revoked": revoked, "hinted": claims is not None},
+            actor={k: v for k, v in (("client_id", client_id), ("person_id", str(current.person_id))) if v},
+            data={"session_ended": ended, "access_tokens_revoked": revoked, "hinted": claims is not None,
+                  "how": how},
             conn=conn,
         )
-    log.info("identity.logout.done")
+    log.info("identity.logout.done", extra={"fields": {"how": how}})
     return LogoutOutcome(location, ended=ended)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse, Response
 
 from quaygate.appstate import built_once
+from release_service.api.problems import encodable
 
 from .. import audit
 from ..grants import grants_for
@@ -59,7 +60,7 @@ def _json(raw: FormRequest) -> Any:
         raise RegistrationError(INVALID_CLIENT_METADATA, "Send the metadata as application/json.")  # RFC 7591 §3.1
     try:
         return json.loads(raw.body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the parser's stack
         raise RegistrationError(INVALID_CLIENT_METADATA, "The body is not valid JSON.") from exc
 
 
@@ -113,5 +114,5 @@ def _refused(container: Any, exc: RegistrationError, *, client_id: str | None, m
     headers = dict(NO_STORE)
     if exc.status == 401:
         headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'  # RFC 6750 §3
-    body = {"error": exc.error, "error_description": exc.description}
+    body = {"error": exc.error, "error_description": encodable(exc.description)}
     return JSONResponse(body, status_code=exc.status if exc.status in (400, 401) else 400, headers=headers)

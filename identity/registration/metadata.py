@@ -13,6 +13,7 @@ Our extensions: ``quaygate_role`` (a ``ClientRole``; default from the organisati
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,7 @@ def check_metadata(
     the credential we issued). Unknown members are ignored (RFC 7591 §2)."""
     if not isinstance(doc, Mapping):
         raise _refuse("The metadata must be a JSON object.")
+    _plain_text(doc)
     if "software_statement" in doc:
         raise _refuse("Software statements are not accepted.", INVALID_SOFTWARE_STATEMENT)  # RFC 7591 §3.2.2
     role = _role(doc, org_kind, allow_admin=allow_admin, fixed=fixed_role)
@@ -135,6 +137,30 @@ def check_metadata(
         min_acr=_min_acr(doc),
         extra=_extra(doc),
     )
+
+
+# C0 and C1 controls, DEL, and lone UTF-16 surrogates (which JSON can carry as \\ud800 but UTF-8 cannot
+# store or send back): no member of ours means any of them.
+_NOT_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_MAX_DEPTH = 8  # a JWK Set inside the document is the deepest member we read (3 levels)
+
+
+def _plain_text(value: Any, depth: int = 0) -> None:
+    """Every string in the document, member names included, is plain text; it nests at most _MAX_DEPTH
+    levels. Refused here, once, rather than member by member (a stored or echoed lone surrogate fails
+    to encode: a 500, not a refusal)."""
+    if depth > _MAX_DEPTH:
+        raise _refuse("The metadata nests too deeply.")
+    if isinstance(value, str):
+        if _NOT_TEXT.search(value):
+            raise _refuse("The metadata holds control characters or unpaired surrogates.")
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            _plain_text(k, depth + 1)
+            _plain_text(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _plain_text(v, depth + 1)
 
 
 def _role(doc: Mapping[str, Any], org_kind: str | None, *, allow_admin: bool, fixed: ClientRole | None) -> ClientRole:
@@ -197,7 +223,7 @@ def _response_types(doc: Mapping[str, Any], grant_types: tuple[str, ...]) -> Non
     if raw is None:
         return
     expected = ["code"] if "authorization_code" in grant_types else []
-    if not isinstance(raw, list) or sorted(set(raw)) != expected:
+    if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw) or sorted(set(raw)) != expected:
         raise _refuse(f"response_types must be {expected} for these grant_types.")
 
 

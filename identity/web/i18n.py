@@ -4,6 +4,13 @@ Catalogs are flat JSON files in ``locales/`` (``{"login.title": "..."}``), one p
 exactly the same keys (a test holds them to it). The language is, in order: the ``qg_lang`` cookie
 the language menu sets, the best match of ``Accept-Language`` (RFC 9110 §12.5.4, quality values
 honoured, ``nl-BE`` matching ``nl``), else English.
+
+A text that names whom to turn to has a variant for a person who turns to port security (a person who
+holds a privileged role, whose enrolment codes only port security issues: identity.authn.enrolment
+``issuing_office``), under the key prefixed with the office: ``port_security.account.none_left`` for
+``account.none_left`` (``own_key``). A page of a known person is rendered with his office's texts
+(identity.web.routes ``render``); on a page of nobody yet, the script picks the variant the refusal's
+``office`` names (common.js ``explain``).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from pathlib import Path
 
 LANGUAGES: tuple[str, ...] = ("nl", "fr", "de", "en")
 DEFAULT = "en"
-COOKIE = "qg_lang"
+COOKIE = "qg_lang"  # its name on the wire: Settings.cookie_name (``__Host-qg_lang`` on an https issuer)
 # Each language named in itself, for the menu.
 NATIVE_NAMES = {"nl": "Nederlands", "fr": "Français", "de": "Deutsch", "en": "English"}
 
@@ -25,6 +32,13 @@ LOCALES = Path(__file__).parent / "locales"
 def catalog(lang: str) -> dict[str, str]:
     data: dict[str, str] = json.loads((LOCALES / f"{lang}.json").read_text(encoding="utf-8"))
     return data
+
+
+def own_key(lang: str, key: str, office: str | None) -> str:
+    """``key``'s variant for a person who turns to ``office`` (``<office>.<key>``) when ``lang`` has one,
+    else ``key``."""
+    own = f"{office}.{key}"
+    return own if office and own in catalog(lang) else key
 
 
 def translate(lang: str, key: str, **params: str) -> str:

@@ -9,7 +9,8 @@ connection downloads each file once per release. The pages call the JSON endpoin
 Every page carries a strict Content-Security-Policy (no inline script or style: CSP Level 3 §6), is
 never framed (``frame-ancestors 'none'``, RFC 7034 ``X-Frame-Options: DENY``), sends no referrer (the
 authorization code and ``return_to`` stay out of other sites' logs) and is not stored by caches
-(``no-store``, RFC 9111 §5.2.2.5).
+(``no-store``, RFC 9111 §5.2.2.5). On an https issuer it also carries HSTS (``hsts``), as every page and
+OIDC endpoint of the provider does.
 
 Routes (none in the OpenAPI document: they are pages, not the API)::
 
@@ -20,7 +21,8 @@ Routes (none in the OpenAPI document: they are pages, not the API)::
     GET  /app/config.json        the driver app's client_id, redirect URIs and id token alg
     GET  /app/manifest.webmanifest, /app/sw.js    installable app: manifest and service worker
     GET  /static/web/{digest}/{name}               the hashed static files
-    POST /lang                   the language menu: sets the qg_lang cookie, back to ``next``
+    POST /lang                   the language menu: sets the qg_lang cookie (``__Host-qg_lang`` on an
+                                 https issuer: Settings.cookie_name), back to ``next``
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import sqlalchemy as sa
@@ -41,6 +43,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from identity.authn import enrolment
 from identity.sessions import sessions_for
 from quaygate.observability import log_event
 from quaygate.schema import oauth_clients
@@ -81,6 +84,11 @@ SECURITY_HEADERS: Mapping[str, str] = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), "
     "publickey-credentials-get=(self), publickey-credentials-create=(self)",
 }
+# RFC 6797 §6.1: a browser that saw this over https goes to the host over https only, for a year, so an
+# active attacker on the network cannot strip TLS from a later first request (a typed address, an old
+# http link) and read or plant the session cookie. Sent only when the issuer is https (``hsts``): an
+# http issuer is local development, where a browser ignores it anyway (RFC 6797 §8.1).
+HSTS: Mapping[str, str] = {"Strict-Transport-Security": "max-age=31536000"}
 PAGE_HEADERS: Mapping[str, str] = {
     **SECURITY_HEADERS,
     "Cache-Control": "no-store",
@@ -97,8 +105,9 @@ SERVICE_WORKER = "sw.js"  # served at /app/sw.js so that its scope is /app/, not
 
 # The catalog keys each page's script needs (the rest is rendered on the server).
 SCRIPT_KEYS: Mapping[str, tuple[str, ...]] = {
-    "login.js": ("common.", "error.", "login."),
-    "enrol.js": ("common.", "error.", "enrol."),
+    # A login or an enrolment is nobody's yet: a refusal's ``office`` picks its text (i18n ``own_key``).
+    "login.js": ("common.", "error.", "login.", "port_security.error."),
+    "enrol.js": ("common.", "error.", "enrol.", "port_security.error."),
     "account.js": ("common.", "error.", "account.", "enrol.name_default"),
     "app.js": ("common.", "error.", "app.", "card.", "light.", "state.", "gate.", "reason."),
     "console.js": ("common.", "error.", "console.", "badge."),  # the admin console, identity.web.console
@@ -167,30 +176,51 @@ def accepts_gzip(request: Request) -> bool:
     return "gzip" in request.headers.get("accept-encoding", "").lower()
 
 
+def hsts(request: Request) -> Mapping[str, str]:
+    """HSTS (``HSTS``) when the issuer is https, else nothing: the headers every HTML page and OIDC
+    endpoint of the provider adds to its answer."""
+    return HSTS if _settings(request).secure_cookies else {}
+
+
+_Answer = TypeVar("_Answer", bound=Response)
+
+
+def with_hsts(request: Request, response: _Answer) -> _Answer:
+    """``response`` with ``hsts`` added, for an answer built elsewhere (Authlib's, a use case's)."""
+    response.headers.update(hsts(request))
+    return response
+
+
 def language(request: Request) -> str:
     return i18n.negotiate(
-        cookie=request.cookies.get(i18n.COOKIE), accept_language=request.headers.get("accept-language")
+        cookie=request.cookies.get(_settings(request).cookie_name(i18n.COOKIE)),
+        accept_language=request.headers.get("accept-language"),
     )
 
 
-def _strings(lang: str, script: str) -> dict[str, str]:
+def _strings(lang: str, script: str, office: str | None = None) -> dict[str, str]:
+    """The catalog keys ``script`` needs, each with its text for a person who turns to ``office``."""
     prefixes = SCRIPT_KEYS[script]
-    return {k: v for k, v in i18n.catalog(lang).items() if k.startswith(prefixes)}
+    cat = i18n.catalog(lang)
+    return {k: cat[i18n.own_key(lang, k, office)] for k in cat if k.startswith(prefixes)}
 
 
-def render(request: Request, template: str, *, title: str, script: str, **context: Any) -> Response:
+def render(request: Request, template: str, *, title: str, script: str, office: str | None = None,
+           **context: Any) -> Response:
+    """The page in the request's language; ``office``: the page's person turns to it (a known person's
+    page, identity.authn.enrolment ``issuing_office``), and its texts are his (i18n ``own_key``)."""
     lang = language(request)
     html = _templates().get_template(template).render(
         lang=lang,
-        t=lambda key, **params: i18n.translate(lang, key, **params),
+        t=lambda key, **params: i18n.translate(lang, i18n.own_key(lang, key, office), **params),
         title=title,
         script=script,
-        strings=_strings(lang, script),
+        strings=_strings(lang, script, office),
         here=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         **context,
     )
     body = html.encode()
-    headers = {**PAGE_HEADERS, "Content-Language": lang}
+    headers = {**PAGE_HEADERS, **hsts(request), "Content-Language": lang}
     if accepts_gzip(request):
         # A page holds no secret an attacker could guess byte by byte (BREACH): the only per-request
         # values are the language and return_to, both chosen by the requester himself.
@@ -250,8 +280,11 @@ def account_page(request: Request) -> Response:
     if session is None:
         log_event(log, "identity.web.account.login_required")
         return RedirectResponse("/login?return_to=" + quote("/account", safe=""), status_code=303,
-                                headers=dict(PAGE_HEADERS))
-    return render(request, "account.html", title="account.title", script="account.js")
+                                headers={**PAGE_HEADERS, **hsts(request)})
+    # His suspended passkeys, his last one removed: the texts name the office that issues his codes.
+    with c.engine.connect() as conn:
+        office = enrolment.issuing_office(conn, session.person_id)
+    return render(request, "account.html", title="account.title", script="account.js", office=office)
 
 
 @router.get("/app")
@@ -368,8 +401,9 @@ def set_language(
     request: Request, lang: str = Form(max_length=8), next_path: str = Form(APP_PATH, alias="next", max_length=2000)
 ) -> Response:
     target = local_path(next_path, default=APP_PATH, issuer=_issuer(request))
-    response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
+    settings = _settings(request)
+    response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store", **hsts(request)})
     if lang in i18n.LANGUAGES:
-        response.set_cookie(i18n.COOKIE, lang, max_age=365 * 24 * 3600, path="/", samesite="lax",
-                            secure=_issuer(request).startswith("https://"))
+        response.set_cookie(settings.cookie_name(i18n.COOKIE), lang, max_age=365 * 24 * 3600, path="/",
+                            samesite="lax", secure=settings.secure_cookies)
     return response

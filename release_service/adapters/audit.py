@@ -8,20 +8,38 @@ no late commit can precede: on PostgreSQL those whose writer's txid is below the
 The xmin horizon is cluster-wide: any write transaction left open on the server holds sealing back
 (never correctness), so production sets ``idle_in_transaction_session_timeout``.
 Each sealed batch ends with a checkpoint signed by the Ed25519 audit key, in the same transaction, so
-every sealed entry is always vouched for. The chain rules live in release_service/domain/audit_chain.py.
+every sealed entry is always vouched for; the checkpoint also signs the one before it. The chain rules
+live in release_service/domain/audit_chain.py.
+
+The sealer never signs over history it did not see sealed: before each batch it checks that the trail
+still holds the checkpoint it last signed or verified, and goes past it only through checkpoints of the
+service's own key that each follow the one before (``AuditSealer._check_head``). An insider with write
+access to the database, who clears the chain columns past an entry and deletes a row there, would
+otherwise have the service itself seal and sign the rewritten tail. When the check fails the sealer logs
+``audit.tampered`` and stops until an operator acts (README, "The audit trail"). A sealer keeps what it
+knows in memory; ``QUAYGATE_AUDIT_WITNESS``, a file outside the database where it appends every
+checkpoint it signs, carries it across restarts and lets ``quaygate audit verify --checkpoints`` find a
+trail cut back, or cut back and sealed again. The migration 0015 refuses, by trigger, any change to a
+sealed row and any deletion in the audit tables: defence in depth, not the evidence.
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
-from datetime import datetime
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -33,11 +51,17 @@ from release_service.domain.audit_chain import (
     Checkpoint,
     Entry,
     Report,
+    SealingBound,
     VerifySignature,
-    checkpoint_message,
+    canonical_json,
     link_hash,
+    signed_message,
     verify_chain,
+    witness_record,
+    witnessed_checkpoint,
 )
+
+log = logging.getLogger("quaygate.audit")
 
 KEY_USE = "audit"
 KEY_ALG = "EdDSA"
@@ -46,7 +70,10 @@ SEAL_LOCK_ID = int.from_bytes(b"qg-audit", "big")
 PAGE = 5000
 
 _ENTRY_COLUMNS = (audit_log.c.id, audit_log.c.at, audit_log.c.kind, audit_log.c.actor, audit_log.c.subject,
-                  audit_log.c.data, audit_log.c.chain_seq, audit_log.c.prev_hash, audit_log.c.hash)
+                  audit_log.c.data, audit_log.c.chain_seq, audit_log.c.prev_hash, audit_log.c.hash, audit_log.c.txid)
+_CHECKPOINT_COLUMNS = (audit_checkpoints.c.chain_seq, audit_checkpoints.c.hash, audit_checkpoints.c.key_id,
+                       audit_checkpoints.c.signature, audit_checkpoints.c.at, audit_checkpoints.c.prev_chain_seq,
+                       audit_checkpoints.c.prev_hash)
 
 
 _INSERT = audit_log.insert()
@@ -143,6 +170,10 @@ class AuditKey:
     def public_jwk(self) -> dict[str, str]:
         return _public_jwk(self.kid, self._private.public_key())
 
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self._private.public_key()
+
     def sign(self, message: bytes) -> str:
         return _b64u(self._private.sign(message))
 
@@ -155,8 +186,18 @@ class AuditKey:
             .order_by(signing_keys.c.created_at.desc()).limit(1)
         ).first()
         if row is not None:
-            raw = cipher.open(row.private_enc, row.kid.encode())
-            return cls(row.kid, Ed25519PrivateKey.from_private_bytes(raw))
+            try:
+                raw = cipher.open(row.private_enc, row.kid.encode())
+                return cls(row.kid, Ed25519PrivateKey.from_private_bytes(raw))
+            except (InvalidTag, ValueError) as exc:
+                raise AuditTampered(
+                    f"the active audit key {row.kid} does not open under the data key: it was written into the "
+                    "database by someone else, or this is not the deployment's data key") from exc
+        if conn.execute(sa.select(audit_checkpoints.c.chain_seq).limit(1)).first() is not None:
+            # No key is ever retired (nothing sets an audit key's status), so a signed trail with no active
+            # key lost it behind the sealer's back: a key made now would sign whatever the trail holds.
+            raise AuditTampered("the trail has signed checkpoints but no active audit key: the key was retired or "
+                                "removed in the database; no new key is made over a signed trail")
         private = Ed25519PrivateKey.generate()
         kid = "audit-" + _thumbprint(private.public_key())[:32]
         raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
@@ -220,42 +261,141 @@ def ensure_audit_key(engine: sa.Engine, cipher: DataCipher, now: datetime) -> Au
         return AuditKey.load_or_create(conn, cipher, now)
 
 
-def export_public_key(engine: sa.Engine) -> dict[str, Any]:
-    """Every audit public key (current and past) as a JWKS, for an authority to verify with."""
+def export_public_key(engine: sa.Engine, cipher: DataCipher) -> tuple[dict[str, Any], list[str]]:
+    """Every audit public key (current and past) as a JWKS, for an authority to verify with, and the kids
+    of the rows left out. Only keys whose sealed private half opens under the data key count, each public
+    half derived from it: a public key an insider wrote into ``signing_keys`` is never exported as ours
+    (the stored ``public_jwk`` is not read)."""
     with engine.connect() as conn:
-        keys = _stored_public_jwks(conn)
+        rows = conn.execute(sa.select(signing_keys.c.kid, signing_keys.c.private_enc)
+                            .where(signing_keys.c.use == KEY_USE).order_by(signing_keys.c.created_at)).all()
+    keys: list[dict[str, Any]] = []
+    ignored: list[str] = []
+    for row in rows:
+        try:
+            private = Ed25519PrivateKey.from_private_bytes(cipher.open(row.private_enc, row.kid.encode()))
+        except (InvalidTag, ValueError):
+            ignored.append(row.kid)
+            continue
+        keys.append(_public_jwk(row.kid, private.public_key()))
     if not keys:
         raise LookupError("no audit key yet: it is created by the first seal")
-    return {"keys": keys}
+    return {"keys": keys}, ignored
+
+
+# ---- the witness ---------------------------------------------------------------------------------------
+
+
+class Witness:
+    """A file outside the database to which the sealer appends each checkpoint it signs, one JSON line
+    (``audit_chain.witness_record``), fsync'd before the sealer goes on: what an insider who can rewrite the
+    database cannot rewrite with it (keep it on another volume, or have it shipped away as it grows)."""
+
+    TAIL = 64 * 1024  # enough of the end for its last lines (each about 400 bytes)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, cp: Checkpoint) -> None:
+        line = canonical_json(witness_record(cp)) + b"\n"
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # every sealer of the host may append to it: whole lines only
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # and the lock with it
+        if created:  # the new file's name, durable too
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def last(self) -> Checkpoint | None:
+        """The witnessed checkpoint furthest along, from the end of the file; None while there is none."""
+        try:
+            with self.path.open("rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - self.TAIL))
+                lines = fh.read().split(b"\n")
+        except FileNotFoundError:
+            return None
+        if size > self.TAIL:
+            lines = lines[1:]  # the first may be the end of a line
+        found = [_witness_line(self.path, raw) for raw in lines if raw.strip()]
+        return max(found, key=lambda cp: cp.chain_seq, default=None)
+
+
+def read_witness(path: str | Path) -> list[Checkpoint]:
+    """Every checkpoint of a witness file; ValueError naming the line that is not one."""
+    with Path(path).open("rb") as fh:
+        return [_witness_line(path, raw, n) for n, raw in enumerate(fh, 1) if raw.strip()]
+
+
+def _witness_line(path: str | Path, raw: bytes, n: int | None = None) -> Checkpoint:
+    try:
+        return witnessed_checkpoint(json.loads(raw))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError too
+        where = f"line {n}" if n is not None else "a line near its end"
+        raise ValueError(f"{path}, {where}: not a witnessed checkpoint ({exc})") from None
 
 
 # ---- sealing -----------------------------------------------------------------------------------------
 
 
+class AuditTampered(Exception):
+    """The trail no longer holds what the sealer signed or verified: sealing on would sign a rewrite."""
+
+
 class AuditSealer:
-    def __init__(self, engine: sa.Engine, cipher: DataCipher, *, batch_size: int = 5000) -> None:
+    """Chains and signs new entries, never over a trail other than the one it saw signed.
+
+    It knows a checkpoint (``_known``): the one it signed last or verified last, or at start the last one
+    in its witness. Before each batch the trail must still hold it, and anything sealed since must be
+    vouched for by checkpoints of this service's own audit key (public halves of keys the data key opens,
+    not the stored public JWKs an insider could swap) that each follow the one before; the last of them
+    must be the last sealed entry. Without a witness, at start it takes the trail's last checkpoint after
+    checking its signature and the entries it covers. Otherwise: ``audit.tampered``, and no more sealing
+    in this process (``tampered``), whatever the database says later.
+    """
+
+    def __init__(self, engine: sa.Engine, cipher: DataCipher, *, batch_size: int = 5000,
+                 witness: str | Path | None = None, on_tampered: Callable[[str], None] | None = None) -> None:
         self._engine = engine
         self._cipher = cipher
         self._batch_size = batch_size
         self._pg = engine.dialect.name == "postgresql"
+        self._witness = Witness(Path(witness)) if witness else None
+        self._on_tampered = on_tampered
+        self._started = False
+        self._known: Checkpoint | None = None  # None: nothing was sealed when this sealer began
+        self._keys: dict[str, Ed25519PublicKey | None] = {}
+        self.tampered: str | None = None  # why sealing stopped
 
     def seal_once(self, now: datetime) -> int:
         """Chain every row that can be sealed now; one transaction and one checkpoint per batch."""
         total = 0
-        while True:
-            sealed = self._seal_batch(now)
+        while self.tampered is None:
+            try:
+                sealed = self._seal_batch(now)
+            except AuditTampered as exc:
+                self._stop(str(exc))
+                break
             total += sealed
             if sealed < self._batch_size:
-                return total
+                break
+        return total
 
     def _seal_batch(self, now: datetime) -> int:
         with self._engine.begin() as conn:
             _lock(conn)  # before any read, so the head below is the previous sealer's committed work
-            head = conn.execute(
-                sa.select(audit_log.c.chain_seq, audit_log.c.hash).where(audit_log.c.chain_seq.is_not(None))
-                .order_by(audit_log.c.chain_seq.desc()).limit(1)
-            ).first()
-            seq, prev = (head.chain_seq, head.hash) if head is not None else (0, GENESIS)
+            latest = self._check_head(conn)
+            before = (latest.chain_seq, latest.hash) if latest is not None else (0, GENESIS)
+            seq, prev = before
             ready = audit_log.c.chain_seq.is_(None)
             if self._pg:
                 xmin = sa.cast(sa.cast(sa.func.pg_snapshot_xmin(sa.func.pg_current_snapshot()), sa.Text),
@@ -278,32 +418,185 @@ class AuditSealer:
                 updates,
             )
             key = AuditKey.load_or_create(conn, self._cipher, now)
-            signature = key.sign(checkpoint_message(seq, prev, key.kid, now))
-            conn.execute(audit_checkpoints.insert().values(chain_seq=seq, hash=prev, key_id=key.kid,
-                                                           signature=signature, at=now))
-            return len(rows)
+            self._keys[key.kid] = key.public_key
+            unsigned = Checkpoint(seq, prev, key.kid, "", now, *before)
+            cp = replace(unsigned, signature=key.sign(signed_message(unsigned)))
+            conn.execute(audit_checkpoints.insert().values(
+                chain_seq=cp.chain_seq, hash=cp.hash, key_id=cp.key_id, signature=cp.signature, at=cp.at,
+                prev_chain_seq=cp.prev_chain_seq, prev_hash=cp.prev_hash))
+        self._known = cp  # committed
+        if self._witness is not None:
+            try:
+                self._witness.append(cp)
+            except OSError:
+                log.error("audit.witness.failed", exc_info=True, extra={"fields": {
+                    "witness": str(self._witness.path), "chain_seq": cp.chain_seq}})
+                raise
+        return len(rows)
+
+    # -- the checks ----------------------------------------------------------------------------------
+
+    def _check_head(self, conn: sa.Connection) -> Checkpoint | None:
+        """The trail's last checkpoint, once it is known to extend what this sealer knows; else raises."""
+        if not self._started:
+            self._known = self._start(conn)
+            self._started = True
+        known = self._known
+        cps = [Checkpoint(*r) for r in conn.execute(
+            sa.select(*_CHECKPOINT_COLUMNS)
+            .where(audit_checkpoints.c.chain_seq >= (known.chain_seq if known is not None else 0))
+            .order_by(audit_checkpoints.c.chain_seq))]
+        if known is not None:
+            if not cps or not cps[0].same_as(known):
+                fate = "is gone" if not cps or cps[0].chain_seq != known.chain_seq else "was replaced"
+                raise AuditTampered(
+                    f"checkpoint #{known.chain_seq}, which this sealer signed or verified, {fate}: the trail "
+                    "was cut back or rewritten")
+            cps = cps[1:]
+        latest = known
+        for cp in cps:
+            self._check_follows(conn, latest, cp)
+            latest = cp
+        head = conn.execute(sa.select(*_ENTRY_COLUMNS).where(audit_log.c.chain_seq.is_not(None))
+                            .order_by(audit_log.c.chain_seq.desc()).limit(1)).first()
+        sealed = (head.chain_seq, head.hash) if head is not None else (0, GENESIS)
+        vouched = (latest.chain_seq, latest.hash) if latest is not None else (0, GENESIS)
+        if sealed != vouched:
+            raise AuditTampered(
+                f"the last sealed entry is #{sealed[0]}, but the last checkpoint vouches for entry #{vouched[0]}"
+                + (" with another hash" if sealed[0] == vouched[0] else "")
+                + ": entries were sealed, cut off or rewritten behind the sealer's back")
+        if head is not None and (head.prev_hash is None
+                                 or link_hash(head.prev_hash, head.chain_seq, Entry(*head)) != head.hash):
+            raise AuditTampered(f"entry #{head.chain_seq} (row {head.id}), the last sealed, was altered")
+        self._known = latest
+        return latest
+
+    def _start(self, conn: sa.Connection) -> Checkpoint | None:
+        """What a sealer that begins knows: the witness's last checkpoint, or the trail's, once checked."""
+        if self._witness is not None:
+            witnessed = self._witness.last()
+            if witnessed is not None:
+                return witnessed  # the trail must hold it as witnessed (``_check_head``)
+        row = conn.execute(sa.select(*_CHECKPOINT_COLUMNS).order_by(audit_checkpoints.c.chain_seq.desc())
+                           .limit(1)).first()
+        if row is None:
+            return None  # and then no entry may be sealed (``_check_head``)
+        latest = Checkpoint(*row)
+        if not self._signed_here(conn, latest):
+            raise AuditTampered(f"the last checkpoint, #{latest.chain_seq}, is not signed by this service's audit "
+                                f"key (key {latest.key_id})")
+        if latest.version == 2:
+            start = (latest.prev_chain_seq or 0, latest.prev_hash or GENESIS)
+        else:
+            before = conn.execute(sa.select(audit_checkpoints.c.chain_seq, audit_checkpoints.c.hash)
+                                  .where(audit_checkpoints.c.chain_seq < latest.chain_seq)
+                                  .order_by(audit_checkpoints.c.chain_seq.desc()).limit(1)).first()
+            start = (before.chain_seq, before.hash) if before is not None else (0, GENESIS)
+        self._check_entries(conn, start, latest)
+        return latest
+
+    def _check_follows(self, conn: sa.Connection, before: Checkpoint | None, cp: Checkpoint) -> None:
+        if not self._signed_here(conn, cp):
+            raise AuditTampered(f"checkpoint #{cp.chain_seq} is not signed by this service's audit key "
+                                f"(key {cp.key_id})")
+        start = (before.chain_seq, before.hash) if before is not None else (0, GENESIS)
+        if cp.version == 1:  # signed by a sealer from before version 2: through the entries instead
+            self._check_entries(conn, start, cp)
+        elif (cp.prev_chain_seq, cp.prev_hash) != start:
+            raise AuditTampered(
+                f"checkpoint #{cp.chain_seq} follows checkpoint #{cp.prev_chain_seq}, not #{start[0]}, the last "
+                "this sealer signed or verified: the trail was cut back and sealed again")
+
+    def _check_entries(self, conn: sa.Connection, start: tuple[int, str], cp: Checkpoint) -> None:
+        """The entries after ``start`` up to ``cp`` link up and hash to what ``cp`` vouches for."""
+        seq, prev = start
+        rows = conn.execute(sa.select(*_ENTRY_COLUMNS)
+                            .where(audit_log.c.chain_seq > seq, audit_log.c.chain_seq <= cp.chain_seq)
+                            .order_by(audit_log.c.chain_seq))
+        for row in rows:
+            e = Entry(*row)
+            if e.chain_seq != seq + 1 or e.prev_hash != prev or link_hash(prev, seq + 1, e) != e.hash:
+                raise AuditTampered(f"entry #{seq + 1}, under checkpoint #{cp.chain_seq}, is missing or altered")
+            seq, prev = seq + 1, e.hash or ""
+        if seq != cp.chain_seq or prev != cp.hash:
+            raise AuditTampered(f"the entries under checkpoint #{cp.chain_seq} end at #{seq} or differ from what "
+                                "it vouches for")
+
+    def _signed_here(self, conn: sa.Connection, cp: Checkpoint) -> bool:
+        if cp.key_id not in self._keys:
+            self._keys[cp.key_id] = _opened_public_key(conn, self._cipher, cp.key_id)
+        key = self._keys[cp.key_id]
+        if key is None:
+            return False
+        try:
+            key.verify(_unb64u(cp.signature), signed_message(cp))
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    def _stop(self, reason: str) -> None:
+        self.tampered = reason
+        known = self._known
+        log.critical("audit.tampered", extra={"fields": {
+            "reason": reason, "known_chain_seq": known.chain_seq if known is not None else 0,
+            "known_hash": known.hash if known is not None else GENESIS,
+            "action": "audit sealing stopped in this process until an operator acts (README: The audit trail)",
+        }})
+        if self._on_tampered is not None:
+            self._on_tampered(reason)
+
+
+def _opened_public_key(conn: sa.Connection, cipher: DataCipher, kid: str) -> Ed25519PublicKey | None:
+    """The public half of audit key ``kid`` as its sealed private half gives it: only a key sealed under the
+    data key counts, never a public key written into the database."""
+    row = conn.execute(sa.select(signing_keys.c.private_enc)
+                       .where(signing_keys.c.kid == kid, signing_keys.c.use == KEY_USE)).first()
+    if row is None:
+        return None
+    try:
+        return Ed25519PrivateKey.from_private_bytes(cipher.open(row.private_enc, kid.encode())).public_key()
+    except (InvalidTag, ValueError):
+        return None
 
 
 # ---- verification ------------------------------------------------------------------------------------
 
 
-def verify_trail(engine: sa.Engine, public_jwks: list[dict[str, Any]] | None = None) -> Report:
+def verify_trail(engine: sa.Engine, public_jwks: list[dict[str, Any]] | None = None, *,
+                 witnessed: Iterable[Checkpoint] = (), now: datetime | None = None,
+                 max_unsealed_age: timedelta | None = None, recheck_after: float = 0.0) -> Report:
     """Verify the whole trail from one consistent snapshot, streaming rows in pages.
 
     With ``public_jwks`` the checkpoints are checked against those keys only, the independent check
-    an authority makes; without, against the keys stored in the database itself.
+    an authority makes; without, against the keys stored in the database itself. ``witnessed``: the
+    checkpoints of witness files (``read_witness``). An unsealed row is held back, and the trail not
+    intact, when it is older than ``max_unsealed_age`` at ``now`` or (PostgreSQL) its writer's txid
+    could never let the sealer take it. With ``recheck_after`` seconds, rows held by age only are looked
+    at again after that pause, and those sealed meanwhile let go: a row written just now with a time
+    long past (an offline gate decision reconciled) is sealed within a second, not held back.
     """
     with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
+        pg = conn.dialect.name == "postgresql"
+        if pg:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         else:
             conn = conn.execution_options(sqlite_begin="DEFERRED")  # a read snapshot, no write lock
         with conn.begin():
+            xmax = conn.execute(sa.text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+                                ).scalar_one() if pg else None
+            sealing = SealingBound(now or datetime.now(UTC), max_unsealed_age, txid_required=pg, txid_limit=xmax)
             jwks = public_jwks if public_jwks is not None else _stored_public_jwks(conn)
-            checkpoints = [Checkpoint(*r) for r in conn.execute(sa.select(
-                audit_checkpoints.c.chain_seq, audit_checkpoints.c.hash, audit_checkpoints.c.key_id,
-                audit_checkpoints.c.signature, audit_checkpoints.c.at))]
-            return verify_chain(_stream(conn), checkpoints, signature_verifier(jwks))
+            checkpoints = [Checkpoint(*r) for r in conn.execute(sa.select(*_CHECKPOINT_COLUMNS))]
+            report = verify_chain(_stream(conn), checkpoints, signature_verifier(jwks), witnessed=witnessed,
+                                  sealing=sealing)
+    if report.held and recheck_after > 0 and report.held_count == len(report.held):
+        time.sleep(recheck_after)
+        with engine.connect() as conn:
+            still = set(conn.execute(sa.select(audit_log.c.id).where(
+                audit_log.c.id.in_([h.row_id for h in report.held]), audit_log.c.chain_seq.is_(None))).scalars())
+        report = report.keeping_held(still)
+    return report
 
 
 def _stream(conn: sa.Connection) -> Iterator[Entry]:
@@ -313,7 +606,6 @@ def _stream(conn: sa.Connection) -> Iterator[Entry]:
               .order_by(audit_log.c.chain_seq))
     for row in paged.execute(sealed):
         yield Entry(*row)
-    unsealed = sa.select(*_ENTRY_COLUMNS).where(audit_log.c.chain_seq.is_(None))
+    unsealed = sa.select(*_ENTRY_COLUMNS).where(audit_log.c.chain_seq.is_(None)).order_by(audit_log.c.id)
     for row in paged.execute(unsealed):
         yield Entry(*row)
-

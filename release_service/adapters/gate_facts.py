@@ -1,9 +1,11 @@
 """The gate decision's facts from Redis, read through to PostgreSQL (issue 5, "Hot path").
 
 PostgreSQL stays the truth. Redis holds copies of what a decision reads: the terminal's policy, the
-rights of a container, and a badge with its holder's port-ban facts (the holder's bans, any time and
-scope, and when the list in force was issued: screening is computed at decision time, so a ban that
-starts or ends, or a list that grows stale, counts at once).
+rights of a container, and a badge with its holder's status (port security's suspension: identity's
+suspension and reinstatement touch the badges' family, so they replace every badge copy's generation)
+and port-ban facts (the holder's bans, any time and scope, and when the list in force was issued:
+screening is computed at decision time, so a ban that starts or ends, or a list that grows stale,
+counts at once).
 
 Exact by generations. Every copy is stored under the generation of its family (one per container
 for rights; one each for badges, bans and policies), and a write that commits in PostgreSQL replaces
@@ -430,12 +432,13 @@ class RedisGateFacts:
         policy_gen, policy_raw, badge_gen, badge_raw = out[1], out[2], out[3], out[4]
         rights_raw = {c: (out[5 + 2 * i], out[6 + 2 * i]) for i, c in enumerate(containers)}
         missing = [c for c, (_, raw) in rights_raw.items() if raw is None]
-        need_badge = badge is not None and badge_raw is None and badge_key is not None
+        # A copy that cannot be trusted (``_badge_copy``) is a miss, read through and replaced.
+        entry: _BadgeEntry | None = _parsed(badge_raw, _badge_copy) if badge_raw is not None else None
+        need_badge = badge is not None and entry is None and badge_key is not None
         fills: dict[str, bytes] = {}
         policy = _parsed(policy_raw, _policy) if policy_raw is not None else None
         rights: dict[str, list[RightFacts]] = {c: list(_parsed(raw, _rights)) for c, (_, raw) in rights_raw.items()
                                                if raw is not None}
-        entry: _BadgeEntry | None = _parsed(badge_raw, _badge_copy) if badge_raw is not None else None
         if policy is None or missing or need_badge:
             if not through:
                 return None
@@ -1085,7 +1088,8 @@ def _badge_entry(uow: SqlUnitOfWork, read: BadgeRead) -> dict[str, Any]:
         "found": True, "status": facts.status, "person_id": str(facts.person_id),
         "valid_from": _iso(facts.valid_from), "valid_until": _iso(facts.valid_until),
         "activated": sorted(facts.activated_terminals),
-        "holder": facts.holder_name, "bans": [[w.scope, _iso(w.banned_from), _iso(w.banned_until)] for w in windows],
+        "holder": facts.holder_name, "holder_status": facts.holder_status,
+        "bans": [[w.scope, _iso(w.banned_from), _iso(w.banned_until)] for w in windows],
         "list_issued_at": _iso(issued_at), "max_list_age": max_age.total_seconds(), "required": required,
         "identified": identified,
     }
@@ -1130,13 +1134,20 @@ class _BadgeEntry:
     identified: bool = False  # a national register number on file (a copy without the field: not known)
 
 
-def _badge_copy(raw: bytes) -> _BadgeEntry:
+def _badge_copy(raw: bytes) -> _BadgeEntry | None:
+    """The copy parsed; None for one that does not say its holder's status (written by a server from
+    before it was cached, during a rolling upgrade): not trusted, but read again (``_snapshot``), since
+    taking it for active would let a suspended person through until it expired."""
     entry = json.loads(raw)
     if not entry.get("found"):
         return _BadgeEntry(None)
+    holder_status = entry.get("holder_status")
+    if holder_status is None:
+        return None
     facts = BadgeFacts(found=True, status=entry["status"], person_id=uuid.UUID(entry["person_id"]),
                        valid_from=_dt(entry.get("valid_from")), valid_until=_dt(entry["valid_until"]),
-                       activated_terminals=frozenset(entry["activated"]), holder_name=entry["holder"])
+                       activated_terminals=frozenset(entry["activated"]), holder_name=entry["holder"],
+                       holder_status=holder_status)
     return _BadgeEntry(facts, tuple(BanWindow(s, _dt(f), _dt(u)) for s, f, u in entry["bans"]),
                        _dt(entry["list_issued_at"]), timedelta(seconds=entry["max_list_age"]), entry["required"],
                        entry.get("identified", False))

@@ -3,6 +3,11 @@
 ``SqlOutbox`` queues deliveries in the caller's transaction, so a change and its webhooks commit or
 roll back together; the dispatcher (webhook_dispatcher.py) sends them later. ``SqlWebhookStore`` is
 the ``WebhookStore`` port of services/webhooks.py; it only flushes, the unit of work commits.
+
+A delivery's status: ``pending`` (queued, or waiting for its next try), then one final status:
+``delivered``; ``dead`` (its retries exhausted, or the endpoint answered 410 Gone); ``withheld`` (its
+organisation was deactivated before it was sent: the dispatcher never sends it, and a reactivation
+does not send it either). A dead or withheld delivery goes back in the queue only by ``redeliver``.
 """
 
 from __future__ import annotations
@@ -14,17 +19,23 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from quaygate.schema import webhook_deliveries, webhook_subscriptions
+from quaygate.schema import organisations, webhook_deliveries, webhook_subscriptions
 from release_service.domain.webhooks import Delivery, Subscription, matches
 from release_service.ports import PublishedEvent
 
 _subs = webhook_subscriptions
 _dels = webhook_deliveries
+# Final statuses that the organisation may send again (dead letters): redeliver, then as for a new one.
+REDELIVERABLE = ("dead", "withheld")
 
 
-# The active subscriptions of an event's audience: prebuilt (every change of a right publishes).
+# The active subscriptions of an event's audience, of organisations still active: port security cuts a
+# deactivated company off its release events too, not only off acting (identity.organisations).
+# Prebuilt (every change of a right publishes).
 _AUDIENCE = (sa.select(_subs.c.id, _subs.c.organisation_id, _subs.c.event_types)
-             .where(_subs.c.active.is_(True), _subs.c.organisation_id.in_(sa.bindparam("audience", expanding=True))))
+             .join(organisations, organisations.c.id == _subs.c.organisation_id)
+             .where(_subs.c.active.is_(True), organisations.c.active.is_(True),
+                    _subs.c.organisation_id.in_(sa.bindparam("audience", expanding=True))))
 
 
 class SqlOutbox:
@@ -113,7 +124,7 @@ class SqlWebhookStore:
     def dead_letters(self, organisation_id: uuid.UUID, limit: int) -> list[Delivery]:
         rows = self._conn.execute(
             sa.select(_dels)
-            .where(_dels.c.status == "dead", _dels.c.subscription_id.in_(self._own(organisation_id)))
+            .where(_dels.c.status.in_(REDELIVERABLE), _dels.c.subscription_id.in_(self._own(organisation_id)))
             .order_by(_dels.c.created_at.desc(), _dels.c.id).limit(limit)
         ).all()
         return [_delivery(r) for r in rows]
@@ -126,10 +137,11 @@ class SqlWebhookStore:
         return _delivery(row) if row else None
 
     def requeue_dead(self, organisation_id: uuid.UUID, delivery_id: uuid.UUID, now: datetime) -> bool:
-        """Dead back to pending with a fresh schedule: one conditional UPDATE, so two clicks requeue once."""
+        """Dead (or withheld) back to pending with a fresh schedule: one conditional UPDATE, so two clicks
+        requeue once."""
         result = self._conn.execute(
             _dels.update()
-            .where(_dels.c.id == delivery_id, _dels.c.status == "dead",
+            .where(_dels.c.id == delivery_id, _dels.c.status.in_(REDELIVERABLE),
                    _dels.c.subscription_id.in_(self._own(organisation_id)))
             .values(status="pending", attempts=0, next_attempt_at=now)
         )

@@ -4,7 +4,9 @@ One round (``run_once``)::
 
     claim   (short transaction)  due pending rows of active subscriptions, FOR UPDATE SKIP LOCKED on
                                  PostgreSQL (SQLite's single writer serialises), and push their
-                                 next_attempt_at to a lease: other replicas no longer see them as due
+                                 next_attempt_at to a lease: other replicas no longer see them as due;
+                                 a row whose organisation port security has deactivated is withheld
+                                 instead (a final status), never sent
     send    (no transaction)     sign per Standard Webhooks and POST; redirects are not followed
     record  (short transaction)  delivered on 2xx; 410 Gone disables the endpoint; anything else
                                  schedules the next try from the backoff, or marks the delivery dead
@@ -13,6 +15,14 @@ The outcome is written only if the row still carries our lease (a fencing token)
 the lease and another replica re-claimed the row, the late outcome is dropped, not written twice.
 Delivery is at least once (a crash between send and record resends after the lease); receivers
 de-duplicate on ``webhook-id``, as the spec tells them to.
+
+Withheld: no new delivery is queued for a deactivated organisation (adapters/outbox.py, gate_move.py),
+but one queued before the deactivation, or waiting for a retry, would still carry the release events
+(container numbers, drivers, plates) to a company port security has cut off. The claim reads the
+organisation's state in its own transaction and gives such a delivery the final status ``withheld``.
+A reactivation does not send it: the organisation reads its events through the API, or sends the
+delivery again itself (``redeliver``). A deactivation that lands after the claim, during the send,
+does not stop that send (the claim's transaction is short, and holds no lock across the HTTP call).
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import httpx
 import sqlalchemy as sa
 
 from quaygate.crypto import DataCipher
-from quaygate.schema import webhook_deliveries, webhook_subscriptions
+from quaygate.schema import organisations, webhook_deliveries, webhook_subscriptions
 from release_service.adapters.audit import SqlAuditLog
 from release_service.domain.webhooks import (
     LOCAL_HOSTS,
@@ -53,7 +63,9 @@ log = logging.getLogger("quaygate.webhooks")
 
 _dels = webhook_deliveries
 _subs = webhook_subscriptions
+_orgs = organisations
 SEND_TIMEOUT = 5.0
+WITHHELD_ERROR = "organisation deactivated"
 USER_AGENT = "quaygate-webhooks/1"
 # Who disables an endpoint that answered 410 Gone: the service itself (as in the release engine's events).
 SYSTEM_ACTOR: dict[str, str | None] = {"client_id": "quaygate", "organisation_id": None, "kind": "system",
@@ -113,10 +125,11 @@ class WebhookDispatcher:
         self._pg = engine.dialect.name == "postgresql"
 
     def run_once(self) -> int:
-        """Claim, send and record one batch; returns how many deliveries were attempted."""
-        claimed = self._claim(self._clock.now())
+        """Claim, send and record one batch; returns how many deliveries it took from the queue:
+        attempted, or withheld (their organisation deactivated)."""
+        claimed, withheld = self._claim(self._clock.now())
         if not claimed:
-            return 0
+            return withheld
         with self._client_factory() as client:
             if len(claimed) == 1 or self._workers == 1:
                 outcomes = [self._send(client, c) for c in claimed]
@@ -124,7 +137,7 @@ class WebhookDispatcher:
                 with ThreadPoolExecutor(max_workers=min(self._workers, len(claimed))) as pool:
                     outcomes = list(pool.map(lambda c: self._send(client, c), claimed))
         self._record(outcomes)
-        return len(claimed)
+        return len(claimed) + withheld
 
     def run_forever(self, stop_event: threading.Event, interval: float) -> None:
         """The lifespan thread's loop: drain while there is work, else wait ``interval`` or until stopped."""
@@ -139,12 +152,14 @@ class WebhookDispatcher:
 
     # ---- claim ---------------------------------------------------------------------------------
 
-    def _claim(self, now: datetime) -> list[_Claimed]:
+    def _claim(self, now: datetime) -> tuple[list[_Claimed], int]:
+        """The due deliveries to send, leased; and how many were withheld instead (module docstring)."""
         lease_until = now + self._lease
         q = (
             sa.select(_dels.c.id, _dels.c.subscription_id, _dels.c.payload, _dels.c.attempts,
-                      _subs.c.url, _subs.c.secret_enc)
+                      _subs.c.url, _subs.c.secret_enc, _orgs.c.active.label("organisation_active"))
             .join(_subs, _subs.c.id == _dels.c.subscription_id)
+            .join(_orgs, _orgs.c.id == _subs.c.organisation_id)
             .where(_dels.c.status == "pending", _dels.c.next_attempt_at <= now, _subs.c.active.is_(True))
             .order_by(_dels.c.next_attempt_at)
             .limit(self._batch)
@@ -155,11 +170,22 @@ class WebhookDispatcher:
         with self._engine.begin() as conn:
             rows = conn.execute(q).all()
             if not rows:
-                return []
-            conn.execute(_dels.update().where(_dels.c.id.in_([r.id for r in rows]))
-                         .values(next_attempt_at=lease_until))
+                return [], 0
+            send = [r for r in rows if r.organisation_active]
+            withheld = [r for r in rows if not r.organisation_active]
+            if send:
+                conn.execute(_dels.update().where(_dels.c.id.in_([r.id for r in send]))
+                             .values(next_attempt_at=lease_until))
+            if withheld:
+                # Locked with the rest (SKIP LOCKED): no other replica is sending these.
+                conn.execute(_dels.update().where(_dels.c.id.in_([r.id for r in withheld]))
+                             .values(status="withheld", last_error=WITHHELD_ERROR))
+        for r in withheld:
+            log.warning("release.webhook.withheld.organisation_inactive",
+                        extra={"fields": {"delivery_id": str(r.id), "subscription_id": str(r.subscription_id),
+                                          "attempts": r.attempts}})
         return [_Claimed(r.id, r.subscription_id, r.url, r.secret_enc, dict(r.payload), r.attempts,
-                         lease_until) for r in rows]
+                         lease_until) for r in send], len(withheld)
 
     # ---- send ----------------------------------------------------------------------------------
 

@@ -90,8 +90,16 @@ class Problem(BaseModel):
     errors: list[dict[str, Any]] | None = None
 
 
+def encodable(text: str) -> str:
+    """``text`` with any unpaired surrogate (which JSON can carry in, but UTF-8 cannot send back)
+    replaced: a refusal that quotes what it refused must still be sent."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def problem(status: int, code: str, detail: str | None, *, instance: str | None = None,
             headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    if detail is not None:
+        detail = encodable(detail)
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + code,
         "title": TITLES.get(status, "Error"),

@@ -8,27 +8,43 @@ This module is the specification an authority reimplements to check the trail by
     hash(e)        = hex(SHA-256(ascii(prev_hash) || canonical(payload(e))))
     prev_hash(1)   = 64 "0"s; prev_hash(n) = hash(n - 1)
 
-A checkpoint signs ``CHECKPOINT_DOMAIN || canonical({"at", "chain_seq", "hash", "key_id"})`` with
-Ed25519 (RFC 8032); its ``hash`` is the hash of entry ``chain_seq``. Numbers in ``data`` are written
-as Python's json writes them (integral floats keep their ".0").
+A checkpoint signs, with Ed25519 (RFC 8032), its ``hash``, the hash of entry ``chain_seq``, and
+(version 2) the checkpoint before it, so that checkpoints form a chain of their own:
+
+    v2: "quaygate.audit.checkpoint.v2\\n" || canonical({"at", "chain_seq", "hash", "key_id",
+                                                       "prev_chain_seq", "prev_hash"})
+    v1: "quaygate.audit.checkpoint.v1\\n" || canonical({"at", "chain_seq", "hash", "key_id"})
+
+``prev_chain_seq`` and ``prev_hash`` are those of the checkpoint before (0 and 64 "0"s for the first);
+a checkpoint stored without them is a version 1 checkpoint, written before version 2 existed. Numbers
+in ``data`` are written as Python's json writes them (integral floats keep their ".0").
 
 An edit changes an entry's hash; a deletion leaves a gap in ``chain_seq``; a reordering or an
 insertion breaks a ``prev_hash`` link; rewriting the whole tail consistently is caught by the next
-signed checkpoint, which the writer of the rows cannot forge without the private key.
+signed checkpoint, which the writer of the rows cannot forge without the private key; a deleted
+checkpoint breaks the next one's ``prev`` link. What no database check can see, cutting the trail
+back to an earlier checkpoint, or cutting it back and having it sealed again, is caught by a witness:
+the checkpoints as they were signed, kept outside the database (``witness_record``, one JSON line
+each), every one of which must still be in the trail, which must reach the last of them.
+
+An entry that is not sealed is vouched for by nothing: one that should long have been sealed
+(``SealingBound``) makes the trail not intact.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 GENESIS = "0" * 64
 CHECKPOINT_DOMAIN = b"quaygate.audit.checkpoint.v1\n"
+CHECKPOINT_DOMAIN_V2 = b"quaygate.audit.checkpoint.v2\n"
+HELD_SHOWN = 20  # unsealed rows named in a report; the rest are counted
 
 
 def canonical_json(value: Any) -> bytes:
@@ -45,7 +61,9 @@ def iso_utc(at: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One audit row as stored; ``chain_seq``, ``prev_hash`` and ``hash`` are None until sealed."""
+    """One audit row as stored; ``chain_seq``, ``prev_hash`` and ``hash`` are None until sealed.
+
+    ``txid`` is the writer's transaction id on PostgreSQL (the sealer's horizon), outside the hash."""
 
     id: int
     at: datetime
@@ -56,6 +74,7 @@ class Entry:
     chain_seq: int | None = None
     prev_hash: str | None = None
     hash: str | None = None
+    txid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +84,18 @@ class Checkpoint:
     key_id: str
     signature: str  # base64url, no padding
     at: datetime
+    # Version 2: the checkpoint before this one (0 and GENESIS for the first); None in version 1.
+    prev_chain_seq: int | None = None
+    prev_hash: str | None = None
+
+    @property
+    def version(self) -> int:
+        return 1 if self.prev_chain_seq is None else 2
+
+    def same_as(self, other: Checkpoint) -> bool:
+        """The same signed checkpoint (as a witness and the database each hold it)."""
+        return (self.chain_seq, self.hash, self.key_id, self.signature) == (
+            other.chain_seq, other.hash, other.key_id, other.signature)
 
 
 def link_hash(prev_hash: str, chain_seq: int, entry: Entry) -> str:
@@ -80,9 +111,50 @@ def link_hash(prev_hash: str, chain_seq: int, entry: Entry) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + canonical_json(payload)).hexdigest()
 
 
-def checkpoint_message(chain_seq: int, hash_: str, key_id: str, at: datetime) -> bytes:
-    body = {"at": iso_utc(at), "chain_seq": chain_seq, "hash": hash_, "key_id": key_id}
-    return CHECKPOINT_DOMAIN + canonical_json(body)
+def checkpoint_message(chain_seq: int, hash_: str, key_id: str, at: datetime,
+                       prev: tuple[int, str] | None = None) -> bytes:
+    """What a checkpoint signs: version 2 with ``prev`` (the checkpoint before it), else version 1."""
+    body: dict[str, Any] = {"at": iso_utc(at), "chain_seq": chain_seq, "hash": hash_, "key_id": key_id}
+    if prev is None:
+        return CHECKPOINT_DOMAIN + canonical_json(body)
+    body["prev_chain_seq"], body["prev_hash"] = prev
+    return CHECKPOINT_DOMAIN_V2 + canonical_json(body)
+
+
+def signed_message(cp: Checkpoint) -> bytes:
+    prev = None if cp.prev_chain_seq is None else (cp.prev_chain_seq, cp.prev_hash or "")
+    return checkpoint_message(cp.chain_seq, cp.hash, cp.key_id, cp.at, prev)
+
+
+# ---- the witness: checkpoints kept outside the database --------------------------------------------
+
+
+def witness_record(cp: Checkpoint) -> dict[str, Any]:
+    """One line of a witness file (canonical JSON): everything needed to check the signature again."""
+    record: dict[str, Any] = {"chain_seq": cp.chain_seq, "hash": cp.hash, "key_id": cp.key_id,
+                              "signature": cp.signature, "at": iso_utc(cp.at)}
+    if cp.prev_chain_seq is not None:
+        record["prev_chain_seq"], record["prev_hash"] = cp.prev_chain_seq, cp.prev_hash
+    return record
+
+
+def witnessed_checkpoint(record: Any) -> Checkpoint:
+    """The checkpoint of one witness line; ValueError when it is not one."""
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    try:
+        seq, hash_, kid, sig = record["chain_seq"], record["hash"], record["key_id"], record["signature"]
+        at = datetime.strptime(record["at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"missing or wrong field {exc}") from None
+    prev_seq, prev_hash = record.get("prev_chain_seq"), record.get("prev_hash")
+    if (type(seq) is not int or seq < 1 or not all(isinstance(v, str) for v in (hash_, kid, sig))
+            or (prev_seq is not None and (type(prev_seq) is not int or not isinstance(prev_hash, str)))):
+        raise ValueError("chain_seq, hash, key_id, signature or prev fields of the wrong type")
+    return Checkpoint(seq, hash_, kid, sig, at, prev_seq, prev_hash if prev_seq is not None else None)
+
+
+# ---- verification ----------------------------------------------------------------------------------
 
 
 class ProblemKind(StrEnum):
@@ -91,7 +163,10 @@ class ProblemKind(StrEnum):
     MISLINKED = "mislinked"  # prev_hash is not the previous entry's hash: reordering or insertion
     BAD_SIGNATURE = "bad_signature"
     CHECKPOINT_MISMATCH = "checkpoint_mismatch"  # a validly signed checkpoint disagrees with the chain
+    CHECKPOINT_UNLINKED = "checkpoint_unlinked"  # a v2 checkpoint does not follow the checkpoint before it
     UNCOVERED = "uncovered"  # sealed entries no checkpoint vouches for: the sealer always writes one
+    UNWITNESSED = "unwitnessed"  # a checkpoint the witness holds is gone from the trail, or differs
+    BAD_WITNESS = "bad_witness"  # a witness line whose signature does not verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,16 +178,71 @@ class Problem:
 
 
 @dataclass(frozen=True, slots=True)
+class Held:
+    """An unsealed row that should have been sealed: nothing vouches for it, so it may have been edited."""
+
+    row_id: int
+    at: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SealingBound:
+    """When an unsealed row counts as held back rather than waiting its turn.
+
+    ``max_age``: the sealer seals a row about a second after its writer commits (release_service/
+    adapters/audit.py); one still unsealed long after its time was held back (a write transaction
+    left open on purpose, the sealer stopped), and may have been edited meanwhile. None: no clock.
+    ``txid_required`` (PostgreSQL): the sealer seals only rows whose writer's txid is below its
+    snapshot's xmin, so a row without a txid, or ``txid_limit`` (the verifying snapshot's xmax) or
+    above, which no transaction that has run can have written, would never be sealed at all.
+    """
+
+    now: datetime
+    max_age: timedelta | None = None
+    txid_required: bool = False
+    txid_limit: int | None = None
+
+    def why_held(self, e: Entry) -> str | None:
+        if self.txid_required and e.txid is None:
+            return "it has no writer txid, so the sealer would never seal it"
+        if self.txid_limit is not None and e.txid is not None and e.txid >= self.txid_limit:
+            return f"its writer txid {e.txid} is of no transaction that has run, so the sealer would never seal it"
+        if self.max_age is not None and self.now - e.at > self.max_age:
+            return f"it is still not sealed {age_text(self.now - e.at)} after its time"
+        return None
+
+
+def age_text(age: timedelta) -> str:
+    seconds = max(0, int(age.total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60} min"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} days"
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     entries: int  # sealed entries checked before the first problem (all of them when intact)
     checkpoints: int  # checkpoints whose signature and hash were checked
     unsealed: int
     last_checkpoint: Checkpoint | None
     problem: Problem | None
+    held: tuple[Held, ...] = ()  # the first HELD_SHOWN unsealed rows that should have been sealed
+    held_count: int = 0
+    witnessed: int = 0  # checkpoints of the witness found in the trail as they were signed
 
     @property
     def intact(self) -> bool:
-        return self.problem is None
+        return self.problem is None and self.held_count == 0
+
+    def keeping_held(self, still_unsealed: set[int]) -> Report:
+        """This report with only the held rows that are still unsealed (looked at again a little later)."""
+        held = tuple(h for h in self.held if h.row_id in still_unsealed)
+        return replace(self, held=held, held_count=self.held_count - (len(self.held) - len(held)))
 
 
 VerifySignature = Callable[[str, bytes, str], bool]
@@ -155,8 +285,7 @@ class _Walk:
 
     def _checkpoint(self, cp: Checkpoint, e: Entry) -> Problem | None:
         seq = cp.chain_seq
-        message = checkpoint_message(seq, cp.hash, cp.key_id, cp.at)
-        if not self.verify_signature(cp.key_id, message, cp.signature):
+        if not self.verify_signature(cp.key_id, signed_message(cp), cp.signature):
             return Problem(ProblemKind.BAD_SIGNATURE, seq, (
                 f"checkpoint #{seq} has a signature that does not verify under key {cp.key_id} "
                 "(forged checkpoint, or not the trail's public key)"))
@@ -164,6 +293,14 @@ class _Walk:
             return Problem(ProblemKind.CHECKPOINT_MISMATCH, seq, (
                 f"entry {seq} differs from what signed checkpoint #{seq} vouches for "
                 "(the chain was rewritten up to here)"), e.id if seq == e.chain_seq else None)
+        if cp.version == 2:
+            last = self.last_checkpoint
+            before = (last.chain_seq, last.hash) if last is not None else (0, GENESIS)
+            if (cp.prev_chain_seq, cp.prev_hash) != before:
+                here = f"the checkpoint before it here is #{before[0]}" if before[0] else "no checkpoint precedes it"
+                return Problem(ProblemKind.CHECKPOINT_UNLINKED, seq, (
+                    f"signed checkpoint #{seq} follows checkpoint #{cp.prev_chain_seq}, but {here} "
+                    "(a checkpoint was deleted or replaced)"))
         self.checked_checkpoints += 1
         self.last_checkpoint = cp
         return None
@@ -173,8 +310,7 @@ class _Walk:
         if self.pending:
             # Checkpoints beyond the end vouch for entries that are gone: the tail was cut off.
             cp = self.pending[0]
-            if self.verify_signature(cp.key_id, checkpoint_message(cp.chain_seq, cp.hash, cp.key_id, cp.at),
-                                     cp.signature):
+            if self.verify_signature(cp.key_id, signed_message(cp), cp.signature):
                 return Problem(ProblemKind.MISSING, self.expected, (
                     f"entries {self.expected} to {cp.chain_seq} are missing: signed checkpoint "
                     f"#{cp.chain_seq} vouches for them (the end of the trail was deleted)"))
@@ -189,15 +325,54 @@ class _Walk:
         return None
 
 
-def verify_chain(rows: Iterable[Entry], checkpoints: Iterable[Checkpoint],
-                 verify_signature: VerifySignature) -> Report:
-    """Walk ``rows`` in ``chain_seq`` order (unsealed rows anywhere) and report the first problem."""
+def check_witness(witnessed: Iterable[Checkpoint], stored: Mapping[int, Checkpoint], entries: int,
+                  verify_signature: VerifySignature) -> tuple[Problem | None, int]:
+    """Every witnessed checkpoint must be in the trail as it was signed, so the trail (``entries``
+    sealed entries, verified) reaches the last of them: the witness is what a database cut back to an
+    earlier checkpoint, or cut back and sealed again, cannot agree with. Returns the first problem and
+    how many witnessed checkpoints were found."""
+    found = agreed = 0  # agreed: the last witnessed checkpoint found as signed
+    for w in sorted(witnessed, key=lambda c: c.chain_seq):
+        cp = stored.get(w.chain_seq)
+        if cp is not None and cp.same_as(w):
+            found, agreed = found + 1, w.chain_seq
+            continue
+        seq = w.chain_seq
+        if not verify_signature(w.key_id, signed_message(w), w.signature):
+            return Problem(ProblemKind.BAD_WITNESS, seq, (
+                f"the witness's checkpoint #{seq} has a signature that does not verify under key {w.key_id} "
+                "(the witness file was altered, or is another trail's)")), found
+        witness = f"checkpoint #{seq} was signed and witnessed outside the database"
+        if any(other > agreed for other in stored):  # checkpoints past the agreement: a second history
+            return Problem(ProblemKind.UNWITNESSED, agreed + 1, (
+                f"the trail was rewritten after entry {agreed} and sealed again: {witness}, and "
+                + ("is not in the trail" if cp is None else f"the trail's checkpoint #{seq} is another")
+                + f"; the trail's own checkpoints past #{agreed} vouch for the rewrite")), found
+        gap = f"entry {seq} is" if entries + 1 == seq else f"entries {entries + 1} to {seq} are"
+        return Problem(ProblemKind.MISSING, entries + 1, (
+            f"{gap} missing: the trail ends at entry {entries}, but {witness} (the end of the trail was "
+            "deleted)")), found
+    return None, found
+
+
+def verify_chain(rows: Iterable[Entry], checkpoints: Iterable[Checkpoint], verify_signature: VerifySignature,
+                 *, witnessed: Iterable[Checkpoint] = (), sealing: SealingBound | None = None) -> Report:
+    """Walk ``rows`` in ``chain_seq`` order (unsealed rows anywhere) and report the first problem, then
+    hold the trail against the ``witnessed`` checkpoints, and its unsealed rows against ``sealing``."""
+    checkpoints = list(checkpoints)
     walk = _Walk(checkpoints, verify_signature)
     unsealed = 0
+    held: list[Held] = []
+    held_count = 0
     problem: Problem | None = None
     for e in rows:
         if e.chain_seq is None:
             unsealed += 1
+            reason = sealing.why_held(e) if sealing is not None else None
+            if reason is not None:
+                held_count += 1
+                if len(held) < HELD_SHOWN:
+                    held.append(Held(e.id, e.at, reason))
             continue
         if problem is not None:
             continue  # keep counting unsealed rows only
@@ -205,4 +380,10 @@ def verify_chain(rows: Iterable[Entry], checkpoints: Iterable[Checkpoint],
     if problem is None:
         problem = walk.finish()
     entries = walk.expected - 1
-    return Report(entries, walk.checked_checkpoints, unsealed, walk.last_checkpoint, problem)
+    found = 0
+    witnessed = list(witnessed)
+    if problem is None and witnessed:
+        problem, found = check_witness(witnessed, {c.chain_seq: c for c in checkpoints}, entries,
+                                       verify_signature)
+    return Report(entries, walk.checked_checkpoints, unsealed, walk.last_checkpoint, problem, tuple(held),
+                  held_count, found)

@@ -79,6 +79,7 @@ class Reason(StrEnum):
     PLATE_LOW_CONFIDENCE = "plate_low_confidence"
     FACE_REQUIRED = "face_required"
     FACE_MISMATCH = "face_mismatch"
+    PERSON_SUSPENDED = "person_suspended"  # beyond SPEC.md's list ("at least"): port security's suspension
     PERSON_BANNED = "person_banned"
     SCREENING_UNAVAILABLE = "screening_unavailable"
 
@@ -128,6 +129,7 @@ SEVERITY: Mapping[Reason, Severity] = MappingProxyType({
     Reason.PLATE_LOW_CONFIDENCE: Severity.DOUBT,
     Reason.FACE_REQUIRED: Severity.DOUBT,
     Reason.FACE_MISMATCH: Severity.REFUSAL,
+    Reason.PERSON_SUSPENDED: Severity.REFUSAL,
     Reason.PERSON_BANNED: Severity.REFUSAL,
     Reason.SCREENING_UNAVAILABLE: Severity.BY_POLICY,
 })
@@ -142,9 +144,9 @@ SEVERITY: Mapping[Reason, Severity] = MappingProxyType({
 # own hold, a screening service that did not answer, the driver who said he would not come. Never
 # what another party decided or what the right itself says: the line's block, revocation or
 # commercial hold, customs' hold, the validity window, a right used or nominated to nobody, another
-# terminal's right, the badge office's or the port-ban register's word on a person, or a driver who is
-# not the one nominated (the transport operator re-nominates; a terminal cannot hand the container to
-# someone else).
+# terminal's right, the badge office's, port security's (a suspension) or the port-ban register's word
+# on a person, or a driver who is not the one nominated (the transport operator re-nominates; a
+# terminal cannot hand the container to someone else).
 OVERRIDABLE: frozenset[Reason] = frozenset({
     Reason.CONTAINER_UNREADABLE,
     Reason.NOMINATION_REFUSED,
@@ -436,10 +438,16 @@ _BADGE_STATUS_REASON: Mapping[str, Reason] = MappingProxyType({
 })
 
 
+# A person's status, mirrored from identity's ``persons.status`` (active | suspended: port security's
+# suspension, identity.authn.cutoff), as a plain string: this domain must not import identity.
+PERSON_ACTIVE = "active"
+
+
 @dataclass(frozen=True, slots=True)
 class BadgeFacts:
-    """The badge read at the gate, as the badge office knows it. ``holder_name`` is only ever shown
-    masked (``mask_name``)."""
+    """The badge read at the gate, as the badge office knows it, with its holder's name (only ever
+    shown masked, ``mask_name``) and status (``holder_status``: identity's ``persons.status``; read
+    with the badge, so the cached copy of a badge carries it and a suspension invalidates it)."""
 
     found: bool
     status: str = ""
@@ -448,6 +456,7 @@ class BadgeFacts:
     activated_terminals: frozenset[str] = frozenset()
     holder_name: str | None = None
     valid_from: datetime | None = None
+    holder_status: str = PERSON_ACTIVE
 
     @classmethod
     def not_found(cls) -> BadgeFacts:
@@ -836,6 +845,14 @@ def face_mismatch(ctx: GateContext) -> bool:
     return not (face.matched and face.distance <= limit)
 
 
+def person_suspended(ctx: GateContext) -> bool:
+    """Port security suspended the person behind the badge (suspected identity fraud, say): whoever
+    shows his badge is stopped, in both directions, as for a ban. A holder status other than plainly
+    active counts as suspended (fail closed, as ``_inactive`` does for badges)."""
+    b = ctx.badge_found
+    return b is not None and b.holder_status != PERSON_ACTIVE
+
+
 def person_banned(ctx: GateContext) -> bool:
     """The person behind the badge is on the national port-ban list."""
     return ctx.screening.result is ScreeningResult.BANNED
@@ -875,6 +892,7 @@ RULES: tuple[tuple[Reason, Guard], ...] = (
     (Reason.PLATE_LOW_CONFIDENCE, plate_low_confidence),
     (Reason.FACE_REQUIRED, face_required),
     (Reason.FACE_MISMATCH, face_mismatch),
+    (Reason.PERSON_SUSPENDED, person_suspended),
     (Reason.PERSON_BANNED, person_banned),
     (Reason.SCREENING_UNAVAILABLE, screening_unavailable),
 )

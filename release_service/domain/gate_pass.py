@@ -315,10 +315,11 @@ def _badge(read: g.BadgeRead | None, passes: Sequence[GatePass]) -> tuple[g.Badg
         n = p.right.nomination
         for proof in p.badges:
             if n is not None and proof.matches(read):
+                # Active: no pass is issued for a suspended person (adapters/sqla/gate_offline.py).
                 return g.BadgeFacts(found=True, status=proof.status, person_id=n.driver_person_id,
                                     valid_from=proof.valid_from, valid_until=proof.valid_until,
                                     activated_terminals=proof.activated_terminals,
-                                    holder_name=p.holder), p
+                                    holder_name=p.holder, holder_status=g.PERSON_ACTIVE), p
     # Offline we only know the nominated drivers' badges: any other badge is unknown here.
     return g.BadgeFacts.not_found(), None
 

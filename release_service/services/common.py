@@ -6,12 +6,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.release import ReleaseRight
-from release_service.ports import PublishedEvent, StoredEvent, UnitOfWork
+from release_service.ports import Directory, PublishedEvent, StoredEvent, UnitOfWork
 
 T = TypeVar("T")
 
@@ -139,6 +139,14 @@ def receipt(right: ReleaseRight, event: StoredEvent) -> Receipt:
                    uuid.UUID(org) if org else None)
 
 
+class HasDirectory(Protocol):
+    """A unit of work that can look an organisation up: every one of ours (ports.UnitOfWork,
+    ports.WebhookUnitOfWork)."""
+
+    @property
+    def directory(self) -> Directory: ...
+
+
 def organisation_kind(uow: UnitOfWork, organisation_id: uuid.UUID) -> OrgKind:
     """The kind of an organisation that is to receive a right (issue or transfer): refused when it is
     unknown, or deactivated by port security (issue 4: it receives no new rights or transfers)."""
@@ -151,13 +159,24 @@ def organisation_kind(uow: UnitOfWork, organisation_id: uuid.UUID) -> OrgKind:
     return org.kind
 
 
-def acting_organisation_active(uow: UnitOfWork, actor: Actor) -> None:
-    """Issue 4: a deactivated organisation issues no right, sends or accepts no transfer and makes no
-    nomination, even with a token issued before the deactivation (identity.organisations revokes those
-    too: belt and braces)."""
+def acting_organisation_active(uow: HasDirectory, actor: Actor) -> None:
+    """Issue 4 (review 77): a deactivated organisation acts no more, even with a token issued before the
+    deactivation. identity.organisations revokes those tokens too, but a resource server may still trust
+    one (a revocation list served from a cache): belt and braces, read from the database in the use
+    case's own transaction, before anything is written.
+
+    Called by every use case in which an organisation acts: issue (one or a batch), transfer, accept,
+    decline and withdraw a transfer, nominate, the line's update, block, unblock, revoke and delete,
+    every light, a terminal's override, and every change of a webhook subscription.
+    Deliberately not by: a driver's answer (he acts for himself, with no organisation: a no-op here);
+    the gate's verify, gate-in and gate-out (their allow is the port's rules applied to the right, the
+    driver and the truck, not the terminal's word; a verify is answered from the cache, on the hot path);
+    the offline reconcile (it records a truck that has already passed: refusing would lose the record);
+    port security's gate policy (the port authority cannot be deactivated); the lapse sweeper (no actor).
+    """
     if actor.organisation_id is None:
         return
     org = uow.directory.organisation(actor.organisation_id)
     if org is not None and not org.active:
-        raise DomainError(ErrorCode.ORGANISATION_INACTIVE, "Your organisation is deactivated: it receives no "
-                          "new release rights, transfers or nominations.")
+        raise DomainError(ErrorCode.ORGANISATION_INACTIVE, "Your organisation is deactivated: it no longer "
+                          "issues, transfers, nominates or changes release rights, nor manages webhooks.")

@@ -15,7 +15,7 @@ from release_service.domain.parties import Actor
 from release_service.domain.release import ReleaseRight
 from release_service.ports import UnitOfWork
 
-from .common import Receipt, load, persist, receipt, record_events
+from .common import Receipt, acting_organisation_active, load, persist, receipt, record_events
 
 
 def gate_in(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, decision_id: uuid.UUID,
@@ -49,6 +49,9 @@ def override(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str, 
              decided_at: datetime, judged: Sequence[str | None] | None, now: datetime
              ) -> tuple[ReleaseRight, Receipt]:
     right = load(uow, release_id, actor)
+    # The desk's own word against the rules' refusal: a terminal organisation that port security has
+    # deactivated gives it no more (review 77). Gate-in and gate-out above apply the rules, not its word.
+    acting_organisation_active(uow, actor)
     right.require_overridable(now)
     assert right.nomination is not None  # required above
     right.require_releasable_to_driver(

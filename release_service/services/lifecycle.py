@@ -1,4 +1,8 @@
-"""The line's own actions on a right: update, block, unblock, revoke, delete; and the lights."""
+"""The line's own actions on a right: update, block, unblock, revoke, delete; and the lights.
+
+Each one is an organisation acting (the line; customs or the terminal for their light), so each refuses a
+deactivated one (``acting_organisation_active``, review 77) after the right is loaded (a stranger still
+hears ``not_found``) and before anything changes."""
 
 from __future__ import annotations
 
@@ -10,13 +14,14 @@ from release_service.domain.parties import Actor
 from release_service.domain.release import LightKind, LightStatus, ReleaseRight
 from release_service.ports import UnitOfWork
 
-from .common import Receipt, load, persist
+from .common import Receipt, acting_organisation_active, load, persist
 
 
 def update(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, now: datetime, *,
            valid_from: datetime | None, valid_until: datetime | None,
            bill_of_lading: str | None) -> tuple[ReleaseRight, Receipt]:
     right = load(uow, release_id, actor)
+    acting_organisation_active(uow, actor)
     right.update(by=actor, now=now, valid_from=valid_from, valid_until=valid_until, bill_of_lading=bill_of_lading)
     # As stored, after the domain's normalisation; a refusal rolls the whole change back.
     storable.require_text(right.bill_of_lading, field="bill_of_lading", max_length=storable.MAX_BILL_OF_LADING)
@@ -26,6 +31,7 @@ def update(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, now: datetime, 
 def block(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | None,
           now: datetime) -> tuple[ReleaseRight, Receipt]:
     right = load(uow, release_id, actor)
+    acting_organisation_active(uow, actor)
     right.block(by=actor, now=now, reason=reason)
     return right, persist(uow, right)
 
@@ -33,6 +39,7 @@ def block(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | No
 def unblock(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | None,
             now: datetime) -> tuple[ReleaseRight, Receipt]:
     right = load(uow, release_id, actor)
+    acting_organisation_active(uow, actor)
     right.unblock(by=actor, now=now, reason=reason)
     return right, persist(uow, right)
 
@@ -40,6 +47,7 @@ def unblock(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | 
 def revoke(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | None,
            now: datetime) -> tuple[ReleaseRight, Receipt]:
     right = load(uow, release_id, actor)
+    acting_organisation_active(uow, actor)
     right.revoke(by=actor, now=now, reason=reason)
     return right, persist(uow, right)
 
@@ -47,6 +55,7 @@ def revoke(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | N
 def delete(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | None,
            now: datetime) -> tuple[ReleaseRight, Receipt]:
     right = load(uow, release_id, actor)
+    acting_organisation_active(uow, actor)
     right.delete(by=actor, now=now, reason=reason, travelled=len(uow.releases.holders_chain(right.id)) > 1)
     return right, persist(uow, right)
 
@@ -54,6 +63,7 @@ def delete(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | N
 def set_light(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, kind: LightKind, status: LightStatus,
               reason: str | None, now: datetime) -> tuple[ReleaseRight, Receipt]:
     right = load(uow, release_id, actor)
+    acting_organisation_active(uow, actor)
     right.set_light(kind=kind, status=status, reason=reason, by=actor, now=now)
     return right, persist(uow, right)
 

@@ -35,7 +35,7 @@ def nominate(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, cmd: Nominate
     acting_organisation_active(uow, actor)
     right.require_nominator(actor, now)
     assert actor.organisation_id is not None  # a transport operator
-    driver = _driver(uow, cmd, actor.organisation_id)
+    driver = _driver(uow, cmd, actor.organisation_id, now)
     plate = Plate.parse(cmd.plate_text, cmd.plate_country)
     trailer = Plate.parse(cmd.trailer_text, cmd.trailer_country or cmd.plate_country) if cmd.trailer_text else None
     slot = None
@@ -49,19 +49,19 @@ def nominate(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, cmd: Nominate
     return right, persist(uow, right)
 
 
-def _driver(uow: UnitOfWork, cmd: NominateCommand, operator: uuid.UUID) -> uuid.UUID:
+def _driver(uow: UnitOfWork, cmd: NominateCommand, operator: uuid.UUID, now: datetime) -> uuid.UUID:
     """The driver named, by person id or by badge, if he drives for ``operator`` (``Directory.drives_for``:
     the badge office links him to it). Anyone else is refused exactly as a person or badge that does not
     exist: a nomination must not tell a haulier whether a stranger's badge exists, is revoked, or whether
     he is under a port ban (the screening's reasons go out only for the operator's own drivers)."""
     if cmd.driver_person_id is not None:
         if uow.directory.person(cmd.driver_person_id) is None or not uow.directory.drives_for(
-                cmd.driver_person_id, operator):
+                cmd.driver_person_id, operator, now=now):
             raise DomainError(ErrorCode.UNKNOWN_PERSON, "No such driver.")
         return cmd.driver_person_id
     if cmd.badge_scheme and (cmd.badge_number or cmd.badge_card_uid):
         badge = uow.directory.badge(scheme=cmd.badge_scheme, number=cmd.badge_number, card_uid=cmd.badge_card_uid)
-        if badge is None or not uow.directory.drives_for(badge.person_id, operator):
+        if badge is None or not uow.directory.drives_for(badge.person_id, operator, now=now):
             raise DomainError(ErrorCode.UNKNOWN_BADGE, "No such badge.")
         return badge.person_id
     raise DomainError(ErrorCode.UNKNOWN_PERSON, "Name the driver by driver_person_id or by badge.")

@@ -46,11 +46,13 @@ def accept(uow: UnitOfWork, actor: Actor, transfer_id: uuid.UUID, now: datetime)
 def decline(uow: UnitOfWork, actor: Actor, transfer_id: uuid.UUID, reason: str | None,
             now: datetime) -> tuple[Transfer, Receipt]:
     right = _load_by_transfer(uow, transfer_id, actor)
+    acting_organisation_active(uow, actor)
     t = right.decline_transfer(transfer_id=transfer_id, by=actor, now=now, reason=reason)
     return t, persist(uow, right)
 
 
 def withdraw(uow: UnitOfWork, actor: Actor, transfer_id: uuid.UUID, now: datetime) -> tuple[Transfer, Receipt]:
     right = _load_by_transfer(uow, transfer_id, actor)
+    acting_organisation_active(uow, actor)
     t = right.withdraw_transfer(transfer_id=transfer_id, by=actor, now=now)
     return t, persist(uow, right)

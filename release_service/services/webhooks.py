@@ -3,7 +3,9 @@
 Each function takes a unit of work (entered here, committed once), plain arguments, and returns the
 frozen dataclasses of domain/webhooks.py. Everything is scoped to the caller's organisation: another
 organisation's subscription or delivery is NOT_FOUND, never FORBIDDEN, so ids reveal nothing.
-A caller with no organisation (a driver, a bare admin token) cannot own webhooks: FORBIDDEN.
+A caller with no organisation (a driver, a bare admin token) cannot own webhooks: FORBIDDEN. An
+organisation port security has deactivated changes none (``organisation_inactive``, review 77), even with
+a token issued before: checked in the change's own transaction, before anything is written.
 
 A subscription is a standing copy of the organisation's events to a URL of the caller's choosing, so
 every change of one (created, secret rotated, deleted, a dead delivery sent again) writes an audit entry
@@ -34,6 +36,8 @@ from release_service.domain.webhooks import (
 )
 from release_service.ports import Sealer, WebhookUnitOfWork
 
+from .common import acting_organisation_active
+
 log = logging.getLogger("quaygate.webhooks")
 
 DEFAULT_ROTATION_OVERLAP = timedelta(hours=24)
@@ -53,6 +57,7 @@ def create_subscription(uow: WebhookUnitOfWork, cipher: Sealer, actor: Actor, *,
     )
     secret = new_secret()
     with uow:
+        acting_organisation_active(uow, actor)
         uow.webhooks.add_subscription(sub, cipher.seal(SigningSecrets(secret).to_bytes(), secret_aad(sub.id)))
         _audit(uow, "release.webhook.subscription.created", actor, sub, now,
                event_types=list(sub.event_types))
@@ -80,6 +85,7 @@ def delete_subscription(uow: WebhookUnitOfWork, actor: Actor, subscription_id: u
     org = _own_org(actor.organisation_id)
     with uow:
         sub = _load(uow, org, subscription_id, for_update=True)
+        acting_organisation_active(uow, actor)
         uow.webhooks.deactivate(subscription_id)
         _audit(uow, "release.webhook.subscription.deleted", actor, sub, now)
         uow.commit()
@@ -99,6 +105,7 @@ def rotate_secret(uow: WebhookUnitOfWork, cipher: Sealer, actor: Actor,
     aad = secret_aad(subscription_id)
     with uow:
         sub = _load(uow, org, subscription_id, for_update=True)  # row lock: two rotations cannot interleave
+        acting_organisation_active(uow, actor)
         current = SigningSecrets.from_bytes(cipher.open(uow.webhooks.sealed_secret(sub.id), aad))
         rotated = current.rotated(secret, now=now, overlap=overlap)
         uow.webhooks.set_sealed_secret(sub.id, cipher.seal(rotated.to_bytes(), aad))
@@ -111,7 +118,8 @@ def rotate_secret(uow: WebhookUnitOfWork, cipher: Sealer, actor: Actor,
 
 def list_dead_letters(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None, *,
                       limit: int = 100) -> list[Delivery]:
-    """Deliveries that exhausted their retries (or whose endpoint answered 410), newest first."""
+    """Deliveries that exhausted their retries (or whose endpoint answered 410), and those withheld while
+    the organisation was deactivated (never sent; not sent on reactivation either), newest first."""
     org = _own_org(organisation_id)
     with uow:
         return uow.webhooks.dead_letters(org, max(1, min(limit, 500)))
@@ -119,15 +127,17 @@ def list_dead_letters(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None,
 
 def redeliver(uow: WebhookUnitOfWork, actor: Actor, delivery_id: uuid.UUID, *,
               now: datetime) -> Delivery:
-    """Put a dead delivery back in the queue, due now, with the whole retry schedule ahead of it."""
+    """Put a dead (or withheld) delivery back in the queue, due now, with the whole retry schedule ahead of
+    it. A deactivated organisation redelivers nothing (``organisation_inactive``)."""
     org = _own_org(actor.organisation_id)
     with uow:
+        acting_organisation_active(uow, actor)  # before the requeue, the first write
         requeued = uow.webhooks.requeue_dead(org, delivery_id, now)
         delivery = uow.webhooks.delivery(org, delivery_id)
         if delivery is None:
             raise DomainError(ErrorCode.NOT_FOUND, "No such webhook delivery.")
         if not requeued:
-            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "Only a dead delivery can be redelivered.",
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "Only a dead or withheld delivery can be redelivered.",
                               status=delivery.status)
         # requeue_dead succeeded, so the subscription is this organisation's and active.
         sub = _load(uow, org, delivery.subscription_id)

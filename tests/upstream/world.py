@@ -37,6 +37,9 @@ _RS256 = JWSRegistry(algorithms=["RS256"])
 
 Change = Callable[[str], str]
 
+# What a browser sends when it navigates: the broker answers its refusals as a page only to one.
+BROWSER_HEADERS = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -95,7 +98,7 @@ class World:
         return self.app.engine  # type: ignore[no-any-return]
 
     def browser(self) -> httpx.Client:
-        return httpx.Client(follow_redirects=False, timeout=20)
+        return httpx.Client(follow_redirects=False, timeout=20, headers=BROWSER_HEADERS)
 
     def callback_url(self, browser: httpx.Client, account: str, *, return_to: str = "/app/") -> str:
         return walk(browser, start(browser, self.app, return_to=return_to), login=account, our_base=self.app.base)

@@ -30,13 +30,16 @@ var QG = (function () {
     node.hidden = !text;
   }
 
-  // An Error carrying the problem's code (RFC 9457 extension member) and the HTTP status.
-  function Problem(code, status, detail) {
+  // An Error carrying the problem's code and office (RFC 9457 extension members) and the HTTP status.
+  function Problem(code, status, detail, office) {
     var e = new Error(detail || code);
-    e.code = code; e.status = status; return e;
+    e.code = code; e.status = status; e.office = office; return e;
   }
 
   function explain(err) {
+    // A refusal that names whom to turn to: the office's own text first (port_security.error.<code>).
+    var own = err && err.code && err.office ? err.office + ".error." + err.code : null;
+    if (own && t(own) !== own) return t(own);
     var key = "error." + (err && err.code);
     if (err && err.code && t(key) !== key) return t(key);
     var byStatus = {401: "login_required", 403: "forbidden", 404: "not_found", 409: "conflict",
@@ -56,7 +59,7 @@ var QG = (function () {
       .then(function (r) {
         if (r.status === 204) return null;
         return r.json().catch(function () { return {}; }).then(function (data) {
-          if (!r.ok) throw Problem(data.code || data.error || "http_" + r.status, r.status, data.detail);
+          if (!r.ok) throw Problem(data.code || data.error || "http_" + r.status, r.status, data.detail, data.office);
           return data;
         });
       });

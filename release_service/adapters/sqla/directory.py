@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from quaygate.schema import badges, memberships, organisations, persons
+from release_service.domain.gate import PERSON_ACTIVE, Reason
 from release_service.domain.parties import Organisation, OrgKind
 from release_service.domain.release import Screening
 from release_service.ports import BadgeRef, Directory, PersonRef, PortBanLookup
@@ -31,7 +32,8 @@ class SqlDirectory:
         row = self._conn.execute(sa.select(persons).where(persons.c.id == person_id)).mappings().first()
         if row is None:
             return None
-        return PersonRef(row["id"], row["given_name"], row["family_name"], row["employer_organisation_id"])
+        return PersonRef(row["id"], row["given_name"], row["family_name"], row["employer_organisation_id"],
+                         row["status"])
 
     def badge(self, *, scheme: str, number: str | None, card_uid: str | None) -> BadgeRef | None:
         stmt = sa.select(badges).where(badges.c.scheme == scheme)
@@ -48,11 +50,15 @@ class SqlDirectory:
         rows = self._conn.execute(sa.select(badges).where(badges.c.person_id == person_id)).mappings()
         return [_badge(r) for r in rows]
 
-    def drives_for(self, person_id: uuid.UUID, organisation_id: uuid.UUID) -> bool:
+    def drives_for(self, person_id: uuid.UUID, organisation_id: uuid.UUID, *, now: datetime) -> bool:
         employed = sa.select(sa.literal(1)).where(persons.c.id == person_id,
                                                   persons.c.employer_organisation_id == organisation_id)
+        # Only a badge usable now links him: a revoked, blocked, inactive, expired or not yet valid badge
+        # issued for a former employer must not let it go on nominating him and reading his screening.
         badged = sa.select(sa.literal(1)).where(badges.c.person_id == person_id,
-                                                badges.c.employer_organisation_id == organisation_id)
+                                                badges.c.employer_organisation_id == organisation_id,
+                                                badges.c.status == "active",
+                                                badges.c.valid_from <= now, badges.c.valid_until > now)
         member = sa.select(sa.literal(1)).where(memberships.c.person_id == person_id,
                                                 memberships.c.organisation_id == organisation_id,
                                                 memberships.c.role == "driver")
@@ -65,12 +71,15 @@ def _badge(row: Any) -> BadgeRef:
 
 
 class BadgeScreening:
-    """Screening at nomination (SPEC.md "The release right"): the driver holds a badge that is active
-    and in date, and no port ban is in effect for him at the terminal's port (issue 4).
+    """Screening at nomination (SPEC.md "The release right"): the driver is not suspended by port
+    security, holds a badge that is active and in date, and no port ban is in effect for him at the
+    terminal's port (issue 4). The same screening judges the driver an override lets in
+    (services/gate.py) and the driver of an offline pass at its reconcile (services/gate_passes.py).
 
-    Both checks always run, so a banned driver (whose badges the ban load just deactivated) is
-    refused as ``banned`` with ``person_banned``, not merely for his badge. Result precedence:
-    banned, then refused (badge), then unavailable (reason ``screening_unavailable``).
+    Every check always runs, so a banned driver (whose badges the ban load just deactivated) is
+    refused as ``banned`` with ``person_banned``, not merely for his badge, and a suspended one is
+    refused with ``person_suspended`` whatever his badges say. Result precedence: banned, then refused
+    (suspended, or no usable badge), then unavailable (reason ``screening_unavailable``).
     """
 
     def __init__(self, directory: Directory, bans: PortBanLookup | None = None) -> None:
@@ -78,11 +87,21 @@ class BadgeScreening:
         self._bans = bans
 
     def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> Screening:
+        person = self._person(person_id)
         badge = self._badge(person_id, now)
         ban = self._bans.screen(person_id, terminal=terminal, now=now) if self._bans else Screening("clear")
+        said = (person, badge, ban)
         for result in ("banned", "refused", "unavailable"):
-            if result in (badge.result, ban.result):
-                return Screening(result, tuple(sorted(set(badge.reasons) | set(ban.reasons))))
+            if any(s.result == result for s in said):
+                return Screening(result, tuple(sorted({r for s in said for r in s.reasons})))
+        return Screening("clear")
+
+    def _person(self, person_id: uuid.UUID) -> Screening:
+        """Port security's suspension (identity.authn.cutoff): a status other than plainly active
+        refuses (fail closed). A person not found is the badge check's to refuse (no badge of his)."""
+        person = self._directory.person(person_id)
+        if person is not None and person.status != PERSON_ACTIVE:
+            return Screening("refused", (Reason.PERSON_SUSPENDED.value,))
         return Screening("clear")
 
     def _badge(self, person_id: uuid.UUID, now: datetime) -> Screening:

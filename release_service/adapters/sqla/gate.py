@@ -2,8 +2,8 @@
 
 - ``rights``: every right of the containers the read may be (``reads.container_candidates``), deleted
   ones left out, as ``RightFacts``: one statement.
-- ``badge``: the badge read, its holder's name and the terminals where it is activated: one statement
-  (an outer join gives one row per live activation).
+- ``badge``: the badge read, its holder's name and status (port security's suspension) and the
+  terminals where it is activated: one statement (an outer join gives one row per live activation).
 - ``screen``: the port-ban screening of the holder (the same lookup as nomination, adapters/sqla/bans).
 - ``policy``: the terminal's policy, or the defaults.
 - ``find`` / ``record``: the decisions, one per (terminal, request_id).
@@ -126,8 +126,8 @@ class SqlGateStore:
         scheme, number, card_uid = lookup
         stmt = (
             sa.select(badges.c.status, badges.c.person_id, badges.c.valid_from, badges.c.valid_until,
-                      persons.c.given_name,
-                      persons.c.family_name, badge_activations.c.terminal_code)
+                      persons.c.given_name, persons.c.family_name, persons.c.status.label("holder_status"),
+                      badge_activations.c.terminal_code)
             .select_from(badges.join(persons, persons.c.id == badges.c.person_id).outerjoin(
                 badge_activations, sa.and_(badge_activations.c.badge_id == badges.c.id,
                                            badge_activations.c.withdrawn_at.is_(None))))
@@ -145,7 +145,7 @@ class SqlGateStore:
             found=True, status=first.status, person_id=first.person_id, valid_from=first.valid_from,
             valid_until=first.valid_until,
             activated_terminals=frozenset(r.terminal_code for r in rows if r.terminal_code is not None),
-            holder_name=f"{first.given_name} {first.family_name}",
+            holder_name=f"{first.given_name} {first.family_name}", holder_status=first.holder_status,
         )
 
     def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> ScreeningResult:

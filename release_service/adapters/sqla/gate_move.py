@@ -9,7 +9,9 @@ everything at once, only if the right is still at the version it read:
          events  AS (INSERT INTO release_events  SELECT ... FROM moved),   -- seq from the row's counter
          audited AS (INSERT INTO audit_log       SELECT ... FROM moved),   -- {"seq": .., **data}, txid
          hooks   AS (INSERT INTO webhook_deliveries SELECT ... FROM moved JOIN webhook_subscriptions
-                     WHERE active AND organisation_id = ANY(:audience) AND event_types ?| :patterns),
+                     JOIN organisations ON organisations.id = organisation_id    -- by primary key
+                     WHERE active AND organisations.active                      -- not deactivated
+                     AND organisation_id = ANY(:audience) AND event_types ?| :patterns),
          decided AS (INSERT INTO gate_decisions  SELECT ... FROM moved)
     SELECT count(*) FROM moved
 
@@ -44,6 +46,7 @@ from quaygate.schema import (
     UTCDateTime,
     audit_log,
     gate_decisions,
+    organisations,
     release_events,
     releases,
     webhook_deliveries,
@@ -157,15 +160,16 @@ def _build(n: int, right_columns: tuple[str, ...], decision_columns: tuple[str, 
             .op("||", return_type=postgresql.JSONB)(e(k, "data", JSON)),
             WRITER_TXID).select_from(moved)),
     ).cte("audited")
-    subs = webhook_subscriptions
+    subs, orgs = webhook_subscriptions, organisations
+    # As SqlOutbox: no delivery to an organisation port security has deactivated (its row by primary key).
     hooks = webhook_deliveries.insert().from_select(
         ["id", "subscription_id", "event_id", "event_type", "payload", "status", "attempts", "next_attempt_at",
          "created_at"],
         each(lambda k: sa.select(
             sa.func.gen_random_uuid(), subs.c.id, e(k, "id", UUID), e(k, "type", sa.String), e(k, "payload", JSON),
             sa.literal("pending"), sa.literal(0), e(k, "at", UTCDateTime()), e(k, "at", UTCDateTime()))
-            .select_from(moved.join(subs, sa.true()))
-            .where(subs.c.active.is_(True),
+            .select_from(moved.join(subs, sa.true()).join(orgs, orgs.c.id == subs.c.organisation_id))
+            .where(subs.c.active.is_(True), orgs.c.active.is_(True),
                    subs.c.organisation_id == sa.any_(text_array(f"e{k}_audience", UUID)),
                    sa.cast(subs.c.event_types, postgresql.JSONB).has_any(text_array(f"e{k}_patterns")))),
     ).cte("hooks")

@@ -2,9 +2,10 @@
 reconciled from the adapters (``gate_offline_decisions``, one per terminal and request_id).
 
 ``pass_subjects`` reads, in five statements whatever the number of rights: the terminal's nominated rights
-still valid and its rights gated in since ``gated_in_since``, the most relevant first and at most
-``limit`` of them; their drivers' badges and live activations; the drivers' names; and the drivers'
-port-ban screening, all of them in one statement (``SqlPortBanLookup.screen_many``, the verify call's rule).
+still valid and its rights gated in since ``gated_in_since``, whose driver is not suspended by port
+security, the most relevant first and at most ``limit`` of them; their drivers' badges and live
+activations; the drivers' names; and the drivers' port-ban screening, all of them in one statement
+(``SqlPortBanLookup.screen_many``, the verify call's rule).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from quaygate.schema import (
     release_events,
     releases,
 )
-from release_service.domain.gate import ScreeningResult
+from release_service.domain.gate import PERSON_ACTIVE, ScreeningResult
 from release_service.domain.gate_pass import PASS_STATES
 from release_service.domain.release import State
 from release_service.ports import BadgeRef, DuplicateDecision, PassSubject, StoredOfflineDecision
@@ -51,8 +52,10 @@ class SqlGateOfflineStore:
         is_near = sa.or_(t.slot_start.is_(None), sa.and_(t.slot_start <= now + near, t.slot_end >= now - near))
         ahead = t.slot_start > now + near
         rows = self._conn.execute(
-            sa.select(*_RIGHT_COLUMNS).where(
-                t.terminal == terminal, t.state.in_(sorted(PASS_STATES)), t.driver_person_id.is_not(None),
+            # No pass for a suspended driver's nominations (identity.authn.cutoff): offline, the lane would
+            # let him through on it. The passes the adapter holds are replaced at its next refresh.
+            sa.select(*_RIGHT_COLUMNS).select_from(releases.join(persons, persons.c.id == t.driver_person_id)).where(
+                t.terminal == terminal, t.state.in_(sorted(PASS_STATES)), persons.c.status == PERSON_ACTIVE,
                 # A gated-in right never lapses (release.py ``lapse_if_due``): one whose gate-out was never
                 # recorded would have a pass for good. Its gate-out pass only within the longest dwell.
                 sa.or_(sa.and_(gated_in, t.gate_in_at >= gated_in_since),

@@ -1,0 +1,131 @@
+"""Nomination alerts: a port ban took effect on the nominated driver of a live release right (issue 4).
+
+Port security and the haulier holding the right are told before the driver reaches the gate (the
+gate refuses him by itself, ``person_banned``), so the haulier can nominate someone else. One alert
+is one ``screening.ban.nomination_alert`` audit entry (what the badge office's alert list,
+``GET /admin/v1/bans/alerts``, reads) and one ``release.nomination.screening_alert`` webhook to the
+holder, both in the caller's transaction.
+
+Who raises them:
+
+- the loader, for a ban new (or amended) and in effect at the load (identity.bans.loader
+  ``ban_consequences``): every live nomination of its subject, whatever his badges;
+- the sweep, for a ban whose start came after its load (identity.bans.sweep): a subject with an
+  active badge through ``ban_consequences`` as at a load; a subject with none through
+  ``due_at_start`` here, since the badge-led sweep never finds him (review 78, finding 1).
+
+Once per ban and nomination: the badge-led sweep stops finding a subject once his badges are
+inactive; a subject without one offers no such state to turn, so the alert itself is the mark:
+``due_at_start`` leaves out a nomination whose driver the trail already names in an alert under one
+of the bans now due. The sweep reads that under the loader's advisory lock, so replicas sweeping at
+once raise it once.
+
+Why the identity side reads the release rights' table (quaygate.schema ``releases``) rather than the
+release engine raising the alert: the ban list, its loader and its lock live here, and the alert is
+one of a ban's consequences, raised in the ban's own transaction with the badges'. The release
+engine would have to poll the ban list and learn which bans it had already acted on. The import
+contracts (pyproject.toml) keep only the domains pure; this adapter-level read of the shared
+schema is what the loader already did, and the wire event goes through the engine's own outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from identity import audit
+from quaygate.schema import audit_log, persons, port_bans, releases
+from release_service.adapters.outbox import SqlOutbox
+from release_service.domain.release import State
+from release_service.ports import PublishedEvent
+
+log = logging.getLogger(__name__)
+
+ACTOR = {"client_id": "port_ban_register"}
+ALERT_KIND = "screening.ban.nomination_alert"
+ALERT_EVENT = "release.nomination.screening_alert"
+
+
+@dataclass(frozen=True, slots=True)
+class NominationHit:
+    """A live nomination whose driver a ban in effect names."""
+
+    release_id: uuid.UUID
+    holder_organisation_id: uuid.UUID
+    driver_person_id: uuid.UUID
+    ban_reference: str
+
+
+def _live(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+    """A live nomination: the right is nominated (not yet gated in, not ended) and still in its window
+    (past ``valid_until`` it has lapsed, even before the lapse sweeper marks it)."""
+    return releases.c.state == State.NOMINATED.value, releases.c.valid_until > now
+
+
+def live_nominations_of(conn: sa.Connection, person_id: uuid.UUID, reference: str,
+                        now: datetime) -> list[NominationHit]:
+    """The person's live nominations, as hits of the ban ``reference``."""
+    rows = conn.execute(sa.select(releases.c.id, releases.c.holder_organisation_id)
+                        .where(releases.c.driver_person_id == person_id, *_live(now))
+                        .order_by(releases.c.id))
+    return [NominationHit(rid, holder, person_id, reference) for rid, holder in rows]
+
+
+def due_at_start(conn: sa.Connection, now: datetime) -> list[NominationHit]:
+    """Live nominations whose driver came under a ban in effect after he was nominated, and about
+    which no alert under such a ban is on the trail yet: one hit per nomination (its first ban).
+
+    ``nominated_at < banned_from``: the nomination was live when the ban started, so the ban took
+    effect on it. A nomination made after the ban started was screened against it (refused where it
+    applies), and one the load found was alerted by the load. The candidates are few (drivers under
+    a ban), each checked on the trail by its release id (the ``subject`` index)."""
+    rows = conn.execute(
+        sa.select(releases.c.id, releases.c.holder_organisation_id, releases.c.driver_person_id,
+                  port_bans.c.reference)
+        .select_from(port_bans)
+        .join(persons, persons.c.national_id_hash == port_bans.c.subject_hash)
+        .join(releases, releases.c.driver_person_id == persons.c.id)
+        .where(port_bans.c.banned_from <= now, port_bans.c.banned_until > now,
+               releases.c.nominated_at < port_bans.c.banned_from, *_live(now))
+        .order_by(releases.c.id, port_bans.c.register, port_bans.c.reference))
+    bans: dict[tuple[uuid.UUID, uuid.UUID, uuid.UUID], list[str]] = {}
+    for rid, holder, driver, reference in rows:
+        bans.setdefault((rid, holder, driver), []).append(reference)
+    return [NominationHit(rid, holder, driver, refs[0]) for (rid, holder, driver), refs in bans.items()
+            if not _alerted(conn, rid, driver, refs)]
+
+
+def _alerted(conn: sa.Connection, release_id: uuid.UUID, driver: uuid.UUID, references: Sequence[str]) -> bool:
+    """Does the trail hold an alert on this release naming this driver under one of ``references``?"""
+    entries = conn.execute(sa.select(audit_log.c.data)
+                           .where(audit_log.c.subject == str(release_id), audit_log.c.kind == ALERT_KIND)).scalars()
+    return any(_names(d, driver, references) for d in entries)
+
+
+def _names(data: dict[str, Any], driver: uuid.UUID, references: Sequence[str]) -> bool:
+    return data.get("driver_person_id") == str(driver) and data.get("ban_reference") in references
+
+
+def raise_alerts(conn: sa.Connection, hits: Sequence[NominationHit], now: datetime) -> int:
+    """Audit each hit and queue its webhook to the holder, in the caller's transaction; how many."""
+    events: list[PublishedEvent] = []
+    for hit in hits:
+        audit.record(ALERT_KIND, at=now, actor=ACTOR, conn=conn, subject=str(hit.release_id),
+                     data={"release_id": str(hit.release_id), "driver_person_id": str(hit.driver_person_id),
+                           "holder_organisation_id": str(hit.holder_organisation_id),
+                           "ban_reference": hit.ban_reference, "screening": "banned"})
+        events.append(PublishedEvent(
+            id=uuid.uuid4(), type=ALERT_EVENT, release_id=hit.release_id, at=now,
+            audience=frozenset({hit.holder_organisation_id}),
+            payload={"driver_person_id": str(hit.driver_person_id), "screening": "banned",
+                     "reason": "person_banned"}))
+    SqlOutbox(conn).publish(events)
+    if hits:
+        log.warning("screening.ban.nomination_alert")
+    return len(hits)

@@ -1,0 +1,281 @@
+"""An officer's override of a refused truck goes through the adapter (overrides.py), and the right it lets
+in counts as used here, as an online commit does (outbox.py rule 7): with the uplink cut before the passes
+show the gate-in, offline mode never lets the same right in again at another lane of the adapter.
+
+Against the real app (real gate token, real ES256 passes, SQLite and PostgreSQL); the officer calls the
+adapter's own HTTP source (in process, over "https" as the route demands) with an officer's credential.
+Only the outage is staged (a closed port), and one lost answer (a transport that drops the answer after
+the real app has recorded the override); our own barrier is recorded."""
+# ruff: noqa: F811 - ``gate`` and ``adapters`` are fixtures imported here and requested by name
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from gate_adapters.adapter import build
+from gate_adapters.core.correlate import LaneCorrelator
+from gate_adapters.runtime.client import StaticToken, VerifyClient
+from gate_adapters.runtime.config import parse, token_sha256
+from gate_adapters.runtime.http_source import Officer, create_source_app
+from gate_adapters.runtime.lane import LaneResult, LaneRuntime, LaneWorker
+from gate_adapters.runtime.offline import OfflineMode, PassStore
+from gate_adapters.runtime.outbox import Outbox
+from gate_adapters.runtime.overrides import (
+    NotOverridable,
+    OverrideDesk,
+    OverrideRefused,
+    OverrideUnanswered,
+    UnknownLane,
+    UnknownRequest,
+)
+from gate_adapters.runtime.sinks import BarrierCommand
+
+from .factories import TERMINAL
+from .processes import free_port
+from .test_gate_offline import DEAD, SECRET, Adapter, adapters, issuer  # noqa: F401
+from .test_gate_runtime import _now, reads
+from .test_gate_verify import Gate, gate  # noqa: F401
+
+OFFICER_TOKEN = "officer-token-" + "o" * 32
+LANES = ("in-1", "in-2")
+WRONG_PLATE = "9-ZZZ-999"  # refused for the plate alone: what a person at the desk may set aside
+
+
+def at_lane(a: Adapter, lane: str, *, plate: str = "1-ABC-123", service_up: bool, n: int = 1) -> LaneResult:
+    """One truck (the test driver's badge, container ``n``) at ``lane`` of adapter ``a``."""
+    client = a.online if service_up else VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5)
+    runtime = LaneRuntime(TERMINAL, lane, "in", "commit", LaneCorrelator(lane, TERMINAL, "in"), client, a.outbox,
+                          a.barrier, offline=a.offline)
+    (result,) = [r for read in reads(plate, n, at=_now(), lane=lane) for r in runtime.feed(read)]
+    return result
+
+
+def refused_online(a: Adapter, lane: str = "in-1", n: int = 1) -> LaneResult:
+    refused = at_lane(a, lane, plate=WRONG_PLATE, service_up=True, n=n)
+    assert refused.response is not None and not refused.offline, refused.error
+    assert (refused.decision, refused.response["reasons"]) == ("deny", ["plate_mismatch"]), refused.response
+    return refused
+
+
+@pytest.fixture
+def desk(adapters: list[Adapter]) -> OverrideDesk:
+    a = adapters[0]
+    return OverrideDesk(a.online, a.outbox, LANES)
+
+
+@pytest.fixture
+def console(adapters: list[Adapter], desk: OverrideDesk) -> Iterator[TestClient]:
+    """The adapter's HTTP source with its override desk, as an officer's console reaches it."""
+    a = adapters[0]
+    lanes = [LaneRuntime(TERMINAL, ln, "in", "commit", LaneCorrelator(ln, TERMINAL, "in"), a.online, a.outbox,
+                         a.barrier) for ln in LANES]
+    app = create_source_app(LaneWorker(lanes), TERMINAL, devices=None,
+                            officers=(Officer("duty-officer", bytes.fromhex(token_sha256(OFFICER_TOKEN))),),
+                            overrides=desk)
+    with TestClient(app, base_url="https://adapter.test") as http:
+        yield http
+
+
+def override(console: TestClient, lane: str, body: dict[str, Any], token: str = OFFICER_TOKEN) -> httpx.Response:
+    return console.post(f"/officer/override/{lane}", json=body, headers={"Authorization": f"Bearer {token}"})
+
+
+def test_an_override_through_the_adapter_counts_as_a_use_when_the_uplink_is_cut(
+        gate: Gate, adapters: list[Adapter], console: TestClient) -> None:
+    """The attack the use closes: the pass is fetched; truck A is refused online at lane 1 (the plate) and
+    the officer overrides it through the adapter: the service records the gate-in. The uplink is cut
+    before the next refresh; truck B with the lent badge and the nominated plate comes to lane 2. Its
+    pass still shows the right unused: only the use noted with the override refuses it (already_used).
+    A restart during the outage (new objects over the same files) still knows it."""
+    rid = gate.pickable(1)
+    a = adapters[0]
+    assert a.offline.refresh() == 1  # the pass, fetched before the override
+    refused = refused_online(a)
+    assert a.outbox.offline_uses() == {"in": set(), "out": set()}  # a refusal uses nothing
+
+    r = override(console, "in-1", {"request_id": refused.request_id, "reason": "hired tractor, plate checked"},
+                 token="not-an-officer")
+    assert (r.status_code, r.json()["code"]) == (401, "officer_credential_required"), r.text
+    r = override(console, "in-1", {"request_id": refused.request_id, "reason": "hired tractor, plate checked"})
+    assert r.status_code == 201, r.text
+    assert refused.response is not None
+    assert r.json() == {"lane": "in-1", "request_id": refused.request_id,
+                        "decision_id": refused.response["decision_id"], "release_id": rid, "state": "gated_in",
+                        "overridden_by": "duty-officer (http)", "counted_as_used": True}
+    assert gate.state(rid) == "gated_in"
+    assert a.outbox.offline_uses() == {"in": {rid}, "out": set()}
+    [kept] = a.outbox.overrides(refused.request_id)
+    assert (kept["outcome"], kept["officer"], kept["reason"]) == (
+        "overridden", "duty-officer (http)", "hired tractor, plate checked")
+    assert [c.command for c in a.barrier.commands] == [BarrierCommand.HOLD]  # the override opens nothing
+
+    a.down()  # the uplink is cut within the refresh interval
+    again = at_lane(a, "in-2", service_up=False)
+    assert again.offline and again.response is not None
+    assert (again.decision, again.response["reasons"], again.response["committed"]) == (
+        "deny", ["already_used"], False), again.response
+    assert again.response["offline"]["basis"] == "pass"  # judged on the pass, with the use counted
+    assert a.barrier.commands[-1].command == BarrierCommand.HOLD
+
+    a.outbox.close()
+    a.store.close()
+    a.outbox = Outbox(a.outbox.path)
+    a.store = PassStore(a.store.path, issuer=issuer(gate), terminal=TERMINAL, secret=SECRET)
+    a.offline = OfflineMode(a.online, a.store, a.outbox)
+    a.down()
+    third = at_lane(a, "in-1", service_up=False)
+    assert third.response is not None and (third.decision, third.response["reasons"]) == ("deny", ["already_used"])
+    assert BarrierCommand.OPEN not in [c.command for c in a.barrier.commands]
+
+
+class LoseOverrideAnswers(httpx.BaseTransport):
+    """The real app behind a network that loses the answer to the first ``lose`` override posts: the app
+    has recorded each, the adapter hears a read timeout."""
+
+    def __init__(self, inner: httpx.BaseTransport, lose: int) -> None:
+        self.inner, self.lose = inner, lose
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if request.url.path == "/gate/v1/overrides" and self.lose > 0:
+            self.lose -= 1
+            response.read()
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return response
+
+
+@pytest.mark.parametrize("lost", ["retried", "every_try"])
+def test_an_override_whose_answer_was_lost_counts_as_a_use(
+        gate: Gate, adapters: list[Adapter], lost: str) -> None:
+    """overrides.py rule 3. The service recorded the override; its answer never came. Retried, the
+    service says ``already_used`` (not idempotent); never answered, the adapter cannot know. Either way the
+    right counts as used here, and offline mode refuses it."""
+    rid = gate.pickable(1)
+    a = adapters[0]
+    a.offline.refresh()
+    refused = refused_online(a)
+    lossy = httpx.Client(transport=LoseOverrideAnswers(gate.http._transport, lose=1 if lost == "retried" else 9))
+    desk = OverrideDesk(VerifyClient("http://testserver", StaticToken(gate.gate_token), http=lossy, attempts=2,
+                                     sleep=lambda s: None), a.outbox, LANES)
+    if lost == "retried":
+        with pytest.raises(OverrideRefused) as exc:
+            desk.override("in-1", refused.request_id, "checked at the desk", by="J. Peeters (test)")
+        assert (exc.value.code, exc.value.used) == ("already_used", True)
+    else:
+        with pytest.raises(OverrideUnanswered):
+            desk.override("in-1", refused.request_id, "checked at the desk", by="J. Peeters (test)")
+    assert gate.state(rid) == "gated_in"  # recorded by the service, whatever the adapter heard
+    assert a.outbox.offline_uses() == {"in": {rid}, "out": set()}
+    assert [o["outcome"] for o in a.outbox.overrides(refused.request_id)] == [
+        "already_used" if lost == "retried" else "unanswered"]
+    a.down()
+    got = at_lane(a, "in-2", service_up=False)
+    assert got.response is not None and (got.decision, got.response["reasons"]) == ("deny", ["already_used"])
+
+
+def test_only_a_refusal_the_service_made_here_is_sent_and_a_final_refusal_uses_nothing(
+        gate: Gate, adapters: list[Adapter], desk: OverrideDesk, console: TestClient) -> None:
+    """overrides.py rule 2: the desk sends only a refused gate-in the service decided at this lane; the
+    service's own refusal is relayed, kept, and counts as no use (the right was not let in)."""
+    a = adapters[0]
+    with pytest.raises(UnknownLane):
+        desk.override("in-9", "r-1", "x", by="o")
+    with pytest.raises(UnknownRequest):
+        desk.override("in-1", "no-such-request", "x", by="o")
+    with pytest.raises(ValueError, match="reason"):
+        desk.override("in-1", "no-such-request", "   ", by="o")
+
+    gate.pickable(1)
+    a.offline.refresh()
+    refused = refused_online(a)
+    with pytest.raises(UnknownRequest):  # another lane's truck
+        desk.override("in-2", refused.request_id, "x", by="o")
+    allowed = at_lane(a, "in-2", service_up=True)
+    assert (allowed.decision, allowed.response["committed"]) == ("allow", True)  # type: ignore[index]
+    with pytest.raises(NotOverridable, match="did not refuse"):
+        desk.override("in-2", allowed.request_id, "x", by="o")
+    # Now the right is used: the service refuses the override of the earlier refusal (already_used; the
+    # use is counted, and it is true), and a decision it can never override (no right) is refused here.
+    with pytest.raises(OverrideRefused) as used:
+        desk.override("in-1", refused.request_id, "x", by="o")
+    assert (used.value.code, used.value.status, used.value.used) == ("already_used", 409, True)
+    unknown = refused_online_unknown(a)
+    with pytest.raises(NotOverridable, match="no release right"):
+        desk.override("in-1", unknown.request_id, "x", by="o")
+
+    gate.pickable(2)
+    a.offline.refresh()
+    a.down()
+    offline = at_lane(a, "in-1", plate=WRONG_PLATE, service_up=False, n=2)
+    assert offline.offline and offline.decision == "deny"
+    with pytest.raises(NotOverridable, match="offline"):
+        desk.override("in-1", offline.request_id, "x", by="o")
+    a.up()
+
+    # A refusal the service makes for good (its rules: not the desk's to set aside) counts as no use.
+    rid = gate.pickable(3)
+    a.offline.refresh()
+    from quaygate.schema import badges  # the badge office blocks the driver's badge
+    with gate.engine.begin() as conn:
+        conn.execute(badges.update().where(badges.c.number == gate.badge_number).values(status="blocked"))
+    blocked = at_lane(a, "in-1", service_up=True, n=3)
+    assert blocked.decision == "deny" and "badge_blocked" in blocked.response["reasons"]  # type: ignore[index]
+    before = a.outbox.offline_uses()
+    r = override(console, "in-1", {"request_id": blocked.request_id, "reason": "known driver"})
+    assert (r.status_code, r.json()["code"]) == (409, "illegal_transition"), r.text
+    assert a.outbox.offline_uses() == before and rid not in before["in"]
+    assert [o["outcome"] for o in a.outbox.overrides(blocked.request_id)] == ["refused"]
+    assert gate.state(rid) == "nominated"
+    for body in ({"request_id": blocked.request_id}, {"request_id": 7, "reason": "x"},
+                 {"request_id": blocked.request_id, "reason": "x", "by": "someone else"}):
+        r = override(console, "in-1", body)
+        assert (r.status_code, r.json()["code"]) == (400, "payload_refused"), r.text
+
+
+def refused_online_unknown(a: Adapter) -> LaneResult:
+    """A truck whose container has no right (``container_unknown``): refused, nothing to let in."""
+    got = at_lane(a, "in-1", service_up=True, n=77)
+    assert got.response is not None and got.response["release_id"] is None and got.decision != "allow", got
+    return got
+
+
+def test_an_override_the_service_cannot_hear_counts_as_a_use_and_says_so(
+        gate: Gate, adapters: list[Adapter], tmp_path: Path) -> None:
+    """The service is away when the officer overrides: the adapter cannot know whether an earlier try
+    landed, so the right counts as used here (fail closed, rule 3) and the officer is told to ask again."""
+    rid = gate.pickable(1)
+    a = adapters[0]
+    a.offline.refresh()
+    refused = refused_online(a)
+    away = OverrideDesk(VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5), a.outbox, LANES)
+    with pytest.raises(OverrideUnanswered, match="ask again"):
+        away.override("in-1", refused.request_id, "checked", by="o")
+    assert a.outbox.offline_uses()["in"] == {rid} and gate.state(rid) == "nominated"
+    done = OverrideDesk(a.online, a.outbox, LANES).override("in-1", refused.request_id, "checked", by="o")
+    assert (done.state, gate.state(rid)) == ("gated_in", "gated_in")
+    assert [o["outcome"] for o in a.outbox.overrides(refused.request_id)] == ["unanswered", "overridden"]
+
+
+def test_the_adapter_as_built_serves_the_override_to_its_officers(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``build`` wires the override desk to the HTTP source: an officer reaches it, for the adapter's lanes."""
+    monkeypatch.setenv("QUAYGATE_GATE_CLIENT_SECRET", "s3cret")
+    adapter = build(parse({
+        "terminal": TERMINAL, "outbox": "outbox.sqlite3", "dev": True,
+        "service": {"base_url": "http://127.0.0.1:9"}, "auth": {"client_id": "gate"},
+        "http": {"port": free_port(),
+                 "officers": [{"name": "duty-officer", "token_sha256": token_sha256(OFFICER_TOKEN)}]},
+        "lanes": [{"lane": "in-1"}]}, base=tmp_path))
+    try:
+        with TestClient(adapter.http_server.config.app, base_url="https://adapter.test") as http:
+            for lane, status, code in (("in-1", 404, "unknown_request"), ("in-9", 404, "unknown_lane")):
+                r = override(http, lane, {"request_id": "no-such-request", "reason": "checked"})
+                assert (r.status_code, r.json()["code"]) == (status, code), r.text
+    finally:
+        adapter.outbox.close()
