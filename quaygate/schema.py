@@ -255,7 +255,7 @@ webhook_deliveries = sa.Table(
     sa.Column("event_id", UUID, nullable=False),
     sa.Column("event_type", sa.String(64), nullable=False),
     sa.Column("payload", JSON, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | dead | withheld (no CHECK)
+    sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | dead | withheld | cancelled (no CHECK)
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", UTCDateTime, nullable=False),
     sa.Column("last_error", sa.String(500)),

@@ -627,3 +627,57 @@ def test_a_url_with_a_control_character_is_refused_as_the_url(url: str) -> None:
     with pytest.raises(DomainError) as err:
         wh.validate_url(url)
     assert err.value.code is ErrorCode.INVALID_WEBHOOK_SUBSCRIPTION and err.value.context["field"] == "url"
+
+
+# ---- a closed subscription's queued deliveries are cancelled, not left pending for ever ------------------
+
+
+def statuses(engine: sa.Engine, subscription_id: uuid.UUID) -> Counter[str]:
+    with engine.connect() as conn:
+        return Counter(conn.execute(sa.select(webhook_deliveries.c.status)
+                                    .where(webhook_deliveries.c.subscription_id == subscription_id)).scalars())
+
+
+def test_deleting_a_subscription_cancels_its_queued_deliveries(engine: sa.Engine, receiver: Receiver) -> None:
+    """Deleted, a subscription sends nothing more; its queued deliveries take the final status
+    ``cancelled`` in the deletion's transaction instead of staying ``pending`` for ever (never sent, never
+    a dead letter, never redeliverable: each claim would wade through them). The other subscription's are
+    untouched, and the trail says how many were cancelled."""
+    org, clock = make_org(engine), FakeClock()
+    closing, _ = subscribe(engine, org, receiver.url("/closing"), ["release.*"])
+    staying, _ = subscribe(engine, org, receiver.url("/staying"), ["release.*"])
+    publish(engine, {org}, "release.issued")
+    publish(engine, {org}, "release.revoked")
+    assert statuses(engine, closing.id) == Counter({"pending": 2})
+
+    svc.delete_subscription(SqlUnitOfWork(engine), member(org), closing.id, now=T0)
+    assert statuses(engine, closing.id) == Counter({"cancelled": 2})
+    assert statuses(engine, staying.id) == Counter({"pending": 2})
+    deleted = audit_entries(engine, closing.id)[-1]
+    assert deleted.kind == "release.webhook.subscription.deleted" and deleted.data["deliveries_cancelled"] == 2
+
+    assert dispatcher(engine, clock).run_once() == 2
+    assert receiver.at("/closing") == [] and len(receiver.at("/staying")) == 2
+    assert svc.list_dead_letters(SqlUnitOfWork(engine), org) == []
+    cancelled = delivery_rows(engine)
+    one = next(r for r in cancelled if r.subscription_id == closing.id)
+    with pytest.raises(DomainError) as refused:
+        svc.redeliver(SqlUnitOfWork(engine), member(org), one.id, now=T0)
+    assert refused.value.code is ErrorCode.NOT_FOUND
+    assert statuses(engine, closing.id) == Counter({"cancelled": 2})
+
+
+def test_an_endpoint_gone_has_its_other_queued_deliveries_cancelled(engine: sa.Engine, receiver: Receiver) -> None:
+    """A 410 Gone closes the subscription (spec); the deliveries still queued for it behind the one that
+    got the 410 are cancelled with it, and the trail's entry counts them. Another endpoint's are sent."""
+    org, clock = make_org(engine), FakeClock()
+    gone, _ = subscribe(engine, org, receiver.url("/gone"), ["release.*"])
+    receiver.status["/gone"] = 410
+    for i in range(3):
+        publish(engine, {org}, "release.issued", at=T0 + timedelta(seconds=i))
+
+    assert dispatcher(engine, clock, batch=1).run_once() == 1  # one claimed, answered 410: the endpoint closed
+    assert statuses(engine, gone.id) == Counter({"dead": 1, "cancelled": 2})
+    disabled = audit_entries(engine, gone.id)[-1]
+    assert disabled.kind == "release.webhook.subscription.disabled" and disabled.data["deliveries_cancelled"] == 2
+    assert dispatcher(engine, clock).run_once() == 0 and len(receiver.at("/gone")) == 1

@@ -7,7 +7,9 @@ the ``WebhookStore`` port of services/webhooks.py; it only flushes, the unit of 
 A delivery's status: ``pending`` (queued, or waiting for its next try), then one final status:
 ``delivered``; ``dead`` (its retries exhausted, or the endpoint answered 410 Gone); ``withheld`` (its
 organisation was deactivated before it was sent: the dispatcher never sends it, and a reactivation
-does not send it either). A dead or withheld delivery goes back in the queue only by ``redeliver``.
+does not send it either); ``cancelled`` (its subscription was closed, deleted or disabled by a 410 Gone,
+before it was sent: ``close_subscription``). A dead or withheld delivery goes back in the queue only by
+``redeliver``; a cancelled one never does (its endpoint is gone).
 """
 
 from __future__ import annotations
@@ -117,9 +119,10 @@ class SqlWebhookStore:
     def set_sealed_secret(self, subscription_id: uuid.UUID, secret_enc: str) -> None:
         self._conn.execute(_subs.update().where(_subs.c.id == subscription_id).values(secret_enc=secret_enc))
 
-    def deactivate(self, subscription_id: uuid.UUID) -> None:
-        """Deletion keeps the row (deliveries point at it, history stays readable); nothing more is sent."""
-        self._conn.execute(_subs.update().where(_subs.c.id == subscription_id).values(active=False))
+    def deactivate(self, subscription_id: uuid.UUID) -> int:
+        """Deletion keeps the row (deliveries point at it, history stays readable); nothing more is sent.
+        Returns how many queued deliveries were cancelled (``close_subscription``)."""
+        return close_subscription(self._conn, subscription_id) or 0
 
     def dead_letters(self, organisation_id: uuid.UUID, limit: int) -> list[Delivery]:
         rows = self._conn.execute(
@@ -150,6 +153,28 @@ class SqlWebhookStore:
     def _own(self, organisation_id: uuid.UUID) -> sa.Select[tuple[uuid.UUID]]:
         return sa.select(_subs.c.id).where(_subs.c.organisation_id == organisation_id,
                                            _subs.c.active.is_(True))
+
+
+CANCELLED_ERROR = "subscription closed before delivery"
+
+
+def close_subscription(conn: sa.Connection, subscription_id: uuid.UUID) -> int | None:
+    """Close a subscription, and cancel its queued deliveries in the same transaction; how many.
+
+    Closed by its organisation (delete) or by the dispatcher (410 Gone). A pending delivery of a closed
+    subscription is never sent, never listed as a dead letter and never redelivered (both need an active
+    subscription): left pending, it would stay so for ever, every claim of the dispatcher wading through
+    it (the due index is on status and time, the subscription is a join). So it takes a final status.
+    A delivery being sent at that moment (leased by a dispatcher) is cancelled too: its result is then
+    recorded as a lost lease. None when the subscription was already closed (closing twice does nothing).
+    """
+    closed = conn.execute(_subs.update().where(_subs.c.id == subscription_id, _subs.c.active.is_(True))
+                          .values(active=False))
+    if closed.rowcount != 1:
+        return None
+    return int(conn.execute(_dels.update().where(_dels.c.subscription_id == subscription_id,
+                                                 _dels.c.status == "pending")
+                            .values(status="cancelled", last_error=CANCELLED_ERROR)).rowcount)
 
 
 def _subscription(row: sa.Row[Any]) -> Subscription:

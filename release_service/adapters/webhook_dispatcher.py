@@ -8,7 +8,8 @@ One round (``run_once``)::
                                  a row whose organisation port security has deactivated is withheld
                                  instead (a final status), never sent
     send    (no transaction)     sign per Standard Webhooks and POST; redirects are not followed
-    record  (short transaction)  delivered on 2xx; 410 Gone disables the endpoint; anything else
+    record  (short transaction)  delivered on 2xx; 410 Gone disables the endpoint (its other queued
+                                 deliveries cancelled: outbox.close_subscription); anything else
                                  schedules the next try from the backoff, or marks the delivery dead
 
 The outcome is written only if the row still carries our lease (a fencing token): if a send outlived
@@ -46,6 +47,7 @@ import sqlalchemy as sa
 from quaygate.crypto import DataCipher
 from quaygate.schema import organisations, webhook_deliveries, webhook_subscriptions
 from release_service.adapters.audit import SqlAuditLog
+from release_service.adapters.outbox import close_subscription
 from release_service.domain.webhooks import (
     LOCAL_HOSTS,
     SigningSecrets,
@@ -273,13 +275,13 @@ class WebhookDispatcher:
                 if fenced.rowcount != 1:
                     event = "release.webhook.lease_lost"
                 elif o.status_code == 410:
-                    disabled = conn.execute(_subs.update().where(_subs.c.id == c.subscription_id,
-                                                                 _subs.c.active.is_(True)).values(active=False))
-                    if disabled.rowcount == 1:  # a subscription closed is on the trail, whoever closed it
+                    cancelled = close_subscription(conn, c.subscription_id)
+                    if cancelled is not None:  # a subscription closed is on the trail, whoever closed it
                         SqlAuditLog(conn).append(
                             "release.webhook.subscription.disabled", actor=SYSTEM_ACTOR,
                             subject=str(c.subscription_id),
-                            data={**trail_url(c.url), "reason": "HTTP 410 Gone", "delivery_id": str(c.id)},
+                            data={**trail_url(c.url), "reason": "HTTP 410 Gone", "delivery_id": str(c.id),
+                                  "deliveries_cancelled": cancelled},
                             at=now)
                 log.info(event, extra={"fields": {"delivery_id": str(c.id), "attempts": attempts,
                                                   "status_code": o.status_code}})

@@ -221,7 +221,7 @@ class Delivery:
     subscription_id: uuid.UUID
     event_id: uuid.UUID
     event_type: str
-    status: str  # pending | delivered | dead | withheld (adapters/outbox.py)
+    status: str  # pending | delivered | dead | withheld | cancelled (adapters/outbox.py)
     attempts: int
     next_attempt_at: datetime
     last_error: str | None

@@ -81,13 +81,14 @@ def get_subscription(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None,
 
 def delete_subscription(uow: WebhookUnitOfWork, actor: Actor, subscription_id: uuid.UUID, *,
                         now: datetime) -> None:
-    """Stops every delivery to the endpoint, pending ones included; the rows stay for the record."""
+    """Stops every delivery to the endpoint: the queued ones take the final status ``cancelled``; the rows
+    stay for the record."""
     org = _own_org(actor.organisation_id)
     with uow:
         sub = _load(uow, org, subscription_id, for_update=True)
         acting_organisation_active(uow, actor)
-        uow.webhooks.deactivate(subscription_id)
-        _audit(uow, "release.webhook.subscription.deleted", actor, sub, now)
+        cancelled = uow.webhooks.deactivate(subscription_id)
+        _audit(uow, "release.webhook.subscription.deleted", actor, sub, now, deliveries_cancelled=cancelled)
         uow.commit()
     log.info("release.webhook.subscription.deleted",
              extra={"fields": {"subscription_id": str(subscription_id)}})
