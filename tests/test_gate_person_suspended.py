@@ -24,7 +24,7 @@ from identity.authn import cutoff
 from identity.bootstrap import create_client
 from identity.grants import grants_for
 from identity.sessions import sessions_for
-from quaygate.schema import audit_log, gate_decisions, releases
+from quaygate.schema import audit_log, gate_decisions, releases, webhook_deliveries, webhook_subscriptions
 from release_service.adapters.gate_facts import RedisGateFacts
 from release_service.domain import gate as g
 from release_service.domain.errors import DomainError
@@ -325,3 +325,42 @@ def test_an_old_badge_copy_of_an_active_holder_is_replaced_too(cached: Gate) -> 
     facts._near.clear()
     assert verify(gate, 14)["decision"] == "allow"
     assert json.loads(facts._r.get(key) or b"{}")["holder_status"] == "active"
+
+
+# ---- the holders of his nominations are told, as after a ban ----------------------------------------
+
+
+def test_a_suspension_alerts_the_holder_of_each_live_nomination(gate: Gate) -> None:
+    """The haulier learns before its driver reaches the gate (where he would be turned away), so it can
+    nominate someone else: one ``release.nomination.screening_alert`` per live nomination, reason
+    ``person_suspended``, never port security's reason; the suspension's entry lists the rights. A right
+    not nominated to him (still active) gets none; a reinstatement and a second suspension alert again."""
+    subscription = uuid.uuid4()
+    with gate.engine.begin() as conn:
+        conn.execute(webhook_subscriptions.insert().values(
+            id=subscription, organisation_id=gate.p.haul.organisation_id, url="https://haulier.example/hooks",
+            secret_enc="x", event_types=["release.nomination.*"], active=True, created_at=_now()))
+    first, second = gate.pickable(5), gate.pickable(6)
+    unnominated = str(gate.issue(7, release_to_organisation_id=str(gate.p.haul.organisation_id))["release"]["id"])
+
+    def alerts() -> list[tuple[str, dict[str, Any]]]:
+        with gate.engine.connect() as conn:
+            return [(p["release_id"], p["data"]) for p in conn.execute(
+                sa.select(webhook_deliveries.c.payload)
+                .where(webhook_deliveries.c.event_type == "release.nomination.screening_alert",
+                       webhook_deliveries.c.subscription_id == subscription)).scalars()]
+
+    suspend(gate)
+    said = {"driver_person_id": str(gate.p.driver), "screening": "suspended", "reason": "person_suspended"}
+    got = alerts()
+    assert sorted(rid for rid, _ in got) == sorted([first, second]) and unnominated not in {r for r, _ in got}
+    assert all({k: data.get(k) for k in said} == said for _, data in got), got
+    assert not any("fraud" in json.dumps(data) for _, data in got)  # port security's reason stays with it
+    with gate.engine.connect() as conn:
+        entry = conn.execute(sa.select(audit_log.c.data).where(audit_log.c.kind == "identity.admin.person.suspended")
+                             .order_by(audit_log.c.id.desc())).scalars().first()
+    assert entry is not None and sorted(entry["nominations_alerted"]) == sorted([first, second])
+
+    reinstate(gate)
+    suspend(gate)
+    assert len(alerts()) == 4

@@ -41,6 +41,8 @@ is told status_unchanged.
 
 The release engine reads the status too: a suspended person is refused at nomination and denied at
 the gate (``person_suspended``), and gets no offline gate pass; a reinstated one is let through again.
+The holders of his live nominations get a screening alert webhook with the suspension
+(identity.bans.alerts ``suspension_alerts``), so they can nominate someone else.
 So both invalidate the gate's cached badge facts, which carry it (``_set_status``).
 """
 
@@ -57,6 +59,7 @@ from quaygate.invalidation import BADGES, touch
 from quaygate.schema import persons, webauthn_credentials
 
 from .. import audit
+from ..bans.alerts import suspension_alerts
 from ..grants import GrantStore
 from ..sessions import SessionStore
 from . import enrolment
@@ -150,10 +153,12 @@ def suspend_person(engine: sa.Engine, *, sessions: SessionStore, grants: GrantSt
                       reason="person_suspended", now=now)
         codes = enrolment.end_live_codes(conn, person_id, now=now)
         cut = CutOff(cut.sessions_ended, cut.grants_revoked, codes)
+        # The holders of his live nominations learn it before he reaches the gate, as after a ban.
+        alerted = suspension_alerts(conn, person_id, now)
         audit.record("identity.admin.person.suspended", at=now, actor=audit.actor_fields(actor),
                      subject=str(person_id), conn=conn,
                      data={"reason": said, "sessions_ended": cut.sessions_ended, "grants_revoked": cut.grants_revoked,
-                           "enrolment_codes_ended": codes})
+                           "enrolment_codes_ended": codes, "nominations_alerted": [str(r) for r in alerted]})
     log.info("identity.person.suspended")
     return cut
 

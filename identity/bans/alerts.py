@@ -20,6 +20,12 @@ inactive; a subject without one offers no such state to turn, so the alert itsel
 of the bans now due. The sweep reads that under the loader's advisory lock, so replicas sweeping at
 once raise it once.
 
+A suspension (identity.authn.cutoff ``suspend_person``) has the same consequence at the gate
+(``person_suspended``), so it tells the holders the same way, in the suspension's transaction:
+``suspension_alerts`` queues one ``release.nomination.screening_alert`` (reason ``person_suspended``)
+per live nomination of the person; the suspension's own audit entry lists the rights. Port security
+suspended him, so no entry is added to its ban alert list.
+
 Why the identity side reads the release rights' table (quaygate.schema ``releases``) rather than the
 release engine raising the alert: the ban list, its loader and its lock live here, and the alert is
 one of a ban's consequences, raised in the ban's own transaction with the badges'. The release
@@ -110,6 +116,22 @@ def _alerted(conn: sa.Connection, release_id: uuid.UUID, driver: uuid.UUID, refe
 
 def _names(data: dict[str, Any], driver: uuid.UUID, references: Sequence[str]) -> bool:
     return data.get("driver_person_id") == str(driver) and data.get("ban_reference") in references
+
+
+def suspension_alerts(conn: sa.Connection, person_id: uuid.UUID, now: datetime) -> list[uuid.UUID]:
+    """Queue a screening alert to the holder of each live nomination of ``person_id``, just suspended, in
+    the caller's transaction; the rights' ids. The payload says no more than a ban's alert does (the
+    driver and the gate's reason), never port security's reason for the suspension."""
+    rows = conn.execute(sa.select(releases.c.id, releases.c.holder_organisation_id)
+                        .where(releases.c.driver_person_id == person_id, *_live(now))
+                        .order_by(releases.c.id)).all()
+    SqlOutbox(conn).publish([PublishedEvent(
+        id=uuid.uuid4(), type=ALERT_EVENT, release_id=rid, at=now, audience=frozenset({holder}),
+        payload={"driver_person_id": str(person_id), "screening": "suspended", "reason": "person_suspended"})
+        for rid, holder in rows])
+    if rows:
+        log.warning("screening.suspension.nomination_alert")
+    return [rid for rid, _ in rows]
 
 
 def raise_alerts(conn: sa.Connection, hits: Sequence[NominationHit], now: datetime) -> int:
