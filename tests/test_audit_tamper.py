@@ -14,10 +14,10 @@ import base64
 import json
 import logging
 import os
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -33,6 +33,7 @@ from quaygate.observability import Metrics
 from quaygate.schema import audit_checkpoints, audit_log, signing_keys
 from quaygate.settings import Settings
 from quaygate.workers import BackgroundWorkers
+from release_service.adapters import audit as audit_adapter
 from release_service.adapters.audit import (
     AuditKey,
     AuditSealer,
@@ -421,18 +422,26 @@ def test_an_entry_unsealed_past_the_bound_makes_the_trail_not_intact(
     assert f"row {row_id} (at 2025-03-01T08:00:03.123456Z, " in out and "the sealed part verifies: 3 entries" in out
 
 
-def test_an_entry_written_late_with_an_old_time_is_let_go_once_sealed(engine: sa.Engine, cipher: DataCipher) -> None:
-    """An offline gate decision reconciled now carries its own time, long past: it is not held back."""
+def test_an_entry_written_late_with_an_old_time_is_let_go_once_sealed(
+    engine: sa.Engine, cipher: DataCipher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An offline gate decision reconciled now carries its own time, long past: it is not held back.
+
+    The sealer's turn comes in verify's pause before its second look, as it does in the service. It was a
+    timer of 0.3 s racing verify's first read: a test process held up that long (a loaded machine) sealed the
+    row before verify saw it unsealed, and the test failed."""
     write(engine, "release.gated_in", 1, 0)  # at T0, an hour before "now" below
     wait_until_sealable(engine, 1)
     sealer = AuditSealer(engine, cipher)
-    turn = threading.Timer(0.3, sealer.seal_once, args=(T0,))
-    turn.start()
-    try:
-        report = verify_trail(engine, now=T0 + timedelta(hours=1),
-                              max_unsealed_age=BOUND, recheck_after=1.5)
-    finally:
-        turn.join()
+    pauses: list[float] = []
+
+    def the_sealers_turn(seconds: float) -> None:
+        pauses.append(seconds)
+        assert sealer.seal_once(T0) == 1
+
+    monkeypatch.setattr(audit_adapter, "time", SimpleNamespace(sleep=the_sealers_turn))
+    report = verify_trail(engine, now=T0 + timedelta(hours=1), max_unsealed_age=BOUND, recheck_after=1.5)
+    assert pauses == [1.5]  # held at the first look, let go at the second
     assert report.intact and report.held_count == 0 and report.unsealed == 1
 
 

@@ -127,11 +127,15 @@ def test_a_release_the_database_does_not_answer_never_holds_the_caller(pg_engine
             with raw.dbapi_connection.cursor() as cur:
                 cur.execute("SELECT pg_advisory_lock(4711)")  # waits for the blocker
 
+        # The lease's own session, waiting: a waiting advisory lock anywhere else on the server (another
+        # test worker's audit sealer, say) ended this wait before the lease's connection was busy, and
+        # the release below then closed it under the thread.
+        pid = raw.dbapi_connection.info.backend_pid
         stuck = threading.Thread(target=busy, daemon=True)
         stuck.start()
         deadline = time.monotonic() + 10
         while not blocker.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                          "AND NOT granted")).scalar_one():
+                                          "AND NOT granted AND pid = :pid"), {"pid": pid}).scalar_one():
             assert time.monotonic() < deadline, "the lease's connection never got busy"
             time.sleep(0.02)
         released = threading.Event()
