@@ -58,3 +58,31 @@ def test_a_suspended_persons_itsme_refusal_names_whom_he_turns_to(world: World, 
     body = problem.json()
     assert (body["code"], body["office"], body["detail"]) == ("person_suspended", office, text)
     assert world.sessions() == []
+
+
+@pytest.mark.parametrize(("role", "office"), [(None, enrolment.BADGE_OFFICE),
+                                              ("badge_office", enrolment.PORT_SECURITY)])
+def test_a_changed_itsme_account_is_told_whom_to_turn_to(world: World, role: str | None, office: str) -> None:
+    """A re-created itsme account (same national number, new sub) with no passkey login to confirm it is
+    refused ``upstream_rebind_required``; the text names the office that issues his codes, as when
+    suspended: a badge officer's own account is for port security to confirm, not his colleagues'. Both
+    ways the refusal comes: the changed sub, and the replaced sub once re-bound."""
+    if role is not None:
+        org = add_org(world.engine, "port_authority")
+        with world.engine.begin() as conn:
+            conn.execute(memberships.insert().values(person_id=world.person, organisation_id=org, role=role,
+                                                     created_at=datetime.now(UTC)))
+    text = i18n.translate("en", i18n.own_key("en", "broker.error.rebind", office))
+    assert ("port security" in text) is (office == enrolment.PORT_SECURITY)
+    assert ("badge office" in text) is (office == enrolment.BADGE_OFFICE)
+    with world.browser() as browser:
+        assert world.login(browser, "jan").status_code == 303
+    with world.browser() as browser:
+        page = world.login(browser, "jan-new")
+    assert page.status_code == 409 and 'data-code="upstream_rebind_required"' in page.text
+    assert html.escape(text) in page.text
+    with world.browser() as browser:
+        problem = browser.get(world.callback_url(browser, "jan-new"), headers={"Accept": "application/json"})
+    body = problem.json()
+    assert (problem.status_code, body["code"], body["office"], body["detail"]) == (
+        409, "upstream_rebind_required", office, text)

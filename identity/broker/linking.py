@@ -38,10 +38,18 @@ def resolve(conn: sa.Connection, *, issuer: str, sub: str, national_id_hash: str
                        .where(upstream_links.c.issuer == issuer, upstream_links.c.sub == sub)).first()
     if own is not None and own.status != "active":
         # A sub that was replaced by a re-bind stays replaced: the re-created account is the person's now.
-        raise BrokerRefused(Refusal.REBIND_REQUIRED, "this upstream sub was replaced")
-    action, person = link_decision(linked_person=str(own.person_id) if own is not None else None,
-                                   hashed_person=str(hashed) if hashed is not None else None,
-                                   person_linked_sub=linked_sub, proof=proof, now=now)
+        raise BrokerRefused(Refusal.REBIND_REQUIRED, "this upstream sub was replaced",
+                            office=issuing_office(conn, own.person_id))
+    try:
+        action, person = link_decision(linked_person=str(own.person_id) if own is not None else None,
+                                       hashed_person=str(hashed) if hashed is not None else None,
+                                       person_linked_sub=linked_sub, proof=proof, now=now)
+    except BrokerRefused as exc:
+        if exc.code is not Refusal.REBIND_REQUIRED or hashed is None:
+            raise
+        # The upstream has shown who he is (his national number): he is told whom to turn to, as when
+        # suspended; a person holding a privileged role turns to port security, not the badge office.
+        raise BrokerRefused(exc.code, str(exc), office=issuing_office(conn, hashed)) from exc
     person_id = uuid.UUID(person)
     # Under a share lock on the person's row, before the login writes anything: a suspension committing
     # meanwhile is waited for and seen, or waits and ends this login's session (sessions.hold_person).

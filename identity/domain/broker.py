@@ -79,9 +79,9 @@ class Refusal(StrEnum):
 class BrokerRefused(Exception):
     """A refused brokered login. ``code`` is public; ``detail`` goes to the audit trail only;
     ``retry_after`` (seconds) comes with ``rate_limited``; ``office`` with a refusal of a person the
-    upstream has shown this is (suspended, banned): whom he turns to, the office that issues his
-    enrolment codes (identity.authn.enrolment ``issuing_office``: port security for a person who holds
-    a privileged role, else the badge office)."""
+    upstream has shown this is (suspended, banned, asked to confirm a changed account): whom he turns
+    to, the office that issues his enrolment codes (identity.authn.enrolment ``issuing_office``: port
+    security for a person who holds a privileged role, else the badge office)."""
 
     def __init__(self, code: Refusal, detail: str = "", *, retry_after: int | None = None,
                  office: str | None = None) -> None:
