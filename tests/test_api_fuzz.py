@@ -513,6 +513,14 @@ def _suspended(w: World) -> str:
     return pid
 
 
+def _driver_member(w: World) -> dict[str, str]:
+    """The path of a fresh person's driver membership of the haulier (no nomination of him)."""
+    pid = str(w.person())
+    w.call("POST", f"/admin/v1/persons/{pid}/memberships", "security",
+           ok=201, json={"organisation_id": str(w.orgs["haul"]), "role": "driver"})
+    return {"person_id": pid, "organisation_id": str(w.orgs["haul"]), "role": "driver"}
+
+
 def _deactivated_org(w: World) -> str:
     org = str(w.org("release_party"))
     w.call("POST", f"/admin/v1/organisations/{org}:deactivate", "security", json={"reason": "fuzz"})
@@ -711,6 +719,8 @@ PLANS: dict[str, Plan] = {
         "image": PNG_1PX, "source": "id_photo"}), wrong="line", ok=None, fresh=True),
     "admin_add_membership": Plan("security", lambda w, r: Base(path={"person_id": str(w.person())}, body={
         "organisation_id": str(w.orgs["haul"]), "role": "driver"}), wrong="line", ok=(201,), fresh=True),
+    "admin_remove_membership": Plan("security", lambda w, r: Base(path=_driver_member(w)), wrong="line",
+                                    fresh=True),
     "admin_suspend_person": Plan("security", lambda w, r: Base(path={"person_id": str(w.person())},
                                                                body={"reason": "investigation"}),
                                  wrong="office", fresh=True),

@@ -45,6 +45,8 @@ from ..domain.roles import ClientRole
 from ..domain.scopes import BADGES_OFFICE
 from ..dpop import DPOP_ALGORITHMS
 from ..grants import grants_for, revocations_for
+from ..memberships import MembershipRefused
+from ..memberships import remove_membership as remove
 from ..organisations import OrganisationRefused, set_active, status_fields
 from ..registration import RegistrationError, management_for
 from ..sessions import sessions_for
@@ -541,6 +543,41 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
                                       "sessions_ended": done.sessions_ended, "grants_revoked": done.grants_revoked})
     return JSONResponse({"person_id": str(person_id), "organisation_id": str(body.organisation_id),
                          "role": body.role, "passkeys_suspended": done.passkeys_suspended}, status_code=201)
+
+
+_MEMBERSHIP_REFUSED = {"not_found": 404, "membership_not_found": 404, "driver_has_live_nominations": 409}
+
+
+@router.delete("/persons/{person_id}/memberships/{organisation_id}/{role}", operation_id="admin_remove_membership",
+               responses=problem_responses(401, 403, 404, 409, 422))
+def remove_membership(person_id: uuid.UUID, organisation_id: uuid.UUID, role: str, request: Request) -> JSONResponse:
+    """Take a person's role in an organisation away, by the rules of giving it: the privileged roles
+    (port_security_admin, badge_office, dispatcher, org_admin) only by port security, the driver role
+    by the badge office too, and never an officer's own roles. A privileged role stops working at once:
+    the person's grants whose tokens can carry it are revoked (``grants_revoked``); the driver role is
+    gone from his tokens at their next refresh. A driver membership is not removed while that
+    organisation holds live nominations of him: 409 ``driver_has_live_nominations`` with their
+    ``release_ids``, for the haulier to nominate another driver first (identity.memberships)."""
+    try:
+        caller = caller_of(request)
+        if role in c.PRIVILEGED_ROLES:
+            require_role(caller, PORT_SECURITY_ROLE)
+    except AdminRefused as exc:
+        return exc.response(request)
+    if role not in MEMBER_ROLES:
+        return problem(422, "invalid_role", f"role is one of {', '.join(MEMBER_ROLES)}.", instance=request.url.path)
+    if caller.person_id == str(person_id):
+        return own_refused("own_membership", "An officer does not change his own roles.").response(request)
+    container = request.app.state.container
+    try:
+        done = remove(container.engine, grants=grants_for(request.app), person_id=person_id,
+                      organisation_id=organisation_id, role=role, actor=caller.actor, now=container.clock.now())
+    except MembershipRefused as exc:
+        extra = {"release_ids": [str(r) for r in exc.release_ids]} if exc.release_ids else {}
+        return problem(_MEMBERSHIP_REFUSED.get(exc.code, 422), exc.code, exc.message, instance=request.url.path,
+                       **extra)
+    return JSONResponse({"person_id": str(person_id), "organisation_id": str(organisation_id), "role": role,
+                         "grants_revoked": done.grants_revoked})
 
 
 def _client_role(request: Request, client_id: str) -> str | None:

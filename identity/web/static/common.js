@@ -31,9 +31,9 @@ var QG = (function () {
   }
 
   // An Error carrying the problem's code and office (RFC 9457 extension members) and the HTTP status.
-  function Problem(code, status, detail, office) {
+  function Problem(code, status, detail, office, releaseIds) {
     var e = new Error(detail || code);
-    e.code = code; e.status = status; e.office = office; return e;
+    e.code = code; e.status = status; e.office = office; e.release_ids = releaseIds; return e;
   }
 
   function explain(err) {
@@ -59,7 +59,8 @@ var QG = (function () {
       .then(function (r) {
         if (r.status === 204) return null;
         return r.json().catch(function () { return {}; }).then(function (data) {
-          if (!r.ok) throw Problem(data.code || data.error || "http_" + r.status, r.status, data.detail, data.office);
+          if (!r.ok) throw Problem(data.code || data.error || "http_" + r.status, r.status, data.detail, data.office,
+                                    data.release_ids);
           return data;
         });
       });

@@ -265,8 +265,13 @@
       });
       var members = $("person-members"); members.textContent = "";
       p.memberships.forEach(function (m) {
-        members.appendChild(QG.el("li", {"class": "card", "data-role": m.role}, m.organisation_name + " · " +
-          t("console.member_" + m.role) + (m.organisation_active ? "" : " · " + t("console.inactive"))));
+        var li = QG.el("li", {"class": "card row wrap", "data-role": m.role}), btn = QG.el("button", {
+          "class": "secondary", type: "button", "data-role": m.role, "data-organisation": m.organisation_id},
+          t("console.remove_membership"));
+        li.appendChild(QG.el("span", null, m.organisation_name + " · " + t("console.member_" + m.role) +
+          (m.organisation_active ? "" : " · " + t("console.inactive"))));
+        btn.addEventListener("click", function () { removeMembership(btn, m); });
+        li.appendChild(btn); members.appendChild(li);
       });
       if (!p.memberships.length) members.appendChild(QG.el("li", null, t("console.no_results")));
     }).catch(fail);
@@ -291,6 +296,22 @@
     api("POST", "/persons/" + encodeURIComponent(person) + "/memberships", body).then(function () {
       $("member-form").reset(); QG.say($("msg"), t("console.done"), true); loadPerson();
     }, fail).then(function () { QG.busy($("do-member"), false); });
+  }
+
+  // Taking a role away (DELETE .../memberships/{org}/{role}): a console role, dispatcher or org_admin
+  // stops working at once; a driver still nominated by that organisation is refused, naming the rights.
+  function removeMembership(button, m) {
+    if (!person || !window.confirm(t("console.remove_membership_confirm",
+                                     {role: t("console.member_" + m.role), organisation: m.organisation_name}))) return;
+    QG.busy(button, true);
+    api("DELETE", "/persons/" + encodeURIComponent(person) + "/memberships/" + encodeURIComponent(m.organisation_id) +
+        "/" + encodeURIComponent(m.role)).then(function () {
+      QG.say($("msg"), t("console.done"), true); loadPerson();
+    }, function (err) {
+      if (err.code === "driver_has_live_nominations" && err.release_ids) {
+        QG.say($("msg"), t("error.driver_has_live_nominations_in", {releases: err.release_ids.join(", ")}));
+      } else fail(err);
+    }).then(function () { QG.busy(button, false); });
   }
 
   function enrolmentCode() {

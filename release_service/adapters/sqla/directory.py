@@ -8,10 +8,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from quaygate.schema import badges, memberships, organisations, persons
+from quaygate.schema import badges, memberships, organisations, persons, releases
 from release_service.domain.gate import PERSON_ACTIVE, Reason
 from release_service.domain.parties import Organisation, OrgKind
-from release_service.domain.release import Screening
+from release_service.domain.release import Screening, State
 from release_service.ports import BadgeRef, Directory, PersonRef, PortBanLookup
 
 
@@ -51,6 +51,17 @@ class SqlDirectory:
         return [_badge(r) for r in rows]
 
     def drives_for(self, person_id: uuid.UUID, organisation_id: uuid.UUID, *, now: datetime) -> bool:
+        # A driver membership is read first, and its row share-locked until the nomination commits
+        # (FOR SHARE; SQLite's writers run one at a time and need none): port security's removal of
+        # that membership deletes the row before it looks for his live nominations
+        # (identity.memberships), so it waits for this nomination and then finds it (409), or removes
+        # the membership first and this read no longer finds it. Never a nomination standing on a
+        # membership removed as it was made.
+        member = sa.select(sa.literal(1)).where(memberships.c.person_id == person_id,
+                                                memberships.c.organisation_id == organisation_id,
+                                                memberships.c.role == "driver").with_for_update(read=True)
+        if self._conn.execute(member).first() is not None:
+            return True
         employed = sa.select(sa.literal(1)).where(persons.c.id == person_id,
                                                   persons.c.employer_organisation_id == organisation_id)
         # Only a badge usable now links him: a revoked, blocked, inactive, expired or not yet valid badge
@@ -59,10 +70,19 @@ class SqlDirectory:
                                                 badges.c.employer_organisation_id == organisation_id,
                                                 badges.c.status == "active",
                                                 badges.c.valid_from <= now, badges.c.valid_until > now)
-        member = sa.select(sa.literal(1)).where(memberships.c.person_id == person_id,
-                                                memberships.c.organisation_id == organisation_id,
-                                                memberships.c.role == "driver")
-        return bool(self._conn.execute(sa.select(sa.or_(employed.exists(), badged.exists(), member.exists()))).scalar())
+        return bool(self._conn.execute(sa.select(sa.or_(employed.exists(), badged.exists()))).scalar())
+
+    def live_nominations(self, person_id: uuid.UUID, organisation_id: uuid.UUID, *, now: datetime) -> list[uuid.UUID]:
+        """The rights ``organisation_id`` holds nominated to ``person_id`` that may still take him
+        through a gate: nominated (not yet gated in, not ended; whatever his answer, which the operator
+        may still change by nominating again) and in their window (past ``valid_until`` a right has
+        lapsed, even before the lapse sweeper marks it). By id. Identity asks before it removes his
+        driver membership of that organisation (identity.memberships)."""
+        return list(self._conn.execute(
+            sa.select(releases.c.id)
+            .where(releases.c.driver_person_id == person_id, releases.c.holder_organisation_id == organisation_id,
+                   releases.c.state == State.NOMINATED.value, releases.c.valid_until > now)
+            .order_by(releases.c.id)).scalars())
 
 
 def _badge(row: Any) -> BadgeRef:
