@@ -73,8 +73,14 @@ class IdentityFaceMatcher:
 
     def match(self, person_id: Any, image: bytes, *, tolerance: float, context: dict[str, Any]) -> FaceOutcome:
         try:
+            # The capture's use is the gate request: the same request_id again (a lane's retry, a twin)
+            # is not a replay; the same bytes under any other request are (face_replayed). A check opens
+            # nothing and claims nothing: the commit a terminal sends after its check, with the same
+            # capture, is the capture's one use.
+            use = f"gate:{context.get('terminal')}:{context.get('request_id')}"
             m = face_for(self._app).verify_face_blocking(person_id, image, tolerance, purpose="gate",
-                                                         actor={"system": "gate"}, context=context)
+                                                         actor={"system": "gate"}, context=context, used_for=use,
+                                                         claim=context.get("mode") != "check")
         except FaceError as exc:  # a tolerance identity refuses: no comparison, never an allow
             return FaceOutcome(person_id, None, False, exc.code, tolerance)
         if m.reason in _CAPTURE_REFUSALS:

@@ -7,7 +7,9 @@ import hashlib
 import hmac
 import os
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 
 class DataCipher:
@@ -23,7 +25,14 @@ class DataCipher:
         if len(key) != 32:
             raise ValueError("the data key must be 32 bytes")
         self._aead = AESGCM(key)
+        self._key = key
         self.key_id = hashlib.sha256(b"quaygate-data-key" + key).hexdigest()[:16]
+
+    def derive(self, purpose: bytes) -> bytes:
+        """A 32-byte key for one other use of the data key (HKDF-SHA256, RFC 5869, ``purpose`` as its
+        info): a MAC key, say, that never touches the key that seals. Keys for different purposes are
+        independent, and none of them gives the data key back."""
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"quaygate:" + purpose).derive(self._key)
 
     def seal(self, plaintext: bytes, aad: bytes) -> str:
         nonce = os.urandom(12)

@@ -692,3 +692,15 @@ face_templates = sa.Table(
     sa.Column("enrolled_by", sa.String(100), nullable=False),
     sa.Column("enrolled_at", UTCDateTime, nullable=False),
 )
+
+# Keyed digests of the captures matched for a person (identity.face.store.CaptureStore): the same bytes
+# again, for another use, within the replay window are a replay (face_replayed). HMAC-SHA256 under a key
+# derived from the data key, never the image nor its plain hash; pruned once older than the window.
+face_captures = sa.Table(
+    "face_captures",
+    metadata,
+    sa.Column("person_id", UUID, sa.ForeignKey("persons.id"), primary_key=True),
+    sa.Column("digest", sa.LargeBinary(32), primary_key=True),
+    sa.Column("used_for", sa.String(200), nullable=False),  # gate:<terminal>:<request_id> | step_up:<sid>
+    sa.Column("seen_at", UTCDateTime, nullable=False, index=True),
+)

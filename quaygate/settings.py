@@ -172,6 +172,10 @@ class Settings(BaseSettings):
     face_min_face_px: int = 80  # dlib's detection window; smaller faces are refused as too small
     face_min_sharpness: float = 150.0  # Laplacian variance of the face at 64x64 (identity.domain.face)
     face_tolerance: float = 0.5  # default distance threshold; a terminal may tighten it (0.3 to 0.6)
+    # Days a matched capture's keyed digest refuses the same bytes again (face_replayed): a copy of a
+    # capture is useful to whoever holds it for as long as the face looks like it, so long; at least a
+    # day, far past any retry of one request (identity.face.service, docs/face.md "Replayed captures").
+    face_replay_days: int = Field(default=365, ge=1, le=3650)
     # ---- upstream OpenID providers, brokered login (issue 6, identity/broker/, docs/itsme.md) ----
     # JSON object, one entry per provider and environment, e.g. {"itsme": {"discovery_url":
     # "https://idp.e2e.itsme.services/v2/.well-known/openid-configuration", "client_id": "...",

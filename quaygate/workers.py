@@ -1,9 +1,10 @@
 """Background loops each replica runs: audit sealing, webhook delivery, lapsing rights, expiring badges,
-acting on port bans once they start.
+acting on port bans once they start, forgetting face-capture digests past the replay window.
 
 Each loop is safe to run in every replica at once: the sealer takes an advisory lock, the dispatcher
 claims deliveries with SKIP LOCKED, the sweeper locks each right it lapses, the badge sweep takes its
-badges with SKIP LOCKED, the ban sweep takes the ban loader's advisory lock.
+badges with SKIP LOCKED, the ban sweep takes the ban loader's advisory lock; two replicas deleting the
+same old capture digests at once delete each once.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 
 import httpx
 
 from identity.badges.service import BadgeService
 from identity.bans.sweep import sweep_bans_in_effect
+from identity.face.store import CaptureStore
 from release_service.adapters.audit import AuditSealer
 from release_service.adapters.gate_facts import RedisGateFacts
 from release_service.adapters.sqla.uow import SqlUnitOfWork
@@ -80,6 +83,8 @@ class BackgroundWorkers:
         self._loop("badge-expiry", 60.0, lambda: badges.expire_due(c.clock.now()))
         # A port ban that starts after its load acts once it starts (identity/bans/sweep.py).
         self._loop("ban-sweeper", 60.0, lambda: sweep_bans_in_effect(c.engine, c.clock.now()))
+        # A capture digest older than the replay window refuses nothing: it goes (identity.face.service).
+        self._loop("face-capture-prune", 3600.0, self._forget_captures)
 
     def _audit_tampered(self, _reason: str) -> None:
         # The sealer has logged audit.tampered (critical) and stopped; the metric keeps it in sight.
@@ -92,6 +97,11 @@ class BackgroundWorkers:
             count = lapse_due(uow, self._c.clock.now())
             uow.commit()
         return count
+
+    def _forget_captures(self) -> int:
+        c = self._c
+        with c.engine.begin() as conn:
+            return CaptureStore(conn).forget(c.clock.now() - timedelta(days=c.settings.face_replay_days))
 
     def _loop(self, name: str, interval: float, step: Callable[[], int]) -> None:
         def body() -> None:

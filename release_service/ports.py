@@ -286,7 +286,8 @@ class Kept:
 class FaceOutcome:
     """A gate capture matched 1:1 against one person's enrolled face (issue 6): the Euclidean
     ``distance`` and the ``tolerance`` applied, or, when no comparison was made, ``distance`` None and
-    ``reason`` why (face_not_enrolled, face_busy, face_unavailable, face_not_live). Never the image."""
+    ``reason`` why (face_not_enrolled, face_busy, face_unavailable, face_not_live, face_replayed).
+    Never the image."""
 
     person_id: uuid.UUID
     distance: float | None

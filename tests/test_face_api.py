@@ -25,11 +25,12 @@ from identity.domain import assurance
 from identity.face import FaceError, FacePool, FaceService, face_for
 from identity.face.engine import analyse
 from identity.face.liveness import Liveness
+from identity.face.store import CaptureStore
 from identity.sessions import sessions_for
-from quaygate.schema import audit_log, face_templates, login_sessions, metadata
+from quaygate.schema import audit_log, face_captures, face_templates, login_sessions, metadata
 from tests.aio import chunks_of, post_counting_body, run_async
 from tests.test_admin_console import _auth, _console, _officer, _token
-from tests.test_face_support import blurred, photo, side_by_side
+from tests.test_face_support import blurred, fresh, photo, side_by_side
 from tests.test_identity_code_flow_support import Flow
 from tests.test_identity_grants_support import Lifecycle, make_lifecycle
 from tests.test_identity_support import ISSUER
@@ -292,6 +293,42 @@ def test_gate_verify_face_with_the_terminal_tolerance(env: Lifecycle) -> None:
         same.distance, 0.5, True, "BEANR-K1700", "not_checked")
 
 
+def test_a_replayed_capture_is_refused_within_the_window_and_forgotten_after_it(env: Lifecycle) -> None:
+    """The digest of a matched capture refuses the same bytes for another use for ``replay_window``
+    (from when they were matched), and not a moment longer: past it the bytes match again and are
+    claimed anew; the background loop's forget drops only the rows past it. Explicit clocks."""
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    face = face_for(env.app)
+    window = face.replay_window
+    assert window == timedelta(days=env.container.settings.face_replay_days)
+    t0 = env.container.clock.now()
+    capture = fresh("obama2.jpg")
+
+    def verify(at: Any, use: str) -> Any:
+        return face.verify_face_blocking(person, capture, now=at, used_for=use)
+
+    assert verify(t0, "gate:T:a").matched
+    assert verify(t0 + timedelta(seconds=5), "gate:T:a").matched  # the same use: a retry
+    within = verify(t0 + window - timedelta(seconds=1), "gate:T:b")
+    assert (within.matched, within.reason) == (False, "face_replayed")
+    assert verify(t0 + window + timedelta(seconds=10), "gate:T:c").matched  # past the window
+    with env.engine.begin() as conn:
+        assert CaptureStore(conn).forget(t0 + window) == 0  # the row was claimed anew: kept
+        assert CaptureStore(conn).forget(t0 + 2 * window) == 1
+        assert conn.execute(sa.select(sa.func.count()).select_from(face_captures)).scalar_one() == 0
+
+
+def test_a_bad_capture_to_the_driver_himself_says_first_that_no_face_is_enrolled(env: Lifecycle) -> None:
+    """The enrolment oracle is closed for whoever is not the person (the gate: the capture is judged
+    first); the driver stepping up on his own face is told first that he has none enrolled."""
+    nobody = env.person()
+    face = face_for(env.app)
+    gate = face.verify_face_blocking(nobody, photo("chelsea.png"))
+    assert (gate.matched, gate.reason) == (False, "face_not_found")
+    _problem(_step_up(env, _session(env, nobody), "chelsea.png"), 409, "face_not_enrolled")
+
+
 def test_a_template_moved_to_another_person_does_not_open(env: Lifecycle) -> None:
     obama, mallory = env.person(), env.person()
     assert _enrol(env, obama).status_code == 201
@@ -425,6 +462,31 @@ def test_repeated_mismatches_lock_the_face_step_up_out(env: Lifecycle) -> None:
     _problem(locked, 429, "rate_limited")
     assert int(locked.headers["Retry-After"]) > 0
     assert "identity.lockout.started" in [k for k, _ in _kinds(env)]
+
+
+def test_a_step_up_with_a_capture_already_matched_is_refused_and_counted(env: Lifecycle) -> None:
+    """A capture of the driver that raised one session, sent again to step up another (a copy of it),
+    is refused 401 face_replayed and counts towards the lockout, like a mismatch: after enough of
+    them even a new capture of the right face is locked out."""
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    capture = fresh("obama2.jpg")
+
+    def step_up(cookie: str, image: bytes) -> Any:
+        env.http.cookies.clear()
+        return env.http.post("/face/step-up", json={"image": b64(image)}, headers={
+            "Origin": ORIGIN, "Cookie": f"{env.container.settings.session_cookie}={cookie}"})
+
+    assert step_up(_session(env, person), capture).status_code == 200
+    cookie = _session(env, person)
+    limit = env.container.settings.login_failures_before_lockout
+    for _ in range(limit):
+        body = _problem(step_up(cookie, capture), 401, "face_replayed")
+    assert "already used" in body["detail"]
+    _problem(step_up(cookie, fresh("obama2.jpg")), 429, "rate_limited")
+    replays = [d for k, d in _kinds(env) if k == "identity.face.verify.refused"]
+    assert len(replays) == limit and all(d["reason"] == "face_replayed" for d in replays)
+    assert replays[0]["replay_of"].startswith("step_up:")
 
 
 def test_two_step_ups_of_one_session_at_once_give_one_new_session(env: Lifecycle) -> None:

@@ -97,3 +97,15 @@ def test_a_face_raises_a_passkey_or_national_id_login_and_is_never_a_first_facto
     for weak in ("", "urn:quaygate:acr:password", "0"):
         with pytest.raises(ValueError):
             f.stepped_up(weak, [])
+
+
+def test_a_bad_capture_is_answered_before_a_missing_enrolment_except_to_the_person_himself() -> None:
+    """The enrolment oracle: to anyone but the person, a capture's own refusal comes first, so the same
+    bad capture answers the same whether or not a face is enrolled; the person is told he has none."""
+    none, blur = f.FaceCode.NOT_ENROLLED, f.FaceCode.BLURRED
+    assert f.first_refusal(none, blur, own_face=False) is blur
+    assert f.first_refusal(None, blur, own_face=False) is blur
+    assert f.first_refusal(none, None, own_face=False) is none
+    assert f.first_refusal(none, blur, own_face=True) is none
+    assert f.first_refusal(None, blur, own_face=True) is blur
+    assert f.first_refusal(None, None, own_face=True) is None

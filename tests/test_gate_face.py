@@ -28,13 +28,13 @@ from quaygate.app import create_app
 from quaygate.cache import MemoryCache, RedisCache
 from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher
-from quaygate.schema import audit_log, gate_decisions
+from quaygate.schema import audit_log, face_captures, gate_decisions
 from quaygate.settings import Settings
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain import gate as g
 from release_service.domain.parties import OrgKind
 from release_service.services import verify as verify_service
-from tests.test_face_support import photo, side_by_side
+from tests.test_face_support import blurred, fresh, photo, side_by_side
 
 from .factories import TERMINAL, container
 from .test_gate_verify import Gate
@@ -179,14 +179,14 @@ def test_another_person_s_face_is_denied_face_mismatch(gate: FaceGate) -> None:
 def test_the_terminal_s_tolerance_decides(gate: FaceGate) -> None:
     gate.pickable(3)
     gate.enrol(gate.p.driver, "obama.jpg")
-    capture = photo("obama2.jpg")  # 0.37 from obama.jpg
-    assert _decide(gate, gate.with_face(3, capture))["decision"] == "allow"
+    # obama2.jpg, 0.37 from obama.jpg; a new capture of it each time (the same bytes again are a replay)
+    assert _decide(gate, gate.with_face(3, fresh("obama2.jpg")))["decision"] == "allow"
     gate.policy(face_tolerance=0.3)  # a stricter terminal
-    strict = _decide(gate, gate.with_face(3, capture))
+    strict = _decide(gate, gate.with_face(3, fresh("obama2.jpg")))
     assert (strict["decision"], strict["reasons"]) == ("deny", ["face_mismatch"]), strict
     assert [d["tolerance"] for _, d in gate.face_audits()] == [0.5, 0.3]
     gate.policy(face_tolerance=0.45)
-    assert _decide(gate, gate.with_face(3, capture))["decision"] == "allow"
+    assert _decide(gate, gate.with_face(3, fresh("obama2.jpg")))["decision"] == "allow"
 
 
 @pytest.mark.parametrize(("image", "code"), [
@@ -204,6 +204,87 @@ def test_an_unusable_capture_is_a_clear_422_and_nothing_is_recorded(gate: FaceGa
     assert gate.decisions() == 0
     # The lane sends a good capture under the same request_id: decided now.
     assert _decide(gate, {**body, "face": {"image": b64(photo("obama2.jpg"))}})["decision"] == "allow"
+
+
+def test_the_same_capture_under_another_request_id_is_a_replay_denied_face_mismatch(gate: FaceGate) -> None:
+    """A live camera never sends the same bytes twice: the driver's capture sent again under a new
+    request_id (a copy someone kept) is denied face_mismatch, the audit entry says face_replayed and
+    names the request it was used for first. The same request_id again is a retry: its recorded answer.
+    A check opens nothing and claims nothing: the commit a terminal sends after its check, with the same
+    capture, is its one use; a check with a capture used before is found all the same. The table keeps
+    a keyed digest, not the image nor its plain SHA-256."""
+    import hashlib
+
+    rid = gate.pickable(12)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    capture = fresh("obama2.jpg")
+    assert _decide(gate, gate.with_face(12, capture))["decision"] == "allow"  # the terminal's check
+    first = gate.with_face(12, capture, mode="commit")  # then its commit, with the same capture
+    allowed = _decide(gate, first)
+    assert (allowed["decision"], allowed["committed"]) == ("allow", True), allowed
+    assert _decide(gate, first) == allowed  # the lane's retry: the recorded answer
+    assert gate.state(rid) == "gated_in"
+    for mode in ("commit", "check"):  # the copy at the gate-out, under new request_ids
+        again = _decide(gate, gate.with_face(12, capture, mode=mode, direction="out"))
+        assert (again["decision"], again["reasons"], again["committed"]) == ("deny", ["face_mismatch"], False), again
+        kind, data = gate.face_audits()[-1]
+        assert (kind, data["reason"], data["matched"]) == ("identity.face.verify.refused", "face_replayed", False)
+        assert data["replay_of"] == f"gate:{TERMINAL}:{first['request_id']}" and 0.3 < data["distance"] < 0.45
+    assert gate.state(rid) == "gated_in"
+    with gate.engine.connect() as conn:
+        [row] = conn.execute(sa.select(face_captures)).all()
+    assert row.person_id == gate.p.driver and len(row.digest) == 32
+    assert row.digest != hashlib.sha256(capture).digest() and capture not in bytes(row.digest)
+    # A new capture of the same face is the driver: allowed, and committed.
+    done = _decide(gate, gate.with_face(12, fresh("obama2.jpg"), mode="commit", direction="out"))
+    assert (done["decision"], done["committed"]) == ("allow", True), done
+    assert gate.state(rid) == "completed"
+
+
+def test_a_retry_of_one_request_matches_again_and_is_no_replay(gate: FaceGate) -> None:
+    """A gate's retry of its own request_id whose decision was not recorded yet (the first attempt died
+    after the match, or two twins race) matches the same bytes again: the match is claimed under the
+    terminal and request_id, so it is no replay; under another request_id it is."""
+    gate.pickable(13)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    matcher = gate.app.state.container.face_matcher
+    capture = fresh("obama2.jpg")
+
+    def match(request_id: str) -> Any:
+        return matcher.match(gate.p.driver, capture, tolerance=0.5,
+                             context={"terminal": TERMINAL, "lane": "in-3", "request_id": request_id})
+
+    assert [match("r-1").matched, match("r-1").matched] == [True, True]
+    replayed = match("r-2")
+    assert (replayed.matched, replayed.reason, replayed.distance) == (False, "face_replayed", None)
+
+
+@pytest.mark.parametrize("mode", ["check", "commit"])
+def test_a_bad_capture_answers_the_same_whether_or_not_a_face_is_enrolled(gate: FaceGate, mode: str) -> None:
+    """No enrolment oracle: the same unusable captures, for the same driver before and after his face is
+    enrolled, get the same answers (a 422 problem with the capture's code, nothing recorded). Before,
+    a driver without a face got review face_required for any of them, and one with a face a 422."""
+    gate.pickable(14)
+    bad = {"no face": photo("chelsea.png"), "two faces": side_by_side("obama.jpg", "biden.jpg"),
+           "blurred": blurred("obama2.jpg", radius=6.0), "not an image": b"GIF89a not a photo"}
+
+    def answers() -> dict[str, Any]:
+        got = {}
+        for name, image in bad.items():
+            r = gate.verify(gate.with_face(14, image, mode=mode))
+            got[name] = (r.status_code, r.json().get("code"), r.json().get("detail"))
+        return got
+
+    before = answers()
+    gate.enrol(gate.p.driver, "obama.jpg")
+    after = answers()
+    assert before == after
+    assert {name: code for name, (_, code, _) in after.items()} == {
+        "no face": "face_not_found", "two faces": "face_multiple", "blurred": "face_blurred",
+        "not an image": "image_unreadable"}
+    assert gate.decisions() == 0
+    # The trail, which the gate does not read, still says which it was.
+    assert [d["enrolled"] for _, d in gate.face_audits()] == [False] * 3 + [True] * 3
 
 
 def test_face_field_shape_is_checked(gate: FaceGate) -> None:
@@ -283,11 +364,11 @@ def test_with_the_facts_in_redis_an_image_is_matched_all_the_same(redis_gate: Fa
     gate.enrol(gate.p.driver, "obama.jpg")
     assert _decide(gate, gate.body(9))["decision"] == "allow"  # the facts are cached now
     assert _decide(gate, gate.with_face(9, photo("biden.jpg")))["reasons"] == ["face_mismatch"]
-    assert _decide(gate, gate.with_face(9, photo("obama2.jpg")))["decision"] == "allow"
+    assert _decide(gate, gate.with_face(9, fresh("obama2.jpg")))["decision"] == "allow"
     gate.policy(face_tolerance=0.3)  # the policy change reaches the cached facts
-    assert _decide(gate, gate.with_face(9, photo("obama2.jpg")))["reasons"] == ["face_mismatch"]
+    assert _decide(gate, gate.with_face(9, fresh("obama2.jpg")))["reasons"] == ["face_mismatch"]
     gate.policy(face_tolerance=0.5)
-    done = _decide(gate, gate.with_face(9, photo("obama2.jpg"), mode="commit"))
+    done = _decide(gate, gate.with_face(9, fresh("obama2.jpg"), mode="commit"))
     assert (done["decision"], done["committed"]) == ("allow", True) and gate.state(rid) == "gated_in"
     assert len(gate.face_audits()) == 4
 

@@ -13,7 +13,7 @@ Contract::
       401/403 (as the enrolment; 403 own_face: nor does an officer withdraw his own)   409 face_not_enrolled
     POST   /face/step-up   {"image"}   with the login session cookie and an Origin header of ours (CSRF)
       200 {"ok": true, "acr", "amr"} + Set-Cookie: the new session (the old one is ended)
-      401 login_required | face_mismatch | face_not_live   403 origin_refused | step_up_not_allowed |
+      401 login_required | face_mismatch | face_not_live | face_replayed   403 origin_refused | step_up_not_allowed |
       person_not_active   409 face_not_enrolled   413/422 as above   429 rate_limited (+ Retry-After)
 
 Images travel as base64 in JSON, not as multipart uploads: Starlette spools an upload larger than
@@ -62,7 +62,8 @@ router = APIRouter(tags=["face"], route_class=AdmitFirst)
 _STATUS = {
     "not_found": 404, "person_not_active": 409, "concurrent_change": 409, FaceCode.NOT_ENROLLED: 409,
     FaceCode.IMAGE_TOO_LARGE: 413, FaceCode.BUSY: 503, FaceCode.UNAVAILABLE: 503,
-    "login_required": 401, FaceCode.MISMATCH: 401, FaceCode.NOT_LIVE: 401, "origin_refused": 403,
+    "login_required": 401, FaceCode.MISMATCH: 401, FaceCode.NOT_LIVE: 401, FaceCode.REPLAYED: 401,
+    "origin_refused": 403,
     "step_up_not_allowed": 403, "rate_limited": 429,
 }
 

@@ -29,6 +29,17 @@ measure 0.24 to 0.45 here and different people 0.80 to 0.88 (NOTES.md), so the d
 terminal may tighten it down to 0.3, never loosen it past 0.6 (a false accept lets the wrong driver
 take a container).
 
+Replay: a live camera never gives the same bytes twice, so a capture whose exact bytes were already
+matched for this person, for another use (another gate request, another step-up), is a copy of an
+earlier capture sent again: ``face_replayed``, never a match. The service keeps a keyed digest of every
+capture it matched for ``replay_window`` (identity.face.service); the same use again (a gate's retry of
+its own request_id) is not a replay.
+
+Who learns what (the enrolment oracle): a caller who is not the person himself (the gate) gets the
+same answer for a bad capture whether or not the person has a face enrolled: the capture is judged
+first (``first_refusal``), and only a usable capture says that no face was there to compare it with.
+The person himself (his step-up) is told at once that he has no face enrolled.
+
 Step-up (OIDC Core §2 ``acr``, RFC 8176 ``amr``): a face match is never a login by itself; it raises a
 passkey or national-ID login (``identity.domain.assurance``) to ``urn:quaygate:acr:face`` and adds
 ``face`` to ``amr``.
@@ -67,6 +78,7 @@ class FaceCode(StrEnum):
     NOT_LIVE = "face_not_live"  # the liveness port judged the capture a presentation attack
     BUSY = "face_busy"  # the worker pool's queue is full: try again
     UNAVAILABLE = "face_unavailable"  # the matcher is not running (a worker died, not installed)
+    REPLAYED = "face_replayed"  # these exact bytes were matched before, for another use: a copy sent again
 
 
 QUALITY_CODES = frozenset({FaceCode.NO_FACE, FaceCode.MULTIPLE_FACES, FaceCode.TOO_SMALL, FaceCode.BLURRED,
@@ -100,6 +112,19 @@ class QualityRules:
     def __post_init__(self) -> None:
         if self.min_face_px < 1 or not math.isfinite(self.min_sharpness) or self.min_sharpness < 0:
             raise ValueError("min_face_px must be positive and min_sharpness at least 0")
+
+
+def first_refusal(enrolment: FaceCode | None, capture: FaceCode | None, *, own_face: bool) -> FaceCode | None:
+    """The one refusal a verification answers, of a missing or unreadable enrolment (``enrolment``:
+    face_not_enrolled, face_unavailable) and the capture's own (quality, face_busy, face_unavailable).
+
+    The capture's comes first for anyone but the person himself: were a missing enrolment answered
+    before the capture is judged, a faceless or blurred image would tell a gate client whether this
+    person has a face enrolled (a quality refusal when he has, "no enrolment" when he has not). The
+    person himself (``own_face``: his step-up) is entitled to know, and is told first."""
+    if own_face and enrolment is not None:
+        return enrolment
+    return capture if capture is not None else enrolment
 
 
 def largest(boxes: Sequence[Box]) -> Box | None:

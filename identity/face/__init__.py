@@ -14,13 +14,17 @@ For the gate (release_service), the one call to make::
 ``tolerance`` None takes ``QUAYGATE_FACE_TOLERANCE``; a value outside 0.3..0.6 raises FaceError
 (``tolerance_invalid``). A bad capture never raises: ``reason`` is face_not_found, face_multiple,
 face_too_small, face_blurred, image_unreadable, image_too_large, face_not_enrolled, face_not_live,
-face_busy or face_unavailable (no comparison made, distance None), or face_mismatch (distance set).
+face_replayed, face_busy or face_unavailable (no comparison counted, distance None), or face_mismatch
+(distance set). A bad capture is judged before a missing enrolment (the gate must not learn whether a
+face is enrolled). Pass ``used_for="gate:<terminal>:<request_id>"``: a capture matched before for
+another use is ``face_replayed``; the same use again (a retry) is not.
 Each call is audited (``identity.face.verify.*``: distance, tolerance, decision; never the image);
 pass ``context={"terminal": ..., "request_id": ...}`` to add the gate's ids to that entry.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from quaygate.appstate import built_once
@@ -61,6 +65,6 @@ def face_for(app: Any) -> FaceService:
             pool = app.state.face_pool = pool_from_settings(c.settings)
         return FaceService(engine=c.engine, cipher=c.cipher, pool=pool, tolerance=c.settings.face_tolerance,
                            max_image_bytes=c.settings.face_max_image_bytes, sessions=sessions_for(app),
-                           guard=login_guard_for(app))
+                           guard=login_guard_for(app), replay_window=timedelta(days=c.settings.face_replay_days))
 
     return built_once(app, "face", build)

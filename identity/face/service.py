@@ -8,6 +8,15 @@
   with a tolerance (the terminal's, or the default). Never raises for a bad capture: the outcome is a
   ``FaceMatch`` (distance, matched, reason) the gate turns into its decision. The distance, the
   tolerance, the decision and the liveness answer go on the audit trail; the image does not.
+  A capture that matched is claimed by its keyed digest (``CaptureStore``, in PostgreSQL, for
+  ``replay_window``): the same bytes matched again for another use are ``face_replayed``, since a live
+  camera never gives the same bytes twice. The digest is HMAC-SHA256 under a key derived from the data
+  key (``DataCipher.derive``), so neither the table nor a copy of it tells which photo it was, and it
+  names the person, so one photo's digests for two persons are unrelated. The claim is one statement
+  (about a millisecond next to the ~0.1 s match) and only a match makes one.
+  Whoever is not the person himself (the gate) gets the same answer for a bad capture whether or not a
+  face is enrolled: the capture is analysed and judged first (``rules.first_refusal``), so neither the
+  answer nor its time says whether there was a template to compare it with.
 - ``step_up``: a logged-in person (passkey or national ID) matches his face and his login session is
   replaced by one with ``acr`` ``urn:quaygate:acr:face`` and ``face`` in ``amr`` (the session store's
   "a stronger login replaces the session"). Failed matches count towards the login guard's lockout
@@ -20,10 +29,12 @@ and synchronous, run in a thread from the async methods, never on the event loop
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -40,9 +51,16 @@ from .engine import Analysis
 from .liveness import Liveness, LivenessDetector, NotChecked
 from .pool import FacePool, FaceUnavailable
 from .sealing import TemplateUnreadable, open_template, seal_template
-from .store import TemplateRow, TemplateStore
+from .store import CaptureStore, TemplateRow, TemplateStore
 
 log = logging.getLogger(__name__)
+
+# How long a matched capture's digest refuses the same bytes again. A copied capture is useful to
+# whoever holds it for as long as the enrolled face looks like it (years), so the window is long; the
+# bound is storage (about 0.2 kB a capture, docs/face.md) and the data key's life (a new key starts
+# the digests afresh).
+DEFAULT_REPLAY_WINDOW = timedelta(days=365)
+_DIGEST_PURPOSE = b"face-capture-digest:v1"
 
 
 class FaceError(Exception):
@@ -70,6 +88,7 @@ MESSAGES = {
                                  f"{rules.MAX_TOLERANCE}."),
     FaceCode.SOURCE_INVALID: f"source is one of {', '.join(rules.SOURCES)}.",
     FaceCode.BUSY: "Face matching is busy: try again in a moment.",
+    FaceCode.REPLAYED: "This capture was already used: take a new photo with the camera.",
     FaceCode.UNAVAILABLE: "Face matching is unavailable.",
     "not_found": "No such person.",
     "person_not_active": "The person is suspended.",
@@ -101,9 +120,14 @@ class StepUp:
 class FaceService:
     def __init__(self, *, engine: sa.Engine, cipher: DataCipher, pool: FacePool, tolerance: float,
                  max_image_bytes: int, liveness: LivenessDetector | None = None,
-                 sessions: SessionStore | None = None, guard: LoginGuard | None = None) -> None:
+                 sessions: SessionStore | None = None, guard: LoginGuard | None = None,
+                 replay_window: timedelta = DEFAULT_REPLAY_WINDOW) -> None:
+        if replay_window <= timedelta(0):
+            raise ValueError("the face replay window must be positive")
         self._engine = engine
         self._cipher = cipher
+        self._digest_key = cipher.derive(_DIGEST_PURPOSE)
+        self.replay_window = replay_window
         self._pool = pool
         self.default_tolerance = rules.tolerance_or_default(tolerance)
         self.max_image_bytes = max_image_bytes
@@ -179,12 +203,21 @@ class FaceService:
 
     async def verify_face(self, person_id: uuid.UUID, image_bytes: bytes, tolerance: float | None = None, *,
                           purpose: str = "gate", actor: dict[str, Any] | None = None,
-                          context: dict[str, Any] | None = None, now: datetime | None = None) -> FaceMatch:
+                          context: dict[str, Any] | None = None, now: datetime | None = None,
+                          used_for: str | None = None, own_face: bool = False, claim: bool = True) -> FaceMatch:
         """Match a capture against the person's enrolled face. Never raises for a bad capture or a
-        missing template (the reason says it); FaceError only for a tolerance out of range."""
+        missing template (the reason says it); FaceError only for a tolerance out of range.
+
+        ``used_for``: what this match is for (``gate:<terminal>:<request_id>``, ``step_up:<sid>``); the
+        same capture matched again for the same use is not a replay (a retry), for another one it is
+        ``face_replayed``. None: a use of its own, so any earlier match of these bytes is a replay.
+        ``own_face``: the caller is the person himself, and is told first that no face is enrolled;
+        anyone else gets the capture judged first (``rules.first_refusal``). ``claim`` False: a dry run
+        (the gate's ``check`` mode, which opens nothing): a replay is still found, but the capture is not
+        claimed, so the ``commit`` that follows a check with the same capture is no replay of it."""
         tol = self._tolerance(tolerance)
-        enrolled = await anyio.to_thread.run_sync(self._template, person_id)
-        early = self._early_refusal(enrolled, image_bytes, tol)
+        enrolled, digest = await anyio.to_thread.run_sync(self._prepare, person_id, image_bytes)
+        early = self._early_refusal(enrolled, image_bytes, tol, own_face)
         liveness = Liveness.NOT_CHECKED
         analysis = Analysis(code=early.reason) if early is not None else None
         if analysis is None:
@@ -195,16 +228,19 @@ class FaceService:
                 analysis = Analysis(code=exc.code)
         del image_bytes
         done = analysis
+        call = _Call(purpose, actor, context, now or _now(), used_for or f"{purpose}:{uuid.uuid4()}", own_face,
+                     claim)
         return await anyio.to_thread.run_sync(
-            lambda: self._conclude(person_id, enrolled, done, liveness, tol, purpose, actor, context, now))
+            lambda: self._conclude(person_id, enrolled, done, liveness, tol, digest, call))
 
     def verify_face_blocking(self, person_id: uuid.UUID, image_bytes: bytes, tolerance: float | None = None, *,
                              purpose: str = "gate", actor: dict[str, Any] | None = None,
-                             context: dict[str, Any] | None = None, now: datetime | None = None) -> FaceMatch:
+                             context: dict[str, Any] | None = None, now: datetime | None = None,
+                             used_for: str | None = None, own_face: bool = False, claim: bool = True) -> FaceMatch:
         """``verify_face`` for plain ``def`` routes (FastAPI runs them in its thread pool)."""
         tol = self._tolerance(tolerance)
-        enrolled = self._template(person_id)
-        early = self._early_refusal(enrolled, image_bytes, tol)
+        enrolled, digest = self._prepare(person_id, image_bytes)
+        early = self._early_refusal(enrolled, image_bytes, tol, own_face)
         liveness = Liveness.NOT_CHECKED
         analysis = Analysis(code=early.reason) if early is not None else None
         if analysis is None:
@@ -214,13 +250,27 @@ class FaceService:
             except FaceError as exc:
                 analysis = Analysis(code=exc.code)
         del image_bytes
-        return self._conclude(person_id, enrolled, analysis, liveness, tol, purpose, actor, context, now)
+        call = _Call(purpose, actor, context, now or _now(), used_for or f"{purpose}:{uuid.uuid4()}", own_face,
+                     claim)
+        return self._conclude(person_id, enrolled, analysis, liveness, tol, digest, call)
 
     def _tolerance(self, tolerance: float | None) -> float:
         try:
             return rules.tolerance_or_default(tolerance, self.default_tolerance)
         except ValueError as exc:
             raise FaceError(FaceCode.TOLERANCE_INVALID) from exc
+
+    def _prepare(self, person_id: uuid.UUID, image: bytes) -> tuple[tuple[float, ...] | FaceCode, bytes]:
+        """The person's template (or why there is none) and the capture's keyed digest (HMAC over up to
+        a few MB: off the event loop, with the database read)."""
+        return self._template(person_id), self._digest(person_id, image)
+
+    def _digest(self, person_id: uuid.UUID, image: bytes) -> bytes:
+        """HMAC-SHA256 of the capture's bytes for this person, under a key derived from the data key:
+        never the image, nor a plain hash anyone could compute from a copy of it."""
+        mac = hmac.new(self._digest_key, b"face-capture:v1:" + person_id.bytes, hashlib.sha256)
+        mac.update(image)
+        return mac.digest()
 
     def _template(self, person_id: uuid.UUID) -> tuple[float, ...] | FaceCode:
         with self._engine.connect() as conn:
@@ -234,9 +284,12 @@ class FaceService:
             log.error("identity.face.template.unreadable")
             return FaceCode.UNAVAILABLE
 
-    def _early_refusal(self, enrolled: tuple[float, ...] | FaceCode, image: bytes, tol: float) -> FaceMatch | None:
-        """Refusals that need no analysis (no CPU spent on a person without a template)."""
-        if isinstance(enrolled, FaceCode):
+    def _early_refusal(self, enrolled: tuple[float, ...] | FaceCode, image: bytes, tol: float,
+                       own_face: bool) -> FaceMatch | None:
+        """Refusals that need no analysis: the capture's size; and, for the person himself only, a
+        missing template (no CPU spent on it). For anyone else the capture is analysed all the same,
+        so that its answer, and the time it takes, do not say whether a face is enrolled."""
+        if own_face and isinstance(enrolled, FaceCode):
             return rules.refused(enrolled, tol)
         try:
             self._check_size(image)
@@ -245,24 +298,53 @@ class FaceService:
         return None
 
     def _conclude(self, person_id: uuid.UUID, enrolled: tuple[float, ...] | FaceCode, analysis: Analysis,
-                  liveness: Liveness, tol: float, purpose: str, actor: dict[str, Any] | None,
-                  context: dict[str, Any] | None, now: datetime | None) -> FaceMatch:
-        if isinstance(enrolled, FaceCode):
-            match = rules.refused(enrolled, tol)
-        elif analysis.code is not None or analysis.encoding is None:
-            match = rules.refused(FaceCode(analysis.code or FaceCode.NO_FACE), tol)
+                  liveness: Liveness, tol: float, digest: bytes, call: _Call) -> FaceMatch:
+        capture = None
+        if analysis.code is not None or analysis.encoding is None:
+            capture = FaceCode(analysis.code or FaceCode.NO_FACE)
+        refusal = rules.first_refusal(enrolled if isinstance(enrolled, FaceCode) else None, capture,
+                                      own_face=call.own_face)
+        replay: dict[str, Any] = {}
+        if refusal is not None:
+            match = rules.refused(refusal, tol)
         elif liveness is Liveness.SPOOF:
             match = rules.refused(FaceCode.NOT_LIVE, tol)
         else:
+            assert analysis.encoding is not None and not isinstance(enrolled, FaceCode)
             match = rules.decide(analysis.encoding, enrolled, tol)
+            if match.matched:
+                replay = self._claim(person_id, digest, call)
+                if replay:  # the trail keeps the distance measured: the copy is of this person's face
+                    replay["distance"] = match.distance
+                    match = rules.refused(FaceCode.REPLAYED, tol)
         outcome = "matched" if match.matched else ("mismatched" if match.distance is not None else "refused")
         log.info("identity.face.verify.%s", outcome)
-        audit.record(f"identity.face.verify.{outcome}", at=now or _now(), actor=actor or {"system": purpose},
+        audit.record(f"identity.face.verify.{outcome}", at=call.now, actor=call.actor or {"system": call.purpose},
                      subject=str(person_id), engine=self._engine,
-                     data={"purpose": purpose, "distance": match.distance, "tolerance": tol,
+                     data={"purpose": call.purpose, "distance": match.distance, "tolerance": tol,
                            "matched": match.matched, "reason": match.reason, "liveness": liveness.value,
-                           "face_px": analysis.face_px, "sharpness": analysis.sharpness, **(context or {})})
+                           "enrolled": enrolled is not FaceCode.NOT_ENROLLED, "face_px": analysis.face_px,
+                           "sharpness": analysis.sharpness, **replay,
+                           **(call.context or {})})
         return match
+
+    def _claim(self, person_id: uuid.UUID, digest: bytes, call: _Call) -> dict[str, Any]:
+        """Claim a matched capture for ``call``'s use; {} when it is fresh (or the same use again), else
+        what the audit entry says of the replay: where and when these bytes were matched first."""
+        since, use = call.now - self.replay_window, call.used_for[:200]
+        with self._engine.begin() as conn:
+            store = CaptureStore(conn)
+            if not call.claim:  # a dry run: found, never claimed
+                first = store.seen(person_id, digest)
+                if first is None or first.seen_at < since or first.used_for == use:
+                    return {}
+            elif store.claim(person_id, digest, used_for=use, now=call.now, since=since):
+                return {}
+            else:
+                first = store.seen(person_id, digest)
+        log.warning("identity.face.verify.replayed")
+        return {"replay_of": first.used_for if first else None,
+                "replay_first_seen_at": first.seen_at.isoformat() if first else None}
 
     # ---- step-up --------------------------------------------------------------------------------
 
@@ -288,10 +370,12 @@ class FaceService:
         if seen.retry is not None:
             raise FaceError("rate_limited", retry_after=seen.retry)
         actor = {"person_id": str(session.person_id)}
-        match = await self.verify_face(session.person_id, image, purpose="step_up", actor=actor, now=now)
+        match = await self.verify_face(session.person_id, image, purpose="step_up", actor=actor, now=now,
+                                       used_for=f"step_up:{session.sid}", own_face=True)
         del image
         if not match.matched:
-            if match.reason in (FaceCode.MISMATCH, FaceCode.NOT_LIVE):  # a guess; a blurred shot is not
+            # A guess, a spoof, a copy of an earlier capture count towards the lockout; a blurred shot not.
+            if match.reason in (FaceCode.MISMATCH, FaceCode.NOT_LIVE, FaceCode.REPLAYED):
                 await anyio.to_thread.run_sync(guard.failed, subject, address)
             raise FaceError(match.reason or FaceCode.MISMATCH)
         if not seen.clean:  # nothing on record: nothing to forget, no thread hop
@@ -328,6 +412,19 @@ class FaceService:
             return self._pool.analyse_blocking(image)
         except FaceUnavailable as exc:
             raise FaceError(exc.code) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """Who asks for a verification, and for what (the audit entry's fields and the capture's use)."""
+
+    purpose: str
+    actor: dict[str, Any] | None
+    context: dict[str, Any] | None
+    now: datetime
+    used_for: str
+    own_face: bool
+    claim: bool = True  # False: a dry run (the gate's check mode) finds a replay but claims nothing
 
 
 def _quality(analysis: Analysis, **extra: Any) -> dict[str, Any]:

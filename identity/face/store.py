@@ -1,4 +1,5 @@
-"""Sealed face templates in ``face_templates``: one per person, replaced by a new enrolment.
+"""Sealed face templates in ``face_templates``: one per person, replaced by a new enrolment; and the
+keyed digests of the captures matched for a person in ``face_captures`` (replay refusal).
 
 Repositories only flush (STYLE.md #5): every method works in the caller's connection and transaction.
 The row holds the sealed template, the data key's id, where the image came from and the quality
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
-from quaygate.schema import face_templates, persons
+from quaygate.schema import face_captures, face_templates, persons
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +59,45 @@ class TemplateStore:
     def delete(self, person_id: uuid.UUID) -> bool:
         done = self._conn.execute(face_templates.delete().where(face_templates.c.person_id == person_id))
         return done.rowcount == 1
+
+
+@dataclass(frozen=True, slots=True)
+class SeenCapture:
+    """Where and when a capture was matched first (a replay's audit entry names it)."""
+
+    used_for: str
+    seen_at: datetime
+
+
+class CaptureStore:
+    """Keyed digests of the captures matched for a person (identity.domain.face, "Replay").
+
+    The truth is PostgreSQL, not the cache: a capture claimed here stays claimed through a lost Redis.
+    ``claim`` is one statement, atomic with any other claim of the same bytes (no check-then-act)."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    def claim(self, person_id: uuid.UUID, digest: bytes, *, used_for: str, now: datetime, since: datetime) -> bool:
+        """Record that this capture was matched for ``used_for``; False when it is a replay: the same
+        bytes were matched for this person at or after ``since`` for another use. The same use again (a
+        gate retrying its own request_id) claims it anew, and a row older than ``since`` counts as none.
+        INSERT .. ON CONFLICT DO UPDATE .. WHERE: two claims at once of the same bytes for different
+        uses, one wins (the loser waits for the winner's row and finds it current)."""
+        insert = postgresql.insert if self._conn.dialect.name == "postgresql" else sqlite.insert
+        stmt = insert(face_captures).values(person_id=person_id, digest=digest, used_for=used_for, seen_at=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[face_captures.c.person_id, face_captures.c.digest],
+            set_={"used_for": stmt.excluded.used_for, "seen_at": stmt.excluded.seen_at},
+            where=sa.or_(face_captures.c.seen_at < since, face_captures.c.used_for == stmt.excluded.used_for))
+        return self._conn.execute(stmt.returning(face_captures.c.person_id)).first() is not None
+
+    def seen(self, person_id: uuid.UUID, digest: bytes) -> SeenCapture | None:
+        row = self._conn.execute(sa.select(face_captures.c.used_for, face_captures.c.seen_at).where(
+            face_captures.c.person_id == person_id, face_captures.c.digest == digest)).first()
+        return SeenCapture(row.used_for, row.seen_at) if row is not None else None
+
+    def forget(self, before: datetime) -> int:
+        """Drop the digests older than the replay window (they no longer refuse anything)."""
+        done = self._conn.execute(face_captures.delete().where(face_captures.c.seen_at < before))
+        return int(done.rowcount or 0)

@@ -192,6 +192,10 @@ FACE_DEFAULT_TOLERANCE = 0.5
 FACE_MIN_TOLERANCE = 0.3
 FACE_MAX_TOLERANCE = 0.6
 FACE_NOT_LIVE = "face_not_live"  # identity's code for a capture its liveness port called a spoof
+FACE_REPLAYED = "face_replayed"  # identity's code for bytes already matched for another request: a copy
+# Captures identity refused as an attack on the face check, not for want of a comparison: evidence
+# against the pickup (face_mismatch, deny), where a missing comparison is a doubt (face_required).
+FACE_ATTACKS = frozenset({FACE_NOT_LIVE, FACE_REPLAYED})
 
 
 def _check_unit(name: str, value: float) -> None:
@@ -824,20 +828,21 @@ def face_required(ctx: GateContext) -> bool:
     if face is None:
         return ctx.policy.face_required
     if face.kind == "image":
-        return face.unavailable != FACE_NOT_LIVE and not _image_is_of_driver(ctx)
+        return face.unavailable not in FACE_ATTACKS and not _image_is_of_driver(ctx)
     return False
 
 
 def face_mismatch(ctx: GateContext) -> bool:
     """A matcher's result that says no or scores under ``face_min_score``; an image of another face
     than the driver's enrolled one (a distance over the tolerance: the stricter of the one applied
-    and the terminal's now); or an image the liveness port called a spoof."""
+    and the terminal's now); or an image the liveness port called a spoof, or the very bytes of a
+    capture matched before for another request (a copy sent again: ``face_replayed``)."""
     face = ctx.request.face
     if face is None:
         return False
     if face.kind == "match_result":
         return not face.matched or face.score is None or face.score < ctx.policy.face_min_score
-    if face.unavailable == FACE_NOT_LIVE:
+    if face.unavailable in FACE_ATTACKS:
         return True
     if not _image_is_of_driver(ctx) or face.distance is None:
         return False

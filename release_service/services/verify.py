@@ -326,6 +326,10 @@ def _match_face(uow_factory: Callable[[], UnitOfWork], request: g.GateRequest, s
     """The request with its image replaced by the outcome of the 1:1 match (or the decision already
     recorded under its request_id). Nobody to match, no matcher, no enrolment, a busy pool: an
     outcome without a distance, which ``decide`` turns into ``face_required`` (review), never an allow.
+    A capture whose bytes identity matched before under another request_id (``face_replayed``), or
+    one its liveness port called a spoof, is ``face_mismatch`` (deny). The match is claimed under this
+    request's terminal and request_id, so a retry of the same request (its decision not recorded yet,
+    a twin) matches again, never a replay.
     The facts are read in a short transaction of their own; ``decide`` later checks that the face was
     matched against the driver it then judges (a re-nomination in between is not this driver)."""
     if snapshot is not None:
@@ -351,6 +355,8 @@ def _match_face(uow_factory: Callable[[], UnitOfWork], request: g.GateRequest, s
                                   tolerance=found.tolerance, unavailable=None if found.distance is not None
                                   else (found.reason or "face_unavailable"))
     outcome = "matched" if evidence.matched else ("mismatched" if evidence.compared else "unavailable")
+    if evidence.unavailable in g.FACE_ATTACKS:  # a spoof, or a copy of a capture matched before: an attack
+        outcome = str(evidence.unavailable).removeprefix("face_")  # not_live | replayed
     log.info("release.verify.face.%s", outcome, extra={"fields": {
         "terminal": request.terminal, "lane": request.lane, "distance": evidence.distance,
         "tolerance": evidence.tolerance, "reason": evidence.unavailable}})
