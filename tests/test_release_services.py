@@ -58,6 +58,12 @@ def test_one_live_right_per_container_and_vessel_call(engine: sa.Engine) -> None
     right, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p), now()))
     assert _code(lambda: do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p), now()))) \
         is ErrorCode.ACTIVE_RIGHT_EXISTS
+    # the same call written another way is the same call (review 99): not a second live right
+    for written in ("vc-1", "VC 1", " VC1 ", "VC/1", "v.c-1"):
+        assert _code(lambda w=written: do(engine, lambda uow: issue.issue(  # type: ignore[misc]
+            uow, p.line, issue_cmd(p, vessel_call=w), now()))) is ErrorCode.ACTIVE_RIGHT_EXISTS, written
+    assert _code(lambda: do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, vessel_call="-/-"), now()))) \
+        is ErrorCode.ILLEGAL_TRANSITION  # no letter or digit: no call at all
     # another vessel call for the same container is a different right
     do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, vessel_call="VC-2"), now()))
     # once the first has ended, the container may be released again on that call
@@ -133,7 +139,7 @@ def test_batch_issue_reports_each_item(engine: sa.Engine) -> None:
     cmds = [issue_cmd(p, n) for n in range(1, 6)]
     cmds.append(issue.IssueCommand("OCLU0000001", "BL", "VC-1", "T", p.fwd.organisation_id,  # type: ignore[arg-type]
                                    now(), now()))
-    cmds.append(issue_cmd(p, 1))  # twice in the same batch
+    cmds.append(issue_cmd(p, 1, vessel_call="vc 1"))  # twice in the same batch (the call written another way)
     results = do(engine, lambda uow: issue.issue_batch(uow, p.line, cmds, now()))
     codes = [r.error.code if r.error else None for r in results]
     assert codes == [None, None, ErrorCode.ACTIVE_RIGHT_EXISTS, None, None, ErrorCode.CONTAINER_CHECK_DIGIT,

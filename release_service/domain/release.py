@@ -154,6 +154,12 @@ def nomination_key(driver_person_id: uuid.UUID, plate_text: str, plate_country: 
     return [str(driver_person_id), plate_text, plate_country]
 
 
+def vessel_call_key(vessel_call: str) -> str:
+    """A vessel call as it is compared: upper case, letters and digits only (its separators, spaces and
+    case are how a back end happens to write it, not another call). The right keeps the call as written."""
+    return "".join(ch for ch in vessel_call.upper() if ch.isascii() and ch.isalnum())
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     type: str
@@ -249,6 +255,8 @@ class ReleaseRight:
         check_window(valid_from, valid_until, now)
         if not bill_of_lading.strip() or not vessel_call.strip() or not terminal.strip():
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "B/L, vessel call and terminal are required.")
+        if not vessel_call_key(vessel_call):
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "The vessel call has no letter or digit.")
         assert by.organisation_id is not None
         right = cls(
             id=id,
@@ -276,10 +284,13 @@ class ReleaseRight:
 
     @property
     def active_key(self) -> str | None:
-        """At most one live right per container and vessel call (SPEC.md); None once it has ended."""
+        """At most one live right per container and vessel call (SPEC.md); None once it has ended.
+
+        The vessel call as a key (``vessel_call_key``), not as written: "2026-ANR-0457", "2026-anr-0457"
+        and "2026 ANR 0457" are one call, and would otherwise be three live rights on one container."""
         if self.state in TERMINAL_STATES:
             return None
-        return f"{self.container.value}|{self.vessel_call}"
+        return f"{self.container.value}|{vessel_call_key(self.vessel_call)}"
 
     def effective_state(self, now: datetime) -> State:
         """What the state is now: a right past its window has lapsed even before the sweeper writes it."""
