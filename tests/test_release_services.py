@@ -71,6 +71,28 @@ def test_one_live_right_per_container_and_vessel_call(engine: sa.Engine) -> None
     do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p), now()))
 
 
+def test_a_live_right_keyed_before_the_vessel_call_key_keeps_its_key_when_saved(engine: sa.Engine) -> None:
+    """Rights issued before the vessel call was compared as a key carry the call as written in their
+    key; two such live rights may exist (the hole review 99 found). Saving one (a block, a light) keeps
+    its key: rewritten in the new form, it would meet the other's on the unique index, and every change
+    of that right would fail. The key is cleared when the right ends, as before."""
+    p = port(engine)
+    old, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p), now()))
+    with engine.begin() as conn:  # as the earlier code keyed it
+        conn.execute(releases.update().where(releases.c.id == old.id)
+                     .values(active_key=f"{old.container.value}|VC-1"))
+    new, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, vessel_call="vc 1"), now()))
+    do(engine, lambda uow: lifecycle.block(uow, p.line, old.id, "checking", now()))
+    do(engine, lambda uow: lifecycle.unblock(uow, p.line, old.id, None, now()))
+    with engine.connect() as conn:
+        keys = dict(conn.execute(sa.select(releases.c.id, releases.c.active_key)
+                                 .where(releases.c.id.in_([old.id, new.id]))).all())
+    assert keys == {old.id: f"{old.container.value}|VC-1", new.id: f"{new.container.value}|VC1"}
+    do(engine, lambda uow: lifecycle.revoke(uow, p.line, old.id, "duplicate", now()))
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(releases.c.active_key).where(releases.c.id == old.id)).scalar_one() is None
+
+
 def test_failed_action_changes_nothing(engine: sa.Engine) -> None:
     p = port(engine)
     right, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p), now()))

@@ -352,6 +352,12 @@ def right_values(right: ReleaseRight, reads: Reads | None = None) -> dict[str, A
     values = _row_from_right(right)
     values.pop("id")
     values.pop("created_at")
+    if values["active_key"] is not None:
+        # A live right's key is written once, at its insert (its container and vessel call never change),
+        # and cleared when it ends. Not rewritten: a row keyed before the key's form changed (the vessel
+        # call compared as written, until review 99) keeps its key, so two live rights that form let in
+        # cannot meet on the unique index at a later save (a failed write, not a right refused).
+        values.pop("active_key")
     read = reads.get((right.id, right.version)) if reads is not None else None
     if read is not None:
         values = {k: v for k, v in values.items() if read[k] != v}
