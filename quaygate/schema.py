@@ -266,6 +266,12 @@ webhook_deliveries = sa.Table(
 
 # ---- audit trail -------------------------------------------------------------------------------
 
+# The predicate of ix_audit_log_face_enrolment, and of the query that reads it (identity.face.store):
+# literal, so that PostgreSQL can prove a generic plan may use the partial index (a bound parameter
+# would not), and the same text in both.
+FACE_ENROLMENT_KINDS_SQL = ("kind IN ('identity.face.enrolled', 'identity.face.enrolment.upgraded', "
+                            "'identity.face.withdrawn')")
+
 audit_log = sa.Table(
     "audit_log",
     metadata,
@@ -287,6 +293,11 @@ audit_log = sa.Table(
     sa.Index("ix_audit_log_kind_id", "kind", "id", postgresql_ops={"kind": "varchar_pattern_ops"}),
     sa.Index("ix_audit_log_subject_id", "subject", "id"),
     sa.Index("ix_audit_log_at", "at"),
+    # A person's face enrolment entries (identity.domain.face_enrolment): which enrolment is current,
+    # read at every face verification. Partial, so the read touches those few rows, not every login
+    # and verification that names the person.
+    sa.Index("ix_audit_log_face_enrolment", "subject", "id", postgresql_where=sa.text(FACE_ENROLMENT_KINDS_SQL),
+             sqlite_where=sa.text(FACE_ENROLMENT_KINDS_SQL)),
 )
 
 audit_checkpoints = sa.Table(

@@ -8,7 +8,9 @@ Contract::
       401/403 (admin_caller; 403 badge_office_required | own_face)   404 not_found   409 person_not_active
       413 image_too_large   422 face_not_found | face_multiple | face_too_small | face_blurred |
       image_unreadable | source_invalid   503 face_busy | face_unavailable
-    GET    /admin/v1/persons/{person_id}/face   200 the enrolment's metadata (never the template); audited
+    GET    /admin/v1/persons/{person_id}/face   200 the enrolment's metadata (never the template); audited;
+                                                 "current": false when the audit trail does not name the
+                                                 stored template (it does not open: docs/face.md)
     DELETE /admin/v1/persons/{person_id}/face   200 {"person_id", "enrolled": false}   the badge office only
       401/403 (as the enrolment; 403 own_face: nor does an officer withdraw his own)   409 face_not_enrolled
     POST   /face/step-up   {"image"}   with the login session cookie and an Origin header of ours (CSRF)
@@ -182,12 +184,13 @@ def get_face(person_id: uuid.UUID, request: Request) -> JSONResponse:
         audit_read(request, caller, "identity.admin.face.viewed", subject=str(person_id))
     except AdminRefused as exc:
         return exc.response(request)
-    row = face_for(request.app).enrolled(person_id)
-    if row is None:
+    found = face_for(request.app).enrolled(person_id)
+    if found is None:
         return JSONResponse({"person_id": str(person_id), "enrolled": False})
+    row = found.row
     return JSONResponse({"person_id": str(person_id), "enrolled": True, "template_id": str(row.template_id),
                          "source": row.source, "face_px": row.face_px, "sharpness": row.sharpness,
-                         "enrolled_at": row.enrolled_at.isoformat()})
+                         "enrolled_at": row.enrolled_at.isoformat(), "current": found.current})
 
 
 @router.delete("/admin/v1/persons/{person_id}/face", operation_id="admin_withdraw_face", responses=_ADMIN_ERRORS)

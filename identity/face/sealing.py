@@ -4,7 +4,9 @@ The data key comes from the settings (``QUAYGATE_DATA_KEY``), never from the dat
 the database holds no usable biometric. The same ``DataCipher`` seals our signing keys
 (identity.keys): one helper, not a second one. The associated data names the person and the
 enrolment (``face-template:v1:<person_id>:<template_id>``), so a sealed template copied onto another
-person's row, or an old enrolment restored over a new one, does not open.
+person's row, or given another enrolment's id, does not open. An old row restored whole (its own id
+with it) does open: which enrolment is current is the audit trail's to say, by entries tagged with
+``enrolment_tag`` (identity.domain.face_enrolment).
 
 The 128 numbers are packed as little-endian float64 (1024 bytes) before sealing; nothing else of the
 capture is kept.
@@ -12,6 +14,9 @@ capture is kept.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import struct
 import uuid
 from collections.abc import Sequence
@@ -46,3 +51,26 @@ def open_template(cipher: DataCipher, person_id: uuid.UUID, template_id: uuid.UU
     except Exception as exc:  # noqa: BLE001 - InvalidTag, bad base64, wrong length: all the same to us
         raise TemplateUnreadable("the face template does not open") from exc
     return tuple(values)
+
+
+# HKDF info of the key that tags enrolment entries (``DataCipher.derive``): never the key that seals.
+TAG_PURPOSE = b"face-enrolment-tag:v1"
+
+
+def enrolment_tag(key: bytes, kind: str, person_id: uuid.UUID | str, generation: int,
+                  template_id: uuid.UUID | str | None) -> str:
+    """HMAC-SHA256 (base64url) over an enrolment entry's kind, person, generation and template: what
+    an insider who can write audit rows, but has not the data key, cannot make for an entry of his own
+    (identity.domain.face_enrolment)."""
+    message = f"face-enrolment:v1:{kind}:{person_id}:{generation}:{template_id or '-'}".encode()
+    return base64.urlsafe_b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode().rstrip("=")
+
+
+def tag_verifies(key: bytes, tag: object, kind: str, person_id: uuid.UUID | str, generation: object,
+                 template_id: object) -> bool:
+    """Whether ``tag`` is the tag of that entry (constant time); False for anything malformed."""
+    if not isinstance(tag, str) or not isinstance(generation, int) or isinstance(generation, bool):
+        return False
+    if template_id is not None and not isinstance(template_id, str):
+        return False
+    return hmac.compare_digest(tag, enrolment_tag(key, kind, person_id, generation, template_id))

@@ -17,6 +17,13 @@
   Whoever is not the person himself (the gate) gets the same answer for a bad capture whether or not a
   face is enrolled: the capture is analysed and judged first (``rules.first_refusal``), so neither the
   answer nor its time says whether there was a template to compare it with.
+- Which enrolment is current is the audit trail's to say (``identity.domain.face_enrolment``, review
+  92): every enrolment and withdrawal writes, in the transaction of the row, an entry naming the
+  template with the person's enrolment generation and a tag under a key derived from the data key.
+  A stored template that the latest tagged entry does not name (an older row restored by an insider,
+  a row written beside the app, a row present after a withdrawal) does not open: ``face_unavailable``
+  (at the gate a review, never an allow), logged at error level as ``identity.face.template.not_current``
+  and audited. The read is one index probe beside the template's, off the event loop with it.
 - ``step_up``: a logged-in person (passkey or national ID) matches his face and his login session is
   replaced by one with ``acr`` ``urn:quaygate:acr:face`` and ``face`` in ``amr`` (the session store's
   "a stronger login replaces the session"). Failed matches count towards the login guard's lockout
@@ -44,13 +51,14 @@ from quaygate.crypto import DataCipher
 
 from .. import audit
 from ..domain import face as rules
+from ..domain import face_enrolment as enrolments
 from ..domain.face import FaceCode, FaceMatch
 from ..ratelimit import LoginGuard
 from ..sessions import LoginSession, SessionStore
 from .engine import Analysis
 from .liveness import Liveness, LivenessDetector, NotChecked
 from .pool import FacePool, FaceUnavailable
-from .sealing import TemplateUnreadable, open_template, seal_template
+from .sealing import TAG_PURPOSE, TemplateUnreadable, enrolment_tag, open_template, seal_template, tag_verifies
 from .store import CaptureStore, TemplateRow, TemplateStore
 
 log = logging.getLogger(__name__)
@@ -111,6 +119,15 @@ class Enrolment:
 
 
 @dataclass(frozen=True, slots=True)
+class EnrolledFace:
+    """The stored enrolment as the badge office sees it: the row, and whether the trail names it as the
+    current one (False: restored, written beside the app or left after a withdrawal; it does not open)."""
+
+    row: TemplateRow
+    current: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StepUp:
     cookie: str  # the new session's cookie value, shown once
     session: LoginSession
@@ -127,6 +144,7 @@ class FaceService:
         self._engine = engine
         self._cipher = cipher
         self._digest_key = cipher.derive(_DIGEST_PURPOSE)
+        self._tag_key = cipher.derive(TAG_PURPOSE)
         self.replay_window = replay_window
         self._pool = pool
         self.default_tolerance = rules.tolerance_or_default(tolerance)
@@ -149,16 +167,30 @@ class FaceService:
         return await anyio.to_thread.run_sync(self._store_enrolment, person_id, analysis, source, actor, now)
 
     def withdraw(self, person_id: uuid.UUID, *, actor: str, now: datetime) -> None:
-        """Erase a person's template (leaving the port, or at his request); FaceError when none."""
+        """Erase a person's template (leaving the port, or at his request); FaceError when none. The
+        tagged entry of the next generation names no template: a row written back afterwards is not
+        current."""
         with self._engine.begin() as conn:
-            if not TemplateStore(conn).delete(person_id):
+            store = TemplateStore(conn)
+            store.lock_person(person_id)
+            row = store.get(person_id)
+            if row is None or not store.delete(person_id):
                 raise FaceError(FaceCode.NOT_ENROLLED)
-            audit.record("identity.face.withdrawn", at=now, actor=audit.actor_fields(actor),
-                         subject=str(person_id), conn=conn)
+            generation = self._current(store, person_id).next_generation
+            audit.record(enrolments.WITHDRAWN, at=now, actor=audit.actor_fields(actor),
+                         subject=str(person_id), conn=conn,
+                         data={"template_id": str(row.template_id), "generation": generation,
+                               "tag": enrolment_tag(self._tag_key, enrolments.WITHDRAWN, person_id, generation, None)})
 
-    def enrolled(self, person_id: uuid.UUID) -> TemplateRow | None:
+    def enrolled(self, person_id: uuid.UUID) -> EnrolledFace | None:
+        """The stored enrolment (the console's view), and whether it is the current one."""
         with self._engine.connect() as conn:
-            return TemplateStore(conn).get(person_id)
+            store = TemplateStore(conn)
+            row = store.get(person_id)
+            if row is None:
+                return None
+            current = self._current(store, person_id)
+        return EnrolledFace(row, enrolments.not_current_reason(current, str(row.template_id)) is None)
 
     def _check_size(self, image: bytes) -> None:
         if not image:
@@ -190,10 +222,15 @@ class FaceService:
                           sharpness=analysis.sharpness or 0.0, enrolled_by=actor[:100], enrolled_at=now)
         try:
             with self._engine.begin() as conn:
-                replaced = TemplateStore(conn).put(row)
-                audit.record("identity.face.enrolled", at=now, actor=who, subject=str(person_id), conn=conn,
+                store = TemplateStore(conn)
+                store.lock_person(person_id)  # one enrolment or withdrawal of the person at a time
+                generation = self._current(store, person_id).next_generation
+                replaced = store.put(row)
+                audit.record(enrolments.ENROLLED, at=now, actor=who, subject=str(person_id), conn=conn,
                              data={**_quality(analysis, source=source), "template_id": str(template_id),
-                                   "replaced": replaced})
+                                   "replaced": replaced, "generation": generation,
+                                   "tag": enrolment_tag(self._tag_key, enrolments.ENROLLED, person_id, generation,
+                                                        template_id)})
         except sa.exc.IntegrityError as exc:
             raise FaceError("concurrent_change") from exc
         log.info("identity.face.enrolled")
@@ -273,16 +310,71 @@ class FaceService:
         return mac.digest()
 
     def _template(self, person_id: uuid.UUID) -> tuple[float, ...] | FaceCode:
+        """The person's template, once the trail names it as his current enrolment."""
         with self._engine.connect() as conn:
-            row = TemplateStore(conn).get(person_id)
-        if row is None:
-            return FaceCode.NOT_ENROLLED
+            store = TemplateStore(conn)
+            row = store.get(person_id)
+            if row is None:
+                return FaceCode.NOT_ENROLLED
+            current = self._current(store, person_id)
+        reason = enrolments.not_current_reason(current, str(row.template_id))
+        if reason is not None:
+            self._not_current(person_id, row, current, reason)
+            return FaceCode.UNAVAILABLE
+        if current.legacy:
+            self._upgrade(person_id, row.template_id)
         try:
             return open_template(self._cipher, person_id, row.template_id, row.sealed)
         except TemplateUnreadable:
             # Tampered, moved to another person's row, or sealed under another data key.
             log.error("identity.face.template.unreadable")
             return FaceCode.UNAVAILABLE
+
+    def _current(self, store: TemplateStore, person_id: uuid.UUID) -> enrolments.Current:
+        """What the person's enrolment entries say is current, each entry's tag checked here."""
+        found = []
+        for entry in store.enrolment_entries(person_id):
+            data = entry.data if isinstance(entry.data, dict) else {}
+            tag, generation = data.get("tag"), data.get("generation")
+            named = None if entry.kind == enrolments.WITHDRAWN else data.get("template_id")
+            tag_ok = None if tag is None and generation is None else tag_verifies(
+                self._tag_key, tag, entry.kind, person_id, generation, named)
+            found.append(enrolments.EnrolmentEntry(
+                entry.id, entry.kind, named if isinstance(named, str) else None,
+                generation if isinstance(generation, int) and not isinstance(generation, bool) else None, tag_ok))
+        current = enrolments.current_enrolment(found)
+        if current.forged:
+            log.error("identity.face.enrolment.forged_entry", extra={"fields": {"forged": current.forged}})
+        return current
+
+    def _not_current(self, person_id: uuid.UUID, row: TemplateRow, current: enrolments.Current,
+                     reason: str) -> None:
+        """A stored template the trail does not name: written there behind the service's back. A tamper
+        signal, at error level and on the trail; the match answers ``face_unavailable``."""
+        log.error("identity.face.template.not_current", extra={"fields": {"reason": reason}})
+        audit.record("identity.face.template.not_current", at=_now(), actor={"system": "face"},
+                     subject=str(person_id), engine=self._engine,
+                     data={"reason": reason, "template_id": str(row.template_id),
+                           "current_template_id": current.template_id, "generation": current.generation,
+                           "forged_entries": current.forged, "enrolled_at": row.enrolled_at.isoformat()})
+
+    def _upgrade(self, person_id: uuid.UUID, template_id: uuid.UUID) -> None:
+        """A template enrolled before the entries were tagged, which its untagged entry names: tag it
+        now (generation 1), once, under the person's lock and with the row and the trail read again,
+        so that from now on only tagged entries count (identity.domain.face_enrolment)."""
+        with self._engine.begin() as conn:
+            store = TemplateStore(conn)
+            store.lock_person(person_id)
+            row, current = store.get(person_id), self._current(store, person_id)
+            if row is None or row.template_id != template_id or not current.legacy \
+                    or current.template_id != str(template_id):
+                return  # changed meanwhile: the next read decides afresh
+            generation = current.next_generation
+            audit.record(enrolments.UPGRADED, at=_now(), actor={"system": "face"}, subject=str(person_id),
+                         conn=conn, data={"template_id": str(template_id), "generation": generation,
+                                          "tag": enrolment_tag(self._tag_key, enrolments.UPGRADED, person_id,
+                                                               generation, template_id)})
+        log.info("identity.face.enrolment.upgraded")
 
     def _early_refusal(self, enrolled: tuple[float, ...] | FaceCode, image: bytes, tol: float,
                        own_face: bool) -> FaceMatch | None:

@@ -15,7 +15,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from quaygate.schema import face_captures, face_templates, persons
+from quaygate.schema import FACE_ENROLMENT_KINDS_SQL, audit_log, face_captures, face_templates, persons
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,25 @@ class TemplateStore:
         status: str | None = self._conn.execute(
             sa.select(persons.c.status).where(persons.c.id == person_id)).scalar_one_or_none()
         return status
+
+    def lock_person(self, person_id: uuid.UUID) -> str | None:
+        """``person_status`` under a row lock held to the commit (FOR NO KEY UPDATE: it does not block
+        rows that merely reference the person): enrolments and withdrawals of one person take their
+        generation one after the other (identity.domain.face_enrolment)."""
+        status: str | None = self._conn.execute(
+            sa.select(persons.c.status).where(persons.c.id == person_id)
+            .with_for_update(key_share=True)).scalar_one_or_none()
+        return status
+
+    def enrolment_entries(self, person_id: uuid.UUID) -> list[sa.Row[tuple[int, str, object]]]:
+        """The person's enrolment entries on the audit trail (id, kind, data), oldest first: one read
+        of the partial index ``ix_audit_log_face_enrolment`` (its predicate is these kinds), a few rows
+        per person however many other entries name him. Unsealed rows too: sealing does not say who
+        wrote a row; the entries' tags do (identity.domain.face_enrolment)."""
+        return list(self._conn.execute(
+            sa.select(audit_log.c.id, audit_log.c.kind, audit_log.c.data)
+            .where(audit_log.c.subject == str(person_id), sa.text(FACE_ENROLMENT_KINDS_SQL))
+            .order_by(audit_log.c.id)))
 
     def get(self, person_id: uuid.UUID) -> TemplateRow | None:
         row = self._conn.execute(sa.select(face_templates).where(face_templates.c.person_id == person_id)).first()
