@@ -44,7 +44,8 @@ Rules:
    name and the system user (latch.py rule 2).
 8. ``[http] health_port``: a plain listener of its own answering ``GET /livez`` only (status, nothing about
    lanes), for a load balancer that cannot pass mutual TLS (http_source.py).
-9. The pass store is sealed (offline.py rule 1) under a key derived from the adapter's own secrets: the
+9. The pass store is sealed (offline.py rule 1), and so is the outbox's chain of offline decisions
+   (outbox.py rule 10; under a key of its own purpose), under a key derived from the adapter's own secrets: the
    client credential (the ``private_key_jwt`` key or the client secret) and, when set, the DPoP key. They
    are what makes this adapter itself, they are read from files checked as rule 5 says (or the
    environment), and they never go into the store. A new one sets the stored passes aside once (logged
@@ -387,7 +388,7 @@ def build(settings: AdapterSettings) -> Adapter:
     strict = not settings.dev
     check_data_files(settings)  # rule 10: both refused before either is made
     try:
-        outbox = Outbox(settings.outbox, strict=strict)
+        outbox = Outbox(settings.outbox, strict=strict, secret=secret)  # its offline decisions sealed (rule 9)
     except DataFileExposed as exc:
         raise ConfigError("outbox", str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - sqlite3 / OSError: a path we cannot use

@@ -646,7 +646,25 @@ gate_offline_decisions = sa.Table(
     sa.Column("observed_at", UTCDateTime, nullable=False),
     sa.Column("decided_at", UTCDateTime, nullable=False),
     sa.Column("reconciled_at", UTCDateTime, nullable=False),
+    # Its place in the adapter's sealed outbox chain (gate_adapters/runtime/outbox.py rule 10), when told.
+    sa.Column("outbox_id", sa.String(64), nullable=True),
+    sa.Column("outbox_seq", sa.BigInteger, nullable=True),
     sa.UniqueConstraint("terminal", "request_id", name="uq_gate_offline_decisions_terminal_request"),
+    sa.Index("ix_gate_offline_decisions_outbox", "client_id", "outbox_id", "outbox_seq"),
+)
+
+# The highest place each adapter outbox told us (review 92): a head that goes back is an earlier copy of
+# the file put back (domain/gate_pass.py ``judge_outbox``). One row per gate client and outbox chain.
+gate_outbox_marks = sa.Table(
+    "gate_outbox_marks",
+    metadata,
+    sa.Column("client_id", sa.String(100), primary_key=True),
+    sa.Column("outbox_id", sa.String(64), primary_key=True),
+    sa.Column("terminal", sa.String(32), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("intact", sa.Boolean, nullable=False),
+    sa.Column("first_seen_at", UTCDateTime, nullable=False),
+    sa.Column("seen_at", UTCDateTime, nullable=False),
 )
 
 # ---- brokered login (issue 6 part 1, identity/broker/) ---------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 from quaygate.single_use import Claim
 
 from .domain.gate import BadgeFacts, BadgeRead, RightFacts, ScreeningResult, TerminalPolicy
+from .domain.gate_pass import OutboxMark
 from .domain.parties import Actor, Organisation
 from .domain.release import ReleaseRight, Screening, State, Transfer
 from .domain.webhooks import Delivery, Subscription
@@ -526,6 +527,14 @@ class GateOfflineStore(Protocol):
 
     def last_use(self, release_id: uuid.UUID, event_types: Sequence[str]) -> tuple[uuid.UUID | None, bool]:
         """The decision behind the right's latest move of one of ``event_types``, and whether it was offline."""
+
+    def outbox_mark(self, client_id: str, outbox_id: str) -> OutboxMark | None:
+        """The highest place this client's outbox ``outbox_id`` told us, locked till the commit."""
+
+    def keep_outbox_mark(self, client_id: str, terminal: str, mark: OutboxMark, *, now: datetime) -> None: ...
+
+    def outbox_place_used(self, client_id: str, outbox_id: str, seq: int) -> str | None:
+        """The request_id of a decision recorded at that place of that outbox, if any."""
 
 
 class OfflineUnitOfWork(UnitOfWork, Protocol):

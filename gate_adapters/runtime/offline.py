@@ -44,6 +44,17 @@ Rules:
    online use still shows the right unused; without this a lent badge and plate would pass a second
    lane of the same adapter once the uplink is cut. The uses are stamped by our clock and the passes by
    the service's: how far ours was behind at the refresh widens the window read.
+7. The outbox's offline decisions are a sealed chain (outbox.py rule 10). One that does not hold (a decision
+   deleted, edited, moved, or marked acknowledged without the service's answer) is ``tampered``: the uses
+   of rule 6 can no longer be told from the file, so every offline truck is a review (no pass judged, as a
+   stale store: ``store_stale``), never an allow, and each such decision logs
+   ``gate.offline.outbox_tampered``, until an operator acts (docs/gate-offline.md); online, the service
+   decides as ever. The decisions whose own seal holds are still reported (the service must learn of every
+   use this adapter made), one whose seal does not is not (not this adapter's words). The chain's place
+   (its id and head, and whether it holds) goes with every pass refresh (``outbox_id``, ``outbox_seq``,
+   ``outbox_intact``) and every report (``outbox``): the service keeps the highest, and raises port
+   security's alarm at a head that goes back (an earlier copy of the file put back), a sequence number
+   used twice, or an outbox that says it was tampered with (release_service/services/gate_passes.py).
 """
 
 from __future__ import annotations
@@ -60,6 +71,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -389,13 +401,21 @@ class OfflineMode:
             # Rule 3: our clocks read just before the passes are asked for, so the service's time in the
             # answer came after them (its time since then is never less than ours: never an early expiry).
             at, mono = self._wall(), self._clock()
-            answer = self.client.call("GET", "/gate/v1/passes", attempts=1, patience=0.0)
+            answer = self.client.call("GET", "/gate/v1/passes" + self._position(), attempts=1, patience=0.0)
             service_at = _service_time(answer, at, took=timedelta(seconds=max(self._clock() - mono, 0.0)))
             with self._lock:  # rule 5: a decision sees the old set and its time, or the new ones
                 kept = self.store.replace(list(answer.get("passes", [])), jwks, Refresh(at, service_at))
                 self._refreshed = (at, mono)
             log.info("gate.offline.refreshed", extra={"passes": kept})
             return kept
+
+    def _position(self) -> str:
+        """Rule 7: the outbox chain's place, as the passes call's query (none for an outbox without a seal)."""
+        at = self.outbox.position()
+        if at is None:
+            return ""
+        return "?" + urlencode({"outbox_id": at["id"], "outbox_seq": at["seq"],
+                                "outbox_intact": "true" if at["intact"] else "false"})
 
     def maintain(self) -> None:
         """Called from the lanes' tick: refresh and reconcile when due; never raises for an outage. A lane
@@ -446,6 +466,11 @@ class OfflineMode:
             oldest = min((p.issued_at for _, p in stored), default=judged)
             behind = timedelta(0) if refresh is None else max(refresh.offset, timedelta(0))
             uses = self.outbox.offline_uses(online_since=(oldest - ONLINE_USE_MARGIN - behind).timestamp())
+            if self.outbox.tampered is not None:
+                # Rule 7: the uses above may lack one deleted from the file: no pass is judged, a review.
+                log.error("gate.offline.outbox_tampered", extra={"request_id": request_id,
+                                                                 "reason": self.outbox.tampered})
+                stored, refresh = [], None
             local = LocalUses(gated_in=frozenset(uuid.UUID(r) for r in uses.get("in", ())),
                               completed=frozenset(uuid.UUID(r) for r in uses.get("out", ())))
             od = decide_offline(request, passes=[p for _, p in stored], uses=local, limits=self.limits,

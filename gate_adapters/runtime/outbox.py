@@ -57,11 +57,36 @@ Rules:
 9. The file is made readable and writable by its owner only (0600), and one that group or others may write,
    or another user owns, is refused (``strict``, outside dev; a warning in dev): whoever may write it could
    forget the uses of rule 7, queue requests, or clear a latch (datafiles.py).
+10. The offline decisions are a sealed chain (review 92; with ``secret``, the adapter's own secret material,
+    seal.py): a mode is no proof against someone with the disk, and deleting the record of an offline
+    gate-in before it is reconciled would let the service never learn of the use, and the right be used
+    again; editing it would change which right or truck it names. Each decision has a sequence number
+    ``seq`` (1, 2, ... never reused), ``prev`` (the seal of the one before), ``digest`` (SHA-256 of its
+    report) and ``mac`` (HMAC over all of that, its request, lane, right, use and time, and the chain's
+    ``outbox_id``); an acknowledged one also ``ack`` (HMAC over the service's answer and the time). The
+    one ``outbox_chain`` row keeps, sealed, the chain's id, its head (last ``seq`` and seal) and its base
+    (the first ``seq`` kept and the seal it follows)::
+
+        base_prev ◄─prev─ [seq b] ◄─prev─ [b+1] ◄─ ... ◄─prev─ [seq h] = head (head_seq, head_mac)
+
+    A decision deleted (in the middle, or the last), put out of order, edited, or marked acknowledged
+    without the service's answer breaks the chain (``check``): the outbox is **tampered**, which
+    ``tampered`` says (sticky for the process; found again at every start until an operator acts). Pruning
+    cuts the chain at its base only (a prefix of decisions acknowledged and older than ``keep_days``),
+    moving the base; a decision still to be reconciled holds back the pruning of those after it.
+    What a chain cannot see (the whole file put back as it was earlier, or deleted) the service sees:
+    ``position`` (the chain's id and head) goes with each pass refresh and report (offline.py rule 7).
+    A file from before the chain is sealed as it stands at its first start with a secret, under a new
+    ``outbox_id``, logged ``gate.offline.outbox_sealed`` (what was done to it before cannot be known: the
+    service is told of the new chain). An outbox opened without a secret (the latch command, a rehearsal)
+    neither checks nor extends the chain, and never prunes a decision of it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -72,6 +97,9 @@ from pathlib import Path
 from typing import Any
 
 from .datafiles import private_data_file
+from .seal import Seal
+
+log = logging.getLogger("gate_adapters.offline")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS verify_requests (
@@ -93,7 +121,12 @@ CREATE TABLE IF NOT EXISTS offline_decisions (
     report        TEXT NOT NULL,
     decided_at    REAL NOT NULL,
     reconciled_at REAL,
-    result        TEXT
+    result        TEXT,
+    seq           INTEGER,  -- rule 10: the place in the sealed chain (NULL: not sealed yet, or no secret)
+    prev          TEXT,
+    digest        TEXT,
+    mac           TEXT,
+    ack           TEXT      -- rule 10: the seal of the service's answer, once reconciled
 );
 CREATE INDEX IF NOT EXISTS offline_decisions_open ON offline_decisions (decided_at) WHERE reconciled_at IS NULL;
 CREATE TABLE IF NOT EXISTS late_reads (
@@ -145,10 +178,22 @@ CREATE TABLE IF NOT EXISTS overrides (
     asked_at    REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS overrides_request ON overrides (request_id);
+CREATE TABLE IF NOT EXISTS outbox_chain (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),  -- rule 10: one chain per file
+    outbox_id TEXT NOT NULL,
+    head_seq  INTEGER NOT NULL,
+    head_mac  TEXT NOT NULL,
+    base_seq  INTEGER NOT NULL,
+    base_prev TEXT NOT NULL,
+    seal      TEXT NOT NULL
+);
 """
+_CHAIN_COLUMNS = ("seq INTEGER", "prev TEXT", "digest TEXT", "mac TEXT", "ack TEXT")
 
-# Rule 8: 0, a file made before versions (no online_uses); 1, online_uses; 2, overrides.
-SCHEMA_VERSION = 2
+# Rule 8: 0, a file made before versions (no online_uses); 1, online_uses; 2, overrides; 3, the chain (rule 10).
+SCHEMA_VERSION = 3
+OUTBOX_PURPOSE = "quaygate gate-adapter outbox v1"  # the seal's HKDF info: its key serves nothing else
+GENESIS = "genesis"  # what the first decision of a chain follows
 
 OUTBOX_RISK = ("whoever writes it can forget the rights this adapter used (a second truck let in on one offline), "
                "queue requests to be sent at the next start, or clear a lane's latch")
@@ -166,6 +211,32 @@ def _use(response: Mapping[str, Any], body: Mapping[str, Any]) -> tuple[str, str
     except ValueError:
         return None
     return (release_id, str(direction)) if direction in ("in", "out") else None
+
+
+def _digest(report: str) -> str:
+    return hashlib.sha256(report.encode()).hexdigest()
+
+
+def _row_fields(outbox_id: str, seq: int, prev: str, request_id: str, lane: str, release_id: str | None,
+                used: str | None, decided_at: float, digest: str) -> tuple[str, ...]:
+    """Rule 10: what a decision's seal covers: its place (chain, seq, the seal before) and its content (the
+    report by its digest). Nullable values JSON-encoded: a NULL right is not an empty one."""
+    return ("offline_decision", outbox_id, str(seq), prev, request_id, lane, json.dumps([release_id, used]),
+            repr(float(decided_at)), digest)
+
+
+def _ack_fields(outbox_id: str, seq: int, mac: str, result: str, reconciled_at: float) -> tuple[str, ...]:
+    """Rule 10: what an acknowledgement's seal covers: the decision's seal, the service's answer, when."""
+    return ("offline_reconciled", outbox_id, str(seq), mac, result, repr(float(reconciled_at)))
+
+
+def _chain_fields(outbox_id: str, head_seq: int, head_mac: str, base_seq: int, base_prev: str) -> tuple[str, ...]:
+    return ("outbox_chain", outbox_id, str(head_seq), head_mac, str(base_seq), base_prev)
+
+
+_CHAIN = "SELECT outbox_id, head_seq, head_mac, base_seq, base_prev, seal FROM outbox_chain WHERE id = 1"
+_LINKS = ("SELECT seq, prev, mac, request_id, lane, release_id, used, decided_at, digest, reconciled_at, result, ack"
+          " FROM offline_decisions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,13 +302,15 @@ class Outbox:
     """One SQLite file per lane or per adapter. Thread-safe."""
 
     def __init__(self, path: str | Path, *, keep_days: float = 7.0, wall: Callable[[], float] = time.time,
-                 strict: bool = True) -> None:
+                 strict: bool = True, secret: bytes | None = None) -> None:
         if keep_days <= 0:
             raise ValueError("keep_days > 0")
         self.path = Path(path)
         self.keep_seconds = keep_days * 86400.0
         self._wall = wall
         self._lock = threading.Lock()
+        self._seal = None if secret is None else Seal(secret, purpose=OUTBOX_PURPOSE)  # rule 10
+        self._tampered: str | None = None
         private_data_file(self.path, strict=strict, risk=OUTBOX_RISK)  # rule 9
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -245,6 +318,8 @@ class Outbox:
         try:
             self._db.executescript(_SCHEMA)
             self._migrate()
+            if self._seal is not None:
+                self._open_chain()
         except BaseException:
             self._db.close()
             raise
@@ -267,6 +342,12 @@ class Outbox:
                         if use is not None:
                             self._db.execute("INSERT OR IGNORE INTO online_uses VALUES (?, ?, ?, ?, ?)",
                                              (request_id, lane, *use, decided_at))
+                if version < 3:  # rule 10: the chain's columns (a new file has them from _SCHEMA)
+                    have = {r[1] for r in self._db.execute("PRAGMA table_info(offline_decisions)")}
+                    for column in _CHAIN_COLUMNS:
+                        if column.split()[0] not in have:
+                            self._db.execute(f"ALTER TABLE offline_decisions ADD COLUMN {column}")
+                self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS offline_decisions_seq ON offline_decisions (seq)")
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 self._db.execute("COMMIT")
             except BaseException:
@@ -276,6 +357,121 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    # -- the sealed chain of offline decisions (rule 10) --------------------------------------------
+
+    @property
+    def tampered(self) -> str | None:
+        """Why the chain of offline decisions does not hold (rule 10), or None. Sticky for this process: an
+        outbox found tampered stays so till an operator acts (offline.py rule 7)."""
+        return self._tampered
+
+    def position(self) -> dict[str, Any] | None:
+        """Rule 10: the chain's id and head, and whether it holds, for the service's high-water mark; None
+        without a secret."""
+        if self._seal is None:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT outbox_id, head_seq FROM outbox_chain WHERE id = 1").fetchone()
+        return None if row is None else {"id": str(row[0]), "seq": int(row[1]), "intact": self._tampered is None}
+
+    def check(self, *, full: bool = False) -> str | None:
+        """Rule 10: walk the chain; ``full`` digests every report too (at start). Returns why it does not
+        hold, or None; the first time, logs ``gate.offline.outbox_tampered``."""
+        if self._seal is None:
+            return None
+        with self._lock:
+            reason = self._verify(full=full)
+        if reason is not None:
+            self._taint(reason)
+        return self._tampered
+
+    def _taint(self, reason: str) -> None:
+        if self._tampered is None:
+            # The file is left as it is, for port security to look at (rule 10).
+            log.error("gate.offline.outbox_tampered: %s: %s; every offline truck is a review until an operator "
+                      "acts", self.path, reason, extra={"reason": reason})
+            self._tampered = reason
+
+    def _open_chain(self) -> None:
+        """Rule 10, at start: a file without a chain gets one (its decisions sealed as they stand, logged),
+        then the whole chain is checked, reports digested."""
+        assert self._seal is not None
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                sealed = 0
+                if self._db.execute(_CHAIN).fetchone() is None:
+                    if self._db.execute("SELECT 1 FROM offline_decisions WHERE seq IS NOT NULL").fetchone():
+                        sealed = -1  # a chain's decisions without their chain record: never sealed again
+                    else:
+                        self._set_chain(uuid.uuid4().hex, 0, GENESIS, 1, GENESIS)
+                        for (request_id,) in self._db.execute("SELECT request_id FROM offline_decisions "
+                                                              "ORDER BY decided_at, rowid").fetchall():
+                            self._link(request_id)
+                            sealed += 1
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if sealed > 0:
+            log.warning("gate.offline.outbox_sealed: %s: %d offline decisions from before the chain sealed as they "
+                        "stand", self.path, sealed, extra={"decisions": sealed})
+        self.check(full=True)
+
+    def _set_chain(self, outbox_id: str, head_seq: int, head_mac: str, base_seq: int, base_prev: str) -> None:
+        assert self._seal is not None
+        seal = self._seal.mac(*_chain_fields(outbox_id, head_seq, head_mac, base_seq, base_prev))
+        self._db.execute("INSERT OR REPLACE INTO outbox_chain VALUES (1, ?, ?, ?, ?, ?, ?)",
+                         (outbox_id, head_seq, head_mac, base_seq, base_prev, seal))
+
+    def _link(self, request_id: str) -> None:
+        """Rule 10, in the caller's transaction: seal the decision ``request_id`` as the chain's next."""
+        assert self._seal is not None
+        outbox_id, head_seq, head_mac, base_seq, base_prev, _ = self._db.execute(_CHAIN).fetchone()
+        lane, release_id, used, report, decided_at, reconciled_at, result = self._db.execute(
+            "SELECT lane, release_id, used, report, decided_at, reconciled_at, result FROM offline_decisions "
+            "WHERE request_id = ?", (request_id,)).fetchone()
+        seq, digest = int(head_seq) + 1, _digest(report)
+        mac = self._seal.mac(*_row_fields(outbox_id, seq, head_mac, request_id, lane, release_id, used, decided_at,
+                                          digest))
+        ack = None if reconciled_at is None else self._seal.mac(
+            *_ack_fields(outbox_id, seq, mac, result or "", reconciled_at))
+        self._db.execute("UPDATE offline_decisions SET seq = ?, prev = ?, digest = ?, mac = ?, ack = ? "
+                         "WHERE request_id = ?", (seq, head_mac, digest, mac, ack, request_id))
+        self._set_chain(outbox_id, seq, mac, base_seq, base_prev)
+
+    def _verify(self, *, full: bool) -> str | None:
+        """Rule 10 (under the lock): why the chain does not hold, or None."""
+        assert self._seal is not None
+        chain = self._db.execute(_CHAIN).fetchone()
+        if chain is None:
+            return "its chain record is gone"
+        outbox_id, head_seq, head_mac, base_seq, base_prev, seal = chain
+        if not self._seal.holds(seal, *_chain_fields(outbox_id, head_seq, head_mac, base_seq, base_prev)):
+            return "the seal of its chain record does not hold"
+        sql = _LINKS.replace(" FROM", ", report FROM") if full else _LINKS
+        expected, prev = int(base_seq), base_prev
+        for row in self._db.execute(sql + " ORDER BY seq IS NOT NULL, seq"):
+            seq, row_prev, mac, request_id, lane, release_id, used, decided_at, digest, done_at, result, ack = row[:12]
+            if seq is None:
+                return f"an offline decision ({request_id}) is outside the chain"
+            if seq != expected:
+                return f"offline decision {expected} is missing" if seq > expected else \
+                    f"offline decision {seq} is out of place"
+            if row_prev != prev or not self._seal.holds(mac, *_row_fields(
+                    outbox_id, seq, str(row_prev), request_id, lane, release_id, used, decided_at, str(digest))):
+                return f"offline decision {seq} was edited or moved"
+            if full and _digest(row[12]) != digest:
+                return f"offline decision {seq}'s report was edited"
+            if done_at is not None and not self._seal.holds(ack, *_ack_fields(outbox_id, seq, mac, result or "",
+                                                                               done_at)):
+                return f"offline decision {seq} is marked reconciled without the service's answer"
+            expected, prev = expected + 1, mac
+        if expected - 1 != head_seq or prev != head_mac:
+            return f"offline decisions {expected} to {head_seq} are missing" if expected - 1 < head_seq else \
+                "its last offline decision is not the chain's head"
+        return None
 
     def put(self, body: Mapping[str, Any]) -> bool:
         """Store a verify body (durably); False when its request_id was already stored (rule 2)."""
@@ -455,14 +651,40 @@ class Outbox:
             self._db.execute("DELETE FROM lane_latches WHERE cleared_at IS NOT NULL AND cleared_at < ?", (cutoff,))
             self._db.execute("DELETE FROM late_reads WHERE noted_at < ?", (cutoff,))
             self._db.execute("DELETE FROM overrides WHERE asked_at < ?", (cutoff,))
-            self._db.execute("DELETE FROM offline_decisions WHERE reconciled_at IS NOT NULL AND decided_at < ?",
-                             (cutoff,))
+            self._prune_offline(cutoff)
             self._db.execute("DELETE FROM online_uses WHERE decided_at < ?", (cutoff,))
             cur = self._db.execute(
                 "DELETE FROM verify_requests WHERE decided_at IS NOT NULL AND decided_at < ? AND request_id NOT IN "
                 "(SELECT request_id FROM offline_decisions)", (cutoff,)
             )
         return int(cur.rowcount)
+
+    def _prune_offline(self, cutoff: float) -> None:
+        """Reconciled offline decisions older than ``cutoff``. Sealed (rule 10): only the chain's oldest ones,
+        up to the first that must stay, the base moved past them in the same transaction; nothing while the
+        chain does not hold (the evidence stays). Without a secret, never a decision of a chain."""
+        if self._seal is None:
+            self._db.execute("DELETE FROM offline_decisions WHERE reconciled_at IS NOT NULL AND decided_at < ? "
+                             "AND seq IS NULL", (cutoff,))
+            return
+        if self._tampered is not None or self._verify(full=False) is not None:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            outbox_id, head_seq, head_mac, base_seq, base_prev, _ = self._db.execute(_CHAIN).fetchone()
+            first_kept = self._db.execute(
+                "SELECT MIN(seq) FROM offline_decisions WHERE reconciled_at IS NULL OR decided_at >= ?",
+                (cutoff,)).fetchone()[0]
+            first_kept = int(head_seq) + 1 if first_kept is None else int(first_kept)
+            if first_kept > base_seq:
+                (prev,) = self._db.execute("SELECT mac FROM offline_decisions WHERE seq = ?",
+                                           (first_kept - 1,)).fetchone()
+                self._db.execute("DELETE FROM offline_decisions WHERE seq < ?", (first_kept,))
+                self._set_chain(outbox_id, head_seq, head_mac, first_kept, prev)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     # -- offline decisions (offline.py) ------------------------------------------------------------
 
@@ -488,6 +710,8 @@ class Outbox:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     (request_id, str(request.get("lane", "")), report.get("release_id"), used,
                      json.dumps(report, sort_keys=True), self._wall()))
+                if self._seal is not None:
+                    self._link(request_id)  # rule 10: the chain's next, in the same transaction
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -498,7 +722,9 @@ class Outbox:
         """Release ids used here, by direction (``in``/``out``), for offline mode to count as used: let
         through offline, or committed by the service for a request of this outbox (rule 7). ``online_since``
         (wall-clock seconds): only the online uses from then on, those a pass fetched earlier cannot show
-        (an older one is in every pass issued since); the offline ones all, the service may not know them."""
+        (an older one is in every pass issued since); the offline ones all, the service may not know them.
+        The chain is walked first (rule 10): a use deleted from it shows as ``tampered``."""
+        self.check()
         with self._lock:
             rows = self._db.execute(
                 "SELECT used, release_id FROM offline_decisions WHERE used IS NOT NULL AND release_id IS NOT NULL "
@@ -511,18 +737,55 @@ class Outbox:
         return out
 
     def unreconciled(self) -> list[tuple[str, dict[str, Any]]]:
-        """Offline decisions not yet acknowledged by the service, oldest first."""
+        """Offline decisions not yet acknowledged by the service, oldest first. Sealed (rule 10): each report
+        carries its place (``outbox``: the chain's id and its ``seq``), and one whose own seal or digest
+        does not hold is left out (not this adapter's words; kept in the file for a person): a decision
+        whose neighbour was deleted is still one this adapter took, and goes to the service. One marked
+        acknowledged without the service's sealed answer is not acknowledged: it goes again."""
+        self.check()
         with self._lock:
+            chain = self._db.execute(_CHAIN).fetchone() if self._seal is not None else None
+            unacked = ["-"]
+            if self._seal is not None and chain is not None:
+                unacked += [str(r[3]) for r in self._db.execute(_LINKS + " WHERE reconciled_at IS NOT NULL")
+                            if not self._seal.holds(r[11], *_ack_fields(str(chain[0]), int(r[0] or 0), str(r[2]),
+                                                                        r[10] or "", r[9]))]
             rows = self._db.execute(
-                "SELECT request_id, report FROM offline_decisions WHERE reconciled_at IS NULL "
-                "ORDER BY decided_at, rowid"
-            ).fetchall()
-        return [(str(r[0]), dict(json.loads(r[1]))) for r in rows]
+                _LINKS.replace("SELECT ", "SELECT report, ") + " WHERE reconciled_at IS NULL OR request_id IN "
+                f"({','.join('?' * len(unacked))}) ORDER BY decided_at, rowid", unacked).fetchall()
+        out: list[tuple[str, dict[str, Any]]] = []
+        for row in rows:
+            report, (seq, prev, mac, request_id, lane, release_id, used, decided_at, digest) = row[0], row[1:10]
+            body = dict(json.loads(report))
+            if self._seal is not None:
+                outbox_id = "" if chain is None else str(chain[0])
+                if seq is None or _digest(report) != digest or not self._seal.holds(mac, *_row_fields(
+                        outbox_id, seq, str(prev), request_id, lane, release_id, used, decided_at, str(digest))):
+                    self._taint(f"offline decision {request_id} was edited")
+                    continue
+                body["outbox"] = {"id": outbox_id, "seq": int(seq)}
+            out.append((str(request_id), body))
+        return out
 
     def reconciled(self, request_id: str, result: Mapping[str, Any]) -> None:
+        """Keep the service's answer; sealed (rule 10), bound to the decision's own seal."""
+        text = json.dumps(result, sort_keys=True)
         with self._lock:
-            self._db.execute("UPDATE offline_decisions SET reconciled_at = ?, result = ? WHERE request_id = ?",
-                             (self._wall(), json.dumps(result, sort_keys=True), request_id))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                now, ack = self._wall(), None
+                if self._seal is not None:
+                    row = self._db.execute("SELECT seq, mac FROM offline_decisions WHERE request_id = ?",
+                                           (request_id,)).fetchone()
+                    chain = self._db.execute(_CHAIN).fetchone()
+                    if row is not None and row[0] is not None and chain is not None:
+                        ack = self._seal.mac(*_ack_fields(str(chain[0]), int(row[0]), str(row[1]), text, now))
+                self._db.execute("UPDATE offline_decisions SET reconciled_at = ?, result = ?, ack = ? "
+                                 "WHERE request_id = ?", (now, text, ack, request_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def offline_result(self, request_id: str) -> dict[str, Any] | None:
         with self._lock:

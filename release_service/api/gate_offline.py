@@ -11,7 +11,7 @@ import uuid
 from datetime import timedelta
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
@@ -23,7 +23,7 @@ from quaygate.limits import IMAGE_BODY_BYTES, Printable, SentTime
 from quaygate.routing import AdmitFirst
 from release_service.adapters.sqla.gate_offline import SqlOfflineUnitOfWork
 from release_service.domain import gate as g
-from release_service.domain.gate_pass import PASS_ALG, PASS_TYP
+from release_service.domain.gate_pass import PASS_ALG, PASS_TYP, OutboxMark
 from release_service.domain.parties import Actor
 from release_service.services import gate_passes as service
 
@@ -49,6 +49,19 @@ class PassesResponse(BaseModel):
     passes: list[str] = Field(description="Compact JWS (ES256, typ gate-pass+jwt), verifiable with our JWKS.")
 
 
+class OutboxPlace(BaseModel):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$", description="The outbox chain's id.")
+    seq: int = Field(ge=1, le=2**62, description="The decision's sequence number in that chain.")
+
+
+# An adapter's outbox chain and head (gate_adapters/runtime/outbox.py rule 10), told with each refresh.
+_OUTBOX_ID = Query(None, min_length=1, max_length=64, pattern=r"^[0-9a-f]+$",
+                   description="The adapter's outbox chain (with outbox_seq): kept as its high-water mark.")
+_OUTBOX_SEQ = Query(None, ge=0, le=2**62, description="The outbox chain's head: a head that goes back raises "
+                                                       "port security's alarm (release.gate_outbox_alarm).")
+_OUTBOX_INTACT = Query(True, description="False: the adapter found its outbox chain broken (an alarm).")
+
+
 class OfflineDecisionIn(BaseModel):
     request: VerifyRequest = Field(description="The verify request the adapter could not send.")
     decision: Literal["allow", "deny", "review"]
@@ -66,6 +79,9 @@ class OfflineDecisionIn(BaseModel):
         "At most ten years."))
     gate_pass: Printable | None = Field(default=None, max_length=MAX_PASS_LENGTH,
                                   description="The pass the decision relied on, as it was received.")
+    outbox: OutboxPlace | None = Field(default=None, description=(
+        "The decision's place in the adapter's sealed outbox chain: one place reported for two decisions "
+        "raises port security's alarm. Not part of the decision (a report re-sent with it is the same)."))
 
     @field_validator("reasons")
     @classmethod
@@ -107,13 +123,15 @@ def _signer(request: Request) -> KeyStorePassSigner:
                 f"{service.MAX_PASSES}, the most relevant kept: the rights gated in (the latest first), then "
                 "slots on or to come (the nearest first), slots missed (the latest first), no slot (the "
                 "soonest to lapse first)."))
-def passes(request: Request, actor: Actor = Depends(GATE)) -> dict[str, Any]:
+def passes(request: Request, actor: Actor = Depends(GATE), outbox_id: str | None = _OUTBOX_ID,
+           outbox_seq: int | None = _OUTBOX_SEQ, outbox_intact: bool = _OUTBOX_INTACT) -> dict[str, Any]:
     c = request.app.state.container
     s = c.settings
     # A pass never outlives the time a retired key stays in our JWKS (identity/keys.py, token_ttl).
     ttl = timedelta(seconds=min(s.gate_pass_ttl, max(s.access_token_ttl, s.id_token_ttl)))
+    told = None if outbox_id is None or outbox_seq is None else OutboxMark(outbox_id, outbox_seq, outbox_intact)
     return service.issue_passes(_uow_factory(request), actor, signer=_signer(request), issuer=s.issuer, ttl=ttl,
-                                max_dwell=timedelta(seconds=s.gate_pass_max_dwell), now=c.clock.now())
+                                max_dwell=timedelta(seconds=s.gate_pass_max_dwell), now=c.clock.now(), outbox=told)
 
 
 @router.post("/offline-decisions", operation_id="reconcileOfflineGateDecision", response_model=OfflineDecisionOut,
@@ -129,8 +147,10 @@ def offline_decision(request: Request, body: OfflineDecisionIn, actor: Actor = D
         request=gate_request(body.request), decision=g.Outcome(body.decision), reasons=tuple(body.reasons),
         release_id=body.release_id, basis=body.basis, decided_at=body.decided_at,
         ban_list_age_seconds=None if body.ban_list_age_seconds is None else max(body.ban_list_age_seconds, 0),
-        pass_token=body.gate_pass)
-    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+        pass_token=body.gate_pass, outbox=None if body.outbox is None else OutboxMark(body.outbox.id, body.outbox.seq))
+    # The outbox place is where the adapter keeps it, not what it decided: a report sent before its adapter
+    # told places, and again after, is the same report.
+    fingerprint = hashlib.sha256(body.model_dump_json(exclude={"outbox"}).encode()).hexdigest()
     return service.reconcile(_uow_factory(request), actor, report, signer=_signer(request),
                              issuer=c.settings.issuer, fingerprint=fingerprint, now=c.clock.now())
 

@@ -440,3 +440,42 @@ def pass_covers(p: GatePass | None, *, terminal: str, release_id: uuid.UUID | No
     for this terminal and this right, and was valid when the adapter decided."""
     return (p is not None and release_id is not None and p.terminal == terminal and p.right.id == release_id
             and p.issued_at - leeway <= decided_at <= p.expires_at + leeway)
+
+
+# ---- an adapter's outbox: its high-water mark (review 92) ------------------------------------------
+
+
+class OutboxAlarm(StrEnum):
+    """What an adapter's outbox position tells port security (gate_adapters/runtime/outbox.py rule 10)."""
+
+    ROLLED_BACK = "outbox_rolled_back"  # its head went back, or one sequence number named two decisions
+    TAMPERED = "outbox_tampered"  # the adapter says its own chain does not hold
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMark:
+    """One outbox's place as an adapter told it: its chain's id, its head (``seq``), whether it holds."""
+
+    outbox_id: str
+    seq: int
+    intact: bool = True
+
+
+def judge_outbox(known: OutboxMark | None, told: OutboxMark, *, head: bool) -> tuple[OutboxMark, OutboxAlarm | None]:
+    """The mark to keep and the alarm to raise, from what we knew of this outbox and what the adapter tells.
+
+    A chain's head never goes back (outbox.py rule 10: sequence numbers are never reused, pruning keeps the
+    head): a ``head`` (a pass refresh) below the highest we know is an earlier copy of the file put back,
+    the decisions after it lost. A report's ``seq`` may be below it (an old decision sent late) and is
+    judged by the caller (one number, two decisions); it only raises the mark. An outbox that says it no
+    longer holds alarms once, when it stops holding. After an alarm the mark follows the adapter: one
+    alarm per event, not one per refresh."""
+    if known is None:
+        return told, (OutboxAlarm.TAMPERED if not told.intact else None)
+    alarm = None
+    if head and told.seq < known.seq:
+        alarm = OutboxAlarm.ROLLED_BACK
+    elif known.intact and not told.intact:
+        alarm = OutboxAlarm.TAMPERED
+    seq = told.seq if head else max(known.seq, told.seq)
+    return OutboxMark(known.outbox_id, seq, told.intact if head else known.intact), alarm

@@ -32,6 +32,16 @@ Reconcile (``POST /gate/v1/offline-decisions``), one transaction per decision, i
         v
     record the offline decision (unique per terminal and request_id), audit it; a flag also becomes a
     ``release.gate_offline_flagged`` webhook event for the line, the holder and the terminal, commit
+
+An adapter's outbox (review 92; gate_adapters/runtime/outbox.py rule 10) is a sealed chain its adapter
+checks; what the chain cannot see, a whole earlier copy of the file put back, we can. Each pass refresh
+tells the chain's id and head, each report its place: we keep the highest per gate client and chain
+(``gate_outbox_marks``, ``gate_pass.judge_outbox``) and raise port security's alarm
+(``release.gate_outbox_alarm`` on the audit trail, ``release.gate.outbox_*`` logged as an error) at a head
+that goes back, at one place reported for two decisions, and at an outbox its adapter says no longer
+holds. A chain we never saw is audited (``release.gate_outbox_new``): an outbox deleted and started
+afresh shows so. Alarms never refuse: the passes still go out (they carry what we know, the uses
+reconciled included) and the decisions are judged as ever.
 """
 
 from __future__ import annotations
@@ -50,11 +60,14 @@ from release_service.domain.gate_pass import (
     BadgeProof,
     Flag,
     GatePass,
+    OutboxAlarm,
+    OutboxMark,
     PassRefused,
     UsedBy,
     Verdict,
     badge_digest,
     changed_since_pass,
+    judge_outbox,
     judge_use,
     pass_covers,
     pass_refuses,
@@ -77,6 +90,7 @@ from .verify import require_gate_of
 log = logging.getLogger(__name__)
 
 FLAG_EVENT = "release.gate_offline_flagged"
+OUTBOX_ALARM_EVENT = "release.gate_outbox_alarm"
 # The events that record a use of the right in each direction (release.py).
 _MOVES = {g.Direction.IN: ("release.gated_in", "release.gate_override"), g.Direction.OUT: ("release.completed",)}
 
@@ -95,9 +109,11 @@ NEAR_SLOT = timedelta(hours=4)
 
 
 def issue_passes(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, *, signer: PassSigner, issuer: str,
-                 ttl: timedelta, max_dwell: timedelta, now: datetime) -> dict[str, Any]:
+                 ttl: timedelta, max_dwell: timedelta, now: datetime, outbox: OutboxMark | None = None
+                 ) -> dict[str, Any]:
     """The body of GET /gate/v1/passes: the passes of the caller's terminal, signed, at most MAX_PASSES.
-    ``max_dwell``: a right gated in longer ago gets no gate-out pass (QUAYGATE_GATE_PASS_MAX_DWELL)."""
+    ``max_dwell``: a right gated in longer ago gets no gate-out pass (QUAYGATE_GATE_PASS_MAX_DWELL).
+    ``outbox``: the adapter's outbox chain and its head, kept as its mark (module docstring)."""
     terminal = actor.terminal_code or ""
     require_gate_of(actor, terminal)
     with uow_factory() as uow:
@@ -105,6 +121,9 @@ def issue_passes(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, *, 
                                              limit=MAX_PASSES + 1)
         as_of = uow.offline.ban_list_as_of()
         policy = uow.gate.policy(terminal)
+        if outbox is not None:
+            _note_outbox(uow, actor, terminal, outbox, head=True, now=now)
+            uow.commit()
     if len(subjects) > MAX_PASSES:
         log.warning("release.gate.passes_capped", extra={"fields": {"terminal": terminal, "cap": MAX_PASSES}})
         subjects = subjects[:MAX_PASSES]
@@ -143,6 +162,7 @@ class OfflineReport:
     decided_at: datetime
     ban_list_age_seconds: int | None
     pass_token: str | None
+    outbox: OutboxMark | None = None  # its place in the adapter's outbox chain, when told
 
 
 def reconcile(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, report: OfflineReport, *,
@@ -157,6 +177,8 @@ def reconcile(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, report
             if stored is not None:
                 return _replay(stored, fingerprint)
             decision_id = uuid.uuid4()
+            if report.outbox is not None:
+                _note_place(uow, actor, req, report.outbox, now)
             report = _of_terminal(uow, report)
             j = _judge(uow, actor, report, gate_pass, decision_id, now)
             verdict, flag = j.verdict, j.flag
@@ -176,6 +198,41 @@ def reconcile(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, report
                                                                      "offline_decision_id": str(decision_id)}})
         return body
     raise DomainError(ErrorCode.REQUEST_ID_REUSED, "This request_id is being used by another request.")
+
+
+def _note_outbox(uow: OfflineUnitOfWork, actor: Actor, terminal: str, told: OutboxMark, *, head: bool,
+                 now: datetime) -> None:
+    """Keep the highest place this client's outbox told (``judge_outbox``); a chain never seen is audited, an
+    alarm goes to port security (module docstring)."""
+    client = actor.client_id or ""
+    known = uow.offline.outbox_mark(client, told.outbox_id)
+    mark, alarm = judge_outbox(known, told, head=head)
+    uow.offline.keep_outbox_mark(client, terminal, mark, now=now)
+    data = {"terminal": terminal, "client_id": client, "outbox_id": told.outbox_id, "told_seq": told.seq,
+            "known_seq": None if known is None else known.seq, "intact": told.intact}
+    if known is None:
+        log.info("release.gate.outbox_new", extra={"fields": data})
+        uow.audit.append("release.gate_outbox_new", actor=actor.as_dict(), subject=None, data=data, at=now)
+    if alarm is not None:
+        _outbox_alarm(uow, actor, alarm, data, now)
+
+
+def _note_place(uow: OfflineUnitOfWork, actor: Actor, req: g.GateRequest, told: OutboxMark, now: datetime) -> None:
+    """A new report's place: one already recorded for another decision says the file went back and decided
+    again (the decisions after that place, as first written, were lost)."""
+    other = uow.offline.outbox_place_used(actor.client_id or "", told.outbox_id, told.seq)
+    if other is not None and other != req.request_id:
+        _outbox_alarm(uow, actor, OutboxAlarm.ROLLED_BACK, {
+            "terminal": req.terminal, "client_id": actor.client_id, "outbox_id": told.outbox_id,
+            "told_seq": told.seq, "request_id": req.request_id, "other_request_id": other}, now)
+    _note_outbox(uow, actor, req.terminal, told, head=False, now=now)
+
+
+def _outbox_alarm(uow: OfflineUnitOfWork, actor: Actor, alarm: OutboxAlarm, data: dict[str, Any],
+                  now: datetime) -> None:
+    log.error("release.gate.%s", alarm.value, extra={"fields": data})
+    uow.audit.append(OUTBOX_ALARM_EVENT, actor=actor.as_dict(), subject=None, data={**data, "alarm": alarm.value},
+                     at=now)
 
 
 def _of_terminal(uow: OfflineUnitOfWork, report: OfflineReport) -> OfflineReport:
@@ -304,6 +361,8 @@ def _row(actor: Actor, report: OfflineReport, decision_id: uuid.UUID, fingerprin
         "release_id": report.release_id, "pass_id": None, "ban_list_age_seconds": report.ban_list_age_seconds,
         "verdict": verdict.value, "flag": flag.value if flag else None, "other_decision_id": other,
         "response": body, "observed_at": req.observed_at, "decided_at": report.decided_at, "reconciled_at": now,
+        "outbox_id": report.outbox.outbox_id if report.outbox else None,
+        "outbox_seq": report.outbox.seq if report.outbox else None,
     }
 
 

@@ -22,12 +22,13 @@ from quaygate.schema import (
     badges,
     ban_feed_state,
     gate_offline_decisions,
+    gate_outbox_marks,
     persons,
     release_events,
     releases,
 )
 from release_service.domain.gate import PERSON_ACTIVE, ScreeningResult
-from release_service.domain.gate_pass import PASS_STATES
+from release_service.domain.gate_pass import PASS_STATES, OutboxMark
 from release_service.domain.release import State
 from release_service.ports import BadgeRef, DuplicateDecision, PassSubject, StoredOfflineDecision
 
@@ -133,6 +134,30 @@ class SqlGateOfflineStore:
         offline = self._conn.execute(sa.select(gate_offline_decisions.c.id).where(
             gate_offline_decisions.c.id == decision_id)).first() is not None
         return decision_id, offline
+
+
+    # ---- adapter outboxes' marks (review 92) -------------------------------------------------------
+
+    def outbox_mark(self, client_id: str, outbox_id: str) -> OutboxMark | None:
+        t = gate_outbox_marks.c
+        row = self._conn.execute(sa.select(t.seq, t.intact).where(t.client_id == client_id, t.outbox_id == outbox_id)
+                                 .with_for_update()).first()
+        return None if row is None else OutboxMark(outbox_id, int(row.seq), bool(row.intact))
+
+    def keep_outbox_mark(self, client_id: str, terminal: str, mark: OutboxMark, *, now: datetime) -> None:
+        t = gate_outbox_marks.c
+        done = self._conn.execute(gate_outbox_marks.update().where(
+            t.client_id == client_id, t.outbox_id == mark.outbox_id).values(
+            seq=mark.seq, intact=mark.intact, terminal=terminal, seen_at=now))
+        if done.rowcount == 0:
+            self._conn.execute(gate_outbox_marks.insert().values(
+                client_id=client_id, outbox_id=mark.outbox_id, terminal=terminal, seq=mark.seq, intact=mark.intact,
+                first_seen_at=now, seen_at=now))
+
+    def outbox_place_used(self, client_id: str, outbox_id: str, seq: int) -> str | None:
+        t = gate_offline_decisions.c
+        return self._conn.execute(sa.select(t.request_id).where(  # type: ignore[no-any-return]
+            t.client_id == client_id, t.outbox_id == outbox_id, t.outbox_seq == seq).limit(1)).scalar()
 
 
 class SqlOfflineUnitOfWork(SqlUnitOfWork):
