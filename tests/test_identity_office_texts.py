@@ -44,7 +44,7 @@ OFFICE_TEXTS = ("error.passkey_suspended", "error.person_suspended", "error.pers
                 "error.enrolment_code_expired", "error.enrolment_code_used", "account.suspended",
                 "account.none_left", "account.remove_last_confirm")
 # The same, on the brokered login's error page (identity.api.broker, rendered on the server).
-BROKER_OFFICE_TEXTS = ("broker.error.suspended",)
+BROKER_OFFICE_TEXTS = ("broker.error.suspended", "broker.error.rebind")
 
 
 @pytest.fixture
