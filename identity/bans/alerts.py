@@ -122,16 +122,15 @@ def suspension_alerts(conn: sa.Connection, person_id: uuid.UUID, now: datetime) 
     """Queue a screening alert to the holder of each live nomination of ``person_id``, just suspended, in
     the caller's transaction; the rights' ids. The payload says no more than a ban's alert does (the
     driver and the gate's reason), never port security's reason for the suspension."""
-    rows = conn.execute(sa.select(releases.c.id, releases.c.holder_organisation_id)
-                        .where(releases.c.driver_person_id == person_id, *_live(now))
-                        .order_by(releases.c.id)).all()
+    hits = live_nominations_of(conn, person_id, "", now)  # no ban: the reference is unused
     SqlOutbox(conn).publish([PublishedEvent(
-        id=uuid.uuid4(), type=ALERT_EVENT, release_id=rid, at=now, audience=frozenset({holder}),
+        id=uuid.uuid4(), type=ALERT_EVENT, release_id=hit.release_id, at=now,
+        audience=frozenset({hit.holder_organisation_id}),
         payload={"driver_person_id": str(person_id), "screening": "suspended", "reason": "person_suspended"})
-        for rid, holder in rows])
-    if rows:
+        for hit in hits])
+    if hits:
         log.warning("screening.suspension.nomination_alert")
-    return [rid for rid, _ in rows]
+    return [hit.release_id for hit in hits]
 
 
 def raise_alerts(conn: sa.Connection, hits: Sequence[NominationHit], now: datetime) -> int:
