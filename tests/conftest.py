@@ -141,9 +141,9 @@ def pg_engine(pg_database_url: str) -> Iterator[sa.Engine]:
     eng.dispose()
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A real Redis, on a database index of its own per worker, flushed around each test."""
+def worker_redis() -> Iterator[str]:
+    """A real Redis, on a database index of this worker's, flushed before and after: ``redis_url``'s, and
+    that of any fixture of a wider scope (tests/test_api_fuzz.py)."""
     import redis
 
     base = need_service("Redis", REDIS_URL)
@@ -161,6 +161,12 @@ def redis_url() -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real Redis, on a database index of its own per worker, flushed around each test."""
+    yield from worker_redis()
 
 
 @pytest.fixture(autouse=True)

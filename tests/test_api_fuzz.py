@@ -54,7 +54,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from joserfc import jws
@@ -76,7 +75,7 @@ from quaygate.schema import audit_log, badge_activations, badges, metadata, pers
 from quaygate.settings import Settings
 
 from .ban_register import Register, ban, national_number, snapshot
-from .conftest import _truncate, _worker, need_service
+from .conftest import _truncate, worker_redis
 from .factories import TERMINAL, container
 from .fuzz_inputs import (
     BODY_ALWAYS,
@@ -407,17 +406,7 @@ AUDITED_REFUSAL = re.compile(r"(\.|_)refused(\.|$)|^identity\.admin\.[a-z_.]+\.r
 @pytest.fixture(scope="module")
 def fuzz_redis_url() -> Iterator[str]:
     """tests/conftest.py ``redis_url`` for a module: a Redis database of this worker's, flushed around."""
-    base = need_service("Redis", os.environ.get("QUAYGATE_TEST_REDIS_URL"))
-    worker = _worker()
-    offset = int(os.environ.get("QUAYGATE_TEST_REDIS_DB_OFFSET", "0"))
-    index = 1 + (offset + (int(worker[2:]) if worker.startswith("gw") else 0)) % 15
-    url = f"{base.rstrip('/')}/{index}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.set("qg:dataset:epoch", f"0 {client.info('server')['run_id']}")
-    yield url
-    client.flushdb()
-    client.close()
+    yield from worker_redis()
 
 
 @pytest.fixture(scope="module")
