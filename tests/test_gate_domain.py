@@ -155,6 +155,9 @@ SCENARIOS: dict[Reason, Callable[[], Decision]] = {
     Reason.RIGHT_NOT_YET_VALID: lambda: run(rights=[a_right(valid_from=NOW + timedelta(hours=1))]),
     Reason.RIGHT_BLOCKED: lambda: run(rights=[a_right(blocked=True)]),
     Reason.ALREADY_USED: lambda: run(rights=[a_right(state="gated_in")]),
+    Reason.CONTAINER_CONTESTED: lambda: run(rights=[  # another line's live right here (test_gate_contested.py)
+        a_right(issuer=uuid.UUID(int=1)), a_right(id=uuid.uuid4(), issuer=uuid.UUID(int=2), state="active",
+                                                  nomination=None)]),
     Reason.COMMERCIAL_HOLD: lambda: run(rights=[a_right(commercial="red")]),
     Reason.CUSTOMS_HOLD: lambda: run(rights=[a_right(customs="scan")]),
     Reason.TERMINAL_HOLD: lambda: run(rights=[a_right(terminal_light="red")]),
@@ -174,8 +177,8 @@ SCENARIOS: dict[Reason, Callable[[], Decision]] = {
     Reason.SCREENING_UNAVAILABLE: lambda: run(screening=ScreeningFacts(ScreeningResult.UNAVAILABLE)),
 }
 
-DOUBTS = {Reason.CONTAINER_UNREADABLE, Reason.PLATE_LOW_CONFIDENCE, Reason.FACE_REQUIRED,
-          Reason.SCREENING_UNAVAILABLE}
+DOUBTS = {Reason.CONTAINER_UNREADABLE, Reason.CONTAINER_CONTESTED, Reason.PLATE_LOW_CONFIDENCE,
+          Reason.FACE_REQUIRED, Reason.SCREENING_UNAVAILABLE}
 
 
 @pytest.mark.parametrize("reason", list(SCENARIOS))
@@ -194,8 +197,10 @@ def test_every_reason_code_has_a_scenario_that_produces_it() -> None:
 
 
 def test_reason_codes_are_the_published_ones() -> None:
-    # Two beyond SPEC.md's list ("reason codes, at least"): the driver's refusal, port security's suspension.
-    assert {r.value for r in Reason} == SPEC_CODES | {release.NOMINATION_REFUSED, "person_suspended"}
+    # Three beyond SPEC.md's list ("reason codes, at least"): the driver's refusal, port security's
+    # suspension, a container two lines' rights claim.
+    assert {r.value for r in Reason} == SPEC_CODES | {release.NOMINATION_REFUSED, "person_suspended",
+                                                      "container_contested"}
     assert Reason.NOMINATION_REFUSED.value == release.NOMINATION_REFUSED
 
 

@@ -431,14 +431,19 @@ class RedisGateFacts:
         replay = _stored(out[0]) if out[0] else None
         policy_gen, policy_raw, badge_gen, badge_raw = out[1], out[2], out[3], out[4]
         rights_raw = {c: (out[5 + 2 * i], out[6 + 2 * i]) for i, c in enumerate(containers)}
-        missing = [c for c, (_, raw) in rights_raw.items() if raw is None]
-        # A copy that cannot be trusted (``_badge_copy``) is a miss, read through and replaced.
+        # A copy that cannot be trusted (``_badge_copy``, ``_rights``) is a miss, read through and replaced.
+        rights: dict[str, list[RightFacts]] = {}
+        missing = []
+        for c, (_, raw) in rights_raw.items():
+            parsed = _parsed(raw, _rights) if raw is not None else None
+            if parsed is None:
+                missing.append(c)
+            else:
+                rights[c] = list(parsed)
         entry: _BadgeEntry | None = _parsed(badge_raw, _badge_copy) if badge_raw is not None else None
         need_badge = badge is not None and entry is None and badge_key is not None
         fills: dict[str, bytes] = {}
         policy = _parsed(policy_raw, _policy) if policy_raw is not None else None
-        rights: dict[str, list[RightFacts]] = {c: list(_parsed(raw, _rights)) for c, (_, raw) in rights_raw.items()
-                                               if raw is not None}
         if policy is None or missing or need_badge:
             if not through:
                 return None
@@ -1101,6 +1106,7 @@ def _dump_rights(rights: list[RightFacts]) -> bytes:
         _iso(r.valid_from), _iso(r.valid_until), _iso(r.created_at),
         None if r.nomination is None else [str(r.nomination.driver_person_id), r.nomination.plate_text,
                                            r.nomination.plate_country, r.nomination.response],
+        str(r.issuer) if r.issuer is not None else None,
     ] for r in rights]).encode()
 
 
@@ -1153,15 +1159,22 @@ def _badge_copy(raw: bytes) -> _BadgeEntry | None:
                        entry.get("identified", False))
 
 
-def _rights(raw: bytes) -> tuple[RightFacts, ...]:
+def _rights(raw: bytes) -> tuple[RightFacts, ...] | None:
+    """The copy parsed; None for one that does not name each right's issuer (written by a server from
+    before it was cached, during a rolling upgrade): not trusted, but read again (``_snapshot``), since
+    without the issuers a container two lines claim would not be seen as contested."""
     out = []
-    for (rid, container, terminal, state, blocked, commercial, customs, light, vfrom, vuntil, created,
-         nom) in json.loads(raw):
+    for entry in json.loads(raw):
+        if len(entry) < 13:
+            return None
+        (rid, container, terminal, state, blocked, commercial, customs, light, vfrom, vuntil, created, nom,
+         issuer) = entry[:13]
         out.append(RightFacts(
             id=uuid.UUID(rid), container=container, terminal=terminal, state=state, blocked=blocked,
             commercial=commercial, customs=customs, terminal_light=light, valid_from=_dt(vfrom),
             valid_until=_dt(vuntil), created_at=_dt(created),
-            nomination=None if nom is None else NominationFacts(uuid.UUID(nom[0]), nom[1], nom[2], nom[3])))
+            nomination=None if nom is None else NominationFacts(uuid.UUID(nom[0]), nom[1], nom[2], nom[3]),
+            issuer=uuid.UUID(issuer) if issuer is not None else None))
     return tuple(out)
 
 

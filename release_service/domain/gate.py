@@ -65,6 +65,7 @@ class Reason(StrEnum):
     RIGHT_NOT_YET_VALID = "right_not_yet_valid"
     RIGHT_BLOCKED = "right_blocked"
     ALREADY_USED = "already_used"
+    CONTAINER_CONTESTED = "container_contested"  # beyond SPEC.md's list ("at least"): two lines' rights
     COMMERCIAL_HOLD = "commercial_hold"
     CUSTOMS_HOLD = "customs_hold"
     TERMINAL_HOLD = "terminal_hold"
@@ -115,6 +116,7 @@ SEVERITY: Mapping[Reason, Severity] = MappingProxyType({
     Reason.RIGHT_NOT_YET_VALID: Severity.REFUSAL,
     Reason.RIGHT_BLOCKED: Severity.REFUSAL,
     Reason.ALREADY_USED: Severity.REFUSAL,
+    Reason.CONTAINER_CONTESTED: Severity.DOUBT,
     Reason.COMMERCIAL_HOLD: Severity.REFUSAL,
     Reason.CUSTOMS_HOLD: Severity.REFUSAL,
     Reason.TERMINAL_HOLD: Severity.REFUSAL,
@@ -146,9 +148,11 @@ SEVERITY: Mapping[Reason, Severity] = MappingProxyType({
 # commercial hold, customs' hold, the validity window, a right used or nominated to nobody, another
 # terminal's right, the badge office's, port security's (a suspension) or the port-ban register's word
 # on a person, or a driver who is not the one nominated (the transport operator re-nominates; a
-# terminal cannot hand the container to someone else).
+# terminal cannot hand the container to someone else). A container two lines' rights claim is a doubt
+# the terminal settles from its own discharge records (which line's vessel call brought it in).
 OVERRIDABLE: frozenset[Reason] = frozenset({
     Reason.CONTAINER_UNREADABLE,
+    Reason.CONTAINER_CONTESTED,
     Reason.NOMINATION_REFUSED,
     Reason.TERMINAL_HOLD,
     Reason.BADGE_UNKNOWN,
@@ -403,6 +407,11 @@ class RightFacts:
     valid_until: datetime
     created_at: datetime
     nomination: NominationFacts | None = None
+    # The shipping line that issued the right (None: not known, a gate pass from before it was carried).
+    issuer: uuid.UUID | None = None
+    # The service's word, in a gate pass, that another line holds a live right on this container at this
+    # terminal (``contested``): the adapter sees only passes, never the other line's right.
+    contested: bool = False
 
     @classmethod
     def from_right(cls, right: ReleaseRight) -> RightFacts:
@@ -423,6 +432,7 @@ class RightFacts:
             valid_until=right.valid_until,
             created_at=right.created_at,
             nomination=nomination,
+            issuer=right.issuer_organisation_id,
         )
 
     def effective_state(self, now: datetime) -> str:
@@ -700,6 +710,31 @@ def already_used(ctx: GateContext) -> bool:
     return ctx.state == State.COMPLETED.value
 
 
+def contested(rights: Sequence[RightFacts], right: RightFacts, *, terminal: str, now: datetime) -> bool:
+    """Whether another shipping line holds a live right on ``right``'s container at ``terminal``: of
+    ``rights`` (the container's), one live here whose issuer is known and not ``right``'s. Nothing ties a
+    container to the line that carries it, so a second line's right on it (another vessel call) is a
+    doubt a person settles from the terminal's own discharge records; two rights of one line are that
+    line's own affair (it revokes the one it issued by mistake)."""
+    if right.issuer is None:
+        return False
+    here = _terminal(terminal)
+    return any(r.issuer is not None and r.issuer != right.issuer and _terminal(r.terminal) == here
+               and r.effective_state(now) in _LIVE for r in rights if r.container == right.container)
+
+
+def container_contested(ctx: GateContext) -> bool:
+    """Another line holds a live right on the container here (``contested``; in a gate pass, the
+    service's word ``RightFacts.contested``). Without this guard, any line could issue a right on
+    another line's container to its own haulier, whose driver would be let through once the lights of
+    that right were green. Gate-in only: the gate-in settled it (no other line claimed the container
+    then, or a person overrode the doubt), and only a gate-in can be overridden, so a right issued after
+    it must not hold the truck inside."""
+    r = ctx.right
+    return r is not None and ctx.request.direction is Direction.IN and ctx.live and (
+        r.contested or contested(ctx.rights, r, terminal=ctx.request.terminal, now=ctx.now))
+
+
 def commercial_hold(ctx: GateContext) -> bool:
     """The line's commercial light is not green (e.g. freight unpaid). Checked both ways: a hold set
     after gate-in must still stop the container leaving."""
@@ -883,6 +918,7 @@ RULES: tuple[tuple[Reason, Guard], ...] = (
     (Reason.RIGHT_NOT_YET_VALID, right_not_yet_valid),
     (Reason.RIGHT_BLOCKED, right_blocked),
     (Reason.ALREADY_USED, already_used),
+    (Reason.CONTAINER_CONTESTED, container_contested),
     (Reason.COMMERCIAL_HOLD, commercial_hold),
     (Reason.CUSTOMS_HOLD, customs_hold),
     (Reason.TERMINAL_HOLD, terminal_hold),

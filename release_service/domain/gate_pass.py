@@ -133,6 +133,7 @@ class GatePass:
                     "driver": str(n.driver_person_id), "plate": n.plate_text, "country": n.plate_country,
                     "response": n.response,
                 },
+                "issuer": str(r.issuer) if r.issuer is not None else None, "contested": r.contested,
             },
             "badges": [{"scheme": b.scheme, "number": b.number_digest, "card_uid": b.card_uid_digest,
                         "status": b.status, "valid_until": _iso(b.valid_until) if b.valid_until else None,
@@ -167,6 +168,9 @@ class GatePass:
                 created_at=_time(r["created_at"]),
                 nomination=None if n is None else g.NominationFacts(
                     uuid.UUID(n["driver"]), _str(n["plate"]), _str(n["country"]), _str(n["response"])),
+                # Absent from a pass of a service from before they were carried (it lives minutes).
+                issuer=uuid.UUID(r["issuer"]) if r.get("issuer") is not None else None,
+                contested=_bool(r.get("contested", False)),
             )
             badges = tuple(
                 BadgeProof(_str(b["scheme"]), b["number"], b["card_uid"], _str(b["status"]),

@@ -119,6 +119,7 @@ def issue_passes(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, *, 
     with uow_factory() as uow:
         subjects = uow.offline.pass_subjects(terminal, now=now, gated_in_since=now - max_dwell, near=NEAR_SLOT,
                                              limit=MAX_PASSES + 1)
+        subjects = _contested(uow, subjects, terminal, now)
         as_of = uow.offline.ban_list_as_of()
         policy = uow.gate.policy(terminal)
         if outbox is not None:
@@ -133,6 +134,19 @@ def issue_passes(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, *, 
     log.info("release.gate.passes_issued", extra={"fields": {"terminal": terminal, "count": len(tokens)}})
     return {"terminal": terminal, "typ": PASS_TYP, "issued_at": issued, "expires_at": expires,
             "ban_list_as_of": as_of, "passes": tokens}
+
+
+def _contested(uow: OfflineUnitOfWork, subjects: list[PassSubject], terminal: str, now: datetime
+               ) -> list[PassSubject]:
+    """The subjects, each right marked when another line holds a live right on its container here
+    (``gate.contested``): the adapter holds passes for nominated rights only, so it could not see an active
+    right of the line that really carries the container, and offline would let the other line's driver in."""
+    containers = sorted({s.right.container for s in subjects})
+    if not containers:
+        return subjects
+    rights = uow.gate.rights(containers)
+    return [replace(s, right=replace(s.right, contested=True))
+            if g.contested(rights, s.right, terminal=terminal, now=now) else s for s in subjects]
 
 
 def make_pass(s: PassSubject, terminal: str, policy: g.TerminalPolicy, ban_list_as_of: datetime | None,

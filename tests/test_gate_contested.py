@@ -1,0 +1,296 @@
+"""A container two shipping lines' rights claim is a doubt at the gate (review 99, high).
+
+Nothing ties a container to the line that carries it, and ``select_right`` accepts several live rights on
+one container (another vessel call), picking the one nominated to the badge read. So any line could issue
+a right on another line's container to its own haulier, and that haulier's driver was let through once
+that right's lights were green. Now a gate-in on a container with live rights here from more than one
+issuer gives ``review`` with ``container_contested`` (beyond SPEC.md's list, which says "at least"), for
+either line's driver, in check and commit mode, on the PostgreSQL path, the cached path (Redis) and
+offline (the gate pass carries the service's word, since the adapter holds passes for nominated rights
+only); a terminal may override it (it knows from its discharge records which vessel call brought the
+container in); two rights of one line, a right of another line at another terminal or ended, and a
+gate-out are not contested.
+"""
+# ruff: noqa: F811 - ``gate`` is a fixture imported here and requested by name
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from release_service.adapters import gate_facts
+from release_service.domain import gate as g
+from release_service.domain.gate_pass import (
+    BadgeProof,
+    GatePass,
+    LocalUses,
+    OfflineLimits,
+    badge_digest,
+    decide_offline,
+)
+from release_service.domain.parties import OrgKind
+
+from . import test_gate_facts
+from .factories import TERMINAL, add_org, container
+from .test_gate_domain import DRIVER, NOW, OTHER_TERMINAL, a_badge, a_request, a_right, run
+from .test_gate_domain import TERMINAL as TERMINAL_HERE
+from .test_gate_offline import passes, payload
+from .test_gate_verify import PLATE, Gate, gate  # noqa: F401
+from .test_release_api import assert_problem
+
+LINE = uuid.uuid4()
+ROGUE = uuid.uuid4()
+ROGUE_DRIVER = uuid.uuid4()
+CONTESTED = {"decision": "review", "reasons": ["container_contested"]}
+
+
+def _ours(**kw: Any) -> g.RightFacts:
+    return a_right(issuer=LINE, **kw)
+
+
+def _theirs(**kw: Any) -> g.RightFacts:
+    args: dict[str, Any] = dict(id=uuid.uuid4(), issuer=ROGUE, created_at=NOW - timedelta(hours=2),
+                                nomination=g.NominationFacts(ROGUE_DRIVER, "1ABC123", "BE"))
+    args.update(kw)
+    return a_right(**args)
+
+
+def _said(d: g.Decision) -> dict[str, Any]:
+    return {"decision": d.decision.value, "reasons": [r.value for r in d.reasons]}
+
+
+# ---- the rule ------------------------------------------------------------------------------------
+
+
+def test_two_lines_live_rights_here_put_either_driver_under_review() -> None:
+    ours, theirs = _ours(), _theirs()
+    mine = run(rights=[ours, theirs])
+    assert _said(mine) == CONTESTED and mine.release_id == ours.id
+    rogue = run(rights=[ours, theirs], badge=a_badge(person_id=ROGUE_DRIVER))
+    assert _said(rogue) == CONTESTED and rogue.release_id == theirs.id
+    # In commit mode too, and only a doubt: with a refusal beside it, deny.
+    assert _said(run(request=a_request(mode=g.Mode.COMMIT), rights=[ours, theirs])) == CONTESTED
+    assert run(rights=[ours, theirs], badge=a_badge(status="revoked")).decision is g.Outcome.DENY
+    # The other line's right only active (not nominated yet) still contests the container.
+    assert _said(run(rights=[ours, _theirs(state="active", nomination=None)])) == CONTESTED
+    # Each line alone: allow.
+    assert run(rights=[ours]).decision is g.Outcome.ALLOW
+    assert run(rights=[theirs], badge=a_badge(person_id=ROGUE_DRIVER)).decision is g.Outcome.ALLOW
+
+
+@pytest.mark.parametrize("other", [
+    pytest.param(dict(issuer=LINE), id="the same line's second right"),
+    pytest.param(dict(terminal=OTHER_TERMINAL), id="another terminal"),
+    pytest.param(dict(state="completed"), id="completed"),
+    pytest.param(dict(state="revoked"), id="revoked"),
+    pytest.param(dict(valid_until=NOW - timedelta(minutes=1)), id="lapsed"),
+    pytest.param(dict(issuer=None), id="issuer not known"),
+    pytest.param(dict(container="MSCU1234565"), id="another container"),
+])
+def test_what_does_not_contest_a_container(other: dict[str, Any]) -> None:
+    assert run(rights=[_ours(), _theirs(**other)]).decision is g.Outcome.ALLOW
+
+
+def test_a_gate_out_is_not_held_by_a_right_issued_after_the_gate_in() -> None:
+    inside = _ours(state="gated_in")
+    out = run(request=a_request(direction=g.Direction.OUT), rights=[inside, _theirs()])
+    assert out.decision is g.Outcome.ALLOW and out.release_id == inside.id
+
+
+def test_the_services_word_in_a_pass_contests_the_container_alone() -> None:
+    assert _said(run(rights=[_ours(contested=True)])) == CONTESTED
+    assert g.Reason.CONTAINER_CONTESTED in g.OVERRIDABLE
+    assert g.SEVERITY[g.Reason.CONTAINER_CONTESTED] is g.Severity.DOUBT
+
+
+def _pass(right: g.RightFacts) -> GatePass:
+    """A pass for ``right`` with the badge ``a_request`` reads (the driver's, active here)."""
+    badge = BadgeProof("alfapass", badge_digest("alfapass", "AP-100230"), None, "active",
+                       NOW + timedelta(days=365), frozenset({TERMINAL_HERE}))
+    return GatePass(pass_id="p-1", terminal=right.terminal, issued_at=NOW - timedelta(minutes=1),
+                    expires_at=NOW + timedelta(minutes=10), right=right, badges=(badge,), holder="J. P***s",
+                    screening=g.ScreeningResult.CLEAR, ban_list_as_of=NOW, policy=g.TerminalPolicy())
+
+
+def test_a_pass_carries_the_issuer_and_the_contest_and_an_older_pass_reads_as_before() -> None:
+    contested = _pass(_ours(contested=True))
+    back = GatePass.from_claims(contested.to_claims("https://qg"), issuer="https://qg")
+    assert back.right.issuer == LINE and back.right.contested is True
+    claims = _pass(_ours()).to_claims("https://qg")
+    del claims["right"]["issuer"], claims["right"]["contested"]  # a pass of a service from before
+    older = GatePass.from_claims(claims, issuer="https://qg")
+    assert older.right.issuer is None and older.right.contested is False
+
+
+def test_offline_a_contested_pass_gives_review() -> None:
+    limits = OfflineLimits(store_max_age=timedelta(minutes=5), ban_list_max_age=timedelta(hours=1),
+                           policy=g.TerminalPolicy())
+    request = a_request(mode=g.Mode.COMMIT)
+
+    def offline(right: g.RightFacts) -> g.Decision:
+        return decide_offline(request, passes=[_pass(right)], uses=LocalUses(), limits=limits,
+                              store_refreshed_at=NOW, now=NOW).decision
+
+    assert _said(offline(_ours(contested=True))) == CONTESTED
+    assert offline(_ours()).decision is g.Outcome.ALLOW
+
+
+def test_a_cached_copy_without_issuers_is_not_trusted() -> None:
+    right = _ours()
+    raw = gate_facts._dump_rights([right])
+    assert gate_facts._rights(raw) == (right,)
+    older = json.dumps([entry[:12] for entry in json.loads(raw)]).encode()  # a server from before
+    assert gate_facts._rights(older) is None
+    assert gate_facts._rights(b"[]") == ()
+
+
+# ---- over HTTP -----------------------------------------------------------------------------------
+
+
+def _rogue(gate: Gate, n: int) -> str:
+    """Another shipping line issues the real line's container ``n`` (another vessel call and B/L) to the
+    same haulier, who nominates the same driver and truck; customs and the terminal set its lights green:
+    review 99's demonstration."""
+    if "rogue" not in gate.tokens:
+        line = add_org(gate.engine, OrgKind.SHIPPING_LINE)
+        gate.tokens["rogue"] = gate.token_for("shipping_line", line.organisation_id)
+    now = datetime.now(UTC)
+    r = gate.http.post("/api/v1/releases", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"}, json={
+        "container_number": container(n), "bill_of_lading": f"ROGUE-{n}", "vessel_call": "VC-9",
+        "terminal": TERMINAL, "release_to_organisation_id": str(gate.p.haul.organisation_id),
+        "valid_from": (now - timedelta(hours=1)).isoformat(), "valid_until": (now + timedelta(days=3)).isoformat()})
+    assert r.status_code == 201, r.text
+    rid = str(r.json()["release"]["id"])
+    r = gate.http.put(f"/api/v1/releases/{rid}/nomination", headers=gate.as_("haul"),
+                      json={"driver_person_id": str(gate.p.driver), "plate": PLATE})
+    assert r.status_code == 200, r.text
+    for who in ("customs", "terminal"):
+        r = gate.http.put(f"/api/v1/releases/{rid}/lights/{who}", json={"status": "green"}, headers=gate.as_(who))
+        assert r.status_code == 200, r.text
+    return rid
+
+
+def _verify(gate: Gate, n: int, **over: Any) -> dict[str, Any]:
+    r = gate.verify(gate.body(n, **over))
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _revoke(gate: Gate, rid: str) -> None:
+    r = gate.http.post(f"/api/v1/releases/{rid}/revoke", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"},
+                       json={"reason": "issued on the wrong container"})
+    assert r.status_code == 200, r.text
+
+
+def test_another_lines_right_on_the_container_puts_the_gate_in_under_review(gate: Gate) -> None:
+    real = gate.pickable(1)
+    assert _verify(gate, 1)["decision"] == "allow"
+    rogue = _rogue(gate, 1)
+    for mode in ("check", "commit"):
+        got = _verify(gate, 1, mode=mode)
+        assert {k: got[k] for k in CONTESTED} == CONTESTED and got["committed"] is False
+        assert got["release_id"] in (real, rogue)
+    assert gate.state(real) == "nominated" and gate.state(rogue) == "nominated"
+    # Once the other line revokes its right, the real right is the container's only one again.
+    _revoke(gate, rogue)
+    got = _verify(gate, 1, mode="commit")
+    assert got["decision"] == "allow" and got["release_id"] == real and gate.state(real) == "gated_in"
+
+
+def test_a_terminal_overrides_a_contested_gate_in_and_the_truck_leaves(gate: Gate) -> None:
+    real = gate.pickable(2)
+    rogue = _rogue(gate, 2)
+    refused = _verify(gate, 2, mode="commit")
+    assert {k: refused[k] for k in CONTESTED} == CONTESTED
+    headers = {"Authorization": f"Bearer {gate.gate_token}"}
+    done = gate.http.post("/gate/v1/overrides", headers=headers, json={
+        "decision_id": refused["decision_id"], "reason": "Discharge list: came in on VC-1"})
+    assert done.status_code == 201, done.text
+    used = refused["release_id"]
+    assert gate.state(used) == "gated_in" and gate.state(rogue if used == real else real) == "nominated"
+    out = _verify(gate, 2, direction="out", mode="commit")
+    assert out["decision"] == "allow" and out["release_id"] == used
+    assert_problem(gate.http.post("/gate/v1/overrides", headers=headers, json={
+        "decision_id": refused["decision_id"], "reason": "again"}), 409, "already_used")
+
+
+def test_the_gate_passes_say_the_container_is_contested(gate: Gate) -> None:
+    gate.pickable(3)
+    gate.pickable(4)
+    _rogue(gate, 3)
+    body = passes(gate).json()
+    said = {(c["right"]["container"], c["right"]["contested"]) for c in map(payload, body["passes"])}
+    assert said == {(container(3), True), (container(4), False)}
+    # Decided offline on those passes, the lane holds the truck for a person.
+    made = [GatePass.from_claims(c, issuer=c["iss"]) for c in map(payload, body["passes"])]
+    mine = next(p for p in made if p.right.container == container(3))
+    assert mine.right.issuer == gate.p.line.organisation_id
+    limits = OfflineLimits(store_max_age=timedelta(minutes=5), ban_list_max_age=timedelta(days=3650),
+                           policy=mine.policy)
+    at = mine.issued_at + timedelta(seconds=1)
+
+    def offline(n: int) -> g.Decision:
+        request = a_request(container=g.ContainerRead(container(n), 0.97), terminal=TERMINAL, mode=g.Mode.COMMIT,
+                            badge=g.BadgeRead("alfapass", gate.badge_number), plate=g.PlateRead("1ABC123", "BE", 0.95))
+        return decide_offline(request, passes=made, uses=LocalUses(), limits=limits, store_refreshed_at=at,
+                              now=at).decision
+
+    assert _said(offline(3)) == CONTESTED
+    assert offline(4).decision is g.Outcome.ALLOW
+
+
+# ---- the cached path (PostgreSQL and Redis) --------------------------------------------------------
+
+
+@pytest.fixture
+def cached(pg_engine: sa.Engine, tmp_path: Any, redis_url: str) -> Any:
+    yield from test_gate_facts._serve(pg_engine, tmp_path, redis_url)
+
+
+def test_on_the_cache_a_new_right_of_another_line_contests_a_cached_container(cached: Gate) -> None:
+    real = cached.pickable(5)
+    for _ in range(2):  # the second check is decided on the copies the first one cached
+        assert _verify(cached, 5)["decision"] == "allow"
+    _rogue(cached, 5)
+    for _ in range(2):
+        got = _verify(cached, 5)
+        assert {k: got[k] for k in CONTESTED} == CONTESTED
+    assert cached.state(real) == "nominated"
+
+
+def test_on_the_cache_a_copy_from_an_older_server_is_read_again(cached: Gate) -> None:
+    cached.pickable(6)
+    _rogue(cached, 6)
+    assert {k: _verify(cached, 6)[k] for k in CONTESTED} == CONTESTED
+    client = cached.facts._r  # type: ignore[attr-defined]
+    keys = [k for k in client.scan_iter(match=f"*r:{container(6)}:*") if client.type(k) == b"string"]
+    assert keys
+    for key in keys:  # as a server from before wrote them: no issuers
+        client.set(key, json.dumps([entry[:12] for entry in json.loads(client.get(key))]).encode())
+    cached.facts._near.clear()  # type: ignore[attr-defined]
+    assert {k: _verify(cached, 6)[k] for k in CONTESTED} == CONTESTED
+    # ... and replaced by a copy that names them.
+    assert all(len(json.loads(client.get(k))[0]) == 13 for k in keys)
+
+
+def test_a_driver_of_the_line_only_right_stays_unaffected(gate: Gate) -> None:
+    """Two rights of the one line on one container (another vessel call): that line's own affair."""
+    gate.pickable(7)
+    r = gate.issue(7, vessel_call="VC-8", bill_of_lading="BL-7b",
+                   release_to_organisation_id=str(gate.p.haul.organisation_id))
+    assert r["release"]["state"] == "active"
+    assert _verify(gate, 7)["decision"] == "allow"
+
+
+def test_the_rule_ignores_rights_of_other_containers_in_the_list() -> None:
+    ours = _ours()
+    stranger = replace(_theirs(), container="MSCU1234565")
+    assert g.contested([ours, stranger], ours, terminal=ours.terminal, now=NOW) is False
+    assert g.contested([ours, _theirs()], ours, terminal=ours.terminal, now=NOW) is True
+    assert DRIVER != ROGUE_DRIVER
