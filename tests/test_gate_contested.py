@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from quaygate.schema import audit_log, webhook_deliveries, webhook_subscriptions
 from release_service.adapters import gate_facts
 from release_service.domain import gate as g
 from release_service.domain.gate_pass import (
@@ -153,13 +154,36 @@ def test_a_cached_copy_without_issuers_is_not_trusted() -> None:
 # ---- over HTTP -----------------------------------------------------------------------------------
 
 
+def _subscribe(gate: Gate, org: uuid.UUID) -> uuid.UUID:
+    subscription = uuid.uuid4()
+    with gate.engine.begin() as conn:
+        conn.execute(webhook_subscriptions.insert().values(
+            id=subscription, organisation_id=org, url=f"https://{org.hex[:8]}.example/hooks", secret_enc="x",
+            event_types=["release.container_contested"], active=True, created_at=datetime.now(UTC)))
+    return subscription
+
+
+def _told(gate: Gate, subscription: uuid.UUID) -> list[tuple[str, dict[str, Any]]]:
+    with gate.engine.connect() as conn:
+        return [(p["release_id"], p["data"]) for p in conn.execute(
+            sa.select(webhook_deliveries.c.payload).where(
+                webhook_deliveries.c.event_type == "release.container_contested",
+                webhook_deliveries.c.subscription_id == subscription)).scalars()]
+
+
+def _rogue_line(gate: Gate) -> uuid.UUID:
+    if "rogue" not in gate.tokens:
+        line = add_org(gate.engine, OrgKind.SHIPPING_LINE)
+        gate.tokens["rogue"] = gate.token_for("shipping_line", line.organisation_id)
+        gate.tokens["rogue_org"] = str(line.organisation_id)
+    return uuid.UUID(gate.tokens["rogue_org"])
+
+
 def _rogue(gate: Gate, n: int) -> str:
     """Another shipping line issues the real line's container ``n`` (another vessel call and B/L) to the
     same haulier, who nominates the same driver and truck; customs and the terminal set its lights green:
     review 99's demonstration."""
-    if "rogue" not in gate.tokens:
-        line = add_org(gate.engine, OrgKind.SHIPPING_LINE)
-        gate.tokens["rogue"] = gate.token_for("shipping_line", line.organisation_id)
+    _rogue_line(gate)
     now = datetime.now(UTC)
     r = gate.http.post("/api/v1/releases", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"}, json={
         "container_number": container(n), "bill_of_lading": f"ROGUE-{n}", "vessel_call": "VC-9",
@@ -243,6 +267,40 @@ def test_the_gate_passes_say_the_container_is_contested(gate: Gate) -> None:
 
     assert _said(offline(3)) == CONTESTED
     assert offline(4).decision is g.Outcome.ALLOW
+
+
+def test_both_lines_and_port_security_learn_of_a_contested_container_when_it_is_issued(gate: Gate) -> None:
+    """Each line is told about its own right (``release.container_contested``), before a truck reaches the
+    gate; the payload names no other line; port security reads the audit entry, which names the rights.
+    A right of the same line, of another container or at another terminal tells nobody; a batch tells
+    as a single issue does."""
+    ours, theirs = _subscribe(gate, gate.p.line.organisation_id), _subscribe(gate, _rogue_line(gate))
+    real = gate.pickable(8)
+    again = str(gate.issue(8, vessel_call="VC-8", bill_of_lading="BL-8b")["release"]["id"])  # its own affair
+    gate.issue(9, terminal="BEANR-OTHER")
+    assert _told(gate, ours) == [] and _told(gate, theirs) == []
+    rogue = _rogue(gate, 8)
+    said = {"container_number": container(8), "terminal": TERMINAL, "reason": "container_contested"}
+    assert sorted((rid, {k: d.get(k) for k in said}) for rid, d in _told(gate, ours)) == sorted(
+        [(real, said), (again, said)])  # each of its rights the new one contests
+    assert [(rid, {k: d.get(k) for k in said}) for rid, d in _told(gate, theirs)] == [(rogue, said)]
+    assert str(_rogue_line(gate)) not in json.dumps(_told(gate, ours))
+    with gate.engine.connect() as conn:
+        (entry,) = conn.execute(sa.select(audit_log.c.data).where(
+            audit_log.c.kind == "release.container_contested", audit_log.c.subject == rogue)).scalars()
+    assert sorted(entry["rights"]) == sorted([real, again])
+    assert entry["issuers"] == [str(gate.p.line.organisation_id)]
+    # A batch: container 10 is contested, container 11 (no other right) is not.
+    gate.pickable(10)
+    now = datetime.now(UTC)
+    item = {"container_number": container(10), "bill_of_lading": "ROGUE-10", "vessel_call": "VC-9",
+            "terminal": TERMINAL, "release_to_organisation_id": str(gate.p.haul.organisation_id),
+            "valid_from": (now - timedelta(hours=1)).isoformat(), "valid_until": (now + timedelta(days=3)).isoformat()}
+    r = gate.http.post("/api/v1/releases:batch", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"},
+                       json={"releases": [item, {**item, "container_number": container(11), "bill_of_lading": "R-11"}]})
+    assert r.status_code in (200, 201, 207), r.text
+    assert sorted(d["container_number"] for _, d in _told(gate, theirs)) == [container(8), container(10)]
+    assert sorted(d["container_number"] for _, d in _told(gate, ours)) == [container(8)] * 2 + [container(10)]
 
 
 # ---- the cached path (PostgreSQL and Redis) --------------------------------------------------------

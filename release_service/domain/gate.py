@@ -710,17 +710,22 @@ def already_used(ctx: GateContext) -> bool:
     return ctx.state == State.COMPLETED.value
 
 
-def contested(rights: Sequence[RightFacts], right: RightFacts, *, terminal: str, now: datetime) -> bool:
-    """Whether another shipping line holds a live right on ``right``'s container at ``terminal``: of
-    ``rights`` (the container's), one live here whose issuer is known and not ``right``'s. Nothing ties a
-    container to the line that carries it, so a second line's right on it (another vessel call) is a
-    doubt a person settles from the terminal's own discharge records; two rights of one line are that
-    line's own affair (it revokes the one it issued by mistake)."""
+def rivals(rights: Sequence[RightFacts], right: RightFacts, *, terminal: str, now: datetime) -> list[RightFacts]:
+    """Other shipping lines' live rights on ``right``'s container at ``terminal``: of ``rights``, those
+    live here whose issuer is known and not ``right``'s. Nothing ties a container to the line that carries
+    it, so a second line's right on it (another vessel call) is a doubt a person settles from the
+    terminal's own discharge records; two rights of one line are that line's own affair (it revokes the
+    one it issued by mistake)."""
     if right.issuer is None:
-        return False
+        return []
     here = _terminal(terminal)
-    return any(r.issuer is not None and r.issuer != right.issuer and _terminal(r.terminal) == here
-               and r.effective_state(now) in _LIVE for r in rights if r.container == right.container)
+    return [r for r in rights if r.container == right.container and r.issuer is not None
+            and r.issuer != right.issuer and _terminal(r.terminal) == here and r.effective_state(now) in _LIVE]
+
+
+def contested(rights: Sequence[RightFacts], right: RightFacts, *, terminal: str, now: datetime) -> bool:
+    """Whether another shipping line holds a live right on ``right``'s container at ``terminal`` (``rivals``)."""
+    return bool(rivals(rights, right, terminal=terminal, now=now))
 
 
 def container_contested(ctx: GateContext) -> bool:

@@ -198,6 +198,7 @@ KNOWN_EVENT_TYPES = frozenset({
     "release.light.commercial", "release.light.customs", "release.light.terminal",
     "release.gated_in", "release.gate_override", "release.completed",
     "release.gate_offline_flagged",  # an offline gate use collided or lacked a pass (issue 5, gate passes)
+    "release.container_contested",  # another line issued a live right on the container here (review 99)
 })
 # "release", "release.transfer", "release.light": what may stand before ".*" in a pattern.
 _PREFIXES = frozenset(t.rsplit(".", n)[0] for t in KNOWN_EVENT_TYPES for n in range(1, t.count(".") + 1))

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from release_service.domain import gate as g
 from release_service.domain import storable
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.iso6346 import ContainerNumber
 from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.release import MAX_BATCH, LightStatus, ReleaseRight
-from release_service.ports import UnitOfWork
+from release_service.ports import PublishedEvent, UnitOfWork
 
 from .common import Receipt, acting_organisation_active, organisation_kind, receipt, record_events, record_many
 
@@ -73,6 +74,7 @@ def issue(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime) -> tu
     right = _build(uow, actor, cmd, now, {})
     events = uow.releases.add(right)
     record_events(uow, right, events)
+    alert_contested(uow, actor, [right], now)
     return right, receipt(right, events[-1])
 
 
@@ -106,6 +108,7 @@ def issue_batch(
     for e in events:
         by_release.setdefault(e.release_id, []).append(e)
     record_many(uow, [(right, by_release[right.id]) for _, right in built if right.id in created])
+    alert_contested(uow, actor, [right for _, right in built if right.id in created], now)
     for index, right in built:
         if right.id in created:
             results.append(BatchItemResult(index, right.container.value, right.id, None))
@@ -116,3 +119,38 @@ def issue_batch(
             )))
     results.sort(key=lambda r: r.index)
     return results
+
+
+CONTESTED_EVENT = "release.container_contested"
+CONTESTED_KIND = "release.container_contested"
+
+
+def alert_contested(uow: UnitOfWork, actor: Actor, issued: Sequence[ReleaseRight], now: datetime) -> int:
+    """Tell each line whose live right a new right contests (another line's, on the same container at the
+    same terminal: the gate now answers ``review`` ``container_contested`` for it, domain/gate.py), and
+    the new right's own line, by a ``release.container_contested`` webhook about its own right, and port
+    security by an audit entry on the new right naming the rights and lines. The payload names no other
+    line. How many new rights were contested; one read of the issued containers' rights."""
+    if not issued:
+        return 0
+    found = uow.gate.rights(sorted({r.container.value for r in issued}))
+    events: list[PublishedEvent] = []
+    entries = []
+    for right in issued:
+        facts = g.RightFacts.from_right(right)
+        others = g.rivals(found, facts, terminal=right.terminal, now=now)
+        if not others:
+            continue
+        payload = {"container_number": right.container.value, "terminal": right.terminal,
+                   "reason": g.Reason.CONTAINER_CONTESTED.value}
+        for about in (facts, *others):
+            assert about.issuer is not None
+            events.append(PublishedEvent(uuid.uuid4(), CONTESTED_EVENT, about.id, now, frozenset({about.issuer}),
+                                         payload))
+        entries.append((CONTESTED_KIND, actor.as_dict(), str(right.id), {
+            **payload, "rights": [str(r.id) for r in others],
+            "issuers": sorted({str(r.issuer) for r in others})}, now))
+    if entries:
+        uow.audit.append_many(entries)
+        uow.outbox.publish(events)
+    return len(entries)
