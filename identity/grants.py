@@ -74,9 +74,10 @@ class Grant:
 
 # The person behind a grant and their memberships (one row per membership, or one row of NULLs
 # without any), in this order. Read with the grant on a refresh, so issuing from it needs no query
-# of its own; identity.oidc.issue.person_context reads the same columns when it has none.
+# of its own; identity.oidc.issue.person_context reads the same columns when it has none, and drops
+# the memberships whose valid_until has passed (migration 0019), swept or not.
 HOLDER_COLUMNS = (persons.c.given_name, persons.c.family_name, persons.c.status, memberships.c.organisation_id,
-                  memberships.c.role)
+                  memberships.c.role, memberships.c.valid_until)
 
 
 def _with_holder(source: Any) -> Any:

@@ -29,6 +29,24 @@ what the removal stops, and how:
 
 All under the person's row lock (enrolment.lock_person), as a grant, in one transaction, on the audit
 trail (``identity.admin.membership.removed``: who, what, and how many grants it revoked).
+
+Port security is never left without an officer. A *standing* officer holds ``port_security_admin``
+without a ``valid_until``, as an active person. Removing that role, or giving it a ``valid_until``, is
+refused (``last_port_security_officer``) unless another standing officer remains (``keep_an_officer``);
+a dated officer's expiry never takes a standing one away, so the expiry sweep needs no such check.
+The check locks every standing officer's membership row (FOR UPDATE), never a plain read: two removals
+of the last two at once would each read the other still there and commit none left; locked, the
+second waits for the first and then reads it gone.
+
+Expiry (migration 0019: ``valid_until``). A membership past its ``valid_until`` counts nowhere at once
+(quaygate.schema.membership_in_force, in every read that grants something; no access token carries a
+dated role beyond its end, identity.oidc.issue). ``expire_due``, a background loop (quaygate.workers),
+then applies a removal's consequences and deletes the row, once, on the audit trail
+(``identity.membership.expired``). An expiry cannot refuse as a removal does: a driver membership that
+expires while the organisation holds live nominations of him is deleted all the same, his nominations
+stay (the right's holder chose him; the gate checks his badge, status and bans, as for any driver)
+and the holder is told on each (a ``release.nomination.screening_alert`` webhook, reason
+``driver_membership_expired``) to nominate again; the audit entry names the rights.
 """
 
 from __future__ import annotations
@@ -40,9 +58,12 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from identity.bans.alerts import ALERT_EVENT
 from quaygate.schema import grants as grant_rows
-from quaygate.schema import memberships, oauth_clients
+from quaygate.schema import memberships, oauth_clients, persons
+from release_service.adapters.outbox import SqlOutbox
 from release_service.adapters.sqla.directory import SqlDirectory
+from release_service.ports import PublishedEvent
 
 from . import audit
 from .authn import enrolment
@@ -53,12 +74,17 @@ from .grants import GrantStore
 log = logging.getLogger(__name__)
 
 DRIVER_ROLE = "driver"
+PORT_SECURITY_ROLE = "port_security_admin"
 PRIVILEGED_ROLE_REMOVED = "privileged_role_removed"  # the grants' revoked_reason
+PRIVILEGED_ROLE_EXPIRED = "privileged_role_expired"
+EXPIRY_ACTOR = {"client_id": "system:membership-expiry"}
+EXPIRED_KIND = "identity.membership.expired"
+EXPIRY_BATCH = 100
 
 
 class MembershipRefused(Exception):
     """``code``: not_found (no such person), membership_not_found, driver_has_live_nominations (with
-    ``release_ids``)."""
+    ``release_ids``), last_port_security_officer."""
 
     def __init__(self, code: str, message: str, *, release_ids: tuple[uuid.UUID, ...] = ()) -> None:
         super().__init__(message)
@@ -82,6 +108,8 @@ def remove_membership(engine: sa.Engine, *, grants: GrantStore, person_id: uuid.
         # roles before or after the removal, never half of it.
         if enrolment.lock_person(conn, person_id) is None:
             raise MembershipRefused("not_found", "No such person.")
+        if role == PORT_SECURITY_ROLE:
+            keep_an_officer(conn, person_id, organisation_id)
         key = (memberships.c.person_id == person_id, memberships.c.organisation_id == organisation_id,
                memberships.c.role == role)
         given = conn.execute(memberships.delete().where(*key).returning(memberships.c.created_at)).first()
@@ -108,7 +136,7 @@ def remove_membership(engine: sa.Engine, *, grants: GrantStore, person_id: uuid.
 
 
 def _revoke_carriers(conn: sa.Connection, grants: GrantStore, person_id: uuid.UUID, organisation_id: uuid.UUID,
-                     now: datetime) -> int:
+                     now: datetime, *, reason: str = PRIVILEGED_ROLE_REMOVED) -> int:
     """Revoke every live grant of the person whose tokens can carry a role in ``organisation_id``, in
     the caller's transaction; how many. ``person_context`` puts in a token the person's roles in the
     client's organisation, or in every organisation for a client bound to none, and never more than
@@ -121,4 +149,61 @@ def _revoke_carriers(conn: sa.Connection, grants: GrantStore, person_id: uuid.UU
                oauth_clients.c.role != ClientRole.DRIVER_APP.value,
                sa.or_(oauth_clients.c.organisation_id.is_(None), oauth_clients.c.organisation_id == organisation_id))
         .order_by(grant_rows.c.id)).scalars().all()
-    return sum(grants.revoke_grant(conn, gid, reason=PRIVILEGED_ROLE_REMOVED, now=now) for gid in ids)
+    return sum(grants.revoke_grant(conn, gid, reason=reason, now=now) for gid in ids)
+
+
+def keep_an_officer(conn: sa.Connection, person_id: uuid.UUID, organisation_id: uuid.UUID) -> None:
+    """Refuse (``last_port_security_officer``) unless a standing officer other than this membership
+    remains (module docstring), in the caller's transaction. Every standing officer's membership row
+    is locked until it ends (FOR UPDATE; SQLite's writers run one at a time): a concurrent removal or
+    dating of another one waits, then reads this one's outcome."""
+    standing = conn.execute(
+        sa.select(memberships.c.person_id, memberships.c.organisation_id)
+        .join(persons, persons.c.id == memberships.c.person_id)
+        .where(memberships.c.role == PORT_SECURITY_ROLE, memberships.c.valid_until.is_(None),
+               persons.c.status == "active")
+        .order_by(memberships.c.person_id, memberships.c.organisation_id)
+        .with_for_update(of=memberships)).all()
+    if not any((p, o) != (person_id, organisation_id) for p, o in standing):
+        log.info("identity.membership.refused.last_port_security_officer")
+        raise MembershipRefused("last_port_security_officer",
+                                "Port security keeps at least one officer whose role does not expire.")
+
+
+def expire_due(engine: sa.Engine, *, grants: GrantStore, now: datetime, limit: int = EXPIRY_BATCH) -> int:
+    """Expire up to ``limit`` memberships whose ``valid_until`` has passed, each in a transaction of its
+    own (module docstring); how many. Safe in every replica at once: each row is deleted under its
+    person's lock only while it is still due, and only the one that deletes it acts on it."""
+    with engine.connect() as conn:
+        due = conn.execute(
+            sa.select(memberships.c.person_id, memberships.c.organisation_id, memberships.c.role)
+            .where(memberships.c.valid_until <= now)
+            .order_by(memberships.c.valid_until).limit(limit)).all()
+    return sum(_expire(engine, grants, p, o, r, now) for p, o, r in due)
+
+
+def _expire(engine: sa.Engine, grants: GrantStore, person_id: uuid.UUID, organisation_id: uuid.UUID, role: str,
+            now: datetime) -> bool:
+    with engine.begin() as conn:
+        enrolment.lock_person(conn, person_id)  # as a grant or a removal: one after the other
+        gone = conn.execute(memberships.delete().where(
+            memberships.c.person_id == person_id, memberships.c.organisation_id == organisation_id,
+            memberships.c.role == role, memberships.c.valid_until <= now,  # not extended meanwhile
+        ).returning(memberships.c.created_at, memberships.c.valid_until)).first()
+        if gone is None:
+            return False  # another replica expired it, or it was given again meanwhile
+        revoked = _revoke_carriers(conn, grants, person_id, organisation_id, now,
+                                   reason=PRIVILEGED_ROLE_EXPIRED) if role in c.PRIVILEGED_ROLES else 0
+        live = SqlDirectory(conn).live_nominations(person_id, organisation_id, now=now) if role == DRIVER_ROLE else []
+        SqlOutbox(conn).publish([PublishedEvent(
+            id=uuid.uuid4(), type=ALERT_EVENT, release_id=rid, at=now, audience=frozenset({organisation_id}),
+            payload={"driver_person_id": str(person_id), "screening": "membership_expired",
+                     "reason": "driver_membership_expired"}) for rid in live])
+        audit.record(EXPIRED_KIND, at=now, actor=EXPIRY_ACTOR, subject=str(person_id), conn=conn,
+                     data={"organisation_id": str(organisation_id), "role": role,
+                           "given_at": gone.created_at.isoformat(), "valid_until": gone.valid_until.isoformat(),
+                           "grants_revoked": revoked, "live_nominations": [str(r) for r in live]})
+    log.info("identity.membership.expired")
+    if live:
+        log.warning("identity.membership.expired.live_nominations")
+    return True

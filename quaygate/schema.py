@@ -99,7 +99,17 @@ memberships = sa.Table(
     sa.Column("organisation_id", UUID, sa.ForeignKey("organisations.id"), primary_key=True),
     sa.Column("role", sa.String(32), primary_key=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # Migration 0019 (security review): the role counts until then (NULL: until removed). Read at the
+    # time of use (membership_in_force) and swept (identity.memberships.expire_due).
+    sa.Column("valid_until", UTCDateTime, index=True),
 )
+
+
+def membership_in_force(now: datetime) -> sa.ColumnElement[bool]:
+    """The membership counts at ``now``: given until removed, or until a time still to come. Every read
+    of a role that grants something (tokens, nominations, role checks) applies it, whether or not the
+    expiry sweep has deleted the row yet."""
+    return sa.or_(memberships.c.valid_until.is_(None), memberships.c.valid_until > now)
 
 badges = sa.Table(
     "badges",

@@ -1,10 +1,11 @@
 """Background loops each replica runs: audit sealing, webhook delivery, lapsing rights, expiring badges,
-acting on port bans once they start, forgetting face-capture digests past the replay window.
+acting on port bans once they start, forgetting face-capture digests past the replay window, expiring
+memberships past their valid_until.
 
 Each loop is safe to run in every replica at once: the sealer takes an advisory lock, the dispatcher
 claims deliveries with SKIP LOCKED, the sweeper locks each right it lapses, the badge sweep takes its
 badges with SKIP LOCKED, the ban sweep takes the ban loader's advisory lock; two replicas deleting the
-same old capture digests at once delete each once.
+same old capture digests at once delete each once; a membership is expired by whoever deletes its row.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import httpx
 
 from identity.badges.service import BadgeService
 from identity.bans.sweep import sweep_bans_in_effect
+from identity.bootstrap import grant_store
 from identity.face.store import CaptureStore
+from identity.memberships import expire_due
 from release_service.adapters.audit import AuditSealer
 from release_service.adapters.gate_facts import RedisGateFacts
 from release_service.adapters.sqla.uow import SqlUnitOfWork
@@ -85,6 +88,10 @@ class BackgroundWorkers:
         self._loop("ban-sweeper", 60.0, lambda: sweep_bans_in_effect(c.engine, c.clock.now()))
         # A capture digest older than the replay window refuses nothing: it goes (identity.face.service).
         self._loop("face-capture-prune", 3600.0, self._forget_captures)
+        # A membership past its valid_until counts nowhere at once; this applies a removal's consequences
+        # (its grants revoked, the holder of live nominations told) and deletes it (identity.memberships).
+        grants = grant_store(c)
+        self._loop("membership-expiry", 60.0, lambda: expire_due(c.engine, grants=grants, now=c.clock.now()))
 
     def _audit_tampered(self, _reason: str) -> None:
         # The sealer has logged audit.tampered (critical) and stopped; the metric keeps it in sight.

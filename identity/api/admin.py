@@ -45,7 +45,7 @@ from ..domain.roles import ClientRole
 from ..domain.scopes import BADGES_OFFICE
 from ..dpop import DPOP_ALGORITHMS
 from ..grants import grants_for, revocations_for
-from ..memberships import MembershipRefused
+from ..memberships import MembershipRefused, keep_an_officer
 from ..memberships import remove_membership as remove
 from ..organisations import OrganisationRefused, set_active, status_fields
 from ..registration import RegistrationError, management_for
@@ -364,6 +364,10 @@ class OrganisationIn(BaseModel):
 class MembershipIn(BaseModel):
     organisation_id: uuid.UUID
     role: str = Field(description="driver, dispatcher, org_admin, port_security_admin or badge_office")
+    valid_until: datetime | None = Field(
+        default=None, description="When the role stops counting (RFC 3339 with an offset, in the future); "
+        "absent: until removed. Given again, the role takes the new value (extended, shortened or made "
+        "unending).")
 
 
 def _registration_problem(request: Request, exc: RegistrationError) -> JSONResponse:
@@ -501,7 +505,13 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
     login session and grant of the person when there are any (identity.authn.cutoff
     ``privileged_role_granted``): a code issued, or used, before, when a badge officer could issue it,
     must not log anyone in as the holder of the new role. The answer's ``passkeys_suspended`` says how
-    many: such a person gets a new code from port security."""
+    many: such a person gets a new code from port security.
+
+    ``valid_until`` (migration 0019): the role counts until then, and is swept then with a removal's
+    consequences (identity.memberships). Given again with another ``valid_until`` (none: unending), a
+    role held changes it (200, audited as ``identity.admin.membership.changed``); one already past its
+    end is given anew (201). ``port_security_admin`` with a ``valid_until`` needs another officer whose
+    role does not expire (409 ``last_port_security_officer``)."""
     try:
         caller = caller_of(request)
         if body.role in c.PRIVILEGED_ROLES:
@@ -513,7 +523,12 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
     if caller.person_id == str(person_id):
         return own_refused("own_membership", "An officer does not change his own roles.").response(request)
     container = request.app.state.container
-    now = container.clock.now()
+    now, until = container.clock.now(), body.valid_until
+    if until is not None and until.utcoffset() is None:
+        return problem(422, "invalid_valid_until", "valid_until needs a UTC offset (RFC 3339).",
+                       instance=request.url.path)
+    if until is not None and until <= now:
+        return problem(422, "valid_until_not_future", "valid_until must be in the future.", instance=request.url.path)
     with container.engine.begin() as conn:
         # The person's row locked first: an enrolment code issued meanwhile either commits before this
         # grant (and is ended below) or reads the new role once it commits (enrolment.lock_person).
@@ -527,25 +542,48 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
             return problem(409, "organisation_inactive", "The organisation is deactivated.", instance=request.url.path)
         key = (memberships.c.person_id == person_id, memberships.c.organisation_id == body.organisation_id,
                memberships.c.role == body.role)
-        if conn.execute(sa.select(memberships.c.role).where(*key)).first() is not None:
+        held = conn.execute(sa.select(memberships.c.valid_until).where(*key)).first()
+        if held is not None and (held.valid_until is None or held.valid_until > now) and held.valid_until == until:
             return problem(409, "membership_exists", "The person already has this role there.",
                            instance=request.url.path)
+        if body.role == PORT_SECURITY_ROLE and until is not None:
+            try:
+                keep_an_officer(conn, person_id, body.organisation_id)
+            except MembershipRefused as exc:
+                return problem(409, exc.code, exc.message, instance=request.url.path)
+        if held is not None and (held.valid_until is None or held.valid_until > now):
+            conn.execute(memberships.update().where(*key).values(valid_until=until))
+            audit.record("identity.admin.membership.changed", at=now, actor=caller.audit_actor,
+                         subject=str(person_id), conn=conn,
+                         data={"organisation_id": str(body.organisation_id), "role": body.role,
+                               "valid_until": _iso(until), "was_valid_until": _iso(held.valid_until)})
+            return JSONResponse({"person_id": str(person_id), "organisation_id": str(body.organisation_id),
+                                 "role": body.role, "valid_until": _iso(until), "passkeys_suspended": 0})
+        # Not held, or held no more (past its end, not swept yet): given anew, as any grant.
+        conn.execute(memberships.delete().where(*key))
         conn.execute(memberships.insert().values(person_id=person_id, organisation_id=body.organisation_id,
-                                                 role=body.role, created_at=now))
+                                                 role=body.role, created_at=now, valid_until=until))
         done = cutoff.Promoted(0, 0, 0, 0)
         if body.role in c.PRIVILEGED_ROLES:
             done = cutoff.privileged_role_granted(conn, sessions=sessions_for(request.app),
                                                   grants=grants_for(request.app), person_id=person_id, now=now)
         audit.record("identity.admin.membership.added", at=now, actor=caller.audit_actor, subject=str(person_id),
                      conn=conn, data={"organisation_id": str(body.organisation_id), "role": body.role,
+                                      "valid_until": _iso(until),
                                       "enrolment_codes_ended": done.enrolment_codes_ended,
                                       "passkeys_suspended": done.passkeys_suspended,
                                       "sessions_ended": done.sessions_ended, "grants_revoked": done.grants_revoked})
     return JSONResponse({"person_id": str(person_id), "organisation_id": str(body.organisation_id),
-                         "role": body.role, "passkeys_suspended": done.passkeys_suspended}, status_code=201)
+                         "role": body.role, "valid_until": _iso(until),
+                         "passkeys_suspended": done.passkeys_suspended}, status_code=201)
 
 
-_MEMBERSHIP_REFUSED = {"not_found": 404, "membership_not_found": 404, "driver_has_live_nominations": 409}
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+_MEMBERSHIP_REFUSED = {"not_found": 404, "membership_not_found": 404, "driver_has_live_nominations": 409,
+                       "last_port_security_officer": 409}
 
 
 @router.delete("/persons/{person_id}/memberships/{organisation_id}/{role}", operation_id="admin_remove_membership",
@@ -828,7 +866,8 @@ def get_person(person_id: uuid.UUID, request: Request) -> JSONResponse:
         if row is None:
             return problem(404, "not_found", "No such person.", instance=request.url.path)
         members = conn.execute(
-            sa.select(memberships.c.organisation_id, memberships.c.role, organisations.c.name, organisations.c.active)
+            sa.select(memberships.c.organisation_id, memberships.c.role, memberships.c.valid_until,
+                      organisations.c.name, organisations.c.active)
             .join(organisations, organisations.c.id == memberships.c.organisation_id)
             .where(memberships.c.person_id == person_id)
             .order_by(organisations.c.name, memberships.c.role)).all()
@@ -843,7 +882,8 @@ def get_person(person_id: uuid.UUID, request: Request) -> JSONResponse:
         "employer_organisation_id": str(row.employer_organisation_id) if row.employer_organisation_id else None,
         "national_id_linked": row.national_id_hash is not None,
         "memberships": [{"organisation_id": str(m.organisation_id), "organisation_name": m.name, "role": m.role,
-                         "organisation_active": bool(m.active)} for m in members],
+                         "organisation_active": bool(m.active), "valid_until": _iso(m.valid_until),
+                         "expired": m.valid_until is not None and m.valid_until <= now} for m in members],
         "screening": {"register_configured": configured, "status": check.status.value,
                       "list_age_seconds": check.list_age_seconds, "ban_references": list(check.references)},
         "ban_alerts": [{"at": a.at.isoformat(), "release_id": a.data.get("release_id"),

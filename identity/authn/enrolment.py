@@ -44,7 +44,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from quaygate.schema import enrolment_codes, memberships, persons
+from quaygate.schema import enrolment_codes, membership_in_force, memberships, persons
 
 from ..domain.claims import PRIVILEGED_ROLES
 from .credentials import Provenance
@@ -169,8 +169,10 @@ def _insert(
         raise EnrolmentRefused("person_unknown")
     if status != "active":
         raise EnrolmentRefused("person_not_active")
+    # A role past its valid_until refuses nothing (migration 0019): it counts nowhere, as if removed.
     if refused_roles and conn.execute(sa.select(memberships.c.role).where(
-            memberships.c.person_id == person_id, memberships.c.role.in_(sorted(refused_roles)))).first() is not None:
+            memberships.c.person_id == person_id, memberships.c.role.in_(sorted(refused_roles)),
+            membership_in_force(now))).first() is not None:
         raise EnrolmentRefused("insufficient_role")
     conn.execute(
         enrolment_codes.insert().values(

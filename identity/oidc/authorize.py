@@ -352,7 +352,7 @@ def issue_code(
     code = CODE_PREFIX + secrets.token_urlsafe(32)
     with engine.begin() as conn:
         try:
-            person_context(conn, client, session.person_id)
+            person_context(conn, client, session.person_id, now=now)
         except IssueRefused as exc:
             log.info("identity.authorize.refused.%s", exc.reason)
             audit.record(

@@ -151,7 +151,7 @@ class AuthorizationCodeExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[
         if failure is not None:
             raise failure  # the code stays used
         try:
-            person_context(conn, record, row.person_id)  # still active, still a member
+            person_context(conn, record, row.person_id, now=now)  # still active, still a member
         except IssueRefused as exc:
             raise _Refused(exc.reason, "The person can no longer use this client.") from exc
         if row.sid is not None and not session_live(conn, row.sid, now=now):

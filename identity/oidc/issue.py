@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -70,6 +71,9 @@ class PersonContext:
     roles: tuple[str, ...]
     organisation_id: uuid.UUID | None  # set only for a console bound to an org the person belongs to
     org_kind: str | None
+    # The earliest valid_until of the memberships behind ``roles`` (None: none of them expires): no
+    # access token carries a role beyond it (``issue_person_tokens``).
+    roles_until: datetime | None = None
 
 
 _HOLDER = (
@@ -80,7 +84,7 @@ _HOLDER = (
 
 
 def person_context(conn: sa.Connection, client: ClientRecord, person_id: uuid.UUID,
-                   holder: Sequence[Any] | None = None) -> PersonContext:
+                   holder: Sequence[Any] | None = None, *, now: datetime) -> PersonContext:
     """Who the person is for ``client``; raises IssueRefused when they may not use it.
 
     - suspended persons get nothing;
@@ -91,13 +95,16 @@ def person_context(conn: sa.Connection, client: ClientRecord, person_id: uuid.UU
     - a console bound to no organisation carries the person's roles in every organisation.
 
     ``holder``: the rows of ``HOLDER_COLUMNS`` already read with the grant (``GrantStore.rotate``);
-    else one statement reads them.
+    else one statement reads them. A membership whose ``valid_until`` is not after ``now`` counts for
+    nothing, whether or not the expiry sweep has deleted it yet (migration 0019).
     """
     found = list(holder) if holder is not None else conn.execute(_HOLDER, {"person_id": person_id}).all()
     given_name, family_name, status = found[0][:3] if found else (None, None, None)
     if status != "active":
         raise IssueRefused("person_inactive")
-    rows = [(org, role) for *_, org, role in found if role is not None]
+    until_of = {(org, role): until for *_, org, role, until in found
+                if role is not None and (until is None or until > now)}
+    rows = list(until_of)
     org_id, org_kind = None, None
     if client.role is ClientRole.DRIVER_APP:
         roles = {role for _, role in rows} & token_claims.DRIVER_APP_ROLES
@@ -112,14 +119,25 @@ def person_context(conn: sa.Connection, client: ClientRecord, person_id: uuid.UU
             ).scalar()
     else:
         roles = {role for _, role in rows}
+    carried = roles & token_claims.MEMBER_ROLES
+    ends = [end for end in (_carried_until(until_of, role, org_id) for role in carried) if end is not None]
     return PersonContext(
         person_id=person_id,
         given_name=given_name,
         family_name=family_name,
-        roles=tuple(sorted(roles & token_claims.MEMBER_ROLES)),
+        roles=tuple(sorted(carried)),
         organisation_id=org_id,
         org_kind=org_kind,
+        roles_until=min(ends) if ends else None,
     )
+
+
+def _carried_until(until_of: dict[tuple[Any, str], datetime | None], role: str,
+                   org_id: uuid.UUID | None) -> datetime | None:
+    """Till when ``role`` is held (in ``org_id``, or in any organisation): None while one membership
+    giving it does not expire, else the latest of their ends."""
+    ends = [until for (org, held), until in until_of.items() if held == role and (org_id is None or org == org_id)]
+    return None if not ends or None in ends else max(e for e in ends if e is not None)
 
 
 def at_hash(access_token: str) -> str:
@@ -182,8 +200,13 @@ def issue_person_tokens(
         raise IssueRefused("grant_revoked")
     if grant.person_id is None:
         raise IssueRefused("person_inactive")
-    person = person_context(conn, client, grant.person_id, holder)
+    person = person_context(conn, client, grant.person_id, holder, now=now)
     ts = int(now.timestamp())
+    # A role given until a time (migration 0019) is in no token beyond it: the APIs read roles from the
+    # token, and the expiry sweep that revokes the grants runs only every minute.
+    ttl = settings.access_token_ttl
+    if person.roles_until is not None:
+        ttl = max(1, min(ttl, math.ceil((person.roles_until - now).total_seconds())))
     auth_time = int(grant.auth_time.timestamp()) if grant.auth_time else None
     jti = secrets.token_urlsafe(24)
     base = token_claims.access_token_claims(
@@ -198,7 +221,7 @@ def issue_person_tokens(
             client.role, api_audience=settings.api_audience, gate_audience=settings.gate_audience
         ),
         now=ts,
-        ttl=settings.access_token_ttl,
+        ttl=ttl,
         jti=jti,
         subject=str(person.person_id),
     )
@@ -218,7 +241,7 @@ def issue_person_tokens(
     body: dict[str, Any] = {
         "access_token": access_token,
         "token_type": "DPoP" if dpop_jkt else "Bearer",  # RFC 9449 §5
-        "expires_in": settings.access_token_ttl,
+        "expires_in": ttl,
         "scope": scope,
     }
     if include_id_token and scope_rules.OPENID in granted:

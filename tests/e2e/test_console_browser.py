@@ -231,8 +231,9 @@ def test_port_security_manages_a_person_and_an_organisation_and_the_session_rene
         page.locator("#person-members li[data-role=driver]").wait_for(state="detached")
         page.fill("#m-org", str(haulier))
         page.select_option("#m-role", "driver")
+        page.fill("#m-until", "2999-12-31")  # given until a date: the list shows its end
         page.click("#do-member")
-        page.locator("#person-members li[data-role=driver]").wait_for()
+        page.locator("#person-members li[data-role=driver]:has-text('2999')").wait_for()
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("#do-enrol-code")
         page.locator("#enrol-code-box:not([hidden])").wait_for()

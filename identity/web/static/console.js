@@ -269,7 +269,8 @@
           "class": "secondary", type: "button", "data-role": m.role, "data-organisation": m.organisation_id},
           t("console.remove_membership"));
         li.appendChild(QG.el("span", null, m.organisation_name + " · " + t("console.member_" + m.role) +
-          (m.organisation_active ? "" : " · " + t("console.inactive"))));
+          (m.organisation_active ? "" : " · " + t("console.inactive")) +
+          (m.valid_until ? " · " + (m.expired ? t("console.member_expired") : t("console.member_until", {date: day(m.valid_until)})) : "")));
         btn.addEventListener("click", function () { removeMembership(btn, m); });
         li.appendChild(btn); members.appendChild(li);
       });
@@ -288,10 +289,18 @@
     }, fail).then(function () { QG.busy($("do-person"), false); });
   }
 
+  // A role's end as a date with its year (QG.when's styles leave the year out).
+  function day(iso) {
+    return new Date(iso).toLocaleDateString(document.documentElement.lang || "en",
+                                            {year: "numeric", month: "short", day: "numeric"});
+  }
+
   function addMembership(e) {
     e.preventDefault();
     if (!person) return;
     var body = {organisation_id: $("m-org").value.trim(), role: $("m-role").value};
+    // A date: the role counts to the end of that day where the officer is (sent with its offset, in UTC).
+    if ($("m-until").value) body.valid_until = new Date($("m-until").value + "T23:59:59").toISOString();
     QG.busy($("do-member"), true);
     api("POST", "/persons/" + encodeURIComponent(person) + "/memberships", body).then(function () {
       $("member-form").reset(); QG.say($("msg"), t("console.done"), true); loadPerson();

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from quaygate.schema import badges, memberships, organisations, persons, releases
+from quaygate.schema import badges, membership_in_force, memberships, organisations, persons, releases
 from release_service.domain.gate import PERSON_ACTIVE, Reason
 from release_service.domain.parties import Organisation, OrgKind
 from release_service.domain.release import Screening, State
@@ -57,9 +57,11 @@ class SqlDirectory:
         # (identity.memberships), so it waits for this nomination and then finds it (409), or removes
         # the membership first and this read no longer finds it. Never a nomination standing on a
         # membership removed as it was made.
+        # A driver membership past its valid_until links him no more (migration 0019), swept or not.
         member = sa.select(sa.literal(1)).where(memberships.c.person_id == person_id,
                                                 memberships.c.organisation_id == organisation_id,
-                                                memberships.c.role == "driver").with_for_update(read=True)
+                                                memberships.c.role == "driver",
+                                                membership_in_force(now)).with_for_update(read=True)
         if self._conn.execute(member).first() is not None:
             return True
         employed = sa.select(sa.literal(1)).where(persons.c.id == person_id,
