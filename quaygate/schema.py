@@ -187,6 +187,11 @@ releases = sa.Table(
     sa.Column("nomination_responded_at", UTCDateTime),
     sa.Column("gate_in_at", UTCDateTime),
     sa.Column("gate_out_at", UTCDateTime),
+    # Migration 0020 (review 104): when another shipping line tried to issue this right's container and
+    # vessel call, and was refused because this right held the key; the gate then answers review
+    # (container_contested). Set once, by that refusal only (release_service/services/issue.py), never
+    # by a save of the aggregate.
+    sa.Column("contested_at", UTCDateTime),
     sa.Column("version", sa.Integer, nullable=False, default=0),
     # The seq of the right's last event (release_events): every writer of events raises it in the
     # UPDATE that holds the row, so the next seq needs no SELECT max(seq).

@@ -96,6 +96,11 @@ class ReleaseRightStore(Protocol):
         """Insert many; those colliding with a live right are skipped. Returns the ids inserted."""
         ...
 
+    def mark_contested(self, keys: Sequence[str], issuer: uuid.UUID, now: datetime) -> list[ContestedRight]:
+        """Mark contested (``contested_at``, once) the rights holding these active keys that another
+        issuer than ``issuer`` issued; those newly marked."""
+        ...
+
     def save(self, right: ReleaseRight) -> list[StoredEvent]:
         """Persist a changed right, its changed transfers and its pending events (flush only)."""
         ...
@@ -166,6 +171,17 @@ class Outbox(Protocol):
     def publish(self, events: Sequence[PublishedEvent]) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ContestedRight:
+    """A right marked contested: another line was refused its container and vessel call."""
+
+    id: uuid.UUID
+    container: str
+    terminal: str
+    vessel_call: str
+    issuer: uuid.UUID
+
+
 class IdempotencyStore(Protocol):
     def claim(self, client_id: str, key: str, fingerprint: str, now: datetime) -> tuple[int, Any] | None:
         """Reserve ``key`` in this transaction, or return the stored (status, body) of its first use.
@@ -175,6 +191,10 @@ class IdempotencyStore(Protocol):
         ...
 
     def complete(self, client_id: str, key: str, status_code: int, body: Any) -> None: ...
+
+    def forget(self, client_id: str, key: str) -> None:
+        """Release a key reserved in this transaction (a refusal whose effects commit: services.common.run)."""
+        ...
 
 
 # ---- webhooks --------------------------------------------------------------------------------

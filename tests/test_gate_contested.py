@@ -148,6 +148,9 @@ def test_a_cached_copy_without_issuers_is_not_trusted() -> None:
     assert gate_facts._rights(raw) == (right,)
     older = json.dumps([entry[:12] for entry in json.loads(raw)]).encode()  # a server from before
     assert gate_facts._rights(older) is None
+    assert gate_facts._rights(json.dumps([entry[:13] for entry in json.loads(raw)]).encode()) is None
+    marked = replace(right, contested=True)
+    assert gate_facts._rights(gate_facts._dump_rights([marked])) == (marked,)
     assert gate_facts._rights(b"[]") == ()
 
 
@@ -179,14 +182,14 @@ def _rogue_line(gate: Gate) -> uuid.UUID:
     return uuid.UUID(gate.tokens["rogue_org"])
 
 
-def _rogue(gate: Gate, n: int) -> str:
+def _rogue(gate: Gate, n: int, vessel_call: str = "VC-9") -> str:
     """Another shipping line issues the real line's container ``n`` (another vessel call and B/L) to the
     same haulier, who nominates the same driver and truck; customs and the terminal set its lights green:
     review 99's demonstration."""
     _rogue_line(gate)
     now = datetime.now(UTC)
     r = gate.http.post("/api/v1/releases", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"}, json={
-        "container_number": container(n), "bill_of_lading": f"ROGUE-{n}", "vessel_call": "VC-9",
+        "container_number": container(n), "bill_of_lading": f"ROGUE-{n}", "vessel_call": vessel_call,
         "terminal": TERMINAL, "release_to_organisation_id": str(gate.p.haul.organisation_id),
         "valid_from": (now - timedelta(hours=1)).isoformat(), "valid_until": (now + timedelta(days=3)).isoformat()})
     assert r.status_code == 201, r.text
@@ -303,6 +306,74 @@ def test_both_lines_and_port_security_learn_of_a_contested_container_when_it_is_
     assert sorted(d["container_number"] for _, d in _told(gate, ours)) == [container(8)] * 2 + [container(10)]
 
 
+def _squat(gate: Gate, n: int) -> tuple[str, uuid.UUID]:
+    """Review 104: the rogue line issues the real line's container on the real vessel call first (the
+    stay number is public), to its haulier, nominated and green; its right is the container's only one."""
+    theirs = _subscribe(gate, _rogue_line(gate))
+    rogue = _rogue(gate, n, vessel_call="vc 1")  # "VC-1" as a key
+    assert _verify(gate, n)["decision"] == "allow"
+    return rogue, theirs
+
+
+def test_a_line_that_issued_first_on_the_real_vessel_call_is_contested_when_the_real_line_is_refused(
+        gate: Gate) -> None:
+    rogue, theirs = _squat(gate, 12)
+    ours = _subscribe(gate, gate.p.line.organisation_id)
+    key = {"Idempotency-Key": "issue-12", **gate.as_("line")}
+    body = {"container_number": container(12), "bill_of_lading": "BL-12", "vessel_call": "VC-1", "terminal": TERMINAL,
+            "release_to_organisation_id": str(gate.p.fwd.organisation_id),
+            "valid_from": datetime.now(UTC).isoformat(),
+            "valid_until": (datetime.now(UTC) + timedelta(days=3)).isoformat()}
+    for _ in range(2):  # SPEC.md: one live right per container and vessel call; a retry is refused again
+        assert_problem(gate.http.post("/api/v1/releases", json=body, headers=key), 409, "active_right_exists")
+    for mode in ("check", "commit"):
+        got = _verify(gate, 12, mode=mode)
+        assert {k: got[k] for k in CONTESTED} == CONTESTED and got["release_id"] == rogue
+    assert gate.state(rogue) == "nominated"
+    said = {"container_number": container(12), "terminal": TERMINAL, "reason": "container_contested"}
+    assert [(rid, {k: d.get(k) for k in said}) for rid, d in _told(gate, theirs)] == [(rogue, said)]  # once
+    assert _told(gate, ours) == []  # the refused line has its 409
+    with gate.engine.connect() as conn:
+        (entry,) = conn.execute(sa.select(audit_log.c.data).where(
+            audit_log.c.kind == "release.container_contested", audit_log.c.subject == rogue)).scalars()
+    assert entry["refused_issuer"] == str(gate.p.line.organisation_id) and entry["vessel_call"] == "vc 1"
+    # The gate pass says so too.
+    said_by_pass = {(c["right"]["id"], c["right"]["contested"]) for c in map(payload, passes(gate).json()["passes"])}
+    assert (rogue, True) in said_by_pass
+    # A terminal that knows which vessel call brought it in may still override; the rogue line revoking
+    # its right lets the real line issue.
+    _revoke(gate, rogue)
+    assert gate.http.post("/api/v1/releases", json=body, headers=gate.as_("line")).status_code == 201
+
+
+def test_a_line_refused_its_own_container_again_marks_nothing(gate: Gate) -> None:
+    rid = gate.pickable(14)
+    r = gate.http.post("/api/v1/releases", headers=gate.as_("line"), json={
+        "container_number": container(14), "bill_of_lading": "BL-14b", "vessel_call": "vc-1", "terminal": TERMINAL,
+        "release_to_organisation_id": str(gate.p.fwd.organisation_id), "valid_from": datetime.now(UTC).isoformat(),
+        "valid_until": (datetime.now(UTC) + timedelta(days=3)).isoformat()})
+    assert_problem(r, 409, "active_right_exists")
+    assert _verify(gate, 14)["decision"] == "allow"
+    with gate.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(audit_log).where(
+            audit_log.c.kind == "release.container_contested", audit_log.c.subject == rid)).scalar() == 0
+
+
+def test_a_batch_refused_over_another_lines_rights_marks_them(gate: Gate) -> None:
+    rogue, theirs = _squat(gate, 15)
+    now = datetime.now(UTC)
+    item = {"container_number": container(15), "bill_of_lading": "BL-15", "vessel_call": "VC-1", "terminal": TERMINAL,
+            "release_to_organisation_id": str(gate.p.fwd.organisation_id),
+            "valid_from": now.isoformat(), "valid_until": (now + timedelta(days=3)).isoformat()}
+    r = gate.http.post("/api/v1/releases:batch", headers=gate.as_("line"),
+                       json={"releases": [item, {**item, "container_number": container(16),
+                                                 "bill_of_lading": "BL-16"}]})
+    assert r.status_code == 200, r.text
+    assert [i["error"]["code"] if i["error"] else None for i in r.json()["items"]] == ["active_right_exists", None]
+    assert {k: _verify(gate, 15)[k] for k in CONTESTED} == CONTESTED
+    assert [rid for rid, _ in _told(gate, theirs)] == [rogue]
+
+
 # ---- the cached path (PostgreSQL and Redis) --------------------------------------------------------
 
 
@@ -334,7 +405,20 @@ def test_on_the_cache_a_copy_from_an_older_server_is_read_again(cached: Gate) ->
     cached.facts._near.clear()  # type: ignore[attr-defined]
     assert {k: _verify(cached, 6)[k] for k in CONTESTED} == CONTESTED
     # ... and replaced by a copy that names them.
-    assert all(len(json.loads(client.get(k))[0]) == 13 for k in keys)
+    assert all(len(json.loads(client.get(k))[0]) == 14 for k in keys)
+
+
+def test_on_the_cache_a_squatted_container_is_contested_once_the_real_line_is_refused(cached: Gate) -> None:
+    rogue, _ = _squat(cached, 17)
+    assert _verify(cached, 17)["decision"] == "allow"  # decided on the copies the first check cached
+    r = cached.http.post("/api/v1/releases", headers=cached.as_("line"), json={
+        "container_number": container(17), "bill_of_lading": "BL-17", "vessel_call": "VC-1", "terminal": TERMINAL,
+        "release_to_organisation_id": str(cached.p.fwd.organisation_id), "valid_from": datetime.now(UTC).isoformat(),
+        "valid_until": (datetime.now(UTC) + timedelta(days=3)).isoformat()})
+    assert_problem(r, 409, "active_right_exists")
+    for _ in range(2):
+        got = _verify(cached, 17)
+        assert {k: got[k] for k in CONTESTED} == CONTESTED and got["release_id"] == rogue
 
 
 def test_a_driver_of_the_line_only_right_stays_unaffected(gate: Gate) -> None:

@@ -1106,7 +1106,7 @@ def _dump_rights(rights: list[RightFacts]) -> bytes:
         _iso(r.valid_from), _iso(r.valid_until), _iso(r.created_at),
         None if r.nomination is None else [str(r.nomination.driver_person_id), r.nomination.plate_text,
                                            r.nomination.plate_country, r.nomination.response],
-        str(r.issuer) if r.issuer is not None else None,
+        str(r.issuer) if r.issuer is not None else None, r.contested,
     ] for r in rights]).encode()
 
 
@@ -1160,21 +1160,21 @@ def _badge_copy(raw: bytes) -> _BadgeEntry | None:
 
 
 def _rights(raw: bytes) -> tuple[RightFacts, ...] | None:
-    """The copy parsed; None for one that does not name each right's issuer (written by a server from
-    before it was cached, during a rolling upgrade): not trusted, but read again (``_snapshot``), since
-    without the issuers a container two lines claim would not be seen as contested."""
+    """The copy parsed; None for one that does not name each right's issuer and contest (written by a
+    server from before they were cached, during a rolling upgrade): not trusted, but read again
+    (``_snapshot``), since without them a container two lines claim would not be seen as contested."""
     out = []
     for entry in json.loads(raw):
-        if len(entry) < 13:
+        if len(entry) < 14:
             return None
         (rid, container, terminal, state, blocked, commercial, customs, light, vfrom, vuntil, created, nom,
-         issuer) = entry[:13]
+         issuer, contested) = entry[:14]
         out.append(RightFacts(
             id=uuid.UUID(rid), container=container, terminal=terminal, state=state, blocked=blocked,
             commercial=commercial, customs=customs, terminal_light=light, valid_from=_dt(vfrom),
             valid_until=_dt(vuntil), created_at=_dt(created),
             nomination=None if nom is None else NominationFacts(uuid.UUID(nom[0]), nom[1], nom[2], nom[3]),
-            issuer=uuid.UUID(issuer) if issuer is not None else None))
+            issuer=uuid.UUID(issuer) if issuer is not None else None, contested=contested is True))
     return tuple(out)
 
 

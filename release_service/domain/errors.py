@@ -57,3 +57,7 @@ class DomainError(Exception):
         self.code = code
         self.message = message
         self.context = context
+        # What the use case recorded before it refused stands (its transaction commits, the refusal is
+        # still answered): a refusal that must leave a trace, as an issue refused over another line's
+        # right (services/issue.py). Only services.common.run honours it.
+        self.keep_effects = False

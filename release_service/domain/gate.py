@@ -409,8 +409,10 @@ class RightFacts:
     nomination: NominationFacts | None = None
     # The shipping line that issued the right (None: not known, a gate pass from before it was carried).
     issuer: uuid.UUID | None = None
-    # The service's word, in a gate pass, that another line holds a live right on this container at this
-    # terminal (``contested``): the adapter sees only passes, never the other line's right.
+    # The service's word that the right is contested whatever rights are seen beside it: another line was
+    # refused its container and vessel call because this right held them (``ReleaseRight.contested_at``),
+    # or, in a gate pass, another line holds a live right on this container at this terminal
+    # (``contested``), which the adapter cannot see.
     contested: bool = False
 
     @classmethod
@@ -433,6 +435,7 @@ class RightFacts:
             created_at=right.created_at,
             nomination=nomination,
             issuer=right.issuer_organisation_id,
+            contested=right.contested_at is not None,
         )
 
     def effective_state(self, now: datetime) -> str:

@@ -223,6 +223,9 @@ class ReleaseRight:
     pending_transfer: Transfer | None = None
     gate_in_at: datetime | None = None
     gate_out_at: datetime | None = None
+    # When another line was refused this right's container and vessel call (release_service/services/
+    # issue.py): the gate then answers review. Read only; no method of the aggregate sets or saves it.
+    contested_at: datetime | None = None
     version: int = 0
     pending_events: list[Event] = field(default_factory=list)
     changed_transfers: list[Transfer] = field(default_factory=list)

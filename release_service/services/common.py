@@ -65,7 +65,15 @@ def run(
             stored = uow.idempotency.claim(idempotency.client_id, idempotency.key, idempotency.fingerprint, now)
             if stored is not None:
                 return stored
-        result = action(uow)
+        try:
+            result = action(uow)
+        except DomainError as exc:
+            if exc.keep_effects:
+                # The trace stands; the key does not: a retry with it runs again and is refused again.
+                if idempotency is not None:
+                    uow.idempotency.forget(idempotency.client_id, idempotency.key)
+                uow.commit()
+            raise
         status, body = render(result)
         if idempotency is not None:
             uow.idempotency.complete(idempotency.client_id, idempotency.key, status, body)

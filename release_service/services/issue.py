@@ -72,7 +72,12 @@ def _build(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime,
 def issue(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime) -> tuple[ReleaseRight, Receipt]:
     acting_organisation_active(uow, actor)
     right = _build(uow, actor, cmd, now, {})
-    events = uow.releases.add(right)
+    created, events = uow.releases.add_many([right])
+    if right.id not in created:
+        refused = DomainError(ErrorCode.ACTIVE_RIGHT_EXISTS, f"A live release right already exists for "
+                              f"{right.container.value} on vessel call {right.vessel_call}.")
+        refused.keep_effects = contest_holders(uow, actor, [right], now) > 0
+        raise refused
     record_events(uow, right, events)
     alert_contested(uow, actor, [right], now)
     return right, receipt(right, events[-1])
@@ -109,6 +114,7 @@ def issue_batch(
         by_release.setdefault(e.release_id, []).append(e)
     record_many(uow, [(right, by_release[right.id]) for _, right in built if right.id in created])
     alert_contested(uow, actor, [right for _, right in built if right.id in created], now)
+    contest_holders(uow, actor, [right for _, right in built if right.id not in created], now)
     for index, right in built:
         if right.id in created:
             results.append(BatchItemResult(index, right.container.value, right.id, None))
@@ -154,3 +160,26 @@ def alert_contested(uow: UnitOfWork, actor: Actor, issued: Sequence[ReleaseRight
         uow.audit.append_many(entries)
         uow.outbox.publish(events)
     return len(entries)
+
+
+def contest_holders(uow: UnitOfWork, actor: Actor, refused: Sequence[ReleaseRight], now: datetime) -> int:
+    """Rights refused because a live right holds their container and vessel call: each such right that
+    another line issued is marked contested (once), and its line and port security are told, as in
+    ``alert_contested``. SPEC.md keeps one live right per container and vessel call, so the first issuer
+    holds the key; without the mark, a line with nothing to do with the container that issued it first
+    (the stay number is public) would lock the real carrier out and get it through the gate. With it,
+    the gate answers ``review`` ``container_contested`` for that right. How many were newly marked: the
+    caller commits them even though it refuses (``DomainError.keep_effects``)."""
+    assert actor.organisation_id is not None
+    marked = uow.releases.mark_contested(sorted({k for r in refused if (k := r.active_key)}), actor.organisation_id,
+                                         now)
+    if not marked:
+        return 0
+    uow.audit.append_many((CONTESTED_KIND, actor.as_dict(), str(m.id), {
+        "container_number": m.container, "terminal": m.terminal, "vessel_call": m.vessel_call,
+        "reason": g.Reason.CONTAINER_CONTESTED.value, "refused_issuer": str(actor.organisation_id)}, now)
+        for m in marked)
+    uow.outbox.publish([PublishedEvent(uuid.uuid4(), CONTESTED_EVENT, m.id, now, frozenset({m.issuer}), {
+        "container_number": m.container, "terminal": m.terminal, "reason": g.Reason.CONTAINER_CONTESTED.value})
+        for m in marked])
+    return len(marked)

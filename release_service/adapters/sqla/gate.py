@@ -51,6 +51,7 @@ _RIGHT_COLUMNS = (
     releases.c.commercial_status, releases.c.customs_status, releases.c.terminal_status, releases.c.valid_from,
     releases.c.valid_until, releases.c.created_at, releases.c.driver_person_id, releases.c.plate_text,
     releases.c.plate_country, releases.c.nomination_response, releases.c.issuer_organisation_id,
+    releases.c.contested_at,
 )
 
 _DECISION_COLUMNS = (
@@ -228,7 +229,7 @@ def right_facts(r: Any) -> RightFacts:
         id=r.id, container=r.container_number, terminal=r.terminal, state=r.state, blocked=bool(r.blocked),
         commercial=r.commercial_status, customs=r.customs_status, terminal_light=r.terminal_status,
         valid_from=r.valid_from, valid_until=r.valid_until, created_at=r.created_at, nomination=nomination,
-        issuer=r.issuer_organisation_id,
+        issuer=r.issuer_organisation_id, contested=r.contested_at is not None,
     )
 
 

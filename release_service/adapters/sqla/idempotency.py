@@ -42,6 +42,10 @@ class SqlIdempotency:
                 ) from None
             return int(row["status_code"]), row["body"]
 
+    def forget(self, client_id: str, key: str) -> None:
+        self._conn.execute(idempotency_keys.delete().where(
+            idempotency_keys.c.client_id == client_id, idempotency_keys.c.key == key))
+
     def complete(self, client_id: str, key: str, status_code: int, body: Any) -> None:
         self._conn.execute(
             idempotency_keys.update()

@@ -30,7 +30,7 @@ from release_service.domain.release import (
     Transfer,
     TransferState,
 )
-from release_service.ports import ReleaseFilter, StoredEvent
+from release_service.ports import ContestedRight, ReleaseFilter, StoredEvent
 
 # Kinds that see every right in their remit rather than only those they are party to.
 _SEE_BY_TERMINAL = OrgKind.TERMINAL
@@ -223,6 +223,20 @@ class SqlReleaseStore:
             self._conn.execute(release_parties.insert(), chunk)
         events = self._insert_events(kept, start_seq={r.id: 0 for r in kept})
         return created, events
+
+    def mark_contested(self, keys: Sequence[str], issuer: uuid.UUID, now: datetime) -> list[ContestedRight]:
+        if not keys:
+            return []
+        t = releases.c
+        marked = [ContestedRight(r.id, r.container_number, r.terminal, r.vessel_call, r.issuer_organisation_id)
+                  for r in self._conn.execute(
+                      releases.update().where(t.active_key.in_(list(keys)), t.issuer_organisation_id != issuer,
+                                              t.contested_at.is_(None))
+                      .values(contested_at=now)
+                      .returning(t.id, t.container_number, t.terminal, t.vessel_call, t.issuer_organisation_id))]
+        for container in sorted({m.container for m in marked}):
+            touch(self._conn, RIGHTS, container)
+        return marked
 
     def save(self, right: ReleaseRight) -> list[StoredEvent]:
         values = right_values(right)
@@ -454,6 +468,7 @@ def _right_from_row(row: Any, pending: Transfer | None) -> ReleaseRight:
         pending_transfer=pending,
         gate_in_at=row["gate_in_at"],
         gate_out_at=row["gate_out_at"],
+        contested_at=row.get("contested_at"),
         version=row["version"],
     )
 
