@@ -182,9 +182,14 @@ class ReleaseOut(BaseModel):
     lights: dict[str, LightOut]
     issuer_organisation_id: uuid.UUID
     holder_organisation_id: uuid.UUID
-    holders_chain: list[uuid.UUID] | None = None
-    pending_transfer: TransferOut | None
-    nomination: NominationOut | None
+    holders_chain: list[uuid.UUID] | None = Field(default=None, description=(
+        "The holders from the first party on (one right only). A past holder is shown it as far as the "
+        "company it passed the right to."))
+    pending_transfer: TransferOut | None = Field(description=(
+        "A transfer awaiting its recipient; null for a company of the chain that is not party to it."))
+    nomination: NominationOut | None = Field(description=(
+        "The driver and truck named; null for a company of the chain other than the holder (data "
+        "minimisation)."))
     valid_from: datetime
     valid_until: datetime
     gate_in_at: datetime | None
@@ -237,8 +242,13 @@ class EventOut(BaseModel):
     id: uuid.UUID
     seq: int
     type: str
-    actor: dict[str, Any]
-    data: dict[str, Any]
+    actor: dict[str, Any] = Field(description=(
+        "Who acted. A member's or driver's person_id, and a company the viewer does not know, are null "
+        "outside the viewer's own part."))
+    data: dict[str, Any] = Field(description=(
+        "What changed. A nomination's details (driver, plates, slot, screening, answer) are null for "
+        "every viewer but the line, customs, the terminal, port security, the company that made it and "
+        "its driver; a company outside the viewer's part of the chain is null."))
     at: datetime
 
 

@@ -1,0 +1,190 @@
+"""How much of a release right and of its history each party sees: data minimisation (GDPR Art. 5(1)(c)
+and Art. 25; a port community system such as Portbase or NxtPort CPu shows each party its own leg).
+
+Whether a party sees a right at all is ``services.common.can_see``; this module decides what of it::
+
+    viewer                                   the right                      its events
+    issuing line, customs, the right's       all                            all
+    terminal, port security
+    an organisation of the chain: the        its nomination and pending     in full: those of its own holds
+    current holder (the nominating           transfer only when they are    and of the transfers it was party
+    operator), a past holder, the            its own; the chain of holders  to. Of the others, type, time and
+    recipient of a pending offer             as far as it passed the right  state, the nomination details null
+                                                                            and unknown companies null
+    the nominated driver                     all (the nomination is his)    all, another driver's nominations
+                                                                            and answers null; no staff ids
+
+The line answers for the right and sees its whole history; customs, the terminal and port security
+oversee it. A transport operator's nomination does not travel with the right (``accept_transfer``
+clears it), so a driver and truck named by one holder are a third party's data to every other
+company of the chain, the holder before as much as the holder after: each sees the nominations of
+its own holds only. Fields stay in the payload with null (the published schema keeps its names).
+Webhooks need none of this: each event goes to its own audience only (``services.common.audience``).
+
+Standard library only (STYLE.md #1).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Protocol
+
+from .parties import HOLDER_KINDS, Actor, OrgKind
+from .release import ReleaseRight
+
+# Events whose data is all about one nomination: the driver, the truck, the slot, the screening and
+# the driver's answer. Shown to someone else, every key of them but the right's state is null.
+NOMINATION_EVENTS = frozenset({"release.nominated", "release.renominated", "release.nomination.accepted",
+                               "release.nomination.refused"})
+# Keys of event data that name a company of the chain.
+COUNTERPARTY_KEYS = ("from", "to", "holder")
+ISSUED = "release.issued"
+TRANSFER_REQUESTED = "release.transfer.requested"
+TRANSFER_ACCEPTED = "release.transfer.accepted"
+
+
+class Sight(StrEnum):
+    FULL = "full"  # the line, customs, the right's terminal, port security
+    CHAIN = "chain"  # a company that holds, held or is offered the right: its own leg
+    DRIVER = "driver"  # the nominated driver, a person acting for himself
+
+
+class EventLike(Protocol):
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def actor(self) -> Mapping[str, Any]: ...
+
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """An event's actor and data as one viewer is shown them."""
+
+    actor: dict[str, Any]
+    data: dict[str, Any]
+
+
+def sight(right: ReleaseRight, actor: Actor) -> Sight:
+    """Which view of a right the actor gets (it may see the right: ``can_see`` said so)."""
+    if actor.is_admin or actor.kind in (OrgKind.CUSTOMS, OrgKind.TERMINAL):
+        return Sight.FULL
+    if actor.organisation_id is None:
+        return Sight.DRIVER
+    if actor.organisation_id == right.issuer_organisation_id:
+        return Sight.FULL
+    return Sight.CHAIN
+
+
+def minimise_right(right: ReleaseRight, actor: Actor, chain: list[uuid.UUID] | None = None,
+                   ) -> tuple[ReleaseRight, list[uuid.UUID] | None]:
+    """The right and its chain of holders as the actor is shown them. A company of the chain that does
+    not hold the right sees no nomination (the holder's, never its own: a transfer clears it), no
+    transfer it is not party to, and the chain only as far as the holder it passed the right to."""
+    if sight(right, actor) is not Sight.CHAIN or actor.organisation_id == right.holder_organisation_id:
+        return right, chain
+    me = actor.organisation_id
+    pending = right.pending_transfer
+    mine = pending is not None and me in (pending.from_organisation_id, pending.to_organisation_id)
+    shown = replace(right, nomination=None, pending_transfer=pending if mine else None)
+    return shown, None if chain is None else visible_chain(chain, me)
+
+
+def visible_chain(chain: Sequence[uuid.UUID], me: uuid.UUID | None) -> list[uuid.UUID]:
+    """A past holder knows the chain up to the company it last passed the right to; the holder, or the
+    recipient of an offer that never held it, the whole of it."""
+    if me not in chain or chain[-1] == me:
+        return list(chain)
+    last = len(chain) - 1 - list(reversed(chain)).index(me)
+    return list(chain[: last + 2])
+
+
+def minimise_events(right: ReleaseRight, actor: Actor, events: Sequence[EventLike]) -> list[Shown]:
+    """Each event's actor and data as the actor is shown them, in order."""
+    view = sight(right, actor)
+    if view is Sight.FULL:
+        return [Shown(dict(e.actor), dict(e.data)) for e in events]
+    if view is Sight.DRIVER:
+        return [_for_driver(e, actor.person_id) for e in events]
+    return _for_chain(right, actor.organisation_id, events)
+
+
+def _for_driver(e: EventLike, me: uuid.UUID | None) -> Shown:
+    his = str(me) if me is not None else None
+    if e.type in NOMINATION_EVENTS and e.data.get("driver_person_id") != his:
+        return Shown(_without_person(e.actor, his), _nulled(e.data, e.data.keys()))
+    return Shown(_without_person(e.actor, his), dict(e.data))
+
+
+def _for_chain(right: ReleaseRight, me: uuid.UUID | None, events: Sequence[EventLike]) -> list[Shown]:
+    mine = str(me)
+    holder: str | None = None
+    chain: list[str] = []
+    transfers: dict[str, tuple[Any, Any]] = {}
+    own: list[bool] = []
+    for e in events:
+        if e.type == ISSUED:
+            holder = _text(e.data.get("holder"))
+            chain.append(str(holder))
+        tid = _text(e.data.get("transfer_id"))
+        if e.type == TRANSFER_REQUESTED and tid is not None:
+            transfers[tid] = (e.data.get("from"), e.data.get("to"))
+        party_to = tid is not None and mine in transfers.get(tid, ())
+        own.append(holder == mine or party_to)
+        if e.type == TRANSFER_ACCEPTED:
+            holder = _text(e.data.get("to"))
+            chain.append(str(holder))
+    known = {mine, str(right.issuer_organisation_id), str(right.holder_organisation_id)}
+    known.update(str(c) for c in visible_chain([uuid.UUID(c) for c in chain if _is_uuid(c)], me))
+    known.update(str(x) for pair in transfers.values() if mine in pair for x in pair)
+    return [Shown(dict(e.actor), dict(e.data)) if is_own else _foreign(e, mine, known)
+            for e, is_own in zip(events, own, strict=True)]
+
+
+def _foreign(e: EventLike, me: str, known: set[str]) -> Shown:
+    """Another company's event: what happened and when, not who was driven or which company got it."""
+    if e.type in NOMINATION_EVENTS:
+        data = _nulled(e.data, e.data.keys())
+    else:
+        data = _nulled(e.data, [k for k in COUNTERPARTY_KEYS if k in e.data and str(e.data[k]) not in known])
+    actor = dict(e.actor)
+    if actor.get("organisation_id") != me:
+        actor["person_id"] = None  # another company's member, or a driver
+    if actor.get("kind") in {k.value for k in HOLDER_KINDS} and actor.get("organisation_id") not in known:
+        actor.update(client_id=None, organisation_id=None)
+    return Shown(actor, data)
+
+
+def _nulled(data: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """The data with these keys null; the right's state after the event always stays."""
+    out = dict(data)
+    for k in keys:
+        if k != "state":
+            out[k] = None
+    return out
+
+
+def _without_person(actor: Mapping[str, Any], me: str | None) -> dict[str, Any]:
+    """A driver sees who acted by company and client, not which member or other driver did."""
+    out = dict(actor)
+    if out.get("person_id") != me:
+        out["person_id"] = None
+    return out
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
