@@ -152,19 +152,27 @@ def _revoke_carriers(conn: sa.Connection, grants: GrantStore, person_id: uuid.UU
     return sum(grants.revoke_grant(conn, gid, reason=reason, now=now) for gid in ids)
 
 
-def keep_an_officer(conn: sa.Connection, person_id: uuid.UUID, organisation_id: uuid.UUID) -> None:
+def keep_an_officer(conn: sa.Connection, person_id: uuid.UUID, organisation_id: uuid.UUID | None) -> None:
     """Refuse (``last_port_security_officer``) unless a standing officer other than this membership
-    remains (module docstring), in the caller's transaction. Every standing officer's membership row
-    is locked until it ends (FOR UPDATE; SQLite's writers run one at a time): a concurrent removal or
-    dating of another one waits, then reads this one's outcome."""
-    standing = conn.execute(
+    remains (module docstring), in the caller's transaction; ``organisation_id`` None: other than this
+    person (a suspension takes every role of his away).
+
+    Every standing officer's membership row is locked until the transaction ends (FOR UPDATE; SQLite's
+    writers run one at a time), whatever the person's status: a concurrent removal, dating or suspension
+    of another one waits for it. Then the officers' statuses are read in a statement of their own, so
+    under READ COMMITTED a waiter sees a suspension that committed meanwhile (a status in the locking
+    statement itself would be its snapshot's). The person rows are not locked: a removal holds its
+    person's row (enrolment.lock_person), and two removals locking each other's would deadlock."""
+    locked = conn.execute(
         sa.select(memberships.c.person_id, memberships.c.organisation_id)
-        .join(persons, persons.c.id == memberships.c.person_id)
-        .where(memberships.c.role == PORT_SECURITY_ROLE, memberships.c.valid_until.is_(None),
-               persons.c.status == "active")
+        .where(memberships.c.role == PORT_SECURITY_ROLE, memberships.c.valid_until.is_(None))
         .order_by(memberships.c.person_id, memberships.c.organisation_id)
         .with_for_update(of=memberships)).all()
-    if not any((p, o) != (person_id, organisation_id) for p, o in standing):
+    others = [(p, o) for p, o in locked
+              if (p != person_id if organisation_id is None else (p, o) != (person_id, organisation_id))]
+    active = set(conn.execute(sa.select(persons.c.id).where(
+        persons.c.id.in_(sorted({p for p, _ in others})), persons.c.status == "active")).scalars()) if others else set()
+    if not any(p in active for p, _ in others):
         log.info("identity.membership.refused.last_port_security_officer")
         raise MembershipRefused("last_port_security_officer",
                                 "Port security keeps at least one officer whose role does not expire.")

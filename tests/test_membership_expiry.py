@@ -267,3 +267,60 @@ def test_two_removals_of_the_last_two_officers_leave_one(pg_world: World) -> Non
     _problem(done_two[0], 409, "last_port_security_officer")
     assert waited
     assert {(p, until) for p, _, until in _officers(w) if until is None} == {(c, None)}
+
+
+def _suspend(w: World, token: str, person: uuid.UUID) -> Any:
+    w.http.cookies.clear()
+    return w.http.post(f"/admin/v1/persons/{person}:suspend", headers=_auth(token),
+                       json={"reason": "suspected of selling PINs"})
+
+
+def test_the_last_standing_officer_is_not_suspended_through_the_api(world: World) -> None:
+    """Review 104: a dated officer suspended the last standing one, then his own role ran out, and port
+    security had no officer. The suspension is refused as a removal is; with a second standing officer
+    it goes through."""
+    security = world.security_officer
+    [(own_org, _)] = world.roles(security)
+    second = world.flow.person(given="Lies", family="Jacobs")
+    assert _give(world, world.security, second, own_org, "port_security_admin").status_code == 201
+    other = world.sign_in(second)["access_token"]
+    assert _give(world, other, security, own_org, "port_security_admin", _hour()).status_code == 200
+    _problem(_suspend(world, world.security, second), 409, "last_port_security_officer")
+    assert _officers(world) and "identity.admin.person.suspended" not in {k for k in _kinds(world)}
+    third = world.flow.person(given="Ann", family="Jacobs")
+    assert _give(world, other, third, own_org, "port_security_admin").status_code == 201
+    r = _suspend(world, world.security, second)
+    assert r.status_code == 200 and r.json()["status"] == "suspended", r.text
+
+
+def _kinds(w: World) -> list[str]:
+    with w.engine.connect() as conn:
+        return list(conn.execute(sa.select(audit_log.c.kind)).scalars())
+
+
+def test_a_removal_racing_a_suspension_of_the_last_two_standing_officers_leaves_one(pg_world: World) -> None:
+    """b and c stand; a and d are dated. d suspends c while a removes b: whichever commits first, the
+    other waits on its lock, reads its outcome (a suspended person is no standing officer) and refuses."""
+    w = pg_world
+    a = w.security_officer
+    [(org, _)] = w.roles(a)
+    b, c, d = (w.flow.person(given=n, family="Jacobs") for n in ("Lies", "Tom", "Ann"))
+    for officer in (b, c, d):
+        w.flow.member(officer, org, "port_security_admin")
+    as_d = w.sign_in(d)["access_token"]
+    with w.engine.begin() as conn:
+        conn.execute(memberships.update().where(memberships.c.person_id.in_([a, d])).values(valid_until=_hour()))
+    with HeldBeforeCommit(w.engine, "UPDATE persons") as first:
+        one, done_one = in_thread(lambda: _suspend(w, as_d, c))
+        assert first.held.wait(10)
+        two, done_two = in_thread(lambda: w.remove(w.security, b, org, "port_security_admin"))
+        waited = waits_on_a_lock(w.engine, two, seconds=3)
+        first.go.set()
+        one.join(20)
+        two.join(20)
+    assert done_one[0].status_code == 200, done_one[0].text
+    _problem(done_two[0], 409, "last_port_security_officer")
+    assert waited
+    with w.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM persons WHERE id = :b"), {"b": b}).scalar() == "active"
+    assert (b, None) in {(p, until) for p, _, until in _officers(w)}

@@ -798,7 +798,8 @@ def suspend_person(person_id: uuid.UUID, request: Request, body: PersonSuspendIn
 
     def suspend(engine: sa.Engine, actor: str, now: datetime) -> dict[str, Any]:
         cut = cutoff.suspend_person(engine, sessions=sessions_for(request.app), grants=grants_for(request.app),
-                                    person_id=person_id, actor=actor, reason=body.reason, now=now)
+                                    person_id=person_id, actor=actor, reason=body.reason, now=now,
+                                    guard=lambda conn: keep_an_officer(conn, person_id, None))
         return {"status": "suspended", "sessions_ended": cut.sessions_ended, "grants_revoked": cut.grants_revoked}
 
     return _change_person_status(request, person_id, suspend, own=("own_suspension",
@@ -842,6 +843,8 @@ def _change_person_status(request: Request, person_id: uuid.UUID,
         answer = change(container.engine, caller.actor, container.clock.now())
     except cutoff.PersonStatusRefused as exc:
         return problem(_PERSON_STATUS.get(exc.code, 422), exc.code, exc.message, instance=request.url.path)
+    except MembershipRefused as exc:  # port security keeps a standing officer (a suspension)
+        return problem(409, exc.code, exc.message, instance=request.url.path)
     return JSONResponse({"id": str(person_id), **answer})
 
 

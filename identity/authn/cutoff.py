@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -140,15 +141,20 @@ def cut_off(conn: sa.Connection, *, sessions: SessionStore, grants: GrantStore, 
 
 
 def suspend_person(engine: sa.Engine, *, sessions: SessionStore, grants: GrantStore, person_id: uuid.UUID,
-                   actor: str, reason: str | None, now: datetime) -> CutOff:
+                   actor: str, reason: str | None, now: datetime,
+                   guard: Callable[[sa.Connection], None] | None = None) -> CutOff:
     """Suspend an active person and cut them off, in one transaction: the status is set by one
     conditional UPDATE (STYLE.md #4), so of two suspensions at once one is done and the other is told
-    status_unchanged. ``actor`` as badge histories store it (identity.audit.actor_fields)."""
+    status_unchanged. ``actor`` as badge histories store it (identity.audit.actor_fields). ``guard``:
+    run in the transaction once the status is set, its exception refusing the whole suspension (the
+    admin API's: port security keeps a standing officer, identity.memberships.keep_an_officer)."""
     said = _said(reason)
     with engine.begin() as conn:
         # The UPDATE locks the person's row (as enrolment.lock_person): a registration in flight ends
         # before it or waits for it (module docstring); so does a login (sessions.hold_person).
         _set_status(conn, person_id, was="active", to="suspended", use="suspend")
+        if guard is not None:
+            guard(conn)
         cut = cut_off(conn, sessions=sessions, grants=grants, person_id=person_id, keep=None,
                       reason="person_suspended", now=now)
         codes = enrolment.end_live_codes(conn, person_id, now=now)
