@@ -270,7 +270,7 @@
           t("console.remove_membership"));
         li.appendChild(QG.el("span", null, m.organisation_name + " · " + t("console.member_" + m.role) +
           (m.organisation_active ? "" : " · " + t("console.inactive")) +
-          (m.valid_until ? " · " + (m.expired ? t("console.member_expired") : t("console.member_until", {date: day(m.valid_until)})) : "")));
+          (m.valid_until ? " · " + (m.expired ? t("console.member_expired") : t("console.member_until", {date: dayShown(m.valid_until)})) : "")));
         btn.addEventListener("click", function () { removeMembership(btn, m); });
         li.appendChild(btn); members.appendChild(li);
       });
@@ -290,7 +290,7 @@
   }
 
   // A role's end as a date with its year (QG.when's styles leave the year out).
-  function day(iso) {
+  function dayShown(iso) {
     return new Date(iso).toLocaleDateString(document.documentElement.lang || "en",
                                             {year: "numeric", month: "short", day: "numeric"});
   }
@@ -300,7 +300,7 @@
     if (!person) return;
     var body = {organisation_id: $("m-org").value.trim(), role: $("m-role").value};
     // A date: the role counts to the end of that day where the officer is (sent with its offset, in UTC).
-    if ($("m-until").value) body.valid_until = new Date($("m-until").value + "T23:59:59").toISOString();
+    if ($("m-until").value) body.valid_until = day($("m-until"));
     QG.busy($("do-member"), true);
     api("POST", "/persons/" + encodeURIComponent(person) + "/memberships", body).then(function () {
       $("member-form").reset(); QG.say($("msg"), t("console.done"), true); loadPerson();
