@@ -630,7 +630,8 @@ def test_the_app_wires_screening_and_the_puller_from_settings(engine: sa.Engine,
 
     url = str(engine.url.render_as_string(hide_password=False))
     for jwk, expected in ((None, type(None)), (register.public_jwk, StoredBanScreening)):
-        settings = Settings(var_dir=tmp_path, database_url=url, ban_register_jwk=jwk)
+        # The face workers' warm-up (models loaded in a process per core, some 15 s) is beside the point.
+        settings = Settings(var_dir=tmp_path, database_url=url, ban_register_jwk=jwk, face_warm_up=False)
         c = Container(settings=settings, engine=engine, cache=MemoryCache(),
                       cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
         app = create_app(settings, container=c)
