@@ -168,6 +168,8 @@ def keep_an_officer(conn: sa.Connection, person_id: uuid.UUID, organisation_id: 
         .where(memberships.c.role == PORT_SECURITY_ROLE, memberships.c.valid_until.is_(None))
         .order_by(memberships.c.person_id, memberships.c.organisation_id)
         .with_for_update(of=memberships)).all()
+    if organisation_id is None and all(p != person_id for p, _ in locked):
+        return  # suspending someone who is no standing officer takes none away
     others = [(p, o) for p, o in locked
               if (p != person_id if organisation_id is None else (p, o) != (person_id, organisation_id))]
     active = set(conn.execute(sa.select(persons.c.id).where(
