@@ -242,19 +242,26 @@ def _officers(w: World) -> list[Any]:
                                  .where(memberships.c.role == "port_security_admin")))
 
 
-def test_two_removals_of_the_last_two_officers_leave_one(pg_world: World) -> None:
-    """Two dated officers remove the last two standing ones, b and c, at once. The first removal is
-    held just before its commit; the second waits on its lock, then reads b gone and refuses. A plain
-    read let both commit, and port security had no standing officer left."""
-    w = pg_world
+def _two_standing(w: World) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, str]:
+    """Four officers of port security's organisation: a (the world's) and d dated, b and c the last two
+    standing ones. The organisation, b, c, and d's access token."""
     a = w.security_officer
     [(org, _)] = w.roles(a)
     b, c, d = (w.flow.person(given=n, family="Jacobs") for n in ("Lies", "Tom", "Ann"))
     for officer in (b, c, d):
         w.flow.member(officer, org, "port_security_admin")
     as_d = w.sign_in(d)["access_token"]
-    with w.engine.begin() as conn:  # a and d are dated: b and c are the last two standing officers
+    with w.engine.begin() as conn:
         conn.execute(memberships.update().where(memberships.c.person_id.in_([a, d])).values(valid_until=_hour()))
+    return org, b, c, as_d
+
+
+def test_two_removals_of_the_last_two_officers_leave_one(pg_world: World) -> None:
+    """Two dated officers remove the last two standing ones, b and c, at once. The first removal is
+    held just before its commit; the second waits on its lock, then reads b gone and refuses. A plain
+    read let both commit, and port security had no standing officer left."""
+    w = pg_world
+    org, b, c, as_d = _two_standing(w)
     with HeldBeforeCommit(w.engine, "DELETE FROM memberships") as first:
         one, done_one = in_thread(lambda: w.remove(w.security, b, org, "port_security_admin"))
         assert first.held.wait(10)
@@ -302,14 +309,7 @@ def test_a_removal_racing_a_suspension_of_the_last_two_standing_officers_leaves_
     """b and c stand; a and d are dated. d suspends c while a removes b: whichever commits first, the
     other waits on its lock, reads its outcome (a suspended person is no standing officer) and refuses."""
     w = pg_world
-    a = w.security_officer
-    [(org, _)] = w.roles(a)
-    b, c, d = (w.flow.person(given=n, family="Jacobs") for n in ("Lies", "Tom", "Ann"))
-    for officer in (b, c, d):
-        w.flow.member(officer, org, "port_security_admin")
-    as_d = w.sign_in(d)["access_token"]
-    with w.engine.begin() as conn:
-        conn.execute(memberships.update().where(memberships.c.person_id.in_([a, d])).values(valid_until=_hour()))
+    org, b, c, as_d = _two_standing(w)
     with HeldBeforeCommit(w.engine, "UPDATE persons") as first:
         one, done_one = in_thread(lambda: _suspend(w, as_d, c))
         assert first.held.wait(10)

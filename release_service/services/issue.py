@@ -127,8 +127,13 @@ def issue_batch(
     return results
 
 
-CONTESTED_EVENT = "release.container_contested"
-CONTESTED_KIND = "release.container_contested"
+# The webhook's event type and the audit entry's kind, as for the engine's own events.
+CONTESTED = "release.container_contested"
+
+
+def _contested_payload(container: str, terminal: str) -> dict[str, str]:
+    """What a contest says to a line about its own right: never the other line."""
+    return {"container_number": container, "terminal": terminal, "reason": g.Reason.CONTAINER_CONTESTED.value}
 
 
 def alert_contested(uow: UnitOfWork, actor: Actor, issued: Sequence[ReleaseRight], now: datetime) -> int:
@@ -147,13 +152,11 @@ def alert_contested(uow: UnitOfWork, actor: Actor, issued: Sequence[ReleaseRight
         others = g.rivals(found, facts, terminal=right.terminal, now=now)
         if not others:
             continue
-        payload = {"container_number": right.container.value, "terminal": right.terminal,
-                   "reason": g.Reason.CONTAINER_CONTESTED.value}
+        payload = _contested_payload(right.container.value, right.terminal)
         for about in (facts, *others):
             assert about.issuer is not None
-            events.append(PublishedEvent(uuid.uuid4(), CONTESTED_EVENT, about.id, now, frozenset({about.issuer}),
-                                         payload))
-        entries.append((CONTESTED_KIND, actor.as_dict(), str(right.id), {
+            events.append(PublishedEvent(uuid.uuid4(), CONTESTED, about.id, now, frozenset({about.issuer}), payload))
+        entries.append((CONTESTED, actor.as_dict(), str(right.id), {
             **payload, "rights": [str(r.id) for r in others],
             "issuers": sorted({str(r.issuer) for r in others})}, now))
     if entries:
@@ -175,11 +178,9 @@ def contest_holders(uow: UnitOfWork, actor: Actor, refused: Sequence[ReleaseRigh
                                          now)
     if not marked:
         return 0
-    uow.audit.append_many((CONTESTED_KIND, actor.as_dict(), str(m.id), {
-        "container_number": m.container, "terminal": m.terminal, "vessel_call": m.vessel_call,
-        "reason": g.Reason.CONTAINER_CONTESTED.value, "refused_issuer": str(actor.organisation_id)}, now)
-        for m in marked)
-    uow.outbox.publish([PublishedEvent(uuid.uuid4(), CONTESTED_EVENT, m.id, now, frozenset({m.issuer}), {
-        "container_number": m.container, "terminal": m.terminal, "reason": g.Reason.CONTAINER_CONTESTED.value})
-        for m in marked])
+    uow.audit.append_many((CONTESTED, actor.as_dict(), str(m.id), {
+        **_contested_payload(m.container, m.terminal), "vessel_call": m.vessel_call,
+        "refused_issuer": str(actor.organisation_id)}, now) for m in marked)
+    uow.outbox.publish([PublishedEvent(uuid.uuid4(), CONTESTED, m.id, now, frozenset({m.issuer}),
+                                       _contested_payload(m.container, m.terminal)) for m in marked])
     return len(marked)
