@@ -3,29 +3,22 @@ leg of a right. One right travels line -> forwarder -> haulier (nominates driver
 haulier 2 (nominates driver 2, who accepts); each viewer then reads it over HTTP, on SQLite and on
 PostgreSQL, and what it must not see is looked for in the whole answer."""
 
+# ruff: noqa: F811 - ``api`` is a fixture imported here and requested by name
+
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
-from fastapi.testclient import TestClient
 
-from quaygate.app import create_app
-from quaygate.cache import MemoryCache
-from quaygate.container import Container, SystemClock
-from quaygate.crypto import DataCipher
-from quaygate.settings import Settings
 from release_service.domain import disclosure
 from release_service.services import queries
 
 from .factories import add_driver, do
-from .test_release_driver_api import DriverApi
+from .test_release_driver_api import DriverApi, api  # noqa: F401 - ``api`` is a fixture requested by name
 
 PLATE_1, PLATE_2 = "1ABC123", "2XYZ987"  # as stored (separators dropped)
 TRAILER_1, TRAILER_2 = "QAA111", "QBB222"
@@ -37,16 +30,6 @@ class Trip:
     rid: str
     driver1: uuid.UUID
     driver2: uuid.UUID
-
-
-@pytest.fixture
-def api(engine: sa.Engine, tmp_path: Path) -> Iterator[DriverApi]:
-    settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
-                        background_workers=False)
-    c = Container(settings=settings, engine=engine, cache=MemoryCache(),
-                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
-    with TestClient(create_app(settings, container=c)) as http:
-        yield DriverApi(http, engine)
 
 
 def _ok(r: Any, status: int = 200) -> dict[str, Any]:
