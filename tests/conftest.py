@@ -220,6 +220,70 @@ def _caches_held_their_data_since_long_before(request: pytest.FixtureRequest, mo
     monkeypatch.setattr(MemoryCache, "__init__", long_ago)
 
 
+class _MadeKeys:
+    """RSA key pairs made once per test process and handed out in order within each test, in place of
+    joserfc's ``RSAKey.generate_key``: every key is a real one of the size asked, and within one test
+    no two are the same (a rotation, a second provider, a foreign key each get their own), but the n-th
+    key of every test is the same pair. Making a 2048-bit pair takes 36-200 ms, and nearly every test
+    builds an identity provider whose signing keys are made afresh on an emptied database: a sixth of
+    the suite's CPU went there (py-spy, thirty-first session)."""
+
+    def __init__(self) -> None:
+        from joserfc.jwk import RSAKey
+
+        self._generate = RSAKey.generate_key
+        self._made: dict[int, list[dict[str, object]]] = {}
+        self._taken: Counter[int] = Counter()
+
+    def start_test(self) -> None:
+        self._taken.clear()
+
+    def generate(self, cls: type, key_size: int | None = 2048, parameters: dict[str, object] | None = None,
+                 private: bool = True, auto_kid: bool = False) -> object:
+        size = key_size or 2048
+        made = self._made.setdefault(size, [])
+        n = self._taken[size]
+        self._taken[size] += 1
+        if n == len(made):
+            made.append(self._generate(size).as_dict(private=True))
+        key = cls.import_key({**made[n], **(parameters or {})})  # type: ignore[attr-defined]
+        if not private:
+            key = cls.import_key({**key.as_dict(private=False), **(parameters or {})})  # type: ignore[attr-defined]
+        if auto_kid:
+            key.ensure_kid()
+        return key
+
+
+_MADE_KEYS: _MadeKeys | None = None
+CHEAP_SCRYPT = {"n": 2**4, "r": 8, "p": 1}
+
+
+@pytest.fixture(autouse=True)
+def _secrets_and_keys_cheap(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Client secrets hashed at a cheap scrypt cost, RSA keys taken from ``_MadeKeys``: together half
+    the CPU of the gate, release and broker tests, spent on work whose strength is beside their point.
+    A hash records its cost and ``verify_secret`` follows it, so nothing else changes; secrets a server
+    process hashes itself keep the production cost. Tests of the costs themselves ask for
+    ``production_costs``."""
+    if "production_costs" in request.fixturenames:
+        return
+    global _MADE_KEYS
+    from joserfc.jwk import RSAKey
+
+    from identity import clients
+
+    if _MADE_KEYS is None:
+        _MADE_KEYS = _MadeKeys()
+    _MADE_KEYS.start_test()
+    monkeypatch.setattr(clients, "_SCRYPT", CHEAP_SCRYPT)
+    monkeypatch.setattr(RSAKey, "generate_key", classmethod(_MADE_KEYS.generate))
+
+
+@pytest.fixture
+def production_costs() -> None:
+    """Client secrets hashed and RSA keys made as in production (see ``_secrets_and_keys_cheap``)."""
+
+
 @pytest.fixture
 def epochs_as_made() -> None:
     """In-process caches begin their dataset when they are made, as in a server (see above)."""

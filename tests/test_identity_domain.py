@@ -170,9 +170,9 @@ def test_claims_map_to_the_release_service_actor() -> None:
     assert actor.scopes == {"gate:verify"} and "terminal_gate" in actor.roles
 
 
-def test_client_secrets_are_salted_slow_hashes() -> None:
+def test_client_secrets_are_salted_slow_hashes(production_costs: None) -> None:
     encoded = hash_secret("s3cret")
-    assert encoded.startswith("scrypt$") and "s3cret" not in encoded
+    assert encoded.startswith("scrypt$16384$8$1$") and "s3cret" not in encoded  # RFC 7914's interactive cost
     assert encoded != hash_secret("s3cret")  # salted
     assert verify_secret("s3cret", encoded)
     assert not verify_secret("s3cret!", encoded)
@@ -180,3 +180,32 @@ def test_client_secrets_are_salted_slow_hashes() -> None:
     assert not verify_secret("s3cret", None)
     assert not verify_secret("s3cret", "plain$s3cret")
     assert not verify_secret("s3cret", "scrypt$x$8$1$AA$AA")
+
+
+def test_a_secret_is_checked_at_the_cost_its_hash_records(production_costs: None) -> None:
+    """Tests hash their clients' secrets cheaply (tests/conftest.py); a server checks them all the same,
+    for the cost travels in the hash, and a hash altered to claim another cost does not match."""
+    cheap = "scrypt$16$8$1$" + hash_secret("s3cret").split("$", 4)[4]
+    assert not verify_secret("s3cret", cheap)  # the same salt and digest at another cost
+    from identity import clients
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(clients, "_SCRYPT", {"n": 16, "r": 8, "p": 1})
+        encoded = hash_secret("s3cret")
+    assert encoded.startswith("scrypt$16$8$1$") and verify_secret("s3cret", encoded)
+    assert not verify_secret("s3cret!", encoded)
+
+
+def test_keys_made_in_tests_are_real_and_distinct_within_a_test() -> None:
+    """tests/conftest.py hands out RSA keys made once per process: each is a real pair of the size asked,
+    with the parameters asked, and no test gets one key twice."""
+    from joserfc.jwk import RSAKey
+
+    first = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"}, auto_kid=True)
+    second = RSAKey.generate_key(2048, parameters={"use": "enc", "alg": "RSA-OAEP-256"})
+    public = RSAKey.generate_key(2048, private=False)
+    assert first.get("alg") == "RS256" and first.get("use") == "sig" and first.kid
+    assert second.get("alg") == "RSA-OAEP-256" and second.is_private and not public.is_private
+    moduli = {k.as_dict(private=False)["n"] for k in (first, second, public)}
+    assert len(moduli) == 3
+    assert first.private_key.key_size == 2048  # type: ignore[union-attr]
