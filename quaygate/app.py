@@ -22,7 +22,7 @@ from identity.api.bans import FEED_BODY_SECONDS
 from identity.api.bans import router as ban_admin_router
 from identity.api.broker import router as broker_router
 from identity.api.face import router as face_router
-from identity.api.management import router as identity_management_router
+from identity.api.management import ROUTERS as identity_management_routers
 from identity.api.passkeys import router as passkey_router
 from identity.api.routes import build_router as identity_router
 from identity.bans.feed import MAX_FEED_BYTES
@@ -49,7 +49,7 @@ from .container import Container
 from .dataset import UnsuitableRedis
 from .loopdb import LoopDatabase
 from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event
-from .routing import BIG_BODY_FACTOR, ExactRoutes
+from .routing import BIG_BODY_FACTOR, ExactRoutes, include
 from .settings import DEFAULT_BODY_SECONDS, Mode, Settings
 from .threads import ThreadPool
 from .workers import BackgroundWorkers, start_gate_facts
@@ -323,21 +323,22 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     # the gate verify (issue 5), the token endpoint, passkey login, the release API; the pages and
     # the admin routes last.
     identity_routes = identity_router()
-    app.include_router(gate_router)
-    app.include_router(gate_offline_router)  # issue 5: gate passes, offline decisions
-    app.include_router(identity_routes)
-    app.include_router(passkey_router)
-    app.include_router(release_router)
-    app.include_router(identity_management_router)
-    app.include_router(badge_admin_router)  # issue 4: /admin/v1/badges
-    app.include_router(webhook_router)
-    app.include_router(broker_router)  # issue 6: brokered login at upstream providers (itsme)
-    app.include_router(face_router)  # issue 6: face enrolment (badge office) and the face step-up
-    app.include_router(web_router)
+    include(app, gate_router)
+    include(app, gate_offline_router)  # issue 5: gate passes, offline decisions
+    include(app, identity_routes)
+    include(app, passkey_router)
+    include(app, release_router)
+    for management in identity_management_routers:
+        include(app, management)
+    include(app, badge_admin_router)  # issue 4: /admin/v1/badges
+    include(app, webhook_router)
+    include(app, broker_router)  # issue 6: brokered login at upstream providers (itsme)
+    include(app, face_router)  # issue 6: face enrolment (badge office) and the face step-up
+    include(app, web_router)
     # Issue 4, the admin console: /admin/v1/bans (feed import, alerts) and the /console/ pages.
-    app.include_router(ban_admin_router)
-    app.include_router(gate_policy_router)  # issue 5: /admin/v1/terminals/{code}/gate-policy
-    app.include_router(console_router)
+    include(app, ban_admin_router)
+    include(app, gate_policy_router)  # issue 5: /admin/v1/terminals/{code}/gate-policy
+    include(app, console_router)
     # Before all of them, the busiest routes by exact path: one dictionary lookup instead of FastAPI's
     # walk through the included routers (quaygate/routing.py); the same route objects either way.
     # The gate verify, the busiest of all, parses its own body (release_service/api/gate.py verify_lean).

@@ -19,7 +19,7 @@ from starlette.routing import Match
 
 from quaygate.app import HOT_ROUTES, create_app
 from quaygate.cache import MemoryCache
-from quaygate.routing import ExactRoutes
+from quaygate.routing import ExactRoutes, include
 from quaygate.settings import Settings
 
 from .aio import run_async
@@ -329,3 +329,26 @@ def test_a_server_that_built_its_own_container_freezes_its_start_up_objects_once
             "_freeze_startup_objects(); assert gc.get_freeze_count() > 1000, gc.get_freeze_count(); "
             "assert not any(o is kept for o in gc.get_objects())")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)  # noqa: S603 - our own code
+
+
+def test_a_router_s_routes_are_served_as_they_are_and_a_nested_router_is_refused() -> None:
+    """quaygate.routing.include: the app serves the router's own route objects (no copy FastAPI derives
+    per app on the first request), with the app's body limit still over them, and refuses a router with
+    another included in it, whose prefix, tags or dependencies a plain copy would drop."""
+    router = APIRouter(prefix="/r")
+
+    @router.post("/echo")
+    def echo(body: dict[str, str]) -> dict[str, str]:
+        return body
+
+    app = FastAPI(max_body_size=64)
+    include(app, router)
+    assert app.router.routes[-1] is router.routes[0]
+    with TestClient(app) as http:
+        assert http.post("/r/echo", json={"a": "b"}).json() == {"a": "b"}
+        assert http.post("/r/echo", json={"a": "b" * 100}).status_code == 413
+
+    outer = APIRouter(tags=["outer"])
+    outer.include_router(router)
+    with pytest.raises(TypeError, match="only a router's own routes"):
+        include(FastAPI(), outer)

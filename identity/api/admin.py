@@ -62,7 +62,7 @@ PORT_SECURITY_ROLE = "port_security_admin"  # claims.CONSOLE_ADMIN_ROLES: organi
 CONSOLE_SESSION_MAX = 12 * 3600
 CONSOLE_RESERVED_CLIENT_ROLES = frozenset({ClientRole.ADMIN.value, ClientRole.ADMIN_CONSOLE.value})
 
-router = APIRouter(prefix="/admin/v1", tags=["identity admin"], route_class=AdmitFirst)
+router = APIRouter(prefix="/admin/v1", tags=["identity", "identity admin"], route_class=AdmitFirst)
 _ERRORS = problem_responses(401, 403, 404, 422)
 
 

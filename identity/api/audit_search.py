@@ -28,7 +28,7 @@ from release_service.api.problems import problem, problem_responses
 
 from .admin import PORT_SECURITY_ROLE, AdminRefused, admin_caller, audit_read, require_role
 
-router = APIRouter(prefix="/admin/v1", tags=["identity admin"])
+router = APIRouter(prefix="/admin/v1", tags=["identity", "identity admin"])
 
 PAGE_MAX = 200
 _ACTION = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
