@@ -41,7 +41,7 @@ from . import test_gate_facts
 from .factories import TERMINAL, add_org, container
 from .test_gate_domain import DRIVER, NOW, OTHER_TERMINAL, a_badge, a_request, a_right, run
 from .test_gate_domain import TERMINAL as TERMINAL_HERE
-from .test_gate_offline import passes, payload
+from .test_gate_offline import _post, _report, passes, payload
 from .test_gate_verify import PLATE, Gate, gate  # noqa: F401
 from .test_release_api import assert_problem
 
@@ -436,3 +436,144 @@ def test_the_rule_ignores_rights_of_other_containers_in_the_list() -> None:
     assert g.contested([ours, stranger], ours, terminal=ours.terminal, now=NOW) is False
     assert g.contested([ours, _theirs()], ours, terminal=ours.terminal, now=NOW) is True
     assert DRIVER != ROGUE_DRIVER
+
+
+@pytest.mark.parametrize("how", ["another_right", "marked"])
+def test_an_offline_gate_in_on_a_pass_from_before_the_contest_is_recorded_and_flagged(gate: Gate, how: str) -> None:
+    """The adapter's pass said the container was not contested (it was not, then); another line then
+    issued it (a live right of its own here) or was refused it over this right (the mark); the service is
+    down and the truck comes. The pass allows it, as it must; the reconcile records the gate-in (the truck
+    is in) and flags it ``changed_after_pass`` with ``container_contested``, for port security to settle
+    from the discharge records, as online would have put it under review."""
+    rid = gate.pickable(15)
+    token = next(t for t in passes(gate).json()["passes"] if payload(t)["sub"] == rid)
+    assert payload(token)["right"]["contested"] is False
+    report = _report(gate, 15, token=token)
+    if how == "another_right":
+        _rogue(gate, 15)
+    else:
+        _rogue_line(gate)
+        now = datetime.now(UTC)
+        r = gate.http.post("/api/v1/releases", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"}, json={
+            "container_number": container(15), "bill_of_lading": "ROGUE-15", "vessel_call": "VC-1",
+            "terminal": TERMINAL, "release_to_organisation_id": str(gate.p.haul.organisation_id),
+            "valid_from": now.isoformat(), "valid_until": (now + timedelta(days=3)).isoformat()})
+        assert_problem(r, 409, "active_right_exists")
+    got = _post(gate, report)
+    assert got.status_code == 200, got.text
+    assert (got.json()["verdict"], got.json()["flag"]) == ("flagged", "changed_after_pass")
+    assert gate.state(rid) == "gated_in"
+    with gate.engine.connect() as conn:
+        data = conn.execute(sa.select(audit_log.c.data).where(
+            audit_log.c.kind == "release.gate_offline_flagged", audit_log.c.subject == rid)).scalar_one()
+    assert data["changed_since_pass"] == ["container_contested"]
+
+
+def test_an_offline_gate_in_with_no_contest_is_recorded_clean(gate: Gate) -> None:
+    """The same gate-in with no other line's right on the container: no flag (the check above is this
+    one's contest, not the reconcile's habit)."""
+    rid = gate.pickable(16)
+    token = next(t for t in passes(gate).json()["passes"] if payload(t)["sub"] == rid)
+    got = _post(gate, _report(gate, 16, token=token))
+    assert got.status_code == 200, got.text
+    assert (got.json()["verdict"], got.json()["flag"]) == ("recorded", None)
+
+
+def _real_issue(gate: Gate, n: int) -> Any:
+    now = datetime.now(UTC)
+    return gate.http.post("/api/v1/releases", headers=gate.as_("line"), json={
+        "container_number": container(n), "bill_of_lading": f"BL-{n}", "vessel_call": "VC-1", "terminal": TERMINAL,
+        "release_to_organisation_id": str(gate.p.fwd.organisation_id), "valid_from": now.isoformat(),
+        "valid_until": (now + timedelta(days=3)).isoformat()})
+
+
+@pytest.mark.parametrize("shed", ["again_on_another_call", "revoked_and_again_on_the_real_call",
+                                  "issued_before_on_another_call"])
+def test_a_squatting_line_cannot_shed_the_contest_with_another_right(gate: Gate, shed: str) -> None:
+    """Review 105 (high): the contest mark sat on the one right that held the real vessel call, so the
+    squatting line, told of it, issued the container again (on another vessel call, or on the real one
+    after revoking the marked right), nominated its driver there, and the gate let him through on the
+    unmarked right. The mark is the line's on the container at this terminal: its rights there from
+    before are marked with the holding one, and those it issues after are born marked."""
+    n = 20
+    earlier = _rogue(gate, n, vessel_call="VC-66") if shed == "issued_before_on_another_call" else None
+    rogue, _ = _squat(gate, n) if earlier is None else (_rogue(gate, n, vessel_call="vc 1"), None)
+    assert_problem(_real_issue(gate, n), 409, "active_right_exists")
+    if shed == "again_on_another_call":
+        newest = _rogue(gate, n, vessel_call="VC-77")
+    elif shed == "revoked_and_again_on_the_real_call":
+        _revoke(gate, rogue)
+        newest = _rogue(gate, n, vessel_call="vc 1")
+    else:
+        assert earlier is not None
+        newest = earlier
+    for mode in ("check", "commit"):
+        got = _verify(gate, n, mode=mode)
+        assert {k: got[k] for k in CONTESTED} == CONTESTED, got
+    said = {c["right"]["id"]: c["right"]["contested"] for c in map(payload, passes(gate).json()["passes"])}
+    assert said[newest] is True
+    with gate.engine.connect() as conn:
+        marked = set(conn.execute(sa.select(audit_log.c.subject).where(
+            audit_log.c.kind == "release.container_contested")).scalars())
+    assert newest in marked  # port security is told of each right marked
+
+
+def test_on_the_cache_a_squatting_lines_next_right_is_contested(cached: Gate) -> None:
+    rogue, _ = _squat(cached, 21)
+    assert_problem(_real_issue(cached, 21), 409, "active_right_exists")
+    assert {k: _verify(cached, 21)[k] for k in CONTESTED} == CONTESTED  # the copy is warm
+    newest = _rogue(cached, 21, vessel_call="VC-78")
+    got = _verify(cached, 21, mode="commit")
+    assert {k: got[k] for k in CONTESTED} == CONTESTED and got["release_id"] == newest
+
+
+def test_a_line_whose_right_was_never_contested_issues_again_unmarked(gate: Gate) -> None:
+    """Only a marked line's rights are born marked: the real line issuing a container twice (two vessel
+    calls) is its own affair, and the gate allows its driver."""
+    gate.pickable(22)
+    assert _verify(gate, 22)["decision"] == "allow"
+    r = gate.http.post("/api/v1/releases", headers=gate.as_("line"), json={
+        "container_number": container(22), "bill_of_lading": "BL-22b", "vessel_call": "VC-2", "terminal": TERMINAL,
+        "release_to_organisation_id": str(gate.p.fwd.organisation_id), "valid_from": datetime.now(UTC).isoformat(),
+        "valid_until": (datetime.now(UTC) + timedelta(days=3)).isoformat()})
+    assert r.status_code == 201, r.text
+    assert _verify(gate, 22)["decision"] == "allow"
+    with gate.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(audit_log).where(
+            audit_log.c.kind == "release.container_contested")).scalar_one() == 0
+
+
+def test_the_terminal_reads_that_a_right_is_contested(gate: Gate) -> None:
+    """Review 105 (low): the terminal that settles the doubt could not read it on the right; now each
+    reader of the right sees when it was marked (and no other line named)."""
+    rogue, _ = _squat(gate, 23)
+    clean = gate.pickable(24)
+    assert_problem(_real_issue(gate, 23), 409, "active_right_exists")
+    for who in ("terminal", "customs"):
+        got = gate.http.get(f"/api/v1/releases/{rogue}", headers=gate.as_(who))
+        assert got.status_code == 200, got.text
+        assert datetime.fromisoformat(got.json()["contested_at"]) <= datetime.now(UTC)
+        assert str(gate.p.line.organisation_id) not in got.text
+        assert gate.http.get(f"/api/v1/releases/{clean}", headers=gate.as_(who)).json()["contested_at"] is None
+
+
+def test_a_line_issuing_a_container_again_and_again_tells_the_other_line_once(gate: Gate) -> None:
+    """Review 105 (low-medium): every right another line issued on the container queued a webhook to the
+    real line; a batch of fake vessel calls made thousands. The real line is told once while the other
+    line holds a live right there; port security's entry is written for each."""
+    ours = _subscribe(gate, gate.p.line.organisation_id)
+    _rogue_line(gate)
+    real = gate.pickable(25)
+    now = datetime.now(UTC)
+    items = [{"container_number": container(25), "bill_of_lading": f"X-{i}", "vessel_call": f"FAKE-{i}",
+              "terminal": TERMINAL, "release_to_organisation_id": str(gate.p.haul.organisation_id),
+              "valid_from": now.isoformat(), "valid_until": (now + timedelta(days=3)).isoformat()} for i in range(50)]
+    rogue = {"Authorization": f"Bearer {gate.tokens['rogue']}"}
+    r = gate.http.post("/api/v1/releases:batch", headers=rogue, json={"releases": items})
+    assert r.status_code == 200, r.text
+    _rogue(gate, 25, vessel_call="FAKE-X")  # and once more, alone
+    assert [rid for rid, _ in _told(gate, ours)] == [real]
+    with gate.engine.connect() as conn:
+        entries = conn.execute(sa.select(sa.func.count()).select_from(audit_log).where(
+            audit_log.c.kind == "release.container_contested")).scalar_one()
+    assert entries == 51

@@ -195,6 +195,11 @@ class ReleaseOut(BaseModel):
     gate_in_at: datetime | None
     gate_out_at: datetime | None
     gate: GateOut
+    contested_at: datetime | None = Field(default=None, description=(
+        "When this right was marked contested: another shipping line was refused the container and vessel "
+        "call it holds, or this line's right on the container at this terminal was. The gate then answers "
+        "`review` `container_contested` for it, as it does while another line holds a live right on the "
+        "container at this terminal; the terminal settles it from its discharge records (an override)."))
     created_at: datetime
     version: int
 
@@ -315,6 +320,7 @@ def release_out(r: ReleaseRight, now: datetime, chain: list[uuid.UUID] | None = 
             "gate_in_at": r.gate_in_at.isoformat() if r.gate_in_at else None,
             "gate_out_at": r.gate_out_at.isoformat() if r.gate_out_at else None,
         },
+        "contested_at": r.contested_at.isoformat() if r.contested_at else None,
         "created_at": r.created_at.isoformat(),
         "version": r.version,
     }

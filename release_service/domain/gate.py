@@ -726,6 +726,13 @@ def rivals(rights: Sequence[RightFacts], right: RightFacts, *, terminal: str, no
             and r.issuer != right.issuer and _terminal(r.terminal) == here and r.effective_state(now) in _LIVE]
 
 
+def own_others(rights: Sequence[RightFacts], right: RightFacts, *, now: datetime) -> list[RightFacts]:
+    """``right``'s line's other live rights on its container at its terminal."""
+    here = _terminal(right.terminal)
+    return [r for r in rights if r.id != right.id and r.container == right.container and r.issuer == right.issuer
+            and _terminal(r.terminal) == here and r.effective_state(now) in _LIVE]
+
+
 def contested(rights: Sequence[RightFacts], right: RightFacts, *, terminal: str, now: datetime) -> bool:
     """Whether another shipping line holds a live right on ``right``'s container at ``terminal`` (``rivals``)."""
     return bool(rivals(rights, right, terminal=terminal, now=now))

@@ -396,13 +396,16 @@ def judge_use(*, direction: g.Direction, state: str, used_by: UsedBy | None) -> 
 
 
 def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts | None, driver: Screening | None,
-                       at: datetime) -> tuple[str, ...]:
+                       at: datetime, contested: bool = False) -> tuple[str, ...]:
     """What the pass said of the person and the truck that the service no longer says, for the
     reconcile of an allow it supported: another nomination (driver or plate) than the pass's; the badge
     the lane read (``badge``, as the badge office knows it now; None when none was read) refused at
     ``at`` (a driver's other badge does not make a stolen one good); the pass's driver, screened at
-    ``at`` as known now (``driver``), refused (a ban loaded since the pass). The right's own state,
-    block and lights are the move's to judge."""
+    ``at`` as known now (``driver``), refused (a ban loaded since the pass); the container, which the
+    pass did not say was contested, contested now (``contested``, for a gate-in: another line's live
+    right on it here, or this right marked; whenever that came, the truck is in on one line's word
+    while another line claims the container, which port security settles from the discharge records).
+    The right's own state, block and lights are the move's to judge."""
     then, now_n = p.right.nomination, right.nomination
     changed: list[str] = []
     if then is None or now_n is None or (then.driver_person_id, then.plate_text, then.plate_country) != (
@@ -412,6 +415,8 @@ def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts 
         changed.extend(r.value for r in g.badge_refusals(badge, at))
     if driver is not None and driver.refuses:
         changed.extend(r for r in (driver.reasons or (driver.result,)) if r not in changed)
+    if contested and not p.right.contested:
+        changed.append(g.Reason.CONTAINER_CONTESTED.value)
     return tuple(changed)
 
 

@@ -349,11 +349,14 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
 
 def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: ReleaseRight, req: g.GateRequest,
                         at: datetime) -> tuple[str, ...]:
-    """``gate_pass.changed_since_pass`` on what the service knows now: the lane's badge and the pass's
-    driver, looked up."""
+    """``gate_pass.changed_since_pass`` on what the service knows now: the lane's badge, the pass's
+    driver and, for a gate-in, the container's rights here (``gate.contested``), looked up."""
     then = gate_pass.right.nomination
+    facts = g.RightFacts.from_right(right)
+    contested = req.direction is g.Direction.IN and (facts.contested or g.contested(
+        uow.gate.rights([facts.container]), facts, terminal=req.terminal, now=at))
     return changed_since_pass(
-        gate_pass, g.RightFacts.from_right(right), at=at,
+        gate_pass, facts, at=at, contested=contested,
         badge=uow.gate.badge(req.badge) if req.badge is not None else None,
         driver=uow.screening.screen(then.driver_person_id, terminal=req.terminal, now=at) if then else None)
 

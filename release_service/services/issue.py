@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from release_service.domain import gate as g
 from release_service.domain import storable
@@ -13,7 +14,7 @@ from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.iso6346 import ContainerNumber
 from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.release import MAX_BATCH, LightStatus, ReleaseRight
-from release_service.ports import PublishedEvent, UnitOfWork
+from release_service.ports import ContestedRight, PublishedEvent, UnitOfWork
 
 from .common import Receipt, acting_organisation_active, organisation_kind, receipt, record_events, record_many
 
@@ -80,6 +81,7 @@ def issue(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime) -> tu
         raise refused
     record_events(uow, right, events)
     alert_contested(uow, actor, [right], now)
+    inherit_contest(uow, actor, [right], now)
     return right, receipt(right, events[-1])
 
 
@@ -114,6 +116,7 @@ def issue_batch(
         by_release.setdefault(e.release_id, []).append(e)
     record_many(uow, [(right, by_release[right.id]) for _, right in built if right.id in created])
     alert_contested(uow, actor, [right for _, right in built if right.id in created], now)
+    inherit_contest(uow, actor, [right for _, right in built if right.id in created], now)
     contest_holders(uow, actor, [right for _, right in built if right.id not in created], now)
     for index, right in built:
         if right.id in created:
@@ -141,11 +144,18 @@ def alert_contested(uow: UnitOfWork, actor: Actor, issued: Sequence[ReleaseRight
     same terminal: the gate now answers ``review`` ``container_contested`` for it, domain/gate.py), and
     the new right's own line, by a ``release.container_contested`` webhook about its own right, and port
     security by an audit entry on the new right naming the rights and lines. The payload names no other
-    line. How many new rights were contested; one read of the issued containers' rights."""
+    line. How many new rights were contested; one read of the issued containers' rights.
+
+    A line is told of its right's contest once per contesting line while that line holds a live right
+    there (review 105): a line that issues the container again and again (any vessel call, a batch of
+    thousands) queues no more webhooks to the other line than one; port security's entry is written
+    for each new right all the same."""
     if not issued:
         return 0
     found = uow.gate.rights(sorted({r.container.value for r in issued}))
+    new = {r.id for r in issued}
     events: list[PublishedEvent] = []
+    told: set[tuple[uuid.UUID, uuid.UUID | None]] = set()
     entries = []
     for right in issued:
         facts = g.RightFacts.from_right(right)
@@ -153,8 +163,13 @@ def alert_contested(uow: UnitOfWork, actor: Actor, issued: Sequence[ReleaseRight
         if not others:
             continue
         payload = _contested_payload(right.container.value, right.terminal)
+        if _holds_another(found, facts, new, now):  # the other lines were told when that one came
+            told.update((r.id, facts.issuer) for r in others)
         for about in (facts, *others):
             assert about.issuer is not None
+            if about is not facts and (about.id, facts.issuer) in told:
+                continue
+            told.add((about.id, facts.issuer))
             events.append(PublishedEvent(uuid.uuid4(), CONTESTED, about.id, now, frozenset({about.issuer}), payload))
         entries.append((CONTESTED, actor.as_dict(), str(right.id), {
             **payload, "rights": [str(r.id) for r in others],
@@ -165,6 +180,11 @@ def alert_contested(uow: UnitOfWork, actor: Actor, issued: Sequence[ReleaseRight
     return len(entries)
 
 
+def _holds_another(found: Sequence[g.RightFacts], right: g.RightFacts, new: set[uuid.UUID], now: datetime) -> bool:
+    """Whether ``right``'s line held a live right on its container at its terminal before this issue."""
+    return any(r.id not in new for r in g.own_others(found, right, now=now))
+
+
 def contest_holders(uow: UnitOfWork, actor: Actor, refused: Sequence[ReleaseRight], now: datetime) -> int:
     """Rights refused because a live right holds their container and vessel call: each such right that
     another line issued is marked contested (once), and its line and port security are told, as in
@@ -172,15 +192,35 @@ def contest_holders(uow: UnitOfWork, actor: Actor, refused: Sequence[ReleaseRigh
     holds the key; without the mark, a line with nothing to do with the container that issued it first
     (the stay number is public) would lock the real carrier out and get it through the gate. With it,
     the gate answers ``review`` ``container_contested`` for that right. How many were newly marked: the
-    caller commits them even though it refuses (``DomainError.keep_effects``)."""
+    caller commits them even though it refuses (``DomainError.keep_effects``).
+
+    The mark is the holding line's on the container at that terminal, not one right's (review 105): the
+    line's other rights there are marked with it (a right it issued before on another vessel call, which
+    its driver would be nominated on), and ``inherit_contest`` marks each right it issues there after (on
+    another vessel call, or on the real one once it revoked the marked right)."""
     assert actor.organisation_id is not None
     marked = uow.releases.mark_contested(sorted({k for r in refused if (k := r.active_key)}), actor.organisation_id,
                                          now)
+    _tell_marked(uow, actor, marked, {"refused_issuer": str(actor.organisation_id)}, now)
+    return len(marked)
+
+
+def inherit_contest(uow: UnitOfWork, actor: Actor, issued: Sequence[ReleaseRight], now: datetime) -> int:
+    """Rights just issued by a line whose right on the same container at the same terminal was marked
+    contested (``contest_holders``; in any state since, revoked included) are born marked, and the line
+    and port security told as for the mark: a line cannot shed a contest by issuing the container again.
+    How many."""
+    marked = uow.releases.inherit_contest([r.id for r in issued], now)
+    _tell_marked(uow, actor, marked, {"inherited": True}, now)
+    return len(marked)
+
+
+def _tell_marked(uow: UnitOfWork, actor: Actor, marked: Sequence[ContestedRight], data: dict[str, Any],
+                 now: datetime) -> None:
+    """Each right newly marked contested: an audit entry for port security, a webhook to its own line."""
     if not marked:
-        return 0
+        return
     uow.audit.append_many((CONTESTED, actor.as_dict(), str(m.id), {
-        **_contested_payload(m.container, m.terminal), "vessel_call": m.vessel_call,
-        "refused_issuer": str(actor.organisation_id)}, now) for m in marked)
+        **_contested_payload(m.container, m.terminal), "vessel_call": m.vessel_call, **data}, now) for m in marked)
     uow.outbox.publish([PublishedEvent(uuid.uuid4(), CONTESTED, m.id, now, frozenset({m.issuer}),
                                        _contested_payload(m.container, m.terminal)) for m in marked])
-    return len(marked)

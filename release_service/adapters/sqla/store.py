@@ -228,12 +228,28 @@ class SqlReleaseStore:
         if not keys:
             return []
         t = releases.c
+        held = sa.select(t.container_number, t.terminal, t.issuer_organisation_id).where(
+            t.active_key.in_(list(keys)), t.issuer_organisation_id != issuer)
+        return self._marked(releases.update().where(
+            sa.tuple_(t.container_number, t.terminal, t.issuer_organisation_id).in_(held), t.contested_at.is_(None)
+        ).values(contested_at=now))
+
+    def inherit_contest(self, ids: Sequence[uuid.UUID], now: datetime) -> list[ContestedRight]:
+        if not ids:
+            return []
+        t, earlier = releases.c, releases.alias("earlier").c
+        return self._marked(releases.update().where(
+            t.id.in_(list(ids)), t.contested_at.is_(None),
+            sa.exists().where(earlier.container_number == t.container_number, earlier.terminal == t.terminal,
+                              earlier.issuer_organisation_id == t.issuer_organisation_id,
+                              earlier.contested_at.is_not(None), earlier.id != t.id)
+        ).values(contested_at=now))
+
+    def _marked(self, update: sa.Update) -> list[ContestedRight]:
+        t = releases.c
         marked = [ContestedRight(r.id, r.container_number, r.terminal, r.vessel_call, r.issuer_organisation_id)
-                  for r in self._conn.execute(
-                      releases.update().where(t.active_key.in_(list(keys)), t.issuer_organisation_id != issuer,
-                                              t.contested_at.is_(None))
-                      .values(contested_at=now)
-                      .returning(t.id, t.container_number, t.terminal, t.vessel_call, t.issuer_organisation_id))]
+                  for r in self._conn.execute(update.returning(
+                      t.id, t.container_number, t.terminal, t.vessel_call, t.issuer_organisation_id))]
         for container in sorted({m.container for m in marked}):
             touch(self._conn, RIGHTS, container)
         return marked
