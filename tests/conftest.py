@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -226,29 +227,30 @@ class _MadeKeys:
     no two are the same (a rotation, a second provider, a foreign key each get their own), but the n-th
     key of every test is the same pair. Making a 2048-bit pair takes 36-200 ms, and nearly every test
     builds an identity provider whose signing keys are made afresh on an emptied database: a sixth of
-    the suite's CPU went there (py-spy, thirty-first session)."""
+    the suite's CPU went there (py-spy, thirty-first session). The key is built from the pair as
+    joserfc's own ``generate_key`` builds it (importing it from its JWK again checks the pair, some
+    10 ms each)."""
 
     def __init__(self) -> None:
-        from joserfc.jwk import RSAKey
+        from cryptography.hazmat.primitives.asymmetric import rsa
 
-        self._generate = RSAKey.generate_key
-        self._made: dict[int, list[dict[str, object]]] = {}
+        self._new = rsa.generate_private_key
+        self._made: dict[int, list[Any]] = {}
         self._taken: Counter[int] = Counter()
 
     def start_test(self) -> None:
         self._taken.clear()
 
-    def generate(self, cls: type, key_size: int | None = 2048, parameters: dict[str, object] | None = None,
-                 private: bool = True, auto_kid: bool = False) -> object:
+    def generate(self, cls: Any, key_size: int | None = 2048, parameters: dict[str, Any] | None = None,
+                 private: bool = True, auto_kid: bool = False) -> Any:
         size = key_size or 2048
         made = self._made.setdefault(size, [])
         n = self._taken[size]
         self._taken[size] += 1
         if n == len(made):
-            made.append(self._generate(size).as_dict(private=True))
-        key = cls.import_key({**made[n], **(parameters or {})})  # type: ignore[attr-defined]
-        if not private:
-            key = cls.import_key({**key.as_dict(private=False), **(parameters or {})})  # type: ignore[attr-defined]
+            made.append(self._new(public_exponent=65537, key_size=size))
+        raw = made[n] if private else made[n].public_key()
+        key = cls(raw, raw, parameters)
         if auto_kid:
             key.ensure_kid()
         return key
