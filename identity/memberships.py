@@ -59,6 +59,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from identity.bans.alerts import ALERT_EVENT
+from quaygate import schema
 from quaygate.schema import grants as grant_rows
 from quaygate.schema import memberships, oauth_clients, persons
 from release_service.adapters.outbox import SqlOutbox
@@ -178,6 +179,20 @@ def keep_an_officer(conn: sa.Connection, person_id: uuid.UUID, organisation_id: 
         log.info("identity.membership.refused.last_port_security_officer")
         raise MembershipRefused("last_port_security_officer",
                                 "Port security keeps at least one officer whose role does not expire.")
+
+
+def officer_ends(conn: sa.Connection, person_id: uuid.UUID, now: datetime) -> datetime | None:
+    """When ``person_id``'s port-security role ends: the latest ``valid_until`` of the memberships in
+    force that give it to him; None when one of them has none (a standing officer), or he holds it in
+    none. What an officer gives or makes stays within it (review 105): a dated officer gives privileged
+    roles until his own end at most, and registers no client (``admin.add_membership``,
+    ``admin.register_client``); else his end would bound nothing, for he would make a stand-in."""
+    ends = list(conn.execute(sa.select(memberships.c.valid_until).where(
+        memberships.c.person_id == person_id, memberships.c.role == PORT_SECURITY_ROLE,
+        schema.membership_in_force(now))).scalars())
+    if not ends or any(end is None for end in ends):
+        return None
+    return max(ends)
 
 
 def expire_due(engine: sa.Engine, *, grants: GrantStore, now: datetime, limit: int = EXPIRY_BATCH) -> int:

@@ -324,3 +324,42 @@ def test_a_removal_racing_a_suspension_of_the_last_two_standing_officers_leaves_
     with w.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT status FROM persons WHERE id = :b"), {"b": b}).scalar() == "active"
     assert (b, None) in {(p, until) for p, _, until in _officers(w)}
+
+
+# ---- a dated officer's end bounds what he gives (review 105) ------------------------------------------
+
+
+def test_a_dated_officer_gives_privileged_roles_until_his_own_end_at_most_and_registers_no_client(
+        world: World) -> None:
+    """Review 105 (medium): an officer whose role ends could give a stand-in an unending officer role, or
+    register a machine client whose secret he keeps, and both outlived him. Now a privileged role he gives
+    ends when his does at the latest, and a client is another officer's to register; roles that grant
+    nothing privileged (a driver) are his to give as before."""
+    from quaygate.schema import oauth_clients
+
+    w = world
+    [(org, _)] = w.roles(w.security_officer)
+    d = w.flow.person(given="Temp", family="Contractor")
+    end = _hour()
+    assert _give(w, w.security, d, org, "port_security_admin", end).status_code == 201
+    as_d = w.sign_in(d)["access_token"]
+    w.http.cookies.clear()
+    made = w.http.post("/admin/v1/persons", headers=_auth(as_d), json={"given_name": "Jan", "family_name": "Puppet"})
+    assert made.status_code == 201, made.text
+    puppet = uuid.UUID(made.json()["id"])
+    for until in (None, end + timedelta(minutes=1)):
+        _problem(_give(w, as_d, puppet, org, "port_security_admin", until), 403, "beyond_own_end")
+    assert (org, "port_security_admin") not in w.roles(puppet)
+    assert _give(w, as_d, puppet, org, "port_security_admin", end).status_code == 201  # within his own end
+    assert _give(w, as_d, puppet, org, "driver").status_code == 201  # nothing privileged: unending as before
+    customs = add_org(w.engine, OrgKind.CUSTOMS).organisation_id
+    doc = {"client_name": "customs sidecar", "quaygate_role": "customs", "organisation_id": str(customs),
+           "token_endpoint_auth_method": "client_secret_basic", "grant_types": ["client_credentials"]}
+    with w.engine.connect() as conn:
+        before = conn.execute(sa.select(sa.func.count()).select_from(oauth_clients)).scalar_one()
+    w.http.cookies.clear()
+    _problem(w.http.post("/admin/v1/clients", headers=_auth(as_d), json=doc), 403, "dated_officer")
+    with w.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(oauth_clients)).scalar_one() == before
+    w.http.cookies.clear()
+    assert w.http.post("/admin/v1/clients", headers=_auth(w.security), json=doc).status_code == 201  # a standing one

@@ -45,7 +45,7 @@ from ..domain.roles import ClientRole
 from ..domain.scopes import BADGES_OFFICE
 from ..dpop import DPOP_ALGORITHMS
 from ..grants import grants_for, revocations_for
-from ..memberships import MembershipRefused, keep_an_officer
+from ..memberships import MembershipRefused, keep_an_officer, officer_ends
 from ..memberships import remove_membership as remove
 from ..organisations import OrganisationRefused, set_active, status_fields
 from ..registration import RegistrationError, management_for
@@ -396,6 +396,20 @@ def create_initial_access_token(request: Request, body: InitialAccessTokenIn) ->
                         status_code=201, headers={"Cache-Control": "no-store"})
 
 
+def _beyond_own_end(engine: sa.Engine, caller: AdminCaller, until: datetime | None, now: datetime
+                    ) -> AdminRefused | None:
+    """The refusal (403 ``beyond_own_end``) of a privileged role given past the end of the giving
+    officer's own port-security role (identity.memberships ``officer_ends``), or unending by him."""
+    if caller.person_id is None:
+        return None
+    with engine.connect() as conn:
+        ends = officer_ends(conn, uuid.UUID(caller.person_id), now)
+    if ends is None or (until is not None and until <= ends):
+        return None
+    return own_refused("beyond_own_end", f"An officer whose role ends at {ends.isoformat()} gives privileged "
+                       "roles until then at the latest (valid_until).")
+
+
 def _reserved_role(caller: AdminCaller, role: Any) -> bool:
     """A console officer neither makes nor ends admin or admin-console clients: a person's console
     session must not mint a machine admin (no badge-office-free backdoor) nor lock the console out.
@@ -427,6 +441,12 @@ def register_client(request: Request, body: dict[str, Any] = Body(...)) -> JSONR
     except AdminRefused as exc:
         return exc.response(request)
     admin = caller.actor
+    if caller.person_id is not None:
+        with request.app.state.container.engine.connect() as conn:
+            ends = officer_ends(conn, uuid.UUID(caller.person_id), request.app.state.container.clock.now())
+        if ends is not None:
+            return own_refused("dated_officer", "An officer whose role ends registers no client: its credentials "
+                               "would outlive the role. Another officer does.").response(request)
     if _reserved_role(caller, body.get("quaygate_role", body.get("role"))):
         log.info("identity.admin.refused.reserved_client_role")
         return problem(403, "client_role_reserved", "Admin and admin console clients are registered by an "
@@ -529,6 +549,8 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
                        instance=request.url.path)
     if until is not None and until <= now:
         return problem(422, "valid_until_not_future", "valid_until must be in the future.", instance=request.url.path)
+    if body.role in c.PRIVILEGED_ROLES and (refused := _beyond_own_end(container.engine, caller, until, now)):
+        return refused.response(request)
     with container.engine.begin() as conn:
         # The person's row locked first: an enrolment code issued meanwhile either commits before this
         # grant (and is ended below) or reads the new role once it commits (enrolment.lock_person).
