@@ -435,7 +435,8 @@ def list_clients(request: Request, limit: int = 100, after: str | None = None) -
 def register_client(request: Request, body: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
     """Register a client of any role (as ``quaygate client create`` does): RFC 7591 metadata plus
     ``organisation_id`` and ``terminal_code``; the secret, if any, is shown once. Through the console,
-    port security registers every role but ``admin`` and ``admin_console``."""
+    port security registers every role but ``admin`` and ``admin_console``, and an officer whose role
+    ends registers none (403 ``dated_officer``: the client would outlive the role)."""
     try:
         caller = caller_of(request, port_security)
     except AdminRefused as exc:
@@ -531,7 +532,8 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
     consequences (identity.memberships). Given again with another ``valid_until`` (none: unending), a
     role held changes it (200, audited as ``identity.admin.membership.changed``); one already past its
     end is given anew (201). ``port_security_admin`` with a ``valid_until`` needs another officer whose
-    role does not expire (409 ``last_port_security_officer``)."""
+    role does not expire (409 ``last_port_security_officer``). An officer whose own port-security role
+    ends gives a privileged role until then at the latest (403 ``beyond_own_end``)."""
     try:
         caller = caller_of(request)
         if body.role in c.PRIVILEGED_ROLES:
