@@ -230,8 +230,8 @@ def test_the_last_standing_port_security_officer_stays(world: World) -> None:
     assert r.status_code == 200, r.text
     # Now ``second`` is the last standing officer: the dated one may not remove him, nor date him.
     _problem(world.remove(world.security, second, own_org, "port_security_admin"), 409, "last_port_security_officer")
-    _problem(_give(world, world.security, second, own_org, "port_security_admin", _hour()), 409,
-             "last_port_security_officer")
+    _problem(_give(world, world.security, second, own_org, "port_security_admin",
+                   _hour() - timedelta(minutes=5)), 409, "last_port_security_officer")  # within his own end
     assert (second, own_org) in {(p, o) for p, o, _ in _officers(world)}
 
 
@@ -363,3 +363,31 @@ def test_a_dated_officer_gives_privileged_roles_until_his_own_end_at_most_and_re
         assert conn.execute(sa.select(sa.func.count()).select_from(oauth_clients)).scalar_one() == before
     w.http.cookies.clear()
     assert w.http.post("/admin/v1/clients", headers=_auth(w.security), json=doc).status_code == 201  # a standing one
+
+
+def test_a_dated_officer_issues_no_enrolment_code_for_a_privileged_person(world: World) -> None:
+    """The code logs its holder in as the person: a dated officer who got one for a standing officer would
+    be him after his own end. He issues codes for persons without a privileged role as before; a standing
+    officer issues the code he was refused."""
+    from quaygate.schema import enrolment_codes
+
+    w = world
+    [(org, _)] = w.roles(w.security_officer)
+    d = w.flow.person(given="Temp", family="Contractor")
+    assert _give(w, w.security, d, org, "port_security_admin", _hour()).status_code == 201
+    as_d = w.sign_in(d)["access_token"]
+    driver = w.flow.person(given="Piet", family="Driver")
+
+    def code_for(person: uuid.UUID, token: str) -> Any:
+        w.http.cookies.clear()
+        return w.http.post(f"/admin/v1/persons/{person}/enrolment-codes", headers=_auth(token), json={})
+
+    with w.engine.connect() as conn:
+        before = conn.execute(sa.select(sa.func.count()).select_from(enrolment_codes)).scalar_one()
+    _problem(code_for(w.security_officer, as_d), 403, "dated_officer")
+    with w.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(enrolment_codes)).scalar_one() == before
+    assert code_for(driver, as_d).status_code == 201
+    other = w.flow.person(given="Second", family="Officer")
+    assert _give(w, w.security, other, org, "port_security_admin").status_code == 201
+    assert code_for(other, w.security).status_code == 201  # a standing officer may

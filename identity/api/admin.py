@@ -283,14 +283,26 @@ def enrolment_code_caller(request: Request, person_id: uuid.UUID) -> AdminCaller
     return caller
 
 
-def enrolment_code_refused_roles(caller: AdminCaller) -> frozenset[str]:
+def enrolment_code_refused_roles(caller: AdminCaller, *, dated: bool = False) -> frozenset[str]:
     """The roles of a person for whom ``caller`` may not issue an enrolment code: none for an admin
     client and port security; for the badge office the privileged ones (claims.PRIVILEGED_ROLES: an
-    officer, a company's dispatcher or org_admin), whose codes only port security issues. Not checked
-    here but by the issue, under the person's row lock, in the transaction that inserts the code
-    (identity.authn.enrolment): the roles read here, then the code inserted in another transaction,
-    let a promotion committed in between through (review L5). Its refusal: ``role_refused``."""
-    return enrolment.NO_ROLE_REFUSED if caller.holds(PORT_SECURITY_ROLE) else c.PRIVILEGED_ROLES
+    officer, a company's dispatcher or org_admin), whose codes only port security issues, and so for an
+    officer whose own role ends (``dated``, ``dated_officer``): the code would let him log in as a
+    standing officer after his end. Not checked here but by the issue, under the person's row lock, in
+    the transaction that inserts the code (identity.authn.enrolment): the roles read here, then the code
+    inserted in another transaction, let a promotion committed in between through (review L5). Its
+    refusal: ``role_refused``, or ``dated_officer``'s."""
+    return enrolment.NO_ROLE_REFUSED if caller.holds(PORT_SECURITY_ROLE) and not dated else c.PRIVILEGED_ROLES
+
+
+def dated_officer(request: Request, caller: AdminCaller) -> bool:
+    """Whether ``caller`` is a console officer whose port-security role ends (identity.memberships
+    ``officer_ends``): nothing he makes may outlive it (review 105)."""
+    if caller.person_id is None or not caller.holds(PORT_SECURITY_ROLE):
+        return False
+    container = request.app.state.container
+    with container.engine.connect() as conn:
+        return officer_ends(conn, uuid.UUID(caller.person_id), container.clock.now()) is not None
 
 
 def audit_read(request: Request, caller: AdminCaller, kind: str, *, subject: str | None = None,
@@ -442,12 +454,9 @@ def register_client(request: Request, body: dict[str, Any] = Body(...)) -> JSONR
     except AdminRefused as exc:
         return exc.response(request)
     admin = caller.actor
-    if caller.person_id is not None:
-        with request.app.state.container.engine.connect() as conn:
-            ends = officer_ends(conn, uuid.UUID(caller.person_id), request.app.state.container.clock.now())
-        if ends is not None:
-            return own_refused("dated_officer", "An officer whose role ends registers no client: its credentials "
-                               "would outlive the role. Another officer does.").response(request)
+    if dated_officer(request, caller):
+        return own_refused("dated_officer", "An officer whose role ends registers no client: its credentials "
+                           "would outlive the role. Another officer does.").response(request)
     if _reserved_role(caller, body.get("quaygate_role", body.get("role"))):
         log.info("identity.admin.refused.reserved_client_role")
         return problem(403, "client_role_reserved", "Admin and admin console clients are registered by an "

@@ -76,8 +76,10 @@ from .admin import (
     AdminRefused,
     admin_caller,
     admits,
+    dated_officer,
     enrolment_code_caller,
     enrolment_code_refused_roles,
+    own_refused,
     role_refused,
 )
 
@@ -313,10 +315,14 @@ def issue_enrolment_code(
     except AdminRefused as exc:
         return exc.response(request)
     ttl = timedelta(seconds=body.ttl_seconds if body else 72 * 3600)
+    dated = dated_officer(request, caller)
     try:
         code, expires_at = passkeys_for(request.app).issue_enrolment_code(
-            person_id, actor=caller.actor, ttl=ttl, refused_roles=enrolment_code_refused_roles(caller))
+            person_id, actor=caller.actor, ttl=ttl, refused_roles=enrolment_code_refused_roles(caller, dated=dated))
     except PasskeyError as exc:
+        if exc.code == "insufficient_role" and dated:
+            return own_refused("dated_officer", "An officer whose role ends issues no enrolment code for a person "
+                               "with a privileged role: another officer does.").response(request)
         if exc.code == "insufficient_role":  # answered as the admin API answers a role it lacks
             return role_refused(PORT_SECURITY_ROLE).response(request)
         return _refused(request, exc)
