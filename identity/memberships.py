@@ -183,14 +183,19 @@ def keep_an_officer(conn: sa.Connection, person_id: uuid.UUID, organisation_id: 
 
 def officer_ends(conn: sa.Connection, person_id: uuid.UUID, now: datetime) -> datetime | None:
     """When ``person_id``'s port-security role ends: the latest ``valid_until`` of the memberships in
-    force that give it to him; None when one of them has none (a standing officer), or he holds it in
-    none. What an officer gives or makes stays within it (review 105): a dated officer gives privileged
-    roles until his own end at most, and registers no client (``admin.add_membership``,
-    ``admin.register_client``); else his end would bound nothing, for he would make a stand-in."""
+    force that give it to him; None when one of them has none (a standing officer); ``now`` when none is
+    in force (his role ended, or was taken away, while a token still says he holds it: its lifetime is
+    capped at the end, but verified with a leeway, and a shortened end revokes nothing). What an officer
+    gives or makes stays within it (reviews 105, 107): a dated officer gives privileged roles until his
+    own end at most, and registers no client (``admin.add_membership``, ``admin.register_client``);
+    else his end would bound nothing, for he would make a stand-in. Asked only of a person his token
+    calls an officer."""
     ends = list(conn.execute(sa.select(memberships.c.valid_until).where(
         memberships.c.person_id == person_id, memberships.c.role == PORT_SECURITY_ROLE,
         schema.membership_in_force(now))).scalars())
-    if not ends or any(end is None for end in ends):
+    if not ends:
+        return now
+    if any(end is None for end in ends):
         return None
     return max(ends)
 

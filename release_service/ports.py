@@ -98,13 +98,13 @@ class ReleaseRightStore(Protocol):
 
     def mark_contested(self, keys: Sequence[str], issuer: uuid.UUID, now: datetime) -> list[ContestedRight]:
         """Mark contested (``contested_at``, once) the rights holding these active keys that another
-        issuer than ``issuer`` issued, with every other right (any state) that issuer holds on the same
-        container at the same terminal; those newly marked."""
+        issuer than ``issuer`` issued, with every other right that issuer holds on the same container
+        (at any terminal; any state but completed); those newly marked."""
         ...
 
     def inherit_contest(self, ids: Sequence[uuid.UUID], now: datetime) -> list[ContestedRight]:
         """Mark contested the rights ``ids`` (just issued) whose issuer has a right marked contested on
-        the same container at the same terminal, in any state; those newly marked."""
+        the same container (at any terminal; in any state but completed); those newly marked."""
         ...
 
     def save(self, right: ReleaseRight) -> list[StoredEvent]:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from quaygate.schema import audit_log, webhook_deliveries, webhook_subscriptions
+from quaygate.schema import audit_log, releases, webhook_deliveries, webhook_subscriptions
 from release_service.adapters import gate_facts
 from release_service.domain import gate as g
 from release_service.domain.gate_pass import (
@@ -577,3 +577,119 @@ def test_a_line_issuing_a_container_again_and_again_tells_the_other_line_once(ga
         entries = conn.execute(sa.select(sa.func.count()).select_from(audit_log).where(
             audit_log.c.kind == "release.container_contested")).scalar_one()
     assert entries == 51
+
+
+def _pickable_on(gate: Gate, n: int, vessel_call: str, token: str | None = None) -> str:
+    """As Gate.pickable, on another vessel call, issued by the real line or ``token``'s."""
+    now = datetime.now(UTC)
+    headers = {"Authorization": f"Bearer {token}"} if token else gate.as_("line")
+    r = gate.http.post("/api/v1/releases", headers=headers, json={
+        "container_number": container(n), "bill_of_lading": f"BL-{n}-{vessel_call}", "vessel_call": vessel_call,
+        "terminal": TERMINAL, "release_to_organisation_id": str(gate.p.haul.organisation_id),
+        "valid_from": (now - timedelta(hours=1)).isoformat(), "valid_until": (now + timedelta(days=3)).isoformat()})
+    assert r.status_code == 201, r.text
+    rid = str(r.json()["release"]["id"])
+    r = gate.http.put(f"/api/v1/releases/{rid}/nomination", headers=gate.as_("haul"),
+                      json={"driver_person_id": str(gate.p.driver), "plate": PLATE})
+    assert r.status_code == 200, r.text
+    for who in ("customs", "terminal"):
+        r = gate.http.put(f"/api/v1/releases/{rid}/lights/{who}", json={"status": "green"}, headers=gate.as_(who))
+        assert r.status_code == 200, r.text
+    return rid
+
+
+def test_a_squat_at_another_terminal_contests_the_lines_rights_here(gate: Gate) -> None:
+    """Review 107 (high): the key a refusal meets (container and vessel call) has no terminal, so the rogue
+    line squatted the real vessel call at another terminal and took the container here on a right of
+    another vessel call, which the mark (then per terminal) did not reach. The mark is the line's on the
+    container wherever it is."""
+    _rogue_line(gate)
+    now = datetime.now(UTC)
+    r = gate.http.post("/api/v1/releases", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"}, json={
+        "container_number": container(27), "bill_of_lading": "ROGUE-27", "vessel_call": "vc 1",
+        "terminal": "BEANR-K913", "release_to_organisation_id": str(gate.p.haul.organisation_id),
+        "valid_from": now.isoformat(), "valid_until": (now + timedelta(days=3)).isoformat()})
+    assert r.status_code == 201, r.text
+    here = _pickable_on(gate, 27, "VC-55", token=gate.tokens["rogue"])
+    assert_problem(_real_issue(gate, 27), 409, "active_right_exists")
+    for mode in ("check", "commit"):
+        got = _verify(gate, 27, mode=mode)
+        assert {k: got[k] for k in CONTESTED} == CONTESTED and got["release_id"] == here
+
+
+def test_a_right_the_mark_missed_in_a_race_is_contested_at_the_gate(gate: Gate) -> None:
+    """Review 107 (high): a right the squatting line issued while the refusal marked its others (neither
+    transaction saw the other's) stayed unmarked. The gate reads the line's mark on the container, so
+    such a right is under review all the same: here the race's outcome is made by hand."""
+    rogue, _ = _squat(gate, 28)
+    assert_problem(_real_issue(gate, 28), 409, "active_right_exists")
+    missed = _pickable_on(gate, 28, "VC-56", token=gate.tokens["rogue"])
+    with gate.engine.begin() as conn:
+        conn.execute(releases.update().where(releases.c.id == uuid.UUID(missed)).values(contested_at=None))
+    got = _verify(gate, 28, mode="commit")
+    assert {k: got[k] for k in CONTESTED} == CONTESTED and got["release_id"] == missed
+    said = {c["right"]["id"]: c["right"]["contested"] for c in map(payload, passes(gate).json()["passes"])}
+    assert said[missed] is True
+
+
+def test_a_marked_right_that_left_the_terminal_does_not_mark_the_next_voyage(gate: Gate) -> None:
+    """Review 107 (medium-high): any line refused the real line's container marked the real line's right,
+    and then every right the real line issued on the container, voyage after voyage, was born contested.
+    A right that completed (the terminal settled the doubt and the container left) marks nothing after."""
+    real = gate.pickable(29)
+    _rogue_line(gate)
+    now = datetime.now(UTC)
+    r = gate.http.post("/api/v1/releases", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"}, json={
+        "container_number": container(29), "bill_of_lading": "ROGUE-29", "vessel_call": "VC-1", "terminal": TERMINAL,
+        "release_to_organisation_id": str(gate.p.haul.organisation_id), "valid_from": now.isoformat(),
+        "valid_until": (now + timedelta(days=3)).isoformat()})
+    assert_problem(r, 409, "active_right_exists")
+    refused = _verify(gate, 29, mode="commit")
+    assert {k: refused[k] for k in CONTESTED} == CONTESTED and refused["release_id"] == real
+    done = gate.http.post("/gate/v1/overrides", headers={"Authorization": f"Bearer {gate.gate_token}"}, json={
+        "decision_id": refused["decision_id"], "reason": "Discharge list: came in on VC-1 of this line"})
+    assert done.status_code == 201, done.text
+    assert _verify(gate, 29, direction="out", mode="commit")["decision"] == "allow"
+    assert gate.state(real) == "completed"
+    following = _pickable_on(gate, 29, "VC-NEXT")
+    got = gate.http.get(f"/api/v1/releases/{following}", headers=gate.as_("line")).json()
+    assert got["contested_at"] is None
+    assert _verify(gate, 29)["decision"] == "allow"
+
+
+def test_a_contested_right_is_revoked_not_deleted(gate: Gate) -> None:
+    """Deleting drops a right out of what the gate reads, its mark with it: a contested right is revoked."""
+    _rogue_line(gate)
+    rid = _rogue_unnominated(gate, 30)
+    assert_problem(_real_issue(gate, 30), 409, "active_right_exists")
+    r = gate.http.post(f"/api/v1/releases/{rid}/delete", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"},
+                       json={"reason": "issued in error"})
+    assert_problem(r, 409, "illegal_transition")
+    assert gate.state(rid) == "active"
+    again = _pickable_on(gate, 30, "VC-57", token=gate.tokens["rogue"])
+    issued = gate.http.get(f"/api/v1/releases/{again}", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"})
+    assert issued.json()["contested_at"] is not None  # born marked, and the answer said so
+    assert {k: _verify(gate, 30)[k] for k in CONTESTED} == CONTESTED
+
+
+def _rogue_unnominated(gate: Gate, n: int) -> str:
+    now = datetime.now(UTC)
+    r = gate.http.post("/api/v1/releases", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"}, json={
+        "container_number": container(n), "bill_of_lading": f"ROGUE-{n}", "vessel_call": "vc 1", "terminal": TERMINAL,
+        "release_to_organisation_id": str(gate.p.haul.organisation_id), "valid_from": now.isoformat(),
+        "valid_until": (now + timedelta(days=3)).isoformat()})
+    assert r.status_code == 201, r.text
+    assert r.json()["release"]["contested_at"] is None
+    return str(r.json()["release"]["id"])
+
+
+def test_on_the_cache_a_right_the_mark_missed_is_contested(cached: Gate) -> None:
+    rogue, _ = _squat(cached, 31)
+    assert_problem(_real_issue(cached, 31), 409, "active_right_exists")
+    assert {k: _verify(cached, 31)[k] for k in CONTESTED} == CONTESTED  # the copy is warm
+    missed = _pickable_on(cached, 31, "VC-58", token=cached.tokens["rogue"])
+    with cached.engine.begin() as conn:
+        conn.execute(releases.update().where(releases.c.id == uuid.UUID(missed)).values(contested_at=None))
+    _verify(cached, 31)  # the copy read again after the issue's invalidation, without the mark on ``missed``
+    got = _verify(cached, 31, mode="commit")
+    assert {k: got[k] for k in CONTESTED} == CONTESTED and got["release_id"] == missed

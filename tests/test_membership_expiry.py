@@ -391,3 +391,28 @@ def test_a_dated_officer_issues_no_enrolment_code_for_a_privileged_person(world:
     other = w.flow.person(given="Second", family="Officer")
     assert _give(w, w.security, other, org, "port_security_admin").status_code == 201
     assert code_for(other, w.security).status_code == 201  # a standing officer may
+
+
+def test_an_officer_whose_role_just_ended_is_no_standing_officer(world: World) -> None:
+    """Review 107 (high): once his role had ended (and before the sweep, while his token still passed the
+    verifier's leeway, or after his end was shortened), no membership in force gave it, which the new
+    checks read as "standing": he could give an unending officer role and register a client again. A
+    token that calls him an officer whose role is in force nowhere gives and makes nothing lasting."""
+    w = world
+    [(org, _)] = w.roles(w.security_officer)
+    d = w.flow.person(given="Temp", family="Contractor")
+    assert _give(w, w.security, d, org, "port_security_admin", _hour()).status_code == 201
+    as_d = w.sign_in(d)["access_token"]
+    puppet = w.flow.person(given="Jan", family="Puppet")
+    _lapse(w, d, org, "port_security_admin")  # ended a second ago; not swept; his token not yet expired
+    _problem(_give(w, as_d, puppet, org, "port_security_admin"), 403, "beyond_own_end")
+    customs = add_org(w.engine, OrgKind.CUSTOMS).organisation_id
+    w.http.cookies.clear()
+    _problem(w.http.post("/admin/v1/clients", headers=_auth(as_d), json={
+        "client_name": "sidecar", "quaygate_role": "customs", "organisation_id": str(customs),
+        "token_endpoint_auth_method": "client_secret_basic", "grant_types": ["client_credentials"]}),
+        403, "dated_officer")
+    w.http.cookies.clear()
+    _problem(w.http.post(f"/admin/v1/persons/{w.security_officer}/enrolment-codes", headers=_auth(as_d), json={}),
+             403, "dated_officer")
+    assert (org, "port_security_admin") not in w.roles(puppet)

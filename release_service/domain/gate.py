@@ -733,9 +733,21 @@ def own_others(rights: Sequence[RightFacts], right: RightFacts, *, now: datetime
             and _terminal(r.terminal) == here and r.effective_state(now) in _LIVE]
 
 
+def line_marked(rights: Sequence[RightFacts], right: RightFacts) -> bool:
+    """Whether the service marked contested a right of ``right``'s line on its container (``contested``:
+    another line was refused the container because that right held it), at any terminal (the key the
+    refusal met has none), that has not left the terminal (a completed right's mark does not carry to the
+    line's next voyage of the container). Read at the gate, so the line cannot shed the mark by issuing
+    the container again, wherever or whenever, even in a race with the refusal (review 107)."""
+    return right.issuer is not None and any(
+        o.contested and o.issuer == right.issuer and o.container == right.container
+        and o.state != State.COMPLETED.value for o in rights)
+
+
 def contested(rights: Sequence[RightFacts], right: RightFacts, *, terminal: str, now: datetime) -> bool:
-    """Whether another shipping line holds a live right on ``right``'s container at ``terminal`` (``rivals``)."""
-    return bool(rivals(rights, right, terminal=terminal, now=now))
+    """Whether another shipping line holds a live right on ``right``'s container at ``terminal``
+    (``rivals``), or ``right``'s line is marked on the container (``line_marked``)."""
+    return bool(rivals(rights, right, terminal=terminal, now=now)) or line_marked(rights, right)
 
 
 def container_contested(ctx: GateContext) -> bool:

@@ -375,6 +375,8 @@ class ReleaseRight:
         for it would hear ``container_unknown`` instead of ``right_revoked``)."""
         self._require_issuer(by)
         self._require_state(frozenset({State.ACTIVE}), "delete", now)
+        if self.contested_at is not None:  # its mark must stay where the gate reads it (domain/gate.py)
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A contested right can be revoked, not deleted.")
         if travelled or self.holder_organisation_id != self.first_party_organisation_id:
             raise DomainError(
                 ErrorCode.ILLEGAL_TRANSITION,

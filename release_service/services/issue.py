@@ -194,10 +194,13 @@ def contest_holders(uow: UnitOfWork, actor: Actor, refused: Sequence[ReleaseRigh
     the gate answers ``review`` ``container_contested`` for that right. How many were newly marked: the
     caller commits them even though it refuses (``DomainError.keep_effects``).
 
-    The mark is the holding line's on the container at that terminal, not one right's (review 105): the
-    line's other rights there are marked with it (a right it issued before on another vessel call, which
-    its driver would be nominated on), and ``inherit_contest`` marks each right it issues there after (on
-    another vessel call, or on the real one once it revoked the marked right)."""
+    The mark is the holding line's on the container, not one right's (reviews 105, 107): the line's other
+    rights on it, at any terminal, are marked with it (a right it issued before on another vessel call,
+    which its driver would be nominated on), and ``inherit_contest`` marks each right it issues on it after
+    (on another vessel call, at another terminal, or on the real call once it revoked the marked right).
+    The gate reads it so too (domain/gate.py ``line_marked``), which also covers a right issued in a race
+    with the refusal, that neither saw. A completed right's mark stays with it: the line's next voyage of
+    the container starts clean."""
     assert actor.organisation_id is not None
     marked = uow.releases.mark_contested(sorted({k for r in refused if (k := r.active_key)}), actor.organisation_id,
                                          now)
@@ -206,11 +209,15 @@ def contest_holders(uow: UnitOfWork, actor: Actor, refused: Sequence[ReleaseRigh
 
 
 def inherit_contest(uow: UnitOfWork, actor: Actor, issued: Sequence[ReleaseRight], now: datetime) -> int:
-    """Rights just issued by a line whose right on the same container at the same terminal was marked
-    contested (``contest_holders``; in any state since, revoked included) are born marked, and the line
-    and port security told as for the mark: a line cannot shed a contest by issuing the container again.
-    How many."""
+    """Rights just issued by a line whose right on the same container was marked contested
+    (``contest_holders``; at any terminal, in any state since but completed, revoked included) are born
+    marked, and the line and port security told as for the mark: a line cannot shed a contest by issuing
+    the container again. How many."""
     marked = uow.releases.inherit_contest([r.id for r in issued], now)
+    ids = {m.id for m in marked}
+    for right in issued:
+        if right.id in ids:
+            right.contested_at = now  # as stored: the answer shows it
     _tell_marked(uow, actor, marked, {"inherited": True}, now)
     return len(marked)
 

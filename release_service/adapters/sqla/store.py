@@ -228,10 +228,11 @@ class SqlReleaseStore:
         if not keys:
             return []
         t = releases.c
-        held = sa.select(t.container_number, t.terminal, t.issuer_organisation_id).where(
+        held = sa.select(t.container_number, t.issuer_organisation_id).where(
             t.active_key.in_(list(keys)), t.issuer_organisation_id != issuer)
         return self._marked(releases.update().where(
-            sa.tuple_(t.container_number, t.terminal, t.issuer_organisation_id).in_(held), t.contested_at.is_(None)
+            sa.tuple_(t.container_number, t.issuer_organisation_id).in_(held), t.contested_at.is_(None),
+            t.state != State.COMPLETED.value,
         ).values(contested_at=now))
 
     def inherit_contest(self, ids: Sequence[uuid.UUID], now: datetime) -> list[ContestedRight]:
@@ -240,9 +241,10 @@ class SqlReleaseStore:
         t, earlier = releases.c, releases.alias("earlier").c
         return self._marked(releases.update().where(
             t.id.in_(list(ids)), t.contested_at.is_(None),
-            sa.exists().where(earlier.container_number == t.container_number, earlier.terminal == t.terminal,
+            sa.exists().where(earlier.container_number == t.container_number,
                               earlier.issuer_organisation_id == t.issuer_organisation_id,
-                              earlier.contested_at.is_not(None), earlier.id != t.id)
+                              earlier.contested_at.is_not(None), earlier.state != State.COMPLETED.value,
+                              earlier.id != t.id)
         ).values(contested_at=now))
 
     def _marked(self, update: sa.Update) -> list[ContestedRight]:
