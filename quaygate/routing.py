@@ -497,8 +497,10 @@ def include(app: FastAPI, router: APIRouter) -> None:
     through a copy FastAPI (0.165) derives again for each app, on the first request that walks past
     them: some 45 ms of CPU per router (pydantic adapters for every route), paid by the first requests
     of every server process and by every test's app. The routers here are included plainly (no prefix,
-    tags, dependencies or overrides of their own), so the copy would be the same route. A router must
-    hold routes only, no router included in it."""
+    tags, dependencies or overrides of their own), so the copy would be the same route, but for one
+    thing: ``app.dependency_overrides`` does not reach these routes (nothing here uses it; a route object
+    is shared by every app of the process, so it cannot point at one). A router must hold routes only, no
+    router included in it."""
     for route in router.routes:
         if not isinstance(route, APIRoute):
             raise TypeError(f"{route!r}: only a router's own routes are served this way")
