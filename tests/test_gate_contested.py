@@ -451,6 +451,7 @@ def test_an_offline_gate_in_on_a_pass_from_before_the_contest_is_recorded_and_fl
     report = _report(gate, 15, token=token)
     if how == "another_right":
         _rogue(gate, 15)
+        report["decided_at"] = datetime.now(UTC).isoformat()  # the truck came after it was issued
     else:
         _rogue_line(gate)
         now = datetime.now(UTC)
@@ -469,12 +470,17 @@ def test_an_offline_gate_in_on_a_pass_from_before_the_contest_is_recorded_and_fl
     assert data["changed_since_pass"] == ["container_contested"]
 
 
-def test_an_offline_gate_in_with_no_contest_is_recorded_clean(gate: Gate) -> None:
+@pytest.mark.parametrize("rival", [False, True])
+def test_an_offline_gate_in_with_no_contest_then_is_recorded_clean(gate: Gate, rival: bool) -> None:
     """The same gate-in with no other line's right on the container: no flag (the check above is this
-    one's contest, not the reconcile's habit)."""
+    one's contest, not the reconcile's habit); nor when another line issued it only after the truck
+    passed (review 107: else any line could flag a lawful offline gate-in after the fact)."""
     rid = gate.pickable(16)
     token = next(t for t in passes(gate).json()["passes"] if payload(t)["sub"] == rid)
-    got = _post(gate, _report(gate, 16, token=token))
+    report = _report(gate, 16, token=token)
+    if rival:
+        _rogue(gate, 16)
+    got = _post(gate, report)
     assert got.status_code == 200, got.text
     assert (got.json()["verdict"], got.json()["flag"]) == ("recorded", None)
 

@@ -402,9 +402,10 @@ def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts 
     the lane read (``badge``, as the badge office knows it now; None when none was read) refused at
     ``at`` (a driver's other badge does not make a stolen one good); the pass's driver, screened at
     ``at`` as known now (``driver``), refused (a ban loaded since the pass); the container, which the
-    pass did not say was contested, contested now (``contested``, for a gate-in: another line's live
-    right on it here, or this right marked; whenever that came, the truck is in on one line's word
-    while another line claims the container, which port security settles from the discharge records).
+    pass did not say was contested, contested as the service knows it now (``contested``, for a gate-in:
+    another line's right on it, issued before the truck passed and live here, or a mark on this line's
+    rights: the truck is in on one line's word while another line claims the container, which port
+    security settles from the discharge records).
     The right's own state, block and lights are the move's to judge."""
     then, now_n = p.right.nomination, right.nomination
     changed: list[str] = []

@@ -350,11 +350,14 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
 def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: ReleaseRight, req: g.GateRequest,
                         at: datetime) -> tuple[str, ...]:
     """``gate_pass.changed_since_pass`` on what the service knows now: the lane's badge, the pass's
-    driver and, for a gate-in, the container's rights here (``gate.contested``), looked up."""
+    driver and, for a gate-in, the container's rights (``gate.contested``) as far as they existed when
+    the adapter decided (``at``): a right issued after the truck passed, another line's included, says
+    nothing of that gate-in (review 107: else any line could flag a lawful offline gate-in after it)."""
     then = gate_pass.right.nomination
     facts = g.RightFacts.from_right(right)
     contested = req.direction is g.Direction.IN and (facts.contested or g.contested(
-        uow.gate.rights([facts.container]), facts, terminal=req.terminal, now=at))
+        [r for r in uow.gate.rights([facts.container]) if r.created_at <= at], facts, terminal=req.terminal,
+        now=at))
     return changed_since_pass(
         gate_pass, facts, at=at, contested=contested,
         badge=uow.gate.badge(req.badge) if req.badge is not None else None,
