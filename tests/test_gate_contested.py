@@ -187,20 +187,19 @@ def _rogue(gate: Gate, n: int, vessel_call: str = "VC-9") -> str:
     same haulier, who nominates the same driver and truck; customs and the terminal set its lights green:
     review 99's demonstration."""
     _rogue_line(gate)
+    return _pickable_on(gate, n, vessel_call, by="rogue")
+
+
+def _issue_as(gate: Gate, n: int, vessel_call: str, *, by: str, terminal: str = TERMINAL, to: Any = None) -> Any:
+    """POST /api/v1/releases: container ``n`` on ``vessel_call`` at ``terminal``, issued by the real line
+    (``by`` "line", to the forwarder) or the rogue line ("rogue", to the haulier), or to ``to``; the answer."""
     now = datetime.now(UTC)
-    r = gate.http.post("/api/v1/releases", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"}, json={
-        "container_number": container(n), "bill_of_lading": f"ROGUE-{n}", "vessel_call": vessel_call,
-        "terminal": TERMINAL, "release_to_organisation_id": str(gate.p.haul.organisation_id),
+    headers = gate.as_("line") if by == "line" else {"Authorization": f"Bearer {gate.tokens['rogue']}"}
+    to = to or (gate.p.fwd if by == "line" else gate.p.haul)
+    return gate.http.post("/api/v1/releases", headers=headers, json={
+        "container_number": container(n), "bill_of_lading": f"{by.upper()}-{n}-{vessel_call}",
+        "vessel_call": vessel_call, "terminal": terminal, "release_to_organisation_id": str(to.organisation_id),
         "valid_from": (now - timedelta(hours=1)).isoformat(), "valid_until": (now + timedelta(days=3)).isoformat()})
-    assert r.status_code == 201, r.text
-    rid = str(r.json()["release"]["id"])
-    r = gate.http.put(f"/api/v1/releases/{rid}/nomination", headers=gate.as_("haul"),
-                      json={"driver_person_id": str(gate.p.driver), "plate": PLATE})
-    assert r.status_code == 200, r.text
-    for who in ("customs", "terminal"):
-        r = gate.http.put(f"/api/v1/releases/{rid}/lights/{who}", json={"status": "green"}, headers=gate.as_(who))
-        assert r.status_code == 200, r.text
-    return rid
 
 
 def _verify(gate: Gate, n: int, **over: Any) -> dict[str, Any]:
@@ -454,12 +453,7 @@ def test_an_offline_gate_in_on_a_pass_from_before_the_contest_is_recorded_and_fl
         report["decided_at"] = datetime.now(UTC).isoformat()  # the truck came after it was issued
     else:
         _rogue_line(gate)
-        now = datetime.now(UTC)
-        r = gate.http.post("/api/v1/releases", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"}, json={
-            "container_number": container(15), "bill_of_lading": "ROGUE-15", "vessel_call": "VC-1",
-            "terminal": TERMINAL, "release_to_organisation_id": str(gate.p.haul.organisation_id),
-            "valid_from": now.isoformat(), "valid_until": (now + timedelta(days=3)).isoformat()})
-        assert_problem(r, 409, "active_right_exists")
+        assert_problem(_issue_as(gate, 15, "VC-1", by="rogue"), 409, "active_right_exists")
     got = _post(gate, report)
     assert got.status_code == 200, got.text
     assert (got.json()["verdict"], got.json()["flag"]) == ("flagged", "changed_after_pass")
@@ -486,11 +480,7 @@ def test_an_offline_gate_in_with_no_contest_then_is_recorded_clean(gate: Gate, r
 
 
 def _real_issue(gate: Gate, n: int) -> Any:
-    now = datetime.now(UTC)
-    return gate.http.post("/api/v1/releases", headers=gate.as_("line"), json={
-        "container_number": container(n), "bill_of_lading": f"BL-{n}", "vessel_call": "VC-1", "terminal": TERMINAL,
-        "release_to_organisation_id": str(gate.p.fwd.organisation_id), "valid_from": now.isoformat(),
-        "valid_until": (now + timedelta(days=3)).isoformat()})
+    return _issue_as(gate, n, "VC-1", by="line")
 
 
 @pytest.mark.parametrize("shed", ["again_on_another_call", "revoked_and_again_on_the_real_call",
@@ -585,14 +575,10 @@ def test_a_line_issuing_a_container_again_and_again_tells_the_other_line_once(ga
     assert entries == 51
 
 
-def _pickable_on(gate: Gate, n: int, vessel_call: str, token: str | None = None) -> str:
-    """As Gate.pickable, on another vessel call, issued by the real line or ``token``'s."""
-    now = datetime.now(UTC)
-    headers = {"Authorization": f"Bearer {token}"} if token else gate.as_("line")
-    r = gate.http.post("/api/v1/releases", headers=headers, json={
-        "container_number": container(n), "bill_of_lading": f"BL-{n}-{vessel_call}", "vessel_call": vessel_call,
-        "terminal": TERMINAL, "release_to_organisation_id": str(gate.p.haul.organisation_id),
-        "valid_from": (now - timedelta(hours=1)).isoformat(), "valid_until": (now + timedelta(days=3)).isoformat()})
+def _pickable_on(gate: Gate, n: int, vessel_call: str, by: str = "line") -> str:
+    """As Gate.pickable, on another vessel call, issued by the real line or (``by`` "rogue") the rogue
+    line, to the haulier, nominated and green."""
+    r = _issue_as(gate, n, vessel_call, by=by, to=gate.p.haul)
     assert r.status_code == 201, r.text
     rid = str(r.json()["release"]["id"])
     r = gate.http.put(f"/api/v1/releases/{rid}/nomination", headers=gate.as_("haul"),
@@ -610,13 +596,9 @@ def test_a_squat_at_another_terminal_contests_the_lines_rights_here(gate: Gate) 
     another vessel call, which the mark (then per terminal) did not reach. The mark is the line's on the
     container wherever it is."""
     _rogue_line(gate)
-    now = datetime.now(UTC)
-    r = gate.http.post("/api/v1/releases", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"}, json={
-        "container_number": container(27), "bill_of_lading": "ROGUE-27", "vessel_call": "vc 1",
-        "terminal": "BEANR-K913", "release_to_organisation_id": str(gate.p.haul.organisation_id),
-        "valid_from": now.isoformat(), "valid_until": (now + timedelta(days=3)).isoformat()})
+    r = _issue_as(gate, 27, "vc 1", by="rogue", terminal="BEANR-K913")
     assert r.status_code == 201, r.text
-    here = _pickable_on(gate, 27, "VC-55", token=gate.tokens["rogue"])
+    here = _pickable_on(gate, 27, "VC-55", by="rogue")
     assert_problem(_real_issue(gate, 27), 409, "active_right_exists")
     for mode in ("check", "commit"):
         got = _verify(gate, 27, mode=mode)
@@ -629,7 +611,7 @@ def test_a_right_the_mark_missed_in_a_race_is_contested_at_the_gate(gate: Gate) 
     such a right is under review all the same: here the race's outcome is made by hand."""
     rogue, _ = _squat(gate, 28)
     assert_problem(_real_issue(gate, 28), 409, "active_right_exists")
-    missed = _pickable_on(gate, 28, "VC-56", token=gate.tokens["rogue"])
+    missed = _pickable_on(gate, 28, "VC-56", by="rogue")
     with gate.engine.begin() as conn:
         conn.execute(releases.update().where(releases.c.id == uuid.UUID(missed)).values(contested_at=None))
     got = _verify(gate, 28, mode="commit")
@@ -644,12 +626,7 @@ def test_a_marked_right_that_left_the_terminal_does_not_mark_the_next_voyage(gat
     A right that completed (the terminal settled the doubt and the container left) marks nothing after."""
     real = gate.pickable(29)
     _rogue_line(gate)
-    now = datetime.now(UTC)
-    r = gate.http.post("/api/v1/releases", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"}, json={
-        "container_number": container(29), "bill_of_lading": "ROGUE-29", "vessel_call": "VC-1", "terminal": TERMINAL,
-        "release_to_organisation_id": str(gate.p.haul.organisation_id), "valid_from": now.isoformat(),
-        "valid_until": (now + timedelta(days=3)).isoformat()})
-    assert_problem(r, 409, "active_right_exists")
+    assert_problem(_issue_as(gate, 29, "VC-1", by="rogue"), 409, "active_right_exists")
     refused = _verify(gate, 29, mode="commit")
     assert {k: refused[k] for k in CONTESTED} == CONTESTED and refused["release_id"] == real
     done = gate.http.post("/gate/v1/overrides", headers={"Authorization": f"Bearer {gate.gate_token}"}, json={
@@ -672,18 +649,14 @@ def test_a_contested_right_is_revoked_not_deleted(gate: Gate) -> None:
                        json={"reason": "issued in error"})
     assert_problem(r, 409, "illegal_transition")
     assert gate.state(rid) == "active"
-    again = _pickable_on(gate, 30, "VC-57", token=gate.tokens["rogue"])
+    again = _pickable_on(gate, 30, "VC-57", by="rogue")
     issued = gate.http.get(f"/api/v1/releases/{again}", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"})
     assert issued.json()["contested_at"] is not None  # born marked, and the answer said so
     assert {k: _verify(gate, 30)[k] for k in CONTESTED} == CONTESTED
 
 
 def _rogue_unnominated(gate: Gate, n: int) -> str:
-    now = datetime.now(UTC)
-    r = gate.http.post("/api/v1/releases", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"}, json={
-        "container_number": container(n), "bill_of_lading": f"ROGUE-{n}", "vessel_call": "vc 1", "terminal": TERMINAL,
-        "release_to_organisation_id": str(gate.p.haul.organisation_id), "valid_from": now.isoformat(),
-        "valid_until": (now + timedelta(days=3)).isoformat()})
+    r = _issue_as(gate, n, "vc 1", by="rogue")
     assert r.status_code == 201, r.text
     assert r.json()["release"]["contested_at"] is None
     return str(r.json()["release"]["id"])
@@ -693,7 +666,7 @@ def test_on_the_cache_a_right_the_mark_missed_is_contested(cached: Gate) -> None
     rogue, _ = _squat(cached, 31)
     assert_problem(_real_issue(cached, 31), 409, "active_right_exists")
     assert {k: _verify(cached, 31)[k] for k in CONTESTED} == CONTESTED  # the copy is warm
-    missed = _pickable_on(cached, 31, "VC-58", token=cached.tokens["rogue"])
+    missed = _pickable_on(cached, 31, "VC-58", by="rogue")
     with cached.engine.begin() as conn:
         conn.execute(releases.update().where(releases.c.id == uuid.UUID(missed)).values(contested_at=None))
     _verify(cached, 31)  # the copy read again after the issue's invalidation, without the mark on ``missed``
