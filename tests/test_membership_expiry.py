@@ -329,6 +329,15 @@ def test_a_removal_racing_a_suspension_of_the_last_two_standing_officers_leaves_
 # ---- a dated officer's end bounds what he gives (review 105) ------------------------------------------
 
 
+def _dated_officer(w: World, end: datetime) -> tuple[uuid.UUID, uuid.UUID, str]:
+    """A port-security officer until ``end``, given by the world's standing one: the organisation, the
+    person and his console access token."""
+    [(org, _)] = w.roles(w.security_officer)
+    d = w.flow.person(given="Temp", family="Contractor")
+    assert _give(w, w.security, d, org, "port_security_admin", end).status_code == 201
+    return org, d, w.sign_in(d)["access_token"]
+
+
 def test_a_dated_officer_gives_privileged_roles_until_his_own_end_at_most_and_registers_no_client(
         world: World) -> None:
     """Review 105 (medium): an officer whose role ends could give a stand-in an unending officer role, or
@@ -338,11 +347,8 @@ def test_a_dated_officer_gives_privileged_roles_until_his_own_end_at_most_and_re
     from quaygate.schema import oauth_clients
 
     w = world
-    [(org, _)] = w.roles(w.security_officer)
-    d = w.flow.person(given="Temp", family="Contractor")
     end = _hour()
-    assert _give(w, w.security, d, org, "port_security_admin", end).status_code == 201
-    as_d = w.sign_in(d)["access_token"]
+    org, d, as_d = _dated_officer(w, end)
     w.http.cookies.clear()
     made = w.http.post("/admin/v1/persons", headers=_auth(as_d), json={"given_name": "Jan", "family_name": "Puppet"})
     assert made.status_code == 201, made.text
@@ -372,10 +378,7 @@ def test_a_dated_officer_issues_no_enrolment_code_for_a_privileged_person(world:
     from quaygate.schema import enrolment_codes
 
     w = world
-    [(org, _)] = w.roles(w.security_officer)
-    d = w.flow.person(given="Temp", family="Contractor")
-    assert _give(w, w.security, d, org, "port_security_admin", _hour()).status_code == 201
-    as_d = w.sign_in(d)["access_token"]
+    org, d, as_d = _dated_officer(w, _hour())
     driver = w.flow.person(given="Piet", family="Driver")
 
     def code_for(person: uuid.UUID, token: str) -> Any:
@@ -399,10 +402,7 @@ def test_an_officer_whose_role_just_ended_is_no_standing_officer(world: World) -
     checks read as "standing": he could give an unending officer role and register a client again. A
     token that calls him an officer whose role is in force nowhere gives and makes nothing lasting."""
     w = world
-    [(org, _)] = w.roles(w.security_officer)
-    d = w.flow.person(given="Temp", family="Contractor")
-    assert _give(w, w.security, d, org, "port_security_admin", _hour()).status_code == 201
-    as_d = w.sign_in(d)["access_token"]
+    org, d, as_d = _dated_officer(w, _hour())
     puppet = w.flow.person(given="Jan", family="Puppet")
     _lapse(w, d, org, "port_security_admin")  # ended a second ago; not swept; his token not yet expired
     _problem(_give(w, as_d, puppet, org, "port_security_admin"), 403, "beyond_own_end")
