@@ -41,7 +41,15 @@ import sqlalchemy as sa
 
 from quaygate.cache import Cache
 from quaygate.hotsql import HotStatement
-from quaygate.schema import grants, issued_access_tokens, memberships, persons, refresh_tokens, revoked_tokens
+from quaygate.schema import (
+    grants,
+    issued_access_tokens,
+    memberships,
+    organisations,
+    persons,
+    refresh_tokens,
+    revoked_tokens,
+)
 from release_service.adapters.audit import entry_params, insert_entry_from
 
 from .audit import Entry
@@ -80,9 +88,17 @@ HOLDER_COLUMNS = (persons.c.given_name, persons.c.family_name, persons.c.status,
                   memberships.c.role, memberships.c.valid_until)
 
 
+# The memberships a token may carry: those in an active organisation (review 108: a deactivated
+# organisation's roles, a console role at a terminal's security desk among them, counted on; the admin API
+# already refused to give one there). Their ``valid_until`` is the reader's to judge (person_context).
+HOLDER_MEMBERSHIPS = sa.and_(
+    memberships.c.person_id == persons.c.id,
+    memberships.c.organisation_id.in_(sa.select(organisations.c.id).where(organisations.c.active.is_(True))))
+
+
 def _with_holder(source: Any) -> Any:
     return (source.outerjoin(persons, persons.c.id == grants.c.person_id)
-            .outerjoin(memberships, memberships.c.person_id == persons.c.id))
+            .outerjoin(memberships, HOLDER_MEMBERSHIPS))
 
 
 _NOW = sa.bindparam("now", type_=refresh_tokens.c.used_at.type)

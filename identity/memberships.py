@@ -11,7 +11,7 @@ what the removal stops, and how:
   token issued after the removal carries the role, and one issued before carries it until it expires.
   For a privileged role (claims.PRIVILEGED_ROLES: the console roles, a company's dispatcher and
   org_admin) that is too long: the grants whose tokens can carry it are revoked at once, with their
-  refresh and access tokens (``_revoke_carriers``). Narrower than identity.authn.cutoff's cut for a
+  refresh and access tokens (``revoke_carriers``). Narrower than identity.authn.cutoff's cut for a
   privileged role granted: his passkeys, codes and login sessions stay, for the tokens they give from
   now on are read without the role. The driver role opens nothing in a token (the
   driver app shows a person his own nominations whatever his roles; a company's console does not
@@ -127,7 +127,7 @@ def remove_membership(engine: sa.Engine, *, grants: GrantStore, person_id: uuid.
                     release_ids=tuple(live))
         revoked = 0
         if role in c.PRIVILEGED_ROLES:
-            revoked = _revoke_carriers(conn, grants, person_id, organisation_id, now)
+            revoked = revoke_carriers(conn, grants, person_id, organisation_id, now)
         audit.record("identity.admin.membership.removed", at=now, actor=audit.actor_fields(actor),
                      subject=str(person_id), conn=conn,
                      data={"organisation_id": str(organisation_id), "role": role,
@@ -136,7 +136,7 @@ def remove_membership(engine: sa.Engine, *, grants: GrantStore, person_id: uuid.
     return Removed(revoked)
 
 
-def _revoke_carriers(conn: sa.Connection, grants: GrantStore, person_id: uuid.UUID, organisation_id: uuid.UUID,
+def revoke_carriers(conn: sa.Connection, grants: GrantStore, person_id: uuid.UUID, organisation_id: uuid.UUID,
                      now: datetime, *, reason: str = PRIVILEGED_ROLE_REMOVED) -> int:
     """Revoke every live grant of the person whose tokens can carry a role in ``organisation_id``, in
     the caller's transaction; how many. ``person_context`` puts in a token the person's roles in the
@@ -183,16 +183,18 @@ def keep_an_officer(conn: sa.Connection, person_id: uuid.UUID, organisation_id: 
 
 def officer_ends(conn: sa.Connection, person_id: uuid.UUID, now: datetime) -> datetime | None:
     """When ``person_id``'s port-security role ends: the latest ``valid_until`` of the memberships in
-    force that give it to him; None when one of them has none (a standing officer); ``now`` when none is
-    in force (his role ended, or was taken away, while a token still says he holds it: its lifetime is
-    capped at the end, but verified with a leeway, and a shortened end revokes nothing). What an officer
-    gives or makes stays within it (reviews 105, 107): a dated officer gives privileged roles until his
-    own end at most, and registers no client (``admin.add_membership``, ``admin.register_client``);
-    else his end would bound nothing, for he would make a stand-in. Asked only of a person his token
-    calls an officer."""
+    force (in an active organisation) that give it to him; None when one of them has none (a standing
+    officer); ``now`` when none is in force (his role ended, or was taken away, while a token still says
+    he holds it: its lifetime is capped at the end, but verified with a leeway, and a shortened end
+    revokes nothing). What an officer gives or makes stays within it (reviews 105, 107): a dated officer
+    gives privileged roles until his own end at most, and registers no client (``admin.add_membership``,
+    ``admin.register_client``); else his end would bound nothing, for he would make a stand-in. Asked
+    only of a person his token calls an officer."""
     ends = list(conn.execute(sa.select(memberships.c.valid_until).where(
         memberships.c.person_id == person_id, memberships.c.role == PORT_SECURITY_ROLE,
-        schema.membership_in_force(now))).scalars())
+        schema.membership_in_force(now),
+        memberships.c.organisation_id.in_(sa.select(schema.organisations.c.id).where(schema.organisations.c.active)),
+    )).scalars())
     if not ends:
         return now
     if any(end is None for end in ends):
@@ -222,7 +224,7 @@ def _expire(engine: sa.Engine, grants: GrantStore, person_id: uuid.UUID, organis
         ).returning(memberships.c.created_at, memberships.c.valid_until)).first()
         if gone is None:
             return False  # another replica expired it, or it was given again meanwhile
-        revoked = _revoke_carriers(conn, grants, person_id, organisation_id, now,
+        revoked = revoke_carriers(conn, grants, person_id, organisation_id, now,
                                    reason=PRIVILEGED_ROLE_EXPIRED) if role in c.PRIVILEGED_ROLES else 0
         live = SqlDirectory(conn).live_nominations(person_id, organisation_id, now=now) if role == DRIVER_ROLE else []
         SqlOutbox(conn).publish([PublishedEvent(

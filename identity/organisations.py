@@ -29,10 +29,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from quaygate.schema import grants as grants_table
-from quaygate.schema import oauth_clients, organisations
+from quaygate.schema import memberships, oauth_clients, organisations
 
 from . import audit
+from .domain import claims
 from .grants import GrantStore
+from .memberships import revoke_carriers
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,15 @@ def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID
         if not active:
             for client_id in clients:
                 revoked += _revoke_tokens(conn, grants, client_id, now=now, access_token_ttl=access_token_ttl)
+            # Its members' privileged roles (a console role at a terminal's security desk) count nowhere
+            # now (grants.HOLDER_MEMBERSHIPS): the grants whose tokens carry them go at once, as on a
+            # removal, at clients bound to no organisation too (review 108).
+            for person_id in conn.execute(sa.select(memberships.c.person_id).distinct().where(
+                    memberships.c.organisation_id == organisation_id,
+                    memberships.c.role.in_(sorted(claims.PRIVILEGED_ROLES))).order_by(memberships.c.person_id)
+                    ).scalars():
+                revoked += revoke_carriers(conn, grants, person_id, organisation_id, now,
+                                           reason="organisation_deactivated")
         kind = "identity.admin.organisation." + ("reactivated" if active else "deactivated")
         audit.record(kind, at=now, actor=audit.actor_fields(actor), subject=str(organisation_id), conn=conn,
                      data={"reason": reason, "clients": list(clients), "grants_revoked": revoked})

@@ -192,6 +192,15 @@ def test_a_login_weaker_than_a_passkey_gets_a_step_up_challenge(flow: Flow) -> N
     assert f'acr_values="{assurance.ACR_PASSKEY}"' in r.headers["www-authenticate"]  # RFC 9470 §3
 
 
+def test_a_login_at_the_national_id_provider_is_no_passkey_for_the_console(flow: Flow) -> None:
+    """Review 108 (low): an upstream login's acr ranks above passkey's, and the console took it: whoever
+    controls the itsme identity an officer is linked to had his console. It wants our passkey."""
+    _, badge_id = _badge(flow)
+    token = _token(flow, _console(flow), _officer(flow, "port_security_admin"), acr=assurance.ACR_UPSTREAM)
+    r = flow.http.get(f"/admin/v1/badges/{badge_id}", headers=_auth(token))
+    _problem(r, 401, "insufficient_user_authentication")
+
+
 def test_console_persons_do_not_make_initial_access_tokens(flow: Flow) -> None:
     # Persons and memberships are the console's now (tests/test_admin_console_persons.py); a token for
     # dynamic client registration stays an admin client's.

@@ -323,3 +323,34 @@ def test_a_nomination_in_flight_makes_the_removal_wait_and_refuse(pg_world: Worl
     assert waited
     assert w.roles(person) == {(haulier, "driver")}
 
+
+
+def test_a_deactivated_organisations_console_roles_count_nowhere(world: World) -> None:
+    """Review 108 (medium): a console role held in an organisation port security deactivated (a terminal's
+    security desk under investigation) kept working: old tokens, refreshes and new sign-ins carried it,
+    though the API refused to give a role there. Deactivating revokes the grants whose tokens carry such a
+    role, and no token carries one again while the organisation is inactive."""
+    from quaygate.schema import enrolment_codes
+
+    w = world
+    terminal = add_org(w.engine, OrgKind.TERMINAL).organisation_id
+    x = w.flow.person(given="Rogue", family="Desk")
+    assert w.give(w.security, x, terminal, "badge_office").status_code == 201
+    before = w.sign_in(x)
+    w.http.cookies.clear()
+    r = w.http.post(f"/admin/v1/organisations/{terminal}:deactivate", headers=_auth(w.security),
+                    json={"reason": "terminal desk staff under investigation"})
+    assert r.status_code == 200, r.text
+    driver = w.flow.person(given="Clean", family="Driver")
+
+    def code_for(token: str) -> Any:
+        w.http.cookies.clear()
+        return w.http.post(f"/admin/v1/persons/{driver}/enrolment-codes", headers=_auth(token), json={})
+
+    assert code_for(before["access_token"]).status_code == 401  # its grant revoked
+    assert w.refresh(w.console, before["refresh_token"]).status_code == 400
+    after = w.sign_in(x)
+    assert "badge_office" not in _claims(after["access_token"]).get("roles", [])
+    assert code_for(after["access_token"]).status_code == 403
+    with w.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(enrolment_codes)).scalar_one() == 0

@@ -35,7 +35,7 @@ from ..clients import ClientRecord
 from ..domain import claims as token_claims
 from ..domain import scopes as scope_rules
 from ..domain.roles import ClientRole
-from ..grants import HOLDER_COLUMNS, Grant, GrantStore
+from ..grants import HOLDER_COLUMNS, HOLDER_MEMBERSHIPS, Grant, GrantStore
 from ..keys import SIGNING_ALGORITHMS
 from ..tokens import sign_access_token, sign_jwt
 
@@ -78,7 +78,7 @@ class PersonContext:
 
 _HOLDER = (
     sa.select(*HOLDER_COLUMNS)
-    .select_from(persons.outerjoin(memberships, memberships.c.person_id == persons.c.id))
+    .select_from(persons.outerjoin(memberships, HOLDER_MEMBERSHIPS))
     .where(persons.c.id == sa.bindparam("person_id"))
 )
 
