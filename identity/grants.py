@@ -44,8 +44,8 @@ from quaygate.hotsql import HotStatement
 from quaygate.schema import (
     grants,
     issued_access_tokens,
+    membership_of_active_organisation,
     memberships,
-    organisations,
     persons,
     refresh_tokens,
     revoked_tokens,
@@ -91,9 +91,7 @@ HOLDER_COLUMNS = (persons.c.given_name, persons.c.family_name, persons.c.status,
 # The memberships a token may carry: those in an active organisation (review 108: a deactivated
 # organisation's roles, a console role at a terminal's security desk among them, counted on; the admin API
 # already refused to give one there). Their ``valid_until`` is the reader's to judge (person_context).
-HOLDER_MEMBERSHIPS = sa.and_(
-    memberships.c.person_id == persons.c.id,
-    memberships.c.organisation_id.in_(sa.select(organisations.c.id).where(organisations.c.active.is_(True))))
+HOLDER_MEMBERSHIPS = sa.and_(memberships.c.person_id == persons.c.id, membership_of_active_organisation())
 
 
 def _with_holder(source: Any) -> Any:

@@ -192,9 +192,7 @@ def officer_ends(conn: sa.Connection, person_id: uuid.UUID, now: datetime) -> da
     only of a person his token calls an officer."""
     ends = list(conn.execute(sa.select(memberships.c.valid_until).where(
         memberships.c.person_id == person_id, memberships.c.role == PORT_SECURITY_ROLE,
-        schema.membership_in_force(now),
-        memberships.c.organisation_id.in_(sa.select(schema.organisations.c.id).where(schema.organisations.c.active)),
-    )).scalars())
+        schema.membership_in_force(now), schema.membership_of_active_organisation())).scalars())
     if not ends:
         return now
     if any(end is None for end in ends):

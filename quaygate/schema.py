@@ -111,6 +111,13 @@ def membership_in_force(now: datetime) -> sa.ColumnElement[bool]:
     expiry sweep has deleted the row yet."""
     return sa.or_(memberships.c.valid_until.is_(None), memberships.c.valid_until > now)
 
+
+def membership_of_active_organisation() -> sa.ColumnElement[bool]:
+    """The membership is in an organisation that is active: a deactivated organisation's roles count
+    nowhere while it is (identity.organisations ``set_active``; review 108), as ``membership_in_force``
+    for time."""
+    return memberships.c.organisation_id.in_(sa.select(organisations.c.id).where(organisations.c.active.is_(True)))
+
 badges = sa.Table(
     "badges",
     metadata,

@@ -298,14 +298,20 @@ def enrolment_code_refused_roles(caller: AdminCaller, *, dated: bool = False) ->
     return enrolment.NO_ROLE_REFUSED if caller.holds(PORT_SECURITY_ROLE) and not dated else c.PRIVILEGED_ROLES
 
 
-def dated_officer(request: Request, caller: AdminCaller) -> bool:
-    """Whether ``caller`` is a console officer whose port-security role ends (identity.memberships
-    ``officer_ends``): nothing he makes may outlive it (review 105)."""
-    if caller.person_id is None or not caller.holds(PORT_SECURITY_ROLE):
-        return False
+def _caller_ends(request: Request, caller: AdminCaller) -> datetime | None:
+    """When the console officer ``caller``'s port-security role ends (identity.memberships
+    ``officer_ends``); None for a standing officer and for an admin client."""
+    if caller.person_id is None:
+        return None
     container = request.app.state.container
     with container.engine.connect() as conn:
-        return officer_ends(conn, uuid.UUID(caller.person_id), container.clock.now()) is not None
+        return officer_ends(conn, uuid.UUID(caller.person_id), container.clock.now())
+
+
+def dated_officer(request: Request, caller: AdminCaller) -> bool:
+    """Whether ``caller`` is a console officer whose port-security role ends (``_caller_ends``): nothing
+    he makes may outlive it (review 105)."""
+    return caller.holds(PORT_SECURITY_ROLE) and _caller_ends(request, caller) is not None
 
 
 def audit_read(request: Request, caller: AdminCaller, kind: str, *, subject: str | None = None,
@@ -411,14 +417,10 @@ def create_initial_access_token(request: Request, body: InitialAccessTokenIn) ->
                         status_code=201, headers={"Cache-Control": "no-store"})
 
 
-def _beyond_own_end(engine: sa.Engine, caller: AdminCaller, until: datetime | None, now: datetime
-                    ) -> AdminRefused | None:
+def _beyond_own_end(request: Request, caller: AdminCaller, until: datetime | None) -> AdminRefused | None:
     """The refusal (403 ``beyond_own_end``) of a privileged role given past the end of the giving
-    officer's own port-security role (identity.memberships ``officer_ends``), or unending by him."""
-    if caller.person_id is None:
-        return None
-    with engine.connect() as conn:
-        ends = officer_ends(conn, uuid.UUID(caller.person_id), now)
+    officer's own port-security role (``_caller_ends``), or unending by him."""
+    ends = _caller_ends(request, caller)
     if ends is None or (until is not None and until <= ends):
         return None
     return own_refused("beyond_own_end", f"An officer whose role ends at {ends.isoformat()} gives privileged "
@@ -563,7 +565,7 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
                        instance=request.url.path)
     if until is not None and until <= now:
         return problem(422, "valid_until_not_future", "valid_until must be in the future.", instance=request.url.path)
-    if body.role in c.PRIVILEGED_ROLES and (refused := _beyond_own_end(container.engine, caller, until, now)):
+    if body.role in c.PRIVILEGED_ROLES and (refused := _beyond_own_end(request, caller, until)):
         return refused.response(request)
     with container.engine.begin() as conn:
         # The person's row locked first: an enrolment code issued meanwhile either commits before this

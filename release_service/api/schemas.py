@@ -197,7 +197,7 @@ class ReleaseOut(BaseModel):
     gate: GateOut
     contested_at: datetime | None = Field(default=None, description=(
         "When this right was marked contested: another shipping line was refused the container and vessel "
-        "call it holds, or this line's right on the container at this terminal was. The gate then answers "
+        "call it holds, or this line's right on the container (at any terminal) was. The gate then answers "
         "`review` `container_contested` for it, as it does while another line holds a live right on the "
         "container at this terminal; the terminal settles it from its discharge records (an override)."))
     created_at: datetime
