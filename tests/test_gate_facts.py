@@ -46,6 +46,7 @@ from .ban_register import Register, ban, national_number, snapshot
 from .conftest import refusing_connections
 from .factories import TERMINAL, container
 from .processes import free_port
+from .test_gate_move import a_pending_transfer_is_cancelled_by_the_gate_in
 from .test_gate_verify import Gate
 from .test_release_api import assert_problem
 
@@ -1136,6 +1137,13 @@ def test_every_change_to_a_right_is_seen_by_the_next_decision(gate: Gate) -> Non
     committed = gate.verify(gate.body(2, mode="commit")).json()
     assert committed["committed"] is True
     assert _check(gate, 2)["reasons"] == ["already_used"]  # the gate-in committed by the verify itself
+
+
+def test_a_gate_in_over_a_pending_transfer_cancels_it_and_the_cache_follows(either_gate: Gate) -> None:
+    """On the loop the one-statement move cannot write the transfer: the commit goes to the worker
+    threads, which save it with the move; either way the cached right is invalidated with it."""
+    a_pending_transfer_is_cancelled_by_the_gate_in(either_gate, 3)
+    assert _check(either_gate, 3)["reasons"] == ["already_used"]
 
 
 def test_badge_office_changes_are_seen_by_the_next_decision(gate: Gate) -> None:

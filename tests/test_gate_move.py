@@ -23,6 +23,7 @@ from quaygate.schema import (
     gate_decisions,
     release_events,
     releases,
+    transfers,
     webhook_deliveries,
     webhook_subscriptions,
 )
@@ -34,6 +35,7 @@ from release_service.ports import DuplicateDecision
 
 from .factories import TERMINAL
 from .test_gate_verify import Gate, serve
+from .test_release_api import assert_problem
 
 
 def _now() -> datetime:
@@ -210,3 +212,70 @@ def test_the_patterns_of_an_event_are_exactly_those_that_match_it() -> None:
     patterns = types + [p + ".*" for p in prefixes] + ["release", "release.", "*", "release.gated_in.*"]
     for event_type, pattern in itertools.product(types, patterns):
         assert (pattern in patterns_matching(event_type)) == matches([pattern], event_type), (event_type, pattern)
+
+
+def a_pending_transfer_is_cancelled_by_the_gate_in(gate: Gate, n: int) -> None:
+    """The holder nominated its driver, then offered the right to another operator; the nominated truck
+    comes first. The gate-in cancels the offer (an accept would now fail for ever): the transfer row is
+    ``cancelled``, the recipient is told (``release.transfer.cancelled`` after ``release.gated_in``,
+    a webhook delivery of its own) and no longer reads the right; the one commit answer says allow."""
+    rid = gate.pickable(n)
+    p = gate.p
+    heard = _subscribe(gate.engine, p.haul2.organisation_id, ["release.transfer.*"])
+    r = gate.http.post(f"/api/v1/releases/{rid}/transfers", headers=gate.as_("haul"),
+                       json={"to_organisation_id": str(p.haul2.organisation_id)})
+    assert r.status_code == 201, r.text
+    tid = r.json()["transfer"]["id"]
+
+    r = gate.verify(gate.body(n, mode="commit"))
+    assert r.status_code == 200, r.text
+    assert (r.json()["decision"], r.json()["committed"]) == ("allow", True)
+
+    assert gate.state(rid) == "gated_in"
+    with gate.engine.connect() as conn:
+        row = conn.execute(sa.select(transfers).where(transfers.c.id == uuid.UUID(tid))).mappings().one()
+        assert (row["state"], row["pending_key"]) == ("cancelled", None)
+        assert row["decided_at"] is not None
+        last = conn.execute(sa.select(release_events.c.type, release_events.c.data, release_events.c.id)
+                            .where(release_events.c.release_id == uuid.UUID(rid))
+                            .order_by(release_events.c.seq.desc()).limit(2)).all()
+        assert [e.type for e in reversed(last)] == ["release.gated_in", "release.transfer.cancelled"]
+        assert last[0].data == {"transfer_id": tid, "from": str(p.haul.organisation_id),
+                                "to": str(p.haul2.organisation_id), "state": "gated_in"}
+        told = conn.execute(sa.select(webhook_deliveries.c.event_type)
+                            .where(webhook_deliveries.c.subscription_id == heard)
+                            .order_by(webhook_deliveries.c.created_at)).scalars().all()
+        assert told == ["release.transfer.requested", "release.transfer.cancelled"]
+    r = gate.http.post(f"/api/v1/transfers/{tid}/accept", headers=gate.as_("haul2"))
+    assert_problem(r, 409, "transfer_not_pending")
+    assert_problem(gate.http.get(f"/api/v1/releases/{rid}", headers=gate.as_("haul2")), 404, "not_found")
+
+
+def test_a_gate_in_cancels_a_transfer_still_pending(gate: Gate) -> None:
+    a_pending_transfer_is_cancelled_by_the_gate_in(gate, 1)
+
+
+def test_a_revocation_and_a_withdrawal_tell_the_recipient_of_the_offer(gate: Gate) -> None:
+    """The company offered a right hears when the offer ends without its word: the sender withdrew it
+    (``release.transfer.withdrawn`` names both ends) or the line revoked the right
+    (``release.transfer.cancelled``)."""
+    p = gate.p
+    heard = _subscribe(gate.engine, p.haul2.organisation_id, ["release.transfer.*"])
+    told: list[str] = []
+    for n, end in ((1, "withdraw"), (2, "revoke")):
+        rid = str(gate.issue(n, release_to_organisation_id=str(p.haul.organisation_id))["release"]["id"])
+        r = gate.http.post(f"/api/v1/releases/{rid}/transfers", headers=gate.as_("haul"),
+                           json={"to_organisation_id": str(p.haul2.organisation_id)})
+        assert r.status_code == 201, r.text
+        tid = r.json()["transfer"]["id"]
+        if end == "withdraw":
+            r = gate.http.post(f"/api/v1/transfers/{tid}/withdraw", headers=gate.as_("haul"))
+        else:
+            r = gate.http.post(f"/api/v1/releases/{rid}/revoke", headers=gate.as_("line"), json={"reason": "fraud"})
+        assert r.status_code == 200, r.text
+        with gate.engine.connect() as conn:
+            told = conn.execute(sa.select(webhook_deliveries.c.event_type)
+                                .where(webhook_deliveries.c.subscription_id == heard)
+                                .order_by(webhook_deliveries.c.created_at)).scalars().all()
+    assert told == ["release.transfer.requested", "release.transfer.withdrawn",
+                    "release.transfer.requested", "release.transfer.cancelled"]

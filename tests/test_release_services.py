@@ -53,6 +53,27 @@ def test_full_chain_to_gate_out(engine: sa.Engine) -> None:
     assert audited == len(types)
 
 
+def test_a_claimed_gate_in_cancels_a_transfer_still_pending(engine: sa.Engine) -> None:
+    """``gate.gate_in`` (the conditional claim) writes the transfer the gate-in cancelled, as ``save``
+    does: without it the offer stayed pending on a used right."""
+    p = port(engine)
+    right, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, to=p.haul.organisation_id), now()))
+    cmd = nominate.NominateCommand(plate_text="1-ABC-123", plate_country="be", driver_person_id=p.driver)
+    do(engine, lambda uow: nominate.nominate(uow, p.haul, right.id, cmd, now()))
+    for who, kind in ((p.customs, LightKind.CUSTOMS), (p.terminal, LightKind.TERMINAL)):
+        do(engine, lambda uow, who=who, kind=kind: lifecycle.set_light(uow, who, right.id, kind, LightStatus.GREEN,
+                                                                       None, now()))
+    t, _ = do(engine, lambda uow: transfers.transfer(uow, p.haul, right.id, p.haul2.organisation_id, now()))
+    do(engine, lambda uow: gate.gate_in(uow, p.terminal, right.id, uuid.uuid4(), now()))
+    assert _code(lambda: do(engine, lambda uow: transfers.accept(uow, p.haul2, t.id, now()))) \
+        is ErrorCode.TRANSFER_NOT_PENDING
+    with SqlUnitOfWork(engine, readonly=True) as uow:
+        types = [e.type for e in queries.events(uow, p.line, right.id)]
+        (ended,) = uow.releases.transfers(right.id)
+    assert types[-2:] == ["release.gated_in", "release.transfer.cancelled"]
+    assert ended.state.value == "cancelled" and ended.decided_at is not None
+
+
 def test_one_live_right_per_container_and_vessel_call(engine: sa.Engine) -> None:
     p = port(engine)
     right, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p), now()))

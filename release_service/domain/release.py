@@ -187,7 +187,7 @@ class TransferState(StrEnum):
     ACCEPTED = "accepted"
     DECLINED = "declined"
     WITHDRAWN = "withdrawn"
-    CANCELLED = "cancelled"  # the right ended (revoked, deleted, lapsed) while pending
+    CANCELLED = "cancelled"  # the right ended (revoked, deleted, lapsed) or was used at the gate while pending
 
 
 @dataclass(slots=True)
@@ -362,9 +362,9 @@ class ReleaseRight:
         """The line ends the right; every downstream hold and pending transfer ends with it."""
         self._require_issuer(by)
         self._require_state(LIVE_STATES, "revoke", now)
-        self._cancel_pending_transfer(now)
         self.state = State.REVOKED
         self._emit("release.revoked", by, now, {"reason": reason, "holder": str(self.holder_organisation_id)})
+        self._cancel_pending_transfer(by, now)
 
     def delete(self, *, by: Actor, now: datetime, reason: str | None, travelled: bool) -> None:
         """Withdraw a right issued in error, before it has travelled beyond the first party.
@@ -382,16 +382,16 @@ class ReleaseRight:
                 ErrorCode.ILLEGAL_TRANSITION,
                 "A right that has been transferred onward can be revoked, not deleted.",
             )
-        self._cancel_pending_transfer(now)
         self.state = State.DELETED
         self._emit("release.deleted", by, now, {"reason": reason})
+        self._cancel_pending_transfer(by, now)
 
     def lapse_if_due(self, now: datetime) -> bool:
         """Past its validity window a right not yet gated in lapses by itself."""
         if self.state in PRE_GATE_STATES and now >= self.valid_until:
-            self._cancel_pending_transfer(now)
             self.state = State.EXPIRED
             self._emit("release.expired", _SYSTEM, now, {"valid_until": self.valid_until.isoformat()})
+            self._cancel_pending_transfer(_SYSTEM, now)
             return True
         return False
 
@@ -472,7 +472,10 @@ class ReleaseRight:
         if by.organisation_id != transfer.from_organisation_id:
             raise DomainError(ErrorCode.NOT_SENDER, "Only the sender withdraws a transfer.")
         self._close_transfer(transfer, TransferState.WITHDRAWN, now)
-        self._emit("release.transfer.withdrawn", by, now, {"transfer_id": str(transfer.id)})
+        # Its recipient hears of it too (``audience``: the event's ``to``).
+        self._emit("release.transfer.withdrawn", by, now,
+                   {"transfer_id": str(transfer.id), "from": str(transfer.from_organisation_id),
+                    "to": str(transfer.to_organisation_id)})
         return transfer
 
     def nominate(
@@ -599,6 +602,7 @@ class ReleaseRight:
         self.state = State.GATED_IN
         self.gate_in_at = now
         self._emit("release.gated_in", by, now, {"decision_id": str(decision_id)})
+        self._cancel_pending_transfer(by, now)
 
     def override_gate_in(self, *, by: Actor, now: datetime, reason: str, decision_id: uuid.UUID) -> None:
         """A terminal releases a refused truck; it must say why, and it is audited."""
@@ -611,6 +615,7 @@ class ReleaseRight:
         self.state = State.GATED_IN
         self.gate_in_at = now
         self._emit("release.gate_override", by, now, {"reason": reason.strip(), "decision_id": str(decision_id)})
+        self._cancel_pending_transfer(by, now)
 
     def require_overridable(self, now: datetime) -> None:
         """What a terminal's override (release_service.domain.gate.OVERRIDABLE) may not set aside on the
@@ -740,9 +745,16 @@ class ReleaseRight:
         if transfer not in self.changed_transfers:
             self.changed_transfers.append(transfer)
 
-    def _cancel_pending_transfer(self, now: datetime) -> None:
-        if self.pending_transfer is not None:
-            self._close_transfer(self.pending_transfer, TransferState.CANCELLED, now)
+    def _cancel_pending_transfer(self, by: Actor | dict[str, str | None], now: datetime) -> None:
+        """A transfer still pending when the right ends or is used at the gate can never be accepted:
+        it is cancelled, and both its ends hear so (``release.transfer.cancelled``, after the event of
+        the right's own change, so its ``state`` is the right's new one)."""
+        transfer = self.pending_transfer
+        if transfer is not None:
+            self._close_transfer(transfer, TransferState.CANCELLED, now)
+            self._emit("release.transfer.cancelled", by, now,
+                       {"transfer_id": str(transfer.id), "from": str(transfer.from_organisation_id),
+                        "to": str(transfer.to_organisation_id)})
 
     def _summary(self) -> dict[str, Any]:
         return {

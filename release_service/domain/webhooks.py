@@ -193,6 +193,7 @@ KNOWN_EVENT_TYPES = frozenset({
     "release.deleted", "release.expired",
     "release.transfer.requested", "release.transfer.accepted", "release.transfer.declined",
     "release.transfer.withdrawn",
+    "release.transfer.cancelled",  # still pending when the right ended or was used at the gate
     "release.nominated", "release.renominated", "release.nomination.accepted", "release.nomination.refused",
     "release.nomination.screening_alert",  # a port ban landed on the nominated driver (issue 4)
     "release.light.commercial", "release.light.customs", "release.light.terminal",

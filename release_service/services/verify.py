@@ -72,6 +72,7 @@ from release_service.ports import (
     LoopGateUnit,
     LoopUnavailable,
     Recalled,
+    StaleRight,
     StoredDecision,
     UnitOfWork,
 )
@@ -315,7 +316,12 @@ def _write(uow: UnitOfWork, row: dict[str, Any], moved: ReleaseRight | None) -> 
     elif uow.gate.moves_at_once:
         return uow.gate.record_move(row, moved, [audience(moved, e) for e in moved.pending_events])
     else:
-        persist(uow, moved)
+        # Statement by statement, in the unit of work's transaction (SQLite): the save is guarded by
+        # the version read, as the one statement is.
+        try:
+            persist(uow, moved)
+        except StaleRight:
+            return False
         uow.gate.record(row)
     return True
 

@@ -12,7 +12,10 @@ everything at once, only if the right is still at the version it read:
                      JOIN organisations ON organisations.id = organisation_id    -- by primary key
                      WHERE active AND organisations.active                      -- not deactivated
                      AND organisation_id = ANY(:audience) AND event_types ?| :patterns),
-         decided AS (INSERT INTO gate_decisions  SELECT ... FROM moved)
+         decided AS (INSERT INTO gate_decisions  SELECT ... FROM moved),
+         -- only when the gate-in cancels an offer still pending (ReleaseRight.gate_in):
+         ended   AS (UPDATE transfers SET state = 'cancelled', ... WHERE id = :t AND release_id = (moved)),
+         unoffered AS (DELETE FROM release_parties WHERE ... relation = 'recipient')
     SELECT count(*) FROM moved
 
 One statement is one transaction (autocommitted: no BEGIN, no COMMIT round trip) and atomic. Every
@@ -48,11 +51,13 @@ from quaygate.schema import (
     gate_decisions,
     organisations,
     release_events,
+    release_parties,
     releases,
+    transfers,
     webhook_deliveries,
     webhook_subscriptions,
 )
-from release_service.domain.release import ReleaseRight
+from release_service.domain.release import ReleaseRight, Transfer, TransferState
 from release_service.domain.webhooks import patterns_matching
 from release_service.ports import DuplicateDecision, PublishedEvent
 
@@ -87,6 +92,7 @@ def move_statement(row: dict[str, Any], right: ReleaseRight, audiences: Sequence
     events = right.pending_events
     if len(audiences) != len(events):
         raise ValueError("one audience per pending event")
+    cancelled = _cancelled_transfer(right)
     # Only the columns the move changed (``reads``: the row as read in this unit of work): a short
     # statement with few parameters, which psycopg parses once and keeps (it parses a statement of
     # over 4 096 characters or 50 parameters again on every call: half a millisecond here).
@@ -100,7 +106,9 @@ def move_statement(row: dict[str, Any], right: ReleaseRight, audiences: Sequence
                        f"e{k}_data": event.data, f"e{k}_at": event.at, f"e{k}_audience": listed(sorted(audience)),
                        f"e{k}_patterns": listed(patterns_matching(event.type)),
                        f"e{k}_payload": delivery_payload(published)})
-    key = (len(events), tuple(values), tuple(row))
+    if cancelled is not None:
+        params.update({"t_id": cancelled.id, "t_to": cancelled.to_organisation_id, "t_at": cancelled.decided_at})
+    key = (len(events), tuple(values), tuple(row), cancelled is not None)
     statement = _statements.get(key)
     if statement is None:
         statement = _statements[key] = HotStatement(_build(*key))
@@ -120,12 +128,25 @@ def twin_refused(row: dict[str, Any]) -> Iterator[None]:
 
 
 def written(right: ReleaseRight) -> None:
-    """``right`` as the statement left it: at its next version, its events saved."""
+    """``right`` as the statement left it: at its next version, its events and transfers saved."""
     right.version += 1
     right.pending_events.clear()
+    right.changed_transfers.clear()
 
 
-def _build(n: int, right_columns: tuple[str, ...], decision_columns: tuple[str, ...]) -> sa.Select[Any]:
+def _cancelled_transfer(right: ReleaseRight) -> Transfer | None:
+    """The one transfer change a gate move makes: the offer still pending, cancelled by the gate-in
+    (``ReleaseRight.gate_in``). Any other is the release store's to write (``SqlReleaseStore.save``)."""
+    changed = right.changed_transfers
+    if not changed:
+        return None
+    if len(changed) != 1 or changed[0].state is not TransferState.CANCELLED:
+        raise ValueError("a gate move changes no transfer but the one its gate-in cancelled")
+    return changed[0]
+
+
+def _build(n: int, right_columns: tuple[str, ...], decision_columns: tuple[str, ...],
+           cancels: bool) -> sa.Select[Any]:
     bp = sa.bindparam
     moved = (
         releases.update()
@@ -178,4 +199,19 @@ def _build(n: int, right_columns: tuple[str, ...], decision_columns: tuple[str, 
         sa.select(*[bp("d_" + name, type_=gate_decisions.c[name].type) for name in decision_columns])
         .select_from(moved),
     ).cte("decided")
-    return sa.select(sa.func.count().label("moved")).select_from(moved).add_cte(events, audited, hooks, decided)
+    ctes = [events, audited, hooks, decided]
+    if cancels:
+        # The offer the gate-in cancelled (as ``SqlReleaseStore._upsert_transfer`` and
+        # ``_drop_recipient`` write it): no longer pending, and its recipient no longer a party.
+        moved_id = sa.select(moved.c.id).scalar_subquery()
+        ctes.append(transfers.update()
+                    .where(transfers.c.id == bp("t_id", type_=UUID), transfers.c.release_id == moved_id)
+                    .values(state=TransferState.CANCELLED.value, pending_key=None,
+                            decided_at=bp("t_at", type_=UTCDateTime()))
+                    .returning(transfers.c.id).cte("ended"))
+        ctes.append(release_parties.delete()
+                    .where(release_parties.c.release_id == moved_id,
+                           release_parties.c.organisation_id == bp("t_to", type_=UUID),
+                           release_parties.c.relation == "recipient")
+                    .returning(release_parties.c.organisation_id).cte("unoffered"))
+    return sa.select(sa.func.count().label("moved")).select_from(moved).add_cte(*ctes)

@@ -30,14 +30,10 @@ from release_service.domain.release import (
     Transfer,
     TransferState,
 )
-from release_service.ports import ContestedRight, ReleaseFilter, StoredEvent
+from release_service.ports import ContestedRight, ReleaseFilter, StaleRight, StoredEvent
 
 # Kinds that see every right in their remit rather than only those they are party to.
 _SEE_BY_TERMINAL = OrgKind.TERMINAL
-
-
-class StaleRight(Exception):
-    """The row changed under us although we held its lock: a bug, never a user error."""
 
 
 # Prebuilt statements of the gate commit's hot path: built and cache-keyed once, not per call.
@@ -264,6 +260,11 @@ class SqlReleaseStore:
             raise StaleRight(str(right.id))
         touch(self._conn, RIGHTS, right.container.value)
         right.version += 1
+        self._save_transfers(right)
+        return self._insert_events([right], start_seq={right.id: last_seq - len(right.pending_events)})
+
+    def _save_transfers(self, right: ReleaseRight) -> None:
+        """The transfers ``right`` changed, and the party rows they change."""
         if right.changed_transfers:
             for t in right.changed_transfers:
                 self._upsert_transfer(t)
@@ -274,9 +275,7 @@ class SqlReleaseStore:
             # The holder changes only by an accepted transfer (ReleaseRight.accept_transfer), so the
             # party rows need a look only when a transfer changed; a gate move saves a statement.
             self._add_party(right.id, right.holder_organisation_id, "holder")
-        events = self._insert_events([right], start_seq={right.id: last_seq - len(right.pending_events)})
         right.changed_transfers.clear()
-        return events
 
     def claim_gate_in(self, right: ReleaseRight, *, expected: State) -> list[StoredEvent] | None:
         """Single use (STYLE.md #4): ``UPDATE .. WHERE state = :expected``; one caller wins."""
@@ -298,6 +297,7 @@ class SqlReleaseStore:
             return None
         touch(self._conn, RIGHTS, right.container.value)
         right.version += 1
+        self._save_transfers(right)  # a transfer still pending is cancelled by the gate-in
         return self._insert_events([right], start_seq={right.id: last_seq - len(right.pending_events)})
 
     def _upsert_transfer(self, t: Transfer) -> None:
