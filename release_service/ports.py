@@ -216,6 +216,10 @@ class Sealer(Protocol):
 class WebhookStore(Protocol):
     def add_subscription(self, sub: Subscription, secret_enc: str) -> None: ...
 
+    def count_locked(self, organisation_id: uuid.UUID) -> int:
+        """The organisation's active subscriptions, under a lock that serialises its creations."""
+        ...
+
     def subscriptions(self, organisation_id: uuid.UUID) -> list[Subscription]: ...
 
     def subscription(self, organisation_id: uuid.UUID, subscription_id: uuid.UUID, *,

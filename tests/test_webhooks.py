@@ -589,6 +589,15 @@ def test_an_ipv6_address_that_carries_an_internal_ipv4_address_is_refused(form: 
     assert err.value.context["field"] == "url"
 
 
+@pytest.mark.parametrize("host", ["fec0::1", "feff:ffff::1", "ff02::1", "ff0e::114", "224.0.0.251", "239.255.255.250"])
+def test_site_local_and_multicast_addresses_are_not_receivers(host: str) -> None:
+    """Review 110: Python 3.11's ``is_global`` calls deprecated IPv6 site-local (fec0::/10, RFC 3879) and
+    global-scope multicast global; neither is a company's web server."""
+    assert not wh.is_public_address(ipaddress.ip_address(host))
+    with pytest.raises(DomainError):
+        wh.validate_url(f"https://[{host}]/hook" if ":" in host else f"https://{host}/hook")
+
+
 def test_a_public_ipv4_address_in_an_ipv6_form_is_judged_as_itself() -> None:
     """An IPv6-only network reaches an IPv4 receiver through NAT64 (DNS64 answers 64:ff9b::/96): allowed
     when the address inside is public. Forms meant for no public use are refused whatever they carry."""
@@ -681,3 +690,47 @@ def test_an_endpoint_gone_has_its_other_queued_deliveries_cancelled(engine: sa.E
     disabled = audit_entries(engine, gone.id)[-1]
     assert disabled.kind == "release.webhook.subscription.disabled" and disabled.data["deliveries_cancelled"] == 2
     assert dispatcher(engine, clock).run_once() == 0 and len(receiver.at("/gone")) == 1
+
+
+def test_an_organisation_keeps_a_bounded_number_of_subscriptions(engine: sa.Engine) -> None:
+    """Review 110: 300 subscriptions of one company made 300 delivery rows (and sends) per event of its
+    audience. The cap counts active ones: a deleted subscription frees its place; another company's
+    subscriptions count for it alone."""
+    org, other = make_org(engine), make_org(engine)
+    subs = [subscribe(engine, org, f"https://hooks{k}.example/q", ["release.*"])[0]
+            for k in range(wh.MAX_SUBSCRIPTIONS)]
+    with pytest.raises(DomainError) as err:
+        subscribe(engine, org, "https://one-more.example/q", ["release.*"])
+    assert err.value.code is ErrorCode.TOO_MANY_SUBSCRIPTIONS
+    assert len(svc.list_subscriptions(SqlUnitOfWork(engine), org)) == wh.MAX_SUBSCRIPTIONS
+    subscribe(engine, other, "https://other.example/q", ["release.*"])
+    svc.delete_subscription(SqlUnitOfWork(engine), member(org), subs[0].id, now=T0)
+    subscribe(engine, org, "https://one-more.example/q", ["release.*"])
+
+
+def test_subscriptions_created_at_once_stay_within_the_cap(pg_engine: sa.Engine) -> None:
+    """Many creations racing for one company: each counts under the company row's lock, so the count
+    read by one includes what the one before it committed (locking the subscription rows would not hold
+    off a new row)."""
+    org = make_org(pg_engine)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def create(k: int) -> None:
+        barrier.wait()
+        for j in range(4):
+            try:
+                subscribe(pg_engine, org, f"https://hooks{k}-{j}.example/q", ["release.*"])
+                outcomes.append("created")
+            except DomainError as exc:
+                outcomes.append(exc.code.value)
+
+    threads = [threading.Thread(target=create, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Counter(outcomes) == {"created": wh.MAX_SUBSCRIPTIONS, "too_many_subscriptions": 32 - wh.MAX_SUBSCRIPTIONS}
+    with pg_engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(webhook_subscriptions)
+                            .where(webhook_subscriptions.c.organisation_id == org)).scalar_one() == wh.MAX_SUBSCRIPTIONS

@@ -97,6 +97,14 @@ class SqlWebhookStore:
             secret_enc=secret_enc, active=sub.active, created_at=sub.created_at,
         ))
 
+    def count_locked(self, organisation_id: uuid.UUID) -> int:
+        """The organisation's active subscriptions, counted under its row's lock: two creations of one
+        organisation count one after the other (a phantom insert is not held off by locking rows)."""
+        self._conn.execute(sa.select(organisations.c.id).where(organisations.c.id == organisation_id)
+                           .with_for_update())
+        return int(self._conn.execute(sa.select(sa.func.count()).select_from(_subs).where(
+            _subs.c.organisation_id == organisation_id, _subs.c.active.is_(True))).scalar_one())
+
     def subscriptions(self, organisation_id: uuid.UUID) -> list[Subscription]:
         rows = self._conn.execute(
             sa.select(_subs).where(_subs.c.organisation_id == organisation_id, _subs.c.active.is_(True))

@@ -60,6 +60,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.IDEMPOTENCY_KEY_REUSED: 422,
     ErrorCode.REQUEST_ID_REUSED: 409,
     ErrorCode.REASON_REQUIRED: 422,
+    ErrorCode.TOO_MANY_SUBSCRIPTIONS: 409,
 }
 
 TITLES: dict[int, str] = {

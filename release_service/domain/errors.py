@@ -17,6 +17,7 @@ class ErrorCode(StrEnum):
     INVALID_LIGHT = "invalid_light"
     INVALID_CURSOR = "invalid_cursor"
     INVALID_WEBHOOK_SUBSCRIPTION = "invalid_webhook_subscription"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"  # an organisation's active webhook subscriptions
     INVALID_TEXT = "invalid_text"  # a control character, or too long for its column once normalised
     INVALID_OBSERVED_AT = "invalid_observed_at"  # gate verify: a read observed too long ago, or ahead of us
     # parties and permissions

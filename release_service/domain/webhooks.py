@@ -205,6 +205,9 @@ KNOWN_EVENT_TYPES = frozenset({
 _PREFIXES = frozenset(t.rsplit(".", n)[0] for t in KNOWN_EVENT_TYPES for n in range(1, t.count(".") + 1))
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 MAX_EVENT_PATTERNS = 50
+# Each active subscription gets a delivery row per event of its organisation's audience (a line's batch of
+# 10 000 rights: 10 000 rows each) and a send: a company needs a few endpoints, not a thousand (review 110).
+MAX_SUBSCRIPTIONS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +341,7 @@ _REFUSED_V6 = (
     ipaddress.IPv6Network("2001::/32"),  # RFC 4380: Teredo (the client address inside is obfuscated)
     ipaddress.IPv6Network("::/96"),  # RFC 4291 §2.5.5.1: IPv4-compatible, deprecated (and :: and ::1)
     ipaddress.IPv6Network("::ffff:0:0:0/96"),  # RFC 2765: IPv4-translated (SIIT)
+    ipaddress.IPv6Network("fec0::/10"),  # RFC 3879: site-local, deprecated (global to Python 3.11's is_global)
 )
 
 
@@ -353,7 +357,7 @@ def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
             return embedded.is_global
         if any(ip in net for net in _REFUSED_V6):
             return False
-    return ip.is_global
+    return ip.is_global and not ip.is_multicast  # multicast: never one receiver (global to is_global)
 
 
 _NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+))*\.?")

@@ -25,6 +25,7 @@ from typing import Any
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor
 from release_service.domain.webhooks import (
+    MAX_SUBSCRIPTIONS,
     Delivery,
     SigningSecrets,
     Subscription,
@@ -58,6 +59,11 @@ def create_subscription(uow: WebhookUnitOfWork, cipher: Sealer, actor: Actor, *,
     secret = new_secret()
     with uow:
         acting_organisation_active(uow, actor)
+        if uow.webhooks.count_locked(org) >= MAX_SUBSCRIPTIONS:
+            raise DomainError(ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                              f"Your organisation has {MAX_SUBSCRIPTIONS} webhook subscriptions, the most it may "
+                              "have: delete one first (one subscription can carry many event types).",
+                              limit=MAX_SUBSCRIPTIONS)
         uow.webhooks.add_subscription(sub, cipher.seal(SigningSecrets(secret).to_bytes(), secret_aad(sub.id)))
         _audit(uow, "release.webhook.subscription.created", actor, sub, now,
                event_types=list(sub.event_types))
