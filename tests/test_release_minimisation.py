@@ -7,13 +7,16 @@ PostgreSQL, and what it must not see is looked for in the whole answer."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from quaygate.schema import webhook_deliveries, webhook_subscriptions
 from release_service.domain import disclosure
 from release_service.services import queries
 
@@ -250,3 +253,30 @@ def test_the_transfers_read_answers_as_the_events_do(api: DriverApi) -> None:
     assert seen(p.line) == seen(p.haul) == [(fwd, haul), (haul, haul2)]
     assert seen(p.fwd) == [(fwd, haul)]
     assert str(tid) not in str(do(api.engine, lambda uow: queries.transfers(uow, p.fwd, uuid.UUID(trip.rid))))
+
+
+def test_customs_reason_goes_to_the_full_sight_viewers_and_its_status_to_everyone(api: DriverApi) -> None:
+    """Review 110: customs' free-text reason for a scan selection reached the nominated driver, a past
+    holder and the holder's webhook. They see the light's status (what they act on) and its time; the
+    line, customs and the terminal read the reason."""
+    trip = _trip(api, second_leg=False)
+    grounds = "selected: risk profile R-17, scan Wednesday"
+    with api.engine.begin() as conn:  # the holder listens to its rights' events
+        conn.execute(webhook_subscriptions.insert().values(
+            id=uuid.uuid4(), organisation_id=api.p.haul.organisation_id, url="https://hooks.example/q",
+            secret_enc="x", event_types=["release.*"], active=True, created_at=datetime.now(UTC)))
+    _ok(api.http.put(f"/api/v1/releases/{trip.rid}/lights/customs", headers=api.as_("customs"),
+                     json={"status": "scan", "reason": grounds}))
+    with api.engine.begin() as conn:
+        payloads = conn.execute(sa.select(webhook_deliveries.c.payload)
+                                .where(webhook_deliveries.c.event_type == "release.light.customs")).scalars().all()
+    assert [p["data"]["status"] for p in payloads] == ["scan"]
+    viewers = {"line": api.as_("line"), "customs": api.as_("customs"), "terminal": api.as_("terminal"),
+               "fwd": api.as_("fwd"), "haul": api.as_("haul"), "driver": api.driver(trip.driver1)}
+    for who, headers in viewers.items():
+        right, events, text = _read(api, trip.rid, headers)
+        assert right["lights"]["customs"]["status"] == "scan", who
+        (light,) = _of(events, "release.light.customs")
+        assert light["data"]["status"] == "scan", who
+        assert (grounds in text) is (who in ("line", "customs", "terminal")), who
+    assert grounds not in json.dumps(payloads)

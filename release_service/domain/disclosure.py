@@ -14,6 +14,9 @@ Whether a party sees a right at all is ``services.common.can_see``; this module 
     the nominated driver                     all (the nomination is his)    all, another driver's nominations
                                                                             and answers null; no staff ids
 
+Customs' reason for its light goes to the full-sight viewers only (the chain and the driver, and every
+webhook, get its status and time: ``published_data``).
+
 The line answers for the right and sees its whole history; customs, the terminal and port security
 oversee it. A transport operator's nomination does not travel with the right (``accept_transfer``
 clears it), so a driver and truck named by one holder are a third party's data to every other
@@ -44,6 +47,10 @@ COUNTERPARTY_KEYS = ("from", "to", "holder")
 ISSUED = "release.issued"
 TRANSFER_REQUESTED = "release.transfer.requested"
 TRANSFER_ACCEPTED = "release.transfer.accepted"
+# Customs' reason for its light is customs' own word (a scan selection's grounds: a risk profile, an
+# informant): the line, the terminal, customs and port security read it; the chain and the driver see the
+# light's status (hold, scan, green), which is what they act on, and its time (review 110).
+CUSTOMS_LIGHT = "release.light.customs"
 
 
 class Sight(StrEnum):
@@ -87,7 +94,12 @@ def minimise_right(right: ReleaseRight, actor: Actor, chain: list[uuid.UUID] | N
     """The right and its chain of holders as the actor is shown them. A company of the chain that does
     not hold the right sees no nomination (the holder's, never its own: a transfer clears it), no
     transfer it is not party to, and the chain only as far as the holder it passed the right to."""
-    if sight(right, actor) is not Sight.CHAIN or actor.organisation_id == right.holder_organisation_id:
+    view = sight(right, actor)
+    if view is Sight.FULL:
+        return right, chain
+    if right.customs.reason is not None:
+        right = replace(right, customs=replace(right.customs, reason=None))
+    if view is Sight.DRIVER or actor.organisation_id == right.holder_organisation_id:
         return right, chain
     me = actor.organisation_id
     pending = right.pending_transfer
@@ -111,8 +123,18 @@ def minimise_events(right: ReleaseRight, actor: Actor, events: Sequence[EventLik
     if view is Sight.FULL:
         return [Shown(dict(e.actor), dict(e.data)) for e in events]
     if view is Sight.DRIVER:
-        return [_for_driver(e, actor.person_id) for e in events]
-    return _for_chain(right, actor.organisation_id, events)
+        shown = [_for_driver(e, actor.person_id) for e in events]
+    else:
+        shown = _for_chain(right, actor.organisation_id, events)
+    return [Shown(s.actor, published_data(e.type, s.data)) for e, s in zip(events, shown, strict=True)]
+
+
+def published_data(event_type: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's data as anyone but the full-sight viewers gets it: in a webhook (every event's audience
+    holds a company of the chain) and in the chain's and the driver's reads. Customs' reason null."""
+    if event_type == CUSTOMS_LIGHT and data.get("reason") is not None:
+        return {**data, "reason": None}
+    return dict(data)
 
 
 def _for_driver(e: EventLike, me: uuid.UUID | None) -> Shown:
