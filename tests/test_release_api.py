@@ -20,7 +20,7 @@ from quaygate.app import create_app
 from quaygate.cache import MemoryCache
 from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher
-from quaygate.schema import release_events, releases
+from quaygate.schema import organisations, release_events, releases
 from quaygate.settings import Settings
 from release_service.domain.parties import OrgKind
 
@@ -527,3 +527,22 @@ def test_a_value_the_column_type_refuses_is_a_422_and_any_other_statement_error_
     r = _quiet(api).get(f"/api/v1/releases/{right['release']['id']}", headers=api.as_("line"))
     assert_problem(r, 500, "internal_error")
     assert "secret" not in r.text
+
+
+def test_a_caller_that_may_not_issue_learns_nothing_of_the_organisation_it_names(api: Api) -> None:
+    """Review 110: a forwarder's POST /releases answered 422 unknown_organisation for a made-up id and
+    403 wrong_organisation_kind for a real one: an oracle for organisation ids. The caller's kind is
+    judged first: one answer, whatever it names."""
+    p = api.p
+    with api.engine.begin() as conn:
+        conn.execute(organisations.update().where(organisations.c.id == p.haul2.organisation_id).values(active=False))
+    now = datetime.now(UTC)
+    answers = set()
+    for named in (uuid.uuid4(), p.terminal.organisation_id, p.haul.organisation_id, p.haul2.organisation_id):
+        r = api.http.post("/api/v1/releases", headers=api.as_("fwd"), json={
+            "container_number": container(7), "bill_of_lading": "BL-7", "vessel_call": "VC-1", "terminal": TERMINAL,
+            "release_to_organisation_id": str(named), "valid_from": (now - timedelta(hours=1)).isoformat(),
+            "valid_until": (now + timedelta(days=1)).isoformat()})
+        assert_problem(r, 403, "wrong_organisation_kind")
+        answers.add(r.json()["detail"])
+    assert len(answers) == 1

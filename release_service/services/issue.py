@@ -70,7 +70,15 @@ def _build(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime,
     return right
 
 
+def _require_line(actor: Actor) -> None:
+    """Before anything is looked up: a caller that may not issue learns nothing of the organisations it
+    names (whether one exists, its kind, whether it is active; review 110)."""
+    if actor.kind is not OrgKind.SHIPPING_LINE:
+        raise DomainError(ErrorCode.WRONG_ORGANISATION_KIND, "Only a shipping line issues release rights.")
+
+
 def issue(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime) -> tuple[ReleaseRight, Receipt]:
+    _require_line(actor)
     acting_organisation_active(uow, actor)
     right = _build(uow, actor, cmd, now, {})
     created, events = uow.releases.add_many([right])
@@ -93,8 +101,7 @@ def issue_batch(
     A container already holding a live right for the vessel call (from an earlier or a concurrent
     batch, or twice in this one) is refused by the database's unique key, never by a prior read.
     """
-    if actor.kind is not OrgKind.SHIPPING_LINE:
-        raise DomainError(ErrorCode.WRONG_ORGANISATION_KIND, "Only a shipping line issues release rights.")
+    _require_line(actor)
     if not commands:
         raise DomainError(ErrorCode.BATCH_EMPTY, "A batch holds at least one right.")
     if len(commands) > MAX_BATCH:
