@@ -34,6 +34,7 @@ from quaygate.schema import badges, memberships, organisations, persons
 from quaygate.settings import Settings
 
 from .. import served_long_ago
+from ..conftest import worker_redis
 from ..processes import free_port, serve_app, stop, unavailable
 
 HERE = Path(__file__).resolve().parent
@@ -46,15 +47,14 @@ DRIVER_SCOPE = "openid profile offline_access releases:read nominations:respond"
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("interop")]  # one server and one node run
 
 
-def _held_since_long_ago(url: str) -> None:
-    """The Redis's dataset epoch (quaygate/dataset.py) long ago, as tests/conftest.py's ``redis_url``."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        client.set("qg:dataset:epoch", f"0 {client.info('server')['run_id']}")
-    finally:
-        client.close()
+@pytest.fixture(scope="module")
+def interop_redis_url() -> Iterator[str | None]:
+    """tests/conftest.py's ``redis_url`` for the module (a database of this worker's, flushed around, its
+    dataset's epoch long ago) when the suite has Redis; None on the embedded default."""
+    if not REDIS_URL:
+        yield None
+        return
+    yield from worker_redis()
 
 
 def _missing(reason: str) -> None:
@@ -69,15 +69,14 @@ def _key() -> tuple[dict[str, Any], dict[str, Any]]:
 class Server:
     """The real app under uvicorn, in a child process (as `quaygate serve` runs it)."""
 
-    def __init__(self, database_url: str, var_dir: Path) -> None:
+    def __init__(self, database_url: str, redis_url: str | None, var_dir: Path) -> None:
         self.port = free_port()
         self.issuer = f"http://localhost:{self.port}"
         env = {**os.environ, "QUAYGATE_DATABASE_URL": database_url, "QUAYGATE_ISSUER": self.issuer,
                "QUAYGATE_VAR_DIR": str(var_dir), "QUAYGATE_BACKGROUND_WORKERS": "false",
                "QUAYGATE_LOG_LEVEL": "WARNING"}
-        if REDIS_URL:
-            env["QUAYGATE_REDIS_URL"] = REDIS_URL
-            _held_since_long_ago(REDIS_URL)
+        if redis_url:
+            env["QUAYGATE_REDIS_URL"] = redis_url
         else:
             env.pop("QUAYGATE_REDIS_URL", None)
         self.log = var_dir / "server.log"
@@ -154,13 +153,14 @@ def _seed(engine: sa.Engine, issuer: str, cookie_name: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def results(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def results(database_url: str, interop_redis_url: str | None, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[dict[str, Any]]:
     node = shutil.which("node")
     if node is None:
         _missing("node is not installed (Node.js 20: apt-get install -y nodejs npm)")
     if not (HERE / "node_modules" / "openid-client").is_dir():
         _missing("openid-client is not installed: run `npm ci --prefix tests/interop` (make test does)")
-    server = Server(database_url, tmp_path_factory.mktemp("interop-var"))
+    server = Server(database_url, interop_redis_url, tmp_path_factory.mktemp("interop-var"))
     engine = make_engine(database_url)
     try:
         config = _seed(engine, server.issuer, os.environ.get("QUAYGATE_SESSION_COOKIE", COOKIE))
