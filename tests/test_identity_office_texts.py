@@ -220,3 +220,11 @@ def test_the_login_script_picks_the_text_by_the_refusals_office() -> None:
     cat = i18n.catalog("en")
     assert json.loads(out) == [cat["port_security.error.passkey_suspended"], cat["error.passkey_suspended"],
                                cat["error.passkey_suspended"], cat["error.passkey_invalid"]]
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_no_locale_text_is_written_twice(lang: str) -> None:
+    """json keeps the last of two equal keys without a word: the copy edited would be shadowed."""
+    assert i18n.parse_catalog((i18n.LOCALES / f"{lang}.json").read_text(encoding="utf-8"))
+    with pytest.raises(ValueError, match="written twice: a.b"):
+        i18n.parse_catalog('{"a.b": "one", "c": "x", "a.b": "two"}')

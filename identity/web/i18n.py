@@ -30,7 +30,21 @@ LOCALES = Path(__file__).parent / "locales"
 
 @cache
 def catalog(lang: str) -> dict[str, str]:
-    data: dict[str, str] = json.loads((LOCALES / f"{lang}.json").read_text(encoding="utf-8"))
+    return parse_catalog((LOCALES / f"{lang}.json").read_text(encoding="utf-8"))
+
+
+def parse_catalog(text: str) -> dict[str, str]:
+    """A locale file's texts; ValueError on a key written twice (json keeps the last one silently: a text
+    edited in one place would be shadowed by its copy further down)."""
+
+    def unique(pairs: list[tuple[str, str]]) -> dict[str, str]:
+        keys = [k for k, _ in pairs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"locale keys written twice: {', '.join(twice)}")
+        return dict(pairs)
+
+    data: dict[str, str] = json.loads(text, object_pairs_hook=unique)
     return data
 
 
