@@ -96,6 +96,15 @@ class ReleaseRightStore(Protocol):
         """Insert many; those colliding with a live right are skipped. Returns the ids inserted."""
         ...
 
+    def containers_with_others(self, containers: Sequence[str], ids: set[uuid.UUID]) -> set[str]:
+        """Those of ``containers`` with a right (any state, deleted or not) that is not one of ``ids``."""
+        ...
+
+    def serialise_issues(self, containers: Sequence[str]) -> None:
+        """Hold, until this transaction ends, every other issue on these containers: each issue reads the
+        containers' rights after the one before it committed (no two issuers miss each other)."""
+        ...
+
     def mark_contested(self, keys: Sequence[str], issuer: uuid.UUID, now: datetime) -> list[ContestedRight]:
         """Mark contested (``contested_at``, once) the rights holding these active keys that another
         issuer than ``issuer`` issued, with every other right that issuer holds on the same container

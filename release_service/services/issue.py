@@ -81,6 +81,7 @@ def issue(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime) -> tu
     _require_line(actor)
     acting_organisation_active(uow, actor)
     right = _build(uow, actor, cmd, now, {})
+    uow.releases.serialise_issues([right.container.value])
     created, events = uow.releases.add_many([right])
     if right.id not in created:
         refused = DomainError(ErrorCode.ACTIVE_RIGHT_EXISTS, f"A live release right already exists for "
@@ -88,8 +89,7 @@ def issue(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime) -> tu
         refused.keep_effects = contest_holders(uow, actor, [right], now) > 0
         raise refused
     record_events(uow, right, events)
-    alert_contested(uow, actor, [right], now)
-    inherit_contest(uow, actor, [right], now)
+    _contests(uow, actor, [right], now)
     return right, receipt(right, events[-1])
 
 
@@ -117,13 +117,13 @@ def issue_batch(
             results.append(BatchItemResult(index, cmd.container_number, None, exc))
             continue
         built.append((index, right))
+    uow.releases.serialise_issues([r.container.value for _, r in built])
     created, events = uow.releases.add_many([r for _, r in built])
     by_release: dict[uuid.UUID, list] = {}
     for e in events:
         by_release.setdefault(e.release_id, []).append(e)
     record_many(uow, [(right, by_release[right.id]) for _, right in built if right.id in created])
-    alert_contested(uow, actor, [right for _, right in built if right.id in created], now)
-    inherit_contest(uow, actor, [right for _, right in built if right.id in created], now)
+    _contests(uow, actor, [right for _, right in built if right.id in created], now)
     contest_holders(uow, actor, [right for _, right in built if right.id not in created], now)
     for index, right in built:
         if right.id in created:
@@ -146,6 +146,17 @@ def _contested_payload(container: str, terminal: str) -> dict[str, str]:
     return {"container_number": container, "terminal": terminal, "reason": g.Reason.CONTAINER_CONTESTED.value}
 
 
+def _contests(uow: UnitOfWork, actor: Actor, issued: Sequence[ReleaseRight], now: datetime) -> None:
+    """``alert_contested`` and ``inherit_contest`` for the rights just issued whose container holds a
+    right issued before (issues on a container are serialised: ``serialise_issues``): only such a right
+    can be a rival or carry the line's mark. A batch of 10 000 new containers reads two columns of its own
+    rows instead of every right's gate facts and an update over all of them."""
+    shared = uow.releases.containers_with_others([r.container.value for r in issued], {r.id for r in issued})
+    concerned = [r for r in issued if r.container.value in shared]
+    alert_contested(uow, actor, concerned, now)
+    inherit_contest(uow, actor, concerned, now)
+
+
 def alert_contested(uow: UnitOfWork, actor: Actor, issued: Sequence[ReleaseRight], now: datetime) -> int:
     """Tell each line whose live right a new right contests (another line's, on the same container at the
     same terminal: the gate now answers ``review`` ``container_contested`` for it, domain/gate.py), and
@@ -159,18 +170,21 @@ def alert_contested(uow: UnitOfWork, actor: Actor, issued: Sequence[ReleaseRight
     for each new right all the same."""
     if not issued:
         return 0
-    found = uow.gate.rights(sorted({r.container.value for r in issued}))
+    by_container: dict[str, list[g.RightFacts]] = {}
+    for found in uow.gate.rights(sorted({r.container.value for r in issued})):
+        by_container.setdefault(found.container, []).append(found)
     new = {r.id for r in issued}
     events: list[PublishedEvent] = []
     told: set[tuple[uuid.UUID, uuid.UUID | None]] = set()
     entries = []
     for right in issued:
         facts = g.RightFacts.from_right(right)
-        others = g.rivals(found, facts, terminal=right.terminal, now=now)
+        same = by_container.get(facts.container, [])  # a batch's 10 000 rights: each against its container's
+        others = g.rivals(same, facts, terminal=right.terminal, now=now)
         if not others:
             continue
         payload = _contested_payload(right.container.value, right.terminal)
-        if _holds_another(found, facts, new, now):  # the other lines were told when that one came
+        if _holds_another(same, facts, new, now):  # the other lines were told when that one came
             told.update((r.id, facts.issuer) for r in others)
         for about in (facts, *others):
             assert about.issuer is not None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+import zlib
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -32,6 +33,8 @@ from release_service.domain.release import (
 )
 from release_service.ports import ContestedRight, ReleaseFilter, StaleRight, StoredEvent
 
+T = TypeVar("T")
+
 # Kinds that see every right in their remit rather than only those they are party to.
 _SEE_BY_TERMINAL = OrgKind.TERMINAL
 
@@ -49,6 +52,13 @@ _BY_CONTAINERS = _WITH_PENDING.where(releases.c.container_number.in_(sa.bindpara
                                      releases.c.state != State.DELETED.value)
 _BY_CONTAINERS_PG = HotStatement(_WITH_PENDING.where(releases.c.container_number == sa.any_(text_array("containers")),
                                                      releases.c.state != State.DELETED.value))
+# Issues on one container one after the other (``serialise_issues``): advisory locks of class ISSUE_LOCK_CLASS
+# ("QGIS"), one per bucket, acquired in the order of the sorted subquery.
+ISSUE_BUCKETS = 1024
+ISSUE_LOCK_CLASS = 0x51474953
+_ISSUE_LOCKS = sa.text("SELECT count(pg_advisory_xact_lock(:class_id, b)) FROM "
+                       "(SELECT b FROM unnest(CAST(:buckets AS integer[])) AS b ORDER BY b) AS sorted"
+                       ).bindparams(class_id=ISSUE_LOCK_CLASS)
 # Locking is a statement of its own, never FOR UPDATE on _GET: after waiting for the lock, PostgreSQL
 # re-checks the locked releases row at its newest version but keeps the joined transfer row from the
 # statement's older snapshot (EvalPlanQual re-fetches only the locked rows). Two accepts of one pending
@@ -190,6 +200,25 @@ class SqlReleaseStore:
                 f"A live release right already exists for {right.container.value} on vessel call {right.vessel_call}.",
             )
         return events
+
+    def containers_with_others(self, containers: Sequence[str], ids: set[uuid.UUID]) -> set[str]:
+        wanted = sorted(set(containers))
+        shared: set[str] = set()
+        for chunk in _chunks(wanted, 5000):
+            shared.update(c for rid, c in self._conn.execute(
+                sa.select(releases.c.id, releases.c.container_number).where(releases.c.container_number.in_(chunk)))
+                if rid not in ids)
+        return shared
+
+    def serialise_issues(self, containers: Sequence[str]) -> None:
+        """PostgreSQL: a transaction-scoped advisory lock per bucket of container numbers (at most
+        ``ISSUE_BUCKETS``, so a 10 000-right batch takes no more than that from the shared lock table),
+        taken in ascending order in one statement: two issuers lock alike, and neither waits for the other
+        while holding a bucket the other wants first. SQLite has one writer at a time already."""
+        if self._dialect != "postgresql" or not containers:
+            return
+        buckets = sorted({zlib.crc32(c.encode()) % ISSUE_BUCKETS for c in containers})
+        self._conn.execute(_ISSUE_LOCKS, {"buckets": buckets})
 
     def add_many(self, rights: Sequence[ReleaseRight]) -> tuple[set[uuid.UUID], list[StoredEvent]]:
         if not rights:
@@ -357,7 +386,7 @@ class SqlReleaseStore:
         return stored
 
 
-def _chunks(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+def _chunks(rows: list[T], size: int) -> list[list[T]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
