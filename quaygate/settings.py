@@ -114,6 +114,15 @@ class Settings(BaseSettings):
     # found while it matters.
     audit_unsealed_max_age: float = Field(default=300.0, gt=0)
     webhook_interval: float = 1.0
+    # Seconds one webhook send may take in all (name lookup, connect, request, status line and headers):
+    # past it the connection is closed and the attempt failed, so a receiver answering a byte at a time
+    # holds one send briefly, not the dispatcher (release_service/adapters/webhook_dispatcher.py).
+    webhook_send_timeout: float = Field(default=10.0, gt=0, le=60)
+    # Days a finished delivery row (its payload names drivers and plates) is kept, from its last attempt:
+    # delivered or cancelled ones, then dead or withheld ones (dead letters the organisation may still
+    # send again: longer). Pruned by a background worker (release_service/adapters/outbox.py).
+    webhook_delivered_retention_days: int = Field(default=30, ge=1, le=3650)
+    webhook_dead_retention_days: int = Field(default=90, ge=1, le=3650)
     background_workers: bool = True
     # Issue 5, the gate's hot path (with redis_url): facts cached in Redis, check decisions kept there
     # and moved into PostgreSQL by a drainer in every server process.

@@ -1,11 +1,12 @@
 """Background loops each replica runs: audit sealing, webhook delivery, lapsing rights, expiring badges,
 acting on port bans once they start, forgetting face-capture digests past the replay window, expiring
-memberships past their valid_until.
+memberships past their valid_until, pruning finished webhook deliveries past their retention.
 
 Each loop is safe to run in every replica at once: the sealer takes an advisory lock, the dispatcher
 claims deliveries with SKIP LOCKED, the sweeper locks each right it lapses, the badge sweep takes its
 badges with SKIP LOCKED, the ban sweep takes the ban loader's advisory lock; two replicas deleting the
-same old capture digests at once delete each once; a membership is expired by whoever deletes its row.
+same old capture digests at once delete each once; a membership is expired by whoever deletes its row;
+the webhook prune takes its rows with SKIP LOCKED.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
-import httpx
-
 from identity.badges.service import BadgeService
 from identity.bans.sweep import sweep_bans_in_effect
 from identity.bootstrap import grant_store
@@ -26,6 +25,7 @@ from identity.face.store import CaptureStore
 from identity.memberships import expire_due
 from release_service.adapters.audit import AuditSealer
 from release_service.adapters.gate_facts import RedisGateFacts
+from release_service.adapters.outbox import prune_deliveries
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.adapters.webhook_dispatcher import WebhookDispatcher
 from release_service.api.routes import unit_of_work
@@ -76,8 +76,8 @@ class BackgroundWorkers:
         c = self._c
         sealer = AuditSealer(c.engine, c.cipher, witness=c.settings.audit_witness, on_tampered=self._audit_tampered)
         dispatcher = WebhookDispatcher(
-            c.engine, c.cipher, http_client_factory=lambda: httpx.Client(timeout=5.0, follow_redirects=False),
-            clock=c.clock, allow_local=c.settings.mode.value != "production",  # as the subscriptions allow
+            c.engine, c.cipher, clock=c.clock, send_timeout=c.settings.webhook_send_timeout,
+            allow_local=c.settings.mode.value != "production",  # as the subscriptions allow
         )
         self._loop("audit-sealer", c.settings.audit_seal_interval, lambda: sealer.seal_once(c.clock.now()))
         self._loop("webhook-dispatcher", c.settings.webhook_interval, dispatcher.run_once)
@@ -88,6 +88,9 @@ class BackgroundWorkers:
         self._loop("ban-sweeper", 60.0, lambda: sweep_bans_in_effect(c.engine, c.clock.now()))
         # A capture digest older than the replay window refuses nothing: it goes (identity.face.service).
         self._loop("face-capture-prune", 3600.0, self._forget_captures)
+        # A finished webhook delivery keeps its payload (drivers, plates): gone past its retention, a
+        # bounded batch per round, rounds until none is left (release_service/adapters/outbox.py).
+        self._loop("webhook-delivery-prune", 3600.0, self._prune_deliveries)
         # A membership past its valid_until counts nowhere at once; this applies a removal's consequences
         # (its grants revoked, the holder of live nominations told) and deletes it (identity.memberships).
         grants = grant_store(c)
@@ -109,6 +112,14 @@ class BackgroundWorkers:
         c = self._c
         with c.engine.begin() as conn:
             return CaptureStore(conn).forget(c.clock.now() - timedelta(days=c.settings.face_replay_days))
+
+    def _prune_deliveries(self) -> int:
+        c = self._c
+        now = c.clock.now()
+        with c.engine.begin() as conn:
+            return prune_deliveries(
+                conn, settled_before=now - timedelta(days=c.settings.webhook_delivered_retention_days),
+                dead_before=now - timedelta(days=c.settings.webhook_dead_retention_days))
 
     def _loop(self, name: str, interval: float, step: Callable[[], int]) -> None:
         def body() -> None:

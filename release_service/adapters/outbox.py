@@ -185,6 +185,37 @@ def close_subscription(conn: sa.Connection, subscription_id: uuid.UUID) -> int |
                             .values(status="cancelled", last_error=CANCELLED_ERROR)).rowcount)
 
 
+# Rows deleted per round of the prune: a bounded transaction; the worker runs rounds until none is left.
+PRUNE_BATCH = 1000
+
+
+def prune_deliveries(conn: sa.Connection, *, settled_before: datetime, dead_before: datetime,
+                     limit: int = PRUNE_BATCH) -> int:
+    """Delete up to ``limit`` finished deliveries past their retention; how many (review 110).
+
+    A delivery row keeps its payload (container numbers, drivers, plates): kept for ever, the table grows
+    without bound and holds personal data long after anyone needs it. Delivered and cancelled rows go
+    once older than ``settled_before``; dead and withheld ones, which the organisation may still send
+    again from its dead letters, once older than ``dead_before`` (set further back). A row's age is that
+    of its ``next_attempt_at``, its last activity: a delivered or dead row's last lease (just after its
+    last attempt), a withheld row's due time, a cancelled row's last schedule; a redelivered row starts
+    again from its requeue. It is also the due index's second column, so each status's old rows are
+    found through the index. Pending rows are never pruned. Replicas pruning at once: on PostgreSQL
+    each takes rows no other holds.
+    """
+    old = sa.or_(
+        sa.and_(_dels.c.status.in_(("delivered", "cancelled")), _dels.c.next_attempt_at < settled_before),
+        sa.and_(_dels.c.status.in_(REDELIVERABLE), _dels.c.next_attempt_at < dead_before),
+    )
+    picked = sa.select(_dels.c.id).where(old).limit(limit)
+    if conn.dialect.name == "postgresql":
+        picked = picked.with_for_update(skip_locked=True)
+    ids = list(conn.execute(picked).scalars())
+    if not ids:
+        return 0
+    return int(conn.execute(_dels.delete().where(_dels.c.id.in_(ids))).rowcount or 0)
+
+
 def _subscription(row: sa.Row[Any]) -> Subscription:
     return Subscription(row.id, row.organisation_id, row.url, tuple(row.event_types), row.active,
                         row.created_at)

@@ -1,0 +1,277 @@
+"""Webhook delivery's limits (review 110): a slow receiver holds one send for a bounded time, not the
+dispatcher; a refused destination says nothing of the platform's DNS; finished deliveries are pruned.
+
+Real receivers on 127.0.0.1 (one answers normally, one trickles its answer a byte at a time and never
+finishes its headers), real SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from quaygate.cache import make_cache
+from quaygate.container import Container, SystemClock
+from quaygate.schema import webhook_deliveries
+from quaygate.workers import BackgroundWorkers
+from release_service.adapters.outbox import prune_deliveries
+from release_service.adapters.sqla.uow import SqlUnitOfWork
+from release_service.services import webhooks as svc
+
+from .test_audit_tamper import settings_for
+from .test_webhooks import (
+    CIPHER,
+    REFUSED,
+    T0,
+    FakeClock,
+    Receiver,
+    delivery_rows,
+    dispatcher,
+    make_org,
+    publish,
+    subscribe,
+)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    r.thread.start()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+# ---- 1. a receiver trickling its answer holds one send, for the deadline only ---------------------------
+
+
+class Trickler:
+    """A TCP server that reads a request, then sends an HTTP status line and headers a byte at a time,
+    for ever (httpx's per-read timeout never fires), until the client closes the connection or the
+    test stops it. Counts connections, the most open at once, and those the client closed."""
+
+    def __init__(self, every: float = 0.1) -> None:
+        self._every = every
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.05)
+        self._lock = threading.Lock()
+        self.stop = threading.Event()
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+        self.closed_by_client = 0
+        self._threads: list[threading.Thread] = []
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
+        self._accepting.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}{path}"
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            t = threading.Thread(target=self._trickle, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.connections += 1
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+        answer = b"HTTP/1.1 200 OK\r\n" + b"x-slow: y\r\n" * 100_000
+        try:
+            for i in range(len(answer)):
+                if self.stop.is_set():
+                    return
+                readable, _, _ = select.select([conn], [], [], self._every)
+                if readable and conn.recv(65536) == b"":  # the request, or the client closing
+                    with self._lock:
+                        self.closed_by_client += 1
+                    return
+                conn.sendall(answer[i:i + 1])
+        except OSError:
+            with self._lock:
+                self.closed_by_client += 1
+        finally:
+            with self._lock:
+                self.open -= 1
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self._accepting.join(timeout=5)
+        for t in self._threads:
+            t.join(timeout=5)
+        self._sock.close()
+
+
+@pytest.fixture
+def trickler() -> Iterator[Trickler]:
+    t = Trickler()
+    yield t
+    t.close()
+
+
+def wait_for(condition: Any, seconds: float = 30.0) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def status_of(engine: sa.Engine, subscription_id: uuid.UUID) -> list[tuple[str, int, str | None]]:
+    return sorted((r.status, r.attempts, r.last_error) for r in delivery_rows(engine)
+                  if r.subscription_id == subscription_id)
+
+
+def test_a_trickling_receiver_holds_its_own_send_for_the_deadline_not_the_others(
+        engine: sa.Engine, receiver: Receiver, trickler: Trickler) -> None:
+    """Two companies' deliveries in one round; one receiver trickles its headers a byte every 0.1 s (each
+    read well inside httpx's timeout). The other company's delivery is recorded delivered while the slow
+    send is still open; the slow one is cut at the send's deadline, its connection closed, and recorded
+    as a failed attempt with a retry on the backoff. Its second delivery waits: one send in flight per
+    subscription."""
+    fast_org, slow_org, clock = make_org(engine), make_org(engine), FakeClock()
+    fast, _ = subscribe(engine, fast_org, receiver.url("/fast"), ["release.*"])
+    slow, _ = subscribe(engine, slow_org, trickler.url("/slow"), ["release.*"])
+    publish(engine, {slow_org, fast_org}, "release.issued")
+    publish(engine, {slow_org}, "release.revoked")
+    d = dispatcher(engine, clock, send_timeout=2.0)
+    taken: list[int] = []
+    round_ = threading.Thread(target=lambda: taken.append(d.run_once()), daemon=True)
+    round_.start()
+    try:
+        assert wait_for(lambda: status_of(engine, fast.id) == [("delivered", 1, None)])
+        # Recorded as its own send ended, with the slow send still hanging on its connection.
+        assert trickler.open == 1 and trickler.closed_by_client == 0
+        round_.join(timeout=60)  # the deadline is 2 s; generous for a loaded machine
+        assert not round_.is_alive(), "the round never ended: the slow send has no deadline"
+    finally:
+        trickler.stop.set()  # let a send without a deadline end, so that the test does
+        round_.join(timeout=10)
+
+    assert taken == [2]  # one per subscription
+    assert len(receiver.at("/fast")) == 1
+    assert (trickler.connections, trickler.most_open, trickler.closed_by_client) == (1, 1, 1)
+    assert status_of(engine, slow.id) == [("pending", 0, None), ("pending", 1, "timeout")]
+    retry = next(r for r in delivery_rows(engine) if r.subscription_id == slow.id and r.attempts == 1)
+    assert retry.next_attempt_at == T0 + timedelta(seconds=5)  # the backoff's first step (jitter 0)
+
+
+def test_a_subscriptions_deliveries_go_one_at_a_time_in_order(engine: sa.Engine, receiver: Receiver) -> None:
+    """With one send per subscription per round, a backlog still drains, oldest first, each delivered once."""
+    org, clock = make_org(engine), FakeClock()
+    subscribe(engine, org, receiver.url("/hook"), ["release.*"])
+    ids = [publish(engine, {org}, "release.issued", at=T0 + timedelta(seconds=k)) for k in range(4)]
+    clock.advance(timedelta(seconds=10))
+    d = dispatcher(engine, clock, workers=4)
+    assert [d.run_once() for _ in range(5)] == [1, 1, 1, 1, 0]
+    got = receiver.at("/hook")
+    assert [r.body.count(str(i).encode()) for r, i in zip(got, ids, strict=True)] == [1, 1, 1, 1]
+    assert {r.status for r in delivery_rows(engine)} == {"delivered"}
+
+
+# ---- 2. a refused destination: one text, whatever the reason ----------------------------------------------
+
+
+def test_a_refused_destination_reads_the_same_whether_unresolved_or_internal(
+        engine: sa.Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """What the subscriber reads (last_error, its dead letters) cannot tell a name missing from the
+    platform's DNS from one that resolves to an internal address; the server log can."""
+    org, clock = make_org(engine), FakeClock()
+    missing, _ = subscribe(engine, org, "https://missing.internal.example/x", ["release.*"])
+    internal, _ = subscribe(engine, org, "https://db.internal.example/x", ["release.*"])
+
+    def resolve(host: str, port: int) -> list[str]:
+        if host == "missing.internal.example":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return ["10.0.0.7"]
+
+    publish(engine, {org}, "release.issued")
+    d = dispatcher(engine, clock, allow_local=False, resolve=resolve)
+    with caplog.at_level(logging.WARNING, logger="quaygate.webhooks"):
+        assert d.run_once() == 2
+        for _ in range(8):  # through every retry, to the dead letters
+            clock.advance(timedelta(hours=7))
+            d.run_once()
+    errors = {r.subscription_id: r.last_error for r in delivery_rows(engine)}
+    assert errors == {missing.id: REFUSED, internal.id: REFUSED}
+    dead = svc.list_dead_letters(SqlUnitOfWork(engine), org)
+    assert {(x.status, x.last_error) for x in dead} == {("dead", REFUSED)} and len(dead) == 2
+    logged = {r.getMessage() for r in caplog.records}
+    assert {"release.webhook.refused.unresolved", "release.webhook.refused.internal_address"} <= logged
+
+
+# ---- 3. finished deliveries are pruned past their retention -----------------------------------------------
+
+
+def add_delivery(engine: sa.Engine, subscription_id: uuid.UUID, status: str, last: timedelta) -> uuid.UUID:
+    """A delivery row whose last activity (next_attempt_at) was ``last`` before T0."""
+    did = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(webhook_deliveries.insert().values(
+            id=did, subscription_id=subscription_id, event_id=uuid.uuid4(), event_type="release.issued",
+            payload={"driver": "someone", "plate": "1-ABC-123"}, status=status, attempts=1,
+            next_attempt_at=T0 - last, created_at=T0 - last - timedelta(hours=1),
+            delivered_at=T0 - last if status == "delivered" else None))
+    return did
+
+
+def test_finished_deliveries_are_pruned_past_their_retention_in_bounded_rounds(engine: sa.Engine) -> None:
+    org = make_org(engine)
+    sub, _ = subscribe(engine, org, "https://hooks.example.com/x", ["release.*"])
+    days = timedelta(days=1)
+    gone = [add_delivery(engine, sub.id, status, age) for status, age in (
+        ("delivered", 31 * days), ("cancelled", 31 * days), ("dead", 91 * days), ("withheld", 91 * days),
+        ("delivered", 400 * days))]
+    kept = [add_delivery(engine, sub.id, status, age) for status, age in (
+        ("delivered", 29 * days), ("cancelled", 29 * days),
+        ("dead", 31 * days), ("withheld", 89 * days),  # dead letters are kept longer
+        ("pending", 400 * days))]  # never a queued one, however old
+
+    rounds = []
+    while True:
+        with engine.begin() as conn:
+            n = prune_deliveries(conn, settled_before=T0 - 30 * days, dead_before=T0 - 90 * days, limit=2)
+        rounds.append(n)
+        if not n:
+            break
+    assert rounds == [2, 2, 1, 0]  # bounded per round; the worker runs rounds until none is left
+    left = {r.id for r in delivery_rows(engine)}
+    assert left == set(kept) and not left & set(gone)
+
+
+def test_the_background_workers_prune_deliveries(engine: sa.Engine, database_url: str, tmp_path: Path) -> None:
+    """As the service runs it (quaygate/workers.py): a loop of its own, with the retention settings."""
+    org = make_org(engine)
+    sub, _ = subscribe(engine, org, "https://hooks.example.com/x", ["release.*"])
+    old = add_delivery(engine, sub.id, "delivered", timedelta(days=8))
+    young = add_delivery(engine, sub.id, "delivered", timedelta(days=6))
+    dead = add_delivery(engine, sub.id, "dead", timedelta(days=8))
+    settings = settings_for(database_url, tmp_path, webhook_delivered_retention_days=7,
+                            webhook_dead_retention_days=9)
+    workers = BackgroundWorkers(Container(settings=settings, engine=engine, cache=make_cache(None),
+                                          cipher=CIPHER, clock=SystemClock()))
+    workers.start()
+    try:
+        assert wait_for(lambda: old not in {r.id for r in delivery_rows(engine)}, seconds=20)
+    finally:
+        workers.stop()
+    assert {r.id for r in delivery_rows(engine)} == {young, dead}
