@@ -33,7 +33,7 @@ from gate_adapters.adapter import main as adapter_main
 from gate_adapters.runtime.command_signing import CommandSigner
 from gate_adapters.runtime.config import ConfigError, parse
 from gate_adapters.runtime.mqtt_source import new_client
-from gate_adapters.runtime.sinks import BarrierCommand, Command, HttpBarrier, MqttBarrier
+from gate_adapters.runtime.sinks import BarrierCommand, BarrierUnreachable, Command, HttpBarrier, MqttBarrier
 
 from .factories import TERMINAL
 from .gate_tls import make_cert
@@ -220,7 +220,9 @@ def test_over_tls_the_controller_is_reached_with_our_ca_and_client_certificate(
     for wrong in ({**tls, "ca_file": str(pki / "other-ca.pem")},
                   {k: v for k, v in tls.items() if k not in ("cert_file", "key_file")}):
         caplog.clear()
-        assert sink_for(tmp_path, wrong).act(ALLOW, "in-1").command is BarrierCommand.OPEN
+        with pytest.raises(BarrierUnreachable) as exc:  # sinks.py rule 6: the lane latches (lane.py rule 10)
+            sink_for(tmp_path, wrong).act(ALLOW, "in-1")
+        assert exc.value.command.command is BarrierCommand.OPEN
         assert [r.getMessage() for r in caplog.records] == ["gate.barrier.unreachable"]
     assert tls_controller.heard.empty()
 
@@ -303,6 +305,9 @@ def test_mqtt_barrier_payloads_are_signed(tmp_path: Path) -> None:
     publisher.loop_start()
     try:
         subscribed.get(timeout=5)
+        deadline = time.monotonic() + 5
+        while not publisher.is_connected() and time.monotonic() < deadline:  # an open goes only when connected
+            time.sleep(0.02)
         sink = _sink(settings.lanes[0], settings, publisher, barrier_parts(settings))
         assert isinstance(sink, MqttBarrier)
         sink.act(ALLOW, "in-1")
@@ -337,6 +342,30 @@ def test_an_unprotected_or_inconsistent_http_barrier_does_not_start(tmp_path: Pa
     with pytest.raises(ConfigError) as exc:
         parse(_doc(tmp_path, barrier, signing=signing), base=tmp_path)
     assert exc.value.key == f"lanes[0].barrier.{key}", str(exc.value)
+
+
+def _mqtt_barrier_doc(tmp_path: Path, *, signing: bool, **barrier: Any) -> dict[str, Any]:
+    """Outside dev, an MQTT broker on this host with the adapter's account, and one mqtt barrier lane."""
+    doc = _doc(tmp_path, {}, signing=signing)
+    doc["mqtt"] = {"host": "127.0.0.1", "username": "gate-k1700", "password_file": "barrier.password"}
+    doc["lanes"] = [{"lane": "in-1", "barrier": {"kind": "mqtt", **barrier}}]
+    return doc
+
+
+def test_an_unsigned_mqtt_barrier_does_not_start_outside_dev(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """config.py rule 9 (review 109): an "open" the broker or the network held back must expire before it
+    can be heard; only a signed command does. No allow_insecure for it."""
+    with pytest.raises(ConfigError) as exc:
+        parse(_mqtt_barrier_doc(tmp_path, signing=False), base=tmp_path)
+    assert exc.value.key == "lanes[0].barrier.kind" and "[barrier_signing]" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        parse(_mqtt_barrier_doc(tmp_path, signing=False, allow_insecure=True), base=tmp_path)
+    assert exc.value.key == "lanes[0].barrier.allow_insecure"
+    caplog.set_level(logging.WARNING, logger="gate_adapters.adapter")
+    settings = parse(_mqtt_barrier_doc(tmp_path, signing=True), base=tmp_path)  # signed: it starts, unwarned
+    _warn_insecure(settings, barrier_parts(settings))
+    assert not [r for r in caplog.records if r.getMessage().startswith("gate.barrier.insecure")]
+    assert parse(_mqtt_barrier_doc(tmp_path, signing=False) | {"dev": True}, base=tmp_path).dev  # dev: allowed
 
 
 def test_credential_keys_belong_to_an_http_barrier_only(tmp_path: Path) -> None:

@@ -46,7 +46,12 @@ Rules:
    TLS settings (``ca_file``, ``cert_file``, ``key_file``: ``https://`` only), and ``[barrier_signing]``
    signs every command (HTTP and MQTT). Outside ``dev = true`` an ``http`` barrier on another host must
    be ``https://`` with credentials or signing, or ``http://`` with signing (credentials in clear are no
-   credential), unless it sets ``allow_insecure = true`` (a warning at each start).
+   credential), unless it sets ``allow_insecure = true`` (a warning at each start). An ``mqtt`` barrier
+   needs ``[barrier_signing]`` outside ``dev = true``, always (no ``allow_insecure``): the broker is a
+   store and forward hop, and a command it or the network holds back can be heard after its truck has
+   gone; a signed command lives a few seconds (``lifetime_seconds``, 5 by default) and is heard once,
+   so an "open" heard late is refused by the controller (sinks.py rule 6). The broker's ACL decides
+   who may publish on the barrier topics; the signature decides what a controller obeys.
 10. Secrets in files of their own (the client secret, device and officer tokens, the MQTT password,
     barrier credentials) are checked as private keys are (keys.py ``read_private_file``): outside
     ``dev = true`` one that group or others may read or write, or that belongs to another user than
@@ -457,6 +462,8 @@ def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
     barrier_signing = _barrier_signing(doc["barrier_signing"], base) if "barrier_signing" in doc else None
     for i, lane in enumerate(lanes):  # rule 9
         risk = barrier_risk(lane.barrier, signed=barrier_signing is not None)
+        if risk is not None and risk[1] and not dev and lane.barrier.kind == "mqtt":
+            raise ConfigError(f"lanes[{i}].barrier.kind", f"{risk[0]}; {_SIGNED_MQTT_BARRIER}")
         if risk is not None and risk[1] and not dev and not lane.barrier.allow_insecure:
             raise ConfigError(f"lanes[{i}].barrier.url", f"{risk[0]}; {_SECURE_BARRIER}")
 
@@ -672,6 +679,11 @@ _SECURE_BARRIER = ("use https:// with credentials (token_file; username and pass
                    "cable of its own (docs/gate-adapter.md)")
 
 
+_SIGNED_MQTT_BARRIER = ("add a [barrier_signing] section (a key file; quaygate gate-adapter --make-keys makes it) "
+                        "and give its public key to the barrier controllers, which refuse a command unsigned, "
+                        "expired or heard before (docs/gate-adapter.md)")
+
+
 def _barrier(b: _Table, base: Path) -> BarrierSettings:
     barrier = BarrierSettings(kind=b.choice("kind", "log", BARRIERS), url=_url(b, "url"),
                               timeout=b.number("timeout", 2.0, high=60), token_file=b.path_("token_file", base),
@@ -701,7 +713,14 @@ def _barrier(b: _Table, base: Path) -> BarrierSettings:
 def barrier_risk(barrier: BarrierSettings, *, signed: bool) -> tuple[str, bool] | None:
     """Rule 9: what an attacker on the terminal network could do to this barrier's commands, and whether
     that refuses the settings outside dev (True) or is a warning at each start (False); None: nothing.
-    A controller on this host (loopback) is as safe as the adapter itself."""
+    A controller on this host (loopback) is as safe as the adapter itself. An ``mqtt`` barrier unsigned
+    is refused outside dev whatever its broker (the broker may hold a command back, sinks.py rule 6)."""
+    if barrier.kind == "mqtt":
+        if signed:
+            return None
+        return ("the mqtt barrier's commands are not signed: an \"open\" the broker or the network held back "
+                "could lift the barrier for the truck behind, and anyone the broker lets publish on its topic "
+                "could send one", True)
     if barrier.kind != "http" or barrier.url is None:
         return None
     parts = urlsplit(barrier.url)

@@ -12,6 +12,7 @@ Per Ready (a truck's correlated reads)::
         (a 429 is never "no answer": the service is up and asks us to wait, client.py rule 7)
     act: command_for ──► lane latched? (outbox) ── yes ──► note it, sink.send(hold + officer) (rule 9)
                                                  └─ no ──► calls an officer? latch (durable) ──► sink.send
+                                                      an "open" not heard ──► latch, sink.send(hold + officer) (rule 10)
 
 Rules:
 1. Nothing reaches the network before it is in the outbox, and every truck due at once is put before
@@ -72,6 +73,12 @@ Rules:
    source with an officer credential (http_source.py), or ``quaygate gate-adapter --clear-latch`` on
    the adapter's host; ``gate.lane.latch_cleared`` names who. The latch is read from the outbox at
    each command, so a clear by another process counts at once and a restart never unlatches.
+10. An "open" the barrier did not hear (``BarrierUnreachable``, sinks.py rule 6: an HTTP controller that
+   did not answer 2xx, an MQTT broker not connected) leaves an allowed truck at a shut barrier: the lane
+   latches (reason ``barrier_unreachable``, ``gate.lane.barrier_unreachable``) and the barrier is told
+   ``hold`` with the officer and the latch (it may hear that, the link back). Never tried again: an
+   "open" heard later could lift the barrier for the truck behind (rule 2). The ``LaneResult`` carries
+   the hold and the latch. A hold not heard changes nothing (the barrier stays shut; the sink logged it).
 """
 
 from __future__ import annotations
@@ -92,7 +99,7 @@ from gate_adapters.core.reads import CLOCK_SLACK, MAX_READ_AGE, Read, SourceErro
 from .client import RateLimited, ServiceUnavailable, VerifyClient, VerifyRefused
 from .offline import OfflineMode
 from .outbox import Outbox
-from .sinks import BarrierSink, Command, command_for, latched_hold, latches
+from .sinks import BarrierCommand, BarrierSink, BarrierUnreachable, Command, command_for, latched_hold, latches
 
 log = logging.getLogger("gate_adapters.lane")
 
@@ -335,15 +342,36 @@ class LaneRuntime:
         held = self.outbox.held_latch(self.lane)
         if held is None:
             if latches(command):
-                latch, _ = self.outbox.latch(self.lane, request_id, why)
-                log.warning("gate.lane.latched: lane %s held for an officer (%s), latch %d", self.lane, why, latch.id,
-                            extra={"lane": self.lane, "request_id": request_id, "reason": why, "latch": latch.id})
-            return self.sink.send(command), None
+                self._latch(request_id, why)
+            return self._tell(command, request_id)
         self.outbox.latched_hold(held.id, self.lane, request_id, str(command.command), why)
         log.warning("gate.lane.latched_hold: lane %s latched since latch %d: %s (%s) held", self.lane, held.id,
                     command.command, why, extra={"lane": self.lane, "request_id": request_id, "latch": held.id,
                                                  "instead": str(command.command), "reason": why})
-        return self.sink.send(latched_hold(command, held.id)), held.id
+        return self._tell(latched_hold(command, held.id), request_id, held.id)
+
+    def _latch(self, request_id: str, why: str) -> int:
+        latch, _ = self.outbox.latch(self.lane, request_id, why)
+        log.warning("gate.lane.latched: lane %s held for an officer (%s), latch %d", self.lane, why, latch.id,
+                    extra={"lane": self.lane, "request_id": request_id, "reason": why, "latch": latch.id})
+        return latch.id
+
+    def _tell(self, command: Command, request_id: str, latch: int | None = None) -> tuple[Command, int | None]:
+        """Send ``command``; rule 10: an "open" not heard latches the lane and tells the barrier to hold."""
+        try:
+            return self.sink.send(command), latch
+        except BarrierUnreachable:
+            if command.command is not BarrierCommand.OPEN:
+                return command, latch  # the barrier stays shut; the sink logged it
+        log.error("gate.lane.barrier_unreachable: lane %s did not hear its open", self.lane,
+                  extra={"lane": self.lane, "request_id": request_id})
+        latch = self._latch(request_id, "barrier_unreachable")
+        hold = latched_hold(command, latch)
+        try:
+            self.sink.send(hold)
+        except BarrierUnreachable:
+            pass  # logged by the sink; the latch holds the lane whatever the barrier heard
+        return hold, latch
 
     def _report(self, result: LaneResult) -> LaneResult:
         if self._on_result is not None:

@@ -22,6 +22,20 @@ Rules (one place, every sink):
    such a command carries ``latch``; every other is sent as it always was). A command that calls an
    officer latches its lane (``latches``).
    ``send`` sends a command as it is; ``act`` is ``send(command_for(...))``.
+6. A command the barrier did not hear raises ``BarrierUnreachable`` (after ``gate.barrier.unreachable`` is
+   logged): an HTTP error or no 2xx, an MQTT publish refused. The lane latches on an "open" not heard
+   (lane.py rule 10): its truck stands at a shut barrier, and the next truck's "open" must not be the
+   one that lifts it. An "open" is said now or never: it must never wait in a queue to be heard after the
+   truck it was for has gone (lane.py rule 2, for late answers, says the same). An HTTP barrier has no
+   queue. Over MQTT an "open" is published only while the client is connected, at QoS 0 (paho keeps a
+   QoS 1 or 2 message it could not deliver, even one refused with ``MQTT_ERR_NO_CONN``, and sends it on
+   reconnect; ``max_queued_messages_set`` only refuses new ones, and a QoS 1 message already handed over
+   is re-sent with DUP when its PUBACK did not come; a QoS 0 packet not yet written is dropped on
+   reconnect), and counts as sent once paho has written it to the socket within ``timeout``; a broker
+   keeps no QoS 0 message for a controller that is away either. What TCP itself still holds when a link
+   comes back is what the signature's few seconds of life (``[barrier_signing]``, required for MQTT
+   barriers outside dev, config.py rule 9) are for. A ``hold`` keeps ``qos`` (1): heard late, it is
+   harmless, and its officer call and latch still tell the controller something.
 """
 
 from __future__ import annotations
@@ -89,6 +103,20 @@ def signed_json(cmd: Command, signer: CommandSigner | None) -> dict[str, Any]:
     return body if signer is None else body | {"signature": signer.sign(body)}
 
 
+class BarrierUnreachable(Exception):
+    """Rule 6: the barrier did not hear ``command`` (``reason``: what went wrong, no secrets)."""
+
+    def __init__(self, command: Command, reason: str) -> None:
+        super().__init__(f"the barrier of lane {command.lane!r} did not hear {command.command!s}: {reason}")
+        self.command, self.reason = command, reason
+
+
+def _unreachable(cmd: Command, reason: str, **extra: Any) -> BarrierUnreachable:
+    """Rule 6: logged, then raised by the caller."""
+    log.error("gate.barrier.unreachable", extra={"lane": cmd.lane, "command": str(cmd.command), **extra})
+    return BarrierUnreachable(cmd, reason)
+
+
 class BearerAuth(httpx.Auth):
     """``Authorization: Bearer <token>`` (RFC 6750 §2.1) toward a barrier controller."""
 
@@ -104,7 +132,9 @@ class BearerAuth(httpx.Auth):
 
 
 class BarrierSink(Protocol):
-    def send(self, cmd: Command) -> Command: ...
+    def send(self, cmd: Command) -> Command:
+        """Tell the barrier ``cmd``; ``BarrierUnreachable`` when it did not hear it (rule 6)."""
+        ...
 
 
 class LogBarrier:
@@ -142,23 +172,28 @@ class HttpBarrier:
                  else self._http.post(self.url, json=body, auth=self._auth))
             r.raise_for_status()
         except httpx.HTTPError as exc:
-            # A barrier that did not hear "open" stays closed: that is the safe failure; tell the operator.
-            log.error("gate.barrier.unreachable", extra={"lane": cmd.lane, "error": type(exc).__name__})
+            # A barrier that did not hear "open" stays closed: the safe failure; the lane latches (rule 6).
+            raise _unreachable(cmd, type(exc).__name__, error=type(exc).__name__) from exc
         return cmd
 
 
 class MqttPublisher(Protocol):
-    """What we need of paho's ``Client``: ``publish(topic, payload, qos)``."""
+    """What we need of paho's ``Client``: ``publish(topic, payload, qos)`` and ``is_connected()``."""
 
     def publish(self, topic: str, payload: str | bytes | None = None, qos: int = 0, retain: bool = False) -> Any: ...
 
+    def is_connected(self) -> bool: ...
+
 
 class MqttBarrier:
-    """Publish the command to ``<prefix>/<terminal>/<lane>/barrier`` with QoS 1 (at least once)."""
+    """Publish the command to ``<prefix>/<terminal>/<lane>/barrier``: a ``hold`` with ``qos`` (1, at least
+    once), an ``open`` at most once and only now (rule 6: QoS 0, while connected, written within
+    ``timeout`` seconds)."""
 
     def __init__(self, client: MqttPublisher, terminal: str, *, prefix: str = "quaygate", qos: int = 1,
-                 signer: CommandSigner | None = None) -> None:
+                 signer: CommandSigner | None = None, timeout: float = 2.0) -> None:
         self._client, self.terminal, self.prefix, self.qos, self.signer = client, terminal, prefix, qos, signer
+        self.timeout = timeout
 
     def topic(self, lane: str) -> str:
         return f"{self.prefix}/{self.terminal}/{lane}/barrier"
@@ -167,7 +202,24 @@ class MqttBarrier:
         return self.send(command_for(response, lane))
 
     def send(self, cmd: Command) -> Command:
-        info = self._client.publish(self.topic(cmd.lane), json.dumps(signed_json(cmd, self.signer)), qos=self.qos)
-        if getattr(info, "rc", 0) != 0:
-            log.error("gate.barrier.unreachable", extra={"lane": cmd.lane, "rc": info.rc})
+        payload = json.dumps(signed_json(cmd, self.signer))
+        if cmd.command is BarrierCommand.OPEN:
+            return self._open(cmd, payload)
+        info = self._client.publish(self.topic(cmd.lane), payload, qos=self.qos)
+        if getattr(info, "rc", 0) != 0:  # paho keeps a hold for the reconnect: harmless, but not heard now
+            raise _unreachable(cmd, f"publish rc {info.rc}", rc=int(info.rc))
+        return cmd
+
+    def _open(self, cmd: Command, payload: str) -> Command:
+        """Rule 6: now or never. Not connected: never handed to paho (it would keep it for the reconnect)."""
+        if not self._client.is_connected():
+            raise _unreachable(cmd, "not connected to the broker", rc="not_connected")
+        info = self._client.publish(self.topic(cmd.lane), payload, qos=0)
+        try:  # QoS 0: paho never stores it; its packet not written when the connection drops is dropped
+            info.wait_for_publish(self.timeout)
+            written = info.is_published()
+        except (RuntimeError, ValueError):  # paho's way of saying rc > 0 (no connection, connection lost)
+            written = False
+        if not written:
+            raise _unreachable(cmd, f"publish not written (rc {getattr(info, 'rc', '?')})", rc=int(info.rc))
         return cmd
