@@ -280,3 +280,17 @@ def test_customs_reason_goes_to_the_full_sight_viewers_and_its_status_to_everyon
         assert light["data"]["status"] == "scan", who
         assert (grounds in text) is (who in ("line", "customs", "terminal")), who
     assert grounds not in json.dumps(payloads)
+    # The answers to writes show the right as its writer may read it (review 115): the holder nominating
+    # again, the driver accepting; the line's own write shows it all.
+    now = datetime.now(UTC)
+    renominated = _ok(api.http.put(f"/api/v1/releases/{trip.rid}/nomination", headers=api.as_("haul"), json={
+        "driver_person_id": str(trip.driver1), "plate": {"text": PLATE_1, "country": "BE"},
+        "slot": {"start": now.isoformat(), "end": (now + timedelta(hours=3)).isoformat()}}))
+    accepted = _ok(api.http.post(f"/api/v1/releases/{trip.rid}/nomination:accept",
+                                 headers=api.driver(trip.driver1)))
+    for answer in (renominated, accepted):
+        assert answer["release"]["lights"]["customs"] == {**answer["release"]["lights"]["customs"],
+                                                          "status": "scan", "reason": None}
+    updated = _ok(api.http.patch(f"/api/v1/releases/{trip.rid}", headers=api.as_("line"),
+                                 json={"bill_of_lading": "BL-1b"}))
+    assert updated["release"]["lights"]["customs"]["reason"] == grounds

@@ -17,7 +17,7 @@ from identity.domain.assurance import ACR_PASSKEY
 from quaygate.limits import BATCH_BODY_BYTES
 from quaygate.routing import AdmitFirst
 from release_service.adapters.sqla.uow import SqlUnitOfWork
-from release_service.domain import storable
+from release_service.domain import disclosure, storable
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor
 from release_service.domain.release import LightKind, LightStatus, RefusalReason, State
@@ -86,9 +86,16 @@ def _read(request: Request, fn: Callable[[UnitOfWork, datetime], Any]) -> Any:
         return fn(uow, container.clock.now())
 
 
-def _with_receipt(result: tuple[Any, Any], now: datetime, status: int = 200) -> tuple[int, Any]:
-    right, receipt = result
-    return status, {"release": s.release_out(right, now), "receipt": receipt.as_dict()}
+def _with_receipt(actor: Actor, status: int = 200) -> Callable[[tuple[Any, Any], datetime], tuple[int, Any]]:
+    """The answer to a write that changed a right: the right as ``actor`` may read it (domain/disclosure.py,
+    as GET shows it: a haulier's or a driver's answer carries no customs reason; review 115) and the receipt.
+    An idempotent replay sends the same body."""
+    def render(result: tuple[Any, Any], now: datetime) -> tuple[int, Any]:
+        right, receipt = result
+        shown, _ = disclosure.minimise_right(right, actor)
+        return status, {"release": s.release_out(shown, now), "receipt": receipt.as_dict()}
+
+    return render
 
 
 def _transfer_receipt(result: tuple[Any, Any], now: datetime, status: int = 200) -> tuple[int, Any]:
@@ -107,7 +114,7 @@ def issue_release(request: Request, body: s.IssueRequest, actor: Actor = Depends
                   idempotency_key: IdempotencyKey = None) -> JSONResponse:
     return _execute(request, actor, idempotency_key, body,
                     lambda uow, now: issue.issue(uow, actor, _issue_cmd(body), now),
-                    lambda r, now: _with_receipt(r, now, 201))
+                    _with_receipt(actor, 201))
 
 
 @router.post("/releases:batch", operation_id="issueReleaseBatch", status_code=200, response_model=s.BatchOut,
@@ -213,7 +220,7 @@ def nominate_driver(request: Request, release_id: ReleaseId, body: s.NominationR
         trailer_country=body.trailer_plate.country if body.trailer_plate else None,
         slot_start=body.slot.start if body.slot else None, slot_end=body.slot.end if body.slot else None)
     return _execute(request, actor, idempotency_key, body,
-                    lambda uow, now: nominate.nominate(uow, actor, release_id, cmd, now), _with_receipt)
+                    lambda uow, now: nominate.nominate(uow, actor, release_id, cmd, now), _with_receipt(actor))
 
 
 @router.post("/releases/{release_id}/nomination:accept", operation_id="acceptNomination",
@@ -222,7 +229,7 @@ def nominate_driver(request: Request, release_id: ReleaseId, body: s.NominationR
 def accept_nomination(request: Request, release_id: ReleaseId, actor: Actor = Depends(RESPOND),
                       idempotency_key: IdempotencyKey = None) -> JSONResponse:
     return _execute(request, actor, idempotency_key, None,
-                    lambda uow, now: respond.accept(uow, actor, release_id, now), _with_receipt)
+                    lambda uow, now: respond.accept(uow, actor, release_id, now), _with_receipt(actor))
 
 
 @router.post("/releases/{release_id}/nomination:refuse", operation_id="refuseNomination",
@@ -232,7 +239,7 @@ def refuse_nomination(request: Request, release_id: ReleaseId, body: s.RefusalRe
                       actor: Actor = Depends(RESPOND), idempotency_key: IdempotencyKey = None) -> JSONResponse:
     reason = RefusalReason(body.reason) if body and body.reason else None
     return _execute(request, actor, idempotency_key, body,
-                    lambda uow, now: respond.refuse(uow, actor, release_id, reason, now), _with_receipt)
+                    lambda uow, now: respond.refuse(uow, actor, release_id, reason, now), _with_receipt(actor))
 
 
 @router.patch("/releases/{release_id}", operation_id="updateRelease", response_model=s.ReleaseWithReceipt,
@@ -243,7 +250,7 @@ def update_release(request: Request, release_id: ReleaseId, body: s.UpdateReques
                     lambda uow, now: lifecycle.update(uow, actor, release_id, now, valid_from=body.valid_from,
                                                       valid_until=body.valid_until,
                                                       bill_of_lading=body.bill_of_lading),
-                    _with_receipt)
+                    _with_receipt(actor))
 
 
 def _line_action(name: str, fn: Callable[..., Any], summary: str) -> None:
@@ -251,7 +258,7 @@ def _line_action(name: str, fn: Callable[..., Any], summary: str) -> None:
                  actor: Actor = Depends(WRITE), idempotency_key: IdempotencyKey = None) -> JSONResponse:
         reason = body.reason if body else None
         return _execute(request, actor, idempotency_key, body,
-                        lambda uow, now: fn(uow, actor, release_id, reason, now), _with_receipt)
+                        lambda uow, now: fn(uow, actor, release_id, reason, now), _with_receipt(actor))
 
     router.add_api_route(f"/releases/{{release_id}}/{name}", endpoint, methods=["POST"],
                          operation_id=f"{name}Release", response_model=s.ReleaseWithReceipt,
@@ -272,7 +279,7 @@ def set_light(request: Request, release_id: ReleaseId, light: LightKind, body: s
     return _execute(request, actor, idempotency_key, body,
                     lambda uow, now: lifecycle.set_light(uow, actor, release_id, light, LightStatus(body.status),
                                                          body.reason, now),
-                    _with_receipt)
+                    _with_receipt(actor))
 
 
 def _item_error(error: DomainError) -> dict[str, str]:
