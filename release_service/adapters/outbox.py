@@ -100,8 +100,10 @@ class SqlWebhookStore:
     def count_locked(self, organisation_id: uuid.UUID) -> int:
         """The organisation's active subscriptions, counted under its row's lock: two creations of one
         organisation count one after the other (a phantom insert is not held off by locking rows)."""
+        # FOR NO KEY UPDATE: two creations wait for each other, a foreign key naming the organisation (a
+        # right issued to it: FOR KEY SHARE) does not wait for a creation (review 115).
         self._conn.execute(sa.select(organisations.c.id).where(organisations.c.id == organisation_id)
-                           .with_for_update())
+                           .with_for_update(key_share=True))
         return int(self._conn.execute(sa.select(sa.func.count()).select_from(_subs).where(
             _subs.c.organisation_id == organisation_id, _subs.c.active.is_(True))).scalar_one())
 

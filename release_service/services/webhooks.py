@@ -58,8 +58,9 @@ def create_subscription(uow: WebhookUnitOfWork, cipher: Sealer, actor: Actor, *,
     )
     secret = new_secret()
     with uow:
+        count = uow.webhooks.count_locked(org)  # first: a deactivation committed meanwhile is read below
         acting_organisation_active(uow, actor)
-        if uow.webhooks.count_locked(org) >= MAX_SUBSCRIPTIONS:
+        if count >= MAX_SUBSCRIPTIONS:
             raise DomainError(ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                               f"Your organisation has {MAX_SUBSCRIPTIONS} webhook subscriptions, the most it may "
                               "have: delete one first (one subscription can carry many event types).",
