@@ -101,6 +101,9 @@ def test_a_similar_duplicate_with_higher_confidence_replaces_and_opens_no_truck(
     assert corr.pending_count == 1
     [ready] = feed(corr, [container(), badge()], start=101.0)
     assert ready.plate is not None and (ready.plate.text, ready.plate.confidence) == ("1ABC234", 0.95)
+    # 1ABC284 is another plate (not a look-alike of 1ABC234): the truck is doubtful, and says so
+    assert ready.doubtful == {ReadKind.PLATE} and [r.value for r in ready.set_aside] == ["1ABC284|BE"]
+    assert ready.verify_fields()["plate"]["confidence"] == 0.0
 
 
 def test_equal_confidence_duplicates_choose_the_same_read_whatever_the_order() -> None:
@@ -135,6 +138,44 @@ def test_a_late_duplicate_after_emission_is_dropped_not_a_phantom_truck() -> Non
     assert [d.reason for d in corr.take_dropped()] == [DropReason.LATE_READ]
     assert corr.tick(1000.0) == []  # nothing was opened that could time out
     assert ready.plate is not None and ready.plate.confidence == 0.93  # the emitted truck is unchanged
+
+
+def test_the_next_trucks_plate_one_character_off_is_its_own_not_a_late_duplicate() -> None:
+    """Review 109 (a): fleet plates 1ABC123 then 1ABC124, the second truck within the window of the first."""
+    corr = lane()
+    [first] = feed(corr, [plate("1ABC123"), container("MSCU1234566"), badge("AP-100230")])
+    [second] = feed(corr, [plate("1ABC124", sec=8.0), container("MAEU7654320", sec=9.0), badge("AP-100248", sec=10.0)],
+                    start=108.0)
+    assert corr.take_dropped() == []
+    assert second.complete and second.plate is not None and second.plate.text == "1ABC124"
+    assert second.doubtful == frozenset() and second.request_id != first.request_id
+
+
+def test_a_late_duplicate_is_the_same_plate_from_the_same_camera() -> None:
+    corr = lane()
+    feed(corr, [plate("1ABC234"), container(), badge()])
+    assert corr.add(plate("1A8C234", sec=5.0), 110.0) == []  # a look-alike of the same plate: the same
+    assert [d.reason for d in corr.take_dropped()] == [DropReason.LATE_READ]
+    other_camera = PlateRead(lane=LANE, source="t", camera="rear", text="1ABC234", country="BE", confidence=0.9,
+                             observed_at=T0 + timedelta(seconds=6))
+    corr.add(other_camera, 111.0)  # another camera's read is no "update" event of the first one
+    assert corr.take_dropped() == [] and corr.pending_count == 1
+
+
+def test_a_plate_read_from_the_truck_behind_is_never_taken_silently_for_the_front_truck() -> None:
+    """Review 109 (b): the front truck's plate read 1ABC128 at 0.80; the truck behind's 1ABC123 at 0.97
+    comes while the front truck still waits. Before, the higher confidence won and the service saw
+    1ABC123 (maybe the nominated plate) at 0.97. Now the front truck is doubtful on its plate: the body
+    carries confidence 0 (plate_low_confidence: review), and the other read is kept as evidence."""
+    corr = lane()
+    feed(corr, [plate("1ABC128", conf=0.80), container()])
+    assert corr.add(plate("1ABC123", conf=0.97, sec=4.0), 104.0) == []
+    [front] = corr.add(badge(sec=5.0), 105.0)
+    assert front.doubtful == {ReadKind.PLATE}
+    assert {r.value for r in (front.plate, *front.set_aside) if r is not None} == {"1ABC128|BE", "1ABC123|BE"}
+    assert front.verify_fields()["plate"]["confidence"] == 0.0  # never a confident plate for the service
+    [plain] = feed(lane(), [plate("1ABC128", conf=0.80), container(), badge()])
+    assert front.request_id != plain.request_id  # a doubtful question is another question (rule 5)
 
 
 def test_the_same_plate_after_the_window_is_a_new_visit() -> None:

@@ -19,10 +19,15 @@ Per pending truck::
 
 Rules (each has a test in tests/test_gate_correlate.py):
 1. Placement of a read of kind K, in this order:
-   a. a pending truck already holding a SIMILAR K read takes it as a duplicate: the higher
-      confidence wins (ties: the earlier ``observed_at``, then the value), so the choice does not
-      depend on arrival order; except that a face match result saying ``matched: false`` wins over
-      any other face (a mismatch is sticky: a retry or a spoof that matches later must not hide it);
+   a. a pending truck already holding a SIMILAR K read takes it: the higher confidence is kept (ties:
+      the earlier ``observed_at``, then the value), so the choice does not depend on arrival order;
+      except that a face match result saying ``matched: false`` wins over any other face (a mismatch
+      is sticky: a retry or a spoof that matches later must not hide it). Two plates that are similar
+      but not the SAME (equal once look-alikes are folded) are two different plates, maybe two trucks'
+      (fleet plates 1-ABC-123 and 1-ABC-124): the truck is DOUBTFUL on its plate (``Ready.doubtful``,
+      the other read kept in ``Ready.set_aside``), and its request says so with the plate's
+      ``confidence`` 0, so the service answers ``plate_low_confidence`` (review), never a silent allow
+      on whichever plate read more confidently (review 109);
    b. else the OLDEST pending truck lacking K takes it (trucks pass a lane in order);
    c. else a new truck opens.
    Similar: plates and container numbers whose look-alike-folded forms (0/O/D/Q, 1/I, 2/Z, 5/S,
@@ -33,9 +38,11 @@ Rules (each has a test in tests/test_gate_correlate.py):
    optional face wait), or timed out ``window_seconds`` after its first read with what it has
    (``missing`` says what), so the service answers review/deny with a reason instead of the truck
    waiting forever. When a new truck opens, older complete trucks stop waiting for a face.
-3. A plate, container or badge read similar to one of a truck emitted less than ``window_seconds`` ago
-   is a late duplicate (a camera's "update" event): it is dropped and reported (``late_read``, naming
-   that truck's ``request_id``), never opens a phantom truck.
+3. A plate, container or badge read that is the same as one of a truck emitted less than
+   ``window_seconds`` ago, from the same source and camera (or reader), is a late duplicate (a camera's
+   "update" event): it is dropped and reported (``late_read``, naming that truck's ``request_id``),
+   never opens a phantom truck. For plates "the same" is equal once look-alikes are folded, not
+   similar: the next truck's plate one character off the last one's is that truck's (review 109).
 3a. Faces (``_place_face``). A face names no truck: any two faces are "similar", so the content cannot
    say whose it is; only the lane's state and the face's ``observed_at`` can. The rule is chosen so that
    a face never yields a wrong allow: it never makes another truck complete, and it never opens a truck
@@ -122,6 +129,8 @@ class Ready:
     container: ContainerRead | None = None
     badge: BadgeRead | None = None
     face: FaceRead | None = None
+    doubtful: frozenset[ReadKind] = frozenset()  # rule 1a: kinds read as two different values
+    set_aside: tuple[Read, ...] = ()  # rule 1a: the other reads of a doubtful kind (evidence, logs)
 
     @property
     def complete(self) -> bool:
@@ -149,7 +158,8 @@ class Ready:
             body["plate"] = {
                 "text": self.plate.text,
                 "country": self.plate.country,
-                "confidence": self.plate.confidence,
+                # rule 1a: two different plates read for this truck: no confidence in either
+                "confidence": 0.0 if ReadKind.PLATE in self.doubtful else self.plate.confidence,
             }
         if self.badge is not None:
             badge = {"scheme": self.badge.scheme, "number": self.badge.number, "card_uid": self.badge.card_uid}
@@ -182,6 +192,7 @@ class _Truck:
     opened_at: float
     reads: dict[ReadKind, Read] = field(default_factory=dict)
     required_done_at: float | None = None
+    set_aside: list[Read] = field(default_factory=list)  # rule 1a: reads of a kind that disagree
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +229,23 @@ def similar(a: Read, b: Read) -> bool:
     return True  # faces: one driver per truck
 
 
+def same(a: Read, b: Read) -> bool:
+    """Rules 1a and 3: the same value read twice. Plates: equal once look-alikes are folded (a country
+    missing on one read is no difference); any other kind: ``similar``."""
+    if isinstance(a, PlateRead) and isinstance(b, PlateRead):
+        same_country = a.country is None or b.country is None or a.country == b.country
+        return same_country and a.text.translate(_FOLD) == b.text.translate(_FOLD)
+    return similar(a, b)
+
+
+def _same_device(a: Read, b: Read) -> bool:
+    """Rule 3: the same source and camera (or badge reader), when the reads name one."""
+    if a.source != b.source:
+        return False
+    da, db = (getattr(r, "camera", None) or getattr(r, "reader", None) for r in (a, b))
+    return not (da and db) or da == db
+
+
 def _is_mismatch(read: Read) -> bool:
     """A face match result saying the driver is not the nominee (rules 1a and 3)."""
     return isinstance(read, FaceRead) and read.match is not None and not read.match.matched
@@ -230,7 +258,7 @@ def _rank(read: Read) -> tuple[bool, float, float, str]:
 
 def request_id_for(terminal: str, lane: str, direction: str, reads: Iterable[Read]) -> str:
     """Deterministic id over the chosen reads (rule 5); ``reads`` must not be empty."""
-    chosen = sorted(reads, key=lambda r: r.kind.value)
+    chosen = sorted(reads, key=lambda r: (r.kind.value, r.value))
     first = min(r.observed_at for r in chosen)
     parts = [terminal, lane, direction, first.isoformat()] + [f"{r.kind.value}={r.value}" for r in chosen]
     return str(uuid.uuid5(REQUEST_NAMESPACE, "\n".join(parts)))
@@ -331,8 +359,11 @@ class LaneCorrelator:
 
     @staticmethod
     def _take(truck: _Truck, read: Read) -> None:
-        """Rule 1a: of two similar reads the greater ``_rank`` is kept; rule 1b: a kind it lacked."""
+        """Rule 1a: of two similar reads the greater ``_rank`` is kept, and of two that are not the same
+        the other is set aside (the truck is doubtful); rule 1b: a kind it lacked."""
         held = truck.reads.get(read.kind)
+        if held is not None and not same(held, read):
+            truck.set_aside.append(min(held, read, key=_rank))
         if held is None or _rank(read) > _rank(held):
             truck.reads[read.kind] = read
 
@@ -367,9 +398,12 @@ class LaneCorrelator:
     def _emit(self, truck: _Truck, outcome: Outcome, now: float) -> Ready:
         self._pending.remove(truck)
         reads = tuple(truck.reads.values())
-        request_id = request_id_for(self.terminal, self.lane, self.direction, reads)
+        set_aside = tuple(truck.set_aside)
+        # rule 5: the reads set aside are part of the question too (its body says the doubt)
+        request_id = request_id_for(self.terminal, self.lane, self.direction, reads + set_aside)
         observed_at = min(r.observed_at for r in reads)
-        self._emitted.append(_Emitted(emitted_at=now, reads=reads, request_id=request_id, observed_at=observed_at))
+        self._emitted.append(_Emitted(emitted_at=now, reads=reads + set_aside, request_id=request_id,
+                                     observed_at=observed_at))
         by_kind: dict[ReadKind, Any] = dict(truck.reads)
         return Ready(
             request_id=request_id,
@@ -383,14 +417,16 @@ class LaneCorrelator:
             container=by_kind.get(ReadKind.CONTAINER),
             badge=by_kind.get(ReadKind.BADGE),
             face=by_kind.get(ReadKind.FACE),
+            doubtful=frozenset(r.kind for r in set_aside),
+            set_aside=set_aside,
         )
 
     def _late_duplicate_of(self, read: Read, now: float) -> _Emitted | None:
-        """Rule 3: the newest truck emitted within the window that held a read similar to ``read``."""
+        """Rule 3: the newest truck emitted within the window that held the same read from the same device."""
         for emitted in reversed(self._emitted):
             if now - emitted.emitted_at >= self.window_seconds:
                 continue
-            if any(similar(held, read) for held in emitted.reads if held.kind is read.kind):
+            if any(same(held, read) and _same_device(held, read) for held in emitted.reads if held.kind is read.kind):
                 return emitted
         return None
 

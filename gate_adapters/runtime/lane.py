@@ -263,6 +263,9 @@ class LaneRuntime:
                 continue
             if not ready.complete:
                 log.info("gate.lane.timed_out", extra={"lane": self.lane, "missing": sorted(ready.missing)})
+            if ready.doubtful:  # correlate.py rule 1a: two different plates; the body asks with confidence 0
+                log.warning("gate.lane.doubtful_read", extra={"lane": self.lane, "request_id": ready.request_id,
+                                                              "kinds": sorted(ready.doubtful)})
             body = verify_body(ready, self.mode, self.badge_scheme)
             stored.append((ready, body, self.outbox.put(body)))
         return [self._evicted(ready) if body is None
