@@ -135,9 +135,12 @@ class Adapter:
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def alive(self) -> bool:
-        """``/livez``: every lane's thread runs, and the HTTP source serves."""
+        """``/livez``: every lane's thread runs, the HTTP source serves, and the MQTT source's network
+        thread runs with its broker connection up (or lost only lately, mqtt_source.py rule 9): a source
+        that takes no more reads is not alive, whatever else still answers (review 109)."""
         serving = self.http_server is None or (self.http_server.started and not self.http_server.should_exit)
-        return self.worker.alive() and bool(serving)
+        mqtt_up = self.mqtt is None or self.mqtt.alive()
+        return self.worker.alive() and bool(serving) and bool(mqtt_up)
 
     def start(self) -> None:
         self.worker.start()

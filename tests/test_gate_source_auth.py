@@ -391,7 +391,7 @@ def test_every_refusal_is_a_problem_document_over_a_real_socket(tmp_path: Path) 
 
 
 def test_a_read_for_a_full_lane_gets_503_with_retry_after_and_is_not_queued(tmp_path: Path) -> None:
-    """lane.py rule 4, http_source.py rule 7: a lane holds at most ``queue_size`` reads waiting; one more
+    """lane.py rule 4, http_source.py rule 8: a lane holds at most ``queue_size`` reads waiting; one more
     is refused 503 with ``Retry-After`` (the device sends it again), never queued, and another lane's
     queue is its own."""
     crowded = build(parse(_doc(tmp_path, queue_size=2), base=tmp_path))

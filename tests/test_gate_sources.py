@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -587,3 +588,117 @@ def test_an_observed_at_outside_the_calendar_in_utc_is_a_source_error(observed: 
     with pytest.raises(SourceError, match="outside the calendar"):
         generic_json.parse_object({"kind": "plate", "lane": "in-3", "observed_at": observed,
                                    "plate": {"text": "1ABC123", "confidence": 0.9}})
+
+
+# -- Review 109: hostile bodies refused before a library parser sees them -----------------------------
+
+HIK_BOUNDARY = "----HikBoundary7MA4YWxkTrZu0gW"
+
+
+def _hik_part(headers: bytes, body: bytes, boundary: str = HIK_BOUNDARY) -> bytes:
+    return b"--" + boundary.encode() + b"\r\n" + headers + b"\r\n\r\n" + body + b"\r\n"
+
+
+def _hik_close(boundary: str = HIK_BOUNDARY) -> bytes:
+    return b"--" + boundary.encode() + b"--\r\n"
+
+
+XML_HEADERS = b'Content-Disposition: form-data; name="anpr.xml"; filename="anpr.xml"\r\nContent-Type: application/xml'
+
+
+def _nested(levels: int) -> bytes:
+    """A part that is a multipart that is a multipart ... ``levels`` deep (email.parser recurses per level)."""
+    inner = b"x"
+    for i in range(levels, 0, -1):
+        inner = (b"--n%d\r\nContent-Type: multipart/mixed; boundary=n%d\r\n\r\n" % (i, i + 1) + inner
+                 + b"\r\n--n%d--\r\n" % i)
+    return _hik_part(b"Content-Type: multipart/mixed; boundary=n1", inner) + _hik_close()
+
+
+def hostile_multipart() -> list[Any]:
+    """Multipart bodies any device bound to a lane could post (review 109), with the content type each
+    is sent with; each took email.parser seconds to minutes, or raised RecursionError."""
+    xml = fixture("hikvision_anpr.xml")
+    return [
+        pytest.param(_hik_part(b'Content-Disposition: form-data; name="anpr.xml"; ' + b"a=b;" * 40_000
+                               + b"\r\nContent-Type: application/xml", xml) + _hik_close(),
+                     HIK_MULTIPART_TYPE, "8192 bytes of headers", id="40000-header-parameters"),
+        pytest.param(b"--b\r\n\r\nx\r\n" * 150_000 + b"--b--\r\n", "multipart/form-data; boundary=b",
+                     "too many parts", id="150000-tiny-parts"),
+        pytest.param(_nested(1200), HIK_MULTIPART_TYPE, "nests", id="nested-1200-levels"),
+        pytest.param(_hik_part(b"Content-Type: message/rfc822", b"Content-Type: text/plain\r\n\r\nhi")
+                     + _hik_close(), HIK_MULTIPART_TYPE, "nests", id="message-part"),
+        pytest.param(_hik_part(b"Content-Type: (a comment)\r\n multipart/mixed; boundary=c", b"--c--")
+                     + _hik_close(), HIK_MULTIPART_TYPE, "nests", id="nested-behind-a-folded-line"),
+        pytest.param(_hik_part(XML_HEADERS + b"; x=--" + HIK_BOUNDARY.encode() + b"a=b;" * 1500, xml)
+                     + _hik_close(), HIK_MULTIPART_TYPE, "inside a line", id="boundary-inside-a-header"),
+        pytest.param(b"--" + HIK_BOUNDARY.encode() + b"X-Long: " + b"a=b;" * 5000 + b"\r\n" + XML_HEADERS
+                     + b"\r\n\r\n" + xml + b"\r\n" + _hik_close(), HIK_MULTIPART_TYPE, "more after it",
+                     id="text-after-the-boundary"),
+        pytest.param(_hik_part(XML_HEADERS, xml) + _hik_close(),
+                     "multipart/form-data; boundary=" + HIK_BOUNDARY + "; a=b" * 300, "content type",
+                     id="long-content-type"),
+    ]
+
+
+@pytest.mark.parametrize(("body", "content_type", "message"), hostile_multipart())
+def test_hikvision_refuses_a_hostile_multipart_before_email_parser_sees_it(
+        body: bytes, content_type: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hikvision.py module docstring: the scan refuses these, and the body never reaches the parser
+    (its only call is the one that reads the boundary off the short header)."""
+    import email.parser
+
+    parsed: list[int] = []
+    real = email.parser.BytesParser.parsebytes
+
+    def spy(self: Any, text: bytes, headersonly: bool = False) -> Any:
+        parsed.append(len(text))
+        return real(self, text, headersonly)
+
+    monkeypatch.setattr(email.parser.BytesParser, "parsebytes", spy)
+    assert len(body) <= hikvision.MAX_BYTES  # within the size cap: the scan is what refuses it
+    with pytest.raises(SourceError, match=message) as refused:
+        hikvision.parse(body, content_type, lane="in-3")
+    assert "refused before parsing" in str(refused.value) or message == "content type"
+    assert all(size < 2048 for size in parsed), parsed  # the header only, never the body
+
+
+def test_hikvision_multipart_as_cameras_send_it_still_parses() -> None:
+    """What the scan lets through: the fixture, and the same with LF line endings, a preamble, transport
+    padding after the boundaries, a folded header and a JPEG part, up to ``MAX_PARTS`` parts."""
+    xml = fixture("hikvision_anpr.xml")
+    jpeg = _hik_part(b'Content-Disposition: form-data; name="detectionPicture.jpg";\r\n filename="d.jpg"\r\n'
+                     b"Content-Type: image/jpeg", b"\xff\xd8\xff\xe0" + bytes(range(256)) * 64 + b"\xff\xd9")
+    body = (b"a preamble nobody reads\r\n" + _hik_part(XML_HEADERS, xml).replace(b"\r\n", b" \t\r\n", 1)
+            + jpeg * (hikvision.MAX_PARTS - 1) + _hik_close() + b"an epilogue")
+    for variant in (body, body.replace(b"\r\n", b"\n")):
+        read = hikvision.parse(variant, HIK_MULTIPART_TYPE, channel_lanes=CHANNELS)
+        assert read is not None and (read.text, read.lane) == ("1ABC234", "in-3")
+
+
+def test_hikvision_turns_the_email_packages_own_errors_into_source_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """STYLE.md #7: with the scan off, a nested multipart makes email.parser raise RecursionError; the
+    wrapper still answers SourceError (a 400), never that (a 500)."""
+    monkeypatch.setattr(hikvision, "_refuse_hostile_multipart", lambda body, boundary: None)
+    with pytest.raises(SourceError, match="malformed"):
+        hikvision.parse(_nested(1200), HIK_MULTIPART_TYPE, lane="in-3")
+
+
+def _plate_with_confidence(digits: int) -> bytes:
+    return (b'{"kind": "plate", "lane": "in-3", "observed_at": "2026-11-21T14:30:03Z", '
+            b'"plate": {"text": "1ABC234", "country": "BE", "confidence": 1%s}}' % (b"0" * (digits - 1)))
+
+
+@pytest.mark.parametrize("digits", [5000, 400])
+def test_a_number_of_thousands_of_digits_is_a_source_error(digits: int) -> None:
+    """5000 digits: json.loads raises a plain ValueError (Python's int digits limit), 400: float() raises
+    OverflowError; both went past SourceError (review 109: over MQTT that ended paho's thread)."""
+    body = _plate_with_confidence(digits)
+    with pytest.raises(SourceError, match="JSON" if digits > 4300 else "hold"):
+        generic_json.parse(body, lane="in-3")
+    with pytest.raises(SourceError):
+        mqtt.parse("quaygate/T1/in-3/plate", body)
+    if digits > 4300:  # a field Axis sends that we never read: json.loads alone raises
+        axis_body = fixture("axis_lpv.json").replace(b'"lat": 51.2783', b'"lat": 5%s' % (b"1" * digits))
+        with pytest.raises(SourceError, match="JSON"):
+            axis.parse(axis_body, camera_lanes=AXIS_CAMERAS)

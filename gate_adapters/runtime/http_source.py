@@ -54,12 +54,17 @@ the lane:
    tried, so neither a wrong token nor a device's name is told by the time taken.
 2. 403: the device is not bound to this lane (checked before the body is read).
 3. 404: a lane this adapter does not run (for this source).
-4. 413: a body over the vendor's size cap, refused on ``Content-Length`` before a byte is read and
+4. 403: a vendor route whose one kind of read the device may not send (``VENDOR_KINDS``: a badge
+   reader posting to ``/hikvision``), refused before the body is read, so no device makes us parse
+   what it could never send (review 109).
+5. 413: a body over the vendor's size cap, refused on ``Content-Length`` before a byte is read and
    counted while streaming (no ``Content-Length``, or a lying one): a sender cannot make us buffer more.
-5. 400 with the reason: a refused payload (``SourceError``).
-6. 403: a kind of read the device may not send, or a face *match result* from a device that is not a
+6. 400 with the reason: a refused payload (``SourceError``). The parser runs on a worker thread, never on
+   the event loop: a body slow to parse holds up its own request, not every lane's, the officers'
+   routes and ``/healthz``.
+7. 403: a kind of read the device may not send, or a face *match result* from a device that is not a
    ``trusted_face_matcher`` (config rule 6).
-7. 503 with ``Retry-After``: the lane already has its ``queue_size`` reads waiting (``LaneBusy``, a flood
+8. 503 with ``Retry-After``: the lane already has its ``queue_size`` reads waiting (``LaneBusy``, a flood
    or a lane stuck on the service): refused, not queued, so memory stays bounded; the device sends it
    again later (a read still fresh then is taken, lane.py rule 6).
 Every refusal is an RFC 9457 problem document (``application/problem+json``: ``type``, ``title``,
@@ -82,7 +87,6 @@ only parse and enqueue (``LaneWorker.submit``), so the ``async def`` routes neve
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import ipaddress
 import json
@@ -110,17 +114,20 @@ log = logging.getLogger("gate_adapters.source.http")
 Parser = Callable[[bytes, str | None, str], Read | None]
 Health = Callable[[], dict[str, dict[str, int]]]  # lane -> its load, for /healthz
 
-PARSERS: dict[str, tuple[Parser, int]] = {  # and each vendor's body cap (rule 4)
+PARSERS: dict[str, tuple[Parser, int]] = {  # and each vendor's body cap (rule 5)
     "hikvision": (lambda body, ctype, lane: hikvision.parse(body, ctype, lane=lane), hikvision.MAX_BYTES),
     "axis": (lambda body, ctype, lane: axis.parse(body, lane=lane), axis.MAX_BYTES),
     "ocr": (lambda body, ctype, lane: ocr_portal.parse(body, lane=lane), ocr_portal.MAX_BYTES),
     "reads": (lambda body, ctype, lane: generic_json.parse(body, lane=lane), generic_json.MAX_BYTES),
 }
+VENDOR_KINDS: dict[str, frozenset[str]] = {  # rule 4: the one kind a vendor route gives ("reads": any)
+    "hikvision": frozenset({"plate"}), "axis": frozenset({"plate"}), "ocr": frozenset({"container"}),
+}
 CHALLENGE = 'Bearer realm="quaygate-gate", Basic realm="quaygate-gate", charset="UTF-8"'
 OFFICER_CHALLENGE = 'Bearer realm="quaygate-gate-officer", Basic realm="quaygate-gate-officer", charset="UTF-8"'
 MAX_CLEAR_BYTES = 4096  # {"latch": id, "note": ...}
 MAX_OVERRIDE_BYTES = 4096  # {"request_id": ..., "reason": ...}
-RETRY_AFTER_SECONDS = 1  # rule 7: soon, so that the read sent again is still fresh (lane.py rule 6)
+RETRY_AFTER_SECONDS = 1  # rule 8: soon, so that the read sent again is still fresh (lane.py rule 6)
 PROBLEM_BASE = "https://quaygate.eu/problems/gate-adapter/"  # the service's base, a folder of our own
 PROBLEM_MEDIA_TYPE = "application/problem+json"  # RFC 9457 §3
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
@@ -237,7 +244,7 @@ def authenticate(devices: Sequence[Credential], authorization: str | None) -> Cr
     elif scheme.lower() == "basic":
         try:
             name, sep, token = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, and b64decode's own on non-ASCII text
             return None
         if not sep:
             return None
@@ -256,7 +263,7 @@ def authenticate(devices: Sequence[Credential], authorization: str | None) -> Cr
 
 
 def refusal(device: Device | None, read: Read) -> str | None:
-    """Why this device may not send this read (rule 6), or ``None``."""
+    """Why this device may not send this read (rule 7), or ``None``."""
     if generic_json.is_face_match(read) and (device is None or not device.trusted_face_matcher):
         return "only a trusted face matcher may send a face match result"
     if device is not None and read.kind.value not in device.kinds:
@@ -284,7 +291,7 @@ class _TooLarge(Exception):
 
 
 async def _body(request: Request, max_bytes: int) -> bytes:
-    """The body, at most ``max_bytes`` of it (rule 4), else ``_TooLarge``."""
+    """The body, at most ``max_bytes`` of it (rule 5), else ``_TooLarge``."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _TooLarge
@@ -349,13 +356,18 @@ def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[De
                     return problem(403, "lane_forbidden", "this device may not send reads for this lane")
             if not worker.has_lane(terminal, lane):
                 return problem(404, "unknown_lane", "unknown lane")
+            kinds = VENDOR_KINDS.get(vendor)
+            if device is not None and kinds is not None and not kinds & device.kinds:  # rule 4
+                log.warning("gate.source.forbidden.kind", extra={"device": device.name, "lane": lane,
+                                                                 "vendor": vendor})
+                return problem(403, "read_forbidden", f"this device may not send {'/'.join(sorted(kinds))} reads")
             try:
                 body = await _body(request, max_bytes)
             except _TooLarge:
                 log.warning("gate.source.refused.too_large", extra={"vendor": vendor, "lane": lane})
                 return problem(413, "payload_too_large", f"payload is larger than {max_bytes} bytes")
-            try:
-                read = parser(body, request.headers.get("content-type"), lane)
+            try:  # rule 6: on a worker thread, never on the event loop
+                read = await run_in_threadpool(parser, body, request.headers.get("content-type"), lane)
             except SourceError as exc:
                 log.warning("gate.source.refused.%s", vendor, extra={"lane": lane, "reason": str(exc)})
                 return problem(400, "payload_refused", str(exc))

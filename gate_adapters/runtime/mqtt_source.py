@@ -19,6 +19,13 @@ read topics). Rules:
    and buries the lines that matter.
 7. Who may publish on which lane's topics is the broker's ACL, not ours (docs/gate-adapter.md); we give
    the broker our credentials and check its certificate (``client_for``).
+8. Nothing one message carries ends paho's network thread (review 109: a 5000-digit number did, and with
+   it every lane's reads and the MQTT barrier commands): ``handle`` turns any exception a message causes
+   beyond a refusal into a ``gate.source.mqtt.failed`` line (with the traceback: it is a bug of ours) and
+   a count (``failed``), and the client is set to ``suppress_exceptions`` so an exception in any other
+   callback is logged by paho, not raised out of its loop.
+9. ``alive`` (``/livez``) is false when the network thread is gone, or when the broker connection has
+   been down longer than ``connection_grace`` seconds (a broker restart is ridden out: paho reconnects).
 """
 
 from __future__ import annotations
@@ -135,13 +142,19 @@ class MqttSource:
         trusted_face_matcher: bool = False,
         drop_log_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        connection_grace: float = 60.0,
     ) -> None:
         self.worker, self.host, self.port, self.prefix, self.keepalive = worker, host, port, prefix, keepalive
         self.trusted_face_matcher = trusted_face_matcher
         self.client = client or new_client()
+        self.client.suppress_exceptions = True  # rule 8
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.connection_grace, self._clock = connection_grace, clock
+        self._down_since: float | None = None  # rule 9: when the connection was lost (None: connected)
+        self._failed = 0  # rule 8
         self.subscribed = threading.Event()  # set once the broker confirmed our subscriptions (health)
         self._drops = DropLog(drop_log_seconds, clock)  # rule 6
         self._drops_lock = threading.Lock()  # paho's thread counts, ours and /healthz read
@@ -154,12 +167,27 @@ class MqttSource:
         with self._drops_lock:
             return dict(self._drops.totals)
 
+    @property
+    def failed(self) -> int:
+        """Rule 8: messages whose handling raised something other than a refusal, since start."""
+        with self._drops_lock:
+            return self._failed
+
+    def alive(self) -> bool:
+        """Rule 9: the network thread runs, and the broker connection is up or was lost only lately."""
+        thread = getattr(self.client, "_thread", None)  # paho keeps its loop thread here (no public name)
+        if thread is None or not thread.is_alive():
+            return False
+        down_since = self._down_since
+        return down_since is None or self._clock() - down_since <= self.connection_grace
+
     def topics(self) -> list[str]:
         return [f"{self.prefix}/{terminal}/{lane}/#" for terminal, lane in self.worker.lanes]
 
     def start(self) -> None:
         """Connect and run paho's network loop on its own thread (it reconnects by itself), and the thread
         that logs the last drops of a flood once it is over (rule 6)."""
+        self._down_since = self._clock()  # until on_connect: not connected yet
         self.client.connect(self.host, self.port, self.keepalive)
         self.client.loop_start()
         self._stopping.clear()
@@ -168,9 +196,9 @@ class MqttSource:
         self._drop_logger.start()
 
     def stop(self) -> None:
+        self._stopping.set()
         self.client.disconnect()
         self.client.loop_stop()
-        self._stopping.set()
         if self._drop_logger is not None:
             self._drop_logger.join(10)
             self._drop_logger = None
@@ -196,7 +224,19 @@ class MqttSource:
                            "queue_size": queue_size})
 
     def handle(self, topic: str, payload: bytes) -> Read | None:
-        """One message: parse, enqueue for its lane; returns the read (``None``: skipped or refused)."""
+        """One message: parse, enqueue for its lane; returns the read (``None``: skipped, refused or failed,
+        rule 8)."""
+        try:
+            return self._handle(topic, payload)
+        except Exception:  # noqa: BLE001 - rule 8: paho's thread serves every lane; no message may end it
+            with self._drops_lock:
+                self._failed += 1
+                failed = self._failed
+            log.exception("gate.source.mqtt.failed: a message raised (%d since start)", failed,
+                          extra={"topic": topic, "failed": failed})
+            return None
+
+    def _handle(self, topic: str, payload: bytes) -> Read | None:
         if topic.endswith("/barrier"):
             return None  # rule 2
         try:
@@ -226,8 +266,17 @@ class MqttSource:
         if getattr(reason_code, "is_failure", False):
             log.error("gate.source.mqtt.connect_failed", extra={"reason": str(reason_code)})
             return
+        self._down_since = None
         self.subscribed.clear()
         client.subscribe([(t, 1) for t in self.topics()])
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        self.subscribed.clear()  # until the broker confirms them again (rule 4)
+        if self._down_since is None:
+            self._down_since = self._clock()
+        if not self._stopping.is_set():
+            log.warning("gate.source.mqtt.disconnected", extra={"reason": str(reason_code)})
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         if all(not getattr(rc, "is_failure", False) for rc in reason_codes):

@@ -46,7 +46,10 @@ def load_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
     check_size(body, max_bytes)
     try:
         value = json.loads(bytes(body).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: JSONDecodeError and UnicodeDecodeError, and also a number of more digits than
+        # Python converts (sys.get_int_max_str_digits, 4300): that one is a plain ValueError, and it
+        # ended the MQTT source's network thread (review 109).
         raise SourceError("payload is not valid UTF-8 JSON") from exc
     if not isinstance(value, dict):
         raise SourceError("payload is not a JSON object")
@@ -79,7 +82,10 @@ def get_number(obj: Mapping[str, Any], key: str, *, allow_numeric_string: bool =
             raise SourceError(f"'{key}' is not a number") from exc
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SourceError(f"'{key}' is missing or not a number")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError as exc:  # an integer of hundreds of digits: no float holds it
+        raise SourceError(f"'{key}' is not a number we can hold") from exc
 
 
 def parse_iso_datetime(raw: object, what: str = "observed_at") -> datetime:

@@ -19,12 +19,24 @@ declaration is refused (entity expansion, "billion laughs"; we never need a DTD)
 not in the lane mapping is refused (a read on an unknown lane must not join some truck); a heartbeat
 (any non-ANPR event, or ``eventState`` inactive) gives ``None``; "unknown" as plate text is refused
 as a missing plate.
+
+Multipart is scanned before ``email.parser`` sees it (``_refuse_hostile_multipart``, review 109): that
+parser's time grows with the parts and with each part's header parameters (150 000 tiny parts, or one
+header of 40 000 ``a=b;`` parameters, held a thread for seconds to minutes), and it recurses once per
+nested multipart (RecursionError at ~1 000 levels). So a body is refused, with the parser never called,
+when its content type is over ``MAX_CONTENT_TYPE_CHARS``, when it holds more than ``MAX_PARTS + 1``
+boundary delimiters, when a delimiter is not a line of its own (RFC 2046 §5.1.1: the parser would not
+split there, so our scan and its parse would disagree), when a part's header block is over
+``MAX_PART_HEADER_BYTES``, or when a part is itself multipart or a message (a camera sends an XML part
+and JPEGs, never a nested body). What the scan lets through costs the parser at most 17 parts of 8 KiB
+of headers each.
 """
 
 from __future__ import annotations
 
 import email.parser
 import email.policy
+import re
 import xml.etree.ElementTree as ET  # noqa: S405 - DTDs are refused by _refuse_dtd before ET sees the bytes
 import xml.parsers.expat
 from collections.abc import Mapping
@@ -36,6 +48,15 @@ SOURCE = "hikvision"
 MAX_BYTES = 4 * 1024 * 1024  # multipart with two JPEGs
 MAX_XML_BYTES = 64 * 1024
 MAX_PARTS = 16
+MAX_PART_HEADER_BYTES = 8 * 1024  # a real part's headers are a few hundred bytes
+MAX_CONTENT_TYPE_CHARS = 1024  # "multipart/form-data; boundary=..." is under a hundred
+# RFC 2046 §5.1.1: a boundary is 1 to 70 of these characters, not ending in a space.
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+_FOLDED = re.compile(rb"(?:\r\n|\r|\n)[ \t]+")  # a header line continued on the next (RFC 5322 §2.2.3)
+_BLANK_LINE = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+# A part's Content-Type naming multipart/* or message/* (whatever comes before it on the line: a comment).
+_NESTED = re.compile(rb"content-type[ \t]*:[^\r\n]*?(?:multipart|message)\s*/", re.IGNORECASE)
+_DELIMITER_END = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")  # after "--boundary": RFC 2046 §5.1.1
 NAMESPACES = frozenset(
     {
         "http://www.hikvision.com/ver20/XMLSchema",
@@ -81,22 +102,71 @@ def _xml_part(body: bytes, content_type: str | None) -> bytes:
 def _xml_from_multipart(body: bytes, content_type: str) -> bytes:
     if "boundary=" not in content_type.lower():
         raise SourceError("multipart body without a boundary")
+    if len(content_type) > MAX_CONTENT_TYPE_CHARS:
+        raise SourceError(f"multipart content type is longer than {MAX_CONTENT_TYPE_CHARS} characters")
     header = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(header + body)
-    if not message.is_multipart():
-        raise SourceError("multipart body has no parts")
-    parts = list(message.iter_parts())  # type: ignore[attr-defined]
-    if len(parts) > MAX_PARTS:
-        raise SourceError("multipart body has too many parts")
-    for part in parts:
-        media = part.get_content_type()
-        filename = (part.get_filename() or part.get_param("name", header="content-disposition") or "").lower()
-        if media in ("application/xml", "text/xml") or str(filename).endswith(".xml"):
-            payload = part.get_payload(decode=True)
-            if not isinstance(payload, bytes) or not payload:
-                raise SourceError("XML part is empty")
-            return payload
+    parser = email.parser.BytesParser(policy=email.policy.HTTP)
+    try:
+        # The boundary as the parser itself reads it from the (short) header: the scan and the parse
+        # split the body at the same lines.
+        boundary = parser.parsebytes(header, headersonly=True).get_boundary()
+        if boundary is None or not _BOUNDARY.fullmatch(boundary):
+            raise SourceError("multipart boundary is missing or not 1 to 70 plain characters")
+        _refuse_hostile_multipart(body, boundary.encode("ascii"))
+        message = parser.parsebytes(header + body)
+        if not message.is_multipart():
+            raise SourceError("multipart body has no parts")
+        parts = list(message.iter_parts())  # type: ignore[attr-defined]
+        if len(parts) > MAX_PARTS:
+            raise SourceError("multipart body has too many parts")
+        for part in parts:
+            if part.is_multipart():  # the scan refuses these; never walk into one
+                raise SourceError("multipart body nests a multipart or message part")
+            media = part.get_content_type()
+            filename = (part.get_filename() or part.get_param("name", header="content-disposition") or "").lower()
+            if media in ("application/xml", "text/xml") or str(filename).endswith(".xml"):
+                payload = part.get_payload(decode=True)
+                if not isinstance(payload, bytes) or not payload:
+                    raise SourceError("XML part is empty")
+                return payload
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - STYLE.md #7: the email package's errors on a hostile body
+        # (RecursionError, and the IndexError/AttributeError/ValueError its header parser has raised on
+        # malformed parameters) become ours: a 400, never a 500 or a dead thread.
+        raise SourceError("multipart body is malformed") from exc
     raise SourceError("multipart body has no XML part")
+
+
+def _refuse_hostile_multipart(body: bytes, boundary: bytes) -> None:
+    """The scan before the parse (module docstring): ``SourceError`` when the body has more delimiters
+    than ``MAX_PARTS`` parts need, a delimiter inside a line, a part's headers over
+    ``MAX_PART_HEADER_BYTES``, or a nested multipart or message part. Linear in the body's size."""
+    delimiter = b"--" + boundary
+    if body.count(delimiter) > MAX_PARTS + 1:  # the parts' delimiters and the closing one
+        raise SourceError(f"multipart body has too many parts: more than {MAX_PARTS} (refused before parsing)")
+    start = body.find(delimiter)
+    while start != -1:
+        if start > 0 and body[start - 1:start] not in (b"\r", b"\n"):
+            raise SourceError("multipart boundary appears inside a line (refused before parsing)")
+        end = _DELIMITER_END.match(body, start + len(delimiter))
+        if end is None:
+            raise SourceError("multipart boundary line has more after it (refused before parsing)")
+        if end.group(1):  # the closing delimiter: what follows is the epilogue, never parsed
+            return
+        following = body.find(delimiter, end.end())
+        part = body[end.end():len(body) if following == -1 else following]
+        if part[:2] == b"\r\n" or part[:1] in (b"\r", b"\n"):
+            head = b""  # no headers: the blank line comes first
+        else:
+            blank = _BLANK_LINE.search(part, 0, MAX_PART_HEADER_BYTES + 4)
+            head = part if blank is None else part[:blank.start()]
+        if len(head) > MAX_PART_HEADER_BYTES:
+            raise SourceError(f"multipart part has more than {MAX_PART_HEADER_BYTES} bytes of headers "
+                              f"(refused before parsing)")
+        if _NESTED.search(_FOLDED.sub(b" ", head)):
+            raise SourceError("multipart body nests a multipart or message part (refused before parsing)")
+        start = following
 
 
 def _refuse_dtd(xml_bytes: bytes) -> None:
