@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     # past it the connection is closed and the attempt failed, so a receiver answering a byte at a time
     # holds one send briefly, not the dispatcher (release_service/adapters/webhook_dispatcher.py).
     webhook_send_timeout: float = Field(default=10.0, gt=0, le=60)
+    # Webhook sends in flight at once in each replica, and of those at most webhook_sends_per_organisation
+    # for one organisation: one company's slow endpoints hold that many, the others' deliveries go on
+    # (release_service/adapters/webhook_dispatcher.py, the pipeline).
+    webhook_workers: int = Field(default=32, ge=1, le=100)
+    webhook_sends_per_organisation: int = Field(default=4, ge=1, le=100)
     # Days a finished delivery row (its payload names drivers and plates) is kept, from its last attempt:
     # delivered or cancelled ones, then dead or withheld ones (dead letters the organisation may still
     # send again: longer). Pruned by a background worker (release_service/adapters/outbox.py).

@@ -77,10 +77,16 @@ class BackgroundWorkers:
         sealer = AuditSealer(c.engine, c.cipher, witness=c.settings.audit_witness, on_tampered=self._audit_tampered)
         dispatcher = WebhookDispatcher(
             c.engine, c.cipher, clock=c.clock, send_timeout=c.settings.webhook_send_timeout,
+            workers=c.settings.webhook_workers, per_organisation=c.settings.webhook_sends_per_organisation,
             allow_local=c.settings.mode.value != "production",  # as the subscriptions allow
         )
         self._loop("audit-sealer", c.settings.audit_seal_interval, lambda: sealer.seal_once(c.clock.now()))
-        self._loop("webhook-dispatcher", c.settings.webhook_interval, dispatcher.run_once)
+        # A pipeline of its own, not rounds: a slot is claimed for as soon as a send ends (the dispatcher's
+        # docstring); stopped, it claims no more and its sends in flight end within their deadline.
+        webhooks = threading.Thread(target=dispatcher.run_forever, args=(self._stop, c.settings.webhook_interval),
+                                    name="webhook-dispatcher", daemon=True)
+        webhooks.start()
+        self._threads.append(webhooks)
         self._loop("lapse-sweeper", 5.0, self._lapse)
         badges = BadgeService(c.engine)
         self._loop("badge-expiry", 60.0, lambda: badges.expire_due(c.clock.now()))

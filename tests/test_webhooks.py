@@ -13,6 +13,7 @@ import ipaddress
 import json
 import re
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -67,12 +68,17 @@ class Received:
 
 
 class Receiver:
-    """A tiny HTTP server: records every request, answers with the status set for its path."""
+    """A tiny HTTP server: records every request, answers with the status set for its path, after the
+    delay set for it; counts the requests it holds at once, per path and in all, and the most of each."""
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
         self.status: dict[str, int] = {}
         self.extra_headers: dict[str, dict[str, str]] = {}
+        self.delay: dict[str, float] = {}
+        self.most_at_once: Counter[str] = Counter()
+        self.most_at_once_in_all = 0
+        self._open: Counter[str] = Counter()
         self._lock = threading.Lock()
         owner = self
 
@@ -82,6 +88,14 @@ class Receiver:
                 with owner._lock:
                     headers = {k.lower(): v for k, v in self.headers.items()}
                     owner.requests.append(Received(self.path, headers, body))
+                    owner._open[self.path] += 1
+                    owner.most_at_once[self.path] = max(owner.most_at_once[self.path], owner._open[self.path])
+                    owner.most_at_once_in_all = max(owner.most_at_once_in_all, owner._open.total())
+                try:
+                    time.sleep(owner.delay.get(self.path, 0.0))
+                finally:
+                    with owner._lock:
+                        owner._open[self.path] -= 1
                 self.send_response(owner.status.get(self.path, 200))
                 for k, v in owner.extra_headers.get(self.path, {}).items():
                     self.send_header(k, v)

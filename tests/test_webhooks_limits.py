@@ -7,6 +7,7 @@ finishes its headers), real SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import logging
 import select
 import socket
@@ -186,6 +187,117 @@ def test_a_subscriptions_deliveries_go_one_at_a_time_in_order(engine: sa.Engine,
     got = receiver.at("/hook")
     assert [r.body.count(str(i).encode()) for r, i in zip(got, ids, strict=True)] == [1, 1, 1, 1]
     assert {r.status for r in delivery_rows(engine)} == {"delivered"}
+
+
+# ---- 1b. the pipeline: slots freed are claimed at once, shared fairly ---------------------------------------
+
+
+def run_pipeline(d: Any, interval: float = 0.01) -> tuple[threading.Thread, threading.Event]:
+    """The dispatcher's background loop (run_forever) in a thread of its own, as BackgroundWorkers runs it."""
+    stop = threading.Event()
+    loop = threading.Thread(target=d.run_forever, args=(stop, interval), daemon=True)
+    loop.start()
+    return loop, stop
+
+
+def delivered(engine: sa.Engine, subscription_id: uuid.UUID) -> int:
+    return sum(1 for r in delivery_rows(engine) if r.subscription_id == subscription_id and r.status == "delivered")
+
+
+def test_one_organisations_slow_endpoints_hold_its_share_while_another_backlog_drains(
+        engine: sa.Engine, receiver: Receiver, trickler: Trickler) -> None:
+    """One company has six subscriptions whose receiver trickles (each send held to the deadline); another
+    has a backlog of 30 deliveries on one normal receiver. With a pool of 5 and a share of 4 per
+    organisation, the tricklers hold 4 connections, never more, and the backlog goes through the fifth
+    slot, one send after another as each ends, all delivered before the slow sends reach their deadline
+    (rounds would have given it one delivery per deadline). Stopped, the pipeline claims nothing more, and
+    the sends in flight end at their deadline and are recorded."""
+    slow_org, fast_org, clock = make_org(engine), make_org(engine), FakeClock()
+    slow = [subscribe(engine, slow_org, trickler.url(f"/slow{k}"), ["release.*"])[0] for k in range(6)]
+    fast, _ = subscribe(engine, fast_org, receiver.url("/fast"), ["release.*"])
+    publish(engine, {slow_org}, "release.issued")
+    for _ in range(30):
+        publish(engine, {fast_org}, "release.issued")
+    d = dispatcher(engine, clock, workers=5, per_organisation=4, send_timeout=8.0)
+    loop, stop = run_pipeline(d)
+    try:
+        assert wait_for(lambda: delivered(engine, fast.id) == 30, seconds=60), "the backlog did not drain"
+        # Drained while the slow sends were all still open: none had reached its deadline.
+        assert trickler.closed_by_client == 0
+        assert wait_for(lambda: trickler.open == 4)
+        assert trickler.most_open == 4
+    finally:
+        stop.set()
+        loop.join(timeout=60)  # the sends in flight end at their deadline (8 s); generous for a loaded machine
+        trickler.stop.set()
+    assert not loop.is_alive(), "the pipeline did not stop"
+
+    assert (trickler.connections, trickler.most_open) == (4, 4)
+    got = receiver.at("/fast")
+    assert len(got) == 30 and len({r.headers["webhook-id"] for r in got}) == 30  # each once
+    slow_ids = {s.id for s in slow}
+    outcomes = sorted((r.status, r.attempts, r.last_error) for r in delivery_rows(engine)
+                      if r.subscription_id in slow_ids)
+    # Four cut at their deadline and recorded as they ended, after the stop; two never claimed.
+    assert outcomes == [("pending", 0, None)] * 2 + [("pending", 1, "timeout")] * 4
+
+
+def test_the_pipeline_never_has_two_sends_of_one_subscription_in_flight(engine: sa.Engine,
+                                                                        receiver: Receiver) -> None:
+    """Two subscriptions, five deliveries each, a receiver that takes 0.2 s per request; the pipeline
+    claims every 10 ms while slots are free. The two subscriptions are sent to at once, but each one's
+    deliveries go one at a time, in order, each delivered once."""
+    org, clock = make_org(engine), FakeClock()
+    a, _ = subscribe(engine, org, receiver.url("/a"), ["release.*"])
+    b, _ = subscribe(engine, org, receiver.url("/b"), ["release.*"])
+    receiver.delay.update({"/a": 0.2, "/b": 0.2})
+    ids = [publish(engine, {org}, "release.issued", at=T0 - timedelta(seconds=10 - k)) for k in range(5)]
+    loop, stop = run_pipeline(dispatcher(engine, clock, workers=8))
+    try:
+        assert wait_for(lambda: delivered(engine, a.id) + delivered(engine, b.id) == 10, seconds=60)
+    finally:
+        stop.set()
+        loop.join(timeout=60)
+    assert not loop.is_alive()
+    assert receiver.most_at_once == {"/a": 1, "/b": 1}
+    assert receiver.most_at_once_in_all == 2  # the pipeline does send at once: the 1 above is the rule's
+    for path in ("/a", "/b"):
+        got = receiver.at(path)
+        assert [json.loads(r.body)["id"] for r in got] == [str(i) for i in ids]
+
+
+def test_a_round_takes_at_most_an_organisations_share(engine: sa.Engine, receiver: Receiver) -> None:
+    """run_once follows the pipeline's rules: one delivery per subscription, ``per_organisation`` per
+    organisation; the rest wait for the next round."""
+    busy, other, clock = make_org(engine), make_org(engine), FakeClock()
+    for k in range(6):
+        subscribe(engine, busy, receiver.url(f"/busy{k}"), ["release.*"])
+    subscribe(engine, other, receiver.url("/other"), ["release.*"])
+    publish(engine, {busy, other}, "release.issued")
+    d = dispatcher(engine, clock, per_organisation=4)
+    assert [d.run_once() for _ in range(3)] == [5, 2, 0]
+    assert {r.status for r in delivery_rows(engine)} == {"delivered"} and len(receiver.requests) == 7
+
+
+def test_the_background_workers_run_the_pipeline(engine: sa.Engine, database_url: str, tmp_path: Path,
+                                                  receiver: Receiver) -> None:
+    """As the service runs it (quaygate/workers.py): the dispatcher's pipeline in a thread of its own, with
+    the settings' pool and share, stopped with the other loops."""
+    org = make_org(engine)
+    sub, _ = subscribe(engine, org, receiver.url("/hook"), ["release.*"])
+    for _ in range(3):
+        publish(engine, {org}, "release.issued")
+    settings = settings_for(database_url, tmp_path, webhook_interval=0.05, webhook_workers=2,
+                            webhook_sends_per_organisation=1)
+    workers = BackgroundWorkers(Container(settings=settings, engine=engine, cache=make_cache(None),
+                                          cipher=CIPHER, clock=SystemClock()))
+    workers.start()
+    try:
+        assert wait_for(lambda: delivered(engine, sub.id) == 3, seconds=30)
+    finally:
+        workers.stop()
+    assert len(receiver.at("/hook")) == 3
+    assert not any(t.name == "webhook-dispatcher" and t.is_alive() for t in threading.enumerate())
 
 
 # ---- 2. a refused destination: one text, whatever the reason ----------------------------------------------

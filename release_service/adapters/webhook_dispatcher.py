@@ -1,36 +1,46 @@
 """Sends queued webhook deliveries: claim, send, record, with no transaction open across the HTTP call.
 
-One round (``run_once``)::
+Each delivery goes through::
 
-    claim   (short transaction)  due pending rows of active subscriptions, the earliest one of each
-                                 subscription only, FOR UPDATE SKIP LOCKED on PostgreSQL (SQLite's
-                                 single writer serialises), and push their next_attempt_at to a lease:
-                                 other replicas no longer see them as due; a row whose organisation
-                                 port security has deactivated is withheld instead (a final status),
-                                 never sent
-    send    (no transaction)     sign per Standard Webhooks and POST, all at once up to ``workers``;
-                                 redirects are not followed; each send has one deadline for the whole
-                                 of it (below)
-    record  (short transaction)  each delivery as soon as its own send ends: delivered on 2xx; 410 Gone
-                                 disables the endpoint (its other queued deliveries cancelled:
-                                 outbox.close_subscription); anything else schedules the next try from
-                                 the backoff, or marks the delivery dead
+    claim   (short transaction)  due pending rows of active subscriptions, FOR UPDATE SKIP LOCKED on
+                                 PostgreSQL (SQLite's single writer serialises), and push their
+                                 next_attempt_at to a lease: other replicas no longer see them as due; a
+                                 row whose organisation port security has deactivated is withheld instead
+                                 (a final status), never sent
+    send    (no transaction)     sign per Standard Webhooks and POST; redirects are not followed; each
+                                 send has one deadline for the whole of it (below)
+    record  (short transaction)  as soon as its own send ends: delivered on 2xx; 410 Gone disables the
+                                 endpoint (its other queued deliveries cancelled: outbox.close_subscription);
+                                 anything else schedules the next try from the backoff, or marks it dead
+
+The background loop (``run_forever``, which quaygate/workers.py runs in a thread of its own) is a
+pipeline, not rounds: one asyncio loop keeps up to ``workers`` sends in flight and claims again as soon
+as a send ends, for the slots free, so a slow send holds its own slot and nothing else. When nothing is
+due it waits ``interval`` (a send ending, or the stop, ends the wait sooner); once stopped it claims
+nothing more, and the sends in flight end (each within its deadline) and are recorded. ``run_once`` is
+one round of the same (claim a batch, send it, record each as it ends), for tests and one-off runs.
+
+What one claim may take, in this process (replicas may each hold their own; review 110):
+
+- one delivery per subscription, its earliest due, and none of a subscription with a send in flight
+  (``subscription_id NOT IN`` those): its deliveries go one at a time, in order, so a slow receiver
+  holds one slot and its backlog waits behind its own send, not the others';
+- at most ``per_organisation`` (default 4) sends in flight for one organisation: a company holds up to
+  MAX_SUBSCRIPTIONS endpoints, and its slow ones hold that many slots of the pool, never all of them,
+  so another company's backlog goes on through the rest.
 
 The outcome is written only if the row still carries our lease (a fencing token): if a send outlived
-the lease and another replica re-claimed the row, the late outcome is dropped, not written twice.
-Delivery is at least once (a crash between send and record resends after the lease); receivers
-de-duplicate on ``webhook-id``, as the spec tells them to.
+the lease and another replica re-claimed the row, the late outcome is dropped, not written twice. The
+lease outlasts ``run_once``'s batch queued on the pool with every send at its deadline; the pipeline's
+sends start as they are claimed. Delivery is at least once (a crash between send and record resends
+after the lease); receivers de-duplicate on ``webhook-id``, as the spec tells them to.
 
 A slow receiver (review 110): httpx's timeout bounds each network operation, not a request; a receiver
-that trickles its status line and headers a byte every few seconds would hold a send, and with it the
-round, for days (h11 takes some 100 KB of headers), and every company's deliveries with it. So a send has
-one deadline for all of it (``send_timeout``: resolving the name, connecting, writing, the status line
-and headers), enforced by cancelling it (``asyncio.wait_for``; httpcore closes a connection whose request
-is cancelled); past it, the attempt failed ("timeout") and is retried on the backoff, as any timeout.
-One send per subscription at most is in flight in a round (the claim takes each subscription's earliest
-due delivery only): a slow receiver holds one slot of the pool, never all of them, and the lease, sized
-for the deadline, is not outlived. Outcomes are written one by one as their sends end, so the others
-of the round are recorded at once, not after the slowest.
+that trickles its status line and headers a byte every few seconds would hold a send for days (h11 takes
+some 100 KB of headers). So a send has one deadline for all of it (``send_timeout``: resolving the name,
+connecting, writing, the status line and headers), enforced by cancelling it (``asyncio.wait_for``;
+httpcore closes a connection whose request is cancelled); past it, the attempt failed ("timeout") and is
+retried on the backoff, as any timeout.
 
 Withheld: no new delivery is queued for a deactivated organisation (adapters/outbox.py, gate_move.py),
 but one queued before the deactivation, or waiting for a retry, would still carry the release events
@@ -50,7 +60,8 @@ import math
 import random
 import socket
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -85,6 +96,10 @@ _orgs = organisations
 # Seconds for the whole of one send (module docstring); each network read or write of it has READ_TIMEOUT.
 SEND_TIMEOUT = 10.0
 READ_TIMEOUT = 5.0
+# Sends in flight at once in one process, and of those at most PER_ORGANISATION for one organisation: a
+# company's slow endpoints (it may hold MAX_SUBSCRIPTIONS) hold that many slots, the rest go on.
+WORKERS = 32
+PER_ORGANISATION = 4
 # What a subscriber reads (last_error, dead letters) when its URL's host is refused: one text whether the
 # name did not resolve or resolved to an address that is not public, so that a subscriber cannot probe
 # which names exist in the platform's internal DNS (review 110). The server log says which.
@@ -111,6 +126,7 @@ def default_http_client() -> httpx.AsyncClient:
 class _Claimed:
     id: Any
     subscription_id: Any
+    organisation_id: Any
     url: str
     secret_enc: str
     payload: dict[str, Any]
@@ -133,9 +149,9 @@ class _Outcome:
 class WebhookDispatcher:
     def __init__(self, engine: sa.Engine, cipher: DataCipher, *,
                  http_client_factory: Callable[[], httpx.AsyncClient] = default_http_client, clock: Clock,
-                 batch: int = 100, workers: int = 8, jitter: Callable[[], float] = random.random,
-                 send_timeout: float = SEND_TIMEOUT, allow_local: bool = False,
-                 resolve: Callable[[str, int], list[str]] | None = None) -> None:
+                 batch: int = 100, workers: int = WORKERS, per_organisation: int = PER_ORGANISATION,
+                 jitter: Callable[[], float] = random.random, send_timeout: float = SEND_TIMEOUT,
+                 allow_local: bool = False, resolve: Callable[[str, int], list[str]] | None = None) -> None:
         self._engine = engine
         self._allow_local = allow_local  # dev: http://localhost receivers (validate_url's allow_insecure_localhost)
         self._resolve = resolve or _resolve
@@ -144,11 +160,13 @@ class WebhookDispatcher:
         self._clock = clock
         self._batch = batch
         self._workers = max(1, workers)
+        self._per_org = max(1, per_organisation)
         self._jitter = jitter
         if not send_timeout > 0:
             raise ValueError("send_timeout must be a positive number of seconds")
         self._send_timeout = send_timeout
-        # The lease must outlast the slowest round: every send of the batch hitting its deadline, pool-wide.
+        # The lease must outlast the slowest claim's sends: run_once's batch queues on the pool, every send
+        # of it hitting its deadline (the pipeline claims only for free slots, so its sends start at once).
         self._lease = timedelta(seconds=send_timeout * math.ceil(batch / self._workers) + 30)
         self._pg = engine.dialect.name == "postgresql"
         # Name lookups run here, not in asyncio's default pool: a lookup outliving its send's deadline
@@ -156,9 +174,10 @@ class WebhookDispatcher:
         self._lookups = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="webhook-resolve")
 
     def run_once(self) -> int:
-        """Claim, send and record one batch; returns how many deliveries it took from the queue:
-        attempted, or withheld (their organisation deactivated)."""
-        claimed, withheld = self._claim(self._clock.now())
+        """One round: claim a batch (one delivery per subscription, ``per_organisation`` per organisation),
+        send it and record each outcome; returns how many deliveries it took from the queue: attempted, or
+        withheld (their organisation deactivated). Ends when its slowest send does."""
+        claimed, withheld = self._claim(self._clock.now(), limit=self._batch)
         if claimed:
             asyncio.run(self._send_and_record(claimed))
         return len(claimed) + withheld
@@ -181,35 +200,101 @@ class WebhookDispatcher:
                 raise result
 
     def run_forever(self, stop_event: threading.Event, interval: float) -> None:
-        """The lifespan thread's loop: drain while there is work, else wait ``interval`` or until stopped."""
+        """The background thread's loop: the pipeline (module docstring) until ``stop_event`` is set and its
+        sends in flight have ended. A pipeline that fails (the HTTP client, say) is logged and started
+        again after ``interval``; its sends in flight were recorded or are sent again after their lease."""
         while not stop_event.is_set():
             try:
-                busy = self.run_once()
-            except Exception:  # noqa: BLE001 - the loop must outlive a database or network blip, and say so
+                asyncio.run(self._pipeline(stop_event, interval))
+            except Exception:  # noqa: BLE001 - the loop must outlive a passing fault, and say so
                 log.exception("release.webhook.dispatch.failed")
-                busy = 0
-            if busy < self._batch:
                 stop_event.wait(interval)
+
+    async def _pipeline(self, stop: threading.Event, interval: float) -> None:
+        """Up to ``workers`` sends in flight; a freed slot is claimed for at once, not at the end of a round;
+        never two sends of one subscription, nor more than ``per_organisation`` of one organisation, in
+        flight here. Nothing due: wait ``interval`` (a send ending, or stop, ends the wait sooner). Stopped:
+        no new claim, the sends in flight end (each within its deadline) and are recorded."""
+        flight: dict[asyncio.Task[None], _Claimed] = {}
+
+        async def one(client: httpx.AsyncClient, c: _Claimed) -> None:
+            outcome = await self._send(client, c)
+            await asyncio.to_thread(self._record, outcome)
+
+        async with self._client_factory() as client:
+            while True:
+                more = False
+                free = self._workers - len(flight)
+                if not stop.is_set() and free > 0:
+                    try:
+                        claimed, withheld = await asyncio.to_thread(
+                            self._claim, self._clock.now(), limit=free, in_flight=list(flight.values()))
+                    except Exception:  # noqa: BLE001 - a database blip: the sends in flight go on
+                        log.exception("release.webhook.dispatch.failed")
+                        claimed, withheld = [], 0
+                    for c in claimed:
+                        flight[asyncio.create_task(one(client, c))] = c
+                    # Withheld rows took no slot: more may be due at once.
+                    more = withheld > 0 and len(flight) < self._workers
+                if more:
+                    continue
+                if not flight:
+                    if stop.is_set():
+                        return
+                    await asyncio.to_thread(stop.wait, interval)
+                    continue
+                # Full, or nothing more claimable now: until a send ends (a slot, a subscription or an
+                # organisation's share freed), or ``interval`` for deliveries that have come due since.
+                done, _ = await asyncio.wait(flight, timeout=None if stop.is_set() else interval,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    c = flight.pop(task)
+                    if (exc := task.exception()) is not None:
+                        # Not recorded: sent again after its lease (at least once).
+                        log.error("release.webhook.dispatch.failed", exc_info=exc,
+                                  extra={"fields": {"delivery_id": str(c.id)}})
 
     # ---- claim ---------------------------------------------------------------------------------
 
-    def _claim(self, now: datetime) -> tuple[list[_Claimed], int]:
-        """The due deliveries to send, leased; and how many were withheld instead (module docstring)."""
+    def _claim(self, now: datetime, *, limit: int,
+               in_flight: Collection[_Claimed] = ()) -> tuple[list[_Claimed], int]:
+        """Up to ``limit`` due deliveries to send, leased; and how many were withheld instead (module
+        docstring). Never one of a subscription with a send in ``in_flight``, never more of an organisation
+        than its share (``per_organisation``) left beside its sends in flight."""
         lease_until = now + self._lease
         due = sa.and_(_dels.c.status == "pending", _dels.c.next_attempt_at <= now)
-        # One send per subscription at most in a round (module docstring): its earliest due delivery. On
-        # PostgreSQL, one another replica is claiming right now is skipped, not replaced by the next.
-        ranked = (sa.select(_dels.c.id, sa.func.row_number().over(
-                      partition_by=_dels.c.subscription_id, order_by=(_dels.c.next_attempt_at, _dels.c.id)
-                  ).label("n")).where(due).subquery())
+        busy_subs = {c.subscription_id for c in in_flight}
+        busy_orgs = Counter(c.organisation_id for c in in_flight)
+        # One send per subscription at most (module docstring): its earliest due delivery, and none of a
+        # subscription sending now. On PostgreSQL, one another replica is claiming right now is skipped, not
+        # replaced by the next.
+        candidates = due if not busy_subs else sa.and_(due, _dels.c.subscription_id.not_in(busy_subs))
+        per_sub = (sa.select(_dels.c.id, _dels.c.next_attempt_at, _subs.c.organisation_id,
+                             sa.func.row_number().over(partition_by=_dels.c.subscription_id,
+                                                       order_by=(_dels.c.next_attempt_at, _dels.c.id)).label("n"))
+                   .join(_subs, _subs.c.id == _dels.c.subscription_id)
+                   .where(candidates, _subs.c.active.is_(True))
+                   .subquery())
+        # Of those, an organisation's earliest, as many as its share left: one company's slow endpoints
+        # hold at most ``per_organisation`` slots of the pool, never all of them.
+        per_org = (sa.select(per_sub.c.id, per_sub.c.organisation_id,
+                             sa.func.row_number().over(partition_by=per_sub.c.organisation_id,
+                                                       order_by=(per_sub.c.next_attempt_at, per_sub.c.id)).label("m"))
+                   .where(per_sub.c.n == 1)
+                   .subquery())
+        share: sa.ColumnElement[int] = sa.literal(self._per_org)
+        if busy_orgs:
+            share = sa.case({org: max(0, self._per_org - n) for org, n in busy_orgs.items()},
+                            value=per_org.c.organisation_id, else_=self._per_org)
         q = (
             sa.select(_dels.c.id, _dels.c.subscription_id, _dels.c.payload, _dels.c.attempts,
-                      _subs.c.url, _subs.c.secret_enc, _orgs.c.active.label("organisation_active"))
+                      _subs.c.url, _subs.c.secret_enc, _subs.c.organisation_id,
+                      _orgs.c.active.label("organisation_active"))
             .join(_subs, _subs.c.id == _dels.c.subscription_id)
             .join(_orgs, _orgs.c.id == _subs.c.organisation_id)
-            .where(due, _subs.c.active.is_(True), _dels.c.id.in_(sa.select(ranked.c.id).where(ranked.c.n == 1)))
+            .where(due, _subs.c.active.is_(True), _dels.c.id.in_(sa.select(per_org.c.id).where(per_org.c.m <= share)))
             .order_by(_dels.c.next_attempt_at)
-            .limit(self._batch)
+            .limit(limit)
         )
         if self._pg:
             # Replicas share the queue: each takes rows no one else holds, and never waits for them.
@@ -231,8 +316,8 @@ class WebhookDispatcher:
             log.warning("release.webhook.withheld.organisation_inactive",
                         extra={"fields": {"delivery_id": str(r.id), "subscription_id": str(r.subscription_id),
                                           "attempts": r.attempts}})
-        return [_Claimed(r.id, r.subscription_id, r.url, r.secret_enc, dict(r.payload), r.attempts,
-                         lease_until) for r in send], len(withheld)
+        return [_Claimed(r.id, r.subscription_id, r.organisation_id, r.url, r.secret_enc, dict(r.payload),
+                         r.attempts, lease_until) for r in send], len(withheld)
 
     # ---- send ----------------------------------------------------------------------------------
 
