@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
 import sqlalchemy as sa
 
 from quaygate.schema import audit_log, badges, release_events, releases, webhook_deliveries, webhook_subscriptions
+from release_service.adapters.sqla.store import SqlReleaseStore
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import OrgKind
@@ -273,3 +275,51 @@ def test_a_driver_sees_only_his_nominations(engine: sa.Engine) -> None:
         assert [r.id for r in queries.search(uow, me, ReleaseFilter())] == [mine.id]
         assert queries.get(uow, me, mine.id)[0].id == mine.id
         assert _code(lambda: queries.get(uow, me, theirs.id)) is ErrorCode.NOT_FOUND
+
+
+def test_a_claimed_gate_in_reads_its_right_under_its_lock(pg_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Review 115: ``gate.gate_in`` read the right without a lock; a decline committed between that read
+    and the claim was rewritten ``cancelled`` with a second end event. Read under the lock, the decline
+    waits for the gate-in and finds the offer no longer pending: one end of the transfer, the gate-in's."""
+    engine = pg_engine
+    p = port(engine)
+    right, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, to=p.haul.organisation_id), now()))
+    cmd = nominate.NominateCommand(plate_text="1-ABC-123", plate_country="be", driver_person_id=p.driver)
+    do(engine, lambda uow: nominate.nominate(uow, p.haul, right.id, cmd, now()))
+    for who, kind in ((p.customs, LightKind.CUSTOMS), (p.terminal, LightKind.TERMINAL)):
+        do(engine, lambda uow, who=who, kind=kind: lifecycle.set_light(uow, who, right.id, kind, LightStatus.GREEN,
+                                                                       None, now()))
+    t, _ = do(engine, lambda uow: transfers.transfer(uow, p.haul, right.id, p.haul2.organisation_id, now()))
+    declined: list[object] = []
+
+    def decline() -> None:
+        try:
+            do(engine, lambda uow: transfers.decline(uow, p.haul2, t.id, None, now()))
+            declined.append("declined")
+        except DomainError as exc:
+            declined.append(exc.code)
+
+    original = SqlReleaseStore.get
+
+    def read_then_decline(self: SqlReleaseStore, release_id: uuid.UUID, **kw: object) -> object:
+        found = original(self, release_id, **kw)  # type: ignore[arg-type]
+        if not declined and release_id == right.id:
+            other = threading.Thread(target=decline)
+            other.start()
+            other.join(timeout=1.5)  # done at once without the lock; waiting for the gate-in with it
+            declined.append("started")
+        return found
+
+    monkeypatch.setattr(SqlReleaseStore, "get", read_then_decline)
+    do(engine, lambda uow: gate.gate_in(uow, p.terminal, right.id, uuid.uuid4(), now()))
+    monkeypatch.setattr(SqlReleaseStore, "get", original)
+    for _ in range(50):
+        if len(declined) == 2:
+            break
+        threading.Event().wait(0.1)
+    assert declined == ["started", ErrorCode.TRANSFER_NOT_PENDING]
+    with SqlUnitOfWork(engine, readonly=True) as uow:
+        types = [e.type for e in queries.events(uow, p.line, right.id)]
+    assert [x for x in types if x in ("release.transfer.declined", "release.transfer.cancelled")] == \
+        ["release.transfer.cancelled"]

@@ -20,8 +20,10 @@ from .common import Receipt, acting_organisation_active, load, persist, receipt,
 
 def gate_in(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, decision_id: uuid.UUID,
             now: datetime) -> tuple[ReleaseRight, Receipt]:
-    """Use the right once: the conditional update picks one winner among racing gates."""
-    right = uow.releases.get(release_id)
+    """Use the right once: the conditional update picks one winner among racing gates. Read under its lock:
+    the transfer the gate-in cancels is written as read (a decline or a withdrawal committed after an
+    unlocked read would be rewritten ``cancelled``; review 115)."""
+    right = uow.releases.get(release_id, for_update=True)
     if right is None:
         raise DomainError(ErrorCode.NOT_FOUND, "No such release right.")
     expected = right.state

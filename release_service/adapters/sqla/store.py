@@ -223,7 +223,10 @@ class SqlReleaseStore:
     def add_many(self, rights: Sequence[ReleaseRight]) -> tuple[set[uuid.UUID], list[StoredEvent]]:
         if not rights:
             return set(), []
-        rows = [{**_row_from_right(r), "event_seq": len(r.pending_events)} for r in rights]
+        # In the order of their keys: two batches inserting some of the same keys wait for each other in
+        # one order, never each for the other's (a deadlock PostgreSQL would break by aborting one).
+        rows = sorted(({**_row_from_right(r), "event_seq": len(r.pending_events)} for r in rights),
+                      key=lambda row: row["active_key"] or "")
         # INSERT .. ON CONFLICT DO NOTHING: the unique active_key decides, atomically, which of
         # several concurrent issuers gets the container (no check-then-act). The ids are ours
         # (generated here), so the rows now present under them are exactly the ones we created.
