@@ -339,7 +339,8 @@ def _sink(lane: LaneSettings, settings: AdapterSettings, mqtt_client: Any, parts
         return HttpBarrier(b.url, timeout=b.timeout, signer=parts.signer, auth=auth, tls=tls)
     if b.kind == "mqtt":
         assert settings.mqtt is not None
-        return MqttBarrier(mqtt_client, settings.terminal, prefix=settings.mqtt.prefix, signer=parts.signer)
+        return MqttBarrier(mqtt_client, settings.terminal, prefix=settings.mqtt.prefix, signer=parts.signer,
+                           timeout=b.timeout)
     return LogBarrier()
 
 

@@ -273,6 +273,12 @@ class Settings(BaseSettings):
         return HOST_PREFIX + bare if self.secure_cookies else bare
 
     @property
+    def local_webhooks(self) -> bool:
+        """Whether a webhook may go to http://localhost (a developer's receiver): in ``dev`` mode only. A
+        demo is often served from a shared host, whose own services listen there (review 110)."""
+        return self.mode is Mode.DEV
+
+    @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 

@@ -78,7 +78,7 @@ class BackgroundWorkers:
         dispatcher = WebhookDispatcher(
             c.engine, c.cipher, clock=c.clock, send_timeout=c.settings.webhook_send_timeout,
             workers=c.settings.webhook_workers, per_organisation=c.settings.webhook_sends_per_organisation,
-            allow_local=c.settings.mode.value != "production",  # as the subscriptions allow
+            allow_local=c.settings.local_webhooks,  # as the subscriptions allow
         )
         self._loop("audit-sealer", c.settings.audit_seal_interval, lambda: sealer.seal_once(c.clock.now()))
         # A pipeline of its own, not rounds: a slot is claimed for as soon as a send ends (the dispatcher's

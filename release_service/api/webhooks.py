@@ -70,7 +70,7 @@ def create(request: Request, body: SubscriptionIn, actor: Actor = Depends(MANAGE
     c = request.app.state.container
     sub, secret = svc.create_subscription(_uow(request), c.cipher, actor, url=body.url,
                                           event_types=body.event_types, now=c.clock.now(),
-                                          allow_insecure_localhost=c.settings.mode.value != "production")
+                                          allow_insecure_localhost=c.settings.local_webhooks)
     return _sub(sub, secret)
 
 
