@@ -13,12 +13,12 @@ from release_service.adapters.sqla.store import SqlReleaseStore
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import OrgKind
-from release_service.domain.release import MAX_BATCH, LightKind, LightStatus, State
+from release_service.domain.release import MAX_BATCH, LightKind, LightStatus, ReleaseRight, State, Transfer
 from release_service.ports import ReleaseFilter
 from release_service.services import gate, issue, lifecycle, nominate, queries, transfers
 from release_service.services.common import IdempotencyRequest, run
 
-from .factories import add_driver, add_org, do, issue_cmd, now, port
+from .factories import Port, add_driver, add_org, do, issue_cmd, now, port
 
 
 def _code(fn) -> ErrorCode:  # type: ignore[no-untyped-def]
@@ -55,10 +55,9 @@ def test_full_chain_to_gate_out(engine: sa.Engine) -> None:
     assert audited == len(types)
 
 
-def test_a_claimed_gate_in_cancels_a_transfer_still_pending(engine: sa.Engine) -> None:
-    """``gate.gate_in`` (the conditional claim) writes the transfer the gate-in cancelled, as ``save``
-    does: without it the offer stayed pending on a used right."""
-    p = port(engine)
+def _offered_when_ready(engine: sa.Engine, p: Port) -> tuple[ReleaseRight, Transfer]:
+    """A right the haulier holds, nominated, every light green (ready for gate-in), and offered by the
+    haulier to another operator: the offer pending."""
     right, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, to=p.haul.organisation_id), now()))
     cmd = nominate.NominateCommand(plate_text="1-ABC-123", plate_country="be", driver_person_id=p.driver)
     do(engine, lambda uow: nominate.nominate(uow, p.haul, right.id, cmd, now()))
@@ -66,6 +65,14 @@ def test_a_claimed_gate_in_cancels_a_transfer_still_pending(engine: sa.Engine) -
         do(engine, lambda uow, who=who, kind=kind: lifecycle.set_light(uow, who, right.id, kind, LightStatus.GREEN,
                                                                        None, now()))
     t, _ = do(engine, lambda uow: transfers.transfer(uow, p.haul, right.id, p.haul2.organisation_id, now()))
+    return right, t
+
+
+def test_a_claimed_gate_in_cancels_a_transfer_still_pending(engine: sa.Engine) -> None:
+    """``gate.gate_in`` (the conditional claim) writes the transfer the gate-in cancelled, as ``save``
+    does: without it the offer stayed pending on a used right."""
+    p = port(engine)
+    right, t = _offered_when_ready(engine, p)
     do(engine, lambda uow: gate.gate_in(uow, p.terminal, right.id, uuid.uuid4(), now()))
     assert _code(lambda: do(engine, lambda uow: transfers.accept(uow, p.haul2, t.id, now()))) \
         is ErrorCode.TRANSFER_NOT_PENDING
@@ -284,13 +291,7 @@ def test_a_claimed_gate_in_reads_its_right_under_its_lock(pg_engine: sa.Engine, 
     waits for the gate-in and finds the offer no longer pending: one end of the transfer, the gate-in's."""
     engine = pg_engine
     p = port(engine)
-    right, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, to=p.haul.organisation_id), now()))
-    cmd = nominate.NominateCommand(plate_text="1-ABC-123", plate_country="be", driver_person_id=p.driver)
-    do(engine, lambda uow: nominate.nominate(uow, p.haul, right.id, cmd, now()))
-    for who, kind in ((p.customs, LightKind.CUSTOMS), (p.terminal, LightKind.TERMINAL)):
-        do(engine, lambda uow, who=who, kind=kind: lifecycle.set_light(uow, who, right.id, kind, LightStatus.GREEN,
-                                                                       None, now()))
-    t, _ = do(engine, lambda uow: transfers.transfer(uow, p.haul, right.id, p.haul2.organisation_id, now()))
+    right, t = _offered_when_ready(engine, p)
     declined: list[object] = []
 
     def decline() -> None:

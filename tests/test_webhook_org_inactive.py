@@ -11,6 +11,7 @@ go on receiving release events: container numbers, drivers, plates).
 
 Real SQLite and PostgreSQL, a real HTTP receiver on 127.0.0.1 (tests/test_webhooks.py).
 """
+# ruff: noqa: F811 - ``receiver`` is a fixture imported here and requested by name
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from release_service.services import webhooks as svc
 
 from . import factories
 from .test_gate_verify import Gate, serve
-from .test_webhooks import (
+from .test_webhooks import (  # noqa: F401 - receiver: a fixture requested by name
     T0,
     FakeClock,
     Receiver,
@@ -45,17 +46,9 @@ from .test_webhooks import (
     make_org,
     member,
     publish,
+    receiver,
     subscribe,
 )
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.thread.start()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
 
 
 def set_active(engine: sa.Engine, org: uuid.UUID, active: bool) -> None:

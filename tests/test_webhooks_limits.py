@@ -4,6 +4,7 @@ dispatcher; a refused destination says nothing of the platform's DNS; finished d
 Real receivers on 127.0.0.1 (one answers normally, one trickles its answer a byte at a time and never
 finishes its headers), real SQLite and PostgreSQL.
 """
+# ruff: noqa: F811 - ``receiver`` is a fixture imported here and requested by name
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.services import webhooks as svc
 
 from .test_audit_tamper import settings_for
-from .test_webhooks import (
+from .test_webhooks import (  # noqa: F401 - receiver: a fixture requested by name
     CIPHER,
     REFUSED,
     T0,
@@ -41,18 +42,9 @@ from .test_webhooks import (
     dispatcher,
     make_org,
     publish,
+    receiver,
     subscribe,
 )
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.thread.start()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
-
 
 # ---- 1. a receiver trickling its answer holds one send, for the deadline only ---------------------------
 
