@@ -18,7 +18,6 @@ import logging
 import os
 import pwd
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -36,7 +35,8 @@ from gate_adapters.runtime.config import parse
 from gate_adapters.runtime.mqtt_source import MqttSource, new_client
 
 from .factories import TERMINAL
-from .processes import IN_CI, free_port, listens, start, stop, unavailable
+from .processes import free_port, listens, start, stop, unavailable
+from .test_gate_runtime import _mosquitto
 from .test_gate_source_auth import BADGE, PLATE, _doc, _mqtt_doc, _problem, bearer, fed, serving, source
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gate"
@@ -182,17 +182,6 @@ def test_a_basic_credential_that_is_not_ascii_is_a_401_problem(adapter: Adapter,
 
 
 # ---- MQTT, on the real Mosquitto --------------------------------------------------------------------
-
-
-def _mosquitto() -> tuple[str, int]:
-    host, _, port = os.environ.get("QUAYGATE_TEST_MQTT", "127.0.0.1:1883").rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=1).close()
-    except OSError:
-        if IN_CI:
-            pytest.fail(f"Mosquitto is required under CI but {host}:{port} is not reachable")
-        pytest.skip(f"Mosquitto not reachable at {host}:{port} (start it, or set QUAYGATE_TEST_MQTT)")
-    return host, int(port)
 
 
 def _mqtt_adapter(tmp_path: Path, host: str, port: int) -> Adapter:

@@ -1,5 +1,6 @@
 """Gate sources: each vendor fixture parses to the expected read; each malformed variant is refused
 with SourceError (never another exception)."""
+# ruff: noqa: F811 - ``parsed_bodies`` is a fixture imported here and requested by name
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from gate_adapters.core.reads import (
     country_alpha2,
 )
 from gate_adapters.sources import axis, generic_json, hikvision, mqtt, ocr_portal
+
+from .test_gate_source_resilience import parsed_bodies  # noqa: F401 - a fixture requested by name
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gate"
 HIK_MULTIPART_TYPE = "multipart/form-data; boundary=----HikBoundary7MA4YWxkTrZu0gW"
@@ -643,19 +646,10 @@ def hostile_multipart() -> list[Any]:
 
 @pytest.mark.parametrize(("body", "content_type", "message"), hostile_multipart())
 def test_hikvision_refuses_a_hostile_multipart_before_email_parser_sees_it(
-        body: bytes, content_type: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        body: bytes, content_type: str, message: str, parsed_bodies: list[int]) -> None:
     """hikvision.py module docstring: the scan refuses these, and the body never reaches the parser
     (its only call is the one that reads the boundary off the short header)."""
-    import email.parser
-
-    parsed: list[int] = []
-    real = email.parser.BytesParser.parsebytes
-
-    def spy(self: Any, text: bytes, headersonly: bool = False) -> Any:
-        parsed.append(len(text))
-        return real(self, text, headersonly)
-
-    monkeypatch.setattr(email.parser.BytesParser, "parsebytes", spy)
+    parsed = parsed_bodies
     assert len(body) <= hikvision.MAX_BYTES  # within the size cap: the scan is what refuses it
     with pytest.raises(SourceError, match=message) as refused:
         hikvision.parse(body, content_type, lane="in-3")
