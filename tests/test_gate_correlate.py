@@ -141,25 +141,53 @@ def test_a_late_duplicate_after_emission_is_dropped_not_a_phantom_truck() -> Non
 
 
 def test_the_next_trucks_plate_one_character_off_is_its_own_not_a_late_duplicate() -> None:
-    """Review 109 (a): fleet plates 1ABC123 then 1ABC124, the second truck within the window of the first."""
+    """Review 109 (a): fleet plates 1ABC123 then 1ABC124, the second truck within the window of the first.
+    Its plate is not dropped; but one character off may as well be the first truck's plate misread, so the
+    second truck is doubtful on its plate (review 116): review, never a clean allow."""
     corr = lane()
     [first] = feed(corr, [plate("1ABC123"), container("MSCU1234566"), badge("AP-100230")])
     [second] = feed(corr, [plate("1ABC124", sec=8.0), container("MAEU7654320", sec=9.0), badge("AP-100248", sec=10.0)],
                     start=108.0)
     assert corr.take_dropped() == []
     assert second.complete and second.plate is not None and second.plate.text == "1ABC124"
-    assert second.doubtful == frozenset() and second.request_id != first.request_id
+    assert second.request_id != first.request_id
+    assert second.doubtful == {ReadKind.PLATE} and second.verify_fields()["plate"]["confidence"] == 0.0
 
 
-def test_a_late_duplicate_is_the_same_plate_from_the_same_camera() -> None:
+def test_a_late_duplicate_is_the_same_plate_from_any_camera() -> None:
+    """Review 116 (1): the rear camera reads the plate of the truck just sent. Were it a truck of its own,
+    the next truck's container and badge would join it and go as a clean request with the plate before."""
     corr = lane()
-    feed(corr, [plate("1ABC234"), container(), badge()])
+    [a] = feed(corr, [plate("1ABC234"), container(), badge()])
     assert corr.add(plate("1A8C234", sec=5.0), 110.0) == []  # a look-alike of the same plate: the same
     assert [d.reason for d in corr.take_dropped()] == [DropReason.LATE_READ]
-    other_camera = PlateRead(lane=LANE, source="t", camera="rear", text="1ABC234", country="BE", confidence=0.9,
-                             observed_at=T0 + timedelta(seconds=6))
-    corr.add(other_camera, 111.0)  # another camera's read is no "update" event of the first one
+    other_camera = PlateRead(lane=LANE, source="rear-src", camera="rear", text="1ABC234", country="BE",
+                             confidence=0.99, observed_at=T0 + timedelta(seconds=6))
+    assert corr.add(other_camera, 111.0) == []
+    [dropped] = corr.take_dropped()
+    assert (dropped.reason, dropped.request_id) == (DropReason.LATE_READ, a.request_id)
+    assert corr.pending_count == 0
+    [b] = feed(corr, [container("MAEU7654320", sec=10.0), badge("AP-100248", sec=11.0), plate("2XYZ987", sec=12.0)],
+               start=112.0)
+    assert b.complete and b.plate is not None and b.plate.text == "2XYZ987" and b.doubtful == frozenset()
+
+
+def test_a_late_variant_of_the_last_plate_never_carries_the_next_truck_as_a_clean_request() -> None:
+    """Review 116 (1): the camera's update event reads truck A's plate one character off (1ABC233 for
+    1ABC234) after A went. It may be a truck of its own (rule 3), so it opens one, and truck B's container
+    and badge join it (rule 1b); but that truck is doubtful: its plate goes at confidence 0 (review), never
+    at 0.97 as a clean allow on a plate that may be A's. B's own plate, alone, times out."""
+    corr = lane()
+    feed(corr, [plate("1ABC234"), container(), badge()])
+    assert corr.add(plate("1ABC233", conf=0.97, sec=5.0), 105.0) == []
     assert corr.take_dropped() == [] and corr.pending_count == 1
+    [phantom] = feed(corr, [container("MAEU7654320", sec=10.0), badge("AP-100248", sec=11.0)], start=110.0)
+    assert phantom.complete and phantom.plate is not None and phantom.plate.text == "1ABC233"
+    assert phantom.doubtful == {ReadKind.PLATE} and phantom.set_aside == ()
+    assert phantom.verify_fields()["plate"]["confidence"] == 0.0
+    corr.add(plate("2XYZ987", sec=12.0), 112.0)
+    [alone] = corr.tick(112.0 + 30.0)
+    assert alone.outcome is Outcome.TIMED_OUT and alone.doubtful == frozenset()
 
 
 def test_a_plate_read_from_the_truck_behind_is_never_taken_silently_for_the_front_truck() -> None:
@@ -176,6 +204,27 @@ def test_a_plate_read_from_the_truck_behind_is_never_taken_silently_for_the_fron
     assert front.verify_fields()["plate"]["confidence"] == 0.0  # never a confident plate for the service
     [plain] = feed(lane(), [plate("1ABC128", conf=0.80), container(), badge()])
     assert front.request_id != plain.request_id  # a doubtful question is another question (rule 5)
+
+
+P1, P1_LOOKALIKE, P2 = plate("1ABC234", conf=0.60, sec=0.0), plate("1A8C234", conf=0.90, sec=0.5), \
+    plate("1ABC284", conf=0.70, sec=1.0)
+
+
+@pytest.mark.parametrize("plates", [
+    [P1, P1_LOOKALIKE, P2], [P2, P1, P1_LOOKALIKE], [P1, P2, P1_LOOKALIKE], [P2, P1_LOOKALIKE, P1],
+    [P1_LOOKALIKE, P2, P1], [P1_LOOKALIKE, P1, P2],
+])
+def test_a_doubtful_trucks_request_id_does_not_depend_on_the_order_of_its_reads(plates: list[Read]) -> None:
+    """Review 116 (2): p1 and its look-alike p1' are the same plate, p2 another one. Which read the arrival
+    order set aside went into the id: after a restart or an MQTT redelivery the same truck got a new id and
+    the service was asked again instead of the outbox finding it. Every order gives one id and one doubt."""
+    [ready] = feed(lane(), [*plates, container(), badge()])
+    [reference] = feed(lane(), [P1, P1_LOOKALIKE, P2, container(), badge()])
+    assert ready.request_id == reference.request_id
+    assert ready.doubtful == {ReadKind.PLATE} and ready.plate == P1_LOOKALIKE
+    assert [r.value for r in ready.set_aside] == ["1ABC284|BE"]
+    [clean] = feed(lane(), [P1_LOOKALIKE, container(), badge()])
+    assert ready.request_id != clean.request_id  # a doubtful question is another question (rule 5)
 
 
 def test_the_same_plate_after_the_window_is_a_new_visit() -> None:

@@ -27,7 +27,9 @@ Rules (each has a test in tests/test_gate_correlate.py):
       (fleet plates 1-ABC-123 and 1-ABC-124): the truck is DOUBTFUL on its plate (``Ready.doubtful``,
       the other read kept in ``Ready.set_aside``), and its request says so with the plate's
       ``confidence`` 0, so the service answers ``plate_low_confidence`` (review), never a silent allow
-      on whichever plate read more confidently (review 109);
+      on whichever plate read more confidently (review 109). What is set aside does not depend on the
+      order the reads came in: of each folded value the best read, every one not the same as the kept
+      read (review 116);
    b. else the OLDEST pending truck lacking K takes it (trucks pass a lane in order);
    c. else a new truck opens.
    Similar: plates and container numbers whose look-alike-folded forms (0/O/D/Q, 1/I, 2/Z, 5/S,
@@ -39,10 +41,14 @@ Rules (each has a test in tests/test_gate_correlate.py):
    (``missing`` says what), so the service answers review/deny with a reason instead of the truck
    waiting forever. When a new truck opens, older complete trucks stop waiting for a face.
 3. A plate, container or badge read that is the same as one of a truck emitted less than
-   ``window_seconds`` ago, from the same source and camera (or reader), is a late duplicate (a camera's
-   "update" event): it is dropped and reported (``late_read``, naming that truck's ``request_id``),
-   never opens a phantom truck. For plates "the same" is equal once look-alikes are folded, not
-   similar: the next truck's plate one character off the last one's is that truck's (review 109).
+   ``window_seconds`` ago, from whichever source and camera (a rear camera's read, a camera's "update"
+   event), is a late duplicate: it is dropped and reported (``late_read``, naming that truck's
+   ``request_id``), never opens a phantom truck that the next truck's container and badge would fill
+   and send as a clean request with the plate before (review 116). For plates "the same" is equal once
+   look-alikes are folded, not similar: the next truck's plate one character off the last one's may be
+   that truck's (fleet plates, review 109), so it is placed (rule 1), but it may as well be the last
+   truck's plate misread: the truck that takes it is DOUBTFUL on its plate (confidence 0: review), never
+   a clean allow on a plate that may be the truck's before (review 116).
 3a. Faces (``_place_face``). A face names no truck: any two faces are "similar", so the content cannot
    say whose it is; only the lane's state and the face's ``observed_at`` can. The rule is chosen so that
    a face never yields a wrong allow: it never makes another truck complete, and it never opens a truck
@@ -79,7 +85,11 @@ Rules (each has a test in tests/test_gate_correlate.py):
    and calls an officer (lane.py rule 7).
 5. ``request_id`` is a UUIDv5 over terminal, lane, direction, the earliest ``observed_at`` and the
    chosen reads' values: a restart that replays the same reads gets the same id, which the verify
-   endpoint treats as the same request (SPEC.md: idempotency, a right never used twice).
+   endpoint treats as the same request (SPEC.md: idempotency, a right never used twice). A truck with
+   reads set aside (rule 1a) adds every distinct folded value of its plate, sorted: never which read
+   happened to be set aside, which depends on arrival order (review 116). A truck doubtful only by
+   rule 3 has the id its reads give: a replay that has forgotten the truck before then finds the first,
+   doubtful, request in the outbox instead of asking again.
 Limitation: one container per truck; a second, different container number opens a new truck.
 """
 
@@ -129,7 +139,7 @@ class Ready:
     container: ContainerRead | None = None
     badge: BadgeRead | None = None
     face: FaceRead | None = None
-    doubtful: frozenset[ReadKind] = frozenset()  # rule 1a: kinds read as two different values
+    doubtful: frozenset[ReadKind] = frozenset()  # rule 1a: read as two values; rule 3: maybe the truck before's
     set_aside: tuple[Read, ...] = ()  # rule 1a: the other reads of a doubtful kind (evidence, logs)
 
     @property
@@ -192,7 +202,10 @@ class _Truck:
     opened_at: float
     reads: dict[ReadKind, Read] = field(default_factory=dict)
     required_done_at: float | None = None
-    set_aside: list[Read] = field(default_factory=list)  # rule 1a: reads of a kind that disagree
+    # rule 1a: per folded plate value (``_folded``) the best read of it, so what is set aside at emission
+    # does not depend on the order the reads came in
+    plates: dict[str, PlateRead] = field(default_factory=dict)
+    echo: bool = False  # rule 3: a plate read as a look-alike of one a truck emitted within the window held
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,12 +251,9 @@ def same(a: Read, b: Read) -> bool:
     return similar(a, b)
 
 
-def _same_device(a: Read, b: Read) -> bool:
-    """Rule 3: the same source and camera (or badge reader), when the reads name one."""
-    if a.source != b.source:
-        return False
-    da, db = (getattr(r, "camera", None) or getattr(r, "reader", None) for r in (a, b))
-    return not (da and db) or da == db
+def _folded(plate: PlateRead) -> str:
+    """Rules 1a and 5: a plate's value once look-alikes are folded (the country as read)."""
+    return f"{plate.text.translate(_FOLD)}|{plate.country or ''}"
 
 
 def _is_mismatch(read: Read) -> bool:
@@ -256,11 +266,16 @@ def _rank(read: Read) -> tuple[bool, float, float, str]:
     return (_is_mismatch(read), read.confidence, -read.observed_at.timestamp(), read.value)
 
 
-def request_id_for(terminal: str, lane: str, direction: str, reads: Iterable[Read]) -> str:
-    """Deterministic id over the chosen reads (rule 5); ``reads`` must not be empty."""
+def request_id_for(
+    terminal: str, lane: str, direction: str, reads: Iterable[Read], doubt: Iterable[tuple[ReadKind, str]] = ()
+) -> str:
+    """Deterministic id over the chosen reads (rule 5); ``reads`` must not be empty. ``doubt``: for a truck
+    with reads set aside (rule 1a), every distinct folded value of the doubtful kind; nothing otherwise,
+    so a truck without doubt has the id it always had."""
     chosen = sorted(reads, key=lambda r: (r.kind.value, r.value))
     first = min(r.observed_at for r in chosen)
     parts = [terminal, lane, direction, first.isoformat()] + [f"{r.kind.value}={r.value}" for r in chosen]
+    parts += sorted(f"{kind.value}~{value}" for kind, value in set(doubt))
     return str(uuid.uuid5(REQUEST_NAMESPACE, "\n".join(parts)))
 
 
@@ -308,6 +323,7 @@ class LaneCorrelator:
         out = self.tick(now)
         now = self._now
         truck: _Truck | None
+        echo = False
         if isinstance(read, FaceRead):
             placed = self._place_face(read, now)
             if placed is _DROPPED:
@@ -318,11 +334,14 @@ class LaneCorrelator:
             if late_for is not None:
                 self._dropped.append(self._late(read, late_for))
                 return out
+            echo = self._echoes(read, now)
             truck = self._place(read)
         if truck is None:
             out.extend(self._close_face_waits(now))
             out.extend(self._evict_for_one_more(now))
             truck = self._open(read, now)
+        if echo:
+            truck.echo = True  # rule 3: maybe the plate of the truck before, read again
         if self._satisfied(truck, now):
             out.append(self._emit(truck, Outcome.COMPLETE, now))
         return out
@@ -359,11 +378,13 @@ class LaneCorrelator:
 
     @staticmethod
     def _take(truck: _Truck, read: Read) -> None:
-        """Rule 1a: of two similar reads the greater ``_rank`` is kept, and of two that are not the same
-        the other is set aside (the truck is doubtful); rule 1b: a kind it lacked."""
+        """Rule 1a: of two similar reads the greater ``_rank`` is kept (and of each folded plate value the
+        best read, for what is set aside at emission); rule 1b: a kind it lacked."""
         held = truck.reads.get(read.kind)
-        if held is not None and not same(held, read):
-            truck.set_aside.append(min(held, read, key=_rank))
+        if isinstance(read, PlateRead):
+            best = truck.plates.get(_folded(read))
+            if best is None or _rank(read) > _rank(best):
+                truck.plates[_folded(read)] = read
         if held is None or _rank(read) > _rank(held):
             truck.reads[read.kind] = read
 
@@ -380,7 +401,8 @@ class LaneCorrelator:
         return out
 
     def _open(self, read: Read, now: float) -> _Truck:
-        truck = _Truck(opened_at=now, reads={read.kind: read})
+        truck = _Truck(opened_at=now)
+        self._take(truck, read)
         self._pending.append(truck)
         return truck
 
@@ -398,9 +420,14 @@ class LaneCorrelator:
     def _emit(self, truck: _Truck, outcome: Outcome, now: float) -> Ready:
         self._pending.remove(truck)
         reads = tuple(truck.reads.values())
-        set_aside = tuple(truck.set_aside)
-        # rule 5: the reads set aside are part of the question too (its body says the doubt)
-        request_id = request_id_for(self.terminal, self.lane, self.direction, reads + set_aside)
+        kept = truck.reads.get(ReadKind.PLATE)
+        # rule 1a: of each folded plate value the best read, those not the same as the kept one; a set,
+        # not the reads the arrival order happened to push aside (review 116)
+        set_aside: tuple[Read, ...] = tuple(sorted(
+            (p for p in truck.plates.values() if kept is not None and not same(kept, p)), key=lambda r: r.value))
+        # rule 5: the doubt is part of the question too (its body says it), as every folded value read
+        doubt = [(ReadKind.PLATE, value) for value in truck.plates] if set_aside else []
+        request_id = request_id_for(self.terminal, self.lane, self.direction, reads, doubt)
         observed_at = min(r.observed_at for r in reads)
         self._emitted.append(_Emitted(emitted_at=now, reads=reads + set_aside, request_id=request_id,
                                      observed_at=observed_at))
@@ -417,18 +444,24 @@ class LaneCorrelator:
             container=by_kind.get(ReadKind.CONTAINER),
             badge=by_kind.get(ReadKind.BADGE),
             face=by_kind.get(ReadKind.FACE),
-            doubtful=frozenset(r.kind for r in set_aside),
+            doubtful=frozenset({ReadKind.PLATE}) if set_aside or truck.echo else frozenset(),
             set_aside=set_aside,
         )
 
     def _late_duplicate_of(self, read: Read, now: float) -> _Emitted | None:
-        """Rule 3: the newest truck emitted within the window that held the same read from the same device."""
+        """Rule 3: the newest truck emitted within the window that held the same read, from any device."""
         for emitted in reversed(self._emitted):
             if now - emitted.emitted_at >= self.window_seconds:
                 continue
-            if any(same(held, read) and _same_device(held, read) for held in emitted.reads if held.kind is read.kind):
+            if any(same(held, read) for held in emitted.reads if held.kind is read.kind):
                 return emitted
         return None
+
+    def _echoes(self, read: Read, now: float) -> bool:
+        """Rule 3: ``read`` is a plate similar to (not the same as) one a truck emitted within the window held."""
+        return isinstance(read, PlateRead) and any(
+            now - emitted.emitted_at < self.window_seconds and similar(held, read)
+            for emitted in self._emitted for held in emitted.reads if held.kind is ReadKind.PLATE)
 
     def _recent(self, now: float) -> _Emitted | None:
         """Rule 3a's "recent": the truck emitted last, if less than ``window_seconds`` ago."""
