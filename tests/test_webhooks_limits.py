@@ -292,6 +292,75 @@ def test_the_background_workers_run_the_pipeline(engine: sa.Engine, database_url
     assert not any(t.name == "webhook-dispatcher" and t.is_alive() for t in threading.enumerate())
 
 
+class SlowResolver:
+    """A name lookup (the dispatcher's ``resolve``) that blocks, as getaddrinfo does on a nameserver that
+    answers slowly, until the test releases it (at most ``hold`` seconds); then the name does not
+    resolve. Counts the lookups entered and those still blocked."""
+
+    def __init__(self, hold: float = 60.0) -> None:
+        self.release = threading.Event()
+        self._hold = hold
+        self._lock = threading.Lock()
+        self.entered = 0
+        self.blocked = 0
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        with self._lock:
+            self.entered += 1
+            self.blocked += 1
+        try:
+            self.release.wait(self._hold)
+        finally:
+            with self._lock:
+                self.blocked -= 1
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+
+def test_one_organisations_slow_name_lookups_cannot_stop_another_organisations_deliveries(
+        engine: sa.Engine, receiver: Receiver) -> None:
+    """One company points twelve endpoints at a name whose nameserver never answers in time: each send
+    is cut at its deadline (0.5 s), but its lookup thread goes on (getaddrinfo cannot be cancelled). With a
+    pool of 8 and a share of 4, the company's lookups still running count against its share until they
+    return, so it has four lookups outstanding, never more, however many deadlines pass; another company's
+    ten deliveries, queued after, all go through while those four are still blocked. Released, the
+    lookups return and the company's share is free again: its other endpoints are tried."""
+    slow_org, fast_org, clock = make_org(engine), make_org(engine), FakeClock()
+    slow = [subscribe(engine, slow_org, f"https://hooks{k}.slow-dns.example/x", ["release.*"])[0]
+            for k in range(12)]
+    fast, _ = subscribe(engine, fast_org, receiver.url("/fast"), ["release.*"])
+    publish(engine, {slow_org}, "release.issued")
+    resolver = SlowResolver()
+    d = dispatcher(engine, clock, workers=8, per_organisation=4, send_timeout=0.5, resolve=resolver)
+    slow_ids = {s.id for s in slow}
+
+    def slow_timeouts() -> int:
+        return sum(1 for r in delivery_rows(engine) if r.subscription_id in slow_ids and r.last_error == "timeout")
+
+    loop, stop = run_pipeline(d)
+    try:
+        # The first four cut at their deadline, their lookups still blocked; then eight more deadlines'
+        # time (without the rule, four more would be claimed each deadline until the lookup pool is full,
+        # or all twelve blocked).
+        assert wait_for(lambda: slow_timeouts() >= 4, seconds=30)
+        wait_for(lambda: resolver.entered == 12, seconds=4.0)
+        assert (resolver.entered, resolver.blocked) == (4, 4)
+        for _ in range(10):
+            publish(engine, {fast_org}, "release.issued")
+        assert wait_for(lambda: delivered(engine, fast.id) == 10, seconds=30), (
+            f"{delivered(engine, fast.id)} of 10 delivered beside the blocked lookups")
+        assert resolver.blocked == 4  # delivered while the slow company's lookups were still blocked
+        resolver.release.set()
+        # Its lookups returned: its share is free, and its other eight endpoints are tried.
+        assert wait_for(lambda: resolver.entered == 12, seconds=30)
+    finally:
+        resolver.release.set()
+        stop.set()
+        loop.join(timeout=60)
+    assert not loop.is_alive(), "the pipeline did not stop"
+    assert len(receiver.at("/fast")) == 10
+    assert slow_timeouts() == 4  # recorded at the deadline, as any timeout; the late lookups wrote nothing
+
+
 # ---- 2. a refused destination: one text, whatever the reason ----------------------------------------------
 
 

@@ -27,7 +27,21 @@ What one claim may take, in this process (replicas may each hold their own; revi
   holds one slot and its backlog waits behind its own send, not the others';
 - at most ``per_organisation`` (default 4) sends in flight for one organisation: a company holds up to
   MAX_SUBSCRIPTIONS endpoints, and its slow ones hold that many slots of the pool, never all of them,
-  so another company's backlog goes on through the rest.
+  so another company's backlog goes on through the rest;
+- a send whose name lookup is still running counts as in flight, for its subscription and its
+  organisation, until the lookup returns, even past the send's deadline (below, a slow nameserver).
+
+A slow nameserver (review 116): the deadline cancels the send, but not its name lookup (getaddrinfo
+cannot be cancelled), which goes on in its thread of the lookup pool. Were the send's share freed at
+the deadline, a company pointing its endpoints at a name whose nameserver answers slowly would leave a
+blocked thread behind with each send and claim more every deadline, until the pool is full and every
+other company's lookups queue behind it and time out. So its lookups still running hold its share
+(and its subscriptions) until they return, and it has at most ``per_organisation`` lookups outstanding.
+The pool has ``workers + per_organisation`` threads, and the pipeline claims only as many as there are
+threads left beside the lookups outstanding, so one company's blocked lookups never take a thread from
+another's sends, and several companies' only narrow the pipeline (their sends wait queued in the
+database, not for a thread against their deadline). The timed-out delivery itself is recorded at its
+deadline, as any timeout; the late lookup's answer is dropped.
 
 The outcome is written only if the row still carries our lease (a fencing token): if a send outlived
 the lease and another replica re-claimed the row, the late outcome is dropped, not written twice. The
@@ -55,13 +69,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import logging
 import math
 import random
 import socket
 import threading
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -170,14 +185,21 @@ class WebhookDispatcher:
         self._lease = timedelta(seconds=send_timeout * math.ceil(batch / self._workers) + 30)
         self._pg = engine.dialect.name == "postgresql"
         # Name lookups run here, not in asyncio's default pool: a lookup outliving its send's deadline
-        # goes on in its thread, and asyncio.run waits for the default pool's threads, not for these.
-        self._lookups = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="webhook-resolve")
+        # goes on in its thread, and asyncio.run waits for the default pool's threads, not for these. A
+        # thread for each send in flight, and one organisation's share besides for lookups outliving their
+        # sends (module docstring, a slow nameserver); those are tracked until they return.
+        self._lookup_threads = self._workers + self._per_org
+        self._lookups = ThreadPoolExecutor(max_workers=self._lookup_threads, thread_name_prefix="webhook-resolve")
+        self._resolving: dict[int, _Claimed] = {}
+        self._resolving_lock = threading.Lock()
+        self._lookup_ids = itertools.count()
 
     def run_once(self) -> int:
         """One round: claim a batch (one delivery per subscription, ``per_organisation`` per organisation),
         send it and record each outcome; returns how many deliveries it took from the queue: attempted, or
-        withheld (their organisation deactivated). Ends when its slowest send does."""
-        claimed, withheld = self._claim(self._clock.now(), limit=self._batch)
+        withheld (their organisation deactivated). Ends when its slowest send does. Lookups still running
+        from an earlier round's sends hold their subscriptions and organisations' shares."""
+        claimed, withheld = self._claim(self._clock.now(), limit=self._batch, in_flight=self._busy(()))
         if claimed:
             asyncio.run(self._send_and_record(claimed))
         return len(claimed) + withheld
@@ -213,8 +235,10 @@ class WebhookDispatcher:
     async def _pipeline(self, stop: threading.Event, interval: float) -> None:
         """Up to ``workers`` sends in flight; a freed slot is claimed for at once, not at the end of a round;
         never two sends of one subscription, nor more than ``per_organisation`` of one organisation, in
-        flight here. Nothing due: wait ``interval`` (a send ending, or stop, ends the wait sooner). Stopped:
-        no new claim, the sends in flight end (each within its deadline) and are recorded."""
+        flight here, counting sends whose lookup outlived their deadline until it returns; never more claimed
+        than the lookup pool has threads for. Nothing due: wait ``interval`` (a send ending, or stop, ends
+        the wait sooner; a late lookup returning does not: its share is claimed for within ``interval``).
+        Stopped: no new claim, the sends in flight end (each within its deadline) and are recorded."""
         flight: dict[asyncio.Task[None], _Claimed] = {}
 
         async def one(client: httpx.AsyncClient, c: _Claimed) -> None:
@@ -224,11 +248,13 @@ class WebhookDispatcher:
         async with self._client_factory() as client:
             while True:
                 more = False
-                free = self._workers - len(flight)
+                busy = self._busy(flight.values())
+                # A slot, and a lookup thread for it: one not held by a lookup outliving its send.
+                free = min(self._workers - len(flight), self._lookup_threads - len(busy))
                 if not stop.is_set() and free > 0:
                     try:
                         claimed, withheld = await asyncio.to_thread(
-                            self._claim, self._clock.now(), limit=free, in_flight=list(flight.values()))
+                            self._claim, self._clock.now(), limit=free, in_flight=busy)
                     except Exception:  # noqa: BLE001 - a database blip: the sends in flight go on
                         log.exception("release.webhook.dispatch.failed")
                         claimed, withheld = [], 0
@@ -254,13 +280,21 @@ class WebhookDispatcher:
                         log.error("release.webhook.dispatch.failed", exc_info=exc,
                                   extra={"fields": {"delivery_id": str(c.id)}})
 
+    def _busy(self, in_flight: Iterable[_Claimed]) -> list[_Claimed]:
+        """The sends in flight and those whose name lookup is still running, past their deadline or not
+        (module docstring, a slow nameserver), each delivery once."""
+        with self._resolving_lock:
+            resolving = list(self._resolving.values())
+        return list({c.id: c for c in (*resolving, *in_flight)}.values())
+
     # ---- claim ---------------------------------------------------------------------------------
 
     def _claim(self, now: datetime, *, limit: int,
                in_flight: Collection[_Claimed] = ()) -> tuple[list[_Claimed], int]:
         """Up to ``limit`` due deliveries to send, leased; and how many were withheld instead (module
         docstring). Never one of a subscription with a send in ``in_flight``, never more of an organisation
-        than its share (``per_organisation``) left beside its sends in flight."""
+        than its share (``per_organisation``) left beside its sends in flight (``in_flight`` holds, too, the
+        sends whose lookup outlived their deadline: ``_busy``)."""
         lease_until = now + self._lease
         due = sa.and_(_dels.c.status == "pending", _dels.c.next_attempt_at <= now)
         busy_subs = {c.subscription_id for c in in_flight}
@@ -341,8 +375,7 @@ class WebhookDispatcher:
         at = self._clock.now()  # the attempt's time, not the event's: a retry is signed afresh (spec)
         headers = signed_headers(secrets.active(at), msg_id=str(c.id), at=at, body=body)
         headers["content-type"] = "application/json"
-        target = await asyncio.get_running_loop().run_in_executor(self._lookups, self._public_target,
-                                                                   c.url, headers)
+        target = await self._look_up(c, headers)
         if isinstance(target, str):
             return _Outcome(c, None, target)
         url, extensions = target
@@ -357,6 +390,26 @@ class WebhookDispatcher:
             return _Outcome(c, None, "timeout")
         except httpx.HTTPError as exc:
             return _Outcome(c, None, type(exc).__name__)  # the class only: messages may echo internal hosts
+
+    async def _look_up(self, c: _Claimed, headers: dict[str, str]) -> tuple[str, dict[str, Any]] | str:
+        """``_public_target`` in the lookup pool, tracked (``_busy``) until its thread returns, not until the
+        send's deadline cancels the wait for it (module docstring, a slow nameserver). Cancelled before a
+        thread took it, it is dropped from the pool's queue and untracked at once."""
+        key = next(self._lookup_ids)
+        with self._resolving_lock:
+            self._resolving[key] = c
+
+        def untrack(_: object) -> None:
+            with self._resolving_lock:
+                self._resolving.pop(key, None)
+
+        try:
+            lookup = self._lookups.submit(self._public_target, c.url, headers)
+        except BaseException:
+            untrack(None)
+            raise
+        lookup.add_done_callback(untrack)  # in the lookup's thread as it returns, or at once if cancelled
+        return await asyncio.wrap_future(lookup)
 
     def _public_target(self, url: str, headers: dict[str, str]) -> tuple[str, dict[str, Any]] | str:
         """Where to send: the URL with its host resolved now, refused unless every address is public, and
