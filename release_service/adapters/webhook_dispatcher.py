@@ -76,7 +76,7 @@ import random
 import socket
 import threading
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -124,6 +124,19 @@ USER_AGENT = "quaygate-webhooks/1"
 # Who disables an endpoint that answered 410 Gone: the service itself (as in the release engine's events).
 SYSTEM_ACTOR: dict[str, str | None] = {"client_id": "quaygate", "organisation_id": None, "kind": "system",
                                        "person_id": None}
+
+
+def _run_to_end(work: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(work)``, from any thread: where an event loop already runs in the caller's thread (an
+    async caller, a library's loop left running, as Playwright's sync API leaves one in the main thread),
+    a second cannot start there, so the work gets a thread of its own and the caller waits for it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(work)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="webhook-round") as one:
+        one.submit(asyncio.run, work).result()
 
 
 def _resolve(host: str, port: int) -> list[str]:
@@ -201,7 +214,7 @@ class WebhookDispatcher:
         from an earlier round's sends hold their subscriptions and organisations' shares."""
         claimed, withheld = self._claim(self._clock.now(), limit=self._batch, in_flight=self._busy(()))
         if claimed:
-            asyncio.run(self._send_and_record(claimed))
+            _run_to_end(self._send_and_record(claimed))
         return len(claimed) + withheld
 
     async def _send_and_record(self, claimed: list[_Claimed]) -> None:
@@ -227,7 +240,7 @@ class WebhookDispatcher:
         again after ``interval``; its sends in flight were recorded or are sent again after their lease."""
         while not stop_event.is_set():
             try:
-                asyncio.run(self._pipeline(stop_event, interval))
+                _run_to_end(self._pipeline(stop_event, interval))
             except Exception:  # noqa: BLE001 - the loop must outlive a passing fault, and say so
                 log.exception("release.webhook.dispatch.failed")
                 stop_event.wait(interval)
