@@ -36,6 +36,7 @@ from gate_adapters.runtime.mqtt_source import MqttSource, new_client
 
 from .factories import TERMINAL
 from .processes import free_port, listens, start, stop, unavailable
+from .test_gate_lane_latch import OFFICER_TOKEN, _officer_doc, evict
 from .test_gate_runtime import _mosquitto
 from .test_gate_source_auth import BADGE, PLATE, _doc, _mqtt_doc, _problem, bearer, fed, serving, source
 
@@ -65,6 +66,12 @@ HOSTILE = {  # what review 109 posted: (body, content type)
                                       + b"\r\nContent-Type: application/xml", XML) + CLOSE, MULTIPART),
     "150000-tiny-parts": (b"--b\r\n\r\nx\r\n" * 150_000 + b"--b--\r\n", "multipart/form-data; boundary=b"),
     "nested-1200-levels": (_nested(1200), MULTIPART),
+    # Review 116, each within review 109's bounds yet seconds of the parser's CPU:
+    "15-parts-of-2000-content-type-parameters": (b"".join(
+        _part(b"Content-Type: image/jpeg;" + b"a=b;" * 2000, b"x") for _ in range(15))
+        + _part(b'Content-Type: application/xml', XML) + CLOSE, MULTIPART),
+    "4-mib-of-newlines": (_part(b"Content-Type: image/jpeg", b"\n" * (4 * 1024 * 1024 - 2048))
+                          + _part(b'Content-Type: application/xml', XML) + CLOSE, MULTIPART),
 }
 
 
@@ -158,6 +165,54 @@ def test_a_parse_that_takes_long_holds_up_only_its_own_request(tmp_path: Path,
                                                                                       ("plate", "in-1")]
     finally:
         held_adapter.outbox.close()
+
+
+def test_parses_held_in_every_thread_of_theirs_leave_the_officer_free_to_unlatch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """http_source.py rule 6 (review 116): a device keeping 40 slow parses going used to hold every thread of
+    the default pool, and the officer's unlatch (SQLite, on that pool) waited behind them. The parsers have
+    ``PARSE_THREADS`` of their own: with all of them held and 40 more parses waiting for them, the officer
+    clears the lane's latch at once."""
+    entered, release = threading.Semaphore(0), threading.Event()
+    real, cap = http_source.PARSERS["hikvision"]
+
+    def held(body: bytes, content_type: str | None, lane: str) -> Any:
+        entered.release()
+        release.wait(30)
+        return real(body, content_type, lane)
+
+    monkeypatch.setitem(http_source.PARSERS, "hikvision", (held, cap))
+    adapter = build(parse(_officer_doc(tmp_path), base=tmp_path))
+    answers: list[int] = []
+    posts: list[threading.Thread] = []
+    try:
+        evict(adapter.worker.lanes[(TERMINAL, "in-1")])
+        latch = adapter.outbox.held_latch("in-1")
+        assert latch is not None
+        with serving(adapter) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            def post() -> None:
+                answers.append(http.post("/hikvision/in-1", content=XML, headers={
+                    **bearer("anpr-in-1"), "Content-Type": "application/xml"}).status_code)
+
+            posts = [threading.Thread(target=post) for _ in range(http_source.PARSE_THREADS + 40)]
+            for thread in posts:
+                thread.start()
+            try:
+                for _ in range(http_source.PARSE_THREADS):
+                    assert entered.acquire(timeout=10)
+                assert not entered.acquire(timeout=0.5)  # the other 40 wait for a parser's thread
+                assert not answers
+                r = http.post("/officer/latch/in-1/clear", json={"latch": latch.id},
+                              headers={"Authorization": f"Bearer {OFFICER_TOKEN}"}, timeout=5)
+                assert (r.status_code, r.json()["cleared_by"]) == (200, "duty-officer (http)"), r.text
+                assert http.get("/healthz", headers=bearer("reader"), timeout=5).status_code == 200
+            finally:
+                release.set()
+                for thread in posts:
+                    thread.join(30)
+        assert len(answers) == len(posts) and set(answers) <= {202, 503}, answers
+    finally:
+        adapter.outbox.close()
 
 
 @pytest.mark.parametrize("digits", [5000, 400])

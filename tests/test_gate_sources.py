@@ -641,6 +641,17 @@ def hostile_multipart() -> list[Any]:
         pytest.param(_hik_part(XML_HEADERS, xml) + _hik_close(),
                      "multipart/form-data; boundary=" + HIK_BOUNDARY + "; a=b" * 300, "content type",
                      id="long-content-type"),
+        # Review 116: within review 109's bounds, yet seconds of the parser's CPU each.
+        pytest.param(b"".join(_hik_part(b"Content-Type: image/jpeg;" + b"a=b;" * 2000, b"x") for _ in range(15))
+                     + _hik_part(XML_HEADERS, xml) + _hik_close(), HIK_MULTIPART_TYPE, "more than 32 parameters",
+                     id="15-parts-of-2000-content-type-parameters"),
+        pytest.param(_hik_part(b"X-A: b" + b";" * 33, b"x") + _hik_part(XML_HEADERS, xml) + _hik_close(),
+                     HIK_MULTIPART_TYPE, "more than 32 parameters", id="33-parameters"),
+        pytest.param(_hik_part(b"Content-Type: image/jpeg", b"\n" * (4 * 1024 * 1024 - 2048))
+                     + _hik_part(XML_HEADERS, xml) + _hik_close(), HIK_MULTIPART_TYPE, "lines",
+                     id="4-mib-of-newlines"),
+        pytest.param(_hik_part(XML_HEADERS, xml) + _hik_close(), HIK_MULTIPART_TYPE + "; a=b" * 33,
+                     "more than 32 parameters", id="content-type-of-33-parameters"),
     ]
 
 
@@ -668,6 +679,20 @@ def test_hikvision_multipart_as_cameras_send_it_still_parses() -> None:
     for variant in (body, body.replace(b"\r\n", b"\n")):
         read = hikvision.parse(variant, HIK_MULTIPART_TYPE, channel_lanes=CHANNELS)
         assert read is not None and (read.text, read.lane) == ("1ABC234", "in-3")
+
+
+def test_hikvision_multipart_with_pictures_of_random_bytes_up_to_the_size_cap_still_parses() -> None:
+    """The line cap (review 116) leaves room for real JPEGs: entropy-coded bytes hold a line break by
+    chance (some 32 000 in 4 MiB), under ``MAX_LINES``."""
+    import random
+
+    xml = fixture("hikvision_anpr.xml")
+    noise = random.Random(116).randbytes(2 * 1024 * 1024 - 1024)
+    body = (_hik_part(XML_HEADERS, xml) + _hik_part(b"Content-Type: image/jpeg", noise)
+            + _hik_part(b"Content-Type: image/jpeg", noise) + _hik_close())
+    assert len(body) <= hikvision.MAX_BYTES
+    read = hikvision.parse(body, HIK_MULTIPART_TYPE, channel_lanes=CHANNELS)
+    assert read is not None and read.text == "1ABC234"
 
 
 def test_hikvision_turns_the_email_packages_own_errors_into_source_errors(monkeypatch: pytest.MonkeyPatch) -> None:

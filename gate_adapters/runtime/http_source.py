@@ -61,7 +61,10 @@ the lane:
    counted while streaming (no ``Content-Length``, or a lying one): a sender cannot make us buffer more.
 6. 400 with the reason: a refused payload (``SourceError``). The parser runs on a worker thread, never on
    the event loop: a body slow to parse holds up its own request, not every lane's, the officers'
-   routes and ``/healthz``.
+   routes and ``/healthz``. Those threads are ``PARSE_THREADS`` of the app's own (an anyio limiter), not
+   the default pool the officer's routes and ``/healthz`` use (review 116: a device keeping some 40 slow
+   parses going held all 40 of that pool, and the officer could not unlatch a lane): a flood of parses
+   waits for its own few threads.
 7. 403: a kind of read the device may not send, or a face *match result* from a device that is not a
    ``trusted_face_matcher`` (config rule 6).
 8. 503 with ``Retry-After``: the lane already has its ``queue_size`` reads waiting (``LaneBusy``, a flood
@@ -96,6 +99,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -112,6 +117,7 @@ from .overrides import OverrideDesk, OverrideError, OverrideRefused
 log = logging.getLogger("gate_adapters.source.http")
 
 Parser = Callable[[bytes, str | None, str], Read | None]
+PARSE_THREADS = 4  # rule 6: the parsers' own threads, apart from the default pool (40)
 Health = Callable[[], dict[str, dict[str, int]]]  # lane -> its load, for /healthz
 
 PARSERS: dict[str, tuple[Parser, int]] = {  # and each vendor's body cap (rule 5)
@@ -341,6 +347,7 @@ def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[De
                   exception_handlers={StarletteHTTPException: _framework_problem})
     if devices is None:
         log.warning("gate.source.http.unauthenticated", extra={"terminal": terminal})
+    parsing = CapacityLimiter(PARSE_THREADS)  # rule 6: this app's parses, never the officers' pool
 
     def route(vendor: str, parser: Parser, max_bytes: int) -> None:
         async def receive(lane: str, request: Request) -> Response:
@@ -366,8 +373,9 @@ def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[De
             except _TooLarge:
                 log.warning("gate.source.refused.too_large", extra={"vendor": vendor, "lane": lane})
                 return problem(413, "payload_too_large", f"payload is larger than {max_bytes} bytes")
-            try:  # rule 6: on a worker thread, never on the event loop
-                read = await run_in_threadpool(parser, body, request.headers.get("content-type"), lane)
+            try:  # rule 6: on a worker thread of the parsers' own, never on the event loop
+                read = await anyio.to_thread.run_sync(parser, body, request.headers.get("content-type"), lane,
+                                                      limiter=parsing)
             except SourceError as exc:
                 log.warning("gate.source.refused.%s", vendor, extra={"lane": lane, "reason": str(exc)})
                 return problem(400, "payload_refused", str(exc))

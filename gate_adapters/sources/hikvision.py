@@ -28,8 +28,12 @@ when its content type is over ``MAX_CONTENT_TYPE_CHARS``, when it holds more tha
 boundary delimiters, when a delimiter is not a line of its own (RFC 2046 §5.1.1: the parser would not
 split there, so our scan and its parse would disagree), when a part's header block is over
 ``MAX_PART_HEADER_BYTES``, or when a part is itself multipart or a message (a camera sends an XML part
-and JPEGs, never a nested body). What the scan lets through costs the parser at most 17 parts of 8 KiB
-of headers each.
+and JPEGs, never a nested body). Review 116: within those bounds the parser still took seconds (15 parts
+each with a ``Content-Type: image/jpeg;`` of 2 000 ``a=b;`` parameters, 121 KB: 4.8 s; a part of 4 MiB
+of ``\n``: 2.5 s), so a body is also refused when one header line (the content type too) has more than
+``MAX_HEADER_PARAMETERS`` parameters (``;``), or when it has more than ``MAX_LINES`` lines (every part's
+together: the parser's work is per line; a 4 MiB JPEG has some 32 000 line-break bytes by chance). What
+the scan lets through costs the parser tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ MAX_XML_BYTES = 64 * 1024
 MAX_PARTS = 16
 MAX_PART_HEADER_BYTES = 8 * 1024  # a real part's headers are a few hundred bytes
 MAX_CONTENT_TYPE_CHARS = 1024  # "multipart/form-data; boundary=..." is under a hundred
+MAX_HEADER_PARAMETERS = 32  # ";" on one header line; a real one has one to three
+MAX_LINES = 65_536  # in the whole body: twice what random bytes (a JPEG's) of MAX_BYTES hold
 # RFC 2046 §5.1.1: a boundary is 1 to 70 of these characters, not ending in a space.
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 _FOLDED = re.compile(rb"(?:\r\n|\r|\n)[ \t]+")  # a header line continued on the next (RFC 5322 §2.2.3)
@@ -104,6 +110,9 @@ def _xml_from_multipart(body: bytes, content_type: str) -> bytes:
         raise SourceError("multipart body without a boundary")
     if len(content_type) > MAX_CONTENT_TYPE_CHARS:
         raise SourceError(f"multipart content type is longer than {MAX_CONTENT_TYPE_CHARS} characters")
+    if content_type.count(";") > MAX_HEADER_PARAMETERS:
+        raise SourceError(f"multipart content type has more than {MAX_HEADER_PARAMETERS} parameters "
+                          f"(refused before parsing)")
     header = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
     parser = email.parser.BytesParser(policy=email.policy.HTTP)
     try:
@@ -140,11 +149,15 @@ def _xml_from_multipart(body: bytes, content_type: str) -> bytes:
 
 def _refuse_hostile_multipart(body: bytes, boundary: bytes) -> None:
     """The scan before the parse (module docstring): ``SourceError`` when the body has more delimiters
-    than ``MAX_PARTS`` parts need, a delimiter inside a line, a part's headers over
-    ``MAX_PART_HEADER_BYTES``, or a nested multipart or message part. Linear in the body's size."""
+    than ``MAX_PARTS`` parts need, more than ``MAX_LINES`` lines, a delimiter inside a line, a part's
+    headers over ``MAX_PART_HEADER_BYTES``, a header line with more than ``MAX_HEADER_PARAMETERS``
+    parameters, or a nested multipart or message part. Linear in the body's size."""
     delimiter = b"--" + boundary
     if body.count(delimiter) > MAX_PARTS + 1:  # the parts' delimiters and the closing one
         raise SourceError(f"multipart body has too many parts: more than {MAX_PARTS} (refused before parsing)")
+    # Line breaks as the parser counts them: \r\n, \r or \n (review 116: its time grows per line).
+    if body.count(b"\n") + body.count(b"\r") - body.count(b"\r\n") >= MAX_LINES:
+        raise SourceError(f"multipart body has more than {MAX_LINES} lines (refused before parsing)")
     start = body.find(delimiter)
     while start != -1:
         if start > 0 and body[start - 1:start] not in (b"\r", b"\n"):
@@ -164,7 +177,11 @@ def _refuse_hostile_multipart(body: bytes, boundary: bytes) -> None:
         if len(head) > MAX_PART_HEADER_BYTES:
             raise SourceError(f"multipart part has more than {MAX_PART_HEADER_BYTES} bytes of headers "
                               f"(refused before parsing)")
-        if _NESTED.search(_FOLDED.sub(b" ", head)):
+        unfolded = _FOLDED.sub(b" ", head)
+        if any(line.count(b";") > MAX_HEADER_PARAMETERS for line in unfolded.splitlines()):
+            raise SourceError(f"multipart part has a header of more than {MAX_HEADER_PARAMETERS} parameters "
+                              f"(refused before parsing)")
+        if _NESTED.search(unfolded):
             raise SourceError("multipart body nests a multipart or message part (refused before parsing)")
         start = following
 
