@@ -368,6 +368,20 @@ def test_an_unsigned_mqtt_barrier_does_not_start_outside_dev(tmp_path: Path, cap
     assert parse(_mqtt_barrier_doc(tmp_path, signing=False) | {"dev": True}, base=tmp_path).dev  # dev: allowed
 
 
+@pytest.mark.parametrize(("lifetime", "starts"), [(10, True), (1, True), (10.5, False), (60, False)])
+def test_a_signed_command_lives_at_most_ten_seconds(tmp_path: Path, lifetime: float, starts: bool) -> None:
+    """config.py rule 9 (review 116): ``lifetime_seconds`` is the window in which a held-back signed "open"
+    still lifts a barrier; 60 was allowed, 10 is the most now."""
+    doc = _mqtt_barrier_doc(tmp_path, signing=True)
+    doc["barrier_signing"]["lifetime_seconds"] = lifetime
+    if starts:
+        assert parse(doc, base=tmp_path).barrier_signing.lifetime_seconds == lifetime  # type: ignore[union-attr]
+        return
+    with pytest.raises(ConfigError) as exc:
+        parse(doc, base=tmp_path)
+    assert exc.value.key == "barrier_signing.lifetime_seconds"
+
+
 def test_credential_keys_belong_to_an_http_barrier_only(tmp_path: Path) -> None:
     doc = _doc(tmp_path, {}, signing=False)
     doc["lanes"] = [{"lane": "in-1", "barrier": {"kind": "log", "token_file": "barrier.token"}}]

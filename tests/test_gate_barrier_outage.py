@@ -10,6 +10,7 @@ import os
 import pwd
 import queue
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -165,3 +166,45 @@ def test_an_open_an_http_barrier_did_not_hear_latches_the_lane(gate: Gate, outbo
     assert latch is not None and latch.reason == "barrier_unreachable" and result.latched == latch.id
     assert result.command is not None and result.command.command is BarrierCommand.HOLD
     assert decisions(gate) == [("allow", True)]
+
+
+def test_an_open_not_written_in_time_is_dropped_never_written_when_the_broker_reads_again(broker: Broker) -> None:
+    """sinks.py rule 6 (review 116): the broker stops reading (SIGSTOP) and the socket fills with other
+    messages, so the "open" is still in paho's queue when ``timeout`` is over. It raised BarrierUnreachable
+    (the lane latched) but stayed queued, and was written, and heard, once the broker read again. Now the
+    connection is cut: the controller never hears it, and paho reconnects."""
+    from gate_adapters.runtime.sinks import BarrierUnreachable, Command
+
+    assert broker.proc is not None
+    prefix = f"qgo{uuid.uuid4().hex[:8]}"
+    controller, heard, subscribed = _controller(broker.port, prefix)
+    adapter = new_client()
+    adapter.reconnect_delay_set(1, 1)
+    adapter.connect("127.0.0.1", broker.port, keepalive=60)
+    adapter.loop_start()
+    sink = MqttBarrier(adapter, TERMINAL, prefix=prefix, timeout=0.5)
+    open_ = Command(LANE, BarrierCommand.OPEN, "d-late", call_officer=False)
+    stopped = False
+    try:
+        assert subscribed.wait(10)
+        _until("the adapter is connected", adapter.is_connected)
+        broker.proc.send_signal(signal.SIGSTOP)
+        stopped = True
+        filler = [adapter.publish(f"other{prefix}/filler", b"x" * (1 << 20), qos=0) for _ in range(16)]
+        _until("the socket is full", lambda: not all(info.is_published() for info in filler))
+        with pytest.raises(BarrierUnreachable):
+            sink.send(open_)
+        broker.proc.send_signal(signal.SIGCONT)
+        stopped = False
+        _until("paho reconnected", adapter.is_connected)
+        adapter.publish(f"{prefix}/{TERMINAL}/{LANE}/marker", b'{"command": "marker"}', qos=1).wait_for_publish(10)
+        got = [heard.get(timeout=10)]
+        while got[-1].get("command") != "marker":
+            got.append(heard.get(timeout=10))
+    finally:
+        if stopped:
+            broker.proc.send_signal(signal.SIGCONT)
+        for client in (controller, adapter):
+            client.disconnect()
+            client.loop_stop()
+    assert [m["command"] for m in got] == ["marker"], got  # never the open

@@ -49,7 +49,7 @@ Rules:
    credential), unless it sets ``allow_insecure = true`` (a warning at each start). An ``mqtt`` barrier
    needs ``[barrier_signing]`` outside ``dev = true``, always (no ``allow_insecure``): the broker is a
    store and forward hop, and a command it or the network holds back can be heard after its truck has
-   gone; a signed command lives a few seconds (``lifetime_seconds``, 5 by default) and is heard once,
+   gone; a signed command lives a few seconds (``lifetime_seconds``, 5 by default, at most 10) and is heard once,
    so an "open" heard late is refused by the controller (sinks.py rule 6). The broker's ACL decides
    who may publish on the barrier topics; the signature decides what a controller obeys.
 10. Secrets in files of their own (the client secret, device and officer tokens, the MQTT password,
@@ -740,10 +740,15 @@ def barrier_risk(barrier: BarrierSettings, *, signed: bool) -> tuple[str, bool] 
     return None
 
 
+# Rule 9 (review 116): a signed "open" is a replay window as long as it lives; a controller on NTP needs
+# a few seconds, and 60 let a held-back open lift a barrier for a truck a minute later.
+MAX_SIGNED_LIFETIME = 10.0
+
+
 def _barrier_signing(raw: Any, base: Path) -> BarrierSigningSettings:
     t = _Table(raw, "barrier_signing", ("key_file", "key_id", "lifetime_seconds"))
     key_file = t.path_("key_file", base, required=True)
     assert key_file is not None
     return BarrierSigningSettings(key_file=key_file, key_id=t.string("key_id"),
                                   lifetime_seconds=t.number("lifetime_seconds", 5.0, low=1.0, exclusive_low=False,
-                                                            high=60))
+                                                            high=MAX_SIGNED_LIFETIME))

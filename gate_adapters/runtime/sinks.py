@@ -32,7 +32,11 @@ Rules (one place, every sink):
    reconnect; ``max_queued_messages_set`` only refuses new ones, and a QoS 1 message already handed over
    is re-sent with DUP when its PUBACK did not come; a QoS 0 packet not yet written is dropped on
    reconnect), and counts as sent once paho has written it to the socket within ``timeout``; a broker
-   keeps no QoS 0 message for a controller that is away either. What TCP itself still holds when a link
+   keeps no QoS 0 message for a controller that is away either. Not written within ``timeout`` (a broker
+   that stopped reading, a full socket), the packet would still sit in paho's queue and go out once the
+   socket drains, after the lane latched (review 116): so the connection is cut there and then
+   (``_drop_unwritten``: the socket reset, unsent bytes discarded; paho reconnects, and a reconnect drops
+   every queued QoS 0 packet) before ``BarrierUnreachable`` is raised. What TCP itself still holds when a link
    comes back is what the signature's few seconds of life (``[barrier_signing]``, required for MQTT
    barriers outside dev, config.py rule 9) are for. A ``hold`` keeps ``qos`` (1): heard late, it is
    harmless, and its officer call and latch still tell the controller something.
@@ -42,7 +46,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
+import struct
 from collections.abc import Generator, Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -184,6 +190,8 @@ class MqttPublisher(Protocol):
 
     def is_connected(self) -> bool: ...
 
+    def socket(self) -> Any: ...
+
 
 class MqttBarrier:
     """Publish the command to ``<prefix>/<terminal>/<lane>/barrier``: a ``hold`` with ``qos`` (1, at least
@@ -221,5 +229,23 @@ class MqttBarrier:
         except (RuntimeError, ValueError):  # paho's way of saying rc > 0 (no connection, connection lost)
             written = False
         if not written:
+            _drop_unwritten(self._client)
             raise _unreachable(cmd, f"publish not written (rc {getattr(info, 'rc', '?')})", rc=int(info.rc))
         return cmd
+
+
+def _drop_unwritten(client: MqttPublisher) -> None:
+    """Rule 6: an "open" paho did not write in time must never be written later. Cut the connection: with
+    ``SO_LINGER`` 0 the close resets it and the kernel discards what it still holds unsent; ``shutdown``
+    fails paho's next read or write on it (no byte more goes out), so its network thread closes the
+    socket and reconnects, and ``reconnect`` clears every queued QoS 0 packet (paho 2, ``Client.reconnect``).
+    Every lane's MQTT goes down for the reconnect: rare (a broker not reading for seconds), and safe."""
+    sock = client.socket()
+    if sock is None:
+        return  # no connection: the reconnect that makes one clears the queue first
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already gone: paho sees it lost and reconnects all the same
+        pass
+    log.warning("gate.barrier.mqtt.connection_cut: an open not written in time is dropped with the connection")
