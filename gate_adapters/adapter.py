@@ -136,8 +136,8 @@ class Adapter:
 
     def alive(self) -> bool:
         """``/livez``: every lane's thread runs, the HTTP source serves, and the MQTT source's network
-        thread runs with its broker connection up (or lost only lately, mqtt_source.py rule 9): a source
-        that takes no more reads is not alive, whatever else still answers (review 109)."""
+        thread runs (review 109). A broker outage is not a death (mqtt_source.py rule 9, review 116): a
+        restart would not end it and would take the HTTP lanes down too; ``/healthz`` shows it (``mqtt``)."""
         serving = self.http_server is None or (self.http_server.started and not self.http_server.should_exit)
         mqtt_up = self.mqtt is None or self.mqtt.alive()
         return self.worker.alive() and bool(serving) and bool(mqtt_up)
@@ -447,7 +447,7 @@ def build(settings: AdapterSettings) -> Adapter:
         app = create_source_app(_SourceLanes(worker, fed_by["http"]), settings.terminal,  # type: ignore[arg-type]
                                 devices=devices, health=health, officers=officers, latches=latches,
                                 overrides=OverrideDesk(client, outbox, [ln.lane for ln in settings.lanes]),
-                                alive=adapter.alive)
+                                alive=adapter.alive, broker=None if source is None else source.broker)
         # No proxy stands in front of an adapter (the devices and officers connect to it): X-Forwarded-*
         # is never believed, whatever uvicorn's FORWARDED_ALLOW_IPS says, so nobody on the camera network
         # passes for this host or for TLS (the officer check, runtime/http_source.py).

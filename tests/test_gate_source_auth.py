@@ -569,7 +569,8 @@ def test_healthz_shows_each_lanes_queue_what_its_bounds_refused_and_the_mqtt_dro
             "in-2": {"queued": 1, "queue_size": 1, "refused": 2, "evicted": 0, "mqtt_dropped": 2}},
             "latches": {"in-1": {"latched": True, "latch": evicted.id,  # the eviction called an officer
                                  "since": dt.datetime.fromtimestamp(evicted.latched_at, dt.UTC).isoformat()},
-                        "in-2": {"latched": False}}}
+                        "in-2": {"latched": False}},
+            "mqtt": {"status": "reconnecting", "down_seconds": health.json()["mqtt"]["down_seconds"]}}  # not started
     finally:
         adapter.outbox.close()
 

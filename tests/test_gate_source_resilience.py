@@ -392,30 +392,45 @@ def own_broker(tmp_path: Path) -> Iterator[tuple[int, Callable[[], None], Callab
             down()
 
 
-def test_livez_rides_out_a_broker_restart_but_not_a_connection_lost_for_good(
+def test_a_broker_outage_leaves_livez_ok_and_shows_in_healthz(
         tmp_path: Path, own_broker: tuple[int, Callable[[], None], Callable[[], None]]) -> None:
-    """mqtt_source.py rule 9: a connection down for less than ``connection_grace`` is a restart paho rides
-    out (still alive); longer, the adapter takes no MQTT reads, and says so. The clock is the test's."""
+    """mqtt_source.py rule 9 (review 116): a broker lost for longer than ``connection_grace`` used to make
+    /livez fail, and an orchestrator restarted the adapter (its HTTP lanes, the officer's routes) in a loop
+    while the broker was down. Liveness is paho's thread only; /healthz says ``reconnecting`` within the
+    grace and ``down`` past it, ``up`` once paho is back. The clock is the test's."""
     port, up, down = own_broker
-    adapter = _mqtt_adapter(tmp_path, "127.0.0.1", port)
+    doc = _mqtt_doc(tmp_path, dev=True, host="127.0.0.1", port=port, prefix=f"qgr{uuid.uuid4().hex[:8]}")
+    doc["http"] = _doc(tmp_path)["http"]
+    adapter = build(parse(doc, base=tmp_path))
     now = [1000.0]
-    mqtt = MqttSource(adapter.worker, host="127.0.0.1", port=port, prefix=adapter.settings.mqtt.prefix,  # type: ignore[union-attr]
-                      clock=lambda: now[0], connection_grace=60)
+    mqtt = adapter.mqtt
+    mqtt._clock = lambda: now[0]  # noqa: SLF001 - the test's clock
+    adapter.http_server.started = True  # type: ignore[union-attr] - as if serving: /livez asks the rest
+    client = source(adapter)
+
+    def broker() -> Any:
+        r = client.get("/healthz", headers=bearer("reader"))
+        assert r.status_code == 200, r.text
+        return r.json()["mqtt"]["status"]
+
     try:
+        adapter.worker.start()
         mqtt.start()
-        assert mqtt.subscribed.wait(10) and mqtt.alive()
+        assert mqtt.subscribed.wait(10) and adapter.alive() and broker() == "up"
         now[0] += 3600  # connected: time alone changes nothing
-        assert mqtt.alive()
+        assert broker() == "up"
         down()
         _until("the client never saw the broker go", lambda: not mqtt.client.is_connected())
         now[0] += 59
-        assert mqtt.alive()  # within the grace: a restart
+        assert broker() == "reconnecting" and adapter.alive()  # within the grace: a restart
         now[0] += 2
-        assert not mqtt.alive()  # lost for longer: /livez says so
+        assert broker() == "down"  # lost for longer: /healthz says so
+        assert adapter.alive() and client.get("/livez").json() == {"status": "ok"}  # and /livez does not
         assert not mqtt.subscribed.is_set()
         up()
         _until("paho never reconnected and subscribed again", mqtt.subscribed.is_set, timeout=30)
-        assert mqtt.alive()
+        assert broker() == "up" and adapter.alive()
     finally:
         mqtt.stop()
+        adapter.worker.stop(timeout=5)
         adapter.outbox.close()

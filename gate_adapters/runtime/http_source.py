@@ -337,11 +337,13 @@ def create_health_app(alive: Callable[[], bool]) -> FastAPI:
 def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[Device] | None,
                       health: Health | None = None, officers: Sequence[Officer] = (),
                       latches: LatchDesk | None = None, overrides: OverrideDesk | None = None,
-                      alive: Callable[[], bool] | None = None) -> FastAPI:
+                      alive: Callable[[], bool] | None = None,
+                      broker: Callable[[], Mapping[str, object]] | None = None) -> FastAPI:
     """``devices`` is required so that a caller says so when it serves without tokens (``None``, dev).
     ``health``: ``/healthz``'s ``load`` (default: ``worker``'s own lanes; the adapter passes every lane's,
     with its MQTT drops). ``officers``, ``latches`` and ``overrides``: the officer routes (no officers:
-    every officer call is 401). ``alive``: what ``/livez`` answers (default: up while it answers)."""
+    every officer call is 401). ``alive``: what ``/livez`` answers (default: up while it answers). ``broker``:
+    with an MQTT source, its broker connection for ``/healthz`` (mqtt_source.py rule 9: never ``/livez``'s)."""
     health = health or lane_health(worker)
     app = FastAPI(title="quaygate gate adapter inputs", openapi_url=None, docs_url=None, redoc_url=None,
                   exception_handlers={StarletteHTTPException: _framework_problem})
@@ -407,6 +409,8 @@ def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[De
                                headers={"WWW-Authenticate": CHALLENGE})
         body: dict[str, Any] = {"status": "ok", "terminal": terminal,
                                 "lanes": sorted(ln for _, ln in worker.lanes), "load": health()}
+        if broker is not None:
+            body["mqtt"] = dict(broker())
         if latches is not None:
             body["latches"] = await run_in_threadpool(latches.overview)  # SQLite: never block the event loop
         return JSONResponse(body)

@@ -24,8 +24,11 @@ read topics). Rules:
    beyond a refusal into a ``gate.source.mqtt.failed`` line (with the traceback: it is a bug of ours) and
    a count (``failed``), and the client is set to ``suppress_exceptions`` so an exception in any other
    callback is logged by paho, not raised out of its loop.
-9. ``alive`` (``/livez``) is false when the network thread is gone, or when the broker connection has
-   been down longer than ``connection_grace`` seconds (a broker restart is ridden out: paho reconnects).
+9. ``alive`` (``/livez``) is false when the network thread is gone, and only then: a restart would not
+   bring the broker back, and would take the HTTP-fed lanes and the officer's routes down with it
+   (review 116: an orchestrator restarted the adapter in a loop through a broker outage). The broker
+   connection is ``/healthz``'s (``broker``): ``down`` once it has been lost longer than
+   ``connection_grace`` seconds (a broker restart is ridden out: paho reconnects).
 """
 
 from __future__ import annotations
@@ -153,7 +156,7 @@ class MqttSource:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.connection_grace, self._clock = connection_grace, clock
-        self._down_since: float | None = None  # rule 9: when the connection was lost (None: connected)
+        self._down_since: float | None = clock()  # rule 9: since when not connected (None: connected)
         self._failed = 0  # rule 8
         self.subscribed = threading.Event()  # set once the broker confirmed our subscriptions (health)
         self._drops = DropLog(drop_log_seconds, clock)  # rule 6
@@ -174,12 +177,19 @@ class MqttSource:
             return self._failed
 
     def alive(self) -> bool:
-        """Rule 9: the network thread runs, and the broker connection is up or was lost only lately."""
+        """Rule 9: paho's network thread runs (the broker connection is ``broker``'s, not liveness)."""
         thread = getattr(self.client, "_thread", None)  # paho keeps its loop thread here (no public name)
-        if thread is None or not thread.is_alive():
-            return False
+        return thread is not None and thread.is_alive()
+
+    def broker(self) -> dict[str, object]:
+        """Rule 9, for ``/healthz``: ``status`` ``up``, ``reconnecting`` (lost within ``connection_grace``)
+        or ``down`` (lost for longer), and since when it is lost (seconds, ``None`` while up)."""
         down_since = self._down_since
-        return down_since is None or self._clock() - down_since <= self.connection_grace
+        if down_since is None:
+            return {"status": "up", "down_seconds": None}
+        down_for = max(0.0, self._clock() - down_since)
+        return {"status": "reconnecting" if down_for <= self.connection_grace else "down",
+                "down_seconds": round(down_for, 1)}
 
     def topics(self) -> list[str]:
         return [f"{self.prefix}/{terminal}/{lane}/#" for terminal, lane in self.worker.lanes]
