@@ -506,11 +506,6 @@ class DuplicateDecision(Exception):
     """A twin request with the same (terminal, request_id) recorded its decision first."""
 
 
-class StaleRight(Exception):
-    """``ReleaseRightStore.save`` wrote nothing: the right is no longer at the version it was read at.
-    A right read under its lock cannot be stale (a bug then); the gate reads without one and reads again."""
-
-
 class UnitOfWork(Protocol):
     releases: ReleaseRightStore
     directory: Directory

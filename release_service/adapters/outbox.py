@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from quaygate.schema import organisations, webhook_deliveries, webhook_subscriptions
+from release_service.domain.disclosure import published_data
 from release_service.domain.webhooks import Delivery, Subscription, matches
 from release_service.ports import PublishedEvent
 
@@ -75,13 +76,14 @@ def _delivery_row(event: PublishedEvent, subscription_id: uuid.UUID) -> dict[str
 
 def delivery_payload(event: PublishedEvent) -> dict[str, Any]:
     """What an endpoint receives: Standard Webhooks' recommended shape (type, timestamp, data) plus our
-    identifiers."""
+    identifiers. Every webhook's payload is made here, so its data is the event's as anyone but the
+    full-sight viewers may read it (``published_data``: no customs reason)."""
     return {
         "id": str(event.id),
         "type": event.type,
         "timestamp": event.at.isoformat(),
         "release_id": str(event.release_id),
-        "data": event.payload,
+        "data": published_data(event.type, event.payload),
     }
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from release_service.domain.disclosure import published_data
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.release import ReleaseRight
@@ -123,8 +122,7 @@ def record_many(uow: UnitOfWork, changes: list[tuple[ReleaseRight, list[StoredEv
     uow.audit.append_many(
         (e.type, e.actor, str(e.release_id), {"seq": e.seq, **e.data}, e.at) for _, events in changes for e in events
     )
-    uow.outbox.publish([PublishedEvent(e.id, e.type, e.release_id, e.at, audience(right, e),
-                                       published_data(e.type, e.data))
+    uow.outbox.publish([PublishedEvent(e.id, e.type, e.release_id, e.at, audience(right, e), e.data)
                         for right, events in changes for e in events])
 
 

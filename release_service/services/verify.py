@@ -72,7 +72,6 @@ from release_service.ports import (
     LoopGateUnit,
     LoopUnavailable,
     Recalled,
-    StaleRight,
     StoredDecision,
     UnitOfWork,
 )
@@ -316,12 +315,7 @@ def _write(uow: UnitOfWork, row: dict[str, Any], moved: ReleaseRight | None) -> 
     elif uow.gate.moves_at_once:
         return uow.gate.record_move(row, moved, [audience(moved, e) for e in moved.pending_events])
     else:
-        # Statement by statement, in the unit of work's transaction (SQLite): the save is guarded by
-        # the version read, as the one statement is.
-        try:
-            persist(uow, moved)
-        except StaleRight:
-            return False
+        persist(uow, moved)
         uow.gate.record(row)
     return True
 

@@ -57,7 +57,6 @@ from quaygate.schema import (
     webhook_deliveries,
     webhook_subscriptions,
 )
-from release_service.domain.disclosure import published_data
 from release_service.domain.release import ReleaseRight, Transfer, TransferState
 from release_service.domain.webhooks import patterns_matching
 from release_service.ports import DuplicateDecision, PublishedEvent
@@ -102,8 +101,7 @@ def move_statement(row: dict[str, Any], right: ReleaseRight, audiences: Sequence
                               **{"r_" + k: v for k, v in values.items()}, **{"d_" + k: v for k, v in row.items()}}
     for k, (event, audience) in enumerate(zip(events, audiences, strict=True)):
         event_id = uuid.uuid4()
-        published = PublishedEvent(event_id, event.type, right.id, event.at, audience,
-                                   published_data(event.type, event.data))  # as services/common.record_many
+        published = PublishedEvent(event_id, event.type, right.id, event.at, audience, event.data)
         params.update({f"e{k}_id": event_id, f"e{k}_type": event.type, f"e{k}_actor": event.actor,
                        f"e{k}_data": event.data, f"e{k}_at": event.at, f"e{k}_audience": listed(sorted(audience)),
                        f"e{k}_patterns": listed(patterns_matching(event.type)),

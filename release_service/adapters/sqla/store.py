@@ -31,12 +31,16 @@ from release_service.domain.release import (
     Transfer,
     TransferState,
 )
-from release_service.ports import ContestedRight, ReleaseFilter, StaleRight, StoredEvent
+from release_service.ports import ContestedRight, ReleaseFilter, StoredEvent
 
 T = TypeVar("T")
 
 # Kinds that see every right in their remit rather than only those they are party to.
 _SEE_BY_TERMINAL = OrgKind.TERMINAL
+
+
+class StaleRight(Exception):
+    """The row changed under us although we held its lock: a bug, never a user error."""
 
 
 # Prebuilt statements of the gate commit's hot path: built and cache-keyed once, not per call.
