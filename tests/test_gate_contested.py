@@ -458,6 +458,7 @@ def test_an_offline_gate_in_on_a_pass_from_before_the_contest_is_recorded_and_fl
     else:
         _rogue_line(gate)
         assert_problem(_issue_as(gate, 15, "VC-1", by="rogue"), 409, "active_right_exists")
+        report["decided_at"] = datetime.now(UTC).isoformat()  # the truck came after the mark
     got = _post(gate, report)
     assert got.status_code == 200, got.text
     assert (got.json()["verdict"], got.json()["flag"]) == ("flagged", "changed_after_pass")
@@ -468,19 +469,30 @@ def test_an_offline_gate_in_on_a_pass_from_before_the_contest_is_recorded_and_fl
     assert data["changed_since_pass"] == ["container_contested"]
 
 
-@pytest.mark.parametrize("rival", [False, True])
-def test_an_offline_gate_in_with_no_contest_then_is_recorded_clean(gate: Gate, rival: bool) -> None:
+@pytest.mark.parametrize("after", [None, "another_right", "marked"])
+def test_an_offline_gate_in_with_no_contest_then_is_recorded_clean(gate: Gate, after: str | None) -> None:
     """The same gate-in with no other line's right on the container: no flag (the check above is this
     one's contest, not the reconcile's habit); nor when another line issued it only after the truck
-    passed (review 107: else any line could flag a lawful offline gate-in after the fact)."""
+    passed (review 107: else any line could flag a lawful offline gate-in after the fact), nor when
+    another line was refused it over this right only after the truck passed (the mark's time counts, not
+    the mark)."""
     rid = gate.pickable(16)
     token = next(t for t in passes(gate).json()["passes"] if payload(t)["sub"] == rid)
     report = _report(gate, 16, token=token)
-    if rival:
+    if after == "another_right":
         _rogue(gate, 16)
+    elif after == "marked":
+        _rogue_line(gate)
+        assert_problem(_issue_as(gate, 16, "VC-1", by="rogue"), 409, "active_right_exists")
+        assert _contested_at(gate, rid) is not None
     got = _post(gate, report)
     assert got.status_code == 200, got.text
     assert (got.json()["verdict"], got.json()["flag"]) == ("recorded", None)
+
+
+def _contested_at(gate: Gate, rid: str) -> datetime | None:
+    with gate.engine.connect() as conn:
+        return conn.execute(sa.select(releases.c.contested_at).where(releases.c.id == uuid.UUID(rid))).scalar_one()
 
 
 def _real_issue(gate: Gate, n: int) -> Any:

@@ -350,18 +350,26 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
 def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: ReleaseRight, req: g.GateRequest,
                         at: datetime) -> tuple[str, ...]:
     """``gate_pass.changed_since_pass`` on what the service knows now: the lane's badge, the pass's
-    driver and, for a gate-in, the container's rights (``gate.contested``) as far as they existed when
-    the adapter decided (``at``): a right issued after the truck passed, another line's included, says
-    nothing of that gate-in (review 107: else any line could flag a lawful offline gate-in after it)."""
+    driver and, for a gate-in, the container's rights (``gate.contested``) as they stood when the adapter
+    decided (``at``): a right issued after the truck passed, another line's included, says nothing of that
+    gate-in (review 107: else any line could flag a lawful offline gate-in after it), nor does a contest
+    mark set after it (``_as_of``)."""
     then = gate_pass.right.nomination
-    facts = g.RightFacts.from_right(right)
+    facts = _as_of(right, at)
     contested = req.direction is g.Direction.IN and (facts.contested or g.contested(
-        [r for r in uow.gate.rights([facts.container]) if r.created_at <= at], facts, terminal=req.terminal,
-        now=at))
+        [_as_of(r, at) for r in uow.releases.of_containers([facts.container]) if r.created_at <= at], facts,
+        terminal=req.terminal, now=at))
     return changed_since_pass(
         gate_pass, facts, at=at, contested=contested,
         badge=uow.gate.badge(req.badge) if req.badge is not None else None,
         driver=uow.screening.screen(then.driver_person_id, terminal=req.terminal, now=at) if then else None)
+
+
+def _as_of(right: ReleaseRight, at: datetime) -> g.RightFacts:
+    """The gate's facts of ``right``, marked contested only if the mark was set by ``at``: a refusal after
+    an offline gate-in (the truck passed clean, on its pass) does not make that gate-in suspect."""
+    facts = g.RightFacts.from_right(right)
+    return replace(facts, contested=right.contested_at is not None and right.contested_at <= at)
 
 
 def _same_allow(online: StoredDecision, report: OfflineReport) -> bool:
