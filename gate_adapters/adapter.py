@@ -434,6 +434,7 @@ def build(settings: AdapterSettings) -> Adapter:
         m = settings.mqtt
         mqtt_source = MqttSource(_SourceLanes(worker, fed_by["mqtt"]), host=m.host, port=m.port,  # type: ignore[arg-type]
                                  prefix=m.prefix, client=mqtt_client, keepalive=m.keepalive,
+                                 connection_grace=m.connection_grace_seconds,
                                  trusted_face_matcher=m.trusted_face_matcher)
     latches = LatchDesk(outbox, [ln.lane for ln in settings.lanes])
     adapter = Adapter(settings, worker, outbox, passes, mqtt_source, latches=latches)

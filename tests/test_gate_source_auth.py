@@ -570,7 +570,8 @@ def test_healthz_shows_each_lanes_queue_what_its_bounds_refused_and_the_mqtt_dro
             "latches": {"in-1": {"latched": True, "latch": evicted.id,  # the eviction called an officer
                                  "since": dt.datetime.fromtimestamp(evicted.latched_at, dt.UTC).isoformat()},
                         "in-2": {"latched": False}},
-            "mqtt": {"status": "reconnecting", "down_seconds": health.json()["mqtt"]["down_seconds"]}}  # not started
+            "mqtt": {"status": "reconnecting", "down_seconds": health.json()["mqtt"]["down_seconds"],  # not started
+                     "failed": 0}}
     finally:
         adapter.outbox.close()
 
@@ -659,6 +660,13 @@ def _mqtt_doc(tmp_path: Path, **mqtt: Any) -> dict[str, Any]:
     doc = _doc(tmp_path, dev=dev, mqtt=mqtt, lanes=[{"lane": "in-1"}, {"lane": "in-2"}])
     del doc["http"]
     return doc
+
+
+@pytest.mark.parametrize("grace", [0.5, "60", 3601])
+def test_an_mqtt_connection_grace_out_of_range_does_not_start(tmp_path: Path, grace: Any) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse(_mqtt_doc(tmp_path, dev=True, connection_grace_seconds=grace), base=tmp_path)
+    assert exc.value.key == "mqtt.connection_grace_seconds", str(exc.value)
 
 
 @pytest.mark.parametrize(("mqtt", "key"), [

@@ -324,6 +324,7 @@ def test_an_unexpected_error_handling_a_message_is_logged_counted_and_ends_nothi
     camera.send("in-1", "plate", json.dumps(PLATE))
     _badge_arrives_on_in_2(adapter, camera)
     assert adapter.mqtt.failed == 1 and adapter.mqtt.alive()
+    assert adapter.mqtt.broker()["failed"] == 1  # /healthz's mqtt.failed: a monitor sees it grow
     [line] = [r for r in caplog.records if r.getMessage().startswith("gate.source.mqtt.failed")]
     assert line.exc_info is not None and "a bug of ours" in str(line.exc_info[1])
 
@@ -397,9 +398,11 @@ def test_a_broker_outage_leaves_livez_ok_and_shows_in_healthz(
     """mqtt_source.py rule 9 (review 116): a broker lost for longer than ``connection_grace`` used to make
     /livez fail, and an orchestrator restarted the adapter (its HTTP lanes, the officer's routes) in a loop
     while the broker was down. Liveness is paho's thread only; /healthz says ``reconnecting`` within the
-    grace and ``down`` past it, ``up`` once paho is back. The clock is the test's."""
+    grace (``[mqtt] connection_grace_seconds``, here 30) and ``down`` past it, ``up`` once paho is back. The
+    clock is the test's."""
     port, up, down = own_broker
-    doc = _mqtt_doc(tmp_path, dev=True, host="127.0.0.1", port=port, prefix=f"qgr{uuid.uuid4().hex[:8]}")
+    doc = _mqtt_doc(tmp_path, dev=True, host="127.0.0.1", port=port, prefix=f"qgr{uuid.uuid4().hex[:8]}",
+                    connection_grace_seconds=30)
     doc["http"] = _doc(tmp_path)["http"]
     adapter = build(parse(doc, base=tmp_path))
     now = [1000.0]
@@ -421,7 +424,7 @@ def test_a_broker_outage_leaves_livez_ok_and_shows_in_healthz(
         assert broker() == "up"
         down()
         _until("the client never saw the broker go", lambda: not mqtt.client.is_connected())
-        now[0] += 59
+        now[0] += 29
         assert broker() == "reconnecting" and adapter.alive()  # within the grace: a restart
         now[0] += 2
         assert broker() == "down"  # lost for longer: /healthz says so

@@ -198,6 +198,8 @@ class MqttSettings:
     username: str | None = None
     password_file: Path | None = None
     keepalive: int = 30
+    # /healthz's mqtt.status says "reconnecting" for this long after the broker is lost, "down" after it.
+    connection_grace_seconds: float = 60.0
     tls: bool = False
     ca_file: Path | None = None  # None with tls: the system's CAs
     cert_file: Path | None = None  # a client certificate (with key_file)
@@ -600,7 +602,8 @@ def _is_loopback(host: str) -> bool:
 
 def _mqtt(raw: Any, base: Path, dev: bool) -> MqttSettings:
     m = _Table(raw, "mqtt", ("host", "port", "prefix", "client_id", "username", "password_file", "keepalive",
-                             "tls", "ca_file", "cert_file", "key_file", "trusted_face_matcher"))
+                             "connection_grace_seconds", "tls", "ca_file", "cert_file", "key_file",
+                             "trusted_face_matcher"))
     prefix = m.string("prefix", "quaygate") or "quaygate"
     if any(ch in prefix for ch in "#+") or prefix.endswith("/"):
         raise ConfigError("mqtt.prefix", "must be a topic prefix without wildcards or a trailing '/'")
@@ -609,7 +612,10 @@ def _mqtt(raw: Any, base: Path, dev: bool) -> MqttSettings:
                         port=m.integer("port", 8883 if tls else 1883, low=1, high=65535), prefix=prefix,
                         client_id=m.string("client_id") or "",
                         username=m.string("username"), password_file=m.path_("password_file", base),
-                        keepalive=m.integer("keepalive", 30, low=5, high=3600), tls=tls,
+                        keepalive=m.integer("keepalive", 30, low=5, high=3600),
+                        connection_grace_seconds=m.number("connection_grace_seconds", 60.0, low=1.0, high=3600.0,
+                                                                          exclusive_low=False),
+                        tls=tls,
                         ca_file=m.path_("ca_file", base), cert_file=m.path_("cert_file", base),
                         key_file=m.path_("key_file", base),
                         trusted_face_matcher=m.boolean("trusted_face_matcher", False))

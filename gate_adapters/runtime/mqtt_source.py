@@ -22,13 +22,14 @@ read topics). Rules:
 8. Nothing one message carries ends paho's network thread (review 109: a 5000-digit number did, and with
    it every lane's reads and the MQTT barrier commands): ``handle`` turns any exception a message causes
    beyond a refusal into a ``gate.source.mqtt.failed`` line (with the traceback: it is a bug of ours) and
-   a count (``failed``), and the client is set to ``suppress_exceptions`` so an exception in any other
+   a count (``failed``, in ``/healthz``), and the client is set to ``suppress_exceptions`` so an exception in any other
    callback is logged by paho, not raised out of its loop.
 9. ``alive`` (``/livez``) is false when the network thread is gone, and only then: a restart would not
    bring the broker back, and would take the HTTP-fed lanes and the officer's routes down with it
    (review 116: an orchestrator restarted the adapter in a loop through a broker outage). The broker
    connection is ``/healthz``'s (``broker``): ``down`` once it has been lost longer than
-   ``connection_grace`` seconds (a broker restart is ridden out: paho reconnects).
+   ``connection_grace`` seconds (``[mqtt] connection_grace_seconds``; a broker restart is ridden out:
+   paho reconnects).
 """
 
 from __future__ import annotations
@@ -183,13 +184,14 @@ class MqttSource:
 
     def broker(self) -> dict[str, object]:
         """Rule 9, for ``/healthz``: ``status`` ``up``, ``reconnecting`` (lost within ``connection_grace``)
-        or ``down`` (lost for longer), and since when it is lost (seconds, ``None`` while up)."""
-        down_since = self._down_since
+        or ``down`` (lost for longer), since when it is lost (seconds, ``None`` while up), and rule 8's
+        ``failed`` count (a monitor alerts on it growing: each is a bug of ours, logged with its traceback)."""
+        down_since, failed = self._down_since, self.failed
         if down_since is None:
-            return {"status": "up", "down_seconds": None}
+            return {"status": "up", "down_seconds": None, "failed": failed}
         down_for = max(0.0, self._clock() - down_since)
         return {"status": "reconnecting" if down_for <= self.connection_grace else "down",
-                "down_seconds": round(down_for, 1)}
+                "down_seconds": round(down_for, 1), "failed": failed}
 
     def topics(self) -> list[str]:
         return [f"{self.prefix}/{terminal}/{lane}/#" for terminal, lane in self.worker.lanes]
