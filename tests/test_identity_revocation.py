@@ -70,18 +70,45 @@ def test_public_client_revokes_its_own_refresh_token(env: Lifecycle) -> None:
     assert env.refresh(token, client_id).json()["error"] == "invalid_grant"
 
 
+def _refusals(env: Lifecycle) -> int:
+    with env.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(audit_log)
+                                .where(audit_log.c.kind == "identity.token.revoke.refused")).scalar_one())
+
+
 def test_another_clients_tokens_are_not_revoked(env: Lifecycle) -> None:
+    """Answered 200 as an invalid token (RFC 7009 §2.2), nothing revoked; a client that authenticated
+    with its secret holding another's token is audited (review 120, finding 3)."""
     owner, owner_secret, org = env.machine("shipping_line")
     other, other_secret, _ = env.machine("shipping_line")
     token = env.machine_token(owner, owner_secret)
-    r = _revoke(env, token, other, other_secret)
-    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    assert _revoke(env, token, other, other_secret).status_code == 200
     assert _verify(env, token)["client_id"] == owner
     console, console_secret, corg = env.console()
     _, refresh = env.grant(console, env.person(corg))
-    r = _revoke(env, refresh, other, other_secret)
-    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    assert _revoke(env, refresh, other, other_secret).status_code == 200
     assert env.refresh(refresh, console, console_secret).status_code == 200
+    assert _refusals(env) == 2
+
+
+def test_a_stolen_tokens_liveness_cannot_be_probed_as_the_driver_app(env: Lifecycle) -> None:
+    """Review 120, finding 3: anyone can call as the driver app (method none). A live token of another
+    client, a forged one, a revoked refresh token: the same 200, nothing revoked, no audit row."""
+    driver = env.driver_app()
+    owner, owner_secret, _ = env.machine("shipping_line")
+    live = env.machine_token(owner, owner_secret)
+    header, payload, signature = live.split(".")
+    forged = f"{header}.{payload}.{signature[:-4]}AAAA"
+    assert [_revoke(env, t, driver, None).status_code for t in (live, forged)] == [200, 200]
+    assert _verify(env, live)["client_id"] == owner
+    console, console_secret, corg = env.console()
+    _, refresh = env.grant(console, env.person(corg))
+    assert _revoke(env, refresh, console, console_secret).status_code == 200  # its own client revokes it
+    assert [_revoke(env, refresh, driver, None).status_code for _ in range(5)] == [200] * 5
+    live_refresh = env.grant(console, env.person(corg))[1]
+    assert _revoke(env, live_refresh, driver, None).status_code == 200
+    assert env.refresh(live_refresh, console, console_secret).status_code == 200
+    assert _refusals(env) == 0
 
 
 def test_unknown_tokens_200_unsupported_hints_refused(env: Lifecycle) -> None:

@@ -7,9 +7,18 @@
          tokens issued in it (§2.1: "SHOULD also invalidate all access tokens based on the same
          authorization grant")
       -> access token of this client: its jti goes on the revocation list (table + cache)
-      -> a token of another client: refused, invalid_grant (§2.1 "verifies whether the token was
-         issued to the client making the revocation request"); nothing is revoked
+      -> a token of another client: nothing is revoked (§2.1 "verifies whether the token was issued
+         to the client making the revocation request"), and the answer is 200, as for an invalid token
       -> unknown, malformed, expired or already revoked: 200, nothing to do (§2.2)
+
+Another client's token is answered as an invalid one (§2.2: "invalid tokens do not cause an error
+response"), live or not, for the rule introspection keeps (introspection.py): another party cannot
+check a stolen token's liveness, nor, for a refresh token, its existence. A 400 invalid_grant told
+anyone holding a token whether it was live: the driver app authenticates with ``none``, so anyone can
+call here as the driver app (review 120, finding 3). The refusal is audited only when the caller
+proved who it is (a secret or an assertion: ``proven``), a client of ours holding another's token,
+which the audit trail should show; from a public client, which proves no one, it is logged only, so
+that an anonymous caller cannot grow the audit trail a row per request.
 
 The token is found by its form, not by the hint: refresh tokens carry our prefix, access tokens are
 JWTs (§2.1 lets the server search beyond the hint).
@@ -25,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 
 from .. import audit
 from ..domain import claims as c
+from .exchange import proven
 from .introspection import NO_STORE, TOKEN_TYPE_HINTS, _error, authenticate, form_of, inspector_for
 
 if TYPE_CHECKING:
@@ -36,16 +46,10 @@ log = logging.getLogger(__name__)
 REVOCATION_PATH = "/oauth2/revoke"
 
 
-class RevocationRefused(Exception):
-    def __init__(self, error: str, description: str) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-
-
-def revoke(inspector: TokenInspector, token: str, *, client_id: str) -> str:
-    """Revoke ``token`` for ``client_id``; return what happened (for the log): ``grant``, ``access``
-    or ``nothing``. Raises RevocationRefused for another client's token. One transaction."""
+def revoke(inspector: TokenInspector, token: str, *, client_id: str, caller_proven: bool) -> str:
+    """Revoke ``token`` for ``client_id``; return what happened (for the log): ``grant``, ``access``,
+    ``nothing``, or ``foreign`` (another client's token: nothing revoked, the refusal audited when the
+    caller proved who it is, ``caller_proven``: module docstring). One transaction."""
     now = inspector.clock.now()
     actor = {"client_id": client_id}
     if inspector.is_refresh(token):
@@ -54,8 +58,7 @@ def revoke(inspector: TokenInspector, token: str, *, client_id: str) -> str:
             return "nothing"
         grant = found.grant
         if grant.client_id != client_id:
-            _refused(inspector, actor, "wrong_client", now)
-            raise RevocationRefused("invalid_grant", "The token was not issued to this client.")
+            return _refused(inspector, actor, caller_proven, now)
         if grant.revoked:
             return "nothing"
         with inspector.engine.begin() as conn:
@@ -67,8 +70,7 @@ def revoke(inspector: TokenInspector, token: str, *, client_id: str) -> str:
     if claims is None:
         return "nothing"  # §2.2: invalid tokens do not cause an error
     if claims[c.CLIENT_ID] != client_id:
-        _refused(inspector, actor, "wrong_client", now)
-        raise RevocationRefused("invalid_grant", "The token was not issued to this client.")
+        return _refused(inspector, actor, caller_proven, now)
     jti, exp = str(claims[c.JTI]), datetime.fromtimestamp(int(claims[c.EXP]), UTC)
     with inspector.engine.begin() as conn:
         inspector.revocations.add(conn, [(jti, exp)], now=now)
@@ -77,10 +79,13 @@ def revoke(inspector: TokenInspector, token: str, *, client_id: str) -> str:
     return "access"
 
 
-def _refused(inspector: TokenInspector, actor: dict[str, Any], reason: str, now: datetime) -> None:
-    log.info("identity.token.revoke.refused.%s", reason, extra=actor)
-    audit.record("identity.token.revoke.refused", at=now, actor=actor, data={"reason": reason},
-                 engine=inspector.engine)
+def _refused(inspector: TokenInspector, actor: dict[str, Any], audited: bool, now: datetime) -> str:
+    """Another client's token: logged; audited only for a caller that proved who it is."""
+    log.info("identity.token.revoke.refused.wrong_client", extra=actor)
+    if audited:
+        audit.record("identity.token.revoke.refused", at=now, actor=actor, data={"reason": "wrong_client"},
+                     engine=inspector.engine)
+    return "foreign"
 
 
 def revocation_response(app: Any, raw: FormRequest) -> Response:
@@ -96,9 +101,7 @@ def revocation_response(app: Any, raw: FormRequest) -> Response:
         return _error("invalid_request", "The token parameter is required.")  # RFC 7009 §2.1
     if hint is not None and hint not in TOKEN_TYPE_HINTS:
         return _error("unsupported_token_type", "Only access and refresh tokens are revoked here.")  # §2.2.1
-    try:
-        done = revoke(inspector, token, client_id=client.get_client_id())
-    except RevocationRefused as exc:
-        return _error(exc.error, exc.description)
+    done = revoke(inspector, token, client_id=client.get_client_id(),
+                  caller_proven=proven(request))
     log.info("identity.token.revocation.%s", done, extra={"client_id": client.get_client_id()})
     return Response(status_code=200, headers=NO_STORE)  # §2.2: 200, the body is ignored
