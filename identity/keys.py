@@ -190,6 +190,24 @@ class KeyStore:
         self._key_set = (snap, published, key_set)
         return key_set
 
+    def rotated_out(self, kid: str) -> tuple[SigningKey, datetime] | None:
+        """A token key rotated out (retiring or retired, whether still published or not) and when it was:
+        for checking what it signed while it was active, long after its tokens expired (a gate pass
+        reported days late, release_service/api/gate_offline.py). One primary-key lookup, uncached: not
+        for a hot path. None for an active, unknown or non-token kid."""
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(signing_keys.c.alg, signing_keys.c.public_jwk, signing_keys.c.retired_at).where(
+                    signing_keys.c.kid == kid,
+                    signing_keys.c.status.in_(("retiring", "retired")),
+                    signing_keys.c.alg.in_(SIGNING_ALGORITHMS),
+                    _TOKEN_KEYS,
+                )
+            ).first()
+        if row is None or row.retired_at is None:
+            return None
+        return _import(dict(row.public_jwk), row.alg), row.retired_at
+
     def invalidate(self) -> None:
         with self._lock:
             self._snap = None

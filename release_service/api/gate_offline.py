@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -157,7 +157,14 @@ def offline_decision(request: Request, body: OfflineDecisionIn, actor: Actor = D
 
 class KeyStorePassSigner:
     """Gate passes under our key set: ES256 only (explicit registry), typ ``gate-pass+jwt`` so no other
-    JWT we sign (access token, id token) is ever taken for a pass, nor a pass for one (RFC 8725 §3.11)."""
+    JWT we sign (access token, id token) is ever taken for a pass, nor a pass for one (RFC 8725 §3.11).
+
+    A pass signed by a key since rotated out stays genuine for what it signed while it was active (its
+    ``iat`` not after the key's retirement), however long ago: an offline gate-in may be reported days
+    late, and a key leaves the published set minutes after a rotation (identity/keys.py). Without this
+    an honest gate-in reported after a rotation was flagged ``pass_invalid`` and nothing moved, so the
+    right stayed usable by a second truck (review 121). A pass dated after the key's retirement is not
+    ours: that key signed nothing then."""
 
     _registry = JWSRegistry(algorithms=[PASS_ALG])
 
@@ -177,10 +184,25 @@ class KeyStorePassSigner:
                 return None
             key = next((k for k in self._keys.public_key_set(refresh=True, kid=header["kid"])
                         if k.kid == header["kid"] and fits(k, PASS_ALG)), None)
+            retired_at = None
+            if key is None and (rotated := self._keys.rotated_out(header["kid"])) is not None:
+                key, retired_at = rotated
+                key = key if fits(key, PASS_ALG) else None
             if key is None or not jws.validate_compact(obj, key, registry=self._registry):
                 return None
             claims = json.loads(obj.payload)
         except (JoseError, ValueError, UnicodeEncodeError):
             log.info("release.gate.pass_refused")
             return None
-        return claims if isinstance(claims, dict) else None
+        if not isinstance(claims, dict):
+            return None
+        if retired_at is not None and not _signed_by(claims, retired_at):
+            log.warning("release.gate.pass_refused.after_rotation", extra={"fields": {"kid": header["kid"]}})
+            return None
+        return claims
+
+
+def _signed_by(claims: dict[str, Any], retired_at: datetime) -> bool:
+    """The pass says it was issued while its key was still active (a whole-second ``iat``)."""
+    iat = claims.get("iat")
+    return isinstance(iat, int) and not isinstance(iat, bool) and iat <= retired_at.timestamp()

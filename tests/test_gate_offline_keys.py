@@ -1,0 +1,76 @@
+"""Gate passes across a rotation of the service's signing keys (review 121, medium).
+
+An offline gate-in may be reported long after the truck passed; the key that signed its pass leaves the
+published set minutes after a rotation (identity/keys.py). The reconcile must still know the pass for
+ours, or it flags an honest gate-in ``pass_invalid``, records nothing, and leaves the right usable by a
+second truck. A pass dated after its key's retirement is not ours: that key signed nothing then.
+"""
+# ruff: noqa: F811 - ``gate`` is test_gate_verify's fixture, imported here and requested by name
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+from identity.tokens import sign_jwt
+from quaygate.schema import signing_keys
+from release_service.domain.gate_pass import PASS_ALG, PASS_TYP
+
+from .factories import TERMINAL
+from .test_gate_offline import _post, _report, offline_rows, passes, payload
+from .test_gate_verify import Gate, gate  # noqa: F401
+
+
+def _keys(gate: Gate) -> object:
+    return gate.http.app.state.identity.keys  # type: ignore[attr-defined]
+
+
+def _rotated(gate: Gate, at: datetime | None = None) -> None:
+    """Every signing key rotated out (now, or ``at``), and days pass: the old keys' publication ends (as
+    if their tokens had all expired); the gate takes a new token."""
+    keys = _keys(gate)
+    keys.rotate(at or datetime.now(UTC))  # type: ignore[attr-defined]
+    with gate.engine.begin() as conn:
+        conn.execute(signing_keys.update().where(signing_keys.c.status == "retiring")
+                     .values(publish_until=datetime.now(UTC) - timedelta(seconds=1)))
+    keys.invalidate()  # type: ignore[attr-defined]
+    gate.gate_token = gate.token_for("terminal_gate", gate.p.terminal.organisation_id, TERMINAL)
+
+
+def test_a_gate_in_reported_after_a_key_rotation_is_recorded_and_the_right_is_used(gate: Gate) -> None:
+    rid = gate.pickable(1)
+    token = next(t for t in passes(gate).json()["passes"] if payload(t)["sub"] == rid)
+    report = _report(gate, 1, token=token)
+    # The key is rotated out and its publication has ended by the time the adapter reconnects.
+    _rotated(gate)
+    published = gate.http.get("/oauth2/jwks").json()["keys"]
+    assert all(k["kid"] != _header_kid(token) for k in published)  # no longer published
+    got = _post(gate, report)
+    assert got.status_code == 200, got.text
+    assert (got.json()["verdict"], got.json()["flag"]) == ("recorded", None)
+    assert gate.state(rid) == "gated_in"
+    second = gate.verify(gate.body(1, mode="commit", request_id="second-truck"))
+    assert second.status_code == 200, second.text
+    assert (second.json()["decision"], second.json()["reasons"]) == ("deny", ["already_used"])
+
+
+def test_a_pass_dated_after_its_keys_rotation_is_not_ours(gate: Gate) -> None:
+    rid = gate.pickable(2)
+    token = next(t for t in passes(gate).json()["passes"] if payload(t)["sub"] == rid)
+    old = _keys(gate).signing_key(PASS_ALG)  # type: ignore[attr-defined]  # a leaked retired key, say
+    _rotated(gate, at=datetime.now(UTC) - timedelta(minutes=10))
+    # Dated five minutes after the key was rotated out, and covering the truck's time: in every other way
+    # a pass the reconcile would take.
+    iat = int(datetime.now(UTC).timestamp()) - 300
+    forged = sign_jwt({**payload(token), "iat": iat, "exp": iat + 600}, old, typ=PASS_TYP, alg=PASS_ALG)
+    got = _post(gate, _report(gate, 2, token=forged))
+    assert got.status_code == 200, got.text
+    assert (got.json()["verdict"], got.json()["flag"]) == ("flagged", "pass_invalid")
+    assert gate.state(rid) == "nominated"
+    assert [r.flag for r in offline_rows(gate)] == ["pass_invalid"]
+
+
+def _header_kid(token: str) -> str:
+    head = token.split(".")[0]
+    return str(json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))["kid"])
