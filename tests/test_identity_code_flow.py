@@ -3,6 +3,7 @@ and every way in an attacker would try, each refused with the spec's error."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -335,6 +336,25 @@ def test_max_age_forces_login(flow: Flow) -> None:
     assert urlsplit(resp.headers["location"]).path == "/login"
     assert query(flow.authorize(client_id, max_age="60", prompt="none"))["error"] == "login_required"
     assert "code" in query(flow.authorize(client_id, max_age="7200"))
+
+
+@pytest.mark.parametrize("max_age", ["0", "1"])
+def test_a_login_after_the_request_meets_a_max_age_shorter_than_it_took(flow: Flow, max_age: str) -> None:
+    """Review 120, finding 5: max_age=0 (OIDC Core §3.1.2.1: like prompt=login) or a few seconds, and a
+    login that took longer: the resume after that fresh login gives the code, not /login again."""
+    client_id = flow.driver_app()
+    person = flow.person()
+    flow.login(person, ago=5)
+    resp = flow.authorize(client_id, max_age=max_age)
+    loc = urlsplit(resp.headers["location"])
+    assert loc.path == "/login"
+    flow.login(person)  # the fresh login, after the request
+    time.sleep(1.1)  # the person takes longer than max_age to come back
+    done = flow.http.get(parse_qs(loc.query)["return_to"][0], follow_redirects=False)
+    assert "code" in query(done), done.headers["location"]
+    # A login older than max_age and made before the request is still refused.
+    flow.login(person, ago=5)
+    assert query(flow.authorize(client_id, max_age=max_age, prompt="none"))["error"] == "login_required"
 
 
 def test_acr_values_stronger_than_the_session_forces_login(flow: Flow) -> None:

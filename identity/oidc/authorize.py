@@ -19,7 +19,9 @@ Decisions (documented in discovery and here):
   registered by the port authority or an integrator it approved (consent is given at registration),
   and one browser holds one person's session. ``prompt=none`` with any other value is invalid.
 - ``prompt=login`` asks for a login that happened after this request was made; the request keeps its
-  creation time while the person logs in, so resuming it after the login passes.
+  creation time while the person logs in, so resuming it after the login passes. ``max_age`` is met
+  by such a login too, however long it took (``max_age=0`` works as ``prompt=login``), and otherwise by
+  a login at most max_age seconds ago.
 - ``acr_values``: the weakest known value is the floor (identity.domain.assurance.weakest_acceptable);
   the client's ``min_acr`` raises it. Unknown values alone are ignored (OIDC Core §3.1.2.1: voluntary).
 - Parameters are used once: a repeated parameter is invalid (RFC 6749 §3.1).
@@ -120,7 +122,7 @@ class AuthorizationRequest:
     max_age: int | None
     acr: str | None  # the weakest acr the session must satisfy (client min_acr, acr_values)
     dpop_jkt: str | None
-    created_at: float  # seconds since the epoch, for prompt=login
+    created_at: float  # seconds since the epoch, for prompt=login and max_age
     pushed: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -241,8 +243,11 @@ def login_needed(req: AuthorizationRequest, session: LoginSession | None, *, now
     auth_time = session.auth_time.timestamp()
     if "login" in req.prompt and auth_time < req.created_at:
         return "prompt_login"  # OIDC Core §3.1.2.1: reauthenticate
-    if req.max_age is not None and now.timestamp() - auth_time > req.max_age:
-        return "max_age"  # OIDC Core §3.1.2.1: too long since the person logged in
+    # OIDC Core §3.1.2.1: too long since the person logged in. A login after the request was made is
+    # as fresh as the request can ask: else a max_age shorter than the login takes (0: "like
+    # prompt=login") would send the resume back to the login page for ever (review 120, finding 5).
+    if req.max_age is not None and auth_time < req.created_at and now.timestamp() - auth_time > req.max_age:
+        return "max_age"
     if not assurance.satisfies(session.acr, req.acr):
         return "acr"
     return None
