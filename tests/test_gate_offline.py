@@ -695,24 +695,54 @@ def test_offline_never_allows_without_a_refresh(gate: Gate, adapters: list[Adapt
     assert uuid.UUID(got["decision_id"])
 
 
-def test_online_uses_are_read_from_the_oldest_pass_on_offline_ones_all(tmp_path: Path) -> None:
-    """Outbox rule 7, bounded: an online use older than ``online_since`` (the oldest pass held, less a
-    margin) is in every pass held and is not read again at each offline decision; an offline use is
-    always read, whatever its age: the service may not know it yet."""
+def test_uses_are_read_by_right_every_one_kept_whatever_their_time(tmp_path: Path) -> None:
+    """Outbox rule 7: every use kept (online or offline) of the rights asked for, however old by the
+    adapter's clock; a right not asked for is not read."""
     import uuid
 
     clock = [1_000_000.0]
     box = Outbox(tmp_path / "outbox.sqlite3", wall=lambda: clock[0])
     try:
-        online, offline = str(uuid.uuid4()), str(uuid.uuid4())
-        for rid in ("a", "b"):
+        online, offline, other = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+        for rid in ("a", "b", "c"):
             assert box.put({"request_id": rid, "lane": "in-1", "direction": "in", "mode": "commit"})
         box.done("a", {"decision": "allow", "committed": True, "direction": "in", "release_id": online})
         assert box.decide_offline("b", {"decision": "allow"}, {
             "release_id": offline, "request": {"lane": "in-1", "mode": "commit", "direction": "in"}})
-        clock[0] += 3600
-        assert box.offline_uses() == {"in": {online, offline}, "out": set()}
-        assert box.offline_uses(online_since=1_000_000.0) == {"in": {online, offline}, "out": set()}
-        assert box.offline_uses(online_since=1_000_000.5) == {"in": {offline}, "out": set()}
+        box.done("c", {"decision": "allow", "committed": True, "direction": "out", "release_id": other})
+        clock[0] += 3 * 86400  # within keep_days
+        assert box.offline_uses() == {"in": {online, offline}, "out": {other}}
+        assert box.offline_uses(rights=[online, offline]) == {"in": {online, offline}, "out": set()}
+        assert box.offline_uses(rights=[other]) == {"in": set(), "out": {other}}
+        assert box.offline_uses(rights=[]) == {"in": set(), "out": set()}
     finally:
         box.close()
+
+
+def test_an_online_use_stamped_by_a_clock_held_back_still_counts_offline(
+        gate: Gate, adapters: list[Adapter], tmp_path: Path) -> None:
+    """Review 121, finding 3. The attack: NTP spoofed, the adapter's clock is right at the pass refresh,
+    then held an hour back while lane 1 commits a gate-in online (the use stamped an hour early), put right
+    again, and the uplink cut before the next refresh. The use counts at lane 2 all the same (already_used):
+    uses are read by right, never "since the oldest pass" by the adapter's clock."""
+    import time
+
+    rid = gate.pickable(1)
+    a = adapters[0]
+    wall = [time.time()]
+    a.outbox.close()
+    a.outbox = Outbox(tmp_path / "held-back.sqlite3", wall=lambda: wall[0])
+    a.offline = OfflineMode(a.online, a.store, a.outbox)
+    assert a.offline.refresh() == 1  # the clock right: nothing behind at the refresh
+    wall[0] = time.time() - 3600  # held back for the online commit
+    first = _at_lane(a, "in-1", "in", service_up=True)
+    assert first.response is not None and not first.offline, first.error
+    assert (first.decision, first.response["committed"]) == ("allow", True)
+    assert gate.state(rid) == "gated_in"
+    wall[0] = time.time()  # put right, and the uplink cut before the next refresh
+    a.down()
+    second = _at_lane(a, "in-2", "in", service_up=False)
+    assert second.offline and second.response is not None
+    assert (second.decision, second.response["reasons"]) == ("deny", ["already_used"]), second.response
+    assert second.response["offline"]["basis"] == "pass"
+    assert [c.command for c in a.barrier.commands] == ["open", "hold"]

@@ -42,8 +42,10 @@ Rules:
 6. A right this adapter used counts as used (``LocalUses``, outbox.py rule 7): the allows it gave offline
    AND the gate-ins and gate-outs the service committed online for its lanes. A pass fetched before an
    online use still shows the right unused; without this a lent badge and plate would pass a second
-   lane of the same adapter once the uplink is cut. The uses are stamped by our clock and the passes by
-   the service's: how far ours was behind at the refresh widens the window read.
+   lane of the same adapter once the uplink is cut. Every use kept (``keep_days``) of the rights of the
+   passes held is read, never those "since" a time: the uses are stamped by our wall clock, and a clock
+   held back during an online commit (NTP spoofed) stamped one too early for any window to reach it
+   (review 121, finding 3). A right gated in is never nominated again, so an old use misleads nothing.
 7. The outbox's offline decisions are a sealed chain (outbox.py rule 10). One that does not hold (a decision
    deleted, edited, moved, or marked acknowledged without the service's answer) is ``tampered``: the uses
    of rule 6 can no longer be told from the file, so every offline truck is a review (no pass judged, as a
@@ -98,9 +100,6 @@ log = logging.getLogger("gate_adapters.offline")
 
 MAX_PASS_LENGTH = 8192
 CLOCK_SLACK = timedelta(seconds=5)  # wall and monotonic clocks drift apart a little (NTP slews): not an alarm
-# An online use counts offline if it was decided less than this before the oldest pass held was issued:
-# the adapter's clock against the service's, with room to spare.
-ONLINE_USE_MARGIN = timedelta(minutes=10)
 
 
 def _service_time(answer: Mapping[str, Any], at: datetime, *, took: timedelta) -> datetime:
@@ -179,11 +178,6 @@ class Refresh:
 
     at: datetime
     service_at: datetime
-
-    @property
-    def offset(self) -> timedelta:
-        """How far the service's clock was ahead of ours at the refresh (negative: behind)."""
-        return self.service_at - self.at
 
 
 @dataclass(slots=True)
@@ -460,12 +454,9 @@ class OfflineMode:
             on_service = now if refresh is None else refresh.service_at + (now - refresh.at)
             judged = on_service if refresh is None or since is None else max(on_service, refresh.service_at + since)
             stored = self.store.passes(judged)
-            # Rule 6: online uses here too, those after the oldest pass held was issued (an earlier one is
-            # in every pass held), less a margin for the service's clock against ours, and less how far
-            # ours was behind the service's at the refresh (the uses are stamped by our clock).
-            oldest = min((p.issued_at for _, p in stored), default=judged)
-            behind = timedelta(0) if refresh is None else max(refresh.offset, timedelta(0))
-            uses = self.outbox.offline_uses(online_since=(oldest - ONLINE_USE_MARGIN - behind).timestamp())
+            # Rule 6: every use kept here of the rights of the passes held, online ones too, however our
+            # clock stamped them (never a window by that time: a clock held back at the use hid it).
+            uses = self.outbox.offline_uses(rights={str(p.right.id) for _, p in stored})
             if self.outbox.tampered is not None:
                 # Rule 7: the uses above may lack one deleted from the file: no pass is judged, a review.
                 log.error("gate.offline.outbox_tampered", extra={"request_id": request_id,

@@ -46,10 +46,11 @@ Rules:
    ``online_uses`` in the same transaction as the answer, and ``offline_uses`` returns those with the
    offline ones: after an online gate-in at one lane and a cut uplink, offline mode must not let the
    same badge and plate in again at another lane on a pass fetched before that gate-in. Kept
-   ``keep_days`` like the request (a pass lives minutes). An officer's override of a refused gate-in
-   (overrides.py) is such a use too: ``overridden`` keeps the override (``overrides``: who, why, what the
-   service said) and, unless the service refused it for good, notes the right used (``in``) in
-   ``online_uses`` against the refused request, in one transaction.
+   ``keep_days`` like the request (a pass lives minutes), and read by right, every one kept, never by
+   the time our wall clock stamped it (a clock held back hid a use from such a window; review 121).
+   An officer's override of a refused gate-in (overrides.py) is such a use too: ``overridden`` keeps the
+   override (``overrides``: who, why, what the service said) and, unless the service refused it for good,
+   notes the right used (``in``) in ``online_uses`` against the refused request, in one transaction.
 8. The file's schema is versioned (``PRAGMA user_version``, ``SCHEMA_VERSION``): an adapter upgraded in
    place migrates the file it finds, once, in one transaction (another process, the latch command,
    may open the same file). Version 1 added ``online_uses`` and filled it from the answers already kept;
@@ -91,7 +92,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,7 @@ CREATE TABLE IF NOT EXISTS online_uses (
     decided_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS online_uses_decided ON online_uses (decided_at);
+CREATE INDEX IF NOT EXISTS online_uses_release ON online_uses (release_id);  -- rule 7: read by right
 CREATE TABLE IF NOT EXISTS overrides (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id  TEXT NOT NULL,  -- the refused request an officer overrode (verify_requests)
@@ -718,19 +720,27 @@ class Outbox:
                 raise
         return True
 
-    def offline_uses(self, *, online_since: float | None = None) -> dict[str, set[str]]:
+    def offline_uses(self, *, rights: Iterable[str] | None = None) -> dict[str, set[str]]:
         """Release ids used here, by direction (``in``/``out``), for offline mode to count as used: let
-        through offline, or committed by the service for a request of this outbox (rule 7). ``online_since``
-        (wall-clock seconds): only the online uses from then on, those a pass fetched earlier cannot show
-        (an older one is in every pass issued since); the offline ones all, the service may not know them.
+        through offline, or committed by the service for a request of this outbox (rule 7), every one kept.
+        ``rights``: only the uses of these release ids (those of the passes held; None: all).
+
+        Never windowed by the time a use was stamped (review 121, finding 3): that time is this adapter's
+        wall clock, and a clock held back during an online commit (NTP spoofed) stamped the use too early
+        for a window of "since the oldest pass held" to reach it, so a second lane let the right in again
+        offline. Every kept use of the rights in question is few rows (a right is used once each way), and
+        a right once gated in never is nominated again (domain/release.py), so an old use misleads nothing.
         The chain is walked first (rule 10): a use deleted from it shows as ``tampered``."""
         self.check()
+        sql = ("SELECT used, release_id FROM offline_decisions WHERE used IS NOT NULL AND release_id IS NOT NULL"
+               "{only} UNION SELECT used, release_id FROM online_uses WHERE 1 = 1{only}")
         with self._lock:
-            rows = self._db.execute(
-                "SELECT used, release_id FROM offline_decisions WHERE used IS NOT NULL AND release_id IS NOT NULL "
-                "UNION SELECT used, release_id FROM online_uses WHERE decided_at >= ?",
-                (float("-inf") if online_since is None else online_since,)
-            ).fetchall()
+            if rights is None:
+                rows = self._db.execute(sql.format(only="")).fetchall()
+            else:
+                wanted = json.dumps(sorted(set(rights)))
+                only = " AND release_id IN (SELECT value FROM json_each(?))"
+                rows = self._db.execute(sql.format(only=only), (wanted, wanted)).fetchall()
         out: dict[str, set[str]] = {"in": set(), "out": set()}
         for used, release_id in rows:
             out.setdefault(str(used), set()).add(str(release_id))

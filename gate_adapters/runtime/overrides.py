@@ -21,9 +21,9 @@ Rules:
 3. When in doubt, a use (fail closed): the override at the service is not idempotent (a second try
    answers 409 ``already_used``), so an answer lost on the way (no answer after the client's retries, a
    429 or a refused token after a try that may have landed) may hide a gate-in. Only a final refusal
-   other than ``already_used`` says the right was not let in. A use noted wrongly costs little: it
-   counts only while a pass held may predate it (offline.py ``ONLINE_USE_MARGIN``), and then offline
-   mode refuses that right (``already_used``), never lets one in.
+   other than ``already_used`` says the right was not let in. A use noted wrongly costs little: offline
+   mode refuses that right (``already_used``), never lets one in, and only while the outbox keeps the
+   use (``keep_days``) and a pass for the right is held.
 4. Every override asked is kept in the outbox (``overrides``: who, why, what the service said) and logged
    ``gate.lane.overridden`` (or ``gate.lane.override_refused.<code>``, ``gate.lane.override_unanswered``)
    with the officer's name. The service knows only this adapter's gate client: the reason it keeps
