@@ -64,7 +64,7 @@ def cmd_person_set_national_id(args: argparse.Namespace) -> int:
     container = Container.build(settings)
     try:
         deactivated = set_national_id(container.engine, person, number, pepper=settings.pepper_bytes(),
-                                      now=container.clock.now(), actor="cli")
+                                      now=container.clock.now(), actor="cli", replace_reason=args.replace)
     except NationalIdRefused as exc:
         print(f"cannot set the national register number: {exc}", file=sys.stderr)
         return 2
@@ -85,4 +85,6 @@ def add_commands(sub: Any, person_sub: Any) -> None:
     national = person_sub.add_parser("set-national-id",
                                      help="link a person to his national register number, read from stdin")
     national.add_argument("person_id")
+    national.add_argument("--replace", metavar="REASON",
+                          help="replace the number the person is linked to now, saying why (on the audit trail)")
     national.set_defaults(func=cmd_person_set_national_id)
