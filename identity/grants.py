@@ -8,7 +8,9 @@ rotated (or revoked) token again means it was stolen or replayed, so the whole g
 
 Refresh token lifecycle::
 
-    active --rotate() / rotate_prepared()--> rotated --presented again--> grant revoked (reuse detected)
+    active --rotate() / rotate_prepared()--> rotated --presented again--> grant revoked (reuse detected;
+      |                                                  of a grant bound to a DPoP key, only by a presenter
+      |                                                  proving that key: ``key_proven``)
       |
       +--revoke_grant() (logout, revocation endpoint, code reuse, reuse detected,
       |                  revoke_person: a passkey removed or suspended)--> revoked
@@ -184,12 +186,26 @@ def _grant(row: Any) -> Grant:
 
 
 class RefreshRefused(Exception):
-    """``reason``: unknown, expired, revoked, reused (the family has now been revoked), wrong_client."""
+    """``reason``: unknown, expired, revoked, reused (the family has now been revoked), wrong_client (its
+    grant has now been revoked); or, for a grant bound to a DPoP key whose presenter did not prove that
+    key, reused_unproven and wrong_client_unproven (nothing revoked, nothing written: ``key_proven``)."""
 
     def __init__(self, reason: str, grant_id: uuid.UUID | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.grant_id = grant_id
+
+
+def key_proven(bound_jkt: str | None, proof_jkt: str | None) -> bool:
+    """May a refresh token of a grant bound to ``bound_jkt`` be judged stolen on this request, and its
+    family revoked? Only when the presenter proved that key (``proof_jkt``: the thumbprint of the key
+    the request's DPoP proof was verified with; None without a proof). A bound family is spent only
+    with its key (RFC 9449 §5), so without it another client's presentation or a rotated token's replay
+    harms no one, and taking it for theft would let whoever copied the token -- from a log, a backup,
+    a screenshot -- end the driver's family by naming another public client or the rotated token alone
+    (review 120, finding 2). With the key, a replay is what RFC 9700 §4.14.2 guards against: the family
+    goes. An unbound grant is judged as before: its token is all a holder needs."""
+    return bound_jkt is None or bound_jkt == proof_jkt
 
 
 class RevocationList:
@@ -495,6 +511,7 @@ class GrantStore:
         client_id: str,
         now: datetime,
         check: Callable[[Grant], None] | None = None,
+        jkt: str | None = None,
     ) -> Rotation:
         """Use a refresh token: mark it rotated and return its grant, a new token and the grant's holder.
 
@@ -510,6 +527,11 @@ class GrantStore:
         a refused token rolls that transaction back before the diagnosis (see below). Raises
         RefreshRefused; on ``reused`` and ``wrong_client`` the grant has been revoked in ``conn``'s
         transaction, which the caller must commit (the refusal is the point: RFC 9700 §4.14.2).
+
+        ``jkt``: the key the request's DPoP proof proved (None: no proof). A grant bound to a key is
+        revoked for another client's use or a reuse only when ``jkt`` is that key (``key_proven``); else
+        the refusal is ``wrong_client_unproven`` or ``reused_unproven``, and the caller rolls back: the
+        token it consumed is active again, and nothing is written.
         """
         h = token_hash(token) if token.startswith(REFRESH_PREFIX) else None
         rows: list[Any] = []
@@ -528,9 +550,11 @@ class GrantStore:
             # holding it would lock token-then-grant against another loser's grant-then-token: a
             # deadlock. Nothing was changed, so end the transaction and diagnose in a fresh one.
             conn.rollback()
-            raise self._why_not(conn, h, client_id=client_id, now=now)
+            raise self._why_not(conn, h, client_id=client_id, now=now, jkt=jkt)
         grant = _grant(rows[0])
         if grant.client_id != client_id:
+            if not key_proven(grant.dpop_jkt, jkt):  # the caller rolls the consumption back
+                raise RefreshRefused("wrong_client_unproven", grant.id)
             # RFC 6749 §6: the token was issued to another client. Treat as theft of that client's token.
             self.revoke_grant(conn, grant.id, reason="refresh_wrong_client", now=now)
             raise RefreshRefused("wrong_client", grant.id)
@@ -571,18 +595,22 @@ class GrantStore:
             "new_h": token_hash(rotation.token), "expires": now + self._refresh_ttl, **entry_params(*entry),
         }).first() is not None
 
-    def _why_not(self, conn: sa.Connection, h: str | None, *, client_id: str, now: datetime) -> RefreshRefused:
-        """Why a token could not be used; revokes the grant of a reused or stolen token."""
+    def _why_not(self, conn: sa.Connection, h: str | None, *, client_id: str, now: datetime,
+                 jkt: str | None) -> RefreshRefused:
+        """Why a token could not be used; revokes the grant of a reused or stolen token (of a grant bound
+        to a DPoP key, only when ``jkt`` proves that key: ``key_proven``)."""
         row = None
         if h is not None:
             row = conn.execute(
-                sa.select(refresh_tokens, grants.c.client_id, grants.c.revoked_at)
+                sa.select(refresh_tokens, grants.c.client_id, grants.c.revoked_at, grants.c.dpop_jkt)
                 .select_from(refresh_tokens.join(grants, grants.c.id == refresh_tokens.c.grant_id))
                 .where(refresh_tokens.c.token_hash == h)
             ).first()
         if row is None:
             return RefreshRefused("unknown")
         if row.client_id != client_id:
+            if not key_proven(row.dpop_jkt, jkt):
+                return RefreshRefused("wrong_client_unproven", row.grant_id)
             self.revoke_grant(conn, row.grant_id, reason="refresh_wrong_client", now=now)
             return RefreshRefused("wrong_client", row.grant_id)
         if row.revoked_at is not None or row.status == "revoked":
@@ -590,6 +618,8 @@ class GrantStore:
         if row.expires_at <= now or row.status == "active":  # active but not taken: past its expiry
             return RefreshRefused("expired", row.grant_id)
         # rotated before: a replay, or the loser of a race with the thief
+        if not key_proven(row.dpop_jkt, jkt):
+            return RefreshRefused("reused_unproven", row.grant_id)
         self.revoke_grant(conn, row.grant_id, reason="refresh_reuse", now=now)
         return RefreshRefused("reused", row.grant_id)
 

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from joserfc import jws
 from starlette.datastructures import Headers
 
+from identity.bootstrap import create_client
 from identity.grants import token_hash
 from identity.oidc.server import FormRequest
 from identity.tokens import InvalidToken
@@ -423,3 +424,93 @@ def test_a_failed_write_leaves_everything_as_it_was(pg_env: Lifecycle) -> None:
 def _revoked_reason(env: Lifecycle, gid: Any) -> str | None:
     with env.engine.connect() as conn:
         return conn.execute(sa.select(grants.c.revoked_reason).where(grants.c.id == gid)).scalar()
+
+
+# ---- review 120, finding 2: a thief without the DPoP key cannot end a bound family ------------------------
+
+def _admin_console(env: Lifecycle) -> str:
+    """A second public client (auth none) with the refresh_token grant: the admin console, as deployed."""
+    client_id, _ = create_client(env.engine, name="admin console", role="admin_console", organisation_id=None,
+                                 auth_method="none", redirect_uris=["https://admin.example/callback"], now=utcnow())
+    return client_id
+
+
+def test_a_bound_token_under_another_public_client_without_its_key_revokes_nothing(env: Lifecycle) -> None:
+    """The reviewer's demonstration: the driver's DPoP-bound token presented, with no proof, under the
+    admin console's client id. Before the mend its grant was revoked (refresh_wrong_client) and the
+    driver's next refresh, with the right key, refused."""
+    driver, console = env.driver_app(), _admin_console(env)
+    key = dpop_key()
+    gid, token = env.grant(driver, env.person(), scope="openid offline_access", dpop_jkt=thumbprint(key))
+    stolen = env.refresh(token, console)
+    assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
+    other_key = env.refresh(token, console, dpop=dpop_proof(dpop_key()))
+    assert other_key.status_code == 400 and other_key.json()["error"] == "invalid_grant"
+    assert _revoked_reason(env, gid) is None and _status(env, token) == "active"  # nothing written
+    assert "identity.refresh.wrong_client" not in _audit_kinds(env)
+    ok = env.refresh(token, driver, dpop=dpop_proof(key))
+    assert ok.status_code == 200, ok.text
+
+
+def test_a_bound_token_under_another_client_with_its_key_is_theft_as_before(env: Lifecycle) -> None:
+    driver, console = env.driver_app(), _admin_console(env)
+    key = dpop_key()
+    gid, token = env.grant(driver, env.person(), scope="openid offline_access", dpop_jkt=thumbprint(key))
+    proof = dpop_proof(key)
+    r = env.refresh(token, console, dpop=proof)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    assert _revoked_reason(env, gid) == "refresh_wrong_client"
+    assert "identity.refresh.wrong_client" in _audit_kinds(env)
+    # The proof was claimed before the family was judged: the same request again is a replay.
+    assert env.refresh(token, console, dpop=proof).json()["error"] == "invalid_dpop_proof"
+
+
+def test_an_unbound_token_under_another_public_client_still_revokes_its_grant(env: Lifecycle) -> None:
+    driver, console = env.driver_app(), _admin_console(env)
+    gid, token = env.grant(driver, env.person(), scope="openid offline_access")
+    assert env.refresh(token, console).json()["error"] == "invalid_grant"
+    assert _revoked_reason(env, gid) == "refresh_wrong_client"
+
+
+def test_a_rotated_bound_token_without_its_key_is_refused_and_revokes_nothing(env: Lifecycle) -> None:
+    """A copy of a DPoP-bound token the driver has since rotated, replayed without a proof (or with
+    another key's): refused as invalid_dpop_proof, the family untouched. Before the mend: reuse, the
+    family revoked (refresh_reuse)."""
+    driver = env.driver_app()
+    key = dpop_key()
+    gid, first = env.grant(driver, env.person(), scope="openid offline_access", dpop_jkt=thumbprint(key))
+    one = env.refresh(first, driver, dpop=dpop_proof(key))
+    assert one.status_code == 200, one.text
+    for proof in (None, dpop_proof(dpop_key())):
+        replay = env.refresh(first, driver, dpop=proof)
+        assert replay.status_code == 400 and replay.json()["error"] == "invalid_dpop_proof"
+    assert _revoked_reason(env, gid) is None
+    assert "identity.refresh.reuse_detected" not in _audit_kinds(env)
+    two = env.refresh(one.json()["refresh_token"], driver, dpop=dpop_proof(key))
+    assert two.status_code == 200, two.text
+
+
+def test_a_rotated_bound_token_with_its_key_is_reuse_as_before(env: Lifecycle) -> None:
+    driver = env.driver_app()
+    key = dpop_key()
+    gid, first = env.grant(driver, env.person(), scope="openid offline_access", dpop_jkt=thumbprint(key))
+    one = env.refresh(first, driver, dpop=dpop_proof(key)).json()
+    replay = env.refresh(first, driver, dpop=dpop_proof(key))
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+    assert _revoked_reason(env, gid) == "refresh_reuse"
+    assert env.refresh(one["refresh_token"], driver, dpop=dpop_proof(key)).json()["error"] == "invalid_grant"
+
+
+def test_on_postgresql_a_bound_token_without_its_key_revokes_nothing(pg_env: Lifecycle) -> None:
+    """The same on PostgreSQL, whose one statement consumes another client's token before the grant is
+    read: the refusal rolls that back."""
+    env = pg_env
+    driver, console = env.driver_app(), _admin_console(env)
+    key = dpop_key()
+    gid, token = env.grant(driver, env.person(), scope="openid offline_access", dpop_jkt=thumbprint(key))
+    assert env.refresh(token, console).json()["error"] == "invalid_grant"
+    assert _revoked_reason(env, gid) is None and _status(env, token) == "active"
+    one = env.refresh(token, driver, dpop=dpop_proof(key))
+    assert one.status_code == 200, one.text
+    assert env.refresh(token, driver).json()["error"] == "invalid_dpop_proof"
+    assert _revoked_reason(env, gid) is None

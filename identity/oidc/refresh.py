@@ -27,7 +27,8 @@ full path), which tells every refusal apart.
 
     full path (one transaction):
       -> with a proof not yet claimed: the token looked up (GrantStore.find_by_refresh); this client's,
-         whatever its state? the proof's jti claimed                used -> invalid_dpop_proof, nothing
+         whatever its state, or bound to the proof's key? the proof's jti claimed
+                                                                     used -> invalid_dpop_proof, nothing
                                                                         written
       -> GrantStore.rotate: UPDATE ... SET status='rotated' WHERE status='active' AND unexpired
          RETURNING grant_id (one statement; the row lock lets one concurrent use through)
@@ -36,7 +37,11 @@ full path), which tells every refusal apart.
                                                                         (every refresh token of the grant,
                                                                         every access token it issued),
                                                                         audited, invalid_grant
+             ... of a grant bound to a DPoP key, without a proof of it -> invalid_dpop_proof, nothing
+                                                                        revoked or written
            another client's token                                    -> its grant revoked (stolen), invalid_grant
+             ... of a grant bound to a DPoP key, without a proof of it -> invalid_grant, rolled back:
+                                                                        nothing revoked or written
            grant revoked                                             -> invalid_grant, rolled back
       -> check(grant): bound to a DPoP key and the proof's key differs? -> invalid_dpop_proof, rolled back
                        asked scope within the grant's (§6: never wider)? no -> invalid_scope, rolled back
@@ -46,11 +51,16 @@ full path), which tells every refusal apart.
 
 The refusals that must change nothing are rolled back with the rotation (or, on the fast path, come
 before anything is written), so an attacker holding a stolen DPoP-bound token without its key cannot
-burn it (and thereby revoke the victim's family). Every refusal is logged by run_exchange, and audited
+burn it, nor revoke the victim's family: not with the active token under its own client id (the DPoP
+check), nor under another public client's id (the admin console's, say), nor by replaying a token
+already rotated (GrantStore ``key_proven``, RFC 9449 §5: such a token is spent only with its key; review
+120, finding 2). Whoever proves the key is judged as any holder of an unbound token: another client's
+use or a reuse revokes the family (RFC 9700 §4.14.2). Every refusal is logged by run_exchange, and audited
 but for an unknown token from a public client (``GrantRefused.audited``); a refused DPoP claim is
 answered as the proof's error (invalid_dpop_proof, use_dpop_nonce), logged, before anything is judged.
 
-The DPoP proof's jti is claimed only once the token is found and is this client's: an unknown token
+The DPoP proof's jti is claimed only once the token is found and is this client's (or, another
+client's, is bound to the proof's key: its family is about to be revoked): an unknown token
 costs no write in the cache (an anonymous caller, with a public client's id, could otherwise make it
 keep a claim per request). It is claimed before the token is consumed or anything issued, and, on the
 full path, before a rotated token is judged reuse: a replayed request (the same proof, the same token),
@@ -144,10 +154,12 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
         scope = ""
         if getattr(self.request, "dpop_unclaimed", None) is not None:
             found = self.server.grants.find_by_refresh(conn, form["refresh_token"])
-            if found is not None and found[0].client_id == record.client_id:
-                # This client's token, whatever its state: the proof's one use, before a rotated token
-                # is judged reuse (a replay of the request that rotated it revokes nothing). The read
-                # writes nothing, so rotate may still end this transaction before its diagnosis.
+            if found is not None and (found[0].client_id == record.client_id
+                                      or (found[0].dpop_jkt is not None and found[0].dpop_jkt == jkt)):
+                # This client's token, whatever its state, or one whose key the proof proves: the
+                # proof's one use, before a rotated token is judged reuse or another client's use judged
+                # theft (a replay of the request, its proof copied, revokes nothing). The read writes
+                # nothing, so rotate may still end this transaction before its diagnosis.
                 self.server.claim_dpop(self.request)
 
         def check(grant: Grant) -> None:  # raising rolls the rotation back: the token stays usable
@@ -157,7 +169,7 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
 
         try:
             rotation = self.server.grants.rotate(conn, form["refresh_token"], client_id=record.client_id, now=now,
-                                                 check=check)
+                                                 check=check, jkt=jkt)
         except RefreshRefused as exc:
             raise self._refused(conn, record, exc, now) from None
         return self._tokens(conn, record, rotation, scope, jkt, now)
@@ -220,6 +232,17 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
             audit.record("identity.refresh.wrong_client", at=now, actor={"client_id": record.client_id},
                          subject=str(exc.grant_id), data={"grant_id": str(exc.grant_id)}, conn=conn)
             return _Refused("wrong_client", "Invalid refresh token.", keep=True, grant_id=exc.grant_id)
+        if exc.reason == "reused_unproven":
+            # A rotated token of a family bound to a DPoP key, without a proof of that key: refused as
+            # its active successor would be (RFC 9449 §5), nothing revoked (GrantStore ``key_proven``).
+            log.info("identity.refresh.reuse_unproven")
+            return _Refused(exc.reason, "A DPoP proof with the key this token is bound to is required.",
+                            error=InvalidDPoPProofError, grant_id=exc.grant_id)
+        if exc.reason == "wrong_client_unproven":
+            # Another client's token bound to a key not proven: not this client's, so answered as an
+            # invalid one (nothing told about the other client's family), and nothing revoked.
+            log.info("identity.refresh.wrong_client_unproven")
+            return _Refused(exc.reason, "Invalid refresh token.", grant_id=exc.grant_id)
         # A token that does not exist (no grant) presented by a public client: logged, not audited
         # (GrantRefused.audited).
         return _Refused(exc.reason, "Invalid refresh token.", grant_id=exc.grant_id,
