@@ -64,16 +64,26 @@ Refusals: the OAuth endpoints answer ``429`` with ``Retry-After`` and an OAuth e
 "ask less often", the one OAuth clients already handle); the WebAuthn endpoints, whose errors are RFC
 9457 problems, answer a problem with code ``rate_limited``.
 
-The per-client count only counts requests in which the named client authenticated (with its secret or
-its assertion): client authentication says so through ``client_authenticated``, into a cell the
-middleware sets for the request (a context variable; the route's thread pool carries it, quaygate/
-threads.py). Someone who cannot authenticate as a client cannot spend that client's allowance by
-naming it, in the form's client_id, the Basic header or an assertion's ``sub``, whatever the answer
-(401 invalid_client, or a 400 found before the client was authenticated: an unknown grant_type, a
-malformed form): a denial of service on a victim client. Their requests still count against their
-address. For the same reason a request that carries no client credential (a public client's: the
-driver app's refresh) has no per-client count at all, only its address's: anyone can name a public
-client.
+The per-client count only counts requests in which the client authenticated (with its secret or its
+assertion): client authentication says so through ``client_authenticated``, into a cell the
+middleware sets for every request to the OAuth endpoints (a context variable; the route's thread pool
+carries it, quaygate/threads.py). Someone who cannot authenticate as a client cannot spend that
+client's allowance by naming it, in the form's client_id, the Basic header or an assertion's ``sub``,
+whatever the answer (401 invalid_client, or a 400 found before the client was authenticated: an
+unknown grant_type, a malformed form): a denial of service on a victim client. Their requests still
+count against their address. For the same reason a request that carries no client credential (a
+public client's: the driver app's refresh) has no per-client count at all, only its address's: anyone
+can name a public client.
+
+The client the middleware reads from the request (the Basic header, or a form with a client_id and a
+credential) is only a guess, made so that a client over its allowance is refused before any scrypt or
+JWT work: its allowance is checked before the route, and the request counted after it once that client
+authenticated. The client that authenticated is the truth. When it is not the one guessed, a form the
+sniffing cannot read (private_key_jwt without the optional client_id, RFC 7523 §2.2 and §3; a
+percent-encoded ``client%5Fsecret``, which the route decodes), ``client_authenticated`` counts it there
+and then, one INCR (no database round trip), and client authentication answers as the middleware would,
+429 ``slow_down``, once its allowance is spent (review 120, finding 4: such requests were not counted
+at all). The common case, a client the middleware read, keeps the early refusal and costs nothing more.
 
 The client address is the ASGI ``client``, as ``quaygate serve`` has uvicorn set it: the peer's, or,
 on a request from a proxy named in QUAYGATE_FORWARDED_ALLOW_IPS (or ``quaygate serve
@@ -480,18 +490,37 @@ def client_id_from_form(body: bytes) -> str | None:
     return values[0] if len(values) == 1 and 0 < len(values[0]) <= MAX_CLIENT_ID_LENGTH else None
 
 
-# The clients that authenticated in the request being served, set by the middleware for requests that
-# name a client; None elsewhere (nothing to tell).
-_authenticated: ContextVar[list[str] | None] = ContextVar("quaygate_authenticated_clients", default=None)
+@dataclass
+class _Authentication:
+    """The middleware's cell for one OAuth request: the client whose allowance it checked before the
+    route (``guessed``, or None), how to count a client it did not check (``hit``: None, or the seconds
+    to wait), and whether the guessed client authenticated (then counted after the route)."""
+
+    guessed: str | None
+    hit: Callable[[str], int | None]
+    guessed_authenticated: bool = False
 
 
-def client_authenticated(client_id: str) -> None:
+# Set by the middleware for every request to the OAuth endpoints; None elsewhere (nothing to tell).
+_authenticated: ContextVar[_Authentication | None] = ContextVar("quaygate_authenticated_clients", default=None)
+
+
+def client_authenticated(client_id: str) -> int | None:
     """Client authentication's word that ``client_id`` proved itself in this request (its secret or
-    its signed assertion; never the ``none`` method, which anyone can use): the middleware counts the
-    request against that client's allowance only then."""
+    its signed assertion; never the ``none`` method, which anyone can use): the request counts against
+    that client's allowance. None to go on, else the seconds to wait: the client's allowance was spent,
+    answer 429 ``slow_down`` (only for a client the middleware did not read from the request; the one it
+    read was checked before the route: module docstring)."""
     cell = _authenticated.get()
-    if cell is not None:
-        cell.append(client_id)
+    if cell is None:
+        return None  # not behind the middleware, or limits off
+    if client_id == cell.guessed:
+        cell.guessed_authenticated = True  # checked before the route, counted after it
+        return None
+    retry = cell.hit(client_id)
+    if retry is not None:
+        log.info("identity.ratelimit.refused.client")
+    return retry
 
 
 class RateLimitMiddleware:
@@ -541,16 +570,20 @@ class RateLimitMiddleware:
             log.info("identity.ratelimit.refused.%s", family)
             await _too_many(send, family, retry)
             return
-        if client_id is None:
+        if family != "oauth":
             await self.app(scope, receive, send)
             return
-        authenticated: list[str] = []
-        token = _authenticated.set(authenticated)
+
+        def hit(authenticated: str) -> int | None:  # in the route's thread, once its client authenticated
+            return limiter.hit(f"ep:client:{authenticated}", limits.per_client, limits.window)
+
+        cell = _Authentication(client_id, hit)
+        token = _authenticated.set(cell)
         try:
             await self.app(scope, receive, send)
         finally:
             _authenticated.reset(token)
-        if client_id in authenticated:
+        if cell.guessed_authenticated:
             limiter.hit(f"ep:client:{client_id}", limits.per_client, limits.window)
 
 

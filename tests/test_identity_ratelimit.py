@@ -398,6 +398,39 @@ def test_client_id_in_the_form_is_limited_and_the_body_still_reaches_the_route(p
     assert per_client.http.post("/oauth2/token", data=form).status_code == 429
 
 
+def _slowed(r: Any) -> bool:
+    """Answered as the rate limiter answers a client over its allowance."""
+    return (r.status_code == 429 and r.json()["error"] == "slow_down" and 1 <= int(r.headers["retry-after"]) <= 60
+            and r.headers["cache-control"] == "no-store")
+
+
+def test_a_client_the_form_does_not_name_is_limited_once_authenticated(per_client: Served) -> None:
+    """Review 120, finding 4: private_key_jwt without the optional client_id (RFC 7523 §2.2, the
+    assertion's sub names the client) was never counted against its client's allowance."""
+    key = rsa_key()
+    client_id, _ = line_client(per_client.engine, auth_method="private_key_jwt", jwks=public_jwks(key))
+    answers = [per_client.http.post("/oauth2/token", data=assertion_form(assertion(key, client_id)))
+               for _ in range(6)]
+    assert [r.status_code for r in answers] == [200, 200] + [429] * 4, answers[-1].text
+    assert all(_slowed(r) for r in answers[2:])
+    # Counted as one client, however it names itself: with the form's client_id too, still refused.
+    form = {**assertion_form(assertion(key, client_id)), "client_id": client_id}
+    assert _slowed(per_client.http.post("/oauth2/token", data=form))
+
+
+def test_a_percent_encoded_credential_is_limited_once_authenticated(per_client: Served) -> None:
+    """Review 120, finding 4: ``client%5Fsecret=`` (client_secret_post), which the route decodes and
+    accepts and the rate limiter's sniffing does not read; and at introspection as at the token endpoint."""
+    client_id, secret = line_client(per_client.engine, auth_method="client_secret_post")
+    body = f"grant_type=client_credentials&client_id={client_id}&client%5Fsecret={secret}"
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    answers = [per_client.http.post("/oauth2/token", content=body, headers=headers) for _ in range(6)]
+    assert [r.status_code for r in answers] == [200, 200] + [429] * 4, answers[-1].text
+    assert all(_slowed(r) for r in answers[2:])
+    introspect = f"token=x&client_id={client_id}&client%5Fsecret={secret}"
+    assert _slowed(per_client.http.post("/oauth2/introspect", content=introspect, headers=headers))
+
+
 def test_a_public_clients_requests_count_per_address_only(engine: sa.Engine, tmp_path: Path) -> None:
     """Anyone can name a public client (the driver app): a stranger's requests in its name must not
     spend an allowance that every driver's refresh depends on."""

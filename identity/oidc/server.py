@@ -19,7 +19,9 @@ Token request, as handled here::
 
 A client that fails to authenticate, whatever the way (unknown client, bad secret, bad assertion, no
 key, replayed jti), is answered 401 invalid_client with WWW-Authenticate (RFC 6749 §5.2), and only a
-client that did authenticate is counted against its own rate limit (ratelimit.client_authenticated).
+client that did authenticate is counted against its own rate limit (ratelimit.client_authenticated),
+and refused 429 slow_down here when the rate limiter could not tell it from the request and its
+allowance is spent.
 """
 
 from __future__ import annotations
@@ -366,7 +368,9 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
             error.status_code = 401
             raise
         if proven(request):  # "none" proves nothing: anyone can use it
-            ratelimit.client_authenticated(client.get_client_id())
+            retry = ratelimit.client_authenticated(client.get_client_id())
+            if retry is not None:  # its allowance spent (a client the rate limiter could not read)
+                raise SlowDownError(retry)
         return client
 
     def dpop_binding(self, request: OAuth2Request, record: ClientRecord) -> str | None:
@@ -434,6 +438,22 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         extra.setdefault("Cache-Control", "no-store")
         extra.setdefault("Pragma", "no-cache")
         return JSONResponse(body, status_code=status, headers=extra)
+
+
+class SlowDownError(OAuth2Error):  # type: ignore[misc]
+    """A client over its allowance, found once it authenticated: answered as the rate limiter answers
+    (identity.ratelimit: 429 ``slow_down``, RFC 8628 §3.5's code in RFC 6749 §5.2's shape, with
+    Retry-After, RFC 9110 §10.2.3)."""
+
+    error = "slow_down"
+    status_code = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(description=f"Too many requests; retry after {retry_after} seconds.")
+        self.retry_after = retry_after
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        return [*super().get_headers(), ("Retry-After", str(self.retry_after))]
 
 
 def _dpop_refused(exc: DPoPError) -> OAuth2Error:
