@@ -174,6 +174,7 @@ def cmd_org_create(args: argparse.Namespace) -> int:
 
     import sqlalchemy as sa
 
+    from identity.domain.bans import TERMINAL_CODE_FORM, is_terminal_code
     from release_service.domain.parties import OrgKind
 
     from .container import Container
@@ -186,6 +187,10 @@ def cmd_org_create(args: argparse.Namespace) -> int:
         return 2
     if not (args.eori or args.vat):
         print("an organisation is identified by --eori and/or --vat", file=sys.stderr)
+        return 2
+    if args.terminal_code is not None and not is_terminal_code(args.terminal_code):
+        # Review 123, finding 1: port-limited bans are screened by the port a terminal's code starts with.
+        print(f"--terminal-code {args.terminal_code!r}: a terminal code is {TERMINAL_CODE_FORM}", file=sys.stderr)
         return 2
     container = Container.build(_settings())
     org_id = uuid.uuid4()
@@ -367,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     org_create.add_argument("--kind", required=True)
     org_create.add_argument("--eori")
     org_create.add_argument("--vat")
-    org_create.add_argument("--terminal-code")
+    org_create.add_argument("--terminal-code", help="a terminal's code: its port's UN/LOCODE, a hyphen and its "
+                            "own code, e.g. BEANR-K1700")
     org_create.set_defaults(func=cmd_org_create)
     for verb, text in (("deactivate", "no tokens for its clients, no new rights, transfers or nominations"),
                        ("reactivate", "lift a deactivation")):

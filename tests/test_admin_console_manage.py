@@ -197,13 +197,23 @@ def test_port_security_manages_organisations(flow: Flow) -> None:
                             headers=_auth(token)), 422, "invalid_kind")
     _problem(flow.http.post("/admin/v1/organisations", json={**body, "kind": "terminal", "eori": "BE2"},
                             headers=_auth(token)), 422, "terminal_code")
+    # Review 123, finding 1: a terminal's code starts with its port's (port-limited bans are screened by it).
+    terminal = {**body, "name": "Kaai 1700", "kind": "terminal", "eori": "BE2"}
+    for code in ("K1700", "PSA-K1700", "MPET", "BEANRK1700", "BE-ANR-K1700", "beanr-k1700", "BEANR-"):
+        refused = _problem(flow.http.post("/admin/v1/organisations", json={**terminal, "terminal_code": code},
+                                          headers=_auth(token)), 422, "invalid_terminal_code")
+        assert "BEANR-K1700" in refused["detail"], refused
     assert _count(flow, organisations) == orgs  # nothing half-written
+    kaai = flow.http.post("/admin/v1/organisations", json={**terminal, "terminal_code": "BEANR-K1700"},
+                          headers=_auth(token))
+    assert kaai.status_code == 201 and kaai.json()["terminal_code"] == "BEANR-K1700", kaai.text
     found = flow.http.get("/admin/v1/organisations", params={"q": "van dam"}, headers=_auth(token)).json()["items"]
     assert [o["id"] for o in found] == [made.json()["id"]]
     # LIKE wildcards in the query are literal: "%" finds nothing rather than everything.
     assert flow.http.get("/admin/v1/organisations", params={"q": "%"}, headers=_auth(token)).json()["items"] == []
-    (actor, subject, _), = audit_entries(flow, "identity.admin.organisation.created")
-    assert (actor, subject) == ({"person_id": str(officer), "client_id": client_id}, made.json()["id"])
+    officer_actor = {"person_id": str(officer), "client_id": client_id}
+    assert [(actor, subject) for actor, subject, _ in audit_entries(flow, "identity.admin.organisation.created")] \
+        == [(officer_actor, made.json()["id"]), (officer_actor, kaai.json()["id"])]
 
 
 def test_port_security_registers_and_deactivates_clients(flow: Flow) -> None:

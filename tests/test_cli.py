@@ -58,6 +58,18 @@ def test_bad_organisation_kind_is_a_plain_message(env: Path, capsys: pytest.Capt
     assert "--eori" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("code", ["K1700", "PSA-K1700", "MPET", "BEANRK1700", "BE-ANR-K1700", "beanr-k1700"])
+def test_a_terminal_code_that_does_not_start_with_its_port_is_refused(env: Path, capsys: pytest.CaptureFixture[str],
+                                                                      code: str) -> None:
+    # Review 123, finding 1: port-limited bans are screened by the port a terminal's code starts with.
+    assert main(["org", "create", "--name", "Kaai", "--kind", "terminal", "--eori", "BE0777",
+                 "--terminal-code", code]) == 2
+    err = capsys.readouterr().err
+    assert "BEANR-K1700" in err and "Traceback" not in err
+    assert main(["org", "create", "--name", "Kaai", "--kind", "terminal", "--eori", "BE0777",
+                 "--terminal-code", "BEANR-K1700"]) == 0
+
+
 def test_duplicate_organisation(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["org", "create", "--name", "X", "--kind", "release_party", "--eori", "BE0123"]) == 0
     assert main(["org", "create", "--name", "Y", "--kind", "release_party", "--eori", "BE0123"]) == 1

@@ -32,6 +32,7 @@ from quaygate.schema import (
     webhook_deliveries,
     webhook_subscriptions,
 )
+from release_service.adapters.sqla.bans import SqlPortBanLookup
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.services import issue, nominate
@@ -651,6 +652,23 @@ def test_nomination_screens_bans_for_the_terminal_port_only(engine: sa.Engine, r
     with engine.begin() as conn:  # any new ban deactivates his badges; the badge office lets him work here
         conn.execute(badges.update().where(badges.c.person_id == p.driver).values(status="active"))
     assert _nominate(engine, p, right.id, p.driver)[0].nomination.driver_person_id == p.driver
+
+
+def test_a_port_limited_ban_applies_at_a_terminal_whose_code_names_no_port(engine: sa.Engine,
+                                                                         register: Register) -> None:
+    # Review 123, finding 1: the port was "whatever precedes the first hyphen", so a BEANR ban screened
+    # clear at a terminal registered as "K1700" (at the gate, at nomination, in the offline gate passes).
+    number = national_number(13)
+    driver = _person(engine, number)
+    t = now()
+    _load(engine, register, snapshot(1, t, [ban(number, "R-13", start=t - DAY, scope=["BEANR"])]))
+    with engine.connect() as conn:
+        lookup = SqlPortBanLookup(conn)
+        assert lookup.screen(driver, terminal="BEANR-K1700", now=t).result == "banned"
+        assert lookup.screen(driver, terminal="BEZEE-K1", now=t).result == "clear"  # a port of its own
+        for code in ("K1700", "PSA-K1700", "MPET", "BEANRK1700", "BE-ANR-K1700"):
+            assert lookup.screen(driver, terminal=code, now=t).result == "banned", code
+            assert lookup.screen_many([driver], terminal=code, now=t)[driver].result == "banned", code
 
 
 def test_the_badge_office_cannot_undo_a_ban_through_the_badges(engine: sa.Engine, register: Register) -> None:

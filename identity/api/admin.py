@@ -41,6 +41,7 @@ from ..bans.screening import ban_check
 from ..bootstrap import provider_for
 from ..domain import claims as c
 from ..domain.assurance import ACR_PASSKEY, passkey_login
+from ..domain.bans import TERMINAL_CODE_FORM, is_terminal_code
 from ..domain.roles import ClientRole
 from ..domain.scopes import BADGES_OFFICE
 from ..dpop import DPOP_ALGORITHMS
@@ -379,7 +380,9 @@ class OrganisationIn(BaseModel):
                                   "port_authority")
     eori: str | None = Field(default=None, pattern="^[A-Z]{2}[A-Z0-9]{1,15}$")
     vat: str | None = Field(default=None, pattern="^[A-Z]{2}[A-Z0-9]{2,18}$")
-    terminal_code: str | None = Field(default=None, pattern="^[A-Z0-9-]{2,32}$")
+    terminal_code: str | None = Field(default=None, max_length=32, examples=["BEANR-K1700"], description=(
+        "A terminal's (and only a terminal's) code: " + TERMINAL_CODE_FORM + ". Port-limited bans are "
+        "screened by the port it starts with; another shape is refused (422 invalid_terminal_code)."))
 
 
 class MembershipIn(BaseModel):
@@ -717,6 +720,11 @@ def create_organisation(request: Request, body: OrganisationIn) -> JSONResponse:
                        instance=request.url.path)
     if (kind is OrgKind.TERMINAL) != (body.terminal_code is not None):
         return problem(422, "terminal_code", "A terminal has a terminal code, and only a terminal.",
+                       instance=request.url.path)
+    if body.terminal_code is not None and not is_terminal_code(body.terminal_code):
+        # Review 123, finding 1: a code that does not start with its port's would hide that port's bans.
+        log.info("identity.admin.organisation.refused.terminal_code")
+        return problem(422, "invalid_terminal_code", f"A terminal code is {TERMINAL_CODE_FORM}.",
                        instance=request.url.path)
     container = request.app.state.container
     now, org_id = container.clock.now(), uuid.uuid4()

@@ -26,7 +26,7 @@ Sequence rules, for a feed against the state in force (``sequence_verdict``):
 
 Screening (``screen``) says ``clear``, ``banned`` or ``unavailable`` (no list loaded, or the list in
 force older than its maximum age), with the list's age, for one person at one port or, for a badge
-issue, at any port.
+issue or at a terminal whose code names no port (``port_of_terminal``), at any port.
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 ALL_PORTS = "all"
 CLOCK_SKEW = timedelta(minutes=5)  # a feed issued this far in our future is still taken
 _PORT_CODE = re.compile(r"^[A-Z]{2}[A-Z2-9]{3}$")  # UN/LOCODE: country + 3 (letters, digits 2-9)
+# A terminal's code: its port's UN/LOCODE, "-", its own code. Reading the port needs only the front
+# (port_of_terminal); a new code must have the whole shape (is_terminal_code), 32 characters at most.
+_TERMINAL_PORT = re.compile(r"([A-Z]{2}[A-Z2-9]{3})-.", re.ASCII)
+_TERMINAL_CODE = re.compile(r"[A-Z]{2}[A-Z2-9]{3}-[A-Z0-9][A-Z0-9-]{0,25}", re.ASCII)
+TERMINAL_CODE_FORM = ("its port's UN/LOCODE, a hyphen and the terminal's own code, e.g. BEANR-K1700 (capital "
+                      "letters, digits and hyphens, at most 32 characters)")
 _REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
 _REGISTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -88,7 +94,8 @@ class _BanWindow:
         return self.starts_at <= now < self.ends_at
 
     def covers(self, port: str | None) -> bool:
-        """Does it apply at ``port``? With no port (a badge issue) every ban counts."""
+        """Does it apply at ``port``? With no port (a badge issue, or a terminal whose code names no port:
+        ``port_of_terminal``) every ban counts."""
         return self.scope is None or port is None or port in self.scope
 
 
@@ -335,6 +342,21 @@ def decode_scope(stored: str) -> tuple[str, ...] | None:
     return None if stored == ALL_PORTS else tuple(stored.split(","))
 
 
-def port_of_terminal(terminal: str) -> str:
-    """Terminal codes start with their port's UN/LOCODE ("BEANR-K1700" is in BEANR)."""
-    return terminal.split("-", 1)[0].upper()
+def port_of_terminal(terminal: str) -> str | None:
+    """The port a terminal lies in, read from its code ("BEANR-K1700" is in BEANR); None when the code
+    does not say (review 123, finding 1).
+
+    The rule (docs/port-ban-feed.md), the release engine's too (release_service.domain.screening.port_of,
+    which may not import this; tests/test_terminal_port.py holds them in step): the code, trimmed and
+    upper-cased, starts with a UN/LOCODE (two letters, then three letters or digits 2-9), a hyphen and at
+    least one more character; the port is those five characters. Any other code ("K1700", "PSA-K1700",
+    "BEANRK1700", "BE-ANR-K1700", "BEANR-") names no port, and ``screen`` given None counts every ban,
+    port-limited or not: a code we cannot read must not make a port's bans invisible there."""
+    found = _TERMINAL_PORT.match(terminal.strip().upper())
+    return found.group(1) if found else None
+
+
+def is_terminal_code(code: str) -> bool:
+    """The shape a new terminal code must have (the admin API and the CLI refuse others): exactly as
+    ``TERMINAL_CODE_FORM`` says. Codes stored before this rule keep working under ``port_of_terminal``."""
+    return _TERMINAL_CODE.fullmatch(code) is not None

@@ -2,7 +2,8 @@
 
 The same rule as identity.domain.bans.screen (the release engine may not import identity): a ban in
 effect at ``now`` whose scope is all ports or lists the terminal's port says ``banned``; otherwise a
-list missing or older than ``max_list_age`` says ``unavailable``.
+list missing or older than ``max_list_age`` says ``unavailable``. A terminal whose code names no port
+(``port_of``) is screened against every ban, whatever its ports.
 
 "Missing": once a register has ever been loaded, a missing or stale list is ``unavailable``. A
 database that has never received a feed screens bans only when ``required`` is set (a deployment
@@ -15,6 +16,7 @@ file cannot be found in it, so where a list is in force (or required) he is ``un
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,15 +31,31 @@ class BanWindow:
     banned_until: datetime
 
 
-def port_of(terminal: str) -> str:
-    return terminal.split("-", 1)[0].upper()  # terminal codes start with the port's UN/LOCODE
+# The front of a terminal code that names its port: a UN/LOCODE (two letters, then three letters or
+# digits 2-9), a hyphen and at least one more character. identity.domain.bans._TERMINAL_PORT is the
+# same rule (neither part may import the other; tests/test_terminal_port.py holds them in step).
+_TERMINAL_PORT = re.compile(r"([A-Z]{2}[A-Z2-9]{3})-.", re.ASCII)
+
+
+def port_of(terminal: str) -> str | None:
+    """The port a terminal lies in, read from its code, trimmed and upper-cased ("BEANR-K1700" is in
+    BEANR); None when the code does not start with a port's code and a hyphen ("K1700", "PSA-K1700",
+    "BEANRK1700"). Review 123, finding 1: such a code must not make the port's bans invisible there, so
+    ``screen`` then counts every port-limited ban (fails closed)."""
+    found = _TERMINAL_PORT.match(terminal.strip().upper())
+    return found.group(1) if found else None
+
+
+def covers(scope: str, port: str | None) -> bool:
+    """Does a ban of ``scope`` apply at ``port``? Every ban does where the port cannot be read."""
+    return scope == "all" or port is None or port in scope.split(",")
 
 
 def screen(windows: Iterable[BanWindow], list_issued_at: datetime | None, *, terminal: str, now: datetime,
            max_list_age: timedelta, required: bool, identified: bool = True) -> Screening:
     port = port_of(terminal)
     for w in windows:
-        if _aware(w.banned_from) <= now < _aware(w.banned_until) and (w.scope == "all" or port in w.scope.split(",")):
+        if _aware(w.banned_from) <= now < _aware(w.banned_until) and covers(w.scope, port):
             return Screening("banned", ("person_banned",))
     if list_issued_at is None:
         return Screening("unavailable", ("screening_unavailable",)) if required else Screening("clear")
