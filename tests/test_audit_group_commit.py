@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from identity.audit import Entry, GroupCommit
 from quaygate.db import make_engine
 from quaygate.schema import audit_log
-from release_service.adapters.audit import append_committed
+from release_service.adapters.audit import WRITER_TXID, append_committed
 
 NOW = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -161,6 +161,13 @@ def test_several_entries_are_written_all_or_none(engine: sa.Engine) -> None:
     assert [s for s, _ in _rows(engine)] == ["x", "y"]
 
 
+def _rolled(conn: sa.Connection) -> sa.Insert:
+    """A plain INSERT of an entry, to be rolled back; on PostgreSQL with its writer's txid, as migration 0021's
+    trigger asks."""
+    txid = {"txid": WRITER_TXID} if conn.dialect.name == "postgresql" else {}
+    return audit_log.insert().values(kind="t.alone", actor={}, subject="rolled", data={}, at=NOW, **txid)
+
+
 def test_a_refused_single_entry_writes_nothing_and_leaves_the_pool_in_transactions(engine: sa.Engine) -> None:
     one = make_engine(engine.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0)
     try:
@@ -170,7 +177,7 @@ def test_a_refused_single_entry_writes_nothing_and_leaves_the_pool_in_transactio
         # the autocommit of a single entry must not outlive it: the one pooled connection is
         # transactional again, so this write is rolled back
         with one.connect() as conn:
-            conn.execute(audit_log.insert().values(kind="t.alone", actor={}, subject="rolled", data={}, at=NOW))
+            conn.execute(_rolled(conn))
             conn.rollback()
     finally:
         one.dispose()
@@ -194,7 +201,7 @@ def test_a_single_entry_on_a_lost_connection_fails_and_the_next_gets_a_live_one(
         assert raised.value.connection_invalidated
         append_committed(one, [_entry("after")])
         with one.connect() as conn:  # the connection given back is transactional, as it came
-            conn.execute(audit_log.insert().values(kind="t.alone", actor={}, subject="rolled", data={}, at=NOW))
+            conn.execute(_rolled(conn))
             conn.rollback()
     finally:
         one.dispose()

@@ -29,6 +29,7 @@ from quaygate.audit_cli import cmd_export_key, cmd_seal, cmd_verify
 from quaygate.cache import make_cache
 from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher
+from quaygate.migrate import downgrade, upgrade
 from quaygate.observability import Metrics
 from quaygate.schema import audit_checkpoints, audit_log, signing_keys
 from quaygate.settings import Settings
@@ -603,3 +604,175 @@ def test_a_retired_or_swapped_active_key_stops_the_sealer_instead_of_a_new_key(
         assert conn.execute(sa.select(sa.func.count()).select_from(signing_keys)
                             .where(signing_keys.c.use == "audit")).scalar_one() == 1  # no key was made
     assert unsealed(engine) == 1
+
+
+# ---- 5. rows inserted with a chain column (review 123, finding 3) ----------------------------------------
+
+
+def _forged(engine: sa.Engine, **chain: object) -> dict[str, object]:
+    """An entry as the service writes it (on PostgreSQL with its writer's txid), the ``chain`` columns added."""
+    row: dict[str, object] = {"kind": "k", "actor": {}, "subject": "forged", "data": {}, "at": T0, **chain}
+    if engine.dialect.name == "postgresql":
+        row["txid"] = audit_adapter.WRITER_TXID
+    return row
+
+
+_CHAIN_FILLED = [
+    pytest.param({"hash": "0" * 64}, id="hash"),
+    pytest.param({"prev_hash": GENESIS}, id="prev_hash"),
+    pytest.param({"prev_hash": GENESIS, "hash": "0" * 64}, id="both-hashes"),
+    pytest.param({"chain_seq": 99}, id="chain_seq"),
+    pytest.param({"chain_seq": 3, "prev_hash": GENESIS, "hash": "0" * 64}, id="all-three"),
+]
+
+
+@pytest.mark.parametrize("chain", _CHAIN_FILLED)
+def test_an_entry_inserted_with_a_chain_column_is_refused(
+    engine: sa.Engine, cipher: DataCipher, chain: dict[str, object]
+) -> None:
+    """Migration 0021: only the sealer fills the chain columns, by UPDATE; an INSERT never does."""
+    sealer = AuditSealer(engine, cipher)
+    write(engine, "k", 2, 0)
+    seal(sealer, engine, 2)
+    with pytest.raises(sa.exc.IntegrityError, match="written unsealed"), engine.begin() as conn:
+        conn.execute(audit_log.insert().values(**_forged(engine, **chain)))
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar_one() == 2
+    write(engine, "k", 1, 2)  # the service's own inserts go on, and are sealed
+    seal(sealer, engine, 1)
+    report = verify_trail(engine, public_keys(engine, cipher), now=T0 + timedelta(hours=1), max_unsealed_age=BOUND)
+    assert report.intact and report.entries == 3 and sealer.tampered is None
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("txid", [None, 1, 2**62], ids=["none", "older", "not-yet-run"])
+def test_an_entry_inserted_with_another_txid_than_its_writers_is_refused(
+    pg_engine: sa.Engine, txid: int | None
+) -> None:
+    """The sealer's horizon reads each row's writer txid: a row with none, or one of no transaction yet run,
+    would never be sealed; the trigger takes only the writer's own (pg_current_xact_id())."""
+    with pytest.raises(sa.exc.IntegrityError, match="not its writer's transaction id"), pg_engine.begin() as conn:
+        conn.execute(audit_log.insert().values(kind="k", actor={}, subject="s", data={}, at=T0, txid=txid))
+    with pg_engine.begin() as conn:  # as the service writes it, and in a savepoint (the top transaction's id)
+        conn.execute(audit_log.insert().values(**_forged(pg_engine)))
+        with conn.begin_nested():
+            conn.execute(audit_log.insert().values(**_forged(pg_engine)))
+    with pg_engine.connect() as conn:
+        assert len(set(conn.execute(sa.select(audit_log.c.txid)).scalars())) == 1
+
+
+_GOT_IN = [
+    pytest.param({"hash": "0" * 64}, 2, "has a hash but no chain_seq", id="hash"),
+    pytest.param({"prev_hash": GENESIS}, 2, "has a hash but no chain_seq", id="prev_hash"),
+    pytest.param({"prev_hash": GENESIS, "hash": "0" * 64}, 2, "has a hash but no chain_seq", id="both-hashes"),
+    pytest.param({"chain_seq": 99}, 1, "the last sealed entry is #99", id="chain_seq"),
+]
+
+
+@pytest.mark.parametrize(("chain", "left_unsealed", "why"), _GOT_IN)
+def test_an_entry_that_got_in_with_a_chain_column_stops_the_sealer_once(
+    engine: sa.Engine, cipher: DataCipher, caplog: pytest.LogCaptureFixture,
+    chain: dict[str, object], left_unsealed: int, why: str
+) -> None:
+    """The review's demonstration: a row inserted past the trigger (dropped, as with DDL rights) with a hash
+    and no chain_seq had every seal fail on migration 0015's trigger, every turn, with no alarm. Now the
+    sealer says so once and stops, as for any other tampering."""
+    stopped: list[str] = []
+    sealer = AuditSealer(engine, cipher, on_tampered=stopped.append)
+    write(engine, "k", 2, 0)
+    seal(sealer, engine, 2)
+    with as_insider(engine) as conn:
+        conn.execute(audit_log.insert().values(**_forged(engine, **chain)))
+    write(engine, "k", 1, 3)  # an entry after it
+    wait_until_sealable(engine, 4)
+
+    with caplog.at_level(logging.CRITICAL, logger="quaygate.audit"):
+        for minute in (1, 2, 3):  # no DBAPIError from any turn; stopped at the first
+            assert sealer.seal_once(T0 + timedelta(minutes=minute)) == 0
+    assert sealer.tampered is not None and why in sealer.tampered
+    assert stopped == [sealer.tampered]
+    assert len([r for r in caplog.records if r.getMessage() == "audit.tampered"]) == 1
+    assert unsealed(engine) == left_unsealed
+    report = verify_trail(engine, public_keys(engine, cipher), now=T0 + timedelta(hours=1), max_unsealed_age=BOUND)
+    assert not report.intact
+
+
+def test_a_seal_the_triggers_refuse_stops_the_sealer_instead_of_failing_every_turn(
+    engine: sa.Engine, cipher: DataCipher
+) -> None:
+    """A row sealed by someone else between the sealer's read and its UPDATE (under the sealer's lock no
+    sealer of the service can): migration 0015's trigger refuses the seal. That is tampering, and the same
+    batch would be refused at every turn."""
+    stopped: list[str] = []
+    sealer = AuditSealer(engine, cipher, on_tampered=stopped.append)
+    write(engine, "k", 2, 0)
+    seal(sealer, engine, 2)
+    write(engine, "k", 2, 2)
+    wait_until_sealable(engine, 4)
+
+    def seal_one_first(conn: sa.Connection, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE AUDIT_LOG SET CHAIN_SEQ"):
+            other = cursor.connection.cursor()  # the insider, in the same transaction: no lock to wait on
+            other.execute("UPDATE audit_log SET chain_seq = 1000, prev_hash = 'x', hash = 'y'"
+                          " WHERE id = (SELECT min(id) FROM audit_log WHERE chain_seq IS NULL)")
+            other.close()
+
+    sa.event.listen(engine, "before_cursor_execute", seal_one_first)
+    try:
+        assert sealer.seal_once(T0) == 0
+        assert sealer.seal_once(T0) == 0
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seal_one_first)
+    assert sealer.tampered is not None and "refused by the database" in sealer.tampered
+    assert stopped == [sealer.tampered]
+    assert unsealed(engine) == 2  # rolled back, the insider's seal with it
+
+
+def test_the_background_sealer_raises_the_alarm_for_an_entry_that_got_in_sealed(
+    engine: sa.Engine, cipher: DataCipher, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As the service runs it: the metric says sealing stopped, where it logged quaygate.worker.failed every
+    second before."""
+    write(engine, "k", 2, 0)
+    with as_insider(engine) as conn:
+        conn.execute(audit_log.insert().values(**_forged(engine, hash="0" * 64)))
+    write(engine, "k", 1, 3)
+    wait_until_sealable(engine, 4)
+    settings = settings_for(database_url, tmp_path, audit_seal_interval=0.05)
+    metrics = Metrics()
+    stopped = lambda: metrics.registry.get_sample_value("quaygate_audit_sealing_stopped")  # noqa: E731
+    workers = BackgroundWorkers(Container(settings=settings, engine=engine, cache=make_cache(None), cipher=cipher,
+                                          clock=SystemClock()), metrics=metrics)
+    with caplog.at_level(logging.ERROR):
+        workers.start()
+        try:
+            deadline = time.monotonic() + 10
+            while stopped() != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)  # a few more turns of the loop
+        finally:
+            workers.stop()
+    assert stopped() == 1 and unsealed(engine) == 4
+    failed = [r for r in caplog.records if r.getMessage() == "quaygate.worker.failed"
+              and getattr(r, "fields", {}).get("worker") == "audit-sealer"]
+    assert failed == []
+    assert len([r for r in caplog.records if r.getMessage() == "audit.tampered"]) == 1
+
+
+def test_0021_goes_down_and_up_on_sqlite(tmp_path: Path) -> None:
+    """The trigger made and dropped on SQLite (tests/test_migrations.py runs every migration on PostgreSQL)."""
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    upgrade(url)
+    names = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name = 'audit_log_insert_unsealed'"
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(names).all() == [("audit_log_insert_unsealed",)]
+        downgrade(url, "0020")
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(names).all() == []
+        upgrade(url)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(names).all() == [("audit_log_insert_unsealed",)]
+    finally:
+        engine.dispose()

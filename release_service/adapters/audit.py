@@ -20,7 +20,9 @@ otherwise have the service itself seal and sign the rewritten tail. When the che
 knows in memory; ``QUAYGATE_AUDIT_WITNESS``, a file outside the database where it appends every
 checkpoint it signs, carries it across restarts and lets ``quaygate audit verify --checkpoints`` find a
 trail cut back, or cut back and sealed again. The migration 0015 refuses, by trigger, any change to a
-sealed row and any deletion in the audit tables: defence in depth, not the evidence.
+sealed row and any deletion in the audit tables, and 0021 any row inserted with a chain column filled:
+defence in depth, not the evidence. A row that got in half sealed anyway, or a seal the triggers refuse,
+stops the sealer with ``audit.tampered`` too, rather than have it retry a batch that can never commit.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ PAGE = 5000
 
 _ENTRY_COLUMNS = (audit_log.c.id, audit_log.c.at, audit_log.c.kind, audit_log.c.actor, audit_log.c.subject,
                   audit_log.c.data, audit_log.c.chain_seq, audit_log.c.prev_hash, audit_log.c.hash, audit_log.c.txid)
+_CHAIN_COLUMNS = (audit_log.c.chain_seq, audit_log.c.prev_hash, audit_log.c.hash)
+_SEAL = (sa.update(audit_log).where(audit_log.c.id == sa.bindparam("row_id"))
+         .values(chain_seq=sa.bindparam("new_seq"), prev_hash=sa.bindparam("new_prev"), hash=sa.bindparam("new_hash")))
 _CHECKPOINT_COLUMNS = (audit_checkpoints.c.chain_seq, audit_checkpoints.c.hash, audit_checkpoints.c.key_id,
                        audit_checkpoints.c.signature, audit_checkpoints.c.at, audit_checkpoints.c.prev_chain_seq,
                        audit_checkpoints.c.prev_hash)
@@ -396,7 +401,8 @@ class AuditSealer:
             latest = self._check_head(conn)
             before = (latest.chain_seq, latest.hash) if latest is not None else (0, GENESIS)
             seq, prev = before
-            ready = audit_log.c.chain_seq.is_(None)
+            self._check_unsealed(conn)
+            ready = sa.and_(*(c.is_(None) for c in _CHAIN_COLUMNS))
             if self._pg:
                 xmin = sa.cast(sa.cast(sa.func.pg_snapshot_xmin(sa.func.pg_current_snapshot()), sa.Text),
                                sa.BigInteger)
@@ -411,12 +417,17 @@ class AuditSealer:
                 digest = link_hash(prev, seq, Entry(*row))
                 updates.append({"row_id": row.id, "new_seq": seq, "new_prev": prev, "new_hash": digest})
                 prev = digest
-            conn.execute(
-                sa.update(audit_log).where(audit_log.c.id == sa.bindparam("row_id"))
-                .values(chain_seq=sa.bindparam("new_seq"), prev_hash=sa.bindparam("new_prev"),
-                        hash=sa.bindparam("new_hash")),
-                updates,
-            )
+            try:
+                conn.execute(_SEAL, updates)
+            except sa.exc.IntegrityError as exc:
+                # Under the sealer's lock nothing else of the service writes a chain column, and the rows
+                # were unsealed when read: refused by migration 0015's trigger (a row sealed meanwhile) or
+                # by chain_seq's uniqueness (a row given one of these numbers meanwhile), someone wrote the
+                # chain behind the sealer. Retrying the same batch would fail the same way, every time.
+                reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+                raise AuditTampered(
+                    f"sealing entries #{before[0] + 1}-#{seq} (rows {rows[0].id}-{rows[-1].id}) was refused by "
+                    f"the database ({reason}): the chain columns were written behind the sealer's back") from exc
             key = AuditKey.load_or_create(conn, self._cipher, now)
             self._keys[key.kid] = key.public_key
             unsigned = Checkpoint(seq, prev, key.kid, "", now, *before)
@@ -471,6 +482,25 @@ class AuditSealer:
             raise AuditTampered(f"entry #{head.chain_seq} (row {head.id}), the last sealed, was altered")
         self._known = latest
         return latest
+
+    def _check_unsealed(self, conn: sa.Connection) -> None:
+        """No row waiting to be sealed holds a hash (review 123, finding 3).
+
+        The service writes entries with the chain columns NULL (migration 0021 refuses anything else) and
+        the sealer fills all three in one UPDATE under its lock, taken before this read: no other sealer is
+        midway, and a row with ``chain_seq`` NULL but ``prev_hash`` or ``hash`` set was put there by someone
+        else. Taken into a batch, its UPDATE was refused by migration 0015's trigger and the batch rolled
+        back, every turn, with every later entry left unsealed and no alarm; the batch now leaves it out and
+        this raises the alarm. A row with ``chain_seq`` set past the head is ``_check_head``'s. Cheap: only
+        the unsealed rows are read, through ``chain_seq``'s unique index (no ORDER BY, which could walk the
+        primary key instead)."""
+        row = conn.execute(sa.select(audit_log.c.id).where(
+            audit_log.c.chain_seq.is_(None),
+            sa.or_(audit_log.c.prev_hash.is_not(None), audit_log.c.hash.is_not(None)),
+        ).limit(1)).first()
+        if row is not None:
+            raise AuditTampered(f"row {row.id} of the trail has a hash but no chain_seq: it was written or half "
+                                "sealed behind the sealer's back, and no entry after it could be sealed")
 
     def _start(self, conn: sa.Connection) -> Checkpoint | None:
         """What a sealer that begins knows: the witness's last checkpoint, or the trail's, once checked."""
