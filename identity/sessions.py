@@ -42,6 +42,9 @@ class LoginSession:
     amr: tuple[str, ...]
     auth_time: datetime
     expires_at: datetime
+    # The passkey that opened the session (None: an upstream login, or a session older than migration
+    # 0022): removing it ends the session (identity.authn.service ``remove``).
+    credential_id: str | None = None
 
 
 def _hash(value: str) -> str:
@@ -62,6 +65,7 @@ class SessionStore:
         now: datetime,
         conn: sa.Connection | None = None,
         of: LoginSession | None = None,
+        credential_id: str | None = None,
     ) -> tuple[str, LoginSession]:
         """A new session; returns (the cookie value, shown once, and the session).
 
@@ -69,7 +73,8 @@ class SessionStore:
         ``of``: the session this one replaces in a step-up, whose login time and end it keeps: a step-up
         raises what the session proves, never how recent its login is or how long it lives (else a face
         match on a stolen session would renew it for good, and count as the fresh login that adding a
-        passkey asks for).
+        passkey asks for), and the passkey that opened it (``credential_id``: the passkey a login or an
+        enrolment used; None for an upstream login).
         """
         cookie = secrets.token_urlsafe(32)
         session = LoginSession(
@@ -79,6 +84,7 @@ class SessionStore:
             amr=tuple(amr),
             auth_time=of.auth_time if of is not None else now,
             expires_at=of.expires_at if of is not None else now + self._ttl,
+            credential_id=of.credential_id if of is not None else credential_id,
         )
         row = {
             "id_hash": _hash(cookie),
@@ -89,6 +95,7 @@ class SessionStore:
             "auth_time": session.auth_time,
             "created_at": now,
             "expires_at": session.expires_at,
+            "credential_id": session.credential_id,
         }
         if conn is not None:
             _INSERT.execute(conn, row)
@@ -114,6 +121,7 @@ class SessionStore:
             amr=tuple(row.amr),
             auth_time=row.auth_time,
             expires_at=row.expires_at,
+            credential_id=row.credential_id,
         )
 
     def end(self, sid: str, *, now: datetime, conn: sa.Connection | None = None) -> bool:

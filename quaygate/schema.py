@@ -381,6 +381,9 @@ login_sessions = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
     sa.Column("ended_at", UTCDateTime),
+    # The passkey that opened it (a login, an enrolment; a face step-up keeps its session's); NULL for an
+    # upstream login. Removing that passkey ends the session, the remover's too (review 122, finding 1).
+    sa.Column("credential_id", sa.String(1400)),
 )
 
 # Authorization codes (RFC 6749 §4.1.2): marked used, never deleted, so a reuse is detected (§4.1.2,

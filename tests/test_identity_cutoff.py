@@ -133,7 +133,7 @@ def test_removing_a_passkey_cuts_off_the_other_sessions_and_every_grant(env: Lif
     with env.engine.connect() as conn:
         assert conn.execute(sa.select(grants.c.revoked_reason)).scalars().all() == ["passkey_removed"]
     assert _audit_data(env, "identity.passkey.removed") == {"active_remaining": 1, "sessions_ended": 2,
-                                                           "grants_revoked": 1}
+                                                           "grants_revoked": 1, "own_session_ended": False}
     assert _login(env, thief).status_code == 401
     assert _login(env, phone).status_code == 200
 

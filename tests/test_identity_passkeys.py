@@ -111,6 +111,12 @@ class PEnv:
         return self.post("/webauthn/authentication/verify",
                          {"flow": flow, "credential": device.get(options, **kw), "return_to": return_to})
 
+    def upstream_session(self, person_id: uuid.UUID) -> str:
+        """A fresh session no passkey of ours opened (an upstream login's): its cookie."""
+        cookie, _ = sessions_for(self.app).create(person_id, acr="urn:quaygate:acr:upstream", amr=("fed",),
+                                                  now=self.clock.now())
+        return cookie
+
     def audit_kinds(self) -> list[str]:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(audit_log.c.kind).order_by(audit_log.c.id)).scalars())
@@ -484,7 +490,8 @@ def test_a_removed_credential_cannot_log_in(env: PEnv) -> None:
     env.enrol(pid, spare)
     resp = env.call("DELETE", f"/account/passkeys/{cid}", cookie=cookie)
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"credential_id": cid, "status": "removed", "active_remaining": 1}
+    # The removed passkey had opened this very session: it ends too (review 122, finding 1).
+    assert resp.json() == {"credential_id": cid, "status": "removed", "active_remaining": 1, "signed_out": True}
     _problem(env.login(phone), 401, "passkey_unknown")
     assert env.credential_row(cid).status == "removed"  # marked, never deleted
     assert env.login(spare).status_code == 200
@@ -584,11 +591,81 @@ def test_a_person_renames_and_lists_only_their_own_passkeys(env: PEnv) -> None:
 
 def test_removing_the_last_passkey_is_allowed_and_says_so(env: PEnv) -> None:
     phone = device()
-    cid, cookie = env.enrol(env.person(), phone)
+    pid = env.person()
+    cid, _ = env.enrol(pid, phone)
+    cookie = env.upstream_session(pid)  # a session no passkey opened: it stays to show the empty list
     resp = env.call("DELETE", f"/account/passkeys/{cid}", cookie=cookie)
-    assert resp.json()["active_remaining"] == 0
+    assert resp.json()["active_remaining"] == 0 and resp.json()["signed_out"] is False
     assert env.call("GET", "/account/passkeys", cookie=cookie).json() == []
     assert "identity.passkey.removed" in env.audit_kinds()
+
+
+# ---- review 122, finding 1: a stolen session of any age took every passkey of the owner away -------
+
+
+def test_an_old_stolen_session_neither_removes_nor_renames_the_owners_passkeys(env: PEnv) -> None:
+    """The reviewer's demonstration: a passkey session opened 11 hours ago (live: sessions last 12 h) is
+    refused registration options, and now removal and renaming too; the owner still logs in."""
+    pid = env.person()
+    phone, tablet = device(), device()
+    first, stolen = env.enrol(pid, phone)
+    second, _ = env.enrol(pid, tablet)
+    env.clock.advance(hours=11)
+    assert env.call("GET", "/account/passkeys", cookie=stolen).status_code == 200  # live, only old
+    _problem(env.post("/webauthn/registration/options", cookie=stolen), 401, "reauthentication_required")
+    for cid in (first, second):
+        _problem(env.call("DELETE", f"/account/passkeys/{cid}", cookie=stolen), 401, "reauthentication_required")
+        _problem(env.call("PATCH", f"/account/passkeys/{cid}", {"name": "mine"}, cookie=stolen),
+                 401, "reauthentication_required")
+        row = env.credential_row(cid)
+        assert (row.status, row.name) == ("active", "My phone")
+    kinds = env.audit_kinds()
+    assert kinds.count("identity.passkey.removal.refused.reauthentication_required") == 2
+    assert kinds.count("identity.passkey.rename.refused.reauthentication_required") == 2
+    assert env.login(phone).status_code == 200 and env.login(tablet).status_code == 200
+    # A fresh login (< 15 min) may: the owner renames and removes.
+    fresh = env.login(tablet).cookies["qg_session"]
+    env.clock.advance(minutes=14)
+    assert env.call("PATCH", f"/account/passkeys/{first}", {"name": "Old phone"}, cookie=fresh).status_code == 200
+    assert env.call("DELETE", f"/account/passkeys/{first}", cookie=fresh).status_code == 200
+
+
+def test_removing_a_passkey_ends_the_sessions_it_opened_the_removers_included(env: PEnv) -> None:
+    """A thief on a (fresh) session the owner's passkey opened cannot remove that passkey and stay: the
+    removal ends his session with it. Removing another passkey keeps the remover's session."""
+    pid = env.person()
+    phone, tablet = device(), device()
+    first, _ = env.enrol(pid, phone)
+    second, _ = env.enrol(pid, tablet)
+    by_phone = env.login(phone).cookies["qg_session"]
+    by_tablet = env.login(tablet).cookies["qg_session"]
+    gone = env.call("DELETE", f"/account/passkeys/{first}", cookie=by_phone)
+    assert gone.status_code == 200, gone.text
+    assert gone.json() == {"credential_id": first, "status": "removed", "active_remaining": 1, "signed_out": True}
+    assert 'qg_session=""' in gone.headers["set-cookie"] and "max-age=0" in gone.headers["set-cookie"].lower()
+    sessions = sessions_for(env.app)
+    assert sessions.get(by_phone, now=env.clock.now()) is None
+    assert sessions.get(by_tablet, now=env.clock.now()) is None  # every other session ends, as before
+    _problem(env.login(phone), 401, "passkey_unknown")
+    again = env.login(tablet).cookies["qg_session"]
+    upstream = env.upstream_session(pid)
+    kept = env.call("DELETE", f"/account/passkeys/{second}", cookie=upstream)
+    assert kept.status_code == 200 and kept.json()["signed_out"] is False and "set-cookie" not in kept.headers
+    assert sessions.get(upstream, now=env.clock.now()) is not None  # no passkey opened it: it stays
+    assert sessions.get(again, now=env.clock.now()) is None
+
+
+def test_a_step_up_keeps_the_passkey_that_opened_the_session(env: PEnv) -> None:
+    """A face step-up replaces the session (``of``): the new one was opened by the same passkey, so
+    removing that passkey ends it too."""
+    pid = env.person()
+    cid, cookie = env.enrol(pid, device())
+    sessions = sessions_for(env.app)
+    old = sessions.get(cookie, now=env.clock.now())
+    assert old is not None and old.credential_id == cid
+    _, raised = sessions.create(pid, acr="urn:quaygate:acr:face", amr=("hwk", "user", "mfa", "face"),
+                                now=env.clock.now(), of=old)
+    assert raised.credential_id == cid
 
 
 def _admin_token(env: PEnv, scope: str = "admin") -> str:

@@ -32,12 +32,16 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
                                                    "status"}]  (active and suspended; removed ones hidden)
     PATCH  /account/passkeys/{credential_id} {"name"}  200 {"credential_id", "name"}
       403 origin_refused / 401 login_required on the headers, before any of the body is read
+      401 reauthentication_required | 403 insufficient_authentication: as for registration options
     DELETE /account/passkeys/{credential_id}           200 {"credential_id", "status": "removed",
-                                                            "active_remaining"}
+                                                            "active_remaining", "signed_out"}
+      Renaming and removing need a login of < 15 min at acr passkey or stronger, as adding does
+      (review 122, finding 1): 401 reauthentication_required, 403 insufficient_authentication.
       Removing the last active passkey is allowed (a lost phone must go at once): the page should
       confirm first; ``active_remaining: 0`` means the next login needs a new enrolment code.
       The person's other login sessions end and all their grants (refresh and access tokens) are
-      revoked with it; the session that removed it stays.
+      revoked with it; the session that removed it stays unless that passkey opened it: then it ends
+      too, ``signed_out`` is true and the cookie is cleared.
     POST /admin/v1/persons/{person_id}/enrolment-codes  {"ttl_seconds"?}  (bearer token, scope admin)
       201 {"code", "person_id", "expires_at"}   the code is shown once; default TTL 72 h
       401/403 on the token before any of the body is read
@@ -126,7 +130,7 @@ HINT: dict[str, str] = {
     "person_suspended": "Your account is suspended. Please contact the badge office.",
     "origin_refused": "This request did not come from a quaygate page.",
     "login_required": "Please log in first.",
-    "reauthentication_required": "Please log in again to add a passkey.",
+    "reauthentication_required": "Please log in again to change your passkeys.",
     "insufficient_authentication": "Adding a passkey needs a stronger login: log in with a passkey, or ask "
                                    "the badge office for an enrolment code.",
     "rate_limited": "Too many attempts. Please wait a moment and try again.",
@@ -292,11 +296,16 @@ def rename_passkey(request: Request, credential_id: str, body: RenameRequest) ->
                responses=problem_responses(401, 403, 404))
 def remove_passkey(request: Request, credential_id: str) -> JSONResponse:
     try:
-        remaining = passkeys_for(request.app).remove(origin=request.headers.get("origin"),
-                                                     session_cookie=_cookie(request), credential_id=credential_id)
+        removed = passkeys_for(request.app).remove(origin=request.headers.get("origin"),
+                                                   session_cookie=_cookie(request), credential_id=credential_id)
     except PasskeyError as exc:
         return _refused(request, exc)
-    return JSONResponse({"credential_id": credential_id, "status": "removed", "active_remaining": remaining})
+    response = JSONResponse({"credential_id": credential_id, "status": "removed",
+                             "active_remaining": removed.active_remaining, "signed_out": removed.signed_out})
+    if removed.signed_out:  # the removed passkey had opened this session, which ended with it
+        s = request.app.state.container.settings
+        response.delete_cookie(s.session_cookie, path="/", httponly=True, samesite="lax", secure=s.secure_cookies)
+    return response
 
 
 @router.post("/admin/v1/persons/{person_id}/enrolment-codes", operation_id="issueEnrolmentCode",

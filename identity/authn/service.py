@@ -62,9 +62,10 @@ log = logging.getLogger(__name__)
 
 AUTHENTICATION = "authentication"
 REGISTRATION = "registration"
-# Adding a passkey to an existing account is what an attacker with a stolen session would do first:
-# it needs a login this recent (Keycloak's "max auth age" for credential setup is 5 minutes; a driver
-# adding his second phone from the account page a little later should not have to log in again).
+# Adding a passkey to an existing account is what an attacker with a stolen session would do first, and
+# removing or renaming the owner's next (review 122, finding 1): each needs a login this recent
+# (Keycloak's "max auth age" for credential setup is 5 minutes; a driver adding his second phone from
+# the account page a little later should not have to log in again).
 REGISTRATION_MAX_AUTH_AGE = timedelta(minutes=15)
 # A passkey logs in at acr passkey, so only a login at least that strong may add one (else a basic
 # upstream login, which meets no acr demand, would raise itself to passkey: docs/itsme.md). Compared
@@ -111,6 +112,23 @@ class _Attempt:
     now: datetime
     address: str | None
     subject: str | None = None
+
+
+class _Stale(Exception):
+    """A session too old or too weak to change the person's passkeys (``PasskeyService._recent_session``)."""
+
+    def __init__(self, code: str, detail: str, person_id: uuid.UUID | None) -> None:
+        super().__init__(code)
+        self.code, self.detail, self.person_id = code, detail, person_id
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """A passkey removed: how many active ones the person has left; ``signed_out`` when it had opened the
+    remover's own session, which ended with it."""
+
+    active_remaining: int
+    signed_out: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +328,8 @@ class PasskeyService:
                                             backed_up=verified.backed_up, now=now)
             if used:
                 cookie, session = self._sessions.create(
-                    stored.person_id, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY, now=now, conn=conn
+                    stored.person_id, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY, now=now, conn=conn,
+                    credential_id=stored.credential_id,
                 )
                 audit.record(
                     "identity.login.passkey.succeeded",
@@ -416,7 +435,10 @@ class PasskeyService:
                 self._refuse_registration(exc.reason, "options", now=now, person_id=exc.person_id)
             person_id, digest = code.person_id, code.code_hash
         else:
-            session = self._recent_session(session_cookie, now=now)
+            try:
+                session = self._recent_session(session_cookie, now=now)
+            except _Stale as exc:
+                self._refuse_registration(exc.code, exc.detail, now=now, person_id=exc.person_id)
             person_id, sid = session.person_id, session.sid
         given, family, status = self._person(person_id)
         if status != "active":
@@ -505,7 +527,8 @@ class PasskeyService:
                 )
                 if state.code_hash is not None:
                     cookie, created = self._sessions.create(
-                        person_id, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY, now=now, conn=conn
+                        person_id, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY, now=now, conn=conn,
+                        credential_id=passkey.credential_id,
                     )
                     audit.record(
                         "identity.login.passkey.succeeded",
@@ -550,10 +573,11 @@ class PasskeyService:
         return self.credentials.for_person(session.person_id)
 
     def rename(self, *, origin: str | None, session_cookie: str | None, credential_id: str, name: Any) -> str:
+        """Rename one of the person's passkeys, from a recent strong login (``_manage_session``)."""
         self.check_origin(origin)
-        session = self._session(session_cookie)
-        label = clean_name(name)
         now = self._clock.now()
+        session = self._manage_session(session_cookie, "rename", credential_id, now=now)
+        label = clean_name(name)
         with self._engine.begin() as conn:
             if not self.credentials.rename(conn, session.person_id, credential_id, label):
                 raise PasskeyError("not_found", "no such passkey of this person")
@@ -562,30 +586,39 @@ class PasskeyService:
         log.info("identity.passkey.renamed")
         return label
 
-    def remove(self, *, origin: str | None, session_cookie: str | None, credential_id: str) -> int:
-        """Mark the passkey removed; returns how many active passkeys the person has left.
+    def remove(self, *, origin: str | None, session_cookie: str | None, credential_id: str) -> Removed:
+        """Mark the passkey removed; returns how many active passkeys the person has left, and whether the
+        caller's own session ended with it.
 
         Removing the last one is allowed (a lost phone must be removable at once, and the office that
         issues the person's codes, enrolment.issuing_office, can always hand out a new one); the pages
-        warn before, and the answer's ``active_remaining`` of 0 says it. The current session is not
-        ended; every other session of the person is, and every grant of the person is revoked (its
-        refresh tokens and access tokens), in the same transaction: whoever logged in with the lost
-        passkey is cut off. The person's own apps log in again through the session that stays.
+        warn before, and the answer's ``active_remaining`` of 0 says it. Every other session of the person
+        ends, and every grant of the person is revoked (its refresh tokens and access tokens), in the same
+        transaction: whoever logged in with the lost passkey is cut off. The remover's own session stays
+        unless the removed passkey opened it (``LoginSession.credential_id``): then it ends too, and
+        ``Removed.signed_out`` says so (review 122, finding 1: a thief on the owner's session cannot take
+        the owner's passkeys away and stay). The person's own apps log in again through a session.
+
+        It needs a recent strong login, as adding a passkey does (``_manage_session``): with a live session
+        alone (12 h), a stolen cookie of any age removed every passkey of the owner and signed him out
+        while it stayed (review 122, finding 1; Keycloak asks for a fresh login before a credential goes).
         """
         self.check_origin(origin)
-        session = self._session(session_cookie)
         now = self._clock.now()
+        session = self._manage_session(session_cookie, "removal", credential_id, now=now)
+        own = session.credential_id == credential_id
         with self._engine.begin() as conn:
             if not self.credentials.remove(conn, session.person_id, credential_id):
                 raise PasskeyError("not_found", "no such passkey of this person")
             remaining = self.credentials.count_active(conn, session.person_id)
-            ended, revoked = self._cut_off(conn, session.person_id, keep=session.sid, reason="passkey_removed",
-                                           now=now)
+            ended, revoked = self._cut_off(conn, session.person_id, keep=None if own else session.sid,
+                                           reason="passkey_removed", now=now)
             audit.record("identity.passkey.removed", at=now, actor={"person_id": str(session.person_id)},
                          subject=_ref(credential_id), conn=conn,
-                         data={"active_remaining": remaining, "sessions_ended": ended, "grants_revoked": revoked})
+                         data={"active_remaining": remaining, "sessions_ended": ended, "grants_revoked": revoked,
+                               "own_session_ended": own})
         log.info("identity.passkey.removed")
-        return remaining
+        return Removed(remaining, signed_out=own)
 
     # ---- badge office ---------------------------------------------------------------------------
 
@@ -662,16 +695,30 @@ class PasskeyService:
         return session
 
     def _recent_session(self, cookie: str | None, *, now: datetime) -> LoginSession:
+        """The live session behind the cookie if its login is recent (REGISTRATION_MAX_AUTH_AGE) and at
+        least as strong as a passkey's (REGISTRATION_MIN_ACR); else _Stale, with the refusal's code."""
         session = self._sessions.get(cookie, now=now)
         if session is None:
-            self._refuse_registration("login_required", "no live session", now=now)
+            raise _Stale("login_required", "no live session", None)
         if now - session.auth_time > REGISTRATION_MAX_AUTH_AGE:
-            self._refuse_registration("reauthentication_required", "login too old", now=now,
-                                      person_id=session.person_id)
+            raise _Stale("reauthentication_required", "login too old", session.person_id)
         if not assurance.satisfies(session.acr, REGISTRATION_MIN_ACR):
-            self._refuse_registration("insufficient_authentication", f"session acr {session.acr[:100]}",
-                                      now=now, person_id=session.person_id)
+            raise _Stale("insufficient_authentication", f"session acr {session.acr[:100]}", session.person_id)
         return session
+
+    def _manage_session(self, cookie: str | None, use: str, credential_id: str, *, now: datetime) -> LoginSession:
+        """The session that may rename or remove a passkey: one a recent strong login opened, as for adding
+        one (``_recent_session``; review 122, finding 1). A refusal of a known person's session is audited
+        (``identity.passkey.<use>.refused.<code>``: a stolen session trying is worth seeing)."""
+        try:
+            return self._recent_session(cookie, now=now)
+        except _Stale as exc:
+            if exc.person_id is not None:
+                audit.record(f"identity.passkey.{use}.refused.{exc.code}", at=now,
+                             actor={"person_id": str(exc.person_id)}, subject=_ref(credential_id),
+                             data={"code": exc.code, "detail": exc.detail}, engine=self._engine)
+            log.info("identity.passkey.%s.refused.%s", use, exc.code)
+            raise PasskeyError(exc.code, exc.detail, office=self._office(exc.code, exc.person_id)) from exc
 
     def _open_flow(self, flow_id: Any, now: datetime) -> SealedFlow:
         """A login's sealed flow (identity.authn.flows), opened: ours, sealed for a login, not expired;

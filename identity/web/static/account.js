@@ -3,6 +3,12 @@
 document.addEventListener("DOMContentLoaded", function () {
   var $ = QG.$, t = QG.t, msg = $("msg"), list = $("passkeys"), add = $("add");
   var path = function (id) { return "/account/passkeys/" + encodeURIComponent(id); };
+  var relogin = function () { location.assign("/login?return_to=%2Faccount"); };
+  // Adding, renaming and removing a passkey need a recent login (review 122): say why, then log in again.
+  function refused(err) {
+    QG.say(msg, QG.explain(err));
+    if (err.code === "reauthentication_required" || err.code === "login_required") setTimeout(relogin, 2500);
+  }
 
   function item(pk, count) {
     var li = QG.el("li", {"class": "card pk", "data-credential": pk.credential_id});
@@ -32,15 +38,19 @@ document.addEventListener("DOMContentLoaded", function () {
       QG.call("PATCH", path(pk.credential_id), {name: input.value.trim()})
         .then(function (r) { pk.name = r.name; name.textContent = r.name; form.hidden = true; row.hidden = false;
                              QG.say(msg, t("account.renamed"), true); })
-        .catch(function (err) { QG.say(msg, QG.explain(err)); });
+        .catch(refused);
     });
     remove.addEventListener("click", function () {
       var question = count <= 1 ? "account.remove_last_confirm" : "account.remove_confirm";
       if (!confirm(t(question, {name: pk.name}))) return;
       QG.busy(remove, true);
       QG.call("DELETE", path(pk.credential_id))
-        .then(function (r) { QG.say(msg, t(r && r.active_remaining === 0 ? "account.none_left" : "account.removed"), true); return load(); })
-        .catch(function (err) { QG.busy(remove, false); QG.say(msg, QG.explain(err)); });
+        .then(function (r) {
+          QG.say(msg, t(r && r.active_remaining === 0 ? "account.none_left" : "account.removed"), true);
+          if (r && r.signed_out) { setTimeout(relogin, 2500); return null; }  // this session's passkey: it ended
+          return load();
+        })
+        .catch(function (err) { QG.busy(remove, false); refused(err); });
     });
     return li;
   }
@@ -52,7 +62,7 @@ document.addEventListener("DOMContentLoaded", function () {
       items.forEach(function (pk) { list.appendChild(item(pk, active)); });
       $("status").textContent = items.length ? "" : t("account.empty");
     }).catch(function (err) {
-      if (err.status === 401) { location.assign("/login?return_to=%2Faccount"); return; }
+      if (err.status === 401) { relogin(); return; }
       $("status").textContent = "";
       QG.say(msg, QG.explain(err));
     });
@@ -73,12 +83,7 @@ document.addEventListener("DOMContentLoaded", function () {
       .then(function () { QG.busy(add, false); QG.say(msg, t("account.added"), true); return load(); })
       .catch(function (err) {
         QG.busy(add, false);
-        if (err.code === "reauthentication_required" || err.code === "login_required") {
-          QG.say(msg, QG.explain(err));
-          setTimeout(function () { location.assign("/login?return_to=%2Faccount"); }, 2500);
-          return;
-        }
-        QG.say(msg, QG.explain(err));
+        refused(err);
       });
   });
   load();
