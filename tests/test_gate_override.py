@@ -212,9 +212,9 @@ def test_only_a_refusal_the_service_made_here_is_sent_and_a_final_refusal_uses_n
     gate.pickable(2)
     a.offline.refresh()
     a.down()
-    offline = at_lane(a, "in-1", plate=WRONG_PLATE, service_up=False, n=2)
-    assert offline.offline and offline.decision == "deny"
-    with pytest.raises(NotOverridable, match="offline"):
+    offline = at_lane(a, "in-1", service_up=False, n=78)  # no pass for that container: no right to let in
+    assert offline.offline and offline.decision == "review", offline.response
+    with pytest.raises(NotOverridable, match="without a gate pass"):
         desk.override("in-1", offline.request_id, "x", by="o")
     a.up()
 
@@ -279,3 +279,163 @@ def test_the_adapter_as_built_serves_the_override_to_its_officers(tmp_path: Path
                 assert (r.status_code, r.json()["code"]) == (status, code), r.text
     finally:
         adapter.outbox.close()
+
+
+# -- an offline refusal overridden at the desk (review 121, finding 2) ---------------------------------------
+
+
+def _offline_rows(gate: Gate) -> list[Any]:
+    import sqlalchemy as sa
+
+    from quaygate.schema import gate_offline_decisions
+    with gate.engine.connect() as conn:
+        return list(conn.execute(sa.select(gate_offline_decisions).order_by(gate_offline_decisions.c.reconciled_at)))
+
+
+def _audit(gate: Gate, rid: str, kind: str) -> list[dict[str, Any]]:
+    import sqlalchemy as sa
+
+    from quaygate.schema import audit_log
+    with gate.engine.connect() as conn:
+        return [dict(d) for d in conn.execute(sa.select(audit_log.c.data).where(
+            audit_log.c.subject == rid, audit_log.c.kind == kind).order_by(audit_log.c.id)).scalars()]
+
+
+def refused_offline(a: Adapter, lane: str = "in-1", n: int = 1) -> LaneResult:
+    refused = at_lane(a, lane, plate=WRONG_PLATE, service_up=False, n=n)
+    assert refused.offline and refused.response is not None
+    assert (refused.decision, refused.response["reasons"], refused.response["offline"]["basis"]) == (
+        "deny", ["plate_mismatch"], "pass"), refused.response
+    return refused
+
+
+def test_an_offline_refusal_overridden_at_the_desk_counts_as_a_use_and_is_reconciled_as_an_audited_override(
+        gate: Gate, adapters: list[Adapter], console: TestClient, desk: OverrideDesk) -> None:
+    """The attack: during an outage a hired tractor (another plate) is refused offline; the officer lets it
+    in by hand. Before, the desk refused the override (nothing audited, no use noted, the reconcile heard
+    only a deny), and a second truck with the same badge and the nominated plate was allowed offline at
+    lane 2 and recorded clean. Now the override is noted as a use under the outbox's seal (lane 2 refuses
+    already_used) and reconciled as an audited override (release.gate_override, the officer and his
+    reason in it): the right is gated in, once."""
+    rid = gate.pickable(1)
+    a = adapters[0]
+    assert a.offline.refresh() == 1
+    a.down()
+    refused = refused_offline(a)
+    assert refused.response is not None
+    r = override(console, "in-1", {"request_id": refused.request_id, "reason": "hired tractor, plate checked"})
+    assert r.status_code == 201, r.text
+    assert r.json() == {
+        "lane": "in-1", "request_id": refused.request_id, "decision_id": refused.response["decision_id"],
+        "release_id": rid, "state": "recorded_locally", "overridden_by": "duty-officer (http)",
+        "counted_as_used": True, "recorded": "locally",
+        "note": "decided offline: the override is recorded here and will be reconciled with the service when it "
+                "can be reached"}
+    assert a.outbox.offline_uses() == {"in": {rid}, "out": set()}
+    [kept] = a.outbox.overrides(refused.request_id)
+    assert (kept["outcome"], kept["officer"]) == ("offline", "duty-officer (http)")
+    assert gate.state(rid) == "nominated"  # the service does not know yet
+
+    again = at_lane(a, "in-2", service_up=False)  # the same badge, the nominated plate
+    assert again.offline and again.response is not None
+    assert (again.decision, again.response["reasons"]) == ("deny", ["already_used"]), again.response
+    with pytest.raises(NotOverridable, match="already_used"):  # not the desk's to set aside
+        desk.override("in-2", again.request_id, "x", by="o")
+    with pytest.raises(NotOverridable, match="used here already"):  # the same refusal, twice
+        desk.override("in-1", refused.request_id, "again", by="o")
+    assert BarrierCommand.OPEN not in [c.command for c in a.barrier.commands]
+
+    a.up()
+    assert a.offline.reconcile() == 3  # the refusal, its override, the second truck's refusal
+    assert gate.state(rid) == "gated_in"
+    rows = {r.request_id: r for r in _offline_rows(gate)}
+    [key] = [k for k in rows if k.startswith("override:")]
+    assert (rows[key].verdict, rows[key].flag, str(rows[key].release_id)) == ("recorded", None, rid)
+    assert rows[refused.request_id].verdict == "nothing_to_record"
+    [event] = _audit(gate, rid, "release.gate_override")
+    assert "hired tractor, plate checked" in event["reason"] and "duty-officer (http)" in event["reason"]
+    assert event["decision_id"] == str(rows[key].id)
+    [audited] = [d for d in _audit(gate, rid, "release.gate_offline_reconciled") if "override" in d]
+    assert audited["override"]["officer"] == "duty-officer (http)"
+    assert audited["override"]["decision_id"] == refused.response["decision_id"]
+    assert a.outbox.unreconciled() == []
+    assert a.outbox.offline_result(key)["verdict"] == "recorded"  # type: ignore[index]
+
+
+def test_an_offline_override_of_a_right_used_online_meanwhile_is_flagged(
+        gate: Gate, adapters: list[Adapter], desk: OverrideDesk) -> None:
+    """The right was used online at another gate while this one was cut off: the override is flagged
+    used_online_meanwhile (the first use stands), and a report the pass does not back is refused."""
+    rid = gate.pickable(1)
+    a = adapters[0]
+    a.offline.refresh()
+    a.down()
+    refused = refused_offline(a)
+    done = desk.override("in-1", refused.request_id, "known driver", by="J. Peeters (test)")
+    assert done.offline and done.state == "recorded_locally"
+    online = gate.verify(gate.body(1, mode="commit")).json()  # another gate, online, meanwhile
+    assert online["committed"] is True
+    a.up()
+    assert a.offline.reconcile() == 2
+    [row] = [r for r in _offline_rows(gate) if r.request_id.startswith("override:")]
+    assert (row.verdict, row.flag, str(row.other_decision_id)) == ("flagged", "used_online_meanwhile",
+                                                                    online["decision_id"])
+    assert _audit(gate, rid, "release.gate_override") == []
+
+    # The lane's PC reports an override of what no desk may set aside: flagged, nothing moves.
+    rid2 = gate.pickable(2)
+    a.offline.refresh()
+    a.down()
+    second = refused_offline(a, n=2)
+    desk.override("in-1", second.request_id, "checked", by="o")
+    [(key, report)] = [(k, r) for k, r in a.outbox.unreconciled() if k.startswith("override:")]
+    forged = {**report, "reasons": ["badge_blocked"], "override": {**report["override"], "id": str(__import__(
+        "uuid").uuid4())}}
+    forged.pop("outbox", None)
+    got = gate.http.post("/gate/v1/offline-decisions", json=forged,
+                         headers={"Authorization": f"Bearer {gate.gate_token}"})
+    assert got.status_code == 200, got.text
+    assert (got.json()["verdict"], got.json()["flag"]) == ("flagged", "not_supported_by_pass")
+    assert gate.state(rid2) == "nominated"
+    blank = {**forged, "override": {**forged["override"], "reason": "   "}}
+    assert gate.http.post("/gate/v1/offline-decisions", json=blank,
+                          headers={"Authorization": f"Bearer {gate.gate_token}"}).status_code == 422
+    a.up()
+    assert a.offline.reconcile() == 2  # the genuine one: recorded
+    assert gate.state(rid2) == "gated_in"
+    assert a.outbox.offline_result(key)["verdict"] == "recorded"  # type: ignore[index]
+
+
+def test_an_offline_override_is_sealed_in_the_outbox_chain(tmp_path: Path) -> None:
+    """outbox.py rule 10: the override's use is an offline decision of the sealed chain, so deleting it
+    from the file (to let a second truck in on the right) leaves the outbox tampered (every offline
+    truck a review), as deleting an offline gate-in does."""
+    import sqlite3
+    import uuid
+
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path, secret=SECRET)
+    rid, decision_id = str(uuid.uuid4()), str(uuid.uuid4())
+    body = {"request_id": "r-1", "lane": "in-1", "direction": "in", "mode": "commit"}
+    assert box.put(body)
+    response = {"decision": "deny", "reasons": ["plate_mismatch"], "decision_id": decision_id, "release_id": rid,
+                "direction": "in", "mode": "commit", "offline": {"basis": "pass", "pass_id": "p-1"}}
+    assert box.decide_offline("r-1", response, {"request": body, "decision": "deny", "reasons": ["plate_mismatch"],
+                                                "release_id": rid, "basis": "pass", "gate_pass": "a.b.c"})
+    done = OverrideDesk(VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5), box, LANES).override(
+        "in-1", "r-1", "hired tractor", by="o")
+    assert done.offline and box.offline_uses() == {"in": {rid}, "out": set()}
+    assert box.check(full=True) is None
+    (_, first), (key, report) = box.unreconciled()
+    assert key.startswith("override:") and report["outbox"]["seq"] == first["outbox"]["seq"] + 1
+    assert report["override"] == {"id": key.removeprefix("override:"), "officer": "o", "reason": "hired tractor",
+                                  "decision_id": decision_id}
+    box.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM offline_decisions WHERE request_id = ?", (key,))
+    db.close()
+    box = Outbox(path, secret=SECRET)
+    try:
+        assert box.tampered is not None
+    finally:
+        box.close()

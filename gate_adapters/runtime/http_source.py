@@ -40,11 +40,13 @@ camera clear the latch the next time (403 ``officer_channel_insecure``, before t
 401 ``officer_credential_required``; 404 ``unknown_lane``; 409 ``not_latched`` or ``latch_changed`` (the
 clear names a latch the lane no longer holds: look again); 400 ``payload_refused`` for a body that is not
 ``{"latch": <id>, "note": <text, optional>}``. No device token clears a latch, whatever it may send.
-An override (the same officer checks) answers 201 with what the service recorded; 404 ``unknown_lane``
-or ``unknown_request``; 409 ``not_overridable`` (not a refusal the service could override: pending,
-decided offline, ...), or the service's own refusal with its code (``illegal_transition``,
-``already_used``, ...: its status when 404, 409 or 422, else 409); 503 ``service_unavailable`` (no answer:
-the right counts as used here all the same, overrides.py rule 3); 400 ``payload_refused``.
+An override (the same officer checks) answers 201 with what the service recorded (or, for a refusal decided
+offline, what this adapter recorded for the reconcile: overrides.py rule 6); 404 ``unknown_lane`` or
+``unknown_request``; 409 ``not_overridable`` (not a refusal that could be overridden: pending, allowed, offline
+without a pass or for a reason no desk sets aside, ...), or the service's own refusal with its code
+(``illegal_transition``, ``already_used``, ...: its status when 404, 409 or 422, else 409); 503
+``service_unavailable`` (no answer: the right counts as used here all the same, overrides.py rule 3); 400
+``payload_refused``.
 
 A read decides who passes a gate, so each POST is checked in this order, and nothing refused reaches
 the lane:

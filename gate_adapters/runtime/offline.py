@@ -524,10 +524,11 @@ class OfflineMode:
                     if not exc.final:
                         raise ServiceUnavailable(str(exc)) from exc
                     log.error("gate.offline.reconcile_refused.%s", exc.code, extra={"request_id": request_id})
-                    if report.get("decision") == "allow":
-                        # A barrier opened offline that the service refuses to hear of: never given up
-                        # (no gate-in recorded, no double use seen). Kept and reported again next time,
-                        # and the error logged each time, for a person to look at.
+                    if report.get("decision") == "allow" or "override" in report:
+                        # A barrier opened offline (or a truck an officer let in, overrides.py rule 6) that
+                        # the service refuses to hear of: never given up (no gate-in recorded, no double use
+                        # seen). Kept and reported again next time, and the error logged each time, for a
+                        # person to look at.
                         continue
                     result = exc.as_response()
                 self.outbox.reconciled(request_id, result)

@@ -50,7 +50,10 @@ Rules:
    the time our wall clock stamped it (a clock held back hid a use from such a window; review 121).
    An officer's override of a refused gate-in (overrides.py) is such a use too: ``overridden`` keeps the
    override (``overrides``: who, why, what the service said) and, unless the service refused it for good,
-   notes the right used (``in``) in ``online_uses`` against the refused request, in one transaction.
+   notes the right used (``in``) in ``online_uses`` against the refused request, in one transaction. An
+   override of a refusal decided offline (``override_offline``, overrides.py rule 6) is an offline decision
+   of its own instead (its key ``override:<id>``, ``used`` = ``in``): sealed in the chain (rule 10) and
+   reported at the reconcile, as the service has not heard of it.
 8. The file's schema is versioned (``PRAGMA user_version``, ``SCHEMA_VERSION``): an adapter upgraded in
    place migrates the file it finds, once, in one transaction (another process, the latch command,
    may open the same file). Version 1 added ``online_uses`` and filled it from the answers already kept;
@@ -175,7 +178,7 @@ CREATE TABLE IF NOT EXISTS overrides (
     release_id  TEXT NOT NULL,  -- the right let in
     officer     TEXT NOT NULL,  -- who asked, and how ('J. Peeters (http)')
     reason      TEXT NOT NULL,
-    outcome     TEXT NOT NULL,  -- 'overridden' | 'already_used' | 'unanswered' | 'refused' (overrides.py)
+    outcome     TEXT NOT NULL,  -- 'overridden' | 'already_used' | 'unanswered' | 'refused' | 'offline' (overrides.py)
     answer      TEXT,           -- JSON: the service's answer or refusal; none when it did not answer
     asked_at    REAL NOT NULL
 );
@@ -561,6 +564,47 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def override_offline(self, answered: Answered, *, key: str, decision_id: str, release_id: str, officer: str,
+                         reason: str, report: Mapping[str, Any]) -> bool:
+        """Rules 7 and 10 (review 121, finding 2): an officer's override of a gate-in this adapter refused
+        offline, in one transaction: kept (``overrides``, outcome ``offline``), and queued as an offline
+        decision of its own under ``key`` (sealed in the chain like any, its report for the reconcile)
+        with its right used here (``in``), so offline mode refuses a second truck and the service hears of
+        it. False (nothing written) when the right is used here already: a second override, or a truck
+        let in since."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._db.execute(
+                        "SELECT 1 FROM offline_decisions WHERE used = 'in' AND release_id = ? "
+                        "UNION SELECT 1 FROM online_uses WHERE used = 'in' AND release_id = ?",
+                        (release_id, release_id)).fetchone() is not None:
+                    self._db.execute("ROLLBACK")
+                    return False
+                now = self._wall()
+                self._db.execute(
+                    "INSERT INTO overrides (request_id, lane, decision_id, release_id, officer, reason, outcome, "
+                    "answer, asked_at) VALUES (?, ?, ?, ?, ?, ?, 'offline', NULL, ?)",
+                    (answered.request_id, answered.lane, decision_id, release_id, officer, reason, now))
+                self._db.execute(
+                    "INSERT INTO offline_decisions (request_id, lane, release_id, used, report, decided_at) "
+                    "VALUES (?, ?, ?, 'in', ?, ?)",
+                    (key, answered.lane, release_id, json.dumps(report, sort_keys=True), now))
+                if self._seal is not None:
+                    self._link(key)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
+
+    def offline_report(self, request_id: str) -> dict[str, Any] | None:
+        """The report queued with the offline decision of ``request_id`` (what the reconcile sends)."""
+        with self._lock:
+            row = self._db.execute("SELECT report FROM offline_decisions WHERE request_id = ?",
+                                   (request_id,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
 
     def overrides(self, request_id: str) -> list[dict[str, Any]]:
         """The overrides asked for this request, oldest first (the audit of a truck's passage)."""

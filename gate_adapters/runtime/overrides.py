@@ -6,6 +6,8 @@
             409 already_used (an earlier try, or a use)   ──► the use too, the officer told
             no answer, or one that does not judge it      ──► the use too, the officer told to try again
             any other refusal (final)                     ──► kept, no use, the service's word relayed
+        the lane's request, refused OFFLINE on a gate pass (rule 6) ──► outbox.override_offline: the override,
+            the use and its report, one transaction, sealed ──► the reconcile (offline.py) ──► the service
 
 Rules:
 1. An override is a gate-in (SPEC.md "A terminal may override a refusal only with a reason";
@@ -16,8 +18,8 @@ Rules:
    anything but this adapter is seen here only when the passes show it (docs/gate-adapter.md).
 2. Only a request of the lane named, answered by the service and refused, for a gate-in, with a right
    found, is sent: an offline decision's ``decision_id`` is the adapter's own, which no override at the
-   service can name (``not_overridable``). The service judges the rest (the reasons, the right as it
-   is now, the person), and its refusal is relayed with its code.
+   service can name (rule 6 instead). The service judges the rest (the reasons, the right as it is now,
+   the person), and its refusal is relayed with its code.
 3. When in doubt, a use (fail closed): the override at the service is not idempotent (a second try
    answers 409 ``already_used``), so an answer lost on the way (no answer after the client's retries, a
    429 or a refused token after a try that may have landed) may hide a gate-in. Only a final refusal
@@ -31,6 +33,17 @@ Rules:
 5. The override opens nothing: the officer lets the truck through by hand, as after a latch's clear
    (lane.py rule 9), and clears the lane's latch as ever. Errors carry codes (``code``), never HTTP
    statuses: the HTTP source maps them.
+6. An officer's override of a gate-in refused OFFLINE (review 121, finding 2: before, the desk refused it,
+   the officer let the truck in by hand unaudited, no use was noted, and a second truck on the same badge
+   and plate was allowed offline at another lane). Only a refusal judged on a gate pass (``basis`` pass,
+   a right found) for reasons a person at the desk may set aside (domain/gate.py ``OVERRIDABLE``, as
+   online) is taken. ``Outbox.override_offline`` keeps it (``overrides``, outcome ``offline``) and queues
+   it as an offline decision of its own (``override:<id>``, an ``in`` use, sealed in the chain: offline
+   mode refuses a second truck, and deleting it taints the outbox), with its report: the refused
+   decision's report and ``override`` (id, officer, reason, the decision set aside), in one transaction;
+   a right already used here is refused (a second override, or a truck let in since). The officer is
+   told it is recorded locally and will be reconciled; the service records it as an audited override
+   (``release.gate_override``), or flags it (release_service/services/gate_passes.py).
 """
 
 from __future__ import annotations
@@ -41,6 +54,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from release_service.domain.gate import OVERRIDABLE as _OVERRIDABLE
+
 from .client import ServiceUnavailable, VerifyClient, VerifyRefused
 from .outbox import Answered, Outbox
 
@@ -49,6 +64,9 @@ log = logging.getLogger("gate_adapters.lane")
 OVERRIDES_PATH = "/gate/v1/overrides"
 MAX_REASON = 400  # characters the officer writes; the service takes 500, with the officer's name and lane
 SERVICE_REASON = 500  # release_service/api/gate.py OverrideRequest.reason
+# What a person at the desk may set aside, online (the service judges) or offline (here, and again at the
+# reconcile): domain/gate.py, the same rule.
+OVERRIDABLE = frozenset(r.value for r in _OVERRIDABLE)
 
 
 class OverrideError(Exception):
@@ -89,7 +107,8 @@ class OverrideUnanswered(OverrideError):
 
 @dataclass(frozen=True, slots=True)
 class Overridden:
-    """An override the service recorded: the right let in, and who asked."""
+    """An override the service recorded (or, ``offline``, this adapter recorded for the reconcile, rule 6):
+    the right let in, and who asked."""
 
     lane: str
     request_id: str
@@ -97,11 +116,16 @@ class Overridden:
     release_id: str
     state: str
     officer: str
+    offline: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        return {"lane": self.lane, "request_id": self.request_id, "decision_id": self.decision_id,
-                "release_id": self.release_id, "state": self.state, "overridden_by": self.officer,
-                "counted_as_used": True}
+        out = {"lane": self.lane, "request_id": self.request_id, "decision_id": self.decision_id,
+               "release_id": self.release_id, "state": self.state, "overridden_by": self.officer,
+               "counted_as_used": True}
+        if self.offline:
+            out |= {"recorded": "locally", "note": "decided offline: the override is recorded here and will be "
+                                                   "reconciled with the service when it can be reached"}
+        return out
 
 
 def _uuid(value: Any) -> str | None:
@@ -131,6 +155,8 @@ class OverrideDesk:
             if answered is None and any(p.request_id == request_id for p in self.outbox.pending(lane)):
                 raise NotOverridable("the service has not answered this request yet: nothing to override")
             raise UnknownRequest(f"no request {request_id!r} at lane {lane}")
+        if "offline" in answered.response:
+            return self._offline(answered, reason, by)
         decision_id, release_id = self._refused_gate_in(answered)
         body = {"decision_id": decision_id, "reason": f"{reason} (officer {by}, lane {lane})"[:SERVICE_REASON]}
         try:
@@ -157,9 +183,6 @@ class OverrideDesk:
     def _refused_gate_in(self, answered: Answered) -> tuple[str, str]:
         """Rule 2: the service's decision id and the right's id of a refused gate-in, else NotOverridable."""
         response = answered.response
-        if "offline" in response:
-            raise NotOverridable("decided offline, from the gate passes: the service holds no such decision to "
-                                 "override; let the truck through by hand (the decision is reconciled)")
         if "error" in response:
             raise NotOverridable("the service refused the request itself: there is no decision to override")
         if response.get("decision") not in ("deny", "review"):
@@ -170,6 +193,41 @@ class OverrideDesk:
         if decision_id is None or release_id is None:
             raise NotOverridable("this decision found no release right: there is nothing to let in")
         return decision_id, release_id
+
+    def _offline(self, answered: Answered, reason: str, by: str) -> Overridden:
+        """Rule 6: an offline refusal, overridden here: noted as a use and queued for the reconcile."""
+        response = answered.response
+        if response.get("decision") not in ("deny", "review"):
+            raise NotOverridable("this truck was not refused: nothing to override")
+        if response.get("direction") != "in":
+            raise NotOverridable("only a refused gate-in can be overridden")
+        decision_id, release_id = _uuid(response.get("decision_id")), _uuid(response.get("release_id"))
+        report = self.outbox.offline_report(answered.request_id)
+        if (decision_id is None or release_id is None or report is None or not report.get("gate_pass")
+                or (response.get("offline") or {}).get("basis") != "pass"):
+            raise NotOverridable("decided offline without a gate pass for a right: nothing here can let the truck "
+                                 "in on the record; hold it until the service can be reached")
+        reasons = [str(r) for r in response.get("reasons") or ()]
+        hard = [r for r in reasons if r not in OVERRIDABLE]
+        if not reasons or hard:
+            raise NotOverridable(f"a terminal cannot override {', '.join(hard) or 'this decision'}: that is not "
+                                 "the gate's to set aside")
+        override_id = str(uuid.uuid4())
+        report = {**report, "override": {"id": override_id, "officer": by[:100], "reason": reason,
+                                         "decision_id": decision_id}}
+        report.pop("outbox", None)  # its place is the chain's to give, at the reconcile
+        if not self.outbox.override_offline(answered, key=f"override:{override_id}", decision_id=decision_id,
+                                            release_id=release_id, officer=by, reason=reason, report=report):
+            log.warning("gate.lane.override_refused.already_used", extra={
+                "lane": answered.lane, "request_id": answered.request_id, "decision_id": decision_id, "officer": by})
+            raise NotOverridable("this right was used here already (let in, or overridden, at a lane of this "
+                                 "adapter): nothing more to let in on it")
+        log.warning("gate.lane.overridden_offline: lane %s request %s let in by %s, to be reconciled",
+                    answered.lane, answered.request_id, by, extra={
+                        "lane": answered.lane, "request_id": answered.request_id, "decision_id": decision_id,
+                        "release_id": release_id, "officer": by, "override_id": override_id})
+        return Overridden(answered.lane, answered.request_id, decision_id, release_id, "recorded_locally", by,
+                          offline=True)
 
     def _unanswered(self, answered: Answered, decision_id: str, release_id: str, by: str, reason: str,
                     exc: Exception) -> NoReturn:

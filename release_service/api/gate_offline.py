@@ -62,6 +62,21 @@ _OUTBOX_SEQ = Query(None, ge=0, le=2**62, description="The outbox chain's head: 
 _OUTBOX_INTACT = Query(True, description="False: the adapter found its outbox chain broken (an alarm).")
 
 
+class OfflineOverrideIn(BaseModel):
+    id: uuid.UUID = Field(description="The adapter's id for this override: it is recorded under override:<id>.")
+    officer: Printable = Field(min_length=1, max_length=100, description="The officer who let the truck in.")
+    reason: Printable = Field(min_length=1, max_length=400, description="Why, in the officer's words.")
+    decision_id: uuid.UUID = Field(description="The adapter's offline decision (its decision_id) set aside.")
+
+    @field_validator("officer", "reason")
+    @classmethod
+    def _said(cls, text: str) -> str:
+        # An override is audited with who and why (SPEC.md): blanks are neither.
+        if not text.strip():
+            raise ValueError("must say something")
+        return text.strip()
+
+
 class OfflineDecisionIn(BaseModel):
     request: VerifyRequest = Field(description="The verify request the adapter could not send.")
     decision: Literal["allow", "deny", "review"]
@@ -82,6 +97,12 @@ class OfflineDecisionIn(BaseModel):
     outbox: OutboxPlace | None = Field(default=None, description=(
         "The decision's place in the adapter's sealed outbox chain: one place reported for two decisions "
         "raises port security's alarm. Not part of the decision (a report re-sent with it is the same)."))
+    override: OfflineOverrideIn | None = Field(default=None, description=(
+        "An officer at the lane let in the truck of this refused gate-in by hand while the service was "
+        "unreachable: recorded as an audited override (release.gate_override) when the pass backs the "
+        "right and the refusal is one an online override may set aside, else flagged; flagged "
+        "used_online_meanwhile or used_offline_twice when the right was used meanwhile. A second report "
+        "of its own, after the refusal's."))
 
     @field_validator("reasons")
     @classmethod
@@ -147,7 +168,9 @@ def offline_decision(request: Request, body: OfflineDecisionIn, actor: Actor = D
         request=gate_request(body.request), decision=g.Outcome(body.decision), reasons=tuple(body.reasons),
         release_id=body.release_id, basis=body.basis, decided_at=body.decided_at,
         ban_list_age_seconds=None if body.ban_list_age_seconds is None else max(body.ban_list_age_seconds, 0),
-        pass_token=body.gate_pass, outbox=None if body.outbox is None else OutboxMark(body.outbox.id, body.outbox.seq))
+        pass_token=body.gate_pass, outbox=None if body.outbox is None else OutboxMark(body.outbox.id, body.outbox.seq),
+        override=None if body.override is None else service.OfflineOverride(
+            body.override.id, body.override.officer, body.override.reason, body.override.decision_id))
     # The outbox place is where the adapter keeps it, not what it decided: a report sent before its adapter
     # told places, and again after, is the same report.
     fingerprint = hashlib.sha256(body.model_dump_json(exclude={"outbox"}).encode()).hexdigest()

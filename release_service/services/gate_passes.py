@@ -33,6 +33,22 @@ Reconcile (``POST /gate/v1/offline-decisions``), one transaction per decision, i
     record the offline decision (unique per terminal and request_id), audit it; a flag also becomes a
     ``release.gate_offline_flagged`` webhook event for the line, the holder and the terminal, commit
 
+An officer's override of a gate-in the adapter refused offline (review 121, finding 2; gate_adapters/
+runtime/overrides.py) is reported as the refused decision with ``override`` (who, why, the adapter's
+decision it sets aside), idempotent by (terminal, ``override:<its id>``). The truck is in::
+
+    a genuine pass of ours, this terminal, this right, valid when refused? ── no: FLAGGED pass_invalid
+        v
+    every reason reported, and every reason the pass's own rules give, one an online override may set
+    aside (domain/gate.py OVERRIDABLE)? ── no: FLAGGED not_supported_by_pass (nothing moves)
+        v
+    judge_use: already used ── FLAGGED used_offline_twice / used_online_meanwhile; ended ── changed_after_pass
+        v
+    ``override_gate_in`` (audited as an online override, ``release.gate_override``, the officer and his
+    reason in it); what an online override would have refused now (the right blocked or red, the
+    terminal's organisation deactivated, the person or truck no longer the pass's) FLAGS it
+    changed_after_pass, the override recorded all the same (no second truck takes the right)
+
 An adapter's outbox (review 92; gate_adapters/runtime/outbox.py rule 10) is a sealed chain its adapter
 checks; what the chain cannot see, a whole earlier copy of the file put back, we can. Each pass refresh
 tells the chain's id and head, each report its place: we keep the highest per gate client and chain
@@ -84,7 +100,7 @@ from release_service.ports import (
     StoredOfflineDecision,
 )
 
-from .common import persist
+from .common import acting_organisation_active, persist
 from .verify import require_gate_of
 
 log = logging.getLogger(__name__)
@@ -165,6 +181,16 @@ def make_pass(s: PassSubject, terminal: str, policy: g.TerminalPolicy, ban_list_
 
 
 @dataclass(frozen=True, slots=True)
+class OfflineOverride:
+    """An officer's override of a gate-in the adapter refused offline (module docstring)."""
+
+    id: uuid.UUID  # the adapter's id for it: the report's key, ``override:<id>``
+    officer: str
+    reason: str
+    decision_id: uuid.UUID  # the adapter's offline decision it sets aside
+
+
+@dataclass(frozen=True, slots=True)
 class OfflineReport:
     """An offline decision as the adapter reports it: what the gate saw, and what it decided locally."""
 
@@ -177,6 +203,13 @@ class OfflineReport:
     ban_list_age_seconds: int | None
     pass_token: str | None
     outbox: OutboxMark | None = None  # its place in the adapter's outbox chain, when told
+    override: OfflineOverride | None = None  # the refusal reported, set aside by an officer at the lane
+
+    @property
+    def key(self) -> str:
+        """What the report is recorded under: the request's id, or its override's (one refusal, then the
+        officer's word on it, are two reports)."""
+        return self.request.request_id if self.override is None else f"override:{self.override.id}"
 
 
 def reconcile(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, report: OfflineReport, *,
@@ -187,7 +220,7 @@ def reconcile(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, report
     gate_pass = _genuine(report.pass_token, signer, issuer, req.terminal)
     for _ in range(2):  # the second round only when a twin recorded first
         with uow_factory() as uow:
-            stored = uow.offline.find(req.terminal, req.request_id)
+            stored = uow.offline.find(req.terminal, report.key)
             if stored is not None:
                 return _replay(stored, fingerprint)
             decision_id = uuid.uuid4()
@@ -196,7 +229,7 @@ def reconcile(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, report
             report = _of_terminal(uow, report)
             j = _judge(uow, actor, report, gate_pass, decision_id, now)
             verdict, flag = j.verdict, j.flag
-            body = {"offline_decision_id": str(decision_id), "request_id": req.request_id,
+            body = {"offline_decision_id": str(decision_id), "request_id": report.key,
                     "release_id": str(report.release_id) if report.release_id else None,
                     "verdict": verdict.value, "flag": flag.value if flag else None,
                     "other_decision_id": str(j.other) if j.other else None}
@@ -296,6 +329,8 @@ class _Judged:
 def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pass: GatePass | None,
            decision_id: uuid.UUID, now: datetime) -> _Judged:
     req = report.request
+    if report.override is not None:
+        return _judge_override(uow, actor, report, gate_pass, decision_id, now)
     allowed = report.decision is g.Outcome.ALLOW
     online = uow.gate.find(req.terminal, req.request_id)
     if online is not None:
@@ -347,6 +382,50 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
     return _Judged(Verdict.RECORD, right=right)
 
 
+def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pass: GatePass | None,
+                    decision_id: uuid.UUID, now: datetime) -> _Judged:
+    """An officer's override of an offline refusal (module docstring): the truck is in on his word, so it
+    is recorded as an online override is, unless the pass does not back it or the right was used."""
+    req, o = report.request, report.override
+    assert o is not None
+    right = uow.releases.get(report.release_id, for_update=True) if report.release_id else None
+    if (right is None or gate_pass is None or req.direction is not g.Direction.IN
+            or report.decision is g.Outcome.ALLOW or not pass_covers(
+                gate_pass, terminal=req.terminal, release_id=report.release_id, decided_at=report.decided_at)):
+        return _Judged(Verdict.FLAGGED, Flag.PASS_INVALID, right=right)
+    at = min(max(report.decided_at, gate_pass.issued_at), now)
+    state = right.effective_state(at).value
+    # Only what an online override may set aside (``gate.require_overridable_decision``): the reasons the
+    # lane reported, and those the pass's own rules give on the reported request (the lane's PC may lie).
+    says = pass_refuses(gate_pass, req, decided_at=report.decided_at, state=state)
+    overridable = {r.value for r in g.OVERRIDABLE}
+    refused = [r.value for r in report.reasons]
+    if not refused or any(r not in overridable for r in [*refused, *says]):
+        return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, right=right, pass_says=says)
+    used_id, used_offline = uow.offline.last_use(right.id, _MOVES[g.Direction.IN])
+    verdict, flag = judge_use(direction=g.Direction.IN, state=state,
+                              used_by=UsedBy.OFFLINE if used_offline else UsedBy.ONLINE)
+    if verdict is not Verdict.RECORD:
+        return _Judged(verdict, flag, used_id, right)
+    # What an online override would refuse now; the truck is in, so it is recorded and flagged instead.
+    changed = list(_changed_since_pass(uow, gate_pass, right, req, at))
+    for check in (lambda: right.require_overridable(at), lambda: acting_organisation_active(uow, actor)):
+        try:
+            check()
+        except DomainError as exc:
+            changed.append(exc.code.value)
+    reason = (f"{o.reason} (officer {o.officer}, lane {req.lane}; offline, setting aside {', '.join(refused)} "
+              f"on gate pass {gate_pass.pass_id})")
+    try:
+        right.override_gate_in(by=actor, now=at, decision_id=decision_id, reason=reason)
+    except DomainError:
+        return _Judged(Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, right=right, changed=tuple(changed))
+    persist(uow, right)
+    if changed:
+        return _Judged(Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, right=right, changed=tuple(changed))
+    return _Judged(Verdict.RECORD, right=right)
+
+
 def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: ReleaseRight, req: g.GateRequest,
                         at: datetime) -> tuple[str, ...]:
     """``gate_pass.changed_since_pass`` on what the service knows now: the lane's badge, the pass's
@@ -383,7 +462,7 @@ def _row(actor: Actor, report: OfflineReport, decision_id: uuid.UUID, fingerprin
          flag: Flag | None, other: uuid.UUID | None, body: dict[str, Any], now: datetime) -> dict[str, Any]:
     req = report.request
     return {
-        "id": decision_id, "terminal": req.terminal, "request_id": req.request_id, "client_id": actor.client_id,
+        "id": decision_id, "terminal": req.terminal, "request_id": report.key, "client_id": actor.client_id,
         "lane": req.lane, "direction": req.direction.value, "mode": req.mode.value, "fingerprint": fingerprint,
         "decision": report.decision.value, "reasons": [r.value for r in report.reasons], "basis": report.basis,
         "release_id": report.release_id, "pass_id": None, "ban_list_age_seconds": report.ban_list_age_seconds,
@@ -404,6 +483,10 @@ def _announce(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, body:
         data["pass_says"] = list(j.pass_says)
     if j.changed:
         data["changed_since_pass"] = list(j.changed)
+    if report.override is not None:
+        o = report.override
+        data["override"] = {"officer": o.officer, "reason": o.reason, "decision_id": str(o.decision_id),
+                            "request_id": report.request.request_id, "reasons": [r.value for r in report.reasons]}
     right = j.right
     kind = FLAG_EVENT if body["flag"] else "release.gate_offline_reconciled"
     uow.audit.append(kind, actor=actor.as_dict(), subject=body["release_id"], data=data, at=now)
