@@ -188,6 +188,9 @@ def cmd_org_create(args: argparse.Namespace) -> int:
     if not (args.eori or args.vat):
         print("an organisation is identified by --eori and/or --vat", file=sys.stderr)
         return 2
+    if kind is OrgKind.TERMINAL and not args.terminal_code:
+        print(f"a terminal organisation needs --terminal-code: {TERMINAL_CODE_FORM}", file=sys.stderr)
+        return 2
     if args.terminal_code is not None and not is_terminal_code(args.terminal_code):
         # Review 123, finding 1: port-limited bans are screened by the port a terminal's code starts with.
         print(f"--terminal-code {args.terminal_code!r}: a terminal code is {TERMINAL_CODE_FORM}", file=sys.stderr)

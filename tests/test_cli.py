@@ -70,6 +70,12 @@ def test_a_terminal_code_that_does_not_start_with_its_port_is_refused(env: Path,
                  "--terminal-code", "BEANR-K1700"]) == 0
 
 
+def test_a_terminal_organisation_needs_its_code(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # As the admin API: a terminal without a code has no port for the bans, nor a code for its gate clients.
+    assert main(["org", "create", "--name", "Kaai", "--kind", "terminal", "--eori", "BE0778"]) == 2
+    assert "--terminal-code" in capsys.readouterr().err
+
+
 def test_duplicate_organisation(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["org", "create", "--name", "X", "--kind", "release_party", "--eori", "BE0123"]) == 0
     assert main(["org", "create", "--name", "Y", "--kind", "release_party", "--eori", "BE0123"]) == 1

@@ -70,9 +70,12 @@ def _check(role: ClientRole, kind: str | None, **kw: object) -> str | None:
         (
             ClientRole.TERMINAL_GATE,
             "terminal",
-            {"org_terminal_code": "A", "terminal_code": "B"},
+            {"org_terminal_code": "BEANR-A", "terminal_code": "BEANR-B"},
             "terminal_mismatch",
         ),
+        # A code no port can be read from, named for an organisation without one (review 123: port-limited
+        # bans are screened by it).
+        (ClientRole.TERMINAL_GATE, "terminal", {"terminal_code": "K1700"}, "invalid_terminal_code"),
     ],
 )
 def test_registration_rules(role: ClientRole, kind: str | None, kw: dict[str, object], code: str) -> None:
@@ -83,6 +86,8 @@ def test_registration_rules(role: ClientRole, kind: str | None, kw: dict[str, ob
 
 def test_registration_binds_terminal_clients_to_the_organisations_terminal() -> None:
     assert _check(ClientRole.TERMINAL_GATE, "terminal", org_terminal_code="BEANR-K1700") == "BEANR-K1700"
+    # An organisation's code from before the shape rule still serves its clients (screened fail-closed).
+    assert _check(ClientRole.TERMINAL_GATE, "terminal", org_terminal_code="PSA-K1700") == "PSA-K1700"
     assert _check(ClientRole.SHIPPING_LINE, "shipping_line") is None
     assert _check(ClientRole.DRIVER_APP, None, auth_method=AuthMethod.NONE) is None
 

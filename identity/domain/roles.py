@@ -31,6 +31,8 @@ from __future__ import annotations
 from enum import StrEnum
 from urllib.parse import urlsplit
 
+from .bans import TERMINAL_CODE_FORM, is_terminal_code
+
 
 class ClientRole(StrEnum):
     SHIPPING_LINE = "shipping_line"
@@ -132,6 +134,11 @@ def check_registration(
     bound = terminal_code or org_terminal_code
     if not bound:
         raise RegistrationRefused("terminal_required", f"{role} clients must be bound to a terminal")
+    if bound != org_terminal_code and not is_terminal_code(bound):
+        # Port-limited bans are screened by the port a terminal's code starts with (review 123, finding 1).
+        # The organisation's own code is taken as it is: one registered before the rule still serves (a
+        # code no port can be read from is screened against every port-limited ban, domain/bans.py).
+        raise RegistrationRefused("invalid_terminal_code", f"a terminal code is {TERMINAL_CODE_FORM}")
     if org_terminal_code is not None and bound != org_terminal_code:
         raise RegistrationRefused("terminal_mismatch", "the terminal is not the organisation's terminal")
     return bound
