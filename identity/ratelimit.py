@@ -8,11 +8,14 @@ same numbers; the in-process cache otherwise (one replica). Three parts:
   a counter to its next window and tests need no sleep. A burst at a window's edge may pass up to
   twice the limit: acceptable for abuse control, and one round trip instead of a sliding log.
 - ``LoginGuard``: per address (and per IPv6 /48: "Networks", below), a limit on login attempts; per
-  person (or credential), failures are counted, and the N-th failure within the window locks that
+  person (a face step-up's), failures are counted, and the N-th failure within the window locks that
   person out for a while, doubling with each lockout (capped) until a successful login. The lockout
-  is audited (``identity.lockout.started``). The N-th failure is detected by the INCR that returns
-  exactly N, so concurrent failures start one lockout, never two (STYLE.md #4); failures while locked
-  are not counted (check() refuses those attempts anyway).
+  is audited (``identity.lockout.started``). A passkey login counts no failure (review 122, finding 2:
+  an assertion names a credential before its signature proves anything, so anyone could lock its owner
+  out; and a signature cannot be guessed): its attempts count against the address only. The N-th
+  failure is detected by the INCR that returns exactly N, so concurrent failures start one lockout,
+  never two (STYLE.md #4); failures while locked are not counted (check() refuses those attempts
+  anyway).
 - ``RateLimitMiddleware`` (``install(app)``): POSTs to the OAuth endpoints (token, PAR,
   introspection, revocation, registration) and to /webauthn/authentication/verify are limited per
   client address (an IPv6 address by its /64, and by its /48 too: ``address_keys``), and the OAuth
@@ -55,7 +58,7 @@ most 6 001 + 6 001 + 601 keys per window, about 1.3 MB, 2.6 MB in the second two
 however many of its 65 536 /64s it uses (without the /48's count: up to 196 608 keys, 20 MB; 41 MB).
 Lower ``rate_limit_per_network`` and ``login_attempts_per_network`` to hold less. A caller with many /48s
 (a /32: an ISP's allocation) multiplies it again, as a botnet multiplies IPv4 addresses. The login
-guard's failure counts and locks are kept per credential or person that exists (``LoginGuard.failed``
+guard's failure counts and locks are kept per person that exists (``LoginGuard.failed``
 is told only of those): a handful of keys each (``lf:…:any``, ``lf:…:<generation>:<window>``,
 ``lock``, ``lockn``, ``lockgen``), bounded by the accounts, never by the callers.
 
@@ -283,9 +286,9 @@ class GuardCheck:
 class LoginGuard:
     """Per address attempt limits and per person lockout after repeated failures.
 
-    ``subject`` is whatever names the account being logged in to before it is known for sure: the
-    person's id, or the passkey credential id the assertion names (``cred:<id>``). ``address`` is the
-    client address. Both are hashed before they reach the cache.
+    ``subject`` names the account whose failures are counted, one that exists (``face:<person id>``, the
+    face step-up's; never a passkey credential an assertion names before its signature holds: review
+    122, finding 2). ``address`` is the client address. Both are hashed before they reach the cache.
     """
 
     def __init__(self, cache: Cache, *, limits: Limits = Limits(), now: Callable[[], float] = time.time,  # noqa: B008

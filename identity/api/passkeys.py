@@ -15,10 +15,12 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
       400 challenge_expired | invalid_request   401 passkey_unknown | passkey_invalid | passkey_suspended
                                                 passkey_suspended_privileged_role (suspended when a
                                                 privileged role was granted: port security enrols anew)
-      403 person_suspended | origin_refused     429 rate_limited (+ Retry-After; the login guard locks a
-                                                credential out after repeated failures)
+      403 person_suspended | origin_refused     429 rate_limited (+ Retry-After: the address's login
+                                                allowance is spent; no failure counts against a
+                                                credential, whose id anyone may name: review 122)
     POST /webauthn/registration/options     {"enrolment_code"?}   (else a login session of < 15 min)
-      200 {"flow", "publicKey": PublicKeyCredentialCreationOptionsJSON}
+      200 {"flow", "publicKey": PublicKeyCredentialCreationOptionsJSON}   (excludeCredentials: the
+          person's active passkeys with a session, none with an enrolment code)
       400 enrolment_code_unknown | enrolment_code_expired | enrolment_code_used
       401 login_required | reauthentication_required   403 person_suspended | origin_refused
       403 insufficient_authentication (the session's login is weaker than a passkey: a basic upstream one)

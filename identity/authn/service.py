@@ -105,13 +105,12 @@ class PasskeyError(Exception):
         self.office = office
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Attempt:
-    """One login attempt: when, from where, and (once the assertion is read) which credential."""
+    """One login attempt: when, and from where."""
 
     now: datetime
     address: str | None
-    subject: str | None = None
 
 
 class _Stale(Exception):
@@ -262,11 +261,16 @@ class PasskeyService:
         caller's refused attempt writes nothing per attempt to the cache: only the holder of a
         registered passkey makes the claim.
 
-        The login guard (``identity.ratelimit.LoginGuard``) is asked before the verification, keyed by
-        the credential the assertion names (``cred:<id>``: its owner is not known before the signature
-        holds), and told each failure and the success after it. Failures are counted for credentials
-        that exist only: those of a credential id made up count nowhere (a key each would let an
-        anonymous caller fill the cache; there is no account to protect).
+        The login guard (``identity.ratelimit.LoginGuard``) counts the attempt against the caller's
+        address (its per-address login allowance) before the verification, and nothing else: no failure
+        is counted against the credential the assertion names (review 122, finding 2). Before its
+        signature holds, an assertion proves nothing of who sent it: anyone who knew a driver's credential
+        id (it is in the audit trail, on his account page, and was in an enrolment's excludeCredentials)
+        signed with a key of his own, named that id, and five posts locked the driver out, again and
+        again. And a WebAuthn signature cannot be guessed, so a count of failures protects nothing a
+        lockout could: the per-address allowance bounds the flood. Once the signature holds, the caller
+        holds the key; what refuses him then (removed, suspended, a counter regression) is the
+        credential's state, not a guess.
 
         The transaction that creates the session takes a share lock on the person's row first
         (``sessions.hold_person``) and judges the status it reads then: a suspension committing meanwhile
@@ -281,12 +285,10 @@ class PasskeyService:
             self._refuse_login(exc.reason, exc.detail, attempt)
         except PasskeyError as exc:
             self._refuse_login(exc.code, exc.detail, attempt)
-        seen = None
         if self._guard is not None:
-            seen = self._guard.check_attempt(f"cred:{claim.credential_id}", address)
-            if seen.retry is not None:
-                self._refuse_login("rate_limited", "login guard", attempt, retry_after=seen.retry)
-        attempt.subject = f"cred:{claim.credential_id}"
+            retry = self._guard.check(None, address)  # the address's allowance only (review 122, finding 2)
+            if retry is not None:
+                self._refuse_login("rate_limited", "login guard", attempt, retry_after=retry)
         now = attempt.now
         # One connection from the read to the commit: the credential is read in the transaction that
         # records its use. Every refusal ends that transaction first (it has written nothing), so its
@@ -294,10 +296,9 @@ class PasskeyService:
         # transaction holds the write lock).
         with self._engine.connect() as conn:
 
-            def refuse(code: str, detail: str, stored: StoredCredential | None = None, *, count: bool = True
-                       ) -> NoReturn:
+            def refuse(code: str, detail: str, stored: StoredCredential | None = None) -> NoReturn:
                 conn.rollback()
-                self._refuse_login(code, detail, attempt, stored, count=count)
+                self._refuse_login(code, detail, attempt, stored)
 
             stored = self.credentials.get(claim.credential_id, conn)
             if stored is None:
@@ -310,11 +311,10 @@ class PasskeyService:
                 refuse("passkey_invalid", exc.detail, stored)
             if not passkeys.user_handle_matches(claim.user_handle, self._user_handle(stored.person_id)):
                 refuse("passkey_invalid", "user_handle_mismatch", stored)
-            # The signature holds: now, and not before, the flow's one use is claimed (a replay of this
-            # very assertion is not a failure of the credential's owner: not counted).
+            # The signature holds: now, and not before, the flow's one use is claimed.
             used_before = self._claim_flow_use(sealed, now)
             if used_before is not None:
-                refuse("challenge_expired", used_before, stored, count=False)
+                refuse("challenge_expired", used_before, stored)
             if stored.status == REMOVED:
                 refuse("passkey_unknown", "removed", stored)
             if stored.status == SUSPENDED:
@@ -347,8 +347,6 @@ class PasskeyService:
             # was suspended or removed between our read and our write (the same rule, judged
             # atomically by the UPDATE).
             self._suspend_for_counter(stored, verified.sign_count, attempt)
-        if self._guard is not None:
-            self._guard.succeeded(attempt.subject, address, seen)  # nothing on record: no round trip
         log.info("identity.login.passkey.succeeded")
         return LoginResult(cookie, session, safe_return_to(return_to))
 
@@ -382,15 +380,13 @@ class PasskeyService:
         stored: StoredCredential | None = None,
         *,
         retry_after: int | None = None,
-        count: bool = True,
     ) -> NoReturn:
         """Log and raise a refused login, audited when the credential the assertion names exists
-        (``stored``); the login guard is told the failure when ``count`` and ``stored``. A refusal before
-        any credential is found (a made-up credential id, an expired or forged flow, the address over its
-        login allowance) concerns no one: logged only, so an anonymous caller grows neither the audit
-        trail (a row per request: the refusals past the login allowance are not bounded by it) nor the
-        cache (failures of made-up ids are counted nowhere). A lockout is audited where it starts
-        (identity.ratelimit ``identity.lockout.started``)."""
+        (``stored``). A refusal before any credential is found (a made-up credential id, an expired or
+        forged flow, the address over its login allowance) concerns no one: logged only, so an anonymous
+        caller does not grow the audit trail (a row per request: the refusals past the login allowance are
+        not bounded by it). No refusal counts against the credential (``finish_authentication``: review
+        122, finding 2); each attempt counted against the address before it."""
         reason = detail if detail in ("counter_regression", "user_handle_mismatch", "removed") else code
         if stored is not None:
             audit.record(
@@ -402,8 +398,6 @@ class PasskeyService:
                 engine=self._engine,
             )
         log.info("identity.login.passkey.refused.%s", reason, extra={"fields": {"detail": detail[:200]}})
-        if self._guard is not None and attempt.subject is not None and stored is not None and count:
-            self._guard.failed(attempt.subject, attempt.address)
         raise PasskeyError(code, detail, retry_after=retry_after,
                            office=self._office(code, stored.person_id if stored is not None else None))
 
@@ -447,8 +441,12 @@ class PasskeyService:
         flow = self._store_flow(
             Flow(REGISTRATION, challenge, now + timedelta(seconds=self._ttl), person_id, sid, digest)
         )
-        existing = [(c.credential_id, list(c.transports)) for c in self.credentials.for_person(person_id)
-                    if c.status == ACTIVE]
+        # The person's passkeys are excluded (WebAuthn §5.4 excludeCredentials: the same authenticator is
+        # not registered twice) for the holder of his login session only: an enrolment code's holder is
+        # told none of his credential ids (review 122, finding 2: they were a way to learn them). A
+        # duplicate id is refused at verify anyway (passkey_already_registered).
+        existing = [] if digest is not None else [
+            (c.credential_id, list(c.transports)) for c in self.credentials.for_person(person_id) if c.status == ACTIVE]
         display = f"{given} {family}".strip()
         options = passkeys.registration_options(
             self.rp,
