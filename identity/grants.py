@@ -668,11 +668,15 @@ class GrantStore:
         self._revocations.add(conn, entries + [(r.jti, r.expires_at) for r in issued], now=now)
         return newly
 
-    def revoke_session(self, conn: sa.Connection, sid: str, *, reason: str, now: datetime) -> int:
-        """Revoke every grant made in one login session (RP-initiated logout); returns how many."""
-        ids = conn.execute(
-            sa.select(grants.c.id).where(grants.c.sid == sid, grants.c.revoked_at.is_(None))
-        ).scalars().all()
+    def revoke_session(self, conn: sa.Connection, sid: str, *, reason: str, now: datetime,
+                       client_id: str | None = None) -> int:
+        """Revoke every grant made in one login session (RP-initiated logout), or only ``client_id``'s;
+        returns how many. The grants of the sessions it replaced (a step-up, a new login in the same
+        browser) are among them: they were carried over (``carry_grants``)."""
+        query = sa.select(grants.c.id).where(grants.c.sid == sid, grants.c.revoked_at.is_(None))
+        if client_id is not None:
+            query = query.where(grants.c.client_id == client_id)
+        ids = conn.execute(query).scalars().all()
         return sum(self.revoke_grant(conn, gid, reason=reason, now=now) for gid in ids)
 
     def revoke_person(self, conn: sa.Connection, person_id: uuid.UUID, *, reason: str, now: datetime) -> int:
@@ -683,6 +687,17 @@ class GrantStore:
             sa.select(grants.c.id).where(grants.c.person_id == person_id, grants.c.revoked_at.is_(None))
         ).scalars().all()
         return sum(self.revoke_grant(conn, gid, reason=reason, now=now) for gid in ids)
+
+
+def carry_grants(conn: sa.Connection, from_sid: str, to_sid: str) -> int:
+    """Move the live grants of login session ``from_sid`` to ``to_sid``, the session that replaces it in
+    the same browser (identity.sessions ``SessionStore.create``), in the caller's transaction; returns
+    how many. A grant is revoked at logout by its session's sid, and a step-up or a new login gives the
+    browser's session a new one: left behind, a grant outlived the logout for as long as its refresh
+    tokens live (review 120, finding 1). Its refreshed id tokens then name the session that holds it."""
+    return int(conn.execute(
+        grants.update().where(grants.c.sid == from_sid, grants.c.revoked_at.is_(None)).values(sid=to_sid)
+    ).rowcount)
 
 
 def grants_for(app: Any) -> GrantStore:

@@ -13,7 +13,12 @@ Lifecycle::
                                                            +--end_for_person() (passkey removed or
                                                               suspended)--> ended
 
-A stronger login in the same browser (face step-up) replaces the session: ``create`` again.
+A stronger login in the same browser (face step-up) replaces the session: ``create`` again, ``of`` it;
+a new login in a browser that holds a session replaces that one (``create``, ``replacing`` its cookie).
+The replacing session carries the grants made in the one it replaces (those of the same person), so
+the logout that ends it revokes them too (``GrantStore.revoke_session`` by sid): a step-up or a second
+login gives the session a new sid, and before, the refresh tokens issued under the old one -- alive
+for 14 days against the session's 12 hours -- outlived the logout (review 120, finding 1).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import sqlalchemy as sa
 from quaygate.appstate import built_once
 from quaygate.hotsql import HotStatement
 from quaygate.schema import login_sessions, persons
+
+from .grants import carry_grants
 
 _INSERT = HotStatement(login_sessions.insert())  # every login writes one (quaygate.hotsql)
 
@@ -65,6 +72,7 @@ class SessionStore:
         now: datetime,
         conn: sa.Connection | None = None,
         of: LoginSession | None = None,
+        replacing: str | None = None,
         credential_id: str | None = None,
     ) -> tuple[str, LoginSession]:
         """A new session; returns (the cookie value, shown once, and the session).
@@ -75,6 +83,10 @@ class SessionStore:
         match on a stolen session would renew it for good, and count as the fresh login that adding a
         passkey asks for), and the passkey that opened it (``credential_id``: the passkey a login or an
         enrolment used; None for an upstream login).
+
+        ``replacing``: the cookie the browser sent with the login (a new login in a browser that holds a
+        session): that session ends, live or lapsed, and, the same person's, gives its grants to this one.
+        ``of`` gives its grants too (its caller ends it). Carried, they end with this session's logout.
         """
         cookie = secrets.token_urlsafe(32)
         session = LoginSession(
@@ -98,11 +110,31 @@ class SessionStore:
             "credential_id": session.credential_id,
         }
         if conn is not None:
-            _INSERT.execute(conn, row)
+            self._insert(conn, row, session, of=of, replacing=replacing, now=now)
         else:
             with self._engine.begin() as own:
-                _INSERT.execute(own, row)
+                self._insert(own, row, session, of=of, replacing=replacing, now=now)
         return cookie, session
+
+    @staticmethod
+    def _insert(conn: sa.Connection, row: dict[str, Any], session: LoginSession, *, of: LoginSession | None,
+                replacing: str | None, now: datetime) -> None:
+        """The new session's row; the browser's session it replaces ended, and the grants carried over."""
+        _INSERT.execute(conn, row)
+        carried_from = of.sid if of is not None else None
+        if replacing and len(replacing) <= 100:
+            old = conn.execute(
+                login_sessions.update()
+                .where(login_sessions.c.id_hash == _hash(replacing), login_sessions.c.ended_at.is_(None))
+                .values(ended_at=now)
+                .returning(login_sessions.c.sid, login_sessions.c.person_id)
+            ).first()
+            # Another person's session ends (the cookie is his no more) but keeps its grants: they are not
+            # this person's. His RP's logout with its id token revokes them (identity.oidc.logout).
+            if old is not None and old.person_id == session.person_id:
+                carried_from = old.sid
+        if carried_from is not None:
+            carry_grants(conn, carried_from, session.sid)
 
     def get(self, cookie: str | None, *, now: datetime) -> LoginSession | None:
         """The live session behind a cookie value, or None (unknown, expired or ended)."""
@@ -153,6 +185,18 @@ def session_live(conn: sa.Connection, sid: str, *, now: datetime) -> bool:
         sa.select(login_sessions.c.ended_at, login_sessions.c.expires_at).where(login_sessions.c.sid == sid)
     ).first()
     return row is not None and row.ended_at is None and row.expires_at > now
+
+
+def session_over(conn: sa.Connection, sid: str, *, person_id: str, now: datetime) -> bool:
+    """True when the session named by ``sid`` is the person's (``person_id``, as in an id token's sub)
+    and no longer live: lapsed, or ended (in the caller's transaction). RP-initiated logout with an id
+    token naming it revokes what the client still holds of it (identity.oidc.logout)."""
+    row = conn.execute(
+        sa.select(login_sessions.c.person_id, login_sessions.c.ended_at, login_sessions.c.expires_at)
+        .where(login_sessions.c.sid == sid)
+    ).first()
+    return (row is not None and str(row.person_id) == person_id
+            and (row.ended_at is not None or row.expires_at <= now))
 
 
 def hold_person(conn: sa.Connection, person_id: uuid.UUID) -> str | None:

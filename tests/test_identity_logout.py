@@ -8,19 +8,27 @@ import hashlib
 import hmac
 import json
 import logging
+import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from identity.bootstrap import provider_for
+from identity.bootstrap import create_client, provider_for
+from identity.domain import assurance
+from identity.domain import face as face_rules
+from identity.domain.face import FaceMatch
+from identity.face import face_for
 from identity.sessions import sessions_for
 from quaygate.app import create_app
 from quaygate.cache import MemoryCache
 from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher
+from quaygate.schema import grants, login_sessions
 from quaygate.settings import Settings
 from tests.test_identity_code_flow_support import (
     CONSOLE_LOGOUT,
@@ -29,6 +37,7 @@ from tests.test_identity_code_flow_support import (
     make_flow,
     query,
 )
+from tests.test_identity_passkeys import PEnv, build_env, device
 from tests.test_identity_support import ISSUER, forged_with_our_kid, utcnow
 
 API = "quaygate-api"
@@ -151,6 +160,173 @@ def test_logout_without_hint_asks_then_ends_on_post(flow: Flow) -> None:
     done = flow.http.post("/oauth2/logout", headers={"Origin": ISSUER}, follow_redirects=False)  # our page's form
     assert done.status_code == 200
     assert not _session_live(flow)
+
+
+# ---- review 120, finding 1: the driver's refresh token ends with the logout -----------------------------
+
+BYE = "https://driver.quaygate.example/bye"
+
+
+def _refresh(flow: Flow, client_id: str, token: str) -> Any:
+    return flow.http.post("/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": token,
+                                                 "client_id": client_id})
+
+
+def _logout(flow: Flow, id_token: str) -> Any:
+    return flow.http.get("/oauth2/logout", params={"id_token_hint": id_token, "post_logout_redirect_uri": BYE},
+                         follow_redirects=False)
+
+
+def _tokens(flow: Flow, client_id: str, **extra: str) -> dict[str, str]:
+    """Tokens of ``client_id`` from the browser's current session (its cookie on the test client)."""
+    pkce = Pkce()
+    resp = flow.exchange(client_id, flow.code(flow.authorize(client_id, pkce=pkce, **extra)), pkce.verifier)
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+def _cookie(flow: Flow) -> str:
+    cookie = flow.http.cookies.get(flow.container.settings.session_cookie)
+    assert cookie
+    return cookie
+
+
+def _sid_of(flow: Flow, refresh_token: str) -> str | None:
+    with flow.engine.connect() as conn:
+        found = flow.provider.grants.find_by_refresh(conn, refresh_token)
+    assert found is not None
+    return found[0].sid
+
+
+def test_logout_after_the_session_lapsed_revokes_the_hinting_clients_grants(flow: Flow) -> None:
+    """The reviewer's (a): twelve hours on, the session has lapsed and the browser dropped its cookie;
+    the app's logout with its id token used to answer "signed out" and revoke nothing, and its refresh
+    token worked on for the rest of its fourteen days."""
+    client_id, tokens, sid = _signed_in(flow)
+    other = flow.driver_app(post_logout_redirect_uris=[BYE])
+    theirs = _tokens(flow, other)  # another client's grant in the same session
+    with flow.engine.begin() as conn:
+        conn.execute(login_sessions.update().where(login_sessions.c.sid == sid)
+                     .values(expires_at=utcnow() - timedelta(seconds=1)))
+    flow.http.cookies.clear()  # the cookie's max-age is the session's
+    resp = _logout(flow, tokens["id_token"])
+    assert resp.status_code == 302 and resp.headers["location"].startswith(BYE)
+    refused = _refresh(flow, client_id, tokens["refresh_token"])
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    with pytest.raises(Exception, match="revoked"):
+        flow.provider.verifier.verify(tokens["access_token"], audience=API)
+    # Only what the hinting client holds: another RP's grant of that session is its own to end.
+    assert _refresh(flow, other, theirs["refresh_token"]).status_code == 200
+
+
+def test_a_hint_of_a_live_session_from_another_browser_revokes_nothing(flow: Flow) -> None:
+    client_id, tokens, _ = _signed_in(flow)
+    flow.http.cookies.clear()  # not the browser that holds the session
+    assert _logout(flow, tokens["id_token"]).status_code == 302
+    assert _refresh(flow, client_id, tokens["refresh_token"]).status_code == 200
+
+
+def test_logout_after_a_face_step_up_revokes_the_grants_of_the_session_it_replaced(flow: Flow) -> None:
+    """The reviewer's (b): the step-up (the real FaceService._replace_session) ends session S1 and opens
+    S2; the app re-authorises at acr face and logs out with the new id token. S2's grant G2 was revoked,
+    S1's grant G1 stayed live."""
+    client_id, g1, _ = _signed_in(flow)
+    now = utcnow()
+    s1 = sessions_for(flow.app).get(_cookie(flow), now=now)
+    assert s1 is not None
+    acr, amr = face_rules.stepped_up(s1.acr, s1.amr)
+    cookie, s2 = face_for(flow.app)._replace_session(s1, acr, amr, FaceMatch(0.3, True, None, 0.6), now)
+    flow.http.cookies.set(flow.container.settings.session_cookie, cookie)
+    assert _sid_of(flow, g1["refresh_token"]) == s2.sid  # carried over to the session that replaced S1
+    g2 = _tokens(flow, client_id, acr_values=acr)
+    assert flow.id_token(g2["id_token"])["sid"] == s2.sid
+    assert _logout(flow, g2["id_token"]).status_code == 302
+    for tokens in (g2, g1):
+        refused = _refresh(flow, client_id, tokens["refresh_token"])
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+
+
+def test_a_new_login_in_the_browser_ends_its_session_and_its_logout_revokes_the_earlier_grants(flow: Flow) -> None:
+    client_id, g1, s1 = _signed_in(flow)
+    cookie, s2 = sessions_for(flow.app).create(_person(flow, s1),
+                                               acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY, now=utcnow(),
+                                               replacing=_cookie(flow))
+    flow.http.cookies.set(flow.container.settings.session_cookie, cookie)
+    with flow.engine.connect() as conn:
+        assert conn.execute(sa.select(login_sessions.c.ended_at).where(login_sessions.c.sid == s1)).scalar()
+    g2 = _tokens(flow, client_id)
+    assert _logout(flow, g2["id_token"]).status_code == 302
+    for tokens in (g2, g1):
+        assert _refresh(flow, client_id, tokens["refresh_token"]).json()["error"] == "invalid_grant"
+
+
+def test_another_persons_login_in_the_browser_ends_the_session_but_keeps_its_grants_for_its_rp(flow: Flow) -> None:
+    """The first person's grants are not the second's to end at his logout; the first's RP ends them with
+    its own id token, whose session is over now."""
+    client_id, g1, s1 = _signed_in(flow)
+    cookie, s2 = sessions_for(flow.app).create(flow.person(given="Els"), acr=assurance.ACR_PASSKEY,
+                                               amr=assurance.AMR_PASSKEY, now=utcnow(), replacing=_cookie(flow))
+    assert _sid_of(flow, g1["refresh_token"]) == s1
+    flow.http.cookies.set(flow.container.settings.session_cookie, cookie)
+    g2 = _tokens(flow, client_id)
+    assert _logout(flow, g2["id_token"]).status_code == 302
+    assert _refresh(flow, client_id, g2["refresh_token"]).status_code == 400
+    one = _refresh(flow, client_id, g1["refresh_token"])
+    assert one.status_code == 200, one.text
+    assert _logout(flow, g1["id_token"]).status_code == 302
+    assert _refresh(flow, client_id, one.json()["refresh_token"]).json()["error"] == "invalid_grant"
+
+
+@pytest.fixture
+def penv(engine: sa.Engine, tmp_path: Path) -> Iterator[PEnv]:
+    yield from build_env(engine, tmp_path)
+
+
+def _grant_sid(engine: sa.Engine, gid: uuid.UUID) -> str | None:
+    with engine.connect() as conn:
+        sid: str | None = conn.execute(sa.select(grants.c.sid).where(grants.c.id == gid)).scalar_one()
+    return sid
+
+
+def test_a_passkey_login_ends_the_browsers_session_and_takes_over_its_grants(penv: PEnv) -> None:
+    """The login route hands the browser's cookie on: its session ends, and its grants (the same
+    person's) follow the new session, to end with its logout. Another person's login in that browser
+    ends the session too, and leaves its grants where they are."""
+    env = penv
+    pid, phone = env.person(), device()
+    _, first = env.enrol(pid, phone)  # the enrolment logs in
+    sessions = sessions_for(env.app)
+    s1 = sessions.get(first, now=env.clock.now())
+    assert s1 is not None
+    client_id, _ = create_client(env.engine, name="driver app", role="driver_app", organisation_id=None,
+                                 auth_method="none", redirect_uris=["be.quaygate.driver:/callback"],
+                                 now=env.clock.now())
+    with env.engine.begin() as conn:
+        gid = provider_for(env.app).grants.create(
+            conn, client_id=client_id, person_id=pid, sid=s1.sid, scope="openid offline_access", acr=s1.acr,
+            amr=s1.amr, auth_time=s1.auth_time, dpop_jkt=None, now=env.clock.now())
+    flow, options = env.login_options()
+    resp = env.post("/webauthn/authentication/verify", {"flow": flow, "credential": phone.get(options)}, cookie=first)
+    assert resp.status_code == 200, resp.text
+    second = resp.cookies["qg_session"]
+    s2 = sessions.get(second, now=env.clock.now())
+    assert s2 is not None and sessions.get(first, now=env.clock.now()) is None
+    assert _grant_sid(env.engine, gid) == s2.sid
+    other_phone = device()
+    env.enrol(env.person(), other_phone)
+    flow, options = env.login_options()
+    resp = env.post("/webauthn/authentication/verify", {"flow": flow, "credential": other_phone.get(options)},
+                    cookie=second)
+    assert resp.status_code == 200, resp.text
+    assert sessions.get(second, now=env.clock.now()) is None
+    assert _grant_sid(env.engine, gid) == s2.sid
+
+
+def _person(flow: Flow, sid: str) -> uuid.UUID:
+    with flow.engine.connect() as conn:
+        person: uuid.UUID = conn.execute(sa.select(login_sessions.c.person_id)
+                                         .where(login_sessions.c.sid == sid)).scalar_one()
+    return person
 
 
 # ---- against the whole application --------------------------------------------------------------

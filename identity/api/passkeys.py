@@ -215,9 +215,11 @@ async def authentication_options(request: Request) -> JSONResponse:
              responses=problem_responses(400, 401, 403, 429))
 async def authentication_verify(request: Request, body: VerifyRequest) -> JSONResponse:
     service, origin, address = passkeys_for(request.app), request.headers.get("origin"), _address(request)
+    cookie = _cookie(request)  # the browser's session, if any, ends with this login
     try:  # it waits for PostgreSQL: on the app's thread pool
         result = await threads_for(request.app).run(lambda: service.finish_authentication(
-            origin=origin, flow=body.flow, credential=body.credential, return_to=body.return_to, address=address))
+            origin=origin, flow=body.flow, credential=body.credential, return_to=body.return_to, address=address,
+            session_cookie=cookie))
     except PasskeyError as exc:
         return _refused(request, exc)
     return _with_session(request, {"ok": True, "return_to": result.return_to}, 200, result.cookie)

@@ -249,7 +249,8 @@ class PasskeyService:
         return flow, passkeys.authentication_options(self.rp, challenge=sealed.challenge, timeout_ms=self._ttl * 1000)
 
     def finish_authentication(
-        self, *, origin: str | None, flow: Any, credential: Any, return_to: Any = None, address: str | None = None
+        self, *, origin: str | None, flow: Any, credential: Any, return_to: Any = None, address: str | None = None,
+        session_cookie: str | None = None,
     ) -> LoginResult:
         """WebAuthn §7.2. The order matters: nothing about the credential's or person's state is told
         before the signature holds, and the counter is judged only on a signed response.
@@ -275,6 +276,9 @@ class PasskeyService:
         The transaction that creates the session takes a share lock on the person's row first
         (``sessions.hold_person``) and judges the status it reads then: a suspension committing meanwhile
         is waited for and refuses the login, or waits for the login and ends its session.
+
+        ``session_cookie``: the browser's; the session it names ends with this login, whose session takes
+        over its grants if it was this person's (``SessionStore.create``, review 120 finding 1).
         """
         attempt = _Attempt(self._clock.now(), address)
         try:
@@ -329,6 +333,7 @@ class PasskeyService:
             if used:
                 cookie, session = self._sessions.create(
                     stored.person_id, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY, now=now, conn=conn,
+                    replacing=session_cookie,
                     credential_id=stored.credential_id,
                 )
                 audit.record(
@@ -526,6 +531,7 @@ class PasskeyService:
                 if state.code_hash is not None:
                     cookie, created = self._sessions.create(
                         person_id, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY, now=now, conn=conn,
+                        replacing=session_cookie,
                         credential_id=passkey.credential_id,
                     )
                     audit.record(

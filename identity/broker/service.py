@@ -249,7 +249,9 @@ class BrokerService:
                 if screening.status == "banned":
                     raise BrokerRefused(Refusal.PERSON_BANNED, "port ban in force",
                                         office=issuing_office(conn, person_id))
-            cookie, session = self._sessions.create(person_id, acr=acr, amr=amr, now=now, conn=conn)
+            # The browser's session, if any, ends; this one takes over its grants if it was this person's.
+            cookie, session = self._sessions.create(person_id, acr=acr, amr=amr, now=now, conn=conn,
+                                                    replacing=session_cookie)
             actor = {"person_id": str(person_id)}
             if action is LinkAction.REBIND:
                 audit.record("identity.upstream.rebound", at=now, actor=actor, subject=str(person_id), conn=conn,

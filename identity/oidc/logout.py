@@ -12,8 +12,20 @@
          anything else (no hint, a hint naming another or an ended session, a POST from elsewhere)
          asks him to confirm (§2: "the OP SHOULD ask the End-User whether to log out"). No browser
          session: nothing to end, on to post_logout_redirect_uri.
-      -> SessionStore.end + GrantStore.revoke_session (its refresh and access tokens) + audit
+      -> SessionStore.end + GrantStore.revoke_session (its refresh and access tokens, those of the
+         sessions it replaced included: a step-up's, an earlier login's in this browser) + audit
       -> 302 to post_logout_redirect_uri (+ state), or a "signed out" page; the cookie is cleared
+
+    and first, whatever the browser holds: a hint naming a session of its sub that is no longer live
+    (lapsed, or ended by another person's login in that browser) -> that session's grants of the hint's
+    client are revoked, at once (``revoke_lapsed``)
+
+Why the last: refresh tokens live 14 days, the login session 12 hours, and its cookie no longer. The
+driver app logs out long after its session lapsed, from a browser that holds no session any more, and
+its refresh token worked on for days (review 120, finding 1). Only what the RP itself still holds of a
+session that is over goes: its own grants, never another client's nor a live session's. Whoever has a
+copy of the id token could do as much, and the RP does the same with its refresh token at the
+revocation endpoint (RFC 7009; the driver app does both).
 
 Why not more: an id token is no secret of the browser's. RPs log it, put it in URLs and keep it past
 its expiry, so a hint alone ended whatever session its sid named, from any browser or none (a forced
@@ -37,6 +49,7 @@ from joserfc.jws import JWSRegistry
 
 from .. import audit
 from ..grants import GrantStore
+from ..sessions import session_over
 from ..tokens import fits
 from .authorize import PageError, redirect_location
 from .issue import ID_TOKEN_ALGORITHMS
@@ -90,6 +103,26 @@ def verify_id_token_hint(provider: IdentityProvider, token: str) -> dict[str, An
     return claims
 
 
+def revoke_lapsed(provider: IdentityProvider, grants: GrantStore, claims: Mapping[str, Any], client_id: str, *,
+                  now: datetime) -> int:
+    """Revoke the grants of ``client_id`` made in the session a verified id token names (its sid), when
+    that session is its sub's and is no longer live (module docstring); returns how many. A live one is
+    left to the browser that holds it."""
+    sid, sub = claims.get("sid"), claims.get("sub")
+    if not isinstance(sid, str) or not isinstance(sub, str):
+        return 0
+    with provider.server.engine.begin() as conn:
+        if not session_over(conn, sid, person_id=sub, now=now):
+            return 0
+        revoked = grants.revoke_session(conn, sid, reason="logout", now=now, client_id=client_id)
+        if revoked:
+            audit.record("identity.logout.lapsed_session", at=now, actor={"client_id": client_id, "person_id": sub},
+                         data={"grants_revoked": revoked}, conn=conn)
+    if revoked:
+        log.info("identity.logout.lapsed_session")
+    return revoked
+
+
 def logout(
     provider: IdentityProvider,
     sessions: SessionStore,
@@ -123,6 +156,8 @@ def logout(
             log.info("identity.logout.refused.redirect_uri")
             raise PageError("invalid_request", "post_logout_redirect_uri is not registered for this client.")
         location = redirect_location(redirect, {"state": params.get("state")})
+    if claims is not None and client_id:
+        revoke_lapsed(provider, grants, claims, client_id, now=now)
     current = sessions.get(cookie, now=now)
     if current is None:
         log.info("identity.logout.no_session")

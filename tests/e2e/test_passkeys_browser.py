@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import sqlalchemy as sa
@@ -152,12 +153,19 @@ def test_enrol_use_the_app_log_out_and_log_in_again_with_the_passkey(browser: An
         assert header["alg"] == "ES256"
         assert page.evaluate("() => Object.keys(localStorage).filter(k => k.indexOf('token') >= 0)") == []
 
-        # 3. RP-initiated logout ends the provider session and comes back to /app/, logged out.
-        page.click("#logout")
+        # 3. RP-initiated logout ends the provider session and comes back to /app/, logged out. First the
+        #    app revokes its refresh token (RFC 7009), which outlives the provider session (review 120,
+        #    finding 1): it no longer refreshes.
+        with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/oauth2/revoke")) as sent:
+            page.click("#logout")
+        assert parse_qs(sent.value.post_data or "")["token"] == [tokens["refresh_token"]]
         page.locator("#signin").wait_for()
         assert page.url.startswith(live.base + "/app/")
         assert live_sessions(live, s.person_id) == 0
         assert page.evaluate("() => sessionStorage.getItem('qg.app.tokens')") is None
+        stale = page.request.post(live.base + "/oauth2/token", form={
+            "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": s.client_id})
+        assert stale.status == 400 and stale.json()["error"] == "invalid_grant"
 
         # 4. Log in again: no session, so /oauth2/authorize sends the browser to /login; the passkey logs
         #    in; return_to resumes the authorization request; the app lists the pickup again.

@@ -157,8 +157,12 @@
   }
 
   function logout() {
-    var idt = tokens && tokens.id_token;
+    var idt = tokens && tokens.id_token, rt = tokens && tokens.refresh_token;
     tokens = null; put("tokens", null); put("loggedout", true);
+    // RFC 7009: the refresh token (and its grant) outlives the provider session, 14 days to 12 h: revoked
+    // first (review 120, finding 1). keepalive: the request outlives this page.
+    if (rt && disco.revocation_endpoint) fetch(disco.revocation_endpoint, {method: "POST", keepalive: true, credentials: "omit",
+      body: new URLSearchParams({token: rt, token_type_hint: "refresh_token", client_id: cfg.client_id})}).catch(function () {});
     var end = disco.end_session_endpoint || cfg.issuer + "/oauth2/logout";
     var q = new URLSearchParams({post_logout_redirect_uri: cfg.post_logout_redirect_uri, client_id: cfg.client_id});
     if (idt) q.set("id_token_hint", idt);
