@@ -23,6 +23,10 @@ what the removal stops, and how:
   another driver first, so no right is left with a driver it no longer may name, and nothing is lost.
   The row is deleted first, the nominations read after: a nomination in flight share-locks the
   membership row it relied on, so the removal waits for it and then finds it.
+- Enrolment codes. A role that lets him issue them (enrolment.ISSUING_ROLES: badge_office,
+  port_security_admin) removed or expired ends the live codes he issued (``enrolment.end_issued_codes``;
+  review 122, finding 3: an officer's code outlived him by up to 30 days). A dated one's codes were
+  capped at its end when issued (enrolment.issue_code), so its expiry finds them expired already.
 - Caches. None holds memberships: the gate's facts carry badges, their holders' status and bans, not
   roles (release_service/adapters/gate_facts.py), and nomination reads the links from the database. So
   nothing is touched (quaygate/invalidation.py); a cache that came to hold them would have to be.
@@ -97,6 +101,7 @@ class Removed:
     """What a removal ended besides the membership."""
 
     grants_revoked: int
+    enrolment_codes_ended: int = 0  # the live codes he issued, when the role let him issue them
 
 
 def remove_membership(engine: sa.Engine, *, grants: GrantStore, person_id: uuid.UUID, organisation_id: uuid.UUID,
@@ -128,12 +133,14 @@ def remove_membership(engine: sa.Engine, *, grants: GrantStore, person_id: uuid.
         revoked = 0
         if role in c.PRIVILEGED_ROLES:
             revoked = revoke_carriers(conn, grants, person_id, organisation_id, now)
+        codes = enrolment.end_issued_codes(conn, person_id, now=now) if role in enrolment.ISSUING_ROLES else 0
         audit.record("identity.admin.membership.removed", at=now, actor=audit.actor_fields(actor),
                      subject=str(person_id), conn=conn,
                      data={"organisation_id": str(organisation_id), "role": role,
-                           "given_at": given.created_at.isoformat(), "grants_revoked": revoked})
+                           "given_at": given.created_at.isoformat(), "grants_revoked": revoked,
+                           "enrolment_codes_ended": codes})
     log.info("identity.membership.removed")
-    return Removed(revoked)
+    return Removed(revoked, codes)
 
 
 def revoke_carriers(conn: sa.Connection, grants: GrantStore, person_id: uuid.UUID, organisation_id: uuid.UUID,
@@ -224,6 +231,7 @@ def _expire(engine: sa.Engine, grants: GrantStore, person_id: uuid.UUID, organis
             return False  # another replica expired it, or it was given again meanwhile
         revoked = revoke_carriers(conn, grants, person_id, organisation_id, now,
                                    reason=PRIVILEGED_ROLE_EXPIRED) if role in c.PRIVILEGED_ROLES else 0
+        codes = enrolment.end_issued_codes(conn, person_id, now=now) if role in enrolment.ISSUING_ROLES else 0
         live = SqlDirectory(conn).live_nominations(person_id, organisation_id, now=now) if role == DRIVER_ROLE else []
         SqlOutbox(conn).publish([PublishedEvent(
             id=uuid.uuid4(), type=ALERT_EVENT, release_id=rid, at=now, audience=frozenset({organisation_id}),
@@ -232,7 +240,8 @@ def _expire(engine: sa.Engine, grants: GrantStore, person_id: uuid.UUID, organis
         audit.record(EXPIRED_KIND, at=now, actor=EXPIRY_ACTOR, subject=str(person_id), conn=conn,
                      data={"organisation_id": str(organisation_id), "role": role,
                            "given_at": gone.created_at.isoformat(), "valid_until": gone.valid_until.isoformat(),
-                           "grants_revoked": revoked, "live_nominations": [str(r) for r in live]})
+                           "grants_revoked": revoked, "enrolment_codes_ended": codes,
+                           "live_nominations": [str(r) for r in live]})
     log.info("identity.membership.expired")
     if live:
         log.warning("identity.membership.expired.live_nominations")

@@ -486,6 +486,9 @@ enrolment_codes = sa.Table(
     sa.Column("ended_at", UTCDateTime),  # ended before use (a privileged role, a suspension): no clock passes it
     # The issuer was refused no role (port security, an admin client, the CLI): identity.authn.enrolment.
     sa.Column("privileged_issuer", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The officer who issued it through the console (NULL: an admin client, the CLI, or a code from before
+    # migration 0022). Its life ends with his issuing role's (identity.authn.enrolment, review 122).
+    sa.Column("issued_by", UUID, sa.ForeignKey("persons.id"), index=True),
 )
 
 # RFC 7591 §3: initial access tokens an admin obtains to let an integrator register a client.

@@ -592,12 +592,17 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
                 keep_an_officer(conn, person_id, body.organisation_id)
             except MembershipRefused as exc:
                 return problem(409, exc.code, exc.message, instance=request.url.path)
+        # A role that lets him issue enrolment codes given an end: his live codes end by then at the latest
+        # (identity.authn.enrolment, review 122 finding 3), as those he issues from now on do.
+        capped = (enrolment.cap_issued_codes(conn, person_id, until=until, now=now)
+                  if until is not None and body.role in enrolment.ISSUING_ROLES else 0)
         if held is not None and (held.valid_until is None or held.valid_until > now):
             conn.execute(memberships.update().where(*key).values(valid_until=until))
             audit.record("identity.admin.membership.changed", at=now, actor=caller.audit_actor,
                          subject=str(person_id), conn=conn,
                          data={"organisation_id": str(body.organisation_id), "role": body.role,
-                               "valid_until": _iso(until), "was_valid_until": _iso(held.valid_until)})
+                               "valid_until": _iso(until), "was_valid_until": _iso(held.valid_until),
+                               "enrolment_codes_capped": capped})
             return JSONResponse({"person_id": str(person_id), "organisation_id": str(body.organisation_id),
                                  "role": body.role, "valid_until": _iso(until), "passkeys_suspended": 0})
         # Not held, or held no more (past its end, not swept yet): given anew, as any grant.
@@ -612,6 +617,7 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
                      conn=conn, data={"organisation_id": str(body.organisation_id), "role": body.role,
                                       "valid_until": _iso(until),
                                       "enrolment_codes_ended": done.enrolment_codes_ended,
+                                      "enrolment_codes_capped": capped,
                                       "passkeys_suspended": done.passkeys_suspended,
                                       "sessions_ended": done.sessions_ended, "grants_revoked": done.grants_revoked})
     return JSONResponse({"person_id": str(person_id), "organisation_id": str(body.organisation_id),

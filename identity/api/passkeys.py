@@ -45,7 +45,8 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
       revoked with it; the session that removed it stays unless that passkey opened it: then it ends
       too, ``signed_out`` is true and the cookie is cleared.
     POST /admin/v1/persons/{person_id}/enrolment-codes  {"ttl_seconds"?}  (bearer token, scope admin)
-      201 {"code", "person_id", "expires_at"}   the code is shown once; default TTL 72 h
+      201 {"code", "person_id", "expires_at"}   the code is shown once; default TTL 72 h; an officer's
+          code expires at the end of his issuing roles at the latest, and ends when he loses one
       401/403 on the token before any of the body is read
       403 insufficient_role: the badge office, for a person with a privileged role (port security's)
 
@@ -76,6 +77,7 @@ from release_service.api.problems import problem, problem_responses
 
 from ..authn import enrolment
 from ..authn.service import PasskeyError, passkeys_for
+from ..domain.claims import BADGE_OFFICE_ROLE
 from ..sessions import sessions_for
 from .admin import (
     PORT_SECURITY_ROLE,
@@ -338,6 +340,9 @@ def issue_enrolment_code(
                                "with a privileged role: another officer does.").response(request)
         if exc.code == "insufficient_role":  # answered as the admin API answers a role it lacks
             return role_refused(PORT_SECURITY_ROLE).response(request)
+        if exc.code == "issuer_role_ended":  # his role ended while his token still names it
+            return role_refused(PORT_SECURITY_ROLE if caller.holds(PORT_SECURITY_ROLE) else BADGE_OFFICE_ROLE
+                                ).response(request)
         return _refused(request, exc)
     return JSONResponse({"code": code, "person_id": str(person_id), "expires_at": expires_at.isoformat()},
                         status_code=201, headers={"Cache-Control": "no-store"})

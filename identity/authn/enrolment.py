@@ -10,6 +10,7 @@ Lifecycle::
                     |
                     +--expires_at (default 72 h)--> expired
                     +--end_live_codes() (a privileged role granted, a suspension, a reinstatement)--> ended
+                    +--end_issued_codes() (its issuer lost a role that issues codes)--> ended
 
 ``consume`` is one conditional ``UPDATE ... WHERE used_at IS NULL AND ended_at IS NULL AND expires_at >
 now`` in the registration's own transaction (STYLE.md #4): of two racing registrations, exactly one
@@ -31,6 +32,16 @@ A code remembers whether its issuer could have issued it for a privileged person
 (``privileged_issuer``: the issuer was refused no role), and the passkey registered with it keeps that
 (identity.authn.credentials ``Provenance``): a privileged role granted later suspends the passkeys that
 rest on a code the badge office issued (identity.authn.cutoff ``privileged_role_granted``).
+
+A code issued through the console names its officer (``issued_by``; ``created_by`` is the console's
+client id) and never outlives his role (review 122, finding 3: it did, by up to 30 days). Its expiry
+is capped at the earliest end of the roles that let him issue codes (``ISSUING_ROLES``, in force, in an
+active organisation), read with a share lock on those membership rows in the issue's transaction, so a
+removal or an expiry of one waits for the issue and then sees its code. When he loses one of them
+(identity.memberships: removed, or expired by the sweep) his live codes end (``end_issued_codes``), and
+when one is given an end (identity.api.admin ``add_membership``) they are capped at it
+(``cap_issued_codes``). Losing either role ends them all, the safe side: the other role may not have
+let him issue each of them (port security's codes for an officer), nor for as long.
 """
 
 from __future__ import annotations
@@ -44,9 +55,15 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from quaygate.schema import enrolment_codes, membership_in_force, memberships, persons
+from quaygate.schema import (
+    enrolment_codes,
+    membership_in_force,
+    membership_of_active_organisation,
+    memberships,
+    persons,
+)
 
-from ..domain.claims import PRIVILEGED_ROLES
+from ..domain.claims import CONSOLE_ADMIN_ROLES, PRIVILEGED_ROLES
 from .credentials import Provenance
 
 DEFAULT_TTL = timedelta(hours=72)
@@ -60,6 +77,9 @@ LENGTH = 16
 # ``enrolment_code_refused_roles``). Its codes are ``privileged_issuer``: there is no default, each
 # issuer says which roles it is refused, so nobody gets the permissive choice by leaving it out.
 NO_ROLE_REFUSED: frozenset[str] = frozenset()
+# The roles that let a console officer issue codes (identity.api.admin ``enrolment_code_caller``): his
+# codes live no longer than the earliest of his holds (module docstring).
+ISSUING_ROLES: frozenset[str] = CONSOLE_ADMIN_ROLES
 
 
 # Who issues a person's enrolment codes, so whom the person turns to for a new one, or about a passkey
@@ -72,7 +92,8 @@ PORT_SECURITY = "port_security"
 
 class EnrolmentRefused(Exception):
     """``reason``: enrolment_code_unknown, enrolment_code_expired, enrolment_code_used, person_unknown,
-    person_not_active, insufficient_role (the person holds a role the issuer may not issue for).
+    person_not_active, insufficient_role (the person holds a role the issuer may not issue for),
+    issuer_role_ended (the officer issuing it holds no role that issues codes any more).
     ``person_id``: the code's person, when a code was found (``check``: the pages tell him whom to ask)."""
 
     def __init__(self, reason: str, *, person_id: uuid.UUID | None = None) -> None:
@@ -110,6 +131,7 @@ def issue_code(
     ttl: timedelta = DEFAULT_TTL,
     refused_roles: frozenset[str],
     conn: sa.Connection | None = None,
+    issued_by: uuid.UUID | None = None,
 ) -> tuple[str, datetime]:
     """A new code for ``person_id``: (the clear code, shown once; its expiry).
 
@@ -118,19 +140,20 @@ def issue_code(
     holds any of them gets no code from this issuer, read under the person's row lock (see the module
     docstring); an issuer refused no role (``NO_ROLE_REFUSED``) makes a ``privileged_issuer`` code.
     Earlier live codes of the person stay valid until used, expired or ended. Pass ``conn`` to issue in
-    the caller's transaction (with its audit entry).
+    the caller's transaction (with its audit entry). ``issued_by``: the console officer issuing it; its
+    expiry is then capped at the end of his issuing roles (module docstring), EnrolmentRefused
+    ("issuer_role_ended") when none is in force.
     """
     if not timedelta(0) < ttl <= MAX_TTL:
         raise ValueError("an enrolment code lives between 1 second and 30 days")
     code = _new_code()
-    expires_at = now + ttl
     if conn is None:
         with engine.begin() as own:
-            _insert(own, person_id, code, created_by=created_by, now=now, expires_at=expires_at,
-                    refused_roles=refused_roles)
+            expires_at = _insert(own, person_id, code, created_by=created_by, now=now, expires_at=now + ttl,
+                                 refused_roles=refused_roles, issued_by=issued_by)
     else:
-        _insert(conn, person_id, code, created_by=created_by, now=now, expires_at=expires_at,
-                refused_roles=refused_roles)
+        expires_at = _insert(conn, person_id, code, created_by=created_by, now=now, expires_at=now + ttl,
+                             refused_roles=refused_roles, issued_by=issued_by)
     return code, expires_at
 
 
@@ -160,10 +183,46 @@ def lock_person(conn: sa.Connection, person_id: uuid.UUID) -> str | None:
     ).scalar_one_or_none()
 
 
+def issuer_ends(conn: sa.Connection, issuer: uuid.UUID, now: datetime) -> datetime | None:
+    """The earliest end of ``issuer``'s roles that issue codes (ISSUING_ROLES, in force, in an active
+    organisation): None when none of them ends; ``now`` when he holds none. The membership rows read are
+    share-locked until the caller's transaction ends (FOR SHARE on PostgreSQL; SQLite's writers run one
+    at a time): a removal, an expiry or a new end of one waits for the issue, then sees its code."""
+    ends = list(conn.execute(
+        sa.select(memberships.c.valid_until).where(
+            memberships.c.person_id == issuer, memberships.c.role.in_(sorted(ISSUING_ROLES)),
+            membership_in_force(now), membership_of_active_organisation())
+        .with_for_update(read=True, of=memberships)).scalars())
+    if not ends:
+        return now
+    dated = [end for end in ends if end is not None]
+    return min(dated) if dated else None
+
+
+def end_issued_codes(conn: sa.Connection, issuer: uuid.UUID, *, now: datetime) -> int:
+    """End the live codes ``issuer`` issued (he lost a role that issues them), in the caller's
+    transaction: how many. Marked ``ended_at``, as ``end_live_codes`` (review 67: no clock passes it)."""
+    result = conn.execute(enrolment_codes.update().where(
+        enrolment_codes.c.issued_by == issuer, enrolment_codes.c.used_at.is_(None),
+        enrolment_codes.c.ended_at.is_(None), enrolment_codes.c.expires_at > now).values(ended_at=now))
+    return int(result.rowcount or 0)
+
+
+def cap_issued_codes(conn: sa.Connection, issuer: uuid.UUID, *, until: datetime, now: datetime) -> int:
+    """Cap the expiry of the live codes ``issuer`` issued at ``until`` (a role of his that issues them was
+    given that end), in the caller's transaction: how many. ``until`` is to come (a new end is), so a
+    registration using one before it still may."""
+    result = conn.execute(enrolment_codes.update().where(
+        enrolment_codes.c.issued_by == issuer, enrolment_codes.c.used_at.is_(None),
+        enrolment_codes.c.ended_at.is_(None), enrolment_codes.c.expires_at > until,
+        enrolment_codes.c.expires_at > now).values(expires_at=until))
+    return int(result.rowcount or 0)
+
+
 def _insert(
     conn: sa.Connection, person_id: uuid.UUID, code: str, *, created_by: str, now: datetime, expires_at: datetime,
-    refused_roles: frozenset[str],
-) -> None:
+    refused_roles: frozenset[str], issued_by: uuid.UUID | None,
+) -> datetime:
     status = lock_person(conn, person_id)
     if status is None:
         raise EnrolmentRefused("person_unknown")
@@ -174,6 +233,12 @@ def _insert(
             memberships.c.person_id == person_id, memberships.c.role.in_(sorted(refused_roles)),
             membership_in_force(now))).first() is not None:
         raise EnrolmentRefused("insufficient_role")
+    if issued_by is not None:
+        end = issuer_ends(conn, issued_by, now)
+        if end is not None and end <= now:
+            raise EnrolmentRefused("issuer_role_ended")
+        if end is not None:
+            expires_at = min(expires_at, end)
     conn.execute(
         enrolment_codes.insert().values(
             code_hash=code_hash(code),
@@ -183,8 +248,10 @@ def _insert(
             expires_at=expires_at,
             # Refused no role: it could have been issued for a person who holds any (review 67).
             privileged_issuer=not refused_roles,
+            issued_by=issued_by,
         )
     )
+    return expires_at
 
 
 def end_live_codes(conn: sa.Connection, person_id: uuid.UUID, *, now: datetime) -> int:

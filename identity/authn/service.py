@@ -633,7 +633,9 @@ class PasskeyService:
         """A one-time code for the person's first passkey, in one transaction with its audit entry.
         ``actor`` as badge histories store it (identity.audit ``person_actor``): the officer and the
         console client, or an admin client; the trail names both, as every admin action's entry does,
-        and the code keeps the client as its issuer (``created_by``, a passkey's provenance).
+        and the code keeps the client as its issuer (``created_by``, a passkey's provenance) and the
+        officer (``issued_by``): it ends with his issuing role, and is capped at its end (review 122,
+        finding 3; enrolment.issue_code: PasskeyError("issuer_role_ended") when he holds none now).
         ``refused_roles``: the roles of a person this issuer may not have a code for (identity.api.admin
         ``enrolment_code_refused_roles``), checked under the person's row lock with the insert
         (enrolment.issue_code): PasskeyError("insufficient_role")."""
@@ -644,6 +646,7 @@ class PasskeyService:
                 code, expires_at = enrolment.issue_code(
                     self._engine, person_id, created_by=who["client_id"], now=now, ttl=ttl,
                     refused_roles=refused_roles, conn=conn,
+                    issued_by=uuid.UUID(who["person_id"]) if "person_id" in who else None,
                 )
                 audit.record("identity.enrolment_code.issued", at=now, actor=who,
                              subject=str(person_id), data={"expires_at": expires_at.isoformat()}, conn=conn)
