@@ -160,6 +160,13 @@ def test_every_passkey_error_code_has_a_translation() -> None:
     assert {f"error.{code}" for code in set(STATUS) - generic} - set(english) == set()
 
 
+def test_the_console_says_what_shape_a_terminal_code_has() -> None:
+    """Review 123's mend refuses a terminal code not starting with its port's UN/LOCODE; the console shows
+    the form in every language (else only the generic 422 text)."""
+    for lang in i18n.LANGUAGES:
+        assert "BEANR-K1700" in i18n.catalog(lang)["error.invalid_terminal_code"], lang
+
+
 def test_a_passkey_suspended_at_a_promotion_sends_the_person_to_port_security() -> None:
     """After a privileged role is granted only port security issues the person's codes: in every
     language the text names port security (as the console names it), where a passkey suspended for
