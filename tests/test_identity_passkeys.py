@@ -586,7 +586,9 @@ def test_state_changing_calls_from_another_origin_are_refused(env: PEnv) -> None
         _problem(env.call("PATCH", f"/account/passkeys/{cid}", {"name": "x"}, origin=origin, cookie=cookie),
                  403, "origin_refused")
         _problem(env.call("DELETE", f"/account/passkeys/{cid}", origin=origin, cookie=cookie), 403, "origin_refused")
+        _problem(env.call("DELETE", "/account/sessions", origin=origin, cookie=cookie), 403, "origin_refused")
     assert env.credential_row(cid).status == "active" and env.credential_row(cid).name == "My phone"
+    assert sessions_for(env.app).get(cookie, now=env.clock.now()) is not None
 
 
 @pytest.mark.parametrize(
@@ -686,6 +688,34 @@ def test_removing_a_passkey_ends_the_sessions_it_opened_the_removers_included(en
     assert kept.status_code == 200 and kept.json()["signed_out"] is False and "set-cookie" not in kept.headers
     assert sessions.get(upstream, now=env.clock.now()) is not None  # no passkey opened it: it stays
     assert sessions.get(again, now=env.clock.now()) is None
+
+
+def test_sign_out_everywhere_else_ends_the_other_sessions_and_keeps_this_one(env: PEnv) -> None:
+    """A person who left himself logged in on a lost phone, or whose cookie was taken, ends every other
+    session from a fresh login; his own stays. An old session (a stolen cookie) may not: it would sign
+    the owner out everywhere and stay."""
+    pid, other = env.person(), env.person()
+    phone, tablet = device(), device()
+    env.enrol(pid, phone)
+    env.enrol(pid, tablet)
+    theirs = env.enrol(other, device())[1]
+    lost = env.login(phone).cookies["qg_session"]
+    upstream = env.upstream_session(pid)
+    env.clock.advance(hours=11)
+    _problem(env.call("DELETE", "/account/sessions", cookie=lost), 401, "reauthentication_required")
+    sessions = sessions_for(env.app)
+    assert sessions.get(upstream, now=env.clock.now()) is not None
+    assert "identity.passkey.sign_out_elsewhere.refused.reauthentication_required" in env.audit_kinds()
+    _problem(env.call("DELETE", "/account/sessions"), 401, "login_required")
+    here = env.login(tablet).cookies["qg_session"]
+    done = env.call("DELETE", "/account/sessions", cookie=here)
+    assert done.status_code == 200, done.text
+    assert done.json()["sessions_ended"] >= 2 and "set-cookie" not in done.headers
+    assert sessions.get(lost, now=env.clock.now()) is None and sessions.get(upstream, now=env.clock.now()) is None
+    assert sessions.get(here, now=env.clock.now()) is not None
+    assert sessions.get(theirs, now=env.clock.now()) is not None  # another person's: untouched
+    assert env.call("GET", "/account/passkeys", cookie=here).status_code == 200
+    assert env.audit_kinds()[-1] == "identity.session.signed_out_elsewhere"
 
 
 def test_a_step_up_keeps_the_passkey_that_opened_the_session(env: PEnv) -> None:

@@ -314,6 +314,20 @@ def remove_passkey(request: Request, credential_id: str) -> JSONResponse:
     return response
 
 
+@router.delete("/account/sessions", operation_id="endMyOtherSessions", responses=problem_responses(401, 403),
+               summary="Sign out everywhere else: end every other login session and every app login of mine.")
+def end_other_sessions(request: Request) -> JSONResponse:
+    """Every other login session of the caller ends and every grant of his is revoked (his apps' refresh
+    and access tokens); this session stays (Keycloak's "sign out all devices"). Needs a recent passkey
+    login, as removing a passkey does (401 ``reauthentication_required``)."""
+    try:
+        ended, revoked = passkeys_for(request.app).sign_out_elsewhere(origin=request.headers.get("origin"),
+                                                                      session_cookie=_cookie(request))
+    except PasskeyError as exc:
+        return _refused(request, exc)
+    return JSONResponse({"sessions_ended": ended, "grants_revoked": revoked}, headers={"Cache-Control": "no-store"})
+
+
 @router.post("/admin/v1/persons/{person_id}/enrolment-codes", operation_id="issueEnrolmentCode",
              status_code=201, responses=problem_responses(401, 403, 404, 409, 422))
 @admits(admin_caller)

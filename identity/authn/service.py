@@ -624,6 +624,26 @@ class PasskeyService:
         log.info("identity.passkey.removed")
         return Removed(remaining, signed_out=own)
 
+    def sign_out_elsewhere(self, *, origin: str | None, session_cookie: str | None) -> tuple[int, int]:
+        """End every other login session of the caller and revoke every grant of his (his apps' refresh
+        and access tokens); his own session stays, and his apps log in again through it. What a person
+        does who left himself logged in on a lost or borrowed phone, or whose cookie was stolen: Keycloak's
+        account console's "sign out all devices". (sessions ended, grants revoked).
+
+        It needs a recent strong login, as removing a passkey does (``_manage_session``): with a live
+        session alone, a stolen cookie of any age would sign the owner out everywhere while it stayed."""
+        self.check_origin(origin)
+        now = self._clock.now()
+        session = self._manage_session(session_cookie, "sign_out_elsewhere", None, now=now)
+        with self._engine.begin() as conn:
+            ended, revoked = self._cut_off(conn, session.person_id, keep=session.sid, reason="signed_out_elsewhere",
+                                           now=now)
+            audit.record("identity.session.signed_out_elsewhere", at=now, actor={"person_id": str(session.person_id)},
+                         subject=str(session.person_id), conn=conn,
+                         data={"sessions_ended": ended, "grants_revoked": revoked})
+        log.info("identity.session.signed_out_elsewhere")
+        return ended, revoked
+
     # ---- badge office ---------------------------------------------------------------------------
 
     def issue_enrolment_code(
@@ -713,16 +733,19 @@ class PasskeyService:
             raise _Stale("insufficient_authentication", f"session acr {session.acr[:100]}", session.person_id)
         return session
 
-    def _manage_session(self, cookie: str | None, use: str, credential_id: str, *, now: datetime) -> LoginSession:
-        """The session that may rename or remove a passkey: one a recent strong login opened, as for adding
-        one (``_recent_session``; review 122, finding 1). A refusal of a known person's session is audited
-        (``identity.passkey.<use>.refused.<code>``: a stolen session trying is worth seeing)."""
+    def _manage_session(self, cookie: str | None, use: str, credential_id: str | None, *,
+                        now: datetime) -> LoginSession:
+        """The session that may rename or remove a passkey, or sign out elsewhere: one a recent strong login
+        opened, as for adding one (``_recent_session``; review 122, finding 1). A refusal of a known
+        person's session is audited (``identity.passkey.<use>.refused.<code>``: a stolen session trying is
+        worth seeing); its subject is the passkey, or the person."""
         try:
             return self._recent_session(cookie, now=now)
         except _Stale as exc:
             if exc.person_id is not None:
                 audit.record(f"identity.passkey.{use}.refused.{exc.code}", at=now,
-                             actor={"person_id": str(exc.person_id)}, subject=_ref(credential_id),
+                             actor={"person_id": str(exc.person_id)},
+                             subject=_ref(credential_id) if credential_id is not None else str(exc.person_id),
                              data={"code": exc.code, "detail": exc.detail}, engine=self._engine)
             log.info("identity.passkey.%s.refused.%s", use, exc.code)
             raise PasskeyError(exc.code, exc.detail, office=self._office(exc.code, exc.person_id)) from exc

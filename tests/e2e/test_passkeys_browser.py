@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from identity.authn.enrolment import NO_ROLE_REFUSED, issue_code
 from identity.bootstrap import create_client
-from quaygate.schema import login_sessions, memberships, release_events, webauthn_credentials
+from quaygate.schema import audit_log, login_sessions, memberships, release_events, webauthn_credentials
 from release_service.domain.release import LightKind, LightStatus
 from release_service.services import issue, lifecycle, nominate
 from tests.factories import do, issue_cmd, port
@@ -292,5 +292,14 @@ def test_account_page_lists_renames_and_adds_passkeys(browser: Any, live: Live) 
         assert item.locator(".pk-name").inner_text() == "Work phone"
         with live.engine.connect() as conn:
             assert conn.execute(sa.select(webauthn_credentials.c.name)).scalar_one() == "Work phone"
+        # Sign out everywhere else: confirmed, done, and this page stays signed in.
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#elsewhere").click()
+        page.locator("#msg.ok", has_text="(0 ").wait_for()
+        with live.engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(audit_log).where(
+                audit_log.c.kind == "identity.session.signed_out_elsewhere")).scalar_one() == 1
+        page.reload()
+        page.locator(".pk").first.wait_for()  # still signed in
     finally:
         phone.close()

@@ -1,4 +1,5 @@
-/* /account: the person's passkeys (list, rename, remove) and adding another one with the session. */
+/* /account: the person's passkeys (list, rename, remove), adding another one with the session, and signing
+   out everywhere else. */
 "use strict";
 document.addEventListener("DOMContentLoaded", function () {
   var $ = QG.$, t = QG.t, msg = $("msg"), list = $("passkeys"), add = $("add");
@@ -67,6 +68,16 @@ document.addEventListener("DOMContentLoaded", function () {
       QG.say(msg, QG.explain(err));
     });
   }
+
+  // Sign out everywhere else: a phone left logged in, or a cookie taken (needs a recent login too).
+  $("elsewhere").addEventListener("click", function () {
+    var button = $("elsewhere");
+    if (!confirm(t("account.sign_out_elsewhere_confirm"))) return;
+    QG.busy(button, true);
+    QG.call("DELETE", "/account/sessions")
+      .then(function (r) { QG.busy(button, false); QG.say(msg, t("account.signed_out_elsewhere", {count: r.sessions_ended}), true); })
+      .catch(function (err) { QG.busy(button, false); refused(err); });
+  });
 
   $("add-form").addEventListener("submit", function (ev) {
     ev.preventDefault();
