@@ -144,6 +144,13 @@ def test_a_pass_covers_only_its_right_terminal_and_lifetime() -> None:
     assert not pass_covers(p, terminal="BEANR-K913", release_id=p.right.id, decided_at=NOW)
     assert not pass_covers(p, terminal=T, release_id=uuid.uuid4(), decided_at=NOW)
     assert not pass_covers(p, terminal=T, release_id=p.right.id, decided_at=NOW + timedelta(hours=1))
+    # Issued before its right existed: not a pass we made (review 124); the same second is (iat is whole).
+    made = p.issued_at
+    assert pass_covers(p, terminal=T, release_id=p.right.id, decided_at=NOW, right_created_at=made)
+    assert pass_covers(p, terminal=T, release_id=p.right.id, decided_at=NOW,
+                       right_created_at=made + timedelta(milliseconds=999))
+    assert not pass_covers(p, terminal=T, release_id=p.right.id, decided_at=NOW,
+                           right_created_at=made + timedelta(seconds=1))
 
 
 def test_offline_a_face_image_that_nobody_can_match_is_a_doubt_never_an_allow() -> None:

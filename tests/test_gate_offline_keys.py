@@ -13,6 +13,8 @@ import base64
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from identity.tokens import sign_jwt
 from quaygate.schema import signing_keys
 from release_service.domain.gate_pass import PASS_ALG, PASS_TYP
@@ -74,3 +76,35 @@ def test_a_pass_dated_after_its_keys_rotation_is_not_ours(gate: Gate) -> None:
 def _header_kid(token: str) -> str:
     head = token.split(".")[0]
     return str(json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))["kid"])
+
+
+@pytest.mark.parametrize("life", [timedelta(days=30), timedelta(minutes=10)])
+def test_a_leaked_retired_key_forges_no_pass_for_a_right_made_after_its_rotation(gate: Gate, life: timedelta) -> None:
+    """Review 124: a key rotated out because it leaked signs a pass dated before its rotation (so ``iat``
+    passes) for a right made after it. A month-long pass is refused for its length (a pass lives an hour at
+    most, and a retired key's passes end within an hour of its rotation); a short one because its right
+    did not exist when it says it was issued."""
+    old = _keys(gate).signing_key(PASS_ALG)  # type: ignore[attr-defined]
+    retired = datetime.now(UTC) - timedelta(minutes=10)
+    _rotated(gate, at=retired)
+    rid = gate.pickable(3)  # made now, after the rotation
+    genuine = next(t for t in passes(gate).json()["passes"] if payload(t)["sub"] == rid)
+    iat = int(retired.timestamp()) - 60
+    forged = sign_jwt({**payload(genuine), "iat": iat, "exp": iat + int(life.total_seconds())}, old,
+                      typ=PASS_TYP, alg=PASS_ALG)
+    report = _report(gate, 3, token=forged, decided_at=datetime.fromtimestamp(iat + 30, UTC).isoformat())
+    got = _post(gate, report)
+    assert got.status_code == 200, got.text
+    assert (got.json()["verdict"], got.json()["flag"]) == ("flagged", "pass_invalid")
+    assert gate.state(rid) == "nominated"
+
+
+def test_a_pass_living_longer_than_an_hour_is_not_ours_whoever_signed_it(gate: Gate) -> None:
+    rid = gate.pickable(4)
+    genuine = next(t for t in passes(gate).json()["passes"] if payload(t)["sub"] == rid)
+    claims = payload(genuine)
+    key = _keys(gate).signing_key(PASS_ALG)  # type: ignore[attr-defined]  # the active key itself
+    long = sign_jwt({**claims, "exp": claims["iat"] + 2 * 3600}, key, typ=PASS_TYP, alg=PASS_ALG)
+    got = _post(gate, _report(gate, 4, token=long))
+    assert (got.json()["verdict"], got.json()["flag"]) == ("flagged", "pass_invalid")
+    assert gate.state(rid) == "nominated"

@@ -23,7 +23,7 @@ from quaygate.limits import IMAGE_BODY_BYTES, Printable, SentTime
 from quaygate.routing import AdmitFirst
 from release_service.adapters.sqla.gate_offline import SqlOfflineUnitOfWork
 from release_service.domain import gate as g
-from release_service.domain.gate_pass import PASS_ALG, PASS_TYP, OutboxMark
+from release_service.domain.gate_pass import MAX_PASS_LIFETIME, PASS_ALG, PASS_TYP, OutboxMark
 from release_service.domain.parties import Actor
 from release_service.services import gate_passes as service
 
@@ -226,6 +226,10 @@ class KeyStorePassSigner:
 
 
 def _signed_by(claims: dict[str, Any], retired_at: datetime) -> bool:
-    """The pass says it was issued while its key was still active (a whole-second ``iat``)."""
-    iat = claims.get("iat")
-    return isinstance(iat, int) and not isinstance(iat, bool) and iat <= retired_at.timestamp()
+    """The pass says it was issued while its key was still active (a whole-second ``iat``) and ends within
+    a pass's lifetime of the key's retirement: so a key rotated out because it leaked forges passes for at
+    most an hour after the rotation (review 124), not for ever with an old ``iat``. The right's own age
+    is judged at the reconcile (``gate_passes``: a pass older than its right is not ours)."""
+    iat, exp = claims.get("iat"), claims.get("exp")
+    return (all(isinstance(v, int) and not isinstance(v, bool) for v in (iat, exp))
+            and iat <= retired_at.timestamp() and exp <= (retired_at + MAX_PASS_LIFETIME).timestamp())

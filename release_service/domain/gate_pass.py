@@ -56,6 +56,9 @@ PASS_TYP = "gate-pass+jwt"
 PASS_ALG = "ES256"  # RFC 7518 §3.4: small signatures, fast to verify on a gate PC
 PASS_AUDIENCE = "quaygate-gate-pass"
 PASS_STATES = frozenset({State.NOMINATED.value, State.GATED_IN.value})  # what a gate can be asked about
+# The longest a pass lives (quaygate.settings gate_pass_ttl's upper bound): a pass claiming more is not one
+# we made, whoever signed it (review 124: a leaked key rotated out must not forge month-long passes).
+MAX_PASS_LIFETIME = timedelta(hours=1)
 
 
 class PassRefused(ValueError):
@@ -198,6 +201,8 @@ class GatePass:
             raise PassRefused("a pass for another terminal")
         if right.state not in PASS_STATES:
             raise PassRefused("a pass only covers nominated or gated-in rights")
+        if not timedelta(0) < made.expires_at - made.issued_at <= MAX_PASS_LIFETIME:
+            raise PassRefused("a pass lives at most an hour")
         return made
 
 
@@ -445,11 +450,15 @@ def pass_refuses(p: GatePass, request: g.GateRequest, *, decided_at: datetime, s
 
 
 def pass_covers(p: GatePass | None, *, terminal: str, release_id: uuid.UUID | None, decided_at: datetime,
-                leeway: timedelta = timedelta(seconds=5)) -> bool:
+                right_created_at: datetime | None = None, leeway: timedelta = timedelta(seconds=5)) -> bool:
     """An offline allow is backed by a pass when the pass is ours (signature checked by the caller),
-    for this terminal and this right, and was valid when the adapter decided."""
+    for this terminal and this right, and was valid when the adapter decided. ``right_created_at``: when
+    the service made the right; a pass issued before its right existed is not one we made (review 124: a
+    key rotated out because it leaked, signing a pass dated before its retirement for a right made after;
+    ``iat`` is whole seconds, hence the second's grace)."""
     return (p is not None and release_id is not None and p.terminal == terminal and p.right.id == release_id
-            and p.issued_at - leeway <= decided_at <= p.expires_at + leeway)
+            and p.issued_at - leeway <= decided_at <= p.expires_at + leeway
+            and (right_created_at is None or right_created_at < p.issued_at + timedelta(seconds=1)))
 
 
 # ---- an adapter's outbox: its high-water mark (review 92) ------------------------------------------

@@ -345,7 +345,8 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
         return _Judged(Verdict.NOTHING_TO_RECORD)
     right = uow.releases.get(report.release_id, for_update=True) if report.release_id else None
     if right is None or gate_pass is None or not pass_covers(
-            gate_pass, terminal=req.terminal, release_id=report.release_id, decided_at=report.decided_at):
+            gate_pass, terminal=req.terminal, release_id=report.release_id, decided_at=report.decided_at,
+            right_created_at=right.created_at):
         return _Judged(Verdict.FLAGGED, Flag.PASS_INVALID, right=right)
     incoming = req.direction is g.Direction.IN
     # The move happened when the adapter decided (within the pass's life, never in our future): a right
@@ -391,7 +392,8 @@ def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
     right = uow.releases.get(report.release_id, for_update=True) if report.release_id else None
     if (right is None or gate_pass is None or req.direction is not g.Direction.IN
             or report.decision is g.Outcome.ALLOW or not pass_covers(
-                gate_pass, terminal=req.terminal, release_id=report.release_id, decided_at=report.decided_at)):
+                gate_pass, terminal=req.terminal, release_id=report.release_id, decided_at=report.decided_at,
+                right_created_at=right.created_at)):
         return _Judged(Verdict.FLAGGED, Flag.PASS_INVALID, right=right)
     at = min(max(report.decided_at, gate_pass.issued_at), now)
     state = right.effective_state(at).value
