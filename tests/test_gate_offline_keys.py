@@ -108,3 +108,11 @@ def test_a_pass_living_longer_than_an_hour_is_not_ours_whoever_signed_it(gate: G
     got = _post(gate, _report(gate, 4, token=long))
     assert (got.json()["verdict"], got.json()["flag"]) == ("flagged", "pass_invalid")
     assert gate.state(rid) == "nominated"
+
+
+def test_the_longest_pass_is_the_settings_longest_pass_ttl() -> None:
+    from quaygate.settings import Settings
+    from release_service.domain.gate_pass import MAX_PASS_LIFETIME
+
+    bound = next(m.le for m in Settings.model_fields["gate_pass_ttl"].metadata if hasattr(m, "le"))
+    assert bound == MAX_PASS_LIFETIME.total_seconds()
