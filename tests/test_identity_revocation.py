@@ -15,8 +15,8 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from joserfc.jws import JWSRegistry
 
 from identity.tokens import AccessTokenVerifier, InvalidToken, sign_access_token
-from quaygate.schema import audit_log, revoked_tokens
-from tests.test_identity_grants_support import Lifecycle, make_lifecycle
+from quaygate.schema import audit_log, grants, revoked_tokens
+from tests.test_identity_grants_support import Lifecycle, dpop_key, dpop_proof, make_lifecycle, thumbprint
 from tests.test_identity_support import ISSUER, basic
 
 
@@ -25,8 +25,14 @@ def env(engine: sa.Engine, tmp_path: Path) -> Iterator[Lifecycle]:
     yield from make_lifecycle(engine, tmp_path)
 
 
-def _revoke(env: Lifecycle, token: str, client_id: str, secret: str | None, **extra: str) -> Any:
+REVOKE_URL = ISSUER + "/oauth2/revoke"
+
+
+def _revoke(env: Lifecycle, token: str, client_id: str, secret: str | None, *, dpop: str | None = None,
+            **extra: str) -> Any:
     headers = basic(client_id, secret) if secret else {}
+    if dpop:
+        headers["DPoP"] = dpop
     data = {"token": token, **extra, **({} if secret else {"client_id": client_id})}
     return env.http.post("/oauth2/revoke", data=data, headers=headers)
 
@@ -123,6 +129,78 @@ def test_unknown_tokens_200_unsupported_hints_refused(env: Lifecycle) -> None:
     assert anonymous.status_code in (400, 401) and anonymous.json()["error"] == "invalid_client"
     wrong = env.http.post("/oauth2/revoke", data={"token": "x"}, headers=basic(client_id, "nope"))
     assert wrong.status_code == 401
+
+
+# ---- review 124, finding 1: a token bound to a DPoP key is revoked only with a proof of that key ----------
+
+def _revoked_reason(env: Lifecycle, gid: Any) -> str | None:
+    with env.engine.connect() as conn:
+        return conn.execute(sa.select(grants.c.revoked_reason).where(grants.c.id == gid)).scalar()
+
+
+def test_a_rotated_bound_token_without_its_key_revokes_nothing(env: Lifecycle) -> None:
+    """The reviewer's demonstration: the refresh endpoint refuses a copy of the driver's rotated, DPoP-bound
+    token without the key (ebddcd9), but the revocation endpoint, called as the public driver app, took
+    it and revoked the family (revoked_by_client): the driver's next refresh, with the right key, was
+    invalid_grant. Now: 200 (RFC 7009 §2.2, as for an invalid token), nothing revoked, with no proof, a
+    proof of another key, or a proof of the right key made for the token endpoint."""
+    driver = env.driver_app()
+    key = dpop_key()
+    gid, first = env.grant(driver, env.person(), scope="openid offline_access", dpop_jkt=thumbprint(key))
+    one = env.refresh(first, driver, dpop=dpop_proof(key))
+    assert one.status_code == 200, one.text
+    assert env.refresh(first, driver).json()["error"] == "invalid_dpop_proof"
+    for proof in (None, dpop_proof(dpop_key(), htu=REVOKE_URL), dpop_proof(key)):
+        for token in (first, one.json()["refresh_token"]):
+            assert _revoke(env, token, driver, None, dpop=proof).status_code == 200
+    assert _revoked_reason(env, gid) is None
+    two = env.refresh(one.json()["refresh_token"], driver, dpop=dpop_proof(key))
+    assert two.status_code == 200, two.text
+
+
+def test_a_bound_token_is_revoked_with_a_proof_of_its_key_once(env: Lifecycle) -> None:
+    """The honest app proves its key (RFC 9449 §4.3: htm POST, htu the revocation endpoint): the family
+    goes, its access tokens with it. The proof is used once: copied onto another token of the same key,
+    it revokes nothing (§11.1)."""
+    driver = env.driver_app()
+    key = dpop_key()
+    person = env.person()
+    gid, token = env.grant(driver, person, scope="openid offline_access", dpop_jkt=thumbprint(key))
+    issued = env.refresh(token, driver, dpop=dpop_proof(key)).json()
+    proof = dpop_proof(key, htu=REVOKE_URL)
+    assert _revoke(env, issued["refresh_token"], driver, None, dpop=proof,
+                   token_type_hint="refresh_token").status_code == 200
+    assert _revoked_reason(env, gid) == "revoked_by_client"
+    assert env.refresh(issued["refresh_token"], driver, dpop=dpop_proof(key)).json()["error"] == "invalid_grant"
+    with pytest.raises(InvalidToken, match="revoked"):
+        _verify(env, issued["access_token"])
+    other, second = env.grant(driver, person, scope="openid offline_access", dpop_jkt=thumbprint(key))
+    assert _revoke(env, second, driver, None, dpop=proof).status_code == 200  # the proof replayed
+    assert _revoked_reason(env, other) is None
+
+
+def test_a_bound_access_token_is_revoked_only_with_a_proof_of_its_key(env: Lifecycle) -> None:
+    driver = env.driver_app()
+    key = dpop_key()
+    _, token = env.grant(driver, env.person(), scope="openid offline_access", dpop_jkt=thumbprint(key))
+    access = env.refresh(token, driver, dpop=dpop_proof(key)).json()["access_token"]
+    assert _verify(env, access)["cnf"] == {"jkt": thumbprint(key)}
+    for proof in (None, dpop_proof(dpop_key(), htu=REVOKE_URL)):
+        assert _revoke(env, access, driver, None, dpop=proof).status_code == 200
+    assert _verify(env, access)["client_id"] == driver  # still live
+    assert _revoke(env, access, driver, None, dpop=dpop_proof(key, htu=REVOKE_URL)).status_code == 200
+    with pytest.raises(InvalidToken, match="revoked"):
+        _verify(env, access)
+
+
+def test_an_unbound_token_needs_no_proof_and_a_bad_one_changes_nothing(env: Lifecycle) -> None:
+    """The web driver app (/app/) holds Bearer tokens: its logout's revocation sends no proof and works
+    as before; a proof of some key (or a malformed one) does not stop it: the token is all its holder needs."""
+    driver = env.driver_app()
+    for proof in (None, dpop_proof(dpop_key(), htu=REVOKE_URL), "not-a-proof"):
+        gid, token = env.grant(driver, env.person(), scope="openid offline_access")
+        assert _revoke(env, token, driver, None, dpop=proof).status_code == 200
+        assert _revoked_reason(env, gid) == "revoked_by_client"
 
 
 # ---- the verifier ---------------------------------------------------------------------------------

@@ -20,6 +20,22 @@ proved who it is (a secret or an assertion: ``proven``), a client of ours holdin
 which the audit trail should show; from a public client, which proves no one, it is logged only, so
 that an anonymous caller cannot grow the audit trail a row per request.
 
+A token bound to a DPoP key (a refresh token of a grant with ``dpop_jkt``, an access token with
+``cnf.jkt``) is revoked only when the request carries a DPoP proof of that key (review 124, finding 1),
+checked as the token endpoint checks one (DPoPVerifier.verify: RFC 9449 §4.3, htm POST, htu this
+endpoint) and then used once (DPoPVerifier.claim, §11.1); without one, or with a proof of another key,
+made for another URI, already used: 200, as for an invalid token, and nothing revoked. A bound token is
+spent only with its key (RFC 9449 §5), and the token endpoint keeps a copy of one -- active or rotated,
+from a log, a backup, a screenshot -- from ending the driver's family (grants ``key_proven``, ebddcd9);
+here, called as the public driver app, the same copy ended it as ``revoked_by_client``. An unbound
+token is revoked as before: it is all its holder needs (the web app at /app/ holds Bearer tokens and
+sends no proof). The proof's single use is claimed only once the token is found, is this client's and
+is bound to the proof's key, so an anonymous caller cannot make the cache keep a claim per request (as
+at the token endpoint, refresh.py).
+
+    ... this client's token, bound to a key: a proof of that key? no -> 200, nothing revoked (logged)
+                                          its one use claimed?   no -> 200, nothing revoked (logged)
+
 The token is found by its form, not by the hint: refresh tokens carry our prefix, access tokens are
 JWTs (§2.1 lets the server search beyond the hint).
 """
@@ -34,6 +50,8 @@ from starlette.responses import JSONResponse, Response
 
 from .. import audit
 from ..domain import claims as c
+from ..dpop import DPoPError, proof_header
+from ..grants import key_proven
 from .exchange import proven
 from .introspection import NO_STORE, TOKEN_TYPE_HINTS, _error, authenticate, form_of, inspector_for
 
@@ -46,10 +64,13 @@ log = logging.getLogger(__name__)
 REVOCATION_PATH = "/oauth2/revoke"
 
 
-def revoke(inspector: TokenInspector, token: str, *, client_id: str, caller_proven: bool) -> str:
+def revoke(inspector: TokenInspector, token: str, *, client_id: str, caller_proven: bool,
+           proof: str | None = None) -> str:
     """Revoke ``token`` for ``client_id``; return what happened (for the log): ``grant``, ``access``,
-    ``nothing``, or ``foreign`` (another client's token: nothing revoked, the refusal audited when the
-    caller proved who it is, ``caller_proven``: module docstring). One transaction."""
+    ``nothing``, ``foreign`` (another client's token: nothing revoked, the refusal audited when the
+    caller proved who it is, ``caller_proven``: module docstring), or ``unproven`` (a token bound to a
+    DPoP key, and ``proof``, the request's DPoP header, is no valid proof of that key for this endpoint,
+    or was used before: nothing revoked, ``_key_held``). One transaction."""
     now = inspector.clock.now()
     actor = {"client_id": client_id}
     if inspector.is_refresh(token):
@@ -61,6 +82,8 @@ def revoke(inspector: TokenInspector, token: str, *, client_id: str, caller_prov
             return _refused(inspector, actor, caller_proven, now)
         if grant.revoked:
             return "nothing"
+        if not _key_held(inspector, grant.dpop_jkt, proof):
+            return "unproven"
         with inspector.engine.begin() as conn:
             revoked = inspector.grants.revoke_grant(conn, grant.id, reason="revoked_by_client", now=now)
             audit.record("identity.token.revoked", at=now, actor=actor, subject=str(grant.id), conn=conn,
@@ -71,12 +94,42 @@ def revoke(inspector: TokenInspector, token: str, *, client_id: str, caller_prov
         return "nothing"  # §2.2: invalid tokens do not cause an error
     if claims[c.CLIENT_ID] != client_id:
         return _refused(inspector, actor, caller_proven, now)
+    cnf = claims.get(c.CNF)
+    if not _key_held(inspector, cnf.get("jkt") if isinstance(cnf, dict) else None, proof):
+        return "unproven"
     jti, exp = str(claims[c.JTI]), datetime.fromtimestamp(int(claims[c.EXP]), UTC)
     with inspector.engine.begin() as conn:
         inspector.revocations.add(conn, [(jti, exp)], now=now)
         audit.record("identity.token.revoked", at=now, actor=actor, subject=jti, conn=conn,
                      data={"token_type": "access_token", "jti": jti})
     return "access"
+
+
+def _key_held(inspector: TokenInspector, bound: str | None, proof: str | None) -> bool:
+    """May this client's token, bound to the key ``bound`` (None: unbound), be revoked on this request?
+    Unbound: yes, whatever ``proof`` (the request's DPoP header) holds. Bound: only when ``proof`` is
+    valid for this endpoint (checked as the token endpoint checks one, server.AuthorizationServer
+    ``dpop_binding``: DPoPVerifier.verify, RFC 9449 §4.3, htm POST, htu this endpoint's URI) and of that
+    key (grants ``key_proven``, §5), and its one use is claimed now (§11.1), before anything is revoked:
+    a copied proof revokes nothing. Checked only here, once the token is found to need it: a proof with
+    an unknown token costs no signature check and no cache write."""
+    if bound is None:
+        return True
+    if proof is None:
+        log.info("identity.token.revoke.refused.dpop.missing")
+        return False
+    htu = inspector.settings.issuer.rstrip("/") + REVOCATION_PATH
+    try:
+        verified = inspector.provider.dpop.verify(proof, htm="POST", htu=htu, claim=False)
+        if not key_proven(bound, verified.jkt):
+            log.info("identity.token.revoke.refused.dpop.key")
+            return False
+        if verified.unclaimed is not None:
+            inspector.provider.dpop.claim(verified.unclaimed)
+    except DPoPError as exc:
+        log.info("identity.token.revoke.refused.dpop.%s", exc.reason)
+        return False
+    return True
 
 
 def _refused(inspector: TokenInspector, actor: dict[str, Any], audited: bool, now: datetime) -> str:
@@ -101,7 +154,10 @@ def revocation_response(app: Any, raw: FormRequest) -> Response:
         return _error("invalid_request", "The token parameter is required.")  # RFC 7009 §2.1
     if hint is not None and hint not in TOKEN_TYPE_HINTS:
         return _error("unsupported_token_type", "Only access and refresh tokens are revoked here.")  # §2.2.1
-    done = revoke(inspector, token, client_id=client.get_client_id(),
-                  caller_proven=proven(request))
+    try:
+        proof = proof_header(raw.headers)
+    except DPoPError:  # several DPoP headers (RFC 9449 §4.3 item 1): no proof of anything
+        proof = None
+    done = revoke(inspector, token, client_id=client.get_client_id(), caller_proven=proven(request), proof=proof)
     log.info("identity.token.revocation.%s", done, extra={"client_id": client.get_client_id()})
     return Response(status_code=200, headers=NO_STORE)  # §2.2: 200, the body is ignored
