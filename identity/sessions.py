@@ -187,18 +187,6 @@ def session_live(conn: sa.Connection, sid: str, *, now: datetime) -> bool:
     return row is not None and row.ended_at is None and row.expires_at > now
 
 
-def session_over(conn: sa.Connection, sid: str, *, person_id: str, now: datetime) -> bool:
-    """True when the session named by ``sid`` is the person's (``person_id``, as in an id token's sub)
-    and no longer live: lapsed, or ended (in the caller's transaction). RP-initiated logout with an id
-    token naming it revokes what the client still holds of it (identity.oidc.logout)."""
-    row = conn.execute(
-        sa.select(login_sessions.c.person_id, login_sessions.c.ended_at, login_sessions.c.expires_at)
-        .where(login_sessions.c.sid == sid)
-    ).first()
-    return (row is not None and str(row.person_id) == person_id
-            and (row.ended_at is not None or row.expires_at <= now))
-
-
 def hold_person(conn: sa.Connection, person_id: uuid.UUID) -> str | None:
     """The person's status (None: no such person), read under a share lock on the person's row that
     holds until the caller's transaction ends. A login takes it, first, before it writes anything and

@@ -198,25 +198,56 @@ def _sid_of(flow: Flow, refresh_token: str) -> str | None:
     return found[0].sid
 
 
-def test_logout_after_the_session_lapsed_revokes_the_hinting_clients_grants(flow: Flow) -> None:
-    """The reviewer's (a): twelve hours on, the session has lapsed and the browser dropped its cookie;
-    the app's logout with its id token used to answer "signed out" and revoke nothing, and its refresh
-    token worked on for the rest of its fourteen days."""
-    client_id, tokens, sid = _signed_in(flow)
-    other = flow.driver_app(post_logout_redirect_uris=[BYE])
-    theirs = _tokens(flow, other)  # another client's grant in the same session
+def _revoke(flow: Flow, client_id: str, token: str) -> Any:
+    """What the driver app does at logout (app.js): its refresh token to the revocation endpoint."""
+    return flow.http.post("/oauth2/revoke", data={"token": token, "token_type_hint": "refresh_token",
+                                                  "client_id": client_id})
+
+
+def _lapse(flow: Flow, sid: str) -> None:
     with flow.engine.begin() as conn:
         conn.execute(login_sessions.update().where(login_sessions.c.sid == sid)
                      .values(expires_at=utcnow() - timedelta(seconds=1)))
     flow.http.cookies.clear()  # the cookie's max-age is the session's
+
+
+def test_after_the_session_lapsed_the_apps_logout_revokes_its_refresh_token(app_flow: Flow) -> None:
+    """The reviewer-120 case (a): twelve hours on, the session has lapsed and the browser dropped its
+    cookie; the app's logout, by its id token, revoked nothing, and its refresh token worked on for the
+    rest of its fourteen days. The app now revokes its refresh token first (RFC 7009): the grant, its
+    access tokens with it, are gone; another RP's grant of that session is its own to end."""
+    flow = app_flow  # the revocation endpoint is the whole app's
+    client_id, tokens, sid = _signed_in(flow)
+    other = flow.driver_app(post_logout_redirect_uris=[BYE])
+    theirs = _tokens(flow, other)  # another client's grant in the same session
+    _lapse(flow, sid)
+    assert _revoke(flow, client_id, tokens["refresh_token"]).status_code == 200
     resp = _logout(flow, tokens["id_token"])
     assert resp.status_code == 302 and resp.headers["location"].startswith(BYE)
     refused = _refresh(flow, client_id, tokens["refresh_token"])
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
     with pytest.raises(Exception, match="revoked"):
         flow.provider.verifier.verify(tokens["access_token"], audience=API)
-    # Only what the hinting client holds: another RP's grant of that session is its own to end.
     assert _refresh(flow, other, theirs["refresh_token"]).status_code == 200
+
+
+def test_a_copy_of_the_id_token_cannot_end_the_app_login_of_a_lapsed_session(flow: Flow) -> None:
+    """Review 124, finding 2: the app lives on its refresh tokens once its 12-hour session has lapsed
+    (its normal state at the gate). A logout with a copy of its id token -- from an RP's log, a URL --
+    revoked its grant (logout.revoke_lapsed, ad7d876): a forced logout of the driver by anyone holding
+    the copy. Now it ends nothing the browser does not hold: the app refreshes on."""
+    client_id, tokens, sid = _signed_in(flow)
+    one = _refresh(flow, client_id, tokens["refresh_token"])  # the app at work, after its login
+    assert one.status_code == 200, one.text
+    _lapse(flow, sid)
+    resp = _logout(flow, tokens["id_token"])  # the copy, from a browser holding no session
+    assert resp.status_code == 302 and resp.headers["location"].startswith(BYE)
+    assert flow.provider.verifier.verify(one.json()["access_token"], audience=API)
+    two = _refresh(flow, client_id, one.json()["refresh_token"])
+    assert two.status_code == 200, two.text
+    with flow.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(grants)
+                            .where(grants.c.revoked_at.is_not(None))).scalar_one() == 0
 
 
 def test_a_hint_of_a_live_session_from_another_browser_revokes_nothing(flow: Flow) -> None:
@@ -260,9 +291,10 @@ def test_a_new_login_in_the_browser_ends_its_session_and_its_logout_revokes_the_
         assert _refresh(flow, client_id, tokens["refresh_token"]).json()["error"] == "invalid_grant"
 
 
-def test_another_persons_login_in_the_browser_ends_the_session_but_keeps_its_grants_for_its_rp(flow: Flow) -> None:
+def test_another_persons_login_in_the_browser_ends_the_session_but_keeps_its_grants_for_its_rp(app_flow: Flow) -> None:
     """The first person's grants are not the second's to end at his logout; the first's RP ends them with
-    its own id token, whose session is over now."""
+    its own refresh token at the revocation endpoint."""
+    flow = app_flow  # the revocation endpoint is the whole app's
     client_id, g1, s1 = _signed_in(flow)
     cookie, s2 = sessions_for(flow.app).create(flow.person(given="Els"), acr=assurance.ACR_PASSKEY,
                                                amr=assurance.AMR_PASSKEY, now=utcnow(), replacing=_cookie(flow))
@@ -273,8 +305,13 @@ def test_another_persons_login_in_the_browser_ends_the_session_but_keeps_its_gra
     assert _refresh(flow, client_id, g2["refresh_token"]).status_code == 400
     one = _refresh(flow, client_id, g1["refresh_token"])
     assert one.status_code == 200, one.text
+    # Nor does his id token, whose session is over (review 124, finding 2): his app logs out with its
+    # refresh token (RFC 7009).
     assert _logout(flow, g1["id_token"]).status_code == 302
-    assert _refresh(flow, client_id, one.json()["refresh_token"]).json()["error"] == "invalid_grant"
+    two = _refresh(flow, client_id, one.json()["refresh_token"])
+    assert two.status_code == 200, two.text
+    assert _revoke(flow, client_id, two.json()["refresh_token"]).status_code == 200
+    assert _refresh(flow, client_id, two.json()["refresh_token"]).json()["error"] == "invalid_grant"
 
 
 @pytest.fixture

@@ -16,16 +16,19 @@
          sessions it replaced included: a step-up's, an earlier login's in this browser) + audit
       -> 302 to post_logout_redirect_uri (+ state), or a "signed out" page; the cookie is cleared
 
-    and first, whatever the browser holds: a hint naming a session of its sub that is no longer live
-    (lapsed, or ended by another person's login in that browser) -> that session's grants of the hint's
-    client are revoked, at once (``revoke_lapsed``)
-
-Why the last: refresh tokens live 14 days, the login session 12 hours, and its cookie no longer. The
-driver app logs out long after its session lapsed, from a browser that holds no session any more, and
-its refresh token worked on for days (review 120, finding 1). Only what the RP itself still holds of a
-session that is over goes: its own grants, never another client's nor a live session's. Whoever has a
-copy of the id token could do as much, and the RP does the same with its refresh token at the
-revocation endpoint (RFC 7009; the driver app does both).
+Not ended here: what a session that is over left behind. Refresh tokens live 14 days, the login
+session 12 hours, and its cookie no longer, so the driver app logs out long after its session lapsed,
+from a browser that holds no session any more (review 120, finding 1). It revokes its own refresh token
+first, at the revocation endpoint (RFC 7009: its grant, and the access tokens issued in it, go; app.js
+``logout``); its tokens are what only it holds. A hint naming a lapsed or ended session is no such
+thing (below): ad7d876 revoked that session's grants of the hint's client (``revoke_lapsed``), which
+let anyone holding a copy of a driver's id token end his app login once his session had lapsed -- the
+app's normal state, living on its refresh tokens -- the forced logout at the gate that this module
+keeps from a hint (review 124, finding 2). It was dropped rather than narrowed: nothing else a logout
+request carries after the lapse is the RP's alone (the cookie died with the session; an id token's
+``iat`` and ``sid`` are in every copy), and the honest app no longer needs it. An RP that logs out
+without revoking its refresh token (or whose revocation is lost: the app's is sent and not waited for)
+leaves it live until it expires; RFC 7009 leaves that to the RP.
 
 Why not more: an id token is no secret of the browser's. RPs log it, put it in URLs and keep it past
 its expiry, so a hint alone ended whatever session its sid named, from any browser or none (a forced
@@ -49,7 +52,6 @@ from joserfc.jws import JWSRegistry
 
 from .. import audit
 from ..grants import GrantStore
-from ..sessions import session_over
 from ..tokens import fits
 from .authorize import PageError, redirect_location
 from .issue import ID_TOKEN_ALGORITHMS
@@ -103,26 +105,6 @@ def verify_id_token_hint(provider: IdentityProvider, token: str) -> dict[str, An
     return claims
 
 
-def revoke_lapsed(provider: IdentityProvider, grants: GrantStore, claims: Mapping[str, Any], client_id: str, *,
-                  now: datetime) -> int:
-    """Revoke the grants of ``client_id`` made in the session a verified id token names (its sid), when
-    that session is its sub's and is no longer live (module docstring); returns how many. A live one is
-    left to the browser that holds it."""
-    sid, sub = claims.get("sid"), claims.get("sub")
-    if not isinstance(sid, str) or not isinstance(sub, str):
-        return 0
-    with provider.server.engine.begin() as conn:
-        if not session_over(conn, sid, person_id=sub, now=now):
-            return 0
-        revoked = grants.revoke_session(conn, sid, reason="logout", now=now, client_id=client_id)
-        if revoked:
-            audit.record("identity.logout.lapsed_session", at=now, actor={"client_id": client_id, "person_id": sub},
-                         data={"grants_revoked": revoked}, conn=conn)
-    if revoked:
-        log.info("identity.logout.lapsed_session")
-    return revoked
-
-
 def logout(
     provider: IdentityProvider,
     sessions: SessionStore,
@@ -156,8 +138,6 @@ def logout(
             log.info("identity.logout.refused.redirect_uri")
             raise PageError("invalid_request", "post_logout_redirect_uri is not registered for this client.")
         location = redirect_location(redirect, {"state": params.get("state")})
-    if claims is not None and client_id:
-        revoke_lapsed(provider, grants, claims, client_id, now=now)
     current = sessions.get(cookie, now=now)
     if current is None:
         log.info("identity.logout.no_session")
