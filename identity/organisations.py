@@ -9,9 +9,14 @@ and its history, but:
   (refresh tokens) are revoked, and every access token issued to them up to now is refused
   (``RevocationList.revoke_client``);
 - it receives no new release rights, transfers or nominations (``organisation_inactive``, checked by
-  the release engine: release_service.services.common.receiving_organisation).
+  the release engine: release_service.services.common.receiving_organisation);
+- the enrolment codes issued by its members who hold a role there that issues them (a terminal's
+  security desk) end (identity.authn.enrolment ``end_codes_issued_in``; review 124, finding 5: those
+  roles counted nowhere, but their codes lived on, up to 30 days). An issue in flight share-locks the
+  organisation's row, so the deactivation's UPDATE waits for it and then ends its code.
 
-Reactivation lifts the first and the last; revoked tokens stay revoked (the clients ask for new ones).
+Reactivation lifts the first and the last; revoked tokens stay revoked (the clients ask for new ones),
+and ended enrolment codes stay ended (the officers issue new ones).
 Both are one conditional UPDATE (``WHERE active = <the other state>``): two officers at once give one
 change and one ``status_unchanged``. Each says who, when and why: on the row (the last change) and on
 the audit trail (every change: ``identity.admin.organisation.deactivated`` / ``.reactivated``).
@@ -32,6 +37,7 @@ from quaygate.schema import grants as grants_table
 from quaygate.schema import memberships, oauth_clients, organisations
 
 from . import audit
+from .authn import enrolment
 from .domain import claims
 from .grants import GrantStore
 from .memberships import revoke_carriers
@@ -55,6 +61,7 @@ class StatusChanged:
     active: bool
     clients: tuple[str, ...]  # the organisation's clients (their tokens were revoked on deactivation)
     grants_revoked: int
+    enrolment_codes_ended: int = 0  # issued by its officers (on deactivation)
 
 
 def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID, *, active: bool,
@@ -68,7 +75,7 @@ def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID
         raise OrganisationRefused("reason_required", "Say why (the reason is kept on the audit trail).")
     if len(reason) > REASON_MAX:
         raise OrganisationRefused("reason_too_long", f"The reason is at most {REASON_MAX} characters.")
-    revoked = 0
+    revoked = codes = 0
     with engine.begin() as conn:
         done = conn.execute(
             organisations.update()
@@ -99,13 +106,18 @@ def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID
                     ).scalars():
                 revoked += revoke_carriers(conn, grants, person_id, organisation_id, now,
                                            reason="organisation_deactivated")
+            # After the UPDATE, in a statement of its own: an issue that held it up is seen (module docstring).
+            codes = enrolment.end_codes_issued_in(conn, organisation_id, now=now)
         kind = "identity.admin.organisation." + ("reactivated" if active else "deactivated")
+        data: dict[str, Any] = {"reason": reason, "clients": list(clients), "grants_revoked": revoked}
+        if not active:
+            data["enrolment_codes_ended"] = codes
         audit.record(kind, at=now, actor=audit.actor_fields(actor), subject=str(organisation_id), conn=conn,
-                     data={"reason": reason, "clients": list(clients), "grants_revoked": revoked})
+                     data=data)
     if on_change is not None:
         on_change()
     log.info("identity.organisation.%s", "reactivated" if active else "deactivated")
-    return StatusChanged(organisation_id, active, clients, revoked)
+    return StatusChanged(organisation_id, active, clients, revoked, codes)
 
 
 def _revoke_tokens(conn: sa.Connection, grants: GrantStore, client_id: str, *, now: datetime,

@@ -11,9 +11,15 @@ suspends the person (all). Always in the caller's transaction, with the change t
            +------reinstate_person (port security, a reason)-------+
 
 A suspension also ends the person's live enrolment codes: one handed out before must not register a
-passkey, now or after a reinstatement. A registration in flight takes the person's row lock, as the
-suspension's UPDATE does (identity.authn.service ``finish_registration``): it runs wholly before the
-suspension (whose cut-off then ends its session) or after it (and is refused person_suspended).
+passkey, now or after a reinstatement. It ends the live codes the person issued too, as an officer
+(identity.authn.enrolment ``end_issued_codes``; review 124, finding 5): a rogue badge officer caught and
+suspended, the natural first response, left his accomplices up to 30 days of codes. An issue of his in
+flight share-locks his row, so the suspension's UPDATE waits for it and then ends its code; an issue
+after the suspension is refused (enrolment ``issuer_role_ended``).
+
+A registration in flight takes the person's row lock, as the suspension's UPDATE does
+(identity.authn.service ``finish_registration``): it runs wholly before the suspension (whose cut-off
+then ends its session) or after it (and is refused person_suspended).
 
 A privileged role granted to a person (``privileged_role_granted``, identity.api.admin
 ``add_membership``, under the person's row lock) ends the person's live enrolment codes and suspends
@@ -34,7 +40,7 @@ theirs that is active. It does not bring back what the suspension ended or what 
 - enrolment codes issued before the suspension stay ended (the suspension ends them; the reinstatement
   ends any still live, as a suspension made before review 67 left them; none is issued while
   suspended): a code handed out before must not start working again, weeks later, because of the
-  reinstatement.
+  reinstatement. So do the codes an officer issued before his suspension: he issues new ones.
 
 Both are one conditional UPDATE of the status (STYLE.md #4): of two at once, one is done and the other
 is told status_unchanged.
@@ -75,7 +81,8 @@ REASON_MAX = 500
 class CutOff:
     sessions_ended: int
     grants_revoked: int
-    enrolment_codes_ended: int = 0
+    enrolment_codes_ended: int = 0  # the person's own (a suspension's)
+    issued_enrolment_codes_ended: int = 0  # those the person issued, as an officer (a suspension's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,13 +165,16 @@ def suspend_person(engine: sa.Engine, *, sessions: SessionStore, grants: GrantSt
         cut = cut_off(conn, sessions=sessions, grants=grants, person_id=person_id, keep=None,
                       reason="person_suspended", now=now)
         codes = enrolment.end_live_codes(conn, person_id, now=now)
-        cut = CutOff(cut.sessions_ended, cut.grants_revoked, codes)
+        # In a statement after the UPDATE: an issue of his that held it up is seen (module docstring).
+        issued = enrolment.end_issued_codes(conn, person_id, now=now)
+        cut = CutOff(cut.sessions_ended, cut.grants_revoked, codes, issued)
         # The holders of his live nominations learn it before he reaches the gate, as after a ban.
         alerted = suspension_alerts(conn, person_id, now)
         audit.record("identity.admin.person.suspended", at=now, actor=audit.actor_fields(actor),
                      subject=str(person_id), conn=conn,
                      data={"reason": said, "sessions_ended": cut.sessions_ended, "grants_revoked": cut.grants_revoked,
-                           "enrolment_codes_ended": codes, "nominations_alerted": [str(r) for r in alerted]})
+                           "enrolment_codes_ended": codes, "issued_enrolment_codes_ended": issued,
+                           "nominations_alerted": [str(r) for r in alerted]})
     log.info("identity.person.suspended")
     return cut
 

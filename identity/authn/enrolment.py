@@ -10,7 +10,8 @@ Lifecycle::
                     |
                     +--expires_at (default 72 h)--> expired
                     +--end_live_codes() (a privileged role granted, a suspension, a reinstatement)--> ended
-                    +--end_issued_codes() (its issuer lost a role that issues codes)--> ended
+                    +--end_issued_codes() (its issuer lost a role that issues codes, or was suspended)--> ended
+                    +--end_codes_issued_in() (its issuer's organisation was deactivated)--> ended
 
 ``consume`` is one conditional ``UPDATE ... WHERE used_at IS NULL AND ended_at IS NULL AND expires_at >
 now`` in the registration's own transaction (STYLE.md #4): of two racing registrations, exactly one
@@ -42,6 +43,18 @@ removal or an expiry of one waits for the issue and then sees its code. When he 
 when one is given an end (identity.api.admin ``add_membership``) they are capped at it
 (``cap_issued_codes``). Losing either role ends them all, the safe side: the other role may not have
 let him issue each of them (port security's codes for an officer), nor for as long.
+
+So do his suspension and the deactivation of an organisation where he holds one (review 124, finding 5:
+they ended none, and a rogue officer caught and suspended left his accomplices up to 30 days of codes):
+identity.authn.cutoff ``suspend_person`` ends the codes he issued (``end_issued_codes``), and
+identity.organisations ``set_active`` those issued by its members who hold an issuing role there
+(``end_codes_issued_in``), all of them, the safe side again. Neither a reinstatement nor a reactivation
+brings them back: they are marked ended. The issue is one act with them, as with a role's removal: it
+share-locks the officer's person row (which a suspension's UPDATE takes) and the rows of the
+organisations of his issuing roles (which a deactivation's UPDATE takes) before it reads his status and
+his roles, in later statements (``lock_person``: under READ COMMITTED a statement sees what was committed
+when it began). So a suspension or a deactivation committed first is seen, and the issue refused
+(issuer_role_ended); one that comes during the issue waits for it, then ends its code.
 """
 
 from __future__ import annotations
@@ -60,6 +73,7 @@ from quaygate.schema import (
     membership_in_force,
     membership_of_active_organisation,
     memberships,
+    organisations,
     persons,
 )
 
@@ -93,7 +107,8 @@ PORT_SECURITY = "port_security"
 class EnrolmentRefused(Exception):
     """``reason``: enrolment_code_unknown, enrolment_code_expired, enrolment_code_used, person_unknown,
     person_not_active, insufficient_role (the person holds a role the issuer may not issue for),
-    issuer_role_ended (the officer issuing it holds no role that issues codes any more).
+    issuer_role_ended (the officer issuing it holds no role that issues codes any more, in an active
+    organisation, or is suspended).
     ``person_id``: the code's person, when a code was found (``check``: the pages tell him whom to ask)."""
 
     def __init__(self, reason: str, *, person_id: uuid.UUID | None = None) -> None:
@@ -142,7 +157,7 @@ def issue_code(
     Earlier live codes of the person stay valid until used, expired or ended. Pass ``conn`` to issue in
     the caller's transaction (with its audit entry). ``issued_by``: the console officer issuing it; its
     expiry is then capped at the end of his issuing roles (module docstring), EnrolmentRefused
-    ("issuer_role_ended") when none is in force.
+    ("issuer_role_ended") when none is in force, or he is suspended.
     """
     if not timedelta(0) < ttl <= MAX_TTL:
         raise ValueError("an enrolment code lives between 1 second and 30 days")
@@ -183,11 +198,40 @@ def lock_person(conn: sa.Connection, person_id: uuid.UUID) -> str | None:
     ).scalar_one_or_none()
 
 
+def _lock_with_issuer(conn: sa.Connection, person_id: uuid.UUID,
+                      issuer: uuid.UUID | None) -> tuple[str | None, str | None]:
+    """(the person's status, ``lock_person``; the issuer's status, his row share-locked: FOR SHARE, which a
+    suspension's UPDATE of it waits for), the two rows locked in the order of their ids: two officers
+    issuing a code for each other at once wait for the same first row, never each hold one the other
+    wants. No issuer: (the person's status, None)."""
+    def share() -> str | None:
+        return conn.execute(sa.select(persons.c.status).where(persons.c.id == issuer)
+                            .with_for_update(read=True)).scalar_one_or_none()
+
+    if issuer is None:
+        return lock_person(conn, person_id), None
+    if issuer == person_id:  # refused before the issue (identity.api.admin); one lock does for both
+        status = lock_person(conn, person_id)
+        return status, status
+    if issuer.int < person_id.int:  # PostgreSQL orders uuids by their bytes, as UUID.int does
+        issuer_status = share()
+        return lock_person(conn, person_id), issuer_status
+    status = lock_person(conn, person_id)
+    return status, share()
+
+
 def issuer_ends(conn: sa.Connection, issuer: uuid.UUID, now: datetime) -> datetime | None:
     """The earliest end of ``issuer``'s roles that issue codes (ISSUING_ROLES, in force, in an active
-    organisation): None when none of them ends; ``now`` when he holds none. The membership rows read are
-    share-locked until the caller's transaction ends (FOR SHARE on PostgreSQL; SQLite's writers run one
-    at a time): a removal, an expiry or a new end of one waits for the issue, then sees its code."""
+    organisation): None when none of them ends; ``now`` when he holds none. The rows of the organisations
+    of his issuing roles are share-locked first, then the membership rows are read, share-locked, in a
+    statement of their own, both until the caller's transaction ends (FOR SHARE on PostgreSQL; SQLite's
+    writers run one at a time): a removal, an expiry or a new end of one, or a deactivation of its
+    organisation, waits for the issue, then sees its code; a deactivation committed first is seen by
+    the read (module docstring)."""
+    conn.execute(sa.select(organisations.c.id).where(organisations.c.id.in_(
+        sa.select(memberships.c.organisation_id).where(
+            memberships.c.person_id == issuer, memberships.c.role.in_(sorted(ISSUING_ROLES)))))
+        .order_by(organisations.c.id).with_for_update(read=True)).all()
     ends = list(conn.execute(
         sa.select(memberships.c.valid_until).where(
             memberships.c.person_id == issuer, memberships.c.role.in_(sorted(ISSUING_ROLES)),
@@ -208,6 +252,19 @@ def end_issued_codes(conn: sa.Connection, issuer: uuid.UUID, *, now: datetime) -
     return int(result.rowcount or 0)
 
 
+def end_codes_issued_in(conn: sa.Connection, organisation_id: uuid.UUID, *, now: datetime) -> int:
+    """End the live codes issued by the persons who hold a role that issues them in ``organisation_id`` (it
+    is deactivated: those roles count nowhere now), in the caller's transaction: how many. All their codes,
+    as ``end_issued_codes`` on the loss of one role (module docstring); a role there past its end too (its
+    codes were capped at it: none is live)."""
+    issuers = sa.select(memberships.c.person_id).where(memberships.c.organisation_id == organisation_id,
+                                                       memberships.c.role.in_(sorted(ISSUING_ROLES)))
+    result = conn.execute(enrolment_codes.update().where(
+        enrolment_codes.c.issued_by.in_(issuers), enrolment_codes.c.used_at.is_(None),
+        enrolment_codes.c.ended_at.is_(None), enrolment_codes.c.expires_at > now).values(ended_at=now))
+    return int(result.rowcount or 0)
+
+
 def cap_issued_codes(conn: sa.Connection, issuer: uuid.UUID, *, until: datetime, now: datetime) -> int:
     """Cap the expiry of the live codes ``issuer`` issued at ``until`` (a role of his that issues them was
     given that end), in the caller's transaction: how many. ``until`` is to come (a new end is), so a
@@ -223,7 +280,7 @@ def _insert(
     conn: sa.Connection, person_id: uuid.UUID, code: str, *, created_by: str, now: datetime, expires_at: datetime,
     refused_roles: frozenset[str], issued_by: uuid.UUID | None,
 ) -> datetime:
-    status = lock_person(conn, person_id)
+    status, issuer_status = _lock_with_issuer(conn, person_id, issued_by)
     if status is None:
         raise EnrolmentRefused("person_unknown")
     if status != "active":
@@ -234,6 +291,8 @@ def _insert(
             membership_in_force(now))).first() is not None:
         raise EnrolmentRefused("insufficient_role")
     if issued_by is not None:
+        if issuer_status != "active":  # suspended: his codes ended with it (module docstring)
+            raise EnrolmentRefused("issuer_role_ended")
         end = issuer_ends(conn, issued_by, now)
         if end is not None and end <= now:
             raise EnrolmentRefused("issuer_role_ended")
