@@ -22,6 +22,7 @@ from release_service.domain.gate_pass import (
     Verdict,
     badge_digest,
     decide_offline,
+    holder_refusals,
     judge_use,
     pass_covers,
     pass_refuses,
@@ -228,3 +229,20 @@ def test_the_reconcile_knows_the_adapters_offline_gate_in_before_its_gate_out() 
     assert pass_refuses(p, out, decided_at=NOW, state="completed") == ()  # used twice: judge_use says so
     assert pass_refuses(p, out, decided_at=NOW, state="nominated")  # never in: no gate-out
     assert pass_refuses(p, request(), decided_at=NOW, state="gated_in") == ()  # a gate-in used twice: judge_use's
+
+
+def test_the_reconcile_refuses_an_override_of_another_persons_badge_whatever_the_pass_said() -> None:
+    """Review 124, finding 1: offline another person's badge reads badge_unknown (only the nominated driver's
+    badges are in the pass), which a desk may set aside; the service, knowing the badge, says what online
+    would: driver_mismatch, with the badge office's word and the holder's suspension or ban."""
+    p = a_pass()
+    other = g.BadgeFacts(found=True, status="active", person_id=uuid.uuid4(), valid_until=NOW + timedelta(days=9),
+                         activated_terminals=frozenset({T}))
+    assert offline([p], request(badge=g.BadgeRead("alfapass", "AP-543214"))).decision.reasons == (  # type: ignore[attr-defined]
+        g.Reason.BADGE_UNKNOWN, g.Reason.SCREENING_UNAVAILABLE)
+    assert holder_refusals(p, other, g.ScreeningResult.CLEAR, NOW) == ("driver_mismatch",)
+    assert holder_refusals(p, replace(other, status="blocked", holder_status="suspended"), g.ScreeningResult.BANNED,
+                           NOW) == ("badge_blocked", "driver_mismatch", "person_suspended", "person_banned")
+    # The pass's own driver (a change to him is changed_since_pass's), no badge, or a badge nobody holds: nothing.
+    assert holder_refusals(p, replace(other, person_id=DRIVER), g.ScreeningResult.BANNED, NOW) == ()
+    assert holder_refusals(p, None, None, NOW) == holder_refusals(p, g.BadgeFacts.not_found(), None, NOW) == ()

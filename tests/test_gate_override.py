@@ -47,12 +47,13 @@ LANES = ("in-1", "in-2")
 WRONG_PLATE = "9-ZZZ-999"  # refused for the plate alone: what a person at the desk may set aside
 
 
-def at_lane(a: Adapter, lane: str, *, plate: str = "1-ABC-123", service_up: bool, n: int = 1) -> LaneResult:
-    """One truck (the test driver's badge, container ``n``) at ``lane`` of adapter ``a``."""
+def at_lane(a: Adapter, lane: str, *, plate: str = "1-ABC-123", service_up: bool, n: int = 1,
+            badge: str = "AP-123455") -> LaneResult:
+    """One truck (the test driver's badge unless told, container ``n``) at ``lane`` of adapter ``a``."""
     client = a.online if service_up else VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5)
     runtime = LaneRuntime(TERMINAL, lane, "in", "commit", LaneCorrelator(lane, TERMINAL, "in"), client, a.outbox,
                           a.barrier, offline=a.offline)
-    (result,) = [r for read in reads(plate, n, at=_now(), lane=lane) for r in runtime.feed(read)]
+    (result,) = [r for read in reads(plate, n, at=_now(), lane=lane, badge=badge) for r in runtime.feed(read)]
     return result
 
 
@@ -439,3 +440,111 @@ def test_an_offline_override_is_sealed_in_the_outbox_chain(tmp_path: Path) -> No
         assert box.tampered is not None
     finally:
         box.close()
+
+
+# -- review 124, finding 1: another person's badge, set aside offline ------------------------------------------
+
+
+def another_driver(gate: Gate, *, banned: bool) -> str:
+    """A real driver with an active badge activated at this terminal, not the one nominated; ``banned``: on
+    the national port-ban list, in force. Returns his badge number."""
+    import uuid
+    from datetime import timedelta
+
+    from identity.domain.badges import Scheme, with_check
+    from quaygate.schema import badge_activations, badges, ban_feed_state, persons, port_bans
+
+    from .factories import add_driver
+    number = with_check(Scheme.ALFAPASS, 54321)
+    person = add_driver(gate.engine, gate.p.haul.organisation_id, number=number)  # type: ignore[arg-type]
+    with gate.engine.begin() as conn:
+        badge_id = conn.execute(sa_select(badges.c.id).where(badges.c.person_id == person)).scalar_one()
+        conn.execute(badge_activations.insert().values(id=uuid.uuid4(), badge_id=badge_id, terminal_code=TERMINAL,
+                                                       activated_by="desk", activated_at=_now()))
+        if banned:
+            conn.execute(persons.update().where(persons.c.id == person).values(national_id_hash="b" * 64))
+            conn.execute(port_bans.insert().values(
+                register="BE-NBR", reference="B-9", subject_hash="b" * 64, scope="all",
+                banned_from=_now() - timedelta(days=1), banned_until=_now() + timedelta(days=30), feed_sequence=1))
+            conn.execute(ban_feed_state.insert().values(register="BE-NBR", sequence=1, issued_at=_now(),
+                                                        loaded_at=_now(), digest="d" * 64))
+    return number
+
+
+def sa_select(*columns: Any) -> Any:
+    import sqlalchemy as sa
+    return sa.select(*columns)
+
+
+def test_an_offline_override_of_another_persons_badge_is_flagged_and_the_right_taken_out_of_use(
+        gate: Gate, adapters: list[Adapter]) -> None:
+    """Review 124, finding 1 (the reviewer's demonstration). During an outage a truck comes with another
+    person's real, active badge: a banned driver's own. Online that is driver_mismatch and person_banned,
+    which no desk sets aside; offline the adapter knows only the nominated driver's badges, so it reads
+    badge_unknown with screening_unavailable (and the plate), all of which a desk may set aside, and the
+    officer does. Before, the reconcile replayed only the pass's rules and recorded a clean override. Now
+    the service looks the badge up: flagged not_supported_by_pass with what the badge says; the truck is in,
+    so the right is marked used by an override saying the service refused it: no second truck takes it."""
+    rid = gate.pickable(1)
+    other = another_driver(gate, banned=True)
+    online = gate.verify(gate.body(1, badge={"scheme": "alfapass", "number": other},
+                                   plate={"text": "9ZZZ999", "country": "BE", "confidence": 0.95})).json()
+    assert (online["decision"], online["reasons"]) == ("deny", ["driver_mismatch", "plate_mismatch", "person_banned"])
+    a = adapters[0]
+    assert a.offline.refresh() == 1
+    a.down()
+    refused = at_lane(a, "in-1", plate=WRONG_PLATE, service_up=False, badge=other)
+    assert refused.offline and refused.response is not None
+    assert (refused.decision, refused.response["reasons"]) == (
+        "deny", ["badge_unknown", "plate_mismatch", "screening_unavailable"]), refused.response
+    away = OverrideDesk(VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5), a.outbox, LANES)
+    assert away.override("in-1", refused.request_id, "hired tractor, badge left at home", by="o").offline
+
+    a.up()
+    assert a.offline.reconcile() == 2
+    [row] = [r for r in _offline_rows(gate) if r.request_id.startswith("override:")]
+    assert (row.verdict, row.flag) == ("flagged", "not_supported_by_pass")
+    assert gate.state(rid) == "gated_in"  # the truck is in: taken out of use, not left for a second truck
+    [flagged] = _audit(gate, rid, "release.gate_offline_flagged")
+    assert flagged["badge_says"] == ["driver_mismatch", "person_banned"]
+    assert flagged["badge_holder_person_id"] != str(gate.p.driver)
+    [event] = _audit(gate, rid, "release.gate_override")
+    assert event["reason"].startswith("NOT SUPPORTED by the service") and "person_banned" in event["reason"]
+    second = gate.verify(gate.body(1, mode="commit")).json()  # the nominated driver and truck, online
+    assert second["decision"] == "deny" and "already_used" in second["reasons"], second
+
+
+def test_an_offline_override_naming_a_refusal_never_reported_moves_nothing(
+        gate: Gate, adapters: list[Adapter]) -> None:
+    """Review 124, finding 1: an override report names the refusal it sets aside (its request); the service
+    holds it to the refusal the adapter reported before, word for word. Another request (never refused),
+    or the refusal's report changed, is the lane's word alone: flagged, nothing moves."""
+    import uuid
+
+    rid = gate.pickable(1)
+    a = adapters[0]
+    a.offline.refresh()
+    a.down()
+    refused = refused_offline(a)
+    away = OverrideDesk(VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5), a.outbox, LANES)
+    away.override("in-1", refused.request_id, "hired tractor", by="o")
+    [(_, report)] = [(k, r) for k, r in a.outbox.unreconciled() if k.startswith("override:")]
+    report.pop("outbox", None)
+
+    def post(forged: dict[str, Any]) -> Any:
+        got = gate.http.post("/gate/v1/offline-decisions", json=forged,
+                             headers={"Authorization": f"Bearer {gate.gate_token}"})
+        assert got.status_code == 200, got.text
+        return got.json()
+
+    never = {**report, "request": {**report["request"], "request_id": str(uuid.uuid4())},
+             "override": {**report["override"], "id": str(uuid.uuid4())}}
+    assert (post(never)["verdict"], post(never)["flag"]) == ("flagged", "not_supported_by_pass")
+    assert gate.state(rid) == "nominated"
+    a.up()
+    assert a.offline.reconcile() == 2  # the refusal, then its override: recorded
+    other_time = {**report, "decided_at": _now().isoformat(), "override": {**report["override"],
+                                                                           "id": str(uuid.uuid4())}}
+    assert (post(other_time)["verdict"], post(other_time)["flag"]) == ("flagged", "not_supported_by_pass")
+    assert gate.state(rid) == "gated_in"
+    assert [r.flag for r in _offline_rows(gate) if r.request_id.startswith("override:")].count(None) == 1

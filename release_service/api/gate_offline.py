@@ -102,7 +102,10 @@ class OfflineDecisionIn(BaseModel):
         "unreachable: recorded as an audited override (release.gate_override) when the pass backs the "
         "right and the refusal is one an online override may set aside, else flagged; flagged "
         "used_online_meanwhile or used_offline_twice when the right was used meanwhile. A second report "
-        "of its own, after the refusal's."))
+        "of its own, after the refusal's: the same report with this added; one whose refusal was not "
+        "reported so is flagged not_supported_by_pass. A badge read that is another person's than the "
+        "nominated driver's, or whose holder is banned or suspended, is flagged not_supported_by_pass too, "
+        "and the right is marked used (the truck is in)."))
 
     @field_validator("reasons")
     @classmethod
@@ -170,12 +173,18 @@ def offline_decision(request: Request, body: OfflineDecisionIn, actor: Actor = D
         ban_list_age_seconds=None if body.ban_list_age_seconds is None else max(body.ban_list_age_seconds, 0),
         pass_token=body.gate_pass, outbox=None if body.outbox is None else OutboxMark(body.outbox.id, body.outbox.seq),
         override=None if body.override is None else service.OfflineOverride(
-            body.override.id, body.override.officer, body.override.reason, body.override.decision_id))
+            id=body.override.id, officer=body.override.officer, reason=body.override.reason,
+            decision_id=body.override.decision_id,
+            # The refusal it sets aside is this very report without it: recorded under that fingerprint.
+            refusal_fingerprint=_fingerprint(body.model_copy(update={"override": None}))))
+    return service.reconcile(_uow_factory(request), actor, report, signer=_signer(request),
+                             issuer=c.settings.issuer, fingerprint=_fingerprint(body), now=c.clock.now())
+
+
+def _fingerprint(body: OfflineDecisionIn) -> str:
     # The outbox place is where the adapter keeps it, not what it decided: a report sent before its adapter
     # told places, and again after, is the same report.
-    fingerprint = hashlib.sha256(body.model_dump_json(exclude={"outbox"}).encode()).hexdigest()
-    return service.reconcile(_uow_factory(request), actor, report, signer=_signer(request),
-                             issuer=c.settings.issuer, fingerprint=fingerprint, now=c.clock.now())
+    return hashlib.sha256(body.model_dump_json(exclude={"outbox"}).encode()).hexdigest()
 
 
 class KeyStorePassSigner:

@@ -426,6 +426,28 @@ def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts 
     return tuple(changed)
 
 
+def holder_refusals(p: GatePass, badge: g.BadgeFacts | None, screening: g.ScreeningResult | None,
+                    at: datetime) -> tuple[str, ...]:
+    """What refuses, as the service knows it at ``at``, the person whose badge the lane read when that is
+    not the pass's driver: ``driver_mismatch``, the badge office's word on the badge, and his own
+    suspension or ban (``screening``: his screening at ``at``). None of these may a desk set aside
+    (``gate.OVERRIDABLE``), and a pass cannot show them: offline the adapter knows only the nominated
+    driver's badges (``_badge``), so another person's badge, a banned driver's own included, reads
+    ``badge_unknown`` with ``screening_unavailable`` (nobody to screen), both of which a desk may set
+    aside (review 124, finding 1). ``()`` for no badge, a badge nobody holds, or one of the pass's driver
+    (a change to him or his badge is ``changed_since_pass``'s)."""
+    n = p.right.nomination
+    if badge is None or not badge.found or badge.person_id is None or n is None \
+            or badge.person_id == n.driver_person_id:
+        return ()
+    refused = {g.Reason.DRIVER_MISMATCH, *g.badge_refusals(badge, at)}
+    if badge.holder_status != g.PERSON_ACTIVE:
+        refused.add(g.Reason.PERSON_SUSPENDED)
+    if screening is g.ScreeningResult.BANNED:
+        refused.add(g.Reason.PERSON_BANNED)
+    return tuple(r.value for r in g.Reason if r in refused)  # in the gate's order
+
+
 def pass_refuses(p: GatePass, request: g.GateRequest, *, decided_at: datetime, state: str) -> tuple[str, ...]:
     """Why ``decide_offline``, run on the reported ``request`` and this genuine pass alone at ``decided_at``,
     would not have allowed it: ``()`` when it would (for this pass's right). The reconcile does not take

@@ -39,8 +39,17 @@ decision it sets aside), idempotent by (terminal, ``override:<its id>``). The tr
 
     a genuine pass of ours, this terminal, this right, valid when refused? ── no: FLAGGED pass_invalid
         v
+    the refusal it sets aside reported before, word for word (the same request_id, the same report)?
+        ── no: FLAGGED not_supported_by_pass (nothing moves: the lane's word alone)
+        v
     every reason reported, and every reason the pass's own rules give, one an online override may set
     aside (domain/gate.py OVERRIDABLE)? ── no: FLAGGED not_supported_by_pass (nothing moves)
+        v
+    the badge read, as we know it: another person's than the pass's driver (his badge reads badge_unknown
+    offline), or its holder banned or suspended (gate_pass.holder_refusals: driver_mismatch, ...,
+    person_banned; online no desk sets these aside)? ── yes: FLAGGED not_supported_by_pass; the truck is
+        in, so the right is marked used (an audited override saying the service refused it: no second
+        truck takes the right), and port security hears what the badge says (review 124, finding 1)
         v
     judge_use: already used ── FLAGGED used_offline_twice / used_online_meanwhile; ended ── changed_after_pass
         v
@@ -83,6 +92,7 @@ from release_service.domain.gate_pass import (
     Verdict,
     badge_digest,
     changed_since_pass,
+    holder_refusals,
     judge_outbox,
     judge_use,
     pass_covers,
@@ -109,6 +119,8 @@ FLAG_EVENT = "release.gate_offline_flagged"
 OUTBOX_ALARM_EVENT = "release.gate_outbox_alarm"
 # The events that record a use of the right in each direction (release.py).
 _MOVES = {g.Direction.IN: ("release.gated_in", "release.gate_override"), g.Direction.OUT: ("release.completed",)}
+# Why an override is not supported when the refusal it names was never reported as it says (``pass_says``).
+NO_REFUSAL = "refusal_not_reported"
 
 
 # ---- issue ---------------------------------------------------------------------------------------
@@ -188,6 +200,9 @@ class OfflineOverride:
     officer: str
     reason: str
     decision_id: uuid.UUID  # the adapter's offline decision it sets aside
+    # The fingerprint the refused report it sets aside (the same report, without ``override``) was recorded
+    # under: that refusal must have been reported, as it was (review 124, finding 1).
+    refusal_fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +339,8 @@ class _Judged:
     right: Any = None  # the right, when known: a flag is announced to its parties
     pass_says: tuple[str, ...] = ()  # not_supported_by_pass: why the pass's rules refuse (for the audit)
     changed: tuple[str, ...] = ()  # changed_after_pass: what the pass said that no longer holds (ditto)
+    badge_says: tuple[str, ...] = ()  # an override's badge: what refuses the person who held it (ditto)
+    holder: uuid.UUID | None = None  # that person, for the audit trail only (port security's to settle)
 
 
 def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pass: GatePass | None,
@@ -395,6 +412,12 @@ def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
                 gate_pass, terminal=req.terminal, release_id=report.release_id, decided_at=report.decided_at,
                 right_created_at=right.created_at)):
         return _Judged(Verdict.FLAGGED, Flag.PASS_INVALID, right=right)
+    # The refusal it sets aside must be one the adapter reported (its reports go oldest first, one by one:
+    # the refusal before its override), and this very one: an override naming a refusal never heard of, or
+    # another request, is the lane's word alone.
+    refusal = uow.offline.find(req.terminal, req.request_id)
+    if refusal is None or refusal.fingerprint != o.refusal_fingerprint:
+        return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, right=right, pass_says=(NO_REFUSAL,))
     at = min(max(report.decided_at, gate_pass.issued_at), now)
     state = right.effective_state(at).value
     # Only what an online override may set aside (``gate.require_overridable_decision``): the reasons the
@@ -405,6 +428,12 @@ def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
     if not refused or any(r not in overridable for r in [*refused, *says]):
         return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, right=right, pass_says=says)
     used_id, used_offline = uow.offline.last_use(right.id, _MOVES[g.Direction.IN])
+    badge = uow.gate.badge(req.badge) if req.badge is not None else None
+    holder = badge.person_id if badge is not None and badge.found else None
+    hard = holder_refusals(gate_pass, badge, None if holder is None else uow.gate.screen(
+        holder, terminal=req.terminal, now=at), at)
+    if hard:
+        return _not_the_driver(uow, actor, report, gate_pass, right, decision_id, at, hard, holder, used_id)
     verdict, flag = judge_use(direction=g.Direction.IN, state=state,
                               used_by=UsedBy.OFFLINE if used_offline else UsedBy.ONLINE)
     if verdict is not Verdict.RECORD:
@@ -426,6 +455,32 @@ def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
     if changed:
         return _Judged(Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, right=right, changed=tuple(changed))
     return _Judged(Verdict.RECORD, right=right)
+
+
+def _not_the_driver(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pass: GatePass,
+                    right: ReleaseRight, decision_id: uuid.UUID, at: datetime, hard: tuple[str, ...],
+                    holder: uuid.UUID | None, used_id: uuid.UUID | None) -> _Judged:
+    """An override that let in a person the service refuses (``holder_refusals``: another person's badge,
+    a ban, ...), which no online override lets in. The truck is in all the same: the right is marked used,
+    by an override whose reason says the service refused it, so that no second truck takes it (online, or
+    offline at another adapter on a later pass); its gate-out is refused online for the same reasons (the
+    badge is another person's), and the flag tells port security, the line and the holder what the badge
+    says. Nothing moves when the right is used or ended already: the first use stands."""
+    req, o = report.request, report.override
+    assert o is not None
+    reason = (f"NOT SUPPORTED by the service, recorded only because the truck is in: {o.reason} (officer "
+              f"{o.officer}, lane {req.lane}; offline, on gate pass {gate_pass.pass_id}; the badge read says "
+              f"{', '.join(hard)})")
+    moved = False
+    try:
+        right.override_gate_in(by=actor, now=at, decision_id=decision_id, reason=reason)
+        moved = True
+    except DomainError:
+        pass
+    if moved:
+        persist(uow, right)
+    return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, None if moved else used_id, right,
+                   badge_says=hard, holder=holder)
 
 
 def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: ReleaseRight, req: g.GateRequest,
@@ -485,13 +540,17 @@ def _announce(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, body:
         data["pass_says"] = list(j.pass_says)
     if j.changed:
         data["changed_since_pass"] = list(j.changed)
+    if j.badge_says:
+        data["badge_says"] = list(j.badge_says)
     if report.override is not None:
         o = report.override
         data["override"] = {"officer": o.officer, "reason": o.reason, "decision_id": str(o.decision_id),
                             "request_id": report.request.request_id, "reasons": [r.value for r in report.reasons]}
     right = j.right
     kind = FLAG_EVENT if body["flag"] else "release.gate_offline_reconciled"
-    uow.audit.append(kind, actor=actor.as_dict(), subject=body["release_id"], data=data, at=now)
+    # Whose badge it was goes to the audit trail (port security), not to the line's and holder's webhooks.
+    audited = data if j.holder is None else {**data, "badge_holder_person_id": str(j.holder)}
+    uow.audit.append(kind, actor=actor.as_dict(), subject=body["release_id"], data=audited, at=now)
     if body["flag"] and right is not None:
         audience = {right.issuer_organisation_id, right.holder_organisation_id}
         if actor.organisation_id is not None:
