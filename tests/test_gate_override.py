@@ -11,6 +11,7 @@ the real app has recorded the override); our own barrier is recorded."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,12 @@ def desk(adapters: list[Adapter]) -> OverrideDesk:
 
 
 @pytest.fixture
-def console(adapters: list[Adapter], desk: OverrideDesk) -> Iterator[TestClient]:
-    """The adapter's HTTP source with its override desk, as an officer's console reaches it."""
-    a = adapters[0]
+def away(adapters: list[Adapter]) -> OverrideDesk:
+    """The desk of an adapter whose uplink is cut: the service does not answer it."""
+    return OverrideDesk(VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5), adapters[0].outbox, LANES)
+
+
+def _console(a: Adapter, desk: OverrideDesk) -> Iterator[TestClient]:
     lanes = [LaneRuntime(TERMINAL, ln, "in", "commit", LaneCorrelator(ln, TERMINAL, "in"), a.online, a.outbox,
                          a.barrier) for ln in LANES]
     app = create_source_app(LaneWorker(lanes), TERMINAL, devices=None,
@@ -81,6 +85,18 @@ def console(adapters: list[Adapter], desk: OverrideDesk) -> Iterator[TestClient]
                             overrides=desk)
     with TestClient(app, base_url="https://adapter.test") as http:
         yield http
+
+
+@pytest.fixture
+def console(adapters: list[Adapter], desk: OverrideDesk) -> Iterator[TestClient]:
+    """The adapter's HTTP source with its override desk, as an officer's console reaches it."""
+    yield from _console(adapters[0], desk)
+
+
+@pytest.fixture
+def away_console(adapters: list[Adapter], away: OverrideDesk) -> Iterator[TestClient]:
+    """The same, its uplink cut."""
+    yield from _console(adapters[0], away)
 
 
 def override(console: TestClient, lane: str, body: dict[str, Any], token: str = OFFICER_TOKEN) -> httpx.Response:
@@ -215,7 +231,7 @@ def test_only_a_refusal_the_service_made_here_is_sent_and_a_final_refusal_uses_n
     a.down()
     offline = at_lane(a, "in-1", service_up=False, n=78)  # no pass for that container: no right to let in
     assert offline.offline and offline.decision == "review", offline.response
-    with pytest.raises(NotOverridable, match="without a gate pass"):
+    with pytest.raises(NotOverridable, match="without finding a release right"):
         desk.override("in-1", offline.request_id, "x", by="o")
     a.up()
 
@@ -311,7 +327,7 @@ def refused_offline(a: Adapter, lane: str = "in-1", n: int = 1) -> LaneResult:
 
 
 def test_an_offline_refusal_overridden_at_the_desk_counts_as_a_use_and_is_reconciled_as_an_audited_override(
-        gate: Gate, adapters: list[Adapter], console: TestClient, desk: OverrideDesk) -> None:
+        gate: Gate, adapters: list[Adapter], away_console: TestClient, away: OverrideDesk) -> None:
     """The attack: during an outage a hired tractor (another plate) is refused offline; the officer lets it
     in by hand. Before, the desk refused the override (nothing audited, no use noted, the reconcile heard
     only a deny), and a second truck with the same badge and the nominated plate was allowed offline at
@@ -324,7 +340,7 @@ def test_an_offline_refusal_overridden_at_the_desk_counts_as_a_use_and_is_reconc
     a.down()
     refused = refused_offline(a)
     assert refused.response is not None
-    r = override(console, "in-1", {"request_id": refused.request_id, "reason": "hired tractor, plate checked"})
+    r = override(away_console, "in-1", {"request_id": refused.request_id, "reason": "hired tractor, plate checked"})
     assert r.status_code == 201, r.text
     assert r.json() == {
         "lane": "in-1", "request_id": refused.request_id, "decision_id": refused.response["decision_id"],
@@ -341,9 +357,9 @@ def test_an_offline_refusal_overridden_at_the_desk_counts_as_a_use_and_is_reconc
     assert again.offline and again.response is not None
     assert (again.decision, again.response["reasons"]) == ("deny", ["already_used"]), again.response
     with pytest.raises(NotOverridable, match="already_used"):  # not the desk's to set aside
-        desk.override("in-2", again.request_id, "x", by="o")
+        away.override("in-2", again.request_id, "x", by="o")
     with pytest.raises(NotOverridable, match="used here already"):  # the same refusal, twice
-        desk.override("in-1", refused.request_id, "again", by="o")
+        away.override("in-1", refused.request_id, "again", by="o")
     assert BarrierCommand.OPEN not in [c.command for c in a.barrier.commands]
 
     a.up()
@@ -364,7 +380,7 @@ def test_an_offline_refusal_overridden_at_the_desk_counts_as_a_use_and_is_reconc
 
 
 def test_an_offline_override_of_a_right_used_online_meanwhile_is_flagged(
-        gate: Gate, adapters: list[Adapter], desk: OverrideDesk) -> None:
+        gate: Gate, adapters: list[Adapter], away: OverrideDesk) -> None:
     """The right was used online at another gate while this one was cut off: the override is flagged
     used_online_meanwhile (the first use stands), and a report the pass does not back is refused."""
     rid = gate.pickable(1)
@@ -372,7 +388,7 @@ def test_an_offline_override_of_a_right_used_online_meanwhile_is_flagged(
     a.offline.refresh()
     a.down()
     refused = refused_offline(a)
-    done = desk.override("in-1", refused.request_id, "known driver", by="J. Peeters (test)")
+    done = away.override("in-1", refused.request_id, "known driver", by="J. Peeters (test)")
     assert done.offline and done.state == "recorded_locally"
     online = gate.verify(gate.body(1, mode="commit")).json()  # another gate, online, meanwhile
     assert online["committed"] is True
@@ -388,7 +404,7 @@ def test_an_offline_override_of_a_right_used_online_meanwhile_is_flagged(
     a.offline.refresh()
     a.down()
     second = refused_offline(a, n=2)
-    desk.override("in-1", second.request_id, "checked", by="o")
+    away.override("in-1", second.request_id, "checked", by="o")
     [(key, report)] = [(k, r) for k, r in a.outbox.unreconciled() if k.startswith("override:")]
     forged = {**report, "reasons": ["badge_blocked"], "override": {**report["override"], "id": str(__import__(
         "uuid").uuid4())}}
@@ -422,15 +438,18 @@ def test_an_offline_override_is_sealed_in_the_outbox_chain(tmp_path: Path) -> No
     response = {"decision": "deny", "reasons": ["plate_mismatch"], "decision_id": decision_id, "release_id": rid,
                 "direction": "in", "mode": "commit", "offline": {"basis": "pass", "pass_id": "p-1"}}
     assert box.decide_offline("r-1", response, {"request": body, "decision": "deny", "reasons": ["plate_mismatch"],
-                                                "release_id": rid, "basis": "pass", "gate_pass": "a.b.c"})
+                                                "release_id": rid, "basis": "pass", "gate_pass": "a.b.c",
+                                                "decided_at": "2026-11-24T06:00:00+00:00"})
     done = OverrideDesk(VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5), box, LANES).override(
         "in-1", "r-1", "hired tractor", by="o")
     assert done.offline and box.offline_uses() == {"in": {rid}, "out": set()}
     assert box.check(full=True) is None
     (_, first), (key, report) = box.unreconciled()
     assert key.startswith("override:") and report["outbox"]["seq"] == first["outbox"]["seq"] + 1
+    overridden_at = report["override"].pop("overridden_at")
     assert report["override"] == {"id": key.removeprefix("override:"), "officer": "o", "reason": "hired tractor",
                                   "decision_id": decision_id}
+    assert "2026-11-24T06:00:00" <= overridden_at < "2026-11-24T06:00:05"  # the refusal's time, plus a moment
     box.close()
     with sqlite3.connect(path) as db:
         db.execute("DELETE FROM offline_decisions WHERE request_id = ?", (key,))
@@ -548,3 +567,200 @@ def test_an_offline_override_naming_a_refusal_never_reported_moves_nothing(
     assert (post(other_time)["verdict"], post(other_time)["flag"]) == ("flagged", "not_supported_by_pass")
     assert gate.state(rid) == "gated_in"
     assert [r.flag for r in _offline_rows(gate) if r.request_id.startswith("override:")].count(None) == 1
+
+
+# -- review 124, finding 2: an offline override's time ---------------------------------------------------------
+
+
+def ban_driver(gate: Gate, *, since: datetime) -> None:
+    """The nominated test driver on the national port-ban list from ``since``, by a list in force."""
+    from datetime import timedelta
+
+    from quaygate.schema import ban_feed_state, persons, port_bans
+    with gate.engine.begin() as conn:
+        conn.execute(persons.update().where(persons.c.id == gate.p.driver).values(national_id_hash="h" * 64))
+        conn.execute(port_bans.insert().values(register="BE-NBR", reference="B-1", subject_hash="h" * 64, scope="all",
+                                               banned_from=since, banned_until=since + timedelta(days=30),
+                                               feed_sequence=1))
+        conn.execute(ban_feed_state.insert().values(register="BE-NBR", sequence=1, issued_at=_now(),
+                                                    loaded_at=_now(), digest="d" * 64))
+
+
+def test_an_offline_refusal_is_overridden_at_the_service_once_it_answers(
+        gate: Gate, adapters: list[Adapter], desk: OverrideDesk) -> None:
+    """Review 124, finding 2 (the reviewer's demonstration). Two trucks refused offline for the plate; the
+    service is back. Before, the desk still recorded their overrides locally, and one of a driver banned
+    since was reconciled clean. Now it verifies the truck again and overrides the service's own decision:
+    the first is let in by the service at once; the banned driver's is the service's refusal (person_banned
+    is not the desk's to set aside), relayed: nothing let in, no use, nothing to reconcile."""
+    first, second = gate.pickable(1), gate.pickable(2)
+    a = adapters[0]
+    assert a.offline.refresh() == 2
+    a.down()
+    refused = [refused_offline(a, n=n) for n in (1, 2)]
+    a.up()
+
+    done = desk.override("in-1", refused[0].request_id, "hired tractor, plate checked", by="o")
+    assert (done.state, done.offline, gate.state(first)) == ("gated_in", False, "gated_in")
+    assert done.decision_id != refused[0].response["decision_id"]  # type: ignore[index]  # the service's own
+    assert [o["outcome"] for o in a.outbox.overrides(refused[0].request_id)] == ["overridden"]
+    [event] = _audit(gate, first, "release.gate_override")
+    assert event["decision_id"] == done.decision_id
+
+    ban_driver(gate, since=_now())
+    online = gate.verify(gate.body(2, plate={"text": "9ZZZ999", "country": "BE", "confidence": 0.95})).json()
+    assert online["decision"] == "deny" and "person_banned" in online["reasons"], online
+    with pytest.raises(OverrideRefused) as exc:
+        desk.override("in-1", refused[1].request_id, "hired tractor, plate checked", by="o")
+    assert (exc.value.code, exc.value.used) == ("illegal_transition", False)
+    assert "person_banned" in str(exc.value)
+    assert gate.state(second) == "nominated"
+    assert a.outbox.offline_uses()["in"] == {first}
+    assert [o["outcome"] for o in a.outbox.overrides(refused[1].request_id)] == ["refused"]
+    assert a.offline.reconcile() == 2  # the two refusals, and no override of the adapter's own
+    assert not [r for r in _offline_rows(gate) if r.request_id.startswith("override:")]
+    assert gate.state(second) == "nominated"
+
+
+def test_an_offline_refusal_the_service_now_allows_is_let_in_by_the_service_once(
+        gate: Gate, adapters: list[Adapter], desk: OverrideDesk) -> None:
+    """overrides.py rule 7: refused offline for the plate; meanwhile the haulier nominated the hired tractor.
+    Verified again at the desk, the service allows and records the gate-in itself: no override. Asked
+    again, the same request is sent again, and the service answers it the same, never a second gate-in."""
+    rid = gate.pickable(1)
+    a = adapters[0]
+    a.offline.refresh()
+    a.down()
+    refused = refused_offline(a)
+    a.up()
+    r = gate.http.put(f"/api/v1/releases/{rid}/nomination", headers=gate.as_("haul"),
+                      json={"driver_person_id": str(gate.p.driver), "plate": {"text": WRONG_PLATE, "country": "BE"}})
+    assert r.status_code == 200, r.text
+    done = desk.override("in-1", refused.request_id, "hired tractor", by="o")
+    assert (done.state, done.allowed, gate.state(rid)) == ("gated_in", True, "gated_in")
+    assert "no override was needed" in done.as_json()["note"]
+    again = desk.override("in-1", refused.request_id, "hired tractor", by="o")
+    assert again.decision_id == done.decision_id
+    assert len(_audit(gate, rid, "release.gated_in")) == 1 and _audit(gate, rid, "release.gate_override") == []
+    assert a.outbox.offline_uses()["in"] == {rid}
+
+
+def test_a_local_override_is_refused_an_hour_after_the_refusal_by_either_clock(tmp_path: Path) -> None:
+    """overrides.py rule 6: offline, an override lets in the truck refused while it is at the gate, an hour at
+    most (as online). Before, any refusal kept keep_days could be set aside. The age is the larger of the wall
+    and monotonic clocks' (outbox.py rule 11): a wall clock held back (NTP spoofed) does not make an old
+    refusal young, nor does a restart; one that reads earlier than the refusal tells no age. A refusal
+    refused so counts its right as used here (the verify the desk tried may have landed, rule 7)."""
+    import uuid
+    from datetime import timedelta
+
+    wall, mono = [1_800_000_000.0], [500.0]
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path, secret=SECRET, wall=lambda: wall[0], clock=lambda: mono[0])
+    decided_at = datetime(2026, 11, 24, 6, 0, tzinfo=UTC)
+
+    def refusal(n: int) -> tuple[str, str]:
+        rid, request_id = str(uuid.uuid4()), f"r-{n}"
+        body = {"request_id": request_id, "lane": "in-1", "direction": "in", "mode": "commit"}
+        assert box.put(body)
+        response = {"decision": "deny", "reasons": ["plate_mismatch"], "decision_id": str(uuid.uuid4()),
+                    "release_id": rid, "direction": "in", "mode": "commit",
+                    "offline": {"basis": "pass", "pass_id": "p-1", "decided_at": decided_at.isoformat()}}
+        assert box.decide_offline(request_id, response, {
+            "request": body, "decision": "deny", "reasons": ["plate_mismatch"], "release_id": rid, "basis": "pass",
+            "gate_pass": "a.b.c", "decided_at": decided_at.isoformat()})
+        return request_id, rid
+
+    def desk() -> OverrideDesk:
+        return OverrideDesk(VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5), box, LANES)
+
+    held_back, rid = refusal(1)
+    mono[0] += 3601  # the wall clock held back, the process's own clock runs on
+    with pytest.raises(NotOverridable, match="60 minutes ago"):
+        desk().override("in-1", held_back, "hired tractor", by="o")
+    assert rid in box.offline_uses()["in"] and [o["outcome"] for o in box.overrides(held_back)] == ["unanswered"]
+
+    late, _ = refusal(2)
+    wall[0] += 3601
+    with pytest.raises(NotOverridable, match="60 minutes ago"):
+        desk().override("in-1", late, "hired tractor", by="o")
+
+    wound_back, _ = refusal(3)
+    wall[0] -= 60
+    with pytest.raises(NotOverridable, match="reads earlier than the refusal"):
+        desk().override("in-1", wound_back, "hired tractor", by="o")
+
+    fresh, _ = refusal(4)
+    box.close()  # a restart: the monotonic clock knows nothing older than its start
+    mono[0] = 10.0
+    box = Outbox(path, secret=SECRET, wall=lambda: wall[0], clock=lambda: mono[0])
+    wall[0] += 600
+    done = desk().override("in-1", fresh, "hired tractor", by="o")
+    assert done.offline
+    [report] = [r for k, r in box.unreconciled() if k.startswith("override:")]
+    assert report["override"]["overridden_at"] == (decided_at + timedelta(seconds=600)).isoformat()
+    restarted, _ = refusal(5)
+    box.close()
+    mono[0] = 10.0
+    box = Outbox(path, secret=SECRET, wall=lambda: wall[0], clock=lambda: mono[0])
+    mono[0] += 3700  # since this start alone, longer than an hour: older still
+    with pytest.raises(NotOverridable, match="61 minutes ago"):
+        desk().override("in-1", restarted, "hired tractor", by="o")
+    box.close()
+
+
+def test_an_offline_override_is_judged_when_the_officer_let_the_truck_in(
+        gate: Gate, adapters: list[Adapter], away: OverrideDesk) -> None:
+    """Review 124, finding 2: the report says when the officer overrode (overridden_at, sealed with the rest).
+    Before, the reconcile judged it at the refusal's time: the driver banned between the refusal and the
+    override was recorded clean. Now it is judged then (flagged changed_after_pass, person_banned), the
+    override's audit entry dated then; an override more than an hour after the refusal, or before it, is
+    flagged not_supported_by_pass and moves nothing."""
+    import uuid
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from quaygate.schema import audit_log
+
+    rid = gate.pickable(1)
+    a = adapters[0]
+    a.offline.refresh()
+    a.down()
+    refused = refused_offline(a)
+    assert refused.response is not None
+    decided_at = datetime.fromisoformat(refused.response["offline"]["decided_at"])
+    ban_driver(gate, since=decided_at + timedelta(microseconds=1))  # after the refusal, before the override
+    away.override("in-1", refused.request_id, "hired tractor, plate checked", by="o")
+    [(key, report)] = [(k, r) for k, r in a.outbox.unreconciled() if k.startswith("override:")]
+    overridden_at = datetime.fromisoformat(report["override"]["overridden_at"])
+    assert decided_at < overridden_at <= _now()
+
+    report.pop("outbox", None)
+
+    def post(body: dict[str, Any]) -> dict[str, Any]:
+        got = gate.http.post("/gate/v1/offline-decisions", json=body,
+                             headers={"Authorization": f"Bearer {gate.gate_token}"})
+        assert got.status_code == 200, got.text
+        return dict(got.json())
+
+    assert post({k: v for k, v in report.items() if k != "override"})["verdict"] == "nothing_to_record"  # the refusal
+    for at in (decided_at + timedelta(seconds=3601), decided_at - timedelta(seconds=1)):
+        forged = post({**report, "override": {**report["override"], "id": str(uuid.uuid4()),
+                                              "overridden_at": at.isoformat()}})
+        assert (forged["verdict"], forged["flag"]) == ("flagged", "not_supported_by_pass")
+    assert gate.state(rid) == "nominated"
+
+    a.up()
+    assert a.offline.reconcile() == 2
+    [row] = [r for r in _offline_rows(gate) if r.request_id == key]
+    assert (row.verdict, row.flag) == ("flagged", "changed_after_pass")
+    assert gate.state(rid) == "gated_in"  # the truck is in
+    flagged = [d for d in _audit(gate, rid, "release.gate_offline_flagged") if d.get("request_id") == key]
+    assert "person_banned" in flagged[0]["changed_since_pass"]
+    said = [d["pass_says"] for d in _audit(gate, rid, "release.gate_offline_flagged") if "pass_says" in d]
+    assert sorted(said) == [["override_before_refusal"], ["override_too_late"]]
+    with gate.engine.connect() as conn:
+        when = conn.execute(sa.select(audit_log.c.at).where(audit_log.c.subject == rid,
+                                                            audit_log.c.kind == "release.gate_override")).scalar_one()
+    assert when == overridden_at

@@ -40,10 +40,11 @@ camera clear the latch the next time (403 ``officer_channel_insecure``, before t
 401 ``officer_credential_required``; 404 ``unknown_lane``; 409 ``not_latched`` or ``latch_changed`` (the
 clear names a latch the lane no longer holds: look again); 400 ``payload_refused`` for a body that is not
 ``{"latch": <id>, "note": <text, optional>}``. No device token clears a latch, whatever it may send.
-An override (the same officer checks) answers 201 with what the service recorded (or, for a refusal decided
-offline, what this adapter recorded for the reconcile: overrides.py rule 6); 404 ``unknown_lane`` or
-``unknown_request``; 409 ``not_overridable`` (not a refusal that could be overridden: pending, allowed, offline
-without a pass or for a reason no desk sets aside, ...), or the service's own refusal with its code
+An override (the same officer checks) answers 201 with what the service recorded (a refusal decided offline
+is verified again first, overrides.py rule 7; while the service cannot be reached, what this adapter recorded
+for the reconcile: rule 6); 404 ``unknown_lane`` or ``unknown_request``; 409 ``not_overridable`` (not a
+refusal that could be overridden: pending, allowed, offline without a pass, for a reason no desk sets aside
+or over an hour ago, ...), or the service's own refusal with its code
 (``illegal_transition``, ``already_used``, ...: its status when 404, 409 or 422, else 409); 503
 ``service_unavailable`` (no answer: the right counts as used here all the same, overrides.py rule 3); 400
 ``payload_refused``.

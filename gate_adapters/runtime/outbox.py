@@ -84,6 +84,12 @@ Rules:
     ``outbox_id``, logged ``gate.offline.outbox_sealed`` (what was done to it before cannot be known: the
     service is told of the new chain). An outbox opened without a secret (the latch command, a rehearsal)
     neither checks nor extends the chain, and never prunes a decision of it.
+11. An offline decision's age (``offline_elapsed``: an officer may override an offline refusal for an hour
+    only, overrides.py rule 6) is told by the wall clock AND the monotonic clock, as offline mode tells its
+    store's age (offline.py rule 3): the wall-clock time the decision was stamped with (sealed, rule 10),
+    and the monotonic time this process took it (kept in memory: the monotonic clock of another process
+    or boot says nothing; for a decision older than the process, its start). The caller takes the larger,
+    so a wall clock wound back (NTP spoofed during an outage) never makes an old refusal young again.
 """
 
 from __future__ import annotations
@@ -178,7 +184,8 @@ CREATE TABLE IF NOT EXISTS overrides (
     release_id  TEXT NOT NULL,  -- the right let in
     officer     TEXT NOT NULL,  -- who asked, and how ('J. Peeters (http)')
     reason      TEXT NOT NULL,
-    outcome     TEXT NOT NULL,  -- 'overridden' | 'already_used' | 'unanswered' | 'refused' | 'offline' (overrides.py)
+    outcome     TEXT NOT NULL,  -- 'overridden' | 'already_used' | 'unanswered' | 'refused' | 'offline' | 'allowed'
+                                -- (overrides.py; 'allowed': verified again, the service let the truck in)
     answer      TEXT,           -- JSON: the service's answer or refusal; none when it did not answer
     asked_at    REAL NOT NULL
 );
@@ -307,12 +314,15 @@ class Outbox:
     """One SQLite file per lane or per adapter. Thread-safe."""
 
     def __init__(self, path: str | Path, *, keep_days: float = 7.0, wall: Callable[[], float] = time.time,
-                 strict: bool = True, secret: bytes | None = None) -> None:
+                 strict: bool = True, secret: bytes | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         if keep_days <= 0:
             raise ValueError("keep_days > 0")
         self.path = Path(path)
         self.keep_seconds = keep_days * 86400.0
-        self._wall = wall
+        self._wall, self._clock = wall, clock
+        # Rule 11: the monotonic time of the offline decisions this process took, and of its start.
+        self._started = clock()
+        self._decided_here: dict[str, float] = {}
         self._lock = threading.Lock()
         self._seal = None if secret is None else Seal(secret, purpose=OUTBOX_PURPOSE)  # rule 10
         self._tampered: str | None = None
@@ -692,6 +702,8 @@ class Outbox:
         not acknowledged yet and latches still held (and what they held) are never pruned."""
         cutoff = self._wall() - self.keep_seconds
         with self._lock:
+            old = self._clock() - self.keep_seconds
+            self._decided_here = {k: v for k, v in self._decided_here.items() if v >= old}
             self._db.execute("DELETE FROM latched_holds WHERE latch_id IN "
                              "(SELECT id FROM lane_latches WHERE cleared_at IS NOT NULL AND cleared_at < ?)", (cutoff,))
             self._db.execute("DELETE FROM lane_latches WHERE cleared_at IS NOT NULL AND cleared_at < ?", (cutoff,))
@@ -741,6 +753,7 @@ class Outbox:
         used = None
         if response.get("decision") == "allow" and request.get("mode") == "commit":
             used = str(request.get("direction"))
+        mono = self._clock()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -762,7 +775,21 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._decided_here[request_id] = mono
         return True
+
+    def offline_elapsed(self, request_id: str) -> tuple[float, float] | None:
+        """Rule 11: how long ago ``request_id`` was decided offline here, in seconds, by the wall clock
+        (negative when it reads earlier than the decision's time: wound back) and by the monotonic clock
+        (since the decision when this process took it, else since this process started: the decision came
+        before, so a lower bound). None when it was not decided offline here."""
+        with self._lock:
+            row = self._db.execute("SELECT decided_at FROM offline_decisions WHERE request_id = ?",
+                                   (request_id,)).fetchone()
+            mark = self._decided_here.get(request_id, self._started)
+        if row is None:
+            return None
+        return self._wall() - float(row[0]), max(self._clock() - mark, 0.0)
 
     def offline_uses(self, *, rights: Iterable[str] | None = None) -> dict[str, set[str]]:
         """Release ids used here, by direction (``in``/``out``), for offline mode to count as used: let

@@ -6,8 +6,11 @@
             409 already_used (an earlier try, or a use)   ──► the use too, the officer told
             no answer, or one that does not judge it      ──► the use too, the officer told to try again
             any other refusal (final)                     ──► kept, no use, the service's word relayed
-        the lane's request, refused OFFLINE on a gate pass (rule 6) ──► outbox.override_offline: the override,
-            the use and its report, one transaction, sealed ──► the reconcile (offline.py) ──► the service
+        the lane's request, refused OFFLINE (rule 7) ──► POST /gate/v1/verify again (commit, its own request id)
+            allowed and committed: the service let it in  ──► the use, the officer told (no override needed)
+            refused: a decision of the service's           ──► POST /gate/v1/overrides, as above
+            no answer, on a gate pass, under an hour old (rule 6) ──► outbox.override_offline: the override,
+                the use and its report, one transaction, sealed ──► the reconcile (offline.py) ──► the service
 
 Rules:
 1. An override is a gate-in (SPEC.md "A terminal may override a refusal only with a reason";
@@ -18,7 +21,7 @@ Rules:
    anything but this adapter is seen here only when the passes show it (docs/gate-adapter.md).
 2. Only a request of the lane named, answered by the service and refused, for a gate-in, with a right
    found, is sent: an offline decision's ``decision_id`` is the adapter's own, which no override at the
-   service can name (rule 6 instead). The service judges the rest (the reasons, the right as it is now,
+   service can name (rules 6 and 7 instead). The service judges the rest (the reasons, the right as it is now,
    the person), and its refusal is relayed with its code.
 3. When in doubt, a use (fail closed): the override at the service is not idempotent (a second try
    answers 409 ``already_used``), so an answer lost on the way (no answer after the client's retries, a
@@ -44,24 +47,48 @@ Rules:
    a right already used here is refused (a second override, or a truck let in since). The officer is
    told it is recorded locally and will be reconciled; the service records it as an audited override
    (``release.gate_override``), or flags it (release_service/services/gate_passes.py).
+   Only while the service cannot be reached (rule 7), and only within ``OVERRIDE_WITHIN_SECONDS`` (an hour,
+   as online: domain/gate.py) of the refusal, measured on the larger of the wall and monotonic clocks'
+   elapsed times (outbox.py rule 11; a wall clock reading earlier than the refusal tells no age: refused).
+   The report carries ``overridden_at`` (the refusal's ``decided_at`` plus that time, on the same clock;
+   sealed with the rest): the service judges the badge, the person and the right then, and flags an
+   override later than the hour (review 124, finding 2: before, any refusal kept ``keep_days`` could be
+   set aside hours later, judged as of the refusal, a ban or block since unseen).
+7. A refusal decided offline is overridden at the service whenever it answers (review 124, finding 2:
+   before, the desk recorded it locally even with the uplink back, and a driver banned since was let in
+   and reconciled clean). The service never heard of the adapter's own decision, so the desk verifies the
+   truck again (the refused request's body, ``mode`` commit, under a request id derived from the refused
+   one: asking again re-sends it, and the service answers it the same, never committing twice) and then
+   acts on the service's answer as on any online decision: an allow it committed is the truck let in
+   (the use noted, no override needed); a refusal is overridden through ``/gate/v1/overrides`` (rules 2
+   to 4: a ban, a driver mismatch, a decision not the desk's to set aside is the service's final refusal,
+   relayed). No answer (``ServiceUnavailable``): rule 6. A verify the service did not judge (401, 403,
+   429) or that went unanswered may have been committed: as rule 3, the right then counts as used here
+   unless the local override (rule 6) records the use itself.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from release_service.domain.gate import OVERRIDABLE as _OVERRIDABLE
+from release_service.domain.gate import OVERRIDE_WITHIN_SECONDS
 
 from .client import ServiceUnavailable, VerifyClient, VerifyRefused
+from .offline import CLOCK_SLACK
 from .outbox import Answered, Outbox
 
 log = logging.getLogger("gate_adapters.lane")
 
 OVERRIDES_PATH = "/gate/v1/overrides"
+VERIFY_PATH = "/gate/v1/verify"
+# Rule 7: the request id of a refused truck verified again at the desk, derived from the refused one.
+VERIFY_AGAIN = uuid.UUID("5f0c7a52-4f8e-4d0b-9a8e-2f6d1c3b7e41")
 MAX_REASON = 400  # characters the officer writes; the service takes 500, with the officer's name and lane
 SERVICE_REASON = 500  # release_service/api/gate.py OverrideRequest.reason
 # What a person at the desk may set aside, online (the service judges) or offline (here, and again at the
@@ -117,6 +144,7 @@ class Overridden:
     state: str
     officer: str
     offline: bool = False
+    allowed: bool = False  # rule 7: verified again, the service let the truck in itself
 
     def as_json(self) -> dict[str, Any]:
         out = {"lane": self.lane, "request_id": self.request_id, "decision_id": self.decision_id,
@@ -125,6 +153,9 @@ class Overridden:
         if self.offline:
             out |= {"recorded": "locally", "note": "decided offline: the override is recorded here and will be "
                                                    "reconciled with the service when it can be reached"}
+        if self.allowed:
+            out |= {"note": "decided offline; verified again now, the service allowed the truck and recorded "
+                            "its gate-in: no override was needed"}
         return out
 
 
@@ -158,6 +189,11 @@ class OverrideDesk:
         if "offline" in answered.response:
             return self._offline(answered, reason, by)
         decision_id, release_id = self._refused_gate_in(answered)
+        return self._send(answered, decision_id, release_id, reason, by)
+
+    def _send(self, answered: Answered, decision_id: str, release_id: str, reason: str, by: str) -> Overridden:
+        """Rules 2 to 4: the override of the service's refused decision ``decision_id``, for ``answered``."""
+        lane, request_id = answered.lane, answered.request_id
         body = {"decision_id": decision_id, "reason": f"{reason} (officer {by}, lane {lane})"[:SERVICE_REASON]}
         try:
             answer = self.client.call("POST", OVERRIDES_PATH, body)
@@ -195,7 +231,8 @@ class OverrideDesk:
         return decision_id, release_id
 
     def _offline(self, answered: Answered, reason: str, by: str) -> Overridden:
-        """Rule 6: an offline refusal, overridden here: noted as a use and queued for the reconcile."""
+        """Rules 6 and 7: an offline refusal: verified again and overridden at the service when it answers,
+        else overridden here (noted as a use and queued for the reconcile)."""
         response = answered.response
         if response.get("decision") not in ("deny", "review"):
             raise NotOverridable("this truck was not refused: nothing to override")
@@ -203,8 +240,66 @@ class OverrideDesk:
             raise NotOverridable("only a refused gate-in can be overridden")
         decision_id, release_id = _uuid(response.get("decision_id")), _uuid(response.get("release_id"))
         report = self.outbox.offline_report(answered.request_id)
-        if (decision_id is None or release_id is None or report is None or not report.get("gate_pass")
-                or (response.get("offline") or {}).get("basis") != "pass"):
+        if decision_id is None or release_id is None or report is None or not isinstance(report.get("request"),
+                                                                                          Mapping):
+            raise NotOverridable("decided offline without finding a release right: there is nothing to let in; "
+                                 "have the truck read again at the lane")
+        try:
+            answer = self._verify_again(answered, report, decision_id, release_id, reason, by)
+        except ServiceUnavailable as exc:
+            try:
+                return self._locally(answered, report, decision_id, release_id, reason, by)
+            except NotOverridable:
+                # Rule 7: the verify sent may have been committed, its answer lost: a use (rule 3).
+                self.outbox.overridden(answered, decision_id=decision_id, release_id=release_id, officer=by,
+                                       reason=reason, outcome="unanswered", answer=None, used=True)
+                log.error("gate.lane.override_unanswered", extra={
+                    "lane": answered.lane, "request_id": answered.request_id, "decision_id": decision_id,
+                    "officer": by, "reason": str(exc)})
+                raise
+        return self._judged_again(answered, answer, reason, by)
+
+    def _verify_again(self, answered: Answered, report: Mapping[str, Any], decision_id: str, release_id: str,
+                      reason: str, by: str) -> dict[str, Any]:
+        """Rule 7: the refused truck's request, verified again (commit): the service's answer.
+        ``ServiceUnavailable`` when it did not answer."""
+        body = {**report["request"], "mode": "commit",
+                "request_id": str(uuid.uuid5(VERIFY_AGAIN, answered.request_id))}
+        try:
+            return self.client.call("POST", VERIFY_PATH, body)
+        except VerifyRefused as exc:
+            if not exc.final:
+                self._unanswered(answered, decision_id, release_id, by, reason, exc)
+            self.outbox.overridden(answered, decision_id=decision_id, release_id=release_id, officer=by,
+                                   reason=reason, outcome="refused", answer=exc.as_response(), used=False)
+            log.warning("gate.lane.override_refused.%s", exc.code, extra={
+                "lane": answered.lane, "request_id": answered.request_id, "decision_id": decision_id, "officer": by})
+            raise OverrideRefused(exc, used=False) from None
+
+    def _judged_again(self, answered: Answered, answer: dict[str, Any], reason: str, by: str) -> Overridden:
+        """Rule 7: the service's own decision on the truck: its allow stands, its refusal is overridden."""
+        again = Answered(str(answer.get("request_id", "")), answered.lane, answer)
+        if answer.get("decision") == "allow":
+            decision_id, release_id = _uuid(answer.get("decision_id")), _uuid(answer.get("release_id"))
+            if answer.get("committed") is not True or decision_id is None or release_id is None:
+                raise NotOverridable("verified again, the service allowed the truck but recorded no gate-in: "
+                                     "have it read again at the lane")
+            self.outbox.overridden(answered, decision_id=decision_id, release_id=release_id, officer=by,
+                                   reason=reason, outcome="allowed", answer=answer, used=True)
+            log.warning("gate.lane.allowed_again: lane %s request %s verified again at the desk and allowed",
+                        answered.lane, answered.request_id, extra={
+                            "lane": answered.lane, "request_id": answered.request_id, "decision_id": decision_id,
+                            "release_id": release_id, "officer": by})
+            return Overridden(answered.lane, answered.request_id, decision_id, release_id, "gated_in", by,
+                              allowed=True)
+        decision_id, release_id = self._refused_gate_in(again)
+        return self._send(answered, decision_id, release_id, reason, by)
+
+    def _locally(self, answered: Answered, report: Mapping[str, Any], decision_id: str, release_id: str,
+                 reason: str, by: str) -> Overridden:
+        """Rule 6: the service unreachable: overridden here, noted as a use and queued for the reconcile."""
+        response = answered.response
+        if not report.get("gate_pass") or (response.get("offline") or {}).get("basis") != "pass":
             raise NotOverridable("decided offline without a gate pass for a right: nothing here can let the truck "
                                  "in on the record; hold it until the service can be reached")
         reasons = [str(r) for r in response.get("reasons") or ()]
@@ -212,9 +307,10 @@ class OverrideDesk:
         if not reasons or hard:
             raise NotOverridable(f"a terminal cannot override {', '.join(hard) or 'this decision'}: that is not "
                                  "the gate's to set aside")
+        overridden_at = self._in_time(answered, report)
         override_id = str(uuid.uuid4())
         report = {**report, "override": {"id": override_id, "officer": by[:100], "reason": reason,
-                                         "decision_id": decision_id}}
+                                         "decision_id": decision_id, "overridden_at": overridden_at.isoformat()}}
         report.pop("outbox", None)  # its place is the chain's to give, at the reconcile
         if not self.outbox.override_offline(answered, key=f"override:{override_id}", decision_id=decision_id,
                                             release_id=release_id, officer=by, reason=reason, report=report):
@@ -228,6 +324,33 @@ class OverrideDesk:
                         "release_id": release_id, "officer": by, "override_id": override_id})
         return Overridden(answered.lane, answered.request_id, decision_id, release_id, "recorded_locally", by,
                           offline=True)
+
+    def _in_time(self, answered: Answered, report: Mapping[str, Any]) -> datetime:
+        """Rule 6: when the officer overrides, on the refusal's clock (its ``decided_at`` plus the time since,
+        the larger of the wall and monotonic clocks' elapsed times, outbox.py rule 11); NotOverridable when
+        the refusal is older than ``OVERRIDE_WITHIN_SECONDS``, or its age cannot be told."""
+        elapsed = self.outbox.offline_elapsed(answered.request_id)
+        try:
+            decided_at = datetime.fromisoformat(str(report["decided_at"]))
+        except (KeyError, ValueError):
+            decided_at = None
+        if elapsed is None or decided_at is None or decided_at.tzinfo is None:
+            raise NotOverridable("this refusal's time is not known here: hold the truck until the service can be "
+                                 "reached")
+        wall, mono = elapsed
+        if wall < -CLOCK_SLACK.total_seconds():
+            # Wound back (NTP spoofed?): it cannot say how old the refusal is (offline.py rule 3).
+            log.error("gate.lane.override_refused.clock_behind", extra={
+                "lane": answered.lane, "request_id": answered.request_id, "behind_seconds": int(-wall)})
+            raise NotOverridable("this adapter's clock reads earlier than the refusal: its age cannot be told; "
+                                 "hold the truck until the service can be reached")
+        age = max(wall, mono, 0.0)
+        if age > OVERRIDE_WITHIN_SECONDS:
+            log.warning("gate.lane.override_refused.too_old", extra={
+                "lane": answered.lane, "request_id": answered.request_id, "age_seconds": int(age)})
+            raise NotOverridable(f"refused offline {int(age // 60)} minutes ago: an override lets in the truck "
+                                 "refused while it is at the gate (an hour at most); have it read again at the lane")
+        return decided_at + timedelta(seconds=age)
 
     def _unanswered(self, answered: Answered, decision_id: str, release_id: str, by: str, reason: str,
                     exc: Exception) -> NoReturn:

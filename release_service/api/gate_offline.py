@@ -67,6 +67,11 @@ class OfflineOverrideIn(BaseModel):
     officer: Printable = Field(min_length=1, max_length=100, description="The officer who let the truck in.")
     reason: Printable = Field(min_length=1, max_length=400, description="Why, in the officer's words.")
     decision_id: uuid.UUID = Field(description="The adapter's offline decision (its decision_id) set aside.")
+    overridden_at: SentTime = Field(description=(
+        "When the officer let the truck in, on the clock of the refusal's decided_at (that time plus the time "
+        "since, as the adapter measured it). The badge, the person and the right are judged then (never later "
+        f"than now), and an override more than {g.OVERRIDE_WITHIN_SECONDS} seconds after the refusal, or "
+        "before it, is flagged not_supported_by_pass: online, an older refusal is verified again first."))
 
     @field_validator("officer", "reason")
     @classmethod
@@ -174,7 +179,7 @@ def offline_decision(request: Request, body: OfflineDecisionIn, actor: Actor = D
         pass_token=body.gate_pass, outbox=None if body.outbox is None else OutboxMark(body.outbox.id, body.outbox.seq),
         override=None if body.override is None else service.OfflineOverride(
             id=body.override.id, officer=body.override.officer, reason=body.override.reason,
-            decision_id=body.override.decision_id,
+            decision_id=body.override.decision_id, overridden_at=body.override.overridden_at,
             # The refusal it sets aside is this very report without it: recorded under that fingerprint.
             refusal_fingerprint=_fingerprint(body.model_copy(update={"override": None}))))
     return service.reconcile(_uow_factory(request), actor, report, signer=_signer(request),

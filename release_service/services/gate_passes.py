@@ -42,6 +42,10 @@ decision it sets aside), idempotent by (terminal, ``override:<its id>``). The tr
     the refusal it sets aside reported before, word for word (the same request_id, the same report)?
         ── no: FLAGGED not_supported_by_pass (nothing moves: the lane's word alone)
         v
+    overridden (``overridden_at``) within OVERRIDE_WITHIN_SECONDS after that refusal, as online? ── no: FLAGGED
+        not_supported_by_pass (nothing moves); yes: what follows is judged at overridden_at (never later
+        than now), the override's audit entry dated then (review 124, finding 2)
+        v
     every reason reported, and every reason the pass's own rules give, one an online override may set
     aside (domain/gate.py OVERRIDABLE)? ── no: FLAGGED not_supported_by_pass (nothing moves)
         v
@@ -119,8 +123,11 @@ FLAG_EVENT = "release.gate_offline_flagged"
 OUTBOX_ALARM_EVENT = "release.gate_outbox_alarm"
 # The events that record a use of the right in each direction (release.py).
 _MOVES = {g.Direction.IN: ("release.gated_in", "release.gate_override"), g.Direction.OUT: ("release.completed",)}
-# Why an override is not supported when the refusal it names was never reported as it says (``pass_says``).
+# Why an override is not supported when the refusal it names was never reported as it says, and when it came
+# more than ``gate.OVERRIDE_WITHIN_SECONDS`` after that refusal, or before it (``pass_says``).
 NO_REFUSAL = "refusal_not_reported"
+OVERRIDE_LATE = "override_too_late"
+OVERRIDE_EARLY = "override_before_refusal"
 
 
 # ---- issue ---------------------------------------------------------------------------------------
@@ -200,6 +207,7 @@ class OfflineOverride:
     officer: str
     reason: str
     decision_id: uuid.UUID  # the adapter's offline decision it sets aside
+    overridden_at: datetime  # when the officer let the truck in, on the refusal's clock (review 124, finding 2)
     # The fingerprint the refused report it sets aside (the same report, without ``override``) was recorded
     # under: that refusal must have been reported, as it was (review 124, finding 1).
     refusal_fingerprint: str
@@ -418,7 +426,15 @@ def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
     refusal = uow.offline.find(req.terminal, req.request_id)
     if refusal is None or refusal.fingerprint != o.refusal_fingerprint:
         return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, right=right, pass_says=(NO_REFUSAL,))
-    at = min(max(report.decided_at, gate_pass.issued_at), now)
+    # As online (``gate.require_overridable_decision``): a refusal is set aside while its truck is at the gate,
+    # an hour at most; the adapter refuses an older one itself (gate_adapters/runtime/overrides.py rule 6).
+    # What the officer let in is judged when he did (never in our future), not when the truck was refused: a
+    # ban, block or badge withdrawn in between counts (review 124, finding 2).
+    late = (o.overridden_at - report.decided_at).total_seconds()
+    if not 0 <= late <= g.OVERRIDE_WITHIN_SECONDS:
+        return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, right=right,
+                       pass_says=(OVERRIDE_LATE if late > 0 else OVERRIDE_EARLY,))
+    at = min(max(o.overridden_at, gate_pass.issued_at), now)
     state = right.effective_state(at).value
     # Only what an online override may set aside (``gate.require_overridable_decision``): the reasons the
     # lane reported, and those the pass's own rules give on the reported request (the lane's PC may lie).
