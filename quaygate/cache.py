@@ -13,6 +13,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from . import dataset
@@ -286,10 +287,14 @@ class RedisCache:
         marker = self._p + "dataset" if self._forget else None
         return dataset.greeting(self._epoch, marker, list(self._forget))
 
-    def epoch_greeting(self) -> tuple[Any, ...]:
+    def epoch_greeting(self, marker: str | None = None, forget: Sequence[str] = (), *, allow_oom: bool = False
+                       ) -> tuple[Any, ...]:
         """The greeting of a connection of another part that makes this cache's claims (``claim_call``),
-        the gate's pipelined one: the epoch checked, nothing forgotten (that is this cache's own)."""
-        return dataset.greeting(self._epoch)
+        the gate facts': this cache's epoch checked, and that part's own ``forget`` deleted under its own
+        ``marker`` (quaygate/dataset.py ``greeting``), never this cache's names: a marker per list, so
+        that each list is forgotten by the first connection of its own part that meets a new server,
+        whichever part's connection greeted first."""
+        return dataset.greeting(self._epoch, marker, tuple(forget), allow_oom=allow_oom)
 
     def qualified(self, key: str) -> str:
         """The Redis name of ``key``: for a script that reads cache keys with its own (one round trip)."""

@@ -18,7 +18,11 @@ when a dataset this cache has not vouched for is found:
 - by every connection's greeting (``GREETING``, sent by quaygate/redisline.py ``Line`` and
   ``Pipelined`` before the connection's first call): the key names another server (``run_id`` is new
   on every start of a Redis and different on every replica: data it did not write may lack the
-  newest), or is missing (an empty Redis, a flushed one);
+  newest), or is missing (an empty Redis, a flushed one). The same greeting deletes, in the same atomic
+  step and so before the connection's first call, the names a part trusts only from data this server
+  wrote (``forget``, under that part's marker): the token revocations' load mark
+  (quaygate/cache.py ``forget_on_new_dataset``), the gate facts' generations (and with them every copy
+  filed under one: release_service/adapters/gate_facts.py);
 - by every claim, put and take, in its own atomic script, when the key is missing: a FLUSHALL or
   FLUSHDB leaves every connection open, so no greeting would see it.
 
@@ -146,11 +150,11 @@ end
 return {since, done, policy}
 """)
 
-# The greeting of a connection that makes no single-use claim of its own (the gate facts' worker threads'):
-# the eviction policy only, replied as ``GREETING`` replies.
-POLICY = Script(_POLICY + """
-return {false, 0, policy()}
-""")
+# The same, allowed on a full Redis (Redis 7 script flags; OOM under noeviction): the greeting of the gate
+# facts' connections (release_service/adapters/gate_facts.py), whose pending marks and invalidations must
+# land on a full Redis (their ``_ALLOW_OOM``) and which greet before them. It writes a marker and the epoch,
+# once per server: as many writes as servers started, never as requests.
+GREETING_ALLOW_OOM = Script("#!lua flags=allow-oom\n" + GREETING.source)
 
 REQUIRED_POLICY = "noeviction"
 
@@ -226,23 +230,18 @@ return string.sub(held, cut + 1)
 """)
 
 
-def greeting(epoch_key: str, marker: str | None = None, forget: list[str] | tuple[str, ...] = ()
-             ) -> tuple[Any, ...]:
+def greeting(epoch_key: str, marker: str | None = None, forget: list[str] | tuple[str, ...] = (), *,
+             allow_oom: bool = False) -> tuple[Any, ...]:
     """The greeting command (EVAL, not EVALSHA: nothing else is needed first on a new connection):
     the eviction policy and the epoch checked, and ``forget`` deleted when ``marker`` names another
-    server. Its reply goes to ``greeted``."""
+    server. ``allow_oom``: run on a full Redis too (``GREETING_ALLOW_OOM``). Its reply goes to
+    ``greeted``."""
     keys = [epoch_key, *([marker, *forget] if marker is not None else [])]
-    return ("EVAL", GREETING.source, len(keys), *keys)
-
-
-def policy_greeting() -> tuple[Any, ...]:
-    """The greeting of a connection that makes no single-use claim: the eviction policy checked alone.
-    Its reply goes to ``checked``."""
-    return ("EVAL", POLICY.source, 0)
+    return ("EVAL", (GREETING_ALLOW_OOM if allow_oom else GREETING).source, len(keys), *keys)
 
 
 def checked(reply: Any) -> None:
-    """EvictingRedis unless a greeting's reply (``GREETING``, ``POLICY``) names the policy required;
+    """EvictingRedis unless a greeting's reply (``GREETING``) names the policy required;
     OldRedis when it names a version (``GREETING`` does, only for a Redis older than ``MIN_MAJOR``)."""
     found = reply[2] if isinstance(reply, list) and len(reply) > 2 else None
     policy = found.decode("utf-8", "replace") if isinstance(found, bytes) else ""

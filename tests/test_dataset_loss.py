@@ -23,6 +23,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,6 +51,7 @@ from release_service.adapters.sqla.uow import SqlUnitOfWork
 
 from . import processes
 from .aio import run_async
+from .factories import TERMINAL
 from .test_gate_verify import Gate
 from .test_identity_dpop_support import ProofKey
 from .test_identity_passkeys import ORIGIN, build_env
@@ -158,13 +160,18 @@ class Served:
 @pytest.fixture
 def served(pg_engine: sa.Engine, tmp_path: Path, lost: LosingRedis) -> Iterator[Served]:
     """The whole app (party API, gate API, token endpoint) on ``lost``, its clock a test's."""
-    settings = Settings(var_dir=tmp_path, database_url=str(pg_engine.url.render_as_string(hide_password=False)),
-                        redis_url=lost.url, background_workers=False, gate_decision_drain=False)
+    yield from serving(pg_engine, tmp_path, lost)
+
+
+def serving(pg_engine: sa.Engine, tmp_path: Path, lost: LosingRedis, **settings: Any) -> Iterator[Served]:
+    """``served``, with ``settings`` of the test's own."""
+    s = Settings(var_dir=tmp_path, database_url=str(pg_engine.url.render_as_string(hide_password=False)),
+                 redis_url=lost.url, background_workers=False, gate_decision_drain=False, **settings)
     clock = Clock()
     cache = RedisCache(lost.url)
-    c = Container(settings=settings, engine=pg_engine, cache=cache, cipher=DataCipher(settings.data_key_bytes()),
+    c = Container(settings=s, engine=pg_engine, cache=cache, cipher=DataCipher(s.data_key_bytes()),
                   clock=clock)  # type: ignore[arg-type]
-    with TestClient(create_app(settings, container=c)) as http:
+    with TestClient(create_app(s, container=c)) as http:
         gate = Gate(http, pg_engine)
         gate.facts = c.gate_facts  # type: ignore[attr-defined]
         yield Served(gate, clock, cache)
@@ -544,3 +551,101 @@ def test_a_gate_copy_older_than_a_change_is_not_trusted_from_a_redis_started_fro
     got = gate.verify(gate.body(1))
     assert got.status_code == 200 and (got.json()["decision"], got.json()["reasons"]) == ("deny", ["badge_blocked"]), \
         got.text
+
+
+def _blocked_after_the_snapshot(gate: Gate, lost: LosingRedis) -> None:
+    """The badge's copy cached and current (a check allowed twice, the second on the copies), a
+    snapshot taken, then the badge blocked: checks are denied at once (its invalidation replaced the
+    generation). The snapshot still holds the old generation with the copy of the badge active."""
+    from identity.badges.service import BadgeService
+    from quaygate.schema import badges
+
+    for _ in range(2):
+        got = gate.verify(gate.body(1))
+        assert got.status_code == 200 and got.json()["decision"] == "allow", got.text
+    lost.save()
+    with gate.engine.connect() as conn:
+        badge = conn.execute(sa.select(badges.c.id).where(badges.c.person_id == gate.p.driver)).scalar_one()
+    BadgeService(gate.engine).change_status(badge, "blocked", reason="stolen", actor="o", now=datetime.now(UTC))
+    got = gate.verify(gate.body(1))
+    assert (got.json()["decision"], got.json()["reasons"]) == ("deny", ["badge_blocked"]), got.text
+
+
+@pytest.mark.parametrize("on_loop", [True, False], ids=["loop", "threads"])
+def test_a_gate_commit_as_the_first_call_after_a_redis_started_from_an_older_snapshot_is_denied(
+        pg_engine: sa.Engine, tmp_path: Path, lost: LosingRedis, on_loop: bool) -> None:
+    """Review 125, finding 1. The commit is the first call after the restore, on a connection made anew
+    to the server started from the snapshot: the event loop's pipelined one (``commit_on_loop``), or a
+    worker thread's (a thread the pool made since, whose connection is new: ``reconnect`` drops the
+    old ones as a thread ending does). The old generation and the old copy are back under it; the
+    commit must be decided on the badge blocked, never gate the truck in on the copy."""
+    for served in serving(pg_engine, tmp_path, lost, gate_commit_on_loop=on_loop):
+        gate = served.gate
+        rid = gate.pickable(1)
+        _blocked_after_the_snapshot(gate, lost)
+        lost.restart_from_snapshot(served.cache, gate.facts)
+        got = gate.verify(gate.body(1, mode="commit"))
+        assert got.status_code == 200, got.text
+        assert (got.json()["decision"], got.json()["reasons"], got.json()["committed"]) == \
+            ("deny", ["badge_blocked"], False), got.text
+        assert gate.state(rid) == "nominated"
+        got = gate.verify(gate.body(1, mode="commit"))  # and after it
+        assert (got.json()["decision"], got.json()["committed"]) == ("deny", False), got.text
+
+
+def test_a_process_that_never_saw_the_old_dataset_does_not_trust_its_copies(
+        served: Served, lost: LosingRedis, pg_engine: sa.Engine) -> None:
+    """A process started after the restore (a new replica, one restarted) has no epoch to compare: its
+    first connection to the server started from the snapshot deletes the gate's generations before its
+    first read (quaygate/dataset.py ``GREETING``, the gate's marker), so the old copy is unreachable."""
+    from release_service.domain.gate import BadgeRead
+
+    gate = served.gate
+    gate.pickable(1)
+    _blocked_after_the_snapshot(gate, lost)
+    lost.restart_from_snapshot(served.cache, gate.facts)
+    fresh = RedisGateFacts.from_url(lost.url, pg_engine, lambda: SqlUnitOfWork(pg_engine),
+                                    greeting=served.cache.epoch_greeting)
+    try:
+        snapshot = fresh.read(terminal=TERMINAL, request_id=str(uuid.uuid4()),
+                              badge=BadgeRead("alfapass", gate.badge_number), containers=[], now=datetime.now(UTC))
+        assert snapshot is not None and snapshot.badge.status == "blocked"
+    finally:
+        fresh.close()
+
+
+@pytest.mark.parametrize("on_loop", [True, False], ids=["loop", "threads"])
+def test_the_reply_of_the_call_that_met_another_dataset_is_thrown_away(
+        served: Served, lost: LosingRedis, on_loop: bool) -> None:
+    """The second guard (``RedisGateFacts._vouched``): the call whose connection was greeted under
+    another dataset gives no facts at all, whatever it read (FactsUnavailable: its caller decides from
+    PostgreSQL); the next call replaces every generation first and reads them current."""
+    from release_service.domain.gate import BadgeRead
+    from release_service.ports import FactsUnavailable
+
+    gate = served.gate
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    gate.pickable(1)
+    _blocked_after_the_snapshot(gate, lost)
+    lost.restart_from_snapshot(served.cache, facts)
+    kw: dict[str, Any] = {"terminal": TERMINAL, "badge": BadgeRead("alfapass", gate.badge_number),
+                          "containers": [], "now": datetime.now(UTC)}
+
+    def on_a_new_thread(fn: Any) -> Any:  # as a worker thread the pool made since: a connection of its own
+        with ThreadPoolExecutor(1) as one:
+            return one.submit(fn).result()
+
+    def read() -> Any:
+        return facts.read(request_id=str(uuid.uuid4()), **kw)
+
+    async def read_cached() -> Any:
+        try:
+            return await facts.read_cached_async(request_id=str(uuid.uuid4()), **kw)
+        finally:
+            facts.close_pipelined()
+
+    with pytest.raises(FactsUnavailable, match="not trusted"):
+        run_async(read_cached) if on_loop else on_a_new_thread(read)
+    assert facts._suspect
+    snapshot = on_a_new_thread(read)  # recovers first
+    assert snapshot is not None and snapshot.badge.status == "blocked" and not facts._suspect

@@ -50,11 +50,20 @@ PostgreSQL in the gate move's own transaction, and are copied here after it comm
 
 Redis unreachable, slow or failing: ``FactsUnavailable`` is raised, the caller falls back to
 PostgreSQL, and this cache is skipped for ``cooldown`` seconds (a breaker: a dead Redis costs one
-timeout, not one per request). Invalidations that could not be sent are kept and sent again. A Redis
-holding another dataset than the copies were read from (started again from an older snapshot, a
-replica promoted that missed the last writes: older generations back, with their copies) is treated
-as one that failed, though no call did: the pipelined connection, made anew, is greeted under
-another epoch (quaygate/dataset.py), and every generation is replaced before a copy is trusted.
+timeout, not one per request). Invalidations that could not be sent are kept and sent again.
+
+Another dataset. A Redis started again from an older snapshot, or a replica promoted that missed the
+last writes, has older generations back with their copies, and no call need fail: a connection dropped
+while idle, or a worker thread's made anew, just connects to it. Every connection here, each worker
+thread's and the event loop's, greets first (quaygate/dataset.py ``GREETING``, once per connection):
+finding data another server wrote (this part's marker names another ``run_id``), it deletes every
+family's generation in the same atomic step, before the connection's first call, so every copy, filed
+under a generation, is unreachable and a remembered copy's keep finds its generation moved, for every
+process, one that never saw the old dataset included. It also finds the epoch moved (``_greeted``):
+Redis is then treated as one that failed, and every generation is replaced before a copy is trusted
+(``_recover``); a reply read by a call during which that happened (the call that made the connection,
+those waiting on the same connect) is thrown away (``_vouched``). Not covered: a proxy that keeps
+this process's connection open while the server behind it changes (quaygate/dataset.py, Limits).
 """
 
 from __future__ import annotations
@@ -279,12 +288,14 @@ class RedisGateFacts:
     def __init__(self, client: redis.Redis, engine: sa.Engine, uow: Callable[[], SqlUnitOfWork], *,
                  prefix: str = "qg:gate:", ttl: int = 600, request_ttl: int = 900, cooldown: float = 1.0,
                  stream_cap: int = 2_000_000, pending_ttl: int = 30,
-                 greeting: Callable[[], tuple[Any, ...]] | None = None) -> None:
-        """``greeting``: the command every pipelined connection sends first, the identity cache's
-        (quaygate/cache.py ``RedisCache.epoch_greeting``): the DPoP claims made on it (``claim_async``)
-        are refused for a proof from before the dataset's epoch, which that greeting keeps current
-        when this connection is made to a Redis started again (quaygate/dataset.py). Its answer says
-        too when the copies here were read from another dataset (``_greeted``)."""
+                 greeting: Callable[..., tuple[Any, ...]] | None = None) -> None:
+        """``greeting``: the identity cache's (quaygate/cache.py ``RedisCache.epoch_greeting``), which
+        makes the command every connection here sends first, given this object's marker and the
+        generations to forget on another dataset (quaygate/dataset.py): the DPoP claims made on the
+        pipelined connection (``claim_async``) are refused for a proof from before the dataset's epoch,
+        which that greeting keeps current. Without one (no identity cache in Redis), an epoch of this
+        object's own (``<prefix>dataset:epoch``). Its answer says too when the copies here were read
+        from another dataset (``_greeted``)."""
         self._r = client
         self._engine = engine
         self._uow = uow
@@ -302,17 +313,24 @@ class RedisGateFacts:
         kwargs.update(socket_timeout=10.0)
         self._drain_client = redis.Redis(connection_pool=redis.ConnectionPool(
             connection_class=client.connection_pool.connection_class, max_connections=2, **kwargs))
-        # The hot path's round trips, on a connection per thread; each connection made checks first that
-        # Redis evicts nothing (quaygate/dataset.py ``EvictingRedis``): a pending mark evicted would let a
-        # stale copy be trusted.
-        self._line = Line(client, greeting=dataset.policy_greeting, greeted=dataset.checked)
+        # Every connection made, a worker thread's or the event loop's, greets first, once (quaygate/
+        # dataset.py ``GREETING``): Redis must evict nothing (``EvictingRedis``: a pending mark evicted
+        # would let a stale copy be trusted); and data another server wrote (a Redis started from an older
+        # snapshot, a replica promoted) has every family's generation deleted before the connection's
+        # first call (this marker, these names): every copy is filed under one (a container's rights
+        # under the rights' generation too), so none is reachable. Allowed on a full Redis, as the marks
+        # and invalidations it comes before.
+        epoch = greeting if greeting is not None else functools.partial(dataset.greeting, prefix + "dataset:epoch")
+        self._greeting = functools.partial(epoch, prefix + "dataset", [prefix + "g:" + name for name in EVERYTHING],
+                                           allow_oom=True)
+        self._line = Line(client, greeting=self._greeting, greeted=self._greeted)
         # The loop's calls when there is no pipelined connection (a Unix socket, Sentinel, OCSP checks): threads
         # of their own, so a Redis that stalls holds up neither the loop nor its default executor
         # (name lookups, other libraries' blocking work).
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="gate-facts")
         # The event loop's: sent together, the loop never held.
-        self._pipe = Pipelined(client, greeting=greeting, greeted=self._greeted)
-        self._dataset: Any = None  # the epoch the last pipelined connection was greeted under
+        self._pipe = Pipelined(client, greeting=self._greeting, greeted=self._greeted)
+        self._dataset: Any = None  # the epoch the last connection was greeted under
         self._down_until = 0.0
         self._trips = 0  # times Redis was seen failing
         self._suspect = False  # Redis failed since the last success: invalidate everything first
@@ -902,7 +920,22 @@ class RedisGateFacts:
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         with self._breaker():
-            return fn()
+            trips = self._trips
+            out = fn()
+        self._vouched(trips)
+        return out
+
+    def _vouched(self, trips: int) -> None:
+        """FactsUnavailable when Redis was seen failing, or a connection was greeted under another
+        dataset (``_greeted``), since ``trips`` was read, before the call: its reply may come from a
+        dataset this process has not vouched for (the call that made the connection reads from it,
+        and so does every call waiting on the same connect), and is thrown away; the caller decides
+        from PostgreSQL, and the next call replaces every generation first (``_recover``). A second
+        guard: the greeting deleted the generations before that call, so its copies were missed
+        already. One integer compared per call."""
+        if self._trips != trips:
+            log.warning("release.gate_facts.reply_dropped")
+            raise FactsUnavailable("Redis changed during the call: its reply is not trusted")
 
     async def _call_async(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
         """A script run from the event loop, pipelined, under the same breaker. What must go first (the
@@ -912,7 +945,10 @@ class RedisGateFacts:
         if self._suspect or self._failed:
             raise FactsUnavailable("owed to Redis first: sent from a worker thread")
         with self._breaker():
-            return await self._pipe.run(script, keys, args)
+            trips = self._trips
+            out = await self._pipe.run(script, keys, args)
+        self._vouched(trips)
+        return out
 
     def _recover(self) -> None:
         """Redis is back after this process saw it fail. While it was away, this process (or another)
@@ -952,12 +988,15 @@ class RedisGateFacts:
         log.warning("release.gate_facts.unavailable")
 
     def _greeted(self, reply: Any) -> None:
-        """A pipelined connection made, greeted under the dataset's epoch (quaygate/dataset.py). Another
-        epoch than the last one's: Redis holds another dataset than the one the copies here were read
-        from. A Redis started again from an older snapshot, or a replica promoted that missed the last
-        writes, has older generations back with their copies, and the connection, dropped while idle,
-        is made anew without any call failing: no copy is trusted until every generation is replaced
-        (``_recover``), as after a failure."""
+        """A connection made (a worker thread's, the loop's pipelined one), greeted under the dataset's
+        epoch (quaygate/dataset.py). Another epoch than the last one's: Redis holds another dataset than
+        the one the copies here were read from. A Redis started again from an older snapshot, or a
+        replica promoted that missed the last writes, has older generations back with their copies, and
+        the connection, dropped while idle or made by a new thread, is made anew without any call
+        failing. The greeting deleted the generations already (whichever connection met the server
+        first); here Redis counts as one that failed: no copy is trusted until every generation is
+        replaced (``_recover``), and the reply of a call made meanwhile is thrown away (``_vouched``).
+        Runs in the connect: on the event loop, or on the worker thread whose call connected."""
         dataset.greeted(reply)
         since = reply[0] if isinstance(reply, list) and reply else None
         with self._lock:
