@@ -57,7 +57,7 @@ class Line:
             self._kwargs.get("encoding_errors", "strict") == "strict"
         self._packed = _hiredis_pack if (_hiredis_pack is not None and utf8) else None
         self._local = threading.local()
-        self._open: set[Any] = set()
+        self._open: dict[Any, threading.Thread] = {}  # each connection made, and the thread it serves
         self._lock = threading.Lock()
 
     def _connection(self) -> Any:
@@ -66,8 +66,24 @@ class Line:
             conn = self._cls(**self._kwargs)
             self._local.conn = conn
             with self._lock:
-                self._open.add(conn)
+                # The threads that used a Line end (the hot pool's after 10 s idle, quaygate/threads.py),
+                # and a new one makes a new connection: the ended threads' connections are closed here, or
+                # every burst of traffic after a quiet spell would leave its sockets open on both ends, day
+                # after day, until Redis refused clients (maxclients). Counted at each new connection: rare.
+                ended = [c for c, t in self._open.items() if not t.is_alive()]
+                for c in ended:
+                    del self._open[c]
+                self._open[conn] = threading.current_thread()
+            for c in ended:
+                c.disconnect()
         return conn
+
+    @property
+    def connections(self) -> int:
+        """How many connections this Line holds open (or may): one per live thread that used it, and those
+        of threads ended since the last connection was made."""
+        with self._lock:
+            return len(self._open)
 
     def call(self, *args: Any) -> Any:
         """One command, one round trip: its reply (a Redis error reply raises ResponseError)."""
@@ -100,7 +116,7 @@ class Line:
 
     def close(self) -> None:
         with self._lock:
-            opened, self._open = self._open, set()
+            opened, self._open = self._open, {}
         for conn in opened:
             conn.disconnect()
 

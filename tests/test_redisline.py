@@ -53,6 +53,38 @@ def test_each_thread_has_a_connection_of_its_own(client: redis.Redis) -> None:
     line.close()
 
 
+def test_the_connections_of_ended_threads_are_closed(client: redis.Redis) -> None:
+    """The hot pool's threads end after 10 s idle and new ones start with the next burst (review 125's
+    mend noticed): each ended thread's connection was kept open until close(), a socket per thread
+    lifetime, day after day. They are closed when the next connection is made."""
+    line = Line(client)
+    ids: list[int] = []
+
+    def ask() -> None:
+        ids.append(line.call("CLIENT", "ID"))
+
+    for _ in range(5):  # five bursts, each on a thread that then ends
+        t = threading.Thread(target=ask)
+        t.start()
+        t.join()
+    assert len(set(ids)) == 5
+    assert line.connections <= 2  # the last ended thread's, and none of the four before it
+    assert _gone_from_server(client, ids[:4])  # closed on the server's side too
+    ask()  # this thread: the last burst's is closed now
+    assert line.connections == 1 and _gone_from_server(client, ids[4:5])
+    line.close()
+
+
+def _gone_from_server(client: redis.Redis, ids: list[int]) -> bool:
+    """Whether Redis no longer lists these clients (it learns of a close a moment after it)."""
+    deadline = time.monotonic() + 5
+    while {int(c["id"]) for c in client.client_list()} & set(ids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_a_reply_that_came_too_late_is_never_read_as_the_next_callers(client: redis.Redis) -> None:
     """A timeout leaves the late reply on the socket: the connection is dropped (by redis-py on a
     timeout, by the Line on any other interruption), so the next command reads its own reply; kept,
