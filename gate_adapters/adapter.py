@@ -447,7 +447,8 @@ def build(settings: AdapterSettings) -> Adapter:
         health = lane_health(worker, None if source is None else lambda: source.dropped)  # every lane's load
         app = create_source_app(_SourceLanes(worker, fed_by["http"]), settings.terminal,  # type: ignore[arg-type]
                                 devices=devices, health=health, officers=officers, latches=latches,
-                                overrides=OverrideDesk(client, outbox, [ln.lane for ln in settings.lanes]),
+                                overrides=OverrideDesk(client, outbox, [ln.lane for ln in settings.lanes],
+                                                       store=passes),  # its time seen: overrides.py rule 6
                                 alive=adapter.alive, broker=None if source is None else source.broker)
         # No proxy stands in front of an adapter (the devices and officers connect to it): X-Forwarded-*
         # is never believed, whatever uvicorn's FORWARDED_ALLOW_IPS says, so nobody on the camera network

@@ -575,6 +575,10 @@ class GateOfflineStore(Protocol):
     def outbox_place_used(self, client_id: str, outbox_id: str, seq: int) -> str | None:
         """The request_id of a decision recorded at that place of that outbox, if any."""
 
+    def latest_decided_below(self, client_id: str, outbox_id: str, seq: int) -> datetime | None:
+        """The latest ``decided_at`` of the decisions this client reported from lower places of that outbox
+        than ``seq`` (decided before it, in the chain's order), if any."""
+
 
 class OfflineUnitOfWork(UnitOfWork, Protocol):
     offline: GateOfflineStore

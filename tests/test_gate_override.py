@@ -709,6 +709,126 @@ def test_a_local_override_is_refused_an_hour_after_the_refusal_by_either_clock(t
     box.close()
 
 
+# -- review 126, finding 2: a wall clock wound back across a restart ------------------------------------------
+
+W = 1_800_000_000.0  # the wall clock's reading at the refusal (seconds)
+HOURS_3 = 3 * 3600.0
+
+
+def offline_refusal(box: Outbox, request_id: str, decided_at: datetime) -> str:
+    """An offline refusal of a gate-in for the plate (what a desk may set aside) queued in ``box``: its right."""
+    import uuid
+
+    rid = str(uuid.uuid4())
+    body = {"request_id": request_id, "lane": "in-1", "direction": "in", "mode": "commit"}
+    assert box.put(body)
+    response = {"decision": "deny", "reasons": ["plate_mismatch"], "decision_id": str(uuid.uuid4()),
+                "release_id": rid, "direction": "in", "mode": "commit",
+                "offline": {"basis": "pass", "pass_id": "p-1", "decided_at": decided_at.isoformat()}}
+    assert box.decide_offline(request_id, response, {
+        "request": body, "decision": "deny", "reasons": ["plate_mismatch"], "release_id": rid, "basis": "pass",
+        "gate_pass": "a.b.c", "decided_at": decided_at.isoformat()})
+    return rid
+
+
+def test_a_local_override_is_refused_when_the_wall_clock_is_behind_a_decision_sealed_before_a_restart(
+        tmp_path: Path) -> None:
+    """Review 126, finding 2 (the reviewer's demonstration): the uplink down for hours, NTP spoofed, the lane
+    PC rebooted. A refusal stamped at W; three hours on (both clocks), another offline decision is sealed;
+    the process restarts (its monotonic clock counts from there) with the wall clock set back to W + 5 min.
+    Before, the desk took the override as five minutes old (overridden_at = decided_at + 300 s) and the
+    service judged the person then, a ban since unseen. Now the wall clock reads behind a time the outbox
+    sealed: the refusal's age cannot be told, refused (the right counted as used: the verify tried may have
+    landed). The reports then go in the chain's order, the one sealed before the restart first."""
+    wall, mono = [W], [500.0]
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path, secret=SECRET, wall=lambda: wall[0], clock=lambda: mono[0])
+    decided_at = datetime(2026, 11, 24, 6, 0, tzinfo=UTC)
+    rid = offline_refusal(box, "r-1", decided_at)
+    wall[0] += HOURS_3
+    mono[0] += HOURS_3
+    offline_refusal(box, "r-2", decided_at.replace(hour=9))
+    box.close()
+    mono[0], wall[0] = 10.0, W + 300  # a restart, the wall clock wound back to five minutes after the refusal
+    box = Outbox(path, secret=SECRET, wall=lambda: wall[0], clock=lambda: mono[0])
+    desk = OverrideDesk(VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5), box, LANES)
+    try:
+        with pytest.raises(NotOverridable, match="reads earlier than the refusal, or than a time it kept"):
+            desk.override("in-1", "r-1", "hired tractor", by="o")
+        assert not [k for k, _ in box.unreconciled() if k.startswith("override:")]
+        assert rid in box.offline_uses()["in"] and [o["outcome"] for o in box.overrides("r-1")] == ["unanswered"]
+        offline_refusal(box, "r-3", decided_at.replace(hour=9, minute=5))  # stamped W + 300 s, sealed last
+        assert [k for k, _ in box.unreconciled()] == ["r-1", "r-2", "r-3"]  # chain order, not the stamps'
+        wall[0] = W + HOURS_3 + 60  # the clock put right: a fresh refusal is overridden as ever
+        offline_refusal(box, "r-4", decided_at.replace(hour=9, minute=1))
+        assert desk.override("in-1", "r-4", "hired tractor", by="o").offline
+    finally:
+        box.close()
+
+
+def test_a_local_override_is_refused_when_the_wall_clock_is_behind_the_time_offline_mode_saw(
+        tmp_path: Path) -> None:
+    """Review 126, finding 2: no decision sealed since the refusal, but offline mode's tick kept the wall time
+    it saw in the pass store (offline.py rule 3, ``saw``) during the three-hour outage. After a restart with
+    the wall clock wound back to W + 5 min, the desk given that store refuses the override (before, it had
+    no look at it: the refusal was five minutes old)."""
+    wall, mono = [W], [500.0]
+    out, passes = tmp_path / "outbox.sqlite3", tmp_path / "passes.sqlite3"
+    box = Outbox(out, secret=SECRET, wall=lambda: wall[0], clock=lambda: mono[0])
+    store = PassStore(passes, issuer="https://quaygate.example.eu", terminal=TERMINAL, secret=SECRET)
+    offline_refusal(box, "r-1", datetime(2026, 11, 24, 6, 0, tzinfo=UTC))
+    store.saw(datetime.fromtimestamp(W + HOURS_3, UTC))  # the outage's last tick
+    box.close()
+    store.close()
+    mono[0], wall[0] = 10.0, W + 300
+    box = Outbox(out, secret=SECRET, wall=lambda: wall[0], clock=lambda: mono[0])
+    store = PassStore(passes, issuer="https://quaygate.example.eu", terminal=TERMINAL, secret=SECRET)
+    try:
+        desk = OverrideDesk(VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5), box, LANES, store=store)
+        with pytest.raises(NotOverridable, match="reads earlier than the refusal, or than a time it kept"):
+            desk.override("in-1", "r-1", "hired tractor", by="o")
+        assert not [k for k, _ in box.unreconciled() if k.startswith("override:")]
+    finally:
+        box.close()
+        store.close()
+
+
+def test_an_offline_override_stamped_before_a_decision_taken_before_it_is_flagged(
+        gate: Gate, adapters: list[Adapter], tmp_path: Path) -> None:
+    """Review 126, finding 2, the service's side: an override whose overridden_at is earlier than the
+    decided_at of a decision at a lower place of the same adapter's outbox chain (taken before it) was made
+    on a clock wound back. Here the lane decided a second truck three hours on, then the desk (on a clock
+    that reads the refusal as moments old) overrode the first refusal. Before, the service judged it at that
+    early time and recorded it clean; now it is flagged not_supported_by_pass and nothing moves."""
+    from datetime import timedelta
+
+    rid = gate.pickable(1)
+    a = adapters[0]
+    a.outbox.close()
+    a.outbox = Outbox(tmp_path / "sealed-outbox.sqlite3", secret=SECRET)  # a chain: its reports tell places
+    wall, mono = a.clocked()
+    a.offline.refresh()
+    a.down()
+    refused = refused_offline(a)
+    wall[0] += timedelta(hours=3)
+    mono[0] += HOURS_3
+    later = at_lane(a, "in-1", service_up=False, n=2)
+    assert later.offline and later.response is not None
+    desk = OverrideDesk(VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5), a.outbox, LANES)
+    assert desk.override("in-1", refused.request_id, "hired tractor, plate checked", by="o").offline
+    [(key, report)] = [(k, r) for k, r in a.outbox.unreconciled() if k.startswith("override:")]
+    assert report["override"]["overridden_at"] < later.response["offline"]["decided_at"]
+
+    a.up()
+    assert a.offline.reconcile() == 3
+    [row] = [r for r in _offline_rows(gate) if r.request_id == key]
+    assert (row.verdict, row.flag) == ("flagged", "not_supported_by_pass")
+    said = [d.get("pass_says") for d in _audit(gate, rid, "release.gate_offline_flagged")
+            if d.get("request_id") == key]
+    assert said == [["override_before_earlier_decision"]]
+    assert gate.state(rid) == "nominated" and _audit(gate, rid, "release.gate_override") == []
+
+
 def test_an_offline_override_is_judged_when_the_officer_let_the_truck_in(
         gate: Gate, adapters: list[Adapter], away: OverrideDesk) -> None:
     """Review 124, finding 2: the report says when the officer overrode (overridden_at, sealed with the rest).

@@ -90,6 +90,13 @@ Rules:
     and the monotonic time this process took it (kept in memory: the monotonic clock of another process
     or boot says nothing; for a decision older than the process, its start). The caller takes the larger,
     so a wall clock wound back (NTP spoofed during an outage) never makes an old refusal young again.
+    Across a restart the monotonic clock counts from the new start only, so a wall clock wound back to
+    just after the refusal would still make it young (review 126, finding 2): ``latest_stamp`` is the
+    latest wall time this outbox stamped on an offline decision or its acknowledgement (sealed, rule 10),
+    and a wall clock reading earlier than that tells no age (the caller refuses, as offline mode does with
+    its store's time seen, offline.py rule 3). For the same reason ``unreconciled`` goes in the chain's
+    order, not by those stamps: a decision stamped after the clock was wound back is reported after those
+    sealed before it, so the service can tell an override stamped earlier than a decision before it.
 """
 
 from __future__ import annotations
@@ -778,6 +785,18 @@ class Outbox:
             self._decided_here[request_id] = mono
         return True
 
+    def now(self) -> float:
+        """This outbox's wall clock (the time it stamps), in seconds."""
+        return self._wall()
+
+    def latest_stamp(self) -> float | None:
+        """Rule 11: the latest wall-clock time stamped on an offline decision or its acknowledgement kept here
+        (sealed with it, rule 10), or None. A wall clock reading earlier than this was wound back."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(decided_at), MAX(reconciled_at) FROM offline_decisions").fetchone()
+        stamps = [float(t) for t in row if t is not None]
+        return max(stamps) if stamps else None
+
     def offline_elapsed(self, request_id: str) -> tuple[float, float] | None:
         """Rule 11: how long ago ``request_id`` was decided offline here, in seconds, by the wall clock
         (negative when it reads earlier than the decision's time: wound back) and by the monotonic clock
@@ -818,7 +837,8 @@ class Outbox:
         return out
 
     def unreconciled(self) -> list[tuple[str, dict[str, Any]]]:
-        """Offline decisions not yet acknowledged by the service, oldest first. Sealed (rule 10): each report
+        """Offline decisions not yet acknowledged by the service, oldest first: in the chain's order when sealed
+        (rule 11: never by a wall clock that may have been wound back). Sealed (rule 10): each report
         carries its place (``outbox``: the chain's id and its ``seq``), and one whose own seal or digest
         does not hold is left out (not this adapter's words; kept in the file for a person): a decision
         whose neighbour was deleted is still one this adapter took, and goes to the service. One marked
@@ -833,7 +853,7 @@ class Outbox:
                                                                         r[10] or "", r[9]))]
             rows = self._db.execute(
                 _LINKS.replace("SELECT ", "SELECT report, ") + " WHERE reconciled_at IS NULL OR request_id IN "
-                f"({','.join('?' * len(unacked))}) ORDER BY decided_at, rowid", unacked).fetchall()
+                f"({','.join('?' * len(unacked))}) ORDER BY seq IS NULL, seq, decided_at, rowid", unacked).fetchall()
         out: list[tuple[str, dict[str, Any]]] = []
         for row in rows:
             report, (seq, prev, mac, request_id, lane, release_id, used, decided_at, digest) = row[0], row[1:10]

@@ -54,6 +54,11 @@ Rules:
    sealed with the rest): the service judges the badge, the person and the right then, and flags an
    override later than the hour (review 124, finding 2: before, any refusal kept ``keep_days`` could be
    set aside hours later, judged as of the refusal, a ban or block since unseen).
+   A wall clock reading earlier than a wall time this adapter already sealed or saw (the latest stamp in
+   the outbox, outbox.py rule 11, and the pass store's time seen, offline.py rule 3), by more than
+   ``CLOCK_SLACK``, tells no age either: refused as one earlier than the refusal (review 126, finding 2:
+   after a restart the monotonic clock counts from the new start only, so with the wall clock wound back to
+   minutes after an hours-old refusal, its override was taken and judged as of then, a ban since unseen).
 7. A refusal decided offline is overridden at the service whenever it answers (review 124, finding 2:
    before, the desk recorded it locally even with the uplink back, and a driver banned since was let in
    and reconciled clean). The service never heard of the adapter's own decision, so the desk verifies the
@@ -73,14 +78,14 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from release_service.domain.gate import OVERRIDABLE as _OVERRIDABLE
 from release_service.domain.gate import OVERRIDE_WITHIN_SECONDS
 
 from .client import ServiceUnavailable, VerifyClient, VerifyRefused
-from .offline import CLOCK_SLACK
+from .offline import CLOCK_SLACK, PassStore
 from .outbox import Answered, Outbox
 
 log = logging.getLogger("gate_adapters.lane")
@@ -167,10 +172,12 @@ def _uuid(value: Any) -> str | None:
 
 
 class OverrideDesk:
-    """Sends an officer's override of a lane's refused truck to the service, and notes the use (rules 1 to 4)."""
+    """Sends an officer's override of a lane's refused truck to the service, and notes the use (rules 1 to 4).
+    ``store``: offline mode's pass store, whose time seen (kept across restarts) bounds the wall clock (rule 6)."""
 
-    def __init__(self, client: VerifyClient, outbox: Outbox, lanes: Iterable[str]) -> None:
-        self.client, self.outbox = client, outbox
+    def __init__(self, client: VerifyClient, outbox: Outbox, lanes: Iterable[str], *,
+                 store: PassStore | None = None) -> None:
+        self.client, self.outbox, self.store = client, outbox, store
         self.lanes = frozenset(lanes)
 
     def override(self, lane: str, request_id: str, reason: str, *, by: str) -> Overridden:
@@ -328,7 +335,8 @@ class OverrideDesk:
     def _in_time(self, answered: Answered, report: Mapping[str, Any]) -> datetime:
         """Rule 6: when the officer overrides, on the refusal's clock (its ``decided_at`` plus the time since,
         the larger of the wall and monotonic clocks' elapsed times, outbox.py rule 11); NotOverridable when
-        the refusal is older than ``OVERRIDE_WITHIN_SECONDS``, or its age cannot be told."""
+        the refusal is older than ``OVERRIDE_WITHIN_SECONDS``, or its age cannot be told (a wall clock behind
+        the refusal, or behind a later time this adapter sealed or saw)."""
         elapsed = self.outbox.offline_elapsed(answered.request_id)
         try:
             decided_at = datetime.fromisoformat(str(report["decided_at"]))
@@ -338,12 +346,14 @@ class OverrideDesk:
             raise NotOverridable("this refusal's time is not known here: hold the truck until the service can be "
                                  "reached")
         wall, mono = elapsed
-        if wall < -CLOCK_SLACK.total_seconds():
-            # Wound back (NTP spoofed?): it cannot say how old the refusal is (offline.py rule 3).
+        behind = max(self._behind(), -wall)
+        if behind > CLOCK_SLACK.total_seconds():
+            # Wound back (NTP spoofed?): it cannot say how old the refusal is (offline.py rule 3). After a
+            # restart the monotonic clock knows nothing older than the start: only the times kept tell.
             log.error("gate.lane.override_refused.clock_behind", extra={
-                "lane": answered.lane, "request_id": answered.request_id, "behind_seconds": int(-wall)})
-            raise NotOverridable("this adapter's clock reads earlier than the refusal: its age cannot be told; "
-                                 "hold the truck until the service can be reached")
+                "lane": answered.lane, "request_id": answered.request_id, "behind_seconds": int(behind)})
+            raise NotOverridable("this adapter's clock reads earlier than the refusal, or than a time it kept "
+                                 "since: its age cannot be told; hold the truck until the service can be reached")
         age = max(wall, mono, 0.0)
         if age > OVERRIDE_WITHIN_SECONDS:
             log.warning("gate.lane.override_refused.too_old", extra={
@@ -351,6 +361,15 @@ class OverrideDesk:
             raise NotOverridable(f"refused offline {int(age // 60)} minutes ago: an override lets in the truck "
                                  "refused while it is at the gate (an hour at most); have it read again at the lane")
         return decided_at + timedelta(seconds=age)
+
+    def _behind(self) -> float:
+        """Rule 6: how far the wall clock reads behind the latest wall time this adapter sealed (the outbox's
+        latest stamp) or saw (the pass store's, which keeps now as seen), in seconds; 0 or less when not."""
+        now, stamped = self.outbox.now(), self.outbox.latest_stamp()
+        seen = [now if stamped is None else stamped]
+        if self.store is not None:
+            seen.append(self.store.saw(datetime.fromtimestamp(now, UTC)).timestamp())
+        return max(seen) - now
 
     def _unanswered(self, answered: Answered, decision_id: str, release_id: str, by: str, reason: str,
                     exc: Exception) -> NoReturn:

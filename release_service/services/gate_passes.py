@@ -46,6 +46,10 @@ decision it sets aside), idempotent by (terminal, ``override:<its id>``). The tr
         not_supported_by_pass (nothing moves); yes: what follows is judged at overridden_at (never later
         than now), the override's audit entry dated then (review 124, finding 2)
         v
+    overridden_at no earlier (CHAIN_SLACK aside) than every decision reported from a lower place of the same
+    adapter's outbox chain, taken before it? ── no: its clock was wound back, the time a lie (review 126,
+        finding 2): FLAGGED not_supported_by_pass (nothing moves)
+        v
     every reason reported, and every reason the pass's own rules give, one an online override may set
     aside (domain/gate.py OVERRIDABLE)? ── no: FLAGGED not_supported_by_pass (nothing moves)
         v
@@ -128,6 +132,11 @@ _MOVES = {g.Direction.IN: ("release.gated_in", "release.gate_override"), g.Direc
 NO_REFUSAL = "refusal_not_reported"
 OVERRIDE_LATE = "override_too_late"
 OVERRIDE_EARLY = "override_before_refusal"
+# ... and when it says it came before a decision its adapter took before it (review 126, finding 2).
+OVERRIDE_BEHIND_CHAIN = "override_before_earlier_decision"
+# The times of one adapter's reports are its reckoning of our clock, anchored at different pass refreshes,
+# each up to a call's length off: decisions in chain order may disagree by that much, never by minutes.
+CHAIN_SLACK = timedelta(seconds=60)
 
 
 # ---- issue ---------------------------------------------------------------------------------------
@@ -434,6 +443,14 @@ def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
     if not 0 <= late <= g.OVERRIDE_WITHIN_SECONDS:
         return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, right=right,
                        pass_says=(OVERRIDE_LATE if late > 0 else OVERRIDE_EARLY,))
+    # A decision at a lower place of the adapter's sealed outbox chain was taken before the override: one
+    # stamped earlier than it was made on a wall clock wound back (NTP spoofed, the PC restarted: the
+    # adapter's monotonic clock then counts from the start only). Judged at that time, a ban or block issued
+    # since would go unseen (review 126, finding 2; the adapter refuses such an override itself).
+    before = None if report.outbox is None else uow.offline.latest_decided_below(
+        actor.client_id or "", report.outbox.outbox_id, report.outbox.seq)
+    if before is not None and o.overridden_at + CHAIN_SLACK < before:
+        return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, right=right, pass_says=(OVERRIDE_BEHIND_CHAIN,))
     at = min(max(o.overridden_at, gate_pass.issued_at), now)
     state = right.effective_state(at).value
     # Only what an online override may set aside (``gate.require_overridable_decision``): the reasons the

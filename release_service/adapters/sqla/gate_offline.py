@@ -159,6 +159,11 @@ class SqlGateOfflineStore:
         return self._conn.execute(sa.select(t.request_id).where(  # type: ignore[no-any-return]
             t.client_id == client_id, t.outbox_id == outbox_id, t.outbox_seq == seq).limit(1)).scalar()
 
+    def latest_decided_below(self, client_id: str, outbox_id: str, seq: int) -> datetime | None:
+        t = gate_offline_decisions.c
+        return self._conn.execute(sa.select(sa.func.max(t.decided_at)).where(  # type: ignore[no-any-return]
+            t.client_id == client_id, t.outbox_id == outbox_id, t.outbox_seq < seq)).scalar()
+
 
 class SqlOfflineUnitOfWork(SqlUnitOfWork):
     """The release unit of work plus ``offline`` (gate passes and offline decisions), same transaction."""
