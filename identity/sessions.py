@@ -180,9 +180,17 @@ class SessionStore:
 
 
 def session_live(conn: sa.Connection, sid: str, *, now: datetime) -> bool:
-    """True while the session named by ``sid`` is neither ended nor expired (in the caller's transaction)."""
+    """True while the session named by ``sid`` is neither ended nor expired (in the caller's transaction),
+    read under a share lock on its row held until the caller's transaction ends. A code exchange takes it
+    before it creates its grant (identity.oidc.code_grant): an ending of the session (logout, sign out
+    everywhere else, a passkey removed, a suspension's cut-off) committed first is waited for and seen
+    here; one that comes after waits for the exchange, whose grant its revocation (a later statement)
+    then sees. Read without the lock, an exchange that had read the session live created its grant after
+    the cut-off's revocation ran, and the thief's refresh family outlived "sign out everywhere else"
+    (review 126)."""
     row = conn.execute(
         sa.select(login_sessions.c.ended_at, login_sessions.c.expires_at).where(login_sessions.c.sid == sid)
+        .with_for_update(read=True)
     ).first()
     return row is not None and row.ended_at is None and row.expires_at > now
 
