@@ -784,6 +784,7 @@ PLANS: dict[str, Plan] = {
     "renameMyPasskey": Plan("session", lambda w, r: Base(path={"credential_id": w.passkey()},
                                                          body={"name": "Work phone"}), fresh=True),
     "removeMyPasskey": Plan("session", lambda w, r: Base(path={"credential_id": w.passkey()}), fresh=True),
+    "endMyOtherSessions": Plan("session", lambda w, r: Base(), fresh=True),
     # No face is enrolled for the session's person, and the PNG holds none: refused, never a 5xx.
     "faceStepUp": Plan("session", lambda w, r: Base(body={"image": PNG_1PX}), ok=None),
 }

@@ -29,11 +29,14 @@ spent only with its key (RFC 9449 §5), and the token endpoint keeps a copy of o
 from a log, a backup, a screenshot -- from ending the driver's family (grants ``key_proven``, ebddcd9);
 here, called as the public driver app, the same copy ended it as ``revoked_by_client``. An unbound
 token is revoked as before: it is all its holder needs (the web app at /app/ holds Bearer tokens and
-sends no proof). The proof's single use is claimed only once the token is found, is this client's and
-is bound to the proof's key, so an anonymous caller cannot make the cache keep a claim per request (as
-at the token endpoint, refresh.py).
+sends no proof). So is a bound token of a client that proved who it is (a secret or an assertion): a
+copy of its token is not its credential, and a gate dropping a token it has reason to distrust has no
+other way to end it than here (tests/test_gate_dpop.py). The proof's single use is claimed only once
+the token is found, is this client's and is bound to the proof's key, so an anonymous caller cannot make
+the cache keep a claim per request (as at the token endpoint, refresh.py).
 
-    ... this client's token, bound to a key: a proof of that key? no -> 200, nothing revoked (logged)
+    ... this client's token, bound to a key, the caller public: a proof of that key? no -> 200, nothing
+                                                                 revoked (logged)
                                           its one use claimed?   no -> 200, nothing revoked (logged)
 
 The token is found by its form, not by the hint: refresh tokens carry our prefix, access tokens are
@@ -69,8 +72,8 @@ def revoke(inspector: TokenInspector, token: str, *, client_id: str, caller_prov
     """Revoke ``token`` for ``client_id``; return what happened (for the log): ``grant``, ``access``,
     ``nothing``, ``foreign`` (another client's token: nothing revoked, the refusal audited when the
     caller proved who it is, ``caller_proven``: module docstring), or ``unproven`` (a token bound to a
-    DPoP key, and ``proof``, the request's DPoP header, is no valid proof of that key for this endpoint,
-    or was used before: nothing revoked, ``_key_held``). One transaction."""
+    DPoP key, the caller a public client, and ``proof``, the request's DPoP header, is no valid proof of
+    that key for this endpoint, or was used before: nothing revoked, ``_key_held``). One transaction."""
     now = inspector.clock.now()
     actor = {"client_id": client_id}
     if inspector.is_refresh(token):
@@ -82,7 +85,7 @@ def revoke(inspector: TokenInspector, token: str, *, client_id: str, caller_prov
             return _refused(inspector, actor, caller_proven, now)
         if grant.revoked:
             return "nothing"
-        if not _key_held(inspector, grant.dpop_jkt, proof):
+        if not caller_proven and not _key_held(inspector, grant.dpop_jkt, proof):
             return "unproven"
         with inspector.engine.begin() as conn:
             revoked = inspector.grants.revoke_grant(conn, grant.id, reason="revoked_by_client", now=now)
@@ -95,7 +98,7 @@ def revoke(inspector: TokenInspector, token: str, *, client_id: str, caller_prov
     if claims[c.CLIENT_ID] != client_id:
         return _refused(inspector, actor, caller_proven, now)
     cnf = claims.get(c.CNF)
-    if not _key_held(inspector, cnf.get("jkt") if isinstance(cnf, dict) else None, proof):
+    if not caller_proven and not _key_held(inspector, cnf.get("jkt") if isinstance(cnf, dict) else None, proof):
         return "unproven"
     jti, exp = str(claims[c.JTI]), datetime.fromtimestamp(int(claims[c.EXP]), UTC)
     with inspector.engine.begin() as conn:
