@@ -533,20 +533,9 @@ def test_a_gate_copy_older_than_a_change_is_not_trusted_from_a_redis_started_fro
     and the old copy back. The gate's pipelined connection, idle when the server went, connects anew
     without any call failing, so nothing trips: the greeting tells it of the new dataset, and every
     generation is replaced before a copy is trusted again."""
-    from identity.badges.service import BadgeService
-    from quaygate.schema import badges
-
     gate = served.gate
     gate.pickable(1)
-    for _ in range(2):  # the second is answered from the copies
-        got = gate.verify(gate.body(1))
-        assert got.status_code == 200 and got.json()["decision"] == "allow", got.text
-    lost.save()
-    with gate.engine.connect() as conn:
-        badge = conn.execute(sa.select(badges.c.id).where(badges.c.person_id == gate.p.driver)).scalar_one()
-    BadgeService(gate.engine).change_status(badge, "blocked", reason="stolen", actor="o", now=datetime.now(UTC))
-    got = gate.verify(gate.body(1))
-    assert (got.json()["decision"], got.json()["reasons"]) == ("deny", ["badge_blocked"]), got.text
+    _blocked_after_the_snapshot(gate, lost)
     lost.restart_from_snapshot(served.cache)
     got = gate.verify(gate.body(1))
     assert got.status_code == 200 and (got.json()["decision"], got.json()["reasons"]) == ("deny", ["badge_blocked"]), \

@@ -651,7 +651,6 @@ def test_a_local_override_is_refused_an_hour_after_the_refusal_by_either_clock(t
     and monotonic clocks' (outbox.py rule 11): a wall clock held back (NTP spoofed) does not make an old
     refusal young, nor does a restart; one that reads earlier than the refusal tells no age. A refusal
     refused so counts its right as used here (the verify the desk tried may have landed, rule 7)."""
-    import uuid
     from datetime import timedelta
 
     wall, mono = [1_800_000_000.0], [500.0]
@@ -660,16 +659,7 @@ def test_a_local_override_is_refused_an_hour_after_the_refusal_by_either_clock(t
     decided_at = datetime(2026, 11, 24, 6, 0, tzinfo=UTC)
 
     def refusal(n: int) -> tuple[str, str]:
-        rid, request_id = str(uuid.uuid4()), f"r-{n}"
-        body = {"request_id": request_id, "lane": "in-1", "direction": "in", "mode": "commit"}
-        assert box.put(body)
-        response = {"decision": "deny", "reasons": ["plate_mismatch"], "decision_id": str(uuid.uuid4()),
-                    "release_id": rid, "direction": "in", "mode": "commit",
-                    "offline": {"basis": "pass", "pass_id": "p-1", "decided_at": decided_at.isoformat()}}
-        assert box.decide_offline(request_id, response, {
-            "request": body, "decision": "deny", "reasons": ["plate_mismatch"], "release_id": rid, "basis": "pass",
-            "gate_pass": "a.b.c", "decided_at": decided_at.isoformat()})
-        return request_id, rid
+        return f"r-{n}", offline_refusal(box, f"r-{n}", decided_at)
 
     def desk() -> OverrideDesk:
         return OverrideDesk(VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5), box, LANES)
