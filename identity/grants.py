@@ -668,15 +668,13 @@ class GrantStore:
         self._revocations.add(conn, entries + [(r.jti, r.expires_at) for r in issued], now=now)
         return newly
 
-    def revoke_session(self, conn: sa.Connection, sid: str, *, reason: str, now: datetime,
-                       client_id: str | None = None) -> int:
-        """Revoke every grant made in one login session (RP-initiated logout), or only ``client_id``'s;
-        returns how many. The grants of the sessions it replaced (a step-up, a new login in the same
-        browser) are among them: they were carried over (``carry_grants``)."""
-        query = sa.select(grants.c.id).where(grants.c.sid == sid, grants.c.revoked_at.is_(None))
-        if client_id is not None:
-            query = query.where(grants.c.client_id == client_id)
-        ids = conn.execute(query).scalars().all()
+    def revoke_session(self, conn: sa.Connection, sid: str, *, reason: str, now: datetime) -> int:
+        """Revoke every grant made in one login session (RP-initiated logout); returns how many. The grants
+        of the sessions it replaced (a step-up, a new login in the same browser) are among them: they were
+        carried over (``carry_grants``)."""
+        ids = conn.execute(
+            sa.select(grants.c.id).where(grants.c.sid == sid, grants.c.revoked_at.is_(None))
+        ).scalars().all()
         return sum(self.revoke_grant(conn, gid, reason=reason, now=now) for gid in ids)
 
     def revoke_person(self, conn: sa.Connection, person_id: uuid.UUID, *, reason: str, now: datetime) -> int:

@@ -130,7 +130,8 @@ class SessionStore:
                 .returning(login_sessions.c.sid, login_sessions.c.person_id)
             ).first()
             # Another person's session ends (the cookie is his no more) but keeps its grants: they are not
-            # this person's. His RP's logout with its id token revokes them (identity.oidc.logout).
+            # this person's. His app's revocation (/oauth2/revoke) ends them, else they run to their expiry
+            # (identity.oidc.logout ends a live session's grants only).
             if old is not None and old.person_id == session.person_id:
                 carried_from = old.sid
         if carried_from is not None:

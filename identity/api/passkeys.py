@@ -44,6 +44,10 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
       The person's other login sessions end and all their grants (refresh and access tokens) are
       revoked with it; the session that removed it stays unless that passkey opened it: then it ends
       too, ``signed_out`` is true and the cookie is cleared.
+    DELETE /account/sessions                 200 {"sessions_ended", "grants_revoked"}   sign out everywhere
+      else: every other login session of the person ends and every grant is revoked; this one stays.
+      Needs a login of < 15 min, as renaming does: 401 reauthentication_required, 403 origin_refused |
+      insufficient_authentication
     POST /admin/v1/persons/{person_id}/enrolment-codes  {"ttl_seconds"?}  (bearer token, scope admin)
       201 {"code", "person_id", "expires_at"}   the code is shown once; default TTL 72 h; an officer's
           code expires at the end of his issuing roles at the latest, and ends when he loses one
@@ -135,8 +139,8 @@ HINT: dict[str, str] = {
     "origin_refused": "This request did not come from a quaygate page.",
     "login_required": "Please log in first.",
     "reauthentication_required": "Please log in again to change your passkeys.",
-    "insufficient_authentication": "Adding a passkey needs a stronger login: log in with a passkey, or ask "
-                                   "the badge office for an enrolment code.",
+    "insufficient_authentication": "Changing your passkeys needs a stronger login: log in with a passkey, or "
+                                   "ask the badge office for an enrolment code.",
     "rate_limited": "Too many attempts. Please wait a moment and try again.",
 }
 # The hint of an OFFICE_CODES refusal whose person turns to port security (``office``): a person who holds
@@ -145,8 +149,8 @@ HINT: dict[str, str] = {
 HINT_PORT_SECURITY: dict[str, str] = {
     "passkey_suspended": "This passkey is suspended. Please contact port security.",
     "person_suspended": "Your account is suspended. Please contact port security.",
-    "insufficient_authentication": "Adding a passkey needs a stronger login: log in with a passkey, or ask "
-                                   "port security for an enrolment code.",
+    "insufficient_authentication": "Changing your passkeys needs a stronger login: log in with a passkey, or "
+                                   "ask port security for an enrolment code.",
 }
 
 

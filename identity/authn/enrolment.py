@@ -78,6 +78,7 @@ from quaygate.schema import (
 )
 
 from ..domain.claims import CONSOLE_ADMIN_ROLES, PRIVILEGED_ROLES
+from ..sessions import hold_person
 from .credentials import Provenance
 
 DEFAULT_TTL = timedelta(hours=72)
@@ -205,8 +206,8 @@ def _lock_with_issuer(conn: sa.Connection, person_id: uuid.UUID,
     issuing a code for each other at once wait for the same first row, never each hold one the other
     wants. No issuer: (the person's status, None)."""
     def share() -> str | None:
-        return conn.execute(sa.select(persons.c.status).where(persons.c.id == issuer)
-                            .with_for_update(read=True)).scalar_one_or_none()
+        assert issuer is not None
+        return hold_person(conn, issuer)
 
     if issuer is None:
         return lock_person(conn, person_id), None

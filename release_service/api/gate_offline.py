@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -23,7 +23,7 @@ from quaygate.limits import IMAGE_BODY_BYTES, Printable, SentTime
 from quaygate.routing import AdmitFirst
 from release_service.adapters.sqla.gate_offline import SqlOfflineUnitOfWork
 from release_service.domain import gate as g
-from release_service.domain.gate_pass import MAX_PASS_LIFETIME, PASS_ALG, PASS_TYP, OutboxMark
+from release_service.domain.gate_pass import PASS_ALG, PASS_TYP, OutboxMark, signed_while_active
 from release_service.domain.parties import Actor
 from release_service.services import gate_passes as service
 
@@ -233,17 +233,7 @@ class KeyStorePassSigner:
             return None
         if not isinstance(claims, dict):
             return None
-        if retired_at is not None and not _signed_by(claims, retired_at):
+        if retired_at is not None and not signed_while_active(claims, retired_at):
             log.warning("release.gate.pass_refused.after_rotation", extra={"fields": {"kid": header["kid"]}})
             return None
         return claims
-
-
-def _signed_by(claims: dict[str, Any], retired_at: datetime) -> bool:
-    """The pass says it was issued while its key was still active (a whole-second ``iat``) and ends within
-    a pass's lifetime of the key's retirement: so a key rotated out because it leaked forges passes for at
-    most an hour after the rotation (review 124), not for ever with an old ``iat``. The right's own age
-    is judged at the reconcile (``gate_passes``: a pass older than its right is not ours)."""
-    iat, exp = claims.get("iat"), claims.get("exp")
-    return (all(isinstance(v, int) and not isinstance(v, bool) for v in (iat, exp))
-            and iat <= retired_at.timestamp() and exp <= (retired_at + MAX_PASS_LIFETIME).timestamp())

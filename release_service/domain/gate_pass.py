@@ -471,6 +471,16 @@ def pass_refuses(p: GatePass, request: g.GateRequest, *, decided_at: datetime, s
     return tuple(r.value for r in d.reasons) or (d.decision.value,)
 
 
+def signed_while_active(claims: dict[str, Any], retired_at: datetime) -> bool:
+    """The pass says it was issued while its key was still active (a whole-second ``iat``) and ends within
+    a pass's lifetime of the key's retirement: so a key rotated out because it leaked forges passes for at
+    most an hour after the rotation (review 124), not for ever with an old ``iat``. The right's own age
+    is judged at the reconcile (``gate_passes``: a pass older than its right is not ours)."""
+    iat, exp = claims.get("iat"), claims.get("exp")
+    return (all(isinstance(v, int) and not isinstance(v, bool) for v in (iat, exp))
+            and iat <= retired_at.timestamp() and exp <= (retired_at + MAX_PASS_LIFETIME).timestamp())
+
+
 def pass_covers(p: GatePass | None, *, terminal: str, release_id: uuid.UUID | None, decided_at: datetime,
                 right_created_at: datetime | None = None, leeway: timedelta = timedelta(seconds=5)) -> bool:
     """An offline allow is backed by a pass when the pass is ours (signature checked by the caller),
