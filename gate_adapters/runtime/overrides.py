@@ -81,8 +81,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
-from release_service.domain.gate import OVERRIDABLE as _OVERRIDABLE
-from release_service.domain.gate import OVERRIDE_WITHIN_SECONDS
+from release_service.domain.gate import OVERRIDE_WITHIN_SECONDS, not_overridable
 
 from .client import ServiceUnavailable, VerifyClient, VerifyRefused
 from .offline import CLOCK_SLACK, PassStore
@@ -96,9 +95,6 @@ VERIFY_PATH = "/gate/v1/verify"
 VERIFY_AGAIN = uuid.UUID("5f0c7a52-4f8e-4d0b-9a8e-2f6d1c3b7e41")
 MAX_REASON = 400  # characters the officer writes; the service takes 500, with the officer's name and lane
 SERVICE_REASON = 500  # release_service/api/gate.py OverrideRequest.reason
-# What a person at the desk may set aside, online (the service judges) or offline (here, and again at the
-# reconcile): domain/gate.py, the same rule.
-OVERRIDABLE = frozenset(r.value for r in _OVERRIDABLE)
 
 
 class OverrideError(Exception):
@@ -310,7 +306,7 @@ class OverrideDesk:
             raise NotOverridable("decided offline without a gate pass for a right: nothing here can let the truck "
                                  "in on the record; hold it until the service can be reached")
         reasons = [str(r) for r in response.get("reasons") or ()]
-        hard = [r for r in reasons if r not in OVERRIDABLE]
+        hard = not_overridable(reasons)  # what a person at the desk may set aside: the service's one rule
         if not reasons or hard:
             raise NotOverridable(f"a terminal cannot override {', '.join(hard) or 'this decision'}: that is not "
                                  "the gate's to set aside")

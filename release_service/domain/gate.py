@@ -31,7 +31,7 @@ mirrored as plain strings because the release domain must not import ``identity`
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -164,17 +164,25 @@ OVERRIDABLE: frozenset[Reason] = frozenset({
     Reason.SCREENING_UNAVAILABLE,
 })
 
+_OVERRIDABLE_CODES = frozenset(r.value for r in OVERRIDABLE)
+
 # An override lets in the truck that was refused, while it is at the terminal: an older decision is
 # verified again, and that new decision is overridden if need be.
 OVERRIDE_WITHIN_SECONDS = 3600
 
 
+def not_overridable(reasons: Iterable[str]) -> list[str]:
+    """The reasons among ``reasons`` no person at the desk may set aside (``OVERRIDABLE``; an unknown code
+    counts as one that cannot): the one rule of an override online (``require_overridable_decision``), at the
+    adapter's desk offline (gate_adapters/runtime/overrides.py) and at its reconcile (services/gate_passes)."""
+    return [r for r in reasons if r not in _OVERRIDABLE_CODES]
+
+
 def require_overridable_decision(reasons: Sequence[str], decided_at: datetime | None, now: datetime) -> None:
     """The refused decision itself may be overridden: refused only for reasons a person at the desk may
-    set aside (an unknown code counts as one that cannot), and recent (``OVERRIDE_WITHIN_SECONDS``).
-    The right, as it is now, is the release domain's to judge (``ReleaseRight.require_overridable``)."""
-    known = {r.value for r in OVERRIDABLE}
-    hard = [r for r in reasons if r not in known]
+    set aside (``not_overridable``), and recent (``OVERRIDE_WITHIN_SECONDS``). The right, as it is now, is
+    the release domain's to judge (``ReleaseRight.require_overridable``)."""
+    hard = not_overridable(reasons)
     if hard:
         raise DomainError(ErrorCode.ILLEGAL_TRANSITION,
                           f"A terminal cannot override {', '.join(hard)}: that is not the gate's to set aside.",

@@ -456,9 +456,8 @@ def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
     # Only what an online override may set aside (``gate.require_overridable_decision``): the reasons the
     # lane reported, and those the pass's own rules give on the reported request (the lane's PC may lie).
     says = pass_refuses(gate_pass, req, decided_at=report.decided_at, state=state)
-    overridable = {r.value for r in g.OVERRIDABLE}
     refused = [r.value for r in report.reasons]
-    if not refused or any(r not in overridable for r in [*refused, *says]):
+    if not refused or g.not_overridable([*refused, *says]):
         return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, right=right, pass_says=says)
     used_id, used_offline = uow.offline.last_use(right.id, _MOVES[g.Direction.IN])
     badge = uow.gate.badge(req.badge) if req.badge is not None else None
