@@ -26,7 +26,8 @@ what the removal stops, and how:
 - Enrolment codes. A role that lets him issue them (enrolment.ISSUING_ROLES: badge_office,
   port_security_admin) removed or expired ends the live codes he issued (``enrolment.end_issued_codes``;
   review 122, finding 3: an officer's code outlived him by up to 30 days). A dated one's codes were
-  capped at its end when issued (enrolment.issue_code), so its expiry finds them expired already.
+  capped at its end when issued (enrolment.issue_code), so its expiry finds them expired already; a
+  standing role given an end caps the codes he issued before at it (``codes_follow_end``).
 - Caches. None holds memberships: the gate's facts carry badges, their holders' status and bans, not
   roles (release_service/adapters/gate_facts.py), and nomination reads the links from the database. So
   nothing is touched (quaygate/invalidation.py); a cache that came to hold them would have to be.
@@ -141,6 +142,17 @@ def remove_membership(engine: sa.Engine, *, grants: GrantStore, person_id: uuid.
                            "enrolment_codes_ended": codes})
     log.info("identity.membership.removed")
     return Removed(revoked, codes)
+
+
+def codes_follow_end(conn: sa.Connection, person_id: uuid.UUID, role: str, until: datetime | None, *,
+                     now: datetime) -> int:
+    """A role given an end (``until``): if it lets him issue enrolment codes, his live codes end by then at
+    the latest (identity.authn.enrolment, review 122 finding 3), as those he issues from now on do; how many
+    were capped. The third of the rules by which codes follow their issuer's role (module docstring), with
+    its removal and its expiry here."""
+    if until is None or role not in enrolment.ISSUING_ROLES:
+        return 0
+    return enrolment.cap_issued_codes(conn, person_id, until=until, now=now)
 
 
 def revoke_carriers(conn: sa.Connection, grants: GrantStore, person_id: uuid.UUID, organisation_id: uuid.UUID,

@@ -46,7 +46,7 @@ from ..domain.roles import ClientRole
 from ..domain.scopes import BADGES_OFFICE
 from ..dpop import DPOP_ALGORITHMS
 from ..grants import grants_for, revocations_for
-from ..memberships import MembershipRefused, keep_an_officer, officer_ends
+from ..memberships import MembershipRefused, codes_follow_end, keep_an_officer, officer_ends
 from ..memberships import remove_membership as remove
 from ..organisations import OrganisationRefused, set_active, status_fields
 from ..registration import RegistrationError, management_for
@@ -592,10 +592,7 @@ def add_membership(person_id: uuid.UUID, request: Request, body: MembershipIn) -
                 keep_an_officer(conn, person_id, body.organisation_id)
             except MembershipRefused as exc:
                 return problem(409, exc.code, exc.message, instance=request.url.path)
-        # A role that lets him issue enrolment codes given an end: his live codes end by then at the latest
-        # (identity.authn.enrolment, review 122 finding 3), as those he issues from now on do.
-        capped = (enrolment.cap_issued_codes(conn, person_id, until=until, now=now)
-                  if until is not None and body.role in enrolment.ISSUING_ROLES else 0)
+        capped = codes_follow_end(conn, person_id, body.role, until, now=now)
         if held is not None and (held.valid_until is None or held.valid_until > now):
             conn.execute(memberships.update().where(*key).values(valid_until=until))
             audit.record("identity.admin.membership.changed", at=now, actor=caller.audit_actor,

@@ -244,13 +244,23 @@ def issuer_ends(conn: sa.Connection, issuer: uuid.UUID, now: datetime) -> dateti
     return min(dated) if dated else None
 
 
+def _live(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+    """A code still usable at ``now``: unused, not ended, not expired."""
+    return (enrolment_codes.c.used_at.is_(None), enrolment_codes.c.ended_at.is_(None),
+            enrolment_codes.c.expires_at > now)
+
+
+def _end(conn: sa.Connection, whose: sa.ColumnElement[bool], now: datetime) -> int:
+    """End the live codes ``whose`` picks (``ended_at``: they then answer ``enrolment_code_expired``, whatever
+    a registration's clock says; review 67), in the caller's transaction: how many."""
+    result = conn.execute(enrolment_codes.update().where(whose, *_live(now)).values(ended_at=now))
+    return int(result.rowcount or 0)
+
+
 def end_issued_codes(conn: sa.Connection, issuer: uuid.UUID, *, now: datetime) -> int:
     """End the live codes ``issuer`` issued (he lost a role that issues them), in the caller's
     transaction: how many. Marked ``ended_at``, as ``end_live_codes`` (review 67: no clock passes it)."""
-    result = conn.execute(enrolment_codes.update().where(
-        enrolment_codes.c.issued_by == issuer, enrolment_codes.c.used_at.is_(None),
-        enrolment_codes.c.ended_at.is_(None), enrolment_codes.c.expires_at > now).values(ended_at=now))
-    return int(result.rowcount or 0)
+    return _end(conn, enrolment_codes.c.issued_by == issuer, now)
 
 
 def end_codes_issued_in(conn: sa.Connection, organisation_id: uuid.UUID, *, now: datetime) -> int:
@@ -260,10 +270,7 @@ def end_codes_issued_in(conn: sa.Connection, organisation_id: uuid.UUID, *, now:
     codes were capped at it: none is live)."""
     issuers = sa.select(memberships.c.person_id).where(memberships.c.organisation_id == organisation_id,
                                                        memberships.c.role.in_(sorted(ISSUING_ROLES)))
-    result = conn.execute(enrolment_codes.update().where(
-        enrolment_codes.c.issued_by.in_(issuers), enrolment_codes.c.used_at.is_(None),
-        enrolment_codes.c.ended_at.is_(None), enrolment_codes.c.expires_at > now).values(ended_at=now))
-    return int(result.rowcount or 0)
+    return _end(conn, enrolment_codes.c.issued_by.in_(issuers), now)
 
 
 def cap_issued_codes(conn: sa.Connection, issuer: uuid.UUID, *, until: datetime, now: datetime) -> int:
@@ -271,9 +278,8 @@ def cap_issued_codes(conn: sa.Connection, issuer: uuid.UUID, *, until: datetime,
     given that end), in the caller's transaction: how many. ``until`` is to come (a new end is), so a
     registration using one before it still may."""
     result = conn.execute(enrolment_codes.update().where(
-        enrolment_codes.c.issued_by == issuer, enrolment_codes.c.used_at.is_(None),
-        enrolment_codes.c.ended_at.is_(None), enrolment_codes.c.expires_at > until,
-        enrolment_codes.c.expires_at > now).values(expires_at=until))
+        enrolment_codes.c.issued_by == issuer, *_live(now), enrolment_codes.c.expires_at > until,
+    ).values(expires_at=until))
     return int(result.rowcount or 0)
 
 
@@ -317,10 +323,7 @@ def _insert(
 def end_live_codes(conn: sa.Connection, person_id: uuid.UUID, *, now: datetime) -> int:
     """End the person's unused, unexpired codes (``ended_at``; they then answer
     ``enrolment_code_expired``, whatever a registration's clock says): how many."""
-    result = conn.execute(enrolment_codes.update().where(
-        enrolment_codes.c.person_id == person_id, enrolment_codes.c.used_at.is_(None),
-        enrolment_codes.c.ended_at.is_(None), enrolment_codes.c.expires_at > now).values(ended_at=now))
-    return int(result.rowcount or 0)
+    return _end(conn, enrolment_codes.c.person_id == person_id, now)
 
 
 def check(engine: sa.Engine, code: str, *, now: datetime) -> EnrolmentCode:
