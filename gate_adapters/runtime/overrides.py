@@ -254,11 +254,7 @@ class OverrideDesk:
                 return self._locally(answered, report, decision_id, release_id, reason, by)
             except NotOverridable:
                 # Rule 7: the verify sent may have been committed, its answer lost: a use (rule 3).
-                self.outbox.overridden(answered, decision_id=decision_id, release_id=release_id, officer=by,
-                                       reason=reason, outcome="unanswered", answer=None, used=True)
-                log.error("gate.lane.override_unanswered", extra={
-                    "lane": answered.lane, "request_id": answered.request_id, "decision_id": decision_id,
-                    "officer": by, "reason": str(exc)})
+                self._note_unanswered(answered, decision_id, release_id, by, reason, exc)
                 raise
         return self._judged_again(answered, answer, reason, by)
 
@@ -367,13 +363,19 @@ class OverrideDesk:
             seen.append(self.store.saw(datetime.fromtimestamp(now, UTC)).timestamp())
         return max(seen) - now
 
-    def _unanswered(self, answered: Answered, decision_id: str, release_id: str, by: str, reason: str,
-                    exc: Exception) -> NoReturn:
-        """Rule 3: not judged, perhaps recorded: a use here, and the officer told to ask again."""
+    def _note_unanswered(self, answered: Answered, decision_id: str, release_id: str, by: str, reason: str,
+                         exc: Exception) -> None:
+        """An override the service may have recorded without our knowing: kept as ``unanswered`` and counted
+        as a use of the right here (rule 3), logged as an error."""
         self.outbox.overridden(answered, decision_id=decision_id, release_id=release_id, officer=by, reason=reason,
                                outcome="unanswered", answer=None, used=True)
         log.error("gate.lane.override_unanswered", extra={"lane": answered.lane, "request_id": answered.request_id,
                                                           "decision_id": decision_id, "officer": by,
                                                           "reason": str(exc)})
+
+    def _unanswered(self, answered: Answered, decision_id: str, release_id: str, by: str, reason: str,
+                    exc: Exception) -> NoReturn:
+        """Rule 3: not judged, perhaps recorded: a use here, and the officer told to ask again."""
+        self._note_unanswered(answered, decision_id, release_id, by, reason, exc)
         raise OverrideUnanswered(f"the service did not answer the override ({exc}); the right counts as used at "
                                  f"this adapter: ask again to know whether it was recorded")
