@@ -70,7 +70,10 @@ def grant_store(container: Container, revocations: RevocationList | None = None)
 def key_store(container: Container) -> KeyStore:
     """Our token signing keys; an old key stays published as long as the longest-lived token it signed."""
     s = container.settings
-    return KeyStore(container.engine, container.cipher, token_ttl=max(s.access_token_ttl, s.id_token_ttl))
+    # The epoch that tells the other replicas of a rotation or a revocation lives in the shared cache
+    # (Redis); the in-process cache reaches no other process, so without one they reload on a timer.
+    return KeyStore(container.engine, container.cipher, token_ttl=max(s.access_token_ttl, s.id_token_ttl),
+                    cache=container.cache if container.cache.shared else None)
 
 
 @dataclass

@@ -2,14 +2,20 @@
 
 A client secret is shown once, at registration, and only a slow salted hash is kept (scrypt, RFC 7914).
 Secrets are 256-bit random values we generate, so the hash guards against a leaked table rather than
-against guessing; scrypt's cost (about 40 ms here) is paid once per token request.
+against guessing. scrypt's cost (about 40 ms of CPU and 16 MiB here) is paid once per client and
+secret in a process (``SecretChecker``'s memo); a wrong secret pays it every time, so the client
+endpoints check secrets through ``SecretChecker`` (a bound on hashes at once) behind a budget of
+failures per address (identity.ratelimit, review 129, finding 1).
 
 Lookups are served from memory (``ClientRegistry.find``): every token request needs its client, and a
 database round trip per request was the largest cost of the client credentials grant. A change made
 through this process (update, key rotation, deactivation) is seen at once; every write also bumps an
 epoch in the shared cache, which each replica reads at most once per ``check_every`` seconds, clearing
 its memory when the epoch moved. So another replica stops serving a deactivated client within
-``check_every`` (one second by default), and no entry is older than ``max_age`` in any case.
+``check_every`` (one second by default), and no entry is older than ``max_age`` in any case. The epoch
+is read with Redis's dataset epoch (quaygate/dataset.py): a Redis started again from an older snapshot,
+or a replica promoted in a failover, may have lost a change's bump and hold a value a replica already
+read; its dataset is new, and every replica clears its memory all the same.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 import threading
 import time
@@ -30,9 +37,10 @@ import sqlalchemy as sa
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
-from quaygate.cache import Cache
-from quaygate.schema import oauth_clients, organisations
+from quaygate.cache import DATASET_EPOCH, Cache
+from quaygate.schema import oauth_clients, organisations, revoked_tokens
 
+from .domain import rsa_keys
 from .domain import scopes as scope_rules
 from .domain.assurance import LEVEL as ACR_LEVEL
 from .domain.roles import (
@@ -45,6 +53,7 @@ from .domain.roles import (
     grant_types_for,
     requires_par,
 )
+from .grants import RevocationList
 
 # OIDC Registration §2 id_token_signed_response_alg values we sign with: oidc.issue.ID_TOKEN_ALGORITHMS,
 # keys.SIGNING_ALGORITHMS (kept equal by tests/test_identity_keys.py).
@@ -83,8 +92,70 @@ def verify_secret(secret: str, encoded: str | None) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+class HashingBusy(Exception):
+    """Every hashing slot of a ``SecretChecker`` is taken: answer 429 ``slow_down``, do not wait."""
+
+
+class SecretChecker:
+    """``verify_secret`` for the client endpoints, with two bounds on the CPU it costs (review 129,
+    finding 1; the third, a budget of failures per address, is identity.ratelimit's).
+
+    - A memo of secrets that matched: per client_id, the stored hash the secret matched and an
+      HMAC-SHA256 of the secret under a key made for this process. The same secret against the same
+      stored hash matches again without scrypt; a changed hash (a new or rotated secret) misses, and the
+      presented secret is hashed. The memo holds no secret, nor anything to test a guess against without
+      the key, which never leaves the process; at most ``max_entries`` clients (cleared when full, as
+      ClientRegistry's memory), and only clients whose secret matched.
+    - At most ``max_hashing`` hashes at once in the process, a slot taken without waiting: when none is
+      free, ``HashingBusy``. A hash holds a thread for about 50 ms, and the token endpoint, the passkey
+      login and the gate's database way share a few threads (quaygate/threads.py): hashing must never
+      hold them all.
+    """
+
+    def __init__(self, *, max_hashing: int, max_entries: int = 10_000) -> None:
+        self._key = secrets.token_bytes(32)
+        self._lock = threading.Lock()
+        self._memo: dict[str, tuple[str, bytes]] = {}
+        self._max_entries = max_entries
+        self.max_hashing = max(1, max_hashing)
+        self._hashing = threading.BoundedSemaphore(self.max_hashing)
+
+    def remembered(self, client_id: str, secret: str, encoded: str | None) -> bool:
+        """Did ``secret`` match ``encoded``, this client's stored hash, before? No hashing."""
+        if not encoded or not secret:
+            return False
+        with self._lock:
+            seen = self._memo.get(client_id)
+        return seen is not None and seen[0] == encoded and hmac.compare_digest(seen[1], self._mac(secret))
+
+    def verify(self, client_id: str, secret: str, encoded: str | None) -> bool:
+        """``verify_secret``, in one of the hashing slots (raises ``HashingBusy`` when none is free);
+        remembered when it matched."""
+        if not self._hashing.acquire(blocking=False):
+            raise HashingBusy
+        try:
+            matched = verify_secret(secret, encoded)
+        finally:
+            self._hashing.release()
+        if matched and encoded:
+            with self._lock:
+                if len(self._memo) >= self._max_entries:
+                    self._memo.clear()
+                self._memo[client_id] = (encoded, self._mac(secret))
+        return matched
+
+    def _mac(self, secret: str) -> bytes:
+        return hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+
 def public_jwks(jwks: dict[str, Any]) -> dict[str, Any]:
-    """A client's JWK Set as we keep it: public RSA or EC signing keys only (RFC 7591 §2 ``jwks``)."""
+    """A client's JWK Set as we keep it: public RSA or EC signing keys only (RFC 7591 §2 ``jwks``), an RSA
+    key of 2048 to 4096 bits with the exponent 65537 (identity.domain.rsa_keys: what checking the client's
+    assertions costs is the key's to choose; review 129, finding 3). Read before the set is imported."""
+    listed = jwks.get("keys") if isinstance(jwks, dict) else None
+    if isinstance(listed, list) and any(isinstance(k, dict) and k.get("kty") == "RSA"
+                                        and rsa_keys.rsa_key_refusal(k.get("n"), k.get("e")) for k in listed):
+        raise RegistrationRefused("jwks_invalid", "RSA keys must be 2048 to 4096 bits, with the exponent 65537")
     try:
         key_set = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
     except (JoseError, ValueError, TypeError, KeyError) as exc:
@@ -117,6 +188,9 @@ class ClientRecord:
     min_acr: str | None = None
     dpop_bound: bool = False
     extra_metadata: dict[str, Any] | None = None
+    # Every access token issued to the client up to this moment is refused (RevocationList.revoke_client's
+    # cutoff: a deactivation, or a secret rotated with revoke_tokens, and CLIENT_MARGIN after it).
+    tokens_refused_until: datetime | None = None
     # The registered jwks, imported once per lookup instead of once per client assertion.
     key_set: KeySet | None = field(default=None, compare=False, repr=False)
 
@@ -124,12 +198,28 @@ class ClientRecord:
     def is_public(self) -> bool:
         return self.auth_method is AuthMethod.NONE
 
+    def tokens_refused_for(self, now: datetime) -> int:
+        """Whole seconds (at least one) until a token issued to this client is no longer refused by its
+        cutoff (``tokens_refused_until``); 0 when a token issued at ``now`` would pass it. A token's ``iat``
+        is whole seconds and the revocation list refuses ``iat <= cutoff``: a token issued in the second
+        that holds the cutoff, even after it, is refused (review 137, finding 2), so the wait runs to the
+        next whole second."""
+        if self.tokens_refused_until is None:
+            return 0
+        cutoff, at = self.tokens_refused_until.timestamp(), now.timestamp()
+        if math.floor(at) > cutoff:
+            return 0
+        return max(1, math.ceil(math.floor(cutoff) + 1 - at))
+
     @property
     def id_token_alg(self) -> str:
         """OIDC Registration §2 id_token_signed_response_alg; RS256 by default."""
         alg = (self.extra_metadata or {}).get("id_token_signed_response_alg")
         return alg if isinstance(alg, str) else "RS256"
 
+
+# The name of the row of revoked_tokens that holds a client's cutoff, read with the client.
+_CUTOFF_ROW = sa.literal(RevocationList.CLIENT_ROW, sa.String)
 
 EPOCH_KEY = "identity:clients-epoch"
 _EPOCH_TTL = 30 * 86400  # the key only has to outlive the replicas' memories; its value is what counts
@@ -156,7 +246,7 @@ class ClientRegistry:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._memory: dict[str, tuple[float, ClientRecord]] = {}
-        self._epoch: bytes | None = None
+        self._epoch: tuple[bytes | None, ...] | None = None
         self._checked_at = float("-inf")
         self._generation = 0  # bumped by every forget: a read that raced a change is not remembered
 
@@ -260,7 +350,10 @@ class ClientRegistry:
             return self._read(client_id)
         now = self._monotonic()
         if now - self._checked_at >= self._check_every:
-            epoch = self._cache.get(EPOCH_KEY)
+            # With the dataset's epoch: Redis started again from an older snapshot (or a replica promoted)
+            # may hold the clients' epoch at a value read here before, a change's bump lost; the pair
+            # moves all the same, and this memory is cleared (as RevocationList's forget_on_new_dataset).
+            epoch = tuple(self._cache.get_many([DATASET_EPOCH, EPOCH_KEY]))
             with self._lock:
                 if epoch != self._epoch:
                     self._generation += 1
@@ -285,9 +378,11 @@ class ClientRegistry:
     def _read(self, client_id: str) -> ClientRecord | None:
         query = (
             sa.select(oauth_clients, organisations.c.kind.label("org_kind"),
-                      organisations.c.active.label("org_active"))
+                      organisations.c.active.label("org_active"),
+                      revoked_tokens.c.revoked_at.label("tokens_refused_until"))
             .select_from(
                 oauth_clients.outerjoin(organisations, organisations.c.id == oauth_clients.c.organisation_id)
+                .outerjoin(revoked_tokens, revoked_tokens.c.jti == _CUTOFF_ROW + oauth_clients.c.client_id)
             )
             .where(oauth_clients.c.client_id == client_id)
         )
@@ -316,6 +411,7 @@ class ClientRegistry:
             min_acr=row.min_acr,
             dpop_bound=bool(row.dpop_bound),
             extra_metadata=dict(row.extra_metadata or {}),
+            tokens_refused_until=row.tokens_refused_until,
             key_set=_import_key_set(row.jwks),
         )
 

@@ -7,6 +7,7 @@ request (``htm``, ``htu``) and this very token (``ath``). ``DPoPVerifier.verify`
 check list, one guard per rule and one reason code per guard::
 
     proof ──size/shape──▶ header: typ=dpop+jwt, alg ∈ allow-list, jwk public and fit for alg
+                          (an RSA jwk: 2048 to 4096 bits, e = 65537, identity.domain.rsa_keys)
           ──signature with jwk──▶ claims: jti, htm, htu, iat window, ath
           ──claim (jkt, jti) once with SET NX, refused for a proof from before the cache's epoch──▶
           DPoPProof (frozen)
@@ -49,6 +50,8 @@ from joserfc.util import urlsafe_b64decode
 from quaygate.cache import Cache
 from quaygate.dataset import Claim
 
+from .domain import rsa_keys
+
 log = logging.getLogger(__name__)
 
 DPOP_TYP = "dpop+jwt"  # RFC 9449 §4.2
@@ -61,7 +64,6 @@ _KEY_TYPES: dict[str, tuple[type, str, str | None]] = {  # alg -> (joserfc key c
     "PS256": (RSAKey, "RSA", None),
     "Ed25519": (OKPKey, "OKP", "Ed25519"),  # RFC 9864 fully specified; "EdDSA" is deprecated there
 }
-MIN_RSA_BITS = 2048
 MAX_NONCE_LENGTH = 256
 _NQCHARS = frozenset(chr(c) for c in range(0x21, 0x7F) if c not in (0x22, 0x5C))  # RFC 9449 §4.2: NQCHAR
 # Private members of RFC 7518 §6 / RFC 8037 §2 keys: a proof carrying one leaks the client's key.
@@ -70,6 +72,16 @@ MAX_PROOF_LENGTH = 8192  # an RSA-4096 proof is about 2 kB; anything much larger
 MAX_JTI_LENGTH = 256
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _MEMO_MAX = 1024  # distinct proof headers (client keys) and htu values remembered; cleared when full
+
+
+# identity.domain.rsa_keys's refusals, as a proof's (review 129, finding 3: a huge exponent made an
+# anonymous proof 150 times as costly to check).
+_RSA_REFUSALS = {
+    rsa_keys.MALFORMED: ("jwk_invalid", "the proof's jwk is not a valid public key"),
+    rsa_keys.WEAK: ("jwk_weak", "the proof's RSA key is shorter than 2048 bits"),
+    rsa_keys.TOO_LARGE: ("jwk_unsupported", "the proof's RSA key is longer than 4096 bits"),
+    rsa_keys.EXPONENT: ("jwk_unsupported", "the proof's RSA key has an exponent other than 65537"),
+}
 
 
 class _ProofRegistry(JWSRegistry):
@@ -159,16 +171,6 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
         subset[m] = value
     canonical = json.dumps(subset, separators=(",", ":"), sort_keys=True, ensure_ascii=True)
     return _b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
-
-
-def _modulus_bits(n: Any) -> int:
-    """Bit length of an RSA jwk's modulus (RFC 7518 §6.3.1.1), 0 when malformed."""
-    if not isinstance(n, str) or len(n) > 2048:
-        return 0
-    try:
-        return int.from_bytes(base64.urlsafe_b64decode(n + "=" * (-len(n) % 4)), "big").bit_length()
-    except ValueError:
-        return 0
 
 
 def access_token_hash(token: str) -> str:
@@ -373,8 +375,10 @@ class DPoPVerifier:
         if jwk.get("kty") != kty or (crv is not None and jwk.get("crv") != crv):
             raise _refuse("jwk_type", "the proof's jwk does not fit its alg")
         public = {k: v for k, v in jwk.items() if k in _THUMBPRINT_MEMBERS[kty]}
-        if kty == "RSA" and _modulus_bits(public.get("n")) < MIN_RSA_BITS:
-            raise _refuse("jwk_weak", "the proof's RSA key is shorter than 2048 bits")
+        if kty == "RSA":  # the key's size and exponent set what checking its signature costs us
+            why = rsa_keys.rsa_key_refusal(public.get("n"), public.get("e"))
+            if why is not None:
+                raise _refuse(*_RSA_REFUSALS[why])
         try:
             key = key_class.import_key(public)
         except (JoseError, ValueError, TypeError) as exc:

@@ -235,7 +235,8 @@ class RevocationList:
     CLIENT_ROW = "client:"
     GRANT_ROW = "grant:"
     # Tokens issued this long after the deactivation are refused too: another replica may have served
-    # the client from memory for up to ClientRegistry's check_every (one second) after it.
+    # the client from memory for up to ClientRegistry's check_every (one second) after it. Until then the
+    # token endpoint issues the client none (ClientRecord.tokens_refused_until, check_issuable).
     CLIENT_MARGIN = timedelta(seconds=5)
     # Set by every whole load, with Redis: gone with the revocations when Redis loses its data.
     LOADED = "identity:revocations-loaded"
@@ -640,6 +641,20 @@ class GrantStore:
         return None if row is None else (_grant(row), row.token_status, row.token_expires_at)
 
     # ---- ending ------------------------------------------------------------------------------
+
+    def revoke_client_tokens(self, conn: sa.Connection, client_id: str, *, reason: str, now: datetime,
+                             access_token_ttl: int) -> int:
+        """End what a client holds, not the client: its live grants (refresh tokens and their access
+        tokens, ``revoke_grant`` with ``reason``), and every access token issued to it up to now
+        (``RevocationList.revoke_client``, its margin included), in the caller's transaction. Its
+        organisation deactivated (identity.organisations), its secret rotated with ``revoke_tokens``
+        (identity.registration). Returns how many grants it revoked."""
+        ids = conn.execute(sa.select(grants.c.id).where(grants.c.client_id == client_id,
+                                                        grants.c.revoked_at.is_(None))).scalars().all()
+        for gid in ids:
+            self.revoke_grant(conn, gid, reason=reason, now=now)
+        self._revocations.revoke_client(conn, client_id, now=now, token_ttl=access_token_ttl)
+        return len(ids)
 
     def revoke_grant(self, conn: sa.Connection, grant_id: uuid.UUID, *, reason: str, now: datetime) -> bool:
         """Revoke a grant: its refresh tokens and its unexpired access tokens. Returns whether the grant

@@ -7,10 +7,27 @@ never both, and a key can never be paired with the wrong algorithm.
 
 Lifecycle of a key (RFC 7517 key sets, OIDC Core §10.1.1 rotation), per algorithm::
 
-    active --rotate()--> retiring --publish_until passed--> retired
+    active --rotate()--> retiring --publish_until passed--> retired (private half erased)
       |                     |
       signs new tokens      signs nothing; its public key stays in the JWKS until every token it
-                            signed has expired (publish_until)
+      |                     signed has expired (publish_until)
+      |                     |
+      +----revoke()---------+-----------------------> revoked (private half erased, at once)
+
+``revoke`` is for a key that leaked (``quaygate keys revoke KID --reason``): the key leaves the JWKS,
+verifies no token and no gate pass from then on (not even one it signed while active: ``rotated_out``
+does not return it), and a revoked active key is replaced in the same transaction. Every change of the
+key set (a key created, rotated or revoked) bumps an epoch in the shared cache (Redis), which each
+replica reads at most once per ``check_every`` seconds (one), reloading its keys when it moved: so the
+other replicas stop trusting a revoked key within about a second. Without a shared cache, or with Redis
+unreachable, they reload every ``reload_every`` (60 s) as before; gate adapters drop a key when they
+next fetch the JWKS.
+A retired or revoked key's private half is erased. A retired key keeps, in its place, its public half
+and the time it was rotated out sealed under the data key (``_retirement``), and ``rotated_out`` trusts
+a row only when that seal (or, while retiring, the sealed private half) vouches for its public key: a
+public key written into the table by someone without the data key (a retired row "from" last year,
+naming his own key) is never taken for ours. A revoked key keeps nothing (the audit key, use "audit",
+is not a token key and is never touched).
 
 At most one key per algorithm is active: ``rotate`` and ``ensure_active`` take a lock (a PostgreSQL
 advisory lock; SQLite's BEGIN IMMEDIATE already serialises writers), so two replicas starting
@@ -18,18 +35,25 @@ together or rotating together never leave two active keys, and a partial unique 
 0003) makes the database refuse a second one.
 
 The private JWK is sealed with AES-GCM (quaygate.crypto.DataCipher) with the kid as associated data,
-so a sealed key copied into another row does not open. Loaded keys are cached in memory: the set is
-reloaded every ``reload_every`` seconds, or sooner when a token names a kid we do not know yet but
-the table holds as an active or retiring token key (a key rotated in by another replica). A retired
-kid (public once: it was in the JWKS) or the audit key's forces no reload: a stranger could otherwise
-make every request reload and re-import every key. Opened private keys stay cached (opening an
-RSA private key costs about 50 ms here): never per request.
+so a sealed key copied into another row does not open. An active or retiring row counts only when its
+sealed private half opens under the data key and gives the row's public key: the key published and
+verified with is the one derived from it, never a ``public_jwk`` someone wrote into the table (review
+132: an insider's own key, published ten years ahead). A retiring key is published at most until
+``retired_at`` + token lifetime + ``reload_every`` + leeway, whatever its ``publish_until`` says.
+
+Loaded keys are cached in memory: the set is reloaded every ``reload_every`` seconds, or sooner
+when a token names a kid we do not know yet but the table holds as an active or retiring token key (a
+key rotated in by another replica). A retired kid (public once: it was in the JWKS) or the audit key's
+forces no reload: a stranger could otherwise make every request reload and re-import every key. Opened
+and checked keys stay cached per kid (opening an RSA private key costs about 50 ms here): never per
+request, nor per reload.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -38,8 +62,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
+from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey, import_key
 
+from quaygate.cache import DATASET_EPOCH, Cache
 from quaygate.crypto import DataCipher
 from quaygate.schema import signing_keys
 
@@ -78,6 +105,10 @@ class _Snapshot:
     private: dict[str, SigningKey] = field(default_factory=dict)
 
 
+KEYS_EPOCH = "identity:keys-epoch"
+_KEYS_EPOCH_TTL = 30 * 86400  # the key only has to outlive the replicas' memories; its value is what counts
+
+
 class KeyStore:
     """Signing keys for our tokens; also the verifier's key source (``public_key_set``)."""
 
@@ -91,8 +122,18 @@ class KeyStore:
         reload_every: float = 60.0,
         clock: Callable[[], datetime] = _utcnow,
         key_size: int = KEY_SIZE,
+        cache: Cache | None = None,
+        check_every: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``cache``: the shared cache (Redis) whose epoch tells the replicas that the key set changed
+        (module docstring); None: each process reloads every ``reload_every`` seconds only."""
         self._engine = engine
+        self._cache = cache
+        self._check_every = check_every
+        self._monotonic = monotonic
+        self._epoch: tuple[bytes | None, ...] | None = None
+        self._checked_at = float("-inf")
         self._cipher = cipher
         self._token_ttl = token_ttl
         self._leeway = leeway
@@ -104,6 +145,15 @@ class KeyStore:
         # The last key set made, with the snapshot and the published keys it was made of: every token
         # verified asks for it, and making a KeySet checks every key's kid again.
         self._key_set: tuple[_Snapshot, list[_Published], KeySet] | None = None
+        # kid -> (its sealed private half, its stored public JWK, the key they make or None): a row is
+        # opened and checked once per process, not at every reload.
+        self._opened: dict[str, tuple[str | None, dict[str, Any], SigningKey | None]] = {}
+
+    @property
+    def reload_every(self) -> float:
+        """Seconds a replica may go on using a key set it loaded: how long after a rotation it may still
+        sign with the old key (``release_service.domain.gate_pass.signed_while_active``)."""
+        return self._reload_every
 
     # ---- writes ---------------------------------------------------------------------------------
 
@@ -123,7 +173,7 @@ class KeyStore:
                 self._insert(conn, fresh[alg], alg, now)
                 active[alg] = str(fresh[alg].kid)
         if created:
-            self.invalidate()
+            self._changed()
             for alg in created:
                 log.info("identity.keys.created", extra={"kid": active[alg], "alg": alg})
         return active
@@ -138,11 +188,7 @@ class KeyStore:
         publish_until = now + timedelta(seconds=self._token_ttl + self._reload_every + self._leeway)
         with self._engine.begin() as conn:
             self._take_lock(conn)
-            conn.execute(
-                signing_keys.update()
-                .where(signing_keys.c.status == "retiring", signing_keys.c.publish_until <= now, _TOKEN_KEYS)
-                .values(status="retired")
-            )
+            self._retire_due(conn, now)
             conn.execute(
                 signing_keys.update()
                 .where(signing_keys.c.status == "active", signing_keys.c.alg.in_(chosen), _TOKEN_KEYS)
@@ -150,11 +196,54 @@ class KeyStore:
             )
             for alg in chosen:
                 self._insert(conn, fresh[alg], alg, now)
-        self.invalidate()
+        self._changed()
         kids = {alg: str(key.kid) for alg, key in fresh.items()}
         for alg, kid in kids.items():
             log.info("identity.keys.rotated", extra={"kid": kid, "alg": alg})
         return kids
+
+    def retire_due(self, now: datetime) -> int:
+        """Retire the retiring keys whose publication has ended, erasing their private halves; how many.
+        A background loop calls it (quaygate/workers.py), and every rotation."""
+        with self._engine.begin() as conn:
+            self._take_lock(conn)
+            count = self._retire_due(conn, now)
+        if count:
+            log.info("identity.keys.retired", extra={"count": count})
+        return count
+
+    def revoke(self, kid: str, now: datetime, *, reason: str, actor: dict[str, Any]) -> str | None:
+        """Withdraw token key ``kid`` at once (it leaked): status revoked, unpublished, its private half
+        erased, audited with ``reason``. Were it its algorithm's active key, a new one takes its place in
+        the same transaction: its kid is returned (else None). LookupError for no such token key,
+        ValueError for one already revoked or an empty reason."""
+        from identity.audit import record  # the audit trail's writer: not needed by the hot path
+
+        reason = reason.strip()
+        if not reason:
+            raise ValueError("a reason is required")
+        row = self._key_row(kid)
+        fresh = self._generate(row.alg) if row.status == "active" else None  # outside the lock: the slow part
+        with self._engine.begin() as conn:
+            self._take_lock(conn)
+            row = self._key_row(kid, conn)  # again under the lock: a rotation may have retired it meanwhile
+            if row.status == "revoked":
+                raise ValueError(f"key {kid} is already revoked")
+            conn.execute(
+                signing_keys.update().where(signing_keys.c.kid == kid, _TOKEN_KEYS)
+                .values(status="revoked", publish_until=now, private_enc=None,
+                        retired_at=sa.func.coalesce(signing_keys.c.retired_at, now))
+            )
+            replaced_by = None
+            if row.status == "active":
+                fresh = fresh or self._generate(row.alg)
+                self._insert(conn, fresh, row.alg, now)
+                replaced_by = str(fresh.kid)
+            record("identity.key.revoked", at=now, actor=actor, subject=kid, conn=conn,
+                   data={"alg": row.alg, "was": row.status, "reason": reason[:500], "replaced_by": replaced_by})
+        self._changed()
+        log.warning("identity.keys.revoked", extra={"kid": kid, "alg": row.alg, "replaced_by": replaced_by})
+        return replaced_by
 
     # ---- reads ----------------------------------------------------------------------------------
 
@@ -164,11 +253,7 @@ class KeyStore:
         kid = snap.active.get(alg)
         if kid is None:
             raise LookupError(f"no active {alg} signing key: call ensure_active() at start-up")
-        key = snap.private.get(kid)
-        if key is None:
-            key = self._open(kid, alg)
-            snap.private[kid] = key
-        return key
+        return snap.private[kid]  # opened and checked when loaded (_load)
 
     def jwks(self, now: datetime | None = None) -> dict[str, Any]:
         """The public JWK Set to publish (RFC 7517 §5): active and still-published retiring keys."""
@@ -194,10 +279,12 @@ class KeyStore:
         """A token key rotated out (retiring or retired, whether still published or not) and when it was:
         for checking what it signed while it was active, long after its tokens expired (a gate pass
         reported days late, release_service/api/gate_offline.py). One primary-key lookup, uncached: not
-        for a hot path. None for an active, unknown or non-token kid."""
+        for a hot path. None for an active, revoked, unknown or non-token kid: a revoked key's word counts
+        for nothing, whenever it says it signed."""
         with self._read() as conn:
             row = conn.execute(
-                sa.select(signing_keys.c.alg, signing_keys.c.public_jwk, signing_keys.c.retired_at).where(
+                sa.select(signing_keys.c.alg, signing_keys.c.public_jwk, signing_keys.c.retired_at,
+                          signing_keys.c.status, signing_keys.c.private_enc).where(
                     signing_keys.c.kid == kid,
                     signing_keys.c.status.in_(("retiring", "retired")),
                     signing_keys.c.alg.in_(SIGNING_ALGORITHMS),
@@ -206,11 +293,48 @@ class KeyStore:
             ).first()
         if row is None or row.retired_at is None:
             return None
-        return _import(dict(row.public_jwk), row.alg), row.retired_at
+        public = dict(row.public_jwk)
+        if not self._vouched(kid, row.alg, row.status, row.private_enc, public, row.retired_at):
+            return None  # written into the table by someone without the data key (review 132's leftover)
+        return _import(public, row.alg), row.retired_at
 
     def invalidate(self) -> None:
         with self._lock:
             self._snap = None
+
+    def _changed(self) -> None:
+        """The key set changed (after the commit): forget it here, and tell the other replicas. Redis
+        failing: they find out at their next timed reload (``reload_every``)."""
+        self.invalidate()
+        if self._cache is not None:
+            try:  # a value never seen before: a counter restarts at 1 once its key expires or Redis loses it
+                self._cache.set(KEYS_EPOCH, secrets.token_bytes(16), _KEYS_EPOCH_TTL)
+            except Exception:  # noqa: BLE001 - any cache failure: the change is committed, the signal is late
+                log.warning("identity.keys.epoch_not_bumped", exc_info=True)
+
+    def _epoch_moved(self) -> bool:
+        """At most once per ``check_every``: has another process changed the key set since this one
+        last looked (the shared epoch moved)? The round trip is made outside ``self._lock`` (a slow
+        Redis holds up no other verification), by one caller per ``check_every``. Redis failing: False
+        (the timed reload still runs), and the next look is a ``check_every`` later: a down Redis costs
+        no round trip per token."""
+        if self._cache is None:
+            return False
+        now = self._monotonic()
+        with self._lock:
+            if now - self._checked_at < self._check_every:
+                return False
+            self._checked_at = now  # the others go on with what they have meanwhile
+        try:
+            # With Redis's dataset epoch: a Redis started from an older snapshot (or a failover to a replica
+            # that missed the last writes) may hold a keys epoch this process already read, the revoke's bump
+            # lost; the dataset epoch moves then (quaygate/dataset.py), so the pair does.
+            epoch = tuple(self._cache.get_many([DATASET_EPOCH, KEYS_EPOCH]))
+        except Exception:  # noqa: BLE001 - verifying tokens must not depend on Redis
+            return False
+        with self._lock:
+            moved, self._epoch = epoch != self._epoch, epoch
+        return moved
 
     # ---- internals ------------------------------------------------------------------------------
 
@@ -222,21 +346,24 @@ class KeyStore:
         ]
 
     def _snapshot(self, *, force: bool = False) -> _Snapshot:
+        moved = self._epoch_moved()  # first: a reload for any reason has seen the epoch read here
         with self._lock:
             snap = self._snap
-            if force or snap is None or time.monotonic() - snap.loaded_at > self._reload_every:
-                snap = self._load(previous=snap)
+            if force or moved or snap is None or time.monotonic() - snap.loaded_at > self._reload_every:
+                snap = self._load()
                 self._snap = snap
             return snap
 
-    def _load(self, previous: _Snapshot | None) -> _Snapshot:
+    def _load(self) -> _Snapshot:
         with self._read() as conn:
             rows = conn.execute(
                 sa.select(
                     signing_keys.c.kid,
                     signing_keys.c.alg,
                     signing_keys.c.public_jwk,
+                    signing_keys.c.private_enc,
                     signing_keys.c.status,
+                    signing_keys.c.retired_at,
                     signing_keys.c.publish_until,
                 )
                 .where(
@@ -246,12 +373,44 @@ class KeyStore:
                 )
                 .order_by(signing_keys.c.created_at, signing_keys.c.kid)
             ).all()
-        published = {r.kid: _Published(dict(r.public_jwk), _import(r.public_jwk, r.alg), r.status, r.publish_until)
-                     for r in rows}
-        active = {r.alg: r.kid for r in rows if r.status == "active"}  # the newest, should there be two
-        # Opened private keys never change under their kid: keep them across reloads.
-        kept = {k: v for k, v in (previous.private if previous else {}).items() if k in published}
-        return _Snapshot(time.monotonic(), active, published, kept)
+        longest = timedelta(seconds=self._token_ttl + self._reload_every + self._leeway)
+        published: dict[str, _Published] = {}
+        private: dict[str, SigningKey] = {}
+        for r in rows:
+            key = self._genuine(r.kid, r.alg, r.private_enc, dict(r.public_jwk))
+            if key is None:
+                continue
+            until = r.publish_until
+            if r.status == "retiring":
+                if r.retired_at is None:
+                    continue  # rotate() always says when: not a row it wrote
+                until = min(until, r.retired_at + longest) if until is not None else r.retired_at + longest
+            public = key.as_dict(private=False)  # derived from the sealed half, not the stored column
+            published[r.kid] = _Published(public, _import(public, r.alg), r.status, until)
+            private[r.kid] = key
+        active = {r.alg: r.kid for r in rows if r.status == "active" and r.kid in private}  # the newest
+        self._opened = {k: v for k, v in self._opened.items() if k in {r.kid for r in rows}}
+        return _Snapshot(time.monotonic(), active, published, private)
+
+    def _genuine(self, kid: str, alg: str, sealed: str | None, public_jwk: dict[str, Any]) -> SigningKey | None:
+        """The private key sealed in row ``kid`` when it opens under the data key (the kid as associated
+        data), names that kid and algorithm, and gives the row's public key; None (logged) otherwise.
+        Checked once per kid and row content (an RSA key costs about 50 ms to open)."""
+        seen = self._opened.get(kid)
+        if seen is not None and seen[0] == sealed and seen[1] == public_jwk:
+            return seen[2]
+        key: SigningKey | None = None
+        try:
+            if sealed is not None:
+                opened = _import(json.loads(self._cipher.open(sealed, kid.encode())), alg)
+                if opened.kid == kid and opened.get("alg") == alg and opened.as_dict(private=False) == public_jwk:
+                    key = opened
+        except (InvalidTag, ValueError, TypeError, KeyError, JoseError):
+            key = None
+        if key is None:
+            log.error("identity.keys.not_ours", extra={"kid": kid[:64], "alg": alg})
+        self._opened[kid] = (sealed, public_jwk, key)
+        return key
 
     def _active(self, conn: sa.Connection) -> dict[str, str]:
         rows = conn.execute(
@@ -276,15 +435,17 @@ class KeyStore:
                 is not None
             )
 
-    def _open(self, kid: str, alg: str) -> SigningKey:
-        with self._read() as conn:
-            sealed = conn.execute(
-                sa.select(signing_keys.c.private_enc).where(signing_keys.c.kid == kid)
-            ).scalar_one()
-        key = _import(json.loads(self._cipher.open(sealed, kid.encode())), alg)
-        if key.kid != kid or key.get("alg") != alg:
-            raise ValueError("sealed key does not match its kid and algorithm")
-        return key
+    def _key_row(self, kid: str, conn: sa.Connection | None = None) -> Any:
+        query = sa.select(signing_keys.c.alg, signing_keys.c.status).where(
+            signing_keys.c.kid == kid, signing_keys.c.alg.in_(SIGNING_ALGORITHMS), _TOKEN_KEYS)
+        if conn is None:
+            with self._read() as read:
+                row = read.execute(query).first()
+        else:
+            row = conn.execute(query).first()
+        if row is None:
+            raise LookupError(f"no token signing key {kid}")
+        return row
 
     def _generate(self, alg: str) -> SigningKey:
         params: dict[str, Any] = {"use": "sig", "alg": alg}
@@ -314,9 +475,62 @@ class KeyStore:
         # A read: on SQLite a deferred BEGIN, not the writers' BEGIN IMMEDIATE (quaygate/db.py).
         return self._engine.connect().execution_options(sqlite_begin="DEFERRED")
 
+    def _retire_due(self, conn: sa.Connection, now: datetime) -> int:
+        """Retiring token keys past their publication become retired, their private halves erased: nothing
+        signs with them again, and ``rotated_out`` needs only the public half. In its place the row keeps
+        that public half and its retirement sealed under the data key (``_retirement``), so that a public
+        key written into the table by someone without the data key is never taken for one of ours."""
+        due = conn.execute(
+            sa.select(signing_keys.c.kid, signing_keys.c.alg, signing_keys.c.public_jwk, signing_keys.c.private_enc,
+                      signing_keys.c.retired_at)
+            .where(signing_keys.c.status == "retiring", signing_keys.c.publish_until <= now, _TOKEN_KEYS)
+        ).all()
+        for r in due:
+            key = self._genuine(r.kid, r.alg, r.private_enc, dict(r.public_jwk))
+            sealed = None if key is None or r.retired_at is None else self._retirement(r.kid, r.alg, key, r.retired_at)
+            conn.execute(signing_keys.update().where(signing_keys.c.kid == r.kid, signing_keys.c.status == "retiring")
+                         .values(status="retired", private_enc=sealed))
+        return len(due)
+
+    def _retirement(self, kid: str, alg: str, key: SigningKey, retired_at: datetime) -> str:
+        """A retired key's public half and the time it was rotated out, sealed under the data key (the
+        kid and "retired" as associated data: neither a private half's seal nor another row's opens as
+        this one)."""
+        record = {"kid": kid, "alg": alg, "public_jwk": key.as_dict(private=False),
+                  "retired_at": _aware(retired_at).isoformat()}
+        return self._cipher.seal(json.dumps(record, sort_keys=True).encode(), kid.encode() + _RETIRED_AAD)
+
+    def _vouched(self, kid: str, alg: str, status: str, sealed: str | None, public_jwk: dict[str, Any],
+                 retired_at: datetime) -> bool:
+        """Is the rotated-out row ``kid`` ours? A retiring key's sealed private half must give its public
+        key (``_genuine``); a retired key's seal must be its retirement record (``_retirement``) naming the
+        same kid, algorithm, public key and time, or, for a key retired before its private half was erased,
+        that private half. Logged when not."""
+        if status == "retiring" or sealed is None:
+            return sealed is not None and self._genuine(kid, alg, sealed, public_jwk) is not None
+        try:
+            record = json.loads(self._cipher.open(sealed, kid.encode() + _RETIRED_AAD))
+        except (InvalidTag, ValueError, TypeError):
+            return self._genuine(kid, alg, sealed, public_jwk) is not None
+        expected = {"kid": kid, "alg": alg, "public_jwk": public_jwk, "retired_at": _aware(retired_at).isoformat()}
+        if record == expected:
+            return True
+        log.error("identity.keys.not_ours", extra={"kid": kid[:64], "alg": alg})
+        return False
+
     def _take_lock(self, conn: sa.Connection) -> None:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LOCK_ID)))
+
+
+
+
+_RETIRED_AAD = b"|retired"  # a retired key's seal (``KeyStore._retirement``), never a private half's
+
+
+def _aware(at: datetime) -> datetime:
+    """``at`` in UTC with its zone (SQLite gives back naive UTC datetimes)."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def _checked(algs: Iterable[str] | None) -> list[str]:

@@ -28,6 +28,12 @@ what the removal stops, and how:
   review 122, finding 3: an officer's code outlived him by up to 30 days). A dated one's codes were
   capped at its end when issued (enrolment.issue_code), so its expiry finds them expired already; a
   standing role given an end caps the codes he issued before at it (``codes_follow_end``).
+- Webhooks. A subscription he made in the company's console (release_service.services.webhooks) is
+  closed once no role of his there lets him act for it (dispatcher, org_admin), its queued deliveries
+  cancelled, each on the trail (``release.webhook.subscription.closed``, reason ``creator_role_removed``
+  or ``creator_role_expired``) and named in the removal's or the expiry's entry
+  (``webhook_subscriptions_closed``; webhook review, finding 1: a dated dispatcher's subscription to a
+  server of his went on carrying the company's events after his role ended). A machine client's stays.
 - Caches. None holds memberships: the gate's facts carry badges, their holders' status and bans, not
   roles (release_service/adapters/gate_facts.py), and nomination reads the links from the database. So
   nothing is touched (quaygate/invalidation.py); a cache that came to hold them would have to be.
@@ -60,6 +66,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -69,7 +76,9 @@ from quaygate.schema import grants as grant_rows
 from quaygate.schema import memberships, oauth_clients, persons
 from release_service.adapters.outbox import SqlOutbox
 from release_service.adapters.sqla.directory import SqlDirectory
+from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.ports import PublishedEvent
+from release_service.services import webhooks
 
 from . import audit
 from .authn import enrolment
@@ -86,6 +95,9 @@ PRIVILEGED_ROLE_EXPIRED = "privileged_role_expired"
 EXPIRY_ACTOR = {"client_id": "system:membership-expiry"}
 EXPIRED_KIND = "identity.membership.expired"
 EXPIRY_BATCH = 100
+# Why a webhook subscription he made was closed (release_service.services.webhooks ``creator_left``).
+HOOKS_ROLE_REMOVED = "creator_role_removed"
+HOOKS_ROLE_EXPIRED = "creator_role_expired"
 
 
 class MembershipRefused(Exception):
@@ -103,6 +115,7 @@ class Removed:
 
     grants_revoked: int
     enrolment_codes_ended: int = 0  # the live codes he issued, when the role let him issue them
+    webhook_subscriptions_closed: tuple[uuid.UUID, ...] = ()  # he made them; no role of his there acts now
 
 
 def remove_membership(engine: sa.Engine, *, grants: GrantStore, person_id: uuid.UUID, organisation_id: uuid.UUID,
@@ -135,13 +148,30 @@ def remove_membership(engine: sa.Engine, *, grants: GrantStore, person_id: uuid.
         if role in c.PRIVILEGED_ROLES:
             revoked = revoke_carriers(conn, grants, person_id, organisation_id, now)
         codes = enrolment.end_issued_codes(conn, person_id, now=now) if role in enrolment.ISSUING_ROLES else 0
+        hooks = close_webhooks_made_by(conn, person_id, organisation_id, reason=HOOKS_ROLE_REMOVED,
+                                       actor=audit.actor_fields(actor), now=now)
         audit.record("identity.admin.membership.removed", at=now, actor=audit.actor_fields(actor),
                      subject=str(person_id), conn=conn,
                      data={"organisation_id": str(organisation_id), "role": role,
                            "given_at": given.created_at.isoformat(), "grants_revoked": revoked,
-                           "enrolment_codes_ended": codes})
+                           "enrolment_codes_ended": codes, "webhook_subscriptions_closed": [str(h) for h in hooks]})
     log.info("identity.membership.removed")
-    return Removed(revoked, codes)
+    return Removed(revoked, codes, hooks)
+
+
+def close_webhooks_made_by(conn: sa.Connection, person_id: uuid.UUID, organisation_id: uuid.UUID | None, *,
+                           reason: str, actor: dict[str, Any], now: datetime) -> tuple[uuid.UUID, ...]:
+    """Close the webhook subscriptions the person made for ``organisation_id`` if no role of his still in
+    force there lets him act for it (module docstring), or for every organisation (None: a suspension,
+    identity.authn.cutoff), in the caller's transaction, after it took his row's lock: a subscription he
+    was making meanwhile waited for it (release_service.services.webhooks ``create_subscription``)."""
+    left: list[str] = []
+    if organisation_id is not None:
+        left = list(conn.execute(sa.select(memberships.c.role).where(
+            memberships.c.person_id == person_id, memberships.c.organisation_id == organisation_id,
+            schema.membership_in_force(now))).scalars())
+    return webhooks.creator_left(SqlUnitOfWork.on(conn), person_id, organisation_id, roles_left=left,
+                                 reason=reason, by=actor, now=now)
 
 
 def codes_follow_end(conn: sa.Connection, person_id: uuid.UUID, role: str, until: datetime | None, *,
@@ -245,6 +275,8 @@ def _expire(engine: sa.Engine, grants: GrantStore, person_id: uuid.UUID, organis
                                    reason=PRIVILEGED_ROLE_EXPIRED) if role in c.PRIVILEGED_ROLES else 0
         codes = enrolment.end_issued_codes(conn, person_id, now=now) if role in enrolment.ISSUING_ROLES else 0
         live = SqlDirectory(conn).live_nominations(person_id, organisation_id, now=now) if role == DRIVER_ROLE else []
+        hooks = close_webhooks_made_by(conn, person_id, organisation_id, reason=HOOKS_ROLE_EXPIRED,
+                                       actor=EXPIRY_ACTOR, now=now)
         SqlOutbox(conn).publish([PublishedEvent(
             id=uuid.uuid4(), type=ALERT_EVENT, release_id=rid, at=now, audience=frozenset({organisation_id}),
             payload={"driver_person_id": str(person_id), "screening": "membership_expired",
@@ -253,7 +285,8 @@ def _expire(engine: sa.Engine, grants: GrantStore, person_id: uuid.UUID, organis
                      data={"organisation_id": str(organisation_id), "role": role,
                            "given_at": gone.created_at.isoformat(), "valid_until": gone.valid_until.isoformat(),
                            "grants_revoked": revoked, "enrolment_codes_ended": codes,
-                           "live_nominations": [str(r) for r in live]})
+                           "live_nominations": [str(r) for r in live],
+                           "webhook_subscriptions_closed": [str(h) for h in hooks]})
     log.info("identity.membership.expired")
     if live:
         log.warning("identity.membership.expired.live_nominations")

@@ -9,14 +9,23 @@ and its history, but:
   (refresh tokens) are revoked, and every access token issued to them up to now is refused
   (``RevocationList.revoke_client``);
 - it receives no new release rights, transfers or nominations (``organisation_inactive``, checked by
-  the release engine: release_service.services.common.receiving_organisation);
+  the release engine: release_service.services.common.organisation_kind), and a transfer it sent is not
+  accepted (``organisation_inactive``);
+- what it set in motion stops (review 130, finding 1; release_service.services.holders, run here on this
+  transaction's connection): each transfer it sent or was sent that is still pending is cancelled
+  (``release.transfer.cancelled``, reason ``organisation_deactivated``), and the line of each live right
+  it holds hears (``release.holder_deactivated``) so that it may revoke or re-issue it; the gate refuses
+  those rights (``holder_inactive``, not overridable; every cached copy of the gate's rights facts is
+  invalidated: ``quaygate.invalidation.HOLDERS``), and no offline gate pass is issued for them;
 - the enrolment codes issued by its members who hold a role there that issues them (a terminal's
   security desk) end (identity.authn.enrolment ``end_codes_issued_in``; review 124, finding 5: those
   roles counted nowhere, but their codes lived on, up to 30 days). An issue in flight share-locks the
   organisation's row, so the deactivation's UPDATE waits for it and then ends its code.
 
-Reactivation lifts the first and the last; revoked tokens stay revoked (the clients ask for new ones),
-and ended enrolment codes stay ended (the officers issue new ones).
+Reactivation lifts the first, the gate's refusal (the facts invalidated again; the lines hear:
+``release.holder_reactivated``) and the rest; revoked tokens stay revoked (the clients ask for new ones),
+ended enrolment codes stay ended (the officers issue new ones), and cancelled transfers stay cancelled
+(the sender sends again).
 Both are one conditional UPDATE (``WHERE active = <the other state>``): two officers at once give one
 change and one ``status_unchanged``. Each says who, when and why: on the row (the last change) and on
 the audit trail (every change: ``identity.admin.organisation.deactivated`` / ``.reactivated``).
@@ -33,8 +42,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from quaygate.schema import grants as grants_table
+from quaygate.invalidation import HOLDERS, touch
 from quaygate.schema import memberships, oauth_clients, organisations
+from release_service.adapters.sqla.uow import SqlUnitOfWork
+from release_service.services import holders
 
 from . import audit
 from .authn import enrolment
@@ -45,6 +56,7 @@ from .memberships import revoke_carriers
 log = logging.getLogger(__name__)
 
 REASON_MAX = 500
+PORT_SECURITY = "port_security"  # the ``kind`` of who acted, on the release rights' events
 
 
 class OrganisationRefused(Exception):
@@ -62,6 +74,8 @@ class StatusChanged:
     clients: tuple[str, ...]  # the organisation's clients (their tokens were revoked on deactivation)
     grants_revoked: int
     enrolment_codes_ended: int = 0  # issued by its officers (on deactivation)
+    rights: tuple[uuid.UUID, ...] = ()  # the release rights it held or was sent whose lines were told
+    transfers_cancelled: int = 0  # pending transfers it sent or was sent (on deactivation)
 
 
 def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID, *, active: bool,
@@ -96,7 +110,8 @@ def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID
                                      .order_by(oauth_clients.c.client_id)).scalars())
         if not active:
             for client_id in clients:
-                revoked += _revoke_tokens(conn, grants, client_id, now=now, access_token_ttl=access_token_ttl)
+                revoked += grants.revoke_client_tokens(conn, client_id, reason="organisation_deactivated", now=now,
+                                                       access_token_ttl=access_token_ttl)
             # Its members' privileged roles (a console role at a terminal's security desk) count nowhere
             # now (grants.HOLDER_MEMBERSHIPS): the grants whose tokens carry them go at once, as on a
             # removal, at clients bound to no organisation too (review 108).
@@ -108,28 +123,32 @@ def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID
                                            reason="organisation_deactivated")
             # After the UPDATE, in a statement of its own: an issue that held it up is seen (module docstring).
             codes = enrolment.end_codes_issued_in(conn, organisation_id, now=now)
+        # The rights it set in motion, after the UPDATE (a transfer accepted meanwhile is waited for on the
+        # right's lock, then seen as it ended), and every cached copy of the gate's rights facts, which carry
+        # their holder's status (release_service.adapters.gate_facts): pending before the commit, replaced after.
+        moved = holders.status_changed(SqlUnitOfWork.on(conn), organisation_id, active=active,
+                                       by=_release_actor(actor), now=now)
+        touch(conn, HOLDERS)
         kind = "identity.admin.organisation." + ("reactivated" if active else "deactivated")
-        data: dict[str, Any] = {"reason": reason, "clients": list(clients), "grants_revoked": revoked}
+        data: dict[str, Any] = {"reason": reason, "clients": list(clients), "grants_revoked": revoked,
+                                "rights": [str(r) for r in moved.rights]}
         if not active:
             data["enrolment_codes_ended"] = codes
+            data["transfers_cancelled"] = moved.transfers_cancelled
         audit.record(kind, at=now, actor=audit.actor_fields(actor), subject=str(organisation_id), conn=conn,
                      data=data)
     if on_change is not None:
         on_change()
     log.info("identity.organisation.%s", "reactivated" if active else "deactivated")
-    return StatusChanged(organisation_id, active, clients, revoked, codes)
+    return StatusChanged(organisation_id, active, clients, revoked, codes, moved.rights, moved.transfers_cancelled)
 
 
-def _revoke_tokens(conn: sa.Connection, grants: GrantStore, client_id: str, *, now: datetime,
-                   access_token_ttl: int) -> int:
-    """As ClientManagement.deactivate does for one client, without deactivating the client itself
-    (reactivating the organisation brings its clients back as they were)."""
-    ids = conn.execute(sa.select(grants_table.c.id).where(grants_table.c.client_id == client_id,
-                                                          grants_table.c.revoked_at.is_(None))).scalars().all()
-    for gid in ids:
-        grants.revoke_grant(conn, gid, reason="organisation_deactivated", now=now)
-    grants.revocations.revoke_client(conn, client_id, now=now, token_ttl=access_token_ttl)
-    return len(ids)
+def _release_actor(actor: str) -> dict[str, str | None]:
+    """Port security, as the release rights' events name who acted (release_service.domain.parties
+    ``Actor.as_dict``): no organisation, a person only when one acted in a console."""
+    fields = audit.actor_fields(actor)
+    return {"client_id": fields["client_id"], "organisation_id": None, "kind": PORT_SECURITY,
+            "person_id": fields.get("person_id")}
 
 
 def status_fields(row: Any) -> dict[str, Any]:

@@ -17,12 +17,13 @@ same numbers; the in-process cache otherwise (one replica). Three parts:
   never two (STYLE.md #4); failures while locked are not counted (check() refuses those attempts
   anyway).
 - ``RateLimitMiddleware`` (``install(app)``): POSTs to the OAuth endpoints (token, PAR,
-  introspection, revocation, registration) and to /webauthn/authentication/verify are limited per
-  client address (an IPv6 address by its /64, and by its /48 too: ``address_keys``), and the OAuth
-  ones also per client_id (from the Basic header or the form, read from a small buffered copy of the
-  body that is replayed to the route). A passkey login's options are not: they store nothing
-  (identity.authn.flows), and a count of them would be the one write an anonymous caller could make
-  there (review 67, finding 4).
+  introspection, revocation, registration), requests of every method under /oauth2/register (RFC 7592's
+  GET, PUT and DELETE of a client, which an anonymous caller can send: review 129, finding 2) and POSTs
+  to /webauthn/authentication/verify are limited per client address (an IPv6 address by its /64, and by
+  its /48 too: ``address_keys``), and the OAuth ones also per client_id (from the Basic header or the
+  form, read from a small buffered copy of the body that is replayed to the route). A passkey login's
+  options are not: they store nothing (identity.authn.flows), and a count of them would be the one
+  write an anonymous caller could make there (review 67, finding 4).
 
 Networks. One IPv6 customer is routinely handed a /48 (RFC 6177 §2; a tunnel broker gives one away):
 65 536 /64s, each with a per-address allowance of its own, and each making Redis hold counters of its
@@ -88,6 +89,22 @@ and then, one INCR (no database round trip), and client authentication answers a
 429 ``slow_down``, once its allowance is spent (review 120, finding 4: such requests were not counted
 at all). The common case, a client the middleware read, keeps the early refusal and costs nothing more.
 
+Client secrets (review 129, finding 1). A client secret is checked with scrypt (identity.clients: about
+50 ms of CPU and 16 MiB each), on the few threads the token endpoint shares with the passkey login and
+the gate's database way (quaygate/threads.py): within the per-address allowance above, one address could
+keep them all busy with wrong secrets. So client-secret failures (a wrong secret for a client of ours,
+or a client_id we do not know: ``client_secret_failed``) have a budget of their own per address
+(``rate_limit_secret_failures_per_address``, 10 per window) and per IPv6 /48
+(``rate_limit_secret_failures_per_network``, 100; never below the per-address one), read before any
+secret is hashed (``secret_failures_spent``): once it is spent, the request is answered 429
+``slow_down`` with Retry-After and nothing is hashed. Only failures count: a client that presents its
+own secret spends none of it, and a secret that matched before is recognised without scrypt
+(identity.clients ``SecretChecker``), so a legitimate client behind an address that an attacker spent
+still gets its tokens. The budget is read, then counted after the hash: requests hashing at the moment
+it is spent may pass it, at most as many as there are hashing slots (``SecretChecker``, half the
+worker threads), which bounds the hashes at once in any case. With the limits off nothing is counted.
+Keys: one more counter per address (and /48) that failed, ``secret:addr:`` and ``secret:net:``.
+
 The client address is the ASGI ``client``, as ``quaygate serve`` has uvicorn set it: the peer's, or,
 on a request from a proxy named in QUAYGATE_FORWARDED_ALLOW_IPS (or ``quaygate serve
 --forwarded-allow-ips``), the X-Forwarded-For address that proxy vouches for. Behind a reverse proxy,
@@ -121,12 +138,15 @@ log = logging.getLogger(__name__)
 
 # Defaults; the settings (quaygate/settings.py) override them through ``limits_from_settings``:
 # rate_limit_enabled, rate_limit_window, rate_limit_per_address, rate_limit_per_network,
-# rate_limit_per_client, login_attempts_per_address, login_attempts_per_network,
-# login_failures_before_lockout, login_failure_window, lockout_seconds, lockout_max_seconds.
+# rate_limit_per_client, rate_limit_secret_failures_per_address, rate_limit_secret_failures_per_network,
+# login_attempts_per_address, login_attempts_per_network, login_failures_before_lockout,
+# login_failure_window, lockout_seconds, lockout_max_seconds.
 RATE_LIMIT_WINDOW = 60  # seconds
 RATE_LIMIT_PER_ADDRESS = 600  # POSTs to the limited endpoints per address and window
 RATE_LIMIT_PER_NETWORK = 6000  # the same, per IPv6 /48 (``address_keys``): ten /64s at their limit
 RATE_LIMIT_PER_CLIENT = 1200  # authenticated requests per client_id and window
+SECRET_FAILURES_PER_ADDRESS = 10  # client secrets refused (or unknown clients) per address and window
+SECRET_FAILURES_PER_NETWORK = 100  # the same, per IPv6 /48
 LOGIN_ATTEMPTS_PER_ADDRESS = 60  # login attempts (check()) per address and window
 LOGIN_ATTEMPTS_PER_NETWORK = 600  # the same, per IPv6 /48
 LOGIN_FAILURES_BEFORE_LOCKOUT = 5  # failures of one person within the failure window
@@ -137,6 +157,9 @@ LOCKOUT_LEVEL_MEMORY = 86_400  # how long the doubling remembers earlier lockout
 
 OAUTH_PATHS = frozenset({"/oauth2/token", "/oauth2/par", "/oauth2/introspect", "/oauth2/revoke",
                          "/oauth2/register"})
+# Registration (RFC 7591) and the management of a registered client (RFC 7592, /oauth2/register/{id}):
+# counted whatever the method, as the OAuth family.
+REGISTRATION_PREFIX = "/oauth2/register"
 # The passkey login's verify; its options store nothing and are not counted (module docstring).
 WEBAUTHN_LOGIN_PATHS = frozenset({"/webauthn/authentication/verify"})
 MAX_SNIFFED_BODY = 16_384  # bytes of a form body read for its client_id; longer bodies pass unread
@@ -150,6 +173,8 @@ class Limits:
     per_address: int = RATE_LIMIT_PER_ADDRESS
     per_network: int = RATE_LIMIT_PER_NETWORK
     per_client: int = RATE_LIMIT_PER_CLIENT
+    secret_failures_per_address: int = SECRET_FAILURES_PER_ADDRESS
+    secret_failures_per_network: int = SECRET_FAILURES_PER_NETWORK
     login_attempts_per_address: int = LOGIN_ATTEMPTS_PER_ADDRESS
     login_attempts_per_network: int = LOGIN_ATTEMPTS_PER_NETWORK
     failures_before_lockout: int = LOGIN_FAILURES_BEFORE_LOCKOUT
@@ -167,12 +192,18 @@ class Limits:
     def login_network_limit(self) -> int:
         return max(self.login_attempts_per_network, self.login_attempts_per_address)
 
+    @property
+    def secret_failure_network_limit(self) -> int:
+        return max(self.secret_failures_per_network, self.secret_failures_per_address)
+
 
 def limits_from_settings(settings: Any) -> Limits:
     """Limits from ``settings.rate_limit_*`` / ``login_*`` / ``lockout_*`` where present, else defaults."""
     defaults = Limits()
     names = {"enabled": "rate_limit_enabled", "window": "rate_limit_window", "per_address": "rate_limit_per_address",
              "per_network": "rate_limit_per_network", "per_client": "rate_limit_per_client",
+             "secret_failures_per_address": "rate_limit_secret_failures_per_address",
+             "secret_failures_per_network": "rate_limit_secret_failures_per_network",
              "login_attempts_per_address": "login_attempts_per_address",
              "login_attempts_per_network": "login_attempts_per_network",
              "failures_before_lockout": "login_failures_before_lockout", "failure_window": "login_failure_window",
@@ -260,11 +291,18 @@ class RateLimiter:
         retry, (raw,) = self.count(key, limit, window, wider=wider, peeks=[peek], now=now)
         return _retry_after(remaining) if raw is not None and int(raw) >= other_limit else retry
 
-    def exceeded(self, key: str, limit: int, window: int) -> int | None:
-        """Like hit() without counting: has ``key`` already used up its allowance in this window?"""
-        name, remaining = self._window(key, window, self._now())
-        raw = self._cache.get(name)
-        return None if raw is None or int(raw) < limit else _retry_after(remaining)
+    def exceeded(self, key: str, limit: int, window: int, *, wider: Wider | None = None) -> int | None:
+        """Like hit() without counting: has ``key`` (or ``wider``) already used up its allowance in this
+        window? One round trip either way."""
+        now = self._now()
+        name, remaining = self._window(key, window, now)
+        if wider is None:
+            raw = self._cache.get(name)
+            return None if raw is None or int(raw) < limit else _retry_after(remaining)
+        counts = self._cache.get_many([name, self._window(wider.key, window, now)[0]])
+        limits = (limit, wider.limit)
+        spent = any(raw is not None and int(raw) >= most for raw, most in zip(counts, limits, strict=True))
+        return _retry_after(remaining) if spent else None
 
 
 def _retry_after(remaining: float) -> int:
@@ -445,7 +483,11 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def _family(path: str) -> str | None:
+def _family(path: str, method: str | None) -> str | None:
+    if path == REGISTRATION_PREFIX or path.startswith(REGISTRATION_PREFIX + "/"):
+        return "oauth"
+    if method != "POST":
+        return None
     if path in OAUTH_PATHS:
         return "oauth"
     if path in WEBAUTHN_LOGIN_PATHS:
@@ -493,15 +535,27 @@ def client_id_from_form(body: bytes) -> str | None:
     return values[0] if len(values) == 1 and 0 < len(values[0]) <= MAX_CLIENT_ID_LENGTH else None
 
 
+def _nothing_spent() -> int | None:
+    return None
+
+
+def _count_nothing() -> None:
+    return None
+
+
 @dataclass
 class _Authentication:
     """The middleware's cell for one OAuth request: the client whose allowance it checked before the
     route (``guessed``, or None), how to count a client it did not check (``hit``: None, or the seconds
-    to wait), and whether the guessed client authenticated (then counted after the route)."""
+    to wait), and whether the guessed client authenticated (then counted after the route). And the
+    request's address's budget of client-secret failures: ``secrets_spent`` (None, or the seconds to
+    wait) and ``secret_failed`` (count one)."""
 
     guessed: str | None
     hit: Callable[[str], int | None]
     guessed_authenticated: bool = False
+    secrets_spent: Callable[[], int | None] = _nothing_spent
+    secret_failed: Callable[[], None] = _count_nothing
 
 
 # Set by the middleware for every request to the OAuth endpoints; None elsewhere (nothing to tell).
@@ -526,20 +580,40 @@ def client_authenticated(client_id: str) -> int | None:
     return retry
 
 
+def secret_failures_spent() -> int | None:
+    """Before a client secret is hashed: None to go on, else the seconds to wait, for this request's
+    address (or its /48) has had its allowance of client-secret failures in this window (module
+    docstring, "Client secrets"): answer 429 ``slow_down`` and hash nothing."""
+    cell = _authenticated.get()
+    retry = None if cell is None else cell.secrets_spent()
+    if retry is not None:
+        log.info("identity.ratelimit.refused.secret_failures")
+    return retry
+
+
+def client_secret_failed() -> None:
+    """A client secret was refused, or named an unknown client: count it against this request's
+    address (and its /48). Nothing when the limits are off."""
+    cell = _authenticated.get()
+    if cell is not None:
+        cell.secret_failed()
+
+
 class RateLimitMiddleware:
-    """Pure ASGI: limits POSTs to the login and token endpoints before the route runs."""
+    """Pure ASGI: limits POSTs to the login and token endpoints, and every request to the registration
+    endpoints, before the route runs."""
 
     def __init__(self, app: ASGIApp, *, limits: Limits | None = None) -> None:
         self.app = app
         self._limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         root = scope.get("root_path", "")
         path = scope["path"][len(root):] if root and scope["path"].startswith(root) else scope["path"]
-        family = _family(path)
+        family = _family(path, scope.get("method"))
         owner = scope.get("app")
         if family is None or owner is None or getattr(owner.state, "container", None) is None:
             await self.app(scope, receive, send)
@@ -580,7 +654,17 @@ class RateLimitMiddleware:
         def hit(authenticated: str) -> int | None:  # in the route's thread, once its client authenticated
             return limiter.hit(f"ep:client:{authenticated}", limits.per_client, limits.window)
 
-        cell = _Authentication(client_id, hit)
+        failures = f"secret:addr:{address}"
+        failures_wider = (None if network is None
+                          else Wider(f"secret:net:{network}", limits.secret_failure_network_limit))
+
+        def secrets_spent() -> int | None:  # in the route's thread, before a secret is hashed
+            return limiter.exceeded(failures, limits.secret_failures_per_address, limits.window, wider=failures_wider)
+
+        def secret_failed() -> None:
+            limiter.hit(failures, limits.secret_failures_per_address, limits.window, wider=failures_wider)
+
+        cell = _Authentication(client_id, hit, secrets_spent=secrets_spent, secret_failed=secret_failed)
         token = _authenticated.set(cell)
         try:
             await self.app(scope, receive, send)

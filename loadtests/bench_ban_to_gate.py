@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_bans import national_number  # noqa: E402
 from bench_gate import _serve, seed  # noqa: E402
-from bench_identity import _free_port, _wait  # noqa: E402
+from bench_identity import BENCH_SECRETS, _free_port, _wait  # noqa: E402
 
 from identity.bans.persons import set_national_id  # noqa: E402
 from identity.bootstrap import create_client  # noqa: E402
@@ -82,7 +82,7 @@ def main() -> int:  # noqa: PLR0915 - one scenario, printed as it goes
                                                now=now)
         engine.dispose()
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "QUAYGATE_DATABASE_URL": url, "QUAYGATE_REDIS_URL": args.redis_url,
+            env = {**os.environ, **BENCH_SECRETS, "QUAYGATE_DATABASE_URL": url, "QUAYGATE_REDIS_URL": args.redis_url,
                    "QUAYGATE_ISSUER": issuer, "QUAYGATE_VAR_DIR": tmp, "QUAYGATE_BACKGROUND_WORKERS": "false",
                    "QUAYGATE_LOG_LEVEL": "WARNING", "QUAYGATE_PEPPER": PEPPER,
                    "QUAYGATE_BAN_REGISTER_JWK": json.dumps(key.as_dict(private=False)),

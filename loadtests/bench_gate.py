@@ -57,7 +57,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from bench_identity import _free_port, _wait, cpu_seconds  # noqa: E402
+from bench_identity import BENCH_SECRETS, _free_port, _wait, cpu_seconds  # noqa: E402
 
 from gate_adapters.runtime.client import ClientCredentials  # noqa: E402
 from gate_adapters.runtime.dpop import DPoPKey  # noqa: E402
@@ -284,7 +284,7 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
         upgrade(url)
         seed_data = seed(url, args.rights)
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "QUAYGATE_DATABASE_URL": url, "QUAYGATE_REDIS_URL": args.redis_url,
+            env = {**os.environ, **BENCH_SECRETS, "QUAYGATE_DATABASE_URL": url, "QUAYGATE_REDIS_URL": args.redis_url,
                    "QUAYGATE_ISSUER": issuer, "QUAYGATE_VAR_DIR": tmp, "QUAYGATE_BACKGROUND_WORKERS": "false",
                    "QUAYGATE_LOG_LEVEL": "WARNING", "QUAYGATE_ACCESS_TOKEN_TTL": "3600",
                    "QUAYGATE_RATE_LIMIT_PER_ADDRESS": "1000000000", "QUAYGATE_RATE_LIMIT_PER_CLIENT": "1000000000"}

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from bench_gate import _serve, run_locust, seed  # noqa: E402
-from bench_identity import _free_port, _wait  # noqa: E402
+from bench_identity import BENCH_SECRETS, _free_port, _wait  # noqa: E402
 
 from identity.domain.badges import Scheme, with_check  # noqa: E402
 from quaygate.db import create_database, drop_database, make_engine  # noqa: E402
@@ -107,7 +107,7 @@ def main() -> int:
         data = seed(url, args.rights)
         rush = seed_rush(url, data, args.lanes)
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "QUAYGATE_DATABASE_URL": url, "QUAYGATE_REDIS_URL": args.redis_url,
+            env = {**os.environ, **BENCH_SECRETS, "QUAYGATE_DATABASE_URL": url, "QUAYGATE_REDIS_URL": args.redis_url,
                    "QUAYGATE_ISSUER": issuer, "QUAYGATE_VAR_DIR": tmp, "QUAYGATE_BACKGROUND_WORKERS": "false",
                    "QUAYGATE_LOG_LEVEL": "WARNING", "QUAYGATE_ACCESS_TOKEN_TTL": "3600",
                    "QUAYGATE_RATE_LIMIT_PER_ADDRESS": "1000000000", "QUAYGATE_RATE_LIMIT_PER_CLIENT": "1000000000"}

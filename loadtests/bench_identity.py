@@ -13,9 +13,11 @@ second and per CPU core, beside the bare endpoint's rate measured in the same ru
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -57,6 +59,10 @@ SCENARIOS = [
 # Keycloak's published sizing ("Concepts for sizing CPU and memory resources", Keycloak 26): per vCPU,
 # 15 password-based user logins/s, 120 client-credentials grants/s and 120 refresh-token requests/s.
 # The rate limits would otherwise cap a single load generator's address within a second.
+# Dev mode on PostgreSQL makes no secrets of its own (quaygate/settings.py, review 132): the bench servers
+# are given these, made per run.
+BENCH_SECRETS = {"QUAYGATE_DATA_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+                 "QUAYGATE_PEPPER": secrets.token_urlsafe(32)}
 NO_LIMITS = {"QUAYGATE_RATE_LIMIT_PER_ADDRESS": "1000000000", "QUAYGATE_RATE_LIMIT_PER_CLIENT": "1000000000",
              "QUAYGATE_LOGIN_ATTEMPTS_PER_ADDRESS": "1000000000"}
 
@@ -217,7 +223,8 @@ def main() -> int:
         upgrade(url)
         with tempfile.TemporaryDirectory() as tmp:
             seed_data, people = seed(url, issuer, args.users)
-            env = {**os.environ, **NO_LIMITS, "QUAYGATE_DATABASE_URL": url, "QUAYGATE_REDIS_URL": args.redis_url,
+            env = {**os.environ, **BENCH_SECRETS, **NO_LIMITS, "QUAYGATE_DATABASE_URL": url,
+                   "QUAYGATE_REDIS_URL": args.redis_url,
                    "QUAYGATE_ISSUER": issuer, "QUAYGATE_VAR_DIR": tmp, "QUAYGATE_BACKGROUND_WORKERS": "false",
                    "QUAYGATE_LOG_LEVEL": "WARNING"}
             log = Path(tmp) / "server.log"

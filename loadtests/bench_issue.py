@@ -10,7 +10,9 @@ serialisation, the transaction, events, audit rows and the outbox all count). Ta
 from __future__ import annotations
 
 import argparse
+import base64
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -42,7 +44,10 @@ def main() -> int:
     try:
         upgrade(url)
         with tempfile.TemporaryDirectory() as tmp:
-            settings = Settings(database_url=url, var_dir=Path(tmp), background_workers=False)
+            settings = Settings(database_url=url, var_dir=Path(tmp), background_workers=False,
+                                # dev mode on PostgreSQL makes no secrets of its own (review 132)
+                                data_key=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+                                pepper=secrets.token_urlsafe(32))
             container = Container.build(settings)
             now = datetime.now(UTC)
             line, fwd = uuid.uuid4(), uuid.uuid4()

@@ -48,7 +48,7 @@ from . import limits, solo
 from .container import Container
 from .dataset import UnsuitableRedis
 from .loopdb import LoopDatabase
-from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event
+from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event, metrics_may_read
 from .routing import BIG_BODY_FACTOR, ExactRoutes, include
 from .settings import DEFAULT_BODY_SECONDS, Mode, Settings
 from .threads import ThreadPool
@@ -248,6 +248,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             gate_facts = start_gate_facts(built)  # issue 5: the gate's facts in Redis, when configured
             if gate_facts:
                 started.callback(_stop_gate_facts, built, gate_facts, own=own_facts)
+                app.state.metrics.watch_gate_facts(gate_facts)
             if settings.background_workers:
                 workers = BackgroundWorkers(built, metrics=app.state.metrics)
                 workers.start()
@@ -263,6 +264,13 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             if settings.mode is not Mode.PRODUCTION:
                 log_event(log, "quaygate.start.dev_mode", mode=settings.mode.value,
                           warning="NOT FOR PRODUCTION: dev secrets in var/, demo data")
+            app.state.metrics.note_safeguards(settings.safeguards_off)  # on /metrics: quaygate_safeguard_off
+            if settings.ban_screening == "off":  # review 132, finding 3: on purpose, and said at every start
+                log.warning("quaygate.start.ban_screening_off", extra={"fields": {
+                    "warning": "QUAYGATE_BAN_SCREENING=off: no port-ban register, every driver screens clear"}})
+            if settings.audit_witness_declined:  # review 132, finding 10
+                log.warning("quaygate.start.audit_witness_none", extra={"fields": {
+                    "warning": "QUAYGATE_AUDIT_WITNESS=none: a trail cut back and sealed again goes unseen"}})
             log_event(log, "quaygate.start", database=built.engine.dialect.name,
                       cache="redis" if settings.redis_url else "memory")
             if container is None and built.settings.gc_freeze:
@@ -283,6 +291,12 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         description=BODY_LIMITS,
         lifespan=lifespan,
         openapi_url="/openapi.json",
+        # No Swagger UI or ReDoc pages: they load unpinned CDN scripts on the provider's own origin, with
+        # no CSP, where a compromised CDN could read authorization codes (review 128, finding 2). The
+        # document itself stays at /openapi.json (and in openapi/) for any viewer run elsewhere.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
         max_body_size=settings.max_body_bytes,  # routes that take more say so (quaygate/limits.py)
     )
     metrics = Metrics()
@@ -314,8 +328,16 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
                             status_code=200 if ready else 503)
 
+    metrics_token = settings.metrics_token.get_secret_value().encode() if settings.metrics_token else None
+    metrics_open = settings.mode is not Mode.PRODUCTION
+
     @app.get("/metrics", tags=["operations"], operation_id="metrics", include_in_schema=False)
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
+        if not metrics_may_read(request, metrics_token, open_=metrics_open):
+            if metrics_token is not None:
+                return problems.problem(401, "unauthorized", "/metrics needs its bearer token.",
+                                        headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+            return problems.problem(404, "not_found", "Not found.")
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # FastAPI tries routes in this order, about 3 microseconds each through included routers (measured:

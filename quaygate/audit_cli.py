@@ -1,4 +1,4 @@
-"""``quaygate audit verify|seal|export-key``: the audit trail from the command line.
+"""``quaygate audit verify|seal|export-key|rotate-key``: the audit trail from the command line.
 
 ``verify --public-key FILE`` is the authority's own check: the checkpoints are verified against the
 key it was given out of band, never against a key read from the database it is checking.
@@ -21,11 +21,11 @@ from release_service.adapters.audit import (
     ensure_audit_key,
     export_public_key,
     read_witness,
+    rotate_audit_key,
     verify_trail,
 )
 from release_service.domain.audit_chain import Checkpoint, Report, age_text, iso_utc
 
-from .crypto import DataCipher
 from .db import make_engine
 from .settings import Settings
 
@@ -113,7 +113,7 @@ def cmd_verify(settings: Settings, public_key_file: str | None, checkpoint_files
 def cmd_seal(settings: Settings) -> int:
     engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
     try:
-        sealer = AuditSealer(engine, DataCipher(settings.data_key_bytes()), witness=settings.audit_witness)
+        sealer = AuditSealer(engine, settings.data_cipher(), witness=settings.audit_witness)
         sealed = sealer.seal_once(datetime.now(UTC))
     finally:
         engine.dispose()
@@ -127,7 +127,7 @@ def cmd_seal(settings: Settings) -> int:
 
 def cmd_export_key(settings: Settings) -> int:
     engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
-    cipher = DataCipher(settings.data_key_bytes())
+    cipher = settings.data_cipher()
     try:
         ensure_audit_key(engine, cipher, datetime.now(UTC))
         jwks, ignored = export_public_key(engine, cipher)
@@ -140,4 +140,24 @@ def cmd_export_key(settings: Settings) -> int:
         print(f"audit export-key: left out key {kid}: its private half does not open under the data key "
               "(not this deployment's key)", file=sys.stderr)
     print(json.dumps(jwks, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_rotate_key(settings: Settings, actor: dict[str, Any]) -> int:
+    """Hand the trail over to a new audit key (``rotate_audit_key``): the old one signs nothing more."""
+    engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+    try:
+        old, new, through = rotate_audit_key(engine, settings.data_cipher(), datetime.now(UTC), actor=actor)
+    except LookupError as exc:
+        print(f"audit rotate-key: nothing changed: {exc}", file=sys.stderr)
+        return 2
+    except AuditTampered as exc:
+        print(f"audit rotate-key: refused: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"audit key {old} is retired: it vouches for entries up to {through} and signs nothing more")
+    print(f"audit key {new} signs from now on; the hand-over is on the trail, signed by the next seal")
+    print("give the authority the new key set: `quaygate audit export-key` (the old key is in it, with the "
+          "last entry it may vouch for)")
     return 0

@@ -21,6 +21,14 @@ from .redisline import Line, Script
 
 log = logging.getLogger(__name__)
 
+# The name (for ``get`` and ``get_many``) of Redis's dataset epoch (quaygate/dataset.py): new, or gone,
+# whenever the data Redis holds is not what it last served (started again, from an older snapshot or
+# empty, a replica promoted, a flush). A part that keeps a shared counter's value to tell whether
+# something changed (ClientRegistry's epoch) reads it with the counter: a counter rolled back to a value
+# it already read (its last bumps lost) is then not taken for "nothing changed". Never set in the
+# in-process cache, whose data is its process's own.
+DATASET_EPOCH = "dataset:epoch"
+
 
 class Cache(Protocol):
     # Whether every process of the service sees the same cache (Redis), or only this one (in-process).
@@ -268,7 +276,7 @@ class RedisCache:
 
         self._r = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
         self._p = prefix
-        self._epoch = prefix + "dataset:epoch"  # quaygate/dataset.py
+        self._epoch = prefix + DATASET_EPOCH  # quaygate/dataset.py
         self._forget: list[str] = []
         # Every call below: one round trip on this thread's own connection, each connection made checking
         # first that this Redis wrote the data it holds: the dataset's epoch, and ``forget_on_new_dataset``.

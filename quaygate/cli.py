@@ -12,7 +12,9 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 
-from .settings import Settings, trusted_proxies
+from pydantic import ValidationError
+
+from .settings import Mode, Settings, trusted_proxies
 
 
 def _settings() -> Settings:
@@ -34,6 +36,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .observability import configure_logging, log_event
 
     settings = _settings()
+    refused = _dev_bind_refused(settings, args.host, insecure=args.insecure_dev_bind)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     if args.workers < 1:
         print("--workers is at least 1", file=sys.stderr)
         return 2
@@ -61,6 +67,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 access_log=False, log_config=None, proxy_headers=bool(proxies),
                 forwarded_allow_ips=_with_mapped(proxies))
     return 0
+
+
+def _dev_bind_refused(settings: Settings, host: str, *, insecure: bool) -> str | None:
+    """Review 132, finding 2: dev and demo mode are for one machine (secrets in var/, demo credentials,
+    webhooks to localhost in dev), so they serve this host's loopback only unless told otherwise."""
+    if settings.mode is Mode.PRODUCTION or insecure or _loopback(host):
+        return None
+    return (f"--host {host}: QUAYGATE_MODE is {settings.mode.value}, not for serving others (its secrets are "
+            "made per directory, demo credentials are on disk). Serve 127.0.0.1, set QUAYGATE_MODE=production, "
+            "or pass --insecure-dev-bind to serve it to the network anyway")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _with_mapped(proxies: Sequence[str]) -> list[str]:
@@ -91,6 +116,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import seed, seeded, write_credentials
 
     settings = _settings()
+    # Review 132, finding 1: the demo makes an admin client, a port security officer with a 30-day
+    # enrolment code and a gate client, and writes their credentials to disk: never in production, and on
+    # a database other than a local SQLite file only when asked for in so many words.
+    if settings.mode is Mode.PRODUCTION:
+        print("quaygate demo seeds demo clients, an officer's enrolment code and their credentials: refused in "
+              "production mode (QUAYGATE_MODE=production); nothing was written", file=sys.stderr)
+        return 2
+    if not settings.is_sqlite and not args.force_demo:
+        print("quaygate demo seeds demo clients and credentials into a database that is not SQLite: if this is "
+              "truly a demo database, pass --force-demo; nothing was written", file=sys.stderr)
+        return 2
     path = settings.var_dir / "demo-credentials.json"
     container = Container.build(settings)
     try:
@@ -122,6 +158,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return audit_cli.cmd_verify(settings, args.public_key, args.checkpoints or ())
     if args.audit_cmd == "seal":
         return audit_cli.cmd_seal(settings)
+    if args.audit_cmd == "rotate-key":
+        from identity.audit import actor_fields
+
+        from .terminal_cli import _actor
+
+        return audit_cli.cmd_rotate_key(settings, actor_fields(_actor()))
     return audit_cli.cmd_export_key(settings)
 
 
@@ -267,6 +309,44 @@ def cmd_client_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_client_rotate_secret(args: argparse.Namespace) -> int:
+    """A new secret for a client that has one, printed once (identity.registration ``rotate_secret``):
+    the old one is refused from then on; a client registered through RFC 7591 gets a new registration
+    access token too, printed once. Who is ``cli``; a refusal (no such client, no secret to rotate)
+    changes nothing and exits 2."""
+    from datetime import UTC, datetime
+
+    from identity.bootstrap import grant_store
+    from identity.clients import ClientRegistry
+    from identity.registration import ClientManagement, RegistrationError
+
+    from .container import Container
+
+    settings = _settings()
+    container = Container.build(settings)
+    try:
+        manager = ClientManagement(container.engine, grant_store(container), issuer=settings.issuer,
+                                   access_token_ttl=settings.access_token_ttl,
+                                   on_change=ClientRegistry(container.engine, container.cache).changed)
+        rotated = manager.rotate_secret(args.client_id, admin="cli", revoke_tokens=args.revoke_tokens,
+                                        now=datetime.now(UTC))
+    except RegistrationError as exc:
+        print(f"cannot rotate the secret: {exc.description}", file=sys.stderr)
+        return 2
+    finally:
+        container.close()
+    print(f"client_id={args.client_id}")
+    print(f"client_secret={rotated.client_secret}   (shown once: store it now)")
+    if rotated.registration_access_token is not None:
+        print(f"registration_access_token={rotated.registration_access_token}   (shown once; the old one is refused: "
+              f"hand it to the client's owner with the secret, for {rotated.registration_client_uri})")
+    print("the old secret is refused from now on; its tokens were revoked, and the first new one comes a few "
+          "seconds from now (until then the token endpoint answers 429 slow_down with Retry-After)"
+          if args.revoke_tokens else
+          "the old secret is refused from now on; tokens issued before stay valid until they expire")
+    return 0
+
+
 def cmd_iat_create(args: argparse.Namespace) -> int:
     """An initial access token for RFC 7591 dynamic client registration, printed once."""
     from datetime import UTC, datetime
@@ -342,10 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the reverse proxies whose X-Forwarded-For/-Proto are believed: IP addresses and "
                             "CIDR networks, comma-separated; '' for none (default QUAYGATE_FORWARDED_ALLOW_IPS, "
                             "else none: the peer's address is the client's)")
+    serve.add_argument("--insecure-dev-bind", action="store_true",
+                       help="in dev or demo mode, serve a --host other than loopback (refused without it)")
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
-    sub.add_parser("demo", help="seed demo data and write var/demo-credentials.json").set_defaults(func=cmd_demo)
+    demo = sub.add_parser("demo", help="seed demo data and write var/demo-credentials.json (not in production)")
+    demo.add_argument("--force-demo", action="store_true",
+                      help="seed a database other than SQLite (a PostgreSQL demo database); never in production")
+    demo.set_defaults(func=cmd_demo)
 
     audit = sub.add_parser("audit", help="the tamper-evident audit trail")
     audit_sub = audit.add_subparsers(dest="audit_cmd", required=True)
@@ -355,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a witness file of signed checkpoints (QUAYGATE_AUDIT_WITNESS): each must be in the "
                              "trail as signed; repeat for one per replica")
     audit_sub.add_parser("seal", help="chain and sign the entries written since the last seal")
-    audit_sub.add_parser("export-key", help="print the audit public key (JWK) for an authority")
+    audit_sub.add_parser("export-key", help="print the audit public keys (JWKS) for an authority")
+    audit_sub.add_parser("rotate-key", help="hand the trail over to a new audit key (the old one signs nothing "
+                         "more); see README, Rotating the audit key")
     audit.set_defaults(func=cmd_audit)
 
     keys = sub.add_parser("keys", help="token signing keys")
@@ -367,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rotate the RSA key upstream providers (itsme) encrypt id tokens and userinfo to, "
                              "instead of the signing keys")
     rotate.set_defaults(func=cmd_keys_rotate)
+    from .keys_cli import register as register_key_commands  # review 132: quaygate keys revoke KID --reason
+
+    register_key_commands(keys_sub)
 
     org = sub.add_parser("org", help="organisations")
     org_sub = org.add_subparsers(dest="org_cmd", required=True)
@@ -393,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     client_create.add_argument("--organisation")
     client_create.add_argument("--terminal-code")
     client_create.set_defaults(func=cmd_client_create)
+    client_rotate = client_sub.add_parser("rotate-secret", help="give a client a new secret (the old one is refused)")
+    client_rotate.add_argument("client_id", metavar="CLIENT_ID")
+    client_rotate.add_argument("--revoke-tokens", action="store_true",
+                               help="also revoke the client's grants and the access tokens issued to it "
+                                    "(its first new token comes a few seconds later)")
+    client_rotate.set_defaults(func=cmd_client_rotate_secret)
 
     iat = sub.add_parser("iat", help="initial access tokens for dynamic client registration (RFC 7591)")
     iat_sub = iat.add_subparsers(dest="iat_cmd", required=True)
@@ -467,7 +563,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     before = _undelivered()
     try:
         code = func(args)
-    except ValueError as exc:  # settings refused (e.g. insecure defaults outside dev mode)
+    except ValidationError as exc:  # settings refused: what and why, never the input (a secret, perhaps)
+        for error in exc.errors(include_url=False, include_input=False, include_context=False):
+            field = "QUAYGATE_" + str(error["loc"][0]).upper() + ": " if error["loc"] else ""
+            print(f"quaygate: {field}{error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # refused otherwise
         print(f"quaygate: {exc}", file=sys.stderr)
         return 2
     return _said_undelivered(code, _undelivered() - before)

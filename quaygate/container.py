@@ -38,7 +38,7 @@ class Container:
             engine=make_engine(settings.database_url, pool_size=settings.db_pool_size,
                                max_overflow=settings.db_max_overflow),
             cache=make_cache(settings.redis_url),
-            cipher=DataCipher(settings.data_key_bytes()),
+            cipher=settings.data_cipher(),
             clock=SystemClock(),
         )
         if settings.redis_url:

@@ -107,11 +107,13 @@ def seed(engine: sa.Engine, settings: Settings, now: datetime) -> dict[str, Any]
     clients["driver_app"] = {"client_id": app_id, "client_secret": None, "organisation_id": None,
                              "redirect_uri": f"{base}/app/callback"}
     # Issue 4, the admin console at /console/: a public client (PKCE) like the driver app, and a port
-    # security officer who is also the badge office; the admin API wants a passkey login (min_acr).
+    # security officer who is also the badge office; the admin API wants a passkey login (min_acr). Its
+    # sign-out ends the provider session and comes back to /console/ (review 128, finding 1; migration
+    # 0023 registers it for consoles seeded before).
     console_id, _ = create_client(
         engine, name="quaygate admin console", role="admin_console", organisation_id=None, auth_method="none",
-        now=now, redirect_uris=[f"{base}/console/callback"], min_acr="urn:quaygate:acr:passkey",
-        extra_metadata={"id_token_signed_response_alg": "ES256"})
+        now=now, redirect_uris=[f"{base}/console/callback"], post_logout_redirect_uris=[f"{base}/console/"],
+        min_acr="urn:quaygate:acr:passkey", extra_metadata={"id_token_signed_response_alg": "ES256"})
     clients["admin_console"] = {"client_id": console_id, "client_secret": None, "organisation_id": None,
                                 "redirect_uri": f"{base}/console/callback"}
     officer_id = uuid.uuid4()

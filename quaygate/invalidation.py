@@ -6,6 +6,7 @@ A store that writes something the gate decision reads says so on its connection:
     touch(conn, BADGES)                     # a badge, an activation or a person
     touch(conn, BANS)                       # the port-ban list
     touch(conn, POLICY)                     # a terminal's gate policy
+    touch(conn, HOLDERS)                    # an organisation's active flag: every right's holder fact
 
 ``install(engine, on_committed, on_committing)`` then hands the touched keys of each transaction to
 ``on_committed`` only AFTER the database committed it (when the connection goes back to the pool,
@@ -34,6 +35,10 @@ RIGHTS = "rights"
 BADGES = "badges"
 BANS = "bans"
 POLICY = "policy"
+# Port security's deactivation or reactivation of an organisation (identity.organisations): every right's
+# facts carry whether its holder is active, so every rights copy goes (the gate facts replace the rights'
+# epoch, which each container's generation is read with). Rare: a wave of misses, no extra round trip.
+HOLDERS = "holders"
 
 Touched = set[tuple[str, str]]
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextvars
+import hmac
+import ipaddress
 import json
 import logging
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -53,6 +58,9 @@ def log_event(logger: logging.Logger, event: str, **fields: Any) -> None:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+SAFEGUARDS = frozenset({"ban_screening", "audit_witness", "production_mode"})  # Settings.safeguards_off
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -72,6 +80,25 @@ class Metrics:
         self.audit_sealing_stopped = Gauge("quaygate_audit_sealing_stopped",
                                            "1 when the audit sealer refused to seal a rewritten trail",
                                            registry=self.registry)
+        self._safeguard_off = Gauge("quaygate_safeguard_off", "1 for a safeguard this process runs without",
+                                    ["safeguard"], registry=self.registry)
+
+    def note_safeguards(self, off: Iterable[str]) -> None:
+        """``quaygate_safeguard_off{safeguard=...}``: 1 for each safeguard this process runs without
+        (``Settings.safeguards_off``: ban screening, the audit witness, production mode), 0 for the
+        others, so an alert fires on a production server started without ban screening, not only a line
+        in its start log (review 132, finding 3's leftover)."""
+        without = set(off)
+        for name in sorted(SAFEGUARDS | without):
+            self._safeguard_off.labels(name).set(1 if name in without else 0)
+
+    def watch_gate_facts(self, facts: Any) -> None:
+        """Issue 5: ``quaygate_gate_stream_full_total``, how many times this process's gate checks found
+        the Redis stream of kept checks at its cap (release_service/adapters/gate_facts.py
+        ``stream_full``): each such check was recorded in PostgreSQL instead, and any rise says the
+        decision drainers are behind (PostgreSQL away, or none running). Read from the facts at each
+        scrape: nothing on the gate's path."""
+        self.registry.register(_GateFactsCollector(facts))
 
     def series(self, method: str, route: str, status: int) -> tuple[Any, Any]:
         """The request counter and latency histogram of one (method, route, status), found once: a
@@ -85,6 +112,15 @@ class Metrics:
             found = self._series[key] = (self.requests.labels(method, route, str(status)),
                                          self.latency.labels(method, route))
         return found
+
+
+class _GateFactsCollector(Collector):
+    def __init__(self, facts: Any) -> None:
+        self._facts = facts
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("quaygate_gate_stream_full", "Gate checks that found the stream of kept "
+                                  "checks full (recorded in PostgreSQL instead)", value=self._facts.stream_full)
 
 
 class ObservabilityMiddleware:
@@ -121,3 +157,20 @@ class ObservabilityMiddleware:
             count.inc()
             latency.observe(time.perf_counter() - start)
             request_id_var.reset(token)
+
+
+def metrics_may_read(request: Any, token: bytes | None, *, open_: bool) -> bool:
+    """May this request read /metrics (review 137, finding 3)? With a token (QUAYGATE_METRICS_TOKEN), only
+    ``Authorization: Bearer <token>`` (compared in constant time); without one, anyone when ``open_`` (dev
+    and demo), else only a loopback peer: a scraper on the host. A reverse proxy on the same host makes
+    every peer loopback: behind one, set the token."""
+    if token is not None:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token)
+    if open_:
+        return True
+    peer = request.client.host if request.client is not None else None
+    try:
+        return peer is not None and ipaddress.ip_address(peer).is_loopback
+    except ValueError:  # a Unix socket's peer, or a test client's made-up name
+        return False

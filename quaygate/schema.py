@@ -174,6 +174,10 @@ releases = sa.Table(
     sa.Column("customs_status", sa.String(8), nullable=False),
     sa.Column("customs_reason", sa.String(500)),
     sa.Column("customs_at", UTCDateTime),
+    # The customs organisation that set the customs light (migration 0028): only it changes its hold (red or
+    # scan). NULL: the red a right is issued with, or set before 0028 (anyone of customs' to change). No
+    # foreign key: SQLite adds one by copying the table, which every other table of the right names.
+    sa.Column("customs_set_by", UUID),
     sa.Column("terminal_status", sa.String(8), nullable=False),
     sa.Column("terminal_reason", sa.String(500)),
     sa.Column("terminal_at", UTCDateTime),
@@ -267,7 +271,14 @@ webhook_subscriptions = sa.Table(
     sa.Column("event_types", JSON, nullable=False),
     sa.Column("active", sa.Boolean, nullable=False, default=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # Who made it (migration 0027): the client, and the person when one made it in a console; closed when
+    # that person's acting role there ends or he is suspended (services/webhooks.py). Both NULL: made
+    # before 0027. No foreign key to persons: SQLite adds one by copying the table, which deliveries name.
+    sa.Column("created_by_client_id", sa.String(100)),
+    sa.Column("created_by_person_id", UUID, index=True),
 )
+
+WEBHOOK_PENDING_SQL = "status = 'pending'"  # ix_webhook_deliveries_pending's predicate
 
 webhook_deliveries = sa.Table(
     "webhook_deliveries",
@@ -284,6 +295,11 @@ webhook_deliveries = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("delivered_at", UTCDateTime),
     sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    # A subscription's queue, in the order it is sent (migration 0030): the dispatcher's claim probes it
+    # once per subscription, closing one cancels through it (webhook review, finding 3). Pending rows only,
+    # so it stays as small as the queue; the queries name 'pending' literally, as this predicate does.
+    sa.Index("ix_webhook_deliveries_pending", "subscription_id", "next_attempt_at", "id",
+             postgresql_where=sa.text(WEBHOOK_PENDING_SQL), sqlite_where=sa.text(WEBHOOK_PENDING_SQL)),
 )
 
 # ---- audit trail -------------------------------------------------------------------------------
@@ -293,6 +309,13 @@ webhook_deliveries = sa.Table(
 # would not), and the same text in both.
 FACE_ENROLMENT_KINDS_SQL = ("kind IN ('identity.face.enrolled', 'identity.face.enrolment.upgraded', "
                             "'identity.face.withdrawn')")
+
+# The audit search's actor (identity.api.audit_search): a person id or a client id, either member of the
+# entry's actor. The key is literal, in the indexes below and in the query alike: an index on an
+# expression serves only a query with the same expression, and a bound key (actor ->> $1) would not be
+# that expression in a generic plan.
+AUDIT_ACTOR_PERSON_SQL = "(actor ->> 'person_id')"
+AUDIT_ACTOR_CLIENT_SQL = "(actor ->> 'client_id')"
 
 audit_log = sa.Table(
     "audit_log",
@@ -315,6 +338,10 @@ audit_log = sa.Table(
     sa.Index("ix_audit_log_kind_id", "kind", "id", postgresql_ops={"kind": "varchar_pattern_ops"}),
     sa.Index("ix_audit_log_subject_id", "subject", "id"),
     sa.Index("ix_audit_log_at", "at"),
+    # ... and an actor (migration 0029), on PostgreSQL (as the search's time bound): without them an actor
+    # matching nothing read the whole trail, about 0.3 s per million entries.
+    sa.Index("ix_audit_log_actor_person_id", sa.text(AUDIT_ACTOR_PERSON_SQL), "id").ddl_if(dialect="postgresql"),
+    sa.Index("ix_audit_log_actor_client_id", sa.text(AUDIT_ACTOR_CLIENT_SQL), "id").ddl_if(dialect="postgresql"),
     # A person's face enrolment entries (identity.domain.face_enrolment): which enrolment is current,
     # read at every face verification. Partial, so the read touches those few rows, not every login
     # and verification that names the person.
@@ -510,8 +537,9 @@ signing_keys = sa.Table(
     sa.Column("alg", sa.String(10), nullable=False),
     sa.Column("use", sa.String(8), nullable=False),  # sig | enc
     sa.Column("public_jwk", JSON, nullable=False),
-    sa.Column("private_enc", sa.Text, nullable=False),  # AES-GCM under the service's key-encryption key
-    sa.Column("status", sa.String(16), nullable=False),  # active | retiring | retired
+    # AES-GCM under the service's key-encryption key; NULL once a token key is retired or revoked (identity.keys)
+    sa.Column("private_enc", sa.Text),
+    sa.Column("status", sa.String(16), nullable=False),  # active | retiring | retired | revoked
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("retired_at", UTCDateTime),
     sa.Column("publish_until", UTCDateTime),
@@ -620,6 +648,10 @@ gate_decisions = sa.Table(
     # The nomination the decision judged, [driver person id, plate, country] (an override goes in under
     # it, or not at all); None when it judged none, and on decisions recorded before migration 0012.
     sa.Column("nomination", JSON),
+    # The face evidence the decision weighed (gate.FaceRecord.as_json: kind none, image or match_result,
+    # score or distance, matched, min score or tolerance, whether a match result was trusted; review 131).
+    # None on decisions recorded before migration 0025.
+    sa.Column("face", JSON),
     sa.UniqueConstraint("terminal", "request_id", name="uq_gate_decisions_terminal_request"),
 )
 
@@ -748,6 +780,10 @@ face_templates = sa.Table(
     sa.Column("sharpness", sa.Float, nullable=False),
     sa.Column("enrolled_by", sa.String(100), nullable=False),
     sa.Column("enrolled_at", UTCDateTime, nullable=False),
+    # Review 131, finding 4: since when the retention sweep has seen the person with no badge in use and
+    # no membership in force (NULL: he has one); past face_retention_days_after_leaving the template is
+    # withdrawn (identity.face.retention).
+    sa.Column("leaving_since", UTCDateTime, index=True),
 )
 
 # Keyed digests of the captures matched for a person (identity.face.store.CaptureStore): the same bytes

@@ -1,7 +1,10 @@
 """Settings of the whole service, read from the environment with the QUAYGATE_ prefix.
 
 Secrets are SecretStr. Outside dev/demo mode the service refuses to start on an insecure default
-(STYLE.md #8); in dev mode the missing secrets are generated once into ``var/dev-secrets.json``.
+(STYLE.md #8); in dev mode the missing secrets are generated once into ``var/dev-secrets.json``, on
+SQLite only: on any other database the secrets are shared by every replica and command, so they must
+be given (review 132). What production requires is listed in ``production_refusals`` and README.md,
+"What production requires". A refused value is never echoed: secrets among the inputs would be.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .crypto import DataCipher
 
 # The cookie prefix of a host-only, Secure, Path=/ cookie (RFC 6265bis §4.1.3.2; ``Settings.cookie_name``).
 HOST_PREFIX = "__Host-"
@@ -32,10 +37,23 @@ class Mode(StrEnum):
     PRODUCTION = "production"
 
 
+# Production's floor for the secrets (review 132, finding 9): the pepper keys the hash of national
+# register numbers (and the tag of anonymous login flows, which can be tested offline against guesses),
+# so it must be long and random; the data key must be 32 random bytes, not a placeholder of one byte
+# repeated. 32 random bytes show about 30 different values; fewer than 16 is no random key.
+MIN_PEPPER_CHARS = 32
+MIN_DISTINCT_PEPPER_CHARS = 8
+MIN_DISTINCT_KEY_BYTES = 16
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="QUAYGATE_", extra="ignore")
+    # hide_input_in_errors: a refused setting's message would otherwise carry every input, the pepper and
+    # the data key among them, to stderr and the logs (review 132, low).
+    model_config = SettingsConfigDict(env_prefix="QUAYGATE_", extra="ignore", hide_input_in_errors=True)
 
     mode: Mode = Mode.DEV
+    # Made absolute once, when the settings are read: a relative one would move with each command's
+    # working directory (its dev secrets and SQLite file with it).
     var_dir: Path = Path("var")
     database_url: str = ""
     redis_url: str | None = None
@@ -43,9 +61,22 @@ class Settings(BaseSettings):
     issuer: str = "http://localhost:8000"
     api_audience: str = "quaygate-api"
     gate_audience: str = "quaygate-gate"
-    # 32 bytes, urlsafe base64: wraps private keys, webhook secrets and face templates at rest.
+    # 32 bytes, urlsafe base64: wraps private keys, webhook secrets and face templates at rest. In
+    # production, 32 random bytes (at least MIN_DISTINCT_KEY_BYTES different values among them).
     data_key: SecretStr | None = None
-    # HMAC key for national register numbers (never stored in clear).
+    # Older data keys, comma-separated, each as QUAYGATE_DATA_KEY: they open what they sealed and seal
+    # nothing (quaygate.crypto, the keyring). Kept until `quaygate keys rekey-data --check` finds nothing
+    # under them, then replaced by their face capture digest keys (face_digest_keys_previous; README,
+    # "Replacing the data key"). What a client or a browser holds sealed opens under the current key only
+    # (DataCipher.open_current).
+    data_keys_previous: SecretStr | None = None
+    # The face capture digest keys of data keys since dropped, comma-separated, each 32 bytes in urlsafe
+    # base64, as `quaygate keys face-digest-keys` prints them: HKDF outputs of the old keys, which open and
+    # tag nothing, kept only so that a capture matched before the change is still a replay within the face
+    # replay window (identity.face.service). Review 135, finding 1: the old data key itself can go at once.
+    face_digest_keys_previous: SecretStr | None = None
+    # HMAC key for national register numbers (never stored in clear), as text (its UTF-8 bytes are the
+    # key). In production at least MIN_PEPPER_CHARS characters, such as secrets.token_urlsafe(32).
     pepper: SecretStr | None = None
     access_token_ttl: int = 600
     # Access tokens are only ever verified by our own resource servers, so they need not use the OIDC
@@ -77,6 +108,10 @@ class Settings(BaseSettings):
     # below rate_limit_per_address. IPv4 has no such count (identity/ratelimit.py, "Networks").
     rate_limit_per_network: int = 6000
     rate_limit_per_client: int = 1200  # per client_id and window
+    # Client-secret failures (wrong secrets, unknown clients) per address, and per IPv6 /48, and window:
+    # past them nothing more is hashed (identity/ratelimit.py, "Client secrets").
+    rate_limit_secret_failures_per_address: int = 10
+    rate_limit_secret_failures_per_network: int = 100
     login_attempts_per_address: int = 60
     login_attempts_per_network: int = 600  # per IPv6 /48, as rate_limit_per_network
     login_failures_before_lockout: int = 5  # failures of one person within login_failure_window
@@ -103,7 +138,8 @@ class Settings(BaseSettings):
     # A file outside the database (another volume, or one shipped away as it grows) where the audit sealer
     # appends every checkpoint it signs, one JSON line, fsync'd: it carries the sealer's last head across
     # restarts, and `quaygate audit verify --checkpoints FILE` holds the trail to it, so that a trail cut
-    # back, or cut back and sealed again, by someone with write access to the database is found. Unset: none.
+    # back, or cut back and sealed again, by someone with write access to the database is found. Unset: none,
+    # which production refuses; ``none`` says so on purpose (``audit_witness_declined``, logged at start).
     audit_witness: Path | None = None
     # Seconds an audit entry may stay unsealed before `quaygate audit verify` calls the trail not intact:
     # nothing vouches for an unsealed entry, so one held back from the sealer can be edited unseen. The
@@ -113,6 +149,9 @@ class Settings(BaseSettings):
     # busy moment or a redeploy raises no alarm, and short enough that an entry held back to be edited is
     # found while it matters.
     audit_unsealed_max_age: float = Field(default=300.0, gt=0)
+    # Seconds one audit search may run on PostgreSQL (statement_timeout, identity.api.audit_search): past
+    # it the search answers 422 search_too_broad, and its pooled connection is free again.
+    audit_search_timeout: float = Field(default=5.0, gt=0, le=60)
     webhook_interval: float = 1.0
     # Seconds one webhook send may take in all (name lookup, connect, request, status line and headers):
     # past it the connection is closed and the attempt failed, so a receiver answering a byte at a time
@@ -161,6 +200,16 @@ class Settings(BaseSettings):
     # are refused. ES256 or EdDSA only.
     ban_register_jwk: str | None = None
     ban_register_jwk_path: Path | None = None
+    # Production screens every driver against the register, so it needs the register's key: without it
+    # no list is ever loaded, and every driver would screen clear. ``off`` runs without ban screening on
+    # purpose (every driver clear; logged as a warning at start), and cannot go with a key. Dev and demo
+    # without a key screen no one, as ``off`` (review 132, finding 3).
+    ban_screening: Literal["on", "off"] = "on"
+    # ---- /metrics (review 137, finding 3) ----
+    # Set: /metrics needs ``Authorization: Bearer <token>`` (Prometheus' ``authorization`` setting). Unset:
+    # open in dev and demo; in production served to loopback addresses only (a scraper on the host), 404
+    # to anyone else: its figures (request counts, safeguards off) are an attacker's reconnaissance.
+    metrics_token: SecretStr | None = None
     ban_feed_url: str | None = None  # periodic pull, off unless set
     ban_feed_interval: float = 300.0
     ban_feed_max_age: int = 24 * 3600  # a feed issued longer ago than this is refused as stale
@@ -182,7 +231,17 @@ class Settings(BaseSettings):
     face_warm_up: bool = True  # load the models in every worker at start-up (with background_workers)
     face_max_side: int = 640  # captures are downscaled to this many pixels on their longer side
     face_max_image_bytes: int = 4 * 1024 * 1024
-    face_max_image_pixels: int = 40_000_000  # refuse decompression bombs before decoding
+    face_max_image_pixels: int = 40_000_000  # refuse decompression bombs before decoding (a baseline JPEG's)
+    # A PNG (or a progressive JPEG) is decoded whole before it is downscaled (a baseline JPEG is decoded
+    # reduced): a lower limit, checked on its header before a worker sees it (identity/face/header.py).
+    face_max_png_pixels: int = Field(default=4_000_000, ge=1)
+    # Face jobs one terminal's gate captures may have in the pool at once; 0: half of the pool's
+    # (face_workers * face_queue_per_worker), so one terminal cannot leave the others face_busy.
+    face_jobs_per_terminal: int = Field(default=0, ge=0)
+    # Unusable captures (no face, blurred, unreadable ...) one person's step-ups may send per window:
+    # they lock nobody out but each costs a worker's time; past it, 429 rate_limited.
+    face_step_up_bad_captures: int = Field(default=10, ge=1)
+    face_step_up_bad_capture_window: int = Field(default=900, ge=1)  # seconds
     face_min_face_px: int = 80  # dlib's detection window; smaller faces are refused as too small
     face_min_sharpness: float = 150.0  # Laplacian variance of the face at 64x64 (identity.domain.face)
     face_tolerance: float = 0.5  # default distance threshold; a terminal may tighten it (0.3 to 0.6)
@@ -190,6 +249,9 @@ class Settings(BaseSettings):
     # capture is useful to whoever holds it for as long as the face looks like it, so long; at least a
     # day, far past any retry of one request (identity.face.service, docs/face.md "Replayed captures").
     face_replay_days: int = Field(default=365, ge=1, le=3650)
+    # Days a person may have no badge in use and no membership in force before his face template is
+    # withdrawn, audited, by a background loop (identity/face/retention.py, docs/face.md "Retention").
+    face_retention_days_after_leaving: int = Field(default=30, ge=1, le=3650)
     # ---- upstream OpenID providers, brokered login (issue 6, identity/broker/, docs/itsme.md) ----
     # JSON object, one entry per provider and environment, e.g. {"itsme": {"discovery_url":
     # "https://idp.e2e.itsme.services/v2/.well-known/openid-configuration", "client_id": "...",
@@ -201,6 +263,7 @@ class Settings(BaseSettings):
     broker_jwks_max_age: int = 3600  # Cache-Control max-age of our /broker/jwks (the upstreams' cache)
     # A rotated-out encryption key stays published and usable this long (>= broker_jwks_max_age).
     broker_enc_key_overlap: int = 24 * 3600
+    _witness_declined: bool = PrivateAttr(default=False)
 
     @field_validator("body_seconds", mode="before")
     @classmethod
@@ -224,25 +287,119 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
         self.session_cookie = self.cookie_name(self.session_cookie)
+        self.var_dir = self.var_dir.expanduser().absolute()
+        if self.audit_witness is not None and str(self.audit_witness) == "none":
+            self.audit_witness, self._witness_declined = None, True
         if not self.database_url:
             self.database_url = f"sqlite:///{self.var_dir / 'quaygate.db'}"
+        if self.ban_screening == "off" and self.ban_register_configured:
+            raise ValueError("QUAYGATE_BAN_SCREENING=off, yet the port-ban register's key is set "
+                             "(QUAYGATE_BAN_REGISTER_JWK or ..._JWK_PATH): unset one of them")
         if self.mode is Mode.PRODUCTION:
-            missing = [n for n in ("data_key", "pepper") if getattr(self, n) is None]
-            if missing:
-                raise ValueError(f"production mode needs QUAYGATE_{'/QUAYGATE_'.join(m.upper() for m in missing)}")
-            if self.database_url.startswith("sqlite"):
-                raise ValueError("production mode needs PostgreSQL (QUAYGATE_DATABASE_URL)")
-            if not self.issuer.startswith("https://"):
-                raise ValueError("production mode needs an https issuer (QUAYGATE_ISSUER)")
-            if any(not str(u.get("discovery_url", "")).startswith("https://") for u in self.upstreams.values()):
-                raise ValueError("production mode needs https discovery URLs (QUAYGATE_UPSTREAMS)")
+            refusals = self.production_refusals()
+            if refusals:
+                raise ValueError("production mode needs " + "; ".join(refusals))
         else:
-            dev = _dev_secrets(self.var_dir)
+            missing = [n for n in ("data_key", "pepper") if getattr(self, n) is None]
+            if missing and not self.is_sqlite:
+                # Review 132, finding 2: dev secrets live in one directory's var/, so replicas and commands
+                # sharing a PostgreSQL database would each make their own data key and pepper (a banned
+                # driver's national number hashed otherwise screens clear). A forgotten QUAYGATE_MODE
+                # must not come to that.
+                raise ValueError(
+                    f"QUAYGATE_MODE is {self.mode.value} and the database is not SQLite, so the secrets "
+                    f"cannot be made per directory: set QUAYGATE_MODE=production with its secrets, or set "
+                    f"QUAYGATE_{'/QUAYGATE_'.join(m.upper() for m in missing)} (the same for every replica)")
+            dev = _dev_secrets(self.var_dir) if missing else {}
             if self.data_key is None:
                 self.data_key = SecretStr(dev["data_key"])
             if self.pepper is None:
                 self.pepper = SecretStr(dev["pepper"])
+        self._check_previous_data_keys()
+        self._check_face_digest_keys()
         return self
+
+    def _check_previous_data_keys(self) -> None:
+        """Every mode: each previous data key is 32 bytes and none repeats the current key or another
+        (a repeated key would be counted as replaced while it still seals); production's strength floor is
+        in ``production_refusals``, as for the data key. The keys are named by position, never shown."""
+        entries = self._previous_entries()
+        current = self.data_key.get_secret_value() if self.data_key is not None else None
+        seen: set[bytes] = {_key_bytes(current)} if current is not None else set()
+        for n, entry in enumerate(entries, 1):
+            raw = _key_bytes(entry)
+            if len(raw) != 32:
+                raise ValueError(f"QUAYGATE_DATA_KEYS_PREVIOUS: key {n} is not 32 bytes in urlsafe base64")
+            if raw in seen:
+                raise ValueError(f"QUAYGATE_DATA_KEYS_PREVIOUS: key {n} repeats QUAYGATE_DATA_KEY or an earlier "
+                                 "previous key")
+            seen.add(raw)
+
+    def _check_face_digest_keys(self) -> None:
+        for n, entry in enumerate(_entries(self.face_digest_keys_previous), 1):
+            if len(_key_bytes(entry)) != 32:
+                raise ValueError(f"QUAYGATE_FACE_DIGEST_KEYS_PREVIOUS: key {n} is not 32 bytes in urlsafe base64 "
+                                 "(as `quaygate keys face-digest-keys` prints it)")
+
+    def previous_face_digest_keys_bytes(self) -> tuple[bytes, ...]:
+        """QUAYGATE_FACE_DIGEST_KEYS_PREVIOUS as keys (checked when the settings were read)."""
+        return tuple(_key_bytes(e) for e in _entries(self.face_digest_keys_previous))
+
+    def _previous_entries(self) -> list[str]:
+        return _entries(self.data_keys_previous)
+
+    def production_refusals(self) -> list[str]:
+        """What production mode needs and these settings lack, each as a phrase naming the setting and
+        never its value (README.md, "What production requires")."""
+        refusals = [f"QUAYGATE_{n.upper()}" for n in ("data_key", "pepper") if getattr(self, n) is None]
+        if self.data_key is not None:
+            refusals += _data_key_refusal(self.data_key.get_secret_value())
+        for n, entry in enumerate(self._previous_entries(), 1):
+            refusals += [f"{r} as previous key {n} (QUAYGATE_DATA_KEYS_PREVIOUS)" for r in _data_key_refusal(entry)]
+        if self.pepper is not None and _weak_pepper(self.pepper.get_secret_value()):
+            refusals.append(f"a QUAYGATE_PEPPER of at least {MIN_PEPPER_CHARS} random characters "
+                            "(such as secrets.token_urlsafe(32))")
+        if self.is_sqlite:
+            refusals.append("PostgreSQL (QUAYGATE_DATABASE_URL)")
+        if not self.issuer.startswith("https://"):
+            refusals.append("an https issuer (QUAYGATE_ISSUER)")
+        if any(not str(u.get("discovery_url", "")).startswith("https://") for u in self.upstreams.values()):
+            refusals.append("https discovery URLs (QUAYGATE_UPSTREAMS)")
+        if not self.ban_register_configured and self.ban_screening != "off":
+            # Review 132, finding 3: without the key no list is loaded and every driver screens clear.
+            refusals.append("the port-ban register's key (QUAYGATE_BAN_REGISTER_JWK or QUAYGATE_BAN_REGISTER_JWK"
+                            "_PATH), or QUAYGATE_BAN_SCREENING=off to run without ban screening")
+        if self.audit_witness is None and not self._witness_declined:
+            # Review 132, finding 10: without a witness a trail cut back and sealed again is not found.
+            refusals.append("an audit witness file (QUAYGATE_AUDIT_WITNESS), or QUAYGATE_AUDIT_WITNESS=none "
+                            "to run without one")
+        return refusals
+
+    @property
+    def ban_register_configured(self) -> bool:
+        """The port-ban register's key is set: screening requires a list in force (no list: unavailable)."""
+        return bool(self.ban_register_jwk) or self.ban_register_jwk_path is not None
+
+    @property
+    def safeguards_off(self) -> tuple[str, ...]:
+        """The safeguards this process runs without, each on purpose or by its mode: ``ban_screening``
+        (QUAYGATE_BAN_SCREENING=off, or dev and demo without the register's key: every driver screens
+        clear), ``audit_witness`` (no witness file: a trail cut back and sealed again goes unseen) and
+        ``production_mode`` (dev or demo: dev secrets, demo data). On /metrics as
+        ``quaygate_safeguard_off`` so monitoring sees what a start log line alone would not."""
+        off = []
+        if self.ban_screening == "off" or not self.ban_register_configured:
+            off.append("ban_screening")
+        if self.audit_witness is None:
+            off.append("audit_witness")
+        if self.mode is not Mode.PRODUCTION:
+            off.append("production_mode")
+        return tuple(off)
+
+    @property
+    def audit_witness_declined(self) -> bool:
+        """QUAYGATE_AUDIT_WITNESS=none: no witness, on purpose (production would refuse it unset)."""
+        return self._witness_declined
 
     def data_key_bytes(self) -> bytes:
         assert self.data_key is not None
@@ -250,6 +407,14 @@ class Settings(BaseSettings):
         if len(raw) != 32:
             raise ValueError("QUAYGATE_DATA_KEY must be 32 bytes in urlsafe base64")
         return raw
+
+    def previous_data_keys_bytes(self) -> tuple[bytes, ...]:
+        """QUAYGATE_DATA_KEYS_PREVIOUS as keys, in the order given (checked when the settings were read)."""
+        return tuple(_key_bytes(e) for e in self._previous_entries())
+
+    def data_cipher(self) -> DataCipher:
+        """The keyring: the current data key seals, the previous ones still open (quaygate.crypto)."""
+        return DataCipher(self.data_key_bytes(), self.previous_data_keys_bytes())
 
     def pepper_bytes(self) -> bytes:
         assert self.pepper is not None
@@ -354,6 +519,30 @@ def _narrow_enough(entry: str, network: ipaddress.IPv4Network | ipaddress.IPv6Ne
         raise ValueError(f"{entry!r} is wider than a network of proxies (at most /{widest} here): every client "
                          "in it could pick its own address in X-Forwarded-For; name the proxies' own addresses "
                          "or their network")
+
+
+def _entries(value: SecretStr | None) -> list[str]:
+    return [] if value is None else [e.strip() for e in value.get_secret_value().split(",") if e.strip()]
+
+
+def _key_bytes(value: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(value + "==")
+    except ValueError:
+        return b""
+
+
+def _data_key_refusal(value: str) -> list[str]:
+    raw = _key_bytes(value)
+    if len(raw) != 32:
+        return ["a QUAYGATE_DATA_KEY of 32 bytes in urlsafe base64"]
+    if len(set(raw)) < MIN_DISTINCT_KEY_BYTES:
+        return ["a random QUAYGATE_DATA_KEY (this one repeats a few byte values)"]
+    return []
+
+
+def _weak_pepper(value: str) -> bool:
+    return len(value) < MIN_PEPPER_CHARS or len(set(value)) < MIN_DISTINCT_PEPPER_CHARS
 
 
 def _dev_secrets(var_dir: Path) -> dict[str, str]:

@@ -1,12 +1,15 @@
 """Background loops each replica runs: audit sealing, webhook delivery, lapsing rights, expiring badges,
-acting on port bans once they start, forgetting face-capture digests past the replay window, expiring
-memberships past their valid_until, pruning finished webhook deliveries past their retention.
+acting on port bans once they start, forgetting face-capture digests past the replay window, withdrawing
+the face templates of persons who left the port, expiring memberships past their valid_until, pruning
+finished webhook deliveries past their retention, retiring token keys past their publication (their
+private halves erased).
 
 Each loop is safe to run in every replica at once: the sealer takes an advisory lock, the dispatcher
 claims deliveries with SKIP LOCKED, the sweeper locks each right it lapses, the badge sweep takes its
 badges with SKIP LOCKED, the ban sweep takes the ban loader's advisory lock; two replicas deleting the
-same old capture digests at once delete each once; a membership is expired by whoever deletes its row;
-the webhook prune takes its rows with SKIP LOCKED.
+same old capture digests at once delete each once; the face retention sweep marks with SKIP LOCKED and
+withdraws each template under its person's lock; a membership is expired by whoever deletes its row;
+the webhook prune takes its rows with SKIP LOCKED; key retirement takes the key store's lock.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from datetime import timedelta
 
 from identity.badges.service import BadgeService
 from identity.bans.sweep import sweep_bans_in_effect
-from identity.bootstrap import grant_store
+from identity.bootstrap import grant_store, key_store
+from identity.face import retention as face_retention
 from identity.face.store import CaptureStore
 from identity.memberships import expire_due
 from release_service.adapters.audit import AuditSealer
@@ -94,6 +98,10 @@ class BackgroundWorkers:
         self._loop("ban-sweeper", 60.0, lambda: sweep_bans_in_effect(c.engine, c.clock.now()))
         # A capture digest older than the replay window refuses nothing: it goes (identity.face.service).
         self._loop("face-capture-prune", 3600.0, self._forget_captures)
+        # A face template is kept while its person works in the port: gone, audited, once he has had no
+        # badge and no membership for face_retention_days_after_leaving (identity/face/retention.py).
+        self._loop("face-retention", 3600.0, lambda: face_retention.sweep(
+            c.engine, c.cipher, now=c.clock.now(), after=timedelta(days=c.settings.face_retention_days_after_leaving)))
         # A finished webhook delivery keeps its payload (drivers, plates): gone past its retention, a
         # bounded batch per round, rounds until none is left (release_service/adapters/outbox.py).
         self._loop("webhook-delivery-prune", 3600.0, self._prune_deliveries)
@@ -101,6 +109,10 @@ class BackgroundWorkers:
         # (its grants revoked, the holder of live nominations told) and deletes it (identity.memberships).
         grants = grant_store(c)
         self._loop("membership-expiry", 60.0, lambda: expire_due(c.engine, grants=grants, now=c.clock.now()))
+        # A token key whose publication has ended is retired and its private half erased (identity/keys.py):
+        # at the next rotation too, but rotations may be months apart.
+        keys = key_store(c)
+        self._loop("key-retirement", 3600.0, lambda: keys.retire_due(c.clock.now()))
 
     def _audit_tampered(self, _reason: str) -> None:
         # The sealer has logged audit.tampered (critical) and stopped; the metric keeps it in sight.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -108,12 +108,14 @@ class ReleaseRightStore(Protocol):
     def mark_contested(self, keys: Sequence[str], issuer: uuid.UUID, now: datetime) -> list[ContestedRight]:
         """Mark contested (``contested_at``, once) the rights holding these active keys that another
         issuer than ``issuer`` issued, with every other right that issuer holds on the same container
-        (at any terminal; any state but completed); those newly marked."""
+        (at any terminal; any state but completed); those newly marked. A mark is a change of the right:
+        at its next version (a gate commit that read it before writes nothing, and decides again)."""
         ...
 
     def inherit_contest(self, ids: Sequence[uuid.UUID], now: datetime) -> list[ContestedRight]:
         """Mark contested the rights ``ids`` (just issued) whose issuer has a right marked contested on
-        the same container (at any terminal; in any state but completed); those newly marked."""
+        the same container (at any terminal; in any state but completed); those newly marked, each at
+        its next version."""
         ...
 
     def save(self, right: ReleaseRight) -> list[StoredEvent]:
@@ -152,6 +154,18 @@ class Directory(Protocol):
         """Whether the badge office links the person to the organisation as its driver: his employer, a
         badge issued for that employer and usable at ``now`` (active and in date: a revoked or expired
         one no longer links him), or a ``driver`` membership (a subcontracted driver)."""
+        ...
+
+    def acts_in(self, person_id: uuid.UUID, organisation_id: uuid.UUID, roles: Collection[str], *,
+                now: datetime) -> bool:
+        """Whether the person is active and holds one of ``roles`` there, in force at ``now``, read under a
+        share lock of his row that his role's removal, expiry or his suspension waits for."""
+        ...
+
+    def rights_in_motion(self, organisation_id: uuid.UUID) -> list[uuid.UUID]:
+        """The rights an organisation set in motion or that are on their way to it: the live rights it
+        holds (a transfer it sent is pending only on a right it holds) and those with a transfer to it
+        pending. By id, ascending (the order their locks are taken in)."""
         ...
 
 
@@ -233,6 +247,10 @@ class WebhookStore(Protocol):
 
     def subscription(self, organisation_id: uuid.UUID, subscription_id: uuid.UUID, *,
                      for_update: bool = False) -> Subscription | None: ...
+
+    def made_by(self, person_id: uuid.UUID, organisation_id: uuid.UUID | None) -> list[Subscription]:
+        """The active subscriptions the person made, for the organisation (None: any), locked."""
+        ...
 
     def sealed_secret(self, subscription_id: uuid.UUID) -> str: ...
 

@@ -29,6 +29,10 @@ REDIS_URL = os.environ.get("QUAYGATE_TEST_REDIS_URL")
 # An app started in this process must not freeze the test process's objects (quaygate/app.py
 # _freeze_startup_objects): servers the tests start as processes of their own still do.
 os.environ.setdefault("QUAYGATE_GC_FREEZE", "false")
+# Outside production the secrets are made per directory on SQLite only (quaygate/settings.py, review 132):
+# the tests' settings on PostgreSQL, and the servers they start, share these (fixed, for tests only).
+os.environ.setdefault("QUAYGATE_DATA_KEY", "dGVzdHMtb25seS1kYXRhLWtleS0zMi1ieXRlcy0wMTI")
+os.environ.setdefault("QUAYGATE_PEPPER", "tests-only-pepper-not-for-any-deployment")
 
 def need_service(name: str, url: str | None) -> str:
     """The service's URL, or skip (fail under CI) when it is not configured."""

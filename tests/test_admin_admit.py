@@ -39,6 +39,7 @@ _JUNK = b'{"given_name": "' + b"A" * 400_000 + b'", ]'  # 400 KB that is not eve
 ROUTES = {
     "/admin/v1/initial-access-tokens": "/admin/v1/initial-access-tokens",
     "/admin/v1/clients": "/admin/v1/clients",
+    "/admin/v1/clients/{client_id}/secret": "/admin/v1/clients/some-client/secret",
     "/admin/v1/persons": "/admin/v1/persons",
     "/admin/v1/persons/{person_id}/memberships": f"/admin/v1/persons/{SOME_ID}/memberships",
     "/admin/v1/organisations": "/admin/v1/organisations",

@@ -19,6 +19,7 @@ from identity.api.admin import router as admin_router
 from identity.api.audit_search import router as audit_router
 from identity.api.badges import router as badge_router
 from identity.api.bans import router as ban_router
+from identity.api.management import router as management_router
 from identity.api.passkeys import router as passkey_router
 from identity.api.routes import build_router
 from identity.bans.screening import from_settings as screening_from_settings
@@ -32,7 +33,7 @@ from identity.web.routes import router as web_router
 from quaygate.cache import MemoryCache
 from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher, keyed_hash
-from quaygate.schema import audit_log, badges, persons
+from quaygate.schema import audit_log, badges, oauth_clients, persons
 from quaygate.settings import Settings
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.services import issue, nominate
@@ -46,6 +47,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 CALLBACK = ISSUER.rstrip("/") + "/console/callback"
+CONSOLE_HOME = ISSUER.rstrip("/") + "/console/"
 CONSOLE_SCOPE = "openid profile admin badges:office"
 
 
@@ -72,8 +74,8 @@ def console_flow(engine: sa.Engine, tmp_path: Path, register: Register) -> Itera
     container = Container(settings=settings, engine=engine, cache=MemoryCache(),
                           cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
     app = FastAPI()
-    for router in (build_router(), admin_router, audit_router, badge_router, ban_router, passkey_router, console_router,
-                   web_router):
+    for router in (build_router(), management_router, admin_router, audit_router, badge_router, ban_router,
+                   passkey_router, console_router, web_router):
         app.include_router(router)
     app.state.container = container
     app.state.ban_screening = screening_from_settings(settings, engine)  # the real register, as create_app wires it
@@ -82,7 +84,9 @@ def console_flow(engine: sa.Engine, tmp_path: Path, register: Register) -> Itera
 
 
 def _console(flow: Flow, **kw: Any) -> str:
+    """The console's client as the demo registers it (quaygate.demo)."""
     kw.setdefault("redirect_uris", [CALLBACK])
+    kw.setdefault("post_logout_redirect_uris", [CONSOLE_HOME])
     client_id, _ = create_client(flow.engine, name="admin console", role="admin_console", organisation_id=None,
                                  auth_method="none", now=datetime.now(UTC), **kw)
     return client_id
@@ -316,3 +320,11 @@ def test_the_console_config_names_the_registered_client(flow: Flow) -> None:
     # offline_access: the console renews its session with a refresh token (tests/test_admin_console_session.py).
     assert cfg["scope"] == "openid profile offline_access admin badges:office"
     assert cfg["acr_values"] == assurance.ACR_PASSKEY and cfg["api"] == "/admin/v1"
+    # Signing out comes back to /console/, which the client registered (review 128, finding 1) ...
+    assert cfg["post_logout_redirect_uri"] == CONSOLE_HOME
+    # ... and only then: the provider refuses any other, and the page signs out without one.
+    with flow.engine.begin() as conn:
+        conn.execute(sa.update(oauth_clients).where(oauth_clients.c.client_id == client_id).values(active=False))
+    other = _console(flow, post_logout_redirect_uris=[])
+    cfg = flow.http.get("/console/config.json").json()
+    assert cfg["client_id"] == other and "post_logout_redirect_uri" not in cfg

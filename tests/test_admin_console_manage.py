@@ -13,13 +13,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from identity.bootstrap import create_client
 from identity.domain.badges import Scheme, with_check
 from quaygate.crypto import keyed_hash
 from quaygate.schema import badges, oauth_clients, organisations, persons
+from release_service.domain.parties import OrgKind
 from tests.ban_register import Register, ban, national_number, snapshot
-from tests.factories import TERMINAL, port
+from tests.factories import TERMINAL, add_org, port
 from tests.test_admin_console import _auth, _badge, _console, _officer, _problem, _token, audit_entries, console_flow
+from tests.test_admin_console_session import _Later
 from tests.test_identity_code_flow_support import Flow
+from tests.test_identity_support import basic
 
 
 @pytest.fixture
@@ -235,9 +239,24 @@ def test_port_security_registers_and_deactivates_clients(flow: Flow) -> None:
     listed = flow.http.get("/admin/v1/clients", headers=_auth(token)).json()["items"]
     assert {c["client_id"]: c["active"] for c in listed}[new_id] is True
     assert made.json()["client_secret"] not in str(listed) and all("client_secret" not in c for c in listed)
+    # A leaked secret: port security rotates it (the badge office may not), the old one is refused.
+    path = f"/admin/v1/clients/{new_id}/secret"
+    _problem(flow.http.post(path, headers=_auth(office)), 403, "insufficient_role")
+    flow.container.clock = _Later(60)  # the admin API's: so the cutoff below is surely still ahead
+    rotated = flow.http.post(path, headers=_auth(token), json={"revoke_tokens": True})
+    assert rotated.status_code == 200 and rotated.headers["cache-control"] == "no-store", rotated.text
+    assert flow.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                          auth=(new_id, made.json()["client_secret"])).status_code == 401
+    # Its tokens are refused a few seconds past the rotation (revoke_tokens): none is issued until then.
+    wait = flow.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                          auth=(new_id, rotated.json()["client_secret"]))
+    assert wait.status_code == 429 and wait.json()["error"] == "slow_down", wait.text
+    assert 60 < int(wait.headers["retry-after"]) <= 66  # to the second after the cutoff
+    assert [(subject, data) for _, subject, data in audit_entries(flow, "identity.admin.client.secret_rotated")] \
+        == [(new_id, {"tokens_revoked": True, "grants_revoked": 0, "registration_token_renewed": False})]
     assert flow.http.post(f"/admin/v1/clients/{new_id}:deactivate", headers=_auth(token)).status_code == 200
     assert flow.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                          auth=(new_id, made.json()["client_secret"])).status_code != 200
+                          auth=(new_id, rotated.json()["client_secret"])).status_code != 200
     _problem(flow.http.post(f"/admin/v1/clients/{new_id}:deactivate", headers=_auth(token)), 404, "not_found")
 
 
@@ -255,9 +274,15 @@ def test_the_console_cannot_make_or_end_admin_clients(flow: Flow) -> None:
     # Nor lock the console out by deactivating it.
     _problem(flow.http.post(f"/admin/v1/clients/{client_id}:deactivate", headers=_auth(token)), 403,
              "client_role_reserved")
+    # Nor rotate its secret (an admin console client authenticating with one).
     with flow.engine.connect() as conn:
-        assert conn.execute(sa.select(oauth_clients.c.active)
-                            .where(oauth_clients.c.client_id == client_id)).scalar_one() is True
+        held = conn.execute(sa.select(oauth_clients.c.secret_hash)
+                            .where(oauth_clients.c.client_id == client_id)).scalar_one()
+    _problem(flow.http.post(f"/admin/v1/clients/{client_id}/secret", headers=_auth(token)), 403,
+             "client_role_reserved")
+    with flow.engine.connect() as conn:
+        assert conn.execute(sa.select(oauth_clients.c.active, oauth_clients.c.secret_hash)
+                            .where(oauth_clients.c.client_id == client_id)).one() == (True, held)
 
 
 # ---- search by name, and what the trail keeps of searches and views --------------------------------
@@ -350,3 +375,58 @@ def test_audit_trail_search_filters_and_pages(flow: Flow, register: Register) ->
     # A time without its zone is refused (the whole app answers it as a problem, test_openapi checks that).
     assert flow.http.get("/admin/v1/audit", params={"since": "2026-01-01T00:00:00"},
                          headers=_auth(token)).status_code == 422
+
+
+def test_an_admin_clients_search_of_the_trail_is_on_it(flow: Flow) -> None:
+    """An admin client's other reads are its own traffic, but a search of the trail is on the trail
+    whoever searched (review of the audit search, finding 6): one identity.admin.audit.searched entry,
+    the client as its actor, the filters but not what was found."""
+    admin_id, secret = create_client(flow.engine, name="security system", role="admin", now=datetime.now(UTC),
+                                     organisation_id=add_org(flow.engine, OrgKind.PORT_AUTHORITY).organisation_id)
+    assert secret is not None
+    token = flow.http.post("/oauth2/token", data={"grant_type": "client_credentials", "scope": "admin"},
+                           headers=basic(admin_id, secret))
+    assert token.status_code == 200, token.text
+    r = flow.http.get("/admin/v1/audit", params={"action": "identity.badge", "subject": "b-1"},
+                      headers=_auth(token.json()["access_token"]))
+    assert r.status_code == 200, r.text
+    (actor, subject, data), = audit_entries(flow, "identity.admin.audit.searched")
+    assert (actor, subject) == ({"client_id": admin_id}, None)
+    assert data == {"actor": None, "subject": "b-1", "action": "identity.badge", "since": None, "until": None,
+                    "before": None}
+
+
+def test_an_officers_suspension_names_the_clients_whose_current_secret_he_was_shown(flow: Flow) -> None:
+    """A client secret does not expire, and one an officer saw (he registered the client in the console,
+    or rotated its secret last) outlives his suspension: the suspension names those clients (still
+    active, still with a secret), for port security to rotate again. One rotated since by another officer,
+    or deactivated, is not named."""
+    client_id = _console(flow)
+    rogue, other = _officer(flow, "port_security_admin"), _officer(flow, "port_security_admin")
+    mine, theirs = _token(flow, client_id, rogue), _token(flow, client_id, other)
+    org = flow.http.post("/admin/v1/organisations", headers=_auth(theirs),
+                         json={"name": "Line NV", "kind": "shipping_line", "eori": "BE0999999998"}).json()["id"]
+    doc = {"client_name": "Line back end", "quaygate_role": "shipping_line", "organisation_id": org,
+           "token_endpoint_auth_method": "client_secret_basic", "grant_types": ["client_credentials"]}
+
+    def registered(token: str) -> str:
+        made = flow.http.post("/admin/v1/clients", json=doc, headers=_auth(token))
+        assert made.status_code == 201, made.text
+        return str(made.json()["client_id"])
+
+    def rotated(token: str, cid: str) -> None:
+        assert flow.http.post(f"/admin/v1/clients/{cid}/secret", headers=_auth(token)).status_code == 200
+
+    kept, rotated_since, ended, rotated_again = (registered(mine) for _ in range(4))
+    rotated(theirs, rotated_since)
+    assert flow.http.post(f"/admin/v1/clients/{ended}:deactivate", headers=_auth(theirs)).status_code == 200
+    rotated(mine, rotated_again)
+    made_by_other = registered(theirs)
+    rotated(mine, made_by_other)
+    r = flow.http.post(f"/admin/v1/persons/{rogue}:suspend", json={"reason": "leaked secrets"},
+                       headers=_auth(theirs))
+    assert r.status_code == 200, r.text
+    named = sorted([kept, rotated_again, made_by_other])
+    assert r.json()["client_secrets_shown"] == named
+    (_, _, data), = audit_entries(flow, "identity.admin.person.suspended")
+    assert data["client_secrets_shown"] == named

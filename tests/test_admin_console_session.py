@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from quaygate.container import SystemClock
 from tests.ban_register import Register
 from tests.test_admin_console import CALLBACK, _auth, _badge, _console, _officer, _problem, console_flow
 from tests.test_identity_code_flow_support import Flow, Pkce
+from tests.test_identity_support import ISSUER
 
 
 @pytest.fixture
@@ -100,6 +102,41 @@ def test_the_console_page_asks_for_the_refresh_scope(flow: Flow) -> None:
     assert cfg["client_id"] == client_id and "offline_access" in cfg["scope"].split()
 
 
+def test_signing_out_ends_the_provider_session_and_signing_in_again_needs_a_passkey(flow: Flow) -> None:
+    """Review 128, finding 1: "Sign out" revoked the refresh token only, so the provider's login session
+    lived on and the next "Sign in" at that browser got the officer's console token without a passkey.
+    Now console.js signOut revokes, then logs out at the provider with the id token (RP-initiated logout
+    §2) and comes back to /console/; and its login asks prompt=login, a passkey ceremony every time."""
+    _, badge_id = _badge(flow)
+    client_id = _console(flow)
+    officer = _officer(flow, "badge_office")
+    cfg = flow.http.get("/console/config.json").json()
+    disco = flow.http.get("/.well-known/openid-configuration").json()
+    tokens = _sign_in(flow, client_id, officer)
+    assert tokens["id_token"]
+
+    def sign_in_asked(**extra: str) -> Any:
+        return flow.authorize(client_id, pkce=Pkce(), redirect_uri=CALLBACK, scope=cfg["scope"],
+                              acr_values=cfg["acr_values"], **extra)
+
+    # What the page's Sign in sends now: a live passkey session is not enough, the passkey is asked again.
+    assert urlsplit(sign_in_asked(prompt="login").headers["location"]).path == "/login"
+    # signOut: the refresh token revoked (RFC 7009), then the end_session_endpoint with the id token.
+    revoked = flow.http.post(urlsplit(disco["revocation_endpoint"]).path, data={
+        "token": tokens["refresh_token"], "token_type_hint": "refresh_token", "client_id": client_id})
+    assert revoked.status_code == 200, revoked.text
+    out = flow.http.get(urlsplit(disco["end_session_endpoint"]).path, follow_redirects=False, params={
+        "id_token_hint": tokens["id_token"], "client_id": client_id,
+        "post_logout_redirect_uri": cfg["post_logout_redirect_uri"]})
+    assert out.status_code in (302, 303), out.text
+    assert out.headers["location"] == ISSUER + "/console/"
+    # The provider session is over: even a sign-in that asks nothing more goes to the passkey login.
+    assert urlsplit(sign_in_asked().headers["location"]).path == "/login"
+    assert parse_qs(urlsplit(sign_in_asked(prompt="none").headers["location"]).query)["error"] == ["login_required"]
+    _problem(flow.http.get(f"/admin/v1/badges/{badge_id}", headers=_auth(tokens["access_token"])),
+             401, "invalid_token")
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_migration_0010_gives_existing_console_clients_the_refresh_scope(backend: str, tmp_path: Path) -> None:
     """A console client registered before 0010 would be refused the scope its page now asks for."""
@@ -135,6 +172,48 @@ def test_migration_0010_gives_existing_console_clients_the_refresh_scope(backend
         downgrade(url, "0009_gate_offline")
         assert scopes() == {ids["admin_console"]: old, ids["driver_app"]: old}
         engine.dispose()
+    finally:
+        if base:
+            drop_database(base, url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0023_registers_console_as_the_console_clients_post_logout_redirect(backend: str,
+                                                                                      tmp_path: Path) -> None:
+    """Review 128, finding 1: a console client registered before 0023 (the demo's) had no post-logout
+    redirect URI, and its page's sign-out would be refused the way back to /console/."""
+    import os
+
+    from identity.bootstrap import create_client
+    from quaygate.db import create_database, drop_database, make_engine
+    from quaygate.migrate import upgrade
+    from quaygate.schema import oauth_clients
+
+    from .conftest import PG_URL, need_service
+
+    base = need_service("PostgreSQL", PG_URL) if backend == "postgresql" else None
+    url = create_database(base, f"qg_r128_0023_{os.getpid()}") if base else f"sqlite:///{tmp_path / 'm.db'}"
+    try:
+        upgrade(url, "0022")
+        engine = make_engine(url)
+        ids = {}
+        for name, role, redirect, post_logout in (
+                ("demo", "admin_console", CALLBACK, []),
+                ("kept", "admin_console", CALLBACK, ["https://port.example/bye"]),
+                ("done", "admin_console", CALLBACK, [ISSUER + "/console/"]),
+                ("elsewhere", "admin_console", "https://console.port.example/cb", []),
+                ("app", "driver_app", ISSUER + "/app/callback", [])):
+            ids[name], _ = create_client(engine, name=name, role=role, organisation_id=None, auth_method="none",
+                                         redirect_uris=[redirect], post_logout_redirect_uris=post_logout,
+                                         now=datetime.now(UTC))
+        upgrade(url)
+        with engine.connect() as conn:
+            got = {r.client_id: list(r.post_logout_redirect_uris) for r in conn.execute(
+                sa.select(oauth_clients.c.client_id, oauth_clients.c.post_logout_redirect_uris))}
+        engine.dispose()
+        assert got == {ids["demo"]: [ISSUER + "/console/"],
+                       ids["kept"]: ["https://port.example/bye", ISSUER + "/console/"],
+                       ids["done"]: [ISSUER + "/console/"], ids["elsewhere"]: [], ids["app"]: []}
     finally:
         if base:
             drop_database(base, url)

@@ -16,7 +16,8 @@ the token check; on the full app over real PostgreSQL and Redis:
   surrogates, NaN, 1e400, 5 000-digit and 64-bit-overflowing integers, floats for integers, year 0,
   9999-12-31T23:59:59 with offsets, leap seconds, bad UUIDs and enum values;
 - path parameters (not UUIDs, percent-encoded NULs and invalid UTF-8, 10 000 characters, unknown ids),
-  query parameters (wrong types, NULs, huge, repeated, bad dates), the Idempotency-Key header;
+  query parameters (wrong types, NULs, huge, repeated, bad dates), the Idempotency-Key header, the
+  If-Match header (a version the right is not at, a weak or unquoted tag, NULs, huge);
 - no token, a garbage token, and a caller of a role the operation refuses.
 
 Each answer must have a status below 500 (a route that raises fails the case with the server's
@@ -424,7 +425,7 @@ def world(pg_database_url: str, fuzz_redis_url: str, tmp_path_factory: pytest.Te
         "gate_decision_drain": False, "face_workers": 1, "ban_register_jwk": register.public_jwk,
         # Enabled, but high: thousands of bad requests from one address must reach the routes.
         "rate_limit_per_address": 1_000_000, "rate_limit_per_client": 1_000_000,
-        "login_attempts_per_address": 1_000_000,
+        "login_attempts_per_address": 1_000_000, "rate_limit_secret_failures_per_address": 1_000_000,
     }
     settings = Settings(**settings_kw)
     c = Container(settings=settings, engine=engine, cache=RedisCache(fuzz_redis_url),
@@ -609,7 +610,9 @@ PLANS: dict[str, Plan] = {
     "deleteRelease": Plan("line", lambda w, r: Base(path={"release_id": w.issue()}, body={"reason": "error"}),
                           wrong="fwd", fresh=True),
     "setLight": Plan("customs", lambda w, r: Base(path={"release_id": w.issue(), "light": "customs"},
-                                                  body={"status": "red", "reason": "scan"}), wrong="fwd", fresh=True),
+                                                  # a green: a stale If-Match refuses it (a hold goes through)
+                                                  body={"status": "green", "reason": "released"}), wrong="fwd",
+                     fresh=True),
     "nominateDriver": Plan("haul", lambda w, r: Base(path={"release_id": w.issue("haul")}, body={
         "driver_person_id": str(w.driver), "plate": {"text": "1-ABC-123", "country": "BE"},
         "trailer_plate": {"text": "Q-AAA-111", "country": "BE"}, "slot": {"start": iso(hours=1), "end": iso(hours=3)},
@@ -679,6 +682,9 @@ PLANS: dict[str, Plan] = {
         shape=_REGISTER_SHAPE),
     "admin_deactivate_client": Plan("security", lambda w, r: Base(path={
         "client_id": w.machine("shipping_line", w.orgs["line"])[0]}), wrong="office", fresh=True),
+    "admin_rotate_client_secret": Plan("security", lambda w, r: Base(path={
+        "client_id": w.machine("shipping_line", w.orgs["line"])[0]}, body={"revoke_tokens": r.random() < 0.5}),
+        wrong="office", fresh=True),
     "admin_create_initial_access_token": Plan("admin", lambda w, r: Base(body={
         "organisation_id": str(w.orgs["line"]), "ttl": 3600}), wrong="security", ok=(201,), fresh=True),
     "admin_list_organisations": Plan("security", lambda w, r: Base(query={"q": "ship", "limit": "10",
@@ -940,6 +946,9 @@ def cases_for(op: Operation) -> Iterator[Case]:
         elif p["name"] == "Idempotency-Key":
             for kind in ("too_long", *pick(r, ("empty", "latin1", "reused_other_body", "tab"), 1)):
                 yield Case(op.id, "header", p["name"], kind)
+        elif p["name"] == "If-Match":  # a write on a right: 412 or 400, nothing written (review 130)
+            for kind in ("stale", *pick(r, ("unquoted", "weak", "empty", "latin1", "too_long", "tab"), 2)):
+                yield Case(op.id, "header", p["name"], kind)
     if op.id in ACCEPT_NEGOTIATED:
         yield Case(op.id, "header", "Accept", "any")
     if op.method == "GET":
@@ -1043,7 +1052,8 @@ def build(w: World, op: Operation, plan: Plan, case: Case) -> Request:
         query[case.target] = (query_pool(schema) if schema else QUERY_STRINGS)[case.kind]
     elif case.group == "header":
         headers[case.target] = {"too_long": "k" * 256, "empty": "", "latin1": b"\xe9\xff", "tab": "a\tb",
-                                "reused_other_body": f"fuzz-{w.n()}", "any": "*/*"}[case.kind]
+                                "reused_other_body": f"fuzz-{w.n()}", "any": "*/*", "stale": '"999999"',
+                                "unquoted": "0", "weak": 'W/"0"'}[case.kind]
         if case.kind == "reused_other_body":  # the key first with the valid body, then with another
             before = Request(op.method, url_of(op, path, query), dict(headers), content, caller)
             fields = fields_of(op, plan)

@@ -250,3 +250,27 @@ def test_an_upstream_login_that_runs_into_a_suspension_waits_and_is_refused(pg_w
     assert answered[0].status_code == 403 and 'data-code="person_suspended"' in answered[0].text
     assert [s for s in world.sessions() if s.ended_at is None] == []
     assert waited
+
+
+def test_a_binding_cookie_sealed_under_a_previous_data_key_is_refused(engine: sa.Engine, tmp_path: Path) -> None:
+    """Review 135, finding 1 (ii): the binding cookie is the flow itself, nothing of it stored, so one sealed
+    under a previous data key (kept configured while the database is sealed again, and maybe the key that
+    leaked: with it anyone makes one) is refused; the same flow under the current key finishes."""
+    import base64
+
+    from identity.broker.service import _FLOW_AAD
+    from quaygate.crypto import DataCipher
+
+    old, new = bytes(range(32)), bytes(range(100, 132))
+
+    def b64(key: bytes) -> str:
+        return base64.urlsafe_b64encode(key).decode()
+
+    for world in build_world(engine, tmp_path, data_key=b64(new), data_keys_previous=b64(old)):
+        with world.browser() as browser:
+            callback = world.callback_url(browser, "jan")
+            flow = DataCipher(new).open(_binding(browser), _FLOW_AAD)
+            with _browser_with(DataCipher(old).seal(flow, _FLOW_AAD)) as forged:
+                _refused(world, forged.get(callback), "upstream_state_invalid", "binding cookie does not open")
+            assert browser.get(callback).status_code == 303
+        assert len(world.sessions()) == 1

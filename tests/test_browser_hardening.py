@@ -351,6 +351,19 @@ def test_every_page_and_oidc_endpoint_carries_hsts_on_https(any_site: Site) -> N
         assert resp.headers.get("strict-transport-security") == expected, (any_site.settings.issuer, method, path)
 
 
+def test_no_api_docs_pages_run_cdn_script_on_the_providers_origin(site: Site) -> None:
+    """Review 128, finding 2: FastAPI's /docs and /redoc loaded unpinned CDN scripts (swagger-ui@5,
+    redoc@2) on the provider's own origin, with no CSP: a compromised CDN ran script same-origin with the
+    provider (it could fetch /oauth2/authorize and read the code). The API document stays published."""
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        resp = site.http.get(path)
+        assert resp.status_code == 404, (path, resp.text)
+        assert resp.headers["content-type"].startswith("application/problem+json"), path
+        assert "cdn.jsdelivr.net" not in resp.text
+    spec = site.http.get("/openapi.json")
+    assert spec.status_code == 200 and spec.json()["info"]["title"] == "quaygate"
+
+
 # ---- 4. a passkey added from a session no passkey opened ----------------------------------------------
 
 

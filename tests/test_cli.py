@@ -45,9 +45,12 @@ def test_demo_writes_credentials_once(env: Path, capsys: pytest.CaptureFixture[s
     engine = make_engine(f"sqlite:///{env / 'q.db'}")
     try:
         app = ClientRegistry(engine).find(data["clients"]["driver_app"]["client_id"])
+        console = ClientRegistry(engine).find(data["clients"]["admin_console"]["client_id"])
     finally:
         engine.dispose()
     assert app is not None and app.id_token_alg == "ES256"
+    # Review 128, finding 1: the console's sign-out ends the provider session and comes back to /console/.
+    assert console is not None and console.post_logout_redirect_uris == (data["console"],)
 
 
 def test_bad_organisation_kind_is_a_plain_message(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -137,6 +140,40 @@ def _active_kids(db: Path) -> dict[str, str]:
     finally:
         engine.dispose()
     return {r.alg: r.kid for r in rows}
+
+
+def test_keys_revoke_withdraws_a_key_and_says_so(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 132, finding 6: ``quaygate keys revoke KID --reason``, audited; plain messages."""
+    import sqlalchemy as sa
+
+    from quaygate.db import make_engine
+    from quaygate.schema import audit_log, signing_keys
+
+    assert main(["keys", "rotate"]) == 0
+    kids = _active_kids(env / "q.db")
+    capsys.readouterr()
+    assert main(["keys", "revoke", kids["ES256"], "--reason", "found on a paste site"]) == 0
+    out = capsys.readouterr().out
+    after = _active_kids(env / "q.db")
+    assert f"signing key {kids['ES256']} is revoked" in out and f"new signing key {after['ES256']} is active" in out
+    assert "within 60 s" in out and after["ES256"] != kids["ES256"]
+    for argv, message in ((["keys", "revoke", kids["ES256"], "--reason", "again"], "already revoked"),
+                          (["keys", "revoke", "nope", "--reason", "x"], "no token signing key nope"),
+                          (["keys", "revoke", kids["RS256"], "--reason", " "], "a reason is required")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("nothing changed: ") and message in err and "Traceback" not in err
+    engine = make_engine(f"sqlite:///{env / 'q.db'}")
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(signing_keys).where(signing_keys.c.kid == kids["ES256"])).one()
+            entries = conn.execute(sa.select(audit_log).where(audit_log.c.kind == "identity.key.revoked")).all()
+    finally:
+        engine.dispose()
+    assert (row.status, row.private_enc) == ("revoked", None)
+    assert [(e.subject, e.actor["client_id"].startswith("cli:"), e.data["reason"]) for e in entries] == [
+        (kids["ES256"], True, "found on a paste site")]
+    assert _active_kids(env / "q.db") == after  # the refused ones changed nothing
 
 
 def test_keys_rotate_every_algorithm_or_the_named_ones(env: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,6 +31,7 @@ from identity.sessions import sessions_for
 from quaygate.schema import audit_log, face_captures, face_templates, login_sessions, metadata
 from tests.aio import chunks_of, post_counting_body, run_async
 from tests.test_admin_console import _auth, _console, _officer, _token
+from tests.test_face_image_cost import png
 from tests.test_face_support import blurred, fresh, photo, side_by_side
 from tests.test_identity_code_flow_support import Flow
 from tests.test_identity_grants_support import Lifecycle, make_lifecycle
@@ -154,6 +155,60 @@ def test_badge_office_enrols_and_no_image_nor_clear_template_is_stored(
     assert gone.status_code == 200 and gone.json()["enrolled"] is False
     _problem(env.http.delete(f"/admin/v1/persons/{person}/face", headers=_office(env)), 409, "face_not_enrolled")
     assert "identity.face.withdrawn" in [k for k, _ in _kinds(env)]
+
+
+def test_another_person_s_face_replaces_an_enrolment_only_with_a_reason(
+    env: Lifecycle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review 131, finding 3: re-enrolling the same person records the distance between the two faces;
+    another person's face (above the default tolerance) is refused 409 face_differs, audited with the
+    distance, unless the badge office says why (replace_reason), which the trail keeps and port security
+    is warned of."""
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    same = _enrol(env, person, "obama2.jpg")  # another photo of the same man
+    assert same.status_code == 201, same.text
+    assert same.json()["replaced"] is True and 0 < same.json()["distance"] <= 0.5
+    current = same.json()["template_id"]
+
+    body = _problem(_enrol(env, person, "biden.jpg"), 409, "face_differs")
+    assert "replace_reason" in body["detail"]
+    assert env.http.get(f"/admin/v1/persons/{person}/face", headers=_office(env)).json()["template_id"] == current
+    [refused] = [d for k, d in _kinds(env) if k == "identity.face.enrol.refused"]
+    assert (refused["code"], refused["replaced_template_id"], refused["differs"]) == ("face_differs", current, True)
+    assert refused["distance"] > 0.75
+    _problem(_enrol(env, person, "biden.jpg", replace_reason=" \n "), 422, "replace_reason_invalid")
+    assert env.http.post(f"/admin/v1/persons/{person}/face", headers=_office(env),
+                         json={"image": b64(photo("biden.jpg")), "replace_reason": "x" * 501}).status_code == 422
+
+    caplog.set_level(logging.INFO)
+    done = _enrol(env, person, "biden.jpg", replace_reason="  the ID photo   on file was not his ")
+    assert done.status_code == 201, done.text
+    assert done.json()["replaced"] is True and done.json()["distance"] > 0.75
+    entries = [d for k, d in _kinds(env) if k == "identity.face.enrolled"]
+    assert [("replace_reason" in d, d.get("differs")) for d in entries] == [(False, None), (False, False),
+                                                                            (True, True)]
+    assert entries[1]["distance"] == same.json()["distance"] and entries[1]["replaced_template_id"]
+    assert entries[2]["replace_reason"] == "the ID photo on file was not his"
+    assert (entries[2]["replaced_template_id"], entries[2]["distance"]) == (current, done.json()["distance"])
+    warned = [r for r in caplog.records if r.getMessage() == "identity.face.enrolment.replaced_other_face"]
+    assert [r.levelname for r in warned] == ["WARNING"]
+
+
+@pytest.mark.parametrize("how", ["unreadable", "not current"])
+def test_an_enrolment_that_cannot_be_compared_is_replaced_only_with_a_reason(env: Lifecycle, how: str) -> None:
+    """An old template that does not open (tampered, sealed under a retired data key) or that the trail
+    does not name: nothing says whose face it was, so even the same face replaces it only with a reason."""
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    with env.engine.begin() as conn:
+        change = {"sealed": "AAAA" + "B" * 40} if how == "unreadable" else {"template_id": uuid.uuid4()}
+        conn.execute(face_templates.update().where(face_templates.c.person_id == person).values(**change))
+    _problem(_enrol(env, person, "obama2.jpg"), 409, "face_differs")
+    [refused] = [d for k, d in _kinds(env) if k == "identity.face.enrol.refused"]
+    assert (refused["distance"], refused["differs"]) == (None, True)
+    done = _enrol(env, person, "obama2.jpg", replace_reason="the stored template does not open")
+    assert done.status_code == 201 and done.json()["distance"] is None
 
 
 @pytest.mark.parametrize(("image", "status", "code"), [
@@ -320,6 +375,37 @@ def test_a_replayed_capture_is_refused_within_the_window_and_forgotten_after_it(
         assert conn.execute(sa.select(sa.func.count()).select_from(face_captures)).scalar_one() == 0
 
 
+def test_a_capture_matched_before_the_data_key_changed_stays_a_replay_with_the_old_digest_key_alone(
+    env: Lifecycle,
+) -> None:
+    """Review 135, finding 1 (iv): the replay lookup across a data key change needs the old key's digest key
+    only (QUAYGATE_FACE_DIGEST_KEYS_PREVIOUS, an HKDF output that opens and tags nothing), not the old data
+    key: once the database is sealed again, the old key goes and the capture matched under it is still a
+    replay for another use."""
+    from identity.face.sealing import TAG_PURPOSE
+    from identity.face.service import DIGEST_PURPOSE
+    from quaygate import rekey
+    from quaygate.crypto import DataCipher
+
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    face = face_for(env.app)
+    capture = fresh("obama2.jpg")
+    assert face.verify_face_blocking(person, capture, used_for="gate:T:a").matched
+    old, new = env.container.settings.data_key_bytes(), bytes(range(100, 132))
+    ring = DataCipher(new, [old])
+    rekey.rekey(env.engine, ring)
+    rekey.retag(env.engine, ring.derive_all(TAG_PURPOSE), actor={"system": "test"}, now=env.container.clock.now())
+
+    def service(*digest_keys: bytes) -> FaceService:  # the old data key dropped
+        return FaceService(engine=env.engine, cipher=DataCipher(new), pool=env.app.state.face_pool, tolerance=0.5,
+                           max_image_bytes=face.max_image_bytes, previous_digest_keys=digest_keys)
+
+    kept = service(DataCipher(old).derive(DIGEST_PURPOSE)).verify_face_blocking(person, capture, used_for="gate:T:b")
+    assert (kept.matched, kept.reason) == (False, "face_replayed")
+    assert service().verify_face_blocking(person, capture, used_for="gate:T:c").matched  # nothing kept: fresh
+
+
 def test_a_bad_capture_to_the_driver_himself_says_first_that_no_face_is_enrolled(env: Lifecycle) -> None:
     """The enrolment oracle is closed for whoever is not the person (the gate: the capture is judged
     first); the driver stepping up on his own face is told first that he has none enrolled."""
@@ -351,12 +437,14 @@ def _session(env: Lifecycle, person: uuid.UUID, acr: str = assurance.ACR_PASSKEY
     return cookie
 
 
-def _step_up(env: Lifecycle, cookie: str | None, name: str, origin: str | None = ORIGIN) -> Any:
+def _step_up(env: Lifecycle, cookie: str | None, name: str | bytes, origin: str | None = ORIGIN) -> Any:
+    """A step-up with the photo ``name``, or these bytes."""
     env.http.cookies.clear()
     headers = {"Origin": origin} if origin else {}
     if cookie:
         headers["Cookie"] = f"{env.container.settings.session_cookie}={cookie}"
-    return env.http.post("/face/step-up", json={"image": b64(photo(name))}, headers=headers)
+    image = photo(name) if isinstance(name, str) else name
+    return env.http.post("/face/step-up", json={"image": b64(image)}, headers=headers)
 
 
 def test_step_up_raises_the_session_to_acr_face_and_replaces_it(env: Lifecycle) -> None:
@@ -538,3 +626,52 @@ def test_a_capture_the_liveness_port_calls_a_spoof_is_refused(env: Lifecycle) ->
     assert (match.matched, match.reason) == (False, "face_not_live")
     [entry] = [d for k, d in _kinds(env) if k == "identity.face.verify.refused"]
     assert entry["liveness"] == "spoof"
+
+
+# ---- what a capture costs (review 131, finding 2) --------------------------------------------------
+
+
+def _jobs(env: Lifecycle, monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """The owners of the jobs given to the face workers from now on."""
+    pool = face_for(env.app)._pool
+    real, jobs = pool.submit, []
+
+    def submit(image: bytes, owner: str | None = None) -> Any:
+        jobs.append(owner)
+        return real(image, owner)
+
+    monkeypatch.setattr(pool, "submit", submit)
+    return jobs
+
+
+def test_a_costly_capture_is_refused_before_a_worker_and_unusable_ones_are_limited(
+    env: Lifecycle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files claiming big pictures reach no face worker, at the enrolment or the step-up; and a
+    person's step-ups may send only so many unusable captures per window (face_step_up_bad_captures):
+    past it 429 rate_limited, the right face too, with no worker job and no lockout started."""
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    jobs = _jobs(env, monkeypatch)
+    strip, wide = png(1, 5_000_000), png(3000, 600)
+    _problem(env.http.post(f"/admin/v1/persons/{person}/face", json={"image": b64(strip)}, headers=_office(env)),
+             413, "image_too_large")
+    assert [d["code"] for k, d in _kinds(env) if k == "identity.face.enrol.refused"] == ["image_too_large"]
+    service = face_for(env.app)
+    service.bad_captures = 3
+    cookie = _session(env, person)
+    _problem(_step_up(env, cookie, strip), 413, "image_too_large")
+    _problem(_step_up(env, cookie, wide), 422, "image_unreadable")
+    assert jobs == []
+    stepped = _step_up(env, cookie, "obama2.jpg")  # a real capture still steps up
+    assert stepped.status_code == 200, stepped.text
+    cookie = stepped.cookies.get(env.container.settings.session_cookie)
+    _problem(_step_up(env, cookie, "chelsea.png"), 422, "face_not_found")  # the third unusable capture
+    assert jobs == [None, None]
+    refused = _step_up(env, cookie, fresh("obama2.jpg"))
+    body = _problem(refused, 429, "rate_limited")
+    assert "unusable" in body["detail"] and 0 < int(refused.headers["Retry-After"]) <= service.bad_capture_window
+    assert jobs == [None, None]
+    assert "identity.lockout.started" not in [k for k, _ in _kinds(env)]
+    other = env.person()  # the allowance is the person's
+    _problem(_step_up(env, _session(env, other), wide), 409, "face_not_enrolled")

@@ -82,7 +82,8 @@ def test_an_older_enrolment_restored_into_its_row_does_not_open_and_the_current_
     driver = gate.p.driver
     gate.enrol(driver, "biden.jpg")  # the impostor's face, enrolled under the driver's name
     impostor = _row(gate, driver)
-    gate.enrol(driver, "obama.jpg")  # the badge office replaced it with the driver's own
+    # the badge office replaced it with the driver's own, saying why (review 131, finding 3)
+    gate.enrol(driver, "obama.jpg", "the enrolled face was an impostor's")
     assert (_decide(gate, fresh("obama2.jpg"))["decision"]) == "allow"
     assert _decide(gate, fresh("biden.jpg"))["reasons"] == ["face_mismatch"]
 
@@ -98,7 +99,9 @@ def test_an_older_enrolment_restored_into_its_row_does_not_open_and_the_current_
     stepped = face_for(gate.app).verify_face_blocking(driver, fresh("biden.jpg"), purpose="step_up", own_face=True)
     assert (stepped.matched, stepped.reason, stepped.distance) == (False, "face_unavailable", None)
 
-    gate.enrol(driver, "obama.jpg")  # the badge office enrols again: the new enrolment is current
+    # The badge office enrols again: the new enrolment is current. The stored row is not the current
+    # one, so nothing says whose face it was: the replacement needs a reason (review 131, finding 3).
+    gate.enrol(driver, "obama.jpg", "the stored face was not the current enrolment")
     assert _decide(gate, fresh("obama2.jpg"))["decision"] == "allow"
     assert _console_view(gate, driver) is True
 
@@ -109,7 +112,7 @@ def test_copied_and_forged_entries_do_not_make_an_older_row_current(gate: FaceGa
     gate.enrol(driver, "biden.jpg")
     impostor = _row(gate, driver)
     old_entry = _entries(gate, rules.ENROLLED)[-1]
-    gate.enrol(driver, "obama.jpg")
+    gate.enrol(driver, "obama.jpg", "the enrolled face was an impostor's")
     _write_row(gate, impostor)
     # The insider copies the impostor's own (genuine) entry after the current one, adds one with a
     # higher generation and a made-up tag, and one without a tag, as the trail's older entries were.
@@ -157,7 +160,7 @@ def test_an_enrolment_from_before_the_tags_is_accepted_once_and_upgraded(gate: F
     driver = gate.p.driver
     gate.enrol(driver, "biden.jpg")
     impostor = _row(gate, driver)
-    gate.enrol(driver, "obama.jpg")
+    gate.enrol(driver, "obama.jpg", "the enrolled face was an impostor's")
     current = _row(gate, driver)
     with as_insider(gate.engine) as conn:  # the trail as the service wrote it before: no generation, no tag
         conn.execute(audit_log.delete().where(audit_log.c.kind.in_(rules.KINDS)))

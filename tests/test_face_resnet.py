@@ -59,7 +59,7 @@ def faces() -> dict[str, Face]:
     fr = _fr()
     found = {}
     for name in SAME + OTHERS:
-        pixels = engine.decode(photo(name), max_side=640, max_pixels=40_000_000)
+        pixels = engine.decode(photo(name), max_side=640)
         grey = np.asarray(Image.fromarray(pixels).convert("L"))  # as the engine detects
         top, right, bottom, left = fr.face_locations(grey, number_of_times_to_upsample=0)[0]
         # face_encodings' default model="small": the 5-point landmarks

@@ -61,6 +61,43 @@ def test_a_late_face_mismatch_for_a_truck_let_through_is_recorded_and_calls_an_o
     assert len(sink.commands) == 2 and len(outbox.late_reads(decided.request_id)) == 1
 
 
+def test_another_plate_read_after_a_truck_was_let_through_is_recorded_and_calls_an_officer(
+        gate: Gate, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    """correlate.py rule 3b, lane.py rule 8: the front camera reads the nominated plate (a clone), the truck
+    is let through as soon as its required reads are in; the rear camera then reads its real plate. Before,
+    that read became a phantom truck that timed out into a review half a minute later, and the request
+    that opened the barrier was never marked. Now, like a late face mismatch: noted beside that request,
+    and the barrier holds and calls an officer at once (the lane latched for it); no truck of its own."""
+    rid = gate.pickable(35)
+    sink = RecordingBarrier()
+    clock = [1000.0]
+    lane = runtime(real_client(gate), outbox, sink, clock=lambda: clock[0])
+    at = _now()
+    [decided] = [r for read in reads(n=35, at=at) for r in lane.feed(read)]
+    assert decided.decision == "allow" and commands(sink) == [(BarrierCommand.OPEN, False)]
+    rear = generic_json.parse_object({"kind": "plate", "lane": LANE, "device": "rear-cam",
+                                      "observed_at": (at + timedelta(seconds=2)).isoformat(),
+                                      "plate": {"text": "7-XYZ-777", "country": "BE", "confidence": 0.96}})
+    clock[0] += 3
+    with caplog.at_level(logging.WARNING):
+        [late] = lane.feed(rear)
+    assert (late.request_id, late.response, late.observed_at) == (decided.request_id, None, decided.observed_at)
+    assert late.error is not None and late.error.startswith("late_plate_mismatch")
+    assert commands(sink) == [(BarrierCommand.OPEN, False), (BarrierCommand.HOLD, True)]  # at once
+    latch = outbox.held_latch(LANE)
+    assert latch is not None and (latch.request_id, latch.reason) == (decided.request_id, "late_plate_mismatch")
+    [logged] = [r for r in caplog.records if r.getMessage() == "gate.lane.late_plate_mismatch"]
+    assert logged.levelno == logging.ERROR
+    assert (logged.lane, logged.request_id) == (LANE, decided.request_id)  # type: ignore[attr-defined]
+    assert outbox.late_reads(decided.request_id) == [("late_plate_mismatch", {
+        "kind": "plate", "text": "7XYZ777", "country": "BE", "confidence": 0.96, "camera": "rear-cam"})]
+    assert outbox.response(decided.request_id)["decision"] == "allow"  # type: ignore[index]  # the answer stands
+    assert gate.state(rid) == "gated_in"
+    clock[0] += 40  # past the window: no phantom truck times out into a request
+    assert lane.tick() == [] and outbox.pending() == [] and len(sink.commands) == 2
+    assert outbox.newest(LANE) == decided.request_id
+
+
 def test_a_late_matching_face_or_a_mismatch_the_request_carried_stays_a_harmless_duplicate(
         gate: Gate, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
     """Only news is acted on: a late "matched" changes nothing; a mismatch the service already heard

@@ -408,7 +408,7 @@ def test_on_the_cache_a_copy_from_an_older_server_is_read_again(cached: Gate) ->
     cached.facts._near.clear()  # type: ignore[attr-defined]
     assert {k: _verify(cached, 6)[k] for k in CONTESTED} == CONTESTED
     # ... and replaced by a copy that names them.
-    assert all(len(json.loads(client.get(k))[0]) == 14 for k in keys)
+    assert all(len(json.loads(client.get(k))[0]) == 15 for k in keys)  # with the holder's status (review 130)
 
 
 def test_on_the_cache_a_squatted_container_is_contested_once_the_real_line_is_refused(cached: Gate) -> None:
@@ -775,3 +775,73 @@ def test_two_batches_on_the_same_containers_both_go_through_and_the_second_sees_
         entries = conn.execute(sa.select(sa.func.count()).select_from(audit_log)
                                .where(audit_log.c.kind == "release.container_contested")).scalar_one()
     assert entries == 300  # the second batch's, one per right: each saw the first's rights
+
+
+@pytest.fixture(params=["loop", "thread"])
+def committing(request: pytest.FixtureRequest, pg_engine: sa.Engine, tmp_path: Any, redis_url: str) -> Any:
+    """PostgreSQL and Redis, the gate's commits decided on the event loop or on the worker threads."""
+    for served in test_gate_facts._serve(pg_engine, tmp_path, redis_url,
+                                         gate_commit_on_loop=request.param == "loop"):
+        served.commits_on = request.param  # type: ignore[attr-defined]
+        yield served
+
+
+def test_a_contest_marked_between_a_commits_read_and_its_write_is_decided_again(
+        committing: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 130 (low): a gate commit reads its rights unlocked and writes its move only at the version
+    it read; the contest mark set ``contested_at`` without a new version, so a commit that read the right
+    before the real line was refused wrote allow and gated_in on a right contested by then. The mark is
+    now a new version: the write updates nothing, and the gate reads again and holds the truck."""
+    from release_service.adapters.sqla.gate_loop import LoopGateUnit
+    from release_service.adapters.sqla.uow import SqlUnitOfWork
+    from release_service.domain.errors import DomainError
+    from release_service.services.common import run as run_use_case
+
+    gate = committing
+    rogue, _ = _squat(gate, 32)
+    hooked: list[str] = []
+
+    def refuse_the_real_line(on: str) -> None:
+        """The real line issues the container on the real vessel call and is refused: the mark."""
+        if hooked:
+            return
+        hooked.append(on)
+        with pytest.raises(DomainError, match="live release right"):
+            run_use_case(SqlUnitOfWork(gate.engine),
+                         lambda uow: issue.issue(uow, gate.p.line, issue_cmd(gate.p, 32, vessel_call="VC-1"), now()),
+                         lambda result: (201, None), idempotency=None, now=now())
+
+    read_on_thread, read_on_loop = SqlReleaseStore.of_containers, LoopGateUnit.rights_of
+
+    def read_then_mark(self: SqlReleaseStore, containers: Any) -> Any:
+        rights = read_on_thread(self, containers)
+        refuse_the_real_line("thread")
+        return rights
+
+    async def read_then_mark_on_loop(self: LoopGateUnit, containers: Any) -> Any:
+        rights = await read_on_loop(self, containers)
+        refuse_the_real_line("loop")
+        return rights
+
+    monkeypatch.setattr(SqlReleaseStore, "of_containers", read_then_mark)
+    monkeypatch.setattr(LoopGateUnit, "rights_of", read_then_mark_on_loop)
+    got = _verify(gate, 32, mode="commit")
+    assert hooked == [gate.commits_on]  # type: ignore[attr-defined]
+    assert {k: got[k] for k in CONTESTED} == CONTESTED and got["release_id"] == rogue
+    assert got["committed"] is False
+    assert gate.state(rogue) == "nominated"
+    shown = gate.http.get(f"/api/v1/releases/{rogue}", headers={"Authorization": f"Bearer {gate.tokens['rogue']}"})
+    assert shown.json()["contested_at"] is not None
+
+
+def test_a_right_born_marked_is_answered_at_the_version_the_mark_made(gate: Gate) -> None:
+    """The mark is a new version (review 130), a right born marked included: the issue's answer shows
+    the version stored, so a write conditioned on it (If-Match) is not refused."""
+    _squat(gate, 33)
+    assert_problem(_real_issue(gate, 33), 409, "active_right_exists")
+    r = _issue_as(gate, 33, "VC-59", by="rogue")
+    assert r.status_code == 201, r.text
+    answered = r.json()["release"]
+    shown = gate.http.get(f"/api/v1/releases/{answered['id']}",
+                          headers={"Authorization": f"Bearer {gate.tokens['rogue']}"}).json()
+    assert answered["contested_at"] is not None and answered["version"] == shown["version"]

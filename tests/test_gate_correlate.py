@@ -206,6 +206,49 @@ def test_a_plate_read_from_the_truck_behind_is_never_taken_silently_for_the_fron
     assert front.request_id != plain.request_id  # a doubtful question is another question (rule 5)
 
 
+def rear(text: str, sec: float, conf: float = 0.96) -> PlateRead:
+    """A plate read by the lane's second (rear) camera."""
+    return PlateRead(lane=LANE, source="t", camera="rear", text=text, country="BE", confidence=conf,
+                     observed_at=T0 + timedelta(seconds=sec))
+
+
+def test_another_plate_read_by_the_rear_camera_after_the_truck_was_sent_is_its_news_never_a_phantom() -> None:
+    """Rule 3b: the front camera reads a cloned nominated plate, the truck is sent as soon as its container
+    and badge are in; the rear camera reads the real plate seconds later, with nothing pending. Before, it
+    opened a phantom truck that timed out into a review half a minute later, the request that opened the
+    barrier never marked. Now it is that request's late plate mismatch (the caller calls an officer), once."""
+    corr = lane()
+    [a] = feed(corr, [plate("1ABC234"), container(), badge()])
+    real = rear("7XYZ777", sec=5.0)
+    assert corr.add(real, 105.0) == [] and corr.pending_count == 0
+    [dropped] = corr.take_dropped()
+    assert (dropped.reason, dropped.request_id, dropped.observed_at, dropped.plate) == (
+        DropReason.LATE_PLATE_MISMATCH, a.request_id, T0, real)
+    assert corr.add(rear("7XYZ777", sec=6.0, conf=0.98), 106.0) == []  # the same news again: said once
+    assert [(d.reason, d.request_id) for d in corr.take_dropped()] == [(DropReason.LATE_READ, a.request_id)]
+    assert corr.tick(105.0 + 31.0) == []  # nothing opened that could time out
+    [b] = feed(corr, [plate("2KLM456", sec=40.0), container("MAEU7654320", sec=41.0), badge("AP-100248", sec=42.0)],
+               start=140.0)
+    assert b.plate is not None and b.plate.text == "2KLM456" and b.doubtful == frozenset()
+
+
+def test_the_next_trucks_plate_from_a_camera_that_read_the_last_one_is_its_own() -> None:
+    """Rule 3b is news only from a camera that has not read the truck's plate: the front camera reading
+    the truck behind within the window (or the rear camera, once it read the last truck's plate as a late
+    duplicate) is the next truck, placed as any read, never an officer call for every truck that follows."""
+    for other in (plate("2KLM456", sec=8.0), rear("2KLM456", sec=8.0)):
+        corr = lane()
+        feed(corr, [plate("1ABC234"), container(), badge()])
+        assert corr.add(rear("1ABC234", sec=4.0), 104.0) == []  # the rear camera reads the same plate
+        assert [d.reason for d in corr.take_dropped()] == [DropReason.LATE_READ]
+        assert corr.add(other, 108.0) == [] and corr.pending_count == 1 and corr.take_dropped() == []
+    # A truck pending at the lane: another plate may be its own (rule 1), never news for the one before.
+    corr = lane()
+    feed(corr, [plate("1ABC234"), container(), badge()])
+    assert feed(corr, [container("MAEU7654320", sec=9.0), rear("2KLM456", sec=10.0)], start=109.0) == []
+    assert corr.take_dropped() == [] and corr.pending_count == 1
+
+
 P1, P1_LOOKALIKE, P2 = plate("1ABC234", conf=0.60, sec=0.0), plate("1A8C234", conf=0.90, sec=0.5), \
     plate("1ABC284", conf=0.70, sec=1.0)
 

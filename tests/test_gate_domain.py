@@ -13,6 +13,7 @@ import pytest
 
 from release_service.domain import release
 from release_service.domain.gate import (
+    OVERRIDABLE,
     RULES,
     SEVERITY,
     BadgeFacts,
@@ -35,6 +36,7 @@ from release_service.domain.gate import (
     TerminalPolicy,
     decide,
     mask_name,
+    not_overridable,
     select_right,
 )
 from release_service.domain.iso6346 import ContainerNumber, with_check_digit
@@ -130,7 +132,7 @@ def test_accepted_nomination_and_good_face_are_allowed() -> None:
     d = run(
         request=a_request(face=FaceEvidence("match_result", 0.9, True)),
         rights=[a_right(nomination=NominationFacts(DRIVER, "1ABC123", "BE", "accepted"))],
-        policy=TerminalPolicy(face_required=True),
+        policy=TerminalPolicy(face_required=True, face_match_results="accept"),
     )
     assert d.decision is Outcome.ALLOW
 
@@ -154,6 +156,7 @@ SCENARIOS: dict[Reason, Callable[[], Decision]] = {
     Reason.RIGHT_EXPIRED: lambda: run(rights=[a_right(valid_until=NOW)]),
     Reason.RIGHT_NOT_YET_VALID: lambda: run(rights=[a_right(valid_from=NOW + timedelta(hours=1))]),
     Reason.RIGHT_BLOCKED: lambda: run(rights=[a_right(blocked=True)]),
+    Reason.HOLDER_INACTIVE: lambda: run(rights=[a_right(holder_active=False)]),  # (test_gate_holder_inactive.py)
     Reason.ALREADY_USED: lambda: run(rights=[a_right(state="gated_in")]),
     Reason.CONTAINER_CONTESTED: lambda: run(rights=[  # another line's live right here (test_gate_contested.py)
         a_right(issuer=uuid.UUID(int=1)), a_right(id=uuid.uuid4(), issuer=uuid.UUID(int=2), state="active",
@@ -197,10 +200,10 @@ def test_every_reason_code_has_a_scenario_that_produces_it() -> None:
 
 
 def test_reason_codes_are_the_published_ones() -> None:
-    # Three beyond SPEC.md's list ("reason codes, at least"): the driver's refusal, port security's
-    # suspension, a container two lines' rights claim.
+    # Four beyond SPEC.md's list ("reason codes, at least"): the driver's refusal, port security's
+    # suspension of a person and deactivation of the holder, a container two lines' rights claim.
     assert {r.value for r in Reason} == SPEC_CODES | {release.NOMINATION_REFUSED, "person_suspended",
-                                                      "container_contested"}
+                                                      "container_contested", "holder_inactive"}
     assert Reason.NOMINATION_REFUSED.value == release.NOMINATION_REFUSED
 
 
@@ -214,6 +217,20 @@ def test_severity_table_covers_every_reason() -> None:
     assert set(SEVERITY) == set(Reason)
     assert {r for r, s in SEVERITY.items() if s is Severity.DOUBT} == DOUBTS - {Reason.SCREENING_UNAVAILABLE}
     assert SEVERITY[Reason.SCREENING_UNAVAILABLE] is Severity.BY_POLICY
+
+
+def test_a_deactivated_holders_right_is_refused_both_ways_and_not_overridable() -> None:
+    """Review 130: port security's word on the company holding the right, in both directions (the
+    container inside does not leave on it either), never the desk's to set aside; an ended right says
+    only why it ended."""
+    d = run(rights=[a_right(holder_active=False)])
+    assert (d.decision, d.reasons, d.event) == (
+        Outcome.DENY, (Reason.HOLDER_INACTIVE,), "release.verify.denied.holder_inactive")
+    out = run(request=a_request(direction=Direction.OUT), rights=[a_right(state="gated_in", holder_active=False)])
+    assert out.reasons == (Reason.HOLDER_INACTIVE,)
+    assert run(rights=[a_right(state="revoked", holder_active=False)]).reasons == (Reason.RIGHT_REVOKED,)
+    assert Reason.HOLDER_INACTIVE not in OVERRIDABLE
+    assert not_overridable(["plate_mismatch", "holder_inactive"]) == ["holder_inactive"]
 
 
 # ---- collecting and ordering ---------------------------------------------------------------------

@@ -61,13 +61,14 @@ def face_pool() -> Iterator[FacePool]:
 class FaceGate(Gate):
     app: Any
 
-    def enrol(self, person: uuid.UUID, name: str = "obama.jpg") -> None:
+    def enrol(self, person: uuid.UUID, name: str = "obama.jpg", replace_reason: str | None = None) -> None:
         import anyio
 
         service = face_for(self.app)
 
         async def go() -> Any:
-            return await service.enrol(person, photo(name), source="id_photo", actor="badge-office", now=_now())
+            return await service.enrol(person, photo(name), source="id_photo", actor="badge-office", now=_now(),
+                                       replace_reason=replace_reason)
 
         from concurrent.futures import ThreadPoolExecutor
 
@@ -132,7 +133,39 @@ def test_the_nominated_driver_s_face_allows_and_commits_once(gate: FaceGate) -> 
     assert [k for k, _ in audits] == ["identity.face.verify.matched"] * 2
     data = audits[-1][1]
     assert data["purpose"] == "gate" and data["tolerance"] == 0.5 and 0.3 < data["distance"] < 0.45
+    # The decision's row says the service matched an image (review 131: never taken for a claimed match).
+    with gate.engine.connect() as conn:
+        face = conn.execute(sa.select(gate_decisions.c.face)
+                            .where(gate_decisions.c.id == uuid.UUID(first["decision_id"]))).scalar_one()
+    assert face == {"kind": "image", "matched": True, "distance": data["distance"], "tolerance": 0.5,
+                    "unavailable": None}
     assert (data["terminal"], data["request_id"], data["mode"]) == (TERMINAL, body["request_id"], "commit")
+
+
+def test_a_costly_capture_is_refused_before_a_face_worker_sees_it(gate: FaceGate,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 131, finding 2: small files claiming big pictures (tests/test_face_image_cost.py) are 422s
+    with the capture's code, nothing recorded, and no face worker was given them; a real capture is
+    still matched, queued under its terminal's name (its share of the pool)."""
+    from tests.test_face_image_cost import bombs
+
+    gate.pickable(1)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    pool = face_for(gate.app)._pool
+    real, jobs = pool.submit, []
+
+    def submit(image: bytes, owner: str | None = None) -> Any:
+        jobs.append(owner)
+        return real(image, owner)
+
+    monkeypatch.setattr(pool, "submit", submit)
+    for name, (image, code) in bombs().items():
+        r = gate.verify(gate.with_face(1, image, mode="commit"))
+        assert (r.status_code, r.json()["code"]) == (422, code), name
+    assert jobs == [] and gate.decisions() == 0
+    got = _decide(gate, gate.with_face(1, photo("obama2.jpg"), mode="commit"))
+    assert (got["decision"], got["committed"]) == ("allow", True), got
+    assert jobs == [f"gate:{TERMINAL}"]
 
 
 class _HotPoolRefused(Exception):

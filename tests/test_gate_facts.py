@@ -192,6 +192,109 @@ def test_a_check_decided_again_after_its_id_left_redis_is_kept_aside_never_dropp
     assert len(facts._r.xrange(facts._p + REFUSED)) == 1
 
 
+def test_checks_past_the_streams_cap_are_recorded_in_postgresql_and_no_answered_one_is_lost(
+        gate: Gate, caplog: pytest.LogCaptureFixture) -> None:
+    """Review 127 (low): the stream of kept checks was bounded by trimming its oldest entries (XADD
+    MAXLEN ~), drained or not. With the drainers behind (PostgreSQL away, none running), decisions
+    answered at the gate vanished before they reached gate_decisions, and an override of such a
+    refusal answered 404. Now nothing is trimmed: a check that finds the stream at its cap (on the
+    remembered facts' keep, the loop's record and a worker thread's record alike) is recorded in
+    PostgreSQL, logged and counted; every decision answered is in gate_decisions once it is drained."""
+    import logging
+
+    from release_service.adapters.gate_facts import STREAM
+
+    caplog.set_level(logging.ERROR, logger="release_service.adapters.gate_facts")
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    facts._cap = 10
+    facts.FULL_PAUSE = 0.0  # every check tries the stream again: each of the three scripts finds it full
+    gate.pickable(47)
+    gate.pickable(48)
+    refused = _check(gate, 47, plate={"text": "9ZZZ999", "country": "BE", "confidence": 0.99})
+    assert (refused["decision"], refused["reasons"]) == ("deny", ["plate_mismatch"])
+    # More than a stream node's 100 entries past the cap: what the approximate trim used to drop.
+    answered = [refused["decision_id"], *(_check(gate, 48 - n % 2)["decision_id"] for n in range(150))]
+    body = gate.body(48)  # past the cap: a retry is answered from PostgreSQL's record, an id reused refused
+    late = gate.verify(body).json()
+    assert gate.verify(body).json() == late
+    assert_problem(gate.verify({**body, "lane": "in-9"}), 409, "request_id_reused")
+    answered.append(late["decision_id"])
+    waiting = facts._r.xlen(facts._p + STREAM)
+    with gate.engine.connect() as conn:
+        direct = conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)).scalar_one()
+
+    facts.drain("test", block_ms=None)
+    with gate.engine.connect() as conn:
+        kept = set(conn.execute(sa.select(gate_decisions.c.id)).scalars())
+    assert not {uuid.UUID(d) for d in answered} - kept, "answered decisions missing from gate_decisions"
+    assert len(kept) == len(answered) == 152
+    assert (waiting, direct) == (10, 142)  # the rest recorded in PostgreSQL as they were decided
+    assert facts.stream_full >= 142 * 3 - 2  # the keep, the loop's record, the thread's record, each found it full
+    assert caplog.messages.count("release.gate_facts.stream_full") >= 142
+    scraped = gate.http.get("/metrics").text  # for an operator: the drainers are behind
+    line = next(x for x in scraped.splitlines() if x.startswith("quaygate_gate_stream_full_total "))
+    assert float(line.split()[1]) == facts.stream_full
+    r = gate.http.post("/gate/v1/overrides", headers={"Authorization": f"Bearer {gate.gate_token}"},
+                       json={"decision_id": refused["decision_id"], "reason": "plate checked at the desk"})
+    assert r.status_code == 201, r.text
+    # Drained, the stream has room again: the next check is kept there, with no SQL.
+    with Statements(gate.engine) as sql:
+        assert _check(gate, 48)["decision"] == "allow"
+    assert sql.count == 0 and facts._r.xlen(facts._p + STREAM) == 1
+
+
+def test_a_stream_found_full_sends_no_keep_for_a_moment(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a script found the stream full, the process sends no keep for ``FULL_PAUSE``: a check is
+    decided on the facts read (from Redis, without the keeps that would fail) and recorded in
+    PostgreSQL. After the pause it tries the stream again."""
+    from release_service.adapters.gate_facts import STREAM
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    facts._cap = 1
+    facts.FULL_PAUSE = 60.0  # long enough for a slow machine: ended by hand below
+    gate.pickable(49)
+    first = _check(gate, 49)  # the facts read through, the check kept: the stream is full
+    assert facts._r.xlen(facts._p + STREAM) == 1
+    second = _check(gate, 49)  # its keep finds it full, then the long way
+    assert facts.stream_full == 1
+    trips = RoundTrips(facts, monkeypatch)
+    third = _check(gate, 49)
+    assert facts.stream_full == 1  # refused without a round trip
+    # The facts read on the loop, read on a worker thread, the answer remembered there: no keep.
+    assert (trips.sent, trips.where) == (["EVALSHA"] * 3, ["loop", "thread", "thread"])
+    facts._full_until = 0.0  # the pause over
+    facts.drain("test", block_ms=None)
+    trips.sent.clear()
+    fourth = _check(gate, 49)
+    assert trips.sent == ["EVALSHA"] and facts._r.xlen(facts._p + STREAM) == 1  # kept in one step again
+    facts.drain("test", block_ms=None)
+    with gate.engine.connect() as conn:
+        kept = set(conn.execute(sa.select(gate_decisions.c.id)).scalars())
+    assert kept == {uuid.UUID(d["decision_id"]) for d in (first, second, third, fourth)}
+
+
+def test_a_check_the_full_stream_cannot_keep_is_a_503_while_postgresql_is_away_too(gate: Gate) -> None:
+    """The stream full and PostgreSQL taking no connection: the check is neither answered without a
+    record nor a 500, but refused 503 ``service_unavailable`` (problem JSON), nothing kept anywhere."""
+    from release_service.adapters.gate_facts import STREAM
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    gate.pickable(50)
+    assert _check(gate, 50)["decision"] == "allow"  # the facts cached (and remembered)
+    facts._cap = 1  # the first check's entry fills it
+    body = gate.body(50)
+    with refusing_connections(gate.engine):
+        gate.http.app.state.container.engine.dispose()  # type: ignore[attr-defined]  # nothing open
+        refused = gate.verify(body)
+    assert_problem(refused, 503, "service_unavailable")
+    assert facts._r.xlen(facts._p + STREAM) == 1
+    assert facts._r.get(facts._request_key({"terminal": TERMINAL, "request_id": body["request_id"]})) is None
+    assert gate.verify(body).json()["decision"] == "allow"  # the database back: decided and recorded there
+    with gate.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)
+                            .where(gate_decisions.c.request_id == body["request_id"])).scalar_one() == 1
+
+
 def test_a_commit_the_cache_never_heard_of_is_still_answered_once(gate: Gate) -> None:
     """A commit's request_id reaches Redis only after its transaction (``remember``, best effort):
     a retry that the cache does not know must still get the recorded answer, never a second use."""
@@ -1139,7 +1242,8 @@ def test_every_change_to_a_right_is_seen_by_the_next_decision(gate: Gate) -> Non
     r = gate.http.put(f"/api/v1/releases/{rid}/lights/customs", json={"status": "red"}, headers=gate.as_("customs"))
     assert r.status_code == 200, r.text
     assert _check(gate, 2)["reasons"] == ["customs_hold"]
-    r = gate.http.put(f"/api/v1/releases/{rid}/lights/customs", json={"status": "green"}, headers=gate.as_("customs"))
+    r = gate.http.put(f"/api/v1/releases/{rid}/lights/customs", json={"status": "green", "reason": "documents cleared"}, headers=gate.as_("customs"))
+    assert r.status_code == 200, r.text
     assert _check(gate, 2)["decision"] == "allow"
     committed = gate.verify(gate.body(2, mode="commit")).json()
     assert committed["committed"] is True

@@ -563,13 +563,17 @@ def test_a_right_blocked_after_its_pass_is_marked_used_and_flagged(gate: Gate, a
     assert "release.gate_override" in kinds
 
 
-@pytest.mark.parametrize("after", ["renominated", "banned", "badge_blocked"])
+@pytest.mark.parametrize("after", ["renominated", "banned", "badge_blocked", "holder_deactivated",
+                                   "customs_scan_lifted", "blocked_then_unblocked"])
 def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
         gate: Gate, adapters: list[Adapter], after: str) -> None:
     """After the adapter's last refresh the haulier nominates another truck, the driver is banned, or
-    his badge is blocked; then the service is down and the old truck comes with the old badge. The
+    his badge is blocked, or port security deactivates the haulier holding the right (online: deny
+    holder_inactive, which no desk sets aside); then the service is down and the old truck comes with the old badge. The
     adapter allows it on its pass (it cannot know); the reconcile records the gate-in (the truck is in)
-    and flags it for port security with what changed, never as a clean gate-in."""
+    and flags it for port security with what changed, never as a clean gate-in. So too a hold set after
+    the pass and lifted before the reconcile (customs' scan then its green, the line's block then its
+    unblock; review of the lights, finding 2): judged as the right is at the reconcile, it left no trace."""
     from quaygate.schema import badges
 
     rid = gate.pickable(1)
@@ -592,6 +596,18 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
         assert r.status_code == 200, r.text
     elif after == "banned":
         ban_the_driver(gate)
+    elif after == "holder_deactivated":
+        from .test_gate_holder_inactive import _status
+
+        _status(gate, gate.p.haul.organisation_id, active=False)
+    elif after == "customs_scan_lifted":
+        for body in ({"status": "scan", "reason": "x-ray"}, {"status": "green", "reason": "scanned, clear"}):
+            r = gate.http.put(f"/api/v1/releases/{rid}/lights/customs", headers=gate.as_("customs"), json=body)
+            assert r.status_code == 200, r.text
+    elif after == "blocked_then_unblocked":
+        for action, reason in (("block", "unpaid"), ("unblock", "paid")):
+            r = gate.http.post(f"/api/v1/releases/{rid}/{action}", headers=gate.as_("line"), json={"reason": reason})
+            assert r.status_code == 200, r.text
     else:
         with gate.engine.begin() as conn:
             conn.execute(badges.update().where(badges.c.number == gate.badge_number).values(status="blocked"))
@@ -606,7 +622,9 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
                             ).scalar_one()
         hooks = conn.execute(sa.select(sa.func.count()).select_from(webhook_deliveries)
                              .where(webhook_deliveries.c.event_type == "release.gate_offline_flagged")).scalar_one()
-    want = {"renominated": "nomination", "banned": "person_banned", "badge_blocked": "badge_blocked"}[after]
+    want = {"renominated": "nomination", "banned": "person_banned", "badge_blocked": "badge_blocked",
+            "holder_deactivated": "holder_inactive", "customs_scan_lifted": "lights_changed",
+            "blocked_then_unblocked": "blocked_meanwhile"}[after]
     assert want in data["changed_since_pass"] and hooks == 1
 
 

@@ -22,6 +22,7 @@ from release_service.domain.gate_pass import (
     Verdict,
     badge_digest,
     decide_offline,
+    held_since_pass,
     holder_refusals,
     judge_use,
     pass_covers,
@@ -246,3 +247,21 @@ def test_the_reconcile_refuses_an_override_of_another_persons_badge_whatever_the
     # The pass's own driver (a change to him is changed_since_pass's), no badge, or a badge nobody holds: nothing.
     assert holder_refusals(p, replace(other, person_id=DRIVER), g.ScreeningResult.BANNED, NOW) == ()
     assert holder_refusals(p, None, None, NOW) == holder_refusals(p, g.BadgeFacts.not_found(), None, NOW) == ()
+
+
+def test_the_holds_since_the_pass_are_told_even_lifted() -> None:
+    """Review of the lights, finding 2: a light made red or scan, or a block or unblock, after the pass was
+    issued (in its second included: ``iat`` is whole seconds), whatever the right says now; a green, or a
+    hold from before the pass (which the pass carries), says nothing."""
+    p = a_pass()
+    before, after = p.issued_at - timedelta(seconds=1), p.issued_at + timedelta(seconds=1)
+    assert held_since_pass(p, [("release.light.customs", {"status": "scan"}, before),
+                               ("release.blocked", {"reason": "x"}, before),
+                               ("release.light.customs", {"status": "green"}, after),
+                               ("release.nominated", {}, after)]) == ()
+    assert held_since_pass(p, [("release.light.customs", {"status": "scan"}, p.issued_at),
+                               ("release.light.customs", {"status": "green"}, after),
+                               ("release.light.terminal", {"status": "red"}, after),
+                               ("release.unblocked", {"reason": "paid"}, after)]) == ("lights_changed",
+                                                                                    "blocked_meanwhile")
+    assert held_since_pass(p, [("release.blocked", {"reason": "unpaid"}, after)]) == ("blocked_meanwhile",)

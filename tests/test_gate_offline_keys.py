@@ -57,6 +57,37 @@ def test_a_gate_in_reported_after_a_key_rotation_is_recorded_and_the_right_is_us
     assert (second.json()["decision"], second.json()["reasons"]) == ("deny", ["already_used"])
 
 
+def test_a_pass_signed_by_a_replica_yet_to_reload_its_keys_is_recorded(gate: Gate) -> None:
+    """Review 132, finding 5: another replica rotated the keys; this one goes on signing with the old key
+    until its next reload (``reload_every``). Its pass, reported after the key left the JWKS, is ours: the
+    gate-in is recorded, not flagged, and a second truck is refused online."""
+    rid = gate.pickable(5)
+    token = next(t for t in passes(gate).json()["passes"] if payload(t)["sub"] == rid)
+    reload = _keys(gate).reload_every  # type: ignore[attr-defined]
+    # The rotation came reload_every - 5 s before this pass was signed with the old key.
+    _rotated(gate, at=datetime.fromtimestamp(payload(token)["iat"], UTC) - timedelta(seconds=reload - 5))
+    assert all(k["kid"] != _header_kid(token) for k in gate.http.get("/oauth2/jwks").json()["keys"])
+    got = _post(gate, _report(gate, 5, token=token))
+    assert got.status_code == 200, got.text
+    assert (got.json()["verdict"], got.json()["flag"]) == ("recorded", None)
+    assert gate.state(rid) == "gated_in"
+    second = gate.verify(gate.body(5, mode="commit", request_id="second-truck-5"))
+    assert second.status_code == 200, second.text
+    assert (second.json()["decision"], second.json()["reasons"]) == ("deny", ["already_used"])
+
+
+def test_a_rotated_out_keys_passes_are_ours_up_to_the_reload_period_after_it() -> None:
+    from release_service.domain.gate_pass import MAX_PASS_LIFETIME, signed_while_active
+
+    retired, reload = datetime(2026, 11, 25, 12, tzinfo=UTC), timedelta(seconds=60)
+    last = int((retired + reload).timestamp())
+    life = int(MAX_PASS_LIFETIME.total_seconds())
+    assert signed_while_active({"iat": last + 1, "exp": last + life}, retired, reload=reload)
+    assert not signed_while_active({"iat": last + 2, "exp": last + 2}, retired, reload=reload)
+    assert not signed_while_active({"iat": last, "exp": last + life + 1}, retired, reload=reload)
+    assert not signed_while_active({"iat": last, "exp": last + 60}, retired, reload=timedelta(0))
+
+
 def test_a_pass_dated_after_its_keys_rotation_is_not_ours(gate: Gate) -> None:
     rid = gate.pickable(2)
     token = next(t for t in passes(gate).json()["passes"] if payload(t)["sub"] == rid)
@@ -116,3 +147,21 @@ def test_the_longest_pass_is_the_settings_longest_pass_ttl() -> None:
 
     bound = next(m.le for m in Settings.model_fields["gate_pass_ttl"].metadata if hasattr(m, "le"))
     assert bound == MAX_PASS_LIFETIME.total_seconds()
+
+
+def test_a_revoked_keys_passes_are_not_honoured_at_the_reconcile(gate: Gate) -> None:
+    """Review 132, finding 6: a key revoked because it leaked vouches for nothing, not even a pass dated
+    while it was active: the gate-in is flagged, and port security looks at it."""
+    rid = gate.pickable(6)
+    token = next(t for t in passes(gate).json()["passes"] if payload(t)["sub"] == rid)
+    keys = _keys(gate)
+    new = keys.revoke(_header_kid(token), datetime.now(UTC), reason="leaked",  # type: ignore[attr-defined]
+                      actor={"client_id": "cli:test"})
+    assert new is not None and keys.signing_key(PASS_ALG).kid == new  # type: ignore[attr-defined]
+    report = _report(gate, 6, token=token)
+    assert _post(gate, report).status_code == 401  # the gate's own token, signed by that key, is refused too
+    gate.gate_token = gate.token_for("terminal_gate", gate.p.terminal.organisation_id, TERMINAL)
+    got = _post(gate, report)
+    assert got.status_code == 200, got.text
+    assert (got.json()["verdict"], got.json()["flag"]) == ("flagged", "pass_invalid")
+    assert gate.state(rid) == "nominated"

@@ -382,6 +382,57 @@ def test_a_late_answer_for_one_truck_never_opens_the_barrier_for_the_next(gate: 
     assert gate.state(rid_a) == "gated_in"  # on the server's books: the officer sorts truck A out
 
 
+def test_a_late_answer_for_a_truck_handed_to_an_officer_never_opens_once_he_cleared_the_latch(
+        gate: Gate, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    """Review finding: truck A's verify gets no answer (a 503): hold, an officer called, the lane latched for A.
+    The officer lets A through by hand (or sends him back) and clears the latch; behind A stands a truck whose
+    reads are not complete (or a tailgater with none), so A's request is still the lane's newest. A's retry
+    then gets "allow, committed": before, it opened the barrier for whoever stood there (one allow, two
+    openings). Now the answer is recorded and logged, and the barrier is told nothing (lane.py rule 2)."""
+    rid = gate.pickable(16)
+    first_fails = httpx.Client(transport=FaultyTransport(gate.http._transport, fail=1, fault="503"))
+    client = VerifyClient("http://testserver", StaticToken(gate.gate_token), http=first_fails, attempts=1)
+    sink = RecordingBarrier()
+    lane = runtime(client, outbox, sink)
+    (a,) = [r for read in reads(n=16) for r in lane.feed(read)]
+    assert a.pending and [(c.command, c.call_officer, c.decision_id) for c in sink.commands] == [
+        (BarrierCommand.HOLD, True, None)]
+    latch = outbox.held_latch(LANE)
+    assert latch is not None and latch.request_id == a.request_id
+    assert lane.feed(reads("7-XYZ-777", 17)[0]) == []  # the truck behind: a plate only, nothing asked
+    assert outbox.clear_latch(LANE, latch.id, "officer at in-3") is not None  # he dealt with truck A
+    assert outbox.newest(LANE) == a.request_id
+    with caplog.at_level(logging.WARNING, logger="gate_adapters.lane"):
+        (late,) = lane.recover()  # the uplink is back, well within act_seconds
+    assert late.request_id == a.request_id and late.decision == "allow" and late.response["committed"] is True  # type: ignore[index]
+    assert late.command is None and late.latched is None
+    assert [(c.command, c.call_officer, c.decision_id) for c in sink.commands] == [(BarrierCommand.HOLD, True, None)]
+    assert [(r.getMessage(), r.request_id) for r in caplog.records  # type: ignore[attr-defined]
+            if r.getMessage().startswith("gate.lane.late_answer")] == [
+        ("gate.lane.late_answer.officer_called", a.request_id)]
+    assert outbox.pending() == [] and outbox.response(a.request_id)["decision"] == "allow"  # type: ignore[index]
+    assert outbox.held_latch(LANE) is None  # nothing to latch: the officer already decided about truck A
+    assert gate.state(rid) == "gated_in"  # on the service's books, as the officer let him in
+
+
+def test_a_request_put_but_never_sent_before_a_crash_still_opens_when_recovered(gate: Gate, tmp_path: Path) -> None:
+    """The precise rule above, not "sent before": a crash after the request was put and before its send
+    (no officer was ever called for this truck, who still waits at the barrier) is recovered with an open."""
+    rid = gate.pickable(18)
+    path = tmp_path / "lane.sqlite3"
+    first_box = Outbox(path)
+    correlator = LaneCorrelator(LANE, TERMINAL, "in")
+    (ready,) = [r for i, read in enumerate(reads(n=18)) for r in correlator.add(read, float(i))]
+    assert first_box.put(verify_body(ready, "commit", "alfapass"))  # ... and the process dies here
+    first_box.close()
+    box, sink = Outbox(path), RecordingBarrier()
+    (recovered,) = runtime(real_client(gate), box, sink).recover()
+    assert recovered.request_id == ready.request_id and recovered.decision == "allow"
+    assert [c.command for c in sink.commands] == [BarrierCommand.OPEN] and recovered.latched is None
+    assert gate.state(rid) == "gated_in" and box.pending() == []
+    box.close()
+
+
 def test_reads_fed_again_never_move_the_barrier_again(gate: Gate, outbox: Outbox) -> None:
     """The same reads again (a replay, a camera re-sending its buffer, a restart that correlates them once
     more) make the same request id, which the service answers with its stored "allow, committed"."""

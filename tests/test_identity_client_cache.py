@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from identity.clients import ClientRegistry
+from identity.clients import EPOCH_KEY, ClientRegistry
 from identity.grants import GrantStore, RevocationList
 from identity.registration.service import ClientManagement
 from quaygate.cache import Cache, MemoryCache, RedisCache
 from quaygate.schema import oauth_clients
+from tests.test_dataset_loss import LosingRedis
 from tests.test_identity_support import add_org, utcnow
 
 
@@ -139,3 +141,55 @@ def test_the_clients_keys_are_imported_once_per_read(engine: sa.Engine) -> None:
     record = ClientRegistry(engine, MemoryCache()).find(client_id)
     assert record is not None and record.key_set is not None
     assert [k.kid for k in record.key_set] == ["k1"]
+
+
+def test_a_registration_read_leaves_every_replicas_memory_alone(engine: sa.Engine, cache: Cache) -> None:
+    """RFC 7592 §2.1's read swaps the registration access token, which no replica's record holds: it
+    must not tell the replicas to forget their clients (anyone holding a registration token could
+    otherwise empty every replica's memory once a second by reading)."""
+    ticks_a, ticks_b = Ticks(), Ticks()
+    a = Counting(engine, cache, monotonic=ticks_a)
+    b = Counting(engine, cache, monotonic=ticks_b)
+    iat, _ = _management(engine, cache, a).create_initial_access_token(
+        organisation_id=add_org(engine, "shipping_line"), created_by="qg-admin-test", ttl=None, now=utcnow())
+    reg = _management(engine, cache, a).register(iat, {"client_name": "line"}, now=utcnow())
+    assert reg.registration_access_token is not None
+    for registry in (a, b):
+        assert registry.find(reg.client_id) is not None and registry.reads == 1
+    epoch = cache.get(EPOCH_KEY)
+    doc = _management(engine, cache, a).read(reg.client_id, reg.registration_access_token, now=utcnow())
+    assert doc["registration_access_token"] != reg.registration_access_token  # swapped, as ever
+    assert cache.get(EPOCH_KEY) == epoch
+    for registry, ticks in ((a, ticks_a), (b, ticks_b)):
+        ticks.now += 1
+        assert registry.find(reg.client_id) is not None and registry.reads == 1  # still from memory
+
+
+def test_a_replica_forgets_its_clients_when_redis_holds_another_dataset(engine: sa.Engine, tmp_path: Path) -> None:
+    """Redis saves a snapshot holding the epoch a replica last read; a secret is rotated (the epoch moves
+    on); Redis is started again from the snapshot (as with RDB persistence, or a failover to a replica that
+    missed the last writes): the epoch is back at the value the replica holds, the rotation's bump lost.
+    The replica must not take that for "nothing changed" and keep the old secret's record up to max_age:
+    on a dataset Redis did not serve before, every replica forgets its clients."""
+    lost = LosingRedis(tmp_path)
+    caches = [RedisCache(lost.url), RedisCache(lost.url)]  # two replicas, a connection of their own each
+    try:
+        ticks = Ticks()
+        a = Counting(engine, caches[0], monotonic=ticks)
+        b = Counting(engine, caches[1], monotonic=ticks)
+        client_id = _client(engine)
+        manage = _management(engine, caches[0], a)
+        manage.rotate_secret(client_id, admin="qg-admin", revoke_tokens=False, now=utcnow())
+        ticks.now += 1
+        held = b.find(client_id)
+        assert held is not None and b.reads == 1
+        lost.save()
+        manage.rotate_secret(client_id, admin="qg-admin", revoke_tokens=False, now=utcnow())
+        lost.restart_from_snapshot(*caches)
+        ticks.now += 1
+        seen = b.find(client_id)
+        assert seen is not None and seen.secret_hash != held.secret_hash and b.reads == 2
+    finally:
+        for cache in caches:
+            cache.close()
+        lost.stop()

@@ -303,6 +303,21 @@ def test_repeated_parameter_is_refused(flow: Flow) -> None:
         follow_redirects=False,
     )
     assert resp.status_code == 400 and "location" not in resp.headers
+    assert "parameter client_id is repeated" in resp.text  # a name of the protocol's own is named
+
+
+@pytest.mark.parametrize("path", ["/oauth2/authorize", "/oauth2/logout"])
+def test_the_error_page_does_not_echo_an_unknown_parameters_name(flow: Flow, path: str) -> None:
+    """Review 128, finding 3: the page said "parameter {name} is repeated" for any name, of any length:
+    escaped, but a link could show its own text (a phishing line) on our branded sign-in error page. A
+    name is shown only when it is one of the OAuth/OIDC parameters; else "a parameter"."""
+    lure = "Your_account_is_locked._Call_+32_3_000_00_00_to_unlock_it"
+    for query_string in (f"{lure}=1&{lure}=2", f"{lure}={'x' * 2001}"):
+        resp = flow.http.get(f"{path}?{query_string}", follow_redirects=False)
+        assert resp.status_code == 400 and "location" not in resp.headers, resp.text
+        assert "unlock_it" not in resp.text and "a parameter is" in resp.text, resp.text
+    long_state = flow.http.get(f"{path}?state={'x' * 2001}", follow_redirects=False)
+    assert long_state.status_code == 400 and "parameter state is too long" in long_state.text
 
 
 def test_prompt_none_without_session_is_login_required(flow: Flow) -> None:

@@ -216,7 +216,8 @@ def test_port_security_suspends_a_person_and_cuts_every_login_off(console: Flow)
 
     done = _suspend(console, officer_token, driver)
     assert done.status_code == 200, done.text
-    assert done.json() == {"id": str(driver), "status": "suspended", "sessions_ended": 1, "grants_revoked": 1}
+    assert done.json() == {"id": str(driver), "status": "suspended", "sessions_ended": 1, "grants_revoked": 1,
+                           "client_secrets_shown": []}
 
     assert sessions_for(console.app).get(browser, now=utcnow()) is None
     console.http.cookies.clear()

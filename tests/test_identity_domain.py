@@ -214,3 +214,30 @@ def test_keys_made_in_tests_are_real_and_distinct_within_a_test() -> None:
     moduli = {k.as_dict(private=False)["n"] for k in (first, second, public)}
     assert len(moduli) == 3
     assert first.private_key.key_size == 2048  # type: ignore[union-attr]
+
+
+def test_the_rsa_keys_we_check_signatures_with() -> None:
+    """identity.domain.rsa_keys (review 129, finding 3): 2048 to 4096 bits, the exponent 65537."""
+    import base64
+
+    from identity.domain.rsa_keys import EXPONENT, MALFORMED, TOO_LARGE, WEAK, rsa_key_refusal
+
+    def b64(value: int) -> str:
+        return base64.urlsafe_b64encode(value.to_bytes(-(-value.bit_length() // 8), "big")).decode().rstrip("=")
+
+    def n(bits: int) -> str:
+        return b64((1 << (bits - 1)) | 1)
+
+    f4 = b64(65537)
+    assert f4 == "AQAB"
+    assert rsa_key_refusal(n(2048), f4) is None and rsa_key_refusal(n(4096), f4) is None
+    assert rsa_key_refusal("\x00" + n(2048)[1:], f4) == MALFORMED and rsa_key_refusal(n(2048), None) == MALFORMED
+    assert rsa_key_refusal(n(2048)[:-1] + "=", f4) == MALFORMED and rsa_key_refusal(None, f4) == MALFORMED
+    assert rsa_key_refusal("A" * 5, f4) == MALFORMED  # no base64 decodes to 5 characters
+    assert rsa_key_refusal(n(2047), f4) == WEAK
+    assert rsa_key_refusal(n(4097), f4) == TOO_LARGE and rsa_key_refusal("A" * 10_000, f4) == TOO_LARGE
+    zero_led = b"\x00" + ((1 << 4095) | 1).to_bytes(512, "big")  # a leading zero byte: the same integer
+    assert rsa_key_refusal(base64.urlsafe_b64encode(zero_led).decode().rstrip("="), f4) is None
+    for e in (3, 65539, 2**31 + 1, 2**2046 + 1):
+        assert rsa_key_refusal(n(2048), b64(e)) == EXPONENT
+    assert rsa_key_refusal(n(2048), "AAAAAQAB") is None and rsa_key_refusal(n(2048), "AQA!") == EXPONENT

@@ -341,6 +341,39 @@ def test_short_rsa_key_is_refused(verifier: DPoPVerifier) -> None:
     refused(verifier, f"{head}.{body}.{b64(signature)}", "jwk_weak")
 
 
+def _rsa_jwk(n: int, e: int) -> dict[str, str]:
+    return {"kty": "RSA", "n": b64(n.to_bytes(-(-n.bit_length() // 8), "big")),
+            "e": b64(e.to_bytes(-(-e.bit_length() // 8), "big"))}
+
+
+@pytest.mark.parametrize(("bits", "e", "reason"), [
+    (2048, 2**2046 + 1, "jwk_unsupported"),  # a huge exponent: ~6 ms to check the signature, 150 times F4's
+    (2048, 2**31 + 1, "jwk_unsupported"),
+    (2048, 3, "jwk_unsupported"),
+    (4608, 65537, "jwk_unsupported"),  # longer than 4096 bits
+    (2047, 65537, "jwk_weak"),
+])
+def test_an_rsa_key_other_than_2048_to_4096_bits_with_exponent_65537_is_refused_unchecked(
+        verifier: DPoPVerifier, monkeypatch: pytest.MonkeyPatch, bits: int, e: int, reason: str) -> None:
+    """Review 129, finding 3: the size and the exponent of a proof's key set what checking its signature
+    costs, and anyone sends proofs. Refused before the key is imported or any signature checked."""
+    imported: list[Any] = []
+    real = RSAKey.import_key
+    monkeypatch.setattr(RSAKey, "import_key", classmethod(lambda cls, *a, **kw: imported.append(a) or real(*a, **kw)))
+    n = (1 << (bits - 1)) | 1  # odd, of exactly ``bits`` bits: the check reads sizes, not primes
+    header = {"typ": "dpop+jwt", "alg": "RS256", "jwk": _rsa_jwk(n, e)}
+    claims = {"jti": "big", "htm": "POST", "htu": HTU, "iat": int(NOW)}
+    refused(verifier, unsigned(header, claims, b"\x01" * (bits // 8)), reason)
+    assert imported == []
+
+
+@pytest.mark.parametrize("bits", [2048, 3072, 4096])
+def test_rsa_keys_of_2048_to_4096_bits_with_exponent_65537_are_accepted(verifier: DPoPVerifier, clock: list[float],
+                                                                         bits: int) -> None:
+    client = ProofKey("RS256", key=RSAKey.generate_key(bits), clock=clock)
+    assert verifier.verify(client.proof(), htm="POST", htu=HTU).jkt == client.jkt
+
+
 # -- shape ----------------------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/admin/v1/clients", None),
     ("POST", "/admin/v1/clients", {"quaygate_role": "console", "redirect_uris": ["https://c.example/cb"]}),
     ("POST", "/admin/v1/clients/qg-x:deactivate", None),
+    ("POST", "/admin/v1/clients/qg-x/secret", {"revoke_tokens": True}),
     ("POST", "/admin/v1/persons", {"given_name": "A", "family_name": "B"}),
     ("POST", "/admin/v1/persons/00000000-0000-4000-8000-000000000001/memberships",
      {"organisation_id": "00000000-0000-4000-8000-000000000002", "role": "driver"}),

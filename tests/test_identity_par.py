@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from identity.domain.roles import RegistrationRefused
 from tests.test_identity_code_flow_support import (
     CONSOLE_REDIRECT,
+    DRIVER_REDIRECT,
     Flow,
     Pkce,
     make_flow,
@@ -328,3 +329,69 @@ def test_machine_clients_take_no_redirect_uris(flow: Flow) -> None:
     with pytest.raises(RegistrationRefused):
         create_client(flow.engine, name="x", role="shipping_line", organisation_id=org, now=utcnow(),
                       redirect_uris=["https://a.example/cb"])
+
+
+def _carried(client_id: str, redirect_uri: str, pkce: Pkce) -> Any:
+    """A request as the pushed-request and resume paths carry it, made outside /oauth2/par: what a holder of
+    the key that seals it (a leaked data key, review 135 finding 1) can make for any client."""
+    import time
+
+    from identity.oidc.authorize import AuthorizationRequest
+
+    return AuthorizationRequest(client_id=client_id, redirect_uri=redirect_uri, scope="openid", state="thief",
+                                nonce="n", code_challenge=pkce.challenge, prompt=(), max_age=None, acr=None,
+                                dpop_jkt=None, created_at=time.time(), pushed=True)
+
+
+def test_a_carried_request_to_an_unregistered_redirect_uri_gets_no_code(flow: Flow) -> None:
+    """Review 135, finding 1 (i): /authorize held a pushed request's redirect_uri as checked at the push, so a
+    request_uri made with the data key (a public client's is the request sealed) sent the victim's code to
+    the maker's own address. The pushed and the resumed request's redirect_uri is checked again against the
+    client's registration: the error page, no redirect, no code."""
+    client_id = flow.driver_app()
+    flow.login(flow.person())
+    thief = "https://thief.example/cb"
+    uri = flow.provider.pushed.push(_carried(client_id, thief, Pkce()), public=True)
+    resp = flow.http.get("/oauth2/authorize", params={"client_id": client_id, "request_uri": uri},
+                         follow_redirects=False)
+    assert resp.status_code == 400 and "location" not in resp.headers, resp.headers.get("location")
+    rid = flow.provider.pending.save(_carried(client_id, thief, Pkce()))
+    resumed = flow.http.get("/oauth2/authorize/resume", params={"id": rid}, follow_redirects=False)
+    assert resumed.status_code == 400 and "location" not in resumed.headers, resumed.headers.get("location")
+    # The same request to the registered redirect_uri goes through (only the address was wrong).
+    ok = flow.provider.pushed.push(_carried(client_id, DRIVER_REDIRECT, Pkce()), public=True)
+    done = flow.http.get("/oauth2/authorize", params={"client_id": client_id, "request_uri": ok},
+                         follow_redirects=False)
+    assert done.headers["location"].startswith(DRIVER_REDIRECT) and "code" in query(done)
+
+
+def test_a_request_uri_sealed_under_a_previous_data_key_is_refused(engine: sa.Engine, tmp_path: Path) -> None:
+    """Review 135, finding 1 (ii): a public client's request_uri is the request sealed, nothing of it stored,
+    so one sealed under a previous data key (kept configured while the database is sealed again, and maybe
+    the key that leaked) is refused, even to the registered redirect_uri; one under the current key works."""
+    import base64
+
+    from identity.oidc.par import PushedRequests
+    from quaygate.crypto import DataCipher
+
+    old, new = bytes(range(32)), bytes(range(100, 132))
+
+    def b64(key: bytes) -> str:
+        return base64.urlsafe_b64encode(key).decode()
+
+    for flow in _flow_with(engine, tmp_path, data_key=b64(new), data_keys_previous=b64(old)):
+        client_id = flow.driver_app()
+        flow.login(flow.person())
+        minted = PushedRequests(flow.container.cache, ttl=60, cipher=DataCipher(old)).push(
+            _carried(client_id, DRIVER_REDIRECT, Pkce()), public=True)
+        params = {"client_id": client_id, "request_uri": minted}
+        resp = flow.http.get("/oauth2/authorize", params=params, follow_redirects=False)
+        assert resp.status_code == 400 and "location" not in resp.headers, resp.headers.get("location")
+        pushed = flow.http.post("/oauth2/par", data={
+            "client_id": client_id, "response_type": "code", "redirect_uri": DRIVER_REDIRECT, "scope": "openid",
+            "state": "st", "nonce": "n", "code_challenge": Pkce().challenge, "code_challenge_method": "S256"})
+        assert pushed.status_code == 201, pushed.text
+        ok = flow.http.get("/oauth2/authorize", params={"client_id": client_id,
+                                                        "request_uri": pushed.json()["request_uri"]},
+                           follow_redirects=False)
+        assert "code" in query(ok)

@@ -365,6 +365,19 @@ def test_webauthn_login_answers_a_problem_after_the_address_limit(tight: Served)
     assert r.json()["code"] == "rate_limited" and "retry-after" in r.headers
 
 
+def test_every_method_of_client_management_is_limited(tight: Served) -> None:
+    """Review 129, finding 2: GET, PUT and DELETE of /oauth2/register/{id} (RFC 7592) take anyone's
+    request, and only POSTs were counted."""
+    answers = [tight.http.request(method, "/oauth2/register/qg-someone", json={})
+               for method in ("GET", "PUT", "DELETE")]
+    assert [r.status_code for r in answers] == [401] * 3
+    for method in ("GET", "PUT", "DELETE", "POST"):
+        r = tight.http.request(method, "/oauth2/register/qg-someone", json={})
+        assert r.status_code == 429 and r.json()["error"] == "slow_down" and "retry-after" in r.headers
+    assert tight.http.post("/oauth2/register", json={}).status_code == 429  # one count, the OAuth family's
+    assert tight.http.get("/oauth2/jwks").status_code == 200  # other GETs are not counted
+
+
 def test_other_routes_are_not_limited(tight: Served) -> None:
     for _ in range(5):
         assert tight.http.get("/.well-known/openid-configuration").status_code == 200

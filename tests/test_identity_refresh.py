@@ -298,6 +298,25 @@ def test_a_plain_refresh_on_postgresql_is_two_autocommitted_statements(pg_env: L
     assert _audit_kinds(env).count("identity.token.refreshed") == 2
 
 
+def test_with_a_ban_register_a_refresh_costs_one_statement_more(pg_engine: sa.Engine, redis_url: str,
+                                                                 tmp_path: Path) -> None:
+    """Once a port-ban register is configured, a refresh also screens the person (a grant held from before
+    a ban gives no more tokens: tests/test_identity_login_bans.py): one more autocommitted statement
+    between the READ and the WRITE, the person by primary key and his bans by their subject index."""
+    from tests.ban_register import Register
+
+    for env in make_lifecycle(pg_engine, tmp_path, RedisCache(redis_url), ban_register_jwk=Register().public_jwk):
+        client_id, secret, org = env.console()
+        _, token = env.grant(client_id, env.person(org))
+        warm = env.refresh(token, client_id, secret)
+        assert warm.status_code == 200, warm.text
+        with _statements(env.engine) as sent:
+            r = env.refresh(warm.json()["refresh_token"], client_id, secret)
+        assert r.status_code == 200, r.text
+        assert len(sent) == 3 and all(autocommit for _, autocommit in sent), sent
+        assert "port_bans" in sent[1][0] and "UPDATE refresh_tokens" in sent[2][0], sent
+
+
 def test_the_audit_entry_is_written_by_the_rotations_own_transaction(pg_env: Lifecycle) -> None:
     env = pg_env
     client_id = env.driver_app()

@@ -17,6 +17,7 @@ from identity.domain.roles import RegistrationRefused
 from identity.registration import management_for
 from identity.registration.service import ClientManagement, RegistrationError
 from quaygate.schema import audit_log, initial_access_tokens, oauth_clients
+from tests.test_identity_dpop_support import b64
 from tests.test_identity_grants_support import CONSOLE_REDIRECT, Lifecycle, make_lifecycle, utcnow
 from tests.test_identity_support import TERMINAL, add_org, assertion, assertion_form, basic, public_jwks, rsa_key
 
@@ -114,6 +115,30 @@ def test_metadata_refused_and_the_token_stays_unused(env: Lifecycle, doc: dict[s
     assert _register(env, iat, {}).status_code == 201  # a refusal does not use the token up
 
 
+def _rsa_jwk(bits: int, e: int) -> dict[str, str]:
+    n = (1 << (bits - 1)) | 1  # odd, of exactly ``bits`` bits: the rule reads sizes, and no prime is needed
+    return {"kty": "RSA", "n": b64(n.to_bytes(-(-bits // 8), "big")),
+            "e": b64(e.to_bytes(-(-e.bit_length() // 8), "big"))}
+
+
+@pytest.mark.parametrize(("bits", "e"), [(2048, 2**2046 + 1), (2048, 3), (4608, 65537), (1024, 65537)])
+def test_rsa_keys_are_registered_only_of_2048_to_4096_bits_with_exponent_65537(env: Lifecycle, bits: int,
+                                                                                e: int) -> None:
+    """Review 129, finding 3: the size and exponent of a client's key set what checking its assertions
+    costs (identity.domain.rsa_keys). Refused through RFC 7591 and the registry (CLI, admin API) alike."""
+    jwks = {"keys": [_rsa_jwk(bits, e)]}
+    org = add_org(env.engine, "shipping_line")
+    iat = _iat(env, org)
+    r = _register(env, iat, {"token_endpoint_auth_method": "private_key_jwt", "jwks": jwks})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_client_metadata", r.text
+    assert "65537" in r.json()["error_description"]
+    with pytest.raises(RegistrationRefused):
+        create_client(env.engine, name="x", role="shipping_line", organisation_id=org,
+                      auth_method="private_key_jwt", jwks=jwks, now=utcnow())
+    good = {"keys": [rsa_key().as_dict(private=False)]}
+    assert _register(env, iat, {"token_endpoint_auth_method": "private_key_jwt", "jwks": good}).status_code == 201
+
+
 @pytest.mark.parametrize(
     ("uris", "ok"),
     [
@@ -180,10 +205,16 @@ def test_initial_access_token_missing_unknown_used_expired(env: Lifecycle) -> No
         conn.execute(initial_access_tokens.update().where(initial_access_tokens.c.used_at.is_(None))
                      .values(expires_at=utcnow() - timedelta(seconds=1)))
     assert _register(env, expired, doc).status_code == 401
+    # Audited: the refusals of tokens we made (used, expired). Not: no token, a token we never made;
+    # they concern nothing of ours, anyone can send them, and each would be a permanent row
+    # (identity.audit's rule; review 129, finding 2). They are logged only.
+    assert sorted(_refusals(env, "identity.client.register.refused")) == ["iat_expired", "iat_used"]
+
+
+def _refusals(env: Lifecycle, kind: str) -> list[str]:
     with env.engine.connect() as conn:
-        reasons = [r["reason"] for r in conn.execute(sa.select(audit_log.c.data).where(
-            audit_log.c.kind == "identity.client.register.refused")).scalars()]
-    assert {"no_token", "iat_unknown", "iat_used", "iat_expired"} <= set(reasons)
+        return [r["reason"] for r in conn.execute(sa.select(audit_log.c.data).where(audit_log.c.kind == kind)
+                                                  .order_by(audit_log.c.id)).scalars()]
 
 
 def test_initial_access_token_ttl_and_organisation_are_checked(env: Lifecycle) -> None:
@@ -246,9 +277,13 @@ def test_wrong_registration_token_is_refused(env: Lifecycle) -> None:
         for rat in (b["registration_access_token"], "qgrat_guess", a["client_secret"]):
             r = _manage(env, method, a["client_id"], rat, doc)
             assert r.status_code == 401 and r.json()["error"] == "invalid_token", (method, r.text)
-    assert _manage(env, "GET", "qg-unknown", a["registration_access_token"]).status_code == 401
-    r = env.http.get(f"/oauth2/register/{a['client_id']}")
-    assert r.status_code == 401
+    assert _refusals(env, "identity.client.manage.refused") == ["rat_invalid"] * 9  # in a real client's name
+    for method in ("GET", "PUT", "DELETE"):  # about nothing of ours: logged, never audited (review 129, 2)
+        assert _manage(env, method, "qg-unknown", a["registration_access_token"]).status_code == 401
+        assert env.http.request(method, "/oauth2/register/qg-unknown", json={}).status_code == 401
+        r = env.http.request(method, f"/oauth2/register/{a['client_id']}", json={})
+        assert r.status_code == 401 and r.json()["error"] == "invalid_token"  # no token: nothing to check
+    assert len(_refusals(env, "identity.client.manage.refused")) == 9
     assert _manage(env, "GET", a["client_id"], a["registration_access_token"]).status_code == 200
 
 

@@ -180,9 +180,9 @@ def _count_loads(keys: KeyStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     loads: list[int] = []
     load = keys._load
 
-    def counted(previous: Any) -> Any:
+    def counted() -> Any:
         loads.append(1)
-        return load(previous)
+        return load()
 
     monkeypatch.setattr(keys, "_load", counted)
     return loads

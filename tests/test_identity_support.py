@@ -28,7 +28,6 @@ from identity.api.routes import build_router
 from identity.bootstrap import IdentityProvider, create_client, provider_for
 from quaygate.cache import MemoryCache
 from quaygate.container import Container, SystemClock
-from quaygate.crypto import DataCipher
 from quaygate.schema import organisations
 from quaygate.settings import Settings
 
@@ -100,7 +99,7 @@ def serve_identity(engine: sa.Engine, tmp_path: Path, **settings_kw: Any) -> Ite
         settings=settings,
         engine=engine,
         cache=MemoryCache(),
-        cipher=DataCipher(settings.data_key_bytes()),
+        cipher=settings.data_cipher(),
         clock=SystemClock(),
     )
     app = FastAPI()

@@ -368,7 +368,12 @@ def test_a_dated_officer_gives_privileged_roles_until_his_own_end_at_most_and_re
     with w.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(oauth_clients)).scalar_one() == before
     w.http.cookies.clear()
-    assert w.http.post("/admin/v1/clients", headers=_auth(w.security), json=doc).status_code == 201  # a standing one
+    made_client = w.http.post("/admin/v1/clients", headers=_auth(w.security), json=doc)  # a standing one
+    assert made_client.status_code == 201
+    # Nor does he rotate its secret: the new one would be his to keep, past his end.
+    w.http.cookies.clear()
+    _problem(w.http.post(f"/admin/v1/clients/{made_client.json()['client_id']}/secret", headers=_auth(as_d)),
+             403, "dated_officer")
 
 
 def test_a_dated_officer_issues_no_enrolment_code_for_a_privileged_person(world: World) -> None:

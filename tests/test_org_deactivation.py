@@ -31,6 +31,7 @@ from release_service.services import issue, nominate, transfers
 from tests.ban_register import Register
 from tests.factories import add_org, do, issue_cmd, now, port
 from tests.test_admin_console import _auth, _console, _officer, _problem, _token, console_flow
+from tests.test_admin_console_session import _Later
 from tests.test_identity_code_flow_support import Flow
 
 
@@ -128,6 +129,7 @@ def test_a_deactivated_organisations_clients_get_no_tokens_and_lose_theirs(flow:
     old = before.json()["access_token"]
     assert not _revoked(flow, old)
     token = _token(flow, _console(flow), _officer(flow, "port_security_admin"))
+    flow.container.clock = _Later(60)  # the admin API's: so the cutoff below is surely still ahead
     r = flow.http.post(f"/admin/v1/organisations/{line}:deactivate", json={"reason": "struck off"},
                        headers=_auth(token))
     assert r.status_code == 200, r.text
@@ -142,9 +144,12 @@ def test_a_deactivated_organisations_clients_get_no_tokens_and_lose_theirs(flow:
     r = flow.http.post(f"/admin/v1/organisations/{line}:reactivate", json={"reason": "reinstated"},
                        headers=_auth(token))
     assert r.status_code == 200, r.text
+    # Reactivated before the cutoff: its tokens are refused up to RevocationList.CLIENT_MARGIN past the
+    # deactivation, so none is issued until then (it would be refused for its whole life), only a wait.
     again = _cc(flow, mine)
-    assert again.status_code == 200, again.text
-    assert _revoked(flow, old)  # the old token stays revoked: the client asked for a new one
+    assert again.status_code == 429 and again.json()["error"] == "slow_down", again.text
+    assert 60 < int(again.headers["retry-after"]) <= 66  # to the second after the cutoff
+    assert _revoked(flow, old)  # the old token stays revoked: the client asks for a new one
 
 
 def test_a_deactivated_organisation_receives_no_rights_transfers_or_nominations(flow: Flow) -> None:
@@ -168,7 +173,12 @@ def test_a_deactivated_organisation_receives_no_rights_transfers_or_nominations(
     assert STATUS[ErrorCode.ORGANISATION_INACTIVE] == 409
     set_active(flow.engine, provider_for(flow.app).grants, haul, active=True, actor="admin-client", reason="cleared",
                now=now(), access_token_ttl=600)
-    do(flow.engine, lambda uow: transfers.accept(uow, p.haul, pending.id, now()))  # the haulier holds right 1
+    # The transfer on its way was cancelled by the deactivation, and stays so (review 130): the sender sends again.
+    with pytest.raises(DomainError) as gone, SqlUnitOfWork(flow.engine) as uow:
+        transfers.accept(uow, p.haul, pending.id, now())
+    assert gone.value.code is ErrorCode.TRANSFER_NOT_PENDING
+    again, _ = do(flow.engine, lambda uow: transfers.transfer(uow, p.fwd, right.id, haul, now()))
+    do(flow.engine, lambda uow: transfers.accept(uow, p.haul, again.id, now()))  # the haulier holds right 1
     set_active(flow.engine, provider_for(flow.app).grants, haul, active=False, actor="admin-client",
                reason="again", now=now(), access_token_ttl=600)
     cmd = nominate.NominateCommand("1ABC123", "BE", p.driver)

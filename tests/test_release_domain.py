@@ -56,7 +56,7 @@ def at_haulier() -> ReleaseRight:
     r = issue()
     t = r.start_transfer(transfer_id=uuid.uuid4(), by=FWD, to_organisation_id=HAUL.organisation_id,
                          to_kind=OrgKind.TRANSPORT_OPERATOR, now=NOW)
-    r.accept_transfer(transfer_id=t.id, by=HAUL, now=NOW)
+    r.accept_transfer(transfer_id=t.id, by=HAUL, now=NOW, sender_active=True)
     return r
 
 
@@ -115,9 +115,10 @@ def test_transfer_guards() -> None:
                 to_kind=OrgKind.CUSTOMS, now=NOW) is ErrorCode.WRONG_ORGANISATION_KIND
     r.start_transfer(by=FWD, **kw)
     assert code(r.start_transfer, by=FWD, **{**kw, "transfer_id": uuid.uuid4()}) is ErrorCode.TRANSFER_PENDING
-    assert code(r.accept_transfer, transfer_id=tid, by=FWD, now=NOW) is ErrorCode.NOT_RECIPIENT
+    assert code(r.accept_transfer, transfer_id=tid, by=FWD, now=NOW, sender_active=True) is ErrorCode.NOT_RECIPIENT
     assert code(r.withdraw_transfer, transfer_id=tid, by=HAUL, now=NOW) is ErrorCode.NOT_SENDER
-    assert code(r.accept_transfer, transfer_id=uuid.uuid4(), by=HAUL, now=NOW) is ErrorCode.TRANSFER_NOT_PENDING
+    assert code(r.accept_transfer, transfer_id=uuid.uuid4(), by=HAUL, now=NOW,
+                sender_active=True) is ErrorCode.TRANSFER_NOT_PENDING
 
 
 def test_decline_and_withdraw_leave_the_holder() -> None:
@@ -131,14 +132,93 @@ def test_decline_and_withdraw_leave_the_holder() -> None:
     r.withdraw_transfer(transfer_id=t2.id, by=FWD, now=NOW)
     assert t2.state is TransferState.WITHDRAWN
     # a withdrawn transfer cannot be accepted afterwards
-    assert code(r.accept_transfer, transfer_id=t2.id, by=HAUL, now=NOW) is ErrorCode.TRANSFER_NOT_PENDING
+    assert code(r.accept_transfer, transfer_id=t2.id, by=HAUL, now=NOW,
+                sender_active=True) is ErrorCode.TRANSFER_NOT_PENDING
+
+
+def test_only_the_holder_of_a_live_right_may_send_it() -> None:
+    """``require_sender``, which the transfer use case runs before it looks the recipient up (review 130,
+    finding 4): every other party is told not_holder, whoever it names."""
+    r = issue()
+    for other in (HAUL, LINE, CUSTOMS, TERMINAL):
+        assert code(r.require_sender, other, NOW) is ErrorCode.NOT_HOLDER
+    r.require_sender(FWD, NOW)
+    r.block(by=LINE, now=NOW, reason=None)
+    assert code(r.require_sender, FWD, NOW) is ErrorCode.RIGHT_BLOCKED
+    assert code(r.require_sender, FWD, NOW + timedelta(days=4)) is ErrorCode.RIGHT_EXPIRED
+
+
+def test_a_transfer_from_a_deactivated_sender_is_not_accepted() -> None:
+    """Review 130, finding 1: a company port security deactivated sets nothing more in motion. Its
+    recipient may still decline."""
+    r = issue()
+    t = r.start_transfer(transfer_id=uuid.uuid4(), by=FWD, to_organisation_id=HAUL.organisation_id,
+                         to_kind=OrgKind.TRANSPORT_OPERATOR, now=NOW)
+    assert code(r.accept_transfer, transfer_id=t.id, by=HAUL, now=NOW,
+                sender_active=False) is ErrorCode.ORGANISATION_INACTIVE
+    assert r.holder_organisation_id == FWD.organisation_id and t.state is TransferState.PENDING
+    assert code(r.accept_transfer, transfer_id=t.id, by=HAUL2, now=NOW,  # the recipient is asked first
+                sender_active=False) is ErrorCode.NOT_RECIPIENT
+    r.decline_transfer(transfer_id=t.id, by=HAUL, now=NOW, reason=None)
+    assert t.state is TransferState.DECLINED
+
+
+PORT_SECURITY = {"client_id": "admin", "organisation_id": None, "kind": "port_security", "person_id": None}
+
+
+def test_deactivating_a_sender_or_recipient_cancels_its_pending_transfer_and_tells_the_line() -> None:
+    r = issue()
+    t = r.start_transfer(transfer_id=uuid.uuid4(), by=FWD, to_organisation_id=HAUL.organisation_id,
+                         to_kind=OrgKind.TRANSPORT_OPERATOR, now=NOW)
+    r.pending_events.clear()
+    assert not r.organisation_deactivated(organisation_id=HAUL2.organisation_id, by=PORT_SECURITY, now=NOW)
+    assert r.organisation_deactivated(organisation_id=FWD.organisation_id, by=PORT_SECURITY, now=NOW)
+    assert t.state is TransferState.CANCELLED and r.pending_transfer is None and t in r.changed_transfers
+    assert [(e.type, e.actor, e.data) for e in r.pending_events] == [
+        ("release.transfer.cancelled", PORT_SECURITY,
+         {"transfer_id": str(t.id), "from": str(FWD.organisation_id), "to": str(HAUL.organisation_id),
+          "reason": "organisation_deactivated", "state": "active"}),
+        ("release.holder_deactivated", PORT_SECURITY, {"holder": str(FWD.organisation_id), "state": "active"})]
+    assert r.holder_organisation_id == FWD.organisation_id  # the line decides: revoke, or issue anew
+
+    # The recipient deactivated: the transfer to it cancelled; the holder is not concerned.
+    r = issue()
+    t = r.start_transfer(transfer_id=uuid.uuid4(), by=FWD, to_organisation_id=HAUL.organisation_id,
+                         to_kind=OrgKind.TRANSPORT_OPERATOR, now=NOW)
+    r.pending_events.clear()
+    assert r.organisation_deactivated(organisation_id=HAUL.organisation_id, by=PORT_SECURITY, now=NOW)
+    assert t.state is TransferState.CANCELLED
+    assert [e.type for e in r.pending_events] == ["release.transfer.cancelled"]
+    assert not r.organisation_reactivated(organisation_id=HAUL.organisation_id, by=PORT_SECURITY, now=NOW)
+    assert r.organisation_reactivated(organisation_id=FWD.organisation_id, by=PORT_SECURITY, now=NOW)
+    assert r.pending_events[-1].type == "release.holder_reactivated" and t.state is TransferState.CANCELLED
+
+
+def test_an_ended_right_tells_no_line_of_its_holder() -> None:
+    r = issue()
+    r.revoke(by=LINE, now=NOW, reason=None)
+    assert not r.organisation_deactivated(organisation_id=FWD.organisation_id, by=PORT_SECURITY, now=NOW)
+    lapsed = issue()
+    assert not lapsed.organisation_deactivated(organisation_id=FWD.organisation_id, by=PORT_SECURITY,
+                                               now=NOW + timedelta(days=4))
+    inside = green(nominated())
+    inside.gate_in(by=TERMINAL, now=NOW, decision_id=uuid.uuid4())
+    assert inside.organisation_deactivated(organisation_id=HAUL.organisation_id, by=PORT_SECURITY, now=NOW)
+
+
+def test_no_override_for_the_right_of_a_deactivated_holder() -> None:
+    r = green(nominated())
+    r.holder_active = False  # as read with the right
+    assert code(r.require_overridable, NOW) is ErrorCode.ORGANISATION_INACTIVE
+    r.holder_active = True
+    r.require_overridable(NOW)
 
 
 def test_withdraw_after_acceptance_is_refused() -> None:
     r = issue()
     t = r.start_transfer(transfer_id=uuid.uuid4(), by=FWD, to_organisation_id=HAUL.organisation_id,
                          to_kind=OrgKind.TRANSPORT_OPERATOR, now=NOW)
-    r.accept_transfer(transfer_id=t.id, by=HAUL, now=NOW)
+    r.accept_transfer(transfer_id=t.id, by=HAUL, now=NOW, sender_active=True)
     assert code(r.withdraw_transfer, transfer_id=t.id, by=FWD, now=NOW) is ErrorCode.TRANSFER_NOT_PENDING
 
 
@@ -205,7 +285,7 @@ def test_accepting_a_transfer_clears_the_previous_holders_nomination() -> None:
                          to_kind=OrgKind.TRANSPORT_OPERATOR, now=NOW)
     assert code(r.nominate, by=HAUL, driver_person_id=DRIVER, plate=PLATE, trailer_plate=None, slot=None,
                 screening=CLEAR, now=NOW) is ErrorCode.TRANSFER_PENDING
-    r.accept_transfer(transfer_id=t.id, by=HAUL2, now=NOW)
+    r.accept_transfer(transfer_id=t.id, by=HAUL2, now=NOW, sender_active=True)
     assert r.state is State.ACTIVE and r.nomination is None
 
 
@@ -221,6 +301,7 @@ def test_lights_by_owner_only() -> None:
                 now=NOW) is ErrorCode.INVALID_LIGHT
     r.set_light(kind=LightKind.CUSTOMS, status=LightStatus.SCAN, reason="selected", by=CUSTOMS, now=NOW)
     assert r.customs.status is LightStatus.SCAN
+    r.set_light(kind=LightKind.CUSTOMS, status=LightStatus.GREEN, reason="scanned", by=CUSTOMS, now=NOW)
     green(r)
     assert r.pickable
 
@@ -273,7 +354,8 @@ def test_revoke_ends_everything_including_a_pending_transfer() -> None:
     assert code(r.revoke, by=FWD, now=NOW, reason=None) is ErrorCode.NOT_ISSUER
     r.revoke(by=LINE, now=NOW, reason="fraud suspected")
     assert r.state is State.REVOKED and t.state is TransferState.CANCELLED and r.active_key is None
-    assert code(r.accept_transfer, transfer_id=t.id, by=HAUL, now=NOW) is ErrorCode.TRANSFER_NOT_PENDING
+    assert code(r.accept_transfer, transfer_id=t.id, by=HAUL, now=NOW,
+                sender_active=True) is ErrorCode.TRANSFER_NOT_PENDING
     assert code(r.unblock, by=LINE, now=NOW, reason=None) is ErrorCode.ILLEGAL_TRANSITION
 
 

@@ -159,8 +159,10 @@ def gate(engine: sa.Engine, tmp_path: Path) -> Iterator[Gate]:
 
 def test_a_gate_move_queues_nothing_for_a_deactivated_party(gate: Gate) -> None:
     """The gate commit: on PostgreSQL the move's one statement (gate_move.py, its ``hooks`` CTE), on
-    SQLite the outbox. The haulier company, deactivated after it nominated, hears nothing of the gate-in;
-    the line does. The gate itself is not refused (services/common.acting_organisation_active)."""
+    SQLite the outbox. The line, deactivated after it issued, hears nothing of the gate-in; the haulier
+    company does. The gate itself is not refused for the line's state, nor for the terminal's
+    (services/common.acting_organisation_active); a deactivated holder's right is (``holder_inactive``,
+    tests/test_gate_holder_inactive.py)."""
     rid = gate.pickable(1)
     line, haul = gate.p.line.organisation_id, gate.p.haul.organisation_id
     assert line is not None and haul is not None
@@ -168,13 +170,13 @@ def test_a_gate_move_queues_nothing_for_a_deactivated_party(gate: Gate) -> None:
         conn.execute(webhook_deliveries.delete())  # the deliveries of the nomination and the lights
         conn.execute(webhook_subscriptions.delete())
     subscribe_all(gate.engine, line, haul)
-    set_active(gate.engine, haul, False)
+    set_active(gate.engine, line, False)
 
     r = gate.verify(gate.body(1, mode="commit"))
     assert r.status_code == 200, r.text
     assert (r.json()["decision"], r.json()["committed"]) == ("allow", True)
     assert gate.state(rid) == "gated_in"
-    assert queued_for(gate.engine) == {line: ["release.gated_in"]}
+    assert queued_for(gate.engine) == {haul: ["release.gated_in"]}
 
 
 # ---- 2. a delivery already queued is withheld by the dispatcher, and stays so ----------------------------

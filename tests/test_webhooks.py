@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import re
 import threading
 import time
@@ -266,6 +267,54 @@ def test_http_etiquette_redirects_retry_after_and_gone(engine: sa.Engine, receiv
         receiver.url("/moved"), receiver.url("/busy")}
 
 
+@pytest.mark.parametrize(("header", "after"),
+                         [("\u00b2", timedelta(seconds=5)), ("99999999999999", wh.MAX_RETRY_AFTER)],
+                         ids=["superscript-two", "overflows-timedelta"])
+def test_a_retry_after_we_cannot_read_still_records_the_attempt(engine: sa.Engine, receiver: Receiver,
+                                                                 header: str, after: timedelta) -> None:
+    """Webhook review, finding 2: either header raised on the way to recording the outcome, for a 2xx too,
+    so the row stayed pending with no attempt counted and was sent again after every lease, for ever. Now
+    it is read or ignored, and only on a failure: the 503 is retried on the backoff, the 200 delivered."""
+    org, clock = make_org(engine), FakeClock()
+    subscribe(engine, org, receiver.url("/busy"), ["release.issued"])
+    subscribe(engine, org, receiver.url("/fine"), ["release.issued"])
+    receiver.status.update({"/busy": 503, "/fine": 200})
+    receiver.extra_headers.update({"/busy": {"retry-after": header}, "/fine": {"retry-after": header}})
+    publish(engine, {org}, "release.issued")
+
+    assert dispatcher(engine, clock).run_once() == 2
+    by_error = {r.last_error: r for r in delivery_rows(engine)}
+    assert set(by_error) == {"HTTP 503", None}
+    busy, fine = by_error["HTTP 503"], by_error[None]
+    assert (busy.status, busy.attempts, busy.next_attempt_at) == ("pending", 1, T0 + after)
+    assert (fine.status, fine.attempts) == ("delivered", 1)
+
+
+def test_a_fault_of_ours_during_an_attempt_is_a_failed_attempt(engine: sa.Engine, receiver: Receiver,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever raises on the way (here, reading the receiver's answer), the attempt is recorded as failed
+    and counted on the backoff (in the end dead), not left pending to be sent after every lease."""
+    from release_service.adapters import webhook_dispatcher
+
+    def broken(value: str | None) -> timedelta | None:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(webhook_dispatcher, "parse_retry_after", broken)
+    org, clock = make_org(engine), FakeClock()
+    subscribe(engine, org, receiver.url("/busy"), ["release.issued"])
+    receiver.status["/busy"] = 503
+    publish(engine, {org}, "release.issued")
+
+    with caplog.at_level(logging.ERROR, logger="quaygate.webhooks"):
+        assert dispatcher(engine, clock).run_once() == 1
+    [row] = delivery_rows(engine)
+    assert (row.status, row.attempts, row.last_error, row.next_attempt_at) == (
+        "pending", 1, "internal error", T0 + wh.RETRY_DELAYS[0])
+    assert [r.message for r in caplog.records] == ["release.webhook.send.internal_error"]
+    assert "a bug of ours" not in row.last_error
+
+
 def test_subscribers_get_only_the_event_types_they_chose(engine: sa.Engine, receiver: Receiver) -> None:
     org, stranger, clock = make_org(engine), make_org(engine), FakeClock()
     subscribe(engine, org, receiver.url("/transfers"), ["release.transfer.*"])
@@ -392,6 +441,20 @@ def test_retry_schedule_and_jitter() -> None:
             wh.retry_delay(**bad)  # type: ignore[arg-type]
     assert wh.parse_retry_after(" 120 ") == timedelta(minutes=2)
     assert wh.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
+
+
+@pytest.mark.parametrize(("value", "delay"), [
+    ("0", timedelta(0)), ("21600", wh.MAX_RETRY_AFTER), ("21601", wh.MAX_RETRY_AFTER),
+    ("999999999", wh.MAX_RETRY_AFTER), ("99999999999999", wh.MAX_RETRY_AFTER), ("9" * 5000, wh.MAX_RETRY_AFTER),
+    ("\u00b2", None), ("\u0663", None), ("\uff11\uff12", None), ("+5", None), ("-5", None), ("1 2", None),
+    ("1e3", None), ("", None),
+], ids=["zero", "cap", "past-cap", "nine-digits", "overflows-timedelta", "past-int-digits-limit", "superscript",
+        "arabic-indic", "fullwidth", "plus", "minus", "space", "exponent", "empty"])
+def test_retry_after_is_ascii_delta_seconds_capped_and_never_raises(value: str, delay: timedelta | None) -> None:
+    """Webhook review, finding 2: str.isdigit() took a superscript two (int() refused it), and a long run of digits
+    overflowed timedelta or passed int()'s 4300-digit limit. A value too long to read waits the longest
+    (RFC 9111 §1.2.2), capped."""
+    assert wh.parse_retry_after(value) == delay
 
 
 def test_subscription_url_rules() -> None:

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -41,6 +42,7 @@ from .test_webhooks import (  # noqa: F401 - receiver: a fixture requested by na
     delivery_rows,
     dispatcher,
     make_org,
+    member,
     publish,
     receiver,
     subscribe,
@@ -179,6 +181,53 @@ def test_a_subscriptions_deliveries_go_one_at_a_time_in_order(engine: sa.Engine,
     got = receiver.at("/hook")
     assert [r.body.count(str(i).encode()) for r, i in zip(got, ids, strict=True)] == [1, 1, 1, 1]
     assert {r.status for r in delivery_rows(engine)} == {"delivered"}
+
+
+def _queued(engine: sa.Engine, sub: uuid.UUID, at: timedelta, last_hex: int = 0) -> uuid.UUID:
+    """A pending delivery of ``sub`` due at ``T0 + at``; its id ``last_hex`` when given (ordered ids)."""
+    did = uuid.UUID(int=last_hex) if last_hex else uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(webhook_deliveries.insert().values(
+            id=did, subscription_id=sub, event_id=uuid.uuid4(), event_type="release.issued", payload={},
+            status="pending", attempts=0, next_attempt_at=T0 + at, created_at=T0))
+    return did
+
+
+def test_each_claim_takes_a_subscriptions_earliest_due_delivery_and_no_other(engine: sa.Engine) -> None:
+    """The claim (webhook review, finding 3: per subscription through its pending index, a LATERAL probe on
+    PostgreSQL, the window on SQLite) takes, of each active subscription with no send in flight here, its
+    earliest due delivery by time then id, one per claim, in time order; never one not yet due, nor one of
+    a closed subscription; what it leased is not due again until its lease ends."""
+    one, two, clock = make_org(engine), make_org(engine), FakeClock()
+    a1 = subscribe(engine, one, "https://hooks.example.com/a1", ["release.*"])[0].id
+    a2 = subscribe(engine, one, "https://hooks.example.com/a2", ["release.*"])[0].id
+    b1 = subscribe(engine, two, "https://hooks.example.com/b1", ["release.*"])[0].id
+    closed = subscribe(engine, two, "https://hooks.example.com/closed", ["release.*"])[0].id
+    x_late_id = _queued(engine, a1, timedelta(seconds=-30), last_hex=0x02)
+    x_early_id = _queued(engine, a1, timedelta(seconds=-30), last_hex=0x01)  # same time, smaller id: first
+    x3 = _queued(engine, a1, timedelta(seconds=-10))
+    x4 = _queued(engine, a1, timedelta(seconds=60))  # not due yet
+    y1 = _queued(engine, a2, timedelta(seconds=5))  # a retry waiting
+    y2 = _queued(engine, a2, timedelta(seconds=-5))
+    z1 = _queued(engine, b1, timedelta(seconds=-20))
+    _queued(engine, closed, timedelta(seconds=-100))
+    svc.delete_subscription(SqlUnitOfWork(engine), member(two), closed, now=T0)
+    d = dispatcher(engine, clock)
+
+    def claim(in_flight: list[Any] = []) -> list[uuid.UUID]:  # noqa: B006 - read only
+        claimed, withheld = d._claim(clock.now(), limit=100, in_flight=in_flight)
+        assert withheld == 0
+        assert len({c.subscription_id for c in claimed}) == len(claimed)  # one per subscription
+        return [c.id for c in claimed]
+
+    sending_b1 = SimpleNamespace(id=uuid.uuid4(), subscription_id=b1, organisation_id=two)
+    assert claim([sending_b1]) == [x_early_id, y2]  # b1 has a send in flight here: none of its
+    assert claim() == [x_late_id, z1]
+    assert claim() == [x3]
+    assert claim() == []
+    clock.advance(timedelta(seconds=61))  # x4 and y1 due; the leases above (70 s) not ended yet
+    assert claim() == [y1, x4]
+    assert claim() == []
 
 
 # ---- 1b. the pipeline: slots freed are claimed at once, shared fairly ---------------------------------------

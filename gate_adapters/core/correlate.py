@@ -77,6 +77,23 @@ Rules (each has a test in tests/test_gate_correlate.py):
    Limitation: a face that comes before any other read of its truck, within the window of the truck
    before, cannot be told from that truck's late face: it is reported as recent's, and its own truck
    goes without it (where a face is required: a timed-out request, review). That failure is safe.
+3b. A plate that is ANOTHER plate than the one a truck was sent on, read after it was sent, is news for
+   that truck, never a truck of its own (``_conflicting_plate``): with nothing pending at the lane, a
+   plate read not similar (rule 1) to any plate the truck emitted last within the window ("recent", rule
+   3a) held, by a camera that has not read recent's plate, is reported as ``late_plate_mismatch`` naming
+   recent's ``request_id`` (the caller records it and calls an officer at once, as for a late face
+   mismatch, lane.py rule 8). The attack: the front camera reads a cloned nominated plate, the truck is
+   sent as soon as its required reads are in and let through, and the rear camera reads the real plate
+   seconds later; before, that read opened a phantom truck that timed out into a review half a minute
+   later, and the request that opened the barrier was never marked. A camera that read recent's plate
+   (before it was sent, or as a late duplicate) reading another plate is reading the next truck: the
+   lane's front camera reading the truck behind is placed as any read (rules 1 and 3), never an officer
+   call for every truck that follows within the window. Recent's reads take the plate in, so the same
+   news again is a late duplicate. Limitations: a plate one edit off recent's (look-alikes folded) is
+   rule 3's doubtful echo, not news (most likely a misread); with a truck pending the read is placed by
+   rule 1 (it may be that truck's); and where the next truck's first read is its rear plate, by a camera
+   that has not read recent's, it is taken for recent's news: an officer called, and its own truck goes
+   without that plate (a review), the safe failure.
 4. Bounded memory: at most ``max_pending`` trucks wait; opening one more evicts the oldest, which is
    emitted with outcome ``evicted`` (its reads so far, ``missing`` says what it lacked). An eviction is
    at least as grave as a window ending without every read: reads the lane cannot place (a flood, a
@@ -122,6 +139,7 @@ class DropReason(StrEnum):
     LATE_READ = "late_read"  # rules 3 and 3a: a duplicate of what a truck already emitted carried
     LATE_FACE = "late_face"  # rule 3a: a face for a truck emitted without one; never a truck of its own
     LATE_FACE_MISMATCH = "late_face_mismatch"  # rule 3a: a mismatch for a truck already emitted
+    LATE_PLATE_MISMATCH = "late_plate_mismatch"  # rule 3b: another plate for a truck already emitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +202,10 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """Something the correlator let go of without emitting it; the caller logs it (and, for a late face or
-    face mismatch, notes or acts on it: ``request_id`` and ``observed_at`` name the truck it came too
-    late for; ``matched`` and ``score`` say what the face was, ``matched`` None for an image)."""
+    """Something the correlator let go of without emitting it; the caller logs it (and, for a late face,
+    face mismatch or plate mismatch, notes or acts on it: ``request_id`` and ``observed_at`` name the truck
+    it came too late for; ``matched`` and ``score`` say what the face was, ``matched`` None for an image;
+    ``plate`` is the other plate read)."""
 
     reason: DropReason
     lane: str
@@ -195,6 +214,7 @@ class Dropped:
     observed_at: datetime | None = None
     score: float | None = None
     matched: bool | None = None
+    plate: PlateRead | None = None
 
 
 @dataclass(slots=True)
@@ -206,6 +226,7 @@ class _Truck:
     # does not depend on the order the reads came in
     plates: dict[str, PlateRead] = field(default_factory=dict)
     echo: bool = False  # rule 3: a plate read as a look-alike of one a truck emitted within the window held
+    plate_cameras: set[str] = field(default_factory=set)  # rule 3b: the cameras that read its plate
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +235,7 @@ class _Emitted:
     reads: tuple[Read, ...]
     request_id: str
     observed_at: datetime
+    plate_cameras: frozenset[str] = frozenset()  # rule 3b: those that read its plate, late duplicates too
 
 
 def _edits_at_most_one(a: str, b: str) -> bool:
@@ -254,6 +276,11 @@ def same(a: Read, b: Read) -> bool:
 def _folded(plate: PlateRead) -> str:
     """Rules 1a and 5: a plate's value once look-alikes are folded (the country as read)."""
     return f"{plate.text.translate(_FOLD)}|{plate.country or ''}"
+
+
+def _camera(read: PlateRead) -> str:
+    """Rule 3b: which camera read a plate (the source and its camera's name)."""
+    return f"{read.source}|{read.camera}"
 
 
 def _is_mismatch(read: Read) -> bool:
@@ -330,7 +357,7 @@ class LaneCorrelator:
                 return out
             truck = placed
         else:
-            late_for = self._late_duplicate_of(read, now)
+            late_for = self._late_duplicate_of(read, now) or self._conflicting_plate(read, now)
             if late_for is not None:
                 self._dropped.append(self._late(read, late_for))
                 return out
@@ -382,6 +409,7 @@ class LaneCorrelator:
         best read, for what is set aside at emission); rule 1b: a kind it lacked."""
         held = truck.reads.get(read.kind)
         if isinstance(read, PlateRead):
+            truck.plate_cameras.add(_camera(read))
             best = truck.plates.get(_folded(read))
             if best is None or _rank(read) > _rank(best):
                 truck.plates[_folded(read)] = read
@@ -430,7 +458,7 @@ class LaneCorrelator:
         request_id = request_id_for(self.terminal, self.lane, self.direction, reads, doubt)
         observed_at = min(r.observed_at for r in reads)
         self._emitted.append(_Emitted(emitted_at=now, reads=reads + set_aside, request_id=request_id,
-                                     observed_at=observed_at))
+                                     observed_at=observed_at, plate_cameras=frozenset(truck.plate_cameras)))
         by_kind: dict[ReadKind, Any] = dict(truck.reads)
         return Ready(
             request_id=request_id,
@@ -456,6 +484,16 @@ class LaneCorrelator:
             if any(same(held, read) for held in emitted.reads if held.kind is read.kind):
                 return emitted
         return None
+
+    def _conflicting_plate(self, read: Read, now: float) -> _Emitted | None:
+        """Rule 3b: recent, when ``read`` is another plate than it was sent on and can only be its news."""
+        if self._pending or not isinstance(read, PlateRead):
+            return None
+        recent = self._recent(now)
+        if recent is None or _camera(read) in recent.plate_cameras:
+            return None
+        plates = [held for held in recent.reads if held.kind is ReadKind.PLATE]
+        return recent if plates and not any(similar(held, read) for held in plates) else None
 
     def _echoes(self, read: Read, now: float) -> bool:
         """Rule 3: ``read`` is a plate similar to (not the same as) one a truck emitted within the window held."""
@@ -501,20 +539,32 @@ class LaneCorrelator:
         return _DROPPED
 
     def _late(self, read: Read, emitted: _Emitted) -> Dropped:
-        """Rules 3 and 3a: a harmless late duplicate, or news for the emitted truck (a face it went
-        without, a mismatch its request did not carry); news is added to its reads, so it is said once."""
+        """Rules 3, 3a and 3b: a harmless late duplicate, or news for the emitted truck (a face it went
+        without, a mismatch its request did not carry, another plate); news is added to its reads, so it is
+        said once. A plate's camera is added to those that read the truck's plate (rule 3b)."""
         kinds = frozenset({read.kind})
         if isinstance(read, FaceRead):
             mismatch = _is_mismatch(read) and not any(_is_mismatch(held) for held in emitted.reads)
             first_face = not any(held.kind is ReadKind.FACE for held in emitted.reads)
             if mismatch or first_face:
-                index = self._emitted.index(emitted)
-                self._emitted[index] = dataclasses.replace(emitted, reads=(*emitted.reads, read))
+                self._amend(emitted, read)
                 matched = None if read.match is None else read.match.matched
                 score = None if read.match is None else read.match.score
                 reason = DropReason.LATE_FACE_MISMATCH if mismatch else DropReason.LATE_FACE
                 return Dropped(reason, self.lane, kinds, emitted.request_id, emitted.observed_at, score, matched)
+        if isinstance(read, PlateRead):
+            news = not any(same(held, read) for held in emitted.reads if held.kind is ReadKind.PLATE)
+            self._amend(emitted, read if news else None, _camera(read))
+            if news:
+                return Dropped(DropReason.LATE_PLATE_MISMATCH, self.lane, kinds, emitted.request_id,
+                               emitted.observed_at, plate=read)
         return Dropped(DropReason.LATE_READ, self.lane, kinds, emitted.request_id, emitted.observed_at)
+
+    def _amend(self, emitted: _Emitted, read: Read | None, camera: str | None = None) -> None:
+        """Add news (``read``) to an emitted truck's reads, and a camera to those that read its plate."""
+        reads = emitted.reads if read is None else (*emitted.reads, read)
+        cameras = emitted.plate_cameras if camera is None else emitted.plate_cameras | {camera}
+        self._emitted[self._emitted.index(emitted)] = dataclasses.replace(emitted, reads=reads, plate_cameras=cameras)
 
 
 _DROPPED = object()  # _place_face: the face was reported, not placed

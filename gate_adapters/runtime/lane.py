@@ -20,10 +20,20 @@ Rules:
    re-sending the stored body with the same ``request_id`` (``recover()`` at start, ``tick()`` every
    ``retry_seconds`` while running). The service answers idempotently.
 2. A late answer (recovered or retried) moves the barrier only while its truck can still be the one at
-   the lane: within ``act_seconds`` of the request's creation AND no newer request made for the lane
-   since. An answer older than ``act_seconds`` is recorded and logged (``gate.lane.late_answer``); one
-   overtaken by a newer request is recorded, logged (``gate.lane.late_answer.superseded``) and holds
-   with an officer call. Never acted on: an "open" meant for truck A would let truck B through.
+   the lane and nobody else decided about it: within ``act_seconds`` of the request's creation, no newer
+   request made for the lane since, AND no officer called for that truck. In this order: an answer older
+   than ``act_seconds`` is recorded and logged (``gate.lane.late_answer``); one overtaken by a newer
+   request (or with late news, rule 8) is recorded, logged (``gate.lane.late_answer.superseded``) and
+   holds with an officer call; one whose truck was handed to an officer (an earlier try got no answer, a
+   429, a 401 or 403: held, the officer called, and the lane latched for that request or its hold noted
+   against the latch that held the lane: ``outbox.latched_for``) is recorded and logged
+   (``gate.lane.late_answer.officer_called``), and the barrier stays as it is: told nothing once the
+   officer cleared the latch (he let the truck through by hand or sent it back), the latched hold while
+   it still holds, never offline mode's decision. Never acted on: an "open" meant for truck A would let
+   truck B through, and with the latch cleared nothing newer need stand behind A to be let through on it
+   (a truck whose reads are not complete, a tailgater without any, an evicted one: none is a request).
+   Only a request never tried nor held for an officer (the adapter died after ``put``, before or during
+   its first send) opens on its late answer: its truck still waits at the barrier, and nobody decided.
 3. Body: ``Ready.verify_fields()`` plus the lane's ``mode``. A truck that timed out without a
    container read sends ``container {"number": "", "confidence": 0}`` (the service answers
    ``container_unreadable``, review); a badge read without a scheme gets the lane's ``badge_scheme``.
@@ -53,17 +63,20 @@ Rules:
    by then): the barrier holds and calls an officer, logged ``gate.lane.evicted`` with the kinds held
    and missing. A window that ends without every read is still asked (review or deny; only an allow
    opens); an eviction is graver: the officer is called without a question to the service.
-8. A late face mismatch (correlate.py rule 3: ``matched: false`` from the matcher for a truck whose
+8. A late face mismatch (correlate.py rule 3a: ``matched: false`` from the matcher for a truck whose
    request already went) is never let go with the harmless duplicates: the barrier may already have
-   opened for the wrong driver. It is logged ``gate.lane.late_face_mismatch`` (error, with the lane and
-   the truck's request id), noted in the outbox beside that request (outbox.py rule 5), and the barrier
-   holds and calls an officer. The service is not asked again: its decision stands on its books, and
+   opened for the wrong driver. Nor a late plate mismatch (correlate.py rule 3b: another plate read, by
+   another camera, for the truck whose request went last: it may have passed on a cloned plate). Each is
+   logged ``gate.lane.late_face_mismatch`` or ``gate.lane.late_plate_mismatch`` (error, with the lane and
+   the truck's request id), noted in the outbox beside that request (outbox.py rule 5; a plate with its
+   text, country, confidence and camera), and the barrier holds and calls an officer at once, the same
+   path for both. The service is not asked again: its decision stands on its books, and
    the same request id would get the same answer; the officer decides at the lane. A late face that is
    news but no refusal (correlate.py rule 3a ``late_face``: a face for a truck whose request went
    without one) is logged ``gate.lane.late_face`` and noted in the outbox the same way; the barrier is
    not told anything (nothing it said changes), and it never becomes a truck of its own.
 9. The officer's hold is latched. A command that calls an officer (a review, an allow not committed, no
-   answer or a refused request, an eviction, a replay, a superseded late answer, a late face mismatch)
+   answer or a refused request, an eviction, a replay, a superseded late answer, a late mismatch)
    latches the lane in the outbox (outbox.py rule 6) before the barrier hears it: the truck the officer
    was called for may still stand at the barrier, and the next truck's "allow" must not open it for
    him. While latched, every decision is still made, recorded and logged, but the barrier is told
@@ -112,6 +125,7 @@ class OnAnswer(StrEnum):
     ACT = "act"  # the truck is at the lane: the answer moves the barrier
     HOLD = "hold"  # a newer truck is at the lane: hold and call an officer, never open
     RECORD = "record"  # the truck has left: record the answer, tell the barrier nothing
+    OFFICER = "officer"  # an officer was called for the truck: record, never open, the latch's hold at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +245,8 @@ class LaneRuntime:
                     # A newer truck at the lane; or a face mismatch came for this one after its request
                     # was made (rule 8): the request does not carry it, so its answer never opens.
                     then = OnAnswer.HOLD
+                elif self.outbox.latched_for(row.request_id):
+                    then = OnAnswer.OFFICER  # held for an officer: he decides about this truck, not the answer
                 else:
                     then = OnAnswer.ACT
                 result = self._send(row.request_id, row.body, then)
@@ -332,18 +348,25 @@ class LaneRuntime:
         elif response is not None and then is OnAnswer.HOLD:
             log.warning("gate.lane.late_answer.superseded", extra={"lane": self.lane, "request_id": request_id})
             command, latch = self._act(None, request_id, "late_answer_superseded")
+        elif response is not None and then is OnAnswer.OFFICER:
+            log.warning("gate.lane.late_answer.officer_called", extra={"lane": self.lane, "request_id": request_id})
+            command, latch = self._act(response, request_id, str(response.get("decision")), may_open=False)
         elif response is not None:
             log.warning("gate.lane.late_answer", extra={"lane": self.lane, "request_id": request_id})
         return self._report(LaneResult(request_id, self.lane, response, command, error, self._timer() - started,
                                        body.get("observed_at"), missing, latch))
 
-    def _act(self, response: Mapping[str, Any] | None, request_id: str, why: str) -> tuple[Command, int | None]:
+    def _act(self, response: Mapping[str, Any] | None, request_id: str, why: str, *,
+             may_open: bool = True) -> tuple[Command | None, int | None]:
         """Rule 9: the command for ``response``, unless the lane is latched; a command that calls an
         officer latches it. The latch is written before the barrier hears anything (a crash in between
-        leaves the lane latched, never open). Returns the command sent and the latch that held it."""
+        leaves the lane latched, never open). Returns the command sent and the latch that held it.
+        Not ``may_open`` (rule 2, a truck handed to an officer): the latch's hold if one holds, else nothing."""
         command = command_for(response, self.lane)
         held = self.outbox.held_latch(self.lane)
         if held is None:
+            if not may_open:
+                return None, None  # one read of the latch: a clear in between never lets an open through
             if latches(command):
                 self._latch(request_id, why)
             return self._tell(command, request_id)
@@ -382,11 +405,11 @@ class LaneRuntime:
         return result
 
     def _take_dropped(self) -> list[LaneResult]:
-        """What the correlator let go of: logged; a late face mismatch acted on (rule 8)."""
+        """What the correlator let go of: logged; late news noted, a late mismatch acted on (rule 8)."""
         out = []
         for dropped in self.correlator.take_dropped():
-            if dropped.reason is DropReason.LATE_FACE_MISMATCH:
-                out.append(self._late_face_mismatch(dropped))
+            if dropped.reason in _LATE_MISMATCHES:
+                out.append(self._late_mismatch(dropped))
                 continue
             if dropped.reason is DropReason.LATE_FACE:
                 self._late_face(dropped)
@@ -400,22 +423,36 @@ class LaneRuntime:
         truck of its own; nothing the barrier was told changes."""
         assert dropped.request_id is not None
         log.warning("gate.lane.late_face", extra={"lane": self.lane, "request_id": dropped.request_id})
-        detail: dict[str, Any] = {"kind": "face", "matched": dropped.matched, "score": dropped.score}
-        if dropped.matched is None:
-            detail = {"kind": "face", "image": True}  # never the image itself
-        self.outbox.late(dropped.request_id, self.lane, str(dropped.reason), detail)
+        self.outbox.late(dropped.request_id, self.lane, str(dropped.reason), _late_detail(dropped))
 
-    def _late_face_mismatch(self, dropped: Dropped) -> LaneResult:
-        """Rule 8: the truck may have passed with the wrong driver: record it, hold, call an officer."""
+    def _late_mismatch(self, dropped: Dropped) -> LaneResult:
+        """Rule 8: the truck may have passed with the wrong driver, or on a cloned plate: record it, hold,
+        call an officer."""
         assert dropped.request_id is not None
-        log.error("gate.lane.late_face_mismatch", extra={"lane": self.lane, "request_id": dropped.request_id})
-        self.outbox.late(dropped.request_id, self.lane, str(dropped.reason),
-                         {"kind": "face", "matched": False, "score": dropped.score})
+        log.error("gate.lane.%s", dropped.reason, extra={"lane": self.lane, "request_id": dropped.request_id})
+        self.outbox.late(dropped.request_id, self.lane, str(dropped.reason), _late_detail(dropped))
         command, latch = self._act(None, dropped.request_id, str(dropped.reason))
         observed_at = None if dropped.observed_at is None else dropped.observed_at.isoformat()
         return self._report(LaneResult(dropped.request_id, self.lane, None, command,
-                                       "late_face_mismatch: the face matcher said no after the request was sent",
+                                       f"{dropped.reason}: {_LATE_MISMATCHES[dropped.reason]}",
                                        0.0, observed_at, latched=latch))
+
+
+_LATE_MISMATCHES = {  # rule 8: late news that calls an officer, and what the LaneResult says of it
+    DropReason.LATE_FACE_MISMATCH: "the face matcher said no after the request was sent",
+    DropReason.LATE_PLATE_MISMATCH: "another plate was read after the request was sent",
+}
+
+
+def _late_detail(dropped: Dropped) -> dict[str, Any]:
+    """Rule 8: what came late, as the outbox notes it beside the request (never a face image)."""
+    if dropped.plate is not None:
+        plate = dropped.plate
+        return {"kind": "plate", "text": plate.text, "country": plate.country, "confidence": plate.confidence,
+                "camera": plate.camera}
+    if dropped.matched is None:
+        return {"kind": "face", "image": True}
+    return {"kind": "face", "matched": dropped.matched, "score": dropped.score}
 
 
 class LaneBusy(Exception):

@@ -25,10 +25,11 @@ Rules:
    days for the audit trail and then pruned.
 4. One instance is shared by threads: one connection guarded by a lock.
 5. Late news about a truck already decided (a face match result saying ``matched: false`` after its
-   request went, lane.py rule 8) is kept beside its request as a ``late_reads`` row (``late``), so the
-   audit of that truck's passage shows it; kept ``keep_days`` like a decided request. Nothing is sent
-   for it: the service has decided, and only an officer at the lane can undo a wrong passage. A face
-   for a truck whose request went without one (``late_face``, correlate.py rule 3a) is noted the same way.
+   request went, or another plate read for it, lane.py rule 8) is kept beside its request as a
+   ``late_reads`` row (``late``), so the audit of that truck's passage shows it; kept ``keep_days`` like
+   a decided request. Nothing is sent for it: the service has decided, and only an officer at the lane
+   can undo a wrong passage. A face for a truck whose request went without one (``late_face``,
+   correlate.py rule 3a) is noted the same way.
 6. A lane's latch (lane.py rule 9) lives here, beside the requests, so that a restart (a kill, a power
    cut) never silently unlatches a lane an officer was called to::
 
@@ -39,7 +40,9 @@ Rules:
    latch (a re-run command, a re-sent request) clears nothing. A cleared latch is marked with who
    cleared it and when, never deleted until pruned; a held one is never pruned. Every decision made
    while a lane is latched is noted against the latch (``latched_holds``) with the command it would
-   have given, for the officer and the audit.
+   have given, for the officer and the audit. ``latched_for`` says whether a truck was handed to an
+   officer: a latch (held or cleared) names its request, or one noted its hold; its late answer never
+   opens (lane.py rule 2).
 7. A right this adapter used counts as used here, whether the use was decided offline or online (SPEC.md
    "The gate verify call": a right is never used twice; gate_pass.py: one adapter never allows one
    right twice, even offline). ``done`` with a committed allow notes its release and direction in
@@ -149,7 +152,7 @@ CREATE INDEX IF NOT EXISTS offline_decisions_open ON offline_decisions (decided_
 CREATE TABLE IF NOT EXISTS late_reads (
     request_id TEXT NOT NULL,  -- the truck it came too late for (not always in verify_requests: an evicted one)
     lane       TEXT NOT NULL,
-    reason     TEXT NOT NULL,  -- 'late_face_mismatch'
+    reason     TEXT NOT NULL,  -- 'late_face_mismatch', 'late_plate_mismatch', 'late_face'
     detail     TEXT NOT NULL,  -- JSON: what arrived (never an image)
     noted_at   REAL NOT NULL
 );
@@ -165,6 +168,7 @@ CREATE TABLE IF NOT EXISTS lane_latches (
     note       TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS lane_latches_held ON lane_latches (lane) WHERE cleared_at IS NULL;
+CREATE INDEX IF NOT EXISTS lane_latches_request ON lane_latches (request_id);  -- latched_for (lane.py rule 2)
 CREATE TABLE IF NOT EXISTS latched_holds (
     latch_id   INTEGER NOT NULL REFERENCES lane_latches (id),
     lane       TEXT NOT NULL,
@@ -174,6 +178,7 @@ CREATE TABLE IF NOT EXISTS latched_holds (
     noted_at   REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS latched_holds_latch ON latched_holds (latch_id);
+CREATE INDEX IF NOT EXISTS latched_holds_request ON latched_holds (request_id);  -- latched_for
 CREATE TABLE IF NOT EXISTS online_uses (
     request_id TEXT PRIMARY KEY REFERENCES verify_requests (request_id),
     lane       TEXT NOT NULL,
@@ -678,6 +683,15 @@ class Outbox:
         with self._lock:
             rows = self._db.execute(_LANE_LATCHES, (lane,)).fetchall()
         return [_latch(r) for r in rows]
+
+    def latched_for(self, request_id: str) -> bool:
+        """Whether ``request_id``'s truck was handed to an officer (lane.py rule 2): a latch, held or cleared,
+        was set for it, or held it (``latched_holds``) while the lane was latched for another."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM lane_latches WHERE request_id = ? UNION ALL "
+                                   "SELECT 1 FROM latched_holds WHERE request_id = ? LIMIT 1",
+                                   (request_id, request_id)).fetchone()
+        return row is not None
 
     def latched_hold(self, latch_id: int, lane: str, request_id: str, instead: str, reason: str) -> None:
         """Note a decision held by the latch ``latch_id`` (durably, before the barrier hears the hold)."""

@@ -316,12 +316,14 @@ def dated_officer(request: Request, caller: AdminCaller) -> bool:
 
 
 def audit_read(request: Request, caller: AdminCaller, kind: str, *, subject: str | None = None,
-               data: dict[str, Any] | None = None) -> None:
+               data: dict[str, Any] | None = None, clients_too: bool = False) -> None:
     """Issue 4: console views and searches are on the audit trail, who looked at what, never what was
     found. Written before the answer is sent, in its own small transaction: no trail, no answer. Only a
     person's reads through the console: an admin client is a badge-office system whose lookups are its
-    own traffic (its changes are on the trail like everyone's)."""
-    if caller.person_id is None:
+    own traffic (its changes are on the trail like everyone's). Unless ``clients_too``: a search of the
+    trail itself is on it whoever searched, a machine client too (review of the audit search, finding 6:
+    a client's searches left no trace)."""
+    if caller.person_id is None and not clients_too:
         return
     container = request.app.state.container
     audit.record(kind, at=container.clock.now(), actor=caller.audit_actor, subject=subject, data=data or {},
@@ -501,6 +503,53 @@ def deactivate_client(client_id: str, request: Request) -> JSONResponse:
                                                    now=request.app.state.container.clock.now()):
         return problem(404, "not_found", "No such active client.", instance=request.url.path)
     return JSONResponse({"client_id": client_id, "active": False})
+
+
+class SecretRotationIn(BaseModel):
+    revoke_tokens: bool = Field(default=False, description="also revoke the client's grants (refresh tokens) "
+                                "and every access token issued to it so far (the client's first new token "
+                                "comes a few seconds later); absent: they stay valid until they expire")
+
+
+@router.post("/clients/{client_id}/secret", operation_id="admin_rotate_client_secret",
+             responses=problem_responses(401, 403, 404, 409, 422))
+@admits(port_security)
+def rotate_client_secret(client_id: str, request: Request, body: SecretRotationIn | None = None) -> JSONResponse:
+    """A new client secret (256 bits, made by the server), shown once, for a client that authenticates
+    with one (client_secret_basic or client_secret_post; 409 ``no_client_secret`` otherwise), as
+    ``quaygate client rotate-secret`` does. The old secret is refused from then on: at once by this
+    server, within a second by the other replicas (the clients' shared epoch). Tokens already issued
+    stay valid until they expire unless ``revoke_tokens`` (then access tokens issued up to five seconds
+    after are refused too: the margin for a replica still taking the old secret; so the token endpoint
+    issues the client no token until then, 429 ``slow_down`` with Retry-After: the first token with the
+    new secret comes a few seconds after). A client registered
+    through RFC 7591 also gets a new registration access token (``registration_access_token``, with its
+    ``registration_client_uri``), shown once: the old one, which a thief of the secret usually holds
+    too, is refused from then on (RFC 7592 §3). Through the console, not for admin or
+    admin-console clients, and not by an officer whose role ends (the secret would outlive it)."""
+    try:
+        caller = caller_of(request, port_security)
+    except AdminRefused as exc:
+        return exc.response(request)
+    if dated_officer(request, caller):
+        return own_refused("dated_officer", "An officer whose role ends rotates no client secret: it would "
+                           "outlive the role. Another officer does.").response(request)
+    if _reserved_role(caller, _client_role(request, client_id)):
+        log.info("identity.admin.refused.reserved_client_role")
+        return problem(403, "client_role_reserved", "Admin and admin console clients' secrets are rotated by "
+                       "an administrator, not through the console.", instance=request.url.path)
+    revoke_tokens = body is not None and body.revoke_tokens
+    try:
+        rotated = management_for(request.app).rotate_secret(
+            client_id, admin=caller.actor, revoke_tokens=revoke_tokens, now=request.app.state.container.clock.now())
+    except RegistrationError as exc:
+        return _registration_problem(request, exc)
+    out: dict[str, Any] = {"client_id": client_id, "client_secret": rotated.client_secret,
+                           "tokens_revoked": revoke_tokens}
+    if rotated.registration_access_token is not None:
+        out |= {"registration_access_token": rotated.registration_access_token,
+                "registration_client_uri": rotated.registration_client_uri}
+    return JSONResponse(out, headers={"Cache-Control": "no-store"})
 
 
 @router.post("/persons", operation_id="admin_create_person", status_code=201, responses=_ERRORS)
@@ -843,13 +892,16 @@ _PERSON_STATUS = {"not_found": 404, "status_unchanged": 409, "own_suspension": 4
 def suspend_person(person_id: uuid.UUID, request: Request, body: PersonSuspendIn) -> JSONResponse:
     """Suspend a person, saying why: no more logins or refreshed tokens, every login session ended and
     every grant revoked (refresh and access tokens), at once (identity.authn.cutoff). Port security;
-    an officer never suspends himself through the console."""
+    an officer never suspends himself through the console. ``client_secrets_shown``: the active clients
+    whose current secret an officer was shown (he registered them in the console or rotated their
+    secret last); a secret outlives his suspension, so rotate those again if he may have kept one."""
 
     def suspend(engine: sa.Engine, actor: str, now: datetime) -> dict[str, Any]:
         cut = cutoff.suspend_person(engine, sessions=sessions_for(request.app), grants=grants_for(request.app),
                                     person_id=person_id, actor=actor, reason=body.reason, now=now,
                                     guard=lambda conn: keep_an_officer(conn, person_id, None))
-        return {"status": "suspended", "sessions_ended": cut.sessions_ended, "grants_revoked": cut.grants_revoked}
+        return {"status": "suspended", "sessions_ended": cut.sessions_ended, "grants_revoked": cut.grants_revoked,
+                "client_secrets_shown": list(cut.client_secrets_shown)}
 
     return _change_person_status(request, person_id, suspend, own=("own_suspension",
                                                                    "An officer does not suspend himself."))

@@ -3,11 +3,14 @@
 Contract::
 
     POST   /admin/v1/persons/{person_id}/face   {"image": base64 (or a data: URL), "source": "id_photo" |
-                                                 "live_capture"}            the badge office only
-      201 {"person_id", "template_id", "source", "face_px", "sharpness", "enrolled_at", "replaced"}
+                                                 "live_capture", "replace_reason"?}   the badge office only
+      201 {"person_id", "template_id", "source", "face_px", "sharpness", "enrolled_at", "replaced",
+           "distance" (to the face replaced; null when none was, or it could not be compared)}
       401/403 (admin_caller; 403 badge_office_required | own_face)   404 not_found   409 person_not_active
-      413 image_too_large   422 face_not_found | face_multiple | face_too_small | face_blurred |
-      image_unreadable | source_invalid   503 face_busy | face_unavailable
+      | face_differs (another person's face would replace the enrolled one: give replace_reason, which
+      the trail keeps with the distance)   413 image_too_large   422 face_not_found | face_multiple |
+      face_too_small | face_blurred | image_unreadable | source_invalid | replace_reason_invalid
+      503 face_busy | face_unavailable
     GET    /admin/v1/persons/{person_id}/face   200 the enrolment's metadata (never the template); audited;
                                                  "current": false when the audit trail does not name the
                                                  stored template (it does not open: docs/face.md)
@@ -53,6 +56,7 @@ from release_service.api.problems import problem, problem_responses
 from ..authn.service import passkeys_for
 from ..domain.face import SOURCES, FaceCode
 from ..face import FaceError, face_for
+from ..face.service import MAX_REPLACE_REASON
 from ..sessions import sessions_for
 from .admin import AdminCaller, AdminRefused, admin_caller, admits, audit_read, caller_of, own_refused
 
@@ -63,6 +67,7 @@ router = APIRouter(tags=["face"], route_class=AdmitFirst)
 # Error code -> HTTP status (the one mapping table of this edge, STYLE.md #6). Unlisted codes: 422.
 _STATUS = {
     "not_found": 404, "person_not_active": 409, "concurrent_change": 409, FaceCode.NOT_ENROLLED: 409,
+    "face_differs": 409,
     FaceCode.IMAGE_TOO_LARGE: 413, FaceCode.BUSY: 503, FaceCode.UNAVAILABLE: 503,
     "login_required": 401, FaceCode.MISMATCH: 401, FaceCode.NOT_LIVE: 401, FaceCode.REPLAYED: 401,
     "origin_refused": 403,
@@ -77,6 +82,10 @@ class _Body(BaseModel):
 class EnrolIn(_Body):
     image: str = Field(max_length=IMAGE_B64_MAX, description="the photo (JPEG or PNG), base64 or a data: URL")
     source: str = Field(default="id_photo", description=" or ".join(SOURCES))
+    replace_reason: str | None = Field(
+        default=None, max_length=MAX_REPLACE_REASON,
+        description="why another person's face replaces the one enrolled (kept on the audit trail); without "
+                    "it such a replacement is refused 409 face_differs")
 
 
 class StepUpIn(_Body):
@@ -160,19 +169,22 @@ _ADMIN_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 503)
 async def enrol_face(person_id: uuid.UUID, request: Request, body: EnrolIn) -> JSONResponse:
     """Enrol a person's face from an ID photo or a live capture; the photo is not kept. Never an
     officer's own face: the face he steps up and passes the gate with is enrolled by another officer
-    (as identity.api.admin refuses his own enrolment code)."""
+    (as identity.api.admin refuses his own enrolment code). Replacing the enrolled face with another
+    person's (or one that cannot be compared) needs ``replace_reason``: 409 ``face_differs`` without."""
     try:
         caller = await _badge_office(request)
         _refuse_own_face(caller, person_id)
         done = await face_for(request.app).enrol(person_id, _image(body.image), source=body.source,
-                                                 actor=caller.actor, now=request.app.state.container.clock.now())
+                                                 actor=caller.actor, now=request.app.state.container.clock.now(),
+                                                 replace_reason=body.replace_reason)
     except AdminRefused as exc:
         return exc.response(request)
     except FaceError as exc:
         return _failed(request, exc)
     return JSONResponse({"person_id": str(done.person_id), "template_id": str(done.template_id),
                          "source": done.source, "face_px": done.face_px, "sharpness": done.sharpness,
-                         "enrolled_at": done.enrolled_at.isoformat(), "replaced": done.replaced}, status_code=201)
+                         "enrolled_at": done.enrolled_at.isoformat(), "replaced": done.replaced,
+                         "distance": done.distance}, status_code=201)
 
 
 @router.get("/admin/v1/persons/{person_id}/face", operation_id="admin_get_face", responses=_ADMIN_ERRORS)

@@ -18,6 +18,7 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
       403 person_suspended | origin_refused     429 rate_limited (+ Retry-After: the address's login
                                                 allowance is spent; no failure counts against a
                                                 credential, whose id anyone may name: review 122)
+      403 person_banned: a port ban in force, once a register is configured (the brokered login's rule)
     POST /webauthn/registration/options     {"enrolment_code"?}   (else a login session of < 15 min)
       200 {"flow", "publicKey": PublicKeyCredentialCreationOptionsJSON}   (excludeCredentials: the
           person's active passkeys with a session, none with an enrolment code)
@@ -29,6 +30,7 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
       201 {"credential_id", "name", "created_at"}  + Set-Cookie session when enrolled with a code
           (with a session, the existing session stays)
       400 challenge_expired | enrolment_code_* | invalid_name   401 passkey_invalid | login_required
+      403 person_suspended | person_banned (as at login; an enrolment code stays unused)
       409 passkey_already_registered
     GET    /account/passkeys                 200 [{"credential_id", "name", "created_at", "last_used_at",
                                                    "status"}]  (active and suspended; removed ones hidden)
@@ -55,9 +57,10 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
       403 insufficient_role: the badge office, for a person with a privileged role (port security's)
 
 A refusal that tells the person whom to turn to (``passkey_suspended``, ``person_suspended``,
-``person_not_active``, ``enrolment_code_expired``, ``enrolment_code_used``, ``insufficient_authentication``:
-identity.authn.service ``OFFICE_CODES``) carries ``"office": "badge_office" | "port_security"``, the
-office that issues the person's enrolment codes: port security for a person who holds a privileged role.
+``person_banned``, ``person_not_active``, ``enrolment_code_expired``, ``enrolment_code_used``,
+``insufficient_authentication``: identity.authn.service ``OFFICE_CODES``) carries ``"office":
+"badge_office" | "port_security"``, the office that issues the person's enrolment codes: port security
+for a person who holds a privileged role.
 The code stays the same either way (clients match it).
 
 The user handle given to authenticators is an HMAC of the person id (``identity.authn.passkeys.
@@ -118,6 +121,7 @@ STATUS: dict[str, int] = {
     "login_required": 401,
     "reauthentication_required": 401,
     "person_suspended": 403,
+    "person_banned": 403,
     "insufficient_authentication": 403,
     "origin_refused": 403,
     "not_found": 404,
@@ -136,6 +140,8 @@ HINT: dict[str, str] = {
     "passkey_suspended_privileged_role": "This passkey was suspended when you were given your new role. Please ask "
                                          "port security for a new enrolment code.",
     "person_suspended": "Your account is suspended. Please contact the badge office.",
+    # As the brokered login tells a banned person (identity.api.broker: broker.error.suspended).
+    "person_banned": "Your account is suspended. Please contact the badge office.",
     "origin_refused": "This request did not come from a quaygate page.",
     "login_required": "Please log in first.",
     "reauthentication_required": "Please log in again to change your passkeys.",
@@ -149,6 +155,7 @@ HINT: dict[str, str] = {
 HINT_PORT_SECURITY: dict[str, str] = {
     "passkey_suspended": "This passkey is suspended. Please contact port security.",
     "person_suspended": "Your account is suspended. Please contact port security.",
+    "person_banned": "Your account is suspended. Please contact port security.",
     "insufficient_authentication": "Changing your passkeys needs a stronger login: log in with a passkey, or "
                                    "ask port security for an enrolment code.",
 }

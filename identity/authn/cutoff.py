@@ -15,7 +15,14 @@ passkey, now or after a reinstatement. It ends the live codes the person issued 
 (identity.authn.enrolment ``end_issued_codes``; review 124, finding 5): a rogue badge officer caught and
 suspended, the natural first response, left his accomplices up to 30 days of codes. An issue of his in
 flight share-locks his row, so the suspension's UPDATE waits for it and then ends its code; an issue
-after the suspension is refused (enrolment ``issuer_role_ended``).
+after the suspension is refused (enrolment ``issuer_role_ended``). Client secrets he was shown (a client
+he registered in the console, a secret he rotated) do not end with him: the suspension names the active
+clients whose current secret he saw (``client_secrets_shown``), for port security to rotate again.
+
+The webhook subscriptions he made in a company's console close with the suspension, in every
+organisation (identity.memberships ``close_webhooks_made_by``; webhook review, finding 1): each on the
+trail (``release.webhook.subscription.closed``, reason ``creator_suspended``), all named in the
+suspension's entry (``webhook_subscriptions_closed``). A reinstatement opens none again.
 
 A registration in flight takes the person's row lock, as the suspension's UPDATE does
 (identity.authn.service ``finish_registration``): it runs wholly before the suspension (whose cut-off
@@ -68,6 +75,8 @@ from quaygate.schema import persons, webauthn_credentials
 from .. import audit
 from ..bans.alerts import suspension_alerts
 from ..grants import GrantStore
+from ..memberships import close_webhooks_made_by
+from ..registration.service import secrets_shown_to
 from ..sessions import SessionStore
 from . import enrolment
 from .credentials import ACTIVE, PRIVILEGED_ROLE_GRANTED, SUSPENDED, suspend_unprivileged
@@ -75,6 +84,7 @@ from .credentials import ACTIVE, PRIVILEGED_ROLE_GRANTED, SUSPENDED, suspend_unp
 log = logging.getLogger(__name__)
 
 REASON_MAX = 500
+HOOKS_SUSPENDED = "creator_suspended"  # why a webhook subscription he made was closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +93,8 @@ class CutOff:
     grants_revoked: int
     enrolment_codes_ended: int = 0  # the person's own (a suspension's)
     issued_enrolment_codes_ended: int = 0  # those the person issued, as an officer (a suspension's)
+    client_secrets_shown: tuple[str, ...] = ()  # clients whose current secret he was shown (a suspension's)
+    webhook_subscriptions_closed: tuple[uuid.UUID, ...] = ()  # those he made, in any organisation (a suspension's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,14 +179,22 @@ def suspend_person(engine: sa.Engine, *, sessions: SessionStore, grants: GrantSt
         codes = enrolment.end_live_codes(conn, person_id, now=now)
         # In a statement after the UPDATE: an issue of his that held it up is seen (module docstring).
         issued = enrolment.end_issued_codes(conn, person_id, now=now)
-        cut = CutOff(cut.sessions_ended, cut.grants_revoked, codes, issued)
+        # Secrets do not follow him out: the clients whose current secret he saw are named, for port
+        # security to rotate again (identity.registration ``secrets_shown_to``).
+        shown = tuple(secrets_shown_to(conn, person_id))
+        # Nor do the webhooks he made: closed, a server of his receives the companies' events no more.
+        hooks = close_webhooks_made_by(conn, person_id, None, reason=HOOKS_SUSPENDED,
+                                       actor=audit.actor_fields(actor), now=now)
+        cut = CutOff(cut.sessions_ended, cut.grants_revoked, codes, issued, shown, hooks)
         # The holders of his live nominations learn it before he reaches the gate, as after a ban.
         alerted = suspension_alerts(conn, person_id, now)
         audit.record("identity.admin.person.suspended", at=now, actor=audit.actor_fields(actor),
                      subject=str(person_id), conn=conn,
                      data={"reason": said, "sessions_ended": cut.sessions_ended, "grants_revoked": cut.grants_revoked,
                            "enrolment_codes_ended": codes, "issued_enrolment_codes_ended": issued,
-                           "nominations_alerted": [str(r) for r in alerted]})
+                           "nominations_alerted": [str(r) for r in alerted],
+                           "client_secrets_shown": list(shown),
+                           "webhook_subscriptions_closed": [str(h) for h in hooks]})
     log.info("identity.person.suspended")
     return cut
 

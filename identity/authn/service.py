@@ -45,6 +45,7 @@ from quaygate.appstate import built_once
 from quaygate.schema import persons
 
 from .. import audit
+from ..bans.screening import from_settings as ban_screening
 from ..domain import assurance
 from ..grants import GrantStore, grants_for
 from ..ratelimit import LoginGuard, login_guard_for
@@ -87,8 +88,8 @@ _CLAIM_MARGIN = 5.0
 # privileged role, which the badge office could not help. Each is raised only once the caller has shown
 # he is the person, or holds his code: a passkey's signature verified, a login session, an enrolment
 # code found.
-OFFICE_CODES = frozenset({"passkey_suspended", "person_suspended", "person_not_active", "enrolment_code_expired",
-                          "enrolment_code_used", "insufficient_authentication"})
+OFFICE_CODES = frozenset({"passkey_suspended", "person_suspended", "person_banned", "person_not_active",
+                          "enrolment_code_expired", "enrolment_code_used", "insufficient_authentication"})
 
 
 class PasskeyError(Exception):
@@ -238,6 +239,9 @@ class PasskeyService:
         self._handle_key = settings.pepper_bytes()
         self._seal = FlowSeal(settings.pepper_bytes())
         self._ttl = settings.webauthn_challenge_ttl
+        # A port ban in force refuses the login and the enrolment, as the brokered login's: once a register
+        # is configured (identity.bans.screening ``banned``); None before.
+        self._bans = ban_screening(settings, engine)
 
     # ---- authentication -------------------------------------------------------------------------
 
@@ -275,7 +279,9 @@ class PasskeyService:
 
         The transaction that creates the session takes a share lock on the person's row first
         (``sessions.hold_person``) and judges the status it reads then: a suspension committing meanwhile
-        is waited for and refuses the login, or waits for the login and ends its session.
+        is waited for and refuses the login, or waits for the login and ends its session. Under that lock,
+        once a port-ban register is configured, a ban in force refuses the login too (``person_banned``, the
+        brokered login's rule: identity.bans.screening ``banned``); screening ``unavailable`` does not.
 
         ``session_cookie``: the browser's; the session it names ends with this login, whose session takes
         over its grants if it was this person's (``SessionStore.create``, review 120 finding 1).
@@ -327,6 +333,9 @@ class PasskeyService:
             # the lock (a suspension committed meanwhile is seen; one coming later waits for this commit).
             if hold_person(conn, stored.person_id) != "active":
                 refuse("person_suspended", "person not active", stored)
+            # A ban never changes the status: judged here, under the same lock (identity.bans.screening).
+            if self._bans is not None and self._bans.banned(conn, stored.person_id, now):
+                refuse("person_banned", "port ban in force", stored)
             used = not passkeys.sign_count_regressed(stored.sign_count, verified.sign_count) and \
                 self.credentials.record_use(conn, stored.credential_id, sign_count=verified.sign_count,
                                             backed_up=verified.backed_up, now=now)
@@ -475,7 +484,9 @@ class PasskeyService:
         (review 67): a grant or a suspension committed while the ceremony ran is seen (its ended code,
         ended session or status refuse this), and one that comes later waits and then sees the new
         passkey (suspends it, or ends its session). Read before the lock, a suspension committed in
-        between left a new passkey and a live session, and a code a grant had ended still passed."""
+        between left a new passkey and a live session, and a code a grant had ended still passed. A port
+        ban in force is judged under the lock as the login judges it (``person_banned``): the code stays
+        unused."""
         now = self._clock.now()
         try:
             self.check_origin(origin)
@@ -504,6 +515,8 @@ class PasskeyService:
                     raise PasskeyError("person_unknown", "verify")
                 if status != "active":
                     raise PasskeyError("person_suspended", "verify")
+                if self._bans is not None and self._bans.banned(conn, person_id, now):  # as the login's
+                    raise PasskeyError("person_banned", "port ban in force")
                 if session is not None and not session_live(conn, session.sid, now=now):
                     raise PasskeyError("login_required", "session ended")  # a cut-off meanwhile
                 if state.code_hash is not None:

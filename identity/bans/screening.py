@@ -5,6 +5,13 @@ Reads the person's ``national_id_hash`` and the bans under it, and lets the pure
 answer for badge issue (any port) and, with ``port``, for one port. A person with no national
 number linked is ``unavailable`` with the reason ``person_unidentified`` (the register cannot name
 him), never ``clear``. This adapter exists only once a register is configured (``from_settings``).
+
+The logins follow one rule, ``StoredBanScreening.banned`` (review of the driver surface, finding 1): a
+person under a ban in force at any port is refused at the brokered login, the passkey login, the first
+passkey enrolled with a code, the authorization endpoint and a refresh (identity.oidc.issue
+``person_context``), all ``person_banned``. A ban never changes the person's status, so the status
+checks alone let him in. ``unavailable`` refuses no one: an old list, no list or an unidentified
+person is not a ban, and a login refused for it would lock every driver out while the feed is late.
 """
 
 from __future__ import annotations
@@ -43,6 +50,12 @@ class StoredBanScreening:
         with self._engine.connect() as own:
             return screen_person(own, person_id, now, port=port, max_list_age=self._max_age)
 
+    def banned(self, conn: sa.Connection, person_id: uuid.UUID, now: datetime) -> bool:
+        """Is the person under a port ban in force, at any port (screening ``banned``)? The logins' and
+        the token issue's rule (module docstring), read in ``conn``, the caller's transaction, after its
+        lock on the person's row where it takes one. One statement (``ban_check``)."""
+        return self.screen(person_id, now, conn=conn).status == ScreeningStatus.BANNED.value
+
 
 def screen_person(conn: sa.Connection, person_id: uuid.UUID, now: datetime, *, port: str | None,
                   max_list_age: timedelta) -> ScreeningResult:
@@ -52,16 +65,25 @@ def screen_person(conn: sa.Connection, person_id: uuid.UUID, now: datetime, *, p
     return ScreeningResult(result.status.value, result.list_age_seconds, reasons)
 
 
+# The list in force's issue time (ban_feed_state holds a row per register): the one row every read
+# below starts from, so it comes back with no person and no ban too.
+_LIST = sa.select(sa.func.max(ban_feed_state.c.issued_at).label("issued_at")).subquery("list_in_force")
+_PERSON = sa.bindparam("person_id", type_=persons.c.id.type)
+# One statement, one round trip (a refresh runs it: identity.oidc.issue ``person_context``): that row,
+# the person's national number hash by primary key, and the bans under it by port_bans' subject_hash
+# index, a row per ban.
+_BAN_CHECK = sa.select(_LIST.c.issued_at, persons.c.national_id_hash, port_bans.c.scope, port_bans.c.banned_from,
+                       port_bans.c.banned_until, port_bans.c.reference).select_from(
+    _LIST.outerjoin(persons, persons.c.id == _PERSON)
+    .outerjoin(port_bans, port_bans.c.subject_hash == persons.c.national_id_hash))
+
+
 def ban_check(conn: sa.Connection, person_id: uuid.UUID, now: datetime, *, port: str | None,
               max_list_age: timedelta) -> BanCheck:
     """The pure rule's full answer, with the references of the bans that hit (the console shows them)."""
-    issued_at = conn.execute(sa.select(sa.func.max(ban_feed_state.c.issued_at))).scalar()
-    subject = conn.execute(sa.select(persons.c.national_id_hash).where(persons.c.id == person_id)).scalar()
-    bans: list[StoredBan] = []
-    if subject is not None:
-        rows = conn.execute(sa.select(port_bans.c.scope, port_bans.c.banned_from, port_bans.c.banned_until,
-                                      port_bans.c.reference).where(port_bans.c.subject_hash == subject))
-        bans = [StoredBan(decode_scope(s), f, u, r) for s, f, u, r in rows]
+    rows = conn.execute(_BAN_CHECK, {"person_id": person_id}).all()
+    issued_at, subject = rows[0][0], rows[0][1]
+    bans = [StoredBan(decode_scope(s), f, u, r) for _, _, s, f, u, r in rows if r is not None]
     if issued_at is not None and issued_at.tzinfo is None:  # SQLite keeps no zone (quaygate.schema.UTCDateTime)
         issued_at = issued_at.replace(tzinfo=UTC)
     return screen(bans, port=port, now=now, list_issued_at=issued_at, max_list_age=max_list_age,

@@ -55,12 +55,12 @@ import httpx
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 
-from quaygate.crypto import DataCipher, keyed_hash
+from quaygate.crypto import keyed_hash
 
 from .. import audit
 from ..authn.enrolment import issuing_office
 from ..authn.service import safe_return_to
-from ..bans.screening import screen_person
+from ..bans.screening import from_settings as ban_screening
 from ..domain import broker as rules
 from ..domain.bans import national_number_valid
 from ..domain.broker import BrokerRefused, LinkAction, PasskeyProof, Refusal
@@ -119,8 +119,8 @@ class BrokerService:
         self.upstreams = upstreams
         self.client = client
         self._issuer = settings.issuer.rstrip("/")
-        self._seal = DataCipher(settings.data_key_bytes())
-        self._register = bool(settings.ban_register_jwk or settings.ban_register_jwk_path)
+        self._seal = settings.data_cipher()
+        self._bans = ban_screening(settings, engine)  # None without a register (identity.bans.screening)
 
     def close(self) -> None:
         self.client.close()
@@ -243,12 +243,8 @@ class BrokerService:
         with self._engine.begin() as conn:
             action, person_id, replaced = resolve(conn, issuer=upstream.issuer, sub=sub, national_id_hash=subject,
                                                   proof=proof, now=now)
-            if self._register:
-                screening = screen_person(conn, person_id, now, port=None,
-                                          max_list_age=timedelta(seconds=self._settings.ban_list_max_age))
-                if screening.status == "banned":
-                    raise BrokerRefused(Refusal.PERSON_BANNED, "port ban in force",
-                                        office=issuing_office(conn, person_id))
+            if self._bans is not None and self._bans.banned(conn, person_id, now):
+                raise BrokerRefused(Refusal.PERSON_BANNED, "port ban in force", office=issuing_office(conn, person_id))
             # The browser's session, if any, ends; this one takes over its grants if it was this person's.
             cookie, session = self._sessions.create(person_id, acr=acr, amr=amr, now=now, conn=conn,
                                                     replacing=session_cookie)
@@ -285,7 +281,7 @@ class BrokerService:
         if not binding:
             raise BrokerRefused(Refusal.BROWSER_MISMATCH, "no binding cookie")
         try:
-            flow: dict[str, Any] = json.loads(self._seal.open(binding, _FLOW_AAD))
+            flow: dict[str, Any] = json.loads(self._seal.open_current(binding, _FLOW_AAD))
         except (ValueError, InvalidTag) as exc:
             raise BrokerRefused(Refusal.STATE_INVALID, "binding cookie does not open") from exc
         if not 0 < len(state) <= 200 or not hmac.compare_digest(_sha256(state), flow["state"]):

@@ -29,6 +29,11 @@ wrote its template id in the same transaction); the service then writes a tagged
 entries count for nothing. Until that first use, an insider who also inserts an untagged entry can
 restore an older row of such a person: re-enrolling closes it at once.
 
+When the data key is replaced (README, "Replacing the data key"), an entry whose tag only a previous key
+verifies counts, once `quaygate keys rekey-data` has re-tagged every person under the current key and said
+so, only below the person's highest generation under the current key (review 135, finding 1: the previous
+key may be the one that leaked); at or above it, the caller hands it over as a forgery (identity.face.service).
+
 Standard library only: the caller verifies the tags and hands over what it found.
 """
 
@@ -41,6 +46,10 @@ ENROLLED = "identity.face.enrolled"
 UPGRADED = "identity.face.enrolment.upgraded"
 WITHDRAWN = "identity.face.withdrawn"
 KINDS = (ENROLLED, UPGRADED, WITHDRAWN)  # the audit kinds that say which enrolment is current
+# `quaygate keys rekey-data` has tagged every person's enrolment under the current data key (identity.face.
+# service ``mark_retagged``): from then on an entry that only a previous key's tag verifies counts only below
+# the person's highest generation under the current key (review 135, finding 1).
+RETAGGED_ALL = "identity.face.enrolments.retagged"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from quaygate.appstate import built_once
 from quaygate.settings import Settings
 
 from ..domain.face import FaceMatch, QualityRules
+from .header import ImageLimits
 from .pool import FacePool
 from .service import FaceError, FaceService
 
@@ -41,7 +42,8 @@ __all__ = ["FaceError", "FaceMatch", "FacePool", "FaceService", "face_for", "poo
 def pool_from_settings(settings: Settings) -> FacePool:
     """A pool sized from the settings; no process starts until the first job (or ``warm_up``)."""
     return FacePool(settings.face_workers, queue_per_worker=settings.face_queue_per_worker,
-                    max_side=settings.face_max_side, max_pixels=settings.face_max_image_pixels,
+                    max_side=settings.face_max_side, per_owner=settings.face_jobs_per_terminal,
+                    limits=ImageLimits(settings.face_max_image_pixels, settings.face_max_png_pixels),
                     rules=QualityRules(settings.face_min_face_px, settings.face_min_sharpness))
 
 
@@ -55,7 +57,7 @@ def start_pool(settings: Settings) -> FacePool:
 
 def face_for(app: Any) -> FaceService:
     """The app's FaceService on ``app.state.face``, built once from the container and the pool."""
-    from ..ratelimit import login_guard_for
+    from ..ratelimit import login_guard_for, rate_limiter_for
     from ..sessions import sessions_for
 
     def build() -> FaceService:
@@ -63,8 +65,12 @@ def face_for(app: Any) -> FaceService:
         pool = getattr(app.state, "face_pool", None)
         if pool is None:  # an app served without its lifespan (a bare test app)
             pool = app.state.face_pool = pool_from_settings(c.settings)
-        return FaceService(engine=c.engine, cipher=c.cipher, pool=pool, tolerance=c.settings.face_tolerance,
-                           max_image_bytes=c.settings.face_max_image_bytes, sessions=sessions_for(app),
-                           guard=login_guard_for(app), replay_window=timedelta(days=c.settings.face_replay_days))
+        s = c.settings
+        return FaceService(engine=c.engine, cipher=c.cipher, pool=pool, tolerance=s.face_tolerance,
+                           max_image_bytes=s.face_max_image_bytes, sessions=sessions_for(app),
+                           guard=login_guard_for(app), replay_window=timedelta(days=s.face_replay_days),
+                           counter=rate_limiter_for(app), bad_captures=s.face_step_up_bad_captures,
+                           bad_capture_window=s.face_step_up_bad_capture_window,
+                           previous_digest_keys=s.previous_face_digest_keys_bytes())
 
     return built_once(app, "face", build)

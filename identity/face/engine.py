@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..domain.face import Box, FaceCode, QualityRules, judge_faces, judge_sharpness, largest
+from . import header
+from .header import ImageLimits
 
 SHARPNESS_SIDE = 64  # the face is resized to this square before its Laplacian is measured
 ENCODERS = ("numpy", "dlib")  # QUAYGATE_FACE_ENCODER: who runs dlib's ResNet on the face chip
@@ -118,22 +120,30 @@ def runtime() -> dict[str, Any]:
             "pid": os.getpid()}
 
 
-def decode(image: bytes, *, max_side: int, max_pixels: int) -> Any:
+def decode(image: bytes, *, max_side: int, limits: ImageLimits = ImageLimits()) -> Any:  # noqa: B008 - frozen
     """The image as an RGB numpy array at most ``max_side`` on its longer side, or ValueError with a
-    FaceCode value. EXIF orientation is applied (phone captures are often stored sideways)."""
+    FaceCode value. EXIF orientation is applied (phone captures are often stored sideways).
+
+    Nothing is decoded before the header is judged (``identity.face.header``: pixels per format, the
+    shape, a JPEG's frame type and scans), and Pillow's own reading of the size must be the one judged:
+    a file the two read differently (a second PNG header further on) is refused unread."""
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    claimed = header.read(image)  # ValueError(image_unreadable)
+    refused = header.judge(claimed, limits)
+    if refused is not None:  # before decoding: a small file may claim a huge picture
+        raise ValueError(refused.value)
     try:
         with warnings.catch_warnings():
-            # Pillow warns above 89 Mpx and refuses above twice that; our own limit is lower (below).
+            # Pillow warns above 89 Mpx and refuses above twice that; our own limits are lower (above).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             # Only the formats the API takes (docs/face.md): every other Pillow decoder (TIFF, PSD,
             # JPEG 2000 ...) is attack surface reachable from a login session and a gate lane.
             with Image.open(io.BytesIO(image), formats=ACCEPTED_FORMATS) as im:
                 width, height = im.size
-                if width * height > max_pixels:  # before decoding: a small file may claim a huge picture
-                    raise ValueError(FaceCode.IMAGE_TOO_LARGE.value)
+                if (width, height) != (claimed.width, claimed.height):
+                    raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
                 # JPEG: decode at 1/2, 1/4 or 1/8 directly, as small as still covers the target size
                 # (draft keeps both sides at least as large as asked: ask for the target's own shape).
                 scale = min(1.0, max_side / max(width, height))
@@ -168,12 +178,13 @@ def sharpness(pixels: Any, box: Box) -> float:
     return float(laplacian.var())
 
 
-def analyse(image: bytes, rules: QualityRules, max_side: int = 640, max_pixels: int = 40_000_000) -> Analysis:
+def analyse(image: bytes, rules: QualityRules, max_side: int = 640,
+            limits: ImageLimits = ImageLimits()) -> Analysis:  # noqa: B008 - frozen
     """Detect, judge and encode one capture. Runs in a worker process (``identity.face.pool``)."""
     import numpy as np
     from PIL import Image
     try:
-        pixels = decode(image, max_side=max_side, max_pixels=max_pixels)
+        pixels = decode(image, max_side=max_side, limits=limits)
     except ValueError as exc:
         return Analysis(code=str(exc))
     del image

@@ -10,6 +10,11 @@ worker sustains about 10 captures/s. ``QUAYGATE_FACE_WORKERS=0`` (the default) t
 core this process may use (``os.sched_getaffinity``); a host that also serves heavy HTTP traffic
 gives fewer. Jobs are admitted up to ``workers * queue_per_worker`` at once; beyond that the caller
 gets ``face_busy`` at once rather than a queue that grows until every gate times out (overload).
+A job may name its ``owner`` (the gate's terminal: ``FaceService``): one owner has at most
+``per_owner`` jobs admitted at once (default half of them), so one terminal's client, or one stolen
+gate token, cannot fill the queue and leave every other terminal's captures ``face_busy`` (review
+131, finding 2). Captures are judged on their header before they are queued (``identity.face.header``):
+what a worker is given is a picture of bounded cost.
 A worker that dies breaks the executor: the pool builds a new one and the calls in flight fail with
 ``face_unavailable``.
 """
@@ -17,6 +22,7 @@ A worker that dies breaks the executor: the pool builds a new one and the calls 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import multiprocessing
 import os
@@ -27,6 +33,7 @@ from typing import Any
 
 from ..domain.face import FaceCode, QualityRules
 from . import engine
+from .header import ImageLimits
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +62,18 @@ class FacePool:
     """A bounded process pool running ``identity.face.engine.analyse``."""
 
     def __init__(self, workers: int, *, queue_per_worker: int = 4, max_side: int = 640,
-                 max_pixels: int = 40_000_000, rules: QualityRules | None = None) -> None:
+                 limits: ImageLimits | None = None, rules: QualityRules | None = None, per_owner: int = 0) -> None:
         self.workers = workers_for(workers)
         self.limit = self.workers * max(1, queue_per_worker)
+        if per_owner < 0:
+            raise ValueError("QUAYGATE_FACE_JOBS_PER_TERMINAL must be 0 (half the pool's jobs) or more")
+        self.per_owner = min(per_owner, self.limit) if per_owner else max(1, self.limit // 2)
         self.max_side = max_side
-        self.max_pixels = max_pixels
+        self.limits = limits or ImageLimits()
         self.rules = rules or QualityRules()
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._owners: dict[str, int] = {}  # jobs admitted per owner; an owner with none has no key
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False
 
@@ -91,28 +102,39 @@ class FacePool:
 
     # ---- work -----------------------------------------------------------------------------------
 
-    def submit(self, image: bytes) -> Future[engine.Analysis]:
-        """Queue one capture, or FaceUnavailable(face_busy) when the queue is full."""
+    def submit(self, image: bytes, owner: str | None = None) -> Future[engine.Analysis]:
+        """Queue one capture, or FaceUnavailable(face_busy) when the queue is full, or ``owner`` has
+        ``per_owner`` jobs admitted already."""
         with self._lock:
             if self._in_flight >= self.limit:
                 log.info("identity.face.pool.busy")
                 raise FaceUnavailable(FaceCode.BUSY)
+            if owner is not None and self._owners.get(owner, 0) >= self.per_owner:
+                log.info("identity.face.pool.busy.owner")
+                raise FaceUnavailable(FaceCode.BUSY)
             self._in_flight += 1
+            if owner is not None:
+                self._owners[owner] = self._owners.get(owner, 0) + 1
+        release = functools.partial(self._release, owner)
         try:
-            future = self._pool().submit(engine.analyse, image, self.rules, self.max_side, self.max_pixels)
+            future = self._pool().submit(engine.analyse, image, self.rules, self.max_side, self.limits)
         except (BrokenProcessPool, RuntimeError) as exc:
-            self._release(None)
+            release(None)
             self._rebuild()
             raise FaceUnavailable(FaceCode.UNAVAILABLE) from exc
         except FaceUnavailable:
-            self._release(None)
+            release(None)
             raise
-        future.add_done_callback(self._release)
+        future.add_done_callback(release)
         return future
 
-    def _release(self, _: Any) -> None:
+    def _release(self, owner: str | None, _: Any) -> None:
         with self._lock:
             self._in_flight -= 1
+            if owner is not None:
+                left = self._owners.pop(owner) - 1
+                if left:
+                    self._owners[owner] = left
 
     def _rebuild(self) -> None:
         with self._lock:
@@ -130,18 +152,18 @@ class FacePool:
             raise exc
         return future.result()
 
-    async def analyse(self, image: bytes) -> engine.Analysis:
+    async def analyse(self, image: bytes, owner: str | None = None) -> engine.Analysis:
         """Analyse a capture in a worker; the event loop only waits."""
-        future = self.submit(image)
+        future = self.submit(image, owner)
         try:
             await asyncio.wrap_future(future)
         except BrokenProcessPool:
             pass  # _result turns it into face_unavailable
         return self._result(future)
 
-    def analyse_blocking(self, image: bytes) -> engine.Analysis:
+    def analyse_blocking(self, image: bytes, owner: str | None = None) -> engine.Analysis:
         """The same for a plain ``def`` route running in the thread pool (never on the event loop)."""
-        future = self.submit(image)
+        future = self.submit(image, owner)
         try:
             future.result()
         except BrokenProcessPool:

@@ -58,19 +58,34 @@ TAG_PURPOSE = b"face-enrolment-tag:v1"
 
 
 def enrolment_tag(key: bytes, kind: str, person_id: uuid.UUID | str, generation: int,
-                  template_id: uuid.UUID | str | None) -> str:
+                  template_id: uuid.UUID | str | None, *, retagged: bool = False) -> str:
     """HMAC-SHA256 (base64url) over an enrolment entry's kind, person, generation and template: what
     an insider who can write audit rows, but has not the data key, cannot make for an entry of his own
-    (identity.domain.face_enrolment)."""
-    message = f"face-enrolment:v1:{kind}:{person_id}:{generation}:{template_id or '-'}".encode()
+    (identity.domain.face_enrolment). ``retagged``: the entry `quaygate keys rekey-data` writes, which
+    vouches for the history below it (identity.face.service); the flag is in the message under a prefix
+    of its own (review 135, finding 4), so a copy of another verified entry with the flag added verifies not."""
+    prefix = "face-enrolment-retagged:v1" if retagged else "face-enrolment:v1"
+    message = f"{prefix}:{kind}:{person_id}:{generation}:{template_id or '-'}".encode()
     return base64.urlsafe_b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode().rstrip("=")
 
 
 def tag_verifies(key: bytes, tag: object, kind: str, person_id: uuid.UUID | str, generation: object,
-                 template_id: object) -> bool:
+                 template_id: object, *, retagged: bool = False) -> bool:
     """Whether ``tag`` is the tag of that entry (constant time); False for anything malformed."""
     if not isinstance(tag, str) or not isinstance(generation, int) or isinstance(generation, bool):
         return False
     if template_id is not None and not isinstance(template_id, str):
         return False
-    return hmac.compare_digest(tag, enrolment_tag(key, kind, person_id, generation, template_id))
+    return hmac.compare_digest(tag, enrolment_tag(key, kind, person_id, generation, template_id, retagged=retagged))
+
+
+def retag_mark(key: bytes) -> str:
+    """The tag of the entry `quaygate keys rekey-data` writes once every person's enrolment is tagged under
+    the current data key (identity.face.service ``mark_retagged``): HMAC-SHA256 under the current key's tag
+    key over a fixed message, which no previous key's holder can make."""
+    return base64.urlsafe_b64encode(hmac.new(key, b"face-enrolments-retagged:v1", hashlib.sha256).digest()
+                                    ).decode().rstrip("=")
+
+
+def retag_mark_verifies(key: bytes, tag: object) -> bool:
+    return isinstance(tag, str) and hmac.compare_digest(tag, retag_mark(key))

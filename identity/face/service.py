@@ -4,6 +4,14 @@
   face, large and sharp enough (``identity.domain.face``); its 128-number template is sealed
   (``identity.face.sealing``) and stored, replacing an older one. The image is never stored, logged
   or written to disk: it is analysed in memory in a worker process and dropped.
+  A replacement is compared with the face it replaces, under the person's lock (review 131, finding 3:
+  an officer could enrol an accomplice's face on a driver's record, and the trail said only "replaced").
+  The distance goes on the enrolled entry. Above the default tolerance (another person's face), or
+  when the old template does not open or is not the current one (nothing to compare it with), the
+  replacement is refused, 409 ``face_differs`` (audited with the distance), unless the officer says why
+  (``replace_reason``, as ``quaygate person set-national-id --replace REASON``, review 123); with the
+  reason it is made, the reason and the distance are on the entry, and the log warns port security
+  (``identity.face.enrolment.replaced_other_face``).
 - ``verify_face`` / ``verify_face_blocking``: 1:1 match of a capture against the person's template,
   with a tolerance (the terminal's, or the default). Never raises for a bad capture: the outcome is a
   ``FaceMatch`` (distance, matched, reason) the gate turns into its decision. The distance, the
@@ -28,7 +36,14 @@
   replaced by one with ``acr`` ``urn:quaygate:acr:face`` and ``face`` in ``amr`` (the session store's
   "a stronger login replaces the session"). Failed matches count towards the login guard's lockout
   (``identity.ratelimit.LoginGuard``, subject ``face:<person_id>``), so a stolen session cannot try
-  photo after photo.
+  photo after photo. Unusable captures (``QUALITY_CODES``: no face, blurred, unreadable ...) lock
+  nobody out, but each costs a worker's time, so they have an allowance of their own per person
+  (``bad_captures`` per ``bad_capture_window``, a ``RateLimiter`` count): past it, 429 ``rate_limited``
+  until the window ends (review 131, finding 2).
+- Cost: every capture's header is judged before it is queued for a worker (``identity.face.header``:
+  pixels per format, shape, a JPEG's frame and scans), so a small file claiming a huge picture never
+  reaches one; and a gate's captures are queued under the terminal's name, which has at most
+  ``FacePool.per_owner`` of the pool's jobs at once.
 
 The CPU-heavy part runs in the process pool (``identity.face.pool``); the database parts are short
 and synchronous, run in a thread from the async methods, never on the event loop.
@@ -40,6 +55,7 @@ import hashlib
 import hmac
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,22 +69,34 @@ from .. import audit
 from ..domain import face as rules
 from ..domain import face_enrolment as enrolments
 from ..domain.face import FaceCode, FaceMatch
-from ..ratelimit import LoginGuard
+from ..ratelimit import LoginGuard, RateLimiter
 from ..sessions import LoginSession, SessionStore
+from . import header
 from .engine import Analysis
 from .liveness import Liveness, LivenessDetector, NotChecked
 from .pool import FacePool, FaceUnavailable
-from .sealing import TAG_PURPOSE, TemplateUnreadable, enrolment_tag, open_template, seal_template, tag_verifies
+from .sealing import (
+    TAG_PURPOSE,
+    TemplateUnreadable,
+    enrolment_tag,
+    open_template,
+    retag_mark,
+    retag_mark_verifies,
+    seal_template,
+    tag_verifies,
+)
 from .store import CaptureStore, TemplateRow, TemplateStore
 
 log = logging.getLogger(__name__)
 
 # How long a matched capture's digest refuses the same bytes again. A copied capture is useful to
 # whoever holds it for as long as the enrolled face looks like it (years), so the window is long; the
-# bound is storage (about 0.2 kB a capture, docs/face.md) and the data key's life (a new key starts
-# the digests afresh).
+# bound is storage (about 0.2 kB a capture, docs/face.md). A new data key makes new digests: the old key's
+# digest key is kept for the window (``previous_digest_keys``).
 DEFAULT_REPLAY_WINDOW = timedelta(days=365)
-_DIGEST_PURPOSE = b"face-capture-digest:v1"
+# HKDF info of the key of the capture digests (``DataCipher.derive``). A dropped data key's digest key (what
+# `quaygate keys face-digest-keys` prints) opens and tags nothing: it only recognises a capture.
+DIGEST_PURPOSE = b"face-capture-digest:v1"
 
 
 class FaceError(Exception):
@@ -83,7 +111,8 @@ class FaceError(Exception):
 
 # Clear messages for the badge office and the driver (safe to show: no biometric detail).
 MESSAGES = {
-    FaceCode.IMAGE_UNREADABLE: "The image could not be read: send a JPEG or PNG photo.",
+    FaceCode.IMAGE_UNREADABLE: ("The image could not be read: send a JPEG or PNG photo, at most four times as "
+                                "long as it is wide."),
     FaceCode.IMAGE_TOO_LARGE: "The image is too large.",
     FaceCode.NO_FACE: "No face was found in the image.",
     FaceCode.MULTIPLE_FACES: "More than one face is in the image: exactly one person must be in the picture.",
@@ -104,7 +133,12 @@ MESSAGES = {
     "login_required": "Please log in first.",
     "step_up_not_allowed": "A face match raises only a passkey or national-ID login.",
     "rate_limited": "Too many failed face matches. Please wait and try again.",
+    "face_differs": ("The new photo is not of the face enrolled now. To replace it with this face, say why in "
+                     "replace_reason: the replacement is audited and reported to port security."),
+    "replace_reason_invalid": "replace_reason is 1 to 500 characters.",
 }
+MAX_REPLACE_REASON = 500
+BAD_CAPTURES_MESSAGE = "Too many unusable captures. Please wait and try again."
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +150,7 @@ class Enrolment:
     sharpness: float
     enrolled_at: datetime
     replaced: bool
+    distance: float | None = None  # to the template replaced; None when none was, or it did not open
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,13 +173,29 @@ class FaceService:
     def __init__(self, *, engine: sa.Engine, cipher: DataCipher, pool: FacePool, tolerance: float,
                  max_image_bytes: int, liveness: LivenessDetector | None = None,
                  sessions: SessionStore | None = None, guard: LoginGuard | None = None,
-                 replay_window: timedelta = DEFAULT_REPLAY_WINDOW) -> None:
+                 replay_window: timedelta = DEFAULT_REPLAY_WINDOW, counter: RateLimiter | None = None,
+                 bad_captures: int = 10, bad_capture_window: int = 900,
+                 previous_digest_keys: Sequence[bytes] = ()) -> None:
         if replay_window <= timedelta(0):
             raise ValueError("the face replay window must be positive")
         self._engine = engine
         self._cipher = cipher
-        self._digest_key = cipher.derive(_DIGEST_PURPOSE)
-        self._tag_key = cipher.derive(TAG_PURPOSE)
+        # Derived keys under a keyring (quaygate.crypto; review 132, finding 4), each stored value decided:
+        # - the capture digests (face_captures) follow the current data key: they live only for the replay
+        #   window, so nothing is recomputed; until it has passed since a key change, a capture is also
+        #   looked up under the previous keys' digests (``_claim``), so a replay across the change is
+        #   still one: those of the previous data keys still configured, and ``previous_digest_keys``
+        #   (QUAYGATE_FACE_DIGEST_KEYS_PREVIOUS), the digest keys alone of data keys already dropped, which
+        #   open and tag nothing (review 135, finding 1: a previous data key need not stay for a year).
+        # - the enrolment tags (on audit entries, which never change) are made under the current key and
+        #   checked under every configured key (``current_of``); `quaygate keys rekey-data` writes a new
+        #   tagged entry for each person whose deciding entry only a previous key verifies
+        #   (``retag_enrolment``), so dropping that key afterwards changes no one's current enrolment, and
+        #   then its mark (``mark_retagged``), after which a previous key's entry counts only below the
+        #   person's generation under the current key (review 135, finding 1: that key may have leaked).
+        self._digest_keys = tuple(dict.fromkeys((*cipher.derive_all(DIGEST_PURPOSE), *previous_digest_keys)))
+        self._tag_keys = cipher.derive_all(TAG_PURPOSE)
+        self._tag_key = self._tag_keys[0]
         self.replay_window = replay_window
         self._pool = pool
         self.default_tolerance = rules.tolerance_or_default(tolerance)
@@ -152,35 +203,35 @@ class FaceService:
         self._liveness = liveness or NotChecked()
         self._sessions = sessions
         self._guard = guard
+        self._counter = counter  # the step-up's unusable captures per person (module docstring)
+        self.bad_captures = bad_captures
+        self.bad_capture_window = bad_capture_window
 
     # ---- enrolment ------------------------------------------------------------------------------
 
     async def enrol(self, person_id: uuid.UUID, image: bytes, *, source: str, actor: str,
-                    now: datetime) -> Enrolment:
-        """Enrol (or re-enrol) a person's face from one capture; FaceError when it is refused."""
+                    now: datetime, replace_reason: str | None = None) -> Enrolment:
+        """Enrol (or re-enrol) a person's face from one capture; FaceError when it is refused.
+        ``replace_reason``: why another face replaces the one enrolled (module docstring)."""
         if source not in rules.SOURCES:
             raise FaceError(FaceCode.SOURCE_INVALID)
+        reason = None if replace_reason is None else " ".join(replace_reason.split())
+        if reason is not None and not 0 < len(reason) <= MAX_REPLACE_REASON:
+            raise FaceError("replace_reason_invalid")
         self._check_size(image)
         await anyio.to_thread.run_sync(self._check_person, person_id)
-        analysis = await self._analyse(image)
+        refused = header.refusal(image, self._pool.limits)  # judged before a worker sees it; audited below
+        analysis = Analysis(code=refused.value) if refused is not None else await self._analyse(image)
         del image  # the capture's last reference here: nothing below sees it
-        return await anyio.to_thread.run_sync(self._store_enrolment, person_id, analysis, source, actor, now)
+        return await anyio.to_thread.run_sync(self._store_enrolment, person_id, analysis, source, actor, now,
+                                              reason)
 
     def withdraw(self, person_id: uuid.UUID, *, actor: str, now: datetime) -> None:
-        """Erase a person's template (leaving the port, or at his request); FaceError when none. The
-        tagged entry of the next generation names no template: a row written back afterwards is not
-        current."""
+        """Erase a person's template (leaving the port, or at his request); FaceError when none
+        (``withdraw_in``, which the retention sweep uses too: identity.face.retention)."""
         with self._engine.begin() as conn:
-            store = TemplateStore(conn)
-            store.lock_person(person_id)
-            row = store.get(person_id)
-            if row is None or not store.delete(person_id):
+            if withdraw_in(conn, self._tag_keys, person_id, actor=audit.actor_fields(actor), now=now) is None:
                 raise FaceError(FaceCode.NOT_ENROLLED)
-            generation = self._current(store, person_id).next_generation
-            audit.record(enrolments.WITHDRAWN, at=now, actor=audit.actor_fields(actor),
-                         subject=str(person_id), conn=conn,
-                         data={"template_id": str(row.template_id), "generation": generation,
-                               "tag": enrolment_tag(self._tag_key, enrolments.WITHDRAWN, person_id, generation, None)})
 
     def enrolled(self, person_id: uuid.UUID) -> EnrolledFace | None:
         """The stored enrolment (the console's view), and whether it is the current one."""
@@ -207,7 +258,7 @@ class FaceService:
             raise FaceError("person_not_active")
 
     def _store_enrolment(self, person_id: uuid.UUID, analysis: Analysis, source: str, actor: str,
-                         now: datetime) -> Enrolment:
+                         now: datetime, reason: str | None = None) -> Enrolment:
         who = audit.actor_fields(actor)
         if analysis.code is not None or analysis.encoding is None:
             code = analysis.code or FaceCode.NO_FACE
@@ -224,17 +275,50 @@ class FaceService:
             with self._engine.begin() as conn:
                 store = TemplateStore(conn)
                 store.lock_person(person_id)  # one enrolment or withdrawal of the person at a time
-                generation = self._current(store, person_id).next_generation
+                current = self._current(store, person_id)
+                old = store.get(person_id)
+                replacing = self._replacing(person_id, old, current, analysis.encoding)
+                if replacing is not None and replacing.differs and reason is None:
+                    raise _Differs(replacing)  # rolls back; audited below
+                generation = current.next_generation
                 replaced = store.put(row)
                 audit.record(enrolments.ENROLLED, at=now, actor=who, subject=str(person_id), conn=conn,
                              data={**_quality(analysis, source=source), "template_id": str(template_id),
                                    "replaced": replaced, "generation": generation,
+                                   **(replacing.audited(reason) if replacing is not None else {}),
                                    "tag": enrolment_tag(self._tag_key, enrolments.ENROLLED, person_id, generation,
                                                         template_id)})
         except sa.exc.IntegrityError as exc:
             raise FaceError("concurrent_change") from exc
+        except _Differs as refused:
+            log.info("identity.face.enrol.refused.face_differs")
+            audit.record("identity.face.enrol.refused", at=now, actor=who, subject=str(person_id),
+                         engine=self._engine, data={**_quality(analysis, code="face_differs", source=source),
+                                                    **refused.replacing.audited(None)})
+            raise FaceError("face_differs") from None
+        if replacing is not None and replacing.differs:
+            log.warning("identity.face.enrolment.replaced_other_face",
+                        extra={"fields": {"person_id": str(person_id), "distance": replacing.distance}})
         log.info("identity.face.enrolled")
-        return Enrolment(person_id, template_id, source, row.face_px, row.sharpness, now, replaced)
+        return Enrolment(person_id, template_id, source, row.face_px, row.sharpness, now, replaced,
+                         replacing.distance if replacing is not None else None)
+
+    def _replacing(self, person_id: uuid.UUID, old: TemplateRow | None, current: enrolments.Current,
+                   encoding: tuple[float, ...]) -> _Replacing | None:
+        """What a new enrolment replaces (None: nothing): the old template's id and its distance to the
+        new one, None when it does not open or the trail does not name it (then it counts as another
+        face: nothing says whose it was)."""
+        if old is None:
+            return None
+        distance = None
+        if enrolments.not_current_reason(current, str(old.template_id)) is None:
+            try:
+                enrolled = open_template(self._cipher, person_id, old.template_id, old.sealed)
+            except TemplateUnreadable:
+                log.error("identity.face.template.unreadable")
+            else:
+                distance = round(rules.distance(encoding, enrolled), 4)
+        return _Replacing(old.template_id, distance, distance is None or distance > self.default_tolerance)
 
     # ---- 1:1 verification -----------------------------------------------------------------------
 
@@ -253,13 +337,13 @@ class FaceService:
         (the gate's ``check`` mode, which opens nothing): a replay is still found, but the capture is not
         claimed, so the ``commit`` that follows a check with the same capture is no replay of it."""
         tol = self._tolerance(tolerance)
-        enrolled, digest = await anyio.to_thread.run_sync(self._prepare, person_id, image_bytes)
+        enrolled, digests = await anyio.to_thread.run_sync(self._prepare, person_id, image_bytes)
         early = self._early_refusal(enrolled, image_bytes, tol, own_face)
         liveness = Liveness.NOT_CHECKED
         analysis = Analysis(code=early.reason) if early is not None else None
         if analysis is None:
             try:
-                analysis = await self._analyse(image_bytes)
+                analysis = await self._analyse(image_bytes, _owner(purpose, context))
                 liveness = await anyio.to_thread.run_sync(self._liveness.check, image_bytes)
             except FaceError as exc:
                 analysis = Analysis(code=exc.code)
@@ -268,7 +352,7 @@ class FaceService:
         call = _Call(purpose, actor, context, now or _now(), used_for or f"{purpose}:{uuid.uuid4()}", own_face,
                      claim)
         return await anyio.to_thread.run_sync(
-            lambda: self._conclude(person_id, enrolled, done, liveness, tol, digest, call))
+            lambda: self._conclude(person_id, enrolled, done, liveness, tol, digests, call))
 
     def verify_face_blocking(self, person_id: uuid.UUID, image_bytes: bytes, tolerance: float | None = None, *,
                              purpose: str = "gate", actor: dict[str, Any] | None = None,
@@ -276,20 +360,20 @@ class FaceService:
                              used_for: str | None = None, own_face: bool = False, claim: bool = True) -> FaceMatch:
         """``verify_face`` for plain ``def`` routes (FastAPI runs them in its thread pool)."""
         tol = self._tolerance(tolerance)
-        enrolled, digest = self._prepare(person_id, image_bytes)
+        enrolled, digests = self._prepare(person_id, image_bytes)
         early = self._early_refusal(enrolled, image_bytes, tol, own_face)
         liveness = Liveness.NOT_CHECKED
         analysis = Analysis(code=early.reason) if early is not None else None
         if analysis is None:
             try:
-                analysis = self._analyse_blocking(image_bytes)
+                analysis = self._analyse_blocking(image_bytes, _owner(purpose, context))
                 liveness = self._liveness.check(image_bytes)
             except FaceError as exc:
                 analysis = Analysis(code=exc.code)
         del image_bytes
         call = _Call(purpose, actor, context, now or _now(), used_for or f"{purpose}:{uuid.uuid4()}", own_face,
                      claim)
-        return self._conclude(person_id, enrolled, analysis, liveness, tol, digest, call)
+        return self._conclude(person_id, enrolled, analysis, liveness, tol, digests, call)
 
     def _tolerance(self, tolerance: float | None) -> float:
         try:
@@ -297,15 +381,16 @@ class FaceService:
         except ValueError as exc:
             raise FaceError(FaceCode.TOLERANCE_INVALID) from exc
 
-    def _prepare(self, person_id: uuid.UUID, image: bytes) -> tuple[tuple[float, ...] | FaceCode, bytes]:
+    def _prepare(self, person_id: uuid.UUID, image: bytes) -> tuple[tuple[float, ...] | FaceCode, tuple[bytes, ...]]:
         """The person's template (or why there is none) and the capture's keyed digest (HMAC over up to
         a few MB: off the event loop, with the database read)."""
-        return self._template(person_id), self._digest(person_id, image)
+        return self._template(person_id), tuple(self._digest(key, person_id, image) for key in self._digest_keys)
 
-    def _digest(self, person_id: uuid.UUID, image: bytes) -> bytes:
+    @staticmethod
+    def _digest(key: bytes, person_id: uuid.UUID, image: bytes) -> bytes:
         """HMAC-SHA256 of the capture's bytes for this person, under a key derived from the data key:
         never the image, nor a plain hash anyone could compute from a copy of it."""
-        mac = hmac.new(self._digest_key, b"face-capture:v1:" + person_id.bytes, hashlib.sha256)
+        mac = hmac.new(key, b"face-capture:v1:" + person_id.bytes, hashlib.sha256)
         mac.update(image)
         return mac.digest()
 
@@ -331,21 +416,7 @@ class FaceService:
             return FaceCode.UNAVAILABLE
 
     def _current(self, store: TemplateStore, person_id: uuid.UUID) -> enrolments.Current:
-        """What the person's enrolment entries say is current, each entry's tag checked here."""
-        found = []
-        for entry in store.enrolment_entries(person_id):
-            data = entry.data if isinstance(entry.data, dict) else {}
-            tag, generation = data.get("tag"), data.get("generation")
-            named = None if entry.kind == enrolments.WITHDRAWN else data.get("template_id")
-            tag_ok = None if tag is None and generation is None else tag_verifies(
-                self._tag_key, tag, entry.kind, person_id, generation, named)
-            found.append(enrolments.EnrolmentEntry(
-                entry.id, entry.kind, named if isinstance(named, str) else None,
-                generation if isinstance(generation, int) and not isinstance(generation, bool) else None, tag_ok))
-        current = enrolments.current_enrolment(found)
-        if current.forged:
-            log.error("identity.face.enrolment.forged_entry", extra={"fields": {"forged": current.forged}})
-        return current
+        return current_of(store, self._tag_keys, person_id)
 
     def _not_current(self, person_id: uuid.UUID, row: TemplateRow, current: enrolments.Current,
                      reason: str) -> None:
@@ -378,19 +449,21 @@ class FaceService:
 
     def _early_refusal(self, enrolled: tuple[float, ...] | FaceCode, image: bytes, tol: float,
                        own_face: bool) -> FaceMatch | None:
-        """Refusals that need no analysis: the capture's size; and, for the person himself only, a
-        missing template (no CPU spent on it). For anyone else the capture is analysed all the same,
-        so that its answer, and the time it takes, do not say whether a face is enrolled."""
+        """Refusals that need no analysis: the capture's size and the picture its header claims
+        (``identity.face.header``); and, for the person himself only, a missing template (no CPU spent
+        on it). For anyone else the capture is analysed all the same, so that its answer, and the time
+        it takes, do not say whether a face is enrolled (a header refusal is the same either way)."""
         if own_face and isinstance(enrolled, FaceCode):
             return rules.refused(enrolled, tol)
         try:
             self._check_size(image)
         except FaceError as exc:
             return rules.refused(FaceCode(exc.code), tol)
-        return None
+        refused = header.refusal(image, self._pool.limits)
+        return rules.refused(refused, tol) if refused is not None else None
 
     def _conclude(self, person_id: uuid.UUID, enrolled: tuple[float, ...] | FaceCode, analysis: Analysis,
-                  liveness: Liveness, tol: float, digest: bytes, call: _Call) -> FaceMatch:
+                  liveness: Liveness, tol: float, digests: tuple[bytes, ...], call: _Call) -> FaceMatch:
         capture = None
         if analysis.code is not None or analysis.encoding is None:
             capture = FaceCode(analysis.code or FaceCode.NO_FACE)
@@ -405,7 +478,7 @@ class FaceService:
             assert analysis.encoding is not None and not isinstance(enrolled, FaceCode)
             match = rules.decide(analysis.encoding, enrolled, tol)
             if match.matched:
-                replay = self._claim(person_id, digest, call)
+                replay = self._claim(person_id, digests, call)
                 if replay:  # the trail keeps the distance measured: the copy is of this person's face
                     replay["distance"] = match.distance
                     match = rules.refused(FaceCode.REPLAYED, tol)
@@ -420,13 +493,20 @@ class FaceService:
                            **(call.context or {})})
         return match
 
-    def _claim(self, person_id: uuid.UUID, digest: bytes, call: _Call) -> dict[str, Any]:
+    def _claim(self, person_id: uuid.UUID, digests: tuple[bytes, ...], call: _Call) -> dict[str, Any]:
         """Claim a matched capture for ``call``'s use; {} when it is fresh (or the same use again), else
-        what the audit entry says of the replay: where and when these bytes were matched first."""
+        what the audit entry says of the replay: where and when these bytes were matched first.
+        ``digests``: under the current data key's digest key, then the previous keys' (a capture claimed
+        before the data key changed is still found, within the replay window)."""
         since, use = call.now - self.replay_window, call.used_for[:200]
+        digest = digests[0]
         with self._engine.begin() as conn:
             store = CaptureStore(conn)
-            if not call.claim:  # a dry run: found, never claimed
+            earlier = (store.seen(person_id, d) for d in digests[1:])
+            first = next((f for f in earlier if f is not None and f.seen_at >= since and f.used_for != use), None)
+            if first is not None:
+                pass  # claimed under a previous data key, for another use: a replay
+            elif not call.claim:  # a dry run: found, never claimed
                 first = store.seen(person_id, digest)
                 if first is None or first.seen_at < since or first.used_for == use:
                     return {}
@@ -461,14 +541,24 @@ class FaceService:
         seen = await anyio.to_thread.run_sync(guard.check_attempt, subject, address)
         if seen.retry is not None:
             raise FaceError("rate_limited", retry_after=seen.retry)
+        bad = f"face-bad-captures:{session.person_id}"
+        if self._counter is not None:
+            spent = await anyio.to_thread.run_sync(self._counter.exceeded, bad, self.bad_captures,
+                                                   self.bad_capture_window)
+            if spent is not None:
+                log.info("identity.face.step_up.refused.bad_captures")
+                raise FaceError("rate_limited", BAD_CAPTURES_MESSAGE, retry_after=spent)
         actor = {"person_id": str(session.person_id)}
         match = await self.verify_face(session.person_id, image, purpose="step_up", actor=actor, now=now,
                                        used_for=f"step_up:{session.sid}", own_face=True)
         del image
         if not match.matched:
-            # A guess, a spoof, a copy of an earlier capture count towards the lockout; a blurred shot not.
+            # A guess, a spoof, a copy of an earlier capture count towards the lockout; a blurred shot
+            # not, but towards the person's allowance of unusable captures (each cost a worker's time).
             if match.reason in (FaceCode.MISMATCH, FaceCode.NOT_LIVE, FaceCode.REPLAYED):
                 await anyio.to_thread.run_sync(guard.failed, subject, address)
+            elif match.reason in rules.QUALITY_CODES and self._counter is not None:
+                await anyio.to_thread.run_sync(self._counter.hit, bad, self.bad_captures, self.bad_capture_window)
             raise FaceError(match.reason or FaceCode.MISMATCH)
         if not seen.clean:  # nothing on record: nothing to forget, no thread hop
             await anyio.to_thread.run_sync(guard.succeeded, subject, address, seen)
@@ -493,17 +583,183 @@ class FaceService:
 
     # ---- the pool -------------------------------------------------------------------------------
 
-    async def _analyse(self, image: bytes) -> Analysis:
+    async def _analyse(self, image: bytes, owner: str | None = None) -> Analysis:
         try:
-            return await self._pool.analyse(image)
+            return await self._pool.analyse(image, owner)
         except FaceUnavailable as exc:
             raise FaceError(exc.code) from exc
 
-    def _analyse_blocking(self, image: bytes) -> Analysis:
+    def _analyse_blocking(self, image: bytes, owner: str | None = None) -> Analysis:
         try:
-            return self._pool.analyse_blocking(image)
+            return self._pool.analyse_blocking(image, owner)
         except FaceUnavailable as exc:
             raise FaceError(exc.code) from exc
+
+
+def current_of(store: TemplateStore, tag_keys: Sequence[bytes], person_id: uuid.UUID) -> enrolments.Current:
+    """What the person's enrolment entries say is current, each entry's tag checked here under each of
+    ``tag_keys`` (the current data key's tag key first, then the previous keys')."""
+    return _read_enrolment(store, tag_keys, person_id)[0]
+
+
+def _read_enrolment(store: TemplateStore, tag_keys: Sequence[bytes],
+                    person_id: uuid.UUID) -> tuple[enrolments.Current, dict[int, tuple[Any, int | None, datetime]]]:
+    """``current_of``, and each tagged entry's data, the index in ``tag_keys`` of the key its tag
+    verifies under (None: none) and its time, by row id."""
+    read = []
+    for entry in store.enrolment_entries(person_id):
+        data = entry.data if isinstance(entry.data, dict) else {}
+        tag, generation = data.get("tag"), data.get("generation")
+        named = None if entry.kind == enrolments.WITHDRAWN else data.get("template_id")
+        flagged = data.get("retagged") is True  # covered by the tag (review 135, finding 4)
+        key = None
+        if not (tag is None and generation is None):
+            key = next((n for n, k in enumerate(tag_keys)
+                        if tag_verifies(k, tag, entry.kind, person_id, generation, named, retagged=flagged)), None)
+        read.append((entry, data, named, generation, key))
+    # Entries tagged under a data key since dropped (after `quaygate keys rekey-data` re-tagged the person)
+    # verify under no configured key: those below a verified re-tag entry's generation are history the
+    # re-tag already vouched for, not forgeries (and could decide nothing: a higher generation wins).
+    retagged = max((g for (_, d, _, g, k) in read if k is not None and d.get("retagged") is True
+                    and isinstance(g, int)), default=0)
+    # A previous key may be the one that leaked (review 135, finding 1): with it and write access to the
+    # database anyone makes an entry of a generation above the person's. Once `quaygate keys rekey-data` has
+    # tagged every person's enrolment under the current key (its mark, ``mark_retagged``), a previous key's
+    # entry counts only below the person's highest generation under the current key (history: every entry
+    # the service writes is one above those before it); at or above it, it is a forgery. Until then, while
+    # the key has just changed, the previous keys' entries decide as before (no one's face stops working).
+    ours = max((g for (_, _, _, g, k) in read if k == 0 and _generation(g) is not None), default=0)
+    above = [n for n, (_, _, _, g, k) in enumerate(read) if k is not None and k > 0 and (_generation(g) or 0) >= ours]
+    if above and retagged_all(store, tag_keys[0]):
+        for n in above:
+            entry, data, named, generation, _ = read[n]
+            read[n] = (entry, data, named, generation, None)
+    found, keys = [], {}
+    for entry, data, named, generation, key in read:
+        tagged = not (data.get("tag") is None and generation is None)
+        gen = _generation(generation)
+        if tagged and key is None and gen is not None and gen < retagged:
+            continue
+        keys[entry.id] = (data, key, entry.at)
+        found.append(enrolments.EnrolmentEntry(
+            entry.id, entry.kind, named if isinstance(named, str) else None, gen,
+            None if not tagged else key is not None))
+    current = enrolments.current_enrolment(found)
+    if current.forged:
+        log.error("identity.face.enrolment.forged_entry", extra={"fields": {"forged": current.forged}})
+    return current, keys
+
+
+def _generation(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def retagged_all(store: TemplateStore, tag_key: bytes) -> bool:
+    """`quaygate keys rekey-data` has tagged every enrolment under the current data key (``tag_key``, its
+    tag key): a ``RETAGGED_ALL`` entry whose tag verifies under it, which no previous key's holder makes."""
+    return any(isinstance(data, dict) and retag_mark_verifies(tag_key, data.get("tag"))
+               for data in store.retag_marks())
+
+
+def mark_retagged(conn: sa.Connection, tag_keys: Sequence[bytes], *, actor: dict[str, Any], now: datetime,
+                  retagged: int) -> None:
+    """Say on the trail that every person's enrolment is now tagged under the current data key (`quaygate
+    keys rekey-data`, after ``retag_enrolment`` for each person who needed it): from then on a previous key's
+    tag counts only below the person's generation under the current key (``_read_enrolment``)."""
+    audit.record(enrolments.RETAGGED_ALL, at=now, actor=actor, subject=None, conn=conn,
+                 data={"retagged": retagged, "previous_keys": len(tag_keys) - 1, "tag": retag_mark(tag_keys[0])})
+
+
+@dataclass(frozen=True, slots=True)
+class Retag:
+    """A person whose enrolment a previous data key decides, and the entry that decides it: its row, kind and
+    time. `quaygate keys rekey-data` lists them as it tags them again (review 135, finding 4), so that those
+    decided by an entry made since a suspected leak of the old key can be looked at."""
+
+    person_id: uuid.UUID
+    current: enrolments.Current
+    row_id: int
+    decided_at: datetime
+
+
+def needs_retag(store: TemplateStore, tag_keys: Sequence[bytes], person_id: uuid.UUID) -> Retag | None:
+    """The person's current enrolment when the tagged entry that decides it verifies only under a previous
+    data key (dropping that key would leave it deciding nothing); None otherwise."""
+    current, keys = _read_enrolment(store, tag_keys, person_id)
+    if current.generation == 0:
+        return None  # no tagged entry decides (none, or the legacy rule): nothing a data key bears on
+    deciding = {row_id: (key, at) for row_id, (data, key, at) in keys.items()
+                if key is not None and data.get("generation") == current.generation}
+    if not deciding or min(key for key, _ in deciding.values()) == 0:
+        return None
+    row_id = max(deciding)  # the later row on a tie (identity.domain.face_enrolment): a copy decides as its original
+    return Retag(person_id, current, row_id, deciding[row_id][1])
+
+
+def retag_enrolment(conn: sa.Connection, tag_keys: Sequence[bytes], person_id: uuid.UUID, *, actor: dict[str, Any],
+                    now: datetime) -> Retag | None:
+    """Under the person's lock: when his deciding enrolment entry verifies only under a previous data key,
+    write the same decision again at the next generation, tagged under the current key and marked
+    ``retagged`` (identity.domain.face_enrolment's rules unchanged: the highest generation decides). The
+    person and his deciding entry when one was written, else None; a second call writes none."""
+    store = TemplateStore(conn)
+    store.lock_person(person_id)
+    found = needs_retag(store, tag_keys, person_id)
+    if found is None or found.current.kind is None:
+        return None
+    current = found.current
+    generation = current.next_generation
+    kind = enrolments.WITHDRAWN if current.kind == enrolments.WITHDRAWN else enrolments.UPGRADED
+    audit.record(kind, at=now, actor=actor, subject=str(person_id), conn=conn,
+                 data={"template_id": current.template_id, "generation": generation, "retagged": True,
+                       "retag_of": found.row_id,
+                       "tag": enrolment_tag(tag_keys[0], kind, person_id, generation, current.template_id,
+                                            retagged=True)})
+    return found
+
+
+def withdraw_in(conn: sa.Connection, tag_keys: Sequence[bytes], person_id: uuid.UUID, *, actor: dict[str, Any],
+                now: datetime, why: dict[str, Any] | None = None) -> TemplateRow | None:
+    """Withdraw the person's template in ``conn``'s transaction, under his lock; the row withdrawn, or
+    None when there was none. The tagged entry of the next generation names no template: a row written
+    back afterwards is not current. The person's matched captures lose what they were used for and
+    when (``CaptureStore.strip``: the gate requests and sessions they name are a movement history);
+    their digests stay, so an old capture sent again after a re-enrolment is still a replay (review 131,
+    finding 4). ``why``: more for the entry (the retention sweep's reason)."""
+    store = TemplateStore(conn)
+    store.lock_person(person_id)
+    row = store.get(person_id)
+    if row is None or not store.delete(person_id):
+        return None
+    generation = current_of(store, tag_keys, person_id).next_generation
+    stripped = CaptureStore(conn).strip(person_id, now=now)
+    audit.record(enrolments.WITHDRAWN, at=now, actor=actor, subject=str(person_id), conn=conn,
+                 data={"template_id": str(row.template_id), "generation": generation, "captures_stripped": stripped,
+                       **(why or {}),
+                       "tag": enrolment_tag(tag_keys[0], enrolments.WITHDRAWN, person_id, generation, None)})
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class _Replacing:
+    """The enrolment a new one replaces: its template, the distance between the two faces (None: the old
+    one did not open, or is not current) and whether they differ (above the default tolerance, or None)."""
+
+    template_id: uuid.UUID
+    distance: float | None
+    differs: bool
+
+    def audited(self, reason: str | None) -> dict[str, Any]:
+        done = {"replaced_template_id": str(self.template_id), "distance": self.distance, "differs": self.differs}
+        return done if reason is None else {**done, "replace_reason": reason}
+
+
+class _Differs(Exception):
+    """Another face would replace the enrolled one, and no reason was given: the transaction rolls back."""
+
+    def __init__(self, replacing: _Replacing) -> None:
+        super().__init__("face_differs")
+        self.replacing = replacing
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +773,14 @@ class _Call:
     used_for: str
     own_face: bool
     claim: bool = True  # False: a dry run (the gate's check mode) finds a replay but claims nothing
+
+
+def _owner(purpose: str, context: dict[str, Any] | None) -> str | None:
+    """Whose share of the worker pool a capture takes: a gate's, its terminal's (the gate client's
+    token is scoped to it), so that one terminal cannot fill the pool (``FacePool.per_owner``). The
+    step-up has its own limits (the login guard, the unusable captures), the badge office its own desk."""
+    terminal = (context or {}).get("terminal")
+    return f"gate:{terminal}" if purpose == "gate" and terminal is not None else None
 
 
 def _quality(analysis: Analysis, **extra: Any) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from quaygate.schema import FACE_ENROLMENT_KINDS_SQL, audit_log, face_captures, face_templates, persons
 
+from ..domain.face_enrolment import RETAGGED_ALL
+
 
 @dataclass(frozen=True, slots=True)
 class TemplateRow:
@@ -50,24 +52,34 @@ class TemplateStore:
             .with_for_update(key_share=True)).scalar_one_or_none()
         return status
 
-    def enrolment_entries(self, person_id: uuid.UUID) -> list[sa.Row[tuple[int, str, object]]]:
-        """The person's enrolment entries on the audit trail (id, kind, data), oldest first: one read
+    def enrolment_entries(self, person_id: uuid.UUID) -> list[sa.Row[tuple[int, str, object, datetime]]]:
+        """The person's enrolment entries on the audit trail (id, kind, data, at), oldest first: one read
         of the partial index ``ix_audit_log_face_enrolment`` (its predicate is these kinds), a few rows
         per person however many other entries name him. Unsealed rows too: sealing does not say who
         wrote a row; the entries' tags do (identity.domain.face_enrolment)."""
         return list(self._conn.execute(
-            sa.select(audit_log.c.id, audit_log.c.kind, audit_log.c.data)
+            sa.select(audit_log.c.id, audit_log.c.kind, audit_log.c.data, audit_log.c.at)
             .where(audit_log.c.subject == str(person_id), sa.text(FACE_ENROLMENT_KINDS_SQL))
             .order_by(audit_log.c.id)))
 
+    def retag_marks(self) -> list[object]:
+        """The data of every ``RETAGGED_ALL`` entry (one per `quaygate keys rekey-data` run that re-tagged
+        enrolments): through ``ix_audit_log_kind_id``, read only while a previous data key's tag is found
+        above a person's current generation (identity.face.service ``_read_enrolment``)."""
+        return list(self._conn.execute(sa.select(audit_log.c.data).where(audit_log.c.kind == RETAGGED_ALL)
+                                       .order_by(audit_log.c.id)).scalars())
+
     def get(self, person_id: uuid.UUID) -> TemplateRow | None:
-        row = self._conn.execute(sa.select(face_templates).where(face_templates.c.person_id == person_id)).first()
+        columns = [face_templates.c[k] for k in TemplateRow.__slots__]
+        row = self._conn.execute(sa.select(*columns).where(face_templates.c.person_id == person_id)).first()
         return TemplateRow(**row._mapping) if row is not None else None
 
     def put(self, row: TemplateRow) -> bool:
         """Store the person's template, replacing an older one; True when one was replaced. Two
-        enrolments at once: the second insert hits the primary key and raises IntegrityError."""
+        enrolments at once: the second insert hits the primary key and raises IntegrityError. A new
+        enrolment starts the retention clock afresh (``leaving_since``: identity.face.retention)."""
         values = {k: getattr(row, k) for k in TemplateRow.__slots__ if k != "person_id"}
+        values["leaving_since"] = None
         done = self._conn.execute(
             face_templates.update().where(face_templates.c.person_id == row.person_id).values(**values))
         if done.rowcount == 1:
@@ -78,6 +90,11 @@ class TemplateStore:
     def delete(self, person_id: uuid.UUID) -> bool:
         done = self._conn.execute(face_templates.delete().where(face_templates.c.person_id == person_id))
         return done.rowcount == 1
+
+
+# What a withdrawn person's captures say they were used for (``CaptureStore.strip``); no use is named so:
+# uses are ``gate:<terminal>:<request_id>``, ``step_up:<sid>`` or ``<purpose>:<uuid>``.
+WITHDRAWN_USE = "withdrawn"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +132,15 @@ class CaptureStore:
         row = self._conn.execute(sa.select(face_captures.c.used_for, face_captures.c.seen_at).where(
             face_captures.c.person_id == person_id, face_captures.c.digest == digest)).first()
         return SeenCapture(row.used_for, row.seen_at) if row is not None else None
+
+    def strip(self, person_id: uuid.UUID, *, now: datetime) -> int:
+        """Drop what the person's captures were used for and when (a withdrawal): each row's use becomes
+        ``WITHDRAWN_USE`` and its time ``now``. The digests stay and refuse the same bytes again for the
+        replay window from now (a use is never ``WITHDRAWN_USE``, so none is a retry of it); what is
+        gone is the movement history (``gate:<terminal>:<request_id>``, the times). How many rows."""
+        done = self._conn.execute(face_captures.update().where(face_captures.c.person_id == person_id)
+                                  .values(used_for=WITHDRAWN_USE, seen_at=now))
+        return int(done.rowcount or 0)
 
     def forget(self, before: datetime) -> int:
         """Drop the digests older than the replay window (they no longer refuse anything)."""

@@ -51,6 +51,7 @@ from quaygate.cache import Cache
 from quaygate.schema import authorization_codes
 
 from .. import audit
+from ..bans.screening import from_settings as ban_screening
 from ..clients import ClientRecord, ClientRegistry
 from ..domain import assurance
 from ..domain import scopes as scope_rules
@@ -85,6 +86,14 @@ _JKT = re.compile(r"[A-Za-z0-9_-]{43}")  # RFC 7638 SHA-256 thumbprint (RFC 9449
 _MAX_AGE = re.compile(r"[0-9]{1,9}")
 MAX_PARAM = 2000
 PROMPTS = frozenset({"none", "login", "consent", "select_account"})
+# The request parameters of the authorization and logout endpoints: RFC 6749 §4.1.1, OIDC Core §3.1.2.1
+# and §6, RFC 7636 §4.3, RFC 9126 §4, RFC 9449 §10, RFC 8707 §2, RFC 9396 §2, RP-Initiated Logout §2.
+KNOWN_PARAMS = frozenset({
+    "response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "response_mode", "display",
+    "prompt", "max_age", "ui_locales", "claims_locales", "id_token_hint", "login_hint", "acr_values", "claims",
+    "request", "request_uri", "registration", "code_challenge", "code_challenge_method", "dpop_jkt", "resource",
+    "authorization_details", "post_logout_redirect_uri", "logout_hint",
+})
 CODE_PREFIX = "qgc_"
 
 
@@ -137,16 +146,24 @@ class AuthorizationRequest:
 
 
 def parse_params(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    """RFC 6749 §3.1: parameters sent without a value are omitted; none may be repeated."""
+    """RFC 6749 §3.1: parameters sent without a value are omitted; none may be repeated.
+
+    The error page names a parameter only when it is one of the protocol's (KNOWN_PARAMS): any other
+    name is the link's own text, of any length, which would show on our sign-in error page as if we said
+    it (a phishing line; review 128, finding 3)."""
     params: dict[str, str] = {}
     for k, v in pairs:
         if k in params:
-            raise PageError("invalid_request", f"parameter {k} is repeated")
+            raise PageError("invalid_request", f"{_named(k)} is repeated")
         if len(v) > MAX_PARAM:
-            raise PageError("invalid_request", f"parameter {k} is too long")
+            raise PageError("invalid_request", f"{_named(k)} is too long")
         if v != "":
             params[k] = v
     return params
+
+
+def _named(name: str) -> str:
+    return f"parameter {name}" if name in KNOWN_PARAMS else "a parameter"
 
 
 def check_client_and_redirect(clients: ClientRegistry, params: Mapping[str, str]) -> tuple[ClientRecord, str]:
@@ -355,10 +372,16 @@ def issue_code(
     """Check the person may use the client, store the code (hash only) and return the redirect
     location with code, state and iss (RFC 6749 §4.1.2, RFC 9207 §2). Raises RedirectError."""
     code = CODE_PREFIX + secrets.token_urlsafe(32)
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         try:
-            person_context(conn, client, session.person_id, now=now)
+            # A port ban in force refuses the code, as it refuses the logins (identity.bans.screening).
+            person_context(conn, client, session.person_id, now=now, bans=ban_screening(settings, engine))
         except IssueRefused as exc:
+            # The refusal's transaction ends first (it wrote nothing); its audit entry is committed in a
+            # transaction of its own on the same connection, which the refusal raised next does not roll
+            # back. Never a second connection while this one is held: concurrent refusals would each hold
+            # one and wait for another, and freeze the pool (review 137, finding 1).
+            conn.rollback()
             log.info("identity.authorize.refused.%s", exc.reason)
             audit.record(
                 "identity.authorize.refused",
@@ -367,6 +390,7 @@ def issue_code(
                 data={"reason": exc.reason},
                 conn=conn,
             )
+            conn.commit()
             raise RedirectError(
                 "access_denied",
                 "This person cannot use this client.",
@@ -401,6 +425,7 @@ def issue_code(
             data={"scope": req.scope, "acr": session.acr, "pushed": req.pushed},
             conn=conn,
         )
+        conn.commit()
     log.info("identity.authorize.code_issued")
     return redirect_location(req.redirect_uri, {"code": code, "state": req.state, "iss": settings.issuer})
 
@@ -418,9 +443,7 @@ def start(
         if req is None:
             log.info("identity.authorize.refused.request_uri")
             raise PageError("invalid_request_uri", "The request_uri is unknown, expired, used or not yours.")
-        client = provider.clients.find(req.client_id)
-        if client is None or not client.active:
-            raise PageError("invalid_client", "Unknown client.")
+        client = _client_of(provider, req)
     else:
         client, redirect_uri = check_client_and_redirect(provider.clients, params)
         try:
@@ -437,10 +460,24 @@ def resume(
     req = provider.pending.load(rid, now=now)
     if req is None or rid is None:
         raise PageError("invalid_request", "This sign-in request has expired; start again from the app.")
+    client = _client_of(provider, req)
+    return _decide(provider, sessions, client, req, cookie, rid=rid, now=now)
+
+
+def _client_of(provider: IdentityProvider, req: AuthorizationRequest) -> ClientRecord:
+    """The client of a request validated earlier and carried since (a pushed one, a resumed one), with its
+    redirect_uri checked again against the client's registration, as ``check_client_and_redirect`` checks
+    a request's own (RFC 6749 §3.1.2.3, RFC 9126 §4: the request_uri's request is the authorization request).
+    Defence in depth, whatever sealed it (review 135, finding 1): a request made with a leaked data key or
+    pepper, or pushed before the URI was removed from the registration, never sends a code to an address
+    the client did not register. Refused on the error page, never by a redirect (RFC 6749 §4.1.2.1)."""
     client = provider.clients.find(req.client_id)
     if client is None or not client.active:
         raise PageError("invalid_client", "Unknown client.")
-    return _decide(provider, sessions, client, req, cookie, rid=rid, now=now)
+    if req.redirect_uri not in client.redirect_uris:
+        log.warning("identity.authorize.refused.carried_redirect_uri_unregistered")
+        raise PageError("invalid_request", "The redirect_uri is not registered for this client.")
+    return client
 
 
 def _decide(

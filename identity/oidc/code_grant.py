@@ -39,6 +39,7 @@ from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
 from quaygate.schema import authorization_codes
 
 from .. import audit
+from ..bans.screening import from_settings as ban_screening
 from ..domain.roles import AuthMethod
 from ..sessions import session_live
 from .authorize import code_hash
@@ -97,6 +98,7 @@ class AuthorizationCodeExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[
         client = self.authenticate_token_endpoint_client()
         if not client.check_grant_type(self.GRANT_TYPE):
             raise UnauthorizedClientError(description="This client cannot use the authorization code grant.")
+        self.server.check_issuable(client.record)  # before the code is looked at: it stays usable
         self.request.client = client
         form = self.request.form
         for name in ("code", "redirect_uri", "code_verifier"):
@@ -151,7 +153,8 @@ class AuthorizationCodeExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[
         if failure is not None:
             raise failure  # the code stays used
         try:
-            person_context(conn, record, row.person_id, now=now)  # still active, still a member
+            # still active, still a member, under no port ban loaded since the code was issued
+            person_context(conn, record, row.person_id, now=now, bans=ban_screening(server.settings, server.engine))
         except IssueRefused as exc:
             raise _Refused(exc.reason, "The person can no longer use this client.") from exc
         if row.sid is not None and not session_live(conn, row.sid, now=now):

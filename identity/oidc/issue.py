@@ -7,7 +7,7 @@ the tokens and the audit entry commit together (STYLE.md #5). The refresh grant'
 PostgreSQL has no transaction: it takes the audit entry back (``audit_into``) and writes it in the one
 statement that rotates the token, which commits both or neither.
 
-    grant (+ person, memberships) --check person active, org membership-->
+    grant (+ person, memberships) --check person active, no port ban in force (refresh), org membership-->
       access token (RFC 9068, typ at+jwt, settings.access_token_signing_alg; cnf.jkt if DPoP)
       + id token (OIDC Core §2, §3.1.3.6 at_hash) in the client's id_token_signed_response_alg, when asked
       + refresh token (GrantStore.issue_refresh), when offline_access is granted and asked
@@ -42,6 +42,7 @@ from ..tokens import sign_access_token, sign_jwt
 if TYPE_CHECKING:
     from quaygate.settings import Settings
 
+    from ..bans.screening import StoredBanScreening
     from ..keys import KeyStore
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ ID_TOKEN_ALGORITHMS: tuple[str, ...] = SIGNING_ALGORITHMS
 
 
 class IssueRefused(Exception):
-    """The grant may no longer give tokens: ``reason`` person_inactive | not_member | grant_revoked.
+    """The grant may no longer give tokens: ``reason`` person_inactive | person_banned | not_member |
+    grant_revoked.
 
     The token endpoint answers invalid_grant (RFC 6749 §5.2)."""
 
@@ -84,10 +86,16 @@ _HOLDER = (
 
 
 def person_context(conn: sa.Connection, client: ClientRecord, person_id: uuid.UUID,
-                   holder: Sequence[Any] | None = None, *, now: datetime) -> PersonContext:
+                   holder: Sequence[Any] | None = None, *, now: datetime,
+                   bans: StoredBanScreening | None = None) -> PersonContext:
     """Who the person is for ``client``; raises IssueRefused when they may not use it.
 
     - suspended persons get nothing;
+    - with ``bans`` (a port-ban register configured: identity.bans.screening ``from_settings``), nor do
+      persons under a ban in force (``person_banned``, the logins' rule): a ban never changes the status,
+      and a grant held from before it must not go on giving tokens (the authorization endpoint and the
+      refresh pass it). Screening ``unavailable`` refuses no one. It costs one statement (``ban_check``:
+      the person by primary key, his bans by their subject index);
     - a console bound to an organisation serves only that organisation's members, and its tokens
       carry the org and the person's roles in that org;
     - the driver app's tokens carry no org and at most the driver role: the release API treats an
@@ -102,6 +110,8 @@ def person_context(conn: sa.Connection, client: ClientRecord, person_id: uuid.UU
     given_name, family_name, status = found[0][:3] if found else (None, None, None)
     if status != "active":
         raise IssueRefused("person_inactive")
+    if bans is not None and bans.banned(conn, person_id, now):
+        raise IssueRefused("person_banned")
     until_of = {(org, role): until for *_, org, role, until in found
                 if role is not None and (until is None or until > now)}
     rows = list(until_of)
@@ -172,6 +182,7 @@ def issue_person_tokens(
     audit_kind: str = "identity.token.issued",
     holder: Sequence[Any] | None = None,
     audit_into: list[audit.Entry] | None = None,
+    bans: StoredBanScreening | None = None,
 ) -> dict[str, Any]:
     """Build the token response (RFC 6749 §5.1, OIDC Core §3.1.3.3) for ``grant``, in ``conn``'s
     transaction. The caller commits (and, for the code grant, has marked the code used in it).
@@ -186,6 +197,7 @@ def issue_person_tokens(
     - ``dpop_jkt``: the JWK thumbprint of the verified DPoP proof (RFC 9449 §6.1): the access token
       gets ``cnf.jkt`` and token_type ``DPoP``.
     - ``holder``: the grant's person and memberships, when read with the grant (``person_context``).
+    - ``bans``: the port-ban screening, when a ban in force refuses the tokens (``person_context``).
     - ``grant_type``: for the audit entry (``audit_kind``: ``identity.token.issued``, or
       ``identity.token.refreshed`` from the refresh grant).
     - ``audit_into``: the audit entry is appended to this list instead of written in ``conn``: for a
@@ -193,14 +205,14 @@ def issue_person_tokens(
 
     The access token names its grant (``gid``), so revoking the grant (code reuse, refresh reuse,
     logout, RFC 7009) revokes it too, with one revocation entry for the whole grant. Raises
-    IssueRefused when the person is suspended or no longer a member of the console's organisation,
-    or the grant is revoked.
+    IssueRefused when the person is suspended (or, with ``bans``, under a port ban) or no longer a
+    member of the console's organisation, or the grant is revoked.
     """
     if grant.revoked:
         raise IssueRefused("grant_revoked")
     if grant.person_id is None:
         raise IssueRefused("person_inactive")
-    person = person_context(conn, client, grant.person_id, holder, now=now)
+    person = person_context(conn, client, grant.person_id, holder, now=now, bans=bans)
     ts = int(now.timestamp())
     # A role given until a time (migration 0019) is in no token beyond it: the APIs read roles from the
     # token, and the expiry sweep that revokes the grants runs only every minute.

@@ -18,11 +18,13 @@ A public client's push (``token_endpoint_auth_method`` none, the driver app's ki
 may name the client, so a request stored per push was a way for an anonymous caller to fill Redis (review
 67, finding 4; Redis runs under noeviction). Its request is not stored: the request_uri carries it, sealed
 (AES-GCM under the data key, bound to the client_id; RFC 9126 §2.2 leaves the request_uri's form to the
-server), and it expires ``par_ttl`` after the push. It is not held to one use (RFC 9126 §4: SHOULD, and
-MAY allow a reload): its single use would be a write anyone could cause, and it protects nothing a public
-client has: the code it leads to is used once and bound to the client's PKCE verifier, and a resume that
-waits for a login is finished once (authorize.PendingRequests). A sealed request_uri longer than an
-authorization request's parameter may be (MAX_PARAM) is refused at the push.
+server), and it expires ``par_ttl`` after the push. It opens under the current data key only
+(``DataCipher.open_current``, review 135 finding 1): with a previous key, which may have leaked, anyone could
+make one; those pushed just before the key changed fail, and the app pushes again. It is not held to one
+use (RFC 9126 §4: SHOULD, and MAY allow a reload): its single use would be a write anyone could cause, and
+it protects nothing a public client has: the code it leads to is used once and bound to the client's PKCE
+verifier, and a resume that waits for a login is finished once (authorize.PendingRequests). A sealed
+request_uri longer than an authorization request's parameter may be (MAX_PARAM) is refused at the push.
 """
 
 from __future__ import annotations
@@ -92,8 +94,8 @@ class PushedRequests:
         if not client_id:
             return None
         try:
-            raw = self._cipher.open(sealed + "=" * (-len(sealed) % 4), _AAD + client_id.encode())
-        except (ValueError, InvalidTag):  # not ours, changed, or another client's
+            raw = self._cipher.open_current(sealed + "=" * (-len(sealed) % 4), _AAD + client_id.encode())
+        except (ValueError, InvalidTag):  # not ours, changed, another client's, or under a previous data key
             return None
         req = AuthorizationRequest.loads(zlib.decompress(raw))  # ours: the tag holds
         return req if now < req.created_at + self.ttl else None

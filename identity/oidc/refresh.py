@@ -15,7 +15,8 @@ full path), which tells every refusal apart.
       -> the proof's jti claimed (SET NX, RFC 9449 §11.1)            used -> invalid_dpop_proof, nothing
                                                                         written
       -> tokens built via issue.issue_person_tokens, its audit entry handed back, not written
-           (a suspended person or a lost membership: refused, nothing written)
+           (a suspended person, one under a port ban in force once a register is configured, or a lost
+           membership: refused, nothing written; the ban costs one more statement, the screening's)
       -> GrantStore.rotate_prepared, WRITE, one statement: UPDATE ... SET status='rotated' WHERE it is
          still as read (active, unexpired, same grant, same client, grant live, person active)
          RETURNING; the successor token and the audit entry (identity.token.refreshed) inserted from
@@ -83,6 +84,7 @@ from authlib.oauth2.rfc6749 import (
 from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
 
 from .. import audit
+from ..bans.screening import from_settings as ban_screening
 from ..domain import scopes as scope_rules
 from ..domain.roles import AuthMethod
 from ..grants import Grant, RefreshRefused, Rotation
@@ -196,6 +198,8 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
                 holder=rotation.holder,
                 audit_kind="identity.token.refreshed",  # one audit entry per refresh, with the new jti
                 audit_into=audit_into,
+                # A grant held from before a port ban gives no more tokens (identity.bans.screening).
+                bans=ban_screening(server.settings, server.engine),
             )
         except IssueRefused as exc:
             raise _Refused(exc.reason, "The grant can no longer give tokens.", grant_id=rotation.grant.id) from exc

@@ -11,6 +11,7 @@ pushed authorization request endpoint (RFC 9126 §2.1).
 Token request, as handled here::
 
     form parsed + checked (FormRequest) -> client authenticated (one method) -> grant allowed?
+      -> its tokens not refused up to a moment ahead (check_issuable; else 429 slow_down + Retry-After)
       -> DPoP proof checked, its jti not yet claimed (dpop_binding)
       -> the grant found: the code or the refresh token is this client's (client credentials: the
          client authenticated, the scope allowed) -> the proof's jti claimed, once (claim_dpop)
@@ -22,6 +23,11 @@ key, replayed jti), is answered 401 invalid_client with WWW-Authenticate (RFC 67
 client that did authenticate is counted against its own rate limit (ratelimit.client_authenticated),
 and refused 429 slow_down here when the rate limiter could not tell it from the request and its
 allowance is spent.
+
+A client secret costs scrypt (identity.clients), so ``ClientSecret`` checks it behind the address's
+budget of client-secret failures (identity.ratelimit, "Client secrets") and in one of a few hashing slots
+(``SecretChecker``), and a secret that matched before is recognised without hashing: past the budget, or
+with every slot taken, 429 slow_down and nothing hashed (review 129, finding 1).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from authlib.oauth2.rfc6749 import (
 )
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc import jwt
@@ -56,7 +63,7 @@ from starlette.responses import JSONResponse
 from quaygate.cache import Cache
 
 from .. import audit, ratelimit
-from ..clients import ClientRecord, ClientRegistry, verify_secret
+from ..clients import ClientRecord, ClientRegistry, HashingBusy, SecretChecker
 from ..domain import claims as token_claims
 from ..domain import scopes as scope_rules
 from ..domain.roles import AuthMethod
@@ -99,8 +106,9 @@ class FormRequest:
 class OAuthClient(ClientMixin):  # type: ignore[misc]
     """Authlib's view of a registered client (authlib.oauth2.rfc6749.ClientMixin)."""
 
-    def __init__(self, record: ClientRecord) -> None:
+    def __init__(self, record: ClientRecord, secrets: SecretChecker) -> None:
         self.record = record
+        self._secrets = secrets
 
     def get_client_id(self) -> str:
         return self.record.client_id
@@ -118,7 +126,11 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
             return None  # Authlib answers invalid_scope (RFC 6749 §5.2)
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return verify_secret(client_secret, self.record.secret_hash)
+        """Raises HashingBusy; the secret methods go through ``ClientSecret``, which bounds the hashes."""
+        rec = self.record
+        if self._secrets.remembered(rec.client_id, client_secret, rec.secret_hash):
+            return True
+        return self._secrets.verify(rec.client_id, client_secret, rec.secret_hash)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         # The one method the client registered (RFC 7591 §2 token_endpoint_auth_method), at the
@@ -145,6 +157,50 @@ class _Request(OAuth2Request):  # type: ignore[misc]
     @property
     def args(self) -> dict[str, str]:
         return {}
+
+
+class ClientSecret:
+    """RFC 6749 §2.3.1 client_secret_basic and client_secret_post, as Authlib's own
+    (authlib.oauth2.rfc6749.authenticate_client), with the CPU a wrong secret costs bounded (review 129,
+    finding 1; identity.ratelimit, "Client secrets")::
+
+        client_id and secret sent? no -> not this method
+          -> a secret that matched this client's stored hash before (the memo)? -> authenticated
+          -> the address's client-secret failures spent? -> 429 slow_down, nothing hashed
+          -> unknown client -> a failure counted, invalid_client (no hash: nothing to hash against)
+          -> a hashing slot free? no -> 429 slow_down
+          -> scrypt: matched -> authenticated; else a failure counted, not this method (invalid_client)
+    """
+
+    def __init__(self, method: AuthMethod, secrets: SecretChecker) -> None:
+        self._basic = method is AuthMethod.CLIENT_SECRET_BASIC
+        self._secrets = secrets
+
+    def __call__(self, query_client: Any, request: OAuth2Request) -> OAuthClient | None:
+        if self._basic:
+            client_id, secret = extract_basic_authorization(request.headers)
+        else:
+            client_id, secret = request.form.get("client_id"), request.form.get("client_secret")
+        if not client_id or not secret:
+            return None
+        client: OAuthClient | None = query_client(client_id)
+        if client is not None and self._secrets.remembered(client_id, secret, client.record.secret_hash):
+            return client
+        retry = ratelimit.secret_failures_spent()
+        if retry is not None:
+            raise SlowDownError(retry)
+        if client is None:
+            ratelimit.client_secret_failed()
+            raise InvalidClientError(status_code=401, description="The client does not exist on this server.")
+        try:
+            matched = self._secrets.verify(client_id, secret, client.record.secret_hash)
+        except HashingBusy:
+            log.info("identity.client_auth.refused.hashing_busy")
+            raise SlowDownError(1) from None
+        if not matched:
+            ratelimit.client_secret_failed()
+            return None
+        return client
 
 
 class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
@@ -232,6 +288,7 @@ class ClientCredentials(ClientCredentialsGrant):  # type: ignore[misc]
 
     def validate_token_request(self) -> None:
         super().validate_token_request()  # the client authenticated (never "none"), the scope allowed
+        self.server.check_issuable(self.request.client.record)
         self.request.dpop_jkt = self.server.dpop_binding(self.request, self.request.client.record)
         self.server.claim_dpop(self.request)  # the grant holds: the proof's one use (RFC 9449 §11.1)
 
@@ -327,6 +384,10 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         self.dpop = dpop
         base = settings.issuer.rstrip("/")
         self.token_endpoint = base + TOKEN_PATH
+        # Half the worker threads at most hash client secrets at once (review 129, finding 1).
+        self.secrets = SecretChecker(max_hashing=max(1, settings.worker_threads // 2))
+        for method in (AuthMethod.CLIENT_SECRET_BASIC, AuthMethod.CLIENT_SECRET_POST):
+            self.register_client_auth_method(method.value, ClientSecret(method, self.secrets))
         self.register_client_auth_method(
             AuthMethod.PRIVATE_KEY_JWT.value,
             PrivateKeyJWT(
@@ -373,6 +434,23 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
                 raise SlowDownError(retry)
         return client
 
+    def check_issuable(self, record: ClientRecord) -> None:
+        """No token for a client whose tokens are refused up to a moment still ahead (its
+        ``tokens_refused_until``: RevocationList.revoke_client's cutoff, CLIENT_MARGIN past a secret
+        rotated with ``revoke_tokens``, for a replica may still take the old secret that long). Issued,
+        the token would be handed out valid for its whole lifetime and refused for all of it. Answered as
+        the rate limiter answers here, 429 ``slow_down`` with Retry-After (RFC 6749 §5.2's shape, RFC 9110
+        §10.2.3; RFC 6749 has no code of its own for "not yet" at the token endpoint), until the cutoff has
+        passed: the client's first token comes a few seconds after the rotation. Called by the grants
+        that start a client's tokens (client credentials, the code exchange) once the client has
+        authenticated and before anything is used up; a refresh needs no such call: the grants made before
+        the cutoff are revoked with it, and none is made after it while it is ahead."""
+        wait = record.tokens_refused_for(self.clock.now())
+        if wait:
+            log.info("identity.token.refused.client_cutoff")
+            raise SlowDownError(wait, f"The client's tokens were revoked a moment ago: a token issued now would be "
+                                      f"refused. Retry after {wait} seconds.")
+
     def dpop_binding(self, request: OAuth2Request, record: ClientRecord) -> str | None:
         """The JWK thumbprint to bind the tokens to (RFC 9449 §5), or None for a bearer token.
 
@@ -417,7 +495,7 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         record = self._clients.find(client_id)
         if record is None or not record.active:
             return None
-        return OAuthClient(record)
+        return OAuthClient(record, self.secrets)
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         # RFC 9068 tokens are self-contained: nothing to store. Revocation (later) lists jtis.
@@ -448,8 +526,8 @@ class SlowDownError(OAuth2Error):  # type: ignore[misc]
     error = "slow_down"
     status_code = 429
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(description=f"Too many requests; retry after {retry_after} seconds.")
+    def __init__(self, retry_after: int, description: str | None = None) -> None:
+        super().__init__(description=description or f"Too many requests; retry after {retry_after} seconds.")
         self.retry_after = retry_after
 
     def get_headers(self) -> list[tuple[str, str]]:

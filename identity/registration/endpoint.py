@@ -5,7 +5,14 @@ The caller's token is on the headers alone: a registration (POST) or an update (
 any of the metadata is read (``registration_admit``, given to the routes with quaygate.routing
 ``admit_first``), so nobody without a live token makes the server read and parse a metadata document.
 The token is still claimed (an initial access token) or swapped (a registration access token) in the
-transaction that writes, once the body is in: a token used or rotated meanwhile is refused there."""
+transaction that writes, once the body is in: a token used or rotated meanwhile is refused there.
+
+A refusal goes on the audit trail when it concerns something of ours: an initial access token that
+exists (used, expired), a client that exists (a wrong registration access token in its name), a caller
+whose token held (bad metadata). One about nothing of ours, from a caller who proved no one (no token,
+an initial access token we never made, a client_id we do not know), is logged only (identity.audit's
+rule; review 129, finding 2): anyone can send those, and each would be a permanent row. Every method
+under /oauth2/register is counted by the rate limiter (identity.ratelimit) all the same."""
 
 from __future__ import annotations
 
@@ -84,7 +91,7 @@ def registration_endpoint(app: Any, raw: FormRequest, *, client_id: str | None) 
         manager.delete(client_id, token, now=now)
         return Response(status_code=204, headers=NO_STORE)
     except RegistrationError as exc:
-        return _refused(container, exc, client_id=client_id, method=raw.method, now=now)
+        return _refused(app, exc, client_id=client_id, method=raw.method, now=now)
 
 
 def registration_admit(app: Any, method: str, headers: Any, *, client_id: str | None) -> Response | None:
@@ -101,16 +108,32 @@ def registration_admit(app: Any, method: str, headers: Any, *, client_id: str | 
         else:
             management_for(app).check_registration_token(client_id, token)
     except RegistrationError as exc:
-        return _refused(container, exc, client_id=client_id, method=method, now=now)
+        return _refused(app, exc, client_id=client_id, method=method, now=now)
     return None
 
 
-def _refused(container: Any, exc: RegistrationError, *, client_id: str | None, method: str, now: datetime
-             ) -> Response:
+# Refusals that name nothing at all: no bearer token, or an initial access token we never made.
+_ABOUT_NOTHING = frozenset({"no_token", "iat_unknown"})
+
+
+def _concerns_ours(app: Any, exc: RegistrationError, client_id: str | None) -> bool:
+    """Is the refusal about something of ours (module docstring)? A wrong registration access token is,
+    when its client exists (active or not: ClientRegistry.find, from memory for a client it knows)."""
+    from ..bootstrap import provider_for
+
+    if exc.reason in _ABOUT_NOTHING:
+        return False
+    if exc.reason == "rat_invalid":
+        return client_id is not None and provider_for(app).clients.find(client_id) is not None
+    return True
+
+
+def _refused(app: Any, exc: RegistrationError, *, client_id: str | None, method: str, now: datetime) -> Response:
     kind = "identity.client.register.refused" if client_id is None else "identity.client.manage.refused"
     log.info("%s.%s", kind, exc.reason)
-    audit.record(kind, at=now, actor={"client_id": client_id} if client_id else {}, subject=client_id,
-                 data={"reason": exc.reason, "method": method}, engine=container.engine)
+    if _concerns_ours(app, exc, client_id):
+        audit.record(kind, at=now, actor={"client_id": client_id} if client_id else {}, subject=client_id,
+                     data={"reason": exc.reason, "method": method}, engine=app.state.container.engine)
     headers = dict(NO_STORE)
     if exc.status == 401:
         headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'  # RFC 6750 §3

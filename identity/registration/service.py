@@ -7,7 +7,8 @@ SHA-256 is stored. Single use is a conditional UPDATE (STYLE.md #4):
     initial access token   unused --register (UPDATE ... WHERE used_at IS NULL AND expires_at > now)--> used
     registration token     each read or update swaps it for a new one (UPDATE ... WHERE hash = :old),
                            so a copied token stops working at its holder's next call (RFC 7592 §3
-                           lets the server rotate it); delete clears it
+                           lets the server rotate it); an admin's rotation of the client's secret
+                           swaps it too (``rotate_secret``); delete clears it
 
 A refused registration rolls back, so the initial access token stays unused.
 """
@@ -25,12 +26,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from quaygate.schema import audit_log, initial_access_tokens, oauth_clients, organisations
 from quaygate.schema import grants as grants_table
-from quaygate.schema import initial_access_tokens, oauth_clients, organisations
 
 from .. import audit
 from ..clients import hash_secret, new_client_id, new_secret, public_jwks, verify_secret
-from ..domain.roles import AuthMethod, ClientRole, RegistrationRefused, check_registration
+from ..domain.roles import SECRET_METHODS, AuthMethod, ClientRole, RegistrationRefused, check_registration
 from ..grants import GrantStore
 from .metadata import INVALID_CLIENT_METADATA, SERVER_FIELDS, ClientMetadata, MetadataRefused, check_metadata
 
@@ -85,11 +86,21 @@ class Registered:
     registration_access_token: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Rotated:
+    """A rotated client's new credentials, shown once: its secret and, for a client managed through
+    RFC 7592, its new registration access token (and where to use it)."""
+
+    client_secret: str
+    registration_access_token: str | None
+    registration_client_uri: str | None
+
+
 class ClientManagement:
     def __init__(self, engine: sa.Engine, grants: GrantStore, *, issuer: str, access_token_ttl: int = 600,
                  on_change: Callable[[str], None] = lambda client_id: None) -> None:
-        """``on_change``: told the client_id after every committed change of a client
-        (ClientRegistry.changed, so no replica keeps serving the old record)."""
+        """``on_change``: told the client_id after every committed change of what ClientRegistry
+        keeps of a client (ClientRegistry.changed, so no replica keeps serving the old record)."""
         self._engine = engine
         self._on_change = on_change
         self._access_token_ttl = access_token_ttl
@@ -225,11 +236,12 @@ class ClientManagement:
     # ---- RFC 7592 ------------------------------------------------------------------------------
 
     def read(self, client_id: str, token: str, *, now: datetime) -> dict[str, Any]:
-        """RFC 7592 §2.1: the client's metadata, with a new registration access token."""
+        """RFC 7592 §2.1: the client's metadata, with a new registration access token. Not a change
+        ``on_change`` hears of: the token swapped is not in ClientRegistry's records, and telling would
+        empty every replica's memory of clients, on any token holder's every read."""
         with self._engine.begin() as conn:
             rat = self._rotate(conn, client_id, token, now)
             document = self._document(self._row(conn, client_id))
-        self._on_change(client_id)
         document["registration_access_token"] = rat
         return document
 
@@ -294,6 +306,64 @@ class ClientManagement:
                          subject=client_id, conn=conn, data={"grants_revoked": revoked})
         self._on_change(client_id)
         return True
+
+    def rotate_secret(self, client_id: str, *, admin: str, revoke_tokens: bool, now: datetime) -> Rotated:
+        """A new client secret for a client that authenticates with one (client_secret_basic or
+        client_secret_post), returned once: a leaked secret is answered without deleting the client.
+        Only its scrypt hash is stored, in place of the old one, which is refused from the commit on:
+        at once in this process, within ClientRegistry's ``check_every`` in the other replicas (the
+        shared epoch that ``on_change`` bumps), and the SecretChecker memo, keyed on the stored hash,
+        misses. The tokens already issued stay valid until they expire, unless ``revoke_tokens``:
+        then the client's grants and access tokens are revoked (``GrantStore.revoke_client_tokens``,
+        as for a deactivated organisation), those issued within RevocationList.CLIENT_MARGIN after too.
+
+        A client managed through RFC 7592 (registered through RFC 7591) also gets a new registration
+        access token, in the same UPDATE, returned once beside the secret; the old one is refused from
+        the commit on. Registration hands out the secret and that token in one response, so whoever
+        copied the one usually holds the other, and with it could read the client (swapping the token
+        for one of his own), change its redirect URIs, scopes or keys, or delete it (nothing reactivates
+        a deleted client), undoing the rotation. Renewed rather than ended: RFC 7592 §3 lets the server
+        issue a new token at any time, and that is what an operator of RFC 7592 expects beside a new
+        secret (Keycloak's "Regenerate registration access token"); an ended token would leave the owner
+        no way back to managing his client, since nothing here issues a registration access token to a
+        client that has none. A client without one (registered by an admin, or deleted) gets none.
+
+        RegistrationError ``not_found`` (404) for an unknown client, ``no_client_secret`` (409) for one
+        without a secret (private_key_jwt, none)."""
+        secret = secrets.token_urlsafe(32)  # 256 bits, as new_secret makes them
+        encoded = hash_secret(secret)  # ~40 ms of scrypt: before the transaction, not inside it
+        rat = RAT_PREFIX + secrets.token_urlsafe(32)
+        methods = sorted(m.value for m in SECRET_METHODS)
+        held = oauth_clients.c.registration_token_hash
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                oauth_clients.update()
+                .where(oauth_clients.c.client_id == client_id,
+                       oauth_clients.c.token_endpoint_auth_method.in_(methods))
+                .values(secret_hash=encoded, updated_at=now,
+                        registration_token_hash=sa.case((held.is_not(None), _sha256(rat)), else_=None))
+                .returning(held)
+            ).first()
+            if done is None:
+                known = conn.execute(sa.select(oauth_clients.c.client_id)
+                                     .where(oauth_clients.c.client_id == client_id)).first()
+                log.info("identity.client.secret_rotation.refused.%s", "no_secret" if known else "unknown")
+                if known is None:
+                    raise RegistrationError("not_found", "No such client.", 404)
+                raise RegistrationError("no_client_secret", "The client authenticates without a secret "
+                                        "(private_key_jwt or none): there is no secret to rotate.", 409)
+            renewed = done.registration_token_hash is not None
+            revoked = (self._grants.revoke_client_tokens(conn, client_id, reason="client_secret_rotated", now=now,
+                                                         access_token_ttl=self._access_token_ttl)
+                       if revoke_tokens else 0)
+            audit.record("identity.admin.client.secret_rotated", at=now, actor=audit.actor_fields(admin),
+                         subject=client_id, conn=conn,
+                         data={"tokens_revoked": revoke_tokens, "grants_revoked": revoked,
+                               "registration_token_renewed": renewed})
+        self._on_change(client_id)
+        log.info("identity.client.secret_rotated")
+        return Rotated(secret, rat if renewed else None,
+                       f"{self._issuer}{REGISTRATION_PATH}/{client_id}" if renewed else None)
 
     def list_clients(self, *, limit: int = 100, after: str | None = None) -> list[dict[str, Any]]:
         query = sa.select(oauth_clients).order_by(oauth_clients.c.client_id).limit(limit)
@@ -373,6 +443,29 @@ class ClientManagement:
         if row.registration_token_hash:
             doc["registration_client_uri"] = f"{self._issuer}{REGISTRATION_PATH}/{row.client_id}"
         return doc
+
+
+# The entries of a client secret shown to whoever made them: an admin's registration, a rotation.
+SECRET_SHOWN = ("identity.admin.client.registered", "identity.admin.client.secret_rotated")
+
+
+def secrets_shown_to(conn: sa.Connection, person_id: uuid.UUID) -> list[str]:
+    """The active clients whose current secret was shown to ``person_id``, an officer who registered
+    them in the console or rotated their secret last (``SECRET_SHOWN``, the latest such entry of each
+    client naming him), still authenticating with a secret. A secret does not expire, so his suspension
+    (identity.authn.cutoff) lists them: port security rotates them again if he may have kept a copy.
+    Read from the audit trail (kind indexed; these entries are few)."""
+    shown = audit_log.alias("shown")
+    latest = (sa.select(sa.func.max(shown.c.id))
+              .where(shown.c.kind.in_(SECRET_SHOWN), shown.c.subject == audit_log.c.subject)
+              .scalar_subquery())
+    return list(conn.execute(
+        sa.select(audit_log.c.subject)
+        .join(oauth_clients, oauth_clients.c.client_id == audit_log.c.subject)
+        .where(audit_log.c.kind.in_(SECRET_SHOWN), audit_log.c.actor["person_id"].as_string() == str(person_id),
+               audit_log.c.id == latest, oauth_clients.c.active.is_(True), oauth_clients.c.secret_hash.is_not(None))
+        .order_by(audit_log.c.subject)
+    ).scalars())
 
 
 def _checked(doc: Mapping[str, Any], **kw: Any) -> ClientMetadata:

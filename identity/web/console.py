@@ -9,7 +9,8 @@ login on every call and audits each action with the person as actor (identity.ap
 Routes (pages, not in the OpenAPI document)::
 
     GET /console/, /console/callback    the console shell (the callback is the OIDC redirect_uri)
-    GET /console/config.json            the console's client_id, redirect URI and id token alg
+    GET /console/config.json            the console's client_id, redirect URI, id token alg and, when its
+                                        client registered it, /console/ as its post-logout redirect URI
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def console(request: Request) -> Response:
 
 @router.get("/console/config.json")
 def console_config(request: Request) -> JSONResponse:
-    """The active ``admin_console`` client registered for our callback (as /app/config.json)."""
+    """The active ``admin_console`` client registered for our callback (as /app/config.json), and
+    /console/ to come back to after signing out when the client registered it (review 128, finding 1)."""
     return public_client_config(request, role=CONSOLE_ROLE, callback_path=CALLBACK_PATH,
-                                code="console_not_configured", scope=CONSOLE_SCOPE, acr_values=CONSOLE_ACR,
-                                api="/admin/v1")
+                                code="console_not_configured", post_logout_path=CONSOLE_PATH,
+                                scope=CONSOLE_SCOPE, acr_values=CONSOLE_ACR, api="/admin/v1")

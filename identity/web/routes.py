@@ -300,16 +300,20 @@ def driver_app(request: Request) -> Response:
 
 
 def public_client_config(request: Request, *, role: str, callback_path: str, code: str,
-                         **fields: str) -> JSONResponse:
+                         post_logout_path: str | None = None, **fields: str) -> JSONResponse:
     """A page's own public client, as its script needs it: the active client of ``role`` registered
     for our callback, and the algorithm its id tokens come in (OIDC Core §3.1.3.7 item 7: the page
-    checks it); ``fields`` add what the page needs besides. A 404 problem ``code`` when none is."""
+    checks it); ``fields`` add what the page needs besides. A 404 problem ``code`` when none is.
+
+    ``post_logout_path``: the page's ``post_logout_redirect_uri``, given only when the client registered
+    it: the provider refuses any other (RP-Initiated Logout §3), and the page then logs out without one."""
     issuer = _issuer(request)
     callback = issuer + callback_path
     engine: sa.Engine = request.app.state.container.engine
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(oauth_clients.c.client_id, oauth_clients.c.redirect_uris, oauth_clients.c.extra_metadata)
+            sa.select(oauth_clients.c.client_id, oauth_clients.c.redirect_uris, oauth_clients.c.extra_metadata,
+                      oauth_clients.c.post_logout_redirect_uris)
             .where(oauth_clients.c.role == role, oauth_clients.c.active.is_(True))
             .order_by(oauth_clients.c.created_at, oauth_clients.c.client_id)
         ).all()
@@ -329,6 +333,8 @@ def public_client_config(request: Request, *, role: str, callback_path: str, cod
             "id_token_signed_response_alg": (client.extra_metadata or {}).get("id_token_signed_response_alg", "RS256"),
             "redirect_uri": callback,
             **fields,
+            **({"post_logout_redirect_uri": issuer + post_logout_path}
+               if post_logout_path and issuer + post_logout_path in (client.post_logout_redirect_uris or []) else {}),
         },
         headers={"Cache-Control": "no-cache", **SECURITY_HEADERS},
     )

@@ -22,7 +22,9 @@ checkpoint it signs, carries it across restarts and lets ``quaygate audit verify
 trail cut back, or cut back and sealed again. The migration 0015 refuses, by trigger, any change to a
 sealed row and any deletion in the audit tables, and 0021 any row inserted with a chain column filled:
 defence in depth, not the evidence. A row that got in half sealed anyway, or a seal the triggers refuse,
-stops the sealer with ``audit.tampered`` too, rather than have it retry a batch that can never commit.
+stops the sealer with ``audit.tampered`` too, rather than have it retry a batch that can never commit; so
+does an audit key hand-over entry that its old key's sealed retirement record does not bear out
+(``_check_hand_overs``): anyone may insert a row, and the sealer would sign it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -50,6 +52,7 @@ from quaygate.hotsql import HotStatement
 from quaygate.schema import audit_checkpoints, audit_log, signing_keys
 from release_service.domain.audit_chain import (
     GENESIS,
+    KEY_ROTATED,
     Checkpoint,
     Entry,
     Report,
@@ -199,10 +202,15 @@ class AuditKey:
                     f"the active audit key {row.kid} does not open under the data key: it was written into the "
                     "database by someone else, or this is not the deployment's data key") from exc
         if conn.execute(sa.select(audit_checkpoints.c.chain_seq).limit(1)).first() is not None:
-            # No key is ever retired (nothing sets an audit key's status), so a signed trail with no active
-            # key lost it behind the sealer's back: a key made now would sign whatever the trail holds.
+            # A key is retired only by ``rotate_audit_key``, which makes its successor active in the same
+            # transaction, so a signed trail with no active key lost it behind the sealer's back: a key made
+            # now would sign whatever the trail holds.
             raise AuditTampered("the trail has signed checkpoints but no active audit key: the key was retired or "
                                 "removed in the database; no new key is made over a signed trail")
+        return cls._create(conn, cipher, now)
+
+    @classmethod
+    def _create(cls, conn: sa.Connection, cipher: DataCipher, now: datetime) -> AuditKey:
         private = Ed25519PrivateKey.generate()
         kid = "audit-" + _thumbprint(private.public_key())[:32]
         raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
@@ -213,6 +221,48 @@ class AuditKey:
             private_enc=cipher.seal(raw, kid.encode()),  # aad = kid: the blob only opens in its own row
         ))
         return key
+
+
+# A retired audit key's seal: its public half and the last entry it vouched for, never its private half
+# (erased at the hand-over), with the kid and this as associated data (no private half's seal opens as it).
+RETIRED_AAD = b"|audit-retired"
+
+
+def rotate_audit_key(engine: sa.Engine, cipher: DataCipher, now: datetime, *,
+                     actor: dict[str, Any]) -> tuple[str, str, int]:
+    """Hand the trail over to a new audit key (``quaygate audit rotate-key``): under the sealer's lock, in
+    one transaction, the active key is retired (its private half erased, its public half and the last
+    entry it vouched for sealed in its row, ``RETIRED_AAD``), a new key made active, and the hand-over
+    written on the trail (``audit_chain.KEY_ROTATED``), which the new key's first checkpoint signs. The
+    old key's checkpoints keep verifying; any it signs past that entry are refused, and that entry must keep
+    the hash it had (the record's ``signs_through_hash``: ``verify_chain``, the sealer). (old kid, new kid,
+    last entry the old key vouched for); LookupError with no key yet."""
+    with engine.begin() as conn:
+        _lock(conn)
+        row = conn.execute(
+            sa.select(signing_keys.c.kid, signing_keys.c.private_enc)
+            .where(signing_keys.c.use == KEY_USE, signing_keys.c.status == "active")
+            .order_by(signing_keys.c.created_at.desc()).limit(1)).first()
+        if row is None:
+            raise LookupError("no audit key yet: it is created by the first seal")
+        old = AuditKey.load_or_create(conn, cipher, now)  # refuses a key that does not open as ours
+        last = conn.execute(sa.select(audit_checkpoints.c.chain_seq, audit_checkpoints.c.hash)
+                            .order_by(audit_checkpoints.c.chain_seq.desc()).limit(1)).first()
+        through, through_hash = (last.chain_seq, last.hash) if last is not None else (0, GENESIS)
+        public = _public_jwk(old.kid, old.public_key)
+        new = AuditKey._create(conn, cipher, now)
+        # The successor is in the sealed record too: the sealer holds a hand-over entry to it (``_check_hand_overs``);
+        # and the hash of the last entry the old key vouched for (review 135, finding 3): what it signed is pinned.
+        record = {"kid": old.kid, "x": public["x"], "signs_through": through, "signs_through_hash": through_hash,
+                  "successor": new.kid}
+        conn.execute(signing_keys.update().where(signing_keys.c.kid == old.kid, signing_keys.c.status == "active")
+                     .values(status="retired", retired_at=now,
+                             public_jwk={**public, SIGNS_THROUGH: through, SIGNS_THROUGH_HASH: through_hash},
+                             private_enc=cipher.seal(canonical_json(record), old.kid.encode() + RETIRED_AAD)))
+        SqlAuditLog(conn).append(KEY_ROTATED, actor=actor, subject=new.kid, at=now, data={
+            "old_key_id": old.kid, "new_key_id": new.kid, "old_key_signs_through": through})
+    log.info("audit.key.rotated", extra={"fields": {"old": old.kid, "new": new.kid, "signs_through": through}})
+    return old.kid, new.kid, through
 
 
 def _public_jwk(kid: str, public: Ed25519PublicKey) -> dict[str, str]:
@@ -248,6 +298,39 @@ def signature_verifier(public_jwks: Iterable[dict[str, Any]]) -> VerifySignature
     return verify
 
 
+# The member of an exported audit JWK (RFC 7517 §4 allows others) that says a key is retired and the last
+# entry it may vouch for: an authority holding it refuses what the key signs past that. And that entry's hash
+# (review 135, finding 3): the leaked key can still sign up to its bound, so the trail must hold that entry,
+# and so all before it, as it was when the key was retired.
+SIGNS_THROUGH = "quaygate_signs_through"
+SIGNS_THROUGH_HASH = "quaygate_signs_through_hash"
+
+
+def signs_through(public_jwks: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """The retired keys among ``public_jwks`` and the last entry each may vouch for."""
+    bounds: dict[str, int] = {}
+    for jwk in public_jwks:
+        through = jwk.get(SIGNS_THROUGH)
+        if through is not None:
+            if not isinstance(through, int) or isinstance(through, bool) or through < 0:
+                raise ValueError(f"{SIGNS_THROUGH} of an audit public key must be an entry number")
+            bounds[str(jwk.get("kid"))] = through
+    return bounds
+
+
+def signs_through_hashes(public_jwks: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """The retired keys among ``public_jwks`` that say the hash of the last entry they vouched for, and it
+    (a key retired before it was recorded says none)."""
+    hashes: dict[str, str] = {}
+    for jwk in public_jwks:
+        value = jwk.get(SIGNS_THROUGH_HASH)
+        if value is not None:
+            if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+                raise ValueError(f"{SIGNS_THROUGH_HASH} of an audit public key must be an entry hash (64 hex digits)")
+            hashes[str(jwk.get("kid"))] = value
+    return hashes
+
+
 def _stored_public_jwks(conn: sa.Connection) -> list[dict[str, Any]]:
     rows = conn.execute(sa.select(signing_keys.c.public_jwk).where(signing_keys.c.use == KEY_USE)
                         .order_by(signing_keys.c.created_at))
@@ -277,12 +360,16 @@ def export_public_key(engine: sa.Engine, cipher: DataCipher) -> tuple[dict[str, 
     keys: list[dict[str, Any]] = []
     ignored: list[str] = []
     for row in rows:
-        try:
-            private = Ed25519PrivateKey.from_private_bytes(cipher.open(row.private_enc, row.kid.encode()))
-        except (InvalidTag, ValueError):
+        opened = _open_audit_key(cipher, row.kid, row.private_enc)
+        if opened is None:
             ignored.append(row.kid)
             continue
-        keys.append(_public_jwk(row.kid, private.public_key()))
+        jwk: dict[str, Any] = _public_jwk(row.kid, opened.public)
+        if opened.through is not None:  # retired: it vouches for nothing past this entry, which keeps its hash
+            jwk[SIGNS_THROUGH] = opened.through
+            if opened.through_hash is not None:
+                jwk[SIGNS_THROUGH_HASH] = opened.through_hash
+        keys.append(jwk)
     if not keys:
         raise LookupError("no audit key yet: it is created by the first seal")
     return {"keys": keys}, ignored
@@ -378,7 +465,7 @@ class AuditSealer:
         self._on_tampered = on_tampered
         self._started = False
         self._known: Checkpoint | None = None  # None: nothing was sealed when this sealer began
-        self._keys: dict[str, Ed25519PublicKey | None] = {}
+        self._retired: dict[str, OpenedKey] = {}  # retired audit keys: final
         self.tampered: str | None = None  # why sealing stopped
 
     def seal_once(self, now: datetime) -> int:
@@ -402,6 +489,7 @@ class AuditSealer:
             before = (latest.chain_seq, latest.hash) if latest is not None else (0, GENESIS)
             seq, prev = before
             self._check_unsealed(conn)
+            self._check_hand_overs(conn)
             ready = sa.and_(*(c.is_(None) for c in _CHAIN_COLUMNS))
             if self._pg:
                 xmin = sa.cast(sa.cast(sa.func.pg_snapshot_xmin(sa.func.pg_current_snapshot()), sa.Text),
@@ -429,7 +517,6 @@ class AuditSealer:
                     f"sealing entries #{before[0] + 1}-#{seq} (rows {rows[0].id}-{rows[-1].id}) was refused by "
                     f"the database ({reason}): the chain columns were written behind the sealer's back") from exc
             key = AuditKey.load_or_create(conn, self._cipher, now)
-            self._keys[key.kid] = key.public_key
             unsigned = Checkpoint(seq, prev, key.kid, "", now, *before)
             cp = replace(unsigned, signature=key.sign(signed_message(unsigned)))
             conn.execute(audit_checkpoints.insert().values(
@@ -502,6 +589,26 @@ class AuditSealer:
             raise AuditTampered(f"row {row.id} of the trail has a hash but no chain_seq: it was written or half "
                                 "sealed behind the sealer's back, and no entry after it could be sealed")
 
+    def _check_hand_overs(self, conn: sa.Connection) -> None:
+        """Every unsealed hand-over entry (``audit.key_rotated``) is the one ``rotate_audit_key`` wrote (review
+        135, finding 2): its old key is retired, and its bound and successor are those of the old key's sealed
+        retirement record, which only the data key's holder makes. An insider can insert a row, and the
+        sealer would chain and sign it: a hand-over of his own (naming the active key, bound 0) made every
+        verify fail for good. It raises the alarm instead, naming the row. Through the kind's index: the
+        unsealed rows of this one kind, a handful in the trail's life."""
+        rows = conn.execute(sa.select(audit_log.c.id, audit_log.c.data).where(
+            audit_log.c.kind == KEY_ROTATED, audit_log.c.chain_seq.is_(None)).order_by(audit_log.c.id)).all()
+        for row in rows:
+            data = row.data if isinstance(row.data, dict) else {}
+            old = data.get("old_key_id")
+            opened = _opened_retired_record(conn, self._cipher, old) if isinstance(old, str) else None
+            if (opened is None or opened.get("signs_through") != data.get("old_key_signs_through")
+                    or opened.get("successor", data.get("new_key_id")) != data.get("new_key_id")
+                    or data.get("new_key_id") == old):
+                raise AuditTampered(
+                    f"row {row.id} of the trail is an audit key hand-over ({KEY_ROTATED}) that no rotation wrote: "
+                    "it does not match the retired key's sealed record (written behind the sealer's back)")
+
     def _start(self, conn: sa.Connection) -> Checkpoint | None:
         """What a sealer that begins knows: the witness's last checkpoint, or the trail's, once checked."""
         if self._witness is not None:
@@ -516,6 +623,14 @@ class AuditSealer:
         if not self._signed_here(conn, latest):
             raise AuditTampered(f"the last checkpoint, #{latest.chain_seq}, is not signed by this service's audit "
                                 f"key (key {latest.key_id})")
+        retired = self._retired.get(latest.key_id)
+        if retired is not None and latest.chain_seq != retired.through:
+            # A retired key's checkpoint is the last one only until the first seal after its hand-over, and
+            # then it is the one at its bound: one below it is a trail cut back before the hand-over and
+            # signed again with the retired key (review 135, finding 3).
+            raise AuditTampered(f"the last checkpoint, #{latest.chain_seq}, is signed by retired key {latest.key_id}, "
+                                f"which vouched for entries up to #{retired.through}: the trail was cut back before "
+                                "its hand-over")
         if latest.version == 2:
             start = (latest.prev_chain_seq or 0, latest.prev_hash or GENESIS)
         else:
@@ -554,13 +669,20 @@ class AuditSealer:
                                 "it vouches for")
 
     def _signed_here(self, conn: sa.Connection, cp: Checkpoint) -> bool:
-        if cp.key_id not in self._keys:
-            self._keys[cp.key_id] = _opened_public_key(conn, self._cipher, cp.key_id)
-        key = self._keys[cp.key_id]
-        if key is None:
+        """Signed by an audit key of this service, and not past that key's retirement, nor at its last entry
+        with another hash than it had then (review 135, finding 3: the retired key, leaked, re-signing a
+        rewritten history). A retired key is final and kept; any other is read again (another process may
+        have retired it meanwhile)."""
+        opened = self._retired.get(cp.key_id) or _opened_public_key(conn, self._cipher, cp.key_id)
+        if opened is None:
             return False
+        if opened.through is not None:
+            self._retired[cp.key_id] = opened
+            if cp.chain_seq > opened.through or (cp.chain_seq == opened.through and opened.through_hash is not None
+                                                 and cp.hash != opened.through_hash):
+                return False
         try:
-            key.verify(_unb64u(cp.signature), signed_message(cp))
+            opened.public.verify(_unb64u(cp.signature), signed_message(cp))
         except (InvalidSignature, ValueError):
             return False
         return True
@@ -577,16 +699,55 @@ class AuditSealer:
             self._on_tampered(reason)
 
 
-def _opened_public_key(conn: sa.Connection, cipher: DataCipher, kid: str) -> Ed25519PublicKey | None:
-    """The public half of audit key ``kid`` as its sealed private half gives it: only a key sealed under the
-    data key counts, never a public key written into the database."""
+class OpenedKey(NamedTuple):
+    """An audit key's row as its seal gives it: the public key, and for a retired key the last entry it
+    vouched for and that entry's hash (None for a key retired before the hash was recorded)."""
+
+    public: Ed25519PublicKey
+    through: int | None = None
+    through_hash: str | None = None
+
+
+def _opened_public_key(conn: sa.Connection, cipher: DataCipher, kid: str) -> OpenedKey | None:
+    """The public half of audit key ``kid`` as its seal gives it, and for a retired key the last entry it
+    vouched for: only a key sealed under the data key counts, never a public key written into the database."""
     row = conn.execute(sa.select(signing_keys.c.private_enc)
                        .where(signing_keys.c.kid == kid, signing_keys.c.use == KEY_USE)).first()
-    if row is None:
+    return None if row is None else _open_audit_key(cipher, kid, row.private_enc)
+
+
+def _opened_retired_record(conn: sa.Connection, cipher: DataCipher, kid: str) -> dict[str, Any] | None:
+    """The sealed retirement record of audit key ``kid`` (``rotate_audit_key``), None when it is not a retired
+    key of ours."""
+    row = conn.execute(sa.select(signing_keys.c.private_enc)
+                       .where(signing_keys.c.kid == kid, signing_keys.c.use == KEY_USE)).first()
+    if row is None or row.private_enc is None:
         return None
     try:
-        return Ed25519PrivateKey.from_private_bytes(cipher.open(row.private_enc, kid.encode())).public_key()
+        record = json.loads(cipher.open(row.private_enc, kid.encode() + RETIRED_AAD))
     except (InvalidTag, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("kid") == kid else None
+
+
+def _open_audit_key(cipher: DataCipher, kid: str, sealed: str | None) -> OpenedKey | None:
+    """An audit key's row, opened: the public key alone for a key that signs, its sealed private half giving
+    it; with the last entry it vouched for and that entry's hash for a retired one (its retirement record,
+    ``rotate_audit_key``); None when it opens as neither (not ours)."""
+    if sealed is None:
+        return None
+    try:
+        return OpenedKey(Ed25519PrivateKey.from_private_bytes(cipher.open(sealed, kid.encode())).public_key())
+    except (InvalidTag, ValueError):
+        pass
+    try:
+        record = json.loads(cipher.open(sealed, kid.encode() + RETIRED_AAD))
+        through, through_hash = record["signs_through"], record.get("signs_through_hash")
+        if record["kid"] != kid or not isinstance(through, int) or isinstance(through, bool) \
+                or not isinstance(through_hash, str | None):
+            return None
+        return OpenedKey(Ed25519PublicKey.from_public_bytes(_unb64u(record["x"])), through, through_hash)
+    except (InvalidTag, ValueError, KeyError, TypeError):
         return None
 
 
@@ -619,7 +780,8 @@ def verify_trail(engine: sa.Engine, public_jwks: list[dict[str, Any]] | None = N
             jwks = public_jwks if public_jwks is not None else _stored_public_jwks(conn)
             checkpoints = [Checkpoint(*r) for r in conn.execute(sa.select(*_CHECKPOINT_COLUMNS))]
             report = verify_chain(_stream(conn), checkpoints, signature_verifier(jwks), witnessed=witnessed,
-                                  sealing=sealing)
+                                  sealing=sealing, signs_through=signs_through(jwks),
+                                  signs_through_hash=signs_through_hashes(jwks))
     if report.held and recheck_after > 0 and report.held_count == len(report.held):
         time.sleep(recheck_after)
         with engine.connect() as conn:

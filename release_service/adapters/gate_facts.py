@@ -1,7 +1,9 @@
 """The gate decision's facts from Redis, read through to PostgreSQL (issue 5, "Hot path").
 
 PostgreSQL stays the truth. Redis holds copies of what a decision reads: the terminal's policy, the
-rights of a container, and a badge with its holder's status (port security's suspension: identity's
+rights of a container (each with whether its holder is active: port security's deactivation or
+reactivation of an organisation touches ``HOLDERS``, which replaces the rights' epoch, so every rights
+copy's generation), and a badge with its holder's status (port security's suspension: identity's
 suspension and reinstatement touch the badges' family, so they replace every badge copy's generation)
 and port-ban facts (the holder's bans, any time and scope, and when the list in force was issued:
 screening is computed at decision time, so a ban that starts or ends, or a list that grows stale,
@@ -47,6 +49,19 @@ Check decisions are kept without PostgreSQL on the hot path: one script claims (
 (``drain``, run by the background workers of every server process, a consumer group, XAUTOCLAIM of
 a dead consumer's entries) writes them into ``gate_decisions`` in batches. Commit decisions go to
 PostgreSQL in the gate move's own transaction, and are copied here after it commits.
+The stream is never trimmed: each entry is a decision answered at the gate (an override names its
+decision_id) whose request key expires, and leaves the stream only once the drainer wrote it (XACK,
+XDEL). It is bounded instead: a script that finds the stream at ``stream_cap`` entries (XLEN: what
+is not drained yet, and what a drainer read and has not acknowledged) keeps nothing and says 'full';
+the caller decides that check the long way and records it in PostgreSQL (503 when PostgreSQL is down
+too). Logged (``release.gate_facts.stream_full``, an error: the drainers are behind, or PostgreSQL is
+away) and counted (``stream_full``); for ``FULL_PAUSE`` seconds after, this process sends no keep.
+
+Not durable. Redis keeps nothing on disk (quaygate/dataset.py): a restart or a failover to a replica
+loses the check decisions not drained yet, usually those of less than one drain pause (``PAUSE``,
+0.2 s), but every one kept while PostgreSQL was away or no drainer ran (up to ``stream_cap``). Their
+decision_ids were answered and are found nowhere (an override of such a refusal answers 404), and
+their request keys went with them (a retry is decided afresh). Commit decisions are not at risk.
 
 Redis unreachable, slow or failing: ``FactsUnavailable`` is raised, the caller falls back to
 PostgreSQL, and this cache is skipped for ``cooldown`` seconds (a breaker: a dead Redis costs one
@@ -224,9 +239,15 @@ return (#ARGV - 2) / 2
 """)
 
 # KEYS: the request key, the stream. ARGV: the recorded answer, its ttl, the decision row, the stream's cap.
+# Returns false (kept), the answer recorded first under the request_id (a twin), or 'full': the stream
+# holds its cap of entries not drained yet, and nothing was kept (never trimmed: an entry trimmed before
+# it is drained is a decision answered and lost).
 _RECORD = Script("""
+if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[4]) then
+  return redis.call('GET', KEYS[1]) or 'full'
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'row', ARGV[3])
+  redis.call('XADD', KEYS[2], '*', 'row', ARGV[3])
   return false
 end
 return redis.call('GET', KEYS[1])
@@ -236,7 +257,8 @@ return redis.call('GET', KEYS[1])
 # KEYS: the request key, the stream. ARGV: the recorded answer, its ttl, the decision row, the stream's
 # cap, the prefix, n, n names read as they are (``also``), then (family, generation) pairs: the
 # generations the copies were read under. Returns what it did ('kept', 'twin', 'also': a name is set,
-# 'moved': a generation was replaced or has expired), the twin's answer (or false), then the n values.
+# 'moved': a generation was replaced or has expired, 'full': the stream is at its cap, as ``_RECORD``),
+# the twin's answer (or false), then the n values.
 _KEEP = Script("""
 local n = tonumber(ARGV[6])
 local out = {'', false}
@@ -262,8 +284,12 @@ for i = 7 + n, #ARGV, 2 do
     return out
   end
 end
+if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[4]) then
+  out[1] = 'full'
+  return out
+end
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'row', ARGV[3])
+redis.call('XADD', KEYS[2], '*', 'row', ARGV[3])
 out[1] = 'kept'
 return out
 """)
@@ -295,7 +321,8 @@ class RedisGateFacts:
         pipelined connection (``claim_async``) are refused for a proof from before the dataset's epoch,
         which that greeting keeps current. Without one (no identity cache in Redis), an epoch of this
         object's own (``<prefix>dataset:epoch``). Its answer says too when the copies here were read
-        from another dataset (``_greeted``)."""
+        from another dataset (``_greeted``). ``stream_cap``: the kept check decisions not drained yet past
+        which a check is recorded in PostgreSQL instead (``_RECORD``)."""
         self._r = client
         self._engine = engine
         self._uow = uow
@@ -308,6 +335,8 @@ class RedisGateFacts:
         self._request_ttl = request_ttl
         self._cooldown = cooldown
         self._cap = stream_cap
+        self._full_until = 0.0  # the stream was found full: no keep is sent until then (``_stream_full``)
+        self._full = 0  # keeps that found the stream full (``stream_full``)
         # The drainer blocks on the stream for longer than a gate decision waits: its own connection.
         kwargs = dict(client.connection_pool.connection_kwargs)
         kwargs.update(socket_timeout=10.0)
@@ -424,8 +453,8 @@ class RedisGateFacts:
         """``record`` from the event loop, pipelined."""
         if not self._pipe.available:
             return await self._off_loop(functools.partial(self.record, row))
-        twin = await self._call_async(_RECORD, *self._record_args(row))
-        return _stored(twin) if twin else None
+        self._room()
+        return self._recorded(await self._call_async(_RECORD, *self._record_args(row)))
 
     async def _off_loop(self, call: Callable[[], Any]) -> Any:
         """A blocking call, awaited from the loop, on this object's threads (context variables kept)."""
@@ -514,7 +543,8 @@ class RedisGateFacts:
         """The facts of a check as this process read them last (``read``), with no round trip; None when
         one of them was not read lately, or Redis failed a moment ago. Only ever decided on through
         ``keep_if_current``, which keeps the decision only if their generations are still current."""
-        if self._suspect or time.monotonic() < self._down_until:
+        at = time.monotonic()
+        if self._suspect or at < self._down_until or at < self._full_until:
             return None
         near = self._near
         found = near.get(("policy", terminal))
@@ -544,7 +574,7 @@ class RedisGateFacts:
         current one. So a change committed before this step (its generation replaced) is never missed:
         then nothing is kept, and the caller decides the long way, on the facts read again."""
         keys, args = self._keep_args(row, recalled, also)
-        return _kept(self._call(lambda: self._line.run(_KEEP, keys, args)))
+        return self._keep_reply(self._call(lambda: self._line.run(_KEEP, keys, args)))
 
     async def keep_if_current_async(self, row: dict[str, Any], recalled: Recalled, also: Sequence[str] = ()) -> Kept:
         """``keep_if_current`` from the event loop: sent with the other requests' calls of the same turn
@@ -552,7 +582,7 @@ class RedisGateFacts:
         if not self._pipe.available:
             return await self._off_loop(functools.partial(self.keep_if_current, row, recalled, also))
         keys, args = self._keep_args(row, recalled, also)
-        return _kept(await self._call_async(_KEEP, keys, args))
+        return self._keep_reply(await self._call_async(_KEEP, keys, args))
 
     def _keep_args(self, row: dict[str, Any], recalled: Recalled, also: Sequence[str]) -> tuple[list[Any], list[Any]]:
         return [self._request_key(row), self._p + STREAM], [
@@ -578,10 +608,49 @@ class RedisGateFacts:
 
     def record(self, row: dict[str, Any]) -> StoredDecision | None:
         """Keep a check decision: None when recorded, else the decision recorded first under its
-        request_id (a twin, or another request reusing the id)."""
+        request_id (a twin, or another request reusing the id). FactsUnavailable when the stream is
+        full (``_stream_full``): the caller records it in PostgreSQL."""
+        self._room()
         keys, args = self._record_args(row)
-        twin = self._call(lambda: self._line.run(_RECORD, keys, args))
+        return self._recorded(self._call(lambda: self._line.run(_RECORD, keys, args)))
+
+    FULL_PAUSE = 1.0  # seconds this process sends no keep after it found the stream full
+
+    @property
+    def stream_full(self) -> int:
+        """How many times a keep of this process found the stream full (about once a ``FULL_PAUSE``
+        while it stays full, as no keep is sent in between): not zero, the drainers fell behind."""
+        return self._full
+
+    def _recorded(self, twin: bytes | None) -> StoredDecision | None:
+        if twin == b"full":
+            raise self._stream_full()
         return _stored(twin) if twin else None
+
+    def _keep_reply(self, out: list[Any]) -> Kept:
+        if out[0] == b"full":
+            raise self._stream_full()
+        return _kept(out)
+
+    def _room(self) -> None:
+        """FactsUnavailable, without a round trip, while the stream was found full a moment ago."""
+        if time.monotonic() < self._full_until:
+            raise FactsUnavailable("the decisions stream was full a moment ago")
+
+    def _stream_full(self) -> FactsUnavailable:
+        """A script found the stream at its cap and kept nothing: the drainers are behind (PostgreSQL
+        away, or no drainer running), and an entry is never trimmed before it is drained, as its
+        decision was answered. The caller decides the check the long way and records it in PostgreSQL
+        (FactsUnavailable, which trips nothing: the facts' copies are as good as ever); no keep is sent
+        for ``FULL_PAUSE`` seconds. Logged once a pause, for an operator."""
+        with self._lock:
+            at = time.monotonic()
+            said = at < self._full_until
+            self._full_until = at + self.FULL_PAUSE
+            self._full += 1
+        if not said:
+            log.error("release.gate_facts.stream_full", extra={"fields": {"cap": self._cap}})
+        return FactsUnavailable("the decisions stream is full: the drainers are behind")
 
     def remember(self, row: dict[str, Any]) -> None:
         """A commit decision, after its transaction committed: later reads of the id answer from here.
@@ -1072,8 +1141,10 @@ _Mark = tuple[str, tuple[str, ...]]  # a pending mark (``committing``) and the f
 
 
 def _names(touched: invalidation.Touched) -> set[str]:
-    """The generation names of what a transaction touched."""
-    return {f"r:{key}" if family == invalidation.RIGHTS else family for family, key in touched}
+    """The generation names of what a transaction touched. An organisation's status (``HOLDERS``) is in
+    every right's copy (its holder's): the rights' epoch, part of each container's generation as read."""
+    return {f"r:{key}" if family == invalidation.RIGHTS
+            else invalidation.RIGHTS if family == invalidation.HOLDERS else family for family, key in touched}
 
 
 def _pending(generation: bytes) -> bool:
@@ -1145,7 +1216,7 @@ def _dump_rights(rights: list[RightFacts]) -> bytes:
         _iso(r.valid_from), _iso(r.valid_until), _iso(r.created_at),
         None if r.nomination is None else [str(r.nomination.driver_person_id), r.nomination.plate_text,
                                            r.nomination.plate_country, r.nomination.response],
-        str(r.issuer) if r.issuer is not None else None, r.contested,
+        str(r.issuer) if r.issuer is not None else None, r.contested, r.holder_active,
     ] for r in rights]).encode()
 
 
@@ -1199,26 +1270,35 @@ def _badge_copy(raw: bytes) -> _BadgeEntry | None:
 
 
 def _rights(raw: bytes) -> tuple[RightFacts, ...] | None:
-    """The copy parsed; None for one that does not name each right's issuer and contest (written by a
-    server from before they were cached, during a rolling upgrade): not trusted, but read again
-    (``_snapshot``), since without them a container two lines claim would not be seen as contested."""
+    """The copy parsed; None for one that does not name each right's issuer, contest and holder's status
+    (written by a server from before they were cached, during a rolling upgrade): not trusted, but read
+    again (``_snapshot``), since without them a container two lines claim would not be seen as contested,
+    nor the right of a company port security deactivated as refused (review 130)."""
     out = []
     for entry in json.loads(raw):
-        if len(entry) < 14:
+        if len(entry) < 15:
             return None
         (rid, container, terminal, state, blocked, commercial, customs, light, vfrom, vuntil, created, nom,
-         issuer, contested) = entry[:14]
+         issuer, contested, holder_active) = entry[:15]
         out.append(RightFacts(
             id=uuid.UUID(rid), container=container, terminal=terminal, state=state, blocked=blocked,
             commercial=commercial, customs=customs, terminal_light=light, valid_from=_dt(vfrom),
             valid_until=_dt(vuntil), created_at=_dt(created),
             nomination=None if nom is None else NominationFacts(uuid.UUID(nom[0]), nom[1], nom[2], nom[3]),
-            issuer=uuid.UUID(issuer) if issuer is not None else None, contested=contested is True))
+            issuer=uuid.UUID(issuer) if issuer is not None else None, contested=contested is True,
+            holder_active=holder_active is True))
     return tuple(out)
 
 
-def _policy(raw: bytes) -> TerminalPolicy:
-    return TerminalPolicy(**json.loads(raw))
+def _policy(raw: bytes) -> TerminalPolicy | None:
+    """The copy parsed; None for one that does not say whether the terminal's local face matcher is
+    trusted (written by a server from before ``face_match_results``, during a rolling upgrade): read
+    again (``_snapshot``) and replaced, so a terminal port security set to accept match results is not
+    taken for one that refuses them, nor the other way round (review 131)."""
+    stored = json.loads(raw)
+    if "face_match_results" not in stored:
+        return None
+    return TerminalPolicy(**stored)
 
 
 def _answer(row: dict[str, Any]) -> bytes:

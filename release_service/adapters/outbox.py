@@ -28,6 +28,8 @@ from release_service.ports import PublishedEvent
 
 _subs = webhook_subscriptions
 _dels = webhook_deliveries
+# Literal, as in ix_webhook_deliveries_pending's predicate: a generic plan may use that index on it.
+PENDING = sa.literal_column("'pending'")
 # Final statuses that the organisation may send again (dead letters): redeliver, then as for a new one.
 REDELIVERABLE = ("dead", "withheld")
 
@@ -97,6 +99,7 @@ class SqlWebhookStore:
         self._conn.execute(_subs.insert().values(
             id=sub.id, organisation_id=sub.organisation_id, url=sub.url, event_types=list(sub.event_types),
             secret_enc=secret_enc, active=sub.active, created_at=sub.created_at,
+            created_by_client_id=sub.created_by_client_id, created_by_person_id=sub.created_by_person_id,
         ))
 
     def count_locked(self, organisation_id: uuid.UUID) -> int:
@@ -123,6 +126,15 @@ class SqlWebhookStore:
                                    _subs.c.active.is_(True))
         row = self._conn.execute(q.with_for_update() if for_update else q).first()
         return _subscription(row) if row else None
+
+    def made_by(self, person_id: uuid.UUID, organisation_id: uuid.UUID | None) -> list[Subscription]:
+        """The active subscriptions ``person_id`` made, for ``organisation_id`` (None: for any), locked
+        (FOR UPDATE: a rotation or a deletion of one of them waits, then finds it closed)."""
+        q = sa.select(_subs).where(_subs.c.created_by_person_id == person_id, _subs.c.active.is_(True))
+        if organisation_id is not None:
+            q = q.where(_subs.c.organisation_id == organisation_id)
+        rows = self._conn.execute(q.order_by(_subs.c.id).with_for_update()).all()
+        return [_subscription(r) for r in rows]
 
     def sealed_secret(self, subscription_id: uuid.UUID) -> str:
         return str(self._conn.execute(
@@ -175,8 +187,8 @@ def close_subscription(conn: sa.Connection, subscription_id: uuid.UUID) -> int |
 
     Closed by its organisation (delete) or by the dispatcher (410 Gone). A pending delivery of a closed
     subscription is never sent, never listed as a dead letter and never redelivered (both need an active
-    subscription): left pending, it would stay so for ever, every claim of the dispatcher wading through
-    it (the due index is on status and time, the subscription is a join). So it takes a final status.
+    subscription): left pending, it would stay so for ever, in the due index and in the subscription's
+    queue (ix_webhook_deliveries_pending, through which it is found here). So it takes a final status.
     A delivery being sent at that moment (leased by a dispatcher) is cancelled too: its result is then
     recorded as a lost lease. None when the subscription was already closed (closing twice does nothing).
     """
@@ -185,7 +197,7 @@ def close_subscription(conn: sa.Connection, subscription_id: uuid.UUID) -> int |
     if closed.rowcount != 1:
         return None
     return int(conn.execute(_dels.update().where(_dels.c.subscription_id == subscription_id,
-                                                 _dels.c.status == "pending")
+                                                 _dels.c.status == PENDING)
                             .values(status="cancelled", last_error=CANCELLED_ERROR)).rowcount)
 
 
@@ -222,7 +234,7 @@ def prune_deliveries(conn: sa.Connection, *, settled_before: datetime, dead_befo
 
 def _subscription(row: sa.Row[Any]) -> Subscription:
     return Subscription(row.id, row.organisation_id, row.url, tuple(row.event_types), row.active,
-                        row.created_at)
+                        row.created_at, row.created_by_client_id, row.created_by_person_id)
 
 
 def _delivery(row: sa.Row[Any]) -> Delivery:

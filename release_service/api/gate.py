@@ -2,7 +2,9 @@
 services/verify.py. Called by a terminal's gate client (client credentials, scope ``gate:verify``,
 audience ``gate_audience``), bound to its terminal.
 
-``face`` (issue 6) is either a trusted local matcher's result (``face.match``) or a capture
+``face`` (issue 6) is either a trusted local matcher's result (``face.match``: a claimed match counts
+only at a terminal whose gate policy port security set to ``face_match_results: accept``, a claimed
+mismatch always; review 131) or a capture
 (``face.image``: a JPEG or PNG in base64, at most ``QUAYGATE_FACE_MAX_IMAGE_BYTES`` decoded), which the
 service matches 1:1 against the driver's enrolled face in identity's worker processes, with the
 terminal's ``face_tolerance``. An unusable capture is a 422 problem (``image_unreadable``,
@@ -81,7 +83,10 @@ _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG
 class FaceIn(_In):
     """Exactly one of ``match`` and ``image``."""
 
-    match: FaceMatchIn | None = Field(default=None, description="A result from the terminal's trusted local matcher.")
+    match: FaceMatchIn | None = Field(default=None, description=(
+        "A result from the terminal's local matcher. A claimed match counts only where port security set the "
+        "terminal's gate policy face_match_results to accept; else it is no evidence (face_required gives "
+        "review where a face is required). A claimed mismatch always gives face_mismatch."))
     image: str | None = Field(default=None, min_length=1, max_length=IMAGE_B64_MAX, description=(
         "A capture of the driver's face, JPEG or PNG, base64 (or a data: URL), at most "
         "QUAYGATE_FACE_MAX_IMAGE_BYTES (4 MB) decoded: matched 1:1 by the service against the enrolled face "

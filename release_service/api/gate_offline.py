@@ -201,7 +201,9 @@ class KeyStorePassSigner:
     late, and a key leaves the published set minutes after a rotation (identity/keys.py). Without this
     an honest gate-in reported after a rotation was flagged ``pass_invalid`` and nothing moved, so the
     right stayed usable by a second truck (review 121). A pass dated after the key's retirement is not
-    ours: that key signed nothing then."""
+    ours: that key signed nothing then, beyond the key store's reload period (a replica that had not yet
+    reloaded its keys still signed with it: review 132). A revoked key's passes are never ours
+    (``rotated_out`` does not return it)."""
 
     _registry = JWSRegistry(algorithms=[PASS_ALG])
 
@@ -233,7 +235,8 @@ class KeyStorePassSigner:
             return None
         if not isinstance(claims, dict):
             return None
-        if retired_at is not None and not signed_while_active(claims, retired_at):
+        if retired_at is not None and not signed_while_active(
+                claims, retired_at, reload=timedelta(seconds=self._keys.reload_every)):
             log.warning("release.gate.pass_refused.after_rotation", extra={"fields": {"kid": header["kid"]}})
             return None
         return claims

@@ -53,8 +53,13 @@ def _json_type(default: Any) -> dict[str, Any]:
     return {"type": "string"}
 
 
+def _property(name: str, default: Any) -> dict[str, Any]:
+    choices = service.CHOICES.get(name)
+    return {**_json_type(default), **({"enum": list(choices)} if choices else {}), "default": default}
+
+
 _POLICY_SCHEMA = {"type": "object", "additionalProperties": False,
-                  "properties": {n: {**_json_type(d), "default": d} for n, d in service.DEFAULTS.items()}}
+                  "properties": {n: _property(n, d) for n, d in service.DEFAULTS.items()}}
 _BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": _POLICY_SCHEMA}}}}
 
 

@@ -44,6 +44,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_RECIPIENT: 403,
     ErrorCode.NOT_SENDER: 403,
     ErrorCode.NOT_LIGHT_OWNER: 403,
+    ErrorCode.LIGHT_HELD_BY_ANOTHER: 403,
     ErrorCode.NOT_TERMINAL: 403,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
@@ -61,6 +62,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.REQUEST_ID_REUSED: 409,
     ErrorCode.REASON_REQUIRED: 422,
     ErrorCode.TOO_MANY_SUBSCRIPTIONS: 409,
+    ErrorCode.INVALID_IF_MATCH: 400,
+    ErrorCode.PRECONDITION_FAILED: 412,
 }
 
 TITLES: dict[int, str] = {
@@ -70,6 +73,7 @@ TITLES: dict[int, str] = {
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
+    412: "Precondition failed",
     413: "Content too large",
     415: "Unsupported media type",
     422: "Unprocessable content",

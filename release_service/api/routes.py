@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -27,6 +27,7 @@ from release_service.services.common import IdempotencyRequest, run
 
 from . import schemas as s
 from .auth import require
+from .preconditions import ETAG_HEADER, Precondition, etag
 from .problems import problem_responses
 
 T = TypeVar("T")
@@ -43,6 +44,10 @@ IdempotencyKey = Annotated[
 ReleaseId = Annotated[uuid.UUID, Path(description="The release right's id.")]
 TransferId = Annotated[uuid.UUID, Path(description="The transfer's id.")]
 WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 422)
+# A write on a right that exists: If-Match honoured (api/preconditions.py), 412 when it no longer holds.
+RIGHT_WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 412, 422)
+# ... and its answer carries the right: with its ETag.
+RIGHT_WRITTEN = {**RIGHT_WRITE_ERRORS, 200: {"headers": ETAG_HEADER}}
 
 router = APIRouter(prefix="/api/v1", tags=["releases"], route_class=AdmitFirst)
 
@@ -68,7 +73,15 @@ def _execute(request: Request, actor: Actor, key: str | None, body: BaseModel | 
         idem = IdempotencyRequest(_idempotency_owner(actor), key, digest)
     status, content = run(unit_of_work(container), lambda uow: action(uow, now),
                           lambda result: render(result, now), idempotency=idem, now=now)
-    return JSONResponse(content, status_code=status)
+    return JSONResponse(content, status_code=status, headers=_etag_of(content))
+
+
+def _etag_of(content: Any) -> dict[str, str] | None:
+    """An answer that carries a right (``_with_receipt``, a replay of one included): its ETag, the version
+    the body shows (RFC 9110 §8.8.3), for a later write's If-Match."""
+    release = content.get("release") if isinstance(content, dict) else None
+    version = release.get("version") if isinstance(release, dict) else None
+    return {"ETag": etag(version)} if isinstance(version, int) else None
 
 
 def _idempotency_owner(actor: Actor) -> str:
@@ -109,7 +122,8 @@ def _issue_cmd(b: s.IssueRequest) -> issue.IssueCommand:
 
 
 @router.post("/releases", operation_id="issueRelease", status_code=201, response_model=s.ReleaseWithReceipt,
-             responses=WRITE_ERRORS, summary="Issue a release right to a first release party")
+             responses={**WRITE_ERRORS, 201: {"headers": ETAG_HEADER}},
+             summary="Issue a release right to a first release party")
 def issue_release(request: Request, body: s.IssueRequest, actor: Actor = Depends(WRITE),
                   idempotency_key: IdempotencyKey = None) -> JSONResponse:
     return _execute(request, actor, idempotency_key, body,
@@ -157,13 +171,17 @@ def list_releases(
 
 
 @router.get("/releases/{release_id}", operation_id="getRelease", response_model=s.ReleaseOut,
-            responses=problem_responses(401, 403, 404))
-def get_release(request: Request, release_id: ReleaseId, actor: Actor = Depends(READ)) -> dict[str, Any]:
+            responses={**problem_responses(401, 403, 404), 200: {"headers": ETAG_HEADER}})
+def get_release(request: Request, response: Response, release_id: ReleaseId,
+                actor: Actor = Depends(READ)) -> dict[str, Any]:
+    """The right as this caller may read it; its ``ETag`` is its version, for a write's ``If-Match``."""
     def fn(uow: UnitOfWork, now: datetime) -> dict[str, Any]:
         right, chain = queries.get(uow, actor, release_id)
         return s.release_out(right, now, chain)
 
-    return _read(request, fn)
+    shown = _read(request, fn)
+    response.headers["ETag"] = etag(shown["version"])
+    return shown
 
 
 @router.get("/releases/{release_id}/events", operation_id="listReleaseEvents", response_model=s.EventList,
@@ -173,44 +191,53 @@ def release_events(request: Request, release_id: ReleaseId, actor: Actor = Depen
     return {"items": [s.event_out(e) for e in events]}
 
 
+# The transfer routes' If-Match names a version of the transfer's right (its ETag); their answers carry
+# the transfer, not the right, so no ETag.
 @router.post("/releases/{release_id}/transfers", operation_id="transferRelease", status_code=201,
-             response_model=s.TransferWithReceipt, responses=WRITE_ERRORS)
+             response_model=s.TransferWithReceipt, responses=RIGHT_WRITE_ERRORS)
 def transfer_release(request: Request, release_id: ReleaseId, body: s.TransferRequest,
-                     actor: Actor = Depends(WRITE), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+                     actor: Actor = Depends(WRITE), if_match: Precondition = None,
+                     idempotency_key: IdempotencyKey = None) -> JSONResponse:
     return _execute(request, actor, idempotency_key, body,
-                    lambda uow, now: transfers.transfer(uow, actor, release_id, body.to_organisation_id, now),
+                    lambda uow, now: transfers.transfer(uow, actor, release_id, body.to_organisation_id, now,
+                                                        if_match=if_match),
                     lambda r, now: _transfer_receipt(r, now, 201))
 
 
 @router.post("/transfers/{transfer_id}/accept", operation_id="acceptTransfer",
-             response_model=s.TransferWithReceipt, responses=WRITE_ERRORS)
+             response_model=s.TransferWithReceipt, responses=RIGHT_WRITE_ERRORS)
 def accept_transfer(request: Request, transfer_id: TransferId, actor: Actor = Depends(WRITE),
-                    idempotency_key: IdempotencyKey = None) -> JSONResponse:
+                    if_match: Precondition = None, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     return _execute(request, actor, idempotency_key, None,
-                    lambda uow, now: transfers.accept(uow, actor, transfer_id, now), _transfer_receipt)
+                    lambda uow, now: transfers.accept(uow, actor, transfer_id, now, if_match=if_match),
+                    _transfer_receipt)
 
 
 @router.post("/transfers/{transfer_id}/decline", operation_id="declineTransfer",
-             response_model=s.TransferWithReceipt, responses=WRITE_ERRORS)
+             response_model=s.TransferWithReceipt, responses=RIGHT_WRITE_ERRORS)
 def decline_transfer(request: Request, transfer_id: TransferId, body: s.ReasonRequest | None = None,
-                     actor: Actor = Depends(WRITE), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+                     actor: Actor = Depends(WRITE), if_match: Precondition = None,
+                     idempotency_key: IdempotencyKey = None) -> JSONResponse:
     reason = body.reason if body else None
     return _execute(request, actor, idempotency_key, body,
-                    lambda uow, now: transfers.decline(uow, actor, transfer_id, reason, now), _transfer_receipt)
+                    lambda uow, now: transfers.decline(uow, actor, transfer_id, reason, now, if_match=if_match),
+                    _transfer_receipt)
 
 
 @router.post("/transfers/{transfer_id}/withdraw", operation_id="withdrawTransfer",
-             response_model=s.TransferWithReceipt, responses=WRITE_ERRORS)
+             response_model=s.TransferWithReceipt, responses=RIGHT_WRITE_ERRORS)
 def withdraw_transfer(request: Request, transfer_id: TransferId, actor: Actor = Depends(WRITE),
-                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
+                      if_match: Precondition = None, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     return _execute(request, actor, idempotency_key, None,
-                    lambda uow, now: transfers.withdraw(uow, actor, transfer_id, now), _transfer_receipt)
+                    lambda uow, now: transfers.withdraw(uow, actor, transfer_id, now, if_match=if_match),
+                    _transfer_receipt)
 
 
 @router.put("/releases/{release_id}/nomination", operation_id="nominateDriver",
-            response_model=s.ReleaseWithReceipt, responses=WRITE_ERRORS)
+            response_model=s.ReleaseWithReceipt, responses=RIGHT_WRITTEN)
 def nominate_driver(request: Request, release_id: ReleaseId, body: s.NominationRequest,
-                    actor: Actor = Depends(WRITE), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+                    actor: Actor = Depends(WRITE), if_match: Precondition = None,
+                    idempotency_key: IdempotencyKey = None) -> JSONResponse:
     cmd = nominate.NominateCommand(
         plate_text=body.plate.text, plate_country=body.plate.country, driver_person_id=body.driver_person_id,
         badge_scheme=body.badge.scheme if body.badge else None,
@@ -220,49 +247,56 @@ def nominate_driver(request: Request, release_id: ReleaseId, body: s.NominationR
         trailer_country=body.trailer_plate.country if body.trailer_plate else None,
         slot_start=body.slot.start if body.slot else None, slot_end=body.slot.end if body.slot else None)
     return _execute(request, actor, idempotency_key, body,
-                    lambda uow, now: nominate.nominate(uow, actor, release_id, cmd, now), _with_receipt(actor))
+                    lambda uow, now: nominate.nominate(uow, actor, release_id, cmd, now, if_match=if_match),
+                    _with_receipt(actor))
 
 
 @router.post("/releases/{release_id}/nomination:accept", operation_id="acceptNomination",
-             response_model=s.ReleaseWithReceipt, responses=WRITE_ERRORS,
+             response_model=s.ReleaseWithReceipt, responses=RIGHT_WRITTEN,
              summary="The nominated driver confirms the pickup")
 def accept_nomination(request: Request, release_id: ReleaseId, actor: Actor = Depends(RESPOND),
-                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
+                      if_match: Precondition = None, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     return _execute(request, actor, idempotency_key, None,
-                    lambda uow, now: respond.accept(uow, actor, release_id, now), _with_receipt(actor))
+                    lambda uow, now: respond.accept(uow, actor, release_id, now, if_match=if_match),
+                    _with_receipt(actor))
 
 
 @router.post("/releases/{release_id}/nomination:refuse", operation_id="refuseNomination",
-             response_model=s.ReleaseWithReceipt, responses=WRITE_ERRORS,
+             response_model=s.ReleaseWithReceipt, responses=RIGHT_WRITTEN,
              summary="The nominated driver refuses the pickup; the operator must nominate again")
 def refuse_nomination(request: Request, release_id: ReleaseId, body: s.RefusalRequest | None = None,
-                      actor: Actor = Depends(RESPOND), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+                      actor: Actor = Depends(RESPOND), if_match: Precondition = None,
+                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
     reason = RefusalReason(body.reason) if body and body.reason else None
     return _execute(request, actor, idempotency_key, body,
-                    lambda uow, now: respond.refuse(uow, actor, release_id, reason, now), _with_receipt(actor))
+                    lambda uow, now: respond.refuse(uow, actor, release_id, reason, now, if_match=if_match),
+                    _with_receipt(actor))
 
 
 @router.patch("/releases/{release_id}", operation_id="updateRelease", response_model=s.ReleaseWithReceipt,
-              responses=WRITE_ERRORS, summary="The line changes the validity window or the B/L")
+              responses=RIGHT_WRITTEN, summary="The line changes the validity window or the B/L")
 def update_release(request: Request, release_id: ReleaseId, body: s.UpdateRequest,
-                   actor: Actor = Depends(WRITE), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+                   actor: Actor = Depends(WRITE), if_match: Precondition = None,
+                   idempotency_key: IdempotencyKey = None) -> JSONResponse:
     return _execute(request, actor, idempotency_key, body,
                     lambda uow, now: lifecycle.update(uow, actor, release_id, now, valid_from=body.valid_from,
                                                       valid_until=body.valid_until,
-                                                      bill_of_lading=body.bill_of_lading),
+                                                      bill_of_lading=body.bill_of_lading, if_match=if_match),
                     _with_receipt(actor))
 
 
 def _line_action(name: str, fn: Callable[..., Any], summary: str) -> None:
     def endpoint(request: Request, release_id: ReleaseId, body: s.ReasonRequest | None = None,
-                 actor: Actor = Depends(WRITE), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+                 actor: Actor = Depends(WRITE), if_match: Precondition = None,
+                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
         reason = body.reason if body else None
         return _execute(request, actor, idempotency_key, body,
-                        lambda uow, now: fn(uow, actor, release_id, reason, now), _with_receipt(actor))
+                        lambda uow, now: fn(uow, actor, release_id, reason, now, if_match=if_match),
+                        _with_receipt(actor))
 
     router.add_api_route(f"/releases/{{release_id}}/{name}", endpoint, methods=["POST"],
                          operation_id=f"{name}Release", response_model=s.ReleaseWithReceipt,
-                         responses=WRITE_ERRORS, summary=summary, name=f"{name}_release")
+                         responses=RIGHT_WRITTEN, summary=summary, name=f"{name}_release")
 
 
 _line_action("block", lifecycle.block, "The line freezes the right")
@@ -272,13 +306,17 @@ _line_action("delete", lifecycle.delete, "The line withdraws a right issued in e
 
 
 @router.put("/releases/{release_id}/lights/{light}", operation_id="setLight",
-            response_model=s.ReleaseWithReceipt, responses=WRITE_ERRORS,
+            response_model=s.ReleaseWithReceipt, responses=RIGHT_WRITTEN,
             summary="Set the commercial (line), customs (customs) or terminal (terminal) light")
 def set_light(request: Request, release_id: ReleaseId, light: LightKind, body: s.LightRequest,
-              actor: Actor = Depends(WRITE), idempotency_key: IdempotencyKey = None) -> JSONResponse:
+              actor: Actor = Depends(WRITE), if_match: Precondition = None,
+              idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Lights are last-writer-wins unless conditioned: send the right's ETag in ``If-Match`` so that a late
+    retry of an earlier light (a release after a later scan hold) is refused 412 instead of lifting it. Only
+    a green is refused for a stale version: a red or scan hold goes through at any version."""
     return _execute(request, actor, idempotency_key, body,
                     lambda uow, now: lifecycle.set_light(uow, actor, release_id, light, LightStatus(body.status),
-                                                         body.reason, now),
+                                                         body.reason, now, if_match=if_match),
                     _with_receipt(actor))
 
 

@@ -120,7 +120,10 @@ class RefusalRequest(Strict):
 
 class LightRequest(Strict):
     status: Literal["green", "red", "scan"]
-    reason: Prose | None = Field(default=None, max_length=500)
+    reason: Prose | None = Field(default=None, max_length=500, description=(
+        "Why. Customs' hold (`red` or `scan`) is changed only by the customs organisation that set it (403 "
+        "`light_held_by_another` for any other), and its `green` after a `scan`, or after a `red` it set, "
+        "needs a reason (422 `reason_required`)."))
 
 
 class UpdateRequest(Strict):
@@ -201,7 +204,9 @@ class ReleaseOut(BaseModel):
         "`review` `container_contested` for it, as it does while another line holds a live right on the "
         "container at this terminal; the terminal settles it from its discharge records (an override)."))
     created_at: datetime
-    version: int
+    version: int = Field(description=(
+        "Moves with every change of the right. Sent as its `ETag` (`\"7\"`): a write with it in `If-Match` is "
+        "made only if the right is still at this version (412 `precondition_failed` otherwise)."))
 
 
 class ReceiptOut(BaseModel):

@@ -29,12 +29,19 @@ class SubscriptionIn(BaseModel):
     event_types: list[str] = Field(min_length=1, max_length=50, examples=[["release.*"]])
 
 
+class CreatorOut(BaseModel):
+    client_id: str = Field(description="The client it was made with.")
+    person_id: uuid.UUID | None = Field(description="The person who made it in a console; null for a machine "
+                                        "client. Closed when his acting role there ends or he is suspended.")
+
+
 class SubscriptionOut(BaseModel):
     id: uuid.UUID
     url: str
     event_types: list[str]
     active: bool
     created_at: datetime
+    created_by: CreatorOut | None = Field(description="Who made it; null for one made before this was kept.")
     secret: str | None = Field(default=None, description="Shown once, on create and on rotate (whsec_...).")
 
 
@@ -50,8 +57,11 @@ class DeliveryOut(BaseModel):
 
 
 def _sub(s: Subscription, secret: str | None = None) -> dict[str, Any]:
+    creator = None if s.created_by_client_id is None else {
+        "client_id": s.created_by_client_id,
+        "person_id": str(s.created_by_person_id) if s.created_by_person_id else None}
     return {"id": str(s.id), "url": s.url, "event_types": list(s.event_types), "active": s.active,
-            "created_at": s.created_at.isoformat(), "secret": secret}
+            "created_at": s.created_at.isoformat(), "created_by": creator, "secret": secret}
 
 
 def _delivery(d: Delivery) -> dict[str, Any]:

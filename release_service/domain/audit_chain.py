@@ -248,13 +248,65 @@ class Report:
 VerifySignature = Callable[[str, bytes, str], bool]
 """(key_id, message, signature base64url) -> whether the signature is good under that key."""
 
+# The audit key's hand-over (``quaygate audit rotate-key``) is an entry of the trail: its ``data`` names
+# the old key (``old_key_id``), the new one (``new_key_id``) and the last entry the old key vouched for
+# (``old_key_signs_through``). From there on the old key signs nothing: a checkpoint it signed past that
+# entry is refused, as is one signed past the bound an authority was given with the key (the exported
+# JWK's ``quaygate_signs_through``), so that a retired key that leaked cannot re-sign a cut trail.
+# Anyone who can insert a row can write such an entry, and the sealer chains what it finds (review 135,
+# finding 2: one naming the active key, bound 0, broke every verify for good). So an entry is honoured only
+# when the checkpoint that covers it (the first at or after it) is signed by its ``new_key_id``, which is
+# not its ``old_key_id``: the new key vouching for its own hand-over, which only the service makes. An old
+# key is bounded once: by the key set the verifier was given, else by its first honoured hand-over entry.
+# The key set also pins what the old key vouched for (``signs_through_hash``, the exported JWK's
+# ``quaygate_signs_through_hash``: the hash of that last entry, review 135 finding 3): the leaked key can
+# re-sign checkpoints up to its bound, so without it a trail rewritten up to there passed.
+KEY_ROTATED = "audit.key_rotated"
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """A hand-over entry's claims: the old key, the new one, the last entry the old key may vouch for."""
+
+    old_key_id: str
+    new_key_id: str
+    signs_through: int
+
+
+def hand_over(e: Entry) -> HandOver | None:
+    """What ``e`` says, when it is a well-formed hand-over entry (still to be honoured: ``_Walk``)."""
+    if e.kind != KEY_ROTATED or not isinstance(e.data, dict):
+        return None
+    old, new, through = e.data.get("old_key_id"), e.data.get("new_key_id"), e.data.get("old_key_signs_through")
+    if not isinstance(old, str) or not isinstance(new, str) or not isinstance(through, int) \
+            or isinstance(through, bool):
+        return None
+    return HandOver(old, new, through)
+
+
+def _retired_problem(cp: Checkpoint, signs_through: Mapping[str, int]) -> Problem | None:
+    through = signs_through.get(cp.key_id)
+    if through is None or cp.chain_seq <= through:
+        return None
+    return Problem(ProblemKind.BAD_SIGNATURE, cp.chain_seq, (
+        f"checkpoint #{cp.chain_seq} is signed by key {cp.key_id}, which was retired after entry {through}: "
+        "a retired key signs nothing (a leaked key re-signing the trail)"))
+
 
 class _Walk:
     """State of one pass over the chain; ``step`` returns the first problem it meets, if any."""
 
-    def __init__(self, checkpoints: Iterable[Checkpoint], verify_signature: VerifySignature) -> None:
+    def __init__(self, checkpoints: Iterable[Checkpoint], verify_signature: VerifySignature,
+                 signs_through: Mapping[str, int] | None = None,
+                 signs_through_hash: Mapping[str, str] | None = None) -> None:
         self.pending = sorted(checkpoints, key=lambda c: c.chain_seq, reverse=True)  # pop() = lowest
         self.verify_signature = verify_signature
+        self.signs_through: dict[str, int] = dict(signs_through or {})
+        # entry -> (its hash, the retired key that vouched for it last): the trail holds it as it was then.
+        self.anchors: dict[int, tuple[str, str]] = {
+            self.signs_through[kid]: (h, kid) for kid, h in (signs_through_hash or {}).items()
+            if kid in self.signs_through and self.signs_through[kid] > 0}
+        self.hand_overs: list[HandOver] = []  # read since the last checkpoint, waiting for the one covering them
         self.expected = 1
         self.prev = GENESIS
         self.checked_checkpoints = 0
@@ -275,6 +327,15 @@ class _Walk:
         if e.hash != link_hash(e.prev_hash, seq, e):
             return Problem(ProblemKind.EDITED, seq, (
                 f"entry {seq} (row {e.id}) was altered: its content no longer matches its hash"), e.id)
+        anchor = self.anchors.get(seq)
+        if anchor is not None and e.hash != anchor[0]:
+            return Problem(ProblemKind.CHECKPOINT_MISMATCH, seq, (
+                f"entry {seq} (row {e.id}) is not the entry key {anchor[1]} last vouched for before it was retired "
+                "(its hash differs from the key set's quaygate_signs_through_hash): the trail up to here was "
+                "rewritten and signed again with the retired key"), e.id)
+        handed = hand_over(e)
+        if handed is not None:  # honoured, or not, by the checkpoint that covers it (``_honour``)
+            self.hand_overs.append(handed)
         while self.pending and self.pending[-1].chain_seq <= seq:
             problem = self._checkpoint(self.pending.pop(), e)
             if problem is not None:
@@ -285,6 +346,9 @@ class _Walk:
 
     def _checkpoint(self, cp: Checkpoint, e: Entry) -> Problem | None:
         seq = cp.chain_seq
+        retired = _retired_problem(cp, self.signs_through)
+        if retired is not None:
+            return retired
         if not self.verify_signature(cp.key_id, signed_message(cp), cp.signature):
             return Problem(ProblemKind.BAD_SIGNATURE, seq, (
                 f"checkpoint #{seq} has a signature that does not verify under key {cp.key_id} "
@@ -303,13 +367,32 @@ class _Walk:
                     "(a checkpoint was deleted or replaced)"))
         self.checked_checkpoints += 1
         self.last_checkpoint = cp
+        self._honour(cp)
         return None
+
+    def _honour(self, cp: Checkpoint) -> None:
+        """The hand-over entries ``cp`` covers, checked: each binds its old key (the comment at KEY_ROTATED)
+        when ``cp`` is signed by its new key, another key than the old one, and no bound holds the old key
+        yet: the key set's, or an earlier hand-over's (the first one counts, not the lowest)."""
+        for h in self.hand_overs:
+            if h.new_key_id == cp.key_id and h.old_key_id != h.new_key_id and h.old_key_id not in self.signs_through:
+                self.signs_through[h.old_key_id] = h.signs_through
+        self.hand_overs.clear()
 
     def finish(self) -> Problem | None:
         last = self.expected - 1
+        beyond = [seq for seq in self.anchors if seq > last]
+        if beyond and not self.pending:
+            seq = min(beyond)
+            return Problem(ProblemKind.MISSING, last + 1, (
+                f"the trail ends at entry {last}, but key {self.anchors[seq][1]} vouched for entries up to {seq} "
+                "before it was retired (the end of the trail was deleted)"))
         if self.pending:
             # Checkpoints beyond the end vouch for entries that are gone: the tail was cut off.
             cp = self.pending[0]
+            retired = _retired_problem(cp, self.signs_through)
+            if retired is not None:
+                return retired
             if self.verify_signature(cp.key_id, signed_message(cp), cp.signature):
                 return Problem(ProblemKind.MISSING, self.expected, (
                     f"entries {self.expected} to {cp.chain_seq} are missing: signed checkpoint "
@@ -326,7 +409,8 @@ class _Walk:
 
 
 def check_witness(witnessed: Iterable[Checkpoint], stored: Mapping[int, Checkpoint], entries: int,
-                  verify_signature: VerifySignature) -> tuple[Problem | None, int]:
+                  verify_signature: VerifySignature,
+                  signs_through: Mapping[str, int] | None = None) -> tuple[Problem | None, int]:
     """Every witnessed checkpoint must be in the trail as it was signed, so the trail (``entries``
     sealed entries, verified) reaches the last of them: the witness is what a database cut back to an
     earlier checkpoint, or cut back and sealed again, cannot agree with. Returns the first problem and
@@ -338,6 +422,9 @@ def check_witness(witnessed: Iterable[Checkpoint], stored: Mapping[int, Checkpoi
             found, agreed = found + 1, w.chain_seq
             continue
         seq = w.chain_seq
+        retired = _retired_problem(w, signs_through or {})
+        if retired is not None:
+            return retired, found
         if not verify_signature(w.key_id, signed_message(w), w.signature):
             return Problem(ProblemKind.BAD_WITNESS, seq, (
                 f"the witness's checkpoint #{seq} has a signature that does not verify under key {w.key_id} "
@@ -356,11 +443,17 @@ def check_witness(witnessed: Iterable[Checkpoint], stored: Mapping[int, Checkpoi
 
 
 def verify_chain(rows: Iterable[Entry], checkpoints: Iterable[Checkpoint], verify_signature: VerifySignature,
-                 *, witnessed: Iterable[Checkpoint] = (), sealing: SealingBound | None = None) -> Report:
+                 *, witnessed: Iterable[Checkpoint] = (), sealing: SealingBound | None = None,
+                 signs_through: Mapping[str, int] | None = None,
+                 signs_through_hash: Mapping[str, str] | None = None) -> Report:
     """Walk ``rows`` in ``chain_seq`` order (unsealed rows anywhere) and report the first problem, then
-    hold the trail against the ``witnessed`` checkpoints, and its unsealed rows against ``sealing``."""
+    hold the trail against the ``witnessed`` checkpoints, and its unsealed rows against ``sealing``.
+    ``signs_through``: retired keys and the last entry each may vouch for (as exported with the keys);
+    the trail's own hand-over entries (``KEY_ROTATED``) add theirs as the walk reaches them.
+    ``signs_through_hash``: for retired keys, the hash that last entry had (exported with the keys too):
+    the trail must still hold it so."""
     checkpoints = list(checkpoints)
-    walk = _Walk(checkpoints, verify_signature)
+    walk = _Walk(checkpoints, verify_signature, signs_through, signs_through_hash)
     unsealed = 0
     held: list[Held] = []
     held_count = 0
@@ -384,6 +477,6 @@ def verify_chain(rows: Iterable[Entry], checkpoints: Iterable[Checkpoint], verif
     witnessed = list(witnessed)
     if problem is None and witnessed:
         problem, found = check_witness(witnessed, {c.chain_seq: c for c in checkpoints}, entries,
-                                       verify_signature)
+                                       verify_signature, walk.signs_through)
     return Report(entries, walk.checked_checkpoints, unsealed, walk.last_checkpoint, problem, tuple(held),
                   held_count, found)

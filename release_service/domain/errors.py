@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     NOT_RECIPIENT = "not_recipient"
     NOT_SENDER = "not_sender"
     NOT_LIGHT_OWNER = "not_light_owner"
+    LIGHT_HELD_BY_ANOTHER = "light_held_by_another"  # customs' hold, set by another customs organisation
     NOT_TERMINAL = "not_terminal"
     FORBIDDEN = "forbidden"
     # state
@@ -48,6 +49,9 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     REQUEST_ID_REUSED = "request_id_reused"  # gate verify: one request_id, one request
     REASON_REQUIRED = "reason_required"
+    # HTTP preconditions (RFC 9110 §13.1.1): a write conditioned on a version of the right (If-Match)
+    INVALID_IF_MATCH = "invalid_if_match"
+    PRECONDITION_FAILED = "precondition_failed"
 
 
 class DomainError(Exception):

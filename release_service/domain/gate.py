@@ -64,6 +64,7 @@ class Reason(StrEnum):
     RIGHT_EXPIRED = "right_expired"
     RIGHT_NOT_YET_VALID = "right_not_yet_valid"
     RIGHT_BLOCKED = "right_blocked"
+    HOLDER_INACTIVE = "holder_inactive"  # beyond SPEC.md's list ("at least"): port security deactivated the holder
     ALREADY_USED = "already_used"
     CONTAINER_CONTESTED = "container_contested"  # beyond SPEC.md's list ("at least"): two lines' rights
     COMMERCIAL_HOLD = "commercial_hold"
@@ -115,6 +116,7 @@ SEVERITY: Mapping[Reason, Severity] = MappingProxyType({
     Reason.RIGHT_EXPIRED: Severity.REFUSAL,
     Reason.RIGHT_NOT_YET_VALID: Severity.REFUSAL,
     Reason.RIGHT_BLOCKED: Severity.REFUSAL,
+    Reason.HOLDER_INACTIVE: Severity.REFUSAL,
     Reason.ALREADY_USED: Severity.REFUSAL,
     Reason.CONTAINER_CONTESTED: Severity.DOUBT,
     Reason.COMMERCIAL_HOLD: Severity.REFUSAL,
@@ -146,9 +148,10 @@ SEVERITY: Mapping[Reason, Severity] = MappingProxyType({
 # own hold, a screening service that did not answer, the driver who said he would not come. Never
 # what another party decided or what the right itself says: the line's block, revocation or
 # commercial hold, customs' hold, the validity window, a right used or nominated to nobody, another
-# terminal's right, the badge office's, port security's (a suspension) or the port-ban register's word
-# on a person, or a driver who is not the one nominated (the transport operator re-nominates; a
-# terminal cannot hand the container to someone else). A container two lines' rights claim is a doubt
+# terminal's right, port security's word on the company holding the right (its deactivation), the badge
+# office's, port security's (a suspension) or the port-ban register's word on a person, or a driver who
+# is not the one nominated (the transport operator re-nominates; a terminal cannot hand the container to
+# someone else). A container two lines' rights claim is a doubt
 # the terminal settles from its own discharge records (which line's vessel call brought it in).
 OVERRIDABLE: frozenset[Reason] = frozenset({
     Reason.CONTAINER_UNREADABLE,
@@ -195,6 +198,11 @@ def require_overridable_decision(reasons: Sequence[str], decided_at: datetime | 
 # ---- the terminal's policy -----------------------------------------------------------------------
 
 ScreeningFallback = Literal["deny", "review"]
+# Whether a terminal's local face matcher is trusted (review 131, finding 1): SPEC.md lets ``face`` be "a
+# match result from a trusted local matcher", and only port security can establish that trust, per
+# terminal, in its policy. "refuse" (the default): a claimed match is no evidence, a claimed mismatch
+# still counts; "accept": a match result is judged against ``face_min_score``.
+FaceMatchResults = Literal["refuse", "accept"]
 MAX_PLATE_LOOKALIKES = 3  # beyond this a "look-alike" plate is another plate
 
 # Face distance tolerance (issue 6), mirrored from identity.domain.face (this domain must not import
@@ -221,7 +229,10 @@ class TerminalPolicy:
     """What one terminal asks at its gates (SPEC.md: "Each terminal has a policy").
 
     ``face_min_score`` applies to a match result from a trusted local matcher; ``face_tolerance`` (a
-    Euclidean distance, 0.3 to 0.6) to a face image the service matches itself. ``screening_unavailable``
+    Euclidean distance, 0.3 to 0.6) to a face image the service matches itself. ``face_match_results``
+    says whether this terminal's local matcher is trusted: ``refuse`` (the default, until port security
+    says otherwise) counts a claimed match for nothing (a gate client could claim one for anyone), a
+    claimed mismatch still as ``face_mismatch``; ``accept`` counts both. ``screening_unavailable``
     says what an unanswered port-ban screening gives: ``review`` (a person checks) or ``deny`` (fail
     closed). It is never ``allow``: an outage must not open the gate (SPEC.md, degraded mode).
     """
@@ -233,6 +244,7 @@ class TerminalPolicy:
     plate_min_confidence: float = 0.8
     plate_max_lookalikes: int = 1
     screening_unavailable: ScreeningFallback = "review"
+    face_match_results: FaceMatchResults = "refuse"
 
     def __post_init__(self) -> None:
         if not isinstance(self.face_required, bool):
@@ -248,6 +260,8 @@ class TerminalPolicy:
             raise ValueError(f"plate_max_lookalikes must be a whole number from 0 to {MAX_PLATE_LOOKALIKES}")
         if self.screening_unavailable not in ("deny", "review"):
             raise ValueError("screening_unavailable must be deny or review")
+        if self.face_match_results not in ("refuse", "accept"):
+            raise ValueError("face_match_results must be refuse or accept")
 
 
 # ---- what the gate saw ---------------------------------------------------------------------------
@@ -337,6 +351,51 @@ class FaceEvidence:
         """An image actually compared with an enrolled face (a distance was measured)."""
         return self.kind == "image" and self.distance is not None and self.person_id is not None
 
+
+@dataclass(frozen=True, slots=True)
+class FaceRecord:
+    """The face evidence a decision weighed, as its gate_decisions row keeps it (review 131): never an
+    image, nor whose face it was.
+
+    ``kind``: ``none`` (no face sent), ``image`` (a capture the service matched itself: ``distance``
+    and the ``tolerance`` applied, the stricter of the matcher's and the terminal's; or ``unavailable``
+    saying why none was measured) or ``match_result`` (a local matcher's claim: its ``score`` and
+    ``matched``, the ``min_score`` it was held to, and ``trusted``, whether the terminal's policy
+    accepted match results). An allow on a claimed match thus reads apart from one on the service's.
+    """
+
+    kind: Literal["none", "image", "match_result"]
+    matched: bool | None = None
+    score: float | None = None
+    min_score: float | None = None
+    trusted: bool | None = None
+    distance: float | None = None
+    tolerance: float | None = None
+    unavailable: str | None = None
+
+    @classmethod
+    def of(cls, face: FaceEvidence | None, policy: TerminalPolicy) -> FaceRecord:
+        if face is None:
+            return cls("none")
+        if face.kind == "match_result":
+            return cls("match_result", matched=face.matched, score=face.score, min_score=policy.face_min_score,
+                       trusted=policy.face_match_results == "accept")
+        tolerance = None if face.distance is None else min(
+            policy.face_tolerance, face.tolerance if face.tolerance is not None else FACE_MAX_TOLERANCE)
+        return cls("image", matched=face.matched if face.distance is not None else None, distance=face.distance,
+                   tolerance=tolerance, unavailable=face.unavailable)
+
+    def as_json(self) -> dict[str, object]:
+        """The row's ``face`` column: the fields that apply to its kind."""
+        if self.kind == "none":
+            return {"kind": "none"}
+        if self.kind == "match_result":
+            return {"kind": self.kind, "matched": self.matched, "score": self.score, "min_score": self.min_score,
+                    "trusted": self.trusted}
+        return {"kind": self.kind, "matched": self.matched, "distance": self.distance, "tolerance": self.tolerance,
+                "unavailable": self.unavailable}
+
+
 @dataclass(frozen=True, slots=True)
 class GateRequest:
     request_id: str
@@ -422,6 +481,10 @@ class RightFacts:
     # or, in a gate pass, another line holds a live right on this container at this terminal
     # (``contested``), which the adapter cannot see.
     contested: bool = False
+    # Whether the company holding the right is active (port security has not deactivated it: review 130),
+    # read with the right, from PostgreSQL and in the cached copies; a gate pass is issued only for a right
+    # whose holder is active.
+    holder_active: bool = True
 
     @classmethod
     def from_right(cls, right: ReleaseRight) -> RightFacts:
@@ -444,6 +507,7 @@ class RightFacts:
             nomination=nomination,
             issuer=right.issuer_organisation_id,
             contested=right.contested_at is not None,
+            holder_active=right.holder_active,
         )
 
     def effective_state(self, now: datetime) -> str:
@@ -525,6 +589,7 @@ class Decision:
     screening: ScreeningResult
     repairs: tuple[Repair, ...] = ()
     nomination: NominationFacts | None = None  # the judged right's, as read: what an override goes in under
+    face: FaceRecord | None = None  # the face evidence weighed (``decide`` always sets it)
 
     @property
     def allowed(self) -> bool:
@@ -714,6 +779,13 @@ def right_blocked(ctx: GateContext) -> bool:
     return ctx.right is not None and ctx.live and ctx.right.blocked
 
 
+def holder_inactive(ctx: GateContext) -> bool:
+    """Port security deactivated the company holding the right (a company struck off, a suspected
+    fraud): what it set in motion stops, its nominated truck included, in both directions (a container
+    inside is not to leave on its word either), until it is reactivated. Not the desk's to set aside."""
+    return ctx.right is not None and ctx.live and not ctx.right.holder_active
+
+
 def already_used(ctx: GateContext) -> bool:
     """Gate-in uses the right once (SPEC.md); gate-out once after it."""
     if ctx.request.direction is Direction.IN:
@@ -889,9 +961,16 @@ def _image_is_of_driver(ctx: GateContext) -> bool:
     return face is not None and face.compared and face.person_id == _driver_of(ctx)
 
 
+def _match_result_says_no(face: FaceEvidence, policy: TerminalPolicy) -> bool:
+    """A local matcher's result that says no or scores under ``face_min_score``. It counts whether that
+    matcher is trusted or not: a negative claim can only make a decision stricter."""
+    return not face.matched or face.score is None or face.score < policy.face_min_score
+
+
 def face_required(ctx: GateContext) -> bool:
-    """No usable face where one is needed: the terminal requires one and none was sent; or an image
-    was sent but not compared with this decision's driver (nobody known to match, no enrolment, the
+    """No usable face where one is needed: the terminal requires one and none was sent, or only a
+    claimed match from a local matcher the terminal's policy does not trust; or an image was sent but
+    not compared with this decision's driver (nobody known to match, no enrolment, the
     matcher busy or down, or matched against a driver since re-nominated). A doubt: an officer looks;
     a face that could not be matched never becomes an allow."""
     face = ctx.request.face
@@ -899,7 +978,11 @@ def face_required(ctx: GateContext) -> bool:
         return ctx.policy.face_required
     if face.kind == "image":
         return face.unavailable not in FACE_ATTACKS and not _image_is_of_driver(ctx)
-    return False
+    # A match result from a terminal whose local matcher port security has not trusted (policy
+    # ``face_match_results`` refuse; review 131): a claimed match is no evidence, as if no face was sent.
+    # A claimed no is ``face_mismatch`` whatever the trust, and needs no second reason here.
+    return (ctx.policy.face_required and ctx.policy.face_match_results != "accept"
+            and not _match_result_says_no(face, ctx.policy))
 
 
 def face_mismatch(ctx: GateContext) -> bool:
@@ -911,7 +994,7 @@ def face_mismatch(ctx: GateContext) -> bool:
     if face is None:
         return False
     if face.kind == "match_result":
-        return not face.matched or face.score is None or face.score < ctx.policy.face_min_score
+        return _match_result_says_no(face, ctx.policy)
     if face.unavailable in FACE_ATTACKS:
         return True
     if not _image_is_of_driver(ctx) or face.distance is None:
@@ -952,6 +1035,7 @@ RULES: tuple[tuple[Reason, Guard], ...] = (
     (Reason.RIGHT_EXPIRED, right_expired),
     (Reason.RIGHT_NOT_YET_VALID, right_not_yet_valid),
     (Reason.RIGHT_BLOCKED, right_blocked),
+    (Reason.HOLDER_INACTIVE, holder_inactive),
     (Reason.ALREADY_USED, already_used),
     (Reason.CONTAINER_CONTESTED, container_contested),
     (Reason.COMMERCIAL_HOLD, commercial_hold),
@@ -1039,4 +1123,5 @@ def decide(
         screening=screening.result,
         repairs=_repairs(ctx),
         nomination=ctx.right.nomination if ctx.right is not None else None,
+        face=FaceRecord.of(request.face, policy),
     )

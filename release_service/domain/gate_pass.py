@@ -59,6 +59,7 @@ PASS_STATES = frozenset({State.NOMINATED.value, State.GATED_IN.value})  # what a
 # The longest a pass lives (quaygate.settings gate_pass_ttl's upper bound): a pass claiming more is not one
 # we made, whoever signed it (review 124: a leaked key rotated out must not forge month-long passes).
 MAX_PASS_LIFETIME = timedelta(hours=1)
+_SECOND = timedelta(seconds=1)  # a JWT's iat is whole seconds (RFC 7519 §2 NumericDate, as we sign it)
 
 
 class PassRefused(ValueError):
@@ -151,6 +152,9 @@ class GatePass:
                 "plate_min_confidence": self.policy.plate_min_confidence,
                 "plate_max_lookalikes": self.policy.plate_max_lookalikes,
                 "screening_unavailable": self.policy.screening_unavailable,
+                # Whether the adapter may take its local matcher's word offline, as the service would
+                # (review 131). A pass without it (from before) gives the default: refuse.
+                "face_match_results": self.policy.face_match_results,
             },
         }
 
@@ -400,8 +404,34 @@ def judge_use(*, direction: g.Direction, state: str, used_by: UsedBy | None) -> 
     return Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS
 
 
+LIGHTS_CHANGED = "lights_changed"  # a light made red or scan after the pass, whatever it is now
+BLOCKED_MEANWHILE = "blocked_meanwhile"  # the line blocked (or unblocked) the right after the pass
+_LIGHT_EVENT = "release.light."
+_BLOCK_EVENTS = frozenset({"release.blocked", "release.unblocked"})
+
+
+def held_since_pass(p: GatePass, events: Iterable[tuple[str, Mapping[str, Any], datetime]]) -> tuple[str, ...]:
+    """The holds the right's history (``events``: type, data, time) shows after the pass was issued: a light
+    made red or scan (``lights_changed``), a block or unblock (``blocked_meanwhile``). Review of the lights,
+    finding 2: the reconcile judges lights and block as they are when it runs, so a hold set after the
+    pass and lifted before the reconcile left no trace. Up to now, not to the decision's time: when the
+    truck passed is the adapter's word (its clock may be wound back, review 126); a flag only tells port
+    security. The pass's ``iat`` is whole seconds: an event in the second it was issued counts (a flag too
+    many, never one too few)."""
+    held: list[str] = []
+    for kind, data, at in events:
+        if at < p.issued_at:
+            continue
+        if kind.startswith(_LIGHT_EVENT) and data.get("status") != "green" and LIGHTS_CHANGED not in held:
+            held.append(LIGHTS_CHANGED)
+        elif kind in _BLOCK_EVENTS and BLOCKED_MEANWHILE not in held:
+            held.append(BLOCKED_MEANWHILE)
+    return tuple(held)
+
+
 def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts | None, driver: Screening | None,
-                       at: datetime, contested: bool = False) -> tuple[str, ...]:
+                       at: datetime, contested: bool = False, holder_inactive: bool = False,
+                       held: Sequence[str] = ()) -> tuple[str, ...]:
     """What the pass said of the person and the truck that the service no longer says, for the
     reconcile of an allow it supported: another nomination (driver or plate) than the pass's; the badge
     the lane read (``badge``, as the badge office knows it now; None when none was read) refused at
@@ -410,8 +440,11 @@ def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts 
     pass did not say was contested, contested as the service knows it now (``contested``, for a gate-in:
     another line's right on it, issued before the truck passed and live here, or a mark on this line's
     rights: the truck is in on one line's word while another line claims the container, which port
-    security settles from the discharge records).
-    The right's own state, block and lights are the move's to judge."""
+    security settles from the discharge records); the company holding the right deactivated by port
+    security (``holder_inactive``, as known now: online the gate refuses such a right, and no desk sets
+    that aside; the pass, issued before, could not know); the holds set since the pass (``held``,
+    ``held_since_pass``), even if lifted since.
+    The right's own state, block and lights as they are now are the move's to judge."""
     then, now_n = p.right.nomination, right.nomination
     changed: list[str] = []
     if then is None or now_n is None or (then.driver_person_id, then.plate_text, then.plate_country) != (
@@ -423,6 +456,9 @@ def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts 
         changed.extend(r for r in (driver.reasons or (driver.result,)) if r not in changed)
     if contested and not p.right.contested:
         changed.append(g.Reason.CONTAINER_CONTESTED.value)
+    if holder_inactive:
+        changed.append(g.Reason.HOLDER_INACTIVE.value)
+    changed.extend(h for h in held if h not in changed)
     return tuple(changed)
 
 
@@ -471,14 +507,20 @@ def pass_refuses(p: GatePass, request: g.GateRequest, *, decided_at: datetime, s
     return tuple(r.value for r in d.reasons) or (d.decision.value,)
 
 
-def signed_while_active(claims: dict[str, Any], retired_at: datetime) -> bool:
+def signed_while_active(claims: dict[str, Any], retired_at: datetime, *, reload: timedelta) -> bool:
     """The pass says it was issued while its key was still active (a whole-second ``iat``) and ends within
     a pass's lifetime of the key's retirement: so a key rotated out because it leaked forges passes for at
     most an hour after the rotation (review 124), not for ever with an old ``iat``. The right's own age
-    is judged at the reconcile (``gate_passes``: a pass older than its right is not ours)."""
+    is judged at the reconcile (``gate_passes``: a pass older than its right is not ours).
+
+    ``reload``: how long a replica may go on signing with a key set it loaded before the rotation (the
+    key store's reload period, identity/keys.py). A pass it signed then is ours: refused, its gate-in was
+    flagged and the right stayed usable by a second truck (review 132). Hence ``iat`` up to ``reload``
+    and a second (``iat`` is whole seconds) after the retirement, and ``exp`` a pass's lifetime after that."""
     iat, exp = claims.get("iat"), claims.get("exp")
+    last = retired_at + reload
     return (all(isinstance(v, int) and not isinstance(v, bool) for v in (iat, exp))
-            and iat <= retired_at.timestamp() and exp <= (retired_at + MAX_PASS_LIFETIME).timestamp())
+            and iat <= (last + _SECOND).timestamp() and exp <= (last + MAX_PASS_LIFETIME).timestamp())
 
 
 def pass_covers(p: GatePass | None, *, terminal: str, release_id: uuid.UUID | None, decided_at: datetime,

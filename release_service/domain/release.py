@@ -32,9 +32,21 @@ must still get through. ACCEPTED may still turn into REFUSED (the truck breaks d
 REFUSED is final for that nomination, because the operator may already be planning another driver.
 
 ``blocked`` is the line's flag on a live right: it freezes transfers, acceptance, nomination and gate
-use until unblocked; revoke, delete, lights and unblock stay open. The three lights are independent;
-a right is pickable only when all three are green. Only the line touches the commercial light,
-customs the customs light, the right's own terminal the terminal light.
+use until unblocked; revoke, delete, lights and unblock stay open.
+
+Port security's deactivation of an organisation (identity.organisations, review 130) reaches the rights
+it set in motion: ``organisation_deactivated`` cancels a transfer it sent or was sent that is still
+pending (``release.transfer.cancelled``, reason ``organisation_deactivated``) and, on a live right it
+holds, tells the line (``release.holder_deactivated``), which may revoke the right or issue it anew; the
+gate refuses such a right meanwhile (``holder_active``, read with the right: gate reason
+``holder_inactive``). ``organisation_reactivated`` tells the line again (``release.holder_reactivated``);
+a cancelled transfer stays cancelled. A transfer is accepted only while its sender is active.
+
+The three lights are independent; a right is pickable only when all three are green. Only the line
+touches the commercial light, customs the customs light, the right's own terminal the terminal light.
+Customs is a kind of organisation, not one: its light keeps the organisation that set it, and a hold (red
+or scan) is changed only by that organisation, its green after a scan or after its own red with a reason
+(review of the lights, finding 1). Customs is bound to no port or office yet.
 
 The model is mutable inside one unit of work; each method appends to ``pending_events``, which the
 service hands to the store with the new state in the same transaction.
@@ -99,6 +111,9 @@ class Light:
     status: LightStatus
     reason: str | None = None
     set_at: datetime | None = None
+    # The organisation that set it: customs' light only (migration 0028), whose owner is a kind, not one
+    # organisation. None: nobody's (the red a right is issued with) or set before 0028.
+    set_by: uuid.UUID | None = None
 
     @property
     def green(self) -> bool:
@@ -131,6 +146,8 @@ class RefusalReason(StrEnum):
 
 # The gate reason a refused nomination yields (SPEC.md gate reason codes; used by the verify of issue 5).
 NOMINATION_REFUSED = "nomination_refused"
+# Why a transfer was cancelled when port security deactivated one of its ends (``organisation_deactivated``).
+ORGANISATION_DEACTIVATED = "organisation_deactivated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +249,9 @@ class ReleaseRight:
     # When another line was refused this right's container and vessel call (release_service/services/
     # issue.py): the gate then answers review. Read only; no method of the aggregate sets or saves it.
     contested_at: datetime | None = None
+    # Whether the holder organisation is active (port security has not deactivated it), as read with the
+    # right: the gate refuses a right whose holder is not (domain/gate.py ``holder_inactive``). Read only.
+    holder_active: bool = True
     version: int = 0
     pending_events: list[Event] = field(default_factory=list)
     changed_transfers: list[Transfer] = field(default_factory=list)
@@ -410,10 +430,7 @@ class ReleaseRight:
         to_kind: OrgKind,
         now: datetime,
     ) -> Transfer:
-        self._require_holder(by)
-        self._require_state(PRE_GATE_STATES, "transfer", now)
-        self._require_not_blocked()
-        self._require_valid_now(now)
+        self.require_sender(by, now)
         if self.pending_transfer is not None:
             raise DomainError(ErrorCode.TRANSFER_PENDING, "A transfer of this right is already pending.")
         if to_organisation_id == self.holder_organisation_id:
@@ -442,13 +459,28 @@ class ReleaseRight:
         )
         return transfer
 
-    def accept_transfer(self, *, transfer_id: uuid.UUID, by: Actor, now: datetime) -> Transfer:
+    def require_sender(self, by: Actor, now: datetime) -> None:
+        """Who may send this right onward now: its holder, before the gate, not blocked, in its window.
+        Checked before the recipient named is even looked up (services/transfers.py), so that nobody else
+        learns whether an organisation exists or is active (review 130, finding 4)."""
+        self._require_holder(by)
+        self._require_state(PRE_GATE_STATES, "transfer", now)
+        self._require_not_blocked()
+        self._require_valid_now(now)
+
+    def accept_transfer(self, *, transfer_id: uuid.UUID, by: Actor, now: datetime,
+                        sender_active: bool) -> Transfer:
+        """``sender_active``: whether the transfer's sender is active now. A company port security has
+        deactivated sets nothing more in motion: a transfer it sent is not accepted (review 130)."""
         transfer = self._require_pending(transfer_id)
         if by.organisation_id != transfer.to_organisation_id:
             raise DomainError(ErrorCode.NOT_RECIPIENT, "Only the recipient accepts a transfer.")
         self._require_state(PRE_GATE_STATES, "accept", now)
         self._require_not_blocked()
         self._require_valid_now(now)
+        if not sender_active:
+            raise DomainError(ErrorCode.ORGANISATION_INACTIVE, "The sender of this transfer is deactivated: the "
+                              "transfer can only be declined.")
         previous = self.holder_organisation_id
         self.holder_organisation_id = transfer.to_organisation_id
         # The new holder picks its own driver: a nomination by the previous holder does not travel.
@@ -483,6 +515,34 @@ class ReleaseRight:
                    {"transfer_id": str(transfer.id), "from": str(transfer.from_organisation_id),
                     "to": str(transfer.to_organisation_id)})
         return transfer
+
+    def organisation_deactivated(self, *, organisation_id: uuid.UUID, by: dict[str, str | None],
+                                 now: datetime) -> bool:
+        """Port security deactivated ``organisation_id`` (module docstring): a transfer of this right it
+        sent or was sent, still pending, is cancelled (it could never be accepted now), and, when it holds
+        this live right, the line hears (``release.holder_deactivated``). False: nothing here concerns it."""
+        changed = False
+        transfer = self.pending_transfer
+        if transfer is not None and organisation_id in (transfer.from_organisation_id, transfer.to_organisation_id):
+            self._close_transfer(transfer, TransferState.CANCELLED, now)
+            self._emit("release.transfer.cancelled", by, now,
+                       {"transfer_id": str(transfer.id), "from": str(transfer.from_organisation_id),
+                        "to": str(transfer.to_organisation_id), "reason": ORGANISATION_DEACTIVATED})
+            changed = True
+        return self._holder_status(organisation_id, "release.holder_deactivated", by, now) or changed
+
+    def organisation_reactivated(self, *, organisation_id: uuid.UUID, by: dict[str, str | None],
+                                 now: datetime) -> bool:
+        """Port security reactivated ``organisation_id``: when it holds this live right, the line hears
+        (``release.holder_reactivated``), and the gate lets the right through again."""
+        return self._holder_status(organisation_id, "release.holder_reactivated", by, now)
+
+    def _holder_status(self, organisation_id: uuid.UUID, type_: str, by: dict[str, str | None],
+                       now: datetime) -> bool:
+        if self.holder_organisation_id != organisation_id or self.effective_state(now) not in LIVE_STATES:
+            return False
+        self._emit(type_, by, now, {"holder": str(organisation_id)})
+        return True
 
     def nominate(
         self,
@@ -578,14 +638,31 @@ class ReleaseRight:
         if status is LightStatus.SCAN and kind is not LightKind.CUSTOMS:
             raise DomainError(ErrorCode.INVALID_LIGHT, "Only customs selects a container for scan.")
         self._require_state(LIVE_STATES, "set a light on", now)
+        if kind is LightKind.CUSTOMS:
+            self._require_customs_hold_lifter(status, reason, by)
         new = Light(status, reason, now)
         if kind is LightKind.COMMERCIAL:
             self.commercial = new
         elif kind is LightKind.CUSTOMS:
-            self.customs = new
+            self.customs = replace(new, set_by=by.organisation_id)
         else:
             self.terminal_light = new
         self._emit(f"release.light.{kind.value}", by, now, {"status": status.value, "reason": reason})
+
+    def _require_customs_hold_lifter(self, status: LightStatus, reason: str | None, by: Actor) -> None:
+        """Any customs organisation may set customs' light, but a hold (red or scan) is changed only by the
+        one that set it: else one customs office lifts another's scan selection. Its green after a scan, or
+        after a red it set, says why. The red a right is issued with is nobody's hold, and a hold stored
+        before its setter was kept (migration 0028) is anyone of customs' to change, as it was."""
+        held = self.customs
+        if held.green:
+            return
+        if held.set_by is not None and held.set_by != by.organisation_id:
+            raise DomainError(ErrorCode.LIGHT_HELD_BY_ANOTHER, "Another customs organisation set this hold: only "
+                              "it changes or lifts it.")
+        lifted_hold = held.status is LightStatus.SCAN or held.set_by is not None
+        if status is LightStatus.GREEN and lifted_hold and not (reason and reason.strip()):
+            raise DomainError(ErrorCode.REASON_REQUIRED, "Lifting a customs hold to green needs a reason.")
 
     def gate_in(self, *, by: Actor, now: datetime, decision_id: uuid.UUID) -> None:
         """Gate-in uses the right once. The store persists it with a conditional update (STYLE.md #4)."""
@@ -626,8 +703,9 @@ class ReleaseRight:
     def require_overridable(self, now: datetime) -> None:
         """What a terminal's override (release_service.domain.gate.OVERRIDABLE) may not set aside on the
         right itself, as it is now, whatever the refused decision said: it must be nominated (a driver
-        and a truck are bound to it), not blocked, in its validity window, with the line's and customs'
-        lights green (the terminal's own light is the terminal's to lift)."""
+        and a truck are bound to it), not blocked, in its validity window, held by an active company
+        (port security's word), with the line's and customs' lights green (the terminal's own light is
+        the terminal's to lift)."""
         if self.state in (State.GATED_IN, State.COMPLETED):
             raise DomainError(ErrorCode.ALREADY_USED, "This right has already been used at the gate.")
         if self.state is not State.NOMINATED:
@@ -636,6 +714,9 @@ class ReleaseRight:
                               "(a driver and a truck bound to it) is let in.", state=self.state.value)
         self._require_not_blocked()
         self._require_valid_now(now)
+        if not self.holder_active:  # port security's word on the holder (gate reason holder_inactive)
+            raise DomainError(ErrorCode.ORGANISATION_INACTIVE, "The right's holder is deactivated: a terminal "
+                              "cannot let its truck in.")
         if not (self.commercial.green and self.customs.green):
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A terminal cannot lift the line's commercial hold or "
                               "customs' hold: both lights must be green.")

@@ -178,11 +178,26 @@ def retry_delay(failed_attempts: int, *, jitter: float,
     return delay
 
 
+_DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also takes '²' and '٣'
+_DELTA_DIGITS = 9  # read at most this many: more is longer than MAX_RETRY_AFTER anyway
+
+
 def parse_retry_after(value: str | None) -> timedelta | None:
-    """``Retry-After`` in delta-seconds (RFC 9110 §10.2.3); the HTTP-date form is ignored (clock skew)."""
-    if value is None or not value.strip().isdigit():
+    """``Retry-After`` in delta-seconds (RFC 9110 §10.2.3), at most ``MAX_RETRY_AFTER``; anything else
+    (the HTTP-date form, ignored for clock skew; signs, spaces inside, other scripts' digits) is None.
+
+    A receiver writes what it likes here, and this runs on the dispatcher's path to recording the
+    outcome: it never raises. A value too long to read is taken as the longest wait (RFC 9111 §1.2.2
+    does so for a delta-seconds it cannot represent), and capped, before any int or timedelta is made
+    of it (a huge one overflowed timedelta; over 4300 digits, int() refused it)."""
+    if value is None:
         return None
-    return timedelta(seconds=int(value.strip()))
+    value = value.strip()
+    if not _DELTA_SECONDS.fullmatch(value):
+        return None
+    cap = int(MAX_RETRY_AFTER.total_seconds())
+    seconds = cap if len(value) > _DELTA_DIGITS else min(int(value), cap)
+    return timedelta(seconds=seconds)
 
 
 # ---- subscriptions -----------------------------------------------------------------------------
@@ -193,13 +208,15 @@ KNOWN_EVENT_TYPES = frozenset({
     "release.deleted", "release.expired",
     "release.transfer.requested", "release.transfer.accepted", "release.transfer.declined",
     "release.transfer.withdrawn",
-    "release.transfer.cancelled",  # still pending when the right ended or was used at the gate
+    "release.transfer.cancelled",  # still pending when the right ended, was used at the gate, or an end was deactivated
     "release.nominated", "release.renominated", "release.nomination.accepted", "release.nomination.refused",
     "release.nomination.screening_alert",  # a port ban landed on the nominated driver (issue 4)
     "release.light.commercial", "release.light.customs", "release.light.terminal",
     "release.gated_in", "release.gate_override", "release.completed",
     "release.gate_offline_flagged",  # an offline gate use collided or lacked a pass (issue 5, gate passes)
     "release.container_contested",  # another line issued a live right on the container here (review 99)
+    # port security deactivated / reactivated the company holding the right (review 130): the line decides
+    "release.holder_deactivated", "release.holder_reactivated",
 })
 # "release", "release.transfer", "release.light": what may stand before ".*" in a pattern.
 _PREFIXES = frozenset(t.rsplit(".", n)[0] for t in KNOWN_EVENT_TYPES for n in range(1, t.count(".") + 1))
@@ -218,6 +235,11 @@ class Subscription:
     event_types: tuple[str, ...]
     active: bool
     created_at: datetime
+    # Who made it: the client, and the person when one made it in a console (his subscriptions close when
+    # his acting role there ends, services/webhooks.py ``creator_left``). Both None: made before that was
+    # kept (migration 0027), by a machine client or by someone unknown.
+    created_by_client_id: str | None = None
+    created_by_person_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,11 +81,37 @@ def run(
         return status, body
 
 
-def load(uow: UnitOfWork, release_id: uuid.UUID, actor: Actor) -> ReleaseRight:
-    """Load a right for change (row lock) that the actor may see; otherwise it does not exist for them."""
+@dataclass(frozen=True, slots=True)
+class IfMatch:
+    """The versions of a right a write is conditioned on: HTTP ``If-Match`` (RFC 9110 §13.1.1), the
+    right's version being its entity tag. ``tags``: the opaque tags of the strong entity tags sent
+    (a weak one never matches: If-Match compares strongly); ``any`` for ``*``. Without it (the header
+    left out) a write goes through whatever the version, as before: late writes win."""
+
+    tags: frozenset[str] = frozenset()
+    any: bool = False
+
+    def holds(self, version: int) -> bool:
+        return self.any or str(version) in self.tags
+
+
+def require_current(right: ReleaseRight, if_match: IfMatch | None) -> None:
+    """Refuse a write conditioned on a version the right is no longer at (RFC 9110 §13.1.1: 412, nothing
+    written). Called once the right is locked and known to be the caller's to see: under the lock the
+    version cannot move before the write, and a stranger still hears ``not_found``. A late retry of an
+    earlier light (customs' green after its scan hold) is refused instead of lifting the later one."""
+    if if_match is not None and not if_match.holds(right.version):
+        raise DomainError(ErrorCode.PRECONDITION_FAILED, "The release right changed since the version named in "
+                          "If-Match: read it again (its ETag) and decide again.")
+
+
+def load(uow: UnitOfWork, release_id: uuid.UUID, actor: Actor, if_match: IfMatch | None = None) -> ReleaseRight:
+    """Load a right for change (row lock) that the actor may see; otherwise it does not exist for them.
+    With ``if_match``, only at one of those versions (``require_current``)."""
     right = uow.releases.get(release_id, for_update=True)
     if right is None or not can_see(uow, right, actor):
         raise DomainError(ErrorCode.NOT_FOUND, "No such release right.")
+    require_current(right, if_match)
     return right
 
 
@@ -177,8 +203,11 @@ def acting_organisation_active(uow: HasDirectory, actor: Actor) -> None:
     decline and withdraw a transfer, nominate, the line's update, block, unblock, revoke and delete,
     every light, a terminal's override, and every change of a webhook subscription.
     Deliberately not by: a driver's answer (he acts for himself, with no organisation: a no-op here);
-    the gate's verify, gate-in and gate-out (their allow is the port's rules applied to the right, the
-    driver and the truck, not the terminal's word; a verify is answered from the cache, on the hot path);
+    the gate's verify, gate-in and gate-out, as to the terminal asking (their allow is the port's rules
+    applied to the right, the driver and the truck, not the terminal's word; a verify is answered from the
+    cache, on the hot path). The company holding the right is another matter: what it set in motion stops
+    with its deactivation, so the gate reads its status with the right's facts and refuses
+    (``holder_inactive``, domain/gate.py; review 130), and its transfers are no longer accepted;
     the offline reconcile (it records a truck that has already passed: refusing would lose the record);
     port security's gate policy (the port authority cannot be deactivated); the lapse sweeper (no actor).
     """

@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args, get_origin, get_type_hints
 
 from release_service.domain.gate import TerminalPolicy
 from release_service.ports import AuditLog
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 FIELDS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(TerminalPolicy)
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
 DEFAULTS: Mapping[str, Any] = {f.name: f.default for f in FIELDS}
+# The values a field of a few named values may take (``screening_unavailable``, ``face_match_results``),
+# from the domain's own ``Literal`` types: for the API's schema; the domain checks them itself.
+CHOICES: Mapping[str, tuple[str, ...]] = {
+    name: get_args(hint) for name, hint in get_type_hints(TerminalPolicy).items() if get_origin(hint) is Literal}
 
 
 class PolicyRefused(Exception):

@@ -243,7 +243,8 @@ def inherit_contest(uow: UnitOfWork, actor: Actor, issued: Sequence[ReleaseRight
     ids = {m.id for m in marked}
     for right in issued:
         if right.id in ids:
-            right.contested_at = now  # as stored: the answer shows it
+            right.contested_at = now  # as stored: the answer shows it, at the version the mark made
+            right.version += 1
     _tell_marked(uow, actor, marked, {"inherited": True}, now)
     return len(marked)
 

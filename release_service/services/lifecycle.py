@@ -14,13 +14,13 @@ from release_service.domain.parties import Actor
 from release_service.domain.release import LightKind, LightStatus, ReleaseRight
 from release_service.ports import UnitOfWork
 
-from .common import Receipt, acting_organisation_active, load, persist
+from .common import IfMatch, Receipt, acting_organisation_active, load, persist, require_current
 
 
 def update(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, now: datetime, *,
            valid_from: datetime | None, valid_until: datetime | None,
-           bill_of_lading: str | None) -> tuple[ReleaseRight, Receipt]:
-    right = load(uow, release_id, actor)
+           bill_of_lading: str | None, if_match: IfMatch | None = None) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor, if_match)
     acting_organisation_active(uow, actor)
     right.update(by=actor, now=now, valid_from=valid_from, valid_until=valid_until, bill_of_lading=bill_of_lading)
     # As stored, after the domain's normalisation; a refusal rolls the whole change back.
@@ -29,40 +29,47 @@ def update(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, now: datetime, 
 
 
 def block(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | None,
-          now: datetime) -> tuple[ReleaseRight, Receipt]:
-    right = load(uow, release_id, actor)
+          now: datetime, *, if_match: IfMatch | None = None) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor, if_match)
     acting_organisation_active(uow, actor)
     right.block(by=actor, now=now, reason=reason)
     return right, persist(uow, right)
 
 
 def unblock(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | None,
-            now: datetime) -> tuple[ReleaseRight, Receipt]:
-    right = load(uow, release_id, actor)
+            now: datetime, *, if_match: IfMatch | None = None) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor, if_match)
     acting_organisation_active(uow, actor)
     right.unblock(by=actor, now=now, reason=reason)
     return right, persist(uow, right)
 
 
 def revoke(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | None,
-           now: datetime) -> tuple[ReleaseRight, Receipt]:
-    right = load(uow, release_id, actor)
+           now: datetime, *, if_match: IfMatch | None = None) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor, if_match)
     acting_organisation_active(uow, actor)
     right.revoke(by=actor, now=now, reason=reason)
     return right, persist(uow, right)
 
 
 def delete(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str | None,
-           now: datetime) -> tuple[ReleaseRight, Receipt]:
-    right = load(uow, release_id, actor)
+           now: datetime, *, if_match: IfMatch | None = None) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor, if_match)
     acting_organisation_active(uow, actor)
     right.delete(by=actor, now=now, reason=reason, travelled=len(uow.releases.holders_chain(right.id)) > 1)
     return right, persist(uow, right)
 
 
 def set_light(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, kind: LightKind, status: LightStatus,
-              reason: str | None, now: datetime) -> tuple[ReleaseRight, Receipt]:
+              reason: str | None, now: datetime, *, if_match: IfMatch | None = None
+              ) -> tuple[ReleaseRight, Receipt]:
+    """If-Match is honoured for a green only (review of the lights, finding 4). A light made red or scan can
+    only make the right less pickable, so it is never refused for a stale version: otherwise the holder,
+    nominating again and again, would move the version under customs' conditioned hold and starve it. A
+    late green is the one danger (lifting a later hold), and a stale one is still refused 412."""
     right = load(uow, release_id, actor)
+    if status is LightStatus.GREEN:
+        require_current(right, if_match)
     acting_organisation_active(uow, actor)
     right.set_light(kind=kind, status=status, reason=reason, by=actor, now=now)
     return right, persist(uow, right)

@@ -12,7 +12,7 @@ from release_service.domain.plates import Plate
 from release_service.domain.release import ReleaseRight, Slot
 from release_service.ports import UnitOfWork
 
-from .common import Receipt, acting_organisation_active, load, persist
+from .common import IfMatch, Receipt, acting_organisation_active, load, persist
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +30,8 @@ class NominateCommand:
 
 
 def nominate(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, cmd: NominateCommand,
-             now: datetime) -> tuple[ReleaseRight, Receipt]:
-    right = load(uow, release_id, actor)
+             now: datetime, *, if_match: IfMatch | None = None) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor, if_match)
     acting_organisation_active(uow, actor)
     right.require_nominator(actor, now)
     assert actor.organisation_id is not None  # a transport operator

@@ -14,17 +14,18 @@ from release_service.domain.parties import Actor
 from release_service.domain.release import RefusalReason, ReleaseRight
 from release_service.ports import UnitOfWork
 
-from .common import Receipt, load, persist
+from .common import IfMatch, Receipt, load, persist
 
 
-def accept(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, now: datetime) -> tuple[ReleaseRight, Receipt]:
-    right = load(uow, release_id, actor)
+def accept(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, now: datetime, *,
+           if_match: IfMatch | None = None) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor, if_match)
     right.accept_nomination(by=actor, now=now)
     return right, persist(uow, right)
 
 
 def refuse(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: RefusalReason | None,
-           now: datetime) -> tuple[ReleaseRight, Receipt]:
-    right = load(uow, release_id, actor)
+           now: datetime, *, if_match: IfMatch | None = None) -> tuple[ReleaseRight, Receipt]:
+    right = load(uow, release_id, actor, if_match)
     right.refuse_nomination(by=actor, now=now, reason=reason)
     return right, persist(uow, right)

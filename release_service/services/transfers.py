@@ -10,20 +10,35 @@ from release_service.domain.parties import Actor
 from release_service.domain.release import ReleaseRight, Transfer
 from release_service.ports import UnitOfWork
 
-from .common import Receipt, acting_organisation_active, can_see, load, organisation_kind, persist
+from .common import (
+    IfMatch,
+    Receipt,
+    acting_organisation_active,
+    can_see,
+    load,
+    organisation_kind,
+    persist,
+    require_current,
+)
 
 
 def transfer(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, to_organisation_id: uuid.UUID,
-             now: datetime) -> tuple[Transfer, Receipt]:
-    right = load(uow, release_id, actor)
+             now: datetime, *, if_match: IfMatch | None = None) -> tuple[Transfer, Receipt]:
+    right = load(uow, release_id, actor, if_match)
     acting_organisation_active(uow, actor)
+    # Only the holder may send, and only then is the recipient looked up: a viewer of the right (customs, a
+    # terminal, a past holder) learns nothing of whether an organisation exists or is active (review 130).
+    right.require_sender(actor, now)
     to_kind = organisation_kind(uow, to_organisation_id)
     t = right.start_transfer(transfer_id=uuid.uuid4(), by=actor, to_organisation_id=to_organisation_id,
                              to_kind=to_kind, now=now)
     return t, persist(uow, right)
 
 
-def _load_by_transfer(uow: UnitOfWork, transfer_id: uuid.UUID, actor: Actor) -> ReleaseRight:
+def _load_by_transfer(uow: UnitOfWork, transfer_id: uuid.UUID, actor: Actor,
+                      if_match: IfMatch | None) -> ReleaseRight:
+    """The right of the transfer, locked, for a party to it or a viewer of the right; with ``if_match``,
+    only at one of those versions of the right (the transfer's entity tag is its right's)."""
     right = uow.releases.get_by_transfer(transfer_id, for_update=True)
     if right is None:
         raise DomainError(ErrorCode.NOT_FOUND, "No such transfer.")
@@ -33,26 +48,42 @@ def _load_by_transfer(uow: UnitOfWork, transfer_id: uuid.UUID, actor: Actor) -> 
     )
     if not involved and not can_see(uow, right, actor):
         raise DomainError(ErrorCode.NOT_FOUND, "No such transfer.")
+    require_current(right, if_match)
     return right
 
 
-def accept(uow: UnitOfWork, actor: Actor, transfer_id: uuid.UUID, now: datetime) -> tuple[Transfer, Receipt]:
-    right = _load_by_transfer(uow, transfer_id, actor)
+def accept(uow: UnitOfWork, actor: Actor, transfer_id: uuid.UUID, now: datetime, *,
+           if_match: IfMatch | None = None) -> tuple[Transfer, Receipt]:
+    right = _load_by_transfer(uow, transfer_id, actor, if_match)
     acting_organisation_active(uow, actor)
-    t = right.accept_transfer(transfer_id=transfer_id, by=actor, now=now)
+    t = right.accept_transfer(transfer_id=transfer_id, by=actor, now=now,
+                              sender_active=_sender_active(uow, right, transfer_id))
     return t, persist(uow, right)
 
 
+def _sender_active(uow: UnitOfWork, right: ReleaseRight, transfer_id: uuid.UUID) -> bool:
+    """Whether the sender of the pending transfer ``transfer_id`` is active (review 130: a company port
+    security deactivated sets nothing more in motion). Read in this transaction, after the right's lock:
+    a deactivation committed before is seen, and one after it waits for this accept (its cancellation of
+    the company's pending transfers locks the right) and then finds the right held by the recipient."""
+    pending = right.pending_transfer
+    if pending is None or pending.id != transfer_id:
+        return True  # not pending: the domain refuses it as such
+    org = uow.directory.organisation(pending.from_organisation_id)
+    return org is not None and org.active
+
+
 def decline(uow: UnitOfWork, actor: Actor, transfer_id: uuid.UUID, reason: str | None,
-            now: datetime) -> tuple[Transfer, Receipt]:
-    right = _load_by_transfer(uow, transfer_id, actor)
+            now: datetime, *, if_match: IfMatch | None = None) -> tuple[Transfer, Receipt]:
+    right = _load_by_transfer(uow, transfer_id, actor, if_match)
     acting_organisation_active(uow, actor)
     t = right.decline_transfer(transfer_id=transfer_id, by=actor, now=now, reason=reason)
     return t, persist(uow, right)
 
 
-def withdraw(uow: UnitOfWork, actor: Actor, transfer_id: uuid.UUID, now: datetime) -> tuple[Transfer, Receipt]:
-    right = _load_by_transfer(uow, transfer_id, actor)
+def withdraw(uow: UnitOfWork, actor: Actor, transfer_id: uuid.UUID, now: datetime, *,
+             if_match: IfMatch | None = None) -> tuple[Transfer, Receipt]:
+    right = _load_by_transfer(uow, transfer_id, actor, if_match)
     acting_organisation_active(uow, actor)
     t = right.withdraw_transfer(transfer_id=transfer_id, by=actor, now=now)
     return t, persist(uow, right)

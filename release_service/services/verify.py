@@ -382,7 +382,8 @@ def _snapshot(facts: GateFacts | None, request: g.GateRequest, now: datetime, *,
 def _check_cached(facts: GateFacts, actor: Actor, request: g.GateRequest, snapshot: GateSnapshot,
                   fingerprint: str, now: datetime) -> dict[str, Any] | None:
     """A check decided on the cached facts and kept in the cache (drained into PostgreSQL): None when
-    the cache failed meanwhile (the caller decides again from PostgreSQL; a check moves nothing)."""
+    the cache failed meanwhile, or its stream of decisions not drained yet is full (the caller decides
+    again and records it in PostgreSQL; a check moves nothing)."""
     decision, decision_id, body, row = _cached_check(actor, request, snapshot, fingerprint, now)
     try:
         twin = facts.record(row)
@@ -415,8 +416,9 @@ async def _check_recalled(facts: GateFacts, actor: Actor, request: g.GateRequest
                           admit: Callable[[Sequence[bytes | None]], None] | None) -> dict[str, Any] | None:
     """A check decided on the facts this process read last, kept in the one step that finds them still
     current (``GateFacts.keep_if_current``): one round trip. None when that step kept nothing (the facts
-    moved on, a revocation entry to judge, Redis failing): the caller decides the long way. The token's
-    revocation is settled (``admit``) on the values read in that step, before anything is answered."""
+    moved on, a revocation entry to judge, Redis failing, its stream full): the caller decides the long
+    way. The token's revocation is settled (``admit``) on the values read in that step, before anything
+    is answered."""
     decision, decision_id, body, row = _cached_check(actor, request, recalled.snapshot, fingerprint, now)
     try:
         kept = await facts.keep_if_current_async(row, recalled, also)
@@ -527,6 +529,8 @@ def _row(actor: Actor, request: g.GateRequest, decision: g.Decision, decision_id
         "reasons": [r.value for r in decision.reasons], "release_id": decision.release_id,
         "container_number": decision.container, "committed": committed, "response": body,
         "observed_at": request.observed_at, "decided_at": now, "nomination": judged(decision.nomination),
+        # What face evidence was weighed, a claimed match told from the service's own (review 131).
+        "face": decision.face.as_json() if decision.face is not None else None,
     }
 
 

@@ -11,6 +11,15 @@ A subscription is a standing copy of the organisation's events to a URL of the c
 every change of one (created, secret rotated, deleted, a dead delivery sent again) writes an audit entry
 in the same transaction: who, which subscription, to which URL. Never the secret.
 
+A subscription keeps who made it: the client, and the person when one made it in a company's console.
+Such a subscription is the person's doing, not a standing arrangement of the company's: when his acting
+role there ends (removed, or expired by the sweep) or port security suspends him, it is closed in that
+same transaction (``creator_left``, which identity.memberships and identity.authn.cutoff call), as a
+deletion would close it, on the trail. Else a dated dispatcher could point one at a server of his, keep
+its secret, and go on receiving the company's events (containers, drivers, plates) after his role ended
+(webhook review, finding 1). A machine client's subscription is the company's, and stays. Reinstating
+him, or giving him a role again, opens none again: the company subscribes anew.
+
 Secrets are returned in clear exactly once (on create and on rotate) and stored sealed, with the
 subscription id as associated data, so a ciphertext copied onto another row does not open.
 """
@@ -19,11 +28,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
 from release_service.domain.errors import DomainError, ErrorCode
-from release_service.domain.parties import Actor
+from release_service.domain.parties import ACTING_ROLES, Actor
 from release_service.domain.webhooks import (
     MAX_SUBSCRIPTIONS,
     Delivery,
@@ -55,11 +65,18 @@ def create_subscription(uow: WebhookUnitOfWork, cipher: Sealer, actor: Actor, *,
         id=uuid.uuid4(), organisation_id=org, active=True, created_at=now,
         url=validate_url(url, allow_insecure_localhost=allow_insecure_localhost),
         event_types=validate_event_types(event_types),
+        created_by_client_id=actor.client_id, created_by_person_id=actor.person_id,
     )
     secret = new_secret()
     with uow:
         count = uow.webhooks.count_locked(org)  # first: a deactivation committed meanwhile is read below
         acting_organisation_active(uow, actor)
+        # A person's token carries his roles as they were when it was issued: read them again, with his
+        # row share-locked, so that a subscription he makes as his role ends is refused here or seen and
+        # closed by that ending (``creator_left``), never left behind (identity.memberships).
+        if actor.person_id is not None and not uow.directory.acts_in(actor.person_id, org, ACTING_ROLES, now=now):
+            raise DomainError(ErrorCode.FORBIDDEN, "Your role in this organisation no longer lets you manage "
+                              "its webhooks.")
         if count >= MAX_SUBSCRIPTIONS:
             raise DomainError(ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                               f"Your organisation has {MAX_SUBSCRIPTIONS} webhook subscriptions, the most it may "
@@ -154,6 +171,36 @@ def redeliver(uow: WebhookUnitOfWork, actor: Actor, delivery_id: uuid.UUID, *,
         uow.commit()
     log.info("release.webhook.delivery.requeued", extra={"fields": {"delivery_id": str(delivery_id)}})
     return delivery
+
+
+# ---- their creator leaves -------------------------------------------------------------------
+
+CLOSED_KIND = "release.webhook.subscription.closed"
+
+
+def creator_left(uow: WebhookUnitOfWork, person_id: uuid.UUID, organisation_id: uuid.UUID | None, *,
+                 roles_left: Collection[str] = (), reason: str, by: dict[str, Any],
+                 now: datetime) -> tuple[uuid.UUID, ...]:
+    """Close the active subscriptions ``person_id`` made for ``organisation_id`` unless ``roles_left``
+    (his roles there still in force) still let him act for it (module docstring); ``organisation_id``
+    None: in every organisation (a suspension). Each closed as a deletion closes it (its queued
+    deliveries cancelled) with an entry on the trail: ``reason``, and ``by`` (who ended his role, the
+    expiry sweep, who suspended him). Writes in ``uow``'s transaction, never commits (identity's use
+    case owns it, as holders.status_changed); returns the ids closed."""
+    if organisation_id is not None and set(roles_left) & ACTING_ROLES:
+        return ()  # another acting role of his there: he may still manage its webhooks
+    closed: list[uuid.UUID] = []
+    for sub in uow.webhooks.made_by(person_id, organisation_id):
+        cancelled = uow.webhooks.deactivate(sub.id)
+        uow.audit.append(CLOSED_KIND, actor=by, subject=str(sub.id),
+                         data={"organisation_id": str(sub.organisation_id), **trail_url(sub.url),
+                               "reason": reason, "created_by_person_id": str(person_id),
+                               "deliveries_cancelled": cancelled}, at=now)
+        closed.append(sub.id)
+    if closed:
+        log.info("release.webhook.subscription.closed.creator_left",
+                 extra={"fields": {"reason": reason, "subscriptions": len(closed)}})
+    return tuple(closed)
 
 
 def _audit(uow: WebhookUnitOfWork, kind: str, actor: Actor, sub: Subscription, now: datetime,

@@ -43,6 +43,7 @@ class Seed:
     container: str
     release_id: uuid.UUID
     client_id: str
+    parties: Any  # tests.factories.port's: the line, the haulier, the driver ...
 
 
 def seed(live: Live) -> Seed:
@@ -71,7 +72,7 @@ def seed(live: Live) -> Seed:
         uow, p.haul, right.id,
         nominate.NominateCommand("1ABC123", "BE", p.driver, slot_start=start, slot_end=start + timedelta(hours=1)),
         now()))
-    return Seed(p.driver, code, cmd.container_number, right.id, client_id)
+    return Seed(p.driver, code, cmd.container_number, right.id, client_id, p)
 
 
 class Phone:
@@ -248,6 +249,34 @@ def test_the_driver_accepts_a_nomination(browser: Any, live: Live) -> None:
         card.locator('[data-action="accept"]').click()
         card.locator('[data-response="accepted"]').wait_for()  # the list reloaded from the API
         assert page.locator("#msg").inner_text() == "You accepted this pickup."
+        kind, data = last_event(live, s.release_id)
+        assert kind == "release.nomination.accepted" and data["actor_person_id"] == str(s.person_id)
+        assert phone.errors == []
+    finally:
+        phone.close()
+
+
+def test_a_truck_nominated_after_the_card_was_shown_is_not_accepted(browser: Any, live: Live) -> None:
+    """The driver's answer is bound to the nomination his card shows (driver surface review, finding 2):
+    app.js sends the right's version the card was built from in If-Match. The operator nominates another
+    truck after the card was drawn; the driver's tap is refused (412) and nothing is recorded; the app
+    reads the list again, says the pickup changed and shows the new truck, which he then accepts."""
+    s = seed(live)
+    phone = Phone(browser)
+    page = phone.page
+    try:
+        enrol(phone, live, s.code)
+        card = page.locator(f'[data-container="{s.container}"]')
+        card.get_by_text("1ABC123 (BE)").wait_for()
+        do(live.engine, lambda uow: nominate.nominate(
+            uow, s.parties.haul, s.release_id, nominate.NominateCommand("2XYZ987", "BE", s.person_id), now()))
+        card.locator('[data-action="accept"]').click()
+        card.get_by_text("2XYZ987 (BE)").wait_for()  # the list read again: the card shows the new truck
+        assert page.locator("#msg").inner_text() == ("This pickup changed while you had it open. Nothing was sent: "
+                                                      "check it and answer again.")
+        assert last_event(live, s.release_id)[0] == "release.renominated"  # no answer recorded
+        card.locator('[data-action="accept"]').click()  # the card as it is now: accepted
+        card.locator('[data-response="accepted"]').wait_for()
         kind, data = last_event(live, s.release_id)
         assert kind == "release.nomination.accepted" and data["actor_person_id"] == str(s.person_id)
         assert phone.errors == []

@@ -48,9 +48,9 @@
     return refreshing;
   }
 
-  function api(method, path, body) {
+  function api(method, path, body, headers) {
     var fresh = tokens && tokens.expires_at - 30 > now() ? Promise.resolve() : refresh();
-    var send = function () { return QG.call(method, cfg.api + path, body, tokens.access_token); };
+    var send = function () { return QG.call(method, cfg.api + path, body, tokens.access_token, headers); };
     return fresh.then(send).catch(function (err) {
       if (err.status === 401 && tokens && tokens.refresh_token) return refresh().then(send);
       throw err;
@@ -109,7 +109,9 @@
     return li;
   }
 
-  // Accept, or refuse with a reason from the release service's closed list (no free text).
+  // Accept, or refuse with a reason from the release service's closed list (no free text). If-Match binds
+  // the answer to the version the card shows (RFC 9110 §13.1.1): changed since (another truck), it is 412,
+  // nothing is recorded, and the list is read again.
   function actions(r) {
     var box = QG.el("div"), row = QG.el("div", {"class": "row"}), why = QG.el("div", {hidden: ""});
     var refuse = QG.el("button", {"class": "secondary", type: "button", "data-action": "refuse"}, t("card.refuse"));
@@ -117,9 +119,14 @@
     function respond(kind, button, body) {
       QG.busy(button, true);
       QG.say($("msg"), "");
-      api("POST", "/releases/" + r.id + "/nomination:" + kind, body)
+      api("POST", "/releases/" + r.id + "/nomination:" + kind, body, {"If-Match": '"' + r.version + '"'})
         .then(function () { QG.say($("msg"), t(kind === "accept" ? "card.accepted" : "card.refused"), true); return load(); })
-        .catch(function (err) { QG.busy(button, false); fail(err); });
+        .catch(function (err) {
+          QG.busy(button, false);
+          if (err.status !== 412) return fail(err);
+          QG.say($("msg"), t("card.changed"));
+          return load().catch(fail);
+        });
     }
     accept.addEventListener("click", function () { respond("accept", accept); });
     refuse.addEventListener("click", function () { row.hidden = true; why.hidden = false; });

@@ -49,8 +49,8 @@ var QG = (function () {
     return t("error.generic") + (err && err.code ? " " + t("common.error_code", {code: err.code}) : "");
   }
 
-  function call(method, url, body, token) {
-    var headers = {"Accept": "application/json"};
+  function call(method, url, body, token, extra) {
+    var headers = Object.assign({"Accept": "application/json"}, extra);
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (token) headers["Authorization"] = "Bearer " + token;
     return fetch(url, {method: method, headers: headers, credentials: "same-origin", cache: "no-store",

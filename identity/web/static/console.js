@@ -3,8 +3,10 @@
    §3.1.2.1). Tokens live in sessionStorage only (they die with the tab). The access token is renewed
    with the rotating refresh token (RFC 6749 §6, offline_access) before it expires or when the API says
    it is no longer valid; the admin API still ends the session 12 hours after the passkey login, or
-   when it asks for a stronger login (RFC 9470), and then the officer signs in again. Signing out
-   revokes the refresh token, and with it the session's access tokens (RFC 7009 §2.1).
+   when it asks for a stronger login (RFC 9470), and then the officer signs in again. Signing in always
+   asks for a passkey ceremony (prompt=login), and signing out revokes the refresh token, and with it the
+   session's access tokens (RFC 7009 §2.1), then ends the provider's login session (RP-initiated logout
+   with the id token): else the next "Sign in" at this browser got the console without a passkey.
    Panes: badges (search by number, card UID, person id or name; a new person), a badge (status,
    renewal, activations), a person (screening and ban hits, memberships, enrolment code, badges, issue),
    ban feed import, alerts, and for port security organisations, clients and the audit trail. */
@@ -26,13 +28,17 @@
   function login() {
     status(t("console.signing_in"));
     return configure().then(function () {
-      return oidc.login({acr_values: cfg.acr_values}, {back: location.hash || "#search"});
+      // OIDC Core §3.1.2.1 prompt=login: a passkey ceremony for every sign-in, whatever login session this
+      // browser holds (a driver's, one left by an enrolment, one not ended by a sign-out): review 128,
+      // finding 1. A login made after the request meets it, so the resume does not loop.
+      return oidc.login({acr_values: cfg.acr_values, prompt: "login"}, {back: location.hash || "#search"});
     });
   }
 
   function keep(data, previous) {
     tokens = {access_token: data.access_token, expires_at: now() + (data.expires_in || 300),
-              refresh_token: data.refresh_token || (previous && previous.refresh_token) || null};
+              refresh_token: data.refresh_token || (previous && previous.refresh_token) || null,
+              id_token: data.id_token || (previous && previous.id_token) || null};  // signOut's id_token_hint
     put("tokens", tokens);
   }
 
@@ -508,14 +514,23 @@
     status(""); $("tabs").hidden = false; $("signin").hidden = true; $("signout").hidden = false; show();
   }
   function signOut() {
-    // RFC 7009: revoking the refresh token ends its grant, the access tokens issued in it included.
-    var rt = tokens && tokens.refresh_token, disco = oidc.discovery();
+    // RFC 7009: revoking the refresh token ends its grant, the access tokens issued in it included; it
+    // outlives the provider's login session. Answered before the page leaves, failed or not.
+    var rt = tokens && tokens.refresh_token, idt = tokens && tokens.id_token, disco = oidc.discovery();
     signedOut();
-    if (!rt || !disco || !disco.revocation_endpoint) return;
-    fetch(disco.revocation_endpoint, {method: "POST", cache: "no-store", credentials: "same-origin",
+    if (!disco) return;
+    var revoked = !rt || !disco.revocation_endpoint ? Promise.resolve() : fetch(disco.revocation_endpoint, {
+      method: "POST", cache: "no-store", credentials: "same-origin",
       headers: {"Content-Type": "application/x-www-form-urlencoded"},
       body: new URLSearchParams({token: rt, token_type_hint: "refresh_token", client_id: cfg.client_id}).toString()})
-      .catch(function () { /* offline: the session still ends with its 12 hours */ });
+      .catch(function () { /* offline: the logout below still ends the session's grants */ });
+    // RP-initiated logout §2 (as the driver app's): the provider's login session ends too, or the next
+    // "Sign in" here would get the officer's token from it (review 128, finding 1). Back to /console/
+    // when the client registered it (config.json), else to the provider's "signed out" page.
+    var q = new URLSearchParams({client_id: cfg.client_id});
+    if (cfg.post_logout_redirect_uri) q.set("post_logout_redirect_uri", cfg.post_logout_redirect_uri);
+    if (idt) q.set("id_token_hint", idt);
+    revoked.then(function () { location.assign((disco.end_session_endpoint || cfg.issuer + "/oauth2/logout") + "?" + q.toString()); });
   }
   function signedOut() {
     tokens = null; put("tokens", null);

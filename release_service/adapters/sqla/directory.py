@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from quaygate.schema import badges, membership_in_force, memberships, organisations, persons, releases
+from quaygate.schema import badges, membership_in_force, memberships, organisations, persons, releases, transfers
 from release_service.domain.gate import PERSON_ACTIVE, Reason
 from release_service.domain.parties import Organisation, OrgKind
-from release_service.domain.release import Screening, State
+from release_service.domain.release import LIVE_STATES, Screening, State, TransferState
 from release_service.ports import BadgeRef, Directory, PersonRef, PortBanLookup
 
 
@@ -74,6 +75,21 @@ class SqlDirectory:
                                                 badges.c.valid_from <= now, badges.c.valid_until > now)
         return bool(self._conn.execute(sa.select(sa.or_(employed.exists(), badged.exists()))).scalar())
 
+    def acts_in(self, person_id: uuid.UUID, organisation_id: uuid.UUID, roles: Collection[str], *,
+                now: datetime) -> bool:
+        """Whether the person is active and holds one of ``roles`` in the organisation, in force at ``now``.
+        His row is share-locked first, until the caller's transaction ends (FOR SHARE; SQLite's writers
+        run one at a time): a removal or an expiry of his role (identity.memberships, which lock his row
+        first) and a suspension (its UPDATE of the row) wait for it, then see what it wrote; or they
+        commit first, and the memberships, read in a statement after the wait, are seen without them."""
+        status = self._conn.execute(sa.select(persons.c.status).where(persons.c.id == person_id)
+                                    .with_for_update(read=True)).scalar_one_or_none()
+        if status != PERSON_ACTIVE:
+            return False
+        return self._conn.execute(sa.select(sa.literal(1)).where(
+            memberships.c.person_id == person_id, memberships.c.organisation_id == organisation_id,
+            memberships.c.role.in_(sorted(roles)), membership_in_force(now))).first() is not None
+
     def live_nominations(self, person_id: uuid.UUID, organisation_id: uuid.UUID, *, now: datetime) -> list[uuid.UUID]:
         """The rights ``organisation_id`` holds nominated to ``person_id`` that may still take him
         through a gate: nominated (not yet gated in, not ended; whatever his answer, which the operator
@@ -85,6 +101,14 @@ class SqlDirectory:
             .where(releases.c.driver_person_id == person_id, releases.c.holder_organisation_id == organisation_id,
                    releases.c.state == State.NOMINATED.value, releases.c.valid_until > now)
             .order_by(releases.c.id)).scalars())
+
+
+    def rights_in_motion(self, organisation_id: uuid.UUID) -> list[uuid.UUID]:
+        held = sa.select(releases.c.id).where(releases.c.holder_organisation_id == organisation_id,
+                                              releases.c.state.in_(sorted(state.value for state in LIVE_STATES)))
+        coming = sa.select(transfers.c.release_id).where(transfers.c.to_organisation_id == organisation_id,
+                                                         transfers.c.state == TransferState.PENDING.value)
+        return sorted(set(self._conn.execute(sa.union(held, coming)).scalars()))
 
 
 def _badge(row: Any) -> BadgeRef:

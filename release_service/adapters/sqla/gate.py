@@ -1,7 +1,7 @@
 """What the gate decision reads and writes, from PostgreSQL (the truth; issue 5).
 
 - ``rights``: every right of the containers the read may be (``reads.container_candidates``), deleted
-  ones left out, as ``RightFacts``: one statement.
+  ones left out, as ``RightFacts``, each with whether its holder is active: one statement.
 - ``badge``: the badge read, its holder's name and status (port security's suspension) and the
   terminals where it is activated: one statement (an outer join gives one row per live activation).
 - ``screen``: the port-ban screening of the holder (the same lookup as nomination, adapters/sqla/bans).
@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -44,14 +45,14 @@ from release_service.ports import DuplicateDecision, StoredDecision
 
 from .bans import SqlPortBanLookup
 from .gate_move import record_move
-from .store import Reads
+from .store import HOLDER_ACTIVE, Reads
 
 _RIGHT_COLUMNS = (
     releases.c.id, releases.c.container_number, releases.c.terminal, releases.c.state, releases.c.blocked,
     releases.c.commercial_status, releases.c.customs_status, releases.c.terminal_status, releases.c.valid_from,
     releases.c.valid_until, releases.c.created_at, releases.c.driver_person_id, releases.c.plate_text,
     releases.c.plate_country, releases.c.nomination_response, releases.c.issuer_organisation_id,
-    releases.c.contested_at,
+    releases.c.contested_at, HOLDER_ACTIVE,
 )
 
 _DECISION_COLUMNS = (
@@ -230,17 +231,13 @@ def right_facts(r: Any) -> RightFacts:
         commercial=r.commercial_status, customs=r.customs_status, terminal_light=r.terminal_status,
         valid_from=r.valid_from, valid_until=r.valid_until, created_at=r.created_at, nomination=nomination,
         issuer=r.issuer_organisation_id, contested=r.contested_at is not None,
+        holder_active=bool(r.holder_active),  # no such organisation: not active (fail closed)
     )
 
 
 def policy_dict(policy: TerminalPolicy) -> dict[str, Any]:
-    return {
-        "face_required": policy.face_required, "face_min_score": policy.face_min_score,
-        "face_tolerance": policy.face_tolerance,
-        "container_min_confidence": policy.container_min_confidence,
-        "plate_min_confidence": policy.plate_min_confidence, "plate_max_lookalikes": policy.plate_max_lookalikes,
-        "screening_unavailable": policy.screening_unavailable,
-    }
+    """Every field of the policy (a field the domain gains is stored and cached without being listed here)."""
+    return {f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)}
 
 
 def _stored(row: Any) -> StoredDecision:

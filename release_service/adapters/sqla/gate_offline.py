@@ -3,9 +3,10 @@ reconciled from the adapters (``gate_offline_decisions``, one per terminal and r
 
 ``pass_subjects`` reads, in five statements whatever the number of rights: the terminal's nominated rights
 still valid and its rights gated in since ``gated_in_since``, whose driver is not suspended by port
-security, the most relevant first and at most ``limit`` of them; their drivers' badges and live
-activations; the drivers' names; and the drivers' port-ban screening, all of them in one statement
-(``SqlPortBanLookup.screen_many``, the verify call's rule).
+security and whose holder is not deactivated (review 130), the most relevant first and at most
+``limit`` of them; their drivers' badges and live activations; the drivers' names; and the drivers'
+port-ban screening, all of them in one statement (``SqlPortBanLookup.screen_many``, the verify call's
+rule).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from quaygate.schema import (
     ban_feed_state,
     gate_offline_decisions,
     gate_outbox_marks,
+    organisations,
     persons,
     release_events,
     releases,
@@ -53,10 +55,14 @@ class SqlGateOfflineStore:
         is_near = sa.or_(t.slot_start.is_(None), sa.and_(t.slot_start <= now + near, t.slot_end >= now - near))
         ahead = t.slot_start > now + near
         rows = self._conn.execute(
-            # No pass for a suspended driver's nominations (identity.authn.cutoff): offline, the lane would
-            # let him through on it. The passes the adapter holds are replaced at its next refresh.
-            sa.select(*_RIGHT_COLUMNS).select_from(releases.join(persons, persons.c.id == t.driver_person_id)).where(
+            # No pass for a suspended driver's nominations (identity.authn.cutoff), nor for the rights of a
+            # company port security deactivated (identity.organisations, review 130): offline, the lane would
+            # let the truck through on it. The passes the adapter holds are replaced at its next refresh.
+            sa.select(*_RIGHT_COLUMNS).select_from(
+                releases.join(persons, persons.c.id == t.driver_person_id)
+                .join(organisations, organisations.c.id == t.holder_organisation_id)).where(
                 t.terminal == terminal, t.state.in_(sorted(PASS_STATES)), persons.c.status == PERSON_ACTIVE,
+                organisations.c.active.is_(True),
                 # A gated-in right never lapses (release.py ``lapse_if_due``): one whose gate-out was never
                 # recorded would have a pass for good. Its gate-out pass only within the longest dwell.
                 sa.or_(sa.and_(gated_in, t.gate_in_at >= gated_in_since),

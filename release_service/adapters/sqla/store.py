@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from quaygate.hotsql import HotStatement, listed, text_array
 from quaygate.invalidation import RIGHTS, touch
-from quaygate.schema import release_events, release_parties, releases, transfers
+from quaygate.schema import organisations, release_events, release_parties, releases, transfers
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.iso6346 import ContainerNumber
 from release_service.domain.parties import Actor, OrgKind
@@ -45,8 +45,11 @@ class StaleRight(Exception):
 
 # Prebuilt statements of the gate commit's hot path: built and cache-keyed once, not per call.
 _PENDING = transfers.alias("pending")
-# A right with its pending transfer, the columns of the latter prefixed t_.
-_WITH_PENDING = (sa.select(releases, *[c.label("t_" + c.name) for c in _PENDING.c])
+# Whether the right's holder is active (port security's word, review 130): the gate refuses it otherwise.
+HOLDER_ACTIVE = (sa.select(organisations.c.active).where(organisations.c.id == releases.c.holder_organisation_id)
+                 .correlate(releases).scalar_subquery().label("holder_active"))
+# A right with its pending transfer, the columns of the latter prefixed t_, and its holder's status.
+_WITH_PENDING = (sa.select(releases, *[c.label("t_" + c.name) for c in _PENDING.c], HOLDER_ACTIVE)
                  .select_from(releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id)))
 # On the driver's cursor (quaygate.hotsql): building the result's metadata of some fifty columns cost
 # more than the statement.
@@ -265,7 +268,7 @@ class SqlReleaseStore:
         return self._marked(releases.update().where(
             sa.tuple_(t.container_number, t.issuer_organisation_id).in_(held), t.contested_at.is_(None),
             t.state != State.COMPLETED.value,
-        ).values(contested_at=now))
+        ), now)
 
     def inherit_contest(self, ids: Sequence[uuid.UUID], now: datetime) -> list[ContestedRight]:
         if not ids:
@@ -277,10 +280,16 @@ class SqlReleaseStore:
                               earlier.issuer_organisation_id == t.issuer_organisation_id,
                               earlier.contested_at.is_not(None), earlier.state != State.COMPLETED.value,
                               earlier.id != t.id)
-        ).values(contested_at=now))
+        ), now)
 
-    def _marked(self, update: sa.Update) -> list[ContestedRight]:
+    def _marked(self, update: sa.Update, now: datetime) -> list[ContestedRight]:
+        """The rights ``update`` selects, marked contested at ``now`` as a change of the right: at its next
+        version (review 130). A gate commit reads its rights unlocked and writes its move only at the
+        version it read (gate_move.py); a mark landing between that read and the write must make the
+        write update nothing, so that the gate reads again and answers ``container_contested``, instead
+        of letting the truck in on a right the line was just refused over."""
         t = releases.c
+        update = update.values(contested_at=now, version=t.version + 1, updated_at=now)
         marked = [ContestedRight(r.id, r.container_number, r.terminal, r.vessel_call, r.issuer_organisation_id)
                   for r in self._conn.execute(update.returning(
                       t.id, t.container_number, t.terminal, t.vessel_call, t.issuer_organisation_id))]
@@ -453,6 +462,7 @@ def _row_from_right(r: ReleaseRight) -> dict[str, Any]:
         "customs_status": r.customs.status.value,
         "customs_reason": r.customs.reason,
         "customs_at": r.customs.set_at,
+        "customs_set_by": r.customs.set_by,
         "terminal_status": r.terminal_light.status.value,
         "terminal_reason": r.terminal_light.reason,
         "terminal_at": r.terminal_light.set_at,
@@ -513,7 +523,8 @@ def _right_from_row(row: Any, pending: Transfer | None) -> ReleaseRight:
         state=State(row["state"]),
         blocked=row["blocked"],
         commercial=Light(LightStatus(row["commercial_status"]), row["commercial_reason"], row["commercial_at"]),
-        customs=Light(LightStatus(row["customs_status"]), row["customs_reason"], row["customs_at"]),
+        customs=Light(LightStatus(row["customs_status"]), row["customs_reason"], row["customs_at"],
+                      row["customs_set_by"]),
         terminal_light=Light(LightStatus(row["terminal_status"]), row["terminal_reason"], row["terminal_at"]),
         valid_from=row["valid_from"],
         valid_until=row["valid_until"],
@@ -523,6 +534,9 @@ def _right_from_row(row: Any, pending: Transfer | None) -> ReleaseRight:
         gate_in_at=row["gate_in_at"],
         gate_out_at=row["gate_out_at"],
         contested_at=row.get("contested_at"),
+        # Read by the gate's statements (``HOLDER_ACTIVE``); a list or a query that does not read it
+        # decides nothing at the gate.
+        holder_active=bool(row.get("holder_active", True)),
         version=row["version"],
     )
 

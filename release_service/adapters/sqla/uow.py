@@ -39,8 +39,21 @@ class SqlUnitOfWork:
             conn = conn.execution_options(sqlite_begin="DEFERRED")
         if self._autocommit and conn.dialect.name == "postgresql":
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        self._conn = conn
         self._tx = conn.begin()
+        self._bind(conn)
+        return self
+
+    @classmethod
+    def on(cls, conn: sa.Connection) -> SqlUnitOfWork:
+        """The stores on ``conn``, in a transaction its caller began and commits: another part's use case
+        that changes release rights with its own change, in one transaction (identity.organisations
+        ``set_active``). Not entered; ``commit`` and ``rollback`` are the caller's (they raise here)."""
+        uow = cls(conn.engine)
+        uow._bind(conn)
+        return uow
+
+    def _bind(self, conn: sa.Connection) -> None:
+        self._conn = conn
         reads: Reads = {}  # the rights as read in this unit of work: a gate move writes what changed
         self.releases = SqlReleaseStore(conn, reads)
         self.directory = SqlDirectory(conn)
@@ -51,7 +64,6 @@ class SqlUnitOfWork:
         self.outbox = SqlOutbox(conn)
         self.webhooks = SqlWebhookStore(conn)
         self.idempotency = SqlIdempotency(conn)
-        return self
 
     def __exit__(self, *exc: object) -> None:
         assert self._conn is not None and self._tx is not None

@@ -1,0 +1,146 @@
+"""What a capture claims to be, read from its header before any pixel is decoded (review 131, finding 2).
+
+Standard library only: the service runs it in its own process, before a capture is queued for a face
+worker, and the worker runs it again before Pillow decodes (``identity.face.engine.decode``), so the
+picture a worker decodes is the one judged here.
+
+Why per format. A decoding's cost is set by the picture's size, not the file's: a 200 kB PNG may
+claim 40 million pixels, and PNG has no reduced decode, so Pillow builds the whole picture before
+it can be downscaled (a 1 x 40,000,000 PNG: 2 s of a worker; a 6324 x 6324 one: 0.6 to 1.5 s; a
+normal capture 0.03 to 0.06 s). A baseline JPEG is decoded already reduced (``Image.draft``, 1/8 of
+each side at most): a 40 Mpx one in 0.02 s, its cost follows the file's bytes. A progressive JPEG is
+not so cheap: libjpeg keeps the coefficients of the whole picture (240 MB at 40 Mpx) and each scan
+passes over every block: a 40 Mpx one took 0.09 s with its 10 scans, 0.46 s with 31, 7.7 s with 3,000
+tiny scans (370 kB). Hence (measured 2026-11-24 on the 2-core development machine, busy):
+
+- PNG, and a progressive JPEG: at most ``max_png_pixels`` (``QUAYGATE_FACE_MAX_PNG_PIXELS``, 4 Mpx:
+  2000 x 2000, decoded in 0.05 to 0.15 s, a progressive JPEG of 16 scans in 0.2 s; a webcam frame, a
+  phone's capture in the browser, an ID photo are under it; cameras and phones write baseline JPEGs);
+- a baseline JPEG: at most ``max_pixels`` (``QUAYGATE_FACE_MAX_IMAGE_PIXELS``, 40 Mpx);
+- JPEG: only the Huffman frame types cameras and phones write (baseline, extended, progressive: SOF0
+  to SOF2; lossless, hierarchical and arithmetic-coded frames are refused: rare, and lossless is never
+  decoded reduced), and at most ``MAX_JPEG_SCANS`` scans (libjpeg's progressive JPEG has 10);
+- both: at most ``MAX_ASPECT`` times longer than wide (a face capture is never a strip; a strip is
+  the cheapest way to claim many pixels with few bytes).
+
+Refusals are the capture's quality codes the gate and the step-up already know
+(``identity.domain.face.QUALITY_CODES``): ``image_too_large`` for too many pixels, ``image_unreadable``
+for everything else.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ..domain.face import FaceCode
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_ASPECT = 4  # the longer side at most this many times the shorter
+MAX_JPEG_SCANS = 16  # libjpeg(-turbo)'s progressive JPEG has 10, mozjpeg's about as many
+# Frame types taken: baseline, extended sequential and progressive, Huffman-coded (ITU T.81 B.1.1.3).
+_JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
+_JPEG_OTHER_FRAMES = frozenset({0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn carry no length
+_SOS, _EOI = 0xDA, 0xD9
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    """How large a picture a capture may claim (module docstring)."""
+
+    max_pixels: int = 40_000_000  # a baseline JPEG (decoded reduced)
+    max_png_pixels: int = 4_000_000  # a PNG or a progressive JPEG (decoded whole)
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1 or self.max_png_pixels < 1:
+            raise ValueError("the face image pixel limits must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    format: str  # JPEG | PNG, Pillow's names
+    width: int
+    height: int
+    scans: int = 1  # a JPEG's scans (SOS markers); 1 for a PNG
+    progressive: bool = False  # a progressive JPEG (SOF2)
+
+
+def read(image: bytes) -> Header:
+    """The capture's format and size, or ValueError(image_unreadable) for anything but a JPEG or PNG
+    whose header says so plainly."""
+    if image.startswith(PNG_SIGNATURE):
+        return _png(image)
+    if image.startswith(b"\xff\xd8"):
+        return _jpeg(image)
+    raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+
+
+def judge(header: Header, limits: ImageLimits) -> FaceCode | None:
+    """The refusal for the picture a capture claims, or None when it may be decoded."""
+    width, height = header.width, header.height
+    if width < 1 or height < 1:
+        return FaceCode.IMAGE_UNREADABLE
+    whole = header.format == "PNG" or header.progressive  # decoded at full size (module docstring)
+    most = limits.max_png_pixels if whole else limits.max_pixels
+    if width * height > most:
+        return FaceCode.IMAGE_TOO_LARGE
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return FaceCode.IMAGE_UNREADABLE
+    if header.scans > MAX_JPEG_SCANS:
+        return FaceCode.IMAGE_UNREADABLE
+    return None
+
+
+def refusal(image: bytes, limits: ImageLimits) -> FaceCode | None:
+    """``read`` and ``judge`` in one: the capture's refusal, or None."""
+    try:
+        header = read(image)
+    except ValueError:
+        return FaceCode.IMAGE_UNREADABLE
+    return judge(header, limits)
+
+
+def _png(image: bytes) -> Header:
+    # PNG §5.6: IHDR comes first, 13 bytes. A later second IHDR (which Pillow would take) is caught in
+    # the worker, where Pillow's own reading of the size must agree with this one (engine.decode).
+    if len(image) < 33 or image[12:16] != b"IHDR" or struct.unpack(">I", image[8:12])[0] != 13:
+        raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+    width, height = struct.unpack(">II", image[16:24])
+    return Header("PNG", width, height)
+
+
+def _jpeg(image: bytes) -> Header:
+    """Walk the markers (ITU T.81 B.1.1) to the first scan: the frame's size, then the scans counted
+    by their SOS markers (in entropy-coded data a 0xFF byte is always followed by 0x00 or RSTn)."""
+    pos, size = 2, len(image)
+    frame: tuple[int, int, bool] | None = None
+    while True:
+        if pos >= size or image[pos] != 0xFF:
+            raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+        while pos < size and image[pos] == 0xFF:  # fill bytes (B.1.1.2)
+            pos += 1
+        if pos >= size:
+            raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+        marker = image[pos]
+        pos += 1
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker == _EOI or pos + 2 > size:
+            raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+        length = struct.unpack(">H", image[pos:pos + 2])[0]
+        if length < 2 or pos + length > size:
+            raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+        if marker in _JPEG_OTHER_FRAMES:
+            raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+        if marker in _JPEG_FRAMES:
+            if frame is not None or length < 8:  # one frame per picture
+                raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+            height, width = struct.unpack(">HH", image[pos + 3:pos + 7])
+            frame = (width, height, marker == 0xC2)
+        if marker == _SOS:
+            if frame is None:
+                raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+            return Header("JPEG", frame[0], frame[1], scans=1 + image.count(b"\xff\xda", pos + length),
+                          progressive=frame[2])
+        pos += length

@@ -1,0 +1,210 @@
+"""Sealing the database again under the current data key (review 132, finding 4): ``quaygate keys rekey-data``.
+
+Every sealed column (``SEALED``) is read in batches of rows not yet under the current key (a v2 blob of
+the current key begins with ``DataCipher.prefix``, so SQL finds them), each opened under the keyring and
+sealed again with the same associated data. Each row is written by a guarded UPDATE (``WHERE <column> =
+<what was read>``): a writer that changed the row meanwhile wins (on PostgreSQL the UPDATE waits for his
+row lock, then finds the row changed and writes nothing; what he wrote was sealed under the current key
+anyway), and the row is counted ``changed``. Batches commit one by one, so an interrupted run resumes
+where it stopped; a second run finds nothing to do. A row that opens under no configured key is never
+written nor deleted: it is counted ``unreadable`` with its id, and the run exits non-zero.
+
+The face enrolment tags (identity.face.service, derived from the data key and kept on audit entries,
+which never change) cannot be sealed again: each person whose deciding entry only a previous key
+verifies gets a new tagged entry under the current key (``retag_enrolment``), and then the run marks them
+all done (``mark_retagged``), after which an entry only a previous key verifies counts only below the
+person's generation under the current key: a previous key that leaked makes no enrolment of its own.
+
+What a client or a browser holds sealed under the data key (a public client's pushed request, identity/oidc/
+par.py; an upstream login's binding cookie, identity/broker/service.py) is not ours to rewrite: it lives
+minutes, and opens under the current key only (``DataCipher.open_current``, review 135 finding 1), so those
+made just before the key changed fail once. A previous key's face capture digest key (``quaygate keys
+face-digest-keys``) stays configured for the face replay window, not the key itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
+
+from .crypto import DataCipher
+
+if TYPE_CHECKING:
+    from identity.face.service import Retag
+from .schema import (
+    FACE_ENROLMENT_KINDS_SQL,
+    audit_log,
+    encryption_keys,
+    face_templates,
+    signing_keys,
+    webhook_subscriptions,
+)
+
+BATCH = 500
+AUDIT_KIND = "quaygate.data_key.rekeyed"
+# A retired token key's seal (identity.keys ``_RETIRED_AAD``) and a retired audit key's
+# (release_service.adapters.audit ``RETIRED_AAD``): a row of signing_keys holds one of three.
+_SIGNING_KEY_AADS = (b"", b"|retired", b"|audit-retired")
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """One sealed column: its table, primary key, and the associated data a row's blob was sealed with
+    (candidates, tried in order: a signing key's row holds a private half or a retirement record)."""
+
+    table: sa.Table
+    pk: sa.Column[Any]
+    column: sa.Column[Any]
+    aads: Callable[[Any], tuple[bytes, ...]]
+    also: Callable[[DataCipher], dict[str, Any]] = lambda _c: {}
+
+    @property
+    def name(self) -> str:
+        return f"{self.table.name}.{self.column.name}"
+
+
+def _face_aad(row: Any) -> tuple[bytes, ...]:
+    return (f"face-template:v1:{row.person_id}:{row.template_id}".encode(),)  # identity.face.sealing._aad
+
+
+SEALED: tuple[Sealed, ...] = (
+    Sealed(signing_keys, signing_keys.c.kid, signing_keys.c.private_enc,
+           lambda r: tuple(r.kid.encode() + a for a in _SIGNING_KEY_AADS)),
+    Sealed(encryption_keys, encryption_keys.c.kid, encryption_keys.c.private_enc, lambda r: (r.kid.encode(),)),
+    Sealed(webhook_subscriptions, webhook_subscriptions.c.id, webhook_subscriptions.c.secret_enc,
+           lambda r: (f"webhook-secret:{r.id}".encode(),)),  # release_service.domain.webhooks.secret_aad
+    Sealed(face_templates, face_templates.c.person_id, face_templates.c.sealed, _face_aad,
+           also=lambda c: {"key_id": c.key_id}),
+)
+FACE_ENROLMENTS = "face enrolment tags"
+FACE_RETAG_MARK = "face enrolments' re-tag mark"  # 1 until rekey-data has marked them all re-tagged
+
+
+@dataclass
+class TableCount:
+    resealed: int = 0
+    changed: int = 0  # changed by another writer between the read and the guarded UPDATE: left to him
+    unreadable: list[str] = field(default_factory=list)  # ids of rows that open under no configured key
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"resealed": self.resealed, "changed": self.changed, "unreadable": self.unreadable}
+
+
+def _not_current(spec: Sealed, cipher: DataCipher) -> sa.ColumnElement[bool]:
+    prefix = cipher.prefix
+    return sa.and_(spec.column.is_not(None), sa.func.substr(spec.column, 1, len(prefix)) != prefix)
+
+
+def check(engine: sa.Engine, cipher: DataCipher, tag_keys: tuple[bytes, ...]) -> dict[str, int]:
+    """How many rows each sealed column still holds under keys other than the current one (v1 blobs,
+    which name none, included), and how many persons' enrolments a previous key still decides."""
+    counts: dict[str, int] = {}
+    with engine.connect() as conn:
+        for spec in SEALED:
+            counts[spec.name] = conn.execute(
+                sa.select(sa.func.count()).select_from(spec.table).where(_not_current(spec, cipher))).scalar_one()
+    counts[FACE_ENROLMENTS] = sum(1 for _ in _persons_to_retag(engine, tag_keys))
+    counts[FACE_RETAG_MARK] = 0 if retag_marked(engine, tag_keys) else 1
+    return counts
+
+
+def rekey(engine: sa.Engine, cipher: DataCipher, *, batch: int = BATCH) -> dict[str, TableCount]:
+    """Seal every sealed column again under the current key (the module docstring); counts by column."""
+    return {spec.name: _rekey_column(engine, cipher, spec, batch) for spec in SEALED}
+
+
+def _rekey_column(engine: sa.Engine, cipher: DataCipher, spec: Sealed, batch: int) -> TableCount:
+    count = TableCount()
+    columns = [c for c in spec.table.c if c.name in {spec.pk.name, spec.column.name, "kid", "id", "person_id",
+                                                      "template_id"}]
+    after: Any = None
+    while True:
+        with engine.begin() as conn:
+            query = sa.select(*columns).where(_not_current(spec, cipher)).order_by(spec.pk).limit(batch)
+            if after is not None:
+                query = query.where(spec.pk > after)
+            rows = conn.execute(query).all()
+            for row in rows:
+                old = getattr(row, spec.column.name)
+                new = _reseal(cipher, old, spec.aads(row))
+                if new is None:
+                    count.unreadable.append(str(getattr(row, spec.pk.name)))
+                    continue
+                done = conn.execute(spec.table.update()
+                                    .where(spec.pk == getattr(row, spec.pk.name), spec.column == old)
+                                    .values({spec.column.name: new, **spec.also(cipher)}))
+                if done.rowcount == 1:
+                    count.resealed += 1
+                else:
+                    count.changed += 1
+        if len(rows) < batch:
+            return count
+        after = getattr(rows[-1], spec.pk.name)
+
+
+def _reseal(cipher: DataCipher, sealed: str, aads: Iterable[bytes]) -> str | None:
+    """The blob under the current key with the associated data it opened with; None when it opens under
+    no configured key with any of ``aads`` (an unknown key, or not ours)."""
+    for aad in aads:
+        try:
+            return cipher.reseal(sealed, aad) or sealed
+        except (InvalidTag, ValueError):
+            continue
+    return None
+
+
+def retag(engine: sa.Engine, tag_keys: tuple[bytes, ...], *, actor: dict[str, Any], now: datetime) -> list[Retag]:
+    """A new tagged entry for each person whose enrolment a previous key decides, then the mark that all are
+    (``mark_retagged``: from then on a previous key's tag counts only below a person's generation under the
+    current key, review 135 finding 1); the persons, each with the entry that decided (review 135, finding
+    4: an entry made with a leaked old key before this run is tagged again like any other, so the command
+    lists them by the time of that entry, for a look at those made since a suspected leak)."""
+    from identity.face.service import mark_retagged, retag_enrolment
+
+    if len(tag_keys) < 2:
+        return []  # no previous key: nothing a previous key could decide
+    done = []
+    for person_id in list(_persons_to_retag(engine, tag_keys)):
+        with engine.begin() as conn:
+            found = retag_enrolment(conn, tag_keys, person_id, actor=actor, now=now)
+        if found is not None:
+            done.append(found)
+    with engine.begin() as conn:
+        mark_retagged(conn, tag_keys, actor=actor, now=now, retagged=len(done))
+    return done
+
+
+def retag_marked(engine: sa.Engine, tag_keys: tuple[bytes, ...]) -> bool:
+    """Whether `quaygate keys rekey-data` has marked every enrolment tagged under the current key (True
+    with no previous key: nothing to mark)."""
+    from identity.face.service import retagged_all
+    from identity.face.store import TemplateStore
+
+    if len(tag_keys) < 2:
+        return True
+    with engine.connect() as conn:
+        return retagged_all(TemplateStore(conn), tag_keys[0])
+
+
+def _persons_to_retag(engine: sa.Engine, tag_keys: tuple[bytes, ...]) -> Iterator[uuid.UUID]:
+    from identity.face.service import needs_retag
+    from identity.face.store import TemplateStore
+
+    if len(tag_keys) < 2:
+        return  # no previous key: every tag that verifies is under the current key
+    with engine.connect() as conn:
+        subjects = conn.execute(sa.select(audit_log.c.subject).where(sa.text(FACE_ENROLMENT_KINDS_SQL))
+                                .distinct()).scalars().all()
+        for subject in subjects:
+            try:
+                person_id = uuid.UUID(str(subject))
+            except ValueError:
+                continue
+            if needs_retag(TemplateStore(conn), tag_keys, person_id) is not None:
+                yield person_id

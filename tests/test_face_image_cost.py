@@ -1,0 +1,173 @@
+"""A capture's cost is bounded before any pixel is decoded (review 131, finding 2): small files claiming
+big pictures (a 1 x 5,000,000 PNG of a few kB, a 2100 x 2100 PNG, a progressive JPEG with extra scans, a
+lossless JPEG, a strip) are refused on their header alone (identity/face/header.py), in the service
+before a face worker is given them (tests/test_face_api.py, tests/test_gate_face.py) and again in the
+worker before Pillow decodes; the photos of real captures pass. And one terminal has at most its share
+of the pool's jobs (``FacePool.per_owner``)."""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import zlib
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from identity.domain.face import QualityRules
+from identity.face import engine, header
+from identity.face.header import MAX_JPEG_SCANS, Header, ImageLimits
+from identity.face.pool import FacePool, FaceUnavailable
+from tests.test_face_support import photo
+
+LIMITS = ImageLimits()
+
+
+def png(width: int, height: int, mode: str = "RGBA") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, (width, height)).save(out, "PNG")
+    return out.getvalue()
+
+
+def jpeg(width: int, height: int, **kw: Any) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (128, 128, 128)).save(out, "JPEG", quality=10, **kw)
+    return out.getvalue()
+
+
+def more_scans(image: bytes, extra: int) -> bytes:
+    """A progressive JPEG with ``extra`` copies of its smallest scans appended before EOI: each scan
+    passes over every block of the picture (libjpeg warns of the bogus progression and decodes on)."""
+    starts = [m.start() for m in re.finditer(b"\xff\xda", image)]
+    scans = [image[a:b] for a, b in zip(starts, [*starts[1:], len(image) - 2], strict=True)]
+    smallest = sorted(scans, key=len)[:3]
+    return image[:starts[0]] + b"".join(scans) + b"".join((smallest * extra)[:extra]) + b"\xff\xd9"
+
+
+def second_ihdr(image: bytes, width: int, height: int) -> bytes:
+    """A PNG with a second IHDR after the first, claiming another size (Pillow takes the last)."""
+    data = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + b"IHDR" + data + struct.pack(">I", zlib.crc32(b"IHDR" + data))
+    return image[:33] + chunk + image[33:]
+
+
+def bombs() -> dict[str, tuple[bytes, str]]:
+    """Small files whose pictures cost a worker far more than a capture (module docstring)."""
+    lossless = bytearray(jpeg(64, 64))
+    at = lossless.index(b"\xff\xc0")
+    lossless[at + 1] = 0xC3  # SOF3: lossless, never decoded reduced
+    return {
+        "strip png 1x5M": (png(1, 5_000_000), "image_too_large"),
+        "png 2100x2100": (png(2100, 2100), "image_too_large"),
+        "png 16-bit 2100x2100": (png(2100, 2100, "I;16"), "image_too_large"),
+        "progressive jpeg 2100x2100": (jpeg(2100, 2100, progressive=True), "image_too_large"),
+        "png 5:1": (png(3000, 600), "image_unreadable"),
+        "jpeg 5:1": (jpeg(5000, 1000), "image_unreadable"),
+        "progressive jpeg with extra scans": (more_scans(jpeg(600, 600, progressive=True), 10), "image_unreadable"),
+        "lossless jpeg": (bytes(lossless), "image_unreadable"),
+        "jpeg without a frame": (b"\xff\xd8\xff\xda\x00\x08" + b"\x00" * 20, "image_unreadable"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bomb_files() -> dict[str, tuple[bytes, str]]:
+    return bombs()
+
+
+def test_the_bombs_are_small_files(bomb_files: dict[str, tuple[bytes, str]]) -> None:
+    assert all(len(data) < 300_000 for data, _ in bomb_files.values())
+
+
+@pytest.mark.parametrize("name", list(bombs()))
+def test_a_costly_picture_is_refused_on_its_header(bomb_files: dict[str, tuple[bytes, str]], name: str) -> None:
+    data, code = bomb_files[name]
+    assert header.refusal(data, LIMITS) == code
+    # and in the worker, before Pillow decodes anything
+    with pytest.raises(ValueError, match=code):
+        engine.decode(data, max_side=640, limits=LIMITS)
+
+
+@pytest.mark.parametrize("name", ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "32bit.png",
+                                  "astronaut.png", "chelsea.png", "obama_partial_face.jpg"])
+def test_real_captures_pass_the_header(name: str) -> None:
+    got = header.read(photo(name))
+    assert got.format == ("PNG" if name.endswith(".png") else "JPEG")
+    assert header.judge(got, LIMITS) is None
+
+
+def test_what_passes_the_header() -> None:
+    # a baseline JPEG is decoded reduced: 40 Mpx claimed is fine; 2000 x 2000 PNG at the PNG limit;
+    # libjpeg's own progressive JPEG (10 scans); exactly 4:1
+    assert header.judge(Header("JPEG", 8000, 5000), LIMITS) is None
+    assert header.judge(Header("JPEG", 8000, 5001), LIMITS) == "image_too_large"
+    assert header.refusal(png(2000, 2000), LIMITS) is None
+    progressive = jpeg(1000, 800, progressive=True)
+    assert header.read(progressive) == Header("JPEG", 1000, 800, scans=10, progressive=True)
+    assert header.refusal(more_scans(progressive, MAX_JPEG_SCANS - 10), LIMITS) is None
+    assert header.refusal(more_scans(progressive, MAX_JPEG_SCANS - 9), LIMITS) == "image_unreadable"
+    assert header.judge(Header("PNG", 400, 100), LIMITS) is None
+    assert header.judge(Header("PNG", 100, 401), LIMITS) == "image_unreadable"
+    assert header.judge(Header("PNG", 0, 100), LIMITS) == "image_unreadable"
+    with pytest.raises(ValueError, match="positive"):
+        ImageLimits(max_png_pixels=0)
+
+
+def test_the_worker_decodes_only_the_picture_judged() -> None:
+    """A PNG whose first header says 100 x 100 and a second one more: Pillow reads the other size, which
+    the worker refuses before decoding."""
+    small = png(100, 100)
+    assert engine.decode(small, max_side=640, limits=LIMITS).shape == (100, 100, 3)
+    forged = second_ihdr(small, 3000, 3000)
+    assert header.refusal(forged, LIMITS) is None  # the first header is all the service reads
+    with pytest.raises(ValueError, match="image_unreadable"):
+        engine.decode(forged, max_side=640, limits=LIMITS)
+    assert engine.analyse(forged, QualityRules()).code == "image_unreadable"
+
+
+def test_unreadable_headers() -> None:
+    for data in (b"", b"GIF89a", b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, b"\xff\xd8", b"\xff\xd8\xff\xd9",
+                 b"\xff\xd8\xff\xe0\xff\xff", photo("obama.jpg")[:300]):
+        assert header.refusal(data, LIMITS) == "image_unreadable", data[:12]
+
+
+# ---- one terminal's share of the pool ------------------------------------------------------------
+
+
+class _Held:
+    """An executor whose jobs stay in flight until released: admission alone is under test."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Future[Any]] = []
+
+    def submit(self, *_: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.jobs.append(future)
+        return future
+
+
+def test_one_terminal_has_at_most_its_share_of_the_pool() -> None:
+    pool = FacePool(1, queue_per_worker=4)
+    held = _Held()
+    pool._executor = held  # type: ignore[assignment]
+    assert (pool.limit, pool.per_owner) == (4, 2)
+    pool.submit(b"a", "gate:A")
+    pool.submit(b"b", "gate:A")
+    with pytest.raises(FaceUnavailable) as busy:
+        pool.submit(b"c", "gate:A")  # its share is taken
+    assert busy.value.code == "face_busy"
+    pool.submit(b"d", "gate:B")  # another terminal still gets in
+    pool.submit(b"e")  # and work of no terminal
+    with pytest.raises(FaceUnavailable):
+        pool.submit(b"f", "gate:C")  # the pool's own limit
+    held.jobs[0].set_result(None)  # one of A's jobs ends
+    pool.submit(b"g", "gate:A")
+    for job in held.jobs[1:]:
+        job.set_result(None)
+    assert pool._owners == {} and pool._in_flight == 0
+    assert FacePool(2, queue_per_worker=4, per_owner=3).per_owner == 3
+    assert FacePool(1, queue_per_worker=2, per_owner=9).per_owner == 2  # never above the pool's limit
+    with pytest.raises(ValueError):
+        FacePool(1, per_owner=-1)
