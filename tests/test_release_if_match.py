@@ -215,3 +215,31 @@ def test_the_header_grammar() -> None:
         with pytest.raises(DomainError) as refused:
             parse_if_match(bad)
         assert refused.value.code.value == "invalid_if_match"
+
+
+def test_a_key_reused_with_another_if_match_is_another_request(api: Api) -> None:
+    """The If-Match a write states is part of what the request is (draft-ietf-httpapi-idempotency-key-header,
+    its error scenarios: a key reused with another request is 422). Customs' green on version N, retried
+    under its key once it had read N+1 (a scan since), replayed the first 200 as if its green held at N+1;
+    the scan stayed, the answer said green. Now 422 ``idempotency_key_reused``, nothing written. The same
+    precondition, however spelled, still replays."""
+    rid = api.issue(51)["release"]["id"]
+    read = api.http.get(f"/api/v1/releases/{rid}", headers=api.as_("customs")).headers["etag"]
+    green = _light(api, rid, "green", {"If-Match": read, "Idempotency-Key": "customs-green-51"})
+    assert green.status_code == 200, green.text
+    scan = _light(api, rid, "scan", {"Idempotency-Key": "customs-scan-51"})
+    assert scan.status_code == 200, scan.text
+    before = _stored(api, rid)
+    newer = scan.headers["etag"]
+    for other in (newer, "*", f"{read}, {newer}"):
+        retried = _light(api, rid, "green", {"If-Match": other, "Idempotency-Key": "customs-green-51"})
+        assert_problem(retried, 422, "idempotency_key_reused")
+        assert _stored(api, rid) == before
+    for same in (read, f" {read} ", f"{read},"):  # the same precondition: the first answer again
+        replayed = _light(api, rid, "green", {"If-Match": same, "Idempotency-Key": "customs-green-51"})
+        assert replayed.status_code == 200 and replayed.json() == green.json()
+    # a key first sent without If-Match, then with one, and the reverse: another request each time
+    assert_problem(_light(api, rid, "scan", {"If-Match": newer, "Idempotency-Key": "customs-scan-51"}),
+                   422, "idempotency_key_reused")
+    assert_problem(_light(api, rid, "green", {"Idempotency-Key": "customs-green-51"}), 422, "idempotency_key_reused")
+    assert _stored(api, rid) == before

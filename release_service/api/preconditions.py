@@ -18,6 +18,7 @@ than every write being refused as stale.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated
 
@@ -83,3 +84,9 @@ def if_match(value: Annotated[str | None, Header(alias="If-Match", description=I
 
 
 Precondition = Annotated[IfMatch | None, Depends(if_match)]
+
+
+def stated(if_match: IfMatch) -> str:
+    """The precondition as one canonical string, for an Idempotency-Key's fingerprint: the same versions
+    however spelled (spaces, order, empty elements) give the same string, other versions another."""
+    return "*" if if_match.any else json.dumps(sorted(if_match.tags))

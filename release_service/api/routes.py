@@ -23,11 +23,11 @@ from release_service.domain.parties import Actor
 from release_service.domain.release import LightKind, LightStatus, RefusalReason, State
 from release_service.ports import ReleaseFilter, UnitOfWork
 from release_service.services import issue, lifecycle, nominate, queries, respond, transfers
-from release_service.services.common import IdempotencyRequest, run
+from release_service.services.common import IdempotencyRequest, IfMatch, run
 
 from . import schemas as s
 from .auth import require
-from .preconditions import ETAG_HEADER, Precondition, etag
+from .preconditions import ETAG_HEADER, Precondition, etag, stated
 from .problems import problem_responses
 
 T = TypeVar("T")
@@ -39,7 +39,9 @@ RESPOND = require("nominations:respond", min_acr=ACR_PASSKEY)
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", max_length=255,
-           description="Repeat a POST or PUT safely: the same key gives the same answer and no second effect."),
+           description="Repeat a POST or PUT safely: the same key gives the same answer and no second effect. "
+                       "The same key with another request (another body, or another `If-Match`) is 422 "
+                       "`idempotency_key_reused`."),
 ]
 ReleaseId = Annotated[uuid.UUID, Path(description="The release right's id.")]
 TransferId = Annotated[uuid.UUID, Path(description="The transfer's id.")]
@@ -63,13 +65,16 @@ def unit_of_work(container: Any, *, readonly: bool = False, autocommit: bool = F
 
 def _execute(request: Request, actor: Actor, key: str | None, body: BaseModel | None,
              action: Callable[[UnitOfWork, datetime], T],
-             render: Callable[[T, datetime], tuple[int, Any]]) -> JSONResponse:
+             render: Callable[[T, datetime], tuple[int, Any]], if_match: IfMatch | None = None) -> JSONResponse:
     container = request.app.state.container
     now = container.clock.now()
     idem = None
     if key is not None:
         payload = body.model_dump_json() if body is not None else ""
-        digest = hashlib.sha256(f"{request.method} {request.url.path}\n{payload}".encode()).hexdigest()
+        what = f"{request.method} {request.url.path}\n{payload}"
+        if if_match is not None:  # the version it is conditioned on: a retry stating another is another request
+            what += f"\nIf-Match: {stated(if_match)}"
+        digest = hashlib.sha256(what.encode()).hexdigest()
         idem = IdempotencyRequest(_idempotency_owner(actor), key, digest)
     status, content = run(unit_of_work(container), lambda uow: action(uow, now),
                           lambda result: render(result, now), idempotency=idem, now=now)
@@ -201,7 +206,7 @@ def transfer_release(request: Request, release_id: ReleaseId, body: s.TransferRe
     return _execute(request, actor, idempotency_key, body,
                     lambda uow, now: transfers.transfer(uow, actor, release_id, body.to_organisation_id, now,
                                                         if_match=if_match),
-                    lambda r, now: _transfer_receipt(r, now, 201))
+                    lambda r, now: _transfer_receipt(r, now, 201), if_match=if_match)
 
 
 @router.post("/transfers/{transfer_id}/accept", operation_id="acceptTransfer",
@@ -210,7 +215,7 @@ def accept_transfer(request: Request, transfer_id: TransferId, actor: Actor = De
                     if_match: Precondition = None, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     return _execute(request, actor, idempotency_key, None,
                     lambda uow, now: transfers.accept(uow, actor, transfer_id, now, if_match=if_match),
-                    _transfer_receipt)
+                    _transfer_receipt, if_match=if_match)
 
 
 @router.post("/transfers/{transfer_id}/decline", operation_id="declineTransfer",
@@ -221,7 +226,7 @@ def decline_transfer(request: Request, transfer_id: TransferId, body: s.ReasonRe
     reason = body.reason if body else None
     return _execute(request, actor, idempotency_key, body,
                     lambda uow, now: transfers.decline(uow, actor, transfer_id, reason, now, if_match=if_match),
-                    _transfer_receipt)
+                    _transfer_receipt, if_match=if_match)
 
 
 @router.post("/transfers/{transfer_id}/withdraw", operation_id="withdrawTransfer",
@@ -230,7 +235,7 @@ def withdraw_transfer(request: Request, transfer_id: TransferId, actor: Actor = 
                       if_match: Precondition = None, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     return _execute(request, actor, idempotency_key, None,
                     lambda uow, now: transfers.withdraw(uow, actor, transfer_id, now, if_match=if_match),
-                    _transfer_receipt)
+                    _transfer_receipt, if_match=if_match)
 
 
 @router.put("/releases/{release_id}/nomination", operation_id="nominateDriver",
@@ -248,7 +253,7 @@ def nominate_driver(request: Request, release_id: ReleaseId, body: s.NominationR
         slot_start=body.slot.start if body.slot else None, slot_end=body.slot.end if body.slot else None)
     return _execute(request, actor, idempotency_key, body,
                     lambda uow, now: nominate.nominate(uow, actor, release_id, cmd, now, if_match=if_match),
-                    _with_receipt(actor))
+                    _with_receipt(actor), if_match=if_match)
 
 
 @router.post("/releases/{release_id}/nomination:accept", operation_id="acceptNomination",
@@ -258,7 +263,7 @@ def accept_nomination(request: Request, release_id: ReleaseId, actor: Actor = De
                       if_match: Precondition = None, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     return _execute(request, actor, idempotency_key, None,
                     lambda uow, now: respond.accept(uow, actor, release_id, now, if_match=if_match),
-                    _with_receipt(actor))
+                    _with_receipt(actor), if_match=if_match)
 
 
 @router.post("/releases/{release_id}/nomination:refuse", operation_id="refuseNomination",
@@ -270,7 +275,7 @@ def refuse_nomination(request: Request, release_id: ReleaseId, body: s.RefusalRe
     reason = RefusalReason(body.reason) if body and body.reason else None
     return _execute(request, actor, idempotency_key, body,
                     lambda uow, now: respond.refuse(uow, actor, release_id, reason, now, if_match=if_match),
-                    _with_receipt(actor))
+                    _with_receipt(actor), if_match=if_match)
 
 
 @router.patch("/releases/{release_id}", operation_id="updateRelease", response_model=s.ReleaseWithReceipt,
@@ -282,7 +287,7 @@ def update_release(request: Request, release_id: ReleaseId, body: s.UpdateReques
                     lambda uow, now: lifecycle.update(uow, actor, release_id, now, valid_from=body.valid_from,
                                                       valid_until=body.valid_until,
                                                       bill_of_lading=body.bill_of_lading, if_match=if_match),
-                    _with_receipt(actor))
+                    _with_receipt(actor), if_match=if_match)
 
 
 def _line_action(name: str, fn: Callable[..., Any], summary: str) -> None:
@@ -292,7 +297,7 @@ def _line_action(name: str, fn: Callable[..., Any], summary: str) -> None:
         reason = body.reason if body else None
         return _execute(request, actor, idempotency_key, body,
                         lambda uow, now: fn(uow, actor, release_id, reason, now, if_match=if_match),
-                        _with_receipt(actor))
+                        _with_receipt(actor), if_match=if_match)
 
     router.add_api_route(f"/releases/{{release_id}}/{name}", endpoint, methods=["POST"],
                          operation_id=f"{name}Release", response_model=s.ReleaseWithReceipt,
@@ -317,7 +322,7 @@ def set_light(request: Request, release_id: ReleaseId, light: LightKind, body: s
     return _execute(request, actor, idempotency_key, body,
                     lambda uow, now: lifecycle.set_light(uow, actor, release_id, light, LightStatus(body.status),
                                                          body.reason, now, if_match=if_match),
-                    _with_receipt(actor))
+                    _with_receipt(actor), if_match=if_match)
 
 
 def _item_error(error: DomainError) -> dict[str, str]:

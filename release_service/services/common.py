@@ -20,7 +20,7 @@ T = TypeVar("T")
 class IdempotencyRequest:
     client_id: str
     key: str
-    fingerprint: str  # hash of method, path and body: the same key with another request is refused
+    fingerprint: str  # hash of method, path, body and If-Match: the same key with another request is refused
 
 
 @dataclass(frozen=True, slots=True)
