@@ -5,7 +5,9 @@ Secrets are 256-bit random values we generate, so the hash guards against a leak
 against guessing. scrypt's cost (about 40 ms of CPU and 16 MiB here) is paid once per client and
 secret in a process (``SecretChecker``'s memo); a wrong secret pays it every time, so the client
 endpoints check secrets through ``SecretChecker`` (a bound on hashes at once) behind a budget of
-failures per address (identity.ratelimit, review 129, finding 1).
+failures per address (identity.ratelimit, review 129, finding 1). An unknown client_id, a deactivated
+client and a client with no secret pay it too, against a decoy hash: answered faster, they told which
+client ids exist.
 
 Lookups are served from memory (``ClientRegistry.find``): every token request needs its client, and a
 database round trip per request was the largest cost of the client credentials grant. A change made
@@ -110,10 +112,14 @@ class SecretChecker:
       free, ``HashingBusy``. A hash holds a thread for about 50 ms, and the token endpoint, the passkey
       login and the gate's database way share a few threads (quaygate/threads.py): hashing must never
       hold them all.
+    - No stored hash (an unknown client, a deactivated one, one with no secret): the secret is checked
+      against a decoy, a hash of a random secret at the cost of ours, made once, and refused; the work
+      and the answer are those of a wrong secret, so neither tells which client ids exist.
     """
 
     def __init__(self, *, max_hashing: int, max_entries: int = 10_000) -> None:
         self._key = secrets.token_bytes(32)
+        self._decoy = hash_secret(secrets.token_urlsafe(32))
         self._lock = threading.Lock()
         self._memo: dict[str, tuple[str, bytes]] = {}
         self._max_entries = max_entries
@@ -130,11 +136,11 @@ class SecretChecker:
 
     def verify(self, client_id: str, secret: str, encoded: str | None) -> bool:
         """``verify_secret``, in one of the hashing slots (raises ``HashingBusy`` when none is free);
-        remembered when it matched."""
+        remembered when it matched. ``encoded`` None: checked against the decoy, never matched."""
         if not self._hashing.acquire(blocking=False):
             raise HashingBusy
         try:
-            matched = verify_secret(secret, encoded)
+            matched = verify_secret(secret, encoded or self._decoy) and bool(encoded)
         finally:
             self._hashing.release()
         if matched and encoded:

@@ -4,6 +4,7 @@ that matched, and a bound on hashes at once (``SecretChecker``). The real app, i
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from identity.clients import HashingBusy, SecretChecker, hash_secret
 from quaygate.cache import MemoryCache
 from quaygate.schema import oauth_clients
 from tests.test_identity_ratelimit import Served, _clear_of_a_window_edge, line_client, serve
+from tests.test_identity_support import public_jwks, rsa_key
 
 FORM = {"grant_type": "client_credentials"}
 
@@ -34,6 +36,20 @@ def hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return real(secret, encoded)
 
     monkeypatch.setattr(clients, "verify_secret", counted)
+    return seen
+
+
+@pytest.fixture
+def scrypts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """Every scrypt run in the process, by its cost (n, r, p): what a wrong secret costs, counted."""
+    seen: list[tuple[int, int, int]] = []
+    real = hashlib.scrypt
+
+    def counted(password: bytes, *, salt: bytes, n: int, r: int, p: int, maxmem: int = 0, dklen: int = 64) -> bytes:
+        seen.append((n, r, p))
+        return real(password, salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=dklen)
+
+    monkeypatch.setattr(hashlib, "scrypt", counted)
     return seen
 
 
@@ -76,14 +92,50 @@ def test_a_flood_of_wrong_secrets_stops_being_hashed_past_the_addresss_budget(
 
 
 def test_unknown_clients_spend_the_budget_too(engine: sa.Engine, tmp_path: Path, hashes: list[str]) -> None:
-    """An unknown client_id costs no scrypt (there is no hash to check against, and none is done), but it
-    is a failure: counted, so that the budget is one for every way of guessing."""
+    """An unknown client_id costs the scrypt of a wrong secret (against the decoy hash), and is a failure:
+    counted, so that the budget is one for every way of guessing."""
     for s in served(engine, tmp_path, rate_limit_secret_failures_per_address=3):
         client_id, _ = line_client(engine)
         for n in range(3):
             assert s.http.post("/oauth2/token", data=FORM, auth=(f"qg-nobody-{n}", "x")).status_code == 401
         assert slowed(s.http.post("/oauth2/token", data=FORM, auth=(client_id, "wrong")))
-        assert hashes == []
+        assert hashes == ["x"] * 3
+
+
+CLIENT_ENDPOINTS = [("/oauth2/token", FORM), ("/oauth2/introspect", {"token": "t"}),
+                    ("/oauth2/revoke", {"token": "t"}), ("/oauth2/par", {"response_type": "code"})]
+
+
+@pytest.mark.parametrize(("path", "form"), CLIENT_ENDPOINTS)
+def test_an_unknown_client_costs_what_a_wrong_secret_costs_and_is_answered_alike(
+        engine: sa.Engine, tmp_path: Path, scrypts: list[tuple[int, int, int]], path: str, form: dict[str, str]
+) -> None:
+    """No timing oracle of which client ids exist: an unknown client_id, a deactivated client and a client
+    with no secret (private_key_jwt) are checked against a hash of the same cost as a wrong secret of a
+    client that has one, one scrypt each, and answered the same invalid_client, at every endpoint where a
+    client authenticates with a secret (HTTP Basic and the form)."""
+    for s in served(engine, tmp_path, rate_limit_secret_failures_per_address=1000):
+        client_id, _ = line_client(engine)
+        gone, _ = line_client(engine)
+        with engine.begin() as conn:
+            conn.execute(oauth_clients.update().where(oauth_clients.c.client_id == gone).values(active=False))
+        provider_for(s.http.app).clients.changed(gone)
+        keyed, _ = line_client(engine, auth_method="private_key_jwt", jwks=public_jwks(rsa_key()))
+        for n, post in enumerate((False, True)):
+            answers = {}
+            for who in (client_id, "qg-shipping-line-0123456789abcdef", gone, keyed):
+                scrypts.clear()
+                secret = f"guess-{who}-{n}"
+                if post:
+                    r = s.http.post(path, data={**form, "client_id": who, "client_secret": secret})
+                else:
+                    r = s.http.post(path, data=form, auth=(who, secret))
+                assert r.status_code == 401, r.text
+                answers[who] = (scrypts[:], r.json(), r.headers.get("www-authenticate"))
+            wrong = answers.pop(client_id)
+            assert len(wrong[0]) == 1
+            for who, answer in answers.items():
+                assert answer == wrong, (who, post)
 
 
 def test_the_right_secret_spends_nothing_and_a_remembered_one_passes_a_spent_address(

@@ -167,9 +167,12 @@ class ClientSecret:
         client_id and secret sent? no -> not this method
           -> a secret that matched this client's stored hash before (the memo)? -> authenticated
           -> the address's client-secret failures spent? -> 429 slow_down, nothing hashed
-          -> unknown client -> a failure counted, invalid_client (no hash: nothing to hash against)
           -> a hashing slot free? no -> 429 slow_down
           -> scrypt: matched -> authenticated; else a failure counted, not this method (invalid_client)
+
+    An unknown (or deactivated) client, or one with no secret, is hashed against ``SecretChecker``'s
+    decoy and refused as a wrong secret is: the same scrypt, the same answer, no way to tell which
+    client ids exist.
     """
 
     def __init__(self, method: AuthMethod, secrets: SecretChecker) -> None:
@@ -184,16 +187,14 @@ class ClientSecret:
         if not client_id or not secret:
             return None
         client: OAuthClient | None = query_client(client_id)
-        if client is not None and self._secrets.remembered(client_id, secret, client.record.secret_hash):
+        stored = client.record.secret_hash if client is not None else None
+        if client is not None and self._secrets.remembered(client_id, secret, stored):
             return client
         retry = ratelimit.secret_failures_spent()
         if retry is not None:
             raise SlowDownError(retry)
-        if client is None:
-            ratelimit.client_secret_failed()
-            raise InvalidClientError(status_code=401, description="The client does not exist on this server.")
         try:
-            matched = self._secrets.verify(client_id, secret, client.record.secret_hash)
+            matched = self._secrets.verify(client_id, secret, stored)  # no stored hash: the decoy
         except HashingBusy:
             log.info("identity.client_auth.refused.hashing_busy")
             raise SlowDownError(1) from None
