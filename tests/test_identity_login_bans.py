@@ -102,6 +102,28 @@ def test_a_banned_person_cannot_enrol_his_first_passkey_with_a_code(env: PEnv, r
     assert _kinds(env.engine)[-1] == "identity.passkey.registration.refused.person_banned"
 
 
+def test_a_refused_passkey_login_holds_one_connection_at_a_time(pg_engine: sa.Engine, tmp_path: Path,
+                                                                register: Register) -> None:
+    """The refusal's audit entry (and the office it names) were read and written on a second connection while
+    the login's was still held: a burst of a banned driver's logins each held one and waited for another, and
+    the pool froze logins for everyone (as review 137 found of the authorization endpoint). With a pool of
+    one connection, the refusal is answered."""
+    one = sa.create_engine(pg_engine.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0,
+                           pool_timeout=2)
+    try:
+        for env in build_env(one, tmp_path, ban_register_jwk=register.public_jwk):
+            pid, phone = env.person(), device()
+            env.enrol(pid, phone)
+            pepper = env.container.settings.pepper_bytes()
+            _identify(one, pepper, pid)
+            _ban(one, register, pepper)
+            body = _problem(env.login(phone), 403, "person_banned")
+            assert body["office"] == "badge_office"
+            assert _kinds(one)[-1] == "identity.login.passkey.refused.person_banned"  # still committed
+    finally:
+        one.dispose()
+
+
 @pytest.mark.parametrize("end", ["expired", "lifted"])
 def test_a_ban_no_longer_in_force_refuses_no_login(env: PEnv, register: Register, end: str) -> None:
     pid, phone = env.person(), device()

@@ -114,6 +114,14 @@ class _Attempt:
     address: str | None
 
 
+class _Refused(Exception):
+    """A login refused while its connection is held: audited once it is returned (``finish_authentication``)."""
+
+    def __init__(self, code: str, detail: str, stored: StoredCredential | None) -> None:
+        super().__init__(code)
+        self.code, self.detail, self.stored = code, detail, stored
+
+
 class _Stale(Exception):
     """A session too old or too weak to change the person's passkeys (``PasskeyService._recent_session``)."""
 
@@ -301,61 +309,65 @@ class PasskeyService:
                 self._refuse_login("rate_limited", "login guard", attempt, retry_after=retry)
         now = attempt.now
         # One connection from the read to the commit: the credential is read in the transaction that
-        # records its use. Every refusal ends that transaction first (it has written nothing), so its
-        # audit entry, written on a connection of its own, never waits for this one (on SQLite every
-        # transaction holds the write lock).
-        with self._engine.connect() as conn:
+        # records its use. A refusal leaves the block (it has written nothing) and is audited once the
+        # connection is back in the pool: never a second connection while this one is held, or a burst
+        # of refused logins (a banned driver's, in a loop) would each hold one and wait for another and
+        # freeze the pool for everyone (as review 137 found of /authorize); on SQLite every transaction
+        # holds the write lock.
+        try:
+            with self._engine.connect() as conn:
 
-            def refuse(code: str, detail: str, stored: StoredCredential | None = None) -> NoReturn:
-                conn.rollback()
-                self._refuse_login(code, detail, attempt, stored)
+                def refuse(code: str, detail: str, stored: StoredCredential | None = None) -> NoReturn:
+                    raise _Refused(code, detail, stored)
 
-            stored = self.credentials.get(claim.credential_id, conn)
-            if stored is None:
-                refuse("passkey_unknown", "no such credential")
-            try:
-                verified = passkeys.verify_assertion(
-                    self.rp, credential=credential, challenge=sealed.challenge, public_key=stored.public_key
-                )
-            except passkeys.CeremonyRefused as exc:
-                refuse("passkey_invalid", exc.detail, stored)
-            if not passkeys.user_handle_matches(claim.user_handle, self._user_handle(stored.person_id)):
-                refuse("passkey_invalid", "user_handle_mismatch", stored)
-            # The signature holds: now, and not before, the flow's one use is claimed.
-            used_before = self._claim_flow_use(sealed, now)
-            if used_before is not None:
-                refuse("challenge_expired", used_before, stored)
-            if stored.status == REMOVED:
-                refuse("passkey_unknown", "removed", stored)
-            if stored.status == SUSPENDED:
-                refuse(suspended_code(stored.status_reason), stored.status_reason or "suspended", stored)
-            # Before the transaction writes anything: the person's row share-locked, its status read under
-            # the lock (a suspension committed meanwhile is seen; one coming later waits for this commit).
-            if hold_person(conn, stored.person_id) != "active":
-                refuse("person_suspended", "person not active", stored)
-            # A ban never changes the status: judged here, under the same lock (identity.bans.screening).
-            if self._bans is not None and self._bans.banned(conn, stored.person_id, now):
-                refuse("person_banned", "port ban in force", stored)
-            used = not passkeys.sign_count_regressed(stored.sign_count, verified.sign_count) and \
-                self.credentials.record_use(conn, stored.credential_id, sign_count=verified.sign_count,
-                                            backed_up=verified.backed_up, now=now)
-            if used:
-                cookie, session = self._sessions.create(
-                    stored.person_id, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY, now=now, conn=conn,
-                    replacing=session_cookie,
-                    credential_id=stored.credential_id,
-                )
-                audit.record(
-                    "identity.login.passkey.succeeded",
-                    at=now,
-                    actor={"person_id": str(stored.person_id)},
-                    subject=session.sid,
-                    data={"credential_id": _ref(stored.credential_id), "acr": assurance.ACR_PASSKEY},
-                    conn=conn,
-                )
-                conn.commit()
-            else:
-                conn.rollback()
+                stored = self.credentials.get(claim.credential_id, conn)
+                if stored is None:
+                    refuse("passkey_unknown", "no such credential")
+                try:
+                    verified = passkeys.verify_assertion(
+                        self.rp, credential=credential, challenge=sealed.challenge, public_key=stored.public_key
+                    )
+                except passkeys.CeremonyRefused as exc:
+                    refuse("passkey_invalid", exc.detail, stored)
+                if not passkeys.user_handle_matches(claim.user_handle, self._user_handle(stored.person_id)):
+                    refuse("passkey_invalid", "user_handle_mismatch", stored)
+                # The signature holds: now, and not before, the flow's one use is claimed.
+                used_before = self._claim_flow_use(sealed, now)
+                if used_before is not None:
+                    refuse("challenge_expired", used_before, stored)
+                if stored.status == REMOVED:
+                    refuse("passkey_unknown", "removed", stored)
+                if stored.status == SUSPENDED:
+                    refuse(suspended_code(stored.status_reason), stored.status_reason or "suspended", stored)
+                # Before the transaction writes anything: the person's row share-locked, its status read under
+                # the lock (a suspension committed meanwhile is seen; one coming later waits for this commit).
+                if hold_person(conn, stored.person_id) != "active":
+                    refuse("person_suspended", "person not active", stored)
+                # A ban never changes the status: judged here, under the same lock (identity.bans.screening).
+                if self._bans is not None and self._bans.banned(conn, stored.person_id, now):
+                    refuse("person_banned", "port ban in force", stored)
+                used = not passkeys.sign_count_regressed(stored.sign_count, verified.sign_count) and \
+                    self.credentials.record_use(conn, stored.credential_id, sign_count=verified.sign_count,
+                                                backed_up=verified.backed_up, now=now)
+                if used:
+                    cookie, session = self._sessions.create(
+                        stored.person_id, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY, now=now, conn=conn,
+                        replacing=session_cookie,
+                        credential_id=stored.credential_id,
+                    )
+                    audit.record(
+                        "identity.login.passkey.succeeded",
+                        at=now,
+                        actor={"person_id": str(stored.person_id)},
+                        subject=session.sid,
+                        data={"credential_id": _ref(stored.credential_id), "acr": assurance.ACR_PASSKEY},
+                        conn=conn,
+                    )
+                    conn.commit()
+                else:
+                    conn.rollback()
+        except _Refused as r:
+            self._refuse_login(r.code, r.detail, attempt, r.stored)
         if not used:
             # The counter went backwards; or another login moved it past this one, or the credential
             # was suspended or removed between our read and our write (the same rule, judged
