@@ -193,6 +193,32 @@ def test_a_bound_access_token_is_revoked_only_with_a_proof_of_its_key(env: Lifec
         _verify(env, access)
 
 
+def test_a_revocation_asked_for_the_epochs_nonce_gives_it_and_goes_through_with_it(
+        env: Lifecycle, epochs_as_made: None) -> None:
+    """The provider's cache has just begun its dataset (quaygate/dataset.py): the proof of the key, made
+    now, could have been used before it. Its claim is refused, and the answer is 400 ``use_dpop_nonce``
+    with the nonce in ``DPoP-Nonce`` (RFC 9449 §8), nothing revoked; the app's new proof with that nonce
+    revokes the family at once, instead of a 200 that revoked nothing and gave no nonce."""
+    driver = env.driver_app()
+    key = dpop_key()
+    gid, token = env.grant(driver, env.person(), scope="openid offline_access", dpop_jkt=thumbprint(key))
+    asked = _revoke(env, token, driver, None, dpop=dpop_proof(key, htu=REVOKE_URL))
+    assert asked.status_code == 400 and asked.json()["error"] == "use_dpop_nonce", asked.text
+    assert asked.headers["cache-control"] == "no-store"
+    nonce = asked.headers["DPoP-Nonce"]
+    assert _revoked_reason(env, gid) is None
+    again = _revoke(env, token, driver, None, dpop=dpop_proof(key, htu=REVOKE_URL, nonce=nonce + "x"))
+    assert again.json()["error"] == "use_dpop_nonce" and again.headers["DPoP-Nonce"] == nonce  # not the epoch's
+    done = _revoke(env, token, driver, None, dpop=dpop_proof(key, htu=REVOKE_URL, nonce=nonce))
+    assert done.status_code == 200, done.text
+    assert _revoked_reason(env, gid) == "revoked_by_client"
+    # Another key's proof, or none, is still answered as an invalid token: no nonce, nothing told.
+    _, other = env.grant(driver, env.person(), scope="openid offline_access", dpop_jkt=thumbprint(key))
+    for proof in (None, dpop_proof(dpop_key(), htu=REVOKE_URL)):
+        r = _revoke(env, other, driver, None, dpop=proof)
+        assert r.status_code == 200 and "DPoP-Nonce" not in r.headers
+
+
 def test_an_unbound_token_needs_no_proof_and_a_bad_one_changes_nothing(env: Lifecycle) -> None:
     """The web driver app (/app/) holds Bearer tokens: its logout's revocation sends no proof and works
     as before; a proof of some key (or a malformed one) does not stop it: the token is all its holder needs."""

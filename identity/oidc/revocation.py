@@ -37,7 +37,12 @@ the cache keep a claim per request (as at the token endpoint, refresh.py).
 
     ... this client's token, bound to a key, the caller public: a proof of that key? no -> 200, nothing
                                                                  revoked (logged)
-                                          its one use claimed?   no -> 200, nothing revoked (logged)
+                                          its one use claimed?   no -> 200, nothing revoked (logged);
+                                          made perhaps before the cache's epoch -> 400 use_dpop_nonce
+
+A proof of the key that may predate the cache's dataset (quaygate/dataset.py) is answered as at the
+token endpoint, 400 ``use_dpop_nonce`` with the nonce in ``DPoP-Nonce`` (RFC 9449 §8), nothing revoked:
+the app's new proof with it revokes at once. Only the holder of the token's key gets that far.
 
 The token is found by its form, not by the hint: refresh tokens carry our prefix, access tokens are
 JWTs (§2.1 lets the server search beyond the hint).
@@ -115,7 +120,8 @@ def _key_held(inspector: TokenInspector, bound: str | None, proof: str | None) -
     ``dpop_binding``: DPoPVerifier.verify, RFC 9449 §4.3, htm POST, htu this endpoint's URI) and of that
     key (grants ``key_proven``, §5), and its one use is claimed now (§11.1), before anything is revoked:
     a copied proof revokes nothing. Checked only here, once the token is found to need it: a proof with
-    an unknown token costs no signature check and no cache write."""
+    an unknown token costs no signature check and no cache write. Raises the DPoPError of a claim refused
+    for the epoch's nonce (its ``nonce`` set: RFC 9449 §8, the caller answers ``use_dpop_nonce``)."""
     if bound is None:
         return True
     if proof is None:
@@ -131,6 +137,8 @@ def _key_held(inspector: TokenInspector, bound: str | None, proof: str | None) -
             inspector.provider.dpop.claim(verified.unclaimed)
     except DPoPError as exc:
         log.info("identity.token.revoke.refused.dpop.%s", exc.reason)
+        if exc.nonce is not None:
+            raise
         return False
     return True
 
@@ -161,6 +169,13 @@ def revocation_response(app: Any, raw: FormRequest) -> Response:
         proof = proof_header(raw.headers)
     except DPoPError:  # several DPoP headers (RFC 9449 §4.3 item 1): no proof of anything
         proof = None
-    done = revoke(inspector, token, client_id=client.get_client_id(), caller_proven=proven(request), proof=proof)
+    try:
+        done = revoke(inspector, token, client_id=client.get_client_id(), caller_proven=proven(request), proof=proof)
+    except DPoPError as exc:  # the key's proof, which may predate the cache's epoch (RFC 9449 §8)
+        if exc.nonce is None:
+            raise
+        refused = _error(exc.error, exc.description)
+        refused.headers["DPoP-Nonce"] = exc.nonce
+        return refused
     log.info("identity.token.revocation.%s", done, extra={"client_id": client.get_client_id()})
     return Response(status_code=200, headers=NO_STORE)  # §2.2: 200, the body is ignored
