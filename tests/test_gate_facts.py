@@ -1242,7 +1242,8 @@ def test_every_change_to_a_right_is_seen_by_the_next_decision(gate: Gate) -> Non
     r = gate.http.put(f"/api/v1/releases/{rid}/lights/customs", json={"status": "red"}, headers=gate.as_("customs"))
     assert r.status_code == 200, r.text
     assert _check(gate, 2)["reasons"] == ["customs_hold"]
-    r = gate.http.put(f"/api/v1/releases/{rid}/lights/customs", json={"status": "green", "reason": "documents cleared"}, headers=gate.as_("customs"))
+    r = gate.http.put(f"/api/v1/releases/{rid}/lights/customs", json={"status": "green", "reason": "documents cleared"},
+                      headers=gate.as_("customs"))
     assert r.status_code == 200, r.text
     assert _check(gate, 2)["decision"] == "allow"
     committed = gate.verify(gate.body(2, mode="commit")).json()
