@@ -302,6 +302,13 @@ class StoredDecision:
     nomination: Sequence[str | None] | None = None
 
 
+# A decision row's key that is no gate_decisions column: the audit entry of a face match result the gate
+# claimed (``identity.face.verify.claimed``: {"kind", "actor", "subject", "data"}, at the row's
+# ``decided_at``). Whatever records the row writes the entry with it, in the same statement or
+# transaction (the drainer for a check kept in Redis), and only when the row is written.
+FACE_CLAIM = "face_claim"
+
+
 class FactsUnavailable(Exception):
     """The cache of gate facts could not answer: decide from the unit of work (PostgreSQL)."""
 

@@ -23,7 +23,7 @@ from quaygate.app import create_app
 from quaygate.cache import MemoryCache, RedisCache
 from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher
-from quaygate.schema import gate_decisions
+from quaygate.schema import audit_log, gate_decisions
 from quaygate.settings import Settings
 from release_service.domain import gate as g
 from release_service.domain.gate_pass import GatePass
@@ -233,3 +233,98 @@ def test_offline_a_claimed_match_counts_only_where_the_pass_s_policy_accepts_it(
     assert GatePass.from_claims(older, issuer=issuer).policy.face_match_results == "refuse"
     # No pass: the adapter's own default policy refuses too.
     assert offline([], claim).decision.decision is not g.Outcome.ALLOW  # type: ignore[attr-defined]
+
+
+# ---- a claimed face check is on the trail, as the service's own are ------------------------------------
+
+
+CLAIMED = "identity.face.verify.claimed"
+
+
+def _claims(env: Env) -> list[Any]:
+    with env.engine.connect() as conn:
+        return list(conn.execute(sa.select(audit_log.c.actor, audit_log.c.subject, audit_log.c.data)
+                                 .where(audit_log.c.kind.like("identity.face.verify.%")).order_by(audit_log.c.id)
+                                 ).all())
+
+
+def _client_of(env: Env, decision_id: str) -> str:
+    with env.engine.connect() as conn:
+        return str(conn.execute(sa.select(gate_decisions.c.client_id)
+                                .where(gate_decisions.c.id == uuid.UUID(decision_id))).scalar_one())
+
+
+def _assert_claim(env: Env, entry: Any, answer: dict[str, Any], body: dict[str, Any], *, matched: bool,
+                  trusted: bool) -> None:
+    actor, subject, data = entry
+    assert subject == str(env.p.driver)  # the driver whose face the gate said it matched
+    assert actor == {"client_id": _client_of(env, answer["decision_id"])}  # the gate client that claimed it
+    assert data == {"purpose": "gate", "claimed_by": "gate", "matched": matched,
+                    "score": body["face"]["match"]["score"], "min_score": 0.8, "trusted": trusted,
+                    "terminal": body["terminal"], "lane": body["lane"],
+                    "request_id": body["request_id"], "direction": "in", "mode": body["mode"],
+                    "decision_id": answer["decision_id"], "decision": answer["decision"]}
+
+
+def test_a_claimed_face_check_is_audited_under_the_driver_as_claimed_by_the_gate(env: Env) -> None:
+    """Checks and commits recorded in PostgreSQL (or SQLite) in the decision's own statement or transaction:
+    the refused commit's insert, the allowed commit's move, the check's insert. A verify with no face
+    writes no face entry."""
+    rid = env.pickable(1)
+    _set(env, face_required=True)
+    sent = [env.body(1, face=CLAIMED_MATCH), env.body(1, mode="commit", face=CLAIMED_NO), env.body(1)]
+    answers = [_verify(env, b) for b in sent]
+    assert [a["decision"] for a in answers] == ["review", "deny", "review"]
+    _set(env, face_match_results="accept")
+    sent.append(env.body(1, mode="commit", face=CLAIMED_MATCH))
+    answers.append(_verify(env, sent[-1]))
+    assert (answers[-1]["decision"], answers[-1]["committed"]) == ("allow", True) and env.state(rid) == "gated_in"
+    assert _verify(env, sent[-1]) == answers[-1]  # a retry: answered from the record, not audited again
+    entries = _claims(env)
+    assert len(entries) == 3
+    for entry, answer, body, matched, trusted in zip(entries, [answers[i] for i in (0, 1, 3)],
+                                                     [sent[i] for i in (0, 1, 3)], (True, False, True),
+                                                     (False, False, True), strict=True):
+        _assert_claim(env, entry, answer, body, matched=matched, trusted=trusted)
+    with env.engine.connect() as conn:
+        kinds = conn.execute(sa.select(audit_log.c.kind).where(audit_log.c.kind.like("identity.face.%"))).scalars()
+        assert set(kinds) == {CLAIMED}
+
+
+@pytest.fixture
+def redis_any_env(engine: sa.Engine, tmp_path: Path, redis_url: str) -> Iterator[Env]:
+    yield from _serve(engine, tmp_path, redis_url)
+
+
+def test_with_redis_a_kept_check_s_claim_is_audited_when_drained_once_and_a_loop_commit_s_at_once(
+        redis_any_env: Env) -> None:
+    """A check kept in Redis: its entry is written by the drainer with the row, once however often the
+    stream is drained; a commit (on the event loop on PostgreSQL) writes it in its own statement."""
+    env = redis_any_env
+    facts = env.facts  # type: ignore[attr-defined]
+    rid = env.pickable(1)
+    _set(env, face_required=True)
+    assert _verify(env, env.body(1))["reasons"] == ["face_required"]  # the facts now copied in Redis
+    check = env.body(1, face=CLAIMED_MATCH)
+    kept = _verify(env, check)
+    assert _claims(env) == []  # not drained yet: the hot path wrote nothing to the database
+    stream = facts._p + "decisions"
+    [raw] = [f[b"row"] for _, f in facts._r.xrange(stream) if kept["decision_id"].encode() in f[b"row"]]
+    assert facts.drain("test", block_ms=None) >= 1
+    [entry] = _claims(env)
+    _assert_claim(env, entry, kept, check, matched=True, trusted=False)
+    facts._r.xadd(stream, {"row": raw})
+    facts.drain("test", block_ms=None)  # the same row drained again: the row is there, no second entry
+    assert len(_claims(env)) == 1
+
+    refused = env.body(1, mode="commit", face=CLAIMED_NO)
+    no = _verify(env, refused)
+    _set(env, face_match_results="accept")
+    assert _verify(env, env.body(1))["decision"] == "review"  # the new policy copied in Redis again
+    commit = env.body(1, mode="commit", face=CLAIMED_MATCH)
+    moved = _verify(env, commit)
+    assert (moved["decision"], moved["committed"]) == ("allow", True) and env.state(rid) == "gated_in"
+    entries = _claims(env)
+    assert len(entries) == 3
+    _assert_claim(env, entries[1], no, refused, matched=False, trusted=False)
+    _assert_claim(env, entries[2], moved, commit, matched=True, trusted=True)

@@ -114,9 +114,11 @@ from release_service.domain.gate import (
     TerminalPolicy,
 )
 from release_service.domain.screening import BanWindow, screen
-from release_service.ports import FactsUnavailable, GateSnapshot, Kept, Recalled, StoredDecision
+from release_service.ports import FACE_CLAIM, FactsUnavailable, GateSnapshot, Kept, Recalled, StoredDecision
 
+from .audit import SqlAuditLog
 from .sqla.gate import SqlGateStore, policy_dict
+from .sqla.gate_move import split_claim
 from .sqla.uow import SqlUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -298,14 +300,22 @@ return out
 # constraint, a row that does not parse (SQLite's way). PostgreSQL away is none of these.
 _REFUSED_ROW = (sa.exc.DataError, sa.exc.IntegrityError, ValueError, KeyError, TypeError)
 
-# Kept decisions (JSON objects named like gate_decisions' columns) into gate_decisions, on PostgreSQL.
+# Kept decisions (JSON objects named like gate_decisions' columns) into gate_decisions, on PostgreSQL,
+# with the audit entry of a face match result the gate claimed (``ports.FACE_CLAIM``) for each row
+# inserted now (a row drained again, or refused, writes none).
 _COLUMNS = ", ".join(c.name for c in gate_decisions.c)
 # Returns the ids of the rows neither inserted nor there already: another decision holds their
 # (terminal, request_id) (a check whose id came back after its Redis key expired), ``_clashed``.
 _INSERT_FROM_JSON = sa.text(
-    "WITH given AS (SELECT * FROM jsonb_populate_recordset(NULL::gate_decisions, CAST(:rows AS jsonb))), "  # noqa: S608
+    "WITH raw AS MATERIALIZED (SELECT CAST(:rows AS jsonb) AS a), "  # noqa: S608
+    "given AS (SELECT p.* FROM raw, jsonb_populate_recordset(NULL::gate_decisions, raw.a) p), "
     f"ins AS (INSERT INTO gate_decisions ({_COLUMNS}) SELECT {_COLUMNS} FROM given "  # our own schema's column names
-    "ON CONFLICT DO NOTHING RETURNING id) "
+    "ON CONFLICT DO NOTHING RETURNING id, decided_at), "
+    "claimed AS (INSERT INTO audit_log (at, kind, actor, subject, data, txid) "
+    f"SELECT i.decided_at, r->'{FACE_CLAIM}'->>'kind', r->'{FACE_CLAIM}'->'actor', r->'{FACE_CLAIM}'->>'subject', "
+    f"r->'{FACE_CLAIM}'->'data', pg_current_xact_id()::text::bigint "
+    "FROM raw, jsonb_array_elements(raw.a) r JOIN ins i ON i.id = (r->>'id')::uuid "
+    f"WHERE jsonb_typeof(r->'{FACE_CLAIM}') = 'object') "
     "SELECT g.id FROM given g WHERE g.id NOT IN (SELECT id FROM ins) "
     "AND NOT EXISTS (SELECT 1 FROM gate_decisions d WHERE d.id = g.id)")
 
@@ -949,12 +959,16 @@ class RedisGateFacts:
         else:
             from sqlalchemy.dialects import sqlite
 
-            parsed = [_row(raw) for raw in rows]
+            parsed = [split_claim(_row(raw)) for raw in rows]
+            ids = [d["id"] for d, _ in parsed]
+            listed = sa.select(gate_decisions.c.id).where(gate_decisions.c.id.in_(ids))
             with self._engine.begin() as conn:
-                conn.execute(sqlite.insert(gate_decisions).on_conflict_do_nothing(), parsed)
-                there = set(conn.execute(sa.select(gate_decisions.c.id).where(
-                    gate_decisions.c.id.in_([d["id"] for d in parsed]))).scalars())
-            clashed = {d["id"] for d in parsed} - there
+                before = set(conn.execute(listed).scalars())
+                conn.execute(sqlite.insert(gate_decisions).on_conflict_do_nothing(), [d for d, _ in parsed])
+                there = set(conn.execute(listed).scalars())
+                SqlAuditLog(conn).append_many([claim for d, claim in parsed
+                                               if claim is not None and d["id"] in there - before])
+            clashed = set(ids) - there
         if clashed:
             self._clashed(rows, clashed)
 

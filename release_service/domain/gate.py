@@ -362,6 +362,8 @@ class FaceRecord:
     saying why none was measured) or ``match_result`` (a local matcher's claim: its ``score`` and
     ``matched``, the ``min_score`` it was held to, and ``trusted``, whether the terminal's policy
     accepted match results). An allow on a claimed match thus reads apart from one on the service's.
+    ``person_id``, for a match result only: whose face the claim is about (``_driver_of``), for its
+    audit entry; never in ``as_json``.
     """
 
     kind: Literal["none", "image", "match_result"]
@@ -372,14 +374,15 @@ class FaceRecord:
     distance: float | None = None
     tolerance: float | None = None
     unavailable: str | None = None
+    person_id: uuid.UUID | None = None
 
     @classmethod
-    def of(cls, face: FaceEvidence | None, policy: TerminalPolicy) -> FaceRecord:
+    def of(cls, face: FaceEvidence | None, policy: TerminalPolicy, person: uuid.UUID | None = None) -> FaceRecord:
         if face is None:
             return cls("none")
         if face.kind == "match_result":
             return cls("match_result", matched=face.matched, score=face.score, min_score=policy.face_min_score,
-                       trusted=policy.face_match_results == "accept")
+                       trusted=policy.face_match_results == "accept", person_id=person)
         tolerance = None if face.distance is None else min(
             policy.face_tolerance, face.tolerance if face.tolerance is not None else FACE_MAX_TOLERANCE)
         return cls("image", matched=face.matched if face.distance is not None else None, distance=face.distance,
@@ -1123,5 +1126,5 @@ def decide(
         screening=screening.result,
         repairs=_repairs(ctx),
         nomination=ctx.right.nomination if ctx.right is not None else None,
-        face=FaceRecord.of(request.face, policy),
+        face=FaceRecord.of(request.face, policy, _driver_of(ctx)),
     )

@@ -63,6 +63,7 @@ from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.reads import container_candidates
 from release_service.domain.release import ReleaseRight
 from release_service.ports import (
+    FACE_CLAIM,
     DuplicateDecision,
     FaceMatcher,
     FactsUnavailable,
@@ -522,7 +523,7 @@ def response_body(request: g.GateRequest, decision: g.Decision, decision_id: uui
 
 def _row(actor: Actor, request: g.GateRequest, decision: g.Decision, decision_id: uuid.UUID, committed: bool,
          fingerprint: str, body: dict[str, Any], now: datetime) -> dict[str, Any]:
-    return {
+    row = {
         "id": decision_id, "terminal": request.terminal, "request_id": request.request_id,
         "client_id": actor.client_id, "lane": request.lane, "direction": request.direction.value,
         "mode": request.mode.value, "fingerprint": fingerprint, "decision": decision.decision.value,
@@ -532,6 +533,23 @@ def _row(actor: Actor, request: g.GateRequest, decision: g.Decision, decision_id
         # What face evidence was weighed, a claimed match told from the service's own (review 131).
         "face": decision.face.as_json() if decision.face is not None else None,
     }
+    if decision.face is not None and decision.face.kind == "match_result":
+        row[FACE_CLAIM] = _face_claim(actor, request, decision, decision.face, decision_id)
+    return row
+
+
+def _face_claim(actor: Actor, request: g.GateRequest, decision: g.Decision, face: g.FaceRecord,
+                decision_id: uuid.UUID) -> dict[str, Any]:
+    """The audit entry of a face match result the gate client claimed: beside the service's own
+    ``identity.face.verify.*`` entries, under the same subject (the driver judged), so a search of a
+    person's face checks finds the claimed ones too, told apart by kind and ``claimed_by``."""
+    return {"kind": "identity.face.verify.claimed", "actor": {"client_id": actor.client_id},
+            "subject": str(face.person_id) if face.person_id is not None else None,
+            "data": {"purpose": "gate", "claimed_by": "gate", "matched": face.matched, "score": face.score,
+                     "min_score": face.min_score, "trusted": face.trusted, "terminal": request.terminal,
+                     "lane": request.lane, "request_id": request.request_id, "direction": request.direction.value,
+                     "mode": request.mode.value, "decision_id": str(decision_id),
+                     "decision": decision.decision.value}}
 
 
 def judged(n: g.NominationFacts | None) -> list[str | None] | None:

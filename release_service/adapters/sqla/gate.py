@@ -43,8 +43,9 @@ from release_service.domain.release import ReleaseRight, State
 from release_service.domain.screening import BanWindow
 from release_service.ports import DuplicateDecision, StoredDecision
 
+from ..audit import SqlAuditLog
 from .bans import SqlPortBanLookup
-from .gate_move import record_move
+from .gate_move import record_move, record_statement, split_claim
 from .store import HOLDER_ACTIVE, Reads
 
 _RIGHT_COLUMNS = (
@@ -193,11 +194,19 @@ class SqlGateStore:
 
     def record(self, row: dict[str, Any]) -> None:
         """Insert a decision; a twin request that committed first raises DuplicateDecision (the caller
-        rolls back its whole transaction, gate move included, and answers with the twin's decision)."""
+        rolls back its whole transaction, gate move included, and answers with the twin's decision).
+        A face match result the gate claimed is audited with it (``ports.FACE_CLAIM``)."""
+        columns, claim = split_claim(row)
         try:
-            self._conn.execute(_INSERT_DECISION, row)
+            if claim is not None and self._conn.dialect.name == "postgresql":  # one statement, both
+                statement, params = record_statement(row)
+                statement.execute(self._conn, params)
+                return
+            self._conn.execute(_INSERT_DECISION, columns)
         except sa.exc.IntegrityError as exc:
             raise DuplicateDecision(row["request_id"]) from exc
+        if claim is not None:  # SQLite: in the same transaction
+            SqlAuditLog(self._conn).append_many([claim])
 
     @property
     def moves_at_once(self) -> bool:

@@ -20,14 +20,12 @@ import sqlalchemy as sa
 
 from quaygate.hotsql import HotStatement, listed
 from quaygate.loopdb import Busy, LoopDatabase
-from quaygate.schema import gate_decisions
 from release_service.domain.release import ReleaseRight
 from release_service.ports import DuplicateDecision, LoopUnavailable
 
-from .gate_move import move_statement, twin_refused, written
+from .gate_move import move_statement, record_statement, twin_refused, written
 from .store import _BY_CONTAINERS_PG, Reads, read_right
 
-_RECORD = HotStatement(gate_decisions.insert())
 T = TypeVar("T")
 
 
@@ -68,7 +66,7 @@ class LoopGateUnit:
 
     async def record(self, row: dict[str, Any]) -> None:
         try:
-            await self._sent(_RECORD, row)
+            await self._sent(*record_statement(row))
         except sa.exc.IntegrityError as exc:
             raise DuplicateDecision(row["request_id"]) from exc
 
