@@ -8,14 +8,18 @@ same numbers; the in-process cache otherwise (one replica). Three parts:
   a counter to its next window and tests need no sleep. A burst at a window's edge may pass up to
   twice the limit: acceptable for abuse control, and one round trip instead of a sliding log.
 - ``LoginGuard``: per address (and per IPv6 /48: "Networks", below), a limit on login attempts; per
-  person (a face step-up's), failures are counted, and the N-th failure within the window locks that
-  person out for a while, doubling with each lockout (capped) until a successful login. The lockout
+  person (a face step-up's), failures are counted, and the N-th failure within this failure window and
+  the last (clock-aligned, summed) locks that person out for a while, doubling with each lockout
+  (capped) until a successful login. So N failures within any span of one window's length lock (one
+  window's count alone let N-1 just before an edge and N-1 just after pass: 2N-2 in a second), and a
+  failure counts for one to two windows, never longer. Counting starts again at one after a lockout
+  (its generation) and after a success. The lockout
   is audited (``identity.lockout.started``). A passkey login counts no failure (review 122, finding 2:
   an assertion names a credential before its signature proves anything, so anyone could lock its owner
-  out; and a signature cannot be guessed): its attempts count against the address only. The N-th
-  failure is detected by the INCR that returns exactly N, so concurrent failures start one lockout,
-  never two (STYLE.md #4); failures while locked are not counted (check() refuses those attempts
-  anyway).
+  out; and a signature cannot be guessed): its attempts count against the address only. The first
+  failure of a generation to find N or more claims its lockout (an INCR that returns 1), so concurrent
+  failures start one lockout, never two (STYLE.md #4); failures while locked are not counted (check()
+  refuses those attempts anyway).
 - ``RateLimitMiddleware`` (``install(app)``): POSTs to the OAuth endpoints (token, PAR,
   introspection, revocation, registration), requests of every method under /oauth2/register (RFC 7592's
   GET, PUT and DELETE of a client, which an anonymous caller can send: review 129, finding 2) and POSTs
@@ -60,8 +64,9 @@ however many of its 65 536 /64s it uses (without the /48's count: up to 196 608 
 Lower ``rate_limit_per_network`` and ``login_attempts_per_network`` to hold less. A caller with many /48s
 (a /32: an ISP's allocation) multiplies it again, as a botnet multiplies IPv4 addresses. The login
 guard's failure counts and locks are kept per person that exists (``LoginGuard.failed``
-is told only of those): a handful of keys each (``lf:…:any``, ``lf:…:<generation>:<window>``,
-``lock``, ``lockn``, ``lockgen``), bounded by the accounts, never by the callers.
+is told only of those): a handful of keys each (``lf:…:any``, ``lf:…:<generation>:<window>`` for two
+windows, ``lf:…:<generation>:start``, ``lock``, ``lockn``, ``lockgen``), bounded by the accounts, never by
+the callers.
 
 Refusals: the OAuth endpoints answer ``429`` with ``Retry-After`` and an OAuth error body
 ``{"error": "slow_down", ...}`` (RFC 6749 §5.2's shape; ``slow_down`` is RFC 8628 §3.5's code for
@@ -400,8 +405,9 @@ class LoginGuard:
         are the subject's, and a made-up one, a new one each attempt, would let an anonymous caller
         store as much as it likes (review 67, finding 4); there is no account behind it to protect.
 
-        Failures are counted per lockout generation (``lockgen``): the INCR that returns exactly N in
-        a generation starts its lockout, so concurrent failures start one lockout, never two. The lock
+        Failures are counted per lockout generation (``lockgen``), in this failure window and the last
+        (module docstring): the first failure of a generation that finds N or more claims its lockout
+        (an INCR that returns 1), so concurrent failures start one lockout, never two. The lock
         is written before the generation moves on, so a failure that sees the new generation also
         sees the lock and is not counted (an attempt in flight when the lock started)."""
         if subject is None:
@@ -411,16 +417,22 @@ class LoginGuard:
         if self.locked_for(subject) is not None:
             return None
         window = self._limits.failure_window
-        index = int(self._now() // window)
+        now = self._now()
+        index = int(now // window)
         # First the mark that failures are on record (check_attempt reads it; it outlives every
         # counter it stands for), then the count: a success between the two still forgets this one.
-        self._cache.set(f"lf:{h}:any", b"1", window + 1)
-        count = self._cache.incr(f"lf:{h}:{generation}:{index}", window + 1)
-        if count != self._limits.failures_before_lockout:
+        # A window's counter is read through the next window too (the count is this window's and the last's).
+        self._cache.set(f"lf:{h}:any", b"1", 2 * window + 1)
+        count, (last,) = self._cache.incr_peek_many(f"lf:{h}:{generation}:{index}", (index + 2) * window - now + 1,
+                                                    [f"lf:{h}:{generation}:{index - 1}"])
+        count += int(last or 0)
+        # At N or beyond (the last window's count may grow behind an attempt whose clock read it as this
+        # one), and once per generation: the first to claim it starts the lockout, never two.
+        if (count < self._limits.failures_before_lockout
+                or self._cache.incr(f"lf:{h}:{generation}:start", 2 * window + 1) != 1):
             return None
         level = int(self._cache.get(f"lockn:{h}") or 0)
         seconds = min(self._limits.lockout_seconds * 2**level, self._limits.lockout_max_seconds)
-        now = self._now()
         self._cache.set(f"lock:{h}", repr(now + seconds).encode(), seconds + 1)
         self._cache.incr(f"lockn:{h}", LOCKOUT_LEVEL_MEMORY)
         self._cache.incr(f"lockgen:{h}", LOCKOUT_LEVEL_MEMORY)
@@ -439,7 +451,8 @@ class LoginGuard:
         if seen is not None and seen.clean:
             return
         generation = seen.generation if seen is not None else int(self._cache.get(f"lockgen:{h}") or 0)
-        self._cache.delete(f"lf:{h}:{generation}:{int(self._now() // self._limits.failure_window)}",
+        index = int(self._now() // self._limits.failure_window)
+        self._cache.delete(f"lf:{h}:{generation}:{index}", f"lf:{h}:{generation}:{index - 1}",
                            f"lockn:{h}", f"lf:{h}:any")
 
 

@@ -164,7 +164,7 @@ def test_failures_outside_the_window_do_not_add_up(cache: Cache, clock: list[flo
     guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
     for _ in range(4):
         guard.failed("person:p")
-    clock[0] += 900
+    clock[0] += 2 * 900  # two windows on: the count is this window's and the last's
     assert [guard.failed("person:p") for _ in range(4)] == [None] * 4
     assert guard.check("person:p", None) is None
 
@@ -175,6 +175,77 @@ def test_success_clears_the_failures(cache: Cache, clock: list[float]) -> None:
         guard.failed("person:p")
     guard.succeeded("person:p")
     assert guard.failed("person:p") is None
+
+
+EDGE = T0 - 40 + 900  # the edge of LIMITS' failure windows (900 s) after T0
+
+
+@pytest.mark.parametrize("before", [1, 2, 3, 4])
+def test_failures_either_side_of_a_window_edge_lock_at_the_nth(cache: Cache, clock: list[float],
+                                                               before: int) -> None:
+    # Windows aligned to the clock: N-1 failures just before an edge and N-1 just after were 2N-2 in
+    # two seconds without a lockout (a burst of 8, then 4 per window). N within one window's length lock.
+    guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
+    clock[0] = EDGE - 1
+    assert [guard.failed("person:edge") for _ in range(before)] == [None] * before
+    clock[0] = EDGE + 1
+    assert [guard.failed("person:edge") for _ in range(4 - before)] == [None] * (4 - before)
+    assert guard.failed("person:edge") == 300
+    assert guard.check("person:edge", None) == 300
+
+
+def test_failures_a_window_apart_within_two_windows_still_add_up(cache: Cache, clock: list[float]) -> None:
+    # The count is this window's and the last's: a failure at a window's start still counts at the next's end.
+    guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
+    clock[0] = EDGE - 899
+    assert [guard.failed("person:span") for _ in range(4)] == [None] * 4
+    clock[0] = EDGE + 899
+    assert guard.failed("person:span") == 300
+
+
+def test_after_a_lockout_the_failures_that_started_it_count_no_more(cache: Cache, clock: list[float]) -> None:
+    # A person locked out at an edge is not locked again by the failures of his first lockout once it
+    # ends: counting starts again at one (the lockout generation), and the next lockout doubles.
+    guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
+    clock[0] = EDGE - 1
+    assert [guard.failed("person:again") for _ in range(4)] == [None] * 4
+    clock[0] = EDGE + 1
+    assert guard.failed("person:again") == 300
+    clock[0] = EDGE + 301
+    assert guard.check("person:again", None) is None
+    assert [guard.failed("person:again") for _ in range(4)] == [None] * 4
+    assert guard.failed("person:again") == 600
+
+
+def test_a_success_forgets_the_last_windows_failures_too(cache: Cache, clock: list[float]) -> None:
+    guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
+    clock[0] = EDGE - 899  # the mark that failures are on record outlives the two windows they count in
+    assert [guard.failed("cred:last") for _ in range(4)] == [None] * 4
+    clock[0] = EDGE + 500
+    seen = guard.check_attempt("cred:last", "10.0.0.1")
+    assert seen.retry is None and not seen.clean
+    guard.succeeded("cred:last", "10.0.0.1", seen)
+    assert [guard.failed("cred:last") for _ in range(4)] == [None] * 4
+    assert guard.failed("cred:last") == 300
+
+
+def test_a_failure_counter_lives_through_the_next_window_and_the_mark_outlives_it(redis_url: str,
+                                                                                  clock: list[float]) -> None:
+    import redis
+
+    from identity.ratelimit import _digest
+
+    cache = RedisCache(redis_url)
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        clock[0] = EDGE - 899  # a window's first second: its count is read until the next window ends
+        LoginGuard(cache, limits=LIMITS, now=lambda: clock[0]).failed("person:ttl")
+        h = _digest("person:ttl")
+        counter, mark = raw.pttl(f"qg:lf:{h}:0:{int(clock[0] // 900)}"), raw.pttl(f"qg:lf:{h}:any")
+        assert 1_799_000 < counter <= 1_800_000 and counter <= mark
+    finally:
+        raw.close()
+        cache.close()
 
 
 def test_incr_peek_many_counts_one_key_and_reads_the_others(cache: Cache) -> None:
