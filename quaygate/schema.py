@@ -709,6 +709,9 @@ gate_offline_decisions = sa.Table(
     # Its place in the adapter's sealed outbox chain (gate_adapters/runtime/outbox.py rule 10), when told.
     sa.Column("outbox_id", sa.String(64), nullable=True),
     sa.Column("outbox_seq", sa.BigInteger, nullable=True),
+    # The face evidence the adapter's decision weighed (gate.FaceRecord.as_json, as gate_decisions.face),
+    # as it reported it (migration 0031); None from an adapter from before.
+    sa.Column("face", JSON, nullable=True),
     sa.UniqueConstraint("terminal", "request_id", name="uq_gate_offline_decisions_terminal_request"),
     sa.Index("ix_gate_offline_decisions_outbox", "client_id", "outbox_id", "outbox_seq"),
 )

@@ -604,6 +604,10 @@ class GateOfflineStore(Protocol):
         """The latest ``decided_at`` of the decisions this client reported from lower places of that outbox
         than ``seq`` (decided before it, in the chain's order), if any."""
 
+    def policy_at(self, terminal: str, at: datetime) -> TerminalPolicy:
+        """The terminal's gate policy as it stood at ``at``, as known now: the old policy of the first
+        change audited after ``at``, else the policy stored now."""
+
 
 class OfflineUnitOfWork(UnitOfWork, Protocol):
     offline: GateOfflineStore

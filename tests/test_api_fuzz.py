@@ -652,7 +652,7 @@ PLANS: dict[str, Plan] = {
     "reconcileOfflineGateDecision": Plan("gate", lambda w, r: Base(body={
         "request": w.verify_body(w.number, mode="commit"), "decision": "deny", "reasons": ["plate_mismatch"],
         "release_id": w.rid, "basis": "no_pass", "decided_at": iso(minutes=-5), "ban_list_age_seconds": 60,
-        "gate_pass": None}), wrong="terminal", fresh=True),
+        "gate_pass": None, "face": {"kind": "none"}}), wrong="terminal", fresh=True),
     # -- the admin API ----------------------------------------------------------------------------
     "admin_search_audit": Plan("security", lambda w, r: Base(query={
         "actor": "fuzz", "subject": "x", "action": "identity.admin", "since": iso(days=-1), "until": iso(days=1),

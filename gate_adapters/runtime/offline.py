@@ -488,6 +488,9 @@ class OfflineMode:
                 "request": dict(body), "decision": d.decision.value, "reasons": response["reasons"],
                 "release_id": response["release_id"], "basis": od.basis.value, "decided_at": offline["decided_at"],
                 "ban_list_age_seconds": offline["ban_list_age_seconds"], "gate_pass": token,
+                # The face evidence weighed, as a verify decision's row keeps it (gate.FaceRecord): the
+                # service keeps it with the decision and judges it against the terminal's policy.
+                "face": (d.face or g.FaceRecord("none")).as_json(),
             }
             if not self.outbox.decide_offline(request_id, response, report):
                 return None

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
-from pydantic import AwareDatetime, BaseModel, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from identity.keys import KeyStore
 from identity.tokens import fits, sign_jwt
@@ -82,6 +82,24 @@ class OfflineOverrideIn(BaseModel):
         return text.strip()
 
 
+class OfflineFace(BaseModel):
+    """The face evidence an offline decision weighed, as a verify decision's row keeps it (``gate.FaceRecord``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["none", "image", "match_result"] = Field(description=(
+        "none: no face sent; match_result: a local matcher's claim (matched, score, the min_score it was held "
+        "to, trusted: whether the pass's policy accepted match results); image: a capture, which nobody "
+        "matches offline (unavailable says why no distance was measured)."))
+    matched: bool | None = None
+    score: float | None = Field(default=None, ge=0, le=1)
+    min_score: float | None = Field(default=None, ge=0, le=1)
+    trusted: bool | None = None
+    distance: float | None = Field(default=None, ge=0, le=10)
+    tolerance: float | None = Field(default=None, ge=0, le=1)
+    unavailable: str | None = Field(default=None, min_length=1, max_length=40, pattern=r"^[a-z_]+$")
+
+
 class OfflineDecisionIn(BaseModel):
     request: VerifyRequest = Field(description="The verify request the adapter could not send.")
     decision: Literal["allow", "deny", "review"]
@@ -99,6 +117,11 @@ class OfflineDecisionIn(BaseModel):
         "At most ten years."))
     gate_pass: Printable | None = Field(default=None, max_length=MAX_PASS_LENGTH,
                                   description="The pass the decision relied on, as it was received.")
+    face: OfflineFace | None = Field(default=None, description=(
+        "The face evidence the decision weighed: kept with it. The reconcile judges the face of the reported "
+        "request itself: an allow without the face the terminal's policy asked for when the truck passed is "
+        "flagged (changed_after_pass, face_required or face_mismatch among changed_since_pass; the pass's own "
+        "policy is judged as ever: not_supported_by_pass)."))
     outbox: OutboxPlace | None = Field(default=None, description=(
         "The decision's place in the adapter's sealed outbox chain: one place reported for two decisions "
         "raises port security's alarm. Not part of the decision (a report re-sent with it is the same)."))
@@ -177,6 +200,7 @@ def offline_decision(request: Request, body: OfflineDecisionIn, actor: Actor = D
         release_id=body.release_id, basis=body.basis, decided_at=body.decided_at,
         ban_list_age_seconds=None if body.ban_list_age_seconds is None else max(body.ban_list_age_seconds, 0),
         pass_token=body.gate_pass, outbox=None if body.outbox is None else OutboxMark(body.outbox.id, body.outbox.seq),
+        face=None if body.face is None else body.face.model_dump(exclude_unset=True),
         override=None if body.override is None else service.OfflineOverride(
             id=body.override.id, officer=body.override.officer, reason=body.override.reason,
             decision_id=body.override.decision_id, overridden_at=body.override.overridden_at,
@@ -188,8 +212,10 @@ def offline_decision(request: Request, body: OfflineDecisionIn, actor: Actor = D
 
 def _fingerprint(body: OfflineDecisionIn) -> str:
     # The outbox place is where the adapter keeps it, not what it decided: a report sent before its adapter
-    # told places, and again after, is the same report.
-    return hashlib.sha256(body.model_dump_json(exclude={"outbox"}).encode()).hexdigest()
+    # told places, and again after, is the same report. A report without a face (an adapter from before
+    # it told one) keeps the fingerprint it was recorded under then.
+    leave = {"outbox"} if body.face is not None else {"outbox", "face"}
+    return hashlib.sha256(body.model_dump_json(exclude=leave).encode()).hexdigest()
 
 
 class KeyStorePassSigner:

@@ -462,6 +462,20 @@ def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts 
     return tuple(changed)
 
 
+def face_wanting(policy: g.TerminalPolicy, face: g.FaceEvidence | None) -> tuple[str, ...]:
+    """What the terminal's gate policy ``policy`` (as it stood when the truck passed, known now) says of the
+    face an offline allow was given on, where the pass's own policy, issued before, let it through:
+    ``face_mismatch`` for a claimed match under its ``face_min_score`` (or a claimed no); ``face_required``
+    when it asks for a face and there was none, only a capture (nobody matches one offline), or a claimed
+    match from a local matcher it does not trust; ``()`` when the face meets it."""
+    trusted = False
+    if face is not None and face.kind == "match_result":
+        if not face.matched or face.score is None or face.score < policy.face_min_score:
+            return (g.Reason.FACE_MISMATCH.value,)
+        trusted = policy.face_match_results == "accept"
+    return (g.Reason.FACE_REQUIRED.value,) if policy.face_required and not trusted else ()
+
+
 def holder_refusals(p: GatePass, badge: g.BadgeFacts | None, screening: g.ScreeningResult | None,
                     at: datetime) -> tuple[str, ...]:
     """What refuses, as the service knows it at ``at``, the person whose badge the lane read when that is

@@ -26,7 +26,8 @@ Reconcile (``POST /gate/v1/offline-decisions``), one transaction per decision, i
     gate_pass.judge_use: still before the gate ── gate-in recorded (gate_in at the decision's time;
         refused by the right now (blocked, held, ...) ── an audited override, FLAGGED changed_after_pass;
         the person or truck no longer the pass's (another nomination, the driver banned, his badge
-        blocked, revoked or expired, as known now) ── recorded, FLAGGED changed_after_pass with what)
+        blocked, revoked or expired, as known now), or no face where the terminal's policy in force when
+        the truck passed asked for one (``face_wanting``) ── recorded, FLAGGED changed_after_pass with what)
         already used ── FLAGGED used_offline_twice / used_online_meanwhile (the first use stands)
         ended ── FLAGGED changed_after_pass
         v
@@ -100,6 +101,7 @@ from release_service.domain.gate_pass import (
     Verdict,
     badge_digest,
     changed_since_pass,
+    face_wanting,
     held_since_pass,
     holder_refusals,
     judge_outbox,
@@ -237,6 +239,7 @@ class OfflineReport:
     pass_token: str | None
     outbox: OutboxMark | None = None  # its place in the adapter's outbox chain, when told
     override: OfflineOverride | None = None  # the refusal reported, set aside by an officer at the lane
+    face: dict[str, Any] | None = None  # the face evidence it weighed, as the adapter says (gate.FaceRecord)
 
     @property
     def key(self) -> str:
@@ -398,7 +401,9 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
                               used_by=UsedBy.OFFLINE if used_offline else UsedBy.ONLINE)
     if verdict is not Verdict.RECORD:
         return _Judged(verdict, flag, used_id, right)
-    changed = _changed_since_pass(uow, gate_pass, right, req, at)
+    # The terminal's policy when the truck passed may ask for a face the pass's, issued before, did not.
+    changed = (*_changed_since_pass(uow, gate_pass, right, req, at),
+               *face_wanting(uow.offline.policy_at(req.terminal, at), req.face))
     try:
         if incoming:
             right.gate_in(by=actor, now=at, decision_id=decision_id)
@@ -567,7 +572,7 @@ def _row(actor: Actor, report: OfflineReport, decision_id: uuid.UUID, fingerprin
         "verdict": verdict.value, "flag": flag.value if flag else None, "other_decision_id": other,
         "response": body, "observed_at": req.observed_at, "decided_at": report.decided_at, "reconciled_at": now,
         "outbox_id": report.outbox.outbox_id if report.outbox else None,
-        "outbox_seq": report.outbox.seq if report.outbox else None,
+        "outbox_seq": report.outbox.seq if report.outbox else None, "face": report.face,
     }
 
 
@@ -589,8 +594,11 @@ def _announce(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, body:
                             "request_id": report.request.request_id, "reasons": [r.value for r in report.reasons]}
     right = j.right
     kind = FLAG_EVENT if body["flag"] else "release.gate_offline_reconciled"
-    # Whose badge it was goes to the audit trail (port security), not to the line's and holder's webhooks.
-    audited = data if j.holder is None else {**data, "badge_holder_person_id": str(j.holder)}
+    # Whose badge it was, and the face evidence weighed, go to the audit trail (port security), not to the
+    # line's and holder's webhooks.
+    audited = {**data, "face": report.face}
+    if j.holder is not None:
+        audited["badge_holder_person_id"] = str(j.holder)
     uow.audit.append(kind, actor=actor.as_dict(), subject=body["release_id"], data=audited, at=now)
     if body["flag"] and right is not None:
         audience = {right.issuer_organisation_id, right.holder_organisation_id}

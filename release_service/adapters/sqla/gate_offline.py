@@ -11,6 +11,7 @@ rule).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from quaygate.schema import (
+    audit_log,
     badge_activations,
     badges,
     ban_feed_state,
@@ -28,8 +30,9 @@ from quaygate.schema import (
     persons,
     release_events,
     releases,
+    terminal_policies,
 )
-from release_service.domain.gate import PERSON_ACTIVE, ScreeningResult
+from release_service.domain.gate import PERSON_ACTIVE, ScreeningResult, TerminalPolicy
 from release_service.domain.gate_pass import PASS_STATES, OutboxMark
 from release_service.domain.release import State
 from release_service.ports import BadgeRef, DuplicateDecision, PassSubject, StoredOfflineDecision
@@ -37,6 +40,9 @@ from release_service.ports import BadgeRef, DuplicateDecision, PassSubject, Stor
 from .bans import DEFAULT_MAX_LIST_AGE, SqlPortBanLookup
 from .gate import _RIGHT_COLUMNS, right_facts
 from .uow import SqlUnitOfWork
+
+# A terminal's gate policy changes are audited with the whole old and new policy (services/gate_policy.py).
+_POLICY_CHANGED = "release.gate_policy.changed"
 
 
 class SqlGateOfflineStore:
@@ -169,6 +175,24 @@ class SqlGateOfflineStore:
         t = gate_offline_decisions.c
         return self._conn.execute(sa.select(sa.func.max(t.decided_at)).where(  # type: ignore[no-any-return]
             t.client_id == client_id, t.outbox_id == outbox_id, t.outbox_seq < seq)).scalar()
+
+    # ---- the terminal's policy when a truck passed -------------------------------------------------
+
+    def policy_at(self, terminal: str, at: datetime) -> TerminalPolicy:
+        """The policy in force at ``at``: the ``old`` of the first change audited after it (a probe of the
+        audit trail's subject index), else the one stored now. A field the old policy lacks (one added
+        since) takes its default, as the stored policy's would."""
+        a = audit_log.c
+        old = self._conn.execute(
+            sa.select(a.data).where(a.subject == f"terminal:{terminal}", a.kind == _POLICY_CHANGED, a.at > at)
+            .order_by(a.at, a.id).limit(1)).scalar()
+        stored = old.get("old") if isinstance(old, dict) else self._conn.execute(
+            sa.select(terminal_policies.c.policy).where(terminal_policies.c.terminal_code == terminal)).scalar()
+        known = {f.name for f in dataclasses.fields(TerminalPolicy)}
+        try:
+            return TerminalPolicy(**{k: v for k, v in (stored or {}).items() if k in known})
+        except (TypeError, ValueError):
+            return TerminalPolicy()
 
 
 class SqlOfflineUnitOfWork(SqlUnitOfWork):
