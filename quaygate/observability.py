@@ -171,6 +171,9 @@ def metrics_may_read(request: Any, token: bytes | None, *, open_: bool) -> bool:
         return True
     peer = request.client.host if request.client is not None else None
     try:
-        return peer is not None and ipaddress.ip_address(peer).is_loopback
+        ip = ipaddress.ip_address(peer) if peer is not None else None
     except ValueError:  # a Unix socket's peer, or a test client's made-up name
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack socket (--host ::) sees 127.0.0.1 as ::ffff:127.0.0.1
+    return ip is not None and ip.is_loopback

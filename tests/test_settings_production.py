@@ -289,6 +289,10 @@ def test_production_serves_metrics_to_the_host_only_unless_given_a_token(tmp_pat
     assert _metrics(settings, client=("203.0.113.9", 5000)).status_code == 404  # not even said to exist
     local = _metrics(settings, client=("127.0.0.1", 5000))
     assert local.status_code == 200 and "quaygate_safeguard_off" in local.text
+    # review 140, finding 3: on a dual-stack socket (--host ::) a scraper on 127.0.0.1 arrives IPv4-mapped
+    assert _metrics(settings, client=("::ffff:127.0.0.1", 5000)).status_code == 200
+    assert _metrics(settings, client=("::1", 5000)).status_code == 200
+    assert _metrics(settings, client=("::ffff:203.0.113.9", 5000)).status_code == 404
 
 
 def test_a_metrics_token_is_required_from_everyone_once_set(tmp_path: Path, pg_database_url: str) -> None:
