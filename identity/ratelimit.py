@@ -3,10 +3,16 @@
 Counters live in the Cache: Redis when QUAYGATE_REDIS_URL is set, so every replica counts against the
 same numbers; the in-process cache otherwise (one replica). Three parts:
 
-- ``RateLimiter.hit(key, limit, window)``: a fixed-window counter (one INCR with expiry per request).
-  Windows are aligned to the clock (the window's number is in the key), so an injected clock moves
-  a counter to its next window and tests need no sleep. A burst at a window's edge may pass up to
-  twice the limit: acceptable for abuse control, and one round trip instead of a sliding log.
+- ``RateLimiter.hit(key, limit, window)``: a sliding count, one script per request (one round trip):
+  this window's count plus the last window's, weighted by the part of the last window still within one
+  window's length of now (the estimate of Cloudflare's and nginx-style limiters, which takes the last
+  window's requests as spread evenly over it). Windows are aligned to the clock (the window's number is
+  in the key), so an injected clock moves a count on and tests need no sleep. A window's count alone let
+  a limit through just before an edge and another just after (twice the limit in two seconds); a burst
+  just before an edge now counts almost whole just after it. At worst (a limit bunched at a window's
+  end, then spread over the next) twice the limit passes within one window's length, never in a burst.
+  A refused request is not counted (it writes nothing); Retry-After is the time until one more request
+  would pass, nothing more counted (under two windows).
 - ``LoginGuard``: per address (and per IPv6 /48: "Networks", below), a limit on login attempts; per
   person (a face step-up's), failures are counted, and the N-th failure within this failure window and
   the last (clock-aligned, summed) locks that person out for a while, doubling with each lockout
@@ -35,7 +41,7 @@ own. So a request from an IPv6 address is also counted per /48 (``ep:<family>:ne
 ``login:net:``), with a larger limit (``rate_limit_per_network``, ``login_attempts_per_network``;
 never taken below the per-address one, so that one /64 alone always keeps its own limit): one /48 has at
 most that, however many /64s it spreads over. Both counts are one script, one round trip
-(``Cache.incr_within``): nothing is counted once the /48's count is spent, so a refused request from a
+(``Cache.incr_sliding``): nothing is counted once the /48's count is spent, so a refused request from a
 new /64 creates no key; and the /48 counts only what the /64's own limit let through, so one /64 that
 hammers spends its own allowance, not its neighbours' (it takes ten /64s at their limit, by default, to
 spend a /48's). The defaults (ten times the per-address limits) leave room for a carrier that hands each
@@ -53,14 +59,15 @@ guessing at an account); a /48 of IPv6 costs nothing.
 
 What the counters hold in Redis (review 67, finding 4: Redis runs under noeviction, so what an
 anonymous caller makes us store must be bounded): one key per counted address (or client, or /48) and
-window, kept one window (``RATE_LIMIT_WINDOW`` + 1 s), 104 bytes each (``MEMORY USAGE``: a 50-character
-name, a small integer, the expiry). However many requests it sends, an address (an IPv4 address, an
-IPv6 /64) holds one counter per family it uses (``ep:webauthn``, ``ep:oauth``) and one of login attempts
-(``login:addr``), two of each for the second in which two windows overlap: at most about 600 bytes. An
-IPv6 /48 holds its own three counters, and its /64s' counters, at most as many per family and window as
-the /48's limit (a /64's first request, which creates its counter, is counted in the /48's too): with the defaults at
-most 6 001 + 6 001 + 601 keys per window, about 1.3 MB, 2.6 MB in the second two windows overlap,
-however many of its 65 536 /64s it uses (without the /48's count: up to 196 608 keys, 20 MB; 41 MB).
+window, kept to the end of the next window (which reads it as its last), 104 bytes each (``MEMORY
+USAGE``: a 50-character name, a small integer, the expiry). However many requests it sends, an address
+(an IPv4 address, an IPv6 /64) holds one counter per family it uses (``ep:webauthn``, ``ep:oauth``) and
+one of login attempts (``login:addr``), two of each (this window's and the last's): at most about 600
+bytes. An IPv6 /48 holds its own three counters, and its /64s' counters, at most as many per family and
+window as the /48's limit (a request that creates a counter passed, and is counted in the /48's too):
+with the defaults at most 6 001 + 6 001 + 601 keys per window, about 1.3 MB, 2.6 MB for the two windows
+kept, however many of its 65 536 /64s it uses (without the /48's count: up to 196 608 keys per window,
+20 MB; 41 MB).
 Lower ``rate_limit_per_network`` and ``login_attempts_per_network`` to hold less. A caller with many /48s
 (a /32: an ISP's allocation) multiplies it again, as a botnet multiplies IPv4 addresses. The login
 guard's failure counts and locks are kept per person that exists (``LoginGuard.failed``
@@ -135,7 +142,7 @@ from urllib.parse import parse_qs, unquote_plus
 import sqlalchemy as sa
 
 from quaygate.appstate import built_once
-from quaygate.cache import Cache
+from quaygate.cache import Cache, Counts
 
 from . import audit
 
@@ -253,61 +260,76 @@ def _digest(value: str) -> str:
 
 
 class RateLimiter:
-    """Fixed-window counters in the cache."""
+    """Sliding counts in the cache: this window's and the last's, weighted (module docstring)."""
 
     def __init__(self, cache: Cache, *, now: Callable[[], float] = time.time) -> None:
         self._cache = cache
         self._now = now
 
-    def _window(self, key: str, window: int, now: float) -> tuple[str, float]:
+    def _counts(self, key: str, limit: int, window: int, now: float) -> Counts:
         index = int(now // window)
-        return f"rl:{_digest(key)}:{window}:{index}", (index + 1) * window - now
+        name = f"rl:{_digest(key)}:{window}:"
+        left = math.ceil(((index + 1) * window - now) * 1000)  # ms to this window's end
+        return Counts(f"{name}{index}", f"{name}{index - 1}", limit, left, window * 1000)
 
     def hit(self, key: str, limit: int, window: int, *, wider: Wider | None = None) -> int | None:
-        """Count one request for ``key`` (and in ``wider``: ``count``); None if within ``limit`` for this
-        window, else the seconds until the window ends (for Retry-After, RFC 9110 §10.2.3)."""
+        """Count one request for ``key`` (and in ``wider``: ``count``); None if within ``limit`` (the
+        sliding count), else the seconds until one more would be (for Retry-After, RFC 9110 §10.2.3)."""
         return self.count(key, limit, window, wider=wider)[0]
 
     def count(self, key: str, limit: int, window: int, *, wider: Wider | None = None, peeks: Sequence[str] = (),
               now: float | None = None) -> tuple[int | None, list[bytes | None]]:
         """Count one request for ``key``, and read the cache keys ``peeks`` (as are), in one round trip:
-        None if within ``limit`` (else the seconds until the window ends), and what ``peeks`` held.
+        None if within ``limit`` (else the seconds until one more would be), and what ``peeks`` held.
         ``now``: the clock as the caller has read it, so that keys it windows itself fall in this window.
+        A refused request is not counted (it writes nothing).
 
-        With ``wider`` (an IPv6 /64's count within its /48's, ``Cache.incr_within``), within both limits.
-        Once ``wider`` is spent nothing is counted, so a request refused by it creates no key; and
+        With ``wider`` (an IPv6 /64's count within its /48's, ``Cache.incr_sliding``), within both
+        limits. Once ``wider`` is spent nothing is counted, so a request refused by it creates no key; and
         ``wider`` counts only requests ``key``'s own limit let through."""
         now = self._now() if now is None else now
-        name, remaining = self._window(key, window, now)
-        if wider is None:
-            count, peeked = self._cache.incr_peek_many(name, remaining + 1, list(peeks))
-        else:
-            count, peeked = self._cache.incr_within(name, limit, self._window(wider.key, window, now)[0],
-                                                    wider.limit, remaining + 1, list(peeks))
-            if count == 0:
-                log.info("identity.ratelimit.refused.network")
-        return (None if 0 < count <= limit else _retry_after(remaining)), peeked
+        counts = self._counts(key, limit, window, now)
+        outer = None if wider is None else self._counts(wider.key, wider.limit, window, now)
+        refused, count, last, peeked = self._cache.incr_sliding(counts, counts.left / 1000 + window + 1,
+                                                                list(peeks), outer)
+        if refused == 0:
+            return None, peeked
+        if refused == 2:
+            log.info("identity.ratelimit.refused.network")
+        return _retry_after(_wait(outer if refused == 2 and outer is not None else counts, count, last)), peeked
 
     def hit_and_check(self, key: str, limit: int, other: str, other_limit: int, window: int, *,
                       wider: Wider | None = None) -> int | None:
         """hit(key, wider=wider) and exceeded(other) in one round trip to the cache."""
         now = self._now()  # once: ``other`` is read in the window ``key`` is counted in
-        peek, remaining = self._window(other, window, now)
-        retry, (raw,) = self.count(key, limit, window, wider=wider, peeks=[peek], now=now)
-        return _retry_after(remaining) if raw is not None and int(raw) >= other_limit else retry
+        seen = self._counts(other, other_limit, window, now)
+        retry, (count, last) = self.count(key, limit, window, wider=wider, peeks=[seen.key, seen.last], now=now)
+        spent = _wait(seen, int(count or 0), int(last or 0))
+        return _retry_after(spent) if spent is not None else retry
 
     def exceeded(self, key: str, limit: int, window: int, *, wider: Wider | None = None) -> int | None:
-        """Like hit() without counting: has ``key`` (or ``wider``) already used up its allowance in this
-        window? One round trip either way."""
+        """Like hit() without counting: has ``key`` (or ``wider``) already used up its allowance (would
+        one more be refused)? One round trip either way."""
         now = self._now()
-        name, remaining = self._window(key, window, now)
-        if wider is None:
-            raw = self._cache.get(name)
-            return None if raw is None or int(raw) < limit else _retry_after(remaining)
-        counts = self._cache.get_many([name, self._window(wider.key, window, now)[0]])
-        limits = (limit, wider.limit)
-        spent = any(raw is not None and int(raw) >= most for raw, most in zip(counts, limits, strict=True))
-        return _retry_after(remaining) if spent else None
+        seen = [self._counts(key, limit, window, now)]
+        if wider is not None:
+            seen.append(self._counts(wider.key, wider.limit, window, now))
+        held = self._cache.get_many([k for counts in seen for k in (counts.key, counts.last)])
+        waits = [_wait(counts, int(held[2 * i] or 0), int(held[2 * i + 1] or 0)) for i, counts in enumerate(seen)]
+        spent = [wait for wait in waits if wait is not None]
+        return _retry_after(max(spent)) if spent else None
+
+
+def _wait(counts: Counts, count: int, last: int) -> float | None:
+    """None if one more request is within ``counts``' limit, with ``count`` this window's and ``last`` the
+    last window's; else the seconds until one would be, counting nothing more."""
+    if not counts.full(count, last):
+        return None
+    window, left, limit = counts.window, counts.left, counts.limit
+    if count < limit:  # the last window's part must shrink: last x left' <= (limit - count - 1) x window
+        return (left - (limit - count - 1) * window // last) / 1000
+    # into the next window, where this one is the last: window + count x left' <= limit x window
+    return (left + window - max(0, (limit - 1) * window // max(count, 1))) / 1000
 
 
 def _retry_after(remaining: float) -> int:

@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import dataset
@@ -28,6 +29,23 @@ log = logging.getLogger(__name__)
 # it already read (its last bumps lost) is then not taken for "nothing changed". Never set in the
 # in-process cache, whose data is its process's own.
 DATASET_EPOCH = "dataset:epoch"
+
+
+@dataclass(frozen=True)
+class Counts:
+    """A sliding count's keys and reckoning (identity.ratelimit): ``key`` this window's count, ``last``
+    the last window's, weighted by ``left`` / ``window`` (ms: the part of the last window still within a
+    window's length of now, which is what is left of this one). Full when one more would pass ``limit``:
+    (count + 1) x window + last x left > limit x window, in integers."""
+
+    key: str
+    last: str
+    limit: int
+    left: int
+    window: int
+
+    def full(self, count: int, last: int) -> bool:
+        return (count + 1) * self.window + last * self.left > self.limit * self.window
 
 
 class Cache(Protocol):
@@ -82,16 +100,18 @@ class Cache(Protocol):
         """incr(key) and get() of each of ``peeks``, in one round trip."""
         ...
 
-    def incr_within(self, key: str, limit: int, outer: str, outer_limit: int, ttl_seconds: float,
-                    peeks: list[str]) -> tuple[int, list[bytes | None]]:
-        """A count within a wider one (a client address's within its network's), in one round trip,
-        atomic: if ``outer`` has reached ``outer_limit``, nothing is counted and the count is 0; else
-        incr(key), and incr(outer) too if that count is within ``limit`` (both with ``ttl_seconds``).
-        Returns key's count and get() of each of ``peeks``.
+    def incr_sliding(self, counts: Counts, ttl_seconds: float, peeks: list[str], outer: Counts | None = None
+                     ) -> tuple[int, int, int, list[bytes | None]]:
+        """A sliding count (identity.ratelimit), in one round trip, atomic: incr(counts.key) with
+        ``ttl_seconds`` if one more is within its limit (``Counts.full``), else nothing. With ``outer``, the
+        wider count it is within (a client address's network's): nothing is counted once ``outer`` is
+        full, and ``outer`` is counted with ``counts.key``, only then. Returns 0 (counted), 1 (refused by
+        ``counts``) or 2 (by ``outer``); that count's key and last values before this request; get() of
+        each of ``peeks``. ``outer`` is windowed as ``counts`` is (the same ``window`` and ``left``).
 
         So the wider count holds only what passed the narrower one (one key spending its own allowance
-        spends none of its neighbours'), and, once it is full, no key under it is created: each key
-        created was counted in it, so there are at most ``outer_limit`` of them (identity.ratelimit)."""
+        spends none of its neighbours'), and a refusal writes nothing: each key created was counted in
+        ``outer``, so there are at most ``outer``'s limit of them per window (identity.ratelimit)."""
         ...
 
     def ping(self) -> bool: ...
@@ -207,18 +227,28 @@ class MemoryCache:
         count = self.incr(key, ttl_seconds)
         return count, [self.get(p) for p in peeks]
 
-    def incr_within(self, key: str, limit: int, outer: str, outer_limit: int, ttl_seconds: float,
-                    peeks: list[str]) -> tuple[int, list[bytes | None]]:
+    def incr_sliding(self, counts: Counts, ttl_seconds: float, peeks: list[str], outer: Counts | None = None
+                     ) -> tuple[int, int, int, list[bytes | None]]:
         now = time.monotonic()
         with self._lock:
-            held = self._live(outer, now)
-            count = 0
-            if held is None or int(held[0]) < outer_limit:
-                count = self._incr(key, ttl_seconds, now)
-                if count <= limit:
-                    self._incr(outer, ttl_seconds, now)
+            verdict = self._full(outer, now, 2) if outer is not None else None
+            if verdict is None:
+                verdict = self._full(counts, now, 1)
+            if verdict is None:
+                verdict = (0, *self._read(counts, now))
+                self._incr(counts.key, ttl_seconds, now)
+                if outer is not None:
+                    self._incr(outer.key, ttl_seconds, now)
             peeked = [self._live(p, now) for p in peeks]
-        return count, [None if item is None else item[0] for item in peeked]
+        return (*verdict, [None if item is None else item[0] for item in peeked])
+
+    def _read(self, counts: Counts, now: float) -> tuple[int, int]:
+        held = [self._live(k, now) for k in (counts.key, counts.last)]
+        return int(held[0][0]) if held[0] else 0, int(held[1][0]) if held[1] else 0
+
+    def _full(self, counts: Counts, now: float, refused: int) -> tuple[int, int, int] | None:
+        count, last = self._read(counts, now)
+        return (refused, count, last) if counts.full(count, last) else None
 
     def ping(self) -> bool:
         return True
@@ -250,20 +280,37 @@ return out
 """)
 
 
-# ``Cache.incr_within``: KEYS[1] the count, KEYS[2] the wider count it is within, KEYS[3..] read;
-# ARGV the expiry (ms), the limit, the wider limit. A full wider count writes nothing (on a full Redis,
-# too: a refusal needs no room).
-_INCR_WITHIN = Script("""
-local out = {0}
-if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[3]) then
-  out[1] = redis.call('INCR', KEYS[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[1], 'NX')
-  if out[1] <= tonumber(ARGV[2]) then
-    redis.call('INCR', KEYS[2])
-    redis.call('PEXPIRE', KEYS[2], ARGV[1], 'NX')
+# ``Cache.incr_sliding``: KEYS[1], KEYS[2] the count and its last window's; with ARGV[5] (the wider limit),
+# KEYS[3], KEYS[4] the wider count and its last window's; the rest read. ARGV the expiry (ms), the window
+# and what is left of it (ms), the limit. A refusal writes nothing (on a full Redis, too: it needs no room).
+_INCR_SLIDING = Script("""
+local window, left = tonumber(ARGV[2]), tonumber(ARGV[3])
+local function full(key, last, limit)
+  local count = tonumber(redis.call('GET', key) or '0')
+  local before = tonumber(redis.call('GET', last) or '0')
+  return (count + 1) * window + before * left > limit * window, count, before
+end
+local first, out = 3, nil
+if ARGV[5] then
+  first = 5
+  local spent, count, before = full(KEYS[3], KEYS[4], tonumber(ARGV[5]))
+  if spent then out = {2, count, before} end
+end
+if not out then
+  local spent, count, before = full(KEYS[1], KEYS[2], tonumber(ARGV[4]))
+  if spent then
+    out = {1, count, before}
+  else
+    out = {0, count, before}
+    redis.call('INCR', KEYS[1])
+    redis.call('PEXPIRE', KEYS[1], ARGV[1], 'NX')
+    if first == 5 then
+      redis.call('INCR', KEYS[3])
+      redis.call('PEXPIRE', KEYS[3], ARGV[1], 'NX')
+    end
   end
 end
-for i = 3, #KEYS do out[i - 1] = redis.call('GET', KEYS[i]) end
+for i = first, #KEYS do out[#out + 1] = redis.call('GET', KEYS[i]) end
 return out
 """)
 
@@ -358,11 +405,17 @@ class RedisCache:
                                [max(1, int(ttl_seconds * 1000))])
         return int(reply[0]), [v if isinstance(v, bytes) else None for v in reply[1:]]
 
-    def incr_within(self, key: str, limit: int, outer: str, outer_limit: int, ttl_seconds: float,
-                    peeks: list[str]) -> tuple[int, list[bytes | None]]:
-        reply = self._line.run(_INCR_WITHIN, [self._p + key, self._p + outer, *(self._p + p for p in peeks)],
-                               [max(1, int(ttl_seconds * 1000)), limit, outer_limit])
-        return int(reply[0]), [v if isinstance(v, bytes) else None for v in reply[1:]]
+    def incr_sliding(self, counts: Counts, ttl_seconds: float, peeks: list[str], outer: Counts | None = None
+                     ) -> tuple[int, int, int, list[bytes | None]]:
+        keys = [self._p + counts.key, self._p + counts.last]
+        args: list[Any] = [max(1, int(ttl_seconds * 1000)), counts.window, counts.left, counts.limit]
+        if outer is not None:
+            # one window and what is left of it for both: ``outer``'s are ``counts``'
+            keys += [self._p + outer.key, self._p + outer.last]
+            args.append(outer.limit)
+        reply = self._line.run(_INCR_SLIDING, [*keys, *(self._p + p for p in peeks)], args)
+        return (int(reply[0]), int(reply[1]), int(reply[2]),
+                [v if isinstance(v, bytes) else None for v in reply[3:]])
 
     def ping(self) -> bool:
         try:

@@ -155,7 +155,7 @@ def test_an_anonymous_refused_login_writes_only_its_addresss_counters(engine: sa
         assert len(counters) == 2, before
         with server.admin() as admin:
             sizes = [admin.memory_usage(k) for k in counters]
-            assert all(0 < admin.pttl(k) <= 61_000 for k in counters)
+            assert all(0 < admin.pttl(k) <= 121_000 for k in counters)  # to the next window's end, which reads it
         assert all(size is not None and size <= 128 for size in sizes), sizes
 
 
@@ -406,7 +406,7 @@ def test_a_brokered_login_start_writes_no_audit_row_and_its_callback_is_audited_
     statuses = [r.status_code for r in answers]
     assert statuses == [400] * (ATTEMPTS - 3) + [429] * (30 - ATTEMPTS + 3), statuses
     limited = answers[-1]
-    assert 'data-code="rate_limited"' in limited.text and 0 < int(limited.headers["Retry-After"]) <= 61
+    assert 'data-code="rate_limited"' in limited.text and 0 < int(limited.headers["Retry-After"]) <= 120
     assert _audit_rows(world.engine) - audited == ATTEMPTS - 3
     assert len(world.sessions()) == 1
 

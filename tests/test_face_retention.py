@@ -245,3 +245,25 @@ def test_every_replica_s_background_workers_run_the_sweep(engine: sa.Engine, dat
         workers.stop()
         pool.close()
     assert _enrolled(engine)[pid] is not None
+
+
+def test_a_suspension_neither_starts_the_clock_nor_stops_it(engine: sa.Engine, face: FaceService) -> None:
+    """docs/face.md "Retention": a suspended person still works in the port while his badge is in use
+    (or his membership in force), so his template is kept as an active person's; his reinstatement
+    changes nothing of it. Only the end of his badges and memberships starts his 30 days."""
+    suspended, leaving = _person(engine), _person(engine)
+    _badge(engine, suspended)
+    _enrol(face, suspended)
+    _enrol(face, leaving)  # no badge, no membership
+    with engine.begin() as conn:
+        conn.execute(persons.update().where(persons.c.id.in_([suspended, leaving])).values(status="suspended"))
+    cipher = face._cipher
+    assert sweep(engine, cipher, now=T0, after=AFTER) == 0
+    assert _enrolled(engine) == {suspended: None, leaving: T0}
+    assert sweep(engine, cipher, now=T0 + AFTER * 3, after=AFTER) == 1  # a suspended leaver's 30 days ran
+    assert _enrolled(engine) == {suspended: None}
+    with engine.begin() as conn:  # reinstated, then his badge revoked: from then on, his 30 days
+        conn.execute(persons.update().where(persons.c.id == suspended).values(status="active"))
+        conn.execute(badges.update().where(badges.c.person_id == suspended).values(status="revoked"))
+    assert sweep(engine, cipher, now=T0 + AFTER * 4, after=AFTER) == 0
+    assert _enrolled(engine) == {suspended: T0 + AFTER * 4}

@@ -65,7 +65,7 @@ def from_address(s: Served, address: str) -> TestClient:
 
 
 def slowed(r: Any) -> bool:
-    return (r.status_code == 429 and r.json()["error"] == "slow_down" and 1 <= int(r.headers["retry-after"]) <= 60
+    return (r.status_code == 429 and r.json()["error"] == "slow_down" and 1 <= int(r.headers["retry-after"]) <= 120
             and r.headers["cache-control"] == "no-store")
 
 
@@ -282,8 +282,8 @@ def test_exceeded_reads_an_addresss_count_and_its_48s_in_one_round_trip(kind: st
         limiter.hit("b", 2, 60, wider=net)
         assert limiter.exceeded("a", 2, 60, wider=net) is None and limiter.exceeded("b", 2, 60, wider=net) is None
         limiter.hit("a", 2, 60, wider=net)
-        assert limiter.exceeded("a", 2, 60, wider=net) == 20  # its own count spent (and the /48's)
-        assert limiter.exceeded("c", 2, 60, wider=net) == 20  # the /48's count spent
+        assert limiter.exceeded("a", 2, 60, wider=net) == 50  # its own count spent (and the /48's: 40)
+        assert limiter.exceeded("c", 2, 60, wider=net) == 40  # the /48's count spent
         assert limiter.exceeded("c", 2, 60) is None
     finally:
         cache.close()

@@ -52,13 +52,46 @@ def clock() -> list[float]:
 # -- RateLimiter ----------------------------------------------------------------------------------------
 
 
-def test_fixed_window_refuses_after_the_limit_and_resets_next_window(cache: Cache, clock: list[float]) -> None:
+def test_a_count_refuses_after_the_limit_until_one_more_is_within(cache: Cache, clock: list[float]) -> None:
     limiter = RateLimiter(cache, now=lambda: clock[0])
     assert [limiter.hit("k", 3, 60) for _ in range(3)] == [None, None, None]
-    assert limiter.hit("k", 3, 60) == 20  # seconds to the window's end: Retry-After
+    # Retry-After: the 20 s left of this window, then 20 s of the next, where 3 x 40/60 = 2 of it count
+    assert limiter.hit("k", 3, 60) == 40
     assert limiter.hit("other", 3, 60) is None  # keys are separate
     clock[0] = T0 + 20
+    assert limiter.hit("k", 3, 60) == 20  # the refusals were not counted
+    clock[0] = T0 + 40
     assert limiter.hit("k", 3, 60) is None
+
+
+def test_a_burst_either_side_of_a_window_edge_passes_one_limit(cache: Cache, clock: list[float]) -> None:
+    # A window's count alone let a limit through just before an edge and another just after (twice the
+    # limit in two seconds). The last window's count, weighted by its part still within a window's length
+    # of now, counts too.
+    limiter = RateLimiter(cache, now=lambda: clock[0])
+    edge = T0 + 20
+    clock[0] = edge - 1
+    assert [limiter.hit("k", 3, 60) for _ in range(3)] == [None] * 3
+    clock[0] = edge + 1
+    assert [limiter.hit("k", 3, 60) for _ in range(3)] == [19] * 3  # when 3 x 40/60 = 2 of the last are left
+    assert limiter.exceeded("k", 3, 60) == 19
+    clock[0] = edge + 20
+    assert limiter.exceeded("k", 3, 60) is None
+    assert limiter.hit("k", 3, 60) is None
+    assert limiter.hit("k", 3, 60) == 20  # 1 + 1 + 3 x 40/60 > 3; at 20/60 of the last, 1 + 1 + 1
+    clock[0] = edge + 40
+    assert limiter.hit("k", 3, 60) is None
+    clock[0] = edge + 120  # two windows on: nothing of it is left
+    assert [limiter.hit("k", 3, 60) for _ in range(3)] == [None] * 3
+
+
+def test_login_attempts_either_side_of_a_window_edge_pass_one_limit(cache: Cache, clock: list[float]) -> None:
+    guard = LoginGuard(cache, limits=Limits(login_attempts_per_address=3), now=lambda: clock[0])
+    clock[0] = T0 + 19
+    assert [guard.check(None, "10.0.0.9") for _ in range(3)] == [None] * 3
+    clock[0] = T0 + 21
+    assert guard.check(None, "10.0.0.9") == 19
+    assert guard.check_attempt("cred:edge", "10.0.0.9").retry == 19  # the way with the subject's reads too
 
 
 def test_replicas_sharing_redis_share_the_count(redis_url: str, clock: list[float]) -> None:
@@ -105,7 +138,7 @@ def test_exceeded_does_not_count(cache: Cache, clock: list[float]) -> None:
     assert limiter.exceeded("k", 1, 60) is None
     assert limiter.exceeded("k", 1, 60) is None
     limiter.hit("k", 1, 60)
-    assert limiter.exceeded("k", 1, 60) == 20
+    assert limiter.exceeded("k", 1, 60) == 80  # once none of this window counts: the next one's end
 
 
 # -- LoginGuard -----------------------------------------------------------------------------------------
@@ -308,7 +341,7 @@ def test_a_lockout_level_on_record_is_forgotten_by_a_checked_success(cache: Cach
 def test_attempts_per_address_are_limited(cache: Cache, clock: list[float]) -> None:
     guard = LoginGuard(cache, limits=Limits(login_attempts_per_address=3), now=lambda: clock[0])
     assert [guard.check(None, "10.0.0.9") for _ in range(3)] == [None] * 3
-    assert guard.check(None, "10.0.0.9") == 20
+    assert guard.check(None, "10.0.0.9") == 40
     assert guard.check(None, "10.0.0.8") is None
 
 
@@ -423,7 +456,7 @@ def test_token_endpoint_answers_429_after_the_address_limit(tight: Served) -> No
     r = tight.http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=("nobody", "x"))
     assert r.status_code == 429
     assert r.json()["error"] == "slow_down"
-    assert 1 <= int(r.headers["retry-after"]) <= 60
+    assert 1 <= int(r.headers["retry-after"]) <= 120  # within two windows: the sliding count's most
     assert r.headers["cache-control"] == "no-store"
 
 
@@ -484,7 +517,7 @@ def test_client_id_in_the_form_is_limited_and_the_body_still_reaches_the_route(p
 
 def _slowed(r: Any) -> bool:
     """Answered as the rate limiter answers a client over its allowance."""
-    return (r.status_code == 429 and r.json()["error"] == "slow_down" and 1 <= int(r.headers["retry-after"]) <= 60
+    return (r.status_code == 429 and r.json()["error"] == "slow_down" and 1 <= int(r.headers["retry-after"]) <= 120
             and r.headers["cache-control"] == "no-store")
 
 

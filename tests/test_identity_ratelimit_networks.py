@@ -15,7 +15,7 @@ import redis
 import sqlalchemy as sa
 
 from identity.ratelimit import Limits, LoginGuard, RateLimiter, Wider, address_keys, limits_from_settings
-from quaygate.cache import Cache, MemoryCache, RedisCache
+from quaygate.cache import Cache, Counts, MemoryCache, RedisCache
 from quaygate.settings import Settings
 from tests.test_identity_ratelimit import Served, _clear_of_a_window_edge, _Counting, serve
 from tests.test_redis_memory import PrivateRedis
@@ -63,37 +63,47 @@ def test_many_64s_of_one_48_are_refused_once_the_48s_count_is_spent(cache: Cache
     """Both ways of counting an attempt (apart, and in one round trip with the subject's reads)."""
     guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
     assert [guard.check(subject, in_48(n)) for n in range(PER_48)] == [None] * PER_48
-    assert [guard.check(subject, in_48(n)) for n in range(PER_48, PER_48 + 20)] == [20] * 20
-    assert guard.check(subject, in_48(0x1234, 7)) == 20  # however far apart in the /48
+    assert [guard.check(subject, in_48(n)) for n in range(PER_48, PER_48 + 20)] == [32] * 20
+    assert guard.check(subject, in_48(0x1234, 7)) == 32  # however far apart in the /48
     assert guard.check(subject, in_48(0, site="2001:db8:2")) is None  # another /48 is someone else
     assert guard.check(subject, "192.0.2.1") is None
-    clock[0] += 20
-    assert guard.check(subject, in_48(PER_48 + 1)) is None  # the next window
+    clock[0] += 32
+    assert guard.check(subject, in_48(PER_48 + 1)) is None  # 12 s into the next window: 5 x 48/60 = 4 count
 
 
 def test_a_single_64_is_refused_at_its_own_limit_and_spends_none_of_its_neighbours(
         cache: Cache, clock: list[float]) -> None:
     guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
     seen = [guard.check_attempt("cred:one", in_48(0, host)).retry for host in range(1, 11)]
-    assert seen == [None] * PER_64 + [20] * (10 - PER_64)
+    assert seen == [None] * PER_64 + [50] * (10 - PER_64)
     # its refused attempts were not counted in the /48: what is left of it is the others'
     left = PER_48 - PER_64
-    assert [guard.check(None, in_48(n)) for n in range(1, left + 2)] == [None] * left + [20]
+    assert [guard.check(None, in_48(n)) for n in range(1, left + 2)] == [None] * left + [32]
+
+
+def test_a_48_spent_just_before_a_window_edge_is_still_refused_just_after(cache: Cache, clock: list[float]) -> None:
+    guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
+    clock[0] = T0 + 19
+    assert [guard.check(None, in_48(n)) for n in range(PER_48)] == [None] * PER_48
+    clock[0] = T0 + 21
+    assert [guard.check(None, in_48(n)) for n in range(PER_48, PER_48 + 5)] == [11] * 5  # 5 x 48/60 = 4 left
+    clock[0] = T0 + 32
+    assert guard.check(None, in_48(PER_48)) is None
 
 
 def test_ipv4_addresses_have_no_wider_count(cache: Cache, clock: list[float]) -> None:
     guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
     for n in range(1, 4 * PER_48):  # more addresses of one /24 than the /48 limit lets /64s through
         assert [guard.check(None, f"192.0.2.{n}") for _ in range(PER_64)] == [None] * PER_64
-        assert guard.check(None, f"::ffff:192.0.2.{n}") == 20  # the same address, mapped: its own limit
+        assert guard.check(None, f"::ffff:192.0.2.{n}") == 50  # the same address, mapped: its own limit
 
 
 def test_a_network_limit_below_the_address_limit_counts_as_the_address_limit(cache: Cache,
                                                                              clock: list[float]) -> None:
     guard = LoginGuard(cache, limits=Limits(login_attempts_per_address=3, login_attempts_per_network=1),
                        now=lambda: clock[0])
-    assert [guard.check(None, in_48(0)) for _ in range(4)] == [None, None, None, 20]
-    assert guard.check(None, in_48(1)) == 20
+    assert [guard.check(None, in_48(0)) for _ in range(4)] == [None, None, None, 40]
+    assert guard.check(None, in_48(1)) == 40
 
 
 def test_an_ipv6_attempt_is_one_round_trip(cache: Cache, clock: list[float]) -> None:
@@ -116,24 +126,32 @@ def test_a_spent_48_makes_redis_hold_no_more_counters(redis_url: str, clock: lis
     raw = redis.Redis.from_url(redis_url)
     try:
         guard = LoginGuard(cache, limits=LIMITS, now=lambda: clock[0])
-        assert [guard.check(None, in_48(n)) for n in range(200)] == [None] * PER_48 + [20] * (200 - PER_48)
+        assert [guard.check(None, in_48(n)) for n in range(200)] == [None] * PER_48 + [32] * (200 - PER_48)
         assert len(list(raw.scan_iter("qg:rl:*", count=1000))) == PER_48 + 1
-        assert all(0 < raw.pttl(k) <= 21_000 for k in raw.scan_iter("qg:rl:*", count=1000))  # this window only
+        # this window, and the next, which reads it as the last window's count
+        assert all(80_000 < raw.pttl(k) <= 81_000 for k in raw.scan_iter("qg:rl:*", count=1000))
     finally:
         raw.close()
         cache.close()
 
 
-def test_incr_within_counts_in_the_wider_only_what_passed(cache: Cache) -> None:
+def test_incr_sliding_counts_in_the_wider_only_what_passed(cache: Cache) -> None:
+    def counts(name: str, limit: int) -> Counts:
+        return Counts(f"t:w:{name}", f"t:w:{name}:last", limit, left=30_000, window=60_000)
+
+    net = counts("net", 3)
     cache.set("t:w:seen", b"x")
-    assert cache.incr_within("t:w:a", 1, "t:w:net", 3, 60, ["t:w:seen", "t:w:none"]) == (1, [b"x", None])
-    assert cache.incr_within("t:w:a", 1, "t:w:net", 3, 60, []) == (2, [])  # over its own limit
-    assert cache.get("t:w:net") == b"1"
-    assert cache.incr_within("t:w:b", 1, "t:w:net", 3, 60, []) == (1, [])
-    assert cache.incr_within("t:w:c", 1, "t:w:net", 3, 60, []) == (1, [])
-    assert cache.incr_within("t:w:d", 1, "t:w:net", 3, 60, ["t:w:seen"]) == (0, [b"x"])  # the wider spent
+    assert cache.incr_sliding(counts("a", 1), 60, ["t:w:seen", "t:w:none"], net) == (0, 0, 0, [b"x", None])
+    assert cache.incr_sliding(counts("a", 1), 60, [], net) == (1, 1, 0, [])  # over its own limit
+    assert cache.get("t:w:a") == b"1" and cache.get("t:w:net") == b"1"  # the refusal counted nothing
+    assert cache.incr_sliding(counts("b", 1), 60, [], net)[0] == 0
+    assert cache.incr_sliding(counts("c", 1), 60, [], net)[0] == 0
+    assert cache.incr_sliding(counts("d", 1), 60, ["t:w:seen"], net) == (2, 3, 0, [b"x"])  # the wider spent
     assert cache.get("t:w:d") is None and cache.get("t:w:net") == b"3"
-    cache.delete("t:w:seen", "t:w:a", "t:w:b", "t:w:c", "t:w:net")
+    cache.set("t:w:e:last", b"2")  # the last window's, half of which counts: 30 of its 60 s are left
+    assert cache.incr_sliding(counts("e", 2), 60, []) == (0, 0, 2, [])  # 1 + 2 x 30/60 = 2
+    assert cache.incr_sliding(counts("e", 2), 60, []) == (1, 1, 2, [])
+    cache.delete("t:w:seen", "t:w:a", "t:w:b", "t:w:c", "t:w:net", "t:w:e", "t:w:e:last")
 
 
 # -- settings ---------------------------------------------------------------------------------------------
@@ -205,7 +223,7 @@ def test_the_token_endpoint_refuses_a_48_once_its_count_is_spent(networked: Serv
     assert [post(networked, "/oauth2/token", in_48(n))[0] for n in range(PER_48)] == [401] * PER_48
     status, headers, body = post(networked, "/oauth2/token", in_48(0xBEEF, 3))
     assert status == 429 and json.loads(body)["error"] == "slow_down"  # the same refusal as ever
-    assert 1 <= int(headers["retry-after"]) <= 60 and headers["cache-control"] == "no-store"
+    assert 1 <= int(headers["retry-after"]) <= 120 and headers["cache-control"] == "no-store"
     assert post(networked, "/oauth2/token", in_48(0, site="2001:db8:2"))[0] == 401  # another /48
     assert post(networked, "/oauth2/token", "192.0.2.1")[0] == 401
 

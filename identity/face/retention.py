@@ -17,9 +17,11 @@ The sweep (``sweep``, a background loop in every replica: quaygate/workers.py), 
    uses), after checking again under the person's lock that he still has neither.
 
 So the clock is the sweep's own (what it saw, to within a round), and a person who gets a badge or a
-membership back within the grace keeps his face. A suspension is not a leaving of its own: it may be
-lifted (``:reinstate``), and a suspended person is refused everywhere already; once his badges are
-revoked or run out and his memberships end, his grace runs.
+membership back within the grace keeps his face. A suspension is not a leaving of its own, by rule
+(docs/face.md "Retention"): it neither starts the clock nor, lifted (``:reinstate``), stops it; the
+person's status is not read here. A suspended person's face opens nothing meanwhile, and may be what
+port security's inquiry settles; once his badges are revoked or run out and his memberships end, his
+grace runs.
 
 Safe in every replica at once: 1 and 2 take their rows with SKIP LOCKED (no replica waits on another,
 nor on an enrolment holding a row), and are the same whoever runs them; 3 re-reads each person under

@@ -38,8 +38,8 @@
   (``identity.ratelimit.LoginGuard``, subject ``face:<person_id>``), so a stolen session cannot try
   photo after photo. Unusable captures (``QUALITY_CODES``: no face, blurred, unreadable ...) lock
   nobody out, but each costs a worker's time, so they have an allowance of their own per person
-  (``bad_captures`` per ``bad_capture_window``, a ``RateLimiter`` count): past it, 429 ``rate_limited``
-  until the window ends (review 131, finding 2).
+  (``bad_captures`` per ``bad_capture_window``, a ``RateLimiter`` sliding count): past it, 429
+  ``rate_limited`` until one more would be within it (review 131, finding 2).
 - Cost: every capture's header is judged before it is queued for a worker (``identity.face.header``:
   pixels per format, shape, a JPEG's frame and scans), so a small file claiming a huge picture never
   reaches one; and a gate's captures are queued under the terminal's name, which has at most
