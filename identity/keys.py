@@ -312,18 +312,19 @@ class KeyStore:
             except Exception:  # noqa: BLE001 - any cache failure: the change is committed, the signal is late
                 log.warning("identity.keys.epoch_not_bumped", exc_info=True)
 
-    def _epoch_moved(self) -> bool:
+    def _epoch_moved(self) -> tuple[bytes | None, ...] | None:
         """At most once per ``check_every``: has another process changed the key set since this one
-        last looked (the shared epoch moved)? The round trip is made outside ``self._lock`` (a slow
-        Redis holds up no other verification), by one caller per ``check_every``. Redis failing: False
-        (the timed reload still runs), and the next look is a ``check_every`` later: a down Redis costs
-        no round trip per token."""
+        last loaded it (the shared epoch moved)? The epoch read when it did, else None; ``_snapshot`` keeps
+        it once its reload has succeeded (review 140, finding 2: a failed reload leaves it moved for the next
+        look). The round trip is made outside ``self._lock`` (a slow Redis holds up no other verification),
+        by one caller per ``check_every``. Redis failing: None (the timed reload still runs), and the next
+        look is a ``check_every`` later: a down Redis costs no round trip per token."""
         if self._cache is None:
-            return False
+            return None
         now = self._monotonic()
         with self._lock:
             if now - self._checked_at < self._check_every:
-                return False
+                return None
             self._checked_at = now  # the others go on with what they have meanwhile
         try:
             # With Redis's dataset epoch: a Redis started from an older snapshot (or a failover to a replica
@@ -331,10 +332,9 @@ class KeyStore:
             # lost; the dataset epoch moves then (quaygate/dataset.py), so the pair does.
             epoch = tuple(self._cache.get_many([DATASET_EPOCH, KEYS_EPOCH]))
         except Exception:  # noqa: BLE001 - verifying tokens must not depend on Redis
-            return False
+            return None
         with self._lock:
-            moved, self._epoch = epoch != self._epoch, epoch
-        return moved
+            return epoch if epoch != self._epoch else None
 
     # ---- internals ------------------------------------------------------------------------------
 
@@ -349,9 +349,11 @@ class KeyStore:
         moved = self._epoch_moved()  # first: a reload for any reason has seen the epoch read here
         with self._lock:
             snap = self._snap
-            if force or moved or snap is None or time.monotonic() - snap.loaded_at > self._reload_every:
+            if force or moved is not None or snap is None or time.monotonic() - snap.loaded_at > self._reload_every:
                 snap = self._load()
                 self._snap = snap
+                if moved is not None:
+                    self._epoch = moved  # only now: a reload that failed leaves the epoch moved
             return snap
 
     def _load(self) -> _Snapshot:

@@ -356,3 +356,33 @@ def test_an_epoch_that_expired_and_came_back_is_still_news(engine: sa.Engine, re
         assert kid not in _published(two)
     finally:
         shared.close()
+
+
+def test_a_failed_reload_after_the_epoch_moved_does_not_use_up_the_signal(engine: sa.Engine, redis_url: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 140, finding 2: the replica kept the moved epoch before reloading; the reload failing (a database
+    blip, a pool timeout a flood causes), the epoch was never seen moving again and the revoked key was trusted
+    until the timed reload (60 s), not about a second."""
+    from quaygate.cache import RedisCache
+
+    shared, ticks = RedisCache(redis_url), Ticks()
+    try:
+        one, two = _replicas(engine, shared, ticks)
+        kid = str(two.signing_key("ES256").kid)
+        one.revoke(kid, utcnow(), reason="leaked", actor=CLI)
+        load, failed = two._load, []
+
+        def once() -> Any:
+            if not failed:
+                failed.append(True)
+                raise sa.exc.OperationalError("SELECT", {}, Exception("the database is away"))
+            return load()
+
+        monkeypatch.setattr(two, "_load", once)
+        ticks.now += 1.1
+        with pytest.raises(sa.exc.OperationalError):
+            two.public_key_set()  # the first look after the revoke: its reload fails
+        ticks.now += 5
+        assert kid not in _published(two)  # the database back: the epoch still counts as moved
+    finally:
+        shared.close()
