@@ -608,6 +608,11 @@ class GateOfflineStore(Protocol):
         """The terminal's gate policy as it stood at ``at``, as known now: the old policy of the first
         change audited after ``at``, else the policy stored now."""
 
+    def cut_off_since(self, organisation_id: uuid.UUID, person_id: uuid.UUID | None, since: datetime
+                      ) -> tuple[bool, bool]:
+        """Whether port security deactivated ``organisation_id``, and whether it suspended ``person_id``,
+        at ``since`` or after (as audited), whatever their status now."""
+
 
 class OfflineUnitOfWork(UnitOfWork, Protocol):
     offline: GateOfflineStore

@@ -564,6 +564,7 @@ def test_a_right_blocked_after_its_pass_is_marked_used_and_flagged(gate: Gate, a
 
 
 @pytest.mark.parametrize("after", ["renominated", "banned", "badge_blocked", "holder_deactivated",
+                                   "holder_deactivated_then_reactivated", "suspended_then_reinstated",
                                    "customs_scan_lifted", "blocked_then_unblocked"])
 def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
         gate: Gate, adapters: list[Adapter], after: str) -> None:
@@ -573,7 +574,9 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
     adapter allows it on its pass (it cannot know); the reconcile records the gate-in (the truck is in)
     and flags it for port security with what changed, never as a clean gate-in. So too a hold set after
     the pass and lifted before the reconcile (customs' scan then its green, the line's block then its
-    unblock; review of the lights, finding 2): judged as the right is at the reconcile, it left no trace."""
+    unblock; review of the lights, finding 2): judged as the right is at the reconcile, it left no trace.
+    Likewise the haulier deactivated then reactivated, or the driver suspended then reinstated (review 141,
+    finding 3): judged as they are at the reconcile, that left no trace either."""
     from quaygate.schema import badges
 
     rid = gate.pickable(1)
@@ -600,6 +603,16 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
         from .test_gate_holder_inactive import _status
 
         _status(gate, gate.p.haul.organisation_id, active=False)
+    elif after == "holder_deactivated_then_reactivated":
+        from .test_gate_holder_inactive import _status
+
+        _status(gate, gate.p.haul.organisation_id, active=False)
+        _status(gate, gate.p.haul.organisation_id, active=True)
+    elif after == "suspended_then_reinstated":
+        from .test_gate_person_suspended import reinstate, suspend
+
+        suspend(gate)
+        reinstate(gate)
     elif after == "customs_scan_lifted":
         for body in ({"status": "scan", "reason": "x-ray"}, {"status": "green", "reason": "scanned, clear"}):
             r = gate.http.put(f"/api/v1/releases/{rid}/lights/customs", headers=gate.as_("customs"), json=body)
@@ -623,7 +636,8 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
         hooks = conn.execute(sa.select(sa.func.count()).select_from(webhook_deliveries)
                              .where(webhook_deliveries.c.event_type == "release.gate_offline_flagged")).scalar_one()
     want = {"renominated": "nomination", "banned": "person_banned", "badge_blocked": "badge_blocked",
-            "holder_deactivated": "holder_inactive", "customs_scan_lifted": "lights_changed",
+            "holder_deactivated": "holder_inactive", "holder_deactivated_then_reactivated": "holder_inactive",
+            "suspended_then_reinstated": "person_suspended", "customs_scan_lifted": "lights_changed",
             "blocked_then_unblocked": "blocked_meanwhile"}[after]
     assert want in data["changed_since_pass"] and hooks == 1
 

@@ -431,7 +431,7 @@ def held_since_pass(p: GatePass, events: Iterable[tuple[str, Mapping[str, Any], 
 
 def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts | None, driver: Screening | None,
                        at: datetime, contested: bool = False, holder_inactive: bool = False,
-                       held: Sequence[str] = ()) -> tuple[str, ...]:
+                       driver_suspended: bool = False, held: Sequence[str] = ()) -> tuple[str, ...]:
     """What the pass said of the person and the truck that the service no longer says, for the
     reconcile of an allow it supported: another nomination (driver or plate) than the pass's; the badge
     the lane read (``badge``, as the badge office knows it now; None when none was read) refused at
@@ -441,9 +441,11 @@ def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts 
     another line's right on it, issued before the truck passed and live here, or a mark on this line's
     rights: the truck is in on one line's word while another line claims the container, which port
     security settles from the discharge records); the company holding the right deactivated by port
-    security (``holder_inactive``, as known now: online the gate refuses such a right, and no desk sets
-    that aside; the pass, issued before, could not know); the holds set since the pass (``held``,
-    ``held_since_pass``), even if lifted since.
+    security (``holder_inactive``, now or at any time since the pass, reactivated since or not: online
+    the gate refuses such a right, and no desk sets that aside; the pass, issued before, could not know);
+    the pass's driver suspended by port security since the pass (``driver_suspended``, reinstated since
+    or not: ``person_suspended``, as his screening says while he is); the holds set since the pass
+    (``held``, ``held_since_pass``), even if lifted since.
     The right's own state, block and lights as they are now are the move's to judge."""
     then, now_n = p.right.nomination, right.nomination
     changed: list[str] = []
@@ -454,6 +456,8 @@ def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts 
         changed.extend(r.value for r in g.badge_refusals(badge, at))
     if driver is not None and driver.refuses:
         changed.extend(r for r in (driver.reasons or (driver.result,)) if r not in changed)
+    if driver_suspended and g.Reason.PERSON_SUSPENDED.value not in changed:
+        changed.append(g.Reason.PERSON_SUSPENDED.value)
     if contested and not p.right.contested:
         changed.append(g.Reason.CONTAINER_CONTESTED.value)
     if holder_inactive:

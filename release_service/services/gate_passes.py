@@ -531,18 +531,22 @@ def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: Rele
     passed is the adapter's word (its clock may be wound back, review 126), and a flag only tells port
     security, who wants to hear of a deactivated company's right used offline either way. So are the
     holds set after the pass (a light made red or scan, a block), lifted since or not (review of the lights,
-    finding 2)."""
+    finding 2), and the holder's deactivation and the driver's suspension since the pass, lifted since or
+    not (review 141, finding 3)."""
     then = gate_pass.right.nomination
     facts = _as_of(right, at)
     contested = req.direction is g.Direction.IN and (facts.contested or g.contested(
         [_as_of(r, at) for r in uow.releases.of_containers([facts.container]) if r.created_at <= at], facts,
         terminal=req.terminal, now=at))
     holder = uow.directory.organisation(right.holder_organisation_id)
-    holder_inactive = holder is not None and not holder.active
+    deactivated, suspended = uow.offline.cut_off_since(
+        right.holder_organisation_id, then.driver_person_id if then else None, gate_pass.issued_at)
+    holder_inactive = deactivated or (holder is not None and not holder.active)
     # The holds since the pass, lifted or not, as its history records them up to now (for the same reason).
     held = held_since_pass(gate_pass, ((e.type, e.data, e.at) for e in uow.releases.events(right.id)))
     return changed_since_pass(
-        gate_pass, facts, at=at, contested=contested, holder_inactive=holder_inactive, held=held,
+        gate_pass, facts, at=at, contested=contested, holder_inactive=holder_inactive,
+        driver_suspended=suspended, held=held,
         badge=uow.gate.badge(req.badge) if req.badge is not None else None,
         driver=uow.screening.screen(then.driver_person_id, terminal=req.terminal, now=at) if then else None)
 

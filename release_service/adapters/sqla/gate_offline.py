@@ -43,6 +43,10 @@ from .uow import SqlUnitOfWork
 
 # A terminal's gate policy changes are audited with the whole old and new policy (services/gate_policy.py).
 _POLICY_CHANGED = "release.gate_policy.changed"
+# Port security's deactivation of an organisation and suspension of a person, as identity audits them
+# (identity.organisations, identity.authn.cutoff), subject the organisation's or the person's id.
+_DEACTIVATED = "identity.admin.organisation.deactivated"
+_SUSPENDED = "identity.admin.person.suspended"
 
 
 class SqlGateOfflineStore:
@@ -193,6 +197,18 @@ class SqlGateOfflineStore:
             return TerminalPolicy(**{k: v for k, v in (stored or {}).items() if k in known})
         except (TypeError, ValueError):
             return TerminalPolicy()
+
+    def cut_off_since(self, organisation_id: uuid.UUID, person_id: uuid.UUID | None, since: datetime
+                      ) -> tuple[bool, bool]:
+        """Probes of the audit trail's subject index: the status now says nothing of a deactivation or a
+        suspension lifted since (review 141, finding 3)."""
+        a = audit_log.c
+
+        def audited(kind: str, subject: uuid.UUID | None) -> bool:
+            return subject is not None and self._conn.execute(sa.select(sa.literal(1)).where(
+                a.subject == str(subject), a.kind == kind, a.at >= since).limit(1)).first() is not None
+
+        return audited(_DEACTIVATED, organisation_id), audited(_SUSPENDED, person_id)
 
 
 class SqlOfflineUnitOfWork(SqlUnitOfWork):
