@@ -134,3 +134,61 @@ def test_0013_leaves_a_party_row_only_to_those_that_hold_held_or_are_offered_the
         (travelled.id, p.haul.organisation_id): "holder", (travelled.id, p.haul2.organisation_id): "recipient",
         (refused.id, p.line.organisation_id): "issuer", (refused.id, p.fwd.organisation_id): "holder",
     }
+
+
+def test_0030_builds_its_index_concurrently_over_an_invalid_leftover(scratch_pg: str) -> None:
+    """Review 141, finding 4: a plain CREATE INDEX holds a SHARE lock on webhook_deliveries for the whole
+    build, and every publish (a gate commit's, in the gate move's transaction) waits for it. Built
+    CONCURRENTLY, as 0029's are, outside the migration's transaction; a build that failed half-way (here:
+    a unique one over two deliveries of one subscription) left an invalid index of the name, dropped first."""
+    import uuid
+    from datetime import UTC, datetime
+
+    upgrade(scratch_pg, "0028")
+    engine = sa.create_engine(scratch_pg, isolation_level="AUTOCOMMIT")
+    try:
+        at, org, sub = datetime.now(UTC), uuid.uuid4(), uuid.uuid4()
+        with engine.connect() as conn:
+            conn.execute(sa.text("INSERT INTO organisations (id, name, kind, created_at) "
+                                 "VALUES (:o, 'Line', 'shipping_line', :at)"), {"o": org, "at": at})
+            conn.execute(sa.text("INSERT INTO webhook_subscriptions (id, organisation_id, url, secret_enc, "
+                                 "event_types, active, created_at) VALUES (:s, :o, 'https://h.example/', 'x', "
+                                 "'[]', true, :at)"), {"s": sub, "o": org, "at": at})
+            for _ in range(2):
+                conn.execute(sa.text(
+                    "INSERT INTO webhook_deliveries (id, subscription_id, event_id, event_type, payload, status, "
+                    "attempts, next_attempt_at, created_at) VALUES (:d, :s, :e, 'release.issued', '{}', "
+                    "'pending', 0, :at, :at)"), {"d": uuid.uuid4(), "s": sub, "e": uuid.uuid4(), "at": at})
+            with pytest.raises(sa.exc.IntegrityError):
+                conn.execute(sa.text("CREATE UNIQUE INDEX CONCURRENTLY ix_webhook_deliveries_pending "
+                                     "ON webhook_deliveries (subscription_id)"))
+    finally:
+        engine.dispose()
+    seen: list[str] = []
+
+    def record(conn: sa.Connection, cursor: object, statement: str, *args: object) -> None:
+        seen.append(" ".join(statement.split()))
+
+    sa.event.listen(sa.Engine, "before_cursor_execute", record)
+    try:
+        upgrade(scratch_pg, "0030")
+        built = [s for s in seen if "INDEX" in s and "ix_webhook_deliveries_pending" in s]
+        downgrade(scratch_pg, "0028")
+        dropped = [s for s in seen if "INDEX" in s and "ix_webhook_deliveries_pending" in s][len(built):]
+        upgrade(scratch_pg, "0030")
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", record)
+    assert [s.split(" ON ")[0] for s in built] == [
+        "DROP INDEX CONCURRENTLY IF EXISTS ix_webhook_deliveries_pending",
+        "CREATE INDEX CONCURRENTLY ix_webhook_deliveries_pending"], built
+    assert dropped == ["DROP INDEX CONCURRENTLY IF EXISTS ix_webhook_deliveries_pending"], dropped
+    engine = sa.create_engine(scratch_pg)
+    try:
+        with engine.connect() as conn:
+            valid, unique, definition = conn.execute(sa.text(
+                "SELECT i.indisvalid, i.indisunique, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+                "WHERE i.indexrelid = 'ix_webhook_deliveries_pending'::regclass")).one()
+    finally:
+        engine.dispose()
+    assert valid and not unique, definition
+    assert definition.endswith("(subscription_id, next_attempt_at, id) WHERE ((status)::text = 'pending'::text)")
