@@ -14,7 +14,7 @@ from quaygate.single_use import Claim
 from .domain.gate import BadgeFacts, BadgeRead, RightFacts, ScreeningResult, TerminalPolicy
 from .domain.gate_pass import OutboxMark
 from .domain.parties import Actor, Organisation
-from .domain.release import ReleaseRight, Screening, State, Transfer
+from .domain.release import LastRight, ReleaseRight, Screening, State, Transfer
 from .domain.webhooks import Delivery, Subscription
 
 T = TypeVar("T")
@@ -135,6 +135,11 @@ class ReleaseRightStore(Protocol):
     def holders_chain(self, release_id: uuid.UUID) -> list[uuid.UUID]: ...
 
     def has_been_party(self, release_id: uuid.UUID, organisation_id: uuid.UUID) -> bool: ...
+
+    def last_rights(self, containers: Sequence[str]) -> dict[str, LastRight]:
+        """Each of these containers' last right by issue (any state, deleted too), by container number;
+        a container with none is absent."""
+        ...
 
     def due_to_lapse(self, now: datetime, limit: int) -> list[uuid.UUID]: ...
 

@@ -12,17 +12,18 @@ is anyone of customs' to lift, as before. Customs is still bound to no port or o
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
-from quaygate.schema import release_events, releases
+from quaygate.schema import release_events, releases, webhook_deliveries, webhook_subscriptions
 from release_service.domain.errors import ErrorCode
 from release_service.domain.parties import Actor, OrgKind
-from release_service.domain.release import LightKind, LightStatus
+from release_service.domain.release import LastRight, Light, LightKind, LightStatus, State
 
-from .factories import add_org
+from .factories import TERMINAL, add_org, container
 from .test_release_api import Api, api, assert_problem  # noqa: F401
 from .test_release_domain import CUSTOMS, code, issue
 
@@ -99,3 +100,88 @@ def test_the_domain_rule() -> None:
     assert r.customs.green and r.customs.set_by == CUSTOMS.organisation_id
     # The other lights keep no setter: their owner is one organisation already (the line, the terminal).
     assert r.commercial.set_by is None and r.terminal_light.set_by is None
+
+
+# ---- review 141, finding 1: the hold stays with the container -----------------------------------------------
+
+
+def _subscribe(api: Api, org: uuid.UUID) -> uuid.UUID:
+    """A webhook subscription of ``org`` to the right's ends and issues (no delivery is attempted here)."""
+    subscription = uuid.uuid4()
+    with api.engine.begin() as conn:
+        conn.execute(webhook_subscriptions.insert().values(
+            id=subscription, organisation_id=org, url=f"https://{org.hex[:8]}.example/hooks", secret_enc="x",
+            event_types=["release.issued", "release.revoked", "release.deleted", "release.expired"], active=True,
+            created_at=datetime.now(UTC)))
+    return subscription
+
+
+def _told(api: Api, subscription: uuid.UUID) -> list[tuple[str, str]]:
+    with api.engine.connect() as conn:
+        return sorted((p["type"], p["release_id"]) for p in conn.execute(
+            sa.select(webhook_deliveries.c.payload).where(webhook_deliveries.c.subscription_id == subscription)
+        ).scalars())
+
+
+@pytest.mark.parametrize("end", ["revoke", "delete"])
+def test_a_line_ending_a_right_and_issuing_it_again_does_not_move_customs_hold_off_the_container(
+        api: Api, end: str) -> None:
+    """Review 141, finding 1: customs A selects the container for scan; the line revokes (or deletes) the
+    right and issues the container again. The new right started red "awaiting customs release", nobody's
+    hold, which customs B turned green with no reason. It now carries A's hold: only A lifts it, saying why;
+    and A hears of the right's end and of the new right."""
+    rid = api.issue(63)["release"]["id"]
+    a, b = api.as_("customs"), _other_customs(api)
+    told = _subscribe(api, api.p.customs.organisation_id)
+    assert _put(api, rid, a, {"status": "scan", "reason": "x-ray selection"}).status_code == 200
+    ended = api.http.post(f"/api/v1/releases/{rid}/{end}", headers=api.as_("line"), json={"reason": "again"})
+    assert ended.status_code == 200, ended.text
+    again = api.issue(63)["release"]
+    assert again["lights"]["customs"]["status"] == "scan"
+    new = again["id"]
+    assert _stored(api, new)[:2] == ("scan", api.p.customs.organisation_id)
+    assert_problem(_put(api, new, b, {"status": "green"}), 403, "light_held_by_another")
+    assert_problem(_put(api, new, b, {"status": "green", "reason": "released"}), 403, "light_held_by_another")
+    assert_problem(_put(api, new, a, {"status": "green"}), 422, "reason_required")
+    lifted = _put(api, new, a, {"status": "green", "reason": "scanned, clear"})
+    assert lifted.status_code == 200, lifted.text
+    assert _told(api, told) == sorted([(f"release.{end}d", rid), ("release.issued", new)])
+
+
+def test_a_second_live_right_on_another_vessel_call_carries_the_hold_too(api: Api) -> None:
+    """The same way in without ending the right: the line names another vessel call (the key is container and
+    call), and the new right on the container carries the hold of the live one."""
+    rid = api.issue(64)["release"]["id"]
+    b = _other_customs(api)
+    assert _put(api, rid, api.as_("customs"), {"status": "red", "reason": "documents"}).status_code == 200
+    new = api.issue(64, vessel_call="VC-2")["release"]["id"]
+    assert _stored(api, new)[:2] == ("red", api.p.customs.organisation_id)
+    assert_problem(_put(api, new, b, {"status": "green", "reason": "released"}), 403, "light_held_by_another")
+    # A batch reads the containers' last rights as one issue does: a new container alongside starts clean.
+    now = datetime.now(UTC)
+    items = [{"container_number": container(n), "bill_of_lading": f"BL-{n}", "vessel_call": "VC-3",
+              "terminal": TERMINAL, "release_to_organisation_id": str(api.p.fwd.organisation_id),
+              "valid_from": (now - timedelta(hours=1)).isoformat(),
+              "valid_until": (now + timedelta(days=3)).isoformat()} for n in (64, 65)]
+    batch = api.http.post("/api/v1/releases:batch", json={"releases": items}, headers=api.as_("line"))
+    assert batch.status_code == 200 and batch.json()["created"] == 2, batch.text
+    held, fresh = (i["release_id"] for i in batch.json()["items"])
+    assert _stored(api, held)[:2] == ("red", api.p.customs.organisation_id)
+    assert _stored(api, fresh)[:2] == ("red", None)
+
+
+def test_what_a_new_right_takes_from_the_containers_last() -> None:
+    """Only a hold someone set, not lifted, on a right not used at the gate: a container that left the
+    terminal, a green, or the red a right is issued with start the next right clean."""
+    held = Light(LightStatus.SCAN, "x-ray", NOW, CUSTOMS.organisation_id)
+    for state in (State.REVOKED, State.DELETED, State.EXPIRED, State.ACTIVE, State.NOMINATED):
+        r = issue(last=LastRight(uuid.uuid4(), state, held))
+        assert r.customs == held
+        assert r.pending_events[-1].data["customs_carried"]["status"] == "scan"
+        assert "x-ray" not in repr(r.pending_events[-1].data)  # customs' reason is customs' own (disclosure.py)
+    for state, light in ((State.COMPLETED, held), (State.GATED_IN, held),
+                         (State.REVOKED, Light(LightStatus.GREEN, "clear", NOW, CUSTOMS.organisation_id)),
+                         (State.REVOKED, Light(LightStatus.RED, "awaiting customs release", NOW))):
+        r = issue(last=LastRight(uuid.uuid4(), state, light))
+        assert r.customs.status is LightStatus.RED and r.customs.set_by is None, state
+        assert "customs_carried" not in r.pending_events[-1].data

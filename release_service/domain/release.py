@@ -46,7 +46,10 @@ The three lights are independent; a right is pickable only when all three are gr
 touches the commercial light, customs the customs light, the right's own terminal the terminal light.
 Customs is a kind of organisation, not one: its light keeps the organisation that set it, and a hold (red
 or scan) is changed only by that organisation, its green after a scan or after its own red with a reason
-(review of the lights, finding 1). Customs is bound to no port or office yet.
+(review of the lights, finding 1). The hold is on the container: a right issued for it takes the hold of
+the container's last right when that was not used at the gate (``carried_customs_hold``, review 141), so a
+line ending a right and issuing it again hands the hold to no other customs. Customs is bound to no port
+or office yet.
 
 The model is mutable inside one unit of work; each method appends to ``pending_events``, which the
 service hands to the store with the new state in the same transaction.
@@ -118,6 +121,16 @@ class Light:
     @property
     def green(self) -> bool:
         return self.status is LightStatus.GREEN
+
+
+@dataclass(frozen=True, slots=True)
+class LastRight:
+    """A container's last right (by issue), as a new right of the container reads it: customs' hold on it
+    carries over (``ReleaseRight.issue``)."""
+
+    id: uuid.UUID
+    state: State
+    customs: Light
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +287,10 @@ class ReleaseRight:
         valid_until: datetime,
         now: datetime,
         commercial: LightStatus = LightStatus.GREEN,
+        last: LastRight | None = None,
     ) -> ReleaseRight:
+        """``last``: the container's last right before this one, any vessel call, any line (the store's
+        ``last_rights``). Customs' hold on it carries over (``carried_customs_hold``)."""
         _require_kind(by, OrgKind.SHIPPING_LINE, "Only a shipping line issues release rights.")
         if release_to_kind not in HOLDER_KINDS:
             raise DomainError(
@@ -287,6 +303,7 @@ class ReleaseRight:
         if not vessel_call_key(vessel_call):
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "The vessel call has no letter or digit.")
         assert by.organisation_id is not None
+        carried = carried_customs_hold(last)
         right = cls(
             id=id,
             container=container,
@@ -300,13 +317,16 @@ class ReleaseRight:
             blocked=False,
             commercial=Light(commercial, None, now),
             # Customs and the terminal speak for themselves: until they do, their lights are red.
-            customs=Light(LightStatus.RED, "awaiting customs release", now),
+            customs=carried or Light(LightStatus.RED, "awaiting customs release", now),
             terminal_light=Light(LightStatus.RED, "awaiting discharge", now),
             valid_from=valid_from,
             valid_until=valid_until,
             created_at=now,
         )
-        right._emit("release.issued", by, now, {"holder": str(release_to), **right._summary()})
+        data: dict[str, Any] = {"holder": str(release_to), **right._summary()}
+        if carried is not None and last is not None:  # its status and where from; the reason is customs' own
+            data["customs_carried"] = {"status": carried.status.value, "from_release": str(last.id)}
+        right._emit("release.issued", by, now, data)
         return right
 
     # ---- derived ------------------------------------------------------------------------------
@@ -859,6 +879,20 @@ class ReleaseRight:
 
 
 _SYSTEM: dict[str, str | None] = {"client_id": "quaygate", "organisation_id": None, "kind": "system", "person_id": None}
+
+def carried_customs_hold(last: LastRight | None) -> Light | None:
+    """Customs' hold a new right of a container takes from the container's last right (review 141): a hold
+    a customs organisation set (red or scan, its setter known) and did not lift, on a right not used at the
+    gate (live, revoked, deleted or lapsed). Status, reason, time and setter as they were: the hold is on
+    the container, so a line ending the right and issuing it again (or issuing it on another vessel call)
+    does not hand it to any customs to lift. None: the new right starts red, nobody's hold."""
+    if last is None or last.state in (State.GATED_IN, State.COMPLETED):
+        return None
+    held = last.customs
+    if held.green or held.set_by is None:
+        return None
+    return held
+
 
 MAX_VALIDITY_DAYS = 120
 # How far ahead of now a right may start. A line releases a container for a vessel call it knows; a

@@ -152,9 +152,18 @@ def record_many(uow: UnitOfWork, changes: list[tuple[ReleaseRight, list[StoredEv
                         for right, events in changes for e in events])
 
 
+# Events the customs organisation holding the right's customs light hears too (review 141): the right's
+# end, and its issue when it took the hold over from the container's last right.
+CUSTOMS_HOLD_HEARS = frozenset({"release.issued", "release.revoked", "release.deleted", "release.expired"})
+
+
 def audience(right: ReleaseRight, event: StoredEvent) -> frozenset[uuid.UUID]:
-    """Who hears of an event: the issuer, the holder, and both ends of a transfer it concerns."""
+    """Who hears of an event: the issuer, the holder, and both ends of a transfer it concerns; of the
+    right's issue and end, the customs organisation whose hold is on it (``CUSTOMS_HOLD_HEARS``)."""
     ids = {right.issuer_organisation_id, right.holder_organisation_id}
+    held = right.customs
+    if event.type in CUSTOMS_HOLD_HEARS and held.set_by is not None and not held.green:
+        ids.add(held.set_by)
     for key in ("from", "to", "holder"):
         value = event.data.get(key)
         if isinstance(value, str):

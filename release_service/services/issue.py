@@ -13,7 +13,7 @@ from release_service.domain import storable
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.iso6346 import ContainerNumber
 from release_service.domain.parties import Actor, OrgKind
-from release_service.domain.release import MAX_BATCH, LightStatus, ReleaseRight
+from release_service.domain.release import MAX_BATCH, LastRight, LightStatus, ReleaseRight
 from release_service.ports import ContestedRight, PublishedEvent, UnitOfWork
 
 from .common import Receipt, acting_organisation_active, organisation_kind, receipt, record_events, record_many
@@ -40,9 +40,10 @@ class BatchItemResult:
 
 
 def _build(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime,
-           kinds: dict[uuid.UUID, OrgKind]) -> ReleaseRight:
+           kinds: dict[uuid.UUID, OrgKind], last: dict[str, LastRight]) -> ReleaseRight:
     """The right ``cmd`` asks for, or the DomainError that refuses it: every rule of one item, the
-    storable shape of its values included, so that a batch refuses a bad item alone (issue_batch)."""
+    storable shape of its values included, so that a batch refuses a bad item alone (issue_batch).
+    ``last``: the containers' last rights (``_last_rights``), whose customs hold the new right takes."""
     container = ContainerNumber.parse(cmd.container_number)
     window = ErrorCode.INVALID_VALIDITY_WINDOW
     valid_from = storable.require_time(cmd.valid_from, field="valid_from", code=window)
@@ -62,12 +63,26 @@ def _build(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime,
         valid_until=valid_until,
         now=now,
         commercial=cmd.commercial,
+        last=last.get(container.value),
     )
     # As stored, after the domain's normalisation (strip; upper() may lengthen a terminal code).
     storable.require_text(right.bill_of_lading, field="bill_of_lading", max_length=storable.MAX_BILL_OF_LADING)
     storable.require_text(right.vessel_call, field="vessel_call", max_length=storable.MAX_VESSEL_CALL)
     storable.require_text(right.terminal, field="terminal", max_length=storable.MAX_TERMINAL)
     return right
+
+
+def _last_rights(uow: UnitOfWork, commands: Sequence[IssueCommand]) -> dict[str, LastRight]:
+    """The last right of each container the commands name (one read for a batch), read before the new
+    rights are: customs' hold on it carries over (review 141). Unlocked: a hold set on that right after
+    this read stays on it alone, as one set after the new right is issued does."""
+    wanted: list[str] = []
+    for cmd in commands:
+        try:
+            wanted.append(ContainerNumber.parse(cmd.container_number).value)
+        except DomainError:
+            continue  # refused by _build, item by item
+    return uow.releases.last_rights(wanted)
 
 
 def _require_line(actor: Actor) -> None:
@@ -80,7 +95,7 @@ def _require_line(actor: Actor) -> None:
 def issue(uow: UnitOfWork, actor: Actor, cmd: IssueCommand, now: datetime) -> tuple[ReleaseRight, Receipt]:
     _require_line(actor)
     acting_organisation_active(uow, actor)
-    right = _build(uow, actor, cmd, now, {})
+    right = _build(uow, actor, cmd, now, {}, _last_rights(uow, [cmd]))
     created, events = uow.releases.add_many([right])
     if right.id not in created:
         refused = DomainError(ErrorCode.ACTIVE_RIGHT_EXISTS, f"A live release right already exists for "
@@ -109,9 +124,10 @@ def issue_batch(
     kinds: dict[uuid.UUID, OrgKind] = {}
     results: list[BatchItemResult] = []
     built: list[tuple[int, ReleaseRight]] = []
+    last = _last_rights(uow, commands)
     for index, cmd in enumerate(commands):
         try:
-            right = _build(uow, actor, cmd, now, kinds)
+            right = _build(uow, actor, cmd, now, kinds, last)
         except DomainError as exc:
             results.append(BatchItemResult(index, cmd.container_number, None, exc))
             continue

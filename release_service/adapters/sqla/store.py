@@ -21,6 +21,7 @@ from release_service.domain.plates import Plate
 from release_service.domain.release import (
     DriverResponse,
     Event,
+    LastRight,
     Light,
     LightStatus,
     Nomination,
@@ -186,6 +187,21 @@ class SqlReleaseStore:
                 release_parties.c.release_id == release_id, release_parties.c.organisation_id == organisation_id
             )
         ).first() is not None
+
+    def last_rights(self, containers: Sequence[str]) -> dict[str, LastRight]:
+        """Each container's last right by issue (any state, deleted too): one row a container, through the
+        container's index."""
+        t = releases.c
+        found: dict[str, LastRight] = {}
+        for chunk in _chunks(sorted(set(containers)), 5000):
+            rank = sa.func.row_number().over(partition_by=t.container_number,
+                                             order_by=(t.created_at.desc(), t.id.desc())).label("rank")
+            ranked = sa.select(t.id, t.container_number, t.state, t.customs_status, t.customs_reason, t.customs_at,
+                               t.customs_set_by, rank).where(t.container_number.in_(chunk)).subquery()
+            for row in self._conn.execute(sa.select(ranked).where(ranked.c.rank == 1)):
+                found[row.container_number] = LastRight(row.id, State(row.state), Light(
+                    LightStatus(row.customs_status), row.customs_reason, row.customs_at, row.customs_set_by))
+        return found
 
     def due_to_lapse(self, now: datetime, limit: int) -> list[uuid.UUID]:
         return list(
