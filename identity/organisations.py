@@ -16,7 +16,9 @@ and its history, but:
   (``release.transfer.cancelled``, reason ``organisation_deactivated``), and the line of each live right
   it holds hears (``release.holder_deactivated``) so that it may revoke or re-issue it; the gate refuses
   those rights (``holder_inactive``, not overridable; every cached copy of the gate's rights facts is
-  invalidated: ``quaygate.invalidation.HOLDERS``), and no offline gate pass is issued for them;
+  invalidated: ``quaygate.invalidation.HOLDERS``), and no offline gate pass is issued for them; a
+  customs organisation's holds (red or scan) on live rights are any customs' to lift now, with a reason,
+  and the audit entry lists them (``customs_holds``; review 141);
 - the enrolment codes issued by its members who hold a role there that issues them (a terminal's
   security desk) end (identity.authn.enrolment ``end_codes_issued_in``; review 124, finding 5: those
   roles counted nowhere, but their codes lived on, up to 30 days). An issue in flight share-locks the
@@ -135,6 +137,9 @@ def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID
         if not active:
             data["enrolment_codes_ended"] = codes
             data["transfers_cancelled"] = moved.transfers_cancelled
+            # A customs office's holds: any customs lifts them now, with a reason (review 141).
+            data["customs_holds"] = [{"release_id": str(h.release_id), "container_number": h.container,
+                                      "status": h.status} for h in moved.customs_holds]
         audit.record(kind, at=now, actor=audit.actor_fields(actor), subject=str(organisation_id), conn=conn,
                      data=data)
     if on_change is not None:

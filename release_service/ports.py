@@ -141,6 +141,10 @@ class ReleaseRightStore(Protocol):
         a container with none is absent."""
         ...
 
+    def customs_holds_by(self, organisation_id: uuid.UUID) -> list[CustomsHold]:
+        """The holds (red or scan) a customs organisation set on live rights, by right id."""
+        ...
+
     def due_to_lapse(self, now: datetime, limit: int) -> list[uuid.UUID]: ...
 
 
@@ -214,6 +218,15 @@ class ContestedRight:
     terminal: str
     vessel_call: str
     issuer: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class CustomsHold:
+    """A live right's customs hold (red or scan) and the container it holds."""
+
+    release_id: uuid.UUID
+    container: str
+    status: str
 
 
 class IdempotencyStore(Protocol):

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from quaygate.schema import release_events, releases, webhook_deliveries, webhook_subscriptions
+from identity.bootstrap import provider_for
+from identity.organisations import set_active
+from quaygate.schema import audit_log, release_events, releases, webhook_deliveries, webhook_subscriptions
 from release_service.domain.errors import ErrorCode
 from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.release import LastRight, Light, LightKind, LightStatus, State
@@ -185,3 +187,58 @@ def test_what_a_new_right_takes_from_the_containers_last() -> None:
         r = issue(last=LastRight(uuid.uuid4(), state, light))
         assert r.customs.status is LightStatus.RED and r.customs.set_by is None, state
         assert "customs_carried" not in r.pending_events[-1].data
+
+
+# ---- review 141, finding 2: the hold of a deactivated customs organisation ---------------------------------
+
+
+def _deactivate(api: Api, org: uuid.UUID) -> None:
+    set_active(api.engine, provider_for(api.http.app).grants, org, active=False, actor="admin-client",
+               reason="office closed", now=datetime.now(UTC), access_token_ttl=600)
+
+
+def test_the_hold_of_a_deactivated_customs_is_lifted_by_another_with_a_reason_and_recorded(api: Api) -> None:
+    """Review 141, finding 2: customs A selects for scan and port security deactivates A. Its hold was
+    nobody's to lift (B 403, A's tokens revoked) and the deactivation's audit entry named none of it. Any
+    customs now lifts it, saying why, the event naming A; the deactivation lists the holds A had set."""
+    a_org = api.p.customs.organisation_id
+    rid = api.issue(66)["release"]["id"]
+    cleared = api.issue(67)["release"]["id"]
+    a, b = api.as_("customs"), _other_customs(api)
+    assert _put(api, rid, a, {"status": "scan", "reason": "x-ray selection"}).status_code == 200
+    assert _put(api, cleared, a, {"status": "green"}).status_code == 200  # not a hold: not listed
+    _deactivate(api, a_org)
+    with api.engine.connect() as conn:
+        entry = conn.execute(sa.select(audit_log.c.data).where(
+            audit_log.c.kind == "identity.admin.organisation.deactivated", audit_log.c.subject == str(a_org))
+        ).scalar_one()
+    assert entry["customs_holds"] == [{"release_id": rid, "container_number": container(66), "status": "scan"}]
+    before = _stored(api, rid)
+    assert_problem(_put(api, rid, b, {"status": "green"}), 422, "reason_required")
+    assert _stored(api, rid) == before
+    lifted = _put(api, rid, b, {"status": "green", "reason": "scanned at our office"})
+    assert lifted.status_code == 200, lifted.text
+    with api.engine.connect() as conn:
+        event = conn.execute(sa.select(release_events.c.type, release_events.c.data)
+                             .where(release_events.c.release_id == uuid.UUID(rid))
+                             .order_by(release_events.c.seq.desc()).limit(1)).one()
+    assert event.type == "release.light.customs"
+    assert (event.data["status"], event.data["previous_setter"]) == ("green", str(a_org))
+    assert _stored(api, rid)[0] == "green"
+
+
+def test_the_domain_rule_for_an_inactive_setter() -> None:
+    r = issue()
+    r.set_light(kind=LightKind.CUSTOMS, status=LightStatus.SCAN, reason="x-ray", by=CUSTOMS, now=NOW)
+    assert code(r.set_light, kind=LightKind.CUSTOMS, status=LightStatus.GREEN, reason="ok", by=OTHER_CUSTOMS,
+                now=NOW) is ErrorCode.LIGHT_HELD_BY_ANOTHER
+    assert code(r.set_light, kind=LightKind.CUSTOMS, status=LightStatus.GREEN, reason=" ", by=OTHER_CUSTOMS,
+                now=NOW, setter_active=False) is ErrorCode.REASON_REQUIRED
+    # Another customs may take the hold over (a red of its own), saying whose it was.
+    r.set_light(kind=LightKind.CUSTOMS, status=LightStatus.RED, reason="documents", by=OTHER_CUSTOMS, now=NOW,
+                setter_active=False)
+    assert r.customs.set_by == OTHER_CUSTOMS.organisation_id
+    assert r.pending_events[-1].data["previous_setter"] == str(CUSTOMS.organisation_id)
+    # Its own hold, or a green, names no previous setter.
+    r.set_light(kind=LightKind.CUSTOMS, status=LightStatus.GREEN, reason="in", by=OTHER_CUSTOMS, now=NOW)
+    assert "previous_setter" not in r.pending_events[-1].data

@@ -122,8 +122,9 @@ class LightRequest(Strict):
     status: Literal["green", "red", "scan"]
     reason: Prose | None = Field(default=None, max_length=500, description=(
         "Why. Customs' hold (`red` or `scan`) is changed only by the customs organisation that set it (403 "
-        "`light_held_by_another` for any other), and its `green` after a `scan`, or after a `red` it set, "
-        "needs a reason (422 `reason_required`)."))
+        "`light_held_by_another` for any other) while that organisation is active (one port security "
+        "deactivated leaves its hold to any customs; the event names it as `previous_setter`), and its `green` "
+        "after a `scan`, or after a `red` it set, needs a reason (422 `reason_required`)."))
 
 
 class UpdateRequest(Strict):

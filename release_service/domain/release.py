@@ -48,8 +48,9 @@ Customs is a kind of organisation, not one: its light keeps the organisation tha
 or scan) is changed only by that organisation, its green after a scan or after its own red with a reason
 (review of the lights, finding 1). The hold is on the container: a right issued for it takes the hold of
 the container's last right when that was not used at the gate (``carried_customs_hold``, review 141), so a
-line ending a right and issuing it again hands the hold to no other customs. Customs is bound to no port
-or office yet.
+line ending a right and issuing it again hands the hold to no other customs. A hold whose setter port
+security deactivated is any customs' to change, its green with a reason, the event naming the setter
+(``previous_setter``). Customs is bound to no port or office yet.
 
 The model is mutable inside one unit of work; each method appends to ``pending_events``, which the
 service hands to the store with the new state in the same transaction.
@@ -646,8 +647,11 @@ class ReleaseRight:
         self._answer(by, now, DriverResponse.REFUSED, reason or RefusalReason.OTHER)
 
     def set_light(
-        self, *, kind: LightKind, status: LightStatus, reason: str | None, by: Actor, now: datetime
+        self, *, kind: LightKind, status: LightStatus, reason: str | None, by: Actor, now: datetime,
+        setter_active: bool = True,
     ) -> None:
+        """``setter_active``: whether the customs organisation that set the customs light is active (the
+        service reads it when another customs changes a hold; ``_require_customs_hold_lifter``)."""
         owner = LIGHT_OWNER[kind]
         if by.kind is not owner:
             raise DomainError(ErrorCode.NOT_LIGHT_OWNER, f"The {kind.value} light is set by the {owner.value}.")
@@ -658,8 +662,10 @@ class ReleaseRight:
         if status is LightStatus.SCAN and kind is not LightKind.CUSTOMS:
             raise DomainError(ErrorCode.INVALID_LIGHT, "Only customs selects a container for scan.")
         self._require_state(LIVE_STATES, "set a light on", now)
-        if kind is LightKind.CUSTOMS:
-            self._require_customs_hold_lifter(status, reason, by)
+        data: dict[str, Any] = {"status": status.value, "reason": reason}
+        if kind is LightKind.CUSTOMS and (previous := self._require_customs_hold_lifter(status, reason, by,
+                                                                                         setter_active)):
+            data["previous_setter"] = str(previous)
         new = Light(status, reason, now)
         if kind is LightKind.COMMERCIAL:
             self.commercial = new
@@ -667,22 +673,29 @@ class ReleaseRight:
             self.customs = replace(new, set_by=by.organisation_id)
         else:
             self.terminal_light = new
-        self._emit(f"release.light.{kind.value}", by, now, {"status": status.value, "reason": reason})
+        self._emit(f"release.light.{kind.value}", by, now, data)
 
-    def _require_customs_hold_lifter(self, status: LightStatus, reason: str | None, by: Actor) -> None:
+    def _require_customs_hold_lifter(self, status: LightStatus, reason: str | None, by: Actor,
+                                     setter_active: bool) -> uuid.UUID | None:
         """Any customs organisation may set customs' light, but a hold (red or scan) is changed only by the
         one that set it: else one customs office lifts another's scan selection. Its green after a scan, or
         after a red it set, says why. The red a right is issued with is nobody's hold, and a hold stored
-        before its setter was kept (migration 0028) is anyone of customs' to change, as it was."""
+        before its setter was kept (migration 0028) is anyone of customs' to change, as it was.
+
+        A hold whose setter port security has deactivated (``setter_active`` False) is any customs' to
+        change (review 141): its setter acts no more, and the container would stay held for good. Returns
+        that setter, which the event names (``previous_setter``); None when the caller changes its own."""
         held = self.customs
         if held.green:
-            return
-        if held.set_by is not None and held.set_by != by.organisation_id:
+            return None
+        other = held.set_by if held.set_by is not None and held.set_by != by.organisation_id else None
+        if other is not None and setter_active:
             raise DomainError(ErrorCode.LIGHT_HELD_BY_ANOTHER, "Another customs organisation set this hold: only "
                               "it changes or lifts it.")
         lifted_hold = held.status is LightStatus.SCAN or held.set_by is not None
         if status is LightStatus.GREEN and lifted_hold and not (reason and reason.strip()):
             raise DomainError(ErrorCode.REASON_REQUIRED, "Lifting a customs hold to green needs a reason.")
+        return other
 
     def gate_in(self, *, by: Actor, now: datetime, decision_id: uuid.UUID) -> None:
         """Gate-in uses the right once. The store persists it with a conditional update (STYLE.md #4)."""

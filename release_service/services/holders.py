@@ -11,6 +11,10 @@ Deactivated, a company sets nothing more in motion:
   revoke the right or issue it anew; the gate refuses the right meanwhile (gate reason ``holder_inactive``,
   read with the right, not from this event).
 
+Deactivated, the customs holds (red or scan) it set on live rights are listed (``Changed.customs_holds``,
+on port security's audit entry): any customs may lift them now, saying why (review 141;
+domain/release.py ``_require_customs_hold_lifter``).
+
 Reactivated, the line of each live right it holds hears again (``release.holder_reactivated``) and the
 gate lets the right through again; a cancelled transfer stays cancelled (the sender sends again).
 
@@ -29,7 +33,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from release_service.ports import UnitOfWork
+from release_service.ports import CustomsHold, UnitOfWork
 
 from .common import persist
 
@@ -38,10 +42,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Changed:
-    """What a status change did to the rights: their ids, and how many transfers it cancelled."""
+    """What a status change did to the rights: their ids, how many transfers it cancelled, and (on a
+    deactivation) the customs holds the organisation had set on live rights."""
 
     rights: tuple[uuid.UUID, ...]
     transfers_cancelled: int
+    customs_holds: tuple[CustomsHold, ...] = ()
 
 
 def status_changed(uow: UnitOfWork, organisation_id: uuid.UUID, *, active: bool, by: dict[str, str | None],
@@ -63,6 +69,8 @@ def status_changed(uow: UnitOfWork, organisation_id: uuid.UUID, *, active: bool,
             cancelled += sum(e.type == "release.transfer.cancelled" for e in right.pending_events)
             persist(uow, right)
             changed.append(right.id)
+    holds = () if active else tuple(uow.releases.customs_holds_by(organisation_id))
     log.info("release.holder.%s", "reactivated" if active else "deactivated",
-             extra={"fields": {"rights": len(changed), "transfers_cancelled": cancelled}})
-    return Changed(tuple(changed), cancelled)
+             extra={"fields": {"rights": len(changed), "transfers_cancelled": cancelled,
+                               "customs_holds": len(holds)}})
+    return Changed(tuple(changed), cancelled, holds)

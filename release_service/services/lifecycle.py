@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 
 from release_service.domain import storable
-from release_service.domain.parties import Actor
+from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.release import LightKind, LightStatus, ReleaseRight
 from release_service.ports import UnitOfWork
 
@@ -71,8 +71,20 @@ def set_light(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, kind: LightK
     if status is LightStatus.GREEN:
         require_current(right, if_match)
     acting_organisation_active(uow, actor)
-    right.set_light(kind=kind, status=status, reason=reason, by=actor, now=now)
+    right.set_light(kind=kind, status=status, reason=reason, by=actor, now=now,
+                    setter_active=_customs_setter_active(uow, right, kind, actor))
     return right, persist(uow, right)
+
+
+def _customs_setter_active(uow: UnitOfWork, right: ReleaseRight, kind: LightKind, actor: Actor) -> bool:
+    """Whether the customs organisation whose hold another customs changes is active (review 141: one
+    port security deactivated acts no more, so its hold is any customs' to lift). Read only then."""
+    held = right.customs
+    if (kind is not LightKind.CUSTOMS or actor.kind is not OrgKind.CUSTOMS or held.green or held.set_by is None
+            or held.set_by == actor.organisation_id):
+        return True
+    org = uow.directory.organisation(held.set_by)
+    return org is not None and org.active
 
 
 def lapse_due(uow: UnitOfWork, now: datetime, limit: int = 500) -> int:

@@ -19,6 +19,7 @@ from release_service.domain.iso6346 import ContainerNumber
 from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.plates import Plate
 from release_service.domain.release import (
+    LIVE_STATES,
     DriverResponse,
     Event,
     LastRight,
@@ -32,7 +33,7 @@ from release_service.domain.release import (
     Transfer,
     TransferState,
 )
-from release_service.ports import ContestedRight, ReleaseFilter, StoredEvent
+from release_service.ports import ContestedRight, CustomsHold, ReleaseFilter, StoredEvent
 
 T = TypeVar("T")
 
@@ -202,6 +203,13 @@ class SqlReleaseStore:
                 found[row.container_number] = LastRight(row.id, State(row.state), Light(
                     LightStatus(row.customs_status), row.customs_reason, row.customs_at, row.customs_set_by))
         return found
+
+    def customs_holds_by(self, organisation_id: uuid.UUID) -> list[CustomsHold]:
+        t = releases.c
+        return [CustomsHold(r.id, r.container_number, r.customs_status) for r in self._conn.execute(
+            sa.select(t.id, t.container_number, t.customs_status).where(
+                t.customs_set_by == organisation_id, t.customs_status != LightStatus.GREEN.value,
+                t.state.in_(sorted(s.value for s in LIVE_STATES))).order_by(t.id))]
 
     def due_to_lapse(self, now: datetime, limit: int) -> list[uuid.UUID]:
         return list(
