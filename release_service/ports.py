@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -318,6 +318,9 @@ class StoredDecision:
     # The nomination it judged, [driver person id, plate, country] (``verify.judged``), as recorded in the
     # database; None when it judged none, or was recorded before migration 0012.
     nomination: Sequence[str | None] | None = None
+    # The face evidence it weighed (``gate.FaceRecord.as_json``), as recorded in the database; None in a copy
+    # in Redis, or for a row recorded before migration 0025.
+    face: Mapping[str, Any] | None = None
 
 
 # A decision row's key that is no gate_decisions column: the audit entry of a face match result the gate

@@ -302,7 +302,10 @@ class OverrideDesk:
             raise NotOverridable("decided offline without a gate pass for a right: nothing here can let the truck "
                                  "in on the record; hold it until the service can be reached")
         reasons = [str(r) for r in response.get("reasons") or ()]
-        hard = not_overridable(reasons)  # what a person at the desk may set aside: the service's one rule
+        # What a person at the desk may set aside: the service's one rule, on the face evidence weighed (offline
+        # a capture is never compared, so only a local matcher's claim gives face_mismatch, which a desk may).
+        face = report.get("face")
+        hard = not_overridable(reasons, face=face if isinstance(face, dict) else None)
         if not reasons or hard:
             raise NotOverridable(f"a terminal cannot override {', '.join(hard) or 'this decision'}: that is not "
                                  "the gate's to set aside")

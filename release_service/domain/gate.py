@@ -144,7 +144,8 @@ SEVERITY: Mapping[Reason, Severity] = MappingProxyType({
 # What a person at the terminal may set aside with an audited override (SPEC.md: "a terminal may
 # override a refusal only with a reason"): what the gate's machines could not establish and a person
 # can, at the desk, with the driver and the truck in front of him: a container number, a plate, a
-# face, a badge the reader did not find or that is not yet activated at this terminal, the terminal's
+# face (not one the service itself found another person's, or an attack: ``face_against``, review
+# 142), a badge the reader did not find or that is not yet activated at this terminal, the terminal's
 # own hold, a screening service that did not answer, the driver who said he would not come. Never
 # what another party decided or what the right itself says: the line's block, revocation or
 # commercial hold, customs' hold, the validity window, a right used or nominated to nobody, another
@@ -174,18 +175,40 @@ _OVERRIDABLE_CODES = frozenset(r.value for r in OVERRIDABLE)
 OVERRIDE_WITHIN_SECONDS = 3600
 
 
-def not_overridable(reasons: Iterable[str]) -> list[str]:
+def not_overridable(reasons: Iterable[str], *, face: Mapping[str, object] | None = None) -> list[str]:
     """The reasons among ``reasons`` no person at the desk may set aside (``OVERRIDABLE``; an unknown code
-    counts as one that cannot): the one rule of an override online (``require_overridable_decision``), at the
-    adapter's desk offline (gate_adapters/runtime/overrides.py) and at its reconcile (services/gate_passes)."""
-    return [r for r in reasons if r not in _OVERRIDABLE_CODES]
+    counts as one that cannot), and ``face_mismatch`` where the decision's face evidence (``face``, as its
+    row keeps it: ``FaceRecord.as_json``) is the service's own word against the face (``face_against``):
+    the one rule of an override online (``require_overridable_decision``), at the adapter's desk offline
+    (gate_adapters/runtime/overrides.py) and at its reconcile (services/gate_passes)."""
+    against = face_against(face)
+    return [r for r in reasons if r not in _OVERRIDABLE_CODES or (against and r == Reason.FACE_MISMATCH.value)]
 
 
-def require_overridable_decision(reasons: Sequence[str], decided_at: datetime | None, now: datetime) -> None:
+def face_against(face: Mapping[str, object] | None) -> bool:
+    """The face evidence a decision weighed (``FaceRecord.as_json``) says the capture is not the driver's,
+    on the service's own judgement (review 142): an image it compared with the driver's enrolled face at a
+    distance beyond the tolerance (another person), or one identity caught as an attack (``FACE_ATTACKS``:
+    a spoof, a copy of a capture matched before). Not a face it could not judge (no enrolment, nobody to
+    match, the matcher down), nor a local matcher's claim: the desk may check the person then."""
+    if face is None or face.get("kind") != "image":
+        return False
+    if face.get("unavailable") in FACE_ATTACKS:
+        return True
+    distance, tolerance = face.get("distance"), face.get("tolerance")
+    if not isinstance(distance, int | float) or isinstance(distance, bool):
+        return False
+    limit = tolerance if isinstance(tolerance, int | float) and not isinstance(tolerance, bool) else FACE_MAX_TOLERANCE
+    return face.get("matched") is not True or distance > limit
+
+
+def require_overridable_decision(reasons: Sequence[str], decided_at: datetime | None, now: datetime, *,
+                                 face: Mapping[str, object] | None = None) -> None:
     """The refused decision itself may be overridden: refused only for reasons a person at the desk may
-    set aside (``not_overridable``), and recent (``OVERRIDE_WITHIN_SECONDS``). The right, as it is now, is
-    the release domain's to judge (``ReleaseRight.require_overridable``)."""
-    hard = not_overridable(reasons)
+    set aside (``not_overridable``, on the decision's face evidence ``face``), and recent
+    (``OVERRIDE_WITHIN_SECONDS``). The right, as it is now, is the release domain's to judge
+    (``ReleaseRight.require_overridable``)."""
+    hard = not_overridable(reasons, face=face)
     if hard:
         raise DomainError(ErrorCode.ILLEGAL_TRANSITION,
                           f"A terminal cannot override {', '.join(hard)}: that is not the gate's to set aside.",

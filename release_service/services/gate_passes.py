@@ -463,7 +463,8 @@ def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
     # lane reported, and those the pass's own rules give on the reported request (the lane's PC may lie).
     says = pass_refuses(gate_pass, req, decided_at=report.decided_at, state=state)
     refused = [r.value for r in report.reasons]
-    if not refused or g.not_overridable([*refused, *says]):
+    # The face evidence the adapter says it weighed can only make it stricter (``gate.face_against``).
+    if not refused or g.not_overridable([*refused, *says], face=report.face):
         return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, right=right, pass_says=says)
     used_id, used_offline = uow.offline.last_use(right.id, _MOVES[g.Direction.IN])
     badge = uow.gate.badge(req.badge) if req.badge is not None else None

@@ -575,7 +575,9 @@ def override(uow_factory: Callable[[], UnitOfWork], actor: Actor, decision_id: u
                               "This decision found no release right: there is nothing to release.")
         if uow.gate.overridden(decision_id):
             raise DomainError(ErrorCode.ALREADY_USED, "This decision has already been overridden.")
-        g.require_overridable_decision(stored.response.get("reasons", ()), stored.decided_at, now)
+        # The refusals set aside, judged on the face evidence the decision weighed (review 142).
+        set_aside = [str(r) for r in stored.response.get("reasons", ())]
+        g.require_overridable_decision(set_aside, stored.decided_at, now, face=stored.face)
         right, receipt = override_right(uow, actor, stored.release_id, reason, decision_id, stored.decided_at,
                                        stored.nomination, now)
         uow.gate.record_override({"id": uuid.uuid4(), "decision_id": decision_id, "release_id": right.id,

@@ -59,7 +59,7 @@ _RIGHT_COLUMNS = (
 _DECISION_COLUMNS = (
     gate_decisions.c.id, gate_decisions.c.fingerprint, gate_decisions.c.response, gate_decisions.c.decision,
     gate_decisions.c.release_id, gate_decisions.c.committed, gate_decisions.c.direction, gate_decisions.c.terminal,
-    gate_decisions.c.decided_at, gate_decisions.c.nomination,
+    gate_decisions.c.decided_at, gate_decisions.c.nomination, gate_decisions.c.face,
 )
 
 
@@ -252,4 +252,5 @@ def policy_dict(policy: TerminalPolicy) -> dict[str, Any]:
 def _stored(row: Any) -> StoredDecision:
     return StoredDecision(id=row.id, fingerprint=row.fingerprint, response=row.response, decision=row.decision,
                           release_id=row.release_id, committed=row.committed, direction=row.direction,
-                          terminal=row.terminal, decided_at=row.decided_at, nomination=row.nomination)
+                          terminal=row.terminal, decided_at=row.decided_at, nomination=row.nomination,
+                          face=row.face)
