@@ -155,6 +155,12 @@ class KeyStore:
         sign with the old key (``release_service.domain.gate_pass.signed_while_active``)."""
         return self._reload_every
 
+    @property
+    def publication(self) -> timedelta:
+        """How long a rotated-out key stays published: every token it signed has expired by then, counting
+        the replicas still signing with it until their reload and the verifiers' clock leeway."""
+        return timedelta(seconds=self._token_ttl + self._reload_every + self._leeway)
+
     # ---- writes ---------------------------------------------------------------------------------
 
     def ensure_active(self, now: datetime) -> dict[str, str]:
@@ -185,7 +191,7 @@ class KeyStore:
         clock leeway. Returns the new kids by algorithm."""
         chosen = _checked(algs)
         fresh = {alg: self._generate(alg) for alg in chosen}
-        publish_until = now + timedelta(seconds=self._token_ttl + self._reload_every + self._leeway)
+        publish_until = now + self.publication
         with self._engine.begin() as conn:
             self._take_lock(conn)
             self._retire_due(conn, now)
@@ -375,7 +381,7 @@ class KeyStore:
                 )
                 .order_by(signing_keys.c.created_at, signing_keys.c.kid)
             ).all()
-        longest = timedelta(seconds=self._token_ttl + self._reload_every + self._leeway)
+        longest = self.publication
         published: dict[str, _Published] = {}
         private: dict[str, SigningKey] = {}
         for r in rows:
@@ -397,14 +403,17 @@ class KeyStore:
     def _genuine(self, kid: str, alg: str, sealed: str | None, public_jwk: dict[str, Any]) -> SigningKey | None:
         """The private key sealed in row ``kid`` when it opens under the data key (the kid as associated
         data), names that kid and algorithm, and gives the row's public key; None (logged) otherwise.
-        Checked once per kid and row content (an RSA key costs about 50 ms to open)."""
+        Checked once per kid and row content (an RSA key costs about 50 ms to open), and again when it
+        opened under a previous data key and ``rekey-data`` has finished since (``DataCipher.open_stored``)."""
         seen = self._opened.get(kid)
-        if seen is not None and seen[0] == sealed and seen[1] == public_jwk:
+        if seen is not None and seen[0] == sealed and seen[1] == public_jwk and (
+                seen[2] is None or sealed is None or self._cipher.is_current(sealed)
+                or not self._cipher.rekey_finished()):
             return seen[2]
         key: SigningKey | None = None
         try:
             if sealed is not None:
-                opened = _import(json.loads(self._cipher.open(sealed, kid.encode())), alg)
+                opened = _import(json.loads(self._cipher.open_stored(sealed, kid.encode())), alg)
                 if opened.kid == kid and opened.get("alg") == alg and opened.as_dict(private=False) == public_jwk:
                     key = opened
         except (InvalidTag, ValueError, TypeError, KeyError, JoseError):
@@ -511,7 +520,7 @@ class KeyStore:
         if status == "retiring" or sealed is None:
             return sealed is not None and self._genuine(kid, alg, sealed, public_jwk) is not None
         try:
-            record = json.loads(self._cipher.open(sealed, kid.encode() + _RETIRED_AAD))
+            record = json.loads(self._cipher.open_stored(sealed, kid.encode() + _RETIRED_AAD))
         except (InvalidTag, ValueError, TypeError):
             return self._genuine(kid, alg, sealed, public_jwk) is not None
         expected = {"kid": kid, "alg": alg, "public_jwk": public_jwk, "retired_at": _aware(retired_at).isoformat()}

@@ -27,6 +27,7 @@ from release_service.adapters.audit import (
 from release_service.domain.audit_chain import Checkpoint, Report, age_text, iso_utc
 
 from .db import make_engine
+from .rekey import watch
 from .settings import Settings
 
 
@@ -113,7 +114,7 @@ def cmd_verify(settings: Settings, public_key_file: str | None, checkpoint_files
 def cmd_seal(settings: Settings) -> int:
     engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
     try:
-        sealer = AuditSealer(engine, settings.data_cipher(), witness=settings.audit_witness)
+        sealer = AuditSealer(engine, watch(settings.data_cipher(), engine, once=True), witness=settings.audit_witness)
         sealed = sealer.seal_once(datetime.now(UTC))
     finally:
         engine.dispose()
@@ -127,7 +128,7 @@ def cmd_seal(settings: Settings) -> int:
 
 def cmd_export_key(settings: Settings) -> int:
     engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
-    cipher = settings.data_cipher()
+    cipher = watch(settings.data_cipher(), engine, once=True)
     try:
         ensure_audit_key(engine, cipher, datetime.now(UTC))
         jwks, ignored = export_public_key(engine, cipher)
@@ -147,7 +148,8 @@ def cmd_rotate_key(settings: Settings, actor: dict[str, Any]) -> int:
     """Hand the trail over to a new audit key (``rotate_audit_key``): the old one signs nothing more."""
     engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
     try:
-        old, new, through = rotate_audit_key(engine, settings.data_cipher(), datetime.now(UTC), actor=actor)
+        old, new, through = rotate_audit_key(engine, watch(settings.data_cipher(), engine, once=True),
+                                             datetime.now(UTC), actor=actor)
     except LookupError as exc:
         print(f"audit rotate-key: nothing changed: {exc}", file=sys.stderr)
         return 2

@@ -41,6 +41,11 @@ class Container:
             cipher=settings.data_cipher(),
             clock=SystemClock(),
         )
+        # What the database holds opens under a previous data key only until rekey-data has finished
+        # (quaygate.crypto ``open_stored``: review 140, finding 1).
+        from .rekey import watch
+
+        watch(built.cipher, built.engine)
         if settings.redis_url:
             from .workers import gate_facts_for  # the release service's adapters, only where Redis is
 

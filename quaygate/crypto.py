@@ -14,7 +14,10 @@ a v2 blob's base64 begins with the same 12 characters for every blob of one key 
 SQL count the rows not yet under the current key.
 
 What a client or a browser holds sealed (nothing of it stored here) opens under the current key only
-(``open_current``, review 135 finding 1): a previous key may be the one that leaked.
+(``open_current``, review 135 finding 1): a previous key may be the one that leaked. What the database
+holds opens with ``open_stored`` (review 140, finding 1): under a previous key only until ``rekey-data`` has
+finished under the current one (its mark, ``watch_rekey``); after that a previous key's blob is one written
+since by whoever holds that key, and is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import binascii
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -69,6 +74,13 @@ class DataCipher:
         self._aeads = {kid: AESGCM(k) for kid, k in zip(ids, keys, strict=True)}
         self.key_id = ids[0]
         self.previous_key_ids = tuple(ids[1:])
+        # ``rekey_finished``: who to ask, how often, and the answer once it was yes (it never goes back).
+        self._rekeyed: Callable[[], bool] | None = None
+        self._finished = not self.previous_key_ids
+        self._check_every = 1.0
+        self._checked_at = float("-inf")
+        self._monotonic: Callable[[], float] = time.monotonic
+        self._lock = threading.Lock()
         # Every v2 blob of the current key starts with these base64 characters (9 bytes: 12 characters).
         self.prefix = base64.urlsafe_b64encode(V2 + bytes.fromhex(self.key_id)).decode()
 
@@ -134,6 +146,58 @@ class DataCipher:
         if blob[:1] != V1:
             raise ValueError("unknown sealed-data version")
         return self._aeads[self.key_id].decrypt(blob[1:13], blob[13:], aad)
+
+    def open_stored(self, sealed: str, aad: bytes) -> bytes:
+        """``open`` for a blob read from the database (a private key, a webhook secret, a face template).
+        Review 140, finding 1: a previous key may be the one that leaked, and with write access to the
+        database its holder plants rows sealed under it (his own signing key, his face on a driver's row).
+        So a previous key's blob opens only until ``quaygate keys rekey-data`` has finished under the
+        current key (``rekey_finished``), while the service still needs it (the rotation window); then it
+        is refused as ``open_current`` refuses it."""
+        kid = self.sealed_key_id(sealed)
+        if kid == self.key_id or not self.previous_key_ids:
+            return self.open(sealed, aad)
+        if kid is None:  # v1: names no key, tried under the current one first
+            try:
+                return self.open_current(sealed, aad)
+            except InvalidTag:
+                if self.rekey_finished():
+                    raise
+            return self.open(sealed, aad)
+        if kid in self.previous_key_ids and self.rekey_finished():
+            raise UnknownDataKey(f"sealed under previous data key {kid} after rekey-data finished: not taken")
+        return self.open(sealed, aad)
+
+    def watch_rekey(self, finished: Callable[[], bool], *, check_every: float = 1.0,
+                    monotonic: Callable[[], float] = time.monotonic) -> None:
+        """How ``open_stored`` learns that ``rekey-data`` has finished under the current key: ``finished``
+        (quaygate.rekey ``watch``: its mark on the audit trail), asked when a previous key's blob is to be
+        opened, at most once per ``check_every`` seconds (the others meanwhile take the last answer), never
+        again once it said yes."""
+        with self._lock:
+            self._rekeyed, self._check_every, self._monotonic = finished, check_every, monotonic
+            self._checked_at = float("-inf")
+
+    def rekey_finished(self) -> bool:
+        """Has ``rekey-data`` finished under the current key (``watch_rekey``)? True with no previous key,
+        and for a cipher nobody told how to ask: a previous key's stored blob is then refused. Raises what
+        the asking raises (a database error): neither yes nor no."""
+        if self._finished or self._rekeyed is None:
+            return True
+        now = self._monotonic()
+        with self._lock:
+            if now - self._checked_at < self._check_every:
+                return False
+            last, self._checked_at = self._checked_at, now
+        try:
+            done = self._rekeyed()
+        except BaseException:
+            with self._lock:
+                self._checked_at = last  # not asked: the next one asks
+            raise
+        if done:
+            self._finished = True
+        return done
 
     def sealed_key_id(self, sealed: str) -> str | None:
         """The id of the key a blob names (v2), None for a v1 blob (which names none); ValueError if malformed."""

@@ -16,14 +16,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
+from joserfc.jwk import ECKey
 
 from identity import audit
 from identity.broker.keys import EncryptionKeys
 from identity.domain import face_enrolment as enrolments
+from identity.domain.face import FaceCode
 from identity.face.sealing import TAG_PURPOSE, enrolment_tag, open_template, seal_template
 from identity.face.service import current_of
 from identity.face.store import TemplateStore
 from identity.keys import KeyStore
+from identity.tokens import sign_jwt
 from quaygate.cli import main
 from quaygate.crypto import DataCipher, UnknownDataKey
 from quaygate.schema import audit_log, face_templates, signing_keys, webhook_subscriptions
@@ -226,7 +229,8 @@ def test_rekey_seals_every_kind_again_and_the_previous_key_can_go(engine: sa.Eng
     first = runs[0]
     assert first["current_key_id"] == DataCipher(NEW).key_id
     assert first["previous_key_ids"] == [DataCipher(OLD).key_id]
-    assert first["columns"]["webhook_subscriptions.secret_enc"] == {"resealed": 1, "changed": 0, "unreadable": []}
+    assert first["columns"]["webhook_subscriptions.secret_enc"] == {"resealed": 1, "changed": 0, "unreadable": [],
+                                                                    "refused": {}}
     assert first["enrolments_retagged"] == 1
     assert runs[1]["columns"]["signing_keys.private_enc"]["resealed"] == 0
     assert _b64(NEW) not in json.dumps(runs) and _b64(OLD) not in json.dumps(runs)
@@ -358,7 +362,8 @@ def test_rekey_leaves_a_row_changed_meanwhile_to_its_writer(pg_engine: sa.Engine
         _wait_until_blocked_by(pg_engine, pid)
         held.commit()
     runner.join()
-    assert counts["webhook_subscriptions.secret_enc"].as_dict() == {"resealed": 0, "changed": 1, "unreadable": []}
+    assert counts["webhook_subscriptions.secret_enc"].as_dict() == {"resealed": 0, "changed": 1, "unreadable": [],
+                                                                   "refused": {}}
     with pg_engine.connect() as conn:
         stored = conn.execute(sa.select(webhook_subscriptions.c.secret_enc)
                               .where(webhook_subscriptions.c.id == w["sub"])).scalar_one()
@@ -372,3 +377,182 @@ def _wait_until_blocked_by(engine: sa.Engine, pid: int) -> None:
                                        "pg_blocking_pids(pid)))"), {"pid": pid}).scalar_one():
             conn.rollback()
             threading.Event().wait(0.01)
+
+
+# ---- review 140, finding 1: a leaked previous key plants nothing once rekey-data has finished -------------
+
+
+@pytest.fixture
+def service(cli: Any) -> Iterator[Any]:
+    """The service as it runs (``Container.build``) with the data keys the last ``cli`` call set."""
+    from quaygate.container import Container
+
+    built: list[Container] = []
+
+    def build() -> Container:
+        built.append(Container.build(Settings()))
+        return built[-1]
+
+    yield build
+    for c in built:
+        c.close()
+
+
+TEN_YEARS = timedelta(days=3650)
+
+
+def _plant_token_key(engine: sa.Engine, key: bytes, *, retired: timedelta = TEN_YEARS,
+                     published: timedelta = TEN_YEARS) -> ECKey:
+    """What a holder of data key ``key`` who can write the database does (review 140, finding 1 (a)): his own
+    key as a token key being rotated out, sealed under that key, rotated out and published until ``retired``
+    and ``published`` from now (the retirement job leaves a key alone until its publish_until)."""
+    mine = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": "ES256"})
+    mine.ensure_kid()
+    kid, t = str(mine.kid), now()
+    with engine.begin() as conn:
+        conn.execute(signing_keys.insert().values(
+            kid=kid, alg="ES256", use="sig", public_jwk=mine.as_dict(private=False),
+            private_enc=DataCipher(key).seal(json.dumps(mine.as_dict(private=True)).encode(), kid.encode()),
+            status="retiring", created_at=t - timedelta(days=1), retired_at=t + retired, publish_until=t + published))
+    return mine
+
+
+def _plant_face(engine: sa.Engine, key: bytes, person: uuid.UUID, template: uuid.UUID) -> None:
+    """(b): his own face sealed under ``key`` on the driver's row, under the template id the trail names."""
+    with engine.begin() as conn:
+        conn.execute(face_templates.update().where(face_templates.c.person_id == person).values(
+            sealed=seal_template(DataCipher(key), person, template, (0.9,) * 128), key_id=DataCipher(key).key_id))
+
+
+def test_a_stored_blob_under_a_previous_key_opens_until_the_rekey_has_finished() -> None:
+    """``open_stored``: a previous key's blob opens while the rekey has not finished (the rotation window: the
+    service keeps working), never once it has (asked at most once per check_every, then never again); a
+    cipher nobody told how to ask refuses it."""
+    finished, ticks = [False], [0.0]
+    asked: list[bool] = []
+
+    def mark() -> bool:
+        asked.append(finished[0])
+        return finished[0]
+
+    ring = DataCipher(NEW, [OLD])
+    ring.watch_rekey(mark, check_every=1.0, monotonic=lambda: ticks[0])
+    old, new = DataCipher(OLD).seal(b"row", b"aad"), ring.seal(b"row", b"aad")
+    assert ring.open_stored(old, b"aad") == b"row" and ring.open_stored(_v1(OLD, b"row", b"aad"), b"aad") == b"row"
+    assert ring.open_stored(new, b"aad") == b"row" and asked == [False]  # once within check_every
+    finished[0], ticks[0] = True, 1.5
+    with pytest.raises(UnknownDataKey):
+        ring.open_stored(old, b"aad")
+    with pytest.raises(InvalidTag):
+        ring.open_stored(_v1(OLD, b"row", b"aad"), b"aad")
+    assert ring.open_stored(new, b"aad") == b"row" and ring.open_stored(_v1(NEW, b"r", b"aad"), b"aad") == b"r"
+    finished[0], ticks[0] = False, 10.0  # the mark cannot go away: never asked again
+    with pytest.raises(UnknownDataKey):
+        ring.open_stored(old, b"aad")
+    assert asked == [False, True]
+    assert ring.open(old, b"aad") == b"row"  # what rekey-data itself opens with
+    with pytest.raises(UnknownDataKey):
+        DataCipher(NEW, [OLD]).open_stored(old, b"aad")
+
+
+def test_a_leaked_previous_key_plants_no_key_and_no_face_once_rekey_data_has_finished(
+        engine: sa.Engine, cli: Any, service: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 140, finding 1: the rotation is done (--check exits 0, the re-tag mark written), the old key
+    is still in QUAYGATE_DATA_KEYS_PREVIOUS. Its holder, with write access to the database, plants (a) his own
+    token key, retiring and published ten years ahead, and (b) his own face on a driver's row under the
+    template id the trail names. The service takes neither; a later rekey-data seals neither again."""
+    from identity.bootstrap import key_store
+    from identity.face import FaceService
+    from identity.face.sealing import TemplateUnreadable
+    from release_service.api.gate_offline import KeyStorePassSigner
+    from release_service.domain.gate_pass import PASS_TYP
+
+    w = _world(engine, DataCipher(OLD))
+    assert cli(["keys", "rekey-data"], NEW, OLD) == 0
+    assert cli(["keys", "rekey-data", "--check"], NEW, OLD) == 0
+    mine = _plant_token_key(engine, OLD)
+    _plant_face(engine, OLD, w["person"], w["template"])
+    c = service()
+    keys = key_store(c)
+    assert str(mine.kid) not in {str(k.kid) for k in keys.public_key_set(refresh=True, kid=str(mine.kid))}
+    assert str(mine.kid) not in {k["kid"] for k in keys.jwks()["keys"]}
+    forged = sign_jwt({"jti": "p-1", "iat": int(now().timestamp())}, mine, typ=PASS_TYP)
+    assert KeyStorePassSigner(keys).verify(forged) is None and keys.rotated_out(str(mine.kid)) is None
+    face = FaceService(engine=engine, cipher=c.cipher, pool=None,  # type: ignore[arg-type]
+                       tolerance=0.5, max_image_bytes=1 << 20)
+    assert face._template(w["person"]) == FaceCode.UNAVAILABLE
+    with engine.connect() as conn:
+        row = TemplateStore(conn).get(w["person"])
+    assert row is not None
+    with pytest.raises(TemplateUnreadable):
+        open_template(c.cipher, w["person"], w["template"], row.sealed)
+    # rekey-data, run again as --check asks, names both and seals neither again.
+    capsys.readouterr()
+    assert cli(["keys", "rekey-data", "--check"], NEW, OLD) == 1
+    assert cli(["keys", "rekey-data"], NEW, OLD) == 1
+    err = capsys.readouterr().err
+    assert f"signing_keys.private_enc: row {mine.kid}" in err and f"face_templates.sealed: row {w['person']}" in err
+    with engine.connect() as conn:
+        sealed = conn.execute(sa.select(signing_keys.c.private_enc).where(signing_keys.c.kid == str(mine.kid))
+                              ).scalar_one()
+    assert DataCipher(NEW, [OLD]).sealed_key_id(sealed) == DataCipher(OLD).key_id
+    keys.invalidate()
+    assert str(mine.kid) not in {str(k.kid) for k in keys.public_key_set()}
+
+
+def test_rekey_data_names_every_row_it_seals_again_and_refuses_a_key_row_no_rotation_wrote(
+        engine: sa.Engine, cli: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 140, finding 1: before the mark (the rotation window) the old key's rows still open, so what its
+    holder planted then is sealed again like any other: the run names every key row (kid, use, status, dates)
+    and every face template (person) it seals again, and leaves a token key row whose dates no rotation
+    writes (rotated out in the future, published past its rotation plus the publication period), exiting 1."""
+    w = _world(engine, DataCipher(OLD))
+    far = _plant_token_key(engine, OLD)
+    long = _plant_token_key(engine, OLD, retired=-timedelta(hours=1))
+    near = _plant_token_key(engine, OLD, retired=timedelta(0), published=timedelta(minutes=12))  # as rotate() would
+    _plant_face(engine, OLD, w["person"], w["template"])
+    assert cli(["keys", "rekey-data"], NEW, OLD) == 1
+    captured = capsys.readouterr()
+    refused = "signing_keys.private_enc: row {} refused: its dates are none a rotation writes: {}"
+    assert refused.format(far.kid, "rotated out in the future") in captured.err
+    assert refused.format(long.kid, "published until") in captured.err and "plus the publication period" in captured.err
+    assert f"  signing_keys.private_enc: kid {near.kid} (sig ES256 retiring, created " in captured.out
+    assert f"  signing_keys.private_enc: kid {w['retired']} (sig " in captured.out
+    assert f"  face_templates.sealed: person {w['person']} (template {w['template']}" in captured.out
+    with engine.connect() as conn:
+        sealed = dict(conn.execute(sa.select(signing_keys.c.kid, signing_keys.c.private_enc)).all())
+    ring = DataCipher(NEW, [OLD])
+    assert {ring.sealed_key_id(sealed[str(k.kid)]) for k in (far, long)} == {DataCipher(OLD).key_id}
+    assert ring.is_current(sealed[str(near.kid)])
+
+
+def test_an_audit_key_and_an_encryption_key_planted_after_rekey_data_are_not_ours(engine: sa.Engine, cli: Any,
+                                                                                  service: Any) -> None:
+    """Review 140, finding 1, the other stored keys: an audit key (he would sign the trail's checkpoints) and
+    an upstream encryption key (upstreams would encrypt to it), sealed under the old key after the rekey:
+    the audit key is not exported, the encryption key decrypts nothing."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from joserfc.jwk import RSAKey
+
+    from quaygate.schema import encryption_keys
+
+    _world(engine, DataCipher(OLD))
+    assert cli(["keys", "rekey-data"], NEW, OLD) == 0
+    old, t = DataCipher(OLD), now()
+    raw = Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                                     serialization.NoEncryption())
+    rsa = RSAKey.generate_key(2048, parameters={"use": "enc", "alg": "RSA-OAEP-256", "kid": "planted-enc"})
+    with engine.begin() as conn:
+        conn.execute(signing_keys.insert().values(
+            kid="audit-planted", alg="EdDSA", use="audit", public_jwk={}, status="active", created_at=t,
+            private_enc=old.seal(raw, b"audit-planted")))
+        conn.execute(encryption_keys.insert().values(
+            kid="planted-enc", alg="RSA-OAEP-256", public_jwk=rsa.as_dict(private=False), status="retiring",
+            private_enc=old.seal(json.dumps(rsa.as_dict(private=True)).encode(), b"planted-enc"),
+            created_at=t, retired_at=t, publish_until=t + TEN_YEARS))
+    c = service()
+    jwks, ignored = export_public_key(engine, c.cipher)
+    assert ignored == ["audit-planted"] and "audit-planted" not in {k["kid"] for k in jwks["keys"]}
+    with pytest.raises(InvalidTag):
+        EncryptionKeys(engine, c.cipher, overlap=timedelta(days=1)).private_key("planted-enc", t)

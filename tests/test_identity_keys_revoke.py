@@ -218,13 +218,13 @@ def test_a_retiring_keys_publication_is_capped_whatever_the_table_says(env: Env,
 
 def test_each_key_is_opened_once_not_at_every_reload(engine: sa.Engine) -> None:
     cipher, opened = DataCipher(b"\x01" * 32), []
-    real = cipher.open
+    real = cipher.open_stored
 
     def counting(sealed: str, aad: bytes) -> bytes:
         opened.append(aad)
         return real(sealed, aad)
 
-    cipher.open = counting  # type: ignore[method-assign]
+    cipher.open_stored = counting  # type: ignore[method-assign]
     keys = KeyStore(engine, cipher, reload_every=0)
     keys.ensure_active(utcnow())
     for _ in range(5):

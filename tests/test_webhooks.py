@@ -834,3 +834,25 @@ def test_a_round_runs_from_a_thread_where_an_event_loop_already_runs(engine: sa.
 
     assert run_async(inside) == 1  # its own loop in a thread of its own: the main thread may have one running
     assert [r.path for r in receiver.requests] == ["/hook"]
+
+
+def test_a_secret_under_a_previous_data_key_signs_nothing_once_rekey_data_has_finished(engine: sa.Engine,
+                                                                                       receiver: Receiver) -> None:
+    """Review 140, finding 1: a webhook secret sealed under a previous data key (CIPHER's, here) opens while the
+    rekey has not finished (the rotation window); once it has, it is one planted since by whoever holds that
+    key, and signs nothing: the delivery fails, sent to no one."""
+    org = make_org(engine)
+    subscribe(engine, org, receiver.url("/hook"), ["release.*"])
+    publish(engine, {org}, "release.issued")
+    finished = [True]
+    ring = DataCipher(bytes(range(100, 132)), [bytes(range(32))])
+    ring.watch_rekey(lambda: finished[0], check_every=0.0)
+    sending = WebhookDispatcher(engine, ring, clock=FakeClock(), jitter=lambda: 0.0, allow_local=True)
+    assert sending.run_once() == 1
+    assert receiver.requests == [] and delivery_rows(engine)[0].last_error == "secret unreadable"
+    ring = DataCipher(bytes(range(100, 132)), [bytes(range(32))])
+    finished[0] = False
+    ring.watch_rekey(lambda: finished[0], check_every=0.0)
+    clock = FakeClock(T0 + timedelta(hours=1))  # past the failed attempt's retry time
+    assert WebhookDispatcher(engine, ring, clock=clock, jitter=lambda: 0.0, allow_local=True).run_once() == 1
+    assert [r.path for r in receiver.requests] == ["/hook"]

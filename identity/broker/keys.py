@@ -114,9 +114,10 @@ class EncryptionKeys:
         with self._lock:
             opened = self._private.get(kid)
         if opened is None:
-            opened = self._open(kid)
-            with self._lock:
-                self._private[kid] = opened
+            opened, current = self._open(kid)
+            if current:  # one under a previous data key is opened each time (DataCipher.open_stored)
+                with self._lock:
+                    self._private[kid] = opened
         return opened
 
     def invalidate(self) -> None:
@@ -142,14 +143,15 @@ class EncryptionKeys:
                 self._loaded_at = time.monotonic()
             return self._keys
 
-    def _open(self, kid: str) -> RSAKey:
+    def _open(self, kid: str) -> tuple[RSAKey, bool]:
+        """The private key, and whether it is sealed under the current data key."""
         with self._engine.connect() as conn:
             sealed = conn.execute(sa.select(encryption_keys.c.private_enc).where(encryption_keys.c.kid == kid)
                                   ).scalar_one()
-        key = RSAKey.import_key(json.loads(self._cipher.open(sealed, kid.encode())))
+        key = RSAKey.import_key(json.loads(self._cipher.open_stored(sealed, kid.encode())))
         if key.kid != kid or key.get("use") != "enc":
             raise ValueError("sealed key does not match its kid and use")
-        return key
+        return key, self._cipher.is_current(sealed)
 
     def _generate(self) -> RSAKey:
         key = RSAKey.generate_key(self._key_size, parameters={"use": "enc", "alg": ALG})

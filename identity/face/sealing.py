@@ -46,7 +46,7 @@ def seal_template(cipher: DataCipher, person_id: uuid.UUID, template_id: uuid.UU
 
 def open_template(cipher: DataCipher, person_id: uuid.UUID, template_id: uuid.UUID, sealed: str) -> tuple[float, ...]:
     try:
-        raw = cipher.open(sealed, _aad(person_id, template_id))
+        raw = cipher.open_stored(sealed, _aad(person_id, template_id))
         values = _PACK.unpack(raw)
     except Exception as exc:  # noqa: BLE001 - InvalidTag, bad base64, wrong length: all the same to us
         raise TemplateUnreadable("the face template does not open") from exc

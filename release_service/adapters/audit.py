@@ -195,7 +195,7 @@ class AuditKey:
         ).first()
         if row is not None:
             try:
-                raw = cipher.open(row.private_enc, row.kid.encode())
+                raw = cipher.open_stored(row.private_enc, row.kid.encode())
                 return cls(row.kid, Ed25519PrivateKey.from_private_bytes(raw))
             except (InvalidTag, ValueError) as exc:
                 raise AuditTampered(
@@ -724,7 +724,7 @@ def _opened_retired_record(conn: sa.Connection, cipher: DataCipher, kid: str) ->
     if row is None or row.private_enc is None:
         return None
     try:
-        record = json.loads(cipher.open(row.private_enc, kid.encode() + RETIRED_AAD))
+        record = json.loads(cipher.open_stored(row.private_enc, kid.encode() + RETIRED_AAD))
     except (InvalidTag, ValueError):
         return None
     return record if isinstance(record, dict) and record.get("kid") == kid else None
@@ -737,11 +737,11 @@ def _open_audit_key(cipher: DataCipher, kid: str, sealed: str | None) -> OpenedK
     if sealed is None:
         return None
     try:
-        return OpenedKey(Ed25519PrivateKey.from_private_bytes(cipher.open(sealed, kid.encode())).public_key())
+        return OpenedKey(Ed25519PrivateKey.from_private_bytes(cipher.open_stored(sealed, kid.encode())).public_key())
     except (InvalidTag, ValueError):
         pass
     try:
-        record = json.loads(cipher.open(sealed, kid.encode() + RETIRED_AAD))
+        record = json.loads(cipher.open_stored(sealed, kid.encode() + RETIRED_AAD))
         through, through_hash = record["signs_through"], record.get("signs_through_hash")
         if record["kid"] != kid or not isinstance(through, int) or isinstance(through, bool) \
                 or not isinstance(through_hash, str | None):

@@ -420,7 +420,11 @@ class WebhookDispatcher:
 
     async def _try(self, client: httpx.AsyncClient, c: _Claimed) -> _Outcome:
         try:
-            sealed = self._cipher.open(c.secret_enc, secret_aad(c.subscription_id))
+            aad = secret_aad(c.subscription_id)
+            if self._cipher.is_current(c.secret_enc):
+                sealed = self._cipher.open_stored(c.secret_enc, aad)
+            else:  # a previous data key's: whether rekey-data has finished may take a database read
+                sealed = await asyncio.to_thread(self._cipher.open_stored, c.secret_enc, aad)
             secrets = SigningSecrets.from_bytes(sealed)
         except Exception:  # noqa: BLE001 - a secret that will not open is this delivery's failure, not the batch's
             return _Outcome(c, None, "secret unreadable")

@@ -131,7 +131,7 @@ def rotate_secret(uow: WebhookUnitOfWork, cipher: Sealer, actor: Actor,
     with uow:
         sub = _load(uow, org, subscription_id, for_update=True)  # row lock: two rotations cannot interleave
         acting_organisation_active(uow, actor)
-        current = SigningSecrets.from_bytes(cipher.open(uow.webhooks.sealed_secret(sub.id), aad))
+        current = SigningSecrets.from_bytes(cipher.open_stored(uow.webhooks.sealed_secret(sub.id), aad))
         rotated = current.rotated(secret, now=now, overlap=overlap)
         uow.webhooks.set_sealed_secret(sub.id, cipher.seal(rotated.to_bytes(), aad))
         _audit(uow, "release.webhook.secret.rotated", actor, sub, now,
