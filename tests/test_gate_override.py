@@ -372,6 +372,8 @@ def test_an_offline_refusal_overridden_at_the_desk_counts_as_a_use_and_is_reconc
     [event] = _audit(gate, rid, "release.gate_override")
     assert "hired tractor, plate checked" in event["reason"] and "duty-officer (http)" in event["reason"]
     assert event["decision_id"] == str(rows[key].id)
+    # What it set aside (review 142): the plate alone, no check of who came; port security's alarm stays quiet.
+    assert event["set_aside"] == ["plate_mismatch"] and _audit(gate, rid, "release.gate_override_alarm") == []
     [audited] = [d for d in _audit(gate, rid, "release.gate_offline_reconciled") if "override" in d]
     assert audited["override"]["officer"] == "duty-officer (http)"
     assert audited["override"]["decision_id"] == refused.response["decision_id"]
@@ -529,6 +531,10 @@ def test_an_offline_override_of_another_persons_badge_is_flagged_and_the_right_t
     assert flagged["badge_holder_person_id"] != str(gate.p.driver)
     [event] = _audit(gate, rid, "release.gate_override")
     assert event["reason"].startswith("NOT SUPPORTED by the service") and "person_banned" in event["reason"]
+    # What the officer set aside (review 142), a badge nobody offline knew among it: port security's alarm.
+    assert event["set_aside"] == ["badge_unknown", "plate_mismatch", "screening_unavailable"]
+    [alarm] = _audit(gate, rid, "release.gate_override_alarm")
+    assert (alarm["identity_checks"], alarm["decision_id"]) == (["badge_unknown"], event["decision_id"])
     second = gate.verify(gate.body(1, mode="commit")).json()  # the nominated driver and truck, online
     assert second["decision"] == "deny" and "already_used" in second["reasons"], second
 

@@ -6,7 +6,9 @@ requires a face and the driver's face is enrolled. Someone else's face, or a cop
 capture (identity: ``face_replayed``), is denied ``face_mismatch``; one ``POST /gate/v1/overrides`` with
 "looks like him" then let the truck in. A face the service compared with the driver's and found another
 person's, or one it caught as an attack, is no longer the desk's to set aside (409, as for the other
-refusals no desk sets aside); a face it could not judge still is."""
+refusals no desk sets aside); a face it could not judge still is. An override that sets aside identity
+checks tells the line and holder what it set aside (``set_aside`` in ``release.gate_override``), and port
+security's alarm (``release.gate_override_alarm`` on the audit trail) is raised."""
 # ruff: noqa: F811 - ``face_pool`` is a fixture imported here and requested by name
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .test_gate_face import FaceGate, face_pool  # noqa: F401
 from .test_release_api import assert_problem
 
 OVERRIDE = "release.gate_override"
+ALARM = "release.gate_override_alarm"
 
 
 @pytest.fixture
@@ -103,6 +106,37 @@ def test_a_replayed_copy_of_the_driver_s_capture_is_not_the_desk_s_to_set_aside(
     assert gate.state(second) == "nominated"
 
 
+def test_a_face_the_service_could_not_judge_is_the_desk_s_and_port_security_hears(gate: FaceGate) -> None:
+    """No badge and no face: nothing the service could judge, the desk checks the person. The override
+    goes through; the line's webhook and the audit entry say what it set aside, and port security's
+    alarm names the identity checks set aside."""
+    rid = gate.pickable(4)
+    refused = _commit(gate, 4, badge=None)
+    codes = ["badge_unknown", "face_required", "screening_unavailable"]
+    assert (refused["decision"], refused["reasons"]) == ("deny", codes), refused
+    got = _override(gate, refused)
+    assert got.status_code == 201, got.text
+    assert gate.state(rid) == "gated_in"
+    [audited] = _entries(gate, OVERRIDE)
+    assert audited["set_aside"] == codes and audited["decision_id"] == refused["decision_id"]
+    [hook] = _hooks(gate)
+    assert hook["data"]["set_aside"] == codes  # before the mend: no set_aside
+    [alarm] = _entries(gate, ALARM)  # before the mend: none
+    assert (alarm["set_aside"], alarm["identity_checks"]) == (codes, ["badge_unknown", "face_required"])
+    assert (alarm["decision_id"], alarm["release_id"], alarm["reason"]) == (
+        refused["decision_id"], rid, "looks like him")
+
+
+def test_an_override_of_a_plate_alone_raises_no_alarm(gate: FaceGate) -> None:
+    rid = gate.pickable(5)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    refused = _commit(gate, 5, face={"image": _b64(fresh("obama2.jpg"))},
+                      plate={"text": "9ZZZ999", "country": "BE", "confidence": 0.99})
+    assert (refused["decision"], refused["reasons"]) == ("deny", ["plate_mismatch"]), refused
+    assert _override(gate, refused).status_code == 201 and gate.state(rid) == "gated_in"
+    assert _hooks(gate)[0]["data"]["set_aside"] == ["plate_mismatch"] and not _entries(gate, ALARM)
+
+
 # ---- the pure rule: one place, online, at the adapter's desk offline and at the reconcile ----------
 
 _IMAGE_OTHER = {"kind": "image", "matched": False, "distance": 0.81, "tolerance": 0.5, "unavailable": None}
@@ -126,6 +160,13 @@ _CLAIMED_NO = {"kind": "match_result", "matched": False, "score": 0.2, "min_scor
 def test_pure_face_mismatch_is_overridable_unless_the_service_judged_it(face: Any, hard: list[str]) -> None:
     assert g.not_overridable(["plate_mismatch", "face_mismatch"], face=face) == hard
     assert g.not_overridable(["face_required"], face=face) == []
+
+
+def test_pure_identity_checks_set_aside() -> None:
+    assert g.identity_set_aside(["container_unreadable", "badge_unknown", "plate_mismatch", "face_required",
+                                 "face_mismatch", "screening_unavailable"]) == [
+        "badge_unknown", "face_required", "face_mismatch"]
+    assert g.identity_set_aside(["plate_mismatch", "terminal_hold"]) == []
 
 
 def _b64(image: bytes) -> str:

@@ -334,16 +334,22 @@ async def _verify(request: Request, body: VerifyRequest, credentials: HTTPAuthor
              summary="Let a refused truck in at this terminal, with a reason (audited).")
 def override(request: Request, body: OverrideRequest, actor: Actor = Depends(GATE)) -> dict[str, Any]:
     """A refused gate-in decided here within the last hour, refused only for what a person at the desk
-    can establish (a plate, a face, a badge not found or not activated here, the terminal's own hold,
-    screening that did not answer, a driver who had said he would not come). A container number the
+    can establish (a plate, a face the service could not judge or the terminal's own matcher refused, a
+    badge not found or not activated here, the terminal's own hold, screening that did not answer, a driver
+    who had said he would not come). A container number the
     gate could not read found no right to release: the desk verifies again with the number it read
     off the box (``container.confidence`` 1), and overrides that decision if need be. Never
     for what another party decided or the right itself says (blocked, revoked, commercial or customs
     hold, outside its window, used, nominated to nobody, another terminal's), for the badge office's or
-    the port-ban register's word on a person, or for a driver who is not the one nominated: 409
-    ``illegal_transition``, the right untouched. The right is judged as it is now, and so is the person:
-    the truck goes in under the nomination the decision judged (a right nominated again since is
-    verified again), to its driver, whom the desk identifies and the service screens at the override as
-    at nomination (a usable badge, no port ban; a decision that read no badge screened nobody)."""
+    the port-ban register's word on a person, for a driver who is not the one nominated, or for the
+    service's own word on the face (``face_mismatch`` where it compared the capture with the driver's
+    enrolled face and found another person, or caught a spoof or a copy of a capture matched before): 409
+    ``illegal_transition``, the right untouched. The ``release.gate_override`` event carries the reason
+    codes set aside (``set_aside``); setting aside a check of who came (a badge, a face) raises port
+    security's alarm (``release.gate_override_alarm`` on the audit trail). The right is judged as it is
+    now, and so is the person: the truck goes in under the nomination the decision judged (a right
+    nominated again since is verified again), to its driver, whom the desk identifies and the service
+    screens at the override as at nomination (a usable badge, no port ban; a decision that read no badge
+    screened nobody)."""
     now = request.app.state.container.clock.now()
     return verify_service.override(_uow_factory(request), actor, body.decision_id, body.reason, now)

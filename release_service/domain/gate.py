@@ -170,6 +170,13 @@ OVERRIDABLE: frozenset[Reason] = frozenset({
 
 _OVERRIDABLE_CODES = frozenset(r.value for r in OVERRIDABLE)
 
+# The refusals that say who is at the gate (the badge, the driver, the face): an override that sets one
+# aside lets a person in on the desk's word alone, and port security hears of it (review 142).
+IDENTITY_CHECKS: frozenset[Reason] = frozenset({
+    Reason.BADGE_UNKNOWN, Reason.DRIVER_MISMATCH, Reason.FACE_REQUIRED, Reason.FACE_MISMATCH,
+})
+_IDENTITY_CODES = frozenset(r.value for r in IDENTITY_CHECKS)
+
 # An override lets in the truck that was refused, while it is at the terminal: an older decision is
 # verified again, and that new decision is overridden if need be.
 OVERRIDE_WITHIN_SECONDS = 3600
@@ -200,6 +207,12 @@ def face_against(face: Mapping[str, object] | None) -> bool:
         return False
     limit = tolerance if isinstance(tolerance, int | float) and not isinstance(tolerance, bool) else FACE_MAX_TOLERANCE
     return face.get("matched") is not True or distance > limit
+
+
+def identity_set_aside(reasons: Iterable[str]) -> list[str]:
+    """The checks of who is at the gate among the refusals an override sets aside (``IDENTITY_CHECKS``):
+    port security hears of such an override (review 142)."""
+    return [r for r in reasons if r in _IDENTITY_CODES]
 
 
 def require_overridable_decision(reasons: Sequence[str], decided_at: datetime | None, now: datetime, *,

@@ -720,8 +720,10 @@ class ReleaseRight:
         self._emit("release.gated_in", by, now, {"decision_id": str(decision_id)})
         self._cancel_pending_transfer(by, now)
 
-    def override_gate_in(self, *, by: Actor, now: datetime, reason: str, decision_id: uuid.UUID) -> None:
-        """A terminal releases a refused truck; it must say why, and it is audited."""
+    def override_gate_in(self, *, by: Actor, now: datetime, reason: str, decision_id: uuid.UUID,
+                         set_aside: Sequence[str] = ()) -> None:
+        """A terminal releases a refused truck; it must say why, and it is audited, with the refusal's
+        reason codes it sets aside (``set_aside``; review 142)."""
         self._require_gate(by)
         if not reason or not reason.strip():
             raise DomainError(ErrorCode.REASON_REQUIRED, "An override needs a reason.")
@@ -730,7 +732,8 @@ class ReleaseRight:
         self._require_state(PRE_GATE_STATES, "override", now)
         self.state = State.GATED_IN
         self.gate_in_at = now
-        self._emit("release.gate_override", by, now, {"reason": reason.strip(), "decision_id": str(decision_id)})
+        self._emit("release.gate_override", by, now, {"reason": reason.strip(), "decision_id": str(decision_id),
+                                                      "set_aside": list(set_aside)})
         self._cancel_pending_transfer(by, now)
 
     def require_overridable(self, now: datetime) -> None:

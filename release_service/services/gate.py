@@ -6,16 +6,20 @@ commits.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
+from release_service.domain import gate as g
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor
 from release_service.domain.release import ReleaseRight
-from release_service.ports import UnitOfWork
+from release_service.ports import AuditLog, UnitOfWork
 
 from .common import Receipt, acting_organisation_active, load, persist, receipt, record_events
+
+log = logging.getLogger(__name__)
 
 
 def gate_in(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, decision_id: uuid.UUID,
@@ -48,8 +52,8 @@ def gate_out(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, decision_id: 
 
 
 def override(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str, decision_id: uuid.UUID,
-             decided_at: datetime, judged: Sequence[str | None] | None, now: datetime
-             ) -> tuple[ReleaseRight, Receipt]:
+             decided_at: datetime, judged: Sequence[str | None] | None, now: datetime,
+             set_aside: Sequence[str] = ()) -> tuple[ReleaseRight, Receipt]:
     right = load(uow, release_id, actor)
     # The desk's own word against the rules' refusal: a terminal organisation that port security has
     # deactivated gives it no more (review 77). Gate-in and gate-out above apply the rules, not its word.
@@ -58,5 +62,27 @@ def override(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str, 
     assert right.nomination is not None  # required above
     right.require_releasable_to_driver(
         decided_at, judged, uow.screening.screen(right.nomination.driver_person_id, terminal=right.terminal, now=now))
-    right.override_gate_in(by=actor, now=now, reason=reason, decision_id=decision_id)
-    return right, persist(uow, right)
+    right.override_gate_in(by=actor, now=now, reason=reason, decision_id=decision_id, set_aside=set_aside)
+    done = persist(uow, right)
+    override_alarm(uow.audit, actor, right, decision_id, set_aside, reason, now)
+    return right, done
+
+
+# Port security's alarm (review 142): an override that set aside a check of who is at the gate (the badge,
+# the driver, the face) let a person in on the desk's word alone. Beside the outbox alarm
+# (gate_passes.OUTBOX_ALARM_EVENT) on the audit trail, logged as a warning; it refuses nothing.
+OVERRIDE_ALARM_EVENT = "release.gate_override_alarm"
+
+
+def override_alarm(audit: AuditLog, actor: Actor, right: ReleaseRight, decision_id: uuid.UUID,
+                   set_aside: Sequence[str], reason: str, at: datetime) -> None:
+    """Raise port security's alarm when the override of ``decision_id`` set aside an identity check
+    (``gate.identity_set_aside``); nothing otherwise."""
+    identity = g.identity_set_aside(set_aside)
+    if not identity:
+        return
+    data = {"decision_id": str(decision_id), "release_id": str(right.id), "terminal": right.terminal,
+            "client_id": actor.client_id, "set_aside": list(set_aside), "identity_checks": identity,
+            "reason": reason.strip()}
+    log.warning("release.gate.override_alarm", extra={"fields": data})
+    audit.append(OVERRIDE_ALARM_EVENT, actor=actor.as_dict(), subject=str(right.id), data=data, at=at)

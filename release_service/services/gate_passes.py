@@ -122,6 +122,7 @@ from release_service.ports import (
 )
 
 from .common import acting_organisation_active, persist
+from .gate import override_alarm
 from .verify import require_gate_of
 
 log = logging.getLogger(__name__)
@@ -487,10 +488,11 @@ def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
     reason = (f"{o.reason} (officer {o.officer}, lane {req.lane}; offline, setting aside {', '.join(refused)} "
               f"on gate pass {gate_pass.pass_id})")
     try:
-        right.override_gate_in(by=actor, now=at, decision_id=decision_id, reason=reason)
+        right.override_gate_in(by=actor, now=at, decision_id=decision_id, reason=reason, set_aside=refused)
     except DomainError:
         return _Judged(Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, right=right, changed=tuple(changed))
     persist(uow, right)
+    override_alarm(uow.audit, actor, right, decision_id, refused, reason, at)  # as online (review 142)
     if changed:
         return _Judged(Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, right=right, changed=tuple(changed))
     return _Judged(Verdict.RECORD, right=right)
@@ -510,14 +512,15 @@ def _not_the_driver(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
     reason = (f"NOT SUPPORTED by the service, recorded only because the truck is in: {o.reason} (officer "
               f"{o.officer}, lane {req.lane}; offline, on gate pass {gate_pass.pass_id}; the badge read says "
               f"{', '.join(hard)})")
-    moved = False
+    moved, refused = False, [r.value for r in report.reasons]
     try:
-        right.override_gate_in(by=actor, now=at, decision_id=decision_id, reason=reason)
+        right.override_gate_in(by=actor, now=at, decision_id=decision_id, reason=reason, set_aside=refused)
         moved = True
     except DomainError:
         pass
     if moved:
         persist(uow, right)
+        override_alarm(uow.audit, actor, right, decision_id, refused, reason, at)
     return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, None if moved else used_id, right,
                    badge_says=hard, holder=holder)
 
