@@ -168,8 +168,11 @@ def test_an_outage_is_decided_offline_then_reconciled_and_a_double_use_flagged(
     try:
         online = truck(a, 1)
         assert online["committed"] and "offline" not in online
-        for lane, _, _ in gates:
-            assert lane.offline.refresh() == TRUCKS  # type: ignore[union-attr]
+        # An answer hashes a bounded number of new badges (review 142): the first passes come over a few
+        # fetches, and are kept for the next adapter's.
+        got_passes = [a.offline.refresh() for _ in range(4)]  # type: ignore[union-attr]
+        assert got_passes[-1] == TRUCKS and got_passes[0] < TRUCKS, got_passes
+        assert b.offline.refresh() == TRUCKS  # type: ignore[union-attr]
         server.kill()  # the outage, mid-run
         server.wait()
         got = {"a2": truck(a, 2), "b2": truck(b, 2), "b3": truck(b, 3), "b1": truck(b, 1)}

@@ -38,7 +38,7 @@ from gate_adapters.runtime.config import ConfigError, load
 from gate_adapters.runtime.datafiles import DataFileExposed
 from gate_adapters.runtime.offline import OfflineMode, PassStore
 from gate_adapters.runtime.outbox import Outbox
-from release_service.domain.gate_pass import PASS_TYP, badge_digest
+from release_service.domain.gate_pass import PASS_TYP, BadgeHash
 
 from .factories import TERMINAL, container
 from .test_gate_adapter_keys import _config
@@ -95,7 +95,9 @@ def _forge_key_and_pass(a: Adapter, db: sqlite3.Connection) -> None:
     evil = ECKey.generate_key("P-256", private=True, parameters={"kid": header["kid"], "alg": "ES256"})
     claims = payload(genuine)
     claims["jti"] = str(uuid.uuid4())
-    claims["badges"] = [{**claims["badges"][0], "number": badge_digest("alfapass", EVIL_BADGE), "card_uid": None}]
+    hashed = BadgeHash.from_claims(claims["badge_hash"])  # his badge as the pass hashes badges (review 142)
+    claims["badges"] = [{**claims["badges"][0], "number_hash": hashed.of("alfapass", EVIL_BADGE),
+                         "card_uid_hash": None}]
     token = jws.serialize_compact({"alg": "ES256", "typ": PASS_TYP, "kid": header["kid"]},
                                   json.dumps(claims).encode(), evil, algorithms=["ES256"])
     db.execute("UPDATE meta SET value = ? WHERE key = 'jwks'", (json.dumps({"keys": [evil.as_dict(private=False)]}),))

@@ -21,6 +21,7 @@ from identity.keys import KeyStore
 from identity.tokens import fits, sign_jwt
 from quaygate.limits import IMAGE_BODY_BYTES, Printable, SentTime
 from quaygate.routing import AdmitFirst
+from release_service.adapters.pass_hashes import CachedBadgeHashes
 from release_service.adapters.sqla.gate_offline import SqlOfflineUnitOfWork
 from release_service.domain import gate as g
 from release_service.domain.gate_pass import PASS_ALG, PASS_TYP, OutboxMark, signed_while_active
@@ -183,7 +184,8 @@ def passes(request: Request, actor: Actor = Depends(GATE), outbox_id: str | None
     ttl = timedelta(seconds=min(s.gate_pass_ttl, max(s.access_token_ttl, s.id_token_ttl)))
     told = None if outbox_id is None or outbox_seq is None else OutboxMark(outbox_id, outbox_seq, outbox_intact)
     return service.issue_passes(_uow_factory(request), actor, signer=_signer(request), issuer=s.issuer, ttl=ttl,
-                                max_dwell=timedelta(seconds=s.gate_pass_max_dwell), now=c.clock.now(), outbox=told)
+                                max_dwell=timedelta(seconds=s.gate_pass_max_dwell), now=c.clock.now(), outbox=told,
+                                hashes=CachedBadgeHashes(c.cache))
 
 
 @router.post("/offline-decisions", operation_id="reconcileOfflineGateDecision", response_model=OfflineDecisionOut,

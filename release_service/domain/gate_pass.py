@@ -3,8 +3,9 @@
 
 A gate pass is a short-lived statement signed by the service (ES256, typ ``gate-pass+jwt``) about ONE
 release right nominated to (or gated in at) ONE terminal: the right as the gate decision reads it
-(``RightFacts``), the nominated driver's badges (numbers as digests only), the driver's port-ban
-screening with the age of the ban list it came from, and the terminal's policy. It is what a gate
+(``RightFacts``), the nominated driver's badges (numbers and card UIDs as slow salted hashes only,
+``BadgeHash``), the driver's port-ban screening with the age of the ban list it came from, and the
+terminal's policy. It is what a gate
 adapter may rely on while the verify service cannot be reached; nothing else (never a shared PIN).
 
 What a pass proves, and what it cannot::
@@ -42,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -66,22 +67,93 @@ class PassRefused(ValueError):
     """A pass that is not one: a claim missing or of the wrong shape, another terminal, expired."""
 
 
-# ---- badge digests -------------------------------------------------------------------------------
+# ---- badge hashes --------------------------------------------------------------------------------
 
 _SEPARATORS = re.compile(r"[\s:\-]+")
 
+# How a pass hashes its driver's badges (review 142): scrypt (RFC 7914) under a salt of the pass's own. A
+# pass, or a lane PC's pass store, must not give away its drivers' badge numbers: an Alfapass number has
+# 10^5 values, a Port Pass 10^6, most card UIDs 4 bytes, so a plain digest of one is found in milliseconds.
+# One hash costs about 65 ms and 32 MiB here (measured on the service's 2-core machine): 10^5 guesses are
+# some two hours of a core for ONE pass's Alfapass number, 10^6 a day for a Port Pass, and every pass must
+# be attacked alone. The adapter hashes the badge it reads once per pass of the read container. The
+# parameters travel in the pass (``badge_hash``), so they can be raised; a pass asking less than
+# ``_MIN_COST`` is not one we made, nor one asking more memory or work than a gate PC should give.
+BADGE_HASH_ALG = "scrypt"
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+SALT_BYTES = 16
+_MIN_COST = SCRYPT_N * SCRYPT_R  # scrypt's memory and work grow with n * r (and the work with p)
+_MAX_MEMORY = 2**28  # 128 * n * r bytes: 256 MiB
+_MAX_WORK = 2**24  # n * r * p: 64 times today's
+
+
+def _badge_text(scheme: str, value: str) -> bytes:
+    """A badge number or card UID as hashed: separators and case ignored (``AP-123455`` and ``ap 123455``
+    agree), the scheme named."""
+    return f"quaygate-gate-pass|{scheme.strip().lower()}|{_SEPARATORS.sub('', value).upper()}".encode()
+
 
 def badge_digest(scheme: str, value: str) -> str:
-    """A digest of a badge number or card UID, separators and case ignored (``AP-123455`` and
-    ``ap 123455`` agree), so a pass names the driver's badges without carrying their numbers. A digest
-    of a short number can be guessed; it keeps numbers out of logs and files, it is not a secret."""
-    compact = _SEPARATORS.sub("", value).upper()
-    return hashlib.sha256(f"quaygate-gate-pass|{scheme.strip().lower()}|{compact}".encode()).hexdigest()
+    """The SHA-256 digest a pass of the first form carried (before review 142): guessed in milliseconds.
+    Read in such a pass until it expires (an hour at most); the service issues only hashed passes."""
+    return hashlib.sha256(_badge_text(scheme, value)).hexdigest()
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("a whole number was expected")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class BadgeHash:
+    """A pass's scrypt salt and parameters: ``of`` hashes a badge number or card UID under them."""
+
+    salt: bytes
+    n: int = SCRYPT_N
+    r: int = SCRYPT_R
+    p: int = SCRYPT_P
+
+    def __post_init__(self) -> None:
+        n, r, p = _whole(self.n), _whole(self.r), _whole(self.p)
+        if not isinstance(self.salt, bytes) or not SALT_BYTES <= len(self.salt) <= 64:
+            raise ValueError(f"a badge hash's salt is {SALT_BYTES} to 64 bytes")
+        if n < 2 or n & (n - 1) or r < 1 or p < 1:
+            raise ValueError("scrypt's n is a power of two, r and p at least 1")
+        if n * r < _MIN_COST or 128 * n * r > _MAX_MEMORY or n * r * p > _MAX_WORK:
+            raise ValueError("scrypt parameters weaker than ours, or dearer than a gate PC gives")
+
+    def of(self, scheme: str, value: str) -> str:
+        """The hash of a badge number or card UID (``_badge_text``), 32 bytes in hex."""
+        return hashlib.scrypt(_badge_text(scheme, value), salt=self.salt, n=self.n, r=self.r, p=self.p,
+                              maxmem=256 * self.n * self.r + 128 * self.r * self.p, dklen=32).hex()
+
+    def claims(self) -> dict[str, Any]:
+        return {"alg": BADGE_HASH_ALG, "salt": self.salt.hex(), "n": self.n, "r": self.r, "p": self.p}
+
+    @classmethod
+    def from_claims(cls, c: Mapping[str, Any]) -> BadgeHash:
+        if c["alg"] != BADGE_HASH_ALG:
+            raise ValueError("a badge hash is scrypt")
+        return cls(bytes.fromhex(_str(c["salt"])), _whole(c["n"]), _whole(c["r"]), _whole(c["p"]))
+
+
+def _digests(hashing: BadgeHash | None) -> Callable[[str, str], str]:
+    """A pass's hash of what a lane read, each value hashed once per decision (a hash costs tens of ms)."""
+    done: dict[tuple[str, str], str] = {}
+
+    def digest(scheme: str, value: str) -> str:
+        key = (scheme, value)
+        if key not in done:
+            done[key] = hashing.of(scheme, value) if hashing is not None else badge_digest(scheme, value)
+        return done[key]
+    return digest
 
 
 @dataclass(frozen=True, slots=True)
 class BadgeProof:
-    """One badge of the nominated driver, as the badge office knew it when the pass was issued."""
+    """One badge of the nominated driver, as the badge office knew it when the pass was issued: its
+    number and card UID as the pass hashes them (``GatePass.badge_hash``)."""
 
     scheme: str
     number_digest: str | None
@@ -91,15 +163,15 @@ class BadgeProof:
     activated_terminals: frozenset[str]
     valid_from: datetime | None = None
 
-    def matches(self, read: g.BadgeRead) -> bool:
-        """Both given: both must match (as the service's badge lookup)."""
-        if read.scheme.strip().lower() != self.scheme:
+    def matches(self, read: g.BadgeRead, digest: Callable[[str, str], str]) -> bool:
+        """Both given: both must match (as the service's badge lookup). ``digest``: the pass's hash."""
+        if read.scheme.strip().lower() != self.scheme or not (read.number or read.card_uid):
             return False
-        if read.number and badge_digest(self.scheme, read.number) != self.number_digest:
+        if (read.number and self.number_digest is None) or (read.card_uid and self.card_uid_digest is None):
             return False
-        if read.card_uid and badge_digest(self.scheme, read.card_uid) != self.card_uid_digest:
+        if read.number and digest(self.scheme, read.number) != self.number_digest:
             return False
-        return bool(read.number or read.card_uid)
+        return not read.card_uid or digest(self.scheme, read.card_uid) == self.card_uid_digest
 
 
 # ---- the pass ------------------------------------------------------------------------------------
@@ -117,6 +189,9 @@ class GatePass:
     screening: g.ScreeningResult
     ban_list_as_of: datetime | None  # None: no register configured when issued
     policy: g.TerminalPolicy
+    # How ``badges`` are hashed (review 142). None: a pass of the first form (SHA-256 digests,
+    # ``badge_digest``), still read until it expires: the service issues only hashed passes.
+    badge_hash: BadgeHash | None = None
 
     def valid_at(self, now: datetime) -> bool:
         return self.issued_at <= now < self.expires_at
@@ -139,10 +214,11 @@ class GatePass:
                 },
                 "issuer": str(r.issuer) if r.issuer is not None else None, "contested": r.contested,
             },
-            "badges": [{"scheme": b.scheme, "number": b.number_digest, "card_uid": b.card_uid_digest,
+            "badges": [{"scheme": b.scheme, **self._badge_claims(b),
                         "status": b.status, "valid_until": _iso(b.valid_until) if b.valid_until else None,
                         "valid_from": _iso(b.valid_from) if b.valid_from else None,
                         "terminals": sorted(b.activated_terminals)} for b in self.badges],
+            **({} if self.badge_hash is None else {"badge_hash": self.badge_hash.claims()}),
             "holder": self.holder,
             "screening": {"result": self.screening.value,
                           "ban_list_as_of": _iso(self.ban_list_as_of) if self.ban_list_as_of else None},
@@ -157,6 +233,14 @@ class GatePass:
                 "face_match_results": self.policy.face_match_results,
             },
         }
+
+    def _badge_claims(self, b: BadgeProof) -> dict[str, str | None]:
+        """A badge's number and card UID: hashed (``number_hash``, ``card_uid_hash``; an adapter from before
+        review 142 finds no ``number`` and refuses the pass: review, never a deny on a hash it cannot read),
+        or, in a pass of the first form, digested."""
+        if self.badge_hash is None:
+            return {"number": b.number_digest, "card_uid": b.card_uid_digest}
+        return {"number_hash": b.number_digest, "card_uid_hash": b.card_uid_digest}
 
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any], *, issuer: str, terminal: str | None = None) -> GatePass:
@@ -179,8 +263,10 @@ class GatePass:
                 issuer=uuid.UUID(r["issuer"]) if r.get("issuer") is not None else None,
                 contested=_bool(r.get("contested", False)),
             )
+            hashing = BadgeHash.from_claims(claims["badge_hash"]) if "badge_hash" in claims else None
+            number, card_uid = ("number", "card_uid") if hashing is None else ("number_hash", "card_uid_hash")
             badges = tuple(
-                BadgeProof(_str(b["scheme"]), b["number"], b["card_uid"], _str(b["status"]),
+                BadgeProof(_str(b["scheme"]), _opt_str(b[number]), _opt_str(b[card_uid]), _str(b["status"]),
                            _time(b["valid_until"]) if b["valid_until"] else None,
                            frozenset(_str(t) for t in b["terminals"]),
                            _time(b["valid_from"]) if b.get("valid_from") else None)
@@ -193,7 +279,7 @@ class GatePass:
                 right=right, badges=badges, holder=claims["holder"],
                 screening=g.ScreeningResult(s["result"]),
                 ban_list_as_of=_time(s["ban_list_as_of"]) if s["ban_list_as_of"] else None,
-                policy=g.TerminalPolicy(**p),
+                policy=g.TerminalPolicy(**p), badge_hash=hashing,
             )
         except PassRefused:
             raise
@@ -225,6 +311,10 @@ def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError("a string was expected")
     return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else _str(value)
 
 
 def _bool(value: Any) -> bool:
@@ -326,8 +416,9 @@ def _badge(read: g.BadgeRead | None, passes: Sequence[GatePass]) -> tuple[g.Badg
         return None, None
     for p in passes:
         n = p.right.nomination
+        digest = _digests(p.badge_hash)
         for proof in p.badges:
-            if n is not None and proof.matches(read):
+            if n is not None and proof.matches(read, digest):
                 # Active: no pass is issued for a suspended person (adapters/sqla/gate_offline.py).
                 return g.BadgeFacts(found=True, status=proof.status, person_id=n.driver_person_id,
                                     valid_from=proof.valid_from, valid_until=proof.valid_until,

@@ -2,7 +2,8 @@
 
 Issue (``GET /gate/v1/passes``): one short-lived signed pass (domain/gate_pass.py) per right nominated
 to the caller's terminal, or gated in there within ``max_dwell`` (its gate-out); nothing about any other
-terminal; at most ``MAX_PASSES``, the most relevant first (ports.GateOfflineStore.pass_subjects).
+terminal; at most ``MAX_PASSES``, the most relevant first (ports.GateOfflineStore.pass_subjects). The
+driver's badges go in hashed with scrypt under a random salt per right (``_hash_badges``, review 142).
 
 Reconcile (``POST /gate/v1/offline-decisions``), one transaction per decision, idempotent by
 (terminal, request_id)::
@@ -81,16 +82,22 @@ reconciled included) and the decisions are judged as ever.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from release_service.domain import gate as g
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.gate_pass import (
     PASS_TYP,
+    SALT_BYTES,
+    SCRYPT_N,
+    SCRYPT_P,
+    SCRYPT_R,
+    BadgeHash,
     BadgeProof,
     Flag,
     GatePass,
@@ -99,7 +106,6 @@ from release_service.domain.gate_pass import (
     PassRefused,
     UsedBy,
     Verdict,
-    badge_digest,
     changed_since_pass,
     face_wanting,
     held_since_pass,
@@ -154,14 +160,33 @@ MAX_PASSES = 2000
 # Within the cap, a right whose slot lies this near to now (either side) counts as usable now, with the
 # rights without a slot: the gate does not judge slots, and trucks come hours early or late.
 NEAR_SLOT = timedelta(hours=4)
+# A pass's badges are hashed with scrypt (domain/gate_pass.py ``BadgeHash``, review 142): some 65 ms each.
+# A right's hashes are kept (``BadgeHashKeeper``: the shared cache) under its driver, so each is computed
+# once, not at every fetch (60 s) of every adapter from every replica; one answer computes at most this
+# many new ones, the most relevant passes first, and leaves the passes still due out of this answer
+# (offline: no pass, a review) for the next fetch: no gate client fetching in a loop, nor the first fetch
+# of a busy terminal, holds a core for minutes, and the answer comes within an adapter's timeout (2 s).
+MAX_NEW_BADGE_HASHES = 16
+_Hashed = tuple[BadgeHash, tuple[tuple[str | None, str | None], ...]]
+
+
+class BadgeHashKeeper(Protocol):
+    """Where a right's badge hashes are kept between fetches (adapters/pass_hashes.py), by key: its salt
+    and parameters and, per badge id, the hashes of its number and card UID (a badge's number and card UID
+    never change). One that cannot answer keeps nothing: the hashes are computed again."""
+
+    def get(self, keys: Sequence[str]) -> list[Mapping[str, Any] | None]: ...
+
+    def put(self, entries: Mapping[str, Mapping[str, Any]]) -> None: ...
 
 
 def issue_passes(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, *, signer: PassSigner, issuer: str,
-                 ttl: timedelta, max_dwell: timedelta, now: datetime, outbox: OutboxMark | None = None
-                 ) -> dict[str, Any]:
+                 ttl: timedelta, max_dwell: timedelta, now: datetime, outbox: OutboxMark | None = None,
+                 hashes: BadgeHashKeeper | None = None) -> dict[str, Any]:
     """The body of GET /gate/v1/passes: the passes of the caller's terminal, signed, at most MAX_PASSES.
     ``max_dwell``: a right gated in longer ago gets no gate-out pass (QUAYGATE_GATE_PASS_MAX_DWELL).
-    ``outbox``: the adapter's outbox chain and its head, kept as its mark (module docstring)."""
+    ``outbox``: the adapter's outbox chain and its head, kept as its mark (module docstring).
+    ``hashes``: where the badges' hashes are kept between fetches (None: nowhere)."""
     terminal = actor.terminal_code or ""
     require_gate_of(actor, terminal)
     with uow_factory() as uow:
@@ -178,7 +203,11 @@ def issue_passes(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, *, 
         subjects = subjects[:MAX_PASSES]
     issued = now.replace(microsecond=0)
     expires = issued + ttl
-    tokens = [signer.sign(make_pass(s, terminal, policy, as_of, issued, expires).to_claims(issuer)) for s in subjects]
+    hashed, due = _hash_badges(subjects, hashes)
+    if due:
+        log.warning("release.gate.passes_deferred", extra={"fields": {"terminal": terminal, "count": due}})
+    tokens = [signer.sign(make_pass(s, terminal, policy, as_of, issued, expires, h).to_claims(issuer))
+              for s, h in zip(subjects, hashed, strict=True) if h is not None]
     log.info("release.gate.passes_issued", extra={"fields": {"terminal": terminal, "count": len(tokens)}})
     return {"terminal": terminal, "typ": PASS_TYP, "issued_at": issued, "expires_at": expires,
             "ban_list_as_of": as_of, "passes": tokens}
@@ -197,16 +226,68 @@ def _contested(uow: OfflineUnitOfWork, subjects: list[PassSubject], terminal: st
             if g.contested(rights, s.right, terminal=terminal, now=now) else s for s in subjects]
 
 
+def _hash_badges(subjects: list[PassSubject], keeper: BadgeHashKeeper | None) -> tuple[list[_Hashed | None], int]:
+    """Each subject's salt and badge hashes (None: due, left for a later answer) and how many are due: as
+    kept, the badges not kept yet hashed under the same salt, up to MAX_NEW_BADGE_HASHES new hashes in all
+    (the first subject's always); what was hashed is kept."""
+    keys = [f"{s.right.id}:{s.right.nomination.driver_person_id if s.right.nomination else ''}" for s in subjects]
+    kept = keeper.get(keys) if keeper is not None and keys else [None] * len(keys)
+    out: list[_Hashed | None] = []
+    made: dict[str, Mapping[str, Any]] = {}
+    spent = due = 0
+    for s, key, entry in zip(subjects, keys, kept, strict=True):
+        hashing, known = _kept(entry)
+        missing = [b for b in s.badges if str(b.id) not in known]
+        cost = sum(1 + bool(b.card_uid) for b in missing)
+        if missing and spent and spent + cost > MAX_NEW_BADGE_HASHES:
+            due += 1
+            out.append(None)
+            continue
+        if hashing is None:
+            hashing = BadgeHash(os.urandom(SALT_BYTES))
+        for b in missing:
+            known[str(b.id)] = (hashing.of(b.scheme, b.number),
+                                hashing.of(b.scheme, b.card_uid) if b.card_uid else None)
+        if missing:
+            spent += cost
+            made[key] = {**hashing.claims(), "badges": {k: list(v) for k, v in known.items()}}
+        out.append((hashing, tuple(known[str(b.id)] for b in s.badges)))
+    if made and keeper is not None:
+        keeper.put(made)
+    return out, due
+
+
+def _kept(entry: Mapping[str, Any] | None) -> tuple[BadgeHash | None, dict[str, tuple[str | None, str | None]]]:
+    """A kept entry's salt and hashes; nothing of one made under other parameters than ours now, or unreadable."""
+    if entry is None:
+        return None, {}
+    try:
+        hashing = BadgeHash.from_claims(entry)
+        known = {str(k): (_hash(v[0]), _hash(v[1])) for k, v in entry["badges"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None, {}
+    if (hashing.n, hashing.r, hashing.p) != (SCRYPT_N, SCRYPT_R, SCRYPT_P):
+        return None, {}
+    return hashing, known
+
+
+def _hash(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError("a hash is a string")
+    return value
+
+
 def make_pass(s: PassSubject, terminal: str, policy: g.TerminalPolicy, ban_list_as_of: datetime | None,
-              issued: datetime, expires: datetime) -> GatePass:
+              issued: datetime, expires: datetime, hashed: _Hashed) -> GatePass:
+    """``hashed``: the salt of this right's passes and its badges' hashes under it (``_hash_badges``)."""
+    hashing, digests = hashed
     badges = tuple(BadgeProof(
-        scheme=b.scheme, number_digest=badge_digest(b.scheme, b.number) if b.number else None,
-        card_uid_digest=badge_digest(b.scheme, b.card_uid) if b.card_uid else None, status=b.status,
+        scheme=b.scheme, number_digest=number, card_uid_digest=uid, status=b.status,
         valid_from=b.valid_from, valid_until=b.valid_until, activated_terminals=s.activations.get(b.id, frozenset()),
-    ) for b in s.badges)
+    ) for b, (number, uid) in zip(s.badges, digests, strict=True))
     return GatePass(pass_id=str(uuid.uuid4()), terminal=terminal, issued_at=issued, expires_at=expires,
                     right=s.right, badges=badges, holder=g.mask_name(s.holder_name), screening=s.screening,
-                    ban_list_as_of=ban_list_as_of, policy=policy)
+                    ban_list_as_of=ban_list_as_of, policy=policy, badge_hash=hashing)
 
 
 # ---- reconcile -----------------------------------------------------------------------------------
