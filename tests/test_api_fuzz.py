@@ -724,7 +724,7 @@ PLANS: dict[str, Plan] = {
                                    wrong="office", fresh=True),
     "admin_get_gate_policy": Plan("security", lambda w, r: Base(path={"code": FUZZ_TERMINAL}), wrong="line"),
     "admin_set_gate_policy": Plan("security", lambda w, r: Base(path={"code": FUZZ_TERMINAL}, body={
-        "face_required": False, "container_min_confidence": 0.7}), wrong="office"),
+        "face_required": False, "container_min_confidence": 0.7, "badge_chip_required": False}), wrong="office"),
     # -- the identity provider --------------------------------------------------------------------
     "identity_oauth_metadata": Plan(None, lambda w, r: Base()),
     "identity_discovery": Plan(None, lambda w, r: Base()),

@@ -170,6 +170,8 @@ SCENARIOS: dict[Reason, Callable[[], Decision]] = {
     Reason.BADGE_REVOKED: lambda: run(badge=a_badge(status="revoked")),
     Reason.BADGE_EXPIRED: lambda: run(badge=a_badge(status="expired")),
     Reason.BADGE_NOT_ACTIVATED_HERE: lambda: run(badge=a_badge(activated_terminals=frozenset({OTHER_TERMINAL}))),
+    Reason.BADGE_CHIP_REQUIRED: lambda: run(badge=a_badge(card_uid_on_record=True),  # (test_gate_badge_chip.py)
+                                            policy=TerminalPolicy(badge_chip_required=True)),
     Reason.DRIVER_MISMATCH: lambda: run(badge=a_badge(person_id=uuid.uuid4())),
     Reason.PLATE_MISMATCH: lambda: run(request=a_request(plate=PlateRead("1-XYZ-999", "BE", 0.95))),
     Reason.PLATE_LOW_CONFIDENCE: lambda: run(request=a_request(plate=PlateRead("1-ABC-123", "BE", 0.5))),
@@ -180,8 +182,8 @@ SCENARIOS: dict[Reason, Callable[[], Decision]] = {
     Reason.SCREENING_UNAVAILABLE: lambda: run(screening=ScreeningFacts(ScreeningResult.UNAVAILABLE)),
 }
 
-DOUBTS = {Reason.CONTAINER_UNREADABLE, Reason.CONTAINER_CONTESTED, Reason.PLATE_LOW_CONFIDENCE,
-          Reason.FACE_REQUIRED, Reason.SCREENING_UNAVAILABLE}
+DOUBTS = {Reason.CONTAINER_UNREADABLE, Reason.CONTAINER_CONTESTED, Reason.BADGE_CHIP_REQUIRED,
+          Reason.PLATE_LOW_CONFIDENCE, Reason.FACE_REQUIRED, Reason.SCREENING_UNAVAILABLE}
 
 
 @pytest.mark.parametrize("reason", list(SCENARIOS))
@@ -200,10 +202,12 @@ def test_every_reason_code_has_a_scenario_that_produces_it() -> None:
 
 
 def test_reason_codes_are_the_published_ones() -> None:
-    # Four beyond SPEC.md's list ("reason codes, at least"): the driver's refusal, port security's
-    # suspension of a person and deactivation of the holder, a container two lines' rights claim.
+    # Five beyond SPEC.md's list ("reason codes, at least"): the driver's refusal, port security's
+    # suspension of a person and deactivation of the holder, a container two lines' rights claim, a badge
+    # with a chip read by its number alone where the terminal asks for the chip (review 142).
     assert {r.value for r in Reason} == SPEC_CODES | {release.NOMINATION_REFUSED, "person_suspended",
-                                                      "container_contested", "holder_inactive"}
+                                                      "container_contested", "holder_inactive",
+                                                      "badge_chip_required"}
     assert Reason.NOMINATION_REFUSED.value == release.NOMINATION_REFUSED
 
 

@@ -197,8 +197,9 @@ def test_an_old_policy_copy_is_a_miss() -> None:
     from release_service.adapters.gate_facts import _policy
 
     assert _policy(json.dumps({"face_required": True}).encode()) is None
-    assert _policy(json.dumps({"face_match_results": "accept"}).encode()) == g.TerminalPolicy(
-        face_match_results="accept")
+    assert _policy(json.dumps({"face_match_results": "accept"}).encode()) is None  # nor the chip (review 142)
+    assert _policy(json.dumps({"face_match_results": "accept", "badge_chip_required": False}).encode()
+                   ) == g.TerminalPolicy(face_match_results="accept")
 
 
 # ---- offline: the adapter decides with the same rule, on its passes' policy ------------------------------

@@ -1217,7 +1217,7 @@ def _badge_entry(uow: SqlUnitOfWork, read: BadgeRead) -> dict[str, Any]:
         "found": True, "status": facts.status, "person_id": str(facts.person_id),
         "valid_from": _iso(facts.valid_from), "valid_until": _iso(facts.valid_until),
         "activated": sorted(facts.activated_terminals),
-        "holder": facts.holder_name, "holder_status": facts.holder_status,
+        "holder": facts.holder_name, "holder_status": facts.holder_status, "chip": facts.card_uid_on_record,
         "bans": [[w.scope, _iso(w.banned_from), _iso(w.banned_until)] for w in windows],
         "list_issued_at": _iso(issued_at), "max_list_age": max_age.total_seconds(), "required": required,
         "identified": identified,
@@ -1265,19 +1265,20 @@ class _BadgeEntry:
 
 
 def _badge_copy(raw: bytes) -> _BadgeEntry | None:
-    """The copy parsed; None for one that does not say its holder's status (written by a server from
-    before it was cached, during a rolling upgrade): not trusted, but read again (``_snapshot``), since
-    taking it for active would let a suspended person through until it expired."""
+    """The copy parsed; None for one that does not say its holder's status, or whether the badge has a chip
+    (written by a server from before they were cached, during a rolling upgrade): not trusted, but read
+    again (``_snapshot``), since taking it for active would let a suspended person through until it
+    expired, and taking it for chipless a number alone where the terminal asks for the chip (review 142)."""
     entry = json.loads(raw)
     if not entry.get("found"):
         return _BadgeEntry(None)
-    holder_status = entry.get("holder_status")
-    if holder_status is None:
+    holder_status, chip = entry.get("holder_status"), entry.get("chip")
+    if holder_status is None or not isinstance(chip, bool):
         return None
     facts = BadgeFacts(found=True, status=entry["status"], person_id=uuid.UUID(entry["person_id"]),
                        valid_from=_dt(entry.get("valid_from")), valid_until=_dt(entry["valid_until"]),
                        activated_terminals=frozenset(entry["activated"]), holder_name=entry["holder"],
-                       holder_status=holder_status)
+                       holder_status=holder_status, card_uid_on_record=chip)
     return _BadgeEntry(facts, tuple(BanWindow(s, _dt(f), _dt(u)) for s, f, u in entry["bans"]),
                        _dt(entry["list_issued_at"]), timedelta(seconds=entry["max_list_age"]), entry["required"],
                        entry.get("identified", False))
@@ -1306,11 +1307,13 @@ def _rights(raw: bytes) -> tuple[RightFacts, ...] | None:
 
 def _policy(raw: bytes) -> TerminalPolicy | None:
     """The copy parsed; None for one that does not say whether the terminal's local face matcher is
-    trusted (written by a server from before ``face_match_results``, during a rolling upgrade): read
-    again (``_snapshot``) and replaced, so a terminal port security set to accept match results is not
-    taken for one that refuses them, nor the other way round (review 131)."""
+    trusted, or whether it asks for the badge's chip (written by a server from before
+    ``face_match_results`` or ``badge_chip_required``, during a rolling upgrade): read again
+    (``_snapshot``) and replaced, so a terminal port security set to accept match results is not taken for
+    one that refuses them, nor the other way round (review 131), nor one that asks for the chip for one
+    that does not (review 142)."""
     stored = json.loads(raw)
-    if "face_match_results" not in stored:
+    if "face_match_results" not in stored or "badge_chip_required" not in stored:
         return None
     return TerminalPolicy(**stored)
 

@@ -76,6 +76,9 @@ class Reason(StrEnum):
     BADGE_REVOKED = "badge_revoked"
     BADGE_EXPIRED = "badge_expired"
     BADGE_NOT_ACTIVATED_HERE = "badge_not_activated_here"
+    # Beyond SPEC.md's list ("at least"): the terminal asks for the badge's chip and the lane read its printed
+    # number alone (review 142). No listed code says a doubt about the badge read.
+    BADGE_CHIP_REQUIRED = "badge_chip_required"
     DRIVER_MISMATCH = "driver_mismatch"
     PLATE_MISMATCH = "plate_mismatch"
     PLATE_LOW_CONFIDENCE = "plate_low_confidence"
@@ -128,6 +131,7 @@ SEVERITY: Mapping[Reason, Severity] = MappingProxyType({
     Reason.BADGE_REVOKED: Severity.REFUSAL,
     Reason.BADGE_EXPIRED: Severity.REFUSAL,
     Reason.BADGE_NOT_ACTIVATED_HERE: Severity.REFUSAL,
+    Reason.BADGE_CHIP_REQUIRED: Severity.DOUBT,
     Reason.DRIVER_MISMATCH: Severity.REFUSAL,
     Reason.PLATE_MISMATCH: Severity.REFUSAL,
     Reason.PLATE_LOW_CONFIDENCE: Severity.DOUBT,
@@ -145,7 +149,8 @@ SEVERITY: Mapping[Reason, Severity] = MappingProxyType({
 # override a refusal only with a reason"): what the gate's machines could not establish and a person
 # can, at the desk, with the driver and the truck in front of him: a container number, a plate, a
 # face (not one the service itself found another person's, or an attack: ``face_against``, review
-# 142), a badge the reader did not find or that is not yet activated at this terminal, the terminal's
+# 142), a badge the reader did not find, whose chip it did not read, or that is not yet activated at this
+# terminal, the terminal's
 # own hold, a screening service that did not answer, the driver who said he would not come. Never
 # what another party decided or what the right itself says: the line's block, revocation or
 # commercial hold, customs' hold, the validity window, a right used or nominated to nobody, another
@@ -161,6 +166,7 @@ OVERRIDABLE: frozenset[Reason] = frozenset({
     Reason.TERMINAL_HOLD,
     Reason.BADGE_UNKNOWN,
     Reason.BADGE_NOT_ACTIVATED_HERE,
+    Reason.BADGE_CHIP_REQUIRED,
     Reason.PLATE_MISMATCH,
     Reason.PLATE_LOW_CONFIDENCE,
     Reason.FACE_REQUIRED,
@@ -173,7 +179,8 @@ _OVERRIDABLE_CODES = frozenset(r.value for r in OVERRIDABLE)
 # The refusals that say who is at the gate (the badge, the driver, the face): an override that sets one
 # aside lets a person in on the desk's word alone, and port security hears of it (review 142).
 IDENTITY_CHECKS: frozenset[Reason] = frozenset({
-    Reason.BADGE_UNKNOWN, Reason.DRIVER_MISMATCH, Reason.FACE_REQUIRED, Reason.FACE_MISMATCH,
+    Reason.BADGE_UNKNOWN, Reason.BADGE_CHIP_REQUIRED, Reason.DRIVER_MISMATCH, Reason.FACE_REQUIRED,
+    Reason.FACE_MISMATCH,
 })
 _IDENTITY_CODES = frozenset(r.value for r in IDENTITY_CHECKS)
 
@@ -271,6 +278,9 @@ class TerminalPolicy:
     claimed mismatch still as ``face_mismatch``; ``accept`` counts both. ``screening_unavailable``
     says what an unanswered port-ban screening gives: ``review`` (a person checks) or ``deny`` (fail
     closed). It is never ``allow``: an outage must not open the gate (SPEC.md, degraded mode).
+    ``badge_chip_required`` (review 142): a badge with a chip (a card UID on record) read by its printed
+    number alone is ``badge_chip_required`` (review): a number is learnt from a photo of the badge or a
+    pass and typed at a lane, a chip's UID is read off the badge itself.
     """
 
     face_required: bool = False
@@ -281,10 +291,13 @@ class TerminalPolicy:
     plate_max_lookalikes: int = 1
     screening_unavailable: ScreeningFallback = "review"
     face_match_results: FaceMatchResults = "refuse"
+    badge_chip_required: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.face_required, bool):
             raise ValueError("face_required must be true or false")
+        if not isinstance(self.badge_chip_required, bool):
+            raise ValueError("badge_chip_required must be true or false")
         _check_unit("face_min_score", self.face_min_score)
         t = self.face_tolerance
         if isinstance(t, bool) or not isinstance(t, int | float) or not FACE_MIN_TOLERANCE <= t <= FACE_MAX_TOLERANCE:
@@ -575,7 +588,8 @@ PERSON_ACTIVE = "active"
 class BadgeFacts:
     """The badge read at the gate, as the badge office knows it, with its holder's name (only ever
     shown masked, ``mask_name``) and status (``holder_status``: identity's ``persons.status``; read
-    with the badge, so the cached copy of a badge carries it and a suspension invalidates it)."""
+    with the badge, so the cached copy of a badge carries it and a suspension invalidates it), and
+    whether it has a chip (``card_uid_on_record``: a card UID the badge office knows)."""
 
     found: bool
     status: str = ""
@@ -585,6 +599,7 @@ class BadgeFacts:
     holder_name: str | None = None
     valid_from: datetime | None = None
     holder_status: str = PERSON_ACTIVE
+    card_uid_on_record: bool = False
 
     @classmethod
     def not_found(cls) -> BadgeFacts:
@@ -966,6 +981,14 @@ def badge_not_activated_here(ctx: GateContext) -> bool:
     return b is not None and ctx.terminal not in {_terminal(t) for t in b.activated_terminals}
 
 
+def badge_chip_required(ctx: GateContext) -> bool:
+    """The terminal asks for the badge's chip (``TerminalPolicy.badge_chip_required``), the badge has one on
+    record, and the reader gave its printed number alone. A doubt: an officer looks at the badge."""
+    b, read = ctx.badge_found, ctx.request.badge
+    return (ctx.policy.badge_chip_required and b is not None and b.card_uid_on_record
+            and read is not None and not read.card_uid)
+
+
 def driver_mismatch(ctx: GateContext) -> bool:
     """The badge belongs to someone other than the nominated driver: the right is bound to one person."""
     b, r = ctx.badge_found, ctx.right
@@ -1086,6 +1109,7 @@ RULES: tuple[tuple[Reason, Guard], ...] = (
     (Reason.BADGE_REVOKED, badge_revoked),
     (Reason.BADGE_EXPIRED, badge_expired),
     (Reason.BADGE_NOT_ACTIVATED_HERE, badge_not_activated_here),
+    (Reason.BADGE_CHIP_REQUIRED, badge_chip_required),
     (Reason.DRIVER_MISMATCH, driver_mismatch),
     (Reason.PLATE_MISMATCH, plate_mismatch),
     (Reason.PLATE_LOW_CONFIDENCE, plate_low_confidence),

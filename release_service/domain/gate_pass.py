@@ -231,6 +231,9 @@ class GatePass:
                 # Whether the adapter may take its local matcher's word offline, as the service would
                 # (review 131). A pass without it (from before) gives the default: refuse.
                 "face_match_results": self.policy.face_match_results,
+                # Review 142: a number alone, for a badge with a chip, is a review offline too. A pass
+                # without it (from before) gives the default: not asked.
+                "badge_chip_required": self.policy.badge_chip_required,
             },
         }
 
@@ -423,7 +426,8 @@ def _badge(read: g.BadgeRead | None, passes: Sequence[GatePass]) -> tuple[g.Badg
                 return g.BadgeFacts(found=True, status=proof.status, person_id=n.driver_person_id,
                                     valid_from=proof.valid_from, valid_until=proof.valid_until,
                                     activated_terminals=proof.activated_terminals,
-                                    holder_name=p.holder, holder_status=g.PERSON_ACTIVE), p
+                                    holder_name=p.holder, holder_status=g.PERSON_ACTIVE,
+                                    card_uid_on_record=proof.card_uid_digest is not None), p
     # Offline we only know the nominated drivers' badges: any other badge is unknown here.
     return g.BadgeFacts.not_found(), None
 

@@ -129,8 +129,8 @@ class SqlGateStore:
         scheme, number, card_uid = lookup
         stmt = (
             sa.select(badges.c.status, badges.c.person_id, badges.c.valid_from, badges.c.valid_until,
-                      persons.c.given_name, persons.c.family_name, persons.c.status.label("holder_status"),
-                      badge_activations.c.terminal_code)
+                      badges.c.card_uid, persons.c.given_name, persons.c.family_name,
+                      persons.c.status.label("holder_status"), badge_activations.c.terminal_code)
             .select_from(badges.join(persons, persons.c.id == badges.c.person_id).outerjoin(
                 badge_activations, sa.and_(badge_activations.c.badge_id == badges.c.id,
                                            badge_activations.c.withdrawn_at.is_(None))))
@@ -149,6 +149,7 @@ class SqlGateStore:
             valid_until=first.valid_until,
             activated_terminals=frozenset(r.terminal_code for r in rows if r.terminal_code is not None),
             holder_name=f"{first.given_name} {first.family_name}", holder_status=first.holder_status,
+            card_uid_on_record=first.card_uid is not None,
         )
 
     def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> ScreeningResult:
