@@ -14,6 +14,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -95,22 +96,30 @@ class FaceGate(Gate):
             return int(conn.execute(sa.select(sa.func.count()).select_from(gate_decisions)).scalar_one())
 
 
-@pytest.fixture
-def gate(engine: sa.Engine, tmp_path: Path, face_pool: FacePool) -> Iterator[FaceGate]:
+@contextmanager
+def serving(engine: sa.Engine, tmp_path: Path, face_pool: FacePool, *, redis_url: str | None = None,
+            **extra: Any) -> Iterator[FaceGate]:
+    """A face gate served by the app, matching in the shared worker pool; with ``redis_url``, the gate's
+    facts in Redis."""
     settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
-                        background_workers=False)
-    c = Container(settings=settings, engine=engine, cache=MemoryCache(),
+                        redis_url=redis_url, background_workers=False, **extra)
+    c = Container(settings=settings, engine=engine, cache=RedisCache(redis_url) if redis_url else MemoryCache(),
                   cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
     app = create_app(settings, container=c)
     with TestClient(app) as http:
-        own = app.state.face_pool
-        app.state.face_pool = face_pool
+        own, app.state.face_pool = app.state.face_pool, face_pool
         try:
             fg = FaceGate(http, engine)
             fg.app = app
             yield fg
         finally:
             app.state.face_pool = own  # the lifespan closes its own pool, not the shared one
+
+
+@pytest.fixture
+def gate(engine: sa.Engine, tmp_path: Path, face_pool: FacePool) -> Iterator[FaceGate]:
+    with serving(engine, tmp_path, face_pool) as fg:
+        yield fg
 
 
 def _decide(gate: FaceGate, body: dict[str, Any]) -> dict[str, Any]:
@@ -375,20 +384,9 @@ def test_the_audit_trail_and_the_decisions_hold_no_image(gate: FaceGate) -> None
 @pytest.fixture
 def redis_gate(pg_engine: sa.Engine, tmp_path: Path, redis_url: str, face_pool: FacePool) -> Iterator[FaceGate]:
     """A face gate on PostgreSQL with the gate's facts in Redis."""
-    settings = Settings(var_dir=tmp_path, database_url=str(pg_engine.url.render_as_string(hide_password=False)),
-                        redis_url=redis_url, background_workers=False, gate_decision_drain=False)
-    c = Container(settings=settings, engine=pg_engine, cache=RedisCache(redis_url),
-                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
-    app = create_app(settings, container=c)
-    with TestClient(app) as http:
-        own, app.state.face_pool = app.state.face_pool, face_pool
-        try:
-            gate = FaceGate(http, pg_engine)
-            gate.app = app
-            assert c.gate_facts is not None
-            yield gate
-        finally:
-            app.state.face_pool = own  # the lifespan closes its own pool, not the shared one
+    with serving(pg_engine, tmp_path, face_pool, redis_url=redis_url, gate_decision_drain=False) as gate:
+        assert gate.app.state.container.gate_facts is not None
+        yield gate
 
 
 def test_with_the_facts_in_redis_an_image_is_matched_all_the_same(redis_gate: FaceGate) -> None:

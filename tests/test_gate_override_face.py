@@ -19,18 +19,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
 
-from quaygate.app import create_app
-from quaygate.cache import MemoryCache
-from quaygate.container import Container, SystemClock
-from quaygate.crypto import DataCipher
 from quaygate.schema import audit_log, webhook_deliveries
-from quaygate.settings import Settings
 from release_service.domain import gate as g
 from tests.test_face_support import fresh, photo
 
-from .test_gate_face import FaceGate, face_pool  # noqa: F401
+from .test_gate_face import FaceGate, face_pool, serving  # noqa: F401
 from .test_release_api import assert_problem
 
 OVERRIDE = "release.gate_override"
@@ -39,24 +33,12 @@ ALARM = "release.gate_override_alarm"
 
 @pytest.fixture
 def gate(pg_engine: sa.Engine, tmp_path: Path, face_pool: Any) -> Iterator[FaceGate]:
-    settings = Settings(var_dir=tmp_path, database_url=str(pg_engine.url.render_as_string(hide_password=False)),
-                        background_workers=False)
-    c = Container(settings=settings, engine=pg_engine, cache=MemoryCache(),
-                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
-    app = create_app(settings, container=c)
-    with TestClient(app) as http:
-        own = app.state.face_pool
-        app.state.face_pool = face_pool
-        try:
-            fg = FaceGate(http, pg_engine)
-            fg.app = app
-            fg.policy(face_required=True)
-            r = http.post("/api/v1/webhooks", headers=fg.as_("line"),
-                          json={"url": "https://hooks.example.com/q", "event_types": [OVERRIDE]})
-            assert r.status_code == 201, r.text
-            yield fg
-        finally:
-            app.state.face_pool = own
+    with serving(pg_engine, tmp_path, face_pool) as fg:
+        fg.policy(face_required=True)
+        r = fg.http.post("/api/v1/webhooks", headers=fg.as_("line"),
+                         json={"url": "https://hooks.example.com/q", "event_types": [OVERRIDE]})
+        assert r.status_code == 201, r.text
+        yield fg
 
 
 def _commit(gate: FaceGate, n: int, **over: Any) -> dict[str, Any]:
