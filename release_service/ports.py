@@ -634,6 +634,12 @@ class GateOfflineStore(Protocol):
         """Whether port security deactivated ``organisation_id``, and whether it suspended ``person_id``,
         at ``since`` or after (as audited), whatever their status now."""
 
+    def banned_between(self, person_id: uuid.UUID, *, terminal: str, release_id: uuid.UUID, since: datetime,
+                       until: datetime) -> bool:
+        """Whether a port ban on ``person_id`` was in effect at ``terminal`` at any time from ``since`` to
+        ``until``, as the register's bans in force say and, for a ban lifted since (the lift deletes it), as
+        its consequences were audited (an alert on the right ``release_id``, his badges deactivated)."""
+
 
 class OfflineUnitOfWork(UnitOfWork, Protocol):
     offline: GateOfflineStore

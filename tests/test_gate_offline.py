@@ -565,7 +565,7 @@ def test_a_right_blocked_after_its_pass_is_marked_used_and_flagged(gate: Gate, a
 
 @pytest.mark.parametrize("after", ["renominated", "banned", "badge_blocked", "holder_deactivated",
                                    "holder_deactivated_then_reactivated", "suspended_then_reinstated",
-                                   "customs_scan_lifted", "blocked_then_unblocked"])
+                                   "customs_scan_lifted", "blocked_then_unblocked", "banned_then_lifted"])
 def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
         gate: Gate, adapters: list[Adapter], after: str) -> None:
     """After the adapter's last refresh the haulier nominates another truck, the driver is banned, or
@@ -576,7 +576,8 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
     the pass and lifted before the reconcile (customs' scan then its green, the line's block then its
     unblock; review of the lights, finding 2): judged as the right is at the reconcile, it left no trace.
     Likewise the haulier deactivated then reactivated, or the driver suspended then reinstated (review 141,
-    finding 3): judged as they are at the reconcile, that left no trace either."""
+    finding 3): judged as they are at the reconcile, that left no trace either; and a port ban the register
+    loaded on the driver then lifted, his badge given back by the badge office (the lift deletes the ban)."""
     from quaygate.schema import badges
 
     rid = gate.pickable(1)
@@ -613,6 +614,8 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
 
         suspend(gate)
         reinstate(gate)
+    elif after == "banned_then_lifted":
+        _ban_then_lift(gate)
     elif after == "customs_scan_lifted":
         for body in ({"status": "scan", "reason": "x-ray"}, {"status": "green", "reason": "scanned, clear"}):
             r = gate.http.put(f"/api/v1/releases/{rid}/lights/customs", headers=gate.as_("customs"), json=body)
@@ -638,8 +641,29 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
     want = {"renominated": "nomination", "banned": "person_banned", "badge_blocked": "badge_blocked",
             "holder_deactivated": "holder_inactive", "holder_deactivated_then_reactivated": "holder_inactive",
             "suspended_then_reinstated": "person_suspended", "customs_scan_lifted": "lights_changed",
-            "blocked_then_unblocked": "blocked_meanwhile"}[after]
+            "blocked_then_unblocked": "blocked_meanwhile", "banned_then_lifted": "person_banned"}[after]
     assert want in data["changed_since_pass"] and hooks == 1
+
+
+def _ban_then_lift(gate: Gate) -> None:
+    """The register's real feeds, loaded: a ban on the driver (in effect: his live nomination alerted, his
+    badges deactivated), then its lift (the row deleted); the badge office gives his badge back."""
+    from identity.bans.loader import load_feed
+    from quaygate.crypto import keyed_hash
+    from quaygate.schema import badges, persons
+
+    from .ban_register import Register, ban, changes, national_number, snapshot
+
+    register, pepper, number = Register(), b"offline-test-pepper", national_number(401)
+    with gate.engine.begin() as conn:
+        conn.execute(persons.update().where(persons.c.id == gate.p.driver)
+                     .values(national_id_hash=keyed_hash(pepper, number)))
+    for feed in (snapshot(1, _now(), [ban(number, "B-LIFTED", start=_now() - timedelta(days=1))]),
+                 changes(2, _now(), lifted=["B-LIFTED"])):
+        load_feed(gate.engine, register.sign(feed), key=register.public_key, pepper=pepper, now=_now(),
+                  max_feed_age=timedelta(days=1))
+    with gate.engine.begin() as conn:
+        conn.execute(badges.update().where(badges.c.person_id == gate.p.driver).values(status="active"))
 
 
 def _report(gate: Gate, n: int, *, token: str | None, decision: str = "allow", **over: Any) -> dict[str, Any]:

@@ -526,7 +526,8 @@ def held_since_pass(p: GatePass, events: Iterable[tuple[str, Mapping[str, Any], 
 
 def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts | None, driver: Screening | None,
                        at: datetime, contested: bool = False, holder_inactive: bool = False,
-                       driver_suspended: bool = False, held: Sequence[str] = ()) -> tuple[str, ...]:
+                       driver_suspended: bool = False, driver_banned: bool = False, held: Sequence[str] = ()
+                       ) -> tuple[str, ...]:
     """What the pass said of the person and the truck that the service no longer says, for the
     reconcile of an allow it supported: another nomination (driver or plate) than the pass's; the badge
     the lane read (``badge``, as the badge office knows it now; None when none was read) refused at
@@ -539,7 +540,9 @@ def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts 
     security (``holder_inactive``, now or at any time since the pass, reactivated since or not: online
     the gate refuses such a right, and no desk sets that aside; the pass, issued before, could not know);
     the pass's driver suspended by port security since the pass (``driver_suspended``, reinstated since
-    or not: ``person_suspended``, as his screening says while he is); the holds set since the pass
+    or not: ``person_suspended``, as his screening says while he is); the pass's driver under a port ban at
+    any time from the pass to ``at`` (``driver_banned``, ended or lifted since or not: ``person_banned``, as
+    his screening said while it was in force); the holds set since the pass
     (``held``, ``held_since_pass``), even if lifted since.
     The right's own state, block and lights as they are now are the move's to judge."""
     then, now_n = p.right.nomination, right.nomination
@@ -553,6 +556,8 @@ def changed_since_pass(p: GatePass, right: g.RightFacts, *, badge: g.BadgeFacts 
         changed.extend(r for r in (driver.reasons or (driver.result,)) if r not in changed)
     if driver_suspended and g.Reason.PERSON_SUSPENDED.value not in changed:
         changed.append(g.Reason.PERSON_SUSPENDED.value)
+    if driver_banned and g.Reason.PERSON_BANNED.value not in changed:
+        changed.append(g.Reason.PERSON_BANNED.value)
     if contested and not p.right.contested:
         changed.append(g.Reason.CONTAINER_CONTESTED.value)
     if holder_inactive:

@@ -51,6 +51,14 @@ def covers(scope: str, port: str | None) -> bool:
     return scope == "all" or port is None or port in scope.split(",")
 
 
+def banned_within(windows: Iterable[BanWindow], *, terminal: str, since: datetime, until: datetime) -> bool:
+    """Was a ban of ``windows`` in effect at the terminal's port at any time from ``since`` to ``until``
+    (``screen``'s rule, over a span: a ban that ended within it counts)?"""
+    port = port_of(terminal)
+    return any(_aware(w.banned_from) <= until and since < _aware(w.banned_until) and covers(w.scope, port)
+               for w in windows)
+
+
 def screen(windows: Iterable[BanWindow], list_issued_at: datetime | None, *, terminal: str, now: datetime,
            max_list_age: timedelta, required: bool, identified: bool = True) -> Screening:
     port = port_of(terminal)

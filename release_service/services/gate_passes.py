@@ -484,7 +484,7 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
     if verdict is not Verdict.RECORD:
         return _Judged(verdict, flag, used_id, right)
     # The terminal's policy when the truck passed may ask for a face the pass's, issued before, did not.
-    changed = (*_changed_since_pass(uow, gate_pass, right, req, at),
+    changed = (*_changed_since_pass(uow, gate_pass, right, req, at, now),
                *face_wanting(uow.offline.policy_at(req.terminal, at), req.face))
     try:
         if incoming:
@@ -560,7 +560,7 @@ def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
     if verdict is not Verdict.RECORD:
         return _Judged(verdict, flag, used_id, right)
     # What an online override would refuse now; the truck is in, so it is recorded and flagged instead.
-    changed = list(_changed_since_pass(uow, gate_pass, right, req, at))
+    changed = list(_changed_since_pass(uow, gate_pass, right, req, at, now))
     for check in (lambda: right.require_overridable(at), lambda: acting_organisation_active(uow, actor)):
         try:
             check()
@@ -607,7 +607,7 @@ def _not_the_driver(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
 
 
 def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: ReleaseRight, req: g.GateRequest,
-                        at: datetime) -> tuple[str, ...]:
+                        at: datetime, now: datetime) -> tuple[str, ...]:
     """``gate_pass.changed_since_pass`` on what the service knows now: the lane's badge, the pass's
     driver and, for a gate-in, the container's rights (``gate.contested``) as they stood when the adapter
     decided (``at``): a right issued after the truck passed, another line's included, says nothing of that
@@ -617,7 +617,8 @@ def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: Rele
     security, who wants to hear of a deactivated company's right used offline either way. So are the
     holds set after the pass (a light made red or scan, a block), lifted since or not (review of the lights,
     finding 2), and the holder's deactivation and the driver's suspension since the pass, lifted since or
-    not (review 141, finding 3)."""
+    not (review 141, finding 3), and a port ban on the driver in effect since the pass, lifted or ended since
+    or not."""
     then = gate_pass.right.nomination
     facts = _as_of(right, at)
     contested = req.direction is g.Direction.IN and (facts.contested or g.contested(
@@ -627,11 +628,16 @@ def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: Rele
     deactivated, suspended = uow.offline.cut_off_since(
         right.holder_organisation_id, then.driver_person_id if then else None, gate_pass.issued_at)
     holder_inactive = deactivated or (holder is not None and not holder.active)
+    # A ban on the pass's driver in effect since the pass, lifted or ended since or not: screened at ``at`` as
+    # known now, he is clear. Up to now, as the suspension: ``at`` is the adapter's reckoning of our clock.
+    banned = then is not None and uow.offline.banned_between(
+        then.driver_person_id, terminal=req.terminal, release_id=right.id, since=gate_pass.issued_at,
+        until=now)
     # The holds since the pass, lifted or not, as its history records them up to now (for the same reason).
     held = held_since_pass(gate_pass, ((e.type, e.data, e.at) for e in uow.releases.events(right.id)))
     return changed_since_pass(
         gate_pass, facts, at=at, contested=contested, holder_inactive=holder_inactive,
-        driver_suspended=suspended, held=held,
+        driver_suspended=suspended, driver_banned=banned, held=held,
         badge=uow.gate.badge(req.badge) if req.badge is not None else None,
         driver=uow.screening.screen(then.driver_person_id, terminal=req.terminal, now=at) if then else None)
 

@@ -35,6 +35,7 @@ from quaygate.schema import (
 from release_service.domain.gate import PERSON_ACTIVE, ScreeningResult, TerminalPolicy
 from release_service.domain.gate_pass import PASS_STATES, OutboxMark
 from release_service.domain.release import State
+from release_service.domain.screening import banned_within
 from release_service.ports import BadgeRef, DuplicateDecision, PassSubject, StoredOfflineDecision
 
 from .bans import DEFAULT_MAX_LIST_AGE, SqlPortBanLookup
@@ -47,6 +48,11 @@ _POLICY_CHANGED = "release.gate_policy.changed"
 # (identity.organisations, identity.authn.cutoff), subject the organisation's or the person's id.
 _DEACTIVATED = "identity.admin.organisation.deactivated"
 _SUSPENDED = "identity.admin.person.suspended"
+# A ban's consequences, as identity.bans audits them at its load or start: a nomination alert (subject the
+# right's id) and each badge of the person deactivated (subject the badge's id, reason ``port_ban``).
+_BAN_ALERT = "screening.ban.nomination_alert"
+_BADGE_STATUS = "identity.badge.status_changed"
+_PORT_BAN = "port_ban"
 
 
 class SqlGateOfflineStore:
@@ -209,6 +215,28 @@ class SqlGateOfflineStore:
                 a.subject == str(subject), a.kind == kind, a.at >= since).limit(1)).first() is not None
 
         return audited(_DEACTIVATED, organisation_id), audited(_SUSPENDED, person_id)
+
+    def banned_between(self, person_id: uuid.UUID, *, terminal: str, release_id: uuid.UUID, since: datetime,
+                       until: datetime) -> bool:
+        """The bans in force (an ended one is kept), then the audit trail's subject index: a lifted ban's row
+        is deleted, its alert on this right and its badge deactivations are not."""
+        windows, _, _ = self._bans.facts(person_id)
+        if banned_within(windows, terminal=terminal, since=since, until=until):
+            return True
+        a = audit_log.c
+        badge_ids = [str(b) for b in self._conn.execute(
+            sa.select(badges.c.id).where(badges.c.person_id == person_id)).scalars()]
+        for kind, subjects in ((_BAN_ALERT, [str(release_id)]), (_BADGE_STATUS, badge_ids)):
+            if not subjects:
+                continue
+            for data in self._conn.execute(sa.select(a.data).where(
+                    a.subject.in_(subjects), a.kind == kind, a.at >= since, a.at <= until)).scalars():
+                if not isinstance(data, dict):
+                    continue
+                if data.get("driver_person_id") == str(person_id) if kind == _BAN_ALERT else \
+                        data.get("reason") == _PORT_BAN:
+                    return True
+        return False
 
 
 class SqlOfflineUnitOfWork(SqlUnitOfWork):
