@@ -4,7 +4,7 @@ then typed at a lane with the nominee's plate and container. Where the policy as
 badge has a card UID on record, a read of the number alone is a doubt (``review``,
 ``badge_chip_required``), online and offline alike; the chip's UID, with or without the number, is the
 badge itself. A badge without a chip on record, or a terminal that does not ask, decides as before."""
-# ruff: noqa: F811 - ``env`` and ``redis_env`` are fixtures, imported here and requested by name
+# ruff: noqa: F811 - ``env``, ``redis_env``, ``gate`` and ``adapters`` are fixtures, imported here and requested by name
 
 from __future__ import annotations
 
@@ -25,11 +25,14 @@ from release_service.domain.gate_pass import (
     GatePass,
     LocalUses,
     OfflineLimits,
+    chip_wanting,
     decide_offline,
     pass_refuses,
 )
 
+from .test_gate_offline import Adapter, adapters, offline_rows  # noqa: F401
 from .test_gate_policy import Env, env, redis_env  # noqa: F401
+from .test_gate_verify import Gate, gate  # noqa: F401
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 T = "BEANR-K1700"
@@ -162,3 +165,40 @@ def test_a_cached_copy_that_does_not_say_whether_the_badge_has_a_chip_or_the_ter
     assert entry is not None and entry.facts is not None and entry.facts.card_uid_on_record is True
     assert _policy(json.dumps({"face_match_results": "refuse"}).encode()) is None
     assert _policy(json.dumps({"face_match_results": "refuse", "badge_chip_required": True}).encode()) == CHIP
+
+
+# -- the reconcile: the policy in force when the truck passed ------------------------------------------------
+
+
+def test_an_offline_allow_on_a_number_alone_after_the_terminal_asked_for_the_chip_is_flagged(
+        gate: Gate, adapters: list[Adapter]) -> None:
+    """Port security asks for the chip after the lane's last refresh; the service is down and a truck comes
+    with the badge's number typed in. The pass, issued before, lets it through (it cannot know); the
+    reconcile reads the policy in force when the truck passed (its audit trail, as for the face) and flags
+    the gate-in ``badge_chip_required``: the truck is in, so the gate-in is recorded."""
+    from .test_gate_offline_face import _audited, _on, _policy, _truck
+
+    rid = gate.pickable(1)
+    a = adapters[0]
+    clocks = a.clocked()
+    a.offline.refresh()  # the pass: no chip asked for
+    a.down()
+    _policy(gate, badge_chip_required=True)  # the driver's badge has a chip on record
+    _on(clocks)
+    assert _truck(a, 1)["decision"] == "allow"  # on the pass's policy
+    a.up()
+    a.offline.reconcile()
+    (row,) = offline_rows(gate)
+    assert (row.verdict, row.flag) == ("flagged", "changed_after_pass")
+    assert gate.state(rid) == "gated_in"
+    [data] = _audited(gate)
+    assert data["changed_since_pass"] == ["badge_chip_required"]
+
+
+def test_pure_what_the_terminal_s_policy_says_of_the_badge_read_of_an_offline_allow() -> None:
+    chip = g.BadgeFacts(True, "active", DRIVER, card_uid_on_record=True)
+    assert chip_wanting(CHIP, g.BadgeRead("alfapass", NUMBER), chip) == ("badge_chip_required",)
+    assert chip_wanting(CHIP, g.BadgeRead("alfapass", NUMBER, UID), chip) == ()
+    assert chip_wanting(CHIP, g.BadgeRead("alfapass", NUMBER), replace(chip, card_uid_on_record=False)) == ()
+    assert chip_wanting(g.TerminalPolicy(), g.BadgeRead("alfapass", NUMBER), chip) == ()
+    assert chip_wanting(CHIP, None, None) == ()

@@ -580,6 +580,17 @@ def face_wanting(policy: g.TerminalPolicy, face: g.FaceEvidence | None) -> tuple
     return (g.Reason.FACE_REQUIRED.value,) if policy.face_required and not trusted else ()
 
 
+def chip_wanting(policy: g.TerminalPolicy, read: g.BadgeRead | None, badge: g.BadgeFacts | None) -> tuple[str, ...]:
+    """What the terminal's gate policy ``policy`` (as it stood when the truck passed, known now) says of the
+    badge read an offline allow was given on, where the pass's own policy, issued before, let it through:
+    ``badge_chip_required`` for the printed number alone of a badge with a chip on record (``badge``, as the
+    badge office knows it) while the policy asked for the chip (``gate.badge_chip_required``); ``()`` else."""
+    if (policy.badge_chip_required and read is not None and not read.card_uid and badge is not None
+            and badge.found and badge.card_uid_on_record):
+        return (g.Reason.BADGE_CHIP_REQUIRED.value,)
+    return ()
+
+
 def holder_refusals(p: GatePass, badge: g.BadgeFacts | None, screening: g.ScreeningResult | None,
                     at: datetime) -> tuple[str, ...]:
     """What refuses, as the service knows it at ``at``, the person whose badge the lane read when that is

@@ -28,7 +28,8 @@ Reconcile (``POST /gate/v1/offline-decisions``), one transaction per decision, i
         refused by the right now (blocked, held, ...) ── an audited override, FLAGGED changed_after_pass;
         the person or truck no longer the pass's (another nomination, the driver banned, his badge
         blocked, revoked or expired, as known now), or no face where the terminal's policy in force when
-        the truck passed asked for one (``face_wanting``) ── recorded, FLAGGED changed_after_pass with what)
+        the truck passed asked for one (``face_wanting``), or the badge's number alone where it asked for the
+        chip (``chip_wanting``) ── recorded, FLAGGED changed_after_pass with what)
         already used ── FLAGGED used_offline_twice / used_online_meanwhile (the first use stands)
         ended ── FLAGGED changed_after_pass
         v
@@ -107,6 +108,7 @@ from release_service.domain.gate_pass import (
     UsedBy,
     Verdict,
     changed_since_pass,
+    chip_wanting,
     face_wanting,
     held_since_pass,
     holder_refusals,
@@ -483,9 +485,11 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
                               used_by=UsedBy.OFFLINE if used_offline else UsedBy.ONLINE)
     if verdict is not Verdict.RECORD:
         return _Judged(verdict, flag, used_id, right)
-    # The terminal's policy when the truck passed may ask for a face the pass's, issued before, did not.
-    changed = (*_changed_since_pass(uow, gate_pass, right, req, at, now),
-               *face_wanting(uow.offline.policy_at(req.terminal, at), req.face))
+    # The terminal's policy when the truck passed may ask for a face, or the badge's chip, the pass's, issued
+    # before, did not.
+    policy = uow.offline.policy_at(req.terminal, at)
+    chip = chip_wanting(policy, req.badge, uow.gate.badge(req.badge)) if policy.badge_chip_required else ()
+    changed = (*_changed_since_pass(uow, gate_pass, right, req, at, now), *face_wanting(policy, req.face), *chip)
     try:
         if incoming:
             right.gate_in(by=actor, now=at, decision_id=decision_id)
