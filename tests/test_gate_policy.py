@@ -165,6 +165,8 @@ def test_only_port_security_or_an_admin_client_changes_it(env: Env) -> None:
 
 @pytest.mark.parametrize(("body", "code"), [
     ({"face_min_score": 1.5}, "invalid_policy"),
+    ({"face_min_score": 0}, "invalid_policy"),  # any claimed match would count (face_match_results accept)
+    ({"face_min_score": 0.49}, "invalid_policy"),  # a similarity under a half: nearer another face than his
     ({"face_min_score": "0.9"}, "invalid_policy"),
     ({"face_min_score": None}, "invalid_policy"),
     ({"face_required": "yes"}, "invalid_policy"),
@@ -182,6 +184,21 @@ def test_a_bad_value_is_refused_and_nothing_changes(env: Env, body: dict[str, An
     _problem(env.put(body), 422, code)
     assert env.http.get(PATH, headers=env.admin).json() == before
     assert len(env.audits()) == 1
+
+
+def test_a_face_min_score_stored_under_the_floor_is_read_at_it_and_the_gate_goes_on(env: Env) -> None:
+    """A score is a similarity from 0 to 1: a ``face_min_score`` under 0.5 (0: any claimed match) is refused
+    above; one stored before that bound is read at 0.5, stricter, and the terminal's gate still decides."""
+    env.pickable(1)
+    assert env.put({"face_match_results": "accept"}).status_code == 200
+    with env.engine.begin() as conn:
+        policy = conn.execute(sa.select(terminal_policies.c.policy)).scalar_one()
+        conn.execute(terminal_policies.update().values(policy={**policy, "face_min_score": 0.0}))
+    r = env.http.get(PATH, headers=env.admin)
+    assert r.status_code == 200 and r.json()["policy"]["face_min_score"] == 0.5, r.text
+    claimed = env.verify(env.body(1, face={"match": {"matched": True, "score": 0.3}}))
+    assert claimed.status_code == 200 and claimed.json()["decision"] == "deny", claimed.text
+    assert "face_mismatch" in claimed.json()["reasons"]
 
 
 def test_a_body_that_is_not_an_object_is_a_problem(env: Env) -> None:
@@ -256,7 +273,8 @@ def test_the_cli_shows_and_sets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         (["--screening-unavailable", "allow"], "screening_unavailable must be deny or review"),
         (["--plate-min-confidence", "high"], "--plate-min-confidence must be a number"),
         (["--plate-max-lookalikes", "1.5"], "--plate-max-lookalikes must be a whole number"),
-        (["--face-min-score", "7"], "face_min_score must be a number from 0 to 1"),
+        (["--face-min-score", "7"], "face_min_score must be a number from 0.5 to 1"),
+        (["--face-min-score", "0"], "face_min_score must be a number from 0.5 to 1"),
         ([], "nothing to change"),
     ):
         assert cli(["terminal", "policy", "set", TERMINAL, "--no-face-required", *argv]

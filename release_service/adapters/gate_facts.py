@@ -1315,7 +1315,7 @@ def _policy(raw: bytes) -> TerminalPolicy | None:
     stored = json.loads(raw)
     if "face_match_results" not in stored or "badge_chip_required" not in stored:
         return None
-    return TerminalPolicy(**stored)
+    return TerminalPolicy.stored(stored)
 
 
 def _answer(row: dict[str, Any]) -> bytes:

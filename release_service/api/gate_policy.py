@@ -31,6 +31,7 @@ from identity.api.admin import (
 )
 from quaygate.routing import AdmitFirst
 from release_service.adapters.sqla.gate_policy import SqlTerminalRegistry
+from release_service.domain import gate as g
 from release_service.services import gate_policy as service
 
 from .problems import problem, problem_responses
@@ -53,9 +54,17 @@ def _json_type(default: Any) -> dict[str, Any]:
     return {"type": "string"}
 
 
+# The bounds the domain holds a number to that are not 0 to 1 (TerminalPolicy.__post_init__), shown in the
+# schema; the domain checks them (invalid_policy, 422).
+_BOUNDS = {"face_min_score": (g.FACE_MIN_SCORE_FLOOR, 1.0),
+           "face_tolerance": (g.FACE_MIN_TOLERANCE, g.FACE_MAX_TOLERANCE)}
+
+
 def _property(name: str, default: Any) -> dict[str, Any]:
     choices = service.CHOICES.get(name)
-    return {**_json_type(default), **({"enum": list(choices)} if choices else {}), "default": default}
+    bounds = _BOUNDS.get(name)
+    return {**_json_type(default), **({"enum": list(choices)} if choices else {}),
+            **({"minimum": bounds[0], "maximum": bounds[1]} if bounds else {}), "default": default}
 
 
 _POLICY_SCHEMA = {"type": "object", "additionalProperties": False,

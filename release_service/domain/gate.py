@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import DomainError, ErrorCode
 from .reads import (
@@ -254,6 +254,11 @@ MAX_PLATE_LOOKALIKES = 3  # beyond this a "look-alike" plate is another plate
 FACE_DEFAULT_TOLERANCE = 0.5
 FACE_MIN_TOLERANCE = 0.3
 FACE_MAX_TOLERANCE = 0.6
+# A trusted local matcher's score is a similarity from 0 (another face) to 1 (the same face), and
+# ``face_min_score`` the least that counts as a match. Under a half, a result nearer "another face" than
+# "this face" would count, and at 0 any claimed match (review of the offline reconcile, finding 3): a terminal
+# may ask more, never less. A policy stored before the floor is read at it (``TerminalPolicy.stored``).
+FACE_MIN_SCORE_FLOOR = 0.5
 FACE_NOT_LIVE = "face_not_live"  # identity's code for a capture its liveness port called a spoof
 FACE_REPLAYED = "face_replayed"  # identity's code for bytes already matched for another request: a copy
 # Captures identity refused as an attack on the face check, not for want of a comparison: evidence
@@ -298,7 +303,9 @@ class TerminalPolicy:
             raise ValueError("face_required must be true or false")
         if not isinstance(self.badge_chip_required, bool):
             raise ValueError("badge_chip_required must be true or false")
-        _check_unit("face_min_score", self.face_min_score)
+        m = self.face_min_score
+        if isinstance(m, bool) or not isinstance(m, int | float) or not FACE_MIN_SCORE_FLOOR <= m <= 1.0:
+            raise ValueError(f"face_min_score must be a number from {FACE_MIN_SCORE_FLOOR} to 1")
         t = self.face_tolerance
         if isinstance(t, bool) or not isinstance(t, int | float) or not FACE_MIN_TOLERANCE <= t <= FACE_MAX_TOLERANCE:
             raise ValueError(f"face_tolerance must be a number from {FACE_MIN_TOLERANCE} to {FACE_MAX_TOLERANCE}")
@@ -311,6 +318,15 @@ class TerminalPolicy:
             raise ValueError("screening_unavailable must be deny or review")
         if self.face_match_results not in ("refuse", "accept"):
             raise ValueError("face_match_results must be refuse or accept")
+
+    @classmethod
+    def stored(cls, fields: Mapping[str, Any]) -> TerminalPolicy:
+        """A policy as stored: one stored before ``FACE_MIN_SCORE_FLOOR`` with a lower ``face_min_score`` is
+        read at the floor (stricter, never looser), not refused (its terminal's gate would stop)."""
+        m = fields.get("face_min_score")
+        if isinstance(m, int | float) and not isinstance(m, bool) and 0 <= m < FACE_MIN_SCORE_FLOOR:
+            fields = {**fields, "face_min_score": FACE_MIN_SCORE_FLOOR}
+        return cls(**fields)
 
 
 # ---- what the gate saw ---------------------------------------------------------------------------

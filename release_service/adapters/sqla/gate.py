@@ -166,7 +166,7 @@ class SqlGateStore:
         stored = self._conn.execute(
             sa.select(terminal_policies.c.policy).where(terminal_policies.c.terminal_code == terminal)
         ).scalar()
-        return TerminalPolicy(**stored) if stored else TerminalPolicy()
+        return TerminalPolicy.stored(stored) if stored else TerminalPolicy()
 
     def set_policy(self, terminal: str, policy: TerminalPolicy, *, by: str, now: datetime) -> None:
         values = {"policy": policy_dict(policy), "updated_by": by, "updated_at": now}

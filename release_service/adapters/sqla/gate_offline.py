@@ -200,7 +200,7 @@ class SqlGateOfflineStore:
             sa.select(terminal_policies.c.policy).where(terminal_policies.c.terminal_code == terminal)).scalar()
         known = {f.name for f in dataclasses.fields(TerminalPolicy)}
         try:
-            return TerminalPolicy(**{k: v for k, v in (stored or {}).items() if k in known})
+            return TerminalPolicy.stored({k: v for k, v in (stored or {}).items() if k in known})
         except (TypeError, ValueError):
             return TerminalPolicy()
 
