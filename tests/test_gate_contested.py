@@ -408,7 +408,8 @@ def test_on_the_cache_a_copy_from_an_older_server_is_read_again(cached: Gate) ->
     cached.facts._near.clear()  # type: ignore[attr-defined]
     assert {k: _verify(cached, 6)[k] for k in CONTESTED} == CONTESTED
     # ... and replaced by a copy that names them.
-    assert all(len(json.loads(client.get(k))[0]) == 15 for k in keys)  # with the holder's status (review 130)
+    # with the holder's status (review 130) and whether customs holds it (test_gate_customs_container_hold.py)
+    assert all(len(json.loads(client.get(k))[0]) == 16 for k in keys)
 
 
 def test_on_the_cache_a_squatted_container_is_contested_once_the_real_line_is_refused(cached: Gate) -> None:

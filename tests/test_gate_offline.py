@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -565,7 +566,8 @@ def test_a_right_blocked_after_its_pass_is_marked_used_and_flagged(gate: Gate, a
 
 @pytest.mark.parametrize("after", ["renominated", "banned", "badge_blocked", "holder_deactivated",
                                    "holder_deactivated_then_reactivated", "suspended_then_reinstated",
-                                   "customs_scan_lifted", "blocked_then_unblocked", "banned_then_lifted"])
+                                   "customs_scan_lifted", "blocked_then_unblocked", "banned_then_lifted",
+                                   "customs_hold_on_another_right"])
 def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
         gate: Gate, adapters: list[Adapter], after: str) -> None:
     """After the adapter's last refresh the haulier nominates another truck, the driver is banned, or
@@ -577,7 +579,9 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
     unblock; review of the lights, finding 2): judged as the right is at the reconcile, it left no trace.
     Likewise the haulier deactivated then reactivated, or the driver suspended then reinstated (review 141,
     finding 3): judged as they are at the reconcile, that left no trace either; and a port ban the register
-    loaded on the driver then lifted, his badge given back by the badge office (the lift deletes the ban)."""
+    loaded on the driver then lifted, his badge given back by the badge office (the lift deletes the ban).
+    And customs' scan of the container on the line's other right of it (another vessel call), which holds this
+    right too online (tests/test_gate_customs_container_hold.py)."""
     from quaygate.schema import badges
 
     rid = gate.pickable(1)
@@ -590,6 +594,8 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
                 id=uuid.uuid4(), person_id=gate.p.driver, scheme="portpass", number="PP-777777", card_uid=None,
                 status="active", valid_from=_now() - timedelta(days=1), valid_until=_now() + timedelta(days=365),
                 created_at=_now()))
+    if after == "customs_hold_on_another_right":  # the line's other right on the container, before the pass
+        other = gate.issue(1, vessel_call="VC-2", bill_of_lading="BL-1-2")["release"]["id"]
     a = adapters[0]
     a.offline.refresh()
     a.down()
@@ -620,6 +626,13 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
         for body in ({"status": "scan", "reason": "x-ray"}, {"status": "green", "reason": "scanned, clear"}):
             r = gate.http.put(f"/api/v1/releases/{rid}/lights/customs", headers=gate.as_("customs"), json=body)
             assert r.status_code == 200, r.text
+    elif after == "customs_hold_on_another_right":
+        r = gate.http.put(f"/api/v1/releases/{other}/lights/customs", headers=gate.as_("customs"),
+                          json={"status": "scan", "reason": "x-ray"})
+        assert r.status_code == 200, r.text
+        # The adapter reckons the service's time from the pass's iat (whole seconds) and its own monotonic
+        # clock: up to a second behind. A second on, the truck surely passed after the hold was set.
+        time.sleep(1.0)
     elif after == "blocked_then_unblocked":
         for action, reason in (("block", "unpaid"), ("unblock", "paid")):
             r = gate.http.post(f"/api/v1/releases/{rid}/{action}", headers=gate.as_("line"), json={"reason": reason})
@@ -641,7 +654,8 @@ def test_a_person_or_truck_changed_after_its_pass_is_recorded_and_flagged(
     want = {"renominated": "nomination", "banned": "person_banned", "badge_blocked": "badge_blocked",
             "holder_deactivated": "holder_inactive", "holder_deactivated_then_reactivated": "holder_inactive",
             "suspended_then_reinstated": "person_suspended", "customs_scan_lifted": "lights_changed",
-            "blocked_then_unblocked": "blocked_meanwhile", "banned_then_lifted": "person_banned"}[after]
+            "blocked_then_unblocked": "blocked_meanwhile", "banned_then_lifted": "person_banned",
+            "customs_hold_on_another_right": "customs_hold"}[after]
     assert want in data["changed_since_pass"] and hooks == 1
 
 

@@ -1230,7 +1230,7 @@ def _dump_rights(rights: list[RightFacts]) -> bytes:
         _iso(r.valid_from), _iso(r.valid_until), _iso(r.created_at),
         None if r.nomination is None else [str(r.nomination.driver_person_id), r.nomination.plate_text,
                                            r.nomination.plate_country, r.nomination.response],
-        str(r.issuer) if r.issuer is not None else None, r.contested, r.holder_active,
+        str(r.issuer) if r.issuer is not None else None, r.contested, r.holder_active, r.customs_held,
     ] for r in rights]).encode()
 
 
@@ -1285,23 +1285,24 @@ def _badge_copy(raw: bytes) -> _BadgeEntry | None:
 
 
 def _rights(raw: bytes) -> tuple[RightFacts, ...] | None:
-    """The copy parsed; None for one that does not name each right's issuer, contest and holder's status
-    (written by a server from before they were cached, during a rolling upgrade): not trusted, but read
-    again (``_snapshot``), since without them a container two lines claim would not be seen as contested,
-    nor the right of a company port security deactivated as refused (review 130)."""
+    """The copy parsed; None for one that does not name each right's issuer, contest, holder's status and
+    whether customs holds it (written by a server from before they were cached, during a rolling upgrade):
+    not trusted, but read again (``_snapshot``), since without them a container two lines claim would not
+    be seen as contested, nor the right of a company port security deactivated as refused (review 130), nor
+    a container customs holds on another right as held."""
     out = []
     for entry in json.loads(raw):
-        if len(entry) < 15:
+        if len(entry) < 16:
             return None
         (rid, container, terminal, state, blocked, commercial, customs, light, vfrom, vuntil, created, nom,
-         issuer, contested, holder_active) = entry[:15]
+         issuer, contested, holder_active, customs_held) = entry[:16]
         out.append(RightFacts(
             id=uuid.UUID(rid), container=container, terminal=terminal, state=state, blocked=blocked,
             commercial=commercial, customs=customs, terminal_light=light, valid_from=_dt(vfrom),
             valid_until=_dt(vuntil), created_at=_dt(created),
             nomination=None if nom is None else NominationFacts(uuid.UUID(nom[0]), nom[1], nom[2], nom[3]),
             issuer=uuid.UUID(issuer) if issuer is not None else None, contested=contested is True,
-            holder_active=holder_active is True))
+            holder_active=holder_active is True, customs_held=customs_held is not False))
     return tuple(out)
 
 

@@ -511,7 +511,9 @@ def check_observed_at(observed_at: datetime, now: datetime) -> None:
 
 _LIVE = frozenset({State.ACTIVE.value, State.NOMINATED.value, State.GATED_IN.value})
 _PRE_GATE = frozenset({State.ACTIVE.value, State.NOMINATED.value})
-_GREEN = "green"
+GREEN = "green"  # a light's status, as RightFacts carries it
+_GREEN = GREEN
+_SCAN = "scan"
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,6 +555,11 @@ class RightFacts:
     # read with the right, from PostgreSQL and in the cached copies; a gate pass is issued only for a right
     # whose holder is active.
     holder_active: bool = True
+    # Whether customs itself set this right's customs light to a hold (red or scan; ``Light.set_by``), not
+    # the red a right is issued with, awaiting its release: a hold on the container, which every live right
+    # of the container shares (``customs_hold``). In a gate pass, the service folds another right's hold into
+    # ``customs`` (the adapter holds the nominated right alone).
+    customs_held: bool = False
 
     @classmethod
     def from_right(cls, right: ReleaseRight) -> RightFacts:
@@ -576,6 +583,7 @@ class RightFacts:
             issuer=right.issuer_organisation_id,
             contested=right.contested_at is not None,
             holder_active=right.holder_active,
+            customs_held=customs_holds(right.customs.status.value, right.customs.set_by),
         )
 
     def effective_state(self, now: datetime) -> str:
@@ -919,8 +927,27 @@ def commercial_hold(ctx: GateContext) -> bool:
 
 
 def customs_hold(ctx: GateContext) -> bool:
-    """Customs has not released the container, or selected it for scan."""
-    return ctx.right is not None and ctx.live and ctx.right.customs != _GREEN
+    """Customs has not released the container, or selected it for scan: on the judged right, or on another
+    live right of the container (``container_held``)."""
+    return ctx.right is not None and ctx.live and (
+        ctx.right.customs != _GREEN or container_held(ctx.rights, ctx.right, now=ctx.now) is not None)
+
+
+def customs_holds(status: str, set_by: uuid.UUID | None) -> bool:
+    """Whether a customs light of ``status`` set by ``set_by`` is customs' own hold on the container
+    (``RightFacts.customs_held``): red or scan set by a customs organisation, or a scan from before the
+    setter was kept (migration 0028; only customs selects for scan). Not the red a right is issued with."""
+    return status != _GREEN and (set_by is not None or status == _SCAN)
+
+
+def container_held(rights: Sequence[RightFacts], right: RightFacts, *, now: datetime) -> RightFacts | None:
+    """Another live right of ``right``'s container, at any terminal, on which customs set a hold itself
+    (``RightFacts.customs_held``): customs holds the goods, not one right of them. A line may hold two live
+    rights on one container (two vessel calls); without this, a hold on one let the container out on the
+    other, nominated to another driver or issued before the hold (a hold carries to a right issued after it,
+    review 141). None when there is none."""
+    return next((r for r in rights if r.id != right.id and r.customs_held and r.container == right.container
+                 and r.effective_state(now) in _LIVE), None)
 
 
 def terminal_hold(ctx: GateContext) -> bool:

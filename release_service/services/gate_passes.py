@@ -194,7 +194,7 @@ def issue_passes(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, *, 
     with uow_factory() as uow:
         subjects = uow.offline.pass_subjects(terminal, now=now, gated_in_since=now - max_dwell, near=NEAR_SLOT,
                                              limit=MAX_PASSES + 1)
-        subjects = _contested(uow, subjects, terminal, now)
+        subjects = _seen_beside(uow, subjects, terminal, now)
         as_of = uow.offline.ban_list_as_of()
         policy = uow.gate.policy(terminal)
         if outbox is not None:
@@ -215,17 +215,27 @@ def issue_passes(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, *, 
             "ban_list_as_of": as_of, "passes": tokens}
 
 
-def _contested(uow: OfflineUnitOfWork, subjects: list[PassSubject], terminal: str, now: datetime
-               ) -> list[PassSubject]:
-    """The subjects, each right marked when another line holds a live right on its container here
-    (``gate.contested``): the adapter holds passes for nominated rights only, so it could not see an active
-    right of the line that really carries the container, and offline would let the other line's driver in."""
+def _seen_beside(uow: OfflineUnitOfWork, subjects: list[PassSubject], terminal: str, now: datetime
+                 ) -> list[PassSubject]:
+    """The subjects, each right marked with what the container's other rights say of it, which the adapter
+    cannot see (it holds passes for nominated rights only): contested when another line holds a live right
+    on its container here (``gate.contested``), else offline it would let the other line's driver in; and
+    held, its customs light the hold, when customs holds another live right of the container
+    (``gate.container_held``), else offline it would let out the container customs wants to scan."""
     containers = sorted({s.right.container for s in subjects})
     if not containers:
         return subjects
     rights = uow.gate.rights(containers)
-    return [replace(s, right=replace(s.right, contested=True))
-            if g.contested(rights, s.right, terminal=terminal, now=now) else s for s in subjects]
+    out = []
+    for s in subjects:
+        right = s.right
+        if g.contested(rights, right, terminal=terminal, now=now):
+            right = replace(right, contested=True)
+        held = g.container_held(rights, right, now=now)
+        if held is not None and right.customs == g.GREEN:
+            right = replace(right, customs=held.customs, customs_held=True)
+        out.append(s if right is s.right else replace(s, right=right))
+    return out
 
 
 def _hash_badges(subjects: list[PassSubject], keeper: BadgeHashKeeper | None) -> tuple[list[_Hashed | None], int]:
@@ -625,9 +635,9 @@ def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: Rele
     or not."""
     then = gate_pass.right.nomination
     facts = _as_of(right, at)
+    beside = [_as_of(r, at) for r in uow.releases.of_containers([facts.container]) if r.created_at <= at]
     contested = req.direction is g.Direction.IN and (facts.contested or g.contested(
-        [_as_of(r, at) for r in uow.releases.of_containers([facts.container]) if r.created_at <= at], facts,
-        terminal=req.terminal, now=at))
+        beside, facts, terminal=req.terminal, now=at))
     holder = uow.directory.organisation(right.holder_organisation_id)
     deactivated, suspended = uow.offline.cut_off_since(
         right.holder_organisation_id, then.driver_person_id if then else None, gate_pass.issued_at)
@@ -639,6 +649,8 @@ def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: Rele
         until=now)
     # The holds since the pass, lifted or not, as its history records them up to now (for the same reason).
     held = held_since_pass(gate_pass, ((e.type, e.data, e.at) for e in uow.releases.events(right.id)))
+    if gate_pass.right.customs == g.GREEN and g.container_held(beside, facts, now=at) is not None:
+        held = (*held, g.Reason.CUSTOMS_HOLD.value)  # customs' hold on another right, in force when it passed
     return changed_since_pass(
         gate_pass, facts, at=at, contested=contested, holder_inactive=holder_inactive,
         driver_suspended=suspended, driver_banned=banned, held=held,
@@ -648,9 +660,13 @@ def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: Rele
 
 def _as_of(right: ReleaseRight, at: datetime) -> g.RightFacts:
     """The gate's facts of ``right``, marked contested only if the mark was set by ``at``: a refusal after
-    an offline gate-in (the truck passed clean, on its pass) does not make that gate-in suspect."""
+    an offline gate-in (the truck passed clean, on its pass) does not make that gate-in suspect; nor does a
+    customs hold set after it (held now and set by ``at``: one set and lifted between the pass and now is
+    not seen here, only in the right's own history, ``held_since_pass``)."""
     facts = g.RightFacts.from_right(right)
-    return replace(facts, contested=right.contested_at is not None and right.contested_at <= at)
+    set_at = right.customs.set_at
+    return replace(facts, contested=right.contested_at is not None and right.contested_at <= at,
+                   customs_held=facts.customs_held and (set_at is None or set_at <= at))
 
 
 def _same_allow(online: StoredDecision, report: OfflineReport) -> bool:

@@ -38,6 +38,7 @@ from release_service.domain.gate import (
     RightFacts,
     ScreeningResult,
     TerminalPolicy,
+    customs_holds,
 )
 from release_service.domain.release import ReleaseRight, State
 from release_service.domain.screening import BanWindow
@@ -53,7 +54,7 @@ _RIGHT_COLUMNS = (
     releases.c.commercial_status, releases.c.customs_status, releases.c.terminal_status, releases.c.valid_from,
     releases.c.valid_until, releases.c.created_at, releases.c.driver_person_id, releases.c.plate_text,
     releases.c.plate_country, releases.c.nomination_response, releases.c.issuer_organisation_id,
-    releases.c.contested_at, HOLDER_ACTIVE,
+    releases.c.contested_at, HOLDER_ACTIVE, releases.c.customs_set_by,
 )
 
 _DECISION_COLUMNS = (
@@ -242,6 +243,7 @@ def right_facts(r: Any) -> RightFacts:
         valid_from=r.valid_from, valid_until=r.valid_until, created_at=r.created_at, nomination=nomination,
         issuer=r.issuer_organisation_id, contested=r.contested_at is not None,
         holder_active=bool(r.holder_active),  # no such organisation: not active (fail closed)
+        customs_held=customs_holds(r.customs_status, r.customs_set_by),
     )
 
 
