@@ -144,7 +144,8 @@ def main() -> int:
         seed = bench_gate.seed(url, 200 + 3 * (args.requests + 60))
         seed["check_pool"] = 200
         with tempfile.TemporaryDirectory() as tmp:
-            os.environ.update({"QUAYGATE_DATABASE_URL": url, "QUAYGATE_ISSUER": issuer, "QUAYGATE_VAR_DIR": tmp,
+            os.environ.update({**bench_gate.BENCH_SECRETS, "QUAYGATE_DATABASE_URL": url, "QUAYGATE_ISSUER": issuer,
+                               "QUAYGATE_VAR_DIR": tmp,
                                "QUAYGATE_BACKGROUND_WORKERS": "false", "QUAYGATE_LOG_LEVEL": "WARNING",
                                "QUAYGATE_RATE_LIMIT_ENABLED": "false"})
             if not args.no_redis:

@@ -181,7 +181,7 @@ def main() -> int:
         upgrade(url)
         seed, people = bench_identity.seed(url, issuer, 2)
         with tempfile.TemporaryDirectory() as tmp:
-            os.environ.update({**bench_identity.NO_LIMITS, "QUAYGATE_DATABASE_URL": url,
+            os.environ.update({**bench_identity.BENCH_SECRETS, **bench_identity.NO_LIMITS, "QUAYGATE_DATABASE_URL": url,
                                "QUAYGATE_REDIS_URL": args.redis_url, "QUAYGATE_ISSUER": issuer,
                                "QUAYGATE_VAR_DIR": tmp, "QUAYGATE_BACKGROUND_WORKERS": "false",
                                "QUAYGATE_LOG_LEVEL": "WARNING"})
