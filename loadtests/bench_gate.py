@@ -73,6 +73,23 @@ PLATE = "1ABC123"
 CHECK_POOL = 1000
 
 
+def forget_other_runs(redis_url: str) -> int:
+    """Delete quaygate's keys (``qg:*``) in the bench's Redis database, and return how many: each run seeds a
+    new PostgreSQL database, while the copies an earlier run left in Redis are named by terminal, badge and
+    container, not by database, and would be trusted for ten minutes (the same badge number held by
+    another person there: ``driver_mismatch``). The Redis database given is the bench's own scratch."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        names = list(client.scan_iter(match="qg:*", count=1000))
+        for start in range(0, len(names), 1000):
+            client.delete(*names[start:start + 1000])
+        return len(names)
+    finally:
+        client.close()
+
+
 def seed(url: str, rights: int) -> dict[str, Any]:
     engine = make_engine(url)
     now = datetime.now(UTC)
@@ -264,7 +281,8 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
     parser = argparse.ArgumentParser()
     parser.add_argument("--database-url", default=os.environ.get("QUAYGATE_TEST_DATABASE_URL",
                                                                 "postgresql://postgres@127.0.0.1:5432/test"))
-    parser.add_argument("--redis-url", default=os.environ.get("QUAYGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379"))
+    parser.add_argument("--redis-url", default=os.environ.get("QUAYGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+                        help="a scratch Redis database: its quaygate keys (qg:*) are deleted first")
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
@@ -283,6 +301,7 @@ def main() -> int:  # noqa: PLR0915 - one scenario after another, printed as it 
     try:
         upgrade(url)
         seed_data = seed(url, args.rights)
+        forget_other_runs(args.redis_url)
         with tempfile.TemporaryDirectory() as tmp:
             env = {**os.environ, **BENCH_SECRETS, "QUAYGATE_DATABASE_URL": url, "QUAYGATE_REDIS_URL": args.redis_url,
                    "QUAYGATE_ISSUER": issuer, "QUAYGATE_VAR_DIR": tmp, "QUAYGATE_BACKGROUND_WORKERS": "false",

@@ -150,6 +150,7 @@ def main() -> int:
                                "QUAYGATE_RATE_LIMIT_ENABLED": "false"})
             if not args.no_redis:
                 os.environ["QUAYGATE_REDIS_URL"] = args.redis_url
+                bench_gate.forget_other_runs(args.redis_url)  # a new database: no copy of another run's
             from loadtests.bare_app import app as bare_app
             from quaygate.app import app_from_env
 
