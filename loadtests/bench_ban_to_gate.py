@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_bans import national_number  # noqa: E402
 from bench_gate import _serve, seed  # noqa: E402
-from bench_identity import BENCH_SECRETS, _free_port, _wait  # noqa: E402
+from bench_identity import BENCH_SECRETS, _free_port, _wait, forget_other_runs  # noqa: E402
 
 from identity.bans.persons import set_national_id  # noqa: E402
 from identity.bootstrap import create_client  # noqa: E402
@@ -69,6 +69,7 @@ def main() -> int:  # noqa: PLR0915 - one scenario, printed as it goes
     servers: list[subprocess.Popen[bytes]] = []
     try:
         upgrade(url)
+        forget_other_runs(args.redis_url)  # a new database: another run's Redis claim gone
         data = seed(url, 10)
         engine = make_engine(url)
         now = datetime.now(UTC)

@@ -57,7 +57,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from bench_identity import BENCH_SECRETS, _free_port, _wait, cpu_seconds  # noqa: E402
+from bench_identity import BENCH_SECRETS, _free_port, _wait, cpu_seconds, forget_other_runs  # noqa: E402
 
 from gate_adapters.runtime.client import ClientCredentials  # noqa: E402
 from gate_adapters.runtime.dpop import DPoPKey  # noqa: E402
@@ -71,23 +71,6 @@ from release_service.domain.iso6346 import with_check_digit  # noqa: E402
 TERMINAL = "BEANR-K1700"
 PLATE = "1ABC123"
 CHECK_POOL = 1000
-
-
-def forget_other_runs(redis_url: str) -> int:
-    """Delete quaygate's keys (``qg:*``) in the bench's Redis database, and return how many: each run seeds a
-    new PostgreSQL database, while the copies an earlier run left in Redis are named by terminal, badge and
-    container, not by database, and would be trusted for ten minutes (the same badge number held by
-    another person there: ``driver_mismatch``). The Redis database given is the bench's own scratch."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        names = list(client.scan_iter(match="qg:*", count=1000))
-        for start in range(0, len(names), 1000):
-            client.delete(*names[start:start + 1000])
-        return len(names)
-    finally:
-        client.close()
 
 
 def seed(url: str, rights: int) -> dict[str, Any]:

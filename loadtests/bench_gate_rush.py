@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from bench_gate import _serve, run_locust, seed  # noqa: E402
-from bench_identity import BENCH_SECRETS, _free_port, _wait  # noqa: E402
+from bench_identity import BENCH_SECRETS, _free_port, _wait, forget_other_runs  # noqa: E402
 
 from identity.domain.badges import Scheme, with_check  # noqa: E402
 from quaygate.db import create_database, drop_database, make_engine  # noqa: E402
@@ -104,6 +104,7 @@ def main() -> int:
     server = None
     try:
         upgrade(url)
+        forget_other_runs(args.redis_url)  # a new database: another run's Redis claim gone
         data = seed(url, args.rights)
         rush = seed_rush(url, data, args.lanes)
         with tempfile.TemporaryDirectory() as tmp:

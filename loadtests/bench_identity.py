@@ -67,6 +67,24 @@ NO_LIMITS = {"QUAYGATE_RATE_LIMIT_PER_ADDRESS": "1000000000", "QUAYGATE_RATE_LIM
              "QUAYGATE_LOGIN_ATTEMPTS_PER_ADDRESS": "1000000000"}
 
 
+def forget_other_runs(redis_url: str) -> int:
+    """Delete quaygate's keys (``qg:*``) in the bench's Redis database, and return how many: each run seeds a
+    new PostgreSQL database, and the Redis database serves one database's dataset (quaygate/
+    identity_of_dataset.py: another run's claim refuses this run's servers); before that claim, the copies
+    an earlier run left were trusted (the same badge number held by another person there:
+    ``driver_mismatch``). The Redis database given is the bench's own scratch."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        names = list(client.scan_iter(match="qg:*", count=1000))
+        for start in range(0, len(names), 1000):
+            client.delete(*names[start:start + 1000])
+        return len(names)
+    finally:
+        client.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -221,6 +239,7 @@ def main() -> int:
     server = None
     try:
         upgrade(url)
+        forget_other_runs(args.redis_url)
         with tempfile.TemporaryDirectory() as tmp:
             seed_data, people = seed(url, issuer, args.users)
             env = {**os.environ, **BENCH_SECRETS, **NO_LIMITS, "QUAYGATE_DATABASE_URL": url,

@@ -179,6 +179,7 @@ def main() -> int:
     issuer = "http://localhost:8000"
     try:
         upgrade(url)
+        bench_identity.forget_other_runs(args.redis_url)  # a new database: another run's Redis claim gone
         seed, people = bench_identity.seed(url, issuer, 2)
         with tempfile.TemporaryDirectory() as tmp:
             os.environ.update({**bench_identity.BENCH_SECRETS, **bench_identity.NO_LIMITS, "QUAYGATE_DATABASE_URL": url,

@@ -166,9 +166,11 @@ HOT_ROUTES = (("POST", "/gate/v1/verify"), ("POST", "/oauth2/token"),
 
 async def _greet_cache(app: FastAPI, built: Container) -> None:
     """Redis greeted before anything else is done with it (quaygate/dataset.py): one whose
-    maxmemory-policy could evict single-use claims, pending marks or revocations, or one older than
-    Redis 7, stops the start."""
+    maxmemory-policy could evict single-use claims, pending marks or revocations, one older than
+    Redis 7, or one that serves another database's dataset (quaygate/identity_of_dataset.py), stops the
+    start."""
     try:
+        await run_in_threadpool(built.own_cache)
         await run_in_threadpool(built.cache.greet)
     except UnsuitableRedis as exc:
         _refuse_start(app, str(exc))

@@ -325,9 +325,20 @@ class RedisCache:
         self._p = prefix
         self._epoch = prefix + DATASET_EPOCH  # quaygate/dataset.py
         self._forget: list[str] = []
+        self._owner: str | None = None  # the dataset this Redis database is claimed for (``own``)
         # Every call below: one round trip on this thread's own connection, each connection made checking
         # first that this Redis wrote the data it holds: the dataset's epoch, and ``forget_on_new_dataset``.
-        self._line = Line(self._r, greeting=self._greeting, greeted=dataset.greeted)
+        self._line = Line(self._r, greeting=self._greeting, greeted=self.greeted)
+
+    def own(self, dataset_id: str) -> None:
+        """Claim this Redis database for ``dataset_id`` (quaygate/identity_of_dataset.py) with every connection
+        made from now on, this cache's and those greeted with ``epoch_greeting`` (the gate facts'): one
+        that serves another dataset is refused (``dataset.ForeignRedis``). Before the first connection."""
+        self._owner = dataset_id
+
+    def greeted(self, reply: Any) -> None:
+        """A greeting's reply, judged for this cache's dataset (``dataset.greeted``)."""
+        dataset.greeted(reply, self._owner)
 
     def forget_on_new_dataset(self, *keys: str) -> None:
         """Delete ``keys`` when a connection finds data this Redis did not write (quaygate/dataset.py
@@ -340,7 +351,7 @@ class RedisCache:
 
     def _greeting(self) -> tuple[Any, ...]:
         marker = self._p + "dataset" if self._forget else None
-        return dataset.greeting(self._epoch, marker, list(self._forget))
+        return dataset.greeting(self._epoch, marker, list(self._forget), owner=self._owner)
 
     def epoch_greeting(self, marker: str | None = None, forget: Sequence[str] = (), *, allow_oom: bool = False
                        ) -> tuple[Any, ...]:
@@ -349,7 +360,7 @@ class RedisCache:
         ``marker`` (quaygate/dataset.py ``greeting``), never this cache's names: a marker per list, so
         that each list is forgotten by the first connection of its own part that meets a new server,
         whichever part's connection greeted first."""
-        return dataset.greeting(self._epoch, marker, tuple(forget), allow_oom=allow_oom)
+        return dataset.greeting(self._epoch, marker, tuple(forget), allow_oom=allow_oom, owner=self._owner)
 
     def qualified(self, key: str) -> str:
         """The Redis name of ``key``: for a script that reads cache keys with its own (one round trip)."""

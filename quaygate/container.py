@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ class Container:
     clock: SystemClock
     gate_facts: Any = None  # issue 5: release_service.adapters.gate_facts.RedisGateFacts, with Redis
     face_matcher: Any = None  # issue 6: release_service.ports.FaceMatcher over identity's face service (app.py)
+    _owned: bool = field(default=False, init=False, repr=False)  # ``own_cache`` done
 
     @classmethod
     def build(cls, settings: Settings) -> Container:
@@ -47,10 +48,22 @@ class Container:
 
         watch(built.cipher, built.engine)
         if settings.redis_url:
+            built.own_cache()
             from .workers import gate_facts_for  # the release service's adapters, only where Redis is
 
             built.gate_facts = gate_facts_for(built)
         return built
+
+    def own_cache(self) -> None:
+        """A cache in Redis claims its Redis database for this database's dataset (quaygate/
+        identity_of_dataset.py): every connection to one that serves another is refused. Read once; an
+        in-process cache has nothing to claim."""
+        own = getattr(self.cache, "own", None)
+        if own is not None and not getattr(self, "_owned", False):
+            from .identity_of_dataset import dataset_id
+
+            own(dataset_id(self.engine))
+            self._owned = True
 
     def close(self) -> None:
         if self.gate_facts is not None:

@@ -118,6 +118,9 @@ end
 # (``RedisCache.forget_on_new_dataset``). The epoch starts anew unless it was set by this very server;
 # the names are deleted when the marker names another server (data last served elsewhere may lack
 # their newest entries; without a marker, an empty or flushed Redis, nothing is left to distrust).
+# ARGV[1], ARGV[2] (optional): the name holding the dataset the Redis database serves, and this process's
+# dataset (quaygate/identity_of_dataset.py): claimed when nobody holds it; held by another, the greeting
+# is answered at once with that one, nothing written (``ForeignRedis``).
 # Returns the epoch (microseconds, as text), what was done (1 the names deleted, 2 a new epoch: added),
 # and the policy.
 GREETING = Script(_EPOCH + _POLICY + f"local MIN_MAJOR = {MIN_MAJOR}\n" + """
@@ -128,6 +131,11 @@ local version = string.match(server, 'redis_version:([%d%.]+)') or ''
 if (tonumber(string.match(version, '^(%d+)')) or 0) < MIN_MAJOR then return {false, 0, policy, version} end
 local id = string.match(server, 'run_id:(%x+)')
 if not id then return redis.error_reply('no run_id in INFO server') end
+if ARGV[2] and ARGV[2] ~= '' then
+  local owner = redis.call('GET', ARGV[1])
+  if owner and owner ~= ARGV[2] then return {false, 0, policy, false, owner} end
+  if not owner then redis.call('SET', ARGV[1], ARGV[2]) end
+end
 local done = 0
 if #KEYS >= 2 then
   local was = redis.call('GET', KEYS[2])
@@ -158,6 +166,10 @@ GREETING_ALLOW_OOM = Script("#!lua flags=allow-oom\n" + GREETING.source)
 
 REQUIRED_POLICY = "noeviction"
 
+# The Redis name holding the dataset a Redis database serves (quaygate/identity_of_dataset.py): no prefix,
+# one per Redis database whatever the parts' prefixes.
+OWNER_KEY = "qg:dataset:owner"
+
 
 class UnsuitableRedis(redis.ConnectionError):
     """A Redis quaygate must not use, refused by a greeting (``checked``), the reason in its message. A
@@ -171,6 +183,20 @@ class EvictingRedis(UnsuitableRedis):
     def __init__(self, policy: str) -> None:
         self.policy = policy
         super().__init__(refusal(policy))
+
+
+class ForeignRedis(UnsuitableRedis):
+    """A Redis database that serves another quaygate database's dataset (quaygate/identity_of_dataset.py)."""
+
+    def __init__(self, theirs: str, ours: str | None, key: str) -> None:
+        self.theirs, self.ours = theirs, ours
+        super().__init__(
+            f"this Redis database serves another quaygate database (dataset {theirs}; this one's is "
+            f"{ours or 'unknown'}, the name {key} says which it serves). What quaygate keeps in Redis is named by "
+            "terminal, badge, container and token, not by database, so two deployments sharing it would answer "
+            "each other's gates from each other's copies. Give each deployment its own Redis database "
+            "(QUAYGATE_REDIS_URL ending /<db>), or, if the other deployment is gone for good, delete that name "
+            "(or flush this Redis database).")
 
 
 class OldRedis(UnsuitableRedis):
@@ -231,34 +257,42 @@ return string.sub(held, cut + 1)
 
 
 def greeting(epoch_key: str, marker: str | None = None, forget: list[str] | tuple[str, ...] = (), *,
-             allow_oom: bool = False) -> tuple[Any, ...]:
+             allow_oom: bool = False, owner: str | None = None) -> tuple[Any, ...]:
     """The greeting command (EVAL, not EVALSHA: nothing else is needed first on a new connection):
     the eviction policy and the epoch checked, and ``forget`` deleted when ``marker`` names another
-    server. ``allow_oom``: run on a full Redis too (``GREETING_ALLOW_OOM``). Its reply goes to
-    ``greeted``."""
+    server. ``allow_oom``: run on a full Redis too (``GREETING_ALLOW_OOM``). ``owner``: this process's
+    dataset (quaygate/identity_of_dataset.py), for which the Redis database is claimed, or refused when
+    it serves another (None: no claim). Its reply goes to ``greeted``."""
     keys = [epoch_key, *([marker, *forget] if marker is not None else [])]
-    return ("EVAL", (GREETING_ALLOW_OOM if allow_oom else GREETING).source, len(keys), *keys)
+    claim = (OWNER_KEY, owner) if owner else ()
+    return ("EVAL", (GREETING_ALLOW_OOM if allow_oom else GREETING).source, len(keys), *keys, *claim)
 
 
-def checked(reply: Any) -> None:
+def checked(reply: Any, ours: str | None = None) -> None:
     """EvictingRedis unless a greeting's reply (``GREETING``) names the policy required;
-    OldRedis when it names a version (``GREETING`` does, only for a Redis older than ``MIN_MAJOR``)."""
+    OldRedis when it names a version (``GREETING`` does, only for a Redis older than ``MIN_MAJOR``);
+    ForeignRedis when it names the dataset another process claimed the Redis database for (``ours``: this
+    process's, for the message)."""
     found = reply[2] if isinstance(reply, list) and len(reply) > 2 else None
     policy = found.decode("utf-8", "replace") if isinstance(found, bytes) else ""
     if policy != REQUIRED_POLICY:
         log.error("quaygate.cache.refused.eviction_policy", extra={"fields": {"policy": policy}})
         raise EvictingRedis(policy)
-    if isinstance(reply, list) and len(reply) > 3:
+    if isinstance(reply, list) and len(reply) > 4 and reply[4] is not None:
+        theirs = reply[4].decode("utf-8", "replace") if isinstance(reply[4], bytes) else str(reply[4])
+        log.error("quaygate.cache.refused.foreign_dataset", extra={"fields": {"theirs": theirs, "ours": ours}})
+        raise ForeignRedis(theirs, ours, OWNER_KEY)
+    if isinstance(reply, list) and len(reply) > 3 and reply[3] is not None:
         old = reply[3].decode("utf-8", "replace") if isinstance(reply[3], bytes) else ""
         log.error("quaygate.cache.refused.version", extra={"fields": {"version": old}})
         raise OldRedis(old)
 
 
-def greeted(reply: Any) -> None:
+def greeted(reply: Any, ours: str | None = None) -> None:
     """A greeting's reply: the connection refused unless the policy is right (``checked``); what it did,
     logged: a new epoch (every single-use item made before it is refused from now on), names forgotten
     (loaded again)."""
-    checked(reply)
+    checked(reply, ours)
     try:
         done = int(reply[1])
     except (TypeError, ValueError, IndexError):

@@ -574,6 +574,16 @@ port_bans = sa.Table(
     sa.Column("feed_sequence", sa.BigInteger, nullable=False),
 )
 
+# The dataset this database holds: one row, its id made on first read (quaygate/identity_of_dataset.py,
+# migration 0032). A Redis database serves one dataset (quaygate/dataset.py ``ForeignRedis``).
+dataset_identity = sa.Table(
+    "dataset_identity",
+    metadata,
+    sa.Column("singleton", sa.Integer, primary_key=True, autoincrement=False),  # always 1: one row at most
+    sa.Column("id", sa.String(36), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
 # Which feed is in force, one row per register: the loader's sequence check reads it under its lock.
 ban_feed_state = sa.Table(
     "ban_feed_state",
