@@ -37,3 +37,35 @@ def test_only_the_holder_learns_whether_a_recipient_exists(api: Api) -> None:
     assert_problem(_transfer(api, rid, "haul", unknown), 422, "unknown_organisation")
     assert_problem(_transfer(api, rid, "haul", inactive), 409, "organisation_inactive")
     assert _transfer(api, rid, "haul", active).status_code == 201
+
+
+def test_a_company_whose_offer_ended_learns_nothing_of_the_right_through_the_transfer(api: Api) -> None:
+    """Review 143, finding 1: a company offered a right that declined it (or whose offer was withdrawn or
+    cancelled) no longer sees the right (404), yet its old transfer's routes checked If-Match for it: 412 for
+    a wrong version, 409 for the right one, a binary search away from watching a right it may not see. It
+    hears ``transfer_not_pending`` whatever version it names now, as with none."""
+    p = api.p
+    rid = str(api.issue(1)["release"]["id"])
+    declined = _transfer(api, rid, "fwd", p.haul2.organisation_id).json()["transfer"]["id"]
+    assert api.http.post(f"/api/v1/transfers/{declined}/decline", headers=api.as_("haul2")).status_code == 200
+    withdrawn = _transfer(api, rid, "fwd", p.haul2.organisation_id).json()["transfer"]["id"]
+    assert api.http.post(f"/api/v1/transfers/{withdrawn}/withdraw", headers=api.as_("fwd")).status_code == 200
+    accepted = _transfer(api, rid, "fwd", p.haul.organisation_id).json()["transfer"]["id"]
+    assert api.http.post(f"/api/v1/transfers/{accepted}/accept", headers=api.as_("haul")).status_code == 200
+    r = api.http.put(f"/api/v1/releases/{rid}/nomination", headers=api.as_("haul"),
+                     json={"driver_person_id": str(p.driver), "plate": {"text": "1-ABC-123", "country": "BE"}})
+    assert r.status_code == 200, r.text
+    etag = api.http.get(f"/api/v1/releases/{rid}", headers=api.as_("haul")).headers["etag"]
+    assert_problem(api.http.get(f"/api/v1/releases/{rid}", headers=api.as_("haul2")), 404, "not_found")
+    wrong = [f'"{v}"' for v in range(10) if f'"{v}"' != etag]
+    for tid in (declined, withdrawn):
+        for action in ("accept", "decline", "withdraw"):
+            for tags in (None, etag, ", ".join(wrong), "*"):
+                headers = api.as_("haul2") if tags is None else {**api.as_("haul2"), "If-Match": tags}
+                assert_problem(api.http.post(f"/api/v1/transfers/{tid}/{action}", headers=headers),
+                               409, "transfer_not_pending")
+    # A transfer it was never party to, or none at all, is not found for it, whatever the version.
+    for tid in (accepted, str(uuid.uuid4())):
+        for tags in (None, etag, ", ".join(wrong)):
+            headers = api.as_("haul2") if tags is None else {**api.as_("haul2"), "If-Match": tags}
+            assert_problem(api.http.post(f"/api/v1/transfers/{tid}/decline", headers=headers), 404, "not_found")

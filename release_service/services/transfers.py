@@ -37,8 +37,9 @@ def transfer(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, to_organisati
 
 def _load_by_transfer(uow: UnitOfWork, transfer_id: uuid.UUID, actor: Actor,
                       if_match: IfMatch | None) -> ReleaseRight:
-    """The right of the transfer, locked, for a party to it or a viewer of the right; with ``if_match``,
-    only at one of those versions of the right (the transfer's entity tag is its right's)."""
+    """The right of the transfer, locked, for a viewer of the right; with ``if_match``, only at one of those
+    versions of the right (the transfer's entity tag is its right's). A former recipient hears only that its
+    transfer is no longer pending; anyone else who cannot see the right, that there is no such transfer."""
     right = uow.releases.get_by_transfer(transfer_id, for_update=True)
     if right is None:
         raise DomainError(ErrorCode.NOT_FOUND, "No such transfer.")
@@ -46,8 +47,14 @@ def _load_by_transfer(uow: UnitOfWork, transfer_id: uuid.UUID, actor: Actor,
         t.id == transfer_id and actor.organisation_id in (t.from_organisation_id, t.to_organisation_id)
         for t in uow.releases.transfers(right.id)
     )
-    if not involved and not can_see(uow, right, actor):
-        raise DomainError(ErrorCode.NOT_FOUND, "No such transfer.")
+    if not can_see(uow, right, actor):
+        if not involved:
+            raise DomainError(ErrorCode.NOT_FOUND, "No such transfer.")
+        # An end of the transfer that cannot see the right is a recipient whose offer ended (declined,
+        # withdrawn, cancelled): a pending recipient and every sender see it. Its answer is the same at any
+        # If-Match, or it could learn the version of a right it no longer sees (review 143); so it hears
+        # ``transfer_not_pending`` before ``require_current``, which is only for those who see the right.
+        raise DomainError(ErrorCode.TRANSFER_NOT_PENDING, "That transfer is no longer pending.")
     require_current(right, if_match)
     return right
 
