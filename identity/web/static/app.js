@@ -146,10 +146,25 @@
     return box;
   }
 
+  // The pickups that are the driver's to act on: at the gate now, or nominated to him (to accept or refuse:
+  // his refusal is what keeps a truck from being admitted under his name). A driver's list holds his rights
+  // in every state, oldest first, and ended ones stay: read unfiltered, 50 a page, his new nominations fell
+  // off the only page read after some 50 pickups (review 143). So each live state is asked for apart, and
+  // its next_cursor followed; the bound only stops a runaway loop (no driver has 10 000 live pickups).
+  var LIVE = ["gated_in", "nominated"], PAGE = 500, MAX_PAGES = 20;
+
+  function pages(state, cursor, n, items) {
+    var q = "?state=" + state + "&limit=" + PAGE + (cursor ? "&cursor=" + encodeURIComponent(cursor) : "");
+    return api("GET", "/releases" + q).then(function (page) {
+      items = items.concat(page.items || []);
+      return page.next_cursor && n + 1 < MAX_PAGES ? pages(state, page.next_cursor, n + 1, items) : items;
+    });
+  }
+
   function load() {
     status(t("app.loading"));
-    return api("GET", "/releases").then(function (page) {
-      var list = $("cards"), items = page.items || [];
+    return Promise.all(LIVE.map(function (state) { return pages(state, null, 0, []); })).then(function (found) {
+      var list = $("cards"), items = [].concat.apply([], found);
       list.textContent = "";
       items.forEach(function (r) { list.appendChild(card(r)); });
       status(items.length ? t("app.updated", {time: QG.when(new Date().toISOString(), "time")}) : t("app.empty"));
