@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,8 @@ import sqlalchemy as sa
 from quaygate.cli import main
 from quaygate.db import make_engine
 from quaygate.schema import organisations, persons
+
+from .ban_register import Register, ban, national_number, snapshot
 
 IN_TWO_YEARS = (datetime.now(UTC) + timedelta(days=730)).date().isoformat()
 IN_SIX_YEARS = (datetime.now(UTC) + timedelta(days=6 * 366)).date().isoformat()
@@ -87,3 +90,76 @@ def test_bad_input_is_a_plain_message(env: tuple[str, str], capsys: pytest.Captu
             assert conn.execute(sa.text("SELECT count(*) FROM badges")).scalar() == 0
     finally:
         engine.dispose()
+
+
+# ---- review 144, finding 2: the CLI screens against port bans as the API does ---------------------
+
+def _badges(url: str) -> list[tuple[str, str]]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [(str(uuid.UUID(r[0])), r[1]) for r in conn.execute(sa.text("SELECT person_id, status FROM badges"))]
+    finally:
+        engine.dispose()
+
+
+def _add_person(url: str) -> str:
+    person, engine = uuid.uuid4(), make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(persons.insert().values(id=person, given_name="Bo", family_name="Peeters",
+                                                 created_at=datetime.now(UTC)))
+    finally:
+        engine.dispose()
+    return str(person)
+
+
+def _refused(argv: list[str], code: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert f"refused ({code})" in captured.err and "Traceback" not in captured.err
+    assert "screening: clear" not in captured.out
+
+
+def test_issue_and_reactivation_are_screened_against_port_bans(
+        env: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    person, url = env
+    register = Register()
+    monkeypatch.setenv("QUAYGATE_BAN_REGISTER_JWK", register.public_jwk)
+    issue = ["badge", "issue", "--person", person, "--scheme", "alfapass", "--number", "AP-100230",
+             "--valid-until", IN_TWO_YEARS]
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(national_number(7) + "\n"))
+    assert main(["person", "set-national-id", person]) == 0
+    capsys.readouterr()
+
+    # A register configured but no list in force: fail closed, as the API does (503 there).
+    _refused(issue, "screening_unavailable", capsys)
+    assert _badges(url) == []
+
+    t = datetime.now(UTC)
+    clear = tmp_path / "snapshot-1.jws"
+    clear.write_bytes(register.sign(snapshot(1, t, [ban(national_number(8), "R-8", start=t)])))
+    assert main(["bans", "load", str(clear)]) == 0
+
+    # A person with no national number linked cannot be screened (422 person_unidentified at the API).
+    _refused(["badge", "issue", "--person", _add_person(url), "--scheme", "alfapass", "--number", "AP-100248",
+              "--valid-until", IN_TWO_YEARS], "person_unidentified", capsys)
+    assert _badges(url) == []
+
+    assert main(issue) == 0  # not banned: issued, screened clear against the list in force
+    out = capsys.readouterr().out
+    assert "screening: clear" in out
+    badge_id = re.search(r"badge ([0-9a-f-]{36})", out).group(1)  # type: ignore[union-attr]
+
+    banned = tmp_path / "snapshot-2.jws"
+    banned.write_bytes(register.sign(snapshot(2, t, [ban(national_number(7), "R-7", start=t)])))
+    assert main(["bans", "load", str(banned)]) == 0  # the load deactivates his badge
+    assert _badges(url) == [(person, "inactive")]
+    capsys.readouterr()
+
+    # Reactivating it and issuing him another are refused (409 person_banned at the API); nothing written.
+    _refused(["badge", "status", badge_id, "active", "--reason", "back at work"], "person_banned", capsys)
+    _refused([*issue[:7], "AP-100255", *issue[8:]], "person_banned", capsys)
+    assert _badges(url) == [(person, "inactive")]
