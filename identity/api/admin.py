@@ -137,6 +137,11 @@ def admin_caller(request: Request, *, console: bool = True) -> AdminCaller:
       when the person holds port_security_admin or badge_office (claims.CONSOLE_ADMIN_ROLES) and
       logged in with a passkey (RFC 9470 step-up otherwise). The badge office's view needs both the
       ``badges:office`` scope and the badge_office role.
+
+    The token carries the person's roles of every organisation, not where each is held: port_security_admin
+    counts only when a membership in an active port_authority organisation gives it
+    (``_port_security_held``, review 144, finding 1), and a terminal's security desk activates badges at
+    its own terminal only (identity.badges.service ``Desk``).
     """
     scheme, token = _access_token(request)
     claims = _token_claims(request, token)
@@ -151,6 +156,12 @@ def admin_caller(request: Request, *, console: bool = True) -> AdminCaller:
         raise AdminRefused(403, "insufficient_scope", "The admin API needs an admin client's token.")
     roles = claims.get(c.ROLES)
     held = set(roles) if isinstance(roles, list) else set()
+    if PORT_SECURITY_ROLE in held and not _port_security_held(request, str(person)):
+        # The token carries the person's roles of every organisation (the console is bound to none), and
+        # port security held elsewhere (at a terminal's security desk) is none: organisations, clients,
+        # their secrets and gate policies are the port authority's (review 144, finding 1).
+        log.info("identity.admin.port_security_not_port_authority")
+        held.discard(PORT_SECURITY_ROLE)
     if not held & c.CONSOLE_ADMIN_ROLES:
         log.info("identity.admin.refused.console_role")
         raise AdminRefused(403, "insufficient_role",
@@ -173,6 +184,19 @@ def admin_caller(request: Request, *, console: bool = True) -> AdminCaller:
     return AdminCaller(str(claims[c.CLIENT_ID]), person_id=str(person),
                        badge_office=BADGES_OFFICE in scopes and c.BADGE_OFFICE_ROLE in held,
                        roles=frozenset(held & c.CONSOLE_ADMIN_ROLES))
+
+
+def _port_security_held(request: Request, person_id: str) -> bool:
+    """Whether a membership in an active port_authority organisation gives the person port_security_admin,
+    the only place where it counts (review 144, finding 1). Not whether it is still in force: a role
+    whose end has passed while the token lives is the dated-officer checks' (``_caller_ends``, review
+    107), and the token's lifetime is capped at that end. Blocking: a database read."""
+    port_authorities = sa.select(organisations.c.id).where(organisations.c.active.is_(True),
+                                                           organisations.c.kind == OrgKind.PORT_AUTHORITY.value)
+    with request.app.state.container.engine.connect() as conn:
+        return conn.execute(sa.select(memberships.c.person_id).where(
+            memberships.c.person_id == uuid.UUID(person_id), memberships.c.role == PORT_SECURITY_ROLE,
+            memberships.c.organisation_id.in_(port_authorities)).limit(1)).first() is not None
 
 
 def _access_token(request: Request) -> tuple[str, str]:

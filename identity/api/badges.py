@@ -36,7 +36,7 @@ from quaygate.limits import UtcTime
 from quaygate.routing import AdmitFirst
 from release_service.api.problems import problem, problem_responses
 
-from ..badges.service import BadgeError, BadgeService, IssueBadge
+from ..badges.service import BadgeError, BadgeService, Desk, IssueBadge
 from ..badges.store import BadgeRow
 from ..domain import badges as rules
 from ..domain.claims import BADGE_OFFICE_ROLE
@@ -64,6 +64,7 @@ _STATUS = {
     "concurrent_change": 409, "badge_final": 409, "transition_refused": 409, "status_unchanged": 409,
     "renew_required": 409, "badge_expired": 409, "badge_inactive": 409, "badge_blocked": 409,
     "badge_revoked": 409, "person_banned": 409,
+    "not_this_terminal": 403,
     "screening_unavailable": 503,
 }
 _ERRORS = problem_responses(401, 403, 404, 409, 422)
@@ -119,6 +120,14 @@ def _caller(request: Request, check: AdminCheck = admin_caller) -> tuple[str, ru
 def _viewer(caller: AdminCaller) -> rules.Viewer:
     person = uuid.UUID(caller.person_id) if caller.person_id else None
     return rules.Viewer(badge_office=caller.badge_office, person_id=person)
+
+
+def _desk(caller: AdminCaller) -> Desk | None:
+    """Where a console officer activates and withdraws: his memberships say (review 144, finding 1;
+    identity.badges.service ``Desk``). An admin client (no person): every terminal."""
+    if caller.person_id is None:
+        return None
+    return Desk(uuid.UUID(caller.person_id), caller.roles)
 
 
 def _refuse_own(viewer: rules.Viewer, holder: uuid.UUID) -> None:
@@ -262,11 +271,15 @@ def renew_badge(badge_id: uuid.UUID, request: Request, body: RenewIn) -> JSONRes
              responses=_ERRORS)
 @admits(admin_caller)
 def activate_badge(badge_id: uuid.UUID, request: Request, body: ActivationIn) -> JSONResponse:
-    """Activate the badge at a terminal (the terminal's security desk has checked the holder)."""
+    """Activate the badge at a terminal (the terminal's security desk has checked the holder). Through
+    the console, a terminal's security desk (a console role in its organisation) activates at that
+    terminal only, the port authority's officers at every one (403 ``not_this_terminal``)."""
     try:
-        admin, viewer = _caller(request)
+        caller = caller_of(request)
+        viewer = _viewer(caller)
         _refuse_own(viewer, _holder(request, badge_id))
-        _service(request).activate(badge_id, body.terminal, actor=admin, now=_now(request))
+        _service(request).activate(badge_id, body.terminal, actor=caller.actor, now=_now(request),
+                                   desk=_desk(caller))
     except AdminRefused as exc:
         return exc.response(request)
     except BadgeError as exc:
@@ -278,10 +291,12 @@ def activate_badge(badge_id: uuid.UUID, request: Request, body: ActivationIn) ->
              responses=_ERRORS)
 @admits(admin_caller)
 def withdraw_activation(badge_id: uuid.UUID, terminal: str, request: Request, body: WithdrawIn) -> JSONResponse:
-    """Withdraw the badge's activation at a terminal, saying why."""
+    """Withdraw the badge's activation at a terminal, saying why. Through the console, as an activation:
+    a terminal's security desk at that terminal only (403 ``not_this_terminal``)."""
     try:
-        admin, _ = _caller(request)
-        _service(request).withdraw(badge_id, terminal, reason=body.reason, actor=admin, now=_now(request))
+        caller = caller_of(request)
+        _service(request).withdraw(badge_id, terminal, reason=body.reason, actor=caller.actor, now=_now(request),
+                                   desk=_desk(caller))
     except AdminRefused as exc:
         return exc.response(request)
     except BadgeError as exc:

@@ -31,6 +31,8 @@ from identity.authn.enrolment import lock_person
 from identity.domain import badges as rules
 from identity.domain.badges import BadgeRefused, BadgeStatus, StatusChange
 from identity.domain.screening import BANNED, CLEAR, UNIDENTIFIED, BanScreening, ScreeningResult
+from quaygate.schema import membership_in_force, memberships, organisations
+from release_service.domain.parties import OrgKind
 
 from .store import BadgeRow, BadgeStore
 
@@ -62,6 +64,41 @@ class _NotClear(Exception):
     def __init__(self, action: str, person_id: uuid.UUID, screening: ScreeningResult) -> None:
         super().__init__(action)
         self.action, self.person_id, self.screening = action, person_id, screening
+
+
+@dataclass(frozen=True, slots=True)
+class Desk:
+    """A console officer who activates or withdraws badges (review 144, finding 1): the person, and the
+    console roles his token holds that count (identity.api.admin ``AdminCaller.roles``). His token
+    carries his roles of every organisation; which terminal he may act at is read from his memberships
+    (``_covers``). None for an admin client (the port authority's machine) and the CLI: every terminal."""
+
+    person_id: uuid.UUID
+    roles: frozenset[str]
+
+
+def _covers(conn: sa.Connection, desk: Desk, terminal: str, now: datetime) -> bool:
+    """Whether ``desk`` may act at ``terminal``: one of his memberships in force, in an active
+    organisation, gives a console role his token holds, in a port_authority organisation (every
+    terminal) or in the terminal's own organisation (its security desk). A badge works at a terminal
+    once that terminal's security desk activated it there, and the terminal may withdraw it
+    (quaygate.schema ``badge_activations``): another terminal's desk does neither."""
+    where = sa.or_(organisations.c.kind == OrgKind.PORT_AUTHORITY.value,
+                   sa.and_(organisations.c.kind == OrgKind.TERMINAL.value, organisations.c.terminal_code == terminal))
+    stmt = (sa.select(memberships.c.organisation_id)
+            .join(organisations, organisations.c.id == memberships.c.organisation_id)
+            .where(memberships.c.person_id == desk.person_id, memberships.c.role.in_(sorted(desk.roles)),
+                   membership_in_force(now), organisations.c.active.is_(True), where)
+            .limit(1))
+    return conn.execute(stmt).first() is not None
+
+
+def _at_desk(conn: sa.Connection, desk: Desk | None, terminal: str, now: datetime) -> None:
+    """BadgeError ``not_this_terminal`` unless ``desk`` (None: anyone) may act at ``terminal``."""
+    if desk is not None and not _covers(conn, desk, terminal, now):
+        log.info("identity.badge.activation.refused.not_this_terminal")
+        raise BadgeError("not_this_terminal", "A terminal's security desk activates and withdraws badges at "
+                         "that terminal only; the port authority at every terminal.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +290,9 @@ class BadgeService:
 
     # ---- activation per terminal -----------------------------------------------------------------
 
-    def activate(self, badge_id: uuid.UUID, terminal: str, *, actor: str, now: datetime) -> uuid.UUID:
+    def activate(self, badge_id: uuid.UUID, terminal: str, *, actor: str, now: datetime,
+                 desk: Desk | None = None) -> uuid.UUID:
+        """Activate the badge at ``terminal``; by a console officer (``desk``) only at his own (``_covers``)."""
         with self._engine.begin() as conn:
             store = BadgeStore(conn)
             row = store.get(badge_id, lock=True)
@@ -261,6 +300,7 @@ class BadgeService:
                 raise BadgeError("not_found", "No such badge.")
             if not store.terminal_exists(terminal):
                 raise BadgeError("unknown_terminal", "No terminal has this code.")
+            _at_desk(conn, desk, terminal, now)
             # Only a badge in use can be activated at a facility; a missing, blocked, revoked or expired
             # one is refused (the gate would refuse it anyway, SPEC.md reason codes).
             if row.status is not BadgeStatus.ACTIVE or now >= row.valid_until:
@@ -278,7 +318,10 @@ class BadgeService:
         log.info("identity.badge.activated")
         return activation_id
 
-    def withdraw(self, badge_id: uuid.UUID, terminal: str, *, reason: str, actor: str, now: datetime) -> None:
+    def withdraw(self, badge_id: uuid.UUID, terminal: str, *, reason: str, actor: str, now: datetime,
+                 desk: Desk | None = None) -> None:
+        """Withdraw the badge's activation at ``terminal``; by a console officer (``desk``) only at his
+        own (``_covers``)."""
         reason = (reason or "").strip()
         if not reason or len(reason) > rules.MAX_REASON:
             raise BadgeError("reason_required", "Say why the activation is withdrawn.")
@@ -286,6 +329,7 @@ class BadgeService:
             store = BadgeStore(conn)
             if store.get(badge_id) is None:
                 raise BadgeError("not_found", "No such badge.")
+            _at_desk(conn, desk, terminal, now)
             if not store.withdraw(badge_id, terminal, actor=actor, reason=reason, now=now):
                 raise BadgeError("not_activated", "The badge is not activated at this terminal.")
             audit.record("identity.badge.activation_withdrawn", at=now, actor=audit.actor_fields(actor),
