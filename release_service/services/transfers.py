@@ -54,6 +54,9 @@ def _load_by_transfer(uow: UnitOfWork, transfer_id: uuid.UUID, actor: Actor,
         # withdrawn, cancelled): a pending recipient and every sender see it. Its answer is the same at any
         # If-Match, or it could learn the version of a right it no longer sees (review 143); so it hears
         # ``transfer_not_pending`` before ``require_current``, which is only for those who see the right.
+        # A company port security deactivated hears that first, as at every other action of its (its own
+        # standing: nothing of the right's).
+        acting_organisation_active(uow, actor)
         raise DomainError(ErrorCode.TRANSFER_NOT_PENDING, "That transfer is no longer pending.")
     require_current(right, if_match)
     return right
