@@ -39,9 +39,10 @@ ACCEPT = {"nl": "nl-BE,nl;q=0.9,en;q=0.5", "fr": "fr-BE,fr;q=0.9,nl;q=0.8", "de"
           "en": "en-GB,en;q=0.9"}
 # Bytes a first visit downloads for one page (HTML, stylesheet, scripts, icon), uncompressed and gzipped.
 # The driver app was at 13 999 gzipped when its answer was bound to its card (If-Match and the 'changed'
-# text, driver surface review finding 2: about 200 bytes); 14 500 leaves it that, and little more.
+# text, driver surface review finding 2: about 200 bytes); 14 500 left it that, and little more. Listing
+# the live pickups page by page (review 143, finding 2) took about 130 bytes gzipped: 14 600.
 BUDGET_RAW = 40_000
-BUDGET_GZIP = 14_500
+BUDGET_GZIP = 14_600
 
 
 @pytest.fixture

@@ -146,11 +146,7 @@
     return box;
   }
 
-  // The pickups that are the driver's to act on: at the gate now, or nominated to him (to accept or refuse:
-  // his refusal is what keeps a truck from being admitted under his name). A driver's list holds his rights
-  // in every state, oldest first, and ended ones stay: read unfiltered, 50 a page, his new nominations fell
-  // off the only page read after some 50 pickups (review 143). So each live state is asked for apart, and
-  // its next_cursor followed; the bound only stops a runaway loop (no driver has 10 000 live pickups).
+  // The live pickups, each state apart, every page (tests/test_driver_app_listing.py says why).
   var LIVE = ["gated_in", "nominated"], PAGE = 500, MAX_PAGES = 20;
 
   function pages(state, cursor, n, items) {
