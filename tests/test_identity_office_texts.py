@@ -42,6 +42,7 @@ ACCEPT = {"nl": "nl-BE,nl;q=0.9", "fr": "fr-BE,fr;q=0.9", "de": "de-DE,de;q=0.9"
 # The texts that name whom to turn to, each with port security's variant (i18n ``own_key``).
 OFFICE_TEXTS = ("error.passkey_suspended", "error.person_suspended", "error.person_banned",
                 "error.person_not_active", "error.enrolment_code_expired", "error.enrolment_code_used",
+                "error.insufficient_authentication",  # an officer's upstream session (review 145, finding 1)
                 "account.suspended", "account.none_left", "account.remove_last_confirm")
 # The same, on the brokered login's error page (identity.api.broker, rendered on the server).
 BROKER_OFFICE_TEXTS = ("broker.error.suspended", "broker.error.rebind")

@@ -24,13 +24,16 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
           person's active passkeys with a session, none with an enrolment code)
       400 enrolment_code_unknown | enrolment_code_expired | enrolment_code_used
       401 login_required | reauthentication_required   403 person_suspended | origin_refused
-      403 insufficient_authentication (the session's login is weaker than a passkey: a basic upstream one)
+      403 insufficient_authentication (the session's login is weaker than a passkey: a basic upstream one;
+          or the person holds a privileged role and none of his privileged enrolments opened the session,
+          an upstream login's above all: review 145, finding 1; "office": "port_security")
       429 rate_limited (with a code: the per-address login attempt limit)
     POST /webauthn/registration/verify      {"flow", "credential": <cred>, "name"?}
       201 {"credential_id", "name", "created_at"}  + Set-Cookie session when enrolled with a code
           (with a session, the existing session stays)
       400 challenge_expired | enrolment_code_* | invalid_name   401 passkey_invalid | login_required
       403 person_suspended | person_banned (as at login; an enrolment code stays unused)
+      403 insufficient_authentication: a privileged role, as for the options (a role granted meanwhile)
       409 passkey_already_registered
     GET    /account/passkeys                 200 [{"credential_id", "name", "created_at", "last_used_at",
                                                    "status"}]  (active and suspended; removed ones hidden)
@@ -40,7 +43,8 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
     DELETE /account/passkeys/{credential_id}           200 {"credential_id", "status": "removed",
                                                             "active_remaining", "signed_out"}
       Renaming and removing need a login of < 15 min at acr passkey or stronger, as adding does
-      (review 122, finding 1): 401 reauthentication_required, 403 insufficient_authentication.
+      (review 122, finding 1): 401 reauthentication_required, 403 insufficient_authentication; for a
+      person who holds a privileged role, a login by one of his privileged enrolments (review 145).
       Removing the last active passkey is allowed (a lost phone must go at once): the page should
       confirm first; ``active_remaining: 0`` means the next login needs a new enrolment code.
       The person's other login sessions end and all their grants (refresh and access tokens) are
@@ -48,8 +52,8 @@ Contract (``<cred>`` is ``PublicKeyCredential.toJSON()`` from the browser)::
       too, ``signed_out`` is true and the cookie is cleared.
     DELETE /account/sessions                 200 {"sessions_ended", "grants_revoked"}   sign out everywhere
       else: every other login session of the person ends and every grant is revoked; this one stays.
-      Needs a login of < 15 min, as renaming does: 401 reauthentication_required, 403 origin_refused |
-      insufficient_authentication
+      Needs a login of < 15 min, as renaming does (and its passkey rule for a privileged role): 401
+      reauthentication_required, 403 origin_refused | insufficient_authentication
     POST /admin/v1/persons/{person_id}/enrolment-codes  {"ttl_seconds"?}  (bearer token, scope admin)
       201 {"code", "person_id", "expires_at"}   the code is shown once; default TTL 72 h; an officer's
           code expires at the end of his issuing roles at the latest, and ends when he loses one
@@ -156,8 +160,11 @@ HINT_PORT_SECURITY: dict[str, str] = {
     "passkey_suspended": "This passkey is suspended. Please contact port security.",
     "person_suspended": "Your account is suspended. Please contact port security.",
     "person_banned": "Your account is suspended. Please contact port security.",
-    "insufficient_authentication": "Changing your passkeys needs a stronger login: log in with a passkey, or "
-                                   "ask port security for an enrolment code.",
+    # An officer (any privileged role) changes his passkeys only from a login by a passkey of his
+    # (identity.authn.service ``REGISTRATION_MIN_ACR``'s note, review 145): itsme does not do.
+    "insufficient_authentication": "With your role, only a login with your passkey may change your passkeys or "
+                                   "sign you out elsewhere: log in with it, or ask port security for an "
+                                   "enrolment code.",
 }
 
 

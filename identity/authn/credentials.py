@@ -137,6 +137,21 @@ class CredentialStore:
             sa.select(t.c.privileged_enrolment).where(t.c.person_id == session.person_id, since)).scalars()]
         return Provenance(ACCOUNT, bool(held) and all(held))
 
+    def opened_by_privileged(self, conn: sa.Connection, session: LoginSession) -> bool:
+        """Whether a privileged enrolment of the person opened ``session``: a passkey login
+        (assurance.passkey_login, never an upstream one) by the passkey the session names
+        (``LoginSession.credential_id``), else, for a session that names none (opened before migration
+        0022), ``from_session``'s rule. What an officer's session must be to change his passkeys or sign
+        him out elsewhere (identity.authn.service ``_officers_own``; review 145, finding 1): by the passkey
+        that opened it, so a passkey of his that is not one (added before that rule) can be removed from a
+        session his own opened, and its own session removes none of his."""
+        if not assurance.passkey_login(session.acr, session.amr):
+            return False
+        if session.credential_id is None:
+            return self.from_session(conn, session).privileged
+        return bool(conn.execute(sa.select(t.c.privileged_enrolment).where(
+            t.c.credential_id == session.credential_id, t.c.person_id == session.person_id)).scalar())
+
     # ---- writes (in the caller's transaction) ---------------------------------------------------
 
     def add(self, conn: sa.Connection, person_id: uuid.UUID, passkey: NewPasskey, *, name: str, now: datetime,

@@ -185,6 +185,18 @@ def issuing_office(conn: sa.Connection, person_id: uuid.UUID) -> str:
                       .scalars())
 
 
+def holds_privileged_role(conn: sa.Connection, person_id: uuid.UUID, *, now: datetime) -> bool:
+    """Whether the person holds a privileged role (claims.PRIVILEGED_ROLES, the roles whose grant suspends
+    his passkeys that are not privileged enrolments: identity.authn.cutoff ``privileged_role_granted``) in
+    force at ``now``, in any organisation, active or not: a reactivation gives it back without suspending
+    anything, so it counts here as it does for ``issuing_office``. Read in the caller's transaction, after
+    the person's row lock (``lock_person``) or share lock (sessions ``hold_person``) when a grant must be
+    seen (review 145, finding 1: identity.authn.service ``finish_registration``)."""
+    return conn.execute(sa.select(memberships.c.role).where(
+        memberships.c.person_id == person_id, memberships.c.role.in_(sorted(PRIVILEGED_ROLES)),
+        membership_in_force(now)).limit(1)).first() is not None
+
+
 def lock_person(conn: sa.Connection, person_id: uuid.UUID) -> str | None:
     """The person's status (None: no such person), the person's row locked until the caller's
     transaction ends: an enrolment code's issue and a role grant for the same person run one after

@@ -51,7 +51,15 @@ from ..grants import GrantStore, grants_for
 from ..ratelimit import LoginGuard, login_guard_for
 from ..sessions import LoginSession, SessionStore, hold_person, session_live, sessions_for
 from . import enrolment, passkeys
-from .credentials import ACTIVE, PRIVILEGED_ROLE_GRANTED, REMOVED, SUSPENDED, CredentialStore, StoredCredential
+from .credentials import (
+    ACTIVE,
+    PRIVILEGED_ROLE_GRANTED,
+    REMOVED,
+    SUSPENDED,
+    CredentialStore,
+    Provenance,
+    StoredCredential,
+)
 from .cutoff import cut_off
 from .flows import FlowRefused, FlowSeal, SealedFlow
 
@@ -73,6 +81,13 @@ REGISTRATION_MAX_AUTH_AGE = timedelta(minutes=15)
 # with ``assurance.satisfies``, as every acr demand is; the face step-up refuses the same logins
 # (identity.domain.face.STEP_UP_BASES).
 REGISTRATION_MIN_ACR = assurance.ACR_PASSKEY
+# And a person who holds a privileged role (claims.PRIVILEGED_ROLES: an officer, a company's dispatcher
+# or org_admin) adds one only from a session one of his privileged enrolments opened, and changes his
+# passkeys or signs out elsewhere only from such a session (review 145, finding 1): an upstream login
+# ranks above passkey, and whoever controlled the itsme identity an officer was linked to added a passkey
+# of his own, whose login opened the admin console (review 108 wants a passkey there), and took the
+# officer's own passkeys away. So an officer's active passkeys are all privileged enrolments, as a role
+# grant already makes them (identity.authn.cutoff ``privileged_role_granted``).
 DEFAULT_RETURN_TO = "/app/"
 _RETURN_PREFIXES = ("/oauth2/", "/app/")
 _NAME_MAX = 100
@@ -457,6 +472,11 @@ class PasskeyService:
         else:
             try:
                 session = self._recent_session(session_cookie, now=now)
+                # Asked here too, before the authenticator makes a credential we would not keep; judged
+                # again under the person's lock when it is stored (``finish_registration``).
+                with self._engine.connect() as conn:
+                    _officers_provenance(conn, session.person_id, self.credentials.from_session(conn, session),
+                                         now=now)
             except _Stale as exc:
                 self._refuse_registration(exc.code, exc.detail, now=now, person_id=exc.person_id)
             person_id, sid = session.person_id, session.sid
@@ -498,7 +518,10 @@ class PasskeyService:
         passkey (suspends it, or ends its session). Read before the lock, a suspension committed in
         between left a new passkey and a live session, and a code a grant had ended still passed. A port
         ban in force is judged under the lock as the login judges it (``person_banned``): the code stays
-        unused."""
+        unused. So is a privileged role (REGISTRATION_MIN_ACR's note; review 145, finding 1): a person who
+        holds one in force gets no passkey that is not a privileged enrolment (an upstream session's, or
+        one the badge office's passkey opened), refused ``insufficient_authentication`` and sent to port
+        security; a role granted while the ceremony ran is seen here."""
         now = self._clock.now()
         try:
             self.check_origin(origin)
@@ -536,6 +559,7 @@ class PasskeyService:
                 else:
                     assert session is not None
                     provenance = self.credentials.from_session(conn, session)
+                _officers_provenance(conn, person_id, provenance, now=now)
                 if self.credentials.exists(conn, passkey.credential_id):
                     raise PasskeyError("passkey_already_registered", "credential id taken")
                 self.credentials.add(conn, person_id, passkey, name=label, now=now, provenance=provenance)
@@ -569,6 +593,8 @@ class PasskeyService:
                     )
         except enrolment.EnrolmentRefused as exc:
             self._refuse_registration(exc.reason, "verify", now=now, person_id=person_id)
+        except _Stale as exc:
+            self._refuse_registration(exc.code, exc.detail, now=now, person_id=person_id)
         except PasskeyError as exc:
             self._refuse_registration(exc.code, exc.detail, now=now, person_id=person_id)
         except sa.exc.IntegrityError:  # a concurrent registration of the same credential id
@@ -607,11 +633,15 @@ class PasskeyService:
         now = self._clock.now()
         session = self._manage_session(session_cookie, "rename", credential_id, now=now)
         label = clean_name(name)
-        with self._engine.begin() as conn:
-            if not self.credentials.rename(conn, session.person_id, credential_id, label):
-                raise PasskeyError("not_found", "no such passkey of this person")
-            audit.record("identity.passkey.renamed", at=now, actor={"person_id": str(session.person_id)},
-                         subject=_ref(credential_id), conn=conn)
+        try:
+            with self._engine.begin() as conn:
+                self._officers_own(conn, session, now=now)
+                if not self.credentials.rename(conn, session.person_id, credential_id, label):
+                    raise PasskeyError("not_found", "no such passkey of this person")
+                audit.record("identity.passkey.renamed", at=now, actor={"person_id": str(session.person_id)},
+                             subject=_ref(credential_id), conn=conn)
+        except _Stale as exc:
+            self._refuse_manage("rename", credential_id, exc, now=now)
         log.info("identity.passkey.renamed")
         return label
 
@@ -631,21 +661,28 @@ class PasskeyService:
         It needs a recent strong login, as adding a passkey does (``_manage_session``): with a live session
         alone (12 h), a stolen cookie of any age removed every passkey of the owner and signed him out
         while it stayed (review 122, finding 1; Keycloak asks for a fresh login before a credential goes).
+        A person who holds a privileged role needs one of his privileged enrolments to have opened it
+        (``_officers_own``; review 145, finding 1): else whoever holds the itsme identity an officer is
+        linked to takes his passkeys away and locks him out.
         """
         self.check_origin(origin)
         now = self._clock.now()
         session = self._manage_session(session_cookie, "removal", credential_id, now=now)
         own = session.credential_id == credential_id
-        with self._engine.begin() as conn:
-            if not self.credentials.remove(conn, session.person_id, credential_id):
-                raise PasskeyError("not_found", "no such passkey of this person")
-            remaining = self.credentials.count_active(conn, session.person_id)
-            ended, revoked = self._cut_off(conn, session.person_id, keep=None if own else session.sid,
-                                           reason="passkey_removed", now=now)
-            audit.record("identity.passkey.removed", at=now, actor={"person_id": str(session.person_id)},
-                         subject=_ref(credential_id), conn=conn,
-                         data={"active_remaining": remaining, "sessions_ended": ended, "grants_revoked": revoked,
-                               "own_session_ended": own})
+        try:
+            with self._engine.begin() as conn:
+                self._officers_own(conn, session, now=now)
+                if not self.credentials.remove(conn, session.person_id, credential_id):
+                    raise PasskeyError("not_found", "no such passkey of this person")
+                remaining = self.credentials.count_active(conn, session.person_id)
+                ended, revoked = self._cut_off(conn, session.person_id, keep=None if own else session.sid,
+                                               reason="passkey_removed", now=now)
+                audit.record("identity.passkey.removed", at=now, actor={"person_id": str(session.person_id)},
+                             subject=_ref(credential_id), conn=conn,
+                             data={"active_remaining": remaining, "sessions_ended": ended,
+                                   "grants_revoked": revoked, "own_session_ended": own})
+        except _Stale as exc:
+            self._refuse_manage("removal", credential_id, exc, now=now)
         log.info("identity.passkey.removed")
         return Removed(remaining, signed_out=own)
 
@@ -656,16 +693,21 @@ class PasskeyService:
         account console's "sign out all devices". (sessions ended, grants revoked).
 
         It needs a recent strong login, as removing a passkey does (``_manage_session``): with a live
-        session alone, a stolen cookie of any age would sign the owner out everywhere while it stayed."""
+        session alone, a stolen cookie of any age would sign the owner out everywhere while it stayed. And,
+        for a person who holds a privileged role, one his privileged enrolment opened (``_officers_own``)."""
         self.check_origin(origin)
         now = self._clock.now()
         session = self._manage_session(session_cookie, "sign_out_elsewhere", None, now=now)
-        with self._engine.begin() as conn:
-            ended, revoked = self._cut_off(conn, session.person_id, keep=session.sid, reason="signed_out_elsewhere",
-                                           now=now)
-            audit.record("identity.session.signed_out_elsewhere", at=now, actor={"person_id": str(session.person_id)},
-                         subject=str(session.person_id), conn=conn,
-                         data={"sessions_ended": ended, "grants_revoked": revoked})
+        try:
+            with self._engine.begin() as conn:
+                self._officers_own(conn, session, now=now)
+                ended, revoked = self._cut_off(conn, session.person_id, keep=session.sid,
+                                               reason="signed_out_elsewhere", now=now)
+                audit.record("identity.session.signed_out_elsewhere", at=now,
+                             actor={"person_id": str(session.person_id)}, subject=str(session.person_id), conn=conn,
+                             data={"sessions_ended": ended, "grants_revoked": revoked})
+        except _Stale as exc:
+            self._refuse_manage("sign_out_elsewhere", None, exc, now=now)
         log.info("identity.session.signed_out_elsewhere")
         return ended, revoked
 
@@ -767,13 +809,30 @@ class PasskeyService:
         try:
             return self._recent_session(cookie, now=now)
         except _Stale as exc:
-            if exc.person_id is not None:
-                audit.record(f"identity.passkey.{use}.refused.{exc.code}", at=now,
-                             actor={"person_id": str(exc.person_id)},
-                             subject=_ref(credential_id) if credential_id is not None else str(exc.person_id),
-                             data={"code": exc.code, "detail": exc.detail}, engine=self._engine)
-            log.info("identity.passkey.%s.refused.%s", use, exc.code)
-            raise PasskeyError(exc.code, exc.detail, office=self._office(exc.code, exc.person_id)) from exc
+            self._refuse_manage(use, credential_id, exc, now=now)
+
+    def _refuse_manage(self, use: str, credential_id: str | None, exc: _Stale, *, now: datetime) -> NoReturn:
+        """A management call refused (``_manage_session``), audited when the person is known; called once
+        the use case's connection is back in the pool (the audit takes one of its own)."""
+        if exc.person_id is not None:
+            audit.record(f"identity.passkey.{use}.refused.{exc.code}", at=now,
+                         actor={"person_id": str(exc.person_id)},
+                         subject=_ref(credential_id) if credential_id is not None else str(exc.person_id),
+                         data={"code": exc.code, "detail": exc.detail}, engine=self._engine)
+        log.info("identity.passkey.%s.refused.%s", use, exc.code)
+        raise PasskeyError(exc.code, exc.detail, office=self._office(exc.code, exc.person_id)) from exc
+
+    def _officers_own(self, conn: sa.Connection, session: LoginSession, *, now: datetime) -> None:
+        """For a person who holds a privileged role in force: _Stale(insufficient_authentication) unless
+        one of his privileged enrolments opened ``session`` (CredentialStore.opened_by_privileged; review
+        145, finding 1). In the use case's transaction, after a share lock on the person's row
+        (sessions.hold_person), which a role grant's lock (enrolment.lock_person) waits for and is waited
+        for by: a grant committed first is seen, one coming later sees what this did."""
+        hold_person(conn, session.person_id)
+        if enrolment.holds_privileged_role(conn, session.person_id, now=now) and \
+                not self.credentials.opened_by_privileged(conn, session):
+            raise _Stale("insufficient_authentication", "privileged role: no privileged passkey opened the session",
+                          session.person_id)
 
     def _open_flow(self, flow_id: Any, now: datetime) -> SealedFlow:
         """A login's sealed flow (identity.authn.flows), opened: ours, sealed for a login, not expired;
@@ -836,6 +895,16 @@ class PasskeyService:
         if now >= flow.expires_at:
             raise PasskeyError("challenge_expired", "flow expired")
         return flow
+
+
+def _officers_provenance(conn: sa.Connection, person_id: uuid.UUID, provenance: Provenance, *,
+                         now: datetime) -> None:
+    """A passkey of ``provenance`` for the person: _Stale(insufficient_authentication) when it is not a
+    privileged enrolment and he holds a privileged role in force (REGISTRATION_MIN_ACR's note; review
+    145, finding 1), as a role grant suspends such a passkey (credentials.suspend_unprivileged)."""
+    if not provenance.privileged and enrolment.holds_privileged_role(conn, person_id, now=now):
+        raise _Stale("insufficient_authentication", f"privileged role: provenance {provenance.via[:60]} not privileged",
+                     person_id)
 
 
 def passkeys_for(app: Any) -> PasskeyService:
