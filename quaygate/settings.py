@@ -223,6 +223,11 @@ class Settings(BaseSettings):
     # an import container is inside for an hour or two, a long shift at worst (congestion, a scan, a yard
     # fault): 12 hours. Past it the truck is offline a doubt (no pass: review), online as ever.
     gate_pass_max_dwell: int = Field(default=12 * 3600, ge=3600, le=24 * 3600)
+    # Badge hashes at once, per server process, for the reconcile of offline decisions (scrypt, some 65 to 130
+    # ms of a core each; release_service/adapters/badge_hashing.py, review 143): a report finding none free
+    # within half a second is answered 503 with Retry-After, nothing recorded, and its adapter sends it again.
+    # One leaves the other cores to the gate verify however fast gate clients post reports.
+    gate_offline_hash_slots: int = Field(default=1, ge=1, le=16)
     # ---- face verification (issue 6, identity/face/, docs/face.md) ----
     # Worker processes matching faces (CPU heavy, about 0.1 s of one core per capture); 0: one per core
     # this process may use. Jobs beyond face_workers * face_queue_per_worker are refused (face_busy).

@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 from quaygate.single_use import Claim
 
 from .domain.gate import BadgeFacts, BadgeRead, RightFacts, ScreeningResult, TerminalPolicy
-from .domain.gate_pass import OutboxMark
+from .domain.gate_pass import BadgeHash, OutboxMark
 from .domain.parties import Actor, Organisation
 from .domain.release import LastRight, ReleaseRight, Screening, State, Transfer
 from .domain.webhooks import Delivery, Subscription
@@ -643,6 +643,20 @@ class GateOfflineStore(Protocol):
 
 class OfflineUnitOfWork(UnitOfWork, Protocol):
     offline: GateOfflineStore
+
+
+class HashingBusy(Exception):
+    """No badge-hash slot came free in time (``BadgeHasher``): nothing was judged; send the report again."""
+
+
+class BadgeHasher(Protocol):
+    """Hashes a badge read under a gate pass's salt (``BadgeHash.of``, scrypt: some 65 to 130 ms of CPU)
+    within a bound on the hashes at once in this process, remembering what it hashed
+    (adapters/badge_hashing.py, review 143)."""
+
+    def of(self, hashing: BadgeHash, scheme: str, value: str, *, wait: bool = True) -> str:
+        """The hash, remembered or taken in a slot: waited for briefly (``wait``), or only if free now.
+        Raises ``HashingBusy`` when none comes free."""
 
 
 class PassSigner(Protocol):

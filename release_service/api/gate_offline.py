@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
@@ -19,17 +20,20 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from identity.keys import KeyStore
 from identity.tokens import fits, sign_jwt
+from quaygate.appstate import built_once
 from quaygate.limits import IMAGE_BODY_BYTES, Printable, SentTime
 from quaygate.routing import AdmitFirst
+from release_service.adapters.badge_hashing import BadgeHashSlots
 from release_service.adapters.pass_hashes import CachedBadgeHashes
 from release_service.adapters.sqla.gate_offline import SqlOfflineUnitOfWork
 from release_service.domain import gate as g
 from release_service.domain.gate_pass import PASS_ALG, PASS_TYP, OutboxMark, signed_while_active
 from release_service.domain.parties import Actor
+from release_service.ports import HashingBusy
 from release_service.services import gate_passes as service
 
 from .gate import GATE, VerifyRequest, gate_request
-from .problems import problem_responses
+from .problems import problem, problem_responses
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +171,17 @@ def _signer(request: Request) -> KeyStorePassSigner:
     return KeyStorePassSigner(request.app.state.identity.keys)
 
 
+def badge_hashes_for(app: Any) -> BadgeHashSlots:
+    """The process's slots for the reconcile's badge hashes (QUAYGATE_GATE_OFFLINE_HASH_SLOTS)."""
+    return built_once(app, "gate_badge_hashes",
+                      lambda: BadgeHashSlots(slots=app.state.container.settings.gate_offline_hash_slots))
+
+
+# A report answered busy is sent again by its adapter at its next reconcile (every few seconds): a second
+# is what a slot's queue takes to clear.
+BUSY_RETRY_AFTER = 1
+
+
 @router.get("/passes", operation_id="listGatePasses", response_model=PassesResponse,
             responses=problem_responses(401, 403),
             summary="Short-lived signed gate passes for the rights nominated to this gate's terminal.",
@@ -193,9 +208,14 @@ def passes(request: Request, actor: Actor = Depends(GATE), outbox_id: str | None
              # (gate_adapters/runtime/offline.py ``decide``): /verify's limit. The capture is never stored;
              # what is stored of a report is bounded field by field (reasons: the published codes).
              max_body_size=IMAGE_BODY_BYTES,
-             responses=problem_responses(400, 401, 403, 409, 413, 422),
-             summary="Report a decision a gate took offline: recorded, or flagged for port security.")
-def offline_decision(request: Request, body: OfflineDecisionIn, actor: Actor = Depends(GATE)) -> dict[str, Any]:
+             responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
+             summary="Report a decision a gate took offline: recorded, or flagged for port security.",
+             description=(
+                 "503 `badge_hashing_busy`, with Retry-After: the badge read could not be hashed under the "
+                 "pass's salt now (the service bounds the CPU these hashes take). Nothing was judged or "
+                 "recorded: send the same report again."))
+def offline_decision(request: Request, body: OfflineDecisionIn,
+                     actor: Actor = Depends(GATE)) -> dict[str, Any] | JSONResponse:
     c = request.app.state.container
     report = service.OfflineReport(
         request=gate_request(body.request), decision=g.Outcome(body.decision), reasons=tuple(body.reasons),
@@ -208,8 +228,15 @@ def offline_decision(request: Request, body: OfflineDecisionIn, actor: Actor = D
             decision_id=body.override.decision_id, overridden_at=body.override.overridden_at,
             # The refusal it sets aside is this very report without it: recorded under that fingerprint.
             refusal_fingerprint=_fingerprint(body.model_copy(update={"override": None}))))
-    return service.reconcile(_uow_factory(request), actor, report, signer=_signer(request),
-                             issuer=c.settings.issuer, fingerprint=_fingerprint(body), now=c.clock.now())
+    try:
+        return service.reconcile(_uow_factory(request), actor, report, signer=_signer(request),
+                                 issuer=c.settings.issuer, fingerprint=_fingerprint(body), now=c.clock.now(),
+                                 hasher=badge_hashes_for(request.app))
+    except HashingBusy:
+        log.warning("release.verify.offline.hashing_busy", extra={"fields": {"terminal": report.request.terminal}})
+        return problem(503, "badge_hashing_busy", "The badge read cannot be checked against the pass now; "
+                       "nothing was recorded: send the report again.", instance=request.url.path,
+                       headers={"Retry-After": str(BUSY_RETRY_AFTER)})
 
 
 def _fingerprint(body: OfflineDecisionIn) -> str:

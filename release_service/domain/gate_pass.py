@@ -138,14 +138,21 @@ class BadgeHash:
         return cls(bytes.fromhex(_str(c["salt"])), _whole(c["n"]), _whole(c["r"]), _whole(c["p"]))
 
 
-def _digests(hashing: BadgeHash | None) -> Callable[[str, str], str]:
+# How a read badge value is hashed under a pass's ``BadgeHash``: ``BadgeHash.of`` unless the caller says
+# otherwise. The service's reconcile hashes within a bound on the CPU it takes, before its transaction, and
+# remembers what it hashed (services/gate_passes.py ``_hash_read``, review 143): the rules stay these.
+HashBadge = Callable[[BadgeHash, str, str], str]
+
+
+def _digests(hashing: BadgeHash | None, hash_badge: HashBadge | None = None) -> Callable[[str, str], str]:
     """A pass's hash of what a lane read, each value hashed once per decision (a hash costs tens of ms)."""
     done: dict[tuple[str, str], str] = {}
+    of = hash_badge or BadgeHash.of
 
     def digest(scheme: str, value: str) -> str:
         key = (scheme, value)
         if key not in done:
-            done[key] = hashing.of(scheme, value) if hashing is not None else badge_digest(scheme, value)
+            done[key] = of(hashing, scheme, value) if hashing is not None else badge_digest(scheme, value)
         return done[key]
     return digest
 
@@ -384,11 +391,13 @@ def decide_offline(
     store_refreshed_at: datetime | None,
     now: datetime,
     since_refresh: timedelta | None = None,
+    hash_badge: HashBadge | None = None,
 ) -> OfflineDecision:
     """Decide a gate read from gate passes with ``gate.decide`` (see the module docstring).
 
     ``now`` is the wall clock; ``since_refresh`` the time since the last refresh by a monotonic clock of
-    the deciding process (None when it did not refresh: after a restart, the wall clock alone)."""
+    the deciding process (None when it did not refresh: after a restart, the wall clock alone);
+    ``hash_badge`` how the read badge is hashed under a pass's salt (``HashBadge``)."""
     store_age: timedelta | None = None
     clock_behind = False
     if store_refreshed_at is not None:
@@ -403,7 +412,7 @@ def decide_offline(
               and p.right.container in wanted]
     by_right = {p.right.id: p for p in usable}
     rights = [_local_state(p.right, uses) for p in usable]
-    badge, holder_pass = _badge(request.badge, usable)
+    badge, holder_pass = _badge(request.badge, usable, hash_badge)
     screening, ban_age = _screening(holder_pass, limits, now)
     policy = usable[0].policy if usable else limits.policy
     decision = g.decide(request, rights=rights, badge=badge, screening=screening, policy=policy, now=now)
@@ -414,12 +423,13 @@ def decide_offline(
     return OfflineDecision(decision, basis, judged.pass_id if judged else None, ban_age, store_age)
 
 
-def _badge(read: g.BadgeRead | None, passes: Sequence[GatePass]) -> tuple[g.BadgeFacts | None, GatePass | None]:
+def _badge(read: g.BadgeRead | None, passes: Sequence[GatePass], hash_badge: HashBadge | None = None
+           ) -> tuple[g.BadgeFacts | None, GatePass | None]:
     if read is None:
         return None, None
     for p in passes:
         n = p.right.nomination
-        digest = _digests(p.badge_hash)
+        digest = _digests(p.badge_hash, hash_badge)
         for proof in p.badges:
             if n is not None and proof.matches(read, digest):
                 # Active: no pass is issued for a suspended person (adapters/sqla/gate_offline.py).
@@ -613,7 +623,8 @@ def holder_refusals(p: GatePass, badge: g.BadgeFacts | None, screening: g.Screen
     return tuple(r.value for r in g.Reason if r in refused)  # in the gate's order
 
 
-def pass_refuses(p: GatePass, request: g.GateRequest, *, decided_at: datetime, state: str) -> tuple[str, ...]:
+def pass_refuses(p: GatePass, request: g.GateRequest, *, decided_at: datetime, state: str,
+                 hash_badge: HashBadge | None = None) -> tuple[str, ...]:
     """Why ``decide_offline``, run on the reported ``request`` and this genuine pass alone at ``decided_at``,
     would not have allowed it: ``()`` when it would (for this pass's right). The reconcile does not take
     the adapter's word for an allow: the container, badge, plate and face read, the pass's own screening,
@@ -624,13 +635,16 @@ def pass_refuses(p: GatePass, request: g.GateRequest, *, decided_at: datetime, s
     The adapter's local uses are not replayed, except the one the service now knows of: a gate-out
     after the adapter's own offline gate-in on the same pass (``state``, the right's state now). Whether
     the right was used twice is ``judge_use``'s to say.
+
+    The badge read is hashed (``hash_badge``) whatever ``state`` says: the same values, whatever the
+    right's state, so a caller may hash them ahead (services/gate_passes.py ``_hash_read``).
     """
     at = min(max(decided_at, p.issued_at), p.expires_at - _TICK)  # within pass_covers' leeway: judged in life
     gated_in = request.direction is g.Direction.OUT and state in _USED
     uses = LocalUses(gated_in=frozenset({p.right.id}) if gated_in else frozenset())
     limits = OfflineLimits(store_max_age=p.expires_at - p.issued_at, ban_list_max_age=timedelta.max, policy=p.policy)
     d = decide_offline(request, passes=(p,), uses=uses, limits=limits, store_refreshed_at=p.issued_at,
-                       now=at).decision
+                       now=at, hash_badge=hash_badge).decision
     if d.decision is g.Outcome.ALLOW and d.release_id == p.right.id:
         return ()
     return tuple(r.value for r in d.reasons) or (d.decision.value,)

@@ -6,7 +6,8 @@ terminal; at most ``MAX_PASSES``, the most relevant first (ports.GateOfflineStor
 driver's badges go in hashed with scrypt under a random salt per right (``_hash_badges``, review 142).
 
 Reconcile (``POST /gate/v1/offline-decisions``), one transaction per decision, idempotent by
-(terminal, request_id)::
+(terminal, request_id). Before it, the badge the lane read is hashed under the pass's salt within a bound
+on the hashes at once (``_hash_read``, review 143): none free soon, and nothing is judged (``HashingBusy``)::
 
     recorded before? ── same fingerprint: the recorded answer; another body: request_id_reused
         v
@@ -102,6 +103,7 @@ from release_service.domain.gate_pass import (
     BadgeProof,
     Flag,
     GatePass,
+    HashBadge,
     OutboxAlarm,
     OutboxMark,
     PassRefused,
@@ -120,6 +122,7 @@ from release_service.domain.gate_pass import (
 from release_service.domain.parties import Actor
 from release_service.domain.release import ReleaseRight
 from release_service.ports import (
+    BadgeHasher,
     DuplicateDecision,
     OfflineUnitOfWork,
     PassSigner,
@@ -343,11 +346,15 @@ class OfflineReport:
 
 
 def reconcile(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, report: OfflineReport, *,
-              signer: PassSigner, issuer: str, fingerprint: str, now: datetime) -> dict[str, Any]:
-    """The body of POST /gate/v1/offline-decisions (see the module docstring)."""
+              signer: PassSigner, issuer: str, fingerprint: str, now: datetime,
+              hasher: BadgeHasher | None = None) -> dict[str, Any]:
+    """The body of POST /gate/v1/offline-decisions (see the module docstring). ``hasher``: where the badge
+    read is hashed under the pass's salt (``_hash_read``; None: right here, unbounded). Raises
+    ``HashingBusy`` (nothing judged, nothing recorded) when the hasher has no slot for it."""
     req = report.request
     require_gate_of(actor, req.terminal)
     gate_pass = _genuine(report.pass_token, signer, issuer, req.terminal)
+    hash_badge = _hash_read(report, gate_pass, hasher)
     for _ in range(2):  # the second round only when a twin recorded first
         with uow_factory() as uow:
             stored = uow.offline.find(req.terminal, report.key)
@@ -357,7 +364,7 @@ def reconcile(uow_factory: Callable[[], OfflineUnitOfWork], actor: Actor, report
             if report.outbox is not None:
                 _note_place(uow, actor, req, report.outbox, now)
             report = _of_terminal(uow, report)
-            j = _judge(uow, actor, report, gate_pass, decision_id, now)
+            j = _judge(uow, actor, report, gate_pass, decision_id, now, hash_badge)
             verdict, flag = j.verdict, j.flag
             body = {"offline_decision_id": str(decision_id), "request_id": report.key,
                     "release_id": str(report.release_id) if report.release_id else None,
@@ -429,6 +436,36 @@ def _of_terminal(uow: OfflineUnitOfWork, report: OfflineReport) -> OfflineReport
     return replace(report, release_id=None)
 
 
+def _hash_read(report: OfflineReport, gate_pass: GatePass | None, hasher: BadgeHasher | None) -> HashBadge | None:
+    """The pass's hashes of the badge the lane read, taken now, before the transaction: how the judgment
+    hashes it (``pass_refuses``' ``hash_badge``). Review 143: a hash costs some 65 to 130 ms of CPU, and a
+    gate client may post reports as fast as it likes, so the hasher bounds the hashes at once and remembers
+    what it hashed (adapters/badge_hashing.py): a report it has no slot for raises ``HashingBusy`` here,
+    before anything is written. Taken inside the transaction, a hash (and its wait for a slot) held a
+    database connection and the right's row lock (SQLite's whole write lock) all along.
+
+    Which values to hash is the pass's own rules' to say, not ours: they are run once ahead on the report
+    (the badge read is hashed whatever the right's state, ``pass_refuses``), with the hasher; the judgment
+    then finds each hash here. Only for a report the judgment holds to its pass (an allow to commit, an
+    override) on a pass that hashes its badges; any other asks nothing of the hasher."""
+    req = report.request
+    if (hasher is None or gate_pass is None or gate_pass.badge_hash is None or req.badge is None
+            or (report.override is None and (report.decision is not g.Outcome.ALLOW or req.mode is not g.Mode.COMMIT))):
+        return None
+    taken: dict[tuple[bytes, str, str], str] = {}
+
+    def ahead(hashing: BadgeHash, scheme: str, value: str) -> str:
+        taken[hashing.salt, scheme, value] = digest = hasher.of(hashing, scheme, value)
+        return digest
+
+    pass_refuses(gate_pass, req, decided_at=report.decided_at, state=gate_pass.right.state, hash_badge=ahead)
+
+    def recalled(hashing: BadgeHash, scheme: str, value: str) -> str:
+        found = taken.get((hashing.salt, scheme, value))
+        return found if found is not None else hasher.of(hashing, scheme, value, wait=False)
+    return recalled
+
+
 def _genuine(token: str | None, signer: PassSigner, issuer: str, terminal: str) -> GatePass | None:
     claims = signer.verify(token) if token else None
     if claims is None:
@@ -459,10 +496,10 @@ class _Judged:
 
 
 def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pass: GatePass | None,
-           decision_id: uuid.UUID, now: datetime) -> _Judged:
+           decision_id: uuid.UUID, now: datetime, hash_badge: HashBadge | None = None) -> _Judged:
     req = report.request
     if report.override is not None:
-        return _judge_override(uow, actor, report, gate_pass, decision_id, now)
+        return _judge_override(uow, actor, report, gate_pass, decision_id, now, hash_badge)
     allowed = report.decision is g.Outcome.ALLOW
     online = uow.gate.find(req.terminal, req.request_id)
     if online is not None:
@@ -487,7 +524,7 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
     state = right.effective_state(at).value
     # A genuine pass is not a genuine allow: the lane's PC may report any read. The same pure rules the
     # adapter runs must allow this request from this pass, or the allow is the lane's word alone.
-    refused = pass_refuses(gate_pass, req, decided_at=report.decided_at, state=state)
+    refused = pass_refuses(gate_pass, req, decided_at=report.decided_at, state=state, hash_badge=hash_badge)
     if refused:
         return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, right=right, pass_says=refused)
     used_id, used_offline = uow.offline.last_use(right.id, _MOVES[req.direction])
@@ -520,7 +557,7 @@ def _judge(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pas
 
 
 def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, gate_pass: GatePass | None,
-                    decision_id: uuid.UUID, now: datetime) -> _Judged:
+                    decision_id: uuid.UUID, now: datetime, hash_badge: HashBadge | None = None) -> _Judged:
     """An officer's override of an offline refusal (module docstring): the truck is in on his word, so it
     is recorded as an online override is, unless the pass does not back it or the right was used."""
     req, o = report.request, report.override
@@ -557,7 +594,7 @@ def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
     state = right.effective_state(at).value
     # Only what an online override may set aside (``gate.require_overridable_decision``): the reasons the
     # lane reported, and those the pass's own rules give on the reported request (the lane's PC may lie).
-    says = pass_refuses(gate_pass, req, decided_at=report.decided_at, state=state)
+    says = pass_refuses(gate_pass, req, decided_at=report.decided_at, state=state, hash_badge=hash_badge)
     refused = [r.value for r in report.reasons]
     # The face evidence the adapter says it weighed can only make it stricter (``gate.face_against``).
     if not refused or g.not_overridable([*refused, *says], face=report.face):
