@@ -148,7 +148,9 @@ def test_an_outage_is_decided_offline_then_reconciled_and_a_double_use_flagged(
     https: list[httpx.Client] = []
     clock = [0.0]  # script time for the correlators: one driver and truck plate come back for each container
     for name in ("a", "b"):
-        http = httpx.Client(timeout=2.0)
+        # Not 2 s: a passes answer hashes up to 16 new badges with scrypt (review 142), some 65-130 ms each on
+        # an idle machine, and a fresh-clone CI on a loaded one timed out there (ReadTimeout).
+        http = httpx.Client(timeout=10.0)
         https.append(http)
         client = VerifyClient(base, StaticToken(gate.gate_token), http=http, attempts=2, backoff=0.05)
         outbox = Outbox(tmp_path / f"{name}-outbox.sqlite3")
