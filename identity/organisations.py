@@ -22,7 +22,8 @@ and its history, but:
 - the enrolment codes issued by its members who hold a role there that issues them (a terminal's
   security desk) end (identity.authn.enrolment ``end_codes_issued_in``; review 124, finding 5: those
   roles counted nowhere, but their codes lived on, up to 30 days). An issue in flight share-locks the
-  organisation's row, so the deactivation's UPDATE waits for it and then ends its code.
+  organisation's row, so the deactivation's UPDATE waits for it and then ends its code. So do the codes
+  its clients issued themselves, an admin client's (``end_codes_created_by``; review 146, finding 1).
 
 Reactivation lifts the first, the gate's refusal (the facts invalidated again; the lines hear:
 ``release.holder_reactivated``) and the rest; revoked tokens stay revoked (the clients ask for new ones),
@@ -75,7 +76,7 @@ class StatusChanged:
     active: bool
     clients: tuple[str, ...]  # the organisation's clients (their tokens were revoked on deactivation)
     grants_revoked: int
-    enrolment_codes_ended: int = 0  # issued by its officers (on deactivation)
+    enrolment_codes_ended: int = 0  # issued by its officers or its clients (on deactivation)
     rights: tuple[uuid.UUID, ...] = ()  # the release rights it held or was sent whose lines were told
     transfers_cancelled: int = 0  # pending transfers it sent or was sent (on deactivation)
 
@@ -125,6 +126,8 @@ def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID
                                            reason="organisation_deactivated")
             # After the UPDATE, in a statement of its own: an issue that held it up is seen (module docstring).
             codes = enrolment.end_codes_issued_in(conn, organisation_id, now=now)
+            # And the codes its clients issued themselves, an admin client's (review 146, finding 1).
+            codes += sum(enrolment.end_codes_created_by(conn, client_id, now=now) for client_id in clients)
         # The rights it set in motion, after the UPDATE (a transfer accepted meanwhile is waited for on the
         # right's lock, then seen as it ended), and every cached copy of the gate's rights facts, which carry
         # their holder's status (release_service.adapters.gate_facts): pending before the commit, replaced after.

@@ -12,6 +12,8 @@ Lifecycle::
                     +--end_live_codes() (a privileged role granted, a suspension, a reinstatement)--> ended
                     +--end_issued_codes() (its issuer lost a role that issues codes, or was suspended)--> ended
                     +--end_codes_issued_in() (its issuer's organisation was deactivated)--> ended
+                    +--end_codes_created_by() (the admin client that issued it was deactivated, or its
+                                               secret rotated with its tokens revoked)--> ended
 
 ``consume`` is one conditional ``UPDATE ... WHERE used_at IS NULL AND ended_at IS NULL AND expires_at >
 now`` in the registration's own transaction (STYLE.md #4): of two racing registrations, exactly one
@@ -55,6 +57,20 @@ organisations of his issuing roles (which a deactivation's UPDATE takes) before 
 his roles, in later statements (``lock_person``: under READ COMMITTED a statement sees what was committed
 when it began). So a suspension or a deactivation committed first is seen, and the issue refused
 (issuer_role_ended); one that comes during the issue waits for it, then ends its code.
+
+A code an admin client issued names no officer (``issued_by`` NULL), only the client (``created_by``),
+and is ``privileged_issuer`` (it is refused no role). It ends with the client (review 146, finding 1: it
+outlived it by up to 30 days, and a thief of the client's secret, found out and the client deactivated,
+registered a passkey for an officer with one days later): ``end_codes_created_by``, in the transaction
+that deactivates or deletes the client (identity.registration.service), rotates its secret revoking its
+tokens (a leak's answer), or deactivates its organisation (identity.organisations ``set_active``). Only
+the codes that name no officer: an officer's code keeps the console's client id in ``created_by`` and
+ends with his roles, not with the client that carried his request. The issue is one act with them, as
+with an officer's suspension: it share-locks the client's organisation's row, then the client's row
+(which a deactivation's, a deletion's or a rotation's UPDATE takes), and reads their status after
+(``_client_ended``). So a deactivation committed first is seen, and the issue refused
+(issuer_role_ended), and one that comes during the issue waits for it, then ends its code. (A rotation
+leaves the client active: an issue it waited for goes through, with a token it was about to revoke.)
 """
 
 from __future__ import annotations
@@ -73,6 +89,7 @@ from quaygate.schema import (
     membership_in_force,
     membership_of_active_organisation,
     memberships,
+    oauth_clients,
     organisations,
     persons,
 )
@@ -109,7 +126,7 @@ class EnrolmentRefused(Exception):
     """``reason``: enrolment_code_unknown, enrolment_code_expired, enrolment_code_used, person_unknown,
     person_not_active, insufficient_role (the person holds a role the issuer may not issue for),
     issuer_role_ended (the officer issuing it holds no role that issues codes any more, in an active
-    organisation, or is suspended).
+    organisation, or is suspended; the client issuing it, or its organisation, is deactivated).
     ``person_id``: the code's person, when a code was found (``check``: the pages tell him whom to ask)."""
 
     def __init__(self, reason: str, *, person_id: uuid.UUID | None = None) -> None:
@@ -256,6 +273,25 @@ def issuer_ends(conn: sa.Connection, issuer: uuid.UUID, now: datetime) -> dateti
     return min(dated) if dated else None
 
 
+def _client_ended(conn: sa.Connection, client_id: str) -> bool:
+    """Whether the client ``client_id``, issuing a code itself (an admin client), or its organisation is
+    deactivated; False for no such client (the command line, the demo). The organisation's row, then the
+    client's, share-locked until the caller's transaction ends (FOR SHARE on PostgreSQL, which their
+    UPDATEs wait for; SQLite's writers run one at a time), the organisation's status read after both, in a
+    statement of its own (module docstring: under READ COMMITTED it sees what the wait let commit)."""
+    conn.execute(sa.select(organisations.c.id).where(organisations.c.id.in_(
+        sa.select(oauth_clients.c.organisation_id).where(oauth_clients.c.client_id == client_id)))
+        .with_for_update(read=True)).all()
+    client = conn.execute(sa.select(oauth_clients.c.active, oauth_clients.c.organisation_id)
+                          .where(oauth_clients.c.client_id == client_id).with_for_update(read=True)).first()
+    if client is None:
+        return False
+    if not client.active:
+        return True
+    return client.organisation_id is not None and not conn.execute(
+        sa.select(organisations.c.active).where(organisations.c.id == client.organisation_id)).scalar_one()
+
+
 def _live(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
     """A code still usable at ``now``: unused, not ended, not expired."""
     return (enrolment_codes.c.used_at.is_(None), enrolment_codes.c.ended_at.is_(None),
@@ -283,6 +319,14 @@ def end_codes_issued_in(conn: sa.Connection, organisation_id: uuid.UUID, *, now:
     issuers = sa.select(memberships.c.person_id).where(memberships.c.organisation_id == organisation_id,
                                                        memberships.c.role.in_(sorted(ISSUING_ROLES)))
     return _end(conn, enrolment_codes.c.issued_by.in_(issuers), now)
+
+
+def end_codes_created_by(conn: sa.Connection, client_id: str, *, now: datetime) -> int:
+    """End the live codes the client ``client_id`` issued itself, an admin client's (it is deactivated,
+    deleted, or its secret rotated with its tokens revoked: module docstring), in the caller's transaction:
+    how many. Not those an officer issued through it (``issued_by`` set: they end with his roles)."""
+    return _end(conn, sa.and_(enrolment_codes.c.created_by == client_id[:100],
+                              enrolment_codes.c.issued_by.is_(None)), now)
 
 
 def cap_issued_codes(conn: sa.Connection, issuer: uuid.UUID, *, until: datetime, now: datetime) -> int:
@@ -317,6 +361,8 @@ def _insert(
             raise EnrolmentRefused("issuer_role_ended")
         if end is not None:
             expires_at = min(expires_at, end)
+    elif _client_ended(conn, created_by[:100]):  # deactivated: its codes ended with it (module docstring)
+        raise EnrolmentRefused("issuer_role_ended")
     conn.execute(
         enrolment_codes.insert().values(
             code_hash=code_hash(code),

@@ -30,6 +30,7 @@ from quaygate.schema import audit_log, initial_access_tokens, oauth_clients, org
 from quaygate.schema import grants as grants_table
 
 from .. import audit
+from ..authn import enrolment
 from ..clients import hash_secret, new_client_id, new_secret, public_jwks, verify_secret
 from ..domain.roles import SECRET_METHODS, AuthMethod, ClientRole, RegistrationRefused, check_registration
 from ..grants import GrantStore
@@ -274,7 +275,8 @@ class ClientManagement:
 
     def delete(self, client_id: str, token: str, *, now: datetime) -> None:
         """RFC 7592 §2.3: deactivate the client (rows are kept for the audit trail), end its
-        registration token and revoke its grants (refresh tokens and their access tokens)."""
+        registration token, revoke its grants (refresh tokens and their access tokens) and end the
+        enrolment codes it issued (enrolment.end_codes_created_by; review 146, finding 1)."""
         with self._engine.begin() as conn:
             done = conn.execute(
                 oauth_clients.update()
@@ -286,12 +288,15 @@ class ClientManagement:
                 raise _unauthorised("rat_invalid")
             revoked = self._revoke_grants(conn, client_id, now)
             self._grants.revocations.revoke_client(conn, client_id, now=now, token_ttl=self._access_token_ttl)
+            codes = enrolment.end_codes_created_by(conn, client_id, now=now)
             audit.record("identity.client.deleted", at=now, actor={"client_id": client_id}, subject=client_id,
-                         conn=conn, data={"grants_revoked": revoked})
+                         conn=conn, data={"grants_revoked": revoked, "enrolment_codes_ended": codes})
         self._on_change(client_id)
 
     def deactivate(self, client_id: str, *, admin: str, now: datetime) -> bool:
-        """The admin API's deactivation; False when there is no such active client."""
+        """The admin API's deactivation; False when there is no such active client. Its grants are
+        revoked, and the enrolment codes it issued end (an admin client's: each could enrol an officer;
+        enrolment.end_codes_created_by, review 146, finding 1), in the same transaction."""
         with self._engine.begin() as conn:
             done = conn.execute(
                 oauth_clients.update()
@@ -302,8 +307,9 @@ class ClientManagement:
                 return False
             revoked = self._revoke_grants(conn, client_id, now)
             self._grants.revocations.revoke_client(conn, client_id, now=now, token_ttl=self._access_token_ttl)
+            codes = enrolment.end_codes_created_by(conn, client_id, now=now)
             audit.record("identity.admin.client.deactivated", at=now, actor=audit.actor_fields(admin),
-                         subject=client_id, conn=conn, data={"grants_revoked": revoked})
+                         subject=client_id, conn=conn, data={"grants_revoked": revoked, "enrolment_codes_ended": codes})
         self._on_change(client_id)
         return True
 
@@ -315,7 +321,9 @@ class ClientManagement:
         shared epoch that ``on_change`` bumps), and the SecretChecker memo, keyed on the stored hash,
         misses. The tokens already issued stay valid until they expire, unless ``revoke_tokens``:
         then the client's grants and access tokens are revoked (``GrantStore.revoke_client_tokens``,
-        as for a deactivated organisation), those issued within RevocationList.CLIENT_MARGIN after too.
+        as for a deactivated organisation), those issued within RevocationList.CLIENT_MARGIN after too,
+        and the enrolment codes it issued end (enrolment.end_codes_created_by; review 146, finding 1:
+        what the secret's thief minted is as much his as its tokens).
 
         A client managed through RFC 7592 (registered through RFC 7591) also gets a new registration
         access token, in the same UPDATE, returned once beside the secret; the old one is refused from
@@ -353,13 +361,15 @@ class ClientManagement:
                 raise RegistrationError("no_client_secret", "The client authenticates without a secret "
                                         "(private_key_jwt or none): there is no secret to rotate.", 409)
             renewed = done.registration_token_hash is not None
-            revoked = (self._grants.revoke_client_tokens(conn, client_id, reason="client_secret_rotated", now=now,
-                                                         access_token_ttl=self._access_token_ttl)
-                       if revoke_tokens else 0)
+            revoked = codes = 0
+            if revoke_tokens:
+                revoked = self._grants.revoke_client_tokens(conn, client_id, reason="client_secret_rotated", now=now,
+                                                            access_token_ttl=self._access_token_ttl)
+                codes = enrolment.end_codes_created_by(conn, client_id, now=now)
             audit.record("identity.admin.client.secret_rotated", at=now, actor=audit.actor_fields(admin),
                          subject=client_id, conn=conn,
                          data={"tokens_revoked": revoke_tokens, "grants_revoked": revoked,
-                               "registration_token_renewed": renewed})
+                               "registration_token_renewed": renewed, "enrolment_codes_ended": codes})
         self._on_change(client_id)
         log.info("identity.client.secret_rotated")
         return Rotated(secret, rat if renewed else None,
