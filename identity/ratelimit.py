@@ -75,6 +75,15 @@ is told only of those): a handful of keys each (``lf:…:any``, ``lf:…:<genera
 windows, ``lf:…:<generation>:start``, ``lock``, ``lockn``, ``lockgen``), bounded by the accounts, never by
 the callers.
 
+A login session's passkey registration options (``LoginGuard.check_registration``) store a flow each
+(about 360 bytes, for its five minutes: identity.authn.service): they count as a login attempt of the
+address, as an enrolment code's do, and against the person's own allowance,
+``REGISTRATION_OPTIONS_PER_PERSON`` a window (review 146, finding 2: a driver with a recent login looped
+them, a flow a call, and filled Redis). So one person holds at most about that many flows a window, six
+windows' worth within a flow's life (some 60 flows, 22 KB) and two counters (``ep:regopts:person:``),
+only while his login is recent (identity.authn.service ``REGISTRATION_MAX_AUTH_AGE``): bounded by the
+accounts again.
+
 Refusals: the OAuth endpoints answer ``429`` with ``Retry-After`` and an OAuth error body
 ``{"error": "slow_down", ...}`` (RFC 6749 §5.2's shape; ``slow_down`` is RFC 8628 §3.5's code for
 "ask less often", the one OAuth clients already handle); the WebAuthn endpoints, whose errors are RFC
@@ -161,6 +170,7 @@ SECRET_FAILURES_PER_ADDRESS = 10  # client secrets refused (or unknown clients) 
 SECRET_FAILURES_PER_NETWORK = 100  # the same, per IPv6 /48
 LOGIN_ATTEMPTS_PER_ADDRESS = 60  # login attempts (check()) per address and window
 LOGIN_ATTEMPTS_PER_NETWORK = 600  # the same, per IPv6 /48
+REGISTRATION_OPTIONS_PER_PERSON = 10  # a login session's passkey registration options per person and window
 LOGIN_FAILURES_BEFORE_LOCKOUT = 5  # failures of one person within the failure window
 LOGIN_FAILURE_WINDOW = 900
 LOCKOUT_SECONDS = 300  # the first lockout; doubled on each further one
@@ -189,6 +199,7 @@ class Limits:
     secret_failures_per_network: int = SECRET_FAILURES_PER_NETWORK
     login_attempts_per_address: int = LOGIN_ATTEMPTS_PER_ADDRESS
     login_attempts_per_network: int = LOGIN_ATTEMPTS_PER_NETWORK
+    registration_options_per_person: int = REGISTRATION_OPTIONS_PER_PERSON  # no setting: the default holds
     failures_before_lockout: int = LOGIN_FAILURES_BEFORE_LOCKOUT
     failure_window: int = LOGIN_FAILURE_WINDOW
     lockout_seconds: int = LOCKOUT_SECONDS
@@ -410,6 +421,20 @@ class LoginGuard:
                 log.info("identity.login.refused.rate_limited")
                 return retry
         return None
+
+    def check_registration(self, person_id: str, address: str | None) -> int | None:
+        """Before a login session's passkey registration options, which store a flow each (module docstring;
+        review 146, finding 2): a login attempt of ``address`` (``check``), then one of the person's own
+        small allowance (``registration_options_per_person``). None to go ahead, else seconds to wait. The
+        address is counted first: a call it refuses spends nothing of the person's."""
+        retry = self.check(None, address)
+        if retry is not None:
+            return retry
+        retry = self._rates.hit(f"ep:regopts:person:{person_id}", self._limits.registration_options_per_person,
+                                self._limits.window)
+        if retry is not None:
+            log.info("identity.passkey.registration.refused.person_limit")
+        return retry
 
     def locked_for(self, subject: str) -> int | None:
         return self._remaining(self._cache.get(f"lock:{_digest(subject)}"))

@@ -454,7 +454,13 @@ class PasskeyService:
     ) -> tuple[str, dict[str, Any]]:
         """Options to create a passkey: for the holder of a live enrolment code (the badge office's
         identity proofing), else for the person of a recent login session. The code wins when both
-        are present; it is checked here and used only by a successful :meth:`finish_registration`."""
+        are present; it is checked here and used only by a successful :meth:`finish_registration`.
+
+        Each call stores a flow (``_store_flow``), so each is counted first: a code's against its address's
+        login allowance, a session's against that and its person's own (LoginGuard.check_registration;
+        review 146, finding 2: a session's loop stored a flow a call, unbounded, in a Redis that evicts
+        nothing). Past either, 429 ``rate_limited`` with Retry-After, nothing stored, logged only: an
+        audit row per refused call would be the loop's write then."""
         self.check_origin(origin)
         now = self._clock.now()
         sid: str | None = None
@@ -463,7 +469,7 @@ class PasskeyService:
             # Codes have 80 bits, so guessing is hopeless; the per-address attempt limit still applies.
             retry = self._guard.check(None, address) if self._guard is not None else None
             if retry is not None:
-                self._refuse_registration("rate_limited", "login guard", now=now, retry_after=retry)
+                self._refuse_registration("rate_limited", "login guard", now=now, retry_after=retry, audited=False)
             try:
                 code = enrolment.check(self._engine, enrolment_code, now=now)
             except enrolment.EnrolmentRefused as exc:
@@ -472,6 +478,11 @@ class PasskeyService:
         else:
             try:
                 session = self._recent_session(session_cookie, now=now)
+                retry = (self._guard.check_registration(str(session.person_id), address)
+                         if self._guard is not None else None)
+                if retry is not None:
+                    self._refuse_registration("rate_limited", "login guard", now=now, person_id=session.person_id,
+                                              retry_after=retry, audited=False)
                 # Asked here too, before the authenticator makes a credential we would not keep; judged
                 # again under the person's lock when it is stored (``finish_registration``).
                 with self._engine.connect() as conn:
@@ -610,14 +621,18 @@ class PasskeyService:
         now: datetime,
         person_id: uuid.UUID | None = None,
         retry_after: int | None = None,
+        audited: bool = True,
     ) -> NoReturn:
-        audit.record(
-            f"identity.passkey.registration.refused.{code}",
-            at=now,
-            actor={"person_id": str(person_id)} if person_id else {},
-            data={"code": code, "detail": detail[:200]},
-            engine=self._engine,
-        )
+        """Log and raise a refused registration; audited unless ``audited`` is False (a refusal past a rate
+        limit: a row per refused call is what a loop would make us write)."""
+        if audited:
+            audit.record(
+                f"identity.passkey.registration.refused.{code}",
+                at=now,
+                actor={"person_id": str(person_id)} if person_id else {},
+                data={"code": code, "detail": detail[:200]},
+                engine=self._engine,
+            )
         log.info("identity.passkey.registration.refused.%s", code)
         raise PasskeyError(code, detail, retry_after=retry_after, office=self._office(code, person_id))
 
