@@ -41,12 +41,12 @@ from quaygate.crypto import DataCipher
 from quaygate.schema import badges, face_templates, membership_in_force, membership_of_active_organisation, memberships
 
 from .sealing import TAG_PURPOSE
-from .service import withdraw_in
+from .service import RETENTION_ACTOR, withdraw_in
 from .store import TemplateStore
 
 log = logging.getLogger(__name__)
 
-ACTOR = {"system": "face-retention"}
+ACTOR = RETENTION_ACTOR
 BATCH = 100  # withdrawals per round; the loop runs again at once while a round was full
 STAYING_BADGES = ("active", "inactive")  # in use, or may come back (identity.domain.badges)
 

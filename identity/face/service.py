@@ -11,7 +11,10 @@
   replacement is refused, 409 ``face_differs`` (audited with the distance), unless the officer says why
   (``replace_reason``, as ``quaygate person set-national-id --replace REASON``, review 123); with the
   reason it is made, the reason and the distance are on the entry, and the log warns port security
-  (``identity.face.enrolment.replaced_other_face``).
+  (``identity.face.enrolment.replaced_other_face``). A face withdrawn by the badge office counts as
+  one that cannot be compared (review 148, finding 2: withdraw, then enrol, went round the check): the
+  next enrolment needs the reason too, and is warned of (``_after_withdrawal``); one withdrawn by the
+  retention sweep does not.
 - ``verify_face`` / ``verify_face_blocking``: 1:1 match of a capture against the person's template,
   with a tolerance (the terminal's, or the default). Never raises for a bad capture: the outcome is a
   ``FaceMatch`` (distance, matched, reason) the gate turns into its decision. The distance, the
@@ -58,7 +61,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import sqlalchemy as sa
@@ -97,6 +100,9 @@ DEFAULT_REPLAY_WINDOW = timedelta(days=365)
 # HKDF info of the key of the capture digests (``DataCipher.derive``). A dropped data key's digest key (what
 # `quaygate keys face-digest-keys` prints) opens and tags nothing: it only recognises a capture.
 DIGEST_PURPOSE = b"face-capture-digest:v1"
+# The actor of the retention sweep's withdrawals (identity.face.retention): an enrolment after one needs no
+# reason (``_after_withdrawal``). No API caller's actor has this shape (``audit.actor_fields``).
+RETENTION_ACTOR = {"system": "face-retention"}
 
 
 class FaceError(Exception):
@@ -137,6 +143,9 @@ MESSAGES = {
                      "replace_reason: the replacement is audited and reported to port security."),
     "replace_reason_invalid": "replace_reason is 1 to 500 characters.",
 }
+# face_differs when the person's face was withdrawn by the badge office (``_after_withdrawal``).
+WITHDRAWN_MESSAGE = ("This person's face was withdrawn, so the new photo cannot be compared with it. To enrol this "
+                     "face, say why in replace_reason: the enrolment is audited and reported to port security.")
 MAX_REPLACE_REASON = 500
 BAD_CAPTURES_MESSAGE = "Too many unusable captures. Please wait and try again."
 
@@ -275,9 +284,10 @@ class FaceService:
             with self._engine.begin() as conn:
                 store = TemplateStore(conn)
                 store.lock_person(person_id)  # one enrolment or withdrawal of the person at a time
-                current = self._current(store, person_id)
+                current, entries = _read_enrolment(store, self._tag_keys, person_id)
                 old = store.get(person_id)
-                replacing = self._replacing(person_id, old, current, analysis.encoding)
+                replacing = (self._replacing(person_id, old, current, analysis.encoding) if old is not None
+                             else _after_withdrawal(current, entries))
                 if replacing is not None and replacing.differs and reason is None:
                     raise _Differs(replacing)  # rolls back; audited below
                 generation = current.next_generation
@@ -295,21 +305,21 @@ class FaceService:
             audit.record("identity.face.enrol.refused", at=now, actor=who, subject=str(person_id),
                          engine=self._engine, data={**_quality(analysis, code="face_differs", source=source),
                                                     **refused.replacing.audited(None)})
-            raise FaceError("face_differs") from None
+            withdrawn = refused.replacing.after_withdrawal
+            raise FaceError("face_differs", WITHDRAWN_MESSAGE if withdrawn else "") from None
         if replacing is not None and replacing.differs:
             log.warning("identity.face.enrolment.replaced_other_face",
-                        extra={"fields": {"person_id": str(person_id), "distance": replacing.distance}})
+                        extra={"fields": {"person_id": str(person_id), "distance": replacing.distance,
+                                          "after_withdrawal": replacing.after_withdrawal}})
         log.info("identity.face.enrolled")
         return Enrolment(person_id, template_id, source, row.face_px, row.sharpness, now, replaced,
                          replacing.distance if replacing is not None else None)
 
-    def _replacing(self, person_id: uuid.UUID, old: TemplateRow | None, current: enrolments.Current,
-                   encoding: tuple[float, ...]) -> _Replacing | None:
-        """What a new enrolment replaces (None: nothing): the old template's id and its distance to the
-        new one, None when it does not open or the trail does not name it (then it counts as another
-        face: nothing says whose it was)."""
-        if old is None:
-            return None
+    def _replacing(self, person_id: uuid.UUID, old: TemplateRow, current: enrolments.Current,
+                   encoding: tuple[float, ...]) -> _Replacing:
+        """What a new enrolment replaces when a template is stored: its id and its distance to the new
+        one, None when it does not open or the trail does not name it (then it counts as another face:
+        nothing says whose it was). With none stored, ``_after_withdrawal``."""
         distance = None
         if enrolments.not_current_reason(current, str(old.template_id)) is None:
             try:
@@ -602,10 +612,20 @@ def current_of(store: TemplateStore, tag_keys: Sequence[bytes], person_id: uuid.
     return _read_enrolment(store, tag_keys, person_id)[0]
 
 
+class _Read(NamedTuple):
+    """One of the person's enrolment entries as ``_read_enrolment`` read it: its data, the index in the tag
+    keys of the key its tag verifies under (None: none, or it has no tag), its time, kind and actor."""
+
+    data: Any
+    key: int | None
+    at: datetime
+    kind: str
+    actor: Any
+
+
 def _read_enrolment(store: TemplateStore, tag_keys: Sequence[bytes],
-                    person_id: uuid.UUID) -> tuple[enrolments.Current, dict[int, tuple[Any, int | None, datetime]]]:
-    """``current_of``, and each tagged entry's data, the index in ``tag_keys`` of the key its tag
-    verifies under (None: none) and its time, by row id."""
+                    person_id: uuid.UUID) -> tuple[enrolments.Current, dict[int, _Read]]:
+    """``current_of``, and each entry it counted (``_Read``), by row id."""
     read = []
     for entry in store.enrolment_entries(person_id):
         data = entry.data if isinstance(entry.data, dict) else {}
@@ -640,7 +660,7 @@ def _read_enrolment(store: TemplateStore, tag_keys: Sequence[bytes],
         gen = _generation(generation)
         if tagged and key is None and gen is not None and gen < retagged:
             continue
-        keys[entry.id] = (data, key, entry.at)
+        keys[entry.id] = _Read(data, key, entry.at, entry.kind, entry.actor)
         found.append(enrolments.EnrolmentEntry(
             entry.id, entry.kind, named if isinstance(named, str) else None, gen,
             None if not tagged else key is not None))
@@ -688,8 +708,8 @@ def needs_retag(store: TemplateStore, tag_keys: Sequence[bytes], person_id: uuid
     current, keys = _read_enrolment(store, tag_keys, person_id)
     if current.generation == 0:
         return None  # no tagged entry decides (none, or the legacy rule): nothing a data key bears on
-    deciding = {row_id: (key, at) for row_id, (data, key, at) in keys.items()
-                if key is not None and data.get("generation") == current.generation}
+    deciding = {row_id: (read.key, read.at) for row_id, read in keys.items()
+                if read.key is not None and read.data.get("generation") == current.generation}
     if not deciding or min(key for key, _ in deciding.values()) == 0:
         return None
     row_id = max(deciding)  # the later row on a tie (identity.domain.face_enrolment): a copy decides as its original
@@ -743,15 +763,46 @@ def withdraw_in(conn: sa.Connection, tag_keys: Sequence[bytes], person_id: uuid.
 @dataclass(frozen=True, slots=True)
 class _Replacing:
     """The enrolment a new one replaces: its template, the distance between the two faces (None: the old
-    one did not open, or is not current) and whether they differ (above the default tolerance, or None)."""
+    one did not open, is not current, or was withdrawn) and whether they differ (above the default
+    tolerance, or None). ``after_withdrawal``: the old one was withdrawn by a person (``_after_withdrawal``)."""
 
-    template_id: uuid.UUID
+    template_id: uuid.UUID | None
     distance: float | None
     differs: bool
+    after_withdrawal: bool = False
 
     def audited(self, reason: str | None) -> dict[str, Any]:
-        done = {"replaced_template_id": str(self.template_id), "distance": self.distance, "differs": self.differs}
+        done: dict[str, Any] = {"replaced_template_id": None if self.template_id is None else str(self.template_id),
+                                "distance": self.distance, "differs": self.differs}
+        if self.after_withdrawal:
+            done["after_withdrawal"] = True
         return done if reason is None else {**done, "replace_reason": reason}
+
+
+def _after_withdrawal(current: enrolments.Current, entries: dict[int, _Read]) -> _Replacing | None:
+    """What an enrolment replaces when no template is stored (review 148, finding 2): nothing when the
+    person was never enrolled, or when the retention sweep withdrew his face (a person back at work after
+    leaving the port: expected, and no officer makes the sweep act quickly, identity.face.retention). When
+    the entry that decides is a withdrawal by a person (the badge office's DELETE), the withdrawn template
+    is gone (erased, as a withdrawal must: nothing keeps it, so nothing compares with it) and the new face
+    counts as another one: without it, an officer withdrew a driver's face and enrolled his accomplice's
+    with no reason and no warning, where replacing it straight away needs both (review 131, finding 3)."""
+    if current.kind != enrolments.WITHDRAWN:
+        return None
+    if current.generation > 0:  # the tagged entry of the highest generation, the later row on a tie
+        deciding = [n for n, e in entries.items() if e.kind == enrolments.WITHDRAWN and e.key is not None
+                    and _generation(e.data.get("generation")) == current.generation]
+    else:  # before the tags: the latest untagged entry (identity.domain.face_enrolment)
+        deciding = [n for n, e in entries.items() if e.data.get("tag") is None and e.data.get("generation") is None]
+    entry = entries[max(deciding)] if deciding else None
+    if entry is not None and entry.actor == RETENTION_ACTOR:
+        return None
+    named = entry.data.get("template_id") if entry is not None else None
+    try:
+        template_id = uuid.UUID(named) if isinstance(named, str) else None
+    except ValueError:
+        template_id = None
+    return _Replacing(template_id, None, True, after_withdrawal=True)
 
 
 class _Differs(Exception):

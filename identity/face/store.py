@@ -52,13 +52,13 @@ class TemplateStore:
             .with_for_update(key_share=True)).scalar_one_or_none()
         return status
 
-    def enrolment_entries(self, person_id: uuid.UUID) -> list[sa.Row[tuple[int, str, object, datetime]]]:
-        """The person's enrolment entries on the audit trail (id, kind, data, at), oldest first: one read
+    def enrolment_entries(self, person_id: uuid.UUID) -> list[sa.Row[tuple[int, str, object, datetime, object]]]:
+        """The person's enrolment entries on the audit trail (id, kind, data, at, actor), oldest first: one read
         of the partial index ``ix_audit_log_face_enrolment`` (its predicate is these kinds), a few rows
         per person however many other entries name him. Unsealed rows too: sealing does not say who
         wrote a row; the entries' tags do (identity.domain.face_enrolment)."""
         return list(self._conn.execute(
-            sa.select(audit_log.c.id, audit_log.c.kind, audit_log.c.data, audit_log.c.at)
+            sa.select(audit_log.c.id, audit_log.c.kind, audit_log.c.data, audit_log.c.at, audit_log.c.actor)
             .where(audit_log.c.subject == str(person_id), sa.text(FACE_ENROLMENT_KINDS_SQL))
             .order_by(audit_log.c.id)))
 
