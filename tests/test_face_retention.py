@@ -68,9 +68,9 @@ def _member(engine: sa.Engine, pid: uuid.UUID, org: uuid.UUID, valid_until: date
                                                  valid_until=valid_until))
 
 
-def _enrol(face: FaceService, pid: uuid.UUID, at: datetime = T0) -> None:
+def _enrol(face: FaceService, pid: uuid.UUID, at: datetime = T0, reason: str | None = None) -> None:
     face._store_enrolment(pid, Analysis(code=None, faces=1, face_px=150, sharpness=500.0, encoding=ENCODING),
-                          "id_photo", "badge-office", at)
+                          "id_photo", "badge-office", at, reason)
 
 
 def _claim(engine: sa.Engine, pid: uuid.UUID, digest: bytes, use: str, at: datetime) -> bool:
@@ -113,8 +113,9 @@ def test_a_withdrawal_strips_the_captures_of_their_uses_and_keeps_the_digests(en
     [(subject, actor, data)] = _withdrawn(engine)
     assert (subject, data["captures_stripped"], actor) == (str(driver), 2, {"client_id": "badge-office"})
 
-    # Enrolled again, the same bytes of an old capture are still a replay, never a retry of "withdrawn".
-    _enrol(face, driver, out)
+    # Enrolled again (after an officer's withdrawal, with a reason: 70f9c0b), the same bytes of an old capture are
+    # still a replay, never a retry of "withdrawn".
+    _enrol(face, driver, out, "back at work")
     later = out + timedelta(days=1)
     assert not _claim(engine, driver, b"a" * 32, "gate:BEANR-K1700:r-9", later)
     assert _claim(engine, driver, b"d" * 32, "gate:BEANR-K1700:r-9", later)
