@@ -89,8 +89,10 @@ def due_at_start(conn: sa.Connection, now: datetime) -> list[NominationHit]:
 
     ``nominated_at < banned_from``: the nomination was live when the ban started, so the ban took
     effect on it. A nomination made after the ban started was screened against it (refused where it
-    applies), and one the load found was alerted by the load. The candidates are few (drivers under
-    a ban), each checked on the trail by its release id (the ``subject`` index)."""
+    applies), and one the load found was alerted by the load; one in flight as the load ran is one or
+    the other, since the nomination share-locks its driver's row before it screens and the load locks
+    that row before it looks (release_service SqlDirectory ``hold_person``, review 147). The candidates
+    are few (drivers under a ban), each checked on the trail by its release id (the ``subject`` index)."""
     rows = conn.execute(
         sa.select(releases.c.id, releases.c.holder_organisation_id, releases.c.driver_person_id,
                   port_bans.c.reference)

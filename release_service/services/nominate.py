@@ -43,6 +43,9 @@ def nominate(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, cmd: Nominate
         if not (cmd.slot_start and cmd.slot_end):
             raise DomainError(ErrorCode.INVALID_SLOT, "A slot has a start and an end.")
         slot = Slot(cmd.slot_start, cmd.slot_end)
+    # The driver's row share-locked before he is screened, to the commit (Directory.hold_person): a ban
+    # load or a suspension in flight is waited for and screened against, or waits and alerts this.
+    uow.directory.hold_person(driver)
     screening = uow.screening.screen(driver, terminal=right.terminal, now=now)
     right.nominate(by=actor, driver_person_id=driver, plate=plate, trailer_plate=trailer, slot=slot,
                    screening=screening, now=now)

@@ -36,6 +36,17 @@ class SqlDirectory:
         return PersonRef(row["id"], row["given_name"], row["family_name"], row["employer_organisation_id"],
                          row["status"])
 
+    def hold_person(self, person_id: uuid.UUID) -> None:
+        """FOR SHARE on the person's row until the caller's transaction ends (SQLite's writers run one at
+        a time and need none). A nomination takes it before it screens its driver (services/nominate.py):
+        a ban load takes the row FOR NO KEY UPDATE (identity.badges.service ``deactivate_for_ban``)
+        before it looks for his live nominations (identity.bans.alerts ``live_nominations_of``), and a
+        suspension UPDATEs it before ``suspension_alerts``. So either they wait for this nomination and
+        then find it (and alert it), or it waits for them and is screened against what they committed
+        (statements after the wait see it, READ COMMITTED). Never a nomination screened clear that
+        commits unseen after the load looked (review 147, finding 1)."""
+        self._conn.execute(sa.select(persons.c.id).where(persons.c.id == person_id).with_for_update(read=True))
+
     def badge(self, *, scheme: str, number: str | None, card_uid: str | None) -> BadgeRef | None:
         stmt = sa.select(badges).where(badges.c.scheme == scheme)
         if number:
