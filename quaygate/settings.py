@@ -370,6 +370,10 @@ class Settings(BaseSettings):
             refusals.append("an https issuer (QUAYGATE_ISSUER)")
         if any(not str(u.get("discovery_url", "")).startswith("https://") for u in self.upstreams.values()):
             refusals.append("https discovery URLs (QUAYGATE_UPSTREAMS)")
+        if self.ban_feed_url and not self.ban_feed_url.startswith("https://"):
+            # Review 147, finding 3: on the network path a plain feed can be held back or dripped (the
+            # signature stops forged bans, not a withheld list); dev and demo may pull a local register.
+            refusals.append("an https port-ban feed URL (QUAYGATE_BAN_FEED_URL)")
         if not self.ban_register_configured and self.ban_screening != "off":
             # Review 132, finding 3: without the key no list is loaded and every driver screens clear.
             refusals.append("the port-ban register's key (QUAYGATE_BAN_REGISTER_JWK or QUAYGATE_BAN_REGISTER_JWK"
