@@ -408,8 +408,9 @@ def test_on_the_cache_a_copy_from_an_older_server_is_read_again(cached: Gate) ->
     cached.facts._near.clear()  # type: ignore[attr-defined]
     assert {k: _verify(cached, 6)[k] for k in CONTESTED} == CONTESTED
     # ... and replaced by a copy that names them.
-    # with the holder's status (review 130) and whether customs holds it (test_gate_customs_container_hold.py)
-    assert all(len(json.loads(client.get(k))[0]) == 16 for k in keys)
+    # with the holder's status (review 130), whether customs holds it (test_gate_customs_container_hold.py) and
+    # the service's last face_mismatch on it (review 148, test_gate_face_mismatch_sticks.py)
+    assert all(len(json.loads(client.get(k))[0]) == 17 for k in keys)
 
 
 def test_on_the_cache_a_squatted_container_is_contested_once_the_real_line_is_refused(cached: Gate) -> None:

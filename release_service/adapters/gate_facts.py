@@ -113,6 +113,7 @@ from release_service.domain.gate import (
     ScreeningResult,
     TerminalPolicy,
 )
+from release_service.domain.release import FaceAgainst
 from release_service.domain.screening import BanWindow, screen
 from release_service.ports import FACE_CLAIM, FactsUnavailable, GateSnapshot, Kept, Recalled, StoredDecision
 
@@ -1231,6 +1232,8 @@ def _dump_rights(rights: list[RightFacts]) -> bytes:
         None if r.nomination is None else [str(r.nomination.driver_person_id), r.nomination.plate_text,
                                            r.nomination.plate_country, r.nomination.response],
         str(r.issuer) if r.issuer is not None else None, r.contested, r.holder_active, r.customs_held,
+        None if r.face_against is None else [str(r.face_against.decision_id), _iso(r.face_against.at),
+                                             dict(r.face_against.face), r.face_against.nomination],
     ] for r in rights]).encode()
 
 
@@ -1285,24 +1288,28 @@ def _badge_copy(raw: bytes) -> _BadgeEntry | None:
 
 
 def _rights(raw: bytes) -> tuple[RightFacts, ...] | None:
-    """The copy parsed; None for one that does not name each right's issuer, contest, holder's status and
-    whether customs holds it (written by a server from before they were cached, during a rolling upgrade):
-    not trusted, but read again (``_snapshot``), since without them a container two lines claim would not
-    be seen as contested, nor the right of a company port security deactivated as refused (review 130), nor
-    a container customs holds on another right as held."""
+    """The copy parsed; None for one that does not name each right's issuer, contest, holder's status,
+    whether customs holds it and the service's last face_mismatch on it (written by a server from before
+    they were cached, during a rolling upgrade): not trusted, but read again (``_snapshot``), since without
+    them a container two lines claim would not be seen as contested, nor the right of a company port security
+    deactivated as refused (review 130), nor a container customs holds on another right as held, nor a gate
+    asking again without a face after the service found it another person's (review 148)."""
     out = []
     for entry in json.loads(raw):
-        if len(entry) < 16:
+        if len(entry) < 17:
             return None
         (rid, container, terminal, state, blocked, commercial, customs, light, vfrom, vuntil, created, nom,
-         issuer, contested, holder_active, customs_held) = entry[:16]
+         issuer, contested, holder_active, customs_held, against) = entry[:17]
         out.append(RightFacts(
             id=uuid.UUID(rid), container=container, terminal=terminal, state=state, blocked=blocked,
             commercial=commercial, customs=customs, terminal_light=light, valid_from=_dt(vfrom),
             valid_until=_dt(vuntil), created_at=_dt(created),
             nomination=None if nom is None else NominationFacts(uuid.UUID(nom[0]), nom[1], nom[2], nom[3]),
             issuer=uuid.UUID(issuer) if issuer is not None else None, contested=contested is True,
-            holder_active=holder_active is True, customs_held=customs_held is not False))
+            holder_active=holder_active is True, customs_held=customs_held is not False,
+            face_against=None if against is None else FaceAgainst(
+                uuid.UUID(against[0]), datetime.fromisoformat(against[1]), against[2],
+                tuple(against[3]) if against[3] is not None else None)))
     return tuple(out)
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
@@ -47,7 +47,7 @@ from .reads import (
     compare_plate,
     understand_container,
 )
-from .release import NOMINATION_REFUSED, DriverResponse, ReleaseRight, State, nomination_key
+from .release import NOMINATION_REFUSED, DriverResponse, FaceAgainst, ReleaseRight, State, nomination_key
 
 
 class Reason(StrEnum):
@@ -204,8 +204,22 @@ def face_against(face: Mapping[str, object] | None) -> bool:
     on the service's own judgement (review 142): an image it compared with the driver's enrolled face at a
     distance beyond the tolerance (another person), or one identity caught as an attack (``FACE_ATTACKS``:
     a spoof, a copy of a capture matched before). Not a face it could not judge (no enrolment, nobody to
-    match, the matcher down), nor a local matcher's claim: the desk may check the person then."""
-    if face is None or face.get("kind") != "image":
+    match, the matcher down), nor a local matcher's claim: the desk may check the person then. So too a
+    decision that kept such evidence of an earlier decision on the right (``against``: ``face_refused``,
+    review 148), whatever face it was sent itself."""
+    if face is None:
+        return False
+    earlier = face.get("against")
+    return own_face_against(face) or (isinstance(earlier, Mapping) and own_face_against(earlier))
+
+
+def own_face_against(face: Mapping[str, object] | None) -> bool:
+    """``face_against`` on a decision's own face evidence, ``against`` aside: such a decision is what the
+    gate's statements read with its right as the right's ``FaceAgainst`` (review 148), and the right's
+    cached copies are replaced when one is recorded."""
+    if face is None:
+        return False
+    if face.get("kind") != "image":
         return False
     if face.get("unavailable") in FACE_ATTACKS:
         return True
@@ -428,7 +442,10 @@ class FaceRecord:
     ``matched``, the ``min_score`` it was held to, and ``trusted``, whether the terminal's policy
     accepted match results). An allow on a claimed match thus reads apart from one on the service's.
     ``person_id``, for a match result only: whose face the claim is about (``_driver_of``), for its
-    audit entry; never in ``as_json``.
+    audit entry; never in ``as_json``. ``against``: the face evidence of an earlier decision on the right
+    that the service found another person's (``face_refused``, review 148), with that decision's
+    ``decision_id`` and ``decided_at``, which this decision weighed too: its face_mismatch is then the
+    service's as much as that one's (``face_against``).
     """
 
     kind: Literal["none", "image", "match_result"]
@@ -440,6 +457,7 @@ class FaceRecord:
     tolerance: float | None = None
     unavailable: str | None = None
     person_id: uuid.UUID | None = None
+    against: Mapping[str, object] | None = None
 
     @classmethod
     def of(cls, face: FaceEvidence | None, policy: TerminalPolicy, person: uuid.UUID | None = None) -> FaceRecord:
@@ -454,14 +472,19 @@ class FaceRecord:
                    tolerance=tolerance, unavailable=face.unavailable)
 
     def as_json(self) -> dict[str, object]:
-        """The row's ``face`` column: the fields that apply to its kind."""
+        """The row's ``face`` column: the fields that apply to its kind, and ``against`` when there is one."""
+        own: dict[str, object]
         if self.kind == "none":
-            return {"kind": "none"}
-        if self.kind == "match_result":
-            return {"kind": self.kind, "matched": self.matched, "score": self.score, "min_score": self.min_score,
-                    "trusted": self.trusted}
-        return {"kind": self.kind, "matched": self.matched, "distance": self.distance, "tolerance": self.tolerance,
-                "unavailable": self.unavailable}
+            own = {"kind": "none"}
+        elif self.kind == "match_result":
+            own = {"kind": self.kind, "matched": self.matched, "score": self.score, "min_score": self.min_score,
+                   "trusted": self.trusted}
+        else:
+            own = {"kind": self.kind, "matched": self.matched, "distance": self.distance,
+                   "tolerance": self.tolerance, "unavailable": self.unavailable}
+        if self.against is not None:
+            own["against"] = dict(self.against)
+        return own
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,6 +583,9 @@ class RightFacts:
     # of the container shares (``customs_hold``). In a gate pass, the service folds another right's hold into
     # ``customs`` (the adapter holds the nominated right alone).
     customs_held: bool = False
+    # The last gate-in decision on this right whose face the service found another person's (review 148:
+    # ``face_refused``), read with the right, from PostgreSQL and in the cached copies. Never in a gate pass.
+    face_against: FaceAgainst | None = None
 
     @classmethod
     def from_right(cls, right: ReleaseRight) -> RightFacts:
@@ -584,6 +610,7 @@ class RightFacts:
             contested=right.contested_at is not None,
             holder_active=right.holder_active,
             customs_held=customs_holds(right.customs.status.value, right.customs.set_by),
+            face_against=right.face_against,
         )
 
     def effective_state(self, now: datetime) -> str:
@@ -1094,7 +1121,10 @@ def face_mismatch(ctx: GateContext) -> bool:
     """A matcher's result that says no or scores under ``face_min_score``; an image of another face
     than the driver's enrolled one (a distance over the tolerance: the stricter of the one applied
     and the terminal's now); or an image the liveness port called a spoof, or the very bytes of a
-    capture matched before for another request (a copy sent again: ``face_replayed``)."""
+    capture matched before for another request (a copy sent again: ``face_replayed``); or, at a
+    gate-in, the service's own such word on the right a moment ago (``face_refused``)."""
+    if face_refused(ctx) is not None:
+        return True
     face = ctx.request.face
     if face is None:
         return False
@@ -1106,6 +1136,35 @@ def face_mismatch(ctx: GateContext) -> bool:
         return False
     limit = min(ctx.policy.face_tolerance, face.tolerance if face.tolerance is not None else FACE_MAX_TOLERANCE)
     return not (face.matched and face.distance <= limit)
+
+
+def face_refused(ctx: GateContext) -> FaceAgainst | None:
+    """The service's own face_mismatch on the right judged, standing for this gate-in (review 148:
+    ``face_standing``). Else a gate client asked again without a face, and had a review to override, or an
+    allow where no face is required. None: nothing stands."""
+    return face_standing(ctx.right, ctx.request, now=ctx.now)
+
+
+def face_standing(right: RightFacts | None, request: GateRequest, *, now: datetime) -> FaceAgainst | None:
+    """The right's ``face_against`` when it stands for ``request`` at ``now`` (review 148): a gate-in of the
+    right before its gate-in, a decision on it within ``OVERRIDE_WITHIN_SECONDS`` of ``now`` (either way: its
+    time is the service's clock) that found the face another person's than the driver's (``face_against``),
+    under the nomination still on it, and ``request`` brings no capture the service compared with that
+    driver: none, a local matcher's claim, or an image it could not judge (or, offline, did not match). A
+    fresh capture the service matched to the driver is judged on its own: a passenger caught by the lane
+    camera does not lock the driver out. A re-nomination (another driver or truck) or the window's end lifts
+    it. The one rule online (``face_mismatch``) and at the reconcile of an offline gate-in
+    (services/gate_passes.py). None: nothing stands."""
+    seen = right.face_against if right is not None else None
+    if (right is None or seen is None or right.nomination is None or request.direction is not Direction.IN
+            or right.effective_state(now) not in _PRE_GATE):
+        return None
+    if (seen.nomination != tuple(right.nomination.key) or not own_face_against(seen.face)
+            or abs((now - seen.at).total_seconds()) > OVERRIDE_WITHIN_SECONDS):
+        return None
+    face = request.face
+    matched_here = face is not None and face.compared and face.person_id == right.nomination.driver_person_id
+    return None if matched_here else seen
 
 
 def person_suspended(ctx: GateContext) -> bool:
@@ -1220,6 +1279,11 @@ def decide(
     ctx = _context(request, rights, badge, screening, policy, now)
     reasons = tuple(sorted({reason for reason, guard in RULES if guard(ctx)}, key=_ORDER.__getitem__))
     holder = ctx.badge_found
+    face = FaceRecord.of(request.face, policy, _driver_of(ctx))
+    earlier = face_refused(ctx)
+    if earlier is not None:  # kept on the row: no desk sets this face_mismatch aside either (``not_overridable``)
+        face = replace(face, against={**earlier.face, "decision_id": str(earlier.decision_id),
+                                      "decided_at": earlier.at.isoformat()})
     return Decision(
         decision=outcome(reasons, policy),
         reasons=reasons,
@@ -1229,5 +1293,5 @@ def decide(
         screening=screening.result,
         repairs=_repairs(ctx),
         nomination=ctx.right.nomination if ctx.right is not None else None,
-        face=FaceRecord.of(request.face, policy, _driver_of(ctx)),
+        face=face,
     )

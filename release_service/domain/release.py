@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -187,6 +187,20 @@ def nomination_key(driver_person_id: uuid.UUID, plate_text: str, plate_country: 
     return [str(driver_person_id), plate_text, plate_country]
 
 
+@dataclass(frozen=True, slots=True)
+class FaceAgainst:
+    """The last gate-in decision on a right whose face the service itself found another person's than its
+    driver's, or caught as an attack (domain/gate.py ``face_against``, review 148), as read with the right
+    from its gate decisions: that decision's id and time, its face evidence as its row keeps it
+    (``gate.FaceRecord.as_json``) and the nomination it judged (``nomination_key``). Read only: the gate
+    judges a gate-in on it (``gate.face_refused``); no method of the aggregate sets or saves it."""
+
+    decision_id: uuid.UUID
+    at: datetime
+    face: Mapping[str, object]
+    nomination: tuple[str | None, ...] | None
+
+
 @lru_cache(maxsize=4096)  # a batch of 10 000 rights names a few vessel calls
 def vessel_call_key(vessel_call: str) -> str:
     """A vessel call as it is compared: upper case, letters and digits only (its separators, spaces and
@@ -266,6 +280,9 @@ class ReleaseRight:
     # Whether the holder organisation is active (port security has not deactivated it), as read with the
     # right: the gate refuses a right whose holder is not (domain/gate.py ``holder_inactive``). Read only.
     holder_active: bool = True
+    # The last gate-in decision on the right whose face the service found another person's (review 148), as
+    # read by the gate's statements with the right. Read only.
+    face_against: FaceAgainst | None = None
     version: int = 0
     pending_events: list[Event] = field(default_factory=list)
     changed_transfers: list[Transfer] = field(default_factory=list)

@@ -30,7 +30,8 @@ on the hashes at once (``_hash_read``, review 143): none free soon, and nothing 
         the person or truck no longer the pass's (another nomination, the driver banned, his badge
         blocked, revoked or expired, as known now), or no face where the terminal's policy in force when
         the truck passed asked for one (``face_wanting``), or the badge's number alone where it asked for the
-        chip (``chip_wanting``) ── recorded, FLAGGED changed_after_pass with what)
+        chip (``chip_wanting``), or the service's own face_mismatch on the right standing then
+        (``gate.face_standing``, review 148) ── recorded, FLAGGED changed_after_pass with what)
         already used ── FLAGGED used_offline_twice / used_online_meanwhile (the first use stands)
         ended ── FLAGGED changed_after_pass
         v
@@ -688,11 +689,20 @@ def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: Rele
     held = held_since_pass(gate_pass, ((e.type, e.data, e.at) for e in uow.releases.events(right.id)))
     if gate_pass.right.customs == g.GREEN and g.container_held(beside, facts, now=at) is not None:
         held = (*held, g.Reason.CUSTOMS_HOLD.value)  # customs' hold on another right, in force when it passed
-    return changed_since_pass(
+    changed = changed_since_pass(
         gate_pass, facts, at=at, contested=contested, holder_inactive=holder_inactive,
         driver_suspended=suspended, driver_banned=banned, held=held,
         badge=uow.gate.badge(req.badge) if req.badge is not None else None,
         driver=uow.screening.screen(then.driver_person_id, terminal=req.terminal, now=at) if then else None)
+    # The service's own face_mismatch on the right, standing when the truck passed (review 148): online, a
+    # gate-in without a capture it matched to the driver is refused then, and no desk sets that aside. The
+    # lane's uplink cut after such a refusal, the adapter's pass (which cannot know it) let the truck in: the
+    # truck is in, port security hears. Read with the right (``of_containers``: its ``face_against``).
+    own = next((r for r in beside if r.id == right.id), None)
+    face = g.Reason.FACE_MISMATCH.value
+    if face not in changed and g.face_standing(own, req, now=at) is not None:
+        changed = (*changed, face)
+    return changed
 
 
 def _as_of(right: ReleaseRight, at: datetime) -> g.RightFacts:

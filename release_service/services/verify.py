@@ -22,7 +22,10 @@ connection is held while a worker process spends about 0.1 s on it): against the
 the driver the decision concerns (``gate.face_subject``), through the ``FaceMatcher`` port, with the
 terminal's ``face_tolerance``; the pure core then sees only the outcome (``FaceEvidence``). A request
 with an image never takes the cached fast path (``answer_from_cache``); a replayed request_id is
-answered from the record without matching again.
+answered from the record without matching again. A capture the service found another person's (or
+an attack) stays a fact of the right for ``OVERRIDE_WITHIN_SECONDS`` (review 148, ``gate.face_standing``):
+read with the right (adapters/sqla/store.py ``FACE_AGAINST``), so such a check is recorded in PostgreSQL at
+once and the right's cached copies go, as after a move.
 
 With Redis (``facts``, adapters/gate_facts.py), the facts come from there, exact by invalidation
 after every commit; a check is decided and kept there with no PostgreSQL round trip (on facts this
@@ -298,8 +301,11 @@ def _written(facts: GateFacts | None, uow: UnitOfWork, row: dict[str, Any], move
     trusted until Redis took it; else a copy of the right before its gate-in would answer checks until
     its TTL ran out, a retry being answered from the record with no invalidation of its own. False, with
     nothing written, when the right changed or a twin was recorded first."""
-    owing = facts.moving((moved.container.value,)) if facts is not None and moved is not None \
-        else contextlib.nullcontext()
+    # A decision whose face the service found another person's changes what is read with its right
+    # (``gate.face_refused``, review 148): its copies go too, owed the same way (rare: a mismatch).
+    changes = moved.container.value if moved is not None else (
+        row["container_number"] if row["release_id"] is not None and g.own_face_against(row["face"]) else None)
+    owing = facts.moving((changes,)) if facts is not None and changes is not None else contextlib.nullcontext()
     with owing:
         try:
             return _write(uow, row, moved)
@@ -386,6 +392,10 @@ def _check_cached(facts: GateFacts, actor: Actor, request: g.GateRequest, snapsh
     the cache failed meanwhile, or its stream of decisions not drained yet is full (the caller decides
     again and records it in PostgreSQL; a check moves nothing)."""
     decision, decision_id, body, row = _cached_check(actor, request, snapshot, fingerprint, now)
+    if g.own_face_against(row["face"]):
+        # The service found the face another person's: a fact of the right from now on (``gate.face_refused``,
+        # review 148), so recorded in PostgreSQL at once, the right's copies replaced, not drained later.
+        return None
     try:
         twin = facts.record(row)
     except FactsUnavailable:

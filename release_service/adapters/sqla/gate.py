@@ -1,7 +1,8 @@
 """What the gate decision reads and writes, from PostgreSQL (the truth; issue 5).
 
 - ``rights``: every right of the containers the read may be (``reads.container_candidates``), deleted
-  ones left out, as ``RightFacts``, each with whether its holder is active: one statement.
+  ones left out, as ``RightFacts``, each with whether its holder is active and its last gate-in decision
+  whose face the service found another person's (``store.FACE_AGAINST``, review 148): one statement.
 - ``badge``: the badge read, its holder's name and status (port security's suspension) and the
   terminals where it is activated: one statement (an outer join gives one row per live activation).
 - ``screen``: the port-ban screening of the holder (the same lookup as nomination, adapters/sqla/bans).
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 
 from identity.domain.badges import BadgeRefused, Scheme, validate_card_uid, validate_number
 from quaygate.hotsql import HotStatement, listed, text_array
-from quaygate.invalidation import POLICY, touch
+from quaygate.invalidation import POLICY, RIGHTS, touch
 from quaygate.schema import (
     badge_activations,
     badges,
@@ -39,6 +40,7 @@ from release_service.domain.gate import (
     ScreeningResult,
     TerminalPolicy,
     customs_holds,
+    own_face_against,
 )
 from release_service.domain.release import ReleaseRight, State
 from release_service.domain.screening import BanWindow
@@ -47,7 +49,7 @@ from release_service.ports import DuplicateDecision, StoredDecision
 from ..audit import SqlAuditLog
 from .bans import SqlPortBanLookup
 from .gate_move import record_move, record_statement, split_claim
-from .store import HOLDER_ACTIVE, Reads
+from .store import FACE_AGAINST, FACE_AGAINST_FROM, FACE_AGAINST_ON, HOLDER_ACTIVE, Reads, face_against_of
 
 _RIGHT_COLUMNS = (
     releases.c.id, releases.c.container_number, releases.c.terminal, releases.c.state, releases.c.blocked,
@@ -56,6 +58,9 @@ _RIGHT_COLUMNS = (
     releases.c.plate_country, releases.c.nomination_response, releases.c.issuer_organisation_id,
     releases.c.contested_at, HOLDER_ACTIVE, releases.c.customs_set_by,
 )
+# With each right at the gate, its last gate-in decision whose face the service found another person's
+# (review 148). Not in a gate pass (gate_offline.py reads ``_RIGHT_COLUMNS`` alone).
+_AT_GATE = sa.select(*_RIGHT_COLUMNS, *FACE_AGAINST).select_from(releases.outerjoin(FACE_AGAINST_FROM, FACE_AGAINST_ON))
 
 _DECISION_COLUMNS = (
     gate_decisions.c.id, gate_decisions.c.fingerprint, gate_decisions.c.response, gate_decisions.c.decision,
@@ -65,10 +70,10 @@ _DECISION_COLUMNS = (
 
 
 # Prebuilt: the gate's hot path builds no statement per call.
-_RIGHTS = sa.select(*_RIGHT_COLUMNS).where(releases.c.container_number.in_(sa.bindparam("containers", expanding=True)),
-                                           releases.c.state != State.DELETED.value)
+_RIGHTS = _AT_GATE.where(releases.c.container_number.in_(sa.bindparam("containers", expanding=True)),
+                         releases.c.state != State.DELETED.value)
 # PostgreSQL: the same with an array (= ANY), on the driver's cursor (quaygate.hotsql).
-_RIGHTS_PG = HotStatement(sa.select(*_RIGHT_COLUMNS).where(
+_RIGHTS_PG = HotStatement(_AT_GATE.where(
     releases.c.container_number == sa.any_(text_array("containers")),
     releases.c.state != State.DELETED.value))
 _INSERT_DECISION = gate_decisions.insert()
@@ -197,8 +202,12 @@ class SqlGateStore:
     def record(self, row: dict[str, Any]) -> None:
         """Insert a decision; a twin request that committed first raises DuplicateDecision (the caller
         rolls back its whole transaction, gate move included, and answers with the twin's decision).
-        A face match result the gate claimed is audited with it (``ports.FACE_CLAIM``)."""
+        A face match result the gate claimed is audited with it (``ports.FACE_CLAIM``). A decision whose own
+        face the service found another person's is read with its right from now on (``FACE_AGAINST``,
+        review 148): the right's copies go."""
         columns, claim = split_claim(row)
+        if row.get("release_id") is not None and own_face_against(row.get("face")):
+            touch(self._conn, RIGHTS, row["container_number"])
         try:
             if claim is not None and self._conn.dialect.name == "postgresql":  # one statement, both
                 statement, params = record_statement(row)
@@ -244,6 +253,7 @@ def right_facts(r: Any) -> RightFacts:
         issuer=r.issuer_organisation_id, contested=r.contested_at is not None,
         holder_active=bool(r.holder_active),  # no such organisation: not active (fail closed)
         customs_held=customs_holds(r.customs_status, r.customs_set_by),
+        face_against=face_against_of(r._asdict()),  # None where the statement did not read it
     )
 
 

@@ -13,8 +13,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from quaygate.hotsql import HotStatement, listed, text_array
 from quaygate.invalidation import RIGHTS, touch
-from quaygate.schema import organisations, release_events, release_parties, releases, transfers
+from quaygate.schema import gate_decisions, organisations, release_events, release_parties, releases, transfers
 from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.gate import FACE_ATTACKS
 from release_service.domain.iso6346 import ContainerNumber
 from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.plates import Plate
@@ -22,6 +23,7 @@ from release_service.domain.release import (
     LIVE_STATES,
     DriverResponse,
     Event,
+    FaceAgainst,
     LastRight,
     Light,
     LightStatus,
@@ -51,16 +53,57 @@ _PENDING = transfers.alias("pending")
 HOLDER_ACTIVE = (sa.select(organisations.c.active).where(organisations.c.id == releases.c.holder_organisation_id)
                  .correlate(releases).scalar_subquery().label("holder_active"))
 # A right with its pending transfer, the columns of the latter prefixed t_, and its holder's status.
-_WITH_PENDING = (sa.select(releases, *[c.label("t_" + c.name) for c in _PENDING.c], HOLDER_ACTIVE)
-                 .select_from(releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id)))
+_PENDING_COLUMNS = (releases, *[c.label("t_" + c.name) for c in _PENDING.c], HOLDER_ACTIVE)
+_PENDING_JOIN = releases.outerjoin(_PENDING, _PENDING.c.pending_key == releases.c.id)
+_WITH_PENDING = sa.select(*_PENDING_COLUMNS).select_from(_PENDING_JOIN)
+
+
+def _own_face_against(face: Any) -> sa.ColumnElement[bool]:
+    """``gate.own_face_against`` on a ``gate_decisions.face`` column, in SQL: an image the service compared and
+    found another person's (not matched, or beyond its tolerance), or caught as an attack. The gate judges
+    what is read again; this only finds it."""
+    distance, tolerance, unavailable = face["distance"].as_float(), face["tolerance"].as_float(), face["unavailable"]
+    return sa.and_(face["kind"].as_string() == "image", sa.or_(
+        *(unavailable.as_string() == attack for attack in sorted(FACE_ATTACKS)),  # no list: hot statements
+        sa.and_(distance.is_not(None), sa.or_(face["matched"].as_boolean().is_not(True), distance > tolerance))))
+
+
+# The last gate-in decision on the right whose own face the service found another person's (review 148):
+# read with the right by the gate's statements, as ``fa_`` columns (``face_against_of``), through the index on
+# the decisions' release_id. A decision that only kept such evidence of an earlier one (``against``) is not
+# one: the window runs from the service's own judgement, not from each time a gate asked again.
+_JUDGED = gate_decisions.alias("judged")
+_AGAINST = gate_decisions.alias("face_against")
+_LAST_AGAINST = (sa.select(_JUDGED.c.id)
+                 .where(_JUDGED.c.release_id == releases.c.id, _JUDGED.c.direction == "in",
+                        _own_face_against(_JUDGED.c.face))
+                 .order_by(_JUDGED.c.decided_at.desc(), _JUDGED.c.id).limit(1)
+                 .correlate(releases).scalar_subquery())
+FACE_AGAINST_ON = _AGAINST.c.id == _LAST_AGAINST
+FACE_AGAINST_FROM = _AGAINST
+FACE_AGAINST = (_AGAINST.c.id.label("fa_id"), _AGAINST.c.decided_at.label("fa_at"),
+                _AGAINST.c.face.label("fa_face"), _AGAINST.c.nomination.label("fa_nomination"))
+
+
+def face_against_of(row: Any) -> FaceAgainst | None:
+    """The ``fa_`` columns of a row read with ``FACE_AGAINST`` (a mapping); None when there are none."""
+    if row.get("fa_id") is None:
+        return None
+    nomination = row["fa_nomination"]
+    return FaceAgainst(row["fa_id"], row["fa_at"], dict(row["fa_face"]),
+                       tuple(nomination) if isinstance(nomination, list) else None)
+
+
+# A right as the gate's commit reads it: ``_WITH_PENDING`` and its ``face_against``.
+_AT_GATE = sa.select(*_PENDING_COLUMNS, *FACE_AGAINST).select_from(_PENDING_JOIN.outerjoin(_AGAINST, FACE_AGAINST_ON))
 # On the driver's cursor (quaygate.hotsql): building the result's metadata of some fifty columns cost
 # more than the statement.
 _GET = HotStatement(_WITH_PENDING.where(releases.c.id == sa.bindparam("release_id")))
 # Every live right of some containers: a gate commit decides on these, read afresh.
-_BY_CONTAINERS = _WITH_PENDING.where(releases.c.container_number.in_(sa.bindparam("containers", expanding=True)),
-                                     releases.c.state != State.DELETED.value)
-_BY_CONTAINERS_PG = HotStatement(_WITH_PENDING.where(releases.c.container_number == sa.any_(text_array("containers")),
-                                                     releases.c.state != State.DELETED.value))
+_BY_CONTAINERS = _AT_GATE.where(releases.c.container_number.in_(sa.bindparam("containers", expanding=True)),
+                                releases.c.state != State.DELETED.value)
+_BY_CONTAINERS_PG = HotStatement(_AT_GATE.where(releases.c.container_number == sa.any_(text_array("containers")),
+                                                releases.c.state != State.DELETED.value))
 # Issues on one container one after the other (``serialise_issues``): advisory locks of class ISSUE_LOCK_CLASS
 # ("QGIS"), one per bucket, acquired in the order of the sorted subquery.
 ISSUE_BUCKETS = 1024
@@ -561,6 +604,7 @@ def _right_from_row(row: Any, pending: Transfer | None) -> ReleaseRight:
         # Read by the gate's statements (``HOLDER_ACTIVE``); a list or a query that does not read it
         # decides nothing at the gate.
         holder_active=bool(row.get("holder_active", True)),
+        face_against=face_against_of(row),  # read by the gate's commit (``_AT_GATE``) only
         version=row["version"],
     )
 
