@@ -587,6 +587,9 @@ class PassSubject:
     activations: dict[uuid.UUID, frozenset[str]]  # badge id -> terminals where it is activated
     holder_name: str | None
     screening: ScreeningResult
+    # The start of the next ban on the driver at the terminal's port, as the list held says, after the
+    # screening's now (None: none ahead): the pass ends there (gate_pass.pass_life, review 147, finding 2).
+    next_ban: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,11 @@ What a pass proves, and what it cannot::
     proves   at ``iat`` the right was in this state, with these lights and this nomination; this
              badge belonged to the nominated driver; the driver was screened clear/banned against a
              ban list issued at ``ban_list_as_of``
-    cannot   anything that changed after ``iat``: a block, a hold, a revocation, a new ban, a gate-in
-             at another gate. Hence: passes are short-lived (``exp``), an offline allow is provisional
-             and reconciled, and a reconciled use that collides is FLAGGED (``judge_use``).
+    cannot   anything that changed after ``iat``: a block, a hold, a revocation, a ban loaded after it,
+             a gate-in at another gate. Hence: passes are short-lived (``exp``), an offline allow is
+             provisional and reconciled, and a reconciled use that collides is FLAGGED (``judge_use``).
+             A ban already loaded at ``iat`` that starts within the pass's life ends the pass at its
+             start (``pass_life``): the pass never says clear while that ban is in force.
 
 ``decide_offline`` builds the same inputs ``gate.decide`` takes from the passes and calls it: the SAME
 rules decide online and offline. Offline adds three things on top:
@@ -331,6 +333,27 @@ def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError("true or false was expected")
     return value
+
+
+def pass_life(screening: g.ScreeningResult, *, issued_at: datetime, expires_at: datetime,
+              next_ban: datetime | None) -> tuple[datetime, g.ScreeningResult]:
+    """A pass's ``exp`` and screening, given the start of the next ban on its driver the service holds when
+    it issues the pass (``screening.next_ban_start``; None: none ahead). Review 147, finding 2: screened at
+    ``iat`` alone, a pass said clear for its whole life, and offline the lane let the driver in after his
+    ban had started.
+
+    A ban starting within the pass's life caps ``exp`` at its start (``exp`` is whole seconds, so rounded
+    down): the pass stays what the service says until then (online he is let in until then too), and the
+    lane holds no pass past it (offline: no pass, review, which no desk sets aside on the lane's word).
+    Writing ``banned`` for the whole life instead would refuse him offline for minutes while the service
+    lets him in. A ban starting within the pass's first second leaves it no life: ``banned``. A ban
+    starting at or after ``exp``, or a driver screened ``banned`` already, change nothing."""
+    if next_ban is None or screening is g.ScreeningResult.BANNED or next_ban >= expires_at:
+        return expires_at, screening
+    end = next_ban.replace(microsecond=0)
+    if end <= issued_at:
+        return expires_at, g.ScreeningResult.BANNED
+    return end, screening
 
 
 # ---- deciding offline ----------------------------------------------------------------------------

@@ -59,6 +59,15 @@ def banned_within(windows: Iterable[BanWindow], *, terminal: str, since: datetim
                for w in windows)
 
 
+def next_ban_start(windows: Iterable[BanWindow], *, terminal: str, after: datetime) -> datetime | None:
+    """The earliest start after ``after`` of a ban of ``windows`` at the terminal's port (``screen``'s rule):
+    when a person screened at ``after`` is banned next, as the list held says; None for none ahead. A gate
+    pass ends there (review 147, finding 2: screened at its issue alone, it said clear past that start)."""
+    port = port_of(terminal)
+    return min((_aware(w.banned_from) for w in windows
+                if after < _aware(w.banned_from) < _aware(w.banned_until) and covers(w.scope, port)), default=None)
+
+
 def screen(windows: Iterable[BanWindow], list_issued_at: datetime | None, *, terminal: str, now: datetime,
            max_list_age: timedelta, required: bool, identified: bool = True) -> Screening:
     port = port_of(terminal)

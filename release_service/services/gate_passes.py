@@ -118,6 +118,7 @@ from release_service.domain.gate_pass import (
     judge_outbox,
     judge_use,
     pass_covers,
+    pass_life,
     pass_refuses,
 )
 from release_service.domain.parties import Actor
@@ -297,12 +298,14 @@ def make_pass(s: PassSubject, terminal: str, policy: g.TerminalPolicy, ban_list_
               issued: datetime, expires: datetime, hashed: _Hashed) -> GatePass:
     """``hashed``: the salt of this right's passes and its badges' hashes under it (``_hash_badges``)."""
     hashing, digests = hashed
+    # A ban the service holds that starts within the pass's life ends the pass there (review 147, finding 2).
+    expires, screening = pass_life(s.screening, issued_at=issued, expires_at=expires, next_ban=s.next_ban)
     badges = tuple(BadgeProof(
         scheme=b.scheme, number_digest=number, card_uid_digest=uid, status=b.status,
         valid_from=b.valid_from, valid_until=b.valid_until, activated_terminals=s.activations.get(b.id, frozenset()),
     ) for b, (number, uid) in zip(s.badges, digests, strict=True))
     return GatePass(pass_id=str(uuid.uuid4()), terminal=terminal, issued_at=issued, expires_at=expires,
-                    right=s.right, badges=badges, holder=g.mask_name(s.holder_name), screening=s.screening,
+                    right=s.right, badges=badges, holder=g.mask_name(s.holder_name), screening=screening,
                     ban_list_as_of=ban_list_as_of, policy=policy, badge_hash=hashing)
 
 

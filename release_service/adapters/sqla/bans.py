@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from quaygate.schema import ban_feed_state, persons, port_bans
 from release_service.domain.release import Screening
-from release_service.domain.screening import BanWindow, screen
+from release_service.domain.screening import BanWindow, next_ban_start, screen
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,13 @@ class SqlPortBanLookup:
                     ) -> dict[uuid.UUID, Screening]:
         """``screen`` for many persons in one statement whatever their number (the gate passes screen every
         nominated driver of a terminal at each fetch): each person's bans and the list in force, joined."""
+        return {pid: s for pid, (s, _) in self.screen_ahead_many(person_ids, terminal=terminal, now=now).items()}
+
+    def screen_ahead_many(self, person_ids: Collection[uuid.UUID], *, terminal: str, now: datetime
+                          ) -> dict[uuid.UUID, tuple[Screening, datetime | None]]:
+        """``screen_many``, each person with the start of his next ban at the terminal's port after ``now``
+        (``next_ban_start``; None: none ahead), from the same statement: a gate pass ends there (review
+        147, finding 2)."""
         if not person_ids:
             return {}
         # One row at least (the list in force, joined to nobody when none of them is on file), then one per
@@ -59,7 +66,8 @@ class SqlPortBanLookup:
                 identified.add(r.id)
             if r.scope is not None:
                 windows.setdefault(r.id, []).append(BanWindow(r.scope, r.banned_from, r.banned_until))
-        return {pid: self._judge(windows.get(pid, []), issued_at, pid in identified, terminal=terminal, now=now)
+        return {pid: (self._judge(windows.get(pid, []), issued_at, pid in identified, terminal=terminal, now=now),
+                      next_ban_start(windows.get(pid, []), terminal=terminal, after=now))
                 for pid in person_ids}
 
     def _judge(self, windows: list[BanWindow], issued_at: datetime | None, identified: bool, *, terminal: str,

@@ -5,8 +5,8 @@ reconciled from the adapters (``gate_offline_decisions``, one per terminal and r
 still valid and its rights gated in since ``gated_in_since``, whose driver is not suspended by port
 security and whose holder is not deactivated (review 130), the most relevant first and at most
 ``limit`` of them; their drivers' badges and live activations; the drivers' names; and the drivers'
-port-ban screening, all of them in one statement (``SqlPortBanLookup.screen_many``, the verify call's
-rule).
+port-ban screening, all of them in one statement (``SqlPortBanLookup.screen_ahead_many``, the verify call's
+rule), with the start of each one's next ban ahead (a pass ends there, review 147, finding 2).
 """
 
 from __future__ import annotations
@@ -110,15 +110,15 @@ class SqlGateOfflineStore:
                 activations.setdefault(badge_id, set()).add(code)
         names = {pid: f"{given} {family}" for pid, given, family in self._conn.execute(
             sa.select(persons.c.id, persons.c.given_name, persons.c.family_name).where(persons.c.id.in_(drivers)))}
-        screened = {pid: ScreeningResult(s.result)
-                    for pid, s in self._bans.screen_many(drivers, terminal=terminal, now=now).items()}
+        screened = {pid: (ScreeningResult(s.result), ahead)
+                    for pid, (s, ahead) in self._bans.screen_ahead_many(drivers, terminal=terminal, now=now).items()}
         out = []
         for right in rights:
             assert right.nomination is not None
             pid = right.nomination.driver_person_id
             refs = tuple(held.get(pid, ()))
             out.append(PassSubject(right, refs, {b.id: frozenset(activations.get(b.id, ())) for b in refs},
-                                   names.get(pid), screened[pid]))
+                                   names.get(pid), *screened[pid]))
         return out
 
     def ban_list_as_of(self) -> datetime | None:
