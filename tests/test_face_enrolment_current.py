@@ -89,7 +89,10 @@ def test_an_older_enrolment_restored_into_its_row_does_not_open_and_the_current_
 
     _write_row(gate, impostor)  # the insider writes the older row back, whole
     caplog.set_level(logging.INFO)
-    _not_allowed(_decide(gate, fresh("biden.jpg")))
+    # Not opened: no comparison (face_required); and the service's own mismatch a moment ago sticks to the
+    # right under this nomination (458aa7b, review 148): a deny, which no desk sets aside.
+    got = _decide(gate, fresh("biden.jpg"))
+    assert (got["decision"], sorted(got["reasons"])) == ("deny", ["face_mismatch", "face_required"]), got
     assert [r.levelname for r in caplog.records if r.getMessage() == TAMPER] == ["ERROR"]
     (tamper,) = _entries(gate, TAMPER)
     assert (tamper["reason"], tamper["template_id"]) == ("superseded", str(impostor["template_id"]))
