@@ -15,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 
 from identity import ratelimit
 from identity.api.badges import router as badge_admin_router
@@ -153,10 +155,62 @@ BODY_LIMITS = (
 
 
 class QuaygateAPI(FastAPI):
-    """FastAPI, with a body over its route's limit refused as problem JSON (``_BodyTooLargeProblem``)."""
+    """FastAPI, with a body over its route's limit refused as problem JSON (``_BodyTooLargeProblem``),
+    and lanes for the busiest routes (``lanes``).
+
+    A lane serves one route (method and exact path) from the outermost call, past FastAPI's walk: the
+    app's own middleware (``add_middleware``: the request id and metrics, the rate limits) and its
+    exception handlers (the server error's too) run as on any route, then the route's own app as the
+    exact-path index calls it (quaygate/routing.py ``ExactRoutes.lane``: its admit, its body limit, its
+    lean handler, FastAPI's handler for what that leaves). What it skips does nothing for such a route:
+    FastAPI's native telemetry (a lane is made only when it is off when the app starts), the app's body
+    limit (the route's own holds: a lane is made only for a route with one), the exit stack that closes
+    a form's files (the route takes none), the walk through the routers. The gate verify's check spent
+    about a seventh of its CPU in that stack (loadtests/RESULTS.md, thirty-eighth session). A request
+    under a root path takes the whole stack."""
+
+    lanes: tuple[tuple[str, str], ...] = ()  # (method, path) of the routes to serve so, set by create_app
+    _lane_apps: dict[tuple[str, str], Any] | None = None
 
     def build_middleware_stack(self) -> Any:
-        return _BodyTooLargeProblem(super().build_middleware_stack())
+        stack = _BodyTooLargeProblem(super().build_middleware_stack())
+        self._lane_apps = self._build_lanes()
+        return stack
+
+    def _build_lanes(self) -> dict[tuple[str, str], Any]:
+        if not self.lanes or self.root_path or self._native_telemetry.enabled():
+            return {}
+        exact = next((r for r in self.router.routes if isinstance(r, ExactRoutes)), None)
+        if exact is None:
+            return {}
+        error_handler = None
+        handlers: dict[Any, Any] = {}
+        for key, value in self.exception_handlers.items():  # as FastAPI's build_middleware_stack sorts them
+            if key in (500, Exception):
+                error_handler = value
+            else:
+                handlers[key] = value
+        built: dict[tuple[str, str], Any] = {}
+        for method, path in self.lanes:
+            app = exact.lane(method, path, self.router)
+            if app is None:
+                continue
+            app = ExceptionMiddleware(app, handlers=handlers, debug=self.debug)
+            for cls, args, kwargs in reversed(self.user_middleware):
+                app = cls(app, *args, **kwargs)
+            built[(method, path)] = _BodyTooLargeProblem(ServerErrorMiddleware(app, handler=error_handler,
+                                                                              debug=self.debug))
+        return built
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        lanes = self._lane_apps
+        if lanes and scope["type"] == "http" and not scope.get("root_path"):
+            lane = lanes.get((scope["method"], scope["path"]))
+            if lane is not None:
+                scope["app"] = self
+                await lane(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 # The requests a port sends by the thousand: the gate's verify, tokens, passkey logins.
@@ -370,6 +424,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
                                                lean={("POST", "/gate/v1/verify"): verify_lean},
                                                admit={("POST", "/gate/v1/verify"): admit_verify},
                                                again={("POST", "/gate/v1/verify"): verify_again}))
+    app.lanes = (("POST", "/gate/v1/verify"),)  # served past FastAPI's middleware and routers (QuaygateAPI)
     return app
 
 

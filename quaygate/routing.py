@@ -52,10 +52,12 @@ import logging
 import typing
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi._body_limit import wrap_app_with_body_limit
+from fastapi.params import Form
 from fastapi.routing import APIRoute, APIRouter
 from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette._utils import get_route_path
@@ -190,6 +192,37 @@ class ExactRoutes(BaseRoute):
 
     def url_path_for(self, name: str, /, **path_params: Any) -> Any:
         raise NoMatchFound(name, path_params)  # the routers answer for their own routes
+
+    def lane(self, method: str, path: str, router: Any) -> ASGIApp | None:
+        """The route's own app (``lean``, ``direct``, behind its ``admit``) as ``handle`` calls it once
+        matched, with the scope FastAPI's ``router`` would have given it (the router, the route, its
+        endpoint, no path parameters): for an app that serves this one route without walking its
+        middleware and routers (``quaygate.app.QuaygateAPI``'s lanes). None when the route has no app of
+        its own here (FastAPI's handler alone), no body limit of its own (the app's would be skipped) or
+        takes a form (FastAPI's middleware closes a form's files)."""
+        route = self._index.get((method, path))
+        app = self._direct.get(id(route)) if route is not None else None
+        if route is None or app is None or route.max_body_size is None:
+            return None
+        body = route.body_field
+        if body is not None and isinstance(body.field_info, Form):
+            return None
+        endpoint = route.endpoint
+
+        async def routed(scope: Scope, receive: Receive, send: Send) -> None:
+            scope.setdefault("router", router)
+            scope["route"] = route
+            scope["endpoint"] = endpoint
+            scope["path_params"] = {}
+            # FastAPI's handler (a body this route's own handler leaves to it) asserts the middleware's
+            # exit stack, which only ever closes a form's files: this route takes none, so it is never
+            # entered nor needed.
+            scope["fastapi_middleware_astack"] = AsyncExitStack()
+            await app(scope, receive, send)
+
+        # The route's body limit holds from the start, as the app's does on the whole stack: a body
+        # announced past it is refused 413 whoever sends it, even one whose token ``admit`` refuses.
+        return wrap_app_with_body_limit(routed, route.max_body_size)
 
 
 def direct(route: APIRoute) -> ASGIApp | None:
