@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,10 @@ import pytest
 import sqlalchemy as sa
 
 from quaygate.schema import releases
+from release_service.domain import gate as g
+from release_service.domain.errors import DomainError
 
+from .test_gate_domain import NOW, a_right
 from .test_gate_facts import _serve
 from .test_gate_offline import passes, payload
 from .test_gate_person_suspended import _override, outcome, verify
@@ -150,3 +154,33 @@ def test_the_desk_cannot_set_the_containers_hold_aside(gate: Gate) -> None:
     got = _override(gate, refused)
     assert_problem(got, 409, "illegal_transition")
     assert gate.state(second) == "nominated"
+
+
+def test_an_override_of_an_earlier_refusal_cannot_let_out_the_container_customs_then_held(gate: Gate) -> None:
+    """Review 149, finding 1: the nominated right is refused for a misread plate (the desk's to set aside);
+    customs then selects the container for scan on the other right. Its override, asked afterwards, is judged
+    on the container as it is now: refused as an override of the customs-held right itself is."""
+    first, second = _two_rights(gate, 38)
+    refused = verify(gate, 38, mode="commit", plate={"text": "9ZZZ999", "country": "BE", "confidence": 0.95})
+    assert (refused["decision"], refused["reasons"], refused["release_id"]) == ("deny", ["plate_mismatch"], second)
+    _light(gate, first, "scan", "x-ray selection")
+    assert outcome(verify(gate, 38)) == HELD
+    got = _override(gate, refused)  # before the mend: 201, gated in
+    assert_problem(got, 409, "illegal_transition")
+    assert "customs_hold" in got.json()["detail"] and gate.state(second) == "nominated"
+    _light(gate, first, "green", "scanned, clear")  # customs lifts it: the desk's word counts again
+    got = _override(gate, refused)
+    assert got.status_code == 201, got.text
+    assert gate.state(second) == "gated_in"
+
+
+def test_pure_the_override_rule_on_the_containers_other_rights() -> None:
+    right = a_right()
+    other = a_right(id=uuid.uuid4(), customs="scan", customs_held=True, nomination=None, state="active")
+    with pytest.raises(DomainError) as refused:
+        g.require_overridable_right(right, [right, other], now=NOW)
+    assert refused.value.context["reasons"] == ["customs_hold"]
+    g.require_overridable_right(right, [right], now=NOW)
+    g.require_overridable_right(right, [right, replace(other, state="revoked")], now=NOW)  # ended: holds nothing
+    issued_red = replace(other, customs="red", customs_held=False)  # the red of issue: no hold on the container
+    g.require_overridable_right(right, [right, issued_red], now=NOW)

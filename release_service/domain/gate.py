@@ -252,6 +252,17 @@ def require_overridable_decision(reasons: Sequence[str], decided_at: datetime | 
                           "again, and override that decision if need be.")
 
 
+def require_overridable_right(right: RightFacts, rights: Sequence[RightFacts], *, now: datetime) -> None:
+    """What an override may not set aside beside the right itself (``ReleaseRight.require_overridable``), on
+    ``rights``, every right of its container as the override's transaction reads them (from PostgreSQL, after
+    the right's lock; never a cached copy): customs' hold on another live right of the container
+    (``container_held``: it holds every right of it, as ``customs_hold`` says at the gate; review 149), not
+    the desk's to set aside whatever the refused decision said."""
+    if container_held(rights, right, now=now) is not None:
+        raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A terminal cannot override customs_hold: customs holds "
+                          "this container on another of its rights.", reasons=[Reason.CUSTOMS_HOLD.value])
+
+
 # ---- the terminal's policy -----------------------------------------------------------------------
 
 ScreeningFallback = Literal["deny", "review"]

@@ -59,6 +59,10 @@ def override(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str, 
     # deactivated gives it no more (review 77). Gate-in and gate-out above apply the rules, not its word.
     acting_organisation_active(uow, actor)
     right.require_overridable(now)
+    # The right's container as it is now, read in this transaction after the right's lock: a customs hold on
+    # another live right of it holds this one too (review 149), set after the refused decision or not.
+    beside = [g.RightFacts.from_right(r) for r in uow.releases.of_containers([right.container.value])]
+    g.require_overridable_right(g.RightFacts.from_right(right), beside, now=now)
     assert right.nomination is not None  # required above
     right.require_releasable_to_driver(
         decided_at, judged, uow.screening.screen(right.nomination.driver_person_id, terminal=right.terminal, now=now))
