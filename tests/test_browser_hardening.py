@@ -257,6 +257,9 @@ def test_a_hint_of_another_session_asks_the_browser_and_our_page_confirms(flow: 
     # Its form may lead back to the client: the redirect answering it is held to form-action too.
     csp = dict(d.strip().split(" ", 1) for d in ask.headers["content-security-policy"].split(";"))
     assert csp["form-action"] == "'self' https://driver.quaygate.example"
+    # Review 150, finding 1: under no-referrer a browser posts the form with Origin: null, refused below;
+    # under same-origin it sends ours (the click in Chromium: tests/e2e/test_app_sessions_browser.py).
+    assert ask.headers["referrer-policy"] == "same-origin"
 
     form = {"client_id": client_id, "post_logout_redirect_uri": BYE, "state": "bye-2"}
     for origin in (SIBLING, "null", None):  # a same-site page, a sandboxed one, none at all
@@ -302,11 +305,11 @@ def test_logout_on_https_clears_the_host_only_cookie(site: Site) -> None:
 # ---- 3. the pages' security headers, HSTS on https ------------------------------------------------------
 
 
-def _framed_never(resp: Any) -> None:
+def _framed_never(resp: Any, referrer: str = "no-referrer") -> None:
     assert "frame-ancestors 'none'" in resp.headers["content-security-policy"]
     assert "default-src 'none'" in resp.headers["content-security-policy"]
     assert resp.headers["x-frame-options"] == "DENY" and resp.headers["x-content-type-options"] == "nosniff"
-    assert resp.headers["referrer-policy"] == "no-referrer"
+    assert resp.headers["referrer-policy"] == referrer
 
 
 def _pages(site: Site) -> dict[str, Any]:
@@ -327,7 +330,8 @@ def test_the_oidc_pages_carry_the_pages_security_headers(any_site: Site) -> None
     assert 'method="post"' in pages["confirm"].text and "Signed out" in pages["signed_out"].text
     for name, resp in pages.items():
         assert resp.headers["content-type"].startswith("text/html"), name
-        _framed_never(resp)
+        # The confirmation's form must carry our Origin (tests/e2e/test_app_sessions_browser.py).
+        _framed_never(resp, "same-origin" if name == "confirm" else "no-referrer")
         assert resp.headers["cache-control"] == "no-store", name
         assert resp.headers.get("strict-transport-security") == expected, name
 

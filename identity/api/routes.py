@@ -6,7 +6,8 @@ are plain ``def`` routes run in the thread pool (STYLE.md #11); only the body is
 
 Every answer carries HSTS on an https issuer (identity.web.routes ``hsts``); the pages here (the
 authorization error page, the logout confirmation, "signed out") carry the pages' security headers
-(identity.web.routes ``SECURITY_HEADERS``: CSP, never framed, no referrer) as the other pages do.
+(identity.web.routes ``SECURITY_HEADERS``: CSP, never framed, no referrer) as the other pages do; the
+logout confirmation sends its referrer to us alone (``_CONFIRM_REFERRER``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ INTROSPECTION_PATH = "/oauth2/introspect"
 REVOCATION_PATH = "/oauth2/revoke"
 REGISTRATION_PATH = "/oauth2/register"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# The logout confirmation's form is a POST the browser makes in no-cors mode, whose Origin header Fetch
+# serializes from the page's referrer policy ("serializing a request origin"): ``null`` under the pages'
+# no-referrer, and logout() takes only our own origin as the confirmation, so a click in a real browser
+# ended nothing and asked "Sign out?" again (review 150, finding 1). Under same-origin the browser sends
+# our origin to us, and ``null`` still from any other page; the Referer it adds goes to us alone (none on
+# the redirect to the client, another origin), though the page's own URL may hold the id_token_hint.
+_CONFIRM_REFERRER = {"Referrer-Policy": "same-origin"}
 DISCOVERY_CACHE = "public, max-age=3600"
 # Short: a rotated-in key signs at once, and a verifier that refetches on an unknown kid must not be
 # served a stale set by an HTTP cache for long.
@@ -462,7 +470,7 @@ def _confirm_page(request: Request, carried: tuple[tuple[str, str], ...], locati
     )
     target = _form_target(location) if location else None
     csp = CSP.replace("form-action 'self'", f"form-action 'self' {target}") if target else CSP
-    return HTMLResponse(body, headers=_page_headers(request, csp))
+    return HTMLResponse(body, headers={**_page_headers(request, csp), **_CONFIRM_REFERRER})
 
 
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")

@@ -8,7 +8,9 @@
            - at once when the hint's sid is that session's (the RP names the very session this browser
              holds: a GET will do), or
            - on the person's confirmation: a POST whose Origin is one of our own pages' (the confirm
-             page's form, Fetch §3.2; identity.authn.service ``PasskeyService.allowed_origins``);
+             page's form, Fetch §3.2; identity.authn.service ``PasskeyService.allowed_origins``; the
+             page is sent with ``Referrer-Policy: same-origin``, else a browser sends ``Origin: null``
+             with its form, identity.api.routes ``_CONFIRM_REFERRER``);
          anything else (no hint, a hint naming another or an ended session, a POST from elsewhere)
          asks him to confirm (§2: "the OP SHOULD ask the End-User whether to log out"). No browser
          session: nothing to end, on to post_logout_redirect_uri.
