@@ -175,12 +175,14 @@ def test_an_override_of_an_earlier_refusal_cannot_let_out_the_container_customs_
 
 
 def test_pure_the_override_rule_on_the_containers_other_rights() -> None:
+    def rule(right: g.RightFacts, rights: list[g.RightFacts]) -> None:
+        g.require_overridable_right(right, rights, decided_at=NOW, face=None, now=NOW)
+
     right = a_right()
     other = a_right(id=uuid.uuid4(), customs="scan", customs_held=True, nomination=None, state="active")
     with pytest.raises(DomainError) as refused:
-        g.require_overridable_right(right, [right, other], now=NOW)
+        rule(right, [right, other])
     assert refused.value.context["reasons"] == ["customs_hold"]
-    g.require_overridable_right(right, [right], now=NOW)
-    g.require_overridable_right(right, [right, replace(other, state="revoked")], now=NOW)  # ended: holds nothing
+    rule(right, [right])
     issued_red = replace(other, customs="red", customs_held=False)  # the red of issue: no hold on the container
-    g.require_overridable_right(right, [right, issued_red], now=NOW)
+    rule(right, [right, issued_red])

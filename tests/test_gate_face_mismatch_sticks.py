@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from quaygate.schema import gate_decisions
 from release_service.domain import gate as g
+from release_service.domain.errors import DomainError
 from release_service.domain.release import FaceAgainst
 from tests.test_face_support import fresh
 
@@ -173,6 +174,46 @@ def test_offline_a_gate_in_on_the_pass_after_the_service_s_face_mismatch_is_flag
     assert data["changed_since_pass"] == ["face_mismatch"], data  # before the mend: recorded, no flag
 
 
+_WRONG_PLATE = {"text": "9ZZZ999", "country": "BE", "confidence": 0.95}
+
+
+def test_an_override_of_a_decision_before_the_mismatch_does_not_get_round_it(gate: FaceGate) -> None:
+    """Review 149, finding 2: the face_required review asked before the impostor's capture was overridden to
+    gated_in, the right's standing face_mismatch unseen (the override read only the decision's own face). Now
+    an override is judged on the right's standing mismatch too, whichever decision it overrides."""
+    gate.policy(face_required=True)
+    rid = gate.pickable(9)
+    before = _verify(gate, 9, mode="commit")  # no face
+    assert (before["decision"], before["reasons"]) == ("review", ["face_required"]), before
+    _refused_by_face(gate, 9)
+    assert _verify(gate, 9)["reasons"] == ["face_required", "face_mismatch"]  # asked again: it sticks
+    got = _override(gate, before)  # before the mend: 201, gated in
+    assert_problem(got, 409, "illegal_transition")
+    assert "face_mismatch" in got.json()["detail"] and gate.state(rid) == "nominated"
+
+
+def test_only_a_decision_on_the_driver_s_own_capture_after_the_mismatch_is_the_desk_s_to_override(
+        gate: FaceGate) -> None:
+    """The rule of the gate (``face_standing``) holds at the desk: a capture the service matched to the driver
+    after the mismatch is judged on its own (a passenger caught by the lane camera does not lock the driver
+    out), so its refusal for a misread plate is overridden; one matched before the mismatch is not."""
+    gate.policy(face_required=True)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    rid = gate.pickable(10)
+    before = _verify(gate, 10, mode="commit", face={"image": b64(fresh("obama2.jpg"))}, plate=_WRONG_PLATE)
+    assert (before["decision"], before["reasons"]) == ("deny", ["plate_mismatch"]), before
+    mismatch = _verify(gate, 10, face={"image": b64(fresh("biden.jpg"))})
+    assert mismatch["reasons"] == ["face_mismatch"], mismatch
+    got = _override(gate, before)
+    assert_problem(got, 409, "illegal_transition")
+    assert "face_mismatch" in got.json()["detail"] and gate.state(rid) == "nominated"
+    after = _verify(gate, 10, mode="commit", face={"image": b64(fresh("obama2.jpg"))}, plate=_WRONG_PLATE)
+    assert (after["decision"], after["reasons"]) == ("deny", ["plate_mismatch"]), after
+    got = _override(gate, after)
+    assert got.status_code == 201, got.text
+    assert gate.state(rid) == "gated_in"
+
+
 # ---- the pure rule ---------------------------------------------------------------------------------
 
 _KEY = [str(DRIVER), "1ABC123", "BE"]
@@ -252,3 +293,30 @@ def test_the_cached_copy_keeps_the_fact_and_an_older_copy_is_a_miss() -> None:
     assert list(_rights(_dump_rights(rights)) or ()) == rights
     older = [entry[:16] for entry in json.loads(_dump_rights(rights))]  # a server from before the fact
     assert _rights(json.dumps(older).encode()) is None
+
+
+_MATCHED_ROW = {"kind": "image", "matched": True, "distance": 0.35, "tolerance": 0.5, "unavailable": None}
+
+
+@pytest.mark.parametrize(("seen", "decided", "face", "refused"), [
+    (_seen(), -120, None, True),  # the decision before the mismatch, no face
+    (_seen(), -120, _MATCHED_ROW, True),  # the driver matched, then someone else: the later word stands
+    (_seen(), -30, {"kind": "none"}, True),  # after it, no capture of the driver
+    (_seen(), -30, {"kind": "match_result", "matched": True, "score": 1.0, "trusted": True}, True),  # a claim
+    (_seen(), -30, {**_MATCHED_ROW, "distance": 0.6}, True),  # beyond the tolerance
+    (_seen(), -30, _MATCHED_ROW, False),  # the driver's own capture after it: judged on its own
+    (_seen(ago=g.OVERRIDE_WITHIN_SECONDS + 1), -120, None, False),  # long ago
+    (_seen(key=[str(uuid.uuid4()), "1ABC123", "BE"]), -120, None, False),  # re-nominated since
+    (None, -120, None, False),
+], ids=["before", "matched before", "none after", "claim after", "beyond tolerance", "matched after", "long ago",
+        "re-nominated", "none"])
+def test_pure_an_override_is_judged_on_the_right_s_standing_mismatch(seen: FaceAgainst | None, decided: float,
+                                                                     face: Any, refused: bool) -> None:
+    (right,) = _right(seen)
+    at = NOW + timedelta(seconds=decided)
+    if not refused:
+        g.require_overridable_right(right, [right], decided_at=at, face=face, now=NOW)
+        return
+    with pytest.raises(DomainError) as got:
+        g.require_overridable_right(right, [right], decided_at=at, face=face, now=NOW)
+    assert got.value.context["reasons"] == ["face_mismatch"]

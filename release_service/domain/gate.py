@@ -230,6 +230,16 @@ def own_face_against(face: Mapping[str, object] | None) -> bool:
     return face.get("matched") is not True or distance > limit
 
 
+def own_face_matched(face: Mapping[str, object] | None) -> bool:
+    """A decision's own face evidence (``against`` aside) is a capture the service compared with the enrolled
+    face of the driver judged and found his, within its tolerance: neither ``own_face_against`` nor a face it
+    could not judge, nor a local matcher's claim."""
+    if face is None or face.get("kind") != "image" or face.get("matched") is not True:
+        return False
+    distance = face.get("distance")
+    return isinstance(distance, int | float) and not isinstance(distance, bool) and not own_face_against(face)
+
+
 def identity_set_aside(reasons: Iterable[str]) -> list[str]:
     """The checks of who is at the gate among the refusals an override sets aside (``IDENTITY_CHECKS``):
     port security hears of such an override (review 142)."""
@@ -252,15 +262,28 @@ def require_overridable_decision(reasons: Sequence[str], decided_at: datetime | 
                           "again, and override that decision if need be.")
 
 
-def require_overridable_right(right: RightFacts, rights: Sequence[RightFacts], *, now: datetime) -> None:
+def require_overridable_right(right: RightFacts, rights: Sequence[RightFacts], *, decided_at: datetime | None,
+                              face: Mapping[str, object] | None, now: datetime) -> None:
     """What an override may not set aside beside the right itself (``ReleaseRight.require_overridable``), on
-    ``rights``, every right of its container as the override's transaction reads them (from PostgreSQL, after
-    the right's lock; never a cached copy): customs' hold on another live right of the container
-    (``container_held``: it holds every right of it, as ``customs_hold`` says at the gate; review 149), not
-    the desk's to set aside whatever the refused decision said."""
+    ``rights``, every right of its container as the override's transaction reads them (from the database,
+    after the right's lock; never a cached copy), whatever the refused decision said (review 149):
+
+    - customs' hold on the container through another of its rights (``container_held``: it holds every
+      right of it, as ``customs_hold`` says at the gate);
+    - the service's own face_mismatch standing on ``right`` (``face_stands``: under its nomination, within
+      ``OVERRIDE_WITHIN_SECONDS``), as a decision that weighed it is not overridable (``not_overridable``).
+      Only the refused decision's own capture, decided (``decided_at``) after that mismatch and matched by
+      the service to the driver (``face``, as its row keeps it: ``own_face_matched``), is judged on its own,
+      as the gate judges it (``face_standing``): a passenger caught by the lane camera does not lock the
+      driver out, and the desk may set aside, say, the plate misread with that capture."""
     if container_held(rights, right, now=now) is not None:
         raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A terminal cannot override customs_hold: customs holds "
                           "this container on another of its rights.", reasons=[Reason.CUSTOMS_HOLD.value])
+    seen = face_stands(right, now=now)
+    if seen is not None and not (decided_at is not None and decided_at > seen.at and own_face_matched(face)):
+        raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A terminal cannot override face_mismatch: the service "
+                          f"found the face at this right's gate another person's (decision {seen.decision_id}).",
+                          reasons=[Reason.FACE_MISMATCH.value])
 
 
 # ---- the terminal's policy -----------------------------------------------------------------------
@@ -1166,16 +1189,26 @@ def face_standing(right: RightFacts | None, request: GateRequest, *, now: dateti
     camera does not lock the driver out. A re-nomination (another driver or truck) or the window's end lifts
     it. The one rule online (``face_mismatch``) and at the reconcile of an offline gate-in
     (services/gate_passes.py). None: nothing stands."""
-    seen = right.face_against if right is not None else None
-    if (right is None or seen is None or right.nomination is None or request.direction is not Direction.IN
-            or right.effective_state(now) not in _PRE_GATE):
-        return None
-    if (seen.nomination != tuple(right.nomination.key) or not own_face_against(seen.face)
-            or abs((now - seen.at).total_seconds()) > OVERRIDE_WITHIN_SECONDS):
+    seen = face_stands(right, now=now) if request.direction is Direction.IN else None
+    if right is None or right.nomination is None or seen is None:
         return None
     face = request.face
     matched_here = face is not None and face.compared and face.person_id == right.nomination.driver_person_id
     return None if matched_here else seen
+
+
+def face_stands(right: RightFacts | None, *, now: datetime) -> FaceAgainst | None:
+    """The right's ``face_against`` when it stands at ``now``, whatever is asked (``face_standing`` then
+    looks at the capture sent; an override at the decision overridden, ``require_overridable_right``): the
+    right not yet gated in, a decision on it within ``OVERRIDE_WITHIN_SECONDS`` of ``now`` (either way) that
+    found the face another person's, under the nomination still on it. None: nothing stands."""
+    seen = right.face_against if right is not None else None
+    if right is None or seen is None or right.nomination is None or right.effective_state(now) not in _PRE_GATE:
+        return None
+    if (seen.nomination != tuple(right.nomination.key) or not own_face_against(seen.face)
+            or abs((now - seen.at).total_seconds()) > OVERRIDE_WITHIN_SECONDS):
+        return None
+    return seen
 
 
 def person_suspended(ctx: GateContext) -> bool:

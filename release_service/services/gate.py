@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from release_service.domain import gate as g
@@ -53,16 +53,21 @@ def gate_out(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, decision_id: 
 
 def override(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str, decision_id: uuid.UUID,
              decided_at: datetime, judged: Sequence[str | None] | None, now: datetime,
-             set_aside: Sequence[str] = ()) -> tuple[ReleaseRight, Receipt]:
+             set_aside: Sequence[str] = (), face: Mapping[str, object] | None = None) -> tuple[ReleaseRight, Receipt]:
+    """A terminal's override of a refused gate-in decided at ``decided_at`` on the nomination ``judged``,
+    setting aside ``set_aside``; ``face``: the face evidence that decision weighed, as its row keeps it."""
     right = load(uow, release_id, actor)
     # The desk's own word against the rules' refusal: a terminal organisation that port security has
     # deactivated gives it no more (review 77). Gate-in and gate-out above apply the rules, not its word.
     acting_organisation_active(uow, actor)
     right.require_overridable(now)
-    # The right's container as it is now, read in this transaction after the right's lock: a customs hold on
-    # another live right of it holds this one too (review 149), set after the refused decision or not.
+    # The right's container as it is now, read in this transaction after the right's lock (review 149): a
+    # customs hold on another live right of it holds this one too, and the service's own face_mismatch on the
+    # right stands (read with it there, ``FACE_AGAINST``; the lock's read leaves it out), whether they came
+    # before or after the refused decision.
     beside = [g.RightFacts.from_right(r) for r in uow.releases.of_containers([right.container.value])]
-    g.require_overridable_right(g.RightFacts.from_right(right), beside, now=now)
+    own = next(r for r in beside if r.id == right.id)  # locked and nominated: it is there
+    g.require_overridable_right(own, beside, decided_at=decided_at, face=face, now=now)
     assert right.nomination is not None  # required above
     right.require_releasable_to_driver(
         decided_at, judged, uow.screening.screen(right.nomination.driver_person_id, terminal=right.terminal, now=now))

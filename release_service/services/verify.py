@@ -589,7 +589,7 @@ def override(uow_factory: Callable[[], UnitOfWork], actor: Actor, decision_id: u
         set_aside = [str(r) for r in stored.response.get("reasons", ())]
         g.require_overridable_decision(set_aside, stored.decided_at, now, face=stored.face)
         right, receipt = override_right(uow, actor, stored.release_id, reason, decision_id, stored.decided_at,
-                                       stored.nomination, now, set_aside)
+                                       stored.nomination, now, set_aside, face=stored.face)
         uow.gate.record_override({"id": uuid.uuid4(), "decision_id": decision_id, "release_id": right.id,
                                   "terminal": stored.terminal, "client_id": actor.client_id,
                                   "reason": reason.strip(), "at": now})
