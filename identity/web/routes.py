@@ -18,7 +18,8 @@ Routes (none in the OpenAPI document: they are pages, not the API)::
     GET  /enrol                  first passkey with the badge office's one-time code
     GET  /account                the person's passkeys (needs a login session, else /login)
     GET  /app/, /app/callback    the driver app shell (the callback is the OIDC redirect_uri)
-    GET  /app/config.json        the driver app's client_id, redirect URIs and id token alg
+    GET  /app/config.json        the driver app's client_id, redirect URIs and id token alg, and the
+                                 sid of the browser's login session
     GET  /app/manifest.webmanifest, /app/sw.js    installable app: manifest and service worker
     GET  /static/web/{digest}/{name}               the hashed static files
     POST /lang                   the language menu: sets the qg_lang cookie (``__Host-qg_lang`` on an
@@ -306,7 +307,12 @@ def public_client_config(request: Request, *, role: str, callback_path: str, cod
     checks it); ``fields`` add what the page needs besides. A 404 problem ``code`` when none is.
 
     ``post_logout_path``: the page's ``post_logout_redirect_uri``, given only when the client registered
-    it: the provider refuses any other (RP-Initiated Logout §3), and the page then logs out without one."""
+    it: the provider refuses any other (RP-Initiated Logout §3), and the page then logs out without one.
+
+    The answer's ``sid``: the browser's live login session's (its cookie's; null for none), so that a
+    page holding tokens whose id token names another session (another login in this browser since)
+    drops them and asks for its own (review 150, finding 2). An id token's ``sid`` is no secret (it is
+    in every copy of the token); the answer is the cookie's, so never stored by a cache."""
     issuer = _issuer(request)
     callback = issuer + callback_path
     engine: sa.Engine = request.app.state.container.engine
@@ -325,6 +331,8 @@ def public_client_config(request: Request, *, role: str, callback_path: str, cod
              "detail": f"No active {role} client has the redirect URI {callback}."},
             status_code=404, media_type="application/problem+json", headers={"Cache-Control": "no-cache"},
         )
+    c = request.app.state.container
+    session = sessions_for(request.app).get(request.cookies.get(c.settings.session_cookie), now=c.clock.now())
     return JSONResponse(
         {
             "issuer": issuer,
@@ -335,8 +343,9 @@ def public_client_config(request: Request, *, role: str, callback_path: str, cod
             **fields,
             **({"post_logout_redirect_uri": issuer + post_logout_path}
                if post_logout_path and issuer + post_logout_path in (client.post_logout_redirect_uris or []) else {}),
+            "sid": session.sid if session is not None else None,
         },
-        headers={"Cache-Control": "no-cache", **SECURITY_HEADERS},
+        headers={"Cache-Control": "no-store", **SECURITY_HEADERS},
     )
 
 

@@ -174,13 +174,18 @@
     $("signin").hidden = false; $("refresh").hidden = true; $("menu").hidden = true;
   }
 
-  function logout() {
-    var idt = tokens && tokens.id_token, rt = tokens && tokens.refresh_token;
-    tokens = null; put("tokens", null); put("loggedout", true);
-    // RFC 7009: the refresh token (and its grant) outlives the provider session, 14 days to 12 h: revoked
-    // first (review 120, finding 1). keepalive: the request outlives this page.
+  // The tokens dropped, their refresh token revoked (RFC 7009): it (and its grant) outlives the provider
+  // session, 14 days to 12 h (review 120, finding 1). keepalive: the request outlives this page.
+  function drop() {
+    var rt = tokens && tokens.refresh_token;
+    tokens = null; put("tokens", null);
     if (rt && disco.revocation_endpoint) fetch(disco.revocation_endpoint, {method: "POST", keepalive: true, credentials: "omit",
       body: new URLSearchParams({token: rt, token_type_hint: "refresh_token", client_id: cfg.client_id})}).catch(function () {});
+  }
+
+  function logout() {
+    var idt = tokens && tokens.id_token;
+    drop(); put("loggedout", true);
     var end = disco.end_session_endpoint || cfg.issuer + "/oauth2/logout";
     var q = new URLSearchParams({post_logout_redirect_uri: cfg.post_logout_redirect_uri, client_id: cfg.client_id});
     if (idt) q.set("id_token_hint", idt);
@@ -191,6 +196,8 @@
     tokens = get("tokens");
     return configure().then(function () {
       if (location.pathname === "/app/callback") return callback().then(load);
+      // Tokens of a session the browser no longer holds (a login since): the live one's (review 150, finding 2).
+      if (tokens && cfg.sid && cfg.sid !== oidc.part(tokens.id_token, 1).sid) drop();
       if (tokens) return load();
       if (get("loggedout")) return loggedOutView();
       return login();

@@ -126,6 +126,14 @@ var QG = (function () {
     return fallback;
   }
 
+  // A login or an enrolment: the app's and the console's tokens in this tab are the last person's (review
+  // 150, finding 2). An authorization under way ("pending") resumes, for the new one.
+  function forget() {
+    Object.keys(sessionStorage).forEach(function (k) {
+      if (/^qg\.(app|console)\.(?!pending$)/.test(k)) sessionStorage.removeItem(k);
+    });
+  }
+
   function busy(button, on) {
     button.disabled = on;
     if (on) { button.dataset.label = button.textContent; button.textContent = t("common.busy"); }
@@ -159,5 +167,5 @@ var QG = (function () {
   });
 
   return {t: t, $: $, el: el, say: say, call: call, explain: explain, Problem: Problem, ceremony: ceremony,
-          supported: supported, local: local, busy: busy, when: when, b64e: b64e};
+          supported: supported, local: local, forget: forget, busy: busy, when: when, b64e: b64e};
 })();

@@ -18,7 +18,7 @@ document.addEventListener("DOMContentLoaded", function () {
                          {flow: opts.flow, credential: credential, name: name.value.trim() || QG.t("enrol.name_default")});
         });
       })
-      .then(function () { QG.say(msg, QG.t("enrol.done"), true); location.assign("/app/"); })
+      .then(function () { QG.say(msg, QG.t("enrol.done"), true); QG.forget(); location.assign("/app/"); })
       .catch(function (err) { QG.busy(button, false); QG.say(msg, QG.explain(err)); });
   });
 });

@@ -11,6 +11,7 @@ document.addEventListener("DOMContentLoaded", function () {
         var link = QG.$("broker-" + p.name);
         if (!link) { return; }
         link.href = p.start + "?return_to=" + encodeURIComponent(returnTo);
+        link.addEventListener("click", QG.forget);  // a login, which comes back elsewhere
         QG.$("broker").hidden = false;
       });
     })
@@ -29,6 +30,7 @@ document.addEventListener("DOMContentLoaded", function () {
       })
       .then(function (done) {
         QG.say(msg, QG.t("login.success"), true);
+        QG.forget();
         location.assign(QG.local(done && done.return_to, "/app/"));
       })
       .catch(function (err) { QG.busy(button, false); QG.say(msg, QG.explain(err)); });
