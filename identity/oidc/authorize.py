@@ -166,15 +166,24 @@ def _named(name: str) -> str:
     return f"parameter {name}" if name in KNOWN_PARAMS else "a parameter"
 
 
-def check_client_and_redirect(clients: ClientRegistry, params: Mapping[str, str]) -> tuple[ClientRecord, str]:
+def check_client_and_redirect(
+    clients: ClientRegistry, params: Mapping[str, str], *, anyone: bool = False
+) -> tuple[ClientRecord, str]:
     """RFC 6749 §3.1.2.3 / §4.1.2.1: the client is known and active and the redirect_uri is one of
-    its registered ones, compared as strings (no normalisation, no prefix, no default)."""
+    its registered ones, compared as strings (no normalisation, no prefix, no default).
+
+    ``anyone``: the request names its client and proves nothing (/oauth2/authorize, not PAR's
+    authenticated client): a client without the code flow (a machine) is answered as an unknown one,
+    so the page tells no one which machine client ids exist (review 151, finding 2); the log says which."""
     client_id = params.get("client_id")
     client = clients.find(client_id) if client_id else None
     if client is None or not client.active:
         log.info("identity.authorize.refused.unknown_client")
         raise PageError("invalid_client", "Unknown client.")
     if "authorization_code" not in client.grant_types:
+        log.info("identity.authorize.refused.not_code_client")
+        if anyone:
+            raise PageError("invalid_client", "Unknown client.")
         raise PageError("unauthorized_client", "This client does not use the authorization code flow.")
     redirect_uri = params.get("redirect_uri")
     if redirect_uri is None or redirect_uri not in client.redirect_uris:
@@ -445,7 +454,7 @@ def start(
             raise PageError("invalid_request_uri", "The request_uri is unknown, expired, used or not yours.")
         client = _client_of(provider, req)
     else:
-        client, redirect_uri = check_client_and_redirect(provider.clients, params)
+        client, redirect_uri = check_client_and_redirect(provider.clients, params, anyone=True)
         try:
             req = validate(client, redirect_uri, params, now=now, pushed=False)
         except RedirectError as error:

@@ -19,10 +19,13 @@ Token request, as handled here::
     any failure -> RFC 6749 §5.2 error JSON, Cache-Control: no-store
 
 A client that fails to authenticate, whatever the way (unknown client, bad secret, bad assertion, no
-key, replayed jti), is answered 401 invalid_client with WWW-Authenticate (RFC 6749 §5.2), and only a
-client that did authenticate is counted against its own rate limit (ratelimit.client_authenticated),
-and refused 429 slow_down here when the rate limiter could not tell it from the request and its
-allowance is spent.
+key, replayed jti, a confidential client named with no credential), is answered 401 invalid_client with
+WWW-Authenticate (RFC 6749 §5.2) and one fixed description, ``CLIENT_AUTH_FAILED``: Authlib's own
+descriptions told an unknown client_id ("does not exist") from a confidential one ("cannot authenticate
+with methods") and a client with keys from one without (review 151, finding 2). The reason is logged
+(``identity.client_auth.refused``). Only a client that did authenticate is counted against its own rate
+limit (ratelimit.client_authenticated), and refused 429 slow_down here when the rate limiter could not
+tell it from the request and its allowance is spent.
 
 A client secret costs scrypt (identity.clients), so ``ClientSecret`` checks it behind the address's
 budget of client-secret failures (identity.ratelimit, "Client secrets") and in one of a few hashing slots
@@ -91,6 +94,9 @@ MAX_ASSERTION_LIFETIME = 300  # seconds from now to exp; a client assertion is f
 ASSERTION_LEEWAY = 30
 AUTH_METHODS = [AuthMethod.CLIENT_SECRET_BASIC, AuthMethod.CLIENT_SECRET_POST, AuthMethod.PRIVATE_KEY_JWT]
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# Every invalid_client answer's description, whatever the client and the reason (RFC 6749 §5.2's words):
+# no answer tells which client ids exist or how one authenticates (review 151, finding 2).
+CLIENT_AUTH_FAILED = "Client authentication failed."
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,7 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
 
     def resolve_client_public_key(self, client: OAuthClient) -> KeySet:
         if client.record.key_set is None:
+            log.info("identity.client_auth.refused.assertion_no_keys")
             raise InvalidClientError(description="The client has no registered keys.")
         return client.record.key_set
 
@@ -423,12 +430,18 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         every refusal answered 401: Authlib answers 400 for some (an unknown client_id in the form, a
         bad assertion), and a 400 in a client's name would be counted against that client's allowance
         by anyone who names it. RFC 6749 §5.2 allows 401 for invalid_client, and asks for it whenever
-        the client tried to authenticate."""
+        the client tried to authenticate.
+
+        And with one description (``CLIENT_AUTH_FAILED``): Authlib's told an unknown client_id named
+        alone ("none": "The client does not exist on this server.") from a confidential one ("The client
+        cannot authenticate with methods: [...]"), and an assertion's unknown ``sub`` from a client with
+        no keys ("The client has no registered keys.") and one with keys ("Invalid client assertion.").
+        The reason goes to the log (review 151, finding 2)."""
         try:
             client: OAuthClient = super().authenticate_client(request, methods, endpoint)
         except InvalidClientError as error:
-            error.status_code = 401
-            raise
+            log.info("identity.client_auth.refused", extra={"reason": error.description, "endpoint": endpoint})
+            raise InvalidClientError(status_code=401, description=CLIENT_AUTH_FAILED) from None
         if proven(request):  # "none" proves nothing: anyone can use it
             retry = ratelimit.client_authenticated(client.get_client_id())
             if retry is not None:  # its allowance spent (a client the rate limiter could not read)
