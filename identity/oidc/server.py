@@ -187,7 +187,7 @@ class ClientSecret:
 
     def __call__(self, query_client: Any, request: OAuth2Request) -> OAuthClient | None:
         if self._basic:
-            client_id, secret = extract_basic_authorization(request.headers)
+            client_id, secret = basic_credentials(request.headers)
         else:
             client_id, secret = request.form.get("client_id"), request.form.get("client_secret")
         if not client_id or not secret:
@@ -208,6 +208,20 @@ class ClientSecret:
             ratelimit.client_secret_failed()
             return None
         return client
+
+
+def basic_credentials(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """RFC 6749 §2.3.1 client_secret_basic: (client_id, secret) from the Authorization header, as
+    Authlib's ``extract_basic_authorization`` reads them ((None, None) when there is no Basic header or
+    its base64 does not decode). Credentials that are not UTF-8 (RFC 7617 §2.1, and RFC 6749 Appendix B
+    form-encodes them in UTF-8) are a failed authentication, not a missing one: 401 invalid_client, as a
+    wrong secret, and no other method tried after it. Authlib lets UnicodeDecodeError out, which was a 500
+    with a traceback per request (review 151, finding 1)."""
+    try:
+        return extract_basic_authorization(headers)  # type: ignore[no-any-return]
+    except UnicodeDecodeError:
+        log.info("identity.client_auth.refused.malformed_basic")
+        raise InvalidClientError(status_code=401, description=CLIENT_AUTH_FAILED) from None
 
 
 class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
