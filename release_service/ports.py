@@ -137,8 +137,9 @@ class ReleaseRightStore(Protocol):
     def has_been_party(self, release_id: uuid.UUID, organisation_id: uuid.UUID) -> bool: ...
 
     def last_rights(self, containers: Sequence[str]) -> dict[str, LastRight]:
-        """Each of these containers' last right by issue (any state, deleted too), by container number;
-        a container with none is absent."""
+        """Each of these containers' last right by issue (any state, deleted too) of those customs' own hold
+        is on that did not take the container out, else its last right, by container number (the right whose
+        hold a new right carries, ``carried_customs_hold``); a container with none is absent."""
         ...
 
     def customs_holds_by(self, organisation_id: uuid.UUID) -> list[CustomsHold]:

@@ -8,7 +8,8 @@ container customs wanted to scan. Now a red or scan customs set itself on any li
 (``RightFacts.customs_held``: not the red a right is issued with, awaiting its release) holds every right of
 that container: ``customs_hold`` on each, online from PostgreSQL and from the Redis copies, in check and
 commit mode, and in the gate passes the service signs for offline lanes (which hold the nominated right
-alone and could not see the other).
+alone and could not see the other). Review 149, finding 3: the hold stays on the container when the right it
+was set on ends unused (revoked, lapsed), until customs lifts it, on that right or on one that carried it.
 """
 # ruff: noqa: F811 - ``gate`` and ``cached`` are fixtures imported here and requested by name
 
@@ -18,6 +19,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +29,16 @@ import sqlalchemy as sa
 from quaygate.schema import releases
 from release_service.domain import gate as g
 from release_service.domain.errors import DomainError
+from release_service.services import lifecycle
 
+from .factories import do
 from .test_gate_domain import NOW, a_right
 from .test_gate_facts import _serve
 from .test_gate_offline import passes, payload
 from .test_gate_person_suspended import _override, outcome, verify
 from .test_gate_verify import PLATE, Gate, gate  # noqa: F401
 from .test_release_api import assert_problem
+from .test_release_customs_hold import _other_customs, _stored
 
 HELD = {"decision": "deny", "reasons": ["customs_hold"], "committed": False}
 
@@ -86,15 +91,81 @@ def test_the_red_a_right_is_issued_with_holds_only_that_right(gate: Gate) -> Non
     assert (got["decision"], got["committed"], got["release_id"]) == ("allow", True, second), got
 
 
-def test_a_revoked_right_holds_nothing(gate: Gate) -> None:
-    """Only a live right's hold holds the container: the line ended the held right (its hold carries to a
-    right issued later, review 141; not to one issued before)."""
+def _end(gate: Gate, rid: str, end: str) -> None:
+    """The line revokes the right; or its window passes, the sweeper not by yet ("lapsed": it has lapsed all
+    the same, ``effective_state``) or by ("swept": written down expired)."""
+    if end == "revoke":
+        r = gate.http.post(f"/api/v1/releases/{rid}/revoke", json={"reason": "wrong call"}, headers=gate.as_("line"))
+        assert r.status_code == 200, r.text
+        return
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    with gate.engine.begin() as conn:
+        conn.execute(releases.update().where(releases.c.id == uuid.UUID(rid))
+                     .values(valid_from=past - timedelta(days=1), valid_until=past))
+    if end == "swept":
+        assert do(gate.engine, lambda uow: lifecycle.lapse_due(uow, datetime.now(UTC))) == 1
+    assert gate.state(rid) == {"lapsed": "active", "swept": "expired"}[end]
+
+
+@pytest.mark.parametrize("end", ["revoke", "lapsed", "swept"])
+def test_the_hold_outlives_the_right_it_was_set_on(gate: Gate, end: str) -> None:
+    """Review 149, finding 3: the hold is on the container, so it stays when the right customs set it on ends
+    unused (the line revokes it, or it lapses), until customs lifts it: before, the other right went through
+    (a line insider only had to revoke the held one). Customs lifts it on the ended right itself, saying why;
+    only the customs that set it (its light is its own, as on a live right)."""
     first, second = _two_rights(gate, 33)
     _light(gate, first, "scan", "x-ray selection")
     assert outcome(verify(gate, 33)) == HELD
-    r = gate.http.post(f"/api/v1/releases/{first}/revoke", json={"reason": "wrong call"}, headers=gate.as_("line"))
-    assert r.status_code == 200, r.text
-    assert verify(gate, 33)["decision"] == "allow"
+    _end(gate, first, end)
+    assert outcome(verify(gate, 33)) == HELD  # before the mend: allow
+    assert outcome(verify(gate, 33, mode="commit")) == HELD
+    assert gate.state(second) == "nominated"
+    other = _other_customs(gate)
+    lights = f"/api/v1/releases/{first}/lights/customs"
+    assert_problem(gate.http.put(lights, headers=other, json={"status": "green", "reason": "clear"}), 403,
+                   "light_held_by_another")
+    assert_problem(gate.http.put(lights, headers=gate.as_("customs"), json={"status": "green"}), 422,
+                   "reason_required")
+    # An ended right takes no other light: customs only lifts its hold there.
+    refused = gate.http.put(lights, headers=gate.as_("customs"), json={"status": "red", "reason": "documents"})
+    assert_problem(refused, 409, "illegal_transition" if end == "revoke" else "right_expired")
+    refused = gate.http.put(f"/api/v1/releases/{first}/lights/terminal", headers=gate.as_("terminal"),
+                            json={"status": "green"})
+    assert refused.status_code == 409, refused.text
+    _light(gate, first, "green", "scanned, clear")
+    got = verify(gate, 33, mode="commit")
+    assert (got["decision"], got["committed"], got["release_id"]) == ("allow", True, second), got
+
+
+def test_a_right_customs_holds_is_revoked_not_deleted(gate: Gate) -> None:
+    """A deleted right drops out of what the gate reads: one customs holds would take its hold with it. The line
+    revokes it instead (as a contested right), and deletes it once customs has lifted the hold."""
+    first, second = _two_rights(gate, 39)
+    _light(gate, first, "scan", "x-ray selection")
+    deleted = gate.http.post(f"/api/v1/releases/{first}/delete", json={"reason": "error"}, headers=gate.as_("line"))
+    assert_problem(deleted, 409, "illegal_transition")  # before the mend: 200, and the container let out
+    assert gate.state(first) == "active" and outcome(verify(gate, 39)) == HELD
+    _light(gate, first, "green", "scanned, clear")
+    deleted = gate.http.post(f"/api/v1/releases/{first}/delete", json={"reason": "error"}, headers=gate.as_("line"))
+    assert deleted.status_code == 200, deleted.text
+    assert verify(gate, 39)["decision"] == "allow"
+
+
+def test_a_lift_on_a_right_that_carried_the_hold_lifts_it_on_the_container(gate: Gate) -> None:
+    """The line revokes the held right and issues it again: the new right carries the hold (review 141). Customs
+    lifts it there: the ended right's hold, the same one, is lifted with it (recorded on it), and the container's
+    other right goes through. A hold that is not that one (customs' own on another right) stays."""
+    first, second = _two_rights(gate, 40)
+    _light(gate, first, "scan", "x-ray selection")
+    _end(gate, first, "revoke")
+    again = str(gate.issue(40, release_to_organisation_id=str(gate.p.haul.organisation_id))["release"]["id"])
+    assert _stored(gate, again)[:2] == ("scan", gate.p.customs.organisation_id)
+    assert outcome(verify(gate, 40)) == HELD
+    events = _stored(gate, first)[2]
+    _light(gate, again, "green", "scanned, clear")
+    assert _stored(gate, first)[:3] == ("green", gate.p.customs.organisation_id, events + 1)
+    got = verify(gate, 40, mode="commit")
+    assert (got["decision"], got["committed"], got["release_id"]) == ("allow", True, second), got
 
 
 def test_the_gate_pass_of_the_nominated_right_carries_the_containers_hold(gate: Gate) -> None:
@@ -186,3 +257,42 @@ def test_pure_the_override_rule_on_the_containers_other_rights() -> None:
     rule(right, [right])
     issued_red = replace(other, customs="red", customs_held=False)  # the red of issue: no hold on the container
     rule(right, [right, issued_red])
+
+
+def test_the_ended_rights_hold_is_seen_on_the_copies_in_redis_and_its_lift_too(cached: Gate) -> None:
+    gate = cached
+    first, second = _two_rights(gate, 41)
+    _light(gate, first, "scan", "x-ray selection")
+    assert outcome(verify(gate, 41)) == HELD  # the container's rights cached
+    _end(gate, first, "revoke")
+    assert outcome(verify(gate, 41)) == HELD
+    assert outcome(verify(gate, 41)) == HELD  # from the copy
+    assert outcome(verify(gate, 41, mode="commit")) == HELD
+    _light(gate, first, "green", "scanned, clear")  # invalidates the container's copies
+    got = verify(gate, 41, mode="commit")
+    assert (got["decision"], got["committed"], got["release_id"]) == ("allow", True, second), got
+
+
+def test_the_gate_pass_carries_the_hold_of_an_ended_right(gate: Gate) -> None:
+    first, second = _two_rights(gate, 42)
+    _light(gate, first, "scan", "x-ray selection")
+    _end(gate, first, "revoke")
+    r = passes(gate)
+    assert r.status_code == 200, r.text
+    (right,) = [payload(t)["right"] for t in r.json()["passes"] if payload(t)["sub"] == second]
+    assert right["customs"] == "scan"
+
+
+def test_pure_which_rights_hold_the_container() -> None:
+    """Customs' own hold on any right of the container not used at the gate: live, revoked, lapsed (swept or
+    not), deleted; not one whose right took the container out (completed), nor the red of issue."""
+    right = a_right()
+    other = a_right(id=uuid.uuid4(), customs="scan", customs_held=True, nomination=None, state="active")
+    lapsed = replace(other, valid_until=NOW - timedelta(seconds=1))
+    for state in ("active", "nominated", "gated_in", "revoked", "expired", "deleted"):
+        assert g.container_held([right, replace(other, state=state)], right, now=NOW) is not None, state
+    assert g.container_held([right, lapsed], right, now=NOW) is lapsed
+    assert g.container_held([right, replace(other, state="completed")], right, now=NOW) is None
+    assert g.container_held([right, replace(other, customs="red", customs_held=False)], right, now=NOW) is None
+    assert g.container_held([right, replace(other, container="MSCU0000000")], right, now=NOW) is None
+    assert g.container_held([right], right, now=NOW) is None

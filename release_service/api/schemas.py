@@ -124,7 +124,10 @@ class LightRequest(Strict):
         "Why. Customs' hold (`red` or `scan`) is changed only by the customs organisation that set it (403 "
         "`light_held_by_another` for any other) while that organisation is active (one port security "
         "deactivated leaves its hold to any customs; the event names it as `previous_setter`), and its `green` "
-        "after a `scan`, or after a `red` it set, needs a reason (422 `reason_required`)."))
+        "after a `scan`, or after a `red` it set, needs a reason (422 `reason_required`). The hold is on the "
+        "container: it holds every right of it, and stays when its right ends unused (revoked, lapsed), which "
+        "then takes customs' `green` and no other light; a `green` lifts the same hold on every right of the "
+        "container that carried it."))
 
 
 class UpdateRequest(Strict):

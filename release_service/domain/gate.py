@@ -989,7 +989,7 @@ def commercial_hold(ctx: GateContext) -> bool:
 
 def customs_hold(ctx: GateContext) -> bool:
     """Customs has not released the container, or selected it for scan: on the judged right, or on another
-    live right of the container (``container_held``)."""
+    right of the container, live or ended unused (``container_held``)."""
     return ctx.right is not None and ctx.live and (
         ctx.right.customs != _GREEN or container_held(ctx.rights, ctx.right, now=ctx.now) is not None)
 
@@ -1002,13 +1002,17 @@ def customs_holds(status: str, set_by: uuid.UUID | None) -> bool:
 
 
 def container_held(rights: Sequence[RightFacts], right: RightFacts, *, now: datetime) -> RightFacts | None:
-    """Another live right of ``right``'s container, at any terminal, on which customs set a hold itself
-    (``RightFacts.customs_held``): customs holds the goods, not one right of them. A line may hold two live
-    rights on one container (two vessel calls); without this, a hold on one let the container out on the
-    other, nominated to another driver or issued before the hold (a hold carries to a right issued after it,
-    review 141). None when there is none."""
+    """Another right of ``right``'s container, at any terminal, on which customs set a hold itself
+    (``RightFacts.customs_held``) and that did not take the container out (not completed): customs holds the
+    goods, not one right of them. A line may hold two live rights on one container (two vessel calls);
+    without this, a hold on one let the container out on the other, nominated to another driver or issued
+    before the hold (a hold carries to a right issued after it, review 141). The right it was set on may
+    have ended since, revoked or lapsed: the hold stays on the container until customs lifts it, on that
+    right or on one that carried it (review 149, finding 3; ``ReleaseRight.set_light``), as a right issued
+    after the end takes it (``release.carried_customs_hold``): its lapse at ``now`` changes nothing. None when
+    there is none."""
     return next((r for r in rights if r.id != right.id and r.customs_held and r.container == right.container
-                 and r.effective_state(now) in _LIVE), None)
+                 and r.state != State.COMPLETED.value), None)
 
 
 def terminal_hold(ctx: GateContext) -> bool:

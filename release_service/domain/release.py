@@ -88,6 +88,8 @@ class State(StrEnum):
 LIVE_STATES = frozenset({State.ACTIVE, State.NOMINATED, State.GATED_IN})
 PRE_GATE_STATES = frozenset({State.ACTIVE, State.NOMINATED})
 TERMINAL_STATES = frozenset({State.COMPLETED, State.REVOKED, State.EXPIRED, State.DELETED})
+# Ended without taking the container out: customs' hold on such a right still holds the container.
+ENDED_UNUSED = frozenset({State.REVOKED, State.EXPIRED, State.DELETED})
 
 
 class LightKind(StrEnum):
@@ -126,8 +128,9 @@ class Light:
 
 @dataclass(frozen=True, slots=True)
 class LastRight:
-    """A container's last right (by issue), as a new right of the container reads it: customs' hold on it
-    carries over (``ReleaseRight.issue``)."""
+    """A container's last right (by issue; the last of those customs holds, if any: the store's
+    ``last_rights``), as a new right of the container reads it: customs' hold on it carries over
+    (``ReleaseRight.issue``)."""
 
     id: uuid.UUID
     state: State
@@ -366,6 +369,19 @@ class ReleaseRight:
         return self.state
 
     @property
+    def customs_own_hold(self) -> bool:
+        """Customs' own hold is on the light (``gate.customs_holds``): red or scan set by a customs
+        organisation, or a scan from before the setter was kept (migration 0028). Not the red of issue."""
+        held = self.customs
+        return not held.green and (held.set_by is not None or held.status is LightStatus.SCAN)
+
+    def customs_hold_outlives(self, now: datetime) -> bool:
+        """The right ended unused (revoked, deleted, lapsed) with customs' own hold on it: the hold stays on
+        the container (``gate.container_held``, review 149 finding 3), and customs lifts it here, its green
+        the one light an ended right takes (``set_light``), or on a right that carried it."""
+        return self.effective_state(now) in ENDED_UNUSED and self.customs_own_hold
+
+    @property
     def pickable(self) -> bool:
         return self.commercial.green and self.customs.green and self.terminal_light.green
 
@@ -441,6 +457,9 @@ class ReleaseRight:
         self._require_state(frozenset({State.ACTIVE}), "delete", now)
         if self.contested_at is not None:  # its mark must stay where the gate reads it (domain/gate.py)
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A contested right can be revoked, not deleted.")
+        if self.customs_own_hold:  # so must customs' hold, which holds the container (review 149, finding 3)
+            raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A right customs holds can be revoked, not deleted: "
+                              "its hold stays on the container until customs lifts it.")
         if travelled or self.holder_organisation_id != self.first_party_organisation_id:
             raise DomainError(
                 ErrorCode.ILLEGAL_TRANSITION,
@@ -678,7 +697,8 @@ class ReleaseRight:
             raise DomainError(ErrorCode.NOT_LIGHT_OWNER, "Only the right's own terminal sets the terminal light.")
         if status is LightStatus.SCAN and kind is not LightKind.CUSTOMS:
             raise DomainError(ErrorCode.INVALID_LIGHT, "Only customs selects a container for scan.")
-        self._require_state(LIVE_STATES, "set a light on", now)
+        if not (kind is LightKind.CUSTOMS and status is LightStatus.GREEN and self.customs_hold_outlives(now)):
+            self._require_state(LIVE_STATES, "set a light on", now)
         data: dict[str, Any] = {"status": status.value, "reason": reason}
         if kind is LightKind.CUSTOMS and (previous := self._require_customs_hold_lifter(status, reason, by,
                                                                                          setter_active)):

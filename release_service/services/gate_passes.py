@@ -225,7 +225,7 @@ def _seen_beside(uow: OfflineUnitOfWork, subjects: list[PassSubject], terminal: 
     """The subjects, each right marked with what the container's other rights say of it, which the adapter
     cannot see (it holds passes for nominated rights only): contested when another line holds a live right
     on its container here (``gate.contested``), else offline it would let the other line's driver in; and
-    held, its customs light the hold, when customs holds another live right of the container
+    held, its customs light the hold, when customs holds another right of the container
     (``gate.container_held``), else offline it would let out the container customs wants to scan."""
     containers = sorted({s.right.container for s in subjects})
     if not containers:

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from release_service.domain import storable
 from release_service.domain.parties import Actor, OrgKind
-from release_service.domain.release import LightKind, LightStatus, ReleaseRight
+from release_service.domain.release import Light, LightKind, LightStatus, ReleaseRight, State
 from release_service.ports import UnitOfWork
 
 from .common import IfMatch, Receipt, acting_organisation_active, load, persist, require_current
@@ -71,9 +71,31 @@ def set_light(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, kind: LightK
     if status is LightStatus.GREEN:
         require_current(right, if_match)
     acting_organisation_active(uow, actor)
-    right.set_light(kind=kind, status=status, reason=reason, by=actor, now=now,
-                    setter_active=_customs_setter_active(uow, right, kind, actor))
-    return right, persist(uow, right)
+    held, setter_active = right.customs, _customs_setter_active(uow, right, kind, actor)
+    right.set_light(kind=kind, status=status, reason=reason, by=actor, now=now, setter_active=setter_active)
+    receipt = persist(uow, right)
+    if kind is LightKind.CUSTOMS and status is LightStatus.GREEN and not held.green and held.set_by is not None:
+        _lift_carried(uow, actor, right, held, reason, now, setter_active)
+    return right, receipt
+
+
+def _lift_carried(uow: UnitOfWork, actor: Actor, right: ReleaseRight, held: Light, reason: str | None,
+                  now: datetime, setter_active: bool) -> None:
+    """Customs lifted ``held`` on ``right``: the same hold on the container's other rights is lifted with it,
+    as customs' own green on each (its event on each, the reason the lift's). A hold a right carried from
+    another (``carried_customs_hold``: status, reason, time and setter as they were) is one hold on the
+    container, and it holds every right of it while any right not used at the gate shows it, ended or not
+    (``gate.container_held``, review 149 finding 3): lifted here alone, the right it came from, revoked or
+    lapsed, would hold the container still. A hold customs set again since is another, and stays."""
+    for other in sorted(uow.releases.of_containers([right.container.value]), key=lambda r: r.id):
+        if other.id == right.id or other.customs != held or other.state is State.COMPLETED:
+            continue
+        locked = uow.releases.get(other.id, for_update=True)
+        if locked is None or locked.customs != held:
+            continue  # changed since it was read: customs' later word stands
+        locked.set_light(kind=LightKind.CUSTOMS, status=LightStatus.GREEN, reason=reason, by=actor, now=now,
+                         setter_active=setter_active)
+        persist(uow, locked)
 
 
 def _customs_setter_active(uow: UnitOfWork, right: ReleaseRight, kind: LightKind, actor: Actor) -> bool:

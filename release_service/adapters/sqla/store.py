@@ -233,13 +233,17 @@ class SqlReleaseStore:
         ).first() is not None
 
     def last_rights(self, containers: Sequence[str]) -> dict[str, LastRight]:
-        """Each container's last right by issue (any state, deleted too): one row a container, through the
-        container's index."""
+        """Each container's last right by issue (any state, deleted too) of those with customs' own hold that
+        did not take the container out, else its last right: one row a container, through the container's
+        index. The hold stays on the container whatever became of its right (review 149, finding 3): a right
+        issued after another, unheld, still takes it."""
         t = releases.c
         found: dict[str, LastRight] = {}
+        standing = sa.case((sa.and_(t.customs_set_by.is_not(None), t.customs_status != LightStatus.GREEN.value,
+                                    t.state.not_in([State.GATED_IN.value, State.COMPLETED.value])), 0), else_=1)
         for chunk in _chunks(sorted(set(containers)), 5000):
             rank = sa.func.row_number().over(partition_by=t.container_number,
-                                             order_by=(t.created_at.desc(), t.id.desc())).label("rank")
+                                             order_by=(standing, t.created_at.desc(), t.id.desc())).label("rank")
             ranked = sa.select(t.id, t.container_number, t.state, t.customs_status, t.customs_reason, t.customs_at,
                                t.customs_set_by, rank).where(t.container_number.in_(chunk)).subquery()
             for row in self._conn.execute(sa.select(ranked).where(ranked.c.rank == 1)):
