@@ -95,6 +95,7 @@ from typing import Any, Protocol
 from release_service.domain import gate as g
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.gate_pass import (
+    LIGHTS_CHANGED,
     PASS_TYP,
     SALT_BYTES,
     SCRYPT_N,
@@ -122,7 +123,7 @@ from release_service.domain.gate_pass import (
     pass_refuses,
 )
 from release_service.domain.parties import Actor
-from release_service.domain.release import ReleaseRight
+from release_service.domain.release import ReleaseRight, State
 from release_service.ports import (
     BadgeHasher,
     DuplicateDecision,
@@ -671,12 +672,13 @@ def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: Rele
     passed is the adapter's word (its clock may be wound back, review 126), and a flag only tells port
     security, who wants to hear of a deactivated company's right used offline either way. So are the
     holds set after the pass (a light made red or scan, a block), lifted since or not (review of the lights,
-    finding 2), and the holder's deactivation and the driver's suspension since the pass, lifted since or
-    not (review 141, finding 3), and a port ban on the driver in effect since the pass, lifted or ended since
-    or not."""
+    finding 2), customs' on another right of the container too (``_held_beside``, review 149 finding 4),
+    and the holder's deactivation and the driver's suspension since the pass, lifted since or not (review
+    141, finding 3), and a port ban on the driver in effect since the pass, lifted or ended since or not."""
     then = gate_pass.right.nomination
     facts = _as_of(right, at)
-    beside = [_as_of(r, at) for r in uow.releases.of_containers([facts.container]) if r.created_at <= at]
+    rights = uow.releases.of_containers([facts.container])
+    beside = [_as_of(r, at) for r in rights if r.created_at <= at]
     contested = req.direction is g.Direction.IN and (facts.contested or g.contested(
         beside, facts, terminal=req.terminal, now=at))
     holder = uow.directory.organisation(right.holder_organisation_id)
@@ -690,8 +692,8 @@ def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: Rele
         until=now)
     # The holds since the pass, lifted or not, as its history records them up to now (for the same reason).
     held = held_since_pass(gate_pass, ((e.type, e.data, e.at) for e in uow.releases.events(right.id)))
-    if gate_pass.right.customs == g.GREEN and g.container_held(beside, facts, now=at) is not None:
-        held = (*held, g.Reason.CUSTOMS_HOLD.value)  # customs' hold on another right, in force when it passed
+    if gate_pass.right.customs == g.GREEN and _held_beside(uow, gate_pass, right, rights, now):
+        held = (*held, g.Reason.CUSTOMS_HOLD.value)  # customs' hold on another right of the container
     changed = changed_since_pass(
         gate_pass, facts, at=at, contested=contested, holder_inactive=holder_inactive,
         driver_suspended=suspended, driver_banned=banned, held=held,
@@ -708,15 +710,31 @@ def _changed_since_pass(uow: OfflineUnitOfWork, gate_pass: GatePass, right: Rele
     return changed
 
 
+_CUSTOMS_LIGHT = "release.light.customs"
+
+
+def _held_beside(uow: OfflineUnitOfWork, gate_pass: GatePass, right: ReleaseRight, rights: Sequence[ReleaseRight],
+                 now: datetime) -> bool:
+    """Customs' hold on another right of ``right``'s container (``gate.container_held``) since the pass, judged
+    as the right's own holds are (``held_since_pass``, review 126): held now, or set since the pass and lifted
+    since, as that right's history records it; up to now, not to the adapter's reckoning of when the truck
+    passed (its word; review 149, finding 4: a hold set after that reckoning, within the second of the pass's
+    whole-second iat or on a clock wound back, was not seen). Whenever that right was issued: only customs
+    sets a hold, so no line flags a lawful gate-in by issuing a right after it (review 107's concern)."""
+    own = g.RightFacts.from_right(right)
+    if g.container_held([g.RightFacts.from_right(r) for r in rights], own, now=now) is not None:
+        return True
+    return any(LIGHTS_CHANGED in held_since_pass(gate_pass, ((e.type, e.data, e.at) for e in uow.releases.events(r.id)
+                                                             if e.type == _CUSTOMS_LIGHT))
+               for r in rights if r.id != right.id and r.state is not State.COMPLETED)
+
+
 def _as_of(right: ReleaseRight, at: datetime) -> g.RightFacts:
     """The gate's facts of ``right``, marked contested only if the mark was set by ``at``: a refusal after
-    an offline gate-in (the truck passed clean, on its pass) does not make that gate-in suspect; nor does a
-    customs hold set after it (held now and set by ``at``: one set and lifted between the pass and now is
-    not seen here, only in the right's own history, ``held_since_pass``)."""
+    an offline gate-in (the truck passed clean, on its pass) does not make that gate-in suspect. (Customs'
+    hold is judged up to now, ``_held_beside``.)"""
     facts = g.RightFacts.from_right(right)
-    set_at = right.customs.set_at
-    return replace(facts, contested=right.contested_at is not None and right.contested_at <= at,
-                   customs_held=facts.customs_held and (set_at is None or set_at <= at))
+    return replace(facts, contested=right.contested_at is not None and right.contested_at <= at)
 
 
 def _same_allow(online: StoredDecision, report: OfflineReport) -> bool:
