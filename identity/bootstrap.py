@@ -64,7 +64,8 @@ def grant_store(container: Container, revocations: RevocationList | None = None)
     """The grants (refresh tokens, revocations) with the settings' lifetimes: the app's, or a CLI's."""
     s = container.settings
     return GrantStore(container.engine, revocations or RevocationList(container.cache),
-                      refresh_ttl=s.refresh_token_ttl, access_ttl=s.access_token_ttl)
+                      refresh_ttl=s.refresh_token_ttl, access_ttl=s.access_token_ttl,
+                      refresh_max=s.refresh_max_seconds)
 
 
 def key_store(container: Container) -> KeyStore:

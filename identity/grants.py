@@ -15,6 +15,12 @@ Refresh token lifecycle::
       +--revoke_grant() (logout, revocation endpoint, code reuse, reuse detected,
       |                  revoke_person: a passkey removed or suspended)--> revoked
 
+A family ends ``refresh_max`` seconds after its login (the grant's ``auth_time``, else its ``created_at``:
+``family_end``), as Keycloak's SSO Session Max ends a session however often it is refreshed (review 151,
+finding 3): no refresh token's ``expires_at`` runs past that end, and a token presented at or past it
+(one written before the cap, or a capped one expired there) ends the family (revoked, ``refresh_max_age``)
+and is refused ``max_age``.
+
 Refresh tokens are random strings; only their SHA-256 is stored. Rows are marked, never deleted,
 so a reuse is recognised (STYLE.md #4). Rotation is one conditional UPDATE ... WHERE status='active',
 so two concurrent uses of one token give one new token and one reuse. On PostgreSQL a refresh first
@@ -80,6 +86,12 @@ class Grant:
     auth_time: datetime | None
     dpop_jkt: str | None  # RFC 9449 §5: refresh tokens of a public DPoP client are bound to its key
     revoked: bool
+    created_at: datetime
+
+    @property
+    def started(self) -> datetime:
+        """When the family began: the login it came from, else (no auth_time) the grant's making."""
+        return self.auth_time or self.created_at
 
 
 # The person behind a grant and their memberships (one row per membership, or one row of NULLs
@@ -119,21 +131,28 @@ _GRANT_AND_HOLDER = sa.select(grants, *HOLDER_COLUMNS).select_from(_with_holder(
 _CONSUMED = _CONSUME.cte("consumed")
 
 
-def _successor(consumed: Any, *guards: Any) -> Any:
+_EXPIRES = sa.bindparam("expires", type_=refresh_tokens.c.expires_at.type)
+
+
+def _successor(consumed: Any, *guards: Any, expires: Any = _EXPIRES) -> Any:
     """The INSERT of the consumed token's successor (its hash bound as ``new_h``), as a CTE, from each
-    row of ``consumed`` whose grant meets ``guards`` (none: from each row)."""
+    row of ``consumed`` whose grant meets ``guards`` (none: from each row), expiring at ``expires``
+    (``expires`` bound, by default)."""
     source = sa.select(sa.bindparam("new_h", type_=refresh_tokens.c.token_hash.type), consumed.c.grant_id,
-                       sa.literal("active", type_=refresh_tokens.c.status.type), _NOW,
-                       sa.bindparam("expires", type_=refresh_tokens.c.expires_at.type))
+                       sa.literal("active", type_=refresh_tokens.c.status.type), _NOW, expires)
     if guards:
         source = source.select_from(consumed.join(grants, grants.c.id == consumed.c.grant_id)).where(*guards)
     return refresh_tokens.insert().from_select(
         ["token_hash", "grant_id", "status", "issued_at", "expires_at"], source).cte("successor")
 
 
+# The successor ends at ``expires`` (now + the TTL) or at its family's end, whichever is first: the grant
+# is read in the same statement, so its end is reckoned there (``family_end``; ``max_age`` an interval).
+_FAMILY_END = sa.func.coalesce(grants.c.auth_time, grants.c.created_at) + sa.bindparam("max_age", type_=sa.Interval())
 _ROTATE_PG = HotStatement(sa.select(grants, *HOLDER_COLUMNS).select_from(
     _with_holder(_CONSUMED.join(grants, grants.c.id == _CONSUMED.c.grant_id))).add_cte(
-    _successor(_CONSUMED, grants.c.client_id == sa.bindparam("client_id"), grants.c.revoked_at.is_(None))))
+    _successor(_CONSUMED, grants.c.client_id == sa.bindparam("client_id"), grants.c.revoked_at.is_(None),
+               expires=sa.func.least(_EXPIRES, _FAMILY_END, type_=refresh_tokens.c.expires_at.type))))
 
 # The refresh's fast path on PostgreSQL (prepare_rotation, rotate_prepared): two statements, each
 # autocommitted, no transaction around them. The READ takes no lock: the token, its grant and holder.
@@ -182,13 +201,15 @@ def _grant(row: Any) -> Grant:
         auth_time=row.auth_time,
         dpop_jkt=row.dpop_jkt,
         revoked=row.revoked_at is not None,
+        created_at=row.created_at,
     )
 
 
 class RefreshRefused(Exception):
     """``reason``: unknown, expired, revoked, reused (the family has now been revoked), wrong_client (its
-    grant has now been revoked); or, for a grant bound to a DPoP key whose presenter did not prove that
-    key, reused_unproven and wrong_client_unproven (nothing revoked, nothing written: ``key_proven``)."""
+    grant has now been revoked), max_age (the family's end has come: it has now been revoked); or, for a
+    grant bound to a DPoP key whose presenter did not prove that key, reused_unproven and
+    wrong_client_unproven (nothing revoked, nothing written: ``key_proven``)."""
 
     def __init__(self, reason: str, grant_id: uuid.UUID | None = None) -> None:
         super().__init__(reason)
@@ -445,13 +466,24 @@ class RevocationList:
 
 class GrantStore:
     def __init__(self, engine: sa.Engine, revocations: RevocationList, *, refresh_ttl: int,
-                 access_ttl: int = 3600) -> None:
-        """``access_ttl``: the longest an access token lives; a grant's revocation entry lasts that long."""
+                 access_ttl: int = 3600, refresh_max: int = 30 * 24 * 3600) -> None:
+        """``access_ttl``: the longest an access token lives; a grant's revocation entry lasts that long.
+        ``refresh_max``: the longest a family lives from its login (Settings.refresh_max_seconds, whose
+        default this is)."""
         self._engine = engine
         self._revocations = revocations
         self.revocations = revocations
         self._refresh_ttl = timedelta(seconds=refresh_ttl)
         self._access_ttl = timedelta(seconds=access_ttl)
+        self.refresh_max = timedelta(seconds=refresh_max)
+
+    def family_end(self, grant: Grant) -> datetime:
+        """When the grant's refresh family ends, however often it is refreshed."""
+        return grant.started + self.refresh_max
+
+    def _expires(self, now: datetime, started: datetime) -> datetime:
+        """A new refresh token's expiry: the TTL from now, never past its family's end."""
+        return min(now + self._refresh_ttl, started + self.refresh_max)
 
     # ---- creating ----------------------------------------------------------------------------
 
@@ -488,19 +520,23 @@ class GrantStore:
         )
         return gid
 
-    def issue_refresh(self, conn: sa.Connection, grant_id: uuid.UUID, *, now: datetime) -> str:
-        """A new active refresh token in the grant; the clear token is returned once."""
+    def issue_refresh(self, conn: sa.Connection, grant_id: uuid.UUID, *, now: datetime,
+                      started: datetime | None = None) -> str:
+        """A new active refresh token in the grant; the clear token is returned once. ``started``: when
+        the grant's family began (``Grant.started``; None: now), which its expiry never runs past."""
         token = self._new_refresh()
-        self._insert_refresh(conn, token, grant_id, now)
+        self._insert_refresh(conn, token, grant_id, now, self._expires(now, started or now))
         return token
 
     @staticmethod
     def _new_refresh() -> str:
         return REFRESH_PREFIX + secrets.token_urlsafe(32)
 
-    def _insert_refresh(self, conn: sa.Connection, token: str, grant_id: uuid.UUID, now: datetime) -> None:
+    @staticmethod
+    def _insert_refresh(conn: sa.Connection, token: str, grant_id: uuid.UUID, now: datetime,
+                        expires: datetime) -> None:
         conn.execute(_INSERT_REFRESH, {"token_hash": token_hash(token), "grant_id": grant_id, "status": "active",
-                                       "issued_at": now, "expires_at": now + self._refresh_ttl})
+                                       "issued_at": now, "expires_at": expires})
 
     # ---- using -------------------------------------------------------------------------------
 
@@ -526,8 +562,9 @@ class GrantStore:
 
         Call it first in a transaction the caller manages (``engine.connect()``, not ``engine.begin()``):
         a refused token rolls that transaction back before the diagnosis (see below). Raises
-        RefreshRefused; on ``reused`` and ``wrong_client`` the grant has been revoked in ``conn``'s
-        transaction, which the caller must commit (the refusal is the point: RFC 9700 §4.14.2).
+        RefreshRefused; on ``reused``, ``wrong_client`` and ``max_age`` the grant has been revoked in
+        ``conn``'s transaction, which the caller must commit (the refusal is the point: RFC 9700 §4.14.2;
+        a family past its end, ``family_end``, ends).
 
         ``jkt``: the key the request's DPoP proof proved (None: no proof). A grant bound to a key is
         revoked for another client's use or a reuse only when ``jkt`` is that key (``key_proven``); else
@@ -540,7 +577,8 @@ class GrantStore:
         if h is not None:
             if pg:  # the successor is inserted by the same statement
                 rows = _ROTATE_PG.execute(conn, {"h": h, "now": now, "new_h": token_hash(successor),
-                                                 "expires": now + self._refresh_ttl, "client_id": client_id}).all()
+                                                 "expires": now + self._refresh_ttl, "max_age": self.refresh_max,
+                                                 "client_id": client_id}).all()
             else:  # SQLite has no data-modifying CTE: the UPDATE, then the read (and the insert below)
                 grant_id = conn.execute(_CONSUME, {"h": h, "now": now}).scalar()
                 if grant_id is not None:
@@ -561,10 +599,15 @@ class GrantStore:
             raise RefreshRefused("wrong_client", grant.id)
         if grant.revoked:
             raise RefreshRefused("revoked", grant.id)
+        if now >= self.family_end(grant):
+            # A token written before the cap, still unexpired: the family's end has come all the same.
+            # Its successor (PostgreSQL's statement wrote one) is revoked with the rest.
+            self.revoke_grant(conn, grant.id, reason="refresh_max_age", now=now)
+            raise RefreshRefused("max_age", grant.id)
         if check is not None:
             check(grant)
         if not pg:
-            self._insert_refresh(conn, successor, grant.id, now)
+            self._insert_refresh(conn, successor, grant.id, now, self._expires(now, grant.started))
         return Rotation(grant, successor, _holder(rows))
 
     def prepare_rotation(self, conn: sa.Connection, token: str, *, client_id: str, now: datetime) -> Rotation | None:
@@ -578,10 +621,11 @@ class GrantStore:
         if not rows:
             return None
         row = rows[0]
-        if (row.refresh_status != "active" or row.refresh_expires_at <= now or row.revoked_at is not None
-                or row.client_id != client_id):
+        grant = _grant(row)
+        if (row.refresh_status != "active" or row.refresh_expires_at <= now or grant.revoked
+                or row.client_id != client_id or now >= self.family_end(grant)):
             return None
-        return Rotation(_grant(row), self._new_refresh(), _holder(rows))
+        return Rotation(grant, self._new_refresh(), _holder(rows))
 
     def rotate_prepared(self, conn: sa.Connection, token: str, rotation: Rotation, *, client_id: str,
                         now: datetime, entry: Entry) -> bool:
@@ -593,7 +637,8 @@ class GrantStore:
         at once, so no row lock it took outlives it into that transaction (see ``rotate``)."""
         return _ROTATE_PREPARED.execute(conn, {
             "h": token_hash(token), "now": now, "gid": rotation.grant.id, "client_id": client_id,
-            "new_h": token_hash(rotation.token), "expires": now + self._refresh_ttl, **entry_params(*entry),
+            "new_h": token_hash(rotation.token), "expires": self._expires(now, rotation.grant.started),
+            **entry_params(*entry),
         }).first() is not None
 
     def _why_not(self, conn: sa.Connection, h: str | None, *, client_id: str, now: datetime,
@@ -603,7 +648,8 @@ class GrantStore:
         row = None
         if h is not None:
             row = conn.execute(
-                sa.select(refresh_tokens, grants.c.client_id, grants.c.revoked_at, grants.c.dpop_jkt)
+                sa.select(refresh_tokens, grants.c.client_id, grants.c.revoked_at, grants.c.dpop_jkt,
+                          grants.c.auth_time, grants.c.created_at)
                 .select_from(refresh_tokens.join(grants, grants.c.id == refresh_tokens.c.grant_id))
                 .where(refresh_tokens.c.token_hash == h)
             ).first()
@@ -617,6 +663,10 @@ class GrantStore:
         if row.revoked_at is not None or row.status == "revoked":
             return RefreshRefused("revoked", row.grant_id)
         if row.expires_at <= now or row.status == "active":  # active but not taken: past its expiry
+            if now >= (row.auth_time or row.created_at) + self.refresh_max:
+                # Expired at its family's end (capped there), or after it: the family ends, as above.
+                self.revoke_grant(conn, row.grant_id, reason="refresh_max_age", now=now)
+                return RefreshRefused("max_age", row.grant_id)
             return RefreshRefused("expired", row.grant_id)
         # rotated before: a replay, or the loser of a race with the thief
         if not key_proven(row.dpop_jkt, jkt):

@@ -85,7 +85,12 @@ class Settings(BaseSettings):
     access_token_signing_alg: Literal["RS256", "PS256", "ES256"] = "ES256"  # noqa: S105 - an algorithm
     # ---- identity provider (issue 3) ----
     id_token_ttl: int = 600
-    refresh_token_ttl: int = 14 * 24 * 3600  # a driver stays signed in on his phone for two weeks
+    # A driver stays signed in on his phone for two weeks without opening the app (each refresh gives a
+    # token for two weeks more), and for 30 days at most from his passkey login, however often he opens
+    # it: then he signs in again (review 151, finding 3; Keycloak's SSO Session Max). A refresh-token
+    # family ends refresh_max_seconds after its login (identity.grants, ``family_end``).
+    refresh_token_ttl: int = 14 * 24 * 3600
+    refresh_max_seconds: int = Field(default=30 * 24 * 3600, gt=0)
     authorization_code_ttl: int = 60  # RFC 6749 §4.1.2: short-lived, ten minutes at most
     par_ttl: int = 60  # RFC 9126 §2.2 expires_in
     session_ttl: int = 12 * 3600  # a login session at the provider (one shift)

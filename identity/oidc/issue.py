@@ -275,7 +275,7 @@ def issue_person_tokens(
     if refresh_token is not None:
         body["refresh_token"] = refresh_token
     elif include_refresh and scope_rules.OFFLINE_ACCESS in granted:
-        body["refresh_token"] = grants.issue_refresh(conn, grant.id, now=now)
+        body["refresh_token"] = grants.issue_refresh(conn, grant.id, now=now, started=grant.started)
     actor = {"client_id": client.client_id, "person_id": str(person.person_id)}
     data = {
         "grant_type": grant_type,

@@ -10,7 +10,8 @@ full path), which tells every refusal apart.
 
     fast path (PostgreSQL; each statement commits at once, no lock outlives it):
       -> GrantStore.prepare_rotation, READ: the token, its grant and holder, no lock
-           unknown, not active, expired, revoked, another client's   -> the full path, from scratch
+           unknown, not active, expired, revoked, another client's,
+           its family past its end                                   -> the full path, from scratch
       -> check(grant): the same DPoP binding and scope rules as below; a refusal has written nothing
       -> the proof's jti claimed (SET NX, RFC 9449 §11.1)            used -> invalid_dpop_proof, nothing
                                                                         written
@@ -34,6 +35,10 @@ full path), which tells every refusal apart.
       -> GrantStore.rotate: UPDATE ... SET status='rotated' WHERE status='active' AND unexpired
          RETURNING grant_id (one statement; the row lock lets one concurrent use through)
            not taken: unknown / expired / revoked                    -> invalid_grant
+           its family's end come (GrantStore.family_end: QUAYGATE_REFRESH_MAX_SECONDS from the login;
+             taken or not)                                           -> the family revoked, audited
+                                                                        (identity.refresh.family_ended),
+                                                                        invalid_grant
            not taken: already rotated (a replay, or a race's loser)  -> REUSE: the whole family revoked
                                                                         (every refresh token of the grant,
                                                                         every access token it issued),
@@ -236,6 +241,17 @@ class RefreshTokenExchange(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
             audit.record("identity.refresh.wrong_client", at=now, actor={"client_id": record.client_id},
                          subject=str(exc.grant_id), data={"grant_id": str(exc.grant_id)}, conn=conn)
             return _Refused("wrong_client", "Invalid refresh token.", keep=True, grant_id=exc.grant_id)
+        if exc.reason == "max_age":
+            # The family's end (GrantStore.family_end, QUAYGATE_REFRESH_MAX_SECONDS from its login) has come:
+            # rotate revoked the grant; the person signs in again.
+            grant = self.server.grants.get(conn, exc.grant_id)
+            log.info("identity.refresh.family_ended")
+            audit.record("identity.refresh.family_ended", at=now, actor={"client_id": record.client_id},
+                         subject=str(exc.grant_id),
+                         data={"grant_id": str(exc.grant_id), "started": grant.started.isoformat() if grant else None,
+                               "max_seconds": int(self.server.grants.refresh_max.total_seconds())}, conn=conn)
+            return _Refused("max_age", "This sign-in has reached its longest life; sign in again.", keep=True,
+                            grant_id=exc.grant_id)
         if exc.reason == "reused_unproven":
             # A rotated token of a family bound to a DPoP key, without a proof of that key: refused as
             # its active successor would be (RFC 9449 §5), nothing revoked (GrantStore ``key_proven``).
