@@ -664,6 +664,21 @@ gate_decisions = sa.Table(
     sa.Column("face", JSON),
     sa.UniqueConstraint("terminal", "request_id", name="uq_gate_decisions_terminal_request"),
 )
+# A gate-in decision whose own face the service found another person's (release_service/adapters/sqla/store.py
+# ``_own_face_against``, as PostgreSQL reads it), and the partial index of those by right, newest first
+# (migration 0033, review 149 finding 5): the gate reads each right with the last of them, one probe of it,
+# where the index on release_id alone read and judged every decision of the right. The probe writes this
+# predicate out, constants and all (a parameter would keep a generic plan off the index), and a test holds
+# the two to one text (tests/test_gate_face_against_index.py). PostgreSQL only: SQLite reads the decisions.
+FACE_AGAINST_SQL = (
+    "direction = 'in' AND CAST((face ->> 'kind') AS VARCHAR) = 'image' AND "
+    "(CAST((face ->> 'unavailable') AS VARCHAR) = 'face_not_live' OR "
+    "CAST((face ->> 'unavailable') AS VARCHAR) = 'face_replayed' OR "
+    "CAST((face ->> 'distance') AS FLOAT) IS NOT NULL AND (CAST((face ->> 'matched') AS BOOLEAN) IS NOT true OR "
+    "CAST((face ->> 'distance') AS FLOAT) > CAST((face ->> 'tolerance') AS FLOAT)))"
+)
+sa.Index("ix_gate_decisions_face_against", gate_decisions.c.release_id, gate_decisions.c.decided_at.desc(),
+         gate_decisions.c.id, postgresql_where=sa.text(FACE_AGAINST_SQL)).ddl_if(dialect="postgresql")
 
 # A terminal releasing a refused truck: once per decision, with a reason (SPEC.md "override").
 gate_overrides = sa.Table(

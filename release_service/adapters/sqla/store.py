@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement
 
 from quaygate.hotsql import HotStatement, listed, text_array
 from quaygate.invalidation import RIGHTS, touch
@@ -69,14 +71,33 @@ def _own_face_against(face: Any) -> sa.ColumnElement[bool]:
 
 
 # The last gate-in decision on the right whose own face the service found another person's (review 148):
-# read with the right by the gate's statements, as ``fa_`` columns (``face_against_of``), through the index on
-# the decisions' release_id. A decision that only kept such evidence of an earlier one (``against``) is not
-# one: the window runs from the service's own judgement, not from each time a gate asked again.
+# read with the right by the gate's statements, as ``fa_`` columns (``face_against_of``). A decision that only
+# kept such evidence of an earlier one (``against``) is not one: the window runs from the service's own
+# judgement, not from each time a gate asked again. On PostgreSQL one probe of the partial index of those
+# decisions (ix_gate_decisions_face_against, review 149 finding 5), whose predicate this one is, written out.
 _JUDGED = gate_decisions.alias("judged")
 _AGAINST = gate_decisions.alias("face_against")
+
+
+class _JudgedFaceAgainst(ColumnElement[bool]):
+    """``direction = 'in'`` and ``_own_face_against`` on the ``judged`` decisions, its constants (the JSON keys,
+    the values compared) written into the SQL rather than sent as parameters: a statement the driver prepared
+    is planned once for any right (a generic plan), and PostgreSQL uses a partial index then only when the
+    query's own predicate, constants and all, is the index's (quaygate.schema.FACE_AGAINST_SQL, held to it by
+    tests/test_gate_face_against_index.py)."""
+
+    inherit_cache = True
+    type = sa.Boolean()
+
+
+@compiles(_JudgedFaceAgainst)
+def _judged_face_against(element: _JudgedFaceAgainst, compiler: Any, **kw: Any) -> str:
+    kw["literal_binds"] = True
+    return f"({compiler.process(sa.and_(_JUDGED.c.direction == 'in', _own_face_against(_JUDGED.c.face)), **kw)})"
+
+
 _LAST_AGAINST = (sa.select(_JUDGED.c.id)
-                 .where(_JUDGED.c.release_id == releases.c.id, _JUDGED.c.direction == "in",
-                        _own_face_against(_JUDGED.c.face))
+                 .where(_JUDGED.c.release_id == releases.c.id, _JudgedFaceAgainst())
                  .order_by(_JUDGED.c.decided_at.desc(), _JUDGED.c.id).limit(1)
                  .correlate(releases).scalar_subquery())
 FACE_AGAINST_ON = _AGAINST.c.id == _LAST_AGAINST
