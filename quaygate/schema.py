@@ -81,6 +81,9 @@ persons = sa.Table(
     sa.Column("id", UUID, primary_key=True),
     sa.Column("given_name", sa.String(100), nullable=False),
     sa.Column("family_name", sa.String(100), nullable=False),
+    # The organisation he was registered for, when port security created his row (shown in its console);
+    # nothing updates it, so it grants nothing: a haulier's drivers are those with a driver membership in
+    # force there or a usable badge issued for it (release_service Directory.drives_for; review 152).
     sa.Column("employer_organisation_id", UUID, sa.ForeignKey("organisations.id")),
     # The national register number is never stored in clear: a keyed hash (HMAC-SHA256).
     sa.Column("national_id_hash", sa.String(64), unique=True),

@@ -29,6 +29,8 @@ class PersonRef:
     id: uuid.UUID
     given_name: str
     family_name: str
+    # Whom port security registered him for, when it created his row; never updated since, so it says
+    # nothing of whom he drives for now and links him to no organisation (Directory.drives_for).
     employer_organisation_id: uuid.UUID | None
     status: str = "active"  # identity's persons.status: active, or suspended by port security
 
@@ -166,9 +168,10 @@ class Directory(Protocol):
     def badges_of(self, person_id: uuid.UUID) -> list[BadgeRef]: ...
 
     def drives_for(self, person_id: uuid.UUID, organisation_id: uuid.UUID, *, now: datetime) -> bool:
-        """Whether the badge office links the person to the organisation as its driver: his employer, a
-        badge issued for that employer and usable at ``now`` (active and in date: a revoked or expired
-        one no longer links him), or a ``driver`` membership (a subcontracted driver)."""
+        """Whether the badge office links the person to the organisation as its driver, at ``now``: a
+        ``driver`` membership there in force (an employee or a subcontractor), or a badge issued for it
+        and usable (active and in date: a revoked or expired one no longer links him). Nothing else: the
+        employer on his person row (``PersonRef.employer_organisation_id``) is not a link."""
         ...
 
     def acts_in(self, person_id: uuid.UUID, organisation_id: uuid.UUID, roles: Collection[str], *,

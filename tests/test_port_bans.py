@@ -26,6 +26,7 @@ from quaygate.schema import (
     audit_log,
     badges,
     ban_feed_state,
+    memberships,
     metadata,
     persons,
     port_bans,
@@ -251,6 +252,14 @@ def test_nomination_of_a_banned_driver_is_refused(engine: sa.Engine, register: R
     right, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, to=p.haul.organisation_id), now()))
     t = now()
     _load(engine, register, snapshot(1, t, [ban(number, "R-5", start=t - DAY, scope=["BEANR"])]))
+    # The load deactivated his badges, his one link to haul (his employer on record is none; review 152,
+    # finding 2): haul hears of him what it hears of a stranger, not that he is banned.
+    with pytest.raises(DomainError) as stranger:
+        _nominate(engine, p, right.id, p.driver)
+    assert stranger.value.code is ErrorCode.UNKNOWN_PERSON
+    with engine.begin() as conn:  # a driver membership of haul links him whatever his badges: screened
+        conn.execute(memberships.insert().values(person_id=p.driver, organisation_id=p.haul.organisation_id,
+                                                 role="driver", created_at=now()))
     with pytest.raises(DomainError) as info:
         _nominate(engine, p, right.id, p.driver)
     assert info.value.code is ErrorCode.DRIVER_SCREENING_FAILED

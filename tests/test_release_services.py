@@ -8,7 +8,15 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from quaygate.schema import audit_log, badges, release_events, releases, webhook_deliveries, webhook_subscriptions
+from quaygate.schema import (
+    audit_log,
+    badges,
+    memberships,
+    release_events,
+    releases,
+    webhook_deliveries,
+    webhook_subscriptions,
+)
 from release_service.adapters.sqla.store import SqlReleaseStore
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.errors import DomainError, ErrorCode
@@ -171,6 +179,14 @@ def test_nomination_by_badge_and_screening(engine: sa.Engine) -> None:
     p = port(engine)
     right, _ = do(engine, lambda uow: issue.issue(uow, p.line, issue_cmd(p, to=p.haul.organisation_id), now()))
     blocked_driver = add_driver(engine, p.haul.organisation_id, badge_status="blocked", number="AP-999999")
+    # His only badge for haul is blocked and his employer on record links him to nothing (review 152,
+    # finding 2): a stranger to haul until he holds a driver membership of it; then screened, and refused.
+    assert _code(lambda: do(engine, lambda uow: nominate.nominate(
+        uow, p.haul, right.id, nominate.NominateCommand("1ABC123", "BE", blocked_driver), now()))) \
+        is ErrorCode.UNKNOWN_PERSON
+    with engine.begin() as conn:
+        conn.execute(memberships.insert().values(person_id=blocked_driver, organisation_id=p.haul.organisation_id,
+                                                 role="driver", created_at=now()))
     refused = _code(lambda: do(engine, lambda uow: nominate.nominate(
         uow, p.haul, right.id, nominate.NominateCommand("1ABC123", "BE", blocked_driver), now())))
     assert refused is ErrorCode.DRIVER_SCREENING_FAILED

@@ -76,15 +76,16 @@ class SqlDirectory:
                                                 membership_in_force(now)).with_for_update(read=True)
         if self._conn.execute(member).first() is not None:
             return True
-        employed = sa.select(sa.literal(1)).where(persons.c.id == person_id,
-                                                  persons.c.employer_organisation_id == organisation_id)
         # Only a badge usable now links him: a revoked, blocked, inactive, expired or not yet valid badge
         # issued for a former employer must not let it go on nominating him and reading his screening.
+        # The person's own employer_organisation_id links him to nothing: it is who registered him for
+        # whom, set once when port security created his row and never updated, so as a link it lasted
+        # for good, past the removal or expiry of his driver membership (review 152, finding 2).
         badged = sa.select(sa.literal(1)).where(badges.c.person_id == person_id,
                                                 badges.c.employer_organisation_id == organisation_id,
                                                 badges.c.status == "active",
                                                 badges.c.valid_from <= now, badges.c.valid_until > now)
-        return bool(self._conn.execute(sa.select(sa.or_(employed.exists(), badged.exists()))).scalar())
+        return self._conn.execute(badged).first() is not None
 
     def acts_in(self, person_id: uuid.UUID, organisation_id: uuid.UUID, roles: Collection[str], *,
                 now: datetime) -> bool:
