@@ -141,7 +141,8 @@ class ReleaseRightStore(Protocol):
     def last_rights(self, containers: Sequence[str]) -> dict[str, LastRight]:
         """Each of these containers' last right by issue (any state, deleted too) of those customs' own hold
         is on that did not take the container out, else its last right, by container number (the right whose
-        hold a new right carries, ``carried_customs_hold``); a container with none is absent."""
+        hold a new right carries, ``carried_customs_hold``); a container with none is absent. A deleted right
+        whose light still shows a hold it only carried (``ReleaseRight.customs_carried``) is left out."""
         ...
 
     def customs_holds_by(self, organisation_id: uuid.UUID) -> list[CustomsHold]:

@@ -139,8 +139,13 @@ def test_a_line_ending_a_right_and_issuing_it_again_does_not_move_customs_hold_o
     ended = api.http.post(f"/api/v1/releases/{rid}/{end}", headers=api.as_("line"), json={"reason": "again"})
     assert ended.status_code == 200, ended.text
     again = api.issue(63)["release"]
-    assert again["lights"]["customs"]["status"] == "scan"
+    # Carried, the hold shows to customs alone: to the line as the light any right is issued with (review 152,
+    # finding 1: else any line issuing the container learnt customs' selection and grounds).
+    assert again["lights"]["customs"] == {"status": "red", "reason": "awaiting customs release",
+                                          "set_at": again["created_at"]}
     new = again["id"]
+    shown = api.http.get(f"/api/v1/releases/{new}", headers=a).json()["lights"]["customs"]
+    assert (shown["status"], shown["reason"]) == ("scan", "x-ray selection")
     assert _stored(api, new)[:2] == ("scan", api.p.customs.organisation_id)
     assert_problem(_put(api, new, b, {"status": "green"}), 403, "light_held_by_another")
     assert_problem(_put(api, new, b, {"status": "green", "reason": "released"}), 403, "light_held_by_another")

@@ -186,7 +186,14 @@ class ReleaseOut(BaseModel):
     state: str
     blocked: bool
     pickable: bool
-    lights: dict[str, LightOut]
+    lights: dict[str, LightOut] = Field(description=(
+        "`commercial`, `customs`, `terminal`. Customs' `reason` is shown to the line, customs, the terminal "
+        "and port security only. A hold the right took over at its issue from another right of its container "
+        "(customs' hold is on the container), and customs has not set on this right since, shows to customs "
+        "and port security alone: to everyone else the customs light reads as any right's at its issue "
+        "(`red`, \"awaiting customs release\", set at its issue), and its `release.issued` event names no "
+        "`customs_carried`. The gate holds the right by it all the same (`customs_hold`, as for any red), and "
+        "customs' `green` lifts it."))
     issuer_organisation_id: uuid.UUID
     holder_organisation_id: uuid.UUID
     holders_chain: list[uuid.UUID] | None = Field(default=None, description=(

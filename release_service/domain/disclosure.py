@@ -17,6 +17,15 @@ Whether a party sees a right at all is ``services.common.can_see``; this module 
 Customs' reason for its light goes to the full-sight viewers only (the chain and the driver, and every
 webhook, get its status and time: ``published_data``).
 
+Customs' hold a right carries from another right of its container (``ReleaseRight.customs_carried``: the
+hold a new right takes over, review 141, not set on it since) is customs' word on that other right, maybe
+another line's: only customs and port security see it (``sees_carried_hold``). To everyone else, its own
+line included, the right's customs light is the one any right is issued with (red, "awaiting customs
+release", set at its issue) and its ``release.issued`` names no ``customs_carried``, in every read and
+webhook: else any line issuing any container on a made-up vessel call learnt whether customs selected it
+for scan, and on what grounds (review 152, finding 1). The gate holds the right by the hold all the same,
+and answers ``customs_hold`` as it does for any right's red of issue.
+
 The line answers for the right and sees its whole history; customs, the terminal and port security
 oversee it. A transport operator's nomination does not travel with the right (``accept_transfer``
 clears it), so a driver and truck named by one holder are a third party's data to every other
@@ -36,7 +45,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from .parties import HOLDER_KINDS, Actor, OrgKind
-from .release import ReleaseRight
+from .release import ReleaseRight, awaiting_customs
 
 # Events whose data is all about one nomination: the driver, the truck, the slot, the screening and
 # the driver's answer. Shown to someone else, every key of them but the right's state is null.
@@ -51,6 +60,8 @@ TRANSFER_ACCEPTED = "release.transfer.accepted"
 # informant): the line, the terminal, customs and port security read it; the chain and the driver see the
 # light's status (hold, scan, green), which is what they act on, and its time (review 110).
 CUSTOMS_LIGHT = "release.light.customs"
+# What ``release.issued`` says of the hold the new right carried (status, the right it came from).
+CUSTOMS_CARRIED = "customs_carried"
 
 
 class Sight(StrEnum):
@@ -89,11 +100,21 @@ def sight(right: ReleaseRight, actor: Actor) -> Sight:
     return Sight.CHAIN
 
 
+def sees_carried_hold(actor: Actor) -> bool:
+    """Whether the actor sees customs' hold a right carries from another right of its container, and where
+    from: customs and port security. Not the line (of this right, or the other's), the terminal, the chain
+    or the driver."""
+    return actor.is_admin or actor.kind is OrgKind.CUSTOMS
+
+
 def minimise_right(right: ReleaseRight, actor: Actor, chain: list[uuid.UUID] | None = None,
                    ) -> tuple[ReleaseRight, list[uuid.UUID] | None]:
     """The right and its chain of holders as the actor is shown them. A company of the chain that does
     not hold the right sees no nomination (the holder's, never its own: a transfer clears it), no
-    transfer it is not party to, and the chain only as far as the holder it passed the right to."""
+    transfer it is not party to, and the chain only as far as the holder it passed the right to. A hold
+    the right carries shows as the customs light it was issued with (``sees_carried_hold``)."""
+    if right.customs_carried and not sees_carried_hold(actor):
+        right = replace(right, customs=awaiting_customs(right.created_at))
     view = sight(right, actor)
     if view is Sight.FULL:
         return right, chain
@@ -120,8 +141,10 @@ def visible_chain(chain: Sequence[uuid.UUID], me: uuid.UUID | None) -> list[uuid
 def minimise_events(right: ReleaseRight, actor: Actor, events: Sequence[EventLike]) -> list[Shown]:
     """Each event's actor and data as the actor is shown them, in order."""
     view = sight(right, actor)
-    if view is Sight.FULL:
+    if sees_carried_hold(actor):
         return [Shown(dict(e.actor), dict(e.data)) for e in events]
+    if view is Sight.FULL:
+        return [Shown(dict(e.actor), _uncarried(e.type, e.data)) for e in events]
     if view is Sight.DRIVER:
         shown = [_for_driver(e, actor.person_id) for e in events]
     else:
@@ -131,9 +154,19 @@ def minimise_events(right: ReleaseRight, actor: Actor, events: Sequence[EventLik
 
 def published_data(event_type: str, data: Mapping[str, Any]) -> dict[str, Any]:
     """An event's data as anyone but the full-sight viewers gets it: in a webhook (every event's audience
-    holds a company of the chain) and in the chain's and the driver's reads. Customs' reason null."""
+    holds a company of the chain) and in the chain's and the driver's reads. Customs' reason null, and no
+    ``customs_carried`` (``_uncarried``: a webhook's payload is one for its whole audience, customs too,
+    which reads it on the right's events)."""
     if event_type == CUSTOMS_LIGHT and data.get("reason") is not None:
         return {**data, "reason": None}
+    return _uncarried(event_type, data)
+
+
+def _uncarried(event_type: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The event's data without what ``release.issued`` says of a hold the right carried, for everyone but
+    customs and port security (``sees_carried_hold``): the key is on no other right's issue."""
+    if event_type == ISSUED and CUSTOMS_CARRIED in data:
+        return {k: v for k, v in data.items() if k != CUSTOMS_CARRIED}
     return dict(data)
 
 

@@ -48,8 +48,9 @@ Customs is a kind of organisation, not one: its light keeps the organisation tha
 or scan) is changed only by that organisation, its green after a scan or after its own red with a reason
 (review of the lights, finding 1). The hold is on the container: a right issued for it takes the hold of
 the container's last right when that was not used at the gate (``carried_customs_hold``, review 141), so a
-line ending a right and issuing it again hands the hold to no other customs. A hold whose setter port
-security deactivated is any customs' to change, its green with a reason, the event naming the setter
+line ending a right and issuing it again hands the hold to no other customs; customs and port security
+alone see a hold so carried (``customs_carried``, review 152). A hold whose setter port security
+deactivated is any customs' to change, its green with a reason, the event naming the setter
 (``previous_setter``). Customs is bound to no port or office yet.
 
 The model is mutable inside one unit of work; each method appends to ``pending_events``, which the
@@ -338,14 +339,15 @@ class ReleaseRight:
             blocked=False,
             commercial=Light(commercial, None, now),
             # Customs and the terminal speak for themselves: until they do, their lights are red.
-            customs=carried or Light(LightStatus.RED, "awaiting customs release", now),
+            customs=carried or awaiting_customs(now),
             terminal_light=Light(LightStatus.RED, "awaiting discharge", now),
             valid_from=valid_from,
             valid_until=valid_until,
             created_at=now,
         )
         data: dict[str, Any] = {"holder": str(release_to), **right._summary()}
-        if carried is not None and last is not None:  # its status and where from; the reason is customs' own
+        # Its status and where from, for customs' reads alone (disclosure.py); the reason is customs' own.
+        if carried is not None and last is not None:
             data["customs_carried"] = {"status": carried.status.value, "from_release": str(last.id)}
         right._emit("release.issued", by, now, data)
         return right
@@ -374,6 +376,16 @@ class ReleaseRight:
         organisation, or a scan from before the setter was kept (migration 0028). Not the red of issue."""
         held = self.customs
         return not held.green and (held.set_by is not None or held.status is LightStatus.SCAN)
+
+    @property
+    def customs_carried(self) -> bool:
+        """Customs' hold on the light came with the right at its issue (``carried_customs_hold``) and customs
+        has not set the light on this right since: set before the right was issued. Customs' word on another
+        right, which only customs and port security see on this one (``disclosure.minimise_right``, review
+        152 finding 1); the gate holds the right by it all the same."""
+        held = self.customs
+        return (held.set_by is not None and not held.green and held.set_at is not None
+                and held.set_at < self.created_at)
 
     def customs_hold_outlives(self, now: datetime) -> bool:
         """The right ended unused (revoked, deleted, lapsed) with customs' own hold on it: the hold stays on
@@ -457,7 +469,9 @@ class ReleaseRight:
         self._require_state(frozenset({State.ACTIVE}), "delete", now)
         if self.contested_at is not None:  # its mark must stay where the gate reads it (domain/gate.py)
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A contested right can be revoked, not deleted.")
-        if self.customs_own_hold:  # so must customs' hold, which holds the container (review 149, finding 3)
+        # So must customs' hold, which holds the container (review 149, finding 3); not one the right only
+        # carries, which stays on the right it came from (a line deletes it as any new right: review 152).
+        if self.customs_own_hold and not self.customs_carried:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "A right customs holds can be revoked, not deleted: "
                               "its hold stays on the container until customs lifts it.")
         if travelled or self.holder_organisation_id != self.first_party_organisation_id:
@@ -933,12 +947,22 @@ class ReleaseRight:
 
 _SYSTEM: dict[str, str | None] = {"client_id": "quaygate", "organisation_id": None, "kind": "system", "person_id": None}
 
+AWAITING_CUSTOMS = "awaiting customs release"
+
+
+def awaiting_customs(at: datetime) -> Light:
+    """The customs light a right is issued with: red, nobody's hold, until customs speaks."""
+    return Light(LightStatus.RED, AWAITING_CUSTOMS, at)
+
+
 def carried_customs_hold(last: LastRight | None) -> Light | None:
     """Customs' hold a new right of a container takes from the container's last right (review 141): a hold
     a customs organisation set (red or scan, its setter known) and did not lift, on a right not used at the
     gate (live, revoked, deleted or lapsed). Status, reason, time and setter as they were: the hold is on
     the container, so a line ending the right and issuing it again (or issuing it on another vessel call)
-    does not hand it to any customs to lift. None: the new right starts red, nobody's hold."""
+    does not hand it to any customs to lift. Only customs and port security see it on the new right
+    (``ReleaseRight.customs_carried``, ``disclosure.minimise_right``, review 152 finding 1); the gate holds the
+    right by it. None: the new right starts red, nobody's hold."""
     if last is None or last.state in (State.GATED_IN, State.COMPLETED):
         return None
     held = last.customs

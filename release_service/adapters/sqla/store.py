@@ -257,16 +257,22 @@ class SqlReleaseStore:
         """Each container's last right by issue (any state, deleted too) of those with customs' own hold that
         did not take the container out, else its last right: one row a container, through the container's
         index. The hold stays on the container whatever became of its right (review 149, finding 3): a right
-        issued after another, unheld, still takes it."""
+        issued after another, unheld, still takes it. A deleted right whose light still shows a hold it only
+        carried (``ReleaseRight.customs_carried``; deleted as any new right: review 152, finding 1) is not
+        read: the hold stays on the right it came from, and customs' lift there does not reach a deleted
+        right (``of_containers``), so its copy would hand on a hold customs has lifted."""
         t = releases.c
         found: dict[str, LastRight] = {}
+        carried_deleted = sa.and_(t.state == State.DELETED.value, t.customs_set_by.is_not(None),
+                                  t.customs_status != LightStatus.GREEN.value, t.customs_at < t.created_at)
         standing = sa.case((sa.and_(t.customs_set_by.is_not(None), t.customs_status != LightStatus.GREEN.value,
                                     t.state.not_in([State.GATED_IN.value, State.COMPLETED.value])), 0), else_=1)
         for chunk in _chunks(sorted(set(containers)), 5000):
             rank = sa.func.row_number().over(partition_by=t.container_number,
                                              order_by=(standing, t.created_at.desc(), t.id.desc())).label("rank")
             ranked = sa.select(t.id, t.container_number, t.state, t.customs_status, t.customs_reason, t.customs_at,
-                               t.customs_set_by, rank).where(t.container_number.in_(chunk)).subquery()
+                               t.customs_set_by, rank).where(
+                t.container_number.in_(chunk), sa.not_(sa.func.coalesce(carried_deleted, False))).subquery()
             for row in self._conn.execute(sa.select(ranked).where(ranked.c.rank == 1)):
                 found[row.container_number] = LastRight(row.id, State(row.state), Light(
                     LightStatus(row.customs_status), row.customs_reason, row.customs_at, row.customs_set_by))
