@@ -29,6 +29,7 @@ from joserfc import jwt
 from gate_adapters.runtime.client import StaticToken, VerifyClient
 from gate_adapters.simulate import drive, load_script
 from identity.domain.badges import Scheme, with_check
+from identity.oidc.server import CLIENT_AUTH_FAILED
 from quaygate.cli import main
 from quaygate.db import make_engine
 from quaygate.schema import audit_log, badges, gate_decisions, gate_offline_decisions, persons, port_bans, releases
@@ -422,7 +423,8 @@ def test_a_client_assertion_with_a_time_no_calendar_holds_is_401(office: Lifecyc
         "grant_type": "client_credentials", "client_assertion": token,
         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
     assert (r.status_code, r.json()["error"]) == (401, "invalid_client"), r.text
-    assert "NumericDate" in r.json()["error_description"]
+    # one description for every client authentication refused (review 151, finding 2): no cause named
+    assert r.json()["error_description"] == CLIENT_AUTH_FAILED
 
 
 # ---- other CLI numbers -------------------------------------------------------------------------------
