@@ -314,6 +314,17 @@ def test_repair_at_low_container_confidence_is_review() -> None:
     assert d.reasons == (Reason.CONTAINER_UNREADABLE,) and d.decision is Outcome.REVIEW
 
 
+def test_a_valid_container_read_below_the_minimum_confidence_is_review_even_with_a_right() -> None:
+    # review 153 finding 3: MSCU1234550 has a valid neighbour one serial digit away (MSCU1234530); the
+    # check digit cannot tell them apart, so an unsure read is a doubt, never a silent allow
+    number = "MSCU1234550"
+    for confidence in (0.0, 0.69):
+        d = run(request=a_request(container=ContainerRead(number, confidence)), rights=[a_right(container=number)])
+        assert (d.decision, d.reasons, d.container) == (Outcome.REVIEW, (Reason.CONTAINER_UNREADABLE,), None)
+    sure = run(request=a_request(container=ContainerRead(number, 0.7)), rights=[a_right(container=number)])
+    assert sure.decision is Outcome.ALLOW and sure.container == number
+
+
 def test_rights_of_other_containers_are_not_judged() -> None:
     other = with_check_digit("MSCU102030")
     d = run(rights=[a_right(container=other)])
