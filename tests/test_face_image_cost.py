@@ -47,6 +47,29 @@ def more_scans(image: bytes, extra: int) -> bytes:
     return image[:starts[0]] + b"".join(scans) + b"".join((smallest * extra)[:extra]) + b"\xff\xd9"
 
 
+def sequential_scans(width: int, height: int, components: int = 3) -> bytes:
+    """A baseline (SOF0) JPEG whose components come in separate scans, one each (T.81 A.2.2: a
+    non-interleaved sequential JPEG), every block flat grey. Pillow cannot write one, so it is built by
+    hand: one-symbol Huffman tables make each block two bits (DC difference 0, then EOB), so a picture
+    of many pixels is a small file; libjpeg must buffer the whole picture's coefficients to join the
+    scans, as for a progressive JPEG (review 154, finding 3)."""
+
+    def segment(marker: int, body: bytes) -> bytes:
+        return bytes((0xFF, marker)) + struct.pack(">H", len(body) + 2) + body
+
+    one_code = bytes((1,)) + bytes(15)  # a single code, one bit long ("0")
+    frame = struct.pack(">BHHB", 8, height, width, components)
+    frame += b"".join(bytes((c, 0x11, 0)) for c in range(1, components + 1))
+    blocks = -(-width // 8) * -(-height // 8)
+    bits = 2 * blocks
+    data = bytes(bits // 8) + (bytes((0xFF >> (bits % 8),)) if bits % 8 else b"")  # padded with 1 bits
+    out = b"\xff\xd8" + segment(0xDB, bytes(1) + bytes((1,)) * 64) + segment(0xC0, frame)
+    out += segment(0xC4, bytes((0x00,)) + one_code + bytes((0,)) + bytes((0x10,)) + one_code + bytes((0,)))
+    for c in range(1, components + 1):
+        out += segment(0xDA, bytes((1, c, 0x00, 0, 63, 0))) + data
+    return out + b"\xff\xd9"
+
+
 def second_ihdr(image: bytes, width: int, height: int) -> bytes:
     """A PNG with a second IHDR after the first, claiming another size (Pillow takes the last)."""
     data = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
@@ -64,6 +87,8 @@ def bombs() -> dict[str, tuple[bytes, str]]:
         "png 2100x2100": (png(2100, 2100), "image_too_large"),
         "png 16-bit 2100x2100": (png(2100, 2100, "I;16"), "image_too_large"),
         "progressive jpeg 2100x2100": (jpeg(2100, 2100, progressive=True), "image_too_large"),
+        "baseline jpeg in 3 scans 2100x2100": (sequential_scans(2100, 2100), "image_too_large"),
+        "baseline jpeg in 4 scans 2100x2100": (sequential_scans(2100, 2100, 4), "image_too_large"),
         "png 5:1": (png(3000, 600), "image_unreadable"),
         "jpeg 5:1": (jpeg(5000, 1000), "image_unreadable"),
         "progressive jpeg with extra scans": (more_scans(jpeg(600, 600, progressive=True), 10), "image_unreadable"),
@@ -108,11 +133,21 @@ def test_what_passes_the_header() -> None:
     assert header.read(progressive) == Header("JPEG", 1000, 800, scans=10, progressive=True)
     assert header.refusal(more_scans(progressive, MAX_JPEG_SCANS - 10), LIMITS) is None
     assert header.refusal(more_scans(progressive, MAX_JPEG_SCANS - 9), LIMITS) == "image_unreadable"
+    # a baseline JPEG in more than one scan is decoded whole, as a progressive one (review 154, finding 3)
+    assert header.read(sequential_scans(2000, 2000)) == Header("JPEG", 2000, 2000, scans=3)
+    assert header.refusal(sequential_scans(2000, 2000), LIMITS) is None
+    assert header.refusal(sequential_scans(2000, 2001), LIMITS) == "image_too_large"
+    assert header.judge(Header("JPEG", 8000, 5000, scans=2), LIMITS) == "image_too_large"
     assert header.judge(Header("PNG", 400, 100), LIMITS) is None
     assert header.judge(Header("PNG", 100, 401), LIMITS) == "image_unreadable"
     assert header.judge(Header("PNG", 0, 100), LIMITS) == "image_unreadable"
     with pytest.raises(ValueError, match="positive"):
         ImageLimits(max_png_pixels=0)
+
+
+def test_the_hand_built_multi_scan_jpeg_is_one_libjpeg_decodes() -> None:
+    for components in (3, 4):
+        assert engine.decode(sequential_scans(72, 40, components), max_side=640, limits=LIMITS).shape == (40, 72, 3)
 
 
 def test_the_worker_decodes_only_the_picture_judged() -> None:

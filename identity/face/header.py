@@ -11,12 +11,16 @@ normal capture 0.03 to 0.06 s). A baseline JPEG is decoded already reduced (``Im
 each side at most): a 40 Mpx one in 0.02 s, its cost follows the file's bytes. A progressive JPEG is
 not so cheap: libjpeg keeps the coefficients of the whole picture (240 MB at 40 Mpx) and each scan
 passes over every block: a 40 Mpx one took 0.09 s with its 10 scans, 0.46 s with 31, 7.7 s with 3,000
-tiny scans (370 kB). Hence (measured 2026-11-24 on the 2-core development machine, busy):
+tiny scans (370 kB). So does a baseline JPEG in more than one scan (its components in separate scans,
+T.81 A.2.2): libjpeg buffers the whole picture's coefficients to join them (review 154, finding 3: a
+625 kB, 7300 x 5470, 4-component one in 4 scans took 0.33 to 1.3 s and 250 to 330 MB of a worker).
+Hence (measured 2026-11-24 on the 2-core development machine, busy):
 
-- PNG, and a progressive JPEG: at most ``max_png_pixels`` (``QUAYGATE_FACE_MAX_PNG_PIXELS``, 4 Mpx:
-  2000 x 2000, decoded in 0.05 to 0.15 s, a progressive JPEG of 16 scans in 0.2 s; a webcam frame, a
-  phone's capture in the browser, an ID photo are under it; cameras and phones write baseline JPEGs);
-- a baseline JPEG: at most ``max_pixels`` (``QUAYGATE_FACE_MAX_IMAGE_PIXELS``, 40 Mpx);
+- PNG, a progressive JPEG, and a JPEG of more than one scan: at most ``max_png_pixels``
+  (``QUAYGATE_FACE_MAX_PNG_PIXELS``, 4 Mpx: 2000 x 2000, decoded in 0.05 to 0.15 s, a progressive JPEG
+  of 16 scans in 0.2 s; a webcam frame, a phone's capture in the browser, an ID photo are under it;
+  cameras and phones write baseline JPEGs in one scan);
+- a baseline JPEG in one scan: at most ``max_pixels`` (``QUAYGATE_FACE_MAX_IMAGE_PIXELS``, 40 Mpx);
 - JPEG: only the Huffman frame types cameras and phones write (baseline, extended, progressive: SOF0
   to SOF2; lossless, hierarchical and arithmetic-coded frames are refused: rare, and lossless is never
   decoded reduced), and at most ``MAX_JPEG_SCANS`` scans (libjpeg's progressive JPEG has 10);
@@ -49,8 +53,8 @@ _SOS, _EOI = 0xDA, 0xD9
 class ImageLimits:
     """How large a picture a capture may claim (module docstring)."""
 
-    max_pixels: int = 40_000_000  # a baseline JPEG (decoded reduced)
-    max_png_pixels: int = 4_000_000  # a PNG or a progressive JPEG (decoded whole)
+    max_pixels: int = 40_000_000  # a baseline JPEG in one scan (decoded reduced)
+    max_png_pixels: int = 4_000_000  # a PNG, a progressive JPEG, a JPEG of scans (decoded whole)
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1 or self.max_png_pixels < 1:
@@ -81,7 +85,8 @@ def judge(header: Header, limits: ImageLimits) -> FaceCode | None:
     width, height = header.width, header.height
     if width < 1 or height < 1:
         return FaceCode.IMAGE_UNREADABLE
-    whole = header.format == "PNG" or header.progressive  # decoded at full size (module docstring)
+    # decoded at full size, or its coefficients buffered whole (module docstring)
+    whole = header.format == "PNG" or header.progressive or header.scans > 1
     most = limits.max_png_pixels if whole else limits.max_pixels
     if width * height > most:
         return FaceCode.IMAGE_TOO_LARGE
