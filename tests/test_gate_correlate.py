@@ -8,6 +8,8 @@ import pytest
 
 from gate_adapters.core.correlate import DropReason, LaneCorrelator, Outcome, Ready, similar
 from gate_adapters.core.reads import BadgeRead, ContainerRead, FaceMatch, FaceRead, PlateRead, Read, ReadKind
+from release_service.domain.gate import TerminalPolicy
+from release_service.domain.reads import understand_container
 
 T0 = datetime(2026, 11, 21, 14, 30, tzinfo=UTC)
 LANE = "in-3"
@@ -104,6 +106,57 @@ def test_a_similar_duplicate_with_higher_confidence_replaces_and_opens_no_truck(
     # 1ABC284 is another plate (not a look-alike of 1ABC234): the truck is doubtful, and says so
     assert ready.doubtful == {ReadKind.PLATE} and [r.value for r in ready.set_aside] == ["1ABC284|BE"]
     assert ready.verify_fields()["plate"]["confidence"] == 0.0
+
+
+FRONT_530, REAR_550 = container("MSCU1234530", conf=0.85, sec=1.0), container("MSCU1234550", conf=0.95, sec=1.5)
+
+
+@pytest.mark.parametrize("order", ["front first", "rear first"])
+def test_two_valid_container_numbers_for_one_truck_make_it_doubtful_never_a_silent_choice(order: str) -> None:
+    """Review 153 finding 1: MSCU1234530 and MSCU1234550 are both valid (check digit 0 from remainder 0
+    or 10) and one edit apart, so both reads went to one truck and only the more confident was sent, at
+    0.95: an allow on whichever box read better. Now a second, different container number makes the
+    truck doubtful on its container: the other read is set aside (evidence), the body's container
+    confidence is 0 (the service answers container_unreadable, review), and the id says the doubt."""
+    reads: list[Read] = [FRONT_530, REAR_550] if order == "front first" else [REAR_550, FRONT_530]
+    [ready] = feed(lane(), [plate(), *reads, badge()])
+    assert ready.doubtful == {ReadKind.CONTAINER} and ready.container == REAR_550
+    assert [r.value for r in ready.set_aside] == ["MSCU1234530"]
+    sent = ready.verify_fields()["container"]
+    assert sent == {"number": "MSCU1234550", "confidence": 0.0}
+    # what the service makes of it, with the right on MSCU1234550: a doubt (review), not the allow it was
+    reading = understand_container(sent["number"], sent["confidence"], known=frozenset({"MSCU1234550"}),
+                                   policy=TerminalPolicy())
+    assert not reading.understood
+    [reference] = feed(lane(), [plate(), FRONT_530, REAR_550, badge()])
+    [clean] = feed(lane(), [plate(), REAR_550, badge()])
+    assert ready.request_id == reference.request_id != clean.request_id  # rule 5: the doubt is in the question
+
+
+def test_look_alike_twin_container_numbers_are_two_numbers_not_one_read_twice() -> None:
+    # OOLU1000070 and DOLU1000070 are both valid: folding look-alikes makes them one, the check digit cannot
+    [ready] = feed(lane(), [plate(), container("OOLU1000070", conf=0.9), container("DOLU1000070", conf=0.8),
+                            badge()])
+    assert ready.doubtful == {ReadKind.CONTAINER} and ready.container is not None
+    assert ready.container.number == "OOLU1000070" and [r.value for r in ready.set_aside] == ["DOLU1000070"]
+    assert ready.verify_fields()["container"]["confidence"] == 0.0
+
+
+def test_the_same_container_number_read_twice_still_merges_without_doubt() -> None:
+    low, high = container("MSCU1234550", conf=0.7, sec=1.0), container("MSCU1234550", conf=0.95, sec=1.2)
+    [ready] = feed(lane(), [plate(), low, high, high, badge()])
+    [clean] = feed(lane(), [plate(), high, badge()])
+    assert ready.doubtful == frozenset() and ready.set_aside == () and ready.container == high
+    assert ready.verify_fields()["container"]["confidence"] == 0.95
+    assert ready.request_id == clean.request_id
+
+
+def test_a_truck_doubtful_on_plate_and_container_says_both() -> None:
+    [ready] = feed(lane(), [plate("1ABC234", conf=0.95), plate("1ABC284", conf=0.6), FRONT_530, REAR_550, badge()])
+    assert ready.doubtful == {ReadKind.PLATE, ReadKind.CONTAINER}
+    assert sorted(r.value for r in ready.set_aside) == ["1ABC284|BE", "MSCU1234530"]
+    body = ready.verify_fields()
+    assert body["plate"]["confidence"] == 0.0 and body["container"]["confidence"] == 0.0
 
 
 def test_equal_confidence_duplicates_choose_the_same_read_whatever_the_order() -> None:

@@ -29,7 +29,13 @@ Rules (each has a test in tests/test_gate_correlate.py):
       ``confidence`` 0, so the service answers ``plate_low_confidence`` (review), never a silent allow
       on whichever plate read more confidently (review 109). What is set aside does not depend on the
       order the reads came in: of each folded value the best read, every one not the same as the kept
-      read (review 116);
+      read (review 116). Container numbers the same way, except that "the same" is the very same
+      number: look-alike folding cannot be trusted there, the check digit being blind to it
+      (OOLU1000070 and DOLU1000070 are both valid) and many valid numbers being one serial digit apart
+      (MSCU1234530 and MSCU1234550: check digit 0 from remainder 0 or 10). A second, different number
+      for one truck makes it doubtful on its container, the other read set aside and the body's
+      container ``confidence`` 0, so the service answers ``container_unreadable`` (review), never an
+      allow on whichever box read better (review 153); the same number read twice still merges;
    b. else the OLDEST pending truck lacking K takes it (trucks pass a lane in order);
    c. else a new truck opens.
    Similar: plates and container numbers whose look-alike-folded forms (0/O/D/Q, 1/I, 2/Z, 5/S,
@@ -103,11 +109,13 @@ Rules (each has a test in tests/test_gate_correlate.py):
 5. ``request_id`` is a UUIDv5 over terminal, lane, direction, the earliest ``observed_at`` and the
    chosen reads' values: a restart that replays the same reads gets the same id, which the verify
    endpoint treats as the same request (SPEC.md: idempotency, a right never used twice). A truck with
-   reads set aside (rule 1a) adds every distinct folded value of its plate, sorted: never which read
-   happened to be set aside, which depends on arrival order (review 116). A truck doubtful only by
+   reads set aside (rule 1a) adds every distinct folded value of its plate (every distinct number of its
+   container, if those were set aside), sorted: never which read happened to be set aside, which depends
+   on arrival order (review 116). A truck doubtful only by
    rule 3 has the id its reads give: a replay that has forgotten the truck before then finds the first,
    doubtful, request in the outbox instead of asking again.
-Limitation: one container per truck; a second, different container number opens a new truck.
+Limitation: one container per truck; a second container number more than one edit from the first
+(look-alikes folded) opens a new truck; one within an edit makes the truck doubtful (rule 1a).
 """
 
 from __future__ import annotations
@@ -158,7 +166,7 @@ class Ready:
     badge: BadgeRead | None = None
     face: FaceRead | None = None
     doubtful: frozenset[ReadKind] = frozenset()  # rule 1a: read as two values; rule 3: maybe the truck before's
-    set_aside: tuple[Read, ...] = ()  # rule 1a: the other reads of a doubtful kind (evidence, logs)
+    set_aside: tuple[Read, ...] = ()  # rule 1a: the other reads of a doubtful kind (evidence, logs), by kind and value
 
     @property
     def complete(self) -> bool:
@@ -181,7 +189,9 @@ class Ready:
             "observed_at": self.observed_at.isoformat(),
         }
         if self.container is not None:
-            body["container"] = {"number": self.container.number, "confidence": self.container.confidence}
+            # rule 1a: two different numbers read for this truck: no confidence in either
+            confidence = 0.0 if ReadKind.CONTAINER in self.doubtful else self.container.confidence
+            body["container"] = {"number": self.container.number, "confidence": confidence}
         if self.plate is not None:
             body["plate"] = {
                 "text": self.plate.text,
@@ -225,6 +235,7 @@ class _Truck:
     # rule 1a: per folded plate value (``_folded``) the best read of it, so what is set aside at emission
     # does not depend on the order the reads came in
     plates: dict[str, PlateRead] = field(default_factory=dict)
+    containers: dict[str, ContainerRead] = field(default_factory=dict)  # rule 1a: per number, its best read
     echo: bool = False  # rule 3: a plate read as a look-alike of one a truck emitted within the window held
     plate_cameras: set[str] = field(default_factory=set)  # rule 3b: the cameras that read its plate
 
@@ -405,14 +416,18 @@ class LaneCorrelator:
 
     @staticmethod
     def _take(truck: _Truck, read: Read) -> None:
-        """Rule 1a: of two similar reads the greater ``_rank`` is kept (and of each folded plate value the
-        best read, for what is set aside at emission); rule 1b: a kind it lacked."""
+        """Rule 1a: of two similar reads the greater ``_rank`` is kept (and of each folded plate value and
+        each container number the best read, for what is set aside at emission); rule 1b: a kind it lacked."""
         held = truck.reads.get(read.kind)
         if isinstance(read, PlateRead):
             truck.plate_cameras.add(_camera(read))
             best = truck.plates.get(_folded(read))
             if best is None or _rank(read) > _rank(best):
                 truck.plates[_folded(read)] = read
+        if isinstance(read, ContainerRead):
+            best_box = truck.containers.get(read.number)
+            if best_box is None or _rank(read) > _rank(best_box):
+                truck.containers[read.number] = read
         if held is None or _rank(read) > _rank(held):
             truck.reads[read.kind] = read
 
@@ -451,10 +466,17 @@ class LaneCorrelator:
         kept = truck.reads.get(ReadKind.PLATE)
         # rule 1a: of each folded plate value the best read, those not the same as the kept one; a set,
         # not the reads the arrival order happened to push aside (review 116)
-        set_aside: tuple[Read, ...] = tuple(sorted(
-            (p for p in truck.plates.values() if kept is not None and not same(kept, p)), key=lambda r: r.value))
+        plates_aside = [p for p in truck.plates.values() if kept is not None and not same(kept, p)]
+        # and of each other container number the best read (review 153): a number is only itself
+        box = truck.reads.get(ReadKind.CONTAINER)
+        boxes_aside = [c for c in truck.containers.values() if box is not None and c.value != box.value]
+        set_aside: tuple[Read, ...] = tuple(sorted((*plates_aside, *boxes_aside),
+                                                   key=lambda r: (r.kind.value, r.value)))
         # rule 5: the doubt is part of the question too (its body says it), as every folded value read
-        doubt = [(ReadKind.PLATE, value) for value in truck.plates] if set_aside else []
+        doubt = [(ReadKind.PLATE, value) for value in truck.plates] if plates_aside else []
+        doubt += [(ReadKind.CONTAINER, number) for number in truck.containers] if boxes_aside else []
+        doubtful = {ReadKind.PLATE} if plates_aside or truck.echo else set()
+        doubtful |= {ReadKind.CONTAINER} if boxes_aside else set()
         request_id = request_id_for(self.terminal, self.lane, self.direction, reads, doubt)
         observed_at = min(r.observed_at for r in reads)
         self._emitted.append(_Emitted(emitted_at=now, reads=reads + set_aside, request_id=request_id,
@@ -472,7 +494,7 @@ class LaneCorrelator:
             container=by_kind.get(ReadKind.CONTAINER),
             badge=by_kind.get(ReadKind.BADGE),
             face=by_kind.get(ReadKind.FACE),
-            doubtful=frozenset({ReadKind.PLATE}) if set_aside or truck.echo else frozenset(),
+            doubtful=frozenset(doubtful),
             set_aside=set_aside,
         )
 

@@ -279,7 +279,7 @@ class LaneRuntime:
                 continue
             if not ready.complete:
                 log.info("gate.lane.timed_out", extra={"lane": self.lane, "missing": sorted(ready.missing)})
-            if ready.doubtful:  # correlate.py rules 1a and 3: maybe another plate; the body asks with confidence 0
+            if ready.doubtful:  # correlate.py rules 1a and 3: maybe another plate or box; asked at confidence 0
                 log.warning("gate.lane.doubtful_read", extra={"lane": self.lane, "request_id": ready.request_id,
                                                               "kinds": sorted(ready.doubtful)})
             body = verify_body(ready, self.mode, self.badge_scheme)
