@@ -503,6 +503,13 @@ def test_lookalike_plate_is_allowed_and_the_repair_is_reported() -> None:
     assert d.repairs == (Repair("plate", 2, "8", "B"),)
 
 
+def test_a_countryless_lookalike_read_that_is_another_countrys_plate_is_review() -> None:
+    # review 153 finding 4: nominated BE 2ABC123; ZABC123 read with no country is a Polish plate too
+    right = a_right(nomination=NominationFacts(DRIVER, "2ABC123", "BE", "pending"))
+    d = run(request=a_request(plate=PlateRead("ZABC123", None, 0.95)), rights=[right])
+    assert (d.decision, d.reasons, d.repairs) == (Outcome.REVIEW, (Reason.PLATE_LOW_CONFIDENCE,), ())
+
+
 def test_plate_of_another_country_is_a_mismatch() -> None:
     assert run(request=a_request(plate=PlateRead("1-ABC-123", "NL", 0.95))).reasons == (Reason.PLATE_MISMATCH,)
 

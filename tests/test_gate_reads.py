@@ -308,6 +308,33 @@ def test_a_lookalike_read_that_is_itself_a_plate_may_be_another_truck(
     assert got.outcome is want, got
 
 
+@pytest.mark.parametrize(("read", "nominated", "nominated_country", "plate_of"), [
+    ("ZABC123", "2ABC123", "BE", "PL"),  # review 153 finding 4: a Polish plate, maybe another truck's
+    ("IABC123", "1ABC123", "BE", "PL"),
+    ("SABC123", "5ABC123", "BE", "PL"),
+    ("HHAB123", "HHA8123", "NL", "DE"),  # a German plate (HH-AB 123); no Dutch sidecode has it
+])
+def test_a_countryless_lookalike_read_that_is_a_plate_of_another_country_may_be_another_truck(
+        read: str, nominated: str, nominated_country: str, plate_of: str) -> None:
+    """A camera that read no country says nothing about which country's plate it saw: a read that is
+    itself a well-formed plate of any country we know is judged as such a read is (LOW_CONFIDENCE,
+    review), never taken for a misread of the nominated plate because it does not fit the nominated
+    country's format. Before, it was judged against the nominated country's format alone: a match."""
+    assert normalise_plate(read, plate_of).plausible and not normalise_plate(read, nominated_country).plausible
+    got = compare_plate(read, None, 0.95, nominated, nominated_country, POLICY)
+    assert got.outcome is PlateOutcome.LOW_CONFIDENCE and got.repairs == (), got
+    # the country band read as the nominated one is that country's plate misread, as before
+    assert compare_plate(read, nominated_country, 0.95, nominated, nominated_country, POLICY).outcome \
+        is PlateOutcome.LOOKALIKE_MATCH
+
+
+def test_a_countryless_lookalike_read_that_is_no_plate_of_any_known_country_is_still_a_misread() -> None:
+    # A8123CD fits neither the French shape nor any other in PLATE_FORMATS: a B read as 8
+    assert not any(normalise_plate("A8123CD", c).plausible for c in ("BE", "NL", "DE", "FR", "PL", "LU"))
+    got = compare_plate("A8123CD", None, 0.95, "AB123CD", "FR", POLICY)
+    assert got.outcome is PlateOutcome.LOOKALIKE_MATCH and got.repairs == (Substitution(1, "8", "B"),)
+
+
 def test_lookalike_at_low_confidence_is_never_a_match() -> None:
     assert compare("IABC123", confidence=0.5).outcome is PlateOutcome.LOW_CONFIDENCE
 

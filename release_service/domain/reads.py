@@ -317,9 +317,11 @@ def compare_plate(
     * Same text: MATCH, or LOW_CONFIDENCE under ``policy.plate_min_confidence``.
     * Differing only in look-alike characters: LOOKALIKE_MATCH when the read is confident enough, at
       most ``policy.plate_max_lookalikes`` positions differ, and the read is no plate of its country
-      (``PLATE_FORMATS``; as read, else the nominated plate's): 1-AB0-123 is a misread of 1-ABO-123, but
-      1-ABD-123 is a Belgian plate, maybe another truck's. Otherwise LOW_CONFIDENCE, never a match; so a
-      look-alike read of a country without a known format is always a doubt.
+      (``PLATE_FORMATS``): 1-AB0-123 is a misread of 1-ABO-123, but 1-ABD-123 is a Belgian plate, maybe
+      another truck's. A read without a country may be any country's plate: it must be no plate of the
+      nominated plate's country nor of any country in ``PLATE_FORMATS`` (ZABC123, nominated as Belgian
+      2ABC123, is a Polish plate, maybe another truck's: review 153 finding 4). Otherwise LOW_CONFIDENCE,
+      never a match; so a look-alike read of a country without a known format is always a doubt.
     * Any other difference (or another length): MISMATCH when confident, else LOW_CONFIDENCE.
     """
     read = normalise_plate(read_text, read_country)
@@ -337,9 +339,11 @@ def compare_plate(
     )
     if not only_lookalikes:
         return PlateMatch(PlateOutcome.MISMATCH if confident else PlateOutcome.LOW_CONFIDENCE, read, diffs)
-    # A read that is itself a plate of the country (as it was read, else as nominated) may be another
-    # truck's: only a read no plate of that country has (a digit in a letter's place, say) is a misread.
-    garbled = not normalise_plate(read.text, read.country or nominated.country).plausible
+    # A read that is itself a plate of its country may be another truck's: only a read no plate of that
+    # country has (a digit in a letter's place, say) is a misread. Read without a country, it may be a
+    # plate of the nominated country or of any other we know the shape of.
+    garbled = not normalise_plate(read.text, read.country or nominated.country).plausible and (
+        read.country is not None or not any(shape.fullmatch(read.text) for shape in PLATE_FORMATS.values()))
     if confident and garbled and len(diffs) <= policy.plate_max_lookalikes:
         repairs = tuple(Substitution(i, read.text[i], nominated.text[i]) for i in diffs)
         return PlateMatch(PlateOutcome.LOOKALIKE_MATCH, read, diffs, repairs)
