@@ -86,6 +86,11 @@ def _face_aad(row: Any) -> tuple[bytes, ...]:
     return (f"face-template:v1:{row.person_id}:{row.template_id}".encode(),)  # identity.face.sealing._aad
 
 
+def _anchor_aad(row: Any) -> tuple[bytes, ...]:
+    """A face replacement's anchor (identity.face.service, review 154 finding 1): sealed under its own ids."""
+    return (f"face-template:v1:{row.person_id}:{row.anchor_template_id}".encode(),)
+
+
 def _at(value: datetime | None) -> str:
     return "-" if value is None else (value.replace(tzinfo=UTC) if value.tzinfo is None else value).isoformat()
 
@@ -110,6 +115,10 @@ SEALED: tuple[Sealed, ...] = (
            also=lambda c: {"key_id": c.key_id}, shown=("enrolled_at", "enrolled_by"),
            describe=lambda r: (f"person {r.person_id} (template {r.template_id}, enrolled {_at(r.enrolled_at)} "
                                f"by {r.enrolled_by})")),
+    Sealed(face_templates, face_templates.c.person_id, face_templates.c.anchor_sealed, _anchor_aad,
+           shown=("enrolled_at", "enrolled_by"),
+           describe=lambda r: (f"person {r.person_id} (anchor {r.anchor_template_id} of template {r.template_id}, "
+                               f"enrolled {_at(r.enrolled_at)} by {r.enrolled_by})")),
 )
 # Clocks of the replicas and of this command may differ by this much: a date ahead of now by less is one
 # a rotation could have written.
@@ -191,7 +200,7 @@ def _rekey_column(engine: sa.Engine, cipher: DataCipher, spec: Sealed, batch: in
                   refusal: Callable[[Any], str | None] | None) -> TableCount:
     count = TableCount()
     columns = [c for c in spec.table.c if c.name in {spec.pk.name, spec.column.name, "kid", "id", "person_id",
-                                                      "template_id", *spec.shown}]
+                                                      "template_id", "anchor_template_id", *spec.shown}]
     after: Any = None
     while True:
         with engine.begin() as conn:

@@ -815,6 +815,12 @@ face_templates = sa.Table(
     # no membership in force (NULL: he has one); past face_retention_days_after_leaving the template is
     # withdrawn (identity.face.retention).
     sa.Column("leaving_since", UTCDateTime, index=True),
+    # Review 154, finding 1: the face a replacement is also judged against (identity.face.service), when this
+    # template was enrolled as a retake of the one before it: the template of the last enrolment judged on
+    # its own, its id and its template sealed under its own ids. NULL: this template is that face itself.
+    # In this row, so erased with the template.
+    sa.Column("anchor_template_id", UUID),
+    sa.Column("anchor_sealed", sa.Text),
 )
 
 # Keyed digests of the captures matched for a person (identity.face.store.CaptureStore): the same bytes

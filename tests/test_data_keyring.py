@@ -162,7 +162,7 @@ def _world(engine: sa.Engine, cipher: DataCipher) -> dict[str, Any]:
     org = add_org(engine, OrgKind.TRANSPORT_OPERATOR)
     sub = uuid.uuid4()
     person = add_driver(engine, org.organisation_id)
-    template = uuid.uuid4()
+    template, anchor = uuid.uuid4(), uuid.uuid4()  # the anchor of a retake (review 154, finding 1)
     tag_key = cipher.derive(TAG_PURPOSE)
     with engine.begin() as conn:
         conn.execute(webhook_subscriptions.insert().values(
@@ -170,12 +170,14 @@ def _world(engine: sa.Engine, cipher: DataCipher) -> dict[str, Any]:
             secret_enc=cipher.seal(b"whsec", secret_aad(sub)), event_types=["*"], active=True, created_at=t))
         conn.execute(face_templates.insert().values(
             person_id=person, template_id=template, sealed=seal_template(cipher, person, template, (0.5,) * 128),
-            key_id=cipher.key_id, source="id_photo", face_px=200, sharpness=50.0, enrolled_by="test", enrolled_at=t))
+            key_id=cipher.key_id, source="id_photo", face_px=200, sharpness=50.0, enrolled_by="test", enrolled_at=t,
+            anchor_template_id=anchor, anchor_sealed=seal_template(cipher, person, anchor, (0.25,) * 128)))
         audit.record(enrolments.ENROLLED, at=t, actor={"system": "test"}, subject=str(person), conn=conn,
                      data={"template_id": str(template), "generation": 1,
                            "tag": enrolment_tag(tag_key, enrolments.ENROLLED, person, 1, template)})
     return {"retired": retired, "enc": enc_kid, "audit": audit_key.kid, "sub": sub, "person": person,
-            "template": template, "active": {a: str(keys.signing_key(a).kid) for a in ("ES256", "RS256")}}
+            "template": template, "anchor": anchor,
+            "active": {a: str(keys.signing_key(a).kid) for a in ("ES256", "RS256")}}
 
 
 def _all_open(engine: sa.Engine, cipher: DataCipher, w: dict[str, Any]) -> None:
@@ -193,6 +195,8 @@ def _all_open(engine: sa.Engine, cipher: DataCipher, w: dict[str, Any]) -> None:
         row = TemplateStore(conn).get(w["person"])
         assert row is not None and row.key_id == cipher.key_id
         assert open_template(cipher, w["person"], w["template"], row.sealed) == (0.5,) * 128
+        assert row.anchor_sealed is not None and row.anchor_template_id == w["anchor"]
+        assert open_template(cipher, w["person"], w["anchor"], row.anchor_sealed) == (0.25,) * 128
         current = current_of(TemplateStore(conn), cipher.derive_all(TAG_PURPOSE), w["person"])
         assert current.template_id == str(w["template"]) and current.forged == 0
 
@@ -204,10 +208,12 @@ def test_rekey_seals_every_kind_again_and_the_previous_key_can_go(engine: sa.Eng
     out = capsys.readouterr().out
     assert "webhook_subscriptions.secret_enc: 1 not under the current key" in out
     assert "face_templates.sealed: 1 not" in out and "face enrolment tags: 1 not" in out
+    assert "face_templates.anchor_sealed: 1 not" in out
     assert "face enrolments' re-tag mark: not yet written" in out
     assert cli(["keys", "rekey-data", "--batch", "1"], NEW, OLD) == 0
     out = capsys.readouterr().out
     assert "face_templates.sealed: 1 sealed again" in out and "face enrolment tags: 1 persons tagged" in out
+    assert "face_templates.anchor_sealed: 1 sealed again" in out
     with engine.connect() as conn:  # the re-tagged person, with the entry that decided: its kind, time and row
         decided = conn.execute(sa.select(audit_log.c.id, audit_log.c.at).where(
             audit_log.c.kind == enrolments.ENROLLED, audit_log.c.subject == str(w["person"]))).one()

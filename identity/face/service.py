@@ -15,6 +15,14 @@
   one that cannot be compared (review 148, finding 2: withdraw, then enrol, went round the check): the
   next enrolment needs the reason too, and is warned of (``_after_withdrawal``); one withdrawn by the
   retention sweep does not.
+  A replacement is also compared with the anchor (review 154, finding 1): the face of the last enrolment
+  judged on its own, the first one or the last one made as another face (with a reason, warned of; after
+  a withdrawal, that one). Compared only with the face before it, a chain of replacements each within the
+  tolerance of the one before (Obama, a 50 % blend with Biden, an 80 % one, Biden) went from one person
+  to another with no reason and no warning, and back again to cover the tracks. A new face further than
+  the tolerance from the anchor differs, however close it is to the face enrolled now. A retake that
+  does not differ keeps the anchor: it is sealed in the template's row (``TemplateRow.anchor_sealed``,
+  under its own ids, the same cipher) and erased with it; a replacement that differs is its own anchor.
 - ``verify_face`` / ``verify_face_blocking``: 1:1 match of a capture against the person's template,
   with a tolerance (the terminal's, or the default). Never raises for a bad capture: the outcome is a
   ``FaceMatch`` (distance, matched, reason) the gate turns into its decision. The distance, the
@@ -59,7 +67,7 @@ import hmac
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -143,6 +151,10 @@ MESSAGES = {
                      "replace_reason: the replacement is audited and reported to port security."),
     "replace_reason_invalid": "replace_reason is 1 to 500 characters.",
 }
+# face_differs when the new face is close to the one enrolled now but not to the anchor (``_replacing``).
+ANCHOR_MESSAGE = ("The new photo is not of the face this person was enrolled with before the replacements since "
+                  "(each close to the one before). To enrol this face, say why in replace_reason: the replacement "
+                  "is audited and reported to port security.")
 # face_differs when the person's face was withdrawn by the badge office (``_after_withdrawal``).
 WITHDRAWN_MESSAGE = ("This person's face was withdrawn, so the new photo cannot be compared with it. To enrol this "
                      "face, say why in replace_reason: the enrolment is audited and reported to port security.")
@@ -291,6 +303,9 @@ class FaceService:
                 if replacing is not None and replacing.differs and reason is None:
                     raise _Differs(replacing)  # rolls back; audited below
                 generation = current.next_generation
+                if replacing is not None and not replacing.differs:  # a retake: the anchor stays
+                    row = replace(row, anchor_template_id=replacing.anchor_template_id,
+                                  anchor_sealed=replacing.anchor_sealed)
                 replaced = store.put(row)
                 audit.record(enrolments.ENROLLED, at=now, actor=who, subject=str(person_id), conn=conn,
                              data={**_quality(analysis, source=source), "template_id": str(template_id),
@@ -305,11 +320,13 @@ class FaceService:
             audit.record("identity.face.enrol.refused", at=now, actor=who, subject=str(person_id),
                          engine=self._engine, data={**_quality(analysis, code="face_differs", source=source),
                                                     **refused.replacing.audited(None)})
-            withdrawn = refused.replacing.after_withdrawal
-            raise FaceError("face_differs", WITHDRAWN_MESSAGE if withdrawn else "") from None
+            withdrawn, drifted = refused.replacing.after_withdrawal, refused.replacing.drifted
+            raise FaceError("face_differs", WITHDRAWN_MESSAGE if withdrawn else ANCHOR_MESSAGE if drifted else "") \
+                from None
         if replacing is not None and replacing.differs:
             log.warning("identity.face.enrolment.replaced_other_face",
                         extra={"fields": {"person_id": str(person_id), "distance": replacing.distance,
+                                          "anchor_distance": replacing.anchor_distance,
                                           "after_withdrawal": replacing.after_withdrawal}})
         log.info("identity.face.enrolled")
         return Enrolment(person_id, template_id, source, row.face_px, row.sharpness, now, replaced,
@@ -319,16 +336,34 @@ class FaceService:
                    encoding: tuple[float, ...]) -> _Replacing:
         """What a new enrolment replaces when a template is stored: its id and its distance to the new
         one, None when it does not open or the trail does not name it (then it counts as another face:
-        nothing says whose it was). With none stored, ``_after_withdrawal``."""
-        distance = None
+        nothing says whose it was); and the anchor's (module docstring): the old row's sealed anchor, or
+        the old template itself when the row has none; its distance None when it does not open. The new
+        face differs when either distance is None or above the default tolerance. With none stored,
+        ``_after_withdrawal``."""
+        distance = anchor_distance = None
+        anchor_id, anchor_sealed = old.anchor_template_id, old.anchor_sealed
         if enrolments.not_current_reason(current, str(old.template_id)) is None:
-            try:
-                enrolled = open_template(self._cipher, person_id, old.template_id, old.sealed)
-            except TemplateUnreadable:
-                log.error("identity.face.template.unreadable")
-            else:
-                distance = round(rules.distance(encoding, enrolled), 4)
-        return _Replacing(old.template_id, distance, distance is None or distance > self.default_tolerance)
+            distance = self._distance(person_id, old.template_id, old.sealed, encoding)
+            if anchor_id is None and anchor_sealed is None:
+                anchor_id, anchor_sealed, anchor_distance = old.template_id, old.sealed, distance
+            elif anchor_id is not None and anchor_sealed is not None:
+                anchor_distance = self._distance(person_id, anchor_id, anchor_sealed, encoding)
+        tol = self.default_tolerance
+        differs = distance is None or distance > tol or anchor_distance is None or anchor_distance > tol
+        return _Replacing(old.template_id, distance, differs, anchor_template_id=anchor_id,
+                          anchor_distance=anchor_distance, anchor_sealed=anchor_sealed,
+                          drifted=differs and distance is not None and distance <= tol)
+
+    def _distance(self, person_id: uuid.UUID, template_id: uuid.UUID, sealed: str,
+                  encoding: tuple[float, ...]) -> float | None:
+        """The distance of ``encoding`` to a stored template (sealed under the person and ``template_id``),
+        None when it does not open."""
+        try:
+            enrolled = open_template(self._cipher, person_id, template_id, sealed)
+        except TemplateUnreadable:
+            log.error("identity.face.template.unreadable")
+            return None
+        return round(rules.distance(encoding, enrolled), 4)
 
     # ---- 1:1 verification -----------------------------------------------------------------------
 
@@ -764,18 +799,28 @@ def withdraw_in(conn: sa.Connection, tag_keys: Sequence[bytes], person_id: uuid.
 class _Replacing:
     """The enrolment a new one replaces: its template, the distance between the two faces (None: the old
     one did not open, is not current, or was withdrawn) and whether they differ (above the default
-    tolerance, or None). ``after_withdrawal``: the old one was withdrawn by a person (``_after_withdrawal``)."""
+    tolerance, or None, to the old face or to the anchor). ``after_withdrawal``: the old one was withdrawn
+    by a person (``_after_withdrawal``). The anchor (``FaceService._replacing``): its template id, its
+    distance to the new face (None: it did not open, or the old one is not current) and its sealed
+    template, which a retake's row keeps (never audited)."""
 
     template_id: uuid.UUID | None
     distance: float | None
     differs: bool
     after_withdrawal: bool = False
+    anchor_template_id: uuid.UUID | None = None
+    anchor_distance: float | None = None
+    anchor_sealed: str | None = field(default=None, repr=False)
+    drifted: bool = False  # differs from the anchor alone: close to the face enrolled now
 
     def audited(self, reason: str | None) -> dict[str, Any]:
         done: dict[str, Any] = {"replaced_template_id": None if self.template_id is None else str(self.template_id),
                                 "distance": self.distance, "differs": self.differs}
         if self.after_withdrawal:
             done["after_withdrawal"] = True
+        else:
+            done["anchor_template_id"] = None if self.anchor_template_id is None else str(self.anchor_template_id)
+            done["anchor_distance"] = self.anchor_distance
         return done if reason is None else {**done, "replace_reason": reason}
 
 

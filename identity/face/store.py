@@ -3,7 +3,8 @@ keyed digests of the captures matched for a person in ``face_captures`` (replay 
 
 Repositories only flush (STYLE.md #5): every method works in the caller's connection and transaction.
 The row holds the sealed template, the data key's id, where the image came from and the quality
-measures of the enrolment; never the image, never the template in clear.
+measures of the enrolment, and the sealed anchor a replacement is judged against when it is not this
+template (``TemplateRow``); never the image, never a template in clear.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class TemplateRow:
     sharpness: float
     enrolled_by: str
     enrolled_at: datetime
+    # The face a replacement is also judged against, when it is not this template's (identity.face.service
+    # ``_replacing``): the template id it was sealed with, and its sealed template. None: this one is it.
+    anchor_template_id: uuid.UUID | None = None
+    anchor_sealed: str | None = None
 
 
 class TemplateStore:
