@@ -252,6 +252,8 @@ class Settings(BaseSettings):
     # they lock nobody out but each costs a worker's time; past it, 429 rate_limited.
     face_step_up_bad_captures: int = Field(default=10, ge=1)
     face_step_up_bad_capture_window: int = Field(default=900, ge=1)  # seconds
+    face_step_ups: int = Field(default=5, ge=1)  # a person's step-up matches per window (review 154)
+    face_step_up_window: int = Field(default=900, ge=1)  # seconds
     face_min_face_px: int = 80  # dlib's detection window; smaller faces are refused as too small
     face_min_sharpness: float = 150.0  # Laplacian variance of the face at 64x64 (identity.domain.face)
     face_tolerance: float = 0.5  # default distance threshold; a terminal may tighten it (0.3 to 0.6)

@@ -20,7 +20,7 @@ from PIL import Image
 from identity.domain.face import QualityRules
 from identity.face import engine, header
 from identity.face.header import MAX_JPEG_SCANS, Header, ImageLimits
-from identity.face.pool import FacePool, FaceUnavailable
+from identity.face.pool import ENROLMENTS, OFF_GATE, STEP_UP_OF, STEP_UPS, FacePool, FaceUnavailable
 from tests.test_face_support import photo
 
 LIMITS = ImageLimits()
@@ -206,3 +206,40 @@ def test_one_terminal_has_at_most_its_share_of_the_pool() -> None:
     assert FacePool(1, queue_per_worker=2, per_owner=9).per_owner == 2  # never above the pool's limit
     with pytest.raises(ValueError):
         FacePool(1, per_owner=-1)
+
+
+def test_the_step_ups_and_the_enrolments_never_take_the_gate_s_half_of_the_pool() -> None:
+    """Review 154, finding 2: step-ups had no share, so an accomplice's step-ups from many addresses filled
+    the pool and every gate capture was face_busy. Now all work not a gate's has half the pool, the
+    step-ups and the enrolments a quarter each within it, one person's step-ups two at a time."""
+    pool = FacePool(4, queue_per_worker=4)
+    held = _Held()
+    pool._executor = held  # type: ignore[assignment]
+    assert (pool.limit, pool.off_gate, pool.step_ups, pool.enrolments, pool.step_ups_per_person) == (16, 8, 4, 4, 2)
+    accomplice, other = (STEP_UPS, f"{STEP_UP_OF}a", OFF_GATE), (STEP_UPS, f"{STEP_UP_OF}b", OFF_GATE)
+    pool.submit(b"a", accomplice)
+    pool.submit(b"a", accomplice)
+    with pytest.raises(FaceUnavailable):
+        pool.submit(b"a", accomplice)  # one person: two at a time
+    pool.submit(b"b", other)
+    pool.submit(b"b", other)
+    with pytest.raises(FaceUnavailable):
+        pool.submit(b"c", (STEP_UPS, f"{STEP_UP_OF}c", OFF_GATE))  # the step-ups' share is taken
+    for _ in range(4):
+        pool.submit(b"e", (ENROLMENTS, OFF_GATE))
+    with pytest.raises(FaceUnavailable):
+        pool.submit(b"g", (ENROLMENTS, OFF_GATE))
+    for n in range(8):  # the gate's half is whole
+        pool.submit(b"h", (f"gate:{n % 2}",))
+    assert pool._in_flight == pool.limit
+    for job in held.jobs:
+        job.set_result(None)
+    assert pool._owners == {} and pool._in_flight == 0
+    # the smallest pools: one or two jobs
+    two = FacePool(1, queue_per_worker=2)
+    two._executor = _Held()  # type: ignore[assignment]
+    assert (two.off_gate, two.step_ups, two.enrolments, two.step_ups_per_person) == (1, 1, 1, 1)
+    two.submit(b"a", accomplice)
+    with pytest.raises(FaceUnavailable):
+        two.submit(b"b", (ENROLMENTS, OFF_GATE))
+    two.submit(b"c", ("gate:A",))

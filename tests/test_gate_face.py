@@ -174,7 +174,114 @@ def test_a_costly_capture_is_refused_before_a_face_worker_sees_it(gate: FaceGate
     assert jobs == [] and gate.decisions() == 0
     got = _decide(gate, gate.with_face(1, photo("obama2.jpg"), mode="commit"))
     assert (got["decision"], got["committed"]) == ("allow", True), got
-    assert jobs == [f"gate:{TERMINAL}"]
+    assert jobs == [(f"gate:{TERMINAL}",)]
+
+
+class _HoldingExecutor:
+    """The pool's executor, but the jobs of the captures in ``held`` wait until ``release``."""
+
+    def __init__(self, real: Any, held: set[bytes]) -> None:
+        self.real, self.images, self.waiting = real, held, []  # type: ignore[var-annotated]
+        self.lock = threading.Lock()
+
+    def submit(self, fn: Any, image: bytes, *args: Any) -> Any:
+        if image not in self.images:
+            return self.real.submit(fn, image, *args)
+        from concurrent.futures import Future
+
+        future: Future[Any] = Future()
+        with self.lock:
+            self.waiting.append((future, fn, image, args))
+        return future
+
+    def release(self) -> None:
+        with self.lock:
+            waiting, self.waiting = self.waiting, []
+        for future, fn, image, args in waiting:
+            future.set_result(self.real.submit(fn, image, *args).result(timeout=120))
+
+
+def test_step_ups_holding_their_whole_share_leave_the_gate_its_workers(gate: FaceGate,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 154, finding 2: step-ups took no share of the pool, so an accomplice (his own face enrolled)
+    sending step-ups from many addresses filled it, and a stranger's face at the lane came back review
+    face_required (face_busy), which the desk may set aside, not deny face_mismatch. Now the step-ups
+    have a bounded share (one person two jobs at a time): with it held whole, the gate is decided."""
+    from identity.domain import assurance
+    from identity.face import FaceError
+    from identity.sessions import sessions_for
+
+    from .factories import add_driver
+
+    gate.pickable(21)
+    gate.enrol(gate.p.driver, "obama.jpg")
+    haulier = gate.p.haul.organisation_id
+    accomplices = {add_driver(gate.engine, haulier): name for name in ("biden.jpg", "astronaut.png")}
+    for person, name in accomplices.items():
+        gate.enrol(person, name)
+    service, pool = face_for(gate.app), face_for(gate.app)._pool
+    tries = [(person, fresh(name)) for _ in range(pool.limit // 2) for person, name in accomplices.items()]
+    holding = _HoldingExecutor(pool._pool(), {image for _, image in tries})
+    monkeypatch.setattr(pool, "_pool", lambda: holding)
+    outcomes: list[Any] = []
+
+    def step_up(i: int, person: uuid.UUID, image: bytes) -> None:
+        import anyio
+
+        _, session = sessions_for(gate.app).create(person, acr=assurance.ACR_PASSKEY, amr=assurance.AMR_PASSKEY,
+                                                   now=_now())
+
+        async def go() -> Any:
+            return await service.step_up(session=session, image=image, address=f"192.0.2.{i}", now=_now())
+
+        try:
+            outcomes.append(anyio.run(go))
+        except FaceError as exc:
+            outcomes.append(exc.code)
+
+    threads = [threading.Thread(target=step_up, args=(i, *t)) for i, t in enumerate(tries)]
+    for t in threads:
+        t.start()
+    deadline = _now().timestamp() + 60
+    while len(holding.waiting) + len(outcomes) < len(tries) and _now().timestamp() < deadline:
+        threading.Event().wait(0.05)
+    try:
+        got = _decide(gate, gate.with_face(21, fresh("biden.jpg")))  # a stranger at the lane
+        assert (got["decision"], got["reasons"]) == ("deny", ["face_mismatch"]), got
+        assert len(holding.waiting) == pool.step_ups == 2  # the whole share
+    finally:
+        holding.release()
+        for t in threads:
+            t.join(timeout=120)
+    assert sorted(o if isinstance(o, str) else "stepped_up" for o in outcomes) == \
+        ["face_busy"] * (len(tries) - 2) + ["stepped_up"] * 2
+
+
+def test_a_person_steps_up_a_bounded_number_of_times(gate: FaceGate) -> None:
+    """Review 154, finding 2: a stepped-up session may step up again, each a worker's job; the matches
+    count per person (``FaceService.step_ups`` per ``step_up_window``), past them 429 rate_limited."""
+    import anyio
+
+    from identity.domain import assurance
+    from identity.face import FaceError
+    from identity.sessions import sessions_for
+
+    gate.enrol(gate.p.driver, "obama.jpg")
+    service = face_for(gate.app)
+    _, session = sessions_for(gate.app).create(gate.p.driver, acr=assurance.ACR_PASSKEY,
+                                               amr=assurance.AMR_PASSKEY, now=_now())
+
+    async def go() -> Any:
+        return await service.step_up(session=session, image=fresh("obama2.jpg"), address="192.0.2.1", now=_now())
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as one:  # Playwright may leave a loop running in this thread
+        for _ in range(service.step_ups):
+            session = one.submit(anyio.run, go).result().session  # the stepped-up session steps up again
+        with pytest.raises(FaceError) as refused:
+            one.submit(anyio.run, go).result()
+    assert refused.value.code == "rate_limited" and refused.value.retry_after
 
 
 class _HotPoolRefused(Exception):

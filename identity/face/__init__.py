@@ -70,7 +70,8 @@ def face_for(app: Any) -> FaceService:
                            max_image_bytes=s.face_max_image_bytes, sessions=sessions_for(app),
                            guard=login_guard_for(app), replay_window=timedelta(days=s.face_replay_days),
                            counter=rate_limiter_for(app), bad_captures=s.face_step_up_bad_captures,
-                           bad_capture_window=s.face_step_up_bad_capture_window,
+                           bad_capture_window=s.face_step_up_bad_capture_window, step_ups=s.face_step_ups,
+                           step_up_window=s.face_step_up_window,
                            previous_digest_keys=s.previous_face_digest_keys_bytes())
 
     return built_once(app, "face", build)

@@ -10,10 +10,19 @@ worker sustains about 10 captures/s. ``QUAYGATE_FACE_WORKERS=0`` (the default) t
 core this process may use (``os.sched_getaffinity``); a host that also serves heavy HTTP traffic
 gives fewer. Jobs are admitted up to ``workers * queue_per_worker`` at once; beyond that the caller
 gets ``face_busy`` at once rather than a queue that grows until every gate times out (overload).
-A job may name its ``owner`` (the gate's terminal: ``FaceService``): one owner has at most
-``per_owner`` jobs admitted at once (default half of them), so one terminal's client, or one stolen
-gate token, cannot fill the queue and leave every other terminal's captures ``face_busy`` (review
-131, finding 2). Captures are judged on their header before they are queued (``identity.face.header``):
+A job names the shares it takes (``FaceService``), each admitting at most so many jobs at once:
+- a gate's, its terminal's (``gate:<terminal>``): ``per_owner`` (default half of them), so one
+  terminal's client, or one stolen gate token, cannot fill the queue and leave every other terminal's
+  captures ``face_busy`` (review 131, finding 2);
+- all work that is not a gate's (``OFF_GATE``: the step-up, the badge office's enrolments): at most
+  ``off_gate``, half of the pool's jobs (floor; one when the pool takes one or two), and within it the
+  step-ups together (``STEP_UPS``) and the enrolments (``ENROLMENTS``) a quarter each (at least one),
+  one person's step-ups (``step_up:<person>``) two at a time (a retry while the first is matched).
+  So a person, or an accomplice with sessions from many addresses, cannot fill the pool with step-ups
+  and turn the gate's captures into ``face_busy`` (a review the desk may set aside, where a stranger's
+  face was a deny): the gate keeps the other half (review 154, finding 2). A pool of one job reserves
+  nothing.
+Captures are judged on their header before they are queued (``identity.face.header``):
 what a worker is given is a picture of bounded cost.
 A worker that dies breaks the executor: the pool builds a new one and the calls in flight fail with
 ``face_unavailable``.
@@ -36,6 +45,12 @@ from . import engine
 from .header import ImageLimits
 
 log = logging.getLogger(__name__)
+
+
+OFF_GATE = "off_gate"  # every job that is not a gate's
+STEP_UPS = "step_ups"  # the step-ups together
+ENROLMENTS = "enrolments"  # the badge office's enrolments together
+STEP_UP_OF = "step_up:"  # one person's step-ups: step_up:<person_id>
 
 
 class FaceUnavailable(Exception):
@@ -68,12 +83,15 @@ class FacePool:
         if per_owner < 0:
             raise ValueError("QUAYGATE_FACE_JOBS_PER_TERMINAL must be 0 (half the pool's jobs) or more")
         self.per_owner = min(per_owner, self.limit) if per_owner else max(1, self.limit // 2)
+        self.off_gate = max(1, self.limit // 2)  # module docstring
+        self.step_ups = self.enrolments = min(self.off_gate, max(1, self.limit // 4))
+        self.step_ups_per_person = min(self.step_ups, 2)
         self.max_side = max_side
         self.limits = limits or ImageLimits()
         self.rules = rules or QualityRules()
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._owners: dict[str, int] = {}  # jobs admitted per owner; an owner with none has no key
+        self._owners: dict[str, int] = {}  # jobs admitted per share; a share with none has no key
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False
 
@@ -102,20 +120,33 @@ class FacePool:
 
     # ---- work -----------------------------------------------------------------------------------
 
-    def submit(self, image: bytes, owner: str | None = None) -> Future[engine.Analysis]:
-        """Queue one capture, or FaceUnavailable(face_busy) when the queue is full, or ``owner`` has
-        ``per_owner`` jobs admitted already."""
+    def share(self, owner: str) -> int:
+        """How many jobs the share ``owner`` may have admitted at once (module docstring)."""
+        if owner == OFF_GATE:
+            return self.off_gate
+        if owner == STEP_UPS:
+            return self.step_ups
+        if owner == ENROLMENTS:
+            return self.enrolments
+        if owner.startswith(STEP_UP_OF):
+            return self.step_ups_per_person
+        return self.per_owner  # a gate's terminal
+
+    def submit(self, image: bytes, owner: str | tuple[str, ...] | None = None) -> Future[engine.Analysis]:
+        """Queue one capture, or FaceUnavailable(face_busy) when the queue is full, or one of the shares
+        ``owner`` names has as many jobs admitted as it may (``share``)."""
+        owners = (owner,) if isinstance(owner, str) else tuple(owner or ())
         with self._lock:
             if self._in_flight >= self.limit:
                 log.info("identity.face.pool.busy")
                 raise FaceUnavailable(FaceCode.BUSY)
-            if owner is not None and self._owners.get(owner, 0) >= self.per_owner:
+            if any(self._owners.get(name, 0) >= self.share(name) for name in owners):
                 log.info("identity.face.pool.busy.owner")
                 raise FaceUnavailable(FaceCode.BUSY)
             self._in_flight += 1
-            if owner is not None:
-                self._owners[owner] = self._owners.get(owner, 0) + 1
-        release = functools.partial(self._release, owner)
+            for name in owners:
+                self._owners[name] = self._owners.get(name, 0) + 1
+        release = functools.partial(self._release, owners)
         try:
             future = self._pool().submit(engine.analyse, image, self.rules, self.max_side, self.limits)
         except (BrokenProcessPool, RuntimeError) as exc:
@@ -128,13 +159,13 @@ class FacePool:
         future.add_done_callback(release)
         return future
 
-    def _release(self, owner: str | None, _: Any) -> None:
+    def _release(self, owners: tuple[str, ...], _: Any) -> None:
         with self._lock:
             self._in_flight -= 1
-            if owner is not None:
-                left = self._owners.pop(owner) - 1
+            for name in owners:
+                left = self._owners.pop(name) - 1
                 if left:
-                    self._owners[owner] = left
+                    self._owners[name] = left
 
     def _rebuild(self) -> None:
         with self._lock:
@@ -152,7 +183,7 @@ class FacePool:
             raise exc
         return future.result()
 
-    async def analyse(self, image: bytes, owner: str | None = None) -> engine.Analysis:
+    async def analyse(self, image: bytes, owner: str | tuple[str, ...] | None = None) -> engine.Analysis:
         """Analyse a capture in a worker; the event loop only waits."""
         future = self.submit(image, owner)
         try:
@@ -161,7 +192,7 @@ class FacePool:
             pass  # _result turns it into face_unavailable
         return self._result(future)
 
-    def analyse_blocking(self, image: bytes, owner: str | None = None) -> engine.Analysis:
+    def analyse_blocking(self, image: bytes, owner: str | tuple[str, ...] | None = None) -> engine.Analysis:
         """The same for a plain ``def`` route running in the thread pool (never on the event loop)."""
         future = self.submit(image, owner)
         try:

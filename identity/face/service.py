@@ -50,11 +50,15 @@
   photo after photo. Unusable captures (``QUALITY_CODES``: no face, blurred, unreadable ...) lock
   nobody out, but each costs a worker's time, so they have an allowance of their own per person
   (``bad_captures`` per ``bad_capture_window``, a ``RateLimiter`` sliding count): past it, 429
-  ``rate_limited`` until one more would be within it (review 131, finding 2).
+  ``rate_limited`` until one more would be within it (review 131, finding 2). Matches count too:
+  ``step_ups`` per ``step_up_window`` per person (a stepped-up session may step up again), past it
+  ``rate_limited`` (review 154, finding 2).
 - Cost: every capture's header is judged before it is queued for a worker (``identity.face.header``:
   pixels per format, shape, a JPEG's frame and scans), so a small file claiming a huge picture never
-  reaches one; and a gate's captures are queued under the terminal's name, which has at most
-  ``FacePool.per_owner`` of the pool's jobs at once.
+  reaches one; and every capture is queued under the pool's shares it takes (``_owner``): a gate's
+  under its terminal's name, which has at most ``FacePool.per_owner`` of the pool's jobs at once; a
+  step-up under the step-ups' and its person's, an enrolment under the enrolments', both under the share
+  of all that is not a gate's, so neither can take the gate's half of the pool (review 154, finding 2).
 
 The CPU-heavy part runs in the process pool (``identity.face.pool``); the database parts are short
 and synchronous, run in a thread from the async methods, never on the event loop.
@@ -85,7 +89,7 @@ from ..sessions import LoginSession, SessionStore
 from . import header
 from .engine import Analysis
 from .liveness import Liveness, LivenessDetector, NotChecked
-from .pool import FacePool, FaceUnavailable
+from .pool import ENROLMENTS, OFF_GATE, STEP_UP_OF, STEP_UPS, FacePool, FaceUnavailable
 from .sealing import (
     TAG_PURPOSE,
     TemplateUnreadable,
@@ -160,6 +164,7 @@ WITHDRAWN_MESSAGE = ("This person's face was withdrawn, so the new photo cannot 
                      "face, say why in replace_reason: the enrolment is audited and reported to port security.")
 MAX_REPLACE_REASON = 500
 BAD_CAPTURES_MESSAGE = "Too many unusable captures. Please wait and try again."
+STEP_UPS_MESSAGE = "Too many face step-ups. Please wait and try again."
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +200,8 @@ class FaceService:
                  max_image_bytes: int, liveness: LivenessDetector | None = None,
                  sessions: SessionStore | None = None, guard: LoginGuard | None = None,
                  replay_window: timedelta = DEFAULT_REPLAY_WINDOW, counter: RateLimiter | None = None,
-                 bad_captures: int = 10, bad_capture_window: int = 900,
+                 bad_captures: int = 10, bad_capture_window: int = 900, step_ups: int = 5,
+                 step_up_window: int = 900,
                  previous_digest_keys: Sequence[bytes] = ()) -> None:
         if replay_window <= timedelta(0):
             raise ValueError("the face replay window must be positive")
@@ -227,6 +233,8 @@ class FaceService:
         self._counter = counter  # the step-up's unusable captures per person (module docstring)
         self.bad_captures = bad_captures
         self.bad_capture_window = bad_capture_window
+        self.step_ups = step_ups  # the step-up's matches per person per step_up_window (module docstring)
+        self.step_up_window = step_up_window
 
     # ---- enrolment ------------------------------------------------------------------------------
 
@@ -242,7 +250,8 @@ class FaceService:
         self._check_size(image)
         await anyio.to_thread.run_sync(self._check_person, person_id)
         refused = header.refusal(image, self._pool.limits)  # judged before a worker sees it; audited below
-        analysis = Analysis(code=refused.value) if refused is not None else await self._analyse(image)
+        analysis = (Analysis(code=refused.value) if refused is not None
+                    else await self._analyse(image, (ENROLMENTS, OFF_GATE)))
         del image  # the capture's last reference here: nothing below sees it
         return await anyio.to_thread.run_sync(self._store_enrolment, person_id, analysis, source, actor, now,
                                               reason)
@@ -388,7 +397,7 @@ class FaceService:
         analysis = Analysis(code=early.reason) if early is not None else None
         if analysis is None:
             try:
-                analysis = await self._analyse(image_bytes, _owner(purpose, context))
+                analysis = await self._analyse(image_bytes, _owner(purpose, context, person_id))
                 liveness = await anyio.to_thread.run_sync(self._liveness.check, image_bytes)
             except FaceError as exc:
                 analysis = Analysis(code=exc.code)
@@ -411,7 +420,7 @@ class FaceService:
         analysis = Analysis(code=early.reason) if early is not None else None
         if analysis is None:
             try:
-                analysis = self._analyse_blocking(image_bytes, _owner(purpose, context))
+                analysis = self._analyse_blocking(image_bytes, _owner(purpose, context, person_id))
                 liveness = self._liveness.check(image_bytes)
             except FaceError as exc:
                 analysis = Analysis(code=exc.code)
@@ -586,13 +595,18 @@ class FaceService:
         seen = await anyio.to_thread.run_sync(guard.check_attempt, subject, address)
         if seen.retry is not None:
             raise FaceError("rate_limited", retry_after=seen.retry)
-        bad = f"face-bad-captures:{session.person_id}"
+        bad, matched = f"face-bad-captures:{session.person_id}", f"face-step-ups:{session.person_id}"
         if self._counter is not None:
             spent = await anyio.to_thread.run_sync(self._counter.exceeded, bad, self.bad_captures,
                                                    self.bad_capture_window)
             if spent is not None:
                 log.info("identity.face.step_up.refused.bad_captures")
                 raise FaceError("rate_limited", BAD_CAPTURES_MESSAGE, retry_after=spent)
+            spent = await anyio.to_thread.run_sync(self._counter.exceeded, matched, self.step_ups,
+                                                   self.step_up_window)
+            if spent is not None:
+                log.info("identity.face.step_up.refused.step_ups")
+                raise FaceError("rate_limited", STEP_UPS_MESSAGE, retry_after=spent)
         actor = {"person_id": str(session.person_id)}
         match = await self.verify_face(session.person_id, image, purpose="step_up", actor=actor, now=now,
                                        used_for=f"step_up:{session.sid}", own_face=True)
@@ -608,6 +622,8 @@ class FaceService:
         if not seen.clean:  # nothing on record: nothing to forget, no thread hop
             await anyio.to_thread.run_sync(guard.succeeded, subject, address, seen)
         cookie, stepped = await anyio.to_thread.run_sync(self._replace_session, session, acr, amr, match, now)
+        if self._counter is not None:  # a match counts once its session is made (module docstring)
+            await anyio.to_thread.run_sync(self._counter.hit, matched, self.step_ups, self.step_up_window)
         return StepUp(cookie, stepped, match)
 
     def _replace_session(self, old: LoginSession, acr: str, amr: tuple[str, ...], match: FaceMatch,
@@ -628,13 +644,13 @@ class FaceService:
 
     # ---- the pool -------------------------------------------------------------------------------
 
-    async def _analyse(self, image: bytes, owner: str | None = None) -> Analysis:
+    async def _analyse(self, image: bytes, owner: tuple[str, ...] = ()) -> Analysis:
         try:
             return await self._pool.analyse(image, owner)
         except FaceUnavailable as exc:
             raise FaceError(exc.code) from exc
 
-    def _analyse_blocking(self, image: bytes, owner: str | None = None) -> Analysis:
+    def _analyse_blocking(self, image: bytes, owner: tuple[str, ...] = ()) -> Analysis:
         try:
             return self._pool.analyse_blocking(image, owner)
         except FaceUnavailable as exc:
@@ -871,12 +887,17 @@ class _Call:
     claim: bool = True  # False: a dry run (the gate's check mode) finds a replay but claims nothing
 
 
-def _owner(purpose: str, context: dict[str, Any] | None) -> str | None:
-    """Whose share of the worker pool a capture takes: a gate's, its terminal's (the gate client's
-    token is scoped to it), so that one terminal cannot fill the pool (``FacePool.per_owner``). The
-    step-up has its own limits (the login guard, the unusable captures), the badge office its own desk."""
-    terminal = (context or {}).get("terminal")
-    return f"gate:{terminal}" if purpose == "gate" and terminal is not None else None
+def _owner(purpose: str, context: dict[str, Any] | None, person_id: uuid.UUID) -> tuple[str, ...]:
+    """The shares of the worker pool a capture takes (``FacePool.share``): a gate's, its terminal's (the
+    gate client's token is scoped to it), so that one terminal cannot fill the pool; a step-up, the
+    step-ups' and its person's; every one that is not a gate's, the share of all that is not, so that
+    none of them can take the gate's workers (review 154, finding 2)."""
+    if purpose == "gate":
+        terminal = (context or {}).get("terminal")
+        return (f"gate:{terminal}",) if terminal is not None else ()
+    if purpose == "step_up":
+        return STEP_UPS, f"{STEP_UP_OF}{person_id}", OFF_GATE
+    return (OFF_GATE,)
 
 
 def _quality(analysis: Analysis, **extra: Any) -> dict[str, Any]:
