@@ -239,3 +239,67 @@ def test_the_loader_locks_persons_in_ascending_id_order(pg_engine: sa.Engine, re
     assert result.badges_deactivated == len(people)
     assert sorted(locked) == sorted(people)
     assert locked == sorted(locked)
+
+
+def test_a_ban_lifted_and_sent_again_under_the_same_reference_alerts_again(engine: sa.Engine,
+                                                                          register: Register) -> None:
+    """Review 156, finding 1: the trail's alert under R-56 marked the nomination as announced for good,
+    so R-56 lifted on appeal and imposed again (re-sent in ``added``, starting later) was never
+    announced. An earlier alert counts only if it was raised once the ban's current start had come."""
+    number = national_number(56)
+    _nominated(engine, number)
+    t = now()
+    _load(engine, register, snapshot(1, t, [ban(number, "R-56", start=t + HOUR)]), now=t)
+    sweep_bans_in_effect(engine, t + 2 * HOUR)
+    assert len(_alerts(engine)) == 1
+    _load(engine, register, changes(2, t + 3 * HOUR, lifted=["R-56"]), now=t + 3 * HOUR)
+    _load(engine, register, changes(3, t + 4 * HOUR, [ban(number, "R-56", start=t + 3 * DAY)]), now=t + 4 * HOUR)
+    sweep_bans_in_effect(engine, t + 3 * DAY - HOUR)  # not started yet
+    assert len(_alerts(engine)) == 1
+    for step in (t + 3 * DAY + HOUR, t + 3 * DAY + 2 * HOUR, t + 4 * DAY):  # once for this imposition
+        sweep_bans_in_effect(engine, step)
+    assert [d["ban_reference"] for _, d in _alerts(engine)] == ["R-56", "R-56"]
+    assert len(_hooks(engine)) == 2
+
+
+def test_a_ban_in_force_postponed_alerts_again_when_it_starts(engine: sa.Engine, register: Register) -> None:
+    """Review 156, finding 1: a ban in force (alerted by the load) amended to start later is no longer
+    in force; when it starts, the sweep announces it again, once."""
+    number = national_number(57)
+    _nominated(engine, number)
+    t = now()
+    assert _load(engine, register, snapshot(1, t, [ban(number, "R-57", start=t - HOUR)]), now=t).nomination_alerts == 1
+    _load(engine, register, changes(2, t + HOUR, [ban(number, "R-57", start=t + 2 * DAY)]), now=t + HOUR)
+    sweep_bans_in_effect(engine, t + DAY)
+    assert len(_alerts(engine)) == 1
+    for step in (t + 2 * DAY + HOUR, t + 2 * DAY + 2 * HOUR):
+        sweep_bans_in_effect(engine, step)
+    assert [d["ban_reference"] for _, d in _alerts(engine)] == ["R-57", "R-57"]
+
+
+def test_a_ban_lifted_and_sent_again_in_force_is_alerted_again_by_the_load(engine: sa.Engine,
+                                                                          register: Register) -> None:
+    """The load-time path follows the same rule by its own means: it acts on a ban that was not in
+    effect for that subject before the load (identity.bans.loader ``_newly_in_effect``), so the same
+    reference lifted and sent again with its start already past, even the same start, is announced
+    again at that load, and the sweep does not repeat it."""
+    number = national_number(59)
+    _nominated(engine, number)
+    t = now()
+    _load(engine, register, snapshot(1, t, [ban(number, "R-59", start=t - HOUR)]), now=t)
+    _load(engine, register, changes(2, t + HOUR, lifted=["R-59"]), now=t + HOUR)
+    again = _load(engine, register, changes(3, t + 2 * HOUR, [ban(number, "R-59", start=t - HOUR)]), now=t + 2 * HOUR)
+    assert again.nomination_alerts == 1
+    sweep_bans_in_effect(engine, t + 3 * HOUR)
+    assert [d["ban_reference"] for _, d in _alerts(engine)] == ["R-59", "R-59"]
+
+
+def test_an_amendment_that_moves_only_the_end_alerts_nobody_again(engine: sa.Engine, register: Register) -> None:
+    number = national_number(58)
+    _nominated(engine, number)
+    t = now()
+    _load(engine, register, snapshot(1, t, [ban(number, "R-58", start=t + HOUR)]), now=t)
+    sweep_bans_in_effect(engine, t + 2 * HOUR)
+    _load(engine, register, changes(2, t + 3 * HOUR, [ban(number, "R-58", start=t + HOUR, days=30)]), now=t + 3 * HOUR)
+    sweep_bans_in_effect(engine, t + 4 * HOUR)
+    assert len(_alerts(engine)) == 1

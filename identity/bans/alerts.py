@@ -14,11 +14,13 @@ Who raises them:
   active badge through ``ban_consequences`` as at a load; a subject with none through
   ``due_at_start`` here, since the badge-led sweep never finds him (review 78, finding 1).
 
-Once per ban and nomination: the badge-led sweep stops finding a subject once his badges are
-inactive; a subject without one offers no such state to turn, so the alert itself is the mark:
-``due_at_start`` leaves out a nomination whose driver the trail already names in an alert under one
-of the bans now due. The sweep reads that under the loader's advisory lock, so replicas sweeping at
-once raise it once.
+Once per imposition of a ban and nomination: the badge-led sweep stops finding a subject once his
+badges are inactive; a subject without one offers no such state to turn, so the alert itself is the
+mark: ``due_at_start`` leaves out a nomination whose driver the trail already names in an alert under
+one of the bans now due, raised at or after that ban's current start. An alert raised before it was
+about an earlier imposition of the reference (review 156, finding 1): a ban lifted and sent again
+starting later, or one in force postponed, is announced again when it starts. The sweep reads that
+under the loader's advisory lock, so replicas sweeping at once raise it once.
 
 A suspension (identity.authn.cutoff ``suspend_person``) has the same consequence at the gate
 (``person_suspended``), so it tells the holders the same way, in the suspension's transaction:
@@ -40,7 +42,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -85,7 +87,8 @@ def live_nominations_of(conn: sa.Connection, person_id: uuid.UUID, reference: st
 
 def due_at_start(conn: sa.Connection, now: datetime) -> list[NominationHit]:
     """Live nominations whose driver came under a ban in effect after he was nominated, and about
-    which no alert under such a ban is on the trail yet: one hit per nomination (its first ban).
+    which no alert under such a ban, raised since its current start, is on the trail yet: one hit per
+    nomination (its first ban).
 
     ``nominated_at < banned_from``: the nomination was live when the ban started, so the ban took
     effect on it. A nomination made after the ban started was screened against it (refused where it
@@ -95,29 +98,35 @@ def due_at_start(conn: sa.Connection, now: datetime) -> list[NominationHit]:
     are few (drivers under a ban), each checked on the trail by its release id (the ``subject`` index)."""
     rows = conn.execute(
         sa.select(releases.c.id, releases.c.holder_organisation_id, releases.c.driver_person_id,
-                  port_bans.c.reference)
+                  port_bans.c.reference, port_bans.c.banned_from)
         .select_from(port_bans)
         .join(persons, persons.c.national_id_hash == port_bans.c.subject_hash)
         .join(releases, releases.c.driver_person_id == persons.c.id)
         .where(port_bans.c.banned_from <= now, port_bans.c.banned_until > now,
                releases.c.nominated_at < port_bans.c.banned_from, *_live(now))
         .order_by(releases.c.id, port_bans.c.register, port_bans.c.reference))
-    bans: dict[tuple[uuid.UUID, uuid.UUID, uuid.UUID], list[str]] = {}
-    for rid, holder, driver, reference in rows:
-        bans.setdefault((rid, holder, driver), []).append(reference)
-    return [NominationHit(rid, holder, driver, refs[0]) for (rid, holder, driver), refs in bans.items()
-            if not _alerted(conn, rid, driver, refs)]
+    bans: dict[tuple[uuid.UUID, uuid.UUID, uuid.UUID], dict[str, datetime]] = {}
+    for rid, holder, driver, reference, banned_from in rows:
+        bans.setdefault((rid, holder, driver), {})[reference] = _aware(banned_from)
+    return [NominationHit(rid, holder, driver, next(iter(starts))) for (rid, holder, driver), starts in bans.items()
+            if not _alerted(conn, rid, driver, starts)]
 
 
-def _alerted(conn: sa.Connection, release_id: uuid.UUID, driver: uuid.UUID, references: Sequence[str]) -> bool:
-    """Does the trail hold an alert on this release naming this driver under one of ``references``?"""
-    entries = conn.execute(sa.select(audit_log.c.data)
-                           .where(audit_log.c.subject == str(release_id), audit_log.c.kind == ALERT_KIND)).scalars()
-    return any(_names(d, driver, references) for d in entries)
+def _alerted(conn: sa.Connection, release_id: uuid.UUID, driver: uuid.UUID, starts: dict[str, datetime]) -> bool:
+    """Does the trail hold an alert on this release naming this driver under one of the bans ``starts``
+    (reference: its current start), raised at or after that start? One raised before it announced an
+    earlier imposition of the reference (lifted, or postponed, since), not this one."""
+    entries = conn.execute(sa.select(audit_log.c.at, audit_log.c.data)
+                           .where(audit_log.c.subject == str(release_id), audit_log.c.kind == ALERT_KIND))
+    return any(_names(data, driver, starts) and _aware(at) >= starts[data["ban_reference"]] for at, data in entries)
 
 
-def _names(data: dict[str, Any], driver: uuid.UUID, references: Sequence[str]) -> bool:
-    return data.get("driver_person_id") == str(driver) and data.get("ban_reference") in references
+def _names(data: dict[str, Any], driver: uuid.UUID, starts: dict[str, datetime]) -> bool:
+    return data.get("driver_person_id") == str(driver) and data.get("ban_reference") in starts
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # a raw SQLite value keeps no zone
 
 
 def suspension_alerts(conn: sa.Connection, person_id: uuid.UUID, now: datetime) -> list[uuid.UUID]:

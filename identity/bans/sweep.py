@@ -8,11 +8,11 @@ usable badge and his nominations unannounced. Each step does two things, in one 
    consequences (identity.bans.loader.ban_consequences): the badges turn ``inactive`` (reason
    ``port_ban``) and the person's live nominations are alerted;
 2. every live nomination whose driver came under a ban after he was nominated, and which the trail
-   shows no alert about under that ban, is alerted (identity.bans.alerts.due_at_start). This is the
-   driver without an active badge (expired, suspended, withdrawn since his nomination): step 1 never
-   finds him, but the security office and the haulier must hear of him before he reaches the gate
-   (review 78, finding 1). Step 1's alerts are already on the trail when step 2 reads it, so a driver
-   with a badge is alerted once, by step 1.
+   shows no alert about under that ban since its current start, is alerted
+   (identity.bans.alerts.due_at_start). This is the driver without an active badge (expired,
+   suspended, withdrawn since his nomination): step 1 never finds him, but the security office and
+   the haulier must hear of him before he reaches the gate (review 78, finding 1). Step 1's alerts
+   are already on the trail when step 2 reads it, so a driver with a badge is alerted once, by step 1.
 
 Idempotent: once the badges are inactive the subject is no longer found by step 1, and once a
 nomination is alerted step 2 no longer finds it, so a second step does nothing. Replicas sweeping at
