@@ -381,6 +381,42 @@ def test_an_offline_refusal_overridden_at_the_desk_counts_as_a_use_and_is_reconc
     assert a.outbox.offline_result(key)["verdict"] == "recorded"  # type: ignore[index]
 
 
+def test_an_override_committed_between_an_offline_decisions_read_and_its_write_lets_no_second_truck_in(
+        gate: Gate, adapters: list[Adapter], away: OverrideDesk, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 155, finding 2: OfflineMode.decide read the right's uses, then recorded its decision in a later
+    transaction that did not look again; an officer's override (Outbox.override_offline, outside offline
+    mode's lock) committed between the two let a second truck in on the one right. Interleaved
+    deterministically: the override of lane 1's refusal runs right after lane 2's decision read the uses
+    (still none). Now the write looks again in its own transaction: lane 2's allow is recorded as the
+    refusal the rules give a right used here (deny already_used), never an allow."""
+    rid = gate.pickable(1)
+    a = adapters[0]
+    assert a.offline.refresh() == 1
+    a.down()
+    refused = refused_offline(a)
+    read = a.outbox.offline_uses
+    done: list[Any] = []
+
+    def uses_then_override(**kw: Any) -> dict[str, set[str]]:
+        got = read(**kw)
+        if not done:
+            done.append(away.override("in-1", refused.request_id, "hired tractor, plate checked", by="o"))
+        return got
+
+    monkeypatch.setattr(a.outbox, "offline_uses", uses_then_override)
+    second = at_lane(a, "in-2", service_up=False)  # the same badge, the nominated plate
+    monkeypatch.undo()
+    assert done and done[0].state == "recorded_locally"
+    assert second.offline and second.response is not None
+    assert (second.decision, second.response["reasons"]) == ("deny", ["already_used"]), second.response
+    assert a.outbox.offline_report(second.request_id)["decision"] == "deny"  # type: ignore[index]
+    assert BarrierCommand.OPEN not in [c.command for c in a.barrier.commands]
+    a.up()
+    assert a.offline.reconcile() == 3
+    assert gate.state(rid) == "gated_in"
+    assert [r.verdict for r in _offline_rows(gate) if r.request_id == second.request_id] == ["nothing_to_record"]
+
+
 def test_an_offline_override_of_a_right_used_online_meanwhile_is_flagged(
         gate: Gate, adapters: list[Adapter], away: OverrideDesk) -> None:
     """The right was used online at another gate while this one was cut off: the override is flagged

@@ -464,37 +464,60 @@ class OfflineMode:
                 stored, refresh = [], None
             local = LocalUses(gated_in=frozenset(uuid.UUID(r) for r in uses.get("in", ())),
                               completed=frozenset(uuid.UUID(r) for r in uses.get("out", ())))
-            od = decide_offline(request, passes=[p for _, p in stored], uses=local, limits=self.limits,
-                                store_refreshed_at=None if refresh is None else refresh.service_at,
-                                now=on_service, since_refresh=since)
-            token = next((t for t, p in stored if p.pass_id == od.pass_id), None)
-            d = od.decision
-            offline = {
-                "basis": od.basis.value, "pass_id": od.pass_id, "decided_at": judged.isoformat(),
-                "ban_list_age_seconds": None if od.ban_list_age is None else int(od.ban_list_age.total_seconds()),
-                "store_age_seconds": None if od.store_age is None else int(od.store_age.total_seconds()),
-            }
-            response = {
-                "decision": d.decision.value, "reasons": [r.value for r in d.reasons],
-                "decision_id": str(uuid.uuid4()), "release_id": str(d.release_id) if d.release_id else None,
-                "container": d.container, "driver": d.driver, "screening": d.screening.value,
-                "request_id": request.request_id, "mode": request.mode.value, "direction": request.direction.value,
-                "committed": d.allowed and request.mode is g.Mode.COMMIT,  # locally: reconciled later
-                "repairs": [{"field": r.field, "position": r.position, "read": r.read, "understood": r.understood}
-                            for r in d.repairs],
-                "offline": offline,
-            }
-            report = {
-                "request": dict(body), "decision": d.decision.value, "reasons": response["reasons"],
-                "release_id": response["release_id"], "basis": od.basis.value, "decided_at": offline["decided_at"],
-                "ban_list_age_seconds": offline["ban_list_age_seconds"], "gate_pass": token,
-                # The face evidence weighed, as a verify decision's row keeps it (gate.FaceRecord): the
-                # service keeps it with the decision and judges it against the terminal's policy.
-                "face": (d.face or g.FaceRecord("none")).as_json(),
-            }
-            if not self.outbox.decide_offline(request_id, response, report):
+            def answer(uses: LocalUses) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+                od = decide_offline(request, passes=[p for _, p in stored], uses=uses, limits=self.limits,
+                                    store_refreshed_at=None if refresh is None else refresh.service_at,
+                                    now=on_service, since_refresh=since)
+                token = next((t for t, p in stored if p.pass_id == od.pass_id), None)
+                d = od.decision
+                offline = {
+                    "basis": od.basis.value, "pass_id": od.pass_id, "decided_at": judged.isoformat(),
+                    "ban_list_age_seconds": None if od.ban_list_age is None else int(
+                        od.ban_list_age.total_seconds()),
+                    "store_age_seconds": None if od.store_age is None else int(od.store_age.total_seconds()),
+                }
+                response = {
+                    "decision": d.decision.value, "reasons": [r.value for r in d.reasons],
+                    "decision_id": str(uuid.uuid4()), "release_id": str(d.release_id) if d.release_id else None,
+                    "container": d.container, "driver": d.driver, "screening": d.screening.value,
+                    "request_id": request.request_id, "mode": request.mode.value,
+                    "direction": request.direction.value,
+                    "committed": d.allowed and request.mode is g.Mode.COMMIT,  # locally: reconciled later
+                    "repairs": [{"field": r.field, "position": r.position, "read": r.read,
+                                 "understood": r.understood} for r in d.repairs],
+                    "offline": offline,
+                }
+                report = {
+                    "request": dict(body), "decision": d.decision.value, "reasons": response["reasons"],
+                    "release_id": response["release_id"], "basis": od.basis.value,
+                    "decided_at": offline["decided_at"], "ban_list_age_seconds": offline["ban_list_age_seconds"],
+                    "gate_pass": token,
+                    # The face evidence weighed, as a verify decision's row keeps it (gate.FaceRecord): the
+                    # service keeps it with the decision and judges it against the terminal's policy.
+                    "face": (d.face or g.FaceRecord("none")).as_json(),
+                }
+                return od, response, report
+
+            od, response, report = answer(local)
+            refusal = None
+            if od.decision.allowed and request.mode is g.Mode.COMMIT and od.decision.release_id is not None:
+                # Review 155, finding 2: a use of this right may be written between the read above and the
+                # write below (an officer's offline override, outside this lock). The write looks again in
+                # its own transaction and then records what the same rules give a right used here.
+                rid = od.decision.release_id
+                used = (LocalUses(gated_in=local.gated_in | {rid}, completed=local.completed)
+                        if request.direction is g.Direction.IN
+                        else LocalUses(gated_in=local.gated_in, completed=local.completed | {rid}))
+                refusal = answer(used)
+            recorded = self.outbox.decide_offline(request_id, response, report,
+                                                  refusal=None if refusal is None else refusal[1:])
+            if recorded is None:
                 return None
-            log.warning(od.event, extra={"request_id": request_id, "offline": offline})
+            if refusal is not None and recorded is refusal[1]:
+                od, response = refusal[0], refusal[1]
+                log.error("gate.offline.used_meanwhile", extra={"request_id": request_id,
+                                                                "release_id": response["release_id"]})
+            log.warning(od.event, extra={"request_id": request_id, "offline": response["offline"]})
             return response
 
     def _since_refresh(self, refreshed_at: datetime | None, now: datetime) -> timedelta | None:

@@ -322,6 +322,14 @@ def _latch(row: Any) -> LaneLatch:
                      None if row[5] is None else float(row[5]), row[6], row[7])
 
 
+def _used(response: Mapping[str, Any], report: Mapping[str, Any]) -> str | None:
+    """The direction (``in``/``out``) a local decision uses its right in: an allow of a commit; else None."""
+    request = report.get("request") or {}
+    if response.get("decision") == "allow" and request.get("mode") == "commit":
+        return str(request.get("direction"))
+    return None
+
+
 class Outbox:
     """One SQLite file per lane or per adapter. Thread-safe."""
 
@@ -767,24 +775,42 @@ class Outbox:
 
     # -- offline decisions (offline.py) ------------------------------------------------------------
 
-    def decide_offline(self, request_id: str, response: Mapping[str, Any], report: Mapping[str, Any]) -> bool:
-        """Record a local decision and queue its report, atomically. False (nothing written) when the
-        request was answered meanwhile or is unknown: the first final answer wins."""
-        request = report.get("request") or {}
-        used = None
-        if response.get("decision") == "allow" and request.get("mode") == "commit":
-            used = str(request.get("direction"))
+    def decide_offline(self, request_id: str, response: Mapping[str, Any], report: Mapping[str, Any], *,
+                       refusal: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
+                       ) -> Mapping[str, Any] | None:
+        """Record a local decision and queue its report, atomically: the response recorded. None (nothing
+        written) when the request was answered meanwhile or is unknown: the first final answer wins.
+
+        Review 155, finding 2: an allow that uses a right looks again, in this transaction, whether the right
+        was used here in its direction since offline mode read the uses (an officer's offline override,
+        ``override_offline``, takes no lock of offline mode's); if so ``refusal`` (response, report: what the
+        same rules give a right used here) is recorded instead, never the allow. No ``refusal`` given: the
+        allow is not recorded at all (None)."""
         mono = self._clock()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                used = _used(response, report)
+                release_id = report.get("release_id")
+                if used is not None and self._db.execute(
+                        "SELECT 1 FROM offline_decisions WHERE used = ? AND release_id = ? "
+                        "UNION SELECT 1 FROM online_uses WHERE used = ? AND release_id = ?",
+                        (used, release_id, used, release_id)).fetchone() is not None:
+                    log.error("gate.outbox.used_meanwhile", extra={"request_id": request_id,
+                                                                   "release_id": release_id, "used": used})
+                    if refusal is None or _used(*refusal) is not None:
+                        self._db.execute("ROLLBACK")
+                        return None
+                    response, report = refusal
+                    used = None
                 cur = self._db.execute(
                     "UPDATE verify_requests SET decided_at = ?, response = ? "
                     "WHERE request_id = ? AND decided_at IS NULL",
                     (self._wall(), json.dumps(response, sort_keys=True), request_id))
                 if cur.rowcount != 1:
                     self._db.execute("ROLLBACK")
-                    return False
+                    return None
+                request = report.get("request") or {}
                 self._db.execute(
                     "INSERT INTO offline_decisions (request_id, lane, release_id, used, report, decided_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
@@ -797,7 +823,7 @@ class Outbox:
                 self._db.execute("ROLLBACK")
                 raise
             self._decided_here[request_id] = mono
-        return True
+        return response
 
     def now(self) -> float:
         """This outbox's wall clock (the time it stamps), in seconds."""
