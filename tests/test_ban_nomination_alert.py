@@ -303,3 +303,50 @@ def test_an_amendment_that_moves_only_the_end_alerts_nobody_again(engine: sa.Eng
     _load(engine, register, changes(2, t + 3 * HOUR, [ban(number, "R-58", start=t + HOUR, days=30)]), now=t + 3 * HOUR)
     sweep_bans_in_effect(engine, t + 4 * HOUR)
     assert len(_alerts(engine)) == 1
+
+
+def test_a_ban_at_another_port_deactivates_the_badge_but_alerts_no_nomination_at_load(
+        engine: sa.Engine, register: Register) -> None:
+    """Review 156, finding 2: a ban limited to Zeebrugge says nothing about a right at Antwerp
+    (BEANR-K1700), where the gate lets the driver in (the screening's rule, _BanWindow.covers); his
+    badge still turns inactive, as for a ban at any port."""
+    number = national_number(60)
+    p, _ = _nominated(engine, number, "active")
+    t = now()
+    result = _load(engine, register, snapshot(1, t, [ban(number, "R-60", start=t - HOUR, scope=["BEZEE"])]), now=t)
+    assert (result.badges_deactivated, result.nomination_alerts) == (1, 0)
+    assert (_alerts(engine), _hooks(engine)) == ([], [])
+
+
+def test_a_ban_at_another_port_starting_later_alerts_no_nomination_at_the_sweep(engine: sa.Engine,
+                                                                                register: Register) -> None:
+    number = national_number(61)
+    _, right_id = _nominated(engine, number)
+    t = now()
+    _load(engine, register, snapshot(1, t, [ban(number, "R-61", start=t + HOUR, scope=["BEZEE"])]), now=t)
+    sweep_bans_in_effect(engine, t + 2 * HOUR)
+    assert (_alerts(engine), _hooks(engine)) == ([], [])
+    # a ban at his nomination's port, starting later still, is announced under its own reference
+    _load(engine, register, changes(2, t + 3 * HOUR, [ban(number, "R-62", start=t + DAY, scope=["BEANR", "BEZEE"])]),
+          now=t + 3 * HOUR)
+    sweep_bans_in_effect(engine, t + DAY + HOUR)
+    assert [(s, d["ban_reference"]) for s, d in _alerts(engine)] == [(str(right_id), "R-62")]
+
+
+def test_a_ban_widened_to_the_nominations_port_alerts_it_once(engine: sa.Engine, register: Register) -> None:
+    """An amendment that widens a ban in force onto Antwerp announces the Antwerp nomination; one that
+    widens a ban already covering Antwerp onto another port announces nothing again."""
+    number = national_number(63)
+    _nominated(engine, number)
+    t = now()
+    _load(engine, register, snapshot(1, t, [ban(number, "R-63", start=t - HOUR, scope=["BEZEE"])]), now=t)
+    assert _alerts(engine) == []
+    widened = _load(engine, register, changes(2, t + HOUR, [ban(number, "R-63", start=t - HOUR,
+                                                                scope=["BEANR", "BEZEE"])]), now=t + HOUR)
+    assert widened.nomination_alerts == 1
+    again = _load(engine, register, changes(3, t + 2 * HOUR, [ban(number, "R-63", start=t - HOUR,
+                                                                  scope=["BEANR", "BEOST", "BEZEE"])]),
+                  now=t + 2 * HOUR)
+    assert again.nomination_alerts == 0
+    sweep_bans_in_effect(engine, t + 3 * HOUR)
+    assert len(_alerts(engine)) == 1

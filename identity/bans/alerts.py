@@ -9,10 +9,17 @@ holder, both in the caller's transaction.
 Who raises them:
 
 - the loader, for a ban new (or amended) and in effect at the load (identity.bans.loader
-  ``ban_consequences``): every live nomination of its subject, whatever his badges;
+  ``ban_consequences``): every live nomination of its subject at a terminal the ban applies to,
+  whatever his badges;
 - the sweep, for a ban whose start came after its load (identity.bans.sweep): a subject with an
   active badge through ``ban_consequences`` as at a load; a subject with none through
   ``due_at_start`` here, since the badge-led sweep never finds him (review 78, finding 1).
+
+Only where the ban applies (review 156, finding 2): a nomination is alerted only when the ban covers its
+terminal's port, by the gate's screening rule (``applies_at``: identity.domain.bans ``scope_covers``
+of ``port_of_terminal``; a terminal code that names no port is covered by every ban, as at the gate).
+A ban limited to Zeebrugge says nothing to the holder of a right at Antwerp, where the gate lets the
+driver in. His badges turn inactive whatever the ban's scope (a badge is not tied to a port).
 
 Once per imposition of a ban and nomination: the badge-led sweep stops finding a subject once his
 badges are inactive; a subject without one offers no such state to turn, so the alert itself is the
@@ -48,6 +55,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from identity import audit
+from identity.domain.bans import decode_scope, port_of_terminal, scope_covers
 from quaygate.schema import audit_log, persons, port_bans, releases
 from release_service.adapters.outbox import SqlOutbox
 from release_service.domain.release import State
@@ -76,19 +84,51 @@ def _live(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
     return releases.c.state == State.NOMINATED.value, releases.c.valid_until > now
 
 
-def live_nominations_of(conn: sa.Connection, person_id: uuid.UUID, reference: str,
+@dataclass(frozen=True, slots=True)
+class Acting:
+    """A ban taking effect on its subject's nominations: its reference, its stored scope
+    (quaygate.schema ``port_bans.scope``) and, for an amendment in force before only widened, the
+    scope it had, whose nominations it already took effect on."""
+
+    reference: str
+    scope: str
+    scope_before: str | None = None
+
+    def newly_applies_at(self, terminal: str) -> bool:
+        return applies_at(self.scope, terminal) and not (self.scope_before is not None
+                                                         and applies_at(self.scope_before, terminal))
+
+
+def applies_at(scope: str, terminal: str) -> bool:
+    """Does a ban of stored ``scope`` apply at ``terminal``? The gate screening's rule: the terminal's
+    port (``port_of_terminal``) within the scope, any terminal for an all-ports ban or a code that names
+    no port."""
+    return scope_covers(decode_scope(scope), port_of_terminal(terminal))
+
+
+def live_nominations_of(conn: sa.Connection, person_id: uuid.UUID, bans: Sequence[Acting],
                         now: datetime) -> list[NominationHit]:
-    """The person's live nominations, as hits of the ban ``reference``."""
-    rows = conn.execute(sa.select(releases.c.id, releases.c.holder_organisation_id)
-                        .where(releases.c.driver_person_id == person_id, *_live(now))
-                        .order_by(releases.c.id))
-    return [NominationHit(rid, holder, person_id, reference) for rid, holder in rows]
+    """The person's live nominations that one of ``bans`` newly applies at, each a hit of the first
+    such ban."""
+    hits: list[NominationHit] = []
+    for rid, holder, terminal in _live_of(conn, person_id, now):
+        ban = next((b for b in bans if b.newly_applies_at(terminal)), None)
+        if ban is not None:
+            hits.append(NominationHit(rid, holder, person_id, ban.reference))
+    return hits
+
+
+def _live_of(conn: sa.Connection, person_id: uuid.UUID, now: datetime) -> list[tuple[uuid.UUID, uuid.UUID, str]]:
+    """The person's live nominations: (release id, holder, terminal)."""
+    return [(r[0], r[1], r[2]) for r in conn.execute(
+        sa.select(releases.c.id, releases.c.holder_organisation_id, releases.c.terminal)
+        .where(releases.c.driver_person_id == person_id, *_live(now)).order_by(releases.c.id))]
 
 
 def due_at_start(conn: sa.Connection, now: datetime) -> list[NominationHit]:
-    """Live nominations whose driver came under a ban in effect after he was nominated, and about
-    which no alert under such a ban, raised since its current start, is on the trail yet: one hit per
-    nomination (its first ban).
+    """Live nominations whose driver came under a ban in effect after he was nominated, at a terminal
+    the ban applies to (``applies_at``), and about which no alert under such a ban, raised since its
+    current start, is on the trail yet: one hit per nomination (its first ban).
 
     ``nominated_at < banned_from``: the nomination was live when the ban started, so the ban took
     effect on it. A nomination made after the ban started was screened against it (refused where it
@@ -98,7 +138,7 @@ def due_at_start(conn: sa.Connection, now: datetime) -> list[NominationHit]:
     are few (drivers under a ban), each checked on the trail by its release id (the ``subject`` index)."""
     rows = conn.execute(
         sa.select(releases.c.id, releases.c.holder_organisation_id, releases.c.driver_person_id,
-                  port_bans.c.reference, port_bans.c.banned_from)
+                  releases.c.terminal, port_bans.c.reference, port_bans.c.scope, port_bans.c.banned_from)
         .select_from(port_bans)
         .join(persons, persons.c.national_id_hash == port_bans.c.subject_hash)
         .join(releases, releases.c.driver_person_id == persons.c.id)
@@ -106,7 +146,9 @@ def due_at_start(conn: sa.Connection, now: datetime) -> list[NominationHit]:
                releases.c.nominated_at < port_bans.c.banned_from, *_live(now))
         .order_by(releases.c.id, port_bans.c.register, port_bans.c.reference))
     bans: dict[tuple[uuid.UUID, uuid.UUID, uuid.UUID], dict[str, datetime]] = {}
-    for rid, holder, driver, reference, banned_from in rows:
+    for rid, holder, driver, terminal, reference, scope, banned_from in rows:
+        if not applies_at(scope, terminal):
+            continue
         bans.setdefault((rid, holder, driver), {})[reference] = _aware(banned_from)
     return [NominationHit(rid, holder, driver, next(iter(starts))) for (rid, holder, driver), starts in bans.items()
             if not _alerted(conn, rid, driver, starts)]
@@ -133,15 +175,14 @@ def suspension_alerts(conn: sa.Connection, person_id: uuid.UUID, now: datetime) 
     """Queue a screening alert to the holder of each live nomination of ``person_id``, just suspended, in
     the caller's transaction; the rights' ids. The payload says no more than a ban's alert does (the
     driver and the gate's reason), never port security's reason for the suspension."""
-    hits = live_nominations_of(conn, person_id, "", now)  # no ban: the reference is unused
+    live = _live_of(conn, person_id, now)  # a suspension holds at every port
     SqlOutbox(conn).publish([PublishedEvent(
-        id=uuid.uuid4(), type=ALERT_EVENT, release_id=hit.release_id, at=now,
-        audience=frozenset({hit.holder_organisation_id}),
+        id=uuid.uuid4(), type=ALERT_EVENT, release_id=rid, at=now, audience=frozenset({holder}),
         payload={"driver_person_id": str(person_id), "screening": "suspended", "reason": "person_suspended"})
-        for hit in hits])
-    if hits:
+        for rid, holder, _ in live])
+    if live:
         log.warning("screening.suspension.nomination_alert")
-    return [hit.release_id for hit in hits]
+    return [rid for rid, _, _ in live]
 
 
 def raise_alerts(conn: sa.Connection, hits: Sequence[NominationHit], now: datetime) -> int:

@@ -13,10 +13,11 @@ The order (issue 4, "Loading is idempotent and atomic"):
    reaches the database or a log; the clear number is dropped here;
 5. a ban that is new and in effect deactivates the person's badges at once
    (identity.badges.service.deactivate_for_ban) and every live nomination of that person, whether
-   he holds a badge or not, gets a ``screening.ban.nomination_alert`` audit entry and a webhook to
-   the haulier company holding it (identity/bans/alerts.py); so does an amended ban (same reference)
-   that is in effect now and was not before for that subject and those ports: window moved onto now,
-   subject corrected, scope widened. A ban that starts later is acted on by the sweep once it starts
+   he holds a badge or not, at a terminal the ban applies to, gets a ``screening.ban.nomination_alert``
+   audit entry and a webhook to the haulier company holding it (identity/bans/alerts.py); so does an
+   amended ban (same reference) that is in effect now and was not before for that subject and those
+   ports: window moved onto now, subject corrected, scope widened (then only the nominations at the
+   ports it took in). A ban that starts later is acted on by the sweep once it starts
    (identity/bans/sweep.py).
 
 Any refusal raises FeedRefused before the commit: the transaction rolls back and the list in force
@@ -56,7 +57,7 @@ from identity.domain.bans import (
 from quaygate.invalidation import BANS, touch
 from quaygate.schema import ban_feed_state, persons, port_bans
 
-from .alerts import ACTOR, NominationHit, live_nominations_of, raise_alerts
+from .alerts import ACTOR, Acting, NominationHit, live_nominations_of, raise_alerts
 from .feed import RegisterKey, verify_feed
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,8 @@ def _load(engine: sa.Engine, raw: bytes, *, key: RegisterKey, pepper: bytes, now
             new_rows = [r for r in rows if r["reference"] not in held]
             lifted = len(feed.lifted)
         # New bans, and amended ones that take effect now for someone or somewhere they did not before.
-        acting = [r for r in rows if _newly_in_effect(held.get(r["reference"]), r, now)]
+        acting = [_acting(held.get(r["reference"]), r, now) for r in rows
+                  if _newly_in_effect(held.get(r["reference"]), r, now)]
         timings["replace"] = lap()
         _insert(conn, rows)
         timings["insert"] = lap()
@@ -254,6 +256,16 @@ def _newly_in_effect(before: tuple[Any, ...] | None, row: dict[str, Any], now: d
     return not start <= now < end or subject != row["subject_hash"] or _widened(scope, row["scope"])
 
 
+def _acting(before: tuple[Any, ...] | None, row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A row ``_newly_in_effect`` found, for ``ban_consequences``: an amendment in force before on the
+    same subject acts only because its scope widened, so it carries the scope it had (``scope_before``)
+    and alerts only the nominations at the ports it took in."""
+    if before is None:
+        return row
+    subject, scope, start, end = before
+    return {**row, "scope_before": scope} if start <= now < end and subject == row["subject_hash"] else row
+
+
 def _widened(before: str, after: str) -> bool:
     """The stored scope (``encode_scope``) covers a port it did not."""
     old, new = decode_scope(before), decode_scope(after)
@@ -310,9 +322,10 @@ def _count(conn: sa.Connection, feed: Feed) -> int:
 
 
 def ban_consequences(conn: sa.Connection, new_rows: list[dict[str, Any]], now: datetime) -> tuple[int, int]:
-    """A ban newly in effect (load, amendment, sweep): the person's badges deactivated at once, each live
-    nomination alerted (identity.bans.alerts). Runs in the caller's transaction; rows not in effect at
-    ``now`` are skipped.
+    """A ban newly in effect (load, amendment, sweep): the person's badges deactivated at once (any scope),
+    each live nomination at a terminal the ban applies to alerted (identity.bans.alerts; a row with
+    ``scope_before``, ``_acting``, only where it widened). Runs in the caller's transaction; rows not in
+    effect at ``now`` are skipped.
 
     The persons are taken in ascending id order, the order every writer that locks more than one person
     must use (review 78, finding 2). ``deactivate_for_ban`` locks each person's row (then the badges)
@@ -321,19 +334,25 @@ def ban_consequences(conn: sa.Connection, new_rows: list[dict[str, Any]], now: d
     person locks in another order would deadlock against a load holding them in the order the join
     happened to return. Python orders UUIDs by their 128-bit value, as PostgreSQL orders ``uuid``, so
     a writer locking with ``ORDER BY id`` takes the same order."""
-    in_effect = {r["subject_hash"]: r["reference"] for r in new_rows if r["banned_from"] <= now < r["banned_until"]}
+    in_effect: dict[str, list[Acting]] = {}
+    for r in new_rows:
+        if r["banned_from"] <= now < r["banned_until"]:
+            acting = Acting(r["reference"], r["scope"], r.get("scope_before"))
+            in_effect.setdefault(r["subject_hash"], []).append(acting)
     if not in_effect:
         return 0, 0
     # One join on the indexed hashes (persons with a national number are few next to the list),
     # rather than 100 000 hashes sent as parameters.
-    people = sorted((pid, in_effect[h]) for pid, h in conn.execute(
+    people = sorted(((pid, h) for pid, h in conn.execute(
         sa.select(persons.c.id, persons.c.national_id_hash)
-        .join(port_bans, port_bans.c.subject_hash == persons.c.national_id_hash).distinct()) if h in in_effect)
+        .join(port_bans, port_bans.c.subject_hash == persons.c.national_id_hash).distinct()) if h in in_effect),
+        key=lambda p: p[0])
     deactivated = 0
     hits: list[NominationHit] = []
-    for person_id, reference in people:
-        deactivated += len(deactivate_for_ban(conn, person_id, reference=reference, now=now))
-        hits += live_nominations_of(conn, person_id, reference, now)
+    for person_id, subject in people:
+        bans = in_effect[subject]
+        deactivated += len(deactivate_for_ban(conn, person_id, reference=bans[0].reference, now=now))
+        hits += live_nominations_of(conn, person_id, bans, now)
     return deactivated, raise_alerts(conn, hits, now)
 
 

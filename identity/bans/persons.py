@@ -74,8 +74,9 @@ def set_national_id(engine: sa.Engine, person_id: uuid.UUID, number: str, *, pep
             else:
                 audit.record("identity.person.national_id_set", at=now, actor={"client_id": actor}, conn=conn,
                              subject=str(person_id), data={"person_id": str(person_id)})
-            rows = conn.execute(sa.select(port_bans.c.subject_hash, port_bans.c.reference, port_bans.c.banned_from,
-                                          port_bans.c.banned_until).where(port_bans.c.subject_hash == subject))
+            rows = conn.execute(sa.select(port_bans.c.subject_hash, port_bans.c.reference, port_bans.c.scope,
+                                          port_bans.c.banned_from, port_bans.c.banned_until)
+                                .where(port_bans.c.subject_hash == subject))
             deactivated, _ = ban_consequences(conn, [dict(r._mapping) for r in rows], now)
     except sa.exc.IntegrityError:
         raise NationalIdRefused("another person already has that national register number") from None

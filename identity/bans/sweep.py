@@ -62,7 +62,7 @@ def sweep_bans_in_effect(engine: sa.Engine, now: datetime) -> int:
 def _due(conn: sa.Connection, now: datetime) -> list[dict[str, Any]]:
     """Bans in effect whose subject still holds an active badge, as the loader's rows."""
     rows = conn.execute(
-        sa.select(port_bans.c.subject_hash, port_bans.c.reference, port_bans.c.banned_from,
+        sa.select(port_bans.c.subject_hash, port_bans.c.reference, port_bans.c.scope, port_bans.c.banned_from,
                   port_bans.c.banned_until)
         .join(persons, persons.c.national_id_hash == port_bans.c.subject_hash)
         .where(port_bans.c.banned_from <= now, port_bans.c.banned_until > now,

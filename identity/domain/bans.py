@@ -94,9 +94,15 @@ class _BanWindow:
         return self.starts_at <= now < self.ends_at
 
     def covers(self, port: str | None) -> bool:
-        """Does it apply at ``port``? With no port (a badge issue, or a terminal whose code names no port:
-        ``port_of_terminal``) every ban counts."""
-        return self.scope is None or port is None or port in self.scope
+        """Does it apply at ``port``? (``scope_covers``)"""
+        return scope_covers(self.scope, port)
+
+
+def scope_covers(scope: tuple[str, ...] | None, port: str | None) -> bool:
+    """Does a ban of ``scope`` (None: all ports) apply at ``port``? With no port (a badge issue, or a
+    terminal whose code names no port: ``port_of_terminal``) every ban counts. The screening's rule
+    (``screen``) and the nomination alerts' (identity.bans.alerts ``applies_at``)."""
+    return scope is None or port is None or port in scope
 
 
 @dataclass(frozen=True, slots=True)
