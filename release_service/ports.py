@@ -634,6 +634,10 @@ class GateOfflineStore(Protocol):
     def outbox_place_used(self, client_id: str, outbox_id: str, seq: int) -> str | None:
         """The request_id of a decision recorded at that place of that outbox, if any."""
 
+    def outbox_unreported(self, client_id: str, outbox_id: str) -> list[dict[str, Any]]:
+        """This client's other chains (not ``outbox_id``) whose highest place told is above every place it
+        reported a decision from: ``outbox_id``, ``known_seq``, ``reported_seq`` (None: none reported)."""
+
     def latest_decided_below(self, client_id: str, outbox_id: str, seq: int) -> datetime | None:
         """The latest ``decided_at`` of the decisions this client reported from lower places of that outbox
         than ``seq`` (decided before it, in the chain's order), if any."""

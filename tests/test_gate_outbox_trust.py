@@ -176,6 +176,36 @@ def test_a_report_edited_or_decisions_swapped_are_seen(gate: Gate, tmp_path: Pat
         a.store.close()
 
 
+def test_an_emptied_chain_restarted_is_tampered_and_lets_no_second_truck_in(
+        gate: Gate, adapter: Adapter, caplog: pytest.LogCaptureFixture) -> None:
+    """Review 155, finding 1: a truck gated in offline on a right; the attacker empties the chain and the
+    decisions (``DELETE FROM outbox_chain; DELETE FROM offline_decisions``) and power-cycles the adapter.
+    Before, the start took the file for one from before the chain and sealed it under a new outbox id (a
+    warning only): intact, and a second truck on the same right was an allow. Now the pass store remembers
+    the chain's id and head: another chain is tampered, the second truck a review."""
+    rid = gate.pickable(1)
+    a = adapter
+    assert a.offline.refresh() == 1
+    a.down()
+    first = a.truck(1)
+    assert (first["decision"], first["committed"]) == ("allow", True)
+    _edit(a, "DELETE FROM outbox_chain", "DELETE FROM offline_decisions")
+    caplog.set_level(logging.INFO, logger="gate_adapters.offline")
+    _restart(a)
+    second = a.truck(1)
+    if not _sealed(a):  # the attack as it was
+        assert (second["decision"], second["committed"]) == ("allow", True)
+        return
+    assert a.outbox.tampered is not None and _tampered(caplog), a.outbox.position()
+    assert a.outbox.position()["intact"] is False  # type: ignore[index]
+    assert (second["decision"], second["committed"]) == ("review", False), second
+    assert a.barrier.commands[-1].command == "hold"
+    a.up()
+    a.offline.maintain()
+    assert gate.state(rid) == "nominated"
+    assert "outbox_tampered" in [x["alarm"] for x in _alarms(gate)]
+
+
 # -- a file from before the chain --------------------------------------------------------------------------
 
 
@@ -233,9 +263,9 @@ def test_an_earlier_copy_of_the_outbox_put_back_raises_the_alarm(gate: Gate, ada
                                                                  tmp_path: Path) -> None:
     """A copy of the outbox taken after one offline decision; a second is decided and reconciled, the service
     hears the head (2) at the next refresh; the copy is put back and the adapter restarts. The copy's chain
-    holds (the adapter alone cannot tell). Sealed: the refresh tells head 1, the service raises
-    ``outbox_rolled_back``; the next decision, at place 2 again, raises it once more (one place, two
-    decisions). Unsealed: nothing is told, nothing raised."""
+    holds, but the pass store saw head 2: tampered here (review 155, finding 1). Sealed: the refresh tells
+    head 1, the service raises ``outbox_rolled_back``; the next decision, at place 2 again, raises it once
+    more (one place, two decisions). Unsealed: nothing is told, nothing raised."""
     a = adapter
     a.down()
     a.truck(1)
@@ -247,12 +277,16 @@ def test_an_earlier_copy_of_the_outbox_put_back_raises_the_alarm(gate: Gate, ada
     assert _alarms(gate) == []
     _put_back(a, tmp_path / "earlier.sqlite3")
     _restart(a)
-    assert a.outbox.tampered is None  # the copy is self-consistent
-    a.up()
-    a.offline.refresh()
     if not _sealed(a):
+        assert a.outbox.tampered is None  # the copy is self-consistent
+        a.up()
+        a.offline.refresh()
         assert _alarms(gate) == []
         return
+    # Its chain holds, but the pass store saw head 2 (review 155, finding 1): tampered here too.
+    assert a.outbox.tampered == "its head (1) is behind the one the pass store saw (2): an earlier copy"
+    a.up()
+    a.offline.refresh()
     (alarm,) = _alarms(gate)
     assert (alarm["alarm"], alarm["told_seq"], alarm["known_seq"]) == ("outbox_rolled_back", 1, 2), alarm
     a.offline.refresh()
@@ -281,3 +315,29 @@ def test_a_tampered_outbox_is_told_to_the_service_once(gate: Gate, adapter: Adap
         assert _alarms(gate) == []
         return
     assert [x["alarm"] for x in _alarms(gate)] == ["outbox_tampered"]
+
+
+def _told(gate: Gate, outbox_id: str, seq: int) -> None:
+    got = gate.http.get("/gate/v1/passes", params={"outbox_id": outbox_id, "outbox_seq": seq, "outbox_intact": "true"},
+                        headers={"Authorization": f"Bearer {gate.gate_token}"})
+    assert got.status_code == 200, got.text
+
+
+def test_a_new_chain_while_the_old_one_claimed_decisions_never_reported_raises_the_alarm(gate: Gate) -> None:
+    """Review 155, finding 1, the service's side: a gate client's chain told head 2 at a refresh, and no
+    decision of it was ever reported; then the client tells another chain. Those decisions are lost with
+    the old file: port security's alarm (``outbox_replaced``), not only ``outbox_new``. A new chain beside
+    one whose every claimed decision was reported (a second adapter, a file an operator started afresh)
+    is ``outbox_new`` alone."""
+    quiet, claimed = uuid.uuid4().hex, uuid.uuid4().hex
+    _told(gate, quiet, 0)
+    _told(gate, uuid.uuid4().hex, 0)
+    assert _alarms(gate) == []
+    _told(gate, claimed, 2)
+    fresh = uuid.uuid4().hex
+    _told(gate, fresh, 0)
+    (alarm,) = _alarms(gate)
+    assert (alarm["alarm"], alarm["outbox_id"]) == ("outbox_replaced", fresh), alarm
+    assert alarm["unreported"] == [{"outbox_id": claimed, "known_seq": 2, "reported_seq": None}], alarm
+    _told(gate, fresh, 0)
+    assert len(_alarms(gate)) == 1  # once, at the new chain's first sight

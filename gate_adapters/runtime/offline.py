@@ -188,6 +188,7 @@ class _Held:
     refresh: Refresh | None = None
     seen: datetime | None = None
     seal: str = ""  # the seal of the refresh, to which the time seen is bound ("" before any refresh)
+    outbox: tuple[str, int, str] | None = None  # the outbox chain's id, head seq and head mac it saw last
 
 
 class PassStore:
@@ -224,6 +225,39 @@ class PassStore:
         """What the seal of the time seen covers: that time, bound to the refresh's seal."""
         return ("wall_seen", self.issuer, self.terminal, seal, seen)
 
+    def _outbox(self, seal: str, head: str) -> tuple[str, ...]:
+        """Review 155, finding 1: what the seal of the outbox chain remembered covers: its id, head seq and
+        head mac ("" when no chain is bound), bound to the refresh's seal as the time seen is."""
+        return ("outbox_head", self.issuer, self.terminal, seal, head)
+
+    @staticmethod
+    def _head_text(head: tuple[str, int, str] | None) -> str:
+        return "" if head is None else f"{head[0]} {head[1]} {head[2]}"
+
+    def _outbox_rows(self, seal: str, head: tuple[str, int, str] | None) -> list[tuple[str, str]]:
+        text = self._head_text(head)
+        return [("outbox_head", text), ("outbox_head_seal", self._seal.mac(*self._outbox(seal, text)))]
+
+    def outbox_head(self) -> tuple[str, int, str] | None:
+        """The outbox chain (id, head seq, head mac) this store last saw, or None: none bound yet (a new
+        store, or one not trusted: its passes are gone too)."""
+        with self._lock:
+            return self._held.outbox
+
+    def remember_outbox(self, outbox_id: str, seq: int, mac: str) -> None:
+        """Keep the outbox chain's head (after its transaction committed): a chain bound already only moves
+        on (another chain's id, or an older head, is never taken: the outbox is then tampered); none bound,
+        this one is."""
+        with self._lock:
+            held = self._held
+            if held.outbox is not None and (held.outbox[0] != outbox_id or seq <= held.outbox[1]):
+                return
+            head = (outbox_id, int(seq), mac)
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", self._outbox_rows(held.seal, head))
+            held.outbox = head
+
     def replace(self, tokens: list[str], jwks: Mapping[str, Any], refresh: Refresh) -> int:
         """Rule 2: verify every pass, then swap the whole set in one transaction. Returns how many were kept."""
         verifier = PassVerifier(jwks, issuer=self.issuer, terminal=self.terminal)
@@ -254,12 +288,13 @@ class PassStore:
                 self._db.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("jwks", jwks_text), ("refreshed_at", refresh.at.isoformat()),
                     ("service_at", refresh.service_at.isoformat()), ("seal", seal),
-                    ("wall_seen", seen), ("wall_seen_seal", self._seal.mac(*self._seen(seal, seen)))])
+                    ("wall_seen", seen), ("wall_seen_seal", self._seal.mac(*self._seen(seal, seen))),
+                    *self._outbox_rows(seal, self._held.outbox)])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._held = _Held(kept, refresh, refresh.at, seal)
+            self._held = _Held(kept, refresh, refresh.at, seal, self._held.outbox)
         return len(kept)
 
     # The latest wall-clock time this store saw, kept on disk (``saw``): a clock wound back across a
@@ -293,12 +328,16 @@ class PassStore:
         """Rule 1: what the file holds, if its seal holds (the passes verified again); else nothing, logged."""
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         tokens = [str(t) for (t,) in self._db.execute("SELECT token FROM passes")]
-        if not tokens and not meta.keys() - {"wall_seen", "wall_seen_seal"}:
-            # Never refreshed: only the time seen, bound to no refresh.
+        if not tokens and not meta.keys() - {"wall_seen", "wall_seen_seal", "outbox_head", "outbox_head_seal"}:
+            # Never refreshed: only the time seen and the outbox's head, bound to no refresh.
+            held = _Held()
             seen = meta.get("wall_seen")
             if seen is not None and self._seal.holds(meta.get("wall_seen_seal"), *self._seen("", seen)):
-                return _Held(seen=datetime.fromisoformat(seen))
-            return _Held()
+                held.seen = datetime.fromisoformat(seen)
+            head = meta.get("outbox_head")
+            if head is not None and self._seal.holds(meta.get("outbox_head_seal"), *self._outbox("", head)):
+                held.outbox = _head(head)
+            return held
         try:
             seal = meta.get("seal")
             if seal is None:
@@ -309,8 +348,13 @@ class PassStore:
             seen = meta["wall_seen"]
             if not self._seal.holds(meta.get("wall_seen_seal"), *self._seen(seal, seen)):
                 raise _Untrusted("the seal of the time it saw does not hold")
+            # Review 155, finding 1: the outbox's head is kept with every refresh (a store written before
+            # that is not trusted, once: the next refresh writes it again).
+            head = meta.get("outbox_head")
+            if head is None or not self._seal.holds(meta.get("outbox_head_seal"), *self._outbox(seal, head)):
+                raise _Untrusted("the seal of the outbox chain it remembers does not hold (or it has none)")
             verifier = PassVerifier(json.loads(meta["jwks"]), issuer=self.issuer, terminal=self.terminal)
-            held = _Held([], refresh, datetime.fromisoformat(seen), seal)
+            held = _Held([], refresh, datetime.fromisoformat(seen), seal, _head(head))
         except _Untrusted as exc:
             return self._untrusted(str(exc))
         except (KeyError, ValueError, TypeError, JoseError) as exc:
@@ -331,6 +375,14 @@ class PassStore:
 
 class _Untrusted(Exception):
     pass
+
+
+def _head(text: str) -> tuple[str, int, str] | None:
+    """The outbox head as kept (``id seq mac``; "" none); ValueError if malformed."""
+    if not text:
+        return None
+    outbox_id, seq, mac = text.split(" ")
+    return outbox_id, int(seq), mac
 
 
 def gate_request(body: Mapping[str, Any]) -> g.GateRequest:
@@ -384,6 +436,26 @@ class OfflineMode:
         self._next_refresh = self._next_reconcile = float("-inf")
         self._refreshed: tuple[datetime, float] | None = None  # the last refresh here: (wall, monotonic)
         self._started = clock()
+        self._bind_outbox()
+
+    def _bind_outbox(self) -> None:
+        """Review 155, finding 1: the pass store (sealed, not the outbox's file) remembers the outbox chain's
+        id and head. A chain that is not the one it remembers, or behind it (emptied and sealed afresh at
+        start, or an earlier copy put back), is tampered: rule 7, nothing decided offline but review. A store
+        that remembers none (new, or not trusted: no passes either) takes the chain as it stands, logged."""
+        head = self.outbox.head()
+        if head is None:
+            return
+        remembered = self.store.outbox_head()
+        if remembered is None:
+            log.warning("gate.offline.outbox_bound: the pass store remembers no outbox chain; bound to %s at %d",
+                        head[0], head[1], extra={"outbox_id": head[0], "seq": head[1]})
+            self.store.remember_outbox(*head)
+        else:
+            reason = self.outbox.bound(*remembered)
+            if reason is not None:
+                self.outbox.taint(reason)
+        self.outbox.on_head = self.store.remember_outbox
 
     # -- keeping the passes fresh -------------------------------------------------------------------
 

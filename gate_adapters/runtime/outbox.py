@@ -85,8 +85,11 @@ Rules:
     ``position`` (the chain's id and head) goes with each pass refresh and report (offline.py rule 7).
     A file from before the chain is sealed as it stands at its first start with a secret, under a new
     ``outbox_id``, logged ``gate.offline.outbox_sealed`` (what was done to it before cannot be known: the
-    service is told of the new chain). An outbox opened without a secret (the latch command, a rehearsal)
-    neither checks nor extends the chain, and never prunes a decision of it.
+    service is told of the new chain). Such a file, or one emptied, or an earlier copy put back, is told
+    from what the pass store (another sealed file) remembers of the chain: ``on_head`` tells it each head,
+    ``bound`` compares at start (review 155, finding 1; offline.py ``OfflineMode._bind_outbox``). An
+    outbox opened without a secret (the latch command, a rehearsal) neither checks nor extends the chain,
+    and never prunes a decision of it.
 11. An offline decision's age (``offline_elapsed``: an officer may override an offline refusal for an hour
     only, overrides.py rule 6) is told by the wall clock AND the monotonic clock, as offline mode tells its
     store's age (offline.py rule 3): the wall-clock time the decision was stamped with (sealed, rule 10),
@@ -346,6 +349,9 @@ class Outbox:
         self._lock = threading.Lock()
         self._seal = None if secret is None else Seal(secret, purpose=OUTBOX_PURPOSE)  # rule 10
         self._tampered: str | None = None
+        # Review 155, finding 1: told the chain's head after each transaction that moved it (the pass
+        # store keeps it, offline.py OfflineMode._bind_outbox).
+        self.on_head: Callable[[str, int, str], None] | None = None
         private_data_file(self.path, strict=strict, risk=OUTBOX_RISK)  # rule 9
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -420,6 +426,45 @@ class Outbox:
         if reason is not None:
             self._taint(reason)
         return self._tampered
+
+    def head(self) -> tuple[str, int, str] | None:
+        """The chain's id, head seq and head mac; None without a secret (or a chain)."""
+        if self._seal is None:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT outbox_id, head_seq, head_mac FROM outbox_chain WHERE id = 1").fetchone()
+        return None if row is None else (str(row[0]), int(row[1]), str(row[2]))
+
+    def bound(self, outbox_id: str, seq: int, mac: str) -> str | None:
+        """Review 155, finding 1: why this chain is not the one whose head (``outbox_id``, ``seq``, ``mac``)
+        was seen before (the pass store's memory), or None: the same chain, at that head or past it."""
+        head = self.head()
+        if head is None:
+            return "its chain record is gone"
+        if head[0] != outbox_id:
+            return f"its chain ({head[0]}) is not the one the pass store knows ({outbox_id}): emptied or replaced"
+        if head[1] < seq:
+            return f"its head ({head[1]}) is behind the one the pass store saw ({seq}): an earlier copy"
+        with self._lock:
+            base_seq, base_prev = self._db.execute("SELECT base_seq, base_prev FROM outbox_chain WHERE id = 1"
+                                                   ).fetchone()
+            row = self._db.execute("SELECT mac FROM offline_decisions WHERE seq = ?", (seq,)).fetchone()
+        if seq == 0 or seq < int(base_seq) - 1:
+            return None  # the start, or pruned since (the chain record's seal covers where it starts)
+        kept = str(base_prev) if seq == int(base_seq) - 1 else None if row is None else str(row[0])
+        return None if kept == mac else f"offline decision {seq} is not the one the pass store saw"
+
+    def taint(self, reason: str) -> None:
+        """Rule 10: mark this outbox tampered (logged once), from what another sealed file knows."""
+        with self._lock:
+            self._taint(reason)
+
+    def _told(self) -> None:
+        """After a transaction that moved the chain (under the lock): tell ``on_head``."""
+        if self.on_head is not None:
+            row = self._db.execute("SELECT outbox_id, head_seq, head_mac FROM outbox_chain WHERE id = 1").fetchone()
+            if row is not None:
+                self.on_head(str(row[0]), int(row[1]), str(row[2]))
 
     def _taint(self, reason: str) -> None:
         if self._tampered is None:
@@ -627,6 +672,8 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if self._seal is not None:
+                self._told()
         return True
 
     def offline_report(self, request_id: str) -> dict[str, Any] | None:
@@ -822,6 +869,8 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if self._seal is not None:
+                self._told()
             self._decided_here[request_id] = mono
         return response
 

@@ -709,6 +709,9 @@ class OutboxAlarm(StrEnum):
 
     ROLLED_BACK = "outbox_rolled_back"  # its head went back, or one sequence number named two decisions
     TAMPERED = "outbox_tampered"  # the adapter says its own chain does not hold
+    # A new chain while another of the client's told a head above every place reported from it: the
+    # decisions it claimed went with the old file, unreported (review 155, finding 1).
+    REPLACED = "outbox_replaced"
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,10 +76,11 @@ checks; what the chain cannot see, a whole earlier copy of the file put back, we
 tells the chain's id and head, each report its place: we keep the highest per gate client and chain
 (``gate_outbox_marks``, ``gate_pass.judge_outbox``) and raise port security's alarm
 (``release.gate_outbox_alarm`` on the audit trail, ``release.gate.outbox_*`` logged as an error) at a head
-that goes back, at one place reported for two decisions, and at an outbox its adapter says no longer
-holds. A chain we never saw is audited (``release.gate_outbox_new``): an outbox deleted and started
-afresh shows so. Alarms never refuse: the passes still go out (they carry what we know, the uses
-reconciled included) and the decisions are judged as ever.
+that goes back, at one place reported for two decisions, at an outbox its adapter says no longer
+holds, and at a new chain while another of the client's told a head above every place it reported from
+(``outbox_replaced``, review 155). A chain we never saw is audited (``release.gate_outbox_new``): an
+outbox deleted and started afresh shows so. Alarms never refuse: the passes still go out (they carry
+what we know, the uses reconciled included) and the decisions are judged as ever.
 """
 
 from __future__ import annotations
@@ -402,6 +403,13 @@ def _note_outbox(uow: OfflineUnitOfWork, actor: Actor, terminal: str, told: Outb
     if known is None:
         log.info("release.gate.outbox_new", extra={"fields": data})
         uow.audit.append("release.gate_outbox_new", actor=actor.as_dict(), subject=None, data=data, at=now)
+        # Review 155, finding 1: another chain of this client told a head above every place it reported
+        # from: those decisions went with the old file, unreported. (A chain emptied in the outage that
+        # decided on it, before any refresh told its head, leaves nothing here to see: the adapter's pass
+        # store sees it, and tells it as not intact.)
+        unreported = uow.offline.outbox_unreported(client, told.outbox_id)
+        if unreported:
+            _outbox_alarm(uow, actor, OutboxAlarm.REPLACED, {**data, "unreported": unreported}, now)
     if alarm is not None:
         _outbox_alarm(uow, actor, alarm, data, now)
 

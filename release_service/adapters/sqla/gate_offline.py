@@ -181,6 +181,16 @@ class SqlGateOfflineStore:
         return self._conn.execute(sa.select(t.request_id).where(  # type: ignore[no-any-return]
             t.client_id == client_id, t.outbox_id == outbox_id, t.outbox_seq == seq).limit(1)).scalar()
 
+    def outbox_unreported(self, client_id: str, outbox_id: str) -> list[dict[str, Any]]:
+        m, d = gate_outbox_marks.c, gate_offline_decisions.c
+        reported = (sa.select(sa.func.max(d.outbox_seq)).where(d.client_id == m.client_id, d.outbox_id == m.outbox_id)
+                    .scalar_subquery())
+        rows = self._conn.execute(sa.select(m.outbox_id, m.seq, reported.label("reported")).where(
+            m.client_id == client_id, m.outbox_id != outbox_id, m.seq > 0).order_by(m.first_seen_at, m.outbox_id))
+        return [{"outbox_id": r.outbox_id, "known_seq": int(r.seq),
+                 "reported_seq": None if r.reported is None else int(r.reported)}
+                for r in rows if r.reported is None or int(r.seq) > int(r.reported)]
+
     def latest_decided_below(self, client_id: str, outbox_id: str, seq: int) -> datetime | None:
         t = gate_offline_decisions.c
         return self._conn.execute(sa.select(sa.func.max(t.decided_at)).where(  # type: ignore[no-any-return]
