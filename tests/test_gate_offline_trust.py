@@ -372,3 +372,47 @@ def test_a_right_used_online_is_counted_offline_with_the_clock_held_behind(
     assert second.offline and second.response is not None
     assert (second.decision, second.response["reasons"]) == ("deny", ["already_used"]), second.response
     assert [c.command for c in a.barrier.commands] == ["open", "hold"]
+
+
+def test_an_old_passes_answer_replayed_is_refused_and_the_passes_stay_as_they_were(
+        gate: Gate, adapters: list[Adapter], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 155, finding 3: nothing tied a passes answer to the request that asked for it; an answer
+    kept by a man in the middle (TLS broken) and replayed 9 minutes later was taken with its old
+    ``issued_at`` as the service's time at a refresh made now, so its passes lived another lifetime: a
+    truck 11 minutes after their issue (past their 10) was allowed. Now an answer issued more than
+    ``STALE_ANSWER`` before it was asked for is refused (logged), the store as it was: that truck is a
+    review. The service answers the passes with ``Cache-Control: no-store``."""
+    gate.pickable(1)
+    a = adapters[0]
+    wall, mono = a.clocked()
+    start = wall[0]
+    real = a.online.call
+    kept: list[dict[str, Any]] = []
+
+    def recording(method: str, url: str, *args: Any, **kw: Any) -> dict[str, Any]:
+        got = real(method, url, *args, **kw)
+        if url.startswith("/gate/v1/passes"):
+            kept.append(got)
+        return got
+
+    monkeypatch.setattr(a.online, "call", recording)
+    assert a.offline.refresh() == 1
+    before = a.store.last_refresh()
+    wall[0], mono[0] = start + timedelta(minutes=9), 1000.0 + 540
+
+    def replaying(method: str, url: str, *args: Any, **kw: Any) -> dict[str, Any]:
+        return kept[0] if url.startswith("/gate/v1/passes") else real(method, url, *args, **kw)
+
+    monkeypatch.setattr(a.online, "call", replaying)
+    caplog.set_level(logging.INFO, logger="gate_adapters.offline")
+    a.offline.refresh()
+    assert a.store.last_refresh() == before  # the passes as they were
+    assert [r for r in caplog.records if r.getMessage().startswith("gate.offline.answer_stale")]
+    monkeypatch.undo()
+    a.down()
+    wall[0], mono[0] = start + timedelta(minutes=11), 1000.0 + 660
+    answer = _truck(a, 1, badge=gate.badge_number)
+    assert (answer["decision"], answer["committed"]) == ("review", False), answer
+    got = gate.http.get("/gate/v1/passes", headers={"Authorization": f"Bearer {gate.gate_token}"})
+    assert got.status_code == 200 and got.headers.get("cache-control") == "no-store", got.headers

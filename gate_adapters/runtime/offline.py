@@ -100,13 +100,19 @@ log = logging.getLogger("gate_adapters.offline")
 
 MAX_PASS_LENGTH = 8192
 CLOCK_SLACK = timedelta(seconds=5)  # wall and monotonic clocks drift apart a little (NTP slews): not an alarm
+# Review 155, finding 3: a passes answer issued more than this before our wall clock read just before asking
+# is refused (an old answer replayed would lend its passes another lifetime). A minute: far above the skew
+# of clocks kept by NTP (well under a second) and a slow answer (it was issued after we asked), far below a
+# pass's lifetime (10 min by default, 1 at least): a replay that slips under it lends a minute at most.
+STALE_ANSWER = timedelta(seconds=60)
 
 
-def _service_time(answer: Mapping[str, Any], at: datetime, *, took: timedelta) -> datetime:
+def _service_time(answer: Mapping[str, Any], at: datetime, *, took: timedelta) -> datetime | None:
     """Rule 3: the service's time in the passes answer (``issued_at``); ours (``at``) when it names none we
     can read (the passes' own ``iat`` still count, ``PassStore.replace``). A service ahead of our clock by
     more than the call took and the slack says ours is behind (NTP held back, or broken): logged, and the
-    service's time is the one the passes are judged on."""
+    service's time is the one the passes are judged on. None (logged): issued more than ``STALE_ANSWER``
+    before we asked, an old answer replayed (or our clock that far ahead): not to be taken."""
     try:
         service_at = datetime.fromisoformat(str(answer["issued_at"]))
         if service_at.tzinfo is None:
@@ -114,6 +120,12 @@ def _service_time(answer: Mapping[str, Any], at: datetime, *, took: timedelta) -
     except (KeyError, ValueError) as exc:
         log.warning("gate.offline.no_service_time", extra={"reason": f"{type(exc).__name__}: {exc}"})
         return at
+    if service_at < at - STALE_ANSWER:
+        behind = int((at - service_at).total_seconds())
+        log.error("gate.offline.answer_stale: the passes answer was issued %d s before it was asked for (an old "
+                  "answer replayed, or this adapter's clock ahead); refused, the passes kept as they were", behind,
+                  extra={"service_at": service_at.isoformat(), "now": at.isoformat(), "stale_seconds": behind})
+        return None
     if service_at > at + took + CLOCK_SLACK:
         behind = int((service_at - at).total_seconds())
         log.error("gate.offline.clock_behind: this adapter's clock is %d s behind the service's; the passes are "
@@ -469,6 +481,8 @@ class OfflineMode:
             at, mono = self._wall(), self._clock()
             answer = self.client.call("GET", "/gate/v1/passes" + self._position(), attempts=1, patience=0.0)
             service_at = _service_time(answer, at, took=timedelta(seconds=max(self._clock() - mono, 0.0)))
+            if service_at is None:
+                return 0  # review 155, finding 3: the store as it was
             with self._lock:  # rule 5: a decision sees the old set and its time, or the new ones
                 kept = self.store.replace(list(answer.get("passes", [])), jwks, Refresh(at, service_at))
                 self._refreshed = (at, mono)

@@ -11,7 +11,7 @@ import uuid
 from datetime import timedelta
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -191,9 +191,10 @@ BUSY_RETRY_AFTER = 1
                 f"{service.MAX_PASSES}, the most relevant kept: the rights gated in (the latest first), then "
                 "slots on or to come (the nearest first), slots missed (the latest first), no slot (the "
                 "soonest to lapse first)."))
-def passes(request: Request, actor: Actor = Depends(GATE), outbox_id: str | None = _OUTBOX_ID,
+def passes(request: Request, response: Response, actor: Actor = Depends(GATE), outbox_id: str | None = _OUTBOX_ID,
            outbox_seq: int | None = _OUTBOX_SEQ, outbox_intact: bool = _OUTBOX_INTACT) -> dict[str, Any]:
     c = request.app.state.container
+    response.headers["Cache-Control"] = "no-store"  # an answer of now, never kept for later (review 155)
     s = c.settings
     # A pass never outlives the time a retired key stays in our JWKS (identity/keys.py, token_ttl).
     ttl = timedelta(seconds=min(s.gate_pass_ttl, max(s.access_token_ttl, s.id_token_ttl)))
