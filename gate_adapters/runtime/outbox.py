@@ -640,6 +640,14 @@ class Outbox:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def _used_here(self, used: str, release_id: Any) -> bool:
+        """Whether this adapter used the right ``used`` (``in``, ``out``) already, offline or online: within
+        the caller's transaction."""
+        return self._db.execute(
+            "SELECT 1 FROM offline_decisions WHERE used = ? AND release_id = ? "
+            "UNION SELECT 1 FROM online_uses WHERE used = ? AND release_id = ?",
+            (used, release_id, used, release_id)).fetchone() is not None
+
     def override_offline(self, answered: Answered, *, key: str, decision_id: str, release_id: str, officer: str,
                          reason: str, report: Mapping[str, Any]) -> bool:
         """Rules 7 and 10 (review 121, finding 2): an officer's override of a gate-in this adapter refused
@@ -651,10 +659,7 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                if self._db.execute(
-                        "SELECT 1 FROM offline_decisions WHERE used = 'in' AND release_id = ? "
-                        "UNION SELECT 1 FROM online_uses WHERE used = 'in' AND release_id = ?",
-                        (release_id, release_id)).fetchone() is not None:
+                if self._used_here("in", release_id):
                     self._db.execute("ROLLBACK")
                     return False
                 now = self._wall()
@@ -839,10 +844,7 @@ class Outbox:
             try:
                 used = _used(response, report)
                 release_id = report.get("release_id")
-                if used is not None and self._db.execute(
-                        "SELECT 1 FROM offline_decisions WHERE used = ? AND release_id = ? "
-                        "UNION SELECT 1 FROM online_uses WHERE used = ? AND release_id = ?",
-                        (used, release_id, used, release_id)).fetchone() is not None:
+                if used is not None and self._used_here(used, release_id):
                     log.error("gate.outbox.used_meanwhile", extra={"request_id": request_id,
                                                                    "release_id": release_id, "used": used})
                     if refusal is None or _used(*refusal) is not None:

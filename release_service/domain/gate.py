@@ -47,7 +47,15 @@ from .reads import (
     compare_plate,
     understand_container,
 )
-from .release import NOMINATION_REFUSED, DriverResponse, FaceAgainst, ReleaseRight, State, nomination_key
+from .release import (
+    NOMINATION_REFUSED,
+    DriverResponse,
+    FaceAgainst,
+    ReleaseRight,
+    State,
+    customs_holds,
+    nomination_key,
+)
 
 
 class Reason(StrEnum):
@@ -992,13 +1000,6 @@ def customs_hold(ctx: GateContext) -> bool:
     right of the container, live or ended unused (``container_held``)."""
     return ctx.right is not None and ctx.live and (
         ctx.right.customs != _GREEN or container_held(ctx.rights, ctx.right, now=ctx.now) is not None)
-
-
-def customs_holds(status: str, set_by: uuid.UUID | None) -> bool:
-    """Whether a customs light of ``status`` set by ``set_by`` is customs' own hold on the container
-    (``RightFacts.customs_held``): red or scan set by a customs organisation, or a scan from before the
-    setter was kept (migration 0028; only customs selects for scan). Not the red a right is issued with."""
-    return status != _GREEN and (set_by is not None or status == _SCAN)
 
 
 def container_held(rights: Sequence[RightFacts], right: RightFacts, *, now: datetime) -> RightFacts | None:

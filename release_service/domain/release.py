@@ -256,6 +256,15 @@ class Transfer:
     decided_at: datetime | None = None
 
 
+
+def customs_holds(status: str, set_by: uuid.UUID | None) -> bool:
+    """Whether a customs light of ``status`` set by ``set_by`` is customs' own hold on the container
+    (``ReleaseRight.customs_own_hold``, ``gate.RightFacts.customs_held``): red or scan set by a customs
+    organisation, or a scan from before the setter was kept (migration 0028; only customs selects for
+    scan). Not the red a right is issued with."""
+    return status != LightStatus.GREEN.value and (set_by is not None or status == LightStatus.SCAN.value)
+
+
 @dataclass(slots=True)
 class ReleaseRight:
     id: uuid.UUID
@@ -372,10 +381,8 @@ class ReleaseRight:
 
     @property
     def customs_own_hold(self) -> bool:
-        """Customs' own hold is on the light (``gate.customs_holds``): red or scan set by a customs
-        organisation, or a scan from before the setter was kept (migration 0028). Not the red of issue."""
-        held = self.customs
-        return not held.green and (held.set_by is not None or held.status is LightStatus.SCAN)
+        """Customs' own hold is on the light (``customs_holds``). Not the red of issue."""
+        return customs_holds(self.customs.status.value, self.customs.set_by)
 
     @property
     def customs_carried(self) -> bool:
