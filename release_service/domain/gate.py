@@ -781,6 +781,7 @@ class GateContext:
     badge: BadgeFacts | None
     screening: ScreeningFacts
     plate: PlateMatch | None = None
+    refused: FaceAgainst | None = None  # the service's own face_mismatch standing for this gate-in (``face_refused``)
 
     @property
     def live(self) -> bool:
@@ -861,7 +862,8 @@ def _context(
         read = request.plate or PlateRead("", None, 0.0)
         n = right.nomination
         plate = compare_plate(read.text, read.country, read.confidence, n.plate_text, n.plate_country, policy)
-    return GateContext(request, policy, now, reading, mine, right, state, badge, screening, plate)
+    return GateContext(request, policy, now, reading, mine, right, state, badge, screening, plate,
+                       face_standing(right, request, now=now))
 
 
 # ---- the guards: one per reason ------------------------------------------------------------------
@@ -1180,8 +1182,8 @@ def face_mismatch(ctx: GateContext) -> bool:
 def face_refused(ctx: GateContext) -> FaceAgainst | None:
     """The service's own face_mismatch on the right judged, standing for this gate-in (review 148:
     ``face_standing``). Else a gate client asked again without a face, and had a review to override, or an
-    allow where no face is required. None: nothing stands."""
-    return face_standing(ctx.right, ctx.request, now=ctx.now)
+    allow where no face is required. None: nothing stands. Found once per decision, in ``_context``."""
+    return ctx.refused
 
 
 def face_standing(right: RightFacts | None, request: GateRequest, *, now: datetime) -> FaceAgainst | None:
