@@ -196,12 +196,13 @@ def test_the_highest_verified_generation_decides_whatever_the_row_order() -> Non
                _e(6, "identity.face.verify.matched", "a", 9, True)]  # not an enrolment entry
     got = current_enrolment(entries)
     assert (got.template_id, got.generation, got.next_generation, got.legacy, got.forged) == ("b", 2, 3, False, 1)
+    assert got.row_id == next(e.row_id for e in entries if e.template_id == "b")  # the entry that decides
     assert not_current_reason(got, "b") is None and not_current_reason(got, "a") == "superseded"
 
 
 def test_a_withdrawal_names_no_template_and_nothing_is_no_entry() -> None:
     withdrawn = current_enrolment([_e(1, rules.ENROLLED, "a", 1, True), _e(2, rules.WITHDRAWN, None, 2, True)])
-    assert (withdrawn.template_id, withdrawn.next_generation) == (None, 3)
+    assert (withdrawn.template_id, withdrawn.next_generation, withdrawn.row_id) == (None, 3, 2)
     assert not_current_reason(withdrawn, "a") == "withdrawn"
     nothing = current_enrolment([_e(1, rules.ENROLLED, "a", 0, True)])  # generation 0 is never written
     assert (nothing.template_id, nothing.forged, not_current_reason(nothing, "a")) == (None, 1, "no_entry")
@@ -212,6 +213,7 @@ def test_untagged_entries_decide_only_while_no_tagged_one_exists() -> None:
     assert (legacy.template_id, legacy.legacy, legacy.next_generation) == ("b", True, 1)
     gone = current_enrolment([_e(1, rules.ENROLLED, "a", None, None), _e(2, rules.WITHDRAWN, None, None, None)])
     assert (gone.template_id, gone.legacy, not_current_reason(gone, "a")) == (None, False, "withdrawn")
+    assert gone.row_id == 2  # the latest untagged entry decides
     upgraded = current_enrolment([_e(1, rules.ENROLLED, "a", None, None), _e(2, rules.UPGRADED, "a", 1, True),
                                   _e(3, rules.ENROLLED, "b", None, None)])
     assert (upgraded.template_id, upgraded.legacy) == ("a", False)

@@ -72,13 +72,14 @@ class Current:
     enrolled, or withdrawn). ``legacy``: decided by an untagged entry (to be upgraded on first use).
     ``generation``: the highest verified generation (0 when none), which the next entry exceeds by one.
     ``forged``: how many entries carried a tag that did not verify (a tamper signal). ``kind``: the
-    deciding entry's kind, None when no entry decides."""
+    deciding entry's kind, None when no entry decides; ``row_id``, that entry's row id."""
 
     template_id: str | None
     generation: int
     legacy: bool
     forged: int
     kind: str | None = None
+    row_id: int | None = None
 
     @property
     def next_generation(self) -> int:
@@ -101,11 +102,12 @@ def current_enrolment(entries: Iterable[EnrolmentEntry]) -> Current:
             forged += 1
     if tagged:
         last = max(tagged, key=lambda e: (e.generation or 0, e.row_id))
-        return Current(_named(last), last.generation or 0, legacy=False, forged=forged, kind=last.kind)
+        return Current(_named(last), last.generation or 0, legacy=False, forged=forged, kind=last.kind,
+                       row_id=last.row_id)
     if untagged:
         last = max(untagged, key=lambda e: e.row_id)
         named = _named(last)
-        return Current(named, 0, legacy=named is not None, forged=forged, kind=last.kind)
+        return Current(named, 0, legacy=named is not None, forged=forged, kind=last.kind, row_id=last.row_id)
     return Current(None, 0, legacy=False, forged=forged)
 
 

@@ -850,12 +850,7 @@ def _after_withdrawal(current: enrolments.Current, entries: dict[int, _Read]) ->
     with no reason and no warning, where replacing it straight away needs both (review 131, finding 3)."""
     if current.kind != enrolments.WITHDRAWN:
         return None
-    if current.generation > 0:  # the tagged entry of the highest generation, the later row on a tie
-        deciding = [n for n, e in entries.items() if e.kind == enrolments.WITHDRAWN and e.key is not None
-                    and _generation(e.data.get("generation")) == current.generation]
-    else:  # before the tags: the latest untagged entry (identity.domain.face_enrolment)
-        deciding = [n for n, e in entries.items() if e.data.get("tag") is None and e.data.get("generation") is None]
-    entry = entries[max(deciding)] if deciding else None
+    entry = entries.get(current.row_id) if current.row_id is not None else None  # the entry that decides
     if entry is not None and entry.actor == RETENTION_ACTOR:
         return None
     named = entry.data.get("template_id") if entry is not None else None
