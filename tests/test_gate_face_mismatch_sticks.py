@@ -283,6 +283,17 @@ def test_pure_only_the_service_s_own_judgement_is_the_fact_and_a_kept_one_counts
     assert not g.face_against({"kind": "none", "against": {**_OTHER, "matched": True, "distance": 0.3}})
 
 
+def test_pure_a_decision_changes_its_right_s_facts_by_its_own_face_alone() -> None:
+    """One rule for the three places that act on it (the gate's record, the loop's invalidation, the
+    cached check's way to PostgreSQL): a decision on a right whose own face the service found another's."""
+    on_right = {"release_id": "r-1", "container_number": "MSCU1234566"}
+    assert g.face_changes_right({**on_right, "face": _OTHER}) == "MSCU1234566"
+    assert g.face_changes_right({**on_right, "face": {"kind": "none", "against": _OTHER}}) is None  # kept, not new
+    assert g.face_changes_right({**on_right, "face": _MATCHED_ROW}) is None
+    assert g.face_changes_right({**on_right, "face": None}) is None
+    assert g.face_changes_right({"release_id": None, "container_number": "MSCU1234566", "face": _OTHER}) is None
+
+
 def test_the_cached_copy_keeps_the_fact_and_an_older_copy_is_a_miss() -> None:
     import json
 

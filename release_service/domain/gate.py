@@ -221,6 +221,18 @@ def face_against(face: Mapping[str, object] | None) -> bool:
     return own_face_against(face) or (isinstance(earlier, Mapping) and own_face_against(earlier))
 
 
+def face_changes_right(row: Mapping[str, object]) -> str | None:
+    """The container whose right a decision row changes the facts of by its face alone: a decision on a
+    right (``release_id``) whose own face the service found another person's (``own_face_against``; review
+    148, ``face_refused``) is read with that right from then on, so it is recorded in the database at once
+    and the right's copies go. None for any other decision (a gate move changes its right on its own)."""
+    number = row.get("container_number")
+    if row.get("release_id") is None or not isinstance(number, str):
+        return None
+    face = row.get("face")
+    return number if isinstance(face, Mapping) and own_face_against(face) else None
+
+
 def own_face_against(face: Mapping[str, object] | None) -> bool:
     """``face_against`` on a decision's own face evidence, ``against`` aside: such a decision is what the
     gate's statements read with its right as the right's ``FaceAgainst`` (review 148), and the right's

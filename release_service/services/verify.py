@@ -303,8 +303,7 @@ def _written(facts: GateFacts | None, uow: UnitOfWork, row: dict[str, Any], move
     nothing written, when the right changed or a twin was recorded first."""
     # A decision whose face the service found another person's changes what is read with its right
     # (``gate.face_refused``, review 148): its copies go too, owed the same way (rare: a mismatch).
-    changes = moved.container.value if moved is not None else (
-        row["container_number"] if row["release_id"] is not None and g.own_face_against(row["face"]) else None)
+    changes = moved.container.value if moved is not None else g.face_changes_right(row)
     owing = facts.moving((changes,)) if facts is not None and changes is not None else contextlib.nullcontext()
     with owing:
         try:
@@ -392,7 +391,7 @@ def _check_cached(facts: GateFacts, actor: Actor, request: g.GateRequest, snapsh
     the cache failed meanwhile, or its stream of decisions not drained yet is full (the caller decides
     again and records it in PostgreSQL; a check moves nothing)."""
     decision, decision_id, body, row = _cached_check(actor, request, snapshot, fingerprint, now)
-    if g.own_face_against(row["face"]):
+    if g.face_changes_right(row) is not None:
         # The service found the face another person's: a fact of the right from now on (``gate.face_refused``,
         # review 148), so recorded in PostgreSQL at once, the right's copies replaced, not drained later.
         return None

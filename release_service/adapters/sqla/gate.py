@@ -40,7 +40,7 @@ from release_service.domain.gate import (
     ScreeningResult,
     TerminalPolicy,
     customs_holds,
-    own_face_against,
+    face_changes_right,
 )
 from release_service.domain.release import ReleaseRight, State
 from release_service.domain.screening import BanWindow
@@ -206,8 +206,9 @@ class SqlGateStore:
         face the service found another person's is read with its right from now on (``FACE_AGAINST``,
         review 148): the right's copies go."""
         columns, claim = split_claim(row)
-        if row.get("release_id") is not None and own_face_against(row.get("face")):
-            touch(self._conn, RIGHTS, row["container_number"])
+        changes = face_changes_right(row)
+        if changes is not None:
+            touch(self._conn, RIGHTS, changes)
         try:
             if claim is not None and self._conn.dialect.name == "postgresql":  # one statement, both
                 statement, params = record_statement(row)
