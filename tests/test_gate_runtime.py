@@ -741,6 +741,7 @@ def test_the_mqtt_source_skips_barrier_topics_and_refuses_bad_payloads(outbox: O
     assert source.handle(f"qg/{TERMINAL}/{LANE}/barrier", b'{"command": "open"}') is None
     assert source.handle(f"qg/{TERMINAL}/{LANE}/plate", b"not json") is None
     assert source.handle(f"qg/OTHER/{LANE}/plate", (FIXTURES / "generic_plate.json").read_bytes()) is None
+    assert source.handle(f"qgx/{TERMINAL}/{LANE}/plate", (FIXTURES / "generic_plate.json").read_bytes()) is None
     read = source.handle(f"qg/{TERMINAL}/{LANE}/plate", (FIXTURES / "generic_plate.json").read_bytes())
     assert read is not None and read.kind == "plate" and worker.queued(TERMINAL, LANE) == 1
 
@@ -826,7 +827,9 @@ def _mosquitto() -> tuple[str, int]:
 def test_reads_over_mqtt_open_the_barrier_over_mqtt(gate: Gate, outbox: Outbox) -> None:
     host, port = _mosquitto()
     rid = gate.pickable(11)
-    prefix = f"qgt{uuid.uuid4().hex[:8]}"  # a topic tree of our own: parallel runs do not cross
+    # A topic tree of our own (parallel runs do not cross), of two levels: a broker shared with other systems
+    # (review 158, finding 3: a prefix of more than one level was accepted, then every read refused).
+    prefix = f"site{uuid.uuid4().hex[:8]}/qgt"
     heard: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
     listener = new_client()
     listener.on_message = lambda c, u, m: heard.put((m.topic, json.loads(m.payload)))

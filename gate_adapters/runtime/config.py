@@ -605,8 +605,9 @@ def _mqtt(raw: Any, base: Path, dev: bool) -> MqttSettings:
                              "connection_grace_seconds", "tls", "ca_file", "cert_file", "key_file",
                              "trusted_face_matcher"))
     prefix = m.string("prefix", "quaygate") or "quaygate"
-    if any(ch in prefix for ch in "#+") or prefix.endswith("/"):
-        raise ConfigError("mqtt.prefix", "must be a topic prefix without wildcards or a trailing '/'")
+    if any(ch in prefix for ch in "#+\x00") or "" in prefix.split("/"):
+        raise ConfigError("mqtt.prefix", "must be a topic prefix of one or more levels ('site/quaygate'), "
+                                         "without wildcards or an empty level (a leading, trailing or double '/')")
     tls = m.boolean("tls", False)
     mqtt = MqttSettings(host=m.string("host", "127.0.0.1") or "127.0.0.1",
                         port=m.integer("port", 8883 if tls else 1883, low=1, high=65535), prefix=prefix,

@@ -56,12 +56,15 @@ def parse(topic: str, payload: bytes, *, prefix: str = "quaygate") -> TopicRead 
     """One message to a ``TopicRead`` (``None``: a vendor heartbeat or ``lost`` event)."""
     if not isinstance(topic, str):
         raise SourceError("topic is not a string")
-    parts = topic.split("/")
-    if len(parts) < 4 or parts[0] != prefix:
+    # The prefix may have levels of its own (``site/quaygate``, a broker shared with other systems).
+    if not topic.startswith(prefix + "/"):
         raise SourceError("topic is not <prefix>/<terminal>/<lane>/<kind>")
-    if not all(_SEGMENT.match(p) for p in parts[1:]):
+    parts = topic[len(prefix) + 1:].split("/")
+    if len(parts) < 3:
+        raise SourceError("topic is not <prefix>/<terminal>/<lane>/<kind>")
+    if not all(_SEGMENT.match(p) for p in parts):
         raise SourceError("topic has an empty, wildcard or malformed segment")
-    terminal, lane, rest = parts[1], parts[2], tuple(parts[3:])
+    terminal, lane, rest = parts[0], parts[1], tuple(parts[2:])
     if len(rest) == 1 and rest[0] in _GENERIC_KINDS:
         obj = load_json_object(payload, MAX_BYTES)
         if obj.get("kind", rest[0]) != rest[0]:
