@@ -302,6 +302,33 @@ def test_the_next_trucks_plate_from_a_camera_that_read_the_last_one_is_its_own()
     assert corr.take_dropped() == [] and corr.pending_count == 1
 
 
+@pytest.mark.parametrize("order", ["plate first", "container first"])
+def test_the_next_trucks_container_one_digit_off_the_last_ones_is_its_own_not_a_late_duplicate(order: str) -> None:
+    """Review 158 finding 2: for containers "the same" is the very same number (review 153): MSCU1234530
+    and MSCU1234550 are both valid. Truck A went on MSCU1234530; truck B, within the window, carries
+    MSCU1234550, read by the same camera. Before, rule 3 took B's only container read for a late duplicate
+    of A's (similar: one digit off) and dropped it, and B timed out missing its container. Now it is B's."""
+    corr = lane()
+    [a] = feed(corr, [plate("1ABC234"), container("MSCU1234530"), badge("AP-100230")])
+    b_reads: list[Read] = [plate("2XYZ987", sec=8.0), container("MSCU1234550", sec=9.0), badge("AP-100248", sec=10.0)]
+    if order == "container first":
+        b_reads = [b_reads[1], b_reads[0], b_reads[2]]
+    [b] = feed(corr, b_reads, start=108.0)
+    assert corr.take_dropped() == []
+    assert b.complete and b.container is not None and b.container.number == "MSCU1234550"
+    assert b.plate is not None and b.plate.text == "2XYZ987" and b.doubtful == frozenset()
+    assert b.request_id != a.request_id and corr.pending_count == 0
+    # the same number again is still a late duplicate, from any camera (rule 3)
+    assert corr.add(box("MSCU1234550", sec=11.0, camera="ocr-rear"), 111.0) == []
+    assert [(d.reason, d.request_id) for d in corr.take_dropped()] == [(DropReason.LATE_READ, b.request_id)]
+
+
+def box(number: str, sec: float, camera: str, conf: float = 0.9) -> ContainerRead:
+    """A container number read by the named camera."""
+    return ContainerRead(lane=LANE, source="t", camera=camera, number=number, confidence=conf, per_char=None,
+                         observed_at=T0 + timedelta(seconds=sec))
+
+
 P1, P1_LOOKALIKE, P2 = plate("1ABC234", conf=0.60, sec=0.0), plate("1A8C234", conf=0.90, sec=0.5), \
     plate("1ABC284", conf=0.70, sec=1.0)
 

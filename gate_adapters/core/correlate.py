@@ -54,7 +54,10 @@ Rules (each has a test in tests/test_gate_correlate.py):
    look-alikes are folded, not similar: the next truck's plate one character off the last one's may be
    that truck's (fleet plates, review 109), so it is placed (rule 1), but it may as well be the last
    truck's plate misread: the truck that takes it is DOUBTFUL on its plate (confidence 0: review), never
-   a clean allow on a plate that may be the truck's before (review 116).
+   a clean allow on a plate that may be the truck's before (review 116). For containers "the same" is the
+   very same number, as in rule 1a (review 153): MSCU1234550 read after a truck went on MSCU1234530 is
+   another container, maybe the next truck's, so it is placed (rule 1); before, it was dropped as the
+   last truck's, and the next truck carrying it lost its only container read (review 158).
 3a. Faces (``_place_face``). A face names no truck: any two faces are "similar", so the content cannot
    say whose it is; only the lane's state and the face's ``observed_at`` can. The rule is chosen so that
    a face never yields a wrong allow: it never makes another truck complete, and it never opens a truck
@@ -277,10 +280,13 @@ def similar(a: Read, b: Read) -> bool:
 
 def same(a: Read, b: Read) -> bool:
     """Rules 1a and 3: the same value read twice. Plates: equal once look-alikes are folded (a country
-    missing on one read is no difference); any other kind: ``similar``."""
+    missing on one read is no difference); containers: the very same number (review 153: the check digit
+    is blind to look-alikes and one serial digit can leave it unchanged); any other kind: ``similar``."""
     if isinstance(a, PlateRead) and isinstance(b, PlateRead):
         same_country = a.country is None or b.country is None or a.country == b.country
         return same_country and a.text.translate(_FOLD) == b.text.translate(_FOLD)
+    if isinstance(a, ContainerRead) and isinstance(b, ContainerRead):
+        return a.number == b.number
     return similar(a, b)
 
 
