@@ -163,9 +163,9 @@ def test_visibility_by_party(engine: sa.Engine) -> None:
     t, _ = do(engine, lambda uow: transfers.transfer(uow, p.fwd, right.id, p.haul.organisation_id, now()))
     with SqlUnitOfWork(engine, readonly=True) as uow:
         for who in (p.line, p.fwd, p.haul, p.customs, p.terminal):
-            assert [r.id for r in queries.search(uow, who, ReleaseFilter())] == [right.id]
+            assert [r.id for r in queries.search(uow, who, ReleaseFilter(), now())] == [right.id]
             assert queries.get(uow, who, right.id)[0].id == right.id
-        assert queries.search(uow, stranger, ReleaseFilter()) == []
+        assert queries.search(uow, stranger, ReleaseFilter(), now()) == []
         assert _code(lambda: queries.get(uow, stranger, right.id)) is ErrorCode.NOT_FOUND
     # the stranger cannot accept, and learns nothing about the transfer's existence
     assert _code(lambda: do(engine, lambda uow: transfers.accept(uow, stranger, t.id, now()))) is ErrorCode.NOT_FOUND
@@ -295,7 +295,7 @@ def test_a_driver_sees_only_his_nominations(engine: sa.Engine) -> None:
             uow, p.haul, rid, nominate.NominateCommand("1ABC123", "BE", driver), now()))
     me = Actor("driver-app", None, None, person_id=p.driver)
     with SqlUnitOfWork(engine, readonly=True) as uow:
-        assert [r.id for r in queries.search(uow, me, ReleaseFilter())] == [mine.id]
+        assert [r.id for r in queries.search(uow, me, ReleaseFilter(), now())] == [mine.id]
         assert queries.get(uow, me, mine.id)[0].id == mine.id
         assert _code(lambda: queries.get(uow, me, theirs.id)) is ErrorCode.NOT_FOUND
 

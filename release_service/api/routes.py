@@ -169,7 +169,7 @@ def list_releases(
     cursor: str | None = Query(default=None, max_length=200),
 ) -> dict[str, Any]:
     flt = ReleaseFilter(state, container_number, vessel_call, terminal, bill_of_lading, limit + 1, _cursor(cursor))
-    rights, now = _read(request, lambda uow, now: (queries.search(uow, actor, flt), now))
+    rights, now = _read(request, lambda uow, now: (queries.search(uow, actor, flt, now), now))
     page = rights[:limit]
     next_cursor = _encode_cursor(page[-1].created_at, page[-1].id) if len(rights) > limit else None
     return {"items": [s.release_out(r, now) for r in page], "next_cursor": next_cursor}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from datetime import datetime
 
 from release_service.domain import disclosure
 from release_service.domain.errors import DomainError, ErrorCode
@@ -48,5 +49,5 @@ def transfers(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID) -> list[Tran
             or (t.state is TransferState.ACCEPTED and {t.from_organisation_id, t.to_organisation_id} <= chain)]
 
 
-def search(uow: UnitOfWork, actor: Actor, flt: ReleaseFilter) -> list[ReleaseRight]:
-    return [disclosure.minimise_right(r, actor)[0] for r in uow.releases.list_visible(actor, flt)]
+def search(uow: UnitOfWork, actor: Actor, flt: ReleaseFilter, now: datetime) -> list[ReleaseRight]:
+    return [disclosure.minimise_right(r, actor)[0] for r in uow.releases.list_visible(actor, flt, now)]
