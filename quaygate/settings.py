@@ -172,6 +172,12 @@ class Settings(BaseSettings):
     # send again: longer). Pruned by a background worker (release_service/adapters/outbox.py).
     webhook_delivered_retention_days: int = Field(default=30, ge=1, le=3650)
     webhook_dead_retention_days: int = Field(default=90, ge=1, le=3650)
+    # Seconds an Idempotency-Key and its stored answer (a batch of rights, a nomination's driver and plate)
+    # are kept from the first request: within it the same key replays that answer, past it the key is free
+    # and the row is swept (release_service/adapters/sqla/idempotency.py; review 159). As Stripe's 24 hours
+    # and draft-ietf-httpapi-idempotency-key-header §2's expiry: an hour at least, for a client's retries of
+    # one request; 30 days at most, for the personal data the answers hold.
+    idempotency_retention_seconds: int = Field(default=24 * 3600, ge=3600, le=30 * 24 * 3600)
     background_workers: bool = True
     # Issue 5, the gate's hot path (with redis_url): facts cached in Redis, check decisions kept there
     # and moved into PostgreSQL by a drainer in every server process.

@@ -1,15 +1,16 @@
 """Background loops each replica runs: audit sealing, webhook delivery, lapsing rights, expiring badges,
 acting on port bans once they start, forgetting face-capture digests past the replay window, withdrawing
 the face templates of persons who left the port, expiring memberships past their valid_until, pruning
-finished webhook deliveries past their retention, retiring token keys past their publication (their
-private halves erased).
+finished webhook deliveries past their retention, pruning Idempotency-Keys past theirs, retiring token
+keys past their publication (their private halves erased).
 
 Each loop is safe to run in every replica at once: the sealer takes an advisory lock, the dispatcher
 claims deliveries with SKIP LOCKED, the sweeper locks each right it lapses, the badge sweep takes its
 badges with SKIP LOCKED, the ban sweep takes the ban loader's advisory lock; two replicas deleting the
 same old capture digests at once delete each once; the face retention sweep marks with SKIP LOCKED and
 withdraws each template under its person's lock; a membership is expired by whoever deletes its row;
-the webhook prune takes its rows with SKIP LOCKED; key retirement takes the key store's lock.
+the webhook and idempotency-key prunes take their rows with SKIP LOCKED; key retirement takes the key
+store's lock.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from identity.memberships import expire_due
 from release_service.adapters.audit import AuditSealer
 from release_service.adapters.gate_facts import RedisGateFacts
 from release_service.adapters.outbox import prune_deliveries
+from release_service.adapters.sqla.idempotency import prune_idempotency_keys
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.adapters.webhook_dispatcher import WebhookDispatcher
 from release_service.api.routes import unit_of_work
@@ -105,6 +107,10 @@ class BackgroundWorkers:
         # A finished webhook delivery keeps its payload (drivers, plates): gone past its retention, a
         # bounded batch per round, rounds until none is left (release_service/adapters/outbox.py).
         self._loop("webhook-delivery-prune", 3600.0, self._prune_deliveries)
+        # An Idempotency-Key's stored answer (a batch of rights, a nomination's driver and plates) goes past
+        # its retention, in bounded batches likewise; a key past it replays nothing even before this comes
+        # (release_service/adapters/sqla/idempotency.py).
+        self._loop("idempotency-key-prune", 3600.0, self._prune_idempotency_keys)
         # A membership past its valid_until counts nowhere at once; this applies a removal's consequences
         # (its grants revoked, the holder of live nominations told) and deletes it (identity.memberships).
         grants = grant_store(c)
@@ -138,6 +144,12 @@ class BackgroundWorkers:
             return prune_deliveries(
                 conn, settled_before=now - timedelta(days=c.settings.webhook_delivered_retention_days),
                 dead_before=now - timedelta(days=c.settings.webhook_dead_retention_days))
+
+    def _prune_idempotency_keys(self) -> int:
+        c = self._c
+        before = c.clock.now() - timedelta(seconds=c.settings.idempotency_retention_seconds)
+        with c.engine.begin() as conn:
+            return prune_idempotency_keys(conn, before=before)
 
     def _loop(self, name: str, interval: float, step: Callable[[], int]) -> None:
         def body() -> None:

@@ -245,7 +245,9 @@ class IdempotencyStore(Protocol):
     def claim(self, client_id: str, key: str, fingerprint: str, now: datetime) -> tuple[int, Any] | None:
         """Reserve ``key`` in this transaction, or return the stored (status, body) of its first use.
 
-        Raises DomainError(IDEMPOTENCY_KEY_REUSED) when the key was used for a different request.
+        Raises DomainError(IDEMPOTENCY_KEY_REUSED) when the key was used for a different request. A key
+        first used longer than the store's retention before ``now`` is absent: reserved afresh, whatever
+        request it carried (review 159).
         """
         ...
 

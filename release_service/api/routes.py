@@ -41,7 +41,10 @@ IdempotencyKey = Annotated[
     Header(alias="Idempotency-Key", max_length=255,
            description="Repeat a POST or PUT safely: the same key gives the same answer and no second effect. "
                        "The same key with another request (another body, or another `If-Match`) is 422 "
-                       "`idempotency_key_reused`."),
+                       "`idempotency_key_reused`. A key is kept for 24 hours from its first request by default "
+                       "(the deployment's `QUAYGATE_IDEMPOTENCY_RETENTION_SECONDS`, 1 hour to 30 days): past "
+                       "that it is forgotten, and a request under it is a new request, done again. Use a new "
+                       "key for each new request, and retry within the window."),
 ]
 ReleaseId = Annotated[uuid.UUID, Path(description="The release right's id.")]
 TransferId = Annotated[uuid.UUID, Path(description="The transfer's id.")]
@@ -60,7 +63,8 @@ def unit_of_work(container: Any, *, readonly: bool = False, autocommit: bool = F
     s = container.settings
     required = s.ban_register_jwk is not None or s.ban_register_jwk_path is not None
     return SqlUnitOfWork(container.engine, readonly=readonly, autocommit=autocommit, ban_list_required=required,
-                         ban_list_max_age=timedelta(seconds=s.ban_list_max_age))
+                         ban_list_max_age=timedelta(seconds=s.ban_list_max_age),
+                         idempotency_retention=timedelta(seconds=s.idempotency_retention_seconds))
 
 
 def _execute(request: Request, actor: Actor, key: str | None, body: BaseModel | None,

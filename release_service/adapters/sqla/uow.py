@@ -12,13 +12,14 @@ from release_service.adapters.outbox import SqlOutbox, SqlWebhookStore
 from .bans import DEFAULT_MAX_LIST_AGE, SqlPortBanLookup
 from .directory import BadgeScreening, SqlDirectory
 from .gate import SqlGateStore
-from .idempotency import SqlIdempotency
+from .idempotency import DEFAULT_RETENTION, SqlIdempotency
 from .store import Reads, SqlReleaseStore
 
 
 class SqlUnitOfWork:
     def __init__(self, engine: sa.Engine, *, readonly: bool = False, autocommit: bool = False,
-                 ban_list_max_age: timedelta = DEFAULT_MAX_LIST_AGE, ban_list_required: bool = False) -> None:
+                 ban_list_max_age: timedelta = DEFAULT_MAX_LIST_AGE, ban_list_required: bool = False,
+                 idempotency_retention: timedelta = DEFAULT_RETENTION) -> None:
         """``autocommit``: on PostgreSQL, every statement is a transaction of its own (no BEGIN and
         COMMIT round trips), for a use case whose every write is one statement (the gate verify,
         services/verify.py); ``commit()`` then sends nothing but still hands over what was touched
@@ -30,6 +31,8 @@ class SqlUnitOfWork:
         # passes settings.ban_list_max_age, and ban_list_required once a register is configured.
         self._ban_list_max_age = ban_list_max_age
         self._ban_list_required = ban_list_required
+        # How long an Idempotency-Key replays its answer (settings.idempotency_retention_seconds).
+        self._idempotency_retention = idempotency_retention
         self._conn: sa.Connection | None = None
         self._tx: sa.RootTransaction | None = None
 
@@ -63,7 +66,7 @@ class SqlUnitOfWork:
         self.audit = SqlAuditLog(conn)
         self.outbox = SqlOutbox(conn)
         self.webhooks = SqlWebhookStore(conn)
-        self.idempotency = SqlIdempotency(conn)
+        self.idempotency = SqlIdempotency(conn, retention=self._idempotency_retention)
 
     def __exit__(self, *exc: object) -> None:
         assert self._conn is not None and self._tx is not None
