@@ -74,6 +74,7 @@ class SessionStore:
         of: LoginSession | None = None,
         replacing: str | None = None,
         credential_id: str | None = None,
+        auth_time: datetime | None = None,
     ) -> tuple[str, LoginSession]:
         """A new session; returns (the cookie value, shown once, and the session).
 
@@ -82,7 +83,8 @@ class SessionStore:
         raises what the session proves, never how recent its login is or how long it lives (else a face
         match on a stolen session would renew it for good, and count as the fresh login that adding a
         passkey asks for), and the passkey that opened it (``credential_id``: the passkey a login or an
-        enrolment used; None for an upstream login).
+        enrolment used; None for an upstream login). ``auth_time``: when the person logged in, if not
+        ``now``: an upstream login's is the upstream's (identity.domain.broker ``login_time``).
 
         ``replacing``: the cookie the browser sent with the login (a new login in a browser that holds a
         session): that session ends, live or lapsed, and, the same person's, gives its grants to this one.
@@ -94,7 +96,7 @@ class SessionStore:
             person_id=person_id,
             acr=acr,
             amr=tuple(amr),
-            auth_time=of.auth_time if of is not None else now,
+            auth_time=of.auth_time if of is not None else auth_time or now,
             expires_at=of.expires_at if of is not None else now + self._ttl,
             credential_id=of.credential_id if of is not None else credential_id,
         )

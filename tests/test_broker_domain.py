@@ -81,6 +81,35 @@ def test_each_id_token_guard_refuses_with_its_reason(changes: dict[str, Any], co
     assert _refusal(_check, **changes) == (code, detail)
 
 
+STARTED = NOW - timedelta(minutes=2)  # the flow's start: the login at the upstream took these two minutes
+
+
+@pytest.mark.parametrize(("auth_time", "detail"), [
+    (None, "auth_time missing"),  # what check_id_token makes of an absent, non-integer or boolean auth_time
+    (int(STARTED.timestamp()) - 61, "auth_time before the flow's start"),
+    (int(STARTED.timestamp()) - 3600, "auth_time before the flow's start"),
+    (int(NOW.timestamp()) + 61, "auth_time in the future"),
+])
+def test_a_login_not_made_in_this_flow_is_refused(auth_time: int | None, detail: str) -> None:
+    """Review 157, finding 1: every flow asks for a new login (prompt=login, max_age=0); an answer the
+    upstream gave from an older session of its own is no login of ours."""
+    assert _refusal(rules.login_time, auth_time, started=STARTED, now=NOW) == (Refusal.LOGIN_NOT_FRESH, detail)
+
+
+def test_the_login_time_is_the_upstreams_within_the_skew() -> None:
+    at = int(STARTED.timestamp()) + 30
+    assert rules.login_time(at, started=STARTED, now=NOW) == datetime.fromtimestamp(at, UTC)
+    early = int(STARTED.timestamp()) - 60  # the upstream's clock a minute behind ours
+    assert rules.login_time(early, started=STARTED, now=NOW) == datetime.fromtimestamp(early, UTC)
+    assert rules.login_time(int(NOW.timestamp()) + 60, started=STARTED, now=NOW) == NOW  # never later than now
+
+
+@pytest.mark.parametrize("value", ["1700000000", 1.7e9, True, None])
+def test_an_auth_time_that_is_not_an_integer_is_taken_for_none(value: Any) -> None:
+    assert _check(auth_time=value).auth_time is None
+    assert _check(auth_time=int(NOW.timestamp()) - 5).auth_time == int(NOW.timestamp()) - 5
+
+
 def test_userinfo_must_be_about_the_same_sub() -> None:
     rules.check_userinfo({"sub": "s-1"}, sub="s-1")
     assert _refusal(rules.check_userinfo, {"sub": "s-2"}, sub="s-1")[0] is Refusal.USERINFO_SUB_MISMATCH
@@ -141,6 +170,7 @@ def test_the_configuration_is_checked() -> None:
     assert (up.issuer, up.level, up.request_object) == (ISS, "advanced", "signed_encrypted")
     assert up.require_encryption
     assert up.claims_request()["id_token"]["acr"] == {"essential": True, "values": [rules.ITSME_ACR_ADVANCED]}
+    assert up.claims_request()["id_token"]["auth_time"] == {"essential": True}
     for bad in ({"Bad Name": {"discovery_url": ISS + config.WELL_KNOWN, "client_id": "qg"}},
                 {"itsme": {"discovery_url": "ftp://x", "client_id": "qg"}},
                 {"itsme": {"discovery_url": ISS + config.WELL_KNOWN, "client_id": ""}},

@@ -37,10 +37,11 @@ class Upstream:
     signed_alg: str = "RS256"
 
     def claims_request(self) -> dict[str, Any]:
-        """OIDC Core §5.5: the national number from userinfo (itsme serves it there), acr essential."""
+        """OIDC Core §5.5: the national number from userinfo (itsme serves it there); acr essential, and
+        auth_time (§5.5.1.1), which the broker judges against the flow's start (domain.broker login_time)."""
         return {
             "userinfo": {NATIONAL_NUMBER_CLAIM: {"essential": True}, "given_name": None, "family_name": None},
-            "id_token": {"acr": {"essential": True, "values": [LEVELS[self.level]]}},
+            "id_token": {"acr": {"essential": True, "values": [LEVELS[self.level]]}, "auth_time": {"essential": True}},
         }
 
 

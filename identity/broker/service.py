@@ -2,14 +2,15 @@
 
     start(upstream, return_to) --> the flow sealed (AES-GCM, the data key) into the browser-binding
                                    cookie (HttpOnly), nothing stored; 303 to the upstream with PKCE S256,
-                                   nonce, acr_values, claims (in a request object signed then encrypted,
-                                   for itsme)
+                                   nonce, acr_values, claims, prompt=login and max_age=0 (in a request
+                                   object signed then encrypted, for itsme)
     callback(code, state, iss) --> the cookie's flow: same browser (it opens, names this state), this
                                    upstream, not expired --> RFC 9207 iss --> token endpoint
                                    (private_key_jwt) --> id token: JWE (our kid) -> JWS (upstream kid)
-                                   -> claims, nonce --> the state claimed (SET NX: used once, replayed
-                                   or raced) --> userinfo: the same, sub must match --> acr --> national
-                                   number hash --> link / re-bind / login, ban screening, session, audit:
+                                   -> claims, nonce --> auth_time within the flow --> the state claimed
+                                   (SET NX: used once, replayed or raced) --> userinfo: the same, sub
+                                   must match --> acr --> national number hash --> link / re-bind /
+                                   login, ban screening, session (its login time the upstream's), audit:
                                    one commit
 
 The flow lives in the browser, not in Redis (review 67, finding 4): Redis runs under noeviction, and a
@@ -21,6 +22,15 @@ finish it, and the cookie cannot be made or changed elsewhere. Its single use is
 epoch) once the upstream's id token holds and names the flow's nonce: only a caller who has just logged
 in at the upstream makes a write. Before that, a replayed callback is refused by the upstream itself
 (its code is used once, RFC 6749 §4.1.2).
+
+Every login asks the upstream for a new authentication (review 157, finding 1): ``prompt=login`` and
+``max_age=0`` (OIDC Core §3.1.2.1), ``auth_time`` essential in the claims request. An answer the upstream
+gave from a session of its own (a shared browser's previous user, after a proper logout here) is not a
+login: an id token whose ``auth_time`` is missing or before the flow's start (the sealed flow's ``iat``,
+less the iat skew) is refused ``upstream_login_not_fresh``, and the session's login time is the
+upstream's ``auth_time``, not the callback's: adding a passkey and our own provider's prompt=login and
+max_age measure the real authentication. A flow started before this was deployed seals the same fields
+(its ``iat`` was there): its upstream answer, asked for no auth_time, is refused like any without one.
 
 Every refusal is a ``BrokerRefused`` with a code (identity.domain.broker.Refusal); no session is
 created. No refresh token is ever kept (itsme issues none; one that came anyway is dropped).
@@ -47,7 +57,7 @@ import json
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode
 
@@ -159,6 +169,9 @@ class BrokerService:
             "scope": upstream.scope, "state": state, "nonce": nonce, "code_challenge": challenge,
             "code_challenge_method": "S256", "acr_values": rules.LEVELS[upstream.level],
             "claims": json.dumps(upstream.claims_request(), separators=(",", ":")),
+            # OIDC Core §3.1.2.1: a new authentication every time, never the upstream's own session (a
+            # shared browser's previous user); max_age makes auth_time a MUST (judged at the callback).
+            "prompt": "login", "max_age": "0",
         }
         if upstream.request_object != "none":
             encrypt_to = self.client.encryption_key(upstream) if upstream.request_object == "signed_encrypted" else None
@@ -220,6 +233,8 @@ class BrokerService:
         id_claims = self._open(upstream, tokens["id_token"], now)
         checked = rules.check_id_token(id_claims, issuer=upstream.issuer, client_id=upstream.client_id,
                                        nonce=flow["nonce"], now=now)
+        auth_time = rules.login_time(checked.auth_time, started=datetime.fromtimestamp(float(flow["iat"]), UTC),
+                                     now=now)
         self._claim(state, flow, now)  # the upstream vouched for this flow: now, and not before, a write
         userinfo = self._open(upstream, self.client.userinfo(upstream, tokens["access_token"]), now)
         rules.check_userinfo(userinfo, sub=checked.sub)
@@ -229,15 +244,16 @@ class BrokerService:
             raise BrokerRefused(Refusal.NATIONAL_NUMBER_INVALID, "format")
         subject = keyed_hash(self._settings.pepper_bytes(), number)
         del number  # from here on only the keyed hash (never stored, logged or audited in clear)
+        login = (upstream, checked.sub, subject, acr, amr, auth_time, flow["return_to"], session_cookie, now)
         try:
-            return self._login(upstream, checked.sub, subject, acr, amr, flow["return_to"], session_cookie, now)
+            return self._login(*login)
         except sa.exc.IntegrityError:
             # Two first logins of one person raced (the unique link constraints): the winner's link is
             # there now, so this one is judged again against it (nothing of the first try was written).
-            return self._login(upstream, checked.sub, subject, acr, amr, flow["return_to"], session_cookie, now)
+            return self._login(*login)
 
-    def _login(self, upstream: Upstream, sub: str, subject: str, acr: str, amr: tuple[str, ...], return_to: str,
-               session_cookie: str | None, now: datetime) -> Finished:
+    def _login(self, upstream: Upstream, sub: str, subject: str, acr: str, amr: tuple[str, ...],
+               auth_time: datetime, return_to: str, session_cookie: str | None, now: datetime) -> Finished:
         live = self._sessions.get(session_cookie, now=now)
         proof = PasskeyProof(str(live.person_id), live.acr, live.auth_time) if live is not None else None
         with self._engine.begin() as conn:
@@ -247,7 +263,7 @@ class BrokerService:
                 raise BrokerRefused(Refusal.PERSON_BANNED, "port ban in force", office=issuing_office(conn, person_id))
             # The browser's session, if any, ends; this one takes over its grants if it was this person's.
             cookie, session = self._sessions.create(person_id, acr=acr, amr=amr, now=now, conn=conn,
-                                                    replacing=session_cookie)
+                                                    replacing=session_cookie, auth_time=auth_time)
             actor = {"person_id": str(person_id)}
             if action is LinkAction.REBIND:
                 audit.record("identity.upstream.rebound", at=now, actor=actor, subject=str(person_id), conn=conn,

@@ -6,6 +6,10 @@ found, one guard per rule, each with a stable refusal code:
 - the id token's claims (OIDC Core §3.1.3.7): ``iss`` is the discovered issuer, ``aud`` holds our
   client_id (and ``azp`` names us when there are several), not expired, not issued in the future,
   ``nonce`` is the one this browser's flow sent (§3.1.2.1, replay of an id token);
+- the login's time (§3.1.2.1): every brokered login asks the upstream for a new authentication
+  (``prompt=login``, ``max_age=0``), so the id token's ``auth_time`` must be there and fall within this
+  flow (``login_time``); else the upstream answered from a session of its own, maybe the previous
+  user's of a shared browser (review 157, finding 1). It is the login time of our session too;
 - the userinfo response (§5.3.2): its ``sub`` must be the id token's, or it is someone else's;
 - the level (itsme ``acr`` basic / advanced) mapped to our ``acr``/``amr`` (identity.domain.assurance),
   refused when below what the upstream is configured to ask for;
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -46,6 +50,7 @@ _RFC8176 = frozenset({"face", "fpt", "geo", "hwk", "iris", "kba", "mca", "mfa", 
                       "retina", "sc", "sms", "swk", "tel", "user", "vbm", "wia"})
 # A passkey login this recent, of the same person, in the same browser, confirms a re-bind.
 REBIND_MAX_AUTH_AGE = timedelta(minutes=10)
+# How far the upstream's clock may be from ours: for its iat, and for its auth_time against the flow's start.
 MAX_IAT_SKEW = timedelta(seconds=60)
 
 
@@ -65,6 +70,7 @@ class Refusal(StrEnum):
     SIGNATURE_INVALID = "upstream_signature_invalid"
     CLAIMS_INVALID = "upstream_claims_invalid"  # iss, aud, azp, exp, iat
     NONCE_MISMATCH = "upstream_nonce_mismatch"
+    LOGIN_NOT_FRESH = "upstream_login_not_fresh"  # auth_time missing, before the flow or ahead of us: no new login
     USERINFO_SUB_MISMATCH = "upstream_userinfo_sub_mismatch"
     ACR_INSUFFICIENT = "upstream_acr_insufficient"
     NATIONAL_NUMBER_INVALID = "upstream_national_number_invalid"
@@ -135,6 +141,24 @@ def check_id_token(claims: Mapping[str, Any], *, issuer: str, client_id: str, no
     return IdClaims(sub, acr if isinstance(acr, str) else None,
                     tuple(a for a in amr if isinstance(a, str)) if isinstance(amr, list) else (),
                     _instant(claims.get("auth_time")))
+
+
+def login_time(auth_time: int | None, *, started: datetime, now: datetime) -> datetime:
+    """When the person logged in at the upstream for this flow: the id token's ``auth_time``
+    (``IdClaims.auth_time``, an integer NumericDate or None), which the flow asked for (``max_age=0``:
+    OIDC Core §3.1.2.1, the provider MUST then return it; and as an essential claim, §5.5.1.1), with
+    ``prompt=login``. Missing, or before the flow ``started`` (less ``MAX_IAT_SKEW``): the upstream did
+    not authenticate anew, it answered from a session it held (a shared browser's previous user);
+    refused. Later than ``now`` plus the skew: refused too, else it would keep our session fresh for as
+    long as it says. Within the skew ahead: taken as ``now``. The result is our session's login time,
+    what every freshness rule measures (adding a passkey, our provider's own prompt=login and max_age)."""
+    if auth_time is None:
+        raise BrokerRefused(Refusal.LOGIN_NOT_FRESH, "auth_time missing")
+    if auth_time < started.timestamp() - MAX_IAT_SKEW.total_seconds():
+        raise BrokerRefused(Refusal.LOGIN_NOT_FRESH, "auth_time before the flow's start")
+    if auth_time - MAX_IAT_SKEW.total_seconds() > now.timestamp():
+        raise BrokerRefused(Refusal.LOGIN_NOT_FRESH, "auth_time in the future")
+    return min(datetime.fromtimestamp(auth_time, UTC), now)
 
 
 def check_userinfo(userinfo: Mapping[str, Any], *, sub: str) -> None:

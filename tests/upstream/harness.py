@@ -11,7 +11,9 @@ Without node or ``npm ci --prefix tests/upstream`` the tests skip locally and fa
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 import threading
 import time
@@ -64,7 +66,9 @@ class Upstream:
     """oidc-provider under node, configured like itsme; ``stop`` ends the process it started."""
 
     def __init__(self, *, our_base: str, accounts: dict[str, dict[str, Any]], tmp: Path, keys: UpstreamKeys,
-                 code_ttl: int = 180, client: dict[str, Any] | None = None) -> None:
+                 code_ttl: int = 180, client: dict[str, Any] | None = None,
+                 options: dict[str, Any] | None = None) -> None:
+        """``options``: provider.mjs's knobs (``login_age``, ``omit_auth_time``), a misbehaving upstream."""
         node = need_node()
         self.port = free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
@@ -90,7 +94,7 @@ class Upstream:
             **(client or {}),
         }
         config = {"port": self.port, "issuer": self.issuer, "code_ttl": code_ttl, "clients": [metadata],
-                  "accounts": accounts,
+                  "accounts": accounts, **(options or {}),
                   "jwks": {"keys": [keys.signing.as_dict(private=True), keys.encryption.as_dict(private=True)]}}
         path = tmp / f"upstream-{self.port}.json"
         path.write_text(json.dumps(config))
@@ -158,9 +162,11 @@ def serve(database_url: str, tmp: Path, *, upstreams: dict[str, Any], redis_url:
             broker.close()
 
 
-def walk(browser: httpx.Client, start_url: str, *, login: str, our_base: str) -> str:
+def walk(browser: httpx.Client, start_url: str, *, login: str, our_base: str, pages: list[str] | None = None) -> str:
     """Follow our start redirect to the upstream, log in as ``login`` and consent on its development
-    pages, and stop at the redirect back to us: returns our callback URL (code, state, iss)."""
+    pages, and stop at the redirect back to us: returns our callback URL (code, state, iss). The
+    upstream's pages shown ("login", "consent") are appended to ``pages``: a provider that answers from
+    its own session shows no login page."""
     url = start_url
     for _ in range(20):
         if url.startswith(f"{our_base}/broker/") and "/callback" in url:
@@ -169,14 +175,34 @@ def walk(browser: httpx.Client, start_url: str, *, login: str, our_base: str) ->
         if response.status_code in (302, 303):
             url = urljoin(url, response.headers["location"])
             continue
+        submitted = _auto_submitted(response)
+        if submitted is not None:  # a page whose script posts its form at once, as a browser would
+            action, form = submitted
+            posted = browser.post(urljoin(url, action), data=form)
+            assert posted.status_code in (302, 303), posted.text[:500]
+            url = urljoin(url, posted.headers["location"])
+            continue
         if response.status_code != 200 or "/interaction/" not in url:
             raise AssertionError(f"unexpected {response.status_code} at {url}: {response.text[:500]}")
         prompt = "login" if 'name="login"' in response.text else "consent"
+        if pages is not None:
+            pages.append(prompt)
         form = {"prompt": prompt, "login": login, "password": "itsme"} if prompt == "login" else {"prompt": prompt}
         posted = browser.post(url, data=form)
         assert posted.status_code == 303, posted.text[:500]
         url = urljoin(url, posted.headers["location"])
     raise AssertionError("too many redirects at the upstream")
+
+
+def _auto_submitted(response: httpx.Response) -> tuple[str, dict[str, str]] | None:
+    """The form of oidc-provider's self-submitting page (its form_post "Submitting Callback"): the end of
+    its session of another account when somebody else logs in at its login page (resume.js)."""
+    if response.status_code != 200 or "<title>Submitting Callback</title>" not in response.text:
+        return None
+    action = re.search(r'<form method="post" action="([^"]+)"', response.text)
+    assert action is not None, response.text[:500]
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"/>', response.text))
+    return html.unescape(action.group(1)), {k: html.unescape(v) for k, v in fields.items()}
 
 
 def start(browser: httpx.Client, app: LiveApp, *, return_to: str = "/app/") -> str:

@@ -13,7 +13,11 @@
 //
 // Usage: node provider.mjs CONFIG.json, where the JSON (written by the Python test) holds
 //   {port, issuer, jwks: {keys: [private JWKs]}, clients: [client metadata], accounts: {id: {claims}},
-//    code_ttl?: seconds}
+//    code_ttl?: seconds, login_age?: seconds, omit_auth_time?: true}
+// Two knobs make the provider misbehave in ways a relying party must catch, its signature unchanged:
+//   - login_age: a login is recorded (its auth_time) that many seconds before it happened, as by a
+//     provider whose clock lags or that reports an earlier authentication than the one just asked for;
+//   - omit_auth_time: the id token never carries auth_time, even when prompt=login or max_age asks.
 // The login page is oidc-provider's own development interaction: any login name is an account id;
 // a name ending in "-basic" logs in at the basic level, any other at the level asked for.
 // It prints one line "listening <issuer>" once it serves.
@@ -108,11 +112,21 @@ provider.use(async (ctx, next) => {
   const asked = String(details.params.acr_values || '').split(' ');
   const acr = !login.endsWith('-basic') && asked.includes(ACR_ADVANCED) ? ACR_ADVANCED : ACR_BASIC;
   const amr = acr === ACR_ADVANCED ? ['mfa', 'pin'] : ['swk'];
-  await provider.interactionFinished(ctx.req, ctx.res, { login: { accountId: login, acr, amr } },
+  const ts = Math.floor(Date.now() / 1000) - (config.login_age || 0);
+  await provider.interactionFinished(ctx.req, ctx.res, { login: { accountId: login, acr, amr, ts } },
     { mergeWithLastSubmission: false });
   ctx.respond = false; // interactionFinished wrote the 303 itself
   return undefined;
 });
+
+if (config.omit_auth_time) {
+  const { payload } = provider.IdToken.prototype;
+  provider.IdToken.prototype.payload = async function withoutAuthTime() {
+    const claims = await payload.call(this);
+    delete claims.auth_time;
+    return claims;
+  };
+}
 
 // Refusals go to the log the test keeps (never a claim value: errors carry codes and descriptions).
 for (const event of ['authorization.error', 'grant.error', 'userinfo.error', 'server_error']) {

@@ -100,11 +100,15 @@ class World:
     def browser(self) -> httpx.Client:
         return httpx.Client(follow_redirects=False, timeout=20, headers=BROWSER_HEADERS)
 
-    def callback_url(self, browser: httpx.Client, account: str, *, return_to: str = "/app/") -> str:
-        return walk(browser, start(browser, self.app, return_to=return_to), login=account, our_base=self.app.base)
+    def callback_url(self, browser: httpx.Client, account: str, *, return_to: str = "/app/",
+                     pages: list[str] | None = None) -> str:
+        return walk(browser, start(browser, self.app, return_to=return_to), login=account, our_base=self.app.base,
+                    pages=pages)
 
-    def login(self, browser: httpx.Client, account: str, *, return_to: str = "/app/") -> httpx.Response:
-        return browser.get(self.callback_url(browser, account, return_to=return_to))
+    def login(self, browser: httpx.Client, account: str, *, return_to: str = "/app/",
+              pages: list[str] | None = None) -> httpx.Response:
+        """A brokered login in ``browser``; the upstream's pages shown are appended to ``pages`` (walk)."""
+        return browser.get(self.callback_url(browser, account, return_to=return_to, pages=pages))
 
     def kinds(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -170,11 +174,13 @@ def add_person(engine: sa.Engine, pepper: bytes, number: str | None = NUMBER) ->
 
 
 def build_world(engine: sa.Engine, tmp_path: Path, *, redis_url: str | None = None, code_ttl: int = 180,
-                register: bool = True, **settings: Any) -> Iterator[World]:
-    """The app and the upstream; with ``register``, a driver pre-registered with NUMBER (World.person)."""
+                register: bool = True, upstream_options: dict[str, Any] | None = None,
+                **settings: Any) -> Iterator[World]:
+    """The app and the upstream; with ``register``, a driver pre-registered with NUMBER (World.person);
+    ``upstream_options``: provider.mjs's knobs (harness.Upstream)."""
     port = free_port()
     upstream = Upstream(our_base=f"http://localhost:{port}", accounts=ACCOUNTS, tmp=tmp_path,
-                        keys=UpstreamKeys.generate(), code_ttl=code_ttl)
+                        keys=UpstreamKeys.generate(), code_ttl=code_ttl, options=upstream_options)
     tamper = Tamper()
     try:
         url = engine.url.render_as_string(hide_password=False)
