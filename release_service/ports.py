@@ -60,6 +60,9 @@ class StoredEvent:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseFilter:
+    """A page of rights. The store takes container_number, terminal and vessel_call as rights compare them
+    (``queries.as_compared``): the ISO 6346 number, the terminal's code, the vessel call's key."""
+
     state: State | None = None
     container_number: str | None = None
     vessel_call: str | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +14,8 @@ from release_service.domain.iso6346 import ContainerNumber
 from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.plates import Plate
 from release_service.domain.release import (
+    KEY_CHARACTERS,
+    VESSEL_CALL_FOLDS,
     LightKind,
     LightStatus,
     ReleaseRight,
@@ -19,6 +23,7 @@ from release_service.domain.release import (
     Slot,
     State,
     TransferState,
+    vessel_call_key,
 )
 
 NOW = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
@@ -400,3 +405,16 @@ def test_plates_are_normalised_and_checked() -> None:
         Plate.parse("!", "BE")
     with pytest.raises(DomainError):
         Plate.parse("1ABC123", "Belgium")
+
+
+def test_the_vessel_call_key_folds_as_str_upper_does() -> None:
+    """The key's fold, written out (``VESSEL_CALL_FOLDS``: the store folds the list's vessel_call filter by
+    it in SQL, review 159 finding 3), is what ``str.upper()`` makes of every code point, letters and digits
+    only: the key of each live right's ``active_key`` stays what it was."""
+    dropped = re.compile(f"[^{KEY_CHARACTERS}]")
+    for point in range(sys.maxunicode + 1):
+        c = chr(point)
+        assert vessel_call_key.__wrapped__(c) == dropped.sub("", c.upper()), hex(point)
+    assert set("".join(VESSEL_CALL_FOLDS.values())) <= set(KEY_CHARACTERS)
+    assert vessel_call_key("2026-anr 0457") == vessel_call_key("2026ANR0457") == "2026ANR0457"
+    assert vessel_call_key("Stra\u00dfe \ufb01x") == "STRASSEFIX"

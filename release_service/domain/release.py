@@ -60,12 +60,14 @@ service hands to the store with the new state in the same transaction.
 from __future__ import annotations
 
 import re
+import string
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 from .errors import DomainError, ErrorCode
@@ -208,11 +210,46 @@ class FaceAgainst:
 @lru_cache(maxsize=4096)  # a batch of 10 000 rights names a few vessel calls
 def vessel_call_key(vessel_call: str) -> str:
     """A vessel call as it is compared: upper case, letters and digits only (its separators, spaces and
-    case are how a back end happens to write it, not another call). The right keeps the call as written."""
-    return _NOT_KEY.sub("", vessel_call.upper())
+    case are how a back end happens to write it, not another call). The right keeps the call as written.
+
+    Upper case as ``str.upper()`` makes it, by ``VESSEL_CALL_FOLDS``: the same key, written out."""
+    return _NOT_KEY.sub("", vessel_call.translate(_KEY_FOLD))
 
 
-_NOT_KEY = re.compile(r"[^A-Z0-9]")  # after upper(): what is not an ASCII letter or digit
+# What the key makes of a character before it drops all but ASCII letters and digits: an ASCII letter in
+# upper case, and the letters outside ASCII that ``str.upper()`` turns into ASCII ones (Unicode's full case
+# mapping), as much of them as the key keeps; any other character maps to none. Written out rather than
+# taken from ``str.upper()``, so that a key does not move with Python's Unicode version and the store can
+# fold a vessel call as the key does in SQL (the list's vessel_call filter, review 159 finding 3); a test
+# holds it to ``str.upper()`` over every code point.
+VESSEL_CALL_FOLDS: Mapping[str, str] = MappingProxyType({
+    **{c: c.upper() for c in string.ascii_lowercase},
+    "\u00df": "SS",  # sharp s
+    "\u0131": "I",  # dotless i
+    "\u0149": "N",  # n preceded by apostrophe: upper() is "\u02bcN"
+    "\u017f": "S",  # long s
+    "\u01f0": "J",  # j with caron: "J" and a combining caron
+    "\u1e96": "H",  # h with line below
+    "\u1e97": "T",  # t with diaeresis
+    "\u1e98": "W",  # w with ring above
+    "\u1e99": "Y",  # y with ring above
+    "\u1e9a": "A",  # a with right half ring: "A\u02be"
+    "\ufb00": "FF",  # the Latin ligatures
+    "\ufb01": "FI",
+    "\ufb02": "FL",
+    "\ufb03": "FFI",
+    "\ufb04": "FFL",
+    "\ufb05": "ST",
+    "\ufb06": "ST",
+})
+KEY_CHARACTERS = string.ascii_uppercase + string.digits  # all a vessel call's key keeps
+_KEY_FOLD = str.maketrans(dict(VESSEL_CALL_FOLDS))
+_NOT_KEY = re.compile(f"[^{KEY_CHARACTERS}]")  # after the fold: what is not an ASCII letter or digit
+
+
+def terminal_code(terminal: str) -> str:
+    """A terminal's code as rights hold it (``ReleaseRight.issue``) and compare it."""
+    return terminal.strip().upper()
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +377,7 @@ class ReleaseRight:
             container=container,
             bill_of_lading=bill_of_lading.strip(),
             vessel_call=vessel_call.strip(),
-            terminal=terminal.strip().upper(),
+            terminal=terminal_code(terminal),
             issuer_organisation_id=by.organisation_id,
             first_party_organisation_id=release_to,
             holder_organisation_id=release_to,

@@ -9,8 +9,9 @@ from datetime import datetime
 
 from release_service.domain import disclosure
 from release_service.domain.errors import DomainError, ErrorCode
+from release_service.domain.iso6346 import ContainerNumber
 from release_service.domain.parties import Actor
-from release_service.domain.release import ReleaseRight, Transfer, TransferState
+from release_service.domain.release import ReleaseRight, Transfer, TransferState, terminal_code, vessel_call_key
 from release_service.ports import ReleaseFilter, StoredEvent, UnitOfWork
 
 from .common import can_see
@@ -50,4 +51,18 @@ def transfers(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID) -> list[Tran
 
 
 def search(uow: UnitOfWork, actor: Actor, flt: ReleaseFilter, now: datetime) -> list[ReleaseRight]:
-    return [disclosure.minimise_right(r, actor)[0] for r in uow.releases.list_visible(actor, flt, now)]
+    found = uow.releases.list_visible(actor, as_compared(flt), now)
+    return [disclosure.minimise_right(r, actor)[0] for r in found]
+
+
+def as_compared(flt: ReleaseFilter) -> ReleaseFilter:
+    """The filter's values as rights hold or compare them (review 159, finding 3): a container number in its
+    ISO 6346 form (one no right can have is refused, as at issue: ``container_number_malformed`` or
+    ``container_check_digit``), a terminal's code, a vessel call's key (``vessel_call_key``: the call the
+    one-live-right rule takes it for). An empty value filters on nothing, as before."""
+    return replace(
+        flt,
+        container_number=ContainerNumber.parse(flt.container_number).value if flt.container_number else None,
+        terminal=terminal_code(flt.terminal) if flt.terminal else None,
+        vessel_call=vessel_call_key(flt.vessel_call) if flt.vessel_call else None,
+    )

@@ -22,8 +22,10 @@ from release_service.domain.iso6346 import ContainerNumber
 from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.plates import Plate
 from release_service.domain.release import (
+    KEY_CHARACTERS,
     LIVE_STATES,
     PRE_GATE_STATES,
+    VESSEL_CALL_FOLDS,
     DriverResponse,
     Event,
     FaceAgainst,
@@ -160,6 +162,32 @@ def _shows_as(state: State, now: datetime) -> ColumnElement[bool]:
     return releases.c.state == state.value
 
 
+# The key's fold (``VESSEL_CALL_FOLDS``) in SQL: the letters it makes two or three of (the sharp s, the
+# ligatures) are replaced; a letter it makes one of is matched where that one stands; what it drops is
+# matched anywhere around them. Replacing all 43 letters nests replace() too deep for SQLite's parser.
+_FOLD_REPLACED = {c: f for c, f in VESSEL_CALL_FOLDS.items() if len(f) > 1}
+_FOLD_MATCHED = {k: "[" + k + "".join(c for c, f in VESSEL_CALL_FOLDS.items() if f == k) + "]"
+                 for k in KEY_CHARACTERS}
+_FOLD_DROPPED = "[^" + KEY_CHARACTERS + "".join(c for c, f in VESSEL_CALL_FOLDS.items() if len(f) == 1) + "]*"
+
+
+def _vessel_call_is(key: str) -> ColumnElement[bool]:
+    """The rows whose vessel call's key (``vessel_call_key``) is ``key``, alike on SQLite and PostgreSQL
+    (review 159, finding 3): the call folded as the key folds it, then matched to the key's letters and
+    digits in order, whatever the key drops lying around them. Not upper(): PostgreSQL's follows the
+    database's collation (a Turkish one makes 'i' an 'İ'), SQLite's knows ASCII alone. The regular
+    expression is PostgreSQL's ``~``, and on SQLite Python's ``re.search`` (SQLAlchemy registers REGEXP on
+    every connection). The call is keyed in no column: ``active_key`` holds it for live rights only, and as
+    written for those keyed before review 99."""
+    if not key:
+        return sa.false()
+    folded: ColumnElement[str] = releases.c.vessel_call
+    for letters, fold in _FOLD_REPLACED.items():
+        folded = sa.func.replace(folded, letters, fold, type_=sa.String)
+    return folded.regexp_match(
+        "^" + _FOLD_DROPPED + _FOLD_DROPPED.join(_FOLD_MATCHED[k] for k in key) + _FOLD_DROPPED + "$")
+
+
 class SqlReleaseStore:
     def __init__(self, conn: sa.Connection, reads: Reads | None = None) -> None:
         self._conn = conn
@@ -214,11 +242,11 @@ class SqlReleaseStore:
             stmt = stmt.where(releases.c.id.in_(parties))
         if flt.state is not None:
             stmt = stmt.where(_shows_as(flt.state, now))
-        if flt.container_number:
+        if flt.container_number is not None:
             stmt = stmt.where(releases.c.container_number == flt.container_number)
-        if flt.vessel_call:
-            stmt = stmt.where(releases.c.vessel_call == flt.vessel_call)
-        if flt.terminal:
+        if flt.vessel_call is not None:
+            stmt = stmt.where(_vessel_call_is(flt.vessel_call))
+        if flt.terminal is not None:
             stmt = stmt.where(releases.c.terminal == flt.terminal)
         if flt.bill_of_lading:
             stmt = stmt.where(releases.c.bill_of_lading == flt.bill_of_lading)
