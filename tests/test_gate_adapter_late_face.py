@@ -98,6 +98,43 @@ def test_another_plate_read_after_a_truck_was_let_through_is_recorded_and_calls_
     assert outbox.newest(LANE) == decided.request_id
 
 
+def test_another_container_read_after_a_truck_was_let_through_is_recorded_and_calls_an_officer(
+        gate: Gate, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    """Review 158 finding 1, correlate.py rule 3c, lane.py rule 8: the truck is let through on its plate,
+    badge and the container number one camera read; another camera then reads another number on it.
+    Before, that read opened a phantom truck that the next truck's plate and badge filled, sent with this
+    truck's container, and no officer heard of it. Now, like a late plate mismatch: noted beside the
+    request, and the barrier holds and calls an officer at once (the lane latched); no truck of its own."""
+    rid = gate.pickable(36)
+    sink = RecordingBarrier()
+    clock = [1000.0]
+    lane = runtime(real_client(gate), outbox, sink, clock=lambda: clock[0])
+    at = _now()
+    [decided] = [r for read in reads(n=36, at=at) for r in lane.feed(read)]
+    assert decided.decision == "allow" and commands(sink) == [(BarrierCommand.OPEN, False)]
+    rear = generic_json.parse_object({"kind": "container", "lane": LANE, "device": "rear-ocr",
+                                      "observed_at": (at + timedelta(seconds=2)).isoformat(),
+                                      "container": {"number": "TGHU9876543", "confidence": 0.93}})
+    clock[0] += 2
+    with caplog.at_level(logging.WARNING):
+        [late] = lane.feed(rear)
+    assert (late.request_id, late.response, late.observed_at) == (decided.request_id, None, decided.observed_at)
+    assert late.error is not None and late.error.startswith("late_container_mismatch")
+    assert commands(sink) == [(BarrierCommand.OPEN, False), (BarrierCommand.HOLD, True)]  # at once
+    latch = outbox.held_latch(LANE)
+    assert latch is not None and (latch.request_id, latch.reason) == (decided.request_id, "late_container_mismatch")
+    [logged] = [r for r in caplog.records if r.getMessage() == "gate.lane.late_container_mismatch"]
+    assert logged.levelno == logging.ERROR
+    assert (logged.lane, logged.request_id) == (LANE, decided.request_id)  # type: ignore[attr-defined]
+    assert outbox.late_reads(decided.request_id) == [("late_container_mismatch", {
+        "kind": "container", "number": "TGHU9876543", "confidence": 0.93, "camera": "rear-ocr"})]
+    assert outbox.response(decided.request_id)["decision"] == "allow"  # type: ignore[index]  # the answer stands
+    assert gate.state(rid) == "gated_in"
+    clock[0] += 40  # past the window: no phantom truck times out into a request
+    assert lane.tick() == [] and outbox.pending() == [] and len(sink.commands) == 2
+    assert outbox.newest(LANE) == decided.request_id
+
+
 def test_a_late_matching_face_or_a_mismatch_the_request_carried_stays_a_harmless_duplicate(
         gate: Gate, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
     """Only news is acted on: a late "matched" changes nothing; a mismatch the service already heard

@@ -329,6 +329,76 @@ def box(number: str, sec: float, camera: str, conf: float = 0.9) -> ContainerRea
                          observed_at=T0 + timedelta(seconds=sec))
 
 
+@pytest.mark.parametrize("other", ["TGHU9876543", "MSCU1234550"])
+def test_another_container_read_by_another_camera_after_the_truck_was_sent_is_its_news_never_a_phantom(
+        other: str) -> None:
+    """Review 158 finding 1 (rule 3c): truck A is sent on plate, badge and MSCU1234530 read by ocr-front;
+    ocr-rear reads another number 2 s later, with nothing pending. Before, TGHU9876543 opened a phantom
+    truck that the next truck's plate and badge filled (rule 1b): it went complete and not doubtful with
+    A's container, and no officer heard of A (MSCU1234550, one digit off, was dropped as a duplicate).
+    Now it is A's late container mismatch (the caller calls an officer), once, and no truck of its own."""
+    corr = lane()
+    [a] = feed(corr, [plate("1ABC234"), box("MSCU1234530", sec=1.0, camera="ocr-front"), badge("AP-100230")])
+    late = box(other, sec=4.0, camera="ocr-rear", conf=0.95)
+    assert corr.add(late, 104.0) == [] and corr.pending_count == 0
+    [dropped] = corr.take_dropped()
+    assert (dropped.reason, dropped.request_id, dropped.observed_at, dropped.container, dropped.plate) == (
+        DropReason.LATE_CONTAINER_MISMATCH, a.request_id, T0, late, None)
+    assert corr.add(box(other, sec=5.0, camera="ocr-rear"), 105.0) == []  # the same news again: said once
+    assert [(d.reason, d.request_id) for d in corr.take_dropped()] == [(DropReason.LATE_READ, a.request_id)]
+    # the next truck's plate and badge have nothing to join: without a container read of its own it
+    # times out missing one, never sent with A's
+    assert feed(corr, [plate("2XYZ999", sec=10.0), badge("AP-200111", sec=11.0)], start=110.0) == []
+    [b] = corr.tick(110.0 + 30.0)
+    assert b.outcome is Outcome.TIMED_OUT and b.container is None and b.missing == {ReadKind.CONTAINER}
+    assert corr.take_dropped() == []
+
+
+@pytest.mark.parametrize("order", ["front first", "rear first"])
+def test_another_container_number_from_another_camera_makes_the_pending_truck_doubtful(order: str) -> None:
+    """Review 158 finding 1 (rule 1a): while the truck waits (its badge not yet read), ocr-rear reads
+    TGHU9876543 and ocr-front MSCU1234530. Before, the second number opened a truck of its own and the
+    first went complete and clean on the number read first, the other left for the next truck to fill.
+    Now two numbers from two cameras are two numbers for one truck: doubtful (container confidence 0)."""
+    front, rear_box = box("MSCU1234530", sec=1.0, camera="ocr-front"), box("TGHU9876543", sec=1.5, camera="ocr-rear")
+    boxes: list[Read] = [front, rear_box] if order == "front first" else [rear_box, front]
+    assert feed(corr := lane(), [plate("1ABC234"), *boxes]) == [] and corr.pending_count == 1
+    [ready] = corr.add(badge("AP-100230", sec=3.0), 103.0)
+    assert ready.complete and ready.doubtful == {ReadKind.CONTAINER}
+    assert {r.value for r in (ready.container, *ready.set_aside) if r is not None} == {"MSCU1234530", "TGHU9876543"}
+    assert ready.verify_fields()["container"]["confidence"] == 0.0
+    assert corr.pending_count == 0 and corr.tick(1000.0) == [] and corr.take_dropped() == []
+
+
+def test_the_next_trucks_container_from_a_camera_that_read_the_last_ones_is_its_own() -> None:
+    """Rule 3c is news only from a camera that has not read the truck's container; and one camera reading
+    two numbers reads two trucks. Two trucks in quick succession keep working: the front camera reading
+    the truck behind (with A still waiting, or with A sent), the rear camera once it read A's number."""
+    corr = lane()
+    feed(corr, [plate("1ABC234"), box("MSCU1234530", sec=1.0, camera="ocr-front")])  # A waits for its badge
+    feed(corr, [plate("2XYZ999", sec=3.0), box("TGHU9876543", sec=4.0, camera="ocr-front")], start=103.0)
+    [a] = corr.add(badge("AP-100230", sec=5.0), 105.0)
+    [b] = corr.add(badge("AP-200111", sec=6.0), 106.0)
+    assert (a.container, b.container) == (box("MSCU1234530", sec=1.0, camera="ocr-front"),
+                                          box("TGHU9876543", sec=4.0, camera="ocr-front"))
+    assert a.doubtful == b.doubtful == frozenset() and corr.take_dropped() == []
+    for camera in ("ocr-front", "ocr-rear"):
+        corr = lane()
+        feed(corr, [plate("1ABC234"), box("MSCU1234530", sec=1.0, camera="ocr-front"), badge("AP-100230")])
+        assert corr.add(box("MSCU1234530", sec=3.0, camera="ocr-rear"), 103.0) == []  # rear reads A's too
+        assert [d.reason for d in corr.take_dropped()] == [DropReason.LATE_READ]
+        [b] = feed(corr, [box("TGHU9876543", sec=8.0, camera=camera), plate("2XYZ999", sec=9.0),
+                          badge("AP-200111", sec=10.0)], start=108.0)
+        assert b.complete and b.container is not None and b.container.number == "TGHU9876543"
+        assert b.doubtful == frozenset() and corr.take_dropped() == []
+    # A truck pending at the lane without a container: another number may be its own (rule 1b).
+    corr = lane()
+    feed(corr, [plate("1ABC234"), box("MSCU1234530", sec=1.0, camera="ocr-front"), badge("AP-100230")])
+    [b] = feed(corr, [plate("2XYZ999", sec=9.0), box("TGHU9876543", sec=10.0, camera="ocr-rear"),
+                      badge("AP-200111", sec=11.0)], start=109.0)
+    assert b.container is not None and b.container.number == "TGHU9876543" and corr.take_dropped() == []
+
+
 P1, P1_LOOKALIKE, P2 = plate("1ABC234", conf=0.60, sec=0.0), plate("1A8C234", conf=0.90, sec=0.5), \
     plate("1ABC284", conf=0.70, sec=1.0)
 

@@ -35,7 +35,12 @@ Rules (each has a test in tests/test_gate_correlate.py):
       (MSCU1234530 and MSCU1234550: check digit 0 from remainder 0 or 10). A second, different number
       for one truck makes it doubtful on its container, the other read set aside and the body's
       container ``confidence`` 0, so the service answers ``container_unreadable`` (review), never an
-      allow on whichever box read better (review 153); the same number read twice still merges;
+      allow on whichever box read better (review 153); the same number read twice still merges. And a
+      container number like no other, read by a camera that has read none of a pending truck's numbers,
+      is that truck's too (doubtful, the other number set aside): two cameras reading two numbers on the
+      truck at the lane, never a truck of its own that the next truck's plate and badge would fill and
+      send with this truck's box, this truck going clean on whichever number came first (review 158).
+      One camera reading another number is reading another truck (b or c);
    b. else the OLDEST pending truck lacking K takes it (trucks pass a lane in order);
    c. else a new truck opens.
    Similar: plates and container numbers whose look-alike-folded forms (0/O/D/Q, 1/I, 2/Z, 5/S,
@@ -103,6 +108,23 @@ Rules (each has a test in tests/test_gate_correlate.py):
    rule 1 (it may be that truck's); and where the next truck's first read is its rear plate, by a camera
    that has not read recent's, it is taken for recent's news: an officer called, and its own truck goes
    without that plate (a review), the safe failure.
+3c. Containers the same way (``_conflicting_container``, review 158): with nothing pending at the lane, a
+   container number other than every one the truck emitted last within the window ("recent") held (not
+   the very same number: rule 3), read by a camera that has not read recent's container, is reported as
+   ``late_container_mismatch`` naming recent's ``request_id`` (the caller records it and calls an officer
+   at once, lane.py rule 8). The attack: the front camera reads the nominated number (painted over,
+   or the box behind), the truck is sent and let through, the rear camera reads another number seconds
+   later; before, that read opened a phantom truck, the next truck's plate and badge filled it (rule 1b)
+   and it went complete and clean with this truck's container (a number one digit off was dropped as a
+   late duplicate instead). A camera that read recent's container (before it was sent, or as a late
+   duplicate) reading another number is reading the next truck: placed as any read (rule 1), so a lane
+   whose cameras read every truck calls nobody for trucks in quick succession. Recent's reads take the
+   number in, so the same news again is a late duplicate. Limitations, as for plates: with a truck
+   pending the read is placed by rule 1 (a truck holding a container is made doubtful by it, rule 1a; one
+   lacking a container takes it, rule 1b: it may be its own); where the next truck's first read is its
+   container, by a camera that has not read recent's, it is taken for recent's news: an officer called,
+   and its own truck goes without that read (a review unless another camera reads its number), the safe
+   failure; a truck carrying two boxes read one by each camera is one of these (one container per truck).
 4. Bounded memory: at most ``max_pending`` trucks wait; opening one more evicts the oldest, which is
    emitted with outcome ``evicted`` (its reads so far, ``missing`` says what it lacked). An eviction is
    at least as grave as a window ending without every read: reads the lane cannot place (a flood, a
@@ -118,7 +140,9 @@ Rules (each has a test in tests/test_gate_correlate.py):
    rule 3 has the id its reads give: a replay that has forgotten the truck before then finds the first,
    doubtful, request in the outbox instead of asking again.
 Limitation: one container per truck; a second container number more than one edit from the first
-(look-alikes folded) opens a new truck; one within an edit makes the truck doubtful (rule 1a).
+(look-alikes folded), read by a camera that read the first, opens a new truck (it is the next truck's);
+one within an edit, or read by another camera, makes the truck doubtful (rule 1a); after the truck was
+sent, another camera's other number is its late news (rule 3c).
 """
 
 from __future__ import annotations
@@ -151,6 +175,7 @@ class DropReason(StrEnum):
     LATE_FACE = "late_face"  # rule 3a: a face for a truck emitted without one; never a truck of its own
     LATE_FACE_MISMATCH = "late_face_mismatch"  # rule 3a: a mismatch for a truck already emitted
     LATE_PLATE_MISMATCH = "late_plate_mismatch"  # rule 3b: another plate for a truck already emitted
+    LATE_CONTAINER_MISMATCH = "late_container_mismatch"  # rule 3c: another container number, likewise
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,9 +241,9 @@ class Ready:
 @dataclass(frozen=True, slots=True)
 class Dropped:
     """Something the correlator let go of without emitting it; the caller logs it (and, for a late face,
-    face mismatch or plate mismatch, notes or acts on it: ``request_id`` and ``observed_at`` name the truck
-    it came too late for; ``matched`` and ``score`` say what the face was, ``matched`` None for an image;
-    ``plate`` is the other plate read)."""
+    face mismatch, plate mismatch or container mismatch, notes or acts on it: ``request_id`` and
+    ``observed_at`` name the truck it came too late for; ``matched`` and ``score`` say what the face was,
+    ``matched`` None for an image; ``plate`` is the other plate read, ``container`` the other number)."""
 
     reason: DropReason
     lane: str
@@ -228,6 +253,7 @@ class Dropped:
     score: float | None = None
     matched: bool | None = None
     plate: PlateRead | None = None
+    container: ContainerRead | None = None
 
 
 @dataclass(slots=True)
@@ -241,6 +267,7 @@ class _Truck:
     containers: dict[str, ContainerRead] = field(default_factory=dict)  # rule 1a: per number, its best read
     echo: bool = False  # rule 3: a plate read as a look-alike of one a truck emitted within the window held
     plate_cameras: set[str] = field(default_factory=set)  # rule 3b: the cameras that read its plate
+    container_cameras: set[str] = field(default_factory=set)  # rules 1a and 3c: those that read its container
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +277,7 @@ class _Emitted:
     request_id: str
     observed_at: datetime
     plate_cameras: frozenset[str] = frozenset()  # rule 3b: those that read its plate, late duplicates too
+    container_cameras: frozenset[str] = frozenset()  # rule 3c: the same for its container
 
 
 def _edits_at_most_one(a: str, b: str) -> bool:
@@ -295,8 +323,8 @@ def _folded(plate: PlateRead) -> str:
     return f"{plate.text.translate(_FOLD)}|{plate.country or ''}"
 
 
-def _camera(read: PlateRead) -> str:
-    """Rule 3b: which camera read a plate (the source and its camera's name)."""
+def _camera(read: PlateRead | ContainerRead) -> str:
+    """Rules 1a, 3b and 3c: which camera read a plate or a container (the source and its camera's name)."""
     return f"{read.source}|{read.camera}"
 
 
@@ -374,7 +402,8 @@ class LaneCorrelator:
                 return out
             truck = placed
         else:
-            late_for = self._late_duplicate_of(read, now) or self._conflicting_plate(read, now)
+            late_for = (self._late_duplicate_of(read, now) or self._conflicting_plate(read, now)
+                        or self._conflicting_container(read, now))
             if late_for is not None:
                 self._dropped.append(self._late(read, late_for))
                 return out
@@ -418,6 +447,11 @@ class LaneCorrelator:
             held = truck.reads.get(read.kind)
             if held is not None and similar(held, read):
                 return truck
+        if isinstance(read, ContainerRead):  # rule 1a: another camera's other number, for the truck it reads
+            camera = _camera(read)
+            for truck in self._pending:
+                if ReadKind.CONTAINER in truck.reads and camera not in truck.container_cameras:
+                    return truck
         return next((truck for truck in self._pending if read.kind not in truck.reads), None)
 
     @staticmethod
@@ -431,6 +465,7 @@ class LaneCorrelator:
             if best is None or _rank(read) > _rank(best):
                 truck.plates[_folded(read)] = read
         if isinstance(read, ContainerRead):
+            truck.container_cameras.add(_camera(read))
             best_box = truck.containers.get(read.number)
             if best_box is None or _rank(read) > _rank(best_box):
                 truck.containers[read.number] = read
@@ -486,7 +521,8 @@ class LaneCorrelator:
         request_id = request_id_for(self.terminal, self.lane, self.direction, reads, doubt)
         observed_at = min(r.observed_at for r in reads)
         self._emitted.append(_Emitted(emitted_at=now, reads=reads + set_aside, request_id=request_id,
-                                     observed_at=observed_at, plate_cameras=frozenset(truck.plate_cameras)))
+                                     observed_at=observed_at, plate_cameras=frozenset(truck.plate_cameras),
+                                     container_cameras=frozenset(truck.container_cameras)))
         by_kind: dict[ReadKind, Any] = dict(truck.reads)
         return Ready(
             request_id=request_id,
@@ -522,6 +558,17 @@ class LaneCorrelator:
             return None
         plates = [held for held in recent.reads if held.kind is ReadKind.PLATE]
         return recent if plates and not any(similar(held, read) for held in plates) else None
+
+    def _conflicting_container(self, read: Read, now: float) -> _Emitted | None:
+        """Rule 3c: recent, when ``read`` is another container number than it was sent on and can only be its
+        news (any number but the very same one: rule 1a, review 153)."""
+        if self._pending or not isinstance(read, ContainerRead):
+            return None
+        recent = self._recent(now)
+        if recent is None or _camera(read) in recent.container_cameras:
+            return None
+        boxes = [held for held in recent.reads if held.kind is ReadKind.CONTAINER]
+        return recent if boxes and not any(same(held, read) for held in boxes) else None
 
     def _echoes(self, read: Read, now: float) -> bool:
         """Rule 3: ``read`` is a plate similar to (not the same as) one a truck emitted within the window held."""
@@ -567,9 +614,10 @@ class LaneCorrelator:
         return _DROPPED
 
     def _late(self, read: Read, emitted: _Emitted) -> Dropped:
-        """Rules 3, 3a and 3b: a harmless late duplicate, or news for the emitted truck (a face it went
-        without, a mismatch its request did not carry, another plate); news is added to its reads, so it is
-        said once. A plate's camera is added to those that read the truck's plate (rule 3b)."""
+        """Rules 3, 3a, 3b and 3c: a harmless late duplicate, or news for the emitted truck (a face it went
+        without, a mismatch its request did not carry, another plate, another container number); news is
+        added to its reads, so it is said once. A plate's or container's camera is added to those that read
+        the truck's plate or container (rules 3b and 3c)."""
         kinds = frozenset({read.kind})
         if isinstance(read, FaceRead):
             mismatch = _is_mismatch(read) and not any(_is_mismatch(held) for held in emitted.reads)
@@ -582,17 +630,29 @@ class LaneCorrelator:
                 return Dropped(reason, self.lane, kinds, emitted.request_id, emitted.observed_at, score, matched)
         if isinstance(read, PlateRead):
             news = not any(same(held, read) for held in emitted.reads if held.kind is ReadKind.PLATE)
-            self._amend(emitted, read if news else None, _camera(read))
+            self._amend(emitted, read if news else None, read)
             if news:
                 return Dropped(DropReason.LATE_PLATE_MISMATCH, self.lane, kinds, emitted.request_id,
                                emitted.observed_at, plate=read)
+        if isinstance(read, ContainerRead):
+            news = not any(same(held, read) for held in emitted.reads if held.kind is ReadKind.CONTAINER)
+            self._amend(emitted, read if news else None, read)
+            if news:
+                return Dropped(DropReason.LATE_CONTAINER_MISMATCH, self.lane, kinds, emitted.request_id,
+                               emitted.observed_at, container=read)
         return Dropped(DropReason.LATE_READ, self.lane, kinds, emitted.request_id, emitted.observed_at)
 
-    def _amend(self, emitted: _Emitted, read: Read | None, camera: str | None = None) -> None:
-        """Add news (``read``) to an emitted truck's reads, and a camera to those that read its plate."""
+    def _amend(self, emitted: _Emitted, read: Read | None, seen: Read | None = None) -> None:
+        """Add news (``read``) to an emitted truck's reads, and the camera of a plate or container ``seen``
+        to those that read its plate or its container (rules 3b and 3c)."""
         reads = emitted.reads if read is None else (*emitted.reads, read)
-        cameras = emitted.plate_cameras if camera is None else emitted.plate_cameras | {camera}
-        self._emitted[self._emitted.index(emitted)] = dataclasses.replace(emitted, reads=reads, plate_cameras=cameras)
+        plates, boxes = emitted.plate_cameras, emitted.container_cameras
+        if isinstance(seen, PlateRead):
+            plates = plates | {_camera(seen)}
+        if isinstance(seen, ContainerRead):
+            boxes = boxes | {_camera(seen)}
+        self._emitted[self._emitted.index(emitted)] = dataclasses.replace(
+            emitted, reads=reads, plate_cameras=plates, container_cameras=boxes)
 
 
 _DROPPED = object()  # _place_face: the face was reported, not placed

@@ -66,11 +66,14 @@ Rules:
 8. A late face mismatch (correlate.py rule 3a: ``matched: false`` from the matcher for a truck whose
    request already went) is never let go with the harmless duplicates: the barrier may already have
    opened for the wrong driver. Nor a late plate mismatch (correlate.py rule 3b: another plate read, by
-   another camera, for the truck whose request went last: it may have passed on a cloned plate). Each is
-   logged ``gate.lane.late_face_mismatch`` or ``gate.lane.late_plate_mismatch`` (error, with the lane and
-   the truck's request id), noted in the outbox beside that request (outbox.py rule 5; a plate with its
-   text, country, confidence and camera), and the barrier holds and calls an officer at once, the same
-   path for both. The service is not asked again: its decision stands on its books, and
+   another camera, for the truck whose request went last: it may have passed on a cloned plate), nor a
+   late container mismatch (rule 3c: another container number read, by another camera, for that truck:
+   it may have passed with another box than the one asked about). Each is logged
+   ``gate.lane.late_face_mismatch``, ``gate.lane.late_plate_mismatch`` or
+   ``gate.lane.late_container_mismatch`` (error, with the lane and the truck's request id), noted in the
+   outbox beside that request (outbox.py rule 5; a plate with its text, country, confidence and camera, a
+   container with its number, confidence and camera), and the barrier holds and calls an officer at once,
+   the same path for all. The service is not asked again: its decision stands on its books, and
    the same request id would get the same answer; the officer decides at the lane. A late face that is
    news but no refusal (correlate.py rule 3a ``late_face``: a face for a truck whose request went
    without one) is logged ``gate.lane.late_face`` and noted in the outbox the same way; the barrier is
@@ -426,8 +429,8 @@ class LaneRuntime:
         self.outbox.late(dropped.request_id, self.lane, str(dropped.reason), _late_detail(dropped))
 
     def _late_mismatch(self, dropped: Dropped) -> LaneResult:
-        """Rule 8: the truck may have passed with the wrong driver, or on a cloned plate: record it, hold,
-        call an officer."""
+        """Rule 8: the truck may have passed with the wrong driver, on a cloned plate or with another box:
+        record it, hold, call an officer."""
         assert dropped.request_id is not None
         log.error("gate.lane.%s", dropped.reason, extra={"lane": self.lane, "request_id": dropped.request_id})
         self.outbox.late(dropped.request_id, self.lane, str(dropped.reason), _late_detail(dropped))
@@ -441,6 +444,7 @@ class LaneRuntime:
 _LATE_MISMATCHES = {  # rule 8: late news that calls an officer, and what the LaneResult says of it
     DropReason.LATE_FACE_MISMATCH: "the face matcher said no after the request was sent",
     DropReason.LATE_PLATE_MISMATCH: "another plate was read after the request was sent",
+    DropReason.LATE_CONTAINER_MISMATCH: "another container number was read after the request was sent",
 }
 
 
@@ -450,6 +454,9 @@ def _late_detail(dropped: Dropped) -> dict[str, Any]:
         plate = dropped.plate
         return {"kind": "plate", "text": plate.text, "country": plate.country, "confidence": plate.confidence,
                 "camera": plate.camera}
+    if dropped.container is not None:
+        box = dropped.container
+        return {"kind": "container", "number": box.number, "confidence": box.confidence, "camera": box.camera}
     if dropped.matched is None:
         return {"kind": "face", "image": True}
     return {"kind": "face", "matched": dropped.matched, "score": dropped.score}

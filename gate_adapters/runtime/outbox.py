@@ -25,11 +25,11 @@ Rules:
    days for the audit trail and then pruned.
 4. One instance is shared by threads: one connection guarded by a lock.
 5. Late news about a truck already decided (a face match result saying ``matched: false`` after its
-   request went, or another plate read for it, lane.py rule 8) is kept beside its request as a
-   ``late_reads`` row (``late``), so the audit of that truck's passage shows it; kept ``keep_days`` like
-   a decided request. Nothing is sent for it: the service has decided, and only an officer at the lane
-   can undo a wrong passage. A face for a truck whose request went without one (``late_face``,
-   correlate.py rule 3a) is noted the same way.
+   request went, or another plate or container number read for it, lane.py rule 8) is kept beside its
+   request as a ``late_reads`` row (``late``), so the audit of that truck's passage shows it; kept
+   ``keep_days`` like a decided request. Nothing is sent for it: the service has decided, and only an
+   officer at the lane can undo a wrong passage. A face for a truck whose request went without one
+   (``late_face``, correlate.py rule 3a) is noted the same way.
 6. A lane's latch (lane.py rule 9) lives here, beside the requests, so that a restart (a kill, a power
    cut) never silently unlatches a lane an officer was called to::
 
@@ -155,7 +155,7 @@ CREATE INDEX IF NOT EXISTS offline_decisions_open ON offline_decisions (decided_
 CREATE TABLE IF NOT EXISTS late_reads (
     request_id TEXT NOT NULL,  -- the truck it came too late for (not always in verify_requests: an evicted one)
     lane       TEXT NOT NULL,
-    reason     TEXT NOT NULL,  -- 'late_face_mismatch', 'late_plate_mismatch', 'late_face'
+    reason     TEXT NOT NULL,  -- 'late_face_mismatch', 'late_plate_mismatch', 'late_container_mismatch', 'late_face'
     detail     TEXT NOT NULL,  -- JSON: what arrived (never an image)
     noted_at   REAL NOT NULL
 );
