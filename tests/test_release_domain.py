@@ -80,7 +80,7 @@ def green(r: ReleaseRight) -> ReleaseRight:
 def test_issue_goes_to_first_party_with_customs_and_terminal_red() -> None:
     r = issue()
     assert r.state is State.ACTIVE and r.holder_organisation_id == FWD.organisation_id
-    assert r.terminal == "BEANR-K1700" and r.commercial.green and not r.pickable
+    assert r.terminal == "BEANR-K1700" and r.commercial.green and not r.lights_green and not r.pickable(NOW)
     assert r.active_key == "CSQU3054383|VC1"
     assert [e.type for e in r.pending_events] == ["release.issued"]
 
@@ -308,7 +308,7 @@ def test_lights_by_owner_only() -> None:
     assert r.customs.status is LightStatus.SCAN
     r.set_light(kind=LightKind.CUSTOMS, status=LightStatus.GREEN, reason="scanned", by=CUSTOMS, now=NOW)
     green(r)
-    assert r.pickable
+    assert r.lights_green and r.pickable(NOW)
 
 
 def test_block_freezes_until_unblocked() -> None:
@@ -418,3 +418,20 @@ def test_the_vessel_call_key_folds_as_str_upper_does() -> None:
     assert set("".join(VESSEL_CALL_FOLDS.values())) <= set(KEY_CHARACTERS)
     assert vessel_call_key("2026-anr 0457") == vessel_call_key("2026ANR0457") == "2026ANR0457"
     assert vessel_call_key("Stra\u00dfe \ufb01x") == "STRASSEFIX"
+
+
+def test_pickable_is_what_gate_in_asks_of_the_right_now() -> None:
+    """Review 159 finding 4: three green lights alone are not pickable. In its window, not blocked, before
+    the gate: pickable; not valid yet, blocked, revoked, past its window, gated in: not."""
+    r = green(nominated())
+    assert r.pickable(NOW)
+    assert not r.pickable(r.valid_from - timedelta(seconds=1)) and r.pickable(r.valid_from)
+    assert not r.pickable(r.valid_until)  # lapsed (effective_state), swept or not
+    r.block(by=LINE, now=NOW, reason="checking")
+    assert r.lights_green and not r.pickable(NOW)
+    r.unblock(by=LINE, now=NOW, reason=None)
+    r.gate_in(by=TERMINAL, now=NOW, decision_id=uuid.uuid4())
+    assert r.lights_green and not r.pickable(NOW)
+    revoked = green(issue())
+    revoked.revoke(by=LINE, now=NOW, reason="duplicate")
+    assert revoked.lights_green and not revoked.pickable(NOW)

@@ -113,6 +113,8 @@ SCRIPT_KEYS: Mapping[str, tuple[str, ...]] = {
     "app.js": ("common.", "error.", "app.", "card.", "light.", "state.", "gate.", "reason."),
     "console.js": ("common.", "error.", "console.", "badge."),  # the admin console, identity.web.console
 }
+# Of those, what base.html alone renders, on every page: no script reads them (the driver app's weight).
+RENDERED_ONLY = frozenset({"common.contrast", "common.language", "common.noscript"})
 
 router = APIRouter(include_in_schema=False)
 
@@ -203,7 +205,7 @@ def _strings(lang: str, script: str, office: str | None = None) -> dict[str, str
     """The catalog keys ``script`` needs, each with its text for a person who turns to ``office``."""
     prefixes = SCRIPT_KEYS[script]
     cat = i18n.catalog(lang)
-    return {k: cat[i18n.own_key(lang, k, office)] for k in cat if k.startswith(prefixes)}
+    return {k: cat[i18n.own_key(lang, k, office)] for k in cat if k.startswith(prefixes) and k not in RENDERED_ONLY}
 
 
 def render(request: Request, template: str, *, title: str, script: str, office: str | None = None,

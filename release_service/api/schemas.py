@@ -185,7 +185,12 @@ class ReleaseOut(BaseModel):
     terminal: str
     state: str
     blocked: bool
-    pickable: bool
+    pickable: bool = Field(description=(
+        "Whether the right itself lets its container be picked up now: `state` `active` or `nominated` (so "
+        "before the gate and not past `valid_until`), `valid_from` reached, not `blocked`, and all three "
+        "lights `green`. Gate-in refuses a right that is not (but for the terminal's audited override); it "
+        "judges besides the truck, the driver and his answer, a hold on the container and the holder. "
+        "False once gated in."))
     lights: dict[str, LightOut] = Field(description=(
         "`commercial`, `customs`, `terminal`. Customs' `reason` is shown to the line, customs, the terminal "
         "and port security only. A hold the right took over at its issue from another right of its container "
@@ -307,7 +312,7 @@ def release_out(r: ReleaseRight, now: datetime, chain: list[uuid.UUID] | None = 
         "terminal": r.terminal,
         "state": r.effective_state(now).value,
         "blocked": r.blocked,
-        "pickable": r.pickable,
+        "pickable": r.pickable(now),
         "lights": {"commercial": _light(r.commercial), "customs": _light(r.customs),
                    "terminal": _light(r.terminal_light)},
         "issuer_organisation_id": str(r.issuer_organisation_id),

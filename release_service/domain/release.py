@@ -42,7 +42,8 @@ gate refuses such a right meanwhile (``holder_active``, read with the right: gat
 ``holder_inactive``). ``organisation_reactivated`` tells the line again (``release.holder_reactivated``);
 a cancelled transfer stays cancelled. A transfer is accepted only while its sender is active.
 
-The three lights are independent; a right is pickable only when all three are green. Only the line
+The three lights are independent; a right is pickable only when all three are green, and only while it is
+before the gate, in its window and not blocked (``pickable``: the right's side of the gate). Only the line
 touches the commercial light, customs the customs light, the right's own terminal the terminal light.
 Customs is a kind of organisation, not one: its light keeps the organisation that set it, and a hold (red
 or scan) is changed only by that organisation, its green after a scan or after its own red with a reason
@@ -438,8 +439,18 @@ class ReleaseRight:
         return self.effective_state(now) in ENDED_UNUSED and self.customs_own_hold
 
     @property
-    def pickable(self) -> bool:
+    def lights_green(self) -> bool:
         return self.commercial.green and self.customs.green and self.terminal_light.green
+
+    def pickable(self, now: datetime) -> bool:
+        """The right's side of the gate's answer now (the API's ``pickable``): before the gate and in its
+        window (``effective_state`` active or nominated, ``valid_from`` reached), not blocked, all three
+        lights green; what ``gate_in`` asks of the right, its nomination aside. Review 159 finding 4: the
+        lights alone called a right not valid yet, or revoked, pickable, and the driver app said "Ready for
+        pickup" to a truck the gate then refused. What the gate judges beyond the right (the truck, the
+        driver, his answer, a hold on the container from another right, the holder's standing) it leaves."""
+        return (self.effective_state(now) in PRE_GATE_STATES and now >= self.valid_from and not self.blocked
+                and self.lights_green)
 
     def light(self, kind: LightKind) -> Light:
         return {
@@ -800,7 +811,7 @@ class ReleaseRight:
         self._require_state(frozenset({State.NOMINATED}), "gate in", now)
         self._require_not_blocked()
         self._require_valid_now(now)
-        if not self.pickable:
+        if not self.lights_green:
             raise DomainError(ErrorCode.ILLEGAL_TRANSITION, "All three lights must be green.")
         if self.nomination is not None and self.nomination.response is DriverResponse.REFUSED:
             # The driver said he will not come: a truck under his nomination is not admitted (see the

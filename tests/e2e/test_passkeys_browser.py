@@ -256,6 +256,38 @@ def test_the_driver_accepts_a_nomination(browser: Any, live: Live) -> None:
         phone.close()
 
 
+def test_a_pickup_not_valid_yet_is_not_ready_and_says_from_when(browser: Any, live: Live) -> None:
+    """A nominated right with three green lights whose window the line then moved to open tomorrow: the
+    gate refuses it (``right_not_yet_valid``), so its card says from when it is valid, not "Ready for
+    pickup" (review 159, finding 4: ``pickable`` was the three lights alone, and the card said ready)."""
+    s = seed(live)
+    p = s.parties
+    cmd = issue_cmd(p, 8, to=p.haul.organisation_id)
+    later = do(live.engine, lambda uow: issue.issue(uow, p.line, cmd, now())[0])
+    for who, kind in ((p.customs, LightKind.CUSTOMS), (p.terminal, LightKind.TERMINAL)):
+        do(live.engine, lambda uow, who=who, kind=kind: lifecycle.set_light(
+            uow, who, later.id, kind, LightStatus.GREEN, None, now()))
+    do(live.engine, lambda uow: nominate.nominate(
+        uow, p.haul, later.id, nominate.NominateCommand("1ABC123", "BE", p.driver), now()))
+    opens = now() + timedelta(days=1)
+    do(live.engine, lambda uow: lifecycle.update(
+        uow, p.line, later.id, now(), valid_from=opens, valid_until=None, bill_of_lading=None))
+    phone = Phone(browser)
+    page = phone.page
+    try:
+        enrol(phone, live, s.code)
+        card = page.locator(f'[data-container="{cmd.container_number}"]')
+        card.wait_for()
+        said = card.locator("p.notready").inner_text()
+        assert said.startswith("Not ready yet: valid from ") and len(said) > len("Not ready yet: valid from ")
+        assert "Ready for pickup" not in card.inner_text() and card.locator("p.ready").count() == 0
+        ready = page.locator(f'[data-container="{s.container}"]')  # valid now, lights green: ready
+        assert ready.locator("p.ready").inner_text() == "Ready for pickup"
+        assert phone.errors == []
+    finally:
+        phone.close()
+
+
 def test_a_truck_nominated_after_the_card_was_shown_is_not_accepted(browser: Any, live: Live) -> None:
     """The driver's answer is bound to the nomination his card shows (driver surface review, finding 2):
     app.js sends the right's version the card was built from in If-Match. The operator nominates another

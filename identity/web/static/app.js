@@ -79,8 +79,8 @@
     li.appendChild(QG.el("h2", {"class": "cn", "aria-label": r.container_number.split("").join(" ")}, container(r.container_number)));
     li.appendChild(QG.el("span", {"class": "state"}, t("state." + r.state)));
     if (r.state === "active" || r.state === "nominated") {
-      li.appendChild(QG.el("p", {"class": r.pickable && !r.blocked ? "ready" : "notready"},
-                           r.blocked ? t("card.blocked") : r.pickable ? t("card.ready") : t("card.not_ready")));
+      var why = r.blocked ? "blocked" : r.pickable ? "ready" : Date.parse(r.valid_from) > Date.now() ? "from" : "not_ready";
+      li.appendChild(QG.el("p", {"class": r.pickable ? "ready" : "notready"}, t("card." + why, {time: QG.when(r.valid_from, "long")})));
     }
     var dl = QG.el("dl"), n = r.nomination;
     row(dl, t("card.terminal"), r.terminal);
