@@ -11,6 +11,7 @@ the UPDATE and DELETE in the first place (migration 0015).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -776,3 +777,115 @@ def test_0021_goes_down_and_up_on_sqlite(tmp_path: Path) -> None:
             assert conn.exec_driver_sql(names).all() == [("audit_log_insert_unsealed",)]
     finally:
         engine.dispose()
+
+
+# ---- 6. rows that cannot be read or hashed (review 160, finding 1) ---------------------------------------
+
+# What an ordinary INSERT can put in the trail past migration 0021 (chain columns NULL, the writer's txid)
+# that no entry of the service holds: a time past year 9999 or 'infinity' (psycopg: "timestamp too large
+# (after year 10K)"; SQLite: not a time it can parse), a number JSON reads back as inf (canonical_json
+# refuses it). Every seal failed on it, every turn, and no alarm; verify died on the time with a traceback.
+_UNREADABLE = [
+    pytest.param({"at": "'infinity'"}, "cannot be read", id="at-infinity"),
+    pytest.param({"at": "'10000-01-01 00:00:00'"}, "cannot be read", id="at-year-10000"),
+    pytest.param({"data": "'{\"n\": 1" + "0" * 400 + ".5}'"}, "cannot be hashed", id="data-inf"),
+]
+
+
+def insert_raw(engine: sa.Engine, conn: sa.Connection | None = None, **values: str) -> int:
+    """One entry by a plain INSERT (no SQLAlchemy type in the way), ``values`` as SQL literals; its id."""
+    pg = engine.dialect.name == "postgresql"
+    row = {"at": "'2025-03-01 08:00:00+00'" if pg else "'2025-03-01 08:00:00.000000'", "kind": "'k'",
+           "actor": "'{}'", "subject": "'planted'", "data": "'{}'", **values}
+    if pg:
+        row["txid"] = "pg_current_xact_id()::text::bigint"
+    sql = f"INSERT INTO audit_log ({', '.join(row)}) VALUES ({', '.join(row.values())})"
+    with contextlib.ExitStack() as stack:
+        c = conn if conn is not None else stack.enter_context(engine.begin())
+        c.exec_driver_sql(sql)
+        return int(c.execute(sa.select(sa.func.max(audit_log.c.id))).scalar_one())
+
+
+@pytest.mark.parametrize(("bad", "why"), _UNREADABLE)
+def test_a_row_that_cannot_be_read_or_hashed_stops_the_sealer_once_and_verify_names_it(
+    engine: sa.Engine, cipher: DataCipher, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str], bad: dict[str, str], why: str
+) -> None:
+    """The review's proof: two entries sealed, the planted row, three more; three turns of the sealer."""
+    stopped: list[str] = []
+    sealer = AuditSealer(engine, cipher, on_tampered=stopped.append)
+    write(engine, "k", 2, 0)
+    seal(sealer, engine, 2)
+    planted = insert_raw(engine, **bad)  # an ordinary INSERT: migration 0021 lets it in
+    write(engine, "k", 3, 3)
+    wait_until_sealable(engine, 6)
+
+    with caplog.at_level(logging.CRITICAL, logger="quaygate.audit"):
+        for minute in (1, 2, 3):  # no DataError nor ValueError from any turn; stopped at the first
+            assert sealer.seal_once(T0 + timedelta(minutes=minute)) == 0
+    assert sealer.tampered is not None and f"row {planted} of the trail {why}" in sealer.tampered
+    assert stopped == [sealer.tampered]
+    assert len([r for r in caplog.records if r.getMessage() == "audit.tampered"]) == 1
+    assert unsealed(engine) == 4
+
+    # verify names it, whichever part of it is bad, and says where the trail breaks; it does not raise.
+    report = verify_trail(engine, public_keys(engine, cipher), now=T0 + timedelta(minutes=1), max_unsealed_age=BOUND)
+    assert report.problem is not None and report.problem.row_id == planted and report.problem.chain_seq == 3
+    assert report.entries == 2 and report.unsealed == 4 and not report.intact
+    settings = settings_for(database_url, tmp_path, audit_seal_interval=0.05, audit_unsealed_max_age=10**8)
+    assert cmd_verify(settings, None) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"audit trail BROKEN at entry 3: row {planted}, not sealed, {why}")
+    assert "entries 1 to 2 verified before it; 4 entries not sealed yet" in out
+
+
+@pytest.mark.parametrize(("bad", "why"), _UNREADABLE)
+def test_a_sealed_entry_made_unreadable_is_named_by_the_sealer_and_by_verify(
+    engine: sa.Engine, cipher: DataCipher, bad: dict[str, str], why: str
+) -> None:
+    """Past the triggers (as_insider): a sealed entry rewritten so that it cannot be read or hashed stops a
+    sealer that begins (it checks the entries under the last checkpoint) and breaks verify there, named."""
+    write(engine, "k", 3, 0)
+    seal(AuditSealer(engine, cipher), engine, 3)
+    with engine.connect() as conn:
+        second = conn.execute(sa.select(audit_log.c.id).where(audit_log.c.chain_seq == 2)).scalar_one()
+    with as_insider(engine) as conn:
+        column, value = next(iter(bad.items()))
+        conn.exec_driver_sql(f"UPDATE audit_log SET {column} = {value} WHERE id = {second}")
+    write(engine, "k", 1, 3)  # read past the bad one: still counted
+    fresh = AuditSealer(engine, cipher)
+    assert fresh.seal_once(T0) == 0
+    assert fresh.tampered is not None and f"row {second} of the trail {why}" in fresh.tampered
+    report = verify_trail(engine, public_keys(engine, cipher))
+    assert report.problem is not None and report.problem.row_id == second and report.problem.chain_seq == 2
+    assert report.problem.message.startswith(f"entry 2 (row {second}) {why}")
+    assert report.entries == 1 and report.unsealed == 1
+
+
+def test_the_background_sealer_raises_the_alarm_for_a_row_that_cannot_be_read(
+    engine: sa.Engine, cipher: DataCipher, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As the service runs it: the metric says sealing stopped, where quaygate.worker.failed was logged
+    every turn before."""
+    write(engine, "k", 2, 0)
+    insert_raw(engine, at="'infinity'")
+    write(engine, "k", 1, 3)
+    wait_until_sealable(engine, 4)
+    settings = settings_for(database_url, tmp_path, audit_seal_interval=0.05)
+    metrics = Metrics()
+    stopped = lambda: metrics.registry.get_sample_value("quaygate_audit_sealing_stopped")  # noqa: E731
+    workers = BackgroundWorkers(Container(settings=settings, engine=engine, cache=make_cache(None), cipher=cipher,
+                                          clock=SystemClock()), metrics=metrics)
+    with caplog.at_level(logging.ERROR):
+        workers.start()
+        try:
+            deadline = time.monotonic() + 10
+            while stopped() != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)
+        finally:
+            workers.stop()
+    assert stopped() == 1 and unsealed(engine) == 4
+    assert [r for r in caplog.records if r.getMessage() == "quaygate.worker.failed"
+            and getattr(r, "fields", {}).get("worker") == "audit-sealer"] == []
+    assert len([r for r in caplog.records if r.getMessage() == "audit.tampered"]) == 1

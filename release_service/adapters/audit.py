@@ -24,7 +24,10 @@ sealed row and any deletion in the audit tables, and 0021 any row inserted with 
 defence in depth, not the evidence. A row that got in half sealed anyway, or a seal the triggers refuse,
 stops the sealer with ``audit.tampered`` too, rather than have it retry a batch that can never commit; so
 does an audit key hand-over entry that its old key's sealed retirement record does not bear out
-(``_check_hand_overs``): anyone may insert a row, and the sealer would sign it.
+(``_check_hand_overs``): anyone may insert a row, and the sealer would sign it. So does a row that cannot
+be read or hashed (``_read``, ``_hash``: a time past year 9999, a number JSON reads back as infinite), which
+an ordinary INSERT can write and no seal could ever take (review 160, finding 1); ``verify_trail`` names
+such a row where it breaks the trail (``Unreadable``) instead of raising.
 """
 
 from __future__ import annotations
@@ -53,12 +56,15 @@ from quaygate.schema import audit_checkpoints, audit_log, signing_keys
 from release_service.domain.audit_chain import (
     GENESIS,
     KEY_ROTATED,
+    UNHASHABLE,
     Checkpoint,
     Entry,
     Report,
     SealingBound,
+    Unreadable,
     VerifySignature,
     canonical_json,
+    failure_text,
     link_hash,
     signed_message,
     verify_chain,
@@ -443,6 +449,46 @@ class AuditTampered(Exception):
     """The trail no longer holds what the sealer signed or verified: sealing on would sign a rewrite."""
 
 
+# What reading a row the service never writes raises: psycopg's DataError for a time past year 9999 or
+# 'infinity' ("timestamp too large (after year 10K)"), SQLite's ValueError for a time it cannot parse,
+# RecursionError for JSON nested past the interpreter's limit; and what hashing one raises (UNHASHABLE).
+_UNREADABLE: tuple[type[Exception], ...] = (sa.exc.DataError, *UNHASHABLE)
+
+
+def _failure(exc: Exception) -> str:
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else None
+    return failure_text(orig if isinstance(orig, BaseException) else exc)
+
+
+def _cannot(row_id: int, what: str, exc: Exception) -> AuditTampered:
+    return AuditTampered(f"row {row_id} of the trail {what} ({_failure(exc)}): the service writes no such entry, so "
+                         "it was written or altered behind the sealer's back, and no entry after it could be sealed")
+
+
+def _read(conn: sa.Connection, stmt: sa.Select[Any]) -> list[Any]:
+    """The rows of ``stmt`` over ``audit_log``; one that cannot be read raises AuditTampered naming it, as every
+    later seal would fail on it (review 160, finding 1). Found by reading the statement's rows one by one,
+    only then: the ids read, and the reads fail in the client (psycopg's loaders, SQLAlchemy's processors), so
+    the transaction goes on. A failure no single row repeats is raised as it was."""
+    try:
+        return list(conn.execute(stmt).all())
+    except _UNREADABLE:
+        for row_id in conn.execute(stmt.with_only_columns(audit_log.c.id)).scalars().all():
+            try:
+                conn.execute(stmt.where(audit_log.c.id == row_id)).all()
+            except _UNREADABLE as exc:
+                raise _cannot(row_id, "cannot be read", exc) from exc
+        raise
+
+
+def _hash(prev: str, seq: int, e: Entry) -> str:
+    """``link_hash``; AuditTampered naming the row when its content cannot be hashed (inf in its data)."""
+    try:
+        return link_hash(prev, seq, e)
+    except UNHASHABLE as exc:
+        raise _cannot(e.id, "cannot be hashed", exc) from exc
+
+
 class AuditSealer:
     """Chains and signs new entries, never over a trail other than the one it saw signed.
 
@@ -495,14 +541,14 @@ class AuditSealer:
                 xmin = sa.cast(sa.cast(sa.func.pg_snapshot_xmin(sa.func.pg_current_snapshot()), sa.Text),
                                sa.BigInteger)
                 ready = sa.and_(ready, audit_log.c.txid < xmin)
-            rows = conn.execute(sa.select(*_ENTRY_COLUMNS).where(ready).order_by(audit_log.c.id)
-                                .limit(self._batch_size)).all()
+            rows = _read(conn, sa.select(*_ENTRY_COLUMNS).where(ready).order_by(audit_log.c.id)
+                         .limit(self._batch_size))
             if not rows:
                 return 0
             updates = []
             for row in rows:
                 seq += 1
-                digest = link_hash(prev, seq, Entry(*row))
+                digest = _hash(prev, seq, Entry(*row))
                 updates.append({"row_id": row.id, "new_seq": seq, "new_prev": prev, "new_hash": digest})
                 prev = digest
             try:
@@ -555,8 +601,9 @@ class AuditSealer:
         for cp in cps:
             self._check_follows(conn, latest, cp)
             latest = cp
-        head = conn.execute(sa.select(*_ENTRY_COLUMNS).where(audit_log.c.chain_seq.is_not(None))
-                            .order_by(audit_log.c.chain_seq.desc()).limit(1)).first()
+        heads = _read(conn, sa.select(*_ENTRY_COLUMNS).where(audit_log.c.chain_seq.is_not(None))
+                      .order_by(audit_log.c.chain_seq.desc()).limit(1))
+        head = heads[0] if heads else None
         sealed = (head.chain_seq, head.hash) if head is not None else (0, GENESIS)
         vouched = (latest.chain_seq, latest.hash) if latest is not None else (0, GENESIS)
         if sealed != vouched:
@@ -565,7 +612,7 @@ class AuditSealer:
                 + (" with another hash" if sealed[0] == vouched[0] else "")
                 + ": entries were sealed, cut off or rewritten behind the sealer's back")
         if head is not None and (head.prev_hash is None
-                                 or link_hash(head.prev_hash, head.chain_seq, Entry(*head)) != head.hash):
+                                 or _hash(head.prev_hash, head.chain_seq, Entry(*head)) != head.hash):
             raise AuditTampered(f"entry #{head.chain_seq} (row {head.id}), the last sealed, was altered")
         self._known = latest
         return latest
@@ -596,8 +643,8 @@ class AuditSealer:
         sealer would chain and sign it: a hand-over of his own (naming the active key, bound 0) made every
         verify fail for good. It raises the alarm instead, naming the row. Through the kind's index: the
         unsealed rows of this one kind, a handful in the trail's life."""
-        rows = conn.execute(sa.select(audit_log.c.id, audit_log.c.data).where(
-            audit_log.c.kind == KEY_ROTATED, audit_log.c.chain_seq.is_(None)).order_by(audit_log.c.id)).all()
+        rows = _read(conn, sa.select(audit_log.c.id, audit_log.c.data).where(
+            audit_log.c.kind == KEY_ROTATED, audit_log.c.chain_seq.is_(None)).order_by(audit_log.c.id))
         for row in rows:
             data = row.data if isinstance(row.data, dict) else {}
             old = data.get("old_key_id")
@@ -656,12 +703,12 @@ class AuditSealer:
     def _check_entries(self, conn: sa.Connection, start: tuple[int, str], cp: Checkpoint) -> None:
         """The entries after ``start`` up to ``cp`` link up and hash to what ``cp`` vouches for."""
         seq, prev = start
-        rows = conn.execute(sa.select(*_ENTRY_COLUMNS)
-                            .where(audit_log.c.chain_seq > seq, audit_log.c.chain_seq <= cp.chain_seq)
-                            .order_by(audit_log.c.chain_seq))
+        rows = _read(conn, sa.select(*_ENTRY_COLUMNS)
+                     .where(audit_log.c.chain_seq > seq, audit_log.c.chain_seq <= cp.chain_seq)
+                     .order_by(audit_log.c.chain_seq))
         for row in rows:
             e = Entry(*row)
-            if e.chain_seq != seq + 1 or e.prev_hash != prev or link_hash(prev, seq + 1, e) != e.hash:
+            if e.chain_seq != seq + 1 or e.prev_hash != prev or _hash(prev, seq + 1, e) != e.hash:
                 raise AuditTampered(f"entry #{seq + 1}, under checkpoint #{cp.chain_seq}, is missing or altered")
             seq, prev = seq + 1, e.hash or ""
         if seq != cp.chain_seq or prev != cp.hash:
@@ -791,13 +838,41 @@ def verify_trail(engine: sa.Engine, public_jwks: list[dict[str, Any]] | None = N
     return report
 
 
-def _stream(conn: sa.Connection) -> Iterator[Entry]:
-    # yield_per: a server-side cursor on PostgreSQL, fetched PAGE rows at a time, never all in memory.
+def _stream(conn: sa.Connection) -> Iterator[Entry | Unreadable]:
+    yield from _in_order(conn, sa.select(*_ENTRY_COLUMNS).where(audit_log.c.chain_seq.is_not(None)),
+                         audit_log.c.chain_seq)
+    yield from _in_order(conn, sa.select(*_ENTRY_COLUMNS).where(audit_log.c.chain_seq.is_(None)), audit_log.c.id)
+
+
+def _in_order(conn: sa.Connection, stmt: sa.Select[Any], key: sa.Column[Any]) -> Iterator[Entry | Unreadable]:
+    """The rows of ``stmt`` in ``key`` order; one that cannot be read as ``Unreadable``, and the rows after it
+    (review 160, finding 1: a time past year 9999 ended verify in a traceback).
+
+    yield_per: a server-side cursor on PostgreSQL, fetched PAGE rows at a time, never all in memory. A row that
+    fails fails its page, in the client; the transaction goes on, and the row is found among the next PAGE
+    after the last one read by reading them one by one."""
     paged = conn.execution_options(yield_per=PAGE)
-    sealed = (sa.select(*_ENTRY_COLUMNS).where(audit_log.c.chain_seq.is_not(None))
-              .order_by(audit_log.c.chain_seq))
-    for row in paged.execute(sealed):
-        yield Entry(*row)
-    unsealed = sa.select(*_ENTRY_COLUMNS).where(audit_log.c.chain_seq.is_(None)).order_by(audit_log.c.id)
-    for row in paged.execute(unsealed):
-        yield Entry(*row)
+    after: Any = None
+    while True:
+        rest = stmt if after is None else stmt.where(key > after)
+        try:
+            for row in paged.execute(rest.order_by(key)):
+                e = Entry(*row)
+                after = e.chain_seq if key is audit_log.c.chain_seq else e.id
+                yield e
+            return
+        except _UNREADABLE:
+            bad = _first_unreadable(conn, rest.order_by(key).limit(PAGE))
+            if bad is None:
+                raise
+            yield bad
+            after = bad.chain_seq if key is audit_log.c.chain_seq else bad.id
+
+
+def _first_unreadable(conn: sa.Connection, stmt: sa.Select[Any]) -> Unreadable | None:
+    for row_id, chain_seq in conn.execute(stmt.with_only_columns(audit_log.c.id, audit_log.c.chain_seq)).all():
+        try:
+            conn.execute(sa.select(*_ENTRY_COLUMNS).where(audit_log.c.id == row_id)).all()
+        except _UNREADABLE as exc:
+            return Unreadable(row_id, chain_seq, _failure(exc))
+    return None

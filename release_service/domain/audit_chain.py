@@ -28,7 +28,9 @@ the checkpoints as they were signed, kept outside the database (``witness_record
 each), every one of which must still be in the trail, which must reach the last of them.
 
 An entry that is not sealed is vouched for by nothing: one that should long have been sealed
-(``SealingBound``) makes the trail not intact.
+(``SealingBound``) makes the trail not intact. A row that cannot be read or hashed (a time past year
+9999, a number JSON reads back as infinite: ``Unreadable``, ``UNHASHABLE``) is no entry the service
+writes, and the sealer can seal neither it nor anything after it: the trail breaks there.
 """
 
 from __future__ import annotations
@@ -53,6 +55,20 @@ def canonical_json(value: Any) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
+# What hashing a row the service never writes raises: canonical_json's ValueError for inf or NaN (a JSON
+# number past a float's range reads back as inf), iso_utc's for a naive time, RecursionError for JSON
+# nested past the interpreter's limit, TypeError for a blob where text belongs (review 160, finding 1).
+UNHASHABLE: tuple[type[Exception], ...] = (ValueError, OverflowError, RecursionError, TypeError)
+REASON_SHOWN = 200  # characters of a failure's text in a problem: it may quote the stored value
+
+
+def failure_text(exc: BaseException) -> str:
+    """Why a row could not be read or hashed, in one short line."""
+    lines = str(exc).splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= REASON_SHOWN else text[:REASON_SHOWN] + "..."
+
+
 def iso_utc(at: datetime) -> str:
     if at.tzinfo is None:
         raise ValueError("audit times must be aware")
@@ -75,6 +91,16 @@ class Entry:
     prev_hash: str | None = None
     hash: str | None = None
     txid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A row the store could not read as an entry (a time past year 9999 or 'infinity', JSON nested too
+    deep): no entry the service writes, named by its id (and its place in the chain, if sealed)."""
+
+    id: int
+    chain_seq: int | None
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +193,7 @@ class ProblemKind(StrEnum):
     UNCOVERED = "uncovered"  # sealed entries no checkpoint vouches for: the sealer always writes one
     UNWITNESSED = "unwitnessed"  # a checkpoint the witness holds is gone from the trail, or differs
     BAD_WITNESS = "bad_witness"  # a witness line whose signature does not verify
+    UNREADABLE = "unreadable"  # a row that cannot be read or hashed: no entry the service writes
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +339,7 @@ class _Walk:
         self.checked_checkpoints = 0
         self.last_checkpoint: Checkpoint | None = None
 
-    def step(self, e: Entry, seq: int) -> Problem | None:
+    def step(self, e: Entry | Unreadable, seq: int) -> Problem | None:
         if seq > self.expected:
             gap = f"entry {self.expected} is missing" if seq == self.expected + 1 else (
                 f"entries {self.expected} to {seq - 1} are missing")
@@ -320,11 +347,21 @@ class _Walk:
         if seq < self.expected:  # the database's unique index forbids it; an exported copy may not
             return Problem(ProblemKind.MISLINKED, seq,
                            f"entry {seq} (row {e.id}) appears twice or out of order", e.id)
+        if isinstance(e, Unreadable):
+            return Problem(ProblemKind.UNREADABLE, seq, (
+                f"entry {seq} (row {e.id}) cannot be read ({e.reason}): the service writes no such entry, "
+                "so it was altered behind its back"), e.id)
         if e.prev_hash != self.prev:
             return Problem(ProblemKind.MISLINKED, seq, (
                 f"entry {seq} (row {e.id}) does not follow entry {seq - 1}: its prev_hash is not the hash "
                 "before it (entries reordered, inserted or relinked)"), e.id)
-        if e.hash != link_hash(e.prev_hash, seq, e):
+        try:
+            digest = link_hash(e.prev_hash, seq, e)
+        except UNHASHABLE as exc:
+            return Problem(ProblemKind.UNREADABLE, seq, (
+                f"entry {seq} (row {e.id}) cannot be hashed ({failure_text(exc)}): the service writes no such "
+                "entry, so it was altered behind its back"), e.id)
+        if e.hash != digest:
             return Problem(ProblemKind.EDITED, seq, (
                 f"entry {seq} (row {e.id}) was altered: its content no longer matches its hash"), e.id)
         anchor = self.anchors.get(seq)
@@ -442,8 +479,20 @@ def check_witness(witnessed: Iterable[Checkpoint], stored: Mapping[int, Checkpoi
     return None, found
 
 
-def verify_chain(rows: Iterable[Entry], checkpoints: Iterable[Checkpoint], verify_signature: VerifySignature,
-                 *, witnessed: Iterable[Checkpoint] = (), sealing: SealingBound | None = None,
+def _why_unsealable(e: Entry | Unreadable) -> str | None:
+    """Why the sealer can never seal this unsealed row: it cannot be read, or cannot be hashed."""
+    if isinstance(e, Unreadable):
+        return f"cannot be read ({e.reason})"
+    try:
+        link_hash(GENESIS, 1, e)
+    except UNHASHABLE as exc:
+        return f"cannot be hashed ({failure_text(exc)})"
+    return None
+
+
+def verify_chain(rows: Iterable[Entry | Unreadable], checkpoints: Iterable[Checkpoint],
+                 verify_signature: VerifySignature, *, witnessed: Iterable[Checkpoint] = (),
+                 sealing: SealingBound | None = None,
                  signs_through: Mapping[str, int] | None = None,
                  signs_through_hash: Mapping[str, str] | None = None) -> Report:
     """Walk ``rows`` in ``chain_seq`` order (unsealed rows anywhere) and report the first problem, then
@@ -451,16 +500,23 @@ def verify_chain(rows: Iterable[Entry], checkpoints: Iterable[Checkpoint], verif
     ``signs_through``: retired keys and the last entry each may vouch for (as exported with the keys);
     the trail's own hand-over entries (``KEY_ROTATED``) add theirs as the walk reaches them.
     ``signs_through_hash``: for retired keys, the hash that last entry had (exported with the keys too):
-    the trail must still hold it so."""
+    the trail must still hold it so. ``rows`` may hold rows the store could not read (``Unreadable``): a
+    sealed one breaks the trail at its place, an unsealed one (like one that cannot be hashed) where the
+    sealer stopped, as it can seal neither it nor anything after it."""
     checkpoints = list(checkpoints)
     walk = _Walk(checkpoints, verify_signature, signs_through, signs_through_hash)
     unsealed = 0
     held: list[Held] = []
     held_count = 0
     problem: Problem | None = None
+    stuck: tuple[int, str] | None = None  # the first unsealed row the sealer can never seal
     for e in rows:
         if e.chain_seq is None:
             unsealed += 1
+            why = _why_unsealable(e)
+            if why is not None or isinstance(e, Unreadable):
+                stuck = stuck or (e.id, why or "")
+                continue
             reason = sealing.why_held(e) if sealing is not None else None
             if reason is not None:
                 held_count += 1
@@ -472,6 +528,10 @@ def verify_chain(rows: Iterable[Entry], checkpoints: Iterable[Checkpoint], verif
         problem = walk.step(e, e.chain_seq)
     if problem is None:
         problem = walk.finish()
+    if problem is None and stuck is not None:
+        problem = Problem(ProblemKind.UNREADABLE, walk.expected, (
+            f"row {stuck[0]}, not sealed, {stuck[1]}: the service writes no such entry, so it was written behind "
+            "its back, and the sealer can seal neither it nor any entry after it"), stuck[0])
     entries = walk.expected - 1
     found = 0
     witnessed = list(witnessed)
