@@ -10,10 +10,15 @@ codes only, never a secret, a token or a credential.
 
 Pass ``conn`` to write in the use case's own transaction (one commit, STYLE.md #5); failures, which
 have no transaction of their own, get a small one.
+
+Text that comes from outside (a callback's query parameter, a path segment, an upstream's error code)
+goes in through ``printable`` (review 157, finding 2): PostgreSQL's jsonb refuses a NUL, so one such
+character made the entry, and with it the refusal it recorded, fail.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -22,6 +27,17 @@ from typing import Any
 import sqlalchemy as sa
 
 from release_service.adapters.audit import SqlAuditLog, append_committed
+
+# Unicode's control characters (Cc: C0, DEL, C1) and lone surrogates (Cs), as release_service.domain.storable
+# names them: a NUL PostgreSQL refuses, a surrogate has no UTF-8, the others forge lines where the trail is read.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable(value: str, limit: int) -> str:
+    """``value``, outside text, as the trail holds it: its first ``limit`` characters with every control
+    character or lone surrogate written as its ``\\uXXXX`` escape (an auditor still sees it was there),
+    cut to ``limit`` again."""
+    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", value[:limit])[:limit]
 
 
 def record(

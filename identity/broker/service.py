@@ -328,7 +328,10 @@ class BrokerService:
     def _refuse(self, exc: BrokerRefused, *, upstream: str, now: datetime) -> NoReturn:
         audit.record(f"identity.login.upstream.refused.{exc.code.value}", at=now, actor={},
                      subject=upstream if upstream in self.upstreams else None,
-                     data={"upstream": upstream[:40], "code": exc.code.value, "detail": exc.detail[:200]},
+                     # The name is the path's and the detail may hold the callback's or the upstream's text:
+                     # escaped, or a NUL fails the entry on PostgreSQL (review 157, finding 2).
+                     data={"upstream": audit.printable(upstream, 40), "code": exc.code.value,
+                           "detail": audit.printable(exc.detail, 200)},
                      engine=self._engine)
         log.info("identity.login.upstream.refused.%s", exc.code.value)
         raise exc

@@ -163,7 +163,10 @@ def logout(
         audit.record(
             "identity.logout",
             at=now,
-            actor={k: v for k, v in (("client_id", client_id), ("person_id", str(current.person_id))) if v},
+            # The request's client_id, unless the hint named it: escaped, or a NUL in it failed the entry,
+            # and with it the logout, on PostgreSQL (review 157, finding 2).
+            actor={k: v for k, v in (("client_id", audit.printable(client_id, 100) if client_id else None),
+                                     ("person_id", str(current.person_id))) if v},
             data={"session_ended": ended, "access_tokens_revoked": revoked, "hinted": claims is not None,
                   "how": how},
             conn=conn,
