@@ -4,6 +4,10 @@
 key it was given out of band, never against a key read from the database it is checking.
 ``verify --checkpoints FILE`` (repeatable) holds the trail to a witness file the sealer wrote outside
 the database (``QUAYGATE_AUDIT_WITNESS``): every checkpoint in it must be in the trail as signed.
+
+What the database or a file gives (key ids, the sealer's reasons, a problem's message) is printed through
+``printable``: an insider's key id holding ``ESC [2K CR`` would erase a BROKEN line on the terminal and
+show another (review 160, finding 2).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from release_service.adapters.audit import (
     rotate_audit_key,
     verify_trail,
 )
-from release_service.domain.audit_chain import Checkpoint, Report, age_text, iso_utc
+from release_service.domain.audit_chain import Checkpoint, Report, age_text, iso_utc, printable
 
 from .db import make_engine
 from .rekey import watch
@@ -51,10 +55,10 @@ def describe(report: Report, now: datetime | None = None) -> str:
         p = report.problem
         before = (f"entries 1 to {report.entries} verified before it" if report.entries
                   else "nothing verified before it")
-        return f"audit trail BROKEN at entry {p.chain_seq}: {p.message}; {before}{unsealed}" + (
+        return f"audit trail BROKEN at entry {p.chain_seq}: {printable(p.message)}; {before}{unsealed}" + (
             f"\nand {held}" if held else "")
     last = report.last_checkpoint
-    signed = (f", last checkpoint #{last.chain_seq} signed by key {last.key_id} at "
+    signed = (f", last checkpoint #{last.chain_seq} signed by key {printable(last.key_id)} at "
               f"{last.at.isoformat()}" if last is not None else "")
     witnessed = (f", {_count(report.witnessed, 'witnessed checkpoint', 'witnessed checkpoints')} found as signed"
                  if report.witnessed else "")
@@ -69,7 +73,7 @@ def _describe_held(report: Report, now: datetime) -> str:
     """The unsealed rows that should have been sealed, by id and age."""
     if not report.held_count:
         return ""
-    rows = "; ".join(f"row {h.row_id} (at {iso_utc(h.at)}, {age_text(now - h.at)} ago): {h.reason}"
+    rows = "; ".join(f"row {h.row_id} (at {iso_utc(h.at)}, {age_text(now - h.at)} ago): {printable(h.reason)}"
                      for h in report.held)
     more = report.held_count - len(report.held)
     return (f"{_count(report.held_count, 'entry', 'entries')} should have been sealed and "
@@ -81,12 +85,12 @@ def cmd_verify(settings: Settings, public_key_file: str | None, checkpoint_files
     try:
         jwks = load_public_jwks(public_key_file) if public_key_file else None
     except (OSError, ValueError, KeyError) as exc:  # an unreadable or malformed key file
-        print(f"audit verify: cannot use the public key: {exc}", file=sys.stderr)
+        print(f"audit verify: cannot use the public key: {printable(str(exc))}", file=sys.stderr)
         return 2
     try:
         witnessed: list[Checkpoint] = [cp for path in checkpoint_files for cp in read_witness(path)]
     except (OSError, ValueError) as exc:
-        print(f"audit verify: cannot use the witnessed checkpoints: {exc}", file=sys.stderr)
+        print(f"audit verify: cannot use the witnessed checkpoints: {printable(str(exc))}", file=sys.stderr)
         return 2
     engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
     now = datetime.now(UTC)
@@ -97,7 +101,7 @@ def cmd_verify(settings: Settings, public_key_file: str | None, checkpoint_files
                               max_unsealed_age=timedelta(seconds=settings.audit_unsealed_max_age),
                               recheck_after=2 * settings.audit_seal_interval + 1)
     except ValueError as exc:  # a malformed JWK
-        print(f"audit verify: cannot use the public key: {exc}", file=sys.stderr)
+        print(f"audit verify: cannot use the public key: {printable(str(exc))}", file=sys.stderr)
         return 2
     finally:
         engine.dispose()
@@ -120,7 +124,7 @@ def cmd_seal(settings: Settings) -> int:
         engine.dispose()
     if sealer.tampered is not None:
         done = f" (after sealing {sealed} entries)" if sealed else ""
-        print(f"audit seal: refused to seal{done}: {sealer.tampered}", file=sys.stderr)
+        print(f"audit seal: refused to seal{done}: {printable(sealer.tampered)}", file=sys.stderr)
         return 1
     print(f"sealed {sealed} audit entries")
     return 0
@@ -133,12 +137,12 @@ def cmd_export_key(settings: Settings) -> int:
         ensure_audit_key(engine, cipher, datetime.now(UTC))
         jwks, ignored = export_public_key(engine, cipher)
     except AuditTampered as exc:
-        print(f"audit export-key: refused: {exc}", file=sys.stderr)
+        print(f"audit export-key: refused: {printable(str(exc))}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()
     for kid in ignored:
-        print(f"audit export-key: left out key {kid}: its private half does not open under the data key "
+        print(f"audit export-key: left out key {printable(kid)}: its private half does not open under the data key "
               "(not this deployment's key)", file=sys.stderr)
     print(json.dumps(jwks, indent=2, sort_keys=True))
     return 0
@@ -151,15 +155,15 @@ def cmd_rotate_key(settings: Settings, actor: dict[str, Any]) -> int:
         old, new, through = rotate_audit_key(engine, watch(settings.data_cipher(), engine, once=True),
                                              datetime.now(UTC), actor=actor)
     except LookupError as exc:
-        print(f"audit rotate-key: nothing changed: {exc}", file=sys.stderr)
+        print(f"audit rotate-key: nothing changed: {printable(str(exc))}", file=sys.stderr)
         return 2
     except AuditTampered as exc:
-        print(f"audit rotate-key: refused: {exc}", file=sys.stderr)
+        print(f"audit rotate-key: refused: {printable(str(exc))}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()
-    print(f"audit key {old} is retired: it vouches for entries up to {through} and signs nothing more")
-    print(f"audit key {new} signs from now on; the hand-over is on the trail, signed by the next seal")
+    print(f"audit key {printable(old)} is retired: it vouches for entries up to {through} and signs nothing more")
+    print(f"audit key {printable(new)} signs from now on; the hand-over is on the trail, signed by the next seal")
     print("give the authority the new key set: `quaygate audit export-key` (the old key is in it, with the "
           "last entry it may vouch for)")
     return 0

@@ -55,6 +55,7 @@ from release_service.domain.audit_chain import (
     check_witness,
     checkpoint_message,
     link_hash,
+    printable,
     signed_message,
     witness_record,
     witnessed_checkpoint,
@@ -889,3 +890,53 @@ def test_the_background_sealer_raises_the_alarm_for_a_row_that_cannot_be_read(
     assert [r for r in caplog.records if r.getMessage() == "quaygate.worker.failed"
             and getattr(r, "fields", {}).get("worker") == "audit-sealer"] == []
     assert len([r for r in caplog.records if r.getMessage() == "audit.tampered"]) == 1
+
+
+# ---- 7. the command line prints no control character from the database (review 160, finding 2) -----------
+
+# An insider's key id: on a terminal, verify's BROKEN line erased and "AUDIT TRAIL INTACT" shown, the rest
+# hidden; a C1 CSI and a DEL too.
+_FORGED_KID = "\x1b[2K\rAUDIT TRAIL INTACT\x1b[8m\x9b2K\x7f"
+_ESCAPED_KID = "\\x1b[2K\\rAUDIT TRAIL INTACT\\x1b[8m\\x9b2K\\x7f"
+
+
+def _no_control_characters(text: str) -> None:
+    for line in text.split("\n"):
+        assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in line), repr(line)
+
+
+def test_the_cli_escapes_control_characters_from_the_database(
+    engine: sa.Engine, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = settings_for(database_url, tmp_path)
+    assert cmd_export_key(settings) == 0
+    write(engine, "k", 3, 0)
+    wait_until_sealable(engine, 3)
+    assert cmd_seal(settings) == 0
+    capsys.readouterr()
+    with engine.begin() as conn:  # plain INSERTs: a checkpoint past the end, an audit key of his own
+        conn.execute(audit_checkpoints.insert().values(
+            chain_seq=5, hash="0" * 64, key_id=_FORGED_KID, signature="AAAA", at=T0, prev_chain_seq=3,
+            prev_hash="0" * 64))
+        conn.execute(signing_keys.insert().values(
+            kid=_FORGED_KID, alg="EdDSA", use="audit", status="retired", created_at=T0,
+            public_jwk=AuditKey(_FORGED_KID, Ed25519PrivateKey.generate()).public_jwk,
+            private_enc=DataCipher(os.urandom(32)).seal(b"\x00" * 32, b"x")))
+
+    assert cmd_verify(settings, None) == 1
+    verified = capsys.readouterr()
+    assert verified.out.startswith(f"audit trail BROKEN at entry 5: checkpoint #5 has a signature that does not "
+                                   f"verify under key {_ESCAPED_KID} ")
+    assert cmd_seal(settings) == 1
+    sealed = capsys.readouterr()
+    assert f"is not signed by this service's audit key (key {_ESCAPED_KID})" in sealed.err
+    assert cmd_export_key(settings) == 0
+    exported = capsys.readouterr()
+    assert f"left out key {_ESCAPED_KID}:" in exported.err
+    for text in (verified.out, verified.err, sealed.out, sealed.err, exported.out, exported.err):
+        _no_control_characters(text)
+
+
+def test_printable_escapes_c0_del_c1_and_lone_surrogates_only() -> None:
+    assert printable("key-1 é ✓ \\x1b") == "key-1 é ✓ \\x1b"
+    assert printable("\x00\t\n\r\x1b\x7f\x80\x9f\xa0\ud800") == "\\x00\\t\\n\\r\\x1b\\x7f\\x80\\x9f\xa0\\ud800"

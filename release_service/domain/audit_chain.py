@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -55,6 +56,19 @@ def canonical_json(value: Any) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
+# Unicode's control characters (Cc: C0, DEL, C1) and lone surrogates (Cs), as release_service.domain.storable
+# names them.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` from the database with every control character (C0, DEL, C1) and lone surrogate written as
+    its Python escape (``\\x1b``, ``\\r``, ``\\ud800``), for a terminal or a report: a key id an insider
+    wrote with ``ESC [2K CR`` erased verify's BROKEN line and showed another (review 160, finding 2). Other
+    text is unchanged, so escaping twice changes nothing."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 # What hashing a row the service never writes raises: canonical_json's ValueError for inf or NaN (a JSON
 # number past a float's range reads back as inf), iso_utc's for a naive time, RecursionError for JSON
 # nested past the interpreter's limit, TypeError for a blob where text belongs (review 160, finding 1).
@@ -63,10 +77,10 @@ REASON_SHOWN = 200  # characters of a failure's text in a problem: it may quote 
 
 
 def failure_text(exc: BaseException) -> str:
-    """Why a row could not be read or hashed, in one short line."""
+    """Why a row could not be read or hashed, in one short printable line (it may quote the value)."""
     lines = str(exc).splitlines()
     text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
-    return text if len(text) <= REASON_SHOWN else text[:REASON_SHOWN] + "..."
+    return printable(text if len(text) <= REASON_SHOWN else text[:REASON_SHOWN] + "...")
 
 
 def iso_utc(at: datetime) -> str:
@@ -316,7 +330,7 @@ def _retired_problem(cp: Checkpoint, signs_through: Mapping[str, int]) -> Proble
     if through is None or cp.chain_seq <= through:
         return None
     return Problem(ProblemKind.BAD_SIGNATURE, cp.chain_seq, (
-        f"checkpoint #{cp.chain_seq} is signed by key {cp.key_id}, which was retired after entry {through}: "
+        f"checkpoint #{cp.chain_seq} is signed by key {printable(cp.key_id)}, which was retired after entry {through}: "
         "a retired key signs nothing (a leaked key re-signing the trail)"))
 
 
@@ -367,8 +381,8 @@ class _Walk:
         anchor = self.anchors.get(seq)
         if anchor is not None and e.hash != anchor[0]:
             return Problem(ProblemKind.CHECKPOINT_MISMATCH, seq, (
-                f"entry {seq} (row {e.id}) is not the entry key {anchor[1]} last vouched for before it was retired "
-                "(its hash differs from the key set's quaygate_signs_through_hash): the trail up to here was "
+                f"entry {seq} (row {e.id}) is not the entry key {printable(anchor[1])} last vouched for before it was "
+                "retired (its hash differs from the key set's quaygate_signs_through_hash): the trail up to here was "
                 "rewritten and signed again with the retired key"), e.id)
         handed = hand_over(e)
         if handed is not None:  # honoured, or not, by the checkpoint that covers it (``_honour``)
@@ -388,7 +402,7 @@ class _Walk:
             return retired
         if not self.verify_signature(cp.key_id, signed_message(cp), cp.signature):
             return Problem(ProblemKind.BAD_SIGNATURE, seq, (
-                f"checkpoint #{seq} has a signature that does not verify under key {cp.key_id} "
+                f"checkpoint #{seq} has a signature that does not verify under key {printable(cp.key_id)} "
                 "(forged checkpoint, or not the trail's public key)"))
         if seq != e.chain_seq or cp.hash != e.hash:
             return Problem(ProblemKind.CHECKPOINT_MISMATCH, seq, (
@@ -422,8 +436,8 @@ class _Walk:
         if beyond and not self.pending:
             seq = min(beyond)
             return Problem(ProblemKind.MISSING, last + 1, (
-                f"the trail ends at entry {last}, but key {self.anchors[seq][1]} vouched for entries up to {seq} "
-                "before it was retired (the end of the trail was deleted)"))
+                f"the trail ends at entry {last}, but key {printable(self.anchors[seq][1])} vouched for entries up to "
+                f"{seq} before it was retired (the end of the trail was deleted)"))
         if self.pending:
             # Checkpoints beyond the end vouch for entries that are gone: the tail was cut off.
             cp = self.pending[0]
@@ -435,7 +449,7 @@ class _Walk:
                     f"entries {self.expected} to {cp.chain_seq} are missing: signed checkpoint "
                     f"#{cp.chain_seq} vouches for them (the end of the trail was deleted)"))
             return Problem(ProblemKind.BAD_SIGNATURE, cp.chain_seq, (
-                f"checkpoint #{cp.chain_seq} has a signature that does not verify under key {cp.key_id} "
+                f"checkpoint #{cp.chain_seq} has a signature that does not verify under key {printable(cp.key_id)} "
                 "and refers past the end of the trail"))
         covered = self.last_checkpoint.chain_seq if self.last_checkpoint else 0
         if last > covered:
@@ -464,7 +478,7 @@ def check_witness(witnessed: Iterable[Checkpoint], stored: Mapping[int, Checkpoi
             return retired, found
         if not verify_signature(w.key_id, signed_message(w), w.signature):
             return Problem(ProblemKind.BAD_WITNESS, seq, (
-                f"the witness's checkpoint #{seq} has a signature that does not verify under key {w.key_id} "
+                f"the witness's checkpoint #{seq} has a signature that does not verify under key {printable(w.key_id)} "
                 "(the witness file was altered, or is another trail's)")), found
         witness = f"checkpoint #{seq} was signed and witnessed outside the database"
         if any(other > agreed for other in stored):  # checkpoints past the agreement: a second history
