@@ -99,9 +99,20 @@ def test_a_login_not_made_in_this_flow_is_refused(auth_time: int | None, detail:
 def test_the_login_time_is_the_upstreams_within_the_skew() -> None:
     at = int(STARTED.timestamp()) + 30
     assert rules.login_time(at, started=STARTED, now=NOW) == datetime.fromtimestamp(at, UTC)
-    early = int(STARTED.timestamp()) - 60  # the upstream's clock a minute behind ours
-    assert rules.login_time(early, started=STARTED, now=NOW) == datetime.fromtimestamp(early, UTC)
     assert rules.login_time(int(NOW.timestamp()) + 60, started=STARTED, now=NOW) == NOW  # never later than now
+
+
+@pytest.mark.parametrize("early", [1, 5, 60])
+def test_a_login_the_upstream_dates_before_the_flow_is_taken_at_the_flows_start(early: int) -> None:
+    """Review 161, finding 1: the flow demanded a new login (prompt=login, max_age=0) and an auth_time at
+    most the skew before its start is taken for it (an upstream clock behind ours): the login happened
+    after the start, so the login time is no earlier. Before, it was the upstream's whole second, before
+    our provider's authorization request that sent the person to log in, which took the new login for an
+    old one (prompt=login, max_age) and sent him back to the login page for ever."""
+    started = STARTED + timedelta(milliseconds=700)  # the flow's start, with its fraction of a second
+    auth_time = int(started.timestamp()) - early + 1  # 1: the same whole second, no skew at all
+    assert rules.login_time(auth_time, started=started, now=NOW) == started
+    assert rules.login_time(auth_time, started=started, now=started) == started
 
 
 @pytest.mark.parametrize("value", ["1700000000", 1.7e9, True, None])

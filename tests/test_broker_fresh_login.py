@@ -22,16 +22,20 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
+from identity.bootstrap import create_client
 from identity.domain.broker import MAX_IAT_SKEW
 from identity.sessions import SessionStore
 from tests.upstream.world import World, build_world, now
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("broker")]
+
+DRIVER = "be.quaygate.driver:/callback"
 
 
 def _claims_of(world: World, seen: list[dict[str, Any]]) -> Callable[[str], str]:
@@ -81,22 +85,29 @@ def test_after_a_logout_the_next_itsme_login_in_that_browser_is_asked_for_again(
     assert _live(world) == []
 
 
-def test_the_sessions_login_time_is_the_upstreams_auth_time(engine: sa.Engine, tmp_path: Path) -> None:
+def test_the_sessions_login_time_is_when_the_upstream_logged_in_not_the_callbacks(engine: sa.Engine,
+                                                                                     tmp_path: Path) -> None:
     """The upstream reports its login 20 s before the callback (within the skew the broker allows): our
-    session's auth_time is that, not the callback's time, so what a fresh login is measured by (adding
-    a passkey, our provider's prompt=login and max_age) is when the person really authenticated."""
+    session's auth_time is not the callback's time, so what a fresh login is measured by (adding a
+    passkey, our provider's prompt=login and max_age) is when the person really authenticated. The flow
+    demanded a new login, so never earlier than the flow's start (review 161, finding 1): here, where
+    the upstream dates it before the start, the start."""
     for world in build_world(engine, tmp_path, upstream_options={"login_age": 20}):
         seen: list[dict[str, Any]] = []
         world.tamper.token = _claims_of(world, seen)
         with world.browser() as browser:
-            assert world.login(browser, "jan").status_code == 303, world.refusals()
+            before = now()
+            callback = world.callback_url(browser, "jan")
+            called = now()
+            assert browser.get(callback).status_code == 303, world.refusals()
             cookie = browser.cookies.get("qg_session")
         [claims] = seen
         assert isinstance(claims.get("auth_time"), int), claims
         assert claims["auth_time"] <= now().timestamp() - 20
         session = SessionStore(world.engine, ttl_seconds=3600).get(cookie, now=now())
         assert session is not None
-        assert session.auth_time == datetime.fromtimestamp(claims["auth_time"], UTC)
+        assert before <= session.auth_time < called  # the flow's start, before the upstream's pages
+        assert session.auth_time > datetime.fromtimestamp(claims["auth_time"], UTC)
 
 
 def test_an_upstream_login_older_than_the_flow_is_refused(engine: sa.Engine, tmp_path: Path) -> None:
@@ -118,3 +129,40 @@ def test_an_id_token_without_auth_time_is_refused(engine: sa.Engine, tmp_path: P
         with world.browser() as browser:
             _refused(world, world.login(browser, "jan"), "auth_time missing")
         assert "auth_time" not in seen[0]
+
+
+def _walk_authorize(world: World, browser: httpx.Client, **extra: str) -> list[str]:
+    """Our provider's authorization request (a driver app's, as the console's asks prompt=login) answered
+    by an itsme login, then the resume, as a browser follows them, at most three rounds: the places it is
+    sent to, '/login' for each round back to the login page and 'code' when the code comes."""
+    client_id, _ = create_client(world.engine, name="driver app", role="driver_app", organisation_id=None,
+                                 auth_method="none", redirect_uris=[DRIVER], now=now())
+    params = {"response_type": "code", "client_id": client_id, "redirect_uri": DRIVER, "scope": "openid",
+              "state": "st-1", "nonce": "n-1", "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+              "code_challenge_method": "S256", **extra}
+    location = browser.get(world.app.base + "/oauth2/authorize", params=params).headers["location"]
+    trail: list[str] = []
+    for _ in range(3):
+        if not location.startswith("/login"):
+            break
+        trail.append("/login")
+        return_to = parse_qs(urlsplit(location).query)["return_to"][0]
+        back = world.login(browser, "jan", return_to=return_to)
+        assert back.status_code == 303 and back.headers["location"] == return_to, (back.status_code, world.refusals())
+        location = browser.get(world.app.base + return_to).headers["location"]
+    if "code" in parse_qs(urlsplit(location).query):
+        trail.append("code")
+    return trail
+
+
+@pytest.mark.parametrize("asked", [{"prompt": "login"}, {"max_age": "0"}])
+def test_a_fresh_itsme_login_meets_our_providers_prompt_login_and_max_age(
+        engine: sa.Engine, tmp_path: Path, asked: dict[str, str]) -> None:
+    """Review 161, finding 1: the session's login time was the upstream's auth_time, a whole second and
+    here (an upstream clock 5 s behind ours, within the skew the broker allows) before our authorization
+    request was made: our provider took the new login for an old one and sent the browser back to /login
+    for ever, another itsme confirmation each round. The flow demanded a new login and auth_time was
+    checked against its start: the login time is at least the flow's start, so the resume gives the code."""
+    for world in build_world(engine, tmp_path, upstream_options={"login_age": 5}):
+        with world.browser() as browser:
+            assert _walk_authorize(world, browser, **asked) == ["/login", "code"]

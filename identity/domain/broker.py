@@ -9,7 +9,8 @@ found, one guard per rule, each with a stable refusal code:
 - the login's time (§3.1.2.1): every brokered login asks the upstream for a new authentication
   (``prompt=login``, ``max_age=0``), so the id token's ``auth_time`` must be there and fall within this
   flow (``login_time``); else the upstream answered from a session of its own, maybe the previous
-  user's of a shared browser (review 157, finding 1). It is the login time of our session too;
+  user's of a shared browser (review 157, finding 1). It is the login time of our session too, never
+  before the flow's start (review 161, finding 1);
 - the userinfo response (§5.3.2): its ``sub`` must be the id token's, or it is someone else's;
 - the level (itsme ``acr`` basic / advanced) mapped to our ``acr``/``amr`` (identity.domain.assurance),
   refused when below what the upstream is configured to ask for;
@@ -150,15 +151,20 @@ def login_time(auth_time: int | None, *, started: datetime, now: datetime) -> da
     ``prompt=login``. Missing, or before the flow ``started`` (less ``MAX_IAT_SKEW``): the upstream did
     not authenticate anew, it answered from a session it held (a shared browser's previous user);
     refused. Later than ``now`` plus the skew: refused too, else it would keep our session fresh for as
-    long as it says. Within the skew ahead: taken as ``now``. The result is our session's login time,
-    what every freshness rule measures (adding a passkey, our provider's own prompt=login and max_age)."""
+    long as it says. Within the skew ahead: taken as ``now``. Within the skew before the start (a clock
+    behind ours, or a whole second that began before the start): taken as the start, with its fraction of
+    a second, since the login this flow demanded came after it. Before, the upstream's earlier second was
+    kept, earlier than the authorization request of our own provider that sent the person to log in, which
+    then took the new login for an old one (prompt=login, max_age) and sent him back to the login page for
+    ever (review 161, finding 1). The result is our session's login time, what every freshness rule
+    measures (adding a passkey, our provider's own prompt=login and max_age)."""
     if auth_time is None:
         raise BrokerRefused(Refusal.LOGIN_NOT_FRESH, "auth_time missing")
     if auth_time < started.timestamp() - MAX_IAT_SKEW.total_seconds():
         raise BrokerRefused(Refusal.LOGIN_NOT_FRESH, "auth_time before the flow's start")
     if auth_time - MAX_IAT_SKEW.total_seconds() > now.timestamp():
         raise BrokerRefused(Refusal.LOGIN_NOT_FRESH, "auth_time in the future")
-    return min(datetime.fromtimestamp(auth_time, UTC), now)
+    return min(max(datetime.fromtimestamp(auth_time, UTC), started), now)
 
 
 def check_userinfo(userinfo: Mapping[str, Any], *, sub: str) -> None:
