@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from typing import Any
 
@@ -31,6 +33,9 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, echo: 
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_size=pool_size,
             max_overflow=max_overflow,
+            # JSON as PostgreSQL takes it: NaN and Infinity are not JSON, and PostgreSQL refuses them; stored
+            # here they would stop the audit sealer later (review 160), not the write that made them.
+            json_serializer=functools.partial(json.dumps, allow_nan=False),
         )
         _sqlite_pragmas(engine)
         return engine

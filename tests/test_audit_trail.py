@@ -389,3 +389,14 @@ def test_the_cli_says_intact_or_where_it_broke(engine: sa.Engine, database_url: 
     run(engine, "DELETE FROM audit_log WHERE chain_seq = 2")
     assert cmd_verify(settings, str(key_file)) == 1
     assert capsys.readouterr().out.startswith("audit trail BROKEN at entry 2: entry 2 is missing")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_number_json_cannot_hold_is_refused_when_written_on_both_backends(engine: sa.Engine, value: float) -> None:
+    """NaN and Infinity are not JSON: PostgreSQL refuses them, and SQLite now does too, at the write that
+    made them; stored, such an entry stopped the sealer later (review 160, finding 1)."""
+    with pytest.raises(sa.exc.StatementError), engine.begin() as conn:  # DataError on PostgreSQL
+        SqlAuditLog(conn).append("release.test", actor={"type": "system"}, subject=None, data={"n": value},
+                                 at=datetime.now(UTC))
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar() == 0
