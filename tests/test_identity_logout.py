@@ -23,15 +23,18 @@ from identity.domain import assurance
 from identity.domain import face as face_rules
 from identity.domain.face import FaceMatch
 from identity.face import face_for
+from identity.oidc.issue import sign_id_token
+from identity.organisations import set_active
 from identity.sessions import sessions_for
 from quaygate.app import create_app
 from quaygate.cache import MemoryCache
 from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher
-from quaygate.schema import grants, login_sessions
+from quaygate.schema import grants, login_sessions, oauth_clients
 from quaygate.settings import Settings
 from tests.test_identity_code_flow_support import (
     CONSOLE_LOGOUT,
+    CONSOLE_REDIRECT,
     Flow,
     Pkce,
     make_flow,
@@ -393,3 +396,51 @@ def test_reused_code_revokes_the_first_token_at_the_release_api(app_flow: Flow) 
     refused = flow.http.get("/api/v1/releases", headers=auth)
     assert refused.status_code == 401
     assert provider_for(flow.app) is flow.provider
+
+
+# ---- review 161, finding 3: no way back to a client that is no longer usable --------------------------
+
+
+def _deactivate(flow: Flow, client_id: str, org: uuid.UUID, what: str) -> None:
+    """The client, or its organisation, deactivated: authorize then refuses the client (ClientRecord.active)."""
+    if what == "client":
+        with flow.engine.begin() as conn:
+            conn.execute(sa.update(oauth_clients).where(oauth_clients.c.client_id == client_id).values(active=False))
+        flow.provider.clients.changed(client_id)
+    else:
+        set_active(flow.engine, flow.provider.grants, org, active=False, actor="admin", reason="struck off",
+                   now=utcnow(), access_token_ttl=600, on_change=flow.provider.clients.changed)
+    refused = flow.authorize(client_id, redirect_uri=CONSOLE_REDIRECT)
+    assert refused.status_code == 400 and "location" not in refused.headers  # authorize's error page
+
+
+@pytest.mark.parametrize("hinted", [True, False], ids=["hint", "client_id"])
+@pytest.mark.parametrize("what", ["client", "organisation"])
+def test_logout_never_sends_the_browser_to_a_deactivated_client(flow: Flow, what: str, hinted: bool) -> None:
+    """A deactivated client, or a client of a deactivated organisation, is not one authorize serves, and
+    its registered post_logout_redirect_uri is no longer a way back to it (a retired address, maybe a
+    domain since let go): the browser is signed out on our own page, the logout itself still done, with a
+    hint naming the session as without one (confirmed). Before, logout looked the client up active or not
+    and answered 302 to the address."""
+    client_id, _, org = flow.console()
+    sid = flow.login(flow.person())
+    _deactivate(flow, client_id, org, what)
+    asked = {"post_logout_redirect_uri": CONSOLE_LOGOUT, "state": "bye-2"}
+    if hinted:
+        at = int(utcnow().timestamp())
+        hint = sign_id_token({"iss": ISSUER, "aud": client_id, "sub": "s", "sid": sid, "iat": at, "exp": at + 300},
+                             flow.provider.keys, "RS256")
+        done = flow.http.get("/oauth2/logout", params={"id_token_hint": hint, **asked}, follow_redirects=False)
+    else:
+        ask = flow.http.get("/oauth2/logout", params={"client_id": client_id, **asked}, follow_redirects=False)
+        assert ask.status_code == 200 and 'method="post"' in ask.text, ask.headers.get("location")
+        assert "console.haulier.example" not in ask.headers["content-security-policy"]
+        assert _session_live(flow)
+        done = flow.http.post("/oauth2/logout", data={"client_id": client_id, **asked}, headers={"Origin": ISSUER},
+                              follow_redirects=False)
+    assert done.status_code == 200 and "location" not in done.headers, done.headers.get("location")
+    assert "signed out" in done.text
+    assert not _session_live(flow)
+    # No session left: still the page, never the address.
+    again = flow.http.get("/oauth2/logout", params={"client_id": client_id, **asked}, follow_redirects=False)
+    assert again.status_code == 200 and "location" not in again.headers

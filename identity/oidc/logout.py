@@ -3,7 +3,9 @@
     GET/POST /oauth2/logout?id_token_hint&post_logout_redirect_uri&state&client_id
       -> id_token_hint: our signature, our issuer (an expired one is fine: §2); its aud is the client
       -> post_logout_redirect_uri: only with a known client, and exactly one it registered (§3);
-         else an error page, never a redirect
+         else an error page, never a redirect. A client no longer usable (deactivated, or its
+         organisation: ``ClientRecord.active``, as authorize decides) gets no redirect: the logout goes
+         on and ends on our "signed out" page
       -> only the browser's own session ever ends (its session cookie's), and only
            - at once when the hint's sid is that session's (the RP names the very session this browser
              holds: a GET will do), or
@@ -139,7 +141,14 @@ def logout(
         if client is None or redirect not in client.post_logout_redirect_uris:
             log.info("identity.logout.refused.redirect_uri")
             raise PageError("invalid_request", "post_logout_redirect_uri is not registered for this client.")
-        location = redirect_location(redirect, {"state": params.get("state")})
+        if client.active:
+            location = redirect_location(redirect, {"state": params.get("state")})
+        else:
+            # A client the authorization endpoint no longer serves (deactivated, or its organisation:
+            # ClientRecord.active, authorize.check_client_and_redirect's rule) has no way back through us
+            # (its address may be retired, its domain let go): our own signed-out page, the logout itself
+            # still done (review 161, finding 3).
+            log.info("identity.logout.redirect_dropped.client_inactive")
     current = sessions.get(cookie, now=now)
     if current is None:
         log.info("identity.logout.no_session")
