@@ -28,6 +28,7 @@ from gate_adapters.runtime.lane import LaneResult, LaneRuntime, LaneWorker
 from gate_adapters.runtime.offline import OfflineMode, PassStore
 from gate_adapters.runtime.outbox import Outbox
 from gate_adapters.runtime.overrides import (
+    VERIFY_AGAIN,
     NotOverridable,
     OverrideDesk,
     OverrideRefused,
@@ -687,12 +688,71 @@ def test_an_offline_refusal_the_service_now_allows_is_let_in_by_the_service_once
     assert a.outbox.offline_uses()["in"] == {rid}
 
 
+class _ServiceClock:
+    """The service's clock, ``by`` seconds ahead of the wall clock (hours after the refusal)."""
+
+    def __init__(self, by: float) -> None:
+        self.by = by
+
+    def now(self) -> datetime:
+        from datetime import timedelta
+        return _now() + timedelta(seconds=self.by)
+
+
+@pytest.mark.parametrize(("hours", "renominated"), [(5, False), (20, True)])
+def test_an_offline_refusal_over_an_hour_old_is_not_let_in_once_the_service_answers(
+        gate: Gate, adapters: list[Adapter], tmp_path: Path, hours: int, renominated: bool) -> None:
+    """Review 162, finding 1 (the reviewer's demonstration). A truck refused offline for the plate; hours
+    later (both of the adapter's clocks, and the service's) the uplink is back and an insider overrides that
+    old refusal at the desk. Before, the hour (rule 6) was checked only on the local path: the desk verified
+    the truck again and overrode the service's fresh refusal (5 h: gated_in, a release.gate_override), or,
+    the right re-nominated to the hired tractor's plate meanwhile, took the service's allow (20 h: a plain
+    gated_in, no release.gate_override, no alarm): the service's only limit was its 24 h observed_at rule.
+    Online, the service refuses the override of a refusal that old (409); the desk now refuses it too, as
+    "too old", before it sends anything: nothing verified, nothing let in, no use noted."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from quaygate.schema import gate_decisions
+
+    rid = gate.pickable(1)
+    a = adapters[0]
+    a.outbox.close()
+    wall, mono = [_now().timestamp()], [500.0]
+    a.outbox = Outbox(tmp_path / "clocked-outbox.sqlite3", wall=lambda: wall[0], clock=lambda: mono[0])
+    a.offline = OfflineMode(a.online, a.store, a.outbox)
+    assert a.offline.refresh() == 1
+    a.down()
+    refused = refused_offline(a)
+    a.up()
+    if renominated:
+        r = gate.http.put(f"/api/v1/releases/{rid}/nomination", headers=gate.as_("haul"), json={
+            "driver_person_id": str(gate.p.driver), "plate": {"text": WRONG_PLATE, "country": "BE"}})
+        assert r.status_code == 200, r.text
+    wall[0] += hours * 3600.0
+    mono[0] += hours * 3600.0
+    gate.http.app.state.container.clock = _ServiceClock(hours * 3600.0)  # type: ignore[attr-defined]
+
+    desk = OverrideDesk(a.online, a.outbox, LANES)
+    with pytest.raises(NotOverridable, match=f"refused offline {hours * 60} minutes ago.*read again at the lane"):
+        desk.override("in-1", refused.request_id, "hired tractor, plate checked", by="o")
+    assert gate.state(rid) == "nominated"
+    assert _audit(gate, rid, "release.gated_in") == [] and _audit(gate, rid, "release.gate_override") == []
+    with gate.engine.connect() as conn:  # nothing sent: the service never heard of the truck again
+        again = str(uuid.uuid5(VERIFY_AGAIN, refused.request_id))
+        assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions).where(
+            gate_decisions.c.request_id == again)).scalar_one() == 0
+    assert a.outbox.overrides(refused.request_id) == [] and rid not in a.outbox.offline_uses()["in"]
+
+
 def test_a_local_override_is_refused_an_hour_after_the_refusal_by_either_clock(tmp_path: Path) -> None:
     """overrides.py rule 6: offline, an override lets in the truck refused while it is at the gate, an hour at
     most (as online). Before, any refusal kept keep_days could be set aside. The age is the larger of the wall
     and monotonic clocks' (outbox.py rule 11): a wall clock held back (NTP spoofed) does not make an old
     refusal young, nor does a restart; one that reads earlier than the refusal tells no age. A refusal
-    refused so counts its right as used here (the verify the desk tried may have landed, rule 7)."""
+    refused so is refused before the desk verifies the truck again (review 162, finding 1): nothing sent,
+    so no use to note (before, the verify tried may have landed, and the right counted as used, rule 7)."""
     from datetime import timedelta
 
     wall, mono = [1_800_000_000.0], [500.0]
@@ -710,7 +770,7 @@ def test_a_local_override_is_refused_an_hour_after_the_refusal_by_either_clock(t
     mono[0] += 3601  # the wall clock held back, the process's own clock runs on
     with pytest.raises(NotOverridable, match="60 minutes ago"):
         desk().override("in-1", held_back, "hired tractor", by="o")
-    assert rid in box.offline_uses()["in"] and [o["outcome"] for o in box.overrides(held_back)] == ["unanswered"]
+    assert rid not in box.offline_uses()["in"] and box.overrides(held_back) == []  # nothing sent
 
     late, _ = refusal(2)
     wall[0] += 3601
@@ -770,8 +830,9 @@ def test_a_local_override_is_refused_when_the_wall_clock_is_behind_a_decision_se
     the process restarts (its monotonic clock counts from there) with the wall clock set back to W + 5 min.
     Before, the desk took the override as five minutes old (overridden_at = decided_at + 300 s) and the
     service judged the person then, a ban since unseen. Now the wall clock reads behind a time the outbox
-    sealed: the refusal's age cannot be told, refused (the right counted as used: the verify tried may have
-    landed). The reports then go in the chain's order, the one sealed before the restart first."""
+    sealed: the refusal's age cannot be told, refused before the truck is verified again (nothing sent, no
+    use to note: review 162, finding 1). The reports then go in the chain's order, the one sealed before
+    the restart first."""
     wall, mono = [W], [500.0]
     path = tmp_path / "outbox.sqlite3"
     box = Outbox(path, secret=SECRET, wall=lambda: wall[0], clock=lambda: mono[0])
@@ -788,7 +849,7 @@ def test_a_local_override_is_refused_when_the_wall_clock_is_behind_a_decision_se
         with pytest.raises(NotOverridable, match="reads earlier than the refusal, or than a time it kept"):
             desk.override("in-1", "r-1", "hired tractor", by="o")
         assert not [k for k, _ in box.unreconciled() if k.startswith("override:")]
-        assert rid in box.offline_uses()["in"] and [o["outcome"] for o in box.overrides("r-1")] == ["unanswered"]
+        assert rid not in box.offline_uses()["in"] and box.overrides("r-1") == []  # nothing sent
         offline_refusal(box, "r-3", decided_at.replace(hour=9, minute=5))  # stamped W + 300 s, sealed last
         assert [k for k, _ in box.unreconciled()] == ["r-1", "r-2", "r-3"]  # chain order, not the stamps'
         wall[0] = W + HOURS_3 + 60  # the clock put right: a fresh refusal is overridden as ever

@@ -6,7 +6,8 @@
             409 already_used (an earlier try, or a use)   ──► the use too, the officer told
             no answer, or one that does not judge it      ──► the use too, the officer told to try again
             any other refusal (final)                     ──► kept, no use, the service's word relayed
-        the lane's request, refused OFFLINE (rule 7) ──► POST /gate/v1/verify again (commit, its own request id)
+        the lane's request, refused OFFLINE (rule 7), under an hour old (rule 6, the clocks kept here; else
+        refused, nothing sent) ──► POST /gate/v1/verify again (commit, its own request id)
             allowed and committed: the service let it in  ──► the use, the officer told (no override needed)
             refused: a decision of the service's           ──► POST /gate/v1/overrides, as above
             no answer, on a gate pass, under an hour old (rule 6) ──► outbox.override_offline: the override,
@@ -70,6 +71,11 @@ Rules:
    relayed). No answer (``ServiceUnavailable``): rule 6. A verify the service did not judge (401, 403,
    429) or that went unanswered may have been committed: as rule 3, the right then counts as used here
    unless the local override (rule 6) records the use itself.
+   The hour of rule 6 holds here too, on the same clocks, checked before the truck is verified again
+   (review 162, finding 1: before, it was checked on the local path alone; a refusal hours old, the truck
+   long gone, was verified again and overridden, or let in on the service's allow as a plain gate-in, up to
+   the service's 24 h bound on a read's age, where online the service refuses an override that late).
+   Older, or of an age not to be told: refused as on the local path, nothing sent, so no use to note.
 """
 
 from __future__ import annotations
@@ -247,6 +253,9 @@ class OverrideDesk:
                                                                                           Mapping):
             raise NotOverridable("decided offline without finding a release right: there is nothing to let in; "
                                  "have the truck read again at the lane")
+        # Rule 7: the hour holds whichever way the override goes (review 162, finding 1): checked before the
+        # truck is verified again, as the local path checks it (rule 6); the service bounds only the read's age.
+        self._in_time(answered, report)
         try:
             answer = self._verify_again(answered, report, decision_id, release_id, reason, by)
         except ServiceUnavailable as exc:
@@ -328,8 +337,8 @@ class OverrideDesk:
                           offline=True)
 
     def _in_time(self, answered: Answered, report: Mapping[str, Any]) -> datetime:
-        """Rule 6: when the officer overrides, on the refusal's clock (its ``decided_at`` plus the time since,
-        the larger of the wall and monotonic clocks' elapsed times, outbox.py rule 11); NotOverridable when
+        """Rules 6 and 7: when the officer overrides, on the refusal's clock (its ``decided_at`` plus the time
+        since, the larger of the wall and monotonic clocks' elapsed times, outbox.py rule 11); NotOverridable when
         the refusal is older than ``OVERRIDE_WITHIN_SECONDS``, or its age cannot be told (a wall clock behind
         the refusal, or behind a later time this adapter sealed or saw)."""
         elapsed = self.outbox.offline_elapsed(answered.request_id)
@@ -338,8 +347,8 @@ class OverrideDesk:
         except (KeyError, ValueError):
             decided_at = None
         if elapsed is None or decided_at is None or decided_at.tzinfo is None:
-            raise NotOverridable("this refusal's time is not known here: hold the truck until the service can be "
-                                 "reached")
+            raise NotOverridable("this refusal's time is not known here: have the truck read again at the lane, "
+                                 "or hold it until the service can be reached")
         wall, mono = elapsed
         behind = max(self._behind(), -wall)
         if behind > CLOCK_SLACK.total_seconds():
@@ -348,7 +357,8 @@ class OverrideDesk:
             log.error("gate.lane.override_refused.clock_behind", extra={
                 "lane": answered.lane, "request_id": answered.request_id, "behind_seconds": int(behind)})
             raise NotOverridable("this adapter's clock reads earlier than the refusal, or than a time it kept "
-                                 "since: its age cannot be told; hold the truck until the service can be reached")
+                                 "since: its age cannot be told; have the truck read again at the lane, or hold "
+                                 "it until the service can be reached")
         age = max(wall, mono, 0.0)
         if age > OVERRIDE_WITHIN_SECONDS:
             log.warning("gate.lane.override_refused.too_old", extra={
