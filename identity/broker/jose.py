@@ -3,7 +3,10 @@
 - ``open_nested``: an id token or userinfo response received signed then encrypted (OIDC Core §10.2,
   RFC 7519 §5.2 ``cty: JWT``): the JWE header is judged (alg RSA-OAEP-256, enc A128CBC-HS256 or A256GCM,
   our kid) before anything is decrypted, then the inner JWS is verified with the upstream key named by
-  its kid. Every failure is a ``BrokerRefused`` with its own code.
+  its kid. Every failure is a ``BrokerRefused`` with its own code: a header parameter we or joserfc read
+  that is not a string (RFC 7515 §4.1, RFC 7516 §4.1), a header or payload that is no JSON object, and
+  whatever joserfc raises on a hostile token (a ``crit`` that is no list: TypeError) included, never a 500
+  (review 157, finding 3).
 - ``client_assertion``: RFC 7523 §2.2 ``private_key_jwt`` (RS256, aud = token endpoint, unique jti,
   one minute of validity).
 - ``request_object``: OIDC Core §6.1 / RFC 9101, signed (RS256) then optionally encrypted to the
@@ -21,7 +24,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from joserfc import jwe, jws
-from joserfc.errors import JoseError
 from joserfc.jwe import JWERegistry
 from joserfc.jwk import ECKey, RSAKey
 from joserfc.jws import JWSRegistry
@@ -46,15 +48,24 @@ _RS256 = JWSRegistry(algorithms=["RS256"])
 ASSERTION_TTL = timedelta(seconds=60)
 
 UpstreamKey = RSAKey | ECKey
+# The header parameters read here or by joserfc that RFC 7515 §4.1 / RFC 7516 §4.1 make strings. One of
+# another type is refused before any is compared: ``["RSA-OAEP-256"] in JWE_ALGS`` raised TypeError.
+_JWE_STRINGS = ("alg", "enc", "kid", "cty", "typ", "zip")
+_JWS_STRINGS = ("alg", "kid", "cty", "typ")
 
 
 def _header(compact: str) -> dict[str, Any]:
     try:
         raw = compact.split(".", 1)[0]
         header = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, RecursionError):  # RecursionError: JSON nested deeper than we parse
         return {}
     return header if isinstance(header, dict) else {}
+
+
+def _not_a_string(header: dict[str, Any], names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` the header holds as something other than a string."""
+    return next((name for name in names if name in header and not isinstance(header[name], str)), None)
 
 
 def open_nested(
@@ -78,19 +89,22 @@ def open_nested(
     elif require_encryption:
         raise BrokerRefused(Refusal.NOT_ENCRYPTED, "a JWS where a JWE is required")
     header = _header(compact)
+    wrong = _not_a_string(header, _JWS_STRINGS)
+    if wrong is not None:
+        raise BrokerRefused(Refusal.SIGNATURE_INVALID, f"header {wrong} is not a string")
     if header.get("alg") != signed_alg:  # never "none", never HS256 with a public key as secret
         raise BrokerRefused(Refusal.SIGNATURE_INVALID, f"alg {header.get('alg')!r}")
     kid = header.get("kid")
-    key = upstream_key(kid if isinstance(kid, str) else None)
+    key = upstream_key(kid)
     if key is None:
         raise BrokerRefused(Refusal.UNKNOWN_KID, "signing kid")
     try:
         verified = jws.deserialize_compact(compact, key, algorithms=[signed_alg], registry=_JWS_REGISTRY)
-    except (JoseError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - JoseError, and what joserfc raises on a hostile token: TypeError...
         raise BrokerRefused(Refusal.SIGNATURE_INVALID, type(exc).__name__) from None
     try:
         claims = json.loads(verified.payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BrokerRefused(Refusal.CLAIMS_INVALID, "payload is not JSON") from None
     if not isinstance(claims, dict):
         raise BrokerRefused(Refusal.CLAIMS_INVALID, "payload is not an object")
@@ -99,17 +113,20 @@ def open_nested(
 
 def _decrypt(compact: str, decryption_key: Callable[[str], RSAKey | None]) -> str:
     header = _header(compact)
+    wrong = _not_a_string(header, _JWE_STRINGS)
+    if wrong is not None:
+        raise BrokerRefused(Refusal.ENCRYPTION_INVALID, f"header {wrong} is not a string")
     if header.get("alg") not in JWE_ALGS or header.get("enc") not in JWE_ENCS:
         raise BrokerRefused(Refusal.ENCRYPTION_INVALID, f"alg {header.get('alg')!r} enc {header.get('enc')!r}")
-    if "cty" in header and str(header["cty"]).upper() != "JWT":  # RFC 7519 §5.2: a nested JWT
+    if "cty" in header and header["cty"].upper() != "JWT":  # RFC 7519 §5.2: a nested JWT
         raise BrokerRefused(Refusal.ENCRYPTION_INVALID, "cty")
     kid = header.get("kid")
-    key = decryption_key(kid) if isinstance(kid, str) else None
+    key = decryption_key(kid) if kid is not None else None
     if key is None:
         raise BrokerRefused(Refusal.UNKNOWN_KID, "encryption kid")
     try:
         opened = jwe.decrypt_compact(compact, key, registry=_JWE_REGISTRY)
-    except (JoseError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - JoseError, and what joserfc raises on a hostile token: TypeError...
         raise BrokerRefused(Refusal.ENCRYPTION_INVALID, type(exc).__name__) from None
     try:
         return (opened.plaintext or b"").decode("ascii")

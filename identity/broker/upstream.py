@@ -3,6 +3,11 @@
 Discovery documents and JWKS are cached per process for ``metadata_ttl`` seconds. A kid the cached
 JWKS does not hold makes one refetch, at most once every ``REFETCH_EVERY`` seconds per upstream, so a
 forged kid cannot make us hammer the upstream (OIDC Core §10.1.1: signing key rotation).
+
+Whatever the upstream answers is an upstream failure, never a 500 (review 157, finding 3): an endpoint
+of its discovery document that httpx cannot call (``httpx.InvalidURL``, or a host label IDNA refuses,
+a UnicodeError: neither is an ``httpx.HTTPError``), a body over 256 KB (the token answer too), JSON
+nested deeper than the parser recurses.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from .config import Upstream
 log = logging.getLogger(__name__)
 REFETCH_EVERY = 30.0
 _MAX_BODY = 256 * 1024
+# What a call to an upstream endpoint raises when it fails: the endpoints come from its discovery document.
+_UNREACHABLE = (httpx.HTTPError, httpx.InvalidURL, UnicodeError)
 
 
 @dataclass
@@ -104,14 +111,14 @@ class UpstreamClient:
     def _get_json(self, url: str) -> dict[str, Any]:
         try:
             response = self._http.get(url, headers={"Accept": "application/json"})
-        except httpx.HTTPError as exc:
+        except _UNREACHABLE as exc:
             log.warning("identity.broker.upstream.unreachable")
             raise BrokerRefused(Refusal.PROVIDER_UNAVAILABLE, type(exc).__name__) from None
         if response.status_code != 200 or len(response.content) > _MAX_BODY:
             raise BrokerRefused(Refusal.PROVIDER_UNAVAILABLE, f"{url} answered {response.status_code}")
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BrokerRefused(Refusal.PROVIDER_UNAVAILABLE, "not JSON") from None
         if not isinstance(body, dict):
             raise BrokerRefused(Refusal.PROVIDER_UNAVAILABLE, "not a JSON object")
@@ -125,11 +132,13 @@ class UpstreamClient:
         try:
             response = self._http.post(self.metadata(upstream)["token_endpoint"], data=form,
                                        headers={"Accept": "application/json"})
-        except httpx.HTTPError as exc:
+        except _UNREACHABLE as exc:
             raise BrokerRefused(Refusal.PROVIDER_UNAVAILABLE, type(exc).__name__) from None
+        if len(response.content) > _MAX_BODY:  # as discovery, JWKS and userinfo
+            raise BrokerRefused(Refusal.PROVIDER_UNAVAILABLE, "token endpoint answer too large")
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):
             raise BrokerRefused(Refusal.PROVIDER_UNAVAILABLE, f"token endpoint answered {response.status_code}")
@@ -145,7 +154,7 @@ class UpstreamClient:
             response = self._http.get(self.metadata(upstream)["userinfo_endpoint"],
                                       headers={"Authorization": f"Bearer {access_token}",
                                                "Accept": "application/jwt"})
-        except httpx.HTTPError as exc:
+        except _UNREACHABLE as exc:
             raise BrokerRefused(Refusal.PROVIDER_UNAVAILABLE, type(exc).__name__) from None
         if response.status_code != 200 or len(response.content) > _MAX_BODY:
             raise BrokerRefused(Refusal.PROVIDER_UNAVAILABLE, f"userinfo answered {response.status_code}")
