@@ -73,10 +73,11 @@ import sqlalchemy as sa
 from identity.bans.alerts import ALERT_EVENT
 from quaygate import schema
 from quaygate.schema import grants as grant_rows
-from quaygate.schema import memberships, oauth_clients, persons
+from quaygate.schema import memberships, oauth_clients, organisations, persons
 from release_service.adapters.outbox import SqlOutbox
 from release_service.adapters.sqla.directory import SqlDirectory
 from release_service.adapters.sqla.uow import SqlUnitOfWork
+from release_service.domain.parties import OrgKind
 from release_service.ports import PublishedEvent
 from release_service.services import webhooks
 
@@ -230,18 +231,30 @@ def keep_an_officer(conn: sa.Connection, person_id: uuid.UUID, organisation_id: 
                                 "Port security keeps at least one officer whose role does not expire.")
 
 
+def honoured_officer_membership() -> sa.ColumnElement[bool]:
+    """The membership gives ``port_security_admin`` where the console honours it: in an active
+    port_authority organisation. Held elsewhere (a terminal's security desk) it opens no console and
+    bounds nothing (identity.api.admin ``admin_caller`` strips it, review 144 finding 1), so
+    ``officer_ends`` does not count it either (review 163, finding 2). Not whether it is still in force:
+    ``membership_in_force``'s, where the reader needs it."""
+    port_authorities = sa.select(organisations.c.id).where(organisations.c.active.is_(True),
+                                                           organisations.c.kind == OrgKind.PORT_AUTHORITY.value)
+    return sa.and_(memberships.c.role == PORT_SECURITY_ROLE, memberships.c.organisation_id.in_(port_authorities))
+
+
 def officer_ends(conn: sa.Connection, person_id: uuid.UUID, now: datetime) -> datetime | None:
     """When ``person_id``'s port-security role ends: the latest ``valid_until`` of the memberships in
-    force (in an active organisation) that give it to him; None when one of them has none (a standing
-    officer); ``now`` when none is in force (his role ended, or was taken away, while a token still says
-    he holds it: its lifetime is capped at the end, but verified with a leeway, and a shortened end
-    revokes nothing). What an officer gives or makes stays within it (reviews 105, 107): a dated officer
-    gives privileged roles until his own end at most, and registers no client (``admin.add_membership``,
-    ``admin.register_client``); else his end would bound nothing, for he would make a stand-in. Asked
-    only of a person his token calls an officer."""
+    force that give it to him where the console honours it (``honoured_officer_membership``: one without
+    an end at a terminal made a dated officer standing, review 163 finding 2); None when one of them has
+    none (a standing officer); ``now`` when none is in force (his role ended, or was taken away, while a
+    token still says he holds it: its lifetime is capped at the end, but verified with a leeway, and a
+    shortened end revokes nothing). What an officer gives or makes stays within it (reviews 105, 107): a
+    dated officer gives privileged roles until his own end at most, and registers no client
+    (``admin.add_membership``, ``admin.register_client``); else his end would bound nothing, for he would
+    make a stand-in. Asked only of a person his token calls an officer."""
     ends = list(conn.execute(sa.select(memberships.c.valid_until).where(
-        memberships.c.person_id == person_id, memberships.c.role == PORT_SECURITY_ROLE,
-        schema.membership_in_force(now), schema.membership_of_active_organisation())).scalars())
+        memberships.c.person_id == person_id, honoured_officer_membership(),
+        schema.membership_in_force(now))).scalars())
     if not ends:
         return now
     if any(end is None for end in ends):

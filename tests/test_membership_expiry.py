@@ -421,3 +421,36 @@ def test_an_officer_whose_role_just_ended_is_no_standing_officer(world: World) -
     _problem(w.http.post(f"/admin/v1/persons/{w.security_officer}/enrolment-codes", headers=_auth(as_d), json={}),
              403, "dated_officer")
     assert (org, "port_security_admin") not in w.roles(puppet)
+
+
+def test_an_officer_role_at_a_terminal_leaves_a_dated_port_authority_officer_dated(world: World) -> None:
+    """Review 163 (finding 2): D holds port security at the port authority until a date, and also without
+    an end at a terminal (a leftover the console strips: port security counts only at the port authority,
+    review 144). The unending terminal role made him a standing officer to the dated-officer checks: he
+    gave a stand-in an unending officer role (201) and registered a customs client (201). Only the
+    memberships the console honours give his end."""
+    from quaygate.schema import oauth_clients
+
+    w = world
+    terminal = w.p.terminal.organisation_id
+    assert terminal is not None
+    end = _hour()
+    org, d, as_d = _dated_officer(w, end)
+    w.flow.member(d, terminal, "port_security_admin")  # unending, where the console does not honour it
+    puppet = w.flow.person(given="Jan", family="Puppet")
+    _problem(_give(w, as_d, puppet, org, "port_security_admin"), 403, "beyond_own_end")
+    assert (org, "port_security_admin") not in w.roles(puppet)
+    assert _give(w, as_d, puppet, org, "port_security_admin", end).status_code == 201  # within his own end
+    customs = add_org(w.engine, OrgKind.CUSTOMS).organisation_id
+    with w.engine.connect() as conn:
+        before = conn.execute(sa.select(sa.func.count()).select_from(oauth_clients)).scalar_one()
+    w.http.cookies.clear()
+    _problem(w.http.post("/admin/v1/clients", headers=_auth(as_d), json={
+        "client_name": "customs sidecar", "quaygate_role": "customs", "organisation_id": str(customs),
+        "token_endpoint_auth_method": "client_secret_basic", "grant_types": ["client_credentials"]}),
+        403, "dated_officer")
+    with w.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(oauth_clients)).scalar_one() == before
+    w.http.cookies.clear()
+    _problem(w.http.post(f"/admin/v1/persons/{w.security_officer}/enrolment-codes", headers=_auth(as_d), json={}),
+             403, "dated_officer")

@@ -46,7 +46,13 @@ from ..domain.roles import ClientRole
 from ..domain.scopes import BADGES_OFFICE
 from ..dpop import DPOP_ALGORITHMS
 from ..grants import grants_for, revocations_for
-from ..memberships import MembershipRefused, codes_follow_end, keep_an_officer, officer_ends
+from ..memberships import (
+    MembershipRefused,
+    codes_follow_end,
+    honoured_officer_membership,
+    keep_an_officer,
+    officer_ends,
+)
 from ..memberships import remove_membership as remove
 from ..organisations import OrganisationRefused, set_active, status_fields
 from ..registration import RegistrationError, management_for
@@ -188,15 +194,15 @@ def admin_caller(request: Request, *, console: bool = True) -> AdminCaller:
 
 def _port_security_held(request: Request, person_id: str) -> bool:
     """Whether a membership in an active port_authority organisation gives the person port_security_admin,
-    the only place where it counts (review 144, finding 1). Not whether it is still in force: a role
-    whose end has passed while the token lives is the dated-officer checks' (``_caller_ends``, review
-    107), and the token's lifetime is capped at that end. Blocking: a database read."""
-    port_authorities = sa.select(organisations.c.id).where(organisations.c.active.is_(True),
-                                                           organisations.c.kind == OrgKind.PORT_AUTHORITY.value)
+    the only place where it counts (review 144, finding 1; identity.memberships
+    ``honoured_officer_membership``, the rule the dated-officer and last-officer checks count by too).
+    Not whether it is still in force: a role whose end has passed while the token lives is the
+    dated-officer checks' (``_caller_ends``, review 107), and the token's lifetime is capped at that end.
+    Blocking: a database read."""
     with request.app.state.container.engine.connect() as conn:
         return conn.execute(sa.select(memberships.c.person_id).where(
-            memberships.c.person_id == uuid.UUID(person_id), memberships.c.role == PORT_SECURITY_ROLE,
-            memberships.c.organisation_id.in_(port_authorities)).limit(1)).first() is not None
+            memberships.c.person_id == uuid.UUID(person_id), honoured_officer_membership())
+            .limit(1)).first() is not None
 
 
 def _access_token(request: Request) -> tuple[str, str]:
