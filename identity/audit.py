@@ -18,7 +18,6 @@ character made the entry, and with it the refusal it recorded, fail.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -27,17 +26,17 @@ from typing import Any
 import sqlalchemy as sa
 
 from release_service.adapters.audit import SqlAuditLog, append_committed
+from release_service.domain.storable import UNPRINTABLE
 
-# Unicode's control characters (Cc: C0, DEL, C1) and lone surrogates (Cs), as release_service.domain.storable
-# names them: a NUL PostgreSQL refuses, a surrogate has no UTF-8, the others forge lines where the trail is read.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Unicode's control characters and lone surrogates (release_service.domain.storable.UNPRINTABLE): a NUL
+# PostgreSQL refuses, a surrogate has no UTF-8, the others forge lines where the trail is read.
 
 
 def printable(value: str, limit: int) -> str:
     """``value``, outside text, as the trail holds it: its first ``limit`` characters with every control
     character or lone surrogate written as its ``\\uXXXX`` escape (an auditor still sees it was there),
     cut to ``limit`` again."""
-    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", value[:limit])[:limit]
+    return UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", value[:limit])[:limit]
 
 
 def record(

@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+from .storable import UNPRINTABLE
 
 GENESIS = "0" * 64
 CHECKPOINT_DOMAIN = b"quaygate.audit.checkpoint.v1\n"
@@ -56,9 +57,6 @@ def canonical_json(value: Any) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
-# Unicode's control characters (Cc: C0, DEL, C1) and lone surrogates (Cs), as release_service.domain.storable
-# names them.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def printable(text: str) -> str:
@@ -66,7 +64,7 @@ def printable(text: str) -> str:
     its Python escape (``\\x1b``, ``\\r``, ``\\ud800``), for a terminal or a report: a key id an insider
     wrote with ``ESC [2K CR`` erased verify's BROKEN line and showed another (review 160, finding 2). Other
     text is unchanged, so escaping twice changes nothing."""
-    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+    return UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 # What hashing a row the service never writes raises: canonical_json's ValueError for inf or NaN (a JSON

@@ -31,8 +31,10 @@ MAX_TERMINAL = 32
 
 # Unicode's control characters (category Cc: C0, DEL, C1) and surrogates (Cs), as one character class
 # (the checks run on every item of a 10 000-right batch). Free text (a reason) may hold tab and line
-# breaks; an identifier is one line.
-_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# breaks; an identifier is one line. UNPRINTABLE is the one such class, also for what escapes outside text
+# into the audit trail (identity.audit.printable) and onto a terminal (audit_chain.printable).
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_REFUSED = UNPRINTABLE
 _REFUSED_IN_PROSE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
