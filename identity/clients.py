@@ -45,6 +45,7 @@ from quaygate.schema import oauth_clients, organisations, revoked_tokens
 from .domain import rsa_keys
 from .domain import scopes as scope_rules
 from .domain.assurance import LEVEL as ACR_LEVEL
+from .domain.assurance import LOGIN_ACRS
 from .domain.roles import (
     SECRET_METHODS,
     AuthMethod,
@@ -299,6 +300,11 @@ class ClientRegistry:
         logout_redirects = check_redirect_uris(role, list(post_logout_redirect_uris))
         if min_acr is not None and min_acr not in ACR_LEVEL:
             raise RegistrationRefused("invalid_metadata", "unknown min_acr")
+        if min_acr is not None and min_acr not in LOGIN_ACRS:
+            # A minimum no login reaches (face: a step-up no page offers) would only ever be answered
+            # unmet_authentication_requirements (identity.oidc.authorize; review 161, finding 2).
+            raise RegistrationRefused("invalid_metadata",
+                                      f"min_acr must be one a login reaches: {' '.join(sorted(LOGIN_ACRS))}")
         metadata = dict(extra_metadata or {})
         alg = metadata.get("id_token_signed_response_alg", "RS256")
         if alg not in ID_TOKEN_ALGS:

@@ -4,19 +4,23 @@ and every way in an attacker would try, each refused with the spec's error."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import sqlalchemy as sa
 
 from identity.domain import assurance
+from identity.domain.broker import ACR_UPSTREAM_BASIC
+from identity.domain.roles import RegistrationRefused
 from identity.grants import RefreshRefused
 from identity.oidc.issue import at_hash
 from identity.tokens import InvalidToken
-from quaygate.schema import audit_log, authorization_codes, login_sessions
+from quaygate.schema import audit_log, authorization_codes, login_sessions, oauth_clients
 from tests.test_identity_code_flow_support import (
     DRIVER_REDIRECT,
     Flow,
@@ -372,24 +376,114 @@ def test_a_login_after_the_request_meets_a_max_age_shorter_than_it_took(flow: Fl
     assert query(flow.authorize(client_id, max_age=max_age, prompt="none"))["error"] == "login_required"
 
 
-def test_acr_values_stronger_than_the_session_forces_login(flow: Flow) -> None:
+# ---- acr: acr_values is voluntary, a client's min_acr is not (review 161, finding 2) ------------------
+
+
+def _follow(flow: Flow, resp: Any, person: uuid.UUID, *, acr: str = assurance.ACR_PASSKEY,
+            answers: list[Any] | None = None) -> list[str]:
+    """A browser's way from an authorization answer, logging in again (``acr``) each time it is sent to
+    /login, at most three rounds: '/login' per round, then 'code' or the error sent to the client (that
+    last answer appended to ``answers``)."""
+    trail: list[str] = []
+    for _ in range(3):
+        loc = urlsplit(resp.headers["location"])
+        if loc.path != "/login":
+            break
+        trail.append("/login")
+        flow.login(person, acr=acr)
+        resp = flow.http.get(parse_qs(loc.query)["return_to"][0], follow_redirects=False)
+    answer = query(resp) if resp.headers["location"].startswith(DRIVER_REDIRECT) else {}
+    if "code" in answer or "error" in answer:
+        assert answer["iss"] == ISSUER and answer["state"].startswith("st-"), answer
+        trail.append("code" if "code" in answer else answer["error"])
+        if answers is not None:
+            answers.append(resp)
+    return trail
+
+
+def _acr_of(flow: Flow, client_id: str, resp: Any, pkce: Pkce) -> str:
+    tokens = flow.exchange(client_id, flow.code(resp), pkce.verifier)
+    assert tokens.status_code == 200, tokens.text
+    return str(flow.id_token(tokens.json()["id_token"])["acr"])
+
+
+def _require(flow: Flow, client_id: str, acr: str) -> None:
+    """A client's min_acr written as a registration before review 161 let it be (face is refused now)."""
+    with flow.engine.begin() as conn:
+        conn.execute(sa.update(oauth_clients).where(oauth_clients.c.client_id == client_id).values(min_acr=acr))
+    flow.provider.clients.changed(client_id)
+
+
+def test_acr_values_no_login_reaches_gives_the_code_at_the_level_reached(flow: Flow) -> None:
+    """The reviewer's proof: a passkey session, acr_values naming face. No page of ours offers the face
+    step-up to a browser sent to log in, and /login reads no acr: before, every login came back to /login
+    (three rounds here, no end, no error). acr_values is voluntary (OIDC Core §3.1.2.1): the code now comes
+    at the level reached, which the id token's acr states, and the relying party judges."""
     client_id = flow.driver_app()
-    flow.login(flow.person(), acr=assurance.ACR_PASSKEY)
-    resp = flow.authorize(client_id, acr_values=assurance.ACR_FACE)
-    loc = urlsplit(resp.headers["location"])
-    assert loc.path == "/login" and parse_qs(loc.query)["acr"] == [assurance.ACR_FACE]
-    assert query(flow.authorize(client_id, acr_values=assurance.ACR_FACE, prompt="none"))["error"] == (
-        "login_required"
-    )
-    assert "code" in query(flow.authorize(client_id, acr_values=assurance.ACR_PASSKEY))
+    person = flow.person()
+    flow.login(person, acr=assurance.ACR_PASSKEY)
+    pkce, answers = Pkce(), []
+    assert _follow(flow, flow.authorize(client_id, pkce=pkce, acr_values=assurance.ACR_FACE), person,
+                   answers=answers) == ["code"]
+    assert _acr_of(flow, client_id, answers[0], pkce) == assurance.ACR_PASSKEY
+    assert "code" in query(flow.authorize(client_id, acr_values=assurance.ACR_FACE, prompt="none"))
+    # A new login asked for as well: the login page once, then the code, never the login page again.
+    again = flow.authorize(client_id, acr_values=assurance.ACR_FACE, prompt="login")
+    assert _follow(flow, again, person) == ["/login", "code"]
+
+
+@pytest.mark.parametrize("logs_in_with", [ACR_UPSTREAM_BASIC, assurance.ACR_PASSKEY])
+def test_acr_values_a_login_reaches_is_asked_for_once(flow: Flow, logs_in_with: str) -> None:
+    """acr_values naming a level a login of ours reaches (a passkey), over a session below it (an itsme
+    basic login): the login page once, where the person may log in with his passkey; whatever he logs in
+    with, the resume gives the code at the level reached, never the login page again. prompt=none: the
+    code at once (the level is voluntary, no interaction is needed)."""
+    client_id = flow.driver_app()
+    person = flow.person()
+    flow.login(person, acr=ACR_UPSTREAM_BASIC)
+    pkce, answers = Pkce(), []
+    resp = flow.authorize(client_id, pkce=pkce, acr_values=assurance.ACR_PASSKEY)
+    assert _follow(flow, resp, person, acr=logs_in_with, answers=answers) == ["/login", "code"]
+    assert _acr_of(flow, client_id, answers[0], pkce) == logs_in_with
+    flow.login(person, acr=ACR_UPSTREAM_BASIC)
+    pkce = Pkce()
+    silent = flow.authorize(client_id, pkce=pkce, acr_values=assurance.ACR_PASSKEY, prompt="none")
+    assert _acr_of(flow, client_id, silent, pkce) == ACR_UPSTREAM_BASIC
 
 
 def test_client_min_acr_is_enforced(flow: Flow) -> None:
-    client_id = flow.driver_app(min_acr=assurance.ACR_FACE)
+    client_id = flow.driver_app(min_acr=assurance.ACR_UPSTREAM)
     flow.login(flow.person(), acr=assurance.ACR_PASSKEY)
     assert query(flow.authorize(client_id, prompt="none"))["error"] == "login_required"
-    flow.login(flow.person(), acr=assurance.ACR_FACE)
+    assert urlsplit(flow.authorize(client_id).headers["location"]).path == "/login"
+    flow.login(flow.person(), acr=assurance.ACR_UPSTREAM)
     assert "code" in query(flow.authorize(client_id))
+
+
+def test_a_required_level_no_login_reaches_is_unmet_never_a_login_loop(flow: Flow) -> None:
+    """A client whose min_acr is face (registered before that was refused): no page of ours reaches it,
+    so a browser without such a session is answered at once with unmet_authentication_requirements
+    (OpenID Connect Core Unmet Authentication Requirements 1.0) at the redirect_uri, with state and iss,
+    never sent to /login for ever as before; a session stepped up to face gets its code."""
+    client_id = flow.driver_app()
+    _require(flow, client_id, assurance.ACR_FACE)
+    person = flow.person()
+    unmet = ["unmet_authentication_requirements"]
+    assert _follow(flow, flow.authorize(client_id), person) == unmet  # no session
+    flow.login(person, acr=assurance.ACR_PASSKEY)
+    for prompt in ({}, {"prompt": "none"}, {"prompt": "login"}, {"max_age": "0"}):
+        assert _follow(flow, flow.authorize(client_id, **prompt), person) == unmet, prompt
+    flow.login(person, acr=assurance.ACR_FACE)
+    assert _follow(flow, flow.authorize(client_id), person) == ["code"]
+    # A new login asked for over the face session: the login page once; the login reaches passkey, not face.
+    assert _follow(flow, flow.authorize(client_id, prompt="login"), person) == ["/login", *unmet]
+    with flow.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(authorization_codes)).scalar() == 1
+
+
+def test_a_minimum_no_login_reaches_is_not_registered(flow: Flow) -> None:
+    with pytest.raises(RegistrationRefused, match="min_acr"):
+        flow.driver_app(min_acr=assurance.ACR_FACE)
 
 
 def test_suspended_person_is_access_denied(flow: Flow) -> None:

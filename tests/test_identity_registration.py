@@ -105,6 +105,8 @@ def test_private_key_jwt_console_and_gate(env: Lifecycle) -> None:
         ({"id_token_signed_response_alg": "HS256"}, "invalid_client_metadata"),
         ({"id_token_signed_response_alg": "ES384"}, "invalid_client_metadata"),
         ({"id_token_signed_response_alg": ["ES256"]}, "invalid_client_metadata"),
+        # Review 161, finding 2: a minimum no login reaches (face: a step-up no page offers).
+        ({"default_acr_values": ["urn:quaygate:acr:face"]}, "invalid_client_metadata"),
     ],
 )
 def test_metadata_refused_and_the_token_stays_unused(env: Lifecycle, doc: dict[str, Any], error: str) -> None:

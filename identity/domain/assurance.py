@@ -24,6 +24,12 @@ ACR_FACE = "urn:quaygate:acr:face"
 # (possession + knowledge/inherence); the face step-up adds a check of the person in front of the gate.
 ORDER: tuple[str, ...] = (ACR_PASSKEY, ACR_UPSTREAM, ACR_FACE)
 LEVEL = {acr: i for i, acr in enumerate(ORDER)}
+# What a login itself reaches: a passkey, the national ID. Face only by a step-up over one (POST
+# /face/step-up), which no page of ours offers a browser sent to log in: a demand for it that a login
+# was to meet came back unmet for ever (review 161, finding 2). identity.oidc.authorize answers a
+# required level outside this set with unmet_authentication_requirements, and a client may not
+# register one as its minimum (identity.clients, identity.registration.metadata).
+LOGIN_ACRS = frozenset({ACR_PASSKEY, ACR_UPSTREAM})
 
 # RFC 8176 §2 values.
 AMR_HWK = "hwk"  # proof of possession of a hardware-secured key

@@ -6,7 +6,9 @@ whether the browser's login session is good enough, and issuing the code.
                                                              (RFC 6749 §4.1.2.1)
       -> response_type, scope, PKCE S256, prompt, max_age, acr, PAR requirement
                                                           -- failure: error to the redirect_uri
-      -> login session good enough? (session, prompt=login, max_age, acr)
+      -> the client's min_acr a level no login reaches (face), and not the session's?
+                            -> unmet_authentication_requirements to the redirect_uri
+      -> login session good enough? (session, prompt=login, max_age, min_acr; acr_values once)
            no:  prompt=none -> login_required to the redirect_uri (OIDC Core §3.1.2.6)
                 else        -> 302 /login?return_to=/oauth2/authorize/resume?id=<the request, sealed>
                                (nothing stored: PendingRequests)
@@ -22,8 +24,18 @@ Decisions (documented in discovery and here):
   creation time while the person logs in, so resuming it after the login passes. ``max_age`` is met
   by such a login too, however long it took (``max_age=0`` works as ``prompt=login``), and otherwise by
   a login at most max_age seconds ago.
-- ``acr_values``: the weakest known value is the floor (identity.domain.assurance.weakest_acceptable);
-  the client's ``min_acr`` raises it. Unknown values alone are ignored (OIDC Core §3.1.2.1: voluntary).
+- ``acr_values`` is voluntary (OIDC Core §3.1.2.1): its weakest known value
+  (identity.domain.assurance.weakest_acceptable; unknown values alone are ignored) is asked for once.
+  A session below it that a login of ours could raise (``assurance.LOGIN_ACRS``: a passkey, the
+  national ID) is sent to the login page, unless prompt=none; the resume after that login, and any
+  request for a level no login reaches (face: the step-up is offered on no page), gets the code at the
+  level reached, which the id token's ``acr`` states, and the relying party judges. Before, it was a
+  hard demand, and acr_values=face sent the person round /login for ever (review 161, finding 2).
+- The client's ``min_acr`` is required: below it, the login page (prompt=none: login_required); a
+  level no login reaches (a face minimum registered before it was refused) and a session without it:
+  ``unmet_authentication_requirements`` (OpenID Connect Core Unmet Authentication Requirements 1.0 §2)
+  to the redirect_uri, at once, never a login page that cannot meet it. No ``claims`` request is
+  supported (discovery's claims_parameter_supported false), so no essential acr claim.
 - Parameters are used once: a repeated parameter is invalid (RFC 6749 §3.1).
 """
 
@@ -129,11 +141,13 @@ class AuthorizationRequest:
     code_challenge: str
     prompt: tuple[str, ...]
     max_age: int | None
-    acr: str | None  # the weakest acr the session must satisfy (client min_acr, acr_values)
+    acr: str | None  # the weakest acr the session must satisfy: the client's min_acr
     dpop_jkt: str | None
     created_at: float  # seconds since the epoch, for prompt=login and max_age
     pushed: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    # acr_values' floor when stronger than ``acr``: voluntary, asked for once (module docstring).
+    acr_wanted: str | None = None
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -239,7 +253,7 @@ def validate(
             raise refuse("invalid_request", "max_age must be a non-negative integer.", "max_age")
         max_age = int(raw)
     demanded = assurance.weakest_acceptable(params.get("acr_values", "").split())
-    floor = assurance.stronger(client.min_acr, demanded)
+    wanted = demanded if assurance.stronger(client.min_acr, demanded) != client.min_acr else None
     dpop_jkt = params.get("dpop_jkt")
     if dpop_jkt is not None and not _JKT.fullmatch(dpop_jkt):
         raise refuse("invalid_request", "Malformed dpop_jkt.", "dpop_jkt")
@@ -255,15 +269,26 @@ def validate(
         code_challenge=challenge,
         prompt=prompt,
         max_age=max_age,
-        acr=floor,
+        acr=client.min_acr,
         dpop_jkt=dpop_jkt,
         created_at=now.timestamp(),
         pushed=pushed,
+        acr_wanted=wanted,
     )
 
 
-def login_needed(req: AuthorizationRequest, session: LoginSession | None, *, now: datetime) -> str | None:
-    """Why the session does not do for this request (a reason code), or None when it does."""
+def unmet(req: AuthorizationRequest, session: LoginSession | None) -> bool:
+    """The level the client requires is one no login of ours reaches (``assurance.LOGIN_ACRS``) and the
+    session does not hold it: sending the browser to log in would bring it back without it, for ever."""
+    if req.acr is None or req.acr in assurance.LOGIN_ACRS:
+        return False
+    return not assurance.satisfies(session.acr if session is not None else None, req.acr)
+
+
+def login_needed(req: AuthorizationRequest, session: LoginSession | None, *, now: datetime,
+                 resumed: bool = False) -> str | None:
+    """Why the session does not do for this request (a reason code), or None when it does.
+    ``resumed``: the request comes back from the login page, where a wanted level was offered."""
     if session is None:
         return "no_session"
     auth_time = session.auth_time.timestamp()
@@ -276,6 +301,13 @@ def login_needed(req: AuthorizationRequest, session: LoginSession | None, *, now
         return "max_age"
     if not assurance.satisfies(session.acr, req.acr):
         return "acr"
+    # OIDC Core §3.1.2.1: acr_values is voluntary. A level a login reaches is offered once (not when
+    # no interaction is allowed); after that login, or for a level none reaches, the code comes at the
+    # level reached (review 161, finding 2).
+    wanted = req.acr_wanted
+    if (wanted in assurance.LOGIN_ACRS and not resumed and "none" not in req.prompt
+            and not assurance.satisfies(session.acr, wanted)):
+        return "acr_values"
     return None
 
 
@@ -342,8 +374,9 @@ def login_location(rid: str, req: AuthorizationRequest) -> str:
     """Where the browser goes to log in; ``return_to`` is a relative path back to this request."""
     return_to = f"{RESUME_PATH}?id={rid}"
     query = {"return_to": return_to}
-    if req.acr:
-        query["acr"] = req.acr
+    asked = assurance.stronger(req.acr, req.acr_wanted)
+    if asked:
+        query["acr"] = asked
     if "login" in req.prompt or (req.max_age is not None):
         query["fresh"] = "1"
     return f"{LOGIN_PATH}?{urlencode(query, quote_via=quote)}"
@@ -501,7 +534,15 @@ def _decide(
 ) -> str:
     issuer = provider.settings.issuer
     session = sessions.get(cookie, now=now)
-    reason = login_needed(req, session, now=now)
+    if unmet(req, session):
+        # OpenID Connect Core Unmet Authentication Requirements 1.0 §2: no login of ours meets the
+        # client's minimum; never a login page that cannot (review 161, finding 2).
+        log.info("identity.authorize.refused.acr_unmet")
+        error = RedirectError("unmet_authentication_requirements",
+                              "No login here reaches the authentication level this client requires.",
+                              redirect_uri=req.redirect_uri, state=req.state)
+        return error_location(error, issuer)
+    reason = login_needed(req, session, now=now, resumed=rid is not None)
     if reason is not None:
         if "none" in req.prompt:
             # OIDC Core §3.1.2.6: no interaction allowed, and a login would be needed.

@@ -277,6 +277,10 @@ def _min_acr(doc: Mapping[str, Any]) -> str | None:
     floor = assurance.weakest_acceptable(raw)
     if raw and floor is None:
         raise _refuse(f"default_acr_values: one of {' '.join(assurance.ORDER)}.")
+    if floor is not None and floor not in assurance.LOGIN_ACRS:
+        # Kept as the client's minimum, which no login reaches (face: a step-up no page offers), so
+        # every authorization would be unmet_authentication_requirements (review 161, finding 2).
+        raise _refuse(f"default_acr_values: at least one a login reaches, {' '.join(sorted(assurance.LOGIN_ACRS))}.")
     return floor
 
 
