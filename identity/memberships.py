@@ -42,12 +42,13 @@ All under the person's row lock (enrolment.lock_person), as a grant, in one tran
 trail (``identity.admin.membership.removed``: who, what, and how many grants it revoked).
 
 Port security is never left without an officer. A *standing* officer holds ``port_security_admin``
-without a ``valid_until``, as an active person. Removing that role, or giving it a ``valid_until``, is
-refused (``last_port_security_officer``) unless another standing officer remains (``keep_an_officer``);
-a dated officer's expiry never takes a standing one away, so the expiry sweep needs no such check.
-The check locks every standing officer's membership row (FOR UPDATE), never a plain read: two removals
-of the last two at once would each read the other still there and commit none left; locked, the
-second waits for the first and then reads it gone.
+without a ``valid_until``, as an active person, in an active port_authority organisation (the only
+place the console honours it, ``honoured_officer_membership``). Removing that role, or giving it a
+``valid_until``, is refused (``last_port_security_officer``) unless another standing officer remains
+(``keep_an_officer``); a dated officer's expiry never takes a standing one away, so the expiry sweep
+needs no such check. The check locks every standing officer's membership row (FOR UPDATE), never a
+plain read: two removals of the last two at once would each read the other still there and commit none
+left; locked, the second waits for the first and then reads it gone.
 
 Expiry (migration 0019: ``valid_until``). A membership past its ``valid_until`` counts nowhere at once
 (quaygate.schema.membership_in_force, in every read that grants something; no access token carries a
@@ -206,7 +207,11 @@ def revoke_carriers(conn: sa.Connection, grants: GrantStore, person_id: uuid.UUI
 def keep_an_officer(conn: sa.Connection, person_id: uuid.UUID, organisation_id: uuid.UUID | None) -> None:
     """Refuse (``last_port_security_officer``) unless a standing officer other than this membership
     remains (module docstring), in the caller's transaction; ``organisation_id`` None: other than this
-    person (a suspension takes every role of his away).
+    person (a suspension takes every role of his away). Only the memberships the console honours count
+    (``honoured_officer_membership``: in an active port_authority organisation), for those alone keep
+    the console: an unending port_security_admin at a terminal, or at a deactivated port authority, is
+    no other standing officer (review 163, finding 3: the port authority's last one was removed), and
+    taking it away, or the role of someone who holds no honoured one, takes no officer away.
 
     Every standing officer's membership row is locked until the transaction ends (FOR UPDATE; SQLite's
     writers run one at a time), whatever the person's status: a concurrent removal, dating or suspension
@@ -216,13 +221,16 @@ def keep_an_officer(conn: sa.Connection, person_id: uuid.UUID, organisation_id: 
     person's row (enrolment.lock_person), and two removals locking each other's would deadlock."""
     locked = conn.execute(
         sa.select(memberships.c.person_id, memberships.c.organisation_id)
-        .where(memberships.c.role == PORT_SECURITY_ROLE, memberships.c.valid_until.is_(None))
+        .where(honoured_officer_membership(), memberships.c.valid_until.is_(None))
         .order_by(memberships.c.person_id, memberships.c.organisation_id)
         .with_for_update(of=memberships)).all()
-    if organisation_id is None and all(p != person_id for p, _ in locked):
-        return  # suspending someone who is no standing officer takes none away
-    others = [(p, o) for p, o in locked
-              if (p != person_id if organisation_id is None else (p, o) != (person_id, organisation_id))]
+
+    def this(p: uuid.UUID, o: uuid.UUID) -> bool:
+        return p == person_id if organisation_id is None else (p, o) == (person_id, organisation_id)
+
+    if not any(this(p, o) for p, o in locked):
+        return  # no standing officer the console honours is taken away
+    others = [(p, o) for p, o in locked if not this(p, o)]
     active = set(conn.execute(sa.select(persons.c.id).where(
         persons.c.id.in_(sorted({p for p, _ in others})), persons.c.status == "active")).scalars()) if others else set()
     if not any(p in active for p, _ in others):
@@ -234,9 +242,9 @@ def keep_an_officer(conn: sa.Connection, person_id: uuid.UUID, organisation_id: 
 def honoured_officer_membership() -> sa.ColumnElement[bool]:
     """The membership gives ``port_security_admin`` where the console honours it: in an active
     port_authority organisation. Held elsewhere (a terminal's security desk) it opens no console and
-    bounds nothing (identity.api.admin ``admin_caller`` strips it, review 144 finding 1), so
-    ``officer_ends`` does not count it either (review 163, finding 2). Not whether it is still in force:
-    ``membership_in_force``'s, where the reader needs it."""
+    bounds nothing (identity.api.admin ``admin_caller`` strips it, review 144 finding 1), so neither
+    ``officer_ends`` nor ``keep_an_officer`` counts it (review 163, findings 2 and 3). Not whether it is
+    still in force: ``membership_in_force``'s, where the reader needs it."""
     port_authorities = sa.select(organisations.c.id).where(organisations.c.active.is_(True),
                                                            organisations.c.kind == OrgKind.PORT_AUTHORITY.value)
     return sa.and_(memberships.c.role == PORT_SECURITY_ROLE, memberships.c.organisation_id.in_(port_authorities))

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from identity.bootstrap import provider_for
 from identity.memberships import expire_due
-from quaygate.schema import audit_log, memberships, webhook_deliveries, webhook_subscriptions
+from quaygate.schema import audit_log, memberships, organisations, webhook_deliveries, webhook_subscriptions
 from release_service.domain.parties import OrgKind
 from tests.factories import add_driver, add_org
 from tests.interleave import HeldBeforeCommit, in_thread, waits_on_a_lock
@@ -298,6 +298,36 @@ def test_the_last_standing_officer_is_not_suspended_through_the_api(world: World
     assert _give(world, other, third, own_org, "port_security_admin").status_code == 201
     r = _suspend(world, world.security, second)
     assert r.status_code == 200 and r.json()["status"] == "suspended", r.text
+
+
+def test_an_officer_the_console_does_not_honour_is_no_other_standing_officer(world: World) -> None:
+    """Review 163 (finding 3): the last-officer guard counted every unending port_security_admin, at a
+    terminal or at a deactivated port authority too, though the console honours neither (review 144).
+    A and B stand at the port authority, T at a terminal: B dated A, and A then removed B, the port
+    authority's last standing officer (200). Now only the memberships the console honours count: A
+    neither removes, dates nor suspends B; an officer's role at a terminal is removed as before."""
+    w = world
+    a = w.security_officer
+    [(org, _)] = w.roles(a)
+    terminal = w.p.terminal.organisation_id
+    assert terminal is not None
+    b, t, x = (w.flow.person(given=n, family="Jacobs") for n in ("Lies", "Tom", "Ann"))
+    assert _give(w, w.security, b, org, "port_security_admin").status_code == 201
+    w.flow.member(t, terminal, "port_security_admin")
+    as_b = w.sign_in(b)["access_token"]
+    assert _give(w, as_b, a, org, "port_security_admin", _hour()).status_code == 200  # B still stands
+    gone = add_org(w.engine, OrgKind.PORT_AUTHORITY).organisation_id  # another, deactivated, with its officer
+    w.flow.member(x, gone, "port_security_admin")
+    with w.engine.begin() as conn:
+        conn.execute(organisations.update().where(organisations.c.id == gone).values(active=False))
+
+    _problem(w.remove(w.security, b, org, "port_security_admin"), 409, "last_port_security_officer")
+    _problem(_give(w, w.security, b, org, "port_security_admin", _hour() - timedelta(minutes=5)), 409,
+             "last_port_security_officer")
+    _problem(_suspend(w, w.security, b), 409, "last_port_security_officer")
+    assert (b, org, None) in set(_officers(w))
+    assert w.remove(w.security, t, terminal, "port_security_admin").status_code == 200  # takes no officer away
+    assert w.remove(w.security, x, gone, "port_security_admin").status_code == 200
 
 
 def _kinds(w: World) -> list[str]:
