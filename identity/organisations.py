@@ -24,11 +24,16 @@ and its history, but:
   roles counted nowhere, but their codes lived on, up to 30 days). An issue in flight share-locks the
   organisation's row, so the deactivation's UPDATE waits for it and then ends its code. So do the codes
   its clients issued themselves, an admin client's (``end_codes_created_by``; review 146, finding 1).
+- the initial access tokens its clients minted, an admin client's, and those tied to it, end
+  (identity.registration.service ``end_iats_created_by``, ``end_iats_for``; review 163, finding 1: they
+  registered clients, a terminal's gate, up to 30 days after); a token tied to it registers nothing while
+  it is inactive. A mint or a registration in flight share-locks the organisation's row, so the
+  deactivation waits for it, then ends its token or counts its client among the organisation's.
 
 Reactivation lifts the first, the gate's refusal (the facts invalidated again; the lines hear:
 ``release.holder_reactivated``) and the rest; revoked tokens stay revoked (the clients ask for new ones),
-ended enrolment codes stay ended (the officers issue new ones), and cancelled transfers stay cancelled
-(the sender sends again).
+ended enrolment codes stay ended (the officers issue new ones), ended initial access tokens stay ended (an
+administrator mints new ones), and cancelled transfers stay cancelled (the sender sends again).
 Both are one conditional UPDATE (``WHERE active = <the other state>``): two officers at once give one
 change and one ``status_unchanged``. Each says who, when and why: on the row (the last change) and on
 the audit trail (every change: ``identity.admin.organisation.deactivated`` / ``.reactivated``).
@@ -55,6 +60,7 @@ from .authn import enrolment
 from .domain import claims
 from .grants import GrantStore
 from .memberships import revoke_carriers
+from .registration.service import end_iats_created_by, end_iats_for
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,7 @@ class StatusChanged:
     enrolment_codes_ended: int = 0  # issued by its officers or its clients (on deactivation)
     rights: tuple[uuid.UUID, ...] = ()  # the release rights it held or was sent whose lines were told
     transfers_cancelled: int = 0  # pending transfers it sent or was sent (on deactivation)
+    initial_access_tokens_ended: int = 0  # minted by its clients or tied to it (on deactivation)
 
 
 def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID, *, active: bool,
@@ -92,7 +99,7 @@ def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID
         raise OrganisationRefused("reason_required", "Say why (the reason is kept on the audit trail).")
     if len(reason) > REASON_MAX:
         raise OrganisationRefused("reason_too_long", f"The reason is at most {REASON_MAX} characters.")
-    revoked = codes = 0
+    revoked = codes = iats = 0
     with engine.begin() as conn:
         done = conn.execute(
             organisations.update()
@@ -128,6 +135,9 @@ def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID
             codes = enrolment.end_codes_issued_in(conn, organisation_id, now=now)
             # And the codes its clients issued themselves, an admin client's (review 146, finding 1).
             codes += sum(enrolment.end_codes_created_by(conn, client_id, now=now) for client_id in clients)
+            # The initial access tokens they minted, and those tied to it (review 163, finding 1).
+            iats = end_iats_for(conn, organisation_id, now=now)
+            iats += sum(end_iats_created_by(conn, client_id, now=now) for client_id in clients)
         # The rights it set in motion, after the UPDATE (a transfer accepted meanwhile is waited for on the
         # right's lock, then seen as it ended), and every cached copy of the gate's rights facts, which carry
         # their holder's status (release_service.adapters.gate_facts): pending before the commit, replaced after.
@@ -139,6 +149,7 @@ def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID
                                 "rights": [str(r) for r in moved.rights]}
         if not active:
             data["enrolment_codes_ended"] = codes
+            data["initial_access_tokens_ended"] = iats
             data["transfers_cancelled"] = moved.transfers_cancelled
             # A customs office's holds: any customs lifts them now, with a reason (review 141).
             data["customs_holds"] = [{"release_id": str(h.release_id), "container_number": h.container,
@@ -148,7 +159,8 @@ def set_active(engine: sa.Engine, grants: GrantStore, organisation_id: uuid.UUID
     if on_change is not None:
         on_change()
     log.info("identity.organisation.%s", "reactivated" if active else "deactivated")
-    return StatusChanged(organisation_id, active, clients, revoked, codes, moved.rights, moved.transfers_cancelled)
+    return StatusChanged(organisation_id, active, clients, revoked, codes, moved.rights, moved.transfers_cancelled,
+                         initial_access_tokens_ended=iats)
 
 
 def _release_actor(actor: str) -> dict[str, str | None]:

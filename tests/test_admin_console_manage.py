@@ -254,7 +254,7 @@ def test_port_security_registers_and_deactivates_clients(flow: Flow) -> None:
     assert 60 < int(wait.headers["retry-after"]) <= 66  # to the second after the cutoff
     assert [(subject, data) for _, subject, data in audit_entries(flow, "identity.admin.client.secret_rotated")] \
         == [(new_id, {"tokens_revoked": True, "grants_revoked": 0, "registration_token_renewed": False,
-                      "enrolment_codes_ended": 0})]
+                      "enrolment_codes_ended": 0, "initial_access_tokens_ended": 0})]
     assert flow.http.post(f"/admin/v1/clients/{new_id}:deactivate", headers=_auth(token)).status_code == 200
     assert flow.http.post("/oauth2/token", data={"grant_type": "client_credentials"},
                           auth=(new_id, rotated.json()["client_secret"])).status_code != 200

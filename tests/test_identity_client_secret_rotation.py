@@ -88,7 +88,7 @@ def test_the_old_secret_is_refused_even_when_remembered_and_the_new_one_passes(s
     assert len(rows) == 1 and rows[0].subject == line and rows[0].actor["client_id"] == admin
     assert new not in str(rows[0]._mapping) and old not in str(rows[0]._mapping)
     assert rows[0].data == {"tokens_revoked": False, "grants_revoked": 0, "registration_token_renewed": False,
-                            "enrolment_codes_ended": 0}
+                            "enrolment_codes_ended": 0, "initial_access_tokens_ended": 0}
 
 
 def test_another_replica_refuses_the_old_secret_once_it_reads_the_epoch(shared: Lifecycle) -> None:
@@ -164,7 +164,7 @@ def test_rotation_ends_the_registration_access_token_a_thief_copied_with_the_sec
             audit_log.c.kind == "identity.admin.client.secret_rotated")).scalar_one()
     assert row.active and row.name == "Line back end" and rat not in str(row._mapping)
     assert data == {"tokens_revoked": True, "grants_revoked": 0, "registration_token_renewed": True,
-                    "enrolment_codes_ended": 0}
+                    "enrolment_codes_ended": 0, "initial_access_tokens_ended": 0}
     read = _manage(env, "GET", cid, rat)  # the owner's new token works, and is swapped as ever
     assert read.status_code == 200 and read.json()["client_name"] == "Line back end", read.text
 

@@ -68,7 +68,7 @@ the codes that name no officer: an officer's code keeps the console's client id 
 ends with his roles, not with the client that carried his request. The issue is one act with them, as
 with an officer's suspension: it share-locks the client's organisation's row, then the client's row
 (which a deactivation's, a deletion's or a rotation's UPDATE takes), and reads their status after
-(``_client_ended``). So a deactivation committed first is seen, and the issue refused
+(``client_ended``). So a deactivation committed first is seen, and the issue refused
 (issuer_role_ended), and one that comes during the issue waits for it, then ends its code. (A rotation
 leaves the client active: an issue it waited for goes through, with a token it was about to revoke.)
 """
@@ -273,9 +273,10 @@ def issuer_ends(conn: sa.Connection, issuer: uuid.UUID, now: datetime) -> dateti
     return min(dated) if dated else None
 
 
-def _client_ended(conn: sa.Connection, client_id: str) -> bool:
+def client_ended(conn: sa.Connection, client_id: str) -> bool:
     """Whether the client ``client_id``, issuing a code itself (an admin client), or its organisation is
-    deactivated; False for no such client (the command line, the demo). The organisation's row, then the
+    deactivated; False for no such client (the command line, the demo). Minting an initial access token
+    asks it too (identity.registration.service; review 163, finding 1). The organisation's row, then the
     client's, share-locked until the caller's transaction ends (FOR SHARE on PostgreSQL, which their
     UPDATEs wait for; SQLite's writers run one at a time), the organisation's status read after both, in a
     statement of its own (module docstring: under READ COMMITTED it sees what the wait let commit)."""
@@ -361,7 +362,7 @@ def _insert(
             raise EnrolmentRefused("issuer_role_ended")
         if end is not None:
             expires_at = min(expires_at, end)
-    elif _client_ended(conn, created_by[:100]):  # deactivated: its codes ended with it (module docstring)
+    elif client_ended(conn, created_by[:100]):  # deactivated: its codes ended with it (module docstring)
         raise EnrolmentRefused("issuer_role_ended")
     conn.execute(
         enrolment_codes.insert().values(

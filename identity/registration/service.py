@@ -5,12 +5,41 @@ One transaction per use case (STYLE.md #5). Tokens are 256-bit random strings sh
 SHA-256 is stored. Single use is a conditional UPDATE (STYLE.md #4):
 
     initial access token   unused --register (UPDATE ... WHERE used_at IS NULL AND expires_at > now)--> used
+                             |
+                             +--end_iats_created_by() (the client that minted it was deactivated or deleted, or
+                             |                         its secret rotated revoking its tokens)--> ended
+                             +--end_iats_for() (the organisation it is tied to was deactivated)--> ended
     registration token     each read or update swaps it for a new one (UPDATE ... WHERE hash = :old),
                            so a copied token stops working at its holder's next call (RFC 7592 §3
                            lets the server rotate it); an admin's rotation of the client's secret
                            swaps it too (``rotate_secret``); delete clears it
 
 A refused registration rolls back, so the initial access token stays unused.
+
+An initial access token ends with the admin client that minted it (``created_by``), and with the
+organisation it is tied to (review 163, finding 1: it outlived them by up to 30 days, and the thief of an
+admin client's secret, found out, the secret rotated and the client deactivated, registered a
+terminal_gate client with a terminal's token and got gate:verify). As its enrolment codes do
+(identity.authn.enrolment ``end_codes_created_by``, review 146, finding 1), in the transaction that
+deactivates or deletes the client, rotates its secret revoking its tokens, or deactivates its organisation
+(identity.organisations ``set_active``, which also ends the tokens tied to the organisation); the audit
+entry counts them. A reactivation brings none back. Ended is marked, not deleted: its ``expires_at`` is set
+back to its ``created_at``, a time no registration's clock passes (review 67's reason for
+``enrolment_codes.ended_at``: an expiry set to the time of the ending would let through a registration
+whose clock was read before it), so it answers ``iat_expired`` as an ended enrolment code answers
+``enrolment_code_expired``; no token is minted for under 60 s, so ``expires_at = created_at`` is an ended
+one, and the expiry it was minted with stays on its ``identity.iat.created`` entry.
+
+The mint is one act with those endings, as an enrolment code's issue is: it share-locks the row of the
+organisation the token is tied to, then its minting client's organisation's row and the client's row
+(``enrolment.client_ended``), and reads their status after. So a deactivation committed first is seen and
+the mint refused (``organisation_inactive``, ``issuer_inactive``), and one that comes during the mint waits
+for it, then ends its token. A registration share-locks the token's organisation's row before it claims
+the token (the order the deactivation takes them in: the organisation's row, then the token's) and refuses
+a token whose organisation is inactive (``iat_organisation_inactive``: one minted before the mend): its
+client is not one of a deactivated organisation that comes to life with its reactivation, and a
+deactivation that comes during the registration waits for it and counts the new client among the
+organisation's.
 """
 
 from __future__ import annotations
@@ -75,6 +104,7 @@ class Organisation:
     id: uuid.UUID
     kind: str
     terminal_code: str | None
+    active: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,15 +143,24 @@ class ClientManagement:
     def create_initial_access_token(
         self, *, organisation_id: uuid.UUID | None, created_by: str, ttl: int | None, now: datetime
     ) -> tuple[str, datetime]:
-        """A single-use initial access token (RFC 7591 §3), tied to an organisation or not."""
+        """A single-use initial access token (RFC 7591 §3), tied to an organisation or not. Refused for a
+        deactivated organisation (``organisation_inactive``, 422) and to a deactivated client, or one of a
+        deactivated organisation (``issuer_inactive``, 403), their rows share-locked first (module
+        docstring: a deactivation during the mint waits for it, then ends its token)."""
         ttl = DEFAULT_IAT_TTL if ttl is None else ttl
         if not 60 <= ttl <= MAX_IAT_TTL:
             raise RegistrationError("invalid_ttl", f"ttl is between 60 and {MAX_IAT_TTL} seconds.", 422)
         token = IAT_PREFIX + secrets.token_urlsafe(32)
         expires_at = now + timedelta(seconds=ttl)
         with self._engine.begin() as conn:
-            if organisation_id is not None:
-                self._organisation(conn, organisation_id)
+            if organisation_id is not None and not self._organisation(conn, organisation_id, lock=True).active:
+                log.info("identity.iat.refused.organisation_inactive")
+                raise RegistrationError("organisation_inactive", "The organisation is deactivated: a token for "
+                                        "it would register nothing.", 422)
+            if enrolment.client_ended(conn, created_by):
+                log.info("identity.iat.refused.issuer_inactive")
+                raise RegistrationError("issuer_inactive", "The client asking is deactivated, or its "
+                                        "organisation is.", 403)
             conn.execute(initial_access_tokens.insert().values(
                 token_hash=_sha256(token), organisation_id=organisation_id, created_by=created_by,
                 created_at=now, expires_at=expires_at))
@@ -130,11 +169,15 @@ class ClientManagement:
                                "expires_at": expires_at.isoformat()})
         return token, expires_at
 
-    def _claim_iat(self, conn: sa.Connection, token: str, now: datetime) -> tuple[uuid.UUID | None, str]:
-        """Use an initial access token once: one conditional UPDATE (concurrent uses: one wins)."""
+    def _claim_iat(self, conn: sa.Connection, token: str, now: datetime) -> tuple[Organisation | None, str]:
+        """Use an initial access token once: one conditional UPDATE (concurrent uses: one wins). Its
+        organisation's row share-locked first, and an inactive one refused (module docstring)."""
         if not token.startswith(IAT_PREFIX):
             raise _unauthorised("iat_unknown")
         h = _sha256(token)
+        tied = conn.execute(sa.select(initial_access_tokens.c.organisation_id)
+                            .where(initial_access_tokens.c.token_hash == h)).scalar()
+        org = self._organisation(conn, tied, lock=True) if tied is not None else None
         claimed = conn.execute(
             initial_access_tokens.update()
             .where(initial_access_tokens.c.token_hash == h, initial_access_tokens.c.used_at.is_(None),
@@ -148,22 +191,27 @@ class ClientManagement:
         ).first()
         if claimed != 1 or row is None:
             raise _iat_refused(row, now)
-        return row.organisation_id, str(row.created_by)
+        if org is not None and not org.active:  # rolled back with the refusal: the token stays unused
+            raise _unauthorised("iat_organisation_inactive")
+        return org, str(row.created_by)
 
     def check_initial_access_token(self, token: str, *, now: datetime) -> None:
-        """Could ``token`` register now (known, unused, unexpired)? Else RegistrationError 401, as
-        ``register`` refuses it. A read, for the edge to refuse a caller before reading its metadata;
-        nothing is claimed: ``register`` claims the token in the transaction that registers, so a token
-        used or expired meanwhile is refused there."""
+        """Could ``token`` register now (known, unused, unexpired, its organisation if any active)? Else
+        RegistrationError 401, as ``register`` refuses it. A read, for the edge to refuse a caller before
+        reading its metadata; nothing is claimed: ``register`` claims the token in the transaction that
+        registers, so a token used, expired or ended meanwhile is refused there."""
         if not token.startswith(IAT_PREFIX):
             raise _unauthorised("iat_unknown")
         with self._engine.connect() as conn:
             row = conn.execute(
-                sa.select(initial_access_tokens.c.used_at, initial_access_tokens.c.expires_at)
+                sa.select(initial_access_tokens.c.used_at, initial_access_tokens.c.expires_at, organisations.c.active)
+                .outerjoin(organisations, organisations.c.id == initial_access_tokens.c.organisation_id)
                 .where(initial_access_tokens.c.token_hash == _sha256(token))
             ).first()
         if row is None or row.used_at is not None or row.expires_at <= now:
             raise _iat_refused(row, now)
+        if row.active is False:
+            raise _unauthorised("iat_organisation_inactive")
 
     def check_registration_token(self, client_id: str, token: str) -> None:
         """Is ``token`` the registration access token of the active client ``client_id``? Else
@@ -186,8 +234,8 @@ class ClientManagement:
     def register(self, initial_access_token: str, doc: Mapping[str, Any], *, now: datetime) -> Registered:
         """RFC 7591 §3.1: a client acting for the token's organisation (if any). One transaction."""
         with self._engine.begin() as conn:
-            org_id, created_by = self._claim_iat(conn, initial_access_token, now)
-            org = self._organisation(conn, org_id) if org_id else None
+            org, created_by = self._claim_iat(conn, initial_access_token, now)
+            org_id = org.id if org else None
             meta = _checked(doc, org_kind=org.kind if org else None)
             out = self._insert(conn, meta, org=org, terminal_code=None, now=now, dynamic=True)
             audit.record("identity.client.registered", at=now, actor={"iat_created_by": created_by},
@@ -276,7 +324,8 @@ class ClientManagement:
     def delete(self, client_id: str, token: str, *, now: datetime) -> None:
         """RFC 7592 §2.3: deactivate the client (rows are kept for the audit trail), end its
         registration token, revoke its grants (refresh tokens and their access tokens) and end the
-        enrolment codes it issued (enrolment.end_codes_created_by; review 146, finding 1)."""
+        enrolment codes it issued (enrolment.end_codes_created_by; review 146, finding 1) and the initial
+        access tokens it minted (``end_iats_created_by``; review 163, finding 1)."""
         with self._engine.begin() as conn:
             done = conn.execute(
                 oauth_clients.update()
@@ -289,14 +338,18 @@ class ClientManagement:
             revoked = self._revoke_grants(conn, client_id, now)
             self._grants.revocations.revoke_client(conn, client_id, now=now, token_ttl=self._access_token_ttl)
             codes = enrolment.end_codes_created_by(conn, client_id, now=now)
+            iats = end_iats_created_by(conn, client_id, now=now)
             audit.record("identity.client.deleted", at=now, actor={"client_id": client_id}, subject=client_id,
-                         conn=conn, data={"grants_revoked": revoked, "enrolment_codes_ended": codes})
+                         conn=conn, data={"grants_revoked": revoked, "enrolment_codes_ended": codes,
+                                          "initial_access_tokens_ended": iats})
         self._on_change(client_id)
 
     def deactivate(self, client_id: str, *, admin: str, now: datetime) -> bool:
         """The admin API's deactivation; False when there is no such active client. Its grants are
         revoked, and the enrolment codes it issued end (an admin client's: each could enrol an officer;
-        enrolment.end_codes_created_by, review 146, finding 1), in the same transaction."""
+        enrolment.end_codes_created_by, review 146, finding 1), and so do the initial access tokens it
+        minted (each could register a client, a terminal's gate; ``end_iats_created_by``, review 163,
+        finding 1), in the same transaction."""
         with self._engine.begin() as conn:
             done = conn.execute(
                 oauth_clients.update()
@@ -308,8 +361,10 @@ class ClientManagement:
             revoked = self._revoke_grants(conn, client_id, now)
             self._grants.revocations.revoke_client(conn, client_id, now=now, token_ttl=self._access_token_ttl)
             codes = enrolment.end_codes_created_by(conn, client_id, now=now)
+            iats = end_iats_created_by(conn, client_id, now=now)
             audit.record("identity.admin.client.deactivated", at=now, actor=audit.actor_fields(admin),
-                         subject=client_id, conn=conn, data={"grants_revoked": revoked, "enrolment_codes_ended": codes})
+                         subject=client_id, conn=conn, data={"grants_revoked": revoked, "enrolment_codes_ended": codes,
+                                                             "initial_access_tokens_ended": iats})
         self._on_change(client_id)
         return True
 
@@ -323,7 +378,8 @@ class ClientManagement:
         then the client's grants and access tokens are revoked (``GrantStore.revoke_client_tokens``,
         as for a deactivated organisation), those issued within RevocationList.CLIENT_MARGIN after too,
         and the enrolment codes it issued end (enrolment.end_codes_created_by; review 146, finding 1:
-        what the secret's thief minted is as much his as its tokens).
+        what the secret's thief minted is as much his as its tokens), and the initial access tokens it
+        minted (``end_iats_created_by``; review 163, finding 1).
 
         A client managed through RFC 7592 (registered through RFC 7591) also gets a new registration
         access token, in the same UPDATE, returned once beside the secret; the old one is refused from
@@ -361,15 +417,17 @@ class ClientManagement:
                 raise RegistrationError("no_client_secret", "The client authenticates without a secret "
                                         "(private_key_jwt or none): there is no secret to rotate.", 409)
             renewed = done.registration_token_hash is not None
-            revoked = codes = 0
+            revoked = codes = iats = 0
             if revoke_tokens:
                 revoked = self._grants.revoke_client_tokens(conn, client_id, reason="client_secret_rotated", now=now,
                                                             access_token_ttl=self._access_token_ttl)
                 codes = enrolment.end_codes_created_by(conn, client_id, now=now)
+                iats = end_iats_created_by(conn, client_id, now=now)
             audit.record("identity.admin.client.secret_rotated", at=now, actor=audit.actor_fields(admin),
                          subject=client_id, conn=conn,
                          data={"tokens_revoked": revoke_tokens, "grants_revoked": revoked,
-                               "registration_token_renewed": renewed, "enrolment_codes_ended": codes})
+                               "registration_token_renewed": renewed, "enrolment_codes_ended": codes,
+                               "initial_access_tokens_ended": iats})
         self._on_change(client_id)
         log.info("identity.client.secret_rotated")
         return Rotated(secret, rat if renewed else None,
@@ -411,14 +469,16 @@ class ClientManagement:
         return len(ids)
 
     @staticmethod
-    def _organisation(conn: sa.Connection, organisation_id: uuid.UUID) -> Organisation:
-        row = conn.execute(
-            sa.select(organisations.c.kind, organisations.c.terminal_code).where(organisations.c.id == organisation_id)
-        ).first()
+    def _organisation(conn: sa.Connection, organisation_id: uuid.UUID, *, lock: bool = False) -> Organisation:
+        """``lock``: its row share-locked until the transaction ends (FOR SHARE on PostgreSQL, which a
+        deactivation's UPDATE waits for; a row a deactivation holds is read as it committed it)."""
+        query = sa.select(organisations.c.kind, organisations.c.terminal_code, organisations.c.active).where(
+            organisations.c.id == organisation_id)
+        row = conn.execute(query.with_for_update(read=True) if lock else query).first()
         if row is None:
             raise RegistrationError(INVALID_CLIENT_METADATA, "No such organisation.", 422,
                                     reason="organisation_unknown")
-        return Organisation(organisation_id, row.kind, row.terminal_code)
+        return Organisation(organisation_id, row.kind, row.terminal_code, bool(row.active))
 
     @staticmethod
     def _row(conn: sa.Connection, client_id: str) -> Any:
@@ -453,6 +513,28 @@ class ClientManagement:
         if row.registration_token_hash:
             doc["registration_client_uri"] = f"{self._issuer}{REGISTRATION_PATH}/{row.client_id}"
         return doc
+
+
+def _end_iats(conn: sa.Connection, whose: sa.ColumnElement[bool], now: datetime) -> int:
+    """End the unused, unexpired initial access tokens ``whose`` picks, in the caller's transaction: their
+    ``expires_at`` set back to their ``created_at`` (module docstring): how many."""
+    result = conn.execute(initial_access_tokens.update().where(
+        whose, initial_access_tokens.c.used_at.is_(None), initial_access_tokens.c.expires_at > now,
+    ).values(expires_at=initial_access_tokens.c.created_at))
+    return int(result.rowcount or 0)
+
+
+def end_iats_created_by(conn: sa.Connection, client_id: str, *, now: datetime) -> int:
+    """End the live initial access tokens the client ``client_id`` minted (an admin client: it is
+    deactivated, deleted, or its secret rotated with its tokens revoked; review 163, finding 1), in the
+    caller's transaction: how many."""
+    return _end_iats(conn, initial_access_tokens.c.created_by == client_id[:100], now)
+
+
+def end_iats_for(conn: sa.Connection, organisation_id: uuid.UUID, *, now: datetime) -> int:
+    """End the live initial access tokens tied to ``organisation_id`` (it is deactivated; review 163,
+    finding 1), in the caller's transaction: how many."""
+    return _end_iats(conn, initial_access_tokens.c.organisation_id == organisation_id, now)
 
 
 # The entries of a client secret shown to whoever made them: an admin's registration, a rotation.
