@@ -33,6 +33,7 @@ from gate_adapters.runtime.overrides import (
     OverrideDesk,
     OverrideRefused,
     OverrideUnanswered,
+    OverrideUnrecorded,
     UnknownLane,
     UnknownRequest,
 )
@@ -78,13 +79,13 @@ def away(adapters: list[Adapter]) -> OverrideDesk:
     return OverrideDesk(VerifyClient(DEAD, StaticToken("x"), attempts=1, timeout=0.5), adapters[0].outbox, LANES)
 
 
-def _console(a: Adapter, desk: OverrideDesk) -> Iterator[TestClient]:
+def _console(a: Adapter, desk: OverrideDesk, *, raise_server_exceptions: bool = True) -> Iterator[TestClient]:
     lanes = [LaneRuntime(TERMINAL, ln, "in", "commit", LaneCorrelator(ln, TERMINAL, "in"), a.online, a.outbox,
                          a.barrier) for ln in LANES]
     app = create_source_app(LaneWorker(lanes), TERMINAL, devices=None,
                             officers=(Officer("duty-officer", bytes.fromhex(token_sha256(OFFICER_TOKEN))),),
                             overrides=desk)
-    with TestClient(app, base_url="https://adapter.test") as http:
+    with TestClient(app, base_url="https://adapter.test", raise_server_exceptions=raise_server_exceptions) as http:
         yield http
 
 
@@ -977,3 +978,126 @@ def test_an_offline_override_is_judged_when_the_officer_let_the_truck_in(
         when = conn.execute(sa.select(audit_log.c.at).where(audit_log.c.subject == rid,
                                                             audit_log.c.kind == "release.gate_override")).scalar_one()
     assert when == overridden_at
+
+
+# -- review 162, finding 2: the reason checked before anything is sent; the use noted first -----------------
+
+
+def renominated_refused_offline(gate: Gate, a: Adapter) -> tuple[str, LaneResult]:
+    """A truck refused offline for the plate (the pass fetched first); the uplink back, the right re-nominated
+    to that hired tractor's plate: verified again at the desk, the service allows it and records the gate-in."""
+    rid = gate.pickable(1)
+    assert a.offline.refresh() == 1
+    a.down()
+    refused = refused_offline(a)
+    a.up()
+    r = gate.http.put(f"/api/v1/releases/{rid}/nomination", headers=gate.as_("haul"),
+                      json={"driver_person_id": str(gate.p.driver), "plate": {"text": WRONG_PLATE, "country": "BE"}})
+    assert r.status_code == 200, r.text
+    return rid, refused
+
+
+def test_a_reason_the_service_would_not_store_is_refused_before_anything_is_sent(
+        gate: Gate, adapters: list[Adapter], console: TestClient) -> None:
+    """Review 162, finding 2 (the reviewer's demonstration): a reason holding a lone surrogate (``\\ud800`` in
+    the JSON). Before, the desk verified the truck again, the service let it in (gated_in), then the outbox
+    could not store the reason (SQLite: UnicodeEncodeError, a ValueError): the officer was told 400
+    payload_refused, and no use and no override were kept here. Now the reason is checked as the service
+    checks it (storable text, multiline: no control character but tab and line breaks, no lone surrogate,
+    at most 400 characters) before anything is sent: 400, the service untouched. A reason on two lines is
+    taken."""
+    import json
+    import uuid
+
+    import sqlalchemy as sa
+
+    from quaygate.schema import gate_decisions
+
+    a = adapters[0]
+    rid, refused = renominated_refused_offline(gate, a)
+    again = str(uuid.uuid5(VERIFY_AGAIN, refused.request_id))
+    raw = json.dumps({"request_id": refused.request_id, "reason": "hired tractor \ud800"})  # "\\ud800" in JSON
+    assert "\\ud800" in raw
+    for body in (raw, json.dumps({"request_id": refused.request_id, "reason": "ok\x1b[2K\rlet in"}),
+                 json.dumps({"request_id": refused.request_id, "reason": "nul\x00"}),
+                 json.dumps({"request_id": refused.request_id, "reason": "x" * 401})):
+        r = console.post("/officer/override/in-1", content=body,
+                         headers={"Authorization": f"Bearer {OFFICER_TOKEN}", "Content-Type": "application/json"})
+        assert (r.status_code, r.json()["code"]) == (400, "payload_refused"), r.text
+        assert gate.state(rid) == "nominated"
+        with gate.engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(gate_decisions).where(
+                gate_decisions.c.request_id == again)).scalar_one() == 0
+        assert a.outbox.overrides(refused.request_id) == [] and rid not in a.outbox.offline_uses()["in"]
+    with pytest.raises(ValueError, match="lone surrogate"):
+        OverrideDesk(a.online, a.outbox, LANES).override("in-1", refused.request_id, "\ud800", by="o")
+
+    r = override(console, "in-1", {"request_id": refused.request_id, "reason": "hired tractor,\n\tplate checked"})
+    assert r.status_code == 201 and r.json()["state"] == "gated_in", r.text
+    assert gate.state(rid) == "gated_in" and a.outbox.offline_uses()["in"] == {rid}
+
+
+@pytest.mark.parametrize("how", ["allowed_again", "overridden_online"])
+def test_a_record_that_fails_after_the_service_let_the_truck_in_still_notes_the_use(
+        gate: Gate, adapters: list[Adapter], desk: OverrideDesk, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """Review 162, finding 2: the service let the truck in (verified again and allowed, or its refusal
+    overridden), then keeping the override here fails (forced: a ValueError, as SQLite raised for a reason it
+    could not encode). Before, the use and the override were one write: both lost, the officer told 400
+    payload_refused, and with the uplink cut a second truck on the badge and the pass's plate was allowed
+    offline at lane 2 and the barrier opened (the attack review 121 closed). Now the use is noted first, on
+    its own: the officer is told 500 override_unrecorded (the truck let in, the right counted as used), and
+    lane 2 refuses already_used."""
+    a = adapters[0]
+    if how == "allowed_again":
+        rid, refused = renominated_refused_offline(gate, a)
+    else:
+        rid = gate.pickable(1)
+        assert a.offline.refresh() == 1
+        refused = refused_online(a)
+
+    def fails(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("the disk said no")
+
+    monkeypatch.setattr(a.outbox, "overridden", fails)
+    for console in _console(a, desk, raise_server_exceptions=False):
+        r = override(console, "in-1", {"request_id": refused.request_id, "reason": "hired tractor, plate checked"})
+        assert (r.status_code, r.json()["code"]) == (500, "override_unrecorded"), r.text
+        assert "counts as used" in r.json()["detail"]
+    monkeypatch.undo()
+    assert gate.state(rid) == "gated_in"
+    assert a.outbox.offline_uses()["in"] == {rid}
+
+    a.down()
+    second = at_lane(a, "in-2", service_up=False)  # the same badge, the plate of the pass fetched before
+    assert second.offline and second.response is not None
+    assert (second.decision, second.response["reasons"]) == ("deny", ["already_used"]), second.response
+    assert BarrierCommand.OPEN not in [c.command for c in a.barrier.commands]
+
+
+def test_a_local_record_that_fails_after_a_verify_that_may_have_landed_still_notes_the_use(
+        gate: Gate, adapters: list[Adapter], away: OverrideDesk, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 162, finding 2: the desk verified the truck again and heard nothing (the verify may have
+    landed, rule 7), then the local override's write fails (forced). Before, that failure lost the use with
+    it (only a refusal of the desk's own noted it): a second truck was let in offline. Now the use is noted
+    all the same, the officer told 500 override_unrecorded."""
+    import sqlite3
+
+    rid = gate.pickable(1)
+    a = adapters[0]
+    assert a.offline.refresh() == 1
+    a.down()
+    refused = refused_offline(a)
+
+    def fails(*args: Any, **kwargs: Any) -> bool:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(a.outbox, "override_offline", fails)
+    with pytest.raises(OverrideUnrecorded, match="counts as used"):
+        away.override("in-1", refused.request_id, "hired tractor, plate checked", by="o")
+    monkeypatch.undo()
+    assert a.outbox.offline_uses()["in"] == {rid}
+    assert [o["outcome"] for o in a.outbox.overrides(refused.request_id)] == ["unanswered"]
+    second = at_lane(a, "in-2", service_up=False)
+    assert second.response is not None and (second.decision, second.response["reasons"]) == (
+        "deny", ["already_used"]), second.response
+    assert BarrierCommand.OPEN not in [c.command for c in a.barrier.commands]

@@ -140,9 +140,11 @@ RETRY_AFTER_SECONDS = 1  # rule 8: soon, so that the read sent again is still fr
 PROBLEM_BASE = "https://quaygate.eu/problems/gate-adapter/"  # the service's base, a folder of our own
 PROBLEM_MEDIA_TYPE = "application/problem+json"  # RFC 9457 §3
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-          405: "Method not allowed", 409: "Conflict", 413: "Content too large", 503: "Service unavailable"}
+          405: "Method not allowed", 409: "Conflict", 413: "Content too large", 500: "Internal server error",
+          503: "Service unavailable"}
 LATCH_STATUS = {"unknown_lane": 404, "not_latched": 409, "latch_changed": 409}
-OVERRIDE_STATUS = {"unknown_lane": 404, "unknown_request": 404, "not_overridable": 409, "service_unavailable": 503}
+OVERRIDE_STATUS = {"unknown_lane": 404, "unknown_request": 404, "not_overridable": 409, "service_unavailable": 503,
+                   "payload_refused": 400, "override_unrecorded": 500}
 
 
 def problem(status: int, code: str, detail: str, *, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -489,15 +491,16 @@ def create_source_app(worker: LaneWorker, terminal: str, *, devices: Sequence[De
             return problem(413, "payload_too_large", f"payload is larger than {MAX_OVERRIDE_BYTES} bytes")
         try:
             request_id, reason = _override_body(raw)
-            who = f"{officer.name} (http)"
+        except ValueError as exc:  # the body alone: a failure once the service was asked is never a refused payload
+            return problem(400, "payload_refused", str(exc))
+        who = f"{officer.name} (http)"
+        try:
             # The service is asked (seconds, with the client's retries): on a thread, never on the loop.
             done = await run_in_threadpool(lambda: overrides.override(lane, request_id, reason, by=who))
         except OverrideRefused as exc:
             return problem(exc.status if exc.status in (404, 409, 422) else 409, exc.code, str(exc))
-        except OverrideError as exc:
+        except OverrideError as exc:  # a reason refused (400) before anything is sent among them (overrides.py rule 8)
             return problem(OVERRIDE_STATUS.get(exc.code, 409), exc.code, str(exc))
-        except ValueError as exc:
-            return problem(400, "payload_refused", str(exc))
         return JSONResponse(done.as_json(), status_code=201)
 
     app.add_api_route("/officer/latch/{lane}", latch_status, methods=["GET"], name="latch_status")

@@ -53,7 +53,9 @@ Rules:
    the time our wall clock stamped it (a clock held back hid a use from such a window; review 121).
    An officer's override of a refused gate-in (overrides.py) is such a use too: ``overridden`` keeps the
    override (``overrides``: who, why, what the service said) and, unless the service refused it for good,
-   notes the right used (``in``) in ``online_uses`` against the refused request, in one transaction. An
+   notes the right used (``in``) in ``online_uses`` against the refused request, in one transaction;
+   the desk notes that use first in a transaction of its own (``note_use``), so that a record that fails
+   after the service let the truck in never loses it (review 162, finding 2). An
    override of a refusal decided offline (``override_offline``, overrides.py rule 6) is an offline decision
    of its own instead (its key ``override:<id>``, ``used`` = ``in``): sealed in the chain (rule 10) and
    reported at the reconcile, as the service has not heard of it.
@@ -635,6 +637,21 @@ class Outbox:
                 if used:
                     self._db.execute("INSERT OR REPLACE INTO online_uses VALUES (?, ?, ?, 'in', ?)",
                                      (answered.request_id, answered.lane, release_id, now))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def note_use(self, answered: Answered, release_id: str) -> None:
+        """Rule 7: note the right ``release_id`` used here (``in``) against ``answered``, in a transaction of its
+        own: an officer's override the service may have recorded, noted before ``overridden`` keeps its
+        record (with the officer's text), so a record that fails never loses the use (review 162, finding 2).
+        ``overridden`` notes the same row again (the same key, replaced)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT OR REPLACE INTO online_uses VALUES (?, ?, ?, 'in', ?)",
+                                 (answered.request_id, answered.lane, release_id, self._wall()))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -76,6 +76,15 @@ Rules:
    long gone, was verified again and overridden, or let in on the service's allow as a plain gate-in, up to
    the service's 24 h bound on a read's age, where online the service refuses an override that late).
    Older, or of an age not to be told: refused as on the local path, nothing sent, so no use to note.
+8. Nothing the adapter does after the service was asked may lose a use it may have made (review 162,
+   finding 2: before, the reason was only stripped and its length checked; one with a lone surrogate let
+   the service record the gate-in, then failed the outbox's one write of the override and the use, and the
+   officer was told 400 payload_refused: no use noted, a second truck let in offline). The reason is
+   checked before anything is sent, as the service checks it (``storable.text``, multiline: no control
+   character but tab and line breaks, no lone surrogate; at most ``MAX_REASON``): else ``ReasonRefused``.
+   After the service was asked, the use is noted first, a write of its own (``Outbox.note_use``), then the
+   override's record; a write that fails (the disk, say), or a local override that fails after a verify that
+   went unanswered, is logged ``gate.lane.override_unrecorded`` and told as ``OverrideUnrecorded`` (500).
 """
 
 from __future__ import annotations
@@ -87,6 +96,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
+from release_service.domain import storable
 from release_service.domain.gate import OVERRIDE_WITHIN_SECONDS, not_overridable
 
 from .client import ServiceUnavailable, VerifyClient, VerifyRefused
@@ -113,6 +123,12 @@ class UnknownLane(OverrideError):
     code = "unknown_lane"
 
 
+class ReasonRefused(OverrideError, ValueError):
+    """Rule 8: a reason not given, or one the service would not keep (checked before anything is sent)."""
+
+    code = "payload_refused"
+
+
 class UnknownRequest(OverrideError):
     code = "unknown_request"
 
@@ -137,6 +153,29 @@ class OverrideUnanswered(OverrideError):
     recorded an earlier try, so the right counts as used here."""
 
     code = "service_unavailable"
+
+
+class OverrideUnrecorded(OverrideError):
+    """Rule 8: the service was asked (and may have let the truck in), then this adapter failed to keep the
+    override's record (its disk, say): logged; the use was noted first, unless that write failed too."""
+
+    code = "override_unrecorded"
+
+    def __init__(self, said: str, *, used: bool, noted: bool) -> None:
+        told = (" The right counts as used at this adapter." if noted else
+                " Nor could the right be counted as used here: offline, this adapter may let it in again."
+                if used else "")
+        super().__init__(f"{said}; this adapter could not keep the override's record (see its log, "
+                         f"gate.lane.override_unrecorded).{told}")
+        self.used, self.noted = used, noted
+
+
+# Rule 8: what the service said, for an officer told the record of it could not be kept.
+SAID = {"overridden": "the service let the truck in (the override recorded)",
+        "allowed": "verified again, the service let the truck in itself",
+        "already_used": "the service says the right is used already",
+        "refused": "the service refused",
+        "unanswered": "the service did not answer (it may have let the truck in)"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +223,17 @@ class OverrideDesk:
 
     def override(self, lane: str, request_id: str, reason: str, *, by: str) -> Overridden:
         """Let in the truck of ``request_id`` at ``lane`` (refused by the service), for ``reason``, asked by
-        the officer ``by``. ``OverrideError`` when not done; ``ValueError`` for a reason not given or too long."""
+        the officer ``by``. ``OverrideError`` when not done (``ReasonRefused``, a ``ValueError`` too, for a
+        reason not given or one the service would not keep: before anything is sent, rule 8)."""
         if lane not in self.lanes:
             raise UnknownLane(f"no lane {lane!r} here")
         reason = reason.strip()
-        if not reason or len(reason) > MAX_REASON:
-            raise ValueError(f"an override needs a reason, at most {MAX_REASON} characters")
+        if not reason:
+            raise ReasonRefused(f"an override needs a reason, at most {MAX_REASON} characters")
+        try:  # as the service checks it (release_service/api/gate.py OverrideRequest.reason: Prose)
+            storable.text(reason, max_length=MAX_REASON, multiline=True)
+        except ValueError as exc:
+            raise ReasonRefused(f"the reason: {exc}") from None
         answered = self.outbox.answered(request_id)
         if answered is None or answered.lane != lane:
             if answered is None and any(p.request_id == request_id for p in self.outbox.pending(lane)):
@@ -210,17 +254,16 @@ class OverrideDesk:
             if not exc.final:
                 self._unanswered(answered, decision_id, release_id, by, reason, exc)
             used = exc.code == "already_used"  # rule 3: overridden already (an answer lost), or used since
-            self.outbox.overridden(answered, decision_id=decision_id, release_id=release_id, officer=by,
-                                   reason=reason, outcome="already_used" if used else "refused",
-                                   answer=exc.as_response(), used=used)
+            self._keep(answered, decision_id=decision_id, release_id=release_id, by=by, reason=reason,
+                       outcome="already_used" if used else "refused", answer=exc.as_response(), used=used)
             log.warning("gate.lane.override_refused.%s", exc.code, extra={
                 "lane": lane, "request_id": request_id, "decision_id": decision_id, "officer": by, "used": used})
             raise OverrideRefused(exc, used=used) from None
         except ServiceUnavailable as exc:
             self._unanswered(answered, decision_id, release_id, by, reason, exc)
         let_in = _uuid(answer.get("release_id")) or release_id
-        self.outbox.overridden(answered, decision_id=decision_id, release_id=let_in, officer=by, reason=reason,
-                               outcome="overridden", answer=answer, used=True)
+        self._keep(answered, decision_id=decision_id, release_id=let_in, by=by, reason=reason,
+                   outcome="overridden", answer=answer, used=True)
         log.warning("gate.lane.overridden: lane %s request %s let in by %s", lane, request_id, by, extra={
             "lane": lane, "request_id": request_id, "decision_id": decision_id, "release_id": let_in, "officer": by})
         return Overridden(lane, request_id, decision_id, let_in, str(answer.get("state", "")), by)
@@ -265,6 +308,13 @@ class OverrideDesk:
                 # Rule 7: the verify sent may have been committed, its answer lost: a use (rule 3).
                 self._note_unanswered(answered, decision_id, release_id, by, reason, exc)
                 raise
+            except Exception as failed:
+                # Rule 8: the local record failed (its disk, say); the verify sent may have landed all the same.
+                log.exception("gate.lane.override_unrecorded", extra={
+                    "lane": answered.lane, "request_id": answered.request_id, "decision_id": decision_id,
+                    "officer": by, "outcome": "offline"})
+                self._note_unanswered(answered, decision_id, release_id, by, reason, exc)
+                raise OverrideUnrecorded(SAID["unanswered"], used=True, noted=True) from failed
         return self._judged_again(answered, answer, reason, by)
 
     def _verify_again(self, answered: Answered, report: Mapping[str, Any], decision_id: str, release_id: str,
@@ -278,8 +328,8 @@ class OverrideDesk:
         except VerifyRefused as exc:
             if not exc.final:
                 self._unanswered(answered, decision_id, release_id, by, reason, exc)
-            self.outbox.overridden(answered, decision_id=decision_id, release_id=release_id, officer=by,
-                                   reason=reason, outcome="refused", answer=exc.as_response(), used=False)
+            self._keep(answered, decision_id=decision_id, release_id=release_id, by=by, reason=reason,
+                       outcome="refused", answer=exc.as_response(), used=False)
             log.warning("gate.lane.override_refused.%s", exc.code, extra={
                 "lane": answered.lane, "request_id": answered.request_id, "decision_id": decision_id, "officer": by})
             raise OverrideRefused(exc, used=False) from None
@@ -292,8 +342,8 @@ class OverrideDesk:
             if answer.get("committed") is not True or decision_id is None or release_id is None:
                 raise NotOverridable("verified again, the service allowed the truck but recorded no gate-in: "
                                      "have it read again at the lane")
-            self.outbox.overridden(answered, decision_id=decision_id, release_id=release_id, officer=by,
-                                   reason=reason, outcome="allowed", answer=answer, used=True)
+            self._keep(answered, decision_id=decision_id, release_id=release_id, by=by, reason=reason,
+                       outcome="allowed", answer=answer, used=True)
             log.warning("gate.lane.allowed_again: lane %s request %s verified again at the desk and allowed",
                         answered.lane, answered.request_id, extra={
                             "lane": answered.lane, "request_id": answered.request_id, "decision_id": decision_id,
@@ -380,11 +430,29 @@ class OverrideDesk:
                          exc: Exception) -> None:
         """An override the service may have recorded without our knowing: kept as ``unanswered`` and counted
         as a use of the right here (rule 3), logged as an error."""
-        self.outbox.overridden(answered, decision_id=decision_id, release_id=release_id, officer=by, reason=reason,
-                               outcome="unanswered", answer=None, used=True)
         log.error("gate.lane.override_unanswered", extra={"lane": answered.lane, "request_id": answered.request_id,
                                                           "decision_id": decision_id, "officer": by,
                                                           "reason": str(exc)})
+        self._keep(answered, decision_id=decision_id, release_id=release_id, by=by, reason=reason,
+                   outcome="unanswered", answer=None, used=True)
+
+    def _keep(self, answered: Answered, *, decision_id: str, release_id: str, by: str, reason: str, outcome: str,
+              answer: Mapping[str, Any] | None, used: bool) -> None:
+        """Rules 3, 4 and 8, once the service was asked: the use first, a write of its own, then the override's
+        record (``outcome``, what the service said); a write that fails is logged and told as
+        ``OverrideUnrecorded``, never lost in a refusal of the officer's request."""
+        noted = False
+        try:
+            if used:
+                self.outbox.note_use(answered, release_id)
+                noted = True
+            self.outbox.overridden(answered, decision_id=decision_id, release_id=release_id, officer=by,
+                                   reason=reason, outcome=outcome, answer=answer, used=used)
+        except Exception as exc:
+            log.exception("gate.lane.override_unrecorded", extra={
+                "lane": answered.lane, "request_id": answered.request_id, "decision_id": decision_id,
+                "officer": by, "outcome": outcome, "use_noted": noted})
+            raise OverrideUnrecorded(SAID[outcome], used=used, noted=noted) from exc
 
     def _unanswered(self, answered: Answered, decision_id: str, release_id: str, by: str, reason: str,
                     exc: Exception) -> NoReturn:
