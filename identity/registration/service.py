@@ -12,7 +12,9 @@ SHA-256 is stored. Single use is a conditional UPDATE (STYLE.md #4):
     registration token     each read or update swaps it for a new one (UPDATE ... WHERE hash = :old),
                            so a copied token stops working at its holder's next call (RFC 7592 §3
                            lets the server rotate it); an admin's rotation of the client's secret
-                           swaps it too (``rotate_secret``); delete clears it
+                           swaps it too (``rotate_secret``); delete clears it. It serves only an
+                           active client of no organisation or of an active one (``_held``; review
+                           163, finding 4)
 
 A refused registration rolls back, so the initial access token stays unused.
 
@@ -214,18 +216,15 @@ class ClientManagement:
             raise _unauthorised("iat_organisation_inactive")
 
     def check_registration_token(self, client_id: str, token: str) -> None:
-        """Is ``token`` the registration access token of the active client ``client_id``? Else
-        RegistrationError 401, as ``update`` and ``delete`` refuse it (RFC 7592 §2.1: an unknown client
-        and a wrong token look the same). A read, for the edge to refuse a caller before reading its
-        metadata; the token is still swapped (``_rotate``) in the transaction that updates."""
+        """Is ``token`` the registration access token of the active client ``client_id``, of an active
+        organisation if any (``_held``)? Else RegistrationError 401, as ``update`` and ``delete`` refuse
+        it (RFC 7592 §2.1: an unknown client and a wrong token look the same). A read, for the edge to
+        refuse a caller before reading its metadata; the token is still swapped (``_rotate``) in the
+        transaction that updates."""
         if not token.startswith(RAT_PREFIX):
             raise _unauthorised("rat_invalid")
         with self._engine.connect() as conn:
-            found = conn.execute(
-                sa.select(oauth_clients.c.client_id)
-                .where(oauth_clients.c.client_id == client_id, oauth_clients.c.active.is_(True),
-                       oauth_clients.c.registration_token_hash == _sha256(token))
-            ).first()
+            found = conn.execute(sa.select(oauth_clients.c.client_id).where(*_held(client_id, token))).first()
         if found is None:
             raise _unauthorised("rat_invalid")
 
@@ -327,10 +326,10 @@ class ClientManagement:
         enrolment codes it issued (enrolment.end_codes_created_by; review 146, finding 1) and the initial
         access tokens it minted (``end_iats_created_by``; review 163, finding 1)."""
         with self._engine.begin() as conn:
+            _lock_organisation_of(conn, client_id)
             done = conn.execute(
                 oauth_clients.update()
-                .where(oauth_clients.c.client_id == client_id, oauth_clients.c.active.is_(True),
-                       oauth_clients.c.registration_token_hash == _sha256(token))
+                .where(*_held(client_id, token))
                 .values(active=False, registration_token_hash=None, updated_at=now)
             ).rowcount
             if done != 1:
@@ -445,14 +444,15 @@ class ClientManagement:
 
     def _rotate(self, conn: sa.Connection, client_id: str, token: str, now: datetime) -> str:
         """Check the registration access token and swap it for a new one, atomically (RFC 7592 §3).
-        An unknown client, a wrong token and a deactivated client look the same (§2.1: 401)."""
+        An unknown client, a wrong token, a deactivated client and one of a deactivated organisation look
+        the same (§2.1: 401; ``_held``)."""
         if not token.startswith(RAT_PREFIX):
             raise _unauthorised("rat_invalid")
         new = RAT_PREFIX + secrets.token_urlsafe(32)
+        _lock_organisation_of(conn, client_id)
         done = conn.execute(
             oauth_clients.update()
-            .where(oauth_clients.c.client_id == client_id, oauth_clients.c.active.is_(True),
-                   oauth_clients.c.registration_token_hash == _sha256(token))
+            .where(*_held(client_id, token))
             .values(registration_token_hash=_sha256(new))
         ).rowcount
         if done != 1:
@@ -513,6 +513,27 @@ class ClientManagement:
         if row.registration_token_hash:
             doc["registration_client_uri"] = f"{self._issuer}{REGISTRATION_PATH}/{row.client_id}"
         return doc
+
+
+def _held(client_id: str, token: str) -> tuple[sa.ColumnElement[bool], ...]:
+    """The client ``client_id`` whose registration access token is ``token``, if RFC 7592 may manage it:
+    active, and of no organisation or of an active one. A deactivated organisation's clients are
+    inactive (ClientRegistry), and their registrant neither reads them (getting a new token) nor changes
+    their keys or redirect URIs nor deletes them while it stays so (review 163, finding 4: he did, during
+    a deactivation for suspected fraud); its reactivation gives the token back its use."""
+    return (oauth_clients.c.client_id == client_id, oauth_clients.c.active.is_(True),
+            oauth_clients.c.registration_token_hash == _sha256(token),
+            sa.or_(oauth_clients.c.organisation_id.is_(None), oauth_clients.c.organisation_id.in_(
+                sa.select(organisations.c.id).where(organisations.c.active.is_(True)))))
+
+
+def _lock_organisation_of(conn: sa.Connection, client_id: str) -> None:
+    """Share-lock the row of the organisation of the client ``client_id`` (if any) until the transaction
+    ends, before a change of the client: a deactivation of the organisation waits for the change, and a
+    change that waited for a deactivation reads it in its next statement (``_held``)."""
+    conn.execute(sa.select(organisations.c.id).where(organisations.c.id.in_(
+        sa.select(oauth_clients.c.organisation_id).where(oauth_clients.c.client_id == client_id)))
+        .with_for_update(read=True)).all()
 
 
 def _end_iats(conn: sa.Connection, whose: sa.ColumnElement[bool], now: datetime) -> int:
