@@ -92,7 +92,7 @@ Rules (each has a test in tests/test_gate_correlate.py):
    before, cannot be told from that truck's late face: it is reported as recent's, and its own truck
    goes without it (where a face is required: a timed-out request, review). That failure is safe.
 3b. A plate that is ANOTHER plate than the one a truck was sent on, read after it was sent, is news for
-   that truck, never a truck of its own (``_conflicting_plate``): with nothing pending at the lane, a
+   that truck, never a truck of its own (``_conflicting``): with nothing pending at the lane, a
    plate read not similar (rule 1) to any plate the truck emitted last within the window ("recent", rule
    3a) held, by a camera that has not read recent's plate, is reported as ``late_plate_mismatch`` naming
    recent's ``request_id`` (the caller records it and calls an officer at once, as for a late face
@@ -108,7 +108,7 @@ Rules (each has a test in tests/test_gate_correlate.py):
    rule 1 (it may be that truck's); and where the next truck's first read is its rear plate, by a camera
    that has not read recent's, it is taken for recent's news: an officer called, and its own truck goes
    without that plate (a review), the safe failure.
-3c. Containers the same way (``_conflicting_container``, review 158): with nothing pending at the lane, a
+3c. Containers the same way (``_conflicting``, review 158): with nothing pending at the lane, a
    container number other than every one the truck emitted last within the window ("recent") held (not
    the very same number: rule 3), read by a camera that has not read recent's container, is reported as
    ``late_container_mismatch`` naming recent's ``request_id`` (the caller records it and calls an officer
@@ -402,8 +402,7 @@ class LaneCorrelator:
                 return out
             truck = placed
         else:
-            late_for = (self._late_duplicate_of(read, now) or self._conflicting_plate(read, now)
-                        or self._conflicting_container(read, now))
+            late_for = self._late_duplicate_of(read, now) or self._conflicting(read, now)
             if late_for is not None:
                 self._dropped.append(self._late(read, late_for))
                 return out
@@ -549,26 +548,20 @@ class LaneCorrelator:
                 return emitted
         return None
 
-    def _conflicting_plate(self, read: Read, now: float) -> _Emitted | None:
-        """Rule 3b: recent, when ``read`` is another plate than it was sent on and can only be its news."""
-        if self._pending or not isinstance(read, PlateRead):
+    def _conflicting(self, read: Read, now: float) -> _Emitted | None:
+        """Rules 3b and 3c: recent, when ``read`` is another plate or container number than it was sent on
+        and can only be its news: nothing pending at the lane, and a camera that did not read that truck's
+        plate (or container). A plate is another when like none it was sent on (``similar``); a container
+        number, when not the very same (rule 1a, review 153)."""
+        plate = isinstance(read, PlateRead)
+        if self._pending or not (plate or isinstance(read, ContainerRead)):
             return None
         recent = self._recent(now)
-        if recent is None or _camera(read) in recent.plate_cameras:
+        if recent is None or _camera(read) in (recent.plate_cameras if plate else recent.container_cameras):
             return None
-        plates = [held for held in recent.reads if held.kind is ReadKind.PLATE]
-        return recent if plates and not any(similar(held, read) for held in plates) else None
-
-    def _conflicting_container(self, read: Read, now: float) -> _Emitted | None:
-        """Rule 3c: recent, when ``read`` is another container number than it was sent on and can only be its
-        news (any number but the very same one: rule 1a, review 153)."""
-        if self._pending or not isinstance(read, ContainerRead):
-            return None
-        recent = self._recent(now)
-        if recent is None or _camera(read) in recent.container_cameras:
-            return None
-        boxes = [held for held in recent.reads if held.kind is ReadKind.CONTAINER]
-        return recent if boxes and not any(same(held, read) for held in boxes) else None
+        alike = similar if plate else same
+        held = [h for h in recent.reads if h.kind is read.kind]
+        return recent if held and not any(alike(h, read) for h in held) else None
 
     def _echoes(self, read: Read, now: float) -> bool:
         """Rule 3: ``read`` is a plate similar to (not the same as) one a truck emitted within the window held."""
