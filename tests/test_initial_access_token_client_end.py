@@ -178,6 +178,32 @@ def test_a_token_tied_to_an_inactive_organisation_registers_nothing(flow: Flow) 
         assert conn.execute(sa.select(initial_access_tokens.c.used_at)).scalar_one() is None
 
 
+
+@pytest.mark.parametrize("cut", ["the client", "its organisation"])
+def test_a_token_left_live_by_a_deactivation_before_the_mend_registers_nothing(flow: Flow, cut: str) -> None:
+    """A token no deactivation ended (its minting client, or that client's organisation, deactivated before
+    review 163's mend, written here as the row update it then was): refused at the headers and at the
+    registration, since a token is no better than the client that minted it, and left unused."""
+    minter, token, _ = _admin(flow)
+    terminal = _terminal(flow)
+    iat = _mint(flow, token, terminal)
+    with flow.engine.begin() as conn:
+        if cut == "the client":
+            conn.execute(oauth_clients.update().where(oauth_clients.c.client_id == minter).values(active=False))
+        else:
+            org = conn.execute(sa.select(oauth_clients.c.organisation_id)
+                               .where(oauth_clients.c.client_id == minter)).scalar_one()
+            conn.execute(organisations.update().where(organisations.c.id == org).values(active=False))
+    _refused(_gate(flow, iat))  # 201, then gate:verify, before
+    with pytest.raises(RegistrationError) as refused:  # the registration's own claim, past the headers' check
+        _management(flow.engine).register(iat, {"quaygate_role": "terminal_gate", "jwks": public_jwks(rsa_key()),
+                                                "token_endpoint_auth_method": "private_key_jwt"},
+                                          now=datetime.now(UTC))
+    assert refused.value.reason == "iat_issuer_inactive"
+    assert "terminal_gate" not in _clients(flow)
+    with flow.engine.connect() as conn:
+        assert conn.execute(sa.select(initial_access_tokens.c.used_at)).scalar_one() is None
+
 # The service level: a mint and a deactivation of the minting client or of an organisation, one after the
 # other, then interleaved on PostgreSQL. (Through the API the client's token is revoked with the
 # deactivation; a request that passed its token check before it still runs its mint after.)

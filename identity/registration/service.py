@@ -101,6 +101,16 @@ def _iat_refused(row: Any, now: datetime) -> RegistrationError:
     return _unauthorised(reason)
 
 
+def _minter_active(conn: sa.Connection, client_id: str) -> bool | None:
+    """Whether the client that minted a token and its organisation are active, read without a lock (the
+    edge's pre-check; ``_claim_iat`` decides, locked): None for no such client (the command line)."""
+    row = conn.execute(
+        sa.select(oauth_clients.c.active, organisations.c.active.label("organisation_active"))
+        .outerjoin(organisations, organisations.c.id == oauth_clients.c.organisation_id)
+        .where(oauth_clients.c.client_id == client_id)).first()
+    return None if row is None else bool(row.active) and row.organisation_active is not False
+
+
 @dataclass(frozen=True, slots=True)
 class Organisation:
     id: uuid.UUID
@@ -177,9 +187,14 @@ class ClientManagement:
         if not token.startswith(IAT_PREFIX):
             raise _unauthorised("iat_unknown")
         h = _sha256(token)
-        tied = conn.execute(sa.select(initial_access_tokens.c.organisation_id)
-                            .where(initial_access_tokens.c.token_hash == h)).scalar()
+        minted = conn.execute(sa.select(initial_access_tokens.c.organisation_id, initial_access_tokens.c.created_by)
+                              .where(initial_access_tokens.c.token_hash == h)).first()
+        tied = minted.organisation_id if minted is not None else None
         org = self._organisation(conn, tied, lock=True) if tied is not None else None
+        # A token is no better than the client that minted it, whenever it was ended: one minted before its
+        # client was deactivated and not ended then (before the mend) registers nothing. Locked in the mint's
+        # order (the client's organisation's row, the client's), before the token's row.
+        minter_ended = minted is not None and enrolment.client_ended(conn, minted.created_by)
         claimed = conn.execute(
             initial_access_tokens.update()
             .where(initial_access_tokens.c.token_hash == h, initial_access_tokens.c.used_at.is_(None),
@@ -195,6 +210,8 @@ class ClientManagement:
             raise _iat_refused(row, now)
         if org is not None and not org.active:  # rolled back with the refusal: the token stays unused
             raise _unauthorised("iat_organisation_inactive")
+        if minter_ended:
+            raise _unauthorised("iat_issuer_inactive")
         return org, str(row.created_by)
 
     def check_initial_access_token(self, token: str, *, now: datetime) -> None:
@@ -206,14 +223,18 @@ class ClientManagement:
             raise _unauthorised("iat_unknown")
         with self._engine.connect() as conn:
             row = conn.execute(
-                sa.select(initial_access_tokens.c.used_at, initial_access_tokens.c.expires_at, organisations.c.active)
+                sa.select(initial_access_tokens.c.used_at, initial_access_tokens.c.expires_at,
+                          initial_access_tokens.c.created_by, organisations.c.active)
                 .outerjoin(organisations, organisations.c.id == initial_access_tokens.c.organisation_id)
                 .where(initial_access_tokens.c.token_hash == _sha256(token))
             ).first()
+            minter = _minter_active(conn, row.created_by) if row is not None else None
         if row is None or row.used_at is not None or row.expires_at <= now:
             raise _iat_refused(row, now)
         if row.active is False:
             raise _unauthorised("iat_organisation_inactive")
+        if minter is False:
+            raise _unauthorised("iat_issuer_inactive")
 
     def check_registration_token(self, client_id: str, token: str) -> None:
         """Is ``token`` the registration access token of the active client ``client_id``, of an active
