@@ -42,10 +42,9 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from quaygate.cache import DATASET_EPOCH, Cache
 from quaygate.schema import oauth_clients, organisations, revoked_tokens
 
-from .domain import rsa_keys
+from .domain import assurance, rsa_keys
 from .domain import scopes as scope_rules
 from .domain.assurance import LEVEL as ACR_LEVEL
-from .domain.assurance import LOGIN_ACRS
 from .domain.roles import (
     SECRET_METHODS,
     AuthMethod,
@@ -285,11 +284,14 @@ class ClientRegistry:
         min_acr: str | None = None,
         dpop_bound: bool = False,
         extra_metadata: dict[str, Any] | None = None,
+        login_acrs: frozenset[str] = assurance.login_acrs(),
     ) -> tuple[str, str | None]:
         """Register a client; return its client_id and, for secret methods, the clear secret (once).
 
         Redirect URIs follow identity.domain.roles.check_redirect_uris; a confidential console always
-        requires pushed authorization requests (RFC 9126 §6), whatever ``require_par`` says.
+        requires pushed authorization requests (RFC 9126 §6), whatever ``require_par`` says. ``min_acr``
+        must be one of ``login_acrs``, the levels a login here reaches (identity.broker.config.login_acrs
+        of the settings); passkeys only when not given, what a port without an upstream reaches.
         """
         try:
             role, method = ClientRole(role), AuthMethod(auth_method)
@@ -300,11 +302,12 @@ class ClientRegistry:
         logout_redirects = check_redirect_uris(role, list(post_logout_redirect_uris))
         if min_acr is not None and min_acr not in ACR_LEVEL:
             raise RegistrationRefused("invalid_metadata", "unknown min_acr")
-        if min_acr is not None and min_acr not in LOGIN_ACRS:
-            # A minimum no login reaches (face: a step-up no page offers) would only ever be answered
-            # unmet_authentication_requirements (identity.oidc.authorize; review 161, finding 2).
+        if min_acr is not None and min_acr not in login_acrs:
+            # A minimum no login here reaches (face: a step-up no page offers; the national ID without an
+            # upstream at level advanced) would only ever be answered unmet_authentication_requirements
+            # (identity.oidc.authorize; review 161, finding 2; review 164, finding 1).
             raise RegistrationRefused("invalid_metadata",
-                                      f"min_acr must be one a login reaches: {' '.join(sorted(LOGIN_ACRS))}")
+                                      f"min_acr must be one a login here reaches: {' '.join(sorted(login_acrs))}")
         metadata = dict(extra_metadata or {})
         alg = metadata.get("id_token_signed_response_alg", "RS256")
         if alg not in ID_TOKEN_ALGS:

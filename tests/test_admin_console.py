@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -25,8 +26,10 @@ from identity.api.routes import build_router
 from identity.bans.screening import from_settings as screening_from_settings
 from identity.bootstrap import create_client
 from identity.domain import assurance
+from identity.domain.broker import ACR_UPSTREAM_BASIC
 from identity.domain.roles import AuthMethod, ClientRole, RegistrationRefused, check_registration
 from identity.registration.metadata import MetadataRefused, check_metadata
+from identity.sessions import sessions_for
 from identity.web.console import router as console_router
 from identity.web.routes import asset_url
 from identity.web.routes import router as web_router
@@ -203,6 +206,37 @@ def test_a_login_at_the_national_id_provider_is_no_passkey_for_the_console(flow:
     token = _token(flow, _console(flow), _officer(flow, "port_security_admin"), acr=assurance.ACR_UPSTREAM)
     r = flow.http.get(f"/admin/v1/badges/{badge_id}", headers=_auth(token))
     _problem(r, 401, "insufficient_user_authentication")
+
+
+def test_an_itsme_basic_login_gets_the_console_a_code_that_says_so_and_not_the_admin_api(flow: Flow) -> None:
+    """Review 164 (a gap in the tests): the console's own request, prompt=login and acr_values=passkey
+    (identity/web/static/console.js), over an itsme basic session. The login page once; the officer logs
+    in with itsme at level basic again. acr_values is voluntary (review 161, finding 2), so the resume
+    gives the code, and the id token states what happened, acr upstream:basic and amr fed; the admin API,
+    which wants one of our passkeys, refuses its access token (RFC 9470 step-up challenge)."""
+    _, badge_id = _badge(flow)
+    client_id, officer = _console(flow), _officer(flow, "port_security_admin")
+
+    def itsme_basic() -> None:
+        cookie, _ = sessions_for(flow.app).create(officer, acr=ACR_UPSTREAM_BASIC, amr=(assurance.AMR_FEDERATED,),
+                                                  now=datetime.now(UTC))
+        flow.http.cookies.set(flow.container.settings.session_cookie, cookie)
+
+    itsme_basic()
+    pkce = Pkce()
+    asked = flow.authorize(client_id, pkce=pkce, redirect_uri=CALLBACK, scope=CONSOLE_SCOPE, prompt="login",
+                           acr_values=assurance.ACR_PASSKEY)
+    login = urlsplit(asked.headers["location"])
+    assert login.path == "/login"
+    itsme_basic()
+    resumed = flow.http.get(parse_qs(login.query)["return_to"][0], follow_redirects=False)
+    tokens = flow.exchange(client_id, flow.code(resumed), pkce.verifier, redirect_uri=CALLBACK)
+    assert tokens.status_code == 200, tokens.text
+    id_token = flow.id_token(tokens.json()["id_token"])
+    assert (id_token["acr"], id_token["amr"]) == (ACR_UPSTREAM_BASIC, [assurance.AMR_FEDERATED])
+    r = flow.http.get(f"/admin/v1/badges/{badge_id}", headers=_auth(tokens.json()["access_token"]))
+    _problem(r, 401, "insufficient_user_authentication")
+    assert f'acr_values="{assurance.ACR_PASSKEY}"' in r.headers["www-authenticate"]
 
 
 def test_console_persons_do_not_make_initial_access_tokens(flow: Flow) -> None:

@@ -17,11 +17,13 @@ from joserfc.jws import JWSRegistry
 from identity.broker import config
 from identity.broker.jose import client_assertion, open_nested, request_object
 from identity.broker.keys import EncryptionKeys
+from identity.domain import assurance
 from identity.domain import broker as rules
-from identity.domain.assurance import ACR_PASSKEY, ACR_UPSTREAM
+from identity.domain.assurance import ACR_FACE, ACR_PASSKEY, ACR_UPSTREAM
 from identity.domain.broker import BrokerRefused, LinkAction, PasskeyProof, Refusal
 from quaygate.crypto import DataCipher
 from quaygate.schema import encryption_keys
+from quaygate.settings import Settings
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 ISS = "https://idp.example/v2"
@@ -134,6 +136,28 @@ def test_itsme_levels_map_to_our_acr_and_amr() -> None:
     assert rules.our_assurance(rules.ITSME_ACR_ADVANCED, ["mfa"], required="basic")[0] == ACR_UPSTREAM
     for acr_value, required in ((rules.ITSME_ACR_BASIC, "advanced"), (None, "basic"), ("urn:other", "basic")):
         assert _refusal(rules.our_assurance, acr_value, [], required=required)[0] is Refusal.ACR_INSUFFICIENT
+
+
+def test_a_login_reaches_the_upstream_level_only_through_an_upstream_at_level_advanced() -> None:
+    """Review 164, finding 1: passkeys always; urn:quaygate:acr:upstream only with an upstream configured at
+    level advanced (itsme at basic gives urn:quaygate:acr:upstream:basic, which meets no level); face never."""
+    assert rules.level_acr("advanced") == ACR_UPSTREAM and rules.level_acr("basic") == rules.ACR_UPSTREAM_BASIC
+    assert assurance.login_acrs() == {ACR_PASSKEY}
+    assert assurance.login_acrs([rules.ACR_UPSTREAM_BASIC, ACR_FACE, "urn:other"]) == {ACR_PASSKEY}
+    assert assurance.login_acrs([ACR_UPSTREAM]) == {ACR_PASSKEY, ACR_UPSTREAM}
+
+    def reached(upstreams: dict[str, dict[str, str]]) -> frozenset[str]:
+        return config.login_acrs(Settings(upstreams=upstreams))
+
+    def itsme(**entry: str) -> dict[str, str]:
+        return {"discovery_url": ISS + config.WELL_KNOWN, "client_id": "qg", **entry}
+
+    assert reached({}) == {ACR_PASSKEY}
+    assert reached({"itsme": itsme(level="basic")}) == {ACR_PASSKEY}
+    assert reached({"itsme": itsme()}) == reached({"itsme": itsme(level="advanced")}) == {ACR_PASSKEY, ACR_UPSTREAM}
+    assert reached({"itsme": itsme(level="basic"), "itsme-adv": itsme(level="advanced")}) == {ACR_PASSKEY, ACR_UPSTREAM}
+    # A configuration the broker refuses to load logs nobody in through an upstream.
+    assert reached({"itsme": itsme(level="highest")}) == {ACR_PASSKEY}
 
 
 def test_the_national_number_comes_from_userinfo_without_separators() -> None:

@@ -29,6 +29,8 @@ import pytest
 import sqlalchemy as sa
 
 from identity.bootstrap import create_client
+from identity.broker.config import login_acrs
+from identity.domain.assurance import ACR_UPSTREAM
 from identity.domain.broker import MAX_IAT_SKEW
 from identity.sessions import SessionStore
 from tests.upstream.world import World, build_world, now
@@ -131,12 +133,13 @@ def test_an_id_token_without_auth_time_is_refused(engine: sa.Engine, tmp_path: P
         assert "auth_time" not in seen[0]
 
 
-def _walk_authorize(world: World, browser: httpx.Client, **extra: str) -> list[str]:
+def _walk_authorize(world: World, browser: httpx.Client, *, min_acr: str | None = None, **extra: str) -> list[str]:
     """Our provider's authorization request (a driver app's, as the console's asks prompt=login) answered
     by an itsme login, then the resume, as a browser follows them, at most three rounds: the places it is
     sent to, '/login' for each round back to the login page and 'code' when the code comes."""
     client_id, _ = create_client(world.engine, name="driver app", role="driver_app", organisation_id=None,
-                                 auth_method="none", redirect_uris=[DRIVER], now=now())
+                                 auth_method="none", redirect_uris=[DRIVER], now=now(), min_acr=min_acr,
+                                 login_acrs=login_acrs(world.app.settings))
     params = {"response_type": "code", "client_id": client_id, "redirect_uri": DRIVER, "scope": "openid",
               "state": "st-1", "nonce": "n-1", "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
               "code_challenge_method": "S256", **extra}
@@ -166,3 +169,14 @@ def test_a_fresh_itsme_login_meets_our_providers_prompt_login_and_max_age(
     for world in build_world(engine, tmp_path, upstream_options={"login_age": 5}):
         with world.browser() as browser:
             assert _walk_authorize(world, browser, **asked) == ["/login", "code"]
+
+
+def test_a_client_requiring_the_upstream_level_gets_its_code_through_itsme(engine: sa.Engine,
+                                                                          tmp_path: Path) -> None:
+    """Review 164, finding 1: with itsme configured at level advanced (as here), a login reaches
+    urn:quaygate:acr:upstream, so a client may still require it, and the itsme login meets it: the login
+    page once, then the code; the session is the upstream's."""
+    for world in build_world(engine, tmp_path):
+        with world.browser() as browser:
+            assert _walk_authorize(world, browser, min_acr=ACR_UPSTREAM) == ["/login", "code"]
+        assert [s.acr for s in _live(world)] == [ACR_UPSTREAM]

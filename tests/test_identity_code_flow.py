@@ -451,13 +451,70 @@ def test_acr_values_a_login_reaches_is_asked_for_once(flow: Flow, logs_in_with: 
     assert _acr_of(flow, client_id, silent, pkce) == ACR_UPSTREAM_BASIC
 
 
-def test_client_min_acr_is_enforced(flow: Flow) -> None:
-    client_id = flow.driver_app(min_acr=assurance.ACR_UPSTREAM)
-    flow.login(flow.person(), acr=assurance.ACR_PASSKEY)
-    assert query(flow.authorize(client_id, prompt="none"))["error"] == "login_required"
-    assert urlsplit(flow.authorize(client_id).headers["location"]).path == "/login"
-    flow.login(flow.person(), acr=assurance.ACR_UPSTREAM)
-    assert "code" in query(flow.authorize(client_id))
+def _upstreams(level: str) -> dict[str, dict[str, str]]:
+    """QUAYGATE_UPSTREAMS naming itsme at ``level`` (never reached: authorization asks nothing of it)."""
+    return {"itsme": {"discovery_url": "https://idp.e2e.itsme.services/v2/.well-known/openid-configuration",
+                      "client_id": "quaygate", "level": level}}
+
+
+def test_client_min_acr_is_enforced(engine: sa.Engine, tmp_path: Path) -> None:
+    """An itsme upstream configured at level advanced: its login reaches the upstream level, so a client
+    may require it; a passkey session is sent to the login page, an upstream one gets the code."""
+    for flow in make_flow(engine, tmp_path, upstreams=_upstreams("advanced")):
+        client_id = flow.driver_app(min_acr=assurance.ACR_UPSTREAM)
+        flow.login(flow.person(), acr=assurance.ACR_PASSKEY)
+        assert query(flow.authorize(client_id, prompt="none"))["error"] == "login_required"
+        assert urlsplit(flow.authorize(client_id).headers["location"]).path == "/login"
+        flow.login(flow.person(), acr=assurance.ACR_UPSTREAM)
+        assert "code" in query(flow.authorize(client_id))
+
+
+_NO_UPSTREAM_LOGIN = pytest.mark.parametrize("upstreams", [{}, _upstreams("basic")], ids=["none", "basic"])
+
+
+@_NO_UPSTREAM_LOGIN
+def test_an_upstream_minimum_no_login_here_reaches_is_unmet_never_a_login_loop(
+        engine: sa.Engine, tmp_path: Path, upstreams: dict[str, Any]) -> None:
+    """Review 164, finding 1, the reviewer's proof: no upstream configured (the default; the login page
+    offers passkeys only), or itsme at level basic (its login is urn:quaygate:acr:upstream:basic, which
+    meets no level): no login here reaches urn:quaygate:acr:upstream. A client requiring it (registered
+    while an advanced upstream was configured) sent every passkey login back to /login, three rounds here,
+    until the resume expired, no error. Now unmet_authentication_requirements at once, with state and iss;
+    a session that holds the level (from before the change) still gets its code."""
+    for flow in make_flow(engine, tmp_path, upstreams=upstreams):
+        client_id = flow.driver_app()
+        _require(flow, client_id, assurance.ACR_UPSTREAM)
+        person = flow.person()
+        unmet = ["unmet_authentication_requirements"]
+        assert _follow(flow, flow.authorize(client_id), person) == unmet  # no session
+        flow.login(person, acr=assurance.ACR_PASSKEY)
+        for prompt in ({}, {"prompt": "none"}, {"prompt": "login"}, {"max_age": "0"}):
+            assert _follow(flow, flow.authorize(client_id, **prompt), person) == unmet, prompt
+        flow.login(person, acr=ACR_UPSTREAM_BASIC)
+        assert _follow(flow, flow.authorize(client_id), person) == unmet
+        flow.login(person, acr=assurance.ACR_UPSTREAM)
+        assert _follow(flow, flow.authorize(client_id), person) == ["code"]
+
+
+@_NO_UPSTREAM_LOGIN
+def test_an_upstream_minimum_no_login_here_reaches_is_not_registered(
+        engine: sa.Engine, tmp_path: Path, upstreams: dict[str, Any]) -> None:
+    for flow in make_flow(engine, tmp_path, upstreams=upstreams):
+        with pytest.raises(RegistrationRefused, match="min_acr must be one a login here reaches: "
+                                                      "urn:quaygate:acr:passkey$"):
+            flow.driver_app(min_acr=assurance.ACR_UPSTREAM)
+        flow.driver_app(min_acr=assurance.ACR_PASSKEY)
+
+
+@_NO_UPSTREAM_LOGIN
+def test_acr_values_naming_an_upstream_level_no_login_here_reaches_gives_the_code_at_once(
+        engine: sa.Engine, tmp_path: Path, upstreams: dict[str, Any]) -> None:
+    """acr_values is voluntary: a level no login here reaches is not asked of the login page."""
+    for flow in make_flow(engine, tmp_path, upstreams=upstreams):
+        client_id = flow.driver_app()
+        person = flow.person()
+        flow.login(person, acr=assurance.ACR_PASSKEY)
+        assert _follow(flow, flow.authorize(client_id, acr_values=assurance.ACR_UPSTREAM), person) == ["code"]
 
 
 def test_a_required_level_no_login_reaches_is_unmet_never_a_login_loop(flow: Flow) -> None:

@@ -21,6 +21,7 @@ from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
 
 from identity.bootstrap import IdentityProvider, create_client, provider_for
+from identity.broker.config import login_acrs
 from identity.domain import assurance
 from identity.sessions import sessions_for
 from quaygate.container import Container
@@ -71,6 +72,7 @@ class Flow:
 
     def driver_app(self, **kw: Any) -> str:
         kw.setdefault("redirect_uris", [DRIVER_REDIRECT])
+        kw.setdefault("login_acrs", login_acrs(self.container.settings))  # as the app's registration checks
         client_id, _ = create_client(
             self.engine, name="driver app", role="driver_app", organisation_id=None, auth_method="none",
             now=utcnow(), **kw,
@@ -81,6 +83,7 @@ class Flow:
         org = add_org(self.engine, kind)
         kw.setdefault("redirect_uris", [CONSOLE_REDIRECT])
         kw.setdefault("post_logout_redirect_uris", [CONSOLE_LOGOUT])
+        kw.setdefault("login_acrs", login_acrs(self.container.settings))
         client_id, secret = create_client(
             self.engine, name="console", role="console", organisation_id=org, now=utcnow(), **kw
         )

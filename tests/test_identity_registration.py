@@ -117,6 +117,32 @@ def test_metadata_refused_and_the_token_stays_unused(env: Lifecycle, doc: dict[s
     assert _register(env, iat, {}).status_code == 201  # a refusal does not use the token up
 
 
+_ITSME = "https://idp.e2e.itsme.services/v2/.well-known/openid-configuration"
+
+
+@pytest.mark.parametrize(("upstreams", "registered"), [
+    ({}, False),
+    ({"itsme": {"discovery_url": _ITSME, "client_id": "quaygate", "level": "basic"}}, False),
+    ({"itsme": {"discovery_url": _ITSME, "client_id": "quaygate", "level": "advanced"}}, True),
+], ids=["none", "basic", "advanced"])
+def test_default_acr_values_of_the_upstream_level_only_where_a_login_reaches_it(
+        engine: sa.Engine, tmp_path: Path, upstreams: dict[str, Any], registered: bool) -> None:
+    """Review 164, finding 1: urn:quaygate:acr:upstream as a client's minimum only on a port whose upstream
+    logs in at level advanced; without one (the login page offers passkeys only) or with itsme at level
+    basic (urn:quaygate:acr:upstream:basic meets no level) every authorization would be unmet."""
+    for env in make_lifecycle(engine, tmp_path, upstreams=upstreams):
+        org = add_org(env.engine, "shipping_line")
+        iat = _iat(env, org)
+        r = _register(env, iat, {"default_acr_values": ["urn:quaygate:acr:upstream"]})
+        if registered:
+            assert r.status_code == 201 and r.json()["default_acr_values"] == ["urn:quaygate:acr:upstream"], r.text
+            continue
+        assert r.status_code == 400 and r.json() == {
+            "error": "invalid_client_metadata",
+            "error_description": "default_acr_values: at least one a login here reaches, urn:quaygate:acr:passkey."}
+        assert _register(env, iat, {"default_acr_values": ["urn:quaygate:acr:passkey"]}).status_code == 201
+
+
 def _rsa_jwk(bits: int, e: int) -> dict[str, str]:
     n = (1 << (bits - 1)) | 1  # odd, of exactly ``bits`` bits: the rule reads sizes, and no prime is needed
     return {"kty": "RSA", "n": b64(n.to_bytes(-(-bits // 8), "big")),

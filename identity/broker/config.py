@@ -10,9 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..domain.broker import LEVELS, NATIONAL_NUMBER_CLAIM
+from ..domain import assurance
+from ..domain.broker import LEVELS, NATIONAL_NUMBER_CLAIM, level_acr
+
+if TYPE_CHECKING:
+    from quaygate.settings import Settings
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 REQUEST_OBJECT_MODES = ("none", "signed", "signed_encrypted")
@@ -65,3 +69,17 @@ def load(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, Upstream]:
         found[name] = Upstream(name, url, issuer, client_id, level, mode, str(entry.get("scope", "openid profile")),
                                str(entry.get("label", "itsme")))
     return found
+
+
+def login_acrs(settings: Settings) -> frozenset[str]:
+    """The levels a login on this port reaches (assurance.login_acrs), from ``QUAYGATE_UPSTREAMS``: a
+    passkey always; urn:quaygate:acr:upstream only with an upstream configured at level advanced. None
+    configured (the default: the login page offers passkeys only), or itsme at level basic, and no login
+    reaches it, so a client may not require it and authorization answers a requirement of it
+    unmet_authentication_requirements, never the login page again and again (review 164, finding 1). A
+    configuration that ``load`` refuses builds no broker (identity.broker.service.build): no upstream counts."""
+    try:
+        upstreams = load(settings.upstreams)
+    except UpstreamConfigError:
+        return assurance.login_acrs()
+    return assurance.login_acrs(level_acr(upstream.level) for upstream in upstreams.values())

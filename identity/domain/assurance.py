@@ -24,12 +24,13 @@ ACR_FACE = "urn:quaygate:acr:face"
 # (possession + knowledge/inherence); the face step-up adds a check of the person in front of the gate.
 ORDER: tuple[str, ...] = (ACR_PASSKEY, ACR_UPSTREAM, ACR_FACE)
 LEVEL = {acr: i for i, acr in enumerate(ORDER)}
-# What a login itself reaches: a passkey, the national ID. Face only by a step-up over one (POST
-# /face/step-up), which no page of ours offers a browser sent to log in: a demand for it that a login
-# was to meet came back unmet for ever (review 161, finding 2). identity.oidc.authorize answers a
-# required level outside this set with unmet_authentication_requirements, and a client may not
-# register one as its minimum (identity.clients, identity.registration.metadata).
-LOGIN_ACRS = frozenset({ACR_PASSKEY, ACR_UPSTREAM})
+# What a login itself reaches (``login_acrs``): a passkey always; the national ID only where an upstream
+# that logs in at that level is configured. Face only by a step-up over one (POST /face/step-up), which no
+# page of ours offers a browser sent to log in: a demand for it that a login was to meet came back unmet
+# for ever (review 161, finding 2), and so did one for the national ID on a port with none (review 164,
+# finding 1). identity.oidc.authorize answers a required level outside the set with
+# unmet_authentication_requirements, and a client may not register one as its minimum (identity.clients,
+# identity.registration.metadata).
 
 # RFC 8176 §2 values.
 AMR_HWK = "hwk"  # proof of possession of a hardware-secured key
@@ -49,6 +50,14 @@ def satisfies(acr: str | None, minimum: str | None) -> bool:
     if acr not in LEVEL or minimum not in LEVEL:
         return False
     return LEVEL[acr] >= LEVEL[minimum]
+
+
+def login_acrs(upstream_acrs: Iterable[str] = ()) -> frozenset[str]:
+    """The levels a login here reaches: a passkey, and each of ``upstream_acrs`` (our acr for a login at the
+    level each configured upstream asks for: identity.domain.broker.level_acr) that is a level below face.
+    None given: passkeys only, what the login page offers without an upstream. An upstream at itsme's
+    basic level adds nothing: its urn:quaygate:acr:upstream:basic meets no level."""
+    return frozenset({ACR_PASSKEY, *(acr for acr in upstream_acrs if acr in LEVEL and acr != ACR_FACE)})
 
 
 def passkey_login(acr: str, amr: Iterable[str]) -> bool:

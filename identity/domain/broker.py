@@ -190,6 +190,13 @@ def our_assurance(upstream_acr: str | None, upstream_amr: Sequence[str], *,
     return acr, tuple(dict.fromkeys(amr))
 
 
+def level_acr(level: str) -> str:
+    """Our acr for a login at the level an upstream is configured to ask for ("basic" or "advanced"), as
+    ``our_assurance`` gives it: urn:quaygate:acr:upstream for advanced, urn:quaygate:acr:upstream:basic
+    for basic. What a login through that upstream reaches (assurance.login_acrs; review 164, finding 1)."""
+    return our_assurance(LEVELS[level], (), required=level)[0]
+
+
 def national_number(userinfo: Mapping[str, Any], id_claims: Mapping[str, Any]) -> str:
     """The national register number from userinfo (or the id token), separators removed. Its format
     is checked by the caller with identity.domain.bans.national_number_valid."""

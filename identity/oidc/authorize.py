@@ -6,7 +6,8 @@ whether the browser's login session is good enough, and issuing the code.
                                                              (RFC 6749 §4.1.2.1)
       -> response_type, scope, PKCE S256, prompt, max_age, acr, PAR requirement
                                                           -- failure: error to the redirect_uri
-      -> the client's min_acr a level no login reaches (face), and not the session's?
+      -> the client's min_acr a level no login here reaches (face; the national ID without an
+         upstream at level advanced), and not the session's?
                             -> unmet_authentication_requirements to the redirect_uri
       -> login session good enough? (session, prompt=login, max_age, min_acr; acr_values once)
            no:  prompt=none -> login_required to the redirect_uri (OIDC Core §3.1.2.6)
@@ -26,16 +27,19 @@ Decisions (documented in discovery and here):
   a login at most max_age seconds ago.
 - ``acr_values`` is voluntary (OIDC Core §3.1.2.1): its weakest known value
   (identity.domain.assurance.weakest_acceptable; unknown values alone are ignored) is asked for once.
-  A session below it that a login of ours could raise (``assurance.LOGIN_ACRS``: a passkey, the
-  national ID) is sent to the login page, unless prompt=none; the resume after that login, and any
-  request for a level no login reaches (face: the step-up is offered on no page), gets the code at the
-  level reached, which the id token's ``acr`` states, and the relying party judges. Before, it was a
-  hard demand, and acr_values=face sent the person round /login for ever (review 161, finding 2).
+  A session below it that a login here could raise (identity.broker.config.login_acrs: a passkey, the
+  national ID where an upstream at level advanced is configured) is sent to the login page, unless
+  prompt=none; the resume after that login, and any request for a level no login here reaches (face: the
+  step-up is offered on no page), gets the code at the level reached, which the id token's ``acr``
+  states, and the relying party judges. Before, it was a hard demand, and acr_values=face sent the
+  person round /login for ever (review 161, finding 2).
 - The client's ``min_acr`` is required: below it, the login page (prompt=none: login_required); a
-  level no login reaches (a face minimum registered before it was refused) and a session without it:
-  ``unmet_authentication_requirements`` (OpenID Connect Core Unmet Authentication Requirements 1.0 §2)
-  to the redirect_uri, at once, never a login page that cannot meet it. No ``claims`` request is
-  supported (discovery's claims_parameter_supported false), so no essential acr claim.
+  level no login here reaches (a face minimum registered before it was refused; the national ID's,
+  registered while an upstream at level advanced was configured: review 164, finding 1) and a session
+  without it: ``unmet_authentication_requirements`` (OpenID Connect Core Unmet Authentication
+  Requirements 1.0 §2) to the redirect_uri, at once, never a login page that cannot meet it. No
+  ``claims`` request is supported (discovery's claims_parameter_supported false), so no essential acr
+  claim.
 - Parameters are used once: a repeated parameter is invalid (RFC 6749 §3.1).
 """
 
@@ -64,6 +68,7 @@ from quaygate.schema import authorization_codes
 
 from .. import audit
 from ..bans.screening import from_settings as ban_screening
+from ..broker.config import login_acrs
 from ..clients import ClientRecord, ClientRegistry
 from ..domain import assurance
 from ..domain import scopes as scope_rules
@@ -277,18 +282,20 @@ def validate(
     )
 
 
-def unmet(req: AuthorizationRequest, session: LoginSession | None) -> bool:
-    """The level the client requires is one no login of ours reaches (``assurance.LOGIN_ACRS``) and the
-    session does not hold it: sending the browser to log in would bring it back without it, for ever."""
-    if req.acr is None or req.acr in assurance.LOGIN_ACRS:
+def unmet(req: AuthorizationRequest, session: LoginSession | None, *, reachable: frozenset[str]) -> bool:
+    """The level the client requires is one no login here reaches (not in ``reachable``: the levels of
+    identity.broker.config.login_acrs) and the session does not hold it: sending the browser to log in
+    would bring it back without it, for ever."""
+    if req.acr is None or req.acr in reachable:
         return False
     return not assurance.satisfies(session.acr if session is not None else None, req.acr)
 
 
 def login_needed(req: AuthorizationRequest, session: LoginSession | None, *, now: datetime,
-                 resumed: bool = False) -> str | None:
+                 reachable: frozenset[str], resumed: bool = False) -> str | None:
     """Why the session does not do for this request (a reason code), or None when it does.
-    ``resumed``: the request comes back from the login page, where a wanted level was offered."""
+    ``reachable``: the levels a login here reaches (``unmet``); ``resumed``: the request comes back from
+    the login page, where a wanted level was offered."""
     if session is None:
         return "no_session"
     auth_time = session.auth_time.timestamp()
@@ -305,7 +312,7 @@ def login_needed(req: AuthorizationRequest, session: LoginSession | None, *, now
     # no interaction is allowed); after that login, or for a level none reaches, the code comes at the
     # level reached (review 161, finding 2).
     wanted = req.acr_wanted
-    if (wanted in assurance.LOGIN_ACRS and not resumed and "none" not in req.prompt
+    if (wanted in reachable and not resumed and "none" not in req.prompt
             and not assurance.satisfies(session.acr, wanted)):
         return "acr_values"
     return None
@@ -534,15 +541,16 @@ def _decide(
 ) -> str:
     issuer = provider.settings.issuer
     session = sessions.get(cookie, now=now)
-    if unmet(req, session):
+    reachable = login_acrs(provider.settings)
+    if unmet(req, session, reachable=reachable):
         # OpenID Connect Core Unmet Authentication Requirements 1.0 §2: no login of ours meets the
-        # client's minimum; never a login page that cannot (review 161, finding 2).
+        # client's minimum; never a login page that cannot (review 161, finding 2; review 164, finding 1).
         log.info("identity.authorize.refused.acr_unmet")
         error = RedirectError("unmet_authentication_requirements",
                               "No login here reaches the authentication level this client requires.",
                               redirect_uri=req.redirect_uri, state=req.state)
         return error_location(error, issuer)
-    reason = login_needed(req, session, now=now, resumed=rid is not None)
+    reason = login_needed(req, session, now=now, reachable=reachable, resumed=rid is not None)
     if reason is not None:
         if "none" in req.prompt:
             # OIDC Core §3.1.2.6: no interaction allowed, and a login would be needed.

@@ -94,10 +94,13 @@ def check_metadata(
     allow_admin: bool = False,
     fixed_role: ClientRole | None = None,
     fixed_method: AuthMethod | None = None,
+    login_acrs: frozenset[str] = assurance.login_acrs(),
 ) -> ClientMetadata:
     """Validate an RFC 7591 §2 metadata document. ``fixed_role``/``fixed_method``: on an update, what
     the client was registered with (neither may change: the role binds the organisation, the method
-    the credential we issued). Unknown members are ignored (RFC 7591 §2)."""
+    the credential we issued). ``login_acrs``: the levels a login here reaches, one of which
+    default_acr_values must name (identity.broker.config.login_acrs of the settings; passkeys only, a
+    port without an upstream, when not given). Unknown members are ignored (RFC 7591 §2)."""
     if not isinstance(doc, Mapping):
         raise _refuse("The metadata must be a JSON object.")
     _plain_text(doc)
@@ -134,7 +137,7 @@ def check_metadata(
         dpop_bound=_bool(doc, "dpop_bound_access_tokens"),  # RFC 9449 §5.2
         # RFC 9126 §6: confidential web clients (consoles) must push their authorization requests.
         require_par=requires_par(role, method, _bool(doc, "require_pushed_authorization_requests")),
-        min_acr=_min_acr(doc),
+        min_acr=_min_acr(doc, login_acrs),
         extra=_extra(doc),
     )
 
@@ -268,7 +271,7 @@ def _bool(doc: Mapping[str, Any], name: str) -> bool:
     return raw
 
 
-def _min_acr(doc: Mapping[str, Any]) -> str | None:
+def _min_acr(doc: Mapping[str, Any], login_acrs: frozenset[str]) -> str | None:
     raw = doc.get("default_acr_values")  # OIDC Dynamic Client Registration 1.0 §2
     if raw is None:
         return None
@@ -277,10 +280,11 @@ def _min_acr(doc: Mapping[str, Any]) -> str | None:
     floor = assurance.weakest_acceptable(raw)
     if raw and floor is None:
         raise _refuse(f"default_acr_values: one of {' '.join(assurance.ORDER)}.")
-    if floor is not None and floor not in assurance.LOGIN_ACRS:
-        # Kept as the client's minimum, which no login reaches (face: a step-up no page offers), so
-        # every authorization would be unmet_authentication_requirements (review 161, finding 2).
-        raise _refuse(f"default_acr_values: at least one a login reaches, {' '.join(sorted(assurance.LOGIN_ACRS))}.")
+    if floor is not None and floor not in login_acrs:
+        # Kept as the client's minimum, which no login here reaches (face: a step-up no page offers; the
+        # national ID without an upstream at level advanced), so every authorization would be
+        # unmet_authentication_requirements (review 161, finding 2; review 164, finding 1).
+        raise _refuse(f"default_acr_values: at least one a login here reaches, {' '.join(sorted(login_acrs))}.")
     return floor
 
 

@@ -63,6 +63,7 @@ from quaygate.schema import grants as grants_table
 from .. import audit
 from ..authn import enrolment
 from ..clients import hash_secret, new_client_id, new_secret, public_jwks, verify_secret
+from ..domain import assurance
 from ..domain.roles import SECRET_METHODS, AuthMethod, ClientRole, RegistrationRefused, check_registration
 from ..grants import GrantStore
 from .metadata import INVALID_CLIENT_METADATA, SERVER_FIELDS, ClientMetadata, MetadataRefused, check_metadata
@@ -141,10 +142,14 @@ class Rotated:
 
 class ClientManagement:
     def __init__(self, engine: sa.Engine, grants: GrantStore, *, issuer: str, access_token_ttl: int = 600,
-                 on_change: Callable[[str], None] = lambda client_id: None) -> None:
+                 on_change: Callable[[str], None] = lambda client_id: None,
+                 login_acrs: frozenset[str] = assurance.login_acrs()) -> None:
         """``on_change``: told the client_id after every committed change of what ClientRegistry
-        keeps of a client (ClientRegistry.changed, so no replica keeps serving the old record)."""
+        keeps of a client (ClientRegistry.changed, so no replica keeps serving the old record).
+        ``login_acrs``: the levels a login here reaches (identity.broker.config.login_acrs of the
+        settings), the only ones default_acr_values may require (metadata.check_metadata)."""
         self._engine = engine
+        self._login_acrs = login_acrs
         self._on_change = on_change
         self._access_token_ttl = access_token_ttl
         self._grants = grants
@@ -256,7 +261,7 @@ class ClientManagement:
         with self._engine.begin() as conn:
             org, created_by = self._claim_iat(conn, initial_access_token, now)
             org_id = org.id if org else None
-            meta = _checked(doc, org_kind=org.kind if org else None)
+            meta = _checked(doc, org_kind=org.kind if org else None, login_acrs=self._login_acrs)
             out = self._insert(conn, meta, org=org, terminal_code=None, now=now, dynamic=True)
             audit.record("identity.client.registered", at=now, actor={"iat_created_by": created_by},
                          subject=out.client_id, conn=conn,
@@ -277,7 +282,7 @@ class ClientManagement:
         with self._engine.begin() as conn:
             org = self._organisation(conn, organisation_id) if organisation_id else None
             meta = _checked(doc, org_kind=org.kind if org else None, allowed_methods=frozenset(AuthMethod),
-                            allow_admin=True)
+                            allow_admin=True, login_acrs=self._login_acrs)
             out = self._insert(conn, meta, org=org, terminal_code=terminal_code, now=now, dynamic=False)
             audit.record("identity.admin.client.registered", at=now, actor=audit.actor_fields(admin),
                          subject=out.client_id, conn=conn,
@@ -330,7 +335,7 @@ class ClientManagement:
                 raise RegistrationError(INVALID_CLIENT_METADATA, "client_secret does not match.")
             org = self._organisation(conn, row.organisation_id) if row.organisation_id else None
             meta = _checked(doc, org_kind=org.kind if org else None, fixed_role=ClientRole(row.role),
-                            fixed_method=AuthMethod(row.token_endpoint_auth_method))
+                            fixed_method=AuthMethod(row.token_endpoint_auth_method), login_acrs=self._login_acrs)
             jwks, bound = _keys_and_terminal(meta, org, row.terminal_code)
             conn.execute(oauth_clients.update().where(oauth_clients.c.client_id == client_id).values(
                 terminal_code=bound, updated_at=now, **_columns(meta, jwks)))
