@@ -14,6 +14,7 @@ from joserfc.jwe import JWERegistry
 from joserfc.jwk import OctKey, RSAKey
 from joserfc.jws import JWSRegistry
 
+from identity.api.routes import metadata
 from identity.broker import config
 from identity.broker.jose import client_assertion, open_nested, request_object
 from identity.broker.keys import EncryptionKeys
@@ -158,6 +159,12 @@ def test_a_login_reaches_the_upstream_level_only_through_an_upstream_at_level_ad
     assert reached({"itsme": itsme(level="basic"), "itsme-adv": itsme(level="advanced")}) == {ACR_PASSKEY, ACR_UPSTREAM}
     # A configuration the broker refuses to load logs nobody in through an upstream.
     assert reached({"itsme": itsme(level="highest")}) == {ACR_PASSKEY}
+    # Discovery says the same: the levels a client may ask for here, face by a step-up over one.
+    assert metadata(Settings())["acr_values_supported"] == [ACR_PASSKEY, ACR_FACE]
+    assert metadata(Settings(upstreams={"itsme": itsme(level="basic")}))["acr_values_supported"] == [
+        ACR_PASSKEY, ACR_FACE]
+    assert metadata(Settings(upstreams={"itsme": itsme()}))["acr_values_supported"] == [
+        ACR_PASSKEY, ACR_UPSTREAM, ACR_FACE]
 
 
 def test_the_national_number_comes_from_userinfo_without_separators() -> None:

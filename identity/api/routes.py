@@ -25,6 +25,7 @@ from quaygate.threads import threads_for
 
 from ..authn.service import passkeys_for
 from ..bootstrap import provider_for
+from ..broker.config import login_acrs
 from ..domain import assurance
 from ..domain import claims as token_claims
 from ..domain import scopes as scope_rules
@@ -374,7 +375,10 @@ def metadata(settings: Settings) -> dict[str, Any]:
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "id_token_signing_alg_values_supported": list(ID_TOKEN_ALGORITHMS),
         "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
-        "acr_values_supported": list(assurance.ORDER),
+        # The levels a client may ask for here: what a login on this port reaches (no national ID level
+        # without an upstream at that level: review 164), and face, by a step-up over one.
+        "acr_values_supported": [acr for acr in assurance.ORDER
+                                 if acr in login_acrs(settings) or acr == assurance.ACR_FACE],
         "claims_parameter_supported": False,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
