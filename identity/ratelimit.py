@@ -152,6 +152,7 @@ import sqlalchemy as sa
 
 from quaygate.appstate import built_once
 from quaygate.cache import Cache, Counts
+from quaygate.routing import BodyTimeout, app_body_seconds, body_timeout, read_form
 
 from . import audit
 
@@ -692,7 +693,11 @@ class RateLimitMiddleware:
         if family == "oauth":
             client_id = client_id_from_basic(_header(scope, b"authorization"))
             if client_id is None:
-                receive, body = await _buffer_form(scope, receive)
+                try:
+                    receive, body = await _buffer_form(scope, receive)
+                except BodyTimeout as exc:  # the form did not come in time: 408, nothing done
+                    await body_timeout(path, exc.seconds)(scope, receive, send)
+                    return
                 client_id = client_id_from_form(body) if body else None
 
         def before() -> int | None:
@@ -735,26 +740,17 @@ class RateLimitMiddleware:
 
 
 async def _buffer_form(scope: Scope, receive: Receive) -> tuple[Receive, bytes]:
-    """Read a small form body for its client_id, and give the route a receive that replays it."""
+    """Read a small form body for its client_id, and give the route a receive that replays it. Read
+    within the app's deadline for a body (quaygate.routing ``read_form``): BodyTimeout past it."""
     content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         return receive, b""
-    messages: list[Message] = []
-    body = b""
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            break
-        body += message.get("body", b"")
-        if not message.get("more_body", False) or len(body) > MAX_SNIFFED_BODY:
-            break
-    complete = not messages[-1].get("more_body", False) and len(body) <= MAX_SNIFFED_BODY
+    messages, body = await read_form(receive, app_body_seconds(scope["app"]), MAX_SNIFFED_BODY)
 
     async def replay() -> Message:
         return messages.pop(0) if messages else await receive()
 
-    return replay, body if complete else b""
+    return replay, body or b""
 
 
 async def _too_many(send: Send, family: str, retry_after: int) -> None:

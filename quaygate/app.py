@@ -51,7 +51,7 @@ from .container import Container
 from .dataset import UnsuitableRedis
 from .loopdb import LoopDatabase
 from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event, metrics_may_read
-from .routing import BIG_BODY_FACTOR, ExactRoutes, include
+from .routing import BIG_BODY_FACTOR, BodyTimeout, ExactRoutes, answer_body_timeout, include
 from .settings import DEFAULT_BODY_SECONDS, Mode, Settings
 from .threads import ThreadPool
 from .workers import BackgroundWorkers, start_gate_facts
@@ -360,6 +360,8 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     app.state.body_seconds = settings.body_seconds  # each route's deadline for its body (quaygate/routing.py)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     problems.install(app)
+    # A form its route reads itself, not all come within body_seconds (quaygate/routing.py read_form): 408.
+    app.add_exception_handler(BodyTimeout, answer_body_timeout)
     ratelimit.install(app)  # OAuth endpoints and passkey logins, per address and per client
     @app.get("/healthz", tags=["operations"], operation_id="healthz")
     async def healthz() -> dict[str, str]:

@@ -41,7 +41,10 @@ slow client sent its body is refused (401) before anything is done. Only what ma
 checked again (the token's times, its key, its revocation), never a DPoP proof, whose jti was claimed
 at admission and is single use. A body not received in time is refused 408 ``body_timeout``, nothing
 done; the gate verify's own handler (``lean``) reads its body within its route's deadline too, and
-checks its caller again once the body is in with the check it is given (``again``).
+checks its caller again once the body is in with the check it is given (``again``). A route whose own
+code reads a small form (the OAuth endpoints, whose client may authenticate in it, and the rate limiter
+reading it for its client_id) reads it with ``read_form``, within the app's deadline too: past it,
+``BodyTimeout``, answered 408 ``body_timeout`` the same way.
 """
 
 from __future__ import annotations
@@ -107,8 +110,9 @@ AdmitOrAnswer = Callable[[Request], Response | None]
 BODY_SECONDS = DEFAULT_BODY_SECONDS
 BIG_BODY_FACTOR = 3
 _APP_BODY_BYTES = 1024 * 1024  # Settings.max_body_bytes, the limit of a route without one of its own
-_BODY_TIMEOUT_RESPONSE = {**problem_responses(408)[408], "description": "Request timeout: the body did not come "
-                          "within the route's deadline (`body_timeout`)"}
+# The 408 as a route declares it (STYLE.md #9): AdmitFirst's routes, and those reading a form with read_form.
+BODY_TIMEOUT_RESPONSE = {**problem_responses(408)[408], "description": "Request timeout: the body did not come "
+                         "within the route's deadline (`body_timeout`)"}
 
 log = logging.getLogger(__name__)
 
@@ -274,10 +278,12 @@ class AdmitFirst(APIRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         # The 408 it may answer, declared as its other errors are (STYLE.md #9); taken off again below
-        # when it turns out to read no body (FastAPI builds the declared responses' fields in __init__).
-        kwargs["responses"] = {**(kwargs.get("responses") or {}), 408: _BODY_TIMEOUT_RESPONSE}
+        # when it turns out to read no body (FastAPI builds the declared responses' fields in __init__),
+        # unless the route declared it itself (a body its own dependency reads with read_form).
+        declared = 408 in (kwargs.get("responses") or {})
+        kwargs["responses"] = {**(kwargs.get("responses") or {}), 408: BODY_TIMEOUT_RESPONSE}
         super().__init__(path, endpoint, **kwargs)
-        if not (self.dependant.body_params or hasattr(endpoint, "admit_first")):
+        if not (declared or self.dependant.body_params or hasattr(endpoint, "admit_first")):
             self.responses.pop(408, None)
             self.response_fields.pop(408, None)
         # The route's own deadline (``read_within``, or set on the route); None: the app's (``deadline``).
@@ -416,6 +422,46 @@ def body_timeout(path: str | None, seconds: float) -> Response:
     log.info("quaygate.request.refused.body_timeout")
     return problem(408, "body_timeout", f"The request body was not received within {seconds:g} seconds.",
                    instance=path, headers={"Connection": "close"}, title="Request timeout")
+
+
+class BodyTimeout(Exception):
+    """A form's body did not all come within ``seconds`` (``read_form``): the app answers 408
+    ``body_timeout`` (``answer_body_timeout``, installed by create_app), nothing done."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request body did not come within {seconds:g} seconds")
+        self.seconds = seconds
+
+
+def answer_body_timeout(request: Request, exc: Exception) -> Response:
+    """The app's handler of BodyTimeout: ``body_timeout``."""
+    return body_timeout(request.url.path, exc.seconds if isinstance(exc, BodyTimeout) else BODY_SECONDS)
+
+
+async def read_form(receive: Receive, seconds: float, limit: int) -> tuple[list[Message], bytes | None]:
+    """A small body (an OAuth form: RFC 6749 §3.2, RFC 7662 §2.1, RFC 7009 §2.1) read within ``seconds``,
+    the app's deadline for a body (``app_body_seconds``), as AdmitFirst reads a route's declared body:
+    for a body its reader takes itself, and stops reading past ``limit`` bytes. The messages read (to
+    give back to whoever reads the body next) and the body, None when it is longer than ``limit`` (the
+    rest is left unread) or the client left. BodyTimeout past ``seconds``: a client that sends its
+    headers, then nothing, or its body a byte at a time, would hold the connection for as long as it
+    liked (review 168, finding 1)."""
+    messages: list[Message] = []
+    body = b""
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                message = await receive()
+                messages.append(message)
+                if message["type"] != "http.request":
+                    return messages, None  # a disconnect: given back, the reader meets it as it would
+                body += message.get("body", b"")
+                if len(body) > limit:
+                    return messages, None
+                if not message.get("more_body", False):
+                    return messages, body
+    except TimeoutError:
+        raise BodyTimeout(seconds) from None
 
 
 def admitted(app: ASGIApp, admit: Admit) -> ASGIApp:

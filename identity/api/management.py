@@ -8,7 +8,8 @@ admin API answers RFC 9457 problems. Authlib is synchronous, so routes reaching 
 Registration (POST) and its update (PUT) check their caller's bearer token on the headers before any
 of the body is read (``admit_first``: quaygate.routing.AdmitFirst), and read the body within its
 deadline. Introspection and revocation cannot: their client may authenticate in the body
-(client_secret_post, private_key_jwt, RFC 7521 §4.2), as at the token endpoint. Their answers carry
+(client_secret_post, private_key_jwt, RFC 7521 §4.2), as at the token endpoint; they read their form
+within the same deadline (quaygate.routing ``read_form``). Their answers carry
 HSTS on an https issuer, as every OIDC endpoint's (identity.web.routes ``hsts``).
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from quaygate.routing import AdmitFirst, admit_first
+from quaygate.routing import BODY_TIMEOUT_RESPONSE, AdmitFirst, admit_first, app_body_seconds, read_form
 
 from ..oidc.introspection import INTROSPECTION_PATH, introspection_response
 from ..oidc.revocation import REVOCATION_PATH, revocation_response
@@ -63,15 +64,12 @@ _METADATA = {
 
 
 async def _body(request: Request) -> bytes | None:
-    """The raw body, or None when it is larger than any of these requests needs to be."""
+    """The raw body, or None when it is larger than any of these requests needs to be. Read within the
+    app's deadline for a body (quaygate.routing ``read_form``: past it, 408 ``body_timeout``, nothing
+    done); registration's was read already, within it, by AdmitFirst."""
     limit = MAX_JSON_BYTES if request.url.path.startswith(REGISTRATION_PATH) else MAX_FORM_BYTES
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+    _, body = await read_form(request.receive, app_body_seconds(request.app), limit)
+    return body
 
 
 def _registrant(request: Request) -> Response | None:
@@ -87,7 +85,7 @@ def _raw(request: Request, body: bytes | None) -> FormRequest:
 
 @router.post(INTROSPECTION_PATH, operation_id="identity_introspect",
              openapi_extra=_form("token", "token_type_hint", *_CLIENT_AUTH_FIELDS),
-             responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR})
+             responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR, 408: BODY_TIMEOUT_RESPONSE})
 def introspect(request: Request, body: bytes | None = Depends(_body)) -> JSONResponse:
     """RFC 7662 §2 token introspection, for confidential clients."""
     return with_hsts(request, introspection_response(request.app, _raw(request, body)))
@@ -95,7 +93,7 @@ def introspect(request: Request, body: bytes | None = Depends(_body)) -> JSONRes
 
 @router.post(REVOCATION_PATH, operation_id="identity_revoke",
              openapi_extra=_form("token", "token_type_hint", *_CLIENT_AUTH_FIELDS),
-             responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR})
+             responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR, 408: BODY_TIMEOUT_RESPONSE})
 def revoke(request: Request, body: bytes | None = Depends(_body)) -> Response:
     """RFC 7009 §2 token revocation."""
     return with_hsts(request, revocation_response(request.app, _raw(request, body)))

@@ -21,6 +21,7 @@ from authlib.oauth2.rfc6749 import OAuth2Error
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from quaygate.routing import BODY_TIMEOUT_RESPONSE, app_body_seconds, read_form
 from quaygate.threads import threads_for
 
 from ..authn.service import passkeys_for
@@ -140,14 +141,12 @@ _TOKEN_FORM = {
 
 
 async def _form_body(request: Request) -> bytes | None:
-    """The raw body, or None when it is larger than any token request needs to be."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_FORM_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The raw body, or None when it is larger than any token request needs to be. Read within the app's
+    deadline for a body (QUAYGATE_BODY_SECONDS): past it, 408 ``body_timeout``, nothing done
+    (quaygate.routing ``read_form``; review 168, finding 1: a client that sent its headers, then
+    nothing, held the connection for ever)."""
+    _, body = await read_form(request.receive, app_body_seconds(request.app), MAX_FORM_BYTES)
+    return body
 
 
 def build_router() -> APIRouter:
@@ -157,7 +156,7 @@ def build_router() -> APIRouter:
         TOKEN_PATH,
         operation_id="identity_token",
         openapi_extra=_TOKEN_FORM,
-        responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR},
+        responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR, 408: BODY_TIMEOUT_RESPONSE},
     )
     async def token(request: Request) -> JSONResponse:
         """RFC 6749 §3.2 token endpoint: authorization code (§4.1.3, PKCE), client credentials (§4.4)."""
@@ -174,7 +173,8 @@ def build_router() -> APIRouter:
         authz.AUTHORIZE_PATH,
         operation_id="identity_authorize_post",
         response_class=Response,
-        responses={302: {"description": "To the client (code or error) or to the login page"}, 400: _PAGE},
+        responses={302: {"description": "To the client (code or error) or to the login page"}, 400: _PAGE,
+                   408: BODY_TIMEOUT_RESPONSE},
     )
     @router.get(
         authz.AUTHORIZE_PATH,
@@ -214,7 +214,7 @@ def build_router() -> APIRouter:
         operation_id="identity_par",
         status_code=201,
         openapi_extra=_PAR_FORM,
-        responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR},
+        responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR, 408: BODY_TIMEOUT_RESPONSE},
     )
     def par(request: Request, body: bytes | None = Depends(_form_body)) -> JSONResponse:
         """RFC 9126 §2 pushed authorization request: validated now, used once by /authorize."""
@@ -247,7 +247,7 @@ def build_router() -> APIRouter:
     @router.post(
         USERINFO_PATH,
         operation_id="identity_userinfo_post",
-        responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR, 403: _OAUTH_ERROR},
+        responses={400: _OAUTH_ERROR, 401: _OAUTH_ERROR, 403: _OAUTH_ERROR, 408: BODY_TIMEOUT_RESPONSE},
     )
     @router.get(
         USERINFO_PATH,
@@ -280,7 +280,8 @@ def build_router() -> APIRouter:
         LOGOUT_PATH,
         operation_id="identity_logout_post",
         response_class=Response,
-        responses={302: {"description": "To the registered post_logout_redirect_uri"}, 400: _PAGE},
+        responses={302: {"description": "To the registered post_logout_redirect_uri"}, 400: _PAGE,
+                   408: BODY_TIMEOUT_RESPONSE},
     )
     @router.get(
         LOGOUT_PATH,

@@ -47,6 +47,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from identity.authn import enrolment
 from identity.sessions import sessions_for
 from quaygate.observability import log_event
+from quaygate.routing import AdmitFirst
 from quaygate.schema import oauth_clients
 
 from . import i18n
@@ -116,7 +117,9 @@ SCRIPT_KEYS: Mapping[str, tuple[str, ...]] = {
 # Of those, what base.html alone renders, on every page: no script reads them (the driver app's weight).
 RENDERED_ONLY = frozenset({"common.contrast", "common.language", "common.noscript"})
 
-router = APIRouter(include_in_schema=False)
+# AdmitFirst: a body (the language form's) read within the app's deadline, else 408 body_timeout, nothing
+# done (quaygate.routing; review 168, finding 1: a form that never came held its connection for ever).
+router = APIRouter(include_in_schema=False, route_class=AdmitFirst)
 
 
 # ---- static files ----------------------------------------------------------------------------------
