@@ -31,9 +31,13 @@ same numbers; the in-process cache otherwise (one replica). Three parts:
   GET, PUT and DELETE of a client, which an anonymous caller can send: review 129, finding 2) and POSTs
   to /webauthn/authentication/verify are limited per client address (an IPv6 address by its /64, and by
   its /48 too: ``address_keys``), and the OAuth ones also per client_id (from the Basic header or the
-  form, read from a small buffered copy of the body that is replayed to the route). A passkey login's
-  options are not: they store nothing (identity.authn.flows), and a count of them would be the one
-  write an anonymous caller could make there (review 67, finding 4).
+  form, read from a small buffered copy of the body that is replayed to the route). The address is
+  counted before any of the body is read, and the form is read within the app's deadline for a body
+  (408 past it): a body that never comes has been counted (review 168, finding 1: twenty held open were
+  counted nowhere, and the address's next requests passed). A client named in the form has its
+  allowance read once the form is in, a second round trip; one in the Basic header, in the first. A
+  passkey login's options are not: they store nothing (identity.authn.flows), and a count of them would
+  be the one write an anonymous caller could make there (review 67, finding 4).
 
 Networks. One IPv6 customer is routinely handed a /48 (RFC 6177 §2; a tunnel broker gives one away):
 65 536 /64s, each with a per-address allowance of its own, and each making Redis hold counters of its
@@ -689,25 +693,25 @@ class RateLimitMiddleware:
         client = scope.get("client")
         address, network = address_keys(client[0]) if client else ("unknown", None)
         wider = None if network is None else Wider(f"ep:{family}:net:{network}", limits.network_limit)
-        client_id: str | None = None
-        if family == "oauth":
-            client_id = client_id_from_basic(_header(scope, b"authorization"))
-            if client_id is None:
-                try:
-                    receive, body = await _buffer_form(scope, receive)
-                except BodyTimeout as exc:  # the form did not come in time: 408, nothing done
-                    await body_timeout(path, exc.seconds)(scope, receive, send)
-                    return
-                client_id = client_id_from_form(body) if body else None
-
-        def before() -> int | None:
-            key = f"ep:{family}:addr:{address}"
-            if client_id is None:
-                return limiter.hit(key, limits.per_address, limits.window, wider=wider)
-            return limiter.hit_and_check(key, limits.per_address, f"ep:client:{client_id}", limits.per_client,
-                                         limits.window, wider=wider)
-
-        retry = before()  # on the loop: one round trip to Redis (or none), cheaper than a thread hop
+        key = f"ep:{family}:addr:{address}"
+        client_id = client_id_from_basic(_header(scope, b"authorization")) if family == "oauth" else None
+        # On the loop: one round trip to Redis (or none), cheaper than a thread hop. The address is
+        # counted before any of the body is read (review 168, finding 1): a body that never comes has
+        # been counted. A client named in the Basic header has its allowance read in the same trip.
+        if client_id is None:
+            retry = limiter.hit(key, limits.per_address, limits.window, wider=wider)
+        else:
+            retry = limiter.hit_and_check(key, limits.per_address, f"ep:client:{client_id}", limits.per_client,
+                                          limits.window, wider=wider)
+        if retry is None and family == "oauth" and client_id is None:
+            try:
+                receive, body = await _buffer_form(scope, receive)
+            except BodyTimeout as exc:  # the form did not come in time: 408, nothing done
+                await body_timeout(path, exc.seconds)(scope, receive, send)
+                return
+            client_id = client_id_from_form(body) if body else None
+            if client_id is not None:  # a client named in the form: its allowance, a second round trip
+                retry = limiter.exceeded(f"ep:client:{client_id}", limits.per_client, limits.window)
         if retry is not None:
             log.info("identity.ratelimit.refused.%s", family)
             await _too_many(send, family, retry)

@@ -6,6 +6,9 @@
   /oauth2/token, /oauth2/par, /oauth2/introspect, /oauth2/revoke, POST /oauth2/authorize, /oauth2/userinfo
   and /oauth2/logout, and /lang, waited for it for ever; so did the rate limiter, reading a token form
   for its client_id.
+- The rate limiter counts the address before it reads the body for the client_id: a body that never
+  comes has been counted. Before, twenty token bodies held open were never counted, and the next
+  requests from that address passed.
 
 The app is the whole app on the real database and a real Redis; requests go straight through ASGI from a
 client that sends the first part of its body, then nothing (tests/aio.py ``run_async``).
@@ -133,3 +136,40 @@ def test_the_same_requests_sent_whole_are_answered_as_before(env: Lifecycle) -> 
         path, first, headers = cases[what]
         status, _, answer = run_async(lambda: _post(env.app, path, first, headers, stall=None))
         assert status not in (408, 500), (what, status, answer)
+
+
+def test_token_bodies_that_never_come_count_against_their_address(
+        engine: sa.Engine, tmp_path: Path, redis_url: str) -> None:
+    """QUAYGATE_RATE_LIMIT_PER_ADDRESS=3: twenty token requests whose bodies stall are counted as they
+    arrive, before their bodies are read for a client_id: three are let through to wait for their bodies
+    (408 at the deadline), seventeen are refused 429 at once, and the five complete requests sent while
+    the three are held are refused 429 ``slow_down``. Before, none of the twenty counted (the limiter read
+    the body first, and all twenty waited on it): 401, 401, 401, 429, 429."""
+    for env in make_lifecycle(engine, tmp_path, RedisCache(redis_url), body_seconds=1.0, rate_limit_per_address=3):
+        slow = _client_form("nobody", "wrong")
+        whole = _client_form("nobody", "wrong") + b"openid"
+
+        async def run() -> tuple[list[int], list[int]]:
+            stalled: list[int] = []
+            held: list[int] = []
+            complete: list[int] = []
+
+            async def one_slow() -> None:
+                status, _, _ = await _post(env.app, "/oauth2/token", slow, {"content-type": FORM}, stall=STALL,
+                                           stalled=stalled)
+                held.append(status)
+
+            async with anyio.create_task_group() as group:
+                for _ in range(20):
+                    group.start_soon(one_slow)
+                with anyio.fail_after(10):  # each of the twenty waits on the rest of its body, or was answered
+                    while len(stalled) + len(held) < 20:
+                        await anyio.sleep(0.01)
+                for _ in range(5):
+                    status, _, _ = await _post(env.app, "/oauth2/token", whole, {"content-type": FORM}, stall=None)
+                    complete.append(status)
+            return complete, held
+
+        complete, held = run_async(run)
+        assert complete == [429] * 5, complete
+        assert sorted(held) == [408] * 3 + [429] * 17, held
