@@ -30,7 +30,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     the X-Forwarded-For address that proxy vouches for. Both uvicorn options are given explicitly: its
     own default believes the headers from 127.0.0.1 (or from FORWARDED_ALLOW_IPS in the environment),
     so any process on this host could choose its address, while a proxy on another host would count
-    every client as its own one address."""
+    every client as its own one address.
+
+    HTTP is uvicorn's httptools protocol with a deadline for each request's head (quaygate.serving,
+    QUAYGATE_HEADER_SECONDS): a connection that has not sent a whole head within it, from its opening or
+    its last response, is closed."""
     import uvicorn
 
     from .observability import configure_logging, log_event
@@ -63,9 +67,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
               else "quaygate.serve.proxies.none", proxies=list(proxies))
     if args.migrate:
         cmd_migrate(args)
+    # uvicorn's httptools protocol with a deadline for each request's head (QUAYGATE_HEADER_SECONDS,
+    # quaygate/serving.py; review 168, finding 1): uvicorn has none of its own.
+    from .serving import HeadDeadlineProtocol
+
     uvicorn.run("quaygate.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
                 access_log=False, log_config=None, proxy_headers=bool(proxies),
-                forwarded_allow_ips=_with_mapped(proxies))
+                forwarded_allow_ips=_with_mapped(proxies), http=HeadDeadlineProtocol)
     return 0
 
 

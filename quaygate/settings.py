@@ -29,6 +29,24 @@ from .crypto import DataCipher
 HOST_PREFIX = "__Host-"
 # How long a request's body may take to come (``Settings.body_seconds``), by default.
 DEFAULT_BODY_SECONDS = 10.0
+# How long a connection may take to send a whole request head (``Settings.header_seconds``), by default
+# and at most.
+DEFAULT_HEADER_SECONDS = 10.0
+MAX_HEADER_SECONDS = 300.0
+
+
+def header_seconds(value: Any) -> float:
+    """QUAYGATE_HEADER_SECONDS as a number of seconds, checked: above 0, at most MAX_HEADER_SECONDS (a
+    deadline of hours would be none); ValueError otherwise. Settings' check, and quaygate.serving's,
+    which reads the variable itself in each server process."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not 0 < seconds <= MAX_HEADER_SECONDS:  # NaN compares false
+        raise ValueError(f"QUAYGATE_HEADER_SECONDS must be a number of seconds above 0 and at most "
+                         f"{MAX_HEADER_SECONDS:g}, such as 10 or 2.5")
+    return seconds
 
 
 class Mode(StrEnum):
@@ -206,6 +224,11 @@ class Settings(BaseSettings):
     # rights: quaygate/limits.py) waits three times as long, the same slow link taking longer to carry it;
     # a route with a deadline of its own (``read_within``: the ban feed's 120 s) keeps it.
     body_seconds: float = DEFAULT_BODY_SECONDS
+    # Seconds a connection has to send a whole request head, from when it opens and from the end of each
+    # response; past it, ``quaygate serve`` closes it (quaygate/serving.py, review 168, finding 1):
+    # uvicorn has no such deadline, so a connection sending nothing, or a head a byte at a time, was held
+    # for ever. Above 0, at most MAX_HEADER_SECONDS.
+    header_seconds: float = DEFAULT_HEADER_SECONDS
     # ---- port-ban register (issue 4, identity/bans/, docs/port-ban-feed.md) ----
     # The register's public key (a JWK, JSON text) or a file holding it; feeds signed by anything else
     # are refused. ES256 or EdDSA only.
@@ -293,6 +316,11 @@ class Settings(BaseSettings):
         if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
             raise ValueError("QUAYGATE_BODY_SECONDS must be a positive number of seconds, such as 10 or 2.5")
         return seconds
+
+    @field_validator("header_seconds", mode="before")
+    @classmethod
+    def _head_seconds(cls, value: Any) -> float:
+        return header_seconds(value)
 
     @field_validator("forwarded_allow_ips", mode="before")
     @classmethod
