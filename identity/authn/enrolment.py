@@ -273,18 +273,28 @@ def issuer_ends(conn: sa.Connection, issuer: uuid.UUID, now: datetime) -> dateti
     return min(dated) if dated else None
 
 
-def client_ended(conn: sa.Connection, client_id: str) -> bool:
-    """Whether the client ``client_id``, issuing a code itself (an admin client), or its organisation is
-    deactivated; False for no such client (the command line, the demo). Minting an initial access token
-    asks it too (identity.registration.service; review 163, finding 1). The organisation's row, then the
-    client's, share-locked until the caller's transaction ends (FOR SHARE on PostgreSQL, which their
-    UPDATEs wait for; SQLite's writers run one at a time), the organisation's status read after both, in a
-    statement of its own (module docstring: under READ COMMITTED it sees what the wait let commit)."""
+def lock_organisation_of(conn: sa.Connection, client_id: str) -> None:
+    """Share-lock the row of the organisation of the client ``client_id`` (if any) until the caller's
+    transaction ends (FOR SHARE on PostgreSQL; SQLite's writers run one at a time): a deactivation of the
+    organisation waits for the caller, and a caller that waited for one reads it in its next statement."""
     conn.execute(sa.select(organisations.c.id).where(organisations.c.id.in_(
         sa.select(oauth_clients.c.organisation_id).where(oauth_clients.c.client_id == client_id)))
         .with_for_update(read=True)).all()
-    client = conn.execute(sa.select(oauth_clients.c.active, oauth_clients.c.organisation_id)
-                          .where(oauth_clients.c.client_id == client_id).with_for_update(read=True)).first()
+
+
+def client_ended(conn: sa.Connection, client_id: str, *, lock: bool = True) -> bool:
+    """Whether the client ``client_id``, issuing a code itself (an admin client), or its organisation is
+    deactivated; False for no such client (the command line, the demo). Minting an initial access token
+    and using one ask it too (identity.registration.service; review 163, finding 1). With ``lock``, the
+    organisation's row, then the client's, share-locked until the caller's transaction ends (FOR SHARE on
+    PostgreSQL, which their UPDATEs wait for; SQLite's writers run one at a time), the organisation's
+    status read after both, in a statement of its own (module docstring: under READ COMMITTED it sees what
+    the wait let commit); without, a plain read (a check before the act, which asks again locked)."""
+    if lock:
+        lock_organisation_of(conn, client_id)
+    read = sa.select(oauth_clients.c.active, oauth_clients.c.organisation_id).where(
+        oauth_clients.c.client_id == client_id)
+    client = conn.execute(read.with_for_update(read=True) if lock else read).first()
     if client is None:
         return False
     if not client.active:

@@ -102,16 +102,6 @@ def _iat_refused(row: Any, now: datetime) -> RegistrationError:
     return _unauthorised(reason)
 
 
-def _minter_active(conn: sa.Connection, client_id: str) -> bool | None:
-    """Whether the client that minted a token and its organisation are active, read without a lock (the
-    edge's pre-check; ``_claim_iat`` decides, locked): None for no such client (the command line)."""
-    row = conn.execute(
-        sa.select(oauth_clients.c.active, organisations.c.active.label("organisation_active"))
-        .outerjoin(organisations, organisations.c.id == oauth_clients.c.organisation_id)
-        .where(oauth_clients.c.client_id == client_id)).first()
-    return None if row is None else bool(row.active) and row.organisation_active is not False
-
-
 @dataclass(frozen=True, slots=True)
 class Organisation:
     id: uuid.UUID
@@ -233,12 +223,12 @@ class ClientManagement:
                 .outerjoin(organisations, organisations.c.id == initial_access_tokens.c.organisation_id)
                 .where(initial_access_tokens.c.token_hash == _sha256(token))
             ).first()
-            minter = _minter_active(conn, row.created_by) if row is not None else None
+            minter_ended = row is not None and enrolment.client_ended(conn, row.created_by, lock=False)
         if row is None or row.used_at is not None or row.expires_at <= now:
             raise _iat_refused(row, now)
         if row.active is False:
             raise _unauthorised("iat_organisation_inactive")
-        if minter is False:
+        if minter_ended:
             raise _unauthorised("iat_issuer_inactive")
 
     def check_registration_token(self, client_id: str, token: str) -> None:
@@ -352,7 +342,7 @@ class ClientManagement:
         enrolment codes it issued (enrolment.end_codes_created_by; review 146, finding 1) and the initial
         access tokens it minted (``end_iats_created_by``; review 163, finding 1)."""
         with self._engine.begin() as conn:
-            _lock_organisation_of(conn, client_id)
+            enrolment.lock_organisation_of(conn, client_id)
             done = conn.execute(
                 oauth_clients.update()
                 .where(*_held(client_id, token))
@@ -475,7 +465,7 @@ class ClientManagement:
         if not token.startswith(RAT_PREFIX):
             raise _unauthorised("rat_invalid")
         new = RAT_PREFIX + secrets.token_urlsafe(32)
-        _lock_organisation_of(conn, client_id)
+        enrolment.lock_organisation_of(conn, client_id)
         done = conn.execute(
             oauth_clients.update()
             .where(*_held(client_id, token))
@@ -551,15 +541,6 @@ def _held(client_id: str, token: str) -> tuple[sa.ColumnElement[bool], ...]:
             oauth_clients.c.registration_token_hash == _sha256(token),
             sa.or_(oauth_clients.c.organisation_id.is_(None), oauth_clients.c.organisation_id.in_(
                 sa.select(organisations.c.id).where(organisations.c.active.is_(True)))))
-
-
-def _lock_organisation_of(conn: sa.Connection, client_id: str) -> None:
-    """Share-lock the row of the organisation of the client ``client_id`` (if any) until the transaction
-    ends, before a change of the client: a deactivation of the organisation waits for the change, and a
-    change that waited for a deactivation reads it in its next statement (``_held``)."""
-    conn.execute(sa.select(organisations.c.id).where(organisations.c.id.in_(
-        sa.select(oauth_clients.c.organisation_id).where(oauth_clients.c.client_id == client_id)))
-        .with_for_update(read=True)).all()
 
 
 def _end_iats(conn: sa.Connection, whose: sa.ColumnElement[bool], now: datetime) -> int:
