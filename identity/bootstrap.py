@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from quaygate.appstate import built_once
 
+from .broker.config import login_acrs
 from .clients import ClientRegistry
 from .domain.roles import AuthMethod, ClientRole
 from .dpop import DPoPVerifier
@@ -90,6 +91,8 @@ class IdentityProvider:
     dpop: DPoPVerifier
     pending: PendingRequests
     pushed: PushedRequests
+    # The levels a login on this port reaches (identity.broker.config.login_acrs), from the settings, once.
+    login_acrs: frozenset[str]
 
     @classmethod
     def build(cls, container: Container) -> IdentityProvider:
@@ -127,6 +130,7 @@ class IdentityProvider:
             dpop,
             PendingRequests(container.cache, s.pepper_bytes()),
             PushedRequests(container.cache, ttl=s.par_ttl, cipher=container.cipher),
+            login_acrs(s),
         )
 
 

@@ -350,6 +350,7 @@ def metadata(settings: Settings) -> dict[str, Any]:
     only what this server really does."""
     base = settings.issuer.rstrip("/")
     auth_methods = [m.value for m in AUTH_METHODS] + [AuthMethod.NONE.value]
+    reachable = login_acrs(settings)
     return {
         "issuer": settings.issuer,
         "authorization_endpoint": base + authz.AUTHORIZE_PATH,
@@ -378,8 +379,7 @@ def metadata(settings: Settings) -> dict[str, Any]:
         "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
         # The levels a client may ask for here: what a login on this port reaches (no national ID level
         # without an upstream at that level: review 164), and face, by a step-up over one.
-        "acr_values_supported": [acr for acr in assurance.ORDER
-                                 if acr in login_acrs(settings) or acr == assurance.ACR_FACE],
+        "acr_values_supported": [acr for acr in assurance.ORDER if acr in reachable or acr == assurance.ACR_FACE],
         "claims_parameter_supported": False,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,

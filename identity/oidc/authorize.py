@@ -68,7 +68,6 @@ from quaygate.schema import authorization_codes
 
 from .. import audit
 from ..bans.screening import from_settings as ban_screening
-from ..broker.config import login_acrs
 from ..clients import ClientRecord, ClientRegistry
 from ..domain import assurance
 from ..domain import scopes as scope_rules
@@ -541,7 +540,7 @@ def _decide(
 ) -> str:
     issuer = provider.settings.issuer
     session = sessions.get(cookie, now=now)
-    reachable = login_acrs(provider.settings)
+    reachable = provider.login_acrs
     if unmet(req, session, reachable=reachable):
         # OpenID Connect Core Unmet Authentication Requirements 1.0 §2: no login of ours meets the
         # client's minimum; never a login page that cannot (review 161, finding 2; review 164, finding 1).

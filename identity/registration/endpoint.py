@@ -27,7 +27,6 @@ from quaygate.appstate import built_once
 from release_service.api.problems import encodable
 
 from .. import audit
-from ..broker.config import login_acrs
 from ..grants import grants_for
 from .metadata import INVALID_CLIENT_METADATA
 from .service import ClientManagement, RegistrationError
@@ -48,7 +47,7 @@ def management_for(app: Any) -> ClientManagement:
         c = app.state.container
         return ClientManagement(c.engine, grants_for(app), issuer=c.settings.issuer,
                                 access_token_ttl=c.settings.access_token_ttl,
-                                on_change=provider_for(app).clients.changed, login_acrs=login_acrs(c.settings))
+                                on_change=provider_for(app).clients.changed, login_acrs=provider_for(app).login_acrs)
 
     return built_once(app, "identity_client_management", build)
 
