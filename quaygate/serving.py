@@ -22,6 +22,7 @@ so the seconds are read from the environment here, with Settings' own check (``h
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 
@@ -34,6 +35,12 @@ from .settings import DEFAULT_HEADER_SECONDS, header_seconds
 log = logging.getLogger("quaygate")
 
 
+@functools.cache
+def _head_seconds() -> float:
+    """QUAYGATE_HEADER_SECONDS, read and checked once per worker process (the protocol is built per connection)."""
+    return header_seconds(os.environ.get("QUAYGATE_HEADER_SECONDS", DEFAULT_HEADER_SECONDS))
+
+
 class HeadDeadlineProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, closing a connection whose request head has not all come within
     ``head_seconds`` of its opening or of its last response."""
@@ -41,7 +48,7 @@ class HeadDeadlineProtocol(HttpToolsProtocol):
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, object],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.head_seconds = header_seconds(os.environ.get("QUAYGATE_HEADER_SECONDS", DEFAULT_HEADER_SECONDS))
+        self.head_seconds = _head_seconds()
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

@@ -34,7 +34,6 @@ MAX_TERMINAL = 32
 # breaks; an identifier is one line. UNPRINTABLE is the one such class, also for what escapes outside text
 # into the audit trail (identity.audit.printable) and onto a terminal (audit_chain.printable).
 UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_REFUSED = UNPRINTABLE
 _REFUSED_IN_PROSE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
@@ -59,7 +58,7 @@ def text(value: str, *, max_length: int | None = None, multiline: bool = False) 
     lone surrogates (Cs: no UTF-8 for them), and more characters than the column holds. Call it on the
     value as it will be stored, after any normalisation (strip, upper).
     """
-    found = (_REFUSED_IN_PROSE if multiline else _REFUSED).search(value)
+    found = (_REFUSED_IN_PROSE if multiline else UNPRINTABLE).search(value)
     if found is not None:
         ch = found.group()
         if unicodedata.category(ch) == "Cs":
