@@ -51,11 +51,11 @@ Rules:
    same badge and plate in again at another lane on a pass fetched before that gate-in. Kept
    ``keep_days`` like the request (a pass lives minutes), and read by right, every one kept, never by
    the time our wall clock stamped it (a clock held back hid a use from such a window; review 121).
-   An officer's override of a refused gate-in (overrides.py) is such a use too: ``overridden`` keeps the
-   override (``overrides``: who, why, what the service said) and, unless the service refused it for good,
-   notes the right used (``in``) in ``online_uses`` against the refused request, in one transaction;
-   the desk notes that use first in a transaction of its own (``note_use``), so that a record that fails
-   after the service let the truck in never loses it (review 162, finding 2). An
+   An officer's override of a refused gate-in (overrides.py) is such a use too: unless the service refused
+   it for good, the desk first notes the right used (``in``) in ``online_uses`` against the refused request,
+   in a transaction of its own (``note_use``), then ``overridden`` keeps the override (``overrides``: who,
+   why, what the service said), so that a record that fails after the service let the truck in never loses
+   the use (review 162, finding 2). An
    override of a refusal decided offline (``override_offline``, overrides.py rule 6) is an offline decision
    of its own instead (its key ``override:<id>``, ``used`` = ``in``): sealed in the chain (rule 10) and
    reported at the reconcile, as the service has not heard of it.
@@ -622,31 +622,21 @@ class Outbox:
         return None if row is None else Answered(request_id, str(row[0]), dict(json.loads(row[1])))
 
     def overridden(self, answered: Answered, *, decision_id: str, release_id: str, officer: str, reason: str,
-                   outcome: str, answer: Mapping[str, Any] | None, used: bool) -> None:
-        """Rule 7: keep an officer's override of ``answered`` and, when ``used``, note its right used
-        here (a gate-in) as an online commit is, in one transaction."""
+                   outcome: str, answer: Mapping[str, Any] | None) -> None:
+        """Rule 7: keep an officer's override of ``answered`` (who, why, what the service said); the right
+        it used here, if any, is ``note_use``'s to note, before this."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                now = self._wall()
-                self._db.execute(
-                    "INSERT INTO overrides (request_id, lane, decision_id, release_id, officer, reason, outcome, "
-                    "answer, asked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (answered.request_id, answered.lane, decision_id, release_id, officer, reason, outcome,
-                     None if answer is None else json.dumps(answer, sort_keys=True), now))
-                if used:
-                    self._db.execute("INSERT OR REPLACE INTO online_uses VALUES (?, ?, ?, 'in', ?)",
-                                     (answered.request_id, answered.lane, release_id, now))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            self._db.execute(
+                "INSERT INTO overrides (request_id, lane, decision_id, release_id, officer, reason, outcome, "
+                "answer, asked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (answered.request_id, answered.lane, decision_id, release_id, officer, reason, outcome,
+                 None if answer is None else json.dumps(answer, sort_keys=True), self._wall()))
 
     def note_use(self, answered: Answered, release_id: str) -> None:
         """Rule 7: note the right ``release_id`` used here (``in``) against ``answered``, in a transaction of its
         own: an officer's override the service may have recorded, noted before ``overridden`` keeps its
         record (with the officer's text), so a record that fails never loses the use (review 162, finding 2).
-        ``overridden`` notes the same row again (the same key, replaced)."""
+        The only writer of such a use."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:

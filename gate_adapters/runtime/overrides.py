@@ -2,7 +2,7 @@
 
     officer ──(http_source: POST /officer/override/{lane}, an officer's credential)──► OverrideDesk.override
         the lane's request, answered by the service and refused (outbox) ──► POST /gate/v1/overrides
-            201: the service recorded the gate-in         ──► outbox.overridden: the override AND the use
+            201: the service recorded the gate-in         ──► outbox.note_use, then outbox.overridden
             409 already_used (an earlier try, or a use)   ──► the use too, the officer told
             no answer, or one that does not judge it      ──► the use too, the officer told to try again
             any other refusal (final)                     ──► kept, no use, the service's word relayed
@@ -447,7 +447,7 @@ class OverrideDesk:
                 self.outbox.note_use(answered, release_id)
                 noted = True
             self.outbox.overridden(answered, decision_id=decision_id, release_id=release_id, officer=by,
-                                   reason=reason, outcome=outcome, answer=answer, used=used)
+                                   reason=reason, outcome=outcome, answer=answer)
         except Exception as exc:
             log.exception("gate.lane.override_unrecorded", extra={
                 "lane": answered.lane, "request_id": answered.request_id, "decision_id": decision_id,
