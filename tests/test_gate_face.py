@@ -35,6 +35,8 @@ from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain import gate as g
 from release_service.domain.parties import OrgKind
 from release_service.services import verify as verify_service
+from tests.test_face_crafted_images import CASES as CRAFTED
+from tests.test_face_crafted_images import crafted
 from tests.test_face_support import blurred, fresh, photo, side_by_side
 
 from .factories import TERMINAL, container
@@ -344,7 +346,8 @@ def test_the_terminal_s_tolerance_decides(gate: FaceGate) -> None:
     (lambda: b64(b"GIF89a not a photo"), "image_unreadable"),
     (lambda: "not base64 at all!", "image_unreadable"),
     (lambda: b64(os.urandom(4 * 1024 * 1024 + 10)), "image_too_large"),
-], ids=["no face", "two faces", "not an image", "bad base64", "too large"])
+    *((lambda name=name: b64(crafted()[name]), "image_unreadable") for name in CRAFTED),  # review 165, finding 1
+], ids=["no face", "two faces", "not an image", "bad base64", "too large", *CRAFTED])
 def test_an_unusable_capture_is_a_clear_422_and_nothing_is_recorded(gate: FaceGate, image: Any, code: str) -> None:
     gate.pickable(4)
     gate.enrol(gate.p.driver, "obama.jpg")

@@ -29,7 +29,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ..domain.face import Box, FaceCode, QualityRules, judge_faces, judge_sharpness, largest
+from ..domain.face import QUALITY_CODES, Box, FaceCode, QualityRules, judge_faces, judge_sharpness, largest
 from . import header
 from .header import ImageLimits
 
@@ -60,6 +60,12 @@ def _face_recognition() -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
         import face_recognition
+    from PIL import ImageFile
+
+    # face_recognition's import sets this for the whole process (face_recognition/api.py), which turns
+    # off Pillow's checks of a PNG's chunk types and of truncated files in every worker that loaded the
+    # models: a chunk type that is not ASCII then raised UnicodeDecodeError (review 165, finding 1).
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     return face_recognition
 
 
@@ -151,7 +157,13 @@ def decode(image: bytes, *, max_side: int, limits: ImageLimits = ImageLimits()) 
                 rgb = ImageOps.exif_transpose(im).convert("RGB")
     except Image.DecompressionBombError as exc:
         raise ValueError(FaceCode.IMAGE_TOO_LARGE.value) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except Exception as exc:  # noqa: BLE001 - STYLE.md #7: whatever Pillow raises on a file is ours to name
+        # Pillow's own errors (UnidentifiedImageError, OSError, SyntaxError) and what a crafted file makes
+        # its plugins raise besides: IndexError from an iCCP chunk after IDAT, ValueError from a chunk it
+        # cannot parse (review 165, finding 1: those left the worker, and every caller answered 500).
+        ours = isinstance(exc, ValueError) and str(exc) == FaceCode.IMAGE_UNREADABLE.value  # sizes disagree
+        if not (ours or isinstance(exc, UnidentifiedImageError | OSError | SyntaxError)):
+            log.warning("identity.face.decode.failed %s", type(exc).__name__)
         raise ValueError(FaceCode.IMAGE_UNREADABLE.value) from exc
     scale = max_side / max(rgb.size)
     if scale < 1:
@@ -186,7 +198,11 @@ def analyse(image: bytes, rules: QualityRules, max_side: int = 640,
     try:
         pixels = decode(image, max_side=max_side, limits=limits)
     except ValueError as exc:
-        return Analysis(code=str(exc))
+        code = str(exc)
+        if code not in QUALITY_CODES:  # only a capture's own codes leave here, never a library's text
+            log.warning("identity.face.decode.failed %s", type(exc).__name__)
+            code = FaceCode.IMAGE_UNREADABLE.value
+        return Analysis(code=code)
     del image
     fr = _face_recognition()
     # HOG on the grey image: the same boxes on the sample photos, about a quarter less time than on

@@ -520,7 +520,7 @@ class FaceService:
                   liveness: Liveness, tol: float, digests: tuple[bytes, ...], call: _Call) -> FaceMatch:
         capture = None
         if analysis.code is not None or analysis.encoding is None:
-            capture = FaceCode(analysis.code or FaceCode.NO_FACE)
+            capture = _capture_code(analysis.code)
         refusal = rules.first_refusal(enrolled if isinstance(enrolled, FaceCode) else None, capture,
                                       own_face=call.own_face)
         replay: dict[str, Any] = {}
@@ -646,13 +646,13 @@ class FaceService:
 
     async def _analyse(self, image: bytes, owner: tuple[str, ...] = ()) -> Analysis:
         try:
-            return await self._pool.analyse(image, owner)
+            return _known(await self._pool.analyse(image, owner))
         except FaceUnavailable as exc:
             raise FaceError(exc.code) from exc
 
     def _analyse_blocking(self, image: bytes, owner: tuple[str, ...] = ()) -> Analysis:
         try:
-            return self._pool.analyse_blocking(image, owner)
+            return _known(self._pool.analyse_blocking(image, owner))
         except FaceUnavailable as exc:
             raise FaceError(exc.code) from exc
 
@@ -893,6 +893,28 @@ def _owner(purpose: str, context: dict[str, Any] | None, person_id: uuid.UUID) -
     if purpose == "step_up":
         return STEP_UPS, f"{STEP_UP_OF}{person_id}", OFF_GATE
     return (OFF_GATE,)
+
+
+def _capture_code(code: str | None) -> FaceCode:
+    """The refusal of a capture the worker analysed without an encoding: its code when it is one of ours,
+    else image_unreadable (logged). A worker's code was once an exception's text, and ``FaceCode(text)``
+    raised: the step-up, the enrolment and the gate answered 500 (review 165, finding 1)."""
+    if code is None:
+        return FaceCode.NO_FACE
+    try:
+        return FaceCode(code)
+    except ValueError:
+        log.error("identity.face.analysis.unknown_code")
+        return FaceCode.IMAGE_UNREADABLE
+
+
+def _known(analysis: Analysis) -> Analysis:
+    """``analysis`` with a code the service knows (``_capture_code``), so that the enrolment's refusal, its
+    audit entry and a match's reason never carry a library's text."""
+    if analysis.code is None:
+        return analysis
+    code = _capture_code(analysis.code)
+    return analysis if code == analysis.code else replace(analysis, code=code.value)
 
 
 def _quality(analysis: Analysis, **extra: Any) -> dict[str, Any]:
