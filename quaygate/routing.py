@@ -445,23 +445,21 @@ async def read_form(receive: Receive, seconds: float, limit: int) -> tuple[list[
     give back to whoever reads the body next) and the body, None when it is longer than ``limit`` (the
     rest is left unread) or the client left. BodyTimeout past ``seconds``: a client that sends its
     headers, then nothing, or its body a byte at a time, would hold the connection for as long as it
-    liked (review 168, finding 1)."""
-    messages: list[Message] = []
-    body = b""
+    liked (review 168, finding 1). A failure met reading it is raised."""
     try:
-        async with asyncio.timeout(seconds):
-            while True:
-                message = await receive()
-                messages.append(message)
-                if message["type"] != "http.request":
-                    return messages, None  # a disconnect: given back, the reader meets it as it would
-                body += message.get("body", b"")
-                if len(body) > limit:
-                    return messages, None
-                if not message.get("more_body", False):
-                    return messages, body
+        messages, whole, failure = await _read_within(receive, seconds, limit)
     except TimeoutError:
         raise BodyTimeout(seconds) from None
+    if failure is not None:
+        raise failure
+    return messages, b"".join(m.get("body", b"") for m in messages) if whole else None
+
+
+async def request_form(request: Request, limit: int) -> bytes | None:
+    """``request``'s small body (``read_form``) within the app's deadline for a body: None when it is
+    longer than ``limit`` or the client left; BodyTimeout past the deadline (408 ``body_timeout``)."""
+    _, body = await read_form(request.receive, app_body_seconds(request.app), limit)
+    return body
 
 
 def admitted(app: ASGIApp, admit: Admit) -> ASGIApp:
@@ -528,25 +526,33 @@ def lean_app(route: APIRoute, handler: LeanHandler, again: Again | None = None) 
     return wrap_app_with_body_limit(app, route.max_body_size)
 
 
-async def _read_within(receive: Receive, seconds: float | None) -> tuple[list[Message], bool, BaseException | None]:
+async def _read_within(receive: Receive, seconds: float | None,
+                       limit: int | None = None) -> tuple[list[Message], bool, BaseException | None]:
     """``_read_body`` within ``seconds`` (None: without a deadline); TimeoutError past it. asyncio's
     timeout, not anyio's cancel scope: it is on the gate verify's way, and costs half as much."""
     if seconds is None:
-        return await _read_body(receive)
+        return await _read_body(receive, limit)
     async with asyncio.timeout(seconds):
-        return await _read_body(receive)
+        return await _read_body(receive, limit)
 
 
-async def _read_body(receive: Receive) -> tuple[list[Message], bool, BaseException | None]:
+async def _read_body(receive: Receive,
+                     limit: int | None = None) -> tuple[list[Message], bool, BaseException | None]:
     """The messages of the request's body read, and whether they are the whole body; not when reading
-    it failed (a body limit, a disconnect), with the failure to raise again to whoever reads it next."""
+    it failed (a body limit, a disconnect), with the failure to raise again to whoever reads it next,
+    nor when it is longer than ``limit`` bytes (None: no limit), the rest left unread."""
     messages: list[Message] = []
+    size = 0
     try:
         while True:
             message = await receive()
             messages.append(message)
             if message["type"] != "http.request":
                 return messages, False, None  # a disconnect: FastAPI's handler meets it as it would
+            if limit is not None:
+                size += len(message.get("body", b""))
+                if size > limit:
+                    return messages, False, None
             if not message.get("more_body", False):
                 return messages, True, None
     except Exception as exc:  # noqa: BLE001 - given back to FastAPI's handler, which judges it

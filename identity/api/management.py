@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from quaygate.routing import BODY_TIMEOUT_RESPONSE, AdmitFirst, admit_first, app_body_seconds, read_form
+from quaygate.routing import BODY_TIMEOUT_RESPONSE, AdmitFirst, admit_first, request_form
 
 from ..oidc.introspection import INTROSPECTION_PATH, introspection_response
 from ..oidc.revocation import REVOCATION_PATH, revocation_response
@@ -65,11 +65,10 @@ _METADATA = {
 
 async def _body(request: Request) -> bytes | None:
     """The raw body, or None when it is larger than any of these requests needs to be. Read within the
-    app's deadline for a body (quaygate.routing ``read_form``: past it, 408 ``body_timeout``, nothing
+    app's deadline for a body (quaygate.routing ``request_form``: past it, 408 ``body_timeout``, nothing
     done); registration's was read already, within it, by AdmitFirst."""
     limit = MAX_JSON_BYTES if request.url.path.startswith(REGISTRATION_PATH) else MAX_FORM_BYTES
-    _, body = await read_form(request.receive, app_body_seconds(request.app), limit)
-    return body
+    return await request_form(request, limit)
 
 
 def _registrant(request: Request) -> Response | None:
