@@ -47,12 +47,14 @@ def more_scans(image: bytes, extra: int) -> bytes:
     return image[:starts[0]] + b"".join(scans) + b"".join((smallest * extra)[:extra]) + b"\xff\xd9"
 
 
-def sequential_scans(width: int, height: int, components: int = 3) -> bytes:
+def sequential_scans(width: int, height: int, components: int = 3, scans: int | None = None) -> bytes:
     """A baseline (SOF0) JPEG whose components come in separate scans, one each (T.81 A.2.2: a
     non-interleaved sequential JPEG), every block flat grey. Pillow cannot write one, so it is built by
     hand: one-symbol Huffman tables make each block two bits (DC difference 0, then EOB), so a picture
     of many pixels is a small file; libjpeg must buffer the whole picture's coefficients to join the
-    scans, as for a progressive JPEG (review 154, finding 3)."""
+    scans, as for a progressive JPEG (review 154, finding 3). ``scans``: only the first so many scans
+    (one: a single scan naming one of the frame's components, which libjpeg buffers whole all the same:
+    review 165, finding 2)."""
 
     def segment(marker: int, body: bytes) -> bytes:
         return bytes((0xFF, marker)) + struct.pack(">H", len(body) + 2) + body
@@ -65,7 +67,7 @@ def sequential_scans(width: int, height: int, components: int = 3) -> bytes:
     data = bytes(bits // 8) + (bytes((0xFF >> (bits % 8),)) if bits % 8 else b"")  # padded with 1 bits
     out = b"\xff\xd8" + segment(0xDB, bytes(1) + bytes((1,)) * 64) + segment(0xC0, frame)
     out += segment(0xC4, bytes((0x00,)) + one_code + bytes((0,)) + bytes((0x10,)) + one_code + bytes((0,)))
-    for c in range(1, components + 1):
+    for c in range(1, (components if scans is None else scans) + 1):
         out += segment(0xDA, bytes((1, c, 0x00, 0, 63, 0))) + data
     return out + b"\xff\xd9"
 
@@ -89,6 +91,11 @@ def bombs() -> dict[str, tuple[bytes, str]]:
         "progressive jpeg 2100x2100": (jpeg(2100, 2100, progressive=True), "image_too_large"),
         "baseline jpeg in 3 scans 2100x2100": (sequential_scans(2100, 2100), "image_too_large"),
         "baseline jpeg in 4 scans 2100x2100": (sequential_scans(2100, 2100, 4), "image_too_large"),
+        # one scan naming 1 of the frame's 4 (3) components: 156 kB, 309 MB (232 MB) of a worker to decode
+        "baseline jpeg 6324x6324, one scan of 1 of 4 components": (sequential_scans(6324, 6324, 4, scans=1),
+                                                                   "image_too_large"),
+        "baseline jpeg 6324x6324, one scan of 1 of 3 components": (sequential_scans(6324, 6324, 3, scans=1),
+                                                                   "image_too_large"),
         "png 5:1": (png(3000, 600), "image_unreadable"),
         "jpeg 5:1": (jpeg(5000, 1000), "image_unreadable"),
         "progressive jpeg with extra scans": (more_scans(jpeg(600, 600, progressive=True), 10), "image_unreadable"),
@@ -134,7 +141,7 @@ def test_what_passes_the_header() -> None:
     assert header.refusal(more_scans(progressive, MAX_JPEG_SCANS - 10), LIMITS) is None
     assert header.refusal(more_scans(progressive, MAX_JPEG_SCANS - 9), LIMITS) == "image_unreadable"
     # a baseline JPEG in more than one scan is decoded whole, as a progressive one (review 154, finding 3)
-    assert header.read(sequential_scans(2000, 2000)) == Header("JPEG", 2000, 2000, scans=3)
+    assert header.read(sequential_scans(2000, 2000)) == Header("JPEG", 2000, 2000, scans=3, partial=True)
     assert header.refusal(sequential_scans(2000, 2000), LIMITS) is None
     assert header.refusal(sequential_scans(2000, 2001), LIMITS) == "image_too_large"
     assert header.judge(Header("JPEG", 8000, 5000, scans=2), LIMITS) == "image_too_large"
@@ -148,6 +155,20 @@ def test_what_passes_the_header() -> None:
 def test_the_hand_built_multi_scan_jpeg_is_one_libjpeg_decodes() -> None:
     for components in (3, 4):
         assert engine.decode(sequential_scans(72, 40, components), max_side=640, limits=LIMITS).shape == (40, 72, 3)
+        # and one scan of one of its components (libjpeg leaves the others grey)
+        one = sequential_scans(72, 40, components, scans=1)
+        assert engine.decode(one, max_side=640, limits=LIMITS).shape == (40, 72, 3)
+
+
+def test_a_scan_naming_fewer_components_than_the_frame_is_decoded_whole() -> None:
+    """Review 165, finding 2: the header counted scans, not the components a scan names; libjpeg buffers
+    the whole picture whenever a scan names fewer than the frame has, so such a file has the limit of the
+    pictures decoded whole (4 Mpx), in one scan too."""
+    assert header.read(sequential_scans(6324, 6324, 4, scans=1)) == Header("JPEG", 6324, 6324, partial=True)
+    assert header.refusal(sequential_scans(2000, 2000, 4, scans=1), LIMITS) is None
+    assert header.refusal(sequential_scans(2000, 2001, 4, scans=1), LIMITS) == "image_too_large"
+    assert header.refusal(sequential_scans(8000, 5000, 1), LIMITS) is None  # grey: one scan names its one component
+    assert header.judge(Header("JPEG", 8000, 5000, partial=True), LIMITS) == "image_too_large"
 
 
 def test_the_worker_decodes_only_the_picture_judged() -> None:

@@ -14,13 +14,17 @@ passes over every block: a 40 Mpx one took 0.09 s with its 10 scans, 0.46 s with
 tiny scans (370 kB). So does a baseline JPEG in more than one scan (its components in separate scans,
 T.81 A.2.2): libjpeg buffers the whole picture's coefficients to join them (review 154, finding 3: a
 625 kB, 7300 x 5470, 4-component one in 4 scans took 0.33 to 1.3 s and 250 to 330 MB of a worker).
+It does so whenever a scan names fewer components than the frame has, in one scan too (review 165,
+finding 2: a 156 kB, 6324 x 6324 frame of 4 components whose one scan names the first took 309 MB).
 Hence (measured 2026-11-24 on the 2-core development machine, busy):
 
-- PNG, a progressive JPEG, and a JPEG of more than one scan: at most ``max_png_pixels``
-  (``QUAYGATE_FACE_MAX_PNG_PIXELS``, 4 Mpx: 2000 x 2000, decoded in 0.05 to 0.15 s, a progressive JPEG
-  of 16 scans in 0.2 s; a webcam frame, a phone's capture in the browser, an ID photo are under it;
-  cameras and phones write baseline JPEGs in one scan);
-- a baseline JPEG in one scan: at most ``max_pixels`` (``QUAYGATE_FACE_MAX_IMAGE_PIXELS``, 40 Mpx);
+- PNG, a progressive JPEG, a JPEG of more than one scan or of a scan naming fewer components than its
+  frame: at most ``max_png_pixels`` (``QUAYGATE_FACE_MAX_PNG_PIXELS``, 4 Mpx: 2000 x 2000, decoded in
+  0.05 to 0.15 s, a progressive JPEG of 16 scans in 0.2 s; a webcam frame, a phone's capture in the
+  browser, an ID photo are under it; cameras and phones write baseline JPEGs in one scan naming every
+  component);
+- a baseline JPEG in one scan naming every component: at most ``max_pixels``
+  (``QUAYGATE_FACE_MAX_IMAGE_PIXELS``, 40 Mpx);
 - JPEG: only the Huffman frame types cameras and phones write (baseline, extended, progressive: SOF0
   to SOF2; lossless, hierarchical and arithmetic-coded frames are refused: rare, and lossless is never
   decoded reduced), and at most ``MAX_JPEG_SCANS`` scans (libjpeg's progressive JPEG has 10);
@@ -68,6 +72,7 @@ class Header:
     height: int
     scans: int = 1  # a JPEG's scans (SOS markers); 1 for a PNG
     progressive: bool = False  # a progressive JPEG (SOF2)
+    partial: bool = False  # a JPEG whose first scan names fewer components than the frame (non-interleaved)
 
 
 def read(image: bytes) -> Header:
@@ -86,7 +91,7 @@ def judge(header: Header, limits: ImageLimits) -> FaceCode | None:
     if width < 1 or height < 1:
         return FaceCode.IMAGE_UNREADABLE
     # decoded at full size, or its coefficients buffered whole (module docstring)
-    whole = header.format == "PNG" or header.progressive or header.scans > 1
+    whole = header.format == "PNG" or header.progressive or header.scans > 1 or header.partial
     most = limits.max_png_pixels if whole else limits.max_pixels
     if width * height > most:
         return FaceCode.IMAGE_TOO_LARGE
@@ -116,10 +121,11 @@ def _png(image: bytes) -> Header:
 
 
 def _jpeg(image: bytes) -> Header:
-    """Walk the markers (ITU T.81 B.1.1) to the first scan: the frame's size, then the scans counted
-    by their SOS markers (in entropy-coded data a 0xFF byte is always followed by 0x00 or RSTn)."""
+    """Walk the markers (ITU T.81 B.1.1) to the first scan: the frame's size and components (Nf, B.2.2),
+    the components the first scan names (Ns, B.2.3), then the scans counted by their SOS markers (in
+    entropy-coded data a 0xFF byte is always followed by 0x00 or RSTn)."""
     pos, size = 2, len(image)
-    frame: tuple[int, int, bool] | None = None
+    frame: tuple[int, int, bool, int] | None = None
     while True:
         if pos >= size or image[pos] != 0xFF:
             raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
@@ -142,10 +148,14 @@ def _jpeg(image: bytes) -> Header:
             if frame is not None or length < 8:  # one frame per picture
                 raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
             height, width = struct.unpack(">HH", image[pos + 3:pos + 7])
-            frame = (width, height, marker == 0xC2)
+            components = image[pos + 7]  # Nf: its component specifications fill the rest of the segment
+            if components < 1 or length != 8 + 3 * components:
+                raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+            frame = (width, height, marker == 0xC2, components)
         if marker == _SOS:
-            if frame is None:
+            named = image[pos + 2] if length >= 3 else 0  # Ns, each named in 2 bytes after it
+            if frame is None or not 1 <= named <= frame[3] or length != 6 + 2 * named:
                 raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
             return Header("JPEG", frame[0], frame[1], scans=1 + image.count(b"\xff\xda", pos + length),
-                          progressive=frame[2])
+                          progressive=frame[2], partial=named < frame[3])
         pos += length
