@@ -31,6 +31,15 @@ Hence (measured 2026-11-24 on the 2-core development machine, busy):
 - both: at most ``MAX_ASPECT`` times longer than wide (a face capture is never a strip; a strip is
   the cheapest way to claim many pixels with few bytes).
 
+Padding (review 165, finding 3). Pillow reads what comes before a JPEG's first scan, and every chunk of
+a PNG, one by one in Python before and after its C decoder: a real 184 kB photo padded to 4 MB with 0xFF
+fill bytes or empty COM segments cost a worker 1.1 to 1.4 s and still matched (0.04 s unpadded), one with
+350,000 empty PNG chunks 0.6 s; and this walk, in the service, 0.1 to 0.3 s. So the walk refuses more than
+``MAX_JPEG_FILL`` fill bytes before a marker, a standalone marker (TEM, RSTn) before the first scan, more
+than ``MAX_JPEG_SEGMENTS`` markers up to it, more than ``MAX_PNG_CHUNKS_BEFORE_IDAT`` chunks before a
+PNG's first IDAT or ``MAX_PNG_CHUNKS`` in all, and a chunk running past the file's end; it walks no
+further than that, and the service runs it in a thread, never on the event loop.
+
 Refusals are the capture's quality codes the gate and the step-up already know
 (``identity.domain.face.QUALITY_CODES``): ``image_too_large`` for too many pixels, ``image_unreadable``
 for everything else.
@@ -46,10 +55,16 @@ from ..domain.face import FaceCode
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_ASPECT = 4  # the longer side at most this many times the shorter
 MAX_JPEG_SCANS = 16  # libjpeg(-turbo)'s progressive JPEG has 10, mozjpeg's about as many
+# The walk itself is bounded, and so is what Pillow walks in Python before its C decoder takes over
+# (module docstring, "Padding"): cameras and phones write a handful of segments and chunks.
+MAX_JPEG_FILL = 8  # 0xFF fill bytes before one marker (T.81 B.1.1.2 allows any number; encoders write none)
+MAX_JPEG_SEGMENTS = 64  # markers up to the first scan, SOS included (the sample photos have 8 to 10)
+MAX_PNG_CHUNKS_BEFORE_IDAT = 64  # IHDR included (the sample photos have 2 to 5)
+MAX_PNG_CHUNKS = 4096  # in all, to IEND: a 4 MB PNG in IDAT chunks of 1 kB (libpng writes 8 kB)
 # Frame types taken: baseline, extended sequential and progressive, Huffman-coded (ITU T.81 B.1.1.3).
 _JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
 _JPEG_OTHER_FRAMES = frozenset({0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
-_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn carry no length
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn: no length, nothing before a scan
 _SOS, _EOI = 0xDA, 0xD9
 
 
@@ -117,7 +132,26 @@ def _png(image: bytes) -> Header:
     if len(image) < 33 or image[12:16] != b"IHDR" or struct.unpack(">I", image[8:12])[0] != 13:
         raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
     width, height = struct.unpack(">II", image[16:24])
+    _png_chunks(image)
     return Header("PNG", width, height)
+
+
+def _png_chunks(image: bytes) -> None:
+    """Walk the chunks (PNG §5.3: length, type, data, CRC) to IEND: at most ``MAX_PNG_CHUNKS_BEFORE_IDAT``
+    before the first IDAT and ``MAX_PNG_CHUNKS`` in all, none running past the file's end; else
+    ValueError(image_unreadable). Pillow walks each in Python (review 165, finding 3)."""
+    pos, size, seen, idat = 8, len(image), 0, False
+    while pos + 8 <= size:
+        length, kind = struct.unpack_from(">I4s", image, pos)
+        seen += 1
+        idat = idat or kind == b"IDAT"
+        if seen > MAX_PNG_CHUNKS or (not idat and seen > MAX_PNG_CHUNKS_BEFORE_IDAT):
+            raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+        pos += 12 + length
+        if pos > size:
+            raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+        if kind == b"IEND":
+            return
 
 
 def _jpeg(image: bytes) -> Header:
@@ -126,18 +160,19 @@ def _jpeg(image: bytes) -> Header:
     entropy-coded data a 0xFF byte is always followed by 0x00 or RSTn)."""
     pos, size = 2, len(image)
     frame: tuple[int, int, bool, int] | None = None
-    while True:
+    for _ in range(MAX_JPEG_SEGMENTS):  # the walk is bounded (module docstring, "Padding")
         if pos >= size or image[pos] != 0xFF:
             raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
-        while pos < size and image[pos] == 0xFF:  # fill bytes (B.1.1.2)
+        start = pos
+        while pos < size and image[pos] == 0xFF:  # fill bytes (B.1.1.2), a few at most
             pos += 1
+            if pos - start > 1 + MAX_JPEG_FILL:
+                raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
         if pos >= size:
             raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
         marker = image[pos]
         pos += 1
-        if marker in _JPEG_STANDALONE:
-            continue
-        if marker == _EOI or pos + 2 > size:
+        if marker in _JPEG_STANDALONE or marker == _EOI or pos + 2 > size:  # restarts come only in a scan
             raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
         length = struct.unpack(">H", image[pos:pos + 2])[0]
         if length < 2 or pos + length > size:
@@ -159,3 +194,4 @@ def _jpeg(image: bytes) -> Header:
             return Header("JPEG", frame[0], frame[1], scans=1 + image.count(b"\xff\xda", pos + length),
                           progressive=frame[2], partial=named < frame[3])
         pos += length
+    raise ValueError(FaceCode.IMAGE_UNREADABLE.value)  # no scan within MAX_JPEG_SEGMENTS markers

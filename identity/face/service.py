@@ -54,11 +54,13 @@
   ``step_ups`` per ``step_up_window`` per person (a stepped-up session may step up again), past it
   ``rate_limited`` (review 154, finding 2).
 - Cost: every capture's header is judged before it is queued for a worker (``identity.face.header``:
-  pixels per format, shape, a JPEG's frame and scans), so a small file claiming a huge picture never
-  reaches one; and every capture is queued under the pool's shares it takes (``_owner``): a gate's
-  under its terminal's name, which has at most ``FacePool.per_owner`` of the pool's jobs at once; a
-  step-up under the step-ups' and its person's, an enrolment under the enrolments', both under the share
-  of all that is not a gate's, so neither can take the gate's half of the pool (review 154, finding 2).
+  pixels per format, shape, a JPEG's frame and scans, a bounded walk of its markers or chunks), in a
+  thread, never on the event loop, so a small file claiming a huge picture or a photo padded with
+  thousands of markers never reaches one (review 165, finding 3); and every capture is queued under
+  the pool's shares it takes (``_owner``): a gate's under its terminal's name, which has at most
+  ``FacePool.per_owner`` of the pool's jobs at once; a step-up under the step-ups' and its person's, an
+  enrolment under the enrolments', both under the share of all that is not a gate's, so neither can
+  take the gate's half of the pool (review 154, finding 2).
 
 The CPU-heavy part runs in the process pool (``identity.face.pool``); the database parts are short
 and synchronous, run in a thread from the async methods, never on the event loop.
@@ -248,8 +250,7 @@ class FaceService:
         if reason is not None and not 0 < len(reason) <= MAX_REPLACE_REASON:
             raise FaceError("replace_reason_invalid")
         self._check_size(image)
-        await anyio.to_thread.run_sync(self._check_person, person_id)
-        refused = header.refusal(image, self._pool.limits)  # judged before a worker sees it; audited below
+        refused = await anyio.to_thread.run_sync(self._admit, person_id, image)  # audited below
         analysis = (Analysis(code=refused.value) if refused is not None
                     else await self._analyse(image, (ENROLMENTS, OFF_GATE)))
         del image  # the capture's last reference here: nothing below sees it
@@ -278,6 +279,13 @@ class FaceService:
             raise FaceError(FaceCode.IMAGE_UNREADABLE)
         if len(image) > self.max_image_bytes:
             raise FaceError(FaceCode.IMAGE_TOO_LARGE)
+
+    def _admit(self, person_id: uuid.UUID, image: bytes) -> FaceCode | None:
+        """The person checked (FaceError when he cannot be enrolled), then the refusal of the picture the
+        capture's header claims, before a worker sees it, or None. Called in a thread: the header walk is
+        CPU work, bounded but not for the event loop (review 165, finding 3)."""
+        self._check_person(person_id)
+        return header.refusal(image, self._pool.limits)
 
     def _check_person(self, person_id: uuid.UUID) -> None:
         with self._engine.connect() as conn:
@@ -391,8 +399,7 @@ class FaceService:
         (the gate's ``check`` mode, which opens nothing): a replay is still found, but the capture is not
         claimed, so the ``commit`` that follows a check with the same capture is no replay of it."""
         tol = self._tolerance(tolerance)
-        enrolled, digests = await anyio.to_thread.run_sync(self._prepare, person_id, image_bytes)
-        early = self._early_refusal(enrolled, image_bytes, tol, own_face)
+        enrolled, digests, early = await anyio.to_thread.run_sync(self._prepare, person_id, image_bytes, tol, own_face)
         liveness = Liveness.NOT_CHECKED
         analysis = Analysis(code=early.reason) if early is not None else None
         if analysis is None:
@@ -414,8 +421,7 @@ class FaceService:
                              used_for: str | None = None, own_face: bool = False, claim: bool = True) -> FaceMatch:
         """``verify_face`` for plain ``def`` routes (FastAPI runs them in its thread pool)."""
         tol = self._tolerance(tolerance)
-        enrolled, digests = self._prepare(person_id, image_bytes)
-        early = self._early_refusal(enrolled, image_bytes, tol, own_face)
+        enrolled, digests, early = self._prepare(person_id, image_bytes, tol, own_face)
         liveness = Liveness.NOT_CHECKED
         analysis = Analysis(code=early.reason) if early is not None else None
         if analysis is None:
@@ -435,10 +441,14 @@ class FaceService:
         except ValueError as exc:
             raise FaceError(FaceCode.TOLERANCE_INVALID) from exc
 
-    def _prepare(self, person_id: uuid.UUID, image: bytes) -> tuple[tuple[float, ...] | FaceCode, tuple[bytes, ...]]:
-        """The person's template (or why there is none) and the capture's keyed digest (HMAC over up to
-        a few MB: off the event loop, with the database read)."""
-        return self._template(person_id), tuple(self._digest(key, person_id, image) for key in self._digest_keys)
+    def _prepare(self, person_id: uuid.UUID, image: bytes, tol: float,
+                 own_face: bool) -> tuple[tuple[float, ...] | FaceCode, tuple[bytes, ...], FaceMatch | None]:
+        """The person's template (or why there is none), the capture's keyed digest (HMAC over up to a few
+        MB) and its early refusal (``_early_refusal``: the header walk): off the event loop, with the
+        database read (review 165, finding 3: the header was judged on the event loop)."""
+        enrolled = self._template(person_id)
+        digests = tuple(self._digest(key, person_id, image) for key in self._digest_keys)
+        return enrolled, digests, self._early_refusal(enrolled, image, tol, own_face)
 
     @staticmethod
     def _digest(key: bytes, person_id: uuid.UUID, image: bytes) -> bytes:
