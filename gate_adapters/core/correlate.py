@@ -151,7 +151,7 @@ import base64
 import dataclasses
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -176,6 +176,11 @@ class DropReason(StrEnum):
     LATE_FACE_MISMATCH = "late_face_mismatch"  # rule 3a: a mismatch for a truck already emitted
     LATE_PLATE_MISMATCH = "late_plate_mismatch"  # rule 3b: another plate for a truck already emitted
     LATE_CONTAINER_MISMATCH = "late_container_mismatch"  # rule 3c: another container number, likewise
+
+
+# rules 3b and 3c: what another plate, or another container number, for a truck already emitted is
+_LATE_MISMATCH = {ReadKind.PLATE: DropReason.LATE_PLATE_MISMATCH,
+                  ReadKind.CONTAINER: DropReason.LATE_CONTAINER_MISMATCH}
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,8 +271,8 @@ class _Truck:
     plates: dict[str, PlateRead] = field(default_factory=dict)
     containers: dict[str, ContainerRead] = field(default_factory=dict)  # rule 1a: per number, its best read
     echo: bool = False  # rule 3: a plate read as a look-alike of one a truck emitted within the window held
-    plate_cameras: set[str] = field(default_factory=set)  # rule 3b: the cameras that read its plate
-    container_cameras: set[str] = field(default_factory=set)  # rules 1a and 3c: those that read its container
+    # rules 1a, 3b and 3c: by kind (plate, container), the cameras that read its plate or its container
+    cameras: dict[ReadKind, set[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,8 +281,8 @@ class _Emitted:
     reads: tuple[Read, ...]
     request_id: str
     observed_at: datetime
-    plate_cameras: frozenset[str] = frozenset()  # rule 3b: those that read its plate, late duplicates too
-    container_cameras: frozenset[str] = frozenset()  # rule 3c: the same for its container
+    # rules 3b and 3c: by kind, those that read its plate or its container, late duplicates too
+    cameras: Mapping[ReadKind, frozenset[str]] = field(default_factory=dict)
 
 
 def _edits_at_most_one(a: str, b: str) -> bool:
@@ -449,7 +454,7 @@ class LaneCorrelator:
         if isinstance(read, ContainerRead):  # rule 1a: another camera's other number, for the truck it reads
             camera = _camera(read)
             for truck in self._pending:
-                if ReadKind.CONTAINER in truck.reads and camera not in truck.container_cameras:
+                if ReadKind.CONTAINER in truck.reads and camera not in truck.cameras.get(ReadKind.CONTAINER, ()):
                     return truck
         return next((truck for truck in self._pending if read.kind not in truck.reads), None)
 
@@ -458,13 +463,13 @@ class LaneCorrelator:
         """Rule 1a: of two similar reads the greater ``_rank`` is kept (and of each folded plate value and
         each container number the best read, for what is set aside at emission); rule 1b: a kind it lacked."""
         held = truck.reads.get(read.kind)
+        if isinstance(read, PlateRead | ContainerRead):
+            truck.cameras.setdefault(read.kind, set()).add(_camera(read))
         if isinstance(read, PlateRead):
-            truck.plate_cameras.add(_camera(read))
             best = truck.plates.get(_folded(read))
             if best is None or _rank(read) > _rank(best):
                 truck.plates[_folded(read)] = read
         if isinstance(read, ContainerRead):
-            truck.container_cameras.add(_camera(read))
             best_box = truck.containers.get(read.number)
             if best_box is None or _rank(read) > _rank(best_box):
                 truck.containers[read.number] = read
@@ -520,8 +525,8 @@ class LaneCorrelator:
         request_id = request_id_for(self.terminal, self.lane, self.direction, reads, doubt)
         observed_at = min(r.observed_at for r in reads)
         self._emitted.append(_Emitted(emitted_at=now, reads=reads + set_aside, request_id=request_id,
-                                     observed_at=observed_at, plate_cameras=frozenset(truck.plate_cameras),
-                                     container_cameras=frozenset(truck.container_cameras)))
+                                     observed_at=observed_at,
+                                     cameras={kind: frozenset(seen) for kind, seen in truck.cameras.items()}))
         by_kind: dict[ReadKind, Any] = dict(truck.reads)
         return Ready(
             request_id=request_id,
@@ -553,13 +558,12 @@ class LaneCorrelator:
         and can only be its news: nothing pending at the lane, and a camera that did not read that truck's
         plate (or container). A plate is another when like none it was sent on (``similar``); a container
         number, when not the very same (rule 1a, review 153)."""
-        plate = isinstance(read, PlateRead)
-        if self._pending or not (plate or isinstance(read, ContainerRead)):
+        if self._pending or not isinstance(read, PlateRead | ContainerRead):
             return None
         recent = self._recent(now)
-        if recent is None or _camera(read) in (recent.plate_cameras if plate else recent.container_cameras):
+        if recent is None or _camera(read) in recent.cameras.get(read.kind, ()):
             return None
-        alike = similar if plate else same
+        alike = similar if isinstance(read, PlateRead) else same
         held = [h for h in recent.reads if h.kind is read.kind]
         return recent if held and not any(alike(h, read) for h in held) else None
 
@@ -621,31 +625,23 @@ class LaneCorrelator:
                 score = None if read.match is None else read.match.score
                 reason = DropReason.LATE_FACE_MISMATCH if mismatch else DropReason.LATE_FACE
                 return Dropped(reason, self.lane, kinds, emitted.request_id, emitted.observed_at, score, matched)
-        if isinstance(read, PlateRead):
-            news = not any(same(held, read) for held in emitted.reads if held.kind is ReadKind.PLATE)
+        if isinstance(read, PlateRead | ContainerRead):
+            news = not any(same(held, read) for held in emitted.reads if held.kind is read.kind)
             self._amend(emitted, read if news else None, read)
             if news:
-                return Dropped(DropReason.LATE_PLATE_MISMATCH, self.lane, kinds, emitted.request_id,
-                               emitted.observed_at, plate=read)
-        if isinstance(read, ContainerRead):
-            news = not any(same(held, read) for held in emitted.reads if held.kind is ReadKind.CONTAINER)
-            self._amend(emitted, read if news else None, read)
-            if news:
-                return Dropped(DropReason.LATE_CONTAINER_MISMATCH, self.lane, kinds, emitted.request_id,
-                               emitted.observed_at, container=read)
+                return Dropped(_LATE_MISMATCH[read.kind], self.lane, kinds, emitted.request_id, emitted.observed_at,
+                               plate=read if isinstance(read, PlateRead) else None,
+                               container=read if isinstance(read, ContainerRead) else None)
         return Dropped(DropReason.LATE_READ, self.lane, kinds, emitted.request_id, emitted.observed_at)
 
     def _amend(self, emitted: _Emitted, read: Read | None, seen: Read | None = None) -> None:
         """Add news (``read``) to an emitted truck's reads, and the camera of a plate or container ``seen``
         to those that read its plate or its container (rules 3b and 3c)."""
         reads = emitted.reads if read is None else (*emitted.reads, read)
-        plates, boxes = emitted.plate_cameras, emitted.container_cameras
-        if isinstance(seen, PlateRead):
-            plates = plates | {_camera(seen)}
-        if isinstance(seen, ContainerRead):
-            boxes = boxes | {_camera(seen)}
-        self._emitted[self._emitted.index(emitted)] = dataclasses.replace(
-            emitted, reads=reads, plate_cameras=plates, container_cameras=boxes)
+        cameras = emitted.cameras
+        if isinstance(seen, PlateRead | ContainerRead):
+            cameras = {**cameras, seen.kind: cameras.get(seen.kind, frozenset()) | {_camera(seen)}}
+        self._emitted[self._emitted.index(emitted)] = dataclasses.replace(emitted, reads=reads, cameras=cameras)
 
 
 _DROPPED = object()  # _place_face: the face was reported, not placed
