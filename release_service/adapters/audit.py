@@ -473,12 +473,23 @@ def _read(conn: sa.Connection, stmt: sa.Select[Any]) -> list[Any]:
     try:
         return list(conn.execute(stmt).all())
     except _UNREADABLE:
-        for row_id in conn.execute(stmt.with_only_columns(audit_log.c.id)).scalars().all():
-            try:
-                conn.execute(stmt.where(audit_log.c.id == row_id)).all()
-            except _UNREADABLE as exc:
-                raise _cannot(row_id, "cannot be read", exc) from exc
-        raise
+        bad = _unreadable_row(conn, stmt)
+        if bad is None:
+            raise
+        row_id, _, exc = bad
+        raise _cannot(row_id, "cannot be read", exc) from exc
+
+
+def _unreadable_row(conn: sa.Connection, stmt: sa.Select[Any]) -> tuple[int, int | None, Exception] | None:
+    """The first row of ``stmt`` over ``audit_log`` (in its order) that cannot be read, found by reading its
+    rows one by one (each read fails in the client, so the transaction goes on): its id, its ``chain_seq``
+    and what reading it raised; None when every row reads."""
+    for row_id, chain_seq in conn.execute(stmt.with_only_columns(audit_log.c.id, audit_log.c.chain_seq)).all():
+        try:
+            conn.execute(stmt.where(audit_log.c.id == row_id)).all()
+        except _UNREADABLE as exc:
+            return row_id, chain_seq, exc
+    return None
 
 
 def _hash(prev: str, seq: int, e: Entry) -> str:
@@ -862,17 +873,9 @@ def _in_order(conn: sa.Connection, stmt: sa.Select[Any], key: sa.Column[Any]) ->
                 yield e
             return
         except _UNREADABLE:
-            bad = _first_unreadable(conn, rest.order_by(key).limit(PAGE))
+            bad = _unreadable_row(conn, rest.order_by(key).limit(PAGE))
             if bad is None:
                 raise
-            yield bad
-            after = bad.chain_seq if key is audit_log.c.chain_seq else bad.id
-
-
-def _first_unreadable(conn: sa.Connection, stmt: sa.Select[Any]) -> Unreadable | None:
-    for row_id, chain_seq in conn.execute(stmt.with_only_columns(audit_log.c.id, audit_log.c.chain_seq)).all():
-        try:
-            conn.execute(sa.select(*_ENTRY_COLUMNS).where(audit_log.c.id == row_id)).all()
-        except _UNREADABLE as exc:
-            return Unreadable(row_id, chain_seq, _failure(exc))
-    return None
+            row_id, chain_seq, exc = bad
+            yield Unreadable(row_id, chain_seq, _failure(exc))
+            after = chain_seq if key is audit_log.c.chain_seq else row_id

@@ -526,8 +526,8 @@ def verify_chain(rows: Iterable[Entry | Unreadable], checkpoints: Iterable[Check
         if e.chain_seq is None:
             unsealed += 1
             why = _why_unsealable(e)
-            if why is not None or isinstance(e, Unreadable):
-                stuck = stuck or (e.id, why or "")
+            if why is not None:
+                stuck = stuck or (e.id, why)
                 continue
             reason = sealing.why_held(e) if sealing is not None else None
             if reason is not None:
