@@ -21,7 +21,7 @@ from authlib.oauth2.rfc6749 import OAuth2Error
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from quaygate.routing import BODY_TIMEOUT_RESPONSE, app_body_seconds, read_form
+from quaygate.routing import BODY_TIMEOUT_RESPONSE, request_form
 from quaygate.threads import threads_for
 
 from ..authn.service import passkeys_for
@@ -143,10 +143,9 @@ _TOKEN_FORM = {
 async def _form_body(request: Request) -> bytes | None:
     """The raw body, or None when it is larger than any token request needs to be. Read within the app's
     deadline for a body (QUAYGATE_BODY_SECONDS): past it, 408 ``body_timeout``, nothing done
-    (quaygate.routing ``read_form``; review 168, finding 1: a client that sent its headers, then
+    (quaygate.routing ``request_form``; review 168, finding 1: a client that sent its headers, then
     nothing, held the connection for ever)."""
-    _, body = await read_form(request.receive, app_body_seconds(request.app), MAX_FORM_BYTES)
-    return body
+    return await request_form(request, MAX_FORM_BYTES)
 
 
 def build_router() -> APIRouter:
