@@ -370,7 +370,8 @@ def test_a_replayed_capture_is_refused_within_the_window_and_forgotten_after_it(
     assert (within.matched, within.reason) == (False, "face_replayed")
     assert verify(t0 + window + timedelta(seconds=10), "gate:T:c").matched  # past the window
     with env.engine.begin() as conn:
-        assert CaptureStore(conn).forget(t0 + window) == 0  # the row was claimed anew: kept
+        # The enrolment's photo, claimed before t0, is past it; the capture's row was claimed anew: kept.
+        assert CaptureStore(conn).forget(t0 + window) == 1
         assert CaptureStore(conn).forget(t0 + 2 * window) == 1
         assert conn.execute(sa.select(sa.func.count()).select_from(face_captures)).scalar_one() == 0
 
@@ -551,6 +552,18 @@ def test_repeated_mismatches_lock_the_face_step_up_out(env: Lifecycle) -> None:
     _problem(locked, 429, "rate_limited")
     assert int(locked.headers["Retry-After"]) > 0
     assert "identity.lockout.started" in [k for k, _ in _kinds(env)]
+
+
+def test_a_suspended_person_s_step_up_is_409_person_not_active(env: Lifecycle) -> None:
+    """As the module docstring says (review 165: it said 403)."""
+    from quaygate.schema import persons
+
+    person = env.person()
+    assert _enrol(env, person).status_code == 201
+    cookie = _session(env, person)
+    with env.engine.begin() as conn:
+        conn.execute(persons.update().where(persons.c.id == person).values(status="suspended"))
+    _problem(_step_up(env, cookie, fresh("obama2.jpg")), 409, "person_not_active")
 
 
 def test_a_step_up_with_a_capture_already_matched_is_refused_and_counted(env: Lifecycle) -> None:

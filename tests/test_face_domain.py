@@ -90,6 +90,16 @@ def test_decision_at_the_tolerance() -> None:
     assert f.refused(f.FaceCode.NO_FACE, 0.4) == f.FaceMatch(None, False, "face_not_found", 0.4)
 
 
+def test_a_capture_as_close_as_a_copy_of_the_enrolment_s_image_is_a_replay() -> None:
+    """Review 165, finding 4: the enrolment's photo (or a copy re-encoded) is not a capture of the person."""
+    enrolled = [0.0] * 128
+    assert f.decide(enrolled, enrolled, 0.5) == f.FaceMatch(0.0, False, "face_replayed", 0.5)
+    under = f.decide([0.0999] + [0.0] * 127, enrolled, 0.3)
+    assert (under.matched, under.reason, under.distance) == (False, "face_replayed", 0.0999)
+    assert f.decide([f.COPY_DISTANCE] + [0.0] * 127, enrolled, 0.3) == f.FaceMatch(0.1, True, None, 0.3)
+    assert f.COPY_DISTANCE < f.MIN_TOLERANCE
+
+
 def test_a_face_raises_a_passkey_or_national_id_login_and_is_never_a_first_factor() -> None:
     assert f.stepped_up(ACR_PASSKEY, AMR_PASSKEY) == (ACR_FACE, ("hwk", "user", "mfa", "face"))
     assert f.stepped_up(ACR_UPSTREAM, ["pop"]) == (ACR_FACE, ("pop", "face"))

@@ -18,8 +18,8 @@ Contract::
       401/403 (as the enrolment; 403 own_face: nor does an officer withdraw his own)   409 face_not_enrolled
     POST   /face/step-up   {"image"}   with the login session cookie and an Origin header of ours (CSRF)
       200 {"ok": true, "acr", "amr"} + Set-Cookie: the new session (the old one is ended)
-      401 login_required | face_mismatch | face_not_live | face_replayed   403 origin_refused | step_up_not_allowed |
-      person_not_active   409 face_not_enrolled   413/422 as above   429 rate_limited (+ Retry-After)
+      401 login_required | face_mismatch | face_not_live | face_replayed   403 origin_refused | step_up_not_allowed
+      409 person_not_active | face_not_enrolled   413/422 as above   429 rate_limited (+ Retry-After)
 
 Images travel as base64 in JSON, not as multipart uploads: Starlette spools an upload larger than
 1 MB to a temporary file, and no image may touch the disk. The routes are ``async``: the face work

@@ -32,8 +32,11 @@ take a container).
 Replay: a live camera never gives the same bytes twice, so a capture whose exact bytes were already
 matched for this person, for another use (another gate request, another step-up), is a copy of an
 earlier capture sent again: ``face_replayed``, never a match. The service keeps a keyed digest of every
-capture it matched for ``replay_window`` (identity.face.service); the same use again (a gate's retry of
-its own request_id) is not a replay.
+capture it matched for ``replay_window`` (identity.face.service), and of every enrolment's photo (review
+165, finding 4: an ID photo's scan a company holds, the badge office's capture); the same use again (a
+gate's retry of its own request_id) is not a replay. And a capture closer than ``COPY_DISTANCE`` to the
+enrolled face is a copy of the enrolment's image, re-encoded or not, not a new capture of the person:
+``face_replayed`` too (``decide``).
 
 Who learns what (the enrolment oracle): a caller who is not the person himself (the gate) gets the
 same answer for a bad capture whether or not the person has a face enrolled: the capture is judged
@@ -60,6 +63,15 @@ MIN_TOLERANCE = 0.3
 MAX_TOLERANCE = 0.6
 SECOND_FACE_RATIO = 2  # a second face at least 1/2 the size of the largest makes the capture ambiguous
 SOURCES = ("id_photo", "live_capture")  # where an enrolment's image came from (kept, the image is not)
+# Under this distance from the enrolled face a capture is a copy of the enrolment's image, not a capture of
+# the person (review 165, finding 4). Two captures of a person are never that close: the enrolment and a
+# capture at the gate or a step-up are of another day, camera, light and pose, and the sample photos of one
+# man measure 0.32 to 0.45 apart (a crop of one of them that cuts the face, 0.24 from it). A copy of one image
+# is: the same pixels 0.0; a JPEG of obama.jpg saved again at quality 30 to 95, or at half its size, 0.04 to
+# 0.09; 32bit.png, an RGBA PNG of obama2.jpg, 0.047 from it (measured 2026-12 with the numpy encoder, which
+# dlib's agrees with within 1e-5). The review's 0.02 would catch only the same pixels. A copy cropped, turned
+# or retouched enough goes past it: that is the liveness port's job (docs/face.md).
+COPY_DISTANCE = 0.1
 
 
 class FaceCode(StrEnum):
@@ -78,7 +90,7 @@ class FaceCode(StrEnum):
     NOT_LIVE = "face_not_live"  # the liveness port judged the capture a presentation attack
     BUSY = "face_busy"  # the worker pool's queue is full: try again
     UNAVAILABLE = "face_unavailable"  # the matcher is not running (a worker died, not installed)
-    REPLAYED = "face_replayed"  # these exact bytes were matched before, for another use: a copy sent again
+    REPLAYED = "face_replayed"  # these bytes were matched or enrolled before (another use), or the enrolment's image
 
 
 QUALITY_CODES = frozenset({FaceCode.NO_FACE, FaceCode.MULTIPLE_FACES, FaceCode.TOO_SMALL, FaceCode.BLURRED,
@@ -189,8 +201,11 @@ def distance(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def decide(live: Sequence[float], enrolled: Sequence[float], tolerance: float) -> FaceMatch:
-    """1:1 decision: a match when the distance is at or under the tolerance."""
+    """1:1 decision: a match when the distance is at or under the tolerance; under ``COPY_DISTANCE`` a copy of
+    the enrolment's image, ``face_replayed`` (the service answers it as a replay, without the distance)."""
     d = distance(live, enrolled)
+    if d < COPY_DISTANCE:
+        return FaceMatch(round(d, 4), False, FaceCode.REPLAYED.value, tolerance)
     matched = d <= tolerance  # NaN compares False: no match
     return FaceMatch(round(d, 4), matched, None if matched else FaceCode.MISMATCH.value, tolerance)
 

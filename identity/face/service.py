@@ -32,7 +32,14 @@
   camera never gives the same bytes twice. The digest is HMAC-SHA256 under a key derived from the data
   key (``DataCipher.derive``), so neither the table nor a copy of it tells which photo it was, and it
   names the person, so one photo's digests for two persons are unrelated. The claim is one statement
-  (about a millisecond next to the ~0.1 s match) and only a match makes one.
+  (about a millisecond next to the ~0.1 s match) and only a match makes one, or an enrolment.
+  The enrolment's photo is no capture either (review 165, finding 4: a company may hold the ID photo's
+  scan, the badge office its own capture; the exact file matched at the gate at distance 0.0): the
+  enrolment claims its digest in the same place, for ``enrol:<template_id>``, in the transaction that
+  stores the template, so those bytes later are ``face_replayed``, after a replacement and a withdrawal
+  too (``CaptureStore.strip`` keeps the digests). A capture closer to the enrolled face than
+  ``rules.COPY_DISTANCE`` (0.1) is a copy of the enrolment's image, a re-encoded one too:
+  ``face_replayed``, with no claim (``rules.decide``).
   Whoever is not the person himself (the gate) gets the same answer for a bad capture whether or not a
   face is enrolled: the capture is analysed and judged first (``rules.first_refusal``), so neither the
   answer nor its time says whether there was a template to compare it with.
@@ -102,7 +109,7 @@ from .sealing import (
     seal_template,
     tag_verifies,
 )
-from .store import CaptureStore, TemplateRow, TemplateStore
+from .store import ENROL_USE, CaptureStore, TemplateRow, TemplateStore
 
 log = logging.getLogger(__name__)
 
@@ -253,9 +260,12 @@ class FaceService:
         refused = await anyio.to_thread.run_sync(self._admit, person_id, image)  # audited below
         analysis = (Analysis(code=refused.value) if refused is not None
                     else await self._analyse(image, (ENROLMENTS, OFF_GATE)))
+        # Its keyed digest, claimed with the enrolment (module docstring): HMAC over up to a few MB, in a thread.
+        digest = (None if analysis.code is not None
+                  else await anyio.to_thread.run_sync(self._digest, self._digest_keys[0], person_id, image))
         del image  # the capture's last reference here: nothing below sees it
         return await anyio.to_thread.run_sync(self._store_enrolment, person_id, analysis, source, actor, now,
-                                              reason)
+                                              reason, digest)
 
     def withdraw(self, person_id: uuid.UUID, *, actor: str, now: datetime) -> None:
         """Erase a person's template (leaving the port, or at his request); FaceError when none
@@ -296,7 +306,7 @@ class FaceService:
             raise FaceError("person_not_active")
 
     def _store_enrolment(self, person_id: uuid.UUID, analysis: Analysis, source: str, actor: str,
-                         now: datetime, reason: str | None = None) -> Enrolment:
+                         now: datetime, reason: str | None = None, digest: bytes | None = None) -> Enrolment:
         who = audit.actor_fields(actor)
         if analysis.code is not None or analysis.encoding is None:
             code = analysis.code or FaceCode.NO_FACE
@@ -324,6 +334,12 @@ class FaceService:
                     row = replace(row, anchor_template_id=replacing.anchor_template_id,
                                   anchor_sealed=replacing.anchor_sealed)
                 replaced = store.put(row)
+                if digest is not None:
+                    # The photo's one use (review 165, finding 4). A claim refused leaves these bytes claimed
+                    # for another use (this photo enrolled before, then withdrawn; a capture that matched):
+                    # refused all the same.
+                    CaptureStore(conn).claim(person_id, digest, used_for=f"{ENROL_USE}{template_id}", now=now,
+                                             since=now - self.replay_window)
                 audit.record(enrolments.ENROLLED, at=now, actor=who, subject=str(person_id), conn=conn,
                              data={**_quality(analysis, source=source), "template_id": str(template_id),
                                    "replaced": replaced, "generation": generation,
@@ -541,7 +557,11 @@ class FaceService:
         else:
             assert analysis.encoding is not None and not isinstance(enrolled, FaceCode)
             match = rules.decide(analysis.encoding, enrolled, tol)
-            if match.matched:
+            if match.reason == FaceCode.REPLAYED:  # a copy of the enrolment's image: nothing claimed
+                log.warning("identity.face.verify.replayed")
+                replay = {"replay_of": "enrolment", "replay_first_seen_at": None, "distance": match.distance}
+                match = rules.refused(FaceCode.REPLAYED, tol)
+            elif match.matched:
                 replay = self._claim(person_id, digests, call)
                 if replay:  # the trail keeps the distance measured: the copy is of this person's face
                     replay["distance"] = match.distance

@@ -98,8 +98,11 @@ class TemplateStore:
 
 
 # What a withdrawn person's captures say they were used for (``CaptureStore.strip``); no use is named so:
-# uses are ``gate:<terminal>:<request_id>``, ``step_up:<sid>`` or ``<purpose>:<uuid>``.
+# uses are ``gate:<terminal>:<request_id>``, ``step_up:<sid>``, ``<purpose>:<uuid>`` or ``enrol:<template_id>``.
 WITHDRAWN_USE = "withdrawn"
+# The use an enrolment claims its photo for, then the template's id (review 165, finding 4): the photo is
+# never a capture afterwards (identity.face.service).
+ENROL_USE = "enrol:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +114,8 @@ class SeenCapture:
 
 
 class CaptureStore:
-    """Keyed digests of the captures matched for a person (identity.domain.face, "Replay").
+    """Keyed digests of the captures matched for a person and of his enrolments' photos (identity.domain.face,
+    "Replay").
 
     The truth is PostgreSQL, not the cache: a capture claimed here stays claimed through a lost Redis.
     ``claim`` is one statement, atomic with any other claim of the same bytes (no check-then-act)."""
