@@ -6,6 +6,7 @@ Errors are plain messages on stderr with a non-zero exit, never a traceback for 
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import logging
 import sys
@@ -73,7 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     uvicorn.run("quaygate.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
                 access_log=False, log_config=None, proxy_headers=bool(proxies),
-                forwarded_allow_ips=_with_mapped(proxies), http=HeadDeadlineProtocol)
+                forwarded_allow_ips=_with_mapped(proxies),
+                http=functools.partial(HeadDeadlineProtocol, head_seconds=settings.header_seconds))
     return 0
 
 

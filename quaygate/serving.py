@@ -13,32 +13,23 @@ without an answer (RFC 9112 §9.5 lets a server close an idle connection at any 
 stops once a head is complete (``on_headers_complete``): the body then has the routes' own deadline
 (QUAYGATE_BODY_SECONDS, quaygate/routing.py), and the app its time to answer.
 
-uvicorn builds this protocol in each worker process, from its class, with nothing but its own config,
-so the seconds are read from the environment here, with Settings' own check (``header_seconds``);
-``quaygate serve`` has refused a bad value before uvicorn starts. A reverse proxy's own timeouts
+``quaygate serve`` hands uvicorn this class with the setting bound (``functools.partial``, which its
+workers' spawn carries); uvicorn builds one per connection. A reverse proxy's own timeouts
 (nginx's client_header_timeout and client_body_timeout) are still recommended in front (README).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import os
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from .settings import DEFAULT_HEADER_SECONDS, header_seconds
+from .settings import DEFAULT_HEADER_SECONDS
 
 log = logging.getLogger("quaygate")
-
-
-@functools.cache
-def _head_seconds() -> float:
-    """QUAYGATE_HEADER_SECONDS, read and checked once per worker process (the protocol is built per connection)."""
-    return header_seconds(os.environ.get("QUAYGATE_HEADER_SECONDS", DEFAULT_HEADER_SECONDS))
 
 
 class HeadDeadlineProtocol(HttpToolsProtocol):
@@ -46,9 +37,10 @@ class HeadDeadlineProtocol(HttpToolsProtocol):
     ``head_seconds`` of its opening or of its last response."""
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, object],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 _loop: asyncio.AbstractEventLoop | None = None, *,
+                 head_seconds: float = DEFAULT_HEADER_SECONDS) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.head_seconds = _head_seconds()
+        self.head_seconds = head_seconds
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

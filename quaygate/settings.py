@@ -35,17 +35,17 @@ DEFAULT_HEADER_SECONDS = 10.0
 MAX_HEADER_SECONDS = 300.0
 
 
-def header_seconds(value: Any) -> float:
-    """QUAYGATE_HEADER_SECONDS as a number of seconds, checked: above 0, at most MAX_HEADER_SECONDS (a
-    deadline of hours would be none); ValueError otherwise. Settings' check, and quaygate.serving's,
-    which reads the variable itself in each server process."""
+def _seconds(value: Any, name: str, most: float = math.inf) -> float:
+    """A setting of seconds, checked: a number above 0, finite, at most ``most``; ValueError naming
+    ``name`` otherwise."""
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         seconds = math.nan
-    if isinstance(value, bool) or not 0 < seconds <= MAX_HEADER_SECONDS:  # NaN compares false
-        raise ValueError(f"QUAYGATE_HEADER_SECONDS must be a number of seconds above 0 and at most "
-                         f"{MAX_HEADER_SECONDS:g}, such as 10 or 2.5")
+    if isinstance(value, bool) or not math.isfinite(seconds) or not 0 < seconds <= most:  # NaN compares false
+        what = ("a positive number of seconds" if most == math.inf
+                else f"a number of seconds above 0 and at most {most:g}")
+        raise ValueError(f"{name} must be {what}, such as 10 or 2.5")
     return seconds
 
 
@@ -308,19 +308,13 @@ class Settings(BaseSettings):
 
     @field_validator("body_seconds", mode="before")
     @classmethod
-    def _positive_seconds(cls, value: Any) -> float:
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            seconds = math.nan
-        if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
-            raise ValueError("QUAYGATE_BODY_SECONDS must be a positive number of seconds, such as 10 or 2.5")
-        return seconds
+    def _body_seconds(cls, value: Any) -> float:
+        return _seconds(value, "QUAYGATE_BODY_SECONDS")
 
     @field_validator("header_seconds", mode="before")
     @classmethod
     def _head_seconds(cls, value: Any) -> float:
-        return header_seconds(value)
+        return _seconds(value, "QUAYGATE_HEADER_SECONDS", MAX_HEADER_SECONDS)  # a deadline of hours would be none
 
     @field_validator("forwarded_allow_ips", mode="before")
     @classmethod
