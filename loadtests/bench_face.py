@@ -106,7 +106,7 @@ def one_core(repeat: int) -> None:
             t1, c1 = time.perf_counter(), time.process_time()
             live = engine.analyse(image, RULES)
             assert live.encoding is not None
-            decide(live.encoding, open_template(cipher, person, template, sealed), 0.5)
+            decide(live.encoding, open_template(cipher, person, template, sealed), 0.5, source="live_capture")
             t2 = time.perf_counter()
             cpu_t.append(time.process_time() - c1)
             enrol_t.append(t1 - t0)

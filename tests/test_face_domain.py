@@ -82,22 +82,33 @@ def test_decision_at_the_tolerance() -> None:
     enrolled = [0.0] * 128
     at = [0.5] + [0.0] * 127
     over = [0.5001] + [0.0] * 127
-    assert f.decide(at, enrolled, 0.5) == f.FaceMatch(0.5, True, None, 0.5)
-    miss = f.decide(over, enrolled, 0.5)
+    assert f.decide(at, enrolled, 0.5, source="id_photo") == f.FaceMatch(0.5, True, None, 0.5)
+    miss = f.decide(over, enrolled, 0.5, source="id_photo")
     assert (miss.matched, miss.reason, miss.distance) == (False, "face_mismatch", 0.5001)
-    nan = f.decide([math.nan] + [0.0] * 127, enrolled, 0.5)
+    nan = f.decide([math.nan] + [0.0] * 127, enrolled, 0.5, source="live_capture")
     assert not nan.matched and nan.reason == "face_mismatch"
     assert f.refused(f.FaceCode.NO_FACE, 0.4) == f.FaceMatch(None, False, "face_not_found", 0.4)
 
 
-def test_a_capture_as_close_as_a_copy_of_the_enrolment_s_image_is_a_replay() -> None:
-    """Review 165, finding 4: the enrolment's photo (or a copy re-encoded) is not a capture of the person."""
+def test_a_capture_as_close_as_a_copy_of_an_id_photo_enrolment_s_image_is_a_replay() -> None:
+    """Review 165, finding 4: the ID photo (or a copy re-encoded) is not a capture of the person."""
     enrolled = [0.0] * 128
-    assert f.decide(enrolled, enrolled, 0.5) == f.FaceMatch(0.0, False, "face_replayed", 0.5)
-    under = f.decide([0.0999] + [0.0] * 127, enrolled, 0.3)
+    assert f.decide(enrolled, enrolled, 0.5, source="id_photo") == f.FaceMatch(0.0, False, "face_replayed", 0.5)
+    under = f.decide([0.0999] + [0.0] * 127, enrolled, 0.3, source="id_photo")
     assert (under.matched, under.reason, under.distance) == (False, "face_replayed", 0.0999)
-    assert f.decide([f.COPY_DISTANCE] + [0.0] * 127, enrolled, 0.3) == f.FaceMatch(0.1, True, None, 0.3)
+    assert f.decide([f.COPY_DISTANCE] + [0.0] * 127, enrolled, 0.3,
+                    source="id_photo") == f.FaceMatch(0.1, True, None, 0.3)
     assert f.COPY_DISTANCE < f.MIN_TOLERANCE
+
+
+def test_a_capture_close_to_a_live_capture_enrolment_matches() -> None:
+    """Two frames of one man from one camera may be that close: after a live-capture enrolment only the
+    exact bytes (the service's digest claim) are a copy, not the distance."""
+    enrolled = [0.0] * 128
+    assert f.decide([0.0999] + [0.0] * 127, enrolled, 0.3,
+                    source="live_capture") == f.FaceMatch(0.0999, True, None, 0.3)
+    assert f.decide([0.04] + [0.0] * 127, enrolled, 0.3, source="live_capture").matched
+    assert f.decide([0.31] + [0.0] * 127, enrolled, 0.3, source="live_capture").reason == "face_mismatch"
 
 
 def test_a_face_raises_a_passkey_or_national_id_login_and_is_never_a_first_factor() -> None:

@@ -42,7 +42,7 @@ def obama() -> tuple[float, ...]:
 def test_the_same_person_across_photos_is_accepted(obama: tuple[float, ...], name: str) -> None:
     live = analyse(photo(name))
     assert live.code is None and live.encoding is not None
-    match = decide(live.encoding, obama, DEFAULT_TOLERANCE)
+    match = decide(live.encoding, obama, DEFAULT_TOLERANCE, source="id_photo")
     assert match.matched, match
     assert match.distance is not None and match.distance < 0.45
 
@@ -51,7 +51,7 @@ def test_the_same_person_across_photos_is_accepted(obama: tuple[float, ...], nam
 def test_different_people_are_rejected(obama: tuple[float, ...], name: str) -> None:
     live = analyse(photo(name))
     assert live.code is None and live.encoding is not None
-    match = decide(live.encoding, obama, 0.6)  # even at the loosest tolerance a terminal may set
+    match = decide(live.encoding, obama, 0.6, source="id_photo")  # even at the loosest tolerance a terminal may set
     assert not match.matched and match.reason == "face_mismatch"
     assert match.distance is not None and match.distance > 0.75
 

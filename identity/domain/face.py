@@ -34,9 +34,10 @@ matched for this person, for another use (another gate request, another step-up)
 earlier capture sent again: ``face_replayed``, never a match. The service keeps a keyed digest of every
 capture it matched for ``replay_window`` (identity.face.service), and of every enrolment's photo (review
 165, finding 4: an ID photo's scan a company holds, the badge office's capture); the same use again (a
-gate's retry of its own request_id) is not a replay. And a capture closer than ``COPY_DISTANCE`` to the
-enrolled face is a copy of the enrolment's image, re-encoded or not, not a new capture of the person:
-``face_replayed`` too (``decide``).
+gate's retry of its own request_id) is not a replay. And when the face was enrolled from an ID photo, a
+capture closer than ``COPY_DISTANCE`` to it is a copy of that photo, re-encoded or not, not a new capture of
+the person: ``face_replayed`` too (``decide``). Not after a live capture: another frame of the person from
+a similar camera may be as close.
 
 Who learns what (the enrolment oracle): a caller who is not the person himself (the gate) gets the
 same answer for a bad capture whether or not the person has a face enrolled: the capture is judged
@@ -63,15 +64,20 @@ MIN_TOLERANCE = 0.3
 MAX_TOLERANCE = 0.6
 SECOND_FACE_RATIO = 2  # a second face at least 1/2 the size of the largest makes the capture ambiguous
 SOURCES = ("id_photo", "live_capture")  # where an enrolment's image came from (kept, the image is not)
-# Under this distance from the enrolled face a capture is a copy of the enrolment's image, not a capture of
-# the person (review 165, finding 4). Two captures of a person are never that close: the enrolment and a
-# capture at the gate or a step-up are of another day, camera, light and pose, and the sample photos of one
-# man measure 0.32 to 0.45 apart (a crop of one of them that cuts the face, 0.24 from it). A copy of one image
-# is: the same pixels 0.0; a JPEG of obama.jpg saved again at quality 30 to 95, or at half its size, 0.04 to
-# 0.09; 32bit.png, an RGBA PNG of obama2.jpg, 0.047 from it (measured 2026-12 with the numpy encoder, which
-# dlib's agrees with within 1e-5). The review's 0.02 would catch only the same pixels. A copy cropped, turned
-# or retouched enough goes past it: that is the liveness port's job (docs/face.md).
+# Under this distance from a face enrolled from an ID photo, a capture is a copy of that photo, not a capture
+# of the person (review 165, finding 4). An ID photo is a picture of an earlier day, camera and light that
+# others hold (the company's scan of it): a capture at the gate or a step-up is never that close to it, and
+# the sample photos of one man measure 0.32 to 0.45 apart (a crop of one of them that cuts the face, 0.24
+# from it). A copy of one image is: the same pixels 0.0; a JPEG of obama.jpg saved again at quality 30 to 95,
+# or at half its size, 0.04 to 0.09; 32bit.png, an RGBA PNG of obama2.jpg, 0.047 from it (measured 2026-12
+# with the numpy encoder, which dlib's agrees with within 1e-5). The review's 0.02 would catch only the same
+# pixels. Not after a live capture (``COPY_SOURCES``): two frames of one person from one camera, same light
+# and pose, a minute apart, may be as close as a copy, so the badge office's capture followed by one from a
+# similar camera would be refused face_replayed, at a step-up counted as a guess towards the lockout; its
+# exact bytes stay claimed by their digest (the service), a re-encoded copy of it matches. A copy cropped,
+# turned or retouched enough goes past it: that is the liveness port's job (docs/face.md).
 COPY_DISTANCE = 0.1
+COPY_SOURCES = frozenset({"id_photo"})  # the enrolments the near-copy rule applies to
 
 
 class FaceCode(StrEnum):
@@ -200,11 +206,13 @@ def distance(a: Sequence[float], b: Sequence[float]) -> float:
     return math.dist(a, b)
 
 
-def decide(live: Sequence[float], enrolled: Sequence[float], tolerance: float) -> FaceMatch:
-    """1:1 decision: a match when the distance is at or under the tolerance; under ``COPY_DISTANCE`` a copy of
-    the enrolment's image, ``face_replayed`` (the service answers it as a replay, without the distance)."""
+def decide(live: Sequence[float], enrolled: Sequence[float], tolerance: float, *, source: str) -> FaceMatch:
+    """1:1 decision: a match when the distance is at or under the tolerance. ``source``: where the enrolled
+    face came from (``SOURCES``); enrolled from an ID photo (``COPY_SOURCES``), a capture under
+    ``COPY_DISTANCE`` is a copy of that photo, ``face_replayed`` (the service answers it as a replay, without
+    the distance); enrolled from a live capture, a capture that close may be another frame of the person."""
     d = distance(live, enrolled)
-    if d < COPY_DISTANCE:
+    if source in COPY_SOURCES and d < COPY_DISTANCE:
         return FaceMatch(round(d, 4), False, FaceCode.REPLAYED.value, tolerance)
     matched = d <= tolerance  # NaN compares False: no match
     return FaceMatch(round(d, 4), matched, None if matched else FaceCode.MISMATCH.value, tolerance)

@@ -37,9 +37,11 @@
   scan, the badge office its own capture; the exact file matched at the gate at distance 0.0): the
   enrolment claims its digest in the same place, for ``enrol:<template_id>``, in the transaction that
   stores the template, so those bytes later are ``face_replayed``, after a replacement and a withdrawal
-  too (``CaptureStore.strip`` keeps the digests). A capture closer to the enrolled face than
-  ``rules.COPY_DISTANCE`` (0.1) is a copy of the enrolment's image, a re-encoded one too:
-  ``face_replayed``, with no claim (``rules.decide``).
+  too (``CaptureStore.strip`` keeps the digests). When the face was enrolled from an ID photo, a capture
+  closer to it than ``rules.COPY_DISTANCE`` (0.1) is a copy of that photo, a re-encoded one too:
+  ``face_replayed``, with no claim (``rules.decide``, given the template's source). Not after a live
+  capture: another frame of the person from a similar camera may be as close, and at a step-up the refusal
+  would count as a guess towards his lockout.
   Whoever is not the person himself (the gate) gets the same answer for a bad capture whether or not a
   face is enrolled: the capture is analysed and judged first (``rules.first_refusal``), so neither the
   answer nor its time says whether there was a template to compare it with.
@@ -195,6 +197,14 @@ class EnrolledFace:
 
     row: TemplateRow
     current: bool
+
+
+class _Enrolled(NamedTuple):
+    """The person's current template, opened, and where its image came from (``rules.SOURCES``): the
+    near-copy rule is an ID photo's alone (``rules.decide``)."""
+
+    template: tuple[float, ...]
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,7 +468,7 @@ class FaceService:
             raise FaceError(FaceCode.TOLERANCE_INVALID) from exc
 
     def _prepare(self, person_id: uuid.UUID, image: bytes, tol: float,
-                 own_face: bool) -> tuple[tuple[float, ...] | FaceCode, tuple[bytes, ...], FaceMatch | None]:
+                 own_face: bool) -> tuple[_Enrolled | FaceCode, tuple[bytes, ...], FaceMatch | None]:
         """The person's template (or why there is none), the capture's keyed digest (HMAC over up to a few
         MB) and its early refusal (``_early_refusal``: the header walk): off the event loop, with the
         database read (review 165, finding 3: the header was judged on the event loop)."""
@@ -474,8 +484,8 @@ class FaceService:
         mac.update(image)
         return mac.digest()
 
-    def _template(self, person_id: uuid.UUID) -> tuple[float, ...] | FaceCode:
-        """The person's template, once the trail names it as his current enrolment."""
+    def _template(self, person_id: uuid.UUID) -> _Enrolled | FaceCode:
+        """The person's template and its source, once the trail names it as his current enrolment."""
         with self._engine.connect() as conn:
             store = TemplateStore(conn)
             row = store.get(person_id)
@@ -489,7 +499,7 @@ class FaceService:
         if current.legacy:
             self._upgrade(person_id, row.template_id)
         try:
-            return open_template(self._cipher, person_id, row.template_id, row.sealed)
+            return _Enrolled(open_template(self._cipher, person_id, row.template_id, row.sealed), row.source)
         except TemplateUnreadable:
             # Tampered, moved to another person's row, or sealed under another data key.
             log.error("identity.face.template.unreadable")
@@ -527,7 +537,7 @@ class FaceService:
                                                                generation, template_id)})
         log.info("identity.face.enrolment.upgraded")
 
-    def _early_refusal(self, enrolled: tuple[float, ...] | FaceCode, image: bytes, tol: float,
+    def _early_refusal(self, enrolled: _Enrolled | FaceCode, image: bytes, tol: float,
                        own_face: bool) -> FaceMatch | None:
         """Refusals that need no analysis: the capture's size and the picture its header claims
         (``identity.face.header``); and, for the person himself only, a missing template (no CPU spent
@@ -542,7 +552,7 @@ class FaceService:
         refused = header.refusal(image, self._pool.limits)
         return rules.refused(refused, tol) if refused is not None else None
 
-    def _conclude(self, person_id: uuid.UUID, enrolled: tuple[float, ...] | FaceCode, analysis: Analysis,
+    def _conclude(self, person_id: uuid.UUID, enrolled: _Enrolled | FaceCode, analysis: Analysis,
                   liveness: Liveness, tol: float, digests: tuple[bytes, ...], call: _Call) -> FaceMatch:
         capture = None
         if analysis.code is not None or analysis.encoding is None:
@@ -556,8 +566,8 @@ class FaceService:
             match = rules.refused(FaceCode.NOT_LIVE, tol)
         else:
             assert analysis.encoding is not None and not isinstance(enrolled, FaceCode)
-            match = rules.decide(analysis.encoding, enrolled, tol)
-            if match.reason == FaceCode.REPLAYED:  # a copy of the enrolment's image: nothing claimed
+            match = rules.decide(analysis.encoding, enrolled.template, tol, source=enrolled.source)
+            if match.reason == FaceCode.REPLAYED:  # a copy of the enrolment's ID photo: nothing claimed
                 log.warning("identity.face.verify.replayed")
                 replay = {"replay_of": "enrolment", "replay_first_seen_at": None, "distance": match.distance}
                 match = rules.refused(FaceCode.REPLAYED, tol)
