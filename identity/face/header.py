@@ -35,10 +35,21 @@ Padding (review 165, finding 3). Pillow reads what comes before a JPEG's first s
 a PNG, one by one in Python before and after its C decoder: a real 184 kB photo padded to 4 MB with 0xFF
 fill bytes or empty COM segments cost a worker 1.1 to 1.4 s and still matched (0.04 s unpadded), one with
 350,000 empty PNG chunks 0.6 s; and this walk, in the service, 0.1 to 0.3 s. So the walk refuses more than
-``MAX_JPEG_FILL`` fill bytes before a marker, a standalone marker (TEM, RSTn) before the first scan, more
-than ``MAX_JPEG_SEGMENTS`` markers up to it, more than ``MAX_PNG_CHUNKS_BEFORE_IDAT`` chunks before a
-PNG's first IDAT or ``MAX_PNG_CHUNKS`` in all, and a chunk running past the file's end; it walks no
-further than that, and the service runs it in a thread, never on the event loop.
+``MAX_JPEG_FILL`` fill bytes before a marker, a standalone marker (TEM, RSTn) outside a scan, more than
+``MAX_JPEG_SEGMENTS`` markers up to the first scan or as many again from it to the EOI, more than
+``MAX_PNG_CHUNKS_BEFORE_IDAT`` chunks before a PNG's first IDAT or ``MAX_PNG_CHUNKS`` in all, and a
+segment or chunk running past the file's end; it walks no further than that, and the service runs it in a
+thread, never on the event loop.
+
+A second picture. Phones write one after the main image's EOI: Ultra HDR's gain map (Android 14), an MPF
+gain map, an MPO's second frame. Pillow decodes the first picture only (an MPO's first frame), and libjpeg
+stops at its EOI, so the scans counted are the main image's: each scan's entropy-coded data is skipped to
+its next marker (not a stuffed FF 00, a fill byte or a restart marker: a search in C, 1.6 ms for a 4 MB
+JPEG of noise, 14 to 28 ms for 4 MB of crafted FF 00, RSTn or fill bytes in a scan, measured 2026-12 on the
+busy 2-core machine), every other segment by its length, to the EOI.
+Before, the SOS markers were counted to the file's end, and a 12 Mpx phone photo with a gain map read as
+two scans (image_too_large). An FF D9 inside a segment (a COM, an APPn, a DHT) is no EOI: libjpeg reads
+past it, and so does the walk, so no scan hides behind one.
 
 Refusals are the capture's quality codes the gate and the step-up already know
 (``identity.domain.face.QUALITY_CODES``): ``image_too_large`` for too many pixels, ``image_unreadable``
@@ -47,6 +58,7 @@ for everything else.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -66,6 +78,10 @@ _JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
 _JPEG_OTHER_FRAMES = frozenset({0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn: no length, nothing before a scan
 _SOS, _EOI = 0xDA, 0xD9
+# The end of a scan's entropy-coded data (T.81 B.1.1.5, F.1.2.3): the first 0xFF that is not a stuffed data
+# byte (FF 00), a fill byte (FF FF ...) or a restart marker (RST0 to RST7, inside the scan). A search in C:
+# a scan of a 4 MB file is walked in milliseconds however many FF 00 pairs it has.
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +101,7 @@ class Header:
     format: str  # JPEG | PNG, Pillow's names
     width: int
     height: int
-    scans: int = 1  # a JPEG's scans (SOS markers); 1 for a PNG
+    scans: int = 1  # a JPEG's scans to its main image's EOI (SOS markers); 1 for a PNG
     progressive: bool = False  # a progressive JPEG (SOF2)
     partial: bool = False  # a JPEG whose first scan names fewer components than the frame (non-interleaved)
 
@@ -155,25 +171,24 @@ def _png_chunks(image: bytes) -> None:
 
 
 def _jpeg(image: bytes) -> Header:
-    """Walk the markers (ITU T.81 B.1.1) to the first scan: the frame's size and components (Nf, B.2.2),
-    the components the first scan names (Ns, B.2.3), then the scans counted by their SOS markers (in
-    entropy-coded data a 0xFF byte is always followed by 0x00 or RSTn)."""
+    """Walk the main image's markers (ITU T.81 B.1.1) to its EOI: the frame's size and components (Nf,
+    B.2.2), the components each scan names (Ns, B.2.3), the scans. A scan's entropy-coded data is skipped
+    to its next marker (``_SCAN_END``); every other segment by its length, so an FF D9 inside one is no
+    EOI. What follows the EOI is not read: Pillow decodes the first picture only (module docstring)."""
     pos, size = 2, len(image)
     frame: tuple[int, int, bool, int] | None = None
-    for _ in range(MAX_JPEG_SEGMENTS):  # the walk is bounded (module docstring, "Padding")
-        if pos >= size or image[pos] != 0xFF:
+    scans, partial, budget = 0, False, MAX_JPEG_SEGMENTS  # markers up to the first scan, then to the EOI
+    while True:
+        if budget == 0:  # the walk is bounded (module docstring, "Padding")
             raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
-        start = pos
-        while pos < size and image[pos] == 0xFF:  # fill bytes (B.1.1.2), a few at most
-            pos += 1
-            if pos - start > 1 + MAX_JPEG_FILL:
-                raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
-        if pos >= size:
-            raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
-        marker = image[pos]
-        pos += 1
-        if marker in _JPEG_STANDALONE or marker == _EOI or pos + 2 > size:  # restarts come only in a scan
-            raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+        budget -= 1
+        if scans and pos >= size:  # cut short after a scan: Pillow's to refuse (a truncated file)
+            break
+        marker, pos = _marker(image, pos)
+        if marker == _EOI and scans:
+            break
+        if marker in _JPEG_STANDALONE or marker in (0x00, _EOI) or pos + 2 > size:
+            raise ValueError(FaceCode.IMAGE_UNREADABLE.value)  # restarts come only in a scan, EOI after one
         length = struct.unpack(">H", image[pos:pos + 2])[0]
         if length < 2 or pos + length > size:
             raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
@@ -187,11 +202,36 @@ def _jpeg(image: bytes) -> Header:
             if components < 1 or length != 8 + 3 * components:
                 raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
             frame = (width, height, marker == 0xC2, components)
-        if marker == _SOS:
-            named = image[pos + 2] if length >= 3 else 0  # Ns, each named in 2 bytes after it
-            if frame is None or not 1 <= named <= frame[3] or length != 6 + 2 * named:
-                raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
-            return Header("JPEG", frame[0], frame[1], scans=1 + image.count(b"\xff\xda", pos + length),
-                          progressive=frame[2], partial=named < frame[3])
-        pos += length
-    raise ValueError(FaceCode.IMAGE_UNREADABLE.value)  # no scan within MAX_JPEG_SEGMENTS markers
+        if marker != _SOS:
+            pos += length
+            continue
+        named = image[pos + 2] if length >= 3 else 0  # Ns, each named in 2 bytes after it
+        if frame is None or not 1 <= named <= frame[3] or length != 6 + 2 * named:
+            raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+        scans += 1
+        if scans == 1:
+            partial, budget = named < frame[3], MAX_JPEG_SEGMENTS
+        if scans > MAX_JPEG_SCANS:  # refused on the count (``judge``): no need to walk on
+            break
+        end = _SCAN_END.search(image, pos + length)
+        if end is None:  # the data runs to the file's end (no EOI): Pillow's to refuse
+            break
+        pos = end.start()
+    assert frame is not None  # a scan was met, and none comes before the frame
+    return Header("JPEG", frame[0], frame[1], scans=scans, progressive=frame[2], partial=partial)
+
+
+def _marker(image: bytes, pos: int) -> tuple[int, int]:
+    """The marker at ``pos`` after its fill bytes (B.1.1.2, a few at most) and the position after it, or
+    ValueError(image_unreadable) when ``pos`` holds no marker."""
+    size = len(image)
+    if pos >= size or image[pos] != 0xFF:
+        raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+    start = pos
+    while pos < size and image[pos] == 0xFF:
+        pos += 1
+        if pos - start > 1 + MAX_JPEG_FILL:
+            raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+    if pos >= size:
+        raise ValueError(FaceCode.IMAGE_UNREADABLE.value)
+    return image[pos], pos + 1
