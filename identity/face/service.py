@@ -270,12 +270,8 @@ class FaceService:
         refused = await anyio.to_thread.run_sync(self._admit, person_id, image)  # audited below
         analysis = (Analysis(code=refused.value) if refused is not None
                     else await self._analyse(image, (ENROLMENTS, OFF_GATE)))
-        # Its keyed digest, claimed with the enrolment (module docstring): HMAC over up to a few MB, in a thread.
-        digest = (None if analysis.code is not None
-                  else await anyio.to_thread.run_sync(self._digest, self._digest_keys[0], person_id, image))
-        del image  # the capture's last reference here: nothing below sees it
         return await anyio.to_thread.run_sync(self._store_enrolment, person_id, analysis, source, actor, now,
-                                              reason, digest)
+                                              reason, image)
 
     def withdraw(self, person_id: uuid.UUID, *, actor: str, now: datetime) -> None:
         """Erase a person's template (leaving the port, or at his request); FaceError when none
@@ -316,7 +312,9 @@ class FaceService:
             raise FaceError("person_not_active")
 
     def _store_enrolment(self, person_id: uuid.UUID, analysis: Analysis, source: str, actor: str,
-                         now: datetime, reason: str | None = None, digest: bytes | None = None) -> Enrolment:
+                         now: datetime, reason: str | None = None, image: bytes | None = None) -> Enrolment:
+        """Store the template of ``analysis`` (or audit its refusal) and claim ``image``'s keyed digest, the
+        photo's one use (module docstring). In a thread: the HMAC is over up to a few MB, then the database."""
         who = audit.actor_fields(actor)
         if analysis.code is not None or analysis.encoding is None:
             code = analysis.code or FaceCode.NO_FACE
@@ -324,6 +322,8 @@ class FaceService:
             audit.record("identity.face.enrol.refused", at=now, actor=who, subject=str(person_id),
                          data=_quality(analysis, code=code, source=source), engine=self._engine)
             raise FaceError(code)
+        digest = None if image is None else self._digest(self._digest_keys[0], person_id, image)
+        del image  # the capture's last reference here: nothing below sees it
         template_id = uuid.uuid4()
         row = TemplateRow(person_id=person_id, template_id=template_id,
                           sealed=seal_template(self._cipher, person_id, template_id, analysis.encoding),
@@ -569,13 +569,12 @@ class FaceService:
             match = rules.decide(analysis.encoding, enrolled.template, tol, source=enrolled.source)
             if match.reason == FaceCode.REPLAYED:  # a copy of the enrolment's ID photo: nothing claimed
                 log.warning("identity.face.verify.replayed")
-                replay = {"replay_of": "enrolment", "replay_first_seen_at": None, "distance": match.distance}
-                match = rules.refused(FaceCode.REPLAYED, tol)
+                replay = {"replay_of": "enrolment", "replay_first_seen_at": None}
             elif match.matched:
-                replay = self._claim(person_id, digests, call)
-                if replay:  # the trail keeps the distance measured: the copy is of this person's face
-                    replay["distance"] = match.distance
-                    match = rules.refused(FaceCode.REPLAYED, tol)
+                replay = self._claim(person_id, digests, call)  # {}: fresh, or the same use again
+            if replay:  # the trail keeps the distance measured: the copy is of this person's face
+                replay["distance"] = match.distance
+                match = rules.refused(FaceCode.REPLAYED, tol)
         outcome = "matched" if match.matched else ("mismatched" if match.distance is not None else "refused")
         log.info("identity.face.verify.%s", outcome)
         audit.record(f"identity.face.verify.{outcome}", at=call.now, actor=call.actor or {"system": call.purpose},
