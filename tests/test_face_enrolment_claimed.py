@@ -35,15 +35,22 @@ from quaygate.schema import face_captures
 from tests.test_face_support import fresh, photo
 from tests.test_gate_face import FaceGate, _decide, _now, face_pool, serving  # noqa: F401
 
+IN_REDIS = "postgresql, facts in Redis"
 
-@pytest.fixture(params=["facts in the database", "facts in Redis"])
+
+@pytest.fixture(params=["sqlite", "postgresql", IN_REDIS])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """conftest's two backends, and PostgreSQL once more with the gate's facts in Redis (``gate``): the
+    gate's facts go to Redis only beside PostgreSQL, so no SQLite-with-Redis case is made to be skipped."""
+    return str(request.getfixturevalue("sqlite_database_url" if request.param == "sqlite" else "pg_database_url"))
+
+
+@pytest.fixture
 def gate(request: pytest.FixtureRequest, engine: sa.Engine, tmp_path: Path, face_pool: FacePool
          ) -> Iterator[FaceGate]:
     """A face gate on SQLite or PostgreSQL; on PostgreSQL also with the gate's facts in Redis (the
     claims stay in the database: PostgreSQL is their truth, docs/face.md "Replayed captures")."""
-    if request.param == "facts in Redis":
-        if engine.dialect.name != "postgresql":
-            pytest.skip("the gate's facts go to Redis only beside PostgreSQL")
+    if request.node.callspec.params.get("database_url") == IN_REDIS:
         redis_url = request.getfixturevalue("redis_url")
         with serving(engine, tmp_path, face_pool, redis_url=redis_url, gate_decision_drain=False) as fg:
             assert fg.app.state.container.gate_facts is not None
