@@ -69,7 +69,7 @@ SOURCES = ("id_photo", "live_capture")  # where an enrolment's image came from (
 # others hold (the company's scan of it): a capture at the gate or a step-up is never that close to it, and
 # the sample photos of one man measure 0.32 to 0.45 apart (a crop of one of them that cuts the face, 0.24
 # from it). A copy of one image is: the same pixels 0.0; a JPEG of obama.jpg saved again at quality 30 to 95,
-# or at half its size, 0.04 to 0.09; 32bit.png, an RGBA PNG of obama2.jpg, 0.047 from it (measured 2026-12
+# or at half its size, 0.04 to 0.09; 32bit.png, an RGBA PNG of obama2.jpg, 0.047 from it (measured 2026-11
 # with the numpy encoder, which dlib's agrees with within 1e-5). The review's 0.02 would catch only the same
 # pixels. Not after a live capture (``COPY_SOURCES``): two frames of one person from one camera, same light
 # and pose, a minute apart, may be as close as a copy, so the badge office's capture followed by one from a

@@ -45,7 +45,7 @@ A second picture. Phones write one after the main image's EOI: Ultra HDR's gain 
 gain map, an MPO's second frame. Pillow decodes the first picture only (an MPO's first frame), and libjpeg
 stops at its EOI, so the scans counted are the main image's: each scan's entropy-coded data is skipped to
 its next marker (not a stuffed FF 00, a fill byte or a restart marker: a search in C, 1.6 ms for a 4 MB
-JPEG of noise, 14 to 28 ms for 4 MB of crafted FF 00, RSTn or fill bytes in a scan, measured 2026-12 on the
+JPEG of noise, 14 to 28 ms for 4 MB of crafted FF 00, RSTn or fill bytes in a scan, measured 2026-11 on the
 busy 2-core machine), every other segment by its length, to the EOI.
 Before, the SOS markers were counted to the file's end, and a 12 Mpx phone photo with a gain map read as
 two scans (image_too_large). An FF D9 inside a segment (a COM, an APPn, a DHT) is no EOI: libjpeg reads
