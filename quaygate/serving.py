@@ -14,22 +14,33 @@ stops once a head is complete (``on_headers_complete``): the body then has the r
 (QUAYGATE_BODY_SECONDS, quaygate/routing.py), and the app its time to answer.
 
 ``quaygate serve`` hands uvicorn this class with the setting bound (``functools.partial``, which its
-workers' spawn carries); uvicorn builds one per connection. A reverse proxy's own timeouts
+workers' spawn carries); uvicorn builds one per connection. Named by hand (``uvicorn --http
+quaygate.serving:HeadDeadlineProtocol``), it reads QUAYGATE_HEADER_SECONDS itself, once per process, with
+the settings' own check. A reverse proxy's own timeouts
 (nginx's client_header_timeout and client_body_timeout) are still recommended in front (README).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from .settings import DEFAULT_HEADER_SECONDS
+from .settings import DEFAULT_HEADER_SECONDS, MAX_HEADER_SECONDS, seconds_setting
 
 log = logging.getLogger("quaygate")
+
+
+@functools.cache
+def _from_environment() -> float:
+    """QUAYGATE_HEADER_SECONDS for a protocol named by hand, read and checked once per process."""
+    return seconds_setting(os.environ.get("QUAYGATE_HEADER_SECONDS", DEFAULT_HEADER_SECONDS),
+                           "QUAYGATE_HEADER_SECONDS", MAX_HEADER_SECONDS)
 
 
 class HeadDeadlineProtocol(HttpToolsProtocol):
@@ -38,9 +49,9 @@ class HeadDeadlineProtocol(HttpToolsProtocol):
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, object],
                  _loop: asyncio.AbstractEventLoop | None = None, *,
-                 head_seconds: float = DEFAULT_HEADER_SECONDS) -> None:
+                 head_seconds: float | None = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.head_seconds = head_seconds
+        self.head_seconds = head_seconds if head_seconds is not None else _from_environment()
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

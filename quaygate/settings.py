@@ -35,7 +35,7 @@ DEFAULT_HEADER_SECONDS = 10.0
 MAX_HEADER_SECONDS = 300.0
 
 
-def _seconds(value: Any, name: str, most: float = math.inf) -> float:
+def seconds_setting(value: Any, name: str, most: float = math.inf) -> float:
     """A setting of seconds, checked: a number above 0, finite, at most ``most``; ValueError naming
     ``name`` otherwise."""
     try:
@@ -309,12 +309,13 @@ class Settings(BaseSettings):
     @field_validator("body_seconds", mode="before")
     @classmethod
     def _body_seconds(cls, value: Any) -> float:
-        return _seconds(value, "QUAYGATE_BODY_SECONDS")
+        return seconds_setting(value, "QUAYGATE_BODY_SECONDS")
 
     @field_validator("header_seconds", mode="before")
     @classmethod
     def _head_seconds(cls, value: Any) -> float:
-        return _seconds(value, "QUAYGATE_HEADER_SECONDS", MAX_HEADER_SECONDS)  # a deadline of hours would be none
+        # At most MAX_HEADER_SECONDS: a deadline of hours would be none.
+        return seconds_setting(value, "QUAYGATE_HEADER_SECONDS", MAX_HEADER_SECONDS)
 
     @field_validator("forwarded_allow_ips", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from quaygate.migrate import upgrade
 from quaygate.settings import Settings
 
 from .processes import answers, free_port, start, stop
@@ -41,6 +42,27 @@ def server(tmp_path_factory: pytest.TempPathFactory, sqlite_database_url: str) -
     proc = start([sys.executable, "-m", "quaygate.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
                  log=var / "serve.log", env=env, what="quaygate serve",
                  ready=answers(f"http://127.0.0.1:{port}/healthz"))
+    try:
+        yield port
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def by_hand(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """uvicorn run by hand with the protocol named (README): it reads QUAYGATE_HEADER_SECONDS itself. A
+    database of its own: one process at a time serves a SQLite database (the serving lease)."""
+    var = tmp_path_factory.mktemp("uvicorn")
+    sqlite_database_url = f"sqlite:///{var / 'quaygate.db'}"
+    upgrade(sqlite_database_url)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("QUAYGATE_REDIS_URL", "QUAYGATE_HEADER_SECONDS")}
+    env.update({"QUAYGATE_DATABASE_URL": sqlite_database_url, "QUAYGATE_VAR_DIR": str(var),
+                "QUAYGATE_BACKGROUND_WORKERS": "false", "QUAYGATE_LOG_LEVEL": "WARNING",
+                "QUAYGATE_HEADER_SECONDS": "1"})
+    proc = start([sys.executable, "-m", "uvicorn", "--factory", "quaygate.app:app_from_env", "--host", "127.0.0.1",
+                  "--port", str(port), "--http", "quaygate.serving:HeadDeadlineProtocol", "--no-access-log"],
+                 log=var / "uvicorn.log", env=env, what="uvicorn", ready=answers(f"http://127.0.0.1:{port}/healthz"))
     try:
         yield port
     finally:
@@ -95,6 +117,12 @@ def test_a_silent_connection_is_closed(server: int) -> None:
         closed = _closed_within(conn, GENEROUS)
         assert closed is not None  # before: still open after 35 s
         assert closed >= 0.5  # not before its deadline (1 s)
+
+
+def test_uvicorn_run_by_hand_with_the_protocol_keeps_the_setting(by_hand: int) -> None:
+    with _connect(by_hand) as conn:  # silent: before any request, uvicorn's own keep-alive timer is not armed
+        # 1 s, read from QUAYGATE_HEADER_SECONDS: closed well before the 10 s default would close it.
+        assert _closed_within(conn, GENEROUS / 2) is not None
 
 
 def test_a_head_sent_a_byte_at_a_time_is_closed(server: int) -> None:
