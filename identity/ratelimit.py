@@ -303,37 +303,79 @@ class RateLimiter:
         With ``wider`` (an IPv6 /64's count within its /48's, ``Cache.incr_sliding``), within both
         limits. Once ``wider`` is spent nothing is counted, so a request refused by it creates no key; and
         ``wider`` counts only requests ``key``'s own limit let through."""
+        counts, outer, ttl = self._sliding(key, limit, window, wider, now)
+        return _judged(self._cache.incr_sliding(counts, ttl, list(peeks), outer), counts, outer)
+
+    async def count_async(self, key: str, limit: int, window: int, *, wider: Wider | None = None,
+                          peeks: Sequence[str] = (), now: float | None = None) -> tuple[int | None, list[bytes | None]]:
+        """``count`` from the event loop (the middleware's): the loop serves others while Redis answers."""
+        counts, outer, ttl = self._sliding(key, limit, window, wider, now)
+        return _judged(await self._cache.incr_sliding_async(counts, ttl, list(peeks), outer), counts, outer)
+
+    def _sliding(self, key: str, limit: int, window: int, wider: Wider | None, now: float | None
+                 ) -> tuple[Counts, Counts | None, float]:
         now = self._now() if now is None else now
         counts = self._counts(key, limit, window, now)
         outer = None if wider is None else self._counts(wider.key, wider.limit, window, now)
-        refused, count, last, peeked = self._cache.incr_sliding(counts, counts.left / 1000 + window + 1,
-                                                                list(peeks), outer)
-        if refused == 0:
-            return None, peeked
-        if refused == 2:
-            log.info("identity.ratelimit.refused.network")
-        return _retry_after(_wait(outer if refused == 2 and outer is not None else counts, count, last)), peeked
+        return counts, outer, counts.left / 1000 + window + 1
 
     def hit_and_check(self, key: str, limit: int, other: str, other_limit: int, window: int, *,
                       wider: Wider | None = None) -> int | None:
         """hit(key, wider=wider) and exceeded(other) in one round trip to the cache."""
         now = self._now()  # once: ``other`` is read in the window ``key`` is counted in
         seen = self._counts(other, other_limit, window, now)
-        retry, (count, last) = self.count(key, limit, window, wider=wider, peeks=[seen.key, seen.last], now=now)
-        spent = _wait(seen, int(count or 0), int(last or 0))
-        return _retry_after(spent) if spent is not None else retry
+        return _and_spent(seen, *self.count(key, limit, window, wider=wider, peeks=[seen.key, seen.last], now=now))
+
+    async def hit_and_check_async(self, key: str, limit: int, other: str, other_limit: int, window: int, *,
+                                  wider: Wider | None = None) -> int | None:
+        """``hit_and_check`` from the event loop."""
+        now = self._now()
+        seen = self._counts(other, other_limit, window, now)
+        return _and_spent(seen, *await self.count_async(key, limit, window, wider=wider, peeks=[seen.key, seen.last],
+                                                        now=now))
 
     def exceeded(self, key: str, limit: int, window: int, *, wider: Wider | None = None) -> int | None:
         """Like hit() without counting: has ``key`` (or ``wider``) already used up its allowance (would
         one more be refused)? One round trip either way."""
+        seen = self._seen(key, limit, window, wider)
+        return _spent(seen, self._cache.get_many([k for counts in seen for k in (counts.key, counts.last)]))
+
+    async def exceeded_async(self, key: str, limit: int, window: int, *, wider: Wider | None = None) -> int | None:
+        """``exceeded`` from the event loop."""
+        seen = self._seen(key, limit, window, wider)
+        return _spent(seen, await self._cache.get_many_async([k for counts in seen for k in (counts.key, counts.last)]))
+
+    def _seen(self, key: str, limit: int, window: int, wider: Wider | None) -> list[Counts]:
         now = self._now()
         seen = [self._counts(key, limit, window, now)]
         if wider is not None:
             seen.append(self._counts(wider.key, wider.limit, window, now))
-        held = self._cache.get_many([k for counts in seen for k in (counts.key, counts.last)])
-        waits = [_wait(counts, int(held[2 * i] or 0), int(held[2 * i + 1] or 0)) for i, counts in enumerate(seen)]
-        spent = [wait for wait in waits if wait is not None]
-        return _retry_after(max(spent)) if spent else None
+        return seen
+
+
+def _judged(reply: tuple[int, int, int, list[bytes | None]], counts: Counts, outer: Counts | None
+            ) -> tuple[int | None, list[bytes | None]]:
+    """What ``Cache.incr_sliding`` answered, as ``RateLimiter.count`` returns it."""
+    refused, count, last, peeked = reply
+    if refused == 0:
+        return None, peeked
+    if refused == 2:
+        log.info("identity.ratelimit.refused.network")
+    return _retry_after(_wait(outer if refused == 2 and outer is not None else counts, count, last)), peeked
+
+
+def _and_spent(seen: Counts, retry: int | None, peeked: list[bytes | None]) -> int | None:
+    """``hit_and_check``'s answer: ``seen``'s wait if its allowance (read as ``peeked``) is spent, else ``retry``."""
+    count, last = peeked
+    spent = _wait(seen, int(count or 0), int(last or 0))
+    return _retry_after(spent) if spent is not None else retry
+
+
+def _spent(seen: list[Counts], held: list[bytes | None]) -> int | None:
+    """``exceeded``'s answer from the two values read for each of ``seen``."""
+    waits = [_wait(counts, int(held[2 * i] or 0), int(held[2 * i + 1] or 0)) for i, counts in enumerate(seen)]
+    spent = [wait for wait in waits if wait is not None]
+    return _retry_after(max(spent)) if spent else None
 
 
 def _wait(counts: Counts, count: int, last: int) -> float | None:
@@ -695,14 +737,17 @@ class RateLimitMiddleware:
         wider = None if network is None else Wider(f"ep:{family}:net:{network}", limits.network_limit)
         key = f"ep:{family}:addr:{address}"
         client_id = client_id_from_basic(_header(scope, b"authorization")) if family == "oauth" else None
-        # On the loop: one round trip to Redis (or none), cheaper than a thread hop. The address is
+        # From the loop, pipelined on its own connection (``Cache.incr_sliding_async``): cheaper than a thread
+        # hop, and a Redis that hangs holds this request until the cache's timeout, never the loop and every
+        # other request of the worker with it (review 168, finding 2: a health check waited 1.7 s behind one
+        # token request's count). The address is
         # counted before any of the body is read (review 168, finding 1): a body that never comes has
         # been counted. A client named in the Basic header has its allowance read in the same trip.
         if client_id is None:
-            retry = limiter.hit(key, limits.per_address, limits.window, wider=wider)
+            retry = (await limiter.count_async(key, limits.per_address, limits.window, wider=wider))[0]
         else:
-            retry = limiter.hit_and_check(key, limits.per_address, f"ep:client:{client_id}", limits.per_client,
-                                          limits.window, wider=wider)
+            retry = await limiter.hit_and_check_async(key, limits.per_address, f"ep:client:{client_id}",
+                                                      limits.per_client, limits.window, wider=wider)
         if retry is None and family == "oauth" and client_id is None:
             try:
                 receive, body = await _buffer_form(scope, receive)
@@ -711,7 +756,7 @@ class RateLimitMiddleware:
                 return
             client_id = client_id_from_form(body) if body else None
             if client_id is not None:  # a client named in the form: its allowance, a second round trip
-                retry = limiter.exceeded(f"ep:client:{client_id}", limits.per_client, limits.window)
+                retry = await limiter.exceeded_async(f"ep:client:{client_id}", limits.per_client, limits.window)
         if retry is not None:
             log.info("identity.ratelimit.refused.%s", family)
             await _too_many(send, family, retry)
@@ -740,7 +785,7 @@ class RateLimitMiddleware:
         finally:
             _authenticated.reset(token)
         if cell.guessed_authenticated:
-            limiter.hit(f"ep:client:{client_id}", limits.per_client, limits.window)
+            await limiter.count_async(f"ep:client:{client_id}", limits.per_client, limits.window)
 
 
 async def _buffer_form(scope: Scope, receive: Receive) -> tuple[Receive, bytes]:

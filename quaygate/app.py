@@ -290,6 +290,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             if container is None:
                 started.callback(built.close)
             await _greet_cache(app, built)
+            started.callback(built.cache.close_pipelined)  # the rate limits' (on this loop, which closes next)
             lease = await _serving_lease(app, built, own=container is None)
             started.callback(lease.close)
             app.state.serving_lease = lease

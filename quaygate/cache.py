@@ -9,6 +9,7 @@ Redis that lost or rolled back its data may have forgotten.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import threading
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import dataset
-from .redisline import Line, Script
+from .redisline import Line, Pipelined, Script
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,22 @@ class Cache(Protocol):
         ``outer``, so there are at most ``outer``'s limit of them per window (identity.ratelimit)."""
         ...
 
+    async def incr_sliding_async(self, counts: Counts, ttl_seconds: float, peeks: list[str],
+                                 outer: Counts | None = None) -> tuple[int, int, int, list[bytes | None]]:
+        """``incr_sliding`` from the event loop, which serves other requests while Redis answers: a Redis
+        that hangs holds this request until the timeout, never the loop (review 168, finding 2)."""
+        ...
+
+    async def get_many_async(self, keys: list[str]) -> list[bytes | None]:
+        """``get_many`` from the event loop, as ``incr_sliding_async``."""
+        ...
+
     def ping(self) -> bool: ...
+
+    def close_pipelined(self) -> None:
+        """Close the event loops' connections of the ``_async`` calls (an app's lifespan ends: its loop
+        is closing); a later call connects anew."""
+        ...
 
     def greet(self) -> None:
         """Connect now, as the first call would: Redis's greeting checks its eviction policy and the
@@ -242,6 +258,13 @@ class MemoryCache:
             peeked = [self._live(p, now) for p in peeks]
         return (*verdict, [None if item is None else item[0] for item in peeked])
 
+    async def incr_sliding_async(self, counts: Counts, ttl_seconds: float, peeks: list[str],
+                                 outer: Counts | None = None) -> tuple[int, int, int, list[bytes | None]]:
+        return self.incr_sliding(counts, ttl_seconds, peeks, outer)  # in memory: nothing to wait for
+
+    async def get_many_async(self, keys: list[str]) -> list[bytes | None]:
+        return self.get_many(keys)
+
     def _read(self, counts: Counts, now: float) -> tuple[int, int]:
         held = [self._live(k, now) for k in (counts.key, counts.last)]
         return int(held[0][0]) if held[0] else 0, int(held[1][0]) if held[1] else 0
@@ -255,6 +278,9 @@ class MemoryCache:
 
     def greet(self) -> None:
         pass  # nothing to connect to
+
+    def close_pipelined(self) -> None:
+        pass  # nothing to close
 
     def close(self) -> None:
         self._data.clear()
@@ -329,6 +355,9 @@ class RedisCache:
         # Every call below: one round trip on this thread's own connection, each connection made checking
         # first that this Redis wrote the data it holds: the dataset's epoch, and ``forget_on_new_dataset``.
         self._line = Line(self._r, greeting=self._greeting, greeted=self.greeted)
+        # The event loop's calls (the rate limits' middleware): pipelined on the loop's own connection,
+        # greeted as the Line's are; through a thread where it cannot be made (a Unix socket, Sentinel).
+        self._pipe = Pipelined(self._r, greeting=self._greeting, greeted=self.greeted)
 
     def own(self, dataset_id: str) -> None:
         """Claim this Redis database for ``dataset_id`` (quaygate/identity_of_dataset.py) with every connection
@@ -382,8 +411,13 @@ class RedisCache:
         return value if isinstance(value, bytes) else None
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
-        values = self._line.call("MGET", *[self._p + k for k in keys])
-        return [v if isinstance(v, bytes) else None for v in values]
+        return _values(self._line.call("MGET", *[self._p + k for k in keys]))
+
+    async def get_many_async(self, keys: list[str]) -> list[bytes | None]:
+        command = ("MGET", *[self._p + k for k in keys])
+        if not self._pipe.available:
+            return _values(await asyncio.to_thread(self._line.call, *command))
+        return _values(await self._pipe.call(*command))
 
     def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None:
         if ttl_seconds is None:
@@ -418,15 +452,24 @@ class RedisCache:
 
     def incr_sliding(self, counts: Counts, ttl_seconds: float, peeks: list[str], outer: Counts | None = None
                      ) -> tuple[int, int, int, list[bytes | None]]:
+        return _sliding(self._line.run(_INCR_SLIDING, *self._sliding_call(counts, ttl_seconds, peeks, outer)))
+
+    async def incr_sliding_async(self, counts: Counts, ttl_seconds: float, peeks: list[str],
+                                 outer: Counts | None = None) -> tuple[int, int, int, list[bytes | None]]:
+        call = self._sliding_call(counts, ttl_seconds, peeks, outer)
+        if not self._pipe.available:
+            return _sliding(await asyncio.to_thread(self._line.run, _INCR_SLIDING, *call))
+        return _sliding(await self._pipe.run(_INCR_SLIDING, *call))
+
+    def _sliding_call(self, counts: Counts, ttl_seconds: float, peeks: list[str], outer: Counts | None
+                      ) -> tuple[list[Any], list[Any]]:
         keys = [self._p + counts.key, self._p + counts.last]
         args: list[Any] = [max(1, int(ttl_seconds * 1000)), counts.window, counts.left, counts.limit]
         if outer is not None:
             # one window and what is left of it for both: ``outer``'s are ``counts``'
             keys += [self._p + outer.key, self._p + outer.last]
             args.append(outer.limit)
-        reply = self._line.run(_INCR_SLIDING, [*keys, *(self._p + p for p in peeks)], args)
-        return (int(reply[0]), int(reply[1]), int(reply[2]),
-                [v if isinstance(v, bytes) else None for v in reply[3:]])
+        return [*keys, *(self._p + p for p in peeks)], args
 
     def ping(self) -> bool:
         try:
@@ -437,9 +480,21 @@ class RedisCache:
     def greet(self) -> None:
         self._line.call("PING")  # this thread's connection, made and greeted if it is not yet
 
+    def close_pipelined(self) -> None:
+        self._pipe.close()
+
     def close(self) -> None:
+        self._pipe.close()
         self._line.close()
         self._r.close()
+
+
+def _values(values: list[Any]) -> list[bytes | None]:
+    return [v if isinstance(v, bytes) else None for v in values]
+
+
+def _sliding(reply: list[Any]) -> tuple[int, int, int, list[bytes | None]]:
+    return int(reply[0]), int(reply[1]), int(reply[2]), _values(reply[3:])
 
 
 def make_cache(redis_url: str | None) -> Cache:

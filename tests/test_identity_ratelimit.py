@@ -412,13 +412,14 @@ class Served:
     engine: sa.Engine
 
 
-def serve(engine: sa.Engine, tmp_path: Path, cache: Cache, **limits: Any) -> Iterator[Served]:
+def serve(engine: sa.Engine, tmp_path: Path, cache: Cache, *, raise_server_exceptions: bool = True,
+          **limits: Any) -> Iterator[Served]:
     # The app mounts the middleware itself (quaygate/app.py); its limits come from the settings.
     settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
                         background_workers=False, issuer=ISSUER, **limits)
     container = Container(settings=settings, engine=engine, cache=cache,
                           cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
-    with TestClient(create_app(settings, container=container)) as http:
+    with TestClient(create_app(settings, container=container), raise_server_exceptions=raise_server_exceptions) as http:
         yield Served(http, engine)
 
 
