@@ -335,6 +335,32 @@ def test_the_driver_refuses_a_nomination_with_a_reason(browser: Any, live: Live)
         phone.close()
 
 
+def test_the_driver_refuses_a_nomination_he_accepted(browser: Any, live: Live) -> None:
+    """The truck breaks down after he accepted: the card still offers to refuse, with a reason (review 170,
+    finding 5: once accepted, the card showed its status alone, and the gate kept admitting the nomination
+    he could no longer honour). Accepting again is not offered."""
+    s = seed(live)
+    phone = Phone(browser)
+    page = phone.page
+    try:
+        enrol(phone, live, s.code)
+        card = page.locator(f'[data-container="{s.container}"]')
+        card.wait_for()
+        card.locator('[data-action="accept"]').click()
+        card.locator('[data-response="accepted"]').wait_for()
+        assert card.locator('[data-action="accept"]').count() == 0
+        card.locator('[data-action="refuse"]').click()
+        card.locator('[data-reason="unavailable"]').click()
+        card.locator('[data-response="refused"]').wait_for()
+        assert card.locator('[data-action="refuse"]').count() == 0
+        kind, data = last_event(live, s.release_id)
+        assert kind == "release.nomination.refused" and data.get("reason") == "unavailable"
+        assert data["actor_person_id"] == str(s.person_id)
+        assert phone.errors == []
+    finally:
+        phone.close()
+
+
 def test_account_page_lists_renames_and_adds_passkeys(browser: Any, live: Live) -> None:
     s = seed(live)
     phone = Phone(browser)

@@ -100,9 +100,8 @@
     });
     li.appendChild(lights);
     var answer = n && n.driver_response ? n.driver_response.status : "pending";
-    if (answer === "accepted" || answer === "refused") {
-      li.appendChild(QG.el("p", {"class": "status", "data-response": answer}, t("card." + answer)));
-    } else if (r.state === "nominated") li.appendChild(actions(r));
+    if (answer !== "pending") li.appendChild(QG.el("p", {"class": "status", "data-response": answer}, t("card." + answer)));
+    if (r.state === "nominated" && answer !== "refused") li.appendChild(actions(r, answer !== "pending"));
     if (r.state === "nominated" && !r.gate_in_at) {
       api("GET", "/releases/" + r.id + "/events").then(function (ev) { gate.textContent = gateText(r, ev.items); }, function () { /* keep */ });
     }
@@ -112,7 +111,7 @@
   // Accept, or refuse with a reason from the release service's closed list (no free text). If-Match binds
   // the answer to the version the card shows (RFC 9110 §13.1.1): changed since (another truck), it is 412,
   // nothing is recorded, and the list is read again.
-  function actions(r) {
+  function actions(r, accepted) {
     var box = QG.el("div"), row = QG.el("div", {"class": "row"}), why = QG.el("div", {hidden: ""});
     var refuse = QG.el("button", {"class": "secondary", type: "button", "data-action": "refuse"}, t("card.refuse"));
     var accept = QG.el("button", {"class": "primary", type: "button", "data-action": "accept"}, t("card.accept"));
@@ -141,7 +140,7 @@
     cancel.addEventListener("click", function () { why.hidden = true; row.hidden = false; });
     menu.appendChild(cancel);
     why.appendChild(menu);
-    row.appendChild(refuse); row.appendChild(accept);
+    row.appendChild(refuse); if (!accepted) row.appendChild(accept);
     box.appendChild(row); box.appendChild(why);
     return box;
   }
