@@ -279,3 +279,37 @@ def test_a_revocation_and_a_withdrawal_tell_the_recipient_of_the_offer(gate: Gat
                                 .order_by(webhook_deliveries.c.created_at)).scalars().all()
     assert told == ["release.transfer.requested", "release.transfer.withdrawn",
                     "release.transfer.requested", "release.transfer.cancelled"]
+
+
+def test_a_decline_is_told_to_both_ends(gate: Gate) -> None:
+    """Review 170, finding 4: ``release.transfer.declined`` names both ends, as the withdrawal does, so
+    the declining company's own webhooks hear its decline too (before, the event named neither and its
+    audience was the line and the holder only: the decliner heard the offer and never its end)."""
+    p = gate.p
+    decliner = _subscribe(gate.engine, p.haul2.organisation_id, ["release.*"])
+    sender = _subscribe(gate.engine, p.haul.organisation_id, ["release.transfer.*"])
+    rid = str(gate.issue(1, release_to_organisation_id=str(p.haul.organisation_id))["release"]["id"])
+    r = gate.http.post(f"/api/v1/releases/{rid}/transfers", headers=gate.as_("haul"),
+                       json={"to_organisation_id": str(p.haul2.organisation_id)})
+    assert r.status_code == 201, r.text
+    tid = r.json()["transfer"]["id"]
+    r = gate.http.post(f"/api/v1/transfers/{tid}/decline", headers=gate.as_("haul2"), json={"reason": "no truck"})
+    assert r.status_code == 200, r.text
+    with gate.engine.connect() as conn:
+        told = {sid: conn.execute(sa.select(webhook_deliveries.c.event_type)
+                                  .where(webhook_deliveries.c.subscription_id == sid)
+                                  .order_by(webhook_deliveries.c.created_at)).scalars().all()
+                for sid in (decliner, sender)}
+        declined = conn.execute(sa.select(release_events.c.data)
+                                .where(release_events.c.release_id == uuid.UUID(rid))
+                                .where(release_events.c.type == "release.transfer.declined")).scalar_one()
+    assert told[decliner] == ["release.transfer.requested", "release.transfer.declined"]
+    assert told[sender] == ["release.transfer.requested", "release.transfer.declined"]
+    assert declined == {"transfer_id": tid, "from": str(p.haul.organisation_id),
+                        "to": str(p.haul2.organisation_id), "reason": "no truck", "state": "active"}
+    # The sender reads it in full on the right's events (disclosure: a transfer it was party to); the
+    # decliner, which never held the right, reads the right no more (common.can_see), as before.
+    r = gate.http.get(f"/api/v1/releases/{rid}/events", headers=gate.as_("haul"))
+    assert r.status_code == 200, r.text
+    [event] = [e for e in r.json()["items"] if e["type"] == "release.transfer.declined"]
+    assert (event["data"]["from"], event["data"]["to"]) == (str(p.haul.organisation_id), str(p.haul2.organisation_id))

@@ -628,7 +628,12 @@ class ReleaseRight:
         if by.organisation_id != transfer.to_organisation_id:
             raise DomainError(ErrorCode.NOT_RECIPIENT, "Only the recipient declines a transfer.")
         self._close_transfer(transfer, TransferState.DECLINED, now)
-        self._emit("release.transfer.declined", by, now, {"transfer_id": str(transfer.id), "reason": reason})
+        # Both ends named, as on the withdrawal: the decliner's own webhooks hear it too (``audience``:
+        # the event's ``to``; review 170, finding 4), and to a company of the chain party to neither end
+        # the recipient stays unnamed (disclosure: ``to`` null unless it knows the company).
+        self._emit("release.transfer.declined", by, now,
+                   {"transfer_id": str(transfer.id), "from": str(transfer.from_organisation_id),
+                    "to": str(transfer.to_organisation_id), "reason": reason})
         return transfer
 
     def withdraw_transfer(self, *, transfer_id: uuid.UUID, by: Actor, now: datetime) -> Transfer:
