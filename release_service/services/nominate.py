@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -9,10 +10,12 @@ from datetime import datetime
 from release_service.domain.errors import DomainError, ErrorCode
 from release_service.domain.parties import Actor
 from release_service.domain.plates import Plate
-from release_service.domain.release import ReleaseRight, Slot
+from release_service.domain.release import ReleaseRight, Screening, Slot
 from release_service.ports import UnitOfWork
 
 from .common import IfMatch, Receipt, acting_organisation_active, load, persist
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +50,33 @@ def nominate(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, cmd: Nominate
     # load or a suspension in flight is waited for and screened against, or waits and alerts this.
     uow.directory.hold_person(driver)
     screening = uow.screening.screen(driver, terminal=right.terminal, now=now)
-    right.nominate(by=actor, driver_person_id=driver, plate=plate, trailer_plate=trailer, slot=slot,
-                   screening=screening, now=now)
+    try:
+        right.nominate(by=actor, driver_person_id=driver, plate=plate, trailer_plate=trailer, slot=slot,
+                       screening=screening, now=now)
+    except DomainError as refused:
+        if refused.code is ErrorCode.DRIVER_SCREENING_FAILED:
+            _screening_refused(uow, actor, right, driver, screening, now)
+            refused.keep_effects = True
+        raise
     return right, persist(uow, right)
+
+
+# Port security's trace of a driver its screening kept off a right (review 170, finding 3): a haulier
+# putting a banned (or unscreenable) driver on a pickup is what port security watches for, and the
+# refusal rolled everything back. The entry alone is committed with the refusal (``keep_effects``,
+# services.common.run); the right, its events and the webhooks are untouched. On the audit trail only,
+# as the override alarm (services/gate.py): the haulier has the refusal's answer, and the driver's
+# screening is no other company's to hear.
+SCREENING_REFUSED = "release.nomination.screening_refused"
+
+
+def _screening_refused(uow: UnitOfWork, actor: Actor, right: ReleaseRight, driver: uuid.UUID,
+                       screening: Screening, now: datetime) -> None:
+    data = {"release_id": str(right.id), "terminal": right.terminal,
+            "operator_organisation_id": str(actor.organisation_id), "driver_person_id": str(driver),
+            "screening": screening.result, "reasons": list(screening.reasons)}
+    log.warning("release.nominate.screening_refused.%s", screening.result)
+    uow.audit.append(SCREENING_REFUSED, actor=actor.as_dict(), subject=str(right.id), data=data, at=now)
 
 
 def _driver(uow: UnitOfWork, cmd: NominateCommand, operator: uuid.UUID, now: datetime) -> uuid.UUID:
