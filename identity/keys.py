@@ -40,6 +40,10 @@ sealed private half opens under the data key and gives the row's public key: the
 verified with is the one derived from it, never a ``public_jwk`` someone wrote into the table (review
 132: an insider's own key, published ten years ahead). A retiring key is published at most until
 ``retired_at`` + token lifetime + ``reload_every`` + leeway, whatever its ``publish_until`` says.
+Review 172, finding 2: nothing is written under a data key that opens none of the keys stored (a command
+or replica given another QUAYGATE_DATA_KEY): ``rotate``, ``revoke`` and ``ensure_active`` raise
+``quaygate.rekey.ForeignDataKey`` first, the retirement leaves a retiring row it cannot open as it is, and
+``ensure_active`` rotates out an active row that does not open as ours and makes a key of ours in its place.
 
 Loaded keys are cached in memory: the set is reloaded every ``reload_every`` seconds, or sooner
 when a token names a kid we do not know yet but the table holds as an active or retiring token key (a
@@ -68,6 +72,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey, import_key
 
 from quaygate.cache import DATASET_EPOCH, Cache
 from quaygate.crypto import DataCipher
+from quaygate.rekey import refuse_foreign_key
 from quaygate.schema import signing_keys
 
 # The table also holds the audit trail's Ed25519 key (use "audit"): token keys are use "sig".
@@ -164,17 +169,26 @@ class KeyStore:
     # ---- writes ---------------------------------------------------------------------------------
 
     def ensure_active(self, now: datetime) -> dict[str, str]:
-        """The active key's kid for every algorithm, creating the keys that are missing."""
+        """The active key's kid for every algorithm, creating the keys that are missing. Only a key of ours
+        counts (``_genuine``): an active row whose sealed half does not open as ours (sealed under another
+        data key by a command given the wrong one, review 172 finding 2, or written into the table) is
+        rotated out, never published nor trusted, and a key of ours takes its place. ``ForeignDataKey``
+        (nothing written) when this data key opens none of the keys stored (quaygate.rekey)."""
         with self._read() as conn:
-            active = self._active(conn)
+            active, _ = self._active(conn)
         missing = [alg for alg in SIGNING_ALGORITHMS if alg not in active]
         if not missing:
             return active
         fresh = {alg: self._generate(alg) for alg in missing}  # outside the lock: the slow part
         with self._engine.begin() as conn:
             self._take_lock(conn)
-            active = self._active(conn)  # another replica may have added some meanwhile
+            active, foreign = self._active(conn)  # another replica may have added some meanwhile
             created = [alg for alg in missing if alg not in active]
+            if created:
+                refuse_foreign_key(conn, self._cipher)
+            replaced = {alg: foreign[alg] for alg in created if alg in foreign}
+            if replaced:
+                self._rotate_out(conn, signing_keys.c.kid.in_(list(replaced.values())), now)
             for alg in created:
                 self._insert(conn, fresh[alg], alg, now)
                 active[alg] = str(fresh[alg].kid)
@@ -182,6 +196,8 @@ class KeyStore:
             self._changed()
             for alg in created:
                 log.info("identity.keys.created", extra={"kid": active[alg], "alg": alg})
+            for alg, kid in replaced.items():
+                log.error("identity.keys.not_ours_rotated_out", extra={"kid": kid[:64], "alg": alg})
         return active
 
     def rotate(self, now: datetime, algs: Iterable[str] | None = None) -> dict[str, str]:
@@ -191,15 +207,11 @@ class KeyStore:
         clock leeway. Returns the new kids by algorithm."""
         chosen = _checked(algs)
         fresh = {alg: self._generate(alg) for alg in chosen}
-        publish_until = now + self.publication
         with self._engine.begin() as conn:
             self._take_lock(conn)
+            refuse_foreign_key(conn, self._cipher)  # under another data key: nothing written
             self._retire_due(conn, now)
-            conn.execute(
-                signing_keys.update()
-                .where(signing_keys.c.status == "active", signing_keys.c.alg.in_(chosen), _TOKEN_KEYS)
-                .values(status="retiring", retired_at=now, publish_until=publish_until)
-            )
+            self._rotate_out(conn, signing_keys.c.alg.in_(chosen), now)
             for alg in chosen:
                 self._insert(conn, fresh[alg], alg, now)
         self._changed()
@@ -222,7 +234,8 @@ class KeyStore:
         """Withdraw token key ``kid`` at once (it leaked): status revoked, unpublished, its private half
         erased, audited with ``reason``. Were it its algorithm's active key, a new one takes its place in
         the same transaction: its kid is returned (else None). LookupError for no such token key,
-        ValueError for one already revoked or an empty reason."""
+        ValueError for one already revoked or an empty reason, ``ForeignDataKey`` under a data key that opens
+        none of the keys stored (nothing written: the new key would be sealed where the service cannot open it)."""
         from identity.audit import record  # the audit trail's writer: not needed by the hot path
 
         reason = reason.strip()
@@ -235,6 +248,7 @@ class KeyStore:
             row = self._key_row(kid, conn)  # again under the lock: a rotation may have retired it meanwhile
             if row.status == "revoked":
                 raise ValueError(f"key {kid} is already revoked")
+            refuse_foreign_key(conn, self._cipher)
             conn.execute(
                 signing_keys.update().where(signing_keys.c.kid == kid, _TOKEN_KEYS)
                 .values(status="revoked", publish_until=now, private_enc=None,
@@ -423,13 +437,28 @@ class KeyStore:
         self._opened[kid] = (sealed, public_jwk, key)
         return key
 
-    def _active(self, conn: sa.Connection) -> dict[str, str]:
+    def _active(self, conn: sa.Connection) -> tuple[dict[str, str], dict[str, str]]:
+        """The active token keys by algorithm: those of ours (``_genuine``), and those that are not."""
         rows = conn.execute(
-            sa.select(signing_keys.c.alg, signing_keys.c.kid)
-            .where(signing_keys.c.status == "active", _TOKEN_KEYS)
+            sa.select(signing_keys.c.alg, signing_keys.c.kid, signing_keys.c.private_enc, signing_keys.c.public_jwk)
+            .where(signing_keys.c.status == "active", signing_keys.c.alg.in_(SIGNING_ALGORITHMS), _TOKEN_KEYS)
             .order_by(signing_keys.c.created_at)
         ).all()
-        return {str(r.alg): str(r.kid) for r in rows}
+        ours: dict[str, str] = {}
+        foreign: dict[str, str] = {}
+        for r in rows:
+            genuine = self._genuine(r.kid, r.alg, r.private_enc, dict(r.public_jwk)) is not None
+            (ours if genuine else foreign)[str(r.alg)] = str(r.kid)
+        return ours, foreign
+
+    def _rotate_out(self, conn: sa.Connection, which: sa.ColumnElement[bool], now: datetime) -> None:
+        """The active token keys ``which`` selects sign nothing more; still published (when ours) until every
+        token they signed has expired (``publication``)."""
+        conn.execute(
+            signing_keys.update()
+            .where(signing_keys.c.status == "active", which, _TOKEN_KEYS)
+            .values(status="retiring", retired_at=now, publish_until=now + self.publication)
+        )
 
     def _publishable(self, kid: str) -> bool:
         """Would a reload load ``kid``? The same rows as ``_load`` reads."""
@@ -490,18 +519,25 @@ class KeyStore:
         """Retiring token keys past their publication become retired, their private halves erased: nothing
         signs with them again, and ``rotated_out`` needs only the public half. In its place the row keeps
         that public half and its retirement sealed under the data key (``_retirement``), so that a public
-        key written into the table by someone without the data key is never taken for one of ours."""
+        key written into the table by someone without the data key is never taken for one of ours. A row
+        whose sealed half does not open as ours is left as it is, retiring (never published nor trusted):
+        under another data key (review 172, finding 2) our keys were erased here with no retirement record,
+        and the late gate passes they signed no longer checked. How many were retired."""
         due = conn.execute(
             sa.select(signing_keys.c.kid, signing_keys.c.alg, signing_keys.c.public_jwk, signing_keys.c.private_enc,
                       signing_keys.c.retired_at)
             .where(signing_keys.c.status == "retiring", signing_keys.c.publish_until <= now, _TOKEN_KEYS)
         ).all()
+        retired = 0
         for r in due:
             key = self._genuine(r.kid, r.alg, r.private_enc, dict(r.public_jwk))
-            sealed = None if key is None or r.retired_at is None else self._retirement(r.kid, r.alg, key, r.retired_at)
+            if key is None:
+                continue
+            sealed = None if r.retired_at is None else self._retirement(r.kid, r.alg, key, r.retired_at)
             conn.execute(signing_keys.update().where(signing_keys.c.kid == r.kid, signing_keys.c.status == "retiring")
                          .values(status="retired", private_enc=sealed))
-        return len(due)
+            retired += 1
+        return retired
 
     def _retirement(self, kid: str, alg: str, key: SigningKey, retired_at: datetime) -> str:
         """A retired key's public half and the time it was rotated out, sealed under the data key (the

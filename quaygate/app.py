@@ -51,6 +51,7 @@ from .container import Container
 from .dataset import UnsuitableRedis
 from .loopdb import LoopDatabase
 from .observability import Metrics, ObservabilityMiddleware, configure_logging, log_event, metrics_may_read
+from .rekey import ForeignDataKey
 from .routing import BIG_BODY_FACTOR, BodyTimeout, ExactRoutes, answer_body_timeout, include
 from .settings import DEFAULT_BODY_SECONDS, Mode, Settings
 from .threads import ThreadPool
@@ -231,6 +232,17 @@ async def _greet_cache(app: FastAPI, built: Container) -> None:
         raise
 
 
+async def _identity_provider(app: FastAPI, built: Container) -> IdentityProvider:
+    """The identity provider, its signing keys made if missing: a data key that opens none of the keys stored
+    stops the start (quaygate.rekey ``ForeignDataKey``, review 172 finding 2: not the deployment's key; it
+    would sign with nothing)."""
+    try:
+        return await run_in_threadpool(IdentityProvider.build, built)
+    except ForeignDataKey as exc:
+        _refuse_start(app, str(exc))
+        raise
+
+
 async def _serving_lease(app: FastAPI, built: Container, *, own: bool) -> solo.SoloLease:
     """Every server holds the database's serving lease (quaygate/solo.py): alone without a shared cache,
     together with the others that share Redis. A server whose lease another took meanwhile stops: it
@@ -297,7 +309,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             # The hottest routes' blocking parts (quaygate/threads.py), on a few threads (settings.worker_threads)
             app.state.threads = ThreadPool(max_threads=built.settings.worker_threads)
             started.callback(app.state.threads.close)
-            identity = await run_in_threadpool(IdentityProvider.build, built)
+            identity = await _identity_provider(app, built)
             app.state.container = built
             app.state.identity = identity
             app.state.token_verifier = identity.verifier

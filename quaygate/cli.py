@@ -148,7 +148,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 1
         from identity.bootstrap import key_store
 
-        key_store(container).ensure_active(container.clock.now())
+        from .rekey import ForeignDataKey
+
+        try:
+            key_store(container).ensure_active(container.clock.now())
+        except ForeignDataKey as exc:  # review 172, finding 2
+            print(f"quaygate demo: refused, nothing was written: {exc}", file=sys.stderr)
+            return 1
         data = seed(container.engine, settings, container.clock.now())
         write_credentials(path, data)
     finally:
@@ -182,6 +188,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from identity.keys import SIGNING_ALGORITHMS
 
     from .container import Container
+    from .rekey import ForeignDataKey
 
     if args.encryption:
         return _rotate_encryption_key()
@@ -193,6 +200,9 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     container = Container.build(settings)
     try:
         kids = key_store(container).rotate(container.clock.now(), args.alg)
+    except ForeignDataKey as exc:  # review 172, finding 2: the new keys would be sealed where nobody opens them
+        print(f"keys rotate: refused, nothing changed: {exc}", file=sys.stderr)
+        return 1
     finally:
         container.close()
     for alg, kid in kids.items():

@@ -8,7 +8,9 @@ its private half is erased; were it its algorithm's active key, a new one is mad
 transaction. Audited (``identity.key.revoked``, actor ``cli:<user>``, with the reason). The running
 replicas drop the key within about a second when they share Redis with this command (the key set's epoch,
 identity.keys), else at their next timed reload (60 s); gate adapters when they next fetch the JWKS.
-Plain messages; exit 2 for an unknown or already revoked key or an empty reason, nothing changed.
+Plain messages; exit 2 for an unknown or already revoked key or an empty reason, nothing changed; exit 1,
+nothing changed, under a QUAYGATE_DATA_KEY that opens none of the keys stored (review 172, finding 2: the
+replacing key would be sealed where the service cannot open it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     from identity.bootstrap import key_store
 
     from .container import Container
+    from .rekey import ForeignDataKey
     from .settings import Settings
 
     container = Container.build(Settings())
@@ -40,6 +43,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"nothing changed: {exc}", file=sys.stderr)
         return 2
+    except ForeignDataKey as exc:  # review 172, finding 2: a new key would be sealed where nobody opens it
+        print(f"keys revoke: refused, nothing changed: {exc}", file=sys.stderr)
+        return 1
     finally:
         container.close()
     print(f"signing key {args.kid} is revoked: no longer published, it verifies no token and no gate pass")

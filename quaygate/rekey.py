@@ -120,6 +120,46 @@ SEALED: tuple[Sealed, ...] = (
            describe=lambda r: (f"person {r.person_id} (anchor {r.anchor_template_id} of template {r.template_id}, "
                                f"enrolled {_at(r.enrolled_at)} by {r.enrolled_by})")),
 )
+# The keys' sealed columns (token, audit and upstream encryption keys): what ``refuse_foreign_key`` opens.
+_KEY_COLUMNS = SEALED[:2]
+
+
+class ForeignDataKey(RuntimeError):
+    """The data key opens none of the keys stored in the database: not the one they were sealed under."""
+
+
+def refuse_foreign_key(conn: sa.Connection, cipher: DataCipher) -> None:
+    """Before a new key is sealed (a token or upstream encryption key made, rotated or revoked and replaced):
+    ``ForeignDataKey`` unless ``cipher`` opens a key stored in the database (a private half or retirement
+    record, with its row's associated data), or none is stored yet. Review 172, finding 2: under another
+    QUAYGATE_DATA_KEY, ``quaygate keys rotate`` sealed the new keys where the service cannot open them and
+    said they were active (the service then had none it could sign with). A blob that opens was sealed by a
+    holder of the key (AES-GCM); tried newest first, so under our key the first opens, and under another each
+    names its own key and is refused without a decryption."""
+    tried, named = 0, set()
+    for spec in _KEY_COLUMNS:
+        rows = conn.execute(sa.select(spec.pk, spec.column).where(spec.column.is_not(None))
+                            .order_by(spec.table.c.created_at.desc(), spec.pk))
+        for row in rows:
+            sealed, tried = getattr(row, spec.column.name), tried + 1
+            for aad in spec.aads(row):
+                try:
+                    cipher.open(sealed, aad)
+                    return
+                except (InvalidTag, ValueError):  # UnknownDataKey and a malformed blob too
+                    continue
+            try:
+                named.add(cipher.sealed_key_id(sealed))
+            except ValueError:
+                pass
+    if tried:
+        under = ", ".join(sorted(k for k in named if k is not None))
+        raise ForeignDataKey(
+            f"QUAYGATE_DATA_KEY (data key {', '.join(cipher.key_ids)}) opens none of the {tried} keys stored in the "
+            f"database{f' (sealed under data key {under})' if under else ''}: it is not the data key they were "
+            "sealed under")
+
+
 # Clocks of the replicas and of this command may differ by this much: a date ahead of now by less is one
 # a rotation could have written.
 SKEW = timedelta(minutes=5)
