@@ -287,11 +287,13 @@ class VerifyClient:
         return self.call("POST", self.url, body)
 
     def call(self, method: str, url: str, body: Mapping[str, Any] | None = None, *,
-             attempts: int | None = None, patience: float | None = None) -> dict[str, Any]:
+             attempts: int | None = None, patience: float | None = None,
+             headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         """One JSON call to the service under rules 1 to 3 and 7 (verify, and offline mode's passes and
         reconcile, which are idempotent too). ``url`` may be a path under ``base_url``. ``patience``: the
         most this call waits in all on a ``Retry-After`` (default ``max_retry_after``; offline mode's upkeep
-        waits for none, it is tried again when next due)."""
+        waits for none, it is tried again when next due). ``headers``: more request headers (offline mode's
+        ``Cache-Control: no-cache`` for a JWKS fetched again past the caches); never the authorization's."""
         if url.startswith("/"):
             url = self.base_url + url
         last = "no attempt"
@@ -310,11 +312,11 @@ class VerifyClient:
             if pause > 0:
                 self._sleep(pause)
             try:
-                r = self._send(method, url, body)
+                r = self._send(method, url, body, headers)
                 if r.status_code == 401 and not refreshed:  # rule 2: one fresh token, at once
                     refreshed = True
                     self.tokens.invalidate()
-                    r = self._send(method, url, body)
+                    r = self._send(method, url, body, headers)
             except TokenRefused as exc:  # rule 6: never an outage; a 429 is asked again (rule 7)
                 if exc.status != 429:
                     raise
@@ -350,16 +352,17 @@ class VerifyClient:
         with self._lock:
             self._not_before = max(self._not_before, self._clock() + seconds)
 
-    def _send(self, method: str, url: str, body: Mapping[str, Any] | None) -> httpx.Response:
+    def _send(self, method: str, url: str, body: Mapping[str, Any] | None,
+              more: Mapping[str, str] | None = None) -> httpx.Response:
         token = self.tokens.token()
         dpop: DPoPKey | None = getattr(self.tokens, "dpop", None)
         if dpop is None:
-            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            headers = {**(more or {}), "Authorization": f"Bearer {token}", "Accept": "application/json"}
             return self._http.request(method, url, json=None if body is None else dict(body), headers=headers)
         sent = None
         for _ in range(2):  # rule 5: a second time only for a nonce the server asks for (RFC 9449 §9)
             sent = self._nonces.get(url)
-            headers = {"Authorization": f"DPoP {token}", "Accept": "application/json",
+            headers = {**(more or {}), "Authorization": f"DPoP {token}", "Accept": "application/json",
                        "DPoP": dpop.proof(method, url, access_token=token, nonce=sent)}
             r = self._http.request(method, url, json=None if body is None else dict(body), headers=headers)
             self._nonces.note(r)

@@ -1,6 +1,7 @@
 """Offline mode of a gate adapter: decide from signed gate passes while verify cannot be reached, never a PIN.
 
-    every refresh_seconds:  GET /oauth2/jwks + GET /gate/v1/passes ──verify each (ES256)──► PassStore
+    every refresh_seconds:  GET /gate/v1/passes, then GET /oauth2/jwks (once more past the caches for a
+                            pass of a kid it lacks) ──verify each (ES256)──► PassStore
     verify unreachable (connect error, timeout, 5xx, after the client's retries; never a 429), truck at the lane:
         passes of the read container ──► gate_pass.decide_offline (the SAME gate.decide as the service)
         ──► Outbox.decide_offline (decision + report, one SQLite transaction) ──► barrier
@@ -19,6 +20,16 @@ Rules:
    that group or others may write, or another user owns, stops the adapter outside dev (datafiles.py).
 2. A refresh replaces the whole set (a right revoked or deleted since simply has no pass any more);
    expired passes are dropped; a refused pass is logged (``gate.offline.pass_refused``) and left out.
+   The passes are fetched first, then the JWKS: a key rotated in between is in it (review 172, finding 4:
+   the JWKS fetched first lacked it, every pass was refused and the held set replaced by none). A pass
+   whose kid that JWKS lacks (served by an HTTP cache, ``max-age=60``, or a replica yet to reload its
+   keys) has the JWKS fetched once more with ``Cache-Control: no-cache``. A pass still of a key it lacks
+   is never kept (this rule's first sentence stands); they are counted and logged
+   (``gate.offline.pass_unknown_key``), and the passes held of the rights they name (the right read
+   from their claims, unverified: it keeps nothing but a pass held and verified already) are kept while
+   they verify under the JWKS stored and live, unless the answer brought a verified pass of that right:
+   a key the adapter cannot see yet never empties the store. A right absent from the answer loses its
+   pass as ever.
 3. Every offline decision shows its basis, the pass, and the age of its ban list and of the store
    (``response["offline"]``); a store older than ``store_max_age`` or a ban list older than
    ``ban_list_max_age`` refuses (review or the terminal's policy, see domain/gate_pass.py).
@@ -105,6 +116,7 @@ CLOCK_SLACK = timedelta(seconds=5)  # wall and monotonic clocks drift apart a li
 # of clocks kept by NTP (well under a second) and a slow answer (it was issued after we asked), far below a
 # pass's lifetime (10 min by default, 1 at least): a replay that slips under it lends a minute at most.
 STALE_ANSWER = timedelta(seconds=60)
+NO_CACHE = {"Cache-Control": "no-cache", "Pragma": "no-cache"}  # rule 2: the JWKS asked for past the caches
 
 
 def _service_time(answer: Mapping[str, Any], at: datetime, *, took: timedelta) -> datetime | None:
@@ -134,6 +146,24 @@ def _service_time(answer: Mapping[str, Any], at: datetime, *, took: timedelta) -
     return service_at
 
 
+class UnknownKey(PassRefused):
+    """Rule 2: a pass whose header names a kid the JWKS lacks; ``right``, its right's id as its claims say,
+    unverified ("" when they say none): only ever to look for a pass of that right held already."""
+
+    def __init__(self, kid: str, right: str) -> None:
+        super().__init__("signed by a key we do not know")
+        self.kid, self.right = kid, right
+
+
+def _claimed_right(payload: bytes) -> str:
+    """The right's id a pass's claims name, unverified (rule 2); "" when they name none."""
+    try:
+        claims = json.loads(payload)
+        return str(uuid.UUID(str(claims["right"]["id"])))
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
 class PassVerifier:
     """Rule 1. ``jwks``: the service's JWK Set (JSON); only its P-256 keys are considered."""
 
@@ -153,8 +183,11 @@ class PassVerifier:
             header = obj.headers()
             if header.get("alg") != PASS_ALG or header.get("typ") != PASS_TYP:
                 raise PassRefused("not a gate pass (alg or typ)")
-            key = self._keys.get(header.get("kid", ""))
+            kid = header.get("kid", "")
+            key = self._keys.get(kid)
             if key is None:
+                if isinstance(kid, str) and kid:
+                    raise UnknownKey(kid, _claimed_right(obj.payload))
                 raise PassRefused("signed by a key we do not know")
             if not jws.validate_compact(obj, key, registry=self._registry):
                 raise PassRefused("bad signature")
@@ -166,6 +199,17 @@ class PassVerifier:
         if not isinstance(claims, dict):
             raise PassRefused("claims are not an object")
         return GatePass.from_claims(claims, issuer=self.issuer, terminal=self.terminal)
+
+    def lacks_key(self, token: Any) -> bool:
+        """Rule 2: the pass's header names a kid this set lacks (read unverified: only to know whether to
+        fetch the JWKS again)."""
+        if not isinstance(token, str) or not token or len(token) > MAX_PASS_LENGTH:
+            return False
+        try:
+            kid = jws.extract_compact(token.encode("ascii"), registry=self._registry).headers().get("kid")
+        except (JoseError, ValueError, UnicodeEncodeError):
+            return False
+        return isinstance(kid, str) and bool(kid) and kid not in self._keys
 
 
 _SCHEMA = """
@@ -274,9 +318,13 @@ class PassStore:
         """Rule 2: verify every pass, then swap the whole set in one transaction. Returns how many were kept."""
         verifier = PassVerifier(jwks, issuer=self.issuer, terminal=self.terminal)
         kept: list[tuple[str, GatePass]] = []
+        unknown: list[UnknownKey] = []
         for token in tokens:
             try:
                 p = verifier.verify(token)
+            except UnknownKey as exc:
+                unknown.append(exc)
+                continue
             except PassRefused as exc:
                 log.warning("gate.offline.pass_refused", extra={"reason": str(exc)})
                 continue
@@ -285,6 +333,8 @@ class PassStore:
         service_at = max([refresh.service_at, *(p.issued_at for _, p in kept)])
         refresh = Refresh(refresh.at, service_at)
         kept = [(t, p) for t, p in kept if p.expires_at > service_at]
+        if unknown:
+            kept += self._held_for(unknown, kept, verifier, service_at)
         jwks_text = json.dumps(dict(jwks), sort_keys=True, separators=(",", ":"))
         seal = self._seal.mac(*self._sealed(jwks_text, refresh, [t for t, _ in kept]))
         # The service answered: the clock seen is anchored again at this refresh (a clock once stepped
@@ -308,6 +358,30 @@ class PassStore:
                 raise
             self._held = _Held(kept, refresh, refresh.at, seal, self._held.outbox)
         return len(kept)
+
+    def _held_for(self, unknown: list[UnknownKey], kept: list[tuple[str, GatePass]], verifier: PassVerifier,
+                  service_at: datetime) -> list[tuple[str, GatePass]]:
+        """Rule 2: passes of a key the JWKS lacks are never kept; the passes held of the rights they name,
+        and of which no verified pass came, are, while they verify under ``verifier`` (the JWKS stored with
+        them: a key revoked since is not in it) and live at ``service_at``. Logged."""
+        named = {u.right for u in unknown} - {str(p.right.id) for _, p in kept} - {""}
+        with self._lock:
+            held = [(t, p) for t, p in self._held.passes if str(p.right.id) in named]
+        still: list[tuple[str, GatePass]] = []
+        for token, _ in held:
+            try:
+                p = verifier.verify(token)
+            except PassRefused as exc:
+                log.warning("gate.offline.pass_refused", extra={"reason": f"held: {exc}"})
+                continue
+            if p.expires_at > service_at:
+                still.append((token, p))
+        kids = sorted({u.kid for u in unknown})
+        log.error("gate.offline.pass_unknown_key: %d passes signed by a key the service's JWKS does not name "
+                  "(kid %s, asked past the caches too) were refused; %d passes held of their rights are kept "
+                  "till they expire", len(unknown), ", ".join(kids), len(still),
+                  extra={"refused": len(unknown), "kids": kids, "held_kept": len(still)})
+        return still
 
     # The latest wall-clock time this store saw, kept on disk (``saw``): a clock wound back across a
     # restart shows as a now earlier than it. Written when it moves on by this much at least.
@@ -472,10 +546,9 @@ class OfflineMode:
     # -- keeping the passes fresh -------------------------------------------------------------------
 
     def refresh(self) -> int:
-        """Fetch the JWKS and the passes; raises ServiceUnavailable / VerifyRefused when it cannot."""
+        """Fetch the passes, then the JWKS (rule 2); raises ServiceUnavailable / VerifyRefused when it cannot."""
         with self._busy:
             self._next_refresh = self._clock() + self.refresh_seconds
-            jwks = self.client.call("GET", self.jwks_path, attempts=1, patience=0.0)
             # Rule 3: our clocks read just before the passes are asked for, so the service's time in the
             # answer came after them (its time since then is never less than ours: never an early expiry).
             at, mono = self._wall(), self._clock()
@@ -483,8 +556,16 @@ class OfflineMode:
             service_at = _service_time(answer, at, took=timedelta(seconds=max(self._clock() - mono, 0.0)))
             if service_at is None:
                 return 0  # review 155, finding 3: the store as it was
+            tokens = list(answer.get("passes", []))
+            # Rule 2: after the passes, so a key rotated in before they were signed is in it.
+            jwks = self.client.call("GET", self.jwks_path, attempts=1, patience=0.0)
+            verifier = PassVerifier(jwks, issuer=self.store.issuer, terminal=self.store.terminal)
+            if any(verifier.lacks_key(t) for t in tokens):
+                # An older set (an HTTP cache's copy, a replica yet to reload its keys): once more, past caches.
+                log.info("gate.offline.jwks_again: a pass names a key the JWKS lacks; asked again, no-cache")
+                jwks = self.client.call("GET", self.jwks_path, attempts=1, patience=0.0, headers=NO_CACHE)
             with self._lock:  # rule 5: a decision sees the old set and its time, or the new ones
-                kept = self.store.replace(list(answer.get("passes", [])), jwks, Refresh(at, service_at))
+                kept = self.store.replace(tokens, jwks, Refresh(at, service_at))
                 self._refreshed = (at, mono)
             log.info("gate.offline.refreshed", extra={"passes": kept})
             return kept
