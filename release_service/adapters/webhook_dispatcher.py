@@ -100,6 +100,7 @@ from release_service.domain.webhooks import (
     secret_aad,
     signed_headers,
     trail_url,
+    wire_host,
 )
 from release_service.ports import Clock
 
@@ -475,7 +476,11 @@ class WebhookDispatcher:
         certificate is checked against it), so a name cannot resolve to a public address for the check
         and to an internal one for the connection (DNS rebinding). An error string when refused."""
         parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
+        try:  # a subscription stored before its host was kept in ASCII may hold it in Unicode (review 171)
+            host = wire_host(parts.hostname or "")
+        except ValueError:
+            log.warning("release.webhook.refused.unresolved")
+            return REFUSED_ERROR
         if self._allow_local and host in LOCAL_HOSTS:
             return url, {}
         try:
@@ -493,7 +498,7 @@ class WebhookDispatcher:
         netloc = f"[{ip}]" if ip.version == 6 else str(ip)
         if parts.port is not None:
             netloc += f":{parts.port}"
-        headers["host"] = parts.netloc.rsplit("@", 1)[-1]
+        headers["host"] = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port is not None else "")
         return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), {"sni_hostname": host}
 
     # ---- record --------------------------------------------------------------------------------

@@ -70,14 +70,21 @@ def _delivery(d: Delivery) -> dict[str, Any]:
             "next_attempt_at": d.next_attempt_at.isoformat(), "last_error": d.last_error}
 
 
+# An answer that carries a secret is kept by no cache (RFC 9111 §5.2.2.5), as the token endpoint's and the
+# client registration's are (review 171).
+NO_STORE = "no-store"
+
+
 def _uow(request: Request) -> SqlUnitOfWork:
     return SqlUnitOfWork(request.app.state.container.engine)
 
 
 @router.post("", operation_id="createWebhookSubscription", status_code=201, response_model=SubscriptionOut,
              responses=ERRORS)
-def create(request: Request, body: SubscriptionIn, actor: Actor = Depends(MANAGE)) -> dict[str, Any]:
+def create(request: Request, body: SubscriptionIn, response: Response,
+           actor: Actor = Depends(MANAGE)) -> dict[str, Any]:
     c = request.app.state.container
+    response.headers["Cache-Control"] = NO_STORE
     sub, secret = svc.create_subscription(_uow(request), c.cipher, actor, url=body.url,
                                           event_types=body.event_types, now=c.clock.now(),
                                           allow_insecure_localhost=c.settings.local_webhooks)
@@ -98,8 +105,10 @@ def delete(request: Request, subscription_id: uuid.UUID, actor: Actor = Depends(
 
 @router.post("/{subscription_id}/rotate-secret", operation_id="rotateWebhookSecret",
              response_model=SubscriptionOut, responses=ERRORS)
-def rotate(request: Request, subscription_id: uuid.UUID, actor: Actor = Depends(MANAGE)) -> dict[str, Any]:
+def rotate(request: Request, subscription_id: uuid.UUID, response: Response,
+           actor: Actor = Depends(MANAGE)) -> dict[str, Any]:
     c = request.app.state.container
+    response.headers["Cache-Control"] = NO_STORE
     sub, secret = svc.rotate_secret(_uow(request), c.cipher, actor, subscription_id,
                                     now=c.clock.now())
     return _sub(sub, secret)

@@ -30,6 +30,8 @@ from datetime import datetime, timedelta
 from secrets import token_bytes
 from urllib.parse import urlsplit
 
+import idna
+
 from . import storable
 from .errors import DomainError, ErrorCode
 
@@ -94,6 +96,8 @@ def verify(secret: str, *, body: bytes, headers: Mapping[str, str], now: datetim
     msg_id, stamp, sigs = (lowered.get(h) for h in ("webhook-id", "webhook-timestamp", "webhook-signature"))
     if not (msg_id and stamp and sigs):
         raise SignatureError("missing_headers")
+    if "." in msg_id:  # the delimiter of the signed content: never one of our ids (``sign``)
+        raise SignatureError("bad_id")
     try:
         timestamp = int(stamp)
     except ValueError:
@@ -313,7 +317,15 @@ def validate_url(url: str, *, allow_insecure_localhost: bool = False) -> str:
     if not host or parts.username is not None or parts.password is not None or parts.fragment:
         raise DomainError(INVALID_SUBSCRIPTION, "The URL needs a host, and no credentials or fragment.",
                           field="url")
-    local = host in LOCAL_HOSTS
+    try:
+        wire = wire_host(host)
+    except ValueError:
+        raise DomainError(INVALID_SUBSCRIPTION, "The URL's host is not a valid host name.", field="url") from None
+    if not host.isascii():  # kept as it is sent and judged: Host, TLS's SNI and the resolver get the ASCII form
+        shown = f"[{wire}]" if ":" in wire else wire
+        url = parts._replace(netloc=shown + (f":{parts.port}" if parts.port is not None else "")).geturl()
+    host = wire
+    local = host.removesuffix(".") in LOCAL_HOSTS
     if parts.scheme == "http" and not (local and allow_insecure_localhost):
         raise DomainError(INVALID_SUBSCRIPTION, "Webhook URLs must use https.", field="url")
     if parts.scheme not in ("http", "https"):
@@ -323,6 +335,32 @@ def validate_url(url: str, *, allow_insecure_localhost: bool = False) -> str:
     if not local and _is_internal_ip(host):
         raise DomainError(INVALID_SUBSCRIPTION, "Webhook URLs must reach a public host.", field="url")
     return url
+
+
+def wire_host(host: str) -> str:
+    """A URL's host (``urlsplit``'s ``hostname``) as it goes on the wire, to the resolver, in Host and in
+    TLS's SNI: lower case, a name in Unicode in its IDNA form with UTS #46's mapping, which reads fullwidth
+    digits and ideographic full stops as a resolver does (``１２７。0。0。1`` is 127.0.0.1: review 171,
+    finding 5). ValueError for a host that has no such form: an empty label (``a..b``), a malformed
+    ``xn--`` label, a name IDNA refuses. An IPv6 literal is kept as it is (``hostname`` strips its brackets)."""
+    if ":" in host:
+        ipaddress.IPv6Address(host.split("%", 1)[0])  # ValueError if it is no address
+        return host.lower()
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:  # a UnicodeError: a ValueError, said plainly
+            raise ValueError(f"no IDNA form: {exc}") from None
+    host = host.lower()
+    for label in host.removesuffix(".").split("."):
+        if not label:
+            raise ValueError("an empty label")
+        if label.startswith("xn--"):
+            try:
+                idna.decode(label)
+            except idna.IDNAError as exc:
+                raise ValueError(f"a malformed A-label: {exc}") from None
+    return host
 
 
 def trail_url(url: str) -> dict[str, str]:

@@ -131,14 +131,28 @@ def rotate_secret(uow: WebhookUnitOfWork, cipher: Sealer, actor: Actor,
     with uow:
         sub = _load(uow, org, subscription_id, for_update=True)  # row lock: two rotations cannot interleave
         acting_organisation_active(uow, actor)
-        current = SigningSecrets.from_bytes(cipher.open_stored(uow.webhooks.sealed_secret(sub.id), aad))
-        rotated = current.rotated(secret, now=now, overlap=overlap)
+        current = _current_secrets(cipher, uow.webhooks.sealed_secret(sub.id), aad)
+        rotated = SigningSecrets(secret) if current is None else current.rotated(secret, now=now, overlap=overlap)
         uow.webhooks.set_sealed_secret(sub.id, cipher.seal(rotated.to_bytes(), aad))
+        unreadable = {"previous_unreadable": True} if current is None else {}
         _audit(uow, "release.webhook.secret.rotated", actor, sub, now,
-               previous_valid_for_seconds=int(max(overlap, timedelta(0)).total_seconds()))
+               previous_valid_for_seconds=0 if current is None else int(max(overlap, timedelta(0)).total_seconds()),
+               **unreadable)
         uow.commit()
     log.info("release.webhook.secret.rotated", extra={"fields": {"subscription_id": str(subscription_id)}})
     return sub, secret
+
+
+def _current_secrets(cipher: Sealer, sealed: str, aad: bytes) -> SigningSecrets | None:
+    """The secrets sealed in the row, or None when they do not open (sealed under a data key this
+    deployment no longer holds or may no longer take, altered, unreadable): its deliveries fail ('secret
+    unreadable'), and a rotation is the organisation's way out, with a fresh secret and nothing of the old
+    (review 171, finding 4: the rotation answered 500, and the subscription could never sign again)."""
+    try:
+        return SigningSecrets.from_bytes(cipher.open_stored(sealed, aad))
+    except Exception:  # noqa: BLE001 - whatever the reason, nothing of the old secret can be kept
+        log.warning("release.webhook.secret.unreadable")
+        return None
 
 
 def list_dead_letters(uow: WebhookUnitOfWork, organisation_id: uuid.UUID | None, *,
