@@ -12,27 +12,20 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
 
-from quaygate.app import create_app
-from quaygate.cache import MemoryCache
-from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher
 from quaygate.schema import webhook_subscriptions
-from quaygate.settings import Settings
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain import webhooks as wh
 from release_service.domain.errors import DomainError
 from release_service.services import webhooks as svc
 
-from .test_release_api import Api
+from .test_release_api import Api, api  # noqa: F401 - ``api`` is a fixture requested by name
 from .test_webhooks import (
     CIPHER,
     T0,
@@ -154,17 +147,7 @@ def test_a_webhook_id_with_a_dot_is_a_refused_delivery(msg_id: str) -> None:
     assert err.value.reason == "bad_id"
 
 
-@pytest.fixture
-def api(engine: sa.Engine, tmp_path: Path) -> Iterator[Api]:
-    settings = Settings(var_dir=tmp_path, database_url=str(engine.url.render_as_string(hide_password=False)),
-                        background_workers=False)
-    c = Container(settings=settings, engine=engine, cache=MemoryCache(),
-                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
-    with TestClient(create_app(settings, container=c)) as http:
-        yield Api(http, engine)
-
-
-def test_answers_that_carry_a_secret_are_not_stored(api: Api) -> None:
+def test_answers_that_carry_a_secret_are_not_stored(api: Api) -> None:  # noqa: F811 - the fixture
     r = api.http.post("/api/v1/webhooks", headers=api.as_("line"),
                       json={"url": "https://hooks.line.example/in", "event_types": ["release.*"]})
     assert r.status_code == 201 and r.json()["secret"].startswith("whsec_")
