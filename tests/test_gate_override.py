@@ -372,7 +372,8 @@ def test_an_offline_refusal_overridden_at_the_desk_counts_as_a_use_and_is_reconc
     assert (rows[key].verdict, rows[key].flag, str(rows[key].release_id)) == ("recorded", None, rid)
     assert rows[refused.request_id].verdict == "nothing_to_record"
     [event] = _audit(gate, rid, "release.gate_override")
-    assert "hired tractor, plate checked" in event["reason"] and "duty-officer (http)" in event["reason"]
+    assert "hired tractor, plate checked" in event["reason"] and event["officer"] == "duty-officer (http)"
+    assert "duty-officer" not in event["reason"]  # beside it, for the terminal and port security (review 171)
     assert event["decision_id"] == str(rows[key].id)
     # What it set aside (review 142): the plate alone, no check of who came; port security's alarm stays quiet.
     assert event["set_aside"] == ["plate_mismatch"] and _audit(gate, rid, "release.gate_override_alarm") == []

@@ -32,8 +32,11 @@ Rules:
    use (``keep_days``) and a pass for the right is held.
 4. Every override asked is kept in the outbox (``overrides``: who, why, what the service said) and logged
    ``gate.lane.overridden`` (or ``gate.lane.override_refused.<code>``, ``gate.lane.override_unanswered``)
-   with the officer's name. The service knows only this adapter's gate client: the reason it keeps
-   carries the officer's name and the lane.
+   with the officer's name. The service knows only this adapter's gate client: the override names the
+   officer beside the reason (``officer``), never in it: the service shows him to the terminal and port
+   security only, where the reason goes to the line, the holder's webhook and the driver (review 171,
+   finding 2: the reason carried "(officer <name>, lane <lane>)" to them all). The lane is the refused
+   decision's, which the service keeps.
 5. The override opens nothing: the officer lets the truck through by hand, as after a latch's clear
    (lane.py rule 9), and clears the lane's latch as ever. Errors carry codes (``code``), never HTTP
    statuses: the HTTP source maps them.
@@ -109,8 +112,9 @@ OVERRIDES_PATH = "/gate/v1/overrides"
 VERIFY_PATH = "/gate/v1/verify"
 # Rule 7: the request id of a refused truck verified again at the desk, derived from the refused one.
 VERIFY_AGAIN = uuid.UUID("5f0c7a52-4f8e-4d0b-9a8e-2f6d1c3b7e41")
-MAX_REASON = 400  # characters the officer writes; the service takes 500, with the officer's name and lane
+MAX_REASON = 400  # characters the officer writes (the service takes 500)
 SERVICE_REASON = 500  # release_service/api/gate.py OverrideRequest.reason
+SERVICE_OFFICER = 100  # release_service/api/gate.py OverrideRequest.officer: one line, printable
 
 
 class OverrideError(Exception):
@@ -205,6 +209,13 @@ class Overridden:
         return out
 
 
+def _officer(by: str) -> str:
+    """The officer's name as the service keeps it (``SERVICE_OFFICER``): what it would refuse (a control
+    character, a lone surrogate) left out, so that his name never costs an override; empty when none is
+    left."""
+    return storable.UNPRINTABLE.sub("", by).strip()[:SERVICE_OFFICER].strip()
+
+
 def _uuid(value: Any) -> str | None:
     try:
         return str(uuid.UUID(str(value)))
@@ -247,7 +258,9 @@ class OverrideDesk:
     def _send(self, answered: Answered, decision_id: str, release_id: str, reason: str, by: str) -> Overridden:
         """Rules 2 to 4: the override of the service's refused decision ``decision_id``, for ``answered``."""
         lane, request_id = answered.lane, answered.request_id
-        body = {"decision_id": decision_id, "reason": f"{reason} (officer {by}, lane {lane})"[:SERVICE_REASON]}
+        body = {"decision_id": decision_id, "reason": reason[:SERVICE_REASON]}
+        if officer := _officer(by):
+            body["officer"] = officer
         try:
             answer = self.client.call("POST", OVERRIDES_PATH, body)
         except VerifyRefused as exc:

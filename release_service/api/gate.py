@@ -23,7 +23,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from identity.domain.scopes import GATE_VERIFY
@@ -33,6 +33,7 @@ from quaygate.limits import IMAGE_B64_MAX, IMAGE_BODY_BYTES, Printable, Prose, S
 from quaygate.routing import AdmitFirst
 from quaygate.threads import threads_for
 from release_service.domain import gate as g
+from release_service.domain import storable
 from release_service.domain.errors import DomainError
 from release_service.domain.parties import Actor
 from release_service.ports import FaceCaptureRefused
@@ -141,6 +142,15 @@ class VerifyResponse(BaseModel):
 class OverrideRequest(_In):
     decision_id: uuid.UUID
     reason: Prose = Field(min_length=1, max_length=500)
+    officer: Printable | None = Field(default=None, min_length=1, max_length=100, description=(
+        "The officer who let the truck in, as the gate names him. Kept on the audit trail; the terminal and "
+        "port security read it on the right's events, nobody else (a null in every other read and webhook). "
+        "Name him here, not in the reason, which the line, the chain and the driver read."))
+
+    @field_validator("officer")
+    @classmethod
+    def _storable(cls, officer: str | None) -> str | None:
+        return None if officer is None else storable.text(officer)  # nor a lone surrogate (no UTF-8): a 422
 
 
 class OverrideResponse(BaseModel):
@@ -352,4 +362,5 @@ def override(request: Request, body: OverrideRequest, actor: Actor = Depends(GAT
     screens at the override as at nomination (a usable badge, no port ban; a decision that read no badge
     screened nobody)."""
     now = request.app.state.container.clock.now()
-    return verify_service.override(_uow_factory(request), actor, body.decision_id, body.reason, now)
+    return verify_service.override(_uow_factory(request), actor, body.decision_id, body.reason, now,
+                                   officer=body.officer)

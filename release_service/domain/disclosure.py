@@ -17,6 +17,12 @@ Whether a party sees a right at all is ``services.common.can_see``; this module 
 Customs' reason for its light goes to the full-sight viewers only (the chain and the driver, and every
 webhook, get its status and time: ``published_data``).
 
+Who of a terminal's staff acted (``STAFF_KEYS``: the officer who let a refused truck in, on
+``release.gate_override`` and in ``release.gate_offline_flagged``'s ``override``) is read by the terminal
+(its own staff) and port security (the audit trail keeps it), by nobody else: the line and customs read it
+null, as the chain, the driver and every webhook do (``sees_staff``). A name is what an insider's buyer
+needs to reach the desk that lets trucks in (SPEC.md; review 171, finding 2).
+
 Customs' hold a right carries from another right of its container (``ReleaseRight.customs_carried``: the
 hold a new right takes over, review 141, not set on it since) is customs' word on that other right, maybe
 another line's: only customs and port security see it (``sees_carried_hold``). To everyone else, its own
@@ -62,6 +68,8 @@ TRANSFER_ACCEPTED = "release.transfer.accepted"
 CUSTOMS_LIGHT = "release.light.customs"
 # What ``release.issued`` says of the hold the new right carried (status, the right it came from).
 CUSTOMS_CARRIED = "customs_carried"
+# Keys of event data, at any depth, that name a member of a terminal's staff (``sees_staff``).
+STAFF_KEYS = frozenset({"officer"})
 
 
 class Sight(StrEnum):
@@ -107,6 +115,13 @@ def sees_carried_hold(actor: Actor) -> bool:
     return actor.is_admin or actor.kind is OrgKind.CUSTOMS
 
 
+def sees_staff(actor: Actor) -> bool:
+    """Whether the actor reads who of a terminal's staff acted (``STAFF_KEYS``): the terminal (``can_see``
+    shows it the rights of its own terminal only) and port security. Not the line, customs, the chain or the
+    driver."""
+    return actor.is_admin or actor.kind is OrgKind.TERMINAL
+
+
 def minimise_right(right: ReleaseRight, actor: Actor, chain: list[uuid.UUID] | None = None,
                    ) -> tuple[ReleaseRight, list[uuid.UUID] | None]:
     """The right and its chain of holders as the actor is shown them. A company of the chain that does
@@ -141,10 +156,9 @@ def visible_chain(chain: Sequence[uuid.UUID], me: uuid.UUID | None) -> list[uuid
 def minimise_events(right: ReleaseRight, actor: Actor, events: Sequence[EventLike]) -> list[Shown]:
     """Each event's actor and data as the actor is shown them, in order."""
     view = sight(right, actor)
-    if sees_carried_hold(actor):
-        return [Shown(dict(e.actor), dict(e.data)) for e in events]
     if view is Sight.FULL:
-        return [Shown(dict(e.actor), _uncarried(e.type, e.data)) for e in events]
+        carried, staff = sees_carried_hold(actor), sees_staff(actor)
+        return [Shown(dict(e.actor), _for_full(e, carried=carried, staff=staff)) for e in events]
     if view is Sight.DRIVER:
         shown = [_for_driver(e, actor.person_id) for e in events]
     else:
@@ -154,12 +168,25 @@ def minimise_events(right: ReleaseRight, actor: Actor, events: Sequence[EventLik
 
 def published_data(event_type: str, data: Mapping[str, Any]) -> dict[str, Any]:
     """An event's data as anyone but the full-sight viewers gets it: in a webhook (every event's audience
-    holds a company of the chain) and in the chain's and the driver's reads. Customs' reason null, and no
+    holds a company of the chain) and in the chain's and the driver's reads. Customs' reason null, no
     ``customs_carried`` (``_uncarried``: a webhook's payload is one for its whole audience, customs too,
-    which reads it on the right's events)."""
+    which reads it on the right's events), and no member of a terminal's staff (``_unstaffed``)."""
     if event_type == CUSTOMS_LIGHT and data.get("reason") is not None:
-        return {**data, "reason": None}
-    return _uncarried(event_type, data)
+        data = {**data, "reason": None}
+    return _unstaffed(_uncarried(event_type, data))
+
+
+def _for_full(e: EventLike, *, carried: bool, staff: bool) -> dict[str, Any]:
+    """An event's data as a full-sight viewer reads it: the carried hold to customs and port security
+    (``sees_carried_hold``), the terminal's staff to the terminal and port security (``sees_staff``)."""
+    data = dict(e.data) if carried else _uncarried(e.type, e.data)
+    return data if staff else _unstaffed(data)
+
+
+def _unstaffed(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The data with every key of ``STAFF_KEYS`` null, at any depth (an offline flag's ``override``)."""
+    return {k: None if k in STAFF_KEYS else _unstaffed(v) if isinstance(v, Mapping) else v
+            for k, v in data.items()}
 
 
 def _uncarried(event_type: str, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -832,9 +832,11 @@ class ReleaseRight:
         self._cancel_pending_transfer(by, now)
 
     def override_gate_in(self, *, by: Actor, now: datetime, reason: str, decision_id: uuid.UUID,
-                         set_aside: Sequence[str] = ()) -> None:
+                         set_aside: Sequence[str] = (), officer: str | None = None) -> None:
         """A terminal releases a refused truck; it must say why, and it is audited, with the refusal's
-        reason codes it sets aside (``set_aside``; review 142)."""
+        reason codes it sets aside (``set_aside``; review 142) and the officer who let it in (``officer``,
+        as the gate names him; None from a gate that does not): a member of the terminal's staff, read by
+        the terminal and port security only (disclosure.STAFF_KEYS; review 171, finding 2)."""
         self._require_gate(by)
         if not reason or not reason.strip():
             raise DomainError(ErrorCode.REASON_REQUIRED, "An override needs a reason.")
@@ -844,7 +846,7 @@ class ReleaseRight:
         self.state = State.GATED_IN
         self.gate_in_at = now
         self._emit("release.gate_override", by, now, {"reason": reason.strip(), "decision_id": str(decision_id),
-                                                      "set_aside": list(set_aside)})
+                                                      "set_aside": list(set_aside), "officer": officer})
         self._cancel_pending_transfer(by, now)
 
     def require_overridable(self, now: datetime) -> None:

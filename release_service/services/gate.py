@@ -53,9 +53,11 @@ def gate_out(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, decision_id: 
 
 def override(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str, decision_id: uuid.UUID,
              decided_at: datetime, judged: Sequence[str | None] | None, now: datetime,
-             set_aside: Sequence[str] = (), face: Mapping[str, object] | None = None) -> tuple[ReleaseRight, Receipt]:
+             set_aside: Sequence[str] = (), face: Mapping[str, object] | None = None,
+             officer: str | None = None) -> tuple[ReleaseRight, Receipt]:
     """A terminal's override of a refused gate-in decided at ``decided_at`` on the nomination ``judged``,
-    setting aside ``set_aside``; ``face``: the face evidence that decision weighed, as its row keeps it."""
+    setting aside ``set_aside``; ``face``: the face evidence that decision weighed, as its row keeps it;
+    ``officer``: who let the truck in, as the gate names him (``ReleaseRight.override_gate_in``)."""
     right = load(uow, release_id, actor)
     # The desk's own word against the rules' refusal: a terminal organisation that port security has
     # deactivated gives it no more (review 77). Gate-in and gate-out above apply the rules, not its word.
@@ -71,9 +73,10 @@ def override(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, reason: str, 
     assert right.nomination is not None  # required above
     right.require_releasable_to_driver(
         decided_at, judged, uow.screening.screen(right.nomination.driver_person_id, terminal=right.terminal, now=now))
-    right.override_gate_in(by=actor, now=now, reason=reason, decision_id=decision_id, set_aside=set_aside)
+    right.override_gate_in(by=actor, now=now, reason=reason, decision_id=decision_id, set_aside=set_aside,
+                           officer=officer)
     done = persist(uow, right)
-    override_alarm(uow.audit, actor, right, decision_id, set_aside, reason, now)
+    override_alarm(uow.audit, actor, right, decision_id, set_aside, reason, now, officer=officer)
     return right, done
 
 
@@ -84,14 +87,14 @@ OVERRIDE_ALARM_EVENT = "release.gate_override_alarm"
 
 
 def override_alarm(audit: AuditLog, actor: Actor, right: ReleaseRight, decision_id: uuid.UUID,
-                   set_aside: Sequence[str], reason: str, at: datetime) -> None:
+                   set_aside: Sequence[str], reason: str, at: datetime, *, officer: str | None = None) -> None:
     """Raise port security's alarm when the override of ``decision_id`` set aside an identity check
-    (``gate.identity_set_aside``); nothing otherwise."""
+    (``gate.identity_set_aside``), naming the officer who did (audit trail only); nothing otherwise."""
     identity = g.identity_set_aside(set_aside)
     if not identity:
         return
     data = {"decision_id": str(decision_id), "release_id": str(right.id), "terminal": right.terminal,
             "client_id": actor.client_id, "set_aside": list(set_aside), "identity_checks": identity,
-            "reason": reason.strip()}
+            "reason": reason.strip(), "officer": officer}
     log.warning("release.gate.override_alarm", extra={"fields": data})
     audit.append(OVERRIDE_ALARM_EVENT, actor=actor.as_dict(), subject=str(right.id), data=data, at=at)

@@ -66,10 +66,11 @@ decision it sets aside), idempotent by (terminal, ``override:<its id>``). The tr
         v
     judge_use: already used ── FLAGGED used_offline_twice / used_online_meanwhile; ended ── changed_after_pass
         v
-    ``override_gate_in`` (audited as an online override, ``release.gate_override``, the officer and his
-    reason in it); what an online override would have refused now (the right blocked or red, the
-    terminal's organisation deactivated, the person or truck no longer the pass's) FLAGS it
-    changed_after_pass, the override recorded all the same (no second truck takes the right)
+    ``override_gate_in`` (audited as an online override, ``release.gate_override``: his reason, and the
+    officer beside it, whom only the terminal and port security read); what an online override would have
+    refused now (the right blocked or red, the terminal's organisation deactivated, the person or truck no
+    longer the pass's) FLAGS it changed_after_pass, the override recorded all the same (no second truck
+    takes the right)
 
 An adapter's outbox (review 92; gate_adapters/runtime/outbox.py rule 10) is a sealed chain its adapter
 checks; what the chain cannot see, a whole earlier copy of the file put back, we can. Each pass refresh
@@ -630,14 +631,16 @@ def _judge_override(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
             check()
         except DomainError as exc:
             changed.append(exc.code.value)
-    reason = (f"{o.reason} (officer {o.officer}, lane {req.lane}; offline, setting aside {', '.join(refused)} "
-              f"on gate pass {gate_pass.pass_id})")
+    # The officer beside the reason, not in it: the terminal and port security read him, no one else (review
+    # 171, finding 2); the lane is the decision's (``decision_id``).
+    reason = f"{o.reason} (offline, setting aside {', '.join(refused)} on gate pass {gate_pass.pass_id})"
     try:
-        right.override_gate_in(by=actor, now=at, decision_id=decision_id, reason=reason, set_aside=refused)
+        right.override_gate_in(by=actor, now=at, decision_id=decision_id, reason=reason, set_aside=refused,
+                               officer=o.officer)
     except DomainError:
         return _Judged(Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, right=right, changed=tuple(changed))
     persist(uow, right)
-    override_alarm(uow.audit, actor, right, decision_id, refused, reason, at)  # as online (review 142)
+    override_alarm(uow.audit, actor, right, decision_id, refused, reason, at, officer=o.officer)  # review 142
     if changed:
         return _Judged(Verdict.FLAGGED, Flag.CHANGED_AFTER_PASS, right=right, changed=tuple(changed))
     return _Judged(Verdict.RECORD, right=right)
@@ -652,20 +655,20 @@ def _not_the_driver(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport,
     offline at another adapter on a later pass); its gate-out is refused online for the same reasons (the
     badge is another person's), and the flag tells port security, the line and the holder what the badge
     says. Nothing moves when the right is used or ended already: the first use stands."""
-    req, o = report.request, report.override
+    o = report.override
     assert o is not None
-    reason = (f"NOT SUPPORTED by the service, recorded only because the truck is in: {o.reason} (officer "
-              f"{o.officer}, lane {req.lane}; offline, on gate pass {gate_pass.pass_id}; the badge read says "
-              f"{', '.join(hard)})")
+    reason = (f"NOT SUPPORTED by the service, recorded only because the truck is in: {o.reason} (offline, on "
+              f"gate pass {gate_pass.pass_id}; the badge read says {', '.join(hard)})")
     moved, refused = False, [r.value for r in report.reasons]
     try:
-        right.override_gate_in(by=actor, now=at, decision_id=decision_id, reason=reason, set_aside=refused)
+        right.override_gate_in(by=actor, now=at, decision_id=decision_id, reason=reason, set_aside=refused,
+                               officer=o.officer)
         moved = True
     except DomainError:
         pass
     if moved:
         persist(uow, right)
-        override_alarm(uow.audit, actor, right, decision_id, refused, reason, at)
+        override_alarm(uow.audit, actor, right, decision_id, refused, reason, at, officer=o.officer)
     return _Judged(Verdict.FLAGGED, Flag.NOT_SUPPORTED_BY_PASS, None if moved else used_id, right,
                    badge_says=hard, holder=holder)
 
@@ -786,7 +789,8 @@ def _announce(uow: OfflineUnitOfWork, actor: Actor, report: OfflineReport, body:
     right = j.right
     kind = FLAG_EVENT if body["flag"] else "release.gate_offline_reconciled"
     # Whose badge it was, and the face evidence weighed, go to the audit trail (port security), not to the
-    # line's and holder's webhooks.
+    # line's and holder's webhooks; nor does the officer (``override.officer``), nulled in every webhook's
+    # payload (disclosure.published_data: STAFF_KEYS).
     audited = {**data, "face": report.face}
     if j.holder is not None:
         audited["badge_holder_person_id"] = str(j.holder)

@@ -567,9 +567,10 @@ def judged(n: g.NominationFacts | None) -> list[str | None] | None:
 
 
 def override(uow_factory: Callable[[], UnitOfWork], actor: Actor, decision_id: uuid.UUID, reason: str,
-             now: datetime) -> dict[str, Any]:
+             now: datetime, officer: str | None = None) -> dict[str, Any]:
     """A terminal lets a refused truck in, with a reason (SPEC.md): audited on the right (the
-    ``release.gate_override`` event) and recorded against the decision, once."""
+    ``release.gate_override`` event, with ``officer``, who let it in, as the gate names him) and recorded
+    against the decision, once."""
     with uow_factory() as uow:
         stored = uow.gate.get(decision_id)
         if stored is None or actor.terminal_code != stored.terminal:
@@ -588,7 +589,7 @@ def override(uow_factory: Callable[[], UnitOfWork], actor: Actor, decision_id: u
         set_aside = [str(r) for r in stored.response.get("reasons", ())]
         g.require_overridable_decision(set_aside, stored.decided_at, now, face=stored.face)
         right, receipt = override_right(uow, actor, stored.release_id, reason, decision_id, stored.decided_at,
-                                       stored.nomination, now, set_aside, face=stored.face)
+                                       stored.nomination, now, set_aside, face=stored.face, officer=officer)
         uow.gate.record_override({"id": uuid.uuid4(), "decision_id": decision_id, "release_id": right.id,
                                   "terminal": stored.terminal, "client_id": actor.client_id,
                                   "reason": reason.strip(), "at": now})
