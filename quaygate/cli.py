@@ -536,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_terminal_commands(sub)
 
+    from .truck_cli import register as register_truck_commands  # review 170: quaygate truck register ...
+
+    register_truck_commands(sub)
+
     facts = sub.add_parser("gate-facts", help="the gates' copies of rights, badges, bans and policies in Redis")
     facts_sub = facts.add_subparsers(dest="facts_cmd", required=True)
     facts_sub.add_parser("refresh", help="make every gate read its facts again from the database"

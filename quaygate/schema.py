@@ -142,6 +142,9 @@ badges = sa.Table(
     sa.Column("issued_by", sa.String(100)),
 )
 
+# The truck register (identity.trucks, ``quaygate truck``; review 170, finding 1): the transport operator
+# each plate is registered to, as Plate.parse normalises it. A nomination of a plate registered to another
+# operator is refused (release_service.ports.Directory ``truck_operator``); an unregistered one is not.
 trucks = sa.Table(
     "trucks",
     metadata,

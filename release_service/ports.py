@@ -14,6 +14,7 @@ from quaygate.single_use import Claim
 from .domain.gate import BadgeFacts, BadgeRead, RightFacts, ScreeningResult, TerminalPolicy
 from .domain.gate_pass import BadgeHash, OutboxMark
 from .domain.parties import Actor, Organisation
+from .domain.plates import Plate
 from .domain.release import LastRight, ReleaseRight, Screening, State, Transfer
 from .domain.webhooks import Delivery, Subscription
 
@@ -172,6 +173,12 @@ class Directory(Protocol):
     def badge(self, *, scheme: str, number: str | None, card_uid: str | None) -> BadgeRef | None: ...
 
     def badges_of(self, person_id: uuid.UUID) -> list[BadgeRef]: ...
+
+    def truck_operator(self, plate: Plate) -> uuid.UUID | None:
+        """The transport operator the truck register gives ``plate`` to (quaygate.schema ``trucks``, kept by
+        port security: identity.trucks); None when the register does not hold the plate, or names no
+        operator for it."""
+        ...
 
     def drives_for(self, person_id: uuid.UUID, organisation_id: uuid.UUID, *, now: datetime) -> bool:
         """Whether the badge office links the person to the organisation as its driver, at ``now``: a

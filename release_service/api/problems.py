@@ -38,6 +38,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.ORGANISATION_INACTIVE: 409,
     ErrorCode.UNKNOWN_PERSON: 422,
     ErrorCode.UNKNOWN_BADGE: 422,
+    ErrorCode.TRUCK_OF_ANOTHER_OPERATOR: 422,
     ErrorCode.WRONG_ORGANISATION_KIND: 403,
     ErrorCode.NOT_ISSUER: 403,
     ErrorCode.NOT_HOLDER: 403,

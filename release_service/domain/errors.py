@@ -25,6 +25,8 @@ class ErrorCode(StrEnum):
     ORGANISATION_INACTIVE = "organisation_inactive"  # deactivated by port security (issue 4)
     UNKNOWN_PERSON = "unknown_person"
     UNKNOWN_BADGE = "unknown_badge"
+    # the truck register (quaygate.schema ``trucks``) gives the plate to another transport operator
+    TRUCK_OF_ANOTHER_OPERATOR = "truck_of_another_operator"
     WRONG_ORGANISATION_KIND = "wrong_organisation_kind"
     NOT_ISSUER = "not_issuer"
     NOT_HOLDER = "not_holder"

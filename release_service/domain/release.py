@@ -685,8 +685,14 @@ class ReleaseRight:
         slot: Slot | None,
         screening: Screening,
         now: datetime,
+        truck_operator: uuid.UUID | None = None,
     ) -> None:
-        """The transport operator holding the right names a driver and a truck; again until gate-in."""
+        """The transport operator holding the right names a driver and a truck; again until gate-in.
+
+        ``truck_operator``: the operator the port's truck register gives the truck's plate to, None when
+        the register does not hold it (review 170, finding 1). Another operator's truck is refused
+        (``truck_of_another_operator``, that operator unnamed), after the screening, so a banned driver
+        is refused as such whatever the truck; a plate the register does not hold is taken as given."""
         self.require_nominator(by, now)
         if slot is not None:
             check_slot(slot, valid_from=self.valid_from, valid_until=self.valid_until, now=now)
@@ -698,6 +704,10 @@ class ReleaseRight:
                 reasons=list(screening.reasons),
             )
         assert by.organisation_id is not None
+        if truck_operator is not None and truck_operator != by.organisation_id:
+            raise DomainError(ErrorCode.TRUCK_OF_ANOTHER_OPERATOR, "The truck register gives this plate to another "
+                              "transport operator: name one of your own trucks, or have port security correct the "
+                              "register.")
         renominated = self.nomination is not None
         self.nomination = Nomination(
             driver_person_id=driver_person_id,

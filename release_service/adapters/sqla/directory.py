@@ -9,9 +9,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from quaygate.schema import badges, membership_in_force, memberships, organisations, persons, releases, transfers
+from quaygate.schema import (
+    badges,
+    membership_in_force,
+    memberships,
+    organisations,
+    persons,
+    releases,
+    transfers,
+    trucks,
+)
 from release_service.domain.gate import PERSON_ACTIVE, Reason
 from release_service.domain.parties import Organisation, OrgKind
+from release_service.domain.plates import Plate
 from release_service.domain.release import LIVE_STATES, Screening, State, TransferState
 from release_service.ports import BadgeRef, Directory, PersonRef, PortBanLookup
 
@@ -57,6 +67,14 @@ class SqlDirectory:
             return None
         row = self._conn.execute(stmt).mappings().first()
         return _badge(row) if row else None
+
+    def truck_operator(self, plate: Plate) -> uuid.UUID | None:
+        # By the register's unique key (uq_trucks_plate); the plate as Plate.parse normalised it, as the
+        # register stores it. Unlocked: a registration committed after this read leaves the nomination
+        # made on it standing, as one made before the registration does.
+        owner: uuid.UUID | None = self._conn.execute(sa.select(trucks.c.operator_organisation_id).where(
+            trucks.c.plate_country == plate.country, trucks.c.plate_text == plate.text)).scalar()
+        return owner
 
     def badges_of(self, person_id: uuid.UUID) -> list[BadgeRef]:
         rows = self._conn.execute(sa.select(badges).where(badges.c.person_id == person_id)).mappings()
