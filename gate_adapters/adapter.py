@@ -45,11 +45,13 @@ Rules:
 8. ``[http] health_port``: a plain listener of its own answering ``GET /livez`` only (status, nothing about
    lanes), for a load balancer that cannot pass mutual TLS (http_source.py).
 9. The pass store is sealed (offline.py rule 1), and so is the outbox's chain of offline decisions
-   (outbox.py rule 10; under a key of its own purpose), under a key derived from the adapter's own secrets: the
-   client credential (the ``private_key_jwt`` key or the client secret) and, when set, the DPoP key. They
-   are what makes this adapter itself, they are read from files checked as rule 5 says (or the
-   environment), and they never go into the store. A new one sets the stored passes aside once (logged
-   ``gate.offline.store_untrusted``) until the first refresh, which the adapter makes at start.
+   (outbox.py rule 10; under a key of its own purpose), under the adapter's **seal key** (``seal_key_file``,
+   beside the outbox by default, seal.py): made at the first start (0600, never over a file), checked as a
+   key file (rule 5), never in the stores. It rotates with nothing (review 172, finding 1): a new client
+   secret, ``private_key_jwt`` key or DPoP key leaves the chain whole and every offline decision still to
+   be reconciled, and the passes kept. An adapter from before kept both files under a key derived from its
+   credential: until the seal key is settled (``settle``, once the outbox's chain holds under it), that
+   credential's material is offered as ``previous`` and the files are carried over (outbox.py rule 12).
 10. The outbox and the pass store are made 0600; outside dev one that group or others may write, or that
     another user owns (or whose folder is so), stops the adapter (exit 2, naming its key and the fix; also
     with ``--check``), as a key file does (datafiles.py); in dev it is a warning.
@@ -98,7 +100,7 @@ from .runtime.latch import LatchDesk, LatchError
 from .runtime.offline import STORE_RISK, OfflineMode, PassStore
 from .runtime.outbox import OUTBOX_RISK, Outbox
 from .runtime.overrides import OverrideDesk
-from .runtime.seal import key_material, secret_material
+from .runtime.seal import SealKey, check_seal_key, key_material, seal_key, secret_material, settle
 from .runtime.sinks import BarrierSink, BearerAuth, HttpBarrier, LogBarrier, MqttBarrier
 
 log = logging.getLogger("gate_adapters.adapter")
@@ -237,8 +239,9 @@ def tokens_for(settings: AdapterSettings) -> TokenProvider:
 
 
 def client_for(settings: AdapterSettings) -> tuple[TokenProvider, bytes]:
-    """The gate token provider, and the secret material the pass store is sealed under (rule 9): the client
-    credential (the private_key_jwt key, or the client secret) and, when set, the DPoP key, each read once."""
+    """The gate token provider, and the secret material an adapter from before its seal key sealed its files
+    under (rule 9, offered only while that key is pending): the client credential (the private_key_jwt key,
+    or the client secret) and, when set, the DPoP key, each read once."""
     auth, service = settings.auth, settings.service
     token_url = service.base_url + "/oauth2/token"
     dpop = dpop_key_for(settings)
@@ -380,9 +383,24 @@ def check_data_files(settings: AdapterSettings) -> None:
             raise ConfigError(key, str(exc)) from None
 
 
+def seal_key_for(settings: AdapterSettings, *, make: bool = True) -> SealKey | None:
+    """Rule 9: the seal key (made when absent, unless not ``make``: then None), or ``ConfigError`` naming
+    ``seal_key_file``."""
+    path = settings.seal_key
+    try:
+        if not make:
+            check_seal_key(path, strict=not settings.dev)
+            return None
+        return seal_key(path, strict=not settings.dev)
+    except OSError as exc:
+        raise ConfigError("seal_key_file", f"cannot use {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # KeyFileExposed too: its message names the file and chmod 600
+        raise ConfigError("seal_key_file", str(exc)) from None
+
+
 def build(settings: AdapterSettings) -> Adapter:
     """Rule 1: every file and key is read here, before anything starts (ConfigError otherwise)."""
-    tokens, secret = client_for(settings)
+    tokens, credential = client_for(settings)
     client = VerifyClient(settings.service.base_url, tokens, timeout=settings.service.timeout,
                           attempts=settings.service.attempts, max_retry_after=settings.service.max_retry_after)
     barriers = barrier_parts(settings)
@@ -391,8 +409,12 @@ def build(settings: AdapterSettings) -> Adapter:
     _warn_insecure(settings, barriers)
     strict = not settings.dev
     check_data_files(settings)  # rule 10: both refused before either is made
+    key = seal_key_for(settings)
+    assert key is not None
+    previous = None if key.pending is None else credential  # rule 9: an adapter from before, carried over
     try:
-        outbox = Outbox(settings.outbox, strict=strict, secret=secret)  # its offline decisions sealed (rule 9)
+        outbox = Outbox(settings.outbox, strict=strict, secret=key.secret,  # its offline decisions sealed (rule 9)
+                        previous=previous)
     except DataFileExposed as exc:
         raise ConfigError("outbox", str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - sqlite3 / OSError: a path we cannot use
@@ -402,7 +424,7 @@ def build(settings: AdapterSettings) -> Adapter:
         assert settings.offline.passes is not None
         try:
             passes = PassStore(settings.offline.passes, issuer=settings.service.issuer, terminal=settings.terminal,
-                               secret=secret, strict=strict)
+                               secret=key.secret, previous=previous, strict=strict)
         except Exception as exc:  # noqa: BLE001
             outbox.close()
             if isinstance(exc, DataFileExposed):
@@ -413,6 +435,14 @@ def build(settings: AdapterSettings) -> Adapter:
                               reconcile_seconds=o.reconcile_seconds,
                               limits=OfflineLimits(store_max_age=timedelta(seconds=o.store_max_age_seconds),
                                                    ban_list_max_age=timedelta(seconds=o.ban_list_max_age_seconds)))
+    if key.pending is not None and outbox.tampered is None:  # rule 9: the chain holds under the seal key
+        try:
+            settle(key)
+        except (OSError, ValueError) as exc:
+            outbox.close()
+            if passes is not None:
+                passes.close()
+            raise ConfigError("seal_key_file", f"cannot keep {settings.seal_key}: {exc}") from None
     mqtt_source = None
     lanes = [
         LaneRuntime(settings.terminal, ln.lane, ln.direction, ln.mode,  # type: ignore[arg-type]
@@ -589,6 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check:
             tokens_for(settings)
             check_data_files(settings)
+            seal_key_for(settings, make=False)
             _source_credentials(settings)
             barrier_parts(settings)
             source_tls_for(settings)

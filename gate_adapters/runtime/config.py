@@ -278,6 +278,17 @@ class AdapterSettings:
     queue_size: int = 1000  # the lanes' default queue_size (rule 7); one more is refused (HTTP 503, MQTT dropped)
     log_level: str = "INFO"
     dev: bool = False
+    # The outbox's and pass store's seal key (seal.py); None: ``default_seal_key_file(outbox)``.
+    seal_key_file: Path | None = None
+
+    @property
+    def seal_key(self) -> Path:
+        return self.seal_key_file or default_seal_key_file(self.outbox)
+
+
+def default_seal_key_file(outbox: Path) -> Path:
+    """Beside the outbox: ``outbox.sqlite3`` has ``outbox-seal.key`` (review 172, finding 1)."""
+    return outbox.with_name(outbox.stem + "-seal.key")
 
 
 def load(path: str | Path) -> AdapterSettings:
@@ -392,7 +403,7 @@ def _url(t: _Table, name: str, *, required: bool = False, https: bool = False) -
 
 
 _TOP = ("terminal", "outbox", "badge_scheme", "act_seconds", "retry_seconds", "tick_seconds", "log_level", "dev",
-        "service", "auth", "http", "mqtt", "offline", "lanes", "queue_size", "barrier_signing")
+        "service", "auth", "http", "mqtt", "offline", "lanes", "queue_size", "barrier_signing", "seal_key_file")
 
 
 def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
@@ -477,7 +488,8 @@ def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
         retry_seconds=top.number("retry_seconds", 5.0, high=3600),
         tick_seconds=top.number("tick_seconds", 0.5, high=60),
         queue_size=queue_size,
-        log_level=top.choice("log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")), dev=dev)
+        log_level=top.choice("log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")), dev=dev,
+        seal_key_file=top.path_("seal_key_file", base) or default_seal_key_file(outbox))
 
 
 def _devices(h: _Table, base: Path) -> tuple[DeviceSettings, ...]:

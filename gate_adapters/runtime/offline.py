@@ -12,12 +12,15 @@ Rules:
    registry with ES256 alone, typ ``gate-pass+jwt``, our issuer, our terminal (``PassVerifier``). The
    JWKS is stored beside the passes, and passes are verified again when loaded from the file. A file is
    no trust anchor: whoever may write it could put his own key in it and passes he signed. So the store
-   is sealed (seal.py: HMAC-SHA256 under a key derived with HKDF from the adapter's own secrets, which live
-   in its permission-checked key or secret files, never in the store): the JWKS, the issuer and terminal,
-   the refresh's times and the set of passes, and (bound to that) the latest time seen. A store whose seal
-   does not hold is taken as empty (no pass, never refreshed: every offline truck a review) and logged
-   ``gate.offline.store_untrusted``, till the next refresh seals a new set. The file is made 0600, and one
-   that group or others may write, or another user owns, stops the adapter outside dev (datafiles.py).
+   is sealed (seal.py: HMAC-SHA256 under a key derived with HKDF from the adapter's seal key, which lives
+   in a permission-checked key file of its own, never in the store, and rotates with no credential): the
+   JWKS, the issuer and terminal, the refresh's times and the set of passes, and (bound to that) the latest
+   time seen. A store whose seal does not hold is taken as empty (no pass, never refreshed: every offline
+   truck a review) and logged ``gate.offline.store_untrusted``, till the next refresh seals a new set. A
+   store of an adapter from before the seal key (``previous``: sealed under its credential's material,
+   offered while the key is pending) is taken and sealed again under the key, logged
+   ``gate.offline.store_resealed`` (review 172, finding 1). The file is made 0600, and one that group or
+   others may write, or another user owns, stops the adapter outside dev (datafiles.py).
 2. A refresh replaces the whole set (a right revoked or deleted since simply has no pass any more);
    expired passes are dropped; a refused pass is logged (``gate.offline.pass_refused``) and left out.
    The passes are fetched first, then the JWKS: a key rotated in between is in it (review 172, finding 4:
@@ -251,9 +254,12 @@ class PassStore:
     """Durable SQLite store of verified passes, the JWKS that verified them and the refresh time, sealed (rule 1)
     under ``secret``: the adapter's own secret material (seal.py ``secret_material``), never kept here."""
 
-    def __init__(self, path: str | Path, *, issuer: str, terminal: str, secret: bytes, strict: bool = True) -> None:
+    def __init__(self, path: str | Path, *, issuer: str, terminal: str, secret: bytes, strict: bool = True,
+                 previous: bytes | None = None) -> None:
         self.path, self.issuer, self.terminal = Path(path), issuer, terminal
         self._seal = Seal(secret, purpose=STORE_PURPOSE)
+        # Rule 1: the key an adapter from before its seal key sealed the store under, while that key is pending.
+        self._previous = None if previous is None else Seal(previous, purpose=STORE_PURPOSE)
         private_data_file(self.path, strict=strict, risk=STORE_RISK)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
@@ -300,13 +306,15 @@ class PassStore:
         with self._lock:
             return self._held.outbox
 
-    def remember_outbox(self, outbox_id: str, seq: int, mac: str) -> None:
+    def remember_outbox(self, outbox_id: str, seq: int, mac: str, *, resealed: bool = False) -> None:
         """Keep the outbox chain's head (after its transaction committed): a chain bound already only moves
         on (another chain's id, or an older head, is never taken: the outbox is then tampered); none bound,
-        this one is."""
+        this one is. ``resealed``: the same head under the seal key, after the chain was carried over and
+        found the one remembered (outbox.py rule 12, ``OfflineMode._bind_outbox``)."""
         with self._lock:
             held = self._held
-            if held.outbox is not None and (held.outbox[0] != outbox_id or seq <= held.outbox[1]):
+            if held.outbox is not None and (held.outbox[0] != outbox_id or seq < held.outbox[1]
+                                            or (seq == held.outbox[1] and not resealed)):
                 return
             head = (outbox_id, int(seq), mac)
             with self._db:
@@ -411,46 +419,86 @@ class PassStore:
             return [(t, p) for t, p in self._held.passes if p.expires_at > now]
 
     def _load(self) -> _Held:
-        """Rule 1: what the file holds, if its seal holds (the passes verified again); else nothing, logged."""
+        """Rule 1: what the file holds, if its seal holds (the passes verified again); else nothing, logged. A
+        store that holds under ``previous`` only (sealed before the seal key) is sealed again under the key."""
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         tokens = [str(t) for (t,) in self._db.execute("SELECT token FROM passes")]
         if not tokens and not meta.keys() - {"wall_seen", "wall_seen_seal", "outbox_head", "outbox_head_seal"}:
             # Never refreshed: only the time seen and the outbox's head, bound to no refresh.
             held = _Held()
-            seen = meta.get("wall_seen")
-            if seen is not None and self._seal.holds(meta.get("wall_seen_seal"), *self._seen("", seen)):
+            seen, head = meta.get("wall_seen"), meta.get("outbox_head")
+            seen_under = None if seen is None else self._holding(meta.get("wall_seen_seal"), *self._seen("", seen))
+            head_under = None if head is None else self._holding(meta.get("outbox_head_seal"),
+                                                                 *self._outbox("", head))
+            if seen is not None and seen_under is not None:
                 held.seen = datetime.fromisoformat(seen)
-            head = meta.get("outbox_head")
-            if head is not None and self._seal.holds(meta.get("outbox_head_seal"), *self._outbox("", head)):
+            if head is not None and head_under is not None:
                 held.outbox = _head(head)
+            if "previous" in (seen_under, head_under):
+                self._reseal(held, meta, tokens)
             return held
         try:
-            seal = meta.get("seal")
-            if seal is None:
-                raise _Untrusted("it has no seal (written before seals, or by someone else)")
-            refresh = Refresh(datetime.fromisoformat(meta["refreshed_at"]), datetime.fromisoformat(meta["service_at"]))
-            if not self._seal.holds(seal, *self._sealed(meta["jwks"], refresh, tokens)):
-                raise _Untrusted("its seal does not hold (edited, or sealed under another key of this adapter)")
-            seen = meta["wall_seen"]
-            if not self._seal.holds(meta.get("wall_seen_seal"), *self._seen(seal, seen)):
-                raise _Untrusted("the seal of the time it saw does not hold")
-            # Review 155, finding 1: the outbox's head is kept with every refresh (a store written before
-            # that is not trusted, once: the next refresh writes it again).
-            head = meta.get("outbox_head")
-            if head is None or not self._seal.holds(meta.get("outbox_head_seal"), *self._outbox(seal, head)):
-                raise _Untrusted("the seal of the outbox chain it remembers does not hold (or it has none)")
-            verifier = PassVerifier(json.loads(meta["jwks"]), issuer=self.issuer, terminal=self.terminal)
-            held = _Held([], refresh, datetime.fromisoformat(seen), seal, _head(head))
-        except _Untrusted as exc:
-            return self._untrusted(str(exc))
-        except (KeyError, ValueError, TypeError, JoseError) as exc:
-            return self._untrusted(f"it cannot be read ({type(exc).__name__})")
+            held, verifier = self._read(meta, tokens, self._seal)
+        except (_Untrusted, KeyError, ValueError, TypeError, JoseError) as exc:
+            reason = str(exc) if isinstance(exc, _Untrusted) else f"it cannot be read ({type(exc).__name__})"
+            try:
+                if self._previous is None:
+                    raise _Untrusted(reason) from None
+                held, verifier = self._read(meta, tokens, self._previous)
+            except (_Untrusted, KeyError, ValueError, TypeError, JoseError):
+                return self._untrusted(reason)
+            self._reseal(held, meta, tokens)
         for token in tokens:
             try:
                 held.passes.append((token, verifier.verify(token)))
             except PassRefused as exc:
                 log.warning("gate.offline.pass_refused", extra={"reason": str(exc)})
         return held
+
+    def _holding(self, mac: object, *fields: str) -> str | None:
+        """Which key a seal holds under: "key", "previous" (rule 1: sealed before the seal key), or None."""
+        if self._seal.holds(mac, *fields):
+            return "key"
+        return "previous" if self._previous is not None and self._previous.holds(mac, *fields) else None
+
+    def _read(self, meta: Mapping[str, str], tokens: list[str], seal: Seal) -> tuple[_Held, PassVerifier]:
+        """Rule 1: a refreshed store as kept, if it holds under ``seal`` (``_Untrusted`` otherwise)."""
+        mac = meta.get("seal")
+        if mac is None:
+            raise _Untrusted("it has no seal (written before seals, or by someone else)")
+        refresh = Refresh(datetime.fromisoformat(meta["refreshed_at"]), datetime.fromisoformat(meta["service_at"]))
+        if not seal.holds(mac, *self._sealed(meta["jwks"], refresh, tokens)):
+            raise _Untrusted("its seal does not hold (edited, or sealed under another key of this adapter)")
+        seen = meta["wall_seen"]
+        if not seal.holds(meta.get("wall_seen_seal"), *self._seen(mac, seen)):
+            raise _Untrusted("the seal of the time it saw does not hold")
+        # Review 155, finding 1: the outbox's head is kept with every refresh (a store written before
+        # that is not trusted, once: the next refresh writes it again).
+        head = meta.get("outbox_head")
+        if head is None or not seal.holds(meta.get("outbox_head_seal"), *self._outbox(mac, head)):
+            raise _Untrusted("the seal of the outbox chain it remembers does not hold (or it has none)")
+        verifier = PassVerifier(json.loads(meta["jwks"]), issuer=self.issuer, terminal=self.terminal)
+        return _Held([], refresh, datetime.fromisoformat(seen), mac, _head(head)), verifier
+
+    def _reseal(self, held: _Held, meta: Mapping[str, str], tokens: list[str]) -> None:
+        """Rule 1: a store that held under ``previous`` only, sealed again under the seal key as it stands (the
+        refresh, the time seen, the outbox head; the passes as kept), in one transaction; logged."""
+        rows: list[tuple[str, str]] = []
+        seal = ""
+        if held.refresh is not None:
+            seal = self._seal.mac(*self._sealed(meta["jwks"], held.refresh, tokens))
+            rows.append(("seal", seal))
+        if held.seen is not None:
+            seen = meta["wall_seen"]
+            rows.append(("wall_seen_seal", self._seal.mac(*self._seen(seal, seen))))
+        if held.outbox is not None or held.refresh is not None:
+            rows += self._outbox_rows(seal, held.outbox)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows)
+        held.seal = seal
+        log.warning("gate.offline.store_resealed: %s: it held under the key derived from the adapter's credential; "
+                    "sealed again under its seal key", self.path)
 
     def _untrusted(self, reason: str) -> _Held:
         # The file is kept as it is, for a person to look at; the next refresh replaces it.
@@ -541,6 +589,8 @@ class OfflineMode:
             reason = self.outbox.bound(*remembered)
             if reason is not None:
                 self.outbox.taint(reason)
+            elif remembered != head:  # moved on, or the same head sealed again under the seal key (outbox.py rule 12)
+                self.store.remember_outbox(*head, resealed=True)
         self.outbox.on_head = self.store.remember_outbox
 
     # -- keeping the passes fresh -------------------------------------------------------------------

@@ -66,8 +66,8 @@ Rules:
 9. The file is made readable and writable by its owner only (0600), and one that group or others may write,
    or another user owns, is refused (``strict``, outside dev; a warning in dev): whoever may write it could
    forget the uses of rule 7, queue requests, or clear a latch (datafiles.py).
-10. The offline decisions are a sealed chain (review 92; with ``secret``, the adapter's own secret material,
-    seal.py): a mode is no proof against someone with the disk, and deleting the record of an offline
+10. The offline decisions are a sealed chain (review 92; with ``secret``, the adapter's seal key, seal.py,
+    rule 12): a mode is no proof against someone with the disk, and deleting the record of an offline
     gate-in before it is reconciled would let the service never learn of the use, and the right be used
     again; editing it would change which right or truck it names. Each decision has a sequence number
     ``seq`` (1, 2, ... never reused), ``prev`` (the seal of the one before), ``digest`` (SHA-256 of its
@@ -105,6 +105,16 @@ Rules:
     its store's time seen, offline.py rule 3). For the same reason ``unreconciled`` goes in the chain's
     order, not by those stamps: a decision stamped after the clock was wound back is reported after those
     sealed before it, so the service can tell an override stamped earlier than a decision before it.
+12. The chain's key rotates with nothing (review 172, finding 1): ``secret`` is the adapter's seal key
+    (seal.py), not its client credential, so a credential rotated (a gate secret leaked during an outage)
+    leaves every offline decision in the chain and reported. An adapter from before kept the chain under a
+    key derived from its credential: ``previous``, that material, offered while the seal key is pending
+    (seal.py ``SealKey.pending``). At start a chain whose record holds under ``previous`` and not under
+    ``secret`` is walked in full under ``previous`` and, if it holds, sealed again under ``secret`` in one
+    transaction (every decision, acknowledgement and the record; the chain's id, places and base kept),
+    logged ``gate.offline.outbox_resealed``; if it does not hold it is tampered, and a decision whose own
+    seal holds under either key is still reported. ``bound`` knows the head a pass store remembers from
+    before the carry-over (its seal under ``previous``, walked again from the base).
 """
 
 from __future__ import annotations
@@ -339,7 +349,8 @@ class Outbox:
     """One SQLite file per lane or per adapter. Thread-safe."""
 
     def __init__(self, path: str | Path, *, keep_days: float = 7.0, wall: Callable[[], float] = time.time,
-                 strict: bool = True, secret: bytes | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 strict: bool = True, secret: bytes | None = None, clock: Callable[[], float] = time.monotonic,
+                 previous: bytes | None = None) -> None:
         if keep_days <= 0:
             raise ValueError("keep_days > 0")
         self.path = Path(path)
@@ -350,6 +361,8 @@ class Outbox:
         self._decided_here: dict[str, float] = {}
         self._lock = threading.Lock()
         self._seal = None if secret is None else Seal(secret, purpose=OUTBOX_PURPOSE)  # rule 10
+        # Rule 12: the seal an adapter from before its seal key kept the chain under, while that key is pending.
+        self._previous = None if secret is None or previous is None else Seal(previous, purpose=OUTBOX_PURPOSE)
         self._tampered: str | None = None
         # Review 155, finding 1: told the chain's head after each transaction that moved it (the pass
         # store keeps it, offline.py OfflineMode._bind_outbox).
@@ -451,9 +464,11 @@ class Outbox:
             base_seq, base_prev = self._db.execute("SELECT base_seq, base_prev FROM outbox_chain WHERE id = 1"
                                                    ).fetchone()
             row = self._db.execute("SELECT mac FROM offline_decisions WHERE seq = ?", (seq,)).fetchone()
-        if seq == 0 or seq < int(base_seq) - 1:
-            return None  # the start, or pruned since (the chain record's seal covers where it starts)
-        kept = str(base_prev) if seq == int(base_seq) - 1 else None if row is None else str(row[0])
+            if seq == 0 or seq < int(base_seq) - 1:
+                return None  # the start, or pruned since (the chain record's seal covers where it starts)
+            kept = str(base_prev) if seq == int(base_seq) - 1 else None if row is None else str(row[0])
+            if kept != mac and row is not None and self._previous is not None:  # rule 12: seen before the carry
+                kept = mac if self._previous_mac(seq) == mac else kept
         return None if kept == mac else f"offline decision {seq} is not the one the pass store saw"
 
     def taint(self, reason: str) -> None:
@@ -479,11 +494,22 @@ class Outbox:
         """Rule 10, at start: a file without a chain gets one (its decisions sealed as they stand, logged),
         then the whole chain is checked, reports digested."""
         assert self._seal is not None
+        carried: int | None = None
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 sealed = 0
-                if self._db.execute(_CHAIN).fetchone() is None:
+                chain = self._db.execute(_CHAIN).fetchone()
+                if chain is not None and self._previous is not None and not self._seal.holds(
+                        chain[5], *_chain_fields(*chain[:5])) and self._previous.holds(chain[5], *_chain_fields(
+                        *chain[:5])):
+                    # Rule 12: sealed under the credential-derived key; carried over if it holds in full there.
+                    reason = self._verify(full=True, seal=self._previous)
+                    if reason is None:
+                        carried = self._reseal()
+                    else:
+                        self._taint(reason)
+                if chain is None:
                     if self._db.execute("SELECT 1 FROM offline_decisions WHERE seq IS NOT NULL").fetchone():
                         sealed = -1  # a chain's decisions without their chain record: never sealed again
                     else:
@@ -496,6 +522,10 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        if carried is not None:
+            log.warning("gate.offline.outbox_resealed: %s: its chain (%d offline decisions kept) held under the key "
+                        "derived from the adapter's credential; sealed again under its seal key", self.path, carried,
+                        extra={"decisions": carried})
         if sealed > 0:
             log.warning("gate.offline.outbox_sealed: %s: %d offline decisions from before the chain sealed as they "
                         "stand", self.path, sealed, extra={"decisions": sealed})
@@ -523,14 +553,55 @@ class Outbox:
                          "WHERE request_id = ?", (seq, head_mac, digest, mac, ack, request_id))
         self._set_chain(outbox_id, seq, mac, base_seq, base_prev)
 
-    def _verify(self, *, full: bool) -> str | None:
-        """Rule 10 (under the lock): why the chain does not hold, or None."""
+    def _reseal(self) -> int:
+        """Rule 12, in the caller's transaction (the chain checked in full under ``_previous``): every decision
+        and acknowledgement of the chain, and its record, sealed again under the seal key, as they stand (the
+        base's seal, before the first kept decision, stays: the record's seal covers it). How many there are."""
         assert self._seal is not None
+        outbox_id, head_seq, head_mac, base_seq, base_prev, _ = self._db.execute(_CHAIN).fetchone()
+        prev, n = str(base_prev), 0
+        for row in self._db.execute(_LINKS + " ORDER BY seq").fetchall():
+            seq, _prev, _mac, request_id, lane, release_id, used, decided_at, digest, done_at, result, _ack = row
+            mac = self._seal.mac(*_row_fields(outbox_id, seq, prev, request_id, lane, release_id, used, decided_at,
+                                              str(digest)))
+            ack = None if done_at is None else self._seal.mac(*_ack_fields(outbox_id, seq, mac, result or "",
+                                                                           done_at))
+            self._db.execute("UPDATE offline_decisions SET prev = ?, mac = ?, ack = ? WHERE request_id = ?",
+                             (prev, mac, ack, request_id))
+            prev, n = mac, n + 1
+        self._set_chain(outbox_id, head_seq, prev if n else str(head_mac), base_seq, base_prev)
+        return n
+
+    def _previous_mac(self, seq: int) -> str | None:
+        """Rule 12 (under the lock): the seal decision ``seq`` had under ``_previous`` (the chain walked from its
+        base as it stands), or None: so a pass store that remembers the head from before the chain was carried
+        over still knows it (``bound``)."""
+        assert self._previous is not None
+        outbox_id, _, _, base_seq, base_prev, _ = self._db.execute(_CHAIN).fetchone()
+        prev = str(base_prev)
+        for row in self._db.execute(_LINKS + " WHERE seq BETWEEN ? AND ? ORDER BY seq", (base_seq, seq)):
+            at, _prev, _mac, request_id, lane, release_id, used, decided_at, digest = row[:9]
+            prev = self._previous.mac(*_row_fields(outbox_id, at, prev, request_id, lane, release_id, used,
+                                                   decided_at, str(digest)))
+            if at == seq:
+                return prev
+        return None
+
+    def _holds(self, mac: object, *fields: str) -> bool:
+        """A row's own seal (rule 10), under the seal key or, while it is pending, the previous one (rule 12)."""
+        assert self._seal is not None
+        return self._seal.holds(mac, *fields) or (self._previous is not None and self._previous.holds(mac, *fields))
+
+    def _verify(self, *, full: bool, seal: Seal | None = None) -> str | None:
+        """Rule 10 (under the lock): why the chain does not hold (under ``seal``: default the seal key's), or
+        None."""
+        seal = seal or self._seal
+        assert seal is not None
         chain = self._db.execute(_CHAIN).fetchone()
         if chain is None:
             return "its chain record is gone"
-        outbox_id, head_seq, head_mac, base_seq, base_prev, seal = chain
-        if not self._seal.holds(seal, *_chain_fields(outbox_id, head_seq, head_mac, base_seq, base_prev)):
+        outbox_id, head_seq, head_mac, base_seq, base_prev, seal_mac = chain
+        if not seal.holds(seal_mac, *_chain_fields(outbox_id, head_seq, head_mac, base_seq, base_prev)):
             return "the seal of its chain record does not hold"
         sql = _LINKS.replace(" FROM", ", report FROM") if full else _LINKS
         expected, prev = int(base_seq), base_prev
@@ -541,12 +612,12 @@ class Outbox:
             if seq != expected:
                 return f"offline decision {expected} is missing" if seq > expected else \
                     f"offline decision {seq} is out of place"
-            if row_prev != prev or not self._seal.holds(mac, *_row_fields(
+            if row_prev != prev or not seal.holds(mac, *_row_fields(
                     outbox_id, seq, str(row_prev), request_id, lane, release_id, used, decided_at, str(digest))):
                 return f"offline decision {seq} was edited or moved"
             if full and _digest(row[12]) != digest:
                 return f"offline decision {seq}'s report was edited"
-            if done_at is not None and not self._seal.holds(ack, *_ack_fields(outbox_id, seq, mac, result or "",
+            if done_at is not None and not seal.holds(ack, *_ack_fields(outbox_id, seq, mac, result or "",
                                                                                done_at)):
                 return f"offline decision {seq} is marked reconciled without the service's answer"
             expected, prev = expected + 1, mac
@@ -947,7 +1018,7 @@ class Outbox:
             unacked = ["-"]
             if self._seal is not None and chain is not None:
                 unacked += [str(r[3]) for r in self._db.execute(_LINKS + " WHERE reconciled_at IS NOT NULL")
-                            if not self._seal.holds(r[11], *_ack_fields(str(chain[0]), int(r[0] or 0), str(r[2]),
+                            if not self._holds(r[11], *_ack_fields(str(chain[0]), int(r[0] or 0), str(r[2]),
                                                                         r[10] or "", r[9]))]
             rows = self._db.execute(
                 _LINKS.replace("SELECT ", "SELECT report, ") + " WHERE reconciled_at IS NULL OR request_id IN "
@@ -958,7 +1029,7 @@ class Outbox:
             body = dict(json.loads(report))
             if self._seal is not None:
                 outbox_id = "" if chain is None else str(chain[0])
-                if seq is None or _digest(report) != digest or not self._seal.holds(mac, *_row_fields(
+                if seq is None or _digest(report) != digest or not self._holds(mac, *_row_fields(
                         outbox_id, seq, str(prev), request_id, lane, release_id, used, decided_at, str(digest))):
                     self._taint(f"offline decision {request_id} was edited")
                     continue
