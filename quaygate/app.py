@@ -298,7 +298,11 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with ExitStack() as started:  # stopped in the reverse order, also when a later step fails to start
-            built = container or Container.build(settings)
+            try:
+                built = container or Container.build(settings)
+            except solo.NeedsRedis as exc:  # review 169, finding 1: served with Redis, and this one has none
+                _refuse_start(app, str(exc))
+                raise
             if container is None:
                 started.callback(built.close)
             await _greet_cache(app, built)

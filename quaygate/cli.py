@@ -545,6 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
     facts_sub.add_parser("refresh", help="make every gate read its facts again from the database"
                          ).set_defaults(func=cmd_gate_facts_refresh)
 
+    redis = sub.add_parser("redis", help="whether the database is served with Redis")
+    redis_sub = redis.add_subparsers(dest="redis_cmd", required=True)
+    redis_sub.add_parser("release", help="its servers no longer use Redis: processes without QUAYGATE_REDIS_URL "
+                         "may open it again (refused while a server serves it)").set_defaults(func=cmd_redis_release)
+
     # Issue 5: its options (--config, --check) are the adapter's own; main() hands them over unparsed.
     sub.add_parser("gate-adapter", help="run a terminal's gate adapter: gate-adapter --config lane.toml",
                    add_help=False)
@@ -568,6 +573,31 @@ def cmd_gate_facts_refresh(args: argparse.Namespace) -> int:
     if container.gate_facts.owed():
         return 1  # main() says why
     print("every gate reads its facts again from the database")
+    return 0
+
+
+def cmd_redis_release(args: argparse.Namespace) -> int:
+    """Review 169, finding 1: once a server with Redis has served the database, every process without
+    QUAYGATE_REDIS_URL refuses to open it (quaygate/solo.py ``served_with_redis``). For a database whose
+    servers truly no longer use Redis: cleared, only while no server serves it. Not through Container.build,
+    which would refuse."""
+    from . import solo
+    from .db import make_engine
+
+    engine = make_engine(_settings().database_url, pool_size=1, max_overflow=0)
+    try:
+        since = solo.release_redis(engine)
+    except solo.AnotherServer:
+        print("redis release: a quaygate server serves this database: stop every server of it first; nothing "
+              "changed", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    if since is None:
+        print("the database was not served with Redis: nothing to release")
+    else:
+        print(f"the database is no longer served with Redis (since {since:%Y-%m-%d %H:%M} UTC): processes "
+              "without QUAYGATE_REDIS_URL open it again; a server with Redis started later marks it again")
     return 0
 
 

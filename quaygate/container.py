@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from . import solo
 from .cache import Cache, make_cache
 from .crypto import DataCipher
 from .db import make_engine
@@ -33,11 +34,20 @@ class Container:
     @classmethod
     def build(cls, settings: Settings) -> Container:
         """What a process needs, server or CLI. With Redis, every commit that changes what a gate decision
-        reads (a right, a badge, a ban, a policy) invalidates the gates' copies, whichever process made it."""
+        reads (a right, a badge, a ban, a policy) invalidates the gates' copies, whichever process made it.
+        Without Redis, refused (``solo.NeedsRedis``) on a database servers with Redis serve: its changes
+        would reach none of their copies (quaygate/solo.py, review 169 finding 1)."""
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                             max_overflow=settings.db_max_overflow)
+        if not settings.redis_url:
+            try:
+                solo.refuse_without_redis(engine)
+            except BaseException:
+                engine.dispose()
+                raise
         built = cls(
             settings=settings,
-            engine=make_engine(settings.database_url, pool_size=settings.db_pool_size,
-                               max_overflow=settings.db_max_overflow),
+            engine=engine,
             cache=make_cache(settings.redis_url),
             cipher=settings.data_cipher(),
             clock=SystemClock(),

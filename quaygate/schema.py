@@ -582,12 +582,15 @@ port_bans = sa.Table(
 
 # The dataset this database holds: one row, its id made on first read (quaygate/identity_of_dataset.py,
 # migration 0032). A Redis database serves one dataset (quaygate/dataset.py ``ForeignRedis``).
+# ``redis_since``: when a server that shares Redis first took the serving lease; until ``quaygate redis
+# release`` every process on the database needs Redis (quaygate/solo.py ``served_with_redis``, migration 0035).
 dataset_identity = sa.Table(
     "dataset_identity",
     metadata,
     sa.Column("singleton", sa.Integer, primary_key=True, autoincrement=False),  # always 1: one row at most
     sa.Column("id", sa.String(36), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("redis_since", UTCDateTime, nullable=True),
 )
 
 # Which feed is in force, one row per register: the loader's sequence check reads it under its lock.

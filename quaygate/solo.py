@@ -32,6 +32,20 @@ lease's connection keep TCP keepalives and a user timeout: a silent peer is noti
 minute, not when TCP gives up.
 
 A database nobody else can open (SQLite in memory) needs no lease.
+
+What servers that share Redis keep there outlives them: the gates' copies of badges, rights, bans and
+policies (release_service/adapters/gate_facts.py), clients, key sets. A change is told to those copies
+only by a process that has Redis itself; one without (a CLI command run from a shell that lacks
+``QUAYGATE_REDIS_URL``) committed it and told no one, and the gates went on deciding on the old copy
+(review 169, finding 1). So the first server that takes the lease shared marks the database as served with
+Redis (``dataset_identity.redis_since``), and from then on every process built without Redis refuses to
+start (``refuse_without_redis``, in ``Container.build``: every CLI command and server), saying which
+variable it lacks. The mark stays while no server runs (Redis keeps the copies); ``quaygate redis
+release`` clears it, only while no server serves the database (``release_redis``: it holds the lease
+alone meanwhile). Servers with Redis started later mark it again, and every one of them makes the gates
+read their facts again at its start (``workers.start_gate_facts``): nothing changed meanwhile stays
+unseen. Limit: the mark is read once, when a process starts; a command without Redis started before the
+first server with Redis took the lease may still commit after that server's start.
 """
 
 from __future__ import annotations
@@ -42,10 +56,13 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+from .schema import dataset_identity
 
 log = logging.getLogger("quaygate.solo")
 
@@ -56,6 +73,11 @@ RELEASE_WAIT = 3.0  # seconds a release waits for the database before it lets th
 
 class AnotherServer(RuntimeError):
     """Another server process serves this database in a way this one cannot serve beside."""
+
+
+class NeedsRedis(ValueError):
+    """The database is served with Redis (``served_with_redis``) and this process has none: plain, exit 2
+    on the command line (quaygate.cli ``main``)."""
 
 
 def refusal(where: str, *, shared: bool) -> str:
@@ -150,23 +172,101 @@ class SoloLease:
 def hold(engine: sa.Engine, *, shared: bool = False, on_lost: Callable[[str], None] | None = None,
          watch_every: float = WATCH_EVERY) -> SoloLease:
     """Take this database's serving lease (``shared`` for servers that share Redis), or raise
-    ``AnotherServer`` at once (never waits)."""
+    ``AnotherServer`` at once (never waits). Taken ``shared``, the database is served with Redis from then
+    on (``served_with_redis``)."""
+    where = _where(engine)
     if engine.dialect.name == "postgresql":
-        where = f"PostgreSQL database {engine.url.database!r}"
         mine: dict[str, Any] = {}  # the session the lease was last taken on: its pid and start
-        return SoloLease(lambda: _take_postgresql(engine, shared, where, mine), still_held=_session_alive,
-                         release=lambda raw: _release_postgresql(raw, shared), on_lost=on_lost, where=where,
-                         watch_every=watch_every)
-    if engine.dialect.name == "sqlite":
-        database = engine.url.database
-        if not database or database == ":memory:" or database.startswith("file::memory:"):
+        lease = SoloLease(lambda: _take_postgresql(engine, shared, where, mine), still_held=_session_alive,
+                          release=lambda raw: _release_postgresql(raw, shared), on_lost=on_lost, where=where,
+                          watch_every=watch_every)
+    elif engine.dialect.name == "sqlite":
+        if _in_memory(engine):
             return SoloLease()
-        path = Path(database).resolve()
+        path = Path(str(engine.url.database)).resolve()
         lock = path.with_name(path.name + ".serving")
-        where = f"SQLite database {str(path)!r}"
-        return SoloLease(lambda: _take_sqlite(lock, shared, where), still_held=lambda fd: _same_file(lock, fd),
-                         release=os.close, on_lost=on_lost, where=where, watch_every=watch_every)
-    raise ValueError(f"no serving lease for {engine.dialect.name}")
+        lease = SoloLease(lambda: _take_sqlite(lock, shared, where), still_held=lambda fd: _same_file(lock, fd),
+                          release=os.close, on_lost=on_lost, where=where, watch_every=watch_every)
+    else:
+        raise ValueError(f"no serving lease for {engine.dialect.name}")
+    if shared:
+        try:
+            _mark_served_with_redis(engine)
+        except BaseException:
+            lease.close()
+            raise
+    return lease
+
+
+def _in_memory(engine: sa.Engine) -> bool:
+    database = engine.url.database
+    return engine.dialect.name == "sqlite" and (not database or database == ":memory:"
+                                                or database.startswith("file::memory:"))
+
+
+def _where(engine: sa.Engine) -> str:
+    if engine.dialect.name == "sqlite":
+        return f"SQLite database {str(Path(str(engine.url.database)).resolve())!r}"
+    return f"PostgreSQL database {engine.url.database!r}"
+
+
+def served_with_redis(engine: sa.Engine) -> datetime | None:
+    """Since when (UTC) servers that share Redis serve this database (the first of them to take the lease), or
+    None: never, or released since (``release_redis``). None too on a database not migrated yet."""
+    try:
+        with engine.connect() as conn:
+            since: datetime | None = conn.execute(sa.select(dataset_identity.c.redis_since)).scalar()
+    except sa.exc.DBAPIError as exc:
+        if _not_there(exc):
+            return None
+        raise
+    return since
+
+
+def refuse_without_redis(engine: sa.Engine) -> None:
+    """``NeedsRedis`` on a database served with Redis: for a process without QUAYGATE_REDIS_URL, before it
+    does anything (``Container.build``)."""
+    since = served_with_redis(engine)
+    if since is None:
+        return
+    raise NeedsRedis(
+        f"{_where(engine)} is served with Redis (since {since:%Y-%m-%d %H:%M} UTC): its servers keep copies there of "
+        "what the gates decide on (badges, rights, bans, policies) and of clients and keys, and a change made "
+        "without Redis would not reach them. QUAYGATE_REDIS_URL is not set: set it to the servers' Redis; "
+        "nothing was done. If no server of this database uses Redis any more, stop them all and run "
+        "`quaygate redis release` once.")
+
+
+def release_redis(engine: sa.Engine) -> datetime | None:
+    """The database is no longer served with Redis (``served_with_redis`` None): processes without Redis
+    open it again. Only while no server serves it: the lease is held alone meanwhile, else
+    ``AnotherServer``. What it was marked since, or None."""
+    lease = hold(engine, watch_every=0)
+    try:
+        since = served_with_redis(engine)
+        if since is not None:
+            with engine.begin() as conn:
+                conn.execute(dataset_identity.update().values(redis_since=None))
+        return since
+    finally:
+        lease.close()
+
+
+def _mark_served_with_redis(engine: sa.Engine) -> None:
+    """The database is served with Redis from now on (the lease taken shared), if it is not already."""
+    from .identity_of_dataset import dataset_id
+
+    dataset_id(engine)  # its one row, made if missing
+    with engine.begin() as conn:
+        conn.execute(dataset_identity.update().where(dataset_identity.c.redis_since.is_(None))
+                     .values(redis_since=datetime.now(UTC)))
+
+
+def _not_there(exc: sa.exc.DBAPIError) -> bool:
+    """The table or its column does not exist yet (a database not migrated to 0035)."""
+    if getattr(exc.orig, "sqlstate", None) in ("42P01", "42703"):  # undefined table, undefined column
+        return True
+    return str(exc.orig).startswith(("no such table", "no such column"))
 
 
 _HOLDERS = ("SELECT l.pid, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "

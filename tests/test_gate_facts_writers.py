@@ -89,3 +89,24 @@ def test_a_cli_cut_off_from_redis_says_so_and_refresh_ends_it(env: Env, redis_ur
     assert "every gate reads its facts again" in capsys.readouterr().out
     got = _commit(env)
     assert (got["decision"], got["committed"]) == ("deny", False) and "badge_blocked" in got["reasons"], got  # type: ignore[operator]
+
+
+def test_a_cli_without_redis_on_a_database_served_with_redis_refuses(env: Env, redis_url: str,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 169, finding 1: a shell without QUAYGATE_REDIS_URL blocked the badge in the database and told
+    no gate (exit 0, nothing said): they allowed it on their copy for up to QUAYGATE_GATE_FACTS_TTL. A
+    database a server with Redis has served refuses every process without Redis, nothing written."""
+    _seen(env)
+    monkeypatch.delenv("QUAYGATE_REDIS_URL")
+    capsys.readouterr()
+    assert cli(["badge", "status", _badge_id(env), "blocked", "--reason", "reported stolen"]) == 2
+    err = capsys.readouterr().err
+    assert "QUAYGATE_REDIS_URL" in err and "nothing was done" in err and "quaygate redis release" in err, err
+    with env.engine.connect() as conn:  # nothing written
+        assert conn.execute(sa.select(badges.c.status).where(badges.c.number == env.badge_number)).scalar_one() \
+            == "active"
+    monkeypatch.setenv("QUAYGATE_REDIS_URL", redis_url)
+    assert cli(["badge", "status", _badge_id(env), "blocked", "--reason", "reported stolen"]) == 0
+    got = _commit(env)
+    assert (got["decision"], got["committed"]) == ("deny", False) and "badge_blocked" in got["reasons"], got  # type: ignore[operator]

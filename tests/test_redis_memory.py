@@ -31,12 +31,13 @@ from joserfc import jws
 from identity.badges.service import BadgeService
 from identity.bootstrap import create_client, provider_for
 from identity.tokens import sign_access_token
-from quaygate import dataset
+from quaygate import dataset, solo
 from quaygate.app import create_app
 from quaygate.cache import RedisCache
 from quaygate.container import Container, SystemClock
 from quaygate.crypto import DataCipher
 from quaygate.dataset import EvictingRedis
+from quaygate.db import make_engine
 from quaygate.schema import badges, releases
 from quaygate.settings import Settings
 from release_service.adapters.gate_facts import RedisGateFacts
@@ -144,6 +145,12 @@ def test_noeviction_is_served_with_or_without_a_limit(private_redis: Callable[..
     with TestClient(create_app(_settings(tmp_path, sqlite_database_url, server.url))) as http:
         ready = http.get("/readyz")
         assert ready.status_code == 200, ready.text
+    # The session's database, which servers without Redis use after this test: no longer served with Redis.
+    engine = make_engine(sqlite_database_url)
+    try:
+        solo.release_redis(engine)
+    finally:
+        engine.dispose()
 
 
 def test_quaygate_serve_refuses_an_evicting_redis_with_a_plain_message(

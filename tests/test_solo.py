@@ -479,3 +479,45 @@ def test_a_server_whose_lease_another_took_stops(pg_engine: sa.Engine, tmp_path:
         if taker is not None:
             taker.close()
         stop(server)
+
+
+def test_a_database_served_with_redis_needs_redis_until_released(engine: sa.Engine, redis_url: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 169, finding 1: what servers with Redis keep there outlives them, so once one has served the
+    database, no process without Redis opens it (a change it made would reach none of their copies), a
+    server no more than a command, until ``quaygate redis release``, refused while one serves it."""
+    from quaygate.cli import main as cli
+
+    monkeypatch.setenv("QUAYGATE_DATABASE_URL", _url(engine))
+    monkeypatch.setenv("QUAYGATE_VAR_DIR", str(tmp_path))
+    monkeypatch.delenv("QUAYGATE_REDIS_URL", raising=False)
+    monkeypatch.delenv("QUAYGATE_MODE", raising=False)
+    settings = Settings(var_dir=tmp_path, database_url=_url(engine), background_workers=False)
+    Container.build(settings).close()  # never served with Redis: opened without it
+    cache = RedisCache(redis_url)
+    try:
+        _, shared = _container(engine, tmp_path, cache)
+        with TestClient(create_app(settings, container=shared)) as served:
+            assert served.get("/healthz").status_code == 200
+            capsys.readouterr()
+            assert cli(["redis", "release"]) == 1  # it serves: nothing changed
+            assert "stop every server" in capsys.readouterr().err
+    finally:
+        cache.close()
+    assert solo.served_with_redis(engine) is not None
+    # Stopped, its copies stay in Redis: neither a command nor a server without Redis opens the database.
+    assert cli(["org", "create", "--name", "X", "--kind", "transport_operator", "--eori", "BE0000000001"]) == 2
+    err = capsys.readouterr().err
+    assert "QUAYGATE_REDIS_URL is not set" in err and "quaygate redis release" in err, err
+    app = create_app(settings)
+    with pytest.raises(solo.NeedsRedis):
+        TestClient(app).__enter__()
+    assert "QUAYGATE_REDIS_URL is not set" in app.state.start_refused
+    assert cli(["redis", "release"]) == 0
+    assert "no longer served with Redis" in capsys.readouterr().out
+    assert solo.served_with_redis(engine) is None
+    with TestClient(create_app(settings)) as alone:
+        assert alone.get("/healthz").status_code == 200
+    assert cli(["redis", "release"]) == 0  # nothing to release: said so, harmless
+    assert "was not served with Redis" in capsys.readouterr().out
