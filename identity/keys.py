@@ -63,7 +63,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
@@ -150,9 +150,8 @@ class KeyStore:
         # The last key set made, with the snapshot and the published keys it was made of: every token
         # verified asks for it, and making a KeySet checks every key's kid again.
         self._key_set: tuple[_Snapshot, list[_Published], KeySet] | None = None
-        # kid -> (its sealed private half, its stored public JWK, the key they make or None): a row is
-        # opened and checked once per process, not at every reload.
-        self._opened: dict[str, tuple[str | None, dict[str, Any], SigningKey | None]] = {}
+        # A row is opened and checked once per process, not at every reload.
+        self._sealed: SealedKeys[SigningKey] = SealedKeys(cipher, _import, event="identity.keys.not_ours")
 
     @property
     def reload_every(self) -> float:
@@ -411,31 +410,12 @@ class KeyStore:
             published[r.kid] = _Published(public, _import(public, r.alg), r.status, until)
             private[r.kid] = key
         active = {r.alg: r.kid for r in rows if r.status == "active" and r.kid in private}  # the newest
-        self._opened = {k: v for k, v in self._opened.items() if k in {r.kid for r in rows}}
+        self._sealed.keep_only(r.kid for r in rows)
         return _Snapshot(time.monotonic(), active, published, private)
 
     def _genuine(self, kid: str, alg: str, sealed: str | None, public_jwk: dict[str, Any]) -> SigningKey | None:
-        """The private key sealed in row ``kid`` when it opens under the data key (the kid as associated
-        data), names that kid and algorithm, and gives the row's public key; None (logged) otherwise.
-        Checked once per kid and row content (an RSA key costs about 50 ms to open), and again when it
-        opened under a previous data key and ``rekey-data`` has finished since (``DataCipher.open_stored``)."""
-        seen = self._opened.get(kid)
-        if seen is not None and seen[0] == sealed and seen[1] == public_jwk and (
-                seen[2] is None or sealed is None or self._cipher.is_current(sealed)
-                or not self._cipher.rekey_finished()):
-            return seen[2]
-        key: SigningKey | None = None
-        try:
-            if sealed is not None:
-                opened = _import(json.loads(self._cipher.open_stored(sealed, kid.encode())), alg)
-                if opened.kid == kid and opened.get("alg") == alg and opened.as_dict(private=False) == public_jwk:
-                    key = opened
-        except (InvalidTag, ValueError, TypeError, KeyError, JoseError):
-            key = None
-        if key is None:
-            log.error("identity.keys.not_ours", extra={"kid": kid[:64], "alg": alg})
-        self._opened[kid] = (sealed, public_jwk, key)
-        return key
+        """Row ``kid``'s private key when the row is ours (``SealedKeys.genuine``), else None."""
+        return self._sealed.genuine(kid, alg, sealed, public_jwk)
 
     def _active(self, conn: sa.Connection) -> tuple[dict[str, str], dict[str, str]]:
         """The active token keys by algorithm: those of ours (``_genuine``), and those that are not."""
@@ -570,6 +550,57 @@ class KeyStore:
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LOCK_ID)))
 
 
+
+
+K = TypeVar("K", bound=RSAKey | ECKey)
+
+
+class SealedKeys(Generic[K]):
+    """Private JWKs sealed under the data key with their kid as associated data (our token signing keys;
+    the upstream encryption keys, identity.broker.keys): ``genuine`` is what makes a row ours, and the key
+    published and used is the one opened, never a public key someone wrote into the table (review 132 for
+    the signing keys, review 172 finding 3 for the encryption keys). ``importer(jwk, alg)`` makes the key;
+    ``use``: the "use" the opened JWK must name, when checked."""
+
+    def __init__(self, cipher: DataCipher, importer: Callable[[dict[str, Any], str], K], *, event: str,
+                 use: str | None = None) -> None:
+        self._cipher = cipher
+        self._import = importer
+        self._event = event
+        self._use = use
+        # kid -> (its sealed private half, its stored public JWK, the key they make or None)
+        self._opened: dict[str, tuple[str | None, dict[str, Any], K | None]] = {}
+
+    def genuine(self, kid: str, alg: str, sealed: str | None, public_jwk: dict[str, Any]) -> K | None:
+        """The private key sealed in row ``kid`` when it opens under the data key (the kid as associated
+        data), names that kid and algorithm (and ``use``), and gives the row's public key; None (logged)
+        otherwise. Checked once per kid and row content (an RSA key costs about 50 ms to open), and again
+        when it opened under a previous data key and ``rekey-data`` has finished since
+        (``DataCipher.open_stored``)."""
+        seen = self._opened.get(kid)
+        if seen is not None and seen[0] == sealed and seen[1] == public_jwk and (
+                seen[2] is None or sealed is None or self._cipher.is_current(sealed)
+                or not self._cipher.rekey_finished()):
+            return seen[2]
+        key: K | None = None
+        try:
+            if sealed is not None:
+                opened = self._import(json.loads(self._cipher.open_stored(sealed, kid.encode())), alg)
+                if (opened.kid == kid and opened.get("alg") == alg
+                        and (self._use is None or opened.get("use") == self._use)
+                        and opened.as_dict(private=False) == public_jwk):
+                    key = opened
+        except (InvalidTag, ValueError, TypeError, KeyError, JoseError):
+            key = None
+        if key is None:
+            log.error(self._event, extra={"kid": kid[:64], "alg": alg[:16]})
+        self._opened[kid] = (sealed, public_jwk, key)
+        return key
+
+    def keep_only(self, kids: Iterable[str]) -> None:
+        """Forget the rows not among ``kids`` (gone from the table, or no longer read)."""
+        keep = set(kids)
+        self._opened = {k: v for k, v in self._opened.items() if k in keep}
 
 
 _RETIRED_AAD = b"|retired"  # a retired key's seal (``KeyStore._retirement``), never a private half's

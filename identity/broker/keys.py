@@ -9,8 +9,16 @@ Upstream providers (itsme) encrypt id tokens and userinfo to the key of our JWKS
       encrypted to         cached the old JWKS may keep encrypting to it until its cache expires
                            (publish_until = now + max(overlap, JWKS max-age + reload))
 
-Private JWKs are sealed with AES-GCM under the data key, the kid as associated data. Opened keys are
-cached per process; the set is reloaded every ``reload_every`` seconds or when a kid is not known.
+Private JWKs are sealed with AES-GCM under the data key, the kid as associated data. A row counts only when
+its sealed private half opens under the data key, names its kid, ``use: enc`` and ``RSA-OAEP-256``, and gives
+the row's public key (identity.keys ``SealedKeys``, as for the token signing keys): the key published and
+decrypted with is the one opened, never a ``public_jwk`` someone wrote into the table, and a retiring key is
+published at most until ``retired_at`` + ``overlap``, whatever its ``publish_until`` says (review 172, finding
+3: an insider's own key, under his kid for ten years or under ours, had the upstreams encrypt id tokens and
+userinfo, national register data, to him). An active row that is not ours is rotated out by
+``ensure_active``, and a key of ours made in its place; nothing is written under a data key that opens none
+of the keys stored (quaygate.rekey ``refuse_foreign_key``, review 172 finding 2). Each row is opened once per
+process; the set is reloaded every ``reload_every`` seconds or when a kid is not known.
 """
 
 from __future__ import annotations
@@ -27,7 +35,10 @@ import sqlalchemy as sa
 from joserfc.jwk import RSAKey
 
 from quaygate.crypto import DataCipher
+from quaygate.rekey import refuse_foreign_key
 from quaygate.schema import encryption_keys
+
+from ..keys import SealedKeys
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +50,10 @@ _LOCK_ID = 0x5147_454E_434B  # pg_advisory_xact_lock key ("QGENCK")
 @dataclass(frozen=True, slots=True)
 class _Key:
     kid: str
-    public_jwk: dict[str, Any]
+    key: RSAKey  # the private key opened from the row (``SealedKeys.genuine``)
+    public_jwk: dict[str, Any]  # derived from it, never the stored column
     status: str
-    publish_until: datetime | None
+    publish_until: datetime | None  # a retiring key's: at most retired_at + overlap
 
     def live(self, now: datetime) -> bool:
         return self.status == "active" or (self.publish_until is not None and self.publish_until > now)
@@ -58,20 +70,29 @@ class EncryptionKeys:
         self._lock = threading.Lock()
         self._loaded_at = 0.0
         self._keys: dict[str, _Key] = {}
-        self._private: dict[str, RSAKey] = {}
+        self._sealed: SealedKeys[RSAKey] = SealedKeys(cipher, lambda jwk, _alg: RSAKey.import_key(jwk),
+                                                      event="identity.broker.enc_key.not_ours", use="enc")
 
     def ensure_active(self, now: datetime) -> str:
-        """The active key's kid, creating the first key if there is none (under a lock)."""
+        """The active key's kid, creating one if there is none of ours (under a lock): an active row that is
+        not ours is rotated out (never published nor used). ``ForeignDataKey`` (nothing written) when the
+        data key opens none of the keys stored."""
         active = self._active_kid()
         if active is not None:
             return active
         key = self._generate()
         with self._engine.begin() as conn:
             self._take_lock(conn)
-            existing = conn.execute(sa.select(encryption_keys.c.kid).where(encryption_keys.c.status == "active")
-                                    ).scalar()
+            existing = conn.execute(
+                sa.select(encryption_keys.c.kid, encryption_keys.c.private_enc, encryption_keys.c.public_jwk)
+                .where(encryption_keys.c.status == "active")).first()
+            if existing is not None and self._sealed.genuine(existing.kid, ALG, existing.private_enc,
+                                                             dict(existing.public_jwk)) is not None:
+                return str(existing.kid)  # another replica made it meanwhile
+            refuse_foreign_key(conn, self._cipher)
             if existing is not None:
-                return str(existing)
+                self._rotate_out(conn, now)
+                log.error("identity.broker.enc_key.not_ours_rotated_out", extra={"kid": str(existing.kid)[:64]})
             self._insert(conn, key, now)
         self.invalidate()
         log.info("identity.broker.enc_key.created")
@@ -85,14 +106,13 @@ class EncryptionKeys:
     def rotate(self, now: datetime) -> str:
         """A new active key; the old one stays published and usable until the caches have expired."""
         key = self._generate()
-        publish_until = now + self.overlap
         with self._engine.begin() as conn:
             self._take_lock(conn)
+            refuse_foreign_key(conn, self._cipher)  # under another data key: nothing written
             conn.execute(encryption_keys.update()
                          .where(encryption_keys.c.status == "retiring", encryption_keys.c.publish_until <= now)
                          .values(status="retired"))
-            conn.execute(encryption_keys.update().where(encryption_keys.c.status == "active")
-                         .values(status="retiring", retired_at=now, publish_until=publish_until))
+            self._rotate_out(conn, now)
             self._insert(conn, key, now)
         self.invalidate()
         log.info("identity.broker.enc_key.rotated")
@@ -104,21 +124,14 @@ class EncryptionKeys:
 
     def private_key(self, kid: str, now: datetime) -> RSAKey | None:
         """The private key named by ``kid`` if it may decrypt now (active, or retiring within its
-        overlap); None for an unknown, retired or expired kid."""
+        overlap); None for an unknown, retired or expired kid, and for a row that is not ours."""
         keys = self._snapshot()
         if kid not in keys:
             keys = self._snapshot(force=True)
         found = keys.get(kid)
         if found is None or not found.live(now):
             return None
-        with self._lock:
-            opened = self._private.get(kid)
-        if opened is None:
-            opened, current = self._open(kid)
-            if current:  # one under a previous data key is opened each time (DataCipher.open_stored)
-                with self._lock:
-                    self._private[kid] = opened
-        return opened
+        return found.key
 
     def invalidate(self) -> None:
         with self._lock:
@@ -133,25 +146,31 @@ class EncryptionKeys:
         with self._lock:
             if force or not self._loaded_at or time.monotonic() - self._loaded_at > self._reload_every:
                 with self._engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+                    c = encryption_keys.c
                     rows = conn.execute(
-                        sa.select(encryption_keys.c.kid, encryption_keys.c.public_jwk, encryption_keys.c.status,
-                                  encryption_keys.c.publish_until)
-                        .where(encryption_keys.c.status.in_(("active", "retiring")))
-                        .order_by(encryption_keys.c.created_at, encryption_keys.c.kid)).all()
-                self._keys = {r.kid: _Key(r.kid, dict(r.public_jwk), r.status, _aware(r.publish_until)) for r in rows}
-                self._private = {k: v for k, v in self._private.items() if k in self._keys}
+                        sa.select(c.kid, c.public_jwk, c.private_enc, c.status, c.retired_at, c.publish_until)
+                        .where(c.status.in_(("active", "retiring")), c.alg == ALG)
+                        .order_by(c.created_at, c.kid)).all()
+                loaded = (self._loaded(r) for r in rows)
+                self._keys = {k.kid: k for k in loaded if k is not None}
+                self._sealed.keep_only(r.kid for r in rows)
                 self._loaded_at = time.monotonic()
             return self._keys
 
-    def _open(self, kid: str) -> tuple[RSAKey, bool]:
-        """The private key, and whether it is sealed under the current data key."""
-        with self._engine.connect() as conn:
-            sealed = conn.execute(sa.select(encryption_keys.c.private_enc).where(encryption_keys.c.kid == kid)
-                                  ).scalar_one()
-        key = RSAKey.import_key(json.loads(self._cipher.open_stored(sealed, kid.encode())))
-        if key.kid != kid or key.get("use") != "enc":
-            raise ValueError("sealed key does not match its kid and use")
-        return key, self._cipher.is_current(sealed)
+    def _loaded(self, r: Any) -> _Key | None:
+        """Row ``r`` as a key of ours, its publication capped; None when it is not ours."""
+        until, retired_at = _aware(r.publish_until), _aware(r.retired_at)
+        if r.status == "retiring":
+            if retired_at is None:
+                return None  # rotate() always says when: not a row it wrote
+            until = retired_at + self.overlap if until is None else min(until, retired_at + self.overlap)
+        key = self._sealed.genuine(r.kid, ALG, r.private_enc, dict(r.public_jwk))
+        return None if key is None else _Key(r.kid, key, key.as_dict(private=False), r.status, until)
+
+    def _rotate_out(self, conn: sa.Connection, now: datetime) -> None:
+        """The active key decrypts and is published (when ours) until the upstreams' cached JWKS expired."""
+        conn.execute(encryption_keys.update().where(encryption_keys.c.status == "active")
+                     .values(status="retiring", retired_at=now, publish_until=now + self.overlap))
 
     def _generate(self) -> RSAKey:
         key = RSAKey.generate_key(self._key_size, parameters={"use": "enc", "alg": ALG})
