@@ -21,6 +21,7 @@ from release_service.domain import disclosure
 from release_service.services import queries
 
 from .factories import add_driver, do
+from .test_gate_person_suspended import _admin
 from .test_release_driver_api import DriverApi, api  # noqa: F401 - ``api`` is a fixture requested by name
 
 PLATE_1, PLATE_2 = "1ABC123", "2XYZ987"  # as stored (separators dropped)
@@ -294,3 +295,78 @@ def test_customs_reason_goes_to_the_full_sight_viewers_and_its_status_to_everyon
     updated = _ok(api.http.patch(f"/api/v1/releases/{trip.rid}", headers=api.as_("line"),
                                  json={"bill_of_lading": "BL-1b"}))
     assert updated["release"]["lights"]["customs"]["reason"] == grounds
+
+
+# ---- another company's events: type, time and state (review 170, finding 2) ----------------------
+
+
+def test_a_later_recipient_reads_no_reason_of_a_decline_it_was_no_party_to(api: DriverApi) -> None:
+    """The reviewer's demonstration: the forwarder offers the right to haulier 2, which declines with its
+    reason; the forwarder then passes it to the haulier. Before, the haulier read haulier 2's reason in
+    full on /events (only its actor nulled). It reads the decline's type, time and state; the forwarder,
+    party to it, reads it in full."""
+    p = api.p
+    rid = str(api.issue()["release"]["id"])
+    tid = _transfer(api, rid, "fwd", "haul2", accept=False)
+    said = "haul2 says: price too low for Acme client"
+    _ok(api.http.post(f"/api/v1/transfers/{tid}/decline", headers=api.as_("haul2"), json={"reason": said}))
+    _transfer(api, rid, "fwd", "haul")
+    _, events, text = _read(api, rid, api.as_("haul"))
+    (declined,) = _of(events, "release.transfer.declined")
+    assert said not in text and str(p.haul2.organisation_id) not in text
+    assert declined["data"]["reason"] is None and declined["data"]["state"] == "active" and declined["at"]
+    assert declined["data"]["transfer_id"] is None  # nor which transfer: the offer is not its to know
+    _, events, text = _read(api, rid, api.as_("fwd"))
+    (declined,) = _of(events, "release.transfer.declined")
+    assert declined["data"]["reason"] == said and declined["data"]["transfer_id"] == tid
+
+
+def test_a_past_holder_learns_nothing_of_a_later_holder_s_deactivation_beyond_type_time_and_state(
+        api: DriverApi) -> None:
+    """The reviewer's demonstration: the forwarder passed the right to the haulier; port security
+    deactivated the haulier. Before, the forwarder read release.holder_deactivated {'holder': <haulier>}.
+    It reads what the table gives it of another company's event: the type, the time and the state. The
+    haulier (its own hold) and the line read the holder; the reactivation reads as the deactivation."""
+    p = api.p
+    rid = str(api.issue()["release"]["id"])
+    _transfer(api, rid, "fwd", "haul")
+    for verb in ("deactivate", "reactivate"):
+        r = api.http.post(f"/admin/v1/organisations/{p.haul.organisation_id}:{verb}",
+                          headers=_admin(api),  # type: ignore[arg-type] - an Api as the Gate is
+                          json={"reason": "suspected fraud" if verb == "deactivate" else "ok"})
+        assert r.status_code == 200, r.text
+    haul = str(p.haul.organisation_id)
+    _, events, _ = _read(api, rid, api.as_("fwd"))
+    for kind in ("release.holder_deactivated", "release.holder_reactivated"):
+        (told,) = _of(events, kind)
+        assert told["data"] == {"holder": None, "state": "active"} and told["at"], told
+    api.tokens.pop("haul")  # its deactivation revoked its tokens
+    for who in ("haul", "line"):
+        _, events, _ = _read(api, rid, api.as_(who))
+        assert [e["data"]["holder"] for e in events if e["type"].startswith("release.holder_")] == [haul, haul], who
+
+
+def test_another_company_s_event_keeps_type_time_state_and_what_the_table_names_only() -> None:
+    """The rule is one allow-list, not one per event type: an event type the rule never heard of shows a
+    past holder its state alone; a light its status (the chain acts on it) and no reason; a transfer the
+    companies the reader knows, never the transfer's id or whether a nomination was cleared."""
+    from release_service.domain.parties import OrgKind
+    from release_service.domain.release import Event, LightKind, LightStatus
+
+    from .test_release_domain import CUSTOMS, FWD, HAUL, HAUL2, NOW, at_haulier
+
+    r = at_haulier()  # issued to the forwarder, passed to the haulier
+    r.set_light(kind=LightKind.CUSTOMS, status=LightStatus.RED, reason="customs' grounds", by=CUSTOMS, now=NOW)
+    r.start_transfer(transfer_id=uuid.uuid4(), by=HAUL, to_organisation_id=HAUL2.organisation_id,
+                     to_kind=OrgKind.TRANSPORT_OPERATOR, now=NOW)
+    events = [*r.pending_events, Event("release.made_up", HAUL.as_dict(), NOW,
+                                       {"reason": "why", "holder": str(HAUL.organisation_id), "note": {"x": 1},
+                                        "state": "active"})]
+    shown = {e.type: s.data for e, s in zip(events, disclosure.minimise_events(r, FWD, events), strict=True)}
+    assert shown["release.made_up"] == {"reason": None, "holder": None, "note": None, "state": "active"}
+    assert shown["release.light.customs"] == {"status": "red", "reason": None, "state": "active"}
+    assert shown["release.transfer.requested"] == {"transfer_id": None, "from": str(HAUL.organisation_id),
+                                                   "to": None, "state": "active"}
+    # its own events, in full: its issue and the transfer it made
+    assert shown["release.issued"]["holder"] == str(FWD.organisation_id)
+    assert shown["release.transfer.accepted"]["nomination_cleared"] is False

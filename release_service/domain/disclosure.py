@@ -9,8 +9,9 @@ Whether a party sees a right at all is ``services.common.can_see``; this module 
     an organisation of the chain: the        its nomination and pending     in full: those of its own holds
     current holder (the nominating           transfer only when they are    and of the transfers it was party
     operator), a past holder, the            its own; the chain of holders  to. Of the others, type, time and
-    recipient of a pending offer             as far as it passed the right  state, the nomination details null
-                                                                            and unknown companies null
+    recipient of a pending offer             as far as it passed the right  state only (``FOREIGN_KEPT``: and a
+                                                                            light's status, a transfer's known
+                                                                            companies); every other key null
     the nominated driver                     all (the nomination is his)    all, another driver's nominations
                                                                             and answers null; no staff ids
 
@@ -57,8 +58,16 @@ from .release import ReleaseRight, awaiting_customs
 # the driver's answer. Shown to someone else, every key of them but the right's state is null.
 NOMINATION_EVENTS = frozenset({"release.nominated", "release.renominated", "release.nomination.accepted",
                                "release.nomination.refused"})
-# Keys of event data that name a company of the chain.
-COUNTERPARTY_KEYS = ("from", "to", "holder")
+# What a company of the chain reads of another company's event (``_foreign``), whatever its type: the type,
+# the time, and of its data these keys alone: the right's state after it, and a light's status (what every
+# viewer of the right acts on, and reads on the right itself). Every other key is null: a decline's reason,
+# the holder port security deactivated, a nomination's driver, truck and slot, a transfer's id, and any key
+# an event type added later carries, until it is named here (review 170, finding 2: before, only the
+# nomination details and unknown companies were nulled, and a later recipient read the reason of a decline
+# by a company it never dealt with, a past holder that port security struck a later holder off).
+FOREIGN_KEPT = frozenset({"state", "status"})
+# And of a transfer, the companies it passed between that the reader knows (the chain it is shown).
+TRAVEL_KEYS = frozenset({"from", "to"})
 ISSUED = "release.issued"
 TRANSFER_REQUESTED = "release.transfer.requested"
 TRANSFER_ACCEPTED = "release.transfer.accepted"
@@ -230,11 +239,10 @@ def _for_chain(right: ReleaseRight, me: uuid.UUID | None, events: Sequence[Event
 
 
 def _foreign(e: EventLike, me: str, known: set[str]) -> Shown:
-    """Another company's event: what happened and when, not who was driven or which company got it."""
-    if e.type in NOMINATION_EVENTS:
-        data = _nulled(e.data, e.data.keys())
-    else:
-        data = _nulled(e.data, [k for k in COUNTERPARTY_KEYS if k in e.data and str(e.data[k]) not in known])
+    """Another company's event: what happened, when, and the state it left the right in (``FOREIGN_KEPT``);
+    not why, who was driven, or what befell another company."""
+    data = _nulled(e.data, [k for k, v in e.data.items() if k not in FOREIGN_KEPT
+                            and not (k in TRAVEL_KEYS and str(v) in known)])
     actor = dict(e.actor)
     if actor.get("organisation_id") != me:
         actor["person_id"] = None  # another company's member, or a driver
