@@ -283,8 +283,10 @@ def _sqlite(tmp_path: Path, **kw: Any) -> dict[str, Any]:
             **kw}  # production's tests give PostgreSQL's URL instead
 
 
-def test_production_serves_metrics_to_the_host_only_unless_given_a_token(tmp_path: Path,
+def test_production_serves_metrics_to_the_host_only_unless_given_a_token(tmp_path: Path, pg_engine: Any,
                                                                         pg_database_url: str) -> None:
+    # pg_engine: the tables emptied first. Each test here makes its own data key (``production``), and a
+    # service refuses to start on keys stored under another (review 172, finding 2).
     settings = Settings(**production(tmp_path, **_sqlite(tmp_path, database_url=pg_database_url)))
     assert _metrics(settings, client=("203.0.113.9", 5000)).status_code == 404  # not even said to exist
     local = _metrics(settings, client=("127.0.0.1", 5000))
@@ -295,7 +297,8 @@ def test_production_serves_metrics_to_the_host_only_unless_given_a_token(tmp_pat
     assert _metrics(settings, client=("::ffff:203.0.113.9", 5000)).status_code == 404
 
 
-def test_a_metrics_token_is_required_from_everyone_once_set(tmp_path: Path, pg_database_url: str) -> None:
+def test_a_metrics_token_is_required_from_everyone_once_set(tmp_path: Path, pg_engine: Any,
+                                                           pg_database_url: str) -> None:
     token = secrets.token_urlsafe(24)
     settings = Settings(**production(tmp_path, metrics_token=token,
                                      **_sqlite(tmp_path, database_url=pg_database_url)))
