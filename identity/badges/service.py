@@ -149,10 +149,9 @@ class BadgeService:
                 screening = self._screen(conn, cmd.person_id, "issue", now=now)  # issue 4, under the lock
                 if cmd.employer_organisation_id and not store.organisation_exists(cmd.employer_organisation_id):
                     raise BadgeError("unknown_organisation", "No such organisation.")
-                if store.number_taken(scheme.value, number):
-                    raise BadgeError("badge_number_taken", "A badge with this number exists already.")
-                if card_uid and store.card_uid_taken(card_uid):
-                    raise BadgeError("card_uid_taken", "A badge with this card UID exists already.")
+                taken = _taken(store, scheme.value, number, card_uid)
+                if taken is not None:
+                    raise taken
                 store.insert(badge_id=badge_id, person_id=cmd.person_id, scheme=scheme.value, number=number,
                              card_uid=card_uid, employer_organisation_id=cmd.employer_organisation_id,
                              valid_from=cmd.valid_from, valid_until=cmd.valid_until, issued_by=actor,
@@ -165,6 +164,18 @@ class BadgeService:
                 row = store.get(badge_id)
         except _NotClear as refused:
             raise self._refusal(refused, actor=actor, now=now) from None
+        except sa.exc.IntegrityError:
+            # Two issues at once for two persons (two different locks) both found the number or the
+            # card UID free; the second insert then ran into the unique key and waited for the first
+            # (uq_badges_scheme_number, uq_badges_card_uid). Once the first committed, its badge is
+            # read here, and the loser is refused as a second issue after it is; anything else was
+            # not a taken key, and goes on.
+            with self._engine.connect() as conn:
+                taken = _taken(BadgeStore(conn), scheme.value, number, card_uid)
+            if taken is None:
+                raise
+            log.info("identity.badge.issue.refused.%s", taken.code)
+            raise taken from None
         assert row is not None
         log.info("identity.badge.issued")
         return Issued(row, screening)
@@ -368,6 +379,15 @@ class BadgeService:
     def activations(self, badge_id: uuid.UUID) -> list[dict[str, Any]]:
         with self._engine.connect() as conn:
             return BadgeStore(conn).live_activations(badge_id)
+
+
+def _taken(store: BadgeStore, scheme: str, number: str, card_uid: str | None) -> BadgeError | None:
+    """The refusal of an issue whose number or card UID another badge holds, or None."""
+    if store.number_taken(scheme, number):
+        return BadgeError("badge_number_taken", "A badge with this number exists already.")
+    if card_uid and store.card_uid_taken(card_uid):
+        return BadgeError("card_uid_taken", "A badge with this card UID exists already.")
+    return None
 
 
 def _canonical_number(raw: str) -> str:
