@@ -208,3 +208,16 @@ def test_an_open_not_written_in_time_is_dropped_never_written_when_the_broker_re
             client.disconnect()
             client.loop_stop()
     assert [m["command"] for m in got] == ["marker"], got  # never the open
+
+
+def test_an_open_whose_sink_failed_in_any_way_latches_the_lane(gate: Gate, outbox: Outbox) -> None:
+    """Review 173, finding 3: a barrier URL httpx refuses (port 'abc') raised httpx.InvalidURL, not an
+    httpx.HTTPError, out of the sink and the lane after the allow was committed: no latch, the truck at a
+    shut barrier. Now it is an "open" not heard (sinks.py rule 6): the lane latches."""
+    rid = gate.pickable(23)
+    lane = runtime(real_client(gate), outbox, HttpBarrier("http://127.0.0.1:abc/barrier", timeout=0.5))
+    [result] = [r for read in reads(n=23) for r in lane.feed(read)]
+    latch = outbox.held_latch(LANE)
+    assert result.decision == "allow" and gate.state(rid) == "gated_in"
+    assert latch is not None and latch.reason == "barrier_unreachable" and result.latched == latch.id
+    assert result.command is not None and result.command.command is BarrierCommand.HOLD

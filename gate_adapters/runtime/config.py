@@ -57,6 +57,11 @@ Rules:
     ``dev = true`` one that group or others may read or write, or that belongs to another user than
     the adapter's (or root), stops the adapter naming its key and the fix; in dev it is a warning.
     TLS key files are left to the TLS library unchecked, on purpose: 0640 with group ssl-cert is usual.
+11. Every URL (``service.base_url``, ``service.issuer``, ``auth.audience``, a barrier's ``url``) is checked
+    whole when the settings are read (``url_problem``): http(s), a host that is a host name or an IPv4 or
+    bracketed IPv6 address, a port from 1 to 65535, no space or control character. A URL the adapter could
+    not send to is a bad setting (``--check`` says so, exit 2), never a barrier that fails at its first
+    "open" mid-shift (review 173).
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import httpx
 
 DIRECTIONS = ("in", "out")
 MODES = ("check", "commit")
@@ -394,12 +401,58 @@ def _url(t: _Table, name: str, *, required: bool = False, https: bool = False) -
     value = t.string(name, required=required)
     if value is None:
         return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(t.key(name), f"must be an http(s) URL, not {value!r}")
-    if https and parts.scheme != "https":
+    problem = url_problem(value)
+    if problem is not None:
+        raise ConfigError(t.key(name), problem)
+    if https and urlsplit(value).scheme != "https":
         raise ConfigError(t.key(name), "must be https:// (set dev = true for a local test service)")
     return value.rstrip("/")
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def url_problem(value: str) -> str | None:
+    """Rule 11: why the adapter could not send to ``value`` (None: it can), found when the settings are
+    read, never at the first command. The message never repeats the URL."""
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        return "must be a URL without spaces or control characters"
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return ("is not a URL the adapter can use: its host is not written right (an IPv6 address goes in "
+                "brackets: http://[fd00::5]:8080/barrier)")
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and parts.netloc.rpartition("@")[2].endswith(":")):
+        return "has a port that is not a number from 1 to 65535"
+    host = parts.hostname or ""
+    if not host:
+        return "names no host"
+    if "[" in parts.netloc:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return "names a host in brackets that is not an IPv6 address"
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return "names a host that is not an IPv4 address"
+    else:
+        name = host[:-1] if host.endswith(".") else host
+        if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in name.split(".")):
+            return ("names a host that is not a host name (letters, digits and '-', in labels of at most 63, "
+                    "written in ASCII: an international name in its xn-- form)")
+    try:
+        httpx.URL(value)
+    except httpx.InvalidURL:
+        return "is not a URL the adapter can use"
+    return None
 
 
 _TOP = ("terminal", "outbox", "badge_scheme", "act_seconds", "retry_seconds", "tick_seconds", "log_level", "dev",

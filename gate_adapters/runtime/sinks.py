@@ -22,24 +22,24 @@ Rules (one place, every sink):
    such a command carries ``latch``; every other is sent as it always was). A command that calls an
    officer latches its lane (``latches``).
    ``send`` sends a command as it is; ``act`` is ``send(command_for(...))``.
-6. A command the barrier did not hear raises ``BarrierUnreachable`` (after ``gate.barrier.unreachable`` is
-   logged): an HTTP error or no 2xx, an MQTT publish refused. The lane latches on an "open" not heard
-   (lane.py rule 10): its truck stands at a shut barrier, and the next truck's "open" must not be the
-   one that lifts it. An "open" is said now or never: it must never wait in a queue to be heard after the
-   truck it was for has gone (lane.py rule 2, for late answers, says the same). An HTTP barrier has no
-   queue. Over MQTT an "open" is published only while the client is connected, at QoS 0 (paho keeps a
-   QoS 1 or 2 message it could not deliver, even one refused with ``MQTT_ERR_NO_CONN``, and sends it on
-   reconnect; ``max_queued_messages_set`` only refuses new ones, and a QoS 1 message already handed over
-   is re-sent with DUP when its PUBACK did not come; a QoS 0 packet not yet written is dropped on
-   reconnect), and counts as sent once paho has written it to the socket within ``timeout``; a broker
-   keeps no QoS 0 message for a controller that is away either. Not written within ``timeout`` (a broker
-   that stopped reading, a full socket), the packet would still sit in paho's queue and go out once the
-   socket drains, after the lane latched (review 116): so the connection is cut there and then
-   (``_drop_unwritten``: the socket reset, unsent bytes discarded; paho reconnects, and a reconnect drops
-   every queued QoS 0 packet) before ``BarrierUnreachable`` is raised. What TCP itself still holds when a link
-   comes back is what the signature's few seconds of life (``[barrier_signing]``, required for MQTT
-   barriers outside dev, config.py rule 9) are for. A ``hold`` keeps ``qos`` (1): heard late, it is
-   harmless, and its officer call and latch still tell the controller something.
+6. A command the barrier did not hear raises ``BarrierUnreachable`` (after ``gate.barrier.unreachable`` is logged):
+   an HTTP error or no 2xx, an MQTT publish refused, and any other exception on the way (an ``httpx.InvalidURL``, a
+   bug: review 173), so nothing but ``BarrierUnreachable`` leaves ``send``. The lane latches on an "open" not heard
+   (lane.py rule 10): its truck stands at a shut barrier, and the next truck's "open" must not be the one that
+   lifts it. An "open" is said now or never: it must never wait in a queue to be heard after the truck it was for
+   has gone (lane.py rule 2, for late answers, says the same). An HTTP barrier has no queue. Over MQTT an "open" is
+   published only while the client is connected, at QoS 0 (paho keeps a QoS 1 or 2 message it could not deliver,
+   even one refused with ``MQTT_ERR_NO_CONN``, and sends it on reconnect; ``max_queued_messages_set`` only refuses
+   new ones, and a QoS 1 message already handed over is re-sent with DUP when its PUBACK did not come; a QoS 0
+   packet not yet written is dropped on reconnect), and counts as sent once paho has written it to the socket
+   within ``timeout``; a broker keeps no QoS 0 message for a controller that is away either. Not written within
+   ``timeout`` (a broker that stopped reading, a full socket), the packet would still sit in paho's queue and go
+   out once the socket drains, after the lane latched (review 116): so the connection is cut there and then
+   (``_drop_unwritten``: the socket reset, unsent bytes discarded; paho reconnects, and a reconnect drops every
+   queued QoS 0 packet) before ``BarrierUnreachable`` is raised. What TCP itself still holds when a link comes back
+   is what the signature's few seconds of life (``[barrier_signing]``, required for MQTT barriers outside dev,
+   config.py rule 9) are for. A ``hold`` keeps ``qos`` (1): heard late, it is harmless, and its officer call and
+   latch still tell the controller something.
 """
 
 from __future__ import annotations
@@ -177,8 +177,10 @@ class HttpBarrier:
             r = (self._http.post(self.url, json=body) if self._auth is None
                  else self._http.post(self.url, json=body, auth=self._auth))
             r.raise_for_status()
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # noqa: BLE001 - rule 6: whatever failed, the barrier did not hear it
             # A barrier that did not hear "open" stays closed: the safe failure; the lane latches (rule 6).
+            # Not only httpx.HTTPError: an httpx.InvalidURL (review 173) or a bug below us must not end
+            # the lane after the allow was committed, with the truck at a shut barrier and no latch.
             raise _unreachable(cmd, type(exc).__name__, error=type(exc).__name__) from exc
         return cmd
 
@@ -210,10 +212,15 @@ class MqttBarrier:
         return self.send(command_for(response, lane))
 
     def send(self, cmd: Command) -> Command:
-        payload = json.dumps(signed_json(cmd, self.signer))
-        if cmd.command is BarrierCommand.OPEN:
-            return self._open(cmd, payload)
-        info = self._client.publish(self.topic(cmd.lane), payload, qos=self.qos)
+        try:
+            payload = json.dumps(signed_json(cmd, self.signer))
+            if cmd.command is BarrierCommand.OPEN:
+                return self._open(cmd, payload)
+            info = self._client.publish(self.topic(cmd.lane), payload, qos=self.qos)
+        except BarrierUnreachable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - rule 6: whatever failed, the barrier did not hear it
+            raise _unreachable(cmd, type(exc).__name__, error=type(exc).__name__) from exc
         if getattr(info, "rc", 0) != 0:  # paho keeps a hold for the reconnect: harmless, but not heard now
             raise _unreachable(cmd, f"publish rc {info.rc}", rc=int(info.rc))
         return cmd
