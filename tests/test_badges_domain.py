@@ -153,7 +153,8 @@ def test_the_transition_table(current: BadgeStatus, target: BadgeStatus) -> None
 def test_blocked_is_final(target: BadgeStatus) -> None:
     assert _code(b.change_status, ID, BadgeStatus.BLOCKED, target, valid_until=LATER, actor="a", reason="r",
                  now=NOW) == "badge_final"
-    assert _code(b.renew, ID, BadgeStatus.BLOCKED, valid_until=LATER, actor="a", reason="r", now=NOW) == "badge_final"
+    assert _code(b.renew, ID, BadgeStatus.BLOCKED, valid_from=NOW, valid_until=LATER, actor="a", reason="r",
+                 now=NOW) == "badge_final"
 
 
 def test_every_change_names_who_and_why() -> None:
@@ -174,13 +175,28 @@ def test_a_badge_past_its_validity_cannot_be_reactivated() -> None:
 
 def test_renewing() -> None:
     until = b.add_years(NOW, 5)
-    frm, to, change = b.renew(ID, BadgeStatus.EXPIRED, valid_until=until, actor="a", reason="renewal", now=NOW)
-    assert (frm, to) == (NOW, until)
+    since = NOW - timedelta(days=400)
+    frm, to, change = b.renew(ID, BadgeStatus.EXPIRED, valid_from=since, valid_until=until, actor="a",
+                              reason="renewal", now=NOW)
+    assert (frm, to) == (NOW, until)  # a start already past moves to the renewal
     assert change is not None and (change.from_status, change.to_status) == (BadgeStatus.EXPIRED, BadgeStatus.ACTIVE)
-    assert b.renew(ID, BadgeStatus.ACTIVE, valid_until=until, actor="a", reason="r", now=NOW)[2] is None
-    assert _code(b.renew, ID, BadgeStatus.ACTIVE, valid_until=until + timedelta(days=1), actor="a", reason="r",
-                 now=NOW) == "validity_too_long"
-    assert _code(b.renew, ID, BadgeStatus.REVOKED, valid_until=until, actor="a", reason="r", now=NOW) == "badge_final"
+    assert b.renew(ID, BadgeStatus.ACTIVE, valid_from=since, valid_until=until, actor="a", reason="r",
+                   now=NOW)[2] is None
+    assert _code(b.renew, ID, BadgeStatus.ACTIVE, valid_from=since, valid_until=until + timedelta(days=1), actor="a",
+                 reason="r", now=NOW) == "validity_too_long"
+    assert _code(b.renew, ID, BadgeStatus.REVOKED, valid_from=since, valid_until=until, actor="a", reason="r",
+                 now=NOW) == "badge_final"
+
+
+def test_renewing_keeps_a_start_still_ahead() -> None:
+    """A renewal extends: a badge not yet valid stays not yet valid (review 174, finding 4)."""
+    ahead = NOW + timedelta(days=100)
+    assert b.renew(ID, BadgeStatus.ACTIVE, valid_from=ahead, valid_until=ahead + timedelta(days=9), actor="a",
+                   reason="r", now=NOW)[:2] == (ahead, ahead + timedelta(days=9))
+    assert _code(b.renew, ID, BadgeStatus.ACTIVE, valid_from=ahead, valid_until=b.add_years(ahead, 5) + timedelta(
+        days=1), actor="a", reason="r", now=NOW) == "validity_too_long"  # five years from the start kept
+    assert _code(b.renew, ID, BadgeStatus.ACTIVE, valid_from=ahead, valid_until=ahead, actor="a", reason="r",
+                 now=NOW) == "invalid_validity"
 
 
 # ---- masking -------------------------------------------------------------------------------------

@@ -90,7 +90,9 @@ class StatusIn(BaseModel):
 
 class RenewIn(BaseModel):
     valid_until: UtcTime = Field(description=(
-        f"RFC 3339 with an offset; after now, at most {rules.MAX_VALIDITY_YEARS} years from now"))
+        f"RFC 3339 with an offset; after now and after the badge's valid_from, at most "
+        f"{rules.MAX_VALIDITY_YEARS} years from the renewed validity's start (now, or the badge's valid_from "
+        f"while that is still ahead)"))
     reason: str = Field(max_length=500)
 
 
@@ -254,7 +256,9 @@ def change_status(badge_id: uuid.UUID, request: Request, body: StatusIn) -> JSON
 @router.post("/badges/{badge_id}/renew", operation_id="admin_renew_badge", responses=_ERRORS)
 @admits(_badge_office)
 def renew_badge(badge_id: uuid.UUID, request: Request, body: RenewIn) -> JSONResponse:
-    """A new validity from now (at most 5 years); an expired badge becomes active again (badge office)."""
+    """A new validity up to valid_until (at most 5 years), from now, or from the badge's valid_from while
+    that is still ahead (a renewal never makes a badge usable sooner); an expired badge becomes active
+    again. The audit entry keeps the reason and the validity before and after (badge office)."""
     try:
         admin, viewer = _caller(request, _badge_office)
         _refuse_own(viewer, _holder(request, badge_id))

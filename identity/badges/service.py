@@ -159,7 +159,8 @@ class BadgeService:
                 store.append_event(first)
                 audit.record("identity.badge.issued", at=now, actor=audit.actor_fields(actor),
                              subject=str(badge_id), conn=conn,
-                             data={"person_id": str(cmd.person_id), "scheme": scheme.value,
+                             data={"person_id": str(cmd.person_id), "scheme": scheme.value, "reason": first.reason,
+                                   "valid_from": cmd.valid_from.isoformat(),
                                    "valid_until": cmd.valid_until.isoformat(), "screening": screening.status})
                 row = store.get(badge_id)
         except _NotClear as refused:
@@ -250,10 +251,11 @@ class BadgeService:
             # Only reachable without the row lock (SQLite): the status moved since we read it.
             log.info("identity.badge.status.refused.concurrent_change")
             raise BadgeError("concurrent_change", "The badge changed meanwhile: read it again.")
+        # The why goes to the sealed trail too, not only to the badge's history (review 174, finding 4).
         audit.record(kind, at=change.at, actor=audit.actor_fields(change.actor), subject=str(change.badge_id),
                      conn=conn,
                      data={"from": change.from_status.value if change.from_status else None,
-                           "to": change.to_status.value, **(extra or {})})
+                           "to": change.to_status.value, "reason": change.reason, **(extra or {})})
 
     # ---- renew -----------------------------------------------------------------------------------
 
@@ -266,8 +268,9 @@ class BadgeService:
                 if row is None:
                     raise BadgeError("not_found", "No such badge.")
                 try:
-                    valid_from, until, change = rules.renew(badge_id, row.status, valid_until=valid_until,
-                                                            actor=actor, reason=reason, now=now)
+                    valid_from, until, change = rules.renew(badge_id, row.status, valid_from=row.valid_from,
+                                                            valid_until=valid_until, actor=actor, reason=reason,
+                                                            now=now)
                 except BadgeRefused as exc:
                     log.info("identity.badge.renew.refused.%s", exc.code)
                     raise _refused(exc) from exc
@@ -276,7 +279,11 @@ class BadgeService:
                 if change is not None:
                     self._apply(conn, store, change, kind="identity.badge.status_changed", extra={"renewed": True})
                 audit.record("identity.badge.renewed", at=now, actor=audit.actor_fields(actor),
-                             subject=str(badge_id), conn=conn, data={"valid_until": until.isoformat()})
+                             subject=str(badge_id), conn=conn,
+                             data={"reason": reason.strip(), "valid_from": valid_from.isoformat(),
+                                   "valid_until": until.isoformat(),
+                                   "previous": {"valid_from": row.valid_from.isoformat(),
+                                                "valid_until": row.valid_until.isoformat()}})
                 out = store.get(badge_id)
         except _NotClear as refused:
             raise self._refusal(refused, actor=actor, now=now) from None
@@ -344,7 +351,7 @@ class BadgeService:
             if not store.withdraw(badge_id, terminal, actor=actor, reason=reason, now=now):
                 raise BadgeError("not_activated", "The badge is not activated at this terminal.")
             audit.record("identity.badge.activation_withdrawn", at=now, actor=audit.actor_fields(actor),
-                         subject=str(badge_id), conn=conn, data={"terminal": terminal})
+                         subject=str(badge_id), conn=conn, data={"terminal": terminal, "reason": reason})
         log.info("identity.badge.activation_withdrawn")
 
     # ---- reads -----------------------------------------------------------------------------------
@@ -423,7 +430,7 @@ def deactivate_for_ban(conn: sa.Connection, person_id: uuid.UUID, *, reference: 
         change = rules.change_status(row.id, row.status, BadgeStatus.INACTIVE, valid_until=row.valid_until,
                                      actor=actor, reason=rules.PORT_BAN_REASON, now=now)
         BadgeService._apply(conn, store, change, kind="identity.badge.status_changed",
-                            extra={"reason": rules.PORT_BAN_REASON, "ban_reference": reference})
+                            extra={"ban_reference": reference})
         done.append(row.id)
     if done:
         log.info("identity.badge.deactivated.port_ban")

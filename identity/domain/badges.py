@@ -235,21 +235,27 @@ def renew(
     badge_id: uuid.UUID,
     current: BadgeStatus,
     *,
+    valid_from: datetime,
     valid_until: datetime,
     actor: str,
     reason: str,
     now: datetime,
 ) -> tuple[datetime, datetime, StatusChange | None]:
-    """A new validity from ``now`` (at most five years). An expired badge becomes active again;
-    a blocked or revoked one is never renewed. Returns (valid_from, valid_until, status change)."""
+    """A new validity up to ``valid_until``, for the badge whose validity starts at ``valid_from``.
+
+    A renewal extends: it never makes a badge usable sooner than the badge office decided, so a start
+    still ahead (a new starter's badge) is kept; a start already past moves to ``now``, the start of
+    the renewed period, from which the five years of issue 4 count. An expired badge becomes active
+    again; a blocked or revoked one is never renewed. Returns (valid_from, valid_until, status change)."""
     actor, reason = _who_and_why(actor, reason)
     if current not in RENEWABLE:
         raise BadgeRefused("badge_final", f"a {current} badge is never renewed: issue a new one")
-    check_validity(now, valid_until, now=now)
+    start = max(valid_from, now)
+    check_validity(start, valid_until, now=now)
     change = None
     if current is BadgeStatus.EXPIRED:
         change = StatusChange(badge_id, current, BadgeStatus.ACTIVE, actor, reason, now)
-    return now, valid_until, change
+    return start, valid_until, change
 
 
 def issued(badge_id: uuid.UUID, *, actor: str, reason: str, now: datetime) -> StatusChange:
