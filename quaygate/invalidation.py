@@ -14,11 +14,13 @@ which every unit of work and ``engine.begin()`` block does right after its commi
 alone: a reader that refilled the cache between an early invalidation and the commit would put the
 old value back under the new generation. A rolled-back transaction invalidates nothing.
 
-``on_committing`` is called with the same keys just BEFORE the commit, and what it returns (a mark)
-is handed to ``on_committed`` with them afterwards, also when the commit failed: the cache marks the
-keys pending first, so no process trusts or refills a copy of them until the invalidation after
-the commit clears the mark, and one that never comes (Redis lost between the two, a writer that
-died) leaves them read from the database rather than from an old copy.
+``on_committing`` is called with the same keys and the connection just BEFORE the commit, and what it
+returns (a mark) is handed to ``on_committed`` with them afterwards, also when the commit failed: the
+cache marks the keys pending first, so no process trusts or refills a copy of them until the
+invalidation after the commit clears the mark, and one that never comes (Redis lost between the two, a
+writer that died) leaves them read from the database rather than from an old copy. On the connection,
+in the transaction about to commit, it also records what changed (``gate_fact_changes``), which every
+server polls: a writer that cannot reach Redis at all still reaches the others (review 169).
 
 Stores mark what they write without knowing whether anything is cached (the embedded default has no
 shared cache and installs nothing: then ``touch`` just leaves a note that nobody reads).
@@ -52,14 +54,14 @@ def touch(conn: sa.Connection, family: str, key: str = "") -> None:
 
 
 def install(engine: sa.Engine, on_committed: Callable[[Touched, list[Any]], None],
-            on_committing: Callable[[Touched], Any] | None = None) -> None:
+            on_committing: Callable[[Touched, sa.Connection], Any] | None = None) -> None:
     def committing(conn: sa.Connection) -> None:
         # Fired just before the DBAPI commit: keep the keys aside, hand them over once it is done.
         touched = conn.info.pop(_PENDING, None)
         if touched:
             conn.info.setdefault(_COMMITTED, set()).update(touched)
             if on_committing is not None:
-                mark = on_committing(touched)
+                mark = on_committing(touched, conn)  # may write on conn: still in the transaction
                 if mark is not None:
                     conn.info.setdefault(_MARKED, []).append(mark)
 

@@ -6,6 +6,7 @@ migration drift test compares against. Times are stored with their zone (UTCDate
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -700,6 +701,26 @@ gate_overrides = sa.Table(
     sa.Column("client_id", sa.String(100), nullable=False),
     sa.Column("reason", sa.String(500), nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
+)
+
+# What each committed change of the gate's facts touched (review 169, finding 2): written in the change's own
+# transaction, just before its commit, by every process whose gate facts are in Redis (release_service/
+# adapters/gate_facts.py ``committing``), whether or not Redis took its pending mark. Every server's drainer
+# polls it about once a second and replaces those generations in Redis (``catch_up``), so a writer cut off
+# from Redis still reaches the gates through PostgreSQL. ``txid``: the writer's transaction id (a poll takes
+# whatever committed since the horizon of its last snapshot: numbers are taken before their commits, not in
+# their order); ``names``: the generation names; ``id``: what Redis takes each change once under. Kept an
+# hour (``prune_changes``): by then every copy filled before a change has expired.
+gate_fact_changes = sa.Table(
+    "gate_fact_changes",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("id", UUID, nullable=False, default=uuid.uuid4),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("txid", sa.BigInteger),
+    sa.Column("names", JSON, nullable=False),
+    sa.Index("ix_gate_fact_changes_txid", "txid"),
+    sa.Index("ix_gate_fact_changes_at", "at"),
 )
 
 # Each terminal's gate policy (release_service.domain.gate.TerminalPolicy as JSON); a terminal

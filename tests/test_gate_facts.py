@@ -747,6 +747,79 @@ def test_a_family_stays_pending_until_every_writer_that_marked_it_lifted_its_mar
         assert not facts._r.exists(facts._p + "pend:r:TWOWRITERS1")  # every mark lifted
 
 
+NOBODY = "redis://127.0.0.1:1/0"  # nothing listens there: a process cut off from Redis
+
+
+def test_a_writer_cut_off_from_redis_reaches_the_other_servers_gates_through_postgresql(
+        gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 169, finding 2: another server that cannot reach Redis at all (a partition of one replica)
+    blocks the badge. It can mark nothing, and its invalidation is only owed; this server never saw Redis
+    fail, so it trusted its copy of the badge until the writer reached Redis again or the copy expired
+    (600 s). The writer's commit records what it changed in PostgreSQL, in the same transaction; this
+    server's drainer polls that record (about once a second) and replaces the generations in Redis: its
+    next commit is refused."""
+    gate.pickable(44)
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    assert _check(gate, 44)["decision"] == "allow"  # the badge cached
+    with _other_process(gate, NOBODY) as (engine, writer):
+        monkeypatch.setattr(writer, "CLOSE_GRACE", 0.0)
+        BadgeService(engine).change_status(_badge_id(gate), "blocked", reason="stolen", actor="o", now=_now())
+        assert writer.owed() == 1  # nothing of it reached Redis
+    # Until this server's drainer polls, its copy answers: the window, one poll long.
+    assert _check(gate, 44)["decision"] == "allow"
+    facts.catch_up()  # the drainer's poll, driven here
+    got = _check(gate, 44, mode="commit")
+    assert (got["decision"], got["reasons"], got["committed"]) == ("deny", ["badge_blocked"], False), got
+
+
+def test_a_change_recorded_before_a_later_one_but_committed_after_it_is_still_caught_up(
+        gate: Gate, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The changes are numbered as they are recorded, just before their commit, not as they commit: a poll
+    that saw a later number must still catch an earlier one whose transaction was open then (PostgreSQL's
+    snapshot horizon, ``catch_up``). Every server polls; Redis takes each change once (one wave of misses,
+    not one per server)."""
+    from quaygate import invalidation
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+
+    def generation(name: str) -> bytes | None:
+        return facts._r.get(facts._p + "g:" + name)  # type: ignore[no-any-return]
+
+    facts.catch_up()
+    with _other_process(gate, NOBODY) as (engine, writer), _other_process(gate, redis_url) as (_, other):
+        monkeypatch.setattr(writer, "CLOSE_GRACE", 0.0)
+        with engine.connect() as early:
+            tx = early.begin()
+            writer.committing({(invalidation.RIGHTS, "EARLY1")}, early)  # recorded, as just before its commit
+            before = generation("policy")
+            _require_face(engine, commit=True)  # recorded after it, and committed first
+            facts.catch_up()
+            policy = generation("policy")
+            assert generation("r:EARLY1") is None and policy not in (None, before)  # the later one only
+            tx.commit()
+        facts.catch_up()
+        assert generation("r:EARLY1") is not None and generation("policy") == policy
+        taken = generation("r:EARLY1")
+        other.catch_up()  # another server's poll finds both changes taken already
+        assert (generation("r:EARLY1"), generation("policy")) == (taken, policy)
+
+
+def test_the_record_of_changes_keeps_an_hour(gate: Gate) -> None:
+    """The record of changes is swept: a change older than an hour is gone (any copy filled before it has
+    long expired), a newer one stays."""
+    from quaygate.schema import gate_fact_changes
+
+    facts: RedisGateFacts = gate.facts  # type: ignore[attr-defined]
+    with gate.engine.begin() as conn:
+        conn.execute(gate_fact_changes.delete())
+        conn.execute(gate_fact_changes.insert(), [
+            {"at": _now() - timedelta(hours=2), "names": ["badges"]},
+            {"at": _now() - timedelta(minutes=50), "names": ["bans"]}])
+    assert facts.prune_changes(_now()) == 1
+    with gate.engine.connect() as conn:
+        assert conn.execute(sa.select(gate_fact_changes.c.names)).scalars().all() == [["bans"]]
+
+
 def test_held_invalidations_go_with_the_answer_or_at_the_end_of_the_block_and_stay_owed_on_failure(
         gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     """``holding``: what a thread commits in the block is invalidated with its ``remember``, in one round

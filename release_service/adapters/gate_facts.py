@@ -26,14 +26,25 @@ under which no copy is found or filled, so every process reads those facts from 
 invalidation after the commit lifts its mark and makes a plain generation again (unless another
 writer's mark is still on). So a writer that loses Redis between its commit and its invalidation,
 or dies there, leaves every other process reading PostgreSQL, never trusting an old copy; the mark
-expires with the ttl. A writer that cannot mark (Redis failing for it) still commits: PostgreSQL is
-the truth and a badge office's block must never wait on a cache; its invalidation is owed as ever.
-A mark nobody lifts expires after ``pending_ttl`` (30 s); the facts are cached again then, read after
-the commit. Only a commit that outlasts its mark and then loses its invalidation leaves an old copy.
-A full Redis (OOM under noeviction) takes marks and invalidations all the same (``_ALLOW_OOM``).
-The gate's own moves (``moving`` on the event loop, ``holding`` on the threads) mark nothing: they change one right,
-whose copy only a check reads (a commit reads rights from PostgreSQL and its move is guarded by the
-right's version), and they add no round trip to the commit.
+expires with the ttl. A mark nobody lifts expires after ``pending_ttl`` (30 s); the facts are cached
+again then, read after the commit. A full Redis (OOM under noeviction) takes marks and invalidations
+all the same (``_ALLOW_OOM``).
+
+Changes recorded in PostgreSQL too. A writer that cannot mark (Redis failing for it, or its breaker
+open) still commits: PostgreSQL is the truth and a badge office's block must never wait on a cache.
+Its invalidation is owed, and the other servers do not depend on it: every commit that changes a gate
+fact, marked or not, writes what it touched into ``gate_fact_changes`` in its own transaction
+(``committing``), and every server's drainer polls that table (``catch_up``, every ``CATCH_UP_EVERY``
+second) and replaces those generations in Redis, each change once whoever polls first (``_CAUGHT_UP``).
+So a writer cut off from Redis (a partition of one replica, a paused Redis the others never saw
+fail) leaves the gates on their old copy for about a poll, no longer until it reaches Redis again or the
+copy expires (review 169); so does a commit that outlasts its mark and then loses its invalidation.
+Written always, not only when a mark fails (a mark that timed out may have been taken, and a mark
+taken may expire before a slow commit): one insert per change, rare next to checks, and one more
+generation per change; nothing on a check's path. The table keeps an hour (``prune_changes``).
+The gate's own moves (``moving`` on the event loop, ``holding`` on the threads) mark and record nothing:
+they change one right, whose copy only a check reads (a commit reads rights from PostgreSQL and its move
+is guarded by the right's version), and they add no round trip to the commit.
 
 Remembered copies (``recall``): each process keeps the copies it read last, parsed, with the
 generations they were read under. A check on facts read before is decided on those at once and kept
@@ -96,7 +107,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -104,7 +115,7 @@ import sqlalchemy as sa
 
 from quaygate import dataset, invalidation, jsonbody
 from quaygate.redisline import Line, Pipelined, Script
-from quaygate.schema import gate_decisions
+from quaygate.schema import gate_decisions, gate_fact_changes
 from release_service.domain.gate import (
     BadgeFacts,
     BadgeRead,
@@ -117,7 +128,7 @@ from release_service.domain.release import FaceAgainst
 from release_service.domain.screening import BanWindow, screen
 from release_service.ports import FACE_CLAIM, FactsUnavailable, GateSnapshot, Kept, Recalled, StoredDecision
 
-from .audit import SqlAuditLog
+from .audit import WRITER_TXID, SqlAuditLog
 from .sqla.gate import SqlGateStore, policy_dict
 from .sqla.gate_move import split_claim
 from .sqla.uow import SqlUnitOfWork
@@ -232,6 +243,46 @@ for i = 4, #ARGV do
 end
 return #ARGV - 3
 """)
+
+# ARGV: prefix, ttl, the marks' ttl, then per change recorded in PostgreSQL (``catch_up``): its id, k, and
+# the k generation names it touched. A change not taken yet (its id claimed, SET NX, kept ``ttl``: every
+# server polls, and the first one takes it) gets a new generation for each name, pending while another
+# writer's mark is on it, as ``_BUMP`` makes them. Returns how many changes were taken here. Allowed on a
+# full Redis, as every invalidation (``_ALLOW_OOM``).
+_CAUGHT_UP = Script(_ALLOW_OOM + """
+local p = ARGV[1]
+local t = redis.call('TIME')
+local i, n = 4, 0
+while i <= #ARGV do
+  local k = tonumber(ARGV[i + 1])
+  if redis.call('SET', p .. 'chg:' .. ARGV[i], '1', 'NX', 'EX', ARGV[2]) then
+    for j = i + 2, i + 1 + k do
+      local pend = p .. 'pend:' .. ARGV[j]
+      local g = t[1] .. '.' .. t[2] .. '.' .. redis.call('INCR', p .. 'g:seq')
+      local ex = ARGV[2]
+      if redis.call('EXISTS', pend) == 1 then
+        redis.call('ZREMRANGEBYSCORE', pend, '-inf', t[1])
+        if redis.call('ZCARD', pend) > 0 then
+          g = 'p' .. g
+          ex = ARGV[3]
+        end
+      end
+      redis.call('SET', p .. 'g:' .. ARGV[j], g, 'EX', ex)
+    end
+    n = n + 1
+  end
+  i = i + 2 + k
+end
+return n
+""")
+
+# What changed since a poll's horizon (``catch_up``), with the horizon of this statement's snapshot: every
+# transaction below it has ended, so a change not visible now has a txid at or above it.
+_CHANGES_PG = sa.text(
+    "SELECT h.xmin, c.id, c.names FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) h "
+    "LEFT JOIN gate_fact_changes c ON c.txid >= :since ORDER BY c.seq")
+CHANGES_KEPT = timedelta(hours=1)  # the record of changes kept: far longer than any copy (``ttl``) lives
+_CATCH_UP_BATCH = 2_000  # arguments per ``_CAUGHT_UP`` at most (a server starting reads the last hour's)
 
 # ARGV: prefix, ttl, then key, value pairs: the copies read through, kept (one round trip).
 _FILL = Script("""
@@ -397,6 +448,12 @@ class RedisGateFacts:
         self._holds = threading.local()  # ``holding``: this thread's invalidations, held for ``remember``
         self._drainer: Drainer | None = None
         self._closed = False
+        # The changes recorded in PostgreSQL polled so far (``catch_up``): on PostgreSQL, the horizon of the
+        # last poll's snapshot and the ids of the changes at or above it taken already; on SQLite, whose
+        # writers commit one at a time in the order they number, the last number taken.
+        self._since = 0
+        self._seen: set[uuid.UUID] = set()
+        self._catching = threading.Lock()
         # The copies this process read last, parsed, with the generations they were read under: a check
         # decided on them is kept only if those are still current (``keep_if_current``), one round trip.
         self._near: dict[tuple[str, str], tuple[_Under, Any]] = {}
@@ -765,15 +822,21 @@ class RedisGateFacts:
 
     # ---- invalidation ----------------------------------------------------------------------------
 
-    def committing(self, touched: invalidation.Touched) -> _Mark | None:
-        """Called just before a commit with what it touches: those families pending in Redis (``_MARK``)
-        until the invalidation after the commit lifts the mark. The mark is returned even when Redis
-        failed (it may have taken it), so that invalidation lifts it whatever happened; None when
-        Redis failed a moment ago (no round trip: the commit goes on, its invalidation owed as ever),
-        and for a gate move on the worker threads (``holding``), which marks nothing, as on the loop."""
-        if time.monotonic() < self._down_until or getattr(self._holds, "names", None) is not None:
+    def committing(self, touched: invalidation.Touched, conn: sa.Connection | None = None) -> _Mark | None:
+        """Called just before a commit with what it touches: recorded on ``conn``, in the transaction
+        about to commit (``gate_fact_changes``, which every server polls: ``catch_up``), and those
+        families pending in Redis (``_MARK``) until the invalidation after the commit lifts the mark.
+        The mark is returned even when Redis failed (it may have taken it), so that invalidation lifts it
+        whatever happened; None when Redis failed a moment ago (no round trip: the commit goes on, its
+        invalidation owed, the other servers told by the record), and for a gate move on the worker
+        threads (``holding``), which marks and records nothing, as on the loop."""
+        if getattr(self._holds, "names", None) is not None:
             return None
         names = tuple(sorted(_names(touched)))
+        if conn is not None:
+            _record_change(conn, names)
+        if time.monotonic() < self._down_until:
+            return None
         mark = self._mark_prefix + str(next(self._marks))
         try:
             self._line.run(_MARK, [], [self._p, self._pending_ttl, mark, *names])
@@ -898,6 +961,56 @@ class RedisGateFacts:
         """At start-up: whatever a process that died owing invalidations left behind (or a database
         restored under a running Redis) is read again."""
         self.bump(EVERYTHING)
+
+    def catch_up(self) -> int:
+        """The changes recorded in PostgreSQL since the last poll (``gate_fact_changes``), each one's
+        generations replaced in Redis unless another server took it first (``_CAUGHT_UP``): one round
+        trip to each; returns how many this call took. The drainer calls this every ``CATCH_UP_EVERY``
+        seconds: a writer that could not reach Redis reaches the gates so (review 169). On PostgreSQL
+        the numbers are taken before the commits, not in their order: a poll reads every change at or
+        above the horizon of its last snapshot (every transaction below it had ended), and skips those
+        it took then. Nothing counts as taken unless Redis took it: while Redis fails, or the breaker is
+        open, the same changes are read again at the next poll."""
+        pg = self._engine.dialect.name == "postgresql"
+        with self._catching:
+            if time.monotonic() < self._down_until:
+                return 0
+            with self._engine.connect() as conn:
+                if pg:
+                    rows = conn.execute(_CHANGES_PG, {"since": self._since}).all()
+                    horizon = rows[0][0]
+                    found = [(i, names) for _, i, names in rows if i is not None]
+                else:  # one writer at a time: numbered in the order they commit
+                    c = gate_fact_changes.c
+                    listed = conn.execute(sa.select(c.seq, c.id, c.names).where(c.seq > self._since)
+                                          .order_by(c.seq)).all()
+                    horizon = listed[-1][0] if listed else self._since
+                    found = [(i, names) for _, i, names in listed]
+            new = [(i, names) for i, names in found if i not in self._seen]
+            taken = 0
+            head: list[Any] = [self._p, self._ttl, self._pending_ttl]
+            args = head[:]
+            try:
+                for n, (i, names) in enumerate(new, 1):
+                    args += [i.hex, len(names), *names]
+                    if len(args) >= _CATCH_UP_BATCH or n == len(new):  # no long script: Redis serves gates
+                        taken += int(self._line.run(_CAUGHT_UP, [], args))
+                        args = head[:]
+            except redis.RedisError:
+                self._trip()
+                return 0
+            if taken:
+                log.info("release.gate_facts.caught_up", extra={"fields": {"changes": taken}})
+            self._since = horizon
+            self._seen = {i for i, _ in found} if pg else set()
+            return taken
+
+    def prune_changes(self, now: datetime) -> int:
+        """The changes recorded before ``now`` less ``CHANGES_KEPT`` deleted (every copy filled before
+        them has expired long since); returns how many. Any server's drainer may do it."""
+        with self._engine.begin() as conn:
+            gone = conn.execute(gate_fact_changes.delete().where(gate_fact_changes.c.at < now - CHANGES_KEPT))
+            return int(gone.rowcount)
 
     # ---- the drainer -----------------------------------------------------------------------------
 
@@ -1162,6 +1275,14 @@ def _names(touched: invalidation.Touched) -> set[str]:
             else invalidation.RIGHTS if family == invalidation.HOLDERS else family for family, key in touched}
 
 
+def _record_change(conn: sa.Connection, names: Sequence[str]) -> None:
+    """What a transaction about to commit touched, recorded in it (``gate_fact_changes``, review 169), with
+    its writer's transaction id on PostgreSQL, for the pollers' horizon (``catch_up``)."""
+    pg = conn.dialect.name == "postgresql"
+    conn.execute(gate_fact_changes.insert().values(id=uuid.uuid4(), at=datetime.now(UTC), names=list(names),
+                                                   txid=WRITER_TXID if pg else None))
+
+
 def _pending(generation: bytes) -> bool:
     """A generation read while a write was committing, or whose invalidation never came: no copy is
     kept or trusted under it (``_MARK``)."""
@@ -1370,6 +1491,8 @@ BATCH = 1000  # decisions per insert at most
 PAUSE = 0.2  # seconds the drainer waits after a short batch: at 1 000 checks/s, 200 per insert
 CLAIM_EVERY = 10.0  # seconds between looks for a dead consumer's entries
 CLAIM_IDLE_MS = 30_000  # an entry read and not acknowledged this long ago belongs to a dead consumer
+CATCH_UP_EVERY = 1.0  # seconds between polls of the changes recorded in PostgreSQL (``catch_up``)
+PRUNE_EVERY = 600.0  # seconds between sweeps of that record (``prune_changes``)
 
 
 class Drainer:
@@ -1386,8 +1509,12 @@ class Drainer:
         return self
 
     def _run(self) -> None:
-        claimed_at = 0.0
+        claimed_at = caught_at = pruned_at = 0.0
         while not self._stop.is_set():
+            at = time.monotonic()
+            if at - caught_at >= CATCH_UP_EVERY:
+                caught_at = at
+                pruned_at = self._changes(at, pruned_at)
             try:
                 self._facts.flush_owed()
                 claim = time.monotonic() - claimed_at > CLAIM_EVERY
@@ -1402,6 +1529,19 @@ class Drainer:
                     self._facts.note_unavailable()
                 log.exception("release.gate_facts.drain_failed")
                 self._stop.wait(1.0)
+
+    def _changes(self, at: float, pruned_at: float) -> float:
+        """The changes recorded in PostgreSQL caught up, and their record swept now and then. A failure
+        (PostgreSQL away) is said and holds up no drain; the next poll reads the same changes again.
+        Returns when the record was last swept."""
+        try:
+            self._facts.catch_up()
+            if at - pruned_at >= PRUNE_EVERY:
+                self._facts.prune_changes(datetime.now(UTC))
+                pruned_at = at
+        except Exception:  # noqa: BLE001 - the drain must go on; said, and tried again at the next poll
+            log.exception("release.gate_facts.catch_up_failed")
+        return pruned_at
 
     def stop(self) -> None:
         self._stop.set()
