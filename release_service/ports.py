@@ -75,7 +75,9 @@ class ReleaseFilter:
 
 @dataclass(frozen=True, slots=True)
 class PublishedEvent:
-    """An event leaving the unit of work for webhooks: who may hear it, and what it says."""
+    """An event leaving the unit of work for webhooks: who may hear it, and what it says. ``seq``: its
+    number in the right's history (``StoredEvent.seq``); None for a notice that is not one of the right's
+    events (a contested container, an offline pass flagged, a screening alert)."""
 
     id: uuid.UUID
     type: str
@@ -83,6 +85,7 @@ class PublishedEvent:
     at: datetime
     audience: frozenset[uuid.UUID]
     payload: dict[str, Any] = field(default_factory=dict)
+    seq: int | None = None
 
 
 class ReleaseRightStore(Protocol):

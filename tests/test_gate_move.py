@@ -112,9 +112,10 @@ def test_a_gate_in_writes_the_move_its_trail_its_webhooks_and_the_decision(gate:
         moved = [h for h in hooks if h["event_id"] == event["id"]]
         assert [h["subscription_id"] for h in moved] == [wanted]
         assert moved[0]["status"] == "pending" and moved[0]["attempts"] == 0
+        assert moved[0]["release_id"] == uuid.UUID(rid) and moved[0]["ordinal"] is not None  # its queue
         assert moved[0]["payload"] == {"id": str(event["id"]), "type": "release.gated_in",
                                        "timestamp": event["at"].isoformat(), "release_id": rid,
-                                       "data": data}
+                                       "seq": event["seq"], "data": data}
         decision = conn.execute(sa.select(gate_decisions)
                                 .where(gate_decisions.c.id == uuid.UUID(answer["decision_id"]))).mappings().one()
         assert decision["committed"] is True and decision["response"] == answer

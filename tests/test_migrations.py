@@ -192,3 +192,56 @@ def test_0030_builds_its_index_concurrently_over_an_invalid_leftover(scratch_pg:
         engine.dispose()
     assert valid and not unique, definition
     assert definition.endswith("(subscription_id, next_attempt_at, id) WHERE ((status)::text = 'pending'::text)")
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_0037_puts_what_may_still_be_sent_in_its_rights_queue(backend: str, scratch_pg: str, tmp_path: object) -> None:
+    """Review 171, finding 1: the deliveries that may still be sent (pending; dead and withheld, which
+    may be redelivered) get their right from their payload and an ordinal by their created_at, below
+    every delivery queued after; finished ones keep both null. A delivery queued after takes the next
+    ordinal (the sequence on PostgreSQL, the rowid on SQLite); down and up again."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from quaygate.schema import organisations, webhook_deliveries, webhook_subscriptions
+
+    url = scratch_pg if backend == "postgresql" else f"sqlite:///{tmp_path}/m.db"
+    upgrade(url, "0036")
+    at, org, sub, right = datetime.now(UTC), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    rows = {"second": ("pending", 2), "first": ("pending", 1), "dead": ("dead", 3), "done": ("delivered", 0)}
+    ids = {name: uuid.uuid4() for name in rows}
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(organisations.insert().values(id=org, name="Line", kind="shipping_line", created_at=at))
+            conn.execute(webhook_subscriptions.insert().values(
+                id=sub, organisation_id=org, url="https://h.example/", secret_enc="x", event_types=[], active=True,
+                created_at=at))
+            for name, (status, minutes) in rows.items():
+                conn.execute(webhook_deliveries.insert().values(
+                    id=ids[name], subscription_id=sub, event_id=uuid.uuid4(), event_type="release.issued",
+                    payload={"release_id": str(right)}, status=status, attempts=0,
+                    next_attempt_at=at, created_at=at + timedelta(minutes=minutes)))
+    finally:
+        engine.dispose()
+    upgrade(url, "0037")
+    downgrade(url, "0036")
+    upgrade(url, "0037")
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            later = uuid.uuid4()
+            conn.execute(webhook_deliveries.insert().values(
+                id=later, subscription_id=sub, event_id=uuid.uuid4(), event_type="release.issued", payload={},
+                status="pending", attempts=0, next_attempt_at=at, created_at=at))
+            got = {r.id: (r.release_id, r.ordinal) for r in conn.execute(sa.select(webhook_deliveries))}
+            indexes = {i["name"] for i in sa.inspect(conn).get_indexes("webhook_deliveries")}
+    finally:
+        engine.dispose()
+    by_name = {name: got[i] for name, i in ids.items()}
+    assert {name: r for name, (r, _) in by_name.items()} == {"second": right, "first": right, "dead": right,
+                                                             "done": None}
+    assert by_name["done"][1] is None
+    assert by_name["first"][1] < by_name["second"][1] < by_name["dead"][1] < got[later][1], got
+    assert {"ix_webhook_deliveries_queue", "ix_webhook_deliveries_right_queue"} <= indexes
+    assert "ix_webhook_deliveries_pending" not in indexes

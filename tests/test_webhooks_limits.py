@@ -196,15 +196,16 @@ def _queued(engine: sa.Engine, sub: uuid.UUID, at: timedelta, last_hex: int = 0)
 def test_each_claim_takes_a_subscriptions_earliest_due_delivery_and_no_other(engine: sa.Engine) -> None:
     """The claim (webhook review, finding 3: per subscription through its pending index, a LATERAL probe on
     PostgreSQL, the window on SQLite) takes, of each active subscription with no send in flight here, its
-    earliest due delivery by time then id, one per claim, in time order; never one not yet due, nor one of
-    a closed subscription; what it leased is not due again until its lease ends."""
+    earliest due delivery by time then the order queued (review 171, finding 1: not by id), one per claim,
+    in time order; never one not yet due, nor one of a closed subscription; what it leased is not due
+    again until its lease ends."""
     one, two, clock = make_org(engine), make_org(engine), FakeClock()
     a1 = subscribe(engine, one, "https://hooks.example.com/a1", ["release.*"])[0].id
     a2 = subscribe(engine, one, "https://hooks.example.com/a2", ["release.*"])[0].id
     b1 = subscribe(engine, two, "https://hooks.example.com/b1", ["release.*"])[0].id
     closed = subscribe(engine, two, "https://hooks.example.com/closed", ["release.*"])[0].id
-    x_late_id = _queued(engine, a1, timedelta(seconds=-30), last_hex=0x02)
-    x_early_id = _queued(engine, a1, timedelta(seconds=-30), last_hex=0x01)  # same time, smaller id: first
+    x_early_id = _queued(engine, a1, timedelta(seconds=-30), last_hex=0x02)
+    x_late_id = _queued(engine, a1, timedelta(seconds=-30), last_hex=0x01)  # same time, queued after: later
     x3 = _queued(engine, a1, timedelta(seconds=-10))
     x4 = _queued(engine, a1, timedelta(seconds=60))  # not due yet
     y1 = _queued(engine, a2, timedelta(seconds=5))  # a retry waiting

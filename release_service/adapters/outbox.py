@@ -10,6 +10,13 @@ organisation was deactivated before it was sent: the dispatcher never sends it, 
 does not send it either); ``cancelled`` (its subscription was closed, deleted or disabled by a 410 Gone,
 before it was sent: ``close_subscription``). A dead or withheld delivery goes back in the queue only by
 ``redeliver``; a cancelled one never does (its endpoint is gone).
+
+Order (review 171, finding 1): a delivery carries the right its event is of (``release_id``) and the
+order it was queued in (``ordinal``: a sequence on PostgreSQL, the rowid on SQLite; rows inserted in one
+statement or transaction take it in the order given, so a change's events keep their order). The
+dispatcher sends a subscription the deliveries of one right in that order, none while an earlier one is
+pending. One queued behind a pending delivery of its right is due no sooner than it (``due_behind``), so
+the claim does not find it due and held at every pass while the earlier one waits for its retry.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from release_service.ports import PublishedEvent
 
 _subs = webhook_subscriptions
 _dels = webhook_deliveries
-# Literal, as in ix_webhook_deliveries_pending's predicate: a generic plan may use that index on it.
+# Literal, as in the queue indexes' predicate (ix_webhook_deliveries_queue, _right_queue): a generic plan
+# may use them on it.
 PENDING = sa.literal_column("'pending'")
 # Final statuses that the organisation may send again (dead letters): redeliver, then as for a new one.
 REDELIVERABLE = ("dead", "withheld")
@@ -41,6 +49,36 @@ _AUDIENCE = (sa.select(_subs.c.id, _subs.c.organisation_id, _subs.c.event_types)
              .join(organisations, organisations.c.id == _subs.c.organisation_id)
              .where(_subs.c.active.is_(True), organisations.c.active.is_(True),
                     _subs.c.organisation_id.in_(sa.bindparam("audience", expanding=True))))
+
+
+def due_behind(subscription_id: sa.ColumnElement[Any], release_id: sa.ColumnElement[Any],
+               at: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """When a new delivery of ``release_id`` to ``subscription_id`` is due: at ``at``, or, behind a pending
+    delivery of that right to that subscription due later (waiting for a retry, or being sent: its lease),
+    when the latest of those is due. The dispatcher brings it forward again once the earlier ones end
+    (webhook_dispatcher.py ``_record``). One probe of ix_webhook_deliveries_right_queue."""
+    ahead = _dels.alias("ahead")
+    latest = (sa.select(sa.func.max(ahead.c.next_attempt_at))
+              .where(ahead.c.subscription_id == subscription_id, ahead.c.release_id == release_id,
+                     ahead.c.status == PENDING)
+              .scalar_subquery())
+    return sa.case((latest > at, latest), else_=at)
+
+
+def held_back(d: sa.TableClause) -> sa.ColumnElement[bool]:
+    """Whether the delivery ``d`` (webhook_deliveries, in the query around) waits behind another: a
+    delivery of its right to its subscription queued before it and still pending (webhook_dispatcher.py
+    sends neither meanwhile). One probe of ix_webhook_deliveries_right_queue."""
+    ahead = _dels.alias("ahead")
+    return sa.exists().where(ahead.c.subscription_id == d.c.subscription_id, ahead.c.release_id == d.c.release_id,
+                             ahead.c.status == PENDING, ahead.c.ordinal < d.c.ordinal)
+
+
+# Every delivery's insert: one row per parameter set, in the order given (executemany).
+_INSERT = _dels.insert().values(next_attempt_at=due_behind(
+    sa.bindparam("q_subscription", type_=_dels.c.subscription_id.type),
+    sa.bindparam("q_release", type_=_dels.c.release_id.type),
+    sa.bindparam("q_at", type_=_dels.c.next_attempt_at.type)))
 
 
 class SqlOutbox:
@@ -59,7 +97,7 @@ class SqlOutbox:
             if sub.organisation_id in event.audience and matches(sub.event_types, event.type)
         ]
         if rows:
-            self._conn.execute(_dels.insert(), rows)
+            self._conn.execute(_INSERT, rows)
 
 
 def _delivery_row(event: PublishedEvent, subscription_id: uuid.UUID) -> dict[str, Any]:
@@ -71,20 +109,25 @@ def _delivery_row(event: PublishedEvent, subscription_id: uuid.UUID) -> dict[str
         "payload": delivery_payload(event),
         "status": "pending",
         "attempts": 0,
-        "next_attempt_at": event.at,
         "created_at": event.at,
+        "release_id": event.release_id,
+        # next_attempt_at: due_behind(these); ordinal: the database's, in this list's order
+        "q_subscription": subscription_id, "q_release": event.release_id, "q_at": event.at,
     }
 
 
 def delivery_payload(event: PublishedEvent) -> dict[str, Any]:
     """What an endpoint receives: Standard Webhooks' recommended shape (type, timestamp, data) plus our
     identifiers. Every webhook's payload is made here, so its data is the event's as anyone but the
-    full-sight viewers may read it (``published_data``: no customs reason)."""
+    full-sight viewers may read it (``published_data``: no customs reason). ``seq``: the event's number
+    in the right's history (``GET /api/v1/releases/{id}/events``), by which a receiver sorts a right's
+    events and sees a gap; null for a notice that is not one of them (``PublishedEvent.seq``)."""
     return {
         "id": str(event.id),
         "type": event.type,
         "timestamp": event.at.isoformat(),
         "release_id": str(event.release_id),
+        "seq": event.seq,
         "data": published_data(event.type, event.payload),
     }
 
@@ -188,7 +231,7 @@ def close_subscription(conn: sa.Connection, subscription_id: uuid.UUID) -> int |
     Closed by its organisation (delete) or by the dispatcher (410 Gone). A pending delivery of a closed
     subscription is never sent, never listed as a dead letter and never redelivered (both need an active
     subscription): left pending, it would stay so for ever, in the due index and in the subscription's
-    queue (ix_webhook_deliveries_pending, through which it is found here). So it takes a final status.
+    queue (ix_webhook_deliveries_queue, through which it is found here). So it takes a final status.
     A delivery being sent at that moment (leased by a dispatcher) is cancelled too: its result is then
     recorded as a lost lease. None when the subscription was already closed (closing twice does nothing).
     """

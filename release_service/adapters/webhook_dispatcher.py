@@ -22,9 +22,10 @@ one round of the same (claim a batch, send it, record each as it ends), for test
 
 What one claim may take, in this process (replicas may each hold their own; review 110):
 
-- one delivery per subscription, its earliest due, and none of a subscription with a send in flight
-  (``subscription_id NOT IN`` those): its deliveries go one at a time, in order, so a slow receiver
-  holds one slot and its backlog waits behind its own send, not the others';
+- one delivery per subscription, its earliest due (by due time, then the order queued: ``ordinal``)
+  that no earlier delivery of its right holds (below), and none of a subscription with a send in flight
+  (``subscription_id NOT IN`` those): its deliveries go one at a time, so a slow receiver holds one slot
+  and its backlog waits behind its own send, not the others';
 - at most ``per_organisation`` (default 4) sends in flight for one organisation: a company holds up to
   MAX_SUBSCRIPTIONS endpoints, and its slow ones hold that many slots of the pool, never all of them,
   so another company's backlog goes on through the rest;
@@ -42,6 +43,20 @@ threads left beside the lookups outstanding, so one company's blocked lookups ne
 another's sends, and several companies' only narrow the pipeline (their sends wait queued in the
 database, not for a thread against their deadline). The timed-out delivery itself is recorded at its
 deadline, as any timeout; the late lookup's answer is dropped.
+
+A right's events in order (review 171, finding 1): a subscription gets the deliveries of one right in the
+order they were queued (``ordinal``, adapters/outbox.py: a change's events in the order they happened,
+``release.revoked`` before the ``release.transfer.cancelled`` of the same revocation), and none while an
+earlier one of that right to it is still pending: waiting for its retry, or being sent by any replica
+(its lease; the rule of one send per subscription holds in one process only). The claim reads that in
+its own statement (no pending delivery of the right with a smaller ordinal), so it holds whatever the
+times say. A dead letter ends the hold: the later ones go on (each payload carries the event's ``seq``, so
+the receiver sees the gap, and reads the right's events or has the dead letter redelivered). Held ones
+are not due meanwhile, so the claim's probe does not read them again and again: one queued behind a
+pending delivery of its right is due when the latest of those is (``outbox.due_behind``); a failed
+attempt's retry time moves the right's later ones with it; a delivery delivered or dead brings those it
+held, never tried, forward to now (``_release_followers``). Other rights' deliveries to the same endpoint
+are not held: a receiver that refuses one event holds up that right's events only, not the endpoint.
 
 The outcome is written only if the row still carries our lease (a fencing token): if a send outlived
 the lease and another replica re-claimed the row, the late outcome is dropped, not written twice. The
@@ -89,7 +104,7 @@ import sqlalchemy as sa
 from quaygate.crypto import DataCipher
 from quaygate.schema import organisations, webhook_deliveries, webhook_subscriptions
 from release_service.adapters.audit import SqlAuditLog
-from release_service.adapters.outbox import PENDING, close_subscription
+from release_service.adapters.outbox import PENDING, close_subscription, held_back
 from release_service.domain.webhooks import (
     LOCAL_HOSTS,
     SigningSecrets,
@@ -163,6 +178,8 @@ class _Claimed:
     payload: dict[str, Any]
     attempts: int
     lease_until: datetime
+    release_id: Any = None  # the right's queue it is in (outbox.py), None for none
+    ordinal: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +342,8 @@ class WebhookDispatcher:
         # hold at most ``per_organisation`` slots of the pool, never all of them.
         per_org = (sa.select(per_sub.c.id, per_sub.c.organisation_id,
                              sa.func.row_number().over(partition_by=per_sub.c.organisation_id,
-                                                       order_by=(per_sub.c.next_attempt_at, per_sub.c.id)).label("m"))
+                                                       order_by=(per_sub.c.next_attempt_at, per_sub.c.ordinal))
+                             .label("m"))
                    .subquery())
         share: sa.ColumnElement[int] = sa.literal(self._per_org)
         if busy_orgs:
@@ -333,12 +351,12 @@ class WebhookDispatcher:
                             value=per_org.c.organisation_id, else_=self._per_org)
         q = (
             sa.select(_dels.c.id, _dels.c.subscription_id, _dels.c.payload, _dels.c.attempts,
-                      _subs.c.url, _subs.c.secret_enc, _subs.c.organisation_id,
-                      _orgs.c.active.label("organisation_active"))
+                      _dels.c.release_id, _dels.c.ordinal, _subs.c.url, _subs.c.secret_enc,
+                      _subs.c.organisation_id, _orgs.c.active.label("organisation_active"))
             .join(_subs, _subs.c.id == _dels.c.subscription_id)
             .join(_orgs, _orgs.c.id == _subs.c.organisation_id)
             .where(due, _subs.c.active.is_(True), _dels.c.id.in_(sa.select(per_org.c.id).where(per_org.c.m <= share)))
-            .order_by(_dels.c.next_attempt_at)
+            .order_by(_dels.c.next_attempt_at, _dels.c.ordinal)
             .limit(limit)
         )
         if self._pg:
@@ -362,37 +380,40 @@ class WebhookDispatcher:
                         extra={"fields": {"delivery_id": str(r.id), "subscription_id": str(r.subscription_id),
                                           "attempts": r.attempts}})
         return [_Claimed(r.id, r.subscription_id, r.organisation_id, r.url, r.secret_enc, dict(r.payload),
-                         r.attempts, lease_until) for r in send], len(withheld)
+                         r.attempts, lease_until, r.release_id, r.ordinal) for r in send], len(withheld)
 
     def _first_due_per_subscription(self, now: datetime, subs: sa.ColumnElement[bool]) -> sa.Subquery:
-        """Each subscription's earliest due delivery (by ``next_attempt_at``, then id), for the
-        subscriptions ``subs`` selects: (id, next_attempt_at, organisation_id).
+        """Each subscription's earliest due delivery (by ``next_attempt_at``, then ``ordinal``) that no
+        earlier delivery of its right holds (``outbox.held_back``: module docstring), for the subscriptions
+        ``subs`` selects: (id, next_attempt_at, ordinal, organisation_id).
 
-        On PostgreSQL, one probe of ``ix_webhook_deliveries_pending`` (subscription, time, id; pending rows
-        only) per active subscription, in a LATERAL subquery: the claim's cost follows the number of
-        subscriptions, not of the rows due (webhook review, finding 3: a window over every due row, a
-        sequential scan and an external sort, took 99 ms at 100 000 due rows and 343 ms at 500 000, for
-        every claim; loadtests/RESULTS.md "Webhooks"). ``'pending'`` is literal, as in the index's
-        predicate, so that a generic plan may use it. SQLite (one process, a small queue) keeps the
-        window: the same rows, by the same order."""
+        On PostgreSQL, one probe of ``ix_webhook_deliveries_queue`` (subscription, time, ordinal; pending
+        rows only) per active subscription, in a LATERAL subquery, and one of
+        ``ix_webhook_deliveries_right_queue`` for the row it finds (rows held are rarely due: module
+        docstring): the claim's cost follows the number of subscriptions, not of the rows due (webhook
+        review, finding 3: a window over every due row, a sequential scan and an external sort, took 99 ms
+        at 100 000 due rows and 343 ms at 500 000, for every claim; loadtests/RESULTS.md "Webhooks").
+        ``'pending'`` is literal, as in the indexes' predicate, so that a generic plan may use them. SQLite
+        (one process, a small queue) keeps the window: the same rows, by the same order."""
+        order = (_dels.c.next_attempt_at, _dels.c.ordinal)
         if self._pg:
-            first = (sa.select(_dels.c.id, _dels.c.next_attempt_at)
+            first = (sa.select(_dels.c.id, _dels.c.next_attempt_at, _dels.c.ordinal)
                      .where(_dels.c.subscription_id == _subs.c.id, _dels.c.status == PENDING,
-                            _dels.c.next_attempt_at <= now)
-                     .order_by(_dels.c.next_attempt_at, _dels.c.id)
+                            _dels.c.next_attempt_at <= now, ~held_back(_dels))
+                     .order_by(*order)
                      .limit(1)
                      .lateral("first_due"))
-            return (sa.select(first.c.id, first.c.next_attempt_at, _subs.c.organisation_id)
+            return (sa.select(first.c.id, first.c.next_attempt_at, first.c.ordinal, _subs.c.organisation_id)
                     .select_from(_subs.join(first, sa.true()))
                     .where(subs)
                     .subquery())
-        ranked = (sa.select(_dels.c.id, _dels.c.next_attempt_at, _subs.c.organisation_id,
+        ranked = (sa.select(_dels.c.id, _dels.c.next_attempt_at, _dels.c.ordinal, _subs.c.organisation_id,
                             sa.func.row_number().over(partition_by=_dels.c.subscription_id,
-                                                      order_by=(_dels.c.next_attempt_at, _dels.c.id)).label("n"))
+                                                      order_by=order).label("n"))
                   .join(_subs, _subs.c.id == _dels.c.subscription_id)
-                  .where(_dels.c.status == PENDING, _dels.c.next_attempt_at <= now, subs)
+                  .where(_dels.c.status == PENDING, _dels.c.next_attempt_at <= now, ~held_back(_dels), subs)
                   .subquery())
-        return (sa.select(ranked.c.id, ranked.c.next_attempt_at, ranked.c.organisation_id)
+        return (sa.select(ranked.c.id, ranked.c.next_attempt_at, ranked.c.ordinal, ranked.c.organisation_id)
                 .where(ranked.c.n == 1).subquery())
 
     # ---- send ----------------------------------------------------------------------------------
@@ -532,7 +553,11 @@ class WebhookDispatcher:
             )
             if fenced.rowcount != 1:
                 event = "release.webhook.lease_lost"
-            elif o.status_code == 410:
+            elif "next_attempt_at" in values:  # a retry: the right's later deliveries wait for it
+                _defer_followers(conn, c, values["next_attempt_at"])
+            elif o.status_code != 410:  # delivered, or dead: the hold ends
+                _release_followers(conn, c, now)
+            else:  # all its queue cancelled with it
                 cancelled = close_subscription(conn, c.subscription_id)
                 if cancelled is not None:  # a subscription closed is on the trail, whoever closed it
                     SqlAuditLog(conn).append(
@@ -543,3 +568,30 @@ class WebhookDispatcher:
                         at=now)
             log.info(event, extra={"fields": {"delivery_id": str(c.id), "attempts": attempts,
                                               "status_code": o.status_code}})
+
+
+def _followers(c: _Claimed) -> sa.ColumnElement[bool]:
+    """The pending deliveries queued after ``c`` of its right to its subscription (module docstring)."""
+    return sa.and_(_dels.c.subscription_id == c.subscription_id, _dels.c.release_id == c.release_id,
+                   _dels.c.status == PENDING, _dels.c.ordinal > c.ordinal)
+
+
+def _defer_followers(conn: sa.Connection, c: _Claimed, retry_at: datetime) -> None:
+    """``c`` waits for its retry at ``retry_at``: its right's later deliveries to its subscription are not
+    due before it (they are held until it ends; due meanwhile, the claim would read them at every pass)."""
+    if c.release_id is None or c.ordinal is None:
+        return
+    conn.execute(_dels.update().where(_followers(c), _dels.c.next_attempt_at < retry_at)
+                 .values(next_attempt_at=retry_at))
+
+
+def _release_followers(conn: sa.Connection, c: _Claimed, now: datetime) -> None:
+    """``c`` is delivered or dead: the later deliveries of its right that it held, queued behind it while
+    it was being sent (``outbox.due_behind``: its lease) and never tried, are due now, not at the end of
+    its lease. One of them still held by another earlier delivery stays held (the claim's rule); one
+    whose transaction commits after this one's waits for the lease's end at most."""
+    if c.release_id is None or c.ordinal is None:
+        return
+    conn.execute(_dels.update().where(_followers(c), _dels.c.attempts == 0, _dels.c.next_attempt_at > now,
+                                      _dels.c.next_attempt_at <= c.lease_until)
+                 .values(next_attempt_at=now))

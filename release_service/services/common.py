@@ -148,7 +148,7 @@ def record_many(uow: UnitOfWork, changes: list[tuple[ReleaseRight, list[StoredEv
     uow.audit.append_many(
         (e.type, e.actor, str(e.release_id), {"seq": e.seq, **e.data}, e.at) for _, events in changes for e in events
     )
-    uow.outbox.publish([PublishedEvent(e.id, e.type, e.release_id, e.at, audience(right, e), e.data)
+    uow.outbox.publish([PublishedEvent(e.id, e.type, e.release_id, e.at, audience(right, e), e.data, e.seq)
                         for right, events in changes for e in events])
 
 

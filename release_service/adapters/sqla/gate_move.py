@@ -12,6 +12,7 @@ everything at once, only if the right is still at the version it read:
                      JOIN organisations ON organisations.id = organisation_id    -- by primary key
                      WHERE active AND organisations.active                      -- not deactivated
                      AND organisation_id = ANY(:audience) AND event_types ?| :patterns),
+                                          -- payload || {"seq": ..}, due behind the right's queue
          decided AS (INSERT INTO gate_decisions  SELECT ... FROM moved),
          -- only for a face match result the gate claimed (``split_claim``):
          claimed AS (INSERT INTO audit_log       SELECT ... FROM moved),
@@ -64,7 +65,7 @@ from release_service.domain.webhooks import patterns_matching
 from release_service.ports import FACE_CLAIM, DuplicateDecision, PublishedEvent
 
 from ..audit import WRITER_TXID, entry_params, insert_entry_from
-from ..outbox import delivery_payload
+from ..outbox import delivery_payload, due_behind
 from .store import Reads, right_values
 
 _DECISION_KEY = "uq_gate_decisions_terminal_request"
@@ -217,13 +218,18 @@ def _build(n: int, right_columns: tuple[str, ...], decision_columns: tuple[str, 
             WRITER_TXID).select_from(moved)),
     ).cte("audited")
     subs, orgs = webhook_subscriptions, organisations
-    # As SqlOutbox: no delivery to an organisation port security has deactivated (its row by primary key).
+    # As SqlOutbox: no delivery to an organisation port security has deactivated (its row by primary key);
+    # the payload takes the event's seq, known here only; due behind a pending delivery of the right
+    # (outbox.due_behind); the ordinal the sequence's, in the events' order (review 171, finding 1).
     hooks = webhook_deliveries.insert().from_select(
         ["id", "subscription_id", "event_id", "event_type", "payload", "status", "attempts", "next_attempt_at",
-         "created_at"],
+         "created_at", "release_id"],
         each(lambda k: sa.select(
-            sa.func.gen_random_uuid(), subs.c.id, e(k, "id", UUID), e(k, "type", sa.String), e(k, "payload", JSON),
-            sa.literal("pending"), sa.literal(0), e(k, "at", UTCDateTime()), e(k, "at", UTCDateTime()))
+            sa.func.gen_random_uuid(), subs.c.id, e(k, "id", UUID), e(k, "type", sa.String),
+            sa.cast(e(k, "payload", JSON), postgresql.JSONB).op("||", return_type=postgresql.JSONB)(
+                sa.func.jsonb_build_object("seq", seq(k), type_=postgresql.JSONB)),
+            sa.literal("pending"), sa.literal(0), due_behind(subs.c.id, moved.c.id, e(k, "at", UTCDateTime())),
+            e(k, "at", UTCDateTime()), moved.c.id)
             .select_from(moved.join(subs, sa.true()).join(orgs, orgs.c.id == subs.c.organisation_id))
             .where(subs.c.active.is_(True), orgs.c.active.is_(True),
                    subs.c.organisation_id == sa.any_(text_array(f"e{k}_audience", UUID)),
