@@ -38,7 +38,7 @@ from quaygate.single_use import CLAIMED, CLAIMED_BEFORE
 from release_service.adapters.gate_facts import RedisGateFacts
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.api import auth
-from release_service.domain.gate import TerminalPolicy
+from release_service.domain.gate import BadgeRead, ScreeningResult, TerminalPolicy
 
 from . import processes
 from .aio import run_async
@@ -818,6 +818,58 @@ def test_the_record_of_changes_keeps_an_hour(gate: Gate) -> None:
     assert facts.prune_changes(_now()) == 1
     with gate.engine.connect() as conn:
         assert conn.execute(sa.select(gate_fact_changes.c.names)).scalars().all() == [["bans"]]
+
+
+@contextlib.contextmanager
+def _stricter(gate: Gate, redis_url: str, **screening: Any) -> Iterator[tuple[sa.Engine, RedisGateFacts]]:
+    """Another server on the same PostgreSQL and Redis whose screening settings are not this one's (a
+    rollout that tightened QUAYGATE_BAN_LIST_MAX_AGE, or configured the ban register)."""
+    engine = sa.create_engine(gate.engine.url.render_as_string(hide_password=False), poolclass=sa.pool.NullPool)
+    other = RedisGateFacts.from_url(redis_url, engine, lambda: SqlUnitOfWork(engine, **screening))
+    try:
+        yield engine, other
+    finally:
+        other.close()
+        engine.dispose()
+
+
+def _screened_by(engine: sa.Engine, facts: RedisGateFacts, gate: Gate, **screening: Any
+                 ) -> tuple[ScreeningResult, ScreeningResult, int]:
+    """The badge's screening as ``facts`` reads it from the copy in Redis, as PostgreSQL screens it under
+    ``screening``, and the statements the read sent (none: from the copy)."""
+    with Statements(engine) as sql:
+        snapshot = facts.read(terminal=TERMINAL, request_id=str(uuid.uuid4()),
+                              badge=BadgeRead("alfapass", gate.badge_number), containers=(), now=_now())
+    with SqlUnitOfWork(engine, **screening) as uow:
+        from_pg = uow.gate.screen(gate.p.driver, terminal=TERMINAL, now=_now())
+    assert snapshot is not None
+    return snapshot.screening, from_pg, sql.count
+
+
+def test_a_badge_copy_is_screened_with_the_reading_servers_list_age_not_the_fillers(gate: Gate,
+                                                                                    redis_url: str) -> None:
+    """Review 169, finding 3: the screening settings were stored in each badge copy and used from there. A
+    list issued 2 h ago; this server (24 h limit) fills the copy; a server whose limit is 1 h answered
+    "clear" from the copy while PostgreSQL screens "unavailable" for it. Now each screens with its own."""
+    gate.pickable(45)
+    register, number, t = Register(), national_number(8), _now()
+    set_national_id(gate.engine, gate.p.driver, number, pepper=PEPPER, now=t, actor="officer")
+    load_feed(gate.engine, register.sign(snapshot(1, t - timedelta(hours=2), [])), key=register.public_key,
+              pepper=PEPPER, now=t, max_feed_age=timedelta(days=1))
+    assert _check(gate, 45)["screening"] == "clear"  # the copy filled under a 24 h limit
+    strict = {"ban_list_max_age": timedelta(hours=1)}
+    with _stricter(gate, redis_url, **strict) as (engine, other):
+        assert _screened_by(engine, other, gate, **strict) == (ScreeningResult.UNAVAILABLE,) * 2 + (0,)
+    assert _check(gate, 45)["screening"] == "clear"  # this server's own limit, on the same copy
+
+
+def test_a_badge_copy_is_screened_as_the_reading_server_requires_a_list(gate: Gate, redis_url: str) -> None:
+    """The same for ``required`` (a ban register configured): no list in force, a server that requires one
+    screens the copy an unconfigured server filled "unavailable", as PostgreSQL does for it."""
+    gate.pickable(46)
+    assert _check(gate, 46)["screening"] == "clear"  # no register here: no list is no ban
+    with _stricter(gate, redis_url, ban_list_required=True) as (engine, other):
+        assert _screened_by(engine, other, gate, ban_list_required=True) == (ScreeningResult.UNAVAILABLE,) * 2 + (0,)
 
 
 def test_held_invalidations_go_with_the_answer_or_at_the_end_of_the_block_and_stay_owed_on_failure(

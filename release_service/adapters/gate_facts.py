@@ -7,7 +7,8 @@ copy's generation), and a badge with its holder's status (port security's suspen
 suspension and reinstatement touch the badges' family, so they replace every badge copy's generation)
 and port-ban facts (the holder's bans, any time and scope, and when the list in force was issued:
 screening is computed at decision time, so a ban that starts or ends, or a list that grows stale,
-counts at once).
+counts at once, and with the reading process's own settings, the list's maximum age and whether a list
+is required, never those of the process that filled the copy: review 169).
 
 Exact by generations. Every copy is stored under the generation of its family (one per container
 for rights; one each for badges, bans and policies), and a write that commits in PostgreSQL replaces
@@ -388,6 +389,10 @@ class RedisGateFacts:
         self._r = client
         self._engine = engine
         self._uow = uow
+        # This process's screening settings (the ban list's maximum age, whether a list is required): a
+        # badge copy is screened with them, whoever filled it (review 169: a copy filled by a server on
+        # older settings was screened with those, after a rollout that tightened them).
+        self._screening = uow().screening_settings
         self._p = prefix
         self._ttl = ttl
         # Seconds a pending mark lives when nobody lifts it: far longer than the commit it stands for
@@ -661,9 +666,11 @@ class RedisGateFacts:
                ) -> tuple[BadgeFacts, ScreeningResult]:
         if entry is None or entry.facts is None:
             return BadgeFacts.not_found(), ScreeningResult.UNAVAILABLE  # nobody to screen: never "clear"
-        # Screened now, at every decision: a ban that starts or ends, or a list grown stale, counts at once.
+        # Screened now, at every decision: a ban that starts or ends, or a list grown stale, counts at once;
+        # with this process's settings, as PostgreSQL would screen here.
+        max_list_age, required = self._screening
         result = screen(entry.windows, entry.list_issued_at, terminal=terminal, now=now,
-                        max_list_age=entry.max_list_age, required=entry.required, identified=entry.identified)
+                        max_list_age=max_list_age, required=required, identified=entry.identified)
         return entry.facts, ScreeningResult(result.result)
 
     def _fill(self, fills: dict[str, bytes]) -> None:
@@ -1334,6 +1341,8 @@ def _badge_entry(uow: SqlUnitOfWork, read: BadgeRead) -> dict[str, Any]:
     if not facts.found or facts.person_id is None:
         return {"found": False}
     windows, issued_at, identified = uow.gate.ban_facts(facts.person_id)
+    # Never read here (``_badge`` screens with the reader's own settings): written for servers from before
+    # review 169, which read them from the copy, during a rolling upgrade. A later release drops them.
     max_age, required = uow.gate.screening_settings
     return {
         "found": True, "status": facts.status, "person_id": str(facts.person_id),
@@ -1378,13 +1387,12 @@ def _parsed(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class _BadgeEntry:
-    """A badge's cached copy, parsed: its facts (None: no such badge) and its holder's ban facts."""
+    """A badge's cached copy, parsed: its facts (None: no such badge) and its holder's ban facts (no
+    screening settings: the reader's own are used, ``RedisGateFacts._badge``)."""
 
     facts: BadgeFacts | None
     windows: tuple[BanWindow, ...] = ()
     list_issued_at: datetime | None = None
-    max_list_age: timedelta = timedelta(0)
-    required: bool = True
     identified: bool = False  # a national register number on file (a copy without the field: not known)
 
 
@@ -1404,8 +1412,7 @@ def _badge_copy(raw: bytes) -> _BadgeEntry | None:
                        activated_terminals=frozenset(entry["activated"]), holder_name=entry["holder"],
                        holder_status=holder_status, card_uid_on_record=chip)
     return _BadgeEntry(facts, tuple(BanWindow(s, _dt(f), _dt(u)) for s, f, u in entry["bans"]),
-                       _dt(entry["list_issued_at"]), timedelta(seconds=entry["max_list_age"]), entry["required"],
-                       entry.get("identified", False))
+                       _dt(entry["list_issued_at"]), entry.get("identified", False))
 
 
 def _rights(raw: bytes) -> tuple[RightFacts, ...] | None:

@@ -77,6 +77,13 @@ class SqlUnitOfWork:
             self._conn.close()
 
     @property
+    def screening_settings(self) -> tuple[timedelta, bool]:
+        """The port-ban screening settings this unit of work screens with (the list's maximum age, whether
+        a list is required), known without a connection: the gate facts' cache screens its badge copies
+        with them (adapters/gate_facts.py, review 169)."""
+        return self._ban_list_max_age, self._ban_list_required
+
+    @property
     def connection(self) -> sa.Connection:
         assert self._conn is not None
         return self._conn
