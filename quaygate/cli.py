@@ -638,13 +638,16 @@ def _undelivered() -> int:
 
 
 def _said_undelivered(code: int, lost: int) -> int:
-    """A change committed here whose invalidation Redis did not take: the gates may decide on their old
-    copy of it until that expires. Say so, and how to end it now; the command did not fully succeed."""
+    """A change committed here whose invalidation Redis did not take. The servers pass it on from
+    PostgreSQL within about a second when they reach Redis (``gate_fact_changes``, review 169 finding 2);
+    until one does, the gates may decide on their old copy of it. Say so, and how to end it now; the
+    command did not fully succeed."""
     if not lost:
         return code
-    print("quaygate: the change is saved, but Redis did not take the news of it: the gates may decide on "
-          "their old copy until it expires (QUAYGATE_GATE_FACTS_TTL). Once Redis answers, run "
-          "`quaygate gate-facts refresh`, or restart a server.", file=sys.stderr)
+    print("quaygate: the change is saved, but Redis did not take the news of it: the running servers pass it "
+          "on to the gates within about a second if they reach Redis; until one does, the gates may decide on "
+          "their old copy (at most QUAYGATE_GATE_FACTS_TTL). Once Redis answers, `quaygate gate-facts refresh` "
+          "makes sure of it.", file=sys.stderr)
     return code or 1
 
 
