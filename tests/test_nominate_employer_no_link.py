@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from identity.domain.badges import Scheme, with_check
 from quaygate.schema import badges, memberships, persons
 from tests.test_admin_console import _auth, _problem
 from tests.test_membership_removal import PLATE, World, _serve
@@ -40,12 +41,17 @@ def _registered(w: World, employer: uuid.UUID) -> uuid.UUID:
     return uuid.UUID(r.json()["id"])
 
 
+def _number(person: uuid.UUID) -> str:
+    """His badge's number, one the gate (and so a nomination) reads: a valid Alfapass number."""
+    return with_check(Scheme.ALFAPASS, person.int % 10**5)
+
+
 def _badge_for(w: World, person: uuid.UUID, organisation: uuid.UUID) -> None:
     """An active, in-date badge of his issued for ``organisation``: his screening is clear."""
     at = datetime.now(UTC)
     with w.engine.begin() as conn:
         conn.execute(badges.insert().values(
-            id=uuid.uuid4(), person_id=person, scheme="alfapass", number=f"AP-{person.int % 10**6:06d}",
+            id=uuid.uuid4(), person_id=person, scheme="alfapass", number=_number(person),
             card_uid=None, employer_organisation_id=organisation, status="active",
             valid_from=at - timedelta(days=1), valid_until=at + timedelta(days=365), created_at=at))
 
@@ -88,7 +94,7 @@ def test_a_driver_whose_membership_was_removed_is_not_his_former_employers_to_no
     # Named by his badge (haul2's): as a badge that does not exist.
     by_badge = [w.http.put(f"/api/v1/releases/{other}/nomination", headers=w.as_("haul"),
                            json={"badge": {"scheme": "alfapass", "number": number}, "plate": PLATE})
-                for number in (f"AP-{person.int % 10**6:06d}", "AP-999999")]
+                for number in (_number(person), "AP-999999")]
     _problem(by_badge[0], 422, "unknown_badge")
     assert by_badge[0].json() == by_badge[1].json()
     assert _nominated(w, other) is None

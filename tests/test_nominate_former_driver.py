@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from identity.domain.badges import Scheme, with_check
 from quaygate.app import create_app
 from quaygate.cache import MemoryCache
 from quaygate.container import Container
@@ -29,7 +30,7 @@ from .factories import add_driver
 from .test_release_api import assert_problem
 from .test_release_hardening import PLATE, Clock, Rig
 
-OLD_BADGE = "AP-737373"
+OLD_BADGE = with_check(Scheme.ALFAPASS, 73737)  # a number the gate, and so a nomination, reads
 
 
 @pytest.fixture

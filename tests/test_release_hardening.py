@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from identity.domain.badges import Scheme, with_check
 from quaygate.app import create_app
 from quaygate.cache import MemoryCache
 from quaygate.container import Container
@@ -28,6 +29,7 @@ from .test_release_api import assert_problem
 from .test_release_driver_api import DriverApi
 
 PLATE = {"text": "1-ABC-123", "country": "BE"}
+STRANGERS_BADGE, SUBCONTRACTORS_BADGE = with_check(Scheme.ALFAPASS, 42424), with_check(Scheme.ALFAPASS, 52525)
 
 
 class Clock:
@@ -146,11 +148,11 @@ def test_a_strangers_badge_and_ban_are_told_to_nobody_by_a_nomination(rig: Rig, 
     or person that does not exist, whatever his badge or ban, and nothing is written."""
     rid = rig.right_for(3, to="haul")
     stranger = add_driver(rig.engine, rig.p.haul2.organisation_id,  # type: ignore[arg-type]
-                          badge_status="revoked" if secret == "revoked" else "active", number="AP-424242")
+                          badge_status="revoked" if secret == "revoked" else "active", number=STRANGERS_BADGE)
     if secret == "banned":
         _ban(rig.engine, stranger, rig.clock.now())
     before = rig.events(rid)
-    driver = ({"badge": {"scheme": "alfapass", "number": "AP-424242"}} if named_by == "badge"
+    driver = ({"badge": {"scheme": "alfapass", "number": STRANGERS_BADGE}} if named_by == "badge"
               else {"driver_person_id": str(stranger)})
     r = rig.http.put(f"/api/v1/releases/{rid}/nomination", headers=rig.as_("haul"), json={**driver, "plate": PLATE})
     nobody = ({"badge": {"scheme": "alfapass", "number": "AP-999999"}} if named_by == "badge"
@@ -168,8 +170,8 @@ def test_a_subcontracted_driver_is_nominable_once_the_badge_office_links_him(rig
     to read."""
     rid = rig.right_for(4, to="haul")
     sub = add_driver(rig.engine, rig.p.haul2.organisation_id, badge_status="revoked",  # type: ignore[arg-type]
-                     number="AP-525252")
-    body = {"badge": {"scheme": "alfapass", "number": "AP-525252"}, "plate": PLATE}
+                     number=SUBCONTRACTORS_BADGE)
+    body = {"badge": {"scheme": "alfapass", "number": SUBCONTRACTORS_BADGE}, "plate": PLATE}
     r = rig.http.put(f"/api/v1/releases/{rid}/nomination", headers=rig.as_("haul"), json=body)
     assert r.json()["code"] == "unknown_badge", r.text
     with rig.engine.begin() as conn:

@@ -19,11 +19,13 @@ from quaygate.schema import (
     transfers,
     trucks,
 )
-from release_service.domain.gate import PERSON_ACTIVE, Reason
+from release_service.domain.gate import PERSON_ACTIVE, BadgeRead, Reason
 from release_service.domain.parties import Organisation, OrgKind
 from release_service.domain.plates import Plate
 from release_service.domain.release import LIVE_STATES, Screening, State, TransferState
 from release_service.ports import BadgeRef, Directory, PersonRef, PortBanLookup
+
+from .gate import SqlGateStore
 
 
 class SqlDirectory:
@@ -58,13 +60,21 @@ class SqlDirectory:
         self._conn.execute(sa.select(persons.c.id).where(persons.c.id == person_id).with_for_update(read=True))
 
     def badge(self, *, scheme: str, number: str | None, card_uid: str | None) -> BadgeRef | None:
-        stmt = sa.select(badges).where(badges.c.scheme == scheme)
+        """The badge a nomination names, read as the gate reads it (``SqlGateStore.badge_lookup``: the
+        number and the card UID in the badge office's canonical form, by identity.domain.badges), so
+        it names exactly the badge the gate will find from the same spelling (review 174, finding 5);
+        a spelling that cannot be a badge of the scheme finds none. Both given: both must match."""
+        if not number and not card_uid:
+            return None
+        lookup = SqlGateStore.badge_lookup(BadgeRead(scheme, number, card_uid))
+        if lookup is None:
+            return None
+        canonical, number, card_uid = lookup
+        stmt = sa.select(badges).where(badges.c.scheme == canonical.value)
         if number:
             stmt = stmt.where(badges.c.number == number)
         if card_uid:
-            stmt = stmt.where(badges.c.card_uid == card_uid.upper())
-        if not number and not card_uid:
-            return None
+            stmt = stmt.where(badges.c.card_uid == card_uid)
         row = self._conn.execute(stmt).mappings().first()
         return _badge(row) if row else None
 
