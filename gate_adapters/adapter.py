@@ -495,6 +495,15 @@ def build(settings: AdapterSettings) -> Adapter:
     return adapter
 
 
+def configure_logging(level: str) -> None:
+    """Our lines on stderr at ``level``; httpx and httpcore only from WARNING (review 173): httpx logs each
+    request's URL at INFO ("HTTP Request: POST ..."), every verify and every barrier command, a line per
+    truck that says nothing our own lines do not, and its DEBUG lines are its internals."""
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run(settings: AdapterSettings, stop: threading.Event | None = None) -> int:
     """Build, start, wait for SIGTERM/SIGINT (or ``stop``), stop cleanly."""
     stop = stop or threading.Event()
@@ -625,8 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             source_tls_for(settings)
             print(f"settings OK: terminal {settings.terminal}, {len(settings.lanes)} lanes")
             return 0
-        logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        configure_logging(settings.log_level)
         return run(settings)
     except ConfigError as exc:
         print(f"gate-adapter: bad settings: {exc}", file=sys.stderr)

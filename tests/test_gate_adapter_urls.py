@@ -108,3 +108,58 @@ def test_an_http_barrier_that_fails_in_any_way_did_not_hear_the_open(controller:
         HttpBarrier(controller.url, http=Broken()).send(OPEN)  # type: ignore[arg-type]
     assert HttpBarrier(controller.url, timeout=2).send(OPEN) is OPEN  # the controller itself hears it
     assert controller.next()["body"]["command"] == "open"
+
+
+# -- no secret in a URL (review 173, finding 4) -----------------------------------------------------------
+
+SECRET_URLS = [
+    "https://admin:S3cret@10.0.0.5/b",  # a user and password: httpx sent them as HTTP Basic
+    "https://S3cret@10.0.0.5/b",  # a user (or a token) alone
+    "https://10.0.0.5/b?token=S3cret",  # a query string
+    "https://10.0.0.5/b#S3cret",  # a fragment
+]
+
+
+@pytest.mark.parametrize("url", SECRET_URLS)
+@pytest.mark.parametrize("key", ["lanes[0].barrier.url", "service.base_url", "service.issuer", "auth.audience"])
+def test_a_user_password_or_query_in_a_url_is_refused_and_never_repeated(tmp_path: Path, url: str, key: str) -> None:
+    """Before: http://admin:S3cret@10.0.0.5/b with signing started outside dev (barrier_risk None), httpx
+    sent Authorization: Basic admin:S3cret, and the start-up warning and httpx's request log printed it.
+    A secret lives in a file of its own (token_file, password_file), never in a URL."""
+    barrier = {"url": url if key.startswith("lanes") else "https://barrier.lan/b", "token_file": "barrier.token"}
+    doc = _doc(tmp_path, barrier)
+    section, _, name = key.partition(".")
+    if section in ("service", "auth"):
+        doc[section] = {**doc[section], name: url}
+    with pytest.raises(ConfigError) as exc:
+        parse(doc, base=tmp_path)
+    assert exc.value.key == key, str(exc.value)
+    assert "S3cret" not in str(exc.value) and "admin" not in str(exc.value)
+
+
+def test_the_adapter_logs_no_request_line_of_httpx(tmp_path: Path, controller: Controller,  # noqa: F811
+                                                 caplog: pytest.LogCaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: at log_level INFO httpx logged "HTTP Request: POST http://admin:S3cret@..." for every barrier
+    command (and every verify). The adapter's logging set up as ``main`` does it: httpx says nothing below
+    WARNING."""
+    import logging
+
+    from gate_adapters import adapter as adapter_module
+    from gate_adapters.adapter import _sink, barrier_parts
+
+    config = _toml(tmp_path, base_url="http://127.0.0.1:8000", barrier_url=controller.url)
+
+    def run(settings: Any) -> int:  # instead of starting the adapter: one command, as a lane gives it
+        _sink(settings.lanes[0], settings, None, barrier_parts(settings)).send(OPEN)
+        return 0
+
+    monkeypatch.setattr(adapter_module, "run", run)
+    caplog.set_level(logging.INFO)
+    try:
+        assert adapter_main(["--config", str(config)]) == 0
+    finally:
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+    assert controller.next()["body"]["command"] == "open"
+    assert [r.getMessage() for r in caplog.records if r.name.startswith(("httpx", "httpcore"))] == []

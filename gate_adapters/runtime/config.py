@@ -61,7 +61,10 @@ Rules:
     whole when the settings are read (``url_problem``): http(s), a host that is a host name or an IPv4 or
     bracketed IPv6 address, a port from 1 to 65535, no space or control character. A URL the adapter could
     not send to is a bad setting (``--check`` says so, exit 2), never a barrier that fails at its first
-    "open" mid-shift (review 173).
+    "open" mid-shift (review 173). A URL holds no secret: a user name, a password, a query string or a
+    fragment is refused (rule 10: secrets live in files of their own), since a URL is printed in messages
+    and warnings and was logged by httpx for every request (the adapter keeps httpx's log below WARNING
+    quiet); the refusal never repeats the URL.
 """
 
 from __future__ import annotations
@@ -424,6 +427,13 @@ def url_problem(value: str) -> str | None:
                 "brackets: http://[fd00::5]:8080/barrier)")
     if parts.scheme not in ("http", "https"):
         return "must be an http:// or https:// URL"
+    if "@" in parts.netloc:  # review 173: httpx sent it as HTTP Basic, and it was printed and logged
+        return ("may not hold a user name or password: a secret lives in a file of its own (a barrier's "
+                "token_file or username and password_file, auth.client_secret_file), never in a URL, which is "
+                "printed and logged")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        return ("may not have a query string or fragment ('?', '#'): a secret lives in a file of its own, "
+                "never in a URL, which is printed and logged")
     try:
         port = parts.port
     except ValueError:
