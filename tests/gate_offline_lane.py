@@ -47,8 +47,8 @@ class CrashAfter:
     def __init__(self, client: VerifyClient, n: int) -> None:
         self.client, self.n = client, n
 
-    def verify(self, body: Any) -> dict[str, Any]:
-        answer = self.client.verify(body)
+    def verify(self, body: Any, *, within: float | None = None) -> dict[str, Any]:
+        answer = self.client.verify(body, within=within)
         self.n -= 1
         if self.n == 0:
             os.kill(os.getpid(), signal.SIGKILL)

@@ -85,7 +85,7 @@ class HangingClient:
         self.entered, self.release = threading.Event(), threading.Event()
         self.bodies: list[Mapping[str, Any]] = []
 
-    def verify(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def verify(self, body: Mapping[str, Any], *, within: float | None = None) -> dict[str, Any]:
         self.bodies.append(body)
         self.entered.set()
         self.release.wait(60)
@@ -103,8 +103,8 @@ class CrashAfterAnswer:
         self.client = client
         self.answers: list[dict[str, Any]] = []
 
-    def verify(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        self.answers.append(self.client.verify(body))
+    def verify(self, body: Mapping[str, Any], *, within: float | None = None) -> dict[str, Any]:
+        self.answers.append(self.client.verify(body, within=within))
         raise Crash
 
 

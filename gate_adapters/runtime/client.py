@@ -44,6 +44,16 @@ Rules:
    5xx after it) raises ``RateLimited``: a ``VerifyRefused`` that is never final, handled as rule 6 (the
    request stays pending, the lane holds and calls an officer, offline mode decides nothing). Without a
    usable ``Retry-After`` the backoff of rule 1 applies.
+8. A call may be given a total deadline (``within`` seconds; the lane's verify, lane.py rule 2: its
+   ``act_seconds`` measured from when the request was made). httpx's timeout bounds each network
+   operation, not the call: an answer written a piece at a time, each within the timeout, could hold a
+   lane's thread for as long as the sender liked (review 173, finding 1). With a deadline each attempt's
+   timeout is at most the time left, the body is read piece by piece and the call ends at the first piece
+   past the deadline unless the answer is whole by then (its ``Content-Length``), no attempt, backoff or
+   ``Retry-After`` wait begins that would end past it, and a call that ran out of time raises
+   ``ServiceUnavailable`` ("no answer within ...", or ``RateLimited`` after a 429, rule 7). So it ends at
+   most one network read past its deadline; whatever arrives late is the lane's to judge (lane.py rule 2).
+   Without a deadline (offline mode's upkeep, the override desk) a call is as before.
 """
 
 from __future__ import annotations
@@ -125,6 +135,10 @@ class RateLimited(VerifyRefused):
     @property
     def final(self) -> bool:
         return False
+
+
+class _OutOfTime(Exception):
+    """Rule 8: the call's deadline came before its answer was whole."""
 
 
 class StaticToken:
@@ -283,19 +297,22 @@ class VerifyClient:
         self._not_before = float("-inf")  # rule 7: no call goes out before this (``clock`` seconds)
         self._lock = threading.Lock()
 
-    def verify(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        return self.call("POST", self.url, body)
+    def verify(self, body: Mapping[str, Any], *, within: float | None = None) -> dict[str, Any]:
+        """``within``: the call's deadline in seconds from now (rule 8), or None."""
+        return self.call("POST", self.url, body, within=within)
 
     def call(self, method: str, url: str, body: Mapping[str, Any] | None = None, *,
              attempts: int | None = None, patience: float | None = None,
-             headers: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """One JSON call to the service under rules 1 to 3 and 7 (verify, and offline mode's passes and
+             headers: Mapping[str, str] | None = None, within: float | None = None) -> dict[str, Any]:
+        """One JSON call to the service under rules 1 to 3, 7 and 8 (verify, and offline mode's passes and
         reconcile, which are idempotent too). ``url`` may be a path under ``base_url``. ``patience``: the
         most this call waits in all on a ``Retry-After`` (default ``max_retry_after``; offline mode's upkeep
         waits for none, it is tried again when next due). ``headers``: more request headers (offline mode's
-        ``Cache-Control: no-cache`` for a JWKS fetched again past the caches); never the authorization's."""
+        ``Cache-Control: no-cache`` for a JWKS fetched again past the caches); never the authorization's.
+        ``within``: the call's total deadline, seconds from now (rule 8); None: none."""
         if url.startswith("/"):
             url = self.base_url + url
+        deadline = None if within is None else self._clock() + max(within, 0.0)
         last = "no attempt"
         refreshed = False
         tries = attempts or self.attempts
@@ -305,18 +322,24 @@ class VerifyClient:
             pause = min(self.backoff * 2 ** (attempt - 1), self.max_backoff) if attempt else 0.0
             told = self._not_before - self._clock()  # a Retry-After, heard by this call or another
             if told > 0:
-                if told > left:  # longer than a truck waits: not asked again now (rule 7)
-                    raise _still_limited(limited, told)
+                if told > left or (deadline is not None and self._clock() + told >= deadline):
+                    raise _still_limited(limited, told)  # longer than a truck waits: not asked again now (rule 7)
                 left -= told
                 pause = max(pause, told)
+            if deadline is not None and self._clock() + pause >= deadline:  # rule 8: no try that ends past it
+                last = f"{last}; out of time"
+                break
             if pause > 0:
                 self._sleep(pause)
             try:
-                r = self._send(method, url, body, headers)
+                r = self._send(method, url, body, headers, deadline)
                 if r.status_code == 401 and not refreshed:  # rule 2: one fresh token, at once
                     refreshed = True
                     self.tokens.invalidate()
-                    r = self._send(method, url, body, headers)
+                    r = self._send(method, url, body, headers, deadline)
+            except _OutOfTime as exc:  # rule 8: not asked again
+                last = str(exc)
+                break
             except TokenRefused as exc:  # rule 6: never an outage; a 429 is asked again (rule 7)
                 if exc.status != 429:
                     raise
@@ -343,6 +366,8 @@ class VerifyClient:
             raise _refused(r)
         if limited is not None:  # rule 7: the service answered this call, if only to say slow down
             raise limited
+        if deadline is not None and self._clock() >= deadline:
+            raise ServiceUnavailable(f"no answer within {within:.1f} s ({last})")
         raise ServiceUnavailable(f"no answer after {tries} attempts ({last})")
 
     def _slow_down(self, seconds: float | None) -> None:
@@ -353,22 +378,54 @@ class VerifyClient:
             self._not_before = max(self._not_before, self._clock() + seconds)
 
     def _send(self, method: str, url: str, body: Mapping[str, Any] | None,
-              more: Mapping[str, str] | None = None) -> httpx.Response:
+              more: Mapping[str, str] | None = None, deadline: float | None = None) -> httpx.Response:
         token = self.tokens.token()
         dpop: DPoPKey | None = getattr(self.tokens, "dpop", None)
         if dpop is None:
             headers = {**(more or {}), "Authorization": f"Bearer {token}", "Accept": "application/json"}
-            return self._http.request(method, url, json=None if body is None else dict(body), headers=headers)
+            return self._exchange(method, url, body, headers, deadline)
         sent = None
         for _ in range(2):  # rule 5: a second time only for a nonce the server asks for (RFC 9449 §9)
             sent = self._nonces.get(url)
             headers = {**(more or {}), "Authorization": f"DPoP {token}", "Accept": "application/json",
                        "DPoP": dpop.proof(method, url, access_token=token, nonce=sent)}
-            r = self._http.request(method, url, json=None if body is None else dict(body), headers=headers)
+            r = self._exchange(method, url, body, headers, deadline)
             self._nonces.note(r)
             if not needs_nonce(r, sent):
                 break
         return r
+
+    def _exchange(self, method: str, url: str, body: Mapping[str, Any] | None, headers: Mapping[str, str],
+                  deadline: float | None) -> httpx.Response:
+        """One request. With a ``deadline`` (rule 8): its timeout at most the time left, its body read piece by
+        piece, and ``_OutOfTime`` at the first piece past the deadline unless the answer is whole by then."""
+        payload = None if body is None else dict(body)
+        if deadline is None:
+            return self._http.request(method, url, json=payload, headers=headers)
+        left = deadline - self._clock()
+        if left <= 0:
+            raise _OutOfTime("out of time before the request")
+        request = self._http.build_request(method, url, json=payload, headers=headers,
+                                           timeout=min(self.timeout, left))
+        r = self._http.send(request, stream=True)
+        if r.is_stream_consumed:  # made whole already (a transport that builds its answers): nothing to wait for
+            return r
+        try:
+            raw = bytearray()
+            for piece in r.iter_raw():  # as it came (decoded once, below)
+                raw += piece
+                if self._clock() > deadline and not _whole(r, raw):
+                    raise _OutOfTime(f"out of time mid-answer (HTTP {r.status_code}, {len(raw)} bytes read)")
+        finally:
+            r.close()
+        return httpx.Response(r.status_code, headers=r.headers, content=bytes(raw), request=request)
+
+
+def _whole(r: httpx.Response, raw: bytes | bytearray) -> bool:
+    """Rule 8: whether the body read so far is all of it, as its ``Content-Length`` says (without one,
+    only the end of the stream tells)."""
+    length = r.headers.get("content-length", "")
+    return length.isdigit() and len(raw) >= int(length)
 
 
 def _json_object(r: httpx.Response) -> dict[str, Any] | None:

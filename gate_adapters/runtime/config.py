@@ -37,7 +37,9 @@ Rules:
    value that would let a camera's buffer of old reads through is a bad setting, not a choice.
    ``max_pending`` (1 to 64) and ``queue_size`` (1 to 100000) bound what a flood of reads can hold;
    ``queue_size`` is a lane's own (a busy entry lane and a quiet exit lane need different bounds), the
-   top-level ``queue_size`` its default.
+   top-level ``queue_size`` its default. ``[service] timeout`` times ``attempts`` may not exceed
+   ``act_seconds`` (review 173, finding 1): past it no answer moves a barrier (lane.py rule 2), and each
+   verify call ends by then (client.py rule 8), so tries that could not fit are a bad setting.
 8. DPoP (RFC 9449): ``auth.dpop_key_file`` binds the gate tokens to a key of this host (``auth.dpop`` is
    then true unless set false). The example file sets it, so a new adapter sends DPoP; a file without it
    sends bearer tokens (a warning at each start outside ``dev = true``).
@@ -543,11 +545,17 @@ def parse(doc: Mapping[str, Any], *, base: Path = Path(".")) -> AdapterSettings:
         if risk is not None and risk[1] and not dev and not lane.barrier.allow_insecure:
             raise ConfigError(f"lanes[{i}].barrier.url", f"{risk[0]}; {_SECURE_BARRIER}")
 
+    act_seconds = top.number("act_seconds", 60.0, high=3600)
+    if service.timeout * service.attempts > act_seconds:  # lane.py rule 2, client.py rule 8
+        raise ConfigError("service.attempts", f"{service.attempts} tries of service.timeout {service.timeout:g} s "
+                                              f"take longer than act_seconds ({act_seconds:g} s), past which no "
+                                              "answer moves a barrier: lower them or raise act_seconds")
+
     return AdapterSettings(
         terminal=terminal, outbox=outbox, service=service, auth=auth, lanes=lanes, http=http, mqtt=mqtt,
         offline=offline, barrier_signing=barrier_signing,
         badge_scheme=top.string("badge_scheme", "alfapass") or "alfapass",
-        act_seconds=top.number("act_seconds", 60.0, high=3600),
+        act_seconds=act_seconds,
         retry_seconds=top.number("retry_seconds", 5.0, high=3600),
         tick_seconds=top.number("tick_seconds", 0.5, high=60),
         queue_size=queue_size,

@@ -5,7 +5,7 @@ Per Ready (a truck's correlated reads)::
 
     body = verify body  ──► outbox.put (durable)  ── already there: a replay ──► act(None) (rule 6)
                                                   ──► client.verify
-        answer  ──► outbox.done ──► act(answer)          (open only on "allow", sinks.py)
+        answer  ──► outbox.done ──► act(answer)          (open only on "allow", sinks.py; none past act_seconds, rule 2)
         4xx     ──► outbox.done(problem) ──► act(None)   (hold + officer; a re-send cannot help)
         no answer / 401 / 403 / 429 ──► act(None), row stays pending, re-sent later
         no answer, offline mode on  ──► offline.decide (passes; durable with its report) ──► act
@@ -34,6 +34,17 @@ Rules:
    (a truck whose reads are not complete, a tailgater without any, an evicted one: none is a request).
    Only a request never tried nor held for an officer (the adapter died after ``put``, before or during
    its first send) opens on its late answer: its truck still waits at the barrier, and nobody decided.
+   The age holds for a FIRST send too (review 173, finding 1: before, a first send acted on its answer
+   however late it came; httpx's timeout bounds each network read, not the call, and while the lane's
+   thread waited the next truck's reads sat in its queue, so the outbox saw no newer request). Each call
+   is given what is left of ``act_seconds`` since its request was made as a total deadline (client.py
+   rule 8; a request already older, recorded only, gets ``act_seconds`` of its own), and the answer's age
+   is checked before acting: one that comes past ``act_seconds`` to a truck still waiting (``LATE``: a
+   first send, or a re-send that could have opened) is recorded (a committed allow's right counts as used
+   here, outbox.py rule 7), logged ``gate.lane.late_answer.held``, and holds with an officer call (the
+   latch's reason ``late_answer``); none at all by then holds and calls an officer as any unanswered
+   truck, and offline mode decides nothing for it (its decision would be as late). The settings refuse a
+   ``[service] timeout`` times ``attempts`` longer than ``act_seconds`` (config.py).
 3. Body: ``Ready.verify_fields()`` plus the lane's ``mode``. A truck that timed out without a
    container read sends ``container {"number": "", "confidence": 0}`` (the service answers
    ``container_unreadable``, review); a badge read without a scheme gets the lane's ``badge_scheme``.
@@ -129,6 +140,7 @@ class OnAnswer(StrEnum):
     HOLD = "hold"  # a newer truck is at the lane: hold and call an officer, never open
     RECORD = "record"  # the truck has left: record the answer, tell the barrier nothing
     OFFICER = "officer"  # an officer was called for the truck: record, never open, the latch's hold at most
+    LATE = "late"  # the answer came past act_seconds while its truck waited: record, hold, call an officer
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +264,7 @@ class LaneRuntime:
                     then = OnAnswer.OFFICER  # held for an officer: he decides about this truck, not the answer
                 else:
                     then = OnAnswer.ACT
-                result = self._send(row.request_id, row.body, then)
+                result = self._send(row.request_id, row.body, then, row.created_at)
                 out.append(result)
                 if isinstance(result.error, str) and result.error.startswith("unavailable"):
                     break  # the service is still away: keep the order, try the rest next time
@@ -276,6 +288,7 @@ class LaneRuntime:
         """Rule 1: every Ready is in the outbox before any is sent; rule 6: a repeat is not sent; rule 7:
         an eviction is not sent either."""
         stored: list[tuple[Ready, dict[str, Any] | None, bool]] = []
+        made = self._wall()  # rule 2: the requests' age is measured from here (the outbox stamps the same)
         for ready in readies:
             if ready.outcome is Outcome.EVICTED:
                 stored.append((ready, None, False))
@@ -288,7 +301,7 @@ class LaneRuntime:
             body = verify_body(ready, self.mode, self.badge_scheme)
             stored.append((ready, body, self.outbox.put(body)))
         return [self._evicted(ready) if body is None
-                else self._send(ready.request_id, body, OnAnswer.ACT, missing=tuple(sorted(ready.missing))) if new
+                else self._send(ready.request_id, body, OnAnswer.ACT, made, missing=tuple(sorted(ready.missing))) if new
                 else self._replayed(ready) for ready, body, new in stored]
 
     def _evicted(self, ready: Ready) -> LaneResult:
@@ -310,39 +323,53 @@ class LaneRuntime:
                                        0.0, ready.observed_at.isoformat(), tuple(sorted(ready.missing)), latch))
 
     def _send(
-        self, request_id: str, body: Mapping[str, Any], then: OnAnswer, *, missing: tuple[str, ...] = ()
+        self, request_id: str, body: Mapping[str, Any], then: OnAnswer, made: float, *,
+        missing: tuple[str, ...] = ()
     ) -> LaneResult:
+        """Ask about one request made at ``made`` (wall seconds) and do ``then`` with the answer (rule 2)."""
         started = self._timer()
         self.outbox.attempt(request_id)
         response: dict[str, Any] | None = None
         error: str | None = None
         why: str | None = None  # the latch's reason, when not the decision nor the error's first word
         offline = False
+        failure: ServiceUnavailable | VerifyRefused | None = None
+        # Rule 2: the call ends by act_seconds from the request's making (client.py rule 8); a request
+        # already older (recorded only) gets act_seconds of its own, so that no call holds the lane for long.
+        left = self.act_seconds - (self._wall() - made)
         try:
-            response = self.client.verify(body)
-        except ServiceUnavailable as exc:
-            error = f"unavailable: {exc}"
+            response = self.client.verify(body, within=left if left > 0 else self.act_seconds)
+        except (ServiceUnavailable, VerifyRefused) as exc:
+            failure = exc
+        if then is OnAnswer.ACT and self._wall() - made > self.act_seconds:
+            then = OnAnswer.LATE  # rule 2: whatever came, it came too late to open (nor to decide offline)
+        if isinstance(failure, ServiceUnavailable):
+            error = f"unavailable: {failure}"
             log.warning("gate.lane.unavailable", extra={"lane": self.lane, "request_id": request_id})
             if self.offline is not None and then is OnAnswer.ACT:  # rule 5: recorded durably by decide()
                 response = self.offline.decide(request_id, body)
                 offline = response is not None
                 error = None if offline else error
-        except RateLimited as exc:  # rule 5: up, and saying slow down; never offline
-            error = f"unavailable: {exc}"
+        elif isinstance(failure, RateLimited):  # rule 5: up, and saying slow down; never offline
+            error = f"unavailable: {failure}"
             why = "rate_limited"
             log.warning("gate.lane.rate_limited", extra={"lane": self.lane, "request_id": request_id,
-                                                         "retry_after": exc.retry_after})
-        except VerifyRefused as exc:
-            error = f"refused: {exc.status} {exc.code}" if exc.final else f"unavailable: {exc}"
-            log.error("gate.lane.refused.%s", exc.code, extra={"lane": self.lane, "request_id": request_id})
-            if exc.final:
-                self.outbox.done(request_id, exc.as_response())
+                                                         "retry_after": failure.retry_after})
+        elif isinstance(failure, VerifyRefused):
+            error = f"refused: {failure.status} {failure.code}" if failure.final else f"unavailable: {failure}"
+            log.error("gate.lane.refused.%s", failure.code, extra={"lane": self.lane, "request_id": request_id})
+            if failure.final:
+                self.outbox.done(request_id, failure.as_response())
         if response is not None and not offline:
             self.outbox.done(request_id, response)
             log.info("gate.lane.decided.%s", response.get("decision"), extra={"lane": self.lane,
                                                                              "request_id": request_id})
         command, latch = None, None
-        if then is OnAnswer.ACT:
+        if then is OnAnswer.LATE and response is not None:
+            log.warning("gate.lane.late_answer.held", extra={"lane": self.lane, "request_id": request_id,
+                                                             "decision": response.get("decision")})
+            command, latch = self._act(None, request_id, "late_answer")
+        elif then in (OnAnswer.ACT, OnAnswer.LATE):  # LATE without an answer: held as any unanswered truck
             if response is not None:
                 why = str(response.get("decision"))
             elif why is None:
