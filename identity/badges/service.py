@@ -340,9 +340,10 @@ class BadgeService:
                  desk: Desk | None = None) -> None:
         """Withdraw the badge's activation at ``terminal``; by a console officer (``desk``) only at his
         own (``_covers``)."""
-        reason = (reason or "").strip()
-        if not reason or len(reason) > rules.MAX_REASON:
-            raise BadgeError("reason_required", "Say why the activation is withdrawn.")
+        try:
+            reason = rules.reason_given(reason)
+        except BadgeRefused as exc:
+            raise _refused(exc) from None
         with self._engine.begin() as conn:
             store = BadgeStore(conn)
             if store.get(badge_id) is None:

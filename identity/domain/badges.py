@@ -196,14 +196,28 @@ class StatusChange:
 
 
 def _who_and_why(actor: str, reason: str) -> tuple[str, str]:
-    actor, reason = (actor or "").strip(), (reason or "").strip()
+    actor = (actor or "").strip()
     if not actor or len(actor) > MAX_ACTOR:
         raise BadgeRefused("actor_required", "every status change names who made it")
+    return actor, reason_given(reason)
+
+
+# Control characters (Unicode Cc) and lone surrogates (Cs): the class of
+# release_service.domain.storable.UNPRINTABLE, which this pure module may not import.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def reason_given(reason: str) -> str:
+    """A badge change's reason, stripped: required, at most MAX_REASON characters, one line of printable text
+    (a NUL, which PostgreSQL refuses, answered 500 on a status change; SQLite stored it)."""
+    reason = (reason or "").strip()
     if not reason:
         raise BadgeRefused("reason_required", "every status change says why")
     if len(reason) > MAX_REASON:
         raise BadgeRefused("reason_too_long", f"a reason has at most {MAX_REASON} characters")
-    return actor, reason
+    if _UNPRINTABLE.search(reason):
+        raise BadgeRefused("reason_unprintable", "a reason is one line of printable text")
+    return reason
 
 
 def change_status(
