@@ -401,6 +401,10 @@ def seal_key_for(settings: AdapterSettings, *, make: bool = True) -> SealKey | N
 def build(settings: AdapterSettings) -> Adapter:
     """Rule 1: every file and key is read here, before anything starts (ConfigError otherwise)."""
     tokens, credential = client_for(settings)
+    # The service's clients (token and verify, client.py) keep httpx's trust_env on purpose, unlike the
+    # barriers' (sinks.py rule 4): a terminal may reach the service only through its egress proxy
+    # (HTTPS_PROXY, NO_PROXY). Outside dev the service is https:// (config.py rule 4), so such a proxy relays
+    # TLS it cannot read (CONNECT): it sees the service's host, never a token, a DPoP proof or a decision.
     client = VerifyClient(settings.service.base_url, tokens, timeout=settings.service.timeout,
                           attempts=settings.service.attempts, max_retry_after=settings.service.max_retry_after)
     barriers = barrier_parts(settings)

@@ -436,3 +436,59 @@ def test_missing_barrier_secrets_and_keys_stop_the_adapter_before_it_starts(tmp_
     assert (tmp_path / "keys" / "barrier.jwk").stat().st_mode & 0o077 == 0
     assert adapter_main(["--config", str(config), "--check"]) == 0
     assert not (tmp_path / "o.sqlite3").exists()  # --check and --make-keys start nothing
+
+
+# -- no proxy from the environment (review 173, finding 6) -------------------------------------------------
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[queue.Queue[dict[str, Any]]]:
+    """A real HTTP proxy of sorts on this host, named in every proxy variable a process may inherit: it
+    answers 200 to whatever it is sent, and tells what (the request line's absolute URL, the credentials)."""
+    heard: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            heard.put({"target": self.path, "authorization": self.headers.get("Authorization")})
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_CONNECT = do_POST  # noqa: N815 - an https:// barrier would be tunnelled
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, url)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        yield heard
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_barrier_is_reached_directly_never_through_a_proxy_from_the_environment(
+        tmp_path: Path, controller: Controller, proxy: queue.Queue[dict[str, Any]]) -> None:
+    """Before: with HTTP_PROXY set, the proxy received http://10.9.8.7/barrier with Authorization: Bearer
+    <the barrier token> (and answered 200, so the open counted as heard), and a loopback controller's
+    commands went through it too. A barrier controller is on the terminal's own network: the adapter goes
+    to it directly, whatever the environment says."""
+    sink = sink_for(tmp_path, {"url": controller.url, "token_file": "barrier.token"})
+    assert sink.act(ALLOW, "in-1").command is BarrierCommand.OPEN
+    assert proxy.empty(), proxy.get_nowait()
+    assert controller.next()["authorization"] == f"Bearer {BARRIER_TOKEN}"
+    far = sink_for(tmp_path, {"url": "http://10.9.8.7/barrier", "token_file": "barrier.token", "timeout": 0.5})
+    try:
+        with pytest.raises(BarrierUnreachable):  # nobody there: the barrier stays shut, the lane latches
+            far.act(ALLOW, "in-1")
+    finally:
+        far._http.close()  # noqa: SLF001 - the connection attempt it leaves behind
+    assert proxy.empty(), proxy.get_nowait()

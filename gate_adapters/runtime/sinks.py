@@ -15,7 +15,8 @@ Rules (one place, every sink):
    signed too, as their ``signature`` member (``command_signing.py``): a controller that verifies it opens
    only for this adapter, its own terminal and lane, a few seconds, once. An HTTP barrier also sends its
    credentials (a bearer token, or HTTP Basic) and speaks TLS with the CA and client certificate it is
-   given (config.py rule 9); it never follows a redirect (the credentials stay with the controller).
+   given (config.py rule 9); it never follows a redirect, nor goes through a proxy the environment names
+   (``HTTP_PROXY`` and the like, review 173): the command and the credentials go to the controller only.
 5. A lane latched for an officer (lane.py rule 9) is told ``hold`` with ``call_officer`` whatever the
    decision (``latched_hold``), and ``latch``, the id of the latch that held it: the controller, an
    officer's display and the simulator tell a hold for this truck from one for the lane's latch (only
@@ -165,7 +166,11 @@ class HttpBarrier:
                  tls: ssl.SSLContext | None = None) -> None:
         self.url, self.timeout, self.signer = url, timeout, signer
         # An injected client brings its own timeouts and TLS; ``auth`` goes with each request either way.
-        self._http = http or httpx.Client(timeout=timeout, verify=tls or True, follow_redirects=False)
+        # ``trust_env=False`` (review 173): never a proxy from HTTP_PROXY/HTTPS_PROXY/ALL_PROXY (with it the
+        # proxy got the command and the barrier's credentials, and its 200 counted as heard), nor CA files
+        # or .netrc from the environment: the controller is on the terminal's own network (rule 4).
+        self._http = http or httpx.Client(timeout=timeout, verify=tls or True, follow_redirects=False,
+                                          trust_env=False)
         self._auth = auth
 
     def act(self, response: Mapping[str, Any] | None, lane: str) -> Command:
