@@ -681,6 +681,11 @@ gate_decisions = sa.Table(
     # score or distance, matched, min score or tolerance, whether a match result was trusted; review 131).
     # None on decisions recorded before migration 0025.
     sa.Column("face", JSON),
+    # The badge the read found and its holder as found (review 174: a badge reported stolen, or another
+    # person's, tried at the gate), ids only: never the number or card UID read. None when no badge was
+    # read or the read found none, and on decisions recorded before migration 0038.
+    sa.Column("badge_id", UUID),
+    sa.Column("badge_holder_id", UUID),
     sa.UniqueConstraint("terminal", "request_id", name="uq_gate_decisions_terminal_request"),
 )
 # A gate-in decision whose own face the service found another person's (release_service/adapters/sqla/store.py

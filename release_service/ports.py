@@ -350,11 +350,14 @@ class StoredDecision:
     face: Mapping[str, Any] | None = None
 
 
-# A decision row's key that is no gate_decisions column: the audit entry of a face match result the gate
-# claimed (``identity.face.verify.claimed``: {"kind", "actor", "subject", "data"}, at the row's
-# ``decided_at``). Whatever records the row writes the entry with it, in the same statement or
-# transaction (the drainer for a check kept in Redis), and only when the row is written.
+# A decision row's keys that are no gate_decisions columns: audit entries ({"kind", "actor", "subject",
+# "data"}, at the row's ``decided_at``). Whatever records the row writes them with it, in the same statement
+# or transaction (the drainer for a check kept in Redis), and only when the row is written. ``FACE_CLAIM``:
+# a face match result the gate claimed (``identity.face.verify.claimed``); ``BADGE_ALARM``: port security's
+# alarm on a badge blocked, revoked or another person's (``release.gate_badge_alarm``, review 174).
 FACE_CLAIM = "face_claim"
+BADGE_ALARM = "badge_alarm"
+ROW_ENTRIES = (FACE_CLAIM, BADGE_ALARM)
 
 
 class FactsUnavailable(Exception):

@@ -156,7 +156,7 @@ def test_a_cached_copy_that_does_not_say_whether_the_badge_has_a_chip_or_the_ter
     alone where the terminal asks for the chip."""
     from release_service.adapters.gate_facts import _badge_copy, _policy
 
-    copy = {"found": True, "status": "active", "person_id": str(DRIVER), "valid_from": None,
+    copy = {"found": True, "id": str(uuid.uuid4()), "status": "active", "person_id": str(DRIVER), "valid_from": None,
             "valid_until": (NOW + timedelta(days=300)).isoformat(), "activated": [T], "holder": "Jan Peeters",
             "holder_status": "active", "bans": [], "list_issued_at": None, "max_list_age": 86400.0,
             "required": False, "identified": True}

@@ -101,12 +101,13 @@ _INSERT_PG = HotStatement(audit_log.insert().inline().values(txid=WRITER_TXID))
 _ENTRY_PARAMS = ("entry_kind", "entry_actor", "entry_subject", "entry_data", "entry_at")
 
 
-def insert_entry_from(source: Any) -> sa.Insert:
+def insert_entry_from(source: Any, prefix: str = "") -> sa.Insert:
     """PostgreSQL: an INSERT of one entry for each row of ``source`` (none if it has none), the entry bound
-    by ``entry_params``, with the writer's txid as ``SqlAuditLog`` writes it. For a statement that writes
-    what it audits and its audit entry at once, with data-modifying CTEs (the refresh's fast path,
-    identity.grants): the entry exists exactly when the audited change does."""
-    entry = [sa.bindparam(name, type_=column.type) for name, column in zip(
+    by ``entry_params`` (with the same ``prefix``: several entries in one statement), with the writer's txid
+    as ``SqlAuditLog`` writes it. For a statement that writes what it audits and its audit entry at once,
+    with data-modifying CTEs (the refresh's fast path, identity.grants): the entry exists exactly when the
+    audited change does."""
+    entry = [sa.bindparam(prefix + name, type_=column.type) for name, column in zip(
         _ENTRY_PARAMS, (audit_log.c.kind, audit_log.c.actor, audit_log.c.subject, audit_log.c.data, audit_log.c.at),
         strict=True)]
     return audit_log.insert().from_select(["kind", "actor", "subject", "data", "at", "txid"],
@@ -114,9 +115,9 @@ def insert_entry_from(source: Any) -> sa.Insert:
 
 
 def entry_params(kind: str, actor: dict[str, Any], subject: str | None, data: dict[str, Any],
-                 at: datetime) -> dict[str, Any]:
+                 at: datetime, prefix: str = "") -> dict[str, Any]:
     """The parameters of an ``insert_entry_from`` statement for one entry."""
-    return dict(zip(_ENTRY_PARAMS, (kind, actor, subject, data, at), strict=True))
+    return dict(zip((prefix + name for name in _ENTRY_PARAMS), (kind, actor, subject, data, at), strict=True))
 
 
 class SqlAuditLog:

@@ -127,11 +127,11 @@ from release_service.domain.gate import (
 )
 from release_service.domain.release import FaceAgainst
 from release_service.domain.screening import BanWindow, screen
-from release_service.ports import FACE_CLAIM, FactsUnavailable, GateSnapshot, Kept, Recalled, StoredDecision
+from release_service.ports import ROW_ENTRIES, FactsUnavailable, GateSnapshot, Kept, Recalled, StoredDecision
 
 from .audit import WRITER_TXID, SqlAuditLog
 from .sqla.gate import SqlGateStore, policy_dict
-from .sqla.gate_move import split_claim
+from .sqla.gate_move import split_entries
 from .sqla.uow import SqlUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -354,8 +354,8 @@ return out
 _REFUSED_ROW = (sa.exc.DataError, sa.exc.IntegrityError, ValueError, KeyError, TypeError)
 
 # Kept decisions (JSON objects named like gate_decisions' columns) into gate_decisions, on PostgreSQL,
-# with the audit entry of a face match result the gate claimed (``ports.FACE_CLAIM``) for each row
-# inserted now (a row drained again, or refused, writes none).
+# with the audit entries each row inserted now carries (``ports.ROW_ENTRIES``: a face match result the gate
+# claimed, port security's badge alarm; a row drained again, or refused, writes none).
 _COLUMNS = ", ".join(c.name for c in gate_decisions.c)
 # Returns the ids of the rows neither inserted nor there already: another decision holds their
 # (terminal, request_id) (a check whose id came back after its Redis key expired), ``_clashed``.
@@ -364,11 +364,12 @@ _INSERT_FROM_JSON = sa.text(
     "given AS (SELECT p.* FROM raw, jsonb_populate_recordset(NULL::gate_decisions, raw.a) p), "
     f"ins AS (INSERT INTO gate_decisions ({_COLUMNS}) SELECT {_COLUMNS} FROM given "  # our own schema's column names
     "ON CONFLICT DO NOTHING RETURNING id, decided_at), "
-    "claimed AS (INSERT INTO audit_log (at, kind, actor, subject, data, txid) "
-    f"SELECT i.decided_at, r->'{FACE_CLAIM}'->>'kind', r->'{FACE_CLAIM}'->'actor', r->'{FACE_CLAIM}'->>'subject', "
-    f"r->'{FACE_CLAIM}'->'data', pg_current_xact_id()::text::bigint "
-    "FROM raw, jsonb_array_elements(raw.a) r JOIN ins i ON i.id = (r->>'id')::uuid "
-    f"WHERE jsonb_typeof(r->'{FACE_CLAIM}') = 'object') "
+    "audited AS (INSERT INTO audit_log (at, kind, actor, subject, data, txid) "
+    "SELECT i.decided_at, r->k->>'kind', r->k->'actor', r->k->>'subject', r->k->'data', "
+    "pg_current_xact_id()::text::bigint "
+    "FROM raw, jsonb_array_elements(raw.a) r JOIN ins i ON i.id = (r->>'id')::uuid, "
+    f"unnest(ARRAY[{', '.join(repr(k) for k in ROW_ENTRIES)}]) k "  # our own constants: 'face_claim', ...
+    "WHERE jsonb_typeof(r->k) = 'object') "
     "SELECT g.id FROM given g WHERE g.id NOT IN (SELECT id FROM ins) "
     "AND NOT EXISTS (SELECT 1 FROM gate_decisions d WHERE d.id = g.id)")
 
@@ -1080,15 +1081,15 @@ class RedisGateFacts:
         else:
             from sqlalchemy.dialects import sqlite
 
-            parsed = [split_claim(_row(raw)) for raw in rows]
+            parsed = [split_entries(_row(raw)) for raw in rows]
             ids = [d["id"] for d, _ in parsed]
             listed = sa.select(gate_decisions.c.id).where(gate_decisions.c.id.in_(ids))
             with self._engine.begin() as conn:
                 before = set(conn.execute(listed).scalars())
                 conn.execute(sqlite.insert(gate_decisions).on_conflict_do_nothing(), [d for d, _ in parsed])
                 there = set(conn.execute(listed).scalars())
-                SqlAuditLog(conn).append_many([claim for d, claim in parsed
-                                               if claim is not None and d["id"] in there - before])
+                SqlAuditLog(conn).append_many([e for d, entries in parsed if d["id"] in there - before
+                                               for e in entries])
             clashed = set(ids) - there
         if clashed:
             self._clashed(rows, clashed)
@@ -1345,7 +1346,7 @@ def _badge_entry(uow: SqlUnitOfWork, read: BadgeRead) -> dict[str, Any]:
     # review 169, which read them from the copy, during a rolling upgrade. A later release drops them.
     max_age, required = uow.gate.screening_settings
     return {
-        "found": True, "status": facts.status, "person_id": str(facts.person_id),
+        "found": True, "id": str(facts.badge_id), "status": facts.status, "person_id": str(facts.person_id),
         "valid_from": _iso(facts.valid_from), "valid_until": _iso(facts.valid_until),
         "activated": sorted(facts.activated_terminals),
         "holder": facts.holder_name, "holder_status": facts.holder_status, "chip": facts.card_uid_on_record,
@@ -1397,20 +1398,21 @@ class _BadgeEntry:
 
 
 def _badge_copy(raw: bytes) -> _BadgeEntry | None:
-    """The copy parsed; None for one that does not say its holder's status, or whether the badge has a chip
-    (written by a server from before they were cached, during a rolling upgrade): not trusted, but read
-    again (``_snapshot``), since taking it for active would let a suspended person through until it
-    expired, and taking it for chipless a number alone where the terminal asks for the chip (review 142)."""
+    """The copy parsed; None for one that does not say its holder's status, whether the badge has a chip,
+    or the badge's id (written by a server from before they were cached, during a rolling upgrade): not
+    trusted, but read again (``_snapshot``), since taking it for active would let a suspended person
+    through until it expired, taking it for chipless a number alone where the terminal asks for the chip
+    (review 142), and without its id a stolen badge's decision would not name it (review 174)."""
     entry = json.loads(raw)
     if not entry.get("found"):
         return _BadgeEntry(None)
-    holder_status, chip = entry.get("holder_status"), entry.get("chip")
-    if holder_status is None or not isinstance(chip, bool):
+    holder_status, chip, badge_id = entry.get("holder_status"), entry.get("chip"), entry.get("id")
+    if holder_status is None or not isinstance(chip, bool) or not badge_id:
         return None
     facts = BadgeFacts(found=True, status=entry["status"], person_id=uuid.UUID(entry["person_id"]),
                        valid_from=_dt(entry.get("valid_from")), valid_until=_dt(entry["valid_until"]),
                        activated_terminals=frozenset(entry["activated"]), holder_name=entry["holder"],
-                       holder_status=holder_status, card_uid_on_record=chip)
+                       holder_status=holder_status, card_uid_on_record=chip, badge_id=uuid.UUID(badge_id))
     return _BadgeEntry(facts, tuple(BanWindow(s, _dt(f), _dt(u)) for s, f, u in entry["bans"]),
                        _dt(entry["list_issued_at"]), entry.get("identified", False))
 
@@ -1475,6 +1477,8 @@ def _row(raw: bytes) -> dict[str, Any]:
     d["release_id"] = uuid.UUID(d["release_id"]) if d["release_id"] else None
     d["observed_at"] = _dt(d["observed_at"])
     d["decided_at"] = _dt(d["decided_at"])
+    for name in ("badge_id", "badge_holder_id"):  # none in a row kept by a server from before review 174
+        d[name] = uuid.UUID(d[name]) if d.get(name) else None
     return d
 
 

@@ -192,6 +192,12 @@ IDENTITY_CHECKS: frozenset[Reason] = frozenset({
 })
 _IDENTITY_CODES = frozenset(r.value for r in IDENTITY_CHECKS)
 
+# The refusals that say the badge shown is not its bearer's to show (review 174): reported lost or stolen
+# (``badge_blocked``), withdrawn by the badge office (``badge_revoked``), or another person's than the
+# nominated driver's (``driver_mismatch``). Each such decision raises port security's alarm, whatever the
+# mode: someone tried to take a container with it (services/verify.py ``BADGE_ALARM_EVENT``).
+BADGE_ALARMS: frozenset[Reason] = frozenset({Reason.BADGE_BLOCKED, Reason.BADGE_REVOKED, Reason.DRIVER_MISMATCH})
+
 # An override lets in the truck that was refused, while it is at the terminal: an older decision is
 # verified again, and that new decision is overridden if need be.
 OVERRIDE_WITHIN_SECONDS = 3600
@@ -694,7 +700,9 @@ class BadgeFacts:
     """The badge read at the gate, as the badge office knows it, with its holder's name (only ever
     shown masked, ``mask_name``) and status (``holder_status``: identity's ``persons.status``; read
     with the badge, so the cached copy of a badge carries it and a suspension invalidates it), and
-    whether it has a chip (``card_uid_on_record``: a card UID the badge office knows)."""
+    whether it has a chip (``card_uid_on_record``: a card UID the badge office knows). ``badge_id``: the
+    badge office's id of it, which the decision keeps (review 174); None where it is not known (an
+    offline gate pass's proof)."""
 
     found: bool
     status: str = ""
@@ -705,6 +713,7 @@ class BadgeFacts:
     valid_from: datetime | None = None
     holder_status: str = PERSON_ACTIVE
     card_uid_on_record: bool = False
+    badge_id: uuid.UUID | None = None
 
     @classmethod
     def not_found(cls) -> BadgeFacts:
@@ -749,10 +758,19 @@ class Decision:
     repairs: tuple[Repair, ...] = ()
     nomination: NominationFacts | None = None  # the judged right's, as read: what an override goes in under
     face: FaceRecord | None = None  # the face evidence weighed (``decide`` always sets it)
+    # The badge the read found and its holder, ids only (review 174): None when no badge was read or the
+    # read found none. Kept on the decision's row, never in the answer (which names the holder masked).
+    badge_id: uuid.UUID | None = None
+    holder_id: uuid.UUID | None = None
 
     @property
     def allowed(self) -> bool:
         return self.decision is Outcome.ALLOW
+
+    @property
+    def alarms(self) -> tuple[Reason, ...]:
+        """Its reasons that raise port security's alarm (``BADGE_ALARMS``), in order; mostly none."""
+        return tuple(r for r in self.reasons if r in BADGE_ALARMS)
 
     @property
     def event(self) -> str:
@@ -1357,4 +1375,6 @@ def decide(
         repairs=_repairs(ctx),
         nomination=ctx.right.nomination if ctx.right is not None else None,
         face=face,
+        badge_id=holder.badge_id if holder is not None else None,
+        holder_id=holder.person_id if holder is not None else None,
     )

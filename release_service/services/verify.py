@@ -66,6 +66,7 @@ from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.reads import container_candidates
 from release_service.domain.release import ReleaseRight
 from release_service.ports import (
+    BADGE_ALARM,
     FACE_CLAIM,
     DuplicateDecision,
     FaceMatcher,
@@ -89,6 +90,12 @@ log = logging.getLogger(__name__)
 # changed reads and decides again. Each such round means another change of that right committed (a
 # gate move, a block, a nomination), so a few rounds always settle it.
 _ATTEMPTS = 6
+
+# Port security's alarm (review 174): a badge reported lost or stolen, withdrawn, or another person's than the
+# nominated driver's, was shown at the gate (``gate.BADGE_ALARMS``). On the audit trail under the badge (beside
+# its status changes), written with the decision's row (``ports.BADGE_ALARM``), logged as a warning; beside the
+# override alarm (services/gate.py ``OVERRIDE_ALARM_EVENT``). It refuses nothing the decision did not.
+BADGE_ALARM_EVENT = "release.gate_badge_alarm"
 
 # A refusal of the domain's gate move that decide() did not foresee maps to the gate reason it means.
 _MOVE_REFUSALS: dict[ErrorCode, g.Reason] = {
@@ -445,8 +452,12 @@ async def _check_recalled(facts: GateFacts, actor: Actor, request: g.GateRequest
 
 
 def _log(decision: g.Decision, request: g.GateRequest, decision_id: uuid.UUID) -> None:
-    log.info(decision.event, extra={"fields": {"terminal": request.terminal, "lane": request.lane,
-                                               "decision_id": str(decision_id), "mode": request.mode.value}})
+    fields = {"terminal": request.terminal, "lane": request.lane, "decision_id": str(decision_id),
+              "mode": request.mode.value}
+    log.info(decision.event, extra={"fields": fields})
+    if decision.reasons and decision.alarms:  # port security's alarm, on the trail with the row (``_row``)
+        log.warning("release.gate.badge_alarm", extra={"fields": {
+            **fields, "alarms": [r.value for r in decision.alarms]}})
 
 
 def _replay(stored: StoredDecision, fingerprint: str) -> dict[str, Any]:
@@ -541,10 +552,31 @@ def _row(actor: Actor, request: g.GateRequest, decision: g.Decision, decision_id
         "observed_at": request.observed_at, "decided_at": now, "nomination": judged(decision.nomination),
         # What face evidence was weighed, a claimed match told from the service's own (review 131).
         "face": decision.face.as_json() if decision.face is not None else None,
+        # The badge the read found and its holder, as found (review 174): ids, never the number or card UID.
+        "badge_id": decision.badge_id, "badge_holder_id": decision.holder_id,
     }
     if decision.face is not None and decision.face.kind == "match_result":
         row[FACE_CLAIM] = _face_claim(actor, request, decision, decision.face, decision_id)
+    alarms = decision.alarms
+    if alarms:  # rare: a badge blocked, revoked or another person's
+        row[BADGE_ALARM] = _badge_alarm(actor, request, decision, alarms, decision_id)
     return row
+
+
+def _badge_alarm(actor: Actor, request: g.GateRequest, decision: g.Decision, alarms: Sequence[g.Reason],
+                 decision_id: uuid.UUID) -> dict[str, Any]:
+    """Port security's alarm entry (``BADGE_ALARM_EVENT``) of a decision that refused the badge shown as not
+    its bearer's to show: under the badge, naming its holder as found (for ``driver_mismatch``, the person
+    whose badge it is, not the nominated driver), the right and the lane. Ids only."""
+    badge = str(decision.badge_id) if decision.badge_id is not None else None
+    return {"kind": BADGE_ALARM_EVENT, "actor": {"client_id": actor.client_id}, "subject": badge,
+            "data": {"alarms": [r.value for r in alarms], "reasons": [r.value for r in decision.reasons],
+                     "decision": decision.decision.value, "decision_id": str(decision_id), "badge_id": badge,
+                     "holder_person_id": str(decision.holder_id) if decision.holder_id is not None else None,
+                     "release_id": str(decision.release_id) if decision.release_id is not None else None,
+                     "container": decision.container, "terminal": request.terminal, "lane": request.lane,
+                     "request_id": request.request_id, "direction": request.direction.value,
+                     "mode": request.mode.value}}
 
 
 def _face_claim(actor: Actor, request: g.GateRequest, decision: g.Decision, face: g.FaceRecord,

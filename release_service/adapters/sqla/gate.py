@@ -48,7 +48,7 @@ from release_service.ports import DuplicateDecision, StoredDecision
 
 from ..audit import SqlAuditLog
 from .bans import SqlPortBanLookup
-from .gate_move import record_move, record_statement, split_claim
+from .gate_move import record_move, record_statement, split_entries
 from .store import FACE_AGAINST, FACE_AGAINST_FROM, FACE_AGAINST_ON, HOLDER_ACTIVE, Reads, face_against_of
 
 _RIGHT_COLUMNS = (
@@ -134,7 +134,7 @@ class SqlGateStore:
             return BadgeFacts.not_found()
         scheme, number, card_uid = lookup
         stmt = (
-            sa.select(badges.c.status, badges.c.person_id, badges.c.valid_from, badges.c.valid_until,
+            sa.select(badges.c.id, badges.c.status, badges.c.person_id, badges.c.valid_from, badges.c.valid_until,
                       badges.c.card_uid, persons.c.given_name, persons.c.family_name,
                       persons.c.status.label("holder_status"), badge_activations.c.terminal_code)
             .select_from(badges.join(persons, persons.c.id == badges.c.person_id).outerjoin(
@@ -155,7 +155,7 @@ class SqlGateStore:
             valid_until=first.valid_until,
             activated_terminals=frozenset(r.terminal_code for r in rows if r.terminal_code is not None),
             holder_name=f"{first.given_name} {first.family_name}", holder_status=first.holder_status,
-            card_uid_on_record=first.card_uid is not None,
+            card_uid_on_record=first.card_uid is not None, badge_id=first.id,
         )
 
     def screen(self, person_id: uuid.UUID, *, terminal: str, now: datetime) -> ScreeningResult:
@@ -202,23 +202,24 @@ class SqlGateStore:
     def record(self, row: dict[str, Any]) -> None:
         """Insert a decision; a twin request that committed first raises DuplicateDecision (the caller
         rolls back its whole transaction, gate move included, and answers with the twin's decision).
-        A face match result the gate claimed is audited with it (``ports.FACE_CLAIM``). A decision whose own
+        Its audit entries (a face match result the gate claimed, port security's badge alarm:
+        ``ports.ROW_ENTRIES``) are written with it. A decision whose own
         face the service found another person's is read with its right from now on (``FACE_AGAINST``,
         review 148): the right's copies go."""
-        columns, claim = split_claim(row)
+        columns, entries = split_entries(row)
         changes = face_changes_right(row)
         if changes is not None:
             touch(self._conn, RIGHTS, changes)
         try:
-            if claim is not None and self._conn.dialect.name == "postgresql":  # one statement, both
+            if entries and self._conn.dialect.name == "postgresql":  # one statement, all of them
                 statement, params = record_statement(row)
                 statement.execute(self._conn, params)
                 return
             self._conn.execute(_INSERT_DECISION, columns)
         except sa.exc.IntegrityError as exc:
             raise DuplicateDecision(row["request_id"]) from exc
-        if claim is not None:  # SQLite: in the same transaction
-            SqlAuditLog(self._conn).append_many([claim])
+        if entries:  # SQLite: in the same transaction
+            SqlAuditLog(self._conn).append_many(entries)
 
     @property
     def moves_at_once(self) -> bool:

@@ -14,8 +14,8 @@ everything at once, only if the right is still at the version it read:
                      AND organisation_id = ANY(:audience) AND event_types ?| :patterns),
                                           -- payload || {"seq": ..}, due behind the right's queue
          decided AS (INSERT INTO gate_decisions  SELECT ... FROM moved),
-         -- only for a face match result the gate claimed (``split_claim``):
-         claimed AS (INSERT INTO audit_log       SELECT ... FROM moved),
+         -- one for each audit entry the row carries (``split_entries``: a face match result the gate claimed):
+         entry0  AS (INSERT INTO audit_log       SELECT ... FROM moved),
          -- only when the gate-in cancels an offer still pending (ReleaseRight.gate_in):
          ended   AS (UPDATE transfers SET state = 'cancelled', ... WHERE id = :t AND release_id = (moved)),
          unoffered AS (DELETE FROM release_parties WHERE ... relation = 'recipient')
@@ -62,45 +62,52 @@ from quaygate.schema import (
 )
 from release_service.domain.release import ReleaseRight, Transfer, TransferState
 from release_service.domain.webhooks import patterns_matching
-from release_service.ports import FACE_CLAIM, DuplicateDecision, PublishedEvent
+from release_service.ports import BADGE_ALARM, FACE_CLAIM, ROW_ENTRIES, DuplicateDecision, PublishedEvent
 
 from ..audit import WRITER_TXID, entry_params, insert_entry_from
 from ..outbox import delivery_payload, due_behind
 from .store import Reads, right_values
 
 _DECISION_KEY = "uq_gate_decisions_terminal_request"
-_statements: dict[tuple[int, tuple[str, ...], tuple[str, ...], bool, bool], HotStatement] = {}
-_claimed: dict[tuple[str, ...], HotStatement] = {}
+_statements: dict[tuple[int, tuple[str, ...], tuple[str, ...], bool, int], HotStatement] = {}
+_audited: dict[tuple[tuple[str, ...], int], HotStatement] = {}
 Entry = tuple[str, dict[str, Any], str | None, dict[str, Any], Any]  # kind, actor, subject, data, at
 RECORD = HotStatement(gate_decisions.insert())
 
 
-def split_claim(row: dict[str, Any]) -> tuple[dict[str, Any], Entry | None]:
-    """The row's gate_decisions columns, and the audit entry of the face match result the gate claimed
-    (``ports.FACE_CLAIM``; None without one), at the decision's time."""
-    claim = row.get(FACE_CLAIM)
-    if claim is None:
-        return row, None
-    columns = {k: v for k, v in row.items() if k != FACE_CLAIM}
-    return columns, (claim["kind"], claim["actor"], claim["subject"], claim["data"], row["decided_at"])
+def split_entries(row: dict[str, Any]) -> tuple[dict[str, Any], tuple[Entry, ...]]:
+    """The row's gate_decisions columns, and the audit entries it carries (``ports.ROW_ENTRIES``: a face
+    match result the gate claimed, port security's badge alarm; mostly none), at the decision's time."""
+    if row.get(FACE_CLAIM) is None and row.get(BADGE_ALARM) is None:  # nearly every row: no generator
+        return row, ()
+    columns = {k: v for k, v in row.items() if k not in ROW_ENTRIES}
+    return columns, tuple((e["kind"], e["actor"], e["subject"], e["data"], row["decided_at"])
+                          for e in (row.get(key) for key in ROW_ENTRIES) if e is not None)
+
+
+def _entry_params(entries: Sequence[Entry]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for k, entry in enumerate(entries):
+        params.update(entry_params(*entry, prefix=f"a{k}_"))
+    return params
 
 
 def record_statement(row: dict[str, Any]) -> tuple[HotStatement, dict[str, Any]]:
-    """PostgreSQL: the decision's insert and its parameters; with a claimed face match, one statement
-    that inserts the decision and, from the row inserted, its audit entry (a twin refused by the unique
-    key writes neither)."""
-    columns, claim = split_claim(row)
-    if claim is None:
+    """PostgreSQL: the decision's insert and its parameters; with audit entries (``split_entries``), one
+    statement that inserts the decision and, from the row inserted, each entry (a twin refused by the
+    unique key writes none)."""
+    columns, entries = split_entries(row)
+    if not entries:
         return RECORD, columns
-    key = tuple(columns)
-    statement = _claimed.get(key)
+    key = (tuple(columns), len(entries))
+    statement = _audited.get(key)
     if statement is None:
         decided = (gate_decisions.insert()
-                   .values({name: sa.bindparam("d_" + name, type_=gate_decisions.c[name].type) for name in key})
+                   .values({name: sa.bindparam("d_" + name, type_=gate_decisions.c[name].type) for name in key[0]})
                    .returning(gate_decisions.c.id).cte("decided"))
-        statement = _claimed[key] = HotStatement(
-            sa.select(decided.c.id).add_cte(insert_entry_from(decided).cte("claimed")))
-    return statement, {"d_" + k: v for k, v in columns.items()} | entry_params(*claim)
+        statement = _audited[key] = HotStatement(sa.select(decided.c.id).add_cte(
+            *[insert_entry_from(decided, prefix=f"a{k}_").cte(f"entry{k}") for k in range(len(entries))]))
+    return statement, {"d_" + k: v for k, v in columns.items()} | _entry_params(entries)
 
 
 def record_move(conn: sa.Connection, row: dict[str, Any], right: ReleaseRight,
@@ -131,10 +138,10 @@ def move_statement(row: dict[str, Any], right: ReleaseRight, audiences: Sequence
     # statement with few parameters, which psycopg parses once and keeps (it parses a statement of
     # over 4 096 characters or 50 parameters again on every call: half a millisecond here).
     values = right_values(right, reads)
-    columns, claim = split_claim(row)
+    columns, entries = split_entries(row)
     params: dict[str, Any] = {"m_id": right.id, "m_version": right.version, "m_subject": str(right.id),
                               **{"r_" + k: v for k, v in values.items()}, **{"d_" + k: v for k, v in columns.items()},
-                              **(entry_params(*claim) if claim is not None else {})}
+                              **_entry_params(entries)}
     for k, (event, audience) in enumerate(zip(events, audiences, strict=True)):
         event_id = uuid.uuid4()
         published = PublishedEvent(event_id, event.type, right.id, event.at, audience, event.data)
@@ -144,7 +151,7 @@ def move_statement(row: dict[str, Any], right: ReleaseRight, audiences: Sequence
                        f"e{k}_payload": delivery_payload(published)})
     if cancelled is not None:
         params.update({"t_id": cancelled.id, "t_to": cancelled.to_organisation_id, "t_at": cancelled.decided_at})
-    key = (len(events), tuple(values), tuple(columns), cancelled is not None, claim is not None)
+    key = (len(events), tuple(values), tuple(columns), cancelled is not None, len(entries))
     statement = _statements.get(key)
     if statement is None:
         statement = _statements[key] = HotStatement(_build(*key))
@@ -182,7 +189,7 @@ def _cancelled_transfer(right: ReleaseRight) -> Transfer | None:
 
 
 def _build(n: int, right_columns: tuple[str, ...], decision_columns: tuple[str, ...],
-           cancels: bool, claims: bool) -> sa.Select[Any]:
+           cancels: bool, entries: int) -> sa.Select[Any]:
     bp = sa.bindparam
     moved = (
         releases.update()
@@ -241,8 +248,8 @@ def _build(n: int, right_columns: tuple[str, ...], decision_columns: tuple[str, 
         .select_from(moved),
     ).cte("decided")
     ctes = [events, audited, hooks, decided]
-    if claims:  # the face match result the gate claimed (``split_claim``), audited with the move
-        ctes.append(insert_entry_from(moved).cte("claimed"))
+    # The row's audit entries (``split_entries``: a face match result the gate claimed), with the move.
+    ctes.extend(insert_entry_from(moved, prefix=f"a{k}_").cte(f"entry{k}") for k in range(entries))
     if cancels:
         # The offer the gate-in cancelled (as ``SqlReleaseStore._upsert_transfer`` and
         # ``_drop_recipient`` write it): no longer pending, and its recipient no longer a party.
