@@ -27,7 +27,8 @@ Rules:
 6. Barrier credentials (``token_file``, ``password_file``) are read, and TLS contexts built, before anything
    starts (``barrier_parts``), as is the HTTP source's TLS context (``server_tls_for``); a barrier left
    insecure by ``allow_insecure``, credentials in clear, an HTTP source in clear beyond this host
-   (``[http] allow_insecure``) and bearer tokens (no DPoP key) are each a warning at every start outside dev
+   (``[http] allow_insecure``), bearer tokens (no DPoP key) and an mqtt barrier without ``presence``
+   (``gate.barrier.no_presence``, sinks.py rule 7) are each a warning at every start outside dev
    (config.py rules 5, 8, 9). Every secret file (the client secret, device and officer tokens, the MQTT
    password, barrier credentials) is checked as the private keys are: outside dev, one group or others
    may read or write, or another user owns, stops the adapter (config.py rule 10).
@@ -90,6 +91,7 @@ from .runtime.config import (
     http_risk,
     load,
     mint_token,
+    presence_risk,
     read_secret_file,
 )
 from .runtime.datafiles import DataFileExposed, check_data_file
@@ -101,7 +103,15 @@ from .runtime.offline import STORE_RISK, OfflineMode, PassStore
 from .runtime.outbox import OUTBOX_RISK, Outbox
 from .runtime.overrides import OverrideDesk
 from .runtime.seal import SealKey, check_seal_key, key_material, seal_key, secret_material, settle
-from .runtime.sinks import BarrierSink, BearerAuth, HttpBarrier, LogBarrier, MqttBarrier
+from .runtime.sinks import (
+    BarrierPresence,
+    BarrierSink,
+    BearerAuth,
+    HttpBarrier,
+    LogBarrier,
+    MqttBarrier,
+    status_topic,
+)
 
 log = logging.getLogger("gate_adapters.adapter")
 
@@ -329,12 +339,30 @@ def _warn_insecure(settings: AdapterSettings, parts: BarrierParts) -> None:
         risk = barrier_risk(ln.barrier, signed=parts.signer is not None)
         if risk is not None:
             log.warning("gate.barrier.insecure: lane %s: %s", ln.lane, risk[0], extra={"lane": ln.lane})
+    for ln in settings.lanes:  # not a risk to the gate's security, but to its trucks: said as loudly
+        no_presence = presence_risk(ln.barrier, _status_topic(settings, ln))
+        if no_presence is not None:
+            log.warning("gate.barrier.no_presence: lane %s: %s", ln.lane, no_presence, extra={"lane": ln.lane})
     http_in_clear = None if settings.http is None else http_risk(settings.http)
     if http_in_clear is not None:  # only with [http] allow_insecure = true: else the settings were refused
         log.warning("gate.source.http.insecure: %s (allow_insecure = true)", http_in_clear)
 
 
-def _sink(lane: LaneSettings, settings: AdapterSettings, mqtt_client: Any, parts: BarrierParts) -> BarrierSink:
+def _status_topic(settings: AdapterSettings, lane: LaneSettings) -> str:
+    return status_topic(settings.mqtt.prefix if settings.mqtt is not None else "quaygate", settings.terminal,
+                        lane.lane)
+
+
+def barrier_presence_for(settings: AdapterSettings) -> BarrierPresence | None:
+    """The controllers' presence (sinks.py rule 7) for the lanes whose mqtt barrier sets ``presence``."""
+    lanes = [ln.lane for ln in settings.lanes if ln.barrier.kind == "mqtt" and ln.barrier.presence]
+    if not lanes or settings.mqtt is None:
+        return None
+    return BarrierPresence(settings.mqtt.prefix, settings.terminal, lanes)
+
+
+def _sink(lane: LaneSettings, settings: AdapterSettings, mqtt_client: Any, parts: BarrierParts,
+          presence: BarrierPresence | None = None) -> BarrierSink:
     b = lane.barrier
     if b.kind == "http":
         assert b.url is not None
@@ -343,7 +371,7 @@ def _sink(lane: LaneSettings, settings: AdapterSettings, mqtt_client: Any, parts
     if b.kind == "mqtt":
         assert settings.mqtt is not None
         return MqttBarrier(mqtt_client, settings.terminal, prefix=settings.mqtt.prefix, signer=parts.signer,
-                           timeout=b.timeout)
+                           timeout=b.timeout, presence=presence if b.presence else None)
     return LogBarrier()
 
 
@@ -448,12 +476,14 @@ def build(settings: AdapterSettings) -> Adapter:
                 passes.close()
             raise ConfigError("seal_key_file", f"cannot keep {settings.seal_key}: {exc}") from None
     mqtt_source = None
+    presence = barrier_presence_for(settings)  # sinks.py rule 7: heard on the MQTT source's connection
     lanes = [
         LaneRuntime(settings.terminal, ln.lane, ln.direction, ln.mode,  # type: ignore[arg-type]
                     LaneCorrelator(ln.lane, settings.terminal, ln.direction, window_seconds=ln.window_seconds,
                                    require=ln.require, face_wait_seconds=ln.face_wait_seconds,
                                    max_pending=ln.max_pending),
-                    client, outbox, _sink(ln, settings, mqtt_client, barriers), badge_scheme=settings.badge_scheme,
+                    client, outbox, _sink(ln, settings, mqtt_client, barriers, presence),
+                    badge_scheme=settings.badge_scheme,
                     act_seconds=settings.act_seconds, retry_seconds=settings.retry_seconds, offline=offline,
                     read_age_seconds=ln.read_age_seconds, clock_slack_seconds=ln.clock_slack_seconds)
         for ln in settings.lanes
@@ -469,7 +499,7 @@ def build(settings: AdapterSettings) -> Adapter:
         mqtt_source = MqttSource(_SourceLanes(worker, fed_by["mqtt"]), host=m.host, port=m.port,  # type: ignore[arg-type]
                                  prefix=m.prefix, client=mqtt_client, keepalive=m.keepalive,
                                  connection_grace=m.connection_grace_seconds,
-                                 trusted_face_matcher=m.trusted_face_matcher)
+                                 trusted_face_matcher=m.trusted_face_matcher, presence=presence)
     latches = LatchDesk(outbox, [ln.lane for ln in settings.lanes])
     adapter = Adapter(settings, worker, outbox, passes, mqtt_source, latches=latches)
     if settings.http is not None:

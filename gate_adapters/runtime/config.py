@@ -53,7 +53,11 @@ Rules:
    store and forward hop, and a command it or the network holds back can be heard after its truck has
    gone; a signed command lives a few seconds (``lifetime_seconds``, 5 by default, at most 10) and is heard once,
    so an "open" heard late is refused by the controller (sinks.py rule 6). The broker's ACL decides
-   who may publish on the barrier topics; the signature decides what a controller obeys.
+   who may publish on the barrier topics; the signature decides what a controller obeys. ``presence =
+   true`` on an ``mqtt`` barrier (and only there) sends an "open" only while its controller's retained
+   status says ``online`` (sinks.py rule 7, review 173); without it an "open" counts as heard once written
+   to the broker, as before, and each start outside dev says what to set (``presence_risk``): switching it
+   on for a controller that keeps no status would latch the lane at every allow.
 10. Secrets in files of their own (the client secret, device and officer tokens, the MQTT password,
     barrier credentials) are checked as private keys are (keys.py ``read_private_file``): outside
     ``dev = true`` one that group or others may read or write, or that belongs to another user than
@@ -241,6 +245,7 @@ class BarrierSettings:
     cert_file: Path | None = None  # https: our client certificate (with key_file)
     key_file: Path | None = None
     allow_insecure: bool = False
+    presence: bool = False  # mqtt: an "open" only while its controller's status is "online" (sinks.py rule 7)
 
     @property
     def has_credentials(self) -> bool:
@@ -762,7 +767,8 @@ def _lane(raw: Any, i: int, configured: tuple[str, ...], has_mqtt: bool, dev: bo
 # ---- barriers (rule 9) ---------------------------------------------------------------------------
 
 _BARRIER_KEYS = ("kind", "url", "timeout", "token_file", "username", "password_file", "ca_file", "cert_file",
-                 "key_file", "allow_insecure")
+                 "key_file", "allow_insecure", "presence")
+_HTTP_BARRIER_KEYS = _BARRIER_KEYS[3:10]  # token_file to allow_insecure
 _SECURE_BARRIER = ("use https:// with credentials (token_file; username and password_file; or cert_file and "
                    "key_file), or sign the commands ([barrier_signing]) for a controller that verifies them; "
                    "allow_insecure = true accepts it, with a warning at each start, for a controller on a "
@@ -779,9 +785,12 @@ def _barrier(b: _Table, base: Path) -> BarrierSettings:
                               timeout=b.number("timeout", 2.0, high=60), token_file=b.path_("token_file", base),
                               username=b.string("username"), password_file=b.path_("password_file", base),
                               ca_file=b.path_("ca_file", base), cert_file=b.path_("cert_file", base),
-                              key_file=b.path_("key_file", base), allow_insecure=b.boolean("allow_insecure", False))
+                              key_file=b.path_("key_file", base), allow_insecure=b.boolean("allow_insecure", False),
+                              presence=b.boolean("presence", False))
+    if b.has("presence") and barrier.kind != "mqtt":
+        raise ConfigError(b.key("presence"), f"is for an mqtt barrier (this one is {barrier.kind})")
     if barrier.kind != "http":
-        for key in _BARRIER_KEYS[3:]:
+        for key in _HTTP_BARRIER_KEYS:
             if b.has(key):
                 raise ConfigError(b.key(key), f"is for an http barrier (this one is {barrier.kind})")
         return barrier
@@ -828,6 +837,17 @@ def barrier_risk(barrier: BarrierSettings, *, signed: bool) -> tuple[str, bool] 
         return (f"{barrier.url} is sent no credentials and the commands are not signed: a controller that "
                 f"takes them from us takes them from anyone who reaches it", True)
     return None
+
+
+def presence_risk(barrier: BarrierSettings, topic: str) -> str | None:
+    """Rule 9 (review 173): what an mqtt barrier without ``presence`` leaves open, said at each start outside
+    dev; None: nothing (not mqtt, or presence set). ``topic``: its controller's status topic."""
+    if barrier.kind != "mqtt" or barrier.presence:
+        return None
+    return (f"an \"open\" counts as heard once written to the broker, even when no barrier controller listens "
+            f"(its truck then stands at a shut barrier, the right used, nobody called): set presence = true on "
+            f"this lane's barrier once its controller keeps a retained status on {topic} (\"online\", its last "
+            f"will \"offline\"; docs/gate-adapter.md)")
 
 
 # Rule 9 (review 116): a signed "open" is a replay window as long as it lives; a controller on NTP needs

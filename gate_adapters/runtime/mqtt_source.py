@@ -4,7 +4,8 @@ Topics: ``<prefix>/<terminal>/<lane>/#`` per configured lane, QoS 1 (see ``sourc
 read topics). Rules:
 1. The paho network thread only parses and enqueues (``LaneWorker.submit``): a slow service must not
    stall the broker connection (keep-alives, other lanes).
-2. ``.../barrier`` is our own output (``MqttBarrier``) under the same ``#``: skipped, never parsed.
+2. ``.../barrier`` is our own output (``MqttBarrier``) under the same ``#``: skipped, never parsed; so is
+   ``.../barrier/status``, a barrier controller's own (sinks.py rule 7: ``presence`` hears it, when set).
 3. A refused payload is logged as ``gate.source.refused.mqtt`` with the plain reason; a read for a
    lane we do not run is logged as ``gate.source.unknown_lane`` and dropped.
 4. Subscriptions are (re)made in ``on_connect``, so a broker restart does not silence a lane.
@@ -30,6 +31,10 @@ read topics). Rules:
    connection is ``/healthz``'s (``broker``): ``down`` once it has been lost longer than
    ``connection_grace`` seconds (``[mqtt] connection_grace_seconds``; a broker restart is ridden out:
    paho reconnects).
+10. ``presence`` (``BarrierPresence``, sinks.py rule 7, for the lanes whose mqtt barrier sets ``presence =
+    true``): its status topics are subscribed (QoS 1) with the reads' at each connect, heard by a callback
+    of their own, and every status is forgotten at each connect and disconnect (what a controller said
+    before counts for nothing until the broker says it again, as it does at once for a retained status).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from gate_adapters.sources import mqtt as mqtt_format
 
 from .config import ConfigError, MqttSettings, read_secret_file
 from .lane import LaneBusy, LaneWorker
+from .sinks import BarrierPresence
 
 log = logging.getLogger("gate_adapters.source.mqtt")
 
@@ -147,11 +153,15 @@ class MqttSource:
         drop_log_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         connection_grace: float = 60.0,
+        presence: BarrierPresence | None = None,
     ) -> None:
         self.worker, self.host, self.port, self.prefix, self.keepalive = worker, host, port, prefix, keepalive
         self.trusted_face_matcher = trusted_face_matcher
         self.client = client or new_client()
         self.client.suppress_exceptions = True  # rule 8
+        self.presence = presence  # rule 10
+        if presence is not None:
+            presence.attach(self.client)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -194,7 +204,9 @@ class MqttSource:
                 "down_seconds": round(down_for, 1), "failed": failed}
 
     def topics(self) -> list[str]:
-        return [f"{self.prefix}/{terminal}/{lane}/#" for terminal, lane in self.worker.lanes]
+        """The reads' topics, and the barrier controllers' status topics (rule 10)."""
+        status = [] if self.presence is None else self.presence.topics()
+        return [f"{self.prefix}/{terminal}/{lane}/#" for terminal, lane in self.worker.lanes] + status
 
     def start(self) -> None:
         """Connect and run paho's network loop on its own thread (it reconnects by itself), and the thread
@@ -249,7 +261,7 @@ class MqttSource:
             return None
 
     def _handle(self, topic: str, payload: bytes) -> Read | None:
-        if topic.endswith("/barrier"):
+        if topic.endswith(("/barrier", "/barrier/status")):
             return None  # rule 2
         try:
             parsed = mqtt_format.parse(topic, payload, prefix=self.prefix)
@@ -280,11 +292,15 @@ class MqttSource:
             return
         self._down_since = None
         self.subscribed.clear()
+        if self.presence is not None:
+            self.presence.forget()  # rule 10: the broker sends each retained status again
         client.subscribe([(t, 1) for t in self.topics()])
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
         self.subscribed.clear()  # until the broker confirms them again (rule 4)
+        if self.presence is not None:
+            self.presence.forget()  # rule 10
         if self._down_since is None:
             self._down_since = self._clock()
         if not self._stopping.is_set():

@@ -41,6 +41,18 @@ Rules (one place, every sink):
    is what the signature's few seconds of life (``[barrier_signing]``, required for MQTT barriers outside dev,
    config.py rule 9) are for. A ``hold`` keeps ``qos`` (1): heard late, it is harmless, and its officer call and
    latch still tell the controller something.
+7. An MQTT "open" written to the broker reaches a barrier only if its controller is there: the broker drops
+   a QoS 0 message nobody is subscribed to, and a published "open" counted as heard while the truck stood
+   at a shut barrier, its right used, nobody called (review 173). With ``presence`` (a lane's ``presence =
+   true``, config.py rule 9) each controller keeps a retained status on ``<prefix>/<terminal>/<lane>/
+   barrier/status``: ``online`` once connected, its last will ``offline`` (the broker says it when the
+   controller is gone without a word). ``BarrierPresence`` holds what each said, heard on the adapter's own
+   connection (``mqtt_source.py`` subscribes the topics at each connect and forgets every status at each
+   connect and disconnect: a status from before counts for nothing until the broker says it again). An
+   "open" is then sent only while its controller is ``online``; a status not yet known (just connected) is
+   waited for within ``timeout``; anything else is ``BarrierUnreachable`` and the lane latches. A ``hold``
+   needs no presence. It narrows the gap, it does not close it: a controller gone in the last second, before
+   the broker noticed (its keep-alive), still "hears" an open; only an acknowledgement would say more.
 """
 
 from __future__ import annotations
@@ -50,7 +62,8 @@ import logging
 import socket
 import ssl
 import struct
-from collections.abc import Generator, Mapping
+import threading
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -190,6 +203,59 @@ class HttpBarrier:
         return cmd
 
 
+ONLINE, OFFLINE = "online", "offline"  # rule 7: what a controller says on its status topic
+
+
+def status_topic(prefix: str, terminal: str, lane: str) -> str:
+    """Rule 7: where ``lane``'s barrier controller keeps its status (retained)."""
+    return f"{prefix}/{terminal}/{lane}/barrier/status"
+
+
+class BarrierPresence:
+    """Rule 7: what each lane's MQTT barrier controller last said of itself on its status topic. Fed by paho's
+    network thread (``attach``, then ``heard``), read by the lanes' threads (``status``)."""
+
+    def __init__(self, prefix: str, terminal: str, lanes: Iterable[str]) -> None:
+        self._lanes = {status_topic(prefix, terminal, lane): lane for lane in lanes}
+        self._status: dict[str, str] = {}
+        self._changed = threading.Condition()
+
+    def topics(self) -> list[str]:
+        return list(self._lanes)
+
+    def attach(self, client: Any) -> None:
+        """Our callback for the status topics on paho's ``client`` (before its ``on_message``)."""
+        for topic in self._lanes:
+            client.message_callback_add(topic, lambda c, u, message: self.heard(message.topic, message.payload))
+
+    def forget(self) -> None:
+        """At each connect and disconnect: nothing is known until the broker says it (again)."""
+        with self._changed:
+            self._status.clear()
+
+    def heard(self, topic: str, payload: bytes) -> None:
+        lane = self._lanes.get(topic)
+        if lane is None:
+            return
+        status = bytes(payload).decode("utf-8", "replace").strip().lower()[:32]  # b"": a status cleared
+        with self._changed:
+            before = self._status.get(lane)
+            self._status[lane] = status
+            self._changed.notify_all()
+        if status != before:
+            level = logging.INFO if status == ONLINE else logging.WARNING
+            log.log(level, "gate.barrier.presence: lane %s: the barrier controller is %s", lane,
+                    status if status in (ONLINE, OFFLINE) else f"not online ({status or 'no status'})",
+                    extra={"lane": lane, "presence": status})
+
+    def status(self, lane: str, wait: float = 0.0) -> str | None:
+        """What ``lane``'s controller last said (None: nothing since we connected), waiting up to ``wait``
+        seconds for a first word."""
+        with self._changed:
+            self._changed.wait_for(lambda: lane in self._status, timeout=wait)
+            return self._status.get(lane)
+
+
 class MqttPublisher(Protocol):
     """What we need of paho's ``Client``: ``publish(topic, payload, qos)`` and ``is_connected()``."""
 
@@ -206,9 +272,10 @@ class MqttBarrier:
     ``timeout`` seconds)."""
 
     def __init__(self, client: MqttPublisher, terminal: str, *, prefix: str = "quaygate", qos: int = 1,
-                 signer: CommandSigner | None = None, timeout: float = 2.0) -> None:
+                 signer: CommandSigner | None = None, timeout: float = 2.0,
+                 presence: BarrierPresence | None = None) -> None:
         self._client, self.terminal, self.prefix, self.qos, self.signer = client, terminal, prefix, qos, signer
-        self.timeout = timeout
+        self.timeout, self.presence = timeout, presence  # presence: rule 7 (None: an open written is heard)
 
     def topic(self, lane: str) -> str:
         return f"{self.prefix}/{self.terminal}/{lane}/barrier"
@@ -234,6 +301,11 @@ class MqttBarrier:
         """Rule 6: now or never. Not connected: never handed to paho (it would keep it for the reconnect)."""
         if not self._client.is_connected():
             raise _unreachable(cmd, "not connected to the broker", rc="not_connected")
+        if self.presence is not None:  # rule 7: a controller there to hear it
+            status = self.presence.status(cmd.lane, wait=self.timeout)
+            if status != ONLINE:
+                raise _unreachable(cmd, f"its barrier controller is not online (status {status or 'unknown'})",
+                                   rc="controller_not_online", presence=status)
         info = self._client.publish(self.topic(cmd.lane), payload, qos=0)
         try:  # QoS 0: paho never stores it; its packet not written when the connection drops is dropped
             info.wait_for_publish(self.timeout)
