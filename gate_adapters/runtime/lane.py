@@ -13,6 +13,7 @@ Per Ready (a truck's correlated reads)::
     act: command_for ──► lane latched? (outbox) ── yes ──► note it, sink.send(hold + officer) (rule 9)
                                                  └─ no ──► calls an officer? latch (durable) ──► sink.send
                                                       an "open" not heard ──► latch, sink.send(hold + officer) (rule 10)
+         ──► outbox.told(what the barrier was told) (rule 11; recover: an answer without it ──► latch, hold)
 
 Rules:
 1. Nothing reaches the network before it is in the outbox, and every truck due at once is put before
@@ -106,6 +107,19 @@ Rules:
    ``hold`` with the officer and the latch (it may hear that, the link back). Never tried again: an
    "open" heard later could lift the barrier for the truck behind (rule 2). The ``LaneResult`` carries
    the hold and the latch. A hold not heard changes nothing (the barrier stays shut; the sink logged it).
+11. What the barrier was told is marked with the answer (outbox.py rule 13, review 173 finding 2: an adapter
+   killed between the decision and the barrier's command, say during an "open"'s connect, restarted with
+   nothing to do, its allowed truck at a shut barrier, the right used, no officer called). After the
+   command went (heard or not, rule 10), the answer is marked with it (``open``, ``hold``); an answer of
+   which nothing is to be told (recorded only, rule 2; a truck an officer took over and no latch holds)
+   is marked ``none``. ``recover`` (at start, and at each retry) first takes every answered request of
+   the lane without a mark that holds (sealed under the adapter's seal key like the chain: walked in full
+   at the first ``recover``, their absence after): the barrier may or may not have heard its command, so
+   the lane latches for an officer (``barrier_unknown``, ``gate.lane.barrier_unknown``; the hold noted
+   against the latch that holds the lane, if one does), the barrier is told ``hold`` with the officer
+   and the latch, and the answer is marked; never its command again (an "open" heard late could lift
+   the barrier for the truck behind, rule 10). The ``LaneResult`` carries the answer, the hold and the
+   latch, its error ``barrier_unknown``.
 """
 
 from __future__ import annotations
@@ -227,6 +241,7 @@ class LaneRuntime:
         self.evicted = 0  # rule 7: trucks held for an officer without a question (health: LaneWorker.load)
         self._lock = threading.RLock()
         self._next_retry = float("-inf")
+        self._marks_walked = False  # rule 11: the marks' seals are walked at the first recover, their absence after
 
     def feed(self, read: Read, received_at: float | None = None) -> list[LaneResult]:
         """``received_at``: wall seconds when the read reached the adapter (default: now; rule 6)."""
@@ -248,10 +263,11 @@ class LaneRuntime:
             return out
 
     def recover(self) -> list[LaneResult]:
-        """Re-send every pending request of this lane, oldest first (rule 1). Call it at start."""
+        """Hold for an officer where the barrier may not have heard an answer's command (rule 11), then
+        re-send every pending request of this lane, oldest first (rule 1). Call it at start."""
         with self._lock:
             self._next_retry = self._clock() + self.retry_seconds
-            out: list[LaneResult] = []
+            out: list[LaneResult] = self._untold()
             newest = self.outbox.newest(self.lane)
             for row in self.outbox.pending(self.lane):
                 if self._wall() - row.created_at > self.act_seconds:
@@ -269,6 +285,36 @@ class LaneRuntime:
                 if isinstance(result.error, str) and result.error.startswith("unavailable"):
                     break  # the service is still away: keep the order, try the rest next time
             return out
+
+    def _untold(self) -> list[LaneResult]:
+        """Rule 11: an answer recorded whose command the barrier may not have heard (no mark that holds): the
+        lane latched (``barrier_unknown``) or the hold noted against its latch, the barrier told hold with the
+        officer and the latch; never the answer's command again."""
+        out = []
+        for answered in self.outbox.untold(self.lane, full=not self._marks_walked):
+            request_id = answered.request_id
+            log.error("gate.lane.barrier_unknown: lane %s: the barrier may not have heard the command for %s",
+                      self.lane, request_id, extra={"lane": self.lane, "request_id": request_id,
+                                                    "decision": answered.response.get("decision")})
+            command = command_for(answered.response, self.lane)
+            held = self.outbox.held_latch(self.lane)
+            if held is None:
+                latch = self._latch(request_id, "barrier_unknown")
+            else:
+                latch = held.id
+                self.outbox.latched_hold(latch, self.lane, request_id, str(command.command), "barrier_unknown")
+            hold = latched_hold(command, latch)
+            try:
+                self.sink.send(hold)
+            except BarrierUnreachable:
+                pass  # logged by the sink; the latch holds the lane whatever the barrier heard
+            self.outbox.told(request_id, str(hold.command))
+            out.append(self._report(LaneResult(
+                request_id, self.lane, answered.response, hold,
+                "barrier_unknown: the adapter stopped between the answer and the barrier's command", 0.0,
+                latched=latch)))
+        self._marks_walked = True
+        return out
 
     # -- one request ----------------------------------------------------------------------------
 
@@ -358,10 +404,11 @@ class LaneRuntime:
         elif isinstance(failure, VerifyRefused):
             error = f"refused: {failure.status} {failure.code}" if failure.final else f"unavailable: {failure}"
             log.error("gate.lane.refused.%s", failure.code, extra={"lane": self.lane, "request_id": request_id})
-            if failure.final:
-                self.outbox.done(request_id, failure.as_response())
+            if failure.final:  # rule 11: marked "none" at once where nothing is to be told of it
+                self.outbox.done(request_id, failure.as_response(),
+                                 told=None if then in (OnAnswer.ACT, OnAnswer.LATE) else "none")
         if response is not None and not offline:
-            self.outbox.done(request_id, response)
+            self.outbox.done(request_id, response, told="none" if then is OnAnswer.RECORD else None)
             log.info("gate.lane.decided.%s", response.get("decision"), extra={"lane": self.lane,
                                                                              "request_id": request_id})
         command, latch = None, None
@@ -396,6 +443,7 @@ class LaneRuntime:
         held = self.outbox.held_latch(self.lane)
         if held is None:
             if not may_open:
+                self.outbox.told(request_id, "none")  # rule 11: nothing to tell
                 return None, None  # one read of the latch: a clear in between never lets an open through
             if latches(command):
                 self._latch(request_id, why)
@@ -413,6 +461,12 @@ class LaneRuntime:
         return latch.id
 
     def _tell(self, command: Command, request_id: str, latch: int | None = None) -> tuple[Command, int | None]:
+        """Send ``command`` (rule 10), then mark ``request_id``'s answer with what the barrier was told (rule 11)."""
+        told, latch = self._say(command, request_id, latch)
+        self.outbox.told(request_id, str(told.command))
+        return told, latch
+
+    def _say(self, command: Command, request_id: str, latch: int | None) -> tuple[Command, int | None]:
         """Send ``command``; rule 10: an "open" not heard latches the lane and tells the barrier to hold."""
         try:
             return self.sink.send(command), latch

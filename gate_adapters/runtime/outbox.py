@@ -6,7 +6,8 @@ right twice (SPEC.md "The gate verify call"), so the safe recovery is to re-send
 
 Row lifecycle::
 
-    put(body) ──► pending ──done(request_id, response)──► decided ──prune(older than keep_days)──► gone
+    put(body) ──► pending ──done(request_id, response)──► decided ──told(command)──► told
+                                                                 ──prune(older than keep_days)──► gone
 
 Offline mode (``offline.py``): a request the service could not answer while the truck waited is
 decided locally; ``decide_offline`` marks it decided AND queues its report for the service in ONE
@@ -115,6 +116,21 @@ Rules:
     logged ``gate.offline.outbox_resealed``; if it does not hold it is tampered, and a decision whose own
     seal holds under either key is still reported. ``bound`` knows the head a pass store remembers from
     before the carry-over (its seal under ``previous``, walked again from the base).
+13. What the barrier was told of an answer is marked beside it (review 173, finding 2; lane.py rule 11): an
+    adapter killed between recording an answer (``done``, ``decide_offline``) and the barrier's command
+    left an allowed truck at a shut barrier, the right used, no officer called, and nothing at the restart
+    to say so. ``told(request_id, command)`` writes the mark once the command went (``open``, ``hold``;
+    ``none`` where nothing is to be told of the answer, written with it by ``done(told=...)`` when known
+    then); a request answered and not marked is ``untold``. A mark goes through the seal of rule 10 (the
+    adapter's seal key, rule 12; ``told_mac`` over the request, its lane, the answer's time, the command and
+    the mark's time): one deleted, edited, copied from another request or written without the seal key is
+    no mark. ``done`` clears the mark of an earlier answer with the new one, and a mark that holds is
+    never written over. The answers kept before version 4 were told by an adapter that kept no mark: the
+    migration marks them ``before``, sealed at once, or, when the file was migrated without a secret (the
+    latch command first), at the next start with one (``gate.outbox.marks_sealed``), as rule 10 seals a
+    file from before the chain; whoever may write the file could make an answer look that old, as he could
+    delete it or clear a latch (rule 9 keeps him out). Without a secret a mark is kept unsealed and any
+    counts.
 """
 
 from __future__ import annotations
@@ -144,7 +160,10 @@ CREATE TABLE IF NOT EXISTS verify_requests (
     created_at REAL NOT NULL,
     attempts   INTEGER NOT NULL DEFAULT 0,
     decided_at REAL,
-    response   TEXT
+    response   TEXT,
+    told       TEXT,  -- rule 13: what the barrier was told of the answer ('open', 'hold', 'none', 'before')
+    told_at    REAL,
+    told_mac   TEXT   -- rule 13: its seal (NULL without a secret)
 );
 CREATE INDEX IF NOT EXISTS verify_requests_pending ON verify_requests (created_at) WHERE decided_at IS NULL;
 CREATE INDEX IF NOT EXISTS verify_requests_decided ON verify_requests (decided_at) WHERE decided_at IS NOT NULL;
@@ -228,9 +247,12 @@ CREATE TABLE IF NOT EXISTS outbox_chain (
 );
 """
 _CHAIN_COLUMNS = ("seq INTEGER", "prev TEXT", "digest TEXT", "mac TEXT", "ack TEXT")
+_TOLD_COLUMNS = ("told TEXT", "told_at REAL", "told_mac TEXT")
 
-# Rule 8: 0, a file made before versions (no online_uses); 1, online_uses; 2, overrides; 3, the chain (rule 10).
-SCHEMA_VERSION = 3
+# Rule 8: 0, a file made before versions (no online_uses); 1, online_uses; 2, overrides; 3, the chain (rule 10);
+# 4, what the barrier was told (rule 13).
+SCHEMA_VERSION = 4
+BEFORE = "before"  # rule 13: the mark of an answer recorded before the marks were
 OUTBOX_PURPOSE = "quaygate gate-adapter outbox v1"  # the seal's HKDF info: its key serves nothing else
 GENESIS = "genesis"  # what the first decision of a chain follows
 
@@ -267,6 +289,11 @@ def _row_fields(outbox_id: str, seq: int, prev: str, request_id: str, lane: str,
 def _ack_fields(outbox_id: str, seq: int, mac: str, result: str, reconciled_at: float) -> tuple[str, ...]:
     """Rule 10: what an acknowledgement's seal covers: the decision's seal, the service's answer, when."""
     return ("offline_reconciled", outbox_id, str(seq), mac, result, repr(float(reconciled_at)))
+
+
+def _told_fields(request_id: str, lane: str, decided_at: float, told: str, told_at: float) -> tuple[str, ...]:
+    """Rule 13: what a mark's seal covers: the request, its lane, the answer's time, the command, when."""
+    return ("barrier_told", request_id, lane, repr(float(decided_at)), told, repr(float(told_at)))
 
 
 def _chain_fields(outbox_id: str, head_seq: int, head_mac: str, base_seq: int, base_prev: str) -> tuple[str, ...]:
@@ -376,6 +403,7 @@ class Outbox:
             self._migrate()
             if self._seal is not None:
                 self._open_chain()
+                self._seal_marks_from_before()
         except BaseException:
             self._db.close()
             raise
@@ -403,7 +431,16 @@ class Outbox:
                     for column in _CHAIN_COLUMNS:
                         if column.split()[0] not in have:
                             self._db.execute(f"ALTER TABLE offline_decisions ADD COLUMN {column}")
+                if version < 4:  # rule 13: the marks' columns; the answers kept so far were told by a version
+                    have = {r[1] for r in self._db.execute("PRAGMA table_info(verify_requests)")}  # without them
+                    for column in _TOLD_COLUMNS:
+                        if column.split()[0] not in have:
+                            self._db.execute(f"ALTER TABLE verify_requests ADD COLUMN {column}")
+                    self._db.execute("UPDATE verify_requests SET told = ?, told_at = decided_at "
+                                     "WHERE decided_at IS NOT NULL AND told IS NULL", (BEFORE,))
                 self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS offline_decisions_seq ON offline_decisions (seq)")
+                self._db.execute("CREATE INDEX IF NOT EXISTS verify_requests_untold ON verify_requests (lane) "
+                                 "WHERE decided_at IS NOT NULL AND told IS NULL")
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 self._db.execute("COMMIT")
             except BaseException:
@@ -648,9 +685,10 @@ class Outbox:
         with self._lock:
             self._db.execute("UPDATE verify_requests SET attempts = attempts + 1 WHERE request_id = ?", (request_id,))
 
-    def done(self, request_id: str, response: Mapping[str, Any]) -> None:
+    def done(self, request_id: str, response: Mapping[str, Any], *, told: str | None = None) -> None:
         """Record the final answer (a decision, or a refusal that a re-send cannot change), and with a
-        committed allow the right it used here (rule 7), in one transaction."""
+        committed allow the right it used here (rule 7), in one transaction. Rule 13: the answer's mark is
+        ``told`` (``none``: nothing is to be told of it), else none yet: ``told`` is the lane's to call."""
         with self._lock:
             # Every answer carries its direction (SPEC.md): the stored body, a face capture in it, is
             # read only in the migration, for answers kept before.
@@ -658,8 +696,11 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 now = self._wall()
-                self._db.execute("UPDATE verify_requests SET decided_at = ?, response = ? WHERE request_id = ?",
+                self._db.execute("UPDATE verify_requests SET decided_at = ?, response = ?, told = NULL, "
+                                 "told_at = NULL, told_mac = NULL WHERE request_id = ?",
                                  (now, json.dumps(response, sort_keys=True), request_id))
+                if told is not None:
+                    self._mark(request_id, told)
                 if use is not None:
                     self._db.execute("INSERT OR REPLACE INTO online_uses SELECT request_id, lane, ?, ?, ? "
                                      "FROM verify_requests WHERE request_id = ?", (*use, now, request_id))
@@ -667,6 +708,76 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    # -- what the barrier was told (rule 13, lane.py rule 11) ---------------------------------------
+
+    def told(self, request_id: str, command: str) -> None:
+        """Rule 13: mark the answer of ``request_id`` as told ``command`` (durably, once the barrier's command
+        went), unless it is marked already with a mark that holds. Nothing for a request not answered."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT lane, decided_at, told, told_at, told_mac FROM verify_requests "
+                                       "WHERE request_id = ? AND decided_at IS NOT NULL", (request_id,)).fetchone()
+                if row is not None and not self._marked(request_id, *row):
+                    self._mark(request_id, command)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def untold(self, lane: str, *, full: bool = True) -> list[Answered]:
+        """Rule 13: the answered requests of ``lane`` whose barrier may not have heard their command (no mark,
+        or, ``full``, one whose seal does not hold), oldest first. Not ``full``: the marks' absence only (a
+        lane's thread, between two starts: the seals were walked at the first)."""
+        with self._lock:
+            if full:
+                rows = self._db.execute(
+                    "SELECT request_id, response, decided_at, told, told_at, told_mac FROM verify_requests "
+                    "WHERE lane = ? AND decided_at IS NOT NULL ORDER BY rowid", (lane,)).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT request_id, response, decided_at, told, told_at, told_mac FROM verify_requests "
+                    "WHERE lane = ? AND decided_at IS NOT NULL AND told IS NULL ORDER BY rowid", (lane,)).fetchall()
+        return [Answered(str(r[0]), lane, dict(json.loads(r[1])) if r[1] else {}) for r in rows
+                if not self._marked(str(r[0]), lane, *r[2:])]
+
+    def _mark(self, request_id: str, told: str) -> None:
+        """Rule 13, in the caller's transaction: the mark, sealed under the seal key when there is one."""
+        lane, decided_at = self._db.execute("SELECT lane, decided_at FROM verify_requests WHERE request_id = ?",
+                                            (request_id,)).fetchone()
+        now = self._wall()
+        mac = None if self._seal is None else self._seal.mac(*_told_fields(request_id, lane, decided_at, told, now))
+        self._db.execute("UPDATE verify_requests SET told = ?, told_at = ?, told_mac = ? WHERE request_id = ?",
+                         (told, now, mac, request_id))
+
+    def _marked(self, request_id: str, lane: str, decided_at: float, told: str | None, told_at: float | None,
+                mac: str | None) -> bool:
+        """Rule 13: a mark that holds (under the seal key; without a secret, any mark: nothing to check it by)."""
+        if told is None or told_at is None:
+            return False
+        return self._seal is None or self._seal.holds(mac, *_told_fields(request_id, lane, decided_at, told, told_at))
+
+    def _seal_marks_from_before(self) -> None:
+        """Rule 13, at start with a secret: seal the ``before`` marks a migration without one left unsealed
+        (the latch command opened the file first), as the chain seals a file from before it (rule 10)."""
+        assert self._seal is not None
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute("SELECT request_id, lane, decided_at, told_at FROM verify_requests "
+                                        "WHERE told = ? AND told_mac IS NULL AND decided_at IS NOT NULL",
+                                        (BEFORE,)).fetchall()
+                for request_id, lane, decided_at, told_at in rows:
+                    mac = self._seal.mac(*_told_fields(request_id, lane, decided_at, BEFORE, told_at))
+                    self._db.execute("UPDATE verify_requests SET told_mac = ? WHERE request_id = ?", (mac, request_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if rows:
+            log.warning("gate.outbox.marks_sealed: %s: %d answers recorded before the barrier's marks sealed as "
+                        "they stand", self.path, len(rows), extra={"answers": len(rows)})
 
     def pending(self, lane: str | None = None) -> list[PendingRequest]:
         """Requests without a final answer, oldest first (rule 3); ``lane`` filters a shared file."""
