@@ -500,6 +500,24 @@ class GateFacts(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class RightsRead:
+    """What a gate commit decided on beside the right it moves (review 174, finding 2): the containers whose
+    rights it read (``ReleaseRightStore.of_containers``) and every right found there, at the version read.
+    Customs' hold on another right of the container holds the truck (``gate.container_held``), and another
+    line's right issued on it puts the gate-in under review (``gate.container_contested``): neither changes
+    the right moved. So the move is written only if the containers' rights are still those, each at that
+    version (none changed, none new, none gone); else nothing is written and the commit decides again."""
+
+    containers: tuple[str, ...]
+    versions: tuple[tuple[uuid.UUID, int], ...]
+
+    @classmethod
+    def of(cls, containers: Sequence[str], found: Sequence[ReleaseRight]) -> RightsRead:
+        """Taken as the rights are read, before any of them is moved."""
+        return cls(tuple(containers), tuple((r.id, r.version) for r in found))
+
+
 class LoopGateUnit(Protocol):
     """A gate commit's reads and writes on one of the event loop's connections (PostgreSQL), each
     statement committed on its own, as ``GateStore`` does them in an autocommitted unit of work."""
@@ -513,7 +531,7 @@ class LoopGateUnit(Protocol):
         ...
 
     async def record_move(self, row: dict[str, Any], right: ReleaseRight,
-                          audiences: Sequence[frozenset[uuid.UUID]]) -> bool:
+                          audiences: Sequence[frozenset[uuid.UUID]], read: RightsRead) -> bool:
         """As ``GateStore.record_move``, for a right read by ``rights_of`` in this unit."""
         ...
 
@@ -566,10 +584,11 @@ class GateStore(Protocol):
         ...
 
     def record_move(self, row: dict[str, Any], right: ReleaseRight,
-                    audiences: Sequence[frozenset[uuid.UUID]]) -> bool:
+                    audiences: Sequence[frozenset[uuid.UUID]], read: RightsRead) -> bool:
         """Record a decision and the gate move it made at once: ``right`` (read unlocked, at
         ``right.version``, then moved) saved with its events' audit entries and webhook deliveries.
-        False, with nothing written, when the right changed since it was read; raises
+        False, with nothing written, when the right changed since it was read, or the rights ``read``
+        beside it are no longer its containers' rights at those versions (``RightsRead``); raises
         ``DuplicateDecision`` as ``record`` does."""
         ...
 

@@ -31,7 +31,7 @@ from release_service.adapters.sqla.store import SqlReleaseStore
 from release_service.adapters.sqla.uow import SqlUnitOfWork
 from release_service.domain.parties import Actor, OrgKind
 from release_service.domain.webhooks import KNOWN_EVENT_TYPES, matches, patterns_matching
-from release_service.ports import DuplicateDecision
+from release_service.ports import DuplicateDecision, RightsRead
 
 from .factories import TERMINAL
 from .test_gate_verify import Gate, serve
@@ -158,6 +158,11 @@ def _moved_right(engine: sa.Engine, rid: uuid.UUID, decision_id: uuid.UUID) -> t
     return right, actor
 
 
+def _alone(right: Any) -> RightsRead:
+    """The rights a gate read beside ``right``: its container's only one, at its version."""
+    return RightsRead.of([right.container.value], [right])
+
+
 def _decision_row(rid: uuid.UUID, decision_id: uuid.UUID, request_id: str) -> dict[str, Any]:
     now = _now()
     return {"id": decision_id, "terminal": TERMINAL, "request_id": request_id, "client_id": "gate-1",
@@ -177,7 +182,7 @@ def test_a_stale_right_writes_nothing(pg_gate: Gate) -> None:
     with SqlUnitOfWork(pg_gate.engine, autocommit=True) as uow:
         assert uow.gate.moves_at_once
         assert uow.gate.record_move(_decision_row(rid, decision_id, "stale-1"), right,
-                                    [frozenset({pg_gate.p.haul.organisation_id})]) is False
+                                    [frozenset({pg_gate.p.haul.organisation_id})], _alone(right)) is False
         uow.commit()
     assert _counts(pg_gate.engine, rid) == before  # no move, event, audit entry, delivery nor decision
     assert right.pending_events  # still the caller's: nothing was saved
@@ -193,12 +198,12 @@ def test_a_twin_decision_rolls_the_whole_move_back(pg_gate: Gate) -> None:
     before = _counts(pg_gate.engine, rid)
     with SqlUnitOfWork(pg_gate.engine, autocommit=True) as uow, pytest.raises(DuplicateDecision):
         uow.gate.record_move(_decision_row(rid, decision_id, "twin-1"), right,
-                             [frozenset({pg_gate.p.haul.organisation_id})])
+                             [frozenset({pg_gate.p.haul.organisation_id})], _alone(right))
     assert _counts(pg_gate.engine, rid) == before  # the UPDATE ran first in the statement: rolled back with it
     # The connection is usable and the move can still be written under another request_id.
     with SqlUnitOfWork(pg_gate.engine, autocommit=True) as uow:
         assert uow.gate.record_move(_decision_row(rid, decision_id, "twin-2"), right,
-                                    [frozenset({pg_gate.p.haul.organisation_id})]) is True
+                                    [frozenset({pg_gate.p.haul.organisation_id})], _alone(right)) is True
         uow.commit()
     after = _counts(pg_gate.engine, rid)
     assert (after["state"], after["version"], after["events"], after["deliveries"]) == (

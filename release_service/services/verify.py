@@ -13,9 +13,12 @@ commit record the gate move with the decision, at once, answered the same way fo
     mode commit and allow: gate-in (once) or gate-out of the right decided on, in the domain
          v
     write (``_write``): the decision, and the move with its events, audit entries and webhook
-    deliveries, only if the right is still at the version read. On PostgreSQL that is one
-    autocommitted statement (adapters/sqla/gate_move.py); on SQLite, statements in one transaction.
-    The right changed meanwhile: nothing written, read and decide again.
+    deliveries, only if the right is still at the version read and the container's other rights are
+    still those read, at their versions (``RightsRead``: customs' hold on another of them, or another
+    line's right issued on the container, changes the decision, not the right). On PostgreSQL that is
+    one autocommitted statement (adapters/sqla/gate_move.py); on SQLite, statements in one transaction
+    that holds the write lock from before its read. The rights changed meanwhile: nothing written, read
+    and decide again.
 
 A face image (issue 6) is matched before anything is decided, outside any transaction (no
 connection is held while a worker process spends about 0.1 s on it): against the enrolled face of
@@ -77,6 +80,7 @@ from release_service.ports import (
     LoopGateUnit,
     LoopUnavailable,
     Recalled,
+    RightsRead,
     StoredDecision,
     UnitOfWork,
 )
@@ -210,13 +214,13 @@ def verify(uow_factory: Callable[[], UnitOfWork], actor: Actor, request: g.GateR
                 if stored is not None:
                     return _replay(stored, fingerprint)
                 decision_id = uuid.uuid4()
-                decision, moved = _decide_and_move(uow, actor, request, decision_id, now,
-                                                   None if attempt else snapshot)
+                decision, moved, read = _decide_and_move(uow, actor, request, decision_id, now,
+                                                         None if attempt else snapshot)
                 body = response_body(request, decision, decision_id, moved is not None)
                 row = _row(actor, request, decision, decision_id, moved is not None, fingerprint, body, now)
-                if not _written(facts, uow, row, moved):
-                    # The right changed since it was read, or a twin was recorded first: nothing of this
-                    # attempt stays (one statement, or a rolled-back transaction); read again.
+                if not _written(facts, uow, row, moved, read):
+                    # The rights changed since they were read, or a twin was recorded first: nothing of
+                    # this attempt stays (one statement, or a rolled-back transaction); read again.
                     continue
                 uow.commit()
             if facts is not None:
@@ -256,14 +260,16 @@ async def commit_on_loop(db: LoopGateStore, facts: GateFacts, actor: Actor, requ
     decision_id = uuid.uuid4()
     try:
         async with db.unit() as unit:
-            decision, moved = _decide_on(actor, request, decision_id, now,
-                                         await unit.rights_of(container_candidates(request.container.number)),
-                                         snapshot.policy, snapshot.badge, g.ScreeningFacts(snapshot.screening))
+            candidates = container_candidates(request.container.number)
+            found = await unit.rights_of(candidates)
+            read = RightsRead.of(candidates, found)
+            decision, moved = _decide_on(actor, request, decision_id, now, found, snapshot.policy, snapshot.badge,
+                                         g.ScreeningFacts(snapshot.screening))
             body = response_body(request, decision, decision_id, moved is not None)
             row = _row(actor, request, decision, decision_id, moved is not None, fingerprint, body, now)
             if moved is None:
                 await unit.record(row)
-            elif not await _moved_on_loop(unit, facts, row, moved):
+            elif not await _moved_on_loop(unit, facts, row, moved, read):
                 return None
     except (LoopUnavailable, DuplicateDecision):
         # No connection (nothing sent); the connection lost (a write's outcome unknown); a twin's
@@ -274,13 +280,14 @@ async def commit_on_loop(db: LoopGateStore, facts: GateFacts, actor: Actor, requ
     return body
 
 
-async def _moved_on_loop(unit: LoopGateUnit, facts: GateFacts, row: dict[str, Any], moved: ReleaseRight) -> bool:
-    """The move and its decision written (True); False, with nothing written, when the right changed
-    since it was read or a twin was recorded first (the statement rolled back). The right's
+async def _moved_on_loop(unit: LoopGateUnit, facts: GateFacts, row: dict[str, Any], moved: ReleaseRight,
+                         read: RightsRead) -> bool:
+    """The move and its decision written (True); False, with nothing written, when the rights changed
+    since they were read (``read``) or a twin was recorded first (the statement rolled back). The right's
     invalidation is owed from before the statement is sent (``GateFacts.moving``)."""
     with facts.moving((moved.container.value,)):
         try:
-            return await unit.record_move(row, moved, [audience(moved, e) for e in moved.pending_events])
+            return await unit.record_move(row, moved, [audience(moved, e) for e in moved.pending_events], read)
         except DuplicateDecision:
             return False
 
@@ -301,32 +308,36 @@ async def _read_on_loop(facts: GateFacts, request: g.GateRequest, now: datetime,
     return snapshot
 
 
-def _written(facts: GateFacts | None, uow: UnitOfWork, row: dict[str, Any], moved: ReleaseRight | None) -> bool:
+def _written(facts: GateFacts | None, uow: UnitOfWork, row: dict[str, Any], moved: ReleaseRight | None,
+             read: RightsRead | None) -> bool:
     """``_write``, the moved right's invalidation owed from before its statement is sent
     (``GateFacts.moving``), as on the loop: a move that landed and whose reply was lost (the
     connection dropped: its outcome unknown here, the request refused) leaves it failed, and no copy is
     trusted until Redis took it; else a copy of the right before its gate-in would answer checks until
     its TTL ran out, a retry being answered from the record with no invalidation of its own. False, with
-    nothing written, when the right changed or a twin was recorded first."""
+    nothing written, when the rights changed or a twin was recorded first."""
     # A decision whose face the service found another person's changes what is read with its right
     # (``gate.face_refused``, review 148): its copies go too, owed the same way (rare: a mismatch).
     changes = moved.container.value if moved is not None else g.face_changes_right(row)
     owing = facts.moving((changes,)) if facts is not None and changes is not None else contextlib.nullcontext()
     with owing:
         try:
-            return _write(uow, row, moved)
+            return _write(uow, row, moved, read)
         except DuplicateDecision:
             return False  # the statement rolled back: nothing written, nothing failed
 
 
-def _write(uow: UnitOfWork, row: dict[str, Any], moved: ReleaseRight | None) -> bool:
+def _write(uow: UnitOfWork, row: dict[str, Any], moved: ReleaseRight | None, read: RightsRead | None) -> bool:
     """Record the decision, and the gate move it made: at once where the store can (one autocommitted
-    statement on PostgreSQL, guarded by the version the right was read at), else statement by
-    statement in the unit of work's transaction. False when the right changed since it was read."""
+    statement on PostgreSQL, guarded by the version the right was read at and the container's rights
+    ``read`` beside it), else statement by statement in the unit of work's transaction (SQLite: begun
+    IMMEDIATE, before the read, so no other write commits between the read and the write). False when
+    the rights changed since they were read."""
     if moved is None:
         uow.gate.record(row)
     elif uow.gate.moves_at_once:
-        return uow.gate.record_move(row, moved, [audience(moved, e) for e in moved.pending_events])
+        assert read is not None  # a move is decided on the rights read (``_decide_and_move``)
+        return uow.gate.record_move(row, moved, [audience(moved, e) for e in moved.pending_events], read)
     else:
         persist(uow, moved)
         uow.gate.record(row)
@@ -479,11 +490,13 @@ def _holder_facts(uow: UnitOfWork, request: g.GateRequest, now: datetime
 
 
 def _decide_and_move(uow: UnitOfWork, actor: Actor, request: g.GateRequest, decision_id: uuid.UUID,
-                     now: datetime, snapshot: GateSnapshot | None) -> tuple[g.Decision, ReleaseRight | None]:
+                     now: datetime, snapshot: GateSnapshot | None
+                     ) -> tuple[g.Decision, ReleaseRight | None, RightsRead | None]:
     """The decision and, for an allowed commit, the right moved (gate-in or gate-out, its events
-    pending). A commit decides on its rights as PostgreSQL has them now, read without a lock (a
-    nomination, hold, block or use that committed meanwhile counts); ``_write`` saves the move only if
-    the right is still at the version read."""
+    pending), and for a commit the rights it was decided on (``RightsRead``). A commit decides on its
+    rights as PostgreSQL has them now, read without a lock (a nomination, hold, block or use that
+    committed meanwhile counts); ``_write`` saves the move only if the right is still at the version
+    read and the container's other rights are still those read."""
     if snapshot is None:
         policy = uow.gate.policy(request.terminal)
         badge, screening = _holder_facts(uow, request, now)
@@ -491,10 +504,11 @@ def _decide_and_move(uow: UnitOfWork, actor: Actor, request: g.GateRequest, deci
         policy, badge, screening = snapshot.policy, snapshot.badge, g.ScreeningFacts(snapshot.screening)
     candidates = container_candidates(request.container.number)
     if request.mode is g.Mode.COMMIT:
-        return _decide_on(actor, request, decision_id, now, uow.releases.of_containers(candidates),
-                          policy, badge, screening)
+        found = uow.releases.of_containers(candidates)
+        read = RightsRead.of(candidates, found)
+        return (*_decide_on(actor, request, decision_id, now, found, policy, badge, screening), read)
     rights = snapshot.rights if snapshot is not None else uow.gate.rights(candidates)
-    return g.decide(request, rights=rights, badge=badge, screening=screening, policy=policy, now=now), None
+    return g.decide(request, rights=rights, badge=badge, screening=screening, policy=policy, now=now), None, None
 
 
 def _decide_on(actor: Actor, request: g.GateRequest, decision_id: uuid.UUID, now: datetime,

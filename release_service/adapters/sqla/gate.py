@@ -44,7 +44,7 @@ from release_service.domain.gate import (
 )
 from release_service.domain.release import ReleaseRight, State
 from release_service.domain.screening import BanWindow
-from release_service.ports import DuplicateDecision, StoredDecision
+from release_service.ports import DuplicateDecision, RightsRead, StoredDecision
 
 from ..audit import SqlAuditLog
 from .bans import SqlPortBanLookup
@@ -229,10 +229,11 @@ class SqlGateStore:
         return self._conn.dialect.name == "postgresql"
 
     def record_move(self, row: dict[str, Any], right: ReleaseRight,
-                    audiences: Sequence[frozenset[uuid.UUID]]) -> bool:
+                    audiences: Sequence[frozenset[uuid.UUID]], read: RightsRead) -> bool:
         """The decision ``row`` and the gate move of ``right`` at once (see gate_move.py): False, with
-        nothing written, when the right changed since it was read; DuplicateDecision as ``record``."""
-        return record_move(self._conn, row, right, audiences, self._reads)
+        nothing written, when the right changed since it was read, or the rights ``read`` beside it did;
+        DuplicateDecision as ``record``."""
+        return record_move(self._conn, row, right, audiences, read, self._reads)
 
     def record_override(self, row: dict[str, Any]) -> None:
         self._conn.execute(gate_overrides.insert().values(**row))

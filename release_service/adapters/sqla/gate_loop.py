@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from quaygate.hotsql import HotStatement, listed
 from quaygate.loopdb import Busy, LoopDatabase
 from release_service.domain.release import ReleaseRight
-from release_service.ports import DuplicateDecision, LoopUnavailable
+from release_service.ports import DuplicateDecision, LoopUnavailable, RightsRead
 
 from .gate_move import move_statement, record_statement, twin_refused, written
 from .store import _BY_CONTAINERS_PG, Reads, read_right
@@ -71,8 +71,8 @@ class LoopGateUnit:
             raise DuplicateDecision(row["request_id"]) from exc
 
     async def record_move(self, row: dict[str, Any], right: ReleaseRight,
-                          audiences: Sequence[frozenset[uuid.UUID]]) -> bool:
-        statement, params = move_statement(row, right, audiences, self._reads)
+                          audiences: Sequence[frozenset[uuid.UUID]], read: RightsRead) -> bool:
+        statement, params = move_statement(row, right, audiences, read, self._reads)
         with twin_refused(row):
             moved = (await self._sent(statement, params)).scalar()
         if not moved:

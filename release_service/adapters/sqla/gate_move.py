@@ -1,10 +1,14 @@
 """A gate decision and the gate move it made, written by one statement (PostgreSQL; issue 5's commit).
 
-A gate commit reads its right without a lock, decides, moves the right in the domain, then writes
-everything at once, only if the right is still at the version it read:
+A gate commit reads its container's rights without a lock, decides, moves the right in the domain, then
+writes everything at once, only if the right is still at the version it read and the other rights of the
+container are still those it read, each at the version read (``ports.RightsRead``, review 174 finding 2):
 
     WITH moved   AS (UPDATE releases SET <the right as moved>, version = :version + 1,
                      event_seq = event_seq + n WHERE id = :id AND version = :version
+                     AND (SELECT string_agg(id || ':' || version, ',' ORDER BY id) FROM releases
+                          WHERE container_number = ANY(:containers) AND state <> 'deleted')
+                         = :read                    -- the rights read, this one included
                      RETURNING id, event_seq),
          events  AS (INSERT INTO release_events  SELECT ... FROM moved),   -- seq from the row's counter
          audited AS (INSERT INTO audit_log       SELECT ... FROM moved),   -- {"seq": .., **data}, txid
@@ -25,12 +29,19 @@ One statement is one transaction (autocommitted: no BEGIN, no COMMIT round trip)
 data-modifying CTE runs to completion (PostgreSQL docs 7.8.4) and reads ``moved``'s RETURNING rows,
 so a right that changed since it was read (another gate, a block, a re-nomination: every change of a
 right goes through a versioned UPDATE) updates nothing and inserts nothing: 0, the caller reads again.
+So does a change of another right of the container (customs' hold on it, which holds this one too:
+``gate.container_held``), or another line's right issued on it (``gate.container_contested``): the
+decision rested on those rights as read, and neither touches this right's row. The check reads the
+container's rights by their index in the same statement, no round trip of its own.
 A twin request that recorded the same (terminal, request_id) first fails the decision's unique key,
 which rolls the whole statement back, move included: ``DuplicateDecision``.
 
 Under READ COMMITTED, two gates racing on one right both try the UPDATE; the second waits for the
 first's row lock, re-checks ``version`` on the committed row (EvalPlanQual), finds it changed and
-updates nothing. What was written statement by statement before (the save, the events, the audit and
+updates nothing. The other rights are checked on the statement's snapshot: a change of one that
+commits after the statement began is ordered after the move (a hold set once the truck is in, held
+at its gate-out; a right issued after the gate-in, which no longer holds the truck), as if it had
+come a moment later. What was written statement by statement before (the save, the events, the audit and
 the outbox in services/common.persist, the decision in ``SqlGateStore.record``), the same rows.
 """
 
@@ -60,9 +71,9 @@ from quaygate.schema import (
     webhook_deliveries,
     webhook_subscriptions,
 )
-from release_service.domain.release import ReleaseRight, Transfer, TransferState
+from release_service.domain.release import ReleaseRight, State, Transfer, TransferState
 from release_service.domain.webhooks import patterns_matching
-from release_service.ports import BADGE_ALARM, FACE_CLAIM, ROW_ENTRIES, DuplicateDecision, PublishedEvent
+from release_service.ports import BADGE_ALARM, FACE_CLAIM, ROW_ENTRIES, DuplicateDecision, PublishedEvent, RightsRead
 
 from ..audit import WRITER_TXID, entry_params, insert_entry_from
 from ..outbox import delivery_payload, due_behind
@@ -111,12 +122,13 @@ def record_statement(row: dict[str, Any]) -> tuple[HotStatement, dict[str, Any]]
 
 
 def record_move(conn: sa.Connection, row: dict[str, Any], right: ReleaseRight,
-                audiences: Sequence[frozenset[uuid.UUID]], reads: Reads | None = None) -> bool:
+                audiences: Sequence[frozenset[uuid.UUID]], read: RightsRead, reads: Reads | None = None) -> bool:
     """Write ``right`` (moved, its events pending, read at ``right.version``) with its events, their
     audit entries and webhook deliveries, and the decision ``row``, in one statement. False, with
-    nothing written, when the right is no longer at that version. Raises DuplicateDecision.
+    nothing written, when the right is no longer at that version, or its containers' other rights are
+    no longer those ``read`` (``ports.RightsRead``). Raises DuplicateDecision.
     ``reads``: the rows as read in this unit of work (``SqlReleaseStore``), to write only what changed."""
-    statement, params = move_statement(row, right, audiences, reads)
+    statement, params = move_statement(row, right, audiences, read, reads)
     with twin_refused(row):
         moved = statement.execute(conn, params).scalar()
     if not moved:
@@ -127,7 +139,7 @@ def record_move(conn: sa.Connection, row: dict[str, Any], right: ReleaseRight,
 
 
 def move_statement(row: dict[str, Any], right: ReleaseRight, audiences: Sequence[frozenset[uuid.UUID]],
-                   reads: Reads | None) -> tuple[HotStatement, dict[str, Any]]:
+                   read: RightsRead, reads: Reads | None) -> tuple[HotStatement, dict[str, Any]]:
     """The one statement of ``record_move`` and its parameters (also sent from the event loop,
     adapters/sqla/gate_loop.py)."""
     events = right.pending_events
@@ -139,7 +151,10 @@ def move_statement(row: dict[str, Any], right: ReleaseRight, audiences: Sequence
     # over 4 096 characters or 50 parameters again on every call: half a millisecond here).
     values = right_values(right, reads)
     columns, entries = split_entries(row)
+    if right.container.value not in read.containers or (right.id, right.version) not in read.versions:
+        raise ValueError("a move is written on the rights read with it, the moved one at its version read")
     params: dict[str, Any] = {"m_id": right.id, "m_version": right.version, "m_subject": str(right.id),
+                              "m_containers": listed(read.containers), "m_read": listed_read(read),
                               **{"r_" + k: v for k, v in values.items()}, **{"d_" + k: v for k, v in columns.items()},
                               **_entry_params(entries)}
     for k, (event, audience) in enumerate(zip(events, audiences, strict=True)):
@@ -156,6 +171,12 @@ def move_statement(row: dict[str, Any], right: ReleaseRight, audiences: Sequence
     if statement is None:
         statement = _statements[key] = HotStatement(_build(*key))
     return statement, params
+
+
+def listed_read(read: RightsRead) -> str:
+    """The rights read, as the statement lists its containers' rights (``_SAME_RIGHTS``): ``id:version``
+    by id (a uuid's order is its bytes', in Python as in PostgreSQL), joined by commas."""
+    return ",".join(f"{rid}:{version}" for rid, version in sorted(read.versions))
 
 
 @contextlib.contextmanager
@@ -188,12 +209,21 @@ def _cancelled_transfer(right: ReleaseRight) -> Transfer | None:
     return changed[0]
 
 
+# The container's rights as the statement finds them, listed as ``listed_read`` lists those the gate read:
+# every one but deleted ones, as store.py ``_BY_CONTAINERS_PG`` reads them (by ix_releases_container_number).
+# Written out short: psycopg parses a statement of over 4 096 characters again on every call (``_build``).
+_SAME_RIGHTS = sa.text(
+    "(SELECT coalesce(string_agg(r.id||':'||r.version,','ORDER BY r.id),'')FROM releases r WHERE r.container_number="
+    f"ANY(string_to_array(:m_containers,','))AND r.state<>'{State.DELETED.value}')=:m_read")  # ',': ``listed``
+
+
 def _build(n: int, right_columns: tuple[str, ...], decision_columns: tuple[str, ...],
            cancels: bool, entries: int) -> sa.Select[Any]:
     bp = sa.bindparam
     moved = (
         releases.update()
-        .where(releases.c.id == bp("m_id", type_=UUID), releases.c.version == bp("m_version", type_=sa.Integer))
+        .where(releases.c.id == bp("m_id", type_=UUID), releases.c.version == bp("m_version", type_=sa.Integer),
+               _SAME_RIGHTS)
         .values({name: bp("r_" + name, type_=releases.c[name].type) for name in right_columns}
                 | {"event_seq": releases.c.event_seq + n})
         .returning(releases.c.id, releases.c.event_seq)
