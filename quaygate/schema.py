@@ -302,13 +302,13 @@ webhook_deliveries = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("delivered_at", UTCDateTime),
     # The right the event is of (its payload's release_id), and the order the delivery was queued in: a
-    # sequence on PostgreSQL, the rowid on SQLite (migration 0035, review 171 finding 1). A subscription
+    # sequence on PostgreSQL, the rowid on SQLite (migration 0037, review 171 finding 1). A subscription
     # gets one right's deliveries in this order (adapters/webhook_dispatcher.py). Null in rows finished
-    # before 0035 (never sent again) and in none queued since.
+    # before 0037 (never sent again) and in none queued since.
     sa.Column("release_id", UUID),
     sa.Column("ordinal", sa.BigInteger, server_default=sa.FetchedValue()),
     sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
-    # A subscription's queue, in the order it is sent (migrations 0030, 0035): the dispatcher's claim probes
+    # A subscription's queue, in the order it is sent (migrations 0030, 0037): the dispatcher's claim probes
     # it once per subscription, closing one cancels through it (webhook review, finding 3). Pending rows
     # only, so it stays as small as the queue; the queries name 'pending' literally, as this predicate does.
     sa.Index("ix_webhook_deliveries_queue", "subscription_id", "next_attempt_at", "ordinal",

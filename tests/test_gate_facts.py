@@ -820,6 +820,33 @@ def test_the_record_of_changes_keeps_an_hour(gate: Gate) -> None:
         assert conn.execute(sa.select(gate_fact_changes.c.names)).scalars().all() == [["bans"]]
 
 
+def test_a_change_recorded_after_the_sweep_emptied_the_record_is_caught_up_on_sqlite(
+        sqlite_database_url: str, redis_url: str) -> None:
+    """On SQLite the record's numbers start again at 1 once the sweep has emptied it (no AUTOINCREMENT): a
+    poll that read up to 3 before must still take the next change, numbered 1 (it skipped every change
+    until the numbers passed 3 again). PostgreSQL numbers from a sequence, which never starts again."""
+    from quaygate.db import make_engine
+    from quaygate.schema import gate_fact_changes
+
+    engine = make_engine(sqlite_database_url)
+    facts = RedisGateFacts.from_url(redis_url, engine, lambda: SqlUnitOfWork(engine))
+    try:
+        with engine.begin() as conn:
+            conn.execute(gate_fact_changes.delete())
+            conn.execute(gate_fact_changes.insert(), [{"at": _now(), "names": ["policy"]} for _ in range(3)])
+        assert facts.catch_up() == 3
+        with engine.begin() as conn:  # the sweep, an hour later, empties it
+            conn.execute(gate_fact_changes.delete())
+            conn.execute(gate_fact_changes.insert().values(at=_now(), names=["policy"]))
+        assert facts.catch_up() == 1
+        assert facts.catch_up() == 0  # taken once
+    finally:
+        facts.close()
+        with engine.begin() as conn:
+            conn.execute(gate_fact_changes.delete())
+        engine.dispose()
+
+
 @contextlib.contextmanager
 def _stricter(gate: Gate, redis_url: str, **screening: Any) -> Iterator[tuple[sa.Engine, RedisGateFacts]]:
     """Another server on the same PostgreSQL and Redis whose screening settings are not this one's (a

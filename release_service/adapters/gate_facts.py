@@ -990,9 +990,13 @@ class RedisGateFacts:
                     found = [(i, names) for _, i, names in rows if i is not None]
                 else:  # one writer at a time: numbered in the order they commit
                     c = gate_fact_changes.c
-                    listed = conn.execute(sa.select(c.seq, c.id, c.names).where(c.seq > self._since)
+                    # SQLite numbers a row one past the highest there (no AUTOINCREMENT): once the sweep
+                    # has emptied the table the numbers start again at 1, below what was read last.
+                    top = conn.execute(sa.select(sa.func.max(c.seq))).scalar()
+                    since = self._since if (top or 0) >= self._since else 0
+                    listed = conn.execute(sa.select(c.seq, c.id, c.names).where(c.seq > since)
                                           .order_by(c.seq)).all()
-                    horizon = listed[-1][0] if listed else self._since
+                    horizon = listed[-1][0] if listed else since
                     found = [(i, names) for _, i, names in listed]
             new = [(i, names) for i, names in found if i not in self._seen]
             taken = 0
