@@ -150,7 +150,11 @@ class OverrideRequest(_In):
     @field_validator("officer")
     @classmethod
     def _storable(cls, officer: str | None) -> str | None:
-        return None if officer is None else storable.text(officer)  # nor a lone surrogate (no UTF-8): a 422
+        if officer is None:
+            return None
+        if not officer.strip():  # the audit trail's who: a name or nothing (as an offline override's, _said)
+            raise ValueError("names nobody")
+        return storable.text(officer.strip())  # nor a lone surrogate (no UTF-8): a 422
 
 
 class OverrideResponse(BaseModel):
