@@ -17,18 +17,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
 
 from identity.badges.service import BadgeService
 from identity.domain.badges import Scheme, with_check
-from quaygate.app import create_app
-from quaygate.cache import RedisCache
-from quaygate.container import Container, SystemClock
-from quaygate.crypto import DataCipher
 from quaygate.schema import audit_log, badge_activations, badges, gate_decisions
-from quaygate.settings import Settings
 
 from .factories import TERMINAL, add_driver
+from .test_gate_facts import _serve
 from .test_gate_verify import Gate, serve
 
 ALARM = "release.gate_badge_alarm"
@@ -45,14 +40,7 @@ def gate(engine: sa.Engine, tmp_path: Path) -> Iterator[Gate]:
 
 @pytest.fixture
 def redis_gate(pg_engine: sa.Engine, tmp_path: Path, redis_url: str) -> Iterator[Gate]:
-    settings = Settings(var_dir=tmp_path, database_url=str(pg_engine.url.render_as_string(hide_password=False)),
-                        redis_url=redis_url, background_workers=False, gate_decision_drain=False)
-    c = Container(settings=settings, engine=pg_engine, cache=RedisCache(redis_url),
-                  cipher=DataCipher(settings.data_key_bytes()), clock=SystemClock())
-    with TestClient(create_app(settings, container=c)) as http:
-        g = Gate(http, pg_engine)
-        g.facts = c.gate_facts  # type: ignore[attr-defined]
-        yield g
+    yield from _serve(pg_engine, tmp_path, redis_url)
 
 
 def _badge_of(gate: Gate, person: uuid.UUID) -> Any:

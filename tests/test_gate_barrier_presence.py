@@ -13,7 +13,7 @@ import logging
 import queue
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +30,12 @@ from gate_adapters.runtime.sinks import BarrierCommand, BarrierUnreachable, Comm
 
 from .factories import TERMINAL
 from .test_gate_barrier_auth import _mqtt_barrier_doc
+from .test_gate_barrier_outage import _until
 from .test_gate_runtime import LANE, _mosquitto, outbox, reads, real_client, runtime  # noqa: F401
 from .test_gate_verify import Gate, gate  # noqa: F401
 
 OPEN = Command(LANE, BarrierCommand.OPEN, "d-1", call_officer=False)
 HOLD = Command(LANE, BarrierCommand.HOLD, "d-2", call_officer=True)
-
-
-def _until(what: str, done: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.02)
 
 
 def _settings(tmp_path: Path, prefix: str, **barrier: Any) -> Any:

@@ -35,7 +35,7 @@ from gate_adapters.runtime.sinks import BarrierCommand
 
 from .factories import TERMINAL
 from .processes import free_port
-from .test_gate_runtime import LANE, RecordingBarrier, reads, runtime
+from .test_gate_runtime import LANE, RecordingBarrier, outbox, reads, runtime  # noqa: F401 - outbox: a fixture
 from .test_gate_verify import Gate, gate  # noqa: F401
 
 VERIFY = "/gate/v1/verify"
@@ -108,13 +108,6 @@ def slow(gate: Gate) -> Iterator[Slow]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    box = Outbox(tmp_path / "lane.sqlite3")
-    yield box
-    box.close()
 
 
 def commands(sink: RecordingBarrier) -> list[tuple[BarrierCommand, bool]]:
