@@ -51,9 +51,13 @@ Rules:
    timeout is at most the time left, the body is read piece by piece and the call ends at the first piece
    past the deadline unless the answer is whole by then (its ``Content-Length``), no attempt, backoff or
    ``Retry-After`` wait begins that would end past it, and a call that ran out of time raises
-   ``ServiceUnavailable`` ("no answer within ...", or ``RateLimited`` after a 429, rule 7). So it ends at
-   most one network read past its deadline; whatever arrives late is the lane's to judge (lane.py rule 2).
-   Without a deadline (offline mode's upkeep, the override desk) a call is as before.
+   ``ServiceUnavailable`` ("no answer within ...", or ``RateLimited`` after a 429, rule 7). So its exchange
+   with the verify endpoint ends at most one network read past its deadline. The access token it needs
+   first is not under the deadline: a token due (or refused with a 401) is fetched with the token client's
+   own per-read timeout, under the lock every lane shares, so a token endpoint that answers a piece at a time
+   can still hold the lanes past ``act_seconds`` (the last read of review 173; not mended). Whatever arrives
+   late is the lane's to judge (lane.py rule 2: a late allow never opens). Without a deadline (offline
+   mode's upkeep, the override desk) a call is as before.
 """
 
 from __future__ import annotations
