@@ -977,8 +977,9 @@ class RedisGateFacts:
         seconds: a writer that could not reach Redis reaches the gates so (review 169). On PostgreSQL
         the numbers are taken before the commits, not in their order: a poll reads every change at or
         above the horizon of its last snapshot (every transaction below it had ended), and skips those
-        it took then. Nothing counts as taken unless Redis took it: while Redis fails, or the breaker is
-        open, the same changes are read again at the next poll."""
+        it took then; on SQLite every poll reads the whole record, skipping what it took. Nothing counts as
+        taken unless Redis took it: while Redis fails, or the breaker is open, the same changes are read
+        again at the next poll."""
         pg = self._engine.dialect.name == "postgresql"
         with self._catching:
             if time.monotonic() < self._down_until:
@@ -988,16 +989,15 @@ class RedisGateFacts:
                     rows = conn.execute(_CHANGES_PG, {"since": self._since}).all()
                     horizon = rows[0][0]
                     found = [(i, names) for _, i, names in rows if i is not None]
-                else:  # one writer at a time: numbered in the order they commit
+                else:
+                    # SQLite numbers a row one past the highest there (no AUTOINCREMENT): once the sweep has
+                    # emptied the record its numbers start again at 1, so no number marks what was read
+                    # (review 175, finding 2). The whole record is read (an hour's changes at most, swept;
+                    # SQLite serves one machine) and the changes taken are known by their ids, as on
+                    # PostgreSQL.
                     c = gate_fact_changes.c
-                    # SQLite numbers a row one past the highest there (no AUTOINCREMENT): once the sweep
-                    # has emptied the table the numbers start again at 1, below what was read last.
-                    top = conn.execute(sa.select(sa.func.max(c.seq))).scalar()
-                    since = self._since if (top or 0) >= self._since else 0
-                    listed = conn.execute(sa.select(c.seq, c.id, c.names).where(c.seq > since)
-                                          .order_by(c.seq)).all()
-                    horizon = listed[-1][0] if listed else since
-                    found = [(i, names) for _, i, names in listed]
+                    found = [(i, names) for i, names in conn.execute(sa.select(c.id, c.names).order_by(c.seq))]
+                    horizon = 0
             new = [(i, names) for i, names in found if i not in self._seen]
             taken = 0
             head: list[Any] = [self._p, self._ttl, self._pending_ttl]
@@ -1014,7 +1014,7 @@ class RedisGateFacts:
             if taken:
                 log.info("release.gate_facts.caught_up", extra={"fields": {"changes": taken}})
             self._since = horizon
-            self._seen = {i for i, _ in found} if pg else set()
+            self._seen = {i for i, _ in found}
             return taken
 
     def prune_changes(self, now: datetime) -> int:
