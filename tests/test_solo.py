@@ -521,3 +521,23 @@ def test_a_database_served_with_redis_needs_redis_until_released(engine: sa.Engi
         assert alone.get("/healthz").status_code == 200
     assert cli(["redis", "release"]) == 0  # nothing to release: said so, harmless
     assert "was not served with Redis" in capsys.readouterr().out
+
+
+def test_a_shared_lease_taken_again_marks_the_database_again(pg_engine: sa.Engine) -> None:
+    """Review 175, finding 3: the lease's session ended (a database restart, a terminated backend), and in
+    the watchdog's few seconds before it took the lease again ``quaygate redis release`` found no server and
+    cleared the mark. The watchdog took the shared lease again without marking: the database was served with
+    Redis and unmarked, and a process without Redis was let in (review 169 finding 1 again). Every take of a
+    shared lease marks it."""
+    lease = solo.hold(pg_engine, shared=True, watch_every=0)  # the watchdog's steps, by hand
+    try:
+        assert solo.served_with_redis(pg_engine) is not None
+        [first] = _lease_sessions(pg_engine)
+        with pg_engine.connect() as conn:
+            _terminate(conn, first)
+        assert solo.release_redis(pg_engine) is not None  # no session holds the lease: released
+        assert solo.served_with_redis(pg_engine) is None
+        assert lease.check() and not lease.lost  # taken again
+        assert solo.served_with_redis(pg_engine) is not None
+    finally:
+        lease.close()
