@@ -2,10 +2,13 @@
 
 One row per plate (quaygate.schema ``trucks``, unique on country and text), kept by port security as it
 keeps the badges, from the command line (``quaygate truck register|unregister|show``, quaygate.truck_cli).
-The release engine reads it at every nomination (release_service.ports.Directory ``truck_operator``): a
-plate the register gives to another transport operator is refused (``422 truck_of_another_operator``,
-that operator unnamed); a plate it does not hold is nominated as given, so a port that keeps no register
-loses nothing, and one that loads its register gets the rule.
+The release engine reads it at every nomination (release_service.ports.Directory ``trucks_like``): a
+plate is refused (``422 truck_of_another_operator``, that operator unnamed) when the register gives
+another transport operator a plate the gate could take for it: the same text under any country, or one
+differing only in look-alike characters (each row keeps its ``plate_skeleton``, release_service.domain.reads;
+review 175, finding 1), even when the plate itself is the nominator's own; a plate it holds nothing like
+is nominated as given, so a port that keeps no register loses nothing, and one that loads its register
+gets the rule. A row loaded into the table directly carries its skeleton (the column is required).
 
 Rules:
 
@@ -38,6 +41,7 @@ from quaygate.schema import organisations, trucks
 from release_service.domain.errors import DomainError
 from release_service.domain.parties import OrgKind
 from release_service.domain.plates import Plate
+from release_service.domain.reads import plate_skeleton
 
 from . import audit
 
@@ -99,6 +103,7 @@ def register(engine: sa.Engine, plate: Plate, operator: uuid.UUID, *, actor: str
             if held is None:
                 truck = Truck(uuid.uuid4(), plate, operator, now)
                 conn.execute(trucks.insert().values(id=truck.id, plate_text=plate.text, plate_country=plate.country,
+                                                    plate_skeleton=plate_skeleton(plate.text),
                                                     operator_organisation_id=operator, created_at=now))
             else:
                 truck = Truck(held.id, plate, operator, held.created_at)

@@ -145,7 +145,8 @@ badges = sa.Table(
 
 # The truck register (identity.trucks, ``quaygate truck``; review 170, finding 1): the transport operator
 # each plate is registered to, as Plate.parse normalises it. A nomination of a plate registered to another
-# operator is refused (release_service.ports.Directory ``truck_operator``); an unregistered one is not.
+# operator, or one the gate could take for it, is refused (release_service.ports.Directory ``trucks_like``);
+# an unregistered one is not.
 trucks = sa.Table(
     "trucks",
     metadata,
@@ -154,7 +155,13 @@ trucks = sa.Table(
     sa.Column("plate_country", sa.String(2), nullable=False),
     sa.Column("operator_organisation_id", UUID, sa.ForeignKey("organisations.id")),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # plate_text with each look-alike character replaced by its set's representative
+    # (release_service.domain.reads ``plate_skeleton``; migration 0039): every truck the gate could take
+    # for a nominated plate, whatever its country, is found by it (review 175, finding 1). Required, so a
+    # row loaded without it is refused rather than missed.
+    sa.Column("plate_skeleton", sa.String(12), nullable=False),
     sa.UniqueConstraint("plate_country", "plate_text", name="uq_trucks_plate"),
+    sa.Index("ix_trucks_plate_skeleton", "plate_skeleton"),
 )
 
 # ---- release rights ----------------------------------------------------------------------------

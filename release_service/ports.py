@@ -177,10 +177,12 @@ class Directory(Protocol):
 
     def badges_of(self, person_id: uuid.UUID) -> list[BadgeRef]: ...
 
-    def truck_operator(self, plate: Plate) -> uuid.UUID | None:
-        """The transport operator the truck register gives ``plate`` to (quaygate.schema ``trucks``, kept by
-        port security: identity.trucks); None when the register does not hold the plate, or names no
-        operator for it."""
+    def trucks_like(self, plate: Plate) -> list[tuple[Plate, uuid.UUID | None]]:
+        """The trucks of the register (quaygate.schema ``trucks``, kept by port security: identity.trucks)
+        the gate could take for ``plate``: those whose text has its ``reads.plate_skeleton`` (the same
+        text, or one differing only in look-alike characters), under any country, the plate itself among
+        them when registered; each with the transport operator it is registered to, None when the row
+        names none."""
         ...
 
     def drives_for(self, person_id: uuid.UUID, organisation_id: uuid.UUID, *, now: datetime) -> bool:

@@ -24,6 +24,7 @@ from identity import trucks as trucks_register
 from quaygate.cli import main
 from quaygate.db import make_engine
 from quaygate.schema import audit_log, organisations, release_events, trucks
+from release_service.domain.reads import plate_skeleton
 
 from .factories import add_driver
 from .test_release_api import Api, api, assert_problem  # noqa: F401 - ``api`` is a fixture requested by name
@@ -35,12 +36,13 @@ def _register(engine: sa.Engine, text: str, operator: uuid.UUID | None) -> None:
     """A row of the register as the port would load it (the table's own shape, no command)."""
     with engine.begin() as conn:
         conn.execute(trucks.insert().values(id=uuid.uuid4(), plate_text=text, plate_country="BE",
+                                            plate_skeleton=plate_skeleton(text),
                                             operator_organisation_id=operator, created_at=datetime.now(UTC)))
 
 
-def _nominate(api: Api, rid: str, who: str, driver: uuid.UUID, plate: str) -> Any:
+def _nominate(api: Api, rid: str, who: str, driver: uuid.UUID, plate: str, country: str = "BE") -> Any:
     return api.http.put(f"/api/v1/releases/{rid}/nomination", headers=api.as_(who), json={
-        "driver_person_id": str(driver), "plate": {"text": plate, "country": "BE"}})
+        "driver_person_id": str(driver), "plate": {"text": plate, "country": country}})
 
 
 def _events(engine: sa.Engine, rid: str) -> list[str]:
@@ -101,6 +103,51 @@ def test_the_register_port_security_keeps_is_the_one_a_nomination_reads(api: Api
     assert_problem(_nominate(api, rid, "haul", p.driver, "1ABC999"), 422, REFUSED)
     trucks_register.unregister(api.engine, plate, actor="cli:test", now=now, reason="sold to haul")
     assert _nominate(api, rid, "haul", p.driver, "1ABC999").status_code == 200
+
+
+def test_a_plate_the_gate_could_take_for_another_operators_truck_is_refused(api: Api) -> None:
+    """Review 175, finding 1: the gate compares a read without a country on the text alone, and takes a
+    confident read differing only in look-alike characters (reads.LOOKALIKE_SETS) for the nominated
+    plate. So the register refuses a plate that is another operator's under any country, or differs from
+    one of its plates only in look-alike characters. Before the mend: the same text as Dutch 200
+    {'text': '1ABC123', 'country': 'NL'}, the look-alike 1A8C123 200."""
+    p = api.p
+    now = datetime.now(UTC)
+    trucks_register.register(api.engine, trucks_register.plate_of("1ABC123", "BE"), p.haul2.organisation_id,
+                             actor="cli:test", now=now)
+    rid = str(api.issue(5, release_to_organisation_id=str(p.haul.organisation_id))["release"]["id"])
+    assert_problem(_nominate(api, rid, "haul", p.driver, "1ABC123"), 422, REFUSED)  # as before the mend
+    r = _nominate(api, rid, "haul", p.driver, "1ABC123", "NL")  # the reviewer's case: another country
+    assert_problem(r, 422, REFUSED)
+    assert str(p.haul2.organisation_id) not in r.text and "look-alike" in r.json()["detail"]
+    assert_problem(_nominate(api, rid, "haul", p.driver, "1A8C123"), 422, REFUSED)  # 8 for B
+    assert_problem(_nominate(api, rid, "haul", p.driver, "IAB-C12-3", "DE"), 422, REFUSED)  # I for 1, German
+    # a plate the register does not hold, nor any look-alike of: nominated as given
+    r = _nominate(api, rid, "haul", p.driver, "1ABC124")
+    assert r.status_code == 200, r.text
+    assert r.json()["release"]["nomination"]["plate"] == {"text": "1ABC124", "country": "BE"}
+    # the haulier's own registered plate passes, under its own country and text
+    trucks_register.register(api.engine, trucks_register.plate_of("1XYZ777", "BE"), p.haul.organisation_id,
+                             actor="cli:test", now=now)
+    assert _nominate(api, rid, "haul", p.driver, "1XYZ777").status_code == 200
+    assert _nominate(api, rid, "haul", p.driver, "1XY2777").status_code == 200  # its own look-alike too
+
+
+def test_an_own_truck_another_operators_truck_could_be_taken_for_is_refused(api: Api) -> None:
+    """The haulier's own registration of the exact plate does not clear it while the register gives
+    another operator a plate the gate could take for it: that truck could pass on this nomination.
+    Port security settles which is whose (unregister, saying why); then it passes."""
+    p = api.p
+    now = datetime.now(UTC)
+    own, other = trucks_register.plate_of("1ABC123", "BE"), trucks_register.plate_of("1ABC123", "NL")
+    trucks_register.register(api.engine, own, p.haul.organisation_id, actor="cli:test", now=now)
+    trucks_register.register(api.engine, other, p.haul2.organisation_id, actor="cli:test", now=now)
+    rid = str(api.issue(6, release_to_organisation_id=str(p.haul.organisation_id))["release"]["id"])
+    r = _nominate(api, rid, "haul", p.driver, "1ABC123")
+    assert_problem(r, 422, REFUSED)
+    assert str(p.haul2.organisation_id) not in r.text
+    trucks_register.unregister(api.engine, other, actor="cli:test", now=now, reason="a misread entry")
+    assert _nominate(api, rid, "haul", p.driver, "1ABC123").status_code == 200
 
 
 # ---- the commands --------------------------------------------------------------------------------

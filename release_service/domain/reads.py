@@ -49,6 +49,20 @@ def lookalikes(a: str, b: str) -> bool:
     return b in _ALTERNATIVES.get(a, frozenset())
 
 
+# Each look-alike character to one representative of its set, the lowest ("O", "D", "Q" -> "0").
+_REPRESENTATIVE: dict[int, str] = {ord(ch): min(group) for group in LOOKALIKE_SETS for ch in group}
+
+
+def plate_skeleton(text: str) -> str:
+    """``text`` (a plate's normalised text) with each look-alike character replaced by its set's
+    representative: two texts have the same skeleton exactly when they are equal or differ only in
+    look-alike characters, so when a gate camera could read one for the other (``compare_plate``). The
+    truck register keeps it beside each plate (quaygate.schema ``trucks.plate_skeleton``) so a nomination
+    finds every registered truck the gate could take for its plate in one indexed look-up (review 175,
+    finding 1)."""
+    return text.translate(_REPRESENTATIVE)
+
+
 class ReadPolicy(Protocol):
     """The thresholds the repairs need; ``gate.TerminalPolicy`` satisfies it (kept as a Protocol so
     this module does not import the decision that imports it)."""

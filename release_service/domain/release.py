@@ -75,6 +75,7 @@ from .errors import DomainError, ErrorCode
 from .iso6346 import ContainerNumber
 from .parties import HOLDER_KINDS, Actor, OrgKind
 from .plates import Plate
+from .reads import plate_skeleton
 
 MAX_BATCH = 10_000
 
@@ -685,14 +686,19 @@ class ReleaseRight:
         slot: Slot | None,
         screening: Screening,
         now: datetime,
-        truck_operator: uuid.UUID | None = None,
+        registered: Sequence[tuple[Plate, uuid.UUID | None]] = (),
     ) -> None:
         """The transport operator holding the right names a driver and a truck; again until gate-in.
 
-        ``truck_operator``: the operator the port's truck register gives the truck's plate to, None when
-        the register does not hold it (review 170, finding 1). Another operator's truck is refused
-        (``truck_of_another_operator``, that operator unnamed), after the screening, so a banned driver
-        is refused as such whatever the truck; a plate the register does not hold is taken as given."""
+        ``registered``: the trucks of the port's register the gate could take for ``plate`` (each plate
+        and the operator it is registered to, None when the row names none): those whose text has the
+        plate's ``reads.plate_skeleton``, under any country. The gate compares a read without a country on
+        the text alone, and takes a confident read differing only in look-alike characters for the
+        nominated plate (``reads.compare_plate``), so any of them could pass on this nomination. One
+        registered to another operator refuses it (``truck_of_another_operator``, that operator unnamed;
+        review 170 finding 1, review 175 finding 1), even when the plate itself is the nominator's own
+        truck: port security settles which is whose. After the screening, so a banned driver is refused
+        as such whatever the truck; a plate the register holds nothing like is taken as given."""
         self.require_nominator(by, now)
         if slot is not None:
             check_slot(slot, valid_from=self.valid_from, valid_until=self.valid_until, now=now)
@@ -704,10 +710,19 @@ class ReleaseRight:
                 reasons=list(screening.reasons),
             )
         assert by.organisation_id is not None
-        if truck_operator is not None and truck_operator != by.organisation_id:
+        skeleton = plate_skeleton(plate.text)
+        others = [p for p, operator in registered
+                  if operator is not None and operator != by.organisation_id and plate_skeleton(p.text) == skeleton]
+        if plate in others:
             raise DomainError(ErrorCode.TRUCK_OF_ANOTHER_OPERATOR, "The truck register gives this plate to another "
                               "transport operator: name one of your own trucks, or have port security correct the "
                               "register.")
+        if others:
+            raise DomainError(ErrorCode.TRUCK_OF_ANOTHER_OPERATOR, "The truck register gives another transport "
+                              "operator a plate the gate could take for this one (the same text under another "
+                              "country, or one differing only in look-alike characters: 0/O/D/Q, 1/I, 2/Z, 5/S, "
+                              "8/B, 6/G), so that truck could pass on this nomination: name another of your trucks, "
+                              "or have port security correct the register.")
         renominated = self.nomination is not None
         self.nomination = Nomination(
             driver_person_id=driver_person_id,

@@ -41,9 +41,10 @@ def nominate(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, cmd: Nominate
     driver = _driver(uow, cmd, actor.organisation_id, now)
     plate = Plate.parse(cmd.plate_text, cmd.plate_country)
     trailer = Plate.parse(cmd.trailer_text, cmd.trailer_country or cmd.plate_country) if cmd.trailer_text else None
-    # Whose truck the port's register says it is (review 170, finding 1): the domain refuses another
-    # operator's. The trailer is not looked up: the register holds trucks, and trailers change hands.
-    truck_operator = uow.directory.truck_operator(plate)
+    # The register's trucks the gate could take for this one (review 170 finding 1, review 175 finding
+    # 1): the domain refuses the plate when any is another operator's. The trailer is not looked up: the
+    # register holds trucks, and trailers change hands.
+    registered = uow.directory.trucks_like(plate)
     slot = None
     if cmd.slot_start or cmd.slot_end:
         if not (cmd.slot_start and cmd.slot_end):
@@ -55,7 +56,7 @@ def nominate(uow: UnitOfWork, actor: Actor, release_id: uuid.UUID, cmd: Nominate
     screening = uow.screening.screen(driver, terminal=right.terminal, now=now)
     try:
         right.nominate(by=actor, driver_person_id=driver, plate=plate, trailer_plate=trailer, slot=slot,
-                       screening=screening, now=now, truck_operator=truck_operator)
+                       screening=screening, now=now, registered=registered)
     except DomainError as refused:
         if refused.code is ErrorCode.DRIVER_SCREENING_FAILED:
             _screening_refused(uow, actor, right, driver, screening, now)

@@ -22,6 +22,7 @@ from quaygate.schema import (
 from release_service.domain.gate import PERSON_ACTIVE, BadgeRead, Reason
 from release_service.domain.parties import Organisation, OrgKind
 from release_service.domain.plates import Plate
+from release_service.domain.reads import plate_skeleton
 from release_service.domain.release import LIVE_STATES, Screening, State, TransferState
 from release_service.ports import BadgeRef, Directory, PersonRef, PortBanLookup
 
@@ -78,13 +79,15 @@ class SqlDirectory:
         row = self._conn.execute(stmt).mappings().first()
         return _badge(row) if row else None
 
-    def truck_operator(self, plate: Plate) -> uuid.UUID | None:
-        # By the register's unique key (uq_trucks_plate); the plate as Plate.parse normalised it, as the
-        # register stores it. Unlocked: a registration committed after this read leaves the nomination
-        # made on it standing, as one made before the registration does.
-        owner: uuid.UUID | None = self._conn.execute(sa.select(trucks.c.operator_organisation_id).where(
-            trucks.c.plate_country == plate.country, trucks.c.plate_text == plate.text)).scalar()
-        return owner
+    def trucks_like(self, plate: Plate) -> list[tuple[Plate, uuid.UUID | None]]:
+        # By the plate's skeleton (ix_trucks_plate_skeleton, review 175 finding 1), whatever the country;
+        # the plate as Plate.parse normalised it, as the register stores it. Unlocked: a registration
+        # committed after this read leaves the nomination made on it standing, as one made before the
+        # registration does.
+        rows = self._conn.execute(sa.select(trucks.c.plate_text, trucks.c.plate_country,
+                                            trucks.c.operator_organisation_id)
+                                  .where(trucks.c.plate_skeleton == plate_skeleton(plate.text)))
+        return [(Plate(r.plate_text, r.plate_country), r.operator_organisation_id) for r in rows]
 
     def badges_of(self, person_id: uuid.UUID) -> list[BadgeRef]:
         rows = self._conn.execute(sa.select(badges).where(badges.c.person_id == person_id)).mappings()
