@@ -185,28 +185,35 @@ return out
 
 # ARGV: prefix, ttl, a request key ('' when none), its answer, the answer's ttl, the marks' ttl, then per
 # family named: its name, k, and the k pending marks to lift (``committing``; their transactions ended). A
-# new generation for each, still pending ('p' first, kept no longer than a mark) while another writer's
-# mark on it is unexpired; then
+# new generation for each (``_RENEW``); then
 # the answer kept under the request key (a commit's invalidations and its decision, in one round trip:
 # ``remember`` while ``holding``).
-_BUMP_SOURCE = """
-local p = ARGV[1]
-local t = redis.call('TIME')
-local i, n = 7, 0
-while i <= #ARGV do
-  local pend = p .. 'pend:' .. ARGV[i]
-  local k = tonumber(ARGV[i + 1])
-  if k > 0 then redis.call('ZREM', pend, unpack(ARGV, i + 2, i + 1 + k)) end
+# A family's new generation (``_BUMP``, ``_CAUGHT_UP``): under prefix ``p`` at Redis's time ``t``, kept
+# ``ttl``; still pending ('p' first, kept ``pending_ttl``, no longer than a mark) while another writer's
+# unexpired mark is on it. One rule for both scripts.
+_RENEW = """
+local function renew(p, t, name, ttl, pending_ttl)
+  local pend = p .. 'pend:' .. name
   local g = t[1] .. '.' .. t[2] .. '.' .. redis.call('INCR', p .. 'g:seq')
-  local ex = ARGV[2]
+  local ex = ttl
   if redis.call('EXISTS', pend) == 1 then
     redis.call('ZREMRANGEBYSCORE', pend, '-inf', t[1])
     if redis.call('ZCARD', pend) > 0 then
       g = 'p' .. g
-      ex = ARGV[6]
+      ex = pending_ttl
     end
   end
-  redis.call('SET', p .. 'g:' .. ARGV[i], g, 'EX', ex)
+  redis.call('SET', p .. 'g:' .. name, g, 'EX', ex)
+end
+"""
+_BUMP_SOURCE = _RENEW + """
+local p = ARGV[1]
+local t = redis.call('TIME')
+local i, n = 7, 0
+while i <= #ARGV do
+  local k = tonumber(ARGV[i + 1])
+  if k > 0 then redis.call('ZREM', p .. 'pend:' .. ARGV[i], unpack(ARGV, i + 2, i + 1 + k)) end
+  renew(p, t, ARGV[i], ARGV[2], ARGV[6])
   i = i + 2 + k
   n = n + 1
 end
@@ -250,7 +257,7 @@ return #ARGV - 3
 # server polls, and the first one takes it) gets a new generation for each name, pending while another
 # writer's mark is on it, as ``_BUMP`` makes them. Returns how many changes were taken here. Allowed on a
 # full Redis, as every invalidation (``_ALLOW_OOM``).
-_CAUGHT_UP = Script(_ALLOW_OOM + """
+_CAUGHT_UP = Script(_ALLOW_OOM + _RENEW + """
 local p = ARGV[1]
 local t = redis.call('TIME')
 local i, n = 4, 0
@@ -258,17 +265,7 @@ while i <= #ARGV do
   local k = tonumber(ARGV[i + 1])
   if redis.call('SET', p .. 'chg:' .. ARGV[i], '1', 'NX', 'EX', ARGV[2]) then
     for j = i + 2, i + 1 + k do
-      local pend = p .. 'pend:' .. ARGV[j]
-      local g = t[1] .. '.' .. t[2] .. '.' .. redis.call('INCR', p .. 'g:seq')
-      local ex = ARGV[2]
-      if redis.call('EXISTS', pend) == 1 then
-        redis.call('ZREMRANGEBYSCORE', pend, '-inf', t[1])
-        if redis.call('ZCARD', pend) > 0 then
-          g = 'p' .. g
-          ex = ARGV[3]
-        end
-      end
-      redis.call('SET', p .. 'g:' .. ARGV[j], g, 'EX', ex)
+      renew(p, t, ARGV[j], ARGV[2], ARGV[3])
     end
     n = n + 1
   end
