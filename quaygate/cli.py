@@ -629,7 +629,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # refused otherwise
         print(f"quaygate: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not _unopened(exc):
+            raise
+        return 2
     return _said_undelivered(code, _undelivered() - before)
+
+
+def _unopened(exc: BaseException) -> bool:
+    """The database could not be opened or did not answer (a port nobody listens on, a URL that is none, a
+    SQLite file in a folder that does not exist): said in one line, naming the setting, never the URL (its
+    password); True when said. Review 176, finding 2: every database command printed a 41-frame traceback."""
+    import os
+
+    import sqlalchemy as sa
+
+    if isinstance(exc, sa.exc.DBAPIError | sa.exc.ArgumentError):
+        cause: BaseException = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    elif type(exc).__module__.split(".")[0] == "psycopg" and type(exc).__name__ == "OperationalError":
+        cause = exc  # raw psycopg, from a command that connects without SQLAlchemy (the serving lease)
+    else:
+        return False
+    said = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    url = os.environ.get("QUAYGATE_DATABASE_URL", "")
+    if url:
+        said = said.replace(url, "<the URL>")
+    print(f"quaygate: cannot open the database (QUAYGATE_DATABASE_URL): {said}", file=sys.stderr)
+    return True
 
 
 def _undelivered() -> int:

@@ -244,3 +244,26 @@ def test_serve_refuses_several_workers_without_redis(env: Path, monkeypatch: pyt
     monkeypatch.setenv("QUAYGATE_REDIS_URL", "redis://127.0.0.1:6379/0")
     assert main(["serve", "--workers", "2"]) == 0
     assert [kw["workers"] for kw in served] == [1, 2]
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://nobody:s3cret@127.0.0.1:1/none",  # nothing listens there
+    "notaurl",
+    "sqlite:////no/such/folder/q.db",
+])
+@pytest.mark.parametrize("command", [["migrate"], ["truck", "show", "1ABC123", "--country", "BE"],
+                                     ["org", "create", "--name", "X", "--kind", "transport_operator", "--eori",
+                                      "BE0000000001"]])
+def test_a_database_that_cannot_be_opened_is_said_plainly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str], url: str,
+                                                          command: list[str]) -> None:
+    """Review 176, finding 2: every database command printed a 41-frame traceback (exit 1) when the database
+    could not be opened. A plain message naming the setting, never the URL (its password), exit 2."""
+    monkeypatch.setenv("QUAYGATE_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("QUAYGATE_DATABASE_URL", url)
+    monkeypatch.delenv("QUAYGATE_MODE", raising=False)
+    monkeypatch.delenv("QUAYGATE_REDIS_URL", raising=False)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("quaygate: cannot open the database (QUAYGATE_DATABASE_URL)"), err
+    assert "Traceback" not in err and "s3cret" not in err and len(err.splitlines()) == 1, err
