@@ -235,11 +235,16 @@ def _rotate_encryption_key() -> int:
     return 0
 
 
+# Who the trail names for what an operator does at this command line (as identity.iat.created's entries).
+CLI_ACTOR = {"client_id": "cli"}
+
+
 def cmd_org_create(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     import sqlalchemy as sa
 
+    from identity import audit
     from identity.domain.bans import TERMINAL_CODE_FORM, is_terminal_code
     from release_service.domain.parties import OrgKind
 
@@ -264,10 +269,14 @@ def cmd_org_create(args: argparse.Namespace) -> int:
     container = Container.build(_settings())
     org_id = uuid.uuid4()
     try:
+        now = datetime.now(UTC)
         with container.engine.begin() as conn:
             conn.execute(organisations.insert().values(
                 id=org_id, name=args.name, kind=kind.value, eori=args.eori, vat=args.vat,
-                terminal_code=args.terminal_code, created_at=datetime.now(UTC)))
+                terminal_code=args.terminal_code, created_at=now))
+            # On the trail as the admin API's creation is (review 176, finding 1), the operator as ``cli``.
+            audit.record("identity.admin.organisation.created", at=now, actor=CLI_ACTOR, subject=str(org_id),
+                         conn=conn, data={"kind": kind.value})
     except sa.exc.IntegrityError:
         print("an organisation with that EORI, VAT number or terminal code already exists", file=sys.stderr)
         return 1
@@ -406,6 +415,7 @@ def cmd_person_enrol_code(args: argparse.Namespace) -> int:
     is refused no role, as port security is."""
     from datetime import UTC, datetime, timedelta
 
+    from identity import audit
     from identity.authn.enrolment import NO_ROLE_REFUSED, EnrolmentRefused, issue_code
 
     from .container import Container
@@ -418,9 +428,14 @@ def cmd_person_enrol_code(args: argparse.Namespace) -> int:
     container = Container.build(_settings())
     try:
         # An operator with the database's keys is refused no role: the code may be for an officer, and
-        # counts as port security's (privileged_issuer; identity.authn.enrolment NO_ROLE_REFUSED).
-        code, expires_at = issue_code(container.engine, person, created_by="cli", now=datetime.now(UTC),
-                                      ttl=timedelta(hours=args.hours), refused_roles=NO_ROLE_REFUSED)
+        # counts as port security's (privileged_issuer; identity.authn.enrolment NO_ROLE_REFUSED). On the
+        # trail with it, as the console's issue is (review 176, finding 1: an officer's code left no trace).
+        now = datetime.now(UTC)
+        with container.engine.begin() as conn:
+            code, expires_at = issue_code(container.engine, person, created_by="cli", now=now,
+                                          ttl=timedelta(hours=args.hours), refused_roles=NO_ROLE_REFUSED, conn=conn)
+            audit.record("identity.enrolment_code.issued", at=now, actor=CLI_ACTOR, subject=str(person),
+                         data={"expires_at": expires_at.isoformat()}, conn=conn)
     except OverflowError:  # --hours past what a timedelta holds, before the TTL rule could refuse it
         print("cannot issue a code: --hours is out of range", file=sys.stderr)
         return 2

@@ -267,3 +267,36 @@ def test_a_database_that_cannot_be_opened_is_said_plainly(tmp_path: Path, monkey
     err = capsys.readouterr().err
     assert err.startswith("quaygate: cannot open the database (QUAYGATE_DATABASE_URL)"), err
     assert "Traceback" not in err and "s3cret" not in err and len(err.splitlines()) == 1, err
+
+
+def _trail(db: Path, kind: str) -> list[tuple[object, object]]:
+    import sqlalchemy as sa
+
+    from quaygate.db import make_engine
+    from quaygate.schema import audit_log
+
+    engine = make_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return [(r.actor, r.subject) for r in conn.execute(
+                sa.select(audit_log.c.actor, audit_log.c.subject).where(audit_log.c.kind == kind))]
+    finally:
+        engine.dispose()
+
+
+def test_an_enrolment_code_and_an_organisation_made_at_the_command_line_are_on_the_trail(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 176, finding 1: the admin API audits both; from the command line neither left a trace (an
+    officer's enrolment code issued from a shell let whoever held it enrol as him, unseen). A refused issue
+    writes nothing."""
+    assert main(["demo"]) == 0
+    person = json.loads((env / "demo-credentials.json").read_text())["drivers"][0]["person_id"]
+    before = len(_trail(env / "q.db", "identity.enrolment_code.issued"))
+    assert main(["person", "enrol-code", person]) == 0
+    assert main(["person", "enrol-code", "00000000-0000-4000-8000-000000000000"]) == 2
+    issued = _trail(env / "q.db", "identity.enrolment_code.issued")
+    assert issued[before:] == [({"client_id": "cli"}, person)]
+    capsys.readouterr()
+    assert main(["org", "create", "--name", "Haulier X", "--kind", "transport_operator", "--eori", "BE0999"]) == 0
+    org = capsys.readouterr().out.strip()
+    assert _trail(env / "q.db", "identity.admin.organisation.created") == [({"client_id": "cli"}, org)]
