@@ -152,14 +152,14 @@ def test_keys_revoke_withdraws_a_key_and_says_so(env: Path, capsys: pytest.Captu
     assert main(["keys", "rotate"]) == 0
     kids = _active_kids(env / "q.db")
     capsys.readouterr()
-    assert main(["keys", "revoke", kids["ES256"], "--reason", "found on a paste site"]) == 0
+    assert main(["keys", "revoke", "--reason", "found on a paste site", "--", kids["ES256"]]) == 0
     out = capsys.readouterr().out
     after = _active_kids(env / "q.db")
     assert f"signing key {kids['ES256']} is revoked" in out and f"new signing key {after['ES256']} is active" in out
     assert "within 60 s" in out and after["ES256"] != kids["ES256"]
-    for argv, message in ((["keys", "revoke", kids["ES256"], "--reason", "again"], "already revoked"),
+    for argv, message in ((["keys", "revoke", "--reason", "again", "--", kids["ES256"]], "already revoked"),
                           (["keys", "revoke", "nope", "--reason", "x"], "no token signing key nope"),
-                          (["keys", "revoke", kids["RS256"], "--reason", " "], "a reason is required")):
+                          (["keys", "revoke", "--reason", " ", "--", kids["RS256"]], "a reason is required")):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("nothing changed: ") and message in err and "Traceback" not in err

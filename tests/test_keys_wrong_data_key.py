@@ -66,8 +66,8 @@ def test_the_commands_under_another_data_key_refuse_and_write_nothing(
     ours = os.environ["QUAYGATE_DATA_KEY"]  # the tests' (tests/conftest.py)
     monkeypatch.setenv("QUAYGATE_DATA_KEY", _other_key())
     for argv in (["keys", "rotate"], ["keys", "rotate", "--alg", "ES256"],
-                 ["keys", "revoke", active["ES256"], "--reason", "leaked"],
-                 ["keys", "revoke", retiring[0], "--reason", "leaked"]):
+                 ["keys", "revoke", "--reason", "leaked", "--", active["ES256"]],
+                 ["keys", "revoke", "--reason", "leaked", "--", retiring[0]]):
         code = main(argv)
         out, err = capsys.readouterr()
         assert code == 1, (argv, out, err)
